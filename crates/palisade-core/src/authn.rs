@@ -1,0 +1,107 @@
+//! The authenticate step: what an authenticator is and what it answers.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::error::Rejection;
+use crate::identity::Identity;
+use crate::request::RequestHead;
+
+/// A change to the request's headers that an authenticator asks for before the
+/// handler sees the request (Istio's `forwardOriginalToken: false`,
+/// `outputPayloadToHeader`, `outputClaimToHeaders`).
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HeaderEdit {
+    /// Remove every value of this header (lower case).
+    Remove(String),
+    /// Replace this header (lower case) with this value.
+    Set(String, String),
+}
+
+impl fmt::Debug for HeaderEdit {
+    // Values can hold claims; print names only.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HeaderEdit::Remove(n) => write!(f, "Remove({n})"),
+            HeaderEdit::Set(n, _) => write!(f, "Set({n}, <value>)"),
+        }
+    }
+}
+
+/// A successful authentication.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Authenticated {
+    /// Who the caller is.
+    pub identity: Identity,
+    /// Header changes to apply before the handler runs.
+    pub edits: Vec<HeaderEdit>,
+}
+
+impl Authenticated {
+    /// An authentication with no header changes.
+    #[must_use]
+    pub fn new(identity: Identity) -> Self {
+        Self {
+            identity,
+            edits: Vec::new(),
+        }
+    }
+
+    /// Adds header changes.
+    #[must_use]
+    pub fn with_edits(mut self, edits: Vec<HeaderEdit>) -> Self {
+        self.edits = edits;
+        self
+    }
+}
+
+/// What one authenticator found in a request.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum AuthOutcome {
+    /// A valid credential.
+    Authenticated(Authenticated),
+    /// No credential of this authenticator's kind.
+    NoCredential,
+    /// A credential that is not acceptable: the request is refused whatever the policy.
+    Rejected(Rejection),
+}
+
+/// A boxed, sendable future of an [`AuthOutcome`].
+pub type BoxOutcome = Pin<Box<dyn Future<Output = AuthOutcome> + Send + 'static>>;
+
+/// An outcome that is either known now (the fast path: no credential, a cached
+/// token) or needs I/O or blocking work first.
+#[non_exhaustive]
+pub enum Authenticating {
+    /// Known without waiting.
+    Ready(AuthOutcome),
+    /// Known once the future completes.
+    Pending(BoxOutcome),
+}
+
+impl fmt::Debug for Authenticating {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Authenticating::Ready(o) => f.debug_tuple("Ready").field(o).finish(),
+            Authenticating::Pending(_) => f.write_str("Pending(<future>)"),
+        }
+    }
+}
+
+/// Checks one kind of credential.
+///
+/// Implementations read what they need from the request synchronously and
+/// return either a ready outcome or a `'static` future, so no request borrow
+/// crosses an `await`.
+pub trait Authenticator: Send + Sync + 'static {
+    /// The `WWW-Authenticate` challenge this authenticator adds when a
+    /// credential is required and missing (`Bearer realm="…"`, `Negotiate`).
+    fn challenge(&self) -> Option<String>;
+
+    /// Authenticates a request.
+    fn authenticate(&self, request: &dyn RequestHead) -> Authenticating;
+}

@@ -1,0 +1,231 @@
+//! The answer to a refused request: status, challenges and an RFC 9457 body.
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// Why a request was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// No credential, and the policy needs an authenticated caller (401).
+    MissingCredential,
+    /// A credential was present but is not valid (401, `invalid_token`).
+    InvalidToken,
+    /// The request is malformed, e.g. carries two tokens (400, `invalid_request`).
+    InvalidRequest,
+    /// A Negotiate (Kerberos) token was not acceptable (401).
+    InvalidNegotiate,
+    /// Authenticated (or not needed), but denied by policy (403).
+    Forbidden,
+}
+
+impl ErrorKind {
+    /// The HTTP status for this kind.
+    #[must_use]
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorKind::MissingCredential | ErrorKind::InvalidToken | ErrorKind::InvalidNegotiate => 401,
+            ErrorKind::InvalidRequest => 400,
+            ErrorKind::Forbidden => 403,
+        }
+    }
+
+    /// A stable machine name, used in the problem `type`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::MissingCredential => "missing-credential",
+            ErrorKind::InvalidToken => "invalid-token",
+            ErrorKind::InvalidRequest => "invalid-request",
+            ErrorKind::InvalidNegotiate => "invalid-negotiate",
+            ErrorKind::Forbidden => "forbidden",
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            ErrorKind::MissingCredential => "Authentication required",
+            ErrorKind::InvalidToken => "Invalid token",
+            ErrorKind::InvalidRequest => "Invalid request",
+            ErrorKind::InvalidNegotiate => "Invalid Negotiate token",
+            ErrorKind::Forbidden => "Forbidden",
+        }
+    }
+}
+
+/// A refused request, ready to be rendered by any framework.
+///
+/// The detail is a fixed, server-chosen sentence: it never echoes the
+/// credential, a claim or a key.
+///
+/// ```
+/// use palisade_core::{ErrorKind, Rejection};
+/// let r = Rejection::invalid_token("api", "the token has expired");
+/// assert_eq!(r.status(), 401);
+/// assert_eq!(
+///     r.challenges()[0],
+///     r#"Bearer realm="api", error="invalid_token", error_description="the token has expired""#
+/// );
+/// assert!(r.problem_json().contains("\"status\":401"));
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct Rejection {
+    kind: ErrorKind,
+    detail: Cow<'static, str>,
+    challenges: Vec<String>,
+}
+
+/// The media type of [`Rejection::problem_json`].
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+impl Rejection {
+    /// A rejection of this kind with these `WWW-Authenticate` challenges.
+    #[must_use]
+    pub fn new(kind: ErrorKind, detail: impl Into<Cow<'static, str>>, challenges: Vec<String>) -> Self {
+        Self {
+            kind,
+            detail: detail.into(),
+            challenges,
+        }
+    }
+
+    /// 401 for a bearer token that is not valid (RFC 6750 `invalid_token`).
+    #[must_use]
+    pub fn invalid_token(realm: &str, detail: impl Into<Cow<'static, str>>) -> Self {
+        let detail = detail.into();
+        let challenge = bearer_error_challenge(realm, "invalid_token", &detail);
+        Self::new(ErrorKind::InvalidToken, detail, vec![challenge])
+    }
+
+    /// 400 for a malformed bearer request (RFC 6750 `invalid_request`).
+    #[must_use]
+    pub fn invalid_request(realm: &str, detail: impl Into<Cow<'static, str>>) -> Self {
+        let detail = detail.into();
+        let challenge = bearer_error_challenge(realm, "invalid_request", &detail);
+        Self::new(ErrorKind::InvalidRequest, detail, vec![challenge])
+    }
+
+    /// 401 asking for credentials, with every configured challenge.
+    #[must_use]
+    pub fn missing_credential(challenges: Vec<String>) -> Self {
+        Self::new(
+            ErrorKind::MissingCredential,
+            "this resource needs an authenticated caller",
+            challenges,
+        )
+    }
+
+    /// 403: authenticated, but not allowed.
+    #[must_use]
+    pub fn forbidden(detail: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(ErrorKind::Forbidden, detail, Vec::new())
+    }
+
+    /// Why the request was refused.
+    #[must_use]
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The HTTP status code.
+    #[must_use]
+    pub fn status(&self) -> u16 {
+        self.kind.status()
+    }
+
+    /// The human-readable detail (safe to show to the client).
+    #[must_use]
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
+
+    /// The `WWW-Authenticate` header values, one header each.
+    #[must_use]
+    pub fn challenges(&self) -> &[String] {
+        &self.challenges
+    }
+
+    /// The RFC 9457 problem document.
+    #[must_use]
+    pub fn problem_json(&self) -> String {
+        serde_json::json!({
+            "type": format!("urn:palisade:problem:{}", self.kind.as_str()),
+            "title": self.kind.title(),
+            "status": self.status(),
+            "detail": self.detail,
+        })
+        .to_string()
+    }
+}
+
+impl fmt::Debug for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Rejection")
+            .field("kind", &self.kind)
+            .field("status", &self.status())
+            .field("detail", &self.detail)
+            .finish()
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({}): {}", self.kind.title(), self.status(), self.detail)
+    }
+}
+
+impl std::error::Error for Rejection {}
+
+/// `Bearer realm="…"`, the challenge of a bearer-token authenticator.
+#[must_use]
+pub fn bearer_challenge(realm: &str) -> String {
+    format!("Bearer realm=\"{}\"", quote_safe(realm))
+}
+
+fn bearer_error_challenge(realm: &str, error: &str, detail: &str) -> String {
+    format!(
+        "Bearer realm=\"{}\", error=\"{error}\", error_description=\"{}\"",
+        quote_safe(realm),
+        quote_safe(detail)
+    )
+}
+
+/// Keeps a value inside a quoted-string: printable ASCII without `"` and `\`
+/// (RFC 6750 §3 limits `error_description` to that set anyway).
+fn quote_safe(s: &str) -> String {
+    s.chars()
+        .filter(|c| (' '..='~').contains(c) && *c != '"' && *c != '\\')
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_follow_the_contract() {
+        assert_eq!(Rejection::missing_credential(vec![]).status(), 401);
+        assert_eq!(Rejection::invalid_token("r", "x").status(), 401);
+        assert_eq!(Rejection::invalid_request("r", "x").status(), 400);
+        assert_eq!(Rejection::forbidden("x").status(), 403);
+    }
+
+    #[test]
+    fn challenge_values_cannot_break_out_of_quotes() {
+        let r = Rejection::invalid_token("a\"b\\c\n", "x\"y");
+        assert_eq!(
+            r.challenges()[0],
+            "Bearer realm=\"abc\", error=\"invalid_token\", error_description=\"xy\""
+        );
+    }
+
+    #[test]
+    fn problem_body_is_rfc9457() {
+        let v: serde_json::Value =
+            serde_json::from_str(&Rejection::forbidden("denied by policy").problem_json()).unwrap();
+        assert_eq!(v["status"], 403);
+        assert_eq!(v["title"], "Forbidden");
+        assert_eq!(v["type"], "urn:palisade:problem:forbidden");
+        assert_eq!(v["detail"], "denied by policy");
+    }
+}

@@ -1,0 +1,62 @@
+//! Handler extractors shared by the framework integrations.
+//!
+//! With the `axum` feature, [`Identity`], `Option<Identity>` and
+//! [`Claims<T>`] implement axum's `FromRequestParts` (and
+//! `OptionalFromRequestParts`); with the `actix` feature they implement
+//! actix-web's `FromRequest` (`Option<T>` comes with actix-web). The meaning is
+//! the same in both: the identity the Palisade middleware established, a 401
+//! with the configured challenges when there is none.
+
+use serde::de::DeserializeOwned;
+
+use crate::error::Rejection;
+use crate::guard::Guard;
+use crate::identity::Identity;
+
+#[cfg(feature = "actix")]
+mod actix;
+#[cfg(feature = "axum")]
+mod axum;
+
+#[cfg(feature = "actix")]
+pub use self::actix::rejection_response as actix_response;
+#[cfg(feature = "axum")]
+pub use self::axum::rejection_response as axum_response;
+
+/// The verified token's claims, deserialized into `T`.
+///
+/// A token whose claims do not fit `T` is answered with 403: the credential is
+/// valid but not sufficient for this handler.
+///
+/// ```
+/// #[derive(serde::Deserialize)]
+/// struct MyClaims { sub: String, tenant: String }
+/// // axum:      async fn handler(palisade_core::Claims(c): palisade_core::Claims<MyClaims>) {}
+/// // actix-web: async fn handler(palisade_core::Claims(c): palisade_core::Claims<MyClaims>) {}
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claims<T>(pub T);
+
+/// Where the middleware left what extractors need.
+pub(crate) fn identity_from(
+    identity: Option<&Identity>,
+    guard: Option<&Guard>,
+) -> Result<Identity, Rejection> {
+    match (identity, guard) {
+        (Some(id), _) => Ok(id.clone()),
+        (None, Some(g)) => Err(g.missing_credential()),
+        (None, None) => {
+            tracing::error!(target: crate::guard::LOG_TARGET, "Identity extracted on a route that no Palisade middleware guards");
+            Err(Rejection::missing_credential(Vec::new()))
+        }
+    }
+}
+
+pub(crate) fn claims_from<T: DeserializeOwned>(identity: &Identity) -> Result<Claims<T>, Rejection> {
+    let Some(token) = identity.token() else {
+        return Err(Rejection::forbidden("this resource needs a bearer token"));
+    };
+    serde_json::from_value(serde_json::Value::Object(token.claims.clone()))
+        .map(Claims)
+        .map_err(|_| Rejection::forbidden("the token does not carry the claims this resource needs"))
+}

@@ -1,0 +1,347 @@
+//! The pipeline every adapter runs: authenticate, then authorize.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::authn::{AuthOutcome, Authenticated, Authenticating, Authenticator, HeaderEdit};
+use crate::authz::{AccessDecision, AccessPolicy};
+use crate::error::Rejection;
+use crate::identity::Identity;
+use crate::request::{OwnedRequest, RequestHead};
+
+/// Log target of every decision.
+pub const LOG_TARGET: &str = "palisade";
+
+/// A request that may proceed, with what was established about it.
+#[derive(Clone, Debug)]
+pub struct Allowed {
+    /// The verified caller, if any credential was given.
+    pub identity: Option<Identity>,
+    /// Header changes to apply before the handler runs.
+    pub edits: Vec<HeaderEdit>,
+    /// Which policy allowed it.
+    pub access: AccessDecision,
+}
+
+/// The guard's verdict on one request.
+#[derive(Clone, Debug)]
+pub enum Decision {
+    /// Let the request through.
+    Allow(Allowed),
+    /// Answer with this rejection instead of calling the handler.
+    Deny(Rejection),
+}
+
+/// A boxed, sendable future of a [`Decision`].
+pub type BoxDecision = Pin<Box<dyn Future<Output = Decision> + Send + 'static>>;
+
+/// A decision known now, or after I/O (a JWKS fetch, a first signature check).
+pub enum Check {
+    /// Known without waiting.
+    Ready(Decision),
+    /// Known once the future completes.
+    Pending(BoxDecision),
+}
+
+impl fmt::Debug for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Check::Ready(d) => f.debug_tuple("Ready").field(d).finish(),
+            Check::Pending(_) => f.write_str("Pending(<future>)"),
+        }
+    }
+}
+
+/// Configuration that cannot work.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GuardError {
+    /// The policy needs authenticated callers but no authenticator is configured.
+    #[error("the access policy needs authenticated callers but no authenticator is configured")]
+    NoAuthenticator,
+}
+
+struct Inner {
+    authenticators: Vec<Arc<dyn Authenticator>>,
+    access: AccessPolicy,
+    challenges: Vec<String>,
+}
+
+/// Authenticates and authorizes requests; framework-free. The tower and
+/// actix-web adapters both call [`Guard::check`], so they answer identically.
+///
+/// Cloning is an `Arc` clone.
+///
+/// ```
+/// use palisade_core::{Check, Decision, Guard, OwnedRequest};
+/// use palisade_core::authz::AccessPolicy;
+/// let guard = Guard::builder().access_policy(AccessPolicy::allow_all()).build()?;
+/// let Check::Ready(Decision::Allow(allowed)) = guard.check(&OwnedRequest::get("/")) else { panic!() };
+/// assert!(allowed.identity.is_none());
+/// # Ok::<(), palisade_core::GuardError>(())
+/// ```
+#[derive(Clone)]
+pub struct Guard(Arc<Inner>);
+
+impl fmt::Debug for Guard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Guard")
+            .field("authenticators", &self.0.authenticators.len())
+            .field("challenges", &self.0.challenges)
+            .field("access", &self.0.access)
+            .finish()
+    }
+}
+
+/// Builds a [`Guard`]. Secure by default: unless told otherwise, every request
+/// needs an authenticated caller.
+#[must_use]
+#[derive(Default)]
+pub struct GuardBuilder {
+    authenticators: Vec<Arc<dyn Authenticator>>,
+    access: Option<AccessPolicy>,
+}
+
+impl fmt::Debug for GuardBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GuardBuilder")
+            .field("authenticators", &self.authenticators.len())
+            .field("access", &self.access)
+            .finish()
+    }
+}
+
+impl GuardBuilder {
+    /// Adds an authenticator; a request may carry any one kind of credential.
+    pub fn authenticator(mut self, authenticator: impl Authenticator) -> Self {
+        self.authenticators.push(Arc::new(authenticator));
+        self
+    }
+
+    /// Adds a shared authenticator.
+    pub fn shared_authenticator(mut self, authenticator: Arc<dyn Authenticator>) -> Self {
+        self.authenticators.push(authenticator);
+        self
+    }
+
+    /// Sets the access policy (default: [`AccessPolicy::require_authenticated`]).
+    pub fn access_policy(mut self, policy: AccessPolicy) -> Self {
+        self.access = Some(policy);
+        self
+    }
+
+    /// Lets requests without credentials through (Istio's
+    /// `RequestAuthentication` alone). Invalid credentials are still refused;
+    /// handlers see `Option<Identity>`.
+    pub fn allow_unauthenticated(self) -> Self {
+        tracing::warn!(target: LOG_TARGET, "requests without credentials are allowed (allow_unauthenticated)");
+        self.access_policy(AccessPolicy::allow_all())
+    }
+
+    /// Builds the guard.
+    ///
+    /// # Errors
+    /// [`GuardError::NoAuthenticator`] when the policy needs authenticated
+    /// callers and there is no authenticator.
+    pub fn build(self) -> Result<Guard, GuardError> {
+        let access = self.access.unwrap_or_else(AccessPolicy::require_authenticated);
+        if self.authenticators.is_empty() && !access.is_allow_all() {
+            return Err(GuardError::NoAuthenticator);
+        }
+        let challenges = self.authenticators.iter().filter_map(|a| a.challenge()).collect();
+        Ok(Guard(Arc::new(Inner {
+            authenticators: self.authenticators,
+            access,
+            challenges,
+        })))
+    }
+}
+
+#[derive(Default)]
+struct Acc {
+    identity: Option<Identity>,
+    edits: Vec<HeaderEdit>,
+    rejection: Option<Rejection>,
+}
+
+impl Acc {
+    fn add(&mut self, outcome: AuthOutcome) {
+        match outcome {
+            AuthOutcome::Authenticated(Authenticated { identity, mut edits }) => {
+                self.identity = Some(match self.identity.take() {
+                    Some(prev) => prev.merge(&identity),
+                    None => identity,
+                });
+                self.edits.append(&mut edits);
+            }
+            AuthOutcome::NoCredential => {}
+            AuthOutcome::Rejected(r) => {
+                if self.rejection.is_none() {
+                    self.rejection = Some(r);
+                }
+            }
+        }
+    }
+}
+
+impl Guard {
+    /// Starts building a guard.
+    pub fn builder() -> GuardBuilder {
+        GuardBuilder::default()
+    }
+
+    /// Every `WWW-Authenticate` challenge of the configured authenticators.
+    #[must_use]
+    pub fn challenges(&self) -> &[String] {
+        &self.0.challenges
+    }
+
+    /// The rejection for a request that needs a credential and has none.
+    #[must_use]
+    pub fn missing_credential(&self) -> Rejection {
+        Rejection::missing_credential(self.0.challenges.clone())
+    }
+
+    /// Checks a request. Cached credentials and requests without any are
+    /// decided synchronously; the rest return a future.
+    pub fn check(&self, req: &dyn RequestHead) -> Check {
+        let mut acc = Acc::default();
+        let mut pending = Vec::new();
+        for a in &self.0.authenticators {
+            match a.authenticate(req) {
+                Authenticating::Ready(outcome) => acc.add(outcome),
+                Authenticating::Pending(fut) => pending.push(fut),
+            }
+        }
+        if pending.is_empty() {
+            return Check::Ready(self.decide(acc, req));
+        }
+        let snapshot = OwnedRequest::snapshot(req, self.0.access.headers_read());
+        let guard = self.clone();
+        Check::Pending(Box::pin(async move {
+            for fut in pending {
+                acc.add(fut.await);
+            }
+            guard.decide(acc, &snapshot)
+        }))
+    }
+
+    fn decide(&self, acc: Acc, req: &dyn RequestHead) -> Decision {
+        if let Some(rejection) = acc.rejection {
+            tracing::debug!(target: LOG_TARGET, method = req.method(), path = req.path(), status = rejection.status(), reason = rejection.detail(), "credential refused");
+            return Decision::Deny(rejection);
+        }
+        let access = self.0.access.evaluate(req, acc.identity.as_ref());
+        if access.is_allowed() {
+            tracing::trace!(target: LOG_TARGET, method = req.method(), path = req.path(), %access, "allowed");
+            return Decision::Allow(Allowed {
+                identity: acc.identity,
+                edits: acc.edits,
+                access,
+            });
+        }
+        tracing::debug!(target: LOG_TARGET, method = req.method(), path = req.path(), authenticated = acc.identity.is_some(), %access, "denied");
+        Decision::Deny(match acc.identity {
+            None => self.missing_credential(),
+            Some(_) => Rejection::forbidden("access denied by policy"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+    use crate::identity::{TokenClaims, Verification};
+
+    struct Fixed(Option<&'static str>, bool);
+
+    impl Authenticator for Fixed {
+        fn challenge(&self) -> Option<String> {
+            Some("Bearer realm=\"t\"".into())
+        }
+        fn authenticate(&self, req: &dyn RequestHead) -> Authenticating {
+            let outcome = match req.header_str("authorization") {
+                None => AuthOutcome::NoCredential,
+                Some("Bearer good") => {
+                    let mut t = TokenClaims::default();
+                    t.issuer = "i".into();
+                    t.subject = self.0.unwrap_or("s").into();
+                    AuthOutcome::Authenticated(Authenticated::new(Identity::from_token(
+                        t,
+                        Verification::assertion(),
+                    )))
+                }
+                Some(_) => AuthOutcome::Rejected(Rejection::invalid_token("t", "bad")),
+            };
+            if self.1 {
+                Authenticating::Pending(Box::pin(async move { outcome }))
+            } else {
+                Authenticating::Ready(outcome)
+            }
+        }
+    }
+
+    fn ready(check: Check) -> Decision {
+        match check {
+            Check::Ready(d) => d,
+            Check::Pending(_) => panic!("expected a ready decision"),
+        }
+    }
+
+    #[test]
+    fn default_requires_an_authenticated_caller() {
+        let g = Guard::builder()
+            .authenticator(Fixed(None, false))
+            .build()
+            .unwrap();
+        let Decision::Deny(r) = ready(g.check(&OwnedRequest::get("/"))) else {
+            panic!()
+        };
+        assert_eq!(r.kind(), ErrorKind::MissingCredential);
+        assert_eq!(r.challenges(), ["Bearer realm=\"t\""]);
+        assert!(matches!(
+            ready(g.check(&OwnedRequest::get("/").header("authorization", "Bearer good"))),
+            Decision::Allow(_)
+        ));
+    }
+
+    #[test]
+    fn invalid_credential_is_refused_even_when_anonymous_is_allowed() {
+        let g = Guard::builder()
+            .authenticator(Fixed(None, false))
+            .allow_unauthenticated()
+            .build()
+            .unwrap();
+        assert!(matches!(
+            ready(g.check(&OwnedRequest::get("/"))),
+            Decision::Allow(_)
+        ));
+        let Decision::Deny(r) = ready(g.check(&OwnedRequest::get("/").header("authorization", "Bearer bad")))
+        else {
+            panic!()
+        };
+        assert_eq!(r.kind(), ErrorKind::InvalidToken);
+    }
+
+    #[test]
+    fn no_authenticator_with_required_auth_fails_to_build() {
+        assert_eq!(Guard::builder().build().unwrap_err(), GuardError::NoAuthenticator);
+    }
+
+    #[tokio::test]
+    async fn pending_authentication_is_decided_after_the_future() {
+        let g = Guard::builder()
+            .authenticator(Fixed(Some("late"), true))
+            .build()
+            .unwrap();
+        let Check::Pending(fut) = g.check(&OwnedRequest::get("/").header("authorization", "Bearer good"))
+        else {
+            panic!("expected pending")
+        };
+        let Decision::Allow(a) = fut.await else { panic!() };
+        assert_eq!(a.identity.unwrap().subject(), Some("late"));
+    }
+}

@@ -1,0 +1,408 @@
+//! The verified identity of a caller.
+//!
+//! An [`Identity`] is a proof: it can only be built by code that holds a
+//! [`Verification`] assertion, which authenticators create after a credential
+//! has been checked. Handlers extract it (see the `axum` and `actix`
+//! integrations) and never build it themselves.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde_json::{Map, Value};
+
+/// How a caller was authenticated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum AuthMethod {
+    /// A JWT bearer token (origin authentication).
+    Jwt,
+    /// A client certificate on a mutual-TLS connection (transport authentication).
+    Mtls,
+    /// A Kerberos ticket through HTTP Negotiate.
+    Spnego,
+}
+
+impl AuthMethod {
+    /// The lower-case name used in `/whoami` and logs: `jwt`, `mtls`, `spnego`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::Jwt => "jwt",
+            AuthMethod::Mtls => "mtls",
+            AuthMethod::Spnego => "spnego",
+        }
+    }
+}
+
+/// The assertion that a credential has been verified.
+///
+/// Only authenticators should call [`Verification::assertion`], right after the
+/// signature, ticket or certificate chain of a credential has been checked.
+/// The name is deliberately loud: creating one anywhere else forges identities.
+#[derive(Debug)]
+pub struct Verification {
+    _private: (),
+}
+
+impl Verification {
+    /// Asserts that the credential being turned into an [`Identity`] was verified.
+    #[must_use]
+    pub fn assertion() -> Self {
+        Self { _private: () }
+    }
+}
+
+/// What a verified JWT says about its bearer.
+#[derive(Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct TokenClaims {
+    /// `iss`: the issuer, as configured for the provider that verified it.
+    pub issuer: String,
+    /// `sub`: the subject.
+    pub subject: String,
+    /// `aud`: the audiences (a string claim becomes one entry).
+    pub audiences: Vec<String>,
+    /// `azp`: the authorized party (Istio's `request.auth.presenter`).
+    pub authorized_party: Option<String>,
+    /// Keycloak realm roles (`realm_access.roles`).
+    pub realm_roles: Vec<String>,
+    /// Keycloak client roles (`resource_access.<client>.roles`).
+    pub client_roles: BTreeMap<String, Vec<String>>,
+    /// `scope` split on spaces (or `scp` as an array).
+    pub scopes: Vec<String>,
+    /// `preferred_username`, or the claim configured as principal attribute.
+    pub preferred_username: Option<String>,
+    /// `email`.
+    pub email: Option<String>,
+    /// `exp` as a time.
+    pub expires_at: Option<SystemTime>,
+    /// Every claim of the payload.
+    pub claims: Map<String, Value>,
+}
+
+impl fmt::Debug for TokenClaims {
+    // Claims can carry personal data, but never the token itself; names only.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenClaims")
+            .field("issuer", &self.issuer)
+            .field("subject", &self.subject)
+            .field("audiences", &self.audiences)
+            .field("realm_roles", &self.realm_roles)
+            .field("client_roles", &self.client_roles)
+            .field("scopes", &self.scopes)
+            .field("claim_names", &self.claims.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The identity of the peer workload on a mutual-TLS connection.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PeerIdentity {
+    /// Istio's `source.principal`: the SPIFFE ID without `spiffe://`.
+    pub principal: Option<String>,
+    /// The SPIFFE ID from the certificate's single URI SAN.
+    pub spiffe_id: Option<String>,
+    /// Istio's `source.namespace`, when the SPIFFE ID has the `/ns/NS/sa/SA` form.
+    pub namespace: Option<String>,
+    /// DNS subject alternative names.
+    pub dns_names: Vec<String>,
+    /// The subject distinguished name.
+    pub subject: String,
+    /// SHA-256 of the leaf certificate, lower-case hex.
+    pub fingerprint_sha256: String,
+}
+
+/// A Kerberos client principal.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KerberosIdentity {
+    /// The full principal, `alice@EXAMPLE.TEST`.
+    pub principal: String,
+    /// The local user name, `alice`.
+    pub local_name: Option<String>,
+}
+
+#[derive(Default)]
+struct Inner {
+    methods: Vec<AuthMethod>,
+    token: Option<TokenClaims>,
+    peer: Option<PeerIdentity>,
+    kerberos: Option<KerberosIdentity>,
+}
+
+/// A verified caller: who they are and how that was established.
+///
+/// Cloning is an `Arc` clone. `Debug` shows names and roles, never a credential.
+///
+/// ```
+/// use palisade_core::{AuthMethod, Identity, TokenClaims, Verification};
+/// let mut claims = TokenClaims::default();
+/// claims.issuer = "https://idp.example".into();
+/// claims.subject = "alice".into();
+/// claims.realm_roles = vec!["admin".into()];
+/// let id = Identity::from_token(claims, Verification::assertion());
+/// assert_eq!(id.request_principal().as_deref(), Some("https://idp.example/alice"));
+/// assert!(id.has_realm_role("admin"));
+/// assert_eq!(id.methods(), [AuthMethod::Jwt]);
+/// ```
+#[derive(Clone)]
+pub struct Identity(Arc<Inner>);
+
+impl Identity {
+    /// Builds the identity of a verified token's bearer.
+    #[must_use]
+    pub fn from_token(claims: TokenClaims, _proof: Verification) -> Self {
+        Self(Arc::new(Inner {
+            methods: vec![AuthMethod::Jwt],
+            token: Some(claims),
+            ..Inner::default()
+        }))
+    }
+
+    /// Builds the identity of a verified mTLS peer.
+    #[must_use]
+    pub fn from_peer(peer: PeerIdentity, _proof: Verification) -> Self {
+        Self(Arc::new(Inner {
+            methods: vec![AuthMethod::Mtls],
+            peer: Some(peer),
+            ..Inner::default()
+        }))
+    }
+
+    /// Builds the identity of a verified Kerberos client.
+    #[must_use]
+    pub fn from_kerberos(principal: KerberosIdentity, _proof: Verification) -> Self {
+        Self(Arc::new(Inner {
+            methods: vec![AuthMethod::Spnego],
+            kerberos: Some(principal),
+            ..Inner::default()
+        }))
+    }
+
+    /// Combines two identities established for the same request by different
+    /// authenticators (a JWT over an mTLS connection, say). Facts of `self` win
+    /// where both have one.
+    #[must_use]
+    pub fn merge(self, other: &Identity) -> Identity {
+        let a = &self.0;
+        let b = &other.0;
+        let mut methods = a.methods.clone();
+        for m in &b.methods {
+            if !methods.contains(m) {
+                methods.push(*m);
+            }
+        }
+        methods.sort();
+        Identity(Arc::new(Inner {
+            methods,
+            token: a.token.clone().or_else(|| b.token.clone()),
+            peer: a.peer.clone().or_else(|| b.peer.clone()),
+            kerberos: a.kerberos.clone().or_else(|| b.kerberos.clone()),
+        }))
+    }
+
+    /// How the caller was authenticated, in a stable order.
+    #[must_use]
+    pub fn methods(&self) -> &[AuthMethod] {
+        &self.0.methods
+    }
+
+    /// The verified token's claims, when a JWT authenticated the caller.
+    #[must_use]
+    pub fn token(&self) -> Option<&TokenClaims> {
+        self.0.token.as_ref()
+    }
+
+    /// The mTLS peer, when a client certificate authenticated the connection.
+    #[must_use]
+    pub fn peer(&self) -> Option<&PeerIdentity> {
+        self.0.peer.as_ref()
+    }
+
+    /// The Kerberos principal, when a Negotiate ticket authenticated the caller.
+    #[must_use]
+    pub fn kerberos(&self) -> Option<&KerberosIdentity> {
+        self.0.kerberos.as_ref()
+    }
+
+    /// Istio's `request.auth.principal`: `ISSUER/SUBJECT` for a JWT,
+    /// `user@REALM` for Kerberos; `None` when no end-user credential was given.
+    #[must_use]
+    pub fn request_principal(&self) -> Option<String> {
+        if let Some(t) = &self.0.token {
+            return Some(format!("{}/{}", t.issuer, t.subject));
+        }
+        self.0.kerberos.as_ref().map(|k| k.principal.clone())
+    }
+
+    /// The subject: `sub` of a JWT, else the Kerberos principal.
+    #[must_use]
+    pub fn subject(&self) -> Option<&str> {
+        if let Some(t) = &self.0.token {
+            return Some(&t.subject);
+        }
+        self.0.kerberos.as_ref().map(|k| k.principal.as_str())
+    }
+
+    /// The token issuer.
+    #[must_use]
+    pub fn issuer(&self) -> Option<&str> {
+        self.0.token.as_ref().map(|t| t.issuer.as_str())
+    }
+
+    /// Whether the caller holds this Keycloak realm role.
+    #[must_use]
+    pub fn has_realm_role(&self, role: &str) -> bool {
+        self.0
+            .token
+            .as_ref()
+            .is_some_and(|t| t.realm_roles.iter().any(|r| r == role))
+    }
+
+    /// Whether the caller holds this Keycloak client role.
+    #[must_use]
+    pub fn has_client_role(&self, client: &str, role: &str) -> bool {
+        self.0.token.as_ref().is_some_and(|t| {
+            t.client_roles
+                .get(client)
+                .is_some_and(|roles| roles.iter().any(|r| r == role))
+        })
+    }
+
+    /// Whether the token grants this scope.
+    #[must_use]
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.0
+            .token
+            .as_ref()
+            .is_some_and(|t| t.scopes.iter().any(|s| s == scope))
+    }
+
+    /// One claim of the verified token.
+    #[must_use]
+    pub fn claim(&self, name: &str) -> Option<&Value> {
+        self.0.token.as_ref().and_then(|t| t.claims.get(name))
+    }
+
+    /// The `/whoami` document of shared/CONTRACT.md for this identity.
+    #[must_use]
+    pub fn to_whoami(&self) -> Value {
+        whoami(Some(self))
+    }
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity")
+            .field("methods", &self.0.methods)
+            .field("token", &self.0.token)
+            .field("peer", &self.0.peer)
+            .field("kerberos", &self.0.kerberos)
+            .finish()
+    }
+}
+
+/// The `/whoami` document (shared/CONTRACT.md) for an optional identity: every
+/// field is present, null or empty when not established.
+#[must_use]
+pub fn whoami(identity: Option<&Identity>) -> Value {
+    let token = identity.and_then(Identity::token);
+    let peer = identity.and_then(Identity::peer);
+    let kerberos = identity.and_then(Identity::kerberos);
+    serde_json::json!({
+        "authenticated": identity.is_some(),
+        "methods": identity.map(|i| i.methods().iter().map(|m| m.as_str()).collect::<Vec<_>>()).unwrap_or_default(),
+        "request_principal": identity.and_then(Identity::request_principal),
+        "subject": identity.and_then(Identity::subject),
+        "issuer": token.map(|t| t.issuer.as_str()),
+        "audiences": token.map(|t| t.audiences.clone()).unwrap_or_default(),
+        "authorized_party": token.and_then(|t| t.authorized_party.as_deref()),
+        "realm_roles": token.map(|t| t.realm_roles.clone()).unwrap_or_default(),
+        "client_roles": token.map(|t| t.client_roles.clone()).unwrap_or_default(),
+        "scopes": token.map(|t| t.scopes.clone()).unwrap_or_default(),
+        "claims": token.map(|t| Value::Object(t.claims.clone())).unwrap_or_else(|| Value::Object(Map::new())),
+        "peer": peer.map(|p| serde_json::json!({
+            "principal": p.principal,
+            "spiffe_id": p.spiffe_id,
+            "dns_names": p.dns_names,
+            "subject": p.subject,
+            "fingerprint_sha256": p.fingerprint_sha256,
+        })),
+        "kerberos": kerberos.map(|k| serde_json::json!({
+            "principal": k.principal,
+            "local_name": k.local_name,
+        })),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(sub: &str) -> TokenClaims {
+        TokenClaims {
+            issuer: "https://idp".into(),
+            subject: sub.into(),
+            ..TokenClaims::default()
+        }
+    }
+
+    #[test]
+    fn request_principal_is_issuer_slash_subject() {
+        let id = Identity::from_token(token("bob"), Verification::assertion());
+        assert_eq!(id.request_principal().unwrap(), "https://idp/bob");
+    }
+
+    #[test]
+    fn merge_keeps_both_methods_and_facts() {
+        let jwt = Identity::from_token(token("bob"), Verification::assertion());
+        let peer = Identity::from_peer(
+            PeerIdentity {
+                principal: Some("cluster.local/ns/default/sa/web".into()),
+                ..PeerIdentity::default()
+            },
+            Verification::assertion(),
+        );
+        let both = peer.merge(&jwt);
+        assert_eq!(both.methods(), [AuthMethod::Jwt, AuthMethod::Mtls]);
+        assert_eq!(both.subject(), Some("bob"));
+        assert!(both.peer().is_some());
+    }
+
+    #[test]
+    fn whoami_of_nobody_has_every_field() {
+        let doc = whoami(None);
+        for field in [
+            "authenticated",
+            "methods",
+            "request_principal",
+            "subject",
+            "issuer",
+            "audiences",
+            "authorized_party",
+            "realm_roles",
+            "client_roles",
+            "scopes",
+            "claims",
+            "peer",
+            "kerberos",
+        ] {
+            assert!(doc.get(field).is_some(), "missing {field}");
+        }
+        assert_eq!(doc["authenticated"], false);
+    }
+
+    #[test]
+    fn debug_shows_claim_names_not_values() {
+        let mut t = token("bob");
+        t.claims
+            .insert("secret_thing".into(), Value::String("s3cr3t-value".into()));
+        let id = Identity::from_token(t, Verification::assertion());
+        let dbg = format!("{id:?}");
+        assert!(dbg.contains("secret_thing"));
+        assert!(!dbg.contains("s3cr3t-value"));
+    }
+}

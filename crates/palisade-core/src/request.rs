@@ -1,0 +1,156 @@
+//! A framework-neutral view of an HTTP request head.
+//!
+//! The adapters implement [`RequestHead`] for their framework's request type
+//! (`http` 1 for axum, hyper and tonic; `http` 0.2 through actix-web), so every
+//! decision is written once against this trait.
+
+use std::sync::Arc;
+
+use crate::identity::Identity;
+
+/// Facts about the connection a request arrived on, filled in by the server
+/// (never from a header).
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct ConnectionInfo {
+    /// The remote socket address.
+    pub remote_addr: Option<std::net::SocketAddr>,
+    /// The local socket address.
+    pub local_addr: Option<std::net::SocketAddr>,
+    /// The TLS server name the client asked for.
+    pub sni: Option<String>,
+    /// The verified mTLS peer, parsed once per connection.
+    pub peer: Option<Identity>,
+    /// The DER certificate chain the peer presented, leaf first.
+    pub peer_certificates: Arc<[Vec<u8>]>,
+}
+
+/// Read access to the parts of a request that authentication and
+/// authorization look at.
+pub trait RequestHead {
+    /// The method, upper case as sent (`GET`).
+    fn method(&self) -> &str;
+    /// The path, without the query, as sent.
+    fn path(&self) -> &str;
+    /// The raw query string, without `?`.
+    fn query(&self) -> Option<&str>;
+    /// The `Host` header or the URI authority.
+    fn host(&self) -> Option<&str>;
+    /// Calls `f` with every value of the header `name` (lower case), in order.
+    fn for_each_header(&self, name: &str, f: &mut dyn FnMut(&[u8]));
+    /// The connection facts, when the server provided them.
+    fn connection(&self) -> Option<&ConnectionInfo> {
+        None
+    }
+
+    /// The first value of the header `name` (lower case), when it is valid UTF-8.
+    fn header_str(&self, name: &str) -> Option<&str>;
+}
+
+/// A request head owned in memory: for tests, benches and non-HTTP callers.
+///
+/// ```
+/// use palisade_core::{OwnedRequest, RequestHead};
+/// let req = OwnedRequest::get("/list").header("authorization", "Bearer abc");
+/// assert_eq!(req.header_str("authorization"), Some("Bearer abc"));
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct OwnedRequest {
+    method: String,
+    path: String,
+    query: Option<String>,
+    host: Option<String>,
+    headers: Vec<(String, Vec<u8>)>,
+    connection: Option<ConnectionInfo>,
+}
+
+impl OwnedRequest {
+    /// A request with this method and target (`/path?query`).
+    #[must_use]
+    pub fn new(method: &str, target: &str) -> Self {
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
+            None => (target.to_owned(), None),
+        };
+        Self {
+            method: method.to_owned(),
+            path,
+            query,
+            ..Self::default()
+        }
+    }
+
+    /// A `GET` request.
+    #[must_use]
+    pub fn get(target: &str) -> Self {
+        Self::new("GET", target)
+    }
+
+    /// Adds a header (the name is lower-cased).
+    #[must_use]
+    pub fn header(mut self, name: &str, value: impl Into<Vec<u8>>) -> Self {
+        let name = name.to_ascii_lowercase();
+        if name == "host" {
+            self.host = String::from_utf8(value.into()).ok();
+            return self;
+        }
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    /// Copies what an asynchronous check needs out of a borrowed request:
+    /// method, target, host, connection and the named headers.
+    #[must_use]
+    pub fn snapshot(req: &dyn RequestHead, headers: &[String]) -> Self {
+        let mut out = Self {
+            method: req.method().to_owned(),
+            path: req.path().to_owned(),
+            query: req.query().map(str::to_owned),
+            host: req.host().map(str::to_owned),
+            headers: Vec::new(),
+            connection: req.connection().cloned(),
+        };
+        for name in headers {
+            req.for_each_header(name, &mut |v| out.headers.push((name.clone(), v.to_vec())));
+        }
+        out
+    }
+
+    /// Sets the connection facts.
+    #[must_use]
+    pub fn connection(mut self, info: ConnectionInfo) -> Self {
+        self.connection = Some(info);
+        self
+    }
+}
+
+impl RequestHead for OwnedRequest {
+    fn method(&self) -> &str {
+        &self.method
+    }
+    fn path(&self) -> &str {
+        &self.path
+    }
+    fn query(&self) -> Option<&str> {
+        self.query.as_deref()
+    }
+    fn host(&self) -> Option<&str> {
+        self.host.as_deref()
+    }
+    fn for_each_header(&self, name: &str, f: &mut dyn FnMut(&[u8])) {
+        for (n, v) in &self.headers {
+            if n == name {
+                f(v);
+            }
+        }
+    }
+    fn connection(&self) -> Option<&ConnectionInfo> {
+        self.connection.as_ref()
+    }
+    fn header_str(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+}
