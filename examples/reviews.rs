@@ -1,1 +1,52 @@
-fn main() {}
+//! The `reviews` service (actix-web), as shared/CONTRACT.md describes it.
+//!
+//! ```text
+//! cargo run --release --example reviews -- [--listen 127.0.0.1:9081] [--config policy.yaml]
+//! ```
+
+mod common;
+
+use actix_web::{App, HttpResponse, HttpServer, web};
+use palisade::Identity;
+use palisade::actix::Palisade;
+
+fn main() {
+    common::init_logging();
+    let args = common::args("reviews", 9081);
+    let setup = common::setup(&args);
+    let service: &'static str = Box::leak(setup.workload.service.clone().into_boxed_str());
+    let guard = setup.guard.clone();
+    let server = HttpServer::new(move || {
+        App::new()
+            .wrap(Palisade::new(guard.clone()))
+            .route("/healthz", web::get().to(|| async { "ok" }))
+            .route("/list", web::get().to(move || async move { HttpResponse::Ok().json(common::list_json(service)) }))
+            .route(
+                "/list",
+                web::post().to(move || async move { HttpResponse::Created().json(common::created_json(service)) }),
+            )
+            .route(
+                "/reviews/{id}",
+                web::get().to(move |id: web::Path<String>| async move {
+                    HttpResponse::Ok().json(common::item_json(service, &id))
+                }),
+            )
+            .route(
+                "/whoami",
+                web::get().to(|id: Option<Identity>| async move {
+                    HttpResponse::Ok().json(palisade::core::whoami(id.as_ref()))
+                }),
+            )
+    })
+    .workers(2)
+    .shutdown_timeout(5)
+    .bind(args.listen)
+    .unwrap_or_else(|e| common::fail(&format!("--listen {}: {e}", args.listen)));
+    let addr = server.addrs().first().copied().unwrap_or(args.listen);
+    common::announce(&setup, addr);
+    println!("listening on {addr}");
+    let result = actix_web::rt::System::new().block_on(async move { server.run().await });
+    if let Err(e) = result {
+        common::fail(&format!("server error: {e}"));
+    }
+}

@@ -1,1 +1,63 @@
-//! x
+//! # Palisade
+//!
+//! Embedded authentication and authorization for Rust web services: what
+//! Keycloak's adapters and an Istio sidecar do for a mesh, in process.
+//!
+//! This facade re-exports the workspace crates behind features:
+//!
+//! | feature | crate | what |
+//! |---|---|---|
+//! | (always) | [`core`] | [`Identity`], [`Guard`], policies, the error model |
+//! | `jwt` (default) | [`jwt`] | JWT bearer tokens, OIDC discovery, cached JWKS |
+//! | `axum` | [`axum`] | tower layer + axum extractors |
+//! | `actix` | [`actix`] | actix-web middleware + extractors |
+//! | `testkit` | [`testkit`] | an in-process OpenID issuer for tests and demos |
+//! | `full` | all of the above | |
+//!
+//! ```no_run
+//! # #[cfg(feature = "jwt")] {
+//! use palisade::core::policy::{PolicySet, Workload};
+//!
+//! let set = PolicySet::from_file("policy.yaml")?;
+//! let guard = palisade::guard_from_policy(&set, &Workload::new("details", "default"))?;
+//! # }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![doc = include_str!("../docs/configuration.md")]
+
+pub use palisade_core as core;
+pub use palisade_core::{Claims, ErrorKind, Guard, Identity, Rejection};
+
+#[cfg(feature = "jwt")]
+pub use palisade_jwt as jwt;
+
+#[cfg(feature = "axum")]
+pub use palisade_axum as axum;
+
+#[cfg(feature = "actix")]
+pub use palisade_actix as actix;
+
+#[cfg(feature = "testkit")]
+pub use palisade_testkit as testkit;
+
+#[cfg(feature = "jwt")]
+use palisade_core::policy::{PolicyError, PolicySet, Workload};
+
+/// Builds the [`Guard`] for a workload from a policy file's documents, with
+/// Istio's semantics: `RequestAuthentication` configures the JWT issuers
+/// (a request without a token passes authentication, a bad token is
+/// refused), `AuthorizationPolicy` decides access (none means allow).
+///
+/// # Errors
+/// A [`PolicyError`] naming the file, the document and the field of anything
+/// that cannot be enforced exactly as written.
+#[cfg(feature = "jwt")]
+pub fn guard_from_policy(set: &PolicySet, workload: &Workload) -> Result<Guard, PolicyError> {
+    let applicable = set.for_workload(workload);
+    let access = palisade_core::authz::AccessPolicy::compile(&applicable)?;
+    let mut builder = Guard::builder().access_policy(access);
+    if let Some(jwt) = palisade_jwt::JwtAuthenticator::from_policy(&applicable)? {
+        builder = builder.authenticator(jwt);
+    }
+    builder.build().map_err(|e| PolicyError::new(set.source(), e.to_string()))
+}

@@ -1,1 +1,320 @@
+//! One table of requests and expected answers, run through axum (tower) and
+//! actix-web: same status, same challenges, same problem body.
 
+use std::time::Duration;
+
+use actix_web::{App, HttpResponse, web};
+use axum::body::Body;
+use axum::routing::get;
+use palisade::Identity;
+use palisade::core::policy::{PolicySet, Workload};
+use palisade::testkit::TestIssuer;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+#[derive(Debug, PartialEq)]
+struct Answer {
+    status: u16,
+    challenges: Vec<String>,
+    content_type: Option<String>,
+    body: Value,
+}
+
+fn policy(issuer: &TestIssuer) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt}}
+spec:
+  jwtRules:
+  - issuer: {iss}
+    jwksUri: {jwks}
+    audiences: [details]
+    fromHeaders: [{{name: Authorization, prefix: \"Bearer \"}}]
+---
+apiVersion: palisade.dev/v1alpha1
+kind: JwtSettings
+metadata: {{name: tuning}}
+spec: {{unknownKidWait: 300ms, minRefreshInterval: 100ms}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: require-jwt}}
+spec:
+  rules:
+  - from: [{{source: {{requestPrincipals: [\"*\"]}}}}]
+  - to: [{{operation: {{paths: [/healthz]}}}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: no-admin}}
+spec:
+  action: DENY
+  rules: [{{to: [{{operation: {{paths: [\"/admin*\"]}}}}]}}]
+",
+        iss = issuer.issuer(),
+        jwks = issuer.jwks_uri()
+    )
+}
+
+fn guard(issuer: &TestIssuer) -> palisade::Guard {
+    let set = PolicySet::from_yaml_str(&policy(issuer), "frameworks.yaml").unwrap();
+    palisade::guard_from_policy(&set, &Workload::new("details", "default")).unwrap()
+}
+
+async fn whoami_axum(id: Option<Identity>) -> axum::Json<Value> {
+    axum::Json(palisade::core::whoami(id.as_ref()))
+}
+
+async fn call_axum(guard: &palisade::Guard, headers: &[(&str, String)], path: &str) -> Answer {
+    let app = axum::Router::new()
+        .route("/whoami", get(whoami_axum))
+        .route("/healthz", get(|| async { axum::Json(json!("ok")) }))
+        .route("/admin", get(|| async { axum::Json(json!("admin")) }))
+        .layer(palisade::axum::PalisadeLayer::new(guard.clone()));
+    let mut req = http::Request::builder().uri(path);
+    for (k, v) in headers {
+        req = req.header(*k, v.as_str());
+    }
+    let res = app.oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+    let status = res.status().as_u16();
+    let challenges = res
+        .headers()
+        .get_all("www-authenticate")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    let content_type = res.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned());
+    let bytes = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
+    Answer {
+        status,
+        challenges,
+        content_type,
+        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    }
+}
+
+async fn call_actix(guard: &palisade::Guard, headers: &[(&str, String)], path: &str) -> Answer {
+    let app = actix_web::test::init_service(
+        App::new()
+            .wrap(palisade::actix::Palisade::new(guard.clone()))
+            .route(
+                "/whoami",
+                web::get().to(|id: Option<Identity>| async move {
+                    HttpResponse::Ok().json(palisade::core::whoami(id.as_ref()))
+                }),
+            )
+            .route("/healthz", web::get().to(|| async { HttpResponse::Ok().json("ok") }))
+            .route("/admin", web::get().to(|| async { HttpResponse::Ok().json("admin") })),
+    )
+    .await;
+    let mut req = actix_web::test::TestRequest::get().uri(path);
+    for (k, v) in headers {
+        req = req.append_header((*k, v.as_str()));
+    }
+    let res = actix_web::test::call_service(&app, req.to_request()).await;
+    let status = res.status().as_u16();
+    let challenges = res
+        .headers()
+        .get_all("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    let content_type = res.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned());
+    let bytes = actix_web::test::read_body(res).await;
+    Answer {
+        status,
+        challenges,
+        content_type,
+        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    }
+}
+
+fn bearer(token: &str) -> Vec<(&'static str, String)> {
+    vec![("authorization", format!("Bearer {token}"))]
+}
+
+fn invalid(detail: &str) -> (u16, Vec<String>, Option<&str>) {
+    (
+        401,
+        vec![format!(
+            "Bearer realm=\"details\", error=\"invalid_token\", error_description=\"{detail}\""
+        )],
+        Some(detail),
+    )
+}
+
+#[actix_web::test]
+async fn both_frameworks_answer_the_contract_table_identically() {
+    let issuer = TestIssuer::builder().default_audience("details").start().unwrap();
+    let guard = guard(&issuer);
+    let good = issuer.token().subject("alice").realm_roles(&["admin"]).sign();
+    let b64 = |s: &str| {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+    };
+    let challenge = vec!["Bearer realm=\"details\"".to_owned()];
+    let missing = (401, challenge.clone(), Some("this resource needs an authenticated caller"));
+    let cases: Vec<(&str, Vec<(&str, String)>, &str, (u16, Vec<String>, Option<&str>))> = vec![
+        ("no token", vec![], "/whoami", missing.clone()),
+        ("valid token", bearer(&good), "/whoami", (200, vec![], None)),
+        ("scheme is case-insensitive", vec![("authorization", format!("bEaReR {good}"))], "/whoami", (200, vec![], None)),
+        ("healthz is open", vec![], "/healthz", (200, vec![], None)),
+        ("basic credentials are not a bearer token", vec![("authorization", "Basic YTpi".into())], "/whoami", missing.clone()),
+        ("expired", bearer(&issuer.token().expires_in(-3600).sign()), "/whoami", invalid("the token has expired")),
+        ("not yet valid", bearer(&issuer.token().not_before(3600).sign()), "/whoami", invalid("the token is not valid yet")),
+        ("issued in the future", bearer(&issuer.token().issued_at(3600).sign()), "/whoami", invalid("the token was issued in the future")),
+        ("wrong audience", bearer(&issuer.token().audience("reviews").sign()), "/whoami", invalid("the token is not meant for this service")),
+        ("no audience", bearer(&issuer.token().no_audience().sign()), "/whoami", invalid("the token has no `aud` claim")),
+        ("numeric audience", bearer(&issuer.token().claim("aud", json!(5)).sign()), "/whoami", invalid("the token's `aud` claim is not valid")),
+        ("unknown issuer", bearer(&issuer.token().issuer("https://evil.example").sign()), "/whoami", invalid("the token's issuer is not accepted")),
+        ("no issuer", bearer(&issuer.token().no_issuer().sign()), "/whoami", invalid("the token has no `iss` claim")),
+        ("alg none", bearer(&issuer.token().header("alg", json!("none")).unsigned()), "/whoami", invalid("unsigned tokens are not accepted")),
+        ("alg NoNe signed", bearer(&issuer.token().header("alg", json!("NoNe")).sign()), "/whoami", invalid("unsigned tokens are not accepted")),
+        ("HS256 confusion", bearer(&issuer.token().header("alg", json!("HS256")).sign()), "/whoami", invalid("the token's algorithm is not accepted")),
+        ("crit header", bearer(&issuer.token().header("crit", json!(["exp"])).sign()), "/whoami", invalid("the token uses a header extension that is not supported")),
+        ("b64 false", bearer(&issuer.token().header("b64", json!(false)).sign()), "/whoami", invalid("the token uses a header extension that is not supported")),
+        ("nested", bearer(&issuer.token().header("cty", json!("JWT")).sign()), "/whoami", invalid("nested tokens are not accepted")),
+        ("unknown kid", bearer(&issuer.token().kid(Some("no-such-key")).sign()), "/whoami", invalid("the token's signing key is not known")),
+        ("duplicate claim", bearer(&issuer.token().raw_payload(&format!("{{\"iss\":\"{}\",\"sub\":\"a\",\"aud\":\"details\",\"exp\":9999999999,\"role\":\"admin\",\"role\":\"user\"}}", issuer.issuer())).sign()), "/whoami", invalid("the token has a duplicate claim")),
+        ("tampered payload", bearer(&{
+            let parts: Vec<&str> = good.split('.').collect();
+            format!("{}.{}.{}", parts[0], b64(&format!("{{\"iss\":\"{}\",\"sub\":\"mallory\",\"aud\":\"details\",\"exp\":9999999999}}", issuer.issuer())), parts[2])
+        }), "/whoami", invalid("the token's signature is not valid")),
+        ("garbage", bearer("not-a-jwt"), "/whoami", invalid("the token is malformed")),
+        ("JWE", bearer("a.b.c.d.e"), "/whoami", invalid("encrypted tokens are not accepted")),
+        ("oversized", bearer(&"a".repeat(9000)), "/whoami", invalid("the token is too large")),
+        ("two tokens", vec![("authorization", format!("Bearer {good}")), ("authorization", format!("Bearer {good}"))], "/whoami", (
+            400,
+            vec!["Bearer realm=\"details\", error=\"invalid_request\", error_description=\"the request carries more than one token\"".into()],
+            Some("the request carries more than one token"),
+        )),
+        ("denied by policy", bearer(&good), "/admin", (403, vec![], Some("access denied by policy"))),
+        ("denied and anonymous", vec![], "/admin", missing.clone()),
+    ];
+    for (name, headers, path, (status, challenges, detail)) in cases {
+        let a = call_axum(&guard, &headers, path).await;
+        let b = call_actix(&guard, &headers, path).await;
+        assert_eq!(a, b, "{name}: axum and actix differ");
+        assert_eq!(a.status, status, "{name}: {a:?}");
+        assert_eq!(a.challenges, challenges, "{name}");
+        match detail {
+            Some(d) => {
+                assert_eq!(a.content_type.as_deref(), Some("application/problem+json"), "{name}");
+                assert_eq!(a.body["detail"], d, "{name}");
+                assert_eq!(a.body["status"], status, "{name}");
+                // A refusal never echoes the token.
+                let text = a.body.to_string();
+                assert!(!text.contains(&good[..40]), "{name}: body echoes the token");
+            }
+            None if path == "/whoami" => {
+                assert_eq!(a.body["authenticated"], true, "{name}");
+                assert_eq!(a.body["subject"], "alice", "{name}");
+                assert_eq!(a.body["realm_roles"], json!(["admin"]), "{name}");
+                assert_eq!(a.body["request_principal"], format!("{}/alice", issuer.issuer()), "{name}");
+            }
+            None => {}
+        }
+    }
+}
+
+#[actix_web::test]
+async fn the_token_is_removed_before_the_handler_unless_forwarded() {
+    let issuer = TestIssuer::builder().default_audience("details").start().unwrap();
+    for (forward, expect_header) in [(false, false), (true, true)] {
+        let yaml = format!(
+            "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt}}\nspec:\n  jwtRules:\n  - issuer: {}\n    jwksUri: {}\n    audiences: [details]\n    forwardOriginalToken: {forward}\n    outputClaimToHeaders: [{{header: x-sub, claim: sub}}]\n",
+            issuer.issuer(),
+            issuer.jwks_uri()
+        );
+        let set = PolicySet::from_yaml_str(&yaml, "t.yaml").unwrap();
+        let guard = palisade::guard_from_policy(&set, &Workload::new("details", "default")).unwrap();
+        let token = issuer.token().subject("bob").sign();
+        let seen = |h: &http::HeaderMap| (h.contains_key("authorization"), h.get("x-sub").map(|v| v.to_str().unwrap().to_owned()));
+        let app = axum::Router::new()
+            .route("/", get(move |headers: http::HeaderMap| async move { format!("{:?}", seen(&headers)) }))
+            .layer(palisade::axum::PalisadeLayer::new(guard.clone()));
+        let req = http::Request::get("/").header("authorization", format!("Bearer {token}")).body(Body::empty()).unwrap();
+        let res = app.oneshot(req).await.unwrap();
+        assert_eq!(res.status(), 200);
+        let body = axum::body::to_bytes(res.into_body(), 1024).await.unwrap();
+        assert_eq!(std::str::from_utf8(&body).unwrap(), format!("({expect_header}, Some(\"bob\"))"));
+
+        let actix = actix_web::test::init_service(App::new().wrap(palisade::actix::Palisade::new(guard)).route(
+            "/",
+            web::get().to(|req: actix_web::HttpRequest| async move {
+                let h = req.headers();
+                format!("({}, {:?})", h.contains_key("authorization"), h.get("x-sub").map(|v| v.to_str().unwrap().to_owned()))
+            }),
+        ))
+        .await;
+        let req = actix_web::test::TestRequest::get().uri("/").append_header(("authorization", format!("Bearer {token}"))).to_request();
+        let body = actix_web::test::call_and_read_body(&actix, req).await;
+        assert_eq!(std::str::from_utf8(&body).unwrap(), format!("({expect_header}, Some(\"bob\"))"));
+    }
+}
+
+#[actix_web::test]
+async fn extractors_agree_on_identity_and_claims() {
+    #[derive(serde::Deserialize)]
+    struct Mine {
+        sub: String,
+        tenant: String,
+    }
+    let issuer = TestIssuer::builder().default_audience("details").start().unwrap();
+    let jwt = palisade::jwt::JwtAuthenticator::builder()
+        .realm("details")
+        .provider(
+            palisade::jwt::Provider::builder(issuer.issuer())
+                .audience("details")
+                .jwks_uri(issuer.jwks_uri())
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let guard = palisade::Guard::builder().authenticator(jwt).allow_unauthenticated().build().unwrap();
+    let with_tenant = issuer.token().subject("carol").claim("tenant", json!("acme")).sign();
+    let without = issuer.token().subject("dave").sign();
+
+    let app = axum::Router::new()
+        .route("/id", get(|id: Identity| async move { id.subject().unwrap_or_default().to_owned() }))
+        .route("/claims", get(|palisade::Claims(c): palisade::Claims<Mine>| async move { format!("{}@{}", c.sub, c.tenant) }))
+        .layer(palisade::axum::PalisadeLayer::new(guard.clone()));
+    let actix = actix_web::test::init_service(
+        App::new()
+            .wrap(palisade::actix::Palisade::new(guard))
+            .route("/id", web::get().to(|id: Identity| async move { id.subject().unwrap_or_default().to_owned() }))
+            .route("/claims", web::get().to(|palisade::Claims(c): palisade::Claims<Mine>| async move { format!("{}@{}", c.sub, c.tenant) })),
+    )
+    .await;
+    let cases = [
+        ("/id", None, 401, ""),
+        ("/id", Some(&with_tenant), 200, "carol"),
+        ("/claims", Some(&with_tenant), 200, "carol@acme"),
+        ("/claims", Some(&without), 403, ""),
+        ("/claims", None, 401, ""),
+    ];
+    for (path, token, status, body) in cases {
+        let mut req = http::Request::get(path);
+        let mut areq = actix_web::test::TestRequest::get().uri(path);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+            areq = areq.append_header(("authorization", format!("Bearer {t}")));
+        }
+        let res = app.clone().oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(res.status().as_u16(), status, "axum {path} {token:?}");
+        let ares = actix_web::test::call_service(&actix, areq.to_request()).await;
+        assert_eq!(ares.status().as_u16(), status, "actix {path}");
+        if status == 401 {
+            assert_eq!(res.headers().get("www-authenticate").unwrap(), "Bearer realm=\"details\"");
+            assert_eq!(ares.headers().get("www-authenticate").unwrap(), "Bearer realm=\"details\"");
+        }
+        if status == 200 {
+            let b = axum::body::to_bytes(res.into_body(), 1024).await.unwrap();
+            assert_eq!(b, body);
+            let b = actix_web::test::read_body(ares).await;
+            assert_eq!(b, body);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1)).await;
+}

@@ -1,1 +1,209 @@
+//! JWKS behaviour against the real in-process issuer over HTTP: rotation,
+//! outages, refetch limits, lenient key sets, the verified-token cache.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use palisade::jwt::{FetchSettings, JwtAuthenticator, JwtError, Provider};
+use palisade::testkit::{Fault, TestIssuer};
+use serde_json::json;
+
+fn settings(min_interval_ms: u64) -> FetchSettings {
+    let mut f = FetchSettings::default();
+    f.min_refresh_interval = Duration::from_millis(min_interval_ms);
+    f.unknown_kid_wait = Duration::from_secs(2);
+    f.timeout = Duration::from_millis(500);
+    f
+}
+
+fn authenticator(issuer: &TestIssuer, fetch: FetchSettings) -> JwtAuthenticator {
+    JwtAuthenticator::builder()
+        .realm("test")
+        .provider(
+            Provider::builder(issuer.issuer())
+                .audience("account")
+                .fetch_settings(fetch)
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap()
+}
+
+async fn wait_until(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    for _ in 0..100 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_finds_the_jwks_and_a_good_token_verifies() {
+    let issuer = TestIssuer::start().unwrap();
+    let jwt = authenticator(&issuer, settings(100));
+    let id = jwt.verify(&issuer.token().subject("alice").sign()).await.unwrap();
+    assert_eq!(id.subject(), Some("alice"));
+    assert_eq!(issuer.discovery_fetches(), 1);
+    assert_eq!(issuer.jwks_fetches(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_rotation_under_concurrent_load_fails_no_request() {
+    let issuer = Arc::new(TestIssuer::start().unwrap());
+    let jwt = authenticator(&issuer, settings(200));
+    jwt.verify(&issuer.token().sign()).await.unwrap();
+    let failures = Arc::new(AtomicUsize::new(0));
+    let new_kid_ok = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (issuer, jwt, failures, new_kid_ok) = (issuer.clone(), jwt.clone(), failures.clone(), new_kid_ok.clone());
+        tasks.push(tokio::spawn(async move {
+            let first_kid = issuer.current_kid();
+            for _ in 0..60 {
+                let kid = issuer.current_kid();
+                let token = issuer.token().sign();
+                match jwt.verify(&token).await {
+                    Ok(_) if kid != first_kid => {
+                        new_kid_ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        eprintln!("failed: {e}");
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    issuer.rotate_key();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(failures.load(Ordering::Relaxed), 0);
+    assert!(new_kid_ok.load(Ordering::Relaxed) > 0, "no token of the new key was verified");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn known_keys_keep_working_while_the_issuer_is_down() {
+    let issuer = TestIssuer::start().unwrap();
+    let mut f = settings(100);
+    f.min_ttl = Duration::from_millis(100);
+    f.default_ttl = Duration::from_millis(200);
+    let jwt = authenticator(&issuer, f);
+    jwt.verify(&issuer.token().sign()).await.unwrap();
+    for fault in [Fault::Unavailable, Fault::Garbage, Fault::Hang, Fault::Reset] {
+        issuer.set_fault(fault.clone());
+        let before = issuer.jwks_fetches();
+        wait_until("a failed background refresh", async || issuer.jwks_fetches() > before).await;
+        // A fresh token (not cached) signed by the known key still verifies.
+        let id = jwt.verify(&issuer.token().subject("during-outage").sign()).await;
+        assert!(id.is_ok(), "{fault:?}: {id:?}");
+    }
+    issuer.set_fault(Fault::None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_with_the_issuer_down_fails_closed_then_recovers() {
+    let issuer = TestIssuer::start().unwrap();
+    issuer.set_fault(Fault::Unavailable);
+    let jwt = authenticator(&issuer, settings(100));
+    let token = issuer.token().sign();
+    assert_eq!(jwt.verify(&token).await.unwrap_err(), JwtError::KeysUnavailable);
+    issuer.set_fault(Fault::None);
+    wait_until("recovery", async || jwt.verify(&token).await.is_ok()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_unknown_kids_cause_one_fetch_per_interval() {
+    let issuer = TestIssuer::start().unwrap();
+    let jwt = authenticator(&issuer, settings(1000));
+    jwt.verify(&issuer.token().sign()).await.unwrap();
+    let after_start = issuer.jwks_fetches();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..1000 {
+        let token = issuer.token().kid(Some(&format!("random-{i}"))).sign();
+        let jwt = jwt.clone();
+        tasks.spawn(async move { jwt.verify(&token).await });
+    }
+    let mut refused = 0;
+    while let Some(r) = tasks.join_next().await {
+        assert_eq!(r.unwrap().unwrap_err(), JwtError::UnknownKey);
+        refused += 1;
+    }
+    assert_eq!(refused, 1000);
+    assert_eq!(issuer.jwks_fetches(), after_start + 1, "exactly one refetch for the burst");
+    // Within the interval, another burst fails fast without fetching.
+    let t = std::time::Instant::now();
+    let token = issuer.token().kid(Some("yet-another")).sign();
+    assert_eq!(jwt.verify(&token).await.unwrap_err(), JwtError::UnknownKey);
+    assert!(t.elapsed() < Duration::from_millis(500), "should not wait for a fetch that cannot happen");
+    assert_eq!(issuer.jwks_fetches(), after_start + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oaep_and_unknown_keys_in_the_jwks_do_not_break_good_tokens() {
+    let issuer = TestIssuer::start().unwrap();
+    let n = issuer.jwks()["keys"][0]["n"].clone();
+    issuer.add_jwk(json!({"kty": "RSA", "use": "enc", "alg": "RSA-OAEP", "kid": "enc-key", "n": n, "e": "AQAB"}));
+    issuer.add_jwk(json!({"kty": "XYZ", "kid": "from-the-future", "x": "abc"}));
+    issuer.add_jwk(json!({"kty": "EC", "crv": "P-521", "kid": "p521", "x": "AA", "y": "AA"}));
+    let jwt = authenticator(&issuer, settings(100));
+    assert!(jwt.verify(&issuer.token().sign()).await.is_ok());
+    // The encryption key is never used to verify, even when a token names it.
+    let forged = issuer.token().kid(Some("enc-key")).sign();
+    assert_eq!(jwt.verify(&forged).await.unwrap_err(), JwtError::UnknownKey);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_tokens_of_a_retired_key_are_refused() {
+    let issuer = TestIssuer::start().unwrap();
+    let jwt = authenticator(&issuer, settings(100));
+    let old_kid = issuer.current_kid();
+    let token = issuer.token().sign();
+    jwt.verify(&token).await.unwrap();
+    jwt.verify(&token).await.unwrap();
+    issuer.rotate_key();
+    issuer.retire_key(&old_kid);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // A token of the new key triggers the refetch that drops the old key.
+    jwt.verify(&issuer.token().sign()).await.unwrap();
+    assert_eq!(jwt.verify(&token).await.unwrap_err(), JwtError::UnknownKey);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn es256_and_eddsa_issuers_verify() {
+    use palisade::testkit::SigningAlgorithm;
+    for alg in [SigningAlgorithm::Es256, SigningAlgorithm::EdDsa] {
+        let issuer = TestIssuer::builder().algorithm(alg).start().unwrap();
+        let jwt = authenticator(&issuer, settings(100));
+        assert!(jwt.verify(&issuer.token().sign()).await.is_ok(), "{alg:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_jwks_is_refused_and_old_keys_kept() {
+    let issuer = TestIssuer::start().unwrap();
+    let mut f = settings(100);
+    f.max_body = 4096;
+    let jwt = authenticator(&issuer, f);
+    jwt.verify(&issuer.token().sign()).await.unwrap();
+    for i in 0..40 {
+        issuer.add_jwk(json!({"kty": "XYZ", "kid": format!("padding-{i}"), "x": "a".repeat(100)}));
+    }
+    let old_key_fresh_token = issuer.token().subject("minted-before-rotation").sign();
+    issuer.rotate_key();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let before = issuer.jwks_fetches();
+    let new = issuer.token().sign();
+    assert_eq!(jwt.verify(&new).await.unwrap_err(), JwtError::UnknownKey);
+    assert!(issuer.jwks_fetches() > before, "the refetch happened and was refused");
+    // The last good key set is still in use.
+    let id = jwt.verify(&old_key_fresh_token).await.unwrap();
+    assert_eq!(id.subject(), Some("minted-before-rotation"));
+}

@@ -1,1 +1,175 @@
-//! x
+//! Palisade for actix-web 4: a middleware that authenticates and authorizes
+//! every request, and (through `palisade-core`'s `actix` feature) the
+//! extractors [`Identity`], `Option<Identity>` and
+//! [`Claims<T>`](palisade_core::Claims), with the same meaning as in axum.
+//!
+//! ```no_run
+//! use actix_web::{App, HttpServer, web};
+//! use palisade_actix::Palisade;
+//! use palisade_core::{Guard, Identity};
+//! use palisade_jwt::{JwtAuthenticator, Provider};
+//!
+//! async fn whoami(id: Identity) -> String {
+//!     format!("hello {}", id.subject().unwrap_or("?"))
+//! }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let jwt = JwtAuthenticator::builder()
+//!     .provider(Provider::builder("https://kc.example/realms/demo").audience("reviews").build()?)
+//!     .build()?;
+//! let guard = Guard::builder().authenticator(jwt).build()?;
+//! HttpServer::new(move || App::new().wrap(Palisade::new(guard.clone())).route("/whoami", web::get().to(whoami)))
+//!     .bind("127.0.0.1:9081")?
+//!     .run()
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Refused requests are answered with a response (not an `Err`), so outer
+//! middleware such as CORS still runs on them. The
+//! [`Rejection`](palisade_core::Rejection) travels in the response extensions.
+
+use std::future::{Future, Ready, ready};
+use std::pin::Pin;
+use std::rc::Rc;
+
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
+use actix_web::http::header::{HOST, HeaderName, HeaderValue};
+use actix_web::{Error, HttpMessage};
+use palisade_core::extract::actix_response;
+use palisade_core::{Allowed, Check, ConnectionInfo, Decision, Guard, HeaderEdit, RequestHead};
+
+pub use palisade_core::Identity;
+
+/// The middleware factory: `App::new().wrap(Palisade::new(guard))`.
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct Palisade {
+    guard: Guard,
+}
+
+impl Palisade {
+    /// Runs `guard` on every request of the wrapped app, scope or resource.
+    pub fn new(guard: Guard) -> Self {
+        Self { guard }
+    }
+}
+
+impl<S, B> Transform<S, ServiceRequest> for Palisade
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<EitherBody<B>>;
+    type Error = Error;
+    type Transform = PalisadeMiddleware<S>;
+    type InitError = ();
+    type Future = Ready<Result<Self::Transform, Self::InitError>>;
+
+    fn new_transform(&self, service: S) -> Self::Future {
+        ready(Ok(PalisadeMiddleware {
+            service: Rc::new(service),
+            guard: self.guard.clone(),
+        }))
+    }
+}
+
+/// The service [`Palisade`] wraps around the app.
+#[derive(Debug)]
+pub struct PalisadeMiddleware<S> {
+    service: Rc<S>,
+    guard: Guard,
+}
+
+/// A view of an actix-web request head for the framework-free core.
+#[derive(Debug)]
+pub struct ActixRequestHead<'a>(pub &'a ServiceRequest);
+
+impl RequestHead for ActixRequestHead<'_> {
+    fn method(&self) -> &str {
+        self.0.method().as_str()
+    }
+    fn path(&self) -> &str {
+        self.0.path()
+    }
+    fn query(&self) -> Option<&str> {
+        self.0.uri().query()
+    }
+    fn host(&self) -> Option<&str> {
+        self.0
+            .headers()
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| self.0.uri().authority().map(|a| a.as_str()))
+    }
+    fn for_each_header(&self, name: &str, f: &mut dyn FnMut(&[u8])) {
+        for v in self.0.headers().get_all(name) {
+            f(v.as_bytes());
+        }
+    }
+    fn header_str(&self, name: &str) -> Option<&str> {
+        self.0.headers().get(name).and_then(|v| v.to_str().ok())
+    }
+    fn connection(&self) -> Option<&ConnectionInfo> {
+        self.0.conn_data::<ConnectionInfo>()
+    }
+}
+
+fn admit(req: &mut ServiceRequest, guard: &Guard, allowed: Allowed) {
+    let headers = req.headers_mut();
+    for edit in allowed.edits {
+        match edit {
+            HeaderEdit::Remove(name) => {
+                headers.remove(name.as_str());
+            }
+            HeaderEdit::Set(name, value) => {
+                if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(&value)) {
+                    headers.insert(n, v);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut ext = req.extensions_mut();
+    ext.insert(guard.clone());
+    ext.insert(allowed.access);
+    if let Some(id) = allowed.identity {
+        ext.insert(id);
+    }
+}
+
+type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
+
+impl<S, B> Service<ServiceRequest> for PalisadeMiddleware<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<EitherBody<B>>;
+    type Error = Error;
+    type Future = LocalFuture<Result<Self::Response, Self::Error>>;
+
+    forward_ready!(service);
+
+    fn call(&self, mut req: ServiceRequest) -> Self::Future {
+        let check = self.guard.check(&ActixRequestHead(&req));
+        let service = self.service.clone();
+        let guard = self.guard.clone();
+        Box::pin(async move {
+            let decision = match check {
+                Check::Ready(d) => d,
+                Check::Pending(f) => f.await,
+            };
+            match decision {
+                Decision::Allow(allowed) => {
+                    admit(&mut req, &guard, allowed);
+                    service.call(req).await.map(ServiceResponse::map_into_left_body)
+                }
+                Decision::Deny(rejection) => {
+                    Ok(req.into_response(actix_response(&rejection)).map_into_right_body())
+                }
+            }
+        })
+    }
+}

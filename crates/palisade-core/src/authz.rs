@@ -309,14 +309,6 @@ impl AccessPolicy {
         Ok(out)
     }
 
-    /// Whether any enforced policy would let a request without credentials
-    /// through for some operation (used to decide whether the challenge is
-    /// needed); conservative.
-    #[must_use]
-    pub fn is_allow_all(&self) -> bool {
-        self.policies.is_empty()
-    }
-
     /// The request headers that `when` conditions read (lower case).
     #[must_use]
     pub fn headers_read(&self) -> &[String] {

@@ -143,13 +143,13 @@ impl GuardBuilder {
     /// Builds the guard.
     ///
     /// # Errors
-    /// [`GuardError::NoAuthenticator`] when the policy needs authenticated
-    /// callers and there is no authenticator.
+    /// [`GuardError::NoAuthenticator`] when no authenticator and no access
+    /// policy were given: the default policy would refuse every request.
     pub fn build(self) -> Result<Guard, GuardError> {
-        let access = self.access.unwrap_or_else(AccessPolicy::require_authenticated);
-        if self.authenticators.is_empty() && !access.is_allow_all() {
+        if self.authenticators.is_empty() && self.access.is_none() {
             return Err(GuardError::NoAuthenticator);
         }
+        let access = self.access.unwrap_or_else(AccessPolicy::require_authenticated);
         let challenges = self.authenticators.iter().filter_map(|a| a.challenge()).collect();
         Ok(Guard(Arc::new(Inner {
             authenticators: self.authenticators,

@@ -59,7 +59,9 @@ pub struct PolicyError {
 }
 
 impl PolicyError {
-    fn new(file: &str, message: impl Into<String>) -> Self {
+    /// An error about a whole file (or named source).
+    #[must_use]
+    pub fn new(file: &str, message: impl Into<String>) -> Self {
         Self {
             file: file.to_owned(),
             document: None,

@@ -1,1 +1,39 @@
-//! x
+//! JWT bearer authentication for Palisade: what Keycloak's bearer-only adapter
+//! and Istio's `RequestAuthentication` do, in process.
+//!
+//! - Keys come from the issuer's JWKS (configured, or discovered from
+//!   `/.well-known/openid-configuration`), cached, refreshed in the background
+//!   before they expire, refetched once (single flight, rate limited) for an
+//!   unknown `kid`, and kept through issuer outages.
+//! - Every token is checked for signature, `exp`, `iss`, `aud`, `nbf`, `iat`,
+//!   algorithm pinning by the key, forbidden headers (`alg: none`, `crit`,
+//!   `b64`, nested and encrypted tokens) and duplicate claims.
+//! - A verified token is cached, so a repeated token costs a hash lookup.
+//!
+//! ```no_run
+//! use palisade_core::Guard;
+//! use palisade_jwt::{JwtAuthenticator, Provider};
+//!
+//! let jwt = JwtAuthenticator::builder()
+//!     .realm("reviews")
+//!     .provider(
+//!         Provider::builder("https://keycloak.example/realms/shop")
+//!             .audience("reviews")
+//!             .build()?,
+//!     )
+//!     .build()?;
+//! let guard = Guard::builder().authenticator(jwt).build()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod authenticator;
+mod config;
+mod error;
+mod jwks;
+mod policy;
+mod token;
+
+pub use authenticator::{JwtAuthenticator, JwtAuthenticatorBuilder};
+pub use config::{ConfigError, DangerousProviderBuilder, FetchSettings, JwksSource, Provider, ProviderBuilder, TokenSource};
+pub use error::JwtError;
+pub use jsonwebtoken::Algorithm;

@@ -7,7 +7,8 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use serde::de::DeserializeOwned;
 
-use super::{Claims, claims_from, identity_from};
+use super::Claims;
+use super::common::{claims_from, identity_from};
 use crate::error::{PROBLEM_JSON, Rejection};
 use crate::guard::Guard;
 use crate::identity::Identity;

@@ -5,7 +5,8 @@ use http::request::Parts;
 use http::{HeaderValue, StatusCode, header};
 use serde::de::DeserializeOwned;
 
-use super::{Claims, claims_from, identity_from};
+use super::Claims;
+use super::common::{claims_from, identity_from};
 use crate::error::{PROBLEM_JSON, Rejection};
 use crate::guard::Guard;
 use crate::identity::Identity;

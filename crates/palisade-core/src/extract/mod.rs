@@ -7,12 +7,6 @@
 //! the same in both: the identity the Palisade middleware established, a 401
 //! with the configured challenges when there is none.
 
-use serde::de::DeserializeOwned;
-
-use crate::error::Rejection;
-use crate::guard::Guard;
-use crate::identity::Identity;
-
 #[cfg(feature = "actix")]
 mod actix;
 #[cfg(feature = "axum")]
@@ -37,26 +31,35 @@ pub use self::axum::rejection_response as axum_response;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Claims<T>(pub T);
 
-/// Where the middleware left what extractors need.
-pub(crate) fn identity_from(
-    identity: Option<&Identity>,
-    guard: Option<&Guard>,
-) -> Result<Identity, Rejection> {
-    match (identity, guard) {
-        (Some(id), _) => Ok(id.clone()),
-        (None, Some(g)) => Err(g.missing_credential()),
-        (None, None) => {
-            tracing::error!(target: crate::guard::LOG_TARGET, "Identity extracted on a route that no Palisade middleware guards");
-            Err(Rejection::missing_credential(Vec::new()))
+#[cfg(any(feature = "axum", feature = "actix"))]
+mod common {
+    use serde::de::DeserializeOwned;
+
+    use crate::error::Rejection;
+    use crate::guard::Guard;
+    use crate::identity::Identity;
+
+    /// Where the middleware left what extractors need.
+    pub(super) fn identity_from(
+        identity: Option<&Identity>,
+        guard: Option<&Guard>,
+    ) -> Result<Identity, Rejection> {
+        match (identity, guard) {
+            (Some(id), _) => Ok(id.clone()),
+            (None, Some(g)) => Err(g.missing_credential()),
+            (None, None) => {
+                tracing::error!(target: crate::guard::LOG_TARGET, "Identity extracted on a route that no Palisade middleware guards");
+                Err(Rejection::missing_credential(Vec::new()))
+            }
         }
     }
-}
 
-pub(crate) fn claims_from<T: DeserializeOwned>(identity: &Identity) -> Result<Claims<T>, Rejection> {
-    let Some(token) = identity.token() else {
-        return Err(Rejection::forbidden("this resource needs a bearer token"));
-    };
-    serde_json::from_value(serde_json::Value::Object(token.claims.clone()))
-        .map(Claims)
-        .map_err(|_| Rejection::forbidden("the token does not carry the claims this resource needs"))
+    pub(super) fn claims_from<T: DeserializeOwned>(identity: &Identity) -> Result<super::Claims<T>, Rejection> {
+        let Some(token) = identity.token() else {
+            return Err(Rejection::forbidden("this resource needs a bearer token"));
+        };
+        serde_json::from_value(serde_json::Value::Object(token.claims.clone()))
+            .map(super::Claims)
+            .map_err(|_| Rejection::forbidden("the token does not carry the claims this resource needs"))
+    }
 }

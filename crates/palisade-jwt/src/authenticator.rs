@@ -1,0 +1,649 @@
+//! The JWT bearer authenticator: token extraction, verification, the
+//! verified-token cache.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::Algorithm;
+use moka::Expiry;
+use palisade_core::{
+    AuthOutcome, Authenticated, Authenticating, Authenticator, HeaderEdit, Identity, RequestHead, TokenClaims,
+    Verification, bearer_challenge,
+};
+use serde_json::{Map, Value};
+
+use crate::config::{ConfigError, JwksSource, Provider, TokenSource};
+use crate::error::JwtError;
+use crate::jwks::{Fetcher, KeySet, KeyStore, VerifyKey, hmac_key, parse_jwks, pem_key, spawn_fetcher};
+use crate::token::{Parsed, parse, peek_issuer};
+
+const LOG: &str = "palisade::jwt";
+
+struct ProviderState {
+    cfg: Provider,
+    store: Arc<KeyStore>,
+}
+
+struct CacheEntry {
+    identity: Identity,
+    provider: usize,
+    kid: Option<String>,
+    fingerprint: u64,
+    exp: f64,
+    nbf: Option<f64>,
+    edits: Vec<HeaderEdit>,
+}
+
+struct UntilExp;
+
+impl Expiry<Arc<str>, Arc<CacheEntry>> for UntilExp {
+    fn expire_after_create(
+        &self,
+        _key: &Arc<str>,
+        value: &Arc<CacheEntry>,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        let left = value.exp - now_secs();
+        Some(Duration::from_secs_f64(left.clamp(0.0, 3600.0)))
+    }
+}
+
+type TokenCache = moka::sync::Cache<Arc<str>, Arc<CacheEntry>, foldhash::fast::RandomState>;
+
+struct Shared {
+    realm: String,
+    providers: Vec<ProviderState>,
+    by_issuer: HashMap<String, usize>,
+    /// Every source any provider reads, with the providers that accept it.
+    sources: Vec<(TokenSource, Vec<usize>)>,
+    max_token_size: usize,
+    cache: Option<TokenCache>,
+    _fetcher: Option<Fetcher>,
+}
+
+/// Authenticates `Authorization: Bearer` (and configured) JWTs from one or
+/// more issuers. Cloning is an `Arc` clone.
+///
+/// Building it starts one background thread that fetches and refreshes the
+/// issuers' keys; it never blocks on the network and never fails because an
+/// issuer is down (tokens then fail closed until keys arrive).
+///
+/// ```no_run
+/// use palisade_jwt::{JwtAuthenticator, Provider};
+/// let jwt = JwtAuthenticator::builder()
+///     .realm("details")
+///     .provider(Provider::builder("https://kc.example/realms/demo").audience("details").build()?)
+///     .build()?;
+/// let guard = palisade_core::Guard::builder().authenticator(jwt).build()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct JwtAuthenticator(Arc<Shared>);
+
+impl fmt::Debug for JwtAuthenticator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtAuthenticator")
+            .field("realm", &self.0.realm)
+            .field("providers", &self.0.providers.iter().map(|p| &p.cfg).collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`JwtAuthenticator`].
+#[must_use]
+#[derive(Debug)]
+pub struct JwtAuthenticatorBuilder {
+    realm: String,
+    providers: Vec<Provider>,
+    max_token_size: usize,
+    cache_entries: u64,
+}
+
+impl JwtAuthenticatorBuilder {
+    /// The `realm` of the `WWW-Authenticate: Bearer` challenge (default `palisade`).
+    pub fn realm(mut self, realm: impl Into<String>) -> Self {
+        self.realm = realm.into();
+        self
+    }
+
+    /// Trusts an issuer.
+    pub fn provider(mut self, provider: Provider) -> Self {
+        self.providers.push(provider);
+        self
+    }
+
+    /// Refuses longer tokens before parsing them (default 8 KiB).
+    pub fn max_token_size(mut self, bytes: usize) -> Self {
+        self.max_token_size = bytes;
+        self
+    }
+
+    /// Entries of the verified-token cache (default 10,000; 0 turns it off).
+    pub fn cache_entries(mut self, entries: u64) -> Self {
+        self.cache_entries = entries;
+        self
+    }
+
+    /// Validates the configuration and starts key fetching.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] for duplicate issuers, unusable inline keys or no provider.
+    pub fn build(self) -> Result<JwtAuthenticator, ConfigError> {
+        if self.providers.is_empty() {
+            return Err(ConfigError::NoProvider);
+        }
+        let mut by_issuer = HashMap::new();
+        let mut providers = Vec::new();
+        let mut fetched = Vec::new();
+        for (i, cfg) in self.providers.into_iter().enumerate() {
+            if by_issuer.insert(cfg.issuer.clone(), i).is_some() {
+                return Err(ConfigError::DuplicateIssuer(cfg.issuer));
+            }
+            let inline = |r: Result<KeySet, String>| {
+                r.map_err(|e| ConfigError::InvalidInlineKeys(cfg.issuer.clone(), e))
+            };
+            let fixed = match (&cfg.hmac_secret, &cfg.jwks) {
+                (Some(secret), _) => Some(KeySet::new(vec![hmac_key(secret)])),
+                (None, JwksSource::Inline(json)) => Some(inline(parse_jwks(json.as_bytes()))?),
+                (None, JwksSource::PublicKeyPem(pem)) => Some(inline(pem_key(pem).map(|k| KeySet::new(vec![k])))?),
+                (None, JwksSource::Discovery | JwksSource::Uri(_)) => None,
+            };
+            if fixed.as_ref().is_some_and(|s| s.keys.is_empty()) {
+                return Err(ConfigError::InvalidInlineKeys(cfg.issuer, "no usable signature key".into()));
+            }
+            let is_fetched = fixed.is_none();
+            let store = Arc::new(KeyStore::new(&cfg.issuer, cfg.fetch.clone(), fixed));
+            if is_fetched {
+                fetched.push((store.clone(), cfg.jwks.clone()));
+            }
+            providers.push(ProviderState { cfg, store });
+        }
+        let mut sources: Vec<(TokenSource, Vec<usize>)> = Vec::new();
+        for (i, p) in providers.iter().enumerate() {
+            for s in &p.cfg.sources {
+                match sources.iter_mut().find(|(t, _)| t == s) {
+                    Some((_, ps)) => ps.push(i),
+                    None => sources.push((s.clone(), vec![i])),
+                }
+            }
+        }
+        let cache = (self.cache_entries > 0).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(self.cache_entries)
+                .expire_after(UntilExp)
+                .build_with_hasher(foldhash::fast::RandomState::default())
+        });
+        let fetcher = if fetched.is_empty() {
+            None
+        } else {
+            Some(spawn_fetcher(fetched).map_err(|e| ConfigError::OutOfRange(format!("cannot start the JWKS thread: {e}")))?)
+        };
+        Ok(JwtAuthenticator(Arc::new(Shared {
+            realm: self.realm,
+            providers,
+            by_issuer,
+            sources,
+            max_token_size: self.max_token_size,
+            cache,
+            _fetcher: fetcher,
+        })))
+    }
+}
+
+fn now_secs() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Where a token was found: the index into `Shared::sources`.
+struct Found {
+    token: String,
+    source: usize,
+}
+
+impl JwtAuthenticator {
+    /// Starts building an authenticator.
+    pub fn builder() -> JwtAuthenticatorBuilder {
+        JwtAuthenticatorBuilder {
+            realm: "palisade".into(),
+            providers: Vec::new(),
+            max_token_size: 8 * 1024,
+            cache_entries: 10_000,
+        }
+    }
+
+    /// The `WWW-Authenticate` realm.
+    #[must_use]
+    pub fn realm(&self) -> &str {
+        &self.0.realm
+    }
+
+    /// Verifies a token as if it came in `Authorization: Bearer`, for code
+    /// that receives tokens outside HTTP (gRPC metadata, a WebSocket message).
+    ///
+    /// # Errors
+    /// The [`JwtError`] that refused it.
+    pub async fn verify(&self, token: &str) -> Result<Identity, JwtError> {
+        let source = self
+            .0
+            .sources
+            .iter()
+            .position(|(s, _)| *s == TokenSource::authorization_bearer())
+            .unwrap_or(0);
+        let found = Found {
+            token: token.to_owned(),
+            source,
+        };
+        match self.start(found) {
+            Step::Done(r) => r.map(|a| a.identity),
+            Step::Wait { found, kid, alg, provider } => self.finish(found, kid, alg, provider).await.map(|a| a.identity),
+        }
+    }
+
+    fn extract(&self, req: &dyn RequestHead) -> Result<Option<Found>, JwtError> {
+        let mut found: Option<Found> = None;
+        let mut count = 0usize;
+        let mut add = |token: &[u8], source: usize| {
+            count += 1;
+            if found.is_none() {
+                found = Some(Found {
+                    // A token is ASCII; anything else can never verify.
+                    token: String::from_utf8_lossy(token).trim().to_owned(),
+                    source,
+                });
+            }
+        };
+        for (i, (source, _)) in self.0.sources.iter().enumerate() {
+            match source {
+                TokenSource::Header { name, prefix } => req.for_each_header(name, &mut |v| {
+                    let token = match prefix {
+                        None => Some(v),
+                        Some(p) if v.len() >= p.len() && v[..p.len()].eq_ignore_ascii_case(p.as_bytes()) => {
+                            Some(&v[p.len()..])
+                        }
+                        Some(_) => None,
+                    };
+                    if let Some(t) = token {
+                        add(t, i);
+                    }
+                }),
+                TokenSource::Cookie(cookie) => req.for_each_header("cookie", &mut |v| {
+                    for pair in v.split(|b| *b == b';') {
+                        let pair = pair.trim_ascii();
+                        if let Some(eq) = pair.iter().position(|b| *b == b'=')
+                            && &pair[..eq] == cookie.as_bytes()
+                        {
+                            add(&pair[eq + 1..], i);
+                        }
+                    }
+                }),
+                TokenSource::Query(param) => {
+                    if let Some(q) = req.query() {
+                        for pair in q.split('&') {
+                            if let Some((k, v)) = pair.split_once('=')
+                                && k == param
+                            {
+                                add(percent_decode(v).as_bytes(), i);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if count > 1 {
+            return Err(JwtError::MultipleTokens);
+        }
+        Ok(found)
+    }
+
+    fn start(&self, found: Found) -> Step {
+        let shared = &self.0;
+        if found.token.len() > shared.max_token_size {
+            return Step::Done(Err(JwtError::TooLarge));
+        }
+        if let Some(cache) = &shared.cache
+            && let Some(entry) = cache.get(found.token.as_str())
+        {
+            if let Some(done) = self.cached(&entry, &found) {
+                return Step::Done(done);
+            }
+            cache.invalidate(found.token.as_str());
+        }
+        let parsed = match parse(&found.token, shared.max_token_size) {
+            Ok(p) => p,
+            Err(e) => return Step::Done(Err(e)),
+        };
+        let provider = match peek_issuer(&parsed.claims).map(|iss| shared.by_issuer.get(iss).copied()) {
+            Ok(Some(p)) => p,
+            Ok(None) => return Step::Done(Err(JwtError::UnknownIssuer)),
+            Err(e) => return Step::Done(Err(e)),
+        };
+        if !shared.sources[found.source].1.contains(&provider) {
+            return Step::Done(Err(JwtError::WrongLocation));
+        }
+        let state = &shared.providers[provider];
+        if !state.cfg.algorithms.contains(&parsed.alg) {
+            return Step::Done(Err(JwtError::AlgorithmNotAllowed));
+        }
+        let keys = state.store.keys();
+        match keys.find(parsed.kid.as_deref(), parsed.alg) {
+            Some(key) => {
+                let key = key.clone();
+                Step::Done(self.verify_with(&found, parsed, &key, provider))
+            }
+            None => {
+                let kid = parsed.kid.clone();
+                let alg = parsed.alg;
+                Step::Wait { found, kid, alg, provider }
+            }
+        }
+    }
+
+    async fn finish(
+        &self,
+        found: Found,
+        kid: Option<String>,
+        alg: Algorithm,
+        provider: usize,
+    ) -> Result<Authenticated, JwtError> {
+        let key = self.0.providers[provider].store.wait_for_key(kid.as_deref(), alg).await?;
+        let parsed = parse(&found.token, self.0.max_token_size)?;
+        self.verify_with(&found, parsed, &key, provider)
+    }
+
+    fn cached(&self, entry: &CacheEntry, found: &Found) -> Option<Result<Authenticated, JwtError>> {
+        let state = &self.0.providers[entry.provider];
+        if !self.0.sources[found.source].1.contains(&entry.provider) {
+            return Some(Err(JwtError::WrongLocation));
+        }
+        if !state.store.keys().still_has(entry.kid.as_deref(), entry.fingerprint) {
+            return None;
+        }
+        let now = now_secs();
+        let leeway = state.cfg.leeway.as_secs_f64();
+        if now > entry.exp + leeway {
+            return Some(Err(JwtError::Expired));
+        }
+        if entry.nbf.is_some_and(|nbf| now + leeway < nbf) {
+            return Some(Err(JwtError::NotYetValid));
+        }
+        let mut edits = self.removal(found, entry.provider);
+        edits.extend(entry.edits.iter().cloned());
+        Some(Ok(Authenticated::new(entry.identity.clone()).with_edits(edits)))
+    }
+
+    fn removal(&self, found: &Found, provider: usize) -> Vec<HeaderEdit> {
+        if self.0.providers[provider].cfg.forward_original_token {
+            return Vec::new();
+        }
+        match &self.0.sources[found.source].0 {
+            TokenSource::Header { name, .. } => vec![HeaderEdit::Remove(name.clone())],
+            // Cookies and query parameters cannot be removed without rewriting
+            // the request target or other cookies; they are left as they are.
+            TokenSource::Cookie(_) | TokenSource::Query(_) => Vec::new(),
+        }
+    }
+
+    fn verify_with(
+        &self,
+        found: &Found,
+        parsed: Parsed<'_>,
+        key: &VerifyKey,
+        provider: usize,
+    ) -> Result<Authenticated, JwtError> {
+        let cfg = &self.0.providers[provider].cfg;
+        if !key.allows(parsed.alg) {
+            return Err(JwtError::AlgorithmNotAllowed);
+        }
+        match jsonwebtoken::crypto::verify(parsed.signature, parsed.message.as_bytes(), &key.key, parsed.alg) {
+            Ok(true) => {}
+            _ => return Err(JwtError::BadSignature),
+        }
+        let times = check_claims(cfg, &parsed)?;
+        let claims = token_claims(cfg, parsed.claims);
+        let mut out_edits = Vec::new();
+        if let Some(h) = &cfg.output_payload_to_header {
+            out_edits.push(HeaderEdit::Set(h.clone(), parsed.payload_b64.to_owned()));
+        }
+        for (header, claim) in &cfg.output_claims {
+            if let Some(v) = claim_string(&claims.claims, claim) {
+                out_edits.push(HeaderEdit::Set(header.clone(), v));
+            }
+        }
+        let identity = Identity::from_token(claims, Verification::assertion());
+        if let Some(cache) = &self.0.cache {
+            cache.insert(
+                Arc::from(found.token.as_str()),
+                Arc::new(CacheEntry {
+                    identity: identity.clone(),
+                    provider,
+                    kid: key.kid.clone(),
+                    fingerprint: key.fingerprint,
+                    exp: times.exp,
+                    nbf: times.nbf,
+                    edits: out_edits.clone(),
+                }),
+            );
+        }
+        let mut edits = self.removal(found, provider);
+        edits.extend(out_edits);
+        Ok(Authenticated::new(identity).with_edits(edits))
+    }
+}
+
+enum Step {
+    Done(Result<Authenticated, JwtError>),
+    Wait {
+        found: Found,
+        kid: Option<String>,
+        alg: Algorithm,
+        provider: usize,
+    },
+}
+
+struct Times {
+    exp: f64,
+    nbf: Option<f64>,
+}
+
+fn number(claims: &Map<String, Value>, name: &'static str) -> Result<Option<f64>, JwtError> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Value::Number(n)) => n.as_f64().filter(|f| f.is_finite()).map(Some).ok_or(JwtError::InvalidClaim(name)),
+        Some(_) => Err(JwtError::InvalidClaim(name)),
+    }
+}
+
+fn check_claims(cfg: &Provider, parsed: &Parsed<'_>) -> Result<Times, JwtError> {
+    let claims = &parsed.claims;
+    let now = now_secs();
+    let leeway = cfg.leeway.as_secs_f64();
+    if peek_issuer(claims)? != cfg.issuer {
+        return Err(JwtError::UnknownIssuer);
+    }
+    let exp = number(claims, "exp")?.ok_or(JwtError::MissingClaim("exp"))?;
+    if now > exp + leeway {
+        return Err(JwtError::Expired);
+    }
+    let nbf = number(claims, "nbf")?;
+    if nbf.is_some_and(|nbf| now + leeway < nbf) {
+        return Err(JwtError::NotYetValid);
+    }
+    let iat = number(claims, "iat")?;
+    if iat.is_some_and(|iat| iat > now + leeway) {
+        return Err(JwtError::IssuedInFuture);
+    }
+    if let Some(max) = cfg.max_lifetime {
+        let iat = iat.ok_or(JwtError::MissingClaim("iat"))?;
+        if exp - iat > max.as_secs_f64() {
+            return Err(JwtError::LifetimeTooLong);
+        }
+    }
+    match claims.get("sub") {
+        None | Some(Value::String(_)) => {}
+        Some(_) => return Err(JwtError::InvalidClaim("sub")),
+    }
+    if claims.get("sub").is_none() && claims.get("client_id").and_then(Value::as_str).is_none() {
+        return Err(JwtError::MissingClaim("sub"));
+    }
+    if !cfg.any_audience {
+        let ok = match claims.get("aud") {
+            None => return Err(JwtError::MissingClaim("aud")),
+            Some(Value::String(a)) => cfg.audiences.iter().any(|x| x == a),
+            Some(Value::Array(items)) => {
+                let mut any = false;
+                for item in items {
+                    let Value::String(a) = item else { return Err(JwtError::InvalidClaim("aud")) };
+                    any |= cfg.audiences.iter().any(|x| x == a);
+                }
+                any
+            }
+            Some(_) => return Err(JwtError::InvalidClaim("aud")),
+        };
+        if !ok {
+            return Err(JwtError::InvalidAudience);
+        }
+    }
+    if let Some(required) = &cfg.required_type {
+        let typ = parsed.typ.as_deref().unwrap_or("");
+        let typ = if typ.len() > 12 && typ[..12].eq_ignore_ascii_case("application/") { &typ[12..] } else { typ };
+        if !typ.eq_ignore_ascii_case(required) {
+            return Err(JwtError::WrongType);
+        }
+    }
+    Ok(Times { exp, nbf })
+}
+
+fn strings(v: Option<&Value>) -> Vec<String> {
+    match v {
+        Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+        Some(Value::String(s)) => vec![s.clone()],
+        _ => Vec::new(),
+    }
+}
+
+fn token_claims(cfg: &Provider, claims: Map<String, Value>) -> TokenClaims {
+    let mut t = TokenClaims::default();
+    t.issuer = cfg.issuer.clone();
+    t.subject = claims
+        .get("sub")
+        .or_else(|| claims.get("client_id"))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    t.audiences = strings(claims.get("aud"));
+    t.authorized_party = claims.get("azp").and_then(Value::as_str).map(str::to_owned);
+    t.realm_roles = strings(claims.get("realm_access").and_then(|r| r.get("roles")));
+    if let Some(Value::Object(resources)) = claims.get("resource_access") {
+        let mut map = BTreeMap::new();
+        for (client, access) in resources {
+            map.insert(client.clone(), strings(access.get("roles")));
+        }
+        t.client_roles = map;
+    }
+    t.scopes = match claims.get("scope") {
+        Some(Value::String(s)) => s.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+        _ => strings(claims.get("scp")),
+    };
+    let principal = cfg.principal_claim.as_deref().unwrap_or("preferred_username");
+    t.preferred_username = claims.get(principal).and_then(Value::as_str).map(str::to_owned);
+    t.email = claims.get("email").and_then(Value::as_str).map(str::to_owned);
+    t.expires_at = claims
+        .get("exp")
+        .and_then(Value::as_f64)
+        .filter(|e| *e >= 0.0 && e.is_finite())
+        .map(|e| UNIX_EPOCH + Duration::from_secs_f64(e.min(1e11)));
+    t.claims = claims;
+    t
+}
+
+/// A claim as a header value: strings as is, numbers and booleans printed,
+/// arrays of those joined with `,`; nested claims with `.`.
+fn claim_string(claims: &Map<String, Value>, path: &str) -> Option<String> {
+    let mut parts = path.split('.');
+    let mut v = claims.get(parts.next()?)?;
+    for p in parts {
+        v = v.get(p)?;
+    }
+    let scalar = |v: &Value| match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    };
+    let out = match v {
+        Value::Array(items) => items.iter().filter_map(scalar).collect::<Vec<_>>().join(","),
+        other => scalar(other)?,
+    };
+    // Header values must stay printable; control characters are dropped.
+    Some(out.chars().filter(|c| !c.is_control()).collect())
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push(h * 16 + l);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+impl Authenticator for JwtAuthenticator {
+    fn challenge(&self) -> Option<String> {
+        Some(bearer_challenge(&self.0.realm))
+    }
+
+    fn authenticate(&self, req: &dyn RequestHead) -> Authenticating {
+        let found = match self.extract(req) {
+            Ok(Some(f)) => f,
+            Ok(None) => return Authenticating::Ready(AuthOutcome::NoCredential),
+            Err(e) => return Authenticating::Ready(self.outcome(Err(e))),
+        };
+        match self.start(found) {
+            Step::Done(r) => Authenticating::Ready(self.outcome(r)),
+            Step::Wait { found, kid, alg, provider } => {
+                let this = self.clone();
+                Authenticating::Pending(Box::pin(async move {
+                    let r = this.finish(found, kid, alg, provider).await;
+                    this.outcome(r)
+                }))
+            }
+        }
+    }
+}
+
+impl JwtAuthenticator {
+    fn outcome(&self, r: Result<Authenticated, JwtError>) -> AuthOutcome {
+        match r {
+            Ok(a) => AuthOutcome::Authenticated(a),
+            Err(e) => {
+                if matches!(e, JwtError::KeysUnavailable) {
+                    tracing::warn!(target: LOG, reason = %e, "bearer token refused");
+                } else {
+                    tracing::debug!(target: LOG, reason = %e, "bearer token refused");
+                }
+                AuthOutcome::Rejected(e.rejection(&self.0.realm))
+            }
+        }
+    }
+}

@@ -1,0 +1,512 @@
+//! Provider configuration: one trusted issuer and how its tokens are checked.
+
+use std::fmt;
+use std::time::Duration;
+
+use jsonwebtoken::Algorithm;
+
+/// Configuration that cannot work, found when it is built.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The issuer is empty or not an `http(s)` URL.
+    #[error("issuer `{0}` is not an http(s) URL")]
+    InvalidIssuer(String),
+    /// A JWKS or discovery URL is not an `http(s)` URL.
+    #[error("JWKS URL `{0}` is not an http(s) URL")]
+    InvalidJwksUri(String),
+    /// No audience configured and any-audience not explicitly allowed.
+    #[error("issuer `{0}`: configure at least one audience, or call dangerous().accept_any_audience()")]
+    NoAudience(String),
+    /// An HMAC algorithm allowed without a secret, or a secret without an HMAC algorithm.
+    #[error("issuer `{0}`: HMAC algorithms need a secret configured for that issuer, and only then")]
+    Hmac(String),
+    /// An unknown algorithm name.
+    #[error("unknown algorithm `{0}`")]
+    UnknownAlgorithm(String),
+    /// The allowlist is empty.
+    #[error("issuer `{0}`: the algorithm allowlist is empty")]
+    NoAlgorithm(String),
+    /// An inline JWKS or public key that cannot be used.
+    #[error("issuer `{0}`: the inline key set is not usable: {1}")]
+    InvalidInlineKeys(String, String),
+    /// A header name that is not a valid lower-case HTTP token.
+    #[error("`{0}` is not a valid header name")]
+    InvalidHeaderName(String),
+    /// Two providers for the same issuer.
+    #[error("issuer `{0}` is configured twice")]
+    DuplicateIssuer(String),
+    /// No provider at all.
+    #[error("no JWT provider is configured")]
+    NoProvider,
+    /// A CA file that cannot be read or parsed.
+    #[error("CA certificates `{0}`: {1}")]
+    InvalidCa(String, String),
+    /// A setting out of its range.
+    #[error("{0}")]
+    OutOfRange(String),
+}
+
+/// Where a provider's keys come from.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum JwksSource {
+    /// `{issuer}/.well-known/openid-configuration`, then its `jwks_uri`
+    /// (a Keycloak realm URL works as is).
+    Discovery,
+    /// A JWKS URL.
+    Uri(String),
+    /// A fixed JWKS document (Istio's inline `jwks`).
+    Inline(String),
+    /// A fixed PEM public key (Keycloak's `realm-public-key`).
+    PublicKeyPem(String),
+}
+
+impl fmt::Debug for JwksSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JwksSource::Discovery => f.write_str("Discovery"),
+            JwksSource::Uri(u) => f.debug_tuple("Uri").field(u).finish(),
+            JwksSource::Inline(_) => f.write_str("Inline(<jwks>)"),
+            JwksSource::PublicKeyPem(_) => f.write_str("PublicKeyPem(<key>)"),
+        }
+    }
+}
+
+/// Where a request may carry a token.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TokenSource {
+    /// A header (lower case); the prefix, if any, is stripped and must be
+    /// present. `Authorization` with prefix `Bearer ` matches the scheme
+    /// case-insensitively.
+    Header {
+        /// Lower-case header name.
+        name: String,
+        /// Prefix before the token.
+        prefix: Option<String>,
+    },
+    /// A cookie.
+    Cookie(String),
+    /// A query parameter.
+    Query(String),
+}
+
+impl TokenSource {
+    /// `Authorization: Bearer <token>`.
+    #[must_use]
+    pub fn authorization_bearer() -> Self {
+        TokenSource::Header {
+            name: "authorization".into(),
+            prefix: Some("Bearer ".into()),
+        }
+    }
+}
+
+/// JWKS fetching and caching, per provider. Defaults follow Keycloak's
+/// adapter and Istio where they speak.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FetchSettings {
+    /// Cache lifetime when the server sends no `Cache-Control: max-age` (10 min).
+    pub default_ttl: Duration,
+    /// Bounds applied to `max-age` (1 min to 24 h).
+    pub min_ttl: Duration,
+    /// Upper bound of `max-age`.
+    pub max_ttl: Duration,
+    /// At most one fetch per this interval for unknown key ids (10 s).
+    pub min_refresh_interval: Duration,
+    /// How long a request with an unknown `kid` waits for a fetch (2 s).
+    pub unknown_kid_wait: Duration,
+    /// Keep the last good key set this long while fetching fails (24 h).
+    pub max_stale: Duration,
+    /// Connect and total timeout of each fetch (5 s).
+    pub timeout: Duration,
+    /// Largest body accepted (1 MiB).
+    pub max_body: usize,
+    /// Extra PEM trust anchors for the issuer's TLS certificate.
+    pub extra_ca_pem: Option<Vec<u8>>,
+}
+
+impl Default for FetchSettings {
+    fn default() -> Self {
+        Self {
+            default_ttl: Duration::from_secs(600),
+            min_ttl: Duration::from_secs(60),
+            max_ttl: Duration::from_secs(86_400),
+            min_refresh_interval: Duration::from_secs(10),
+            unknown_kid_wait: Duration::from_secs(2),
+            max_stale: Duration::from_secs(86_400),
+            timeout: Duration::from_secs(5),
+            max_body: 1 << 20,
+            extra_ca_pem: None,
+        }
+    }
+}
+
+/// A trusted issuer, validated. Build with [`Provider::builder`].
+#[derive(Clone)]
+pub struct Provider {
+    pub(crate) issuer: String,
+    pub(crate) audiences: Vec<String>,
+    pub(crate) any_audience: bool,
+    pub(crate) jwks: JwksSource,
+    pub(crate) algorithms: Vec<Algorithm>,
+    pub(crate) hmac_secret: Option<Vec<u8>>,
+    pub(crate) leeway: Duration,
+    pub(crate) max_lifetime: Option<Duration>,
+    pub(crate) required_type: Option<String>,
+    pub(crate) sources: Vec<TokenSource>,
+    pub(crate) forward_original_token: bool,
+    pub(crate) output_payload_to_header: Option<String>,
+    pub(crate) output_claims: Vec<(String, String)>,
+    pub(crate) principal_claim: Option<String>,
+    pub(crate) fetch: FetchSettings,
+}
+
+impl fmt::Debug for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Provider")
+            .field("issuer", &self.issuer)
+            .field("audiences", &self.audiences)
+            .field("any_audience", &self.any_audience)
+            .field("jwks", &self.jwks)
+            .field("algorithms", &self.algorithms)
+            .field("hmac_secret", &self.hmac_secret.as_ref().map(|_| "<redacted>"))
+            .field("sources", &self.sources)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Provider {
+    /// Starts configuring the issuer whose `iss` is exactly `issuer`.
+    pub fn builder(issuer: impl Into<String>) -> ProviderBuilder {
+        ProviderBuilder {
+            issuer: issuer.into(),
+            audiences: Vec::new(),
+            any_audience: false,
+            jwks: JwksSource::Discovery,
+            algorithms: None,
+            hmac_secret: None,
+            leeway: Duration::from_secs(60),
+            max_lifetime: None,
+            required_type: None,
+            sources: Vec::new(),
+            forward_original_token: false,
+            output_payload_to_header: None,
+            output_claims: Vec::new(),
+            principal_claim: None,
+            fetch: FetchSettings::default(),
+        }
+    }
+
+    /// The issuer.
+    #[must_use]
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// The token sources, in order.
+    #[must_use]
+    pub fn sources(&self) -> &[TokenSource] {
+        &self.sources
+    }
+}
+
+/// Builds a [`Provider`].
+///
+/// ```
+/// use palisade_jwt::Provider;
+/// let p = Provider::builder("https://kc.example/realms/demo")
+///     .audience("details")
+///     .required_type("at+jwt")
+///     .build()?;
+/// assert_eq!(p.issuer(), "https://kc.example/realms/demo");
+/// # Ok::<(), palisade_jwt::ConfigError>(())
+/// ```
+#[must_use]
+#[derive(Clone)]
+pub struct ProviderBuilder {
+    issuer: String,
+    audiences: Vec<String>,
+    any_audience: bool,
+    jwks: JwksSource,
+    algorithms: Option<Vec<Algorithm>>,
+    hmac_secret: Option<Vec<u8>>,
+    leeway: Duration,
+    max_lifetime: Option<Duration>,
+    required_type: Option<String>,
+    sources: Vec<TokenSource>,
+    forward_original_token: bool,
+    output_payload_to_header: Option<String>,
+    output_claims: Vec<(String, String)>,
+    principal_claim: Option<String>,
+    fetch: FetchSettings,
+}
+
+impl fmt::Debug for ProviderBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProviderBuilder").field("issuer", &self.issuer).finish_non_exhaustive()
+    }
+}
+
+/// Relaxations that weaken verification; reached through
+/// [`ProviderBuilder::dangerous`] so they stand out in review.
+#[derive(Debug)]
+pub struct DangerousProviderBuilder(ProviderBuilder);
+
+impl DangerousProviderBuilder {
+    /// Accepts tokens whatever their `aud` (Keycloak's default
+    /// `verify-token-audience: false`). Any service of the realm can then
+    /// replay its tokens here.
+    pub fn accept_any_audience(mut self) -> ProviderBuilder {
+        tracing::warn!(target: "palisade::jwt", issuer = %self.0.issuer, "token audience is NOT verified (accept_any_audience)");
+        self.0.any_audience = true;
+        self.0
+    }
+
+    /// Verifies HS256/384/512 tokens with this shared secret.
+    pub fn hmac_secret(mut self, secret: impl Into<Vec<u8>>) -> ProviderBuilder {
+        self.0.hmac_secret = Some(secret.into());
+        self.0.algorithms.get_or_insert_with(Vec::new).extend([
+            Algorithm::HS256,
+            Algorithm::HS384,
+            Algorithm::HS512,
+        ]);
+        self.0
+    }
+}
+
+impl ProviderBuilder {
+    /// Accepts tokens whose `aud` holds this value (call again for more).
+    pub fn audience(mut self, aud: impl Into<String>) -> Self {
+        self.audiences.push(aud.into());
+        self
+    }
+
+    /// Fetches keys from this JWKS URL instead of discovering it.
+    pub fn jwks_uri(mut self, uri: impl Into<String>) -> Self {
+        self.jwks = JwksSource::Uri(uri.into());
+        self
+    }
+
+    /// Uses this fixed JWKS document; nothing is fetched.
+    pub fn jwks_inline(mut self, jwks_json: impl Into<String>) -> Self {
+        self.jwks = JwksSource::Inline(jwks_json.into());
+        self
+    }
+
+    /// Uses this fixed PEM public key (an RSA `SubjectPublicKeyInfo`, as
+    /// Keycloak's `realm-public-key`); nothing is fetched.
+    pub fn public_key_pem(mut self, pem: impl Into<String>) -> Self {
+        self.jwks = JwksSource::PublicKeyPem(pem.into());
+        self
+    }
+
+    /// Restricts the accepted algorithms (default: RS256/384/512,
+    /// PS256/384/512, ES256/384, EdDSA).
+    pub fn algorithms(mut self, algs: impl IntoIterator<Item = Algorithm>) -> Self {
+        self.algorithms = Some(algs.into_iter().collect());
+        self
+    }
+
+    /// Clock leeway for `exp`, `nbf` and `iat` (default 60 s).
+    pub fn leeway(mut self, leeway: Duration) -> Self {
+        self.leeway = leeway;
+        self
+    }
+
+    /// Refuses tokens whose `exp - iat` exceeds this (they must then carry `iat`).
+    pub fn max_lifetime(mut self, max: Duration) -> Self {
+        self.max_lifetime = Some(max);
+        self
+    }
+
+    /// Requires this `typ` header, compared case-insensitively with an
+    /// optional `application/` prefix (RFC 9068: `at+jwt`).
+    pub fn required_type(mut self, typ: impl Into<String>) -> Self {
+        self.required_type = Some(typ.into());
+        self
+    }
+
+    /// Adds a place to read the token from. Without any, only
+    /// `Authorization: Bearer` is read.
+    pub fn source(mut self, source: TokenSource) -> Self {
+        self.sources.push(source);
+        self
+    }
+
+    /// Leaves the token in the request for the handler (default: removed
+    /// from its header, as Istio does).
+    pub fn forward_original_token(mut self, yes: bool) -> Self {
+        self.forward_original_token = yes;
+        self
+    }
+
+    /// Puts the verified payload (base64url JSON) into this header.
+    pub fn output_payload_to_header(mut self, header: impl Into<String>) -> Self {
+        self.output_payload_to_header = Some(header.into());
+        self
+    }
+
+    /// Copies a claim (nested with `.`) into a header.
+    pub fn output_claim_to_header(mut self, claim: impl Into<String>, header: impl Into<String>) -> Self {
+        self.output_claims.push((header.into(), claim.into()));
+        self
+    }
+
+    /// The claim used as user name (default `preferred_username`), as
+    /// Keycloak's `principal-attribute`.
+    pub fn principal_claim(mut self, claim: impl Into<String>) -> Self {
+        self.principal_claim = Some(claim.into());
+        self
+    }
+
+    /// JWKS fetching and caching settings.
+    pub fn fetch_settings(mut self, fetch: FetchSettings) -> Self {
+        self.fetch = fetch;
+        self
+    }
+
+    /// Relaxations that weaken verification.
+    pub fn dangerous(self) -> DangerousProviderBuilder {
+        DangerousProviderBuilder(self)
+    }
+
+    /// Validates the configuration.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] saying which setting cannot work.
+    pub fn build(self) -> Result<Provider, ConfigError> {
+        if !is_http_url(&self.issuer) {
+            return Err(ConfigError::InvalidIssuer(self.issuer));
+        }
+        if let JwksSource::Uri(u) = &self.jwks
+            && !is_http_url(u)
+        {
+            return Err(ConfigError::InvalidJwksUri(u.clone()));
+        }
+        if self.audiences.is_empty() && !self.any_audience {
+            return Err(ConfigError::NoAudience(self.issuer));
+        }
+        let algorithms = self.algorithms.unwrap_or_else(|| {
+            vec![
+                Algorithm::RS256,
+                Algorithm::RS384,
+                Algorithm::RS512,
+                Algorithm::PS256,
+                Algorithm::PS384,
+                Algorithm::PS512,
+                Algorithm::ES256,
+                Algorithm::ES384,
+                Algorithm::EdDSA,
+            ]
+        });
+        if algorithms.is_empty() {
+            return Err(ConfigError::NoAlgorithm(self.issuer));
+        }
+        let has_hmac = algorithms.iter().any(|a| matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512));
+        if has_hmac != self.hmac_secret.is_some() {
+            return Err(ConfigError::Hmac(self.issuer));
+        }
+        let sources = if self.sources.is_empty() {
+            vec![TokenSource::authorization_bearer()]
+        } else {
+            self.sources
+        };
+        for s in &sources {
+            if let TokenSource::Header { name, .. } = s {
+                check_header_name(name)?;
+            }
+        }
+        if let Some(h) = &self.output_payload_to_header {
+            check_header_name(h)?;
+        }
+        for (h, _) in &self.output_claims {
+            check_header_name(h)?;
+        }
+        let f = &self.fetch;
+        if f.min_ttl > f.max_ttl || f.timeout.is_zero() || f.max_body == 0 {
+            return Err(ConfigError::OutOfRange(
+                "fetch settings: need min_ttl <= max_ttl, a non-zero timeout and max_body".into(),
+            ));
+        }
+        if self.issuer.starts_with("http://") && !is_loopback_url(&self.issuer) {
+            tracing::warn!(target: "palisade::jwt", issuer = %self.issuer, "issuer uses plain http: keys can be tampered with in transit");
+        }
+        Ok(Provider {
+            issuer: self.issuer,
+            audiences: self.audiences,
+            any_audience: self.any_audience,
+            jwks: self.jwks,
+            algorithms,
+            hmac_secret: self.hmac_secret,
+            leeway: self.leeway,
+            max_lifetime: self.max_lifetime,
+            required_type: self.required_type,
+            sources,
+            forward_original_token: self.forward_original_token,
+            output_payload_to_header: self.output_payload_to_header,
+            output_claims: self.output_claims,
+            principal_claim: self.principal_claim,
+            fetch: self.fetch,
+        })
+    }
+}
+
+fn is_http_url(s: &str) -> bool {
+    let rest = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://"));
+    rest.is_some_and(|r| !r.is_empty() && !r.starts_with('/'))
+}
+
+pub(crate) fn is_loopback_url(s: &str) -> bool {
+    let rest = s.trim_start_matches("http://").trim_start_matches("https://");
+    let host = rest.split(['/', ':']).next().unwrap_or("");
+    host == "localhost" || host.starts_with("127.") || rest.starts_with("[::1]")
+}
+
+fn check_header_name(name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.!#$%&'*+^`|~".contains(&b));
+    if ok { Ok(()) } else { Err(ConfigError::InvalidHeaderName(name.to_owned())) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audience_is_required_unless_dangerously_waived() {
+        assert!(matches!(Provider::builder("https://i").build(), Err(ConfigError::NoAudience(_))));
+        assert!(Provider::builder("https://i").dangerous().accept_any_audience().build().is_ok());
+    }
+
+    #[test]
+    fn hmac_needs_a_secret() {
+        let err = Provider::builder("https://i").audience("a").algorithms([Algorithm::HS256]).build();
+        assert!(matches!(err, Err(ConfigError::Hmac(_))));
+        let ok = Provider::builder("https://i").audience("a").dangerous().hmac_secret(b"0123456789abcdef0123456789abcdef".to_vec()).build().unwrap();
+        assert!(!format!("{ok:?}").contains("0123456789"));
+    }
+
+    #[test]
+    fn bad_urls_and_header_names_are_refused() {
+        assert!(matches!(Provider::builder("ftp://x").audience("a").build(), Err(ConfigError::InvalidIssuer(_))));
+        assert!(matches!(
+            Provider::builder("https://x").audience("a").jwks_uri("file:///etc/passwd").build(),
+            Err(ConfigError::InvalidJwksUri(_))
+        ));
+        assert!(matches!(
+            Provider::builder("https://x").audience("a").output_payload_to_header("Bad Header").build(),
+            Err(ConfigError::InvalidHeaderName(_))
+        ));
+    }
+
+    #[test]
+    fn default_source_is_the_authorization_header() {
+        let p = Provider::builder("https://x").audience("a").build().unwrap();
+        assert_eq!(p.sources(), [TokenSource::authorization_bearer()]);
+    }
+}

@@ -1,0 +1,88 @@
+//! Why a token was refused.
+
+use palisade_core::Rejection;
+
+/// Why a bearer token was refused. The description is fixed text: it never
+/// echoes the token, a claim value or a key.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum JwtError {
+    /// Longer than the configured cap.
+    #[error("the token is too large")]
+    TooLarge,
+    /// Not three base64url parts of JSON objects.
+    #[error("the token is malformed")]
+    Malformed,
+    /// A JWE.
+    #[error("encrypted tokens are not accepted")]
+    Encrypted,
+    /// `alg: none` or an empty signature.
+    #[error("unsigned tokens are not accepted")]
+    Unsigned,
+    /// `crit` or `b64` in the header.
+    #[error("the token uses a header extension that is not supported")]
+    CriticalHeader,
+    /// `cty: JWT`.
+    #[error("nested tokens are not accepted")]
+    Nested,
+    /// An algorithm outside the provider's allowlist or not matching the key.
+    #[error("the token's algorithm is not accepted")]
+    AlgorithmNotAllowed,
+    /// The same member twice in the header or payload.
+    #[error("the token has a duplicate claim")]
+    DuplicateClaim,
+    /// A required claim is absent.
+    #[error("the token has no `{0}` claim")]
+    MissingClaim(&'static str),
+    /// A claim has the wrong type.
+    #[error("the token's `{0}` claim is not valid")]
+    InvalidClaim(&'static str),
+    /// `iss` is not a configured provider.
+    #[error("the token's issuer is not accepted")]
+    UnknownIssuer,
+    /// The token arrived where its issuer's tokens are not accepted.
+    #[error("the token's issuer is not accepted in this location")]
+    WrongLocation,
+    /// `aud` holds none of the configured audiences.
+    #[error("the token is not meant for this service")]
+    InvalidAudience,
+    /// `exp` has passed.
+    #[error("the token has expired")]
+    Expired,
+    /// `nbf` is in the future.
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    /// `iat` is in the future.
+    #[error("the token was issued in the future")]
+    IssuedInFuture,
+    /// `exp - iat` exceeds the configured maximum.
+    #[error("the token's lifetime is longer than allowed")]
+    LifetimeTooLong,
+    /// `typ` is not the required one.
+    #[error("the token's type is not accepted")]
+    WrongType,
+    /// No published key has the token's `kid`.
+    #[error("the token's signing key is not known")]
+    UnknownKey,
+    /// The issuer's keys could not be fetched (and none are cached).
+    #[error("the issuer's signing keys are unavailable")]
+    KeysUnavailable,
+    /// The signature does not verify.
+    #[error("the token's signature is not valid")]
+    BadSignature,
+    /// More than one token in one request.
+    #[error("the request carries more than one token")]
+    MultipleTokens,
+}
+
+impl JwtError {
+    /// The answer for this error: 401 `invalid_token`, or 400
+    /// `invalid_request` for [`JwtError::MultipleTokens`].
+    #[must_use]
+    pub fn rejection(&self, realm: &str) -> Rejection {
+        match self {
+            JwtError::MultipleTokens => Rejection::invalid_request(realm, self.to_string()),
+            _ => Rejection::invalid_token(realm, self.to_string()),
+        }
+    }
+}

@@ -1,0 +1,572 @@
+//! Key sets: lenient parsing, a lock-free current set per issuer, and a
+//! background fetcher that refreshes before expiry, single-flights refetches
+//! for unknown key ids and keeps the last good set through outages.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use jsonwebtoken::{Algorithm, DecodingKey};
+use serde_json::Value;
+use tokio::sync::{Notify, watch};
+
+use crate::config::{FetchSettings, JwksSource};
+
+const LOG: &str = "palisade::jwks";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Family {
+    Rsa,
+    P256,
+    P384,
+    Ed25519,
+    Hmac,
+}
+
+/// One usable verification key.
+pub(crate) struct VerifyKey {
+    pub(crate) kid: Option<String>,
+    pub(crate) alg: Option<Algorithm>,
+    pub(crate) family: Family,
+    pub(crate) key: DecodingKey,
+    /// Identifies the key material (not a security hash: it detects a key
+    /// replaced under the same kid).
+    pub(crate) fingerprint: u64,
+}
+
+impl VerifyKey {
+    /// Whether this key may verify a token signed with `alg`.
+    pub(crate) fn allows(&self, alg: Algorithm) -> bool {
+        match self.alg {
+            Some(a) => a == alg,
+            None => family_allows(self.family, alg),
+        }
+    }
+}
+
+fn family_allows(family: Family, alg: Algorithm) -> bool {
+    match family {
+        Family::Rsa => matches!(
+            alg,
+            Algorithm::RS256
+                | Algorithm::RS384
+                | Algorithm::RS512
+                | Algorithm::PS256
+                | Algorithm::PS384
+                | Algorithm::PS512
+        ),
+        Family::P256 => alg == Algorithm::ES256,
+        Family::P384 => alg == Algorithm::ES384,
+        Family::Ed25519 => alg == Algorithm::EdDSA,
+        Family::Hmac => matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512),
+    }
+}
+
+/// The keys of one issuer at one time.
+#[derive(Default)]
+pub(crate) struct KeySet {
+    pub(crate) keys: Vec<Arc<VerifyKey>>,
+    by_kid: HashMap<String, usize>,
+    /// Whether a fetch (or a static configuration) ever produced this set.
+    pub(crate) loaded: bool,
+}
+
+impl KeySet {
+    pub(crate) fn new(keys: Vec<VerifyKey>) -> Self {
+        let mut by_kid = HashMap::new();
+        let mut kept = Vec::new();
+        for k in keys {
+            if let Some(kid) = &k.kid {
+                if by_kid.contains_key(kid) {
+                    tracing::debug!(target: LOG, kid = %kid, "duplicate kid in key set: first kept");
+                    continue;
+                }
+                by_kid.insert(kid.clone(), kept.len());
+            }
+            kept.push(Arc::new(k));
+        }
+        Self {
+            keys: kept,
+            by_kid,
+            loaded: true,
+        }
+    }
+
+    /// The key for a token: by `kid`, or the only key that fits `alg` when
+    /// the token names none.
+    pub(crate) fn find(&self, kid: Option<&str>, alg: Algorithm) -> Option<&Arc<VerifyKey>> {
+        match kid {
+            Some(kid) => self.by_kid.get(kid).map(|&i| &self.keys[i]),
+            None => {
+                let mut fits = self.keys.iter().filter(|k| k.allows(alg));
+                let first = fits.next()?;
+                fits.next().is_none().then_some(first)
+            }
+        }
+    }
+
+    /// Whether this exact key (kid and material) is still in the set.
+    pub(crate) fn still_has(&self, kid: Option<&str>, fingerprint: u64) -> bool {
+        match kid {
+            Some(kid) => self.by_kid.get(kid).is_some_and(|&i| self.keys[i].fingerprint == fingerprint),
+            None => self.keys.iter().any(|k| k.fingerprint == fingerprint),
+        }
+    }
+}
+
+fn fingerprint(parts: &[&str]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    parts.hash(&mut h);
+    h.finish()
+}
+
+/// Parses a JWKS document leniently: a key that cannot be used for
+/// signatures here (unknown `kty` or `alg`, `use: enc`, symmetric, too weak)
+/// is skipped with a debug line; only a document that is not a key set fails.
+pub(crate) fn parse_jwks(bytes: &[u8]) -> Result<KeySet, String> {
+    let doc: Value = serde_json::from_slice(bytes).map_err(|_| "the body is not JSON".to_owned())?;
+    let Some(keys) = doc.get("keys").and_then(Value::as_array) else {
+        return Err("the document has no `keys` array".into());
+    };
+    let mut out = Vec::new();
+    for (i, jwk) in keys.iter().enumerate() {
+        match parse_jwk(jwk) {
+            Ok(k) => out.push(k),
+            Err(why) => {
+                let kid = jwk.get("kid").and_then(|k| k.as_str()).unwrap_or("");
+                tracing::debug!(target: LOG, index = i, kid, why, "JWK skipped");
+            }
+        }
+    }
+    Ok(KeySet::new(out))
+}
+
+fn parse_jwk(jwk: &Value) -> Result<VerifyKey, &'static str> {
+    let s = |name: &str| jwk.get(name).and_then(Value::as_str);
+    if let Some(u) = jwk.get("use")
+        && u.as_str() != Some("sig")
+    {
+        return Err("not a signature key (use)");
+    }
+    if let Some(ops) = jwk.get("key_ops").and_then(Value::as_array)
+        && !ops.iter().any(|o| o.as_str() == Some("verify"))
+    {
+        return Err("not a verification key (key_ops)");
+    }
+    let alg = match jwk.get("alg") {
+        None => None,
+        Some(Value::String(a)) => Some(a.parse::<Algorithm>().map_err(|_| "unsupported alg")?),
+        Some(_) => return Err("alg is not a string"),
+    };
+    let kid = match jwk.get("kid") {
+        None => None,
+        Some(Value::String(k)) if k.len() <= crate::token::MAX_KID_LEN => Some(k.clone()),
+        Some(_) => return Err("kid is not a short string"),
+    };
+    let (family, key, fp) = match s("kty") {
+        Some("RSA") => {
+            let (Some(n), Some(e)) = (s("n"), s("e")) else { return Err("RSA key without n or e") };
+            // 2048 bits is the floor for RSA signatures today.
+            if n.trim_end_matches('=').len() * 6 < 2040 {
+                return Err("RSA key shorter than 2048 bits");
+            }
+            let key = DecodingKey::from_rsa_components(n, e).map_err(|_| "bad RSA components")?;
+            (Family::Rsa, key, fingerprint(&["RSA", n, e]))
+        }
+        Some("EC") => {
+            let (Some(x), Some(y)) = (s("x"), s("y")) else { return Err("EC key without x or y") };
+            let family = match s("crv") {
+                Some("P-256") => Family::P256,
+                Some("P-384") => Family::P384,
+                _ => return Err("unsupported curve"),
+            };
+            let key = DecodingKey::from_ec_components(x, y).map_err(|_| "bad EC components")?;
+            (family, key, fingerprint(&["EC", x, y]))
+        }
+        Some("OKP") => {
+            if s("crv") != Some("Ed25519") {
+                return Err("unsupported OKP curve");
+            }
+            let Some(x) = s("x") else { return Err("OKP key without x") };
+            let key = DecodingKey::from_ed_components(x).map_err(|_| "bad OKP key")?;
+            (Family::Ed25519, key, fingerprint(&["OKP", x]))
+        }
+        Some("oct") => return Err("symmetric keys are never taken from a key set"),
+        _ => return Err("unsupported kty"),
+    };
+    if let Some(a) = alg
+        && !family_allows(family, a)
+    {
+        return Err("alg does not fit the key type");
+    }
+    Ok(VerifyKey {
+        kid,
+        alg,
+        family,
+        key,
+        fingerprint: fp,
+    })
+}
+
+/// A fixed key for an HMAC secret.
+pub(crate) fn hmac_key(secret: &[u8]) -> VerifyKey {
+    VerifyKey {
+        kid: None,
+        alg: None,
+        family: Family::Hmac,
+        key: DecodingKey::from_secret(secret),
+        fingerprint: 0,
+    }
+}
+
+/// A fixed key from a PEM public key (RSA or EC `SubjectPublicKeyInfo`), or
+/// the bare base64 body Keycloak shows as `realm-public-key`.
+pub(crate) fn pem_key(pem: &str) -> Result<VerifyKey, String> {
+    let text = if pem.contains("-----BEGIN") {
+        pem.to_owned()
+    } else {
+        format!("-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n", pem.trim())
+    };
+    if let Ok(key) = DecodingKey::from_rsa_pem(text.as_bytes()) {
+        return Ok(VerifyKey {
+            kid: None,
+            alg: None,
+            family: Family::Rsa,
+            key,
+            fingerprint: fingerprint(&["PEM", &text]),
+        });
+    }
+    Err("not an RSA public key in PEM".into())
+}
+
+/// The current keys of one issuer and the machinery to refresh them.
+pub(crate) struct KeyStore {
+    pub(crate) issuer: String,
+    current: ArcSwap<KeySet>,
+    version: watch::Sender<u64>,
+    demand: Notify,
+    epoch: Instant,
+    /// Milliseconds since `epoch` before which no demand-driven fetch starts.
+    next_allowed_ms: AtomicU64,
+    pub(crate) settings: FetchSettings,
+    pub(crate) fetched: bool,
+}
+
+impl KeyStore {
+    pub(crate) fn new(issuer: &str, settings: FetchSettings, fixed: Option<KeySet>) -> Self {
+        let fetched = fixed.is_none();
+        Self {
+            issuer: issuer.to_owned(),
+            current: ArcSwap::from_pointee(fixed.unwrap_or_default()),
+            version: watch::Sender::new(0),
+            demand: Notify::new(),
+            epoch: Instant::now(),
+            next_allowed_ms: AtomicU64::new(0),
+            settings,
+            fetched,
+        }
+    }
+
+    pub(crate) fn keys(&self) -> arc_swap::Guard<Arc<KeySet>> {
+        self.current.load()
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Waits (bounded) for a fetch that may bring this key. Returns the key,
+    /// or why not.
+    pub(crate) async fn wait_for_key(
+        &self,
+        kid: Option<&str>,
+        alg: Algorithm,
+    ) -> Result<Arc<VerifyKey>, crate::JwtError> {
+        let wait = self.settings.unknown_kid_wait;
+        let unknown = || {
+            if self.current.load().loaded {
+                crate::JwtError::UnknownKey
+            } else {
+                crate::JwtError::KeysUnavailable
+            }
+        };
+        if !self.fetched {
+            return Err(unknown());
+        }
+        let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        if self.next_allowed_ms.load(Ordering::Acquire) > self.now_ms().saturating_add(wait_ms) {
+            // No fetch can happen within the wait: fail now rather than hold the request.
+            return Err(unknown());
+        }
+        let mut rx = self.version.subscribe();
+        self.demand.notify_one();
+        let found = tokio::time::timeout(wait, async {
+            loop {
+                if rx.changed().await.is_err() {
+                    return None;
+                }
+                if let Some(k) = self.current.load().find(kid, alg) {
+                    return Some(k.clone());
+                }
+            }
+        })
+        .await;
+        match found {
+            Ok(Some(k)) => Ok(k),
+            _ => Err(unknown()),
+        }
+    }
+}
+
+/// Owns the background fetch thread; dropping it stops the thread.
+pub(crate) struct Fetcher {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Fetcher {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Starts one thread with its own small runtime that keeps every fetched
+/// store fresh. Requests never wait for a scheduled refresh.
+pub(crate) fn spawn_fetcher(stores: Vec<(Arc<KeyStore>, JwksSource)>) -> std::io::Result<Fetcher> {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    std::thread::Builder::new().name("palisade-jwks".into()).spawn(move || {
+        rt.block_on(async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            for (store, source) in stores {
+                tasks.spawn(run_store(store, source));
+            }
+            let _ = stop_rx.await;
+            tasks.abort_all();
+        });
+    })?;
+    Ok(Fetcher { stop: Some(stop_tx) })
+}
+
+fn http_client(settings: &FetchSettings) -> Result<reqwest::Client, String> {
+    let mut b = reqwest::Client::builder()
+        .connect_timeout(settings.timeout)
+        .timeout(settings.timeout)
+        .redirect(reqwest::redirect::Policy::limited(3))
+        .user_agent(concat!("palisade/", env!("CARGO_PKG_VERSION")));
+    if let Some(pem) = &settings.extra_ca_pem {
+        let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("bad CA bundle: {e}"))?;
+        b = b.tls_certs_merge(certs);
+    }
+    b.build().map_err(|e| format!("cannot build HTTP client: {e}"))
+}
+
+async fn run_store(store: Arc<KeyStore>, source: JwksSource) {
+    let client = match http_client(&store.settings) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(target: LOG, issuer = %store.issuer, error = %e, "JWKS fetching disabled");
+            return;
+        }
+    };
+    let s = store.settings.clone();
+    let mut jwks_uri = match &source {
+        JwksSource::Uri(u) => Some(u.clone()),
+        _ => None,
+    };
+    let mut next_refresh = tokio::time::Instant::now();
+    let mut backoff = Duration::from_secs(1);
+    let mut healthy: Option<bool> = None;
+    let mut last_good: Option<Instant> = None;
+    loop {
+        let demanded = tokio::select! {
+            () = tokio::time::sleep_until(next_refresh) => false,
+            () = store.demand.notified() => true,
+        };
+        if demanded {
+            let allowed = store.next_allowed_ms.load(Ordering::Acquire);
+            let now = store.now_ms();
+            if allowed > now {
+                tokio::time::sleep(Duration::from_millis(allowed - now)).await;
+            }
+        }
+        let min_interval_ms = u64::try_from(s.min_refresh_interval.as_millis()).unwrap_or(u64::MAX);
+        store.next_allowed_ms.store(store.now_ms().saturating_add(min_interval_ms), Ordering::Release);
+        match fetch(&client, &store, &mut jwks_uri).await {
+            Ok((set, max_age)) => {
+                let count = set.keys.len();
+                store.current.store(Arc::new(set));
+                let ttl = max_age.unwrap_or(s.default_ttl).clamp(s.min_ttl, s.max_ttl);
+                // Refresh at three quarters of the lifetime, so no request waits.
+                next_refresh = tokio::time::Instant::now() + ttl.mul_f64(0.75);
+                backoff = Duration::from_secs(1);
+                if healthy != Some(true) {
+                    tracing::info!(target: LOG, issuer = %store.issuer, keys = count, "JWKS loaded");
+                }
+                healthy = Some(true);
+                last_good = Some(Instant::now());
+            }
+            Err(e) => {
+                let cached = store.current.load().keys.len();
+                if healthy != Some(false) {
+                    tracing::warn!(target: LOG, issuer = %store.issuer, error = %e, cached_keys = cached, "JWKS fetch failed; keeping the last good keys and retrying with backoff");
+                }
+                healthy = Some(false);
+                if last_good.is_none_or(|t| t.elapsed() > s.max_stale) && cached > 0 {
+                    tracing::error!(target: LOG, issuer = %store.issuer, "cached JWKS older than max_stale dropped: tokens of this issuer now fail");
+                    store.current.store(Arc::new(KeySet {
+                        loaded: true,
+                        ..KeySet::default()
+                    }));
+                }
+                next_refresh = tokio::time::Instant::now() + backoff;
+                backoff = (backoff * 2).min(Duration::from_secs(300)).min(s.default_ttl.max(Duration::from_secs(1)));
+            }
+        }
+        store.version.send_modify(|v| *v = v.wrapping_add(1));
+    }
+}
+
+async fn fetch(
+    client: &reqwest::Client,
+    store: &KeyStore,
+    jwks_uri: &mut Option<String>,
+) -> Result<(KeySet, Option<Duration>), String> {
+    let uri = match jwks_uri {
+        Some(u) => u.clone(),
+        None => {
+            let url = format!("{}/.well-known/openid-configuration", store.issuer.trim_end_matches('/'));
+            let (body, _) = get(client, &url, store.settings.max_body).await?;
+            let doc: Value = serde_json::from_slice(&body).map_err(|_| format!("{url}: not JSON"))?;
+            if doc.get("issuer").and_then(Value::as_str) != Some(store.issuer.as_str()) {
+                return Err(format!("{url}: `issuer` does not match the configured issuer"));
+            }
+            let Some(u) = doc.get("jwks_uri").and_then(Value::as_str) else {
+                return Err(format!("{url}: no `jwks_uri`"));
+            };
+            *jwks_uri = Some(u.to_owned());
+            u.to_owned()
+        }
+    };
+    let (body, max_age) = get(client, &uri, store.settings.max_body).await?;
+    let set = parse_jwks(&body).map_err(|e| format!("{uri}: {e}"))?;
+    Ok((set, max_age))
+}
+
+async fn get(client: &reqwest::Client, url: &str, max_body: usize) -> Result<(Vec<u8>, Option<Duration>), String> {
+    let mut resp = client
+        .get(url)
+        .header(reqwest::header::ACCEPT, "application/json")
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {}", describe(&e)))?;
+    if !resp.status().is_success() {
+        return Err(format!("{url}: HTTP {}", resp.status().as_u16()));
+    }
+    let max_age = resp
+        .headers()
+        .get(reqwest::header::CACHE_CONTROL)
+        .and_then(|v| v.to_str().ok())
+        .and_then(max_age);
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| format!("{url}: {}", describe(&e)))? {
+        if body.len() + chunk.len() > max_body {
+            return Err(format!("{url}: body larger than {max_body} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((body, max_age))
+}
+
+fn describe(e: &reqwest::Error) -> &'static str {
+    if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else if e.is_body() || e.is_decode() {
+        "broken body"
+    } else {
+        "request failed"
+    }
+}
+
+/// `max-age` of a `Cache-Control` value (`no-store`/`no-cache` count as 0).
+pub(crate) fn max_age(value: &str) -> Option<Duration> {
+    let mut out = None;
+    for d in value.split(',').map(str::trim) {
+        let lower = d.to_ascii_lowercase();
+        if lower == "no-store" || lower == "no-cache" {
+            return Some(Duration::ZERO);
+        }
+        if let Some(v) = lower.strip_prefix("max-age=") {
+            out = v.trim_matches('"').parse::<u64>().ok().map(Duration::from_secs);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RSA_N: &str = "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw";
+
+    #[test]
+    fn enc_keys_unknown_kty_and_bad_alg_are_skipped_not_fatal() {
+        let doc = serde_json::json!({"keys": [
+            {"kty": "RSA", "use": "enc", "alg": "RSA-OAEP", "kid": "enc", "n": RSA_N, "e": "AQAB"},
+            {"kty": "XYZ", "kid": "future"},
+            {"kty": "RSA", "alg": "RSA-OAEP", "kid": "oaep", "n": RSA_N, "e": "AQAB"},
+            {"kty": "oct", "k": "c2VjcmV0", "kid": "hmac"},
+            {"kty": "RSA", "alg": "RS256", "kid": "good", "use": "sig", "n": RSA_N, "e": "AQAB"},
+        ]});
+        let set = parse_jwks(doc.to_string().as_bytes()).unwrap();
+        assert_eq!(set.keys.len(), 1);
+        assert!(set.find(Some("good"), Algorithm::RS256).is_some());
+        assert!(set.find(Some("enc"), Algorithm::RS256).is_none());
+    }
+
+    #[test]
+    fn a_key_pins_its_algorithm() {
+        let doc = serde_json::json!({"keys": [{"kty": "RSA", "alg": "RS256", "kid": "k", "n": RSA_N, "e": "AQAB"}]});
+        let set = parse_jwks(doc.to_string().as_bytes()).unwrap();
+        let k = set.find(Some("k"), Algorithm::RS256).unwrap();
+        assert!(k.allows(Algorithm::RS256));
+        assert!(!k.allows(Algorithm::PS256));
+        assert!(!k.allows(Algorithm::HS256));
+    }
+
+    #[test]
+    fn kidless_token_needs_exactly_one_fitting_key() {
+        let one = serde_json::json!({"keys": [{"kty": "RSA", "n": RSA_N, "e": "AQAB"}]});
+        let set = parse_jwks(one.to_string().as_bytes()).unwrap();
+        assert!(set.find(None, Algorithm::RS256).is_some());
+        assert!(set.find(None, Algorithm::ES256).is_none());
+        let two = serde_json::json!({"keys": [{"kty": "RSA", "kid": "a", "n": RSA_N, "e": "AQAB"}, {"kty": "RSA", "kid": "b", "n": RSA_N, "e": "AQAB"}]});
+        let set = parse_jwks(two.to_string().as_bytes()).unwrap();
+        assert!(set.find(None, Algorithm::RS256).is_none());
+    }
+
+    #[test]
+    fn short_rsa_keys_are_skipped() {
+        let doc = serde_json::json!({"keys": [{"kty": "RSA", "kid": "weak", "n": &RSA_N[..170], "e": "AQAB"}]});
+        assert!(parse_jwks(doc.to_string().as_bytes()).unwrap().keys.is_empty());
+    }
+
+    #[test]
+    fn a_document_without_keys_fails() {
+        assert!(parse_jwks(b"<html>").is_err());
+        assert!(parse_jwks(b"{\"kids\":[]}").is_err());
+    }
+
+    #[test]
+    fn cache_control_max_age_is_read() {
+        assert_eq!(max_age("public, max-age=300"), Some(Duration::from_secs(300)));
+        assert_eq!(max_age("no-store"), Some(Duration::ZERO));
+        assert_eq!(max_age("public"), None);
+    }
+}

@@ -1,0 +1,273 @@
+//! Parsing a compact JWS before any key is touched: size caps, header rules,
+//! duplicate claims.
+
+use std::fmt;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::Algorithm;
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
+
+use crate::error::JwtError;
+
+/// Longest `kid` accepted: it is only a lookup key.
+pub(crate) const MAX_KID_LEN: usize = 256;
+
+/// A token split and decoded, its signature not yet checked.
+pub(crate) struct Parsed<'t> {
+    /// `header.payload`, the signed bytes.
+    pub(crate) message: &'t str,
+    /// The base64url signature.
+    pub(crate) signature: &'t str,
+    pub(crate) alg: Algorithm,
+    pub(crate) kid: Option<String>,
+    pub(crate) typ: Option<String>,
+    pub(crate) payload_b64: &'t str,
+    pub(crate) claims: Map<String, Value>,
+}
+
+impl fmt::Debug for Parsed<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Parsed").field("alg", &self.alg).field("kid", &self.kid).finish_non_exhaustive()
+    }
+}
+
+/// Splits and decodes a token, enforcing every rule that needs no key.
+pub(crate) fn parse(token: &str, max_len: usize) -> Result<Parsed<'_>, JwtError> {
+    if token.len() > max_len {
+        return Err(JwtError::TooLarge);
+    }
+    let mut parts = token.split('.');
+    let (Some(h), Some(p), Some(s)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(JwtError::Malformed);
+    };
+    if parts.next().is_some() {
+        // Five parts: a JWE (encrypted token), which a resource server never accepts.
+        return Err(JwtError::Encrypted);
+    }
+    if h.is_empty() || p.is_empty() {
+        return Err(JwtError::Malformed);
+    }
+    let header_bytes = URL_SAFE_NO_PAD.decode(h).map_err(|_| JwtError::Malformed)?;
+    let header = object_without_duplicates(&header_bytes)?;
+    let alg = check_header(&header)?;
+    if s.is_empty() {
+        return Err(JwtError::Unsigned);
+    }
+    let kid = match header.get("kid") {
+        None => None,
+        Some(Value::String(k)) if k.len() <= MAX_KID_LEN => Some(k.clone()),
+        Some(_) => return Err(JwtError::Malformed),
+    };
+    let typ = match header.get("typ") {
+        None => None,
+        Some(Value::String(t)) => Some(t.clone()),
+        Some(_) => return Err(JwtError::Malformed),
+    };
+    let payload_bytes = URL_SAFE_NO_PAD.decode(p).map_err(|_| JwtError::Malformed)?;
+    let claims = object_without_duplicates(&payload_bytes)?;
+    Ok(Parsed {
+        message: &token[..h.len() + 1 + p.len()],
+        signature: s,
+        alg,
+        kid,
+        typ,
+        payload_b64: p,
+        claims,
+    })
+}
+
+/// Reads only the `iss` claim, to pick a provider. Trusted only after verification.
+pub(crate) fn peek_issuer(claims: &Map<String, Value>) -> Result<&str, JwtError> {
+    match claims.get("iss") {
+        Some(Value::String(iss)) => Ok(iss),
+        Some(_) => Err(JwtError::Malformed),
+        None => Err(JwtError::MissingClaim("iss")),
+    }
+}
+
+fn check_header(header: &Map<String, Value>) -> Result<Algorithm, JwtError> {
+    if header.contains_key("enc") {
+        return Err(JwtError::Encrypted);
+    }
+    if header.contains_key("crit") {
+        // We implement no extension, so any critical one must be refused (RFC 7515 §4.1.11).
+        return Err(JwtError::CriticalHeader);
+    }
+    if header.contains_key("b64") {
+        // RFC 7797 unencoded payloads are never what an access token is.
+        return Err(JwtError::CriticalHeader);
+    }
+    if let Some(cty) = header.get("cty") {
+        let Value::String(cty) = cty else { return Err(JwtError::Malformed) };
+        if cty.eq_ignore_ascii_case("jwt") || cty.eq_ignore_ascii_case("application/jwt") {
+            return Err(JwtError::Nested);
+        }
+    }
+    // `jku`, `x5u`, `jwk` and `x5c` are ignored: keys only ever come from the
+    // provider's configured JWKS, never from the token.
+    let Some(Value::String(alg)) = header.get("alg") else {
+        return Err(JwtError::Malformed);
+    };
+    if alg.eq_ignore_ascii_case("none") {
+        return Err(JwtError::Unsigned);
+    }
+    alg.parse::<Algorithm>().map_err(|_| JwtError::AlgorithmNotAllowed)
+}
+
+/// Parses a JSON object, refusing a duplicate member name at any depth
+/// (`serde_json::Value` would silently keep the last one).
+pub(crate) fn object_without_duplicates(bytes: &[u8]) -> Result<Map<String, Value>, JwtError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    NoDuplicates.deserialize(&mut de).map_err(|e| {
+        if e.to_string().starts_with(DUPLICATE) {
+            JwtError::DuplicateClaim
+        } else {
+            JwtError::Malformed
+        }
+    })?;
+    de.end().map_err(|_| JwtError::Malformed)?;
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(JwtError::Malformed),
+    }
+}
+
+const DUPLICATE: &str = "duplicate member";
+
+struct NoDuplicates;
+
+impl<'de> de::DeserializeSeed<'de> for NoDuplicates {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for NoDuplicates {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("JSON")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen: Vec<String> = Vec::new();
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if seen.iter().any(|k| *k == *key) {
+                return Err(de::Error::custom(DUPLICATE));
+            }
+            seen.push(key.into_owned());
+            map.next_value_seed(NoDuplicates)?;
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(NoDuplicates)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b64(s: &str) -> String {
+        URL_SAFE_NO_PAD.encode(s)
+    }
+
+    fn token(header: &str, payload: &str) -> String {
+        format!("{}.{}.c2ln", b64(header), b64(payload))
+    }
+
+    #[test]
+    fn duplicate_claims_are_rejected() {
+        let t = token(r#"{"alg":"RS256"}"#, r#"{"role":"admin","role":"user"}"#);
+        assert_eq!(parse(&t, 8192).unwrap_err(), JwtError::DuplicateClaim);
+    }
+
+    #[test]
+    fn nested_duplicate_claims_are_rejected() {
+        let t = token(r#"{"alg":"RS256"}"#, r#"{"realm_access":{"roles":[],"roles":["admin"]}}"#);
+        assert_eq!(parse(&t, 8192).unwrap_err(), JwtError::DuplicateClaim);
+    }
+
+    #[test]
+    fn alg_none_in_any_spelling_is_rejected() {
+        for alg in ["none", "None", "NONE", "nOnE"] {
+            let t = token(&format!(r#"{{"alg":"{alg}"}}"#), r#"{"iss":"x"}"#);
+            assert_eq!(parse(&t, 8192).unwrap_err(), JwtError::Unsigned, "{alg}");
+        }
+    }
+
+    #[test]
+    fn empty_signature_is_rejected() {
+        let t = format!("{}.{}.", b64(r#"{"alg":"RS256"}"#), b64("{}"));
+        assert_eq!(parse(&t, 8192).unwrap_err(), JwtError::Unsigned);
+    }
+
+    #[test]
+    fn crit_b64_cty_and_jwe_are_rejected() {
+        let cases = [
+            (r#"{"alg":"RS256","crit":["exp"],"exp":1}"#, JwtError::CriticalHeader),
+            (r#"{"alg":"RS256","b64":false}"#, JwtError::CriticalHeader),
+            (r#"{"alg":"RS256","cty":"JWT"}"#, JwtError::Nested),
+            (r#"{"alg":"RSA-OAEP","enc":"A256GCM"}"#, JwtError::Encrypted),
+            (r#"{"alg":"HS999"}"#, JwtError::AlgorithmNotAllowed),
+        ];
+        for (h, want) in cases {
+            assert_eq!(parse(&token(h, "{}"), 8192).unwrap_err(), want, "{h}");
+        }
+        assert_eq!(parse("a.b.c.d.e", 8192).unwrap_err(), JwtError::Encrypted);
+    }
+
+    #[test]
+    fn oversized_tokens_are_rejected_before_parsing() {
+        let t = "a".repeat(9000);
+        assert_eq!(parse(&t, 8192).unwrap_err(), JwtError::TooLarge);
+    }
+
+    #[test]
+    fn garbage_is_malformed_not_a_panic() {
+        for t in ["", ".", "..", "a.b", "%%%.%%%.%%%", "e30.e30", "W10.e30.c2ln", "e30.W10.c2ln"] {
+            assert!(parse(t, 8192).is_err(), "{t}");
+        }
+    }
+
+    #[test]
+    fn long_kid_is_rejected() {
+        let t = token(&format!(r#"{{"alg":"RS256","kid":"{}"}}"#, "k".repeat(300)), "{}");
+        assert_eq!(parse(&t, 8192).unwrap_err(), JwtError::Malformed);
+    }
+
+    #[test]
+    fn well_formed_token_parses() {
+        let t = token(r#"{"alg":"ES256","kid":"k1","typ":"at+jwt","jku":"https://evil"}"#, r#"{"iss":"i","n":[1,{"a":2}]}"#);
+        let p = parse(&t, 8192).unwrap();
+        assert_eq!(p.alg, Algorithm::ES256);
+        assert_eq!(p.kid.as_deref(), Some("k1"));
+        assert_eq!(p.typ.as_deref(), Some("at+jwt"));
+        assert_eq!(peek_issuer(&p.claims).unwrap(), "i");
+    }
+}

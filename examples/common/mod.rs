@@ -1,0 +1,164 @@
+//! What the example services share: arguments, policy loading, the demo
+//! issuer and the framework-free bodies of their routes (shared/CONTRACT.md).
+
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use palisade::Guard;
+use palisade::core::policy::{PolicySet, Workload};
+use palisade::testkit::TestIssuer;
+
+/// The command line of every example.
+pub struct Args {
+    pub listen: SocketAddr,
+    pub config: Option<PathBuf>,
+    pub service: String,
+    pub namespace: String,
+}
+
+/// Parses the arguments of shared/CONTRACT.md, or exits with one line on stderr.
+pub fn args(service: &str, port: u16) -> Args {
+    match parse(service, port, std::env::args().skip(1)) {
+        Ok(a) => a,
+        Err(msg) => fail(&msg),
+    }
+}
+
+pub fn fail(msg: &str) -> ! {
+    eprintln!("error: {msg}");
+    std::process::exit(2)
+}
+
+fn parse(service: &str, port: u16, mut it: impl Iterator<Item = String>) -> Result<Args, String> {
+    let mut args = Args {
+        listen: SocketAddr::from(([127, 0, 0, 1], port)),
+        config: None,
+        service: service.to_owned(),
+        namespace: "default".to_owned(),
+    };
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--listen" => {
+                let v = value()?;
+                args.listen = v.parse().map_err(|_| format!("--listen {v}: not an address such as 127.0.0.1:9080"))?;
+            }
+            "--config" => args.config = Some(PathBuf::from(value()?)),
+            "--service" => args.service = value()?,
+            "--namespace" => args.namespace = value()?,
+            "--tls-cert" | "--tls-key" | "--client-ca" | "--client-crl" => {
+                value()?;
+                return Err(format!("{flag}: TLS and mTLS are not supported by this version of Palisade yet"));
+            }
+            "--keytab" => {
+                value()?;
+                return Err("--keytab: SPNEGO is not supported by this version of Palisade yet".into());
+            }
+            "-h" | "--help" => {
+                println!(
+                    "usage: {service} [--listen ADDR] [--config FILE] [--service NAME] [--namespace NS]\n\
+                     Without --config, a demo issuer is started and a ready-to-paste command is printed."
+                );
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument `{other}` (see --help)")),
+        }
+    }
+    Ok(args)
+}
+
+/// Logging on stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+/// What a running example needs: its guard and, in demo mode, the issuer
+/// (kept alive for the life of the program).
+pub struct Setup {
+    pub guard: Guard,
+    pub demo: Option<TestIssuer>,
+    pub workload: Workload,
+}
+
+/// The demo policy: tokens of the embedded issuer for this service; every
+/// route but `/healthz` needs one.
+pub fn demo_policy(issuer: &TestIssuer, workload: &Workload) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: demo-jwt, namespace: {ns}}}
+spec:
+  selector: {{matchLabels: {{app: {svc}}}}}
+  jwtRules:
+  - issuer: {iss}
+    jwksUri: {jwks}
+    audiences: [{svc}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: require-jwt, namespace: {ns}}}
+spec:
+  selector: {{matchLabels: {{app: {svc}}}}}
+  rules:
+  - from: [{{source: {{requestPrincipals: [\"*\"]}}}}]
+  - to: [{{operation: {{methods: [GET], paths: [/healthz]}}}}]
+",
+        ns = workload.namespace,
+        svc = workload.service,
+        iss = issuer.issuer(),
+        jwks = issuer.jwks_uri(),
+    )
+}
+
+/// Loads `--config`, or starts the demo issuer; exits with one line on error.
+pub fn setup(args: &Args) -> Setup {
+    let workload = Workload::new(&args.service, &args.namespace);
+    let (set, demo) = match &args.config {
+        Some(path) => (PolicySet::from_file(path).unwrap_or_else(|e| fail(&e.to_string())), None),
+        None => {
+            let issuer = TestIssuer::builder()
+                .default_audience(&args.service)
+                .client("demo", "demo-secret")
+                .user("alice", "alice", &["user", "admin"])
+                .start()
+                .unwrap_or_else(|e| fail(&format!("cannot start the demo issuer: {e}")));
+            let yaml = demo_policy(&issuer, &workload);
+            let set = PolicySet::from_yaml_str(&yaml, "demo policy").unwrap_or_else(|e| fail(&e.to_string()));
+            (set, Some(issuer))
+        }
+    };
+    let guard = palisade::guard_from_policy(&set, &workload).unwrap_or_else(|e| fail(&e.to_string()));
+    Setup { guard, demo, workload }
+}
+
+/// Prints the demo banner (stdout) before the `listening on` line.
+pub fn announce(setup: &Setup, listen: SocketAddr) {
+    if let Some(issuer) = &setup.demo {
+        println!("demo mode: embedded development issuer at {}", issuer.issuer());
+        println!("get a token and call the service:");
+        println!(
+            "  TOKEN=$(curl -s -d grant_type=client_credentials -d client_id=demo -d client_secret=demo-secret {} | sed -E 's/.*\"access_token\":\"([^\"]+)\".*/\\1/')",
+            issuer.token_endpoint()
+        );
+        println!("  curl -H \"Authorization: Bearer $TOKEN\" http://{listen}/whoami");
+    }
+}
+
+pub fn list_json(service: &str) -> serde_json::Value {
+    serde_json::json!([
+        {"id": 1, "service": service, "title": "The Comedy of Errors"},
+        {"id": 2, "service": service, "title": "Hamlet"},
+    ])
+}
+
+pub fn created_json(service: &str) -> serde_json::Value {
+    serde_json::json!({"id": 3, "service": service, "created": true})
+}
+
+pub fn item_json(service: &str, id: &str) -> serde_json::Value {
+    serde_json::json!({"id": id, "service": service, "title": "The Comedy of Errors"})
+}
