@@ -206,3 +206,19 @@ fn sigterm_shuts_down_gracefully() {
         assert!(status.success(), "{name}: {status:?}");
     }
 }
+
+#[test]
+fn every_sample_policy_compiles_for_the_example_services() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/policies");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let set = palisade::core::policy::PolicySet::from_file(&path).unwrap();
+        for service in ["details", "reviews"] {
+            let workload = palisade::core::policy::Workload::new(service, "default");
+            palisade::guard_from_policy(&set, &workload).unwrap_or_else(|e| panic!("{e}"));
+        }
+        seen += 1;
+    }
+    assert!(seen >= 3, "sample policies missing from {}", dir.display());
+}

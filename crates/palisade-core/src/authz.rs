@@ -606,10 +606,12 @@ mod tests {
     }
 
     fn user(sub: &str, claims: serde_json::Value) -> Identity {
-        let mut t = TokenClaims::default();
-        t.issuer = "https://idp".into();
-        t.subject = sub.into();
-        t.claims = claims.as_object().cloned().unwrap_or_default();
+        let t = TokenClaims {
+            issuer: "https://idp".into(),
+            subject: sub.into(),
+            claims: claims.as_object().cloned().unwrap_or_default(),
+            ..TokenClaims::default()
+        };
         Identity::from_token(t, Verification::assertion())
     }
 

@@ -266,9 +266,11 @@ mod tests {
             let outcome = match req.header_str("authorization") {
                 None => AuthOutcome::NoCredential,
                 Some("Bearer good") => {
-                    let mut t = TokenClaims::default();
-                    t.issuer = "i".into();
-                    t.subject = self.0.unwrap_or("s").into();
+                    let t = TokenClaims {
+                        issuer: "i".into(),
+                        subject: self.0.unwrap_or("s").into(),
+                        ..TokenClaims::default()
+                    };
                     AuthOutcome::Authenticated(Authenticated::new(Identity::from_token(
                         t,
                         Verification::assertion(),

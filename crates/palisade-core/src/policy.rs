@@ -875,7 +875,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "h" => value * 3600.0,
         _ => return Err(format!("`{text}` needs a unit: ms, s, m or h")),
     };
-    if !seconds.is_finite() || seconds < 0.0 || seconds > 10.0 * 365.0 * 86400.0 {
+    if !seconds.is_finite() || !(0.0..=10.0 * 365.0 * 86400.0).contains(&seconds) {
         return Err(format!("`{text}` is out of range"));
     }
     Ok(Duration::from_secs_f64(seconds))

@@ -1,1 +1,1001 @@
-//! x
+//! Test kit for Palisade users: an in-process OpenID Connect issuer.
+//!
+//! [`TestIssuer`] serves, on loopback and over real HTTP, what a Keycloak
+//! realm serves to a resource server: the discovery document, the JWKS and a
+//! token endpoint (client_credentials and password grants). It mints tokens
+//! with any claims and headers, rotates and retires keys, and injects
+//! outages, latency and garbage, counting every fetch, so the behaviour of a
+//! service under those conditions can be tested without a real provider.
+//!
+//! ```
+//! use palisade_testkit::TestIssuer;
+//! let issuer = TestIssuer::builder().default_audience("details").start()?;
+//! let token = issuer.token().subject("alice").realm_roles(&["admin"]).sign();
+//! assert_eq!(token.split('.').count(), 3);
+//! assert!(issuer.issuer().ends_with("/realms/demo"));
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
+//! The server runs on its own thread with its own runtime, so it works from
+//! plain `#[test]`s, `#[tokio::test]`s and actix-web's runtimes alike, and
+//! stops when the [`TestIssuer`] is dropped. Each connection answers one
+//! request (`Connection: close`).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use serde_json::{Map, Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// The algorithm the issuer signs with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SigningAlgorithm {
+    /// RSASSA-PKCS1-v1_5 with SHA-256, 2048-bit keys (Keycloak's default).
+    Rs256,
+    /// ECDSA on P-256 with SHA-256.
+    Es256,
+    /// Ed25519.
+    EdDsa,
+}
+
+impl SigningAlgorithm {
+    fn name(self) -> &'static str {
+        match self {
+            SigningAlgorithm::Rs256 => "RS256",
+            SigningAlgorithm::Es256 => "ES256",
+            SigningAlgorithm::EdDsa => "EdDSA",
+        }
+    }
+}
+
+/// What the discovery and JWKS endpoints do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Answer normally.
+    None,
+    /// Answer `503 Service Unavailable`.
+    Unavailable,
+    /// Answer `200` with a body that is not JSON.
+    Garbage,
+    /// Never answer (until the issuer is dropped).
+    Hang,
+    /// Close the connection without answering.
+    Reset,
+}
+
+enum Material {
+    Rsa(aws_lc_rs::rsa::KeyPair),
+    Ec(EcdsaKeyPair),
+    Ed(Ed25519KeyPair),
+}
+
+struct SigningKey {
+    kid: String,
+    material: Material,
+    jwk: Value,
+}
+
+impl SigningKey {
+    fn generate(alg: SigningAlgorithm) -> std::io::Result<Self> {
+        let kid = random_hex(8);
+        let err = |_| std::io::Error::other("key generation failed");
+        let (material, jwk) = match alg {
+            SigningAlgorithm::Rs256 => {
+                let k = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).map_err(err)?;
+                let public = k.public_key();
+                let jwk = json!({
+                    "kty": "RSA", "kid": kid, "use": "sig", "alg": "RS256",
+                    "n": b64(public.modulus().big_endian_without_leading_zero()),
+                    "e": b64(public.exponent().big_endian_without_leading_zero()),
+                });
+                (Material::Rsa(k), jwk)
+            }
+            SigningAlgorithm::Es256 => {
+                let k = EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_FIXED_SIGNING).map_err(err)?;
+                let point = k.public_key().as_ref();
+                let jwk = json!({
+                    "kty": "EC", "crv": "P-256", "kid": kid, "use": "sig", "alg": "ES256",
+                    "x": b64(&point[1..33]), "y": b64(&point[33..65]),
+                });
+                (Material::Ec(k), jwk)
+            }
+            SigningAlgorithm::EdDsa => {
+                let k = Ed25519KeyPair::generate().map_err(err)?;
+                let jwk = json!({
+                    "kty": "OKP", "crv": "Ed25519", "kid": kid, "use": "sig", "alg": "EdDSA",
+                    "x": b64(k.public_key().as_ref()),
+                });
+                (Material::Ed(k), jwk)
+            }
+        };
+        Ok(Self { kid, material, jwk })
+    }
+
+    fn sign(&self, message: &[u8]) -> Vec<u8> {
+        let rng = SystemRandom::new();
+        match &self.material {
+            Material::Rsa(k) => {
+                let mut sig = vec![0; k.public_modulus_len()];
+                k.sign(&signature::RSA_PKCS1_SHA256, &rng, message, &mut sig).expect("RSA signing");
+                sig
+            }
+            Material::Ec(k) => k.sign(&rng, message).expect("ECDSA signing").as_ref().to_vec(),
+            Material::Ed(k) => k.sign(message).as_ref().to_vec(),
+        }
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    SystemRandom::new().fill(&mut buf).expect("system randomness");
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+struct User {
+    password: String,
+    roles: Vec<String>,
+}
+
+struct State {
+    issuer: String,
+    /// `/realms/<realm>`: the path every endpoint sits under.
+    prefix: String,
+    alg: SigningAlgorithm,
+    default_audience: String,
+    lifetime: i64,
+    /// Published keys; the last one signs.
+    keys: Mutex<Vec<Arc<SigningKey>>>,
+    extra: Mutex<Vec<Value>>,
+    fault: Mutex<Fault>,
+    latency: Mutex<Duration>,
+    cache_control: Mutex<Option<String>>,
+    jwks_fetches: AtomicUsize,
+    discovery_fetches: AtomicUsize,
+    clients: HashMap<String, String>,
+    users: HashMap<String, User>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl State {
+    fn signing_key(&self) -> Arc<SigningKey> {
+        lock(&self.keys).last().cloned().expect("the issuer always has a key")
+    }
+
+    fn jwks(&self) -> Value {
+        let mut keys: Vec<Value> = lock(&self.keys).iter().map(|k| k.jwk.clone()).collect();
+        keys.extend(lock(&self.extra).iter().cloned());
+        json!({ "keys": keys })
+    }
+}
+
+/// An in-process OpenID Connect issuer on loopback. Dropping it stops the server.
+pub struct TestIssuer {
+    state: Arc<State>,
+    base_url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl fmt::Debug for TestIssuer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TestIssuer")
+            .field("issuer", &self.state.issuer)
+            .field("kids", &lock(&self.state.keys).iter().map(|k| k.kid.clone()).collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for TestIssuer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Configures a [`TestIssuer`].
+#[must_use]
+pub struct TestIssuerBuilder {
+    realm: String,
+    alg: SigningAlgorithm,
+    bind: SocketAddr,
+    default_audience: String,
+    lifetime: Duration,
+    clients: HashMap<String, String>,
+    users: HashMap<String, User>,
+}
+
+impl fmt::Debug for TestIssuerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TestIssuerBuilder")
+            .field("realm", &self.realm)
+            .field("alg", &self.alg)
+            .field("clients", &self.clients.keys().collect::<Vec<_>>())
+            .field("users", &self.users.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TestIssuerBuilder {
+    /// The realm name (default `demo`): the issuer is `http://ADDR/realms/<realm>`.
+    pub fn realm(mut self, name: &str) -> Self {
+        self.realm = name.to_owned();
+        self
+    }
+
+    /// The signing algorithm (default RS256).
+    pub fn algorithm(mut self, alg: SigningAlgorithm) -> Self {
+        self.alg = alg;
+        self
+    }
+
+    /// The address to listen on (default `127.0.0.1:0`).
+    pub fn bind(mut self, addr: SocketAddr) -> Self {
+        self.bind = addr;
+        self
+    }
+
+    /// The `aud` of minted and issued tokens (default `account`, as Keycloak).
+    pub fn default_audience(mut self, aud: &str) -> Self {
+        self.default_audience = aud.to_owned();
+        self
+    }
+
+    /// A client for the client_credentials grant.
+    pub fn client(mut self, id: &str, secret: &str) -> Self {
+        self.clients.insert(id.to_owned(), secret.to_owned());
+        self
+    }
+
+    /// A user for the password grant, with realm roles.
+    pub fn user(mut self, name: &str, password: &str, realm_roles: &[&str]) -> Self {
+        self.users.insert(
+            name.to_owned(),
+            User {
+                password: password.to_owned(),
+                roles: realm_roles.iter().map(|r| (*r).to_owned()).collect(),
+            },
+        );
+        self
+    }
+
+    /// Lifetime of minted and issued tokens (default 300 s).
+    pub fn token_lifetime(mut self, d: Duration) -> Self {
+        self.lifetime = d;
+        self
+    }
+
+    /// Generates the first key and starts serving.
+    ///
+    /// # Errors
+    /// When the address cannot be bound or a thread cannot be started.
+    pub fn start(self) -> std::io::Result<TestIssuer> {
+        let listener = std::net::TcpListener::bind(self.bind)?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let base_url = format!("http://{addr}");
+        let state = Arc::new(State {
+            issuer: format!("{base_url}/realms/{}", self.realm),
+            prefix: format!("/realms/{}", self.realm),
+            alg: self.alg,
+            default_audience: self.default_audience,
+            lifetime: i64::try_from(self.lifetime.as_secs()).unwrap_or(300),
+            keys: Mutex::new(vec![Arc::new(SigningKey::generate(self.alg)?)]),
+            extra: Mutex::new(Vec::new()),
+            fault: Mutex::new(Fault::None),
+            latency: Mutex::new(Duration::ZERO),
+            cache_control: Mutex::new(None),
+            jwks_fetches: AtomicUsize::new(0),
+            discovery_fetches: AtomicUsize::new(0),
+            clients: self.clients,
+            users: self.users,
+        });
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let served = state.clone();
+        let thread = std::thread::Builder::new().name("palisade-test-issuer".into()).spawn(move || {
+            rt.block_on(async move {
+                let Ok(listener) = TcpListener::from_std(listener) else { return };
+                let mut conns = tokio::task::JoinSet::new();
+                tokio::select! {
+                    _ = stop_rx => {}
+                    () = async {
+                        loop {
+                            if let Ok((stream, _)) = listener.accept().await {
+                                conns.spawn(serve(stream, served.clone()));
+                            }
+                        }
+                    } => {}
+                }
+                conns.abort_all();
+            });
+        })?;
+        Ok(TestIssuer {
+            state,
+            base_url,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl TestIssuer {
+    /// Starts an issuer with the defaults.
+    ///
+    /// # Errors
+    /// When the loopback address cannot be bound.
+    pub fn start() -> std::io::Result<TestIssuer> {
+        Self::builder().start()
+    }
+
+    /// Configures an issuer.
+    pub fn builder() -> TestIssuerBuilder {
+        TestIssuerBuilder {
+            realm: "demo".into(),
+            alg: SigningAlgorithm::Rs256,
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            default_audience: "account".into(),
+            lifetime: Duration::from_secs(300),
+            clients: HashMap::new(),
+            users: HashMap::new(),
+        }
+    }
+
+    /// The issuer URL (`iss`): `http://127.0.0.1:PORT/realms/<realm>`.
+    #[must_use]
+    pub fn issuer(&self) -> &str {
+        &self.state.issuer
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    #[must_use]
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// Where the JWKS is served, as Keycloak lays it out.
+    #[must_use]
+    pub fn jwks_uri(&self) -> String {
+        format!("{}/protocol/openid-connect/certs", self.state.issuer)
+    }
+
+    /// The token endpoint.
+    #[must_use]
+    pub fn token_endpoint(&self) -> String {
+        format!("{}/protocol/openid-connect/token", self.state.issuer)
+    }
+
+    /// The `kid` of the key that signs now.
+    #[must_use]
+    pub fn current_kid(&self) -> String {
+        self.state.signing_key().kid.clone()
+    }
+
+    /// Starts minting a token signed by the current key.
+    pub fn token(&self) -> TokenBuilder<'_> {
+        self.state.token()
+    }
+
+}
+
+impl State {
+    fn token(&self) -> TokenBuilder<'_> {
+        let key = self.signing_key();
+        let t = now();
+        let mut header = Map::new();
+        header.insert("alg".into(), json!(self.alg.name()));
+        header.insert("typ".into(), json!("JWT"));
+        header.insert("kid".into(), json!(key.kid));
+        let mut claims = Map::new();
+        claims.insert("iss".into(), json!(self.issuer));
+        claims.insert("sub".into(), json!("test-user"));
+        claims.insert("aud".into(), json!(self.default_audience));
+        claims.insert("exp".into(), json!(t + self.lifetime));
+        claims.insert("iat".into(), json!(t));
+        claims.insert("jti".into(), json!(random_hex(12)));
+        claims.insert("typ".into(), json!("Bearer"));
+        claims.insert("azp".into(), json!("test-client"));
+        claims.insert("preferred_username".into(), json!("test-user"));
+        claims.insert("scope".into(), json!("openid profile email"));
+        TokenBuilder {
+            key,
+            header,
+            claims,
+            audiences: None,
+            username_set: false,
+            raw_payload: None,
+            _state: std::marker::PhantomData,
+        }
+    }
+}
+
+impl TestIssuer {
+    /// Adds a new signing key (same algorithm); the old ones stay published.
+    /// Returns the new `kid`.
+    pub fn rotate_key(&self) -> String {
+        let key = SigningKey::generate(self.state.alg).expect("key generation");
+        let kid = key.kid.clone();
+        lock(&self.state.keys).push(Arc::new(key));
+        kid
+    }
+
+    /// Stops publishing a key (it is kept for signing if it is the only one).
+    pub fn retire_key(&self, kid: &str) {
+        let mut keys = lock(&self.state.keys);
+        if keys.len() > 1 {
+            keys.retain(|k| k.kid != kid);
+        }
+    }
+
+    /// Publishes an extra raw JWK as it is (an encryption key, an unknown `kty`).
+    pub fn add_jwk(&self, jwk: Value) {
+        lock(&self.state.extra).push(jwk);
+    }
+
+    /// Sets what the discovery and JWKS endpoints do.
+    pub fn set_fault(&self, fault: Fault) {
+        *lock(&self.state.fault) = fault;
+    }
+
+    /// Delays every discovery and JWKS answer.
+    pub fn set_latency(&self, d: Duration) {
+        *lock(&self.state.latency) = d;
+    }
+
+    /// Sets (or removes) the `Cache-Control` header of JWKS answers.
+    pub fn set_cache_control(&self, value: Option<&str>) {
+        *lock(&self.state.cache_control) = value.map(str::to_owned);
+    }
+
+    /// JWKS requests received, faulty answers included.
+    #[must_use]
+    pub fn jwks_fetches(&self) -> usize {
+        self.state.jwks_fetches.load(Ordering::SeqCst)
+    }
+
+    /// Discovery requests received.
+    #[must_use]
+    pub fn discovery_fetches(&self) -> usize {
+        self.state.discovery_fetches.load(Ordering::SeqCst)
+    }
+
+    /// The JWKS document published now.
+    #[must_use]
+    pub fn jwks(&self) -> Value {
+        self.state.jwks()
+    }
+}
+
+/// Mints one token; see [`TestIssuer::token`].
+#[must_use]
+pub struct TokenBuilder<'a> {
+    key: Arc<SigningKey>,
+    header: Map<String, Value>,
+    claims: Map<String, Value>,
+    audiences: Option<Vec<String>>,
+    username_set: bool,
+    raw_payload: Option<String>,
+    _state: std::marker::PhantomData<&'a State>,
+}
+
+impl fmt::Debug for TokenBuilder<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenBuilder").field("kid", &self.key.kid).finish_non_exhaustive()
+    }
+}
+
+impl TokenBuilder<'_> {
+    /// `sub` (and `preferred_username`, unless set as a claim).
+    pub fn subject(mut self, s: &str) -> Self {
+        self.claims.insert("sub".into(), json!(s));
+        if !self.username_set {
+            self.claims.insert("preferred_username".into(), json!(s));
+        }
+        self
+    }
+
+    /// Adds an audience; the first call replaces the default, later ones make an array.
+    pub fn audience(mut self, a: &str) -> Self {
+        self.audiences.get_or_insert_with(Vec::new).push(a.to_owned());
+        self
+    }
+
+    /// No `aud` claim at all.
+    pub fn no_audience(mut self) -> Self {
+        self.audiences = Some(Vec::new());
+        self
+    }
+
+    /// Overrides `iss`.
+    pub fn issuer(mut self, iss: &str) -> Self {
+        self.claims.insert("iss".into(), json!(iss));
+        self
+    }
+
+    /// No `iss` claim.
+    pub fn no_issuer(mut self) -> Self {
+        self.claims.remove("iss");
+        self
+    }
+
+    /// `realm_access.roles`.
+    pub fn realm_roles(mut self, roles: &[&str]) -> Self {
+        self.claims.insert("realm_access".into(), json!({ "roles": roles }));
+        self
+    }
+
+    /// `resource_access.<client>.roles`.
+    pub fn client_roles(mut self, client: &str, roles: &[&str]) -> Self {
+        let access = self.claims.entry("resource_access").or_insert_with(|| json!({}));
+        if let Value::Object(map) = access {
+            map.insert(client.to_owned(), json!({ "roles": roles }));
+        }
+        self
+    }
+
+    /// `scope`.
+    pub fn scope(mut self, s: &str) -> Self {
+        self.claims.insert("scope".into(), json!(s));
+        self
+    }
+
+    /// Any claim, replacing a default of the same name.
+    pub fn claim(mut self, name: &str, value: Value) -> Self {
+        if name == "preferred_username" {
+            self.username_set = true;
+        }
+        if name == "aud" {
+            self.audiences = None;
+        }
+        self.claims.insert(name.to_owned(), value);
+        self
+    }
+
+    /// Any JOSE header parameter (`alg`, `crit`, `typ`, …), replacing a default.
+    pub fn header(mut self, name: &str, value: Value) -> Self {
+        self.header.insert(name.to_owned(), value);
+        self
+    }
+
+    /// Sets or removes `kid`.
+    pub fn kid(mut self, kid: Option<&str>) -> Self {
+        match kid {
+            Some(k) => {
+                self.header.insert("kid".into(), json!(k));
+            }
+            None => {
+                self.header.remove("kid");
+            }
+        }
+        self
+    }
+
+    /// `exp` = now + `secs` (negative for an expired token).
+    pub fn expires_in(mut self, secs: i64) -> Self {
+        self.claims.insert("exp".into(), json!(now() + secs));
+        self
+    }
+
+    /// `nbf` = now + `secs_from_now`.
+    pub fn not_before(mut self, secs_from_now: i64) -> Self {
+        self.claims.insert("nbf".into(), json!(now() + secs_from_now));
+        self
+    }
+
+    /// `iat` = now + `secs_from_now`.
+    pub fn issued_at(mut self, secs_from_now: i64) -> Self {
+        self.claims.insert("iat".into(), json!(now() + secs_from_now));
+        self
+    }
+
+    /// Signs exactly this payload text instead of the claims (to test
+    /// duplicate claim names, which a JSON map cannot hold).
+    pub fn raw_payload(mut self, json_text: &str) -> Self {
+        self.raw_payload = Some(json_text.to_owned());
+        self
+    }
+
+    fn encoded(mut self) -> (String, Arc<SigningKey>) {
+        match self.audiences.take() {
+            None => {}
+            Some(a) if a.is_empty() => {
+                self.claims.remove("aud");
+            }
+            Some(a) if a.len() == 1 => {
+                self.claims.insert("aud".into(), json!(a[0]));
+            }
+            Some(a) => {
+                self.claims.insert("aud".into(), json!(a));
+            }
+        }
+        let header = Value::Object(self.header).to_string();
+        let payload = self.raw_payload.unwrap_or_else(|| Value::Object(self.claims).to_string());
+        (format!("{}.{}", b64(header.as_bytes()), b64(payload.as_bytes())), self.key)
+    }
+
+    /// The compact JWS `header.payload.signature`.
+    pub fn sign(self) -> String {
+        let (message, key) = self.encoded();
+        let sig = key.sign(message.as_bytes());
+        format!("{message}.{}", b64(&sig))
+    }
+
+    /// `header.payload.` with an empty signature (for `alg: none` tests).
+    pub fn unsigned(self) -> String {
+        format!("{}.", self.encoded().0)
+    }
+}
+
+struct HttpRequest {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+const MAX_REQUEST: usize = 64 * 1024;
+
+async fn read_request(stream: &mut TcpStream) -> Option<HttpRequest> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        if buf.len() > MAX_REQUEST {
+            return None;
+        }
+    };
+    let head = std::str::from_utf8(&buf[..head_end]).ok()?;
+    let mut lines = head.split("\r\n");
+    let mut first = lines.next()?.split(' ');
+    let method = first.next()?.to_owned();
+    let path = first.next()?.to_owned();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    if len > MAX_REQUEST {
+        return None;
+    }
+    let mut body = buf[head_end + 4..].to_vec();
+    while body.len() < len {
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            break;
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    body.truncate(len);
+    Some(HttpRequest {
+        method,
+        path,
+        headers,
+        body,
+    })
+}
+
+async fn respond(stream: &mut TcpStream, status: &str, extra: &[(&str, String)], content_type: &str, body: &[u8]) {
+    let mut head = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n",
+        body.len()
+    );
+    for (k, v) in extra {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    let _ = stream.write_all(head.as_bytes()).await;
+    let _ = stream.write_all(body).await;
+    let _ = stream.shutdown().await;
+}
+
+async fn json_answer(stream: &mut TcpStream, status: &str, value: &Value) {
+    respond(stream, status, &[], "application/json", value.to_string().as_bytes()).await;
+}
+
+async fn serve(mut stream: TcpStream, state: Arc<State>) {
+    let Some(req) = read_request(&mut stream).await else { return };
+    let path = req.path.split('?').next().unwrap_or("").to_owned();
+    let Some(rest) = path.strip_prefix(&state.prefix).and_then(|r| r.strip_prefix('/')) else {
+        return json_answer(&mut stream, "404 Not Found", &json!({"error": "not_found"})).await;
+    };
+    match (req.method.as_str(), rest) {
+        ("GET", ".well-known/openid-configuration") => {
+            state.discovery_fetches.fetch_add(1, Ordering::SeqCst);
+            let doc = json!({
+                "issuer": state.issuer,
+                "jwks_uri": format!("{}/protocol/openid-connect/certs", state.issuer),
+                "token_endpoint": format!("{}/protocol/openid-connect/token", state.issuer),
+                "grant_types_supported": ["client_credentials", "password"],
+                "id_token_signing_alg_values_supported": [state.alg.name()],
+                "response_types_supported": ["code"],
+                "subject_types_supported": ["public"],
+            });
+            faulty(&mut stream, &state, doc, None).await;
+        }
+        ("GET", "protocol/openid-connect/certs") => {
+            state.jwks_fetches.fetch_add(1, Ordering::SeqCst);
+            let cc = lock(&state.cache_control).clone();
+            faulty(&mut stream, &state, state.jwks(), cc).await;
+        }
+        ("POST", "protocol/openid-connect/token") => token_endpoint(&mut stream, &state, &req).await,
+        _ => json_answer(&mut stream, "404 Not Found", &json!({"error": "not_found"})).await,
+    }
+}
+
+async fn faulty(stream: &mut TcpStream, state: &State, doc: Value, cache_control: Option<String>) {
+    let latency = *lock(&state.latency);
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let fault = lock(&state.fault).clone();
+    match fault {
+        Fault::None => {
+            let extra: Vec<(&str, String)> = cache_control.into_iter().map(|v| ("cache-control", v)).collect();
+            respond(stream, "200 OK", &extra, "application/json", doc.to_string().as_bytes()).await;
+        }
+        Fault::Unavailable => respond(stream, "503 Service Unavailable", &[], "text/plain", b"down").await,
+        Fault::Garbage => respond(stream, "200 OK", &[], "application/json", b"<html>surprise</html>").await,
+        Fault::Hang => tokio::time::sleep(Duration::from_secs(3600)).await,
+        // Dropping the stream closes it without a byte of answer.
+        Fault::Reset => {}
+    }
+}
+
+fn form(body: &[u8]) -> HashMap<String, String> {
+    let text = String::from_utf8_lossy(body);
+    text.split('&')
+        .filter_map(|p| p.split_once('='))
+        .map(|(k, v)| (url_decode(k), url_decode(v)))
+        .collect()
+}
+
+fn url_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                    out.push(v);
+                    i += 3;
+                    continue;
+                }
+                out.push(b'%');
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn basic_auth(req: &HttpRequest) -> Option<(String, String)> {
+    let value = req.headers.iter().find(|(k, _)| k == "authorization")?.1.clone();
+    let encoded = value.strip_prefix("Basic ").or_else(|| value.strip_prefix("basic "))?;
+    let decoded = String::from_utf8(STANDARD.decode(encoded.trim()).ok()?).ok()?;
+    let (id, secret) = decoded.split_once(':')?;
+    Some((url_decode(id), url_decode(secret)))
+}
+
+async fn token_endpoint(stream: &mut TcpStream, state: &State, req: &HttpRequest) {
+    let f = form(&req.body);
+    let (client_id, secret) = match basic_auth(req) {
+        Some(pair) => (Some(pair.0), Some(pair.1)),
+        None => (f.get("client_id").cloned(), f.get("client_secret").cloned()),
+    };
+    let token = match f.get("grant_type").map(String::as_str) {
+        Some("client_credentials") => {
+            let (Some(id), Some(secret)) = (client_id, secret) else {
+                return json_answer(stream, "401 Unauthorized", &json!({"error": "invalid_client"})).await;
+            };
+            if state.clients.get(&id) != Some(&secret) {
+                return json_answer(stream, "401 Unauthorized", &json!({"error": "invalid_client"})).await;
+            }
+            state.token().subject(&id).claim("azp", json!(id)).claim("clientId", json!(id)).sign()
+        }
+        Some("password") => {
+            let (Some(user), Some(password)) = (f.get("username"), f.get("password")) else {
+                return json_answer(stream, "400 Bad Request", &json!({"error": "invalid_request"})).await;
+            };
+            match state.users.get(user) {
+                Some(u) if &u.password == password => {
+                    let roles: Vec<&str> = u.roles.iter().map(String::as_str).collect();
+                    let azp = client_id.unwrap_or_else(|| "test-client".into());
+                    state.token().subject(user).realm_roles(&roles).claim("azp", json!(azp)).sign()
+                }
+                _ => return json_answer(stream, "400 Bad Request", &json!({"error": "invalid_grant"})).await,
+            }
+        }
+        _ => return json_answer(stream, "400 Bad Request", &json!({"error": "unsupported_grant_type"})).await,
+    };
+    json_answer(
+        stream,
+        "200 OK",
+        &json!({"access_token": token, "token_type": "Bearer", "expires_in": state.lifetime}),
+    )
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use super::*;
+
+    fn http(issuer: &TestIssuer, method: &str, path: &str, body: &str) -> (u16, String) {
+        let addr = issuer.base_url().trim_start_matches("http://");
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        (status, body)
+    }
+
+    fn path_of(url: &str) -> String {
+        let rest = url.trim_start_matches("http://");
+        rest[rest.find('/').unwrap()..].to_owned()
+    }
+
+    fn verify(jwk: &Value, token: &str) -> bool {
+        let (message, sig) = token.rsplit_once('.').unwrap();
+        let sig = URL_SAFE_NO_PAD.decode(sig).unwrap();
+        let d = |f: &str| URL_SAFE_NO_PAD.decode(jwk[f].as_str().unwrap()).unwrap();
+        match jwk["kty"].as_str().unwrap() {
+            "RSA" => signature::RsaPublicKeyComponents { n: d("n"), e: d("e") }
+                .verify(&signature::RSA_PKCS1_2048_8192_SHA256, message.as_bytes(), &sig)
+                .is_ok(),
+            "EC" => {
+                let mut point = vec![4u8];
+                point.extend(d("x"));
+                point.extend(d("y"));
+                signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, point)
+                    .verify(message.as_bytes(), &sig)
+                    .is_ok()
+            }
+            _ => signature::UnparsedPublicKey::new(&signature::ED25519, d("x")).verify(message.as_bytes(), &sig).is_ok(),
+        }
+    }
+
+    #[test]
+    fn discovery_names_the_jwks_uri() {
+        let issuer = TestIssuer::start().unwrap();
+        let (status, body) = http(&issuer, "GET", &format!("{}/.well-known/openid-configuration", path_of(issuer.issuer())), "");
+        assert_eq!(status, 200);
+        let doc: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(doc["jwks_uri"], issuer.jwks_uri());
+        assert_eq!(doc["issuer"], issuer.issuer());
+        assert_eq!(issuer.discovery_fetches(), 1);
+    }
+
+    #[test]
+    fn minted_tokens_verify_against_the_published_jwk_for_every_algorithm() {
+        for alg in [SigningAlgorithm::Rs256, SigningAlgorithm::Es256, SigningAlgorithm::EdDsa] {
+            let issuer = TestIssuer::builder().algorithm(alg).start().unwrap();
+            let token = issuer.token().sign();
+            let jwks = issuer.jwks();
+            assert!(verify(&jwks["keys"][0], &token), "{alg:?}");
+            let parts: Vec<&str> = token.split('.').collect();
+            let tampered = format!("{}.{}.{}", parts[0], b64(b"{\"sub\":\"mallory\"}"), parts[2]);
+            assert!(!verify(&jwks["keys"][0], &tampered), "{alg:?}");
+        }
+    }
+
+    #[test]
+    fn rotation_publishes_both_keys_and_signs_with_the_new_one() {
+        let issuer = TestIssuer::start().unwrap();
+        let old = issuer.current_kid();
+        let new = issuer.rotate_key();
+        assert_ne!(old, new);
+        let kids: Vec<String> =
+            issuer.jwks()["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap().to_owned()).collect();
+        assert_eq!(kids, [old.clone(), new.clone()]);
+        let header: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(issuer.token().sign().split('.').next().unwrap()).unwrap())
+                .unwrap();
+        assert_eq!(header["kid"], new);
+        issuer.retire_key(&old);
+        assert_eq!(issuer.jwks()["keys"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn faults_are_served_and_counted() {
+        let issuer = TestIssuer::start().unwrap();
+        let certs = path_of(&issuer.jwks_uri());
+        issuer.set_fault(Fault::Unavailable);
+        assert_eq!(http(&issuer, "GET", &certs, "").0, 503);
+        issuer.set_fault(Fault::Garbage);
+        let (status, body) = http(&issuer, "GET", &certs, "");
+        assert_eq!(status, 200);
+        assert!(serde_json::from_str::<Value>(&body).is_err());
+        issuer.set_fault(Fault::Reset);
+        assert_eq!(http(&issuer, "GET", &certs, "").0, 0);
+        issuer.set_fault(Fault::None);
+        issuer.set_cache_control(Some("max-age=120"));
+        assert_eq!(http(&issuer, "GET", &certs, "").0, 200);
+        assert_eq!(issuer.jwks_fetches(), 4);
+    }
+
+    #[test]
+    fn client_credentials_checks_the_secret() {
+        let issuer = TestIssuer::builder().client("svc", "s3cret").start().unwrap();
+        let path = path_of(&issuer.token_endpoint());
+        let (status, _) = http(&issuer, "POST", &path, "grant_type=client_credentials&client_id=svc&client_secret=nope");
+        assert_eq!(status, 401);
+        let (status, body) = http(&issuer, "POST", &path, "grant_type=client_credentials&client_id=svc&client_secret=s3cret");
+        assert_eq!(status, 200);
+        let token = serde_json::from_str::<Value>(&body).unwrap()["access_token"].as_str().unwrap().to_owned();
+        let payload: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(token.split('.').nth(1).unwrap()).unwrap()).unwrap();
+        assert_eq!(payload["sub"], "svc");
+        assert_eq!(payload["azp"], "svc");
+        let (status, _) = http(&issuer, "POST", &path, "grant_type=implicit");
+        assert_eq!(status, 400);
+    }
+
+    #[test]
+    fn password_grant_carries_the_users_roles() {
+        let issuer = TestIssuer::builder().user("alice", "pw", &["admin"]).start().unwrap();
+        let path = path_of(&issuer.token_endpoint());
+        assert_eq!(http(&issuer, "POST", &path, "grant_type=password&username=alice&password=bad").0, 400);
+        let (status, body) = http(&issuer, "POST", &path, "grant_type=password&username=alice&password=pw");
+        assert_eq!(status, 200);
+        let token = serde_json::from_str::<Value>(&body).unwrap()["access_token"].as_str().unwrap().to_owned();
+        let payload: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(token.split('.').nth(1).unwrap()).unwrap()).unwrap();
+        assert_eq!(payload["realm_access"]["roles"], json!(["admin"]));
+        assert_eq!(payload["sub"], "alice");
+    }
+
+    #[test]
+    fn debug_never_shows_secrets() {
+        let b = TestIssuer::builder().client("svc", "top-secret").user("u", "pw-secret", &[]);
+        let dbg = format!("{b:?}");
+        assert!(!dbg.contains("top-secret") && !dbg.contains("pw-secret"), "{dbg}");
+    }
+}
