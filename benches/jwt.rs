@@ -37,11 +37,17 @@ fn axum_app(guard: Option<palisade::Guard>) -> axum::Router {
 }
 
 fn request(token: &str) -> http::Request<Body> {
-    http::Request::get("/").header("authorization", format!("Bearer {token}")).body(Body::empty()).unwrap()
+    http::Request::get("/")
+        .header("authorization", format!("Bearer {token}"))
+        .body(Body::empty())
+        .unwrap()
 }
 
 fn axum_benches(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let issuer = TestIssuer::builder().default_audience("bench").start().unwrap();
     let token = issuer.token().sign();
     let mut g = c.benchmark_group("axum");
@@ -62,7 +68,11 @@ fn axum_benches(c: &mut Criterion) {
         ("ES256", SigningAlgorithm::Es256),
         ("EdDSA", SigningAlgorithm::EdDsa),
     ] {
-        let issuer = TestIssuer::builder().algorithm(alg).default_audience("bench").start().unwrap();
+        let issuer = TestIssuer::builder()
+            .algorithm(alg)
+            .default_audience("bench")
+            .start()
+            .unwrap();
         let token = issuer.token().sign();
         let fresh = axum_app(Some(guard(&issuer, 0)));
         g.bench_function(format!("palisade_fresh_token_{name}"), |b| {
@@ -73,14 +83,17 @@ fn axum_benches(c: &mut Criterion) {
         });
         let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(issuer.jwks()["keys"][0].clone()).unwrap();
         let key = jsonwebtoken::DecodingKey::from_jwk(&jwk).unwrap();
-        let mut validation = jsonwebtoken::Validation::new(jwk.common.key_algorithm.map_or(
-            jsonwebtoken::Algorithm::RS256,
-            |a| a.to_string().parse().unwrap(),
-        ));
+        let mut validation = jsonwebtoken::Validation::new(
+            jwk.common
+                .key_algorithm
+                .map_or(jsonwebtoken::Algorithm::RS256, |a| a.to_string().parse().unwrap()),
+        );
         validation.set_audience(&["bench"]);
         validation.set_issuer(&[issuer.issuer()]);
         g.bench_function(format!("floor_jsonwebtoken_decode_{name}"), |b| {
-            b.iter(|| jsonwebtoken::decode::<serde_json::Value>(black_box(&token), &key, &validation).unwrap());
+            b.iter(|| {
+                jsonwebtoken::decode::<serde_json::Value>(black_box(&token), &key, &validation).unwrap()
+            });
         });
     }
     g.finish();
@@ -92,7 +105,10 @@ fn actix_benches(c: &mut Criterion) {
     let token = issuer.token().sign();
     let guard = guard(&issuer, 10_000);
     let (baseline, cached) = system.block_on(async {
-        let baseline = actix_web::test::init_service(App::new().route("/", web::get().to(|| async { HttpResponse::Ok().body("ok") }))).await;
+        let baseline = actix_web::test::init_service(
+            App::new().route("/", web::get().to(|| async { HttpResponse::Ok().body("ok") })),
+        )
+        .await;
         let cached = actix_web::test::init_service(
             App::new()
                 .wrap(palisade::actix::Palisade::new(guard))
@@ -101,7 +117,12 @@ fn actix_benches(c: &mut Criterion) {
         .await;
         (baseline, cached)
     });
-    let req = || actix_web::test::TestRequest::get().uri("/").append_header(("authorization", format!("Bearer {token}"))).to_request();
+    let req = || {
+        actix_web::test::TestRequest::get()
+            .uri("/")
+            .append_header(("authorization", format!("Bearer {token}")))
+            .to_request()
+    };
     let mut g = c.benchmark_group("actix");
     g.bench_function("baseline_no_auth", |b| {
         b.iter(|| system.block_on(actix_web::test::call_service(&baseline, req())));

@@ -43,25 +43,26 @@ async fn main() {
         .await
         .unwrap_or_else(|e| common::fail(&format!("--listen {}: {e}", args.listen)));
     let addr = listener.local_addr().unwrap_or(args.listen);
+    let app = app(service, setup.guard.clone());
+    let stop = shutdown_signal();
     common::announce(&setup, addr);
     println!("listening on {addr}");
-    let app = app(service, setup.guard.clone());
-    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown()).await {
+    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
         common::fail(&format!("server error: {e}"));
     }
 }
 
-async fn shutdown() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .unwrap_or_else(|e| common::fail(&format!("cannot listen for SIGTERM: {e}")));
+/// Registers SIGTERM and SIGINT handlers now; the future completes on either.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())
+        .unwrap_or_else(|e| common::fail(&format!("cannot listen for SIGTERM: {e}")));
+    let mut int = signal(SignalKind::interrupt())
+        .unwrap_or_else(|e| common::fail(&format!("cannot listen for SIGINT: {e}")));
+    async move {
         tokio::select! {
-            _ = ctrl_c => {}
             _ = term.recv() => {}
+            _ = int.recv() => {}
         }
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

@@ -20,10 +20,14 @@ fn main() {
         App::new()
             .wrap(Palisade::new(guard.clone()))
             .route("/healthz", web::get().to(|| async { "ok" }))
-            .route("/list", web::get().to(move || async move { HttpResponse::Ok().json(common::list_json(service)) }))
             .route(
                 "/list",
-                web::post().to(move || async move { HttpResponse::Created().json(common::created_json(service)) }),
+                web::get().to(move || async move { HttpResponse::Ok().json(common::list_json(service)) }),
+            )
+            .route(
+                "/list",
+                web::post()
+                    .to(move || async move { HttpResponse::Created().json(common::created_json(service)) }),
             )
             .route(
                 "/reviews/{id}",
@@ -40,12 +44,29 @@ fn main() {
     })
     .workers(2)
     .shutdown_timeout(5)
+    .disable_signals()
     .bind(args.listen)
     .unwrap_or_else(|e| common::fail(&format!("--listen {}: {e}", args.listen)));
     let addr = server.addrs().first().copied().unwrap_or(args.listen);
-    common::announce(&setup, addr);
-    println!("listening on {addr}");
-    let result = actix_web::rt::System::new().block_on(async move { server.run().await });
+    let result = actix_web::rt::System::new().block_on(async move {
+        let server = server.run();
+        let handle = server.handle();
+        // Signal handlers are in place before the service says it is ready.
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .unwrap_or_else(|e| common::fail(&format!("cannot listen for SIGTERM: {e}")));
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .unwrap_or_else(|e| common::fail(&format!("cannot listen for SIGINT: {e}")));
+        actix_web::rt::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            handle.stop(true).await;
+        });
+        common::announce(&setup, addr);
+        println!("listening on {addr}");
+        server.await
+    });
     if let Err(e) = result {
         common::fail(&format!("server error: {e}"));
     }

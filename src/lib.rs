@@ -59,5 +59,7 @@ pub fn guard_from_policy(set: &PolicySet, workload: &Workload) -> Result<Guard, 
     if let Some(jwt) = palisade_jwt::JwtAuthenticator::from_policy(&applicable)? {
         builder = builder.authenticator(jwt);
     }
-    builder.build().map_err(|e| PolicyError::new(set.source(), e.to_string()))
+    builder
+        .build()
+        .map_err(|e| PolicyError::new(set.source(), e.to_string()))
 }

@@ -56,21 +56,29 @@ fn start(name: &str, args: &[&str]) -> Service {
 }
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap()
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
 }
 
 async fn token_from(endpoint: &str, client_id: &str, secret: &str) -> String {
     let res: Value = client()
         .post(endpoint)
         .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("grant_type=client_credentials&client_id={client_id}&client_secret={secret}"))
+        .body(format!(
+            "grant_type=client_credentials&client_id={client_id}&client_secret={secret}"
+        ))
         .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
-    res["access_token"].as_str().expect("token endpoint answered a token").to_owned()
+    res["access_token"]
+        .as_str()
+        .expect("token endpoint answered a token")
+        .to_owned()
 }
 
 async fn check_contract_routes(svc: &Service, service: &str, item_route: &str, token: &str) {
@@ -78,42 +86,93 @@ async fn check_contract_routes(svc: &Service, service: &str, item_route: &str, t
     let base = format!("http://{}", svc.addr);
     let res = c.get(format!("{base}/list")).send().await.unwrap();
     assert_eq!(res.status(), 401);
-    assert_eq!(res.headers()["www-authenticate"], format!("Bearer realm=\"{service}\""));
+    assert_eq!(
+        res.headers()["www-authenticate"],
+        format!("Bearer realm=\"{service}\"")
+    );
     assert_eq!(res.headers()["content-type"], "application/problem+json");
-    let res = c.get(format!("{base}/list")).bearer_auth("garbage").send().await.unwrap();
+    let res = c
+        .get(format!("{base}/list"))
+        .bearer_auth("garbage")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 401);
-    assert!(res.headers()["www-authenticate"].to_str().unwrap().contains("error=\"invalid_token\""));
+    assert!(
+        res.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("error=\"invalid_token\"")
+    );
 
     let res = c.get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(res.text().await.unwrap(), "ok");
 
-    let res = c.get(format!("{base}/list")).bearer_auth(token).send().await.unwrap();
+    let res = c
+        .get(format!("{base}/list"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     assert!(res.json::<Value>().await.unwrap().is_array());
-    let res = c.post(format!("{base}/list")).bearer_auth(token).send().await.unwrap();
+    let res = c
+        .post(format!("{base}/list"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 201);
-    let res = c.get(format!("{base}/{item_route}/7")).bearer_auth(token).send().await.unwrap();
+    let res = c
+        .get(format!("{base}/{item_route}/7"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
-    let res = c.get(format!("{base}/whoami")).bearer_auth(token).send().await.unwrap();
+    let res = c
+        .get(format!("{base}/whoami"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     let who: Value = res.json().await.unwrap();
     assert_eq!(who["authenticated"], true);
     assert_eq!(who["methods"], serde_json::json!(["jwt"]));
     assert_eq!(who["subject"], "demo");
-    for field in ["request_principal", "issuer", "audiences", "authorized_party", "realm_roles", "client_roles", "scopes", "claims", "peer", "kerberos"] {
+    for field in [
+        "request_principal",
+        "issuer",
+        "audiences",
+        "authorized_party",
+        "realm_roles",
+        "client_roles",
+        "scopes",
+        "claims",
+        "peer",
+        "kerberos",
+    ] {
         assert!(who.get(field).is_some(), "/whoami lacks {field}");
     }
 }
 
 #[tokio::test]
 async fn details_and_reviews_demo_mode_follow_the_contract() {
-    for (name, item) in [("details", "details"), ("reviews", "reviews"), ("productpage", "details")] {
+    for (name, item) in [
+        ("details", "details"),
+        ("reviews", "reviews"),
+        ("productpage", "details"),
+    ] {
         let svc = start(name, &[]);
         let endpoint = svc
             .banner
             .iter()
-            .find_map(|l| l.split_whitespace().find(|w| w.ends_with("/protocol/openid-connect/token")))
+            .find_map(|l| {
+                l.split_whitespace()
+                    .find(|w| w.ends_with("/protocol/openid-connect/token"))
+            })
             .unwrap_or_else(|| panic!("{name}: no token command in the banner: {:?}", svc.banner))
             .to_owned();
         let token = token_from(&endpoint, "demo", "demo-secret").await;
@@ -123,7 +182,11 @@ async fn details_and_reviews_demo_mode_follow_the_contract() {
 
 #[tokio::test]
 async fn a_policy_file_configures_the_service() {
-    let issuer = TestIssuer::builder().default_audience("reviews").client("demo", "s3cret").start().unwrap();
+    let issuer = TestIssuer::builder()
+        .default_audience("reviews")
+        .client("demo", "s3cret")
+        .start()
+        .unwrap();
     let dir = std::env::temp_dir().join(format!("palisade-examples-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("policy.yaml");
@@ -149,12 +212,22 @@ spec:
         ),
     )
     .unwrap();
-    let svc = start("reviews", &["--config", file.to_str().unwrap(), "--namespace", "shop"]);
+    let svc = start(
+        "reviews",
+        &["--config", file.to_str().unwrap(), "--namespace", "shop"],
+    );
     let token = token_from(&issuer.token_endpoint(), "demo", "s3cret").await;
     check_contract_routes(&svc, "reviews", "reviews", &token).await;
     // In another namespace the documents do not apply: Istio allows everything.
-    let other = start("reviews", &["--config", file.to_str().unwrap(), "--namespace", "elsewhere"]);
-    let res = client().get(format!("http://{}/list", other.addr)).send().await.unwrap();
+    let other = start(
+        "reviews",
+        &["--config", file.to_str().unwrap(), "--namespace", "elsewhere"],
+    );
+    let res = client()
+        .get(format!("http://{}/list", other.addr))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -170,20 +243,34 @@ fn bad_configuration_exits_with_one_line_naming_file_document_and_field() {
     )
     .unwrap();
     for name in ["details", "reviews"] {
-        let out = Command::new(example(name)).args(["--config", file.to_str().unwrap()]).output().unwrap();
+        let out = Command::new(example(name))
+            .args(["--config", file.to_str().unwrap()])
+            .output()
+            .unwrap();
         assert!(!out.status.success(), "{name} accepted a bad file");
         let stderr = String::from_utf8_lossy(&out.stderr);
         let lines: Vec<_> = stderr.lines().collect();
         assert_eq!(lines.len(), 1, "{name}: {stderr}");
         assert!(lines[0].contains(file.to_str().unwrap()), "{stderr}");
         assert!(lines[0].contains("document 2"), "{stderr}");
-        assert!(lines[0].contains("spec.rules[0].from[0].source.requestPrincipal"), "{stderr}");
+        assert!(
+            lines[0].contains("spec.rules[0].from[0].source.requestPrincipal"),
+            "{stderr}"
+        );
         assert!(out.stdout.is_empty());
     }
-    for args in [&["--listen", "nowhere"][..], &["--bogus"], &["--config", "/no/such/file.yaml"]] {
+    for args in [
+        &["--listen", "nowhere"][..],
+        &["--bogus"],
+        &["--config", "/no/such/file.yaml"],
+    ] {
         let out = Command::new(example("details")).args(args).output().unwrap();
         assert!(!out.status.success(), "{args:?}");
-        assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1, "{args:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr).lines().count(),
+            1,
+            "{args:?}"
+        );
     }
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -193,7 +280,13 @@ fn sigterm_shuts_down_gracefully() {
     for name in ["details", "reviews"] {
         let mut svc = start(name, &[]);
         let pid = svc.child.id().to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
         let mut exited = None;
         for _ in 0..100 {
             if let Some(status) = svc.child.try_wait().unwrap() {

@@ -84,7 +84,10 @@ async fn call_axum(guard: &palisade::Guard, headers: &[(&str, String)], path: &s
         .iter()
         .map(|v| v.to_str().unwrap().to_owned())
         .collect();
-    let content_type = res.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned());
+    let content_type = res
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned());
     let bytes = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
     Answer {
         status,
@@ -104,8 +107,14 @@ async fn call_actix(guard: &palisade::Guard, headers: &[(&str, String)], path: &
                     HttpResponse::Ok().json(palisade::core::whoami(id.as_ref()))
                 }),
             )
-            .route("/healthz", web::get().to(|| async { HttpResponse::Ok().json("ok") }))
-            .route("/admin", web::get().to(|| async { HttpResponse::Ok().json("admin") })),
+            .route(
+                "/healthz",
+                web::get().to(|| async { HttpResponse::Ok().json("ok") }),
+            )
+            .route(
+                "/admin",
+                web::get().to(|| async { HttpResponse::Ok().json("admin") }),
+            ),
     )
     .await;
     let mut req = actix_web::test::TestRequest::get().uri(path);
@@ -119,7 +128,10 @@ async fn call_actix(guard: &palisade::Guard, headers: &[(&str, String)], path: &
         .get_all("www-authenticate")
         .map(|v| v.to_str().unwrap().to_owned())
         .collect();
-    let content_type = res.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned());
+    let content_type = res
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned());
     let bytes = actix_web::test::read_body(res).await;
     Answer {
         status,
@@ -153,7 +165,11 @@ async fn both_frameworks_answer_the_contract_table_identically() {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
     };
     let challenge = vec!["Bearer realm=\"details\"".to_owned()];
-    let missing = (401, challenge.clone(), Some("this resource needs an authenticated caller"));
+    let missing = (
+        401,
+        challenge.clone(),
+        Some("this resource needs an authenticated caller"),
+    );
     let cases: Vec<(&str, Vec<(&str, String)>, &str, (u16, Vec<String>, Option<&str>))> = vec![
         ("no token", vec![], "/whoami", missing.clone()),
         ("valid token", bearer(&good), "/whoami", (200, vec![], None)),
@@ -199,7 +215,11 @@ async fn both_frameworks_answer_the_contract_table_identically() {
         assert_eq!(a.challenges, challenges, "{name}");
         match detail {
             Some(d) => {
-                assert_eq!(a.content_type.as_deref(), Some("application/problem+json"), "{name}");
+                assert_eq!(
+                    a.content_type.as_deref(),
+                    Some("application/problem+json"),
+                    "{name}"
+                );
                 assert_eq!(a.body["detail"], d, "{name}");
                 assert_eq!(a.body["status"], status, "{name}");
                 // A refusal never echoes the token.
@@ -210,7 +230,11 @@ async fn both_frameworks_answer_the_contract_table_identically() {
                 assert_eq!(a.body["authenticated"], true, "{name}");
                 assert_eq!(a.body["subject"], "alice", "{name}");
                 assert_eq!(a.body["realm_roles"], json!(["admin"]), "{name}");
-                assert_eq!(a.body["request_principal"], format!("{}/alice", issuer.issuer()), "{name}");
+                assert_eq!(
+                    a.body["request_principal"],
+                    format!("{}/alice", issuer.issuer()),
+                    "{name}"
+                );
             }
             None => {}
         }
@@ -229,27 +253,52 @@ async fn the_token_is_removed_before_the_handler_unless_forwarded() {
         let set = PolicySet::from_yaml_str(&yaml, "t.yaml").unwrap();
         let guard = palisade::guard_from_policy(&set, &Workload::new("details", "default")).unwrap();
         let token = issuer.token().subject("bob").sign();
-        let seen = |h: &http::HeaderMap| (h.contains_key("authorization"), h.get("x-sub").map(|v| v.to_str().unwrap().to_owned()));
+        let seen = |h: &http::HeaderMap| {
+            (
+                h.contains_key("authorization"),
+                h.get("x-sub").map(|v| v.to_str().unwrap().to_owned()),
+            )
+        };
         let app = axum::Router::new()
-            .route("/", get(move |headers: http::HeaderMap| async move { format!("{:?}", seen(&headers)) }))
+            .route(
+                "/",
+                get(move |headers: http::HeaderMap| async move { format!("{:?}", seen(&headers)) }),
+            )
             .layer(palisade::axum::PalisadeLayer::new(guard.clone()));
-        let req = http::Request::get("/").header("authorization", format!("Bearer {token}")).body(Body::empty()).unwrap();
+        let req = http::Request::get("/")
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap();
         let res = app.oneshot(req).await.unwrap();
         assert_eq!(res.status(), 200);
         let body = axum::body::to_bytes(res.into_body(), 1024).await.unwrap();
-        assert_eq!(std::str::from_utf8(&body).unwrap(), format!("({expect_header}, Some(\"bob\"))"));
+        assert_eq!(
+            std::str::from_utf8(&body).unwrap(),
+            format!("({expect_header}, Some(\"bob\"))")
+        );
 
-        let actix = actix_web::test::init_service(App::new().wrap(palisade::actix::Palisade::new(guard)).route(
-            "/",
-            web::get().to(|req: actix_web::HttpRequest| async move {
-                let h = req.headers();
-                format!("({}, {:?})", h.contains_key("authorization"), h.get("x-sub").map(|v| v.to_str().unwrap().to_owned()))
-            }),
-        ))
-        .await;
-        let req = actix_web::test::TestRequest::get().uri("/").append_header(("authorization", format!("Bearer {token}"))).to_request();
+        let actix =
+            actix_web::test::init_service(App::new().wrap(palisade::actix::Palisade::new(guard)).route(
+                "/",
+                web::get().to(|req: actix_web::HttpRequest| async move {
+                    let h = req.headers();
+                    format!(
+                        "({}, {:?})",
+                        h.contains_key("authorization"),
+                        h.get("x-sub").map(|v| v.to_str().unwrap().to_owned())
+                    )
+                }),
+            ))
+            .await;
+        let req = actix_web::test::TestRequest::get()
+            .uri("/")
+            .append_header(("authorization", format!("Bearer {token}")))
+            .to_request();
         let body = actix_web::test::call_and_read_body(&actix, req).await;
-        assert_eq!(std::str::from_utf8(&body).unwrap(), format!("({expect_header}, Some(\"bob\"))"));
+        assert_eq!(
+            std::str::from_utf8(&body).unwrap(),
+            format!("({expect_header}, Some(\"bob\"))")
+        );
     }
 }
 
@@ -272,19 +321,44 @@ async fn extractors_agree_on_identity_and_claims() {
         )
         .build()
         .unwrap();
-    let guard = palisade::Guard::builder().authenticator(jwt).allow_unauthenticated().build().unwrap();
-    let with_tenant = issuer.token().subject("carol").claim("tenant", json!("acme")).sign();
+    let guard = palisade::Guard::builder()
+        .authenticator(jwt)
+        .allow_unauthenticated()
+        .build()
+        .unwrap();
+    let with_tenant = issuer
+        .token()
+        .subject("carol")
+        .claim("tenant", json!("acme"))
+        .sign();
     let without = issuer.token().subject("dave").sign();
 
-    let app = axum::Router::new()
-        .route("/id", get(|id: Identity| async move { id.subject().unwrap_or_default().to_owned() }))
-        .route("/claims", get(|palisade::Claims(c): palisade::Claims<Mine>| async move { format!("{}@{}", c.sub, c.tenant) }))
-        .layer(palisade::axum::PalisadeLayer::new(guard.clone()));
+    let app =
+        axum::Router::new()
+            .route(
+                "/id",
+                get(|id: Identity| async move { id.subject().unwrap_or_default().to_owned() }),
+            )
+            .route(
+                "/claims",
+                get(|palisade::Claims(c): palisade::Claims<Mine>| async move {
+                    format!("{}@{}", c.sub, c.tenant)
+                }),
+            )
+            .layer(palisade::axum::PalisadeLayer::new(guard.clone()));
     let actix = actix_web::test::init_service(
         App::new()
             .wrap(palisade::actix::Palisade::new(guard))
-            .route("/id", web::get().to(|id: Identity| async move { id.subject().unwrap_or_default().to_owned() }))
-            .route("/claims", web::get().to(|palisade::Claims(c): palisade::Claims<Mine>| async move { format!("{}@{}", c.sub, c.tenant) })),
+            .route(
+                "/id",
+                web::get().to(|id: Identity| async move { id.subject().unwrap_or_default().to_owned() }),
+            )
+            .route(
+                "/claims",
+                web::get().to(|palisade::Claims(c): palisade::Claims<Mine>| async move {
+                    format!("{}@{}", c.sub, c.tenant)
+                }),
+            ),
     )
     .await;
     let cases = [
@@ -301,13 +375,23 @@ async fn extractors_agree_on_identity_and_claims() {
             req = req.header("authorization", format!("Bearer {t}"));
             areq = areq.append_header(("authorization", format!("Bearer {t}")));
         }
-        let res = app.clone().oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+        let res = app
+            .clone()
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
         assert_eq!(res.status().as_u16(), status, "axum {path} {token:?}");
         let ares = actix_web::test::call_service(&actix, areq.to_request()).await;
         assert_eq!(ares.status().as_u16(), status, "actix {path}");
         if status == 401 {
-            assert_eq!(res.headers().get("www-authenticate").unwrap(), "Bearer realm=\"details\"");
-            assert_eq!(ares.headers().get("www-authenticate").unwrap(), "Bearer realm=\"details\"");
+            assert_eq!(
+                res.headers().get("www-authenticate").unwrap(),
+                "Bearer realm=\"details\""
+            );
+            assert_eq!(
+                ares.headers().get("www-authenticate").unwrap(),
+                "Bearer realm=\"details\""
+            );
         }
         if status == 200 {
             let b = axum::body::to_bytes(res.into_body(), 1024).await.unwrap();

@@ -58,12 +58,20 @@ async fn key_rotation_under_concurrent_load_fails_no_request() {
     jwt.verify(&issuer.token().sign()).await.unwrap();
     let failures = Arc::new(AtomicUsize::new(0));
     let new_kid_ok = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let first_kid = issuer.current_kid();
     let mut tasks = Vec::new();
     for _ in 0..4 {
-        let (issuer, jwt, failures, new_kid_ok) = (issuer.clone(), jwt.clone(), failures.clone(), new_kid_ok.clone());
+        let (issuer, jwt, failures, new_kid_ok, done, first_kid) = (
+            issuer.clone(),
+            jwt.clone(),
+            failures.clone(),
+            new_kid_ok.clone(),
+            done.clone(),
+            first_kid.clone(),
+        );
         tasks.push(tokio::spawn(async move {
-            let first_kid = issuer.current_kid();
-            for _ in 0..60 {
+            while !done.load(Ordering::Relaxed) {
                 let kid = issuer.current_kid();
                 let token = issuer.token().sign();
                 match jwt.verify(&token).await {
@@ -76,16 +84,28 @@ async fn key_rotation_under_concurrent_load_fails_no_request() {
                         failures.fetch_add(1, Ordering::Relaxed);
                     }
                 }
+                tokio::task::yield_now().await;
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    issuer.rotate_key();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let rotating = issuer.clone();
+    tokio::task::spawn_blocking(move || rotating.rotate_key())
+        .await
+        .unwrap();
+    wait_until("tokens of the new key", async || {
+        new_kid_ok.load(Ordering::Relaxed) >= 20
+    })
+    .await;
+    done.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await.unwrap();
     }
     assert_eq!(failures.load(Ordering::Relaxed), 0);
-    assert!(new_kid_ok.load(Ordering::Relaxed) > 0, "no token of the new key was verified");
+    assert!(
+        new_kid_ok.load(Ordering::Relaxed) > 0,
+        "no token of the new key was verified"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,7 +119,10 @@ async fn known_keys_keep_working_while_the_issuer_is_down() {
     for fault in [Fault::Unavailable, Fault::Garbage, Fault::Hang, Fault::Reset] {
         issuer.set_fault(fault.clone());
         let before = issuer.jwks_fetches();
-        wait_until("a failed background refresh", async || issuer.jwks_fetches() > before).await;
+        wait_until("a failed background refresh", async || {
+            issuer.jwks_fetches() > before
+        })
+        .await;
         // A fresh token (not cached) signed by the known key still verifies.
         let id = jwt.verify(&issuer.token().subject("during-outage").sign()).await;
         assert!(id.is_ok(), "{fault:?}: {id:?}");
@@ -121,13 +144,22 @@ async fn start_up_with_the_issuer_down_fails_closed_then_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_unknown_kids_cause_one_fetch_per_interval() {
     let issuer = TestIssuer::start().unwrap();
-    let jwt = authenticator(&issuer, settings(1000));
+    // Interval 3 s, wait 2 s: a burst 1.5 s after the first fetch waits for
+    // the one fetch allowed at 3 s.
+    let mut f = settings(3000);
+    f.unknown_kid_wait = Duration::from_secs(2);
+    let jwt = authenticator(&issuer, f);
+    let started = std::time::Instant::now();
     jwt.verify(&issuer.token().sign()).await.unwrap();
     let after_start = issuer.jwks_fetches();
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(after_start, 1);
+    // Mint first (RSA signing is slow), then send the burst at once.
+    let tokens: Vec<String> = (0..1000)
+        .map(|i| issuer.token().kid(Some(&format!("random-{i}"))).sign())
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500).saturating_sub(started.elapsed())).await;
     let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..1000 {
-        let token = issuer.token().kid(Some(&format!("random-{i}"))).sign();
+    for token in tokens {
         let jwt = jwt.clone();
         tasks.spawn(async move { jwt.verify(&token).await });
     }
@@ -137,12 +169,20 @@ async fn a_thousand_unknown_kids_cause_one_fetch_per_interval() {
         refused += 1;
     }
     assert_eq!(refused, 1000);
-    assert_eq!(issuer.jwks_fetches(), after_start + 1, "exactly one refetch for the burst");
-    // Within the interval, another burst fails fast without fetching.
+    assert_eq!(
+        issuer.jwks_fetches(),
+        after_start + 1,
+        "exactly one refetch for the burst"
+    );
+    // Now no fetch is allowed within the wait: refusal is immediate, nothing fetched.
     let t = std::time::Instant::now();
     let token = issuer.token().kid(Some("yet-another")).sign();
     assert_eq!(jwt.verify(&token).await.unwrap_err(), JwtError::UnknownKey);
-    assert!(t.elapsed() < Duration::from_millis(500), "should not wait for a fetch that cannot happen");
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "should not wait for a fetch that cannot happen"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(issuer.jwks_fetches(), after_start + 1);
 }
 
@@ -150,7 +190,9 @@ async fn a_thousand_unknown_kids_cause_one_fetch_per_interval() {
 async fn oaep_and_unknown_keys_in_the_jwks_do_not_break_good_tokens() {
     let issuer = TestIssuer::start().unwrap();
     let n = issuer.jwks()["keys"][0]["n"].clone();
-    issuer.add_jwk(json!({"kty": "RSA", "use": "enc", "alg": "RSA-OAEP", "kid": "enc-key", "n": n, "e": "AQAB"}));
+    issuer.add_jwk(
+        json!({"kty": "RSA", "use": "enc", "alg": "RSA-OAEP", "kid": "enc-key", "n": n, "e": "AQAB"}),
+    );
     issuer.add_jwk(json!({"kty": "XYZ", "kid": "from-the-future", "x": "abc"}));
     issuer.add_jwk(json!({"kty": "EC", "crv": "P-521", "kid": "p521", "x": "AA", "y": "AA"}));
     let jwt = authenticator(&issuer, settings(100));
@@ -202,7 +244,10 @@ async fn an_oversized_jwks_is_refused_and_old_keys_kept() {
     let before = issuer.jwks_fetches();
     let new = issuer.token().sign();
     assert_eq!(jwt.verify(&new).await.unwrap_err(), JwtError::UnknownKey);
-    assert!(issuer.jwks_fetches() > before, "the refetch happened and was refused");
+    assert!(
+        issuer.jwks_fetches() > before,
+        "the refetch happened and was refused"
+    );
     // The last good key set is still in use.
     let id = jwt.verify(&old_key_fresh_token).await.unwrap();
     assert_eq!(id.subject(), Some("minted-before-rotation"));

@@ -30,7 +30,11 @@ impl Drop for Op {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn start(port: u16, keys: &Path) -> Op {
@@ -54,7 +58,10 @@ fn start(port: u16, keys: &Path) -> Op {
         .expect("start oidc-provider");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     loop {
-        let line = lines.next().expect("oidc-provider exited before listening").unwrap();
+        let line = lines
+            .next()
+            .expect("oidc-provider exited before listening")
+            .unwrap();
         if line.starts_with("listening on") {
             break;
         }
@@ -71,7 +78,11 @@ fn which(cmd: &str) -> Option<PathBuf> {
 }
 
 fn new_key() -> Value {
-    let out = Command::new("node").arg("gen-key.mjs").current_dir(dir()).output().expect("node gen-key.mjs");
+    let out = Command::new("node")
+        .arg("gen-key.mjs")
+        .current_dir(dir())
+        .output()
+        .expect("node gen-key.mjs");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
 }
@@ -100,14 +111,21 @@ async fn token(op: &Op) -> String {
         .json()
         .await
         .unwrap();
-    res["access_token"].as_str().unwrap_or_else(|| panic!("no access token: {res}")).to_owned()
+    res["access_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no access token: {res}"))
+        .to_owned()
 }
 
 fn kid_of(token: &str) -> String {
     use base64::Engine;
     let header = token.split('.').next().unwrap();
-    let header: Value =
-        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap();
+    let header: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(header)
+            .unwrap(),
+    )
+    .unwrap();
     header["kid"].as_str().unwrap().to_owned()
 }
 
@@ -125,7 +143,13 @@ async fn tokens_from_oidc_provider_verify_across_a_key_rotation() {
     fetch.min_refresh_interval = Duration::from_millis(200);
     let jwt = JwtAuthenticator::builder()
         .realm("interop")
-        .provider(Provider::builder(op.issuer.clone()).audience(AUDIENCE).fetch_settings(fetch).build().unwrap())
+        .provider(
+            Provider::builder(op.issuer.clone())
+                .audience(AUDIENCE)
+                .fetch_settings(fetch)
+                .build()
+                .unwrap(),
+        )
         .build()
         .unwrap();
 
@@ -138,7 +162,12 @@ async fn tokens_from_oidc_provider_verify_across_a_key_rotation() {
 
     // A token for another audience is refused.
     let strict = JwtAuthenticator::builder()
-        .provider(Provider::builder(op.issuer.clone()).audience("someone-else").build().unwrap())
+        .provider(
+            Provider::builder(op.issuer.clone())
+                .audience("someone-else")
+                .build()
+                .unwrap(),
+        )
         .build()
         .unwrap();
     assert_eq!(strict.verify(&t1).await.unwrap_err(), JwtError::InvalidAudience);
@@ -146,12 +175,19 @@ async fn tokens_from_oidc_provider_verify_across_a_key_rotation() {
     // Rotate: restart the provider with a new first (signing) key, the old one still published.
     drop(op);
     let second = new_key();
-    std::fs::write(&keys, serde_json::json!({"keys": [second.clone(), first]}).to_string()).unwrap();
+    std::fs::write(
+        &keys,
+        serde_json::json!({"keys": [second.clone(), first]}).to_string(),
+    )
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let op = start(port, &keys);
     let t2 = token(&op).await;
     assert_eq!(kid_of(&t2), second["kid"].as_str().unwrap());
-    assert!(jwt.verify(&t2).await.is_ok(), "the new key is fetched on first sight");
+    assert!(
+        jwt.verify(&t2).await.is_ok(),
+        "the new key is fetched on first sight"
+    );
     assert!(jwt.verify(&t1).await.is_ok(), "the old key still verifies");
     drop(op);
     std::fs::remove_dir_all(&tmp).ok();

@@ -43,14 +43,18 @@ fn parse(service: &str, port: u16, mut it: impl Iterator<Item = String>) -> Resu
         match flag.as_str() {
             "--listen" => {
                 let v = value()?;
-                args.listen = v.parse().map_err(|_| format!("--listen {v}: not an address such as 127.0.0.1:9080"))?;
+                args.listen = v
+                    .parse()
+                    .map_err(|_| format!("--listen {v}: not an address such as 127.0.0.1:9080"))?;
             }
             "--config" => args.config = Some(PathBuf::from(value()?)),
             "--service" => args.service = value()?,
             "--namespace" => args.namespace = value()?,
             "--tls-cert" | "--tls-key" | "--client-ca" | "--client-crl" => {
                 value()?;
-                return Err(format!("{flag}: TLS and mTLS are not supported by this version of Palisade yet"));
+                return Err(format!(
+                    "{flag}: TLS and mTLS are not supported by this version of Palisade yet"
+                ));
             }
             "--keytab" => {
                 value()?;
@@ -73,7 +77,10 @@ fn parse(service: &str, port: u16, mut it: impl Iterator<Item = String>) -> Resu
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 /// What a running example needs: its guard and, in demo mode, the issuer
@@ -118,7 +125,10 @@ spec:
 pub fn setup(args: &Args) -> Setup {
     let workload = Workload::new(&args.service, &args.namespace);
     let (set, demo) = match &args.config {
-        Some(path) => (PolicySet::from_file(path).unwrap_or_else(|e| fail(&e.to_string())), None),
+        Some(path) => (
+            PolicySet::from_file(path).unwrap_or_else(|e| fail(&e.to_string())),
+            None,
+        ),
         None => {
             let issuer = TestIssuer::builder()
                 .default_audience(&args.service)
@@ -132,7 +142,11 @@ pub fn setup(args: &Args) -> Setup {
         }
     };
     let guard = palisade::guard_from_policy(&set, &workload).unwrap_or_else(|e| fail(&e.to_string()));
-    Setup { guard, demo, workload }
+    Setup {
+        guard,
+        demo,
+        workload,
+    }
 }
 
 /// Prints the demo banner (stdout) before the `listening on` line.

@@ -124,7 +124,10 @@ fn admit(req: &mut ServiceRequest, guard: &Guard, allowed: Allowed) {
                 headers.remove(name.as_str());
             }
             HeaderEdit::Set(name, value) => {
-                if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(&value)) {
+                if let (Ok(n), Ok(v)) = (
+                    HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_str(&value),
+                ) {
                     headers.insert(n, v);
                 }
             }
@@ -166,9 +169,9 @@ where
                     admit(&mut req, &guard, allowed);
                     service.call(req).await.map(ServiceResponse::map_into_left_body)
                 }
-                Decision::Deny(rejection) => {
-                    Ok(req.into_response(actix_response(&rejection)).map_into_right_body())
-                }
+                Decision::Deny(rejection) => Ok(req
+                    .into_response(actix_response(&rejection))
+                    .map_into_right_body()),
             }
         })
     }

@@ -38,7 +38,8 @@ use bytes::Bytes;
 use http::header::{HOST, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use palisade_core::{
-    Allowed, BoxDecision, Check, ConnectionInfo, Decision, Guard, HeaderEdit, PROBLEM_JSON, Rejection, RequestHead,
+    Allowed, BoxDecision, Check, ConnectionInfo, Decision, Guard, HeaderEdit, PROBLEM_JSON, Rejection,
+    RequestHead,
 };
 use tower_layer::Layer;
 use tower_service::Service;
@@ -119,7 +120,10 @@ fn admit<B>(req: &mut Request<B>, guard: &Guard, allowed: Allowed) {
                 headers.remove(name.as_str());
             }
             HeaderEdit::Set(name, value) => {
-                if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(&value)) {
+                if let (Ok(n), Ok(v)) = (
+                    HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_str(&value),
+                ) {
                     headers.insert(n, v);
                 }
             }
@@ -223,7 +227,9 @@ where
                     return Poll::Ready(Ok(res.map(ResponseBody::inner)));
                 }
                 KindProj::Reject { rejection } => {
-                    let r = rejection.take().unwrap_or_else(|| Rejection::forbidden("request already answered"));
+                    let r = rejection
+                        .take()
+                        .unwrap_or_else(|| Rejection::forbidden("request already answered"));
                     return Poll::Ready(Ok(reject(r)));
                 }
                 KindProj::Checking { check, pending } => {

@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::Algorithm;
 use moka::Expiry;
 use palisade_core::{
-    AuthOutcome, Authenticated, Authenticating, Authenticator, HeaderEdit, Identity, RequestHead, TokenClaims,
-    Verification, bearer_challenge,
+    AuthOutcome, Authenticated, Authenticating, Authenticator, HeaderEdit, Identity, RequestHead,
+    TokenClaims, Verification, bearer_challenge,
 };
 use serde_json::{Map, Value};
 
@@ -86,7 +86,10 @@ impl fmt::Debug for JwtAuthenticator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JwtAuthenticator")
             .field("realm", &self.0.realm)
-            .field("providers", &self.0.providers.iter().map(|p| &p.cfg).collect::<Vec<_>>())
+            .field(
+                "providers",
+                &self.0.providers.iter().map(|p| &p.cfg).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -147,11 +150,16 @@ impl JwtAuthenticatorBuilder {
             let fixed = match (&cfg.hmac_secret, &cfg.jwks) {
                 (Some(secret), _) => Some(KeySet::new(vec![hmac_key(secret)])),
                 (None, JwksSource::Inline(json)) => Some(inline(parse_jwks(json.as_bytes()))?),
-                (None, JwksSource::PublicKeyPem(pem)) => Some(inline(pem_key(pem).map(|k| KeySet::new(vec![k])))?),
+                (None, JwksSource::PublicKeyPem(pem)) => {
+                    Some(inline(pem_key(pem).map(|k| KeySet::new(vec![k])))?)
+                }
                 (None, JwksSource::Discovery | JwksSource::Uri(_)) => None,
             };
             if fixed.as_ref().is_some_and(|s| s.keys.is_empty()) {
-                return Err(ConfigError::InvalidInlineKeys(cfg.issuer, "no usable signature key".into()));
+                return Err(ConfigError::InvalidInlineKeys(
+                    cfg.issuer,
+                    "no usable signature key".into(),
+                ));
             }
             let is_fetched = fixed.is_none();
             let store = Arc::new(KeyStore::new(&cfg.issuer, cfg.fetch.clone(), fixed));
@@ -178,7 +186,10 @@ impl JwtAuthenticatorBuilder {
         let fetcher = if fetched.is_empty() {
             None
         } else {
-            Some(spawn_fetcher(fetched).map_err(|e| ConfigError::OutOfRange(format!("cannot start the JWKS thread: {e}")))?)
+            Some(
+                spawn_fetcher(fetched)
+                    .map_err(|e| ConfigError::OutOfRange(format!("cannot start the JWKS thread: {e}")))?,
+            )
         };
         Ok(JwtAuthenticator(Arc::new(Shared {
             realm: self.realm,
@@ -193,7 +204,9 @@ impl JwtAuthenticatorBuilder {
 }
 
 fn now_secs() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Where a token was found: the index into `Shared::sources`.
@@ -237,7 +250,12 @@ impl JwtAuthenticator {
         };
         match self.start(found) {
             Step::Done(r) => r.map(|a| a.identity),
-            Step::Wait { found, kid, alg, provider } => self.finish(found, kid, alg, provider).await.map(|a| a.identity),
+            Step::Wait {
+                found,
+                kid,
+                alg,
+                provider,
+            } => self.finish(found, kid, alg, provider).await.map(|a| a.identity),
         }
     }
 
@@ -335,7 +353,12 @@ impl JwtAuthenticator {
             None => {
                 let kid = parsed.kid.clone();
                 let alg = parsed.alg;
-                Step::Wait { found, kid, alg, provider }
+                Step::Wait {
+                    found,
+                    kid,
+                    alg,
+                    provider,
+                }
             }
         }
     }
@@ -347,7 +370,10 @@ impl JwtAuthenticator {
         alg: Algorithm,
         provider: usize,
     ) -> Result<Authenticated, JwtError> {
-        let key = self.0.providers[provider].store.wait_for_key(kid.as_deref(), alg).await?;
+        let key = self.0.providers[provider]
+            .store
+            .wait_for_key(kid.as_deref(), alg)
+            .await?;
         let parsed = parse(&found.token, self.0.max_token_size)?;
         self.verify_with(&found, parsed, &key, provider)
     }
@@ -357,7 +383,11 @@ impl JwtAuthenticator {
         if !self.0.sources[found.source].1.contains(&entry.provider) {
             return Some(Err(JwtError::WrongLocation));
         }
-        if !state.store.keys().still_has(entry.kid.as_deref(), entry.fingerprint) {
+        if !state
+            .store
+            .keys()
+            .still_has(entry.kid.as_deref(), entry.fingerprint)
+        {
             return None;
         }
         let now = now_secs();
@@ -396,7 +426,8 @@ impl JwtAuthenticator {
         if !key.allows(parsed.alg) {
             return Err(JwtError::AlgorithmNotAllowed);
         }
-        match jsonwebtoken::crypto::verify(parsed.signature, parsed.message.as_bytes(), &key.key, parsed.alg) {
+        match jsonwebtoken::crypto::verify(parsed.signature, parsed.message.as_bytes(), &key.key, parsed.alg)
+        {
             Ok(true) => {}
             _ => return Err(JwtError::BadSignature),
         }
@@ -450,7 +481,11 @@ struct Times {
 fn number(claims: &Map<String, Value>, name: &'static str) -> Result<Option<f64>, JwtError> {
     match claims.get(name) {
         None => Ok(None),
-        Some(Value::Number(n)) => n.as_f64().filter(|f| f.is_finite()).map(Some).ok_or(JwtError::InvalidClaim(name)),
+        Some(Value::Number(n)) => n
+            .as_f64()
+            .filter(|f| f.is_finite())
+            .map(Some)
+            .ok_or(JwtError::InvalidClaim(name)),
         Some(_) => Err(JwtError::InvalidClaim(name)),
     }
 }
@@ -494,7 +529,9 @@ fn check_claims(cfg: &Provider, parsed: &Parsed<'_>) -> Result<Times, JwtError> 
             Some(Value::Array(items)) => {
                 let mut any = false;
                 for item in items {
-                    let Value::String(a) = item else { return Err(JwtError::InvalidClaim("aud")) };
+                    let Value::String(a) = item else {
+                        return Err(JwtError::InvalidClaim("aud"));
+                    };
                     any |= cfg.audiences.iter().any(|x| x == a);
                 }
                 any
@@ -507,7 +544,11 @@ fn check_claims(cfg: &Provider, parsed: &Parsed<'_>) -> Result<Times, JwtError> 
     }
     if let Some(required) = &cfg.required_type {
         let typ = parsed.typ.as_deref().unwrap_or("");
-        let typ = if typ.len() > 12 && typ[..12].eq_ignore_ascii_case("application/") { &typ[12..] } else { typ };
+        let typ = if typ.len() > 12 && typ[..12].eq_ignore_ascii_case("application/") {
+            &typ[12..]
+        } else {
+            typ
+        };
         if !typ.eq_ignore_ascii_case(required) {
             return Err(JwtError::WrongType);
         }
@@ -517,7 +558,11 @@ fn check_claims(cfg: &Provider, parsed: &Parsed<'_>) -> Result<Times, JwtError> 
 
 fn strings(v: Option<&Value>) -> Vec<String> {
     match v {
-        Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
         Some(Value::String(s)) => vec![s.clone()],
         _ => Vec::new(),
     }
@@ -543,7 +588,11 @@ fn token_claims(cfg: &Provider, claims: Map<String, Value>) -> TokenClaims {
         t.client_roles = map;
     }
     t.scopes = match claims.get("scope") {
-        Some(Value::String(s)) => s.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+        Some(Value::String(s)) => s
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
         _ => strings(claims.get("scp")),
     };
     let principal = cfg.principal_claim.as_deref().unwrap_or("preferred_username");
@@ -621,7 +670,12 @@ impl Authenticator for JwtAuthenticator {
         };
         match self.start(found) {
             Step::Done(r) => Authenticating::Ready(self.outcome(r)),
-            Step::Wait { found, kid, alg, provider } => {
+            Step::Wait {
+                found,
+                kid,
+                alg,
+                provider,
+            } => {
                 let this = self.clone();
                 Authenticating::Pending(Box::pin(async move {
                     let r = this.finish(found, kid, alg, provider).await;

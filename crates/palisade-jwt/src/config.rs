@@ -246,7 +246,9 @@ pub struct ProviderBuilder {
 
 impl fmt::Debug for ProviderBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ProviderBuilder").field("issuer", &self.issuer).finish_non_exhaustive()
+        f.debug_struct("ProviderBuilder")
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
     }
 }
 
@@ -405,7 +407,9 @@ impl ProviderBuilder {
         if algorithms.is_empty() {
             return Err(ConfigError::NoAlgorithm(self.issuer));
         }
-        let has_hmac = algorithms.iter().any(|a| matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512));
+        let has_hmac = algorithms
+            .iter()
+            .any(|a| matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512));
         if has_hmac != self.hmac_secret.is_some() {
             return Err(ConfigError::Hmac(self.issuer));
         }
@@ -470,7 +474,11 @@ fn check_header_name(name: &str) -> Result<(), ConfigError> {
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.!#$%&'*+^`|~".contains(&b));
-    if ok { Ok(()) } else { Err(ConfigError::InvalidHeaderName(name.to_owned())) }
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::InvalidHeaderName(name.to_owned()))
+    }
 }
 
 #[cfg(test)]
@@ -479,27 +487,53 @@ mod tests {
 
     #[test]
     fn audience_is_required_unless_dangerously_waived() {
-        assert!(matches!(Provider::builder("https://i").build(), Err(ConfigError::NoAudience(_))));
-        assert!(Provider::builder("https://i").dangerous().accept_any_audience().build().is_ok());
+        assert!(matches!(
+            Provider::builder("https://i").build(),
+            Err(ConfigError::NoAudience(_))
+        ));
+        assert!(
+            Provider::builder("https://i")
+                .dangerous()
+                .accept_any_audience()
+                .build()
+                .is_ok()
+        );
     }
 
     #[test]
     fn hmac_needs_a_secret() {
-        let err = Provider::builder("https://i").audience("a").algorithms([Algorithm::HS256]).build();
+        let err = Provider::builder("https://i")
+            .audience("a")
+            .algorithms([Algorithm::HS256])
+            .build();
         assert!(matches!(err, Err(ConfigError::Hmac(_))));
-        let ok = Provider::builder("https://i").audience("a").dangerous().hmac_secret(b"0123456789abcdef0123456789abcdef".to_vec()).build().unwrap();
+        let ok = Provider::builder("https://i")
+            .audience("a")
+            .dangerous()
+            .hmac_secret(b"0123456789abcdef0123456789abcdef".to_vec())
+            .build()
+            .unwrap();
         assert!(!format!("{ok:?}").contains("0123456789"));
     }
 
     #[test]
     fn bad_urls_and_header_names_are_refused() {
-        assert!(matches!(Provider::builder("ftp://x").audience("a").build(), Err(ConfigError::InvalidIssuer(_))));
         assert!(matches!(
-            Provider::builder("https://x").audience("a").jwks_uri("file:///etc/passwd").build(),
+            Provider::builder("ftp://x").audience("a").build(),
+            Err(ConfigError::InvalidIssuer(_))
+        ));
+        assert!(matches!(
+            Provider::builder("https://x")
+                .audience("a")
+                .jwks_uri("file:///etc/passwd")
+                .build(),
             Err(ConfigError::InvalidJwksUri(_))
         ));
         assert!(matches!(
-            Provider::builder("https://x").audience("a").output_payload_to_header("Bad Header").build(),
+            Provider::builder("https://x")
+                .audience("a")
+                .output_payload_to_header("Bad Header")
+                .build(),
             Err(ConfigError::InvalidHeaderName(_))
         ));
     }

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -111,7 +111,10 @@ impl KeySet {
     /// Whether this exact key (kid and material) is still in the set.
     pub(crate) fn still_has(&self, kid: Option<&str>, fingerprint: u64) -> bool {
         match kid {
-            Some(kid) => self.by_kid.get(kid).is_some_and(|&i| self.keys[i].fingerprint == fingerprint),
+            Some(kid) => self
+                .by_kid
+                .get(kid)
+                .is_some_and(|&i| self.keys[i].fingerprint == fingerprint),
             None => self.keys.iter().any(|k| k.fingerprint == fingerprint),
         }
     }
@@ -168,7 +171,9 @@ fn parse_jwk(jwk: &Value) -> Result<VerifyKey, &'static str> {
     };
     let (family, key, fp) = match s("kty") {
         Some("RSA") => {
-            let (Some(n), Some(e)) = (s("n"), s("e")) else { return Err("RSA key without n or e") };
+            let (Some(n), Some(e)) = (s("n"), s("e")) else {
+                return Err("RSA key without n or e");
+            };
             // 2048 bits is the floor for RSA signatures today.
             if n.trim_end_matches('=').len() * 6 < 2040 {
                 return Err("RSA key shorter than 2048 bits");
@@ -177,7 +182,9 @@ fn parse_jwk(jwk: &Value) -> Result<VerifyKey, &'static str> {
             (Family::Rsa, key, fingerprint(&["RSA", n, e]))
         }
         Some("EC") => {
-            let (Some(x), Some(y)) = (s("x"), s("y")) else { return Err("EC key without x or y") };
+            let (Some(x), Some(y)) = (s("x"), s("y")) else {
+                return Err("EC key without x or y");
+            };
             let family = match s("crv") {
                 Some("P-256") => Family::P256,
                 Some("P-384") => Family::P384,
@@ -190,7 +197,9 @@ fn parse_jwk(jwk: &Value) -> Result<VerifyKey, &'static str> {
             if s("crv") != Some("Ed25519") {
                 return Err("unsupported OKP curve");
             }
-            let Some(x) = s("x") else { return Err("OKP key without x") };
+            let Some(x) = s("x") else {
+                return Err("OKP key without x");
+            };
             let key = DecodingKey::from_ed_components(x).map_err(|_| "bad OKP key")?;
             (Family::Ed25519, key, fingerprint(&["OKP", x]))
         }
@@ -228,7 +237,10 @@ pub(crate) fn pem_key(pem: &str) -> Result<VerifyKey, String> {
     let text = if pem.contains("-----BEGIN") {
         pem.to_owned()
     } else {
-        format!("-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n", pem.trim())
+        format!(
+            "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+            pem.trim()
+        )
     };
     if let Ok(key) = DecodingKey::from_rsa_pem(text.as_bytes()) {
         return Ok(VerifyKey {
@@ -251,6 +263,10 @@ pub(crate) struct KeyStore {
     epoch: Instant,
     /// Milliseconds since `epoch` before which no demand-driven fetch starts.
     next_allowed_ms: AtomicU64,
+    /// The fetch count (`version`) that would satisfy every request waiting now.
+    wanted: AtomicU64,
+    /// Whether a fetch is under way.
+    fetching: AtomicBool,
     pub(crate) settings: FetchSettings,
     pub(crate) fetched: bool,
 }
@@ -265,6 +281,8 @@ impl KeyStore {
             demand: Notify::new(),
             epoch: Instant::now(),
             next_allowed_ms: AtomicU64::new(0),
+            wanted: AtomicU64::new(0),
+            fetching: AtomicBool::new(false),
             settings,
             fetched,
         }
@@ -302,6 +320,10 @@ impl KeyStore {
             return Err(unknown());
         }
         let mut rx = self.version.subscribe();
+        // A fetch already under way may have started before the key was
+        // published: only the one after it is sure to see it.
+        let need = *rx.borrow_and_update() + 1 + u64::from(self.fetching.load(Ordering::Acquire));
+        self.wanted.fetch_max(need, Ordering::AcqRel);
         self.demand.notify_one();
         let found = tokio::time::timeout(wait, async {
             loop {
@@ -338,17 +360,21 @@ impl Drop for Fetcher {
 /// store fresh. Requests never wait for a scheduled refresh.
 pub(crate) fn spawn_fetcher(stores: Vec<(Arc<KeyStore>, JwksSource)>) -> std::io::Result<Fetcher> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    std::thread::Builder::new().name("palisade-jwks".into()).spawn(move || {
-        rt.block_on(async move {
-            let mut tasks = tokio::task::JoinSet::new();
-            for (store, source) in stores {
-                tasks.spawn(run_store(store, source));
-            }
-            let _ = stop_rx.await;
-            tasks.abort_all();
-        });
-    })?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("palisade-jwks".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let mut tasks = tokio::task::JoinSet::new();
+                for (store, source) in stores {
+                    tasks.spawn(run_store(store, source));
+                }
+                let _ = stop_rx.await;
+                tasks.abort_all();
+            });
+        })?;
     Ok(Fetcher { stop: Some(stop_tx) })
 }
 
@@ -388,6 +414,10 @@ async fn run_store(store: Arc<KeyStore>, source: JwksSource) {
             () = store.demand.notified() => true,
         };
         if demanded {
+            if *store.version.borrow() >= store.wanted.load(Ordering::Acquire) {
+                // Every request that asked has been served by a later fetch.
+                continue;
+            }
             let allowed = store.next_allowed_ms.load(Ordering::Acquire);
             let now = store.now_ms();
             if allowed > now {
@@ -395,8 +425,13 @@ async fn run_store(store: Arc<KeyStore>, source: JwksSource) {
             }
         }
         let min_interval_ms = u64::try_from(s.min_refresh_interval.as_millis()).unwrap_or(u64::MAX);
-        store.next_allowed_ms.store(store.now_ms().saturating_add(min_interval_ms), Ordering::Release);
-        match fetch(&client, &store, &mut jwks_uri).await {
+        store
+            .next_allowed_ms
+            .store(store.now_ms().saturating_add(min_interval_ms), Ordering::Release);
+        store.fetching.store(true, Ordering::Release);
+        let result = fetch(&client, &store, &mut jwks_uri).await;
+        store.fetching.store(false, Ordering::Release);
+        match result {
             Ok((set, max_age)) => {
                 let count = set.keys.len();
                 store.current.store(Arc::new(set));
@@ -424,7 +459,9 @@ async fn run_store(store: Arc<KeyStore>, source: JwksSource) {
                     }));
                 }
                 next_refresh = tokio::time::Instant::now() + backoff;
-                backoff = (backoff * 2).min(Duration::from_secs(300)).min(s.default_ttl.max(Duration::from_secs(1)));
+                backoff = (backoff * 2)
+                    .min(Duration::from_secs(300))
+                    .min(s.default_ttl.max(Duration::from_secs(1)));
             }
         }
         store.version.send_modify(|v| *v = v.wrapping_add(1));
@@ -439,7 +476,10 @@ async fn fetch(
     let uri = match jwks_uri {
         Some(u) => u.clone(),
         None => {
-            let url = format!("{}/.well-known/openid-configuration", store.issuer.trim_end_matches('/'));
+            let url = format!(
+                "{}/.well-known/openid-configuration",
+                store.issuer.trim_end_matches('/')
+            );
             let (body, _) = get(client, &url, store.settings.max_body).await?;
             let doc: Value = serde_json::from_slice(&body).map_err(|_| format!("{url}: not JSON"))?;
             if doc.get("issuer").and_then(Value::as_str) != Some(store.issuer.as_str()) {
@@ -457,7 +497,11 @@ async fn fetch(
     Ok((set, max_age))
 }
 
-async fn get(client: &reqwest::Client, url: &str, max_body: usize) -> Result<(Vec<u8>, Option<Duration>), String> {
+async fn get(
+    client: &reqwest::Client,
+    url: &str,
+    max_body: usize,
+) -> Result<(Vec<u8>, Option<Duration>), String> {
     let mut resp = client
         .get(url)
         .header(reqwest::header::ACCEPT, "application/json")
@@ -473,7 +517,11 @@ async fn get(client: &reqwest::Client, url: &str, max_body: usize) -> Result<(Ve
         .and_then(|v| v.to_str().ok())
         .and_then(max_age);
     let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| format!("{url}: {}", describe(&e)))? {
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| format!("{url}: {}", describe(&e)))?
+    {
         if body.len() + chunk.len() > max_body {
             return Err(format!("{url}: body larger than {max_body} bytes"));
         }
@@ -553,7 +601,8 @@ mod tests {
 
     #[test]
     fn short_rsa_keys_are_skipped() {
-        let doc = serde_json::json!({"keys": [{"kty": "RSA", "kid": "weak", "n": &RSA_N[..170], "e": "AQAB"}]});
+        let doc =
+            serde_json::json!({"keys": [{"kty": "RSA", "kid": "weak", "n": &RSA_N[..170], "e": "AQAB"}]});
         assert!(parse_jwks(doc.to_string().as_bytes()).unwrap().keys.is_empty());
     }
 

@@ -34,6 +34,8 @@ mod policy;
 mod token;
 
 pub use authenticator::{JwtAuthenticator, JwtAuthenticatorBuilder};
-pub use config::{ConfigError, DangerousProviderBuilder, FetchSettings, JwksSource, Provider, ProviderBuilder, TokenSource};
+pub use config::{
+    ConfigError, DangerousProviderBuilder, FetchSettings, JwksSource, Provider, ProviderBuilder, TokenSource,
+};
 pub use error::JwtError;
 pub use jsonwebtoken::Algorithm;

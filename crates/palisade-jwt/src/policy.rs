@@ -46,12 +46,14 @@ impl JwtAuthenticator {
                 let field = format!("spec.jwtRules[{i}]");
                 let mut fetch = fetch_settings(policy, &settings, &rule.issuer)?;
                 if let Some(t) = &rule.timeout {
-                    fetch.timeout =
-                        parse_duration(t).map_err(|m| policy.error_at(doc, &format!("{field}.timeout"), m))?;
+                    fetch.timeout = parse_duration(t)
+                        .map_err(|m| policy.error_at(doc, &format!("{field}.timeout"), m))?;
                 }
                 let b = tune(istio_provider(policy, rule), policy, &settings, &rule.issuer)?;
-                let provider =
-                    b.fetch_settings(fetch).build().map_err(|e| policy.error_at(doc, &field, e.to_string()))?;
+                let provider = b
+                    .fetch_settings(fetch)
+                    .build()
+                    .map_err(|e| policy.error_at(doc, &field, e.to_string()))?;
                 builder = builder.provider(provider);
                 last_doc = Some(doc);
             }
@@ -61,12 +63,18 @@ impl JwtAuthenticator {
             let mut fetch = fetch_settings(policy, &settings, &kc.issuer())?;
             keycloak_fetch(kc, &mut fetch);
             let b = tune(b, policy, &settings, &kc.issuer())?;
-            let provider = b.fetch_settings(fetch).build().map_err(|e| policy.error_at(doc, "spec", e.to_string()))?;
+            let provider = b
+                .fetch_settings(fetch)
+                .build()
+                .map_err(|e| policy.error_at(doc, "spec", e.to_string()))?;
             builder = builder.provider(provider);
             last_doc = Some(doc);
         }
         let Some(doc) = last_doc else { return Ok(None) };
-        builder.build().map(Some).map_err(|e| policy.error_at(doc, "", e.to_string()))
+        builder
+            .build()
+            .map(Some)
+            .map_err(|e| policy.error_at(doc, "", e.to_string()))
     }
 
     /// Builds an authenticator for one `keycloak.json` adapter file.
@@ -79,7 +87,11 @@ impl JwtAuthenticator {
         let err = |msg: String| PolicyError::new(&name, msg);
         let mut fetch = FetchSettings::default();
         keycloak_fetch(&kc, &mut fetch);
-        let provider = keycloak_provider(&kc).map_err(err)?.fetch_settings(fetch).build().map_err(|e| err(e.to_string()))?;
+        let provider = keycloak_provider(&kc)
+            .map_err(err)?
+            .fetch_settings(fetch)
+            .build()
+            .map_err(|e| err(e.to_string()))?;
         JwtAuthenticator::builder()
             .realm(kc.realm.clone())
             .provider(provider)
@@ -238,10 +250,15 @@ fn tune(
             let mut parsed = Vec::new();
             for (i, a) in algs.iter().enumerate() {
                 let field = format!("spec.algorithms[{i}]");
-                let alg: Algorithm =
-                    a.parse().map_err(|_| policy.error_at(doc, &field, format!("unknown algorithm `{a}`")))?;
+                let alg: Algorithm = a
+                    .parse()
+                    .map_err(|_| policy.error_at(doc, &field, format!("unknown algorithm `{a}`")))?;
                 if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
-                    return Err(policy.error_at(doc, &field, "HMAC algorithms are configured in code, with their secret"));
+                    return Err(policy.error_at(
+                        doc,
+                        &field,
+                        "HMAC algorithms are configured in code, with their secret",
+                    ));
                 }
                 parsed.push(alg);
             }

@@ -29,7 +29,10 @@ pub(crate) struct Parsed<'t> {
 
 impl fmt::Debug for Parsed<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Parsed").field("alg", &self.alg).field("kid", &self.kid).finish_non_exhaustive()
+        f.debug_struct("Parsed")
+            .field("alg", &self.alg)
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
     }
 }
 
@@ -100,7 +103,9 @@ fn check_header(header: &Map<String, Value>) -> Result<Algorithm, JwtError> {
         return Err(JwtError::CriticalHeader);
     }
     if let Some(cty) = header.get("cty") {
-        let Value::String(cty) = cty else { return Err(JwtError::Malformed) };
+        let Value::String(cty) = cty else {
+            return Err(JwtError::Malformed);
+        };
         if cty.eq_ignore_ascii_case("jwt") || cty.eq_ignore_ascii_case("application/jwt") {
             return Err(JwtError::Nested);
         }
@@ -113,7 +118,8 @@ fn check_header(header: &Map<String, Value>) -> Result<Algorithm, JwtError> {
     if alg.eq_ignore_ascii_case("none") {
         return Err(JwtError::Unsigned);
     }
-    alg.parse::<Algorithm>().map_err(|_| JwtError::AlgorithmNotAllowed)
+    alg.parse::<Algorithm>()
+        .map_err(|_| JwtError::AlgorithmNotAllowed)
 }
 
 /// Parses a JSON object, refusing a duplicate member name at any depth
@@ -209,7 +215,10 @@ mod tests {
 
     #[test]
     fn nested_duplicate_claims_are_rejected() {
-        let t = token(r#"{"alg":"RS256"}"#, r#"{"realm_access":{"roles":[],"roles":["admin"]}}"#);
+        let t = token(
+            r#"{"alg":"RS256"}"#,
+            r#"{"realm_access":{"roles":[],"roles":["admin"]}}"#,
+        );
         assert_eq!(parse(&t, 8192).unwrap_err(), JwtError::DuplicateClaim);
     }
 
@@ -230,7 +239,10 @@ mod tests {
     #[test]
     fn crit_b64_cty_and_jwe_are_rejected() {
         let cases = [
-            (r#"{"alg":"RS256","crit":["exp"],"exp":1}"#, JwtError::CriticalHeader),
+            (
+                r#"{"alg":"RS256","crit":["exp"],"exp":1}"#,
+                JwtError::CriticalHeader,
+            ),
             (r#"{"alg":"RS256","b64":false}"#, JwtError::CriticalHeader),
             (r#"{"alg":"RS256","cty":"JWT"}"#, JwtError::Nested),
             (r#"{"alg":"RSA-OAEP","enc":"A256GCM"}"#, JwtError::Encrypted),
@@ -250,7 +262,16 @@ mod tests {
 
     #[test]
     fn garbage_is_malformed_not_a_panic() {
-        for t in ["", ".", "..", "a.b", "%%%.%%%.%%%", "e30.e30", "W10.e30.c2ln", "e30.W10.c2ln"] {
+        for t in [
+            "",
+            ".",
+            "..",
+            "a.b",
+            "%%%.%%%.%%%",
+            "e30.e30",
+            "W10.e30.c2ln",
+            "e30.W10.c2ln",
+        ] {
             assert!(parse(t, 8192).is_err(), "{t}");
         }
     }
@@ -263,7 +284,10 @@ mod tests {
 
     #[test]
     fn well_formed_token_parses() {
-        let t = token(r#"{"alg":"ES256","kid":"k1","typ":"at+jwt","jku":"https://evil"}"#, r#"{"iss":"i","n":[1,{"a":2}]}"#);
+        let t = token(
+            r#"{"alg":"ES256","kid":"k1","typ":"at+jwt","jku":"https://evil"}"#,
+            r#"{"iss":"i","n":[1,{"a":2}]}"#,
+        );
         let p = parse(&t, 8192).unwrap();
         assert_eq!(p.alg, Algorithm::ES256);
         assert_eq!(p.kid.as_deref(), Some("k1"));

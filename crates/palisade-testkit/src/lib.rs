@@ -125,7 +125,8 @@ impl SigningKey {
         match &self.material {
             Material::Rsa(k) => {
                 let mut sig = vec![0; k.public_modulus_len()];
-                k.sign(&signature::RSA_PKCS1_SHA256, &rng, message, &mut sig).expect("RSA signing");
+                k.sign(&signature::RSA_PKCS1_SHA256, &rng, message, &mut sig)
+                    .expect("RSA signing");
                 sig
             }
             Material::Ec(k) => k.sign(&rng, message).expect("ECDSA signing").as_ref().to_vec(),
@@ -180,7 +181,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl State {
     fn signing_key(&self) -> Arc<SigningKey> {
-        lock(&self.keys).last().cloned().expect("the issuer always has a key")
+        lock(&self.keys)
+            .last()
+            .cloned()
+            .expect("the issuer always has a key")
     }
 
     fn jwks(&self) -> Value {
@@ -202,7 +206,13 @@ impl fmt::Debug for TestIssuer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TestIssuer")
             .field("issuer", &self.state.issuer)
-            .field("kids", &lock(&self.state.keys).iter().map(|k| k.kid.clone()).collect::<Vec<_>>())
+            .field(
+                "kids",
+                &lock(&self.state.keys)
+                    .iter()
+                    .map(|k| k.kid.clone())
+                    .collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -315,26 +325,32 @@ impl TestIssuerBuilder {
             clients: self.clients,
             users: self.users,
         });
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let served = state.clone();
-        let thread = std::thread::Builder::new().name("palisade-test-issuer".into()).spawn(move || {
-            rt.block_on(async move {
-                let Ok(listener) = TcpListener::from_std(listener) else { return };
-                let mut conns = tokio::task::JoinSet::new();
-                tokio::select! {
-                    _ = stop_rx => {}
-                    () = async {
-                        loop {
-                            if let Ok((stream, _)) = listener.accept().await {
-                                conns.spawn(serve(stream, served.clone()));
+        let thread = std::thread::Builder::new()
+            .name("palisade-test-issuer".into())
+            .spawn(move || {
+                rt.block_on(async move {
+                    let Ok(listener) = TcpListener::from_std(listener) else {
+                        return;
+                    };
+                    let mut conns = tokio::task::JoinSet::new();
+                    tokio::select! {
+                        _ = stop_rx => {}
+                        () = async {
+                            loop {
+                                if let Ok((stream, _)) = listener.accept().await {
+                                    conns.spawn(serve(stream, served.clone()));
+                                }
                             }
-                        }
-                    } => {}
-                }
-                conns.abort_all();
-            });
-        })?;
+                        } => {}
+                    }
+                    conns.abort_all();
+                });
+            })?;
         Ok(TestIssuer {
             state,
             base_url,
@@ -400,7 +416,6 @@ impl TestIssuer {
     pub fn token(&self) -> TokenBuilder<'_> {
         self.state.token()
     }
-
 }
 
 impl State {
@@ -505,7 +520,9 @@ pub struct TokenBuilder<'a> {
 
 impl fmt::Debug for TokenBuilder<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenBuilder").field("kid", &self.key.kid).finish_non_exhaustive()
+        f.debug_struct("TokenBuilder")
+            .field("kid", &self.key.kid)
+            .finish_non_exhaustive()
     }
 }
 
@@ -545,7 +562,8 @@ impl TokenBuilder<'_> {
 
     /// `realm_access.roles`.
     pub fn realm_roles(mut self, roles: &[&str]) -> Self {
-        self.claims.insert("realm_access".into(), json!({ "roles": roles }));
+        self.claims
+            .insert("realm_access".into(), json!({ "roles": roles }));
         self
     }
 
@@ -634,8 +652,13 @@ impl TokenBuilder<'_> {
             }
         }
         let header = Value::Object(self.header).to_string();
-        let payload = self.raw_payload.unwrap_or_else(|| Value::Object(self.claims).to_string());
-        (format!("{}.{}", b64(header.as_bytes()), b64(payload.as_bytes())), self.key)
+        let payload = self
+            .raw_payload
+            .unwrap_or_else(|| Value::Object(self.claims).to_string());
+        (
+            format!("{}.{}", b64(header.as_bytes()), b64(payload.as_bytes())),
+            self.key,
+        )
     }
 
     /// The compact JWS `header.payload.signature`.
@@ -710,7 +733,13 @@ async fn read_request(stream: &mut TcpStream) -> Option<HttpRequest> {
     })
 }
 
-async fn respond(stream: &mut TcpStream, status: &str, extra: &[(&str, String)], content_type: &str, body: &[u8]) {
+async fn respond(
+    stream: &mut TcpStream,
+    status: &str,
+    extra: &[(&str, String)],
+    content_type: &str,
+    body: &[u8],
+) {
     let mut head = format!(
         "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n",
         body.len()
@@ -725,11 +754,20 @@ async fn respond(stream: &mut TcpStream, status: &str, extra: &[(&str, String)],
 }
 
 async fn json_answer(stream: &mut TcpStream, status: &str, value: &Value) {
-    respond(stream, status, &[], "application/json", value.to_string().as_bytes()).await;
+    respond(
+        stream,
+        status,
+        &[],
+        "application/json",
+        value.to_string().as_bytes(),
+    )
+    .await;
 }
 
 async fn serve(mut stream: TcpStream, state: Arc<State>) {
-    let Some(req) = read_request(&mut stream).await else { return };
+    let Some(req) = read_request(&mut stream).await else {
+        return;
+    };
     let path = req.path.split('?').next().unwrap_or("").to_owned();
     let Some(rest) = path.strip_prefix(&state.prefix).and_then(|r| r.strip_prefix('/')) else {
         return json_answer(&mut stream, "404 Not Found", &json!({"error": "not_found"})).await;
@@ -766,11 +804,28 @@ async fn faulty(stream: &mut TcpStream, state: &State, doc: Value, cache_control
     let fault = lock(&state.fault).clone();
     match fault {
         Fault::None => {
-            let extra: Vec<(&str, String)> = cache_control.into_iter().map(|v| ("cache-control", v)).collect();
-            respond(stream, "200 OK", &extra, "application/json", doc.to_string().as_bytes()).await;
+            let extra: Vec<(&str, String)> =
+                cache_control.into_iter().map(|v| ("cache-control", v)).collect();
+            respond(
+                stream,
+                "200 OK",
+                &extra,
+                "application/json",
+                doc.to_string().as_bytes(),
+            )
+            .await;
         }
         Fault::Unavailable => respond(stream, "503 Service Unavailable", &[], "text/plain", b"down").await,
-        Fault::Garbage => respond(stream, "200 OK", &[], "application/json", b"<html>surprise</html>").await,
+        Fault::Garbage => {
+            respond(
+                stream,
+                "200 OK",
+                &[],
+                "application/json",
+                b"<html>surprise</html>",
+            )
+            .await
+        }
         Fault::Hang => tokio::time::sleep(Duration::from_secs(3600)).await,
         // Dropping the stream closes it without a byte of answer.
         Fault::Reset => {}
@@ -809,7 +864,9 @@ fn url_decode(s: &str) -> String {
 
 fn basic_auth(req: &HttpRequest) -> Option<(String, String)> {
     let value = req.headers.iter().find(|(k, _)| k == "authorization")?.1.clone();
-    let encoded = value.strip_prefix("Basic ").or_else(|| value.strip_prefix("basic "))?;
+    let encoded = value
+        .strip_prefix("Basic ")
+        .or_else(|| value.strip_prefix("basic "))?;
     let decoded = String::from_utf8(STANDARD.decode(encoded.trim()).ok()?).ok()?;
     let (id, secret) = decoded.split_once(':')?;
     Some((url_decode(id), url_decode(secret)))
@@ -829,7 +886,12 @@ async fn token_endpoint(stream: &mut TcpStream, state: &State, req: &HttpRequest
             if state.clients.get(&id) != Some(&secret) {
                 return json_answer(stream, "401 Unauthorized", &json!({"error": "invalid_client"})).await;
             }
-            state.token().subject(&id).claim("azp", json!(id)).claim("clientId", json!(id)).sign()
+            state
+                .token()
+                .subject(&id)
+                .claim("azp", json!(id))
+                .claim("clientId", json!(id))
+                .sign()
         }
         Some("password") => {
             let (Some(user), Some(password)) = (f.get("username"), f.get("password")) else {
@@ -839,12 +901,24 @@ async fn token_endpoint(stream: &mut TcpStream, state: &State, req: &HttpRequest
                 Some(u) if &u.password == password => {
                     let roles: Vec<&str> = u.roles.iter().map(String::as_str).collect();
                     let azp = client_id.unwrap_or_else(|| "test-client".into());
-                    state.token().subject(user).realm_roles(&roles).claim("azp", json!(azp)).sign()
+                    state
+                        .token()
+                        .subject(user)
+                        .realm_roles(&roles)
+                        .claim("azp", json!(azp))
+                        .sign()
                 }
                 _ => return json_answer(stream, "400 Bad Request", &json!({"error": "invalid_grant"})).await,
             }
         }
-        _ => return json_answer(stream, "400 Bad Request", &json!({"error": "unsupported_grant_type"})).await,
+        _ => {
+            return json_answer(
+                stream,
+                "400 Bad Request",
+                &json!({"error": "unsupported_grant_type"}),
+            )
+            .await;
+        }
     };
     json_answer(
         stream,
@@ -873,7 +947,10 @@ mod tests {
         let mut out = String::new();
         let _ = s.read_to_string(&mut out);
         let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        let body = out
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
         (status, body)
     }
 
@@ -898,14 +975,21 @@ mod tests {
                     .verify(message.as_bytes(), &sig)
                     .is_ok()
             }
-            _ => signature::UnparsedPublicKey::new(&signature::ED25519, d("x")).verify(message.as_bytes(), &sig).is_ok(),
+            _ => signature::UnparsedPublicKey::new(&signature::ED25519, d("x"))
+                .verify(message.as_bytes(), &sig)
+                .is_ok(),
         }
     }
 
     #[test]
     fn discovery_names_the_jwks_uri() {
         let issuer = TestIssuer::start().unwrap();
-        let (status, body) = http(&issuer, "GET", &format!("{}/.well-known/openid-configuration", path_of(issuer.issuer())), "");
+        let (status, body) = http(
+            &issuer,
+            "GET",
+            &format!("{}/.well-known/openid-configuration", path_of(issuer.issuer())),
+            "",
+        );
         assert_eq!(status, 200);
         let doc: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(doc["jwks_uri"], issuer.jwks_uri());
@@ -915,7 +999,11 @@ mod tests {
 
     #[test]
     fn minted_tokens_verify_against_the_published_jwk_for_every_algorithm() {
-        for alg in [SigningAlgorithm::Rs256, SigningAlgorithm::Es256, SigningAlgorithm::EdDsa] {
+        for alg in [
+            SigningAlgorithm::Rs256,
+            SigningAlgorithm::Es256,
+            SigningAlgorithm::EdDsa,
+        ] {
             let issuer = TestIssuer::builder().algorithm(alg).start().unwrap();
             let token = issuer.token().sign();
             let jwks = issuer.jwks();
@@ -932,12 +1020,19 @@ mod tests {
         let old = issuer.current_kid();
         let new = issuer.rotate_key();
         assert_ne!(old, new);
-        let kids: Vec<String> =
-            issuer.jwks()["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap().to_owned()).collect();
+        let kids: Vec<String> = issuer.jwks()["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap().to_owned())
+            .collect();
         assert_eq!(kids, [old.clone(), new.clone()]);
-        let header: Value =
-            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(issuer.token().sign().split('.').next().unwrap()).unwrap())
-                .unwrap();
+        let header: Value = serde_json::from_slice(
+            &URL_SAFE_NO_PAD
+                .decode(issuer.token().sign().split('.').next().unwrap())
+                .unwrap(),
+        )
+        .unwrap();
         assert_eq!(header["kid"], new);
         issuer.retire_key(&old);
         assert_eq!(issuer.jwks()["keys"].as_array().unwrap().len(), 1);
@@ -965,13 +1060,27 @@ mod tests {
     fn client_credentials_checks_the_secret() {
         let issuer = TestIssuer::builder().client("svc", "s3cret").start().unwrap();
         let path = path_of(&issuer.token_endpoint());
-        let (status, _) = http(&issuer, "POST", &path, "grant_type=client_credentials&client_id=svc&client_secret=nope");
+        let (status, _) = http(
+            &issuer,
+            "POST",
+            &path,
+            "grant_type=client_credentials&client_id=svc&client_secret=nope",
+        );
         assert_eq!(status, 401);
-        let (status, body) = http(&issuer, "POST", &path, "grant_type=client_credentials&client_id=svc&client_secret=s3cret");
+        let (status, body) = http(
+            &issuer,
+            "POST",
+            &path,
+            "grant_type=client_credentials&client_id=svc&client_secret=s3cret",
+        );
         assert_eq!(status, 200);
-        let token = serde_json::from_str::<Value>(&body).unwrap()["access_token"].as_str().unwrap().to_owned();
+        let token = serde_json::from_str::<Value>(&body).unwrap()["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
         let payload: Value =
-            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(token.split('.').nth(1).unwrap()).unwrap()).unwrap();
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(token.split('.').nth(1).unwrap()).unwrap())
+                .unwrap();
         assert_eq!(payload["sub"], "svc");
         assert_eq!(payload["azp"], "svc");
         let (status, _) = http(&issuer, "POST", &path, "grant_type=implicit");
@@ -980,21 +1089,44 @@ mod tests {
 
     #[test]
     fn password_grant_carries_the_users_roles() {
-        let issuer = TestIssuer::builder().user("alice", "pw", &["admin"]).start().unwrap();
+        let issuer = TestIssuer::builder()
+            .user("alice", "pw", &["admin"])
+            .start()
+            .unwrap();
         let path = path_of(&issuer.token_endpoint());
-        assert_eq!(http(&issuer, "POST", &path, "grant_type=password&username=alice&password=bad").0, 400);
-        let (status, body) = http(&issuer, "POST", &path, "grant_type=password&username=alice&password=pw");
+        assert_eq!(
+            http(
+                &issuer,
+                "POST",
+                &path,
+                "grant_type=password&username=alice&password=bad"
+            )
+            .0,
+            400
+        );
+        let (status, body) = http(
+            &issuer,
+            "POST",
+            &path,
+            "grant_type=password&username=alice&password=pw",
+        );
         assert_eq!(status, 200);
-        let token = serde_json::from_str::<Value>(&body).unwrap()["access_token"].as_str().unwrap().to_owned();
+        let token = serde_json::from_str::<Value>(&body).unwrap()["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
         let payload: Value =
-            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(token.split('.').nth(1).unwrap()).unwrap()).unwrap();
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(token.split('.').nth(1).unwrap()).unwrap())
+                .unwrap();
         assert_eq!(payload["realm_access"]["roles"], json!(["admin"]));
         assert_eq!(payload["sub"], "alice");
     }
 
     #[test]
     fn debug_never_shows_secrets() {
-        let b = TestIssuer::builder().client("svc", "top-secret").user("u", "pw-secret", &[]);
+        let b = TestIssuer::builder()
+            .client("svc", "top-secret")
+            .user("u", "pw-secret", &[]);
         let dbg = format!("{b:?}");
         assert!(!dbg.contains("top-secret") && !dbg.contains("pw-secret"), "{dbg}");
     }

@@ -54,7 +54,9 @@ mod common {
         }
     }
 
-    pub(super) fn claims_from<T: DeserializeOwned>(identity: &Identity) -> Result<super::Claims<T>, Rejection> {
+    pub(super) fn claims_from<T: DeserializeOwned>(
+        identity: &Identity,
+    ) -> Result<super::Claims<T>, Rejection> {
         let Some(token) = identity.token() else {
             return Err(Rejection::forbidden("this resource needs a bearer token"));
         };
