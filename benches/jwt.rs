@@ -1,6 +1,7 @@
 //! Per-request overhead of Palisade's JWT authentication through the whole
 //! stack, in process, against the no-auth baseline and the raw
 //! `jsonwebtoken::decode` floor. Results and ratios: benches/README.md.
+#![expect(missing_docs, reason = "criterion_group! generates an undocumented pub fn")]
 
 use std::hint::black_box;
 

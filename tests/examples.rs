@@ -32,7 +32,7 @@ impl Drop for Service {
 }
 
 fn start(name: &str, args: &[&str]) -> Service {
-    let mut child = Command::new(example(name))
+    let child = Command::new(example(name))
         .args(["--listen", "127.0.0.1:0"])
         .args(args)
         .env("RUST_LOG", "warn")
@@ -40,18 +40,20 @@ fn start(name: &str, args: &[&str]) -> Service {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start example {name} (built by cargo test): {e}"));
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut banner = Vec::new();
+    // From here on, Drop kills and reaps the process whatever happens.
+    let mut svc = Service {
+        child,
+        addr: String::new(),
+        banner: Vec::new(),
+    };
+    let mut lines = BufReader::new(svc.child.stdout.take().unwrap()).lines();
     loop {
         let line = lines.next().expect("example exited before listening").unwrap();
         if let Some(addr) = line.strip_prefix("listening on ") {
-            return Service {
-                child,
-                addr: addr.to_owned(),
-                banner,
-            };
+            svc.addr = addr.to_owned();
+            return svc;
         }
-        banner.push(line);
+        svc.banner.push(line);
     }
 }
 

@@ -145,7 +145,13 @@ fn bearer(token: &str) -> Vec<(&'static str, String)> {
     vec![("authorization", format!("Bearer {token}"))]
 }
 
-fn invalid(detail: &str) -> (u16, Vec<String>, Option<&str>) {
+/// Status, `WWW-Authenticate` values and problem detail of an expected answer.
+type Expected<'a> = (u16, Vec<String>, Option<&'a str>);
+
+/// A named request (headers, path) and its expected answer.
+type Case<'a> = (&'a str, Vec<(&'a str, String)>, &'a str, Expected<'a>);
+
+fn invalid(detail: &str) -> Expected<'_> {
     (
         401,
         vec![format!(
@@ -170,7 +176,7 @@ async fn both_frameworks_answer_the_contract_table_identically() {
         challenge.clone(),
         Some("this resource needs an authenticated caller"),
     );
-    let cases: Vec<(&str, Vec<(&str, String)>, &str, (u16, Vec<String>, Option<&str>))> = vec![
+    let cases: Vec<Case<'_>> = vec![
         ("no token", vec![], "/whoami", missing.clone()),
         ("valid token", bearer(&good), "/whoami", (200, vec![], None)),
         ("scheme is case-insensitive", vec![("authorization", format!("bEaReR {good}"))], "/whoami", (200, vec![], None)),

@@ -160,6 +160,30 @@ async fn tokens_from_oidc_provider_verify_across_a_key_rotation() {
     assert!(id.token().unwrap().audiences.iter().any(|a| a == AUDIENCE));
     assert!(id.has_scope("read"));
 
+    // oidc-provider marks access tokens `typ: at+jwt` (RFC 9068): a provider that requires it accepts.
+    let typed = JwtAuthenticator::builder()
+        .provider(
+            Provider::builder(op.issuer.clone())
+                .audience(AUDIENCE)
+                .required_type("at+jwt")
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    assert!(typed.verify(&t1).await.is_ok());
+    let wrong_type = JwtAuthenticator::builder()
+        .provider(
+            Provider::builder(op.issuer.clone())
+                .audience(AUDIENCE)
+                .required_type("JWT")
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    assert_eq!(wrong_type.verify(&t1).await.unwrap_err(), JwtError::WrongType);
+
     // A token for another audience is refused.
     let strict = JwtAuthenticator::builder()
         .provider(
