@@ -137,5 +137,203 @@ fn actix_benches(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, axum_benches, actix_benches);
+/// A Keycloak-shaped token: what axum-keycloak-auth insists on parsing.
+fn keycloak_token(issuer: &TestIssuer) -> String {
+    issuer
+        .token()
+        .subject("alice")
+        .realm_roles(&["user"])
+        .claim("email", serde_json::json!("alice@example.test"))
+        .claim("email_verified", serde_json::json!(true))
+        .claim("name", serde_json::json!("Alice Liddell"))
+        .claim("given_name", serde_json::json!("Alice"))
+        .claim("family_name", serde_json::json!("Liddell"))
+        .sign()
+}
+
+fn peer_benches(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let issuer = TestIssuer::builder().default_audience("bench").start().unwrap();
+    let token = keycloak_token(&issuer);
+    let mut g = c.benchmark_group("peers_repeated_token");
+
+    // Palisade on the very same token.
+    let palisade = axum_app(Some(guard(&issuer, 10_000)));
+    g.bench_function("palisade_axum", |b| {
+        b.iter(|| {
+            assert_eq!(
+                rt.block_on(palisade.clone().oneshot(request(&token)))
+                    .unwrap()
+                    .status(),
+                200
+            )
+        });
+    });
+
+    // jwt-authorizer (axum 0.7).
+    let authorizer: jwt_authorizer::Authorizer<serde_json::Value> = rt
+        .block_on(
+            jwt_authorizer::JwtAuthorizer::from_jwks_url(&issuer.jwks_uri())
+                .validation(
+                    jwt_authorizer::Validation::new()
+                        .aud(&["bench"])
+                        .iss(&[issuer.issuer()]),
+                )
+                .build(),
+        )
+        .unwrap();
+    let app07 = axum07::Router::new()
+        .route("/", axum07::routing::get(|| async { "ok" }))
+        .layer(jwt_authorizer::IntoLayer::into_layer(authorizer));
+    let req07 = || {
+        http::Request::get("/")
+            .header("authorization", format!("Bearer {token}"))
+            .body(axum07::body::Body::empty())
+            .unwrap()
+    };
+    assert_eq!(rt.block_on(app07.clone().oneshot(req07())).unwrap().status(), 200);
+    let base07 = axum07::Router::new().route("/", axum07::routing::get(|| async { "ok" }));
+    g.bench_function("baseline_axum07_no_auth", |b| {
+        b.iter(|| rt.block_on(base07.clone().oneshot(req07())).unwrap());
+    });
+    g.bench_function("jwt_authorizer", |b| {
+        b.iter(|| assert_eq!(rt.block_on(app07.clone().oneshot(req07())).unwrap().status(), 200));
+    });
+
+    // axum-keycloak-auth (axum 0.8), against the issuer's Keycloak-shaped realm.
+    let instance = rt.block_on(async {
+        let config = axum_keycloak_auth::instance::KeycloakConfig::builder()
+            .server(axum_keycloak_auth::Url::parse(&format!("{}/", issuer.base_url())).unwrap())
+            .realm("demo".to_owned())
+            .build();
+        let instance = axum_keycloak_auth::instance::KeycloakAuthInstance::new(config);
+        for _ in 0..100 {
+            if instance.is_operational().await {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        instance
+    });
+    let keycloak = axum::Router::new().route("/", get(|| async { "ok" })).layer(
+        axum_keycloak_auth::layer::KeycloakAuthLayer::<String>::builder()
+            .instance(instance)
+            .passthrough_mode(axum_keycloak_auth::PassthroughMode::Block)
+            .persist_raw_claims(false)
+            .expected_audiences(vec!["bench".to_owned()])
+            .build(),
+    );
+    assert_eq!(
+        rt.block_on(keycloak.clone().oneshot(request(&token)))
+            .unwrap()
+            .status(),
+        200
+    );
+    g.bench_function("axum_keycloak_auth", |b| {
+        b.iter(|| {
+            assert_eq!(
+                rt.block_on(keycloak.clone().oneshot(request(&token)))
+                    .unwrap()
+                    .status(),
+                200
+            )
+        });
+    });
+    g.finish();
+}
+
+fn actix_peer_benches(c: &mut Criterion) {
+    use actix_web::dev::ServiceRequest;
+    use actix_web_httpauth::extractors::bearer::BearerAuth;
+
+    struct Keys {
+        key: jsonwebtoken::DecodingKey,
+        validation: jsonwebtoken::Validation,
+    }
+
+    async fn validator(
+        req: ServiceRequest,
+        credentials: BearerAuth,
+    ) -> Result<ServiceRequest, (actix_web::Error, ServiceRequest)> {
+        let keys = req.app_data::<web::Data<Keys>>().expect("keys").clone();
+        match jsonwebtoken::decode::<serde_json::Value>(credentials.token(), &keys.key, &keys.validation) {
+            Ok(data) => {
+                actix_web::HttpMessage::extensions_mut(&req).insert(data.claims);
+                Ok(req)
+            }
+            Err(_) => Err((actix_web::error::ErrorUnauthorized("invalid token"), req)),
+        }
+    }
+
+    let system = actix_web::rt::System::new();
+    let issuer = TestIssuer::builder().default_audience("bench").start().unwrap();
+    let token = keycloak_token(&issuer);
+    let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(issuer.jwks()["keys"][0].clone()).unwrap();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    validation.set_audience(&["bench"]);
+    validation.set_issuer(&[issuer.issuer()]);
+    let keys = web::Data::new(Keys {
+        key: jsonwebtoken::DecodingKey::from_jwk(&jwk).unwrap(),
+        validation,
+    });
+    let guard = guard(&issuer, 10_000);
+    let (httpauth, palisade) = system.block_on(async {
+        let httpauth = actix_web::test::init_service(
+            App::new()
+                .app_data(keys)
+                .wrap(actix_web_httpauth::middleware::HttpAuthentication::bearer(
+                    validator,
+                ))
+                .route("/", web::get().to(|| async { HttpResponse::Ok().body("ok") })),
+        )
+        .await;
+        let palisade = actix_web::test::init_service(
+            App::new()
+                .wrap(palisade::actix::Palisade::new(guard))
+                .route("/", web::get().to(|| async { HttpResponse::Ok().body("ok") })),
+        )
+        .await;
+        (httpauth, palisade)
+    });
+    let req = || {
+        actix_web::test::TestRequest::get()
+            .uri("/")
+            .append_header(("authorization", format!("Bearer {token}")))
+            .to_request()
+    };
+    let mut g = c.benchmark_group("actix_peers_repeated_token");
+    g.bench_function("palisade_actix", |b| {
+        b.iter(|| {
+            assert_eq!(
+                system
+                    .block_on(actix_web::test::call_service(&palisade, req()))
+                    .status(),
+                200
+            )
+        });
+    });
+    g.bench_function("actix_web_httpauth_jsonwebtoken", |b| {
+        b.iter(|| {
+            assert_eq!(
+                system
+                    .block_on(actix_web::test::call_service(&httpauth, req()))
+                    .status(),
+                200
+            )
+        });
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    axum_benches,
+    actix_benches,
+    peer_benches,
+    actix_peer_benches
+);
 criterion_main!(benches);

@@ -408,3 +408,63 @@ async fn extractors_agree_on_identity_and_claims() {
     }
     tokio::time::sleep(Duration::from_millis(1)).await;
 }
+
+#[actix_web::test]
+async fn istio_token_locations_and_payload_output_work_in_both_frameworks() {
+    let issuer = TestIssuer::builder().default_audience("details").start().unwrap();
+    let yaml = format!(
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt}}\nspec:\n  jwtRules:\n  - issuer: {}\n    jwksUri: {}\n    audiences: [details]\n    fromCookies: [session]\n    fromParams: [token]\n    fromHeaders: [{{name: x-jwt}}]\n    outputPayloadToHeader: x-jwt-payload\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: require}}\nspec:\n  rules: [{{from: [{{source: {{requestPrincipals: [\"*\"]}}}}]}}]\n",
+        issuer.issuer(),
+        issuer.jwks_uri()
+    );
+    let set = PolicySet::from_yaml_str(&yaml, "t.yaml").unwrap();
+    let guard = palisade::guard_from_policy(&set, &Workload::new("details", "default")).unwrap();
+    let token = issuer.token().subject("erin").sign();
+    let payload = token.split('.').nth(1).unwrap().to_owned();
+    let with_param = format!("/whoami?a=1&token={token}");
+    let cases: Vec<(&str, Vec<(&str, String)>, u16)> = vec![
+        (
+            "/whoami",
+            vec![("cookie", format!("theme=dark; session={token}"))],
+            200,
+        ),
+        (&with_param, vec![], 200),
+        ("/whoami", vec![("x-jwt", token.clone())], 200),
+        // Authorization is not a configured location for this rule.
+        ("/whoami", vec![("authorization", format!("Bearer {token}"))], 401),
+        // Two locations at once.
+        (
+            "/whoami",
+            vec![("x-jwt", token.clone()), ("cookie", format!("session={token}"))],
+            400,
+        ),
+    ];
+    for (path, headers, status) in cases {
+        let a = call_axum(&guard, &headers, path).await;
+        let b = call_actix(&guard, &headers, path).await;
+        assert_eq!(a, b, "{path} {headers:?}");
+        assert_eq!(a.status, status, "{path} {headers:?}: {a:?}");
+        if status == 200 {
+            assert_eq!(a.body["subject"], "erin");
+        }
+    }
+    let app = axum::Router::new()
+        .route(
+            "/",
+            get(|h: http::HeaderMap| async move {
+                h.get("x-jwt-payload")
+                    .map(|v| v.to_str().unwrap().to_owned())
+                    .unwrap_or_default()
+            }),
+        )
+        .layer(palisade::axum::PalisadeLayer::new(guard));
+    let req = http::Request::get("/")
+        .header("x-jwt", token.as_str())
+        .body(Body::empty())
+        .unwrap();
+    let res = app.oneshot(req).await.unwrap();
+    assert_eq!(
+        axum::body::to_bytes(res.into_body(), 1 << 16).await.unwrap(),
+        payload
+    );
+}

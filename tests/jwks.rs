@@ -252,3 +252,130 @@ async fn an_oversized_jwks_is_refused_and_old_keys_kept() {
     let id = jwt.verify(&old_key_fresh_token).await.unwrap();
     assert_eq!(id.subject(), Some("minted-before-rotation"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_control_max_age_sets_the_refresh_interval() {
+    let issuer = TestIssuer::start().unwrap();
+    issuer.set_cache_control(Some("public, max-age=1"));
+    let mut f = settings(100);
+    f.min_ttl = Duration::from_millis(100);
+    f.default_ttl = Duration::from_secs(3600);
+    let jwt = authenticator(&issuer, f);
+    jwt.verify(&issuer.token().sign()).await.unwrap();
+    let first = issuer.jwks_fetches();
+    // Refreshed at three quarters of max-age, well before the one-hour default.
+    wait_until("a refresh driven by max-age", async || {
+        issuer.jwks_fetches() >= first + 2
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_older_than_max_stale_are_dropped_during_an_outage() {
+    let issuer = TestIssuer::start().unwrap();
+    let mut f = settings(100);
+    f.min_ttl = Duration::from_millis(100);
+    f.default_ttl = Duration::from_millis(100);
+    f.max_stale = Duration::from_millis(600);
+    let jwt = authenticator(&issuer, f);
+    jwt.verify(&issuer.token().sign()).await.unwrap();
+    issuer.set_fault(Fault::Unavailable);
+    wait_until("the stale keys to be dropped", async || {
+        jwt.verify(&issuer.token().sign()).await.err() == Some(JwtError::KeysUnavailable)
+    })
+    .await;
+    issuer.set_fault(Fault::None);
+    wait_until("recovery", async || {
+        jwt.verify(&issuer.token().sign()).await.is_ok()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_issuers_each_verify_their_own_tokens() {
+    let a = TestIssuer::builder().realm("a").start().unwrap();
+    let b = TestIssuer::builder()
+        .realm("b")
+        .algorithm(palisade::testkit::SigningAlgorithm::Es256)
+        .start()
+        .unwrap();
+    let jwt = JwtAuthenticator::builder()
+        .provider(Provider::builder(a.issuer()).audience("account").build().unwrap())
+        .provider(Provider::builder(b.issuer()).audience("account").build().unwrap())
+        .build()
+        .unwrap();
+    assert_eq!(
+        jwt.verify(&a.token().subject("from-a").sign())
+            .await
+            .unwrap()
+            .issuer(),
+        Some(a.issuer())
+    );
+    assert_eq!(
+        jwt.verify(&b.token().subject("from-b").sign())
+            .await
+            .unwrap()
+            .issuer(),
+        Some(b.issuer())
+    );
+    // B's key cannot vouch for a token that claims to come from A.
+    let forged = b.token().issuer(a.issuer()).sign();
+    assert!(jwt.verify(&forged).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keycloak_json_file_configures_the_authenticator() {
+    let issuer = TestIssuer::builder().default_audience("reviews").start().unwrap();
+    let dir = std::env::temp_dir().join(format!("palisade-kc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("keycloak.json");
+    std::fs::write(
+        &file,
+        json!({
+            "realm": "demo",
+            "auth-server-url": format!("{}/", issuer.base_url()),
+            "resource": "reviews",
+            "bearer-only": true,
+            "ssl-required": "external",
+            "verify-token-audience": true,
+            "use-resource-role-mappings": true,
+            "principal-attribute": "preferred_username",
+            "min-time-between-jwks-requests": 10,
+            "public-key-cache-ttl": 86400,
+            "credentials": {"secret": "not-used"}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let jwt = JwtAuthenticator::from_keycloak_json(&file).unwrap();
+    assert_eq!(jwt.realm(), "demo");
+    let id = jwt
+        .verify(
+            &issuer
+                .token()
+                .subject("kc-user")
+                .client_roles("reviews", &["editor"])
+                .sign(),
+        )
+        .await
+        .unwrap();
+    assert!(id.has_client_role("reviews", "editor"));
+    assert_eq!(
+        jwt.verify(&issuer.token().audience("details").sign())
+            .await
+            .unwrap_err(),
+        JwtError::InvalidAudience
+    );
+    assert!(!format!("{jwt:?}").contains("not-used"));
+    std::fs::write(
+        &file,
+        "{\"realm\": \"demo\", \"auth-server-url\": \"x\", \"bearer-onli\": true}",
+    )
+    .unwrap();
+    let err = JwtAuthenticator::from_keycloak_json(&file).unwrap_err();
+    assert!(
+        err.to_string().contains("keycloak.json") && err.to_string().contains("bearer-onli"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

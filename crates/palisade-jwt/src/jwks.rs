@@ -315,8 +315,11 @@ impl KeyStore {
             return Err(unknown());
         }
         let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
-        if self.next_allowed_ms.load(Ordering::Acquire) > self.now_ms().saturating_add(wait_ms) {
-            // No fetch can happen within the wait: fail now rather than hold the request.
+        let in_flight = self.fetching.load(Ordering::Acquire);
+        if !in_flight && self.next_allowed_ms.load(Ordering::Acquire) > self.now_ms().saturating_add(wait_ms)
+        {
+            // No fetch is under way and none may start within the wait: fail
+            // now rather than hold the request.
             return Err(unknown());
         }
         let mut rx = self.version.subscribe();
@@ -453,10 +456,7 @@ async fn run_store(store: Arc<KeyStore>, source: JwksSource) {
                 healthy = Some(false);
                 if last_good.is_none_or(|t| t.elapsed() > s.max_stale) && cached > 0 {
                     tracing::error!(target: LOG, issuer = %store.issuer, "cached JWKS older than max_stale dropped: tokens of this issuer now fail");
-                    store.current.store(Arc::new(KeySet {
-                        loaded: true,
-                        ..KeySet::default()
-                    }));
+                    store.current.store(Arc::new(KeySet::default()));
                 }
                 next_refresh = tokio::time::Instant::now() + backoff;
                 backoff = (backoff * 2)
