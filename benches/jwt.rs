@@ -329,8 +329,49 @@ fn actix_peer_benches(c: &mut Criterion) {
     g.finish();
 }
 
+/// Where the cached path spends its time, framework-free.
+fn breakdown_benches(c: &mut Criterion) {
+    use palisade::core::{Authenticator, OwnedRequest};
+    let issuer = TestIssuer::builder().default_audience("bench").start().unwrap();
+    let token = issuer.token().sign();
+    let jwt = JwtAuthenticator::builder()
+        .realm("bench")
+        .provider(
+            Provider::builder(issuer.issuer())
+                .audience("bench")
+                .jwks_inline(issuer.jwks().to_string())
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let guard = palisade::Guard::builder()
+        .authenticator(jwt.clone())
+        .build()
+        .unwrap();
+    let req = OwnedRequest::get("/").header("authorization", format!("Bearer {token}"));
+    let _ = guard.check(&req);
+    let mut g = c.benchmark_group("breakdown");
+    g.bench_function("jwt_authenticate_cached", |b| {
+        b.iter(|| black_box(jwt.authenticate(black_box(&req))))
+    });
+    g.bench_function("guard_check_cached", |b| {
+        b.iter(|| black_box(guard.check(black_box(&req))))
+    });
+    let cache: moka::sync::Cache<std::sync::Arc<str>, u64, foldhash::fast::RandomState> =
+        moka::sync::Cache::builder()
+            .max_capacity(10_000)
+            .build_with_hasher(foldhash::fast::RandomState::default());
+    cache.insert(std::sync::Arc::from(token.as_str()), 1);
+    g.bench_function("moka_get_token_key", |b| {
+        b.iter(|| black_box(cache.get(black_box(token.as_str()))))
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
+    breakdown_benches,
     axum_benches,
     actix_benches,
     peer_benches,

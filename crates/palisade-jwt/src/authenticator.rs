@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::Algorithm;
-use moka::Expiry;
 use palisade_core::{
     AuthOutcome, Authenticated, Authenticating, Authenticator, HeaderEdit, Identity, RequestHead,
     TokenClaims, Verification, bearer_challenge,
 };
 use serde_json::{Map, Value};
 
+use crate::cache::TokenCache;
 use crate::config::{ConfigError, JwksSource, Provider, TokenSource};
 use crate::error::JwtError;
 use crate::jwks::{Fetcher, KeySet, KeyStore, VerifyKey, hmac_key, parse_jwks, pem_key, spawn_fetcher};
@@ -36,21 +36,7 @@ struct CacheEntry {
     edits: Vec<HeaderEdit>,
 }
 
-struct UntilExp;
-
-impl Expiry<Arc<str>, Arc<CacheEntry>> for UntilExp {
-    fn expire_after_create(
-        &self,
-        _key: &Arc<str>,
-        value: &Arc<CacheEntry>,
-        _created_at: std::time::Instant,
-    ) -> Option<Duration> {
-        let left = value.exp - now_secs();
-        Some(Duration::from_secs_f64(left.clamp(0.0, 3600.0)))
-    }
-}
-
-type TokenCache = moka::sync::Cache<Arc<str>, Arc<CacheEntry>, foldhash::fast::RandomState>;
+type Cache = TokenCache<Arc<CacheEntry>>;
 
 struct Shared {
     realm: String,
@@ -59,7 +45,7 @@ struct Shared {
     /// Every source any provider reads, with the providers that accept it.
     sources: Vec<(TokenSource, Vec<usize>)>,
     max_token_size: usize,
-    cache: Option<TokenCache>,
+    cache: Option<Cache>,
     _fetcher: Option<Fetcher>,
 }
 
@@ -177,12 +163,7 @@ impl JwtAuthenticatorBuilder {
                 }
             }
         }
-        let cache = (self.cache_entries > 0).then(|| {
-            moka::sync::Cache::builder()
-                .max_capacity(self.cache_entries)
-                .expire_after(UntilExp)
-                .build_with_hasher(foldhash::fast::RandomState::default())
-        });
+        let cache = (self.cache_entries > 0).then(|| TokenCache::new(self.cache_entries));
         let fetcher = if fetched.is_empty() {
             None
         } else {
@@ -266,8 +247,11 @@ impl JwtAuthenticator {
             count += 1;
             if found.is_none() {
                 found = Some(Found {
-                    // A token is ASCII; anything else can never verify.
-                    token: String::from_utf8_lossy(token).trim().to_owned(),
+                    // A token is ASCII; anything else is kept as an empty
+                    // token, which is refused as malformed.
+                    token: std::str::from_utf8(token)
+                        .map(|t| t.trim().to_owned())
+                        .unwrap_or_default(),
                     source,
                 });
             }
@@ -321,12 +305,12 @@ impl JwtAuthenticator {
             return Step::Done(Err(JwtError::TooLarge));
         }
         if let Some(cache) = &shared.cache
-            && let Some(entry) = cache.get(found.token.as_str())
+            && let Some(entry) = cache.get(&found.token)
         {
             if let Some(done) = self.cached(&entry, &found) {
                 return Step::Done(done);
             }
-            cache.invalidate(found.token.as_str());
+            cache.remove(&found.token);
         }
         let parsed = match parse(&found.token, shared.max_token_size) {
             Ok(p) => p,
@@ -444,18 +428,17 @@ impl JwtAuthenticator {
         }
         let identity = Identity::from_token(claims, Verification::assertion());
         if let Some(cache) = &self.0.cache {
-            cache.insert(
-                Arc::from(found.token.as_str()),
-                Arc::new(CacheEntry {
-                    identity: identity.clone(),
-                    provider,
-                    kid: key.kid.clone(),
-                    fingerprint: key.fingerprint,
-                    exp: times.exp,
-                    nbf: times.nbf,
-                    edits: out_edits.clone(),
-                }),
-            );
+            let entry = Arc::new(CacheEntry {
+                identity: identity.clone(),
+                provider,
+                kid: key.kid.clone(),
+                fingerprint: key.fingerprint,
+                exp: times.exp,
+                nbf: times.nbf,
+                edits: out_edits.clone(),
+            });
+            let now = now_secs();
+            cache.insert(&found.token, entry, |e| e.exp < now);
         }
         let mut edits = self.removal(found, provider);
         edits.extend(out_edits);

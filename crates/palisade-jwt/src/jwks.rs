@@ -69,14 +69,14 @@ fn family_allows(family: Family, alg: Algorithm) -> bool {
 #[derive(Default)]
 pub(crate) struct KeySet {
     pub(crate) keys: Vec<Arc<VerifyKey>>,
-    by_kid: HashMap<String, usize>,
+    by_kid: HashMap<String, usize, foldhash::fast::RandomState>,
     /// Whether a fetch (or a static configuration) ever produced this set.
     pub(crate) loaded: bool,
 }
 
 impl KeySet {
     pub(crate) fn new(keys: Vec<VerifyKey>) -> Self {
-        let mut by_kid = HashMap::new();
+        let mut by_kid = HashMap::default();
         let mut kept = Vec::new();
         for k in keys {
             if let Some(kid) = &k.kid {

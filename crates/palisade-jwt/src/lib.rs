@@ -27,6 +27,7 @@
 //! ```
 
 mod authenticator;
+mod cache;
 mod config;
 mod error;
 mod jwks;

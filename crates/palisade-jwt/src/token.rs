@@ -123,10 +123,10 @@ fn check_header(header: &Map<String, Value>) -> Result<Algorithm, JwtError> {
 }
 
 /// Parses a JSON object, refusing a duplicate member name at any depth
-/// (`serde_json::Value` would silently keep the last one).
+/// (`serde_json::Value` would silently keep the last one), in one pass.
 pub(crate) fn object_without_duplicates(bytes: &[u8]) -> Result<Map<String, Value>, JwtError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    NoDuplicates.deserialize(&mut de).map_err(|e| {
+    let value = StrictValue.deserialize(&mut de).map_err(|e| {
         if e.to_string().starts_with(DUPLICATE) {
             JwtError::DuplicateClaim
         } else {
@@ -134,64 +134,73 @@ pub(crate) fn object_without_duplicates(bytes: &[u8]) -> Result<Map<String, Valu
         }
     })?;
     de.end().map_err(|_| JwtError::Malformed)?;
-    match serde_json::from_slice::<Value>(bytes) {
-        Ok(Value::Object(map)) => Ok(map),
+    match value {
+        Value::Object(map) => Ok(map),
         _ => Err(JwtError::Malformed),
     }
 }
 
 const DUPLICATE: &str = "duplicate member";
 
-struct NoDuplicates;
+/// Builds a `serde_json::Value`, failing on a duplicate member name.
+struct StrictValue;
 
-impl<'de> de::DeserializeSeed<'de> for NoDuplicates {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+impl<'de> DeserializeSeed<'de> for StrictValue {
+    type Value = Value;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for NoDuplicates {
-    type Value = ();
+impl<'de> Visitor<'de> for StrictValue {
+    type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("JSON")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let mut seen: Vec<String> = Vec::new();
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            if seen.iter().any(|k| *k == *key) {
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
+        let mut map = Map::new();
+        while let Some(key) = access.next_key::<String>()? {
+            if map.contains_key(&key) {
                 return Err(de::Error::custom(DUPLICATE));
             }
-            seen.push(key.into_owned());
-            map.next_value_seed(NoDuplicates)?;
+            let value = access.next_value_seed(StrictValue)?;
+            map.insert(key, value);
         }
-        Ok(())
+        Ok(Value::Object(map))
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element_seed(NoDuplicates)?.is_some() {}
-        Ok(())
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(v) = seq.next_element_seed(StrictValue)? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
     }
 
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        Ok(())
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
     }
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        Ok(())
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
     }
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        Ok(())
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
     }
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        Ok(())
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        serde_json::Number::from_f64(v)
+            .map(Value::Number)
+            .ok_or_else(|| E::custom("not a finite number"))
     }
-    fn visit_str<E>(self, _: &str) -> Result<(), E> {
-        Ok(())
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
     }
-    fn visit_unit<E>(self) -> Result<(), E> {
-        Ok(())
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
     }
 }
 
@@ -273,6 +282,41 @@ mod tests {
             "e30.W10.c2ln",
         ] {
             assert!(parse(t, 8192).is_err(), "{t}");
+        }
+    }
+
+    #[test]
+    fn mutated_tokens_never_panic() {
+        // A deterministic mutation fuzz: flip, insert and delete bytes of a
+        // well-formed token; every outcome must be a value, never a panic.
+        let good = token(
+            r#"{"alg":"RS256","kid":"k"}"#,
+            r#"{"iss":"i","aud":["a"],"n":{"x":[1,2,{"y":null}]}}"#,
+        );
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let alphabet = b"eyJ0.-_=+/AZaz09{}\"\\ \x00\xff";
+        for _ in 0..20_000 {
+            let mut bytes = good.clone().into_bytes();
+            for _ in 0..(next() % 4 + 1) {
+                let pos = usize::try_from(next()).unwrap_or(0) % bytes.len().max(1);
+                let c = alphabet[usize::try_from(next()).unwrap_or(0) % alphabet.len()];
+                match next() % 3 {
+                    0 if !bytes.is_empty() => bytes[pos] = c,
+                    1 => bytes.insert(pos, c),
+                    _ if !bytes.is_empty() => {
+                        bytes.remove(pos);
+                    }
+                    _ => {}
+                }
+            }
+            let text = String::from_utf8_lossy(&bytes);
+            let _ = parse(&text, 8192).map(|p| peek_issuer(&p.claims).map(str::len));
         }
     }
 

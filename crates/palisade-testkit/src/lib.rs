@@ -777,6 +777,8 @@ async fn serve(mut stream: TcpStream, state: Arc<State>) {
             state.discovery_fetches.fetch_add(1, Ordering::SeqCst);
             let doc = json!({
                 "issuer": state.issuer,
+                // Required by OpenID Connect Discovery; browser log-in is not served.
+                "authorization_endpoint": format!("{}/protocol/openid-connect/auth", state.issuer),
                 "jwks_uri": format!("{}/protocol/openid-connect/certs", state.issuer),
                 "token_endpoint": format!("{}/protocol/openid-connect/token", state.issuer),
                 "grant_types_supported": ["client_credentials", "password"],

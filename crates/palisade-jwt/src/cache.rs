@@ -1,0 +1,120 @@
+//! The verified-token cache: a token seen before skips parsing and signature
+//! verification.
+//!
+//! Keyed by the token's bytes themselves (compared exactly, so no hash
+//! collision can make one token pass for another), hashed once with a seeded
+//! hasher, spread over shards behind read-write locks so concurrent hits
+//! rarely touch the same lock. Bounded in entries; when a shard is full,
+//! expired entries go first, then an arbitrary one. Expiry and key presence
+//! are checked by the caller on every hit.
+
+use std::hash::BuildHasher;
+use std::sync::{Arc, RwLock};
+
+use hashbrown::HashTable;
+
+const SHARDS: usize = 32;
+
+type Slot<V> = (u64, Arc<str>, V);
+
+/// A bounded, sharded map from token to verified entry.
+pub(crate) struct TokenCache<V> {
+    shards: Box<[RwLock<HashTable<Slot<V>>>]>,
+    per_shard: usize,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl<V: Clone> TokenCache<V> {
+    pub(crate) fn new(entries: u64) -> Self {
+        let entries = usize::try_from(entries).unwrap_or(usize::MAX);
+        let per_shard = entries.div_ceil(SHARDS).max(1);
+        Self {
+            shards: (0..SHARDS).map(|_| RwLock::new(HashTable::new())).collect(),
+            per_shard,
+            hasher: foldhash::fast::RandomState::default(),
+        }
+    }
+
+    fn locate(&self, token: &str) -> (u64, &RwLock<HashTable<Slot<V>>>) {
+        let hash = self.hasher.hash_one(token);
+        // The high bits pick the shard; the table uses the low bits.
+        let shard = usize::try_from(hash >> 59).unwrap_or(0) % SHARDS;
+        (hash, &self.shards[shard])
+    }
+
+    pub(crate) fn get(&self, token: &str) -> Option<V> {
+        let (hash, shard) = self.locate(token);
+        let table = shard.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        table
+            .find(hash, |(h, k, _)| *h == hash && &**k == token)
+            .map(|(_, _, v)| v.clone())
+    }
+
+    /// Inserts, evicting when the shard is full: entries for which `expired`
+    /// holds first, else an arbitrary one.
+    pub(crate) fn insert(&self, token: &str, value: V, expired: impl Fn(&V) -> bool) {
+        let (hash, shard) = self.locate(token);
+        let mut table = shard.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Ok(entry) = table.find_entry(hash, |(h, k, _)| *h == hash && &**k == token) {
+            entry.remove();
+        }
+        if table.len() >= self.per_shard {
+            table.retain(|(_, _, v)| !expired(v));
+        }
+        if table.len() >= self.per_shard
+            && let Some(victim) = table.iter().next().map(|(h, k, _)| (*h, k.clone()))
+            && let Ok(entry) = table.find_entry(victim.0, |(h, k, _)| *h == victim.0 && *k == victim.1)
+        {
+            entry.remove();
+        }
+        table.insert_unique(hash, (hash, Arc::from(token), value), |(h, _, _)| *h);
+    }
+
+    pub(crate) fn remove(&self, token: &str) {
+        let (hash, shard) = self.locate(token);
+        let mut table = shard.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Ok(entry) = table.find_entry(hash, |(h, k, _)| *h == hash && &**k == token) {
+            entry.remove();
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.read().map_or(0, |t| t.len())).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hits_need_the_exact_token() {
+        let c = TokenCache::new(100);
+        c.insert("a.b.c", 1, |_| false);
+        assert_eq!(c.get("a.b.c"), Some(1));
+        assert_eq!(c.get("a.b.d"), None);
+        assert_eq!(c.get("a.b.c "), None);
+        c.remove("a.b.c");
+        assert_eq!(c.get("a.b.c"), None);
+    }
+
+    #[test]
+    fn the_cache_stays_bounded_and_evicts_expired_entries_first() {
+        let c = TokenCache::new(64);
+        for i in 0..10_000 {
+            c.insert(&format!("token-{i}"), i, |v| *v < 5_000);
+        }
+        assert!(c.len() <= 64, "{}", c.len());
+        assert_eq!(c.get("token-9999"), Some(9999));
+    }
+
+    #[test]
+    fn reinserting_replaces() {
+        let c = TokenCache::new(10);
+        c.insert("t", 1, |_| false);
+        c.insert("t", 2, |_| false);
+        assert_eq!(c.get("t"), Some(2));
+        assert_eq!(c.len(), 1);
+    }
+}
