@@ -13,8 +13,8 @@ use palisade::jwt::{JwtAuthenticator, Provider};
 use palisade::testkit::{SigningAlgorithm, TestIssuer};
 use tower::ServiceExt;
 
-fn guard(issuer: &TestIssuer, cache_entries: u64) -> palisade::Guard {
-    let jwt = JwtAuthenticator::builder()
+fn authenticator(issuer: &TestIssuer, cache_entries: u64) -> JwtAuthenticator {
+    JwtAuthenticator::builder()
         .realm("bench")
         .cache_entries(cache_entries)
         .provider(
@@ -25,8 +25,14 @@ fn guard(issuer: &TestIssuer, cache_entries: u64) -> palisade::Guard {
                 .unwrap(),
         )
         .build()
-        .unwrap();
-    palisade::Guard::builder().authenticator(jwt).build().unwrap()
+        .unwrap()
+}
+
+fn guard(issuer: &TestIssuer, cache_entries: u64) -> palisade::Guard {
+    palisade::Guard::builder()
+        .authenticator(authenticator(issuer, cache_entries))
+        .build()
+        .unwrap()
 }
 
 fn axum_app(guard: Option<palisade::Guard>) -> axum::Router {
@@ -334,17 +340,7 @@ fn breakdown_benches(c: &mut Criterion) {
     use palisade::core::{Authenticator, OwnedRequest};
     let issuer = TestIssuer::builder().default_audience("bench").start().unwrap();
     let token = issuer.token().sign();
-    let jwt = JwtAuthenticator::builder()
-        .realm("bench")
-        .provider(
-            Provider::builder(issuer.issuer())
-                .audience("bench")
-                .jwks_inline(issuer.jwks().to_string())
-                .build()
-                .unwrap(),
-        )
-        .build()
-        .unwrap();
+    let jwt = authenticator(&issuer, 10_000);
     let guard = palisade::Guard::builder()
         .authenticator(jwt.clone())
         .build()

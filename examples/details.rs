@@ -1,68 +1,14 @@
 //! The `details` service (axum), as shared/CONTRACT.md describes it.
 //!
 //! ```text
-//! cargo run --release --example details -- [--listen 127.0.0.1:9080] [--config policy.yaml]
+//! cargo run --release --features full --example details -- [--listen 127.0.0.1:9080] [--config policy.yaml]
 //! ```
 
+#[path = "common/axum_service.rs"]
+mod axum_service;
 mod common;
-
-use axum::extract::Path;
-use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
-use palisade::Identity;
-use palisade::axum::PalisadeLayer;
-
-/// The routes of a contract service, guarded by Palisade.
-fn app(service: &'static str, guard: palisade::Guard) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/list",
-            get(move || async move { Json(common::list_json(service)) })
-                .post(move || async move { (StatusCode::CREATED, Json(common::created_json(service))) }),
-        )
-        .route(
-            "/details/{id}",
-            get(move |Path(id): Path<String>| async move { Json(common::item_json(service, &id)) }),
-        )
-        .route(
-            "/whoami",
-            get(|id: Option<Identity>| async move { Json(palisade::core::whoami(id.as_ref())) }),
-        )
-        .layer(PalisadeLayer::new(guard))
-}
 
 #[tokio::main]
 async fn main() {
-    common::init_logging();
-    let args = common::args("details", 9080);
-    let setup = common::setup(&args);
-    let service: &'static str = Box::leak(setup.workload.service.clone().into_boxed_str());
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .unwrap_or_else(|e| common::fail(&format!("--listen {}: {e}", args.listen)));
-    let addr = listener.local_addr().unwrap_or(args.listen);
-    let app = app(service, setup.guard.clone());
-    let stop = shutdown_signal();
-    common::announce(&setup, addr);
-    println!("listening on {addr}");
-    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
-        common::fail(&format!("server error: {e}"));
-    }
-}
-
-/// Registers SIGTERM and SIGINT handlers now; the future completes on either.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())
-        .unwrap_or_else(|e| common::fail(&format!("cannot listen for SIGTERM: {e}")));
-    let mut int = signal(SignalKind::interrupt())
-        .unwrap_or_else(|e| common::fail(&format!("cannot listen for SIGINT: {e}")));
-    async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-    }
+    axum_service::run("details", 9080).await;
 }

@@ -145,6 +145,9 @@ fn bearer(token: &str) -> Vec<(&'static str, String)> {
     vec![("authorization", format!("Bearer {token}"))]
 }
 
+/// Request headers of a case.
+type Headers<'a> = Vec<(&'a str, String)>;
+
 /// Status, `WWW-Authenticate` values and problem detail of an expected answer.
 type Expected<'a> = (u16, Vec<String>, Option<&'a str>);
 
@@ -422,7 +425,7 @@ async fn istio_token_locations_and_payload_output_work_in_both_frameworks() {
     let token = issuer.token().subject("erin").sign();
     let payload = token.split('.').nth(1).unwrap().to_owned();
     let with_param = format!("/whoami?a=1&token={token}");
-    let cases: Vec<(&str, Vec<(&str, String)>, u16)> = vec![
+    let cases: Vec<(&str, Headers<'_>, u16)> = vec![
         (
             "/whoami",
             vec![("cookie", format!("theme=dark; session={token}"))],

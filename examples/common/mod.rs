@@ -1,7 +1,12 @@
 //! What the example services share: arguments, policy loading, the demo
 //! issuer and the framework-free bodies of their routes (shared/CONTRACT.md).
 
-#![allow(dead_code, unreachable_pub, missing_docs)]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    missing_docs,
+    reason = "shared by several examples, each using a part"
+)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

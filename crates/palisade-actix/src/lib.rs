@@ -135,10 +135,15 @@ fn admit(req: &mut ServiceRequest, guard: &Guard, allowed: Allowed) {
         }
     }
     let mut ext = req.extensions_mut();
-    ext.insert(guard.clone());
     ext.insert(allowed.access);
-    if let Some(id) = allowed.identity {
-        ext.insert(id);
+    match allowed.identity {
+        Some(id) => {
+            ext.insert(id);
+        }
+        // Extractors answer a missing identity with the guard's challenges.
+        None => {
+            ext.insert(guard.clone());
+        }
     }
 }
 

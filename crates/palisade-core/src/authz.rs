@@ -103,7 +103,7 @@ struct Clause {
 
 impl Clause {
     fn holds(&self, req: &dyn RequestHead, id: Option<&Identity>) -> bool {
-        if self.attr == Attr::RequestPrincipal && self.matchers.iter().any(|m| *m == Matcher::Any) {
+        if self.attr == Attr::RequestPrincipal && self.matchers.contains(&Matcher::Any) {
             // `requestPrincipals: ["*"]`: only presence matters; no string is built.
             let present = id.is_some_and(|i| i.token().is_some() || i.kerberos().is_some());
             return present != self.negate;

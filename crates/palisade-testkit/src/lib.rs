@@ -956,6 +956,17 @@ mod tests {
         (status, body)
     }
 
+    fn payload(token: &str) -> Value {
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(token.split('.').nth(1).unwrap()).unwrap()).unwrap()
+    }
+
+    fn access_token(body: &str) -> String {
+        serde_json::from_str::<Value>(body).unwrap()["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
     fn path_of(url: &str) -> String {
         let rest = url.trim_start_matches("http://");
         rest[rest.find('/').unwrap()..].to_owned()
@@ -1076,13 +1087,7 @@ mod tests {
             "grant_type=client_credentials&client_id=svc&client_secret=s3cret",
         );
         assert_eq!(status, 200);
-        let token = serde_json::from_str::<Value>(&body).unwrap()["access_token"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        let payload: Value =
-            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(token.split('.').nth(1).unwrap()).unwrap())
-                .unwrap();
+        let payload = payload(&access_token(&body));
         assert_eq!(payload["sub"], "svc");
         assert_eq!(payload["azp"], "svc");
         let (status, _) = http(&issuer, "POST", &path, "grant_type=implicit");
@@ -1113,13 +1118,7 @@ mod tests {
             "grant_type=password&username=alice&password=pw",
         );
         assert_eq!(status, 200);
-        let token = serde_json::from_str::<Value>(&body).unwrap()["access_token"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        let payload: Value =
-            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(token.split('.').nth(1).unwrap()).unwrap())
-                .unwrap();
+        let payload = payload(&access_token(&body));
         assert_eq!(payload["realm_access"]["roles"], json!(["admin"]));
         assert_eq!(payload["sub"], "alice");
     }
