@@ -163,6 +163,7 @@ pub fn announce(setup: &Setup, listen: SocketAddr) {
             "  TOKEN=$(curl -s -d grant_type=client_credentials -d client_id=demo -d client_secret=demo-secret {} | sed -E 's/.*\"access_token\":\"([^\"]+)\".*/\\1/')",
             issuer.token_endpoint()
         );
+        println!("  curl -H \"Authorization: Bearer $TOKEN\" http://{listen}/list");
         println!("  curl -H \"Authorization: Bearer $TOKEN\" http://{listen}/whoami");
     }
 }
