@@ -38,7 +38,7 @@ use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forwar
 use actix_web::http::header::{HOST, HeaderName, HeaderValue};
 use actix_web::{Error, HttpMessage};
 use palisade_core::extract::actix_response;
-use palisade_core::{Allowed, Check, ConnectionInfo, Decision, Guard, HeaderEdit, RequestHead};
+use palisade_core::{Allowed, Check, ConnectionInfo, Decision, Guard, HeaderEdit, RequestAuth, RequestHead};
 
 pub use palisade_core::Identity;
 
@@ -111,14 +111,17 @@ impl RequestHead for ActixRequestHead<'_> {
     fn header_str(&self, name: &str) -> Option<&str> {
         self.0.headers().get(name).and_then(|v| v.to_str().ok())
     }
+    fn header_value(&self, name: &str, index: usize) -> Option<&[u8]> {
+        self.0.headers().get_all(name).nth(index).map(|v| v.as_bytes())
+    }
     fn connection(&self) -> Option<&ConnectionInfo> {
         self.0.conn_data::<ConnectionInfo>()
     }
 }
 
-fn admit(req: &mut ServiceRequest, guard: &Guard, allowed: Allowed) {
+fn admit(req: &mut ServiceRequest, guard: &Guard, mut allowed: Allowed) {
     let headers = req.headers_mut();
-    for edit in allowed.edits {
+    for edit in std::mem::take(&mut allowed.edits) {
         match edit {
             HeaderEdit::Remove(name) => {
                 headers.remove(name.as_str());
@@ -135,16 +138,7 @@ fn admit(req: &mut ServiceRequest, guard: &Guard, allowed: Allowed) {
         }
     }
     let mut ext = req.extensions_mut();
-    ext.insert(allowed.access);
-    match allowed.identity {
-        Some(id) => {
-            ext.insert(id);
-        }
-        // Extractors answer a missing identity with the guard's challenges.
-        None => {
-            ext.insert(guard.clone());
-        }
-    }
+    ext.insert(RequestAuth::new(allowed, guard));
 }
 
 type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;

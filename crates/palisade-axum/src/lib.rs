@@ -25,10 +25,10 @@
 //! The layer answers refused requests itself (401 with the challenges, 403,
 //! 400) with an RFC 9457 body; the [`Rejection`](palisade_core::Rejection)
 //! travels in the response extensions. Allowed requests reach the inner
-//! service with the [`Identity`] (when there is one) and the
-//! [`AccessDecision`](palisade_core::authz::AccessDecision) in their
-//! extensions, and with the header edits of the authenticators applied (the
-//! token removed unless `forward_original_token`).
+//! service with a [`RequestAuth`](palisade_core::RequestAuth) in their
+//! extensions (the [`Identity`], when there is one, and the access decision),
+//! and with the header edits of the authenticators applied (the token removed
+//! unless `forward_original_token`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -39,7 +39,7 @@ use http::header::{HOST, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use palisade_core::{
     Allowed, BoxDecision, Check, ConnectionInfo, Decision, Guard, HeaderEdit, PROBLEM_JSON, Rejection,
-    RequestHead,
+    RequestAuth, RequestHead,
 };
 use tower_layer::Layer;
 use tower_service::Service;
@@ -107,14 +107,22 @@ impl<B> RequestHead for HttpRequestHead<'_, B> {
     fn header_str(&self, name: &str) -> Option<&str> {
         self.0.headers().get(name).and_then(|v| v.to_str().ok())
     }
+    fn header_value(&self, name: &str, index: usize) -> Option<&[u8]> {
+        self.0
+            .headers()
+            .get_all(name)
+            .iter()
+            .nth(index)
+            .map(|v| v.as_bytes())
+    }
     fn connection(&self) -> Option<&ConnectionInfo> {
         self.0.extensions().get::<ConnectionInfo>()
     }
 }
 
-fn admit<B>(req: &mut Request<B>, guard: &Guard, allowed: Allowed) {
+fn admit<B>(req: &mut Request<B>, guard: &Guard, mut allowed: Allowed) {
     let headers = req.headers_mut();
-    for edit in allowed.edits {
+    for edit in std::mem::take(&mut allowed.edits) {
         match edit {
             HeaderEdit::Remove(name) => {
                 headers.remove(name.as_str());
@@ -131,16 +139,7 @@ fn admit<B>(req: &mut Request<B>, guard: &Guard, allowed: Allowed) {
         }
     }
     let ext = req.extensions_mut();
-    ext.insert(allowed.access);
-    match allowed.identity {
-        Some(id) => {
-            ext.insert(id);
-        }
-        // Extractors answer a missing identity with the guard's challenges.
-        None => {
-            ext.insert(guard.clone());
-        }
-    }
+    ext.insert(RequestAuth::new(allowed, guard));
 }
 
 /// Renders a rejection as an `http` 1 response with any body type.

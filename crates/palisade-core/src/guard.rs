@@ -25,6 +25,58 @@ pub struct Allowed {
     pub access: AccessDecision,
 }
 
+/// What Palisade established for an allowed request. The adapters put it in
+/// the request's extensions (one extension, so the hot path allocates once);
+/// the extractors read it.
+///
+/// ```
+/// use palisade_core::{Check, Decision, Guard, OwnedRequest, RequestAuth};
+/// use palisade_core::authz::AccessPolicy;
+/// let guard = Guard::builder().access_policy(AccessPolicy::allow_all()).build()?;
+/// let Check::Ready(Decision::Allow(allowed)) = guard.check(&OwnedRequest::get("/")) else { panic!() };
+/// let auth = RequestAuth::new(allowed, &guard);
+/// assert!(auth.identity().is_none());
+/// assert_eq!(auth.missing_credential().status(), 401);
+/// # Ok::<(), palisade_core::GuardError>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct RequestAuth {
+    identity: Option<Identity>,
+    access: AccessDecision,
+    guard: Guard,
+}
+
+impl RequestAuth {
+    /// The record of an allowed request (its header edits are the adapter's
+    /// to apply and are not kept).
+    #[must_use]
+    pub fn new(allowed: Allowed, guard: &Guard) -> Self {
+        Self {
+            identity: allowed.identity,
+            access: allowed.access,
+            guard: guard.clone(),
+        }
+    }
+
+    /// The verified caller, when a credential was given.
+    #[must_use]
+    pub fn identity(&self) -> Option<&Identity> {
+        self.identity.as_ref()
+    }
+
+    /// Which policy allowed the request, and by which rule.
+    #[must_use]
+    pub fn access(&self) -> &AccessDecision {
+        &self.access
+    }
+
+    /// The 401 for a handler that needs an identity the request lacks.
+    #[must_use]
+    pub fn missing_credential(&self) -> Rejection {
+        self.guard.missing_credential()
+    }
+}
+
 /// The guard's verdict on one request.
 #[derive(Clone, Debug)]
 pub enum Decision {

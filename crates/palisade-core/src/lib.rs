@@ -39,6 +39,6 @@ pub mod request;
 pub use authn::{AuthOutcome, Authenticated, Authenticating, Authenticator, BoxOutcome, HeaderEdit};
 pub use error::{ErrorKind, PROBLEM_JSON, Rejection, bearer_challenge};
 pub use extract::Claims;
-pub use guard::{Allowed, BoxDecision, Check, Decision, Guard, GuardBuilder, GuardError};
+pub use guard::{Allowed, BoxDecision, Check, Decision, Guard, GuardBuilder, GuardError, RequestAuth};
 pub use identity::{AuthMethod, Identity, KerberosIdentity, PeerIdentity, TokenClaims, Verification, whoami};
 pub use request::{ConnectionInfo, OwnedRequest, RequestHead};

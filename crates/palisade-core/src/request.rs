@@ -45,6 +45,9 @@ pub trait RequestHead {
 
     /// The first value of the header `name` (lower case), when it is valid UTF-8.
     fn header_str(&self, name: &str) -> Option<&str>;
+
+    /// The `index`-th value (from 0) of the header `name` (lower case).
+    fn header_value(&self, name: &str, index: usize) -> Option<&[u8]>;
 }
 
 /// A request head owned in memory: for tests, benches and non-HTTP callers.
@@ -152,5 +155,12 @@ impl RequestHead for OwnedRequest {
             .iter()
             .find(|(n, _)| n == name)
             .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+    fn header_value(&self, name: &str, index: usize) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .nth(index)
+            .map(|(_, v)| v.as_slice())
     }
 }

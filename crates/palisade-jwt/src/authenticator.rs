@@ -1,6 +1,7 @@
 //! The JWT bearer authenticator: token extraction, verification, the
 //! verified-token cache.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
@@ -191,9 +192,18 @@ fn now_secs() -> f64 {
 }
 
 /// Where a token was found: the index into `Shared::sources`.
-struct Found {
-    token: String,
+struct Found<'r> {
+    token: Cow<'r, str>,
     source: usize,
+}
+
+impl Found<'_> {
+    fn into_owned(self) -> Found<'static> {
+        Found {
+            token: Cow::Owned(self.token.into_owned()),
+            source: self.source,
+        }
+    }
 }
 
 impl JwtAuthenticator {
@@ -226,7 +236,7 @@ impl JwtAuthenticator {
             .position(|(s, _)| *s == TokenSource::authorization_bearer())
             .unwrap_or(0);
         let found = Found {
-            token: token.to_owned(),
+            token: Cow::Borrowed(token),
             source,
         };
         match self.start(found) {
@@ -236,57 +246,109 @@ impl JwtAuthenticator {
                 kid,
                 alg,
                 provider,
-            } => self.finish(found, kid, alg, provider).await.map(|a| a.identity),
+            } => self
+                .finish(found.into_owned(), kid, alg, provider)
+                .await
+                .map(|a| a.identity),
         }
     }
 
-    fn extract(&self, req: &dyn RequestHead) -> Result<Option<Found>, JwtError> {
-        let mut found: Option<Found> = None;
+    /// Finds the request's token without copying it: the common case (one
+    /// token in one header) borrows it from the request.
+    fn extract<'r>(&self, req: &'r dyn RequestHead) -> Result<Option<Found<'r>>, JwtError> {
+        /// Where the first token is: a byte range of the `value`-th value of
+        /// a header, or of the query string.
+        enum Place<'s> {
+            Header {
+                name: &'s str,
+                value: usize,
+                start: usize,
+                end: usize,
+            },
+            Query {
+                start: usize,
+                end: usize,
+            },
+        }
+        fn offset(outer: &[u8], inner: &[u8]) -> usize {
+            inner.as_ptr() as usize - outer.as_ptr() as usize
+        }
+        let mut first: Option<(usize, Place<'_>)> = None;
         let mut count = 0usize;
-        let mut add = |token: &[u8], source: usize| {
-            count += 1;
-            if found.is_none() {
-                found = Some(Found {
-                    // A token is ASCII; anything else is kept as an empty
-                    // token, which is refused as malformed.
-                    token: std::str::from_utf8(token)
-                        .map(|t| t.trim().to_owned())
-                        .unwrap_or_default(),
-                    source,
-                });
-            }
-        };
         for (i, (source, _)) in self.0.sources.iter().enumerate() {
             match source {
-                TokenSource::Header { name, prefix } => req.for_each_header(name, &mut |v| {
-                    let token = match prefix {
-                        None => Some(v),
-                        Some(p) if v.len() >= p.len() && v[..p.len()].eq_ignore_ascii_case(p.as_bytes()) => {
-                            Some(&v[p.len()..])
+                TokenSource::Header { name, prefix } => {
+                    let mut k = 0;
+                    req.for_each_header(name, &mut |v| {
+                        let token = match prefix {
+                            None => Some(v),
+                            Some(p)
+                                if v.len() >= p.len() && v[..p.len()].eq_ignore_ascii_case(p.as_bytes()) =>
+                            {
+                                Some(&v[p.len()..])
+                            }
+                            Some(_) => None,
+                        };
+                        if let Some(t) = token {
+                            count += 1;
+                            if first.is_none() {
+                                let start = offset(v, t);
+                                first = Some((
+                                    i,
+                                    Place::Header {
+                                        name,
+                                        value: k,
+                                        start,
+                                        end: start + t.len(),
+                                    },
+                                ));
+                            }
                         }
-                        Some(_) => None,
-                    };
-                    if let Some(t) = token {
-                        add(t, i);
-                    }
-                }),
-                TokenSource::Cookie(cookie) => req.for_each_header("cookie", &mut |v| {
-                    for pair in v.split(|b| *b == b';') {
-                        let pair = pair.trim_ascii();
-                        if let Some(eq) = pair.iter().position(|b| *b == b'=')
-                            && &pair[..eq] == cookie.as_bytes()
-                        {
-                            add(&pair[eq + 1..], i);
+                        k += 1;
+                    });
+                }
+                TokenSource::Cookie(cookie) => {
+                    let mut k = 0;
+                    req.for_each_header("cookie", &mut |v| {
+                        for pair in v.split(|b| *b == b';') {
+                            let pair = pair.trim_ascii();
+                            if let Some(eq) = pair.iter().position(|b| *b == b'=')
+                                && &pair[..eq] == cookie.as_bytes()
+                            {
+                                count += 1;
+                                if first.is_none() {
+                                    let t = &pair[eq + 1..];
+                                    let start = offset(v, t);
+                                    let place = Place::Header {
+                                        name: "cookie",
+                                        value: k,
+                                        start,
+                                        end: start + t.len(),
+                                    };
+                                    first = Some((i, place));
+                                }
+                            }
                         }
-                    }
-                }),
+                        k += 1;
+                    });
+                }
                 TokenSource::Query(param) => {
                     if let Some(q) = req.query() {
                         for pair in q.split('&') {
                             if let Some((k, v)) = pair.split_once('=')
                                 && k == param
                             {
-                                add(percent_decode(v).as_bytes(), i);
+                                count += 1;
+                                if first.is_none() {
+                                    let start = offset(q.as_bytes(), v.as_bytes());
+                                    first = Some((
+                                        i,
+                                        Place::Query {
+                                            start,
+                                            end: start + v.len(),
+                                        },
+                                    ));
+                                }
                             }
                         }
                     }
@@ -296,10 +358,39 @@ impl JwtAuthenticator {
         if count > 1 {
             return Err(JwtError::MultipleTokens);
         }
-        Ok(found)
+        let Some((source, place)) = first else {
+            return Ok(None);
+        };
+        let (bytes, query) = match place {
+            Place::Header {
+                name,
+                value,
+                start,
+                end,
+            } => (
+                req.header_value(name, value)
+                    .and_then(|v| v.get(start..end))
+                    .unwrap_or_default(),
+                false,
+            ),
+            Place::Query { start, end } => (
+                req.query()
+                    .and_then(|q| q.as_bytes().get(start..end))
+                    .unwrap_or_default(),
+                true,
+            ),
+        };
+        // A token is ASCII; anything else becomes an empty token, refused as malformed.
+        let text = std::str::from_utf8(bytes).map(str::trim).unwrap_or_default();
+        let token = if query && text.contains(['%', '+']) {
+            Cow::Owned(percent_decode(text))
+        } else {
+            Cow::Borrowed(text)
+        };
+        Ok(Some(Found { token, source }))
     }
 
-    fn start(&self, found: Found) -> Step {
+    fn start<'r>(&self, found: Found<'r>) -> Step<'r> {
         let shared = &self.0;
         if found.token.len() > shared.max_token_size {
             return Step::Done(Err(JwtError::TooLarge));
@@ -349,7 +440,7 @@ impl JwtAuthenticator {
 
     async fn finish(
         &self,
-        found: Found,
+        found: Found<'static>,
         kid: Option<String>,
         alg: Algorithm,
         provider: usize,
@@ -362,7 +453,7 @@ impl JwtAuthenticator {
         self.verify_with(&found, parsed, &key, provider)
     }
 
-    fn cached(&self, entry: &CacheEntry, found: &Found) -> Option<Result<Authenticated, JwtError>> {
+    fn cached(&self, entry: &CacheEntry, found: &Found<'_>) -> Option<Result<Authenticated, JwtError>> {
         let state = &self.0.providers[entry.provider];
         if !self.0.sources[found.source].1.contains(&entry.provider) {
             return Some(Err(JwtError::WrongLocation));
@@ -387,7 +478,7 @@ impl JwtAuthenticator {
         Some(Ok(Authenticated::new(entry.identity.clone()).with_edits(edits)))
     }
 
-    fn removal(&self, found: &Found, provider: usize) -> Vec<HeaderEdit> {
+    fn removal(&self, found: &Found<'_>, provider: usize) -> Vec<HeaderEdit> {
         if self.0.providers[provider].cfg.forward_original_token {
             return Vec::new();
         }
@@ -401,7 +492,7 @@ impl JwtAuthenticator {
 
     fn verify_with(
         &self,
-        found: &Found,
+        found: &Found<'_>,
         parsed: Parsed<'_>,
         key: &VerifyKey,
         provider: usize,
@@ -446,10 +537,10 @@ impl JwtAuthenticator {
     }
 }
 
-enum Step {
+enum Step<'r> {
     Done(Result<Authenticated, JwtError>),
     Wait {
-        found: Found,
+        found: Found<'r>,
         kid: Option<String>,
         alg: Algorithm,
         provider: usize,
@@ -660,6 +751,7 @@ impl Authenticator for JwtAuthenticator {
                 provider,
             } => {
                 let this = self.clone();
+                let found = found.into_owned();
                 Authenticating::Pending(Box::pin(async move {
                     let r = this.finish(found, kid, alg, provider).await;
                     this.outcome(r)

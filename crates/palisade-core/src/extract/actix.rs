@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use super::Claims;
 use super::common::{claims_from, identity_from};
 use crate::error::{PROBLEM_JSON, Rejection};
-use crate::guard::Guard;
+use crate::guard::RequestAuth;
 use crate::identity::Identity;
 
 /// Renders a rejection as an actix-web response: status, one
@@ -43,7 +43,7 @@ impl ResponseError for Rejection {
 
 fn identity(req: &HttpRequest) -> Result<Identity, Rejection> {
     let ext = req.extensions();
-    identity_from(ext.get::<Identity>(), ext.get::<Guard>())
+    identity_from(ext.get::<RequestAuth>())
 }
 
 impl FromRequest for Identity {

@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use super::Claims;
 use super::common::{claims_from, identity_from};
 use crate::error::{PROBLEM_JSON, Rejection};
-use crate::guard::Guard;
+use crate::guard::RequestAuth;
 use crate::identity::Identity;
 
 /// Renders a rejection as an `http` 1 response: status, one
@@ -39,10 +39,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Identity {
     type Rejection = Rejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        identity_from(
-            parts.extensions.get::<Identity>(),
-            parts.extensions.get::<Guard>(),
-        )
+        identity_from(parts.extensions.get::<RequestAuth>())
     }
 }
 
@@ -50,7 +47,10 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for Identity {
     type Rejection = Rejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Option<Self>, Self::Rejection> {
-        Ok(parts.extensions.get::<Identity>().cloned())
+        Ok(parts
+            .extensions
+            .get::<RequestAuth>()
+            .and_then(|a| a.identity().cloned()))
     }
 }
 
@@ -58,10 +58,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Claims<T> {
     type Rejection = Rejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let identity = identity_from(
-            parts.extensions.get::<Identity>(),
-            parts.extensions.get::<Guard>(),
-        )?;
+        let identity = identity_from(parts.extensions.get::<RequestAuth>())?;
         claims_from(&identity)
     }
 }

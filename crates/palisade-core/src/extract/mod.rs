@@ -36,18 +36,14 @@ mod common {
     use serde::de::DeserializeOwned;
 
     use crate::error::Rejection;
-    use crate::guard::Guard;
+    use crate::guard::RequestAuth;
     use crate::identity::Identity;
 
-    /// Where the middleware left what extractors need.
-    pub(super) fn identity_from(
-        identity: Option<&Identity>,
-        guard: Option<&Guard>,
-    ) -> Result<Identity, Rejection> {
-        match (identity, guard) {
-            (Some(id), _) => Ok(id.clone()),
-            (None, Some(g)) => Err(g.missing_credential()),
-            (None, None) => {
+    /// The identity the middleware left in the request, or the 401 to answer.
+    pub(super) fn identity_from(auth: Option<&RequestAuth>) -> Result<Identity, Rejection> {
+        match auth {
+            Some(a) => a.identity().cloned().ok_or_else(|| a.missing_credential()),
+            None => {
                 tracing::error!(target: crate::guard::LOG_TARGET, "Identity extracted on a route that no Palisade middleware guards");
                 Err(Rejection::missing_credential(Vec::new()))
             }
