@@ -82,6 +82,16 @@ pub struct PalisadeMiddleware<S> {
     guard: Guard,
 }
 
+/// The headers authenticators read on every request, pre-parsed: looking a
+/// header up by `&str` parses the name each time.
+fn known(name: &str) -> Option<&'static actix_web::http::header::HeaderName> {
+    match name {
+        "authorization" => Some(&actix_web::http::header::AUTHORIZATION),
+        "cookie" => Some(&actix_web::http::header::COOKIE),
+        _ => None,
+    }
+}
+
 /// A view of an actix-web request head for the framework-free core.
 #[derive(Debug)]
 pub struct ActixRequestHead<'a>(pub &'a ServiceRequest);
@@ -104,15 +114,30 @@ impl RequestHead for ActixRequestHead<'_> {
             .or_else(|| self.0.uri().authority().map(|a| a.as_str()))
     }
     fn for_each_header(&self, name: &str, f: &mut dyn FnMut(&[u8])) {
-        for v in self.0.headers().get_all(name) {
-            f(v.as_bytes());
+        match known(name) {
+            Some(n) => self
+                .0
+                .headers()
+                .get_all(n)
+                .into_iter()
+                .for_each(|v| f(v.as_bytes())),
+            None => self
+                .0
+                .headers()
+                .get_all(name)
+                .into_iter()
+                .for_each(|v| f(v.as_bytes())),
         }
     }
     fn header_str(&self, name: &str) -> Option<&str> {
         self.0.headers().get(name).and_then(|v| v.to_str().ok())
     }
     fn header_value(&self, name: &str, index: usize) -> Option<&[u8]> {
-        self.0.headers().get_all(name).nth(index).map(|v| v.as_bytes())
+        match known(name) {
+            Some(n) => self.0.headers().get_all(n).into_iter().nth(index),
+            None => self.0.headers().get_all(name).into_iter().nth(index),
+        }
+        .map(|v| v.as_bytes())
     }
     fn connection(&self) -> Option<&ConnectionInfo> {
         self.0.conn_data::<ConnectionInfo>()
@@ -123,9 +148,14 @@ fn admit(req: &mut ServiceRequest, guard: &Guard, mut allowed: Allowed) {
     let headers = req.headers_mut();
     for edit in std::mem::take(&mut allowed.edits) {
         match edit {
-            HeaderEdit::Remove(name) => {
-                headers.remove(name.as_str());
-            }
+            HeaderEdit::Remove(name) => match known(&name) {
+                Some(n) => {
+                    headers.remove(n);
+                }
+                None => {
+                    headers.remove(name.as_str());
+                }
+            },
             HeaderEdit::Set(name, value) => {
                 if let (Ok(n), Ok(v)) = (
                     HeaderName::from_bytes(name.as_bytes()),

@@ -78,6 +78,16 @@ pub struct Palisade<S> {
     guard: Guard,
 }
 
+/// The headers authenticators read on every request, pre-parsed: looking a
+/// header up by `&str` parses the name each time.
+fn known(name: &str) -> Option<&'static http::header::HeaderName> {
+    match name {
+        "authorization" => Some(&http::header::AUTHORIZATION),
+        "cookie" => Some(&http::header::COOKIE),
+        _ => None,
+    }
+}
+
 /// A view of an `http` 1 request head for the framework-free core.
 #[derive(Debug)]
 pub struct HttpRequestHead<'a, B>(pub &'a Request<B>);
@@ -100,20 +110,30 @@ impl<B> RequestHead for HttpRequestHead<'_, B> {
             .or_else(|| self.0.uri().authority().map(http::uri::Authority::as_str))
     }
     fn for_each_header(&self, name: &str, f: &mut dyn FnMut(&[u8])) {
-        for v in self.0.headers().get_all(name) {
-            f(v.as_bytes());
+        match known(name) {
+            Some(n) => self
+                .0
+                .headers()
+                .get_all(n)
+                .into_iter()
+                .for_each(|v| f(v.as_bytes())),
+            None => self
+                .0
+                .headers()
+                .get_all(name)
+                .into_iter()
+                .for_each(|v| f(v.as_bytes())),
         }
     }
     fn header_str(&self, name: &str) -> Option<&str> {
         self.0.headers().get(name).and_then(|v| v.to_str().ok())
     }
     fn header_value(&self, name: &str, index: usize) -> Option<&[u8]> {
-        self.0
-            .headers()
-            .get_all(name)
-            .iter()
-            .nth(index)
-            .map(|v| v.as_bytes())
+        match known(name) {
+            Some(n) => self.0.headers().get_all(n).into_iter().nth(index),
+            None => self.0.headers().get_all(name).into_iter().nth(index),
+        }
+        .map(|v| v.as_bytes())
     }
     fn connection(&self) -> Option<&ConnectionInfo> {
         self.0.extensions().get::<ConnectionInfo>()
@@ -124,9 +144,14 @@ fn admit<B>(req: &mut Request<B>, guard: &Guard, mut allowed: Allowed) {
     let headers = req.headers_mut();
     for edit in std::mem::take(&mut allowed.edits) {
         match edit {
-            HeaderEdit::Remove(name) => {
-                headers.remove(name.as_str());
-            }
+            HeaderEdit::Remove(name) => match known(&name) {
+                Some(n) => {
+                    headers.remove(n);
+                }
+                None => {
+                    headers.remove(name.as_str());
+                }
+            },
             HeaderEdit::Set(name, value) => {
                 if let (Ok(n), Ok(v)) = (
                     HeaderName::from_bytes(name.as_bytes()),
