@@ -114,30 +114,21 @@ impl RequestHead for ActixRequestHead<'_> {
             .or_else(|| self.0.uri().authority().map(|a| a.as_str()))
     }
     fn for_each_header(&self, name: &str, f: &mut dyn FnMut(&[u8])) {
-        match known(name) {
-            Some(n) => self
-                .0
-                .headers()
-                .get_all(n)
-                .into_iter()
-                .for_each(|v| f(v.as_bytes())),
-            None => self
-                .0
-                .headers()
-                .get_all(name)
-                .into_iter()
-                .for_each(|v| f(v.as_bytes())),
-        }
+        let values = match known(name) {
+            Some(n) => self.0.headers().get_all(n),
+            None => self.0.headers().get_all(name),
+        };
+        values.for_each(|v| f(v.as_bytes()));
     }
     fn header_str(&self, name: &str) -> Option<&str> {
         self.0.headers().get(name).and_then(|v| v.to_str().ok())
     }
     fn header_value(&self, name: &str, index: usize) -> Option<&[u8]> {
-        match known(name) {
-            Some(n) => self.0.headers().get_all(n).into_iter().nth(index),
-            None => self.0.headers().get_all(name).into_iter().nth(index),
-        }
-        .map(|v| v.as_bytes())
+        let mut values = match known(name) {
+            Some(n) => self.0.headers().get_all(n),
+            None => self.0.headers().get_all(name),
+        };
+        values.nth(index).map(|v| v.as_bytes())
     }
     fn connection(&self) -> Option<&ConnectionInfo> {
         self.0.conn_data::<ConnectionInfo>()
