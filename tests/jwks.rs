@@ -379,3 +379,25 @@ async fn a_keycloak_json_file_configures_the_authenticator() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_issuer_over_https_needs_its_ca() {
+    let issuer = TestIssuer::builder().tls().start().unwrap();
+    assert!(issuer.issuer().starts_with("https://127.0.0.1:"));
+    let token = issuer.token().sign();
+    // Without the private CA the TLS handshake fails: fail closed.
+    let untrusting = authenticator(&issuer, settings(100));
+    assert_eq!(
+        untrusting.verify(&token).await.unwrap_err(),
+        JwtError::KeysUnavailable
+    );
+    assert_eq!(issuer.discovery_fetches(), 0, "no request got through TLS");
+    // With it (JwtSettings.caFile in a policy file), discovery and JWKS work.
+    let mut f = settings(100);
+    f.extra_ca_pem = Some(issuer.ca_pem().unwrap().as_bytes().to_vec());
+    let trusting = authenticator(&issuer, f);
+    assert_eq!(
+        trusting.verify(&token).await.unwrap().issuer(),
+        Some(issuer.issuer())
+    );
+}

@@ -33,8 +33,8 @@ use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde_json::{Map, Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 
 /// The algorithm the issuer signs with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -198,6 +198,7 @@ impl State {
 pub struct TestIssuer {
     state: Arc<State>,
     base_url: String,
+    ca_pem: Option<String>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -238,6 +239,7 @@ pub struct TestIssuerBuilder {
     lifetime: Duration,
     clients: HashMap<String, String>,
     users: HashMap<String, User>,
+    tls: bool,
 }
 
 impl fmt::Debug for TestIssuerBuilder {
@@ -294,6 +296,14 @@ impl TestIssuerBuilder {
         self
     }
 
+    /// Serves HTTPS with a certificate for `127.0.0.1` and `localhost` issued
+    /// by a fresh private CA (see [`TestIssuer::ca_pem`]), as a private
+    /// issuer would.
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
+
     /// Lifetime of minted and issued tokens (default 300 s).
     pub fn token_lifetime(mut self, d: Duration) -> Self {
         self.lifetime = d;
@@ -308,7 +318,14 @@ impl TestIssuerBuilder {
         let listener = std::net::TcpListener::bind(self.bind)?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
-        let base_url = format!("http://{addr}");
+        let (acceptor, ca_pem) = if self.tls {
+            let (acceptor, ca) = tls_acceptor()?;
+            (Some(acceptor), Some(ca))
+        } else {
+            (None, None)
+        };
+        let scheme = if self.tls { "https" } else { "http" };
+        let base_url = format!("{scheme}://{addr}");
         let state = Arc::new(State {
             issuer: format!("{base_url}/realms/{}", self.realm),
             prefix: format!("/realms/{}", self.realm),
@@ -343,7 +360,19 @@ impl TestIssuerBuilder {
                         () = async {
                             loop {
                                 if let Ok((stream, _)) = listener.accept().await {
-                                    conns.spawn(serve(stream, served.clone()));
+                                    let state = served.clone();
+                                    match acceptor.clone() {
+                                        None => {
+                                            conns.spawn(serve(stream, state));
+                                        }
+                                        Some(tls) => {
+                                            conns.spawn(async move {
+                                                if let Ok(stream) = tls.accept(stream).await {
+                                                    serve(stream, state).await;
+                                                }
+                                            });
+                                        }
+                                    }
                                 }
                             }
                         } => {}
@@ -354,6 +383,7 @@ impl TestIssuerBuilder {
         Ok(TestIssuer {
             state,
             base_url,
+            ca_pem,
             stop: Some(stop_tx),
             thread: Some(thread),
         })
@@ -379,6 +409,7 @@ impl TestIssuer {
             lifetime: Duration::from_secs(300),
             clients: HashMap::new(),
             users: HashMap::new(),
+            tls: false,
         }
     }
 
@@ -388,10 +419,17 @@ impl TestIssuer {
         &self.state.issuer
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https` with [`TestIssuerBuilder::tls`]).
     #[must_use]
     pub fn base_url(&self) -> &str {
         &self.base_url
+    }
+
+    /// The PEM certificate of the private CA that issued the server
+    /// certificate, when serving HTTPS.
+    #[must_use]
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca_pem.as_deref()
     }
 
     /// Where the JWKS is served, as Keycloak lays it out.
@@ -674,6 +712,35 @@ impl TokenBuilder<'_> {
     }
 }
 
+/// A private CA and a server certificate for `127.0.0.1` and `localhost`
+/// signed by it; the acceptor serves with the server certificate.
+fn tls_acceptor() -> std::io::Result<(tokio_rustls::TlsAcceptor, String)> {
+    let err = |e: rcgen::Error| std::io::Error::other(format!("test certificate: {e}"));
+    let ca_key = rcgen::KeyPair::generate().map_err(err)?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "palisade-testkit CA");
+    let ca_cert = ca_params.self_signed(&ca_key).map_err(err)?;
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().map_err(err)?;
+    let params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).map_err(err)?;
+    let cert = params.signed_by(&key, &issuer).map_err(err)?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(std::io::Error::other)?
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .map_err(std::io::Error::other)?;
+    Ok((tokio_rustls::TlsAcceptor::from(Arc::new(config)), ca_cert.pem()))
+}
+
 struct HttpRequest {
     method: String,
     path: String,
@@ -683,7 +750,7 @@ struct HttpRequest {
 
 const MAX_REQUEST: usize = 64 * 1024;
 
-async fn read_request(stream: &mut TcpStream) -> Option<HttpRequest> {
+async fn read_request<S: AsyncRead + Unpin>(stream: &mut S) -> Option<HttpRequest> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     let head_end = loop {
@@ -733,8 +800,8 @@ async fn read_request(stream: &mut TcpStream) -> Option<HttpRequest> {
     })
 }
 
-async fn respond(
-    stream: &mut TcpStream,
+async fn respond<S: AsyncWrite + Unpin>(
+    stream: &mut S,
     status: &str,
     extra: &[(&str, String)],
     content_type: &str,
@@ -753,7 +820,7 @@ async fn respond(
     let _ = stream.shutdown().await;
 }
 
-async fn json_answer(stream: &mut TcpStream, status: &str, value: &Value) {
+async fn json_answer<S: AsyncWrite + Unpin>(stream: &mut S, status: &str, value: &Value) {
     respond(
         stream,
         status,
@@ -764,7 +831,7 @@ async fn json_answer(stream: &mut TcpStream, status: &str, value: &Value) {
     .await;
 }
 
-async fn serve(mut stream: TcpStream, state: Arc<State>) {
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, state: Arc<State>) {
     let Some(req) = read_request(&mut stream).await else {
         return;
     };
@@ -798,7 +865,12 @@ async fn serve(mut stream: TcpStream, state: Arc<State>) {
     }
 }
 
-async fn faulty(stream: &mut TcpStream, state: &State, doc: Value, cache_control: Option<String>) {
+async fn faulty<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    state: &State,
+    doc: Value,
+    cache_control: Option<String>,
+) {
     let latency = *lock(&state.latency);
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
@@ -874,7 +946,7 @@ fn basic_auth(req: &HttpRequest) -> Option<(String, String)> {
     Some((url_decode(id), url_decode(secret)))
 }
 
-async fn token_endpoint(stream: &mut TcpStream, state: &State, req: &HttpRequest) {
+async fn token_endpoint<S: AsyncWrite + Unpin>(stream: &mut S, state: &State, req: &HttpRequest) {
     let f = form(&req.body);
     let (client_id, secret) = match basic_auth(req) {
         Some(pair) => (Some(pair.0), Some(pair.1)),
