@@ -7,6 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use palisade::testkit::TestIssuer;
+
+mod common;
 use serde_json::Value;
 
 fn example(name: &str) -> PathBuf {
@@ -65,22 +67,11 @@ fn client() -> reqwest::Client {
 }
 
 async fn token_from(endpoint: &str, client_id: &str, secret: &str) -> String {
-    let res: Value = client()
-        .post(endpoint)
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!(
-            "grant_type=client_credentials&client_id={client_id}&client_secret={secret}"
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    res["access_token"]
-        .as_str()
-        .expect("token endpoint answered a token")
-        .to_owned()
+    common::access_token(
+        endpoint,
+        &format!("grant_type=client_credentials&client_id={client_id}&client_secret={secret}"),
+    )
+    .await
 }
 
 async fn check_contract_routes(svc: &Service, service: &str, item_route: &str, token: &str) {

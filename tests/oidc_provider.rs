@@ -11,6 +11,8 @@ use std::time::Duration;
 use palisade::jwt::{FetchSettings, JwtAuthenticator, JwtError, Provider};
 use serde_json::Value;
 
+mod common;
+
 const AUDIENCE: &str = "api://palisade-test";
 
 fn dir() -> PathBuf {
@@ -98,23 +100,11 @@ async fn token(op: &Op) -> String {
         .await
         .unwrap();
     let endpoint = disco["token_endpoint"].as_str().unwrap();
-    let res: Value = http
-        .post(endpoint)
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!(
-            "grant_type=client_credentials&client_id=palisade-test&client_secret=palisade-secret&resource={}&scope=read",
-            AUDIENCE.replace(':', "%3A").replace('/', "%2F")
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    res["access_token"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no access token: {res}"))
-        .to_owned()
+    let form = format!(
+        "grant_type=client_credentials&client_id=palisade-test&client_secret=palisade-secret&resource={}&scope=read",
+        AUDIENCE.replace(':', "%3A").replace('/', "%2F")
+    );
+    common::access_token(endpoint, &form).await
 }
 
 fn kid_of(token: &str) -> String {

@@ -38,7 +38,9 @@ use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forwar
 use actix_web::http::header::{HOST, HeaderName, HeaderValue};
 use actix_web::{Error, HttpMessage};
 use palisade_core::extract::actix_response;
-use palisade_core::{Allowed, Check, ConnectionInfo, Decision, Guard, HeaderEdit, RequestAuth, RequestHead};
+use palisade_core::{
+    Allowed, Check, ConnectionInfo, Decision, Guard, HeaderEdit, HeaderTarget, RequestAuth, RequestHead,
+};
 
 pub use palisade_core::Identity;
 
@@ -135,29 +137,36 @@ impl RequestHead for ActixRequestHead<'_> {
     }
 }
 
-fn admit(req: &mut ServiceRequest, guard: &Guard, mut allowed: Allowed) {
-    let headers = req.headers_mut();
-    for edit in std::mem::take(&mut allowed.edits) {
-        match edit {
-            HeaderEdit::Remove(name) => match known(&name) {
-                Some(n) => {
-                    headers.remove(n);
-                }
-                None => {
-                    headers.remove(name.as_str());
-                }
-            },
-            HeaderEdit::Set(name, value) => {
-                if let (Ok(n), Ok(v)) = (
-                    HeaderName::from_bytes(name.as_bytes()),
-                    HeaderValue::from_str(&value),
-                ) {
-                    headers.insert(n, v);
-                }
+/// The request's header map as a [`HeaderTarget`].
+struct Headers<'a>(&'a mut actix_web::http::header::HeaderMap);
+
+impl HeaderTarget for Headers<'_> {
+    fn remove(&mut self, name: &str) {
+        match known(name) {
+            Some(n) => {
+                self.0.remove(n);
             }
-            _ => {}
+            None => {
+                self.0.remove(name);
+            }
         }
     }
+
+    fn set(&mut self, name: &str, value: &str) {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            self.0.insert(n, v);
+        }
+    }
+}
+
+fn admit(req: &mut ServiceRequest, guard: &Guard, mut allowed: Allowed) {
+    HeaderEdit::apply_all(
+        std::mem::take(&mut allowed.edits),
+        &mut Headers(req.headers_mut()),
+    );
     let mut ext = req.extensions_mut();
     ext.insert(RequestAuth::new(allowed, guard));
 }

@@ -38,8 +38,8 @@ use bytes::Bytes;
 use http::header::{HOST, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use palisade_core::{
-    Allowed, BoxDecision, Check, ConnectionInfo, Decision, Guard, HeaderEdit, PROBLEM_JSON, Rejection,
-    RequestAuth, RequestHead,
+    Allowed, BoxDecision, Check, ConnectionInfo, Decision, Guard, HeaderEdit, HeaderTarget, PROBLEM_JSON,
+    Rejection, RequestAuth, RequestHead,
 };
 use tower_layer::Layer;
 use tower_service::Service;
@@ -140,29 +140,36 @@ impl<B> RequestHead for HttpRequestHead<'_, B> {
     }
 }
 
-fn admit<B>(req: &mut Request<B>, guard: &Guard, mut allowed: Allowed) {
-    let headers = req.headers_mut();
-    for edit in std::mem::take(&mut allowed.edits) {
-        match edit {
-            HeaderEdit::Remove(name) => match known(&name) {
-                Some(n) => {
-                    headers.remove(n);
-                }
-                None => {
-                    headers.remove(name.as_str());
-                }
-            },
-            HeaderEdit::Set(name, value) => {
-                if let (Ok(n), Ok(v)) = (
-                    HeaderName::from_bytes(name.as_bytes()),
-                    HeaderValue::from_str(&value),
-                ) {
-                    headers.insert(n, v);
-                }
+/// The request's header map as a [`HeaderTarget`].
+struct Headers<'a>(&'a mut http::HeaderMap);
+
+impl HeaderTarget for Headers<'_> {
+    fn remove(&mut self, name: &str) {
+        match known(name) {
+            Some(n) => {
+                self.0.remove(n);
             }
-            _ => {}
+            None => {
+                self.0.remove(name);
+            }
         }
     }
+
+    fn set(&mut self, name: &str, value: &str) {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            self.0.insert(n, v);
+        }
+    }
+}
+
+fn admit<B>(req: &mut Request<B>, guard: &Guard, mut allowed: Allowed) {
+    HeaderEdit::apply_all(
+        std::mem::take(&mut allowed.edits),
+        &mut Headers(req.headers_mut()),
+    );
     let ext = req.extensions_mut();
     ext.insert(RequestAuth::new(allowed, guard));
 }

@@ -30,6 +30,29 @@ impl fmt::Debug for HeaderEdit {
     }
 }
 
+/// A framework's request headers, as the adapters expose them to
+/// [`HeaderEdit::apply_all`].
+pub trait HeaderTarget {
+    /// Removes every value of the header `name` (lower case).
+    fn remove(&mut self, name: &str);
+    /// Replaces the header `name` (lower case) with `value`; a name or value
+    /// that HTTP cannot carry is skipped.
+    fn set(&mut self, name: &str, value: &str);
+}
+
+impl HeaderEdit {
+    /// Applies edits in order: the one place that decides what an edit does,
+    /// for every framework.
+    pub fn apply_all(edits: Vec<HeaderEdit>, target: &mut dyn HeaderTarget) {
+        for edit in edits {
+            match edit {
+                HeaderEdit::Remove(name) => target.remove(&name),
+                HeaderEdit::Set(name, value) => target.set(&name, &value),
+            }
+        }
+    }
+}
+
 /// A successful authentication.
 #[derive(Clone, Debug)]
 #[non_exhaustive]

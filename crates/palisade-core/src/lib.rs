@@ -36,7 +36,9 @@ pub mod identity;
 pub mod policy;
 pub mod request;
 
-pub use authn::{AuthOutcome, Authenticated, Authenticating, Authenticator, BoxOutcome, HeaderEdit};
+pub use authn::{
+    AuthOutcome, Authenticated, Authenticating, Authenticator, BoxOutcome, HeaderEdit, HeaderTarget,
+};
 pub use error::{ErrorKind, PROBLEM_JSON, Rejection, bearer_challenge};
 pub use extract::Claims;
 pub use guard::{Allowed, BoxDecision, Check, Decision, Guard, GuardBuilder, GuardError, RequestAuth};
