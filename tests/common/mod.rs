@@ -5,7 +5,7 @@
 use serde_json::Value;
 
 /// POSTs a form to a token endpoint and returns the `access_token`.
-pub async fn access_token(endpoint: &str, form: &str) -> String {
+pub(crate) async fn access_token(endpoint: &str, form: &str) -> String {
     let res: Value = reqwest::Client::new()
         .post(endpoint)
         .header("content-type", "application/x-www-form-urlencoded")
