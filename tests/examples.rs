@@ -308,3 +308,12 @@ fn every_sample_policy_compiles_for_the_example_services() {
     }
     assert!(seen >= 3, "sample policies missing from {}", dir.display());
 }
+
+#[test]
+fn jwks_uri_and_inline_jwks_together_are_refused() {
+    let yaml = "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt}\nspec:\n  jwtRules:\n  - issuer: https://idp.example\n    jwksUri: https://idp.example/certs\n    jwks: '{\"keys\":[]}'\n";
+    let set = palisade::core::policy::PolicySet::from_yaml_str(yaml, "both.yaml").unwrap();
+    let err = palisade::guard_from_policy(&set, &palisade::core::policy::Workload::new("details", "default"))
+        .unwrap_err();
+    assert_eq!(err.field.as_deref(), Some("spec.jwtRules[0].jwks"), "{err}");
+}

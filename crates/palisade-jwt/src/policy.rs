@@ -44,6 +44,13 @@ impl JwtAuthenticator {
         for (doc, spec) in policy.request_authentications() {
             for (i, rule) in spec.jwt_rules.iter().enumerate() {
                 let field = format!("spec.jwtRules[{i}]");
+                if rule.jwks_uri.is_some() && rule.jwks.is_some() {
+                    return Err(policy.error_at(
+                        doc,
+                        &format!("{field}.jwks"),
+                        "give either jwksUri or jwks, not both",
+                    ));
+                }
                 let mut fetch = fetch_settings(policy, &settings, &rule.issuer)?;
                 if let Some(t) = &rule.timeout {
                     fetch.timeout = parse_duration(t)

@@ -1,6 +1,6 @@
 //! Handler extractors shared by the framework integrations.
 //!
-//! With the `axum` feature, [`Identity`], `Option<Identity>` and
+//! With the `axum` feature, [`Identity`](crate::Identity), `Option<Identity>` and
 //! [`Claims<T>`] implement axum's `FromRequestParts` (and
 //! `OptionalFromRequestParts`); with the `actix` feature they implement
 //! actix-web's `FromRequest` (`Option<T>` comes with actix-web). The meaning is
