@@ -401,3 +401,22 @@ async fn a_private_issuer_over_https_needs_its_ca() {
         Some(issuer.issuer())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issuer_specific_jwt_settings_win_over_global_ones_whatever_the_order() {
+    let issuer = TestIssuer::start().unwrap();
+    // The issuer's own document requires `typ: at+jwt`; a later global one asks for `JWT`.
+    let yaml = format!(
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt}}\nspec:\n  jwtRules: [{{issuer: {iss}, audiences: [account]}}]\n---\napiVersion: palisade.dev/v1alpha1\nkind: JwtSettings\nmetadata: {{name: mine}}\nspec: {{issuer: {iss}, requiredType: at+jwt}}\n---\napiVersion: palisade.dev/v1alpha1\nkind: JwtSettings\nmetadata: {{name: everyone}}\nspec: {{requiredType: JWT}}\n",
+        iss = issuer.issuer()
+    );
+    let set = palisade::core::policy::PolicySet::from_yaml_str(&yaml, "order.yaml").unwrap();
+    let w = palisade::core::policy::Workload::new("details", "default");
+    let jwt = JwtAuthenticator::from_policy(&set.for_workload(&w))
+        .unwrap()
+        .unwrap();
+    let at_jwt = issuer.token().header("typ", json!("at+jwt")).sign();
+    let plain = issuer.token().sign();
+    assert!(jwt.verify(&at_jwt).await.is_ok());
+    assert_eq!(jwt.verify(&plain).await.unwrap_err(), JwtError::WrongType);
+}

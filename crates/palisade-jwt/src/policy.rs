@@ -179,8 +179,19 @@ fn keycloak_fetch(kc: &KeycloakAdapterConfig, f: &mut FetchSettings) {
     }
 }
 
-fn applies(s: &JwtSettingsSpec, issuer: &str) -> bool {
-    s.issuer.as_deref().is_none_or(|i| i == issuer)
+/// The `JwtSettings` documents that apply to `issuer`, in the order they
+/// take effect: global ones first, then the issuer's own (which therefore
+/// win), each group in file order.
+fn for_issuer<'s, 'd>(
+    settings: &'s [(&'d Document, &'d JwtSettingsSpec)],
+    issuer: &str,
+) -> Vec<&'s (&'d Document, &'d JwtSettingsSpec)> {
+    let mut ordered: Vec<_> = settings
+        .iter()
+        .filter(|(_, s)| s.issuer.as_deref().is_none_or(|i| i == issuer))
+        .collect();
+    ordered.sort_by_key(|(_, s)| s.issuer.is_some());
+    ordered
 }
 
 fn duration(
@@ -194,17 +205,14 @@ fn duration(
         .map_err(|m| policy.error_at(doc, &format!("spec.{field}"), m))
 }
 
-/// The fetch settings of `issuer`: defaults, then global `JwtSettings`, then
-/// the issuer's own, in file order.
+/// The fetch settings of `issuer`: defaults, then the documents of [`for_issuer`].
 fn fetch_settings(
     policy: &WorkloadPolicy<'_>,
     settings: &[(&Document, &JwtSettingsSpec)],
     issuer: &str,
 ) -> Result<FetchSettings, PolicyError> {
     let mut f = FetchSettings::default();
-    let mut ordered: Vec<_> = settings.iter().filter(|(_, s)| applies(s, issuer)).collect();
-    ordered.sort_by_key(|(_, s)| s.issuer.is_some());
-    for (doc, s) in ordered {
+    for (doc, s) in for_issuer(settings, issuer) {
         if let Some(d) = duration(policy, doc, "jwksCacheTtl", s.jwks_cache_ttl.as_ref())? {
             f.default_ttl = d;
         }
@@ -233,14 +241,14 @@ fn fetch_settings(
     Ok(f)
 }
 
-/// Applies the verification settings of the `JwtSettings` documents for `issuer`.
+/// Applies the verification settings of the documents of [`for_issuer`].
 fn tune(
     mut b: ProviderBuilder,
     policy: &WorkloadPolicy<'_>,
     settings: &[(&Document, &JwtSettingsSpec)],
     issuer: &str,
 ) -> Result<ProviderBuilder, PolicyError> {
-    for (doc, s) in settings.iter().filter(|(_, s)| applies(s, issuer)) {
+    for (doc, s) in for_issuer(settings, issuer) {
         if let Some(d) = duration(policy, doc, "leeway", s.leeway.as_ref())? {
             b = b.leeway(d);
         }
