@@ -3,6 +3,8 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use crate::authz::AccessDecision;
+
 /// Why a request was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -73,6 +75,7 @@ pub struct Rejection {
     kind: ErrorKind,
     detail: Cow<'static, str>,
     challenges: Vec<String>,
+    access: Option<AccessDecision>,
 }
 
 /// The media type of [`Rejection::problem_json`].
@@ -86,6 +89,7 @@ impl Rejection {
             kind,
             detail: detail.into(),
             challenges,
+            access: None,
         }
     }
 
@@ -119,6 +123,26 @@ impl Rejection {
     #[must_use]
     pub fn forbidden(detail: impl Into<Cow<'static, str>>) -> Self {
         Self::new(ErrorKind::Forbidden, detail, Vec::new())
+    }
+
+    /// 400 for a request path that cannot be normalised (a bad
+    /// percent-escape, or an escaped slash where those are refused).
+    #[must_use]
+    pub fn malformed_path(detail: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(ErrorKind::InvalidRequest, detail, Vec::new())
+    }
+
+    /// The same rejection, with the access decision that caused it.
+    #[must_use]
+    pub fn with_access(mut self, access: AccessDecision) -> Self {
+        self.access = Some(access);
+        self
+    }
+
+    /// The access decision behind a policy refusal: which policy and rule.
+    #[must_use]
+    pub fn access(&self) -> Option<&AccessDecision> {
+        self.access.as_ref()
     }
 
     /// Why the request was refused.
@@ -164,6 +188,7 @@ impl fmt::Debug for Rejection {
             .field("kind", &self.kind)
             .field("status", &self.status())
             .field("detail", &self.detail)
+            .field("access", &self.access)
             .finish()
     }
 }

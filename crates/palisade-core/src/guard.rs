@@ -1,12 +1,13 @@
 //! The pipeline every adapter runs: authenticate, then authorize.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::authn::{AuthOutcome, Authenticated, Authenticating, Authenticator, HeaderEdit};
-use crate::authz::{AccessDecision, AccessPolicy};
+use crate::authz::{AccessCheck, AccessDecision, AccessPolicy, Action};
 use crate::error::Rejection;
 use crate::identity::Identity;
 use crate::request::{OwnedRequest, RequestHead};
@@ -23,6 +24,9 @@ pub struct Allowed {
     pub edits: Vec<HeaderEdit>,
     /// Which policy allowed it.
     pub access: AccessDecision,
+    /// The normalised path, when it differs from the request's: the adapter
+    /// rewrites the request so the router sees what the policy matched.
+    pub path: Option<String>,
 }
 
 /// What Palisade established for an allowed request. The adapters put it in
@@ -119,6 +123,7 @@ struct Inner {
     authenticators: Vec<Arc<dyn Authenticator>>,
     access: AccessPolicy,
     challenges: Vec<String>,
+    explain: bool,
 }
 
 /// Authenticates and authorizes requests; framework-free. The tower and
@@ -154,6 +159,7 @@ impl fmt::Debug for Guard {
 pub struct GuardBuilder {
     authenticators: Vec<Arc<dyn Authenticator>>,
     access: Option<AccessPolicy>,
+    explain: bool,
 }
 
 impl fmt::Debug for GuardBuilder {
@@ -192,6 +198,16 @@ impl GuardBuilder {
         self.access_policy(AccessPolicy::allow_all())
     }
 
+    /// Debug switch: every response says which policy and rule decided in
+    /// an `x-palisade-authz` header. Never for production (it tells callers
+    /// how the policy is built); also set by `explainHeader` in a policy
+    /// file's `AuthorizationSettings`.
+    pub fn explain_decisions_in_header(mut self) -> Self {
+        tracing::warn!(target: LOG_TARGET, "authorization decisions are explained in an x-palisade-authz response header: a debug switch, not for production");
+        self.explain = true;
+        self
+    }
+
     /// Builds the guard.
     ///
     /// # Errors
@@ -203,10 +219,12 @@ impl GuardBuilder {
         }
         let access = self.access.unwrap_or_else(AccessPolicy::require_authenticated);
         let challenges = self.authenticators.iter().filter_map(|a| a.challenge()).collect();
+        let explain = self.explain || access.settings().explain_header;
         Ok(Guard(Arc::new(Inner {
             authenticators: self.authenticators,
             access,
             challenges,
+            explain,
         })))
     }
 }
@@ -256,9 +274,35 @@ impl Guard {
         Rejection::missing_credential(self.0.challenges.clone())
     }
 
+    /// The access policy.
+    #[must_use]
+    pub fn access_policy(&self) -> &AccessPolicy {
+        &self.0.access
+    }
+
+    /// The value of the `x-palisade-authz` debug header for a decision, when
+    /// that switch is on.
+    #[must_use]
+    pub fn explanation(&self, access: &AccessDecision) -> Option<String> {
+        self.0.explain.then(|| access.to_string())
+    }
+
     /// Checks a request. Cached credentials and requests without any are
-    /// decided synchronously; the rest return a future.
+    /// decided synchronously; the rest (a JWKS fetch, a `CUSTOM` policy's
+    /// authorizer) return a future.
     pub fn check(&self, req: &dyn RequestHead) -> Check {
+        let access = &self.0.access;
+        let path = if access.reads_path() {
+            match access.normalize_path(req.path()) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::debug!(target: LOG_TARGET, method = req.method(), reason = %e, "malformed path refused");
+                    return Check::Ready(Decision::Deny(Rejection::malformed_path(e.to_string())));
+                }
+            }
+        } else {
+            Cow::Borrowed(req.path())
+        };
         let mut acc = Acc::default();
         let mut pending = Vec::new();
         for a in &self.0.authenticators {
@@ -268,37 +312,71 @@ impl Guard {
             }
         }
         if pending.is_empty() {
-            return Check::Ready(self.decide(acc, req));
+            return self.decide(acc, req, &path);
         }
-        let snapshot = OwnedRequest::snapshot(req, self.0.access.headers_read());
+        let snapshot = OwnedRequest::snapshot(req, access.headers_read()).with_path(&path);
+        let rewrite = matches!(path, Cow::Owned(_));
         let guard = self.clone();
         Check::Pending(Box::pin(async move {
             for fut in pending {
                 acc.add(fut.await);
             }
-            guard.decide(acc, &snapshot)
+            let path = if rewrite {
+                Cow::Owned(snapshot.path().to_owned())
+            } else {
+                Cow::Borrowed(snapshot.path())
+            };
+            match guard.decide(acc, &snapshot, &path) {
+                Check::Ready(d) => d,
+                Check::Pending(f) => f.await,
+            }
         }))
     }
 
-    fn decide(&self, acc: Acc, req: &dyn RequestHead) -> Decision {
+    fn decide(&self, acc: Acc, req: &dyn RequestHead, path: &Cow<'_, str>) -> Check {
         if let Some(rejection) = acc.rejection {
             tracing::debug!(target: LOG_TARGET, method = req.method(), path = req.path(), status = rejection.status(), reason = rejection.detail(), "credential refused");
-            return Decision::Deny(rejection);
+            return Check::Ready(Decision::Deny(rejection));
         }
-        let access = self.0.access.evaluate(req, acc.identity.as_ref());
+        let rewrite = match path {
+            Cow::Owned(p) => Some(p.clone()),
+            Cow::Borrowed(_) => None,
+        };
+        match self.0.access.check_normalized(req, acc.identity.as_ref(), path) {
+            AccessCheck::Ready(access) => Check::Ready(self.finish(acc, access, rewrite, req.method(), path)),
+            AccessCheck::Pending(fut) => {
+                let guard = self.clone();
+                let method = req.method().to_owned();
+                let path = path.to_string();
+                Check::Pending(Box::pin(async move {
+                    let access = fut.await;
+                    guard.finish(acc, access, rewrite, &method, &path)
+                }))
+            }
+        }
+    }
+
+    fn finish(&self, acc: Acc, access: AccessDecision, path: Option<String>, method: &str, p: &str) -> Decision {
+        let span = tracing::debug_span!(target: LOG_TARGET, "authorize", method, path = p, decision = tracing::field::Empty);
+        let _entered = span.enter();
         if access.is_allowed() {
-            tracing::trace!(target: LOG_TARGET, method = req.method(), path = req.path(), %access, "allowed");
+            span.record("decision", tracing::field::display(&access));
+            tracing::trace!(target: LOG_TARGET, %access, "allowed");
             return Decision::Allow(Allowed {
                 identity: acc.identity,
                 edits: acc.edits,
                 access,
+                path,
             });
         }
-        tracing::debug!(target: LOG_TARGET, method = req.method(), path = req.path(), authenticated = acc.identity.is_some(), %access, "denied");
-        Decision::Deny(match acc.identity {
-            None => self.missing_credential(),
-            Some(_) => Rejection::forbidden("access denied by policy"),
-        })
+        span.record("decision", tracing::field::display(&access));
+        tracing::debug!(target: LOG_TARGET, authenticated = acc.identity.is_some(), %access, "denied");
+        let rejection = match (&acc.identity, access.action()) {
+            (_, Some(Action::Custom)) => Rejection::forbidden("access denied by an external authorizer"),
+            (None, _) => self.missing_credential(),
+            (Some(_), _) => Rejection::forbidden("access denied by policy"),
+        };
+        Decision::Deny(rejection.with_access(access))
     }
 }
 

@@ -131,6 +131,20 @@ struct Inner {
     token: Option<TokenClaims>,
     peer: Option<PeerIdentity>,
     kerberos: Option<KerberosIdentity>,
+    /// `request.auth.principal`, built once per identity (identities of
+    /// cached tokens are reused across requests).
+    request_principal: Option<String>,
+}
+
+impl Inner {
+    fn with_principal(mut self) -> Self {
+        self.request_principal = match (&self.token, &self.kerberos) {
+            (Some(t), _) => Some(format!("{}/{}", t.issuer, t.subject)),
+            (None, Some(k)) => Some(k.principal.clone()),
+            (None, None) => None,
+        };
+        self
+    }
 }
 
 /// A verified caller: who they are and how that was established.
@@ -155,11 +169,14 @@ impl Identity {
     /// Builds the identity of a verified token's bearer.
     #[must_use]
     pub fn from_token(claims: TokenClaims, _proof: Verification) -> Self {
-        Self(Arc::new(Inner {
-            methods: vec![AuthMethod::Jwt],
-            token: Some(claims),
-            ..Inner::default()
-        }))
+        Self(Arc::new(
+            Inner {
+                methods: vec![AuthMethod::Jwt],
+                token: Some(claims),
+                ..Inner::default()
+            }
+            .with_principal(),
+        ))
     }
 
     /// Builds the identity of a verified mTLS peer.
@@ -175,11 +192,14 @@ impl Identity {
     /// Builds the identity of a verified Kerberos client.
     #[must_use]
     pub fn from_kerberos(principal: KerberosIdentity, _proof: Verification) -> Self {
-        Self(Arc::new(Inner {
-            methods: vec![AuthMethod::Spnego],
-            kerberos: Some(principal),
-            ..Inner::default()
-        }))
+        Self(Arc::new(
+            Inner {
+                methods: vec![AuthMethod::Spnego],
+                kerberos: Some(principal),
+                ..Inner::default()
+            }
+            .with_principal(),
+        ))
     }
 
     /// Combines two identities established for the same request by different
@@ -196,12 +216,16 @@ impl Identity {
             }
         }
         methods.sort();
-        Identity(Arc::new(Inner {
-            methods,
-            token: a.token.clone().or_else(|| b.token.clone()),
-            peer: a.peer.clone().or_else(|| b.peer.clone()),
-            kerberos: a.kerberos.clone().or_else(|| b.kerberos.clone()),
-        }))
+        Identity(Arc::new(
+            Inner {
+                methods,
+                token: a.token.clone().or_else(|| b.token.clone()),
+                peer: a.peer.clone().or_else(|| b.peer.clone()),
+                kerberos: a.kerberos.clone().or_else(|| b.kerberos.clone()),
+                request_principal: None,
+            }
+            .with_principal(),
+        ))
     }
 
     /// How the caller was authenticated, in a stable order.
@@ -232,10 +256,20 @@ impl Identity {
     /// `user@REALM` for Kerberos; `None` when no end-user credential was given.
     #[must_use]
     pub fn request_principal(&self) -> Option<String> {
-        if let Some(t) = &self.0.token {
-            return Some(format!("{}/{}", t.issuer, t.subject));
-        }
-        self.0.kerberos.as_ref().map(|k| k.principal.clone())
+        self.0.request_principal.clone()
+    }
+
+    /// [`Identity::request_principal`], borrowed.
+    #[must_use]
+    pub fn request_principal_str(&self) -> Option<&str> {
+        self.0.request_principal.as_deref()
+    }
+
+    /// The claims authorization conditions (`request.auth.claims[…]`) read:
+    /// the verified token's payload.
+    #[must_use]
+    pub fn claims(&self) -> Option<&Map<String, Value>> {
+        self.0.token.as_ref().map(|t| &t.claims)
     }
 
     /// The subject: `sub` of a JWT, else the Kerberos principal.

@@ -401,6 +401,143 @@ pub struct MtlsMode {
     pub mode: Option<String>,
 }
 
+/// `rbac.istio.io/v1alpha1` `ServiceRole.spec`: what may be done.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ServiceRoleSpec {
+    /// The permissions; any may match.
+    #[serde(default)]
+    pub rules: Vec<AccessRule>,
+}
+
+/// `ServiceRole.spec.rules[]`: every field present must match.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
+#[expect(missing_docs, reason = "fields are Istio's, documented there one to one")]
+pub struct AccessRule {
+    /// Host names of the services (`details.default.svc.cluster.local`, `*`, `details.*`).
+    #[serde(default)]
+    pub services: Vec<String>,
+    pub methods: Option<Vec<String>>,
+    pub not_methods: Option<Vec<String>>,
+    pub paths: Option<Vec<String>>,
+    pub not_paths: Option<Vec<String>>,
+    pub ports: Option<Vec<i64>>,
+    pub not_ports: Option<Vec<i64>>,
+    /// Extra conditions, each `key` with `values` (any may match).
+    #[serde(default)]
+    pub constraints: Vec<RbacCondition>,
+}
+
+/// A `constraints[]` entry of a `ServiceRole` rule.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RbacCondition {
+    /// The attribute (`destination.labels[version]`, `request.headers[X-Team]`).
+    pub key: String,
+    /// Accepted values (exact, `prefix*`, `*suffix`, `*`).
+    #[serde(default)]
+    pub values: Vec<String>,
+}
+
+/// `rbac.istio.io/v1alpha1` `ServiceRoleBinding.spec`: who holds a role.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ServiceRoleBindingSpec {
+    /// The subjects; any may match.
+    #[serde(default)]
+    pub subjects: Vec<Subject>,
+    /// The `ServiceRole` (same namespace) granted.
+    pub role_ref: RoleRef,
+    /// `ENFORCED` (default) or `PERMISSIVE` (evaluated and logged, not enforced).
+    #[serde(default)]
+    pub mode: Option<String>,
+}
+
+/// `ServiceRoleBinding.spec.subjects[]`: every field present must match.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Subject {
+    /// The peer principal (`cluster.local/ns/default/sa/productpage`), or `*`.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// A value of the token's `groups` claim.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Attribute conditions (`source.namespace`, `request.auth.claims[email]`, …).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// `ServiceRoleBinding.spec.roleRef`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RoleRef {
+    /// Always `ServiceRole`.
+    pub kind: String,
+    /// The role's name.
+    pub name: String,
+}
+
+/// `rbac.istio.io/v1alpha1` `RbacConfig` / `ClusterRbacConfig.spec`: where
+/// the older RBAC is switched on.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RbacConfigSpec {
+    /// `OFF`, `ON`, `ON_WITH_INCLUSION` or `ON_WITH_EXCLUSION`.
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// Where RBAC is on, for `ON_WITH_INCLUSION`.
+    #[serde(default)]
+    pub inclusion: Option<RbacTarget>,
+    /// Where RBAC is off, for `ON_WITH_EXCLUSION`.
+    #[serde(default)]
+    pub exclusion: Option<RbacTarget>,
+    /// `ENFORCED` (default) or `PERMISSIVE` for every binding.
+    #[serde(default)]
+    pub enforcement_mode: Option<String>,
+}
+
+/// `RbacConfig.spec.inclusion` / `exclusion`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RbacTarget {
+    /// Service host names (`details.default.svc.cluster.local`).
+    #[serde(default)]
+    pub services: Vec<String>,
+    /// Namespaces.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+}
+
+/// `palisade.dev/v1alpha1` `AuthorizationSettings.spec`: what Istio sets in
+/// its mesh configuration rather than in policies.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct AuthorizationSettingsSpec {
+    /// Istio's `numTrustedProxies`: how many `X-Forwarded-For` hops (from the
+    /// right) are trusted proxies, for `remote.ip` and `remoteIpBlocks`.
+    /// Default 0: `remote.ip` is the connection's address.
+    #[serde(default)]
+    pub num_trusted_proxies: Option<usize>,
+    /// `KEEP` (default) or `REJECT` (400) for paths with `%2F`, `%5C` or `\`.
+    #[serde(default)]
+    pub escaped_slashes: Option<String>,
+    /// Debug switch: add an `x-palisade-authz` header saying which policy and
+    /// rule decided. Off by default; never on in production.
+    #[serde(default)]
+    pub explain_header: Option<bool>,
+}
+
 /// `palisade.dev/v1alpha1` `JwtSettings.spec`: what Istio's jwtRules cannot say.
 /// Every field is optional; the defaults are the documented ones.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -551,6 +688,14 @@ pub enum Spec {
     JwtSettings(JwtSettingsSpec),
     /// `palisade.dev/v1alpha1` `KeycloakAdapter`.
     KeycloakAdapter(KeycloakAdapterConfig),
+    /// `palisade.dev/v1alpha1` `AuthorizationSettings`.
+    AuthorizationSettings(AuthorizationSettingsSpec),
+    /// `rbac.istio.io/v1alpha1` `ServiceRole`.
+    ServiceRole(ServiceRoleSpec),
+    /// `rbac.istio.io/v1alpha1` `ServiceRoleBinding`.
+    ServiceRoleBinding(ServiceRoleBindingSpec),
+    /// `rbac.istio.io/v1alpha1` `RbacConfig` or `ClusterRbacConfig`.
+    RbacConfig(RbacConfigSpec),
 }
 
 impl Spec {
@@ -559,7 +704,12 @@ impl Spec {
             Spec::RequestAuthentication(s) => s.selector.as_ref(),
             Spec::AuthorizationPolicy(s) => s.selector.as_ref(),
             Spec::PeerAuthentication(s) => s.selector.as_ref(),
-            Spec::JwtSettings(_) | Spec::KeycloakAdapter(_) => None,
+            Spec::JwtSettings(_)
+            | Spec::KeycloakAdapter(_)
+            | Spec::AuthorizationSettings(_)
+            | Spec::ServiceRole(_)
+            | Spec::ServiceRoleBinding(_)
+            | Spec::RbacConfig(_) => None,
         }
     }
 }
@@ -596,6 +746,13 @@ impl Document {
     #[must_use]
     pub fn applies_to(&self, workload: &Workload) -> bool {
         let ns = self.metadata.namespace();
+        match self.spec {
+            // Mesh-wide switches: one per mesh, wherever they are written.
+            Spec::RbacConfig(_) => return true,
+            // Namespaced, without the root-namespace rule; `services` selects.
+            Spec::ServiceRole(_) | Spec::ServiceRoleBinding(_) => return ns == workload.namespace,
+            _ => {}
+        }
         if ns != workload.namespace && ns != workload.root_namespace {
             return false;
         }
@@ -697,15 +854,17 @@ impl PolicySet {
             (PALISADE_API_VERSION, "KeycloakAdapter") => {
                 Spec::KeycloakAdapter(typed(raw.spec).map_err(|(p, m)| at(p, m))?)
             }
-            (
-                "rbac.istio.io/v1alpha1",
-                "ServiceRole" | "ServiceRoleBinding" | "RbacConfig" | "ClusterRbacConfig",
-            ) => {
-                return Err(PolicyError::new(
-                    source,
-                    format!("{kind} is not supported by this version of Palisade yet; use security.istio.io/v1 AuthorizationPolicy"),
-                )
-                .at(index, resource, "kind"));
+            ("rbac.istio.io/v1alpha1", "ServiceRole") => {
+                Spec::ServiceRole(typed(raw.spec).map_err(|(p, m)| at(p, m))?)
+            }
+            ("rbac.istio.io/v1alpha1", "ServiceRoleBinding") => {
+                Spec::ServiceRoleBinding(typed(raw.spec).map_err(|(p, m)| at(p, m))?)
+            }
+            ("rbac.istio.io/v1alpha1", "RbacConfig" | "ClusterRbacConfig") => {
+                Spec::RbacConfig(typed(raw.spec).map_err(|(p, m)| at(p, m))?)
+            }
+            (PALISADE_API_VERSION, "AuthorizationSettings") => {
+                Spec::AuthorizationSettings(typed(raw.spec).map_err(|(p, m)| at(p, m))?)
             }
             (
                 "security.istio.io/v1"
@@ -830,6 +989,16 @@ impl<'a> WorkloadPolicy<'a> {
     pub fn keycloak_adapters(&self) -> impl Iterator<Item = (&'a Document, &'a KeycloakAdapterConfig)> + '_ {
         self.documents.iter().filter_map(|d| match &d.spec {
             Spec::KeycloakAdapter(s) => Some((*d, s)),
+            _ => None,
+        })
+    }
+
+    /// Applicable `AuthorizationSettings` documents.
+    pub fn authorization_settings(
+        &self,
+    ) -> impl Iterator<Item = (&'a Document, &'a AuthorizationSettingsSpec)> + '_ {
+        self.documents.iter().filter_map(|d| match &d.spec {
+            Spec::AuthorizationSettings(s) => Some((*d, s)),
             _ => None,
         })
     }

@@ -4,6 +4,7 @@
 //! (`http` 1 for axum, hyper and tonic; `http` 0.2 through actix-web), so every
 //! decision is written once against this trait.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::identity::Identity;
@@ -48,6 +49,17 @@ pub trait RequestHead {
 
     /// The `index`-th value (from 0) of the header `name` (lower case).
     fn header_value(&self, name: &str, index: usize) -> Option<&[u8]>;
+
+    /// The address of the connection's peer (Istio's `source.ip`).
+    fn remote_addr(&self) -> Option<SocketAddr> {
+        self.connection().and_then(|c| c.remote_addr)
+    }
+
+    /// The local address the connection arrived on (`destination.ip`,
+    /// `destination.port`).
+    fn local_addr(&self) -> Option<SocketAddr> {
+        self.connection().and_then(|c| c.local_addr)
+    }
 }
 
 /// A request head owned in memory: for tests, benches and non-HTTP callers.
@@ -105,18 +117,33 @@ impl OwnedRequest {
     /// method, target, host, connection and the named headers.
     #[must_use]
     pub fn snapshot(req: &dyn RequestHead, headers: &[String]) -> Self {
+        let mut connection = req.connection().cloned();
+        if connection.is_none() && (req.remote_addr().is_some() || req.local_addr().is_some()) {
+            connection = Some(ConnectionInfo {
+                remote_addr: req.remote_addr(),
+                local_addr: req.local_addr(),
+                ..ConnectionInfo::default()
+            });
+        }
         let mut out = Self {
             method: req.method().to_owned(),
             path: req.path().to_owned(),
             query: req.query().map(str::to_owned),
             host: req.host().map(str::to_owned),
             headers: Vec::new(),
-            connection: req.connection().cloned(),
+            connection,
         };
         for name in headers {
             req.for_each_header(name, &mut |v| out.headers.push((name.clone(), v.to_vec())));
         }
         out
+    }
+
+    /// Replaces the path (the query stays).
+    #[must_use]
+    pub fn with_path(mut self, path: &str) -> Self {
+        path.clone_into(&mut self.path);
+        self
     }
 
     /// Sets the connection facts.

@@ -1,0 +1,193 @@
+//! The attribute interface: every value a rule can test, read from the
+//! request, its connection and the verified [`Identity`]. A new authenticator
+//! fills in an `Identity` (request principal, peer, claims) and needs no
+//! change here.
+
+use std::net::{IpAddr, SocketAddr};
+
+use serde_json::Value;
+
+use super::matcher::{IpBlock, PathMatch, StrMatch, host_matches};
+use super::require::Requirement;
+use crate::identity::Identity;
+use crate::request::RequestHead;
+
+/// One request as the engine sees it: the path already normalised.
+pub(crate) struct Ctx<'a> {
+    pub(crate) req: &'a dyn RequestHead,
+    pub(crate) id: Option<&'a Identity>,
+    pub(crate) path: &'a str,
+    pub(crate) trusted_proxies: usize,
+}
+
+impl Ctx<'_> {
+    fn source_ip(&self) -> Option<IpAddr> {
+        self.req.remote_addr().map(|a| a.ip())
+    }
+
+    /// Istio's `remote.ip`: with `n` trusted proxies, the `n`-th address from
+    /// the right of `X-Forwarded-For` (Envoy's `xff_num_trusted_hops`); the
+    /// connection's address when `n` is 0 or the header is shorter or bad.
+    fn remote_ip(&self) -> Option<IpAddr> {
+        let n = self.trusted_proxies;
+        if n > 0 {
+            let mut hops: Vec<String> = Vec::new();
+            self.req.for_each_header("x-forwarded-for", &mut |v| {
+                if let Ok(s) = std::str::from_utf8(v) {
+                    hops.extend(s.split(',').map(|h| h.trim().to_owned()));
+                }
+            });
+            if hops.len() >= n
+                && let Ok(ip) = hops[hops.len() - n].parse::<IpAddr>()
+            {
+                return Some(ip);
+            }
+        }
+        self.source_ip()
+    }
+}
+
+/// A string-valued attribute.
+#[derive(Clone, Debug)]
+pub(crate) enum StrAttr {
+    Method,
+    /// `request.auth.principal`: `ISSUER/SUBJECT` or `user@REALM`.
+    RequestPrincipal,
+    /// `source.principal`: the peer's SPIFFE ID without `spiffe://`.
+    PeerPrincipal,
+    /// `source.namespace`.
+    PeerNamespace,
+    Header(Box<str>),
+    Audiences,
+    Presenter,
+    Claim(Box<[String]>),
+    Sni,
+}
+
+/// An address-valued attribute.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum IpAttr {
+    Source,
+    Remote,
+    Destination,
+}
+
+/// What one clause tests.
+#[derive(Clone, Debug)]
+pub(crate) enum Test {
+    Str(StrAttr, Box<[StrMatch]>),
+    Host(Box<[StrMatch]>),
+    Path(Box<[PathMatch]>),
+    Ip(IpAttr, Box<[IpBlock]>),
+    Port(Box<[u16]>),
+    /// A role or scope requirement written in code.
+    Requirement(Requirement),
+    /// Decided when the policy was compiled (`destination.labels[…]`).
+    Const(bool),
+}
+
+/// A test, possibly negated (`notPaths`, `notValues`).
+#[derive(Clone, Debug)]
+pub(crate) struct Clause {
+    pub(crate) test: Test,
+    pub(crate) negate: bool,
+}
+
+fn claim_values(value: &Value, split_spaces: bool, f: &mut dyn FnMut(&str) -> bool) -> bool {
+    match value {
+        Value::String(s) if split_spaces => s.split(' ').filter(|s| !s.is_empty()).any(f),
+        Value::String(s) => f(s),
+        Value::Array(items) => items.iter().filter_map(Value::as_str).any(f),
+        Value::Bool(b) => f(if *b { "true" } else { "false" }),
+        Value::Number(n) => f(&n.to_string()),
+        _ => false,
+    }
+}
+
+/// Calls `f` on each value of `attr` until it returns true.
+fn any_value(attr: &StrAttr, ctx: &Ctx<'_>, f: &mut dyn FnMut(&str) -> bool) -> bool {
+    let id = ctx.id;
+    match attr {
+        StrAttr::Method => f(ctx.req.method()),
+        StrAttr::RequestPrincipal => id.and_then(Identity::request_principal_str).is_some_and(f),
+        StrAttr::PeerPrincipal => id
+            .and_then(Identity::peer)
+            .and_then(|p| p.principal.as_deref())
+            .is_some_and(f),
+        StrAttr::PeerNamespace => id
+            .and_then(Identity::peer)
+            .and_then(|p| p.namespace.as_deref())
+            .is_some_and(f),
+        StrAttr::Header(name) => {
+            let mut hit = false;
+            ctx.req.for_each_header(name, &mut |v| {
+                if !hit && let Ok(s) = std::str::from_utf8(v) {
+                    hit = f(s);
+                }
+            });
+            hit
+        }
+        StrAttr::Audiences => id
+            .and_then(Identity::token)
+            .is_some_and(|t| t.audiences.iter().any(|a| f(a))),
+        StrAttr::Presenter => id
+            .and_then(Identity::token)
+            .and_then(|t| t.authorized_party.as_deref())
+            .is_some_and(f),
+        StrAttr::Claim(path) => {
+            let Some(claims) = id.and_then(Identity::claims) else { return false };
+            let mut value = claims.get(&path[0]);
+            for key in &path[1..] {
+                value = value.and_then(|v| v.get(key));
+            }
+            let split = path.len() == 1 && path[0] == "scope";
+            value.is_some_and(|v| claim_values(v, split, f))
+        }
+        StrAttr::Sni => ctx
+            .req
+            .connection()
+            .and_then(|c| c.sni.as_deref())
+            .is_some_and(f),
+    }
+}
+
+impl Clause {
+    #[inline]
+    pub(crate) fn holds(&self, ctx: &Ctx<'_>) -> bool {
+        let hit = match &self.test {
+            Test::Str(StrAttr::RequestPrincipal, ms) if ms.len() == 1 && ms[0] == StrMatch::Any => {
+                // `requestPrincipals: ["*"]`: presence only.
+                ctx.id.is_some_and(|i| i.request_principal_str().is_some())
+            }
+            Test::Str(attr, ms) => any_value(attr, ctx, &mut |v| ms.iter().any(|m| m.matches(v))),
+            Test::Host(ms) => ctx.req.host().is_some_and(|h| ms.iter().any(|m| host_matches(m, h))),
+            Test::Path(ms) => ms.iter().any(|m| m.matches(ctx.path)),
+            Test::Ip(attr, blocks) => {
+                let ip = match attr {
+                    IpAttr::Source => ctx.source_ip(),
+                    IpAttr::Remote => ctx.remote_ip(),
+                    IpAttr::Destination => ctx.req.local_addr().map(|a: SocketAddr| a.ip()),
+                };
+                ip.is_some_and(|ip| blocks.iter().any(|b| b.contains(ip)))
+            }
+            Test::Port(ports) => ctx.req.local_addr().is_some_and(|a| ports.contains(&a.port())),
+            Test::Requirement(r) => ctx.id.is_some_and(|id| r.is_met_by(id)),
+            Test::Const(b) => *b,
+        };
+        hit != self.negate
+    }
+
+    /// The request header this clause reads, if any.
+    pub(crate) fn header(&self) -> Option<&str> {
+        match &self.test {
+            Test::Str(StrAttr::Header(h), _) => Some(h),
+            Test::Ip(IpAttr::Remote, _) => Some("x-forwarded-for"),
+            _ => None,
+        }
+    }
+
+    /// Whether this clause reads the path.
+    pub(crate) fn reads_path(&self) -> bool {
+        matches!(self.test, Test::Path(_))
+    }
+}

@@ -1,0 +1,204 @@
+//! Path normalisation before matching, as Istio does by default, so that
+//! `/admin/../x`, `//admin` and `/%61dmin` cannot slip past a rule.
+//!
+//! The steps, in order (RFC 3986 §6.2.2 plus Istio's `MERGE_SLASHES`):
+//! 1. percent-encoded *unreserved* characters (`A-Z a-z 0-9 - . _ ~`) are
+//!    decoded; other escapes are kept, their hex digits upper-cased; a `%` not
+//!    followed by two hex digits makes the request malformed (400);
+//! 2. runs of `/` are merged into one;
+//! 3. `.` and `..` segments are resolved (`..` never climbs above `/`).
+//!
+//! `%2F` (`/`), `%5C` (`\`) and a raw `\` are not path separators for
+//! Palisade, axum's router or actix-web's: they are kept as they are, so a
+//! policy sees the same segments as the router. [`EscapedSlashes::Reject`]
+//! refuses such paths with 400 instead.
+//!
+//! The adapters hand the normalised path to the router (the request's URI is
+//! rewritten), so the path a rule matched is the path that is routed.
+
+use std::borrow::Cow;
+
+/// What to do with `%2F`, `%5C` and `\` in a path.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EscapedSlashes {
+    /// Keep them: they are ordinary characters of a segment (the default).
+    #[default]
+    Keep,
+    /// Refuse the request with 400.
+    Reject,
+}
+
+/// Why a path cannot be normalised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PathError {
+    BadEscape,
+    EscapedSlash,
+}
+
+impl PathError {
+    pub(crate) fn detail(self) -> &'static str {
+        match self {
+            PathError::BadEscape => "the request path has a malformed percent-escape",
+            PathError::EscapedSlash => "the request path has an encoded slash or a backslash",
+        }
+    }
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Whether the path can be used as it is (the common case: one scan).
+fn is_normal(path: &[u8], escaped: EscapedSlashes) -> bool {
+    let mut prev = 0u8;
+    for (i, &b) in path.iter().enumerate() {
+        match b {
+            b'%' => return false,
+            b'\\' if escaped == EscapedSlashes::Reject => return false,
+            b'/' if prev == b'/' => return false,
+            b'.' if prev == b'/' => {
+                // `/.` or `/..` followed by `/` or the end.
+                let rest = &path[i..];
+                if rest == b"."
+                    || rest == b".."
+                    || rest.starts_with(b"./")
+                    || rest.starts_with(b"../")
+                {
+                    return false;
+                }
+            }
+            _ => {}
+        }
+        prev = b;
+    }
+    true
+}
+
+/// Normalises a request path (without its query).
+pub(crate) fn normalize(path: &str, escaped: EscapedSlashes) -> Result<Cow<'_, str>, PathError> {
+    let bytes = path.as_bytes();
+    if !bytes.starts_with(b"/") || is_normal(bytes, escaped) {
+        return Ok(Cow::Borrowed(path));
+    }
+    // 1. Percent-decoding of unreserved characters.
+    let mut decoded = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let (Some(h), Some(l)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            ) else {
+                return Err(PathError::BadEscape);
+            };
+            let v = h * 16 + l;
+            if is_unreserved(v) {
+                decoded.push(char::from(v));
+            } else {
+                if escaped == EscapedSlashes::Reject && matches!(v, b'/' | b'\\') {
+                    return Err(PathError::EscapedSlash);
+                }
+                decoded.push('%');
+                decoded.push(char::from(bytes[i + 1].to_ascii_uppercase()));
+                decoded.push(char::from(bytes[i + 2].to_ascii_uppercase()));
+            }
+            i += 3;
+            continue;
+        }
+        // Copy the whole UTF-8 run up to the next `%` at once.
+        let end = bytes[i..].iter().position(|&c| c == b'%').map_or(bytes.len(), |p| i + p);
+        if escaped == EscapedSlashes::Reject && bytes[i..end].contains(&b'\\') {
+            return Err(PathError::EscapedSlash);
+        }
+        decoded.push_str(&path[i..end]);
+        i = end;
+    }
+    // 2 and 3. Merge slashes, resolve dot segments.
+    let trailing = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
+    let mut out: Vec<&str> = Vec::new();
+    for seg in decoded.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    let mut result = String::with_capacity(decoded.len());
+    for seg in &out {
+        result.push('/');
+        result.push_str(seg);
+    }
+    if result.is_empty() || trailing {
+        result.push('/');
+    }
+    Ok(Cow::Owned(result))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(p: &str) -> String {
+        normalize(p, EscapedSlashes::Keep).unwrap().into_owned()
+    }
+
+    #[test]
+    fn normal_paths_are_borrowed() {
+        for p in ["/", "/list", "/a/b/", "/a.b/c..d/.e", "/files/x.tar.gz"] {
+            assert!(matches!(normalize(p, EscapedSlashes::Keep).unwrap(), Cow::Borrowed(_)), "{p}");
+        }
+    }
+
+    #[test]
+    fn dot_segments_and_double_slashes_are_resolved() {
+        assert_eq!(n("/admin/../x"), "/x");
+        assert_eq!(n("//admin"), "/admin");
+        assert_eq!(n("/a/./b"), "/a/b");
+        assert_eq!(n("/../../etc"), "/etc");
+        assert_eq!(n("/a/b/.."), "/a/");
+        assert_eq!(n("/a/."), "/a/");
+        assert_eq!(n("/a//b///"), "/a/b/");
+    }
+
+    #[test]
+    fn unreserved_escapes_are_decoded_others_kept_upper_case() {
+        assert_eq!(n("/%61dmin"), "/admin");
+        assert_eq!(n("/%2e%2e/admin"), "/admin");
+        assert_eq!(n("/x/%2E%2E/admin"), "/admin");
+        assert_eq!(n("/a%2fb"), "/a%2Fb");
+        assert_eq!(n("/a%20b"), "/a%20b");
+        assert_eq!(n("/caf%C3%A9"), "/caf%C3%A9");
+    }
+
+    #[test]
+    fn malformed_escapes_are_errors() {
+        assert_eq!(normalize("/a%zz", EscapedSlashes::Keep), Err(PathError::BadEscape));
+        assert_eq!(normalize("/a%2", EscapedSlashes::Keep), Err(PathError::BadEscape));
+    }
+
+    #[test]
+    fn escaped_slashes_can_be_rejected() {
+        assert_eq!(n("/a\\b"), "/a\\b");
+        assert_eq!(normalize("/a%2Fb", EscapedSlashes::Reject), Err(PathError::EscapedSlash));
+        assert_eq!(normalize("/a%5cb", EscapedSlashes::Reject), Err(PathError::EscapedSlash));
+        assert_eq!(normalize("/a\\b", EscapedSlashes::Reject), Err(PathError::EscapedSlash));
+    }
+
+    #[test]
+    fn non_origin_form_is_left_alone() {
+        assert_eq!(n("*"), "*");
+    }
+}

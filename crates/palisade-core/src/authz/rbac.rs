@@ -1,0 +1,290 @@
+//! The older `rbac.istio.io/v1alpha1` kinds, compiled into the same engine:
+//! each `ServiceRoleBinding` becomes an ALLOW policy whose rules are its
+//! role's rules that apply to this workload, with the binding's subjects as
+//! sources. `RbacConfig` switches RBAC on (deny by default) for the workload;
+//! a `PERMISSIVE` binding (or `enforcementMode`) is a dry-run policy.
+//!
+//! Mapping (as Istio's own conversion to `AuthorizationPolicy`):
+//! `subjects[].user` → `source.principal` (`*`: anyone), `group` →
+//! `request.auth.claims[groups]`, `properties` → `when` conditions;
+//! `rules[].services` selects the workload by its host
+//! `<service>.<namespace>.svc.cluster.local`; `methods`, `paths`, `ports` and
+//! their `not…` forms → the operation; `constraints` → `when`, with
+//! `destination.labels[…]`, `destination.name` and `destination.namespace`
+//! decided against the workload at start-up.
+
+use super::attr::{Clause, StrAttr, Test};
+use super::compile::{FieldError, Key, key_test, parse_key};
+use super::matcher::{PathMatch, StrMatch};
+use super::{Action, CompiledPolicy, CompiledRule};
+use crate::policy::{
+    AccessRule, Document, PolicyError, RbacConfigSpec, ServiceRoleSpec, Spec, Subject, WorkloadPolicy, Workload,
+};
+
+fn rbac_on<'a>(w: &WorkloadPolicy<'a>) -> Result<Option<(&'a Document, &'a RbacConfigSpec)>, PolicyError> {
+    let mut found: Option<(&'a Document, &'a RbacConfigSpec)> = None;
+    for d in w.documents() {
+        if let Spec::RbacConfig(c) = &d.spec {
+            if let Some((prev, _)) = found {
+                return Err(w.error_at(
+                    d,
+                    "kind",
+                    format!("only one RbacConfig or ClusterRbacConfig per mesh (document {} is one)", prev.index),
+                ));
+            }
+            found = Some((d, c));
+        }
+    }
+    let Some((doc, cfg)) = found else { return Ok(None) };
+    let wl = w.workload();
+    let host = wl.host();
+    let listed = |t: &Option<crate::policy::RbacTarget>| {
+        t.as_ref().is_some_and(|t| {
+            t.services.iter().any(|s| s.eq_ignore_ascii_case(&host) || s == &wl.service)
+                || t.namespaces.contains(&wl.namespace)
+        })
+    };
+    let on = match cfg.mode.as_deref().unwrap_or("OFF") {
+        "OFF" => false,
+        "ON" => true,
+        "ON_WITH_INCLUSION" => listed(&cfg.inclusion),
+        "ON_WITH_EXCLUSION" => !listed(&cfg.exclusion),
+        other => {
+            return Err(w.error_at(
+                doc,
+                "spec.mode",
+                format!("`{other}` is not OFF, ON, ON_WITH_INCLUSION or ON_WITH_EXCLUSION"),
+            ));
+        }
+    };
+    match cfg.enforcement_mode.as_deref() {
+        None | Some("ENFORCED" | "PERMISSIVE") => {}
+        Some(other) => {
+            return Err(w.error_at(
+                doc,
+                "spec.enforcementMode",
+                format!("`{other}` is not ENFORCED or PERMISSIVE"),
+            ));
+        }
+    }
+    Ok(on.then_some((doc, cfg)))
+}
+
+/// Compiles the RBAC documents into `out`; returns whether RBAC is on for
+/// the workload (deny by default).
+pub(crate) fn compile(w: &WorkloadPolicy<'_>, out: &mut Vec<CompiledPolicy>) -> Result<bool, PolicyError> {
+    let roles: Vec<(&Document, &ServiceRoleSpec)> = w
+        .documents()
+        .iter()
+        .filter_map(|d| match &d.spec {
+            Spec::ServiceRole(s) => Some((*d, s)),
+            _ => None,
+        })
+        .collect();
+    // Validate every role, on or off, so a typo is caught either way.
+    let mut compiled_roles = Vec::new();
+    for (doc, role) in &roles {
+        let mut rules = Vec::new();
+        for (ri, rule) in role.rules.iter().enumerate() {
+            let r = role_rule(w.workload(), rule)
+                .map_err(|(f, m)| w.error_at(doc, &format!("spec.rules[{ri}].{f}"), m))?;
+            rules.push(r);
+        }
+        compiled_roles.push((doc.metadata.name.as_str(), rules));
+    }
+    let config = rbac_on(w)?;
+    let permissive_all = config.is_some_and(|(_, c)| c.enforcement_mode.as_deref() == Some("PERMISSIVE"));
+    let mut bindings = 0;
+    for d in w.documents() {
+        let Spec::ServiceRoleBinding(b) = &d.spec else { continue };
+        bindings += 1;
+        if b.role_ref.kind != "ServiceRole" {
+            return Err(w.error_at(d, "spec.roleRef.kind", "must be ServiceRole"));
+        }
+        let Some((_, rules)) = compiled_roles.iter().find(|(n, _)| *n == b.role_ref.name) else {
+            return Err(w.error_at(
+                d,
+                "spec.roleRef.name",
+                format!(
+                    "no ServiceRole `{}` in namespace `{}`",
+                    b.role_ref.name,
+                    d.metadata.namespace()
+                ),
+            ));
+        };
+        let dry_run = match b.mode.as_deref() {
+            None | Some("ENFORCED") => permissive_all,
+            Some("PERMISSIVE") => true,
+            Some(other) => {
+                return Err(w.error_at(d, "spec.mode", format!("`{other}` is not ENFORCED or PERMISSIVE")));
+            }
+        };
+        if b.subjects.is_empty() {
+            return Err(w.error_at(d, "spec.subjects", "a binding needs at least one subject"));
+        }
+        let mut from = Vec::new();
+        for (si, s) in b.subjects.iter().enumerate() {
+            from.push(subject(s).map_err(|(f, m)| w.error_at(d, &format!("spec.subjects[{si}].{f}"), m))?);
+        }
+        if config.is_none() {
+            continue;
+        }
+        // A subject with no constraint (`user: "*"`) admits anyone.
+        let from = if from.iter().any(Vec::is_empty) { Vec::new() } else { from };
+        let rules = rules
+            .iter()
+            .flatten()
+            .map(|(to, when)| CompiledRule::new(from.clone(), to.clone(), when.clone()))
+            .collect();
+        out.push(CompiledPolicy::new(
+            format!("{}/{}", d.metadata.namespace(), d.metadata.name),
+            Action::Allow,
+            dry_run,
+            rules,
+            None,
+        ));
+    }
+    if config.is_none() && (bindings > 0 || !roles.is_empty()) {
+        tracing::warn!(
+            target: super::LOG_TARGET,
+            "ServiceRole/ServiceRoleBinding documents apply to this workload but no RbacConfig switches RBAC on for it: they are not enforced (as in Istio)"
+        );
+    }
+    Ok(config.is_some())
+}
+
+type RoleRule = Option<(Vec<Vec<Clause>>, Vec<Clause>)>;
+
+/// One `ServiceRole` rule: `None` when its `services` do not name this workload.
+fn role_rule(wl: &Workload, rule: &AccessRule) -> Result<RoleRule, FieldError> {
+    if rule.services.is_empty() {
+        return Err(("services".into(), "a rule needs services (\"*\" for every service)".into()));
+    }
+    let host = wl.host();
+    let mut applies = false;
+    for (i, s) in rule.services.iter().enumerate() {
+        let m = StrMatch::parse(s).map_err(|e| (format!("services[{i}]"), e))?;
+        applies |= m.matches_ignore_case(&host);
+    }
+    let strs = |v: &[String], f: &str| -> Result<Box<[StrMatch]>, FieldError> {
+        v.iter()
+            .enumerate()
+            .map(|(i, s)| StrMatch::parse(s).map_err(|e| (format!("{f}[{i}]"), e)))
+            .collect()
+    };
+    let mut op = Vec::new();
+    for (values, negate, field) in [(&rule.methods, false, "methods"), (&rule.not_methods, true, "notMethods")] {
+        if let Some(v) = values {
+            op.push(Clause {
+                test: Test::Str(StrAttr::Method, strs(v, field)?),
+                negate,
+            });
+        }
+    }
+    for (values, negate, field) in [(&rule.paths, false, "paths"), (&rule.not_paths, true, "notPaths")] {
+        if let Some(v) = values {
+            let ms = v
+                .iter()
+                .enumerate()
+                .map(|(i, p)| PathMatch::parse(p).map_err(|e| (format!("{field}[{i}]"), e)))
+                .collect::<Result<Box<[_]>, _>>()?;
+            op.push(Clause {
+                test: Test::Path(ms),
+                negate,
+            });
+        }
+    }
+    for (values, negate, field) in [(&rule.ports, false, "ports"), (&rule.not_ports, true, "notPorts")] {
+        if let Some(v) = values {
+            let ports = v
+                .iter()
+                .enumerate()
+                .map(|(i, p)| u16::try_from(*p).map_err(|_| (format!("{field}[{i}]"), format!("`{p}` is not a port"))))
+                .collect::<Result<Box<[_]>, _>>()?;
+            op.push(Clause {
+                test: Test::Port(ports),
+                negate,
+            });
+        }
+    }
+    let mut when = Vec::new();
+    for (ci, c) in rule.constraints.iter().enumerate() {
+        let field = format!("constraints[{ci}]");
+        if c.values.is_empty() {
+            return Err((format!("{field}.values"), "must not be empty".into()));
+        }
+        let any = |value: &str| -> Result<bool, FieldError> {
+            let mut hit = false;
+            for (i, v) in c.values.iter().enumerate() {
+                hit |= StrMatch::parse(v)
+                    .map_err(|e| (format!("{field}.values[{i}]"), e))?
+                    .matches(value);
+            }
+            Ok(hit)
+        };
+        let test = if let Some(label) = c.key.strip_prefix("destination.labels[").and_then(|k| k.strip_suffix(']')) {
+            Test::Const(match wl.labels.get(label) {
+                Some(v) => any(v)?,
+                None => false,
+            })
+        } else if c.key == "destination.name" {
+            Test::Const(any(&wl.service)?)
+        } else if c.key == "destination.namespace" {
+            Test::Const(any(&wl.namespace)?)
+        } else {
+            match parse_key(&c.key) {
+                Ok(k @ (Key::Port | Key::Ip(_) | Key::Str(StrAttr::Header(_)))) => {
+                    key_test(&k, &c.values, &format!("{field}.values"))?
+                }
+                _ => {
+                    return Err((
+                        format!("{field}.key"),
+                        format!(
+                            "`{}` is not a constraint Palisade can enforce (destination.labels[…], destination.name, destination.namespace, destination.ip, destination.port, request.headers[…])",
+                            c.key
+                        ),
+                    ));
+                }
+            }
+        };
+        when.push(Clause { test, negate: false });
+    }
+    Ok(applies.then(|| (if op.is_empty() { Vec::new() } else { vec![op] }, when)))
+}
+
+/// A subject's clauses (all must hold; empty: anyone).
+fn subject(s: &Subject) -> Result<Vec<Clause>, FieldError> {
+    let mut out = Vec::new();
+    if let Some(user) = &s.user
+        && user != "*"
+    {
+        out.push(Clause {
+            test: Test::Str(
+                StrAttr::PeerPrincipal,
+                vec![StrMatch::parse(user).map_err(|e| ("user".to_owned(), e))?].into(),
+            ),
+            negate: false,
+        });
+    }
+    if let Some(group) = &s.group {
+        out.push(Clause {
+            test: Test::Str(
+                StrAttr::Claim(vec!["groups".to_owned()].into()),
+                vec![StrMatch::parse(group).map_err(|e| ("group".to_owned(), e))?].into(),
+            ),
+            negate: false,
+        });
+    }
+    for (key, value) in &s.properties {
+        let field = format!("properties.{key}");
+        let k = parse_key(key).map_err(|m| (field.clone(), m))?;
+        out.push(Clause {
+            test: key_test(&k, std::slice::from_ref(value), &field)?,
+            negate: false,
+        });
+    }
+    if s.user.is_none() && s.group.is_none() && s.properties.is_empty() {
+        return Err((String::new(), "a subject needs user, group or properties".into()));
+    }
+    Ok(out)
+}

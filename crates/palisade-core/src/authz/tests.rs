@@ -1,0 +1,443 @@
+use std::net::SocketAddr;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::identity::{PeerIdentity, TokenClaims, Verification};
+use crate::policy::{PolicySet, Workload};
+use crate::request::{ConnectionInfo, OwnedRequest};
+
+fn policy(yaml: &str) -> Result<AccessPolicy, PolicyError> {
+    let set = PolicySet::from_yaml_str(yaml, "t.yaml")?;
+    AccessPolicy::compile(&set.for_workload(&Workload::new("details", "default")))
+}
+
+fn user(sub: &str, claims: serde_json::Value) -> Identity {
+    let t = TokenClaims {
+        issuer: "https://idp".into(),
+        subject: sub.into(),
+        claims: claims.as_object().cloned().unwrap_or_default(),
+        ..TokenClaims::default()
+    };
+    Identity::from_token(t, Verification::assertion())
+}
+
+fn peer(principal: &str) -> Identity {
+    let ns = principal.split("/ns/").nth(1).and_then(|r| r.split('/').next());
+    Identity::from_peer(
+        PeerIdentity {
+            principal: Some(principal.into()),
+            namespace: ns.map(str::to_owned),
+            ..PeerIdentity::default()
+        },
+        Verification::assertion(),
+    )
+}
+
+fn conn(remote: &str, local: &str) -> ConnectionInfo {
+    ConnectionInfo {
+        remote_addr: Some(remote.parse::<SocketAddr>().unwrap()),
+        local_addr: Some(local.parse::<SocketAddr>().unwrap()),
+        ..ConnectionInfo::default()
+    }
+}
+
+const HEAD: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\n";
+
+fn allowed(p: &AccessPolicy, req: &OwnedRequest, id: Option<&Identity>) -> bool {
+    p.evaluate(req, id).is_allowed()
+}
+
+#[test]
+fn no_policy_allows_everyone() {
+    assert!(allowed(&policy("").unwrap(), &OwnedRequest::get("/"), None));
+}
+
+#[test]
+fn empty_spec_denies_all_and_empty_rule_allows_all() {
+    let deny_all = policy(&format!("{HEAD}spec: {{}}\n")).unwrap();
+    assert!(!allowed(&deny_all, &OwnedRequest::get("/"), Some(&user("a", serde_json::json!({})))));
+    let allow_all = policy(&format!("{HEAD}spec: {{rules: [{{}}]}}\n")).unwrap();
+    assert!(allowed(&allow_all, &OwnedRequest::get("/"), None));
+}
+
+#[test]
+fn deny_wins_over_allow_and_is_explained() {
+    let yaml = format!(
+        "{HEAD}spec: {{rules: [{{}}]}}\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: d}}\nspec:\n  action: DENY\n  rules: [{{to: [{{operation: {{methods: [GET]}}}}]}}, {{to: [{{operation: {{paths: [\"/admin*\"]}}}}]}}]\n"
+    );
+    let p = policy(&yaml).unwrap();
+    let d = p.evaluate(&OwnedRequest::new("POST", "/admin/x"), None);
+    assert!(!d.is_allowed());
+    assert_eq!((d.policy(), d.rule(), d.action()), (Some("default/d"), Some(1), Some(Action::Deny)));
+    assert_eq!(d.to_string(), "denied by DENY policy default/d rule 1");
+    let ok = p.evaluate(&OwnedRequest::new("POST", "/list"), None);
+    assert_eq!(ok.to_string(), "allowed by ALLOW policy default/p rule 0");
+}
+
+#[test]
+fn paths_are_normalised_before_matching() {
+    let p = policy(&format!(
+        "{HEAD}spec:\n  action: DENY\n  rules: [{{to: [{{operation: {{paths: [\"/admin\", \"/admin/*\"]}}}}]}}]\n"
+    ))
+    .unwrap();
+    for path in ["/admin", "//admin", "/%61dmin", "/x/../admin", "/admin/./", "/public/%2e%2e/admin/x"] {
+        assert!(!allowed(&p, &OwnedRequest::get(path), None), "{path} slipped past the DENY rule");
+    }
+    assert!(allowed(&p, &OwnedRequest::get("/administrator"), None));
+    assert!(!allowed(&p, &OwnedRequest::get("/bad%zz"), None), "a malformed path is never allowed");
+}
+
+#[test]
+fn templates_and_suffixes_match_paths() {
+    let p = policy(&format!(
+        "{HEAD}spec:\n  rules: [{{to: [{{operation: {{paths: [\"/api/{{*}}/items\", \"/files/{{**}}\", \"*.html\"]}}}}]}}]\n"
+    ))
+    .unwrap();
+    for (path, want) in [
+        ("/api/v1/items", true),
+        ("/api/v1/x/items", false),
+        ("/files/a/b/c", true),
+        ("/files", false),
+        ("/x/index.html", true),
+        ("/x/index.htm", false),
+    ] {
+        assert_eq!(allowed(&p, &OwnedRequest::get(path), None), want, "{path}");
+    }
+}
+
+#[test]
+fn not_request_principals_matches_anonymous() {
+    let p = policy(&format!(
+        "{HEAD}spec:\n  action: DENY\n  rules: [{{from: [{{source: {{notRequestPrincipals: [\"*\"]}}}}]}}]\n"
+    ))
+    .unwrap();
+    assert!(!allowed(&p, &OwnedRequest::get("/"), None));
+    assert!(allowed(&p, &OwnedRequest::get("/"), Some(&user("a", serde_json::json!({})))));
+}
+
+#[test]
+fn principals_and_namespaces_come_from_the_peer() {
+    let p = policy(&format!(
+        "{HEAD}spec:\n  rules:\n  - from: [{{source: {{principals: [cluster.local/ns/default/sa/productpage]}}}}]\n  - from: [{{source: {{namespaces: [test]}}}}]\n"
+    ))
+    .unwrap();
+    let req = OwnedRequest::get("/");
+    assert!(allowed(&p, &req, Some(&peer("cluster.local/ns/default/sa/productpage"))));
+    assert!(allowed(&p, &req, Some(&peer("cluster.local/ns/test/sa/any"))));
+    assert!(!allowed(&p, &req, Some(&peer("cluster.local/ns/default/sa/ratings"))));
+    assert!(!allowed(&p, &req, Some(&user("productpage", serde_json::json!({})))));
+    assert!(!allowed(&p, &req, None));
+}
+
+#[test]
+fn ip_blocks_read_the_connection_and_remote_ip_the_trusted_hop() {
+    let yaml = format!(
+        "{HEAD}spec:\n  rules:\n  - from: [{{source: {{ipBlocks: [10.0.0.0/8]}}}}]\n  - from: [{{source: {{remoteIpBlocks: [203.0.113.7]}}}}]\n---\napiVersion: palisade.dev/v1alpha1\nkind: AuthorizationSettings\nmetadata: {{name: s}}\nspec: {{numTrustedProxies: 1}}\n"
+    );
+    let p = policy(&yaml).unwrap();
+    assert_eq!(p.headers_read(), ["x-forwarded-for"]);
+    let direct = OwnedRequest::get("/").connection(conn("10.1.2.3:5000", "127.0.0.1:80"));
+    assert!(allowed(&p, &direct, None));
+    let proxied = OwnedRequest::get("/")
+        .header("x-forwarded-for", "198.51.100.1, 203.0.113.7")
+        .connection(conn("192.0.2.1:5000", "127.0.0.1:80"));
+    assert!(allowed(&p, &proxied, None));
+    let spoofed = OwnedRequest::get("/")
+        .header("x-forwarded-for", "203.0.113.7, 198.51.100.1")
+        .connection(conn("192.0.2.1:5000", "127.0.0.1:80"));
+    assert!(!allowed(&p, &spoofed, None), "only the trusted hop counts");
+}
+
+#[test]
+fn ports_and_destination_conditions_read_the_local_address() {
+    let p = policy(&format!(
+        "{HEAD}spec:\n  rules:\n  - to: [{{operation: {{ports: [\"9080\"]}}}}]\n    when: [{{key: destination.ip, values: [127.0.0.0/8]}}]\n"
+    ))
+    .unwrap();
+    assert!(allowed(&p, &OwnedRequest::get("/").connection(conn("1.2.3.4:1", "127.0.0.1:9080")), None));
+    assert!(!allowed(&p, &OwnedRequest::get("/").connection(conn("1.2.3.4:1", "127.0.0.1:9081")), None));
+    assert!(!allowed(&p, &OwnedRequest::get("/"), None), "no connection facts: no port");
+}
+
+#[test]
+fn claims_conditions_read_nested_array_and_scope_claims() {
+    let p = policy(&format!(
+        "{HEAD}spec:\n  rules:\n  - when:\n    - key: request.auth.claims[realm_access][roles]\n      values: [admin]\n  - when:\n    - key: request.auth.claims[scope]\n      values: [write]\n"
+    ))
+    .unwrap();
+    let req = OwnedRequest::get("/");
+    assert!(allowed(&p, &req, Some(&user("a", serde_json::json!({"realm_access": {"roles": ["user", "admin"]}})))));
+    assert!(allowed(&p, &req, Some(&user("a", serde_json::json!({"scope": "read write"})))));
+    assert!(!allowed(&p, &req, Some(&user("b", serde_json::json!({"realm_access": {"roles": ["user"]}, "scope": "read"})))));
+}
+
+#[test]
+fn header_conditions_with_not_values_match_an_absent_header() {
+    let p = policy(&format!(
+        "{HEAD}spec:\n  action: DENY\n  rules: [{{when: [{{key: \"request.headers[X-Env]\", notValues: [prod]}}]}}]\n"
+    ))
+    .unwrap();
+    assert!(allowed(&p, &OwnedRequest::get("/").header("x-env", "prod"), None));
+    assert!(!allowed(&p, &OwnedRequest::get("/").header("x-env", "dev"), None));
+    assert!(!allowed(&p, &OwnedRequest::get("/"), None));
+}
+
+#[test]
+fn dry_run_policy_is_reported_not_enforced() {
+    let yaml = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: p\n  annotations: {istio.io/dry-run: \"true\"}\nspec:\n  action: DENY\n  rules: [{to: [{operation: {paths: [/x]}}]}]\n";
+    let p = policy(yaml).unwrap();
+    let d = p.evaluate(&OwnedRequest::get("/x"), None);
+    assert!(d.is_allowed());
+    let shadow = d.dry_run().expect("a dry-run report");
+    assert!(!shadow.would_allow());
+    assert_eq!(shadow.policy(), Some("default/p"));
+    assert!(d.to_string().ends_with("dry-run would deny by default/p rule 0"), "{d}");
+    assert!(p.evaluate(&OwnedRequest::get("/y"), None).dry_run().unwrap().would_allow());
+    assert_eq!(p.metrics()[0].matched, 1);
+}
+
+#[test]
+fn unsupported_or_wrong_fields_fail_at_start_up_with_their_path() {
+    let cases = [
+        ("spec:\n  rules: [{when: [{key: request.auth.claimz, values: [a]}]}]\n", "spec.rules[0].when[0].key"),
+        ("spec:\n  action: MAYBE\n", "spec.action"),
+        ("spec:\n  rules: [{from: [{source: {ipBlocks: [10.0.0.300]}}]}]\n", "spec.rules[0].from[0].source.ipBlocks[0]"),
+        ("spec:\n  rules: [{to: [{operation: {ports: [http]}}]}]\n", "spec.rules[0].to[0].operation.ports[0]"),
+        ("spec:\n  rules: [{to: [{operation: {paths: [\"/a/{**}/b\"]}}]}]\n", "spec.rules[0].to[0].operation.paths[0]"),
+        ("spec:\n  rules: [{to: [{operation: {methods: []}}]}]\n", "spec.rules[0].to[0].operation.methods"),
+        ("spec:\n  rules: [{from: [{source: {}}]}]\n", "spec.rules[0].from[0].source"),
+        ("spec:\n  rules: [{when: [{key: \"experimental.envoy.filters.network.mysql_proxy[db.table]\", values: [a]}]}]\n", "spec.rules[0].when[0].key"),
+        ("spec:\n  action: CUSTOM\n  provider: {name: ext}\n  rules: [{}]\n", "spec.provider.name"),
+        ("spec:\n  provider: {name: ext}\n", "spec.provider"),
+        ("spec:\n  rules: [{to: [{operation: {paths: [\"/a*b\"]}}]}]\n", "spec.rules[0].to[0].operation.paths[0]"),
+    ];
+    for (spec, field) in cases {
+        let err = policy(&format!("{HEAD}{spec}")).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some(field), "{spec}: {err}");
+        assert_eq!(err.document, Some(1));
+    }
+}
+
+#[tokio::test]
+async fn custom_policy_asks_its_authorizer_first() {
+    let yaml = format!(
+        "{HEAD}spec:\n  action: CUSTOM\n  provider: {{name: ext}}\n  rules: [{{to: [{{operation: {{paths: [\"/api/*\"]}}}}]}}]\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: all}}\nspec: {{rules: [{{}}]}}\n"
+    );
+    let set = PolicySet::from_yaml_str(&yaml, "t.yaml").unwrap();
+    let authorizers = ExternalAuthorizers::new().register("ext", ["x-ext-authz"], |c: CheckRequest| async move {
+        if c.request.header_str("x-ext-authz") == Some("allow") && c.request.path() == "/api/x" {
+            ExternalDecision::Allow
+        } else {
+            ExternalDecision::Deny
+        }
+    });
+    let p = AccessPolicy::compile_with(&set.for_workload(&Workload::new("details", "default")), &authorizers).unwrap();
+    let run = |req: OwnedRequest| {
+        let p = p.clone();
+        async move {
+            match p.check(&req, None) {
+                AccessCheck::Ready(d) => (false, d),
+                AccessCheck::Pending(f) => (true, f.await),
+            }
+        }
+    };
+    let (asked, d) = run(OwnedRequest::get("/api/./x").header("x-ext-authz", "allow")).await;
+    assert!(asked && d.is_allowed(), "the authorizer sees the normalised path");
+    let (asked, d) = run(OwnedRequest::get("/api/x")).await;
+    assert!(asked && !d.is_allowed());
+    assert_eq!(d.action(), Some(Action::Custom));
+    let (asked, d) = run(OwnedRequest::get("/other")).await;
+    assert!(!asked && d.is_allowed(), "no CUSTOM rule matched: not asked");
+    let other = AccessPolicy::compile_with(
+        &PolicySet::from_yaml_str(
+            &format!("{yaml}---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: c2}}\nspec: {{action: CUSTOM, provider: {{name: ext2}}, rules: [{{}}]}}\n"),
+            "t.yaml",
+        )
+        .unwrap()
+        .for_workload(&Workload::new("details", "default")),
+        &authorizers.clone().register("ext2", [""; 0], |_c: CheckRequest| async { ExternalDecision::Allow }),
+    );
+    assert_eq!(other.unwrap_err().field.as_deref(), Some("spec.provider.name"));
+}
+
+const RBAC: &str = "
+apiVersion: rbac.istio.io/v1alpha1
+kind: ClusterRbacConfig
+metadata: {name: default}
+spec: {mode: ON_WITH_INCLUSION, inclusion: {namespaces: [default]}}
+---
+apiVersion: rbac.istio.io/v1alpha1
+kind: ServiceRole
+metadata: {name: details-viewer, namespace: default}
+spec:
+  rules:
+  - services: [details.default.svc.cluster.local]
+    methods: [GET]
+    paths: [\"/details/*\"]
+    constraints: [{key: \"destination.labels[version]\", values: [v1, v2]}]
+  - services: [reviews.default.svc.cluster.local]
+    methods: [\"*\"]
+---
+apiVersion: rbac.istio.io/v1alpha1
+kind: ServiceRoleBinding
+metadata: {name: bind-details, namespace: default}
+spec:
+  subjects:
+  - user: cluster.local/ns/default/sa/productpage
+  - group: auditors
+  roleRef: {kind: ServiceRole, name: details-viewer}
+";
+
+#[test]
+fn rbac_roles_and_bindings_compile_into_the_engine() {
+    let set = PolicySet::from_yaml_str(RBAC, "rbac.yaml").unwrap();
+    let w = Workload::new("details", "default").label("version", "v1");
+    let p = AccessPolicy::compile(&set.for_workload(&w)).unwrap();
+    let get = OwnedRequest::get("/details/1");
+    assert!(allowed(&p, &get, Some(&peer("cluster.local/ns/default/sa/productpage"))));
+    assert!(allowed(&p, &get, Some(&user("eve", serde_json::json!({"groups": ["auditors"]})))));
+    assert!(!allowed(&p, &get, Some(&peer("cluster.local/ns/default/sa/ratings"))));
+    assert!(!allowed(&p, &OwnedRequest::new("POST", "/details/1"), Some(&peer("cluster.local/ns/default/sa/productpage"))));
+    let d = p.evaluate(&get, Some(&peer("cluster.local/ns/default/sa/productpage")));
+    assert_eq!(d.policy(), Some("default/bind-details"));
+    // The version constraint is decided against the workload's labels.
+    let v3 = AccessPolicy::compile(&set.for_workload(&Workload::new("details", "default").label("version", "v3"))).unwrap();
+    assert!(!allowed(&v3, &get, Some(&peer("cluster.local/ns/default/sa/productpage"))));
+    // RBAC is not on for another namespace: everything passes, as in Istio.
+    let other = AccessPolicy::compile(&set.for_workload(&Workload::new("details", "prod"))).unwrap();
+    assert!(allowed(&other, &get, None));
+}
+
+#[test]
+fn rbac_errors_name_their_field() {
+    let bad_ref = RBAC.replace("name: details-viewer}", "name: nope}");
+    let err = PolicySet::from_yaml_str(&bad_ref, "r.yaml")
+        .and_then(|s| AccessPolicy::compile(&s.for_workload(&Workload::new("details", "default"))))
+        .unwrap_err();
+    assert_eq!(err.field.as_deref(), Some("spec.roleRef.name"));
+    let bad_key = RBAC.replace("destination.labels[version]", "destination.user");
+    let err = PolicySet::from_yaml_str(&bad_key, "r.yaml")
+        .and_then(|s| AccessPolicy::compile(&s.for_workload(&Workload::new("details", "default"))))
+        .unwrap_err();
+    assert_eq!(err.field.as_deref(), Some("spec.rules[0].constraints[0].key"));
+    assert_eq!(err.document, Some(2));
+}
+
+#[test]
+fn rbac_permissive_binding_is_a_dry_run() {
+    let yaml = RBAC.replace("roleRef: {kind: ServiceRole, name: details-viewer}", "roleRef: {kind: ServiceRole, name: details-viewer}\n  mode: PERMISSIVE");
+    let set = PolicySet::from_yaml_str(&yaml, "r.yaml").unwrap();
+    let p = AccessPolicy::compile(&set.for_workload(&Workload::new("details", "default").label("version", "v1"))).unwrap();
+    let d = p.evaluate(&OwnedRequest::get("/details/1"), Some(&peer("cluster.local/ns/default/sa/productpage")));
+    assert!(!d.is_allowed(), "RBAC on with no enforced binding denies");
+    assert!(d.dry_run().unwrap().would_allow());
+}
+
+#[test]
+fn requirements_compile_to_the_same_policy_type() {
+    let p: AccessPolicy = realm_role("admin").or(client_role("reviews", "editor")).into();
+    let mut t = TokenClaims::default();
+    t.issuer = "i".into();
+    t.subject = "s".into();
+    t.client_roles.insert("reviews".into(), vec!["editor".into()]);
+    let editor = Identity::from_token(t, Verification::assertion());
+    assert!(allowed(&p, &OwnedRequest::get("/"), Some(&editor)));
+    assert!(!allowed(&p, &OwnedRequest::get("/"), Some(&user("x", serde_json::json!({})))));
+    assert!(!allowed(&p, &OwnedRequest::get("/"), None));
+}
+
+#[test]
+fn a_thousand_rules_are_indexed_by_path_prefix() {
+    let mut yaml = format!("{HEAD}spec:\n  rules:\n");
+    for i in 0..1000 {
+        yaml.push_str(&format!("  - to: [{{operation: {{methods: [GET], paths: [\"/api/v{i}/*\"]}}}}]\n"));
+    }
+    let p = policy(&yaml).unwrap();
+    assert!(p.0.allow.any.is_empty());
+    assert_eq!(p.0.allow.by_prefix.get("/api/v500/").map(Vec::len), Some(1));
+    let d = p.evaluate(&OwnedRequest::get("/api/v500/items"), None);
+    assert_eq!(d.rule(), Some(500));
+    assert!(!allowed(&p, &OwnedRequest::get("/api/v1000/items"), None));
+    assert!(!allowed(&p, &OwnedRequest::new("POST", "/api/v5/items"), None));
+}
+
+// Property tests over small random policy sets.
+
+fn arb_rule() -> impl Strategy<Value = String> {
+    let path = prop::sample::select(vec!["/a", "/a/*", "/b*", "*", "/a/b", "*/c"]);
+    let method = prop::sample::select(vec!["GET", "POST", "*"]);
+    let principal = prop::sample::select(vec!["*", "https://idp/alice", "https://idp/*"]);
+    (path, method, principal, any::<bool>(), any::<bool>()).prop_map(|(p, m, pr, neg_path, with_from)| {
+        let paths = if neg_path { "notPaths" } else { "paths" };
+        let from = if with_from {
+            format!("from: [{{source: {{requestPrincipals: [\"{pr}\"]}}}}], ")
+        } else {
+            String::new()
+        };
+        format!("{{{from}to: [{{operation: {{methods: [\"{m}\"], {paths}: [\"{p}\"]}}}}]}}")
+    })
+}
+
+fn arb_policy(action: &'static str) -> impl Strategy<Value = String> {
+    prop::collection::vec(arb_rule(), 0..4).prop_map(move |rules| {
+        let rules = if rules.is_empty() { String::new() } else { format!("\n  rules: [{}]", rules.join(", ")) };
+        format!("spec:\n  action: {action}{rules}\n")
+    })
+}
+
+fn doc(i: usize, spec: &str) -> String {
+    format!("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p{i}}}\n{spec}")
+}
+
+fn requests() -> Vec<(OwnedRequest, Option<Identity>)> {
+    let mut out = Vec::new();
+    for m in ["GET", "POST"] {
+        for p in ["/a", "/a/b", "/b/c", "/x/../a", "/c"] {
+            out.push((OwnedRequest::new(m, p), None));
+            out.push((OwnedRequest::new(m, p), Some(user("alice", serde_json::json!({})))));
+            out.push((OwnedRequest::new(m, p), Some(user("bob", serde_json::json!({})))));
+        }
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn deny_always_wins_and_allows_never_widen_a_deny(
+        denies in prop::collection::vec(arb_policy("DENY"), 1..3),
+        allows in prop::collection::vec(arb_policy("ALLOW"), 0..3),
+        extra in arb_policy("ALLOW"),
+    ) {
+        let docs: Vec<String> = denies.iter().chain(&allows).enumerate().map(|(i, s)| doc(i, s)).collect();
+        let only_deny = policy(&denies.iter().enumerate().map(|(i, s)| doc(i, s)).collect::<Vec<_>>().join("---\n")).unwrap();
+        let base = policy(&docs.join("---\n")).unwrap();
+        let wider = policy(&format!("{}---\n{}", docs.join("---\n"), doc(99, &extra))).unwrap();
+        for (req, id) in requests() {
+            let denied_by_deny = !only_deny.evaluate(&req, id.as_ref()).is_allowed();
+            if denied_by_deny {
+                prop_assert!(!base.evaluate(&req, id.as_ref()).is_allowed());
+                prop_assert!(!wider.evaluate(&req, id.as_ref()).is_allowed());
+            }
+            if base.evaluate(&req, id.as_ref()).is_allowed() && !allows.is_empty() {
+                prop_assert!(wider.evaluate(&req, id.as_ref()).is_allowed(), "an added ALLOW policy narrowed access");
+            }
+        }
+    }
+
+    #[test]
+    fn decisions_do_not_depend_on_document_order(
+        specs in prop::collection::vec(prop_oneof![arb_policy("DENY"), arb_policy("ALLOW")], 1..5),
+    ) {
+        let forward: Vec<String> = specs.iter().enumerate().map(|(i, s)| doc(i, s)).collect();
+        let mut backward = forward.clone();
+        backward.reverse();
+        let a = policy(&forward.join("---\n")).unwrap();
+        let b = policy(&backward.join("---\n")).unwrap();
+        for (req, id) in requests() {
+            prop_assert_eq!(a.evaluate(&req, id.as_ref()).is_allowed(), b.evaluate(&req, id.as_ref()).is_allowed());
+        }
+    }
+}
