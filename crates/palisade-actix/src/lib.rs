@@ -35,19 +35,27 @@
 //! `forward_original_token`).
 
 use std::future::{Future, Ready, ready};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
+use actix_web::http::Uri;
 use actix_web::http::header::{HOST, HeaderName, HeaderValue};
-use actix_web::{Error, HttpMessage};
+use actix_web::http::uri::PathAndQuery;
+use actix_web::{Error, HttpMessage, HttpResponse};
+use palisade_core::authz::AccessDecision;
 use palisade_core::extract::actix_response;
 use palisade_core::{
-    Allowed, Check, ConnectionInfo, Decision, Guard, HeaderEdit, HeaderTarget, RequestAuth, RequestHead,
+    Allowed, Check, ConnectionInfo, Decision, Guard, HeaderEdit, HeaderTarget, Rejection, RequestAuth,
+    RequestHead,
 };
 
+mod require;
+
 pub use palisade_core::Identity;
+pub use require::{Require, RequireMiddleware};
 
 /// The middleware factory: `App::new().wrap(Palisade::new(guard))`.
 #[derive(Clone, Debug)]
@@ -140,6 +148,16 @@ impl RequestHead for ActixRequestHead<'_> {
     fn connection(&self) -> Option<&ConnectionInfo> {
         self.0.conn_data::<ConnectionInfo>()
     }
+    fn remote_addr(&self) -> Option<SocketAddr> {
+        self.connection()
+            .and_then(|c| c.remote_addr)
+            .or_else(|| self.0.peer_addr())
+    }
+    fn local_addr(&self) -> Option<SocketAddr> {
+        self.connection()
+            .and_then(|c| c.local_addr)
+            .or_else(|| Some(self.0.app_config().local_addr()))
+    }
 }
 
 /// The request's header map as a [`HeaderTarget`].
@@ -167,13 +185,65 @@ impl HeaderTarget for Headers<'_> {
     }
 }
 
-fn admit(req: &mut ServiceRequest, guard: &Guard, mut allowed: Allowed) {
+/// Hands the normalised path to the router, or refuses the request when part
+/// of the raw path was already routed (the middleware wraps a scope).
+fn rewrite_path(req: &mut ServiceRequest, path: &str) -> Result<(), Rejection> {
+    let refuse = || Rejection::malformed_path("the request path is not in normal form");
+    let routed = req.match_info();
+    if routed.unprocessed().len() != routed.as_str().len() {
+        tracing::error!(
+            target: palisade_core::guard::LOG_TARGET,
+            "a path that is not in normal form reached Palisade wrapped on a scope, after part of it was routed: refused with 400. Wrap the App (App::new().wrap(Palisade::new(guard))) so the router sees the path the policy matched"
+        );
+        return Err(refuse());
+    }
+    let target = match req.uri().query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.path_and_query = Some(PathAndQuery::try_from(target).map_err(|_| refuse())?);
+    let uri = Uri::from_parts(parts).map_err(|_| refuse())?;
+    req.match_info_mut().get_mut().update(&uri);
+    req.head_mut().uri = uri;
+    Ok(())
+}
+
+fn admit(req: &mut ServiceRequest, guard: &Guard, mut allowed: Allowed) -> Result<AccessDecision, Rejection> {
+    if let Some(path) = allowed.path.take() {
+        rewrite_path(req, &path)?;
+    }
     HeaderEdit::apply_all(
         std::mem::take(&mut allowed.edits),
         &mut Headers(req.headers_mut()),
     );
-    let mut ext = req.extensions_mut();
-    ext.insert(RequestAuth::new(allowed, guard));
+    let access = allowed.access.clone();
+    req.extensions_mut().insert(RequestAuth::new(allowed, guard));
+    Ok(access)
+}
+
+/// The debug header that explains decisions, when the guard's switch is on.
+const EXPLAIN_HEADER: &str = "x-palisade-authz";
+
+/// Puts the decision in the response extensions (and the debug header).
+fn explain(res: &mut HttpResponse<impl MessageBody>, guard: Option<&Guard>, access: AccessDecision) {
+    if let Some(e) = guard
+        .and_then(|g| g.explanation(&access))
+        .and_then(|e| HeaderValue::from_str(&e).ok())
+    {
+        res.headers_mut()
+            .insert(HeaderName::from_static(EXPLAIN_HEADER), e);
+    }
+    res.extensions_mut().insert(access);
+}
+
+/// The rejection as a response, explained.
+fn refusal(rejection: &Rejection, guard: Option<&Guard>) -> HttpResponse {
+    let mut res = actix_response(rejection);
+    if let Some(access) = rejection.access() {
+        explain(&mut res, guard, access.clone());
+    }
+    res
 }
 
 type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
@@ -198,15 +268,20 @@ where
                 Check::Ready(d) => d,
                 Check::Pending(f) => f.await,
             };
-            match decision {
-                Decision::Allow(allowed) => {
-                    admit(&mut req, &guard, allowed);
-                    service.call(req).await.map(ServiceResponse::map_into_left_body)
-                }
-                Decision::Deny(rejection) => Ok(req
-                    .into_response(actix_response(&rejection))
-                    .map_into_right_body()),
-            }
+            let rejection = match decision {
+                Decision::Allow(allowed) => match admit(&mut req, &guard, allowed) {
+                    Ok(access) => {
+                        let mut res = service.call(req).await?;
+                        explain(res.response_mut(), Some(&guard), access);
+                        return Ok(res.map_into_left_body());
+                    }
+                    Err(r) => r,
+                },
+                Decision::Deny(r) => r,
+            };
+            Ok(req
+                .into_response(refusal(&rejection, Some(&guard)))
+                .map_into_right_body())
         })
     }
 }

@@ -8,6 +8,7 @@
 //! use palisade_axum::PalisadeLayer;
 //! use palisade_core::{Guard, Identity};
 //! use palisade_jwt::{JwtAuthenticator, Provider};
+//! use tower_layer::Layer;
 //!
 //! async fn whoami(id: Identity) -> String {
 //!     format!("hello {}", id.subject().unwrap_or("?"))
@@ -18,9 +19,26 @@
 //!     .provider(Provider::builder("https://kc.example/realms/demo").audience("details").build()?)
 //!     .build()?;
 //! let guard = Guard::builder().authenticator(jwt).build()?;
-//! let app: Router = Router::new().route("/whoami", get(whoami)).layer(PalisadeLayer::new(guard));
+//! let router: Router = Router::new().route("/whoami", get(whoami));
+//! // Wrap the whole router, so the router sees the normalised path the
+//! // policy matched; serve it with `axum::serve(listener, app.into_make_service())`.
+//! let app = PalisadeLayer::new(guard).layer(router);
+//! # let _ = app;
 //! # Ok(()) }
 //! ```
+//!
+//! # Wrapping the router or `Router::layer`
+//! Paths are normalised before policy matching (`/a/../admin` is `/admin`)
+//! and the request is rewritten so the router routes what the policy saw.
+//! That only works when the layer runs before routing: wrap the `Router`
+//! (as above). `Router::layer(PalisadeLayer…)` runs after routing; it still
+//! works for every normal path, and refuses a path that is not in normal
+//! form with 400 rather than let the router route something else than what
+//! was checked.
+//!
+//! # Route-level requirements
+//! [`require`] adds a role or policy check to some routes, on top of the
+//! layer: `.route_layer(require(realm_role("admin").or(client_role("reviews", "editor"))))`.
 //!
 //! The layer answers refused requests itself (401 with the challenges, 403,
 //! 400) with an RFC 9457 body; the [`Rejection`]
@@ -31,12 +49,14 @@
 //! unless `forward_original_token`).
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http::header::{HOST, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
+use palisade_core::authz::AccessDecision;
 use palisade_core::{
     Allowed, BoxDecision, Check, ConnectionInfo, Decision, Guard, HeaderEdit, HeaderTarget, PROBLEM_JSON,
     Rejection, RequestAuth, RequestHead,
@@ -44,7 +64,10 @@ use palisade_core::{
 use tower_layer::Layer;
 use tower_service::Service;
 
+mod require;
+
 pub use palisade_core::Identity;
+pub use require::{Require, RequireLayer, require};
 
 /// Adds Palisade to a tower stack. Clone it freely: it shares one [`Guard`].
 #[derive(Clone, Debug)]
@@ -138,6 +161,16 @@ impl<B> RequestHead for HttpRequestHead<'_, B> {
     fn connection(&self) -> Option<&ConnectionInfo> {
         self.0.extensions().get::<ConnectionInfo>()
     }
+    fn remote_addr(&self) -> Option<SocketAddr> {
+        // A TLS acceptor's `ConnectionInfo`, else axum's `ConnectInfo`
+        // (`into_make_service_with_connect_info::<SocketAddr>()`).
+        self.connection().and_then(|c| c.remote_addr).or_else(|| {
+            self.0
+                .extensions()
+                .get::<axum::extract::ConnectInfo<SocketAddr>>()
+                .map(|c| c.0)
+        })
+    }
 }
 
 /// The request's header map as a [`HeaderTarget`].
@@ -165,17 +198,66 @@ impl HeaderTarget for Headers<'_> {
     }
 }
 
-fn admit<B>(req: &mut Request<B>, guard: &Guard, mut allowed: Allowed) {
+/// Hands the normalised path to the router, or refuses the request when the
+/// router has already chosen a route for the raw path (`Router::layer`).
+fn rewrite_path<B>(req: &mut Request<B>, path: &str) -> Result<(), Rejection> {
+    if req.extensions().get::<axum::extract::MatchedPath>().is_some() {
+        tracing::error!(
+            target: palisade_core::guard::LOG_TARGET,
+            "a path that is not in normal form reached a PalisadeLayer added with Router::layer, after routing: refused with 400. Wrap the whole Router instead (PalisadeLayer::new(guard).layer(router)) so the router sees the path the policy matched"
+        );
+        return Err(Rejection::malformed_path("the request path is not in normal form"));
+    }
+    let target = match req.uri().query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.path_and_query = Some(
+        http::uri::PathAndQuery::try_from(target)
+            .map_err(|_| Rejection::malformed_path("the request path is not in normal form"))?,
+    );
+    *req.uri_mut() = http::Uri::from_parts(parts)
+        .map_err(|_| Rejection::malformed_path("the request path is not in normal form"))?;
+    Ok(())
+}
+
+fn admit<B>(req: &mut Request<B>, guard: &Guard, mut allowed: Allowed) -> Result<Admitted, Rejection> {
+    if let Some(path) = allowed.path.take() {
+        rewrite_path(req, &path)?;
+    }
     HeaderEdit::apply_all(
         std::mem::take(&mut allowed.edits),
         &mut Headers(req.headers_mut()),
     );
-    let ext = req.extensions_mut();
-    ext.insert(RequestAuth::new(allowed, guard));
+    let admitted = Admitted {
+        explanation: guard.explanation(&allowed.access),
+        access: allowed.access.clone(),
+    };
+    req.extensions_mut().insert(RequestAuth::new(allowed, guard));
+    Ok(admitted)
 }
 
+/// What goes on the response of an admitted request.
+struct Admitted {
+    access: AccessDecision,
+    explanation: Option<String>,
+}
+
+impl Admitted {
+    fn apply<B>(self, res: &mut Response<B>) {
+        if let Some(e) = self.explanation.and_then(|e| HeaderValue::from_str(&e).ok()) {
+            res.headers_mut().insert(EXPLAIN_HEADER, e);
+        }
+        res.extensions_mut().insert(self.access);
+    }
+}
+
+/// The debug header that explains decisions, when the guard's switch is on.
+const EXPLAIN_HEADER: &str = "x-palisade-authz";
+
 /// Renders a rejection as an `http` 1 response with any body type.
-fn reject<B>(rejection: Rejection) -> Response<ResponseBody<B>> {
+fn reject<B>(rejection: Rejection, guard: Option<&Guard>) -> Response<ResponseBody<B>> {
     let mut res = Response::new(ResponseBody::problem(Bytes::from(rejection.problem_json())));
     *res.status_mut() = StatusCode::from_u16(rejection.status()).unwrap_or(StatusCode::UNAUTHORIZED);
     let headers = res.headers_mut();
@@ -184,6 +266,15 @@ fn reject<B>(rejection: Rejection) -> Response<ResponseBody<B>> {
         if let Ok(v) = HeaderValue::from_str(c) {
             headers.append(http::header::WWW_AUTHENTICATE, v);
         }
+    }
+    if let Some(access) = rejection.access() {
+        if let Some(e) = guard
+            .and_then(|g| g.explanation(access))
+            .and_then(|e| HeaderValue::from_str(&e).ok())
+        {
+            headers.insert(EXPLAIN_HEADER, e);
+        }
+        res.extensions_mut().insert(access.clone());
     }
     res.extensions_mut().insert(rejection);
     res
@@ -204,13 +295,18 @@ where
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let check = self.guard.check(&HttpRequestHead(&req));
         let kind = match check {
-            Check::Ready(Decision::Allow(allowed)) => {
-                admit(&mut req, &self.guard, allowed);
-                Kind::Inner {
+            Check::Ready(Decision::Allow(allowed)) => match admit(&mut req, &self.guard, allowed) {
+                Ok(admitted) => Kind::Inner {
                     fut: self.inner.call(req),
-                }
-            }
-            Check::Ready(Decision::Deny(r)) => Kind::Reject { rejection: Some(r) },
+                    admitted: Some(admitted),
+                },
+                Err(r) => Kind::Reject {
+                    rejection: Some((r, self.guard.clone())),
+                },
+            },
+            Check::Ready(Decision::Deny(r)) => Kind::Reject {
+                rejection: Some((r, self.guard.clone())),
+            },
             Check::Pending(check) => {
                 // The readied service goes into the future; a clone stays here.
                 let clone = self.inner.clone();
@@ -242,8 +338,8 @@ pin_project_lite::pin_project! {
     where
         S: Service<Request<ReqBody>>,
     {
-        Inner { #[pin] fut: S::Future },
-        Reject { rejection: Option<Rejection> },
+        Inner { #[pin] fut: S::Future, admitted: Option<Admitted> },
+        Reject { rejection: Option<(Rejection, Guard)> },
         Checking { check: BoxDecision, pending: Option<(S, Request<ReqBody>, Guard)> },
     }
 }
@@ -258,33 +354,48 @@ where
         let mut this = self.project();
         loop {
             match this.kind.as_mut().project() {
-                KindProj::Inner { fut } => {
-                    let res = ready!(fut.poll(cx))?;
+                KindProj::Inner { fut, admitted } => {
+                    let mut res = ready!(fut.poll(cx))?;
+                    if let Some(a) = admitted.take() {
+                        a.apply(&mut res);
+                    }
                     return Poll::Ready(Ok(res.map(ResponseBody::inner)));
                 }
                 KindProj::Reject { rejection } => {
-                    let r = rejection
-                        .take()
-                        .unwrap_or_else(|| Rejection::forbidden("request already answered"));
-                    return Poll::Ready(Ok(reject(r)));
+                    let Some((r, guard)) = rejection.take() else {
+                        return Poll::Ready(Ok(answered()));
+                    };
+                    return Poll::Ready(Ok(reject(r, Some(&guard))));
                 }
                 KindProj::Checking { check, pending } => {
                     let decision = ready!(check.as_mut().poll(cx));
                     let Some((mut svc, mut req, guard)) = pending.take() else {
-                        return Poll::Ready(Ok(reject(Rejection::forbidden("request already answered"))));
+                        return Poll::Ready(Ok(answered()));
                     };
                     match decision {
-                        Decision::Allow(allowed) => {
-                            admit(&mut req, &guard, allowed);
-                            let fut = svc.call(req);
-                            this.kind.set(Kind::Inner { fut });
-                        }
-                        Decision::Deny(r) => return Poll::Ready(Ok(reject(r))),
+                        Decision::Allow(allowed) => match admit(&mut req, &guard, allowed) {
+                            Ok(admitted) => {
+                                let fut = svc.call(req);
+                                this.kind.set(Kind::Inner {
+                                    fut,
+                                    admitted: Some(admitted),
+                                });
+                            }
+                            Err(r) => return Poll::Ready(Ok(reject(r, Some(&guard)))),
+                        },
+                        Decision::Deny(r) => return Poll::Ready(Ok(reject(r, Some(&guard)))),
                     }
                 }
             }
         }
     }
+}
+
+/// The answer to a future polled after it completed (a caller bug).
+fn answered<B>() -> Response<ResponseBody<B>> {
+    let mut res = Response::new(ResponseBody::problem(Bytes::new()));
+    *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    res
 }
 
 pin_project_lite::pin_project! {

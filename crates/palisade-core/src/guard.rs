@@ -79,6 +79,62 @@ impl RequestAuth {
     pub fn missing_credential(&self) -> Rejection {
         self.guard.missing_credential()
     }
+
+    /// The guard that established this record.
+    #[must_use]
+    pub fn guard(&self) -> &Guard {
+        &self.guard
+    }
+}
+
+/// The verdict of a route-level policy ([`authorize_route`]): known now, or
+/// once a `CUSTOM` policy's authorizer answered.
+pub enum RouteCheck {
+    /// Known without waiting.
+    Ready(Result<AccessDecision, Rejection>),
+    /// Known once the future completes.
+    Pending(Pin<Box<dyn Future<Output = Result<AccessDecision, Rejection>> + Send + 'static>>),
+}
+
+impl fmt::Debug for RouteCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RouteCheck::Ready(r) => f.debug_tuple("Ready").field(r).finish(),
+            RouteCheck::Pending(_) => f.write_str("Pending(<future>)"),
+        }
+    }
+}
+
+/// Checks a route-level policy (a role requirement, say) against the
+/// identity the Palisade middleware established: the one decision both
+/// frameworks' route layers make. No identity and denied: 401 with the
+/// guard's challenges; an identity and denied: 403. Without the middleware
+/// in front (a wiring mistake), every request is refused with 401 and an
+/// error is logged.
+pub fn authorize_route(policy: &AccessPolicy, auth: Option<&RequestAuth>, req: &dyn RequestHead) -> RouteCheck {
+    let Some(auth) = auth else {
+        tracing::error!(target: LOG_TARGET, "a route policy runs on a request that no Palisade middleware checked: refused");
+        return RouteCheck::Ready(Err(Rejection::missing_credential(Vec::new())));
+    };
+    let refuse = |auth: &RequestAuth, access: AccessDecision| {
+        if access.is_allowed() {
+            return Ok(access);
+        }
+        tracing::debug!(target: LOG_TARGET, %access, "denied by route policy");
+        let r = match (auth.identity(), access.action()) {
+            (_, Some(Action::Custom)) => Rejection::forbidden("access denied by an external authorizer"),
+            (None, _) => auth.missing_credential(),
+            (Some(_), _) => Rejection::forbidden("access denied by policy"),
+        };
+        Err(r.with_access(access))
+    };
+    match policy.check(req, auth.identity()) {
+        AccessCheck::Ready(access) => RouteCheck::Ready(refuse(auth, access)),
+        AccessCheck::Pending(fut) => {
+            let auth = auth.clone();
+            RouteCheck::Pending(Box::pin(async move { refuse(&auth, fut.await) }))
+        }
+    }
 }
 
 /// The guard's verdict on one request.

@@ -40,7 +40,9 @@ pub use authn::{
     AuthOutcome, Authenticated, Authenticating, Authenticator, BoxOutcome, HeaderEdit, HeaderTarget,
 };
 pub use error::{ErrorKind, PROBLEM_JSON, Rejection, bearer_challenge};
-pub use extract::Claims;
-pub use guard::{Allowed, BoxDecision, Check, Decision, Guard, GuardBuilder, GuardError, RequestAuth};
+pub use extract::{Authorized, Claims};
+pub use guard::{
+    Allowed, BoxDecision, Check, Decision, Guard, GuardBuilder, GuardError, RequestAuth, RouteCheck, authorize_route,
+};
 pub use identity::{AuthMethod, Identity, KerberosIdentity, PeerIdentity, TokenClaims, Verification, whoami};
 pub use request::{ConnectionInfo, OwnedRequest, RequestHead};

@@ -9,8 +9,10 @@ use jsonwebtoken::Algorithm;
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    /// The issuer is empty or not an `http(s)` URL.
-    #[error("issuer `{0}` is not an http(s) URL")]
+    /// The issuer is empty, or not an `http(s)` URL while its keys are to be
+    /// discovered from it (with `jwksUri`, `jwks` or a public key, any
+    /// string will do, as Istio's `testing@secure.istio.io`).
+    #[error("issuer `{0}` is not an http(s) URL, so its keys cannot be discovered: give jwksUri or jwks")]
     InvalidIssuer(String),
     /// A JWKS or discovery URL is not an `http(s)` URL.
     #[error("JWKS URL `{0}` is not an http(s) URL")]
@@ -380,7 +382,8 @@ impl ProviderBuilder {
     /// # Errors
     /// A [`ConfigError`] saying which setting cannot work.
     pub fn build(self) -> Result<Provider, ConfigError> {
-        if !is_http_url(&self.issuer) {
+        let discovered = matches!(self.jwks, JwksSource::Discovery);
+        if self.issuer.trim().is_empty() || (discovered && !is_http_url(&self.issuer)) {
             return Err(ConfigError::InvalidIssuer(self.issuer));
         }
         if let JwksSource::Uri(u) = &self.jwks
@@ -522,6 +525,18 @@ mod tests {
             Provider::builder("ftp://x").audience("a").build(),
             Err(ConfigError::InvalidIssuer(_))
         ));
+        assert!(matches!(
+            Provider::builder("").audience("a").jwks_uri("https://x/jwks").build(),
+            Err(ConfigError::InvalidIssuer(_))
+        ));
+        // Istio's demo issuer: not a URL, fine with an explicit JWKS.
+        assert!(
+            Provider::builder("testing@secure.istio.io")
+                .audience("a")
+                .jwks_uri("https://x/jwks")
+                .build()
+                .is_ok()
+        );
         assert!(matches!(
             Provider::builder("https://x")
                 .audience("a")

@@ -8,7 +8,9 @@ use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseErr
 use serde::de::DeserializeOwned;
 
 use super::Claims;
-use super::common::{claims_from, identity_from};
+use super::common::{authorized_from, claims_from, identity_from};
+use super::Authorized;
+use crate::authz::Requires;
 use crate::error::{PROBLEM_JSON, Rejection};
 use crate::guard::RequestAuth;
 use crate::identity::Identity;
@@ -61,5 +63,15 @@ impl<T: DeserializeOwned> FromRequest for Claims<T> {
 
     fn from_request(req: &HttpRequest, _payload: &mut Payload) -> Self::Future {
         ready(identity(req).and_then(|id| claims_from(&id)))
+    }
+}
+
+impl<R: Requires> FromRequest for Authorized<R> {
+    type Error = Rejection;
+    type Future = Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _payload: &mut Payload) -> Self::Future {
+        let ext = req.extensions();
+        ready(authorized_from(ext.get::<RequestAuth>()))
     }
 }

@@ -6,7 +6,9 @@ use http::{HeaderValue, StatusCode, header};
 use serde::de::DeserializeOwned;
 
 use super::Claims;
-use super::common::{claims_from, identity_from};
+use super::common::{authorized_from, claims_from, identity_from};
+use super::Authorized;
+use crate::authz::Requires;
 use crate::error::{PROBLEM_JSON, Rejection};
 use crate::guard::RequestAuth;
 use crate::identity::Identity;
@@ -60,5 +62,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Claims<T> {
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let identity = identity_from(parts.extensions.get::<RequestAuth>())?;
         claims_from(&identity)
+    }
+}
+
+impl<S: Send + Sync, R: Requires> FromRequestParts<S> for Authorized<R> {
+    type Rejection = Rejection;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        authorized_from(parts.extensions.get::<RequestAuth>())
     }
 }

@@ -31,6 +31,27 @@ pub use self::axum::rejection_response as axum_response;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Claims<T>(pub T);
 
+/// The verified identity of a caller who meets the requirement `R`, as
+/// Spring's `@PreAuthorize`: 401 without an identity, 403 when it falls short.
+///
+/// ```
+/// use palisade_core::Authorized;
+/// use palisade_core::authz::{Requirement, Requires, realm_role};
+/// struct Admins;
+/// impl Requires for Admins {
+///     fn requirement() -> Requirement { realm_role("admin") }
+/// }
+/// // axum:      async fn handler(Authorized(id, _): Authorized<Admins>) {}
+/// // actix-web: async fn handler(Authorized(id, _): Authorized<Admins>) {}
+/// ```
+pub struct Authorized<R>(pub crate::Identity, pub std::marker::PhantomData<R>);
+
+impl<R> std::fmt::Debug for Authorized<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Authorized").field(&self.0).finish()
+    }
+}
+
 #[cfg(any(feature = "axum", feature = "actix"))]
 mod common {
     use serde::de::DeserializeOwned;
@@ -47,6 +68,20 @@ mod common {
                 tracing::error!(target: crate::guard::LOG_TARGET, "Identity extracted on a route that no Palisade middleware guards");
                 Err(Rejection::missing_credential(Vec::new()))
             }
+        }
+    }
+
+    /// The identity, when it meets `R`'s requirement: 401 without one, 403 short of it.
+    pub(super) fn authorized_from<R: crate::authz::Requires>(
+        auth: Option<&RequestAuth>,
+    ) -> Result<super::Authorized<R>, Rejection> {
+        let identity = identity_from(auth)?;
+        let requirement = R::requirement();
+        if requirement.is_met_by(&identity) {
+            Ok(super::Authorized(identity, std::marker::PhantomData))
+        } else {
+            tracing::debug!(target: crate::guard::LOG_TARGET, %requirement, "identity does not meet the handler's requirement");
+            Err(Rejection::forbidden("the caller lacks a role or scope this resource needs"))
         }
     }
 
