@@ -322,3 +322,203 @@ async fn istio_conformance_table_through_core_axum_and_actix() {
     println!("{total} requests through core and axum, {actix_runs} of them through actix-web too");
     assert!(actix_runs * 10 >= total * 8, "actix-web ran only {actix_runs} of {total}");
 }
+
+// Route-level requirements, extractors, path normalisation reaching the
+// router, and the explain switch: one table through both frameworks.
+
+use palisade::core::authz::{Requirement, Requires, client_role, realm_role};
+use palisade::core::Authorized;
+
+struct Admins;
+
+impl Requires for Admins {
+    fn requirement() -> Requirement {
+        realm_role("admin")
+    }
+}
+
+const ROUTES_POLICY: &str = "
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-secret, namespace: default}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: [/secret, /secret/*]}}]}]
+";
+
+fn routes_guard(issuer: &TestIssuer, explain: bool) -> Guard {
+    let set = PolicySet::from_yaml_str(ROUTES_POLICY, "routes.yaml").unwrap();
+    let access = AccessPolicy::compile(&set.for_workload(&Workload::new("details", "default"))).unwrap();
+    let jwt = JwtAuthenticator::builder()
+        .realm("details")
+        .provider(
+            Provider::builder(issuer.issuer())
+                .audience("details")
+                .jwks_inline(issuer.jwks().to_string())
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let b = Guard::builder().authenticator(jwt).access_policy(access);
+    let b = if explain { b.explain_decisions_in_header() } else { b };
+    b.build().unwrap()
+}
+
+async fn echo_path_axum(uri: http::Uri) -> String {
+    uri.to_string()
+}
+
+fn axum_app(guard: &Guard) -> palisade::axum::Palisade<axum::Router> {
+    use axum::routing::{get, post};
+    let admin = axum::Router::new()
+        .route("/admin", post(|| async { "admin" }))
+        .route_layer(palisade::axum::require(realm_role("admin").or(client_role("reviews", "editor"))));
+    let router = axum::Router::new()
+        .route("/public/{*rest}", get(echo_path_axum))
+        .route("/secret", get(|| async { "secret" }))
+        .route("/list", get(echo_path_axum))
+        .route("/admins-only", get(|Authorized(id, _): Authorized<Admins>| async move { id.subject().unwrap_or("").to_owned() }))
+        .merge(admin);
+    palisade::axum::PalisadeLayer::new(guard.clone()).layer(router)
+}
+
+async fn call_axum<S, B>(app: S, method: &str, uri: &str, token: Option<&str>) -> (u16, Option<String>, String)
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<B>, Error = std::convert::Infallible>,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    let mut req = http::Request::builder().method(method).uri(uri);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let res = app.oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+    let status = res.status().as_u16();
+    let explain = res.headers().get("x-palisade-authz").map(|v| v.to_str().unwrap().to_owned());
+    let body = axum::body::to_bytes(Body::new(res.into_body()), 1 << 20).await.unwrap();
+    (status, explain, String::from_utf8_lossy(&body).into_owned())
+}
+
+async fn call_actix(guard: &Guard, method: &str, uri: &str, token: Option<&str>) -> (u16, Option<String>, String) {
+    use palisade::actix::Require;
+    let app = actix_web::test::init_service(
+        App::new()
+            .wrap(palisade::actix::Palisade::new(guard.clone()))
+            .route("/public/{rest:.*}", web::get().to(|req: actix_web::HttpRequest| async move { req.uri().to_string() }))
+            .route("/secret", web::get().to(|| async { "secret" }))
+            .route("/list", web::get().to(|req: actix_web::HttpRequest| async move { req.uri().to_string() }))
+            .route(
+                "/admins-only",
+                web::get().to(|Authorized(id, _): Authorized<Admins>| async move { id.subject().unwrap_or("").to_owned() }),
+            )
+            .service(
+                web::resource("/admin")
+                    .wrap(Require::new(realm_role("admin").or(client_role("reviews", "editor"))))
+                    .route(web::post().to(|| async { "admin" })),
+            ),
+    )
+    .await;
+    let method = actix_web::http::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut req = actix_web::test::TestRequest::default().method(method).uri(uri);
+    if let Some(t) = token {
+        req = req.insert_header(("authorization", format!("Bearer {t}")));
+    }
+    let res = actix_web::test::call_service(&app, req.to_request()).await;
+    let status = res.status().as_u16();
+    let explain = res.headers().get("x-palisade-authz").map(|v| v.to_str().unwrap().to_owned());
+    let body = actix_web::test::read_body(res).await;
+    (status, explain, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[actix_web::test]
+async fn requirements_extractors_and_normalised_paths_behave_alike_in_both_frameworks() {
+    let issuer = TestIssuer::builder().default_audience("details").start().unwrap();
+    let guard = routes_guard(&issuer, false);
+    let admin = issuer.token().subject("ada").realm_roles(&["admin"]).sign();
+    let editor = issuer.token().subject("ed").client_roles("reviews", &["editor"]).sign();
+    let plain = issuer.token().subject("bob").realm_roles(&["user"]).sign();
+    let table: Vec<(&str, &str, Option<&str>, u16, &str)> = vec![
+        // Path normalisation: the DENY rule cannot be dodged, and the router
+        // routes the path the policy matched.
+        ("GET", "/secret", Some(&plain), 403, ""),
+        ("GET", "//secret", Some(&plain), 403, ""),
+        ("GET", "/%73ecret", Some(&plain), 403, ""),
+        ("GET", "/public/../secret", Some(&plain), 403, ""),
+        ("GET", "/public/%2e%2e/secret", Some(&plain), 403, ""),
+        ("GET", "/public/../list?x=1", Some(&plain), 200, "/list?x=1"),
+        ("GET", "/public/a//b/./c", Some(&plain), 200, "/public/a/b/c"),
+        ("GET", "/public/a%zz", Some(&plain), 400, ""),
+        // Route-level requirement: 401 without a token, 403 short of the role.
+        ("POST", "/admin", None, 401, ""),
+        ("POST", "/admin", Some(&plain), 403, ""),
+        ("POST", "/admin", Some(&admin), 200, "admin"),
+        ("POST", "/admin", Some(&editor), 200, "admin"),
+        // Extractor with a requirement.
+        ("GET", "/admins-only", None, 401, ""),
+        ("GET", "/admins-only", Some(&plain), 403, ""),
+        ("GET", "/admins-only", Some(&admin), 200, "ada"),
+    ];
+    for (method, uri, token, status, body) in table {
+        let a = call_axum(axum_app(&guard), method, uri, token).await;
+        let b = call_actix(&guard, method, uri, token).await;
+        assert_eq!(a.0, status, "axum {method} {uri}: {}", a.2);
+        assert_eq!(b.0, status, "actix-web {method} {uri}: {}", b.2);
+        if status == 200 {
+            assert_eq!(a.2, body, "axum {method} {uri}");
+            assert_eq!(b.2, body, "actix-web {method} {uri}");
+        } else {
+            assert_eq!(a.2, b.2, "same problem body for {method} {uri}");
+            assert!(!a.2.contains("admin\""), "no claims echoed");
+        }
+        assert_eq!((a.1, b.1), (None, None), "no explain header unless switched on");
+    }
+}
+
+#[actix_web::test]
+async fn explain_header_only_with_the_debug_switch() {
+    let issuer = TestIssuer::builder().default_audience("details").start().unwrap();
+    let guard = routes_guard(&issuer, true);
+    let t = issuer.token().subject("bob").sign();
+    let denied = call_axum(axum_app(&guard), "GET", "/secret", Some(&t)).await;
+    assert_eq!(denied.1.as_deref(), Some("denied by DENY policy default/no-secret rule 0"));
+    let actix = call_actix(&guard, "GET", "/secret", Some(&t)).await;
+    assert_eq!(actix.1, denied.1);
+    let allowed = call_axum(axum_app(&guard), "GET", "/list", Some(&t)).await;
+    assert_eq!(allowed.1.as_deref(), Some("allowed: no ALLOW policy applies"));
+}
+
+#[actix_web::test]
+async fn a_layer_after_routing_refuses_paths_it_cannot_hand_to_the_router() {
+    let issuer = TestIssuer::builder().default_audience("details").start().unwrap();
+    let guard = routes_guard(&issuer, false);
+    let t = issuer.token().subject("bob").sign();
+    // axum: Router::layer runs after routing.
+    let app = axum::Router::new()
+        .route("/public/{*rest}", axum::routing::get(echo_path_axum))
+        .layer(palisade::axum::PalisadeLayer::new(guard.clone()));
+    assert_eq!(call_axum(app.clone(), "GET", "/public/x", Some(&t)).await.0, 200);
+    // Denied whatever the router would do: the policy saw `/secret`.
+    assert_eq!(call_axum(app.clone(), "GET", "/public/../secret", Some(&t)).await.0, 403);
+    // Allowed as `/list`, but the router already chose `/public/{*rest}`: refused.
+    let (status, _, body) = call_axum(app, "GET", "/public/../list", Some(&t)).await;
+    assert_eq!(status, 400, "{body}");
+    // actix-web: middleware on a scope runs after the scope's prefix matched.
+    let app = actix_web::test::init_service(
+        App::new().service(
+            web::scope("/public")
+                .wrap(palisade::actix::Palisade::new(guard.clone()))
+                .default_service(web::to(HttpResponse::Ok)),
+        ),
+    )
+    .await;
+    let req = |uri: &str| {
+        actix_web::test::TestRequest::get()
+            .uri(uri)
+            .insert_header(("authorization", format!("Bearer {t}")))
+            .to_request()
+    };
+    assert_eq!(actix_web::test::call_service(&app, req("/public/x")).await.status(), 200);
+    assert_eq!(actix_web::test::call_service(&app, req("/public/a/../../secret")).await.status(), 403);
+    assert_eq!(actix_web::test::call_service(&app, req("/public/a/../b")).await.status(), 400);
+}
