@@ -53,8 +53,23 @@ use palisade_core::policy::{PolicyError, PolicySet, Workload};
 /// that cannot be enforced exactly as written.
 #[cfg(feature = "jwt")]
 pub fn guard_from_policy(set: &PolicySet, workload: &Workload) -> Result<Guard, PolicyError> {
+    guard_from_policy_with(set, workload, &palisade_core::authz::ExternalAuthorizers::new())
+}
+
+/// [`guard_from_policy`] with the external authorizers that `CUSTOM`
+/// policies name (Istio's `extensionProviders`).
+///
+/// # Errors
+/// As [`guard_from_policy`]; a `CUSTOM` policy whose provider is not in
+/// `authorizers` is an error naming its `spec.provider.name`.
+#[cfg(feature = "jwt")]
+pub fn guard_from_policy_with(
+    set: &PolicySet,
+    workload: &Workload,
+    authorizers: &palisade_core::authz::ExternalAuthorizers,
+) -> Result<Guard, PolicyError> {
     let applicable = set.for_workload(workload);
-    let access = palisade_core::authz::AccessPolicy::compile(&applicable)?;
+    let access = palisade_core::authz::AccessPolicy::compile_with(&applicable, authorizers)?;
     let mut builder = Guard::builder().access_policy(access);
     if let Some(jwt) = palisade_jwt::JwtAuthenticator::from_policy(&applicable)? {
         builder = builder.authenticator(jwt);

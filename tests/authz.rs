@@ -287,10 +287,11 @@ async fn istio_conformance_table_through_core_axum_and_actix() {
             let ok_status = |st: u16| {
                 if want_allow {
                     st == 200
-                } else if r.jwt.is_some() || r.peer.is_some() {
+                } else if r.jwt.is_some() {
                     st == 403
                 } else {
-                    st == 401 || st == 403
+                    // 401 exactly when a credential could change the answer.
+                    st == if decision.end_user_could_help() && decision.action() != Some(palisade::core::authz::Action::Custom) { 401 } else { 403 }
                 }
             };
             if !ok_status(core) {

@@ -300,13 +300,19 @@ fn every_sample_policy_compiles_for_the_example_services() {
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         let set = palisade::core::policy::PolicySet::from_file(&path).unwrap();
+        // The examples register `demo-ext-authz` for CUSTOM policies.
+        let authorizers = palisade::core::authz::ExternalAuthorizers::new().register(
+            "demo-ext-authz",
+            ["x-ext-authz"],
+            |_c: palisade::core::authz::CheckRequest| async { palisade::core::authz::ExternalDecision::Deny },
+        );
         for service in ["details", "reviews"] {
             let workload = palisade::core::policy::Workload::new(service, "default");
-            palisade::guard_from_policy(&set, &workload).unwrap_or_else(|e| panic!("{e}"));
+            palisade::guard_from_policy_with(&set, &workload, &authorizers).unwrap_or_else(|e| panic!("{e}"));
         }
         seen += 1;
     }
-    assert!(seen >= 3, "sample policies missing from {}", dir.display());
+    assert!(seen >= 10, "sample policies missing from {}", dir.display());
 }
 
 #[test]
@@ -358,4 +364,94 @@ async fn hostile_input_gets_a_4xx_never_a_5xx_or_a_hang() {
             "{name}: {challenge}"
         );
     }
+}
+
+/// Each authorization sample in `examples/policies/`, behind a
+/// RequestAuthentication for the test issuer, enforced by `details` (axum)
+/// and `reviews` (actix-web) as processes over HTTP.
+#[tokio::test]
+async fn sample_authorization_policies_are_enforced_by_both_examples() {
+    let issuer = TestIssuer::builder().default_audience("details").start().unwrap();
+    let jwt = format!(
+        "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: test-issuer}}
+spec:
+  jwtRules: [{{issuer: {}, jwksUri: {}, audiences: [details, reviews]}}]
+---
+",
+        issuer.issuer(),
+        issuer.jwks_uri()
+    );
+    let plain = issuer.token().subject("bob").realm_roles(&["user"]).sign();
+    let editor = issuer.token().subject("eve").realm_roles(&["editor"]).sign();
+    let client_admin = issuer.token().subject("cat").client_roles("reviews", &["admin"]).sign();
+    let exporter = issuer.token().subject("ed").scope("read export").sign();
+    let writer = issuer.token().subject("wes").claim("groups", serde_json::json!(["writers"])).sign();
+    type Row<'a> = (&'a str, &'a str, Option<&'a str>, &'a [(&'a str, &'a str)], u16);
+    let table: Vec<(&str, Vec<Row<'_>>)> = vec![
+        ("allow-by-role.yaml", vec![
+            ("GET", "/healthz", None, &[], 200),
+            ("GET", "/list", None, &[], 401),
+            ("GET", "/list", Some(&plain), &[], 200),
+            ("POST", "/list", Some(&plain), &[], 403),
+            ("POST", "/list", Some(&editor), &[], 201),
+            ("POST", "/list", Some(&client_admin), &[], 201),
+        ]),
+        ("path-templates.yaml", vec![
+            ("GET", "/ITEM/7", Some(&plain), &[], 200),
+            ("GET", "/ITEM/7/export/all/csv", Some(&plain), &[], 403),
+            ("GET", "/ITEM/7/x/../export/all", Some(&plain), &[], 403),
+            ("GET", "/ITEM/7/export/all/csv", Some(&exporter), &[], 404),
+        ]),
+        ("dry-run.yaml", vec![
+            ("POST", "/list", Some(&plain), &[], 201),
+            ("GET", "/list", None, &[], 200),
+        ]),
+        ("behind-proxy.yaml", vec![
+            ("GET", "/list", None, &[("x-forwarded-for", "203.0.113.9")], 403),
+            ("GET", "/list", None, &[("x-forwarded-for", "203.0.113.9, 198.51.100.2")], 200),
+            ("GET", "/list", None, &[], 200),
+        ]),
+        ("rbac-v1alpha1.yaml", vec![
+            ("GET", "/list", None, &[], 401),
+            ("GET", "/list", Some(&plain), &[], 200),
+            ("POST", "/list", Some(&plain), &[], 403),
+            ("POST", "/list", Some(&writer), &[], 201),
+        ]),
+        ("external-authz.yaml", vec![
+            ("GET", "/list", None, &[], 200),
+            ("POST", "/list", Some(&plain), &[], 403),
+            ("POST", "/list", Some(&plain), &[("x-ext-authz", "allow")], 201),
+        ]),
+        ("mesh-peers.yaml", vec![
+            ("GET", "/list", None, &[], 403),
+            ("GET", "/list", Some(&plain), &[], 403),
+        ]),
+    ];
+    let dir = std::env::temp_dir().join(format!("palisade-samples-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let samples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/policies");
+    let c = client();
+    for (sample, rows) in &table {
+        let file = dir.join(sample);
+        let text = std::fs::read_to_string(samples.join(sample)).unwrap();
+        std::fs::write(&file, format!("{jwt}{text}")).unwrap();
+        for (name, item) in [("details", "details"), ("reviews", "reviews")] {
+            let svc = start(name, &["--config", file.to_str().unwrap()]);
+            for (method, path, token, headers, want) in rows {
+                let url = format!("http://{}{}", svc.addr, path.replace("ITEM", item));
+                let mut req = c.request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), url);
+                if let Some(t) = token {
+                    req = req.bearer_auth(t);
+                }
+                for (k, v) in *headers {
+                    req = req.header(*k, *v);
+                }
+                let res = req.send().await.unwrap();
+                assert_eq!(res.status().as_u16(), *want, "{sample} on {name}: {method} {path}");
+            }
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -15,9 +15,11 @@ use axum::{Json, Router};
 use palisade::Identity;
 use palisade::axum::PalisadeLayer;
 
-/// The routes of a contract service, guarded by Palisade.
+/// The routes of a contract service, guarded by Palisade. The layer wraps
+/// the whole router, so the router sees the normalised path the policy
+/// matched.
 pub fn app(service: &'static str, guard: palisade::Guard) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/list",
@@ -31,8 +33,8 @@ pub fn app(service: &'static str, guard: palisade::Guard) -> Router {
         .route(
             "/whoami",
             get(|id: Option<Identity>| async move { Json(palisade::core::whoami(id.as_ref())) }),
-        )
-        .layer(PalisadeLayer::new(guard))
+        );
+    PalisadeLayer::new(guard).wrap(router)
 }
 
 /// Runs a contract service on axum: arguments, policy, routes, graceful shutdown.
@@ -49,7 +51,8 @@ pub async fn run(default_name: &str, default_port: u16) {
     let stop = shutdown_signal();
     common::announce(&setup, addr);
     println!("listening on {addr}");
-    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+    let make = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    if let Err(e) = axum::serve(listener, make).with_graceful_shutdown(stop).await {
         common::fail(&format!("server error: {e}"));
     }
 }

@@ -12,6 +12,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use palisade::Guard;
+use palisade::core::RequestHead;
+use palisade::core::authz::{CheckRequest, ExternalAuthorizers, ExternalDecision};
 use palisade::core::policy::{PolicySet, Workload};
 use palisade::testkit::TestIssuer;
 
@@ -147,12 +149,26 @@ pub fn setup(args: &Args) -> Setup {
             (set, Some(issuer))
         }
     };
-    let guard = palisade::guard_from_policy(&set, &workload).unwrap_or_else(|e| fail(&e.to_string()));
+    let guard = palisade::guard_from_policy_with(&set, &workload, &demo_authorizers())
+        .unwrap_or_else(|e| fail(&e.to_string()));
     Setup {
         guard,
         demo,
         workload,
     }
+}
+
+/// The external authorizer `CUSTOM` policies may name in the examples:
+/// `demo-ext-authz` allows a request iff it carries `x-ext-authz: allow`, as
+/// Istio's sample ext-authz server does.
+pub fn demo_authorizers() -> ExternalAuthorizers {
+    ExternalAuthorizers::new().register("demo-ext-authz", ["x-ext-authz"], |c: CheckRequest| async move {
+        if c.request.header_str("x-ext-authz") == Some("allow") {
+            ExternalDecision::Allow
+        } else {
+            ExternalDecision::Deny
+        }
+    })
 }
 
 /// Prints the demo banner (stdout) before the `listening on` line.

@@ -8,7 +8,6 @@
 //! use palisade_axum::PalisadeLayer;
 //! use palisade_core::{Guard, Identity};
 //! use palisade_jwt::{JwtAuthenticator, Provider};
-//! use tower_layer::Layer;
 //!
 //! async fn whoami(id: Identity) -> String {
 //!     format!("hello {}", id.subject().unwrap_or("?"))
@@ -21,8 +20,8 @@
 //! let guard = Guard::builder().authenticator(jwt).build()?;
 //! let router: Router = Router::new().route("/whoami", get(whoami));
 //! // Wrap the whole router, so the router sees the normalised path the
-//! // policy matched; serve it with `axum::serve(listener, app.into_make_service())`.
-//! let app = PalisadeLayer::new(guard).layer(router);
+//! // policy matched; `axum::serve(listener, app)` takes the result.
+//! let app: Router = PalisadeLayer::new(guard).wrap(router);
 //! # let _ = app;
 //! # Ok(()) }
 //! ```
@@ -31,7 +30,7 @@
 //! Paths are normalised before policy matching (`/a/../admin` is `/admin`)
 //! and the request is rewritten so the router routes what the policy saw.
 //! That only works when the layer runs before routing: wrap the `Router`
-//! (as above). `Router::layer(PalisadeLayer…)` runs after routing; it still
+//! ([`PalisadeLayer::wrap`], or `layer.layer(router)` in a tower stack). `Router::layer(PalisadeLayer…)` runs after routing; it still
 //! works for every normal path, and refuses a path that is not in normal
 //! form with 400 rather than let the router route something else than what
 //! was checked.
@@ -80,6 +79,21 @@ impl PalisadeLayer {
     /// A layer that runs `guard` on every request.
     pub fn new(guard: Guard) -> Self {
         Self { guard }
+    }
+
+    /// Wraps a whole axum [`Router`](axum::Router): Palisade runs before
+    /// routing, so the router sees the normalised path the policy matched,
+    /// and the result is a `Router` that `axum::serve` takes as it is.
+    ///
+    /// ```
+    /// # fn f(guard: palisade_core::Guard) {
+    /// use axum::{Router, routing::get};
+    /// let app: Router = palisade_axum::PalisadeLayer::new(guard)
+    ///     .wrap(Router::new().route("/list", get(|| async { "[]" })));
+    /// # }
+    /// ```
+    pub fn wrap(&self, router: axum::Router) -> axum::Router {
+        axum::Router::new().fallback_service(self.layer(router))
     }
 }
 

@@ -87,6 +87,19 @@ impl RequestAuth {
     }
 }
 
+/// The answer to a denied request, the same for the guard and route
+/// policies: 401 with the challenges when the caller has no end-user
+/// credential and one could change the decision (the deciding rules read
+/// the request principal or claims); 403 otherwise, as Istio answers.
+fn refusal(identity: Option<&Identity>, access: &AccessDecision, missing: impl FnOnce() -> Rejection) -> Rejection {
+    let anonymous = identity.is_none_or(|i| i.request_principal_str().is_none());
+    match access.action() {
+        Some(Action::Custom) => Rejection::forbidden("access denied by an external authorizer"),
+        _ if anonymous && access.end_user_could_help() => missing(),
+        _ => Rejection::forbidden("access denied by policy"),
+    }
+}
+
 /// The verdict of a route-level policy ([`authorize_route`]): known now, or
 /// once a `CUSTOM` policy's authorizer answered.
 pub enum RouteCheck {
@@ -121,11 +134,7 @@ pub fn authorize_route(policy: &AccessPolicy, auth: Option<&RequestAuth>, req: &
             return Ok(access);
         }
         tracing::debug!(target: LOG_TARGET, %access, "denied by route policy");
-        let r = match (auth.identity(), access.action()) {
-            (_, Some(Action::Custom)) => Rejection::forbidden("access denied by an external authorizer"),
-            (None, _) => auth.missing_credential(),
-            (Some(_), _) => Rejection::forbidden("access denied by policy"),
-        };
+        let r = refusal(auth.identity(), &access, || auth.missing_credential());
         Err(r.with_access(access))
     };
     match policy.check(req, auth.identity()) {
@@ -427,11 +436,7 @@ impl Guard {
         }
         span.record("decision", tracing::field::display(&access));
         tracing::debug!(target: LOG_TARGET, authenticated = acc.identity.is_some(), %access, "denied");
-        let rejection = match (&acc.identity, access.action()) {
-            (_, Some(Action::Custom)) => Rejection::forbidden("access denied by an external authorizer"),
-            (None, _) => self.missing_credential(),
-            (Some(_), _) => Rejection::forbidden("access denied by policy"),
-        };
+        let rejection = refusal(acc.identity.as_ref(), &access, || self.missing_credential());
         Decision::Deny(rejection.with_access(access))
     }
 }

@@ -186,6 +186,18 @@ impl Clause {
         }
     }
 
+    /// Whether this clause reads the end-user credential (a caller without
+    /// one could be admitted by authenticating).
+    pub(crate) fn reads_end_user(&self) -> bool {
+        matches!(
+            self.test,
+            Test::Str(
+                StrAttr::RequestPrincipal | StrAttr::Audiences | StrAttr::Presenter | StrAttr::Claim(_),
+                _
+            ) | Test::Requirement(_)
+        )
+    }
+
     /// Whether this clause reads the path.
     pub(crate) fn reads_path(&self) -> bool {
         matches!(self.test, Test::Path(_))

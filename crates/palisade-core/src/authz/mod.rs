@@ -114,6 +114,10 @@ impl CompiledRule {
             && self.when.iter().all(|c| c.holds(ctx))
     }
 
+    fn reads_end_user(&self) -> bool {
+        self.clauses().any(Clause::reads_end_user)
+    }
+
     fn clauses(&self) -> impl Iterator<Item = &Clause> {
         self.from.iter().chain(&self.to).flatten().chain(&self.when)
     }
@@ -295,6 +299,8 @@ struct Engine {
     dry_allow: Index,
     has_allow: bool,
     has_dry_allow: bool,
+    /// Whether some enforced ALLOW rule reads the end-user credential.
+    allow_reads_end_user: bool,
     reads_path: bool,
     headers: Vec<String>,
     settings: AuthzSettings,
@@ -328,6 +334,11 @@ impl Engine {
             dry_allow: Index::build(&policies, dry(Action::Allow)),
             has_allow: allow_by_rbac || policies.iter().any(live(Action::Allow)),
             has_dry_allow: policies.iter().any(dry(Action::Allow)),
+            allow_reads_end_user: policies
+                .iter()
+                .filter(|p| live(Action::Allow)(p))
+                .flat_map(|p| &p.rules)
+                .any(CompiledRule::reads_end_user),
             reads_path,
             headers,
             settings,
@@ -351,11 +362,18 @@ impl Engine {
         }
         let deny = self.deny.first(&self.policies, ctx);
         let mut decision = match deny {
-            Some(e) => AccessDecision::by(false, Action::Deny, self.hit(e)),
+            Some(e) => {
+                let mut d = AccessDecision::by(false, Action::Deny, self.hit(e));
+                d.end_user_could_help = self.policies[e.0 as usize].rules[e.1 as usize].reads_end_user();
+                d
+            }
             None if !self.has_allow => AccessDecision::default_allow(),
             None => match self.allow.first(&self.policies, ctx) {
                 Some(e) => AccessDecision::by(true, Action::Allow, self.hit(e)),
-                None => AccessDecision::no_allow_matched(),
+                None => AccessDecision {
+                    end_user_could_help: self.allow_reads_end_user,
+                    ..AccessDecision::no_allow_matched()
+                },
             },
         };
         if !self.dry_deny.is_empty() || !self.dry_allow.is_empty() {
@@ -429,6 +447,7 @@ pub struct AccessDecision {
     policy: Option<Arc<str>>,
     rule: Option<usize>,
     dry_run: Option<Arc<DryRunReport>>,
+    end_user_could_help: bool,
 }
 
 impl AccessDecision {
@@ -439,6 +458,7 @@ impl AccessDecision {
             policy: Some(policy),
             rule: Some(rule),
             dry_run: None,
+            end_user_could_help: false,
         }
     }
 
@@ -449,6 +469,7 @@ impl AccessDecision {
             policy: None,
             rule: None,
             dry_run: None,
+            end_user_could_help: false,
         }
     }
 
@@ -482,6 +503,15 @@ impl AccessDecision {
     #[must_use]
     pub fn rule(&self) -> Option<usize> {
         self.rule
+    }
+
+    /// For a denial: whether the rules that decided read the end-user
+    /// credential (request principal, claims, a role requirement), so a
+    /// caller without one should be asked to authenticate (401) rather than
+    /// be refused outright (403).
+    #[must_use]
+    pub fn end_user_could_help(&self) -> bool {
+        !self.allowed && self.end_user_could_help
     }
 
     /// What dry-run policies would have decided, when any apply.

@@ -441,3 +441,14 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn only_denials_a_credential_could_change_ask_for_one() {
+    let ip = policy(&format!("{HEAD}spec:\n  action: DENY\n  rules: [{{from: [{{source: {{ipBlocks: [10.0.0.0/8]}}}}]}}]\n")).unwrap();
+    let d = ip.evaluate(&OwnedRequest::get("/").connection(conn("10.0.0.1:1", "127.0.0.1:80")), None);
+    assert!(!d.is_allowed() && !d.end_user_could_help());
+    let who = policy(&format!("{HEAD}spec:\n  rules: [{{from: [{{source: {{requestPrincipals: [\"*\"]}}}}]}}]\n")).unwrap();
+    assert!(who.evaluate(&OwnedRequest::get("/"), None).end_user_could_help());
+    let none = policy(&format!("{HEAD}spec: {{}}\n")).unwrap();
+    assert!(!none.evaluate(&OwnedRequest::get("/"), None).end_user_could_help());
+}
