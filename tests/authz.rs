@@ -11,12 +11,14 @@ use std::net::{IpAddr, SocketAddr};
 
 use actix_web::{App, HttpResponse, web};
 use axum::body::Body;
-use palisade::core::authz::{AccessDecision, AccessPolicy, CheckRequest, ExternalAuthorizers, ExternalDecision};
+use palisade::core::authz::{
+    AccessDecision, AccessPolicy, CheckRequest, ExternalAuthorizers, ExternalDecision,
+};
 use palisade::core::identity::{PeerIdentity, Verification};
 use palisade::core::policy::{PolicySet, Spec, Workload};
 use palisade::core::{
-    AuthOutcome, Authenticated, Authenticating, Authenticator, Check, ConnectionInfo, Decision, Guard, Identity,
-    OwnedRequest, RequestHead,
+    AuthOutcome, Authenticated, Authenticating, Authenticator, Check, ConnectionInfo, Decision, Guard,
+    Identity, OwnedRequest, RequestHead,
 };
 use palisade::jwt::{JwtAuthenticator, Provider};
 use palisade::testkit::TestIssuer;
@@ -95,11 +97,14 @@ impl Authenticator for TestPeer {
         let mut peer = PeerIdentity::default();
         peer.principal = Some(principal.to_owned());
         peer.spiffe_id = Some(format!("spiffe://{principal}"));
-        peer.namespace = principal.split("/ns/").nth(1).and_then(|r| r.split('/').next()).map(str::to_owned);
-        Authenticating::Ready(AuthOutcome::Authenticated(Authenticated::new(Identity::from_peer(
-            peer,
-            Verification::assertion(),
-        ))))
+        peer.namespace = principal
+            .split("/ns/")
+            .nth(1)
+            .and_then(|r| r.split('/').next())
+            .map(str::to_owned);
+        Authenticating::Ready(AuthOutcome::Authenticated(Authenticated::new(
+            Identity::from_peer(peer, Verification::assertion()),
+        )))
     }
 }
 
@@ -116,8 +121,12 @@ struct Setup {
 
 fn setup(case: &Case, issuer: &TestIssuer) -> Setup {
     let ws = case.workload.as_ref();
-    let service = ws.and_then(|w| w.service.clone()).unwrap_or_else(|| "httpbin".into());
-    let namespace = ws.and_then(|w| w.namespace.clone()).unwrap_or_else(|| "foo".into());
+    let service = ws
+        .and_then(|w| w.service.clone())
+        .unwrap_or_else(|| "httpbin".into());
+    let namespace = ws
+        .and_then(|w| w.namespace.clone())
+        .unwrap_or_else(|| "foo".into());
     let mut workload = Workload::new(&service, &namespace);
     for (k, v) in ws.map(|w| w.labels.clone()).unwrap_or_default() {
         workload = workload.label(&k, &v);
@@ -136,19 +145,25 @@ fn setup(case: &Case, issuer: &TestIssuer) -> Setup {
             && let Some(provider) = &p.provider
         {
             // Istio's sample ext-authz server: allow iff `x-ext-authz: allow`.
-            authorizers = authorizers.register(&provider.name, ["x-ext-authz"], |c: CheckRequest| async move {
-                if c.request.header_str("x-ext-authz") == Some("allow") {
-                    ExternalDecision::Allow
-                } else {
-                    ExternalDecision::Deny
-                }
-            });
+            authorizers =
+                authorizers.register(&provider.name, ["x-ext-authz"], |c: CheckRequest| async move {
+                    if c.request.header_str("x-ext-authz") == Some("allow") {
+                        ExternalDecision::Allow
+                    } else {
+                        ExternalDecision::Deny
+                    }
+                });
         }
     }
     let access = AccessPolicy::compile_with(&set.for_workload(&workload), &authorizers)
         .unwrap_or_else(|e| panic!("{}: {e}", case.name));
     let mut jwt = JwtAuthenticator::builder().realm(service.clone());
-    let mut issuers: Vec<&str> = case.requests.iter().filter_map(|r| r.jwt.as_ref()).map(|j| j.iss.as_str()).collect();
+    let mut issuers: Vec<&str> = case
+        .requests
+        .iter()
+        .filter_map(|r| r.jwt.as_ref())
+        .map(|j| j.iss.as_str())
+        .collect();
     issuers.sort_unstable();
     issuers.dedup();
     let jwks = issuer.jwks().to_string();
@@ -187,12 +202,17 @@ fn setup(case: &Case, issuer: &TestIssuer) -> Setup {
     Setup {
         guard: builder.build().unwrap(),
         tokens,
-        dry_run: case.policy.contains("istio.io/dry-run: \"true\"") || case.policy.contains("istio.io/dry-run: 'true'"),
+        dry_run: case.policy.contains("istio.io/dry-run: \"true\"")
+            || case.policy.contains("istio.io/dry-run: 'true'"),
     }
 }
 
 fn headers(r: &Req, token: Option<&String>) -> Vec<(String, String)> {
-    let mut h: Vec<(String, String)> = r.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect();
+    let mut h: Vec<(String, String)> = r
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+        .collect();
     if let Some(host) = &r.host {
         h.push(("host".into(), host.clone()));
     }
@@ -210,14 +230,23 @@ fn headers(r: &Req, token: Option<&String>) -> Vec<(String, String)> {
 
 fn connection(r: &Req) -> ConnectionInfo {
     let mut c = ConnectionInfo::default();
-    c.remote_addr = Some(SocketAddr::new(r.source_ip.unwrap_or(IpAddr::from([127, 0, 0, 1])), 40000));
-    c.local_addr = Some(SocketAddr::new(IpAddr::from([127, 0, 0, 1]), r.port.unwrap_or(80)));
+    c.remote_addr = Some(SocketAddr::new(
+        r.source_ip.unwrap_or(IpAddr::from([127, 0, 0, 1])),
+        40000,
+    ));
+    c.local_addr = Some(SocketAddr::new(
+        IpAddr::from([127, 0, 0, 1]),
+        r.port.unwrap_or(80),
+    ));
     c.sni = r.sni.clone();
     c
 }
 
 async fn core_status(guard: &Guard, r: &Req, token: Option<&String>) -> (u16, AccessDecision) {
-    let mut req = OwnedRequest::new(r.method.as_deref().unwrap_or("GET"), r.path.as_deref().unwrap_or("/"));
+    let mut req = OwnedRequest::new(
+        r.method.as_deref().unwrap_or("GET"),
+        r.path.as_deref().unwrap_or("/"),
+    );
     for (k, v) in headers(r, token) {
         req = req.header(&k, v);
     }
@@ -228,7 +257,10 @@ async fn core_status(guard: &Guard, r: &Req, token: Option<&String>) -> (u16, Ac
     };
     match d {
         Decision::Allow(a) => (200, a.access),
-        Decision::Deny(r) => (r.status(), r.access().cloned().expect("a policy denial carries its decision")),
+        Decision::Deny(r) => (
+            r.status(),
+            r.access().cloned().expect("a policy denial carries its decision"),
+        ),
     }
 }
 
@@ -244,7 +276,10 @@ async fn axum_status(guard: &Guard, r: &Req, token: Option<&String>) -> (u16, Op
     let mut req = req.body(Body::empty()).unwrap();
     req.extensions_mut().insert(connection(r));
     let res = app.oneshot(req).await.unwrap();
-    (res.status().as_u16(), res.extensions().get::<AccessDecision>().cloned())
+    (
+        res.status().as_u16(),
+        res.extensions().get::<AccessDecision>().cloned(),
+    )
 }
 
 async fn actix_status(guard: &Guard, r: &Req, token: Option<&String>) -> u16 {
@@ -254,7 +289,8 @@ async fn actix_status(guard: &Guard, r: &Req, token: Option<&String>) -> u16 {
             .default_service(web::to(HttpResponse::Ok)),
     )
     .await;
-    let method = actix_web::http::Method::from_bytes(r.method.as_deref().unwrap_or("GET").as_bytes()).unwrap();
+    let method =
+        actix_web::http::Method::from_bytes(r.method.as_deref().unwrap_or("GET").as_bytes()).unwrap();
     let mut req = actix_web::test::TestRequest::default()
         .method(method)
         .uri(r.path.as_deref().unwrap_or("/"))
@@ -262,7 +298,10 @@ async fn actix_status(guard: &Guard, r: &Req, token: Option<&String>) -> u16 {
     for (k, v) in headers(r, token) {
         req = req.insert_header((k, v));
     }
-    actix_web::test::call_service(&app, req.to_request()).await.status().as_u16()
+    actix_web::test::call_service(&app, req.to_request())
+        .await
+        .status()
+        .as_u16()
 }
 
 #[actix_web::test]
@@ -283,7 +322,12 @@ async fn istio_conformance_table_through_core_axum_and_actix() {
             };
             let (core, decision) = core_status(&s.guard, r, token.as_ref()).await;
             let (axum, ext) = axum_status(&s.guard, r, token.as_ref()).await;
-            let label = format!("{} request {i} ({} {})", case.name, r.method.as_deref().unwrap_or("GET"), r.path.as_deref().unwrap_or("/"));
+            let label = format!(
+                "{} request {i} ({} {})",
+                case.name,
+                r.method.as_deref().unwrap_or("GET"),
+                r.path.as_deref().unwrap_or("/")
+            );
             let ok_status = |st: u16| {
                 if want_allow {
                     st == 200
@@ -291,22 +335,36 @@ async fn istio_conformance_table_through_core_axum_and_actix() {
                     st == 403
                 } else {
                     // 401 exactly when a credential could change the answer.
-                    st == if decision.end_user_could_help() && decision.action() != Some(palisade::core::authz::Action::Custom) { 401 } else { 403 }
+                    st == if decision.end_user_could_help()
+                        && decision.action() != Some(palisade::core::authz::Action::Custom)
+                    {
+                        401
+                    } else {
+                        403
+                    }
                 }
             };
             if !ok_status(core) {
-                failures.push(format!("{label}: core answered {core} ({decision}), expected {}: {}", r.expect, r.why.as_deref().unwrap_or("")));
+                failures.push(format!(
+                    "{label}: core answered {core} ({decision}), expected {}: {}",
+                    r.expect,
+                    r.why.as_deref().unwrap_or("")
+                ));
                 continue;
             }
             if axum != core {
                 failures.push(format!("{label}: axum answered {axum}, core {core}"));
             }
             let Some(ext) = ext else {
-                failures.push(format!("{label}: no AccessDecision in the axum response extensions"));
+                failures.push(format!(
+                    "{label}: no AccessDecision in the axum response extensions"
+                ));
                 continue;
             };
             if s.dry_run && ext.dry_run().is_none() {
-                failures.push(format!("{label}: a dry-run policy applies but the decision has no dry-run report"));
+                failures.push(format!(
+                    "{label}: a dry-run policy applies but the decision has no dry-run report"
+                ));
             }
             // TestRequest cannot set the local port or SNI of a connection;
             // those requests run through the core and axum only.
@@ -319,16 +377,24 @@ async fn istio_conformance_table_through_core_axum_and_actix() {
             }
         }
     }
-    assert!(failures.is_empty(), "{} of {total} requests failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {total} requests failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     println!("{total} requests through core and axum, {actix_runs} of them through actix-web too");
-    assert!(actix_runs * 10 >= total * 8, "actix-web ran only {actix_runs} of {total}");
+    assert!(
+        actix_runs * 10 >= total * 8,
+        "actix-web ran only {actix_runs} of {total}"
+    );
 }
 
 // Route-level requirements, extractors, path normalisation reaching the
 // router, and the explain switch: one table through both frameworks.
 
-use palisade::core::authz::{Requirement, Requires, client_role, realm_role};
 use palisade::core::Authorized;
+use palisade::core::authz::{Requirement, Requires, client_role, realm_role};
 
 struct Admins;
 
@@ -362,7 +428,11 @@ fn routes_guard(issuer: &TestIssuer, explain: bool) -> Guard {
         .build()
         .unwrap();
     let b = Guard::builder().authenticator(jwt).access_policy(access);
-    let b = if explain { b.explain_decisions_in_header() } else { b };
+    let b = if explain {
+        b.explain_decisions_in_header()
+    } else {
+        b
+    };
     b.build().unwrap()
 }
 
@@ -374,17 +444,27 @@ fn axum_app(guard: &Guard) -> palisade::axum::Palisade<axum::Router> {
     use axum::routing::{get, post};
     let admin = axum::Router::new()
         .route("/admin", post(|| async { "admin" }))
-        .route_layer(palisade::axum::require(realm_role("admin").or(client_role("reviews", "editor"))));
+        .route_layer(palisade::axum::require(
+            realm_role("admin").or(client_role("reviews", "editor")),
+        ));
     let router = axum::Router::new()
         .route("/public/{*rest}", get(echo_path_axum))
         .route("/secret", get(|| async { "secret" }))
         .route("/list", get(echo_path_axum))
-        .route("/admins-only", get(|Authorized(id, _): Authorized<Admins>| async move { id.subject().unwrap_or("").to_owned() }))
+        .route(
+            "/admins-only",
+            get(|Authorized(id, _): Authorized<Admins>| async move { id.subject().unwrap_or("").to_owned() }),
+        )
         .merge(admin);
     palisade::axum::PalisadeLayer::new(guard.clone()).layer(router)
 }
 
-async fn call_axum<S, B>(app: S, method: &str, uri: &str, token: Option<&str>) -> (u16, Option<String>, String)
+async fn call_axum<S, B>(
+    app: S,
+    method: &str,
+    uri: &str,
+    token: Option<&str>,
+) -> (u16, Option<String>, String)
 where
     S: tower::Service<http::Request<Body>, Response = http::Response<B>, Error = std::convert::Infallible>,
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
@@ -396,26 +476,46 @@ where
     }
     let res = app.oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
     let status = res.status().as_u16();
-    let explain = res.headers().get("x-palisade-authz").map(|v| v.to_str().unwrap().to_owned());
-    let body = axum::body::to_bytes(Body::new(res.into_body()), 1 << 20).await.unwrap();
+    let explain = res
+        .headers()
+        .get("x-palisade-authz")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body = axum::body::to_bytes(Body::new(res.into_body()), 1 << 20)
+        .await
+        .unwrap();
     (status, explain, String::from_utf8_lossy(&body).into_owned())
 }
 
-async fn call_actix(guard: &Guard, method: &str, uri: &str, token: Option<&str>) -> (u16, Option<String>, String) {
+async fn call_actix(
+    guard: &Guard,
+    method: &str,
+    uri: &str,
+    token: Option<&str>,
+) -> (u16, Option<String>, String) {
     use palisade::actix::Require;
     let app = actix_web::test::init_service(
         App::new()
             .wrap(palisade::actix::Palisade::new(guard.clone()))
-            .route("/public/{rest:.*}", web::get().to(|req: actix_web::HttpRequest| async move { req.uri().to_string() }))
+            .route(
+                "/public/{rest:.*}",
+                web::get().to(|req: actix_web::HttpRequest| async move { req.uri().to_string() }),
+            )
             .route("/secret", web::get().to(|| async { "secret" }))
-            .route("/list", web::get().to(|req: actix_web::HttpRequest| async move { req.uri().to_string() }))
+            .route(
+                "/list",
+                web::get().to(|req: actix_web::HttpRequest| async move { req.uri().to_string() }),
+            )
             .route(
                 "/admins-only",
-                web::get().to(|Authorized(id, _): Authorized<Admins>| async move { id.subject().unwrap_or("").to_owned() }),
+                web::get().to(|Authorized(id, _): Authorized<Admins>| async move {
+                    id.subject().unwrap_or("").to_owned()
+                }),
             )
             .service(
                 web::resource("/admin")
-                    .wrap(Require::new(realm_role("admin").or(client_role("reviews", "editor"))))
+                    .wrap(Require::new(
+                        realm_role("admin").or(client_role("reviews", "editor")),
+                    ))
                     .route(web::post().to(|| async { "admin" })),
             ),
     )
@@ -427,7 +527,10 @@ async fn call_actix(guard: &Guard, method: &str, uri: &str, token: Option<&str>)
     }
     let res = actix_web::test::call_service(&app, req.to_request()).await;
     let status = res.status().as_u16();
-    let explain = res.headers().get("x-palisade-authz").map(|v| v.to_str().unwrap().to_owned());
+    let explain = res
+        .headers()
+        .get("x-palisade-authz")
+        .map(|v| v.to_str().unwrap().to_owned());
     let body = actix_web::test::read_body(res).await;
     (status, explain, String::from_utf8_lossy(&body).into_owned())
 }
@@ -437,7 +540,11 @@ async fn requirements_extractors_and_normalised_paths_behave_alike_in_both_frame
     let issuer = TestIssuer::builder().default_audience("details").start().unwrap();
     let guard = routes_guard(&issuer, false);
     let admin = issuer.token().subject("ada").realm_roles(&["admin"]).sign();
-    let editor = issuer.token().subject("ed").client_roles("reviews", &["editor"]).sign();
+    let editor = issuer
+        .token()
+        .subject("ed")
+        .client_roles("reviews", &["editor"])
+        .sign();
     let plain = issuer.token().subject("bob").realm_roles(&["user"]).sign();
     let table: Vec<(&str, &str, Option<&str>, u16, &str)> = vec![
         // Path normalisation: the DENY rule cannot be dodged, and the router
@@ -482,7 +589,10 @@ async fn explain_header_only_with_the_debug_switch() {
     let guard = routes_guard(&issuer, true);
     let t = issuer.token().subject("bob").sign();
     let denied = call_axum(axum_app(&guard), "GET", "/secret", Some(&t)).await;
-    assert_eq!(denied.1.as_deref(), Some("denied by DENY policy default/no-secret rule 0"));
+    assert_eq!(
+        denied.1.as_deref(),
+        Some("denied by DENY policy default/no-secret rule 0")
+    );
     let actix = call_actix(&guard, "GET", "/secret", Some(&t)).await;
     assert_eq!(actix.1, denied.1);
     let allowed = call_axum(axum_app(&guard), "GET", "/list", Some(&t)).await;
@@ -500,7 +610,12 @@ async fn a_layer_after_routing_refuses_paths_it_cannot_hand_to_the_router() {
         .layer(palisade::axum::PalisadeLayer::new(guard.clone()));
     assert_eq!(call_axum(app.clone(), "GET", "/public/x", Some(&t)).await.0, 200);
     // Denied whatever the router would do: the policy saw `/secret`.
-    assert_eq!(call_axum(app.clone(), "GET", "/public/../secret", Some(&t)).await.0, 403);
+    assert_eq!(
+        call_axum(app.clone(), "GET", "/public/../secret", Some(&t))
+            .await
+            .0,
+        403
+    );
     // Allowed as `/list`, but the router already chose `/public/{*rest}`: refused.
     let (status, _, body) = call_axum(app, "GET", "/public/../list", Some(&t)).await;
     assert_eq!(status, 400, "{body}");
@@ -519,7 +634,22 @@ async fn a_layer_after_routing_refuses_paths_it_cannot_hand_to_the_router() {
             .insert_header(("authorization", format!("Bearer {t}")))
             .to_request()
     };
-    assert_eq!(actix_web::test::call_service(&app, req("/public/x")).await.status(), 200);
-    assert_eq!(actix_web::test::call_service(&app, req("/public/a/../../secret")).await.status(), 403);
-    assert_eq!(actix_web::test::call_service(&app, req("/public/a/../b")).await.status(), 400);
+    assert_eq!(
+        actix_web::test::call_service(&app, req("/public/x"))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        actix_web::test::call_service(&app, req("/public/a/../../secret"))
+            .await
+            .status(),
+        403
+    );
+    assert_eq!(
+        actix_web::test::call_service(&app, req("/public/a/../b"))
+            .await
+            .status(),
+        400
+    );
 }

@@ -385,49 +385,84 @@ spec:
     );
     let plain = issuer.token().subject("bob").realm_roles(&["user"]).sign();
     let editor = issuer.token().subject("eve").realm_roles(&["editor"]).sign();
-    let client_admin = issuer.token().subject("cat").client_roles("reviews", &["admin"]).sign();
+    let client_admin = issuer
+        .token()
+        .subject("cat")
+        .client_roles("reviews", &["admin"])
+        .sign();
     let exporter = issuer.token().subject("ed").scope("read export").sign();
-    let writer = issuer.token().subject("wes").claim("groups", serde_json::json!(["writers"])).sign();
+    let writer = issuer
+        .token()
+        .subject("wes")
+        .claim("groups", serde_json::json!(["writers"]))
+        .sign();
     type Row<'a> = (&'a str, &'a str, Option<&'a str>, &'a [(&'a str, &'a str)], u16);
     let table: Vec<(&str, Vec<Row<'_>>)> = vec![
-        ("allow-by-role.yaml", vec![
-            ("GET", "/healthz", None, &[], 200),
-            ("GET", "/list", None, &[], 401),
-            ("GET", "/list", Some(&plain), &[], 200),
-            ("POST", "/list", Some(&plain), &[], 403),
-            ("POST", "/list", Some(&editor), &[], 201),
-            ("POST", "/list", Some(&client_admin), &[], 201),
-        ]),
-        ("path-templates.yaml", vec![
-            ("GET", "/ITEM/7", Some(&plain), &[], 200),
-            ("GET", "/ITEM/7/export/all/csv", Some(&plain), &[], 403),
-            ("GET", "/ITEM/7/x/../export/all", Some(&plain), &[], 403),
-            ("GET", "/ITEM/7/export/all/csv", Some(&exporter), &[], 404),
-        ]),
-        ("dry-run.yaml", vec![
-            ("POST", "/list", Some(&plain), &[], 201),
-            ("GET", "/list", None, &[], 200),
-        ]),
-        ("behind-proxy.yaml", vec![
-            ("GET", "/list", None, &[("x-forwarded-for", "203.0.113.9")], 403),
-            ("GET", "/list", None, &[("x-forwarded-for", "203.0.113.9, 198.51.100.2")], 200),
-            ("GET", "/list", None, &[], 200),
-        ]),
-        ("rbac-v1alpha1.yaml", vec![
-            ("GET", "/list", None, &[], 401),
-            ("GET", "/list", Some(&plain), &[], 200),
-            ("POST", "/list", Some(&plain), &[], 403),
-            ("POST", "/list", Some(&writer), &[], 201),
-        ]),
-        ("external-authz.yaml", vec![
-            ("GET", "/list", None, &[], 200),
-            ("POST", "/list", Some(&plain), &[], 403),
-            ("POST", "/list", Some(&plain), &[("x-ext-authz", "allow")], 201),
-        ]),
-        ("mesh-peers.yaml", vec![
-            ("GET", "/list", None, &[], 403),
-            ("GET", "/list", Some(&plain), &[], 403),
-        ]),
+        (
+            "allow-by-role.yaml",
+            vec![
+                ("GET", "/healthz", None, &[], 200),
+                ("GET", "/list", None, &[], 401),
+                ("GET", "/list", Some(&plain), &[], 200),
+                ("POST", "/list", Some(&plain), &[], 403),
+                ("POST", "/list", Some(&editor), &[], 201),
+                ("POST", "/list", Some(&client_admin), &[], 201),
+            ],
+        ),
+        (
+            "path-templates.yaml",
+            vec![
+                ("GET", "/ITEM/7", Some(&plain), &[], 200),
+                ("GET", "/ITEM/7/export/all/csv", Some(&plain), &[], 403),
+                ("GET", "/ITEM/7/x/../export/all", Some(&plain), &[], 403),
+                ("GET", "/ITEM/7/export/all/csv", Some(&exporter), &[], 404),
+            ],
+        ),
+        (
+            "dry-run.yaml",
+            vec![
+                ("POST", "/list", Some(&plain), &[], 201),
+                ("GET", "/list", None, &[], 200),
+            ],
+        ),
+        (
+            "behind-proxy.yaml",
+            vec![
+                ("GET", "/list", None, &[("x-forwarded-for", "203.0.113.9")], 403),
+                (
+                    "GET",
+                    "/list",
+                    None,
+                    &[("x-forwarded-for", "203.0.113.9, 198.51.100.2")],
+                    200,
+                ),
+                ("GET", "/list", None, &[], 200),
+            ],
+        ),
+        (
+            "rbac-v1alpha1.yaml",
+            vec![
+                ("GET", "/list", None, &[], 401),
+                ("GET", "/list", Some(&plain), &[], 200),
+                ("POST", "/list", Some(&plain), &[], 403),
+                ("POST", "/list", Some(&writer), &[], 201),
+            ],
+        ),
+        (
+            "external-authz.yaml",
+            vec![
+                ("GET", "/list", None, &[], 200),
+                ("POST", "/list", Some(&plain), &[], 403),
+                ("POST", "/list", Some(&plain), &[("x-ext-authz", "allow")], 201),
+            ],
+        ),
+        (
+            "mesh-peers.yaml",
+            vec![
+                ("GET", "/list", None, &[], 403),
+                ("GET", "/list", Some(&plain), &[], 403),
+            ],
+        ),
     ];
     let dir = std::env::temp_dir().join(format!("palisade-samples-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -449,7 +484,11 @@ spec:
                     req = req.header(*k, *v);
                 }
                 let res = req.send().await.unwrap();
-                assert_eq!(res.status().as_u16(), *want, "{sample} on {name}: {method} {path}");
+                assert_eq!(
+                    res.status().as_u16(),
+                    *want,
+                    "{sample} on {name}: {method} {path}"
+                );
             }
         }
     }

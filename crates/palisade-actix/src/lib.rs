@@ -27,7 +27,7 @@
 //!
 //! Refused requests are answered with a response (not an `Err`), so outer
 //! middleware such as CORS still runs on them. The
-//! [`Rejection`](palisade_core::Rejection) travels in the response extensions.
+//! [`Rejection`] travels in the response extensions.
 //! Allowed requests reach the app with a
 //! [`RequestAuth`] in their extensions (the
 //! [`Identity`], when there is one, and the access decision) and with the

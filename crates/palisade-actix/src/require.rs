@@ -41,7 +41,9 @@ pub struct Require {
 impl Require {
     /// Requires `policy` on what it wraps.
     pub fn new(policy: impl Into<AccessPolicy>) -> Self {
-        Self { policy: policy.into() }
+        Self {
+            policy: policy.into(),
+        }
     }
 }
 

@@ -220,7 +220,9 @@ fn rewrite_path<B>(req: &mut Request<B>, path: &str) -> Result<(), Rejection> {
             target: palisade_core::guard::LOG_TARGET,
             "a path that is not in normal form reached a PalisadeLayer added with Router::layer, after routing: refused with 400. Wrap the whole Router instead (PalisadeLayer::new(guard).layer(router)) so the router sees the path the policy matched"
         );
-        return Err(Rejection::malformed_path("the request path is not in normal form"));
+        return Err(Rejection::malformed_path(
+            "the request path is not in normal form",
+        ));
     }
     let target = match req.uri().query() {
         Some(q) => format!("{path}?{q}"),

@@ -37,7 +37,9 @@ pub struct RequireLayer {
 /// such as `realm_role("admin")`, or an [`AccessPolicy`] built in code or
 /// loaded from YAML) on the routes it wraps.
 pub fn require(policy: impl Into<AccessPolicy>) -> RequireLayer {
-    RequireLayer { policy: policy.into() }
+    RequireLayer {
+        policy: policy.into(),
+    }
 }
 
 impl<S> Layer<S> for RequireLayer {

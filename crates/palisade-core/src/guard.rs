@@ -91,7 +91,11 @@ impl RequestAuth {
 /// policies: 401 with the challenges when the caller has no end-user
 /// credential and one could change the decision (the deciding rules read
 /// the request principal or claims); 403 otherwise, as Istio answers.
-fn refusal(identity: Option<&Identity>, access: &AccessDecision, missing: impl FnOnce() -> Rejection) -> Rejection {
+fn refusal(
+    identity: Option<&Identity>,
+    access: &AccessDecision,
+    missing: impl FnOnce() -> Rejection,
+) -> Rejection {
     let anonymous = identity.is_none_or(|i| i.request_principal_str().is_none());
     match access.action() {
         Some(Action::Custom) => Rejection::forbidden("access denied by an external authorizer"),
@@ -124,7 +128,11 @@ impl fmt::Debug for RouteCheck {
 /// guard's challenges; an identity and denied: 403. Without the middleware
 /// in front (a wiring mistake), every request is refused with 401 and an
 /// error is logged.
-pub fn authorize_route(policy: &AccessPolicy, auth: Option<&RequestAuth>, req: &dyn RequestHead) -> RouteCheck {
+pub fn authorize_route(
+    policy: &AccessPolicy,
+    auth: Option<&RequestAuth>,
+    req: &dyn RequestHead,
+) -> RouteCheck {
     let Some(auth) = auth else {
         tracing::error!(target: LOG_TARGET, "a route policy runs on a request that no Palisade middleware checked: refused");
         return RouteCheck::Ready(Err(Rejection::missing_credential(Vec::new())));
@@ -376,37 +384,30 @@ impl Guard {
                 Authenticating::Pending(fut) => pending.push(fut),
             }
         }
+        let rewrite = matches!(path, Cow::Owned(_));
         if pending.is_empty() {
-            return self.decide(acc, req, &path);
+            return self.decide(acc, req, &path, rewrite);
         }
         let snapshot = OwnedRequest::snapshot(req, access.headers_read()).with_path(&path);
-        let rewrite = matches!(path, Cow::Owned(_));
         let guard = self.clone();
         Check::Pending(Box::pin(async move {
             for fut in pending {
                 acc.add(fut.await);
             }
-            let path = if rewrite {
-                Cow::Owned(snapshot.path().to_owned())
-            } else {
-                Cow::Borrowed(snapshot.path())
-            };
-            match guard.decide(acc, &snapshot, &path) {
+            match guard.decide(acc, &snapshot, snapshot.path(), rewrite) {
                 Check::Ready(d) => d,
                 Check::Pending(f) => f.await,
             }
         }))
     }
 
-    fn decide(&self, acc: Acc, req: &dyn RequestHead, path: &Cow<'_, str>) -> Check {
+    /// Authorizes; `rewrite` says the normalised `path` differs from the request's.
+    fn decide(&self, acc: Acc, req: &dyn RequestHead, path: &str, rewrite: bool) -> Check {
         if let Some(rejection) = acc.rejection {
             tracing::debug!(target: LOG_TARGET, method = req.method(), path = req.path(), status = rejection.status(), reason = rejection.detail(), "credential refused");
             return Check::Ready(Decision::Deny(rejection));
         }
-        let rewrite = match path {
-            Cow::Owned(p) => Some(p.clone()),
-            Cow::Borrowed(_) => None,
-        };
+        let rewrite = rewrite.then(|| path.to_owned());
         match self.0.access.check_normalized(req, acc.identity.as_ref(), path) {
             AccessCheck::Ready(access) => Check::Ready(self.finish(acc, access, rewrite, req.method(), path)),
             AccessCheck::Pending(fut) => {
@@ -421,7 +422,14 @@ impl Guard {
         }
     }
 
-    fn finish(&self, acc: Acc, access: AccessDecision, path: Option<String>, method: &str, p: &str) -> Decision {
+    fn finish(
+        &self,
+        acc: Acc,
+        access: AccessDecision,
+        path: Option<String>,
+        method: &str,
+        p: &str,
+    ) -> Decision {
         let span = tracing::debug_span!(target: LOG_TARGET, "authorize", method, path = p, decision = tracing::field::Empty);
         let _entered = span.enter();
         if access.is_allowed() {

@@ -42,7 +42,8 @@ pub use authn::{
 pub use error::{ErrorKind, PROBLEM_JSON, Rejection, bearer_challenge};
 pub use extract::{Authorized, Claims};
 pub use guard::{
-    Allowed, BoxDecision, Check, Decision, Guard, GuardBuilder, GuardError, RequestAuth, RouteCheck, authorize_route,
+    Allowed, BoxDecision, Check, Decision, Guard, GuardBuilder, GuardError, RequestAuth, RouteCheck,
+    authorize_route,
 };
 pub use identity::{AuthMethod, Identity, KerberosIdentity, PeerIdentity, TokenClaims, Verification, whoami};
 pub use request::{ConnectionInfo, OwnedRequest, RequestHead};

@@ -526,7 +526,10 @@ mod tests {
             Err(ConfigError::InvalidIssuer(_))
         ));
         assert!(matches!(
-            Provider::builder("").audience("a").jwks_uri("https://x/jwks").build(),
+            Provider::builder("")
+                .audience("a")
+                .jwks_uri("https://x/jwks")
+                .build(),
             Err(ConfigError::InvalidIssuer(_))
         ));
         // Istio's demo issuer: not a URL, fine with an explicit JWKS.

@@ -135,7 +135,9 @@ fn any_value(attr: &StrAttr, ctx: &Ctx<'_>, f: &mut dyn FnMut(&str) -> bool) -> 
             .and_then(|t| t.authorized_party.as_deref())
             .is_some_and(f),
         StrAttr::Claim(path) => {
-            let Some(claims) = id.and_then(Identity::claims) else { return false };
+            let Some(claims) = id.and_then(Identity::claims) else {
+                return false;
+            };
             let mut value = claims.get(&path[0]);
             for key in &path[1..] {
                 value = value.and_then(|v| v.get(key));
@@ -143,11 +145,7 @@ fn any_value(attr: &StrAttr, ctx: &Ctx<'_>, f: &mut dyn FnMut(&str) -> bool) -> 
             let split = path.len() == 1 && path[0] == "scope";
             value.is_some_and(|v| claim_values(v, split, f))
         }
-        StrAttr::Sni => ctx
-            .req
-            .connection()
-            .and_then(|c| c.sni.as_deref())
-            .is_some_and(f),
+        StrAttr::Sni => ctx.req.connection().and_then(|c| c.sni.as_deref()).is_some_and(f),
     }
 }
 
@@ -160,7 +158,10 @@ impl Clause {
                 ctx.id.is_some_and(|i| i.request_principal_str().is_some())
             }
             Test::Str(attr, ms) => any_value(attr, ctx, &mut |v| ms.iter().any(|m| m.matches(v))),
-            Test::Host(ms) => ctx.req.host().is_some_and(|h| ms.iter().any(|m| host_matches(m, h))),
+            Test::Host(ms) => ctx
+                .req
+                .host()
+                .is_some_and(|h| ms.iter().any(|m| host_matches(m, h))),
             Test::Path(ms) => ms.iter().any(|m| m.matches(ctx.path)),
             Test::Ip(attr, blocks) => {
                 let ip = match attr {

@@ -8,14 +8,19 @@ use super::attr::{Clause, IpAttr, StrAttr, Test};
 use super::custom::ExternalAuthorizers;
 use super::matcher::{IpBlock, PathMatch, StrMatch, parse_port};
 use super::{Action, CompiledPolicy, CompiledRule};
-use crate::policy::{AuthorizationPolicySpec, Condition, Document, Operation, PolicyError, Source, WorkloadPolicy};
+use crate::policy::{
+    AuthorizationPolicySpec, Condition, Document, Operation, PolicyError, Source, WorkloadPolicy,
+};
 
 /// A field-relative error: (field path below the current node, message).
 pub(crate) type FieldError = (String, String);
 
 fn nonempty<'v>(values: &'v [String], field: &str) -> Result<&'v [String], FieldError> {
     if values.is_empty() {
-        return Err((field.to_owned(), "must not be empty (leave the field out instead)".to_owned()));
+        return Err((
+            field.to_owned(),
+            "must not be empty (leave the field out instead)".to_owned(),
+        ));
     }
     Ok(values)
 }
@@ -109,7 +114,10 @@ pub(crate) fn source_clauses(s: &Source) -> Result<Vec<Clause>, FieldError> {
         ip_attr(IpAttr::Remote),
     )?;
     if out.is_empty() {
-        return Err((String::new(), "an empty source matches every caller: give at least one field".into()));
+        return Err((
+            String::new(),
+            "an empty source matches every caller: give at least one field".into(),
+        ));
     }
     Ok(out)
 }
@@ -142,7 +150,10 @@ pub(crate) fn operation_clauses(o: &Operation) -> Result<Vec<Clause>, FieldError
         |v, f| Ok(Test::Port(ports(v, f)?)),
     )?;
     if out.is_empty() {
-        return Err((String::new(), "an empty operation matches every request: give at least one field".into()));
+        return Err((
+            String::new(),
+            "an empty operation matches every request: give at least one field".into(),
+        ));
     }
     Ok(out)
 }
@@ -197,7 +208,9 @@ pub(crate) fn parse_key(key: &str) -> Result<Key, String> {
         k if k.starts_with("request.auth.claims") => {
             return bracketed(&k["request.auth.claims".len()..])
                 .map(|p| Key::Str(StrAttr::Claim(p.into())))
-                .ok_or_else(|| format!("`{key}`: write request.auth.claims[name] or request.auth.claims[a][b]"));
+                .ok_or_else(|| {
+                    format!("`{key}`: write request.auth.claims[name] or request.auth.claims[a][b]")
+                });
         }
         _ => return Err(format!("unknown condition key `{key}`")),
     };
@@ -236,7 +249,12 @@ pub(crate) fn condition_clause(c: &Condition) -> Result<Clause, FieldError> {
 }
 
 fn dry_run(w: &WorkloadPolicy<'_>, doc: &Document) -> Result<bool, PolicyError> {
-    match doc.metadata.annotations.get("istio.io/dry-run").map(String::as_str) {
+    match doc
+        .metadata
+        .annotations
+        .get("istio.io/dry-run")
+        .map(String::as_str)
+    {
         None | Some("false") => Ok(false),
         Some("true") => Ok(true),
         Some(other) => Err(w.error_at(
@@ -303,7 +321,9 @@ pub(crate) fn compile_policy(
             };
             Some((Arc::<str>::from(p.name.as_str()), a))
         }
-        (_, Some(_)) => return Err(w.error_at(doc, "spec.provider", "only a CUSTOM policy takes a provider")),
+        (_, Some(_)) => {
+            return Err(w.error_at(doc, "spec.provider", "only a CUSTOM policy takes a provider"));
+        }
         (_, None) => None,
     };
     let mut rules = Vec::new();
@@ -312,7 +332,11 @@ pub(crate) fn compile_policy(
     for (ri, rule) in spec.rules.iter().flatten().enumerate() {
         let at = |field: String, msg: String| w.error_at(doc, &format!("spec.rules[{ri}].{field}"), msg);
         let join = |base: String, (sub, msg): FieldError| {
-            let field = if sub.is_empty() { base } else { format!("{base}.{sub}") };
+            let field = if sub.is_empty() {
+                base
+            } else {
+                format!("{base}.{sub}")
+            };
             at(field, msg)
         };
         let mut from = Vec::new();

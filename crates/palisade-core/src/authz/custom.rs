@@ -104,7 +104,10 @@ impl ExternalAuthorizers {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let headers: Vec<String> = headers.into_iter().map(|h| h.as_ref().to_ascii_lowercase()).collect();
+        let headers: Vec<String> = headers
+            .into_iter()
+            .map(|h| h.as_ref().to_ascii_lowercase())
+            .collect();
         self.map.insert(
             name.to_owned(),
             Registered {

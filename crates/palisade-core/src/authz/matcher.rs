@@ -82,7 +82,11 @@ pub(crate) fn host_matches(m: &StrMatch, host: &str) -> bool {
 /// `Host` carries one, which a DENY rule should not).
 pub(crate) fn host_without_port(m: &StrMatch) -> Option<&str> {
     match m {
-        StrMatch::Exact(h) if !h.rsplit_once(':').is_some_and(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())) => {
+        StrMatch::Exact(h)
+            if !h
+                .rsplit_once(':')
+                .is_some_and(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())) =>
+        {
             Some(h)
         }
         _ => None,
@@ -137,7 +141,9 @@ impl PathMatch {
         match self {
             PathMatch::Str(m) => m.matches(path),
             PathMatch::Template(segs) => {
-                let Some(mut rest) = path.strip_prefix('/') else { return false };
+                let Some(mut rest) = path.strip_prefix('/') else {
+                    return false;
+                };
                 for (i, seg) in segs.iter().enumerate() {
                     let last = i + 1 == segs.len();
                     match seg {
@@ -205,7 +211,12 @@ impl IpBlock {
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match p {
             None => max,
-            Some(p) => p.trim().parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(bad)?,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(bad)?,
         };
         Ok(Self { addr, prefix })
     }
@@ -257,7 +268,10 @@ mod tests {
         let m = StrMatch::parse("details.example").unwrap();
         assert!(host_matches(&m, "Details.Example"));
         assert!(!host_matches(&m, "details.example:9080"));
-        assert!(host_matches(&StrMatch::parse("details.example:*").unwrap(), "details.example:9080"));
+        assert!(host_matches(
+            &StrMatch::parse("details.example:*").unwrap(),
+            "details.example:9080"
+        ));
         assert!(!host_matches(&m, "details.example.evil"));
         assert_eq!(host_without_port(&m), Some("details.example"));
         assert_eq!(host_without_port(&StrMatch::parse("a:80").unwrap()), None);
@@ -299,7 +313,11 @@ mod tests {
         assert!(b.contains("10.1.200.3".parse().unwrap()));
         assert!(!b.contains("10.2.0.1".parse().unwrap()));
         assert!(b.contains("::ffff:10.1.0.1".parse().unwrap()));
-        assert!(IpBlock::parse("0.0.0.0/0").unwrap().contains("8.8.8.8".parse().unwrap()));
+        assert!(
+            IpBlock::parse("0.0.0.0/0")
+                .unwrap()
+                .contains("8.8.8.8".parse().unwrap())
+        );
         assert!(IpBlock::parse("::1").unwrap().contains("::1".parse().unwrap()));
         assert!(IpBlock::parse("10.0.0.0/33").is_err());
         assert!(IpBlock::parse("ten").is_err());

@@ -53,7 +53,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub use self::custom::{BoxExternal, CheckRequest, ExternalAuthorizer, ExternalAuthorizers, ExternalDecision};
+pub use self::custom::{
+    BoxExternal, CheckRequest, ExternalAuthorizer, ExternalAuthorizers, ExternalDecision,
+};
 pub use self::path::EscapedSlashes;
 pub use self::require::{Requirement, Requires, authenticated, client_role, realm_role, scope};
 
@@ -264,7 +266,8 @@ impl Index {
         let mut hits: Vec<Entry> = Vec::new();
         self.candidates(ctx.path, &mut |list| {
             for &e in list {
-                if !hits.iter().any(|h| h.0 == e.0) && policies[e.0 as usize].rules[e.1 as usize].matches(ctx) {
+                if !hits.iter().any(|h| h.0 == e.0) && policies[e.0 as usize].rules[e.1 as usize].matches(ctx)
+                {
                     hits.push(e);
                 }
             }
@@ -402,7 +405,10 @@ impl Engine {
                 None => report(false, None),
             }
         };
-        for e in [dry_deny, self.dry_allow.first(&self.policies, ctx)].into_iter().flatten() {
+        for e in [dry_deny, self.dry_allow.first(&self.policies, ctx)]
+            .into_iter()
+            .flatten()
+        {
             let (policy, rule) = self.hit(e);
             tracing::info!(target: LOG_TARGET, %policy, rule, shadow_allowed = r.allowed, method = ctx.req.method(), path = ctx.path, "dry-run policy matched");
         }
@@ -736,7 +742,12 @@ impl AccessPolicy {
 
     /// [`AccessPolicy::check`] for a path already normalised by
     /// [`AccessPolicy::normalize_path`].
-    pub fn check_normalized(&self, req: &dyn RequestHead, identity: Option<&Identity>, path: &str) -> AccessCheck {
+    pub fn check_normalized(
+        &self,
+        req: &dyn RequestHead,
+        identity: Option<&Identity>,
+        path: &str,
+    ) -> AccessCheck {
         let engine = &self.0;
         let ctx = Ctx {
             req,

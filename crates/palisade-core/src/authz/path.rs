@@ -69,11 +69,7 @@ fn is_normal(path: &[u8], escaped: EscapedSlashes) -> bool {
             b'.' if prev == b'/' => {
                 // `/.` or `/..` followed by `/` or the end.
                 let rest = &path[i..];
-                if rest == b"."
-                    || rest == b".."
-                    || rest.starts_with(b"./")
-                    || rest.starts_with(b"../")
-                {
+                if rest == b"." || rest == b".." || rest.starts_with(b"./") || rest.starts_with(b"../") {
                     return false;
                 }
             }
@@ -117,7 +113,10 @@ pub(crate) fn normalize(path: &str, escaped: EscapedSlashes) -> Result<Cow<'_, s
             continue;
         }
         // Copy the whole UTF-8 run up to the next `%` at once.
-        let end = bytes[i..].iter().position(|&c| c == b'%').map_or(bytes.len(), |p| i + p);
+        let end = bytes[i..]
+            .iter()
+            .position(|&c| c == b'%')
+            .map_or(bytes.len(), |p| i + p);
         if escaped == EscapedSlashes::Reject && bytes[i..end].contains(&b'\\') {
             return Err(PathError::EscapedSlash);
         }
@@ -158,7 +157,10 @@ mod tests {
     #[test]
     fn normal_paths_are_borrowed() {
         for p in ["/", "/list", "/a/b/", "/a.b/c..d/.e", "/files/x.tar.gz"] {
-            assert!(matches!(normalize(p, EscapedSlashes::Keep).unwrap(), Cow::Borrowed(_)), "{p}");
+            assert!(
+                matches!(normalize(p, EscapedSlashes::Keep).unwrap(), Cow::Borrowed(_)),
+                "{p}"
+            );
         }
     }
 
@@ -185,16 +187,28 @@ mod tests {
 
     #[test]
     fn malformed_escapes_are_errors() {
-        assert_eq!(normalize("/a%zz", EscapedSlashes::Keep), Err(PathError::BadEscape));
+        assert_eq!(
+            normalize("/a%zz", EscapedSlashes::Keep),
+            Err(PathError::BadEscape)
+        );
         assert_eq!(normalize("/a%2", EscapedSlashes::Keep), Err(PathError::BadEscape));
     }
 
     #[test]
     fn escaped_slashes_can_be_rejected() {
         assert_eq!(n("/a\\b"), "/a\\b");
-        assert_eq!(normalize("/a%2Fb", EscapedSlashes::Reject), Err(PathError::EscapedSlash));
-        assert_eq!(normalize("/a%5cb", EscapedSlashes::Reject), Err(PathError::EscapedSlash));
-        assert_eq!(normalize("/a\\b", EscapedSlashes::Reject), Err(PathError::EscapedSlash));
+        assert_eq!(
+            normalize("/a%2Fb", EscapedSlashes::Reject),
+            Err(PathError::EscapedSlash)
+        );
+        assert_eq!(
+            normalize("/a%5cb", EscapedSlashes::Reject),
+            Err(PathError::EscapedSlash)
+        );
+        assert_eq!(
+            normalize("/a\\b", EscapedSlashes::Reject),
+            Err(PathError::EscapedSlash)
+        );
     }
 
     #[test]

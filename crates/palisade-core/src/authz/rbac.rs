@@ -18,7 +18,8 @@ use super::compile::{FieldError, Key, key_test, parse_key};
 use super::matcher::{PathMatch, StrMatch};
 use super::{Action, CompiledPolicy, CompiledRule};
 use crate::policy::{
-    AccessRule, Document, PolicyError, RbacConfigSpec, ServiceRoleSpec, Spec, Subject, WorkloadPolicy, Workload,
+    AccessRule, Document, PolicyError, RbacConfigSpec, ServiceRoleSpec, Spec, Subject, Workload,
+    WorkloadPolicy,
 };
 
 fn rbac_on<'a>(w: &WorkloadPolicy<'a>) -> Result<Option<(&'a Document, &'a RbacConfigSpec)>, PolicyError> {
@@ -29,7 +30,10 @@ fn rbac_on<'a>(w: &WorkloadPolicy<'a>) -> Result<Option<(&'a Document, &'a RbacC
                 return Err(w.error_at(
                     d,
                     "kind",
-                    format!("only one RbacConfig or ClusterRbacConfig per mesh (document {} is one)", prev.index),
+                    format!(
+                        "only one RbacConfig or ClusterRbacConfig per mesh (document {} is one)",
+                        prev.index
+                    ),
                 ));
             }
             found = Some((d, c));
@@ -40,7 +44,9 @@ fn rbac_on<'a>(w: &WorkloadPolicy<'a>) -> Result<Option<(&'a Document, &'a RbacC
     let host = wl.host();
     let listed = |t: &Option<crate::policy::RbacTarget>| {
         t.as_ref().is_some_and(|t| {
-            t.services.iter().any(|s| s.eq_ignore_ascii_case(&host) || s == &wl.service)
+            t.services
+                .iter()
+                .any(|s| s.eq_ignore_ascii_case(&host) || s == &wl.service)
                 || t.namespaces.contains(&wl.namespace)
         })
     };
@@ -96,7 +102,9 @@ pub(crate) fn compile(w: &WorkloadPolicy<'_>, out: &mut Vec<CompiledPolicy>) -> 
     let permissive_all = config.is_some_and(|(_, c)| c.enforcement_mode.as_deref() == Some("PERMISSIVE"));
     let mut bindings = 0;
     for d in w.documents() {
-        let Spec::ServiceRoleBinding(b) = &d.spec else { continue };
+        let Spec::ServiceRoleBinding(b) = &d.spec else {
+            continue;
+        };
         bindings += 1;
         if b.role_ref.kind != "ServiceRole" {
             return Err(w.error_at(d, "spec.roleRef.kind", "must be ServiceRole"));
@@ -130,7 +138,11 @@ pub(crate) fn compile(w: &WorkloadPolicy<'_>, out: &mut Vec<CompiledPolicy>) -> 
             continue;
         }
         // A subject with no constraint (`user: "*"`) admits anyone.
-        let from = if from.iter().any(Vec::is_empty) { Vec::new() } else { from };
+        let from = if from.iter().any(Vec::is_empty) {
+            Vec::new()
+        } else {
+            from
+        };
         let rules = rules
             .iter()
             .flatten()
@@ -158,7 +170,10 @@ type RoleRule = Option<(Vec<Vec<Clause>>, Vec<Clause>)>;
 /// One `ServiceRole` rule: `None` when its `services` do not name this workload.
 fn role_rule(wl: &Workload, rule: &AccessRule) -> Result<RoleRule, FieldError> {
     if rule.services.is_empty() {
-        return Err(("services".into(), "a rule needs services (\"*\" for every service)".into()));
+        return Err((
+            "services".into(),
+            "a rule needs services (\"*\" for every service)".into(),
+        ));
     }
     let host = wl.host();
     let mut applies = false;
@@ -173,7 +188,10 @@ fn role_rule(wl: &Workload, rule: &AccessRule) -> Result<RoleRule, FieldError> {
             .collect()
     };
     let mut op = Vec::new();
-    for (values, negate, field) in [(&rule.methods, false, "methods"), (&rule.not_methods, true, "notMethods")] {
+    for (values, negate, field) in [
+        (&rule.methods, false, "methods"),
+        (&rule.not_methods, true, "notMethods"),
+    ] {
         if let Some(v) = values {
             op.push(Clause {
                 test: Test::Str(StrAttr::Method, strs(v, field)?),
@@ -199,7 +217,9 @@ fn role_rule(wl: &Workload, rule: &AccessRule) -> Result<RoleRule, FieldError> {
             let ports = v
                 .iter()
                 .enumerate()
-                .map(|(i, p)| u16::try_from(*p).map_err(|_| (format!("{field}[{i}]"), format!("`{p}` is not a port"))))
+                .map(|(i, p)| {
+                    u16::try_from(*p).map_err(|_| (format!("{field}[{i}]"), format!("`{p}` is not a port")))
+                })
                 .collect::<Result<Box<[_]>, _>>()?;
             op.push(Clause {
                 test: Test::Port(ports),
@@ -222,7 +242,11 @@ fn role_rule(wl: &Workload, rule: &AccessRule) -> Result<RoleRule, FieldError> {
             }
             Ok(hit)
         };
-        let test = if let Some(label) = c.key.strip_prefix("destination.labels[").and_then(|k| k.strip_suffix(']')) {
+        let test = if let Some(label) = c
+            .key
+            .strip_prefix("destination.labels[")
+            .and_then(|k| k.strip_suffix(']'))
+        {
             Test::Const(match wl.labels.get(label) {
                 Some(v) => any(v)?,
                 None => false,

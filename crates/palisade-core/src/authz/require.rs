@@ -146,12 +146,17 @@ mod tests {
     use crate::identity::{TokenClaims, Verification};
 
     fn id(realm: &[&str], client: &[(&str, &str)], scopes: &[&str]) -> Identity {
-        let mut t = TokenClaims::default();
-        t.issuer = "i".into();
-        t.subject = "s".into();
-        t.realm_roles = realm.iter().map(|s| (*s).to_owned()).collect();
+        let mut t = TokenClaims {
+            issuer: "i".into(),
+            subject: "s".into(),
+            realm_roles: realm.iter().map(|s| (*s).to_owned()).collect(),
+            ..TokenClaims::default()
+        };
         for (c, r) in client {
-            t.client_roles.entry((*c).to_owned()).or_default().push((*r).to_owned());
+            t.client_roles
+                .entry((*c).to_owned())
+                .or_default()
+                .push((*r).to_owned());
         }
         t.scopes = scopes.iter().map(|s| (*s).to_owned()).collect();
         Identity::from_token(t, Verification::assertion())
@@ -159,7 +164,9 @@ mod tests {
 
     #[test]
     fn or_and_combine_as_written() {
-        let r = realm_role("admin").or(client_role("reviews", "editor")).and(scope("write"));
+        let r = realm_role("admin")
+            .or(client_role("reviews", "editor"))
+            .and(scope("write"));
         assert!(r.is_met_by(&id(&["admin"], &[], &["write"])));
         assert!(r.is_met_by(&id(&[], &[("reviews", "editor")], &["write"])));
         assert!(!r.is_met_by(&id(&["admin"], &[], &["read"])));

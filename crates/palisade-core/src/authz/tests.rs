@@ -56,7 +56,11 @@ fn no_policy_allows_everyone() {
 #[test]
 fn empty_spec_denies_all_and_empty_rule_allows_all() {
     let deny_all = policy(&format!("{HEAD}spec: {{}}\n")).unwrap();
-    assert!(!allowed(&deny_all, &OwnedRequest::get("/"), Some(&user("a", serde_json::json!({})))));
+    assert!(!allowed(
+        &deny_all,
+        &OwnedRequest::get("/"),
+        Some(&user("a", serde_json::json!({})))
+    ));
     let allow_all = policy(&format!("{HEAD}spec: {{rules: [{{}}]}}\n")).unwrap();
     assert!(allowed(&allow_all, &OwnedRequest::get("/"), None));
 }
@@ -69,7 +73,10 @@ fn deny_wins_over_allow_and_is_explained() {
     let p = policy(&yaml).unwrap();
     let d = p.evaluate(&OwnedRequest::new("POST", "/admin/x"), None);
     assert!(!d.is_allowed());
-    assert_eq!((d.policy(), d.rule(), d.action()), (Some("default/d"), Some(1), Some(Action::Deny)));
+    assert_eq!(
+        (d.policy(), d.rule(), d.action()),
+        (Some("default/d"), Some(1), Some(Action::Deny))
+    );
     assert_eq!(d.to_string(), "denied by DENY policy default/d rule 1");
     let ok = p.evaluate(&OwnedRequest::new("POST", "/list"), None);
     assert_eq!(ok.to_string(), "allowed by ALLOW policy default/p rule 0");
@@ -81,11 +88,24 @@ fn paths_are_normalised_before_matching() {
         "{HEAD}spec:\n  action: DENY\n  rules: [{{to: [{{operation: {{paths: [\"/admin\", \"/admin/*\"]}}}}]}}]\n"
     ))
     .unwrap();
-    for path in ["/admin", "//admin", "/%61dmin", "/x/../admin", "/admin/./", "/public/%2e%2e/admin/x"] {
-        assert!(!allowed(&p, &OwnedRequest::get(path), None), "{path} slipped past the DENY rule");
+    for path in [
+        "/admin",
+        "//admin",
+        "/%61dmin",
+        "/x/../admin",
+        "/admin/./",
+        "/public/%2e%2e/admin/x",
+    ] {
+        assert!(
+            !allowed(&p, &OwnedRequest::get(path), None),
+            "{path} slipped past the DENY rule"
+        );
     }
     assert!(allowed(&p, &OwnedRequest::get("/administrator"), None));
-    assert!(!allowed(&p, &OwnedRequest::get("/bad%zz"), None), "a malformed path is never allowed");
+    assert!(
+        !allowed(&p, &OwnedRequest::get("/bad%zz"), None),
+        "a malformed path is never allowed"
+    );
 }
 
 #[test]
@@ -113,7 +133,11 @@ fn not_request_principals_matches_anonymous() {
     ))
     .unwrap();
     assert!(!allowed(&p, &OwnedRequest::get("/"), None));
-    assert!(allowed(&p, &OwnedRequest::get("/"), Some(&user("a", serde_json::json!({})))));
+    assert!(allowed(
+        &p,
+        &OwnedRequest::get("/"),
+        Some(&user("a", serde_json::json!({})))
+    ));
 }
 
 #[test]
@@ -123,10 +147,22 @@ fn principals_and_namespaces_come_from_the_peer() {
     ))
     .unwrap();
     let req = OwnedRequest::get("/");
-    assert!(allowed(&p, &req, Some(&peer("cluster.local/ns/default/sa/productpage"))));
+    assert!(allowed(
+        &p,
+        &req,
+        Some(&peer("cluster.local/ns/default/sa/productpage"))
+    ));
     assert!(allowed(&p, &req, Some(&peer("cluster.local/ns/test/sa/any"))));
-    assert!(!allowed(&p, &req, Some(&peer("cluster.local/ns/default/sa/ratings"))));
-    assert!(!allowed(&p, &req, Some(&user("productpage", serde_json::json!({})))));
+    assert!(!allowed(
+        &p,
+        &req,
+        Some(&peer("cluster.local/ns/default/sa/ratings"))
+    ));
+    assert!(!allowed(
+        &p,
+        &req,
+        Some(&user("productpage", serde_json::json!({})))
+    ));
     assert!(!allowed(&p, &req, None));
 }
 
@@ -155,9 +191,20 @@ fn ports_and_destination_conditions_read_the_local_address() {
         "{HEAD}spec:\n  rules:\n  - to: [{{operation: {{ports: [\"9080\"]}}}}]\n    when: [{{key: destination.ip, values: [127.0.0.0/8]}}]\n"
     ))
     .unwrap();
-    assert!(allowed(&p, &OwnedRequest::get("/").connection(conn("1.2.3.4:1", "127.0.0.1:9080")), None));
-    assert!(!allowed(&p, &OwnedRequest::get("/").connection(conn("1.2.3.4:1", "127.0.0.1:9081")), None));
-    assert!(!allowed(&p, &OwnedRequest::get("/"), None), "no connection facts: no port");
+    assert!(allowed(
+        &p,
+        &OwnedRequest::get("/").connection(conn("1.2.3.4:1", "127.0.0.1:9080")),
+        None
+    ));
+    assert!(!allowed(
+        &p,
+        &OwnedRequest::get("/").connection(conn("1.2.3.4:1", "127.0.0.1:9081")),
+        None
+    ));
+    assert!(
+        !allowed(&p, &OwnedRequest::get("/"), None),
+        "no connection facts: no port"
+    );
 }
 
 #[test]
@@ -167,9 +214,27 @@ fn claims_conditions_read_nested_array_and_scope_claims() {
     ))
     .unwrap();
     let req = OwnedRequest::get("/");
-    assert!(allowed(&p, &req, Some(&user("a", serde_json::json!({"realm_access": {"roles": ["user", "admin"]}})))));
-    assert!(allowed(&p, &req, Some(&user("a", serde_json::json!({"scope": "read write"})))));
-    assert!(!allowed(&p, &req, Some(&user("b", serde_json::json!({"realm_access": {"roles": ["user"]}, "scope": "read"})))));
+    assert!(allowed(
+        &p,
+        &req,
+        Some(&user(
+            "a",
+            serde_json::json!({"realm_access": {"roles": ["user", "admin"]}})
+        ))
+    ));
+    assert!(allowed(
+        &p,
+        &req,
+        Some(&user("a", serde_json::json!({"scope": "read write"})))
+    ));
+    assert!(!allowed(
+        &p,
+        &req,
+        Some(&user(
+            "b",
+            serde_json::json!({"realm_access": {"roles": ["user"]}, "scope": "read"})
+        ))
+    ));
 }
 
 #[test]
@@ -192,25 +257,60 @@ fn dry_run_policy_is_reported_not_enforced() {
     let shadow = d.dry_run().expect("a dry-run report");
     assert!(!shadow.would_allow());
     assert_eq!(shadow.policy(), Some("default/p"));
-    assert!(d.to_string().ends_with("dry-run would deny by default/p rule 0"), "{d}");
-    assert!(p.evaluate(&OwnedRequest::get("/y"), None).dry_run().unwrap().would_allow());
+    assert!(
+        d.to_string().ends_with("dry-run would deny by default/p rule 0"),
+        "{d}"
+    );
+    assert!(
+        p.evaluate(&OwnedRequest::get("/y"), None)
+            .dry_run()
+            .unwrap()
+            .would_allow()
+    );
     assert_eq!(p.metrics()[0].matched, 1);
 }
 
 #[test]
 fn unsupported_or_wrong_fields_fail_at_start_up_with_their_path() {
     let cases = [
-        ("spec:\n  rules: [{when: [{key: request.auth.claimz, values: [a]}]}]\n", "spec.rules[0].when[0].key"),
+        (
+            "spec:\n  rules: [{when: [{key: request.auth.claimz, values: [a]}]}]\n",
+            "spec.rules[0].when[0].key",
+        ),
         ("spec:\n  action: MAYBE\n", "spec.action"),
-        ("spec:\n  rules: [{from: [{source: {ipBlocks: [10.0.0.300]}}]}]\n", "spec.rules[0].from[0].source.ipBlocks[0]"),
-        ("spec:\n  rules: [{to: [{operation: {ports: [http]}}]}]\n", "spec.rules[0].to[0].operation.ports[0]"),
-        ("spec:\n  rules: [{to: [{operation: {paths: [\"/a/{**}/b\"]}}]}]\n", "spec.rules[0].to[0].operation.paths[0]"),
-        ("spec:\n  rules: [{to: [{operation: {methods: []}}]}]\n", "spec.rules[0].to[0].operation.methods"),
-        ("spec:\n  rules: [{from: [{source: {}}]}]\n", "spec.rules[0].from[0].source"),
-        ("spec:\n  rules: [{when: [{key: \"experimental.envoy.filters.network.mysql_proxy[db.table]\", values: [a]}]}]\n", "spec.rules[0].when[0].key"),
-        ("spec:\n  action: CUSTOM\n  provider: {name: ext}\n  rules: [{}]\n", "spec.provider.name"),
+        (
+            "spec:\n  rules: [{from: [{source: {ipBlocks: [10.0.0.300]}}]}]\n",
+            "spec.rules[0].from[0].source.ipBlocks[0]",
+        ),
+        (
+            "spec:\n  rules: [{to: [{operation: {ports: [http]}}]}]\n",
+            "spec.rules[0].to[0].operation.ports[0]",
+        ),
+        (
+            "spec:\n  rules: [{to: [{operation: {paths: [\"/a/{**}/b\"]}}]}]\n",
+            "spec.rules[0].to[0].operation.paths[0]",
+        ),
+        (
+            "spec:\n  rules: [{to: [{operation: {methods: []}}]}]\n",
+            "spec.rules[0].to[0].operation.methods",
+        ),
+        (
+            "spec:\n  rules: [{from: [{source: {}}]}]\n",
+            "spec.rules[0].from[0].source",
+        ),
+        (
+            "spec:\n  rules: [{when: [{key: \"experimental.envoy.filters.network.mysql_proxy[db.table]\", values: [a]}]}]\n",
+            "spec.rules[0].when[0].key",
+        ),
+        (
+            "spec:\n  action: CUSTOM\n  provider: {name: ext}\n  rules: [{}]\n",
+            "spec.provider.name",
+        ),
         ("spec:\n  provider: {name: ext}\n", "spec.provider"),
-        ("spec:\n  rules: [{to: [{operation: {paths: [\"/a*b\"]}}]}]\n", "spec.rules[0].to[0].operation.paths[0]"),
+        (
+            "spec:\n  rules: [{to: [{operation: {paths: [\"/a*b\"]}}]}]\n",
+            "spec.rules[0].to[0].operation.paths[0]",
+        ),
     ];
     for (spec, field) in cases {
         let err = policy(&format!("{HEAD}{spec}")).unwrap_err();
@@ -225,14 +325,19 @@ async fn custom_policy_asks_its_authorizer_first() {
         "{HEAD}spec:\n  action: CUSTOM\n  provider: {{name: ext}}\n  rules: [{{to: [{{operation: {{paths: [\"/api/*\"]}}}}]}}]\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: all}}\nspec: {{rules: [{{}}]}}\n"
     );
     let set = PolicySet::from_yaml_str(&yaml, "t.yaml").unwrap();
-    let authorizers = ExternalAuthorizers::new().register("ext", ["x-ext-authz"], |c: CheckRequest| async move {
-        if c.request.header_str("x-ext-authz") == Some("allow") && c.request.path() == "/api/x" {
-            ExternalDecision::Allow
-        } else {
-            ExternalDecision::Deny
-        }
-    });
-    let p = AccessPolicy::compile_with(&set.for_workload(&Workload::new("details", "default")), &authorizers).unwrap();
+    let authorizers =
+        ExternalAuthorizers::new().register("ext", ["x-ext-authz"], |c: CheckRequest| async move {
+            if c.request.header_str("x-ext-authz") == Some("allow") && c.request.path() == "/api/x" {
+                ExternalDecision::Allow
+            } else {
+                ExternalDecision::Deny
+            }
+        });
+    let p = AccessPolicy::compile_with(
+        &set.for_workload(&Workload::new("details", "default")),
+        &authorizers,
+    )
+    .unwrap();
     let run = |req: OwnedRequest| {
         let p = p.clone();
         async move {
@@ -295,15 +400,37 @@ fn rbac_roles_and_bindings_compile_into_the_engine() {
     let w = Workload::new("details", "default").label("version", "v1");
     let p = AccessPolicy::compile(&set.for_workload(&w)).unwrap();
     let get = OwnedRequest::get("/details/1");
-    assert!(allowed(&p, &get, Some(&peer("cluster.local/ns/default/sa/productpage"))));
-    assert!(allowed(&p, &get, Some(&user("eve", serde_json::json!({"groups": ["auditors"]})))));
-    assert!(!allowed(&p, &get, Some(&peer("cluster.local/ns/default/sa/ratings"))));
-    assert!(!allowed(&p, &OwnedRequest::new("POST", "/details/1"), Some(&peer("cluster.local/ns/default/sa/productpage"))));
+    assert!(allowed(
+        &p,
+        &get,
+        Some(&peer("cluster.local/ns/default/sa/productpage"))
+    ));
+    assert!(allowed(
+        &p,
+        &get,
+        Some(&user("eve", serde_json::json!({"groups": ["auditors"]})))
+    ));
+    assert!(!allowed(
+        &p,
+        &get,
+        Some(&peer("cluster.local/ns/default/sa/ratings"))
+    ));
+    assert!(!allowed(
+        &p,
+        &OwnedRequest::new("POST", "/details/1"),
+        Some(&peer("cluster.local/ns/default/sa/productpage"))
+    ));
     let d = p.evaluate(&get, Some(&peer("cluster.local/ns/default/sa/productpage")));
     assert_eq!(d.policy(), Some("default/bind-details"));
     // The version constraint is decided against the workload's labels.
-    let v3 = AccessPolicy::compile(&set.for_workload(&Workload::new("details", "default").label("version", "v3"))).unwrap();
-    assert!(!allowed(&v3, &get, Some(&peer("cluster.local/ns/default/sa/productpage"))));
+    let v3 =
+        AccessPolicy::compile(&set.for_workload(&Workload::new("details", "default").label("version", "v3")))
+            .unwrap();
+    assert!(!allowed(
+        &v3,
+        &get,
+        Some(&peer("cluster.local/ns/default/sa/productpage"))
+    ));
     // RBAC is not on for another namespace: everything passes, as in Istio.
     let other = AccessPolicy::compile(&set.for_workload(&Workload::new("details", "prod"))).unwrap();
     assert!(allowed(&other, &get, None));
@@ -326,10 +453,18 @@ fn rbac_errors_name_their_field() {
 
 #[test]
 fn rbac_permissive_binding_is_a_dry_run() {
-    let yaml = RBAC.replace("roleRef: {kind: ServiceRole, name: details-viewer}", "roleRef: {kind: ServiceRole, name: details-viewer}\n  mode: PERMISSIVE");
+    let yaml = RBAC.replace(
+        "roleRef: {kind: ServiceRole, name: details-viewer}",
+        "roleRef: {kind: ServiceRole, name: details-viewer}\n  mode: PERMISSIVE",
+    );
     let set = PolicySet::from_yaml_str(&yaml, "r.yaml").unwrap();
-    let p = AccessPolicy::compile(&set.for_workload(&Workload::new("details", "default").label("version", "v1"))).unwrap();
-    let d = p.evaluate(&OwnedRequest::get("/details/1"), Some(&peer("cluster.local/ns/default/sa/productpage")));
+    let p =
+        AccessPolicy::compile(&set.for_workload(&Workload::new("details", "default").label("version", "v1")))
+            .unwrap();
+    let d = p.evaluate(
+        &OwnedRequest::get("/details/1"),
+        Some(&peer("cluster.local/ns/default/sa/productpage")),
+    );
     assert!(!d.is_allowed(), "RBAC on with no enforced binding denies");
     assert!(d.dry_run().unwrap().would_allow());
 }
@@ -337,13 +472,19 @@ fn rbac_permissive_binding_is_a_dry_run() {
 #[test]
 fn requirements_compile_to_the_same_policy_type() {
     let p: AccessPolicy = realm_role("admin").or(client_role("reviews", "editor")).into();
-    let mut t = TokenClaims::default();
-    t.issuer = "i".into();
-    t.subject = "s".into();
+    let mut t = TokenClaims {
+        issuer: "i".into(),
+        subject: "s".into(),
+        ..TokenClaims::default()
+    };
     t.client_roles.insert("reviews".into(), vec!["editor".into()]);
     let editor = Identity::from_token(t, Verification::assertion());
     assert!(allowed(&p, &OwnedRequest::get("/"), Some(&editor)));
-    assert!(!allowed(&p, &OwnedRequest::get("/"), Some(&user("x", serde_json::json!({})))));
+    assert!(!allowed(
+        &p,
+        &OwnedRequest::get("/"),
+        Some(&user("x", serde_json::json!({})))
+    ));
     assert!(!allowed(&p, &OwnedRequest::get("/"), None));
 }
 
@@ -351,7 +492,9 @@ fn requirements_compile_to_the_same_policy_type() {
 fn a_thousand_rules_are_indexed_by_path_prefix() {
     let mut yaml = format!("{HEAD}spec:\n  rules:\n");
     for i in 0..1000 {
-        yaml.push_str(&format!("  - to: [{{operation: {{methods: [GET], paths: [\"/api/v{i}/*\"]}}}}]\n"));
+        yaml.push_str(&format!(
+            "  - to: [{{operation: {{methods: [GET], paths: [\"/api/v{i}/*\"]}}}}]\n"
+        ));
     }
     let p = policy(&yaml).unwrap();
     assert!(p.0.allow.any.is_empty());
@@ -381,7 +524,11 @@ fn arb_rule() -> impl Strategy<Value = String> {
 
 fn arb_policy(action: &'static str) -> impl Strategy<Value = String> {
     prop::collection::vec(arb_rule(), 0..4).prop_map(move |rules| {
-        let rules = if rules.is_empty() { String::new() } else { format!("\n  rules: [{}]", rules.join(", ")) };
+        let rules = if rules.is_empty() {
+            String::new()
+        } else {
+            format!("\n  rules: [{}]", rules.join(", "))
+        };
         format!("spec:\n  action: {action}{rules}\n")
     })
 }
@@ -395,7 +542,10 @@ fn requests() -> Vec<(OwnedRequest, Option<Identity>)> {
     for m in ["GET", "POST"] {
         for p in ["/a", "/a/b", "/b/c", "/x/../a", "/c"] {
             out.push((OwnedRequest::new(m, p), None));
-            out.push((OwnedRequest::new(m, p), Some(user("alice", serde_json::json!({})))));
+            out.push((
+                OwnedRequest::new(m, p),
+                Some(user("alice", serde_json::json!({}))),
+            ));
             out.push((OwnedRequest::new(m, p), Some(user("bob", serde_json::json!({})))));
         }
     }
@@ -444,10 +594,19 @@ proptest! {
 
 #[test]
 fn only_denials_a_credential_could_change_ask_for_one() {
-    let ip = policy(&format!("{HEAD}spec:\n  action: DENY\n  rules: [{{from: [{{source: {{ipBlocks: [10.0.0.0/8]}}}}]}}]\n")).unwrap();
-    let d = ip.evaluate(&OwnedRequest::get("/").connection(conn("10.0.0.1:1", "127.0.0.1:80")), None);
+    let ip = policy(&format!(
+        "{HEAD}spec:\n  action: DENY\n  rules: [{{from: [{{source: {{ipBlocks: [10.0.0.0/8]}}}}]}}]\n"
+    ))
+    .unwrap();
+    let d = ip.evaluate(
+        &OwnedRequest::get("/").connection(conn("10.0.0.1:1", "127.0.0.1:80")),
+        None,
+    );
     assert!(!d.is_allowed() && !d.end_user_could_help());
-    let who = policy(&format!("{HEAD}spec:\n  rules: [{{from: [{{source: {{requestPrincipals: [\"*\"]}}}}]}}]\n")).unwrap();
+    let who = policy(&format!(
+        "{HEAD}spec:\n  rules: [{{from: [{{source: {{requestPrincipals: [\"*\"]}}}}]}}]\n"
+    ))
+    .unwrap();
     assert!(who.evaluate(&OwnedRequest::get("/"), None).end_user_could_help());
     let none = policy(&format!("{HEAD}spec: {{}}\n")).unwrap();
     assert!(!none.evaluate(&OwnedRequest::get("/"), None).end_user_could_help());

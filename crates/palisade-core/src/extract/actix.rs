@@ -7,9 +7,9 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use serde::de::DeserializeOwned;
 
+use super::Authorized;
 use super::Claims;
 use super::common::{authorized_from, claims_from, identity_from};
-use super::Authorized;
 use crate::authz::Requires;
 use crate::error::{PROBLEM_JSON, Rejection};
 use crate::guard::RequestAuth;

@@ -5,9 +5,9 @@ use http::request::Parts;
 use http::{HeaderValue, StatusCode, header};
 use serde::de::DeserializeOwned;
 
+use super::Authorized;
 use super::Claims;
 use super::common::{authorized_from, claims_from, identity_from};
-use super::Authorized;
 use crate::authz::Requires;
 use crate::error::{PROBLEM_JSON, Rejection};
 use crate::guard::RequestAuth;

@@ -81,7 +81,9 @@ mod common {
             Ok(super::Authorized(identity, std::marker::PhantomData))
         } else {
             tracing::debug!(target: crate::guard::LOG_TARGET, %requirement, "identity does not meet the handler's requirement");
-            Err(Rejection::forbidden("the caller lacks a role or scope this resource needs"))
+            Err(Rejection::forbidden(
+                "the caller lacks a role or scope this resource needs",
+            ))
         }
     }
 
