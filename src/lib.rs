@@ -78,3 +78,8 @@ pub fn guard_from_policy_with(
         .build()
         .map_err(|e| PolicyError::new(set.source(), e.to_string()))
 }
+
+/// The README's code blocks, compiled as doc tests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
