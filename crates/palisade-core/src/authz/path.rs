@@ -215,4 +215,16 @@ mod tests {
     fn non_origin_form_is_left_alone() {
         assert_eq!(n("*"), "*");
     }
+
+    proptest::proptest! {
+        #[test]
+        fn normalised_paths_are_fixed_points(raw in "(/|\\.|\\.\\.|%2[eEfF]|%6[01]|%zz|a|b|\\\\){0,12}") {
+            let path = format!("/{raw}");
+            if let Ok(n) = normalize(&path, EscapedSlashes::Keep) {
+                proptest::prop_assert!(!n.contains("//"), "{n}");
+                proptest::prop_assert!(!n.split('/').any(|s| s == "." || s == ".."), "{n}");
+                proptest::prop_assert_eq!(normalize(&n, EscapedSlashes::Keep).unwrap(), n.clone());
+            }
+        }
+    }
 }
