@@ -897,6 +897,15 @@ impl PolicySet {
         })
     }
 
+    /// A set of documents built in memory (by code); `source` names it in errors.
+    #[must_use]
+    pub fn from_documents(source: &str, documents: Vec<Document>) -> Self {
+        Self {
+            source: source.to_owned(),
+            documents,
+        }
+    }
+
     /// The name of the file or source this set was read from.
     #[must_use]
     pub fn source(&self) -> &str {

@@ -39,6 +39,7 @@
 //! costs about what a 10-rule one does (see `benches/README.md`).
 
 mod attr;
+mod builder;
 mod compile;
 mod custom;
 mod matcher;
@@ -53,6 +54,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+pub use self::builder::{AccessPolicyBuilder, Rule};
 pub use self::custom::{
     BoxExternal, CheckRequest, ExternalAuthorizer, ExternalAuthorizers, ExternalDecision,
 };

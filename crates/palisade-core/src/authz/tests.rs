@@ -611,3 +611,51 @@ fn only_denials_a_credential_could_change_ask_for_one() {
     let none = policy(&format!("{HEAD}spec: {{}}\n")).unwrap();
     assert!(!none.evaluate(&OwnedRequest::get("/"), None).end_user_could_help());
 }
+
+#[test]
+fn a_policy_built_in_code_decides_as_its_yaml_twin_and_names_bad_fields() {
+    let code = AccessPolicy::builder()
+        .allow(
+            "p",
+            [Rule::new()
+                .methods(["GET"])
+                .paths(["/api/{*}/items"])
+                .when("request.auth.claims[groups]", ["dev"])],
+        )
+        .build()
+        .unwrap();
+    let yaml = policy(&format!(
+        "{HEAD}spec:\n  rules:\n  - to: [{{operation: {{methods: [GET], paths: [\"/api/{{*}}/items\"]}}}}]\n    when: [{{key: \"request.auth.claims[groups]\", values: [dev]}}]\n"
+    ))
+    .unwrap();
+    let dev = user("a", serde_json::json!({"groups": ["dev"]}));
+    for (m, path, id) in [
+        ("GET", "/api/v1/items", Some(&dev)),
+        ("GET", "/api/v1/items", None),
+        ("POST", "/api/v1/items", Some(&dev)),
+    ] {
+        let req = OwnedRequest::new(m, path);
+        assert_eq!(
+            code.evaluate(&req, id).is_allowed(),
+            yaml.evaluate(&req, id).is_allowed(),
+            "{m} {path}"
+        );
+    }
+    assert!(
+        code.evaluate(&OwnedRequest::get("/api/v1/items"), Some(&dev))
+            .is_allowed()
+    );
+    let err = AccessPolicy::builder()
+        .deny("d", [Rule::new().ip_blocks(["not-an-ip"])])
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        err.field.as_deref(),
+        Some("spec.rules[0].from[0].source.ipBlocks[0]")
+    );
+    assert!(
+        err.to_string()
+            .starts_with("code: document 1 (AuthorizationPolicy default/d)"),
+        "{err}"
+    );
+}

@@ -1,0 +1,222 @@
+//! Policies written in code, with the same grammar and the same compiler as
+//! policy files: the result is the same [`AccessPolicy`] type.
+//!
+//! ```
+//! use palisade_core::authz::{AccessPolicy, Rule};
+//! use palisade_core::OwnedRequest;
+//! let policy = AccessPolicy::builder()
+//!     .deny("no-delete", [Rule::new().methods(["DELETE"])])
+//!     .allow("public", [Rule::new().paths(["/healthz", "/public/*"])])
+//!     .allow("users", [Rule::new().request_principals(["*"])])
+//!     .build()?;
+//! assert!(policy.evaluate(&OwnedRequest::get("/public/a"), None).is_allowed());
+//! assert!(!policy.evaluate(&OwnedRequest::new("DELETE", "/public/a"), None).is_allowed());
+//! assert!(!policy.evaluate(&OwnedRequest::get("/list"), None).is_allowed());
+//! # Ok::<(), palisade_core::policy::PolicyError>(())
+//! ```
+
+use super::{AccessPolicy, ExternalAuthorizers};
+use crate::policy::{
+    AuthorizationPolicySpec, Condition, Document, From, Metadata, Operation, PolicyError, PolicySet,
+    Provider, Source, Spec, To, Workload,
+};
+
+fn strings<I, S>(values: I) -> Option<Vec<String>>
+where
+    I: IntoIterator<Item = S>,
+    S: Into<String>,
+{
+    Some(values.into_iter().map(Into::into).collect())
+}
+
+/// One rule of a policy built in code: every field set must match (Istio's
+/// `from.source`, `to.operation` and `when` in one).
+#[derive(Clone, Debug, Default)]
+#[must_use]
+pub struct Rule {
+    source: Source,
+    operation: Operation,
+    when: Vec<Condition>,
+}
+
+macro_rules! setters {
+    ($part:ident: $($(#[$doc:meta])* $name:ident => $field:ident),* $(,)?) => {
+        $(
+            $(#[$doc])*
+            pub fn $name<I, S>(mut self, values: I) -> Self
+            where
+                I: IntoIterator<Item = S>,
+                S: Into<String>,
+            {
+                self.$part.$field = strings(values);
+                self
+            }
+        )*
+    };
+}
+
+impl Rule {
+    /// A rule that matches every request until fields are added.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    setters!(source:
+        /// Peer principals (`cluster.local/ns/default/sa/productpage`).
+        principals => principals,
+        /// Not these peer principals.
+        not_principals => not_principals,
+        /// Request principals (`ISSUER/SUBJECT`, `*` for any end user).
+        request_principals => request_principals,
+        /// Not these request principals.
+        not_request_principals => not_request_principals,
+        /// Peer namespaces.
+        namespaces => namespaces,
+        /// Not these peer namespaces.
+        not_namespaces => not_namespaces,
+        /// Connection addresses (CIDR blocks).
+        ip_blocks => ip_blocks,
+        /// Not these connection addresses.
+        not_ip_blocks => not_ip_blocks,
+        /// Client addresses behind trusted proxies.
+        remote_ip_blocks => remote_ip_blocks,
+        /// Not these client addresses.
+        not_remote_ip_blocks => not_remote_ip_blocks,
+    );
+
+    setters!(operation:
+        /// `Host` values.
+        hosts => hosts,
+        /// Not these `Host` values.
+        not_hosts => not_hosts,
+        /// Local ports.
+        ports => ports,
+        /// Not these local ports.
+        not_ports => not_ports,
+        /// Methods.
+        methods => methods,
+        /// Not these methods.
+        not_methods => not_methods,
+        /// Paths (exact, `prefix*`, `*suffix`, `{*}`/`{**}` templates).
+        paths => paths,
+        /// Not these paths.
+        not_paths => not_paths,
+    );
+
+    /// A condition: `key` (`request.auth.claims[groups]`) has one of `values`.
+    pub fn when<I, S>(mut self, key: &str, values: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.when.push(Condition {
+            key: key.to_owned(),
+            values: strings(values),
+            ..Condition::default()
+        });
+        self
+    }
+
+    /// A condition: `key` has none of `values`.
+    pub fn when_not<I, S>(mut self, key: &str, values: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.when.push(Condition {
+            key: key.to_owned(),
+            not_values: strings(values),
+            ..Condition::default()
+        });
+        self
+    }
+
+    fn into_rule(self) -> crate::policy::Rule {
+        let mut r = crate::policy::Rule::default();
+        if self.source != Source::default() {
+            r.from.push(From { source: self.source });
+        }
+        if self.operation != Operation::default() {
+            r.to.push(To {
+                operation: self.operation,
+            });
+        }
+        r.when = self.when;
+        r
+    }
+}
+
+/// Builds an [`AccessPolicy`] in code; see [`AccessPolicy::builder`].
+#[derive(Debug, Default)]
+#[must_use]
+pub struct AccessPolicyBuilder {
+    documents: Vec<Document>,
+    authorizers: ExternalAuthorizers,
+}
+
+impl AccessPolicyBuilder {
+    fn push(mut self, name: &str, action: &str, rules: Option<Vec<Rule>>, provider: Option<&str>) -> Self {
+        let spec = AuthorizationPolicySpec {
+            action: Some(action.to_owned()),
+            rules: rules.map(|r| r.into_iter().map(Rule::into_rule).collect()),
+            provider: provider.map(|p| Provider { name: p.to_owned() }),
+            ..AuthorizationPolicySpec::default()
+        };
+        let mut metadata = Metadata::default();
+        name.clone_into(&mut metadata.name);
+        self.documents.push(Document {
+            index: self.documents.len() + 1,
+            api_version: "security.istio.io/v1".to_owned(),
+            kind: "AuthorizationPolicy".to_owned(),
+            metadata,
+            spec: Spec::AuthorizationPolicy(spec),
+        });
+        self
+    }
+
+    /// An ALLOW policy with these rules (none: it allows nothing).
+    pub fn allow(self, name: &str, rules: impl IntoIterator<Item = Rule>) -> Self {
+        self.push(name, "ALLOW", Some(rules.into_iter().collect()), None)
+    }
+
+    /// A DENY policy with these rules.
+    pub fn deny(self, name: &str, rules: impl IntoIterator<Item = Rule>) -> Self {
+        self.push(name, "DENY", Some(rules.into_iter().collect()), None)
+    }
+
+    /// An AUDIT policy with these rules (logged, no effect).
+    pub fn audit(self, name: &str, rules: impl IntoIterator<Item = Rule>) -> Self {
+        self.push(name, "AUDIT", Some(rules.into_iter().collect()), None)
+    }
+
+    /// A CUSTOM policy: requests its rules match are first sent to the
+    /// authorizer registered as `provider` (see [`Self::authorizers`]).
+    pub fn custom(self, name: &str, provider: &str, rules: impl IntoIterator<Item = Rule>) -> Self {
+        self.push(name, "CUSTOM", Some(rules.into_iter().collect()), Some(provider))
+    }
+
+    /// The external authorizers CUSTOM policies name.
+    pub fn authorizers(mut self, authorizers: ExternalAuthorizers) -> Self {
+        self.authorizers = authorizers;
+        self
+    }
+
+    /// Compiles the policies.
+    ///
+    /// # Errors
+    /// A [`PolicyError`] (source `code`) naming the policy and field of
+    /// anything that cannot be enforced exactly as written.
+    pub fn build(self) -> Result<AccessPolicy, PolicyError> {
+        let set = PolicySet::from_documents("code", self.documents);
+        let workload = Workload::new("code", "default");
+        AccessPolicy::compile_with(&set.for_workload(&workload), &self.authorizers)
+    }
+}
+
+impl AccessPolicy {
+    /// Starts a policy written in code; it compiles with the same rules as a
+    /// policy file and gives the same type.
+    pub fn builder() -> AccessPolicyBuilder {
+        AccessPolicyBuilder::default()
+    }
+}
