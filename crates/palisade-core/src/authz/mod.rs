@@ -198,7 +198,7 @@ struct Index {
 }
 
 /// Below this many rules, one list is faster than hashing path prefixes.
-const INDEX_THRESHOLD: usize = 16;
+const INDEX_THRESHOLD: usize = 4;
 
 impl Index {
     fn build(policies: &[CompiledPolicy], pick: impl Fn(&CompiledPolicy) -> bool) -> Self {
