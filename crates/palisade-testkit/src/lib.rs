@@ -1,4 +1,7 @@
-//! Test kit for Palisade users: an in-process OpenID Connect issuer.
+//! Test kit for Palisade users: an in-process OpenID Connect issuer, and a
+//! PKI generator ([`TestPki`]) for mTLS tests: a CA, SPIFFE workload and
+//! server certificates, the bad ones (expired, not yet valid, wrong EKU, two
+//! URI SANs, another CA) and revocation with a CRL.
 //!
 //! [`TestIssuer`] serves, on loopback and over real HTTP, what a Keycloak
 //! realm serves to a resource server: the discovery document, the JWKS and a
@@ -35,6 +38,9 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde_json::{Map, Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
+
+pub mod pki;
+pub use pki::{TestCert, TestPki};
 
 /// The algorithm the issuer signs with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

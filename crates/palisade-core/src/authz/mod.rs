@@ -395,22 +395,18 @@ impl Engine {
             rule: e.map(|e| e.1 as usize),
         };
         let dry_deny = self.dry_deny.first(&self.policies, ctx);
+        let dry_allow = self.dry_allow.first(&self.policies, ctx);
         let r = if let Some(e) = live_deny.or(dry_deny) {
             report(false, Some(e))
         } else if !self.has_allow && !self.has_dry_allow {
             report(true, None)
         } else {
-            let live = self.allow.first(&self.policies, ctx);
-            let dry = self.dry_allow.first(&self.policies, ctx);
-            match live.or(dry) {
+            match self.allow.first(&self.policies, ctx).or(dry_allow) {
                 Some(e) => report(true, Some(e)),
                 None => report(false, None),
             }
         };
-        for e in [dry_deny, self.dry_allow.first(&self.policies, ctx)]
-            .into_iter()
-            .flatten()
-        {
+        for e in [dry_deny, dry_allow].into_iter().flatten() {
             let (policy, rule) = self.hit(e);
             tracing::info!(target: LOG_TARGET, %policy, rule, shadow_allowed = r.allowed, method = ctx.req.method(), path = ctx.path, "dry-run policy matched");
         }
