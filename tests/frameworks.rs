@@ -214,7 +214,10 @@ async fn both_frameworks_answer_the_contract_table_identically() {
             Some("the request carries more than one token"),
         )),
         ("denied by policy", bearer(&good), "/admin", (403, vec![], Some("access denied by policy"))),
-        ("denied and anonymous", vec![], "/admin", missing.clone()),
+        // A DENY rule on the path refuses everyone: a token would not help, so 403 (as Istio).
+        ("denied and anonymous", vec![], "/admin", (403, vec![], Some("access denied by policy"))),
+        // No ALLOW rule matched and the rules need an end user: ask for a token.
+        ("anonymous where a token is needed", vec![], "/whoami", missing.clone()),
     ];
     for (name, headers, path, (status, challenges, detail)) in cases {
         let a = call_axum(&guard, &headers, path).await;
