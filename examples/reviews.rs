@@ -45,8 +45,16 @@ fn main() {
     .workers(2)
     .shutdown_timeout(5)
     .disable_signals()
-    .bind(args.listen)
+    .on_connect(palisade::mtls::actix::on_connect);
+    let server = match &setup.tls {
+        Some(tls) if tls.mode() == palisade::mtls::MtlsMode::Permissive => common::fail(
+            "--client-ca: PeerAuthentication PERMISSIVE (plaintext and mTLS on one port) is served by the axum examples; the actix-web example takes STRICT or DISABLE",
+        ),
+        Some(tls) => server.bind_rustls_0_23(args.listen, tls.actix_config()),
+        None => server.bind(args.listen),
+    }
     .unwrap_or_else(|e| common::fail(&format!("--listen {}: {e}", args.listen)));
+    let tls = setup.tls.clone();
     let addr = server.addrs().first().copied().unwrap_or(args.listen);
     let result = actix_web::rt::System::new().block_on(async move {
         let server = server.run();
@@ -56,6 +64,11 @@ fn main() {
             .unwrap_or_else(|e| common::fail(&format!("cannot listen for SIGTERM: {e}")));
         let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
             .unwrap_or_else(|e| common::fail(&format!("cannot listen for SIGINT: {e}")));
+        if let Some(tls) = &tls
+            && let Err(e) = tls.reload_on_sighup()
+        {
+            common::fail(&format!("cannot listen for SIGHUP: {e}"));
+        }
         actix_web::rt::spawn(async move {
             tokio::select! {
                 _ = term.recv() => {}

@@ -11,6 +11,7 @@
 //! | `jwt` (default) | [`jwt`] | JWT bearer tokens, OIDC discovery, cached JWKS |
 //! | `axum` | [`axum`] | tower layer + axum extractors |
 //! | `actix` | [`actix`] | actix-web middleware + extractors |
+//! | `mtls` | [`mtls`] | mutual TLS: SPIFFE peer identity, `PeerAuthentication`, rotation |
 //! | `testkit` | [`testkit`] | an in-process OpenID issuer for tests and demos |
 //! | `full` | all of the above | |
 //!
@@ -39,6 +40,9 @@ pub use palisade_actix as actix;
 
 #[cfg(feature = "testkit")]
 pub use palisade_testkit as testkit;
+
+#[cfg(feature = "mtls")]
+pub use palisade_mtls as mtls;
 
 #[cfg(feature = "jwt")]
 use palisade_core::policy::{PolicyError, PolicySet, Workload};

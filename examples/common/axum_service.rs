@@ -51,8 +51,19 @@ pub async fn run(default_name: &str, default_port: u16) {
     let stop = shutdown_signal();
     common::announce(&setup, addr);
     println!("listening on {addr}");
-    let make = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    if let Err(e) = axum::serve(listener, make).with_graceful_shutdown(stop).await {
+    let served = match setup.tls.clone() {
+        Some(tls) => {
+            if let Err(e) = tls.reload_on_sighup() {
+                common::fail(&format!("cannot listen for SIGHUP: {e}"));
+            }
+            palisade::mtls::axum::serve(listener, tls, app, stop).await
+        }
+        None => {
+            let make = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+            axum::serve(listener, make).with_graceful_shutdown(stop).await
+        }
+    };
+    if let Err(e) = served {
         common::fail(&format!("server error: {e}"));
     }
 }

@@ -15,6 +15,7 @@ use palisade::Guard;
 use palisade::core::RequestHead;
 use palisade::core::authz::{CheckRequest, ExternalAuthorizers, ExternalDecision};
 use palisade::core::policy::{PolicySet, Workload};
+use palisade::mtls::ServerTls;
 use palisade::testkit::TestIssuer;
 
 /// The command line of every example.
@@ -23,6 +24,10 @@ pub struct Args {
     pub config: Option<PathBuf>,
     pub service: String,
     pub namespace: String,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub client_ca: Option<PathBuf>,
+    pub client_crls: Vec<PathBuf>,
 }
 
 /// Parses the arguments of shared/CONTRACT.md, or exits with one line on stderr.
@@ -44,6 +49,10 @@ fn parse(service: &str, port: u16, mut it: impl Iterator<Item = String>) -> Resu
         config: None,
         service: service.to_owned(),
         namespace: "default".to_owned(),
+        tls_cert: None,
+        tls_key: None,
+        client_ca: None,
+        client_crls: Vec::new(),
     };
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -57,12 +66,10 @@ fn parse(service: &str, port: u16, mut it: impl Iterator<Item = String>) -> Resu
             "--config" => args.config = Some(PathBuf::from(value()?)),
             "--service" => args.service = value()?,
             "--namespace" => args.namespace = value()?,
-            "--tls-cert" | "--tls-key" | "--client-ca" | "--client-crl" => {
-                value()?;
-                return Err(format!(
-                    "{flag}: TLS and mTLS are not supported by this version of Palisade yet"
-                ));
-            }
+            "--tls-cert" => args.tls_cert = Some(PathBuf::from(value()?)),
+            "--tls-key" => args.tls_key = Some(PathBuf::from(value()?)),
+            "--client-ca" => args.client_ca = Some(PathBuf::from(value()?)),
+            "--client-crl" => args.client_crls.push(PathBuf::from(value()?)),
             "--keytab" => {
                 value()?;
                 return Err("--keytab: SPNEGO is not supported by this version of Palisade yet".into());
@@ -70,12 +77,26 @@ fn parse(service: &str, port: u16, mut it: impl Iterator<Item = String>) -> Resu
             "-h" | "--help" => {
                 println!(
                     "usage: {service} [--listen ADDR] [--config FILE] [--service NAME] [--namespace NS]\n\
-                     Without --config, a demo issuer is started and a ready-to-paste command is printed."
+                     \x20      [--tls-cert FILE --tls-key FILE [--client-ca FILE [--client-crl FILE]...]]\n\
+                     Without --config, a demo issuer is started and a ready-to-paste command is printed.\n\
+                     --client-ca turns mutual TLS on; its mode comes from the policy file's PeerAuthentication\n\
+                     (default STRICT). Certificates, keys, CA and CRL files are reloaded when they change or on SIGHUP."
                 );
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument `{other}` (see --help)")),
         }
+    }
+    match (&args.tls_cert, &args.tls_key) {
+        (Some(_), None) => return Err("--tls-cert needs --tls-key".into()),
+        (None, Some(_)) => return Err("--tls-key needs --tls-cert".into()),
+        _ => {}
+    }
+    if args.client_ca.is_some() && args.tls_cert.is_none() {
+        return Err("--client-ca needs --tls-cert and --tls-key".into());
+    }
+    if !args.client_crls.is_empty() && args.client_ca.is_none() {
+        return Err("--client-crl needs --client-ca".into());
     }
     Ok(args)
 }
@@ -97,6 +118,8 @@ pub struct Setup {
     pub guard: Guard,
     pub demo: Option<TestIssuer>,
     pub workload: Workload,
+    /// TLS, when `--tls-cert` was given; mutual TLS with `--client-ca`.
+    pub tls: Option<ServerTls>,
 }
 
 /// The demo policy: tokens of the embedded issuer for this service; every
@@ -151,11 +174,31 @@ pub fn setup(args: &Args) -> Setup {
     };
     let guard = palisade::guard_from_policy_with(&set, &workload, &demo_authorizers())
         .unwrap_or_else(|e| fail(&e.to_string()));
+    let tls = tls(args, &set, &workload);
     Setup {
         guard,
         demo,
         workload,
+        tls,
     }
+}
+
+/// `--tls-cert`, `--tls-key`, `--client-ca`, `--client-crl`: the mode comes
+/// from the policy file's PeerAuthentication for the listening port.
+fn tls(args: &Args, set: &PolicySet, workload: &Workload) -> Option<ServerTls> {
+    let (cert, key) = (args.tls_cert.as_ref()?, args.tls_key.as_ref()?);
+    let mut b = ServerTls::builder(cert, key);
+    if let Some(ca) = &args.client_ca {
+        let mode = palisade::mtls::mode_for_port(&set.for_workload(workload), args.listen.port())
+            .unwrap_or_else(|e| fail(&e.to_string()));
+        b = b.client_ca(ca).mode(mode);
+        for crl in &args.client_crls {
+            b = b.crl(crl);
+        }
+    }
+    let tls = b.build().unwrap_or_else(|e| fail(&e.to_string()));
+    tls.watch(std::time::Duration::from_secs(1));
+    Some(tls)
 }
 
 /// The external authorizer `CUSTOM` policies may name in the examples:

@@ -173,7 +173,11 @@ impl<B> RequestHead for HttpRequestHead<'_, B> {
         .map(|v| v.as_bytes())
     }
     fn connection(&self) -> Option<&ConnectionInfo> {
-        self.0.extensions().get::<ConnectionInfo>()
+        // `palisade_mtls::axum::serve` shares one `Arc` per connection.
+        let ext = self.0.extensions();
+        ext.get::<std::sync::Arc<ConnectionInfo>>()
+            .map(|c| &**c)
+            .or_else(|| ext.get::<ConnectionInfo>())
     }
     fn remote_addr(&self) -> Option<SocketAddr> {
         // A TLS acceptor's `ConnectionInfo`, else axum's `ConnectInfo`

@@ -376,7 +376,11 @@ impl Guard {
         } else {
             Cow::Borrowed(req.path())
         };
-        let mut acc = Acc::default();
+        // The mTLS peer, verified at the handshake, comes with the connection.
+        let mut acc = Acc {
+            identity: req.connection().and_then(|c| c.peer.clone()),
+            ..Acc::default()
+        };
         let mut pending = Vec::new();
         for a in &self.0.authenticators {
             match a.authenticate(req) {

@@ -20,7 +20,8 @@ pub struct ConnectionInfo {
     pub local_addr: Option<std::net::SocketAddr>,
     /// The TLS server name the client asked for.
     pub sni: Option<String>,
-    /// The verified mTLS peer, parsed once per connection.
+    /// The verified mTLS peer, parsed once per connection. The guard merges
+    /// it into the request's identity.
     pub peer: Option<Identity>,
     /// The DER certificate chain the peer presented, leaf first.
     pub peer_certificates: Arc<[Vec<u8>]>,

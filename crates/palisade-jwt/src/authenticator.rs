@@ -731,6 +731,46 @@ fn hex(c: u8) -> Option<u8> {
     }
 }
 
+/// The SHA-256 fingerprint (lower-case hex) of the connection's client
+/// certificate, parsed once per connection by the TLS acceptor.
+fn peer_thumbprint(req: &dyn RequestHead) -> Option<&str> {
+    req.connection()
+        .and_then(|c| c.peer.as_ref())
+        .and_then(Identity::peer)
+        .map(|p| p.fingerprint_sha256.as_str())
+}
+
+/// RFC 8705 certificate-bound tokens: a token with `cnf.x5t#S256` is
+/// accepted only over a connection whose client certificate has that
+/// SHA-256 thumbprint (base64url, no padding). Other tokens pass as they are.
+fn bound_to(a: Authenticated, peer_hex: Option<&str>) -> Result<Authenticated, JwtError> {
+    let Some(bound) = a.identity.claim("cnf").and_then(|c| c.get("x5t#S256")) else {
+        return Ok(a);
+    };
+    let Some(expected) = bound.as_str() else {
+        return Err(JwtError::InvalidClaim("cnf"));
+    };
+    let Some(hex) = peer_hex else {
+        return Err(JwtError::CertificateBinding);
+    };
+    let bytes: Option<Vec<u8>> = (0..hex.len())
+        .step_by(2)
+        .map(|i| hex.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect();
+    let actual = bytes.map(|b| base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, b));
+    // Not secret, but compared in constant time all the same.
+    match actual {
+        Some(actual) if constant_time_eq(actual.as_bytes(), expected.trim_end_matches('=').as_bytes()) => {
+            Ok(a)
+        }
+        _ => Err(JwtError::CertificateBinding),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 impl Authenticator for JwtAuthenticator {
     fn challenge(&self) -> Option<String> {
         Some(bearer_challenge(&self.0.realm))
@@ -743,7 +783,9 @@ impl Authenticator for JwtAuthenticator {
             Err(e) => return Authenticating::Ready(self.outcome(Err(e))),
         };
         match self.start(found) {
-            Step::Done(r) => Authenticating::Ready(self.outcome(r)),
+            Step::Done(r) => {
+                Authenticating::Ready(self.outcome(r.and_then(|a| bound_to(a, peer_thumbprint(req)))))
+            }
             Step::Wait {
                 found,
                 kid,
@@ -752,9 +794,10 @@ impl Authenticator for JwtAuthenticator {
             } => {
                 let this = self.clone();
                 let found = found.into_owned();
+                let thumbprint = peer_thumbprint(req).map(str::to_owned);
                 Authenticating::Pending(Box::pin(async move {
                     let r = this.finish(found, kid, alg, provider).await;
-                    this.outcome(r)
+                    this.outcome(r.and_then(|a| bound_to(a, thumbprint.as_deref())))
                 }))
             }
         }

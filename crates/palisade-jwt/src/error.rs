@@ -73,6 +73,10 @@ pub enum JwtError {
     /// More than one token in one request.
     #[error("the request carries more than one token")]
     MultipleTokens,
+    /// A certificate-bound token (RFC 8705 `cnf.x5t#S256`) over a connection
+    /// without that client certificate.
+    #[error("the token is bound to another client certificate")]
+    CertificateBinding,
 }
 
 impl JwtError {

@@ -1,0 +1,185 @@
+//! Serving an axum `Router` (or any tower service) over TLS, with the peer's
+//! identity attached to the connection and exposed to every request on it.
+//!
+//! `axum::serve` has no TLS, so Palisade brings its own accept loop:
+//! tokio-rustls for the handshake, hyper's HTTP/1.1 server for the requests,
+//! hyper-util's graceful shutdown. (axum-server would do the TLS, but hides
+//! the connection before the application sees it; the peer certificate is
+//! needed once per connection, so the loop is ours: about a hundred lines.)
+//!
+//! ```no_run
+//! use axum::{Router, routing::get};
+//! use palisade_mtls::{MtlsMode, ServerTls};
+//! # async fn run(guard: palisade_core::Guard) -> Result<(), Box<dyn std::error::Error>> {
+//! let tls = ServerTls::builder("server.crt", "server.key").client_ca("mesh-ca.pem").mode(MtlsMode::Strict).build()?;
+//! let app: Router = palisade_axum::PalisadeLayer::new(guard).wrap(Router::new().route("/", get(|| async { "hi" })));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8443").await?;
+//! palisade_mtls::axum::serve(listener, tls, app, std::future::pending()).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! In [`MtlsMode::Permissive`] the first byte of each connection tells TLS
+//! (a handshake record, `0x16`) from plaintext HTTP, as Istio's sidecar does;
+//! plaintext callers have no peer identity.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use palisade_core::ConnectionInfo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tower::ServiceExt;
+use tower_service::Service;
+
+use crate::identity::verified_identity;
+use crate::server::{LOG_TARGET, MtlsMode, ServerTls};
+
+/// How long a client has to finish the TLS handshake (or, in PERMISSIVE
+/// mode, to send its first byte).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long open connections get to finish after shutdown was asked for.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves `service` on `listener` with `tls` until `shutdown` completes, then
+/// lets open connections finish (up to 10 s).
+///
+/// Every request carries an `Arc<ConnectionInfo>` in its extensions: the
+/// remote and local addresses, the SNI, and for a client certificate the
+/// verified peer [`Identity`](palisade_core::Identity) (parsed once per
+/// connection) and its chain. Palisade's guard takes the peer identity from
+/// there; handlers see it in `Identity::peer`.
+///
+/// # Errors
+/// Only when the listener fails for good; failed handshakes are logged at
+/// debug level and cost nothing else.
+pub async fn serve<S, B>(
+    listener: TcpListener,
+    tls: ServerTls,
+    service: S,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()>
+where
+    S: Service<Request<Body>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (tcp, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, don't spin.
+                    tracing::warn!(target: LOG_TARGET, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
+        let service = service.clone();
+        tokio::spawn(async move {
+            if let Err(reason) = connection(tcp, remote, tls, service, watcher).await {
+                tracing::debug!(target: LOG_TARGET, %remote, reason, "connection closed before any request");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(target: LOG_TARGET, "connections still open after the drain timeout were closed");
+    }
+    Ok(())
+}
+
+async fn is_tls(tcp: &TcpStream) -> Result<bool, &'static str> {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await {
+        Ok(Ok(1)) => Ok(first[0] == 0x16),
+        Ok(Ok(_)) => Err("closed"),
+        Ok(Err(_)) => Err("read error"),
+        Err(_) => Err("no first byte in time"),
+    }
+}
+
+async fn connection<S, B>(
+    tcp: TcpStream,
+    remote: SocketAddr,
+    tls: ServerTls,
+    service: S,
+    watcher: Watcher,
+) -> Result<(), &'static str>
+where
+    S: Service<Request<Body>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let _ = tcp.set_nodelay(true);
+    let mut info = ConnectionInfo::default();
+    info.remote_addr = Some(remote);
+    info.local_addr = tcp.local_addr().ok();
+    let tls_first = match tls.mode() {
+        MtlsMode::Permissive => is_tls(&tcp).await?,
+        MtlsMode::Strict | MtlsMode::Disable => true,
+    };
+    if !tls_first {
+        return http(TokioIo::new(tcp), Arc::new(info), service, watcher).await;
+    }
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
+    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(_)) => return Err("TLS handshake failed"),
+        Err(_) => return Err("TLS handshake timed out"),
+    };
+    let (_, session) = stream.get_ref();
+    info.sni = session.server_name().map(str::to_owned);
+    if let Some(chain) = session.peer_certificates() {
+        info.peer = chain.first().and_then(|leaf| verified_identity(leaf));
+        info.peer_certificates = chain.iter().map(|c| c.to_vec()).collect();
+    }
+    http(TokioIo::new(stream), Arc::new(info), service, watcher).await
+}
+
+async fn http<I, S, B>(
+    io: TokioIo<I>,
+    info: Arc<ConnectionInfo>,
+    service: S,
+    watcher: Watcher,
+) -> Result<(), &'static str>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Body>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let mut req = req.map(Body::new);
+        // Per request: one Arc clone. The identity was parsed at the handshake.
+        req.extensions_mut().insert(info.clone());
+        service.clone().oneshot(req)
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HANDSHAKE_TIMEOUT)
+        .serve_connection(io, svc);
+    watcher.watch(conn).await.map_err(|_| "HTTP connection error")
+}

@@ -1,0 +1,195 @@
+//! The peer's identity, parsed once per connection from the certificate
+//! chain rustls has verified: its SPIFFE ID (the single URI SAN), trust
+//! domain, namespace and service account, DNS names, subject and SHA-256
+//! fingerprint. The common name is never taken as an identity.
+
+use std::fmt;
+
+use aws_lc_rs::digest;
+use palisade_core::{Identity, PeerIdentity, Verification};
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+/// A SPIFFE ID that follows the SPIFFE-ID rules: `spiffe://` and a trust
+/// domain of `[a-z0-9.-_]`, then a path of non-empty segments of
+/// `[a-zA-Z0-9.-_]`, none `.` or `..`; no port, user, query or fragment; at
+/// most 2048 bytes.
+///
+/// ```
+/// use palisade_mtls::SpiffeId;
+/// let id = SpiffeId::parse("spiffe://cluster.local/ns/default/sa/productpage").unwrap();
+/// assert_eq!(id.trust_domain(), "cluster.local");
+/// assert_eq!(id.namespace(), Some("default"));
+/// assert_eq!(id.service_account(), Some("productpage"));
+/// assert_eq!(id.principal(), "cluster.local/ns/default/sa/productpage");
+/// assert!(SpiffeId::parse("spiffe://Cluster.local/x").is_err());
+/// assert!(SpiffeId::parse("spiffe://td/a/../b").is_err());
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct SpiffeId {
+    id: String,
+    td_end: usize,
+}
+
+/// Why a string is not a SPIFFE ID.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("not a SPIFFE ID: {0}")]
+pub struct SpiffeIdError(&'static str);
+
+impl SpiffeId {
+    /// Parses and validates a SPIFFE ID.
+    ///
+    /// # Errors
+    /// [`SpiffeIdError`] saying which rule the string breaks.
+    pub fn parse(text: &str) -> Result<Self, SpiffeIdError> {
+        if text.len() > 2048 {
+            return Err(SpiffeIdError("longer than 2048 bytes"));
+        }
+        let rest = text
+            .strip_prefix("spiffe://")
+            .ok_or(SpiffeIdError("the scheme must be spiffe://"))?;
+        let (td, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        if td.is_empty() {
+            return Err(SpiffeIdError("the trust domain is empty"));
+        }
+        if !td
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_'))
+        {
+            return Err(SpiffeIdError(
+                "the trust domain may only hold a-z, 0-9, '.', '-' and '_' (no port, user or upper case)",
+            ));
+        }
+        if !path.is_empty() {
+            for seg in path[1..].split('/') {
+                if seg.is_empty() {
+                    return Err(SpiffeIdError("a path segment is empty"));
+                }
+                if seg == "." || seg == ".." {
+                    return Err(SpiffeIdError("a path segment is . or .."));
+                }
+                if !seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+                {
+                    return Err(SpiffeIdError(
+                        "a path segment may only hold a-z, A-Z, 0-9, '.', '-' and '_' (no query or fragment)",
+                    ));
+                }
+            }
+        }
+        Ok(Self {
+            id: text.to_owned(),
+            td_end: "spiffe://".len() + td.len(),
+        })
+    }
+
+    /// The whole ID, `spiffe://…`.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.id
+    }
+
+    /// The trust domain.
+    #[must_use]
+    pub fn trust_domain(&self) -> &str {
+        &self.id["spiffe://".len()..self.td_end]
+    }
+
+    /// The path, `/ns/default/sa/productpage` (empty for a trust domain ID).
+    #[must_use]
+    pub fn path(&self) -> &str {
+        &self.id[self.td_end..]
+    }
+
+    /// Istio's principal: the ID without `spiffe://`.
+    #[must_use]
+    pub fn principal(&self) -> &str {
+        &self.id["spiffe://".len()..]
+    }
+
+    fn ns_sa(&self) -> Option<(&str, &str)> {
+        let mut it = self.path().strip_prefix('/')?.split('/');
+        match (it.next(), it.next(), it.next(), it.next(), it.next()) {
+            (Some("ns"), Some(ns), Some("sa"), Some(sa), None) => Some((ns, sa)),
+            _ => None,
+        }
+    }
+
+    /// The namespace, when the path is `/ns/NS/sa/SA`.
+    #[must_use]
+    pub fn namespace(&self) -> Option<&str> {
+        self.ns_sa().map(|(ns, _)| ns)
+    }
+
+    /// The service account, when the path is `/ns/NS/sa/SA`.
+    #[must_use]
+    pub fn service_account(&self) -> Option<&str> {
+        self.ns_sa().map(|(_, sa)| sa)
+    }
+}
+
+impl fmt::Debug for SpiffeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("SpiffeId").field(&self.id).finish()
+    }
+}
+
+impl fmt::Display for SpiffeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.id)
+    }
+}
+
+/// Lower-case hex SHA-256 of a certificate's DER.
+#[must_use]
+pub fn fingerprint_sha256(der: &[u8]) -> String {
+    let d = digest::digest(&digest::SHA256, der);
+    let mut out = String::with_capacity(64);
+    for b in d.as_ref() {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// The identity of a peer whose chain rustls has verified (leaf first).
+/// `None` when there is no certificate or the leaf cannot be parsed.
+///
+/// More than one URI SAN, or a URI SAN that is not a valid SPIFFE ID, gives
+/// no SPIFFE identity (no principal, no namespace); DNS names, subject and
+/// fingerprint are still there. The common name is never used.
+#[must_use]
+pub fn peer_identity(leaf_der: &[u8]) -> Option<PeerIdentity> {
+    let (_, cert) = X509Certificate::from_der(leaf_der).ok()?;
+    let mut uris = Vec::new();
+    let mut dns_names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::URI(u) => uris.push(*u),
+                GeneralName::DNSName(d) => dns_names.push((*d).to_owned()),
+                _ => {}
+            }
+        }
+    }
+    let spiffe = match uris.as_slice() {
+        [one] => SpiffeId::parse(one).ok(),
+        _ => None,
+    };
+    let mut peer = PeerIdentity::default();
+    peer.principal = spiffe.as_ref().map(|s| s.principal().to_owned());
+    peer.namespace = spiffe.as_ref().and_then(|s| s.namespace().map(str::to_owned));
+    peer.spiffe_id = spiffe.map(|s| s.id);
+    peer.dns_names = dns_names;
+    peer.subject = cert.subject().to_string();
+    peer.fingerprint_sha256 = fingerprint_sha256(leaf_der);
+    Some(peer)
+}
+
+/// The verified [`Identity`] of a peer: only code that has verified the
+/// chain (this crate's acceptors) calls this.
+pub(crate) fn verified_identity(leaf_der: &[u8]) -> Option<Identity> {
+    peer_identity(leaf_der).map(|p| Identity::from_peer(p, Verification::assertion()))
+}

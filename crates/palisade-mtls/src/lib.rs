@@ -1,0 +1,34 @@
+//! Mutual TLS for Palisade: a service terminates TLS itself, knows which
+//! workload calls it (its SPIFFE ID, `cluster.local/ns/NS/sa/SA`), and lets
+//! policy use that identity, as Istio's `PeerAuthentication` and
+//! `principals`/`namespaces` do, without a sidecar.
+//!
+//! - [`ServerTls`]: the server's certificate and key, the client trust
+//!   bundle and CRLs, the [`MtlsMode`] (`STRICT`, `PERMISSIVE`, `DISABLE`),
+//!   and rotation without restart ([`ServerTls::reload`], [`ServerTls::watch`],
+//!   [`ServerTls::reload_on_sighup`]).
+//! - [`axum::serve`] (feature `axum`): the accept loop for axum, hyper and
+//!   tower services; [`actix::on_connect`] (feature `actix`): the same facts
+//!   for actix-web's rustls listener.
+//! - [`peer_identity`] and [`SpiffeId`]: the identity parsed once per
+//!   connection from the verified chain, never from the common name.
+//! - [`mode_for_port`]: Istio `PeerAuthentication` documents, as written.
+//!
+//! The peer identity reaches the request through the connection
+//! ([`ConnectionInfo`](palisade_core::ConnectionInfo)), never a header, and
+//! the guard merges it into the request's [`Identity`](palisade_core::Identity):
+//! `source.principal`, `source.namespace` and `principals: [...]` in
+//! policies, and `peer` in `/whoami`.
+
+pub mod identity;
+mod peer_auth;
+mod server;
+
+#[cfg(feature = "actix")]
+pub mod actix;
+#[cfg(feature = "axum")]
+pub mod axum;
+
+pub use identity::{SpiffeId, SpiffeIdError, fingerprint_sha256, peer_identity};
+pub use peer_auth::mode_for_port;
+pub use server::{LOG_TARGET, MtlsMode, ServerTls, ServerTlsBuilder, TlsError};

@@ -1,0 +1,117 @@
+//! Istio's `PeerAuthentication` for one workload and port: the most specific
+//! document wins (a workload selector, then the workload's namespace, then
+//! the root namespace), `UNSET` inherits from the next, and
+//! `portLevelMtls` (only with a selector, as in Istio) overrides for its port.
+
+use palisade_core::policy::{Document, PeerAuthenticationSpec, PolicyError, WorkloadPolicy};
+
+use crate::server::MtlsMode;
+
+fn parse(
+    w: &WorkloadPolicy<'_>,
+    doc: &Document,
+    field: &str,
+    mode: Option<&String>,
+) -> Result<Option<MtlsMode>, PolicyError> {
+    match mode {
+        None => Ok(None),
+        Some(m) => MtlsMode::parse(m).map_err(|e| w.error_at(doc, field, e)),
+    }
+}
+
+/// The mode for `port` of the workload (default [`MtlsMode::Strict`], as
+/// `--client-ca` asks for mutual TLS).
+///
+/// # Errors
+/// A [`PolicyError`] naming the document and field of a bad mode, a
+/// `portLevelMtls` without a selector, or two documents of the same level.
+pub fn mode_for_port(w: &WorkloadPolicy<'_>, port: u16) -> Result<MtlsMode, PolicyError> {
+    let root = &w.workload().root_namespace;
+    let mut levels: [Option<(&Document, &PeerAuthenticationSpec)>; 3] = [None, None, None];
+    for (doc, spec) in w.peer_authentications() {
+        let level = if spec.selector.is_some() {
+            0
+        } else if doc.metadata.namespace() == w.workload().namespace && doc.metadata.namespace() != root {
+            1
+        } else {
+            2
+        };
+        if !spec.port_level_mtls.is_empty() && spec.selector.is_none() {
+            return Err(w.error_at(
+                doc,
+                "spec.portLevelMtls",
+                "portLevelMtls needs a selector (as in Istio)",
+            ));
+        }
+        if let Some((prev, _)) = levels[level] {
+            return Err(w.error_at(
+                doc,
+                "metadata.name",
+                format!(
+                    "document {} already sets PeerAuthentication at this level for this workload",
+                    prev.index
+                ),
+            ));
+        }
+        levels[level] = Some((doc, spec));
+    }
+    for (doc, spec) in levels.into_iter().flatten() {
+        if let Some(m) = spec.port_level_mtls.get(&port) {
+            let field = format!("spec.portLevelMtls.{port}.mode");
+            if let Some(mode) = parse(w, doc, &field, m.mode.as_ref())? {
+                return Ok(mode);
+            }
+        }
+        let mode = spec.mtls.as_ref().and_then(|m| m.mode.as_ref());
+        if let Some(mode) = parse(w, doc, "spec.mtls.mode", mode)? {
+            return Ok(mode);
+        }
+    }
+    Ok(MtlsMode::Strict)
+}
+
+#[cfg(test)]
+mod tests {
+    use palisade_core::policy::{PolicySet, Workload};
+
+    use super::*;
+
+    fn mode(yaml: &str, port: u16) -> Result<MtlsMode, PolicyError> {
+        let set = PolicySet::from_yaml_str(yaml, "pa.yaml")?;
+        mode_for_port(&set.for_workload(&Workload::new("details", "default")), port)
+    }
+
+    const MESH: &str = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: mesh, namespace: istio-system}\nspec: {mtls: {mode: PERMISSIVE}}\n";
+
+    #[test]
+    fn the_most_specific_document_wins_and_unset_inherits() {
+        assert_eq!(mode("", 443).unwrap(), MtlsMode::Strict);
+        assert_eq!(mode(MESH, 443).unwrap(), MtlsMode::Permissive);
+        let ns = format!(
+            "{MESH}---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: ns}}\nspec: {{mtls: {{mode: STRICT}}}}\n"
+        );
+        assert_eq!(mode(&ns, 443).unwrap(), MtlsMode::Strict);
+        let unset = format!(
+            "{MESH}---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: ns}}\nspec: {{mtls: {{mode: UNSET}}}}\n"
+        );
+        assert_eq!(mode(&unset, 443).unwrap(), MtlsMode::Permissive);
+    }
+
+    #[test]
+    fn port_level_modes_override_for_their_port() {
+        let yaml = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: w}\nspec:\n  selector: {matchLabels: {app: details}}\n  mtls: {mode: STRICT}\n  portLevelMtls:\n    9090: {mode: DISABLE}\n";
+        assert_eq!(mode(yaml, 9090).unwrap(), MtlsMode::Disable);
+        assert_eq!(mode(yaml, 9080).unwrap(), MtlsMode::Strict);
+    }
+
+    #[test]
+    fn bad_modes_and_port_levels_without_selector_are_errors() {
+        let bad = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: w}\nspec: {mtls: {mode: STRICTER}}\n";
+        assert_eq!(mode(bad, 1).unwrap_err().field.as_deref(), Some("spec.mtls.mode"));
+        let no_sel = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: w}\nspec: {portLevelMtls: {80: {mode: DISABLE}}}\n";
+        assert_eq!(
+            mode(no_sel, 80).unwrap_err().field.as_deref(),
+            Some("spec.portLevelMtls")
+        );
+    }
+}

@@ -1,0 +1,487 @@
+//! The server side: a rustls `ServerConfig` whose certificate, key, client
+//! trust bundle and CRLs can be replaced while it serves. New handshakes use
+//! the new material; open connections finish with the old; a bad new file
+//! keeps the old material and logs one error naming the file.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
+
+/// Log target of the TLS side.
+pub const LOG_TARGET: &str = "palisade::mtls";
+
+/// Istio's `PeerAuthentication` modes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum MtlsMode {
+    /// A client certificate is required: no certificate, no handshake.
+    #[default]
+    Strict,
+    /// Plaintext HTTP and mutual TLS on the same port, told apart by the
+    /// first byte; plaintext callers (and TLS callers without a
+    /// certificate) have no peer identity.
+    Permissive,
+    /// TLS without client certificates.
+    Disable,
+}
+
+impl MtlsMode {
+    /// Parses Istio's mode names (`UNSET` is `None`: inherit).
+    ///
+    /// # Errors
+    /// A message for any other value.
+    pub fn parse(text: &str) -> Result<Option<Self>, String> {
+        match text {
+            "STRICT" => Ok(Some(MtlsMode::Strict)),
+            "PERMISSIVE" => Ok(Some(MtlsMode::Permissive)),
+            "DISABLE" => Ok(Some(MtlsMode::Disable)),
+            "UNSET" => Ok(None),
+            other => Err(format!("`{other}` is not STRICT, PERMISSIVE, DISABLE or UNSET")),
+        }
+    }
+}
+
+/// A TLS file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {message}")]
+#[non_exhaustive]
+pub struct TlsError {
+    /// The file.
+    pub file: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl TlsError {
+    fn new(file: &Path, message: impl fmt::Display) -> Self {
+        Self {
+            file: file.display().to_string(),
+            message: message.to_string(),
+        }
+    }
+}
+
+/// Where the server's TLS material lives.
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct ServerTlsBuilder {
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: Option<PathBuf>,
+    crls: Vec<PathBuf>,
+    mode: MtlsMode,
+    allow_unknown_revocation: bool,
+}
+
+impl ServerTlsBuilder {
+    /// Trust anchors (PEM) for client certificates: turns mutual TLS on.
+    pub fn client_ca(mut self, path: impl Into<PathBuf>) -> Self {
+        self.client_ca = Some(path.into());
+        self
+    }
+
+    /// A PEM file of CRLs checked for client certificates (any number of files).
+    pub fn crl(mut self, path: impl Into<PathBuf>) -> Self {
+        self.crls.push(path.into());
+        self
+    }
+
+    /// The mode (default [`MtlsMode::Strict`] with a client CA).
+    pub fn mode(mut self, mode: MtlsMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Accept client certificates whose revocation status the CRLs do not
+    /// cover (by default, with CRLs configured, such a certificate is refused).
+    pub fn allow_unknown_revocation_status(mut self) -> Self {
+        tracing::warn!(target: LOG_TARGET, "client certificates with an unknown revocation status are accepted");
+        self.allow_unknown_revocation = true;
+        self
+    }
+
+    /// Loads the files and builds the server.
+    ///
+    /// # Errors
+    /// A [`TlsError`] naming the file that cannot be read or used.
+    pub fn build(self) -> Result<ServerTls, TlsError> {
+        let mode = if self.client_ca.is_some() {
+            self.mode
+        } else {
+            MtlsMode::Disable
+        };
+        let files = Files {
+            cert: self.cert,
+            key: self.key,
+            client_ca: self.client_ca,
+            crls: self.crls,
+            allow_unknown_revocation: self.allow_unknown_revocation,
+        };
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let material = Arc::new(ArcSwap::from_pointee(files.load(&provider, mode)?));
+        let mut config = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::new(&files.cert, e))?
+            .with_client_cert_verifier(Arc::new(DynVerifier {
+                material: material.clone(),
+                mode,
+                provider: provider.clone(),
+            }))
+            .with_cert_resolver(Arc::new(DynResolver(material.clone())));
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(ServerTls(Arc::new(Inner {
+            files,
+            mode,
+            provider,
+            material,
+            config: Arc::new(config),
+            stamp: std::sync::Mutex::new(None),
+        })))
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Files {
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: Option<PathBuf>,
+    crls: Vec<PathBuf>,
+    allow_unknown_revocation: bool,
+}
+
+/// Each file's modification time and size, in [`Files::paths`] order.
+type Stamp = Vec<Option<(SystemTime, u64)>>;
+
+struct Material {
+    key: Arc<CertifiedKey>,
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
+}
+
+impl Files {
+    fn paths(&self) -> impl Iterator<Item = &PathBuf> {
+        [&self.cert, &self.key]
+            .into_iter()
+            .chain(&self.client_ca)
+            .chain(&self.crls)
+    }
+
+    fn load(&self, provider: &Arc<CryptoProvider>, mode: MtlsMode) -> Result<Material, TlsError> {
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&self.cert)
+            .and_then(Iterator::collect)
+            .map_err(|e| TlsError::new(&self.cert, format!("cannot read the certificate chain: {e}")))?;
+        if chain.is_empty() {
+            return Err(TlsError::new(&self.cert, "no certificate in the file"));
+        }
+        let key = PrivateKeyDer::from_pem_file(&self.key)
+            .map_err(|e| TlsError::new(&self.key, format!("cannot read the private key: {e}")))?;
+        let key = CertifiedKey::from_der(chain, key, provider)
+            .map_err(|e| TlsError::new(&self.key, format!("the key does not fit the certificate: {e}")))?;
+        let verifier = match (&self.client_ca, mode) {
+            (None, _) | (_, MtlsMode::Disable) => None,
+            (Some(ca), _) => {
+                let mut roots = RootCertStore::empty();
+                let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca)
+                    .and_then(Iterator::collect)
+                    .map_err(|e| TlsError::new(ca, format!("cannot read the trust bundle: {e}")))?;
+                for c in certs {
+                    roots
+                        .add(c)
+                        .map_err(|e| TlsError::new(ca, format!("not a usable trust anchor: {e}")))?;
+                }
+                if roots.is_empty() {
+                    return Err(TlsError::new(ca, "no certificate in the trust bundle"));
+                }
+                let mut crls = Vec::new();
+                for path in &self.crls {
+                    let list: Vec<CertificateRevocationListDer<'static>> =
+                        CertificateRevocationListDer::pem_file_iter(path)
+                            .and_then(Iterator::collect)
+                            .map_err(|e| TlsError::new(path, format!("cannot read the CRLs: {e}")))?;
+                    if list.is_empty() {
+                        return Err(TlsError::new(path, "no CRL in the file"));
+                    }
+                    crls.extend(list);
+                }
+                let mut b = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                    .with_crls(crls);
+                if mode == MtlsMode::Permissive {
+                    b = b.allow_unauthenticated();
+                }
+                if self.allow_unknown_revocation {
+                    b = b.allow_unknown_revocation_status();
+                }
+                let first = self
+                    .crls
+                    .first()
+                    .or(self.client_ca.as_ref())
+                    .cloned()
+                    .unwrap_or_default();
+                Some(
+                    b.build().map_err(|e| {
+                        TlsError::new(&first, format!("cannot build the client verifier: {e}"))
+                    })?,
+                )
+            }
+        };
+        Ok(Material {
+            key: Arc::new(key),
+            verifier,
+        })
+    }
+
+    /// Modification times and sizes: a change means "reload".
+    fn stamp(&self) -> Stamp {
+        self.paths()
+            .map(|p| {
+                std::fs::metadata(p)
+                    .ok()
+                    .and_then(|m| Some((m.modified().ok()?, m.len())))
+            })
+            .collect()
+    }
+}
+
+struct Inner {
+    files: Files,
+    mode: MtlsMode,
+    provider: Arc<CryptoProvider>,
+    material: Arc<ArcSwap<Material>>,
+    config: Arc<ServerConfig>,
+    stamp: std::sync::Mutex<Option<Stamp>>,
+}
+
+/// A TLS server's configuration with hot rotation. Cloning is an `Arc` clone.
+///
+/// ```no_run
+/// use palisade_mtls::{MtlsMode, ServerTls};
+/// let tls = ServerTls::builder("server.crt", "server.key")
+///     .client_ca("mesh-ca.pem")
+///     .crl("mesh.crl")
+///     .mode(MtlsMode::Strict)
+///     .build()?;
+/// tls.watch(std::time::Duration::from_secs(2)); // rotate when the files change
+/// let config = tls.server_config(); // for tokio-rustls, actix-web, hyper
+/// # let _ = config;
+/// # Ok::<(), palisade_mtls::TlsError>(())
+/// ```
+#[derive(Clone)]
+pub struct ServerTls(Arc<Inner>);
+
+impl fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("cert", &self.0.files.cert)
+            .field("key", &"<file>")
+            .field("client_ca", &self.0.files.client_ca)
+            .field("crls", &self.0.files.crls)
+            .field("mode", &self.0.mode)
+            .finish()
+    }
+}
+
+impl ServerTls {
+    /// Starts from the server's PEM certificate chain and private key.
+    pub fn builder(cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> ServerTlsBuilder {
+        ServerTlsBuilder {
+            cert: cert.into(),
+            key: key.into(),
+            client_ca: None,
+            crls: Vec::new(),
+            mode: MtlsMode::Strict,
+            allow_unknown_revocation: false,
+        }
+    }
+
+    /// The rustls configuration; it follows every reload.
+    #[must_use]
+    pub fn server_config(&self) -> Arc<ServerConfig> {
+        self.0.config.clone()
+    }
+
+    /// The mode.
+    #[must_use]
+    pub fn mode(&self) -> MtlsMode {
+        self.0.mode
+    }
+
+    /// Reads the files again and uses them for new handshakes.
+    ///
+    /// # Errors
+    /// A [`TlsError`] naming the bad file; the old material stays in use.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        match self.0.files.load(&self.0.provider, self.0.mode) {
+            Ok(m) => {
+                self.0.material.store(Arc::new(m));
+                tracing::info!(target: LOG_TARGET, cert = %self.0.files.cert.display(), "TLS material reloaded");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(target: LOG_TARGET, error = %e, "new TLS material refused; the previous certificate, key, trust bundle and CRLs stay in use");
+                Err(e)
+            }
+        }
+    }
+
+    /// Reloads when a file's modification time or size changed since the
+    /// last look; `true` when something was reloaded.
+    pub fn reload_if_changed(&self) -> bool {
+        let now = self.0.files.stamp();
+        let mut last = self
+            .0
+            .stamp
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match last.as_ref() {
+            None => {
+                *last = Some(now);
+                false
+            }
+            Some(prev) if *prev == now => false,
+            Some(_) => {
+                *last = Some(now);
+                drop(last);
+                self.reload().is_ok()
+            }
+        }
+    }
+
+    /// Watches the files from a background thread, every `interval`, and
+    /// reloads on change. Returns at once; the thread lives as long as the
+    /// process.
+    pub fn watch(&self, interval: Duration) {
+        self.reload_if_changed();
+        let this = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("palisade-tls-watch".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(interval);
+                    this.reload_if_changed();
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(target: LOG_TARGET, error = %e, "cannot start the TLS file watcher; reload with SIGHUP or ServerTls::reload");
+        }
+    }
+
+    /// Reloads on `SIGHUP`, from a task on the current tokio runtime.
+    ///
+    /// # Errors
+    /// When the signal handler cannot be installed.
+    pub fn reload_on_sighup(&self) -> std::io::Result<()> {
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        let this = self.clone();
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                let _ = this.reload();
+            }
+        });
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct DynResolver(Arc<ArcSwap<Material>>);
+
+impl fmt::Debug for Material {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Material")
+            .field("client_auth", &self.verifier.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResolvesServerCert for DynResolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load().key.clone())
+    }
+}
+
+struct DynVerifier {
+    material: Arc<ArcSwap<Material>>,
+    mode: MtlsMode,
+    provider: Arc<CryptoProvider>,
+}
+
+impl fmt::Debug for DynVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DynVerifier")
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientCertVerifier for DynVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.mode != MtlsMode::Disable && self.material.load().verifier.is_some()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.mode == MtlsMode::Strict && self.offer_client_auth()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // The bundle can change under us; clients send their certificate
+        // without hints (curl, OpenSSL, rustls, Go do).
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        match &self.material.load().verifier {
+            Some(v) => v.verify_client_cert(end_entity, intermediates, now),
+            None => Err(rustls::Error::General(
+                "client certificates are not accepted".into(),
+            )),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}

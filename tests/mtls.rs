@@ -1,0 +1,422 @@
+//! Mutual TLS against the example services as processes, with real TLS
+//! clients: curl (`--cert/--key`), `openssl s_client`, and reqwest (rustls)
+//! for the load during rotation. Certificates come from the test kit's PKI.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use palisade::testkit::{TestCert, TestPki};
+use serde_json::Value;
+
+fn example(name: &str) -> PathBuf {
+    let mut p = std::env::current_exe().unwrap();
+    p.pop();
+    if p.ends_with("deps") {
+        p.pop();
+    }
+    p.join("examples").join(name)
+}
+
+fn need(tool: &str, package: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "`{tool}` is missing: run ./scripts/test (it installs it) or `apt-get install {package}`"
+    );
+}
+
+struct Service {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(name: &str, args: &[&str]) -> Service {
+    let mut child = Command::new(example(name))
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start example {name}: {e}"));
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut svc = Service { child, port: 0 };
+    loop {
+        let line = lines.next().expect("example exited before listening").unwrap();
+        if let Some(addr) = line.strip_prefix("listening on ") {
+            svc.port = addr.rsplit(':').next().unwrap().parse().unwrap();
+            return svc;
+        }
+    }
+}
+
+/// A scratch directory with the PKI's files.
+struct Dir(PathBuf);
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Dir {
+    fn new(tag: &str) -> Self {
+        let d = std::env::temp_dir().join(format!("palisade-mtls-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        Dir(d)
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.0.join(name).to_str().unwrap().to_owned()
+    }
+
+    /// Writes atomically (a rename), as a certificate manager would.
+    fn write(&self, name: &str, text: &str) -> String {
+        let tmp = self.0.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.0.join(name)).unwrap();
+        self.path(name)
+    }
+
+    fn cert(&self, name: &str, c: &TestCert) -> (String, String) {
+        (
+            self.write(&format!("{name}.crt"), &c.cert_pem()),
+            self.write(&format!("{name}.key"), &c.key_pem()),
+        )
+    }
+}
+
+/// `curl` over HTTPS: (exit code, HTTP status, body).
+fn curl(
+    port: u16,
+    path: &str,
+    ca: &str,
+    client: Option<&(String, String)>,
+    extra: &[&str],
+) -> (i32, u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "10", "--cacert", ca, "-w", "\n%{http_code}"])
+        .args(extra)
+        .arg(format!("https://localhost:{port}{path}"));
+    if let Some((cert, key)) = client {
+        cmd.args(["--cert", cert, "--key", key]);
+    }
+    let out = cmd.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (
+        out.status.code().unwrap_or(-1),
+        status.trim().parse().unwrap_or(0),
+        body.to_owned(),
+    )
+}
+
+/// `openssl s_client` sends one request: the whole output (stdout + stderr).
+fn s_client(port: u16, ca: &str, client: Option<&(String, String)>) -> String {
+    let mut cmd = Command::new("openssl");
+    cmd.args([
+        "s_client",
+        "-quiet",
+        "-connect",
+        &format!("127.0.0.1:{port}"),
+        "-servername",
+        "localhost",
+    ])
+    .args(["-CAfile", ca, "-verify_return_error"]);
+    if let Some((cert, key)) = client {
+        cmd.args(["-cert", cert, "-key", key]);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _ = child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"GET /whoami HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let out = child.wait_with_output().unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+const POLICY: &str = "
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: only-productpage}
+spec:
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/default/sa/productpage]}}]
+  - to: [{operation: {paths: [/healthz, /whoami]}}]
+";
+
+#[test]
+fn strict_mtls_knows_the_caller_and_refuses_bad_certificates_with_curl_and_openssl() {
+    need("curl", "curl");
+    need("openssl", "openssl");
+    let dir = Dir::new("strict");
+    let pki = TestPki::new();
+    let ca = dir.write("ca.pem", &pki.ca_pem());
+    let server = dir.cert("server", &pki.server(&["localhost", "127.0.0.1"]));
+    let productpage = dir.cert("productpage", &pki.workload("default", "productpage"));
+    let ratings = dir.cert("ratings", &pki.workload("default", "ratings"));
+    let policy = dir.write("policy.yaml", POLICY);
+    let bad = [
+        (
+            "expired",
+            dir.cert("expired", &pki.expired("default", "productpage")),
+        ),
+        (
+            "not yet valid",
+            dir.cert("future", &pki.not_yet_valid("default", "productpage")),
+        ),
+        (
+            "wrong EKU",
+            dir.cert("eku", &pki.wrong_eku("default", "productpage")),
+        ),
+        (
+            "unknown CA",
+            dir.cert("stranger", &TestPki::new().workload("default", "productpage")),
+        ),
+    ];
+    let two_uris = dir.cert(
+        "two",
+        &pki.client_with_uris(&[
+            "spiffe://cluster.local/ns/default/sa/productpage",
+            "spiffe://cluster.local/ns/x/sa/y",
+        ]),
+    );
+    for name in ["details", "reviews"] {
+        let svc = start(
+            name,
+            &[
+                "--config",
+                &policy,
+                "--tls-cert",
+                &server.0,
+                "--tls-key",
+                &server.1,
+                "--client-ca",
+                &ca,
+            ],
+        );
+        // The right workload: allowed, and /whoami names it.
+        let (code, status, _) = curl(svc.port, "/list", &ca, Some(&productpage), &[]);
+        assert_eq!((code, status), (0, 200), "{name}: productpage /list");
+        let (_, status, body) = curl(svc.port, "/whoami", &ca, Some(&productpage), &[]);
+        assert_eq!(status, 200, "{name}");
+        let who: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(who["methods"], serde_json::json!(["mtls"]), "{name}: {who}");
+        assert_eq!(
+            who["peer"]["principal"], "cluster.local/ns/default/sa/productpage",
+            "{name}"
+        );
+        assert_eq!(
+            who["peer"]["spiffe_id"],
+            "spiffe://cluster.local/ns/default/sa/productpage"
+        );
+        assert_eq!(
+            who["peer"]["fingerprint_sha256"],
+            pki_fingerprint(&dir, "productpage"),
+            "{name}: fingerprint of the presented leaf"
+        );
+        // Another workload: the connection is fine, the policy refuses.
+        assert_eq!(
+            curl(svc.port, "/list", &ca, Some(&ratings), &[]).1,
+            403,
+            "{name}: ratings /list"
+        );
+        let (_, _, body) = curl(svc.port, "/whoami", &ca, Some(&ratings), &[]);
+        assert_eq!(
+            serde_json::from_str::<Value>(&body).unwrap()["peer"]["principal"],
+            "cluster.local/ns/default/sa/ratings"
+        );
+        // Two URI SANs: a valid chain, but no SPIFFE identity.
+        let (_, status, body) = curl(svc.port, "/whoami", &ca, Some(&two_uris), &[]);
+        assert_eq!(status, 200, "{name}: two URIs /whoami");
+        let who: Value = serde_json::from_str(&body).unwrap();
+        assert!(
+            who["peer"]["principal"].is_null() && who["peer"]["spiffe_id"].is_null(),
+            "{name}: {who}"
+        );
+        assert_eq!(
+            curl(svc.port, "/list", &ca, Some(&two_uris), &[]).1,
+            403,
+            "{name}: two URIs /list"
+        );
+        // No certificate, or a bad one: no handshake, no HTTP status.
+        let (code, status, _) = curl(svc.port, "/healthz", &ca, None, &[]);
+        assert!(
+            code != 0 && status == 0,
+            "{name}: no certificate got through ({code}, {status})"
+        );
+        for (what, cert) in &bad {
+            let (code, status, _) = curl(svc.port, "/healthz", &ca, Some(cert), &[]);
+            assert!(
+                code != 0 && status == 0,
+                "{name}: {what} certificate got through ({code}, {status})"
+            );
+        }
+        // openssl s_client: the same answers from another TLS stack.
+        let out = s_client(svc.port, &ca, Some(&productpage));
+        assert!(out.contains("HTTP/1.1 200"), "{name}: {out}");
+        assert!(
+            out.contains("cluster.local/ns/default/sa/productpage"),
+            "{name}: {out}"
+        );
+        let out = s_client(svc.port, &ca, None);
+        assert!(
+            !out.contains("HTTP/1.1"),
+            "{name}: answered without a certificate: {out}"
+        );
+        assert!(out.to_lowercase().contains("alert"), "{name}: {out}");
+    }
+}
+
+fn pki_fingerprint(dir: &Dir, name: &str) -> String {
+    let pem = std::fs::read_to_string(dir.0.join(format!("{name}.crt"))).unwrap();
+    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let der = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64).unwrap();
+    palisade::mtls::fingerprint_sha256(&der)
+}
+
+#[test]
+fn permissive_mode_serves_plaintext_without_and_mtls_with_an_identity() {
+    need("curl", "curl");
+    let dir = Dir::new("permissive");
+    let pki = TestPki::new();
+    let ca = dir.write("ca.pem", &pki.ca_pem());
+    let server = dir.cert("server", &pki.server(&["localhost"]));
+    let productpage = dir.cert("productpage", &pki.workload("default", "productpage"));
+    let policy = dir.write(
+        "policy.yaml",
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: PERMISSIVE}}\n",
+    );
+    let args = [
+        "--config",
+        &policy,
+        "--tls-cert",
+        &server.0,
+        "--tls-key",
+        &server.1,
+        "--client-ca",
+        &ca,
+    ];
+    let svc = start("details", &args);
+    let plain = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            &format!("http://127.0.0.1:{}/whoami", svc.port),
+        ])
+        .output()
+        .unwrap();
+    let who: Value = serde_json::from_slice(&plain.stdout).unwrap_or_else(|_| panic!("{plain:?}"));
+    assert!(who["peer"].is_null() && who["authenticated"] == false, "{who}");
+    let (_, status, body) = curl(svc.port, "/whoami", &ca, Some(&productpage), &[]);
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["peer"]["principal"],
+        "cluster.local/ns/default/sa/productpage"
+    );
+    let (_, status, body) = curl(svc.port, "/whoami", &ca, None, &[]);
+    assert_eq!(
+        status, 200,
+        "TLS without a client certificate is accepted in PERMISSIVE"
+    );
+    assert!(serde_json::from_str::<Value>(&body).unwrap()["peer"].is_null());
+    // actix-web cannot tell TLS from plaintext on one port: a clear refusal at start-up.
+    let out = Command::new(example("reviews"))
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("PERMISSIVE"), "{err}");
+}
+
+#[test]
+fn a_new_crl_refuses_a_revoked_client_at_its_next_handshake() {
+    need("curl", "curl");
+    let dir = Dir::new("crl");
+    let mut pki = TestPki::new();
+    let ca = dir.write("ca.pem", &pki.ca_pem());
+    let server = dir.cert("server", &pki.server(&["localhost"]));
+    let other = dir.cert("other", &pki.workload("default", "other"));
+    for name in ["details", "reviews"] {
+        let victim = pki.workload("default", "victim");
+        let victim_files = dir.cert("victim", &victim);
+        let crl = dir.write("crl.pem", &pki.crl_pem());
+        let svc = start(
+            name,
+            &[
+                "--tls-cert",
+                &server.0,
+                "--tls-key",
+                &server.1,
+                "--client-ca",
+                &ca,
+                "--client-crl",
+                &crl,
+            ],
+        );
+        assert_eq!(
+            curl(svc.port, "/healthz", &ca, Some(&victim_files), &[]).1,
+            200,
+            "{name}: before revocation"
+        );
+        pki.revoke(&victim);
+        dir.write("crl.pem", &pki.crl_pem());
+        let mut refused = false;
+        for _ in 0..50 {
+            std::thread::sleep(Duration::from_millis(100));
+            let (code, status, _) = curl(svc.port, "/healthz", &ca, Some(&victim_files), &[]);
+            if code != 0 && status == 0 {
+                refused = true;
+                break;
+            }
+        }
+        assert!(refused, "{name}: the revoked client still gets through");
+        assert_eq!(
+            curl(svc.port, "/healthz", &ca, Some(&other), &[]).1,
+            200,
+            "{name}: others still get through"
+        );
+        // A broken CRL file keeps the last good one: the victim stays out.
+        dir.write(
+            "crl.pem",
+            "-----BEGIN X509 CRL-----\nbm90IGEgQ1JM\n-----END X509 CRL-----\n",
+        );
+        std::thread::sleep(Duration::from_millis(1500));
+        let (code, status, _) = curl(svc.port, "/healthz", &ca, Some(&victim_files), &[]);
+        assert!(
+            code != 0 && status == 0,
+            "{name}: a broken CRL file let the revoked client in"
+        );
+        assert_eq!(
+            curl(svc.port, "/healthz", &ca, Some(&other), &[]).1,
+            200,
+            "{name}"
+        );
+    }
+}
