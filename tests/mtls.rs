@@ -5,9 +5,11 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use palisade::testkit::{TestCert, TestPki};
+use palisade::testkit::{TestCert, TestIssuer, TestPki};
 use serde_json::Value;
 
 fn example(name: &str) -> PathBuf {
@@ -417,6 +419,238 @@ fn a_new_crl_refuses_a_revoked_client_at_its_next_handshake() {
             curl(svc.port, "/healthz", &ca, Some(&other), &[]).1,
             200,
             "{name}"
+        );
+    }
+}
+
+fn client(tls: &palisade::mtls::ClientTls, fresh_connections: bool) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .use_preconfigured_tls((*tls.client_config()).clone())
+        .timeout(Duration::from_secs(10));
+    if fresh_connections {
+        b = b.pool_max_idle_per_host(0);
+    }
+    b.build().unwrap()
+}
+
+#[tokio::test]
+async fn the_client_side_checks_the_servers_spiffe_id() {
+    let dir = Dir::new("client");
+    let pki = TestPki::new();
+    let ca = dir.write("ca.pem", &pki.ca_pem());
+    // The server presents its workload certificate: a SPIFFE ID, no DNS name.
+    let details = dir.cert("details", &pki.workload("default", "details"));
+    let me = dir.cert("productpage", &pki.workload("default", "productpage"));
+    let policy = dir.write(
+        "policy.yaml",
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: strict}\nspec: {mtls: {mode: STRICT}}\n",
+    );
+    for name in ["details", "reviews"] {
+        let svc = start(
+            name,
+            &[
+                "--config",
+                &policy,
+                "--tls-cert",
+                &details.0,
+                "--tls-key",
+                &details.1,
+                "--client-ca",
+                &ca,
+            ],
+        );
+        let url = format!("https://localhost:{}/whoami", svc.port);
+        let right = palisade::mtls::ClientTls::builder(&me.0, &me.1, &ca)
+            .expect_subject_alt_name("spiffe://cluster.local/ns/default/sa/details")
+            .build()
+            .unwrap();
+        let res = client(&right, false).get(&url).send().await.unwrap();
+        assert_eq!(res.status(), 200, "{name}");
+        let who: Value = res.json().await.unwrap();
+        assert_eq!(
+            who["peer"]["principal"], "cluster.local/ns/default/sa/productpage",
+            "{name}: the server saw our identity"
+        );
+        let wrong = palisade::mtls::ClientTls::builder(&me.0, &me.1, &ca)
+            .expect_subject_alt_name("spiffe://cluster.local/ns/default/sa/ratings")
+            .build()
+            .unwrap();
+        assert!(
+            client(&wrong, false).get(&url).send().await.is_err(),
+            "{name}: accepted the wrong server identity"
+        );
+        let by_host = palisade::mtls::ClientTls::builder(&me.0, &me.1, &ca)
+            .build()
+            .unwrap();
+        assert!(
+            client(&by_host, false).get(&url).send().await.is_err(),
+            "{name}: `localhost` is not in a workload certificate"
+        );
+    }
+}
+
+#[tokio::test]
+async fn rotating_the_server_certificate_and_trust_bundle_under_load_fails_no_request() {
+    let dir = Dir::new("rotate");
+    let old = TestPki::new();
+    let new = TestPki::new();
+    let bundle = format!("{}{}", old.ca_pem(), new.ca_pem());
+    let client_ca = dir.write("client-ca.pem", &old.ca_pem());
+    let trust = dir.write("trust.pem", &bundle);
+    let server = dir.cert("server", &old.server(&["localhost"]));
+    let me = dir.cert("me", &old.workload("default", "productpage"));
+    for name in ["details", "reviews"] {
+        dir.cert("server", &old.server(&["localhost"]));
+        dir.write("client-ca.pem", &old.ca_pem());
+        let svc = start(
+            name,
+            &[
+                "--tls-cert",
+                &server.0,
+                "--tls-key",
+                &server.1,
+                "--client-ca",
+                &client_ca,
+            ],
+        );
+        let url = format!("https://localhost:{}/healthz", svc.port);
+        let tls = palisade::mtls::ClientTls::builder(&me.0, &me.1, &trust)
+            .build()
+            .unwrap();
+        let c = client(&tls, true);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let mut load = Vec::new();
+        for _ in 0..4 {
+            let (c, url, stop, ok, failed) =
+                (c.clone(), url.clone(), stop.clone(), ok.clone(), failed.clone());
+            load.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    match c.get(&url).send().await {
+                        Ok(r) if r.status() == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                        _ => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        // Rotate: a certificate from the new CA, and a bundle trusting both.
+        dir.cert("server", &new.server(&["localhost"]));
+        dir.write("client-ca.pem", &bundle);
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        stop.store(true, Ordering::Relaxed);
+        for t in load {
+            t.await.unwrap();
+        }
+        let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+        assert_eq!(
+            failed,
+            0,
+            "{name}: {failed} of {} requests failed during the rotation",
+            ok + failed
+        );
+        assert!(ok > 20, "{name}: only {ok} requests ran");
+        // New handshakes now present the new certificate: a client trusting
+        // only the new CA gets through.
+        let only_new = dir.write("only-new.pem", &new.ca_pem());
+        let tls = palisade::mtls::ClientTls::builder(&me.0, &me.1, &only_new)
+            .build()
+            .unwrap();
+        assert_eq!(
+            client(&tls, true).get(&url).send().await.unwrap().status(),
+            200,
+            "{name}: not rotated"
+        );
+        // And the new trust bundle admits a client of the new CA.
+        let newcomer = dir.cert("newcomer", &new.workload("default", "newcomer"));
+        let tls = palisade::mtls::ClientTls::builder(&newcomer.0, &newcomer.1, &only_new)
+            .build()
+            .unwrap();
+        assert_eq!(
+            client(&tls, true).get(&url).send().await.unwrap().status(),
+            200,
+            "{name}: bundle not rotated"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_certificate_bound_token_works_only_over_its_certificate() {
+    let dir = Dir::new("bound");
+    let pki = TestPki::new();
+    let issuer = TestIssuer::builder().default_audience("details").start().unwrap();
+    let ca = dir.write("ca.pem", &pki.ca_pem());
+    let server = dir.cert("server", &pki.server(&["localhost"]));
+    let owner_cert = pki.workload("default", "productpage");
+    let owner = dir.cert("owner", &owner_cert);
+    let thief = dir.cert("thief", &pki.workload("default", "ratings"));
+    let policy = dir.write(
+        "policy.yaml",
+        &format!(
+            "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt}}\nspec:\n  jwtRules: [{{issuer: {}, jwksUri: {}, audiences: [details, reviews]}}]\n",
+            issuer.issuer(),
+            issuer.jwks_uri()
+        ),
+    );
+    let hex = owner_cert.sha256_fingerprint();
+    let digest: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    let x5t = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, digest);
+    let token = issuer
+        .token()
+        .subject("alice")
+        .claim("cnf", serde_json::json!({"x5t#S256": x5t}))
+        .sign();
+    let bearer = format!("authorization: Bearer {token}");
+    for name in ["details", "reviews"] {
+        let svc = start(
+            name,
+            &[
+                "--config",
+                &policy,
+                "--tls-cert",
+                &server.0,
+                "--tls-key",
+                &server.1,
+                "--client-ca",
+                &ca,
+            ],
+        );
+        let (_, status, body) = curl(svc.port, "/whoami", &ca, Some(&owner), &["-H", &bearer]);
+        assert_eq!(status, 200, "{name}: {body}");
+        let who: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(who["methods"], serde_json::json!(["jwt", "mtls"]), "{name}");
+        assert_eq!(who["subject"], "alice");
+        let (_, status, _) = curl(svc.port, "/whoami", &ca, Some(&thief), &["-H", &bearer]);
+        assert_eq!(
+            status, 401,
+            "{name}: a stolen bound token was accepted over another certificate"
+        );
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-D",
+                "-",
+                "--cacert",
+                &ca,
+                "--cert",
+                &thief.0,
+                "--key",
+                &thief.1,
+                "-H",
+                &bearer,
+            ])
+            .arg(format!("https://localhost:{}/whoami", svc.port))
+            .output()
+            .unwrap();
+        let headers = String::from_utf8_lossy(&out.stdout).to_lowercase();
+        assert!(
+            headers.contains("the token is bound to another client certificate"),
+            "{name}: {headers}"
         );
     }
 }

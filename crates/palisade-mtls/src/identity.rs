@@ -193,3 +193,87 @@ pub fn peer_identity(leaf_der: &[u8]) -> Option<PeerIdentity> {
 pub(crate) fn verified_identity(leaf_der: &[u8]) -> Option<Identity> {
     peer_identity(leaf_der).map(|p| Identity::from_peer(p, Verification::assertion()))
 }
+
+#[cfg(test)]
+mod tests {
+    use palisade_testkit::TestPki;
+
+    use super::*;
+
+    #[test]
+    fn spiffe_ids_follow_the_spiffe_rules() {
+        for good in [
+            "spiffe://cluster.local/ns/a/sa/b",
+            "spiffe://td",
+            "spiffe://a-b_c.d/x.y/Z_9",
+        ] {
+            assert!(SpiffeId::parse(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "http://cluster.local/x",
+            "spiffe://",
+            "spiffe:///x",
+            "spiffe://TD/x",
+            "spiffe://td:443/x",
+            "spiffe://user@td/x",
+            "spiffe://td/",
+            "spiffe://td//x",
+            "spiffe://td/./x",
+            "spiffe://td/x?q=1",
+            "spiffe://td/x#f",
+            "spiffe://td/a b",
+        ] {
+            assert!(SpiffeId::parse(bad).is_err(), "{bad}");
+        }
+        let long = format!("spiffe://td/{}", "a".repeat(2040));
+        assert!(SpiffeId::parse(&long).is_err());
+        let id = SpiffeId::parse("spiffe://td/ns/a/sa/b/extra").unwrap();
+        assert_eq!(
+            id.namespace(),
+            None,
+            "only the exact /ns/NS/sa/SA form has a namespace"
+        );
+    }
+
+    #[test]
+    fn a_workload_certificate_gives_its_spiffe_identity() {
+        let pki = TestPki::new();
+        let cert = pki.workload("default", "productpage");
+        let peer = peer_identity(&cert.cert_der()).unwrap();
+        assert_eq!(
+            peer.principal.as_deref(),
+            Some("cluster.local/ns/default/sa/productpage")
+        );
+        assert_eq!(
+            peer.spiffe_id.as_deref(),
+            Some("spiffe://cluster.local/ns/default/sa/productpage")
+        );
+        assert_eq!(peer.namespace.as_deref(), Some("default"));
+        assert_eq!(peer.fingerprint_sha256, cert.sha256_fingerprint());
+        assert!(peer.subject.contains("CN=productpage"), "{}", peer.subject);
+    }
+
+    #[test]
+    fn two_uri_sans_or_a_bad_uri_give_no_spiffe_identity_and_the_cn_is_never_used() {
+        let pki = TestPki::new();
+        let two = pki.client_with_uris(&[
+            "spiffe://cluster.local/ns/a/sa/b",
+            "spiffe://cluster.local/ns/c/sa/d",
+        ]);
+        let peer = peer_identity(&two.cert_der()).unwrap();
+        assert_eq!(
+            (peer.principal, peer.spiffe_id, peer.namespace),
+            (None, None, None)
+        );
+        let bad = pki.client_with_uris(&["spiffe://Cluster.Local/ns/a/sa/b"]);
+        assert_eq!(peer_identity(&bad.cert_der()).unwrap().principal, None);
+        let server = pki.server(&["details.default.svc"]);
+        let peer = peer_identity(&server.cert_der()).unwrap();
+        assert_eq!(
+            peer.principal, None,
+            "a CN or DNS name is not a workload identity"
+        );
+        assert_eq!(peer.dns_names, ["details.default.svc"]);
+        assert!(peer_identity(b"not a certificate").is_none());
+    }
+}

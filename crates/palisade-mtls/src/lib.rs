@@ -13,6 +13,11 @@
 //! - [`peer_identity`] and [`SpiffeId`]: the identity parsed once per
 //!   connection from the verified chain, never from the common name.
 //! - [`mode_for_port`]: Istio `PeerAuthentication` documents, as written.
+//! - [`ClientTls`]: calling other services with this service's certificate,
+//!   checking the server's SPIFFE ID or name (Istio's `DestinationRule`
+//!   `MUTUAL` with `subjectAltNames`), ready for reqwest and hyper.
+//! - Certificate-bound access tokens (RFC 8705 `cnf.x5t#S256`) are checked
+//!   by `palisade-jwt` against the certificate of the connection.
 //!
 //! The peer identity reaches the request through the connection
 //! ([`ConnectionInfo`](palisade_core::ConnectionInfo)), never a header, and
@@ -20,6 +25,8 @@
 //! `source.principal`, `source.namespace` and `principals: [...]` in
 //! policies, and `peer` in `/whoami`.
 
+mod client;
+mod files;
 pub mod identity;
 mod peer_auth;
 mod server;
@@ -29,6 +36,7 @@ pub mod actix;
 #[cfg(feature = "axum")]
 pub mod axum;
 
+pub use client::{ClientTls, ClientTlsBuilder};
 pub use identity::{SpiffeId, SpiffeIdError, fingerprint_sha256, peer_identity};
 pub use peer_auth::mode_for_port;
 pub use server::{LOG_TARGET, MtlsMode, ServerTls, ServerTlsBuilder, TlsError};

@@ -6,17 +6,19 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
+
+use crate::files;
 
 /// Log target of the TLS side.
 pub const LOG_TARGET: &str = "palisade::mtls";
@@ -64,7 +66,7 @@ pub struct TlsError {
 }
 
 impl TlsError {
-    fn new(file: &Path, message: impl fmt::Display) -> Self {
+    pub(crate) fn new(file: &Path, message: impl fmt::Display) -> Self {
         Self {
             file: file.display().to_string(),
             message: message.to_string(),
@@ -160,9 +162,6 @@ struct Files {
     allow_unknown_revocation: bool,
 }
 
-/// Each file's modification time and size, in [`Files::paths`] order.
-type Stamp = Vec<Option<(SystemTime, u64)>>;
-
 struct Material {
     key: Arc<CertifiedKey>,
     verifier: Option<Arc<dyn ClientCertVerifier>>,
@@ -177,31 +176,11 @@ impl Files {
     }
 
     fn load(&self, provider: &Arc<CryptoProvider>, mode: MtlsMode) -> Result<Material, TlsError> {
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&self.cert)
-            .and_then(Iterator::collect)
-            .map_err(|e| TlsError::new(&self.cert, format!("cannot read the certificate chain: {e}")))?;
-        if chain.is_empty() {
-            return Err(TlsError::new(&self.cert, "no certificate in the file"));
-        }
-        let key = PrivateKeyDer::from_pem_file(&self.key)
-            .map_err(|e| TlsError::new(&self.key, format!("cannot read the private key: {e}")))?;
-        let key = CertifiedKey::from_der(chain, key, provider)
-            .map_err(|e| TlsError::new(&self.key, format!("the key does not fit the certificate: {e}")))?;
+        let key = files::certified_key(&self.cert, &self.key, provider)?;
         let verifier = match (&self.client_ca, mode) {
             (None, _) | (_, MtlsMode::Disable) => None,
             (Some(ca), _) => {
-                let mut roots = RootCertStore::empty();
-                let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca)
-                    .and_then(Iterator::collect)
-                    .map_err(|e| TlsError::new(ca, format!("cannot read the trust bundle: {e}")))?;
-                for c in certs {
-                    roots
-                        .add(c)
-                        .map_err(|e| TlsError::new(ca, format!("not a usable trust anchor: {e}")))?;
-                }
-                if roots.is_empty() {
-                    return Err(TlsError::new(ca, "no certificate in the trust bundle"));
-                }
+                let roots = files::roots(ca)?;
                 let mut crls = Vec::new();
                 for path in &self.crls {
                     let list: Vec<CertificateRevocationListDer<'static>> =
@@ -239,17 +218,6 @@ impl Files {
             verifier,
         })
     }
-
-    /// Modification times and sizes: a change means "reload".
-    fn stamp(&self) -> Stamp {
-        self.paths()
-            .map(|p| {
-                std::fs::metadata(p)
-                    .ok()
-                    .and_then(|m| Some((m.modified().ok()?, m.len())))
-            })
-            .collect()
-    }
 }
 
 struct Inner {
@@ -258,7 +226,7 @@ struct Inner {
     provider: Arc<CryptoProvider>,
     material: Arc<ArcSwap<Material>>,
     config: Arc<ServerConfig>,
-    stamp: std::sync::Mutex<Option<Stamp>>,
+    stamp: std::sync::Mutex<Option<files::Stamp>>,
 }
 
 /// A TLS server's configuration with hot rotation. Cloning is an `Arc` clone.
@@ -334,45 +302,16 @@ impl ServerTls {
     }
 
     /// Reloads when a file's modification time or size changed since the
-    /// last look; `true` when something was reloaded.
+    /// last look; `true` when new material is in use.
     pub fn reload_if_changed(&self) -> bool {
-        let now = self.0.files.stamp();
-        let mut last = self
-            .0
-            .stamp
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match last.as_ref() {
-            None => {
-                *last = Some(now);
-                false
-            }
-            Some(prev) if *prev == now => false,
-            Some(_) => {
-                *last = Some(now);
-                drop(last);
-                self.reload().is_ok()
-            }
-        }
+        files::reload_if_changed(self)
     }
 
     /// Watches the files from a background thread, every `interval`, and
     /// reloads on change. Returns at once; the thread lives as long as the
     /// process.
     pub fn watch(&self, interval: Duration) {
-        self.reload_if_changed();
-        let this = self.clone();
-        let spawned = std::thread::Builder::new()
-            .name("palisade-tls-watch".into())
-            .spawn(move || {
-                loop {
-                    std::thread::sleep(interval);
-                    this.reload_if_changed();
-                }
-            });
-        if let Err(e) = spawned {
-            tracing::error!(target: LOG_TARGET, error = %e, "cannot start the TLS file watcher; reload with SIGHUP or ServerTls::reload");
-        }
+        files::watch(self, interval);
     }
 
     /// Reloads on `SIGHUP`, from a task on the current tokio runtime.
@@ -380,14 +319,21 @@ impl ServerTls {
     /// # Errors
     /// When the signal handler cannot be installed.
     pub fn reload_on_sighup(&self) -> std::io::Result<()> {
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-        let this = self.clone();
-        tokio::spawn(async move {
-            while hup.recv().await.is_some() {
-                let _ = this.reload();
-            }
-        });
-        Ok(())
+        files::reload_on_sighup(self)
+    }
+}
+
+impl files::Reload for ServerTls {
+    fn paths(&self) -> Vec<PathBuf> {
+        self.0.files.paths().cloned().collect()
+    }
+
+    fn reload(&self) -> Result<(), TlsError> {
+        ServerTls::reload(self)
+    }
+
+    fn last_stamp(&self) -> &std::sync::Mutex<Option<files::Stamp>> {
+        &self.0.stamp
     }
 }
 

@@ -1,0 +1,313 @@
+//! The client side: calling other services with this service's own
+//! certificate, as Istio's `DestinationRule` with `tls.mode: MUTUAL` (or
+//! `ISTIO_MUTUAL`) and `subjectAltNames` does. The server's chain is checked
+//! against the trust bundle, and, when names are expected, its SPIFFE ID
+//! (URI SAN) or DNS name must be one of them, whatever host name was dialled
+//! (a workload certificate has no DNS name). Certificate, key and bundle
+//! rotate like the server's.
+//!
+//! ```no_run
+//! use palisade_mtls::ClientTls;
+//! # async fn call() -> Result<(), Box<dyn std::error::Error>> {
+//! let tls = ClientTls::builder("productpage.crt", "productpage.key", "mesh-ca.pem")
+//!     .expect_subject_alt_name("spiffe://cluster.local/ns/default/sa/details")
+//!     .build()?;
+//! tls.watch(std::time::Duration::from_secs(2));
+//! // reqwest (with its rustls backend) takes the configuration as it is.
+//! let client = reqwest::Client::builder()
+//!     .use_preconfigured_tls((*tls.client_config()).clone())
+//!     .build()?;
+//! let body = client.get("https://details.default.svc:9080/list").send().await?.text().await?;
+//! # let _ = body;
+//! # Ok(()) }
+//! ```
+//!
+//! With hyper-util's client, wrap the same `ClientConfig` in a
+//! `tokio_rustls::TlsConnector` (or hyper-rustls' `HttpsConnectorBuilder::with_tls_config`).
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::sign::CertifiedKey;
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, SignatureScheme};
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+use crate::files;
+use crate::server::{LOG_TARGET, TlsError};
+
+/// Where a client's TLS material lives, and what the server must be.
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct ClientTlsBuilder {
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
+    expected: Vec<String>,
+}
+
+impl ClientTlsBuilder {
+    /// Accept a server whose certificate has this subject alternative name:
+    /// a SPIFFE ID (`spiffe://cluster.local/ns/default/sa/details`, matched
+    /// against URI SANs) or a DNS name (matched case-insensitively). Any one
+    /// of the expected names will do; none expected: the dialled host name
+    /// must be in the certificate, as for any HTTPS client.
+    pub fn expect_subject_alt_name(mut self, name: impl Into<String>) -> Self {
+        self.expected.push(name.into());
+        self
+    }
+
+    /// Loads the files.
+    ///
+    /// # Errors
+    /// A [`TlsError`] naming the file that cannot be read or used.
+    pub fn build(self) -> Result<ClientTls, TlsError> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let material = Arc::new(ArcSwap::from_pointee(load(&self, &provider)?));
+        let expected: Arc<[String]> = self.expected.clone().into();
+        let config = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::new(&self.cert, e))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(SanVerifier {
+                material: material.clone(),
+                expected,
+            }))
+            .with_client_cert_resolver(Arc::new(ClientCert(material.clone())));
+        Ok(ClientTls(Arc::new(Inner {
+            files: self,
+            provider,
+            material,
+            config: Arc::new(config),
+            stamp: Mutex::new(None),
+        })))
+    }
+}
+
+struct Material {
+    key: Arc<CertifiedKey>,
+    verifier: Arc<WebPkiServerVerifier>,
+}
+
+fn load(files: &ClientTlsBuilder, provider: &Arc<CryptoProvider>) -> Result<Material, TlsError> {
+    let key = files::certified_key(&files.cert, &files.key, provider)?;
+    let roots = files::roots(&files.ca)?;
+    let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| TlsError::new(&files.ca, format!("cannot build the server verifier: {e}")))?;
+    Ok(Material {
+        key: Arc::new(key),
+        verifier,
+    })
+}
+
+struct Inner {
+    files: ClientTlsBuilder,
+    provider: Arc<CryptoProvider>,
+    material: Arc<ArcSwap<Material>>,
+    config: Arc<ClientConfig>,
+    stamp: Mutex<Option<files::Stamp>>,
+}
+
+/// A TLS client configuration with this service's certificate, rotating
+/// like [`ServerTls`](crate::ServerTls). Cloning is an `Arc` clone.
+#[derive(Clone)]
+pub struct ClientTls(Arc<Inner>);
+
+impl fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("cert", &self.0.files.cert)
+            .field("key", &"<file>")
+            .field("ca", &self.0.files.ca)
+            .field("expected", &self.0.files.expected)
+            .finish()
+    }
+}
+
+impl ClientTls {
+    /// Starts from this service's certificate chain and key (PEM) and the
+    /// trust bundle for servers.
+    pub fn builder(
+        cert: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+        ca: impl Into<PathBuf>,
+    ) -> ClientTlsBuilder {
+        ClientTlsBuilder {
+            cert: cert.into(),
+            key: key.into(),
+            ca: ca.into(),
+            expected: Vec::new(),
+        }
+    }
+
+    /// The rustls configuration; it follows every reload.
+    #[must_use]
+    pub fn client_config(&self) -> Arc<ClientConfig> {
+        self.0.config.clone()
+    }
+
+    /// Reads the files again, for new connections.
+    ///
+    /// # Errors
+    /// A [`TlsError`] naming the bad file; the old material stays in use.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        match load(&self.0.files, &self.0.provider) {
+            Ok(m) => {
+                self.0.material.store(Arc::new(m));
+                tracing::info!(target: LOG_TARGET, cert = %self.0.files.cert.display(), "client TLS material reloaded");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(target: LOG_TARGET, error = %e, "new client TLS material refused; the previous stays in use");
+                Err(e)
+            }
+        }
+    }
+
+    /// Reloads when a file changed since the last look.
+    pub fn reload_if_changed(&self) -> bool {
+        files::reload_if_changed(self)
+    }
+
+    /// Watches the files every `interval` from a background thread.
+    pub fn watch(&self, interval: Duration) {
+        files::watch(self, interval);
+    }
+
+    /// Reloads on `SIGHUP`, from a task on the current tokio runtime.
+    ///
+    /// # Errors
+    /// When the signal handler cannot be installed.
+    pub fn reload_on_sighup(&self) -> std::io::Result<()> {
+        files::reload_on_sighup(self)
+    }
+}
+
+impl files::Reload for ClientTls {
+    fn paths(&self) -> Vec<PathBuf> {
+        let f = &self.0.files;
+        vec![f.cert.clone(), f.key.clone(), f.ca.clone()]
+    }
+
+    fn reload(&self) -> Result<(), TlsError> {
+        ClientTls::reload(self)
+    }
+
+    fn last_stamp(&self) -> &Mutex<Option<files::Stamp>> {
+        &self.0.stamp
+    }
+}
+
+#[derive(Debug)]
+struct ClientCert(Arc<ArcSwap<Material>>);
+
+impl fmt::Debug for Material {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Material").finish_non_exhaustive()
+    }
+}
+
+impl ResolvesClientCert for ClientCert {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load().key.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+struct SanVerifier {
+    material: Arc<ArcSwap<Material>>,
+    expected: Arc<[String]>,
+}
+
+impl fmt::Debug for SanVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SanVerifier")
+            .field("expected", &self.expected)
+            .finish()
+    }
+}
+
+/// Whether the certificate names one of `expected` (URI SANs exactly, DNS
+/// SANs case-insensitively).
+fn names_one_of(der: &[u8], expected: &[String]) -> bool {
+    let Ok((_, cert)) = X509Certificate::from_der(der) else {
+        return false;
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return false;
+    };
+    san.value.general_names.iter().any(|n| match n {
+        GeneralName::URI(u) => expected.iter().any(|e| e == u),
+        GeneralName::DNSName(d) => expected.iter().any(|e| e.eq_ignore_ascii_case(d)),
+        _ => false,
+    })
+}
+
+impl ServerCertVerifier for SanVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verifier = self.material.load().verifier.clone();
+        match verifier.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+            // The chain is good and the dialled name is in the certificate.
+            Ok(v) if self.expected.is_empty() || names_one_of(end_entity, &self.expected) => Ok(v),
+            // The chain is good; only the dialled name is missing (SPIFFE
+            // certificates carry no DNS name): the expected names decide.
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) if !self.expected.is_empty() && names_one_of(end_entity, &self.expected) => {
+                Ok(ServerCertVerified::assertion())
+            }
+            Ok(_)
+            | Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName,
+            )),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.material
+            .load()
+            .verifier
+            .verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.material
+            .load()
+            .verifier
+            .verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.material.load().verifier.supported_verify_schemes()
+    }
+}
