@@ -12,6 +12,7 @@
 //! | `axum` | [`axum`] | tower layer + axum extractors |
 //! | `actix` | [`actix`] | actix-web middleware + extractors |
 //! | `mtls` | [`mtls`] | mutual TLS: SPIFFE peer identity, `PeerAuthentication`, rotation |
+//! | `spnego` | [`spnego`] | Kerberos (HTTP Negotiate); needs the system's MIT Kerberos, never a default |
 //! | `testkit` | [`testkit`] | an in-process OpenID issuer for tests and demos |
 //! | `full` | all of the above | |
 //!
@@ -44,6 +45,9 @@ pub use palisade_testkit as testkit;
 #[cfg(feature = "mtls")]
 pub use palisade_mtls as mtls;
 
+#[cfg(feature = "spnego")]
+pub use palisade_spnego as spnego;
+
 #[cfg(feature = "jwt")]
 use palisade_core::policy::{PolicyError, PolicySet, Workload};
 
@@ -72,15 +76,30 @@ pub fn guard_from_policy_with(
     workload: &Workload,
     authorizers: &palisade_core::authz::ExternalAuthorizers,
 ) -> Result<Guard, PolicyError> {
+    guard_builder_from_policy(set, workload, authorizers)?
+        .build()
+        .map_err(|e| PolicyError::new(set.source(), e.to_string()))
+}
+
+/// The [`GuardBuilder`](palisade_core::GuardBuilder) of
+/// [`guard_from_policy_with`], for adding authenticators the policy file
+/// does not configure (SPNEGO with a keytab, say) before building.
+///
+/// # Errors
+/// As [`guard_from_policy_with`].
+#[cfg(feature = "jwt")]
+pub fn guard_builder_from_policy(
+    set: &PolicySet,
+    workload: &Workload,
+    authorizers: &palisade_core::authz::ExternalAuthorizers,
+) -> Result<palisade_core::GuardBuilder, PolicyError> {
     let applicable = set.for_workload(workload);
     let access = palisade_core::authz::AccessPolicy::compile_with(&applicable, authorizers)?;
     let mut builder = Guard::builder().access_policy(access);
     if let Some(jwt) = palisade_jwt::JwtAuthenticator::from_policy(&applicable)? {
         builder = builder.authenticator(jwt);
     }
-    builder
-        .build()
-        .map_err(|e| PolicyError::new(set.source(), e.to_string()))
+    Ok(builder)
 }
 
 /// The README's code blocks, compiled as doc tests so they stay true.

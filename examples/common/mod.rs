@@ -24,6 +24,7 @@ pub struct Args {
     pub config: Option<PathBuf>,
     pub service: String,
     pub namespace: String,
+    pub keytab: Option<PathBuf>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub client_ca: Option<PathBuf>,
@@ -31,11 +32,32 @@ pub struct Args {
 }
 
 /// Parses the arguments of shared/CONTRACT.md, or exits with one line on stderr.
+///
+/// With `--keytab`, the Kerberos library must find the keytab in
+/// `KRB5_KTNAME`, which it reads from the process environment: when that
+/// is not already set to the file, the program replaces itself (exec, same
+/// process id) with a copy that has it, before any thread starts.
 pub fn args(service: &str, port: u16) -> Args {
-    match parse(service, port, std::env::args().skip(1)) {
+    let args = match parse(service, port, std::env::args().skip(1)) {
         Ok(a) => a,
         Err(msg) => fail(&msg),
+    };
+    if let Some(keytab) = &args.keytab {
+        let path = std::fs::canonicalize(keytab)
+            .unwrap_or_else(|e| fail(&format!("--keytab {}: {e}", keytab.display())));
+        let want = format!("FILE:{}", path.display());
+        if std::env::var("KRB5_KTNAME").ok().as_deref() != Some(want.as_str()) {
+            use std::os::unix::process::CommandExt;
+            let exe = std::env::current_exe()
+                .unwrap_or_else(|e| fail(&format!("cannot re-execute for --keytab: {e}")));
+            let err = std::process::Command::new(exe)
+                .args(std::env::args_os().skip(1))
+                .env("KRB5_KTNAME", &want)
+                .exec();
+            fail(&format!("cannot re-execute for --keytab: {err}"));
+        }
     }
+    args
 }
 
 pub fn fail(msg: &str) -> ! {
@@ -49,6 +71,7 @@ fn parse(service: &str, port: u16, mut it: impl Iterator<Item = String>) -> Resu
         config: None,
         service: service.to_owned(),
         namespace: "default".to_owned(),
+        keytab: None,
         tls_cert: None,
         tls_key: None,
         client_ca: None,
@@ -70,14 +93,11 @@ fn parse(service: &str, port: u16, mut it: impl Iterator<Item = String>) -> Resu
             "--tls-key" => args.tls_key = Some(PathBuf::from(value()?)),
             "--client-ca" => args.client_ca = Some(PathBuf::from(value()?)),
             "--client-crl" => args.client_crls.push(PathBuf::from(value()?)),
-            "--keytab" => {
-                value()?;
-                return Err("--keytab: SPNEGO is not supported by this version of Palisade yet".into());
-            }
+            "--keytab" => args.keytab = Some(PathBuf::from(value()?)),
             "-h" | "--help" => {
                 println!(
                     "usage: {service} [--listen ADDR] [--config FILE] [--service NAME] [--namespace NS]\n\
-                     \x20      [--tls-cert FILE --tls-key FILE [--client-ca FILE [--client-crl FILE]...]]\n\
+                     \x20      [--tls-cert FILE --tls-key FILE [--client-ca FILE [--client-crl FILE]...]] [--keytab FILE]\n\
                      Without --config, a demo issuer is started and a ready-to-paste command is printed.\n\
                      --client-ca turns mutual TLS on; its mode comes from the policy file's PeerAuthentication\n\
                      (default STRICT). Certificates, keys, CA and CRL files are reloaded when they change or on SIGHUP."
@@ -172,8 +192,15 @@ pub fn setup(args: &Args) -> Setup {
             (set, Some(issuer))
         }
     };
-    let guard = palisade::guard_from_policy_with(&set, &workload, &demo_authorizers())
+    let mut builder = palisade::guard_builder_from_policy(&set, &workload, &demo_authorizers())
         .unwrap_or_else(|e| fail(&e.to_string()));
+    if let Some(keytab) = &args.keytab {
+        let spnego = palisade::spnego::SpnegoAuthenticator::builder()
+            .build()
+            .unwrap_or_else(|e| fail(&format!("--keytab {}: {e}", keytab.display())));
+        builder = builder.authenticator(spnego);
+    }
+    let guard = builder.build().unwrap_or_else(|e| fail(&e.to_string()));
     let tls = tls(args, &set, &workload);
     Setup {
         guard,

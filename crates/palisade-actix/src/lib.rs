@@ -209,7 +209,11 @@ fn rewrite_path(req: &mut ServiceRequest, path: &str) -> Result<(), Rejection> {
     Ok(())
 }
 
-fn admit(req: &mut ServiceRequest, guard: &Guard, mut allowed: Allowed) -> Result<AccessDecision, Rejection> {
+fn admit(
+    req: &mut ServiceRequest,
+    guard: &Guard,
+    mut allowed: Allowed,
+) -> Result<(AccessDecision, Vec<(String, String)>), Rejection> {
     if let Some(path) = allowed.path.take() {
         rewrite_path(req, &path)?;
     }
@@ -218,8 +222,9 @@ fn admit(req: &mut ServiceRequest, guard: &Guard, mut allowed: Allowed) -> Resul
         &mut Headers(req.headers_mut()),
     );
     let access = allowed.access.clone();
+    let headers = std::mem::take(&mut allowed.response_headers);
     req.extensions_mut().insert(RequestAuth::new(allowed, guard));
-    Ok(access)
+    Ok((access, headers))
 }
 
 /// The debug header that explains decisions, when the guard's switch is on.
@@ -270,9 +275,17 @@ where
             };
             let rejection = match decision {
                 Decision::Allow(allowed) => match admit(&mut req, &guard, allowed) {
-                    Ok(access) => {
+                    Ok((access, headers)) => {
                         let mut res = service.call(req).await?;
                         explain(res.response_mut(), Some(&guard), access);
+                        for (name, value) in headers {
+                            if let (Ok(n), Ok(v)) = (
+                                HeaderName::from_bytes(name.as_bytes()),
+                                HeaderValue::from_str(&value),
+                            ) {
+                                res.headers_mut().append(n, v);
+                            }
+                        }
                         return Ok(res.map_into_left_body());
                     }
                     Err(r) => r,

@@ -253,6 +253,7 @@ fn admit<B>(req: &mut Request<B>, guard: &Guard, mut allowed: Allowed) -> Result
     let admitted = Admitted {
         explanation: guard.explanation(&allowed.access),
         access: allowed.access.clone(),
+        headers: std::mem::take(&mut allowed.response_headers),
     };
     req.extensions_mut().insert(RequestAuth::new(allowed, guard));
     Ok(admitted)
@@ -262,12 +263,21 @@ fn admit<B>(req: &mut Request<B>, guard: &Guard, mut allowed: Allowed) -> Result
 struct Admitted {
     access: AccessDecision,
     explanation: Option<String>,
+    headers: Vec<(String, String)>,
 }
 
 impl Admitted {
     fn apply<B>(self, res: &mut Response<B>) {
         if let Some(e) = self.explanation.and_then(|e| HeaderValue::from_str(&e).ok()) {
             res.headers_mut().insert(EXPLAIN_HEADER, e);
+        }
+        for (name, value) in self.headers {
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(&value),
+            ) {
+                res.headers_mut().append(n, v);
+            }
         }
         res.extensions_mut().insert(self.access);
     }

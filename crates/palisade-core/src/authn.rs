@@ -61,6 +61,9 @@ pub struct Authenticated {
     pub identity: Identity,
     /// Header changes to apply before the handler runs.
     pub edits: Vec<HeaderEdit>,
+    /// Headers to add to the response (a Negotiate mutual-authentication
+    /// token: `WWW-Authenticate: Negotiate …`), lower-case names.
+    pub response_headers: Vec<(String, String)>,
 }
 
 impl Authenticated {
@@ -70,7 +73,15 @@ impl Authenticated {
         Self {
             identity,
             edits: Vec::new(),
+            response_headers: Vec::new(),
         }
+    }
+
+    /// Adds a response header.
+    #[must_use]
+    pub fn with_response_header(mut self, name: &str, value: String) -> Self {
+        self.response_headers.push((name.to_owned(), value));
+        self
     }
 
     /// Adds header changes.

@@ -27,6 +27,9 @@ pub struct Allowed {
     /// The normalised path, when it differs from the request's: the adapter
     /// rewrites the request so the router sees what the policy matched.
     pub path: Option<String>,
+    /// Headers the adapter adds to the response (lower-case names), such as
+    /// a Negotiate mutual-authentication token.
+    pub response_headers: Vec<(String, String)>,
 }
 
 /// What Palisade established for an allowed request. The adapters put it in
@@ -306,18 +309,24 @@ impl GuardBuilder {
 struct Acc {
     identity: Option<Identity>,
     edits: Vec<HeaderEdit>,
+    response_headers: Vec<(String, String)>,
     rejection: Option<Rejection>,
 }
 
 impl Acc {
     fn add(&mut self, outcome: AuthOutcome) {
         match outcome {
-            AuthOutcome::Authenticated(Authenticated { identity, mut edits }) => {
+            AuthOutcome::Authenticated(Authenticated {
+                identity,
+                mut edits,
+                mut response_headers,
+            }) => {
                 self.identity = Some(match self.identity.take() {
                     Some(prev) => prev.merge(&identity),
                     None => identity,
                 });
                 self.edits.append(&mut edits);
+                self.response_headers.append(&mut response_headers);
             }
             AuthOutcome::NoCredential => {}
             AuthOutcome::Rejected(r) => {
@@ -444,6 +453,7 @@ impl Guard {
                 edits: acc.edits,
                 access,
                 path,
+                response_headers: acc.response_headers,
             });
         }
         span.record("decision", tracing::field::display(&access));

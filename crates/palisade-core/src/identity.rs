@@ -123,6 +123,13 @@ pub struct KerberosIdentity {
     pub principal: String,
     /// The local user name, `alice`.
     pub local_name: Option<String>,
+    /// The realm, `EXAMPLE.TEST`.
+    pub realm: String,
+    /// Roles given by the service's mapping hook (policies see them as
+    /// `request.auth.claims[roles]`; `has_realm_role` checks them).
+    pub roles: Vec<String>,
+    /// Groups given by the mapping hook (`request.auth.claims[groups]`).
+    pub groups: Vec<String>,
 }
 
 #[derive(Default)]
@@ -134,10 +141,20 @@ struct Inner {
     /// `request.auth.principal`, built once per identity (identities of
     /// cached tokens are reused across requests).
     request_principal: Option<String>,
+    /// The claims policies read for a Kerberos caller.
+    kerberos_claims: Option<Map<String, Value>>,
 }
 
 impl Inner {
     fn with_principal(mut self) -> Self {
+        self.kerberos_claims = self.kerberos.as_ref().map(|k| {
+            let mut m = Map::new();
+            m.insert("sub".into(), Value::from(k.principal.clone()));
+            m.insert("roles".into(), Value::from(k.roles.clone()));
+            m.insert("groups".into(), Value::from(k.groups.clone()));
+            m.insert("realm_access".into(), serde_json::json!({ "roles": k.roles }));
+            m
+        });
         self.request_principal = match (&self.token, &self.kerberos) {
             (Some(t), _) => Some(format!("{}/{}", t.issuer, t.subject)),
             (None, Some(k)) => Some(k.principal.clone()),
@@ -223,6 +240,7 @@ impl Identity {
                 peer: a.peer.clone().or_else(|| b.peer.clone()),
                 kerberos: a.kerberos.clone().or_else(|| b.kerberos.clone()),
                 request_principal: None,
+                kerberos_claims: None,
             }
             .with_principal(),
         ))
@@ -266,10 +284,15 @@ impl Identity {
     }
 
     /// The claims authorization conditions (`request.auth.claims[…]`) read:
-    /// the verified token's payload.
+    /// the verified token's payload, or for a Kerberos caller `sub`, `roles`,
+    /// `groups` and `realm_access.roles` from the mapping hook.
     #[must_use]
     pub fn claims(&self) -> Option<&Map<String, Value>> {
-        self.0.token.as_ref().map(|t| &t.claims)
+        self.0
+            .token
+            .as_ref()
+            .map(|t| &t.claims)
+            .or(self.0.kerberos_claims.as_ref())
     }
 
     /// The subject: `sub` of a JWT, else the Kerberos principal.
@@ -294,6 +317,11 @@ impl Identity {
             .token
             .as_ref()
             .is_some_and(|t| t.realm_roles.iter().any(|r| r == role))
+            || self
+                .0
+                .kerberos
+                .as_ref()
+                .is_some_and(|k| k.roles.iter().any(|r| r == role))
     }
 
     /// Whether the caller holds this Keycloak client role.

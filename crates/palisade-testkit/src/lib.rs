@@ -39,7 +39,9 @@ use serde_json::{Map, Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+pub mod kerberos;
 pub mod pki;
+pub use kerberos::KerberosRealm;
 pub use pki::{TestCert, TestPki};
 
 /// The algorithm the issuer signs with.

@@ -1,0 +1,390 @@
+//! SPNEGO / Kerberos (HTTP `Negotiate`) authentication for Palisade: Active
+//! Directory and MIT Kerberos users are recognised from their tickets, as
+//! Apache's mod_auth_gssapi and Spring Security Kerberos do, in the same
+//! pipeline as JWTs, so policy treats a Kerberos user like a JWT user.
+//!
+//! ```no_run
+//! use palisade_spnego::SpnegoAuthenticator;
+//! // The keytab comes from KRB5_KTNAME (set it before the program starts:
+//! // the Kerberos library reads it from the process environment).
+//! let spnego = SpnegoAuthenticator::builder()
+//!     .allowed_realm("EXAMPLE.TEST")
+//!     .build()?;
+//! let guard = palisade_core::Guard::builder().authenticator(spnego).build()?;
+//! # let _ = guard;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! - Kerberos only: the acceptor's credentials are restricted to the krb5
+//!   mechanism, NTLM (`TlRMTVNT…`), NegoEx and SPNEGO offers that prefer
+//!   another mechanism are refused before GSSAPI sees them, and the
+//!   mechanism of an established context is checked to be Kerberos.
+//! - One round trip per request; no half-open context is kept. The
+//!   mutual-authentication token goes back as `WWW-Authenticate: Negotiate
+//!   <token>` on the successful response.
+//! - GSSAPI calls block: they run on tokio's blocking pool, at most
+//!   [`SpnegoAuthenticatorBuilder::concurrency`] at a time, and are counted
+//!   and timed ([`SpnegoAuthenticator::stats`]).
+//! - Replay protection is MIT's replay cache, on; its directory is
+//!   `KRB5RCACHEDIR` (or krb5.conf). A replayed token is refused.
+//! - Bad input (an oversized header, bad base64, malformed ASN.1, a token
+//!   for another service, a clock-skewed ticket) is a 401 with
+//!   `WWW-Authenticate: Negotiate`; the GSSAPI error is logged at debug
+//!   level, never sent.
+
+mod token;
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use libgssapi::context::{SecurityContext, ServerCtx};
+use libgssapi::credential::{Cred, CredUsage};
+use libgssapi::name::Name;
+use libgssapi::oid::{GSS_MECH_KRB5, GSS_MECH_SPNEGO, GSS_NT_HOSTBASED_SERVICE, OidSet};
+use palisade_core::{
+    AuthOutcome, Authenticated, Authenticating, Authenticator, ErrorKind, Identity, KerberosIdentity,
+    Rejection, RequestHead, Verification,
+};
+use tokio::sync::Semaphore;
+
+use crate::token::{Kind, classify};
+
+/// Log target.
+pub const LOG_TARGET: &str = "palisade::spnego";
+
+/// The largest `Authorization` header accepted (large Windows tokens with
+/// many group SIDs fit).
+pub const DEFAULT_MAX_HEADER: usize = 64 * 1024;
+
+/// A configuration that cannot work.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpnegoError {
+    /// The acceptor credentials could not be acquired (no keytab, no key for
+    /// the service principal, unreadable keytab).
+    #[error("cannot acquire Kerberos acceptor credentials{}: {message} (is KRB5_KTNAME set to a readable keytab?)", principal.as_deref().map(|p| format!(" for {p}")).unwrap_or_default())]
+    Credentials {
+        /// The service principal asked for, if any.
+        principal: Option<String>,
+        /// GSSAPI's message.
+        message: String,
+    },
+}
+
+type Mapper = Arc<dyn Fn(&KerberosIdentity) -> (Vec<String>, Vec<String>) + Send + Sync>;
+
+/// Builds a [`SpnegoAuthenticator`].
+#[must_use]
+pub struct SpnegoAuthenticatorBuilder {
+    service: Option<String>,
+    allowed_realms: Vec<String>,
+    concurrency: usize,
+    max_header: usize,
+    mapper: Option<Mapper>,
+}
+
+impl fmt::Debug for SpnegoAuthenticatorBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SpnegoAuthenticatorBuilder")
+            .field("service", &self.service)
+            .field("allowed_realms", &self.allowed_realms)
+            .field("concurrency", &self.concurrency)
+            .field("max_header", &self.max_header)
+            .field("mapper", &self.mapper.as_ref().map(|_| "<fn>"))
+            .finish()
+    }
+}
+
+impl SpnegoAuthenticatorBuilder {
+    /// Accept only for this host-based service (`HTTP@www.example.test`);
+    /// by default any principal in the keytab is accepted.
+    pub fn service(mut self, name: impl Into<String>) -> Self {
+        self.service = Some(name.into());
+        self
+    }
+
+    /// Accept clients of this realm (any number; none: every realm the KDC
+    /// trusts). The local name is the principal without this realm.
+    pub fn allowed_realm(mut self, realm: impl Into<String>) -> Self {
+        self.allowed_realms.push(realm.into());
+        self
+    }
+
+    /// At most this many GSSAPI calls at once (default: 4 × the CPUs).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// The largest `Authorization` header accepted (default 64 KiB).
+    pub fn max_header(mut self, bytes: usize) -> Self {
+        self.max_header = bytes;
+        self
+    }
+
+    /// Maps a principal to (roles, groups), which policies see as
+    /// `request.auth.claims[roles]`/`[groups]` and role requirements as
+    /// realm roles.
+    pub fn map_roles(
+        mut self,
+        f: impl Fn(&KerberosIdentity) -> (Vec<String>, Vec<String>) + Send + Sync + 'static,
+    ) -> Self {
+        self.mapper = Some(Arc::new(f));
+        self
+    }
+
+    /// Acquires the acceptor credentials (once; they are reused).
+    ///
+    /// # Errors
+    /// [`SpnegoError::Credentials`] when there is no usable keytab.
+    pub fn build(self) -> Result<SpnegoAuthenticator, SpnegoError> {
+        let err = |e: libgssapi::error::Error| SpnegoError::Credentials {
+            principal: self.service.clone(),
+            message: e.to_string(),
+        };
+        // SPNEGO over Kerberos: MIT's SPNEGO layer unwraps the browser's
+        // NegTokenInit; what it may negotiate is limited by the token check
+        // before GSSAPI (Kerberos must be the preferred mechanism, NTLM and
+        // NegoEx never pass) and by the mechanism check after it.
+        let mut mechs = OidSet::new();
+        mechs.add(GSS_MECH_SPNEGO).map_err(err)?;
+        mechs.add(GSS_MECH_KRB5).map_err(err)?;
+        let name = match &self.service {
+            Some(s) => Some(
+                Name::new(s.as_bytes(), Some(GSS_NT_HOSTBASED_SERVICE))
+                    .and_then(|n| n.canonicalize(Some(GSS_MECH_KRB5)))
+                    .map_err(err)?,
+            ),
+            None => None,
+        };
+        let cred = Cred::acquire(name.as_ref(), None, CredUsage::Accept, Some(&mechs)).map_err(err)?;
+        Ok(SpnegoAuthenticator(Arc::new(Inner {
+            cred,
+            permits: Arc::new(Semaphore::new(self.concurrency)),
+            allowed_realms: self.allowed_realms,
+            max_header: self.max_header,
+            mapper: self.mapper,
+            stats: Stats::default(),
+        })))
+    }
+}
+
+#[derive(Default)]
+struct Stats {
+    calls: AtomicU64,
+    failures: AtomicU64,
+    nanos: AtomicU64,
+    max_nanos: AtomicU64,
+}
+
+/// Counters of the GSSAPI work, for metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SpnegoStats {
+    /// Tokens handed to GSSAPI.
+    pub calls: u64,
+    /// Of those, refused.
+    pub failures: u64,
+    /// Total time inside GSSAPI.
+    pub total: Duration,
+    /// The longest single call.
+    pub max: Duration,
+}
+
+struct Inner {
+    cred: Cred,
+    permits: Arc<Semaphore>,
+    allowed_realms: Vec<String>,
+    max_header: usize,
+    mapper: Option<Mapper>,
+    stats: Stats,
+}
+
+/// The HTTP Negotiate (SPNEGO/Kerberos) authenticator. Cloning is an `Arc`
+/// clone.
+#[derive(Clone)]
+pub struct SpnegoAuthenticator(Arc<Inner>);
+
+impl fmt::Debug for SpnegoAuthenticator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SpnegoAuthenticator")
+            .field("allowed_realms", &self.0.allowed_realms)
+            .field("max_header", &self.0.max_header)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The 401 for a Negotiate token that is not acceptable.
+fn refused(detail: &'static str) -> AuthOutcome {
+    AuthOutcome::Rejected(Rejection::new(
+        ErrorKind::InvalidNegotiate,
+        detail,
+        vec!["Negotiate".into()],
+    ))
+}
+
+struct Accepted {
+    principal: String,
+    local_name: Option<String>,
+    mutual: Option<Vec<u8>>,
+}
+
+fn accept(cred: Cred, token: &[u8]) -> Result<Accepted, String> {
+    let mut ctx = ServerCtx::new(Some(cred));
+    let out = ctx.step(token, None).map_err(|e| e.to_string())?;
+    if !ctx.is_complete() {
+        return Err("the context needs another round trip".into());
+    }
+    let mech = ctx.mechanism().map_err(|e| e.to_string())?;
+    if mech != GSS_MECH_KRB5 {
+        return Err(format!("the established mechanism is {mech:?}, not Kerberos"));
+    }
+    let name = ctx.source_name().map_err(|e| e.to_string())?;
+    let local_name = name
+        .local_name(Some(GSS_MECH_KRB5))
+        .ok()
+        .and_then(|b| String::from_utf8(b.to_vec()).ok());
+    Ok(Accepted {
+        principal: name.to_string(),
+        local_name,
+        mutual: out.map(|b| b.to_vec()),
+    })
+}
+
+impl SpnegoAuthenticator {
+    /// Starts building.
+    pub fn builder() -> SpnegoAuthenticatorBuilder {
+        SpnegoAuthenticatorBuilder {
+            service: None,
+            allowed_realms: Vec::new(),
+            concurrency: 4 * std::thread::available_parallelism().map_or(2, usize::from),
+            max_header: DEFAULT_MAX_HEADER,
+            mapper: None,
+        }
+    }
+
+    /// How much GSSAPI work was done.
+    #[must_use]
+    pub fn stats(&self) -> SpnegoStats {
+        let s = &self.0.stats;
+        SpnegoStats {
+            calls: s.calls.load(Ordering::Relaxed),
+            failures: s.failures.load(Ordering::Relaxed),
+            total: Duration::from_nanos(s.nanos.load(Ordering::Relaxed)),
+            max: Duration::from_nanos(s.max_nanos.load(Ordering::Relaxed)),
+        }
+    }
+
+    fn identity(&self, a: &Accepted) -> Result<Identity, &'static str> {
+        let (user, realm) = a.principal.rsplit_once('@').unwrap_or((&a.principal, ""));
+        if !self.0.allowed_realms.is_empty() && !self.0.allowed_realms.iter().any(|r| r == realm) {
+            return Err("the ticket's realm is not accepted");
+        }
+        let mut k = KerberosIdentity::default();
+        k.principal.clone_from(&a.principal);
+        k.realm = realm.to_owned();
+        k.local_name = if self.0.allowed_realms.is_empty() {
+            a.local_name.clone()
+        } else {
+            Some(user.to_owned())
+        };
+        if let Some(map) = &self.0.mapper {
+            let (roles, groups) = map(&k);
+            k.roles = roles;
+            k.groups = groups;
+        }
+        Ok(Identity::from_kerberos(k, Verification::assertion()))
+    }
+
+    /// The `Negotiate` token of the request: `Ok(None)` when there is none.
+    fn token(&self, req: &dyn RequestHead) -> Result<Option<Vec<u8>>, &'static str> {
+        let mut found: Option<Result<Vec<u8>, &'static str>> = None;
+        let mut count = 0;
+        let max = self.0.max_header;
+        req.for_each_header("authorization", &mut |v| {
+            if v.len() > max {
+                count += 1;
+                found = Some(Err("the Negotiate header is too large"));
+                return;
+            }
+            let Some((scheme, rest)) = std::str::from_utf8(v).ok().and_then(|s| s.split_once(' ')) else {
+                return;
+            };
+            if scheme.eq_ignore_ascii_case("Negotiate") {
+                count += 1;
+                found = Some(
+                    STANDARD
+                        .decode(rest.trim())
+                        .map_err(|_| "the Negotiate token is not base64"),
+                );
+            }
+        });
+        match (count, found) {
+            (0, _) | (_, None) => Ok(None),
+            (1, Some(r)) => r.map(Some),
+            _ => Err("the request carries more than one Negotiate token"),
+        }
+    }
+}
+
+impl Authenticator for SpnegoAuthenticator {
+    fn challenge(&self) -> Option<String> {
+        Some("Negotiate".into())
+    }
+
+    fn authenticate(&self, req: &dyn RequestHead) -> Authenticating {
+        let token = match self.token(req) {
+            Ok(Some(t)) => t,
+            Ok(None) => return Authenticating::Ready(AuthOutcome::NoCredential),
+            Err(detail) => {
+                tracing::debug!(target: LOG_TARGET, reason = detail, "Negotiate token refused");
+                return Authenticating::Ready(refused(detail));
+            }
+        };
+        let kind = classify(&token);
+        if !matches!(kind, Kind::SpnegoKerberos | Kind::Kerberos) {
+            tracing::debug!(target: LOG_TARGET, ?kind, "Negotiate token refused before GSSAPI");
+            return Authenticating::Ready(refused(kind.detail()));
+        }
+        let this = self.clone();
+        Authenticating::Pending(Box::pin(async move {
+            let Ok(_permit) = this.0.permits.clone().acquire_owned().await else {
+                return refused("the Negotiate token is not acceptable");
+            };
+            let cred = this.0.cred.clone();
+            let started = Instant::now();
+            let result = tokio::task::spawn_blocking(move || accept(cred, &token))
+                .await
+                .unwrap_or_else(|_| Err("the GSSAPI call panicked".into()));
+            let s = &this.0.stats;
+            let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            s.calls.fetch_add(1, Ordering::Relaxed);
+            s.nanos.fetch_add(nanos, Ordering::Relaxed);
+            s.max_nanos.fetch_max(nanos, Ordering::Relaxed);
+            let accepted = match result {
+                Ok(a) => a,
+                Err(e) => {
+                    s.failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(target: LOG_TARGET, error = %e, "Negotiate token refused by GSSAPI");
+                    return refused(Kind::Kerberos.detail());
+                }
+            };
+            let identity = match this.identity(&accepted) {
+                Ok(id) => id,
+                Err(detail) => {
+                    s.failures.fetch_add(1, Ordering::Relaxed);
+                    return refused(detail);
+                }
+            };
+            let mut ok = Authenticated::new(identity);
+            if let Some(m) = accepted.mutual.filter(|m| !m.is_empty()) {
+                ok = ok.with_response_header("www-authenticate", format!("Negotiate {}", STANDARD.encode(m)));
+            }
+            AuthOutcome::Authenticated(ok)
+        }))
+    }
+}

@@ -1,0 +1,290 @@
+//! A throw-away Kerberos realm on loopback for tests: MIT `krb5kdc` with a
+//! fresh database in a temporary directory, principals, keytabs and user
+//! tickets in private credential caches. Everything is removed on drop.
+//!
+//! ```no_run
+//! use palisade_testkit::KerberosRealm;
+//! let realm = KerberosRealm::start()?;
+//! realm.add_user("alice", "alice-password")?;
+//! let keytab = realm.add_service("HTTP/localhost")?;
+//! let ccache = realm.kinit("alice", "alice-password")?;
+//! // Give a server `KRB5_CONFIG` and `KRB5_KTNAME`, and a client
+//! // `KRB5_CONFIG` and `KRB5CCNAME`: `realm.client_env(&ccache)`.
+//! # let _ = keytab;
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
+//! The Kerberos library reads its configuration from the environment,
+//! which is process-global: run the programs that use the realm as child
+//! processes with [`KerberosRealm::client_env`] / [`KerberosRealm::server_env`],
+//! or run such tests in their own test binary, one at a time.
+//!
+//! Needs the system's MIT Kerberos programs (`krb5kdc`, `kdb5_util`,
+//! `kadmin.local`, `kinit`): Debian's `krb5-kdc`, `krb5-admin-server` and
+//! `krb5-user`. When one is missing, [`KerberosRealm::start`] fails with a
+//! line saying which packages to install.
+
+use std::io::{self, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The realm every harness creates.
+pub const TEST_REALM: &str = "EXAMPLE.TEST";
+
+/// A running test realm; see the module docs.
+#[derive(Debug)]
+pub struct KerberosRealm {
+    dir: PathBuf,
+    kdc: Child,
+    port: u16,
+}
+
+fn tool(name: &str) -> io::Result<PathBuf> {
+    for dir in [
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+        "/usr/local/sbin",
+        "/usr/local/bin",
+    ] {
+        let p = Path::new(dir).join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        format!(
+            "`{name}` is missing: install the MIT Kerberos programs with `apt-get install krb5-kdc krb5-admin-server krb5-user` (./scripts/test does)"
+        ),
+    ))
+}
+
+fn free_port() -> io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl KerberosRealm {
+    /// Creates the realm `EXAMPLE.TEST` with a KDC on a free loopback port.
+    ///
+    /// # Errors
+    /// A missing program (the message says which packages to install), or a
+    /// KDC that does not start within 10 s.
+    pub fn start() -> io::Result<KerberosRealm> {
+        let krb5kdc = tool("krb5kdc")?;
+        let kdb5_util = tool("kdb5_util")?;
+        tool("kadmin.local")?;
+        tool("kinit")?;
+        let dir = std::env::temp_dir().join(format!(
+            "palisade-krb5-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        std::fs::create_dir_all(dir.join("rcache"))?;
+        let port = free_port()?;
+        let d = dir.display();
+        std::fs::write(
+            dir.join("krb5.conf"),
+            format!(
+                "[libdefaults]\n  default_realm = {TEST_REALM}\n  dns_lookup_kdc = false\n  dns_lookup_realm = false\n  rdns = false\n  dns_canonicalize_hostname = false\n  forwardable = true\n  udp_preference_limit = 1\n  default_ccache_name = FILE:{d}/default.cc\n\n[realms]\n  {TEST_REALM} = {{\n    kdc = 127.0.0.1:{port}\n  }}\n\n[domain_realm]\n  localhost = {TEST_REALM}\n  .localhost = {TEST_REALM}\n"
+            ),
+        )?;
+        std::fs::write(
+            dir.join("kdc.conf"),
+            format!(
+                "[kdcdefaults]\n  kdc_ports = {port}\n  kdc_tcp_ports = {port}\n\n[realms]\n  {TEST_REALM} = {{\n    database_name = {d}/principal\n    key_stash_file = {d}/stash\n    acl_file = {d}/kadm5.acl\n    max_life = 10h\n    max_renewable_life = 7d\n    supported_enctypes = aes256-cts-hmac-sha1-96:normal aes128-cts-hmac-sha1-96:normal\n  }}\n\n[logging]\n  kdc = FILE:{d}/kdc.log\n"
+            ),
+        )?;
+        std::fs::write(dir.join("kadm5.acl"), "")?;
+        let realm_for_drop = |kdc: Child| KerberosRealm {
+            dir: dir.clone(),
+            kdc,
+            port,
+        };
+        let status = Command::new(&kdb5_util)
+            .args(["-r", TEST_REALM, "create", "-s", "-P", "palisade-test-master"])
+            .envs(Self::base_env(&dir))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()?;
+        if !status.status.success() {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(io::Error::other(format!(
+                "kdb5_util create failed: {}",
+                String::from_utf8_lossy(&status.stderr).trim()
+            )));
+        }
+        let kdc = Command::new(&krb5kdc)
+            .args(["-n", "-r", TEST_REALM])
+            .envs(Self::base_env(&dir))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let realm = realm_for_drop(kdc);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            if Instant::now() > deadline {
+                return Err(io::Error::other("the KDC did not start listening within 10 s"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(realm)
+    }
+
+    fn base_env(dir: &Path) -> Vec<(String, String)> {
+        vec![
+            ("KRB5_CONFIG".into(), dir.join("krb5.conf").display().to_string()),
+            (
+                "KRB5_KDC_PROFILE".into(),
+                dir.join("kdc.conf").display().to_string(),
+            ),
+        ]
+    }
+
+    fn kadmin(&self, query: &str) -> io::Result<()> {
+        let out = Command::new(tool("kadmin.local")?)
+            .args(["-r", TEST_REALM, "-q", query])
+            .envs(Self::base_env(&self.dir))
+            .output()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() || err.contains("error") || err.contains("failed") {
+            return Err(io::Error::other(format!(
+                "kadmin.local `{query}` failed: {}",
+                err.trim()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The realm name, `EXAMPLE.TEST`.
+    #[must_use]
+    pub fn realm(&self) -> &str {
+        TEST_REALM
+    }
+
+    /// The KDC's port on 127.0.0.1.
+    #[must_use]
+    pub fn kdc_port(&self) -> u16 {
+        self.port
+    }
+
+    /// The `krb5.conf` clients and servers should use (`KRB5_CONFIG`).
+    #[must_use]
+    pub fn krb5_conf(&self) -> PathBuf {
+        self.dir.join("krb5.conf")
+    }
+
+    /// The realm's scratch directory.
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Adds a user principal with a password.
+    ///
+    /// # Errors
+    /// When `kadmin.local` fails.
+    pub fn add_user(&self, name: &str, password: &str) -> io::Result<()> {
+        self.kadmin(&format!("addprinc -pw {password} {name}"))
+    }
+
+    /// Adds a service principal with a random key (`HTTP/localhost`) and
+    /// writes its keys to a new keytab, whose path is returned.
+    ///
+    /// # Errors
+    /// When `kadmin.local` fails.
+    pub fn add_service(&self, principal: &str) -> io::Result<PathBuf> {
+        self.kadmin(&format!("addprinc -randkey {principal}"))?;
+        let keytab = self
+            .dir
+            .join(format!("{}.keytab", principal.replace(['/', '@'], "_")));
+        self.kadmin(&format!("ktadd -k {} {principal}", keytab.display()))?;
+        Ok(keytab)
+    }
+
+    /// Gets a forwardable ticket-granting ticket for `user` into a private
+    /// credential cache, whose path is returned.
+    ///
+    /// # Errors
+    /// When `kinit` fails (a wrong password, say).
+    pub fn kinit(&self, user: &str, password: &str) -> io::Result<PathBuf> {
+        let cc = self.dir.join(format!("{user}.cc"));
+        let mut child = Command::new(tool("kinit")?)
+            .args(["-f", "-c", &format!("FILE:{}", cc.display()), user])
+            .envs(Self::base_env(&self.dir))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = writeln!(stdin, "{password}");
+        }
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            return Err(io::Error::other(format!(
+                "kinit {user} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(cc)
+    }
+
+    /// The environment of a client using the ticket cache `ccache`.
+    #[must_use]
+    pub fn client_env(&self, ccache: &Path) -> Vec<(String, String)> {
+        let mut env = Self::base_env(&self.dir);
+        env.push(("KRB5CCNAME".into(), format!("FILE:{}", ccache.display())));
+        env
+    }
+
+    /// The environment of a server accepting with `keytab`, with its own
+    /// replay cache directory.
+    #[must_use]
+    pub fn server_env(&self, keytab: &Path) -> Vec<(String, String)> {
+        let mut env = Self::base_env(&self.dir);
+        env.push(("KRB5_KTNAME".into(), format!("FILE:{}", keytab.display())));
+        env.push((
+            "KRB5RCACHEDIR".into(),
+            self.dir.join("rcache").display().to_string(),
+        ));
+        env
+    }
+}
+
+impl Drop for KerberosRealm {
+    fn drop(&mut self) {
+        let _ = self.kdc.kill();
+        let _ = self.kdc.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_realm_issues_tickets_and_keytabs_and_cleans_up() {
+        let realm = KerberosRealm::start().unwrap_or_else(|e| panic!("{e}"));
+        realm.add_user("alice", "alice-pw").unwrap();
+        let keytab = realm.add_service("HTTP/localhost").unwrap();
+        assert!(keytab.is_file());
+        let cc = realm.kinit("alice", "alice-pw").unwrap();
+        let out = Command::new(tool("klist").unwrap())
+            .envs(realm.client_env(&cc))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("alice@EXAMPLE.TEST"), "{text}");
+        assert!(realm.kinit("alice", "wrong").is_err());
+        let dir = realm.dir().to_owned();
+        drop(realm);
+        assert!(!dir.exists());
+    }
+}

@@ -1,0 +1,216 @@
+//! SPNEGO against the example services as processes, with a real MIT KDC on
+//! loopback (`palisade_testkit::KerberosRealm`) and real clients (`curl
+//! --negotiate`). The Kerberos environment is passed to the child processes,
+//! never set in this one.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use palisade::testkit::KerberosRealm;
+use serde_json::Value;
+
+fn example(name: &str) -> PathBuf {
+    let mut p = std::env::current_exe().unwrap();
+    p.pop();
+    if p.ends_with("deps") {
+        p.pop();
+    }
+    p.join("examples").join(name)
+}
+
+struct Service {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(name: &str, args: &[&str], env: &[(String, String)]) -> Service {
+    let mut child = Command::new(example(name))
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env(
+            "RUST_LOG",
+            std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start example {name}: {e}"));
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut svc = Service { child, port: 0 };
+    loop {
+        let line = lines.next().expect("example exited before listening").unwrap();
+        if let Some(addr) = line.strip_prefix("listening on ") {
+            svc.port = addr.rsplit(':').next().unwrap().parse().unwrap();
+            return svc;
+        }
+    }
+}
+
+/// curl: (status, response headers lower-cased, body, verbose log).
+fn curl(args: &[&str], env: &[(String, String)]) -> (u16, String, String, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "-v", "--max-time", "10", "-D", "-", "-w", "\n%{http_code}"])
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (rest, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    // With -D - the headers of every response come first; the body after the last blank line.
+    let (headers, body) = rest.rsplit_once("\r\n\r\n").unwrap_or((rest, ""));
+    (
+        status.trim().parse().unwrap_or(0),
+        headers.to_lowercase(),
+        body.to_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn sent_token(verbose: &str) -> Option<String> {
+    verbose
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("> Authorization: Negotiate "))
+        .map(str::to_owned)
+}
+
+struct Realm {
+    realm: KerberosRealm,
+    keytab: PathBuf,
+    ccache: PathBuf,
+}
+
+fn realm() -> Realm {
+    let realm = KerberosRealm::start().unwrap_or_else(|e| panic!("{e}"));
+    realm.add_user("alice", "alice-password").unwrap();
+    let keytab = realm.add_service("HTTP/localhost").unwrap();
+    realm.add_service("HTTP/elsewhere").unwrap();
+    let ccache = realm.kinit("alice", "alice-password").unwrap();
+    Realm {
+        realm,
+        keytab,
+        ccache,
+    }
+}
+
+fn server_env(r: &Realm, with_ktname: bool) -> Vec<(String, String)> {
+    r.realm
+        .server_env(&r.keytab)
+        .into_iter()
+        .filter(|(k, _)| with_ktname || k != "KRB5_KTNAME")
+        .collect()
+}
+
+fn keytab(r: &Realm) -> String {
+    r.keytab.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn curl_negotiate_authenticates_a_kerberos_user_in_both_examples() {
+    let r = realm();
+    let client = r.realm.client_env(&r.ccache);
+    for (name, with_ktname) in [("details", true), ("reviews", false)] {
+        // reviews starts without KRB5_KTNAME: --keytab sets it (by re-executing).
+        let svc = start(name, &["--keytab", &keytab(&r)], &server_env(&r, with_ktname));
+        let url = format!("http://localhost:{}/whoami", svc.port);
+        let (status, headers, body, log) = curl(&["--negotiate", "-u", ":", &url], &client);
+        assert_eq!(status, 200, "{name}: {headers}\n{log}");
+        let who: Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{name}: {body}"));
+        assert_eq!(who["methods"], serde_json::json!(["spnego"]), "{name}: {who}");
+        assert_eq!(who["request_principal"], "alice@EXAMPLE.TEST", "{name}");
+        assert_eq!(who["kerberos"]["principal"], "alice@EXAMPLE.TEST", "{name}");
+        assert_eq!(who["kerberos"]["local_name"], "alice", "{name}");
+        // The mutual-authentication token on the successful response.
+        let last = headers.rsplit("http/1.1 ").next().unwrap_or("");
+        assert!(
+            last.contains("www-authenticate: negotiate "),
+            "{name}: no mutual token: {last}"
+        );
+    }
+}
+
+#[test]
+fn without_a_ticket_the_challenges_combine_bearer_and_negotiate() {
+    let r = realm();
+    let svc = start("details", &["--keytab", &keytab(&r)], &server_env(&r, true));
+    let (status, headers, body, _) = curl(&[&format!("http://localhost:{}/list", svc.port)], &[]);
+    assert_eq!(status, 401);
+    assert!(headers.contains("www-authenticate: negotiate\r\n"), "{headers}");
+    assert!(headers.contains("www-authenticate: bearer realm="), "{headers}");
+    assert!(body.contains("\"status\":401"), "{body}");
+}
+
+#[test]
+fn ntlm_replayed_foreign_and_garbage_tokens_get_401_negotiate() {
+    let r = realm();
+    let client = r.realm.client_env(&r.ccache);
+    for name in ["details", "reviews"] {
+        let svc = start(name, &["--keytab", &keytab(&r)], &server_env(&r, true));
+        let url = format!("http://localhost:{}/whoami", svc.port);
+        let (status, _, _, log) = curl(&["--negotiate", "-u", ":", &url], &client);
+        assert_eq!(status, 200, "{name}: {log}");
+        let token = sent_token(&log).expect("curl logs the token it sent");
+        let ntlm = "TlRMTVNTUAABAAAAB4IIAAAAAAAAAAAAAAAAAAAAAAA=".to_owned();
+        let cases = [
+            ("replayed", token),
+            ("NTLM", ntlm),
+            ("bad base64", "%%%not-base64%%%".to_owned()),
+            ("malformed ASN.1", "YIIBAAYGKwYBBQUCoA==".to_owned()),
+            ("huge", "A".repeat(70_000)),
+        ];
+        for (what, value) in cases {
+            let header = format!("Authorization: Negotiate {value}");
+            let (status, headers, body, _) = curl(&["-H", &header, &url], &[]);
+            if what == "huge" {
+                assert!((400..500).contains(&status), "{name}: {what} -> {status}");
+                continue;
+            }
+            assert_eq!(status, 401, "{name}: {what}: {headers}");
+            assert!(
+                headers.contains("www-authenticate: negotiate"),
+                "{name}: {what}: {headers}"
+            );
+            assert!(
+                !body.contains("GSS") && !body.contains("Minor"),
+                "{name}: GSSAPI detail leaked: {body}"
+            );
+        }
+        // A ticket for another service (same realm, other principal).
+        let (status, headers, _, log) = curl(
+            &[
+                "--negotiate",
+                "-u",
+                ":",
+                "--resolve",
+                &format!("elsewhere:{}:127.0.0.1", svc.port),
+                &format!("http://elsewhere:{}/whoami", svc.port),
+            ],
+            &client,
+        );
+        assert_eq!(
+            status, 401,
+            "{name}: a ticket for HTTP/elsewhere was accepted: {headers}\n{log}"
+        );
+    }
+}
+
+#[test]
+fn a_missing_keytab_fails_at_start_up_with_one_line() {
+    let out = Command::new(example("details"))
+        .args(["--listen", "127.0.0.1:0", "--keytab", "/no/such.keytab"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("/no/such.keytab"), "{err}");
+}
