@@ -22,6 +22,7 @@ fn example(name: &str) -> PathBuf {
 struct Service {
     child: Child,
     port: u16,
+    banner: Vec<String>,
 }
 
 impl Drop for Service {
@@ -45,13 +46,18 @@ fn start(name: &str, args: &[&str], env: &[(String, String)]) -> Service {
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start example {name}: {e}"));
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut svc = Service { child, port: 0 };
+    let mut svc = Service {
+        child,
+        port: 0,
+        banner: Vec::new(),
+    };
     loop {
         let line = lines.next().expect("example exited before listening").unwrap();
         if let Some(addr) = line.strip_prefix("listening on ") {
             svc.port = addr.rsplit(':').next().unwrap().parse().unwrap();
             return svc;
         }
+        svc.banner.push(line);
     }
 }
 
@@ -69,10 +75,22 @@ fn curl(args: &[&str], env: &[(String, String)]) -> (u16, String, String, String
     let (headers, body) = rest.rsplit_once("\r\n\r\n").unwrap_or((rest, ""));
     (
         status.trim().parse().unwrap_or(0),
-        headers.to_lowercase(),
+        lower_names(headers),
         body.to_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Header names lower-cased, values as sent (cookies are case-sensitive).
+fn lower_names(headers: &str) -> String {
+    headers
+        .lines()
+        .map(|l| match l.split_once(':') {
+            Some((n, v)) => format!("{}:{v}", n.to_lowercase()),
+            None => l.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn sent_token(verbose: &str) -> Option<String> {
@@ -130,9 +148,9 @@ fn curl_negotiate_authenticates_a_kerberos_user_in_both_examples() {
         assert_eq!(who["kerberos"]["principal"], "alice@EXAMPLE.TEST", "{name}");
         assert_eq!(who["kerberos"]["local_name"], "alice", "{name}");
         // The mutual-authentication token on the successful response.
-        let last = headers.rsplit("http/1.1 ").next().unwrap_or("");
+        let last = headers.rsplit("HTTP/1.1 ").next().unwrap_or("");
         assert!(
-            last.contains("www-authenticate: negotiate "),
+            last.contains("www-authenticate: Negotiate "),
             "{name}: no mutual token: {last}"
         );
     }
@@ -144,8 +162,13 @@ fn without_a_ticket_the_challenges_combine_bearer_and_negotiate() {
     let svc = start("details", &["--keytab", &keytab(&r)], &server_env(&r, true));
     let (status, headers, body, _) = curl(&[&format!("http://localhost:{}/list", svc.port)], &[]);
     assert_eq!(status, 401);
-    assert!(headers.contains("www-authenticate: negotiate\r\n"), "{headers}");
-    assert!(headers.contains("www-authenticate: bearer realm="), "{headers}");
+    assert!(
+        headers
+            .lines()
+            .any(|l| l.trim_end() == "www-authenticate: Negotiate"),
+        "{headers}"
+    );
+    assert!(headers.contains("www-authenticate: Bearer realm="), "{headers}");
     assert!(body.contains("\"status\":401"), "{body}");
 }
 
@@ -176,7 +199,7 @@ fn ntlm_replayed_foreign_and_garbage_tokens_get_401_negotiate() {
             }
             assert_eq!(status, 401, "{name}: {what}: {headers}");
             assert!(
-                headers.contains("www-authenticate: negotiate"),
+                headers.contains("www-authenticate: Negotiate"),
                 "{name}: {what}: {headers}"
             );
             assert!(
@@ -213,4 +236,132 @@ fn a_missing_keytab_fails_at_start_up_with_one_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("/no/such.keytab"), "{err}");
+}
+
+fn write(r: &Realm, name: &str, text: &str) -> String {
+    let p = r.realm.dir().join(name);
+    std::fs::write(&p, text).unwrap();
+    p.to_str().unwrap().to_owned()
+}
+
+/// The `name=value` of a `Set-Cookie` header in `headers`.
+fn set_cookie<'h>(headers: &'h str, name: &str) -> Option<&'h str> {
+    headers
+        .lines()
+        .filter_map(|l| l.strip_prefix("set-cookie: "))
+        .find(|c| c.starts_with(&format!("{name}=")))
+        .and_then(|c| c.split(';').next())
+}
+
+#[test]
+fn a_session_cookie_spares_the_negotiation_and_expires() {
+    let r = realm();
+    let client = r.realm.client_env(&r.ccache);
+    let key = write(&r, "session.key", &"ab".repeat(32));
+    let policy = write(
+        &r,
+        "policy.yaml",
+        &format!(
+            "apiVersion: palisade.dev/v1alpha1\nkind: SpnegoSettings\nmetadata: {{name: krb}}\nspec:\n  allowedRealms: [EXAMPLE.TEST]\n  sessionCookie:\n    name: sess\n    keys: [{{id: 1, keyFile: {key}}}]\n    maxAge: 2s\n    insecureOverHttp: true\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: users}}\nspec:\n  rules: [{{from: [{{source: {{requestPrincipals: [\"*\"]}}}}]}}]\n"
+        ),
+    );
+    for name in ["details", "reviews"] {
+        let svc = start(
+            name,
+            &["--keytab", &keytab(&r), "--config", &policy],
+            &server_env(&r, true),
+        );
+        let url = format!("http://localhost:{}/whoami", svc.port);
+        let (status, headers, _, _) = curl(&["--negotiate", "-u", ":", &url], &client);
+        assert_eq!(status, 200, "{name}");
+        let cookie =
+            set_cookie(&headers, "sess").unwrap_or_else(|| panic!("{name}: no session cookie: {headers}"));
+        assert!(headers.contains("HttpOnly"), "{name}: {headers}");
+        // The cookie alone: no ticket, no GSSAPI.
+        let (status, _, body, _) = curl(&["-H", &format!("Cookie: {cookie}"), &url], &[]);
+        assert_eq!(status, 200, "{name}: {body}");
+        let who: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(who["kerberos"]["principal"], "alice@EXAMPLE.TEST", "{name}");
+        assert_eq!(who["kerberos"]["local_name"], "alice", "{name}");
+        // Tampered: refused (asked to negotiate again).
+        let mut bad = cookie.to_owned();
+        let last = bad.pop().unwrap();
+        bad.push(if last == 'A' { 'B' } else { 'A' });
+        let (status, headers, _, _) = curl(&["-H", &format!("Cookie: {bad}"), &url], &[]);
+        assert_eq!(status, 401, "{name}: a tampered cookie was accepted");
+        assert!(headers.contains("www-authenticate: Negotiate"), "{name}");
+        // Expired after its two seconds.
+        std::thread::sleep(std::time::Duration::from_millis(2300));
+        let (status, _, _, _) = curl(&["-H", &format!("Cookie: {cookie}"), &url], &[]);
+        assert_eq!(status, 401, "{name}: an expired cookie was accepted");
+    }
+}
+
+#[tokio::test]
+async fn a_front_end_calls_a_back_end_as_the_user_by_delegation_and_by_s4u() {
+    let r = realm();
+    r.realm.allow_protocol_transition("HTTP/localhost").unwrap();
+    let client = r.realm.client_env(&r.ccache);
+    let env = server_env(&r, true);
+    let backend = start("details", &["--keytab", &keytab(&r)], &env);
+    let backend_url = format!("http://localhost:{}", backend.port);
+    let front = start(
+        "productpage",
+        &[
+            "--keytab",
+            &keytab(&r),
+            "--backend",
+            &backend_url,
+            "--s4u-realm",
+            "EXAMPLE.TEST",
+        ],
+        &env,
+    );
+    let url = format!("http://localhost:{}/backend/whoami", front.port);
+    // The client forwards its ticket-granting ticket: the front-end uses it.
+    let (status, _, body, log) = curl(
+        &["--negotiate", "-u", ":", "--delegation", "always", &url],
+        &client,
+    );
+    assert_eq!(status, 200, "{body}\n{log}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["via"], "delegation", "{v}");
+    assert_eq!(v["status"], 200, "{v}");
+    assert_eq!(v["backend"]["kerberos"]["principal"], "alice@EXAMPLE.TEST", "{v}");
+    // No delegation: protocol transition (S4U2Self) with the service's key.
+    let (status, _, body, _) = curl(&["--negotiate", "-u", ":", &url], &client);
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["via"], "s4u", "{v}");
+    assert_eq!(v["backend"]["kerberos"]["principal"], "alice@EXAMPLE.TEST", "{v}");
+    // A JWT user: the same, with the token's user name in the realm.
+    let endpoint = front
+        .banner
+        .iter()
+        .find_map(|l| {
+            l.split_whitespace()
+                .find(|w| w.ends_with("/protocol/openid-connect/token"))
+        })
+        .expect("the demo banner names the token endpoint")
+        .to_owned();
+    let form = "grant_type=password&client_id=demo&client_secret=demo-secret&username=alice&password=alice";
+    let res: Value = reqwest::Client::new()
+        .post(&endpoint)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = res["access_token"].as_str().unwrap().to_owned();
+    let (status, _, body, _) = curl(&["-H", &format!("Authorization: Bearer {token}"), &url], &[]);
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["via"], "s4u", "{v}");
+    assert_eq!(v["backend"]["kerberos"]["principal"], "alice@EXAMPLE.TEST", "{v}");
+    // Nobody: nothing to call the back-end as.
+    let (status, _, _, _) = curl(&[&url], &[]);
+    assert_eq!(status, 401);
 }

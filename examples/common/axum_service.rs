@@ -13,13 +13,91 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use palisade::Identity;
+use std::sync::Arc;
+
+use axum::Extension;
 use palisade::axum::PalisadeLayer;
+use palisade::core::RequestAuth;
+use palisade::spnego::DelegatedCredential;
+
+/// A back-end called on the user's behalf: with the user's delegated
+/// ticket when the client forwarded one, else by S4U (protocol transition)
+/// with the service's own key.
+pub struct Backend {
+    pub url: String,
+    pub s4u_realm: Option<String>,
+    pub impersonator: Option<palisade::spnego::Impersonator>,
+}
+
+/// `GET /backend/whoami`: the back-end's `/whoami` as seen when called on
+/// behalf of this request's user, with how (`delegation` or `s4u`).
+async fn backend_whoami(backend: Arc<Backend>, auth: RequestAuth) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let Ok(url) = reqwest::Url::parse(&format!("{}/whoami", backend.url.trim_end_matches('/'))) else {
+        return (StatusCode::BAD_GATEWAY, "bad --backend").into_response();
+    };
+    let service = format!("HTTP@{}", url.host_str().unwrap_or("localhost"));
+    let delegated = auth.attachment::<DelegatedCredential>().cloned();
+    let principal = auth.identity().and_then(|id| match (id.kerberos(), id.token()) {
+        (Some(k), _) => Some(k.principal.clone()),
+        (None, Some(t)) => backend
+            .s4u_realm
+            .as_ref()
+            .map(|r| format!("{}@{r}", t.preferred_username.as_deref().unwrap_or(&t.subject))),
+        _ => None,
+    });
+    let (via, header) = match (delegated, principal, &backend.impersonator) {
+        (Some(d), _, _) => (
+            "delegation",
+            tokio::task::spawn_blocking(move || d.negotiate_header(&service)).await,
+        ),
+        (None, Some(user), Some(imp)) => {
+            let imp = imp.clone();
+            (
+                "s4u",
+                tokio::task::spawn_blocking(move || imp.negotiate_header(&user, &service)).await,
+            )
+        }
+        _ => return auth.missing_credential().into_response(),
+    };
+    let header = match header {
+        Ok(Ok(h)) => h,
+        other => {
+            tracing::warn!(?other, via, "cannot get a ticket for the back-end");
+            return (
+                StatusCode::BAD_GATEWAY,
+                Json(serde_json::json!({"via": via, "error": "no ticket for the back-end"})),
+            )
+                .into_response();
+        }
+    };
+    match reqwest::Client::new()
+        .get(url)
+        .header("authorization", header)
+        .send()
+        .await
+    {
+        Ok(res) => {
+            let status = res.status().as_u16();
+            let body: serde_json::Value = res.json().await.unwrap_or(serde_json::Value::Null);
+            Json(serde_json::json!({"via": via, "status": status, "backend": body})).into_response()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "back-end call failed");
+            (
+                StatusCode::BAD_GATEWAY,
+                Json(serde_json::json!({"via": via, "error": "back-end unreachable"})),
+            )
+                .into_response()
+        }
+    }
+}
 
 /// The routes of a contract service, guarded by Palisade. The layer wraps
 /// the whole router, so the router sees the normalised path the policy
 /// matched.
-pub fn app(service: &'static str, guard: palisade::Guard) -> Router {
-    let router = Router::new()
+pub fn app(service: &'static str, guard: palisade::Guard, backend: Option<Backend>) -> Router {
+    let mut router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/list",
@@ -34,6 +112,13 @@ pub fn app(service: &'static str, guard: palisade::Guard) -> Router {
             "/whoami",
             get(|id: Option<Identity>| async move { Json(palisade::core::whoami(id.as_ref())) }),
         );
+    if let Some(backend) = backend {
+        let backend = Arc::new(backend);
+        router = router.route(
+            "/backend/whoami",
+            get(move |Extension(auth): Extension<RequestAuth>| backend_whoami(backend.clone(), auth)),
+        );
+    }
     PalisadeLayer::new(guard).wrap(router)
 }
 
@@ -47,7 +132,14 @@ pub async fn run(default_name: &str, default_port: u16) {
         .await
         .unwrap_or_else(|e| common::fail(&format!("--listen {}: {e}", args.listen)));
     let addr = listener.local_addr().unwrap_or(args.listen);
-    let app = app(service, setup.guard.clone());
+    let backend = args.backend.clone().map(|url| Backend {
+        url,
+        s4u_realm: args.s4u_realm.clone(),
+        impersonator: palisade::spnego::Impersonator::new()
+            .map_err(|e| tracing::warn!(error = %e, "no S4U: only delegated tickets reach the back-end"))
+            .ok(),
+    });
+    let app = app(service, setup.guard.clone(), backend);
     let stop = shutdown_signal();
     common::announce(&setup, addr);
     println!("listening on {addr}");

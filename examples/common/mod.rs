@@ -25,6 +25,10 @@ pub struct Args {
     pub service: String,
     pub namespace: String,
     pub keytab: Option<PathBuf>,
+    /// A back-end to call on the user's behalf (`GET /backend/whoami`).
+    pub backend: Option<String>,
+    /// The realm of JWT users when the back-end is called with S4U.
+    pub s4u_realm: Option<String>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub client_ca: Option<PathBuf>,
@@ -46,13 +50,16 @@ pub fn args(service: &str, port: u16) -> Args {
         let path = std::fs::canonicalize(keytab)
             .unwrap_or_else(|e| fail(&format!("--keytab {}: {e}", keytab.display())));
         let want = format!("FILE:{}", path.display());
-        if std::env::var("KRB5_KTNAME").ok().as_deref() != Some(want.as_str()) {
+        let set = |var: &str| std::env::var(var).ok().as_deref() == Some(want.as_str());
+        if !set("KRB5_KTNAME") || !set("KRB5_CLIENT_KTNAME") {
             use std::os::unix::process::CommandExt;
             let exe = std::env::current_exe()
                 .unwrap_or_else(|e| fail(&format!("cannot re-execute for --keytab: {e}")));
+            // The same keytab serves as client keytab for S4U calls to back-ends.
             let err = std::process::Command::new(exe)
                 .args(std::env::args_os().skip(1))
                 .env("KRB5_KTNAME", &want)
+                .env("KRB5_CLIENT_KTNAME", &want)
                 .exec();
             fail(&format!("cannot re-execute for --keytab: {err}"));
         }
@@ -72,6 +79,8 @@ fn parse(service: &str, port: u16, mut it: impl Iterator<Item = String>) -> Resu
         service: service.to_owned(),
         namespace: "default".to_owned(),
         keytab: None,
+        backend: None,
+        s4u_realm: None,
         tls_cert: None,
         tls_key: None,
         client_ca: None,
@@ -94,10 +103,13 @@ fn parse(service: &str, port: u16, mut it: impl Iterator<Item = String>) -> Resu
             "--client-ca" => args.client_ca = Some(PathBuf::from(value()?)),
             "--client-crl" => args.client_crls.push(PathBuf::from(value()?)),
             "--keytab" => args.keytab = Some(PathBuf::from(value()?)),
+            "--backend" => args.backend = Some(value()?),
+            "--s4u-realm" => args.s4u_realm = Some(value()?),
             "-h" | "--help" => {
                 println!(
                     "usage: {service} [--listen ADDR] [--config FILE] [--service NAME] [--namespace NS]\n\
-                     \x20      [--tls-cert FILE --tls-key FILE [--client-ca FILE [--client-crl FILE]...]] [--keytab FILE]\n\
+                     \x20      [--tls-cert FILE --tls-key FILE [--client-ca FILE [--client-crl FILE]...]]\n\
+                     \x20      [--keytab FILE [--backend URL [--s4u-realm REALM]]]\n\
                      Without --config, a demo issuer is started and a ready-to-paste command is printed.\n\
                      --client-ca turns mutual TLS on; its mode comes from the policy file's PeerAuthentication\n\
                      (default STRICT). Certificates, keys, CA and CRL files are reloaded when they change or on SIGHUP."
@@ -111,6 +123,9 @@ fn parse(service: &str, port: u16, mut it: impl Iterator<Item = String>) -> Resu
         (Some(_), None) => return Err("--tls-cert needs --tls-key".into()),
         (None, Some(_)) => return Err("--tls-key needs --tls-cert".into()),
         _ => {}
+    }
+    if args.backend.is_some() && args.keytab.is_none() {
+        return Err("--backend needs --keytab (the back-end is called with Kerberos)".into());
     }
     if args.client_ca.is_some() && args.tls_cert.is_none() {
         return Err("--client-ca needs --tls-cert and --tls-key".into());
@@ -196,6 +211,8 @@ pub fn setup(args: &Args) -> Setup {
         .unwrap_or_else(|e| fail(&e.to_string()));
     if let Some(keytab) = &args.keytab {
         let spnego = palisade::spnego::SpnegoAuthenticator::builder()
+            .from_policy(&set.for_workload(&workload))
+            .unwrap_or_else(|e| fail(&e.to_string()))
             .build()
             .unwrap_or_else(|e| fail(&format!("--keytab {}: {e}", keytab.display())));
         builder = builder.authenticator(spnego);

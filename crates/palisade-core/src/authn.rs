@@ -1,8 +1,10 @@
 //! The authenticate step: what an authenticator is and what it answers.
 
+use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use crate::error::Rejection;
 use crate::identity::Identity;
@@ -53,6 +55,42 @@ impl HeaderEdit {
     }
 }
 
+/// Values an authenticator hands to the handler beside the identity (a
+/// delegated Kerberos credential, say), found by type with
+/// `RequestAuth::attachment::<T>()`.
+#[derive(Clone, Default)]
+pub struct Attachments(Vec<Arc<dyn Any + Send + Sync>>);
+
+impl fmt::Debug for Attachments {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Attachments({})", self.0.len())
+    }
+}
+
+impl Attachments {
+    /// Adds a value.
+    pub fn push<T: Send + Sync + 'static>(&mut self, value: T) {
+        self.0.push(Arc::new(value));
+    }
+
+    /// The first value of type `T`.
+    #[must_use]
+    pub fn get<T: 'static>(&self) -> Option<&T> {
+        self.0.iter().find_map(|a| a.downcast_ref::<T>())
+    }
+
+    /// Appends another set.
+    pub fn append(&mut self, other: &mut Attachments) {
+        self.0.append(&mut other.0);
+    }
+
+    /// Whether there is none.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// A successful authentication.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -64,6 +102,8 @@ pub struct Authenticated {
     /// Headers to add to the response (a Negotiate mutual-authentication
     /// token: `WWW-Authenticate: Negotiate …`), lower-case names.
     pub response_headers: Vec<(String, String)>,
+    /// Values for the handler.
+    pub attachments: Attachments,
 }
 
 impl Authenticated {
@@ -74,7 +114,15 @@ impl Authenticated {
             identity,
             edits: Vec::new(),
             response_headers: Vec::new(),
+            attachments: Attachments::default(),
         }
+    }
+
+    /// Attaches a value for the handler.
+    #[must_use]
+    pub fn with_attachment<T: Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.attachments.push(value);
+        self
     }
 
     /// Adds a response header.

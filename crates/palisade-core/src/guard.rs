@@ -6,7 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::authn::{AuthOutcome, Authenticated, Authenticating, Authenticator, HeaderEdit};
+use crate::authn::{Attachments, AuthOutcome, Authenticated, Authenticating, Authenticator, HeaderEdit};
 use crate::authz::{AccessCheck, AccessDecision, AccessPolicy, Action};
 use crate::error::Rejection;
 use crate::identity::Identity;
@@ -30,6 +30,8 @@ pub struct Allowed {
     /// Headers the adapter adds to the response (lower-case names), such as
     /// a Negotiate mutual-authentication token.
     pub response_headers: Vec<(String, String)>,
+    /// Values the authenticators attached for the handler.
+    pub attachments: Attachments,
 }
 
 /// What Palisade established for an allowed request. The adapters put it in
@@ -51,6 +53,7 @@ pub struct RequestAuth {
     identity: Option<Identity>,
     access: AccessDecision,
     guard: Guard,
+    attachments: Attachments,
 }
 
 impl RequestAuth {
@@ -62,7 +65,14 @@ impl RequestAuth {
             identity: allowed.identity,
             access: allowed.access,
             guard: guard.clone(),
+            attachments: allowed.attachments,
         }
+    }
+
+    /// A value an authenticator attached (`palisade_spnego::DelegatedCredential`).
+    #[must_use]
+    pub fn attachment<T: 'static>(&self) -> Option<&T> {
+        self.attachments.get::<T>()
     }
 
     /// The verified caller, when a credential was given.
@@ -310,6 +320,7 @@ struct Acc {
     identity: Option<Identity>,
     edits: Vec<HeaderEdit>,
     response_headers: Vec<(String, String)>,
+    attachments: Attachments,
     rejection: Option<Rejection>,
 }
 
@@ -320,7 +331,9 @@ impl Acc {
                 identity,
                 mut edits,
                 mut response_headers,
+                mut attachments,
             }) => {
+                self.attachments.append(&mut attachments);
                 self.identity = Some(match self.identity.take() {
                     Some(prev) => prev.merge(&identity),
                     None => identity,
@@ -454,6 +467,7 @@ impl Guard {
                 access,
                 path,
                 response_headers: acc.response_headers,
+                attachments: acc.attachments,
             });
         }
         span.record("decision", tracing::field::display(&access));

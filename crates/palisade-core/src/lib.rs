@@ -37,7 +37,8 @@ pub mod policy;
 pub mod request;
 
 pub use authn::{
-    AuthOutcome, Authenticated, Authenticating, Authenticator, BoxOutcome, HeaderEdit, HeaderTarget,
+    Attachments, AuthOutcome, Authenticated, Authenticating, Authenticator, BoxOutcome, HeaderEdit,
+    HeaderTarget,
 };
 pub use error::{ErrorKind, PROBLEM_JSON, Rejection, bearer_challenge};
 pub use extract::{Authorized, Claims};

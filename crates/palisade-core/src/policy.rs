@@ -518,6 +518,52 @@ pub struct RbacTarget {
     pub namespaces: Vec<String>,
 }
 
+/// `palisade.dev/v1alpha1` `SpnegoSettings.spec`: Kerberos (HTTP
+/// Negotiate) settings for a service started with a keytab.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct SpnegoSettingsSpec {
+    /// Accept only for this host-based service (`HTTP@www.example.test`).
+    pub service: Option<String>,
+    /// Accept clients of these realms only; the local name drops the realm.
+    #[serde(default)]
+    pub allowed_realms: Vec<String>,
+    /// At most this many GSSAPI calls at once.
+    pub concurrency: Option<usize>,
+    /// The largest `Authorization: Negotiate` header (default 65536).
+    pub max_header_size: Option<usize>,
+    /// Session cookies (mod_auth_gssapi's `GssapiUseSessions`).
+    pub session_cookie: Option<SessionCookieSpec>,
+}
+
+/// `SpnegoSettings.spec.sessionCookie`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct SessionCookieSpec {
+    /// The cookie name (default `palisade_session`).
+    pub name: Option<String>,
+    /// The keys, newest first: new cookies use the first, all are read.
+    pub keys: Vec<SessionKeySpec>,
+    /// The longest a cookie lives (default `1h`; never past the ticket).
+    pub max_age: Option<String>,
+    /// Send the cookie over plain HTTP (no `Secure`): development only.
+    #[serde(default)]
+    pub insecure_over_http: bool,
+}
+
+/// One session key: an id and a file holding 32 bytes (raw, hex or base64).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct SessionKeySpec {
+    /// 0-255, carried in the cookie.
+    pub id: u8,
+    /// The key file.
+    pub key_file: String,
+}
+
 /// `palisade.dev/v1alpha1` `AuthorizationSettings.spec`: what Istio sets in
 /// its mesh configuration rather than in policies.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -690,6 +736,8 @@ pub enum Spec {
     KeycloakAdapter(KeycloakAdapterConfig),
     /// `palisade.dev/v1alpha1` `AuthorizationSettings`.
     AuthorizationSettings(AuthorizationSettingsSpec),
+    /// `palisade.dev/v1alpha1` `SpnegoSettings`.
+    SpnegoSettings(SpnegoSettingsSpec),
     /// `rbac.istio.io/v1alpha1` `ServiceRole`.
     ServiceRole(ServiceRoleSpec),
     /// `rbac.istio.io/v1alpha1` `ServiceRoleBinding`.
@@ -707,6 +755,7 @@ impl Spec {
             Spec::JwtSettings(_)
             | Spec::KeycloakAdapter(_)
             | Spec::AuthorizationSettings(_)
+            | Spec::SpnegoSettings(_)
             | Spec::ServiceRole(_)
             | Spec::ServiceRoleBinding(_)
             | Spec::RbacConfig(_) => None,
@@ -866,6 +915,9 @@ impl PolicySet {
             (PALISADE_API_VERSION, "AuthorizationSettings") => {
                 Spec::AuthorizationSettings(typed(raw.spec).map_err(|(p, m)| at(p, m))?)
             }
+            (PALISADE_API_VERSION, "SpnegoSettings") => {
+                Spec::SpnegoSettings(typed(raw.spec).map_err(|(p, m)| at(p, m))?)
+            }
             (
                 "security.istio.io/v1"
                 | "security.istio.io/v1beta1"
@@ -998,6 +1050,14 @@ impl<'a> WorkloadPolicy<'a> {
     pub fn keycloak_adapters(&self) -> impl Iterator<Item = (&'a Document, &'a KeycloakAdapterConfig)> + '_ {
         self.documents.iter().filter_map(|d| match &d.spec {
             Spec::KeycloakAdapter(s) => Some((*d, s)),
+            _ => None,
+        })
+    }
+
+    /// Applicable `SpnegoSettings` documents.
+    pub fn spnego_settings(&self) -> impl Iterator<Item = (&'a Document, &'a SpnegoSettingsSpec)> + '_ {
+        self.documents.iter().filter_map(|d| match &d.spec {
+            Spec::SpnegoSettings(s) => Some((*d, s)),
             _ => None,
         })
     }

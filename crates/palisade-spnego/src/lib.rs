@@ -32,7 +32,10 @@
 //!   `WWW-Authenticate: Negotiate`; the GSSAPI error is logged at debug
 //!   level, never sent.
 
+mod session;
 mod token;
+
+pub use session::{SessionCookie, SessionKeyError};
 
 use std::fmt;
 use std::sync::Arc;
@@ -44,7 +47,10 @@ use base64::engine::general_purpose::STANDARD;
 use libgssapi::context::{SecurityContext, ServerCtx};
 use libgssapi::credential::{Cred, CredUsage};
 use libgssapi::name::Name;
-use libgssapi::oid::{GSS_MECH_KRB5, GSS_MECH_SPNEGO, GSS_NT_HOSTBASED_SERVICE, OidSet};
+use libgssapi::oid::{
+    GSS_MECH_KRB5, GSS_MECH_SPNEGO, GSS_NT_HOSTBASED_SERVICE, GSS_NT_KRB5_PRINCIPAL, OidSet,
+};
+use palisade_core::policy::{PolicyError, WorkloadPolicy, parse_duration};
 use palisade_core::{
     AuthOutcome, Authenticated, Authenticating, Authenticator, ErrorKind, Identity, KerberosIdentity,
     Rejection, RequestHead, Verification,
@@ -73,6 +79,9 @@ pub enum SpnegoError {
         /// GSSAPI's message.
         message: String,
     },
+    /// A session cookie was configured without a key.
+    #[error("the session cookie needs at least one key")]
+    SessionKeys,
 }
 
 type Mapper = Arc<dyn Fn(&KerberosIdentity) -> (Vec<String>, Vec<String>) + Send + Sync>;
@@ -80,6 +89,7 @@ type Mapper = Arc<dyn Fn(&KerberosIdentity) -> (Vec<String>, Vec<String>) + Send
 /// Builds a [`SpnegoAuthenticator`].
 #[must_use]
 pub struct SpnegoAuthenticatorBuilder {
+    session: Option<SessionCookie>,
     service: Option<String>,
     allowed_realms: Vec<String>,
     concurrency: usize,
@@ -95,11 +105,20 @@ impl fmt::Debug for SpnegoAuthenticatorBuilder {
             .field("concurrency", &self.concurrency)
             .field("max_header", &self.max_header)
             .field("mapper", &self.mapper.as_ref().map(|_| "<fn>"))
+            .field("session", &self.session)
             .finish()
     }
 }
 
 impl SpnegoAuthenticatorBuilder {
+    /// Issue a session cookie after a successful Negotiate, and accept it
+    /// instead of a ticket until it expires (mod_auth_gssapi's
+    /// `GssapiUseSessions`).
+    pub fn session_cookie(mut self, cookie: SessionCookie) -> Self {
+        self.session = Some(cookie);
+        self
+    }
+
     /// Accept only for this host-based service (`HTTP@www.example.test`);
     /// by default any principal in the keytab is accepted.
     pub fn service(mut self, name: impl Into<String>) -> Self {
@@ -140,8 +159,12 @@ impl SpnegoAuthenticatorBuilder {
     /// Acquires the acceptor credentials (once; they are reused).
     ///
     /// # Errors
-    /// [`SpnegoError::Credentials`] when there is no usable keytab.
+    /// [`SpnegoError::Credentials`] when there is no usable keytab;
+    /// [`SpnegoError::SessionKeys`] for a session cookie without a key.
     pub fn build(self) -> Result<SpnegoAuthenticator, SpnegoError> {
+        if self.session.as_ref().is_some_and(|s| !s.has_keys()) {
+            return Err(SpnegoError::SessionKeys);
+        }
         let err = |e: libgssapi::error::Error| SpnegoError::Credentials {
             principal: self.service.clone(),
             message: e.to_string(),
@@ -168,6 +191,7 @@ impl SpnegoAuthenticatorBuilder {
             allowed_realms: self.allowed_realms,
             max_header: self.max_header,
             mapper: self.mapper,
+            session: self.session,
             stats: Stats::default(),
         })))
     }
@@ -179,6 +203,66 @@ struct Stats {
     failures: AtomicU64,
     nanos: AtomicU64,
     max_nanos: AtomicU64,
+}
+
+impl SpnegoAuthenticatorBuilder {
+    /// Applies the workload's `SpnegoSettings` document (at most one).
+    ///
+    /// # Errors
+    /// A [`PolicyError`] naming the document and field of a bad value or an
+    /// unreadable key file.
+    pub fn from_policy(mut self, w: &WorkloadPolicy<'_>) -> Result<Self, PolicyError> {
+        let mut seen = None;
+        for (doc, s) in w.spnego_settings() {
+            if let Some(prev) = seen {
+                return Err(w.error_at(
+                    doc,
+                    "kind",
+                    format!("only one SpnegoSettings document may apply (document {prev} does)"),
+                ));
+            }
+            seen = Some(doc.index);
+            if let Some(svc) = &s.service {
+                self = self.service(svc.clone());
+            }
+            for r in &s.allowed_realms {
+                self = self.allowed_realm(r.clone());
+            }
+            if let Some(n) = s.concurrency {
+                self = self.concurrency(n);
+            }
+            if let Some(n) = s.max_header_size {
+                self = self.max_header(n);
+            }
+            if let Some(c) = &s.session_cookie {
+                let mut cookie = SessionCookie::new(c.name.as_deref().unwrap_or("palisade_session"));
+                if c.keys.is_empty() {
+                    return Err(w.error_at(doc, "spec.sessionCookie.keys", "give at least one key"));
+                }
+                for (i, k) in c.keys.iter().enumerate() {
+                    let field = format!("spec.sessionCookie.keys[{i}].keyFile");
+                    let bytes = std::fs::read(&k.key_file)
+                        .map_err(|e| w.error_at(doc, &field, format!("cannot read {}: {e}", k.key_file)))?;
+                    let key = session::parse_key(&bytes).ok_or_else(|| {
+                        w.error_at(doc, &field, "must hold 32 bytes: raw, 64 hex digits or base64")
+                    })?;
+                    cookie = cookie.key(k.id, &key).map_err(|e| {
+                        w.error_at(doc, &format!("spec.sessionCookie.keys[{i}]"), e.to_string())
+                    })?;
+                }
+                if let Some(age) = &c.max_age {
+                    let d =
+                        parse_duration(age).map_err(|m| w.error_at(doc, "spec.sessionCookie.maxAge", m))?;
+                    cookie = cookie.max_age(d);
+                }
+                if c.insecure_over_http {
+                    cookie = cookie.insecure_over_http();
+                }
+                self = self.session_cookie(cookie);
+            }
+        }
+        Ok(self)
+    }
 }
 
 /// Counters of the GSSAPI work, for metrics.
@@ -201,6 +285,7 @@ struct Inner {
     allowed_realms: Vec<String>,
     max_header: usize,
     mapper: Option<Mapper>,
+    session: Option<SessionCookie>,
     stats: Stats,
 }
 
@@ -231,6 +316,8 @@ struct Accepted {
     principal: String,
     local_name: Option<String>,
     mutual: Option<Vec<u8>>,
+    lifetime: Duration,
+    delegated: Option<Cred>,
 }
 
 fn accept(cred: Cred, token: &[u8]) -> Result<Accepted, String> {
@@ -252,6 +339,8 @@ fn accept(cred: Cred, token: &[u8]) -> Result<Accepted, String> {
         principal: name.to_string(),
         local_name,
         mutual: out.map(|b| b.to_vec()),
+        lifetime: ctx.lifetime().unwrap_or_default(),
+        delegated: ctx.take_delegated_cred(),
     })
 }
 
@@ -259,6 +348,7 @@ impl SpnegoAuthenticator {
     /// Starts building.
     pub fn builder() -> SpnegoAuthenticatorBuilder {
         SpnegoAuthenticatorBuilder {
+            session: None,
             service: None,
             allowed_realms: Vec::new(),
             concurrency: 4 * std::thread::available_parallelism().map_or(2, usize::from),
@@ -279,16 +369,16 @@ impl SpnegoAuthenticator {
         }
     }
 
-    fn identity(&self, a: &Accepted) -> Result<Identity, &'static str> {
-        let (user, realm) = a.principal.rsplit_once('@').unwrap_or((&a.principal, ""));
+    fn identity(&self, principal: &str, local_name: Option<&str>) -> Result<Identity, &'static str> {
+        let (user, realm) = principal.rsplit_once('@').unwrap_or((principal, ""));
         if !self.0.allowed_realms.is_empty() && !self.0.allowed_realms.iter().any(|r| r == realm) {
             return Err("the ticket's realm is not accepted");
         }
         let mut k = KerberosIdentity::default();
-        k.principal.clone_from(&a.principal);
+        principal.clone_into(&mut k.principal);
         k.realm = realm.to_owned();
         k.local_name = if self.0.allowed_realms.is_empty() {
-            a.local_name.clone()
+            local_name.map(str::to_owned)
         } else {
             Some(user.to_owned())
         };
@@ -331,6 +421,144 @@ impl SpnegoAuthenticator {
     }
 }
 
+impl SpnegoAuthenticator {
+    /// A valid session cookie, when sessions are on: no GSSAPI work. A
+    /// cookie that does not open (expired, tampered, another key) is
+    /// ignored and the client is asked to negotiate again.
+    fn session_outcome(&self, req: &dyn RequestHead) -> AuthOutcome {
+        let Some(cookie) = &self.0.session else {
+            return AuthOutcome::NoCredential;
+        };
+        let mut found = None;
+        req.for_each_header("cookie", &mut |v| {
+            let Ok(text) = std::str::from_utf8(v) else { return };
+            for pair in text.split(';') {
+                if let Some((n, value)) = pair.trim().split_once('=')
+                    && n == cookie.name
+                    && found.is_none()
+                {
+                    found = cookie.open(value);
+                }
+            }
+        });
+        match found.map(|s| self.identity(&s.principal, s.local_name.as_deref())) {
+            Some(Ok(identity)) => AuthOutcome::Authenticated(Authenticated::new(identity)),
+            _ => AuthOutcome::NoCredential,
+        }
+    }
+}
+
+/// The client's delegated (forwarded) ticket-granting credential, when the
+/// client delegated it (`curl --delegation always`, a browser on a trusted
+/// host): a front-end can call back-ends as the user with
+/// [`DelegatedCredential::negotiate_header`]. Handlers find it with
+/// `RequestAuth::attachment::<DelegatedCredential>()`.
+#[derive(Clone)]
+pub struct DelegatedCredential(Cred);
+
+impl fmt::Debug for DelegatedCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DelegatedCredential(<credential>)")
+    }
+}
+
+impl DelegatedCredential {
+    /// The credential, for the caller's own GSSAPI use.
+    #[must_use]
+    pub fn credential(&self) -> &Cred {
+        &self.0
+    }
+
+    /// An `Authorization: Negotiate …` value for a request to the
+    /// host-based service `service` (`HTTP@backend.example.test`) as the
+    /// user. Blocking (it may ask the KDC for a ticket): call it from
+    /// `spawn_blocking`.
+    ///
+    /// # Errors
+    /// GSSAPI's error as text.
+    pub fn negotiate_header(&self, service: &str) -> Result<String, String> {
+        negotiate_header(self.0.clone(), service)
+    }
+}
+
+/// `Negotiate <token>` for `service` with credential `cred`.
+pub(crate) fn negotiate_header(cred: Cred, service: &str) -> Result<String, String> {
+    let target = Name::new(service.as_bytes(), Some(GSS_NT_HOSTBASED_SERVICE))
+        .and_then(|n| n.canonicalize(Some(GSS_MECH_KRB5)))
+        .map_err(|e| e.to_string())?;
+    let mut ctx = libgssapi::context::ClientCtx::new(
+        Some(cred),
+        target,
+        libgssapi::context::CtxFlags::GSS_C_MUTUAL_FLAG,
+        // A Kerberos initial token (what SPNEGO would carry inside):
+        // credentials obtained by delegation or S4U are Kerberos ones.
+        Some(GSS_MECH_KRB5),
+    );
+    let token = ctx
+        .step(None, None)
+        .map_err(|e| e.to_string())?
+        .ok_or("no token")?;
+    Ok(format!("Negotiate {}", STANDARD.encode(&*token)))
+}
+
+/// Protocol transition and constrained delegation (S4U2Self, S4U2Proxy):
+/// the front-end obtains, with its own service key, a ticket for a named
+/// back-end on behalf of a user it has authenticated by any means (a JWT
+/// included), and sends it as `Authorization: Negotiate …`.
+///
+/// The service's own credentials come from the client keytab
+/// (`KRB5_CLIENT_KTNAME`, or the default keytab). The KDC must allow it:
+/// the service principal needs `ok_to_auth_as_delegate` for S4U2Self, and
+/// to be allowed to delegate to the back-end for S4U2Proxy. MIT Kerberos
+/// with its default (DB2) database supports S4U2Self and S4U2Proxy to the
+/// service itself; S4U2Proxy to another service needs the LDAP database
+/// module (`krbAllowedToDelegateTo`) or Active Directory. See
+/// `docs/spnego.md`.
+#[derive(Clone)]
+pub struct Impersonator {
+    cred: Cred,
+}
+
+impl fmt::Debug for Impersonator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Impersonator(<credential>)")
+    }
+}
+
+impl Impersonator {
+    /// Acquires the service's initiator credentials.
+    ///
+    /// # Errors
+    /// [`SpnegoError::Credentials`] when there is no client keytab.
+    pub fn new() -> Result<Self, SpnegoError> {
+        let err = |e: libgssapi::error::Error| SpnegoError::Credentials {
+            principal: None,
+            message: e.to_string(),
+        };
+        let mut mechs = OidSet::new();
+        mechs.add(GSS_MECH_KRB5).map_err(err)?;
+        let cred = Cred::acquire(None, None, CredUsage::Both, Some(&mechs)).map_err(err)?;
+        Ok(Self { cred })
+    }
+
+    /// `Negotiate <token>` for the host-based service `service` as `user`
+    /// (`alice@EXAMPLE.TEST`). Blocking: call it from `spawn_blocking`.
+    ///
+    /// # Errors
+    /// GSSAPI's error as text (the KDC refused the impersonation or the
+    /// delegation).
+    pub fn negotiate_header(&self, user: &str, service: &str) -> Result<String, String> {
+        let name = Name::new(user.as_bytes(), Some(GSS_NT_KRB5_PRINCIPAL)).map_err(|e| e.to_string())?;
+        let mut mechs = OidSet::new();
+        mechs.add(GSS_MECH_KRB5).map_err(|e| e.to_string())?;
+        let cred = self
+            .cred
+            .impersonate(&name, None, CredUsage::Initiate, Some(&mechs))
+            .map_err(|e| e.to_string())?;
+        negotiate_header(cred, service)
+    }
+}
+
 impl Authenticator for SpnegoAuthenticator {
     fn challenge(&self) -> Option<String> {
         Some("Negotiate".into())
@@ -339,7 +567,7 @@ impl Authenticator for SpnegoAuthenticator {
     fn authenticate(&self, req: &dyn RequestHead) -> Authenticating {
         let token = match self.token(req) {
             Ok(Some(t)) => t,
-            Ok(None) => return Authenticating::Ready(AuthOutcome::NoCredential),
+            Ok(None) => return Authenticating::Ready(self.session_outcome(req)),
             Err(detail) => {
                 tracing::debug!(target: LOG_TARGET, reason = detail, "Negotiate token refused");
                 return Authenticating::Ready(refused(detail));
@@ -373,7 +601,7 @@ impl Authenticator for SpnegoAuthenticator {
                     return refused(Kind::Kerberos.detail());
                 }
             };
-            let identity = match this.identity(&accepted) {
+            let identity = match this.identity(&accepted.principal, accepted.local_name.as_deref()) {
                 Ok(id) => id,
                 Err(detail) => {
                     s.failures.fetch_add(1, Ordering::Relaxed);
@@ -383,6 +611,18 @@ impl Authenticator for SpnegoAuthenticator {
             let mut ok = Authenticated::new(identity);
             if let Some(m) = accepted.mutual.filter(|m| !m.is_empty()) {
                 ok = ok.with_response_header("www-authenticate", format!("Negotiate {}", STANDARD.encode(m)));
+            }
+            if let Some(set) = this.0.session.as_ref().and_then(|c| {
+                c.seal(
+                    &accepted.principal,
+                    accepted.local_name.as_deref(),
+                    accepted.lifetime,
+                )
+            }) {
+                ok = ok.with_response_header("set-cookie", set);
+            }
+            if let Some(cred) = accepted.delegated {
+                ok = ok.with_attachment(DelegatedCredential(cred));
             }
             AuthOutcome::Authenticated(ok)
         }))

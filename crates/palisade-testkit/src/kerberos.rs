@@ -208,6 +208,15 @@ impl KerberosRealm {
         Ok(keytab)
     }
 
+    /// Lets `principal` obtain tickets to itself on behalf of any user
+    /// (S4U2Self, protocol transition): the `ok_to_auth_as_delegate` flag.
+    ///
+    /// # Errors
+    /// When `kadmin.local` fails.
+    pub fn allow_protocol_transition(&self, principal: &str) -> io::Result<()> {
+        self.kadmin(&format!("modprinc +ok_to_auth_as_delegate {principal}"))
+    }
+
     /// Gets a forwardable ticket-granting ticket for `user` into a private
     /// credential cache, whose path is returned.
     ///

@@ -1,0 +1,255 @@
+//! Session cookies, as mod_auth_gssapi's `GssapiUseSessions`: after one
+//! successful Negotiate, an encrypted, authenticated, expiring cookie
+//! spares the following requests the GSSAPI work. AES-256-GCM with a key
+//! from configuration; keys carry an id, so a new key can be added and the
+//! old one kept for reading until its cookies have expired. A cookie never
+//! outlives the ticket it came from.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+/// A session-cookie key that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("session key {id}: {reason}")]
+pub struct SessionKeyError {
+    id: u8,
+    reason: &'static str,
+}
+
+/// The session cookie's settings. `Debug` never prints a key.
+pub struct SessionCookie {
+    pub(crate) name: String,
+    keys: Vec<(u8, LessSafeKey)>,
+    max_age: Duration,
+    secure: bool,
+}
+
+impl fmt::Debug for SessionCookie {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionCookie")
+            .field("name", &self.name)
+            .field("key_ids", &self.keys.iter().map(|(id, _)| id).collect::<Vec<_>>())
+            .field("max_age", &self.max_age)
+            .field("secure", &self.secure)
+            .finish()
+    }
+}
+
+/// What a cookie carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Session {
+    pub(crate) principal: String,
+    pub(crate) local_name: Option<String>,
+    pub(crate) expires: u64,
+}
+
+/// A key file's 32 bytes: raw, 64 hex digits, or base64 (surrounding
+/// white space ignored).
+pub(crate) fn parse_key(bytes: &[u8]) -> Option<Vec<u8>> {
+    if bytes.len() == 32 {
+        return Some(bytes.to_vec());
+    }
+    let text = std::str::from_utf8(bytes).ok()?.trim();
+    if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return (0..64)
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
+            .collect();
+    }
+    let decoded = base64::engine::general_purpose::STANDARD.decode(text).ok()?;
+    (decoded.len() == 32).then_some(decoded)
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl SessionCookie {
+    /// A cookie named `name` (default max age 1 h, `Secure`, `HttpOnly`,
+    /// `SameSite=Lax`). Add at least one key.
+    #[must_use]
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            keys: Vec::new(),
+            max_age: Duration::from_secs(3600),
+            secure: true,
+        }
+    }
+
+    /// Adds a 32-byte key under `id`. The first key added seals new
+    /// cookies; every key opens them (rotation: put the new key first).
+    ///
+    /// # Errors
+    /// A key that is not 32 bytes, or an id used twice.
+    pub fn key(mut self, id: u8, key: &[u8]) -> Result<Self, SessionKeyError> {
+        if key.len() != 32 {
+            return Err(SessionKeyError {
+                id,
+                reason: "must be 32 bytes (AES-256)",
+            });
+        }
+        if self.keys.iter().any(|(k, _)| *k == id) {
+            return Err(SessionKeyError {
+                id,
+                reason: "the id is used twice",
+            });
+        }
+        let unbound = UnboundKey::new(&AES_256_GCM, key).map_err(|_| SessionKeyError {
+            id,
+            reason: "not a usable AES-256 key",
+        })?;
+        self.keys.push((id, LessSafeKey::new(unbound)));
+        Ok(self)
+    }
+
+    /// The longest a cookie lives (it also never outlives the ticket).
+    #[must_use]
+    pub fn max_age(mut self, d: Duration) -> Self {
+        self.max_age = d;
+        self
+    }
+
+    /// Sends the cookie over plain HTTP too (no `Secure` attribute). Only
+    /// for development: the cookie is a credential.
+    #[must_use]
+    pub fn insecure_over_http(mut self) -> Self {
+        tracing::warn!(target: crate::LOG_TARGET, "the session cookie is sent without the Secure attribute");
+        self.secure = false;
+        self
+    }
+
+    pub(crate) fn has_keys(&self) -> bool {
+        !self.keys.is_empty()
+    }
+
+    /// The `Set-Cookie` value for a session that the ticket allows for
+    /// `ticket_left`.
+    pub(crate) fn seal(
+        &self,
+        principal: &str,
+        local_name: Option<&str>,
+        ticket_left: Duration,
+    ) -> Option<String> {
+        let (id, key) = self.keys.first()?;
+        let life = self.max_age.min(ticket_left);
+        if life.as_secs() == 0 {
+            return None;
+        }
+        let expires = now() + life.as_secs();
+        let plain = serde_json::json!({"p": principal, "l": local_name, "e": expires}).to_string();
+        let mut nonce = [0u8; NONCE_LEN];
+        SystemRandom::new().fill(&mut nonce).ok()?;
+        let mut data = plain.into_bytes();
+        key.seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(self.name.as_bytes()),
+            &mut data,
+        )
+        .ok()?;
+        let mut raw = Vec::with_capacity(1 + NONCE_LEN + data.len());
+        raw.push(*id);
+        raw.extend_from_slice(&nonce);
+        raw.extend_from_slice(&data);
+        let value = URL_SAFE_NO_PAD.encode(raw);
+        let secure = if self.secure { "; Secure" } else { "" };
+        Some(format!(
+            "{}={value}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
+            self.name,
+            life.as_secs()
+        ))
+    }
+
+    /// Opens a cookie value: `None` when it is not ours, tampered with, or
+    /// expired.
+    pub(crate) fn open(&self, value: &str) -> Option<Session> {
+        if value.len() > 4096 {
+            return None;
+        }
+        let mut raw = URL_SAFE_NO_PAD.decode(value).ok()?;
+        if raw.len() < 1 + NONCE_LEN + AES_256_GCM.tag_len() {
+            return None;
+        }
+        let id = raw[0];
+        let (_, key) = self.keys.iter().find(|(k, _)| *k == id)?;
+        let nonce = Nonce::try_assume_unique_for_key(&raw[1..=NONCE_LEN]).ok()?;
+        let plain = key
+            .open_in_place(nonce, Aad::from(self.name.as_bytes()), &mut raw[1 + NONCE_LEN..])
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_slice(plain).ok()?;
+        let expires = v["e"].as_u64()?;
+        if expires <= now() {
+            return None;
+        }
+        Some(Session {
+            principal: v["p"].as_str()?.to_owned(),
+            local_name: v["l"].as_str().map(str::to_owned),
+            expires,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cookie() -> SessionCookie {
+        SessionCookie::new("s")
+            .key(1, &[7; 32])
+            .unwrap()
+            .insecure_over_http()
+    }
+
+    fn value(set_cookie: &str) -> &str {
+        set_cookie.split(';').next().unwrap().split_once('=').unwrap().1
+    }
+
+    #[test]
+    fn a_sealed_session_opens_and_a_tampered_one_does_not() {
+        let c = cookie();
+        let set = c
+            .seal("alice@EXAMPLE.TEST", Some("alice"), Duration::from_secs(600))
+            .unwrap();
+        assert!(set.contains("HttpOnly") && set.contains("Max-Age=600"), "{set}");
+        let s = c.open(value(&set)).unwrap();
+        assert_eq!(s.principal, "alice@EXAMPLE.TEST");
+        let mut raw = URL_SAFE_NO_PAD.decode(value(&set)).unwrap();
+        let last = raw.len() - 1;
+        raw[last] ^= 1;
+        assert!(c.open(&URL_SAFE_NO_PAD.encode(raw)).is_none());
+        assert!(c.open("garbage").is_none());
+        let other = SessionCookie::new("s").key(1, &[8; 32]).unwrap();
+        assert!(other.open(value(&set)).is_none(), "another key cannot open it");
+        let renamed = SessionCookie::new("t").key(1, &[7; 32]).unwrap();
+        assert!(renamed.open(value(&set)).is_none(), "the name is authenticated");
+    }
+
+    #[test]
+    fn cookies_never_outlive_the_ticket_and_keys_rotate_by_id() {
+        let c = cookie().max_age(Duration::from_secs(3600));
+        let set = c.seal("a@R", None, Duration::from_secs(5)).unwrap();
+        assert!(set.contains("Max-Age=5"), "{set}");
+        assert!(c.seal("a@R", None, Duration::ZERO).is_none());
+        let rotated = SessionCookie::new("s")
+            .key(2, &[9; 32])
+            .unwrap()
+            .key(1, &[7; 32])
+            .unwrap();
+        assert!(rotated.open(value(&set)).is_some(), "old cookies still open");
+        let new = rotated.seal("a@R", None, Duration::from_secs(60)).unwrap();
+        assert!(
+            cookie().open(value(&new)).is_none(),
+            "new cookies use the new key"
+        );
+        assert!(SessionCookie::new("s").key(1, &[0; 16]).is_err());
+        assert!(format!("{rotated:?}").contains("key_ids"));
+        assert!(!format!("{rotated:?}").contains('9'), "no key bytes in Debug");
+    }
+}
