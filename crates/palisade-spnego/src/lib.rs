@@ -36,6 +36,15 @@ mod session;
 mod token;
 
 pub use session::{SessionCookie, SessionKeyError};
+pub use token::TokenKind;
+
+/// What a decoded Negotiate token is, as Palisade sees it before GSSAPI
+/// does (for diagnostics and fuzzing): only [`TokenKind::SpnegoKerberos`]
+/// and [`TokenKind::Kerberos`] are ever handed to GSSAPI.
+#[must_use]
+pub fn inspect_token(token: &[u8]) -> TokenKind {
+    token::classify(token)
+}
 
 use std::fmt;
 use std::sync::Arc;
@@ -57,7 +66,7 @@ use palisade_core::{
 };
 use tokio::sync::Semaphore;
 
-use crate::token::{Kind, classify};
+use crate::token::{TokenKind as Kind, classify};
 
 /// Log target.
 pub const LOG_TARGET: &str = "palisade::spnego";
@@ -82,6 +91,10 @@ pub enum SpnegoError {
     /// A session cookie was configured without a key.
     #[error("the session cookie needs at least one key")]
     SessionKeys,
+    /// The environment turns MIT's replay cache off (`KRB5RCACHETYPE=none`
+    /// or `KRB5RCACHENAME=none:…`): a captured token could be replayed.
+    #[error("the Kerberos replay cache is off ({0}); Palisade does not accept Negotiate without it")]
+    ReplayCacheOff(String),
 }
 
 type Mapper = Arc<dyn Fn(&KerberosIdentity) -> (Vec<String>, Vec<String>) + Send + Sync>;
@@ -164,6 +177,13 @@ impl SpnegoAuthenticatorBuilder {
     pub fn build(self) -> Result<SpnegoAuthenticator, SpnegoError> {
         if self.session.as_ref().is_some_and(|s| !s.has_keys()) {
             return Err(SpnegoError::SessionKeys);
+        }
+        for var in ["KRB5RCACHETYPE", "KRB5RCACHENAME"] {
+            if let Ok(v) = std::env::var(var)
+                && v.trim().to_ascii_lowercase().starts_with("none")
+            {
+                return Err(SpnegoError::ReplayCacheOff(format!("{var}={v}")));
+            }
         }
         let err = |e: libgssapi::error::Error| SpnegoError::Credentials {
             principal: self.service.clone(),

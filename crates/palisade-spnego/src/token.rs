@@ -10,9 +10,10 @@ const KRB5: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x12, 0x01, 0x02, 0x02];
 /// `1.2.840.48018.1.2.2` (Microsoft's Kerberos OID)
 const MS_KRB5: &[u8] = &[0x2a, 0x86, 0x48, 0x82, 0xf7, 0x12, 0x01, 0x02, 0x02];
 
-/// What a token is.
+/// What a Negotiate token is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Kind {
+#[non_exhaustive]
+pub enum TokenKind {
     /// SPNEGO `NegTokenInit` whose preferred mechanism is Kerberos.
     SpnegoKerberos,
     /// A raw Kerberos initial context token.
@@ -28,13 +29,13 @@ pub(crate) enum Kind {
     Malformed,
 }
 
-impl Kind {
+impl TokenKind {
     pub(crate) fn detail(self) -> &'static str {
         match self {
-            Kind::SpnegoKerberos | Kind::Kerberos => "the Negotiate token is not acceptable",
-            Kind::Ntlm | Kind::SpnegoOther => "only Kerberos is accepted, not NTLM",
-            Kind::Continuation => "the Negotiate token continues a context this service does not keep",
-            Kind::Malformed => "the Negotiate token is malformed",
+            TokenKind::SpnegoKerberos | TokenKind::Kerberos => "the Negotiate token is not acceptable",
+            TokenKind::Ntlm | TokenKind::SpnegoOther => "only Kerberos is accepted, not NTLM",
+            TokenKind::Continuation => "the Negotiate token continues a context this service does not keep",
+            TokenKind::Malformed => "the Negotiate token is malformed",
         }
     }
 }
@@ -62,47 +63,47 @@ fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
 }
 
 /// Classifies a decoded Negotiate token.
-pub(crate) fn classify(token: &[u8]) -> Kind {
+pub(crate) fn classify(token: &[u8]) -> TokenKind {
     if token.starts_with(b"NTLMSSP\0") {
-        return Kind::Ntlm;
+        return TokenKind::Ntlm;
     }
     match token.first() {
-        Some(0xa1) => return Kind::Continuation,
+        Some(0xa1) => return TokenKind::Continuation,
         Some(0x60) => {}
-        _ => return Kind::Malformed,
+        _ => return TokenKind::Malformed,
     }
     // InitialContextToken ::= [APPLICATION 0] IMPLICIT SEQUENCE { thisMech OID, innerToken }
     let Some((_, body, _)) = element(token) else {
-        return Kind::Malformed;
+        return TokenKind::Malformed;
     };
     let Some((0x06, oid, inner)) = element(body) else {
-        return Kind::Malformed;
+        return TokenKind::Malformed;
     };
     if oid == KRB5 {
-        return Kind::Kerberos;
+        return TokenKind::Kerberos;
     }
     if oid != SPNEGO {
-        return Kind::SpnegoOther;
+        return TokenKind::SpnegoOther;
     }
     // NegotiationToken ::= negTokenInit [0] NegTokenInit
     let Some((0xa0, init, _)) = element(inner) else {
-        return Kind::Malformed;
+        return TokenKind::Malformed;
     };
     let Some((0x30, fields, _)) = element(init) else {
-        return Kind::Malformed;
+        return TokenKind::Malformed;
     };
     // mechTypes [0] MechTypeList (SEQUENCE OF OID): the first is preferred,
     // and the optimistic mechToken is for it.
     let Some((0xa0, mechs, _)) = element(fields) else {
-        return Kind::Malformed;
+        return TokenKind::Malformed;
     };
     let Some((0x30, list, _)) = element(mechs) else {
-        return Kind::Malformed;
+        return TokenKind::Malformed;
     };
     match element(list) {
-        Some((0x06, first, _)) if first == KRB5 || first == MS_KRB5 => Kind::SpnegoKerberos,
-        Some((0x06, _, _)) => Kind::SpnegoOther,
-        _ => Kind::Malformed,
+        Some((0x06, first, _)) if first == KRB5 || first == MS_KRB5 => TokenKind::SpnegoKerberos,
+        Some((0x06, _, _)) => TokenKind::SpnegoOther,
+        _ => TokenKind::Malformed,
     }
 }
 
@@ -132,15 +133,15 @@ mod tests {
 
     #[test]
     fn kerberos_first_is_accepted_ntlm_and_negoex_are_not() {
-        assert_eq!(classify(&spnego(&[KRB5])), Kind::SpnegoKerberos);
-        assert_eq!(classify(&spnego(&[MS_KRB5, KRB5])), Kind::SpnegoKerberos);
+        assert_eq!(classify(&spnego(&[KRB5])), TokenKind::SpnegoKerberos);
+        assert_eq!(classify(&spnego(&[MS_KRB5, KRB5])), TokenKind::SpnegoKerberos);
         let ntlm_oid: &[u8] = &[0x2b, 0x06, 0x01, 0x04, 0x01, 0x82, 0x37, 0x02, 0x02, 0x0a];
-        assert_eq!(classify(&spnego(&[ntlm_oid, KRB5])), Kind::SpnegoOther);
-        assert_eq!(classify(b"NTLMSSP\0\x01\0\0\0"), Kind::Ntlm);
+        assert_eq!(classify(&spnego(&[ntlm_oid, KRB5])), TokenKind::SpnegoOther);
+        assert_eq!(classify(b"NTLMSSP\0\x01\0\0\0"), TokenKind::Ntlm);
         let mut raw = der(0x06, KRB5);
         raw.extend_from_slice(&[0x01, 0x00]);
-        assert_eq!(classify(&der(0x60, &raw)), Kind::Kerberos);
-        assert_eq!(classify(&[0xa1, 0x03, 0x30, 0x01, 0x00]), Kind::Continuation);
+        assert_eq!(classify(&der(0x60, &raw)), TokenKind::Kerberos);
+        assert_eq!(classify(&[0xa1, 0x03, 0x30, 0x01, 0x00]), TokenKind::Continuation);
     }
 
     #[test]
@@ -148,11 +149,17 @@ mod tests {
         let good = spnego(&[KRB5]);
         for cut in 0..good.len() {
             let k = classify(&good[..cut]);
-            assert!(matches!(k, Kind::Malformed | Kind::SpnegoOther), "{cut}: {k:?}");
+            assert!(
+                matches!(k, TokenKind::Malformed | TokenKind::SpnegoOther),
+                "{cut}: {k:?}"
+            );
         }
-        assert_eq!(classify(&[0x60, 0x84, 0xff, 0xff, 0xff, 0xff]), Kind::Malformed);
-        assert_eq!(classify(&[0x60, 0x80]), Kind::Malformed);
-        assert_eq!(classify(b""), Kind::Malformed);
-        assert_eq!(classify(b"garbage"), Kind::Malformed);
+        assert_eq!(
+            classify(&[0x60, 0x84, 0xff, 0xff, 0xff, 0xff]),
+            TokenKind::Malformed
+        );
+        assert_eq!(classify(&[0x60, 0x80]), TokenKind::Malformed);
+        assert_eq!(classify(b""), TokenKind::Malformed);
+        assert_eq!(classify(b"garbage"), TokenKind::Malformed);
     }
 }
