@@ -340,7 +340,7 @@ struct Accepted {
     delegated: Option<Cred>,
 }
 
-fn accept(cred: Cred, token: &[u8]) -> Result<Accepted, String> {
+fn accept(cred: Cred, token: &[u8], want_local_name: bool) -> Result<Accepted, String> {
     let mut ctx = ServerCtx::new(Some(cred));
     let out = ctx.step(token, None).map_err(|e| e.to_string())?;
     if !ctx.is_complete() {
@@ -351,10 +351,14 @@ fn accept(cred: Cred, token: &[u8]) -> Result<Accepted, String> {
         return Err(format!("the established mechanism is {mech:?}, not Kerberos"));
     }
     let name = ctx.source_name().map_err(|e| e.to_string())?;
-    let local_name = name
-        .local_name(Some(GSS_MECH_KRB5))
-        .ok()
-        .and_then(|b| String::from_utf8(b.to_vec()).ok());
+    // krb5's aname-to-localname rules, only when no realm list decides it.
+    let local_name = if want_local_name {
+        name.local_name(Some(GSS_MECH_KRB5))
+            .ok()
+            .and_then(|b| String::from_utf8(b.to_vec()).ok())
+    } else {
+        None
+    };
     Ok(Accepted {
         principal: name.to_string(),
         local_name,
@@ -605,7 +609,8 @@ impl Authenticator for SpnegoAuthenticator {
             };
             let cred = this.0.cred.clone();
             let started = Instant::now();
-            let result = tokio::task::spawn_blocking(move || accept(cred, &token))
+            let want_local_name = this.0.allowed_realms.is_empty();
+            let result = tokio::task::spawn_blocking(move || accept(cred, &token, want_local_name))
                 .await
                 .unwrap_or_else(|_| Err("the GSSAPI call panicked".into()));
             let s = &this.0.stats;
