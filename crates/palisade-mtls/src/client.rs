@@ -22,8 +22,9 @@
 //! # Ok(()) }
 //! ```
 //!
-//! With hyper-util's client, wrap the same `ClientConfig` in a
-//! `tokio_rustls::TlsConnector` (or hyper-rustls' `HttpsConnectorBuilder::with_tls_config`).
+//! With hyper, [`ClientTls::connector`] gives a `tokio_rustls::TlsConnector`
+//! to put under `hyper::client::conn::http1::handshake` (or under a
+//! hyper-util legacy-client connector).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -151,6 +152,14 @@ impl ClientTls {
     #[must_use]
     pub fn client_config(&self) -> Arc<ClientConfig> {
         self.0.config.clone()
+    }
+
+    /// A tokio-rustls connector with this configuration, for hyper's client
+    /// (`hyper::client::conn` over the returned stream, or hyper-util's
+    /// legacy client with a connector built on it).
+    #[must_use]
+    pub fn connector(&self) -> tokio_rustls::TlsConnector {
+        tokio_rustls::TlsConnector::from(self.client_config())
     }
 
     /// Reads the files again, for new connections.
