@@ -146,10 +146,12 @@ impl fmt::Display for SpiffeId {
 /// Lower-case hex SHA-256 of a certificate's DER.
 #[must_use]
 pub fn fingerprint_sha256(der: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let d = digest::digest(&digest::SHA256, der);
     let mut out = String::with_capacity(64);
     for b in d.as_ref() {
-        out.push_str(&format!("{b:02x}"));
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0x0f)]));
     }
     out
 }
