@@ -1,63 +1,14 @@
 //! The example services, run as processes and called over HTTP, as the
 //! outside checks of shared/CONTRACT.md do.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use palisade::testkit::TestIssuer;
 
 mod common;
+use common::{Service, example, start};
 use serde_json::Value;
-
-fn example(name: &str) -> PathBuf {
-    let mut p = std::env::current_exe().unwrap();
-    p.pop();
-    if p.ends_with("deps") {
-        p.pop();
-    }
-    p.join("examples").join(name)
-}
-
-struct Service {
-    child: Child,
-    addr: String,
-    banner: Vec<String>,
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(name: &str, args: &[&str]) -> Service {
-    let child = Command::new(example(name))
-        .args(["--listen", "127.0.0.1:0"])
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start example {name} (built by cargo test): {e}"));
-    // From here on, Drop kills and reaps the process whatever happens.
-    let mut svc = Service {
-        child,
-        addr: String::new(),
-        banner: Vec::new(),
-    };
-    let mut lines = BufReader::new(svc.child.stdout.take().unwrap()).lines();
-    loop {
-        let line = lines.next().expect("example exited before listening").unwrap();
-        if let Some(addr) = line.strip_prefix("listening on ") {
-            svc.addr = addr.to_owned();
-            return svc;
-        }
-        svc.banner.push(line);
-    }
-}
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder()

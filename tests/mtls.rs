@@ -2,24 +2,18 @@
 //! clients: curl (`--cert/--key`), `openssl s_client`, and reqwest (rustls)
 //! for the load during rotation. Certificates come from the test kit's PKI.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use palisade::testkit::{TestCert, TestIssuer, TestPki};
-use serde_json::Value;
 
-fn example(name: &str) -> PathBuf {
-    let mut p = std::env::current_exe().unwrap();
-    p.pop();
-    if p.ends_with("deps") {
-        p.pop();
-    }
-    p.join("examples").join(name)
-}
+mod common;
+use common::{example, start};
+use serde_json::Value;
 
 fn need(tool: &str, package: &str) {
     let found = Command::new("sh")
@@ -30,38 +24,6 @@ fn need(tool: &str, package: &str) {
         found,
         "`{tool}` is missing: run ./scripts/test (it installs it) or `apt-get install {package}`"
     );
-}
-
-struct Service {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(name: &str, args: &[&str]) -> Service {
-    let mut child = Command::new(example(name))
-        .args(["--listen", "127.0.0.1:0"])
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start example {name}: {e}"));
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut svc = Service { child, port: 0 };
-    loop {
-        let line = lines.next().expect("example exited before listening").unwrap();
-        if let Some(addr) = line.strip_prefix("listening on ") {
-            svc.port = addr.rsplit(':').next().unwrap().parse().unwrap();
-            return svc;
-        }
-    }
 }
 
 /// A scratch directory with the PKI's files.

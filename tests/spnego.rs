@@ -3,63 +3,14 @@
 //! --negotiate`). The Kerberos environment is passed to the child processes,
 //! never set in this one.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use palisade::testkit::KerberosRealm;
+
+mod common;
+use common::{example, start_with_env as start};
 use serde_json::Value;
-
-fn example(name: &str) -> PathBuf {
-    let mut p = std::env::current_exe().unwrap();
-    p.pop();
-    if p.ends_with("deps") {
-        p.pop();
-    }
-    p.join("examples").join(name)
-}
-
-struct Service {
-    child: Child,
-    port: u16,
-    banner: Vec<String>,
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(name: &str, args: &[&str], env: &[(String, String)]) -> Service {
-    let mut child = Command::new(example(name))
-        .args(["--listen", "127.0.0.1:0"])
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env(
-            "RUST_LOG",
-            std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start example {name}: {e}"));
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut svc = Service {
-        child,
-        port: 0,
-        banner: Vec::new(),
-    };
-    loop {
-        let line = lines.next().expect("example exited before listening").unwrap();
-        if let Some(addr) = line.strip_prefix("listening on ") {
-            svc.port = addr.rsplit(':').next().unwrap().parse().unwrap();
-            return svc;
-        }
-        svc.banner.push(line);
-    }
-}
 
 /// curl: (status, response headers lower-cased, body, verbose log).
 fn curl(args: &[&str], env: &[(String, String)]) -> (u16, String, String, String) {
@@ -345,17 +296,7 @@ async fn a_front_end_calls_a_back_end_as_the_user_by_delegation_and_by_s4u() {
         .expect("the demo banner names the token endpoint")
         .to_owned();
     let form = "grant_type=password&client_id=demo&client_secret=demo-secret&username=alice&password=alice";
-    let res: Value = reqwest::Client::new()
-        .post(&endpoint)
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(form)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = res["access_token"].as_str().unwrap().to_owned();
+    let token = common::access_token(&endpoint, form).await;
     let (status, _, body, _) = curl(&["-H", &format!("Authorization: Bearer {token}"), &url], &[]);
     assert_eq!(status, 200, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();

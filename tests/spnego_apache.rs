@@ -12,7 +12,7 @@
 //! Needs Debian's `apache2` and `libapache2-mod-auth-gssapi`: without them
 //! the test fails with one line saying what to install.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -22,6 +22,9 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use palisade::testkit::KerberosRealm;
+
+mod common;
+use common::start_with_env as start;
 use serde_json::Value;
 
 const APACHE: &str = "/usr/sbin/apache2";
@@ -40,53 +43,6 @@ const APACHE_MODULES: [(&str, &str); 6] = [
 const NTLM: &str = "TlRMTVNTUAABAAAAB4IIAAAAAAAAAAAAAAAAAAAAAAA=";
 
 // ---------------------------------------------------------------- Palisade
-
-fn example(name: &str) -> PathBuf {
-    let mut p = std::env::current_exe().unwrap();
-    p.pop();
-    if p.ends_with("deps") {
-        p.pop();
-    }
-    p.join("examples").join(name)
-}
-
-struct Service {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(name: &str, args: &[&str], env: &[(String, String)]) -> Service {
-    let mut child = Command::new(example(name))
-        .args(["--listen", "127.0.0.1:0"])
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env(
-            "RUST_LOG",
-            std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start example {name}: {e}"));
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut svc = Service { child, port: 0 };
-    loop {
-        let line = lines.next().expect("example exited before listening").unwrap();
-        if let Some(addr) = line.strip_prefix("listening on ") {
-            svc.port = addr.rsplit(':').next().unwrap().parse().unwrap();
-            return svc;
-        }
-    }
-}
-
-// ------------------------------------------------------------------ Apache
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -21,3 +21,70 @@ pub(crate) async fn access_token(endpoint: &str, form: &str) -> String {
         .unwrap_or_else(|| panic!("no access token from {endpoint}: {res}"))
         .to_owned()
 }
+
+/// The path of an example binary built by `cargo test`.
+pub(crate) fn example(name: &str) -> std::path::PathBuf {
+    let mut p = std::env::current_exe().unwrap();
+    p.pop();
+    if p.ends_with("deps") {
+        p.pop();
+    }
+    p.join("examples").join(name)
+}
+
+/// An example service started as a process; killed and reaped on drop.
+pub(crate) struct Service {
+    pub(crate) child: std::process::Child,
+    /// `127.0.0.1:PORT`, from its `listening on` line.
+    pub(crate) addr: String,
+    pub(crate) port: u16,
+    /// The lines it printed before `listening on`.
+    pub(crate) banner: Vec<String>,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts an example on a free loopback port with `args`.
+pub(crate) fn start(name: &str, args: &[&str]) -> Service {
+    start_with_env(name, args, &[])
+}
+
+/// Starts an example with extra environment variables (`RUST_LOG` is
+/// `warn`, or `TEST_RUST_LOG` when set).
+pub(crate) fn start_with_env(name: &str, args: &[&str], env: &[(String, String)]) -> Service {
+    use std::io::BufRead;
+    let child = std::process::Command::new(example(name))
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env(
+            "RUST_LOG",
+            std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start example {name} (built by cargo test): {e}"));
+    // From here on, Drop kills and reaps the process whatever happens.
+    let mut svc = Service {
+        child,
+        addr: String::new(),
+        port: 0,
+        banner: Vec::new(),
+    };
+    let mut lines = std::io::BufReader::new(svc.child.stdout.take().unwrap()).lines();
+    loop {
+        let line = lines.next().expect("example exited before listening").unwrap();
+        if let Some(addr) = line.strip_prefix("listening on ") {
+            svc.addr = addr.to_owned();
+            svc.port = addr.rsplit(':').next().unwrap().parse().unwrap();
+            return svc;
+        }
+        svc.banner.push(line);
+    }
+}
