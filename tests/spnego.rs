@@ -306,3 +306,35 @@ async fn a_front_end_calls_a_back_end_as_the_user_by_delegation_and_by_s4u() {
     let (status, _, _, _) = curl(&[&url], &[]);
     assert_eq!(status, 401);
 }
+
+#[test]
+fn mapped_roles_and_groups_reach_the_authorization_engine() {
+    let r = realm();
+    r.realm.add_user("bob", "bob-password").unwrap();
+    let bob = r.realm.kinit("bob", "bob-password").unwrap();
+    let policy = write(
+        &r,
+        "roles.yaml",
+        "apiVersion: palisade.dev/v1alpha1\nkind: SpnegoSettings\nmetadata: {name: krb}\nspec:\n  roles: {alice@EXAMPLE.TEST: [admin]}\n  groups: {\"*@EXAMPLE.TEST\": [staff]}\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: roles}\nspec:\n  rules:\n  - to: [{operation: {paths: [/whoami]}}]\n    when: [{key: \"request.auth.claims[groups]\", values: [staff]}]\n  - to: [{operation: {paths: [/list]}}]\n    when: [{key: \"request.auth.claims[roles]\", values: [admin]}]\n",
+    );
+    for name in ["details", "reviews"] {
+        let svc = start(
+            name,
+            &["--keytab", &keytab(&r), "--config", &policy],
+            &server_env(&r, true),
+        );
+        let base = format!("http://localhost:{}", svc.port);
+        let alice = r.realm.client_env(&r.ccache);
+        let bob = r.realm.client_env(&bob);
+        let get = |path: &str, env: &[(String, String)]| {
+            curl(&["--negotiate", "-u", ":", &format!("{base}{path}")], env).0
+        };
+        assert_eq!(
+            get("/list", &alice),
+            200,
+            "{name}: alice has the mapped role admin"
+        );
+        assert_eq!(get("/list", &bob), 403, "{name}: bob has no role");
+        assert_eq!(get("/whoami", &bob), 200, "{name}: the realm-wide group staff");
+    }
+}

@@ -535,6 +535,14 @@ pub struct SpnegoSettingsSpec {
     pub max_header_size: Option<usize>,
     /// Session cookies (mod_auth_gssapi's `GssapiUseSessions`).
     pub session_cookie: Option<SessionCookieSpec>,
+    /// Roles by principal (`alice@EXAMPLE.TEST: [admin]`; `*@REALM` for a
+    /// whole realm): policies see them as `request.auth.claims[roles]`,
+    /// role requirements as realm roles.
+    #[serde(default)]
+    pub roles: BTreeMap<String, Vec<String>>,
+    /// Groups by principal, the same way (`request.auth.claims[groups]`).
+    #[serde(default)]
+    pub groups: BTreeMap<String, Vec<String>>,
 }
 
 /// `SpnegoSettings.spec.sessionCookie`.

@@ -56,9 +56,7 @@ use base64::engine::general_purpose::STANDARD;
 use libgssapi::context::{SecurityContext, ServerCtx};
 use libgssapi::credential::{Cred, CredUsage};
 use libgssapi::name::Name;
-use libgssapi::oid::{
-    GSS_MECH_KRB5, GSS_MECH_SPNEGO, GSS_NT_HOSTBASED_SERVICE, GSS_NT_KRB5_PRINCIPAL, OidSet,
-};
+use libgssapi::oid::{GSS_MECH_KRB5, GSS_MECH_SPNEGO, GSS_NT_HOSTBASED_SERVICE, OidSet};
 use palisade_core::policy::{PolicyError, WorkloadPolicy, parse_duration};
 use palisade_core::{
     AuthOutcome, Authenticated, Authenticating, Authenticator, ErrorKind, Identity, KerberosIdentity,
@@ -280,9 +278,32 @@ impl SpnegoAuthenticatorBuilder {
                 }
                 self = self.session_cookie(cookie);
             }
+            if !s.roles.is_empty() || !s.groups.is_empty() {
+                let (roles, groups) = (s.roles.clone(), s.groups.clone());
+                self = self.map_roles(move |k| {
+                    (
+                        table_lookup(&roles, &k.principal),
+                        table_lookup(&groups, &k.principal),
+                    )
+                });
+            }
         }
         Ok(self)
     }
+}
+
+/// The values for `principal` in a mapping table: its own entry, and the
+/// `*@REALM` entry of its realm.
+fn table_lookup(table: &std::collections::BTreeMap<String, Vec<String>>, principal: &str) -> Vec<String> {
+    let mut out: Vec<String> = table.get(principal).cloned().unwrap_or_default();
+    if let Some((_, realm)) = principal.rsplit_once('@')
+        && let Some(all) = table.get(&format!("*@{realm}"))
+    {
+        out.extend(all.iter().cloned());
+    }
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// Counters of the GSSAPI work, for metrics.
@@ -525,6 +546,7 @@ pub(crate) fn negotiate_header(cred: Cred, service: &str) -> Result<String, Stri
     Ok(format!("Negotiate {}", STANDARD.encode(&*token)))
 }
 
+#[cfg(feature = "s4u")]
 /// Protocol transition and constrained delegation (S4U2Self, S4U2Proxy):
 /// the front-end obtains, with its own service key, a ticket for a named
 /// back-end on behalf of a user it has authenticated by any means (a JWT
@@ -543,12 +565,14 @@ pub struct Impersonator {
     cred: Cred,
 }
 
+#[cfg(feature = "s4u")]
 impl fmt::Debug for Impersonator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Impersonator(<credential>)")
     }
 }
 
+#[cfg(feature = "s4u")]
 impl Impersonator {
     /// Acquires the service's initiator credentials.
     ///
@@ -572,7 +596,8 @@ impl Impersonator {
     /// GSSAPI's error as text (the KDC refused the impersonation or the
     /// delegation).
     pub fn negotiate_header(&self, user: &str, service: &str) -> Result<String, String> {
-        let name = Name::new(user.as_bytes(), Some(GSS_NT_KRB5_PRINCIPAL)).map_err(|e| e.to_string())?;
+        let name = Name::new(user.as_bytes(), Some(libgssapi::oid::GSS_NT_KRB5_PRINCIPAL))
+            .map_err(|e| e.to_string())?;
         let mut mechs = OidSet::new();
         mechs.add(GSS_MECH_KRB5).map_err(|e| e.to_string())?;
         let cred = self
