@@ -431,3 +431,93 @@ impl ClientCertVerifier for DynVerifier {
             .supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use palisade_testkit::TestPki;
+    use rustls::pki_types::ServerName;
+
+    use super::*;
+
+    /// The leaf certificate a server presents, from an in-memory handshake.
+    fn presented(tls: &ServerTls, client: &palisade_testkit::TestCert, ca: &str) -> Vec<u8> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(client.key_pem().as_bytes()).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(vec![CertificateDer::from(client.cert_der())], key)
+        .unwrap();
+        let mut c =
+            rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap())
+                .unwrap();
+        let mut s = rustls::ServerConnection::new(tls.server_config()).unwrap();
+        let mut buf = Vec::new();
+        while c.is_handshaking() || s.is_handshaking() {
+            buf.clear();
+            c.write_tls(&mut buf).unwrap();
+            s.read_tls(&mut &buf[..]).unwrap();
+            s.process_new_packets().unwrap();
+            buf.clear();
+            s.write_tls(&mut buf).unwrap();
+            c.read_tls(&mut &buf[..]).unwrap();
+            c.process_new_packets().unwrap();
+        }
+        c.peer_certificates().unwrap()[0].to_vec()
+    }
+
+    #[test]
+    fn sighup_and_reload_rotate_and_a_bad_file_keeps_the_old_material() {
+        let dir = std::env::temp_dir().join(format!("palisade-mtls-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pki = TestPki::new();
+        let (first, second) = (pki.server(&["localhost"]), pki.server(&["localhost"]));
+        let client = pki.workload("default", "productpage");
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, pki.ca_pem()).unwrap();
+        let (cert, key) = first.write_to(&dir, "server").unwrap();
+        let tls = ServerTls::builder(&cert, &key).client_ca(&ca).build().unwrap();
+        assert_eq!(presented(&tls, &client, &pki.ca_pem()), first.cert_der());
+        // SIGHUP (no file watch running): the new files are used.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            tls.reload_on_sighup().unwrap();
+            second.write_to(&dir, "server").unwrap();
+            let status = std::process::Command::new("kill")
+                .args(["-HUP", &std::process::id().to_string()])
+                .status()
+                .unwrap();
+            assert!(status.success());
+            for _ in 0..50 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                if presented(&tls, &client, &pki.ca_pem()) == second.cert_der() {
+                    return;
+                }
+            }
+            panic!("SIGHUP did not reload the certificate");
+        });
+        // A broken key file: refused with an error naming it, old material kept.
+        std::fs::write(
+            &key,
+            "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let err = tls.reload().unwrap_err();
+        assert!(err.to_string().contains("server.key"), "{err}");
+        assert_eq!(presented(&tls, &client, &pki.ca_pem()), second.cert_der());
+        // And `reload()` picks up good files again.
+        first.write_to(&dir, "server").unwrap();
+        tls.reload().unwrap();
+        assert_eq!(presented(&tls, &client, &pki.ca_pem()), first.cert_der());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
