@@ -26,7 +26,7 @@ use actix_web::dev::Extensions;
 use actix_web::rt::net::TcpStream;
 use palisade_core::ConnectionInfo;
 
-use crate::identity::verified_identity;
+use crate::identity::fill_from_session;
 use crate::server::ServerTls;
 
 /// The `on_connect` callback: puts the connection's [`ConnectionInfo`]
@@ -38,11 +38,7 @@ pub fn on_connect(conn: &dyn Any, data: &mut Extensions) {
         let (tcp, session) = tls.get_ref();
         info.remote_addr = tcp.peer_addr().ok();
         info.local_addr = tcp.local_addr().ok();
-        info.sni = session.server_name().map(str::to_owned);
-        if let Some(chain) = session.peer_certificates() {
-            info.peer = chain.first().and_then(|leaf| verified_identity(leaf));
-            info.peer_certificates = chain.iter().map(|c| c.to_vec()).collect();
-        }
+        fill_from_session(&mut info, session);
     } else if let Some(tcp) = conn.downcast_ref::<TcpStream>() {
         info.remote_addr = tcp.peer_addr().ok();
         info.local_addr = tcp.local_addr().ok();

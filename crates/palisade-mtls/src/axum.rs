@@ -39,7 +39,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
 use tower_service::Service;
 
-use crate::identity::verified_identity;
+use crate::identity::fill_from_session;
 use crate::server::{LOG_TARGET, MtlsMode, ServerTls};
 
 /// How long a client has to finish the TLS handshake (or, in PERMISSIVE
@@ -149,11 +149,7 @@ where
         Err(_) => return Err("TLS handshake timed out"),
     };
     let (_, session) = stream.get_ref();
-    info.sni = session.server_name().map(str::to_owned);
-    if let Some(chain) = session.peer_certificates() {
-        info.peer = chain.first().and_then(|leaf| verified_identity(leaf));
-        info.peer_certificates = chain.iter().map(|c| c.to_vec()).collect();
-    }
+    fill_from_session(&mut info, session);
     http(TokioIo::new(stream), Arc::new(info), service, watcher).await
 }
 

@@ -41,7 +41,7 @@ use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, SignatureSch
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use crate::files;
-use crate::server::{LOG_TARGET, TlsError};
+use crate::server::TlsError;
 
 /// Where a client's TLS material lives, and what the server must be.
 #[derive(Clone, Debug)]
@@ -167,17 +167,13 @@ impl ClientTls {
     /// # Errors
     /// A [`TlsError`] naming the bad file; the old material stays in use.
     pub fn reload(&self) -> Result<(), TlsError> {
-        match load(&self.0.files, &self.0.provider) {
-            Ok(m) => {
-                self.0.material.store(Arc::new(m));
-                tracing::info!(target: LOG_TARGET, cert = %self.0.files.cert.display(), "client TLS material reloaded");
-                Ok(())
-            }
-            Err(e) => {
-                tracing::error!(target: LOG_TARGET, error = %e, "new client TLS material refused; the previous stays in use");
-                Err(e)
-            }
-        }
+        let loaded = load(&self.0.files, &self.0.provider);
+        files::install(
+            &self.0.material,
+            loaded,
+            &self.0.files.cert,
+            "client TLS material",
+        )
     }
 
     /// Reloads when a file changed since the last look.

@@ -45,6 +45,28 @@ pub(crate) fn roots(path: &Path) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
+/// Puts freshly loaded material in use, or keeps the old one and logs one
+/// error naming the bad file: the one reload policy of the server and the
+/// client side.
+pub(crate) fn install<T>(
+    slot: &arc_swap::ArcSwap<T>,
+    loaded: Result<T, TlsError>,
+    cert: &Path,
+    what: &str,
+) -> Result<(), TlsError> {
+    match loaded {
+        Ok(m) => {
+            slot.store(std::sync::Arc::new(m));
+            tracing::info!(target: LOG_TARGET, cert = %cert.display(), "{what} reloaded");
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!(target: LOG_TARGET, error = %e, "new {what} refused; the previous stays in use");
+            Err(e)
+        }
+    }
+}
+
 /// Each file's modification time and size.
 pub(crate) type Stamp = Vec<Option<(SystemTime, u64)>>;
 

@@ -6,7 +6,7 @@
 use std::fmt;
 
 use aws_lc_rs::digest;
-use palisade_core::{Identity, PeerIdentity, Verification};
+use palisade_core::{ConnectionInfo, Identity, PeerIdentity, Verification};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 /// A SPIFFE ID that follows the SPIFFE-ID rules: `spiffe://` and a trust
@@ -192,8 +192,20 @@ pub fn peer_identity(leaf_der: &[u8]) -> Option<PeerIdentity> {
 
 /// The verified [`Identity`] of a peer: only code that has verified the
 /// chain (this crate's acceptors) calls this.
-pub(crate) fn verified_identity(leaf_der: &[u8]) -> Option<Identity> {
+fn verified_identity(leaf_der: &[u8]) -> Option<Identity> {
     peer_identity(leaf_der).map(|p| Identity::from_peer(p, Verification::assertion()))
+}
+
+/// Fills in what a completed rustls handshake tells about the connection:
+/// the SNI and, for a client certificate rustls verified, the peer identity
+/// (parsed here, once per connection) and its chain. Both acceptors (axum,
+/// actix-web) call this.
+pub(crate) fn fill_from_session(info: &mut ConnectionInfo, session: &rustls::ServerConnection) {
+    info.sni = session.server_name().map(str::to_owned);
+    if let Some(chain) = session.peer_certificates() {
+        info.peer = chain.first().and_then(|leaf| verified_identity(leaf));
+        info.peer_certificates = chain.iter().map(|c| c.to_vec()).collect();
+    }
 }
 
 #[cfg(test)]

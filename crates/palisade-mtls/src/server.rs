@@ -288,17 +288,13 @@ impl ServerTls {
     /// # Errors
     /// A [`TlsError`] naming the bad file; the old material stays in use.
     pub fn reload(&self) -> Result<(), TlsError> {
-        match self.0.files.load(&self.0.provider, self.0.mode) {
-            Ok(m) => {
-                self.0.material.store(Arc::new(m));
-                tracing::info!(target: LOG_TARGET, cert = %self.0.files.cert.display(), "TLS material reloaded");
-                Ok(())
-            }
-            Err(e) => {
-                tracing::error!(target: LOG_TARGET, error = %e, "new TLS material refused; the previous certificate, key, trust bundle and CRLs stay in use");
-                Err(e)
-            }
-        }
+        let loaded = self.0.files.load(&self.0.provider, self.0.mode);
+        files::install(
+            &self.0.material,
+            loaded,
+            &self.0.files.cert,
+            "server TLS material (certificate, key, trust bundle, CRLs)",
+        )
     }
 
     /// Reloads when a file's modification time or size changed since the
