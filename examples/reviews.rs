@@ -16,7 +16,7 @@ fn main() {
     let setup = common::setup(&args);
     let service: &'static str = Box::leak(setup.workload.service.clone().into_boxed_str());
     let guard = setup.guard.clone();
-    let server = HttpServer::new(move || {
+    let app = move || {
         App::new()
             .wrap(Palisade::new(guard.clone()))
             .route("/healthz", web::get().to(|| async { "ok" }))
@@ -41,23 +41,44 @@ fn main() {
                     HttpResponse::Ok().json(palisade::core::whoami(id.as_ref()))
                 }),
             )
-    })
-    .workers(2)
-    .shutdown_timeout(5)
-    .disable_signals()
-    .on_connect(palisade::mtls::actix::on_connect);
-    let server = match &setup.tls {
-        Some(tls) if tls.mode() == palisade::mtls::MtlsMode::Permissive => common::fail(
-            "--client-ca: PeerAuthentication PERMISSIVE (plaintext and mTLS on one port) is served by the axum examples; the actix-web example takes STRICT or DISABLE",
-        ),
-        Some(tls) => server.bind_rustls_0_23(args.listen, tls.actix_config()),
-        None => server.bind(args.listen),
-    }
-    .unwrap_or_else(|e| common::fail(&format!("--listen {}: {e}", args.listen)));
+    };
+    let listen_error = |e: std::io::Error| format!("--listen {}: {e}", args.listen);
+    // PERMISSIVE (plaintext and mTLS on one port) takes Palisade's listener,
+    // which tells the two apart by the first byte; STRICT and DISABLE take
+    // actix-web's own rustls listener.
+    let (server, addr) = match &setup.tls {
+        Some(tls) if tls.mode() == palisade::mtls::MtlsMode::Permissive => {
+            let listener =
+                std::net::TcpListener::bind(args.listen).unwrap_or_else(|e| common::fail(&listen_error(e)));
+            let addr = listener.local_addr().unwrap_or(args.listen);
+            let server = palisade::mtls::actix::server(listener, tls.clone(), app)
+                .unwrap_or_else(|e| common::fail(&listen_error(e)))
+                .workers(2)
+                .shutdown_timeout(5)
+                .disable_signals();
+            (Listener::Permissive(server), addr)
+        }
+        tls => {
+            let server = HttpServer::new(app)
+                .workers(2)
+                .shutdown_timeout(5)
+                .disable_signals()
+                .on_connect(palisade::mtls::actix::on_connect);
+            let server = match tls {
+                Some(tls) => server.bind_rustls_0_23(args.listen, tls.actix_config()),
+                None => server.bind(args.listen),
+            }
+            .unwrap_or_else(|e| common::fail(&listen_error(e)));
+            let addr = server.addrs().first().copied().unwrap_or(args.listen);
+            (Listener::ActixWeb(Box::new(server)), addr)
+        }
+    };
     let tls = setup.tls.clone();
-    let addr = server.addrs().first().copied().unwrap_or(args.listen);
     let result = actix_web::rt::System::new().block_on(async move {
-        let server = server.run();
+        let server = match server {
+            Listener::Permissive(server) => server.run(),
+            Listener::ActixWeb(server) => server.run(),
+        };
         let handle = server.handle();
         // Signal handlers are in place before the service says it is ready.
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -83,4 +104,10 @@ fn main() {
     if let Err(e) = result {
         common::fail(&format!("server error: {e}"));
     }
+}
+
+/// The two ways the service listens (see `main`).
+enum Listener<H> {
+    Permissive(palisade::mtls::actix::ServerBuilder),
+    ActixWeb(Box<H>),
 }

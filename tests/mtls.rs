@@ -12,7 +12,7 @@ use std::time::Duration;
 use palisade::testkit::{TestCert, TestIssuer, TestPki};
 
 mod common;
-use common::{example, start};
+use common::start;
 use serde_json::Value;
 
 fn need(tool: &str, package: &str) {
@@ -269,6 +269,7 @@ fn permissive_mode_serves_plaintext_without_and_mtls_with_an_identity() {
     let ca = dir.write("ca.pem", &pki.ca_pem());
     let server = dir.cert("server", &pki.server(&["localhost"]));
     let productpage = dir.cert("productpage", &pki.workload("default", "productpage"));
+    let stranger = dir.cert("stranger", &TestPki::new().workload("default", "productpage"));
     let policy = dir.write(
         "policy.yaml",
         "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: PERMISSIVE}}\n",
@@ -283,40 +284,47 @@ fn permissive_mode_serves_plaintext_without_and_mtls_with_an_identity() {
         "--client-ca",
         &ca,
     ];
-    let svc = start("details", &args);
-    let plain = Command::new("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "10",
-            &format!("http://127.0.0.1:{}/whoami", svc.port),
-        ])
-        .output()
-        .unwrap();
-    let who: Value = serde_json::from_slice(&plain.stdout).unwrap_or_else(|_| panic!("{plain:?}"));
-    assert!(who["peer"].is_null() && who["authenticated"] == false, "{who}");
-    let (_, status, body) = curl(svc.port, "/whoami", &ca, Some(&productpage), &[]);
-    assert_eq!(status, 200);
-    assert_eq!(
-        serde_json::from_str::<Value>(&body).unwrap()["peer"]["principal"],
-        "cluster.local/ns/default/sa/productpage"
-    );
-    let (_, status, body) = curl(svc.port, "/whoami", &ca, None, &[]);
-    assert_eq!(
-        status, 200,
-        "TLS without a client certificate is accepted in PERMISSIVE"
-    );
-    assert!(serde_json::from_str::<Value>(&body).unwrap()["peer"].is_null());
-    // actix-web cannot tell TLS from plaintext on one port: a clear refusal at start-up.
-    let out = Command::new(example("reviews"))
-        .args(["--listen", "127.0.0.1:0"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("PERMISSIVE"), "{err}");
+    // One port, both ways in: the axum accept loop and, for actix-web,
+    // Palisade's listener that peeks at the first byte.
+    for name in ["details", "reviews"] {
+        let svc = start(name, &args);
+        let plain = Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                &format!("http://127.0.0.1:{}/whoami", svc.port),
+            ])
+            .output()
+            .unwrap();
+        let who: Value =
+            serde_json::from_slice(&plain.stdout).unwrap_or_else(|_| panic!("{name}: {plain:?}"));
+        assert!(
+            who["peer"].is_null() && who["authenticated"] == false,
+            "{name}: {who}"
+        );
+        let (_, status, body) = curl(svc.port, "/whoami", &ca, Some(&productpage), &[]);
+        assert_eq!(status, 200, "{name}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&body).unwrap()["peer"]["principal"],
+            "cluster.local/ns/default/sa/productpage",
+            "{name}"
+        );
+        let (_, status, body) = curl(svc.port, "/whoami", &ca, None, &[]);
+        assert_eq!(
+            status, 200,
+            "{name}: TLS without a client certificate is accepted in PERMISSIVE"
+        );
+        assert!(
+            serde_json::from_str::<Value>(&body).unwrap()["peer"].is_null(),
+            "{name}"
+        );
+        let (code, status, _) = curl(svc.port, "/whoami", &ca, Some(&stranger), &[]);
+        assert!(
+            code != 0 && status == 0,
+            "{name}: a certificate from an unknown CA is refused at the handshake even in PERMISSIVE"
+        );
+    }
 }
 
 #[test]

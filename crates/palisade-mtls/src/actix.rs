@@ -1,5 +1,8 @@
 //! actix-web: the peer identity of a rustls connection, for every request
-//! on it, through `HttpServer::on_connect`.
+//! on it.
+//!
+//! For STRICT and DISABLE, actix-web's own rustls listener and the
+//! [`on_connect`] callback are enough:
 //!
 //! ```no_run
 //! use actix_web::{App, HttpServer, web};
@@ -15,19 +18,51 @@
 //! ```
 //!
 //! The config shares the rotating material of the [`ServerTls`]: a reload
-//! reaches actix-web's listener too. actix-web listens with TLS or without it
-//! per port, so [`MtlsMode::Permissive`](crate::MtlsMode::Permissive)
-//! (plaintext and TLS on one port) needs the axum accept loop.
+//! reaches actix-web's listener too.
+//!
+//! actix-web listens with TLS or without it per port, so PERMISSIVE
+//! (plaintext and mutual TLS on one port) takes [`server`]: an actix-server
+//! listener that peeks at each connection's first byte and hands it to a TLS
+//! or a plaintext HTTP service built from the same `App`:
+//!
+//! ```no_run
+//! use actix_web::{App, web};
+//! use palisade_mtls::{MtlsMode, ServerTls};
+//! # async fn run(guard: palisade_core::Guard) -> Result<(), Box<dyn std::error::Error>> {
+//! let tls = ServerTls::builder("server.crt", "server.key").client_ca("mesh-ca.pem").mode(MtlsMode::Permissive).build()?;
+//! let listener = std::net::TcpListener::bind("127.0.0.1:8080")?;
+//! palisade_mtls::actix::server(listener, tls, move || {
+//!     App::new().wrap(palisade_actix::Palisade::new(guard.clone())).route("/", web::get().to(|| async { "hi" }))
+//! })?
+//! .workers(2)
+//! .run()
+//! .await?;
+//! # Ok(()) }
+//! ```
 
 use std::any::Any;
+use std::fmt;
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::rc::Rc;
 
+use actix_http::body::MessageBody;
+use actix_http::{HttpServiceBuilder, Request, Response, TlsAcceptorConfig};
+use actix_server::GracefulShutdownSignal;
+use actix_service::{
+    IntoServiceFactory, Service, ServiceFactory, ServiceFactoryExt as _, fn_factory, fn_service, map_config,
+};
+use actix_tls::accept::TlsError;
 use actix_tls::accept::rustls_0_23::TlsStream;
-use actix_web::dev::Extensions;
+use actix_web::dev::{AppConfig, Extensions};
 use actix_web::rt::net::TcpStream;
 use palisade_core::ConnectionInfo;
 
 use crate::identity::fill_from_session;
-use crate::server::ServerTls;
+
+use crate::server::{HANDSHAKE_TIMEOUT, LOG_TARGET, MtlsMode, ServerTls, starts_with_tls};
+/// actix-server's builder, which [`server`] returns.
+pub use actix_server::ServerBuilder;
 
 /// The `on_connect` callback: puts the connection's [`ConnectionInfo`]
 /// (addresses, SNI, and for a client certificate the verified peer identity,
@@ -48,11 +83,216 @@ pub fn on_connect(conn: &dyn Any, data: &mut Extensions) {
     data.insert(info);
 }
 
+/// An actix-web server for the `App`s `factory` makes, on `listener`, with
+/// `tls` in any mode, PERMISSIVE included: there the first byte of each
+/// connection tells TLS (a handshake record, `0x16`) from plaintext HTTP, as
+/// Istio's sidecar does, and plaintext callers have no peer identity. Every
+/// request finds its [`ConnectionInfo`] where [`on_connect`] would put it.
+///
+/// The result is actix-server's builder: set workers, the shutdown timeout
+/// or signal handling there, then `run()` it. HTTP settings are actix-web's
+/// defaults (5 s keep-alive and request timeout); the TLS handshake, or in
+/// PERMISSIVE the first byte, has 10 s. Requests over TLS see the `https`
+/// scheme in `HttpRequest::connection_info`, plaintext ones `http`.
+///
+/// # Errors
+/// When the listener's local address cannot be read.
+pub fn server<F, I, S, B>(
+    listener: std::net::TcpListener,
+    tls: ServerTls,
+    factory: F,
+) -> std::io::Result<ServerBuilder>
+where
+    F: Fn() -> I + Send + Clone + 'static,
+    I: IntoServiceFactory<S, Request>,
+    S: ServiceFactory<Request, Config = AppConfig> + 'static,
+    S::Error: Into<actix_web::Error> + 'static,
+    S::InitError: fmt::Debug,
+    S::Response: Into<Response<B>> + 'static,
+    <S::Service as Service<Request>>::Future: 'static,
+    S::Service: 'static,
+    B: MessageBody + 'static,
+{
+    let builder = ServerBuilder::default();
+    let shutdown = builder.graceful_shutdown_signal();
+    let addr = listener.local_addr()?;
+    let permissive = tls.mode() == MtlsMode::Permissive;
+    builder.listen(format!("palisade-mtls-{addr}"), listener, move || {
+        let secure = http(&shutdown, addr)
+            .finish(app(&factory, true, addr))
+            .rustls_0_23_with_config(
+                tls.actix_config(),
+                TlsAcceptorConfig::default().handshake_timeout(HANDSHAKE_TIMEOUT),
+            );
+        let plain = http(&shutdown, addr).finish(app(&factory, false, addr)).tcp();
+        fn_factory(move || {
+            let (secure, plain) = (secure.new_service(()), plain.new_service(()));
+            async move {
+                let (secure, plain) = (Rc::new(secure.await?), Rc::new(plain.await?));
+                Ok::<_, ()>(fn_service(move |tcp: TcpStream| {
+                    let (secure, plain) = (Rc::clone(&secure), Rc::clone(&plain));
+                    async move {
+                        let remote = tcp.peer_addr().ok();
+                        let is_tls = if permissive {
+                            starts_with_tls(&tcp).await
+                        } else {
+                            Ok(true)
+                        };
+                        let outcome = match is_tls {
+                            Ok(true) => match call(&*secure, tcp).await {
+                                Err(TlsError::Timeout) => Err("TLS handshake timed out"),
+                                Err(TlsError::Tls(_)) => Err("TLS handshake failed"),
+                                Err(TlsError::Service(_)) => Err("HTTP connection error"),
+                                Ok(()) => Ok(()),
+                            },
+                            Ok(false) => call(&*plain, tcp).await.map_err(|_| "HTTP connection error"),
+                            Err(reason) => Err(reason),
+                        };
+                        if let Err(reason) = outcome {
+                            tracing::debug!(target: LOG_TARGET, ?remote, reason, "connection closed");
+                        }
+                        Ok::<_, ()>(())
+                    }
+                }))
+            }
+        })
+    })
+}
+
+/// actix-http's service builder with what `HttpServer` sets on it by default.
+fn http<T: 'static, S>(shutdown: &GracefulShutdownSignal, addr: SocketAddr) -> HttpServiceBuilder<T, S>
+where
+    S: ServiceFactory<Request, Config = ()>,
+    S::Error: Into<Response<actix_http::body::BoxBody>> + 'static,
+    S::InitError: fmt::Debug,
+    <S::Service as Service<Request>>::Future: 'static,
+{
+    let shutdown = shutdown.clone();
+    HttpServiceBuilder::default()
+        .graceful_shutdown_signal(move || {
+            let shutdown = shutdown.clone();
+            async move { shutdown.notified().await }
+        })
+        .client_disconnect_timeout(std::time::Duration::from_secs(1))
+        .local_addr(addr)
+        .on_connect_ext(|io: &T, data: &mut Extensions| on_connect(io, data))
+}
+
+/// The application for one listener flavour: `secure` is what
+/// `connection_info().scheme()` falls back to.
+fn app<F, I, S, B>(
+    factory: &F,
+    secure: bool,
+    addr: SocketAddr,
+) -> impl ServiceFactory<
+    Request,
+    Config = (),
+    Response = S::Response,
+    Error = Response<actix_http::body::BoxBody>,
+    InitError = S::InitError,
+> + use<F, I, S, B>
+where
+    F: Fn() -> I,
+    I: IntoServiceFactory<S, Request>,
+    S: ServiceFactory<Request, Config = AppConfig> + 'static,
+    S::Error: Into<actix_web::Error> + 'static,
+    S::Response: Into<Response<B>> + 'static,
+{
+    let app = factory()
+        .into_factory()
+        .map_err(|err| err.into().error_response().into());
+    // actix-web builds this value for its own listeners with a crate-private
+    // constructor; `__priv_test_new` is the public one actix-test uses (kept
+    // for it, "semver exempt"). The scheme test in this crate's tests notices
+    // if its meaning changes; a removal fails the build.
+    map_config(app, move |()| {
+        AppConfig::__priv_test_new(secure, addr.to_string(), addr)
+    })
+}
+
+/// Calls an actix service once it is ready.
+async fn call<Svc: Service<TcpStream, Response = ()>>(
+    service: &Svc,
+    io: TcpStream,
+) -> Result<(), Svc::Error> {
+    poll_fn(|cx| service.poll_ready(cx)).await?;
+    service.call(io).await
+}
+
 impl ServerTls {
     /// The rustls configuration by value, as `HttpServer::bind_rustls_0_23`
     /// takes it; it shares this server's rotating material.
     #[must_use]
     pub fn actix_config(&self) -> rustls::ServerConfig {
         (*self.server_config()).clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::{App, HttpRequest, web};
+    use palisade_testkit::TestPki;
+
+    use super::*;
+    use crate::ClientTls;
+
+    /// What a handler sees of its connection: scheme and peer principal.
+    async fn seen(req: HttpRequest) -> String {
+        let peer = req
+            .conn_data::<ConnectionInfo>()
+            .and_then(|c| c.peer.as_ref()?.peer()?.spiffe_id.clone())
+            .unwrap_or_else(|| "-".to_owned());
+        format!("{} {peer}", req.connection_info().scheme())
+    }
+
+    #[actix_web::test]
+    async fn permissive_listener_serves_plaintext_and_mtls_on_one_port_from_one_app() {
+        let dir = std::env::temp_dir().join(format!("palisade-mtls-actix-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pki = TestPki::new();
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, pki.ca_pem()).unwrap();
+        let (cert, key) = pki.server(&["localhost"]).write_to(&dir, "server").unwrap();
+        let (client_cert, client_key) = pki
+            .workload("default", "productpage")
+            .write_to(&dir, "productpage")
+            .unwrap();
+        let tls = ServerTls::builder(&cert, &key)
+            .client_ca(&ca)
+            .mode(MtlsMode::Permissive)
+            .build()
+            .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = server(listener, tls, || App::new().route("/", web::get().to(seen)))
+            .unwrap()
+            .workers(1)
+            .disable_signals()
+            .run();
+        let handle = server.handle();
+        actix_web::rt::spawn(server);
+
+        let plain = reqwest::get(format!("http://127.0.0.1:{port}/")).await.unwrap();
+        assert_eq!(plain.text().await.unwrap(), "http -");
+
+        let client = ClientTls::builder(&client_cert, &client_key, &ca)
+            .build()
+            .unwrap();
+        let mtls = reqwest::Client::builder()
+            .use_preconfigured_tls((*client.client_config()).clone())
+            .build()
+            .unwrap();
+        let body = mtls
+            .get(format!("https://localhost:{port}/"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(body, "https spiffe://cluster.local/ns/default/sa/productpage");
+
+        handle.stop(true).await;
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -40,11 +40,8 @@ use tower::ServiceExt;
 use tower_service::Service;
 
 use crate::identity::fill_from_session;
-use crate::server::{LOG_TARGET, MtlsMode, ServerTls};
+use crate::server::{HANDSHAKE_TIMEOUT, LOG_TARGET, MtlsMode, ServerTls, starts_with_tls};
 
-/// How long a client has to finish the TLS handshake (or, in PERMISSIVE
-/// mode, to send its first byte).
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long open connections get to finish after shutdown was asked for.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -107,16 +104,6 @@ where
     Ok(())
 }
 
-async fn is_tls(tcp: &TcpStream) -> Result<bool, &'static str> {
-    let mut first = [0u8; 1];
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await {
-        Ok(Ok(1)) => Ok(first[0] == 0x16),
-        Ok(Ok(_)) => Err("closed"),
-        Ok(Err(_)) => Err("read error"),
-        Err(_) => Err("no first byte in time"),
-    }
-}
-
 async fn connection<S, B>(
     tcp: TcpStream,
     remote: SocketAddr,
@@ -136,7 +123,7 @@ where
     info.remote_addr = Some(remote);
     info.local_addr = tcp.local_addr().ok();
     let tls_first = match tls.mode() {
-        MtlsMode::Permissive => is_tls(&tcp).await?,
+        MtlsMode::Permissive => starts_with_tls(&tcp).await?,
         MtlsMode::Strict | MtlsMode::Disable => true,
     };
     if !tls_first {

@@ -23,6 +23,25 @@ use crate::files;
 /// Log target of the TLS side.
 pub const LOG_TARGET: &str = "palisade::mtls";
 
+/// How long a client has to finish the TLS handshake (or, in PERMISSIVE
+/// mode, to send its first byte).
+#[cfg(any(feature = "axum", feature = "actix"))]
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// PERMISSIVE's test, as Istio's sidecar makes it: a connection whose first
+/// byte is a TLS handshake record (`0x16`) is TLS, anything else plaintext.
+/// The byte is peeked, not read. The error is a reason for the debug log.
+#[cfg(any(feature = "axum", feature = "actix"))]
+pub(crate) async fn starts_with_tls(tcp: &tokio::net::TcpStream) -> Result<bool, &'static str> {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await {
+        Ok(Ok(1)) => Ok(first[0] == 0x16),
+        Ok(Ok(_)) => Err("closed"),
+        Ok(Err(_)) => Err("read error"),
+        Err(_) => Err("no first byte in time"),
+    }
+}
+
 /// Istio's `PeerAuthentication` modes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
