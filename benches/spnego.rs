@@ -18,10 +18,8 @@
 #![expect(missing_docs, reason = "criterion_group! generates an undocumented pub fn")]
 
 use std::hint::black_box;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use axum::Extension;
@@ -36,7 +34,7 @@ use libgssapi::oid::{GSS_MECH_KRB5, GSS_MECH_SPNEGO, GSS_NT_HOSTBASED_SERVICE, O
 use palisade::core::authz::AccessPolicy;
 use palisade::core::{Check, Decision, Guard, Identity, OwnedRequest, RequestAuth};
 use palisade::spnego::{SessionCookie, SpnegoAuthenticator};
-use palisade::testkit::KerberosRealm;
+use palisade::testkit::{ApacheGssapi, KerberosRealm};
 
 /// Set in the child that measures.
 const CHILD: &str = "PALISADE_SPNEGO_BENCH_CHILD";
@@ -316,181 +314,22 @@ fn start_palisade() -> (tokio::runtime::Runtime, u16) {
     (rt, port)
 }
 
-const APACHE: &str = "/usr/sbin/apache2";
-const MODULES: &str = "/usr/lib/apache2/modules";
-const APACHE_MODULES: [(&str, &str); 6] = [
-    ("mpm_prefork_module", "mod_mpm_prefork.so"),
-    ("authn_core_module", "mod_authn_core.so"),
-    ("authz_core_module", "mod_authz_core.so"),
-    ("authz_user_module", "mod_authz_user.so"),
-    ("headers_module", "mod_headers.so"),
-    ("auth_gssapi_module", "mod_auth_gssapi.so"),
-];
-
-/// The numeric id `id` prints (`id -u`, `id -g www-data`, …).
-fn id(args: &[&str]) -> Option<u32> {
-    let out = Command::new("id").args(args).output().ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
-}
-
 /// Apache httpd with mod_auth_gssapi in the foreground (`-X`: one process
-/// serving one connection at a time), configured as in
-/// tests/spnego_apache.rs, killed and its directory removed on drop.
-struct Apache {
-    child: Child,
-    dir: PathBuf,
-    port: u16,
-}
-
-impl Drop for Apache {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-impl Apache {
-    fn error_log(&self) -> String {
-        let read = |f: &str| std::fs::read_to_string(self.dir.join(f)).unwrap_or_default();
-        read("stderr.log") + &read("error.log")
-    }
-
-    /// Starts Apache on a free loopback port, accepting with a copy of the
-    /// keytab in `KRB5_KTNAME`, with the realm's `KRB5_CONFIG` and
-    /// `KRB5RCACHEDIR`.
-    fn start() -> Apache {
-        let missing = std::iter::once(PathBuf::from(APACHE))
-            .chain(APACHE_MODULES.iter().map(|(_, f)| Path::new(MODULES).join(f)))
-            .find(|p| !p.is_file());
-        if let Some(p) = missing {
-            panic!(
-                "{} is missing: apt-get install apache2 libapache2-mod-auth-gssapi",
-                p.display()
-            );
-        }
-        let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"));
-        let keytab = PathBuf::from(var("KRB5_KTNAME").trim_start_matches("FILE:"));
-        let rcache = PathBuf::from(var("KRB5RCACHEDIR"));
-        let krb5_conf = PathBuf::from(var("KRB5_CONFIG"));
-        let dir = std::env::temp_dir().join(format!(
-            "palisade-apache-bench-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos())
-        ));
-        for sub in ["", "run", "htdocs"] {
-            let d = dir.join(sub);
-            std::fs::create_dir_all(&d).unwrap();
-            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
-        }
-        std::fs::write(dir.join("htdocs/whoami"), "ok\n").unwrap();
-        std::fs::set_permissions(dir.join("htdocs/whoami"), std::fs::Permissions::from_mode(0o644)).unwrap();
-        let kt = dir.join("http.keytab");
-        std::fs::copy(&keytab, &kt).unwrap();
-        std::fs::set_permissions(&kt, std::fs::Permissions::from_mode(0o400)).unwrap();
-
-        // Apache refuses to serve as root: as root, the worker drops to
-        // www-data (nobody when there is none), which must read the keytab
-        // copy and krb5.conf and write the replay cache directory (MIT names
-        // the file after the euid, so the bench's own cache stays separate).
-        let mut user = String::new();
-        if id(&["-u"]) == Some(0) {
-            let (uid, gid) = match (id(&["-u", "www-data"]), id(&["-g", "www-data"])) {
-                (Some(u), Some(g)) => (u, g),
-                _ => (65534, 65534),
-            };
-            user = format!("User #{uid}\nGroup #{gid}\n");
-            std::os::unix::fs::chown(&kt, Some(uid), Some(gid)).unwrap();
-            std::os::unix::fs::chown(&rcache, Some(uid), Some(gid)).unwrap();
-            if let Some(d) = krb5_conf.parent() {
-                let mode = std::fs::metadata(d).unwrap().permissions().mode();
-                std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode | 0o011)).unwrap();
-            }
-            let mode = std::fs::metadata(&krb5_conf).unwrap().permissions().mode();
-            std::fs::set_permissions(&krb5_conf, std::fs::Permissions::from_mode(mode | 0o044)).unwrap();
-        }
-
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let d = dir.display();
-        let modules: String = APACHE_MODULES
-            .iter()
-            .map(|(name, file)| format!("LoadModule {name} {MODULES}/{file}\n"))
-            .collect();
-        // As in tests/spnego_apache.rs, except for the load: no access log
-        // and no debug logging (Palisade logs nothing per request either),
-        // and unlimited requests per kept-alive connection.
-        let conf = format!(
-            r#"ServerRoot "{d}"
-ServerName localhost
-PidFile "{d}/run/httpd.pid"
-DefaultRuntimeDir "{d}/run"
-Mutex file:{d}/run default
-ErrorLog "{d}/error.log"
-LogLevel warn
-KeepAlive On
-MaxKeepAliveRequests 0
-KeepAliveTimeout 300
-Listen 127.0.0.1:{port}
-{modules}{user}DocumentRoot "{d}/htdocs"
-<Location />
-    AuthType GSSAPI
-    AuthName "GSSAPI"
-    GssapiCredStore keytab:{kt}
-    GssapiAllowedMech krb5
-    GssapiBasicAuth Off
-    Require valid-user
-    Header set X-Remote-User "expr=%{{REMOTE_USER}}"
-</Location>
-"#,
-            kt = kt.display(),
-        );
-        let conf_path = dir.join("httpd.conf");
-        std::fs::write(&conf_path, conf).unwrap();
-        let stderr = std::fs::File::create(dir.join("stderr.log")).unwrap();
-        let child = Command::new(APACHE)
-            .arg("-X")
-            .arg("-d")
-            .arg(&dir)
-            .arg("-f")
-            .arg(&conf_path)
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .env("KRB5_CONFIG", &krb5_conf)
-            .env("KRB5RCACHEDIR", &rcache)
-            .env("KRB5_KTNAME", format!("FILE:{}", kt.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {APACHE}: {e}"));
-        let mut apache = Apache { child, dir, port };
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            if let Ok(Some(status)) = apache.child.try_wait() {
-                panic!(
-                    "apache2 exited ({status}) before listening:\n{}",
-                    apache.error_log()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "apache2 did not listen within 10 s:\n{}",
-                apache.error_log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        apache
-    }
+/// serving one connection at a time), accepting with a copy of the keytab in
+/// `KRB5_KTNAME`, with the realm's `KRB5_CONFIG` and `KRB5RCACHEDIR`.
+/// Configured as in tests/spnego_apache.rs, except for the load: no access
+/// log and no debug logging (Palisade logs nothing per request either), and
+/// unlimited requests per kept-alive connection.
+fn start_apache() -> ApacheGssapi {
+    let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"));
+    let keytab = PathBuf::from(var("KRB5_KTNAME").trim_start_matches("FILE:"));
+    let env = ["KRB5_CONFIG", "KRB5RCACHEDIR"].map(|k| (k.to_owned(), var(k)));
+    ApacheGssapi::builder()
+        .access_log(false)
+        .log_level("warn")
+        .unlimited_keep_alive()
+        .start(&keytab, &env)
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// One request on the client's kept-alive connection; panics unless 200.
@@ -519,7 +358,7 @@ fn timed_requests(rt: &tokio::runtime::Runtime, client: &reqwest::Client, url: &
 
 fn http_benches(c: &mut Criterion) {
     let (_server, palisade_port) = start_palisade();
-    let apache = Apache::start();
+    let apache = start_apache();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -533,7 +372,7 @@ fn http_benches(c: &mut Criterion) {
         ),
         (
             "apache_mod_auth_gssapi",
-            format!("http://127.0.0.1:{}/whoami", apache.port),
+            format!("http://127.0.0.1:{}/whoami", apache.port()),
             client(),
         ),
     ];

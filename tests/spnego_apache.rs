@@ -1,8 +1,9 @@
 //! Palisade's SPNEGO decisions compared with Apache httpd + mod_auth_gssapi,
 //! the reference Negotiate implementation, on the same realm and the same
 //! requests: a real MIT KDC on loopback (`palisade_testkit::KerberosRealm`),
-//! Apache in the foreground (`apache2 -X`) with a generated minimal
-//! configuration, the `details` example with `--keytab`, and `curl`.
+//! Apache in the foreground (`palisade_testkit::ApacheGssapi`: `apache2 -X`
+//! with a generated minimal configuration), the `details` example with
+//! `--keytab`, and `curl`.
 //!
 //! Every request of the set gets an accept (2xx) or refuse (4xx) decision
 //! from both. Where the decisions agree the test asserts that; where they
@@ -13,219 +14,19 @@
 //! the test fails with one line saying what to install.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Command;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use palisade::testkit::KerberosRealm;
+use palisade::testkit::{ApacheGssapi, KerberosRealm};
 
 mod common;
 use common::start_with_env as start;
 use serde_json::Value;
 
-const APACHE: &str = "/usr/sbin/apache2";
-const MODULES: &str = "/usr/lib/apache2/modules";
-/// The modules the generated configuration loads (`log_config` is built
-/// into Debian's `apache2`).
-const APACHE_MODULES: [(&str, &str); 6] = [
-    ("mpm_prefork_module", "mod_mpm_prefork.so"),
-    ("authn_core_module", "mod_authn_core.so"),
-    ("authz_core_module", "mod_authz_core.so"),
-    // `Require valid-user`
-    ("authz_user_module", "mod_authz_user.so"),
-    ("headers_module", "mod_headers.so"),
-    ("auth_gssapi_module", "mod_auth_gssapi.so"),
-];
 const NTLM: &str = "TlRMTVNTUAABAAAAB4IIAAAAAAAAAAAAAAAAAAAAAAA=";
-
-// ---------------------------------------------------------------- Palisade
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The numeric id `id` prints (`id -u`, `id -g www-data`, …).
-fn id(args: &[&str]) -> Option<u32> {
-    let out = Command::new("id").args(args).output().ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
-}
-
-/// Fails with one line when `apache2` or a module is missing: no silent skip.
-fn require_apache() {
-    let missing = std::iter::once(PathBuf::from(APACHE))
-        .chain(APACHE_MODULES.iter().map(|(_, f)| Path::new(MODULES).join(f)))
-        .find(|p| !p.is_file());
-    if let Some(p) = missing {
-        panic!(
-            "{} is missing: apt-get install apache2 libapache2-mod-auth-gssapi",
-            p.display()
-        );
-    }
-}
-
-/// Apache httpd with mod_auth_gssapi in the foreground (`-X`: one process,
-/// no detaching), killed and its directory removed on drop.
-struct Apache {
-    child: Child,
-    dir: PathBuf,
-    port: u16,
-}
-
-impl Drop for Apache {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-impl Apache {
-    /// What Apache wrote to stderr (configuration errors) and its error log.
-    fn error_log(&self) -> String {
-        let read = |f: &str| std::fs::read_to_string(self.dir.join(f)).unwrap_or_default();
-        read("stderr.log") + &read("error.log")
-    }
-
-    /// Starts Apache on a free loopback port, accepting with a copy of
-    /// `keytab`. `env` is the realm's server environment (`KRB5_CONFIG`,
-    /// `KRB5RCACHEDIR`); `KRB5_KTNAME` is set to the copy.
-    fn start(keytab: &Path, env: &[(String, String)]) -> Apache {
-        require_apache();
-        let dir = std::env::temp_dir().join(format!(
-            "palisade-apache-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos())
-        ));
-        for sub in ["", "run", "htdocs"] {
-            let d = dir.join(sub);
-            std::fs::create_dir_all(&d).unwrap();
-            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
-        }
-        // The resource: a static file; the authenticated user comes back in
-        // a response header (mod_headers evaluates REMOTE_USER, which
-        // mod_auth_gssapi sets to the client principal).
-        std::fs::write(dir.join("htdocs/whoami"), "ok\n").unwrap();
-        std::fs::set_permissions(dir.join("htdocs/whoami"), std::fs::Permissions::from_mode(0o644)).unwrap();
-        let kt = dir.join("http.keytab");
-        std::fs::copy(keytab, &kt).unwrap();
-        std::fs::set_permissions(&kt, std::fs::Permissions::from_mode(0o400)).unwrap();
-
-        // Apache refuses to serve as root: as root, the worker drops to
-        // www-data (nobody when there is none), which must read the
-        // keytab copy and write the realm's replay cache directory (MIT
-        // names the file after the euid, so Palisade's cache, root's, stays
-        // a separate file) and read the realm's krb5.conf.
-        let mut user = String::new();
-        if id(&["-u"]) == Some(0) {
-            let (uid, gid) = match (id(&["-u", "www-data"]), id(&["-g", "www-data"])) {
-                (Some(u), Some(g)) => (u, g),
-                _ => (65534, 65534),
-            };
-            user = format!("User #{uid}\nGroup #{gid}\n");
-            std::os::unix::fs::chown(&kt, Some(uid), Some(gid)).unwrap();
-            let var = |name: &str| {
-                env.iter()
-                    .find(|(k, _)| k == name)
-                    .map(|(_, v)| PathBuf::from(v))
-                    .unwrap_or_else(|| panic!("{name} is not in the server environment"))
-            };
-            let rcache = var("KRB5RCACHEDIR");
-            std::os::unix::fs::chown(&rcache, Some(uid), Some(gid)).unwrap();
-            let conf = var("KRB5_CONFIG");
-            if let Some(d) = conf.parent() {
-                let mode = std::fs::metadata(d).unwrap().permissions().mode();
-                std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode | 0o011)).unwrap();
-            }
-            let mode = std::fs::metadata(&conf).unwrap().permissions().mode();
-            std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(mode | 0o044)).unwrap();
-        }
-
-        let port = free_port();
-        let d = dir.display();
-        let modules: String = APACHE_MODULES
-            .iter()
-            .map(|(name, file)| format!("LoadModule {name} {MODULES}/{file}\n"))
-            .collect();
-        let conf = format!(
-            r#"ServerRoot "{d}"
-ServerName localhost
-PidFile "{d}/run/httpd.pid"
-DefaultRuntimeDir "{d}/run"
-Mutex file:{d}/run default
-ErrorLog "{d}/error.log"
-LogLevel info auth_gssapi:debug
-LogFormat "%h %u \"%r\" %>s" brief
-CustomLog "{d}/access.log" brief
-Listen 127.0.0.1:{port}
-{modules}{user}DocumentRoot "{d}/htdocs"
-<Location />
-    AuthType GSSAPI
-    AuthName "GSSAPI"
-    GssapiCredStore keytab:{kt}
-    GssapiAllowedMech krb5
-    GssapiBasicAuth Off
-    Require valid-user
-    Header set X-Remote-User "expr=%{{REMOTE_USER}}"
-</Location>
-"#,
-            kt = kt.display(),
-        );
-        let conf_path = dir.join("httpd.conf");
-        std::fs::write(&conf_path, conf).unwrap();
-        let stderr = std::fs::File::create(dir.join("stderr.log")).unwrap();
-
-        let child = Command::new(APACHE)
-            .arg("-X")
-            .arg("-d")
-            .arg(&dir)
-            .arg("-f")
-            .arg(&conf_path)
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .envs(
-                env.iter()
-                    .filter(|(k, _)| k != "KRB5_KTNAME")
-                    .map(|(k, v)| (k.as_str(), v.as_str())),
-            )
-            .env("KRB5_KTNAME", format!("FILE:{}", kt.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {APACHE}: {e}"));
-        let mut apache = Apache { child, dir, port };
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            if let Ok(Some(status)) = apache.child.try_wait() {
-                panic!(
-                    "apache2 exited ({status}) before listening:\n{}",
-                    apache.error_log()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "apache2 did not listen within 10 s:\n{}",
-                apache.error_log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        apache
-    }
-}
 
 // ------------------------------------------------------------------ curl
 
@@ -494,16 +295,16 @@ fn run_cases(server: Server, port: u16, client: &[(String, String)]) -> Vec<(Out
 
 #[test]
 fn palisade_and_apache_mod_auth_gssapi_decide_the_same_requests_alike() {
-    require_apache();
+    ApacheGssapi::check_installed().unwrap_or_else(|e| panic!("{e}"));
     let r = realm();
     let client = r.realm.client_env(&r.ccache);
     let env = r.realm.server_env(&r.keytab);
 
-    let apache = Apache::start(&r.keytab, &env);
+    let apache = ApacheGssapi::start(&r.keytab, &env).unwrap_or_else(|e| panic!("{e}"));
     let keytab = r.keytab.to_str().unwrap().to_owned();
     let palisade = start("details", &["--keytab", &keytab], &env);
 
-    let a = run_cases(Server::Apache, apache.port, &client);
+    let a = run_cases(Server::Apache, apache.port(), &client);
     let p = run_cases(Server::Palisade, palisade.port, &client);
 
     let mut table = format!(

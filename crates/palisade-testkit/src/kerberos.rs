@@ -25,7 +25,7 @@
 //! line saying which packages to install.
 
 use std::io::{self, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -63,10 +63,6 @@ fn tool(name: &str) -> io::Result<PathBuf> {
     ))
 }
 
-fn free_port() -> io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 impl KerberosRealm {
     /// Creates the realm `EXAMPLE.TEST` with a KDC on a free loopback port.
     ///
@@ -78,15 +74,9 @@ impl KerberosRealm {
         let kdb5_util = tool("kdb5_util")?;
         tool("kadmin.local")?;
         tool("kinit")?;
-        let dir = std::env::temp_dir().join(format!(
-            "palisade-krb5-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos())
-        ));
+        let dir = crate::scratch_dir("palisade-krb5");
         std::fs::create_dir_all(dir.join("rcache"))?;
-        let port = free_port()?;
+        let port = crate::free_port()?;
         let d = dir.display();
         std::fs::write(
             dir.join("krb5.conf"),

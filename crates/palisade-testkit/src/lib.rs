@@ -1,7 +1,10 @@
 //! Test kit for Palisade users: an in-process OpenID Connect issuer, and a
 //! PKI generator ([`TestPki`]) for mTLS tests: a CA, SPIFFE workload and
 //! server certificates, the bad ones (expired, not yet valid, wrong EKU, two
-//! URI SANs, another CA) and revocation with a CRL.
+//! URI SANs, another CA) and revocation with a CRL. For SPNEGO tests, a
+//! throw-away Kerberos realm ([`KerberosRealm`]: an MIT KDC on loopback) and
+//! the reference `Negotiate` server, Apache httpd with mod_auth_gssapi
+//! ([`ApacheGssapi`]).
 //!
 //! [`TestIssuer`] serves, on loopback and over real HTTP, what a Keycloak
 //! realm serves to a resource server: the discovery document, the JWKS and a
@@ -39,8 +42,12 @@ use serde_json::{Map, Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+#[cfg(unix)]
+pub mod apache;
 pub mod kerberos;
 pub mod pki;
+#[cfg(unix)]
+pub use apache::{ApacheGssapi, ApacheGssapiBuilder};
 pub use kerberos::KerberosRealm;
 pub use pki::{TestCert, TestPki};
 
@@ -151,6 +158,23 @@ fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     SystemRandom::new().fill(&mut buf).expect("system randomness");
     buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A free port on 127.0.0.1, for a server started as a process.
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A new, not yet created directory for a harness's files, named
+/// `<prefix>-<pid>-<nanoseconds>` in the system's temporary directory.
+fn scratch_dir(prefix: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ))
 }
 
 fn now() -> i64 {
