@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use axum::Extension;
 use axum::body::Body;
 use axum::routing::get;
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, criterion_group, criterion_main};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use palisade::core::ConnectionInfo;
@@ -103,6 +104,52 @@ fn handshake(client: &Arc<ClientConfig>, server: &Arc<ServerConfig>, buf: &mut V
     s
 }
 
+/// Benchmarks `contender` under `name`, its calls alternating with the
+/// floor's (in turn first and second, both timed), and returns the ratio of
+/// the two sums over the same iterations: drift on a shared machine reaches
+/// both halves of a pair alike. (Timed one after the other, two identical
+/// configurations differed by up to 3 % on this guest.) `None` when a filter
+/// left the benchmark out.
+fn bench_paired(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    contender: &mut dyn FnMut(),
+    floor: &mut dyn FnMut(),
+) -> Option<f64> {
+    let (mut sum_contender, mut sum_floor) = (Duration::ZERO, Duration::ZERO);
+    g.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let mut timed = Duration::ZERO;
+            for i in 0..iters {
+                let contender_first = i % 2 == 1;
+                let start = Instant::now();
+                if contender_first {
+                    contender()
+                } else {
+                    floor()
+                }
+                let middle = Instant::now();
+                if contender_first {
+                    floor()
+                } else {
+                    contender()
+                }
+                let end = Instant::now();
+                let (c, f) = if contender_first {
+                    (middle - start, end - middle)
+                } else {
+                    (end - middle, middle - start)
+                };
+                timed += c;
+                sum_contender += c;
+                sum_floor += f;
+            }
+            timed
+        });
+    });
+    (!sum_floor.is_zero()).then(|| sum_contender.as_secs_f64() / sum_floor.as_secs_f64())
+}
+
 fn handshake_benches(c: &mut Criterion) {
     let pki = TestPki::new();
     let server_cert = pki.server(&["localhost"]);
@@ -156,9 +203,7 @@ fn handshake_benches(c: &mut Criterion) {
         );
     }
 
-    // Each contender's handshakes alternate with the floor's (untimed), so
-    // the drift of a shared machine reaches both alike: measured one after
-    // the other, two identical configurations differed by up to 3 %.
+    // Each contender is paired with the floor (`bench_paired`).
     let (client, plain, palisade) = (&client, &plain, &palisade);
     let floor = || {
         let mut buf = Vec::with_capacity(16 * 1024);
@@ -197,22 +242,16 @@ fn handshake_benches(c: &mut Criterion) {
             })
         }),
     ];
+    let mut paired = Vec::new();
     for (name, contender) in &mut contenders {
-        let mut partner = floor();
-        g.bench_function(*name, |b| {
-            b.iter_custom(|iters| {
-                let mut timed = Duration::ZERO;
-                for _ in 0..iters {
-                    partner();
-                    let start = Instant::now();
-                    contender();
-                    timed += start.elapsed();
-                }
-                timed
-            });
-        });
+        paired.push((*name, bench_paired(&mut g, name, contender, &mut floor())));
     }
     g.finish();
+    for (name, ratio) in paired {
+        if let Some(ratio) = ratio {
+            eprintln!("mtls/handshake/{name}: paired with the floor {ratio:.3}x");
+        }
+    }
 
     let leaf = workload.cert_der();
     c.bench_function("mtls/identity_parse", |b| {
@@ -384,7 +423,18 @@ fn request_benches(c: &mut Criterion) {
     // Each contender is checked to use one connection during its timing
     // (the server closes a connection idle for 10 s, which the other
     // contenders' timing exceeds, so the check is made per contender).
+    let get = |client: &reqwest::Client, url: &str| {
+        let body = rt.block_on(async {
+            let res = client.get(url).send().await.unwrap();
+            assert_eq!(res.status(), 200);
+            res.bytes().await.unwrap()
+        });
+        black_box(body);
+    };
+    let plain_root = url(plain_addr, "/");
+    let mut floor = || get(&plain_client, &plain_root);
     let mut g = c.benchmark_group("mtls/request");
+    let mut paired = Vec::new();
     for (name, client, addr, has_conn_route) in [
         ("plain_https", &plain_client, plain_addr, false),
         (
@@ -405,19 +455,23 @@ fn request_benches(c: &mut Criterion) {
             }
         };
         let before = connection();
-        g.bench_function(name, |b| {
-            b.iter(|| {
-                let body = rt.block_on(async {
-                    let res = client.get(&root).send().await.unwrap();
-                    assert_eq!(res.status(), 200);
-                    res.bytes().await.unwrap()
-                });
-                black_box(body)
-            });
-        });
+        paired.push((
+            name,
+            bench_paired(&mut g, name, &mut || get(client, &root), &mut floor),
+        ));
         assert_eq!(connection(), before, "{name}: the client reconnected");
     }
     g.finish();
+    assert_eq!(
+        accepted.load(Ordering::Relaxed),
+        1,
+        "the plain HTTPS client reconnected"
+    );
+    for (name, ratio) in paired {
+        if let Some(ratio) = ratio {
+            eprintln!("mtls/request/{name}: paired with the floor {ratio:.3}x");
+        }
+    }
 }
 
 criterion_group!(benches, handshake_benches, request_benches);

@@ -23,7 +23,7 @@
 //! actix-web listens with TLS or without it per port, so PERMISSIVE
 //! (plaintext and mutual TLS on one port) takes [`server`]: an actix-server
 //! listener that peeks at each connection's first byte and hands it to a TLS
-//! or a plaintext HTTP service built from the same `App`:
+//! or a plaintext HTTP service, each built from the same `App` factory:
 //!
 //! ```no_run
 //! use actix_web::{App, web};
@@ -42,15 +42,18 @@
 
 use std::any::Any;
 use std::fmt;
-use std::future::poll_fn;
+use std::future::Future;
+use std::marker::PhantomData;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll};
 
 use actix_http::body::MessageBody;
 use actix_http::{HttpServiceBuilder, Request, Response, TlsAcceptorConfig};
 use actix_server::GracefulShutdownSignal;
 use actix_service::{
-    IntoServiceFactory, Service, ServiceFactory, ServiceFactoryExt as _, fn_factory, fn_service, map_config,
+    IntoServiceFactory, Service, ServiceFactory, ServiceFactoryExt as _, fn_factory, map_config,
 };
 use actix_tls::accept::TlsError;
 use actix_tls::accept::rustls_0_23::TlsStream;
@@ -91,12 +94,17 @@ pub fn on_connect(conn: &dyn Any, data: &mut Extensions) {
 ///
 /// The result is actix-server's builder: set workers, the shutdown timeout
 /// or signal handling there, then `run()` it. HTTP settings are actix-web's
-/// defaults (5 s keep-alive and request timeout); the TLS handshake, or in
-/// PERMISSIVE the first byte, has 10 s. Requests over TLS see the `https`
-/// scheme in `HttpRequest::connection_info`, plaintext ones `http`.
+/// defaults (5 s keep-alive and request timeout); in PERMISSIVE the first
+/// byte has 10 s, and the TLS handshake has 10 s. Requests over TLS see the
+/// `https` scheme in `HttpRequest::connection_info`, plaintext ones `http`.
+/// The factory runs once per worker for TLS and, in PERMISSIVE, once more
+/// for plaintext: state to share between them is made outside it, as with
+/// `HttpServer`. The listen backlog is the listener's (`std`'s `bind` asks
+/// for 128; `HttpServer::bind` for 1,024).
 ///
 /// # Errors
-/// When the listener's local address cannot be read.
+/// When the listener's local address cannot be read or it cannot be made
+/// non-blocking.
 pub fn server<F, I, S, B>(
     listener: std::net::TcpListener,
     tls: ServerTls,
@@ -124,39 +132,95 @@ where
                 tls.actix_config(),
                 TlsAcceptorConfig::default().handshake_timeout(HANDSHAKE_TIMEOUT),
             );
-        let plain = http(&shutdown, addr).finish(app(&factory, false, addr)).tcp();
+        let plain = permissive.then(|| http(&shutdown, addr).finish(app(&factory, false, addr)).tcp());
+        let shutdown = shutdown.clone();
         fn_factory(move || {
-            let (secure, plain) = (secure.new_service(()), plain.new_service(()));
+            let secure = secure.new_service(());
+            let plain = plain.as_ref().map(|p| p.new_service(()));
+            let shutdown = shutdown.clone();
             async move {
-                let (secure, plain) = (Rc::new(secure.await?), Rc::new(plain.await?));
-                Ok::<_, ()>(fn_service(move |tcp: TcpStream| {
-                    let (secure, plain) = (Rc::clone(&secure), Rc::clone(&plain));
-                    async move {
-                        let remote = tcp.peer_addr().ok();
-                        let is_tls = if permissive {
-                            starts_with_tls(&tcp).await
-                        } else {
-                            Ok(true)
-                        };
-                        let outcome = match is_tls {
-                            Ok(true) => match call(&*secure, tcp).await {
-                                Err(TlsError::Timeout) => Err("TLS handshake timed out"),
-                                Err(TlsError::Tls(_)) => Err("TLS handshake failed"),
-                                Err(TlsError::Service(_)) => Err("HTTP connection error"),
-                                Ok(()) => Ok(()),
-                            },
-                            Ok(false) => call(&*plain, tcp).await.map_err(|_| "HTTP connection error"),
-                            Err(reason) => Err(reason),
-                        };
-                        if let Err(reason) = outcome {
-                            tracing::debug!(target: LOG_TARGET, ?remote, reason, "connection closed");
-                        }
-                        Ok::<_, ()>(())
-                    }
-                }))
+                let plain = match plain {
+                    Some(plain) => Some(Rc::new(plain.await?)),
+                    None => None,
+                };
+                Ok::<_, ()>(FirstByte {
+                    secure: Rc::new(secure.await?),
+                    plain,
+                    shutdown,
+                    lifetime: PhantomData,
+                })
             }
         })
     })
+}
+
+/// One worker's connection service: in PERMISSIVE the first-byte test, then
+/// the TLS or the plaintext HTTP service. Its readiness is theirs, so a
+/// worker at actix-tls's limit of concurrent handshakes stops accepting
+/// (connections wait in the listen backlog), as under `HttpServer`.
+///
+/// (`'a` is how long the inner services' types live: actix-http's are
+/// opaque, so not known to be `'static`.)
+struct FirstByte<'a, T, P> {
+    secure: Rc<T>,
+    /// The plaintext service, in PERMISSIVE only.
+    plain: Option<Rc<P>>,
+    shutdown: GracefulShutdownSignal,
+    lifetime: PhantomData<&'a ()>,
+}
+
+impl<'a, T, P, TlsE, HttpE> Service<TcpStream> for FirstByte<'a, T, P>
+where
+    T: Service<TcpStream, Response = (), Error = TlsError<TlsE, HttpE>> + 'a,
+    P: Service<TcpStream, Response = ()> + 'a,
+{
+    type Response = ();
+    type Error = ();
+    type Future = Pin<Box<dyn Future<Output = Result<(), ()>> + 'a>>;
+
+    fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
+        let secure = self.secure.poll_ready(cx).map_err(drop);
+        let plain = self
+            .plain
+            .as_ref()
+            .map_or(Poll::Ready(Ok(())), |p| p.poll_ready(cx).map_err(drop));
+        match (secure, plain) {
+            (Poll::Ready(Err(())), _) | (_, Poll::Ready(Err(()))) => Poll::Ready(Err(())),
+            (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => Poll::Ready(Ok(())),
+            _ => Poll::Pending,
+        }
+    }
+
+    fn call(&self, tcp: TcpStream) -> Self::Future {
+        let (secure, plain) = (Rc::clone(&self.secure), self.plain.clone());
+        let shutdown = self.shutdown.clone();
+        Box::pin(async move {
+            let remote = tcp.peer_addr().ok();
+            let plain = match plain {
+                // A caller that sends nothing is let go at shutdown, not
+                // waited for.
+                Some(plain) => tokio::select! {
+                    tls = starts_with_tls(&tcp) => tls.map(|tls| (!tls).then_some(plain)),
+                    () = shutdown.notified() => Err("server shutting down"),
+                },
+                None => Ok(None),
+            };
+            let outcome = match plain {
+                Ok(None) => match secure.call(tcp).await {
+                    Err(TlsError::Timeout) => Err("TLS handshake timed out"),
+                    Err(TlsError::Tls(_)) => Err("TLS handshake failed"),
+                    Err(TlsError::Service(_)) => Err("HTTP connection error"),
+                    Ok(()) => Ok(()),
+                },
+                Ok(Some(plain)) => plain.call(tcp).await.map_err(|_| "HTTP connection error"),
+                Err(reason) => Err(reason),
+            };
+            if let Err(reason) = outcome {
+                tracing::debug!(target: LOG_TARGET, ?remote, reason, "connection closed");
+            }
+            Ok(())
+        })
+    }
 }
 
 /// actix-http's service builder with what `HttpServer` sets on it by default.
@@ -210,15 +274,6 @@ where
     })
 }
 
-/// Calls an actix service once it is ready.
-async fn call<Svc: Service<TcpStream, Response = ()>>(
-    service: &Svc,
-    io: TcpStream,
-) -> Result<(), Svc::Error> {
-    poll_fn(|cx| service.poll_ready(cx)).await?;
-    service.call(io).await
-}
-
 impl ServerTls {
     /// The rustls configuration by value, as `HttpServer::bind_rustls_0_23`
     /// takes it; it shares this server's rotating material.
@@ -230,6 +285,10 @@ impl ServerTls {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write as _;
+    use std::path::PathBuf;
+    use std::time::Duration;
+
     use actix_web::{App, HttpRequest, web};
     use palisade_testkit::TestPki;
 
@@ -245,54 +304,114 @@ mod tests {
         format!("{} {peer}", req.connection_info().scheme())
     }
 
+    /// A PERMISSIVE server (one worker) for `seen`, and an mTLS client for
+    /// it; the files are removed on drop.
+    struct Fixture {
+        dir: PathBuf,
+        port: u16,
+        handle: actix_web::dev::ServerHandle,
+        mtls: reqwest::Client,
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    impl Fixture {
+        fn start(name: &str) -> Fixture {
+            let dir = std::env::temp_dir().join(format!("palisade-mtls-{name}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let pki = TestPki::new();
+            let ca = dir.join("ca.pem");
+            std::fs::write(&ca, pki.ca_pem()).unwrap();
+            let (cert, key) = pki.server(&["localhost"]).write_to(&dir, "server").unwrap();
+            let (client_cert, client_key) = pki
+                .workload("default", "productpage")
+                .write_to(&dir, "productpage")
+                .unwrap();
+            let tls = ServerTls::builder(&cert, &key)
+                .client_ca(&ca)
+                .mode(MtlsMode::Permissive)
+                .build()
+                .unwrap();
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let server = server(listener, tls, || App::new().route("/", web::get().to(seen)))
+                .unwrap()
+                .workers(1)
+                .disable_signals()
+                .run();
+            let handle = server.handle();
+            actix_web::rt::spawn(server);
+            let client = ClientTls::builder(&client_cert, &client_key, &ca)
+                .build()
+                .unwrap();
+            let mtls = reqwest::Client::builder()
+                .use_preconfigured_tls((*client.client_config()).clone())
+                .build()
+                .unwrap();
+            Fixture {
+                dir,
+                port,
+                handle,
+                mtls,
+            }
+        }
+
+        async fn mtls_get(&self) -> reqwest::Result<String> {
+            let url = format!("https://localhost:{}/", self.port);
+            self.mtls.get(url).send().await?.text().await
+        }
+    }
+
     #[actix_web::test]
     async fn permissive_listener_serves_plaintext_and_mtls_on_one_port_from_one_app() {
-        let dir = std::env::temp_dir().join(format!("palisade-mtls-actix-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let pki = TestPki::new();
-        let ca = dir.join("ca.pem");
-        std::fs::write(&ca, pki.ca_pem()).unwrap();
-        let (cert, key) = pki.server(&["localhost"]).write_to(&dir, "server").unwrap();
-        let (client_cert, client_key) = pki
-            .workload("default", "productpage")
-            .write_to(&dir, "productpage")
+        let f = Fixture::start("permissive");
+        let plain = reqwest::get(format!("http://127.0.0.1:{}/", f.port))
+            .await
             .unwrap();
-        let tls = ServerTls::builder(&cert, &key)
-            .client_ca(&ca)
-            .mode(MtlsMode::Permissive)
-            .build()
-            .unwrap();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let server = server(listener, tls, || App::new().route("/", web::get().to(seen)))
-            .unwrap()
-            .workers(1)
-            .disable_signals()
-            .run();
-        let handle = server.handle();
-        actix_web::rt::spawn(server);
-
-        let plain = reqwest::get(format!("http://127.0.0.1:{port}/")).await.unwrap();
         assert_eq!(plain.text().await.unwrap(), "http -");
+        assert_eq!(
+            f.mtls_get().await.unwrap(),
+            "https spiffe://cluster.local/ns/default/sa/productpage"
+        );
+        f.handle.stop(true).await;
+    }
 
-        let client = ClientTls::builder(&client_cert, &client_key, &ca)
-            .build()
-            .unwrap();
-        let mtls = reqwest::Client::builder()
-            .use_preconfigured_tls((*client.client_config()).clone())
-            .build()
-            .unwrap();
-        let body = mtls
-            .get(format!("https://localhost:{port}/"))
-            .send()
+    /// Callers stalled in their handshakes hold actix-tls's handshake slots;
+    /// the others wait to be accepted and are served once a slot frees, none
+    /// left behind (the worker stops accepting instead of parking
+    /// connections on a limit that wakes one waiter).
+    #[actix_web::test]
+    async fn callers_beyond_the_handshake_limit_wait_and_are_served() {
+        actix_tls::accept::max_concurrent_tls_connect(1);
+        let f = Fixture::start("limit");
+        let stall = || {
+            let mut tcp = std::net::TcpStream::connect(("127.0.0.1", f.port)).unwrap();
+            // A handshake record's first byte, and nothing more.
+            tcp.write_all(&[0x16]).unwrap();
+            tcp
+        };
+        let first = stall();
+        actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+        let waiting = {
+            let url = format!("https://localhost:{}/", f.port);
+            let mtls = f.mtls.clone();
+            actix_web::rt::spawn(async move { mtls.get(url).send().await?.text().await })
+        };
+        actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+        let _second = stall();
+        actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+        // The first stalled caller leaves: its slot goes to the next in line.
+        drop(first);
+        let served = tokio::time::timeout(Duration::from_secs(5), waiting)
             .await
+            .expect("the waiting caller was left behind")
             .unwrap()
-            .text()
-            .await
             .unwrap();
-        assert_eq!(body, "https spiffe://cluster.local/ns/default/sa/productpage");
-
-        handle.stop(true).await;
-        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(served, "https spiffe://cluster.local/ns/default/sa/productpage");
+        f.handle.stop(false).await;
     }
 }
