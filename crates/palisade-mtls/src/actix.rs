@@ -48,6 +48,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use actix_http::body::MessageBody;
 use actix_http::{HttpServiceBuilder, Request, Response, TlsAcceptorConfig};
@@ -58,6 +59,7 @@ use actix_service::{
 use actix_tls::accept::TlsError;
 use actix_tls::accept::rustls_0_23::TlsStream;
 use actix_web::dev::{AppConfig, Extensions};
+use actix_web::http::KeepAlive;
 use actix_web::rt::net::TcpStream;
 use palisade_core::ConnectionInfo;
 
@@ -86,16 +88,86 @@ pub fn on_connect(conn: &dyn Any, data: &mut Extensions) {
     data.insert(info);
 }
 
+/// The HTTP settings of [`server_with`], as actix-web's `HttpServer` has
+/// them; the defaults are `HttpServer`'s.
+///
+/// ```
+/// use actix_web::http::KeepAlive;
+/// use palisade_mtls::actix::HttpSettings;
+/// let settings = HttpSettings::default()
+///     .keep_alive(KeepAlive::Timeout(std::time::Duration::from_secs(30)))
+///     .host("reviews.default.svc:9080");
+/// # let _ = settings;
+/// ```
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct HttpSettings {
+    keep_alive: KeepAlive,
+    client_request_timeout: Duration,
+    client_disconnect_timeout: Duration,
+    host: Option<String>,
+    handshake_timeout: Duration,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            keep_alive: KeepAlive::default(),
+            client_request_timeout: Duration::from_secs(5),
+            client_disconnect_timeout: Duration::from_secs(1),
+            host: None,
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+        }
+    }
+}
+
+impl HttpSettings {
+    /// Keep-alive (default 5 s), as `HttpServer::keep_alive`.
+    pub fn keep_alive(mut self, keep_alive: impl Into<KeepAlive>) -> Self {
+        self.keep_alive = keep_alive.into();
+        self
+    }
+
+    /// How long a client has to send a request's head (default 5 s), as
+    /// `HttpServer::client_request_timeout`.
+    pub fn client_request_timeout(mut self, timeout: Duration) -> Self {
+        self.client_request_timeout = timeout;
+        self
+    }
+
+    /// How long a client has to close after the server did (default 1 s),
+    /// as `HttpServer::client_disconnect_timeout`.
+    pub fn client_disconnect_timeout(mut self, timeout: Duration) -> Self {
+        self.client_disconnect_timeout = timeout;
+        self
+    }
+
+    /// The host name for URL generation and requests without a `Host`
+    /// header (default the listener's address), as
+    /// `HttpServer::server_hostname`.
+    pub fn host(mut self, host: impl Into<String>) -> Self {
+        self.host = Some(host.into());
+        self
+    }
+
+    /// How long a client has for the TLS handshake and, in PERMISSIVE, for
+    /// its first byte (default 10 s).
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+}
+
 /// An actix-web server for the `App`s `factory` makes, on `listener`, with
 /// `tls` in any mode, PERMISSIVE included: there the first byte of each
 /// connection tells TLS (a handshake record, `0x16`) from plaintext HTTP, as
 /// Istio's sidecar does, and plaintext callers have no peer identity. Every
 /// request finds its [`ConnectionInfo`] where [`on_connect`] would put it.
+/// The HTTP settings are the defaults of [`HttpSettings`]; [`server_with`]
+/// takes others.
 ///
 /// The result is actix-server's builder: set workers, the shutdown timeout
-/// or signal handling there, then `run()` it. HTTP settings are actix-web's
-/// defaults (5 s keep-alive and request timeout); in PERMISSIVE the first
-/// byte has 10 s, and the TLS handshake has 10 s. Requests over TLS see the
+/// or signal handling there, then `run()` it. Requests over TLS see the
 /// `https` scheme in `HttpRequest::connection_info`, plaintext ones `http`.
 /// The factory runs once per worker for TLS and, in PERMISSIVE, once more
 /// for plaintext: state to share between them is made outside it, as with
@@ -121,19 +193,49 @@ where
     S::Service: 'static,
     B: MessageBody + 'static,
 {
+    server_with(listener, tls, HttpSettings::default(), factory)
+}
+
+/// [`server`] with other HTTP settings.
+///
+/// # Errors
+/// As [`server`].
+pub fn server_with<F, I, S, B>(
+    listener: std::net::TcpListener,
+    tls: ServerTls,
+    settings: HttpSettings,
+    factory: F,
+) -> std::io::Result<ServerBuilder>
+where
+    F: Fn() -> I + Send + Clone + 'static,
+    I: IntoServiceFactory<S, Request>,
+    S: ServiceFactory<Request, Config = AppConfig> + 'static,
+    S::Error: Into<actix_web::Error> + 'static,
+    S::InitError: fmt::Debug,
+    S::Response: Into<Response<B>> + 'static,
+    <S::Service as Service<Request>>::Future: 'static,
+    S::Service: 'static,
+    B: MessageBody + 'static,
+{
     let builder = ServerBuilder::default();
     let shutdown = builder.graceful_shutdown_signal();
     let addr = listener.local_addr()?;
+    let host = settings.host.clone().unwrap_or_else(|| addr.to_string());
     let permissive = tls.mode() == MtlsMode::Permissive;
     builder.listen(format!("palisade-mtls-{addr}"), listener, move || {
-        let secure = http(&shutdown, addr)
-            .finish(app(&factory, true, addr))
+        let secure = http(&shutdown, addr, &settings)
+            .finish(app(&factory, true, &host, addr))
             .rustls_0_23_with_config(
                 tls.actix_config(),
-                TlsAcceptorConfig::default().handshake_timeout(HANDSHAKE_TIMEOUT),
+                TlsAcceptorConfig::default().handshake_timeout(settings.handshake_timeout),
             );
-        let plain = permissive.then(|| http(&shutdown, addr).finish(app(&factory, false, addr)).tcp());
+        let plain = permissive.then(|| {
+            http(&shutdown, addr, &settings)
+                .finish(app(&factory, false, &host, addr))
+                .tcp()
+        });
         let shutdown = shutdown.clone();
+        let first_byte_timeout = settings.handshake_timeout;
         fn_factory(move || {
             let secure = secure.new_service(());
             let plain = plain.as_ref().map(|p| p.new_service(()));
@@ -147,6 +249,7 @@ where
                     secure: Rc::new(secure.await?),
                     plain,
                     shutdown,
+                    first_byte_timeout,
                     lifetime: PhantomData,
                 })
             }
@@ -166,6 +269,7 @@ struct FirstByte<'a, T, P> {
     /// The plaintext service, in PERMISSIVE only.
     plain: Option<Rc<P>>,
     shutdown: GracefulShutdownSignal,
+    first_byte_timeout: Duration,
     lifetime: PhantomData<&'a ()>,
 }
 
@@ -194,13 +298,14 @@ where
     fn call(&self, tcp: TcpStream) -> Self::Future {
         let (secure, plain) = (Rc::clone(&self.secure), self.plain.clone());
         let shutdown = self.shutdown.clone();
+        let first_byte_timeout = self.first_byte_timeout;
         Box::pin(async move {
             let remote = tcp.peer_addr().ok();
             let plain = match plain {
                 // A caller that sends nothing is let go at shutdown, not
                 // waited for.
                 Some(plain) => tokio::select! {
-                    tls = starts_with_tls(&tcp) => tls.map(|tls| (!tls).then_some(plain)),
+                    tls = starts_with_tls(&tcp, first_byte_timeout) => tls.map(|tls| (!tls).then_some(plain)),
                     () = shutdown.notified() => Err("server shutting down"),
                 },
                 None => Ok(None),
@@ -223,8 +328,12 @@ where
     }
 }
 
-/// actix-http's service builder with what `HttpServer` sets on it by default.
-fn http<T: 'static, S>(shutdown: &GracefulShutdownSignal, addr: SocketAddr) -> HttpServiceBuilder<T, S>
+/// actix-http's service builder with what `HttpServer` sets on it.
+fn http<T: 'static, S>(
+    shutdown: &GracefulShutdownSignal,
+    addr: SocketAddr,
+    settings: &HttpSettings,
+) -> HttpServiceBuilder<T, S>
 where
     S: ServiceFactory<Request, Config = ()>,
     S::Error: Into<Response<actix_http::body::BoxBody>> + 'static,
@@ -237,16 +346,19 @@ where
             let shutdown = shutdown.clone();
             async move { shutdown.notified().await }
         })
-        .client_disconnect_timeout(std::time::Duration::from_secs(1))
+        .keep_alive(settings.keep_alive)
+        .client_request_timeout(settings.client_request_timeout)
+        .client_disconnect_timeout(settings.client_disconnect_timeout)
         .local_addr(addr)
         .on_connect_ext(|io: &T, data: &mut Extensions| on_connect(io, data))
 }
 
-/// The application for one listener flavour: `secure` is what
-/// `connection_info().scheme()` falls back to.
+/// The application for one listener flavour: `secure` and `host` are what
+/// `connection_info()` falls back to for the scheme and host.
 fn app<F, I, S, B>(
     factory: &F,
     secure: bool,
+    host: &str,
     addr: SocketAddr,
 ) -> impl ServiceFactory<
     Request,
@@ -265,12 +377,13 @@ where
     let app = factory()
         .into_factory()
         .map_err(|err| err.into().error_response().into());
+    let host = host.to_owned();
     // actix-web builds this value for its own listeners with a crate-private
     // constructor; `__priv_test_new` is the public one actix-test uses (kept
     // for it, "semver exempt"). The scheme test in this crate's tests notices
     // if its meaning changes; a removal fails the build.
     map_config(app, move |()| {
-        AppConfig::__priv_test_new(secure, addr.to_string(), addr)
+        AppConfig::__priv_test_new(secure, host.clone(), addr)
     })
 }
 
@@ -287,7 +400,9 @@ impl ServerTls {
 mod tests {
     use std::io::Write as _;
     use std::path::PathBuf;
+
     use std::time::Duration;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     use actix_web::{App, HttpRequest, web};
     use palisade_testkit::TestPki;
@@ -320,7 +435,7 @@ mod tests {
     }
 
     impl Fixture {
-        fn start(name: &str) -> Fixture {
+        fn start(name: &str, settings: HttpSettings) -> Fixture {
             let dir = std::env::temp_dir().join(format!("palisade-mtls-{name}-{}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();
             let pki = TestPki::new();
@@ -338,7 +453,13 @@ mod tests {
                 .unwrap();
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let port = listener.local_addr().unwrap().port();
-            let server = server(listener, tls, || App::new().route("/", web::get().to(seen)))
+            let app = || {
+                App::new().route("/", web::get().to(seen)).route(
+                    "/host",
+                    web::get().to(|req: HttpRequest| async move { req.connection_info().host().to_owned() }),
+                )
+            };
+            let server = server_with(listener, tls, settings, app)
                 .unwrap()
                 .workers(1)
                 .disable_signals()
@@ -368,7 +489,7 @@ mod tests {
 
     #[actix_web::test]
     async fn permissive_listener_serves_plaintext_and_mtls_on_one_port_from_one_app() {
-        let f = Fixture::start("permissive");
+        let f = Fixture::start("permissive", HttpSettings::default());
         let plain = reqwest::get(format!("http://127.0.0.1:{}/", f.port))
             .await
             .unwrap();
@@ -387,7 +508,7 @@ mod tests {
     #[actix_web::test]
     async fn callers_beyond_the_handshake_limit_wait_and_are_served() {
         actix_tls::accept::max_concurrent_tls_connect(1);
-        let f = Fixture::start("limit");
+        let f = Fixture::start("limit", HttpSettings::default());
         let stall = || {
             let mut tcp = std::net::TcpStream::connect(("127.0.0.1", f.port)).unwrap();
             // A handshake record's first byte, and nothing more.
@@ -413,5 +534,29 @@ mod tests {
             .unwrap();
         assert_eq!(served, "https spiffe://cluster.local/ns/default/sa/productpage");
         f.handle.stop(false).await;
+    }
+
+    #[actix_web::test]
+    async fn http_settings_reach_the_tls_and_the_plaintext_service() {
+        let settings = HttpSettings::default()
+            .keep_alive(KeepAlive::Disabled)
+            .host("reviews.example:9081");
+        let f = Fixture::start("settings", settings);
+        // HTTP/1.0 without a Host header: the configured host stands in.
+        // (Async IO: the server starts on this thread's runtime.)
+        let mut tcp = TcpStream::connect(("127.0.0.1", f.port)).await.unwrap();
+        tcp.write_all(b"GET /host HTTP/1.0\r\n\r\n").await.unwrap();
+        let mut answer = String::new();
+        let read = tcp.read_to_string(&mut answer);
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .expect("the server did not close the connection")
+            .unwrap();
+        assert!(answer.ends_with("reviews.example:9081"), "{answer}");
+        // Over mutual TLS: no keep-alive.
+        let url = format!("https://localhost:{}/", f.port);
+        let res = f.mtls.get(url).send().await.unwrap();
+        assert_eq!(res.headers()["connection"], "close");
+        f.handle.stop(true).await;
     }
 }

@@ -123,7 +123,7 @@ where
     info.remote_addr = Some(remote);
     info.local_addr = tcp.local_addr().ok();
     let tls_first = match tls.mode() {
-        MtlsMode::Permissive => starts_with_tls(&tcp).await?,
+        MtlsMode::Permissive => starts_with_tls(&tcp, HANDSHAKE_TIMEOUT).await?,
         MtlsMode::Strict | MtlsMode::Disable => true,
     };
     if !tls_first {

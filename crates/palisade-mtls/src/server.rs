@@ -30,11 +30,15 @@ pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// PERMISSIVE's test, as Istio's sidecar makes it: a connection whose first
 /// byte is a TLS handshake record (`0x16`) is TLS, anything else plaintext.
-/// The byte is peeked, not read. The error is a reason for the debug log.
+/// The byte is peeked, not read, and waited for up to `timeout`. The error
+/// is a reason for the debug log.
 #[cfg(any(feature = "axum", feature = "actix"))]
-pub(crate) async fn starts_with_tls(tcp: &tokio::net::TcpStream) -> Result<bool, &'static str> {
+pub(crate) async fn starts_with_tls(
+    tcp: &tokio::net::TcpStream,
+    timeout: Duration,
+) -> Result<bool, &'static str> {
     let mut first = [0u8; 1];
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await {
+    match tokio::time::timeout(timeout, tcp.peek(&mut first)).await {
         Ok(Ok(1)) => Ok(first[0] == 0x16),
         Ok(Ok(_)) => Err("closed"),
         Ok(Err(_)) => Err("read error"),
