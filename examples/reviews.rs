@@ -9,6 +9,7 @@ mod common;
 use actix_web::{App, HttpResponse, HttpServer, web};
 use palisade::Identity;
 use palisade::actix::Palisade;
+use palisade::mtls::actix::HttpSettings;
 
 fn main() {
     common::init_logging();
@@ -51,7 +52,7 @@ fn main() {
             let listener =
                 std::net::TcpListener::bind(args.listen).unwrap_or_else(|e| common::fail(&listen_error(e)));
             let addr = listener.local_addr().unwrap_or(args.listen);
-            let server = palisade::mtls::actix::server(listener, tls.clone(), app)
+            let server = palisade::mtls::actix::server(listener, tls.clone(), HttpSettings::default(), app)
                 .unwrap_or_else(|e| common::fail(&listen_error(e)))
                 .workers(2)
                 .shutdown_timeout(5)

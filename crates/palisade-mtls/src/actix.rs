@@ -27,11 +27,12 @@
 //!
 //! ```no_run
 //! use actix_web::{App, web};
+//! use palisade_mtls::actix::HttpSettings;
 //! use palisade_mtls::{MtlsMode, ServerTls};
 //! # async fn run(guard: palisade_core::Guard) -> Result<(), Box<dyn std::error::Error>> {
 //! let tls = ServerTls::builder("server.crt", "server.key").client_ca("mesh-ca.pem").mode(MtlsMode::Permissive).build()?;
 //! let listener = std::net::TcpListener::bind("127.0.0.1:8080")?;
-//! palisade_mtls::actix::server(listener, tls, move || {
+//! palisade_mtls::actix::server(listener, tls, HttpSettings::default(), move || {
 //!     App::new().wrap(palisade_actix::Palisade::new(guard.clone())).route("/", web::get().to(|| async { "hi" }))
 //! })?
 //! .workers(2)
@@ -88,7 +89,7 @@ pub fn on_connect(conn: &dyn Any, data: &mut Extensions) {
     data.insert(info);
 }
 
-/// The HTTP settings of [`server_with`], as actix-web's `HttpServer` has
+/// The HTTP settings of [`server`], as actix-web's `HttpServer` has
 /// them; the defaults are `HttpServer`'s.
 ///
 /// ```
@@ -163,8 +164,8 @@ impl HttpSettings {
 /// connection tells TLS (a handshake record, `0x16`) from plaintext HTTP, as
 /// Istio's sidecar does, and plaintext callers have no peer identity. Every
 /// request finds its [`ConnectionInfo`] where [`on_connect`] would put it.
-/// The HTTP settings are the defaults of [`HttpSettings`]; [`server_with`]
-/// takes others.
+/// `settings` are `HttpServer`'s HTTP settings ([`HttpSettings::default`]
+/// has its defaults).
 ///
 /// The result is actix-server's builder: set workers, the shutdown timeout
 /// or signal handling there, then `run()` it. Requests over TLS see the
@@ -178,29 +179,6 @@ impl HttpSettings {
 /// When the listener's local address cannot be read or it cannot be made
 /// non-blocking.
 pub fn server<F, I, S, B>(
-    listener: std::net::TcpListener,
-    tls: ServerTls,
-    factory: F,
-) -> std::io::Result<ServerBuilder>
-where
-    F: Fn() -> I + Send + Clone + 'static,
-    I: IntoServiceFactory<S, Request>,
-    S: ServiceFactory<Request, Config = AppConfig> + 'static,
-    S::Error: Into<actix_web::Error> + 'static,
-    S::InitError: fmt::Debug,
-    S::Response: Into<Response<B>> + 'static,
-    <S::Service as Service<Request>>::Future: 'static,
-    S::Service: 'static,
-    B: MessageBody + 'static,
-{
-    server_with(listener, tls, HttpSettings::default(), factory)
-}
-
-/// [`server`] with other HTTP settings.
-///
-/// # Errors
-/// As [`server`].
-pub fn server_with<F, I, S, B>(
     listener: std::net::TcpListener,
     tls: ServerTls,
     settings: HttpSettings,
@@ -459,7 +437,7 @@ mod tests {
                     web::get().to(|req: HttpRequest| async move { req.connection_info().host().to_owned() }),
                 )
             };
-            let server = server_with(listener, tls, settings, app)
+            let server = server(listener, tls, settings, app)
                 .unwrap()
                 .workers(1)
                 .disable_signals()
