@@ -279,6 +279,7 @@ where
         let first_byte_timeout = self.first_byte_timeout;
         Box::pin(async move {
             let remote = tcp.peer_addr().ok();
+            // `Ok(Some(plain))`: a plaintext caller; `Ok(None)`: TLS.
             let plain = match plain {
                 // A caller that sends nothing is let go at shutdown, not
                 // waited for.
