@@ -3,12 +3,10 @@
 //! --negotiate`). The Kerberos environment is passed to the child processes,
 //! never set in this one.
 
-use std::path::PathBuf;
 use std::process::Command;
 
-use palisade::testkit::KerberosRealm;
-
 mod common;
+use common::kerberos::{Realm, realm, sent_token};
 use common::{example, start_with_env as start};
 use serde_json::Value;
 
@@ -42,33 +40,6 @@ fn lower_names(headers: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-fn sent_token(verbose: &str) -> Option<String> {
-    verbose
-        .lines()
-        .rev()
-        .find_map(|l| l.strip_prefix("> Authorization: Negotiate "))
-        .map(str::to_owned)
-}
-
-struct Realm {
-    realm: KerberosRealm,
-    keytab: PathBuf,
-    ccache: PathBuf,
-}
-
-fn realm() -> Realm {
-    let realm = KerberosRealm::start().unwrap_or_else(|e| panic!("{e}"));
-    realm.add_user("alice", "alice-password").unwrap();
-    let keytab = realm.add_service("HTTP/localhost").unwrap();
-    realm.add_service("HTTP/elsewhere").unwrap();
-    let ccache = realm.kinit("alice", "alice-password").unwrap();
-    Realm {
-        realm,
-        keytab,
-        ccache,
-    }
 }
 
 fn server_env(r: &Realm, with_ktname: bool) -> Vec<(String, String)> {

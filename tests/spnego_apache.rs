@@ -15,14 +15,14 @@
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::path::PathBuf;
 use std::process::Command;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use palisade::testkit::{ApacheGssapi, KerberosRealm};
+use palisade::testkit::ApacheGssapi;
 
 mod common;
+use common::kerberos::{realm, sent_token};
 use common::start_with_env as start;
 use serde_json::Value;
 
@@ -80,14 +80,6 @@ fn curl(args: &[&str], env: &[(String, String)]) -> Reply {
     }
 }
 
-fn sent_token(verbose: &str) -> Option<String> {
-    verbose
-        .lines()
-        .rev()
-        .find_map(|l| l.strip_prefix("> Authorization: Negotiate "))
-        .map(|t| t.trim().to_owned())
-}
-
 /// A Negotiate token for `HTTP/localhost` that no acceptor has seen: curl
 /// talks to a stub that answers `401 Negotiate` to everything, so the
 /// token it sends is never accepted (and never enters a replay cache).
@@ -116,27 +108,6 @@ fn fresh_token(client: &[(String, String)]) -> String {
     let reply = curl(&["--negotiate", "-u", ":", &url], client);
     assert_eq!(reply.status, 401, "{}", reply.log);
     sent_token(&reply.log).unwrap_or_else(|| panic!("curl sent no token to the stub:\n{}", reply.log))
-}
-
-// ------------------------------------------------------------------ realm
-
-struct Realm {
-    realm: KerberosRealm,
-    keytab: PathBuf,
-    ccache: PathBuf,
-}
-
-fn realm() -> Realm {
-    let realm = KerberosRealm::start().unwrap_or_else(|e| panic!("{e}"));
-    realm.add_user("alice", "alice-password").unwrap();
-    let keytab = realm.add_service("HTTP/localhost").unwrap();
-    realm.add_service("HTTP/elsewhere").unwrap();
-    let ccache = realm.kinit("alice", "alice-password").unwrap();
-    Realm {
-        realm,
-        keytab,
-        ccache,
-    }
 }
 
 // ------------------------------------------------------------- comparison

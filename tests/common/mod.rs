@@ -4,6 +4,9 @@
 
 use serde_json::Value;
 
+#[cfg(all(feature = "spnego", feature = "testkit"))]
+pub(crate) mod kerberos;
+
 /// POSTs a form to a token endpoint and returns the `access_token`.
 pub(crate) async fn access_token(endpoint: &str, form: &str) -> String {
     let res: Value = reqwest::Client::new()
