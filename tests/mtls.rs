@@ -61,6 +61,13 @@ impl Dir {
         )
     }
 }
+/// An example's arguments for mutual TLS with `server`'s certificate and
+/// key and the client CA `ca`, after `first`.
+fn mtls_args<'a>(first: &[&'a str], server: &'a (String, String), ca: &'a str) -> Vec<&'a str> {
+    let mut args = first.to_vec();
+    args.extend(["--tls-cert", &server.0, "--tls-key", &server.1, "--client-ca", ca]);
+    args
+}
 
 /// `curl` over HTTPS: (exit code, HTTP status, body).
 fn curl(
@@ -168,19 +175,7 @@ fn strict_mtls_knows_the_caller_and_refuses_bad_certificates_with_curl_and_opens
         ]),
     );
     for name in ["details", "reviews"] {
-        let svc = start(
-            name,
-            &[
-                "--config",
-                &policy,
-                "--tls-cert",
-                &server.0,
-                "--tls-key",
-                &server.1,
-                "--client-ca",
-                &ca,
-            ],
-        );
+        let svc = start(name, &mtls_args(&["--config", &policy], &server, &ca));
         // The right workload: allowed, and /whoami names it.
         let (code, status, _) = curl(svc.port, "/list", &ca, Some(&productpage), &[]);
         assert_eq!((code, status), (0, 200), "{name}: productpage /list");
@@ -274,20 +269,10 @@ fn permissive_mode_serves_plaintext_without_and_mtls_with_an_identity() {
         "policy.yaml",
         "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: PERMISSIVE}}\n",
     );
-    let args = [
-        "--config",
-        &policy,
-        "--tls-cert",
-        &server.0,
-        "--tls-key",
-        &server.1,
-        "--client-ca",
-        &ca,
-    ];
     // One port, both ways in: the axum accept loop and, for actix-web,
     // Palisade's listener that peeks at the first byte.
     for name in ["details", "reviews"] {
-        let svc = start(name, &args);
+        let svc = start(name, &mtls_args(&["--config", &policy], &server, &ca));
         let plain = Command::new("curl")
             .args([
                 "-sS",
@@ -339,19 +324,7 @@ fn a_new_crl_refuses_a_revoked_client_at_its_next_handshake() {
         let victim = pki.workload("default", "victim");
         let victim_files = dir.cert("victim", &victim);
         let crl = dir.write("crl.pem", &pki.crl_pem());
-        let svc = start(
-            name,
-            &[
-                "--tls-cert",
-                &server.0,
-                "--tls-key",
-                &server.1,
-                "--client-ca",
-                &ca,
-                "--client-crl",
-                &crl,
-            ],
-        );
+        let svc = start(name, &mtls_args(&["--client-crl", &crl], &server, &ca));
         assert_eq!(
             curl(svc.port, "/healthz", &ca, Some(&victim_files), &[]).1,
             200,
@@ -416,19 +389,7 @@ async fn the_client_side_checks_the_servers_spiffe_id() {
         "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: strict}\nspec: {mtls: {mode: STRICT}}\n",
     );
     for name in ["details", "reviews"] {
-        let svc = start(
-            name,
-            &[
-                "--config",
-                &policy,
-                "--tls-cert",
-                &details.0,
-                "--tls-key",
-                &details.1,
-                "--client-ca",
-                &ca,
-            ],
-        );
+        let svc = start(name, &mtls_args(&["--config", &policy], &details, &ca));
         let url = format!("https://localhost:{}/whoami", svc.port);
         let right = palisade::mtls::ClientTls::builder(&me.0, &me.1, &ca)
             .expect_subject_alt_name("spiffe://cluster.local/ns/default/sa/details")
@@ -472,17 +433,7 @@ async fn rotating_the_server_certificate_and_trust_bundle_under_load_fails_no_re
     for name in ["details", "reviews"] {
         dir.cert("server", &old.server(&["localhost"]));
         dir.write("client-ca.pem", &old.ca_pem());
-        let svc = start(
-            name,
-            &[
-                "--tls-cert",
-                &server.0,
-                "--tls-key",
-                &server.1,
-                "--client-ca",
-                &client_ca,
-            ],
-        );
+        let svc = start(name, &mtls_args(&[], &server, &client_ca));
         let url = format!("https://localhost:{}/healthz", svc.port);
         let tls = palisade::mtls::ClientTls::builder(&me.0, &me.1, &trust)
             .build()
@@ -575,19 +526,7 @@ async fn a_certificate_bound_token_works_only_over_its_certificate() {
         .sign();
     let bearer = format!("authorization: Bearer {token}");
     for name in ["details", "reviews"] {
-        let svc = start(
-            name,
-            &[
-                "--config",
-                &policy,
-                "--tls-cert",
-                &server.0,
-                "--tls-key",
-                &server.1,
-                "--client-ca",
-                &ca,
-            ],
-        );
+        let svc = start(name, &mtls_args(&["--config", &policy], &server, &ca));
         let (_, status, body) = curl(svc.port, "/whoami", &ca, Some(&owner), &["-H", &bearer]);
         assert_eq!(status, 200, "{name}: {body}");
         let who: Value = serde_json::from_str(&body).unwrap();
