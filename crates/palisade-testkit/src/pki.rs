@@ -601,6 +601,15 @@ mod tests {
             .map(|_| ())
     }
 
+    /// Asserts that the client verifier refuses `cert` with a certificate
+    /// error matching `pattern`.
+    macro_rules! assert_refused {
+        ($pki:expr, $cert:expr, $pattern:pat) => {{
+            let err = verify_client($pki, $cert).unwrap_err();
+            assert!(matches!(err, Error::InvalidCertificate($pattern)), "{err:?}");
+        }};
+    }
+
     fn parsed(der: &[u8]) -> X509Certificate<'_> {
         x509_parser::parse_x509_certificate(der).unwrap().1
     }
@@ -718,41 +727,30 @@ mod tests {
     #[test]
     fn expired_cert_fails() {
         let pki = TestPki::new();
-        let err = verify_client(&pki, &pki.expired("default", "alice")).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                Error::InvalidCertificate(CertificateError::ExpiredContext { .. })
-            ),
-            "{err:?}"
+        assert_refused!(
+            &pki,
+            &pki.expired("default", "alice"),
+            CertificateError::ExpiredContext { .. }
         );
     }
 
     #[test]
     fn not_yet_valid_cert_fails() {
         let pki = TestPki::new();
-        let err = verify_client(&pki, &pki.not_yet_valid("default", "alice")).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                Error::InvalidCertificate(CertificateError::NotValidYetContext { .. })
-            ),
-            "{err:?}"
+        assert_refused!(
+            &pki,
+            &pki.not_yet_valid("default", "alice"),
+            CertificateError::NotValidYetContext { .. }
         );
     }
 
     #[test]
     fn wrong_eku_cert_fails_as_a_client() {
         let pki = TestPki::new();
-        let err = verify_client(&pki, &pki.wrong_eku("default", "alice")).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                Error::InvalidCertificate(
-                    CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. }
-                )
-            ),
-            "{err:?}"
+        assert_refused!(
+            &pki,
+            &pki.wrong_eku("default", "alice"),
+            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. }
         );
     }
 
@@ -762,11 +760,7 @@ mod tests {
         let other = TestPki::new();
         assert_ne!(parsed(&pki.ca_der()).subject(), parsed(&other.ca_der()).subject());
         let stranger = other.workload("default", "alice");
-        let err = verify_client(&pki, &stranger).unwrap_err();
-        assert!(
-            matches!(err, Error::InvalidCertificate(CertificateError::UnknownIssuer)),
-            "{err:?}"
-        );
+        assert_refused!(&pki, &stranger, CertificateError::UnknownIssuer);
     }
 
     #[test]
@@ -777,11 +771,7 @@ mod tests {
         verify_client(&pki, &alice).unwrap();
         pki.revoke(&alice);
         pki.revoke(&alice);
-        let err = verify_client(&pki, &alice).unwrap_err();
-        assert!(
-            matches!(err, Error::InvalidCertificate(CertificateError::Revoked)),
-            "{err:?}"
-        );
+        assert_refused!(&pki, &alice, CertificateError::Revoked);
         // Revocation is per certificate: the same CA's other leaves still pass.
         verify_client(&pki, &bob).unwrap();
         let crl_der = pki.crl_der();
