@@ -6,6 +6,7 @@
 
 mod common;
 
+use actix_web::middleware::Condition;
 use actix_web::{App, HttpResponse, HttpServer, web};
 use palisade::Identity;
 use palisade::actix::Palisade;
@@ -17,9 +18,11 @@ fn main() {
     let setup = common::setup(&args);
     let service: &'static str = Box::leak(setup.workload.service.clone().into_boxed_str());
     let guard = setup.guard.clone();
+    // `--no-guard` (benchmarking only): the same routes without Palisade.
+    let guarded = !args.no_guard;
     let app = move || {
         App::new()
-            .wrap(Palisade::new(guard.clone()))
+            .wrap(Condition::new(guarded, Palisade::new(guard.clone())))
             .route("/healthz", web::get().to(|| async { "ok" }))
             .route(
                 "/list",

@@ -48,6 +48,8 @@ pub use palisade_mtls as mtls;
 #[cfg(feature = "spnego")]
 pub use palisade_spnego as spnego;
 
+pub mod prelude;
+
 #[cfg(feature = "jwt")]
 use palisade_core::policy::{PolicyError, PolicySet, Workload};
 
@@ -61,45 +63,33 @@ use palisade_core::policy::{PolicyError, PolicySet, Workload};
 /// that cannot be enforced exactly as written.
 #[cfg(feature = "jwt")]
 pub fn guard_from_policy(set: &PolicySet, workload: &Workload) -> Result<Guard, PolicyError> {
-    guard_from_policy_with(set, workload, &palisade_core::authz::ExternalAuthorizers::new())
-}
-
-/// [`guard_from_policy`] with the external authorizers that `CUSTOM`
-/// policies name (Istio's `extensionProviders`).
-///
-/// # Errors
-/// As [`guard_from_policy`]; a `CUSTOM` policy whose provider is not in
-/// `authorizers` is an error naming its `spec.provider.name`.
-#[cfg(feature = "jwt")]
-pub fn guard_from_policy_with(
-    set: &PolicySet,
-    workload: &Workload,
-    authorizers: &palisade_core::authz::ExternalAuthorizers,
-) -> Result<Guard, PolicyError> {
-    guard_builder_from_policy(set, workload, authorizers)?
+    guard_builder_from_policy(set, workload, &palisade_core::authz::ExternalAuthorizers::new())?
         .build()
-        .map_err(|e| PolicyError::new(set.source(), e.to_string()))
+        .map_err(|e| PolicyError::new(set.source(), e.to_string()).with_source(e))
 }
 
-/// The [`GuardBuilder`](palisade_core::GuardBuilder) of
-/// [`guard_from_policy_with`], for adding authenticators the policy file
-/// does not configure (SPNEGO with a keytab, say) before building.
+/// The [`GuardBuilder`](palisade_core::GuardBuilder) for a workload, with
+/// every part the policy file configures: the access policy (with the
+/// external authorizers `CUSTOM` policies name, Istio's
+/// `extensionProviders`) and the JWT authenticator. Add what the file does
+/// not turn on by itself before building, through the same step
+/// (`.authenticator_from::<palisade::spnego::SpnegoAuthenticator>(&policy)`
+/// when a keytab is given).
 ///
 /// # Errors
-/// As [`guard_from_policy_with`].
+/// A [`PolicyError`] naming the file, the document and the field of anything
+/// that cannot be enforced exactly as written; a `CUSTOM` policy whose
+/// provider is not in `authorizers` names its `spec.provider.name`.
 #[cfg(feature = "jwt")]
 pub fn guard_builder_from_policy(
     set: &PolicySet,
     workload: &Workload,
     authorizers: &palisade_core::authz::ExternalAuthorizers,
 ) -> Result<palisade_core::GuardBuilder, PolicyError> {
-    let applicable = set.for_workload(workload);
-    let access = palisade_core::authz::AccessPolicy::compile_with(&applicable, authorizers)?;
-    let mut builder = Guard::builder().access_policy(access);
-    if let Some(jwt) = palisade_jwt::JwtAuthenticator::from_policy(&applicable)? {
-        builder = builder.authenticator(jwt);
-    }
-    Ok(builder)
+    let policy = set.for_workload(workload);
+    Guard::builder()
+        .access_policy_from(&policy, authorizers)?
+        .authenticator_from::<palisade_jwt::JwtAuthenticator>(&policy)
 }
 
 /// The README's code blocks, compiled as doc tests so they stay true.

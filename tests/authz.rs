@@ -11,15 +11,16 @@ use std::net::{IpAddr, SocketAddr};
 
 use actix_web::{App, HttpResponse, web};
 use axum::body::Body;
+use palisade::core::adapter::Decision;
+use palisade::core::authn::{
+    AuthOutcome, Authenticated, Authenticator, ConnectionInfo, OwnedRequest, RequestHead,
+};
 use palisade::core::authz::{
     AccessDecision, AccessPolicy, CheckRequest, ExternalAuthorizers, ExternalDecision,
 };
-use palisade::core::identity::{PeerIdentity, Verification};
 use palisade::core::policy::{PolicySet, Spec, Workload};
-use palisade::core::{
-    AuthOutcome, Authenticated, Authenticating, Authenticator, Check, ConnectionInfo, Decision, Guard,
-    Identity, OwnedRequest, RequestHead,
-};
+use palisade::core::{Check, Guard, Identity};
+use palisade::core::{PeerIdentity, Verification};
 use palisade::jwt::{JwtAuthenticator, Provider};
 use palisade::testkit::TestIssuer;
 use serde::Deserialize;
@@ -90,9 +91,9 @@ impl Authenticator for TestPeer {
         None
     }
 
-    fn authenticate(&self, req: &dyn RequestHead) -> Authenticating {
+    fn authenticate(&self, req: &dyn RequestHead) -> Check<AuthOutcome> {
         let Some(principal) = req.header_str("x-test-peer") else {
-            return Authenticating::Ready(AuthOutcome::NoCredential);
+            return Check::Ready(AuthOutcome::NoCredential);
         };
         let mut peer = PeerIdentity::default();
         peer.principal = Some(principal.to_owned());
@@ -102,7 +103,7 @@ impl Authenticator for TestPeer {
             .nth(1)
             .and_then(|r| r.split('/').next())
             .map(str::to_owned);
-        Authenticating::Ready(AuthOutcome::Authenticated(Authenticated::new(
+        Check::Ready(AuthOutcome::Authenticated(Authenticated::new(
             Identity::from_peer(peer, Verification::assertion()),
         )))
     }
@@ -110,7 +111,7 @@ impl Authenticator for TestPeer {
 
 fn table() -> Vec<Case> {
     let text = include_str!("authz/istio_conformance.yaml");
-    serde_yaml::from_str(text).expect("the conformance table parses")
+    serde_saphyr::from_str(text).expect("the conformance table parses")
 }
 
 struct Setup {
@@ -251,12 +252,8 @@ async fn core_status(guard: &Guard, r: &Req, token: Option<&String>) -> (u16, Ac
         req = req.header(&k, v);
     }
     let req = req.connection(connection(r));
-    let d = match guard.check(&req) {
-        Check::Ready(d) => d,
-        Check::Pending(f) => f.await,
-    };
-    match d {
-        Decision::Allow(a) => (200, a.access),
+    match guard.check(&req).await {
+        Decision::Allow(a) => (200, a.auth().access().clone()),
         Decision::Deny(r) => (
             r.status(),
             r.access().cloned().expect("a policy denial carries its decision"),

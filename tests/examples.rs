@@ -259,7 +259,10 @@ fn every_sample_policy_compiles_for_the_example_services() {
         );
         for service in ["details", "reviews"] {
             let workload = palisade::core::policy::Workload::new(service, "default");
-            palisade::guard_from_policy_with(&set, &workload, &authorizers).unwrap_or_else(|e| panic!("{e}"));
+            palisade::guard_builder_from_policy(&set, &workload, &authorizers)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .build()
+                .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         }
         seen += 1;
     }
@@ -269,9 +272,8 @@ fn every_sample_policy_compiles_for_the_example_services() {
 #[test]
 fn jwks_uri_and_inline_jwks_together_are_refused() {
     let yaml = "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt}\nspec:\n  jwtRules:\n  - issuer: https://idp.example\n    jwksUri: https://idp.example/certs\n    jwks: '{\"keys\":[]}'\n";
-    let set = palisade::core::policy::PolicySet::from_yaml_str(yaml, "both.yaml").unwrap();
-    let err = palisade::guard_from_policy(&set, &palisade::core::policy::Workload::new("details", "default"))
-        .unwrap_err();
+    // Refused when the file loads, whichever workload the document is for.
+    let err = palisade::core::policy::PolicySet::from_yaml_str(yaml, "both.yaml").unwrap_err();
     assert_eq!(err.field.as_deref(), Some("spec.jwtRules[0].jwks"), "{err}");
 }
 

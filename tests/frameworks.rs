@@ -474,3 +474,298 @@ async fn istio_token_locations_and_payload_output_work_in_both_frameworks() {
         payload
     );
 }
+
+/// One answer read off the wire.
+#[derive(Debug, PartialEq)]
+struct Wire {
+    status: u16,
+    /// The headers both adapters must agree on, lower-case names, sorted by
+    /// name (values of one name in order).
+    headers: Vec<(String, String)>,
+    body: Value,
+}
+
+/// Sends one HTTP/1.1 request as written (no client normalises the path)
+/// and reads the answer.
+async fn send(addr: std::net::SocketAddr, target: &str, headers: &[(&str, String)]) -> Wire {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req = format!("GET {target} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let mut lines = head.lines();
+    let status = lines.next().unwrap()[9..12].parse().unwrap();
+    let mut all: Vec<(String, String)> = lines
+        .map(|l| {
+            let (k, v) = l.split_once(':').unwrap();
+            (k.to_ascii_lowercase(), v.trim().to_owned())
+        })
+        .collect();
+    let chunked = all
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v == "chunked");
+    let body = if chunked {
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((size, tail)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size, 16).unwrap();
+            if n == 0 {
+                break;
+            }
+            out.push_str(&tail[..n]);
+            rest = &tail[n + 2..];
+        }
+        out
+    } else {
+        body.to_owned()
+    };
+    all.retain(|(k, _)| {
+        matches!(
+            k.as_str(),
+            "www-authenticate" | "content-type" | "x-palisade-authz"
+        )
+    });
+    // The order of different names carries no meaning (actix-web's map
+    // does not keep it); the order of one name's values does.
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    Wire {
+        status,
+        headers: all,
+        body: serde_json::from_str(&body).unwrap_or(Value::Null),
+    }
+}
+
+/// What the handler saw: the path the router routed, the query, whether
+/// the token reached it, and the identity.
+fn seen(path: &str, query: Option<&str>, authorization: bool, id: Option<&Identity>) -> Value {
+    json!({
+        "path": path,
+        "query": query,
+        "authorization": authorization,
+        "subject": id.and_then(Identity::subject),
+    })
+}
+
+/// Both adapters on real sockets (axum under plain `axum::serve` with
+/// `ConnectAddrs`, actix-web under `HttpServer`), one table of requests:
+/// connection facts (ports, addresses), path rewrites, response headers and
+/// refusals must come out byte-for-byte the same.
+#[test]
+fn both_frameworks_agree_on_the_wire() {
+    let issuer = TestIssuer::builder().default_audience("details").start().unwrap();
+    let axum_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let actix_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let axum_addr = axum_listener.local_addr().unwrap();
+    let actix_addr = actix_listener.local_addr().unwrap();
+    let yaml = format!(
+        "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt}}
+spec:
+  jwtRules: [{{issuer: {iss}, jwksUri: {jwks}, audiences: [details]}}]
+---
+apiVersion: palisade.dev/v1alpha1
+kind: AuthorizationSettings
+metadata: {{name: debug}}
+spec: {{explainHeader: true}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: no-admin}}
+spec:
+  action: DENY
+  rules: [{{to: [{{operation: {{paths: [\"/admin*\"]}}}}]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: open}}
+spec:
+  rules:
+  - from: [{{source: {{requestPrincipals: [\"*\"]}}}}]
+  - to: [{{operation: {{paths: [/public/*]}}}}]
+  - to: [{{operation: {{ports: [\"{p1}\", \"{p2}\"], paths: [/by-port/*]}}}}]
+  - from: [{{source: {{ipBlocks: [127.0.0.1/32]}}}}]
+    to: [{{operation: {{paths: [/loopback/*]}}}}]
+  - to: [{{operation: {{paths: [/elsewhere/*]}}}}]
+    when: [{{key: destination.port, values: [\"1\"]}}]
+",
+        iss = issuer.issuer(),
+        jwks = issuer.jwks_uri(),
+        p1 = axum_addr.port(),
+        p2 = actix_addr.port(),
+    );
+    let set = PolicySet::from_yaml_str(&yaml, "wire.yaml").unwrap();
+    let guard = palisade::guard_from_policy(&set, &Workload::new("details", "default")).unwrap();
+
+    // actix-web on its own system thread.
+    let actix_guard = guard.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            let server = actix_web::HttpServer::new(move || {
+                App::new()
+                    .wrap(palisade::actix::Palisade::new(actix_guard.clone()))
+                    .default_service(web::to(
+                        |req: actix_web::HttpRequest, id: Option<Identity>| async move {
+                            HttpResponse::Ok().json(seen(
+                                req.path(),
+                                req.uri().query(),
+                                req.headers().contains_key("authorization"),
+                                id.as_ref(),
+                            ))
+                        },
+                    ))
+            })
+            .workers(1)
+            .listen(actix_listener)
+            .unwrap()
+            .run();
+            tx.send(server.handle()).unwrap();
+            server.await.unwrap();
+        });
+    });
+    let actix_handle = rx.recv().unwrap();
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let router = axum::Router::new().fallback(
+            |uri: http::Uri, headers: http::HeaderMap, id: Option<Identity>| async move {
+                axum::Json(seen(
+                    uri.path(),
+                    uri.query(),
+                    headers.contains_key("authorization"),
+                    id.as_ref(),
+                ))
+            },
+        );
+        let app = palisade::axum::PalisadeLayer::new(guard).wrap(router);
+        axum_listener.set_nonblocking(true).unwrap();
+        let listener = tokio::net::TcpListener::from_std(axum_listener).unwrap();
+        tokio::spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<palisade::axum::ConnectAddrs>(),
+            )
+            .await
+            .unwrap();
+        });
+
+        let token = issuer.token().subject("alice").sign();
+        let auth = || vec![("authorization", format!("Bearer {token}"))];
+        let explain = |w: &Wire| {
+            w.headers
+                .iter()
+                .find(|(k, _)| k == "x-palisade-authz")
+                .map(|(_, v)| v.clone())
+        };
+        // (name, target, headers, status, what the handler saw)
+        let cases: Vec<(&str, &str, Headers<'_>, u16, Option<Value>)> = vec![
+            (
+                "token",
+                "/whoami",
+                auth(),
+                200,
+                Some(seen("/whoami", None, false, None)),
+            ),
+            ("no token", "/whoami", vec![], 401, None),
+            (
+                "bad token",
+                "/whoami",
+                vec![("authorization", "Bearer x.y.z".into())],
+                401,
+                None,
+            ),
+            ("two tokens", "/whoami", [auth(), auth()].concat(), 400, None),
+            ("denied path", "/admin", auth(), 403, None),
+            (
+                "dot segments reach the denied path",
+                "/public/../admin",
+                auth(),
+                403,
+                None,
+            ),
+            (
+                "escaped dot segments too",
+                "/public/%2e%2e/admin?x=1",
+                auth(),
+                403,
+                None,
+            ),
+            ("malformed escape", "/public/%zz", vec![], 400, None),
+            (
+                "rewritten for the router",
+                "/public/./a//b?q=1&r",
+                vec![],
+                200,
+                Some(seen("/public/a/b", Some("q=1&r"), false, None)),
+            ),
+            (
+                "rewritten escapes",
+                "/public/%61",
+                vec![],
+                200,
+                Some(seen("/public/a", None, false, None)),
+            ),
+            (
+                "the listening port",
+                "/by-port/x",
+                vec![],
+                200,
+                Some(seen("/by-port/x", None, false, None)),
+            ),
+            ("another port", "/elsewhere/x", vec![], 401, None),
+            (
+                "the remote address",
+                "/loopback/x",
+                vec![],
+                200,
+                Some(seen("/loopback/x", None, false, None)),
+            ),
+        ];
+        for (name, target, headers, status, handler_saw) in cases {
+            let a = send(axum_addr, target, &headers).await;
+            let b = send(actix_addr, target, &headers).await;
+            assert_eq!(a, b, "{name}: axum and actix-web differ");
+            assert_eq!(a.status, status, "{name}: {a:?}");
+            match &handler_saw {
+                Some(v) => {
+                    let mut want = v.clone();
+                    if name == "token" {
+                        want["subject"] = json!("alice");
+                    }
+                    assert_eq!(a.body, want, "{name}");
+                }
+                None => {
+                    assert_eq!(a.body["status"], status, "{name}: a problem document");
+                    assert!(
+                        a.headers
+                            .iter()
+                            .any(|(k, v)| k == "content-type" && v == "application/problem+json"),
+                        "{name}"
+                    );
+                }
+            }
+            // Every decision the policy made is explained (the debug switch
+            // is on); refusals before the policy ran (a bad token, a bad path)
+            // have no decision to explain.
+            let decided = !matches!(name, "bad token" | "two tokens" | "malformed escape");
+            assert_eq!(explain(&a).is_some(), decided, "{name}: {a:?}");
+            if status == 401 {
+                assert!(
+                    a.headers
+                        .iter()
+                        .any(|(k, v)| k == "www-authenticate" && v.starts_with("Bearer realm=\"details\"")),
+                    "{name}: {a:?}"
+                );
+            }
+        }
+    });
+    rt.block_on(actix_handle.stop(false));
+}

@@ -95,8 +95,9 @@ async fn backend_whoami(backend: Arc<Backend>, auth: RequestAuth) -> axum::respo
 
 /// The routes of a contract service, guarded by Palisade. The layer wraps
 /// the whole router, so the router sees the normalised path the policy
-/// matched.
-pub fn app(service: &'static str, guard: palisade::Guard, backend: Option<Backend>) -> Router {
+/// matched. Without a guard (`--no-guard`, benchmarking only) the routes
+/// are served as they are.
+pub fn app(service: &'static str, guard: Option<palisade::Guard>, backend: Option<Backend>) -> Router {
     let mut router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(
@@ -119,7 +120,10 @@ pub fn app(service: &'static str, guard: palisade::Guard, backend: Option<Backen
             get(move |Extension(auth): Extension<RequestAuth>| backend_whoami(backend.clone(), auth)),
         );
     }
-    PalisadeLayer::new(guard).wrap(router)
+    match guard {
+        Some(guard) => PalisadeLayer::new(guard).wrap(router),
+        None => router,
+    }
 }
 
 /// Runs a contract service on axum: arguments, policy, routes, graceful shutdown.
@@ -139,7 +143,8 @@ pub async fn run(default_name: &str, default_port: u16) {
             .map_err(|e| tracing::warn!(error = %e, "no S4U: only delegated tickets reach the back-end"))
             .ok(),
     });
-    let app = app(service, setup.guard.clone(), backend);
+    let guard = (!args.no_guard).then(|| setup.guard.clone());
+    let app = app(service, guard, backend);
     let stop = shutdown_signal();
     common::announce(&setup, addr);
     println!("listening on {addr}");

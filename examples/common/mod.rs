@@ -12,9 +12,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use palisade::Guard;
-use palisade::core::RequestHead;
+use palisade::core::authn::RequestHead;
 use palisade::core::authz::{CheckRequest, ExternalAuthorizers, ExternalDecision};
-use palisade::core::policy::{PolicySet, Workload};
+use palisade::core::policy::{PolicySet, Workload, WorkloadPolicy};
 use palisade::mtls::ServerTls;
 use palisade::testkit::TestIssuer;
 
@@ -33,6 +33,8 @@ pub struct Args {
     pub tls_key: Option<PathBuf>,
     pub client_ca: Option<PathBuf>,
     pub client_crls: Vec<PathBuf>,
+    /// `--no-guard`, for benchmarking only: the same routes without Palisade.
+    pub no_guard: bool,
 }
 
 /// Parses the arguments of shared/CONTRACT.md, or exits with one line on stderr.
@@ -64,6 +66,9 @@ pub fn args(service: &str, port: u16) -> Args {
             fail(&format!("cannot re-execute for --keytab: {err}"));
         }
     }
+    if args.no_guard {
+        eprintln!("warning: --no-guard: serving without authentication or policy (benchmarking only)");
+    }
     args
 }
 
@@ -85,6 +90,7 @@ fn parse(service: &str, port: u16, mut it: impl Iterator<Item = String>) -> Resu
         tls_key: None,
         client_ca: None,
         client_crls: Vec::new(),
+        no_guard: false,
     };
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -105,6 +111,7 @@ fn parse(service: &str, port: u16, mut it: impl Iterator<Item = String>) -> Resu
             "--keytab" => args.keytab = Some(PathBuf::from(value()?)),
             "--backend" => args.backend = Some(value()?),
             "--s4u-realm" => args.s4u_realm = Some(value()?),
+            "--no-guard" => args.no_guard = true,
             "-h" | "--help" => {
                 println!(
                     "usage: {service} [--listen ADDR] [--config FILE] [--service NAME] [--namespace NS]\n\
@@ -112,7 +119,9 @@ fn parse(service: &str, port: u16, mut it: impl Iterator<Item = String>) -> Resu
                      \x20      [--keytab FILE [--backend URL [--s4u-realm REALM]]]\n\
                      Without --config, a demo issuer is started and a ready-to-paste command is printed.\n\
                      --client-ca turns mutual TLS on; its mode comes from the policy file's PeerAuthentication\n\
-                     (default STRICT). Certificates, keys, CA and CRL files are reloaded when they change or on SIGHUP."
+                     (default STRICT). Certificates, keys, CA and CRL files are reloaded when they change or on SIGHUP.\n\
+                     --no-guard (benchmarking only) serves the same routes without Palisade: no authentication,\n\
+                     no policy, /whoami says unauthenticated; see benches/wrk.sh."
                 );
                 std::process::exit(0);
             }
@@ -207,18 +216,18 @@ pub fn setup(args: &Args) -> Setup {
             (set, Some(issuer))
         }
     };
+    // One way from the file to the guard: each part configures itself from
+    // the workload's documents; SPNEGO is turned on by --keytab.
+    let policy = set.for_workload(&workload);
     let mut builder = palisade::guard_builder_from_policy(&set, &workload, &demo_authorizers())
         .unwrap_or_else(|e| fail(&e.to_string()));
     if let Some(keytab) = &args.keytab {
-        let spnego = palisade::spnego::SpnegoAuthenticator::builder()
-            .from_policy(&set.for_workload(&workload))
-            .unwrap_or_else(|e| fail(&e.to_string()))
-            .build()
+        builder = builder
+            .authenticator_from::<palisade::spnego::SpnegoAuthenticator>(&policy)
             .unwrap_or_else(|e| fail(&format!("--keytab {}: {e}", keytab.display())));
-        builder = builder.authenticator(spnego);
     }
     let guard = builder.build().unwrap_or_else(|e| fail(&e.to_string()));
-    let tls = tls(args, &set, &workload);
+    let tls = tls(args, &policy);
     Setup {
         guard,
         demo,
@@ -229,11 +238,11 @@ pub fn setup(args: &Args) -> Setup {
 
 /// `--tls-cert`, `--tls-key`, `--client-ca`, `--client-crl`: the mode comes
 /// from the policy file's PeerAuthentication for the listening port.
-fn tls(args: &Args, set: &PolicySet, workload: &Workload) -> Option<ServerTls> {
+fn tls(args: &Args, policy: &WorkloadPolicy<'_>) -> Option<ServerTls> {
     let (cert, key) = (args.tls_cert.as_ref()?, args.tls_key.as_ref()?);
     let mut b = ServerTls::builder(cert, key);
     if let Some(ca) = &args.client_ca {
-        let mode = palisade::mtls::mode_for_port(&set.for_workload(workload), args.listen.port())
+        let mode = palisade::mtls::mode_for_port(policy, args.listen.port())
             .unwrap_or_else(|e| fail(&e.to_string()));
         b = b.client_ca(ca).mode(mode);
         for crl in &args.client_crls {

@@ -5,7 +5,8 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use palisade_core::{Authenticating, Authenticator, OwnedRequest};
+use palisade_core::Check;
+use palisade_core::authn::{Authenticator, OwnedRequest};
 use palisade_jwt::{JwtAuthenticator, Provider, TokenSource};
 
 fn jwt() -> &'static JwtAuthenticator {
@@ -38,7 +39,7 @@ fuzz_target!(|data: &[u8]| {
             req = req.header(name, v.as_bytes().to_vec());
         }
     }
-    if let Authenticating::Ready(outcome) = jwt().authenticate(&req) {
+    if let Check::Ready(outcome) = jwt().authenticate(&req) {
         let _ = outcome;
     }
 });

@@ -27,12 +27,20 @@
 //!
 //! Refused requests are answered with a response (not an `Err`), so outer
 //! middleware such as CORS still runs on them. The
-//! [`Rejection`] travels in the response extensions.
+//! [`Rejection`](palisade_core::Rejection) travels in the response extensions.
 //! Allowed requests reach the app with a
-//! [`RequestAuth`] in their extensions (the
+//! [`RequestAuth`](palisade_core::RequestAuth) in their extensions (the
 //! [`Identity`], when there is one, and the access decision) and with the
 //! authenticators' header edits applied (the token removed unless
-//! `forward_original_token`).
+//! `forward_original_token`). What to do is decided by `palisade-core` for
+//! both frameworks; this crate only translates types.
+//!
+//! # Names in the two adapters
+//! | actix-web | axum / tower | what |
+//! |---|---|---|
+//! | [`Palisade`] (a `Transform`) → [`PalisadeMiddleware<S>`] | `PalisadeLayer` → `Palisade<S>` | the guard on every request |
+//! | [`Require`] → [`RequireMiddleware<S>`] | `RequireLayer` (`require`) → `Require<S>` | a route-level policy |
+//! | `Identity`, `Option<Identity>`, `Claims<T>`, `Authorized<R>`, `RequestAuth` | the same | extractors |
 
 use std::future::{Future, Ready, ready};
 use std::net::SocketAddr;
@@ -42,20 +50,23 @@ use std::rc::Rc;
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
 use actix_web::http::Uri;
-use actix_web::http::header::{HOST, HeaderName, HeaderValue};
+use actix_web::http::header::{AUTHORIZATION, COOKIE, HOST, HeaderName, HeaderValue};
 use actix_web::http::uri::PathAndQuery;
-use actix_web::{Error, HttpMessage, HttpResponse};
-use palisade_core::authz::AccessDecision;
-use palisade_core::extract::actix_response;
-use palisade_core::{
-    Allowed, Check, ConnectionInfo, Decision, Guard, HeaderEdit, HeaderTarget, Rejection, RequestAuth,
-    RequestHead,
+use actix_web::{Error, HttpMessage};
+use palisade_core::adapter::{
+    Reply, RequestTarget, ResponseEdits, ResponseTarget, TargetRewrite, actix_response,
 };
+use palisade_core::authn::{ConnectionInfo, RequestHead};
+use palisade_core::authz::AccessDecision;
+use palisade_core::{Check, Guard, RequestAuth};
 
 mod require;
 
 pub use palisade_core::Identity;
 pub use require::{Require, RequireMiddleware};
+
+/// The boxed future of the middlewares (actix-web services are `!Send`).
+type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
 
 /// The middleware factory: `App::new().wrap(Palisade::new(guard))`.
 #[derive(Clone, Debug)]
@@ -97,21 +108,13 @@ pub struct PalisadeMiddleware<S> {
     guard: Guard,
 }
 
-/// The headers authenticators read on every request, pre-parsed: looking a
-/// header up by `&str` parses the name each time.
-fn known(name: &str) -> Option<&'static actix_web::http::header::HeaderName> {
-    match name {
-        "authorization" => Some(&actix_web::http::header::AUTHORIZATION),
-        "cookie" => Some(&actix_web::http::header::COOKIE),
-        _ => None,
-    }
-}
+/// An actix-web request, as the core reads and edits it.
+struct ActixRequest<'a>(&'a mut ServiceRequest);
 
-/// A view of an actix-web request head for the framework-free core.
-#[derive(Debug)]
-pub struct ActixRequestHead<'a>(pub &'a ServiceRequest);
+/// An actix-web request, as the core reads it.
+struct ActixHead<'a>(&'a ServiceRequest);
 
-impl RequestHead for ActixRequestHead<'_> {
+impl RequestHead for ActixHead<'_> {
     fn method(&self) -> &str {
         self.0.method().as_str()
     }
@@ -128,22 +131,15 @@ impl RequestHead for ActixRequestHead<'_> {
             .and_then(|h| h.to_str().ok())
             .or_else(|| self.0.uri().authority().map(|a| a.as_str()))
     }
-    fn for_each_header(&self, name: &str, f: &mut dyn FnMut(&[u8])) {
-        let values = match known(name) {
-            Some(n) => self.0.headers().get_all(n),
-            None => self.0.headers().get_all(name),
-        };
-        values.for_each(|v| f(v.as_bytes()));
-    }
-    fn header_str(&self, name: &str) -> Option<&str> {
-        self.0.headers().get(name).and_then(|v| v.to_str().ok())
-    }
     fn header_value(&self, name: &str, index: usize) -> Option<&[u8]> {
-        let mut values = match known(name) {
-            Some(n) => self.0.headers().get_all(n),
-            None => self.0.headers().get_all(name),
+        // The two headers read on every request pre-parsed: looking a
+        // header up by `&str` parses the name each time.
+        let mut values = match name {
+            "authorization" => self.0.headers().get_all(AUTHORIZATION),
+            "cookie" => self.0.headers().get_all(COOKIE),
+            _ => self.0.headers().get_all(name),
         };
-        values.nth(index).map(|v| v.as_bytes())
+        values.nth(index).map(HeaderValue::as_bytes)
     }
     fn connection(&self) -> Option<&ConnectionInfo> {
         self.0.conn_data::<ConnectionInfo>()
@@ -160,98 +156,88 @@ impl RequestHead for ActixRequestHead<'_> {
     }
 }
 
-/// The request's header map as a [`HeaderTarget`].
-struct Headers<'a>(&'a mut actix_web::http::header::HeaderMap);
-
-impl HeaderTarget for Headers<'_> {
-    fn remove(&mut self, name: &str) {
-        match known(name) {
-            Some(n) => {
-                self.0.remove(n);
-            }
-            None => {
-                self.0.remove(name);
-            }
-        }
+impl RequestTarget for ActixRequest<'_> {
+    fn remove_header(&mut self, name: &str) {
+        match name {
+            "authorization" => self.0.headers_mut().remove(AUTHORIZATION),
+            _ => self.0.headers_mut().remove(name),
+        };
     }
 
-    fn set(&mut self, name: &str, value: &str) {
+    fn set_header(&mut self, name: &str, value: &str) {
         if let (Ok(n), Ok(v)) = (
             HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_str(value),
         ) {
-            self.0.insert(n, v);
+            self.0.headers_mut().insert(n, v);
         }
     }
-}
 
-/// Hands the normalised path to the router, or refuses the request when part
-/// of the raw path was already routed (the middleware wraps a scope).
-fn rewrite_path(req: &mut ServiceRequest, path: &str) -> Result<(), Rejection> {
-    let refuse = || Rejection::malformed_path("the request path is not in normal form");
-    let routed = req.match_info();
-    if routed.unprocessed().len() != routed.as_str().len() {
-        tracing::error!(
-            target: palisade_core::guard::LOG_TARGET,
-            "a path that is not in normal form reached Palisade wrapped on a scope, after part of it was routed: refused with 400. Wrap the App (App::new().wrap(Palisade::new(guard))) so the router sees the path the policy matched"
-        );
-        return Err(refuse());
+    fn rewrite_target(&mut self, target: &str) -> Result<(), TargetRewrite> {
+        let routed = self.0.match_info();
+        if routed.unprocessed().len() != routed.as_str().len() {
+            return Err(TargetRewrite::AlreadyRouted {
+                advice: "Palisade wraps a scope: wrap the App instead (App::new().wrap(Palisade::new(guard)))",
+            });
+        }
+        let mut parts = self.0.uri().clone().into_parts();
+        parts.path_and_query = Some(PathAndQuery::try_from(target).map_err(|_| TargetRewrite::Invalid)?);
+        let uri = Uri::from_parts(parts).map_err(|_| TargetRewrite::Invalid)?;
+        self.0.match_info_mut().get_mut().update(&uri);
+        self.0.head_mut().uri = uri;
+        Ok(())
     }
-    let target = match req.uri().query() {
-        Some(q) => format!("{path}?{q}"),
-        None => path.to_owned(),
-    };
-    let mut parts = req.uri().clone().into_parts();
-    parts.path_and_query = Some(PathAndQuery::try_from(target).map_err(|_| refuse())?);
-    let uri = Uri::from_parts(parts).map_err(|_| refuse())?;
-    req.match_info_mut().get_mut().update(&uri);
-    req.head_mut().uri = uri;
-    Ok(())
-}
 
-fn admit(
-    req: &mut ServiceRequest,
-    guard: &Guard,
-    mut allowed: Allowed,
-) -> Result<(AccessDecision, Vec<(String, String)>), Rejection> {
-    if let Some(path) = allowed.path.take() {
-        rewrite_path(req, &path)?;
+    fn insert_auth(&mut self, auth: RequestAuth) {
+        self.0.extensions_mut().insert(auth);
     }
-    HeaderEdit::apply_all(
-        std::mem::take(&mut allowed.edits),
-        &mut Headers(req.headers_mut()),
-    );
-    let access = allowed.access.clone();
-    let headers = std::mem::take(&mut allowed.response_headers);
-    req.extensions_mut().insert(RequestAuth::new(allowed, guard));
-    Ok((access, headers))
 }
 
-/// The debug header that explains decisions, when the guard's switch is on.
-const EXPLAIN_HEADER: &str = "x-palisade-authz";
+/// An actix-web response, as the core edits it.
+struct ActixResponse<'a, B>(&'a mut ServiceResponse<B>);
 
-/// Puts the decision in the response extensions (and the debug header).
-fn explain(res: &mut HttpResponse<impl MessageBody>, guard: Option<&Guard>, access: AccessDecision) {
-    if let Some(e) = guard
-        .and_then(|g| g.explanation(&access))
-        .and_then(|e| HeaderValue::from_str(&e).ok())
-    {
-        res.headers_mut()
-            .insert(HeaderName::from_static(EXPLAIN_HEADER), e);
+impl<B> ResponseTarget for ActixResponse<'_, B> {
+    fn append_header(&mut self, name: &str, value: &str) {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            self.0.headers_mut().append(n, v);
+        }
     }
-    res.extensions_mut().insert(access);
-}
 
-/// The rejection as a response, explained.
-fn refusal(rejection: &Rejection, guard: Option<&Guard>) -> HttpResponse {
-    let mut res = actix_response(rejection);
-    if let Some(access) = rejection.access() {
-        explain(&mut res, guard, access.clone());
+    fn insert_access(&mut self, access: AccessDecision) {
+        self.0.response_mut().extensions_mut().insert(access);
     }
-    res
 }
 
-type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
+/// Calls `service` once `check` is known and `admit` applied it to the
+/// request: the handler's response with the core's edits, or the core's
+/// reply (a response, not an `Err`, so outer middleware still runs).
+fn respond<S, B, V: 'static>(
+    service: &Rc<S>,
+    mut req: ServiceRequest,
+    check: Check<V>,
+    admit: fn(V, &mut ServiceRequest) -> Result<Option<ResponseEdits>, Reply>,
+) -> LocalFuture<Result<ServiceResponse<EitherBody<B>>, Error>>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
+    B: MessageBody + 'static,
+{
+    let service = Rc::clone(service);
+    Box::pin(async move {
+        match admit(check.await, &mut req) {
+            Ok(edits) => {
+                let mut res = service.call(req).await?;
+                if let Some(edits) = edits {
+                    edits.apply(&mut ActixResponse(&mut res));
+                }
+                Ok(res.map_into_left_body())
+            }
+            Err(reply) => Ok(req.into_response(actix_response(reply)).map_into_right_body()),
+        }
+    })
+}
 
 impl<S, B> Service<ServiceRequest> for PalisadeMiddleware<S>
 where
@@ -264,37 +250,10 @@ where
 
     forward_ready!(service);
 
-    fn call(&self, mut req: ServiceRequest) -> Self::Future {
-        let check = self.guard.check(&ActixRequestHead(&req));
-        let service = self.service.clone();
-        let guard = self.guard.clone();
-        Box::pin(async move {
-            let decision = match check {
-                Check::Ready(d) => d,
-                Check::Pending(f) => f.await,
-            };
-            let rejection = match decision {
-                Decision::Allow(allowed) => match admit(&mut req, &guard, allowed) {
-                    Ok((access, headers)) => {
-                        let mut res = service.call(req).await?;
-                        explain(res.response_mut(), Some(&guard), access);
-                        for (name, value) in headers {
-                            if let (Ok(n), Ok(v)) = (
-                                HeaderName::from_bytes(name.as_bytes()),
-                                HeaderValue::from_str(&value),
-                            ) {
-                                res.headers_mut().append(n, v);
-                            }
-                        }
-                        return Ok(res.map_into_left_body());
-                    }
-                    Err(r) => r,
-                },
-                Decision::Deny(r) => r,
-            };
-            Ok(req
-                .into_response(refusal(&rejection, Some(&guard)))
-                .map_into_right_body())
+    fn call(&self, req: ServiceRequest) -> Self::Future {
+        let check = self.guard.check(&ActixHead(&req));
+        respond(&self.service, req, check, |decision, req| {
+            decision.apply(&mut ActixRequest(req)).map(Some)
         })
     }
 }

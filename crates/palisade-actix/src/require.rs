@@ -13,7 +13,7 @@
 //! # let _ = app;
 //! ```
 //!
-//! The decision is `palisade_core::authorize_route`, the same function the
+//! The decision is `palisade_core::adapter::authorize_route`, the same function the
 //! axum adapter's `require` calls: 401 with the challenges when the request
 //! has no identity, 403 when it has one that falls short. Refusals are
 //! responses, so outer middleware still runs.
@@ -24,10 +24,11 @@ use std::rc::Rc;
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
 use actix_web::{Error, HttpMessage};
+use palisade_core::RequestAuth;
+use palisade_core::adapter::authorize_route;
 use palisade_core::authz::AccessPolicy;
-use palisade_core::{RequestAuth, RouteCheck, authorize_route};
 
-use crate::{ActixRequestHead, LocalFuture, refusal};
+use crate::{ActixHead, LocalFuture, respond};
 
 /// Requires a policy (a [`Requirement`](palisade_core::authz::Requirement)
 /// or an [`AccessPolicy`]) on a scope or resource:
@@ -85,21 +86,10 @@ where
     forward_ready!(service);
 
     fn call(&self, req: ServiceRequest) -> Self::Future {
-        let auth = req.extensions().get::<RequestAuth>().cloned();
-        let check = authorize_route(&self.policy, auth.as_ref(), &ActixRequestHead(&req));
-        let service = self.service.clone();
-        Box::pin(async move {
-            let verdict = match check {
-                RouteCheck::Ready(v) => v,
-                RouteCheck::Pending(f) => f.await,
-            };
-            match verdict {
-                Ok(_) => service.call(req).await.map(ServiceResponse::map_into_left_body),
-                Err(r) => {
-                    let guard = auth.as_ref().map(RequestAuth::guard);
-                    Ok(req.into_response(refusal(&r, guard)).map_into_right_body())
-                }
-            }
-        })
+        let check = {
+            let ext = req.extensions();
+            authorize_route(&self.policy, ext.get::<RequestAuth>(), &ActixHead(&req))
+        };
+        respond(&self.service, req, check, |verdict, _| verdict.map(|()| None))
     }
 }

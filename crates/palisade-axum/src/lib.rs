@@ -40,12 +40,26 @@
 //! layer: `.route_layer(require(realm_role("admin").or(client_role("reviews", "editor"))))`.
 //!
 //! The layer answers refused requests itself (401 with the challenges, 403,
-//! 400) with an RFC 9457 body; the [`Rejection`]
+//! 400) with an RFC 9457 body; the [`Rejection`](palisade_core::Rejection)
 //! travels in the response extensions. Allowed requests reach the inner
-//! service with a [`RequestAuth`] in their
+//! service with a [`RequestAuth`](palisade_core::RequestAuth) in their
 //! extensions (the [`Identity`], when there is one, and the access decision),
 //! and with the header edits of the authenticators applied (the token removed
-//! unless `forward_original_token`).
+//! unless `forward_original_token`). What to do is decided by
+//! `palisade-core` for both frameworks; this crate only translates types.
+//!
+//! # Connection facts under `axum::serve`
+//! Istio's `ports`, `destination.ip` and `source.ip` read the connection's
+//! addresses. `palisade_mtls::axum::serve` provides them; under plain
+//! `axum::serve`, ask axum for them with [`ConnectAddrs`]:
+//! `axum::serve(listener, app.into_make_service_with_connect_info::<ConnectAddrs>())`.
+//!
+//! # Names in the two adapters
+//! | axum / tower | actix-web | what |
+//! |---|---|---|
+//! | [`PalisadeLayer`] → [`Palisade<S>`], [`ResponseFuture`] | `Palisade` (a `Transform`) → `PalisadeMiddleware<S>` | the guard on every request |
+//! | [`RequireLayer`] ([`require`]) → [`Require<S>`], [`ResponseFuture`] | `Require` → `RequireMiddleware<S>` | a route-level policy |
+//! | `Identity`, `Option<Identity>`, `Claims<T>`, `Authorized<R>`, `RequestAuth` | the same | extractors |
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -53,13 +67,14 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use http::header::{HOST, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode};
-use palisade_core::authz::AccessDecision;
-use palisade_core::{
-    Allowed, BoxDecision, Check, ConnectionInfo, Decision, Guard, HeaderEdit, HeaderTarget, PROBLEM_JSON,
-    Rejection, RequestAuth, RequestHead,
+use http::header::{AUTHORIZATION, COOKIE, HOST, HeaderName, HeaderValue};
+use http::{Request, Response};
+use palisade_core::adapter::{
+    Reply, RequestTarget, ResponseEdits, ResponseTarget, TargetRewrite, http_response,
 };
+use palisade_core::authn::{ConnectionInfo, RequestHead};
+use palisade_core::authz::AccessDecision;
+use palisade_core::{BoxFuture, Check, Guard, RequestAuth};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -115,21 +130,55 @@ pub struct Palisade<S> {
     guard: Guard,
 }
 
-/// The headers authenticators read on every request, pre-parsed: looking a
-/// header up by `&str` parses the name each time.
-fn known(name: &str) -> Option<&'static http::header::HeaderName> {
-    match name {
-        "authorization" => Some(&http::header::AUTHORIZATION),
-        "cookie" => Some(&http::header::COOKIE),
-        _ => None,
+/// The local and remote address of a plain TCP connection, for
+/// `axum::serve(listener, app.into_make_service_with_connect_info::<ConnectAddrs>())`:
+/// with it, Istio's `ports`, `destination.ip` and `source.ip` rules see the
+/// connection. (`palisade_mtls::axum::serve` provides them itself.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectAddrs {
+    /// The caller's address.
+    pub remote: SocketAddr,
+    /// The address the connection arrived on.
+    pub local: Option<SocketAddr>,
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
+    for ConnectAddrs
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        Self {
+            remote: *stream.remote_addr(),
+            local: stream.io().local_addr().ok(),
+        }
     }
 }
 
-/// A view of an `http` 1 request head for the framework-free core.
-#[derive(Debug)]
-pub struct HttpRequestHead<'a, B>(pub &'a Request<B>);
+/// An `http` 1 request, as the core reads it.
+struct HttpHead<'a, B>(&'a Request<B>);
 
-impl<B> RequestHead for HttpRequestHead<'_, B> {
+/// An `http` 1 request, as the core edits it.
+struct HttpRequest<'a, B>(&'a mut Request<B>);
+
+impl<B> HttpHead<'_, B> {
+    fn connect_addrs(&self) -> Option<&ConnectAddrs> {
+        self.0
+            .extensions()
+            .get::<axum::extract::ConnectInfo<ConnectAddrs>>()
+            .map(|c| &c.0)
+    }
+}
+
+/// A header name the core passes: the two read on every request
+/// pre-parsed (looking a header up by `&str` parses the name each time).
+fn lookup<'h>(headers: &'h http::HeaderMap, name: &str) -> http::header::GetAll<'h, HeaderValue> {
+    match name {
+        "authorization" => headers.get_all(AUTHORIZATION),
+        "cookie" => headers.get_all(COOKIE),
+        _ => headers.get_all(name),
+    }
+}
+
+impl<B> RequestHead for HttpHead<'_, B> {
     fn method(&self) -> &str {
         self.0.method().as_str()
     }
@@ -146,31 +195,11 @@ impl<B> RequestHead for HttpRequestHead<'_, B> {
             .and_then(|h| h.to_str().ok())
             .or_else(|| self.0.uri().authority().map(http::uri::Authority::as_str))
     }
-    fn for_each_header(&self, name: &str, f: &mut dyn FnMut(&[u8])) {
-        match known(name) {
-            Some(n) => self
-                .0
-                .headers()
-                .get_all(n)
-                .into_iter()
-                .for_each(|v| f(v.as_bytes())),
-            None => self
-                .0
-                .headers()
-                .get_all(name)
-                .into_iter()
-                .for_each(|v| f(v.as_bytes())),
-        }
-    }
-    fn header_str(&self, name: &str) -> Option<&str> {
-        self.0.headers().get(name).and_then(|v| v.to_str().ok())
-    }
     fn header_value(&self, name: &str, index: usize) -> Option<&[u8]> {
-        match known(name) {
-            Some(n) => self.0.headers().get_all(n).into_iter().nth(index),
-            None => self.0.headers().get_all(name).into_iter().nth(index),
-        }
-        .map(|v| v.as_bytes())
+        lookup(self.0.headers(), name)
+            .into_iter()
+            .nth(index)
+            .map(HeaderValue::as_bytes)
     }
     fn connection(&self) -> Option<&ConnectionInfo> {
         // `palisade_mtls::axum::serve` shares one `Arc` per connection.
@@ -180,139 +209,85 @@ impl<B> RequestHead for HttpRequestHead<'_, B> {
             .or_else(|| ext.get::<ConnectionInfo>())
     }
     fn remote_addr(&self) -> Option<SocketAddr> {
-        // A TLS acceptor's `ConnectionInfo`, else axum's `ConnectInfo`
-        // (`into_make_service_with_connect_info::<SocketAddr>()`).
-        self.connection().and_then(|c| c.remote_addr).or_else(|| {
-            self.0
-                .extensions()
-                .get::<axum::extract::ConnectInfo<SocketAddr>>()
-                .map(|c| c.0)
-        })
+        self.connection()
+            .and_then(|c| c.remote_addr)
+            .or_else(|| self.connect_addrs().map(|c| c.remote))
+            .or_else(|| {
+                self.0
+                    .extensions()
+                    .get::<axum::extract::ConnectInfo<SocketAddr>>()
+                    .map(|c| c.0)
+            })
+    }
+    fn local_addr(&self) -> Option<SocketAddr> {
+        self.connection()
+            .and_then(|c| c.local_addr)
+            .or_else(|| self.connect_addrs().and_then(|c| c.local))
     }
 }
 
-/// The request's header map as a [`HeaderTarget`].
-struct Headers<'a>(&'a mut http::HeaderMap);
-
-impl HeaderTarget for Headers<'_> {
-    fn remove(&mut self, name: &str) {
-        match known(name) {
-            Some(n) => {
-                self.0.remove(n);
-            }
-            None => {
-                self.0.remove(name);
-            }
-        }
+impl<B> RequestTarget for HttpRequest<'_, B> {
+    fn remove_header(&mut self, name: &str) {
+        match name {
+            "authorization" => self.0.headers_mut().remove(AUTHORIZATION),
+            _ => self.0.headers_mut().remove(name),
+        };
     }
 
-    fn set(&mut self, name: &str, value: &str) {
+    fn set_header(&mut self, name: &str, value: &str) {
         if let (Ok(n), Ok(v)) = (
             HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_str(value),
         ) {
-            self.0.insert(n, v);
+            self.0.headers_mut().insert(n, v);
         }
+    }
+
+    fn rewrite_target(&mut self, target: &str) -> Result<(), TargetRewrite> {
+        if self.0.extensions().get::<axum::extract::MatchedPath>().is_some() {
+            return Err(TargetRewrite::AlreadyRouted {
+                advice: "PalisadeLayer was added with Router::layer: wrap the whole Router instead (PalisadeLayer::new(guard).wrap(router))",
+            });
+        }
+        let mut parts = self.0.uri().clone().into_parts();
+        parts.path_and_query =
+            Some(http::uri::PathAndQuery::try_from(target).map_err(|_| TargetRewrite::Invalid)?);
+        *self.0.uri_mut() = http::Uri::from_parts(parts).map_err(|_| TargetRewrite::Invalid)?;
+        Ok(())
+    }
+
+    fn insert_auth(&mut self, auth: RequestAuth) {
+        self.0.extensions_mut().insert(auth);
     }
 }
 
-/// Hands the normalised path to the router, or refuses the request when the
-/// router has already chosen a route for the raw path (`Router::layer`).
-fn rewrite_path<B>(req: &mut Request<B>, path: &str) -> Result<(), Rejection> {
-    if req.extensions().get::<axum::extract::MatchedPath>().is_some() {
-        tracing::error!(
-            target: palisade_core::guard::LOG_TARGET,
-            "a path that is not in normal form reached a PalisadeLayer added with Router::layer, after routing: refused with 400. Wrap the whole Router instead (PalisadeLayer::new(guard).layer(router)) so the router sees the path the policy matched"
-        );
-        return Err(Rejection::malformed_path(
-            "the request path is not in normal form",
-        ));
-    }
-    let target = match req.uri().query() {
-        Some(q) => format!("{path}?{q}"),
-        None => path.to_owned(),
-    };
-    let mut parts = req.uri().clone().into_parts();
-    parts.path_and_query = Some(
-        http::uri::PathAndQuery::try_from(target)
-            .map_err(|_| Rejection::malformed_path("the request path is not in normal form"))?,
-    );
-    *req.uri_mut() = http::Uri::from_parts(parts)
-        .map_err(|_| Rejection::malformed_path("the request path is not in normal form"))?;
-    Ok(())
-}
+/// An `http` 1 response, as the core edits it.
+struct HttpResponse<'a, B>(&'a mut Response<B>);
 
-fn admit<B>(req: &mut Request<B>, guard: &Guard, mut allowed: Allowed) -> Result<Admitted, Rejection> {
-    if let Some(path) = allowed.path.take() {
-        rewrite_path(req, &path)?;
-    }
-    HeaderEdit::apply_all(
-        std::mem::take(&mut allowed.edits),
-        &mut Headers(req.headers_mut()),
-    );
-    let admitted = Admitted {
-        explanation: guard.explanation(&allowed.access),
-        access: allowed.access.clone(),
-        headers: std::mem::take(&mut allowed.response_headers),
-    };
-    req.extensions_mut().insert(RequestAuth::new(allowed, guard));
-    Ok(admitted)
-}
-
-/// What goes on the response of an admitted request.
-struct Admitted {
-    access: AccessDecision,
-    explanation: Option<String>,
-    headers: Vec<(String, String)>,
-}
-
-impl Admitted {
-    fn apply<B>(self, res: &mut Response<B>) {
-        if let Some(e) = self.explanation.and_then(|e| HeaderValue::from_str(&e).ok()) {
-            res.headers_mut().insert(EXPLAIN_HEADER, e);
+impl<B> ResponseTarget for HttpResponse<'_, B> {
+    fn append_header(&mut self, name: &str, value: &str) {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            self.0.headers_mut().append(n, v);
         }
-        for (name, value) in self.headers {
-            if let (Ok(n), Ok(v)) = (
-                HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_str(&value),
-            ) {
-                res.headers_mut().append(n, v);
-            }
-        }
-        res.extensions_mut().insert(self.access);
+    }
+
+    fn insert_access(&mut self, access: AccessDecision) {
+        self.0.extensions_mut().insert(access);
     }
 }
 
-/// The debug header that explains decisions, when the guard's switch is on.
-const EXPLAIN_HEADER: &str = "x-palisade-authz";
-
-/// Renders a rejection as an `http` 1 response with any body type.
-fn reject<B>(rejection: Rejection, guard: Option<&Guard>) -> Response<ResponseBody<B>> {
-    let mut res = Response::new(ResponseBody::problem(Bytes::from(rejection.problem_json())));
-    *res.status_mut() = StatusCode::from_u16(rejection.status()).unwrap_or(StatusCode::UNAUTHORIZED);
-    let headers = res.headers_mut();
-    headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
-    for c in rejection.challenges() {
-        if let Ok(v) = HeaderValue::from_str(c) {
-            headers.append(http::header::WWW_AUTHENTICATE, v);
-        }
-    }
-    if let Some(access) = rejection.access() {
-        if let Some(e) = guard
-            .and_then(|g| g.explanation(access))
-            .and_then(|e| HeaderValue::from_str(&e).ok())
-        {
-            headers.insert(EXPLAIN_HEADER, e);
-        }
-        res.extensions_mut().insert(access.clone());
-    }
-    res.extensions_mut().insert(rejection);
-    res
+/// A reply of the core as a response of the layer.
+fn reply<B>(reply: Reply) -> Response<ResponseBody<B>> {
+    http_response(reply, |text| ResponseBody::problem(Bytes::from(text)))
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Palisade<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    ReqBody: Send + 'static,
 {
     type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
@@ -322,37 +297,21 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let check = self.guard.check(&HttpRequestHead(&req));
-        let kind = match check {
-            Check::Ready(Decision::Allow(allowed)) => match admit(&mut req, &self.guard, allowed) {
-                Ok(admitted) => Kind::Inner {
-                    fut: self.inner.call(req),
-                    admitted: Some(admitted),
-                },
-                Err(r) => Kind::Reject {
-                    rejection: Some((r, self.guard.clone())),
-                },
-            },
-            Check::Ready(Decision::Deny(r)) => Kind::Reject {
-                rejection: Some((r, self.guard.clone())),
-            },
-            Check::Pending(check) => {
-                // The readied service goes into the future; a clone stays here.
-                let clone = self.inner.clone();
-                let svc = std::mem::replace(&mut self.inner, clone);
-                Kind::Checking {
-                    check,
-                    pending: Some((svc, req, self.guard.clone())),
-                }
-            }
-        };
-        ResponseFuture { kind }
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let check = self.guard.check(&HttpHead(&req));
+        ResponseFuture::start(&mut self.inner, req, check, |decision, req| {
+            decision.apply(&mut HttpRequest(req)).map(Some)
+        })
     }
 }
 
+/// A verdict applied to the request: the edits for the response, or the
+/// reply to send instead of calling the inner service.
+type Admitted<B> = Result<(Request<B>, Option<ResponseEdits>), Reply>;
+
 pin_project_lite::pin_project! {
-    /// The future of [`Palisade`].
+    /// The future of [`Palisade`] and [`Require`]: the inner service's
+    /// response with the core's edits, or the core's reply.
     pub struct ResponseFuture<S, ReqBody>
     where
         S: Service<Request<ReqBody>>,
@@ -368,9 +327,46 @@ pin_project_lite::pin_project! {
     where
         S: Service<Request<ReqBody>>,
     {
-        Inner { #[pin] fut: S::Future, admitted: Option<Admitted> },
-        Reject { rejection: Option<(Rejection, Guard)> },
-        Checking { check: BoxDecision, pending: Option<(S, Request<ReqBody>, Guard)> },
+        Inner { #[pin] fut: S::Future, edits: Option<ResponseEdits> },
+        Reply { reply: Option<Reply> },
+        Checking { check: BoxFuture<Admitted<ReqBody>>, svc: Option<S> },
+    }
+}
+
+impl<S, ReqBody> ResponseFuture<S, ReqBody>
+where
+    S: Service<Request<ReqBody>> + Clone,
+    ReqBody: Send + 'static,
+{
+    /// Calls `inner` once `check` is known and `admit` applied it to the
+    /// request (now when it is ready, else in the future).
+    fn start<V: Send + 'static>(
+        inner: &mut S,
+        mut req: Request<ReqBody>,
+        check: Check<V>,
+        admit: fn(V, &mut Request<ReqBody>) -> Result<Option<ResponseEdits>, Reply>,
+    ) -> Self {
+        let kind = match check {
+            Check::Ready(verdict) => match admit(verdict, &mut req) {
+                Ok(edits) => Kind::Inner {
+                    fut: inner.call(req),
+                    edits,
+                },
+                Err(reply) => Kind::Reply { reply: Some(reply) },
+            },
+            Check::Pending(fut) => {
+                // The readied service goes into the future; a clone stays.
+                let clone = inner.clone();
+                Kind::Checking {
+                    check: Box::pin(async move {
+                        let verdict = fut.await;
+                        admit(verdict, &mut req).map(|edits| (req, edits))
+                    }),
+                    svc: Some(std::mem::replace(inner, clone)),
+                }
+            }
+        };
+        Self { kind }
     }
 }
 
@@ -384,36 +380,27 @@ where
         let mut this = self.project();
         loop {
             match this.kind.as_mut().project() {
-                KindProj::Inner { fut, admitted } => {
+                KindProj::Inner { fut, edits } => {
                     let mut res = ready!(fut.poll(cx))?;
-                    if let Some(a) = admitted.take() {
-                        a.apply(&mut res);
+                    if let Some(e) = edits.take() {
+                        e.apply(&mut HttpResponse(&mut res));
                     }
                     return Poll::Ready(Ok(res.map(ResponseBody::inner)));
                 }
-                KindProj::Reject { rejection } => {
-                    let Some((r, guard)) = rejection.take() else {
-                        return Poll::Ready(Ok(answered()));
-                    };
-                    return Poll::Ready(Ok(reject(r, Some(&guard))));
+                KindProj::Reply { reply: r } => {
+                    return Poll::Ready(Ok(r.take().map_or_else(answered, reply)));
                 }
-                KindProj::Checking { check, pending } => {
-                    let decision = ready!(check.as_mut().poll(cx));
-                    let Some((mut svc, mut req, guard)) = pending.take() else {
+                KindProj::Checking { check, svc } => {
+                    let admitted = ready!(check.as_mut().poll(cx));
+                    let Some(mut svc) = svc.take() else {
                         return Poll::Ready(Ok(answered()));
                     };
-                    match decision {
-                        Decision::Allow(allowed) => match admit(&mut req, &guard, allowed) {
-                            Ok(admitted) => {
-                                let fut = svc.call(req);
-                                this.kind.set(Kind::Inner {
-                                    fut,
-                                    admitted: Some(admitted),
-                                });
-                            }
-                            Err(r) => return Poll::Ready(Ok(reject(r, Some(&guard)))),
-                        },
-                        Decision::Deny(r) => return Poll::Ready(Ok(reject(r, Some(&guard)))),
+                    match admitted {
+                        Ok((req, edits)) => {
+                            let fut = svc.call(req);
+                            this.kind.set(Kind::Inner { fut, edits });
+                        }
+                        Err(r) => return Poll::Ready(Ok(reply(r))),
                     }
                 }
             }
@@ -424,7 +411,7 @@ where
 /// The answer to a future polled after it completed (a caller bug).
 fn answered<B>() -> Response<ResponseBody<B>> {
     let mut res = Response::new(ResponseBody::problem(Bytes::new()));
-    *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    *res.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
     res
 }
 

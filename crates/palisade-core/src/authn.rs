@@ -1,14 +1,41 @@
-//! The authenticate step: what an authenticator is and what it answers.
+//! The authenticate step, for authenticator authors: what an
+//! [`Authenticator`] reads ([`RequestHead`]) and what it answers
+//! ([`AuthOutcome`], in a [`Check`]).
+//!
+//! ```
+//! use palisade_core::authn::{AuthOutcome, Authenticated, Authenticator, RequestHead};
+//! use palisade_core::{Check, Identity, Rejection, TokenClaims, Verification};
+//!
+//! /// Trusts an `x-user` header: for a test, never for production.
+//! struct HeaderUser;
+//! impl Authenticator for HeaderUser {
+//!     fn challenge(&self) -> Option<String> { Some("X-User".into()) }
+//!     fn authenticate(&self, req: &dyn RequestHead) -> Check<AuthOutcome> {
+//!         Check::Ready(match req.header_str("x-user") {
+//!             None => AuthOutcome::NoCredential,
+//!             Some("") => AuthOutcome::Rejected(Rejection::forbidden("empty user")),
+//!             Some(user) => {
+//!                 let mut claims = TokenClaims::default();
+//!                 claims.issuer = "header".into();
+//!                 claims.subject = user.into();
+//!                 let id = Identity::from_token(claims, Verification::assertion());
+//!                 AuthOutcome::Authenticated(Authenticated::new(id))
+//!             }
+//!         })
+//!     }
+//! }
+//! ```
 
 use std::any::Any;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
+use crate::check::Check;
 use crate::error::Rejection;
 use crate::identity::Identity;
-use crate::request::RequestHead;
+
+pub use crate::error::bearer_challenge;
+pub use crate::request::{ConnectionInfo, OwnedRequest, RequestHead};
 
 /// A change to the request's headers that an authenticator asks for before the
 /// handler sees the request (Istio's `forwardOriginalToken: false`,
@@ -28,29 +55,6 @@ impl fmt::Debug for HeaderEdit {
         match self {
             HeaderEdit::Remove(n) => write!(f, "Remove({n})"),
             HeaderEdit::Set(n, _) => write!(f, "Set({n}, <value>)"),
-        }
-    }
-}
-
-/// A framework's request headers, as the adapters expose them to
-/// [`HeaderEdit::apply_all`].
-pub trait HeaderTarget {
-    /// Removes every value of the header `name` (lower case).
-    fn remove(&mut self, name: &str);
-    /// Replaces the header `name` (lower case) with `value`; a name or value
-    /// that HTTP cannot carry is skipped.
-    fn set(&mut self, name: &str, value: &str);
-}
-
-impl HeaderEdit {
-    /// Applies edits in order: the one place that decides what an edit does,
-    /// for every framework.
-    pub fn apply_all(edits: Vec<HeaderEdit>, target: &mut dyn HeaderTarget) {
-        for edit in edits {
-            match edit {
-                HeaderEdit::Remove(name) => target.remove(&name),
-                HeaderEdit::Set(name, value) => target.set(&name, &value),
-            }
         }
     }
 }
@@ -152,38 +156,17 @@ pub enum AuthOutcome {
     Rejected(Rejection),
 }
 
-/// A boxed, sendable future of an [`AuthOutcome`].
-pub type BoxOutcome = Pin<Box<dyn Future<Output = AuthOutcome> + Send + 'static>>;
-
-/// An outcome that is either known now (the fast path: no credential, a cached
-/// token) or needs I/O or blocking work first.
-#[non_exhaustive]
-pub enum Authenticating {
-    /// Known without waiting.
-    Ready(AuthOutcome),
-    /// Known once the future completes.
-    Pending(BoxOutcome),
-}
-
-impl fmt::Debug for Authenticating {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Authenticating::Ready(o) => f.debug_tuple("Ready").field(o).finish(),
-            Authenticating::Pending(_) => f.write_str("Pending(<future>)"),
-        }
-    }
-}
-
 /// Checks one kind of credential.
 ///
 /// Implementations read what they need from the request synchronously and
-/// return either a ready outcome or a `'static` future, so no request borrow
-/// crosses an `await`.
+/// answer a ready outcome (the fast path: no credential, a cached token) or
+/// a `'static` future (I/O, blocking work), so no request borrow crosses an
+/// `await`.
 pub trait Authenticator: Send + Sync + 'static {
     /// The `WWW-Authenticate` challenge this authenticator adds when a
     /// credential is required and missing (`Bearer realm="…"`, `Negotiate`).
     fn challenge(&self) -> Option<String>;
 
     /// Authenticates a request.
-    fn authenticate(&self, request: &dyn RequestHead) -> Authenticating;
+    fn authenticate(&self, request: &dyn RequestHead) -> Check<AuthOutcome>;
 }

@@ -76,6 +76,7 @@ pub struct Rejection {
     detail: Cow<'static, str>,
     challenges: Vec<String>,
     access: Option<AccessDecision>,
+    explain: bool,
 }
 
 /// The media type of [`Rejection::problem_json`].
@@ -90,6 +91,7 @@ impl Rejection {
             detail: detail.into(),
             challenges,
             access: None,
+            explain: false,
         }
     }
 
@@ -137,6 +139,24 @@ impl Rejection {
     pub fn with_access(mut self, access: AccessDecision) -> Self {
         self.access = Some(access);
         self
+    }
+
+    /// The same rejection, explained in the `x-palisade-authz` header of its
+    /// reply when `on` (the guard's debug switch).
+    #[must_use]
+    pub(crate) fn explained(mut self, on: bool) -> Self {
+        self.explain = on;
+        self
+    }
+
+    /// The value of the `x-palisade-authz` debug header: the decision behind
+    /// a policy refusal, when the guard's explain switch is on.
+    #[must_use]
+    pub fn explanation(&self) -> Option<String> {
+        self.access
+            .as_ref()
+            .filter(|_| self.explain)
+            .map(ToString::to_string)
     }
 
     /// The access decision behind a policy refusal: which policy and rule.

@@ -2,48 +2,32 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::authn::{Attachments, AuthOutcome, Authenticated, Authenticating, Authenticator, HeaderEdit};
-use crate::authz::{AccessCheck, AccessDecision, AccessPolicy, Action};
+use crate::adapter::{Admission, Decision, EXPLAIN_HEADER, ResponseEdits};
+use crate::authn::{Attachments, AuthOutcome, Authenticated, Authenticator, HeaderEdit};
+use crate::authz::{AccessDecision, AccessPolicy, Action, ExternalAuthorizers};
+use crate::check::Check;
 use crate::error::Rejection;
 use crate::identity::Identity;
+use crate::policy::{PolicyError, WorkloadPolicy};
 use crate::request::{OwnedRequest, RequestHead};
 
 /// Log target of every decision.
 pub const LOG_TARGET: &str = "palisade";
-
-/// A request that may proceed, with what was established about it.
-#[derive(Clone, Debug)]
-pub struct Allowed {
-    /// The verified caller, if any credential was given.
-    pub identity: Option<Identity>,
-    /// Header changes to apply before the handler runs.
-    pub edits: Vec<HeaderEdit>,
-    /// Which policy allowed it.
-    pub access: AccessDecision,
-    /// The normalised path, when it differs from the request's: the adapter
-    /// rewrites the request so the router sees what the policy matched.
-    pub path: Option<String>,
-    /// Headers the adapter adds to the response (lower-case names), such as
-    /// a Negotiate mutual-authentication token.
-    pub response_headers: Vec<(String, String)>,
-    /// Values the authenticators attached for the handler.
-    pub attachments: Attachments,
-}
 
 /// What Palisade established for an allowed request. The adapters put it in
 /// the request's extensions (one extension, so the hot path allocates once);
 /// the extractors read it.
 ///
 /// ```
-/// use palisade_core::{Check, Decision, Guard, OwnedRequest, RequestAuth};
+/// use palisade_core::adapter::Decision;
+/// use palisade_core::authn::OwnedRequest;
 /// use palisade_core::authz::AccessPolicy;
+/// use palisade_core::{Check, Guard};
 /// let guard = Guard::builder().access_policy(AccessPolicy::allow_all()).build()?;
-/// let Check::Ready(Decision::Allow(allowed)) = guard.check(&OwnedRequest::get("/")) else { panic!() };
-/// let auth = RequestAuth::new(allowed, &guard);
+/// let Check::Ready(Decision::Allow(admission)) = guard.check(&OwnedRequest::get("/")) else { panic!() };
+/// let auth = admission.auth();
 /// assert!(auth.identity().is_none());
 /// assert_eq!(auth.missing_credential().status(), 401);
 /// # Ok::<(), palisade_core::GuardError>(())
@@ -57,18 +41,6 @@ pub struct RequestAuth {
 }
 
 impl RequestAuth {
-    /// The record of an allowed request (its header edits are the adapter's
-    /// to apply and are not kept).
-    #[must_use]
-    pub fn new(allowed: Allowed, guard: &Guard) -> Self {
-        Self {
-            identity: allowed.identity,
-            access: allowed.access,
-            guard: guard.clone(),
-            attachments: allowed.attachments,
-        }
-    }
-
     /// A value an authenticator attached (`palisade_spnego::DelegatedCredential`).
     #[must_use]
     pub fn attachment<T: 'static>(&self) -> Option<&T> {
@@ -100,102 +72,6 @@ impl RequestAuth {
     }
 }
 
-/// The answer to a denied request, the same for the guard and route
-/// policies: 401 with the challenges when the caller has no end-user
-/// credential and one could change the decision (the deciding rules read
-/// the request principal or claims); 403 otherwise, as Istio answers.
-fn refusal(
-    identity: Option<&Identity>,
-    access: &AccessDecision,
-    missing: impl FnOnce() -> Rejection,
-) -> Rejection {
-    let anonymous = identity.is_none_or(|i| i.request_principal_str().is_none());
-    match access.action() {
-        Some(Action::Custom) => Rejection::forbidden("access denied by an external authorizer"),
-        _ if anonymous && access.end_user_could_help() => missing(),
-        _ => Rejection::forbidden("access denied by policy"),
-    }
-}
-
-/// The verdict of a route-level policy ([`authorize_route`]): known now, or
-/// once a `CUSTOM` policy's authorizer answered.
-pub enum RouteCheck {
-    /// Known without waiting.
-    Ready(Result<AccessDecision, Rejection>),
-    /// Known once the future completes.
-    Pending(Pin<Box<dyn Future<Output = Result<AccessDecision, Rejection>> + Send + 'static>>),
-}
-
-impl fmt::Debug for RouteCheck {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RouteCheck::Ready(r) => f.debug_tuple("Ready").field(r).finish(),
-            RouteCheck::Pending(_) => f.write_str("Pending(<future>)"),
-        }
-    }
-}
-
-/// Checks a route-level policy (a role requirement, say) against the
-/// identity the Palisade middleware established: the one decision both
-/// frameworks' route layers make. No identity and denied: 401 with the
-/// guard's challenges; an identity and denied: 403. Without the middleware
-/// in front (a wiring mistake), every request is refused with 401 and an
-/// error is logged.
-pub fn authorize_route(
-    policy: &AccessPolicy,
-    auth: Option<&RequestAuth>,
-    req: &dyn RequestHead,
-) -> RouteCheck {
-    let Some(auth) = auth else {
-        tracing::error!(target: LOG_TARGET, "a route policy runs on a request that no Palisade middleware checked: refused");
-        return RouteCheck::Ready(Err(Rejection::missing_credential(Vec::new())));
-    };
-    let refuse = |auth: &RequestAuth, access: AccessDecision| {
-        if access.is_allowed() {
-            return Ok(access);
-        }
-        tracing::debug!(target: LOG_TARGET, %access, "denied by route policy");
-        let r = refusal(auth.identity(), &access, || auth.missing_credential());
-        Err(r.with_access(access))
-    };
-    match policy.check(req, auth.identity()) {
-        AccessCheck::Ready(access) => RouteCheck::Ready(refuse(auth, access)),
-        AccessCheck::Pending(fut) => {
-            let auth = auth.clone();
-            RouteCheck::Pending(Box::pin(async move { refuse(&auth, fut.await) }))
-        }
-    }
-}
-
-/// The guard's verdict on one request.
-#[derive(Clone, Debug)]
-pub enum Decision {
-    /// Let the request through.
-    Allow(Allowed),
-    /// Answer with this rejection instead of calling the handler.
-    Deny(Rejection),
-}
-
-/// A boxed, sendable future of a [`Decision`].
-pub type BoxDecision = Pin<Box<dyn Future<Output = Decision> + Send + 'static>>;
-
-/// A decision known now, or after I/O (a JWKS fetch, a first signature check).
-pub enum Check {
-    /// Known without waiting.
-    Ready(Decision),
-    /// Known once the future completes.
-    Pending(BoxDecision),
-}
-
-impl fmt::Debug for Check {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Check::Ready(d) => f.debug_tuple("Ready").field(d).finish(),
-            Check::Pending(_) => f.write_str("Pending(<future>)"),
-        }
-    }
-}
-
 /// Configuration that cannot work.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
@@ -218,11 +94,13 @@ struct Inner {
 /// Cloning is an `Arc` clone.
 ///
 /// ```
-/// use palisade_core::{Check, Decision, Guard, OwnedRequest};
+/// use palisade_core::adapter::Decision;
+/// use palisade_core::authn::OwnedRequest;
 /// use palisade_core::authz::AccessPolicy;
+/// use palisade_core::{Check, Guard};
 /// let guard = Guard::builder().access_policy(AccessPolicy::allow_all()).build()?;
-/// let Check::Ready(Decision::Allow(allowed)) = guard.check(&OwnedRequest::get("/")) else { panic!() };
-/// assert!(allowed.identity.is_none());
+/// let Check::Ready(Decision::Allow(admission)) = guard.check(&OwnedRequest::get("/")) else { panic!() };
+/// assert!(admission.auth().identity().is_none());
 /// # Ok::<(), palisade_core::GuardError>(())
 /// ```
 #[derive(Clone)]
@@ -262,6 +140,62 @@ impl GuardBuilder {
     pub fn authenticator(mut self, authenticator: impl Authenticator) -> Self {
         self.authenticators.push(Arc::new(authenticator));
         self
+    }
+
+    /// Adds the authenticator `A` as the workload's policy documents
+    /// configure it, or nothing when they do not configure one: the one
+    /// step from a policy file to each part of a guard.
+    ///
+    /// ```
+    /// use palisade_core::authn::{AuthOutcome, Authenticator, RequestHead};
+    /// use palisade_core::policy::{FromPolicy, PolicyError, PolicySet, Workload, WorkloadPolicy};
+    /// use palisade_core::{Check, Guard};
+    /// struct Nobody;
+    /// impl Authenticator for Nobody {
+    ///     fn challenge(&self) -> Option<String> { None }
+    ///     fn authenticate(&self, _: &dyn RequestHead) -> Check<AuthOutcome> {
+    ///         Check::Ready(AuthOutcome::NoCredential)
+    ///     }
+    /// }
+    /// impl FromPolicy for Nobody {
+    ///     fn from_policy(_: &WorkloadPolicy<'_>) -> Result<Option<Self>, PolicyError> { Ok(Some(Nobody)) }
+    /// }
+    /// let set = PolicySet::from_yaml_str("", "empty.yaml")?;
+    /// let policy = set.for_workload(&Workload::new("details", "default"));
+    /// let guard = Guard::builder()
+    ///     .access_policy_from(&policy, &Default::default())?
+    ///     .authenticator_from::<Nobody>(&policy)?
+    ///     .build()
+    ///     .map_err(|e| PolicyError::new("empty.yaml", e.to_string()))?;
+    /// # let _ = guard;
+    /// # Ok::<(), PolicyError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// The [`PolicyError`] of [`FromPolicy::from_policy`](crate::policy::FromPolicy::from_policy).
+    pub fn authenticator_from<A: Authenticator + crate::policy::FromPolicy>(
+        self,
+        policy: &WorkloadPolicy<'_>,
+    ) -> Result<Self, PolicyError> {
+        Ok(match A::from_policy(policy)? {
+            Some(a) => self.authenticator(a),
+            None => self,
+        })
+    }
+
+    /// Sets the access policy the workload's documents describe
+    /// (`AuthorizationPolicy`, the RBAC kinds, `AuthorizationSettings`),
+    /// with the external authorizers `CUSTOM` policies name.
+    ///
+    /// # Errors
+    /// A [`PolicyError`] naming the document and field of anything that
+    /// cannot be enforced exactly as written.
+    pub fn access_policy_from(
+        self,
+        policy: &WorkloadPolicy<'_>,
+        authorizers: &ExternalAuthorizers,
+    ) -> Result<Self, PolicyError> {
+        Ok(self.access_policy(AccessPolicy::compile_with(policy, authorizers)?))
     }
 
     /// Adds a shared authenticator.
@@ -319,7 +253,7 @@ impl GuardBuilder {
 struct Acc {
     identity: Option<Identity>,
     edits: Vec<HeaderEdit>,
-    response_headers: Vec<(String, String)>,
+    response_headers: Vec<(Cow<'static, str>, String)>,
     attachments: Attachments,
     rejection: Option<Rejection>,
 }
@@ -330,7 +264,7 @@ impl Acc {
             AuthOutcome::Authenticated(Authenticated {
                 identity,
                 mut edits,
-                mut response_headers,
+                response_headers,
                 mut attachments,
             }) => {
                 self.attachments.append(&mut attachments);
@@ -338,8 +272,13 @@ impl Acc {
                     Some(prev) => prev.merge(&identity),
                     None => identity,
                 });
-                self.edits.append(&mut edits);
-                self.response_headers.append(&mut response_headers);
+                if self.edits.is_empty() {
+                    self.edits = edits;
+                } else {
+                    self.edits.append(&mut edits);
+                }
+                self.response_headers
+                    .extend(response_headers.into_iter().map(|(n, v)| (Cow::Owned(n), v)));
             }
             AuthOutcome::NoCredential => {}
             AuthOutcome::Rejected(r) => {
@@ -375,17 +314,27 @@ impl Guard {
         &self.0.access
     }
 
-    /// The value of the `x-palisade-authz` debug header for a decision, when
-    /// that switch is on.
-    #[must_use]
-    pub fn explanation(&self, access: &AccessDecision) -> Option<String> {
-        self.0.explain.then(|| access.to_string())
+    /// The answer to a request the access policy denied, the same for the
+    /// guard and route policies: 401 with the challenges when the caller has
+    /// no end-user credential and one could change the decision (the
+    /// deciding rules read the request principal or claims); 403 otherwise,
+    /// as Istio answers. It carries the decision, explained in a header when
+    /// that debug switch is on.
+    pub(crate) fn refusal(&self, identity: Option<&Identity>, access: AccessDecision) -> Rejection {
+        let anonymous = identity.is_none_or(|i| i.request_principal_str().is_none());
+        let rejection = match access.action() {
+            Some(Action::Custom) => Rejection::forbidden("access denied by an external authorizer"),
+            _ if anonymous && access.end_user_could_help() => self.missing_credential(),
+            _ => Rejection::forbidden("access denied by policy"),
+        };
+        rejection.with_access(access).explained(self.0.explain)
     }
 
     /// Checks a request. Cached credentials and requests without any are
     /// decided synchronously; the rest (a JWKS fetch, a `CUSTOM` policy's
-    /// authorizer) return a future.
-    pub fn check(&self, req: &dyn RequestHead) -> Check {
+    /// authorizer) wait. [`Decision::apply`] turns the decision into what
+    /// the framework does.
+    pub fn check(&self, req: &dyn RequestHead) -> Check<Decision> {
         let access = &self.0.access;
         let path = if access.reads_path() {
             match access.normalize_path(req.path()) {
@@ -406,8 +355,8 @@ impl Guard {
         let mut pending = Vec::new();
         for a in &self.0.authenticators {
             match a.authenticate(req) {
-                Authenticating::Ready(outcome) => acc.add(outcome),
-                Authenticating::Pending(fut) => pending.push(fut),
+                Check::Ready(outcome) => acc.add(outcome),
+                Check::Pending(fut) => pending.push(fut),
             }
         }
         let rewrite = matches!(path, Cow::Owned(_));
@@ -416,34 +365,34 @@ impl Guard {
         }
         let snapshot = OwnedRequest::snapshot(req, access.headers_read()).with_path(&path);
         let guard = self.clone();
-        Check::Pending(Box::pin(async move {
+        Check::pending(async move {
             for fut in pending {
                 acc.add(fut.await);
             }
-            match guard.decide(acc, &snapshot, snapshot.path(), rewrite) {
-                Check::Ready(d) => d,
-                Check::Pending(f) => f.await,
-            }
-        }))
+            guard.decide(acc, &snapshot, snapshot.path(), rewrite).await
+        })
     }
 
     /// Authorizes; `rewrite` says the normalised `path` differs from the request's.
-    fn decide(&self, acc: Acc, req: &dyn RequestHead, path: &str, rewrite: bool) -> Check {
+    fn decide(&self, acc: Acc, req: &dyn RequestHead, path: &str, rewrite: bool) -> Check<Decision> {
         if let Some(rejection) = acc.rejection {
             tracing::debug!(target: LOG_TARGET, method = req.method(), path = req.path(), status = rejection.status(), reason = rejection.detail(), "credential refused");
             return Check::Ready(Decision::Deny(rejection));
         }
-        let rewrite = rewrite.then(|| path.to_owned());
+        let target = rewrite.then(|| match req.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_owned(),
+        });
         match self.0.access.check_normalized(req, acc.identity.as_ref(), path) {
-            AccessCheck::Ready(access) => Check::Ready(self.finish(acc, access, rewrite, req.method(), path)),
-            AccessCheck::Pending(fut) => {
+            Check::Ready(access) => Check::Ready(self.finish(acc, access, target, req.method(), path)),
+            Check::Pending(fut) => {
                 let guard = self.clone();
                 let method = req.method().to_owned();
-                let path = path.to_string();
-                Check::Pending(Box::pin(async move {
+                let path = path.to_owned();
+                Check::pending(async move {
                     let access = fut.await;
-                    guard.finish(acc, access, rewrite, &method, &path)
-                }))
+                    guard.finish(acc, access, target, &method, &path)
+                })
             }
         }
     }
@@ -452,28 +401,36 @@ impl Guard {
         &self,
         acc: Acc,
         access: AccessDecision,
-        path: Option<String>,
+        target: Option<String>,
         method: &str,
-        p: &str,
+        path: &str,
     ) -> Decision {
-        let span = tracing::debug_span!(target: LOG_TARGET, "authorize", method, path = p, decision = tracing::field::Empty);
+        let span = tracing::debug_span!(target: LOG_TARGET, "authorize", method, path, decision = tracing::field::Empty);
         let _entered = span.enter();
-        if access.is_allowed() {
-            span.record("decision", tracing::field::display(&access));
-            tracing::trace!(target: LOG_TARGET, %access, "allowed");
-            return Decision::Allow(Allowed {
-                identity: acc.identity,
-                edits: acc.edits,
-                access,
-                path,
-                response_headers: acc.response_headers,
-                attachments: acc.attachments,
-            });
-        }
         span.record("decision", tracing::field::display(&access));
-        tracing::debug!(target: LOG_TARGET, authenticated = acc.identity.is_some(), %access, "denied");
-        let rejection = refusal(acc.identity.as_ref(), &access, || self.missing_credential());
-        Decision::Deny(rejection.with_access(access))
+        if !access.is_allowed() {
+            tracing::debug!(target: LOG_TARGET, authenticated = acc.identity.is_some(), %access, "denied");
+            return Decision::Deny(self.refusal(acc.identity.as_ref(), access));
+        }
+        tracing::trace!(target: LOG_TARGET, %access, "allowed");
+        let mut headers = acc.response_headers;
+        if self.0.explain {
+            headers.push((Cow::Borrowed(EXPLAIN_HEADER), access.to_string()));
+        }
+        Decision::Allow(Admission {
+            response: ResponseEdits {
+                headers,
+                access: access.clone(),
+            },
+            auth: RequestAuth {
+                identity: acc.identity,
+                access,
+                guard: self.clone(),
+                attachments: acc.attachments,
+            },
+            edits: acc.edits,
+            target,
+        })
     }
 }
 
@@ -489,7 +446,7 @@ mod tests {
         fn challenge(&self) -> Option<String> {
             Some("Bearer realm=\"t\"".into())
         }
-        fn authenticate(&self, req: &dyn RequestHead) -> Authenticating {
+        fn authenticate(&self, req: &dyn RequestHead) -> Check<AuthOutcome> {
             let outcome = match req.header_str("authorization") {
                 None => AuthOutcome::NoCredential,
                 Some("Bearer good") => {
@@ -506,14 +463,14 @@ mod tests {
                 Some(_) => AuthOutcome::Rejected(Rejection::invalid_token("t", "bad")),
             };
             if self.1 {
-                Authenticating::Pending(Box::pin(async move { outcome }))
+                Check::pending(async move { outcome })
             } else {
-                Authenticating::Ready(outcome)
+                Check::Ready(outcome)
             }
         }
     }
 
-    fn ready(check: Check) -> Decision {
+    fn ready(check: Check<Decision>) -> Decision {
         match check {
             Check::Ready(d) => d,
             Check::Pending(_) => panic!("expected a ready decision"),
@@ -571,6 +528,6 @@ mod tests {
             panic!("expected pending")
         };
         let Decision::Allow(a) = fut.await else { panic!() };
-        assert_eq!(a.identity.unwrap().subject(), Some("late"));
+        assert_eq!(a.auth().identity().unwrap().subject(), Some("late"));
     }
 }

@@ -1,19 +1,23 @@
 //! Framework-free core of [Palisade](https://docs.rs/palisade): the verified
-//! [`Identity`], a neutral view of a request ([`RequestHead`]), the
-//! authenticate step ([`Authenticator`]), the error model ([`Rejection`]),
-//! access control ([`authz`]) and the policy-file loader ([`policy`]).
+//! [`Identity`], the [`Guard`] that authenticates and authorizes a request,
+//! the error model ([`Rejection`]), access control ([`authz`]) and the
+//! policy-file loader ([`policy`]).
 //!
-//! The framework adapters (`palisade-axum`, `palisade-actix`) only translate
-//! requests and responses; every decision is made by [`Guard::check`].
+//! Applications use it through `palisade-axum` or `palisade-actix` (or the
+//! `palisade` facade and its prelude). The other public modules are for
+//! people extending Palisade: [`authn`] for authenticator authors,
+//! [`adapter`] for framework adapter authors. Every decision is made here,
+//! once, so every framework answers identically.
 //!
 //! ```
-//! use palisade_core::{Check, Decision, Guard, OwnedRequest, ErrorKind};
-//! use palisade_core::authz::AccessPolicy;
+//! use palisade_core::adapter::Decision;
+//! use palisade_core::authn::{AuthOutcome, Authenticator, OwnedRequest, RequestHead};
+//! use palisade_core::{Check, ErrorKind, Guard};
 //! # struct NoAuth;
-//! # impl palisade_core::Authenticator for NoAuth {
+//! # impl Authenticator for NoAuth {
 //! #     fn challenge(&self) -> Option<String> { Some("Bearer realm=\"demo\"".into()) }
-//! #     fn authenticate(&self, _: &dyn palisade_core::RequestHead) -> palisade_core::Authenticating {
-//! #         palisade_core::Authenticating::Ready(palisade_core::AuthOutcome::NoCredential)
+//! #     fn authenticate(&self, _: &dyn RequestHead) -> Check<AuthOutcome> {
+//! #         Check::Ready(AuthOutcome::NoCredential)
 //! #     }
 //! # }
 //! let guard = Guard::builder().authenticator(NoAuth).build()?;
@@ -27,24 +31,20 @@
 //! # Ok::<(), palisade_core::GuardError>(())
 //! ```
 
+pub mod adapter;
 pub mod authn;
 pub mod authz;
-pub mod error;
-pub mod extract;
-pub mod guard;
-pub mod identity;
 pub mod policy;
-pub mod request;
 
-pub use authn::{
-    Attachments, AuthOutcome, Authenticated, Authenticating, Authenticator, BoxOutcome, HeaderEdit,
-    HeaderTarget,
-};
-pub use error::{ErrorKind, PROBLEM_JSON, Rejection, bearer_challenge};
+mod check;
+mod error;
+mod extract;
+mod guard;
+mod identity;
+mod request;
+
+pub use check::{BoxFuture, Check, CheckFuture};
+pub use error::{ErrorKind, Rejection};
 pub use extract::{Authorized, Claims};
-pub use guard::{
-    Allowed, BoxDecision, Check, Decision, Guard, GuardBuilder, GuardError, RequestAuth, RouteCheck,
-    authorize_route,
-};
+pub use guard::{Guard, GuardBuilder, GuardError, LOG_TARGET, RequestAuth};
 pub use identity::{AuthMethod, Identity, KerberosIdentity, PeerIdentity, TokenClaims, Verification, whoami};
-pub use request::{ConnectionInfo, OwnedRequest, RequestHead};

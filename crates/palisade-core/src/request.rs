@@ -38,18 +38,28 @@ pub trait RequestHead {
     fn query(&self) -> Option<&str>;
     /// The `Host` header or the URI authority.
     fn host(&self) -> Option<&str>;
-    /// Calls `f` with every value of the header `name` (lower case), in order.
-    fn for_each_header(&self, name: &str, f: &mut dyn FnMut(&[u8]));
+    /// The `index`-th value (from 0) of the header `name` (lower case).
+    fn header_value(&self, name: &str, index: usize) -> Option<&[u8]>;
+
     /// The connection facts, when the server provided them.
     fn connection(&self) -> Option<&ConnectionInfo> {
         None
     }
 
-    /// The first value of the header `name` (lower case), when it is valid UTF-8.
-    fn header_str(&self, name: &str) -> Option<&str>;
+    /// Calls `f` with every value of the header `name` (lower case), in order.
+    fn for_each_header(&self, name: &str, f: &mut dyn FnMut(&[u8])) {
+        let mut i = 0;
+        while let Some(v) = self.header_value(name, i) {
+            f(v);
+            i += 1;
+        }
+    }
 
-    /// The `index`-th value (from 0) of the header `name` (lower case).
-    fn header_value(&self, name: &str, index: usize) -> Option<&[u8]>;
+    /// The first value of the header `name` (lower case), when it is valid UTF-8.
+    fn header_str(&self, name: &str) -> Option<&str> {
+        self.header_value(name, 0)
+            .and_then(|v| std::str::from_utf8(v).ok())
+    }
 
     /// The address of the connection's peer (Istio's `source.ip`).
     fn remote_addr(&self) -> Option<SocketAddr> {
@@ -66,7 +76,7 @@ pub trait RequestHead {
 /// A request head owned in memory: for tests, benches and non-HTTP callers.
 ///
 /// ```
-/// use palisade_core::{OwnedRequest, RequestHead};
+/// use palisade_core::authn::{OwnedRequest, RequestHead};
 /// let req = OwnedRequest::get("/list").header("authorization", "Bearer abc");
 /// assert_eq!(req.header_str("authorization"), Some("Bearer abc"));
 /// ```
@@ -117,7 +127,7 @@ impl OwnedRequest {
     /// Copies what an asynchronous check needs out of a borrowed request:
     /// method, target, host, connection and the named headers.
     #[must_use]
-    pub fn snapshot(req: &dyn RequestHead, headers: &[String]) -> Self {
+    pub(crate) fn snapshot(req: &dyn RequestHead, headers: &[String]) -> Self {
         let mut connection = req.connection().cloned();
         if connection.is_none() && (req.remote_addr().is_some() || req.local_addr().is_some()) {
             connection = Some(ConnectionInfo {
@@ -142,7 +152,7 @@ impl OwnedRequest {
 
     /// Replaces the path (the query stays).
     #[must_use]
-    pub fn with_path(mut self, path: &str) -> Self {
+    pub(crate) fn with_path(mut self, path: &str) -> Self {
         path.clone_into(&mut self.path);
         self
     }

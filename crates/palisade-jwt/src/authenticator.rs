@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::Algorithm;
-use palisade_core::{
-    AuthOutcome, Authenticated, Authenticating, Authenticator, HeaderEdit, Identity, RequestHead,
-    TokenClaims, Verification, bearer_challenge,
+use palisade_core::authn::{
+    AuthOutcome, Authenticated, Authenticator, HeaderEdit, RequestHead, bearer_challenge,
 };
+use palisade_core::{Check, Identity, TokenClaims, Verification};
 use serde_json::{Map, Value};
 
 use crate::cache::TokenCache;
@@ -776,16 +776,14 @@ impl Authenticator for JwtAuthenticator {
         Some(bearer_challenge(&self.0.realm))
     }
 
-    fn authenticate(&self, req: &dyn RequestHead) -> Authenticating {
+    fn authenticate(&self, req: &dyn RequestHead) -> Check<AuthOutcome> {
         let found = match self.extract(req) {
             Ok(Some(f)) => f,
-            Ok(None) => return Authenticating::Ready(AuthOutcome::NoCredential),
-            Err(e) => return Authenticating::Ready(self.outcome(Err(e))),
+            Ok(None) => return Check::Ready(AuthOutcome::NoCredential),
+            Err(e) => return Check::Ready(self.outcome(Err(e))),
         };
         match self.start(found) {
-            Step::Done(r) => {
-                Authenticating::Ready(self.outcome(r.and_then(|a| bound_to(a, peer_thumbprint(req)))))
-            }
+            Step::Done(r) => Check::Ready(self.outcome(r.and_then(|a| bound_to(a, peer_thumbprint(req))))),
             Step::Wait {
                 found,
                 kid,
@@ -795,10 +793,10 @@ impl Authenticator for JwtAuthenticator {
                 let this = self.clone();
                 let found = found.into_owned();
                 let thumbprint = peer_thumbprint(req).map(str::to_owned);
-                Authenticating::Pending(Box::pin(async move {
+                Check::pending(async move {
                     let r = this.finish(found, kid, alg, provider).await;
                     this.outcome(r.and_then(|a| bound_to(a, thumbprint.as_deref())))
-                }))
+                })
             }
         }
     }

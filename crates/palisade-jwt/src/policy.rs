@@ -5,13 +5,14 @@ use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
 use palisade_core::policy::{
-    Document, JwtRule, JwtSettingsSpec, KeycloakAdapterConfig, PolicyError, WorkloadPolicy, parse_duration,
+    Document, DurationSpec, FromPolicy, JwtRuleSpec, JwtSettingsSpec, KeycloakAdapterConfig, PolicyError,
+    WorkloadPolicy,
 };
 
 use crate::authenticator::JwtAuthenticator;
 use crate::config::{FetchSettings, Provider, ProviderBuilder, TokenSource};
 
-impl JwtAuthenticator {
+impl FromPolicy for JwtAuthenticator {
     /// Builds the authenticator for a workload from its policy documents:
     /// one provider per `jwtRules` entry and per `KeycloakAdapter`, tuned by
     /// `JwtSettings`. `None` when no document configures a JWT issuer.
@@ -23,18 +24,15 @@ impl JwtAuthenticator {
     ///
     /// # Errors
     /// A [`PolicyError`] naming the file, document and field.
-    pub fn from_policy(policy: &WorkloadPolicy<'_>) -> Result<Option<JwtAuthenticator>, PolicyError> {
+    fn from_policy(policy: &WorkloadPolicy<'_>) -> Result<Option<JwtAuthenticator>, PolicyError> {
         let settings: Vec<(&Document, &JwtSettingsSpec)> = policy.jwt_settings().collect();
         let mut builder = JwtAuthenticator::builder().realm(policy.workload().service.clone());
-        for (doc, s) in settings.iter().filter(|(_, s)| s.issuer.is_none()) {
+        for (_, s) in settings.iter().filter(|(_, s)| s.issuer.is_none()) {
             if let Some(r) = &s.realm {
                 builder = builder.realm(r.clone());
             }
             if let Some(n) = s.max_token_size {
-                if n == 0 {
-                    return Err(policy.error_at(doc, "spec.maxTokenSize", "must be positive"));
-                }
-                builder = builder.max_token_size(n);
+                builder = builder.max_token_size(n.get());
             }
             if let Some(n) = s.verified_token_cache {
                 builder = builder.cache_entries(n);
@@ -44,23 +42,15 @@ impl JwtAuthenticator {
         for (doc, spec) in policy.request_authentications() {
             for (i, rule) in spec.jwt_rules.iter().enumerate() {
                 let field = format!("spec.jwtRules[{i}]");
-                if rule.jwks_uri.is_some() && rule.jwks.is_some() {
-                    return Err(policy.error_at(
-                        doc,
-                        &format!("{field}.jwks"),
-                        "give either jwksUri or jwks, not both",
-                    ));
-                }
                 let mut fetch = fetch_settings(policy, &settings, &rule.issuer)?;
-                if let Some(t) = &rule.timeout {
-                    fetch.timeout = parse_duration(t)
-                        .map_err(|m| policy.error_at(doc, &format!("{field}.timeout"), m))?;
+                if let Some(t) = rule.timeout {
+                    fetch.timeout = t.get();
                 }
                 let b = tune(istio_provider(policy, rule), policy, &settings, &rule.issuer)?;
                 let provider = b
                     .fetch_settings(fetch)
                     .build()
-                    .map_err(|e| policy.error_at(doc, &field, e.to_string()))?;
+                    .map_err(|e| policy.error_at(doc, &field, e.to_string()).with_source(e))?;
                 builder = builder.provider(provider);
                 last_doc = Some(doc);
             }
@@ -73,7 +63,7 @@ impl JwtAuthenticator {
             let provider = b
                 .fetch_settings(fetch)
                 .build()
-                .map_err(|e| policy.error_at(doc, "spec", e.to_string()))?;
+                .map_err(|e| policy.error_at(doc, "spec", e.to_string()).with_source(e))?;
             builder = builder.provider(provider);
             last_doc = Some(doc);
         }
@@ -81,9 +71,11 @@ impl JwtAuthenticator {
         builder
             .build()
             .map(Some)
-            .map_err(|e| policy.error_at(doc, "", e.to_string()))
+            .map_err(|e| policy.error_at(doc, "", e.to_string()).with_source(e))
     }
+}
 
+impl JwtAuthenticator {
     /// Builds an authenticator for one `keycloak.json` adapter file.
     ///
     /// # Errors
@@ -98,16 +90,16 @@ impl JwtAuthenticator {
             .map_err(err)?
             .fetch_settings(fetch)
             .build()
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| err(e.to_string()).with_source(e))?;
         JwtAuthenticator::builder()
             .realm(kc.realm.clone())
             .provider(provider)
             .build()
-            .map_err(|e| err(e.to_string()))
+            .map_err(|e| err(e.to_string()).with_source(e))
     }
 }
 
-fn istio_provider(policy: &WorkloadPolicy<'_>, rule: &JwtRule) -> ProviderBuilder {
+fn istio_provider(policy: &WorkloadPolicy<'_>, rule: &JwtRuleSpec) -> ProviderBuilder {
     let mut b = Provider::builder(rule.issuer.clone());
     if rule.audiences.is_empty() {
         let w = policy.workload();
@@ -194,15 +186,8 @@ fn for_issuer<'s, 'd>(
     ordered
 }
 
-fn duration(
-    policy: &WorkloadPolicy<'_>,
-    doc: &Document,
-    field: &str,
-    v: Option<&String>,
-) -> Result<Option<Duration>, PolicyError> {
-    v.map(|v| parse_duration(v))
-        .transpose()
-        .map_err(|m| policy.error_at(doc, &format!("spec.{field}"), m))
+fn duration(v: Option<DurationSpec>) -> Option<Duration> {
+    v.map(DurationSpec::get)
 }
 
 /// The fetch settings of `issuer`: defaults, then the documents of [`for_issuer`].
@@ -213,23 +198,23 @@ fn fetch_settings(
 ) -> Result<FetchSettings, PolicyError> {
     let mut f = FetchSettings::default();
     for (doc, s) in for_issuer(settings, issuer) {
-        if let Some(d) = duration(policy, doc, "jwksCacheTtl", s.jwks_cache_ttl.as_ref())? {
+        if let Some(d) = duration(s.jwks_cache_ttl) {
             f.default_ttl = d;
         }
-        if let Some(d) = duration(policy, doc, "minRefreshInterval", s.min_refresh_interval.as_ref())? {
+        if let Some(d) = duration(s.min_refresh_interval) {
             f.min_refresh_interval = d;
         }
-        if let Some(d) = duration(policy, doc, "unknownKidWait", s.unknown_kid_wait.as_ref())? {
+        if let Some(d) = duration(s.unknown_kid_wait) {
             f.unknown_kid_wait = d;
         }
-        if let Some(d) = duration(policy, doc, "maxStale", s.max_stale.as_ref())? {
+        if let Some(d) = duration(s.max_stale) {
             f.max_stale = d;
         }
-        if let Some(d) = duration(policy, doc, "fetchTimeout", s.fetch_timeout.as_ref())? {
+        if let Some(d) = duration(s.fetch_timeout) {
             f.timeout = d;
         }
         if let Some(n) = s.max_jwks_size {
-            f.max_body = n;
+            f.max_body = n.get();
         }
         if let Some(path) = &s.ca_file {
             f.extra_ca_pem = Some(
@@ -249,10 +234,10 @@ fn tune(
     issuer: &str,
 ) -> Result<ProviderBuilder, PolicyError> {
     for (doc, s) in for_issuer(settings, issuer) {
-        if let Some(d) = duration(policy, doc, "leeway", s.leeway.as_ref())? {
+        if let Some(d) = duration(s.leeway) {
             b = b.leeway(d);
         }
-        if let Some(d) = duration(policy, doc, "maxTokenLifetime", s.max_token_lifetime.as_ref())? {
+        if let Some(d) = duration(s.max_token_lifetime) {
             b = b.max_lifetime(d);
         }
         if let Some(t) = &s.required_type {

@@ -62,7 +62,7 @@ use actix_tls::accept::rustls_0_23::TlsStream;
 use actix_web::dev::{AppConfig, Extensions};
 use actix_web::http::KeepAlive;
 use actix_web::rt::net::TcpStream;
-use palisade_core::ConnectionInfo;
+use palisade_core::authn::ConnectionInfo;
 
 use crate::identity::fill_from_session;
 

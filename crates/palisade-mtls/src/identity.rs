@@ -6,7 +6,8 @@
 use std::fmt;
 
 use aws_lc_rs::digest;
-use palisade_core::{ConnectionInfo, Identity, PeerIdentity, Verification};
+use palisade_core::authn::ConnectionInfo;
+use palisade_core::{Identity, PeerIdentity, Verification};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 /// A SPIFFE ID that follows the SPIFFE-ID rules: `spiffe://` and a trust

@@ -21,7 +21,7 @@
 //!   by `palisade-jwt` against the certificate of the connection.
 //!
 //! The peer identity reaches the request through the connection
-//! ([`ConnectionInfo`](palisade_core::ConnectionInfo)), never a header, and
+//! ([`ConnectionInfo`](palisade_core::authn::ConnectionInfo)), never a header, and
 //! the guard merges it into the request's [`Identity`](palisade_core::Identity):
 //! `source.principal`, `source.namespace` and `principals: [...]` in
 //! policies, and `peer` in `/whoami`.

@@ -7,24 +7,14 @@ use palisade_core::policy::{Document, PeerAuthenticationSpec, PolicyError, Workl
 
 use crate::server::MtlsMode;
 
-fn parse(
-    w: &WorkloadPolicy<'_>,
-    doc: &Document,
-    field: &str,
-    mode: Option<&String>,
-) -> Result<Option<MtlsMode>, PolicyError> {
-    match mode {
-        None => Ok(None),
-        Some(m) => MtlsMode::parse(m).map_err(|e| w.error_at(doc, field, e)),
-    }
-}
-
 /// The mode for `port` of the workload (default [`MtlsMode::Strict`], as
 /// `--client-ca` asks for mutual TLS).
 ///
+/// Modes and `portLevelMtls` without a selector are checked when the policy
+/// file loads.
+///
 /// # Errors
-/// A [`PolicyError`] naming the document and field of a bad mode, a
-/// `portLevelMtls` without a selector, or two documents of the same level.
+/// A [`PolicyError`] naming the document of two documents of the same level.
 pub fn mode_for_port(w: &WorkloadPolicy<'_>, port: u16) -> Result<MtlsMode, PolicyError> {
     let root = &w.workload().root_namespace;
     let mut levels: [Option<(&Document, &PeerAuthenticationSpec)>; 3] = [None, None, None];
@@ -36,13 +26,6 @@ pub fn mode_for_port(w: &WorkloadPolicy<'_>, port: u16) -> Result<MtlsMode, Poli
         } else {
             2
         };
-        if !spec.port_level_mtls.is_empty() && spec.selector.is_none() {
-            return Err(w.error_at(
-                doc,
-                "spec.portLevelMtls",
-                "portLevelMtls needs a selector (as in Istio)",
-            ));
-        }
         if let Some((prev, _)) = levels[level] {
             return Err(w.error_at(
                 doc,
@@ -55,15 +38,9 @@ pub fn mode_for_port(w: &WorkloadPolicy<'_>, port: u16) -> Result<MtlsMode, Poli
         }
         levels[level] = Some((doc, spec));
     }
-    for (doc, spec) in levels.into_iter().flatten() {
-        if let Some(m) = spec.port_level_mtls.get(&port) {
-            let field = format!("spec.portLevelMtls.{port}.mode");
-            if let Some(mode) = parse(w, doc, &field, m.mode.as_ref())? {
-                return Ok(mode);
-            }
-        }
-        let mode = spec.mtls.as_ref().and_then(|m| m.mode.as_ref());
-        if let Some(mode) = parse(w, doc, "spec.mtls.mode", mode)? {
+    for (_, spec) in levels.into_iter().flatten() {
+        let port_mode = spec.port_level_mtls.get(&port).and_then(|m| m.mode);
+        if let Some(mode) = port_mode.or_else(|| spec.mtls.as_ref().and_then(|m| m.mode)) {
             return Ok(mode);
         }
     }
@@ -107,7 +84,9 @@ mod tests {
     #[test]
     fn bad_modes_and_port_levels_without_selector_are_errors() {
         let bad = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: w}\nspec: {mtls: {mode: STRICTER}}\n";
-        assert_eq!(mode(bad, 1).unwrap_err().field.as_deref(), Some("spec.mtls.mode"));
+        let err = mode(bad, 1).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("spec.mtls.mode"));
+        assert!(err.to_string().contains("(at line 4, column 21)"), "{err}");
         let no_sel = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: w}\nspec: {portLevelMtls: {80: {mode: DISABLE}}}\n";
         assert_eq!(
             mode(no_sel, 80).unwrap_err().field.as_deref(),

@@ -46,36 +46,9 @@ pub(crate) async fn starts_with_tls(
     }
 }
 
-/// Istio's `PeerAuthentication` modes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum MtlsMode {
-    /// A client certificate is required: no certificate, no handshake.
-    #[default]
-    Strict,
-    /// Plaintext HTTP and mutual TLS on the same port, told apart by the
-    /// first byte; plaintext callers (and TLS callers without a
-    /// certificate) have no peer identity.
-    Permissive,
-    /// TLS without client certificates.
-    Disable,
-}
-
-impl MtlsMode {
-    /// Parses Istio's mode names (`UNSET` is `None`: inherit).
-    ///
-    /// # Errors
-    /// A message for any other value.
-    pub fn parse(text: &str) -> Result<Option<Self>, String> {
-        match text {
-            "STRICT" => Ok(Some(MtlsMode::Strict)),
-            "PERMISSIVE" => Ok(Some(MtlsMode::Permissive)),
-            "DISABLE" => Ok(Some(MtlsMode::Disable)),
-            "UNSET" => Ok(None),
-            other => Err(format!("`{other}` is not STRICT, PERMISSIVE, DISABLE or UNSET")),
-        }
-    }
-}
+/// Istio's `PeerAuthentication` modes: the policy schema's own type, so a
+/// mode read from a policy file is the mode the listener takes.
+pub use palisade_core::policy::MtlsMode;
 
 /// A TLS file that cannot be used.
 #[derive(Debug, thiserror::Error)]

@@ -57,11 +57,9 @@ use libgssapi::context::{SecurityContext, ServerCtx};
 use libgssapi::credential::{Cred, CredUsage};
 use libgssapi::name::Name;
 use libgssapi::oid::{GSS_MECH_KRB5, GSS_MECH_SPNEGO, GSS_NT_HOSTBASED_SERVICE, OidSet};
-use palisade_core::policy::{PolicyError, WorkloadPolicy, parse_duration};
-use palisade_core::{
-    AuthOutcome, Authenticated, Authenticating, Authenticator, ErrorKind, Identity, KerberosIdentity,
-    Rejection, RequestHead, Verification,
-};
+use palisade_core::authn::{AuthOutcome, Authenticated, Authenticator, RequestHead};
+use palisade_core::policy::{FromPolicy, PolicyError, WorkloadPolicy};
+use palisade_core::{Check, ErrorKind, Identity, KerberosIdentity, Rejection, Verification};
 use tokio::sync::Semaphore;
 
 use crate::token::{TokenKind as Kind, classify};
@@ -93,6 +91,16 @@ pub enum SpnegoError {
     /// or `KRB5RCACHENAME=none:…`): a captured token could be replayed.
     #[error("the Kerberos replay cache is off ({0}); Palisade does not accept Negotiate without it")]
     ReplayCacheOff(String),
+    /// A token for an outbound call could not be made (no ticket for the
+    /// service, the KDC refused the impersonation or the delegation).
+    #[error("cannot make a Kerberos token for {service}: {source}")]
+    Initiate {
+        /// The host-based service asked for (`HTTP@backend.example.test`).
+        service: String,
+        /// GSSAPI's error.
+        #[source]
+        source: libgssapi::error::Error,
+    },
 }
 
 type Mapper = Arc<dyn Fn(&KerberosIdentity) -> (Vec<String>, Vec<String>) + Send + Sync>;
@@ -247,16 +255,13 @@ impl SpnegoAuthenticatorBuilder {
                 self = self.allowed_realm(r.clone());
             }
             if let Some(n) = s.concurrency {
-                self = self.concurrency(n);
+                self = self.concurrency(n.get());
             }
             if let Some(n) = s.max_header_size {
-                self = self.max_header(n);
+                self = self.max_header(n.get());
             }
             if let Some(c) = &s.session_cookie {
                 let mut cookie = SessionCookie::new(c.name.as_deref().unwrap_or("palisade_session"));
-                if c.keys.is_empty() {
-                    return Err(w.error_at(doc, "spec.sessionCookie.keys", "give at least one key"));
-                }
                 for (i, k) in c.keys.iter().enumerate() {
                     let field = format!("spec.sessionCookie.keys[{i}].keyFile");
                     let bytes = std::fs::read(&k.key_file)
@@ -268,10 +273,8 @@ impl SpnegoAuthenticatorBuilder {
                         w.error_at(doc, &format!("spec.sessionCookie.keys[{i}]"), e.to_string())
                     })?;
                 }
-                if let Some(age) = &c.max_age {
-                    let d =
-                        parse_duration(age).map_err(|m| w.error_at(doc, "spec.sessionCookie.maxAge", m))?;
-                    cookie = cookie.max_age(d);
+                if let Some(age) = c.max_age {
+                    cookie = cookie.max_age(age.get());
                 }
                 if c.insecure_over_http {
                     cookie = cookie.insecure_over_http();
@@ -520,17 +523,21 @@ impl DelegatedCredential {
     /// `spawn_blocking`.
     ///
     /// # Errors
-    /// GSSAPI's error as text.
-    pub fn negotiate_header(&self, service: &str) -> Result<String, String> {
+    /// [`SpnegoError::Initiate`] with GSSAPI's error.
+    pub fn negotiate_header(&self, service: &str) -> Result<String, SpnegoError> {
         negotiate_header(self.0.clone(), service)
     }
 }
 
 /// `Negotiate <token>` for `service` with credential `cred`.
-pub(crate) fn negotiate_header(cred: Cred, service: &str) -> Result<String, String> {
+pub(crate) fn negotiate_header(cred: Cred, service: &str) -> Result<String, SpnegoError> {
+    let err = |source| SpnegoError::Initiate {
+        service: service.to_owned(),
+        source,
+    };
     let target = Name::new(service.as_bytes(), Some(GSS_NT_HOSTBASED_SERVICE))
         .and_then(|n| n.canonicalize(Some(GSS_MECH_KRB5)))
-        .map_err(|e| e.to_string())?;
+        .map_err(err)?;
     let mut ctx = libgssapi::context::ClientCtx::new(
         Some(cred),
         target,
@@ -539,11 +546,10 @@ pub(crate) fn negotiate_header(cred: Cred, service: &str) -> Result<String, Stri
         // credentials obtained by delegation or S4U are Kerberos ones.
         Some(GSS_MECH_KRB5),
     );
-    let token = ctx
-        .step(None, None)
-        .map_err(|e| e.to_string())?
-        .ok_or("no token")?;
-    Ok(format!("Negotiate {}", STANDARD.encode(&*token)))
+    // A first step that asks for no token cannot happen for Kerberos; an
+    // empty header would be refused by the back-end, which says so.
+    let token = ctx.step(None, None).map_err(err)?.map(|t| STANDARD.encode(&*t));
+    Ok(format!("Negotiate {}", token.unwrap_or_default()))
 }
 
 #[cfg(feature = "s4u")]
@@ -593,18 +599,43 @@ impl Impersonator {
     /// (`alice@EXAMPLE.TEST`). Blocking: call it from `spawn_blocking`.
     ///
     /// # Errors
-    /// GSSAPI's error as text (the KDC refused the impersonation or the
-    /// delegation).
-    pub fn negotiate_header(&self, user: &str, service: &str) -> Result<String, String> {
-        let name = Name::new(user.as_bytes(), Some(libgssapi::oid::GSS_NT_KRB5_PRINCIPAL))
-            .map_err(|e| e.to_string())?;
+    /// [`SpnegoError::Initiate`] with GSSAPI's error (the KDC refused the
+    /// impersonation or the delegation).
+    pub fn negotiate_header(&self, user: &str, service: &str) -> Result<String, SpnegoError> {
+        let err = |source| SpnegoError::Initiate {
+            service: service.to_owned(),
+            source,
+        };
+        let name = Name::new(user.as_bytes(), Some(libgssapi::oid::GSS_NT_KRB5_PRINCIPAL)).map_err(err)?;
         let mut mechs = OidSet::new();
-        mechs.add(GSS_MECH_KRB5).map_err(|e| e.to_string())?;
+        mechs.add(GSS_MECH_KRB5).map_err(err)?;
         let cred = self
             .cred
             .impersonate(&name, None, CredUsage::Initiate, Some(&mechs))
-            .map_err(|e| e.to_string())?;
+            .map_err(err)?;
         negotiate_header(cred, service)
+    }
+}
+
+impl FromPolicy for SpnegoAuthenticator {
+    /// The authenticator the workload's `SpnegoSettings` describe (defaults
+    /// without one), with the keytab of `KRB5_KTNAME`: SPNEGO is turned on
+    /// by giving a keytab, so this always builds one. For a role-mapping
+    /// hook, use [`SpnegoAuthenticatorBuilder::from_policy`] and build.
+    ///
+    /// # Errors
+    /// A [`PolicyError`] naming the `SpnegoSettings` document (or the file)
+    /// when a value cannot be used or the credentials cannot be acquired,
+    /// with the [`SpnegoError`] as its source.
+    fn from_policy(policy: &WorkloadPolicy<'_>) -> Result<Option<Self>, PolicyError> {
+        let built = SpnegoAuthenticator::builder().from_policy(policy)?.build();
+        built.map(Some).map_err(|e| {
+            let err = match policy.spnego_settings().next() {
+                Some((doc, _)) => policy.error_at(doc, "spec", e.to_string()),
+                None => PolicyError::new(policy.source(), e.to_string()),
+            };
+            err.with_source(e)
+        })
     }
 }
 
@@ -613,22 +644,22 @@ impl Authenticator for SpnegoAuthenticator {
         Some("Negotiate".into())
     }
 
-    fn authenticate(&self, req: &dyn RequestHead) -> Authenticating {
+    fn authenticate(&self, req: &dyn RequestHead) -> Check<AuthOutcome> {
         let token = match self.token(req) {
             Ok(Some(t)) => t,
-            Ok(None) => return Authenticating::Ready(self.session_outcome(req)),
+            Ok(None) => return Check::Ready(self.session_outcome(req)),
             Err(detail) => {
                 tracing::debug!(target: LOG_TARGET, reason = detail, "Negotiate token refused");
-                return Authenticating::Ready(refused(detail));
+                return Check::Ready(refused(detail));
             }
         };
         let kind = classify(&token);
         if !matches!(kind, Kind::SpnegoKerberos | Kind::Kerberos) {
             tracing::debug!(target: LOG_TARGET, ?kind, "Negotiate token refused before GSSAPI");
-            return Authenticating::Ready(refused(kind.detail()));
+            return Check::Ready(refused(kind.detail()));
         }
         let this = self.clone();
-        Authenticating::Pending(Box::pin(async move {
+        Check::pending(async move {
             let Ok(_permit) = this.0.permits.clone().acquire_owned().await else {
                 return refused("the Negotiate token is not acceptable");
             };
@@ -675,6 +706,6 @@ impl Authenticator for SpnegoAuthenticator {
                 ok = ok.with_attachment(DelegatedCredential(cred));
             }
             AuthOutcome::Authenticated(ok)
-        }))
+        })
     }
 }

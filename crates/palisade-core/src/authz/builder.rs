@@ -3,7 +3,7 @@
 //!
 //! ```
 //! use palisade_core::authz::{AccessPolicy, Rule};
-//! use palisade_core::OwnedRequest;
+//! use palisade_core::authn::OwnedRequest;
 //! let policy = AccessPolicy::builder()
 //!     .deny("no-delete", [Rule::new().methods(["DELETE"])])
 //!     .allow("public", [Rule::new().paths(["/healthz", "/public/*"])])
@@ -15,10 +15,10 @@
 //! # Ok::<(), palisade_core::policy::PolicyError>(())
 //! ```
 
-use super::{AccessPolicy, ExternalAuthorizers};
+use super::{AccessPolicy, Action, ExternalAuthorizers};
 use crate::policy::{
-    AuthorizationPolicySpec, Condition, Document, From, Metadata, Operation, PolicyError, PolicySet,
-    Provider, Source, Spec, To, Workload,
+    AuthorizationPolicySpec, ConditionSpec, Document, ExtensionProviderSpec, FromSpec, Metadata,
+    OperationSpec, PolicyError, PolicySet, RuleSpec, SourceSpec, Spec, ToSpec, Workload,
 };
 
 fn strings<I, S>(values: I) -> Option<Vec<String>>
@@ -34,9 +34,9 @@ where
 #[derive(Clone, Debug, Default)]
 #[must_use]
 pub struct Rule {
-    source: Source,
-    operation: Operation,
-    when: Vec<Condition>,
+    source: SourceSpec,
+    operation: OperationSpec,
+    when: Vec<ConditionSpec>,
 }
 
 macro_rules! setters {
@@ -109,10 +109,10 @@ impl Rule {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.when.push(Condition {
+        self.when.push(ConditionSpec {
             key: key.to_owned(),
             values: strings(values),
-            ..Condition::default()
+            ..ConditionSpec::default()
         });
         self
     }
@@ -123,21 +123,21 @@ impl Rule {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.when.push(Condition {
+        self.when.push(ConditionSpec {
             key: key.to_owned(),
             not_values: strings(values),
-            ..Condition::default()
+            ..ConditionSpec::default()
         });
         self
     }
 
-    fn into_rule(self) -> crate::policy::Rule {
-        let mut r = crate::policy::Rule::default();
-        if self.source != Source::default() {
-            r.from.push(From { source: self.source });
+    fn into_rule(self) -> RuleSpec {
+        let mut r = RuleSpec::default();
+        if self.source != SourceSpec::default() {
+            r.from.push(FromSpec { source: self.source });
         }
-        if self.operation != Operation::default() {
-            r.to.push(To {
+        if self.operation != OperationSpec::default() {
+            r.to.push(ToSpec {
                 operation: self.operation,
             });
         }
@@ -155,11 +155,11 @@ pub struct AccessPolicyBuilder {
 }
 
 impl AccessPolicyBuilder {
-    fn push(mut self, name: &str, action: &str, rules: Option<Vec<Rule>>, provider: Option<&str>) -> Self {
+    fn push(mut self, name: &str, action: Action, rules: Option<Vec<Rule>>, provider: Option<&str>) -> Self {
         let spec = AuthorizationPolicySpec {
-            action: Some(action.to_owned()),
+            action,
             rules: rules.map(|r| r.into_iter().map(Rule::into_rule).collect()),
-            provider: provider.map(|p| Provider { name: p.to_owned() }),
+            provider: provider.map(|p| ExtensionProviderSpec { name: p.to_owned() }),
             ..AuthorizationPolicySpec::default()
         };
         let mut metadata = Metadata::default();
@@ -170,29 +170,35 @@ impl AccessPolicyBuilder {
             kind: "AuthorizationPolicy".to_owned(),
             metadata,
             spec: Spec::AuthorizationPolicy(spec),
+            line: None,
         });
         self
     }
 
     /// An ALLOW policy with these rules (none: it allows nothing).
     pub fn allow(self, name: &str, rules: impl IntoIterator<Item = Rule>) -> Self {
-        self.push(name, "ALLOW", Some(rules.into_iter().collect()), None)
+        self.push(name, Action::Allow, Some(rules.into_iter().collect()), None)
     }
 
     /// A DENY policy with these rules.
     pub fn deny(self, name: &str, rules: impl IntoIterator<Item = Rule>) -> Self {
-        self.push(name, "DENY", Some(rules.into_iter().collect()), None)
+        self.push(name, Action::Deny, Some(rules.into_iter().collect()), None)
     }
 
     /// An AUDIT policy with these rules (logged, no effect).
     pub fn audit(self, name: &str, rules: impl IntoIterator<Item = Rule>) -> Self {
-        self.push(name, "AUDIT", Some(rules.into_iter().collect()), None)
+        self.push(name, Action::Audit, Some(rules.into_iter().collect()), None)
     }
 
     /// A CUSTOM policy: requests its rules match are first sent to the
     /// authorizer registered as `provider` (see [`Self::authorizers`]).
     pub fn custom(self, name: &str, provider: &str, rules: impl IntoIterator<Item = Rule>) -> Self {
-        self.push(name, "CUSTOM", Some(rules.into_iter().collect()), Some(provider))
+        self.push(
+            name,
+            Action::Custom,
+            Some(rules.into_iter().collect()),
+            Some(provider),
+        )
     }
 
     /// The external authorizers CUSTOM policies name.

@@ -9,11 +9,12 @@ use super::custom::ExternalAuthorizers;
 use super::matcher::{IpBlock, PathMatch, StrMatch, parse_port};
 use super::{Action, CompiledPolicy, CompiledRule};
 use crate::policy::{
-    AuthorizationPolicySpec, Condition, Document, Operation, PolicyError, Source, WorkloadPolicy,
+    AuthorizationPolicySpec, ConditionSpec, Document, Metadata, OperationSpec, PolicyError, RuleSpec,
+    SourceSpec, WorkloadPolicy,
 };
 
 /// A field-relative error: (field path below the current node, message).
-pub(crate) type FieldError = (String, String);
+pub(crate) use crate::policy::FieldError;
 
 fn nonempty<'v>(values: &'v [String], field: &str) -> Result<&'v [String], FieldError> {
     if values.is_empty() {
@@ -79,7 +80,7 @@ fn pair(
     Ok(())
 }
 
-pub(crate) fn source_clauses(s: &Source) -> Result<Vec<Clause>, FieldError> {
+pub(crate) fn source_clauses(s: &SourceSpec) -> Result<Vec<Clause>, FieldError> {
     let mut out = Vec::new();
     let str_attr = |attr: StrAttr| move |v: &[String], f: &str| Ok(Test::Str(attr.clone(), strs(v, f)?));
     let ip_attr = |attr: IpAttr| move |v: &[String], f: &str| Ok(Test::Ip(attr, ips(v, f)?));
@@ -122,7 +123,7 @@ pub(crate) fn source_clauses(s: &Source) -> Result<Vec<Clause>, FieldError> {
     Ok(out)
 }
 
-pub(crate) fn operation_clauses(o: &Operation) -> Result<Vec<Clause>, FieldError> {
+pub(crate) fn operation_clauses(o: &OperationSpec) -> Result<Vec<Clause>, FieldError> {
     let mut out = Vec::new();
     // Cheap tests first: methods, then paths, then the rest.
     pair(
@@ -226,7 +227,7 @@ pub(crate) fn key_test(key: &Key, values: &[String], field: &str) -> Result<Test
     })
 }
 
-pub(crate) fn condition_clause(c: &Condition) -> Result<Clause, FieldError> {
+pub(crate) fn condition_clause(c: &ConditionSpec) -> Result<Clause, FieldError> {
     let key = parse_key(&c.key).map_err(|m| ("key".to_owned(), m))?;
     match (&c.values, &c.not_values) {
         (Some(v), None) => Ok(Clause {
@@ -248,26 +249,81 @@ pub(crate) fn condition_clause(c: &Condition) -> Result<Clause, FieldError> {
     }
 }
 
-fn dry_run(w: &WorkloadPolicy<'_>, doc: &Document) -> Result<bool, PolicyError> {
-    match doc
-        .metadata
-        .annotations
-        .get("istio.io/dry-run")
-        .map(String::as_str)
-    {
+/// The `istio.io/dry-run` annotation.
+fn dry_run(metadata: &Metadata) -> Result<bool, FieldError> {
+    match metadata.annotations.get("istio.io/dry-run").map(String::as_str) {
         None | Some("false") => Ok(false),
         Some("true") => Ok(true),
-        Some(other) => Err(w.error_at(
-            doc,
-            "metadata.annotations.istio.io/dry-run",
+        Some(other) => Err((
+            "metadata.annotations.istio.io/dry-run".into(),
             format!("`{other}` is not \"true\" or \"false\""),
         )),
     }
 }
 
+/// The checks of an `AuthorizationPolicy` that need no workload, run for
+/// every document when the file loads: the action and its provider, the
+/// dry-run annotation and every rule.
+pub(crate) fn check_policy(metadata: &Metadata, spec: &AuthorizationPolicySpec) -> Result<(), FieldError> {
+    let dry_run = dry_run(metadata)?;
+    match (spec.action, &spec.provider) {
+        (Action::Custom, None) => {
+            return Err(("spec.provider".into(), "a CUSTOM policy needs a provider".into()));
+        }
+        (Action::Custom, Some(_)) if dry_run => {
+            return Err((
+                "metadata.annotations.istio.io/dry-run".into(),
+                "dry-run is not supported for CUSTOM policies (as in Istio)".into(),
+            ));
+        }
+        (Action::Custom, Some(p)) if p.name.is_empty() => {
+            return Err(("spec.provider.name".into(), "must not be empty".into()));
+        }
+        (Action::Custom, Some(_)) | (_, None) => {}
+        (_, Some(_)) => {
+            return Err((
+                "spec.provider".into(),
+                "only a CUSTOM policy takes a provider".into(),
+            ));
+        }
+    }
+    compile_rules(spec).map(drop)
+}
+
+/// The rules of a policy, compiled; errors name the field below `spec`.
+fn compile_rules(spec: &AuthorizationPolicySpec) -> Result<Vec<CompiledRule>, FieldError> {
+    let mut rules = Vec::new();
+    // `spec: {}` (no rules) under ALLOW matches nothing: deny all. Under DENY
+    // it matches nothing either: no effect. Both are Istio's semantics.
+    for (ri, rule) in spec.rules.iter().flatten().enumerate() {
+        let join = |base: String, (sub, msg): FieldError| {
+            let field = if sub.is_empty() {
+                format!("spec.rules[{ri}].{base}")
+            } else {
+                format!("spec.rules[{ri}].{base}.{sub}")
+            };
+            (field, msg)
+        };
+        let mut from = Vec::new();
+        for (fi, f) in rule.from.iter().enumerate() {
+            from.push(source_clauses(&f.source).map_err(|e| join(format!("from[{fi}].source"), e))?);
+        }
+        let mut to = Vec::new();
+        for (ti, t) in rule.to.iter().enumerate() {
+            to.push(operation_clauses(&t.operation).map_err(|e| join(format!("to[{ti}].operation"), e))?);
+        }
+        let mut when = Vec::new();
+        for (ci, c) in rule.when.iter().enumerate() {
+            when.push(condition_clause(c).map_err(|e| join(format!("when[{ci}]"), e))?);
+        }
+        rules.push(CompiledRule::new(from, to, when));
+    }
+    Ok(rules)
+}
+
 /// Istio's exact host match includes the port: a DENY on `admin.example`
 /// misses `Host: admin.example:443`. Legal, as in Istio, but said loudly.
-fn warn_hosts_without_port(doc: &Document, rule: &crate::policy::Rule) {
+fn warn_hosts_without_port(doc: &Document, rule: &RuleSpec) {
     for t in &rule.to {
         for h in t.operation.hosts.iter().flatten() {
             if let Ok(m) = StrMatch::parse(h)
@@ -289,26 +345,12 @@ pub(crate) fn compile_policy(
     spec: &AuthorizationPolicySpec,
     authorizers: &ExternalAuthorizers,
 ) -> Result<CompiledPolicy, PolicyError> {
-    let action = match spec.action.as_deref().unwrap_or("ALLOW") {
-        "ALLOW" => Action::Allow,
-        "DENY" => Action::Deny,
-        "AUDIT" => Action::Audit,
-        "CUSTOM" => Action::Custom,
-        other => return Err(w.error_at(doc, "spec.action", format!("unknown action `{other}`"))),
-    };
-    let dry_run = dry_run(w, doc)?;
-    let provider = match (action, &spec.provider) {
-        (Action::Custom, None) => {
-            return Err(w.error_at(doc, "spec.provider", "a CUSTOM policy needs a provider"));
-        }
-        (Action::Custom, Some(p)) => {
-            if dry_run {
-                return Err(w.error_at(
-                    doc,
-                    "metadata.annotations.istio.io/dry-run",
-                    "dry-run is not supported for CUSTOM policies (as in Istio)",
-                ));
-            }
+    // Already checked when a file loads; documents built in code are checked here.
+    check_policy(&doc.metadata, spec).map_err(|(field, msg)| w.error_at(doc, &field, msg))?;
+    let action = spec.action;
+    let dry_run = dry_run(&doc.metadata).map_err(|(field, msg)| w.error_at(doc, &field, msg))?;
+    let provider = match &spec.provider {
+        Some(p) if action == Action::Custom => {
             let Some(a) = authorizers.get(&p.name) else {
                 return Err(w.error_at(
                     doc,
@@ -321,40 +363,13 @@ pub(crate) fn compile_policy(
             };
             Some((Arc::<str>::from(p.name.as_str()), a))
         }
-        (_, Some(_)) => {
-            return Err(w.error_at(doc, "spec.provider", "only a CUSTOM policy takes a provider"));
-        }
-        (_, None) => None,
+        _ => None,
     };
-    let mut rules = Vec::new();
-    // `spec: {}` (no rules) under ALLOW matches nothing: deny all. Under DENY
-    // it matches nothing either: no effect. Both are Istio's semantics.
-    for (ri, rule) in spec.rules.iter().flatten().enumerate() {
-        let at = |field: String, msg: String| w.error_at(doc, &format!("spec.rules[{ri}].{field}"), msg);
-        let join = |base: String, (sub, msg): FieldError| {
-            let field = if sub.is_empty() {
-                base
-            } else {
-                format!("{base}.{sub}")
-            };
-            at(field, msg)
-        };
-        let mut from = Vec::new();
-        for (fi, f) in rule.from.iter().enumerate() {
-            from.push(source_clauses(&f.source).map_err(|e| join(format!("from[{fi}].source"), e))?);
-        }
-        let mut to = Vec::new();
-        for (ti, t) in rule.to.iter().enumerate() {
-            to.push(operation_clauses(&t.operation).map_err(|e| join(format!("to[{ti}].operation"), e))?);
-        }
-        let mut when = Vec::new();
-        for (ci, c) in rule.when.iter().enumerate() {
-            when.push(condition_clause(c).map_err(|e| join(format!("when[{ci}]"), e))?);
-        }
-        if action == Action::Deny {
+    let rules = compile_rules(spec).map_err(|(field, msg)| w.error_at(doc, &field, msg))?;
+    if action == Action::Deny {
+        for rule in spec.rules.iter().flatten() {
             warn_hosts_without_port(doc, rule);
         }
-        rules.push(CompiledRule::new(from, to, when));
     }
     Ok(CompiledPolicy::new(
         format!("{}/{}", doc.metadata.namespace(), doc.metadata.name),

@@ -3,7 +3,7 @@
 //!
 //! ```
 //! use palisade_core::authz::{CheckRequest, ExternalAuthorizers, ExternalDecision};
-//! use palisade_core::RequestHead;
+//! use palisade_core::authn::RequestHead;
 //! let authorizers = ExternalAuthorizers::new().register(
 //!     "ext-authz",
 //!     ["x-ext-authz"],
@@ -21,7 +21,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
-use std::pin::Pin;
+
+use crate::check::BoxFuture;
 use std::sync::Arc;
 
 use crate::identity::Identity;
@@ -49,16 +50,13 @@ pub enum ExternalDecision {
     Deny,
 }
 
-/// A boxed, sendable future of an [`ExternalDecision`].
-pub type BoxExternal = Pin<Box<dyn Future<Output = ExternalDecision> + Send + 'static>>;
-
 /// The authorizer behind a `CUSTOM` policy. Closures
 /// `Fn(CheckRequest) -> impl Future<Output = ExternalDecision>` implement it.
 /// An authorizer that cannot decide (its service is down) should answer
 /// [`ExternalDecision::Deny`]: fail closed, as Istio's default.
 pub trait ExternalAuthorizer: Send + Sync + 'static {
     /// Decides one request.
-    fn authorize(&self, request: CheckRequest) -> BoxExternal;
+    fn authorize(&self, request: CheckRequest) -> BoxFuture<ExternalDecision>;
 }
 
 impl<F, Fut> ExternalAuthorizer for F
@@ -66,7 +64,7 @@ where
     F: Fn(CheckRequest) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ExternalDecision> + Send + 'static,
 {
-    fn authorize(&self, request: CheckRequest) -> BoxExternal {
+    fn authorize(&self, request: CheckRequest) -> BoxFuture<ExternalDecision> {
         Box::pin(self(request))
     }
 }

@@ -5,7 +5,7 @@
 //! ```
 //! use palisade_core::authz::AccessPolicy;
 //! use palisade_core::policy::{PolicySet, Workload};
-//! use palisade_core::OwnedRequest;
+//! use palisade_core::authn::OwnedRequest;
 //! let set = PolicySet::from_yaml_str(r#"
 //! apiVersion: security.istio.io/v1
 //! kind: AuthorizationPolicy
@@ -40,29 +40,26 @@
 
 mod attr;
 mod builder;
-mod compile;
+pub(crate) mod compile;
 mod custom;
 mod matcher;
 mod path;
-mod rbac;
+pub(crate) mod rbac;
 mod require;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use self::builder::{AccessPolicyBuilder, Rule};
-pub use self::custom::{
-    BoxExternal, CheckRequest, ExternalAuthorizer, ExternalAuthorizers, ExternalDecision,
-};
+pub use self::custom::{CheckRequest, ExternalAuthorizer, ExternalAuthorizers, ExternalDecision};
 pub use self::path::EscapedSlashes;
 pub use self::require::{Requirement, Requires, authenticated, client_role, realm_role, scope};
 
 use self::attr::{Clause, Ctx, Test};
 use self::custom::Registered;
+use crate::check::Check;
 use crate::identity::Identity;
 use crate::policy::{PolicyError, WorkloadPolicy};
 use crate::request::{OwnedRequest, RequestHead};
@@ -70,11 +67,13 @@ use crate::request::{OwnedRequest, RequestHead};
 /// Log target of authorization decisions.
 pub const LOG_TARGET: &str = "palisade::authz";
 
-/// What a policy does when one of its rules matches.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// What a policy does when one of its rules matches (`spec.action`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
 #[non_exhaustive]
 pub enum Action {
-    /// Allows the request (when no DENY matched).
+    /// Allows the request (when no DENY matched); the default.
+    #[default]
     Allow,
     /// Denies the request.
     Deny,
@@ -544,24 +543,6 @@ impl fmt::Display for AccessDecision {
     }
 }
 
-/// A decision known now, or once an external authorizer has answered.
-#[non_exhaustive]
-pub enum AccessCheck {
-    /// Known without waiting.
-    Ready(AccessDecision),
-    /// A `CUSTOM` policy matched: its authorizer decides first.
-    Pending(Pin<Box<dyn Future<Output = AccessDecision> + Send + 'static>>),
-}
-
-impl fmt::Debug for AccessCheck {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            AccessCheck::Ready(d) => f.debug_tuple("Ready").field(d).finish(),
-            AccessCheck::Pending(_) => f.write_str("Pending(<future>)"),
-        }
-    }
-}
-
 /// Counters of one policy, for metrics.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -678,14 +659,14 @@ impl AccessPolicy {
 
     /// The request headers the rules and external authorizers read (lower case).
     #[must_use]
-    pub fn headers_read(&self) -> &[String] {
+    pub(crate) fn headers_read(&self) -> &[String] {
         &self.0.headers
     }
 
     /// Whether any rule reads the request path (then the path is normalised
     /// and the normalised path is what the router sees).
     #[must_use]
-    pub fn reads_path(&self) -> bool {
+    pub(crate) fn reads_path(&self) -> bool {
         self.0.reads_path
     }
 
@@ -710,7 +691,10 @@ impl AccessPolicy {
     /// # Errors
     /// [`MalformedPath`] for a bad percent-escape, or an escaped slash when
     /// those are refused.
-    pub fn normalize_path<'p>(&self, path: &'p str) -> Result<std::borrow::Cow<'p, str>, MalformedPath> {
+    pub(crate) fn normalize_path<'p>(
+        &self,
+        path: &'p str,
+    ) -> Result<std::borrow::Cow<'p, str>, MalformedPath> {
         path::normalize(path, self.0.settings.escaped_slashes).map_err(|e| MalformedPath(e.detail()))
     }
 
@@ -722,8 +706,8 @@ impl AccessPolicy {
             return AccessDecision::no_allow_matched();
         };
         match self.check_normalized(req, identity, &path) {
-            AccessCheck::Ready(d) => d,
-            AccessCheck::Pending(_) => AccessDecision {
+            Check::Ready(d) => d,
+            Check::Pending(_) => AccessDecision {
                 action: Some(Action::Custom),
                 ..AccessDecision::no_allow_matched()
             },
@@ -731,21 +715,21 @@ impl AccessPolicy {
     }
 
     /// Decides, asking an external authorizer when a `CUSTOM` policy matches.
-    pub fn check(&self, req: &dyn RequestHead, identity: Option<&Identity>) -> AccessCheck {
+    pub fn check(&self, req: &dyn RequestHead, identity: Option<&Identity>) -> Check<AccessDecision> {
         match self.normalize_path(req.path()) {
             Ok(path) => self.check_normalized(req, identity, &path),
-            Err(_) => AccessCheck::Ready(AccessDecision::no_allow_matched()),
+            Err(_) => Check::Ready(AccessDecision::no_allow_matched()),
         }
     }
 
     /// [`AccessPolicy::check`] for a path already normalised by
     /// [`AccessPolicy::normalize_path`].
-    pub fn check_normalized(
+    pub(crate) fn check_normalized(
         &self,
         req: &dyn RequestHead,
         identity: Option<&Identity>,
         path: &str,
-    ) -> AccessCheck {
+    ) -> Check<AccessDecision> {
         let engine = &self.0;
         let ctx = Ctx {
             req,
@@ -759,16 +743,16 @@ impl AccessPolicy {
             engine.custom.first(&engine.policies, &ctx)
         };
         let Some(e) = custom else {
-            return AccessCheck::Ready(engine.decide(&ctx));
+            return Check::Ready(engine.decide(&ctx));
         };
         let (policy, rule) = engine.hit(e);
         let Some((_, registered)) = engine.policies[e.0 as usize].provider.clone() else {
-            return AccessCheck::Ready(AccessDecision::by(false, Action::Custom, (policy, rule)));
+            return Check::Ready(AccessDecision::by(false, Action::Custom, (policy, rule)));
         };
         let snapshot = OwnedRequest::snapshot(req, &engine.headers).with_path(path);
         let identity = identity.cloned();
         let this = self.clone();
-        AccessCheck::Pending(Box::pin(async move {
+        Check::pending(async move {
             let verdict = registered
                 .authorizer
                 .authorize(CheckRequest {
@@ -787,7 +771,7 @@ impl AccessPolicy {
                 trusted_proxies: this.0.settings.trusted_proxies,
             };
             this.0.decide(&ctx)
-        }))
+        })
     }
 }
 
@@ -822,17 +806,7 @@ fn settings(w: &WorkloadPolicy<'_>) -> Result<AuthzSettings, PolicyError> {
         if let Some(n) = s.num_trusted_proxies {
             out.trusted_proxies = n;
         }
-        out.escaped_slashes = match s.escaped_slashes.as_deref() {
-            None | Some("KEEP") => EscapedSlashes::Keep,
-            Some("REJECT") => EscapedSlashes::Reject,
-            Some(other) => {
-                return Err(w.error_at(
-                    doc,
-                    "spec.escapedSlashes",
-                    format!("`{other}` is not KEEP or REJECT"),
-                ));
-            }
-        };
+        out.escaped_slashes = s.escaped_slashes;
         if s.explain_header == Some(true) {
             tracing::warn!(target: LOG_TARGET, "authorization decisions are explained in an x-palisade-authz response header (explainHeader): a debug switch, not for production");
             out.explain_header = true;

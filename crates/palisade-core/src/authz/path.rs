@@ -18,8 +18,10 @@
 
 use std::borrow::Cow;
 
-/// What to do with `%2F`, `%5C` and `\` in a path.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// What to do with `%2F`, `%5C` and `\` in a path (`escapedSlashes` of
+/// `AuthorizationSettings`: `KEEP` or `REJECT`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
 #[non_exhaustive]
 pub enum EscapedSlashes {
     /// Keep them: they are ordinary characters of a segment (the default).

@@ -18,8 +18,8 @@ use super::compile::{FieldError, Key, key_test, parse_key};
 use super::matcher::{PathMatch, StrMatch};
 use super::{Action, CompiledPolicy, CompiledRule};
 use crate::policy::{
-    AccessRule, Document, PolicyError, RbacConfigSpec, ServiceRoleSpec, Spec, Subject, Workload,
-    WorkloadPolicy,
+    AccessRuleSpec, Document, EnforcementMode, PolicyError, RbacConfigSpec, RbacMode, RbacTargetSpec,
+    ServiceRoleBindingSpec, ServiceRoleSpec, Spec, SubjectSpec, Workload, WorkloadPolicy,
 };
 
 fn rbac_on<'a>(w: &WorkloadPolicy<'a>) -> Result<Option<(&'a Document, &'a RbacConfigSpec)>, PolicyError> {
@@ -42,7 +42,7 @@ fn rbac_on<'a>(w: &WorkloadPolicy<'a>) -> Result<Option<(&'a Document, &'a RbacC
     let Some((doc, cfg)) = found else { return Ok(None) };
     let wl = w.workload();
     let host = wl.host();
-    let listed = |t: &Option<crate::policy::RbacTarget>| {
+    let listed = |t: &Option<RbacTargetSpec>| {
         t.as_ref().is_some_and(|t| {
             t.services
                 .iter()
@@ -50,29 +50,12 @@ fn rbac_on<'a>(w: &WorkloadPolicy<'a>) -> Result<Option<(&'a Document, &'a RbacC
                 || t.namespaces.contains(&wl.namespace)
         })
     };
-    let on = match cfg.mode.as_deref().unwrap_or("OFF") {
-        "OFF" => false,
-        "ON" => true,
-        "ON_WITH_INCLUSION" => listed(&cfg.inclusion),
-        "ON_WITH_EXCLUSION" => !listed(&cfg.exclusion),
-        other => {
-            return Err(w.error_at(
-                doc,
-                "spec.mode",
-                format!("`{other}` is not OFF, ON, ON_WITH_INCLUSION or ON_WITH_EXCLUSION"),
-            ));
-        }
+    let on = match cfg.mode {
+        RbacMode::Off => false,
+        RbacMode::On => true,
+        RbacMode::OnWithInclusion => listed(&cfg.inclusion),
+        RbacMode::OnWithExclusion => !listed(&cfg.exclusion),
     };
-    match cfg.enforcement_mode.as_deref() {
-        None | Some("ENFORCED" | "PERMISSIVE") => {}
-        Some(other) => {
-            return Err(w.error_at(
-                doc,
-                "spec.enforcementMode",
-                format!("`{other}` is not ENFORCED or PERMISSIVE"),
-            ));
-        }
-    }
     Ok(on.then_some((doc, cfg)))
 }
 
@@ -99,16 +82,14 @@ pub(crate) fn compile(w: &WorkloadPolicy<'_>, out: &mut Vec<CompiledPolicy>) -> 
         compiled_roles.push((doc.metadata.name.as_str(), rules));
     }
     let config = rbac_on(w)?;
-    let permissive_all = config.is_some_and(|(_, c)| c.enforcement_mode.as_deref() == Some("PERMISSIVE"));
+    let permissive_all = config.is_some_and(|(_, c)| c.enforcement_mode == EnforcementMode::Permissive);
     let mut bindings = 0;
     for d in w.documents() {
         let Spec::ServiceRoleBinding(b) = &d.spec else {
             continue;
         };
         bindings += 1;
-        if b.role_ref.kind != "ServiceRole" {
-            return Err(w.error_at(d, "spec.roleRef.kind", "must be ServiceRole"));
-        }
+        check_binding(b).map_err(|(f, m)| w.error_at(d, &f, m))?;
         let Some((_, rules)) = compiled_roles.iter().find(|(n, _)| *n == b.role_ref.name) else {
             return Err(w.error_at(
                 d,
@@ -120,16 +101,7 @@ pub(crate) fn compile(w: &WorkloadPolicy<'_>, out: &mut Vec<CompiledPolicy>) -> 
                 ),
             ));
         };
-        let dry_run = match b.mode.as_deref() {
-            None | Some("ENFORCED") => permissive_all,
-            Some("PERMISSIVE") => true,
-            Some(other) => {
-                return Err(w.error_at(d, "spec.mode", format!("`{other}` is not ENFORCED or PERMISSIVE")));
-            }
-        };
-        if b.subjects.is_empty() {
-            return Err(w.error_at(d, "spec.subjects", "a binding needs at least one subject"));
-        }
+        let dry_run = permissive_all || b.mode == EnforcementMode::Permissive;
         let mut from = Vec::new();
         for (si, s) in b.subjects.iter().enumerate() {
             from.push(subject(s).map_err(|(f, m)| w.error_at(d, &format!("spec.subjects[{si}].{f}"), m))?);
@@ -165,10 +137,39 @@ pub(crate) fn compile(w: &WorkloadPolicy<'_>, out: &mut Vec<CompiledPolicy>) -> 
     Ok(config.is_some())
 }
 
+/// The checks of a `ServiceRole` that need no workload, run for every
+/// document when the file loads.
+pub(crate) fn check_role(role: &ServiceRoleSpec) -> Result<(), FieldError> {
+    // The errors of a rule do not depend on the workload it is compiled for.
+    let any = Workload::new("", "");
+    for (ri, rule) in role.rules.iter().enumerate() {
+        role_rule(&any, rule).map_err(|(f, m)| (format!("spec.rules[{ri}].{f}"), m))?;
+    }
+    Ok(())
+}
+
+/// The checks of a `ServiceRoleBinding` that need no workload, run for every
+/// document when the file loads.
+pub(crate) fn check_binding(b: &ServiceRoleBindingSpec) -> Result<(), FieldError> {
+    if b.role_ref.kind != "ServiceRole" {
+        return Err(("spec.roleRef.kind".into(), "must be ServiceRole".into()));
+    }
+    if b.subjects.is_empty() {
+        return Err((
+            "spec.subjects".into(),
+            "a binding needs at least one subject".into(),
+        ));
+    }
+    for (si, s) in b.subjects.iter().enumerate() {
+        subject(s).map_err(|(f, m)| (format!("spec.subjects[{si}].{f}"), m))?;
+    }
+    Ok(())
+}
+
 type RoleRule = Option<(Vec<Vec<Clause>>, Vec<Clause>)>;
 
 /// One `ServiceRole` rule: `None` when its `services` do not name this workload.
-fn role_rule(wl: &Workload, rule: &AccessRule) -> Result<RoleRule, FieldError> {
+fn role_rule(wl: &Workload, rule: &AccessRuleSpec) -> Result<RoleRule, FieldError> {
     if rule.services.is_empty() {
         return Err((
             "services".into(),
@@ -212,17 +213,10 @@ fn role_rule(wl: &Workload, rule: &AccessRule) -> Result<RoleRule, FieldError> {
             });
         }
     }
-    for (values, negate, field) in [(&rule.ports, false, "ports"), (&rule.not_ports, true, "notPorts")] {
+    for (values, negate) in [(&rule.ports, false), (&rule.not_ports, true)] {
         if let Some(v) = values {
-            let ports = v
-                .iter()
-                .enumerate()
-                .map(|(i, p)| {
-                    u16::try_from(*p).map_err(|_| (format!("{field}[{i}]"), format!("`{p}` is not a port")))
-                })
-                .collect::<Result<Box<[_]>, _>>()?;
             op.push(Clause {
-                test: Test::Port(ports),
+                test: Test::Port(v.as_slice().into()),
                 negate,
             });
         }
@@ -277,7 +271,7 @@ fn role_rule(wl: &Workload, rule: &AccessRule) -> Result<RoleRule, FieldError> {
 }
 
 /// A subject's clauses (all must hold; empty: anyone).
-fn subject(s: &Subject) -> Result<Vec<Clause>, FieldError> {
+fn subject(s: &SubjectSpec) -> Result<Vec<Clause>, FieldError> {
     let mut out = Vec::new();
     if let Some(user) = &s.user
         && user != "*"

@@ -342,8 +342,8 @@ async fn custom_policy_asks_its_authorizer_first() {
         let p = p.clone();
         async move {
             match p.check(&req, None) {
-                AccessCheck::Ready(d) => (false, d),
-                AccessCheck::Pending(f) => (true, f.await),
+                crate::Check::Ready(d) => (false, d),
+                crate::Check::Pending(f) => (true, f.await),
             }
         }
     };

@@ -3,35 +3,17 @@ use std::future::{Ready, ready};
 use actix_web::body::BoxBody;
 use actix_web::dev::Payload;
 use actix_web::http::StatusCode;
-use actix_web::http::header::{self, HeaderValue};
 use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use serde::de::DeserializeOwned;
 
 use super::Authorized;
 use super::Claims;
 use super::common::{authorized_from, claims_from, identity_from};
+use crate::adapter::Reply;
 use crate::authz::Requires;
-use crate::error::{PROBLEM_JSON, Rejection};
+use crate::error::Rejection;
 use crate::guard::RequestAuth;
 use crate::identity::Identity;
-
-/// Renders a rejection as an actix-web response: status, one
-/// `WWW-Authenticate` header per challenge, an RFC 9457 body; the rejection
-/// itself travels in the response extensions.
-#[must_use]
-pub fn rejection_response(rejection: &Rejection) -> HttpResponse {
-    let status = StatusCode::from_u16(rejection.status()).unwrap_or(StatusCode::UNAUTHORIZED);
-    let mut builder = HttpResponse::build(status);
-    builder.insert_header((header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON)));
-    for c in rejection.challenges() {
-        if let Ok(v) = HeaderValue::from_str(c) {
-            builder.append_header((header::WWW_AUTHENTICATE, v));
-        }
-    }
-    let mut res = builder.body(rejection.problem_json());
-    res.extensions_mut().insert(rejection.clone());
-    res
-}
 
 impl ResponseError for Rejection {
     fn status_code(&self) -> StatusCode {
@@ -39,7 +21,7 @@ impl ResponseError for Rejection {
     }
 
     fn error_response(&self) -> HttpResponse<BoxBody> {
-        rejection_response(self)
+        crate::adapter::actix_response(Reply::from(self.clone()))
     }
 }
 

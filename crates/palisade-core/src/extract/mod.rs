@@ -12,11 +12,6 @@ mod actix;
 #[cfg(feature = "axum")]
 mod axum;
 
-#[cfg(feature = "actix")]
-pub use self::actix::rejection_response as actix_response;
-#[cfg(feature = "axum")]
-pub use self::axum::rejection_response as axum_response;
-
 /// The verified token's claims, deserialized into `T`.
 ///
 /// A token whose claims do not fit `T` is answered with 403: the credential is
@@ -65,7 +60,7 @@ mod common {
         match auth {
             Some(a) => a.identity().cloned().ok_or_else(|| a.missing_credential()),
             None => {
-                tracing::error!(target: crate::guard::LOG_TARGET, "Identity extracted on a route that no Palisade middleware guards");
+                tracing::error!(target: crate::LOG_TARGET, "Identity extracted on a route that no Palisade middleware guards");
                 Err(Rejection::missing_credential(Vec::new()))
             }
         }
@@ -80,7 +75,7 @@ mod common {
         if requirement.is_met_by(&identity) {
             Ok(super::Authorized(identity, std::marker::PhantomData))
         } else {
-            tracing::debug!(target: crate::guard::LOG_TARGET, %requirement, "identity does not meet the handler's requirement");
+            tracing::debug!(target: crate::LOG_TARGET, %requirement, "identity does not meet the handler's requirement");
             Err(Rejection::forbidden(
                 "the caller lacks a role or scope this resource needs",
             ))

@@ -19,7 +19,7 @@ use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, criterion_group, criterion_main};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use palisade::core::ConnectionInfo;
+use palisade::core::authn::ConnectionInfo;
 use palisade::core::authz::AccessPolicy;
 use palisade::mtls::{ServerTls, peer_identity};
 use palisade::testkit::{TestCert, TestPki};

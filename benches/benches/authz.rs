@@ -21,9 +21,10 @@ use cedar_policy::{
     PolicySet as CedarPolicySet, Request, RestrictedExpression,
 };
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use palisade::core::authn::OwnedRequest;
 use palisade::core::authz::AccessPolicy;
 use palisade::core::policy::{PolicySet, Workload};
-use palisade::core::{Identity, OwnedRequest, TokenClaims, Verification};
+use palisade::core::{Identity, TokenClaims, Verification};
 
 const ISSUER: &str = "https://idp.example/realms/demo";
 /// `requestPrincipals` of every ALLOW rule: any subject of that issuer.

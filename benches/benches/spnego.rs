@@ -31,8 +31,10 @@ use libgssapi::context::{ClientCtx, CtxFlags, SecurityContext, ServerCtx};
 use libgssapi::credential::{Cred, CredUsage};
 use libgssapi::name::Name;
 use libgssapi::oid::{GSS_MECH_KRB5, GSS_MECH_SPNEGO, GSS_NT_HOSTBASED_SERVICE, OidSet};
+use palisade::core::adapter::Decision;
+use palisade::core::authn::OwnedRequest;
 use palisade::core::authz::AccessPolicy;
-use palisade::core::{Check, Decision, Guard, Identity, OwnedRequest, RequestAuth};
+use palisade::core::{Check, Guard, Identity, RequestAuth};
 use palisade::spnego::{SessionCookie, SpnegoAuthenticator};
 use palisade::testkit::{ApacheGssapi, KerberosRealm};
 
@@ -156,7 +158,7 @@ fn decide(rt: &tokio::runtime::Runtime, guard: &Guard, req: &OwnedRequest) -> De
 
 fn principal(decision: &Decision) -> Option<&str> {
     match decision {
-        Decision::Allow(a) => a.identity.as_ref()?.kerberos().map(|k| k.principal.as_str()),
+        Decision::Allow(a) => a.auth().identity()?.kerberos().map(|k| k.principal.as_str()),
         Decision::Deny(_) => None,
     }
 }
@@ -261,10 +263,10 @@ fn session_benches(c: &mut Criterion) {
         panic!("the first Negotiate was refused");
     };
     let set = first
-        .response_headers
-        .iter()
-        .find(|(k, _)| k == "set-cookie")
-        .map(|(_, v)| v.clone())
+        .response()
+        .headers()
+        .find(|(k, _)| *k == "set-cookie")
+        .map(|(_, v)| v.to_owned())
         .expect("a set-cookie header on the first Negotiate");
     let pair = set.split(';').next().unwrap().to_owned();
     let req = OwnedRequest::get("/").header("cookie", pair);

@@ -337,7 +337,7 @@ fn actix_peer_benches(c: &mut Criterion) {
 
 /// Where the cached path spends its time, framework-free.
 fn breakdown_benches(c: &mut Criterion) {
-    use palisade::core::{Authenticator, OwnedRequest};
+    use palisade::core::authn::{Authenticator, OwnedRequest};
     let issuer = TestIssuer::builder().default_audience("bench").start().unwrap();
     let token = issuer.token().sign();
     let jwt = authenticator(&issuer, 10_000);

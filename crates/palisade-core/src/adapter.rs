@@ -1,0 +1,372 @@
+//! The seam between the core and a web framework: for adapter authors.
+//!
+//! Applications do not need this module: they use `palisade-axum` or
+//! `palisade-actix`. An adapter makes every decision through the core and
+//! only translates types, so two frameworks cannot answer differently:
+//!
+//! 1. It shows the core its request through [`RequestHead`](crate::authn::RequestHead)
+//!    and calls [`Guard::check`](crate::Guard::check), which answers a
+//!    [`Check<Decision>`](crate::Check).
+//! 2. It hands the [`Decision`] its request as a [`RequestTarget`]:
+//!    [`Decision::apply`] makes the request's edits (the authenticators'
+//!    header edits, the normalised path for the router, the [`RequestAuth`]
+//!    record the extractors read) and answers either the
+//!    [`ResponseEdits`] for the handler's response or the [`Reply`] to send
+//!    instead.
+//! 3. It translates a [`Reply`] (status, headers, body) into its response
+//!    type, or applies the [`ResponseEdits`] to the handler's response
+//!    through a [`ResponseTarget`].
+//!
+//! ```
+//! use palisade_core::adapter::{Decision, Reply, RequestTarget, ResponseTarget, TargetRewrite};
+//! use palisade_core::authz::{AccessDecision, AccessPolicy};
+//! use palisade_core::authn::OwnedRequest;
+//! use palisade_core::{Check, Guard, RequestAuth};
+//!
+//! /// A toy framework's request: an `OwnedRequest` plus a slot for the record.
+//! struct Req(OwnedRequest, Option<RequestAuth>);
+//! impl RequestTarget for Req {
+//!     fn remove_header(&mut self, _: &str) {}
+//!     fn set_header(&mut self, _: &str, _: &str) {}
+//!     fn rewrite_target(&mut self, _: &str) -> Result<(), TargetRewrite> { Ok(()) }
+//!     fn insert_auth(&mut self, auth: RequestAuth) { self.1 = Some(auth) }
+//! }
+//! struct Res(Vec<(String, String)>);
+//! impl ResponseTarget for Res {
+//!     fn append_header(&mut self, name: &str, value: &str) { self.0.push((name.into(), value.into())) }
+//!     fn insert_access(&mut self, _: AccessDecision) {}
+//! }
+//!
+//! let guard = Guard::builder().access_policy(AccessPolicy::allow_all()).build()?;
+//! let mut req = Req(OwnedRequest::get("/list"), None);
+//! let Check::Ready(decision) = guard.check(&req.0) else { unreachable!() };
+//! match decision.apply(&mut req) {
+//!     Ok(edits) => {
+//!         assert!(req.1.is_some(), "the extractors' record is in place");
+//!         let mut res = Res(Vec::new());
+//!         edits.apply(&mut res); // after the handler answered
+//!     }
+//!     Err(reply) => { let _: Reply = reply; /* send it */ }
+//! }
+//! # Ok::<(), palisade_core::GuardError>(())
+//! ```
+
+use std::borrow::Cow;
+
+use crate::authz::{AccessDecision, AccessPolicy};
+use crate::check::Check;
+use crate::error::Rejection;
+use crate::guard::{LOG_TARGET, RequestAuth};
+use crate::request::RequestHead;
+
+pub use crate::authn::HeaderEdit;
+pub use crate::error::PROBLEM_JSON;
+
+/// The debug response header that explains decisions, when the guard's
+/// switch is on ([`GuardBuilder::explain_decisions_in_header`](crate::GuardBuilder::explain_decisions_in_header)).
+pub const EXPLAIN_HEADER: &str = "x-palisade-authz";
+
+/// Why a framework could not hand a rewritten request target to its router.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TargetRewrite {
+    /// The router already chose a route for the raw path: the middleware
+    /// runs after routing. `advice` says, in the framework's terms, where
+    /// to add it instead.
+    AlreadyRouted {
+        /// What the user should change, e.g. "wrap the whole Router".
+        advice: &'static str,
+    },
+    /// The framework refused the target as a URI.
+    Invalid,
+}
+
+/// A framework's request, as the core edits it when admitting it.
+pub trait RequestTarget {
+    /// Removes every value of the header `name` (lower case).
+    fn remove_header(&mut self, name: &str);
+    /// Replaces the header `name` (lower case) with `value`; a name or value
+    /// that HTTP cannot carry is skipped.
+    fn set_header(&mut self, name: &str, value: &str);
+    /// Replaces the request's path and query (`/a/b?q`, already normalised)
+    /// so that the router routes what the policy matched.
+    ///
+    /// # Errors
+    /// [`TargetRewrite`] when routing already happened or the URI is refused.
+    fn rewrite_target(&mut self, path_and_query: &str) -> Result<(), TargetRewrite>;
+    /// Stores the record the extractors read (a request extension).
+    fn insert_auth(&mut self, auth: RequestAuth);
+}
+
+/// A framework's response, as the core edits it after the handler answered.
+pub trait ResponseTarget {
+    /// Appends a header (lower-case name); a name or value that HTTP cannot
+    /// carry is skipped.
+    fn append_header(&mut self, name: &str, value: &str);
+    /// Stores the access decision (a response extension) for outer layers.
+    fn insert_access(&mut self, access: AccessDecision);
+}
+
+/// The guard's verdict on one request: [`Guard::check`](crate::Guard::check).
+#[derive(Clone, Debug)]
+pub enum Decision {
+    /// Let the request through, after these edits.
+    Allow(Admission),
+    /// Answer with this rejection instead of calling the handler.
+    Deny(Rejection),
+}
+
+impl Decision {
+    /// Admits the request (its edits applied) or answers the refusal: the
+    /// one place that turns a decision into what a framework does.
+    ///
+    /// # Errors
+    /// The [`Reply`] to send instead of calling the handler: the refusal,
+    /// or a 400 when a normalised path cannot be handed to the router.
+    pub fn apply(self, req: &mut dyn RequestTarget) -> Result<ResponseEdits, Reply> {
+        match self {
+            Decision::Allow(admission) => admission.apply(req),
+            Decision::Deny(rejection) => Err(Reply::from(rejection)),
+        }
+    }
+}
+
+/// An allowed request: what the core asks the adapter to do with it.
+#[derive(Clone, Debug)]
+pub struct Admission {
+    pub(crate) auth: RequestAuth,
+    pub(crate) edits: Vec<HeaderEdit>,
+    pub(crate) target: Option<String>,
+    pub(crate) response: ResponseEdits,
+}
+
+impl Admission {
+    /// The record the extractors will read (identity, access decision).
+    #[must_use]
+    pub fn auth(&self) -> &RequestAuth {
+        &self.auth
+    }
+
+    /// The path and query the request is rewritten to (the path
+    /// normalised), when the path differs from the one sent.
+    #[must_use]
+    pub fn rewritten_target(&self) -> Option<&str> {
+        self.target.as_deref()
+    }
+
+    /// The header edits the authenticators asked for (the token removed
+    /// unless `forwardOriginalToken`, claims copied to headers).
+    #[must_use]
+    pub fn header_edits(&self) -> &[HeaderEdit] {
+        &self.edits
+    }
+
+    /// What will go on the response.
+    #[must_use]
+    pub fn response(&self) -> &ResponseEdits {
+        &self.response
+    }
+
+    /// Applies the request's edits; see [`Decision::apply`].
+    ///
+    /// # Errors
+    /// A 400 [`Reply`] when the normalised path cannot be handed to the
+    /// router (the middleware runs after routing).
+    pub fn apply(self, req: &mut dyn RequestTarget) -> Result<ResponseEdits, Reply> {
+        if let Some(target) = &self.target
+            && let Err(e) = req.rewrite_target(target)
+        {
+            if let TargetRewrite::AlreadyRouted { advice } = e {
+                tracing::error!(
+                    target: LOG_TARGET,
+                    "a path that is not in normal form reached Palisade after routing: refused with 400. {advice}, so that the router sees the path the policy matched"
+                );
+            }
+            return Err(Reply::from(Rejection::malformed_path(
+                "the request path is not in normal form",
+            )));
+        }
+        for edit in self.edits {
+            match edit {
+                HeaderEdit::Remove(name) => req.remove_header(&name),
+                HeaderEdit::Set(name, value) => req.set_header(&name, &value),
+            }
+        }
+        req.insert_auth(self.auth);
+        Ok(self.response)
+    }
+}
+
+/// What goes on the response of an admitted request: headers from the
+/// authenticators (a Negotiate mutual-authentication token), the explain
+/// header when that debug switch is on, and the access decision.
+#[derive(Clone, Debug)]
+pub struct ResponseEdits {
+    pub(crate) headers: Vec<(Cow<'static, str>, String)>,
+    pub(crate) access: AccessDecision,
+}
+
+impl ResponseEdits {
+    /// The headers to add (lower-case names), in order.
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.headers.iter().map(|(n, v)| (&**n, v.as_str()))
+    }
+
+    /// Applies the edits to the handler's response.
+    pub fn apply(self, res: &mut dyn ResponseTarget) {
+        for (name, value) in &self.headers {
+            res.append_header(name, value);
+        }
+        res.insert_access(self.access);
+    }
+}
+
+/// A response the core renders for the adapter to send: a refusal (an RFC
+/// 9457 problem document with its status and challenges) today, redirects
+/// tomorrow. Rendered once here, so both frameworks send the same bytes.
+///
+/// ```
+/// use palisade_core::Rejection;
+/// use palisade_core::adapter::Reply;
+/// let reply = Reply::from(Rejection::invalid_token("api", "the token has expired"));
+/// assert_eq!(reply.status(), 401);
+/// assert!(reply.headers().any(|(n, v)| n == "www-authenticate" && v.contains("invalid_token")));
+/// assert!(reply.body().contains("\"status\":401"));
+/// ```
+#[derive(Clone, Debug)]
+pub struct Reply(Box<Rendered>);
+
+/// Boxed: a reply is the rare path, and keeps `Result<ResponseEdits, Reply>` small.
+#[derive(Clone, Debug)]
+struct Rendered {
+    status: u16,
+    headers: Vec<(&'static str, String)>,
+    body: String,
+    rejection: Rejection,
+}
+
+impl From<Rejection> for Reply {
+    fn from(rejection: Rejection) -> Self {
+        let mut headers = Vec::with_capacity(rejection.challenges().len() + 2);
+        headers.push(("content-type", PROBLEM_JSON.to_owned()));
+        for c in rejection.challenges() {
+            headers.push(("www-authenticate", c.clone()));
+        }
+        if let Some(explanation) = rejection.explanation() {
+            headers.push((EXPLAIN_HEADER, explanation));
+        }
+        Self(Box::new(Rendered {
+            status: rejection.status(),
+            headers,
+            body: rejection.problem_json(),
+            rejection,
+        }))
+    }
+}
+
+impl Reply {
+    /// The HTTP status code.
+    #[must_use]
+    pub fn status(&self) -> u16 {
+        self.0.status
+    }
+
+    /// The headers, in order (lower-case names; a name may repeat).
+    pub fn headers(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        self.0.headers.iter().map(|(n, v)| (*n, v.as_str()))
+    }
+
+    /// The body.
+    #[must_use]
+    pub fn body(&self) -> &str {
+        &self.0.body
+    }
+
+    /// The refusal this reply renders.
+    #[must_use]
+    pub fn rejection(&self) -> &Rejection {
+        &self.0.rejection
+    }
+
+    /// Takes the reply apart for a framework's response builder: status,
+    /// headers, body, and the rejection (for the response extensions; its
+    /// [`Rejection::access`] is the decision behind a policy refusal).
+    #[must_use]
+    pub fn into_parts(self) -> (u16, Vec<(&'static str, String)>, String, Rejection) {
+        let r = *self.0;
+        (r.status, r.headers, r.body, r.rejection)
+    }
+}
+
+/// A [`Reply`] as an `http` 1 response (axum, hyper, tonic), with the body
+/// made by `body`; the rejection and its access decision travel in the
+/// response extensions.
+#[cfg(feature = "axum")]
+pub fn http_response<B>(reply: Reply, body: impl FnOnce(String) -> B) -> http::Response<B> {
+    let (status, headers, text, rejection) = reply.into_parts();
+    let mut res = http::Response::new(body(text));
+    *res.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::UNAUTHORIZED);
+    for (name, value) in headers {
+        if let Ok(v) = http::HeaderValue::from_str(&value) {
+            res.headers_mut().append(name, v);
+        }
+    }
+    if let Some(access) = rejection.access() {
+        res.extensions_mut().insert(access.clone());
+    }
+    res.extensions_mut().insert(rejection);
+    res
+}
+
+/// A [`Reply`] as an actix-web response; the rejection and its access
+/// decision travel in the response extensions.
+#[cfg(feature = "actix")]
+pub fn actix_response(reply: Reply) -> actix_web::HttpResponse {
+    use actix_web::http::StatusCode;
+    use actix_web::http::header::HeaderValue;
+    let (status, headers, text, rejection) = reply.into_parts();
+    let mut builder =
+        actix_web::HttpResponse::build(StatusCode::from_u16(status).unwrap_or(StatusCode::UNAUTHORIZED));
+    for (name, value) in headers {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            builder.append_header((name, v));
+        }
+    }
+    let mut res = builder.body(text);
+    if let Some(access) = rejection.access() {
+        res.extensions_mut().insert(access.clone());
+    }
+    res.extensions_mut().insert(rejection);
+    res
+}
+
+/// Checks a route-level policy (a role requirement, say) against the
+/// identity the Palisade middleware established: the one decision both
+/// frameworks' route layers make. No identity and denied: 401 with the
+/// guard's challenges; an identity and denied: 403. Without the middleware
+/// in front (a wiring mistake), every request is refused with 401 and an
+/// error is logged.
+pub fn authorize_route(
+    policy: &AccessPolicy,
+    auth: Option<&RequestAuth>,
+    req: &dyn RequestHead,
+) -> Check<Result<(), Reply>> {
+    let Some(auth) = auth else {
+        tracing::error!(target: LOG_TARGET, "a route policy runs on a request that no Palisade middleware checked: refused");
+        return Check::Ready(Err(Reply::from(Rejection::missing_credential(Vec::new()))));
+    };
+    fn verdict(auth: &RequestAuth, access: AccessDecision) -> Result<(), Reply> {
+        if access.is_allowed() {
+            return Ok(());
+        }
+        tracing::debug!(target: LOG_TARGET, %access, "denied by route policy");
+        Err(Reply::from(auth.guard().refusal(auth.identity(), access)))
+    }
+    match policy.check(req, auth.identity()) {
+        Check::Ready(access) => Check::Ready(verdict(auth, access)),
+        Check::Pending(fut) => {
+            let auth = auth.clone();
+            Check::pending(async move { verdict(&auth, fut.await) })
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! [`PolicyError`]: what is wrong with a policy file, and where.
+
+use std::fmt;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+/// A policy file that could not be used, with where the problem is.
+///
+/// Displayed as `file: document N (Kind namespace/name): field `path`:
+/// message (at line L, column C)`, each part present when known.
+///
+/// When a value was refused by another part (a key file that does not
+/// parse, a builder that rejects a setting), that error is the
+/// [`source`](std::error::Error::source), for reporters that print chains.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct PolicyError {
+    /// The file (or the name given for an in-memory source).
+    pub file: String,
+    /// The 1-based index of the document in the stream, when known.
+    pub document: Option<u32>,
+    /// `Kind namespace/name` of the document, when known.
+    pub resource: Option<String>,
+    /// The field path inside the document (`spec.jwtRules[0].issuer`), when known.
+    pub field: Option<String>,
+    /// The 1-based line in the file: of the offending value for syntax and
+    /// type errors, of the document's start for checks of a whole value.
+    pub line: Option<NonZeroU32>,
+    /// The 1-based column of the offending value, when [`Self::line`] points at it.
+    pub column: Option<NonZeroU32>,
+    /// What is wrong.
+    pub message: String,
+    /// The error behind the message, when another part refused the value.
+    // A thin pointer: the error stays under clippy's `result_large_err` size.
+    source: Option<Arc<Box<dyn std::error::Error + Send + Sync + 'static>>>,
+}
+
+/// Equal when they say the same thing at the same place (the sources are
+/// not compared).
+impl PartialEq for PolicyError {
+    fn eq(&self, other: &Self) -> bool {
+        (
+            &self.file,
+            self.document,
+            &self.resource,
+            &self.field,
+            self.line,
+            self.column,
+            &self.message,
+        ) == (
+            &other.file,
+            other.document,
+            &other.resource,
+            &other.field,
+            other.line,
+            other.column,
+            &other.message,
+        )
+    }
+}
+
+impl Eq for PolicyError {}
+
+impl PolicyError {
+    /// An error about a whole file (or named source).
+    #[must_use]
+    pub fn new(file: &str, message: impl Into<String>) -> Self {
+        Self {
+            file: file.to_owned(),
+            document: None,
+            resource: None,
+            field: None,
+            line: None,
+            column: None,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// The same error, caused by `source` (kept for [`std::error::Error::source`]).
+    #[must_use]
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Arc::new(Box::new(source)));
+        self
+    }
+
+    /// The same error, located at a field of a document.
+    #[must_use]
+    pub fn at(mut self, document: usize, resource: Option<String>, field: impl Into<String>) -> Self {
+        self.document = u32::try_from(document).ok();
+        self.resource = resource;
+        let field = field.into();
+        self.field = (!field.is_empty()).then_some(field);
+        self
+    }
+
+    /// The same error, at a 1-based line (and column) of the file; zero and
+    /// `None` mean unknown.
+    #[must_use]
+    pub fn at_line(mut self, line: Option<usize>, column: Option<usize>) -> Self {
+        let position = |n: Option<usize>| n.and_then(|n| u32::try_from(n).ok()).and_then(NonZeroU32::new);
+        self.line = position(line);
+        self.column = self.line.and(position(column));
+        self
+    }
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(d) = self.document {
+            write!(f, ": document {d}")?;
+        }
+        if let Some(r) = &self.resource {
+            write!(f, " ({r})")?;
+        }
+        if let Some(field) = &self.field {
+            write!(f, ": field `{field}`")?;
+        }
+        write!(f, ": {}", self.message)?;
+        match (self.line, self.column) {
+            (Some(l), Some(c)) => write!(f, " (at line {l}, column {c})"),
+            (Some(l), None) => write!(f, " (in the document at line {l})"),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl std::error::Error for PolicyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| &**e as &(dyn std::error::Error + 'static))
+    }
+}

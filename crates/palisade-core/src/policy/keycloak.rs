@@ -1,0 +1,157 @@
+//! Keycloak's OIDC adapter configuration (`keycloak.json`), also the spec of
+//! the `palisade.dev/v1alpha1` kind `KeycloakAdapter`.
+
+use std::fmt;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::PolicyError;
+
+/// A Keycloak OIDC adapter configuration (`keycloak.json`), also accepted as
+/// the spec of the `palisade.dev/v1alpha1` kind `KeycloakAdapter`.
+///
+/// Fields that only make sense for browser log-in (`credentials`, CORS, …)
+/// are accepted and ignored; the secret in `credentials` is never printed.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[non_exhaustive]
+#[expect(
+    missing_docs,
+    reason = "fields are Keycloak's adapter options, documented there"
+)]
+pub struct KeycloakAdapterConfig {
+    pub realm: String,
+    pub auth_server_url: String,
+    #[serde(default)]
+    pub resource: Option<String>,
+    #[serde(default)]
+    pub bearer_only: Option<bool>,
+    #[serde(default)]
+    pub ssl_required: Option<String>,
+    #[serde(default)]
+    pub use_resource_role_mappings: Option<bool>,
+    #[serde(default)]
+    pub principal_attribute: Option<String>,
+    #[serde(default)]
+    pub verify_token_audience: Option<bool>,
+    #[serde(default)]
+    pub min_time_between_jwks_requests: Option<u64>,
+    #[serde(default)]
+    pub public_key_cache_ttl: Option<u64>,
+    #[serde(default)]
+    pub realm_public_key: Option<String>,
+    #[serde(default)]
+    pub confidential_port: Option<u16>,
+    #[serde(default)]
+    pub public_client: Option<bool>,
+    #[serde(default)]
+    pub enable_cors: Option<bool>,
+    #[serde(default)]
+    pub credentials: Option<serde_json::Value>,
+    #[serde(default)]
+    pub allow_any_hostname: Option<bool>,
+    #[serde(default)]
+    pub disable_trust_manager: Option<bool>,
+}
+
+impl fmt::Debug for KeycloakAdapterConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeycloakAdapterConfig")
+            .field("realm", &self.realm)
+            .field("auth_server_url", &self.auth_server_url)
+            .field("resource", &self.resource)
+            .field("credentials", &self.credentials.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeycloakAdapterConfig {
+    /// Reads a `keycloak.json` file.
+    ///
+    /// # Errors
+    /// A [`PolicyError`] naming the file and field when it cannot be read or
+    /// does not have the adapter's shape.
+    pub fn from_json_file(path: impl AsRef<Path>) -> Result<Self, PolicyError> {
+        let name = path.as_ref().display().to_string();
+        let text = std::fs::read_to_string(path.as_ref())
+            .map_err(|e| PolicyError::new(&name, format!("cannot read: {e}")))?;
+        Self::from_json_str(&text, &name)
+    }
+
+    /// Parses a `keycloak.json` document.
+    ///
+    /// # Errors
+    /// A [`PolicyError`] naming `source` and the field.
+    pub fn from_json_str(text: &str, source: &str) -> Result<Self, PolicyError> {
+        let de = &mut serde_json::Deserializer::from_str(text);
+        let config: Self = serde_path_to_error::deserialize(de).map_err(|e| {
+            let inner = e.inner();
+            let (line, column) = (inner.line(), inner.column());
+            let message = inner.to_string();
+            let message = message
+                .strip_suffix(&format!(" at line {line} column {column}"))
+                .unwrap_or(&message);
+            let mut err = PolicyError::new(source, message)
+                .at_line((line > 0).then_some(line), (column > 0).then_some(column));
+            let path = e.path().to_string();
+            err.field = (path != ".").then_some(path);
+            err
+        })?;
+        config.check().map_err(|(field, message)| {
+            let mut err = PolicyError::new(source, message);
+            err.field = Some(field.trim_start_matches("spec.").to_owned());
+            err
+        })?;
+        Ok(config)
+    }
+
+    /// What can be checked without the workload: the adapter's own rules.
+    pub(super) fn check(&self) -> Result<(), super::FieldError> {
+        if self.realm.trim().is_empty() {
+            return Err(("spec.realm".into(), "must not be empty".into()));
+        }
+        if self.auth_server_url.trim().is_empty() {
+            return Err(("spec.auth-server-url".into(), "must not be empty".into()));
+        }
+        if self.verify_token_audience == Some(true) && self.resource.is_none() {
+            return Err((
+                "spec.resource".into(),
+                "verify-token-audience needs `resource`".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The issuer URL: `<auth-server-url>/realms/<realm>`.
+    #[must_use]
+    pub fn issuer(&self) -> String {
+        format!(
+            "{}/realms/{}",
+            self.auth_server_url.trim_end_matches('/'),
+            self.realm
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keycloak_json_loads_and_names_bad_fields() {
+        let ok = KeycloakAdapterConfig::from_json_str(
+            r#"{"realm":"demo","auth-server-url":"http://kc:8080/","resource":"api","bearer-only":true,"credentials":{"secret":"hunter2"}}"#,
+            "keycloak.json",
+        )
+        .unwrap();
+        assert_eq!(ok.issuer(), "http://kc:8080/realms/demo");
+        assert!(!format!("{ok:?}").contains("hunter2"));
+        let err = KeycloakAdapterConfig::from_json_str(
+            r#"{"realm":"demo","auth-server-url":"x","bearer-onli":true}"#,
+            "keycloak.json",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("bearer-onli"), "{err}");
+    }
+}

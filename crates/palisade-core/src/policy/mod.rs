@@ -1,0 +1,699 @@
+//! The policy file: a YAML stream of Istio and Palisade documents.
+//!
+//! ```
+//! use palisade_core::policy::{PolicySet, Workload};
+//! let yaml = r#"
+//! apiVersion: security.istio.io/v1
+//! kind: RequestAuthentication
+//! metadata: {name: jwt, namespace: default}
+//! spec:
+//!   selector: {matchLabels: {app: details}}
+//!   jwtRules:
+//!   - issuer: https://idp.example/realms/demo
+//!     audiences: [details]
+//! ---
+//! apiVersion: security.istio.io/v1
+//! kind: RequestAuthentication
+//! metadata: {name: other, namespace: default}
+//! spec:
+//!   selector: {matchLabels: {app: reviews}}
+//!   jwtRules: [{issuer: https://elsewhere}]
+//! "#;
+//! let set = PolicySet::from_yaml_str(yaml, "inline.yaml")?;
+//! let mine = set.for_workload(&Workload::new("details", "default"));
+//! assert_eq!(mine.request_authentications().count(), 1);
+//! # Ok::<(), palisade_core::policy::PolicyError>(())
+//! ```
+//!
+//! Every document is parsed into typed schemas (enums for actions and modes,
+//! [`DurationSpec`] for durations) and checked as far as it can be without a
+//! workload when the file loads, whichever workload it names: one file can
+//! describe a whole mesh, and a typo anywhere in it is a start-up error naming
+//! the file, the document, the field, and the line and column.
+//!
+//! ```
+//! use palisade_core::policy::PolicySet;
+//! let yaml = "apiVersion: security.istio.io/v1
+//! kind: AuthorizationPolicy
+//! metadata: {name: ops, namespace: prod}
+//! spec:
+//!   selector: {matchLabels: {app: reviews}}
+//!   action: ALOW
+//! ";
+//! let err = PolicySet::from_yaml_str(yaml, "mesh.yaml").unwrap_err();
+//! assert_eq!(err.field.as_deref(), Some("spec.action"));
+//! assert_eq!((err.line.map(u32::from), err.column.map(u32::from)), (Some(6), Some(11)));
+//! assert!(err.to_string().starts_with(
+//!     "mesh.yaml: document 1 (AuthorizationPolicy prod/ops): field `spec.action`: unknown variant `ALOW`"
+//! ));
+//! ```
+//!
+//! The schemas are grouped by API: `security.istio.io` ([`AuthorizationPolicySpec`],
+//! [`RequestAuthenticationSpec`], [`PeerAuthenticationSpec`]), `rbac.istio.io`
+//! ([`ServiceRoleSpec`], [`ServiceRoleBindingSpec`], [`RbacConfigSpec`]),
+//! `palisade.dev` ([`JwtSettingsSpec`], [`AuthorizationSettingsSpec`],
+//! [`SpnegoSettingsSpec`]) and Keycloak's adapter file ([`KeycloakAdapterConfig`]).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::{Deserialize, Deserializer};
+
+mod assemble;
+mod duration;
+mod error;
+mod keycloak;
+mod palisade;
+mod rbac;
+mod security;
+
+pub use self::assemble::FromPolicy;
+pub use self::duration::{DurationSpec, parse_duration};
+pub use self::error::PolicyError;
+pub use self::keycloak::KeycloakAdapterConfig;
+pub use self::palisade::{
+    AuthorizationSettingsSpec, JwtSettingsSpec, SessionCookieSpec, SessionKeySpec, SpnegoSettingsSpec,
+};
+pub use self::rbac::{
+    AccessRuleSpec, ConstraintSpec, EnforcementMode, RbacConfigSpec, RbacMode, RbacTargetSpec, RoleRefSpec,
+    ServiceRoleBindingSpec, ServiceRoleSpec, SubjectSpec,
+};
+pub use self::security::{
+    AuthorizationPolicySpec, ClaimToHeaderSpec, ConditionSpec, ExtensionProviderSpec, FromSpec,
+    JwtHeaderSpec, JwtRuleSpec, MtlsMode, OperationSpec, PeerAuthenticationSpec, PeerMtlsSpec,
+    RequestAuthenticationSpec, RuleSpec, SourceSpec, ToSpec,
+};
+
+/// The `apiVersion` of Palisade's own kinds.
+pub const PALISADE_API_VERSION: &str = "palisade.dev/v1alpha1";
+/// Istio's default root namespace: documents there apply to every workload.
+pub const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
+
+/// The `apiVersion`s of `security.istio.io` this loader reads.
+const SECURITY_API_VERSIONS: [&str; 2] = ["security.istio.io/v1", "security.istio.io/v1beta1"];
+/// The `apiVersion` of Istio's older RBAC kinds.
+const RBAC_API_VERSION: &str = "rbac.istio.io/v1alpha1";
+
+/// A problem found by a check of a deserialized value: (field path, message).
+pub(crate) type FieldError = (String, String);
+
+/// The workload a service runs as: what selects the documents that apply to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Workload {
+    /// The service name (`app` label).
+    pub service: String,
+    /// The namespace.
+    pub namespace: String,
+    /// The workload's labels; always holds `app: <service>`.
+    pub labels: BTreeMap<String, String>,
+    /// The root namespace whose documents apply to every workload.
+    pub root_namespace: String,
+}
+
+impl Workload {
+    /// A workload with the label `app: <service>` in `namespace`.
+    #[must_use]
+    pub fn new(service: &str, namespace: &str) -> Self {
+        let mut labels = BTreeMap::new();
+        labels.insert("app".to_owned(), service.to_owned());
+        Self {
+            service: service.to_owned(),
+            namespace: namespace.to_owned(),
+            labels,
+            root_namespace: DEFAULT_ROOT_NAMESPACE.to_owned(),
+        }
+    }
+
+    /// Adds a label.
+    #[must_use]
+    pub fn label(mut self, key: &str, value: &str) -> Self {
+        self.labels.insert(key.to_owned(), value.to_owned());
+        self
+    }
+
+    /// The host name `ServiceRole.rules.services` matches:
+    /// `<service>.<namespace>.svc.cluster.local`.
+    #[must_use]
+    pub fn host(&self) -> String {
+        format!("{}.{}.svc.cluster.local", self.service, self.namespace)
+    }
+}
+
+/// Kubernetes object metadata (the fields Palisade reads, plus the usual
+/// read-only ones that `kubectl get -o yaml` prints, which are ignored).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Metadata {
+    /// The document's name.
+    #[serde(default)]
+    pub name: String,
+    /// The namespace; absent means `default`.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Labels (not used for selection).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations (`istio.io/dry-run`).
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default, rename = "uid")]
+    _uid: Option<Ignored>,
+    #[serde(default, rename = "resourceVersion")]
+    _resource_version: Option<Ignored>,
+    #[serde(default, rename = "generation")]
+    _generation: Option<Ignored>,
+    #[serde(default, rename = "creationTimestamp")]
+    _creation_timestamp: Option<Ignored>,
+}
+
+impl Metadata {
+    /// The namespace, `default` when absent.
+    #[must_use]
+    pub fn namespace(&self) -> &str {
+        self.namespace.as_deref().unwrap_or("default")
+    }
+}
+
+/// A value that is accepted and not kept (read-only Kubernetes fields).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Ignored;
+
+impl<'de> Deserialize<'de> for Ignored {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        IgnoredAny::deserialize(deserializer).map(|_| Ignored)
+    }
+}
+
+/// `spec.selector` of Istio documents.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct SelectorSpec {
+    /// Labels the workload must all have.
+    #[serde(default)]
+    pub match_labels: BTreeMap<String, String>,
+}
+
+/// The typed body of a document.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum Spec {
+    /// `security.istio.io` `RequestAuthentication`.
+    RequestAuthentication(RequestAuthenticationSpec),
+    /// `security.istio.io` `AuthorizationPolicy`.
+    AuthorizationPolicy(AuthorizationPolicySpec),
+    /// `security.istio.io` `PeerAuthentication`.
+    PeerAuthentication(PeerAuthenticationSpec),
+    /// `palisade.dev/v1alpha1` `JwtSettings`.
+    JwtSettings(JwtSettingsSpec),
+    /// `palisade.dev/v1alpha1` `KeycloakAdapter`.
+    KeycloakAdapter(KeycloakAdapterConfig),
+    /// `palisade.dev/v1alpha1` `AuthorizationSettings`.
+    AuthorizationSettings(AuthorizationSettingsSpec),
+    /// `palisade.dev/v1alpha1` `SpnegoSettings`.
+    SpnegoSettings(SpnegoSettingsSpec),
+    /// `rbac.istio.io/v1alpha1` `ServiceRole`.
+    ServiceRole(ServiceRoleSpec),
+    /// `rbac.istio.io/v1alpha1` `ServiceRoleBinding`.
+    ServiceRoleBinding(ServiceRoleBindingSpec),
+    /// `rbac.istio.io/v1alpha1` `RbacConfig` or `ClusterRbacConfig`.
+    RbacConfig(RbacConfigSpec),
+}
+
+impl Spec {
+    fn selector(&self) -> Option<&SelectorSpec> {
+        match self {
+            Spec::RequestAuthentication(s) => s.selector.as_ref(),
+            Spec::AuthorizationPolicy(s) => s.selector.as_ref(),
+            Spec::PeerAuthentication(s) => s.selector.as_ref(),
+            Spec::JwtSettings(_)
+            | Spec::KeycloakAdapter(_)
+            | Spec::AuthorizationSettings(_)
+            | Spec::SpnegoSettings(_)
+            | Spec::ServiceRole(_)
+            | Spec::ServiceRoleBinding(_)
+            | Spec::RbacConfig(_) => None,
+        }
+    }
+}
+
+/// One document of the stream.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct Document {
+    /// 1-based position in the stream.
+    pub index: usize,
+    /// `apiVersion`.
+    pub api_version: String,
+    /// `kind`.
+    pub kind: String,
+    /// `metadata`.
+    pub metadata: Metadata,
+    /// The typed `spec`.
+    pub spec: Spec,
+    /// The 1-based line of the file where the document starts (`None` for
+    /// documents built in code).
+    pub line: Option<usize>,
+}
+
+impl Document {
+    /// `Kind namespace/name`, for messages.
+    #[must_use]
+    pub fn resource(&self) -> String {
+        format!(
+            "{} {}/{}",
+            self.kind,
+            self.metadata.namespace(),
+            self.metadata.name
+        )
+    }
+
+    /// An error located at a field of this document; `source` names the file.
+    #[must_use]
+    pub fn error(&self, source: &str, field: &str, message: impl Into<String>) -> PolicyError {
+        PolicyError::new(source, message)
+            .at(self.index, Some(self.resource()), field)
+            .at_line(self.line, None)
+    }
+
+    /// The checks of one document that need no workload.
+    fn check(&self) -> Result<(), FieldError> {
+        match &self.spec {
+            Spec::RequestAuthentication(s) => s.check(),
+            Spec::AuthorizationPolicy(s) => crate::authz::compile::check_policy(&self.metadata, s),
+            Spec::PeerAuthentication(s) => s.check(),
+            Spec::JwtSettings(s) => s.check(),
+            Spec::KeycloakAdapter(s) => s.check(),
+            Spec::SpnegoSettings(s) => s.check(),
+            Spec::ServiceRole(s) => crate::authz::rbac::check_role(s),
+            Spec::ServiceRoleBinding(s) => crate::authz::rbac::check_binding(s),
+            Spec::AuthorizationSettings(_) | Spec::RbacConfig(_) => Ok(()),
+        }
+    }
+
+    /// Whether this document applies to the workload.
+    #[must_use]
+    pub fn applies_to(&self, workload: &Workload) -> bool {
+        let ns = self.metadata.namespace();
+        match self.spec {
+            // Mesh-wide switches: one per mesh, wherever they are written.
+            Spec::RbacConfig(_) => return true,
+            // Namespaced, without the root-namespace rule; `services` selects.
+            Spec::ServiceRole(_) | Spec::ServiceRoleBinding(_) => return ns == workload.namespace,
+            _ => {}
+        }
+        if ns != workload.namespace && ns != workload.root_namespace {
+            return false;
+        }
+        match self.spec.selector() {
+            None => true,
+            Some(sel) => sel
+                .match_labels
+                .iter()
+                .all(|(k, v)| workload.labels.get(k) == Some(v)),
+        }
+    }
+}
+
+/// Every document of a policy file, validated.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PolicySet {
+    source: String,
+    documents: Vec<Document>,
+}
+
+/// What the loader reads first of every document: enough to name it in
+/// errors and to know which schema its `spec` has.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Header {
+    #[serde(default)]
+    api_version: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    metadata: Option<Metadata>,
+}
+
+/// The whole document, read a second time with the schema of its kind.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Body<S> {
+    #[serde(default, rename = "apiVersion")]
+    _api_version: Ignored,
+    #[serde(default, rename = "kind")]
+    _kind: Ignored,
+    #[serde(default, rename = "metadata")]
+    _metadata: Ignored,
+    #[serde(default)]
+    spec: Option<S>,
+    #[serde(default, rename = "status")]
+    _status: Ignored,
+}
+
+/// One document of the stream, as text.
+struct Chunk<'a> {
+    text: &'a str,
+    /// The 1-based line of the file where `text` starts.
+    first_line: usize,
+    /// Whether `text` starts with a `---` marker.
+    marked: bool,
+}
+
+/// A deserialization error, located.
+struct Located {
+    field: String,
+    message: String,
+    line: Option<usize>,
+    column: Option<usize>,
+}
+
+/// Whether a line is a document marker (`---`, alone or before content).
+fn is_marker(line: &str) -> bool {
+    line.trim_end_matches(['\n', '\r'])
+        .strip_prefix("---")
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t']))
+}
+
+/// Splits a YAML stream into its documents. A line starting with `---` ends
+/// a document wherever it is (YAML forbids it inside one), so the split is
+/// exact, and each document is parsed on its own with its own line numbers.
+fn split_documents(text: &str) -> Vec<Chunk<'_>> {
+    let mut chunks = Vec::new();
+    let (mut start, mut start_line) = (0, 1);
+    let (mut offset, mut line_no) = (0, 1);
+    for line in text.split_inclusive('\n') {
+        if is_marker(line) && offset > 0 {
+            chunks.push(Chunk {
+                text: &text[start..offset],
+                first_line: start_line,
+                marked: text[start..].lines().next().is_some_and(is_marker),
+            });
+            (start, start_line) = (offset, line_no);
+        }
+        offset += line.len();
+        line_no += 1;
+    }
+    chunks.push(Chunk {
+        text: &text[start..],
+        first_line: start_line,
+        marked: text[start..].lines().next().is_some_and(is_marker),
+    });
+    chunks
+}
+
+/// Deserializes one document, keeping the field path and the line and column.
+fn parse<T: DeserializeOwned>(chunk: &Chunk<'_>) -> Result<T, Located> {
+    let options = serde_saphyr::options! { with_snippet: false };
+    let mut path = String::new();
+    serde_saphyr::with_deserializer_from_str_with_options(chunk.text, options, |de| {
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            path = e.path().to_string();
+            e.into_inner()
+        })
+    })
+    .map_err(|e| {
+        let location = e.location().filter(|l| l.line() > 0);
+        let message = e.render_with_options(serde_saphyr::render_options! {
+            snippets: serde_saphyr::SnippetMode::Off,
+        });
+        let (message, line, column) = match location {
+            Some(l) => {
+                let suffix = format!(" at line {}, column {}", l.line(), l.column());
+                let message = message
+                    .strip_suffix(&suffix)
+                    .map_or(message.clone(), str::to_owned);
+                let line = usize::try_from(l.line()).ok().map(|n| n + chunk.first_line - 1);
+                (message, line, usize::try_from(l.column()).ok())
+            }
+            None => (message, None, None),
+        };
+        Located {
+            field: if path == "." { String::new() } else { path },
+            message,
+            line,
+            column,
+        }
+    })
+}
+
+impl PolicySet {
+    /// Reads and validates a policy file.
+    ///
+    /// # Errors
+    /// A [`PolicyError`] naming the file, the document and the field.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, PolicyError> {
+        let name = path.as_ref().display().to_string();
+        let text = std::fs::read_to_string(path.as_ref())
+            .map_err(|e| PolicyError::new(&name, format!("cannot read: {e}")))?;
+        Self::from_yaml_str(&text, &name)
+    }
+
+    /// Parses and validates a YAML stream; `source` names it in errors.
+    ///
+    /// Every document is checked, whichever workload it applies to.
+    ///
+    /// # Errors
+    /// A [`PolicyError`] naming the source, the document, the field, and the
+    /// line and column when the YAML parser knows them.
+    pub fn from_yaml_str(text: &str, source: &str) -> Result<Self, PolicyError> {
+        let mut documents = Vec::new();
+        let mut count = 0;
+        for chunk in split_documents(text) {
+            let index = count + 1;
+            let located = |resource: Option<String>, e: Located| {
+                PolicyError::new(source, e.message)
+                    .at(index, resource, e.field)
+                    .at_line(e.line, e.column)
+            };
+            let header: Option<Header> = parse(&chunk).map_err(|e| located(None, e))?;
+            // Text before the first `---` that holds no document is not one.
+            if header.is_none() && chunk.first_line == 1 && !chunk.marked {
+                continue;
+            }
+            count = index;
+            // An empty document (a stray `---`) is allowed, as kubectl allows it.
+            let Some(header) = header else { continue };
+            let document = Self::document(&chunk, header, index, source, located)?;
+            document
+                .check()
+                .map_err(|(field, message)| document.error(source, &field, message))?;
+            documents.push(document);
+        }
+        Ok(Self {
+            source: source.to_owned(),
+            documents,
+        })
+    }
+
+    fn document(
+        chunk: &Chunk<'_>,
+        header: Header,
+        index: usize,
+        source: &str,
+        located: impl Fn(Option<String>, Located) -> PolicyError,
+    ) -> Result<Document, PolicyError> {
+        let missing = |field: &str| {
+            PolicyError::new(source, "missing")
+                .at(index, None, field)
+                .at_line(Some(chunk.first_line), None)
+        };
+        let api_version = header.api_version.ok_or_else(|| missing("apiVersion"))?;
+        let kind = header.kind.ok_or_else(|| missing("kind"))?;
+        let metadata = header.metadata.unwrap_or_default();
+        let resource = format!("{kind} {}/{}", metadata.namespace(), metadata.name);
+        let spec = match Self::spec(chunk, &api_version, &kind) {
+            Some(Ok(spec)) => spec,
+            Some(Err(e)) => return Err(located(Some(resource), e)),
+            None => {
+                let known = SECURITY_API_VERSIONS.contains(&api_version.as_str())
+                    || [RBAC_API_VERSION, PALISADE_API_VERSION].contains(&api_version.as_str());
+                let (field, message) = if known {
+                    ("kind", format!("unknown kind `{kind}` for {api_version}"))
+                } else {
+                    ("apiVersion", format!("unknown apiVersion `{api_version}`"))
+                };
+                return Err(PolicyError::new(source, message)
+                    .at(index, Some(resource), field)
+                    .at_line(Some(chunk.first_line), None));
+            }
+        };
+        Ok(Document {
+            index,
+            api_version,
+            kind,
+            metadata,
+            spec,
+            line: Some(chunk.first_line),
+        })
+    }
+
+    /// The typed `spec` for a kind; `None` for a kind this loader does not know.
+    fn spec(chunk: &Chunk<'_>, api_version: &str, kind: &str) -> Option<Result<Spec, Located>> {
+        fn body<S: DeserializeOwned + Default>(
+            chunk: &Chunk<'_>,
+            wrap: fn(S) -> Spec,
+        ) -> Option<Result<Spec, Located>> {
+            Some(parse::<Body<S>>(chunk).map(|b| wrap(b.spec.unwrap_or_default())))
+        }
+        if SECURITY_API_VERSIONS.contains(&api_version) {
+            return match kind {
+                "RequestAuthentication" => body(chunk, Spec::RequestAuthentication),
+                "AuthorizationPolicy" => body(chunk, Spec::AuthorizationPolicy),
+                "PeerAuthentication" => body(chunk, Spec::PeerAuthentication),
+                _ => None,
+            };
+        }
+        match (api_version, kind) {
+            (RBAC_API_VERSION, "ServiceRole") => body(chunk, Spec::ServiceRole),
+            (RBAC_API_VERSION, "ServiceRoleBinding") => body(chunk, Spec::ServiceRoleBinding),
+            (RBAC_API_VERSION, "RbacConfig" | "ClusterRbacConfig") => body(chunk, Spec::RbacConfig),
+            (PALISADE_API_VERSION, "JwtSettings") => body(chunk, Spec::JwtSettings),
+            (PALISADE_API_VERSION, "KeycloakAdapter") => body(chunk, Spec::KeycloakAdapter),
+            (PALISADE_API_VERSION, "AuthorizationSettings") => body(chunk, Spec::AuthorizationSettings),
+            (PALISADE_API_VERSION, "SpnegoSettings") => body(chunk, Spec::SpnegoSettings),
+            _ => None,
+        }
+    }
+
+    /// A set of documents built in memory (by code); `source` names it in
+    /// errors. The documents are not checked here, only when compiled.
+    #[must_use]
+    pub fn from_documents(source: &str, documents: Vec<Document>) -> Self {
+        Self {
+            source: source.to_owned(),
+            documents,
+        }
+    }
+
+    /// The name of the file or source this set was read from.
+    #[must_use]
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Every document, applicable or not.
+    #[must_use]
+    pub fn documents(&self) -> &[Document] {
+        &self.documents
+    }
+
+    /// The documents that apply to `workload`.
+    #[must_use]
+    pub fn for_workload(&self, workload: &Workload) -> WorkloadPolicy<'_> {
+        WorkloadPolicy {
+            source: &self.source,
+            workload: workload.clone(),
+            documents: self.documents.iter().filter(|d| d.applies_to(workload)).collect(),
+        }
+    }
+
+    /// An error located at a document of this set (for compilers of its documents).
+    #[must_use]
+    pub fn error_at(&self, document: &Document, field: &str, message: impl Into<String>) -> PolicyError {
+        document.error(&self.source, field, message)
+    }
+}
+
+/// The documents of a [`PolicySet`] that apply to one workload.
+#[derive(Clone, Debug)]
+pub struct WorkloadPolicy<'a> {
+    source: &'a str,
+    workload: Workload,
+    documents: Vec<&'a Document>,
+}
+
+impl<'a> WorkloadPolicy<'a> {
+    /// The name of the file or source the documents were read from.
+    #[must_use]
+    pub fn source(&self) -> &str {
+        self.source
+    }
+
+    /// The workload.
+    #[must_use]
+    pub fn workload(&self) -> &Workload {
+        &self.workload
+    }
+
+    /// The applicable documents, in file order.
+    #[must_use]
+    pub fn documents(&self) -> &[&'a Document] {
+        &self.documents
+    }
+
+    /// Applicable `RequestAuthentication` documents.
+    pub fn request_authentications(
+        &self,
+    ) -> impl Iterator<Item = (&'a Document, &'a RequestAuthenticationSpec)> + '_ {
+        self.documents.iter().filter_map(|d| match &d.spec {
+            Spec::RequestAuthentication(s) => Some((*d, s)),
+            _ => None,
+        })
+    }
+
+    /// Applicable `AuthorizationPolicy` documents.
+    pub fn authorization_policies(
+        &self,
+    ) -> impl Iterator<Item = (&'a Document, &'a AuthorizationPolicySpec)> + '_ {
+        self.documents.iter().filter_map(|d| match &d.spec {
+            Spec::AuthorizationPolicy(s) => Some((*d, s)),
+            _ => None,
+        })
+    }
+
+    /// Applicable `PeerAuthentication` documents.
+    pub fn peer_authentications(
+        &self,
+    ) -> impl Iterator<Item = (&'a Document, &'a PeerAuthenticationSpec)> + '_ {
+        self.documents.iter().filter_map(|d| match &d.spec {
+            Spec::PeerAuthentication(s) => Some((*d, s)),
+            _ => None,
+        })
+    }
+
+    /// Applicable `JwtSettings` documents.
+    pub fn jwt_settings(&self) -> impl Iterator<Item = (&'a Document, &'a JwtSettingsSpec)> + '_ {
+        self.documents.iter().filter_map(|d| match &d.spec {
+            Spec::JwtSettings(s) => Some((*d, s)),
+            _ => None,
+        })
+    }
+
+    /// Applicable `KeycloakAdapter` documents.
+    pub fn keycloak_adapters(&self) -> impl Iterator<Item = (&'a Document, &'a KeycloakAdapterConfig)> + '_ {
+        self.documents.iter().filter_map(|d| match &d.spec {
+            Spec::KeycloakAdapter(s) => Some((*d, s)),
+            _ => None,
+        })
+    }
+
+    /// Applicable `SpnegoSettings` documents.
+    pub fn spnego_settings(&self) -> impl Iterator<Item = (&'a Document, &'a SpnegoSettingsSpec)> + '_ {
+        self.documents.iter().filter_map(|d| match &d.spec {
+            Spec::SpnegoSettings(s) => Some((*d, s)),
+            _ => None,
+        })
+    }
+
+    /// Applicable `AuthorizationSettings` documents.
+    pub fn authorization_settings(
+        &self,
+    ) -> impl Iterator<Item = (&'a Document, &'a AuthorizationSettingsSpec)> + '_ {
+        self.documents.iter().filter_map(|d| match &d.spec {
+            Spec::AuthorizationSettings(s) => Some((*d, s)),
+            _ => None,
+        })
+    }
+
+    /// An error located at a field of one of these documents.
+    #[must_use]
+    pub fn error_at(&self, document: &Document, field: &str, message: impl Into<String>) -> PolicyError {
+        document.error(self.source, field, message)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,304 @@
+//! `security.istio.io` (`v1`, `v1beta1`): `RequestAuthentication`,
+//! `AuthorizationPolicy` and `PeerAuthentication`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer};
+
+use super::{FieldError, SelectorSpec};
+use crate::authz::Action;
+
+/// `RequestAuthentication.spec`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RequestAuthenticationSpec {
+    /// Which workloads it applies to.
+    #[serde(default)]
+    pub selector: Option<SelectorSpec>,
+    /// One rule per accepted issuer.
+    #[serde(default)]
+    pub jwt_rules: Vec<JwtRuleSpec>,
+}
+
+impl RequestAuthenticationSpec {
+    pub(super) fn check(&self) -> Result<(), FieldError> {
+        for (i, rule) in self.jwt_rules.iter().enumerate() {
+            if rule.issuer.trim().is_empty() {
+                return Err((format!("spec.jwtRules[{i}].issuer"), "must not be empty".into()));
+            }
+            if rule.jwks_uri.is_some() && rule.jwks.is_some() {
+                return Err((
+                    format!("spec.jwtRules[{i}].jwks"),
+                    "give either jwksUri or jwks, not both".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `RequestAuthentication.spec.jwtRules[]`, as Istio defines it.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct JwtRuleSpec {
+    /// `iss` of accepted tokens.
+    pub issuer: String,
+    /// Accepted `aud` values; empty means the service's own host names, as
+    /// Istio does (here: the service name and its cluster host name).
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Where to fetch the JWKS; absent means OpenID discovery from the issuer.
+    /// Not together with [`Self::jwks`].
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    /// An inline JWKS document (JSON text).
+    #[serde(default)]
+    pub jwks: Option<String>,
+    /// Headers that carry the token, with an optional prefix.
+    #[serde(default)]
+    pub from_headers: Vec<JwtHeaderSpec>,
+    /// Query parameters that carry the token.
+    #[serde(default)]
+    pub from_params: Vec<String>,
+    /// Cookies that carry the token.
+    #[serde(default)]
+    pub from_cookies: Vec<String>,
+    /// A header to receive the verified payload (base64url JSON).
+    #[serde(default)]
+    pub output_payload_to_header: Option<String>,
+    /// Keep the token in the request for the handler (default: removed).
+    #[serde(default)]
+    pub forward_original_token: bool,
+    /// Claims copied into request headers.
+    #[serde(default)]
+    pub output_claim_to_headers: Vec<ClaimToHeaderSpec>,
+    /// Timeout of JWKS fetches (Istio's `timeout`, e.g. `5s`); absent: the
+    /// `fetchTimeout` of `JwtSettings`.
+    #[serde(default)]
+    pub timeout: Option<super::DurationSpec>,
+}
+
+/// `jwtRules[].fromHeaders[]`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct JwtHeaderSpec {
+    /// The header name.
+    pub name: String,
+    /// A prefix to strip, such as `Bearer `.
+    #[serde(default)]
+    pub prefix: Option<String>,
+}
+
+/// `jwtRules[].outputClaimToHeaders[]`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ClaimToHeaderSpec {
+    /// The header to set.
+    pub header: String,
+    /// The claim to copy (nested claims with `.`).
+    pub claim: String,
+}
+
+/// `AuthorizationPolicy.spec`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct AuthorizationPolicySpec {
+    /// Which workloads it applies to.
+    #[serde(default)]
+    pub selector: Option<SelectorSpec>,
+    /// What a matching rule does (`ALLOW`, the default, `DENY`, `AUDIT` or `CUSTOM`).
+    #[serde(default)]
+    pub action: Action,
+    /// The external authorizer of a `CUSTOM` policy (and of no other).
+    #[serde(default)]
+    pub provider: Option<ExtensionProviderSpec>,
+    /// The rules; absent with `ALLOW` denies everything (`spec: {}`).
+    #[serde(default)]
+    pub rules: Option<Vec<RuleSpec>>,
+}
+
+/// `AuthorizationPolicy.spec.provider`: an extension provider (external authorizer).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ExtensionProviderSpec {
+    /// The name the authorizer was registered under.
+    pub name: String,
+}
+
+/// `AuthorizationPolicy.spec.rules[]`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RuleSpec {
+    /// Sources; any may match.
+    #[serde(default)]
+    pub from: Vec<FromSpec>,
+    /// Operations; any may match.
+    #[serde(default)]
+    pub to: Vec<ToSpec>,
+    /// Conditions; all must match.
+    #[serde(default)]
+    pub when: Vec<ConditionSpec>,
+}
+
+/// `rules[].from[]`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct FromSpec {
+    /// The source.
+    pub source: SourceSpec,
+}
+
+/// `rules[].to[]`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ToSpec {
+    /// The operation.
+    pub operation: OperationSpec,
+}
+
+/// `from[].source`: every field present must match.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
+#[expect(missing_docs, reason = "fields are Istio's, documented there one to one")]
+pub struct SourceSpec {
+    pub principals: Option<Vec<String>>,
+    pub not_principals: Option<Vec<String>>,
+    pub request_principals: Option<Vec<String>>,
+    pub not_request_principals: Option<Vec<String>>,
+    pub namespaces: Option<Vec<String>>,
+    pub not_namespaces: Option<Vec<String>>,
+    pub ip_blocks: Option<Vec<String>>,
+    pub not_ip_blocks: Option<Vec<String>>,
+    pub remote_ip_blocks: Option<Vec<String>>,
+    pub not_remote_ip_blocks: Option<Vec<String>>,
+}
+
+/// `to[].operation`: every field present must match.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
+#[expect(missing_docs, reason = "fields are Istio's, documented there one to one")]
+pub struct OperationSpec {
+    pub hosts: Option<Vec<String>>,
+    pub not_hosts: Option<Vec<String>>,
+    pub ports: Option<Vec<String>>,
+    pub not_ports: Option<Vec<String>>,
+    pub methods: Option<Vec<String>>,
+    pub not_methods: Option<Vec<String>>,
+    pub paths: Option<Vec<String>>,
+    pub not_paths: Option<Vec<String>>,
+}
+
+/// `rules[].when[]`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ConditionSpec {
+    /// The attribute (`request.auth.claims[groups]`).
+    pub key: String,
+    /// Matches when the attribute has one of these.
+    #[serde(default)]
+    pub values: Option<Vec<String>>,
+    /// Matches when the attribute has none of these.
+    #[serde(default)]
+    pub not_values: Option<Vec<String>>,
+}
+
+/// `PeerAuthentication.spec`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct PeerAuthenticationSpec {
+    /// Which workloads it applies to.
+    #[serde(default)]
+    pub selector: Option<SelectorSpec>,
+    /// The workload-wide mode.
+    #[serde(default)]
+    pub mtls: Option<PeerMtlsSpec>,
+    /// Per-port modes (only with a selector, as in Istio).
+    #[serde(default)]
+    pub port_level_mtls: BTreeMap<u16, PeerMtlsSpec>,
+}
+
+impl PeerAuthenticationSpec {
+    pub(super) fn check(&self) -> Result<(), FieldError> {
+        if !self.port_level_mtls.is_empty() && self.selector.is_none() {
+            return Err((
+                "spec.portLevelMtls".into(),
+                "portLevelMtls needs a selector (as in Istio)".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `PeerAuthentication.spec.mtls` and `portLevelMtls` values.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct PeerMtlsSpec {
+    /// The mode; `None` when absent or `UNSET`: inherited from the next
+    /// document (the namespace's, then the root namespace's), else
+    /// [`MtlsMode::Strict`].
+    #[serde(default, deserialize_with = "unset_is_none")]
+    pub mode: Option<MtlsMode>,
+}
+
+/// Istio's `PeerAuthentication` modes (`UNSET` is the absence of one).
+///
+/// Exhaustive on purpose: Istio's set is closed, and a listener that
+/// matches on the mode should have to decide for every one.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum MtlsMode {
+    /// A client certificate is required: no certificate, no handshake.
+    #[default]
+    Strict,
+    /// Plaintext HTTP and mutual TLS on the same port, told apart by the
+    /// first byte; plaintext callers (and TLS callers without a
+    /// certificate) have no peer identity.
+    Permissive,
+    /// TLS without client certificates.
+    Disable,
+}
+
+impl MtlsMode {
+    /// `STRICT`, `PERMISSIVE` or `DISABLE`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MtlsMode::Strict => "STRICT",
+            MtlsMode::Permissive => "PERMISSIVE",
+            MtlsMode::Disable => "DISABLE",
+        }
+    }
+}
+
+/// The modes as written, in Istio's order, `UNSET` included.
+#[derive(Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+enum WrittenMtlsMode {
+    Unset,
+    Disable,
+    Permissive,
+    Strict,
+}
+
+fn unset_is_none<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<MtlsMode>, D::Error> {
+    Ok(match Option::<WrittenMtlsMode>::deserialize(deserializer)? {
+        None | Some(WrittenMtlsMode::Unset) => None,
+        Some(WrittenMtlsMode::Disable) => Some(MtlsMode::Disable),
+        Some(WrittenMtlsMode::Permissive) => Some(MtlsMode::Permissive),
+        Some(WrittenMtlsMode::Strict) => Some(MtlsMode::Strict),
+    })
+}

@@ -1,0 +1,252 @@
+use super::*;
+
+/// A document for the `reviews` workload, which the tests never select.
+fn reviews(kind: &str, api_version: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: mine}}\nspec:\n  selector: {{matchLabels: {{app: details}}}}\n---\napiVersion: {api_version}\nkind: {kind}\nmetadata: {{name: reviews-ops, namespace: default}}\nspec:\n{spec}"
+    )
+}
+
+fn load_err(yaml: &str) -> PolicyError {
+    PolicySet::from_yaml_str(yaml, "policy.yaml").unwrap_err()
+}
+
+/// Line and column of an error.
+fn at(err: &PolicyError) -> (Option<u32>, Option<u32>) {
+    (err.line.map(u32::from), err.column.map(u32::from))
+}
+
+#[test]
+fn unknown_field_names_file_document_and_field() {
+    let yaml = "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: a}\nspec: {}\n---\napiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt, namespace: prod}\nspec:\n  jwtRules:\n  - issuer: x\n    audience: [y]\n";
+    let err = PolicySet::from_yaml_str(yaml, "mesh.yaml").unwrap_err();
+    assert_eq!(err.document, Some(2));
+    assert_eq!(err.field.as_deref(), Some("spec.jwtRules[0].audience"));
+    let line = err.to_string();
+    assert!(
+        line.starts_with("mesh.yaml: document 2 (RequestAuthentication prod/jwt)"),
+        "{line}"
+    );
+    assert!(line.contains("unknown field `audience`"), "{line}");
+}
+
+#[test]
+fn a_misspelt_action_for_another_workload_fails_to_load() {
+    let yaml = reviews(
+        "AuthorizationPolicy",
+        "security.istio.io/v1",
+        "  selector: {matchLabels: {app: reviews}}\n  action: ALOW\n",
+    );
+    let err = load_err(&yaml);
+    assert_eq!(err.document, Some(2));
+    assert_eq!(
+        err.resource.as_deref(),
+        Some("AuthorizationPolicy default/reviews-ops")
+    );
+    assert_eq!(err.field.as_deref(), Some("spec.action"));
+    assert_eq!(at(&err), (Some(12), Some(11)));
+    assert_eq!(
+        err.to_string(),
+        "policy.yaml: document 2 (AuthorizationPolicy default/reviews-ops): field `spec.action`: \
+         unknown variant `ALOW`, expected one of ALLOW, DENY, AUDIT, CUSTOM (at line 12, column 11)"
+    );
+}
+
+#[test]
+fn a_bad_mtls_mode_for_another_workload_fails_to_load() {
+    let yaml = reviews(
+        "PeerAuthentication",
+        "security.istio.io/v1",
+        "  selector: {matchLabels: {app: reviews}}\n  portLevelMtls:\n    9080: {mode: STRICTER}\n",
+    );
+    let err = load_err(&yaml);
+    assert_eq!(err.field.as_deref(), Some("spec.portLevelMtls.9080.mode"));
+    assert!(
+        err.message
+            .contains("expected one of UNSET, DISABLE, PERMISSIVE, STRICT"),
+        "{err}"
+    );
+    assert_eq!(at(&err).0, Some(13));
+}
+
+#[test]
+fn unset_is_an_absent_mtls_mode() {
+    let set = PolicySet::from_yaml_str(
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: a}\nspec: {mtls: {mode: UNSET}}\n",
+        "f",
+    )
+    .unwrap();
+    let Spec::PeerAuthentication(pa) = &set.documents()[0].spec else {
+        panic!("not a PeerAuthentication")
+    };
+    assert_eq!(pa.mtls.as_ref().unwrap().mode, None);
+}
+
+#[test]
+fn bad_rbac_modes_fail_to_load_in_another_namespace() {
+    let yaml = reviews(
+        "ClusterRbacConfig",
+        "rbac.istio.io/v1alpha1",
+        "  mode: ON_WITH_INCLUDE\n",
+    )
+    .replace("namespace: default", "namespace: elsewhere");
+    let err = load_err(&yaml);
+    assert_eq!(err.field.as_deref(), Some("spec.mode"));
+    assert!(err.message.contains("ON_WITH_INCLUSION"), "{err}");
+
+    let yaml = reviews(
+        "ServiceRoleBinding",
+        "rbac.istio.io/v1alpha1",
+        "  subjects: [{user: '*'}]\n  roleRef: {kind: ServiceRole, name: r}\n  mode: ENFORCING\n",
+    )
+    .replace("namespace: default", "namespace: elsewhere");
+    let err = load_err(&yaml);
+    assert_eq!(err.field.as_deref(), Some("spec.mode"));
+    assert!(
+        err.message.contains("expected one of ENFORCED, PERMISSIVE"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_bad_duration_for_another_issuer_fails_to_load() {
+    let yaml = reviews(
+        "JwtSettings",
+        PALISADE_API_VERSION,
+        "  issuer: https://elsewhere\n  jwksCacheTtl: 5 parsecs\n",
+    )
+    .replace("namespace: default", "namespace: elsewhere");
+    let err = load_err(&yaml);
+    assert_eq!(err.document, Some(2));
+    assert_eq!(err.field.as_deref(), Some("spec.jwksCacheTtl"));
+    assert!(err.message.contains("`5 parsecs` is not a duration"), "{err}");
+    assert_eq!(at(&err), (Some(12), Some(17)));
+}
+
+#[test]
+fn bad_escaped_slashes_fail_to_load_in_another_namespace() {
+    let yaml = reviews(
+        "AuthorizationSettings",
+        PALISADE_API_VERSION,
+        "  escapedSlashes: DECODE\n",
+    )
+    .replace("namespace: default", "namespace: elsewhere");
+    let err = load_err(&yaml);
+    assert_eq!(err.field.as_deref(), Some("spec.escapedSlashes"));
+    assert!(err.message.contains("expected one of KEEP, REJECT"), "{err}");
+}
+
+#[test]
+fn checks_of_whole_values_run_for_every_document() {
+    let custom = reviews(
+        "AuthorizationPolicy",
+        "security.istio.io/v1",
+        "  selector: {matchLabels: {app: reviews}}\n  action: CUSTOM\n  rules: [{}]\n",
+    );
+    let err = load_err(&custom);
+    assert_eq!(err.field.as_deref(), Some("spec.provider"));
+    assert_eq!(at(&err), (Some(6), None));
+    assert!(err.to_string().ends_with("(in the document at line 6)"), "{err}");
+
+    let ip = reviews(
+        "AuthorizationPolicy",
+        "security.istio.io/v1",
+        "  selector: {matchLabels: {app: reviews}}\n  rules: [{from: [{source: {ipBlocks: [10.0.0.0/99]}}]}]\n",
+    );
+    assert_eq!(
+        load_err(&ip).field.as_deref(),
+        Some("spec.rules[0].from[0].source.ipBlocks[0]")
+    );
+
+    let both = reviews(
+        "RequestAuthentication",
+        "security.istio.io/v1",
+        "  selector: {matchLabels: {app: reviews}}\n  jwtRules: [{issuer: x, jwksUri: 'https://x/jwks', jwks: '{}'}]\n",
+    );
+    assert_eq!(load_err(&both).field.as_deref(), Some("spec.jwtRules[0].jwks"));
+
+    let zero = reviews(
+        "JwtSettings",
+        PALISADE_API_VERSION,
+        "  issuer: https://elsewhere\n  maxTokenSize: 0\n",
+    );
+    assert_eq!(load_err(&zero).field.as_deref(), Some("spec.maxTokenSize"));
+
+    let binding = reviews(
+        "ServiceRoleBinding",
+        "rbac.istio.io/v1alpha1",
+        "  subjects: []\n  roleRef: {kind: ServiceRole, name: r}\n",
+    )
+    .replace("namespace: default", "namespace: elsewhere");
+    assert_eq!(load_err(&binding).field.as_deref(), Some("spec.subjects"));
+}
+
+#[test]
+fn syntax_errors_carry_line_and_column() {
+    let yaml = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a}\nspec: {}\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: b}\nspec:\n  rules: [{to: [{operation: {paths: [/a]}}]\n";
+    let err = load_err(yaml);
+    assert_eq!(err.document, Some(2));
+    assert_eq!(at(&err).0, Some(10), "{err}");
+    assert!(err.column.is_some(), "{err}");
+    assert!(err.to_string().contains("(at line 10, column"), "{err}");
+}
+
+#[test]
+fn empty_documents_are_skipped_but_counted() {
+    let yaml = "# a mesh\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a}\n---\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: b}\nspec: {action: DENIE}\n";
+    let err = load_err(yaml);
+    assert_eq!(err.document, Some(3));
+    assert_eq!(at(&err).0, Some(11));
+    let ok = PolicySet::from_yaml_str(&yaml.replace("DENIE", "DENY"), "f").unwrap();
+    let indexes: Vec<_> = ok.documents().iter().map(|d| (d.index, d.line)).collect();
+    assert_eq!(indexes, [(1, Some(2)), (3, Some(7))]);
+    assert!(PolicySet::from_yaml_str("", "f").unwrap().documents().is_empty());
+    let leading = load_err("---\n---\napiVersion: v9\nkind: X\n");
+    assert_eq!((leading.document, at(&leading).0), (Some(2), Some(2)));
+}
+
+#[test]
+fn unknown_kind_is_an_error() {
+    let err = PolicySet::from_yaml_str(
+        "apiVersion: security.istio.io/v1\nkind: AuthorisationPolicy\nmetadata: {name: a}\n",
+        "f",
+    )
+    .unwrap_err();
+    assert_eq!(err.field.as_deref(), Some("kind"));
+}
+
+#[test]
+fn unknown_api_version_is_an_error() {
+    let err = PolicySet::from_yaml_str("apiVersion: v9\nkind: X\n", "f").unwrap_err();
+    assert_eq!(err.field.as_deref(), Some("apiVersion"));
+}
+
+#[test]
+fn selection_by_namespace_root_namespace_and_labels() {
+    let yaml = "
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: root, namespace: istio-system}
+spec: {}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: other-ns, namespace: prod}
+spec: {}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: other-app}
+spec: {selector: {matchLabels: {app: reviews}}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: mine}
+spec: {selector: {matchLabels: {app: details}}}
+";
+    let set = PolicySet::from_yaml_str(yaml, "f").unwrap();
+    assert_eq!(set.documents().len(), 4);
+    let w = set.for_workload(&Workload::new("details", "default"));
+    let names: Vec<_> = w.documents().iter().map(|d| d.metadata.name.as_str()).collect();
+    assert_eq!(names, ["root", "mine"]);
+}

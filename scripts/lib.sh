@@ -1,0 +1,89 @@
+# Shell functions shared by the scripts in this directory; source it:
+#   . scripts/lib.sh     (from the repository root, as scripts/test does)
+# Nothing here runs on its own.
+
+say() { printf '\n==> %s\n' "$*"; }
+need_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+apt_updated=""
+ensure_pkg() { # ensure_pkg COMMAND PACKAGE... (COMMAND __x__: install, check nothing)
+  local cmd=$1; shift
+  if command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ]; then return 0; fi
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "error: \`$cmd\` is missing and apt-get is not available: install the package(s) $* and run again" >&2
+    exit 1
+  fi
+  say "installing $* (for \`$cmd\`)"
+  if [ -z "$apt_updated" ]; then need_root apt-get update -qq; apt_updated=1; fi
+  need_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  case "$cmd" in __*__) return 0 ;; esac
+  command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || { echo "error: installing $* did not provide \`$cmd\`" >&2; exit 1; }
+}
+
+# ensure_libclang: installs libclang-dev when have_libclang (below) finds no
+# libclang, and fails with a clear line when even that does not provide one.
+ensure_libclang() {
+  have_libclang >/dev/null && return 0
+  ensure_pkg __libclang__ libclang-dev
+  have_libclang >/dev/null || {
+    echo "error: no libclang for bindgen (libgssapi's bindings) after installing libclang-dev: install libclang and set LIBCLANG_PATH to its directory" >&2
+    exit 1
+  }
+}
+
+# have_libclang: succeeds when bindgen (libgssapi-sys's build script) will
+# find libclang, looking where clang-sys (1.9, `runtime` feature, as bindgen
+# enables it) looks, for the names it accepts:
+#   libclang.so, libclang-*.so, libclang.so.*, libclang-*.so.*
+# but never libclang-cpp* (the C++ library, a different one, which clang-sys
+# skips too; Debian's libclang-cpp14 alone does not make bindgen work).
+#
+# With LIBCLANG_PATH set, clang-sys looks there only (a directory, or the
+# library file itself), and so does this. Otherwise: `llvm-config --prefix`'s
+# bin, lib and lib64; LD_LIBRARY_PATH; LIBRARY_PATH; then /usr/local/llvm*/lib*
+# and /usr/local/lib*, /usr/lib* with up to two levels below (which includes
+# /usr/lib/llvm-NN/lib and /usr/lib/x86_64-linux-gnu).
+# Prints the library it found.
+have_libclang() {
+  local dirs=() d f name prefix
+  if [ -n "${LIBCLANG_PATH:-}" ]; then
+    if [ -f "$LIBCLANG_PATH" ] && libclang_name "$(basename -- "$LIBCLANG_PATH")"; then
+      echo "$LIBCLANG_PATH"
+      return 0
+    fi
+    dirs=("$LIBCLANG_PATH")
+  else
+    if prefix=$("${LLVM_CONFIG_PATH:-llvm-config}" --prefix 2>/dev/null); then
+      dirs+=("$prefix/bin" "$prefix/lib" "$prefix/lib64")
+    fi
+    local paths=()
+    IFS=: read -ra paths <<<"${LD_LIBRARY_PATH:-}:${LIBRARY_PATH:-}"
+    dirs+=("${paths[@]}")
+    # The trailing slash makes the globs match directories only.
+    for d in /usr/local/llvm*/lib*/ /usr/local/lib*/*/*/ /usr/local/lib*/*/ /usr/local/lib*/ \
+      /usr/lib*/*/*/ /usr/lib*/*/ /usr/lib*/; do
+      dirs+=("${d%/}")
+    done
+  fi
+  for d in "${dirs[@]}"; do
+    [ -d "$d" ] || continue
+    for f in "$d"/libclang*.so*; do
+      [ -e "$f" ] || continue
+      name=$(basename -- "$f")
+      if libclang_name "$name"; then
+        echo "$f"
+        return 0
+      fi
+    done
+  done
+  return 1
+}
+
+# libclang_name NAME: is NAME a file name clang-sys loads as libclang?
+libclang_name() {
+  case "$1" in
+    *-cpp.*) return 1 ;;
+    libclang.so | libclang-*.so | libclang.so.* | libclang-*.so.*) return 0 ;;
+    *) return 1 ;;
+  esac
+}
