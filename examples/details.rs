@@ -1,4 +1,4 @@
-//! The `details` service (axum), as shared/CONTRACT.md describes it.
+//! The `details` service (axum), as docs/examples.md describes it.
 //!
 //! ```text
 //! cargo run --release --features full --example details -- [--listen 127.0.0.1:9080] [--config policy.yaml]

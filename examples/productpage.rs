@@ -1,4 +1,4 @@
-//! The `productpage` service (axum), as shared/CONTRACT.md describes it.
+//! The `productpage` service (axum), as docs/examples.md describes it.
 //!
 //! ```text
 //! cargo run --release --features full --example productpage -- [--listen 127.0.0.1:9082] [--config policy.yaml]

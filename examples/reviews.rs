@@ -1,4 +1,4 @@
-//! The `reviews` service (actix-web), as shared/CONTRACT.md describes it.
+//! The `reviews` service (actix-web), as docs/examples.md describes it.
 //!
 //! ```text
 //! cargo run --release --example reviews -- [--listen 127.0.0.1:9081] [--config policy.yaml]

@@ -262,7 +262,15 @@ async fn core_status(guard: &Guard, r: &Req, token: Option<&String>) -> (u16, Ac
 }
 
 async fn axum_status(guard: &Guard, r: &Req, token: Option<&String>) -> (u16, Option<AccessDecision>) {
-    let router = axum::Router::new().fallback(|| async { "ok" });
+    // An allowed request's decision is in its `RequestAuth`; the handler
+    // hands it out the way a refusal carries its own.
+    let router = axum::Router::new().fallback(
+        |axum::Extension(auth): axum::Extension<palisade::core::RequestAuth>| async move {
+            let mut res = axum::response::IntoResponse::into_response("ok");
+            res.extensions_mut().insert(auth.access().clone());
+            res
+        },
+    );
     let app = palisade::axum::PalisadeLayer::new(guard.clone()).layer(router);
     let mut req = http::Request::builder()
         .method(r.method.as_deref().unwrap_or("GET"))

@@ -1,5 +1,5 @@
 //! The example services, run as processes and called over HTTP, as the
-//! outside checks of shared/CONTRACT.md do.
+//! outside checks of the interface in docs/examples.md do.
 
 use std::process::Command;
 use std::time::Duration;

@@ -13,6 +13,10 @@ use palisade::jwt::{JwtAuthenticator, Provider};
 use palisade::testkit::{SigningAlgorithm, TestIssuer};
 use tower::ServiceExt;
 
+#[path = "../common/paired.rs"]
+mod paired;
+use paired::bench_paired;
+
 fn authenticator(issuer: &TestIssuer, cache_entries: u64) -> JwtAuthenticator {
     JwtAuthenticator::builder()
         .realm("bench")
@@ -104,6 +108,73 @@ fn axum_benches(c: &mut Criterion) {
         });
     }
     g.finish();
+}
+
+/// The cached-token overhead of each framework, each Palisade call paired
+/// with a call of the same app without authentication (timed alternately,
+/// so the machine's drift reaches both): the figure the overhead target is
+/// about. Prints the overhead per request and the ratio.
+fn overhead_benches(c: &mut Criterion) {
+    let issuer = TestIssuer::builder().default_audience("bench").start().unwrap();
+    let token = issuer.token().sign();
+    let mut g = c.benchmark_group("overhead_paired");
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let baseline = axum_app(None);
+    let cached = axum_app(Some(guard(&issuer, 10_000)));
+    let axum = bench_paired(
+        &mut g,
+        "axum_cached_token",
+        &mut || {
+            let res = rt.block_on(cached.clone().oneshot(request(&token))).unwrap();
+            assert_eq!(res.status(), 200);
+        },
+        &mut || {
+            black_box(rt.block_on(baseline.clone().oneshot(request(&token))).unwrap());
+        },
+    );
+
+    let system = actix_web::rt::System::new();
+    let (baseline, cached) = system.block_on(async {
+        let route = || web::get().to(|| async { HttpResponse::Ok().body("ok") });
+        let baseline = actix_web::test::init_service(App::new().route("/", route())).await;
+        let cached = actix_web::test::init_service(
+            App::new()
+                .wrap(palisade::actix::Palisade::new(guard(&issuer, 10_000)))
+                .route("/", route()),
+        )
+        .await;
+        (baseline, cached)
+    });
+    let req = || {
+        actix_web::test::TestRequest::get()
+            .uri("/")
+            .append_header(("authorization", format!("Bearer {token}")))
+            .to_request()
+    };
+    let actix = bench_paired(
+        &mut g,
+        "actix_cached_token",
+        &mut || {
+            let res = system.block_on(actix_web::test::call_service(&cached, req()));
+            assert_eq!(res.status(), 200);
+        },
+        &mut || {
+            black_box(system.block_on(actix_web::test::call_service(&baseline, req())));
+        },
+    );
+    g.finish();
+    for (name, p) in [("axum", axum), ("actix", actix)] {
+        if let Some(p) = p {
+            eprintln!(
+                "overhead_paired/{name}: {:.0} ns per request over the same app without authentication ({:.3}x)",
+                p.overhead_ns, p.ratio
+            );
+        }
+    }
 }
 
 fn actix_benches(c: &mut Criterion) {
@@ -368,6 +439,7 @@ fn breakdown_benches(c: &mut Criterion) {
 criterion_group!(
     benches,
     breakdown_benches,
+    overhead_benches,
     axum_benches,
     actix_benches,
     peer_benches,

@@ -29,6 +29,10 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
 use tower::ServiceExt;
 
+#[path = "../common/paired.rs"]
+mod paired;
+use paired::bench_paired;
+
 const PRINCIPAL: &str = "cluster.local/ns/default/sa/productpage";
 
 fn provider() -> Arc<CryptoProvider> {
@@ -102,52 +106,6 @@ fn handshake(client: &Arc<ClientConfig>, server: &Arc<ServerConfig>, buf: &mut V
     let mut s = ServerConnection::new(server.clone()).unwrap();
     pump(&mut c, &mut s, buf);
     s
-}
-
-/// Benchmarks `contender` under `name`, its calls alternating with the
-/// floor's (in turn first and second, both timed), and returns the ratio of
-/// the two sums over the same iterations: drift on a shared machine reaches
-/// both halves of a pair alike. (Timed one after the other, two identical
-/// configurations differed by up to 3 % on this guest.) `None` when a filter
-/// left the benchmark out.
-fn bench_paired(
-    g: &mut BenchmarkGroup<'_, WallTime>,
-    name: &str,
-    contender: &mut dyn FnMut(),
-    floor: &mut dyn FnMut(),
-) -> Option<f64> {
-    let (mut sum_contender, mut sum_floor) = (Duration::ZERO, Duration::ZERO);
-    g.bench_function(name, |b| {
-        b.iter_custom(|iters| {
-            let mut timed = Duration::ZERO;
-            for i in 0..iters {
-                let contender_first = i % 2 == 1;
-                let start = Instant::now();
-                if contender_first {
-                    contender()
-                } else {
-                    floor()
-                }
-                let middle = Instant::now();
-                if contender_first {
-                    floor()
-                } else {
-                    contender()
-                }
-                let end = Instant::now();
-                let (c, f) = if contender_first {
-                    (middle - start, end - middle)
-                } else {
-                    (end - middle, middle - start)
-                };
-                timed += c;
-                sum_contender += c;
-                sum_floor += f;
-            }
-            timed
-        });
-    });
-    (!sum_floor.is_zero()).then(|| sum_contender.as_secs_f64() / sum_floor.as_secs_f64())
 }
 
 fn handshake_benches(c: &mut Criterion) {
@@ -248,8 +206,8 @@ fn handshake_benches(c: &mut Criterion) {
     }
     g.finish();
     for (name, ratio) in paired {
-        if let Some(ratio) = ratio {
-            eprintln!("mtls/handshake/{name}: paired with the floor {ratio:.3}x");
+        if let Some(p) = ratio {
+            eprintln!("mtls/handshake/{name}: paired with the floor {:.3}x", p.ratio);
         }
     }
 
@@ -468,8 +426,8 @@ fn request_benches(c: &mut Criterion) {
         "the plain HTTPS client reconnected"
     );
     for (name, ratio) in paired {
-        if let Some(ratio) = ratio {
-            eprintln!("mtls/request/{name}: paired with the floor {ratio:.3}x");
+        if let Some(p) = ratio {
+            eprintln!("mtls/request/{name}: paired with the floor {:.3}x", p.ratio);
         }
     }
 }

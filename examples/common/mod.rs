@@ -1,5 +1,5 @@
 //! What the example services share: arguments, policy loading, the demo
-//! issuer and the framework-free bodies of their routes (shared/CONTRACT.md).
+//! issuer and the framework-free bodies of their routes (docs/examples.md).
 
 #![allow(
     dead_code,
@@ -37,7 +37,7 @@ pub struct Args {
     pub no_guard: bool,
 }
 
-/// Parses the arguments of shared/CONTRACT.md, or exits with one line on stderr.
+/// Parses the arguments described in docs/examples.md, or exits with one line on stderr.
 ///
 /// With `--keytab`, the Kerberos library must find the keytab in
 /// `KRB5_KTNAME`, which it reads from the process environment: when that

@@ -57,7 +57,6 @@ use palisade_core::adapter::{
     Reply, RequestTarget, ResponseEdits, ResponseTarget, TargetRewrite, actix_response,
 };
 use palisade_core::authn::{ConnectionInfo, RequestHead};
-use palisade_core::authz::AccessDecision;
 use palisade_core::{Check, Guard, RequestAuth};
 
 mod require;
@@ -114,6 +113,18 @@ struct ActixRequest<'a>(&'a mut ServiceRequest);
 /// An actix-web request, as the core reads it.
 struct ActixHead<'a>(&'a ServiceRequest);
 
+impl<'a> ActixHead<'a> {
+    /// The values of a header; the two read on every request pre-parsed
+    /// (looking a header up by `&str` parses the name each time).
+    fn values(&self, name: &str) -> std::slice::Iter<'a, HeaderValue> {
+        match name {
+            "authorization" => self.0.headers().get_all(AUTHORIZATION),
+            "cookie" => self.0.headers().get_all(COOKIE),
+            _ => self.0.headers().get_all(name),
+        }
+    }
+}
+
 impl RequestHead for ActixHead<'_> {
     fn method(&self) -> &str {
         self.0.method().as_str()
@@ -132,14 +143,10 @@ impl RequestHead for ActixHead<'_> {
             .or_else(|| self.0.uri().authority().map(|a| a.as_str()))
     }
     fn header_value(&self, name: &str, index: usize) -> Option<&[u8]> {
-        // The two headers read on every request pre-parsed: looking a
-        // header up by `&str` parses the name each time.
-        let mut values = match name {
-            "authorization" => self.0.headers().get_all(AUTHORIZATION),
-            "cookie" => self.0.headers().get_all(COOKIE),
-            _ => self.0.headers().get_all(name),
-        };
-        values.nth(index).map(HeaderValue::as_bytes)
+        self.values(name).nth(index).map(HeaderValue::as_bytes)
+    }
+    fn for_each_header(&self, name: &str, f: &mut dyn FnMut(&[u8])) {
+        self.values(name).for_each(|v| f(v.as_bytes()));
     }
     fn connection(&self) -> Option<&ConnectionInfo> {
         self.0.conn_data::<ConnectionInfo>()
@@ -204,10 +211,6 @@ impl<B> ResponseTarget for ActixResponse<'_, B> {
         ) {
             self.0.headers_mut().append(n, v);
         }
-    }
-
-    fn insert_access(&mut self, access: AccessDecision) {
-        self.0.response_mut().extensions_mut().insert(access);
     }
 }
 

@@ -73,7 +73,6 @@ use palisade_core::adapter::{
     Reply, RequestTarget, ResponseEdits, ResponseTarget, TargetRewrite, http_response,
 };
 use palisade_core::authn::{ConnectionInfo, RequestHead};
-use palisade_core::authz::AccessDecision;
 use palisade_core::{BoxFuture, Check, Guard, RequestAuth};
 use tower_layer::Layer;
 use tower_service::Service;
@@ -201,6 +200,11 @@ impl<B> RequestHead for HttpHead<'_, B> {
             .nth(index)
             .map(HeaderValue::as_bytes)
     }
+    fn for_each_header(&self, name: &str, f: &mut dyn FnMut(&[u8])) {
+        lookup(self.0.headers(), name)
+            .into_iter()
+            .for_each(|v| f(v.as_bytes()));
+    }
     fn connection(&self) -> Option<&ConnectionInfo> {
         // `palisade_mtls::axum::serve` shares one `Arc` per connection.
         let ext = self.0.extensions();
@@ -272,10 +276,6 @@ impl<B> ResponseTarget for HttpResponse<'_, B> {
         ) {
             self.0.headers_mut().append(n, v);
         }
-    }
-
-    fn insert_access(&mut self, access: AccessDecision) {
-        self.0.extensions_mut().insert(access);
     }
 }
 

@@ -19,7 +19,7 @@
 //!
 //! ```
 //! use palisade_core::adapter::{Decision, Reply, RequestTarget, ResponseTarget, TargetRewrite};
-//! use palisade_core::authz::{AccessDecision, AccessPolicy};
+//! use palisade_core::authz::AccessPolicy;
 //! use palisade_core::authn::OwnedRequest;
 //! use palisade_core::{Check, Guard, RequestAuth};
 //!
@@ -34,7 +34,6 @@
 //! struct Res(Vec<(String, String)>);
 //! impl ResponseTarget for Res {
 //!     fn append_header(&mut self, name: &str, value: &str) { self.0.push((name.into(), value.into())) }
-//!     fn insert_access(&mut self, _: AccessDecision) {}
 //! }
 //!
 //! let guard = Guard::builder().access_policy(AccessPolicy::allow_all()).build()?;
@@ -59,7 +58,7 @@ use crate::error::Rejection;
 use crate::guard::{LOG_TARGET, RequestAuth};
 use crate::request::RequestHead;
 
-pub use crate::authn::HeaderEdit;
+use crate::authn::{HeaderEdit, HeaderEdits};
 pub use crate::error::PROBLEM_JSON;
 
 /// The debug response header that explains decisions, when the guard's
@@ -103,8 +102,6 @@ pub trait ResponseTarget {
     /// Appends a header (lower-case name); a name or value that HTTP cannot
     /// carry is skipped.
     fn append_header(&mut self, name: &str, value: &str);
-    /// Stores the access decision (a response extension) for outer layers.
-    fn insert_access(&mut self, access: AccessDecision);
 }
 
 /// The guard's verdict on one request: [`Guard::check`](crate::Guard::check).
@@ -135,7 +132,7 @@ impl Decision {
 #[derive(Clone, Debug)]
 pub struct Admission {
     pub(crate) auth: RequestAuth,
-    pub(crate) edits: Vec<HeaderEdit>,
+    pub(crate) edits: HeaderEdits,
     pub(crate) target: Option<String>,
     pub(crate) response: ResponseEdits,
 }
@@ -158,7 +155,7 @@ impl Admission {
     /// unless `forwardOriginalToken`, claims copied to headers).
     #[must_use]
     pub fn header_edits(&self) -> &[HeaderEdit] {
-        &self.edits
+        self.edits.as_slice()
     }
 
     /// What will go on the response.
@@ -186,10 +183,10 @@ impl Admission {
                 "the request path is not in normal form",
             )));
         }
-        for edit in self.edits {
+        for edit in self.edits.as_slice() {
             match edit {
-                HeaderEdit::Remove(name) => req.remove_header(&name),
-                HeaderEdit::Set(name, value) => req.set_header(&name, &value),
+                HeaderEdit::Remove(name) => req.remove_header(name),
+                HeaderEdit::Set(name, value) => req.set_header(name, value),
             }
         }
         req.insert_auth(self.auth);
@@ -198,12 +195,13 @@ impl Admission {
 }
 
 /// What goes on the response of an admitted request: headers from the
-/// authenticators (a Negotiate mutual-authentication token), the explain
-/// header when that debug switch is on, and the access decision.
-#[derive(Clone, Debug)]
+/// authenticators (a Negotiate mutual-authentication token) and the explain
+/// header when that debug switch is on. (The access decision of an allowed
+/// request is in its [`RequestAuth`]; a refusal carries its decision in its
+/// [`Rejection`], in the response extensions.)
+#[derive(Clone, Debug, Default)]
 pub struct ResponseEdits {
     pub(crate) headers: Vec<(Cow<'static, str>, String)>,
-    pub(crate) access: AccessDecision,
 }
 
 impl ResponseEdits {
@@ -217,7 +215,6 @@ impl ResponseEdits {
         for (name, value) in &self.headers {
             res.append_header(name, value);
         }
-        res.insert_access(self.access);
     }
 }
 

@@ -59,6 +59,54 @@ impl fmt::Debug for HeaderEdit {
     }
 }
 
+/// The header edits of one authentication, shared: an authenticator that
+/// caches its answer hands out the same edits to every request without
+/// allocating.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HeaderEdits(Option<Arc<[HeaderEdit]>>);
+
+impl HeaderEdits {
+    /// No edit.
+    #[must_use]
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    /// Whether there is none.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.0.as_ref().is_none_or(|e| e.is_empty())
+    }
+
+    /// The edits, in order.
+    #[must_use]
+    pub fn as_slice(&self) -> &[HeaderEdit] {
+        self.0.as_deref().unwrap_or_default()
+    }
+
+    /// These edits followed by `more`.
+    #[must_use]
+    pub fn then(self, more: HeaderEdits) -> Self {
+        match (self.is_empty(), more.is_empty()) {
+            (_, true) => self,
+            (true, false) => more,
+            (false, false) => self
+                .as_slice()
+                .iter()
+                .chain(more.as_slice())
+                .cloned()
+                .collect::<Vec<_>>()
+                .into(),
+        }
+    }
+}
+
+impl From<Vec<HeaderEdit>> for HeaderEdits {
+    fn from(edits: Vec<HeaderEdit>) -> Self {
+        Self((!edits.is_empty()).then(|| edits.into()))
+    }
+}
+
 /// Values an authenticator hands to the handler beside the identity (a
 /// delegated Kerberos credential, say), found by type with
 /// `RequestAuth::attachment::<T>()`.
@@ -102,7 +150,7 @@ pub struct Authenticated {
     /// Who the caller is.
     pub identity: Identity,
     /// Header changes to apply before the handler runs.
-    pub edits: Vec<HeaderEdit>,
+    pub edits: HeaderEdits,
     /// Headers to add to the response (a Negotiate mutual-authentication
     /// token: `WWW-Authenticate: Negotiate …`), lower-case names.
     pub response_headers: Vec<(String, String)>,
@@ -116,7 +164,7 @@ impl Authenticated {
     pub fn new(identity: Identity) -> Self {
         Self {
             identity,
-            edits: Vec::new(),
+            edits: HeaderEdits::none(),
             response_headers: Vec::new(),
             attachments: Attachments::default(),
         }
@@ -138,8 +186,8 @@ impl Authenticated {
 
     /// Adds header changes.
     #[must_use]
-    pub fn with_edits(mut self, edits: Vec<HeaderEdit>) -> Self {
-        self.edits = edits;
+    pub fn with_edits(mut self, edits: impl Into<HeaderEdits>) -> Self {
+        self.edits = edits.into();
         self
     }
 }

@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::adapter::{Admission, Decision, EXPLAIN_HEADER, ResponseEdits};
-use crate::authn::{Attachments, AuthOutcome, Authenticated, Authenticator, HeaderEdit};
+use crate::authn::{Attachments, AuthOutcome, Authenticated, Authenticator, HeaderEdits};
 use crate::authz::{AccessDecision, AccessPolicy, Action, ExternalAuthorizers};
 use crate::check::Check;
 use crate::error::Rejection;
@@ -252,7 +252,7 @@ impl GuardBuilder {
 #[derive(Default)]
 struct Acc {
     identity: Option<Identity>,
-    edits: Vec<HeaderEdit>,
+    edits: HeaderEdits,
     response_headers: Vec<(Cow<'static, str>, String)>,
     attachments: Attachments,
     rejection: Option<Rejection>,
@@ -263,7 +263,7 @@ impl Acc {
         match outcome {
             AuthOutcome::Authenticated(Authenticated {
                 identity,
-                mut edits,
+                edits,
                 response_headers,
                 mut attachments,
             }) => {
@@ -272,11 +272,7 @@ impl Acc {
                     Some(prev) => prev.merge(&identity),
                     None => identity,
                 });
-                if self.edits.is_empty() {
-                    self.edits = edits;
-                } else {
-                    self.edits.append(&mut edits);
-                }
+                self.edits = std::mem::take(&mut self.edits).then(edits);
                 self.response_headers
                     .extend(response_headers.into_iter().map(|(n, v)| (Cow::Owned(n), v)));
             }
@@ -406,8 +402,10 @@ impl Guard {
         path: &str,
     ) -> Decision {
         let span = tracing::debug_span!(target: LOG_TARGET, "authorize", method, path, decision = tracing::field::Empty);
+        if !span.is_disabled() {
+            span.record("decision", tracing::field::display(&access));
+        }
         let _entered = span.enter();
-        span.record("decision", tracing::field::display(&access));
         if !access.is_allowed() {
             tracing::debug!(target: LOG_TARGET, authenticated = acc.identity.is_some(), %access, "denied");
             return Decision::Deny(self.refusal(acc.identity.as_ref(), access));
@@ -418,10 +416,7 @@ impl Guard {
             headers.push((Cow::Borrowed(EXPLAIN_HEADER), access.to_string()));
         }
         Decision::Allow(Admission {
-            response: ResponseEdits {
-                headers,
-                access: access.clone(),
-            },
+            response: ResponseEdits { headers },
             auth: RequestAuth {
                 identity: acc.identity,
                 access,

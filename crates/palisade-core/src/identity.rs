@@ -349,7 +349,7 @@ impl Identity {
         self.0.token.as_ref().and_then(|t| t.claims.get(name))
     }
 
-    /// The `/whoami` document of shared/CONTRACT.md for this identity.
+    /// The `/whoami` document (described in `docs/examples.md`) for this identity.
     #[must_use]
     pub fn to_whoami(&self) -> Value {
         whoami(Some(self))
@@ -367,7 +367,7 @@ impl fmt::Debug for Identity {
     }
 }
 
-/// The `/whoami` document (shared/CONTRACT.md) for an optional identity: every
+/// The `/whoami` document (`docs/examples.md`) for an optional identity: every
 /// field is present, null or empty when not established.
 #[must_use]
 pub fn whoami(identity: Option<&Identity>) -> Value {

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::Algorithm;
 use palisade_core::authn::{
-    AuthOutcome, Authenticated, Authenticator, HeaderEdit, RequestHead, bearer_challenge,
+    AuthOutcome, Authenticated, Authenticator, HeaderEdit, HeaderEdits, RequestHead, bearer_challenge,
 };
 use palisade_core::{Check, Identity, TokenClaims, Verification};
 use serde_json::{Map, Value};
@@ -34,7 +34,13 @@ struct CacheEntry {
     fingerprint: u64,
     exp: f64,
     nbf: Option<f64>,
+    /// Claims copied to headers.
     edits: Vec<HeaderEdit>,
+    /// The token's location when it was verified, and every edit for a
+    /// request with the token there (its removal, then `edits`): shared by
+    /// every hit from that location.
+    source: usize,
+    all_edits: HeaderEdits,
 }
 
 type Cache = TokenCache<Arc<CacheEntry>>;
@@ -473,8 +479,13 @@ impl JwtAuthenticator {
         if entry.nbf.is_some_and(|nbf| now + leeway < nbf) {
             return Some(Err(JwtError::NotYetValid));
         }
-        let mut edits = self.removal(found, entry.provider);
-        edits.extend(entry.edits.iter().cloned());
+        let edits = if found.source == entry.source {
+            entry.all_edits.clone()
+        } else {
+            let mut edits = self.removal(found, entry.provider);
+            edits.extend(entry.edits.iter().cloned());
+            edits.into()
+        };
         Some(Ok(Authenticated::new(entry.identity.clone()).with_edits(edits)))
     }
 
@@ -518,6 +529,9 @@ impl JwtAuthenticator {
             }
         }
         let identity = Identity::from_token(claims, Verification::assertion());
+        let mut edits = self.removal(found, provider);
+        edits.extend(out_edits.iter().cloned());
+        let edits = HeaderEdits::from(edits);
         if let Some(cache) = &self.0.cache {
             let entry = Arc::new(CacheEntry {
                 identity: identity.clone(),
@@ -526,13 +540,13 @@ impl JwtAuthenticator {
                 fingerprint: key.fingerprint,
                 exp: times.exp,
                 nbf: times.nbf,
-                edits: out_edits.clone(),
+                edits: out_edits,
+                source: found.source,
+                all_edits: edits.clone(),
             });
             let now = now_secs();
             cache.insert(&found.token, entry, |e| e.exp < now);
         }
-        let mut edits = self.removal(found, provider);
-        edits.extend(out_edits);
         Ok(Authenticated::new(identity).with_edits(edits))
     }
 }

@@ -1,0 +1,69 @@
+//! Paired timing, shared by the benches: a contender's calls alternate with
+//! its floor's, both timed, so drift on a shared machine reaches both halves
+//! of a pair alike.
+
+use std::time::{Duration, Instant};
+
+use criterion::BenchmarkGroup;
+use criterion::measurement::WallTime;
+
+/// What a paired benchmark measured over the same iterations.
+#[derive(Clone, Copy, Debug)]
+pub struct Paired {
+    /// The contender's time over the floor's.
+    pub ratio: f64,
+    /// The contender's time minus the floor's, per call, in nanoseconds.
+    pub overhead_ns: f64,
+}
+
+/// Benchmarks `contender` under `name`, its calls alternating with the
+/// floor's (in turn first and second, both timed), and returns the ratio of
+/// the two sums over the same iterations: drift on a shared machine reaches
+/// both halves of a pair alike. (Timed one after the other, two identical
+/// configurations differed by up to 3 % on this guest.) `None` when a filter
+/// left the benchmark out.
+pub fn bench_paired(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    contender: &mut dyn FnMut(),
+    floor: &mut dyn FnMut(),
+) -> Option<Paired> {
+    let (mut sum_contender, mut sum_floor, mut calls) = (Duration::ZERO, Duration::ZERO, 0_u64);
+    g.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let mut timed = Duration::ZERO;
+            for i in 0..iters {
+                let contender_first = i % 2 == 1;
+                let start = Instant::now();
+                if contender_first {
+                    contender()
+                } else {
+                    floor()
+                }
+                let middle = Instant::now();
+                if contender_first {
+                    floor()
+                } else {
+                    contender()
+                }
+                let end = Instant::now();
+                let (c, f) = if contender_first {
+                    (middle - start, end - middle)
+                } else {
+                    (end - middle, middle - start)
+                };
+                timed += c;
+                sum_contender += c;
+                sum_floor += f;
+                calls += 1;
+            }
+            timed
+        });
+    });
+    #[expect(clippy::cast_precision_loss, reason = "a count of calls, far below 2^52")]
+    let calls = calls as f64;
+    (!sum_floor.is_zero()).then(|| Paired {
+        ratio: sum_contender.as_secs_f64() / sum_floor.as_secs_f64(),
+        overhead_ns: (sum_contender.as_secs_f64() - sum_floor.as_secs_f64()) * 1e9 / calls,
+    })
+}
