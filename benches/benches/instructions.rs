@@ -5,7 +5,6 @@
 //!
 //! `instructions SCENARIO N`, SCENARIO one of `axum-baseline`,
 //! `axum-cached`, `actix-baseline`, `actix-cached`.
-#![expect(missing_docs, reason = "a bench target without a public API")]
 
 use std::hint::black_box;
 

@@ -9,11 +9,11 @@ use criterion::measurement::WallTime;
 
 /// What a paired benchmark measured over the same iterations.
 #[derive(Clone, Copy, Debug)]
-pub struct Paired {
+pub(crate) struct Paired {
     /// The contender's time over the floor's.
-    pub ratio: f64,
+    pub(crate) ratio: f64,
     /// The contender's time minus the floor's, per call, in nanoseconds.
-    pub overhead_ns: f64,
+    pub(crate) overhead_ns: f64,
 }
 
 /// Benchmarks `contender` under `name`, its calls alternating with the
@@ -22,7 +22,7 @@ pub struct Paired {
 /// both halves of a pair alike. (Timed one after the other, two identical
 /// configurations differed by up to 3 % on this guest.) `None` when a filter
 /// left the benchmark out.
-pub fn bench_paired(
+pub(crate) fn bench_paired(
     g: &mut BenchmarkGroup<'_, WallTime>,
     name: &str,
     contender: &mut dyn FnMut(),
