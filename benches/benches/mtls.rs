@@ -10,13 +10,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
 
 use axum::Extension;
 use axum::body::Body;
 use axum::routing::get;
-use criterion::measurement::WallTime;
-use criterion::{BenchmarkGroup, Criterion, criterion_group, criterion_main};
+
+use criterion::{Criterion, criterion_group, criterion_main};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use palisade::core::authn::ConnectionInfo;
@@ -207,7 +206,10 @@ fn handshake_benches(c: &mut Criterion) {
     g.finish();
     for (name, ratio) in paired {
         if let Some(p) = ratio {
-            eprintln!("mtls/handshake/{name}: paired with the floor {:.3}x", p.ratio);
+            eprintln!(
+                "mtls/handshake/{name}: paired with the floor {:.3}x ({:+.0} ns per handshake)",
+                p.ratio, p.overhead_ns
+            );
         }
     }
 
@@ -427,7 +429,10 @@ fn request_benches(c: &mut Criterion) {
     );
     for (name, ratio) in paired {
         if let Some(p) = ratio {
-            eprintln!("mtls/request/{name}: paired with the floor {:.3}x", p.ratio);
+            eprintln!(
+                "mtls/request/{name}: paired with the floor {:.3}x ({:+.0} ns per request)",
+                p.ratio, p.overhead_ns
+            );
         }
     }
 }
