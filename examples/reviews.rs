@@ -8,7 +8,7 @@ mod common;
 
 use actix_web::middleware::Condition;
 use actix_web::{App, HttpResponse, HttpServer, web};
-use palisade::Identity;
+use palisade::prelude::Identity;
 use palisade::actix::Palisade;
 use palisade::mtls::actix::HttpSettings;
 

@@ -7,7 +7,7 @@
 //!
 //! | feature | crate | what |
 //! |---|---|---|
-//! | (always) | [`core`] | [`Identity`], [`Guard`], policies, the error model |
+//! | (always) | [`core`] | [`Identity`](core::Identity), [`Guard`](core::Guard), policies, the error model |
 //! | `jwt` (default) | [`jwt`] | JWT bearer tokens, OIDC discovery, cached JWKS |
 //! | `axum` | [`axum`] | tower layer + axum extractors |
 //! | `actix` | [`actix`] | actix-web middleware + extractors |
@@ -15,6 +15,9 @@
 //! | `spnego` | [`spnego`] | Kerberos (HTTP Negotiate); needs the system's MIT Kerberos, never a default |
 //! | `testkit` | [`testkit`] | an in-process OpenID issuer for tests and demos |
 //! | `full` | all of the above | |
+//!
+//! An application imports what it needs from [`prelude`]:
+//! `use palisade::prelude::*;`.
 //!
 //! ```no_run
 //! # #[cfg(feature = "jwt")] {
@@ -28,7 +31,6 @@
 #![doc = include_str!("../docs/configuration.md")]
 
 pub use palisade_core as core;
-pub use palisade_core::{Claims, ErrorKind, Guard, Identity, Rejection};
 
 #[cfg(feature = "jwt")]
 pub use palisade_jwt as jwt;
@@ -50,10 +52,13 @@ pub use palisade_spnego as spnego;
 
 pub mod prelude;
 
+// Applications import from `prelude`; every item's one home is its crate
+// (`palisade::core::Guard`, `palisade::jwt::Provider`, …).
+
 #[cfg(feature = "jwt")]
 use palisade_core::policy::{PolicyError, PolicySet, Workload};
 
-/// Builds the [`Guard`] for a workload from a policy file's documents, with
+/// Builds the [`Guard`](palisade_core::Guard) for a workload from a policy file's documents, with
 /// Istio's semantics: `RequestAuthentication` configures the JWT issuers
 /// (a request without a token passes authentication, a bad token is
 /// refused), `AuthorizationPolicy` decides access (none means allow).
@@ -62,7 +67,7 @@ use palisade_core::policy::{PolicyError, PolicySet, Workload};
 /// A [`PolicyError`] naming the file, the document and the field of anything
 /// that cannot be enforced exactly as written.
 #[cfg(feature = "jwt")]
-pub fn guard_from_policy(set: &PolicySet, workload: &Workload) -> Result<Guard, PolicyError> {
+pub fn guard_from_policy(set: &PolicySet, workload: &Workload) -> Result<palisade_core::Guard, PolicyError> {
     guard_builder_from_policy(set, workload, &palisade_core::authz::ExternalAuthorizers::new())?
         .build()
         .map_err(|e| PolicyError::new(set.source(), e.to_string()).with_source(e))
@@ -87,7 +92,7 @@ pub fn guard_builder_from_policy(
     authorizers: &palisade_core::authz::ExternalAuthorizers,
 ) -> Result<palisade_core::GuardBuilder, PolicyError> {
     let policy = set.for_workload(workload);
-    Guard::builder()
+    palisade_core::Guard::builder()
         .access_policy_from(&policy, authorizers)?
         .authenticator_from::<palisade_jwt::JwtAuthenticator>(&policy)
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use actix_web::{App, HttpResponse, web};
 use axum::body::Body;
 use axum::routing::get;
-use palisade::Identity;
+use palisade::prelude::Identity;
 use palisade::core::policy::{PolicySet, Workload};
 use palisade::testkit::TestIssuer;
 use serde_json::{Value, json};
@@ -57,7 +57,7 @@ spec:
     )
 }
 
-fn guard(issuer: &TestIssuer) -> palisade::Guard {
+fn guard(issuer: &TestIssuer) -> palisade::prelude::Guard {
     let set = PolicySet::from_yaml_str(&policy(issuer), "frameworks.yaml").unwrap();
     palisade::guard_from_policy(&set, &Workload::new("details", "default")).unwrap()
 }
@@ -66,7 +66,7 @@ async fn whoami_axum(id: Option<Identity>) -> axum::Json<Value> {
     axum::Json(palisade::core::whoami(id.as_ref()))
 }
 
-async fn call_axum(guard: &palisade::Guard, headers: &[(&str, String)], path: &str) -> Answer {
+async fn call_axum(guard: &palisade::prelude::Guard, headers: &[(&str, String)], path: &str) -> Answer {
     let app = axum::Router::new()
         .route("/whoami", get(whoami_axum))
         .route("/healthz", get(|| async { axum::Json(json!("ok")) }))
@@ -97,7 +97,7 @@ async fn call_axum(guard: &palisade::Guard, headers: &[(&str, String)], path: &s
     }
 }
 
-async fn call_actix(guard: &palisade::Guard, headers: &[(&str, String)], path: &str) -> Answer {
+async fn call_actix(guard: &palisade::prelude::Guard, headers: &[(&str, String)], path: &str) -> Answer {
     let app = actix_web::test::init_service(
         App::new()
             .wrap(palisade::actix::Palisade::new(guard.clone()))
@@ -333,7 +333,7 @@ async fn extractors_agree_on_identity_and_claims() {
         )
         .build()
         .unwrap();
-    let guard = palisade::Guard::builder()
+    let guard = palisade::prelude::Guard::builder()
         .authenticator(jwt)
         .allow_unauthenticated()
         .build()
@@ -353,7 +353,7 @@ async fn extractors_agree_on_identity_and_claims() {
             )
             .route(
                 "/claims",
-                get(|palisade::Claims(c): palisade::Claims<Mine>| async move {
+                get(|palisade::prelude::Claims(c): palisade::prelude::Claims<Mine>| async move {
                     format!("{}@{}", c.sub, c.tenant)
                 }),
             )
@@ -367,7 +367,7 @@ async fn extractors_agree_on_identity_and_claims() {
             )
             .route(
                 "/claims",
-                web::get().to(|palisade::Claims(c): palisade::Claims<Mine>| async move {
+                web::get().to(|palisade::prelude::Claims(c): palisade::prelude::Claims<Mine>| async move {
                     format!("{}@{}", c.sub, c.tenant)
                 }),
             ),

@@ -32,14 +32,14 @@ fn authenticator(issuer: &TestIssuer, cache_entries: u64) -> JwtAuthenticator {
         .unwrap()
 }
 
-fn guard(issuer: &TestIssuer, cache_entries: u64) -> palisade::Guard {
-    palisade::Guard::builder()
+fn guard(issuer: &TestIssuer, cache_entries: u64) -> palisade::prelude::Guard {
+    palisade::prelude::Guard::builder()
         .authenticator(authenticator(issuer, cache_entries))
         .build()
         .unwrap()
 }
 
-fn axum_app(guard: Option<palisade::Guard>) -> axum::Router {
+fn axum_app(guard: Option<palisade::prelude::Guard>) -> axum::Router {
     let app = axum::Router::new().route("/", get(|| async { "ok" }));
     match guard {
         Some(g) => app.layer(palisade::axum::PalisadeLayer::new(g)),
@@ -412,7 +412,7 @@ fn breakdown_benches(c: &mut Criterion) {
     let issuer = TestIssuer::builder().default_audience("bench").start().unwrap();
     let token = issuer.token().sign();
     let jwt = authenticator(&issuer, 10_000);
-    let guard = palisade::Guard::builder()
+    let guard = palisade::prelude::Guard::builder()
         .authenticator(jwt.clone())
         .build()
         .unwrap();

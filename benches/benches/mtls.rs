@@ -223,7 +223,7 @@ fn handshake_benches(c: &mut Criterion) {
     });
 }
 
-async fn whoami(id: Option<palisade::Identity>) -> String {
+async fn whoami(id: Option<palisade::prelude::Identity>) -> String {
     id.and_then(|i| i.peer().and_then(|p| p.principal.clone()))
         .unwrap_or_else(|| "anonymous".to_owned())
 }
@@ -302,7 +302,7 @@ fn request_benches(c: &mut Criterion) {
     let dir = Dir(std::env::temp_dir().join(format!("palisade-bench-mtls-req-{}", std::process::id())));
     std::fs::create_dir_all(&dir.0).unwrap();
     let tls = palisade_tls(&dir.0, &pki, &server_cert, true);
-    let guard = palisade::Guard::builder()
+    let guard = palisade::prelude::Guard::builder()
         .access_policy(AccessPolicy::allow_all())
         .build()
         .unwrap();

@@ -11,7 +11,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use palisade::Guard;
+use palisade::prelude::Guard;
 use palisade::core::authn::RequestHead;
 use palisade::core::authz::{CheckRequest, ExternalAuthorizers, ExternalDecision};
 use palisade::core::policy::{PolicySet, Workload, WorkloadPolicy};
