@@ -8,9 +8,9 @@ mod common;
 
 use actix_web::middleware::Condition;
 use actix_web::{App, HttpResponse, HttpServer, web};
-use palisade::prelude::Identity;
 use palisade::actix::Palisade;
 use palisade::mtls::actix::HttpSettings;
+use palisade::prelude::Identity;
 
 fn main() {
     common::init_logging();

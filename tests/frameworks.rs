@@ -6,8 +6,8 @@ use std::time::Duration;
 use actix_web::{App, HttpResponse, web};
 use axum::body::Body;
 use axum::routing::get;
-use palisade::prelude::Identity;
 use palisade::core::policy::{PolicySet, Workload};
+use palisade::prelude::Identity;
 use palisade::testkit::TestIssuer;
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -345,19 +345,20 @@ async fn extractors_agree_on_identity_and_claims() {
         .sign();
     let without = issuer.token().subject("dave").sign();
 
-    let app =
-        axum::Router::new()
-            .route(
-                "/id",
-                get(|id: Identity| async move { id.subject().unwrap_or_default().to_owned() }),
-            )
-            .route(
-                "/claims",
-                get(|palisade::prelude::Claims(c): palisade::prelude::Claims<Mine>| async move {
+    let app = axum::Router::new()
+        .route(
+            "/id",
+            get(|id: Identity| async move { id.subject().unwrap_or_default().to_owned() }),
+        )
+        .route(
+            "/claims",
+            get(
+                |palisade::prelude::Claims(c): palisade::prelude::Claims<Mine>| async move {
                     format!("{}@{}", c.sub, c.tenant)
-                }),
-            )
-            .layer(palisade::axum::PalisadeLayer::new(guard.clone()));
+                },
+            ),
+        )
+        .layer(palisade::axum::PalisadeLayer::new(guard.clone()));
     let actix = actix_web::test::init_service(
         App::new()
             .wrap(palisade::actix::Palisade::new(guard))
@@ -367,9 +368,11 @@ async fn extractors_agree_on_identity_and_claims() {
             )
             .route(
                 "/claims",
-                web::get().to(|palisade::prelude::Claims(c): palisade::prelude::Claims<Mine>| async move {
-                    format!("{}@{}", c.sub, c.tenant)
-                }),
+                web::get().to(
+                    |palisade::prelude::Claims(c): palisade::prelude::Claims<Mine>| async move {
+                        format!("{}@{}", c.sub, c.tenant)
+                    },
+                ),
             ),
     )
     .await;

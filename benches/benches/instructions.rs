@@ -60,11 +60,14 @@ fn main() {
             .build()
             .unwrap();
         let app = axum::Router::new().route("/", get(|| async { "ok" }));
+        // Routes bound to their state once, as `axum::serve` does, not per
+        // request.
         let app = if with_guard {
             app.layer(palisade::axum::PalisadeLayer::new(guard(&issuer)))
         } else {
             app
-        };
+        }
+        .with_state(());
         for _ in 0..n {
             let req = http::Request::get("/")
                 .header("authorization", format!("Bearer {token}"))

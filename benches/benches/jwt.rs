@@ -41,10 +41,13 @@ fn guard(issuer: &TestIssuer, cache_entries: u64) -> palisade::prelude::Guard {
 
 fn axum_app(guard: Option<palisade::prelude::Guard>) -> axum::Router {
     let app = axum::Router::new().route("/", get(|| async { "ok" }));
+    // Routes bound to their state once, as `axum::serve` does: an unbound
+    // router converts each layered route on every call.
     match guard {
         Some(g) => app.layer(palisade::axum::PalisadeLayer::new(g)),
         None => app,
     }
+    .with_state(())
 }
 
 fn request(token: &str) -> http::Request<Body> {

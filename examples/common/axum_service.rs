@@ -97,7 +97,11 @@ async fn backend_whoami(backend: Arc<Backend>, auth: RequestAuth) -> axum::respo
 /// the whole router, so the router sees the normalised path the policy
 /// matched. Without a guard (`--no-guard`, benchmarking only) the routes
 /// are served as they are.
-pub fn app(service: &'static str, guard: Option<palisade::prelude::Guard>, backend: Option<Backend>) -> Router {
+pub fn app(
+    service: &'static str,
+    guard: Option<palisade::prelude::Guard>,
+    backend: Option<Backend>,
+) -> Router {
     let mut router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(

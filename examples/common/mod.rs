@@ -11,11 +11,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use palisade::prelude::Guard;
 use palisade::core::authn::RequestHead;
 use palisade::core::authz::{CheckRequest, ExternalAuthorizers, ExternalDecision};
 use palisade::core::policy::{PolicySet, Workload, WorkloadPolicy};
 use palisade::mtls::ServerTls;
+use palisade::prelude::Guard;
 use palisade::testkit::TestIssuer;
 
 /// The command line of every example.
