@@ -52,7 +52,9 @@
 //! [`RequestAuthenticationSpec`], [`PeerAuthenticationSpec`]), `rbac.istio.io`
 //! ([`ServiceRoleSpec`], [`ServiceRoleBindingSpec`], [`RbacConfigSpec`]),
 //! `palisade.dev` ([`JwtSettingsSpec`], [`AuthorizationSettingsSpec`],
-//! [`SpnegoSettingsSpec`]) and Keycloak's adapter file ([`KeycloakAdapterConfig`]).
+//! [`SpnegoSettingsSpec`]), `networking.istio.io` ([`DestinationRuleSpec`],
+//! read and validated for outbound calls) and Keycloak's adapter file
+//! ([`KeycloakAdapterConfig`]).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -64,6 +66,7 @@ mod assemble;
 mod duration;
 mod error;
 mod keycloak;
+mod networking;
 mod palisade;
 mod rbac;
 mod security;
@@ -72,6 +75,10 @@ pub use self::assemble::FromPolicy;
 pub use self::duration::{DurationSpec, parse_duration};
 pub use self::error::PolicyError;
 pub use self::keycloak::KeycloakAdapterConfig;
+pub use self::networking::{
+    ClientTlsMode, ClientTlsSettingsSpec, DestinationRuleSpec, PortSelectorSpec, PortTrafficPolicySpec,
+    SubsetSpec, TrafficPolicySpec,
+};
 pub use self::palisade::{
     AuthorizationSettingsSpec, JwtSettingsSpec, SessionCookieSpec, SessionKeySpec, SpnegoSettingsSpec,
 };
@@ -94,6 +101,12 @@ pub const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
 const SECURITY_API_VERSIONS: [&str; 2] = ["security.istio.io/v1", "security.istio.io/v1beta1"];
 /// The `apiVersion` of Istio's older RBAC kinds.
 const RBAC_API_VERSION: &str = "rbac.istio.io/v1alpha1";
+/// The `apiVersion`s of `networking.istio.io` this loader reads.
+const NETWORKING_API_VERSIONS: [&str; 3] = [
+    "networking.istio.io/v1",
+    "networking.istio.io/v1beta1",
+    "networking.istio.io/v1alpha3",
+];
 
 /// A problem found by a check of a deserialized value: (field path, message).
 pub(crate) type FieldError = (String, String);
@@ -220,6 +233,8 @@ pub enum Spec {
     ServiceRoleBinding(ServiceRoleBindingSpec),
     /// `rbac.istio.io/v1alpha1` `RbacConfig` or `ClusterRbacConfig`.
     RbacConfig(RbacConfigSpec),
+    /// `networking.istio.io` `DestinationRule`: how the workload calls a host.
+    DestinationRule(DestinationRuleSpec),
 }
 
 impl Spec {
@@ -228,6 +243,8 @@ impl Spec {
             Spec::RequestAuthentication(s) => s.selector.as_ref(),
             Spec::AuthorizationPolicy(s) => s.selector.as_ref(),
             Spec::PeerAuthentication(s) => s.selector.as_ref(),
+            // Selects the calling workload.
+            Spec::DestinationRule(s) => s.workload_selector.as_ref(),
             Spec::JwtSettings(_)
             | Spec::KeycloakAdapter(_)
             | Spec::AuthorizationSettings(_)
@@ -289,6 +306,7 @@ impl Document {
             Spec::SpnegoSettings(s) => s.check(),
             Spec::ServiceRole(s) => crate::authz::rbac::check_role(s),
             Spec::ServiceRoleBinding(s) => crate::authz::rbac::check_binding(s),
+            Spec::DestinationRule(s) => s.check(),
             Spec::AuthorizationSettings(_) | Spec::RbacConfig(_) => Ok(()),
         }
     }
@@ -509,6 +527,7 @@ impl PolicySet {
             Some(Err(e)) => return Err(located(Some(resource), e)),
             None => {
                 let known = SECURITY_API_VERSIONS.contains(&api_version.as_str())
+                    || NETWORKING_API_VERSIONS.contains(&api_version.as_str())
                     || [RBAC_API_VERSION, PALISADE_API_VERSION].contains(&api_version.as_str());
                 let (field, message) = if known {
                     ("kind", format!("unknown kind `{kind}` for {api_version}"))
@@ -543,6 +562,12 @@ impl PolicySet {
                 "RequestAuthentication" => body(chunk, Spec::RequestAuthentication),
                 "AuthorizationPolicy" => body(chunk, Spec::AuthorizationPolicy),
                 "PeerAuthentication" => body(chunk, Spec::PeerAuthentication),
+                _ => None,
+            };
+        }
+        if NETWORKING_API_VERSIONS.contains(&api_version) {
+            return match kind {
+                "DestinationRule" => body(chunk, Spec::DestinationRule),
                 _ => None,
             };
         }
@@ -684,6 +709,15 @@ impl<'a> WorkloadPolicy<'a> {
     ) -> impl Iterator<Item = (&'a Document, &'a AuthorizationSettingsSpec)> + '_ {
         self.documents.iter().filter_map(|d| match &d.spec {
             Spec::AuthorizationSettings(s) => Some((*d, s)),
+            _ => None,
+        })
+    }
+
+    /// Applicable `DestinationRule` documents: those whose `workloadSelector`
+    /// selects this workload as the caller.
+    pub fn destination_rules(&self) -> impl Iterator<Item = (&'a Document, &'a DestinationRuleSpec)> + '_ {
+        self.documents.iter().filter_map(|d| match &d.spec {
+            Spec::DestinationRule(s) => Some((*d, s)),
             _ => None,
         })
     }

@@ -1,0 +1,429 @@
+//! `networking.istio.io` (`v1`, `v1beta1`, `v1alpha3`): `DestinationRule`.
+//!
+//! A `DestinationRule` says how a workload calls a host: with which TLS
+//! settings, per port and per subset. Palisade reads and validates it when
+//! the file loads; the outbound client that applies it comes later.
+//!
+//! Only what can apply inside the calling process is accepted. The fields of
+//! Istio's traffic policy that configure its proxy (`connectionPool`,
+//! `loadBalancer`, `outlierDetection`, `tunnel`, `proxyProtocol`) and
+//! `credentialName` (a Kubernetes secret) are refused with a message naming
+//! the field, rather than silently ignored.
+
+use std::collections::BTreeMap;
+
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer};
+
+use super::{FieldError, SelectorSpec};
+
+/// `DestinationRule.spec`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct DestinationRuleSpec {
+    /// The host called: a service name (`reviews`,
+    /// `reviews.prod.svc.cluster.local`) or a wildcard (`*.example.com`),
+    /// without scheme, port or path. Required.
+    #[serde(default)]
+    pub host: String,
+    /// The calling workloads the rule applies to, by label (Istio's
+    /// `workloadSelector`); absent: every workload of the namespace.
+    #[serde(default)]
+    pub workload_selector: Option<SelectorSpec>,
+    /// The namespaces the rule is exported to (`.`, `*`, or names), as in
+    /// Istio. Read and checked; selection uses the namespace and
+    /// `workloadSelector` only.
+    #[serde(default)]
+    pub export_to: Vec<String>,
+    /// The policy for every call to the host.
+    #[serde(default)]
+    pub traffic_policy: Option<TrafficPolicySpec>,
+    /// Named subsets of the host's endpoints, each with its own policy.
+    #[serde(default)]
+    pub subsets: Vec<SubsetSpec>,
+}
+
+impl DestinationRuleSpec {
+    pub(super) fn check(&self) -> Result<(), FieldError> {
+        check_host(&self.host)?;
+        check_export_to(&self.export_to)?;
+        if let Some(p) = &self.traffic_policy {
+            p.check("spec.trafficPolicy")?;
+        }
+        for (i, subset) in self.subsets.iter().enumerate() {
+            let field = format!("spec.subsets[{i}]");
+            if subset.name.trim().is_empty() {
+                return Err((format!("{field}.name"), "must not be empty".into()));
+            }
+            if self.subsets[..i].iter().any(|s| s.name == subset.name) {
+                return Err((
+                    format!("{field}.name"),
+                    format!("subset `{}` is given twice", subset.name),
+                ));
+            }
+            if let Some(p) = &subset.traffic_policy {
+                p.check(&format!("{field}.trafficPolicy"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `DestinationRule.spec.subsets[]`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct SubsetSpec {
+    /// The subset's name, unique in the rule.
+    #[serde(default)]
+    pub name: String,
+    /// Labels the host's endpoints must have to be in the subset.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The subset's policy, in place of the rule's.
+    #[serde(default)]
+    pub traffic_policy: Option<TrafficPolicySpec>,
+}
+
+/// `DestinationRule.spec.trafficPolicy` (and a subset's).
+///
+/// Istio's `connectionPool`, `loadBalancer`, `outlierDetection`, `tunnel`
+/// and `proxyProtocol` configure its proxy and cannot apply in process:
+/// present, they are refused when the file loads.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct TrafficPolicySpec {
+    /// TLS settings of calls to the host.
+    #[serde(default)]
+    pub tls: Option<ClientTlsSettingsSpec>,
+    /// Settings for single ports, in place of [`Self::tls`] on those ports.
+    #[serde(default)]
+    pub port_level_settings: Vec<PortTrafficPolicySpec>,
+    #[serde(default, rename = "connectionPool", deserialize_with = "refuse_connection_pool")]
+    _connection_pool: Option<Refused>,
+    #[serde(default, rename = "loadBalancer", deserialize_with = "refuse_load_balancer")]
+    _load_balancer: Option<Refused>,
+    #[serde(default, rename = "outlierDetection", deserialize_with = "refuse_outlier_detection")]
+    _outlier_detection: Option<Refused>,
+    #[serde(default, rename = "tunnel", deserialize_with = "refuse_tunnel")]
+    _tunnel: Option<Refused>,
+    #[serde(default, rename = "proxyProtocol", deserialize_with = "refuse_proxy_protocol")]
+    _proxy_protocol: Option<Refused>,
+}
+
+impl TrafficPolicySpec {
+    fn check(&self, field: &str) -> Result<(), FieldError> {
+        if self.tls.is_none() && self.port_level_settings.is_empty() {
+            return Err((
+                field.to_owned(),
+                "sets nothing: give `tls` or `portLevelSettings`".into(),
+            ));
+        }
+        if let Some(tls) = &self.tls {
+            tls.check(&format!("{field}.tls"))?;
+        }
+        for (i, p) in self.port_level_settings.iter().enumerate() {
+            let field = format!("{field}.portLevelSettings[{i}]");
+            let number = p.port.number;
+            if self.port_level_settings[..i]
+                .iter()
+                .any(|o| o.port.number == number)
+            {
+                return Err((
+                    format!("{field}.port.number"),
+                    format!("port {number} is given twice"),
+                ));
+            }
+            match &p.tls {
+                Some(tls) => tls.check(&format!("{field}.tls"))?,
+                None => return Err((field, "sets nothing: give `tls`".into())),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `trafficPolicy.portLevelSettings[]`: the settings of one port.
+///
+/// Istio's `connectionPool`, `loadBalancer` and `outlierDetection` are
+/// refused here too.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct PortTrafficPolicySpec {
+    /// The port these settings are for.
+    pub port: PortSelectorSpec,
+    /// TLS settings of calls to that port.
+    #[serde(default)]
+    pub tls: Option<ClientTlsSettingsSpec>,
+    #[serde(default, rename = "connectionPool", deserialize_with = "refuse_connection_pool")]
+    _connection_pool: Option<Refused>,
+    #[serde(default, rename = "loadBalancer", deserialize_with = "refuse_load_balancer")]
+    _load_balancer: Option<Refused>,
+    #[serde(default, rename = "outlierDetection", deserialize_with = "refuse_outlier_detection")]
+    _outlier_detection: Option<Refused>,
+}
+
+/// `portLevelSettings[].port`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct PortSelectorSpec {
+    /// The port number, 1 to 65535.
+    #[serde(deserialize_with = "port_number")]
+    pub number: u16,
+}
+
+/// `trafficPolicy.tls`: how calls to the host use TLS (Istio's
+/// `ClientTLSSettings`).
+///
+/// Files are paths read by the calling process. Istio's `credentialName`
+/// (a Kubernetes secret) is refused when the file loads: Palisade reads
+/// files, not secrets.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ClientTlsSettingsSpec {
+    /// The mode; absent: [`ClientTlsMode::Disable`], as in Istio.
+    #[serde(default)]
+    pub mode: ClientTlsMode,
+    /// The PEM client certificate chain. Required with `MUTUAL`; not with
+    /// `ISTIO_MUTUAL`.
+    #[serde(default)]
+    pub client_certificate: Option<String>,
+    /// The PEM private key of [`Self::client_certificate`]. Required with
+    /// `MUTUAL`; not with `ISTIO_MUTUAL`.
+    #[serde(default)]
+    pub private_key: Option<String>,
+    /// PEM trust anchors for the server's certificate; absent: the system's.
+    /// Not with `ISTIO_MUTUAL`.
+    #[serde(default)]
+    pub ca_certificates: Option<String>,
+    /// Accepted names in the server's certificate (DNS names or SPIFFE IDs);
+    /// empty: the host name.
+    #[serde(default)]
+    pub subject_alt_names: Vec<String>,
+    /// The SNI sent in the handshake; absent: the host name.
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// **A loud relaxation: the server's certificate is not verified at
+    /// all**, neither its chain nor its names, so anyone on the path can
+    /// pose as the server. Accepted because Istio has it, for tests against
+    /// throw-away servers; never set it in production. Default `false`; not
+    /// together with `caCertificates` or `subjectAltNames` (as in Istio), nor
+    /// with `ISTIO_MUTUAL`.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+    #[serde(default, rename = "credentialName", deserialize_with = "refuse_credential_name")]
+    _credential_name: Option<Refused>,
+}
+
+impl ClientTlsSettingsSpec {
+    fn check(&self, field: &str) -> Result<(), FieldError> {
+        let at = |name: &str| format!("{field}.{name}");
+        let files = [
+            ("clientCertificate", &self.client_certificate),
+            ("privateKey", &self.private_key),
+            ("caCertificates", &self.ca_certificates),
+            ("sni", &self.sni),
+        ];
+        for (name, value) in files {
+            if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                return Err((at(name), "must not be empty (leave the field out instead)".into()));
+            }
+        }
+        if let Some(i) = self.subject_alt_names.iter().position(|n| n.trim().is_empty()) {
+            return Err((at(&format!("subjectAltNames[{i}]")), "must not be empty".into()));
+        }
+        match self.mode {
+            ClientTlsMode::Disable => {
+                let set = files
+                    .iter()
+                    .find(|(_, v)| v.is_some())
+                    .map(|(name, _)| *name)
+                    .or_else(|| (!self.subject_alt_names.is_empty()).then_some("subjectAltNames"))
+                    .or_else(|| self.insecure_skip_verify.then_some("insecureSkipVerify"));
+                if let Some(name) = set {
+                    return Err((
+                        at(name),
+                        "mode DISABLE (the default when `mode` is absent) calls in plaintext, \
+                         so this would be ignored: set a mode or remove the field"
+                            .into(),
+                    ));
+                }
+            }
+            ClientTlsMode::Simple => {
+                for (name, value) in &files[..2] {
+                    if value.is_some() {
+                        return Err((
+                            at(name),
+                            "SIMPLE presents no client certificate: use MUTUAL to present one".into(),
+                        ));
+                    }
+                }
+            }
+            ClientTlsMode::Mutual => {
+                if self.client_certificate.is_none() {
+                    return Err((at("clientCertificate"), "MUTUAL needs a client certificate".into()));
+                }
+                if self.private_key.is_none() {
+                    return Err((at("privateKey"), "MUTUAL needs the client certificate's private key".into()));
+                }
+            }
+            ClientTlsMode::IstioMutual => {
+                for (name, value) in &files[..3] {
+                    if value.is_some() {
+                        return Err((
+                            at(name),
+                            "ISTIO_MUTUAL uses the workload's own mesh certificate and trust \
+                             bundle and names no files: use MUTUAL to name them"
+                                .into(),
+                        ));
+                    }
+                }
+                if self.insecure_skip_verify {
+                    return Err((
+                        at("insecureSkipVerify"),
+                        "ISTIO_MUTUAL always verifies the server's mesh identity".into(),
+                    ));
+                }
+            }
+        }
+        if self.insecure_skip_verify
+            && (self.ca_certificates.is_some() || !self.subject_alt_names.is_empty())
+        {
+            return Err((
+                at("insecureSkipVerify"),
+                "cannot be combined with `caCertificates` or `subjectAltNames` (as in Istio): \
+                 verification is either off or configured"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Istio's client TLS modes (`ClientTLSSettings.mode`).
+///
+/// Exhaustive on purpose: Istio's set is closed, and a client that matches
+/// on the mode should have to decide for every one.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ClientTlsMode {
+    /// Plaintext: no TLS (Istio's default).
+    #[default]
+    Disable,
+    /// TLS, verifying the server; no client certificate.
+    Simple,
+    /// Mutual TLS with the client certificate and key the rule names.
+    Mutual,
+    /// Mutual TLS with the workload's own mesh certificate and trust bundle,
+    /// as Istio's sidecars do; the rule names no files.
+    IstioMutual,
+}
+
+impl ClientTlsMode {
+    /// `DISABLE`, `SIMPLE`, `MUTUAL` or `ISTIO_MUTUAL`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientTlsMode::Disable => "DISABLE",
+            ClientTlsMode::Simple => "SIMPLE",
+            ClientTlsMode::Mutual => "MUTUAL",
+            ClientTlsMode::IstioMutual => "ISTIO_MUTUAL",
+        }
+    }
+}
+
+/// `spec.host`: a host name or a leading wildcard, without scheme, port or path.
+fn check_host(host: &str) -> Result<(), FieldError> {
+    let field = || "spec.host".to_owned();
+    if host.trim().is_empty() {
+        return Err((field(), "required: the host the rule is for".into()));
+    }
+    if host.contains(|c: char| c.is_whitespace() || c == '/' || c == ':') {
+        return Err((
+            field(),
+            format!(
+                "`{host}` is not a host name: write it without scheme, port or path \
+                 (`reviews.prod.svc.cluster.local`, `*.example.com`)"
+            ),
+        ));
+    }
+    let rest = host.strip_prefix("*.").unwrap_or(host);
+    if rest.contains('*') && host != "*" {
+        return Err((
+            field(),
+            format!("`{host}`: a wildcard is only allowed as the whole first label (`*.example.com`)"),
+        ));
+    }
+    Ok(())
+}
+
+/// `spec.exportTo`: `.`, `*`, `~` or namespace names; `*` and `~` alone.
+fn check_export_to(export_to: &[String]) -> Result<(), FieldError> {
+    for (i, ns) in export_to.iter().enumerate() {
+        let field = format!("spec.exportTo[{i}]");
+        if ns.trim().is_empty() {
+            return Err((field, "must not be empty".into()));
+        }
+        if export_to[..i].contains(ns) {
+            return Err((field, format!("`{ns}` is given twice")));
+        }
+        if (ns == "*" || ns == "~") && export_to.len() > 1 {
+            return Err((field, format!("`{ns}` cannot be combined with other entries")));
+        }
+    }
+    Ok(())
+}
+
+/// A field Istio has that Palisade cannot apply. Holds no value: when the
+/// field is present, deserialization fails with a message naming it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refused {}
+
+/// The error for a field of Istio's proxy configuration.
+fn proxy_only<E: serde::de::Error>(field: &str, what: &str) -> E {
+    E::custom(format!(
+        "`{field}` cannot apply in process: it configures Istio's proxy ({what}), \
+         and Palisade's calls go out without one; remove the field"
+    ))
+}
+
+fn refuse_connection_pool<'de, D: Deserializer<'de>>(_: D) -> Result<Option<Refused>, D::Error> {
+    Err(proxy_only("connectionPool", "connection pool limits"))
+}
+
+fn refuse_load_balancer<'de, D: Deserializer<'de>>(_: D) -> Result<Option<Refused>, D::Error> {
+    Err(proxy_only("loadBalancer", "load balancing between endpoints"))
+}
+
+fn refuse_outlier_detection<'de, D: Deserializer<'de>>(_: D) -> Result<Option<Refused>, D::Error> {
+    Err(proxy_only("outlierDetection", "ejection of failing endpoints"))
+}
+
+fn refuse_tunnel<'de, D: Deserializer<'de>>(_: D) -> Result<Option<Refused>, D::Error> {
+    Err(proxy_only("tunnel", "tunnelling through a proxy"))
+}
+
+fn refuse_proxy_protocol<'de, D: Deserializer<'de>>(_: D) -> Result<Option<Refused>, D::Error> {
+    Err(proxy_only("proxyProtocol", "the PROXY protocol header"))
+}
+
+fn refuse_credential_name<'de, D: Deserializer<'de>>(_: D) -> Result<Option<Refused>, D::Error> {
+    Err(D::Error::custom(
+        "`credentialName` names a Kubernetes secret, and Palisade reads files, not secrets: \
+         use `clientCertificate`, `privateKey` and `caCertificates`",
+    ))
+}
+
+/// A port number: 1 to 65535.
+fn port_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u16, D::Error> {
+    let n = i64::deserialize(deserializer)?;
+    match u16::try_from(n) {
+        Ok(n @ 1..) => Ok(n),
+        _ => Err(D::Error::custom(format!("port number {n} is not in 1..=65535"))),
+    }
+}
