@@ -17,7 +17,35 @@ use serde::{Deserialize, Deserializer};
 
 use super::{FieldError, SelectorSpec};
 
-/// `DestinationRule.spec`.
+/// `DestinationRule.spec`: how the selected workload calls `host`.
+///
+/// ```
+/// use palisade_core::policy::{ClientTlsMode, PolicySet, Workload};
+/// let yaml = "apiVersion: networking.istio.io/v1
+/// kind: DestinationRule
+/// metadata: {name: ratings, namespace: prod}
+/// spec:
+///   host: ratings.prod.svc.cluster.local
+///   workloadSelector: {matchLabels: {app: reviews}}
+///   trafficPolicy:
+///     tls:
+///       mode: MUTUAL
+///       clientCertificate: /etc/palisade/reviews.pem
+///       privateKey: /etc/palisade/reviews.key
+///       caCertificates: /etc/palisade/ca.pem
+/// ";
+/// let set = PolicySet::from_yaml_str(yaml, "mesh.yaml")?;
+/// let reviews = set.for_workload(&Workload::new("reviews", "prod"));
+/// let (_, rule) = reviews.destination_rules().next().expect("selected");
+/// let tls = rule.traffic_policy.as_ref().and_then(|p| p.tls.as_ref());
+/// assert_eq!(tls.map(|t| t.mode), Some(ClientTlsMode::Mutual));
+///
+/// // What only Istio's proxy can do is refused, naming the field.
+/// let pooled = yaml.replace("    tls:", "    connectionPool: {tcp: {maxConnections: 10}}\n    tls:");
+/// let err = PolicySet::from_yaml_str(&pooled, "mesh.yaml").unwrap_err();
+/// assert_eq!(err.field.as_deref(), Some("spec.trafficPolicy.connectionPool"));
+/// # Ok::<(), palisade_core::policy::PolicyError>(())
+/// ```
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[non_exhaustive]
@@ -28,7 +56,9 @@ pub struct DestinationRuleSpec {
     #[serde(default)]
     pub host: String,
     /// The calling workloads the rule applies to, by label (Istio's
-    /// `workloadSelector`); absent: every workload of the namespace.
+    /// `workloadSelector`, read as `selector` is in the other kinds);
+    /// absent: every workload of the document's namespace (of every
+    /// namespace, for a document in the root namespace).
     #[serde(default)]
     pub workload_selector: Option<SelectorSpec>,
     /// The namespaces the rule is exported to (`.`, `*`, or names), as in
@@ -81,7 +111,7 @@ pub struct SubsetSpec {
     /// Labels the host's endpoints must have to be in the subset.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
-    /// The subset's policy, in place of the rule's.
+    /// The subset's policy: the settings it gives override the rule's.
     #[serde(default)]
     pub traffic_policy: Option<TrafficPolicySpec>,
 }
@@ -98,14 +128,22 @@ pub struct TrafficPolicySpec {
     /// TLS settings of calls to the host.
     #[serde(default)]
     pub tls: Option<ClientTlsSettingsSpec>,
-    /// Settings for single ports, in place of [`Self::tls`] on those ports.
+    /// Settings for single ports: they override [`Self::tls`] on those ports.
     #[serde(default)]
     pub port_level_settings: Vec<PortTrafficPolicySpec>,
-    #[serde(default, rename = "connectionPool", deserialize_with = "refuse_connection_pool")]
+    #[serde(
+        default,
+        rename = "connectionPool",
+        deserialize_with = "refuse_connection_pool"
+    )]
     _connection_pool: Option<Refused>,
     #[serde(default, rename = "loadBalancer", deserialize_with = "refuse_load_balancer")]
     _load_balancer: Option<Refused>,
-    #[serde(default, rename = "outlierDetection", deserialize_with = "refuse_outlier_detection")]
+    #[serde(
+        default,
+        rename = "outlierDetection",
+        deserialize_with = "refuse_outlier_detection"
+    )]
     _outlier_detection: Option<Refused>,
     #[serde(default, rename = "tunnel", deserialize_with = "refuse_tunnel")]
     _tunnel: Option<Refused>,
@@ -158,11 +196,19 @@ pub struct PortTrafficPolicySpec {
     /// TLS settings of calls to that port.
     #[serde(default)]
     pub tls: Option<ClientTlsSettingsSpec>,
-    #[serde(default, rename = "connectionPool", deserialize_with = "refuse_connection_pool")]
+    #[serde(
+        default,
+        rename = "connectionPool",
+        deserialize_with = "refuse_connection_pool"
+    )]
     _connection_pool: Option<Refused>,
     #[serde(default, rename = "loadBalancer", deserialize_with = "refuse_load_balancer")]
     _load_balancer: Option<Refused>,
-    #[serde(default, rename = "outlierDetection", deserialize_with = "refuse_outlier_detection")]
+    #[serde(
+        default,
+        rename = "outlierDetection",
+        deserialize_with = "refuse_outlier_detection"
+    )]
     _outlier_detection: Option<Refused>,
 }
 
@@ -216,20 +262,23 @@ pub struct ClientTlsSettingsSpec {
     /// with `ISTIO_MUTUAL`.
     #[serde(default)]
     pub insecure_skip_verify: bool,
-    #[serde(default, rename = "credentialName", deserialize_with = "refuse_credential_name")]
+    #[serde(
+        default,
+        rename = "credentialName",
+        deserialize_with = "refuse_credential_name"
+    )]
     _credential_name: Option<Refused>,
 }
 
 impl ClientTlsSettingsSpec {
     fn check(&self, field: &str) -> Result<(), FieldError> {
         let at = |name: &str| format!("{field}.{name}");
-        let files = [
+        let client = [
             ("clientCertificate", &self.client_certificate),
             ("privateKey", &self.private_key),
-            ("caCertificates", &self.ca_certificates),
-            ("sni", &self.sni),
         ];
-        for (name, value) in files {
+        let files = [client[0], client[1], ("caCertificates", &self.ca_certificates)];
+        for (name, value) in files.into_iter().chain([("sni", &self.sni)]) {
             if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
                 return Err((at(name), "must not be empty (leave the field out instead)".into()));
             }
@@ -237,15 +286,16 @@ impl ClientTlsSettingsSpec {
         if let Some(i) = self.subject_alt_names.iter().position(|n| n.trim().is_empty()) {
             return Err((at(&format!("subjectAltNames[{i}]")), "must not be empty".into()));
         }
+        let first_given = |fields: &[(&'static str, &Option<String>)]| {
+            fields.iter().find(|(_, v)| v.is_some()).map(|(name, _)| *name)
+        };
         match self.mode {
             ClientTlsMode::Disable => {
-                let set = files
-                    .iter()
-                    .find(|(_, v)| v.is_some())
-                    .map(|(name, _)| *name)
+                let given = first_given(&files)
+                    .or_else(|| self.sni.is_some().then_some("sni"))
                     .or_else(|| (!self.subject_alt_names.is_empty()).then_some("subjectAltNames"))
                     .or_else(|| self.insecure_skip_verify.then_some("insecureSkipVerify"));
-                if let Some(name) = set {
+                if let Some(name) = given {
                     return Err((
                         at(name),
                         "mode DISABLE (the default when `mode` is absent) calls in plaintext, \
@@ -255,33 +305,29 @@ impl ClientTlsSettingsSpec {
                 }
             }
             ClientTlsMode::Simple => {
-                for (name, value) in &files[..2] {
-                    if value.is_some() {
-                        return Err((
-                            at(name),
-                            "SIMPLE presents no client certificate: use MUTUAL to present one".into(),
-                        ));
-                    }
+                if let Some(name) = first_given(&client) {
+                    return Err((
+                        at(name),
+                        "SIMPLE presents no client certificate: use MUTUAL to present one".into(),
+                    ));
                 }
             }
             ClientTlsMode::Mutual => {
-                if self.client_certificate.is_none() {
-                    return Err((at("clientCertificate"), "MUTUAL needs a client certificate".into()));
-                }
-                if self.private_key.is_none() {
-                    return Err((at("privateKey"), "MUTUAL needs the client certificate's private key".into()));
+                if let Some((name, _)) = client.iter().find(|(_, v)| v.is_none()) {
+                    return Err((
+                        at(name),
+                        "MUTUAL needs both `clientCertificate` and `privateKey`".into(),
+                    ));
                 }
             }
             ClientTlsMode::IstioMutual => {
-                for (name, value) in &files[..3] {
-                    if value.is_some() {
-                        return Err((
-                            at(name),
-                            "ISTIO_MUTUAL uses the workload's own mesh certificate and trust \
-                             bundle and names no files: use MUTUAL to name them"
-                                .into(),
-                        ));
-                    }
+                if let Some(name) = first_given(&files) {
+                    return Err((
+                        at(name),
+                        "ISTIO_MUTUAL uses the workload's own mesh certificate and trust \
+                         bundle and names no files: use MUTUAL to name them"
+                            .into(),
+                    ));
                 }
                 if self.insecure_skip_verify {
                     return Err((
@@ -291,8 +337,7 @@ impl ClientTlsSettingsSpec {
                 }
             }
         }
-        if self.insecure_skip_verify
-            && (self.ca_certificates.is_some() || !self.subject_alt_names.is_empty())
+        if self.insecure_skip_verify && (self.ca_certificates.is_some() || !self.subject_alt_names.is_empty())
         {
             return Err((
                 at("insecureSkipVerify"),

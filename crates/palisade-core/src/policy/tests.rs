@@ -250,3 +250,197 @@ spec: {selector: {matchLabels: {app: details}}}
     let names: Vec<_> = w.documents().iter().map(|d| d.metadata.name.as_str()).collect();
     assert_eq!(names, ["root", "mine"]);
 }
+
+/// A `DestinationRule` whose `workloadSelector` picks `reviews` as the
+/// caller; `traffic_policy` is indented under `spec.trafficPolicy` and
+/// starts at line 14.
+fn reviews_rule(traffic_policy: &str) -> String {
+    reviews(
+        "DestinationRule",
+        "networking.istio.io/v1",
+        &format!(
+            "  host: ratings.prod.svc.cluster.local\n  workloadSelector: {{matchLabels: {{app: reviews}}}}\n  trafficPolicy:\n{traffic_policy}"
+        ),
+    )
+}
+
+#[test]
+fn a_mutual_destination_rule_applies_to_the_calling_workload_it_selects() {
+    let yaml = "
+apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata: {name: ratings-mtls}
+spec:
+  host: ratings.prod.svc.cluster.local
+  workloadSelector: {matchLabels: {app: details}}
+  exportTo: [.]
+  trafficPolicy:
+    tls:
+      mode: MUTUAL
+      clientCertificate: /etc/certs/details.pem
+      privateKey: /etc/certs/details.key
+      caCertificates: /etc/certs/ca.pem
+      subjectAltNames: [spiffe://cluster.local/ns/prod/sa/ratings]
+    portLevelSettings:
+    - port: {number: 9443}
+      tls: {mode: SIMPLE, sni: ratings.example}
+  subsets:
+  - name: v2
+    labels: {version: v2}
+    trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata: {name: ratings-reviews}
+spec:
+  host: ratings.prod.svc.cluster.local
+  workloadSelector: {matchLabels: {app: reviews}}
+  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}
+";
+    let set = PolicySet::from_yaml_str(yaml, "mesh.yaml").unwrap();
+    assert_eq!(set.documents().len(), 2);
+
+    let details = set.for_workload(&Workload::new("details", "default"));
+    let rules: Vec<_> = details.destination_rules().collect();
+    assert_eq!(rules.len(), 1);
+    let (doc, rule) = rules[0];
+    assert_eq!(doc.metadata.name, "ratings-mtls");
+    assert_eq!(rule.host, "ratings.prod.svc.cluster.local");
+    assert_eq!(rule.export_to, ["."]);
+    let policy = rule.traffic_policy.as_ref().unwrap();
+    let tls = policy.tls.as_ref().unwrap();
+    assert_eq!(tls.mode, ClientTlsMode::Mutual);
+    assert_eq!(tls.private_key.as_deref(), Some("/etc/certs/details.key"));
+    assert!(!tls.insecure_skip_verify);
+    let port = &policy.port_level_settings[0];
+    assert_eq!(port.port.number, 9443);
+    assert_eq!(port.tls.as_ref().unwrap().mode.as_str(), "SIMPLE");
+    assert_eq!(rule.subsets[0].name, "v2");
+    assert_eq!(
+        rule.subsets[0]
+            .traffic_policy
+            .as_ref()
+            .unwrap()
+            .tls
+            .as_ref()
+            .unwrap()
+            .mode,
+        ClientTlsMode::IstioMutual
+    );
+
+    let reviews = set.for_workload(&Workload::new("reviews", "default"));
+    let names: Vec<_> = reviews
+        .destination_rules()
+        .map(|(d, _)| d.metadata.name.as_str())
+        .collect();
+    assert_eq!(names, ["ratings-reviews"]);
+    let elsewhere = set.for_workload(&Workload::new("details", "prod"));
+    assert_eq!(elsewhere.destination_rules().count(), 0);
+}
+
+#[test]
+fn mutual_tls_without_a_private_key_for_another_workload_fails_to_load() {
+    let yaml = reviews_rule("    tls: {mode: MUTUAL, clientCertificate: /etc/certs/reviews.pem}\n");
+    let err = load_err(&yaml);
+    assert_eq!(err.document, Some(2));
+    assert_eq!(
+        err.resource.as_deref(),
+        Some("DestinationRule default/reviews-ops")
+    );
+    assert_eq!(err.field.as_deref(), Some("spec.trafficPolicy.tls.privateKey"));
+    assert_eq!(at(&err), (Some(6), None));
+    assert!(err.message.contains("MUTUAL needs"), "{err}");
+}
+
+#[test]
+fn a_bad_client_tls_mode_for_another_workload_fails_to_load() {
+    let yaml = reviews_rule("    tls:\n      mode: MUTAL\n");
+    let err = load_err(&yaml);
+    assert_eq!(err.field.as_deref(), Some("spec.trafficPolicy.tls.mode"));
+    assert!(
+        err.message
+            .contains("expected one of DISABLE, SIMPLE, MUTUAL, ISTIO_MUTUAL"),
+        "{err}"
+    );
+    assert_eq!(at(&err), (Some(15), Some(13)));
+}
+
+#[test]
+fn credential_name_for_another_workload_is_refused_naming_the_field() {
+    let yaml = reviews_rule("    tls:\n      mode: SIMPLE\n      credentialName: ratings-client\n");
+    let err = load_err(&yaml);
+    assert_eq!(err.document, Some(2));
+    assert_eq!(
+        err.field.as_deref(),
+        Some("spec.trafficPolicy.tls.credentialName")
+    );
+    assert!(err.message.contains("Palisade reads files, not secrets"), "{err}");
+    assert_eq!(at(&err).0, Some(16), "{err}");
+}
+
+#[test]
+fn connection_pool_for_another_workload_is_refused_naming_the_field() {
+    let yaml = reviews_rule("    connectionPool:\n      tcp: {maxConnections: 100}\n");
+    let err = load_err(&yaml);
+    assert_eq!(err.document, Some(2));
+    assert_eq!(err.field.as_deref(), Some("spec.trafficPolicy.connectionPool"));
+    assert!(
+        err.message
+            .starts_with("`connectionPool` cannot apply in process"),
+        "{err}"
+    );
+    // The value's position: the mapping starts on the next line.
+    assert_eq!(at(&err), (Some(15), Some(7)), "{err}");
+
+    let port = reviews_rule(
+        "    portLevelSettings:\n    - port: {number: 80}\n      loadBalancer: {simple: ROUND_ROBIN}\n",
+    );
+    assert_eq!(
+        load_err(&port).field.as_deref(),
+        Some("spec.trafficPolicy.portLevelSettings[0].loadBalancer")
+    );
+}
+
+#[test]
+fn destination_rule_checks_run_for_every_document() {
+    let port =
+        reviews_rule("    portLevelSettings:\n    - port: {number: 70000}\n      tls: {mode: SIMPLE}\n");
+    let err = load_err(&port);
+    assert_eq!(
+        err.field.as_deref(),
+        Some("spec.trafficPolicy.portLevelSettings[0].port.number")
+    );
+    assert!(err.message.contains("not in 1..=65535"), "{err}");
+    assert_eq!(at(&err).0, Some(15), "{err}");
+    let zero = port.replace("70000", "0");
+    assert!(load_err(&zero).message.contains("port number 0"), "{zero}");
+
+    let istio = reviews_rule("    tls: {mode: ISTIO_MUTUAL, caCertificates: /etc/certs/ca.pem}\n");
+    assert_eq!(
+        load_err(&istio).field.as_deref(),
+        Some("spec.trafficPolicy.tls.caCertificates")
+    );
+
+    let unset = reviews_rule("    tls: {caCertificates: /etc/certs/ca.pem}\n");
+    assert!(load_err(&unset).message.contains("mode DISABLE"), "{unset}");
+
+    let no_host = reviews(
+        "DestinationRule",
+        "networking.istio.io/v1",
+        "  trafficPolicy: {tls: {mode: SIMPLE}}\n",
+    );
+    assert_eq!(load_err(&no_host).field.as_deref(), Some("spec.host"));
+
+    let subset = reviews(
+        "DestinationRule",
+        "networking.istio.io/v1",
+        "  host: ratings\n  subsets:\n  - name: v1\n    trafficPolicy: {outlierDetection: {}}\n",
+    );
+    assert_eq!(
+        load_err(&subset).field.as_deref(),
+        Some("spec.subsets[0].trafficPolicy.outlierDetection")
+    );
+
+    let kind = reviews("VirtualService", "networking.istio.io/v1", "  hosts: [ratings]\n");
+    assert_eq!(load_err(&kind).field.as_deref(), Some("kind"));
+}
