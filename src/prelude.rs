@@ -20,8 +20,6 @@ pub use palisade_core::{
 };
 
 #[cfg(feature = "jwt")]
-pub use crate::{guard_builder_from_policy, guard_from_policy};
-#[cfg(feature = "jwt")]
 pub use palisade_jwt::{JwtAuthenticator, Provider};
 
 #[cfg(feature = "axum")]

@@ -556,6 +556,14 @@ fn seen(path: &str, query: Option<&str>, authorization: bool, id: Option<&Identi
     })
 }
 
+/// `seen`, plus the claim headers the handler was given.
+fn seen_with(v: Value, sub: Option<&str>, tenant: Option<&str>) -> Value {
+    let mut v = v;
+    v["x-sub"] = json!(sub);
+    v["x-tenant"] = json!(tenant);
+    v
+}
+
 /// Both adapters on real sockets (axum under plain `axum::serve` with
 /// `ConnectAddrs`, actix-web under `HttpServer`), one table of requests:
 /// connection facts (ports, addresses), path rewrites, response headers and
@@ -563,16 +571,25 @@ fn seen(path: &str, query: Option<&str>, authorization: bool, id: Option<&Identi
 #[test]
 fn both_frameworks_agree_on_the_wire() {
     let issuer = TestIssuer::builder().default_audience("details").start().unwrap();
-    let axum_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let actix_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let axum_addr = axum_listener.local_addr().unwrap();
-    let actix_addr = actix_listener.local_addr().unwrap();
+    // Wildcard binds: the local address must come from the connection
+    // (`ConnectAddrs`, `on_connect`), not the listener's `0.0.0.0`.
+    let axum_listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let actix_listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let loopback = |l: &std::net::TcpListener| {
+        std::net::SocketAddr::from(([127, 0, 0, 1], l.local_addr().unwrap().port()))
+    };
+    let axum_addr = loopback(&axum_listener);
+    let actix_addr = loopback(&actix_listener);
     let yaml = format!(
         "apiVersion: security.istio.io/v1
 kind: RequestAuthentication
 metadata: {{name: jwt}}
 spec:
-  jwtRules: [{{issuer: {iss}, jwksUri: {jwks}, audiences: [details]}}]
+  jwtRules:
+  - issuer: {iss}
+    jwksUri: {jwks}
+    audiences: [details]
+    outputClaimToHeaders: [{{header: x-sub, claim: sub}}, {{header: x-tenant, claim: tenant}}]
 ---
 apiVersion: palisade.dev/v1alpha1
 kind: AuthorizationSettings
@@ -598,6 +615,8 @@ spec:
     to: [{{operation: {{paths: [/loopback/*]}}}}]
   - to: [{{operation: {{paths: [/elsewhere/*]}}}}]
     when: [{{key: destination.port, values: [\"1\"]}}]
+  - to: [{{operation: {{paths: [/dest/*]}}}}]
+    when: [{{key: destination.ip, values: [127.0.0.1]}}]
 ",
         iss = issuer.issuer(),
         jwks = issuer.jwks_uri(),
@@ -605,10 +624,12 @@ spec:
         p2 = actix_addr.port(),
     );
     let set = PolicySet::from_yaml_str(&yaml, "wire.yaml").unwrap();
-    let guard = palisade::guard_from_policy(&set, &Workload::new("details", "default")).unwrap();
+    // One guard each, so each verifies the token itself (its own cache).
+    let make_guard = || palisade::guard_from_policy(&set, &Workload::new("details", "default")).unwrap();
+    let guard = make_guard();
 
     // actix-web on its own system thread.
-    let actix_guard = guard.clone();
+    let actix_guard = make_guard();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         actix_web::rt::System::new().block_on(async move {
@@ -617,16 +638,27 @@ spec:
                     .wrap(palisade::actix::Palisade::new(actix_guard.clone()))
                     .default_service(web::to(
                         |req: actix_web::HttpRequest, id: Option<Identity>| async move {
-                            HttpResponse::Ok().json(seen(
-                                req.path(),
-                                req.uri().query(),
-                                req.headers().contains_key("authorization"),
-                                id.as_ref(),
+                            let h = |n: &str| {
+                                req.headers()
+                                    .get(n)
+                                    .and_then(|v| v.to_str().ok())
+                                    .map(str::to_owned)
+                            };
+                            HttpResponse::Ok().json(seen_with(
+                                seen(
+                                    req.path(),
+                                    req.uri().query(),
+                                    req.headers().contains_key("authorization"),
+                                    id.as_ref(),
+                                ),
+                                h("x-sub").as_deref(),
+                                h("x-tenant").as_deref(),
                             ))
                         },
                     ))
             })
             .workers(1)
+            .on_connect(palisade::actix::on_connect)
             .listen(actix_listener)
             .unwrap()
             .run();
@@ -640,11 +672,16 @@ spec:
     rt.block_on(async {
         let router = axum::Router::new().fallback(
             |uri: http::Uri, headers: http::HeaderMap, id: Option<Identity>| async move {
-                axum::Json(seen(
-                    uri.path(),
-                    uri.query(),
-                    headers.contains_key("authorization"),
-                    id.as_ref(),
+                let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+                axum::Json(seen_with(
+                    seen(
+                        uri.path(),
+                        uri.query(),
+                        headers.contains_key("authorization"),
+                        id.as_ref(),
+                    ),
+                    h("x-sub").as_deref(),
+                    h("x-tenant").as_deref(),
                 ))
             },
         );
@@ -739,8 +776,9 @@ spec:
             assert_eq!(a.status, status, "{name}: {a:?}");
             match &handler_saw {
                 Some(v) => {
-                    let mut want = v.clone();
-                    if name == "token" {
+                    let with_token = matches!(name, "token" | "client claim headers");
+                    let mut want = seen_with(v.clone(), with_token.then_some("alice"), None);
+                    if with_token {
                         want["subject"] = json!("alice");
                     }
                     assert_eq!(a.body, want, "{name}");
@@ -771,4 +809,39 @@ spec:
         }
     });
     rt.block_on(actix_handle.stop(false));
+}
+
+/// A layer inside `Router::nest("/api", …)` sees the path without its
+/// prefix; policies match the full path, as under an actix-web scope.
+#[actix_web::test]
+async fn a_nested_axum_layer_and_an_actix_scope_check_the_full_path() {
+    let yaml = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-api-admin}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: [\"/api/admin*\"]}}]}]
+";
+    let set = PolicySet::from_yaml_str(yaml, "nested.yaml").unwrap();
+    let guard = palisade::guard_from_policy(&set, &Workload::new("details", "default")).unwrap();
+    let nested = axum::Router::new()
+        .fallback(|| async { "ok" })
+        .layer(palisade::axum::PalisadeLayer::new(guard.clone()));
+    let app = axum::Router::new().nest("/api", nested);
+    let actix = actix_web::test::init_service(
+        App::new().service(
+            web::scope("/api")
+                .wrap(palisade::actix::Palisade::new(guard))
+                .default_service(web::to(|| async { HttpResponse::Ok().body("ok") })),
+        ),
+    )
+    .await;
+    for (path, status) in [("/api/admin", 403), ("/api/admin/x", 403), ("/api/list", 200)] {
+        let req = http::Request::get(path).body(Body::empty()).unwrap();
+        let res = app.clone().oneshot(req).await.unwrap();
+        assert_eq!(res.status().as_u16(), status, "axum {path}");
+        let req = actix_web::test::TestRequest::get().uri(path).to_request();
+        let res = actix_web::test::call_service(&actix, req).await;
+        assert_eq!(res.status().as_u16(), status, "actix-web {path}");
+    }
 }

@@ -160,7 +160,7 @@ pub async fn run(default_name: &str, default_port: u16) {
             palisade::mtls::axum::serve(listener, tls, app, stop).await
         }
         None => {
-            let make = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+            let make = app.into_make_service_with_connect_info::<palisade::axum::ConnectAddrs>();
             axum::serve(listener, make).with_graceful_shutdown(stop).await
         }
     };

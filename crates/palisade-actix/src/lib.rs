@@ -1,6 +1,6 @@
 //! Palisade for actix-web 4: a middleware that authenticates and authorizes
 //! every request, and (through `palisade-core`'s `actix` feature) the
-//! extractors [`Identity`], `Option<Identity>` and
+//! extractors [`Identity`](palisade_core::Identity), `Option<Identity>` and
 //! [`Claims<T>`](palisade_core::Claims), with the same meaning as in axum.
 //!
 //! ```no_run
@@ -30,10 +30,15 @@
 //! [`Rejection`](palisade_core::Rejection) travels in the response extensions.
 //! Allowed requests reach the app with a
 //! [`RequestAuth`](palisade_core::RequestAuth) in their extensions (the
-//! [`Identity`], when there is one, and the access decision) and with the
+//! [`Identity`](palisade_core::Identity), when there is one, and the access decision) and with the
 //! authenticators' header edits applied (the token removed unless
 //! `forward_original_token`). What to do is decided by `palisade-core` for
 //! both frameworks; this crate only translates types.
+//!
+//! # Connection facts
+//! Istio's `ports`, `destination.ip` and `source.ip` read the connection's
+//! addresses: add [`on_connect`] to the `HttpServer`
+//! (`palisade_mtls::actix::on_connect` for TLS listeners).
 //!
 //! # Names in the two adapters
 //! | actix-web | axum / tower | what |
@@ -61,8 +66,22 @@ use palisade_core::{Check, Guard, RequestAuth};
 
 mod require;
 
-pub use palisade_core::Identity;
 pub use require::{Require, RequireMiddleware};
+
+/// Records a plain TCP connection's addresses for Istio's `ports`,
+/// `destination.ip` and `source.ip` rules:
+/// `HttpServer::new(…).on_connect(palisade_actix::on_connect)`, the
+/// counterpart of axum's `ConnectAddrs`. (Without it the local address is
+/// the listener's, unknown behind a wildcard bind; `palisade_mtls`'s
+/// `on_connect` does this for TLS connections.)
+pub fn on_connect(connection: &dyn std::any::Any, data: &mut actix_web::dev::Extensions) {
+    if let Some(tcp) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        let mut info = ConnectionInfo::default();
+        info.remote_addr = tcp.peer_addr().ok();
+        info.local_addr = tcp.local_addr().ok();
+        data.insert(info);
+    }
+}
 
 /// The boxed future of the middlewares (actix-web services are `!Send`).
 type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
@@ -157,9 +176,11 @@ impl RequestHead for ActixHead<'_> {
             .or_else(|| self.0.peer_addr())
     }
     fn local_addr(&self) -> Option<SocketAddr> {
+        // Without `on_connect`, the listener's address: right for a
+        // listener on one address, unknown (not `0.0.0.0`) for a wildcard.
         self.connection()
             .and_then(|c| c.local_addr)
-            .or_else(|| Some(self.0.app_config().local_addr()))
+            .or_else(|| Some(self.0.app_config().local_addr()).filter(|a| !a.ip().is_unspecified()))
     }
 }
 
@@ -172,11 +193,17 @@ impl RequestTarget for ActixRequest<'_> {
     }
 
     fn set_header(&mut self, name: &str, value: &str) {
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            self.0.headers_mut().insert(n, v);
+        let Ok(n) = HeaderName::from_bytes(name.as_bytes()) else {
+            return;
+        };
+        match HeaderValue::from_str(value) {
+            Ok(v) => {
+                self.0.headers_mut().insert(n, v);
+            }
+            // Never leave the client's own header in place of the value.
+            Err(_) => {
+                self.0.headers_mut().remove(n);
+            }
         }
     }
 

@@ -1,6 +1,6 @@
 //! Palisade for axum, hyper and tonic: a tower [`Layer`] that authenticates
 //! and authorizes every request, and (through `palisade-core`'s `axum`
-//! feature) the extractors [`Identity`], `Option<Identity>` and
+//! feature) the extractors [`Identity`](palisade_core::Identity), `Option<Identity>` and
 //! [`Claims<T>`](palisade_core::Claims).
 //!
 //! ```no_run
@@ -43,7 +43,7 @@
 //! 400) with an RFC 9457 body; the [`Rejection`](palisade_core::Rejection)
 //! travels in the response extensions. Allowed requests reach the inner
 //! service with a [`RequestAuth`](palisade_core::RequestAuth) in their
-//! extensions (the [`Identity`], when there is one, and the access decision),
+//! extensions (the [`Identity`](palisade_core::Identity), when there is one, and the access decision),
 //! and with the header edits of the authenticators applied (the token removed
 //! unless `forward_original_token`). What to do is decided by
 //! `palisade-core` for both frameworks; this crate only translates types.
@@ -79,7 +79,6 @@ use tower_service::Service;
 
 mod require;
 
-pub use palisade_core::Identity;
 pub use require::{Require, RequireLayer, require};
 
 /// Adds Palisade to a tower stack. Clone it freely: it shares one [`Guard`].
@@ -153,12 +152,39 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, toki
 }
 
 /// An `http` 1 request, as the core reads it.
-struct HttpHead<'a, B>(&'a Request<B>);
+struct HttpHead<'a, B>(&'a Request<B>, std::borrow::Cow<'a, str>);
 
 /// An `http` 1 request, as the core edits it.
 struct HttpRequest<'a, B>(&'a mut Request<B>);
 
-impl<B> HttpHead<'_, B> {
+impl<'a, B> HttpHead<'a, B> {
+    /// The request as policies see it. Inside `Router::nest("/api", …)`
+    /// axum strips the prefix from the URI; policies match the full path
+    /// (as actix-web's scopes show it, and Istio sees it), so a literal
+    /// prefix is put back. A templated one (`/t/{tenant}`) cannot be:
+    /// `Err` with the refusal.
+    fn new(req: &'a Request<B>) -> Result<Self, Reply> {
+        let Some(nested) = req.extensions().get::<axum::extract::NestedPath>() else {
+            return Ok(Self(req, std::borrow::Cow::Borrowed(req.uri().path())));
+        };
+        let prefix = nested.as_str().trim_end_matches('/');
+        if prefix.contains('{') {
+            tracing::error!(
+                target: palisade_core::LOG_TARGET,
+                prefix,
+                "Palisade runs inside a router nested at a templated path: the full path cannot be known, refused with 400. Add the layer outside the nest"
+            );
+            return Err(Reply::from(palisade_core::Rejection::malformed_path(
+                "the request path cannot be checked here",
+            )));
+        }
+        let path = match req.uri().path() {
+            "/" => prefix.to_owned(),
+            rest => format!("{prefix}{rest}"),
+        };
+        Ok(Self(req, std::borrow::Cow::Owned(path)))
+    }
+
     fn connect_addrs(&self) -> Option<&ConnectAddrs> {
         self.0
             .extensions()
@@ -182,7 +208,7 @@ impl<B> RequestHead for HttpHead<'_, B> {
         self.0.method().as_str()
     }
     fn path(&self) -> &str {
-        self.0.uri().path()
+        &self.1
     }
     fn query(&self) -> Option<&str> {
         self.0.uri().query()
@@ -239,16 +265,25 @@ impl<B> RequestTarget for HttpRequest<'_, B> {
     }
 
     fn set_header(&mut self, name: &str, value: &str) {
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            self.0.headers_mut().insert(n, v);
+        let Ok(n) = HeaderName::from_bytes(name.as_bytes()) else {
+            return;
+        };
+        match HeaderValue::from_str(value) {
+            Ok(v) => {
+                self.0.headers_mut().insert(n, v);
+            }
+            // Never leave the client's own header in place of the value.
+            Err(_) => {
+                self.0.headers_mut().remove(n);
+            }
         }
     }
 
     fn rewrite_target(&mut self, target: &str) -> Result<(), TargetRewrite> {
-        if self.0.extensions().get::<axum::extract::MatchedPath>().is_some() {
+        let ext = self.0.extensions();
+        if ext.get::<axum::extract::MatchedPath>().is_some()
+            || ext.get::<axum::extract::NestedPath>().is_some()
+        {
             return Err(TargetRewrite::AlreadyRouted {
                 advice: "PalisadeLayer was added with Router::layer: wrap the whole Router instead (PalisadeLayer::new(guard).wrap(router))",
             });
@@ -298,8 +333,12 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let check = self.guard.check(&HttpHead(&req));
+        let check = match HttpHead::new(&req) {
+            Ok(head) => self.guard.check(&head).map(Ok),
+            Err(reply) => Check::Ready(Err(reply)),
+        };
         ResponseFuture::start(&mut self.inner, req, check, |decision, req| {
+            let decision = decision?;
             decision.apply(&mut HttpRequest(req)).map(Some)
         })
     }

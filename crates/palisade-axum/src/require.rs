@@ -81,7 +81,10 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let auth = req.extensions().get::<RequestAuth>();
-        let check = authorize_route(&self.policy, auth, &HttpHead(&req));
+        let check = match HttpHead::new(&req) {
+            Ok(head) => authorize_route(&self.policy, auth, &head),
+            Err(reply) => palisade_core::Check::Ready(Err(reply)),
+        };
         ResponseFuture::start(&mut self.inner, req, check, |verdict, _| verdict.map(|()| None))
     }
 }

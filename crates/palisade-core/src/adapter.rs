@@ -84,8 +84,9 @@ pub enum TargetRewrite {
 pub trait RequestTarget {
     /// Removes every value of the header `name` (lower case).
     fn remove_header(&mut self, name: &str);
-    /// Replaces the header `name` (lower case) with `value`; a name or value
-    /// that HTTP cannot carry is skipped.
+    /// Replaces the header `name` (lower case) with `value`. The header is
+    /// removed in any case: a value that HTTP cannot carry must not leave a
+    /// header the client sent in its place.
     fn set_header(&mut self, name: &str, value: &str);
     /// Replaces the request's path and query (`/a/b?q`, already normalised)
     /// so that the router routes what the policy matched.
@@ -105,6 +106,9 @@ pub trait ResponseTarget {
 }
 
 /// The guard's verdict on one request: [`Guard::check`](crate::Guard::check).
+///
+/// Adapters should not match on it but call [`Decision::apply`]: a refusal
+/// or (later) a redirect is rendered by the core either way.
 #[derive(Clone, Debug)]
 pub enum Decision {
     /// Let the request through, after these edits.
@@ -199,9 +203,18 @@ impl Admission {
 /// header when that debug switch is on. (The access decision of an allowed
 /// request is in its [`RequestAuth`]; a refusal carries its decision in its
 /// [`Rejection`], in the response extensions.)
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct ResponseEdits {
     pub(crate) headers: Vec<(Cow<'static, str>, String)>,
+}
+
+impl std::fmt::Debug for ResponseEdits {
+    // Values can hold a Negotiate mutual-authentication token: names only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.headers.iter().map(|(n, _)| n))
+            .finish()
+    }
 }
 
 impl ResponseEdits {
@@ -339,10 +352,11 @@ pub fn actix_response(reply: Reply) -> actix_web::HttpResponse {
 
 /// Checks a route-level policy (a role requirement, say) against the
 /// identity the Palisade middleware established: the one decision both
-/// frameworks' route layers make. No identity and denied: 401 with the
-/// guard's challenges; an identity and denied: 403. Without the middleware
-/// in front (a wiring mistake), every request is refused with 401 and an
-/// error is logged.
+/// frameworks' route layers make, answered as the guard answers its own
+/// denials: 401 with the guard's challenges when the caller has no
+/// end-user credential and one could change the decision, 403 otherwise.
+/// Without the middleware in front (a wiring mistake), every request is
+/// refused with 401 and an error is logged.
 pub fn authorize_route(
     policy: &AccessPolicy,
     auth: Option<&RequestAuth>,

@@ -95,6 +95,9 @@ impl<T> IntoFuture for Check<T> {
 }
 
 /// The future of a [`Check`] (`check.await`).
+///
+/// # Panics
+/// When polled again after it completed, as futures may.
 pub struct CheckFuture<T>(State<T>);
 
 enum State<T> {

@@ -355,7 +355,8 @@ impl Guard {
                 Check::Pending(fut) => pending.push(fut),
             }
         }
-        let rewrite = matches!(path, Cow::Owned(_));
+        // Normalising may allocate without changing anything (`%20`).
+        let rewrite = matches!(&path, Cow::Owned(p) if p != req.path());
         if pending.is_empty() {
             return self.decide(acc, req, &path, rewrite);
         }

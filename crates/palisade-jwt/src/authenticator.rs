@@ -524,9 +524,12 @@ impl JwtAuthenticator {
             out_edits.push(HeaderEdit::Set(h.clone(), parsed.payload_b64.to_owned()));
         }
         for (header, claim) in &cfg.output_claims {
-            if let Some(v) = claim_string(&claims.claims, claim) {
-                out_edits.push(HeaderEdit::Set(header.clone(), v));
-            }
+            // Without the claim the header is removed: a client must not
+            // supply what the handler takes for the token's claim.
+            out_edits.push(match claim_string(&claims.claims, claim) {
+                Some(v) => HeaderEdit::Set(header.clone(), v),
+                None => HeaderEdit::Remove(header.clone()),
+            });
         }
         let identity = Identity::from_token(claims, Verification::assertion());
         let mut edits = self.removal(found, provider);
