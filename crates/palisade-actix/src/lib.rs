@@ -29,7 +29,7 @@
 //! middleware such as CORS still runs on them. The
 //! [`Rejection`](palisade_core::Rejection) travels in the response extensions.
 //! Allowed requests reach the app with a
-//! [`RequestAuth`](palisade_core::RequestAuth) in their extensions (the
+//! [`RequestAuth`] in their extensions (the
 //! [`Identity`](palisade_core::Identity), when there is one, and the access decision) and with the
 //! authenticators' header edits applied (the token removed unless
 //! `forward_original_token`). What to do is decided by `palisade-core` for

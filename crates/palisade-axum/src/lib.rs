@@ -42,7 +42,7 @@
 //! The layer answers refused requests itself (401 with the challenges, 403,
 //! 400) with an RFC 9457 body; the [`Rejection`](palisade_core::Rejection)
 //! travels in the response extensions. Allowed requests reach the inner
-//! service with a [`RequestAuth`](palisade_core::RequestAuth) in their
+//! service with a [`RequestAuth`] in their
 //! extensions (the [`Identity`](palisade_core::Identity), when there is one, and the access decision),
 //! and with the header edits of the authenticators applied (the token removed
 //! unless `forward_original_token`). What to do is decided by

@@ -4,7 +4,7 @@
 //! `palisade-actix`. An adapter makes every decision through the core and
 //! only translates types, so two frameworks cannot answer differently:
 //!
-//! 1. It shows the core its request through [`RequestHead`](crate::authn::RequestHead)
+//! 1. It shows the core its request through [`RequestHead`]
 //!    and calls [`Guard::check`](crate::Guard::check), which answers a
 //!    [`Check<Decision>`](crate::Check).
 //! 2. It hands the [`Decision`] its request as a [`RequestTarget`]:
