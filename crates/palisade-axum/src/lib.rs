@@ -265,17 +265,11 @@ impl<B> RequestTarget for HttpRequest<'_, B> {
     }
 
     fn set_header(&mut self, name: &str, value: &str) {
-        let Ok(n) = HeaderName::from_bytes(name.as_bytes()) else {
-            return;
-        };
-        match HeaderValue::from_str(value) {
-            Ok(v) => {
-                self.0.headers_mut().insert(n, v);
-            }
-            // Never leave the client's own header in place of the value.
-            Err(_) => {
-                self.0.headers_mut().remove(n);
-            }
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            self.0.headers_mut().insert(n, v);
         }
     }
 

@@ -84,9 +84,9 @@ pub enum TargetRewrite {
 pub trait RequestTarget {
     /// Removes every value of the header `name` (lower case).
     fn remove_header(&mut self, name: &str);
-    /// Replaces the header `name` (lower case) with `value`. The header is
-    /// removed in any case: a value that HTTP cannot carry must not leave a
-    /// header the client sent in its place.
+    /// Sets the header `name` (lower case) to `value`; a name or value that
+    /// HTTP cannot carry is skipped. The core removes the header first, so a
+    /// skipped value never leaves the client's own header in its place.
     fn set_header(&mut self, name: &str, value: &str);
     /// Replaces the request's path and query (`/a/b?q`, already normalised)
     /// so that the router routes what the policy matched.
@@ -190,7 +190,12 @@ impl Admission {
         for edit in self.edits.as_slice() {
             match edit {
                 HeaderEdit::Remove(name) => req.remove_header(name),
-                HeaderEdit::Set(name, value) => req.set_header(name, value),
+                // Removed first: a value the framework cannot carry must not
+                // leave the client's header of that name in its place.
+                HeaderEdit::Set(name, value) => {
+                    req.remove_header(name);
+                    req.set_header(name, value);
+                }
             }
         }
         req.insert_auth(self.auth);
