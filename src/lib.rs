@@ -50,6 +50,9 @@ pub use palisade_mtls as mtls;
 #[cfg(feature = "spnego")]
 pub use palisade_spnego as spnego;
 
+#[cfg(feature = "signin")]
+pub use palisade_signin as signin;
+
 pub mod prelude;
 
 // Applications import from `prelude`; every item's one home is its crate
@@ -92,9 +95,12 @@ pub fn guard_builder_from_policy(
     authorizers: &palisade_core::authz::ExternalAuthorizers,
 ) -> Result<palisade_core::GuardBuilder, PolicyError> {
     let policy = set.for_workload(workload);
-    palisade_core::Guard::builder()
+    let builder = palisade_core::Guard::builder()
         .access_policy_from(&policy, authorizers)?
-        .authenticator_from::<palisade_jwt::JwtAuthenticator>(&policy)
+        .authenticator_from::<palisade_jwt::JwtAuthenticator>(&policy)?;
+    #[cfg(feature = "signin")]
+    let builder = builder.authenticator_from::<palisade_signin::SignIn>(&policy)?;
+    Ok(builder)
 }
 
 /// The README's code blocks, compiled as doc tests so they stay true.

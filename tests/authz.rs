@@ -258,6 +258,7 @@ async fn core_status(guard: &Guard, r: &Req, token: Option<&String>) -> (u16, Ac
             r.status(),
             r.access().cloned().expect("a policy denial carries its decision"),
         ),
+        other => panic!("no authenticator here answers itself: {other:?}"),
     }
 }
 

@@ -3,9 +3,8 @@
 //! started on loopback, issuing JWT access tokens by client_credentials.
 //! Includes a key rotation on the provider.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use palisade::jwt::{FetchSettings, JwtAuthenticator, JwtError, Provider};
@@ -13,83 +12,29 @@ use serde_json::Value;
 
 mod common;
 
+use common::oidc_provider::{self, OidcProvider, free_port};
+
 const AUDIENCE: &str = "api://palisade-test";
 
-fn dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc-provider")
-}
-
-struct Op {
-    child: Child,
-    issuer: String,
-}
-
-impl Drop for Op {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start(port: u16, keys: &Path) -> Op {
-    let node = which("node").unwrap_or_else(|| panic!("node is missing: run ./scripts/test (it installs nodejs with apt) or `apt-get install nodejs npm`"));
-    assert!(
-        dir().join("node_modules/oidc-provider").is_dir(),
-        "oidc-provider is not installed: run ./scripts/test, or `npm ci` in {}",
-        dir().display()
-    );
-    let issuer = format!("http://127.0.0.1:{port}");
-    let mut child = Command::new(node)
-        .arg("server.mjs")
-        .current_dir(dir())
-        .env("PORT", port.to_string())
-        .env("ISSUER", &issuer)
-        .env("AUDIENCE", AUDIENCE)
-        .env("KEYS_FILE", keys)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start oidc-provider");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    loop {
-        let line = lines
-            .next()
-            .expect("oidc-provider exited before listening")
-            .unwrap();
-        if line.starts_with("listening on") {
-            break;
-        }
-    }
-    Op { child, issuer }
-}
-
-fn which(cmd: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join(cmd))
-        .find(|p| p.is_file())
+/// Starts the provider on `port` with the signing keys of `keys`.
+fn start(port: u16, keys: &Path) -> OidcProvider {
+    oidc_provider::start(
+        port,
+        &[("AUDIENCE", AUDIENCE), ("KEYS_FILE", keys.to_str().unwrap())],
+    )
 }
 
 fn new_key() -> Value {
     let out = Command::new("node")
         .arg("gen-key.mjs")
-        .current_dir(dir())
+        .current_dir(oidc_provider::dir())
         .output()
         .expect("node gen-key.mjs");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-async fn token(op: &Op) -> String {
+async fn token(op: &OidcProvider) -> String {
     let http = reqwest::Client::new();
     let disco: Value = http
         .get(format!("{}/.well-known/openid-configuration", op.issuer))

@@ -159,7 +159,7 @@ fn decide(rt: &tokio::runtime::Runtime, guard: &Guard, req: &OwnedRequest) -> De
 fn principal(decision: &Decision) -> Option<&str> {
     match decision {
         Decision::Allow(a) => a.auth().identity()?.kerberos().map(|k| k.principal.as_str()),
-        Decision::Deny(_) => None,
+        _ => None,
     }
 }
 

@@ -101,8 +101,9 @@ pub fn app(
     service: &'static str,
     guard: Option<palisade::prelude::Guard>,
     backend: Option<Backend>,
+    extra: Router,
 ) -> Router {
-    let mut router = Router::new()
+    let mut router = extra
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/list",
@@ -132,6 +133,11 @@ pub fn app(
 
 /// Runs a contract service on axum: arguments, policy, routes, graceful shutdown.
 pub async fn run(default_name: &str, default_port: u16) {
+    run_with(default_name, default_port, Router::new()).await;
+}
+
+/// [`run`] with a service's own routes beside the contract's.
+pub async fn run_with(default_name: &str, default_port: u16, extra: Router) {
     common::init_logging();
     let args = common::args(default_name, default_port);
     let setup = common::setup(&args);
@@ -148,7 +154,7 @@ pub async fn run(default_name: &str, default_port: u16) {
             .ok(),
     });
     let guard = (!args.no_guard).then(|| setup.guard.clone());
-    let app = app(service, guard, backend);
+    let app = app(service, guard, backend, extra);
     let stop = shutdown_signal();
     common::announce(&setup, addr);
     println!("listening on {addr}");

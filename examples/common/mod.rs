@@ -167,9 +167,12 @@ pub struct Setup {
 }
 
 /// The demo policy: tokens of the embedded issuer for this service; every
-/// route but `/healthz` needs one.
+/// route but `/healthz` needs one. productpage also signs browsers in at
+/// the embedded issuer (its public client `productpage`), and shows
+/// `/productpage` to anyone, with a sign-in link.
 pub fn demo_policy(issuer: &TestIssuer, workload: &Workload) -> String {
-    format!(
+    let productpage = workload.service == "productpage";
+    let mut yaml = format!(
         "apiVersion: security.istio.io/v1
 kind: RequestAuthentication
 metadata: {{name: demo-jwt, namespace: {ns}}}
@@ -187,13 +190,35 @@ spec:
   selector: {{matchLabels: {{app: {svc}}}}}
   rules:
   - from: [{{source: {{requestPrincipals: [\"*\"]}}}}]
-  - to: [{{operation: {{methods: [GET], paths: [/healthz]}}}}]
+  - to: [{{operation: {{methods: [GET], paths: [{open}]}}}}]
 ",
         ns = workload.namespace,
         svc = workload.service,
         iss = issuer.issuer(),
         jwks = issuer.jwks_uri(),
-    )
+        open = if productpage {
+            "/healthz, /productpage"
+        } else {
+            "/healthz"
+        },
+    );
+    if productpage {
+        yaml.push_str(&format!(
+            "---
+apiVersion: palisade.dev/v1alpha1
+kind: OidcLogin
+metadata: {{name: demo-login, namespace: {ns}}}
+spec:
+  selector: {{matchLabels: {{app: {svc}}}}}
+  issuer: {iss}
+  clientId: productpage
+",
+            ns = workload.namespace,
+            svc = workload.service,
+            iss = issuer.issuer(),
+        ));
+    }
+    yaml
 }
 
 /// Loads `--config`, or starts the demo issuer; exits with one line on error.
@@ -208,6 +233,7 @@ pub fn setup(args: &Args) -> Setup {
             let issuer = TestIssuer::builder()
                 .default_audience(&args.service)
                 .client("demo", "demo-secret")
+                .public_client("productpage")
                 .user("alice", "alice", &["user", "admin"])
                 .start()
                 .unwrap_or_else(|e| fail(&format!("cannot start the demo issuer: {e}")));
@@ -278,6 +304,11 @@ pub fn announce(setup: &Setup, listen: SocketAddr) {
         );
         println!("  curl -H \"Authorization: Bearer $TOKEN\" http://{listen}/list");
         println!("  curl -H \"Authorization: Bearer $TOKEN\" http://{listen}/whoami");
+        if setup.workload.service == "productpage" {
+            println!(
+                "or open http://{listen}/productpage in a browser and sign in as alice (password alice)"
+            );
+        }
     }
 }
 

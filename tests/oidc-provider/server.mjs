@@ -7,11 +7,31 @@
 //              stay published (restart with a new first key to rotate). If the
 //              file is missing, one RS256 key is generated and written there.
 //   AUDIENCE   default api://palisade-test: `aud` of the JWT access tokens
+//   BROWSER_REDIRECT_URIS  opt-in browser sign-in (unset: off): space-separated
+//              redirect URIs of the client `palisade-browser` /
+//              `palisade-browser-secret` (authorization_code and refresh_token
+//              grants, response type code, client_secret_basic; scopes openid,
+//              offline_access, read, write), and
+//              oidc-provider's development login and consent pages
+//              (devInteractions: any login and password sign in).
+//   BROWSER_CLIENT  JSON client metadata merged over that client's, e.g.
+//              {"post_logout_redirect_uris":["http://127.0.0.1:8080/"]}
+//   BROWSER_BACKCHANNEL_LOGOUT  opt-in (unset: off): `1` turns on
+//              back-channel logout (features.backchannelLogout), so that a
+//              client with a `backchannel_logout_uri` in BROWSER_CLIENT is
+//              sent a logout token when its user logs out at the provider
+//              (to loopback too: the SSRF protection of outgoing requests is
+//              off); each delivery is logged on stdout
+//   BROWSER_OPAQUE_ACCESS_TOKENS  opt-in (unset: off): `1` gives the browser
+//              client no default resource indicator, so the access tokens
+//              of its sign-ins are oidc-provider's opaque ones (for
+//              userinfo) rather than JWTs for AUDIENCE: a relying party
+//              then knows the user from the ID token alone
 //
 // Client `palisade-test` / `palisade-secret` may use the client_credentials
 // grant; access tokens are JWTs (resource indicators, accessTokenFormat jwt).
-// Plain http on loopback is fine for oidc-provider's token endpoint; only
-// end-user interactions would need secure cookies, which are not used here.
+// Plain http on loopback is fine for oidc-provider: its interaction cookies
+// are not `Secure` over http.
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import Provider from 'oidc-provider';
@@ -38,25 +58,51 @@ if (keysFile && existsSync(keysFile)) {
   if (keysFile) writeFileSync(keysFile, JSON.stringify(jwks));
 }
 
+const clients = [{
+  client_id: 'palisade-test',
+  client_secret: 'palisade-secret',
+  grant_types: ['client_credentials'],
+  redirect_uris: [],
+  response_types: [],
+  token_endpoint_auth_method: 'client_secret_post',
+  scope: 'read write',
+}];
+const browserRedirectUris = (process.env.BROWSER_REDIRECT_URIS || '').split(/\s+/).filter(Boolean);
+const browser = browserRedirectUris.length > 0;
+if (browser) {
+  clients.push({
+    client_id: 'palisade-browser',
+    client_secret: 'palisade-browser-secret',
+    grant_types: ['authorization_code', 'refresh_token'],
+    redirect_uris: browserRedirectUris,
+    response_types: ['code'],
+    token_endpoint_auth_method: 'client_secret_basic',
+    ...JSON.parse(process.env.BROWSER_CLIENT || '{}'),
+  });
+}
+
+const backchannelLogout = process.env.BROWSER_BACKCHANNEL_LOGOUT === '1';
+const opaqueBrowserTokens = process.env.BROWSER_OPAQUE_ACCESS_TOKENS === '1';
 const provider = new Provider(issuer, {
   jwks,
-  clients: [{
-    client_id: 'palisade-test',
-    client_secret: 'palisade-secret',
-    grant_types: ['client_credentials'],
-    redirect_uris: [],
-    response_types: [],
-    token_endpoint_auth_method: 'client_secret_post',
-    scope: 'read write',
-  }],
-  scopes: ['read', 'write'],
+  clients,
+  // oidc-provider refuses to send requests to special-use addresses
+  // (loopback included) as SSRF protection; the back-channel logout
+  // receivers of these tests are on loopback.
+  ...(backchannelLogout && {
+    fetch: (url, { dispatcher: _ssrfProtection, ...options }) => globalThis.fetch(url, options),
+  }),
+  // offline_access lets the browser client have refresh tokens.
+  scopes: browser ? ['openid', 'offline_access', 'read', 'write'] : ['read', 'write'],
   features: {
-    devInteractions: { enabled: false },
+    devInteractions: { enabled: browser },
+    backchannelLogout: { enabled: backchannelLogout },
     clientCredentials: { enabled: true },
     introspection: { enabled: false },
     resourceIndicators: {
       enabled: true,
-      defaultResource: async () => audience,
+      defaultResource: async (_ctx, client) =>
+        (opaqueBrowserTokens && client?.clientId === 'palisade-browser' ? undefined : audience),
       useGrantedResource: async () => true,
       getResourceServerInfo: async (_ctx, resourceIndicator) => {
         if (resourceIndicator !== audience) {
@@ -73,6 +119,15 @@ const provider = new Provider(issuer, {
     },
   },
 });
+
+if (backchannelLogout) {
+  provider.on('backchannel.success', (_ctx, client, sub, sid) => {
+    console.log(`backchannel logout sent to ${client.clientId} (sub ${sub}, sid ${sid})`);
+  });
+  provider.on('backchannel.error', (_ctx, err, client) => {
+    console.log(`backchannel logout to ${client.clientId} failed: ${err.message}`);
+  });
+}
 
 const server = provider.listen(port, '127.0.0.1', () => {
   console.log(`listening on ${issuer}`);

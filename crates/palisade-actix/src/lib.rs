@@ -258,7 +258,24 @@ where
                 }
                 Ok(res.map_into_left_body())
             }
-            Err(reply) => Ok(req.into_response(actix_response(reply)).map_into_right_body()),
+            Err(reply) => {
+                let reply = match reply.body_wanted() {
+                    None => reply,
+                    Some(_) => {
+                        // A reply made from the body (a back-channel
+                        // logout's form): the core checks its limit; the
+                        // app's payload limit applies first.
+                        let (http, payload) = req.parts_mut();
+                        let body =
+                            <actix_web::web::Bytes as actix_web::FromRequest>::from_request(http, payload)
+                                .await
+                                .map(|b| b.to_vec())
+                                .map_err(|_| true);
+                        reply.finish_with_body(body).await
+                    }
+                };
+                Ok(req.into_response(actix_response(reply)).map_into_right_body())
+            }
         }
     })
 }

@@ -316,7 +316,7 @@ fn reply<B>(reply: Reply) -> Response<ResponseBody<B>> {
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Palisade<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
-    ReqBody: Send + 'static,
+    ReqBody: http_body::Body + Send + 'static,
 {
     type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
@@ -362,6 +362,7 @@ pin_project_lite::pin_project! {
     {
         Inner { #[pin] fut: S::Future, edits: Option<ResponseEdits> },
         Reply { reply: Option<Reply> },
+        Finishing { reply: BoxFuture<Reply> },
         Checking { check: BoxFuture<Admitted<ReqBody>>, svc: Option<S> },
     }
 }
@@ -369,7 +370,7 @@ pin_project_lite::pin_project! {
 impl<S, ReqBody> ResponseFuture<S, ReqBody>
 where
     S: Service<Request<ReqBody>> + Clone,
-    ReqBody: Send + 'static,
+    ReqBody: http_body::Body + Send + 'static,
 {
     /// Calls `inner` once `check` is known and `admit` applied it to the
     /// request (now when it is ready, else in the future).
@@ -385,6 +386,9 @@ where
                     fut: inner.call(req),
                     edits,
                 },
+                Err(reply) if reply.body_wanted().is_some() => Kind::Finishing {
+                    reply: Box::pin(with_body(reply, req)),
+                },
                 Err(reply) => Kind::Reply { reply: Some(reply) },
             },
             Check::Pending(fut) => {
@@ -393,7 +397,10 @@ where
                 Kind::Checking {
                     check: Box::pin(async move {
                         let verdict = fut.await;
-                        admit(verdict, &mut req).map(|edits| (req, edits))
+                        match admit(verdict, &mut req) {
+                            Ok(edits) => Ok((req, edits)),
+                            Err(reply) => Err(with_body(reply, req).await),
+                        }
                     }),
                     svc: Some(std::mem::replace(inner, clone)),
                 }
@@ -423,6 +430,9 @@ where
                 KindProj::Reply { reply: r } => {
                     return Poll::Ready(Ok(r.take().map_or_else(answered, reply)));
                 }
+                KindProj::Finishing { reply: r } => {
+                    return Poll::Ready(Ok(reply(ready!(r.as_mut().poll(cx)))));
+                }
                 KindProj::Checking { check, svc } => {
                     let admitted = ready!(check.as_mut().poll(cx));
                     let Some(mut svc) = svc.take() else {
@@ -439,6 +449,33 @@ where
             }
         }
     }
+}
+
+/// The reply made from the request body, when the reply wants it (a
+/// back-channel logout's form); otherwise the reply itself.
+async fn with_body<B: http_body::Body + Send + 'static>(reply: Reply, req: Request<B>) -> Reply {
+    let Some(limit) = reply.body_wanted() else {
+        return reply;
+    };
+    let mut body = Box::pin(req.into_body());
+    let mut bytes = Vec::new();
+    let read = loop {
+        match std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+            None => break Ok(bytes),
+            Some(Err(_)) => break Err(false),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    use bytes::{Buf, BufMut};
+                    // Stop reading past the limit; the core answers 413.
+                    if bytes.len() + data.remaining() > limit {
+                        break Err(true);
+                    }
+                    bytes.put(data);
+                }
+            }
+        }
+    };
+    reply.finish_with_body(read).await
 }
 
 /// The answer to a future polled after it completed (a caller bug).

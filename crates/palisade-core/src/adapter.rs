@@ -56,7 +56,7 @@ use crate::authz::{AccessDecision, AccessPolicy};
 use crate::check::Check;
 use crate::error::Rejection;
 use crate::guard::{LOG_TARGET, RequestAuth};
-use crate::request::RequestHead;
+use crate::request::{OwnedRequest, RequestHead};
 
 use crate::authn::{HeaderEdit, HeaderEdits};
 pub use crate::error::PROBLEM_JSON;
@@ -107,14 +107,20 @@ pub trait ResponseTarget {
 
 /// The guard's verdict on one request: [`Guard::check`](crate::Guard::check).
 ///
-/// Adapters should not match on it but call [`Decision::apply`]: a refusal
-/// or (later) a redirect is rendered by the core either way.
+/// Adapters should not match on it but call [`Decision::apply`]: a refusal,
+/// a redirect or an authenticator's own answer is rendered by the core
+/// either way.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub enum Decision {
     /// Let the request through, after these edits.
     Allow(Admission),
     /// Answer with this rejection instead of calling the handler.
     Deny(Rejection),
+    /// Answer with this reply instead of calling the handler: a redirect
+    /// to sign in, or an authenticator's own endpoint (a sign-in callback,
+    /// a logout).
+    Reply(Reply),
 }
 
 impl Decision {
@@ -123,11 +129,15 @@ impl Decision {
     ///
     /// # Errors
     /// The [`Reply`] to send instead of calling the handler: the refusal,
-    /// or a 400 when a normalised path cannot be handed to the router.
+    /// a redirect, an authenticator's own answer, or a 400 when a
+    /// normalised path cannot be handed to the router. When
+    /// [`Reply::body_wanted`] says so, read the body and send
+    /// [`Reply::finish_with_body`]'s answer instead.
     pub fn apply(self, req: &mut dyn RequestTarget) -> Result<ResponseEdits, Reply> {
         match self {
             Decision::Allow(admission) => admission.apply(req),
             Decision::Deny(rejection) => Err(Reply::from(rejection)),
+            Decision::Reply(reply) => Err(reply),
         }
     }
 }
@@ -236,9 +246,16 @@ impl ResponseEdits {
     }
 }
 
-/// A response the core renders for the adapter to send: a refusal (an RFC
-/// 9457 problem document with its status and challenges) today, redirects
-/// tomorrow. Rendered once here, so both frameworks send the same bytes.
+/// A response the core renders for the adapter to send instead of calling
+/// the handler: a refusal (an RFC 9457 problem document with its status and
+/// challenges), a redirect (browser sign-in), or the answer of one of an
+/// authenticator's own endpoints (a sign-in callback, a logout). Rendered
+/// once here, so both frameworks send the same bytes.
+///
+/// One kind needs the request body first (a back-channel logout's form):
+/// when [`Reply::body_wanted`] says so, the adapter reads at most that many
+/// bytes of the body and calls [`Reply::finish_with_body`], whose answer it
+/// sends.
 ///
 /// ```
 /// use palisade_core::Rejection;
@@ -247,17 +264,47 @@ impl ResponseEdits {
 /// assert_eq!(reply.status(), 401);
 /// assert!(reply.headers().any(|(n, v)| n == "www-authenticate" && v.contains("invalid_token")));
 /// assert!(reply.body().contains("\"status\":401"));
+///
+/// let to_sign_in = Reply::redirect("https://idp.example/auth?client_id=web");
+/// assert_eq!(to_sign_in.status(), 302);
+/// assert!(to_sign_in.rejection().is_none());
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Reply(Box<Rendered>);
 
 /// Boxed: a reply is the rare path, and keeps `Result<ResponseEdits, Reply>` small.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 struct Rendered {
     status: u16,
     headers: Vec<(&'static str, String)>,
     body: String,
-    rejection: Rejection,
+    rejection: Option<Rejection>,
+    body_wanted: Option<BodyWanted>,
+}
+
+/// What makes the reply once the body is read.
+type Continuation = std::sync::Arc<dyn Fn(Vec<u8>) -> Check<Reply> + Send + Sync>;
+
+#[derive(Clone)]
+struct BodyWanted {
+    limit: usize,
+    then: Continuation,
+}
+
+impl std::fmt::Debug for Reply {
+    // Header values can hold a session cookie or a code: names only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reply")
+            .field("status", &self.0.status)
+            .field(
+                "headers",
+                &self.0.headers.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
+            .field("body_len", &self.0.body.len())
+            .field("rejection", &self.0.rejection)
+            .field("body_wanted", &self.0.body_wanted.as_ref().map(|b| b.limit))
+            .finish()
+    }
 }
 
 impl From<Rejection> for Reply {
@@ -274,12 +321,94 @@ impl From<Rejection> for Reply {
             status: rejection.status(),
             headers,
             body: rejection.problem_json(),
-            rejection,
+            rejection: Some(rejection),
+            body_wanted: None,
         }))
     }
 }
 
 impl Reply {
+    /// A reply with this status, no header and an empty body.
+    #[must_use]
+    pub fn new(status: u16) -> Self {
+        Self(Box::new(Rendered {
+            status,
+            headers: Vec::new(),
+            body: String::new(),
+            rejection: None,
+            body_wanted: None,
+        }))
+    }
+
+    /// A `302 Found` to `location`, not to be cached.
+    #[must_use]
+    pub fn redirect(location: impl Into<String>) -> Self {
+        Self::new(302)
+            .header("location", location)
+            .header("cache-control", "no-store")
+    }
+
+    /// Adds a header (lower-case name; a name may repeat, as `set-cookie`).
+    #[must_use]
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.0.headers.push((name, value.into()));
+        self
+    }
+
+    /// Sets the body and its `content-type`.
+    #[must_use]
+    pub fn with_body(mut self, content_type: &'static str, body: impl Into<String>) -> Self {
+        self.0.headers.retain(|(n, _)| *n != "content-type");
+        self.0.headers.push(("content-type", content_type.to_owned()));
+        self.0.body = body.into();
+        self
+    }
+
+    /// A reply that can only be made from the request body (at most
+    /// `limit` bytes): `then` makes it. The adapter reads the body and
+    /// calls [`Reply::finish_with_body`]; until then the reply is a 400.
+    #[must_use]
+    pub fn after_body(limit: usize, then: impl Fn(Vec<u8>) -> Check<Reply> + Send + Sync + 'static) -> Self {
+        let mut reply = Reply::from(Rejection::bad_request("the request body was not read"));
+        reply.0.body_wanted = Some(BodyWanted {
+            limit,
+            then: std::sync::Arc::new(then),
+        });
+        reply
+    }
+
+    /// The most body bytes to read before [`Reply::finish_with_body`], when
+    /// this reply needs the body.
+    #[must_use]
+    pub fn body_wanted(&self) -> Option<usize> {
+        self.0.body_wanted.as_ref().map(|b| b.limit)
+    }
+
+    /// The reply made from the request body: `Ok(body)` as read, or
+    /// `Err(too_large)` when it could not be read (`too_large`: it passed
+    /// [`Reply::body_wanted`]'s limit, answered 413; otherwise 400). A
+    /// reply that did not want the body answers itself.
+    pub fn finish_with_body(self, body: Result<Vec<u8>, bool>) -> Check<Reply> {
+        let Some(wanted) = self.0.body_wanted.clone() else {
+            return Check::Ready(self);
+        };
+        match body {
+            Ok(bytes) if bytes.len() <= wanted.limit => (wanted.then)(bytes),
+            Ok(_) | Err(true) => {
+                let problem = serde_json::json!({
+                    "type": "urn:palisade:problem:body-too-large",
+                    "title": "Body too large",
+                    "status": 413,
+                    "detail": format!("the request body is larger than {} bytes", wanted.limit),
+                });
+                Check::Ready(Reply::new(413).with_body(PROBLEM_JSON, problem.to_string()))
+            }
+            Err(false) => Check::Ready(Reply::from(Rejection::bad_request(
+                "the request body could not be read",
+            ))),
+        }
+    }
+
     /// The HTTP status code.
     #[must_use]
     pub fn status(&self) -> u16 {
@@ -297,17 +426,18 @@ impl Reply {
         &self.0.body
     }
 
-    /// The refusal this reply renders.
+    /// The refusal this reply renders, when it is one.
     #[must_use]
-    pub fn rejection(&self) -> &Rejection {
-        &self.0.rejection
+    pub fn rejection(&self) -> Option<&Rejection> {
+        self.0.rejection.as_ref()
     }
 
     /// Takes the reply apart for a framework's response builder: status,
-    /// headers, body, and the rejection (for the response extensions; its
-    /// [`Rejection::access`] is the decision behind a policy refusal).
+    /// headers, body, and the rejection when it renders one (for the
+    /// response extensions; its [`Rejection::access`] is the decision
+    /// behind a policy refusal).
     #[must_use]
-    pub fn into_parts(self) -> (u16, Vec<(&'static str, String)>, String, Rejection) {
+    pub fn into_parts(self) -> (u16, Vec<(&'static str, String)>, String, Option<Rejection>) {
         let r = *self.0;
         (r.status, r.headers, r.body, r.rejection)
     }
@@ -326,10 +456,12 @@ pub fn http_response<B>(reply: Reply, body: impl FnOnce(String) -> B) -> http::R
             res.headers_mut().append(name, v);
         }
     }
-    if let Some(access) = rejection.access() {
-        res.extensions_mut().insert(access.clone());
+    if let Some(rejection) = rejection {
+        if let Some(access) = rejection.access() {
+            res.extensions_mut().insert(access.clone());
+        }
+        res.extensions_mut().insert(rejection);
     }
-    res.extensions_mut().insert(rejection);
     res
 }
 
@@ -348,10 +480,12 @@ pub fn actix_response(reply: Reply) -> actix_web::HttpResponse {
         }
     }
     let mut res = builder.body(text);
-    if let Some(access) = rejection.access() {
-        res.extensions_mut().insert(access.clone());
+    if let Some(rejection) = rejection {
+        if let Some(access) = rejection.access() {
+            res.extensions_mut().insert(access.clone());
+        }
+        res.extensions_mut().insert(rejection);
     }
-    res.extensions_mut().insert(rejection);
     res
 }
 
@@ -371,18 +505,24 @@ pub fn authorize_route(
         tracing::error!(target: LOG_TARGET, "a route policy runs on a request that no Palisade middleware checked: refused");
         return Check::Ready(Err(Reply::from(Rejection::missing_credential(Vec::new()))));
     };
-    fn verdict(auth: &RequestAuth, access: AccessDecision) -> Result<(), Reply> {
+    fn verdict(auth: &RequestAuth, access: AccessDecision, req: &dyn RequestHead) -> Result<(), Reply> {
         if access.is_allowed() {
             return Ok(());
         }
         tracing::debug!(target: LOG_TARGET, %access, "denied by route policy");
-        Err(Reply::from(auth.guard().refusal(auth.identity(), access)))
+        let guard = auth.guard();
+        match guard.sign_in_or(req, guard.refusal(auth.identity(), access)) {
+            Decision::Deny(r) => Err(Reply::from(r)),
+            Decision::Reply(reply) => Err(reply),
+            Decision::Allow(_) => Ok(()),
+        }
     }
     match policy.check(req, auth.identity()) {
-        Check::Ready(access) => Check::Ready(verdict(auth, access)),
+        Check::Ready(access) => Check::Ready(verdict(auth, access, req)),
         Check::Pending(fut) => {
             let auth = auth.clone();
-            Check::pending(async move { verdict(&auth, fut.await) })
+            let snapshot = OwnedRequest::snapshot(req, crate::guard::SIGN_IN_HEADERS);
+            Check::pending(async move { verdict(&auth, fut.await, &snapshot) })
         }
     }
 }

@@ -30,6 +30,7 @@ use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 
+use crate::adapter::Reply;
 use crate::check::Check;
 use crate::error::Rejection;
 use crate::identity::Identity;
@@ -202,6 +203,10 @@ pub enum AuthOutcome {
     NoCredential,
     /// A credential that is not acceptable: the request is refused whatever the policy.
     Rejected(Rejection),
+    /// The request is for one of the authenticator's own endpoints (a
+    /// sign-in callback, a logout): answer it with this reply, whatever the
+    /// access policy says.
+    Respond(Reply),
 }
 
 /// Checks one kind of credential.
@@ -217,4 +222,13 @@ pub trait Authenticator: Send + Sync + 'static {
 
     /// Authenticates a request.
     fn authenticate(&self, request: &dyn RequestHead) -> Check<AuthOutcome>;
+
+    /// For an interactive authenticator (browser sign-in): the answer to a
+    /// request the policy refuses for want of a credential, in place of the
+    /// 401: a redirect to sign in for a browser's navigation. `None` (the
+    /// default) keeps the 401 and its challenges.
+    fn sign_in(&self, request: &dyn RequestHead) -> Option<Reply> {
+        let _ = request;
+        None
+    }
 }

@@ -127,6 +127,13 @@ impl Rejection {
         Self::new(ErrorKind::Forbidden, detail, Vec::new())
     }
 
+    /// 400 for a request that cannot be handled as sent (a sign-in
+    /// callback without its state, a form that does not parse).
+    #[must_use]
+    pub fn bad_request(detail: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(ErrorKind::InvalidRequest, detail, Vec::new())
+    }
+
     /// 400 for a request path that cannot be normalised (a bad
     /// percent-escape, or an escaped slash where those are refused).
     #[must_use]

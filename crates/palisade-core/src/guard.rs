@@ -4,7 +4,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
-use crate::adapter::{Admission, Decision, EXPLAIN_HEADER, ResponseEdits};
+use crate::adapter::{Admission, Decision, EXPLAIN_HEADER, Reply, ResponseEdits};
 use crate::authn::{Attachments, AuthOutcome, Authenticated, Authenticator, HeaderEdits};
 use crate::authz::{AccessDecision, AccessPolicy, Action, ExternalAuthorizers};
 use crate::check::Check;
@@ -15,6 +15,10 @@ use crate::request::{OwnedRequest, RequestHead};
 
 /// Log target of every decision.
 pub const LOG_TARGET: &str = "palisade";
+
+/// The headers an interactive authenticator reads to tell a browser's
+/// navigation from an API call.
+pub(crate) const SIGN_IN_HEADERS: &[&str] = &["accept", "sec-fetch-mode", "sec-fetch-dest", "cookie"];
 
 /// What Palisade established for an allowed request. The adapters put it in
 /// the request's extensions (one extension, so the hot path allocates once);
@@ -84,6 +88,9 @@ pub enum GuardError {
 struct Inner {
     authenticators: Vec<Arc<dyn Authenticator>>,
     access: AccessPolicy,
+    /// What a pending check copies from the request: the headers the
+    /// policy reads and those a sign-in redirect looks at.
+    snapshot_headers: Vec<String>,
     challenges: Vec<String>,
     explain: bool,
 }
@@ -240,9 +247,16 @@ impl GuardBuilder {
         let access = self.access.unwrap_or_else(AccessPolicy::require_authenticated);
         let challenges = self.authenticators.iter().filter_map(|a| a.challenge()).collect();
         let explain = self.explain || access.settings().explain_header;
+        let mut snapshot_headers = access.headers_read().to_vec();
+        for h in SIGN_IN_HEADERS {
+            if !snapshot_headers.iter().any(|n| n == h) {
+                snapshot_headers.push((*h).to_owned());
+            }
+        }
         Ok(Guard(Arc::new(Inner {
             authenticators: self.authenticators,
             access,
+            snapshot_headers,
             challenges,
             explain,
         })))
@@ -256,6 +270,7 @@ struct Acc {
     response_headers: Vec<(Cow<'static, str>, String)>,
     attachments: Attachments,
     rejection: Option<Rejection>,
+    respond: Option<Reply>,
 }
 
 impl Acc {
@@ -277,6 +292,11 @@ impl Acc {
                     .extend(response_headers.into_iter().map(|(n, v)| (Cow::Owned(n), v)));
             }
             AuthOutcome::NoCredential => {}
+            AuthOutcome::Respond(reply) => {
+                if self.respond.is_none() {
+                    self.respond = Some(reply);
+                }
+            }
             AuthOutcome::Rejected(r) => {
                 if self.rejection.is_none() {
                     self.rejection = Some(r);
@@ -302,6 +322,19 @@ impl Guard {
     #[must_use]
     pub fn missing_credential(&self) -> Rejection {
         Rejection::missing_credential(self.0.challenges.clone())
+    }
+
+    /// The sign-in answer for a request refused for want of a credential:
+    /// the first interactive authenticator's (a redirect to sign in), else
+    /// the refusal itself.
+    pub(crate) fn sign_in_or(&self, req: &dyn RequestHead, rejection: Rejection) -> Decision {
+        if rejection.kind() == crate::error::ErrorKind::MissingCredential
+            && let Some(reply) = self.0.authenticators.iter().find_map(|a| a.sign_in(req))
+        {
+            tracing::debug!(target: LOG_TARGET, method = req.method(), path = req.path(), "sent to sign in");
+            return Decision::Reply(reply);
+        }
+        Decision::Deny(rejection)
     }
 
     /// The access policy.
@@ -360,7 +393,7 @@ impl Guard {
         if pending.is_empty() {
             return self.decide(acc, req, &path, rewrite);
         }
-        let snapshot = OwnedRequest::snapshot(req, access.headers_read()).with_path(&path);
+        let snapshot = OwnedRequest::snapshot(req, &self.0.snapshot_headers).with_path(&path);
         let guard = self.clone();
         Check::pending(async move {
             for fut in pending {
@@ -372,6 +405,9 @@ impl Guard {
 
     /// Authorizes; `rewrite` says the normalised `path` differs from the request's.
     fn decide(&self, acc: Acc, req: &dyn RequestHead, path: &str, rewrite: bool) -> Check<Decision> {
+        if let Some(reply) = acc.respond {
+            return Check::Ready(Decision::Reply(reply));
+        }
         if let Some(rejection) = acc.rejection {
             tracing::debug!(target: LOG_TARGET, method = req.method(), path = req.path(), status = rejection.status(), reason = rejection.detail(), "credential refused");
             return Check::Ready(Decision::Deny(rejection));
@@ -381,14 +417,22 @@ impl Guard {
             None => path.to_owned(),
         });
         match self.0.access.check_normalized(req, acc.identity.as_ref(), path) {
-            Check::Ready(access) => Check::Ready(self.finish(acc, access, target, req.method(), path)),
+            Check::Ready(access) => {
+                Check::Ready(match self.finish(acc, access, target, req.method(), path) {
+                    Decision::Deny(r) => self.sign_in_or(req, r),
+                    d => d,
+                })
+            }
             Check::Pending(fut) => {
                 let guard = self.clone();
-                let method = req.method().to_owned();
+                let snapshot = OwnedRequest::snapshot(req, &self.0.snapshot_headers);
                 let path = path.to_owned();
                 Check::pending(async move {
                     let access = fut.await;
-                    guard.finish(acc, access, target, &method, &path)
+                    match guard.finish(acc, access, target, snapshot.method(), &path) {
+                        Decision::Deny(r) => guard.sign_in_or(&snapshot, r),
+                        d => d,
+                    }
                 })
             }
         }

@@ -22,16 +22,21 @@ pub enum AuthMethod {
     Mtls,
     /// A Kerberos ticket through HTTP Negotiate.
     Spnego,
+    /// A browser sign-in session (OpenID Connect authorization code flow):
+    /// the session's access token speaks for the user.
+    Session,
 }
 
 impl AuthMethod {
-    /// The lower-case name used in `/whoami` and logs: `jwt`, `mtls`, `spnego`.
+    /// The lower-case name used in `/whoami` and logs: `jwt`, `mtls`,
+    /// `spnego`, `session`.
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
             AuthMethod::Jwt => "jwt",
             AuthMethod::Mtls => "mtls",
             AuthMethod::Spnego => "spnego",
+            AuthMethod::Session => "session",
         }
     }
 }
@@ -80,6 +85,73 @@ pub struct TokenClaims {
     pub expires_at: Option<SystemTime>,
     /// Every claim of the payload.
     pub claims: Map<String, Value>,
+}
+
+impl TokenClaims {
+    /// Reads a JWT payload the way Keycloak's adapters do: `iss`, `sub`
+    /// (`client_id` for a token without a subject), `aud`, `azp`, the realm
+    /// roles (`realm_access.roles`), the client roles
+    /// (`resource_access.<client>.roles`), `scope` (or `scp`),
+    /// `preferred_username`, `email` and `exp`; every claim stays in
+    /// [`TokenClaims::claims`]. Claims of the wrong type are left empty.
+    ///
+    /// ```
+    /// use palisade_core::TokenClaims;
+    /// let claims = serde_json::json!({
+    ///     "iss": "https://kc.example/realms/shop", "sub": "u1", "azp": "web",
+    ///     "realm_access": {"roles": ["admin"]}, "scope": "openid profile",
+    /// });
+    /// let t = TokenClaims::from_claims(claims.as_object().unwrap().clone());
+    /// assert_eq!(t.realm_roles, ["admin"]);
+    /// assert_eq!(t.scopes, ["openid", "profile"]);
+    /// assert_eq!(t.authorized_party.as_deref(), Some("web"));
+    /// ```
+    #[must_use]
+    pub fn from_claims(claims: Map<String, Value>) -> Self {
+        fn strings(v: Option<&Value>) -> Vec<String> {
+            match v {
+                Some(Value::Array(items)) => items
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect(),
+                Some(Value::String(s)) => vec![s.clone()],
+                _ => Vec::new(),
+            }
+        }
+        let text = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_owned);
+        let mut t = TokenClaims {
+            issuer: text("iss").unwrap_or_default(),
+            subject: text("sub").or_else(|| text("client_id")).unwrap_or_default(),
+            audiences: strings(claims.get("aud")),
+            authorized_party: text("azp"),
+            realm_roles: strings(claims.get("realm_access").and_then(|r| r.get("roles"))),
+            preferred_username: text("preferred_username"),
+            email: text("email"),
+            ..TokenClaims::default()
+        };
+        if let Some(Value::Object(resources)) = claims.get("resource_access") {
+            t.client_roles = resources
+                .iter()
+                .map(|(client, access)| (client.clone(), strings(access.get("roles"))))
+                .collect();
+        }
+        t.scopes = match claims.get("scope") {
+            Some(Value::String(s)) => s
+                .split(' ')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            _ => strings(claims.get("scp")),
+        };
+        t.expires_at = claims
+            .get("exp")
+            .and_then(Value::as_f64)
+            .filter(|e| *e >= 0.0 && e.is_finite())
+            .map(|e| std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(e.min(1e11)));
+        t.claims = claims;
+        t
+    }
 }
 
 impl fmt::Debug for TokenClaims {
@@ -189,6 +261,22 @@ impl Identity {
         Self(Arc::new(
             Inner {
                 methods: vec![AuthMethod::Jwt],
+                token: Some(claims),
+                ..Inner::default()
+            }
+            .with_principal(),
+        ))
+    }
+
+    /// Builds the identity of a signed-in browser user: the claims of the
+    /// session's access token (or of its ID token, when the access token
+    /// is opaque), with [`AuthMethod::Session`]. The request principal is
+    /// `ISS/SUB`, as for a bearer token, so the same policies apply.
+    #[must_use]
+    pub fn from_session(claims: TokenClaims, _proof: Verification) -> Self {
+        Self(Arc::new(
+            Inner {
+                methods: vec![AuthMethod::Session],
                 token: Some(claims),
                 ..Inner::default()
             }

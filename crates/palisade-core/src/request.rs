@@ -18,6 +18,8 @@ pub struct ConnectionInfo {
     pub remote_addr: Option<std::net::SocketAddr>,
     /// The local socket address.
     pub local_addr: Option<std::net::SocketAddr>,
+    /// Whether the connection is TLS (the origin's scheme is `https`).
+    pub tls: bool,
     /// The TLS server name the client asked for.
     pub sni: Option<String>,
     /// The verified mTLS peer, parsed once per connection. The guard merges
@@ -127,7 +129,7 @@ impl OwnedRequest {
     /// Copies what an asynchronous check needs out of a borrowed request:
     /// method, target, host, connection and the named headers.
     #[must_use]
-    pub(crate) fn snapshot(req: &dyn RequestHead, headers: &[String]) -> Self {
+    pub(crate) fn snapshot<S: AsRef<str>>(req: &dyn RequestHead, headers: &[S]) -> Self {
         let mut connection = req.connection().cloned();
         if connection.is_none() && (req.remote_addr().is_some() || req.local_addr().is_some()) {
             connection = Some(ConnectionInfo {
@@ -145,7 +147,8 @@ impl OwnedRequest {
             connection,
         };
         for name in headers {
-            req.for_each_header(name, &mut |v| out.headers.push((name.clone(), v.to_vec())));
+            let name = name.as_ref();
+            req.for_each_header(name, &mut |v| out.headers.push((name.to_owned(), v.to_vec())));
         }
         out
     }

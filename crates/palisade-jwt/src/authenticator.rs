@@ -2,10 +2,10 @@
 //! verified-token cache.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::Algorithm;
 use palisade_core::authn::{
@@ -647,54 +647,12 @@ fn check_claims(cfg: &Provider, parsed: &Parsed<'_>) -> Result<Times, JwtError> 
     Ok(Times { exp, nbf })
 }
 
-fn strings(v: Option<&Value>) -> Vec<String> {
-    match v {
-        Some(Value::Array(items)) => items
-            .iter()
-            .filter_map(Value::as_str)
-            .map(str::to_owned)
-            .collect(),
-        Some(Value::String(s)) => vec![s.clone()],
-        _ => Vec::new(),
-    }
-}
-
 fn token_claims(cfg: &Provider, claims: Map<String, Value>) -> TokenClaims {
-    let mut t = TokenClaims::default();
-    t.issuer = cfg.issuer.clone();
-    t.subject = claims
-        .get("sub")
-        .or_else(|| claims.get("client_id"))
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
-    t.audiences = strings(claims.get("aud"));
-    t.authorized_party = claims.get("azp").and_then(Value::as_str).map(str::to_owned);
-    t.realm_roles = strings(claims.get("realm_access").and_then(|r| r.get("roles")));
-    if let Some(Value::Object(resources)) = claims.get("resource_access") {
-        let mut map = BTreeMap::new();
-        for (client, access) in resources {
-            map.insert(client.clone(), strings(access.get("roles")));
-        }
-        t.client_roles = map;
-    }
-    t.scopes = match claims.get("scope") {
-        Some(Value::String(s)) => s
-            .split(' ')
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect(),
-        _ => strings(claims.get("scp")),
-    };
     let principal = cfg.principal_claim.as_deref().unwrap_or("preferred_username");
-    t.preferred_username = claims.get(principal).and_then(Value::as_str).map(str::to_owned);
-    t.email = claims.get("email").and_then(Value::as_str).map(str::to_owned);
-    t.expires_at = claims
-        .get("exp")
-        .and_then(Value::as_f64)
-        .filter(|e| *e >= 0.0 && e.is_finite())
-        .map(|e| UNIX_EPOCH + Duration::from_secs_f64(e.min(1e11)));
-    t.claims = claims;
+    let preferred_username = claims.get(principal).and_then(Value::as_str).map(str::to_owned);
+    let mut t = TokenClaims::from_claims(claims);
+    t.issuer = cfg.issuer.clone();
+    t.preferred_username = preferred_username;
     t
 }
 

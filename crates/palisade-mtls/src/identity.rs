@@ -202,6 +202,7 @@ fn verified_identity(leaf_der: &[u8]) -> Option<Identity> {
 /// (parsed here, once per connection) and its chain. Both acceptors (axum,
 /// actix-web) call this.
 pub(crate) fn fill_from_session(info: &mut ConnectionInfo, session: &rustls::ServerConnection) {
+    info.tls = true;
     info.sni = session.server_name().map(str::to_owned);
     if let Some(chain) = session.peer_certificates() {
         info.peer = chain.first().and_then(|leaf| verified_identity(leaf));

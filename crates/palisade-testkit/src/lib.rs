@@ -13,12 +13,36 @@
 //! outages, latency and garbage, counting every fetch, so the behaviour of a
 //! service under those conditions can be tested without a real provider.
 //!
+//! It is also the identity provider of browser sign-in tests: the
+//! authorization code flow with PKCE (an authorization endpoint with a login
+//! form, or an instant sign-in with [`TestIssuer::sign_in_as`]), refresh
+//! with rotation, userinfo, RP-initiated logout (recorded, see
+//! [`TestIssuer::end_session_requests`]) and back-channel logout tokens
+//! POSTed to the clients that registered a URI for them.
+//!
 //! ```
 //! use palisade_testkit::TestIssuer;
 //! let issuer = TestIssuer::builder().default_audience("details").start()?;
 //! let token = issuer.token().subject("alice").realm_roles(&["admin"]).sign();
 //! assert_eq!(token.split('.').count(), 3);
 //! assert!(issuer.issuer().ends_with("/realms/demo"));
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
+//! For a relying party under test, register it and choose who signs in:
+//!
+//! ```
+//! use palisade_testkit::TestIssuer;
+//! let issuer = TestIssuer::builder()
+//!     .client("web", "web-secret")
+//!     .redirect_uris("web", &["http://127.0.0.1:3000/callback"])
+//!     .backchannel_logout_uri("web", "http://127.0.0.1:3000/backchannel-logout")
+//!     .user("alice", "wonderland", &["reader"])
+//!     .start()?;
+//! // Authorization requests now sign alice in without showing the login form.
+//! issuer.sign_in_as(Some("alice"));
+//! // ... point the relying party at `issuer.issuer()` and sign in ...
+//! assert_eq!(issuer.code_exchanges(), 0);
 //! # Ok::<(), std::io::Error>(())
 //! ```
 //!
@@ -39,17 +63,22 @@ use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde_json::{Map, Value, json};
+use signin::TokenError;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 #[cfg(unix)]
 pub mod apache;
+pub mod browser;
 pub mod kerberos;
 pub mod pki;
+pub mod redis;
 #[cfg(unix)]
-pub use apache::{ApacheGssapi, ApacheGssapiBuilder};
+pub use apache::{ApacheGssapi, ApacheGssapiBuilder, ApacheOpenidc, ApacheOpenidcBuilder};
+mod signin;
 pub use kerberos::KerberosRealm;
 pub use pki::{TestCert, TestPki};
+pub use signin::{BackchannelDelivery, EndSessionRequest, IdTokenTamper};
 
 /// The algorithm the issuer signs with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,6 +177,28 @@ impl SigningKey {
             Material::Ed(k) => k.sign(message).as_ref().to_vec(),
         }
     }
+
+    fn verify(&self, message: &[u8], sig: &[u8]) -> bool {
+        match &self.material {
+            Material::Rsa(k) => signature::UnparsedPublicKey::new(
+                &signature::RSA_PKCS1_2048_8192_SHA256,
+                k.public_key().as_ref(),
+            )
+            .verify(message, sig)
+            .is_ok(),
+            Material::Ec(k) => signature::UnparsedPublicKey::new(
+                &signature::ECDSA_P256_SHA256_FIXED,
+                k.public_key().as_ref(),
+            )
+            .verify(message, sig)
+            .is_ok(),
+            Material::Ed(k) => {
+                signature::UnparsedPublicKey::new(&signature::ED25519, k.public_key().as_ref())
+                    .verify(message, sig)
+                    .is_ok()
+            }
+        }
+    }
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -158,6 +209,18 @@ fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     SystemRandom::new().fill(&mut buf).expect("system randomness");
     buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `bytes` random bytes, base64url: codes, refresh tokens, session ids.
+fn random_b64(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    SystemRandom::new().fill(&mut buf).expect("system randomness");
+    b64(&buf)
+}
+
+/// Compares two secrets in constant time (for equal lengths).
+fn secret_eq(a: &str, b: &str) -> bool {
+    aws_lc_rs::constant_time::verify_slices_are_equal(a.as_bytes(), b.as_bytes()).is_ok()
 }
 
 /// A free port on 127.0.0.1, for a server started as a process.
@@ -203,8 +266,11 @@ struct State {
     cache_control: Mutex<Option<String>>,
     jwks_fetches: AtomicUsize,
     discovery_fetches: AtomicUsize,
-    clients: HashMap<String, String>,
+    clients: HashMap<String, signin::Client>,
     users: HashMap<String, User>,
+    /// Whether authorization responses carry `iss` (RFC 9207).
+    iss_parameter: bool,
+    signin: Mutex<signin::SignIn>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -224,6 +290,27 @@ impl State {
         keys.extend(lock(&self.extra).iter().cloned());
         json!({ "keys": keys })
     }
+
+    /// The claims of a compact JWS signed by a published key of this issuer
+    /// with its algorithm and carrying its `iss`; expiry is not checked.
+    fn verify(&self, token: &str) -> Option<Map<String, Value>> {
+        let (message, sig) = token.rsplit_once('.')?;
+        let (header, payload) = message.split_once('.')?;
+        let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).ok()?).ok()?;
+        if header.get("alg")?.as_str()? != self.alg.name() {
+            return None;
+        }
+        let kid = header.get("kid")?.as_str()?;
+        let key = lock(&self.keys).iter().find(|k| k.kid == kid).cloned()?;
+        if !key.verify(message.as_bytes(), &URL_SAFE_NO_PAD.decode(sig).ok()?) {
+            return None;
+        }
+        let Value::Object(claims) = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?
+        else {
+            return None;
+        };
+        (claims.get("iss")?.as_str()? == self.issuer).then_some(claims)
+    }
 }
 
 /// An in-process OpenID Connect issuer on loopback. Dropping it stops the server.
@@ -231,6 +318,8 @@ pub struct TestIssuer {
     state: Arc<State>,
     base_url: String,
     ca_pem: Option<String>,
+    /// The server's runtime, for work started by the test (logout delivery).
+    runtime: tokio::runtime::Handle,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -269,8 +358,12 @@ pub struct TestIssuerBuilder {
     bind: SocketAddr,
     default_audience: String,
     lifetime: Duration,
-    clients: HashMap<String, String>,
+    /// Client id to secret, `None` for a public client.
+    clients: HashMap<String, Option<String>>,
+    redirect_uris: HashMap<String, Vec<String>>,
+    backchannel_logout_uris: HashMap<String, String>,
     users: HashMap<String, User>,
+    iss_parameter: bool,
     tls: bool,
 }
 
@@ -280,7 +373,9 @@ impl fmt::Debug for TestIssuerBuilder {
             .field("realm", &self.realm)
             .field("alg", &self.alg)
             .field("clients", &self.clients.keys().collect::<Vec<_>>())
+            .field("redirect_uris", &self.redirect_uris)
             .field("users", &self.users.keys().collect::<Vec<_>>())
+            .field("iss_parameter", &self.iss_parameter)
             .finish_non_exhaustive()
     }
 }
@@ -310,13 +405,56 @@ impl TestIssuerBuilder {
         self
     }
 
-    /// A client for the client_credentials grant.
+    /// A confidential client: it authenticates with `secret` by
+    /// `client_secret_basic` or `client_secret_post`, for the
+    /// client_credentials, authorization_code and refresh_token grants.
+    /// PKCE is optional for it. Replaces a client of the same id.
     pub fn client(mut self, id: &str, secret: &str) -> Self {
-        self.clients.insert(id.to_owned(), secret.to_owned());
+        self.clients.insert(id.to_owned(), Some(secret.to_owned()));
         self
     }
 
-    /// A user for the password grant, with realm roles.
+    /// A public client: it sends only its `client_id` to the token endpoint,
+    /// and its authorization requests must use PKCE (S256). Replaces a
+    /// client of the same id.
+    pub fn public_client(mut self, id: &str) -> Self {
+        self.clients.insert(id.to_owned(), None);
+        self
+    }
+
+    /// Registers exact redirect URIs for `client` (added to earlier ones);
+    /// they are also its allowed `post_logout_redirect_uri`s. A client
+    /// without any accepts every loopback URI: `http` or `https` on
+    /// `127.0.0.1`, `localhost` or `[::1]`, any port and path.
+    pub fn redirect_uris(mut self, client: &str, uris: &[&str]) -> Self {
+        self.redirect_uris
+            .entry(client.to_owned())
+            .or_default()
+            .extend(uris.iter().map(|u| (*u).to_owned()));
+        self
+    }
+
+    /// Registers `client`'s back-channel logout URI: when an IdP session of
+    /// the client ends at the end-session endpoint, the issuer POSTs it a
+    /// logout token (see [`TestIssuer::backchannel_deliveries`]) and waits
+    /// up to 5 s for the answer before answering the browser. Only
+    /// `http://` URIs are served.
+    pub fn backchannel_logout_uri(mut self, client: &str, uri: &str) -> Self {
+        self.backchannel_logout_uris
+            .insert(client.to_owned(), uri.to_owned());
+        self
+    }
+
+    /// Whether authorization responses carry `iss` and discovery says
+    /// `authorization_response_iss_parameter_supported` (RFC 9207); on by
+    /// default. Off, to test a relying party against a provider without it.
+    pub fn iss_response_parameter(mut self, on: bool) -> Self {
+        self.iss_parameter = on;
+        self
+    }
+
+    /// A user for the password grant and the login form, with realm roles.
+    /// Its ID tokens carry `name` = `name` and `email` = `<name>@example.test`.
     pub fn user(mut self, name: &str, password: &str, realm_roles: &[&str]) -> Self {
         self.users.insert(
             name.to_owned(),
@@ -345,8 +483,34 @@ impl TestIssuerBuilder {
     /// Generates the first key and starts serving.
     ///
     /// # Errors
-    /// When the address cannot be bound or a thread cannot be started.
+    /// When the address cannot be bound or a thread cannot be started, and
+    /// (`InvalidInput`) when redirect or back-channel logout URIs name a
+    /// client that is not registered.
     pub fn start(self) -> std::io::Result<TestIssuer> {
+        let mut redirect_uris = self.redirect_uris;
+        let mut backchannel = self.backchannel_logout_uris;
+        if let Some(unknown) = redirect_uris
+            .keys()
+            .chain(backchannel.keys())
+            .find(|id| !self.clients.contains_key(*id))
+        {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("URIs registered for client {unknown}, which is not registered"),
+            ));
+        }
+        let clients = self
+            .clients
+            .into_iter()
+            .map(|(id, secret)| {
+                let client = signin::Client {
+                    secret,
+                    redirect_uris: redirect_uris.remove(&id).unwrap_or_default(),
+                    backchannel_logout_uri: backchannel.remove(&id),
+                };
+                (id, client)
+            })
+            .collect();
         let listener = std::net::TcpListener::bind(self.bind)?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
@@ -371,12 +535,15 @@ impl TestIssuerBuilder {
             cache_control: Mutex::new(None),
             jwks_fetches: AtomicUsize::new(0),
             discovery_fetches: AtomicUsize::new(0),
-            clients: self.clients,
+            clients,
             users: self.users,
+            iss_parameter: self.iss_parameter,
+            signin: Mutex::new(signin::SignIn::default()),
         });
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
+        let runtime = rt.handle().clone();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let served = state.clone();
         let thread = std::thread::Builder::new()
@@ -416,6 +583,7 @@ impl TestIssuerBuilder {
             state,
             base_url,
             ca_pem,
+            runtime,
             stop: Some(stop_tx),
             thread: Some(thread),
         })
@@ -440,7 +608,10 @@ impl TestIssuer {
             default_audience: "account".into(),
             lifetime: Duration::from_secs(300),
             clients: HashMap::new(),
+            redirect_uris: HashMap::new(),
+            backchannel_logout_uris: HashMap::new(),
             users: HashMap::new(),
+            iss_parameter: true,
             tls: false,
         }
     }
@@ -489,13 +660,18 @@ impl TestIssuer {
 }
 
 impl State {
+    fn header(&self, key: &SigningKey, typ: &str) -> Map<String, Value> {
+        let mut header = Map::new();
+        header.insert("alg".into(), json!(self.alg.name()));
+        header.insert("typ".into(), json!(typ));
+        header.insert("kid".into(), json!(key.kid));
+        header
+    }
+
     fn token(&self) -> TokenBuilder<'_> {
         let key = self.signing_key();
         let t = now();
-        let mut header = Map::new();
-        header.insert("alg".into(), json!(self.alg.name()));
-        header.insert("typ".into(), json!("JWT"));
-        header.insert("kid".into(), json!(key.kid));
+        let header = self.header(&key, "JWT");
         let mut claims = Map::new();
         claims.insert("iss".into(), json!(self.issuer));
         claims.insert("sub".into(), json!("test-user"));
@@ -513,6 +689,29 @@ impl State {
             claims,
             audiences: None,
             username_set: false,
+            raw_payload: None,
+            _state: std::marker::PhantomData,
+        }
+    }
+
+    fn logout_token(&self) -> TokenBuilder<'_> {
+        let key = self.signing_key();
+        let t = now();
+        let header = self.header(&key, "logout+jwt");
+        let mut claims = Map::new();
+        claims.insert("iss".into(), json!(self.issuer));
+        claims.insert("aud".into(), json!(self.default_audience));
+        claims.insert("iat".into(), json!(t));
+        claims.insert("exp".into(), json!(t + 120));
+        claims.insert("jti".into(), json!(random_hex(12)));
+        claims.insert("events".into(), json!({ signin::BACKCHANNEL_LOGOUT_EVENT: {} }));
+        TokenBuilder {
+            key,
+            header,
+            claims,
+            audiences: None,
+            // A logout token names no username: `subject` sets `sub` only.
+            username_set: true,
             raw_payload: None,
             _state: std::marker::PhantomData,
         }
@@ -661,6 +860,19 @@ impl TokenBuilder<'_> {
             self.audiences = None;
         }
         self.claims.insert(name.to_owned(), value);
+        self
+    }
+
+    /// Removes a claim, a default one included (`aud` as
+    /// [`TokenBuilder::no_audience`]); a later [`TokenBuilder::subject`]
+    /// does not bring back a removed `preferred_username`.
+    pub fn without_claim(mut self, name: &str) -> Self {
+        match name {
+            "aud" => self.audiences = Some(Vec::new()),
+            "preferred_username" => self.username_set = true,
+            _ => {}
+        }
+        self.claims.remove(name);
         self
     }
 
@@ -874,16 +1086,25 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, state: Arc<Stat
     match (req.method.as_str(), rest) {
         ("GET", ".well-known/openid-configuration") => {
             state.discovery_fetches.fetch_add(1, Ordering::SeqCst);
+            let endpoint = |name: &str| format!("{}/protocol/openid-connect/{name}", state.issuer);
             let doc = json!({
                 "issuer": state.issuer,
-                // Required by OpenID Connect Discovery; browser log-in is not served.
-                "authorization_endpoint": format!("{}/protocol/openid-connect/auth", state.issuer),
-                "jwks_uri": format!("{}/protocol/openid-connect/certs", state.issuer),
-                "token_endpoint": format!("{}/protocol/openid-connect/token", state.issuer),
-                "grant_types_supported": ["client_credentials", "password"],
-                "id_token_signing_alg_values_supported": [state.alg.name()],
+                "authorization_endpoint": endpoint("auth"),
+                "token_endpoint": endpoint("token"),
+                "userinfo_endpoint": endpoint("userinfo"),
+                "end_session_endpoint": endpoint("logout"),
+                "jwks_uri": endpoint("certs"),
+                "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials", "password"],
                 "response_types_supported": ["code"],
+                "response_modes_supported": ["query"],
+                "scopes_supported": ["openid", "profile", "email"],
+                "code_challenge_methods_supported": ["S256"],
+                "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+                "id_token_signing_alg_values_supported": [state.alg.name()],
                 "subject_types_supported": ["public"],
+                "backchannel_logout_supported": true,
+                "backchannel_logout_session_supported": true,
+                "authorization_response_iss_parameter_supported": state.iss_parameter,
             });
             faulty(&mut stream, &state, doc, None).await;
         }
@@ -893,6 +1114,15 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, state: Arc<Stat
             faulty(&mut stream, &state, state.jwks(), cc).await;
         }
         ("POST", "protocol/openid-connect/token") => token_endpoint(&mut stream, &state, &req).await,
+        ("GET" | "POST", "protocol/openid-connect/auth") => {
+            signin::authorize(&mut stream, &state, &req).await
+        }
+        ("GET" | "POST", "protocol/openid-connect/logout") => {
+            signin::end_session(&mut stream, &state, &req).await;
+        }
+        ("GET" | "POST", "protocol/openid-connect/userinfo") => {
+            signin::userinfo(&mut stream, &state, &req).await;
+        }
         _ => json_answer(&mut stream, "404 Not Found", &json!({"error": "not_found"})).await,
     }
 }
@@ -980,58 +1210,85 @@ fn basic_auth(req: &HttpRequest) -> Option<(String, String)> {
 
 async fn token_endpoint<S: AsyncWrite + Unpin>(stream: &mut S, state: &State, req: &HttpRequest) {
     let f = form(&req.body);
-    let (client_id, secret) = match basic_auth(req) {
-        Some(pair) => (Some(pair.0), Some(pair.1)),
-        None => (f.get("client_id").cloned(), f.get("client_secret").cloned()),
+    let answer = match f.get("grant_type").map(String::as_str) {
+        Some("client_credentials") => client_credentials(state, req, &f),
+        Some("password") => password_grant(state, req, &f),
+        Some("authorization_code") => signin::exchange_code(state, req, &f),
+        Some("refresh_token") => signin::refresh(state, req, &f),
+        _ => Err(TokenError::bad_request(
+            "unsupported_grant_type",
+            "grant_type is missing or not served",
+        )),
     };
-    let token = match f.get("grant_type").map(String::as_str) {
-        Some("client_credentials") => {
-            let (Some(id), Some(secret)) = (client_id, secret) else {
-                return json_answer(stream, "401 Unauthorized", &json!({"error": "invalid_client"})).await;
-            };
-            if state.clients.get(&id) != Some(&secret) {
-                return json_answer(stream, "401 Unauthorized", &json!({"error": "invalid_client"})).await;
-            }
-            state
-                .token()
-                .subject(&id)
-                .claim("azp", json!(id))
-                .claim("clientId", json!(id))
-                .sign()
-        }
-        Some("password") => {
-            let (Some(user), Some(password)) = (f.get("username"), f.get("password")) else {
-                return json_answer(stream, "400 Bad Request", &json!({"error": "invalid_request"})).await;
-            };
-            match state.users.get(user) {
-                Some(u) if &u.password == password => {
-                    let roles: Vec<&str> = u.roles.iter().map(String::as_str).collect();
-                    let azp = client_id.unwrap_or_else(|| "test-client".into());
-                    state
-                        .token()
-                        .subject(user)
-                        .realm_roles(&roles)
-                        .claim("azp", json!(azp))
-                        .sign()
-                }
-                _ => return json_answer(stream, "400 Bad Request", &json!({"error": "invalid_grant"})).await,
-            }
-        }
-        _ => {
-            return json_answer(
+    match answer {
+        Ok(body) => {
+            respond(
                 stream,
-                "400 Bad Request",
-                &json!({"error": "unsupported_grant_type"}),
+                "200 OK",
+                &[("cache-control", "no-store".to_owned())],
+                "application/json",
+                body.to_string().as_bytes(),
             )
             .await;
         }
+        Err(e) => e.answer(stream, state).await,
+    }
+}
+
+fn client_credentials(
+    state: &State,
+    req: &HttpRequest,
+    f: &HashMap<String, String>,
+) -> Result<Value, TokenError> {
+    let (id, client) = signin::authenticate(state, req, f)?;
+    if client.secret.is_none() {
+        return Err(TokenError::bad_request(
+            "unauthorized_client",
+            "a public client has no service account",
+        ));
+    }
+    let token = state
+        .token()
+        .subject(id)
+        .claim("azp", json!(id))
+        .claim("clientId", json!(id))
+        .sign();
+    Ok(json!({"access_token": token, "token_type": "Bearer", "expires_in": state.lifetime}))
+}
+
+/// The password grant does not authenticate the client; `azp` is the
+/// client id sent, if any.
+fn password_grant(
+    state: &State,
+    req: &HttpRequest,
+    f: &HashMap<String, String>,
+) -> Result<Value, TokenError> {
+    let (Some(user), Some(password)) = (f.get("username"), f.get("password")) else {
+        return Err(TokenError::bad_request(
+            "invalid_request",
+            "username and password are required",
+        ));
     };
-    json_answer(
-        stream,
-        "200 OK",
-        &json!({"access_token": token, "token_type": "Bearer", "expires_in": state.lifetime}),
-    )
-    .await;
+    match state.users.get(user) {
+        Some(u) if secret_eq(&u.password, password) => {
+            let roles: Vec<&str> = u.roles.iter().map(String::as_str).collect();
+            let azp = basic_auth(req)
+                .map(|(id, _)| id)
+                .or_else(|| f.get("client_id").cloned())
+                .unwrap_or_else(|| "test-client".into());
+            let token = state
+                .token()
+                .subject(user)
+                .realm_roles(&roles)
+                .claim("azp", json!(azp))
+                .sign();
+            Ok(json!({"access_token": token, "token_type": "Bearer", "expires_in": state.lifetime}))
+        }
+        _ => Err(TokenError::bad_request(
+            "invalid_grant",
+            "invalid user credentials",
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -1225,6 +1482,57 @@ mod tests {
         let payload = payload(&access_token(&body));
         assert_eq!(payload["realm_access"]["roles"], json!(["admin"]));
         assert_eq!(payload["sub"], "alice");
+    }
+
+    #[test]
+    fn own_tokens_verify_for_every_algorithm_and_others_do_not() {
+        for alg in [
+            SigningAlgorithm::Rs256,
+            SigningAlgorithm::Es256,
+            SigningAlgorithm::EdDsa,
+        ] {
+            let issuer = TestIssuer::builder().algorithm(alg).start().unwrap();
+            let token = issuer.token().subject("alice").expires_in(-60).sign();
+            assert_eq!(issuer.state.verify(&token).unwrap()["sub"], "alice", "{alg:?}");
+            let (message, _) = token.rsplit_once('.').unwrap();
+            let other = TestIssuer::builder().algorithm(alg).start().unwrap();
+            let forged = other.token().kid(Some(&issuer.current_kid())).sign();
+            assert!(issuer.state.verify(&forged).is_none(), "{alg:?}");
+            assert!(issuer.state.verify(&format!("{message}.")).is_none(), "{alg:?}");
+            let foreign = issuer.token().issuer("https://elsewhere.example").sign();
+            assert!(issuer.state.verify(&foreign).is_none(), "{alg:?}");
+        }
+    }
+
+    #[test]
+    fn without_claim_removes_defaults() {
+        let issuer = TestIssuer::start().unwrap();
+        let p = payload(
+            &issuer
+                .token()
+                .without_claim("aud")
+                .without_claim("preferred_username")
+                .subject("bob")
+                .sign(),
+        );
+        assert!(
+            p.get("aud").is_none() && p.get("preferred_username").is_none(),
+            "{p}"
+        );
+        assert_eq!(p["sub"], "bob");
+    }
+
+    #[test]
+    fn public_clients_have_no_client_credentials() {
+        let issuer = TestIssuer::builder().public_client("web").start().unwrap();
+        let (status, body) = http(
+            &issuer,
+            "POST",
+            &path_of(&issuer.token_endpoint()),
+            "grant_type=client_credentials&client_id=web",
+        );
+        assert_eq!(status, 400);
+        assert!(body.contains("unauthorized_client"), "{body}");
     }
 
     #[test]

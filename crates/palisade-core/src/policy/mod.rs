@@ -80,7 +80,8 @@ pub use self::networking::{
     SubsetSpec, TrafficPolicySpec,
 };
 pub use self::palisade::{
-    AuthorizationSettingsSpec, JwtSettingsSpec, SessionCookieSpec, SessionKeySpec, SpnegoSettingsSpec,
+    AuthorizationSettingsSpec, ClientAuthMethod, JwtSettingsSpec, OidcLoginSpec, OidcSessionKeySpec,
+    OidcSessionSpec, SessionCookieSpec, SessionKeySpec, SpnegoSettingsSpec,
 };
 pub use self::rbac::{
     AccessRuleSpec, ConstraintSpec, EnforcementMode, RbacConfigSpec, RbacMode, RbacTargetSpec, RoleRefSpec,
@@ -227,6 +228,8 @@ pub enum Spec {
     AuthorizationSettings(AuthorizationSettingsSpec),
     /// `palisade.dev/v1alpha1` `SpnegoSettings`.
     SpnegoSettings(SpnegoSettingsSpec),
+    /// `palisade.dev/v1alpha1` `OidcLogin`: browser sign-in.
+    OidcLogin(OidcLoginSpec),
     /// `rbac.istio.io/v1alpha1` `ServiceRole`.
     ServiceRole(ServiceRoleSpec),
     /// `rbac.istio.io/v1alpha1` `ServiceRoleBinding`.
@@ -243,6 +246,7 @@ impl Spec {
             Spec::RequestAuthentication(s) => s.selector.as_ref(),
             Spec::AuthorizationPolicy(s) => s.selector.as_ref(),
             Spec::PeerAuthentication(s) => s.selector.as_ref(),
+            Spec::OidcLogin(s) => s.selector.as_ref(),
             // Selects the calling workload.
             Spec::DestinationRule(s) => s.workload_selector.as_ref(),
             Spec::JwtSettings(_)
@@ -304,6 +308,7 @@ impl Document {
             Spec::JwtSettings(s) => s.check(),
             Spec::KeycloakAdapter(s) => s.check(),
             Spec::SpnegoSettings(s) => s.check(),
+            Spec::OidcLogin(s) => s.check(),
             Spec::ServiceRole(s) => crate::authz::rbac::check_role(s),
             Spec::ServiceRoleBinding(s) => crate::authz::rbac::check_binding(s),
             Spec::DestinationRule(s) => s.check(),
@@ -579,6 +584,7 @@ impl PolicySet {
             (PALISADE_API_VERSION, "KeycloakAdapter") => body(chunk, Spec::KeycloakAdapter),
             (PALISADE_API_VERSION, "AuthorizationSettings") => body(chunk, Spec::AuthorizationSettings),
             (PALISADE_API_VERSION, "SpnegoSettings") => body(chunk, Spec::SpnegoSettings),
+            (PALISADE_API_VERSION, "OidcLogin") => body(chunk, Spec::OidcLogin),
             _ => None,
         }
     }
@@ -699,6 +705,14 @@ impl<'a> WorkloadPolicy<'a> {
     pub fn spnego_settings(&self) -> impl Iterator<Item = (&'a Document, &'a SpnegoSettingsSpec)> + '_ {
         self.documents.iter().filter_map(|d| match &d.spec {
             Spec::SpnegoSettings(s) => Some((*d, s)),
+            _ => None,
+        })
+    }
+
+    /// Applicable `OidcLogin` documents.
+    pub fn oidc_logins(&self) -> impl Iterator<Item = (&'a Document, &'a OidcLoginSpec)> + '_ {
+        self.documents.iter().filter_map(|d| match &d.spec {
+            Spec::OidcLogin(s) => Some((*d, s)),
             _ => None,
         })
     }

@@ -1,6 +1,6 @@
 //! `palisade.dev/v1alpha1`: what Istio's kinds cannot say. `JwtSettings`,
-//! `AuthorizationSettings` and `SpnegoSettings` (`KeycloakAdapter` is in
-//! [`super::KeycloakAdapterConfig`]).
+//! `AuthorizationSettings`, `SpnegoSettings` and `OidcLogin`
+//! (`KeycloakAdapter` is in [`super::KeycloakAdapterConfig`]).
 //!
 //! Absent fields keep the defaults of the types they configure (the JWT
 //! provider's, the SPNEGO authenticator's); the defaults written below are
@@ -11,7 +11,7 @@ use std::num::NonZeroUsize;
 
 use serde::Deserialize;
 
-use super::{DurationSpec, FieldError};
+use super::{DurationSpec, FieldError, SelectorSpec};
 use crate::authz::EscapedSlashes;
 
 /// JWS algorithms a `JwtSettings` document may name.
@@ -182,4 +182,190 @@ pub struct SessionKeySpec {
     pub id: u8,
     /// The key file.
     pub key_file: String,
+}
+
+/// `OidcLogin.spec`: browser sign-in as an OpenID Connect relying party
+/// (authorization code flow with PKCE) for the selected workload.
+///
+/// ```yaml
+/// apiVersion: palisade.dev/v1alpha1
+/// kind: OidcLogin
+/// metadata: {name: productpage-login, namespace: default}
+/// spec:
+///   selector: {matchLabels: {app: productpage}}
+///   issuer: https://kc.example/realms/istio
+///   clientId: productpage
+///   session:
+///     keys: [{id: k1, keyFile: /etc/palisade/session.key}]
+/// ```
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct OidcLoginSpec {
+    /// The workloads that sign users in (absent: every workload of the namespace).
+    pub selector: Option<SelectorSpec>,
+    /// The issuer; its endpoints come from its discovery document.
+    pub issuer: String,
+    /// The client id registered at the issuer.
+    pub client_id: String,
+    /// A file holding the client secret (read without its trailing
+    /// newline); absent means a public client (PKCE alone).
+    pub client_secret_file: Option<String>,
+    /// How the secret is sent: `client_secret_basic` (the default) or
+    /// `client_secret_post`.
+    pub client_auth_method: Option<ClientAuthMethod>,
+    /// Scopes asked for (default `openid profile email`; `openid` is always sent).
+    pub scopes: Option<Vec<String>>,
+    /// Where the issuer sends the browser back (default `/oauth2/callback`).
+    pub callback_path: Option<String>,
+    /// Starts a sign-in, `?return_to=/path` (default `/login`).
+    pub login_path: Option<String>,
+    /// Ends the session here and at the issuer (default `/logout`).
+    pub logout_path: Option<String>,
+    /// Receives OpenID Connect back-channel logout tokens (default
+    /// `/oauth2/backchannel-logout`).
+    pub backchannel_logout_path: Option<String>,
+    /// Where the issuer sends the browser after logout: a path of this
+    /// service or an absolute URL (default `/`).
+    pub post_logout_redirect_uri: Option<String>,
+    /// A PEM file of extra trust anchors for the issuer's TLS certificate.
+    pub ca_file: Option<String>,
+    /// The session's settings.
+    #[serde(default)]
+    pub session: OidcSessionSpec,
+}
+
+/// How a confidential client authenticates at the token endpoint.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ClientAuthMethod {
+    /// HTTP Basic with the client id and secret (the default).
+    #[default]
+    ClientSecretBasic,
+    /// The id and secret as form fields.
+    ClientSecretPost,
+}
+
+/// `OidcLogin.spec.session`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct OidcSessionSpec {
+    /// The cookie name (default `palisade_session`; large sessions add
+    /// `NAME_1`, `NAME_2`, …).
+    pub cookie_name: Option<String>,
+    /// A session unused this long ends (default `30m`).
+    pub idle_timeout: Option<DurationSpec>,
+    /// A session ends this long after sign-in whatever happens (default `8h`).
+    pub absolute_timeout: Option<DurationSpec>,
+    /// The AES-256-GCM keys, newest first: new cookies use the first, all
+    /// are read. Shared by every replica. Absent: a random key made at
+    /// start (sessions end with the process; one replica only).
+    #[serde(default)]
+    pub keys: Vec<OidcSessionKeySpec>,
+    /// `memory` (the default, one process) or `redis://HOST:PORT/DB`,
+    /// shared by every replica: ended sessions and used logout tokens.
+    pub store: Option<String>,
+}
+
+/// One session key: an id carried in the cookie and a file of 32 bytes
+/// (raw, hex or base64 text).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct OidcSessionKeySpec {
+    /// Letters, digits, `-` and `_`, at most 32.
+    pub id: String,
+    /// The key file.
+    pub key_file: String,
+}
+
+impl OidcLoginSpec {
+    pub(super) fn check(&self) -> Result<(), FieldError> {
+        if !(self.issuer.starts_with("https://") || self.issuer.starts_with("http://")) {
+            return Err(("spec.issuer".into(), "must be an http(s) URL".into()));
+        }
+        if self.client_id.trim().is_empty() {
+            return Err(("spec.clientId".into(), "must not be empty".into()));
+        }
+        let paths = [
+            ("spec.callbackPath", &self.callback_path),
+            ("spec.loginPath", &self.login_path),
+            ("spec.logoutPath", &self.logout_path),
+            ("spec.backchannelLogoutPath", &self.backchannel_logout_path),
+        ];
+        for (i, (field, path)) in paths.iter().enumerate() {
+            if let Some(p) = path {
+                if !p.starts_with('/') || p.starts_with("//") || p.contains(['?', '#']) {
+                    return Err(((*field).into(), format!("`{p}` is not a path of this service")));
+                }
+                if paths[..i]
+                    .iter()
+                    .any(|(_, other)| other.as_deref() == Some(p.as_str()))
+                {
+                    return Err(((*field).into(), format!("`{p}` is used for two endpoints")));
+                }
+            }
+        }
+        if let Some(scopes) = &self.scopes
+            && let Some(i) = scopes.iter().position(|s| s.is_empty() || s.contains(' '))
+        {
+            return Err((
+                format!("spec.scopes[{i}]"),
+                "a scope is one non-empty word".into(),
+            ));
+        }
+        let s = &self.session;
+        for (i, k) in s.keys.iter().enumerate() {
+            if k.id.is_empty()
+                || k.id.len() > 32
+                || !k
+                    .id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err((
+                    format!("spec.session.keys[{i}].id"),
+                    "letters, digits, `-` and `_`, at most 32".into(),
+                ));
+            }
+            if s.keys[..i].iter().any(|o| o.id == k.id) {
+                return Err((
+                    format!("spec.session.keys[{i}].id"),
+                    format!("key id {} is given twice", k.id),
+                ));
+            }
+        }
+        if let Some(store) = &s.store
+            && store != "memory"
+            && !store.starts_with("redis://")
+            && !store.starts_with("rediss://")
+        {
+            return Err((
+                "spec.session.store".into(),
+                "`memory` or a `redis://HOST:PORT/DB` URL".into(),
+            ));
+        }
+        if let (Some(idle), Some(absolute)) = (s.idle_timeout, s.absolute_timeout)
+            && std::time::Duration::from(idle) > std::time::Duration::from(absolute)
+        {
+            return Err((
+                "spec.session.idleTimeout".into(),
+                "longer than absoluteTimeout".into(),
+            ));
+        }
+        if let Some(name) = &s.cookie_name
+            && (name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
+        {
+            return Err((
+                "spec.session.cookieName".into(),
+                "letters, digits, `-` and `_`".into(),
+            ));
+        }
+        Ok(())
+    }
 }

@@ -1,0 +1,1034 @@
+//! The relying party: [`SignIn`], an [`Authenticator`] that reads session
+//! cookies, sends browsers to sign in, and answers its own endpoints.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_lc_rs::digest;
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use palisade_core::adapter::Reply;
+use palisade_core::authn::{AuthOutcome, Authenticated, Authenticator, RequestHead};
+use palisade_core::{Check, Rejection};
+use palisade_jwt::{FetchSettings, JwtAuthenticator, Provider};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tokio::sync::OnceCell;
+
+use crate::LOG_TARGET;
+use crate::config::{ClientAuth, Config, SecretMethod, SignInBuilder, SignInError, check_path};
+use crate::cookie::{CookieKey, CookieSealer, Opened, RawCookie};
+use crate::provider::{Issuer, Metadata, TokenError, form_encode, param, param_count};
+use crate::session::{Cache, Live, Payload, Session, Successors, at, now};
+use crate::store::{MemoryStore, Revocation, SessionRef, SessionStore};
+
+/// How long a sign-in may take, from the redirect to the callback.
+const LOGIN_STATE_TTL: u64 = 600;
+/// The largest back-channel logout request body.
+const BACKCHANNEL_BODY_LIMIT: usize = 64 * 1024;
+/// The event a back-channel logout token must carry.
+const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+
+/// One refresh of a session, awaited by every request that needs it.
+type Refresh = OnceCell<Option<Arc<Live>>>;
+
+/// What the browser carries between the redirect to the issuer and the
+/// callback, sealed in a short-lived cookie.
+#[derive(Serialize, Deserialize)]
+struct LoginState {
+    state: String,
+    nonce: String,
+    verifier: String,
+    return_to: String,
+    redirect_uri: String,
+    created: u64,
+}
+
+struct Inner {
+    config: Config,
+    issuer: Issuer,
+    /// ID and logout tokens: the issuer's keys, `aud` = the client id.
+    verifier: JwtAuthenticator,
+    /// Session cookies, with and without `Secure`.
+    sessions: [CookieSealer; 2],
+    /// Login-state cookies, with and without `Secure`.
+    states: [CookieSealer; 2],
+    store: Arc<dyn SessionStore>,
+    cache: Cache,
+    successors: Successors,
+    refreshing: Mutex<HashMap<String, Arc<Refresh>>>,
+    rng: SystemRandom,
+}
+
+/// Browser sign-in: an OpenID Connect relying party, as an
+/// [`Authenticator`] of the guard. See the [crate] documentation.
+///
+/// Cloning is an `Arc` clone. `Debug` prints no secret.
+#[derive(Clone)]
+pub struct SignIn(Arc<Inner>);
+
+impl fmt::Debug for SignIn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SignIn")
+            .field("issuer", &self.0.config.issuer)
+            .field("client_id", &self.0.config.client_id)
+            .field(
+                "confidential",
+                &!matches!(self.0.config.client_auth, ClientAuth::None),
+            )
+            .field("callback_path", &self.0.config.callback_path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SignIn {
+    /// Starts building the relying party of `client_id` at `issuer`.
+    pub fn builder(issuer: impl Into<String>, client_id: impl Into<String>) -> SignInBuilder {
+        SignInBuilder::new(issuer.into(), client_id.into())
+    }
+
+    fn sealer(&self, secure: bool) -> &CookieSealer {
+        &self.0.sessions[usize::from(!secure)]
+    }
+
+    fn state_sealer(&self, secure: bool) -> &CookieSealer {
+        &self.0.states[usize::from(!secure)]
+    }
+
+    fn random(&self, bytes: usize) -> String {
+        let mut buf = vec![0u8; bytes];
+        // The system generator does not fail on supported platforms; a
+        // failure leaves zeros, which the length of the value cannot hide,
+        // so refuse loudly instead.
+        if self.0.rng.fill(&mut buf).is_err() {
+            tracing::error!(target: LOG_TARGET, "the system random generator failed");
+            return String::new();
+        }
+        URL_SAFE_NO_PAD.encode(buf)
+    }
+
+    /// A `Cookie` request header value holding a session for a user signed
+    /// in with these tokens: for tests of an application's signed-in pages
+    /// without a browser. The access token's claims (a JWT of this issuer)
+    /// give the identity.
+    ///
+    /// # Errors
+    /// [`SignInError::Config`] when the session does not fit in cookies.
+    pub fn session_cookie_for(
+        &self,
+        subject: &str,
+        access_token: &str,
+        expires_in: Duration,
+    ) -> Result<String, SignInError> {
+        let t = now();
+        let session = Session {
+            v: 1,
+            id: self.random(16),
+            sub: subject.to_owned(),
+            sid: None,
+            created: t,
+            seen: t,
+            at: access_token.to_owned(),
+            at_exp: t + expires_in.as_secs(),
+            rt: None,
+            it: None,
+        };
+        let plaintext =
+            serde_json::to_vec(&Payload::Inline(session)).map_err(|e| SignInError::Config(e.to_string()))?;
+        let cookies = self
+            .sealer(false)
+            .seal(&plaintext, None, 0)
+            .map_err(|e| SignInError::Config(e.to_string()))?;
+        Ok(cookies
+            .iter()
+            .filter_map(|c| c.split(';').next())
+            .collect::<Vec<_>>()
+            .join("; "))
+    }
+}
+
+impl SignInBuilder {
+    /// Builds the relying party: starts loading the issuer's discovery
+    /// document and keys in the background (requests before they arrive
+    /// get the 401 rather than a redirect).
+    ///
+    /// # Errors
+    /// A [`SignInError`] naming the setting that cannot work.
+    pub fn build(self) -> Result<SignIn, SignInError> {
+        let mut config = self.config;
+        if !(config.issuer.starts_with("https://") || config.issuer.starts_with("http://")) {
+            return Err(SignInError::Config(format!(
+                "the issuer `{}` is not an http(s) URL",
+                config.issuer
+            )));
+        }
+        if config.client_id.is_empty() {
+            return Err(SignInError::Config("the client id is empty".into()));
+        }
+        let paths = [
+            ("callbackPath", &config.callback_path),
+            ("loginPath", &config.login_path),
+            ("logoutPath", &config.logout_path),
+            ("backchannelLogoutPath", &config.backchannel_path),
+        ];
+        for (i, (field, path)) in paths.iter().enumerate() {
+            check_path(field, path)?;
+            if paths[..i].iter().any(|(_, p)| p == path) {
+                return Err(SignInError::Config(format!(
+                    "{field} `{path}` is used for two endpoints"
+                )));
+            }
+        }
+        if config.idle_timeout > config.absolute_timeout {
+            return Err(SignInError::Config(
+                "the idle timeout is longer than the absolute timeout".into(),
+            ));
+        }
+        let mut scopes = self.scopes;
+        if !scopes.iter().any(|s| s == "openid") {
+            scopes.insert(0, "openid".into());
+        }
+        config.scope = scopes.join(" ");
+        config.client_auth = match self.secret {
+            None => ClientAuth::None,
+            Some((s, SecretMethod::Basic)) => ClientAuth::Basic(s),
+            Some((s, SecretMethod::Post)) => ClientAuth::Post(s),
+        };
+        let keys = if self.keys.is_empty() {
+            tracing::warn!(target: LOG_TARGET, "no session keys configured: a random key was made; sessions end with this process and replicas cannot share them");
+            vec![CookieKey::generate("ephemeral")?]
+        } else {
+            self.keys
+        };
+        let sealer = |name: &str, secure: bool, chunks: usize| -> Result<CookieSealer, SignInError> {
+            Ok(CookieSealer::builder(name, keys.clone())
+                .secure(secure)
+                .max_chunks(chunks)
+                .build()?)
+        };
+        let state_name = format!("{}_login", config.cookie_name);
+        let sessions = [
+            sealer(&config.cookie_name, true, 8)?,
+            sealer(&config.cookie_name, false, 8)?,
+        ];
+        let states = [sealer(&state_name, true, 1)?, sealer(&state_name, false, 1)?];
+        let mut fetch = FetchSettings::default();
+        fetch.extra_ca_pem.clone_from(&config.ca_pem);
+        let provider = Provider::builder(config.issuer.clone())
+            .audience(config.client_id.clone())
+            .fetch_settings(fetch)
+            .build()
+            .map_err(|e| SignInError::Config(format!("the issuer: {e}")))?;
+        let verifier = JwtAuthenticator::builder()
+            .realm(config.client_id.clone())
+            .provider(provider)
+            .build()
+            .map_err(|e| SignInError::Config(format!("the issuer: {e}")))?;
+        let issuer = Issuer::start(&config).map_err(SignInError::Config)?;
+        let store = self.store.unwrap_or_else(|| Arc::new(MemoryStore::new()));
+        Ok(SignIn(Arc::new(Inner {
+            config,
+            issuer,
+            verifier,
+            sessions,
+            states,
+            store,
+            cache: Cache::new(10_000),
+            successors: Successors::new(),
+            refreshing: Mutex::new(HashMap::new()),
+            rng: SystemRandom::new(),
+        })))
+    }
+}
+
+/// Whether the request came over TLS (cookies then get `Secure`).
+fn is_tls(req: &dyn RequestHead) -> bool {
+    req.connection().is_some_and(|c| c.tls)
+}
+
+/// `scheme://host` of the request, when its `Host` is a plain authority.
+fn origin(req: &dyn RequestHead) -> Option<String> {
+    let host = req.host()?;
+    let plain = !host.is_empty()
+        && host.len() <= 255
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
+    plain.then(|| format!("{}://{host}", if is_tls(req) { "https" } else { "http" }))
+}
+
+/// Whether a request is a browser's navigation (a page load, not an API
+/// call): `Sec-Fetch-Mode: navigate`, or a `GET` that accepts HTML.
+fn is_navigation(req: &dyn RequestHead) -> bool {
+    if !matches!(req.method(), "GET" | "HEAD") {
+        return false;
+    }
+    match req.header_str("sec-fetch-mode") {
+        Some(mode) => mode.eq_ignore_ascii_case("navigate"),
+        None => req.header_str("accept").is_some_and(|a| a.contains("text/html")),
+    }
+}
+
+/// A path of this origin to return to (`/a?b`), or `None` for anything
+/// that could leave it (`//evil`, `/\evil`, a scheme, control characters).
+fn local_target(target: &str) -> Option<&str> {
+    let ok = target.starts_with('/')
+        && !target.starts_with("//")
+        && !target.starts_with("/\\")
+        && !target.bytes().any(|b| b.is_ascii_control() || b == b' ');
+    ok.then_some(target)
+}
+
+fn problem(status: u16, detail: &'static str) -> Reply {
+    let reply = Reply::from(Rejection::bad_request(detail));
+    if status == 400 {
+        return reply;
+    }
+    let body = serde_json::json!({
+        "type": "urn:palisade:problem:sign-in",
+        "title": match status { 403 => "Sign-in refused", 405 => "Method not allowed", _ => "Sign-in unavailable" },
+        "status": status,
+        "detail": detail,
+    });
+    Reply::new(status).with_body(palisade_core::adapter::PROBLEM_JSON, body.to_string())
+}
+
+fn with_cookies(mut reply: Reply, cookies: Vec<String>) -> Reply {
+    for c in cookies {
+        reply = reply.header("set-cookie", c);
+    }
+    reply
+}
+
+/// Constant-time equality of two strings of public length.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && aws_lc_rs::constant_time::verify_slices_are_equal(a.as_bytes(), b.as_bytes()).is_ok()
+}
+
+impl SignIn {
+    /// The redirect to the issuer that starts a sign-in returning to
+    /// `return_to`, with its login-state cookie.
+    fn start_sign_in(&self, req: &dyn RequestHead, return_to: &str) -> Option<Reply> {
+        let metadata = self.0.issuer.metadata()?;
+        let origin = origin(req)?;
+        let c = &self.0.config;
+        let secure = is_tls(req);
+        let state = LoginState {
+            state: self.random(32),
+            nonce: self.random(32),
+            verifier: self.random(32),
+            return_to: return_to.to_owned(),
+            redirect_uri: format!("{origin}{}", c.callback_path),
+            created: now(),
+        };
+        if state.state.is_empty() {
+            return None;
+        }
+        let challenge = URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, state.verifier.as_bytes()));
+        let sep = if metadata.authorization_endpoint.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        let location = format!(
+            "{}{sep}response_type=code&client_id={}&redirect_uri={}&scope={}&state={}&nonce={}&code_challenge={challenge}&code_challenge_method=S256",
+            metadata.authorization_endpoint,
+            form_encode(&c.client_id),
+            form_encode(&state.redirect_uri),
+            form_encode(&c.scope),
+            state.state,
+            state.nonce,
+        );
+        let plaintext = serde_json::to_vec(&state).ok()?;
+        let state_cookie = self
+            .state_sealer(secure)
+            .seal(&plaintext, Some(Duration::from_secs(LOGIN_STATE_TTL)), 0)
+            .ok()?;
+        let mut reply = with_cookies(Reply::redirect(location), state_cookie);
+        // A stale session cookie goes now, so the browser comes back clean.
+        let chunks = match self.sealer(secure).raw(req) {
+            RawCookie::Absent => 0,
+            RawCookie::Present { chunks, .. } | RawCookie::Invalid { chunks, .. } => chunks,
+        };
+        if chunks > 0 {
+            reply = with_cookies(reply, self.sealer(secure).clear(chunks));
+        }
+        Some(reply)
+    }
+
+    /// `GET loginPath?return_to=/path`.
+    fn login(&self, req: &dyn RequestHead) -> Reply {
+        if !matches!(req.method(), "GET" | "HEAD") {
+            return problem(405, "sign in with GET").header("allow", "GET");
+        }
+        let query = req.query().unwrap_or_default();
+        let requested = param(query, "return_to").unwrap_or_else(|| "/".into());
+        // An absolute URL of this very origin is accepted as its path.
+        let own = origin(req);
+        let target = match own.as_deref().and_then(|o| requested.strip_prefix(o)) {
+            Some(rest) if rest.starts_with('/') => rest.to_owned(),
+            _ => requested,
+        };
+        let Some(target) = local_target(&target) else {
+            return problem(400, "return_to must be a path of this service");
+        };
+        self.start_sign_in(req, target).unwrap_or_else(|| {
+            problem(
+                503,
+                "sign-in is not ready: the issuer's discovery document has not loaded yet",
+            )
+            .header("retry-after", "5")
+        })
+    }
+
+    /// The callback: checks the state, exchanges the code, validates the
+    /// ID token, and opens a new session.
+    fn callback(&self, req: &dyn RequestHead) -> Check<Reply> {
+        let secure = is_tls(req);
+        let clear_state = self.state_sealer(secure).clear(1);
+        let refuse =
+            |status, detail| Check::Ready(with_cookies(problem(status, detail), clear_state.clone()));
+        if !matches!(req.method(), "GET" | "HEAD") {
+            return refuse(405, "the sign-in callback takes GET");
+        }
+        let query = req.query().unwrap_or_default();
+        if ["state", "code", "iss", "error"]
+            .iter()
+            .any(|p| param_count(query, p) > 1)
+        {
+            return refuse(400, "the sign-in callback repeats a parameter");
+        }
+        let state: LoginState = match self.state_sealer(secure).open(req) {
+            Opened::Valid { plaintext, .. } => match serde_json::from_slice(&plaintext) {
+                Ok(s) => s,
+                Err(_) => return refuse(400, "the sign-in state is missing or not valid: start again"),
+            },
+            _ => return refuse(400, "the sign-in state is missing or not valid: start again"),
+        };
+        if !param(query, "state").is_some_and(|s| same(&s, &state.state)) {
+            return refuse(
+                400,
+                "the sign-in state does not match this browser's: start again",
+            );
+        }
+        if now().saturating_sub(state.created) > LOGIN_STATE_TTL {
+            return refuse(400, "the sign-in took too long: start again");
+        }
+        let Some(metadata) = self.0.issuer.metadata() else {
+            return refuse(
+                503,
+                "sign-in is not ready: the issuer's discovery document has not loaded yet",
+            );
+        };
+        match param(query, "iss") {
+            Some(iss) if iss != metadata.issuer => {
+                return refuse(400, "the authorization response comes from another issuer");
+            }
+            None if metadata.authorization_response_iss_parameter_supported => {
+                return refuse(400, "the authorization response does not name its issuer");
+            }
+            _ => {}
+        }
+        if let Some(error) = param(query, "error") {
+            tracing::info!(target: LOG_TARGET, error = %error.chars().filter(char::is_ascii_graphic).take(64).collect::<String>(), "the issuer refused a sign-in");
+            return refuse(403, "the issuer did not sign the user in");
+        }
+        let Some(code) = param(query, "code").filter(|c| !c.is_empty()) else {
+            return refuse(400, "the sign-in callback has no code");
+        };
+        let this = self.clone();
+        Check::pending(async move {
+            match this.finish_sign_in(&metadata, code, state, secure).await {
+                Ok(reply) => with_cookies(reply, clear_state),
+                Err((status, detail)) => with_cookies(problem(status, detail), clear_state),
+            }
+        })
+    }
+
+    async fn finish_sign_in(
+        &self,
+        metadata: &Metadata,
+        code: String,
+        state: LoginState,
+        secure: bool,
+    ) -> Result<Reply, (u16, &'static str)> {
+        let c = &self.0.config;
+        let form = vec![
+            ("grant_type", "authorization_code".to_owned()),
+            ("code", code),
+            ("redirect_uri", state.redirect_uri.clone()),
+            ("code_verifier", state.verifier.clone()),
+        ];
+        let mut tokens = match self.0.issuer.token(c, &metadata.token_endpoint, form).await {
+            Ok(t) => t,
+            Err(TokenError::Refused(error)) => {
+                tracing::info!(target: LOG_TARGET, %error, "the issuer refused an authorization code");
+                return Err((400, "the issuer refused the authorization code: start again"));
+            }
+            Err(TokenError::Unavailable(e)) => {
+                tracing::warn!(target: LOG_TARGET, error = %e, "the token endpoint cannot be reached");
+                return Err((502, "the issuer cannot be reached: try again later"));
+            }
+        };
+        let Some(id_token) = tokens.id_token.take() else {
+            return Err((400, "the issuer sent no ID token"));
+        };
+        let claims = self.verify_id_token(&id_token, &state.nonce).await?;
+        let t = now();
+        let sub = claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let at_exp = tokens.access_token_expiry(t);
+        let session = Session {
+            v: 1,
+            id: self.random(16),
+            sub,
+            sid: claims.get("sid").and_then(Value::as_str).map(str::to_owned),
+            created: t,
+            seen: t,
+            at: tokens.access_token,
+            at_exp,
+            rt: tokens.refresh_token,
+            it: Some(id_token),
+        };
+        let cookies = self
+            .seal(&session, 0, secure)
+            .await
+            .map_err(|()| (502, "the session cannot be stored: try again later"))?;
+        tracing::info!(target: LOG_TARGET, subject = %session.sub, "signed in");
+        Ok(with_cookies(Reply::redirect(state.return_to), cookies))
+    }
+
+    /// Checks an ID token as OpenID Connect Core 3.1.3.7 says: signature,
+    /// `iss`, `aud` and `exp` by the key machinery; then `nonce`, `azp`
+    /// and `iat` here.
+    async fn verify_id_token(
+        &self,
+        token: &str,
+        nonce: &str,
+    ) -> Result<Map<String, Value>, (u16, &'static str)> {
+        let identity = self.0.verifier.verify(token).await.map_err(|e| {
+            tracing::info!(target: LOG_TARGET, error = %e, "an ID token was refused");
+            (400, "the ID token is not valid")
+        })?;
+        let claims = identity.claims().cloned().unwrap_or_default();
+        if !claims
+            .get("nonce")
+            .and_then(Value::as_str)
+            .is_some_and(|n| same(n, nonce))
+        {
+            return Err((400, "the ID token's nonce does not match this sign-in"));
+        }
+        let c = &self.0.config;
+        let audiences = identity.token().map(|t| t.audiences.len()).unwrap_or_default();
+        // `azp` is a string (OpenID Connect Core 2); one of another type
+        // names no client this relying party can accept, so it is refused
+        // rather than ignored.
+        match claims.get("azp") {
+            Some(Value::String(azp)) if *azp == c.client_id => {}
+            Some(_) => return Err((400, "the ID token was issued to another client")),
+            None if audiences > 1 => return Err((400, "the ID token has several audiences and no azp")),
+            None => {}
+        }
+        let t = now();
+        match claims.get("iat").and_then(Value::as_u64) {
+            Some(iat) if iat <= t + 60 && t.saturating_sub(iat) <= LOGIN_STATE_TTL => {}
+            _ => return Err((400, "the ID token's iat is missing or out of range")),
+        }
+        if claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
+            return Err((400, "the ID token has no subject"));
+        }
+        Ok(claims)
+    }
+
+    /// The `Set-Cookie` values of a session: sealed in cookies, or in the
+    /// store with a reference in the cookie when it is too large.
+    async fn seal(&self, session: &Session, previous_chunks: usize, secure: bool) -> Result<Vec<String>, ()> {
+        let sealer = self.sealer(secure);
+        let inline = serde_json::to_vec(&Payload::Inline(session.clone())).map_err(|_| ())?;
+        if let Ok(cookies) = sealer.seal(&inline, None, previous_chunks) {
+            return Ok(cookies);
+        }
+        let c = &self.0.config;
+        let ttl = Duration::from_secs((session.created + c.absolute_timeout.as_secs()).saturating_sub(now()));
+        self.0.store.put(&session.id, inline, ttl).await.map_err(|e| {
+            tracing::warn!(target: LOG_TARGET, error = %e, "a session too large for cookies cannot be stored");
+        })?;
+        let reference = serde_json::to_vec(&Payload::Stored {
+            id: session.id.clone(),
+        })
+        .map_err(|_| ())?;
+        sealer.seal(&reference, None, previous_chunks).map_err(|_| ())
+    }
+
+    /// A session's cookie value, opened (from the cache when seen before).
+    fn open_session(&self, raw: &str, secure: bool) -> Check<Option<Arc<Live>>> {
+        if let Some(live) = self.0.cache.get(raw) {
+            return Check::Ready(Some(live));
+        }
+        let Ok(opened) = self.sealer(secure).open_raw(raw) else {
+            return Check::Ready(None);
+        };
+        let issuer = &self.0.config.issuer;
+        let absolute = self.0.config.absolute_timeout;
+        match serde_json::from_slice::<Payload>(&opened.plaintext) {
+            Ok(Payload::Inline(session)) => {
+                let live = Arc::new(Live::new(session, issuer, None));
+                self.0.cache.insert(raw, Arc::clone(&live), absolute);
+                Check::Ready(Some(live))
+            }
+            Ok(Payload::Stored { id }) => {
+                let this = self.clone();
+                let raw = raw.to_owned();
+                Check::pending(async move {
+                    let data = match this.0.store.get(&id).await {
+                        Ok(Some(d)) => d,
+                        Ok(None) => return None,
+                        Err(e) => {
+                            tracing::warn!(target: LOG_TARGET, error = %e, "a stored session cannot be read");
+                            return None;
+                        }
+                    };
+                    let Ok(Payload::Inline(session)) = serde_json::from_slice(&data) else {
+                        return None;
+                    };
+                    let live = Arc::new(Live::new(session, &this.0.config.issuer, None));
+                    this.0
+                        .cache
+                        .insert(&raw, Arc::clone(&live), this.0.config.absolute_timeout);
+                    Some(live)
+                })
+            }
+            Err(_) => Check::Ready(None),
+        }
+    }
+
+    /// Whether a session may still be used: not ended, not timed out.
+    fn usable(&self, s: &Session, t: u64) -> bool {
+        let c = &self.0.config;
+        if t >= s.created + c.absolute_timeout.as_secs() || t >= s.seen + c.idle_timeout.as_secs() {
+            return false;
+        }
+        let r = SessionRef {
+            id: &s.id,
+            issuer: &c.issuer,
+            subject: &s.sub,
+            sid: s.sid.as_deref(),
+            created: at(s.created),
+        };
+        match self.0.store.is_revoked(&r) {
+            Ok(revoked) => !revoked,
+            Err(e) => {
+                tracing::warn!(target: LOG_TARGET, error = %e, "session revocations cannot be checked: the session is not accepted");
+                false
+            }
+        }
+    }
+
+    /// The outcome for a request carrying this session.
+    fn admit(&self, live: Arc<Live>, chunks: usize, secure: bool) -> Check<AuthOutcome> {
+        let t = now();
+        let c = &self.0.config;
+        // A session refreshed by an earlier request: use its new tokens.
+        let (live, mut renew) = match self.0.successors.get(&live.session.id) {
+            Some(next) if next.session.at != live.session.at => (next, true),
+            _ => (live, false),
+        };
+        if !self.usable(&live.session, t) {
+            return Check::Ready(AuthOutcome::NoCredential);
+        }
+        if live.session.at_exp <= t + c.refresh_before.as_secs() {
+            if live.session.rt.is_some() {
+                let this = self.clone();
+                return Check::pending(async move {
+                    match this.refresh(live).await {
+                        Some(next) => this.authenticated(next, true, chunks, secure).await,
+                        None => AuthOutcome::NoCredential,
+                    }
+                });
+            }
+            if live.session.at_exp <= t {
+                return Check::Ready(AuthOutcome::NoCredential);
+            }
+        }
+        // Idle timeout: the cookie says when the session was last seen.
+        renew |= t.saturating_sub(live.session.seen) >= (c.idle_timeout.as_secs() / 4).max(1);
+        if !renew {
+            return Check::Ready(AuthOutcome::Authenticated(
+                Authenticated::new(live.identity.clone()).with_attachment(live.signed_in.clone()),
+            ));
+        }
+        let this = self.clone();
+        Check::pending(async move { this.authenticated(live, true, chunks, secure).await })
+    }
+
+    /// An authentication by `live`, with a new cookie when `renew`.
+    async fn authenticated(&self, live: Arc<Live>, renew: bool, chunks: usize, secure: bool) -> AuthOutcome {
+        let mut out = Authenticated::new(live.identity.clone()).with_attachment(live.signed_in.clone());
+        if renew {
+            let mut session = live.session.clone();
+            session.seen = now();
+            if let Ok(cookies) = self.seal(&session, chunks, secure).await {
+                for cookie in cookies {
+                    out = out.with_response_header("set-cookie", cookie);
+                }
+            }
+        }
+        AuthOutcome::Authenticated(out)
+    }
+
+    /// Refreshes a session's tokens, once for all concurrent requests of
+    /// the session. `None` ends the session for this request (refused:
+    /// for good).
+    async fn refresh(&self, live: Arc<Live>) -> Option<Arc<Live>> {
+        let id = live.session.id.clone();
+        let cell = {
+            let Ok(mut map) = self.0.refreshing.lock() else {
+                return None;
+            };
+            Arc::clone(map.entry(id.clone()).or_default())
+        };
+        let out = cell
+            .get_or_init(|| self.refresh_once(Arc::clone(&live)))
+            .await
+            .clone();
+        if let Ok(mut map) = self.0.refreshing.lock()
+            && map.get(&id).is_some_and(|c| Arc::ptr_eq(c, &cell))
+        {
+            map.remove(&id);
+        }
+        out
+    }
+
+    async fn refresh_once(&self, live: Arc<Live>) -> Option<Arc<Live>> {
+        // Another request refreshed it meanwhile.
+        if let Some(next) = self.0.successors.get(&live.session.id)
+            && next.session.at_exp > live.session.at_exp
+        {
+            return Some(next);
+        }
+        let c = &self.0.config;
+        let metadata = self.0.issuer.metadata()?;
+        let s = &live.session;
+        let form = vec![
+            ("grant_type", "refresh_token".to_owned()),
+            ("refresh_token", s.rt.clone().unwrap_or_default()),
+        ];
+        let t = now();
+        match self.0.issuer.token(c, &metadata.token_endpoint, form).await {
+            Ok(tokens) => {
+                let mut next = s.clone();
+                next.at_exp = tokens.access_token_expiry(t);
+                next.at = tokens.access_token;
+                if tokens.refresh_token.is_some() {
+                    next.rt = tokens.refresh_token;
+                }
+                if tokens.id_token.is_some() {
+                    next.it = tokens.id_token;
+                }
+                next.seen = t;
+                tracing::debug!(target: LOG_TARGET, subject = %next.sub, "session tokens refreshed");
+                let next = Arc::new(Live::new(next, &c.issuer, None));
+                self.0.successors.insert(Arc::clone(&next));
+                Some(next)
+            }
+            Err(TokenError::Refused(error)) => {
+                tracing::info!(target: LOG_TARGET, %error, subject = %s.sub, "the issuer refused to refresh a session: it ends");
+                if let Err(e) = self.end(s).await {
+                    tracing::warn!(target: LOG_TARGET, error = %e, "an ended session cannot be recorded");
+                }
+                None
+            }
+            Err(TokenError::Unavailable(e)) => {
+                tracing::warn!(target: LOG_TARGET, error = %e, "the issuer cannot refresh a session now");
+                (s.at_exp > t).then_some(live)
+            }
+        }
+    }
+
+    /// Ends a session here: forgotten by this process at once, recorded as
+    /// ended in the store (for every replica) until its absolute timeout.
+    async fn end(&self, s: &Session) -> Result<(), crate::store::StoreError> {
+        self.0.successors.remove(&s.id);
+        self.0.cache.remove_session(&s.id);
+        let until = at(s.created + self.0.config.absolute_timeout.as_secs());
+        self.0
+            .store
+            .revoke(Revocation::Session {
+                id: s.id.clone(),
+                until,
+            })
+            .await
+    }
+
+    /// `logoutPath`: ends the session here, then at the issuer.
+    fn logout(&self, req: &dyn RequestHead) -> Check<Reply> {
+        if !matches!(req.method(), "GET" | "POST") {
+            return Check::Ready(problem(405, "log out with GET or POST").header("allow", "GET, POST"));
+        }
+        let secure = is_tls(req);
+        let c = &self.0.config;
+        let sealer = self.sealer(secure);
+        let (value, chunks) = match sealer.raw(req) {
+            RawCookie::Present { value, chunks } => (Some(value), chunks),
+            RawCookie::Absent => (None, 0),
+            RawCookie::Invalid { chunks, .. } => (None, chunks),
+        };
+        let clear = sealer.clear(chunks.max(1));
+        let own = origin(req).unwrap_or_default();
+        let after = if c.post_logout_redirect.starts_with('/') {
+            format!("{own}{}", c.post_logout_redirect)
+        } else {
+            c.post_logout_redirect.clone()
+        };
+        let opened = value.as_deref().map(|v| self.open_session(v, secure));
+        let this = self.clone();
+        let finish = move |live: Option<Arc<Live>>| async move {
+            let metadata = this.0.issuer.metadata();
+            let Some(live) = live else {
+                return with_cookies(Reply::redirect(after), clear);
+            };
+            let s = &live.session;
+            if let Err(e) = this.end(s).await {
+                tracing::error!(target: LOG_TARGET, error = %e, "a logged-out session cannot be recorded as ended: a saved copy of its cookie works until it times out");
+            }
+            tracing::info!(target: LOG_TARGET, subject = %s.sub, "logged out");
+            let location = match metadata.as_ref().and_then(|m| m.end_session_endpoint.as_deref()) {
+                Some(end) => {
+                    let sep = if end.contains('?') { '&' } else { '?' };
+                    let mut l = format!(
+                        "{end}{sep}client_id={}&post_logout_redirect_uri={}",
+                        form_encode(&this.0.config.client_id),
+                        form_encode(&after)
+                    );
+                    if let Some(it) = &s.it {
+                        l.push_str("&id_token_hint=");
+                        l.push_str(it);
+                    }
+                    l
+                }
+                None => after,
+            };
+            with_cookies(Reply::redirect(location), clear)
+        };
+        match opened {
+            None => Check::pending(finish(None)),
+            Some(Check::Ready(live)) => Check::pending(finish(live)),
+            Some(Check::Pending(fut)) => Check::pending(async move { finish(fut.await).await }),
+        }
+    }
+
+    /// `backchannelLogoutPath`: OpenID Connect Back-Channel Logout 1.0.
+    fn backchannel(&self, req: &dyn RequestHead) -> Reply {
+        if req.method() != "POST" {
+            return problem(405, "back-channel logout takes POST").header("allow", "POST");
+        }
+        let this = self.clone();
+        Reply::after_body(BACKCHANNEL_BODY_LIMIT, move |body| {
+            let this = this.clone();
+            Check::pending(async move {
+                let answer = match this.backchannel_logout(&body).await {
+                    Ok(()) => return Reply::new(200).header("cache-control", "no-store"),
+                    Err(description) => description,
+                };
+                tracing::info!(target: LOG_TARGET, reason = answer, "a back-channel logout was refused");
+                let body = serde_json::json!({"error": "invalid_request", "error_description": answer});
+                Reply::new(400)
+                    .header("cache-control", "no-store")
+                    .with_body("application/json", body.to_string())
+            })
+        })
+    }
+
+    async fn backchannel_logout(&self, body: &[u8]) -> Result<(), &'static str> {
+        let form = std::str::from_utf8(body).map_err(|_| "the body is not a form")?;
+        if param_count(form, "logout_token") != 1 {
+            return Err("give exactly one logout_token");
+        }
+        let token = param(form, "logout_token").ok_or("the logout_token does not decode")?;
+        let identity = self
+            .0
+            .verifier
+            .verify(&token)
+            .await
+            .map_err(|_| "the logout token is not valid")?;
+        let claims = identity.claims().ok_or("the logout token has no claims")?;
+        if claims.contains_key("nonce") {
+            return Err("a logout token must not have a nonce");
+        }
+        if !claims
+            .get("events")
+            .and_then(|e| e.get(BACKCHANNEL_EVENT))
+            .is_some_and(Value::is_object)
+        {
+            return Err("the logout token has no back-channel logout event");
+        }
+        let t = now();
+        match claims.get("iat").and_then(Value::as_u64) {
+            Some(iat) if iat <= t + 60 => {}
+            _ => return Err("the logout token's iat is missing or in the future"),
+        }
+        let jti = claims
+            .get("jti")
+            .and_then(Value::as_str)
+            .filter(|j| !j.is_empty())
+            .ok_or("the logout token has no jti")?;
+        let sid = claims
+            .get("sid")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty());
+        let sub = claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty());
+        if sid.is_none() && sub.is_none() {
+            return Err("the logout token names neither sid nor sub");
+        }
+        let c = &self.0.config;
+        let fresh = self
+            .0
+            .store
+            .use_once(
+                &format!("logout-jti:{}:{jti}", c.issuer),
+                Duration::from_secs(3600),
+            )
+            .await
+            .map_err(|_| "logout tokens cannot be checked for replay now")?;
+        if !fresh {
+            return Err("the logout token was already used");
+        }
+        let until = at(t + c.absolute_timeout.as_secs());
+        let revocation = match (sid, sub) {
+            (Some(sid), _) => Revocation::Sid {
+                issuer: c.issuer.clone(),
+                sid: sid.to_owned(),
+                until,
+            },
+            (None, Some(sub)) => Revocation::Subject {
+                issuer: c.issuer.clone(),
+                subject: sub.to_owned(),
+                before: at(t + 1),
+                until,
+            },
+            (None, None) => return Err("the logout token names neither sid nor sub"),
+        };
+        self.0
+            .store
+            .revoke(revocation)
+            .await
+            .map_err(|_| "the logout cannot be recorded now")?;
+        tracing::info!(target: LOG_TARGET, by_sid = sid.is_some(), "sessions ended by back-channel logout");
+        Ok(())
+    }
+}
+
+impl Authenticator for SignIn {
+    fn challenge(&self) -> Option<String> {
+        None
+    }
+
+    fn authenticate(&self, req: &dyn RequestHead) -> Check<AuthOutcome> {
+        let c = &self.0.config;
+        let path = req.path();
+        if path == c.callback_path {
+            return self.callback(req).map(AuthOutcome::Respond);
+        }
+        if path == c.login_path {
+            return Check::Ready(AuthOutcome::Respond(self.login(req)));
+        }
+        if path == c.logout_path {
+            return self.logout(req).map(AuthOutcome::Respond);
+        }
+        if path == c.backchannel_path {
+            return Check::Ready(AuthOutcome::Respond(self.backchannel(req)));
+        }
+        let secure = is_tls(req);
+        let RawCookie::Present { value, chunks } = self.sealer(secure).raw(req) else {
+            return Check::Ready(AuthOutcome::NoCredential);
+        };
+        match self.open_session(&value, secure) {
+            Check::Ready(Some(live)) => self.admit(live, chunks, secure),
+            Check::Ready(None) => Check::Ready(AuthOutcome::NoCredential),
+            Check::Pending(fut) => {
+                let this = self.clone();
+                Check::pending(async move {
+                    match fut.await {
+                        Some(live) => this.admit(live, chunks, secure).await,
+                        None => AuthOutcome::NoCredential,
+                    }
+                })
+            }
+        }
+    }
+
+    fn sign_in(&self, req: &dyn RequestHead) -> Option<Reply> {
+        if !is_navigation(req) {
+            return None;
+        }
+        let target = match req.query() {
+            Some(q) => format!("{}?{q}", req.path()),
+            None => req.path().to_owned(),
+        };
+        self.start_sign_in(req, local_target(&target).unwrap_or("/"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use palisade_core::authn::OwnedRequest;
+
+    #[test]
+    fn return_targets_stay_on_this_origin() {
+        assert_eq!(local_target("/a/b?c=d"), Some("/a/b?c=d"));
+        for bad in [
+            "//evil.example/x",
+            "/\\evil.example",
+            "https://evil.example/",
+            "evil",
+            "/a\r\nb",
+            "",
+        ] {
+            assert_eq!(local_target(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn navigations_are_told_from_api_calls() {
+        let nav = OwnedRequest::get("/p").header("accept", "text/html,application/xhtml+xml");
+        assert!(is_navigation(&nav));
+        let fetch = OwnedRequest::get("/p")
+            .header("accept", "text/html")
+            .header("sec-fetch-mode", "cors");
+        assert!(!is_navigation(&fetch));
+        assert!(is_navigation(
+            &OwnedRequest::get("/p").header("sec-fetch-mode", "navigate")
+        ));
+        assert!(!is_navigation(
+            &OwnedRequest::get("/p").header("accept", "application/json")
+        ));
+        assert!(!is_navigation(
+            &OwnedRequest::new("POST", "/p").header("accept", "text/html")
+        ));
+    }
+
+    #[test]
+    fn origins_come_from_plain_host_headers_only() {
+        assert_eq!(
+            origin(&OwnedRequest::get("/").header("host", "127.0.0.1:9082")).as_deref(),
+            Some("http://127.0.0.1:9082")
+        );
+        assert_eq!(origin(&OwnedRequest::get("/").header("host", "evil/x@y")), None);
+        assert_eq!(origin(&OwnedRequest::get("/")), None);
+    }
+}

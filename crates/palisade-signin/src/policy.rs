@@ -1,0 +1,165 @@
+//! [`SignIn`] from a policy file: an `OidcLogin` document, or a
+//! `KeycloakAdapter` that is not bearer-only (as Keycloak's adapter turns
+//! browser sign-in on).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use palisade_core::policy::{
+    ClientAuthMethod, Document, FromPolicy, OidcLoginSpec, PolicyError, WorkloadPolicy,
+};
+
+use crate::config::SecretMethod;
+use crate::cookie::CookieKey;
+use crate::flow::SignIn;
+use crate::store::SessionStore;
+
+/// A secret file, without its trailing newline.
+fn read_secret(file: &str) -> Result<String, String> {
+    let text = std::fs::read_to_string(Path::new(file)).map_err(|e| format!("cannot read `{file}`: {e}"))?;
+    let secret = text.trim_end_matches(['\r', '\n']).to_owned();
+    if secret.is_empty() {
+        return Err(format!("`{file}` is empty"));
+    }
+    Ok(secret)
+}
+
+fn store(url: &str) -> Result<Option<Arc<dyn SessionStore>>, String> {
+    if url == "memory" {
+        return Ok(None);
+    }
+    #[cfg(feature = "redis")]
+    {
+        // Start-up code, perhaps inside a runtime: the store runs on a
+        // thread of its own.
+        let store = crate::store::RedisStore::builder(url)
+            .connect_blocking()
+            .map_err(|e| e.to_string())?;
+        Ok(Some(Arc::new(store)))
+    }
+    #[cfg(not(feature = "redis"))]
+    {
+        let _ = url;
+        Err("a Redis store needs palisade-signin's `redis` feature".into())
+    }
+}
+
+fn from_login(
+    policy: &WorkloadPolicy<'_>,
+    doc: &Document,
+    spec: &OidcLoginSpec,
+) -> Result<SignIn, PolicyError> {
+    let err = |field: &str, message: String| policy.error_at(doc, field, message);
+    let mut b = SignIn::builder(spec.issuer.clone(), spec.client_id.clone());
+    if let Some(file) = &spec.client_secret_file {
+        let secret = read_secret(file).map_err(|m| err("spec.clientSecretFile", m))?;
+        let method = match spec.client_auth_method {
+            Some(ClientAuthMethod::ClientSecretPost) => SecretMethod::Post,
+            _ => SecretMethod::Basic,
+        };
+        b = b.client_secret(secret, method);
+    } else if spec.client_auth_method.is_some() {
+        return Err(err(
+            "spec.clientAuthMethod",
+            "a public client has no secret to send: give clientSecretFile".into(),
+        ));
+    }
+    if let Some(scopes) = &spec.scopes {
+        b = b.scopes(scopes.iter().cloned());
+    }
+    if let Some(p) = &spec.callback_path {
+        b = b.callback_path(p.clone());
+    }
+    if let Some(p) = &spec.login_path {
+        b = b.login_path(p.clone());
+    }
+    if let Some(p) = &spec.logout_path {
+        b = b.logout_path(p.clone());
+    }
+    if let Some(p) = &spec.backchannel_logout_path {
+        b = b.backchannel_logout_path(p.clone());
+    }
+    if let Some(p) = &spec.post_logout_redirect_uri {
+        b = b.post_logout_redirect_uri(p.clone());
+    }
+    if let Some(file) = &spec.ca_file {
+        let pem =
+            std::fs::read(file).map_err(|e| err("spec.caFile", format!("cannot read `{file}`: {e}")))?;
+        b = b.ca_pem(pem);
+    }
+    let s = &spec.session;
+    if let Some(name) = &s.cookie_name {
+        b = b.cookie_name(name.clone());
+    }
+    if let Some(d) = s.idle_timeout {
+        b = b.idle_timeout(Duration::from(d));
+    }
+    if let Some(d) = s.absolute_timeout {
+        b = b.absolute_timeout(Duration::from(d));
+    }
+    let mut keys = Vec::with_capacity(s.keys.len());
+    for (i, k) in s.keys.iter().enumerate() {
+        let key = CookieKey::from_file(&k.id, Path::new(&k.key_file))
+            .map_err(|e| err(&format!("spec.session.keys[{i}].keyFile"), e.to_string()))?;
+        keys.push(key);
+    }
+    b = b.keys(keys);
+    if let Some(url) = &s.store
+        && let Some(st) = store(url).map_err(|m| err("spec.session.store", m))?
+    {
+        b = b.store(st);
+    }
+    b.build().map_err(|e| err("spec", e.to_string()).with_source(e))
+}
+
+impl FromPolicy for SignIn {
+    /// The relying party of the workload's `OidcLogin` document, or of a
+    /// `KeycloakAdapter` that is not bearer-only (`public-client`, or
+    /// `credentials.secret`); `None` when neither applies. Two documents
+    /// that turn sign-in on for one workload are an error.
+    ///
+    /// # Errors
+    /// A [`PolicyError`] naming the document and field that cannot be used
+    /// (an unreadable key or secret file, a store that cannot be reached).
+    fn from_policy(policy: &WorkloadPolicy<'_>) -> Result<Option<Self>, PolicyError> {
+        let mut logins = policy.oidc_logins();
+        let keycloak = policy.keycloak_adapters().find(|(_, k)| {
+            k.bearer_only != Some(true) && (k.public_client == Some(true) || k.credentials.is_some())
+        });
+        match (logins.next(), keycloak) {
+            (Some((doc, _)), _) if logins.next().is_some() => Err(policy.error_at(
+                doc,
+                "spec.selector",
+                "two OidcLogin documents select this workload",
+            )),
+            (Some((doc, spec)), None) => from_login(policy, doc, spec).map(Some),
+            (Some((doc, _)), Some(_)) => Err(policy.error_at(
+                doc,
+                "spec",
+                "a KeycloakAdapter that is not bearer-only already turns sign-in on for this workload: keep one",
+            )),
+            (None, Some((doc, k))) => {
+                let Some(client) = k.resource.clone() else {
+                    return Err(policy.error_at(doc, "spec.resource", "sign-in needs the client id (`resource`)"));
+                };
+                let mut b = SignIn::builder(k.issuer(), client);
+                if k.public_client != Some(true) {
+                    let secret = k
+                        .credentials
+                        .as_ref()
+                        .and_then(|c| c.get("secret"))
+                        .and_then(serde_json::Value::as_str)
+                        .ok_or_else(|| {
+                            policy.error_at(doc, "spec.credentials.secret", "a confidential client needs its secret")
+                        })?;
+                    b = b.client_secret(secret, SecretMethod::Basic);
+                }
+                b.build()
+                    .map(Some)
+                    .map_err(|e| policy.error_at(doc, "spec", e.to_string()).with_source(e))
+            }
+            (None, None) => Ok(None),
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! The issuer as a relying party sees it: its discovery document (loaded in
+//! the background, retried until it arrives) and its token endpoint.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use serde::Deserialize;
+use tokio::sync::oneshot;
+
+use crate::LOG_TARGET;
+use crate::config::{ClientAuth, Config};
+
+/// What the relying party needs from the issuer's discovery document.
+#[derive(Clone, Debug, Deserialize)]
+pub(crate) struct Metadata {
+    pub(crate) issuer: String,
+    pub(crate) authorization_endpoint: String,
+    pub(crate) token_endpoint: String,
+    #[serde(default)]
+    pub(crate) end_session_endpoint: Option<String>,
+    /// RFC 9207: the issuer names itself in authorization responses.
+    #[serde(default)]
+    pub(crate) authorization_response_iss_parameter_supported: bool,
+    #[serde(default)]
+    pub(crate) code_challenge_methods_supported: Option<Vec<String>>,
+}
+
+/// The token endpoint's answer.
+#[derive(Deserialize)]
+pub(crate) struct TokenResponse {
+    pub(crate) access_token: String,
+    #[serde(default)]
+    pub(crate) id_token: Option<String>,
+    #[serde(default)]
+    pub(crate) refresh_token: Option<String>,
+    #[serde(default)]
+    pub(crate) expires_in: Option<f64>,
+}
+
+impl TokenResponse {
+    /// When the access token expires, in seconds since the epoch, for an
+    /// answer received at `now`: `expires_in`, else the token's own `exp`,
+    /// else five minutes.
+    pub(crate) fn access_token_expiry(&self, now: u64) -> u64 {
+        self.expires_in
+            .filter(|e| e.is_finite() && *e > 0.0)
+            .map(|e| now + e.min(1e9) as u64)
+            .or_else(|| {
+                crate::session::unverified_claims(&self.access_token)?
+                    .get("exp")?
+                    .as_u64()
+            })
+            .unwrap_or(now + 300)
+    }
+}
+
+/// Why the token endpoint gave no tokens.
+#[derive(Debug)]
+pub(crate) enum TokenError {
+    /// The issuer refused (`invalid_grant`, `invalid_client`, …): a refresh
+    /// refused this way ends the session.
+    Refused(String),
+    /// The issuer could not be asked (network, timeout, 5xx, garbage).
+    Unavailable(String),
+}
+
+/// The issuer's metadata (once loaded) and an HTTP client for it.
+pub(crate) struct Issuer {
+    pub(crate) http: reqwest::Client,
+    metadata: Arc<ArcSwapOption<Metadata>>,
+    _stop: oneshot::Sender<()>,
+}
+
+impl Issuer {
+    /// Starts loading the discovery document on a thread of its own (so it
+    /// works under any runtime, or none): retried with backoff until it
+    /// arrives, then refreshed hourly.
+    pub(crate) fn start(config: &Config) -> Result<Self, String> {
+        let mut b = reqwest::Client::builder()
+            .connect_timeout(config.timeout)
+            .timeout(config.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("palisade-signin/", env!("CARGO_PKG_VERSION")));
+        if let Some(pem) = &config.ca_pem {
+            let certs =
+                reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("bad CA bundle: {e}"))?;
+            b = b.tls_certs_merge(certs);
+        }
+        let http = b
+            .build()
+            .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
+        let metadata = Arc::new(ArcSwapOption::empty());
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start a runtime: {e}"))?;
+        let url = format!(
+            "{}/.well-known/openid-configuration",
+            config.issuer.trim_end_matches('/')
+        );
+        let issuer = config.issuer.clone();
+        let (client, slot) = (http.clone(), Arc::clone(&metadata));
+        std::thread::Builder::new()
+            .name("palisade-signin-discovery".into())
+            .spawn(move || {
+                rt.block_on(async move {
+                    let mut wait = Duration::from_millis(200);
+                    loop {
+                        let next = match discover(&client, &url, &issuer).await {
+                            Ok(m) => {
+                                if slot.load().is_none() {
+                                    tracing::info!(target: LOG_TARGET, %issuer, "sign-in ready: the issuer's discovery document is loaded");
+                                }
+                                slot.store(Some(Arc::new(m)));
+                                wait = Duration::from_millis(200);
+                                Duration::from_secs(3600)
+                            }
+                            Err(e) => {
+                                tracing::warn!(target: LOG_TARGET, %issuer, error = %e, "cannot load the issuer's discovery document; retrying");
+                                wait = (wait * 2).min(Duration::from_secs(30));
+                                wait
+                            }
+                        };
+                        tokio::select! {
+                            () = tokio::time::sleep(next) => {}
+                            _ = &mut stopped => return,
+                        }
+                    }
+                });
+            })
+            .map_err(|e| format!("cannot start the discovery thread: {e}"))?;
+        Ok(Self {
+            http,
+            metadata,
+            _stop: stop,
+        })
+    }
+
+    /// The metadata, once loaded.
+    pub(crate) fn metadata(&self) -> Option<Arc<Metadata>> {
+        self.metadata.load_full()
+    }
+
+    /// Calls the token endpoint with `form` and the client's authentication.
+    pub(crate) async fn token(
+        &self,
+        config: &Config,
+        endpoint: &str,
+        mut form: Vec<(&'static str, String)>,
+    ) -> Result<TokenResponse, TokenError> {
+        let mut req = self.http.post(endpoint).header("accept", "application/json");
+        match &config.client_auth {
+            ClientAuth::None => form.push(("client_id", config.client_id.clone())),
+            ClientAuth::Basic(secret) => {
+                req = req.basic_auth(form_encode(&config.client_id), Some(form_encode(secret.expose())));
+            }
+            ClientAuth::Post(secret) => {
+                form.push(("client_id", config.client_id.clone()));
+                form.push(("client_secret", secret.expose().to_owned()));
+            }
+        }
+        let body = form
+            .iter()
+            .map(|(k, v)| format!("{k}={}", form_encode(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let res = req
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| TokenError::Unavailable(e.without_url().to_string()))?;
+        let status = res.status();
+        let bytes = res
+            .bytes()
+            .await
+            .map_err(|e| TokenError::Unavailable(e.without_url().to_string()))?;
+        if bytes.len() > 256 * 1024 {
+            return Err(TokenError::Unavailable("the token response is too large".into()));
+        }
+        if status.is_success() {
+            return serde_json::from_slice(&bytes)
+                .map_err(|_| TokenError::Unavailable("the token response is not the expected JSON".into()));
+        }
+        #[derive(Deserialize)]
+        struct OAuthError {
+            error: String,
+        }
+        match serde_json::from_slice::<OAuthError>(&bytes) {
+            Ok(e) if status.is_client_error() => Err(TokenError::Refused(
+                // The error code only: the description may echo input.
+                e.error.chars().filter(char::is_ascii_graphic).take(64).collect(),
+            )),
+            _ => Err(TokenError::Unavailable(format!(
+                "the token endpoint answered {status}"
+            ))),
+        }
+    }
+}
+
+async fn discover(client: &reqwest::Client, url: &str, issuer: &str) -> Result<Metadata, String> {
+    let res = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| e.without_url().to_string())?;
+    if !res.status().is_success() {
+        return Err(format!("discovery answered {}", res.status()));
+    }
+    let bytes = res.bytes().await.map_err(|e| e.without_url().to_string())?;
+    if bytes.len() > 1 << 20 {
+        return Err("the discovery document is larger than 1 MiB".into());
+    }
+    let m: Metadata =
+        serde_json::from_slice(&bytes).map_err(|e| format!("the discovery document does not parse: {e}"))?;
+    if m.issuer != issuer {
+        return Err(format!(
+            "the discovery document names the issuer `{}`, not `{issuer}`",
+            m.issuer
+        ));
+    }
+    if let Some(methods) = &m.code_challenge_methods_supported
+        && !methods.iter().any(|m| m == "S256")
+    {
+        return Err("the issuer does not support PKCE with S256".into());
+    }
+    Ok(m)
+}
+
+/// `application/x-www-form-urlencoded` encoding of one value (and of the
+/// parts of HTTP Basic credentials, as RFC 6749 section 2.3.1 says).
+pub(crate) fn form_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// Decodes one `application/x-www-form-urlencoded` (or query) value.
+pub(crate) fn form_decode(value: &str) -> Option<String> {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The first value of `name` in a query string or form body.
+pub(crate) fn param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| form_decode(v)).flatten()
+    })
+}
+
+/// How many times `name` appears in a query string or form body.
+pub(crate) fn param_count(query: &str, name: &str) -> usize {
+    query
+        .split('&')
+        .filter(|pair| pair.split_once('=').map_or(*pair, |(k, _)| k) == name)
+        .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_values_round_trip() {
+        let v = "a b&c=d/é%";
+        assert_eq!(form_decode(&form_encode(v)).as_deref(), Some(v));
+        assert_eq!(form_decode("a+b%2Fc").as_deref(), Some("a b/c"));
+        assert_eq!(form_decode("%zz"), None);
+        assert_eq!(form_decode("%4"), None);
+    }
+
+    #[test]
+    fn params_are_found_by_exact_name() {
+        let q = "code=abc&state=x%20y&codes=no&state=again";
+        assert_eq!(param(q, "code").as_deref(), Some("abc"));
+        assert_eq!(param(q, "state").as_deref(), Some("x y"));
+        assert_eq!(param_count(q, "state"), 2);
+        assert_eq!(param(q, "missing"), None);
+    }
+}

@@ -1,0 +1,306 @@
+//! What a session cookie holds, the identity made from it, and the cache
+//! that makes a repeated cookie cost a hash lookup.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use palisade_core::{Identity, TokenClaims, Verification};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Seconds since the epoch.
+pub(crate) fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+pub(crate) fn at(secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+/// The sealed content of a session cookie. `Debug` prints no token.
+#[derive(Clone, Serialize, Deserialize)]
+pub(crate) struct Session {
+    /// Format version.
+    pub(crate) v: u8,
+    /// This session's id: random, new at every sign-in.
+    pub(crate) id: String,
+    /// The user (`sub` of the ID token).
+    pub(crate) sub: String,
+    /// The issuer's session id (`sid`), for back-channel logout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) sid: Option<String>,
+    /// When the user signed in.
+    pub(crate) created: u64,
+    /// The last time the session was seen in use (idle timeout).
+    pub(crate) seen: u64,
+    /// The access token.
+    pub(crate) at: String,
+    /// When the access token expires.
+    pub(crate) at_exp: u64,
+    /// The refresh token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) rt: Option<String>,
+    /// The ID token (the `id_token_hint` of a logout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) it: Option<String>,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("sub", &self.sub)
+            .field("created", &self.created)
+            .field("seen", &self.seen)
+            .field("at_exp", &self.at_exp)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The cookie's plaintext: the session itself, or a reference to it in
+/// the store when it would not fit in cookies.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "t")]
+pub(crate) enum Payload {
+    /// The whole session.
+    #[serde(rename = "s")]
+    Inline(Session),
+    /// The session is in the store under this id.
+    #[serde(rename = "r")]
+    Stored {
+        /// The session id.
+        id: String,
+    },
+}
+
+/// The claims of a JWT's payload, without checking its signature: for a
+/// token the relying party received from the token endpoint itself.
+pub(crate) fn unverified_claims(token: &str) -> Option<Map<String, Value>> {
+    let mut parts = token.split('.');
+    let (_, payload, _, None) = (parts.next()?, parts.next()?, parts.next()?, parts.next()) else {
+        return None;
+    };
+    let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
+    match serde_json::from_slice(&bytes).ok()? {
+        Value::Object(m) => Some(m),
+        _ => None,
+    }
+}
+
+/// A session as requests use it: the session and the identity it gives.
+pub(crate) struct Live {
+    pub(crate) session: Session,
+    pub(crate) identity: Identity,
+    pub(crate) signed_in: SignedIn,
+}
+
+impl Live {
+    /// The identity of a session: the access token's claims when it is a
+    /// JWT of this issuer and user, else the ID token's (`id_claims`).
+    pub(crate) fn new(session: Session, issuer: &str, id_claims: Option<Map<String, Value>>) -> Self {
+        let from_access = unverified_claims(&session.at).filter(|c| {
+            c.get("iss").and_then(Value::as_str) == Some(issuer)
+                && c.get("sub")
+                    .and_then(Value::as_str)
+                    .is_none_or(|s| s == session.sub)
+        });
+        let claims = from_access
+            .or(id_claims)
+            .or_else(|| session.it.as_deref().and_then(unverified_claims))
+            .unwrap_or_default();
+        let mut t = TokenClaims::from_claims(claims);
+        issuer.clone_into(&mut t.issuer);
+        session.sub.clone_into(&mut t.subject);
+        // The session was sealed by this service after the tokens came from
+        // the issuer's token endpoint (ID token verified): its content is
+        // what was verified then.
+        let identity = Identity::from_session(t, Verification::assertion());
+        let signed_in = SignedIn {
+            access_token: Arc::from(session.at.as_str()),
+            expires_at: at(session.at_exp),
+        };
+        Self {
+            session,
+            identity,
+            signed_in,
+        }
+    }
+}
+
+/// What a handler can use of a signed-in user's session beyond the
+/// identity: the access token, to call other services on the user's
+/// behalf (token relay). Found with
+/// `RequestAuth::attachment::<SignedIn>()`. `Debug` never prints the token.
+#[derive(Clone)]
+pub struct SignedIn {
+    access_token: Arc<str>,
+    expires_at: SystemTime,
+}
+
+impl SignedIn {
+    /// The session's current access token.
+    #[must_use]
+    pub fn access_token(&self) -> &str {
+        &self.access_token
+    }
+
+    /// When the access token expires.
+    #[must_use]
+    pub fn expires_at(&self) -> SystemTime {
+        self.expires_at
+    }
+}
+
+impl fmt::Debug for SignedIn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SignedIn")
+            .field("access_token", &"<redacted>")
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+/// Opened sessions by cookie value. The whole value is the key (compared in
+/// full), so a forged cookie can never hit an entry; bounded, entries leave
+/// when their session's absolute timeout passes.
+pub(crate) struct Cache {
+    map: RwLock<HashMap<Box<str>, Arc<Live>, foldhash::fast::RandomState>>,
+    capacity: usize,
+}
+
+impl Cache {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            map: RwLock::new(HashMap::default()),
+            capacity,
+        }
+    }
+
+    pub(crate) fn get(&self, cookie: &str) -> Option<Arc<Live>> {
+        self.map.read().ok()?.get(cookie).cloned()
+    }
+
+    pub(crate) fn insert(&self, cookie: &str, live: Arc<Live>, absolute: Duration) {
+        let Ok(mut map) = self.map.write() else { return };
+        if map.len() >= self.capacity {
+            let limit = now().saturating_sub(absolute.as_secs());
+            map.retain(|_, l| l.session.created > limit);
+            if map.len() >= self.capacity {
+                map.clear();
+            }
+        }
+        map.insert(cookie.into(), live);
+    }
+
+    pub(crate) fn remove_session(&self, id: &str) {
+        if let Ok(mut map) = self.map.write() {
+            map.retain(|_, l| l.session.id != id);
+        }
+    }
+}
+
+/// Refreshed sessions by session id: a request that still carries the old
+/// cookie uses the new tokens (and gets the new cookie), so one refresh
+/// serves every request of the session.
+pub(crate) struct Successors(RwLock<HashMap<String, Arc<Live>>>);
+
+impl Successors {
+    pub(crate) fn new() -> Self {
+        Self(RwLock::new(HashMap::new()))
+    }
+
+    pub(crate) fn get(&self, id: &str) -> Option<Arc<Live>> {
+        let map = self.0.read().ok()?;
+        map.get(id).cloned()
+    }
+
+    pub(crate) fn insert(&self, live: Arc<Live>) {
+        let Ok(mut map) = self.0.write() else { return };
+        let t = now();
+        // Old successors are useless once their own access token expired.
+        if map.len() > 1024 {
+            map.retain(|_, l| l.session.at_exp > t);
+        }
+        map.insert(live.session.id.clone(), live);
+    }
+
+    pub(crate) fn remove(&self, id: &str) {
+        if let Ok(mut map) = self.0.write() {
+            map.remove(id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(at: &str) -> Session {
+        Session {
+            v: 1,
+            id: "s1".into(),
+            sub: "alice".into(),
+            sid: Some("idp-1".into()),
+            created: 1,
+            seen: 1,
+            at: at.into(),
+            at_exp: 2,
+            rt: Some("refresh-secret".into()),
+            it: None,
+        }
+    }
+
+    fn jwt(claims: &Value) -> String {
+        format!("e30.{}.sig", URL_SAFE_NO_PAD.encode(claims.to_string()))
+    }
+
+    #[test]
+    fn the_identity_comes_from_the_access_token_of_this_issuer_and_user() {
+        let at = jwt(
+            &serde_json::json!({"iss": "https://i", "sub": "alice", "realm_access": {"roles": ["reader"]}}),
+        );
+        let live = Live::new(session(&at), "https://i", None);
+        assert!(live.identity.has_realm_role("reader"));
+        assert_eq!(live.identity.request_principal_str(), Some("https://i/alice"));
+        assert_eq!(live.identity.methods(), [palisade_core::AuthMethod::Session]);
+    }
+
+    #[test]
+    fn an_access_token_of_another_user_or_an_opaque_one_falls_back_to_the_id_token() {
+        let id_claims = serde_json::json!({"iss": "https://i", "sub": "alice", "name": "Alice"});
+        let other = jwt(
+            &serde_json::json!({"iss": "https://i", "sub": "mallory", "realm_access": {"roles": ["admin"]}}),
+        );
+        for at in [other.as_str(), "opaque-token"] {
+            let live = Live::new(session(at), "https://i", id_claims.as_object().cloned());
+            assert!(!live.identity.has_realm_role("admin"));
+            assert_eq!(live.identity.subject(), Some("alice"));
+            assert_eq!(live.identity.claim("name"), Some(&Value::from("Alice")));
+        }
+    }
+
+    #[test]
+    fn debug_prints_no_token() {
+        let s = session("access-secret");
+        let text = format!("{s:?} {:?}", Live::new(s.clone(), "https://i", None).signed_in);
+        assert!(!text.contains("secret"), "{text}");
+    }
+
+    #[test]
+    fn malformed_tokens_have_no_claims() {
+        for t in [
+            "",
+            "a.b",
+            "a.b.c.d",
+            "a.!!!.c",
+            &format!("a.{}.c", URL_SAFE_NO_PAD.encode("[1]")),
+        ] {
+            assert!(unverified_claims(t).is_none(), "{t}");
+        }
+    }
+}

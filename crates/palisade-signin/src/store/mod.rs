@@ -1,0 +1,228 @@
+//! Session stores: what the replicas of a service that signs users in must
+//! share. Revoked sessions (a logout on one replica ends the session on
+//! all), used one-time values (a back-channel logout token's `jti`, an
+//! authorization code) and, optionally, server-side session data for
+//! sessions too large for cookies.
+//!
+//! ```
+//! use palisade_signin::store::{MemoryStore, Revocation, SessionRef, SessionStore};
+//! use std::time::{Duration, SystemTime};
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+//! let store = MemoryStore::new();
+//! let now = SystemTime::now();
+//! let session = SessionRef {
+//!     id: "s-1",
+//!     issuer: "https://idp.example",
+//!     subject: "alice",
+//!     sid: Some("idp-session-7"),
+//!     created: now,
+//! };
+//! assert!(!store.is_revoked(&session)?);
+//! // A back-channel logout for the identity provider's session.
+//! let until = now + Duration::from_secs(8 * 3600);
+//! store
+//!     .revoke(Revocation::Sid { issuer: "https://idp.example".into(), sid: "idp-session-7".into(), until })
+//!     .await?;
+//! assert!(store.is_revoked(&session)?);
+//! // A logout token is used once.
+//! assert!(store.use_once("jti-42", Duration::from_secs(300)).await?);
+//! assert!(!store.use_once("jti-42", Duration::from_secs(300)).await?);
+//! # Ok::<(), palisade_signin::store::StoreError>(())
+//! # })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! [`MemoryStore`] serves one process. With the `redis` feature,
+//! `RedisStore` shares the state between replicas through Redis, each
+//! replica keeping a mirror of the revocations in memory so that
+//! [`SessionStore::is_revoked`] never waits for the network.
+
+mod memory;
+#[cfg(feature = "redis")]
+mod redis;
+mod revocations;
+
+#[cfg(feature = "redis")]
+use std::time::UNIX_EPOCH;
+use std::time::{Duration, SystemTime};
+
+use palisade_core::BoxFuture;
+
+pub use memory::MemoryStore;
+#[cfg(feature = "redis")]
+pub use redis::{RedisStore, RedisStoreBuilder};
+
+/// The tracing target of the stores' log lines.
+#[cfg(feature = "redis")]
+const LOG_TARGET: &str = "palisade::signin::store";
+
+/// The longest time-to-live a store keeps (100 years): longer ones are
+/// shortened to it.
+const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// Shared session state; see the module docs. Implementations are cheap to
+/// clone handles, safe to share between threads and runtimes.
+pub trait SessionStore: Send + Sync + 'static {
+    /// Records a revocation; every replica sharing the store sees it within
+    /// a second. A revocation whose `until` has passed is accepted and
+    /// forgotten.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unavailable`] when a shared store cannot record it
+    /// (the replica that revoked still honours it);
+    /// [`StoreError::Full`] when an in-memory store is at its cap.
+    fn revoke(&self, revocation: Revocation) -> BoxFuture<Result<(), StoreError>>;
+
+    /// Whether this session is revoked, answered from memory without I/O
+    /// (the per-request fast path).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unavailable`] from a shared store that has not been
+    /// able to read its revocations recently (fail closed: the caller must
+    /// not treat the session as valid).
+    fn is_revoked(&self, session: &SessionRef<'_>) -> Result<bool, StoreError>;
+
+    /// Marks `key` used for `ttl`; `Ok(false)` when it was already used
+    /// (a logout token's `jti`, a code). `ttl` should cover the time the
+    /// value is valid.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unavailable`], [`StoreError::Full`]: the caller cannot
+    /// know whether the value was used, and refuses it. (A command that
+    /// timed out may still have marked the value, so a retry can answer
+    /// `Ok(false)`: at most once, never twice.)
+    fn use_once(&self, key: &str, ttl: Duration) -> BoxFuture<Result<bool, StoreError>>;
+
+    /// Stores server-side session data under the session id for `ttl`,
+    /// replacing what was there.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unavailable`], [`StoreError::Full`].
+    fn put(&self, id: &str, data: Vec<u8>, ttl: Duration) -> BoxFuture<Result<(), StoreError>>;
+
+    /// The session data stored under `id`, unless removed or expired.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unavailable`].
+    fn get(&self, id: &str) -> BoxFuture<Result<Option<Vec<u8>>, StoreError>>;
+
+    /// Removes the session data stored under `id` (nothing when there is
+    /// none).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unavailable`].
+    fn remove(&self, id: &str) -> BoxFuture<Result<(), StoreError>>;
+}
+
+/// The facts about a session that revocations match against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionRef<'a> {
+    /// The session's own id (the relying party's).
+    pub id: &'a str,
+    /// The identity provider's issuer.
+    pub issuer: &'a str,
+    /// The ID token's `sub`.
+    pub subject: &'a str,
+    /// The ID token's `sid` (the identity provider's session), when it has
+    /// one.
+    pub sid: Option<&'a str>,
+    /// When the session was created (signed in).
+    pub created: SystemTime,
+}
+
+/// What a logout revokes. `until` is when the entry may be forgotten: the
+/// caller passes now plus the absolute session timeout, after which every
+/// session it matches has expired anyway.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Revocation {
+    /// One session (a logout here).
+    Session {
+        /// The session's id.
+        id: String,
+        /// When the entry may be forgotten.
+        until: SystemTime,
+    },
+    /// Every session of the identity provider's session (a back-channel
+    /// logout with `sid`).
+    Sid {
+        /// The identity provider's issuer.
+        issuer: String,
+        /// Its session id.
+        sid: String,
+        /// When the entry may be forgotten.
+        until: SystemTime,
+    },
+    /// Every session of the subject created before `before` (a
+    /// back-channel logout with `sub` only).
+    Subject {
+        /// The identity provider's issuer.
+        issuer: String,
+        /// The subject.
+        subject: String,
+        /// Sessions created at or after this instant are not revoked.
+        before: SystemTime,
+        /// When the entry may be forgotten.
+        until: SystemTime,
+    },
+}
+
+impl Revocation {
+    /// When the entry may be forgotten.
+    #[must_use]
+    pub fn until(&self) -> SystemTime {
+        match self {
+            Revocation::Session { until, .. }
+            | Revocation::Sid { until, .. }
+            | Revocation::Subject { until, .. } => *until,
+        }
+    }
+}
+
+/// A store operation that failed. Messages carry no key, value or
+/// password.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The shared store cannot be reached, did not answer in time, or its
+    /// revocation mirror is out of date (fail closed).
+    #[error("the session store is unavailable")]
+    Unavailable,
+    /// An in-memory store holds its maximum number of live entries.
+    #[error("the session store is full ({max} live entries)")]
+    Full {
+        /// The cap that was reached.
+        max: usize,
+    },
+    /// The store could not be reached when it was created.
+    #[error("cannot connect to the session store at {url}: {reason}")]
+    Connect {
+        /// The URL, without its password.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The store's configuration is not usable.
+    #[error("invalid session store configuration: {0}")]
+    Config(String),
+}
+
+/// Milliseconds since the Unix epoch (0 before it, saturating).
+#[cfg(feature = "redis")]
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `ttl` bounded to what the stores keep: at least 1 ms, at most
+/// [`MAX_TTL`].
+fn bounded_ttl(ttl: Duration) -> Duration {
+    ttl.clamp(Duration::from_millis(1), MAX_TTL)
+}

@@ -1,0 +1,861 @@
+//! The store shared between replicas through Redis (feature `redis`).
+//!
+//! # How the revocation mirror stays in sync
+//!
+//! A revocation is written in one transaction to a sorted set
+//! (`<prefix>revoked`, the member names what is revoked, the score is
+//! `until` in Unix milliseconds; entries past `until` are trimmed at each
+//! write) and to a stream (`<prefix>revoked:stream`, trimmed to about
+//! 10 000 entries) that announces it.
+//!
+//! Each replica keeps every revocation in memory and follows the stream
+//! with `XREAD BLOCK` on a connection of its own. When that connection
+//! opens (at [`RedisStoreBuilder::connect`] and after every failure) the
+//! replica notes the stream's last entry, loads the sorted set, then reads
+//! the stream from that entry: nothing written meanwhile is missed. A
+//! revocation reaches the other replicas in the time of one round trip.
+//! Loading merges into what the replica knows, so a Redis that lost its
+//! data (restarted without persistence) does not make revoked sessions
+//! valid again on the replicas that saw the revocation; replicas started
+//! after such a loss do not know it. Run Redis with persistence (AOF) when
+//! that matters.
+//!
+//! Each `XREAD` returns at least every quarter of `max_staleness`, so a
+//! replica knows when it last heard from Redis. When that was longer ago
+//! than `max_staleness` (5 s by default), [`SessionStore::is_revoked`]
+//! answers [`StoreError::Unavailable`] (fail closed) until the mirror has
+//! reconnected and reloaded. One `warn` line is logged when the mirror goes
+//! stale and one `info` line when it is back; reconnection backs off from
+//! 50 ms to 1 s.
+//!
+//! # The runtime thread
+//!
+//! The store runs its connections and commands on a thread of its own with
+//! a single-threaded tokio runtime, started by `connect` and stopped when
+//! the last clone of the [`RedisStore`] is dropped. Its futures can thus be
+//! awaited on any runtime: axum's multi-threaded one, actix-web's
+//! single-threaded ones, or none. Every command has a timeout (1 s by
+//! default): a Redis that hangs makes requests fail with
+//! [`StoreError::Unavailable`], it does not hang them.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use palisade_core::BoxFuture;
+use redis::aio::MultiplexedConnection;
+use redis::streams::{StreamRangeReply, StreamReadReply};
+use redis::{AsyncConnectionConfig, Client, Cmd, FromRedisValue, RedisError, Value};
+use serde_json::Value as Json;
+
+use super::revocations::RevocationSet;
+use super::{LOG_TARGET, Revocation, SessionRef, SessionStore, StoreError, bounded_ttl, unix_ms};
+
+/// The default key prefix.
+const DEFAULT_PREFIX: &str = "palisade:";
+/// The default [`RedisStoreBuilder::max_staleness`].
+const DEFAULT_MAX_STALENESS: Duration = Duration::from_secs(5);
+/// The default [`RedisStoreBuilder::command_timeout`].
+const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
+/// The stream keeps about this many announcements.
+const STREAM_LENGTH: u32 = 10_000;
+/// How many announcements one `XREAD` returns at most.
+const READ_COUNT: u32 = 1000;
+/// The mirror's reconnection backoff.
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// How often the mirror forgets expired revocations.
+const PURGE_EVERY: Duration = Duration::from_secs(60);
+
+/// The store shared between replicas through Redis; see the module docs.
+///
+/// ```no_run
+/// use palisade_signin::store::{RedisStore, SessionStore};
+/// use std::time::Duration;
+///
+/// # async fn run() -> Result<(), palisade_signin::store::StoreError> {
+/// let store = RedisStore::builder("redis://redis.internal:6379/0")
+///     .prefix("shop:")
+///     .connect()
+///     .await?;
+/// assert!(store.use_once("jti-1", Duration::from_secs(300)).await?);
+/// # Ok(())
+/// # }
+/// ```
+///
+/// Cheap to clone. `Debug` prints the URL without its password.
+#[derive(Clone)]
+pub struct RedisStore {
+    handle: Arc<Handle>,
+}
+
+/// What the clones share; dropping it stops the runtime thread.
+struct Handle {
+    shared: Arc<Shared>,
+    runtime: tokio::runtime::Handle,
+    /// Dropped with the handle: the runtime thread then ends.
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// The state the runtime's tasks and the callers share.
+struct Shared {
+    client: Client,
+    /// The URL without its password, for messages.
+    url: String,
+    keys: Keys,
+    command_timeout: Duration,
+    max_staleness: Duration,
+    /// How long one `XREAD` blocks.
+    block: Duration,
+    /// The commands' connection, opened on first use and after a failure.
+    connection: Mutex<Option<MultiplexedConnection>>,
+    /// Held while a command opens the connection, so one does.
+    connecting: tokio::sync::Mutex<Option<Instant>>,
+    mirror: RwLock<RevocationSet>,
+    /// When `mirror` was last known complete: nanoseconds since `epoch`.
+    synced: AtomicU64,
+    epoch: Instant,
+    /// Whether the warning that the mirror is stale was logged and its
+    /// recovery not yet.
+    stale_logged: AtomicBool,
+}
+
+struct Keys {
+    revoked: String,
+    stream: String,
+    used: String,
+    session: String,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shared = &*self.handle.shared;
+        f.debug_struct("RedisStore")
+            .field("url", &shared.url)
+            .field("revoked_key", &shared.keys.revoked)
+            .field("max_staleness", &shared.max_staleness)
+            .field("command_timeout", &shared.command_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configures a [`RedisStore`]. `Debug` prints the URL without its
+/// password.
+#[must_use]
+pub struct RedisStoreBuilder {
+    url: String,
+    prefix: String,
+    max_staleness: Duration,
+    command_timeout: Duration,
+}
+
+impl fmt::Debug for RedisStoreBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStoreBuilder")
+            .field("url", &redact_url(&self.url))
+            .field("prefix", &self.prefix)
+            .field("max_staleness", &self.max_staleness)
+            .field("command_timeout", &self.command_timeout)
+            .finish()
+    }
+}
+
+impl RedisStore {
+    /// Connects to `url` (`redis://[:PASSWORD@]HOST:PORT/DB`) with the
+    /// default settings, loads the revocations and starts following them.
+    ///
+    /// # Errors
+    ///
+    /// As [`RedisStoreBuilder::connect`].
+    pub async fn connect(url: &str) -> Result<RedisStore, StoreError> {
+        Self::builder(url).connect().await
+    }
+
+    /// [`connect`](Self::connect) for synchronous start-up code; see
+    /// [`RedisStoreBuilder::connect_blocking`].
+    ///
+    /// # Errors
+    ///
+    /// As [`RedisStoreBuilder::connect`].
+    pub fn connect_blocking(url: &str) -> Result<RedisStore, StoreError> {
+        Self::builder(url).connect_blocking()
+    }
+
+    /// A builder for a store at `url`, to change the defaults.
+    pub fn builder(url: &str) -> RedisStoreBuilder {
+        RedisStoreBuilder {
+            url: url.to_owned(),
+            prefix: DEFAULT_PREFIX.to_owned(),
+            max_staleness: DEFAULT_MAX_STALENESS,
+            command_timeout: DEFAULT_COMMAND_TIMEOUT,
+        }
+    }
+
+    /// Runs `task` on the store's runtime; the future works on any runtime.
+    fn spawn<T, F>(&self, task: impl FnOnce(Arc<Shared>) -> F) -> BoxFuture<Result<T, StoreError>>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let join = self.handle.runtime.spawn(task(self.handle.shared.clone()));
+        Box::pin(async move { join.await.unwrap_or(Err(StoreError::Unavailable)) })
+    }
+
+    fn command<T: FromRedisValue + Send + 'static>(&self, cmd: Cmd) -> BoxFuture<Result<T, StoreError>> {
+        self.spawn(|shared| async move { shared.query(&cmd).await })
+    }
+}
+
+impl RedisStoreBuilder {
+    /// The prefix of every key the store uses. Default `palisade:`.
+    pub fn prefix(mut self, prefix: &str) -> Self {
+        prefix.clone_into(&mut self.prefix);
+        self
+    }
+
+    /// How long the revocation mirror may go without hearing from Redis
+    /// before [`SessionStore::is_revoked`] fails closed. Default 5 s; at
+    /// least 40 ms.
+    pub fn max_staleness(mut self, max: Duration) -> Self {
+        self.max_staleness = max;
+        self
+    }
+
+    /// How long a command (and connecting) may take before it fails with
+    /// [`StoreError::Unavailable`]. Default 1 s; at least 10 ms.
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout;
+        self
+    }
+
+    /// Starts the store's runtime thread, connects, loads the revocations
+    /// and starts following them. Can be awaited on any runtime (or with
+    /// none), the work runs on the store's own thread.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Config`] for a URL the client does not understand or
+    /// settings out of bounds; [`StoreError::Connect`], naming the URL
+    /// without its password, when Redis cannot be reached or does not
+    /// answer within twice the command timeout.
+    pub async fn connect(self) -> Result<RedisStore, StoreError> {
+        let (done, started) = tokio::sync::oneshot::channel();
+        let (handle, url) = self.launch(move |result| {
+            let _ = done.send(result);
+        })?;
+        let result = started.await;
+        finish(handle, url, result.ok())
+    }
+
+    /// [`connect`](Self::connect) for synchronous start-up code: blocks the
+    /// calling thread until the store is connected. Needs no runtime, and
+    /// may be called from inside one (it then blocks that runtime's thread
+    /// meanwhile, as any blocking start-up step does).
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect).
+    pub fn connect_blocking(self) -> Result<RedisStore, StoreError> {
+        let (done, started) = std::sync::mpsc::sync_channel(1);
+        let (handle, url) = self.launch(move |result| {
+            let _ = done.send(result);
+        })?;
+        let result = started.recv();
+        finish(handle, url, result.ok())
+    }
+
+    /// Checks the settings, starts the runtime thread and, on it, the first
+    /// connection; `done` is called with its outcome (an error message
+    /// without the password).
+    fn launch(
+        self,
+        done: impl FnOnce(Result<(), String>) + Send + 'static,
+    ) -> Result<(Handle, String), StoreError> {
+        let url = redact_url(&self.url);
+        if self.max_staleness < Duration::from_millis(40) {
+            return Err(StoreError::Config("max_staleness must be at least 40 ms".into()));
+        }
+        if self.command_timeout < Duration::from_millis(10) {
+            return Err(StoreError::Config(
+                "command_timeout must be at least 10 ms".into(),
+            ));
+        }
+        // Errors from `open` may quote the URL: they are not passed on.
+        let client = Client::open(self.url.as_str())
+            .map_err(|_| StoreError::Config(format!("{url} is not a Redis URL this build can use")))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Connect {
+                url: url.clone(),
+                reason: format!("cannot start the store's runtime: {e}"),
+            })?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let runtime_handle = runtime.handle().clone();
+        std::thread::Builder::new()
+            .name("palisade-redis-store".into())
+            .spawn(move || {
+                // Ends when the last `RedisStore` clone drops the sender;
+                // dropping the runtime then cancels the tasks.
+                let _ = runtime.block_on(stopped);
+            })
+            .map_err(|e| StoreError::Connect {
+                url: url.clone(),
+                reason: format!("cannot start the store's thread: {e}"),
+            })?;
+        let prefix = &self.prefix;
+        let shared = Arc::new(Shared {
+            client,
+            url: url.clone(),
+            keys: Keys {
+                revoked: format!("{prefix}revoked"),
+                stream: format!("{prefix}revoked:stream"),
+                used: format!("{prefix}used:"),
+                session: format!("{prefix}session:"),
+            },
+            command_timeout: self.command_timeout,
+            max_staleness: self.max_staleness,
+            block: (self.max_staleness / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)),
+            connection: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(None),
+            mirror: RwLock::new(RevocationSet::new()),
+            synced: AtomicU64::new(0),
+            epoch: Instant::now(),
+            stale_logged: AtomicBool::new(false),
+        });
+        let handle = Handle {
+            shared: shared.clone(),
+            runtime: runtime_handle,
+            _stop: stop,
+        };
+        let password = password_of(&self.url);
+        handle.runtime.spawn(async move {
+            let first = async {
+                shared.connection().await?;
+                shared.open_mirror().await
+            };
+            let outcome = match tokio::time::timeout(shared.command_timeout * 2, first).await {
+                Err(_) => Err("no answer in time".to_owned()),
+                Ok(Err(e)) => Err(scrub(&e.to_string(), password.as_deref())),
+                Ok(Ok((connection, last_id))) => {
+                    shared.mark_synced();
+                    tokio::spawn(follow(shared.clone(), connection, last_id));
+                    tokio::spawn(watch(shared));
+                    Ok(())
+                }
+            };
+            done(outcome);
+        });
+        Ok((handle, url))
+    }
+}
+
+/// The store once the first connection's outcome is known (`None` when
+/// the runtime stopped before telling).
+fn finish(
+    handle: Handle,
+    url: String,
+    outcome: Option<Result<(), String>>,
+) -> Result<RedisStore, StoreError> {
+    match outcome {
+        Some(Ok(())) => Ok(RedisStore {
+            handle: Arc::new(handle),
+        }),
+        Some(Err(reason)) => Err(StoreError::Connect { url, reason }),
+        None => Err(StoreError::Connect {
+            url,
+            reason: "the store's runtime stopped".into(),
+        }),
+    }
+}
+
+impl SessionStore for RedisStore {
+    fn revoke(&self, revocation: Revocation) -> BoxFuture<Result<(), StoreError>> {
+        self.spawn(|shared| async move {
+            let now = SystemTime::now();
+            if revocation.until() <= now {
+                return Ok(());
+            }
+            // Honoured here even when Redis does not record it.
+            shared.apply(&revocation, now);
+            let member = encode(&revocation);
+            let until = unix_ms(revocation.until());
+            let mut tx = redis::pipe();
+            tx.atomic()
+                .cmd("ZADD")
+                .arg(&shared.keys.revoked)
+                .arg("GT")
+                .arg(until)
+                .arg(&member)
+                .ignore()
+                .cmd("ZREMRANGEBYSCORE")
+                .arg(&shared.keys.revoked)
+                .arg("-inf")
+                .arg(format!("({}", unix_ms(now)))
+                .ignore()
+                .cmd("XADD")
+                .arg(&shared.keys.stream)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(STREAM_LENGTH)
+                .arg("*")
+                .arg("m")
+                .arg(&member)
+                .arg("u")
+                .arg(until)
+                .ignore();
+            shared
+                .run(|mut c| async move { tx.query_async::<()>(&mut c).await })
+                .await
+        })
+    }
+
+    fn is_revoked(&self, session: &SessionRef<'_>) -> Result<bool, StoreError> {
+        let shared = &*self.handle.shared;
+        if shared.is_stale() {
+            return Err(StoreError::Unavailable);
+        }
+        Ok(shared
+            .mirror
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(session))
+    }
+
+    fn use_once(&self, key: &str, ttl: Duration) -> BoxFuture<Result<bool, StoreError>> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(format!("{}{key}", self.handle.shared.keys.used))
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_ms(ttl));
+        let set = self.command::<Value>(cmd);
+        Box::pin(async move { Ok(!matches!(set.await?, Value::Nil)) })
+    }
+
+    fn put(&self, id: &str, data: Vec<u8>, ttl: Duration) -> BoxFuture<Result<(), StoreError>> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(format!("{}{id}", self.handle.shared.keys.session))
+            .arg(data)
+            .arg("PX")
+            .arg(ttl_ms(ttl));
+        self.command(cmd)
+    }
+
+    fn get(&self, id: &str) -> BoxFuture<Result<Option<Vec<u8>>, StoreError>> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(format!("{}{id}", self.handle.shared.keys.session));
+        self.command(cmd)
+    }
+
+    fn remove(&self, id: &str) -> BoxFuture<Result<(), StoreError>> {
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(format!("{}{id}", self.handle.shared.keys.session));
+        self.command(cmd)
+    }
+}
+
+impl Shared {
+    fn config(&self, response_timeout: Duration) -> AsyncConnectionConfig {
+        AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.command_timeout))
+            .set_response_timeout(Some(response_timeout))
+    }
+
+    /// The commands' connection, opened when there is none. Callers that
+    /// waited while another one failed to open it share that failure
+    /// rather than queue one attempt each.
+    async fn connection(&self) -> Result<MultiplexedConnection, RedisError> {
+        if let Some(c) = self
+            .connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+        {
+            return Ok(c);
+        }
+        let waiting_since = Instant::now();
+        let mut last_failure = self.connecting.lock().await;
+        if let Some(c) = self
+            .connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+        {
+            return Ok(c);
+        }
+        if last_failure.is_some_and(|at| at >= waiting_since) {
+            return Err(RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                "connecting failed while this command waited",
+            )));
+        }
+        match self
+            .client
+            .get_multiplexed_async_connection_with_config(&self.config(self.command_timeout))
+            .await
+        {
+            Ok(c) => {
+                *last_failure = None;
+                *self.connection.lock().unwrap_or_else(PoisonError::into_inner) = Some(c.clone());
+                Ok(c)
+            }
+            Err(e) => {
+                *last_failure = Some(Instant::now());
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs `f` on the commands' connection within the command timeout;
+    /// drops the connection after a failure so the next command opens a
+    /// new one.
+    async fn run<T, F>(&self, f: impl FnOnce(MultiplexedConnection) -> F) -> Result<T, StoreError>
+    where
+        F: Future<Output = Result<T, RedisError>>,
+    {
+        let attempt = async {
+            let c = self.connection().await?;
+            f(c).await
+        };
+        let failure = match tokio::time::timeout(self.command_timeout, attempt).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no answer in time".to_owned(),
+        };
+        *self.connection.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        tracing::debug!(target: LOG_TARGET, url = %self.url, reason = %failure, "session store command failed");
+        Err(StoreError::Unavailable)
+    }
+
+    async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
+        self.run(|mut c| async move { cmd.query_async(&mut c).await })
+            .await
+    }
+
+    /// Opens the mirror's connection and loads every live revocation;
+    /// returns the connection and the stream entry to read after.
+    async fn open_mirror(&self) -> Result<(MultiplexedConnection, String), RedisError> {
+        let mut c = self
+            .client
+            .get_multiplexed_async_connection_with_config(&self.config(self.block + self.command_timeout))
+            .await?;
+        let last: StreamRangeReply = redis::cmd("XREVRANGE")
+            .arg(&self.keys.stream)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut c)
+            .await?;
+        let last_id = last
+            .ids
+            .first()
+            .map_or_else(|| "0-0".to_owned(), |e| e.id.clone());
+        let now = SystemTime::now();
+        let live: Vec<(String, f64)> = redis::cmd("ZRANGEBYSCORE")
+            .arg(&self.keys.revoked)
+            .arg(unix_ms(now))
+            .arg("+inf")
+            .arg("WITHSCORES")
+            .query_async(&mut c)
+            .await?;
+        let mut mirror = self.mirror.write().unwrap_or_else(PoisonError::into_inner);
+        for (member, until) in live {
+            // Scores are whole milliseconds, exact in an f64.
+            let until = until as u64;
+            if let Some(revocation) = decode(&member, until) {
+                mirror.insert(&revocation, now, usize::MAX);
+            }
+        }
+        Ok((c, last_id))
+    }
+
+    fn apply(&self, revocation: &Revocation, now: SystemTime) {
+        self.mirror
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(revocation, now, usize::MAX);
+    }
+
+    fn mark_synced(&self) {
+        let nanos = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.synced.store(nanos, Ordering::Release);
+        if self.stale_logged.swap(false, Ordering::AcqRel) {
+            tracing::info!(target: LOG_TARGET, url = %self.url, "session store: revocations synced from Redis again");
+        }
+    }
+
+    /// How long since the mirror was last known complete.
+    fn staleness(&self) -> Duration {
+        let synced = Duration::from_nanos(self.synced.load(Ordering::Acquire));
+        self.epoch.elapsed().saturating_sub(synced)
+    }
+
+    fn is_stale(&self) -> bool {
+        self.staleness() > self.max_staleness
+    }
+}
+
+/// Follows the stream of revocations into the mirror, reconnecting and
+/// reloading after any failure. Runs until the runtime stops.
+async fn follow(shared: Arc<Shared>, connection: MultiplexedConnection, mut last_id: String) {
+    let mut connection = Some(connection);
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let Some(c) = connection.as_mut() else {
+            match shared.open_mirror().await {
+                Ok((c, id)) => {
+                    connection = Some(c);
+                    last_id = id;
+                    backoff = MIN_BACKOFF;
+                    shared.mark_synced();
+                }
+                Err(e) => {
+                    tracing::debug!(target: LOG_TARGET, url = %shared.url, reason = %e, "session store: reconnecting the revocation mirror failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+            continue;
+        };
+        let block_ms = u64::try_from(shared.block.as_millis()).unwrap_or(1000);
+        let read: Result<Option<StreamReadReply>, _> = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(READ_COUNT)
+            .arg("BLOCK")
+            .arg(block_ms)
+            .arg("STREAMS")
+            .arg(&shared.keys.stream)
+            .arg(&last_id)
+            .query_async(c)
+            .await;
+        match read {
+            Ok(reply) => {
+                let now = SystemTime::now();
+                for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
+                    let member = entry.get::<String>("m");
+                    let until = entry.get::<u64>("u");
+                    match member.zip(until).and_then(|(m, u)| decode(&m, u)) {
+                        Some(revocation) => shared.apply(&revocation, now),
+                        None => {
+                            tracing::debug!(target: LOG_TARGET, id = %entry.id, "session store: unreadable revocation announcement skipped")
+                        }
+                    }
+                    last_id = entry.id;
+                }
+                shared.mark_synced();
+            }
+            Err(e) => {
+                tracing::debug!(target: LOG_TARGET, url = %shared.url, reason = %e, "session store: the revocation mirror lost its connection");
+                connection = None;
+            }
+        }
+    }
+}
+
+/// Logs when the mirror goes stale (the moment it does); forgets expired
+/// revocations now and then. Runs until the runtime stops. The recovery
+/// is logged when the mirror is next marked synced.
+async fn watch(shared: Arc<Shared>) {
+    let mut purged = Instant::now();
+    loop {
+        let staleness = shared.staleness();
+        if staleness > shared.max_staleness {
+            if !shared.stale_logged.swap(true, Ordering::AcqRel) {
+                tracing::warn!(
+                    target: LOG_TARGET,
+                    url = %shared.url,
+                    max_staleness = ?shared.max_staleness,
+                    "session store: revocations not synced from Redis; sessions are refused until it is back"
+                );
+            }
+            tokio::time::sleep(shared.block).await;
+        } else {
+            // Wake when it would go stale, unless synced meanwhile.
+            let left = shared.max_staleness - staleness;
+            tokio::time::sleep(left + Duration::from_millis(1)).await;
+        }
+        if purged.elapsed() >= PURGE_EVERY {
+            purged = Instant::now();
+            shared
+                .mirror
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .purge(SystemTime::now());
+        }
+    }
+}
+
+/// The sorted-set member naming what `revocation` revokes (JSON).
+fn encode(revocation: &Revocation) -> String {
+    let json = match revocation {
+        Revocation::Session { id, .. } => serde_json::json!(["session", id]),
+        Revocation::Sid { issuer, sid, .. } => serde_json::json!(["sid", issuer, sid]),
+        Revocation::Subject {
+            issuer,
+            subject,
+            before,
+            ..
+        } => serde_json::json!(["subject", issuer, subject, unix_ms(*before)]),
+    };
+    json.to_string()
+}
+
+/// The revocation a member names, forgotten at `until_ms`; `None` for a
+/// member this version does not know.
+fn decode(member: &str, until_ms: u64) -> Option<Revocation> {
+    let until = SystemTime::UNIX_EPOCH + Duration::from_millis(until_ms);
+    let Json::Array(parts) = serde_json::from_str(member).ok()? else {
+        return None;
+    };
+    let text = |i: usize| parts.get(i).and_then(Json::as_str).map(str::to_owned);
+    match (parts.first()?.as_str()?, parts.len()) {
+        ("session", 2) => Some(Revocation::Session { id: text(1)?, until }),
+        ("sid", 3) => Some(Revocation::Sid {
+            issuer: text(1)?,
+            sid: text(2)?,
+            until,
+        }),
+        ("subject", 4) => Some(Revocation::Subject {
+            issuer: text(1)?,
+            subject: text(2)?,
+            before: SystemTime::UNIX_EPOCH + Duration::from_millis(parts[3].as_u64()?),
+            until,
+        }),
+        _ => None,
+    }
+}
+
+fn ttl_ms(ttl: Duration) -> u64 {
+    u64::try_from(bounded_ttl(ttl).as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+/// `url` without the password (or the whole user information).
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let user = &rest[..at];
+            let shown = match user.split_once(':') {
+                Some((name, _)) if !name.is_empty() => format!("{name}:***"),
+                _ => "***".to_owned(),
+            };
+            format!("{scheme}://{shown}@{}", &rest[at + 1..])
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// The password in `url`, to scrub from messages.
+fn password_of(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let user = &authority[..authority.rfind('@')?];
+    let password = user.split_once(':').map_or(user, |(_, p)| p);
+    (!password.is_empty()).then(|| password.to_owned())
+}
+
+fn scrub(message: &str, password: Option<&str>) -> String {
+    match password {
+        Some(p) => message.replace(p, "***"),
+        None => message.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_shown_without_their_password() {
+        assert_eq!(redact_url("redis://127.0.0.1:6379/0"), "redis://127.0.0.1:6379/0");
+        assert_eq!(redact_url("redis://:s3cret@h:1/0"), "redis://***@h:1/0");
+        assert_eq!(redact_url("redis://app:s3cret@h:1/0"), "redis://app:***@h:1/0");
+        assert_eq!(redact_url("redis://s3cret@h"), "redis://***@h");
+        assert_eq!(redact_url("redis://h/0?x=a@b"), "redis://h/0?x=a@b");
+        assert_eq!(password_of("redis://app:s3cret@h:1/0").as_deref(), Some("s3cret"));
+        assert_eq!(password_of("redis://h:1/0"), None);
+        assert_eq!(scrub("auth s3cret failed", Some("s3cret")), "auth *** failed");
+    }
+
+    #[test]
+    fn revocations_survive_encoding() {
+        let until = SystemTime::UNIX_EPOCH + Duration::from_millis(1_750_000_000_123);
+        let before = SystemTime::UNIX_EPOCH + Duration::from_millis(1_740_000_000_456);
+        for r in [
+            Revocation::Session {
+                id: "s\"1\\".into(),
+                until,
+            },
+            Revocation::Sid {
+                issuer: "https://idp".into(),
+                sid: "x".into(),
+                until,
+            },
+            Revocation::Subject {
+                issuer: "https://idp".into(),
+                subject: "ålice".into(),
+                before,
+                until,
+            },
+        ] {
+            assert_eq!(decode(&encode(&r), unix_ms(until)), Some(r));
+        }
+        for unknown in [
+            "",
+            "{}",
+            "[]",
+            "[\"session\"]",
+            "[\"future\",\"x\"]",
+            "[\"subject\",\"i\",\"s\",-1]",
+        ] {
+            assert_eq!(decode(unknown, 0), None, "{unknown}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_redis_that_is_not_there_is_a_connect_error_naming_the_url_without_password() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("redis://:hunter2@127.0.0.1:{port}/0");
+        let started = Instant::now();
+        let err = RedisStore::builder(&url)
+            .command_timeout(Duration::from_millis(300))
+            .connect()
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(2));
+        let message = err.to_string();
+        assert!(matches!(err, StoreError::Connect { .. }), "{message}");
+        assert!(
+            message.contains(&format!("redis://***@127.0.0.1:{port}/0")),
+            "{message}"
+        );
+        assert!(!message.contains("hunter2"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn settings_out_of_bounds_and_foreign_urls_are_config_errors() {
+        let staleness = RedisStore::builder("redis://127.0.0.1:1/0")
+            .max_staleness(Duration::from_millis(1))
+            .connect()
+            .await;
+        assert!(matches!(staleness, Err(StoreError::Config(_))));
+        let url = RedisStore::connect("http://user:pw@example/").await;
+        match url {
+            Err(StoreError::Config(m)) => assert!(!m.contains("pw@"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! The in-memory set of revocations both stores answer `is_revoked` from:
+//! hash lookups by session id, by (issuer, sid) and by (issuer, subject).
+
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+use super::{Revocation, SessionRef};
+
+/// A window of a subject revocation: sessions created before `before` are
+/// revoked; the entry may be forgotten at `until`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Window {
+    before: SystemTime,
+    until: SystemTime,
+}
+
+/// The fewest entries before an insertion purges expired ones.
+const FIRST_PURGE: usize = 1024;
+
+/// Revocations with the time each may be forgotten. Looking up an entry
+/// whose `until` has passed still answers revoked until it is purged: the
+/// sessions it matches have expired anyway.
+#[derive(Debug)]
+pub(super) struct RevocationSet {
+    sessions: HashMap<String, SystemTime>,
+    /// issuer → sid → until.
+    sids: HashMap<String, HashMap<String, SystemTime>>,
+    /// issuer → subject → windows, none covering another.
+    subjects: HashMap<String, HashMap<String, Vec<Window>>>,
+    len: usize,
+    /// The entry count at which the next insertion purges.
+    next_purge: usize,
+}
+
+/// Whether an insertion was kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Inserted {
+    /// Recorded (or already covered by an entry as strong).
+    Yes,
+    /// Not recorded: `until` has passed.
+    Expired,
+    /// Not recorded: the set holds `max` live entries.
+    Full,
+}
+
+impl RevocationSet {
+    pub(super) fn new() -> Self {
+        Self {
+            sessions: HashMap::new(),
+            sids: HashMap::new(),
+            subjects: HashMap::new(),
+            len: 0,
+            next_purge: FIRST_PURGE,
+        }
+    }
+
+    /// The number of entries (subject windows counted one by one).
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Records `revocation` unless it has expired or the set holds `max`
+    /// live entries. Purges expired entries now and then, so the set stays
+    /// within twice its live entries.
+    pub(super) fn insert(&mut self, revocation: &Revocation, now: SystemTime, max: usize) -> Inserted {
+        let until = revocation.until();
+        if until <= now {
+            return Inserted::Expired;
+        }
+        if self.len >= self.next_purge.min(max) {
+            self.purge(now);
+            if self.len >= max {
+                return Inserted::Full;
+            }
+        }
+        let added = match revocation {
+            Revocation::Session { id, until } => extend(&mut self.sessions, id, *until),
+            Revocation::Sid { issuer, sid, until } => {
+                extend(self.sids.entry(issuer.clone()).or_default(), sid, *until)
+            }
+            Revocation::Subject {
+                issuer,
+                subject,
+                before,
+                until,
+            } => {
+                let windows = self
+                    .subjects
+                    .entry(issuer.clone())
+                    .or_default()
+                    .entry(subject.clone())
+                    .or_default();
+                add_window(
+                    windows,
+                    Window {
+                        before: *before,
+                        until: *until,
+                    },
+                )
+            }
+        };
+        self.len = self.len.saturating_add_signed(added);
+        Inserted::Yes
+    }
+
+    /// Whether a revocation matches `session`.
+    pub(super) fn contains(&self, session: &SessionRef<'_>) -> bool {
+        if self.sessions.contains_key(session.id) {
+            return true;
+        }
+        if let Some(sid) = session.sid
+            && self
+                .sids
+                .get(session.issuer)
+                .is_some_and(|sids| sids.contains_key(sid))
+        {
+            return true;
+        }
+        self.subjects
+            .get(session.issuer)
+            .and_then(|subjects| subjects.get(session.subject))
+            .is_some_and(|windows| windows.iter().any(|w| session.created < w.before))
+    }
+
+    /// Forgets the entries whose `until` has passed.
+    pub(super) fn purge(&mut self, now: SystemTime) {
+        self.sessions.retain(|_, until| *until > now);
+        for sids in self.sids.values_mut() {
+            sids.retain(|_, until| *until > now);
+        }
+        self.sids.retain(|_, sids| !sids.is_empty());
+        for subjects in self.subjects.values_mut() {
+            for windows in subjects.values_mut() {
+                windows.retain(|w| w.until > now);
+            }
+            subjects.retain(|_, windows| !windows.is_empty());
+        }
+        self.subjects.retain(|_, subjects| !subjects.is_empty());
+        self.len = self.sessions.len()
+            + self.sids.values().map(HashMap::len).sum::<usize>()
+            + self
+                .subjects
+                .values()
+                .flat_map(HashMap::values)
+                .map(Vec::len)
+                .sum::<usize>();
+        self.next_purge = (self.len.saturating_mul(2)).max(FIRST_PURGE);
+    }
+}
+
+/// Records `key` until `until`, keeping the later time when it is there;
+/// 1 when it was not.
+fn extend(map: &mut HashMap<String, SystemTime>, key: &str, until: SystemTime) -> isize {
+    match map.get_mut(key) {
+        Some(existing) => {
+            *existing = (*existing).max(until);
+            0
+        }
+        None => {
+            map.insert(key.to_owned(), until);
+            1
+        }
+    }
+}
+
+/// Adds `new` unless a window covers it (revokes at least as much for at
+/// least as long), dropping the windows it covers; the change in count.
+fn add_window(windows: &mut Vec<Window>, new: Window) -> isize {
+    if windows
+        .iter()
+        .any(|w| w.before >= new.before && w.until >= new.until)
+    {
+        return 0;
+    }
+    let before = windows.len();
+    windows.retain(|w| !(new.before >= w.before && new.until >= w.until));
+    windows.push(new);
+    // At most a handful of windows per subject: the counts fit.
+    windows.len().cast_signed() - before.cast_signed()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000 + secs)
+    }
+
+    fn subject(before: u64, until: u64) -> Revocation {
+        Revocation::Subject {
+            issuer: "iss".into(),
+            subject: "alice".into(),
+            before: at(before),
+            until: at(until),
+        }
+    }
+
+    fn alice(created: u64) -> SessionRef<'static> {
+        SessionRef {
+            id: "x",
+            issuer: "iss",
+            subject: "alice",
+            sid: None,
+            created: at(created),
+        }
+    }
+
+    #[test]
+    fn a_covered_subject_window_is_not_kept_and_a_covering_one_replaces() {
+        let mut set = RevocationSet::new();
+        assert_eq!(set.insert(&subject(10, 100), at(0), 10), Inserted::Yes);
+        assert_eq!(set.insert(&subject(5, 50), at(0), 10), Inserted::Yes);
+        assert_eq!(set.len(), 1);
+        // Revokes more but is forgotten sooner: both kept.
+        assert_eq!(set.insert(&subject(20, 60), at(0), 10), Inserted::Yes);
+        assert_eq!(set.len(), 2);
+        assert!(set.contains(&alice(19)) && !set.contains(&alice(20)));
+        assert_eq!(set.insert(&subject(30, 200), at(0), 10), Inserted::Yes);
+        assert_eq!(set.len(), 1);
+        set.purge(at(250));
+        assert_eq!(set.len(), 0);
+        assert!(!set.contains(&alice(0)));
+    }
+
+    #[test]
+    fn a_full_set_purges_then_refuses() {
+        let mut set = RevocationSet::new();
+        let session = |id: &str, until| Revocation::Session {
+            id: id.into(),
+            until: at(until),
+        };
+        assert_eq!(set.insert(&session("a", 10), at(0), 2), Inserted::Yes);
+        assert_eq!(set.insert(&session("b", 100), at(0), 2), Inserted::Yes);
+        assert_eq!(set.insert(&session("c", 100), at(0), 2), Inserted::Full);
+        // Once `a` has expired, its place is free.
+        assert_eq!(set.insert(&session("c", 100), at(20), 2), Inserted::Yes);
+        assert_eq!(set.insert(&session("d", 10), at(20), 2), Inserted::Expired);
+        assert_eq!(set.len(), 2);
+    }
+}

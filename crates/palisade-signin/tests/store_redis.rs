@@ -1,0 +1,407 @@
+//! The Redis session store against a real `redis-server` on loopback: two
+//! stores on one server play two replicas of a service.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use palisade_signin::store::{RedisStore, Revocation, SessionRef, SessionStore, StoreError};
+use palisade_testkit::redis::RedisServer;
+
+const ISSUER: &str = "https://idp.example";
+const HOUR: Duration = Duration::from_secs(3600);
+const MAX_STALENESS: Duration = Duration::from_millis(300);
+const COMMAND_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// Every log line of the process, captured once for all tests (the stores
+/// log from their own threads, so the subscriber is global).
+fn logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let writer = buffer.clone();
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || Capture(writer.clone()))
+            .init();
+        buffer
+    })
+    .clone()
+}
+
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The captured lines at `level` that mention `url`.
+fn lines(level: &str, url: &str) -> Vec<String> {
+    let logs = logs();
+    let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    text.lines()
+        .filter(|l| l.contains(level) && l.contains(url))
+        .map(str::to_owned)
+        .collect()
+}
+
+async fn replica(server: &RedisServer) -> RedisStore {
+    RedisStore::builder(&server.url())
+        .max_staleness(MAX_STALENESS)
+        .command_timeout(COMMAND_TIMEOUT)
+        .connect()
+        .await
+        .unwrap()
+}
+
+fn session<'a>(id: &'a str, subject: &'a str, sid: Option<&'a str>, created: SystemTime) -> SessionRef<'a> {
+    SessionRef {
+        id,
+        issuer: ISSUER,
+        subject,
+        sid,
+        created,
+    }
+}
+
+/// Polls `check` until it holds or `within` has passed; how long it took.
+async fn eventually(within: Duration, check: impl Fn() -> bool) -> Option<Duration> {
+    let started = Instant::now();
+    loop {
+        if check() {
+            return Some(started.elapsed());
+        }
+        if started.elapsed() > within {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Runs a scenario with a bound on its time: a hang fails the test.
+async fn bounded<F: Future<Output = ()>>(scenario: F) {
+    tokio::time::timeout(Duration::from_secs(30), scenario)
+        .await
+        .expect("the scenario hung");
+}
+
+/// Awaits a store call that must fail quickly: within the command timeout
+/// and a margin.
+async fn fails_quickly<T: std::fmt::Debug>(call: impl Future<Output = Result<T, StoreError>>) {
+    let started = Instant::now();
+    let result = call.await;
+    let took = started.elapsed();
+    assert!(matches!(result, Err(StoreError::Unavailable)), "{result:?}");
+    assert!(
+        took < COMMAND_TIMEOUT + Duration::from_millis(500),
+        "took {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_revocation_on_one_replica_is_seen_by_the_other_within_a_second() {
+    bounded(async {
+        let server = RedisServer::start().unwrap();
+        let (a, b) = (replica(&server).await, replica(&server).await);
+        let now = SystemTime::now();
+        let s1 = session("s1", "alice", None, now);
+        assert!(!b.is_revoked(&s1).unwrap());
+        a.revoke(Revocation::Session {
+            id: "s1".into(),
+            until: now + HOUR,
+        })
+        .await
+        .unwrap();
+        assert!(a.is_revoked(&s1).unwrap(), "the revoking replica sees it at once");
+        let took = eventually(Duration::from_secs(1), || b.is_revoked(&s1).unwrap()).await;
+        assert!(
+            took.is_some(),
+            "the other replica did not see the revocation within 1 s"
+        );
+        assert!(!b.is_revoked(&session("s2", "alice", None, now)).unwrap());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sid_and_subject_revocations_match_the_right_sessions_only() {
+    bounded(async {
+        let server = RedisServer::start().unwrap();
+        let (a, b) = (replica(&server).await, replica(&server).await);
+        let now = SystemTime::now();
+        let earlier = now - Duration::from_secs(60);
+        let later = now + Duration::from_secs(1);
+        a.revoke(Revocation::Sid {
+            issuer: ISSUER.into(),
+            sid: "idp-1".into(),
+            until: now + HOUR,
+        })
+        .await
+        .unwrap();
+        a.revoke(Revocation::Subject {
+            issuer: ISSUER.into(),
+            subject: "bob".into(),
+            before: now,
+            until: now + HOUR,
+        })
+        .await
+        .unwrap();
+        let marker = session("marker", "carol", None, now);
+        a.revoke(Revocation::Session {
+            id: "marker".into(),
+            until: now + HOUR,
+        })
+        .await
+        .unwrap();
+        // The stream is read in order: once the last one is there, all are.
+        assert!(
+            eventually(Duration::from_secs(1), || b.is_revoked(&marker).unwrap())
+                .await
+                .is_some()
+        );
+        for store in [&a, &b] {
+            assert!(
+                store
+                    .is_revoked(&session("x1", "alice", Some("idp-1"), now))
+                    .unwrap()
+            );
+            assert!(
+                !store
+                    .is_revoked(&session("x2", "alice", Some("idp-2"), now))
+                    .unwrap()
+            );
+            assert!(!store.is_revoked(&session("x3", "alice", None, now)).unwrap());
+            let other_issuer = SessionRef {
+                issuer: "https://other.example",
+                ..session("x4", "alice", Some("idp-1"), now)
+            };
+            assert!(!store.is_revoked(&other_issuer).unwrap());
+            assert!(store.is_revoked(&session("y1", "bob", None, earlier)).unwrap());
+            assert!(!store.is_revoked(&session("y2", "bob", None, later)).unwrap());
+            assert!(!store.is_revoked(&session("y3", "alice", None, earlier)).unwrap());
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_replica_started_later_loads_the_live_revocations() {
+    bounded(async {
+        let server = RedisServer::start().unwrap();
+        let a = replica(&server).await;
+        let now = SystemTime::now();
+        a.revoke(Revocation::Session {
+            id: "live".into(),
+            until: now + HOUR,
+        })
+        .await
+        .unwrap();
+        a.revoke(Revocation::Session {
+            id: "short".into(),
+            until: now + Duration::from_millis(200),
+        })
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let late = replica(&server).await;
+        assert!(late.is_revoked(&session("live", "alice", None, now)).unwrap());
+        // Past `until`: forgotten, not loaded.
+        assert!(!late.is_revoked(&session("short", "alice", None, now)).unwrap());
+        // Another prefix is another store.
+        let other = RedisStore::builder(&server.url())
+            .prefix("other:")
+            .connect()
+            .await
+            .unwrap();
+        assert!(!other.is_revoked(&session("live", "alice", None, now)).unwrap());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn use_once_succeeds_once_across_replicas() {
+    bounded(async {
+        let server = RedisServer::start().unwrap();
+        let (a, b) = (replica(&server).await, replica(&server).await);
+        assert!(a.use_once("jti-1", HOUR).await.unwrap());
+        assert!(!b.use_once("jti-1", HOUR).await.unwrap());
+        assert!(!a.use_once("jti-1", HOUR).await.unwrap());
+        assert!(b.use_once("jti-2", Duration::from_millis(100)).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            a.use_once("jti-2", HOUR).await.unwrap(),
+            "the mark outlived its ttl"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn session_data_is_shared_replaced_removed_and_expires() {
+    bounded(async {
+        let server = RedisServer::start().unwrap();
+        let (a, b) = (replica(&server).await, replica(&server).await);
+        let big: Vec<u8> = (0..100_000u32).map(|i| (i % 256) as u8).collect();
+        a.put("s1", big.clone(), HOUR).await.unwrap();
+        assert_eq!(b.get("s1").await.unwrap(), Some(big));
+        b.put("s1", b"replaced".to_vec(), HOUR).await.unwrap();
+        assert_eq!(a.get("s1").await.unwrap().as_deref(), Some(&b"replaced"[..]));
+        a.remove("s1").await.unwrap();
+        assert_eq!(b.get("s1").await.unwrap(), None);
+        a.put("s2", b"brief".to_vec(), Duration::from_millis(100))
+            .await
+            .unwrap();
+        assert_eq!(b.get("s2").await.unwrap().as_deref(), Some(&b"brief"[..]));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(b.get("s2").await.unwrap(), None);
+        b.remove("never-there").await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_outage_fails_closed_quickly_and_recovery_keeps_earlier_revocations() {
+    logs();
+    bounded(async {
+        let mut server = RedisServer::start().unwrap();
+        let (a, b) = (replica(&server).await, replica(&server).await);
+        let now = SystemTime::now();
+        let before_outage = session("before", "alice", None, now);
+        a.revoke(Revocation::Session {
+            id: "before".into(),
+            until: now + HOUR,
+        })
+        .await
+        .unwrap();
+        assert!(
+            eventually(Duration::from_secs(1), || b.is_revoked(&before_outage).unwrap())
+                .await
+                .is_some()
+        );
+
+        server.kill().unwrap();
+        let unavailable =
+            |s: &RedisStore| matches!(s.is_revoked(&before_outage), Err(StoreError::Unavailable));
+        let took = eventually(MAX_STALENESS + Duration::from_millis(200), || {
+            unavailable(&a) && unavailable(&b)
+        })
+        .await;
+        assert!(took.is_some(), "is_revoked still answered from a stale mirror");
+        assert!(unavailable(&a) && unavailable(&b));
+        fails_quickly(a.use_once("jti", HOUR)).await;
+        fails_quickly(b.get("s1")).await;
+        fails_quickly(a.put("s1", vec![1], HOUR)).await;
+        fails_quickly(a.revoke(Revocation::Session {
+            id: "during".into(),
+            until: now + HOUR,
+        }))
+        .await;
+
+        server.restart().unwrap();
+        let back = eventually(Duration::from_secs(5), || {
+            a.is_revoked(&before_outage).is_ok() && b.is_revoked(&before_outage).is_ok()
+        })
+        .await;
+        assert!(back.is_some(), "the mirrors did not recover within 5 s");
+        // The restarted Redis lost its data; the replicas did not forget.
+        assert!(a.is_revoked(&before_outage).unwrap());
+        assert!(b.is_revoked(&before_outage).unwrap());
+        assert!(a.use_once("jti", HOUR).await.unwrap());
+        let after = session("after", "alice", None, now);
+        b.revoke(Revocation::Session {
+            id: "after".into(),
+            until: now + HOUR,
+        })
+        .await
+        .unwrap();
+        assert!(
+            eventually(Duration::from_secs(1), || a.is_revoked(&after).unwrap())
+                .await
+                .is_some()
+        );
+
+        // One warn line when each mirror went stale, one info line when it
+        // came back; no session id in either.
+        let url = server.url();
+        eventually(Duration::from_secs(1), || lines(" INFO ", &url).len() == 2).await;
+        let (warns, infos) = (lines(" WARN ", &url), lines(" INFO ", &url));
+        assert_eq!(warns.len(), 2, "{warns:#?}");
+        assert_eq!(infos.len(), 2, "{infos:#?}");
+        assert!(warns[0].contains("revocations not synced"), "{warns:#?}");
+        for line in warns.iter().chain(&infos).chain(&lines("DEBUG", &url)) {
+            assert!(!line.contains("before") && !line.contains("during"), "{line}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_hung_redis_times_commands_out_and_fails_closed_until_it_answers() {
+    bounded(async {
+        let mut server = RedisServer::start().unwrap();
+        let a = replica(&server).await;
+        let now = SystemTime::now();
+        let s = session("s", "alice", None, now);
+        assert!(a.use_once("warm-up", HOUR).await.unwrap());
+
+        server.pause().unwrap();
+        fails_quickly(a.use_once("jti", HOUR)).await;
+        fails_quickly(a.get("s")).await;
+        let stale = eventually(MAX_STALENESS + Duration::from_millis(200), || {
+            a.is_revoked(&s).is_err()
+        })
+        .await;
+        assert!(stale.is_some(), "is_revoked still answered while Redis hung");
+
+        server.resume().unwrap();
+        let back = eventually(Duration::from_secs(5), || a.is_revoked(&s).is_ok()).await;
+        assert!(back.is_some(), "the mirror did not recover within 5 s");
+        // (The `jti` command that timed out may have run once Redis
+        // resumed: a timed-out command can still take effect.)
+        assert!(a.use_once("jti-after", HOUR).await.unwrap());
+        assert!(!a.use_once("jti-after", HOUR).await.unwrap());
+    })
+    .await;
+}
+
+#[test]
+fn the_store_outlives_the_runtime_that_connected_it() {
+    let server = RedisServer::start().unwrap();
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    // As actix-web does: one single-threaded runtime per worker.
+    let store = runtime().block_on(replica(&server));
+    let other = runtime();
+    assert!(other.block_on(store.use_once("k", HOUR)).unwrap());
+    assert!(!other.block_on(store.clone().use_once("k", HOUR)).unwrap());
+    let debug = format!("{store:?}");
+    assert!(debug.contains(&server.url()), "{debug}");
+}
+
+#[test]
+fn connect_blocking_needs_no_runtime_and_works_inside_one() {
+    let server = RedisServer::start().unwrap();
+    let plain = RedisStore::connect_blocking(&server.url()).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let inside = runtime.block_on(async { RedisStore::connect_blocking(&server.url()).unwrap() });
+    assert!(runtime.block_on(plain.use_once("k", HOUR)).unwrap());
+    assert!(!runtime.block_on(inside.use_once("k", HOUR)).unwrap());
+    let port = server.port();
+    drop(server);
+    let err = RedisStore::connect_blocking(&format!("redis://127.0.0.1:{port}/0")).unwrap_err();
+    assert!(matches!(err, StoreError::Connect { .. }), "{err}");
+}

@@ -1,0 +1,99 @@
+//! panva's `oidc-provider` (tests/oidc-provider/server.mjs, installed by
+//! `scripts/test` from its package-lock.json) on loopback, for the tests
+//! that need a real, OpenID-certified provider.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// The browser client server.mjs registers when `BROWSER_REDIRECT_URIS` is set.
+pub(crate) const BROWSER_CLIENT_ID: &str = "palisade-browser";
+/// Its secret (`client_secret_basic`).
+pub(crate) const BROWSER_CLIENT_SECRET: &str = "palisade-browser-secret";
+
+/// A running oidc-provider, killed and reaped on drop.
+pub(crate) struct OidcProvider {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub(crate) issuer: String,
+}
+
+impl Drop for OidcProvider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback port that was free a moment ago.
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// tests/oidc-provider, where server.mjs and its `node_modules` live.
+pub(crate) fn dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc-provider")
+}
+
+fn which(cmd: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(cmd))
+        .find(|p| p.is_file())
+}
+
+/// Starts server.mjs on `127.0.0.1:port` with `env` (see server.mjs for the
+/// variables; `PORT` and `ISSUER` are set here) and waits for its
+/// `listening on` line. Its later output goes to stderr, prefixed.
+///
+/// # Panics
+/// When node or oidc-provider is not installed (with the line that installs
+/// them), or the provider exits before listening.
+pub(crate) fn start(port: u16, env: &[(&str, &str)]) -> OidcProvider {
+    let node = which("node").unwrap_or_else(|| {
+        panic!("node is missing: run ./scripts/test (it installs nodejs with apt) or `apt-get install nodejs npm`")
+    });
+    assert!(
+        dir().join("node_modules/oidc-provider").is_dir(),
+        "oidc-provider is not installed: run ./scripts/test, or `npm ci` in {}",
+        dir().display()
+    );
+    let issuer = format!("http://127.0.0.1:{port}");
+    let mut child = Command::new(node)
+        .arg("server.mjs")
+        .current_dir(dir())
+        .env("PORT", port.to_string())
+        .env("ISSUER", &issuer)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start oidc-provider");
+    let stdout = child.stdout.take().unwrap();
+    // From here on, Drop kills the provider whatever happens.
+    let op = OidcProvider { child, issuer };
+    let mut lines = BufReader::new(stdout).lines();
+    loop {
+        let line = lines
+            .next()
+            .expect("oidc-provider exited before listening")
+            .unwrap();
+        if line.starts_with("listening on") {
+            break;
+        }
+    }
+    // Keep reading: the provider logs to stdout later (a first login's
+    // warning, back-channel deliveries), and a closed pipe kills it with
+    // EPIPE.
+    std::thread::spawn(move || {
+        lines
+            .map_while(Result::ok)
+            .for_each(|l| eprintln!("oidc-provider: {l}"));
+    });
+    op
+}

@@ -1,0 +1,546 @@
+//! Browser sign-in end to end, through both frameworks, against the
+//! testkit issuer over real HTTP: the code flow with PKCE, sessions,
+//! refresh, logout (here and back-channel) and every refusal the issue
+//! lists. A browser is played by an HTTP client with its own cookie jar
+//! (redirects followed by hand, so each step can be checked); the real
+//! browser runs in `tests/browser.rs`.
+
+use std::time::Duration;
+
+use palisade::signin::SignIn;
+use palisade::signin::cookie::CookieKey;
+use palisade::testkit::TestIssuer;
+use serde_json::Value;
+
+mod signin_common;
+use signin_common::*;
+
+/// The policy file of the tests: bearer tokens and sign-in for
+/// `productpage`; every route but `/public` needs a user.
+fn policy(issuer: &TestIssuer, key_file: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: default}}
+spec:
+  jwtRules:
+  - issuer: {iss}
+    audiences: [productpage]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: users, namespace: default}}
+spec:
+  rules:
+  - from: [{{source: {{requestPrincipals: [\"*\"]}}}}]
+  - to: [{{operation: {{paths: [/public]}}}}]
+---
+apiVersion: palisade.dev/v1alpha1
+kind: OidcLogin
+metadata: {{name: login, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: productpage}}}}
+  issuer: {iss}
+  clientId: productpage
+  session:
+    keys: [{{id: k1, keyFile: {key_file}}}]
+{extra}",
+        iss = issuer.issuer(),
+    )
+}
+
+struct Fixture {
+    issuer: TestIssuer,
+    _dir: tempdir::Dir,
+    key_file: String,
+}
+
+fn fixture(lifetime: Duration) -> Fixture {
+    let issuer = TestIssuer::builder()
+        .default_audience("productpage")
+        .public_client("productpage")
+        .user("alice", "alice-password", &["reader"])
+        .token_lifetime(lifetime)
+        .start()
+        .unwrap();
+    issuer.sign_in_as(Some("alice"));
+    let dir = tempdir::Dir::new();
+    let key_file = dir.0.join("session.key");
+    std::fs::write(&key_file, format!("{KEY_HEX}\n")).unwrap();
+    Fixture {
+        issuer,
+        key_file: key_file.display().to_string(),
+        _dir: dir,
+    }
+}
+
+/// Signs in through `base` as the issuer's chosen user; answers the jar.
+async fn sign_in(base: &str, issuer: &TestIssuer) -> Jar {
+    let mut jar = Jar::default();
+    let first = get(&format!("{base}/page?x=1"), &jar, true).await;
+    assert_eq!(first.status, 302, "{first:?}");
+    jar.take(&first);
+    let to_issuer = first.location.unwrap();
+    let at_issuer = get(&to_issuer, &Jar::default(), true).await;
+    assert_eq!(
+        at_issuer.status, 302,
+        "the issuer signs the chosen user in: {at_issuer:?}"
+    );
+    let callback = at_issuer.location.unwrap();
+    assert!(
+        callback.starts_with(&format!("{base}/oauth2/callback?")),
+        "{callback}"
+    );
+    let back = get(&callback, &jar, true).await;
+    assert_eq!(back.status, 302, "{back:?}");
+    assert_eq!(
+        back.location.as_deref(),
+        Some("/page?x=1"),
+        "back to the original URL"
+    );
+    jar.take(&back);
+    assert!(jar.session().is_some(), "a session cookie: {back:?}");
+    assert!(
+        !jar.0.contains_key("palisade_session_login"),
+        "the login state is cleared"
+    );
+    let _ = issuer;
+    jar
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_signs_in_uses_the_session_and_logs_out_on_both_frameworks() {
+    let f = fixture(Duration::from_secs(300));
+    let yaml = policy(&f.issuer, &f.key_file, "");
+    let (axum_base, actix_base) = serve_both(|| guard_from(&yaml));
+    for base in [&axum_base, &actix_base] {
+        ready(base).await;
+        // A navigation without a credential goes to the issuer with PKCE,
+        // state and nonce; an API call gets the 401 challenge.
+        let nav = get(&format!("{base}/page"), &Jar::default(), true).await;
+        assert_eq!(nav.status, 302, "{base}: {nav:?}");
+        let loc = nav.location.clone().unwrap();
+        assert!(
+            loc.starts_with(&format!("{}/protocol/openid-connect/auth?", f.issuer.issuer())),
+            "{loc}"
+        );
+        for p in [
+            "state",
+            "nonce",
+            "code_challenge",
+            "redirect_uri",
+            "client_id",
+            "scope",
+        ] {
+            assert!(
+                query_param(&loc, p).is_some_and(|v| !v.is_empty()),
+                "{p} in {loc}"
+            );
+        }
+        assert_eq!(
+            query_param(&loc, "code_challenge_method").as_deref(),
+            Some("S256")
+        );
+        assert_eq!(query_param(&loc, "response_type").as_deref(), Some("code"));
+        let state_cookie = nav
+            .set_cookies
+            .iter()
+            .find(|c| c.starts_with("palisade_session_login="))
+            .unwrap();
+        assert!(
+            state_cookie.contains("HttpOnly") && state_cookie.contains("SameSite=Lax"),
+            "{state_cookie}"
+        );
+        assert!(
+            !state_cookie.contains("Secure"),
+            "no Secure over plain HTTP: {state_cookie}"
+        );
+        let api = get(&format!("{base}/page"), &Jar::default(), false).await;
+        assert_eq!(api.status, 401, "{base}: {api:?}");
+        assert!(
+            api.www_authenticate.iter().any(|c| c.starts_with("Bearer ")),
+            "{api:?}"
+        );
+
+        // Sign in; the session speaks for alice with her roles.
+        let jar = sign_in(base, &f.issuer).await;
+        let who = get(&format!("{base}/whoami"), &jar, false).await;
+        assert_eq!(who.status, 200, "{base}: {who:?}");
+        let who = who.json();
+        assert_eq!(who["methods"], serde_json::json!(["session"]), "{who}");
+        assert_eq!(who["request_principal"], format!("{}/alice", f.issuer.issuer()));
+        assert_eq!(who["realm_roles"], serde_json::json!(["reader"]));
+        assert_eq!(get(&format!("{base}/page"), &jar, true).await.status, 200);
+
+        // Logout: here, then at the issuer with the hint and an absolute return.
+        let out = get(&format!("{base}/logout"), &jar, true).await;
+        assert_eq!(out.status, 302, "{out:?}");
+        let end = out.location.clone().unwrap();
+        assert!(
+            end.starts_with(&format!("{}/protocol/openid-connect/logout?", f.issuer.issuer())),
+            "{end}"
+        );
+        assert!(query_param(&end, "id_token_hint").is_some(), "{end}");
+        assert_eq!(
+            query_param(&end, "post_logout_redirect_uri"),
+            Some(format!("{base}/"))
+        );
+        assert!(
+            out.set_cookies
+                .iter()
+                .any(|c| c.starts_with("palisade_session=") && c.contains("Max-Age=0")),
+            "{out:?}"
+        );
+        // A saved copy of the ended session's cookie no longer works.
+        assert_eq!(get(&format!("{base}/whoami"), &jar, false).await.status, 401);
+        assert_eq!(get(&format!("{base}/page"), &jar, true).await.status, 302);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_4xx_without_a_session() {
+    let f = fixture(Duration::from_secs(300));
+    let yaml = policy(&f.issuer, &f.key_file, "");
+    let (axum_base, actix_base) = serve_both(|| guard_from(&yaml));
+    for base in [&axum_base, &actix_base] {
+        ready(base).await;
+        let start = || async {
+            let mut jar = Jar::default();
+            let nav = get(&format!("{base}/page"), &jar, true).await;
+            jar.take(&nav);
+            let at_issuer = get(nav.location.as_deref().unwrap(), &Jar::default(), true).await;
+            (jar, at_issuer.location.unwrap())
+        };
+        let refused = |a: &Answer, what: &str| {
+            assert!((400..500).contains(&a.status), "{base} {what}: {a:?}");
+            assert!(
+                !a.set_cookies
+                    .iter()
+                    .any(|c| c.starts_with("palisade_session=") && !c.contains("Max-Age=0")),
+                "{base} {what}: no session: {a:?}"
+            );
+        };
+        // No state cookie.
+        let (_, callback) = start().await;
+        refused(&get(&callback, &Jar::default(), true).await, "no state cookie");
+        // A forged state.
+        let (jar, callback) = start().await;
+        let forged = callback.replace("state=", "state=x");
+        refused(&get(&forged, &jar, true).await, "forged state");
+        // A replayed code: the first use signs in, the second is refused.
+        let (jar, callback) = start().await;
+        let ok = get(&callback, &jar, true).await;
+        assert_eq!(ok.status, 302, "{ok:?}");
+        refused(&get(&callback, &jar, true).await, "replayed code");
+        // An authorization response from another issuer.
+        let (jar, callback) = start().await;
+        let mixed = callback.replace("iss=", "iss=https%3A%2F%2Fevil.example");
+        refused(&get(&mixed, &jar, true).await, "another issuer");
+        // A return URL to another origin.
+        for target in ["https://evil.example/", "//evil.example/x", "/\\evil.example"] {
+            let url = format!(
+                "{base}/login?return_to={}",
+                target
+                    .replace('/', "%2F")
+                    .replace('\\', "%5C")
+                    .replace(':', "%3A")
+            );
+            refused(&get(&url, &Jar::default(), true).await, target);
+        }
+        assert_eq!(
+            get(&format!("{base}/login?return_to=%2Fpage"), &Jar::default(), true)
+                .await
+                .status,
+            302
+        );
+
+        // Tampered, foreign-key and oversized session cookies are no session.
+        let jar = sign_in(base, &f.issuer).await;
+        let value = jar.session().unwrap().clone();
+        let mut bytes = value.into_bytes();
+        let last = bytes.len() - 3;
+        bytes[last] = if bytes[last] == b'A' { b'B' } else { b'A' };
+        let mut tampered = jar.clone();
+        tampered
+            .0
+            .insert("palisade_session".into(), String::from_utf8(bytes).unwrap());
+        let other_key = SignIn::builder(f.issuer.issuer(), "productpage")
+            .keys(vec![CookieKey::new("k1", &[9u8; 32]).unwrap()])
+            .build()
+            .unwrap()
+            .session_cookie_for(
+                "alice",
+                &f.issuer.token().subject("alice").sign(),
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        let mut foreign = Jar::default();
+        for pair in other_key.split("; ") {
+            let (k, v) = pair.split_once('=').unwrap();
+            foreign.0.insert(k.into(), v.into());
+        }
+        let mut huge = Jar::default();
+        huge.0.insert(
+            "palisade_session".into(),
+            format!("v1.1.k1.{}", "A".repeat(60_000)),
+        );
+        for (what, jar) in [
+            ("tampered", &tampered),
+            ("unknown key", &foreign),
+            ("oversized", &huge),
+        ] {
+            let api = get(&format!("{base}/whoami"), jar, false).await;
+            assert!(api.status == 401 || api.status == 431, "{base} {what}: {api:?}");
+            let nav = get(&format!("{base}/page"), jar, true).await;
+            assert!(nav.status == 302 || nav.status == 431, "{base} {what}: {nav:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_refreshed_once_per_session_and_a_refused_refresh_ends_it() {
+    // Tokens live 35 s and are refreshed when less than 30 s are left: at once.
+    let f = fixture(Duration::from_secs(35));
+    let yaml = policy(&f.issuer, &f.key_file, "");
+    let (axum_base, actix_base) = serve_both(|| guard_from(&yaml));
+    for base in [&axum_base, &actix_base] {
+        ready(base).await;
+        let mut jar = sign_in(base, &f.issuer).await;
+        tokio::time::sleep(Duration::from_millis(5_100)).await;
+        let before = f.issuer.refreshes();
+        let answers = futures_join(base, &jar, 8).await;
+        for a in &answers {
+            assert_eq!(a.status, 200, "{a:?}");
+        }
+        assert_eq!(
+            f.issuer.refreshes(),
+            before + 1,
+            "{base}: one refresh for eight concurrent requests"
+        );
+        let renewed = answers
+            .iter()
+            .find(|a| a.set_cookies.iter().any(|c| c.starts_with("palisade_session=")))
+            .unwrap();
+        jar.take(renewed);
+        // A refused refresh ends the session.
+        f.issuer.refuse_refresh(true);
+        tokio::time::sleep(Duration::from_millis(5_100)).await;
+        assert_eq!(
+            get(&format!("{base}/whoami"), &jar, false).await.status,
+            401,
+            "{base}"
+        );
+        f.issuer.refuse_refresh(false);
+    }
+}
+
+async fn futures_join(base: &str, jar: &Jar, n: usize) -> Vec<Answer> {
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let (url, jar) = (format!("{base}/whoami"), jar.clone());
+        tasks.push(tokio::spawn(async move { get(&url, &jar, false).await }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_channel_logout_ends_every_session_of_the_sid_and_refuses_bad_tokens() {
+    let f = fixture(Duration::from_secs(300));
+    let yaml = policy(&f.issuer, &f.key_file, "");
+    let (axum_base, actix_base) = serve_both(|| guard_from(&yaml));
+    for base in [&axum_base, &actix_base] {
+        ready(base).await;
+        let jar = sign_in(base, &f.issuer).await;
+        let who = get(&format!("{base}/whoami"), &jar, false).await.json();
+        let sid = who["claims"]["sid"]
+            .as_str()
+            .expect("the access token carries the sid")
+            .to_owned();
+        let post = |body: String| {
+            let url = format!("{base}/oauth2/backchannel-logout");
+            async move {
+                answer(
+                    client()
+                        .post(url)
+                        .header("content-type", "application/x-www-form-urlencoded")
+                        .body(body)
+                        .send()
+                        .await
+                        .unwrap(),
+                )
+                .await
+            }
+        };
+        let token = |b: palisade::testkit::TokenBuilder<'_>| format!("logout_token={}", b.sign());
+        let lt_for = |aud: &str| {
+            f.issuer
+                .logout_token()
+                .audience(aud)
+                .subject("alice")
+                .claim("sid", Value::from(sid.clone()))
+        };
+        let lt = || lt_for("productpage");
+        for (what, body) in [
+            ("a nonce", token(lt().claim("nonce", Value::from("n")))),
+            ("no events", token(lt().without_claim("events"))),
+            ("another audience", token(lt_for("reviews"))),
+            ("expired", token(lt().expires_in(-120))),
+            ("unsigned", format!("logout_token={}", lt().unsigned())),
+            ("no token", String::new()),
+            ("two tokens", format!("{}&{}", token(lt()), token(lt()))),
+        ] {
+            let a = post(body).await;
+            assert_eq!(a.status, 400, "{base} {what}: {a:?}");
+            assert_eq!(
+                get(&format!("{base}/whoami"), &jar, false).await.status,
+                200,
+                "{base}: {what} ends nothing"
+            );
+        }
+        let good = token(lt());
+        assert_eq!(post(good.clone()).await.status, 200);
+        assert_eq!(
+            get(&format!("{base}/whoami"), &jar, false).await.status,
+            401,
+            "{base}: the session ended"
+        );
+        assert_eq!(post(good).await.status, 400, "{base}: a replayed logout token");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_session_ends() {
+    let f = fixture(Duration::from_secs(300));
+    let yaml = policy(&f.issuer, &f.key_file, "    idleTimeout: 2s\n");
+    let (axum_base, _) = serve_both(|| guard_from(&yaml));
+    ready(&axum_base).await;
+    let jar = sign_in(&axum_base, &f.issuer).await;
+    assert_eq!(get(&format!("{axum_base}/whoami"), &jar, false).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(get(&format!("{axum_base}/whoami"), &jar, false).await.status, 401);
+}
+
+/// Two replicas (the axum and the actix-web app, each with its own guard
+/// and its own connection to one real Redis) share sessions: the session
+/// keys open the cookie on both, an ended session ends on both within a
+/// second, a logout token is used once across both, and a Redis that is
+/// gone fails closed for sessions (401 or a new sign-in, never a 5xx) while
+/// bearer tokens keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_sharing_redis_end_sessions_together_and_fail_closed_without_it() {
+    let mut redis = palisade::testkit::redis::RedisServer::start()
+        .expect("redis-server (sudo apt-get install redis-server)");
+    let f = fixture(Duration::from_secs(300));
+    let yaml = policy(&f.issuer, &f.key_file, &format!("    store: {}\n", redis.url()));
+    let (a, b) = serve_both(|| guard_from(&yaml));
+    ready(&a).await;
+    ready(&b).await;
+    let within_a_second = |base: String, jar: Jar| async move {
+        for _ in 0..20 {
+            if get(&format!("{base}/whoami"), &jar, false).await.status == 401 {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    };
+
+    // Logout on one replica ends the session on the other.
+    let jar = sign_in(&a, &f.issuer).await;
+    assert_eq!(
+        get(&format!("{b}/whoami"), &jar, false).await.status,
+        200,
+        "the other replica opens the session"
+    );
+    assert_eq!(get(&format!("{a}/logout"), &jar, true).await.status, 302);
+    assert!(
+        within_a_second(b.clone(), jar.clone()).await,
+        "the logout reached the other replica"
+    );
+
+    // A back-channel logout at one replica ends the session on both; its
+    // token cannot be used again at the other.
+    let jar = sign_in(&a, &f.issuer).await;
+    let sid = get(&format!("{a}/whoami"), &jar, false).await.json()["claims"]["sid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let token = f
+        .issuer
+        .logout_token()
+        .audience("productpage")
+        .subject("alice")
+        .claim("sid", Value::from(sid))
+        .sign();
+    let post = |base: String, token: String| async move {
+        client()
+            .post(format!("{base}/oauth2/backchannel-logout"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("logout_token={token}"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(post(b.clone(), token.clone()).await, 200);
+    assert!(
+        within_a_second(a.clone(), jar.clone()).await,
+        "the back-channel logout reached the other replica"
+    );
+    assert_eq!(
+        post(a.clone(), token).await,
+        400,
+        "a logout token is used once across replicas"
+    );
+
+    // Redis gone: sessions fail closed once the mirrors are stale; bearer
+    // tokens are not affected; nothing answers 5xx.
+    let jar = sign_in(&a, &f.issuer).await;
+    let bearer = f.issuer.token().subject("bob").sign();
+    redis.kill().unwrap();
+    let mut closed = [false, false];
+    for _ in 0..80 {
+        for (i, base) in [&a, &b].into_iter().enumerate() {
+            let s = get(&format!("{base}/whoami"), &jar, false).await.status;
+            assert!(s == 200 || s == 401, "{base}: {s} while Redis is down");
+            closed[i] |= s == 401;
+            let nav = get(&format!("{base}/page"), &jar, true).await.status;
+            assert!(
+                nav == 200 || nav == 302,
+                "{base}: {nav} for a navigation while Redis is down"
+            );
+        }
+        if closed == [true, true] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(closed, [true, true], "sessions fail closed on both replicas");
+    for base in [&a, &b] {
+        let res = client()
+            .get(format!("{base}/whoami"))
+            .bearer_auth(&bearer)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{base}: bearer tokens work without Redis");
+    }
+    // Redis back: the mirrors resync and sessions work again.
+    redis.restart().unwrap();
+    let mut back = false;
+    for _ in 0..60 {
+        if get(&format!("{a}/whoami"), &jar, false).await.status == 200
+            && get(&format!("{b}/whoami"), &jar, false).await.status == 200
+        {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(back, "sessions work again once Redis is back");
+}

@@ -1,0 +1,275 @@
+//! Browser sign-in refuses bad ID tokens at the callback, through both
+//! frameworks, against the testkit issuer made to misbehave with
+//! `TestIssuer::tamper_id_tokens`: each refusal is a 4xx after the code was
+//! exchanged, sets no session cookie and leaves the browser without a
+//! session. A control sign-in without tampering proves the harness can
+//! sign in at all. The harness is the one of `tests/signin.rs`, cut down.
+
+use std::time::Duration;
+
+use palisade::testkit::{IdTokenTamper, TestIssuer};
+use serde_json::{Value, json};
+
+mod signin_common;
+use signin_common::*;
+const CLIENT_SECRET: &str = "productpage-secret";
+
+/// Any cookie of a session: `palisade_session` or one of its chunks
+/// (`palisade_session_1`, …); the login state does not count.
+fn has_session(jar: &Jar) -> bool {
+    jar.0.keys().any(|name| is_session_cookie(name))
+}
+
+fn is_session_cookie(name: &str) -> bool {
+    name == "palisade_session"
+        || name
+            .strip_prefix("palisade_session_")
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// A `Set-Cookie` that gives the browser a session cookie (not one that
+/// clears it).
+fn sets_session(set_cookie: &str) -> bool {
+    let first = set_cookie.split(';').next().unwrap_or_default();
+    let Some((name, value)) = first.split_once('=') else {
+        return false;
+    };
+    is_session_cookie(name.trim())
+        && !value.trim().is_empty()
+        && !set_cookie.to_ascii_lowercase().contains("max-age=0")
+}
+
+/// The policy file: bearer tokens and sign-in for `productpage`; every
+/// route but `/public` needs a user.
+fn policy(issuer: &TestIssuer, key_file: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: default}}
+spec:
+  jwtRules:
+  - issuer: {iss}
+    audiences: [productpage]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: users, namespace: default}}
+spec:
+  rules:
+  - from: [{{source: {{requestPrincipals: [\"*\"]}}}}]
+  - to: [{{operation: {{paths: [/public]}}}}]
+---
+apiVersion: palisade.dev/v1alpha1
+kind: OidcLogin
+metadata: {{name: login, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: productpage}}}}
+  issuer: {iss}
+  clientId: productpage
+  session:
+    keys: [{{id: k1, keyFile: {key_file}}}]
+{extra}",
+        iss = issuer.issuer(),
+    )
+}
+
+struct Fixture {
+    issuer: TestIssuer,
+    yaml: String,
+    _dir: tempdir::Dir,
+}
+
+/// The issuer with `productpage` as a public client (PKCE alone) or a
+/// confidential one (`clientSecretFile`), alice signed in at once, and the
+/// policy file for it.
+fn fixture(confidential: bool) -> Fixture {
+    let builder = TestIssuer::builder()
+        .default_audience("productpage")
+        .user("alice", "alice-password", &["reader"])
+        .token_lifetime(Duration::from_secs(300));
+    let builder = if confidential {
+        builder.client("productpage", CLIENT_SECRET)
+    } else {
+        builder.public_client("productpage")
+    };
+    let issuer = builder.start().unwrap();
+    issuer.sign_in_as(Some("alice"));
+    let dir = tempdir::Dir::new();
+    let key_file = dir.0.join("session.key");
+    std::fs::write(&key_file, format!("{KEY_HEX}\n")).unwrap();
+    let extra = if confidential {
+        let secret_file = dir.0.join("client.secret");
+        std::fs::write(&secret_file, format!("{CLIENT_SECRET}\n")).unwrap();
+        format!("  clientSecretFile: {}\n", secret_file.display())
+    } else {
+        String::new()
+    };
+    let yaml = policy(&issuer, &key_file.display().to_string(), &extra);
+    Fixture {
+        issuer,
+        yaml,
+        _dir: dir,
+    }
+}
+
+/// Goes to the issuer from `/page` and back to the callback, which
+/// exchanges the code (once, checked) for whatever tokens the issuer sends
+/// now; answers the jar and the callback's answer.
+async fn through_the_callback(base: &str, issuer: &TestIssuer, what: &str) -> (Jar, Answer) {
+    let mut jar = Jar::default();
+    let nav = get(&format!("{base}/page"), &jar, true).await;
+    assert_eq!(nav.status, 302, "{base} {what}: {nav:?}");
+    jar.take(&nav);
+    let at_issuer = get(nav.location.as_deref().unwrap(), &Jar::default(), true).await;
+    assert_eq!(at_issuer.status, 302, "{base} {what}: {at_issuer:?}");
+    let callback = at_issuer.location.unwrap();
+    assert!(
+        callback.starts_with(&format!("{base}/oauth2/callback?")),
+        "{base} {what}: {callback}"
+    );
+    let exchanges = issuer.code_exchanges();
+    let back = get(&callback, &jar, true).await;
+    assert_eq!(
+        issuer.code_exchanges(),
+        exchanges + 1,
+        "{base} {what}: the code was exchanged, so the ID token is what decides: {back:?}"
+    );
+    (jar, back)
+}
+
+/// A sign-in without tampering succeeds: back to `/page` with a session
+/// that speaks for alice.
+async fn signs_in(base: &str, issuer: &TestIssuer, what: &str) {
+    let (mut jar, back) = through_the_callback(base, issuer, what).await;
+    assert_eq!(back.status, 302, "{base} {what}: {back:?}");
+    assert_eq!(back.location.as_deref(), Some("/page"), "{base} {what}");
+    assert!(
+        back.set_cookies.iter().any(|c| sets_session(c)),
+        "{base} {what}: a session cookie: {back:?}"
+    );
+    jar.take(&back);
+    let who = get(&format!("{base}/whoami"), &jar, false).await;
+    assert_eq!(who.status, 200, "{base} {what}: {who:?}");
+    let who: Value = serde_json::from_str(&who.body).unwrap();
+    assert_eq!(
+        who["request_principal"],
+        format!("{}/alice", issuer.issuer()),
+        "{base} {what}"
+    );
+}
+
+/// The callback refuses what the issuer sends now: a 4xx, no session
+/// cookie, and the next requests are still without a session.
+async fn refused(base: &str, issuer: &TestIssuer, what: &str) {
+    let (mut jar, back) = through_the_callback(base, issuer, what).await;
+    assert!(
+        (400..500).contains(&back.status),
+        "{base} {what}: a 4xx, never a sign-in or a 5xx: {back:?}"
+    );
+    assert!(
+        !back.set_cookies.iter().any(|c| sets_session(c)),
+        "{base} {what}: no session cookie: {back:?}"
+    );
+    jar.take(&back);
+    assert!(!has_session(&jar), "{base} {what}: {jar:?}");
+    let who = get(&format!("{base}/whoami"), &jar, false).await;
+    assert_eq!(who.status, 401, "{base} {what}: still no session: {who:?}");
+    let nav = get(&format!("{base}/page"), &jar, true).await;
+    assert_eq!(nav.status, 302, "{base} {what}: sent to sign in again: {nav:?}");
+    assert!(
+        nav.location
+            .as_deref()
+            .is_some_and(|l| l.starts_with(&issuer.authorization_endpoint())),
+        "{base} {what}: {nav:?}"
+    );
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Every bad ID token the callback must refuse, by name.
+fn bad_id_tokens(issuer: &TestIssuer) -> Vec<(&'static str, IdTokenTamper)> {
+    let t = IdTokenTamper::new;
+    vec![
+        ("a wrong nonce", t().claim("nonce", json!("not-this-sign-in"))),
+        ("no nonce", t().without_claim("nonce")),
+        (
+            "another iss",
+            t().claim("iss", json!("https://evil.example/realms/demo")),
+        ),
+        (
+            "an iss extending the issuer's",
+            t().claim("iss", json!(format!("{}x", issuer.issuer()))),
+        ),
+        ("no iss", t().without_claim("iss")),
+        ("another aud", t().claim("aud", json!("reviews"))),
+        (
+            "another client's token (aud and azp)",
+            t().claim("aud", json!("reviews")).claim("azp", json!("reviews")),
+        ),
+        ("no aud", t().without_claim("aud")),
+        ("azp of another client", t().claim("azp", json!("reviews"))),
+        (
+            "azp of another client, as an array",
+            t().claim("azp", json!(["reviews"])),
+        ),
+        ("azp not a string", t().claim("azp", json!(42))),
+        (
+            "two audiences and no azp",
+            t().claim("aud", json!(["productpage", "reviews"]))
+                .without_claim("azp"),
+        ),
+        ("exp in the past", t().expires_in(-600)),
+        ("no exp", t().without_claim("exp")),
+        ("iat far in the past", t().issued_at(-3600)),
+        ("iat in the future", t().issued_at(3600)),
+        ("no iat", t().without_claim("iat")),
+        ("nbf in the future", t().claim("nbf", json!(unix_now() + 3600))),
+        ("no sub", t().without_claim("sub")),
+        ("an empty sub", t().claim("sub", json!(""))),
+        ("alg none (unsigned)", t().unsigned()),
+        (
+            "alg none under the published kid",
+            t().unsigned().header("kid", json!(issuer.current_kid())),
+        ),
+        ("an unknown critical header", t().header("crit", json!(["exp"]))),
+        ("HS256 with the client secret", t().hmac_with_client_secret()),
+        ("signed by a key not in the JWKS", t().unpublished_key()),
+        (
+            "a published kid on another key's signature",
+            t().unpublished_key().header("kid", json!(issuer.current_kid())),
+        ),
+        ("no id_token", t().omit()),
+    ]
+}
+
+async fn bad_id_tokens_are_refused(confidential: bool) {
+    let f = fixture(confidential);
+    let (axum_base, actix_base) = serve_both(|| guard_from(&f.yaml));
+    let cases = bad_id_tokens(&f.issuer);
+    for base in [&axum_base, &actix_base] {
+        ready(base).await;
+        f.issuer.tamper_id_tokens(None);
+        signs_in(base, &f.issuer, "control, before").await;
+        for (what, tamper) in &cases {
+            f.issuer.tamper_id_tokens(Some(tamper.clone()));
+            refused(base, &f.issuer, what).await;
+        }
+        f.issuer.tamper_id_tokens(None);
+        signs_in(base, &f.issuer, "control, after").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_public_client_refuses_bad_id_tokens_on_both_frameworks() {
+    bad_id_tokens_are_refused(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confidential_client_refuses_bad_id_tokens_on_both_frameworks() {
+    bad_id_tokens_are_refused(true).await;
+}
