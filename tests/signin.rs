@@ -101,7 +101,7 @@ async fn sign_in(base: &str, issuer: &TestIssuer) -> Jar {
     jar.take(&back);
     assert!(jar.session().is_some(), "a session cookie: {back:?}");
     assert!(
-        !jar.0.contains_key("palisade_session_login"),
+        !jar.0.keys().any(|k| k.starts_with("palisade_session_login")),
         "the login state is cleared"
     );
     let _ = issuer;
@@ -145,7 +145,7 @@ async fn a_browser_signs_in_uses_the_session_and_logs_out_on_both_frameworks() {
         let state_cookie = nav
             .set_cookies
             .iter()
-            .find(|c| c.starts_with("palisade_session_login="))
+            .find(|c| c.starts_with("palisade_session_login_"))
             .unwrap();
         assert!(
             state_cookie.contains("HttpOnly") && state_cookie.contains("SameSite=Lax"),
@@ -409,6 +409,72 @@ async fn back_channel_logout_ends_every_session_of_the_sid_and_refuses_bad_token
             "{base}: the session ended"
         );
         assert_eq!(post(good).await.status, 400, "{base}: a replayed logout token");
+
+        // A token naming only the user ends every session the user had,
+        // and none begun after it, even within the same second.
+        let before = sign_in(base, &f.issuer).await;
+        let by_sub = f.issuer.logout_token().audience("productpage").subject("alice");
+        assert_eq!(post(token(by_sub)).await.status, 200);
+        assert_eq!(
+            get(&format!("{base}/whoami"), &before, false).await.status,
+            401,
+            "{base}: the logout by sub ended the session"
+        );
+        let after = sign_in(base, &f.issuer).await;
+        assert_eq!(
+            get(&format!("{base}/whoami"), &after, false).await.status,
+            200,
+            "{base}: a sign-in right after a logout by sub is not ended by it"
+        );
+    }
+}
+
+/// The login-state cookies in a jar.
+fn login_states(jar: &Jar) -> usize {
+    jar.0
+        .keys()
+        .filter(|k| k.starts_with("palisade_session_login_"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_ins_started_in_several_tabs_each_finish_and_at_most_four_are_kept() {
+    let f = fixture(Duration::from_secs(300));
+    let yaml = policy(&f.issuer, &f.key_file, "");
+    let (axum_base, actix_base) = serve_both(|| guard_from(&yaml));
+    for base in [&axum_base, &actix_base] {
+        ready(base).await;
+        // Five tabs opened without a session (a browser restoring them):
+        // each starts a sign-in before any returns.
+        let mut jar = Jar::default();
+        let mut callbacks = Vec::new();
+        for tab in 0..5 {
+            let nav = get(&format!("{base}/page?tab={tab}"), &jar, true).await;
+            assert_eq!(nav.status, 302, "{base} tab {tab}: {nav:?}");
+            jar.take(&nav);
+            let at_issuer = get(nav.location.as_deref().unwrap(), &Jar::default(), true).await;
+            callbacks.push(at_issuer.location.expect("the issuer sends the browser back"));
+        }
+        assert_eq!(
+            login_states(&jar),
+            4,
+            "{base}: the oldest sign-in's state went: {jar:?}"
+        );
+        let oldest = get(&callbacks[0], &jar, true).await;
+        assert_eq!(oldest.status, 400, "{base}: {oldest:?}");
+        assert!(
+            oldest.set_cookies.is_empty(),
+            "{base}: a refused callback leaves the other sign-ins' state: {oldest:?}"
+        );
+        // The others finish, newest first, each back to its own tab.
+        for tab in (1..5).rev() {
+            let back = get(&callbacks[tab], &jar, true).await;
+            assert_eq!(back.status, 302, "{base} tab {tab}: {back:?}");
+            assert_eq!(back.location, Some(format!("/page?tab={tab}")));
+            jar.take(&back);
+            assert_eq!(login_states(&jar), tab - 1, "{base}: its state is cleared");
+            assert_eq!(get(&format!("{base}/whoami"), &jar, false).await.status, 200);
+        }
     }
 }
 

@@ -80,13 +80,13 @@ struct Fixture {
 }
 
 /// The issuer with `productpage` as a public client (PKCE alone) or a
-/// confidential one (`clientSecretFile`), alice signed in at once, and the
-/// policy file for it.
-fn fixture(confidential: bool) -> Fixture {
+/// confidential one (`clientSecretFile`), alice signed in at once, tokens
+/// living `lifetime`, and the policy file for it.
+fn fixture(confidential: bool, lifetime: Duration) -> Fixture {
     let builder = TestIssuer::builder()
         .default_audience("productpage")
         .user("alice", "alice-password", &["reader"])
-        .token_lifetime(Duration::from_secs(300));
+        .token_lifetime(lifetime);
     let builder = if confidential {
         builder.client("productpage", CLIENT_SECRET)
     } else {
@@ -138,8 +138,8 @@ async fn through_the_callback(base: &str, issuer: &TestIssuer, what: &str) -> (J
 }
 
 /// A sign-in without tampering succeeds: back to `/page` with a session
-/// that speaks for alice.
-async fn signs_in(base: &str, issuer: &TestIssuer, what: &str) {
+/// that speaks for alice. Answers the browser's jar.
+async fn signs_in(base: &str, issuer: &TestIssuer, what: &str) -> Jar {
     let (mut jar, back) = through_the_callback(base, issuer, what).await;
     assert_eq!(back.status, 302, "{base} {what}: {back:?}");
     assert_eq!(back.location.as_deref(), Some("/page"), "{base} {what}");
@@ -156,6 +156,7 @@ async fn signs_in(base: &str, issuer: &TestIssuer, what: &str) {
         format!("{}/alice", issuer.issuer()),
         "{base} {what}"
     );
+    jar
 }
 
 /// The callback refuses what the issuer sends now: a 4xx, no session
@@ -248,7 +249,7 @@ fn bad_id_tokens(issuer: &TestIssuer) -> Vec<(&'static str, IdTokenTamper)> {
 }
 
 async fn bad_id_tokens_are_refused(confidential: bool) {
-    let f = fixture(confidential);
+    let f = fixture(confidential, Duration::from_secs(300));
     let (axum_base, actix_base) = serve_both(|| guard_from(&f.yaml));
     let cases = bad_id_tokens(&f.issuer);
     for base in [&axum_base, &actix_base] {
@@ -272,4 +273,56 @@ async fn a_public_client_refuses_bad_id_tokens_on_both_frameworks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_confidential_client_refuses_bad_id_tokens_on_both_frameworks() {
     bad_id_tokens_are_refused(true).await;
+}
+
+/// The ID token a refresh returns is checked as OpenID Connect Core 12.2
+/// says: as at sign-in, for the same user, with the first token's `nonce`
+/// and `auth_time`. A bad one ends the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_that_returns_a_bad_id_token_ends_the_session_on_both_frameworks() {
+    // Tokens live 30 s, the refresh margin: every request refreshes.
+    let f = fixture(false, Duration::from_secs(30));
+    let (axum_base, actix_base) = serve_both(|| guard_from(&f.yaml));
+    let t = IdTokenTamper::new;
+    let cases = [
+        ("another user", t().claim("sub", json!("mallory"))),
+        ("another nonce", t().claim("nonce", json!("not-the-first"))),
+        ("another auth_time", t().claim("auth_time", json!(1))),
+        ("another audience", t().claim("aud", json!("reviews"))),
+        ("another client's azp", t().claim("azp", json!("reviews"))),
+        ("signed by a key not in the JWKS", t().unpublished_key()),
+        ("HS256 with the client secret", t().hmac_with_client_secret()),
+        ("expired", t().expires_in(-600).issued_at(-900)),
+    ];
+    for base in [&axum_base, &actix_base] {
+        ready(base).await;
+        f.issuer.tamper_id_tokens(None);
+        // Control: a refresh with a good ID token keeps the session.
+        let mut jar = signs_in(base, &f.issuer, "control").await;
+        let refreshes = f.issuer.refreshes();
+        let who = get(&format!("{base}/whoami"), &jar, false).await;
+        assert_eq!(who.status, 200, "{base} control: {who:?}");
+        assert!(
+            f.issuer.refreshes() > refreshes,
+            "{base}: the request refreshed the session"
+        );
+        jar.take(&who);
+        assert_eq!(get(&format!("{base}/whoami"), &jar, false).await.status, 200);
+        for (what, tamper) in &cases {
+            f.issuer.tamper_id_tokens(None);
+            let jar = signs_in(base, &f.issuer, what).await;
+            f.issuer.tamper_id_tokens(Some(tamper.clone()));
+            let refreshes = f.issuer.refreshes();
+            let who = get(&format!("{base}/whoami"), &jar, false).await;
+            assert_eq!(
+                f.issuer.refreshes(),
+                refreshes + 1,
+                "{base} {what}: the session was refreshed"
+            );
+            assert_eq!(who.status, 401, "{base} {what}: the session ends: {who:?}");
+            f.issuer.tamper_id_tokens(None);
+            let again = get(&format!("{base}/whoami"), &jar, false).await;
+            assert_eq!(again.status, 401, "{base} {what}: and stays ended: {again:?}");
+        }
+    }
 }

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::digest;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
@@ -22,11 +22,18 @@ use crate::LOG_TARGET;
 use crate::config::{ClientAuth, Config, SecretMethod, SignInBuilder, SignInError, check_path};
 use crate::cookie::{CookieKey, CookieSealer, Opened, RawCookie};
 use crate::provider::{Issuer, Metadata, TokenError, form_encode, param, param_count};
-use crate::session::{Cache, Live, Payload, Session, Successors, at, now};
+use crate::session::{Cache, Live, Payload, Session, Successors, at, now, now_ms};
 use crate::store::{MemoryStore, Revocation, SessionRef, SessionStore};
 
 /// How long a sign-in may take, from the redirect to the callback.
 const LOGIN_STATE_TTL: u64 = 600;
+/// How many sign-ins one browser may have under way at once (tabs opened
+/// without a session), each with its own login-state cookie; one more
+/// removes the oldest's.
+const MAX_LOGINS: usize = 4;
+/// How many leading characters of `state` name its login-state cookie
+/// (`NAME_login_<tag>`): 72 random bits, so tabs do not collide.
+const STATE_TAG_LEN: usize = 12;
 /// The largest back-channel logout request body.
 const BACKCHANNEL_BODY_LIMIT: usize = 64 * 1024;
 /// The event a back-channel logout token must carry.
@@ -44,7 +51,9 @@ struct LoginState {
     verifier: String,
     return_to: String,
     redirect_uri: String,
-    created: u64,
+    /// When the sign-in started, in microseconds since the epoch (the
+    /// oldest of a browser's sign-ins is told apart).
+    created_us: u64,
 }
 
 struct Inner {
@@ -54,8 +63,10 @@ struct Inner {
     verifier: JwtAuthenticator,
     /// Session cookies, with and without `Secure`.
     sessions: [CookieSealer; 2],
-    /// Login-state cookies, with and without `Secure`.
-    states: [CookieSealer; 2],
+    /// The session keys, which also seal the login-state cookies.
+    keys: Vec<CookieKey>,
+    /// `NAME_login_`: the login-state cookies' names begin so.
+    state_prefix: String,
     store: Arc<dyn SessionStore>,
     cache: Cache,
     successors: Successors,
@@ -94,8 +105,50 @@ impl SignIn {
         &self.0.sessions[usize::from(!secure)]
     }
 
-    fn state_sealer(&self, secure: bool) -> &CookieSealer {
-        &self.0.states[usize::from(!secure)]
+    /// The sealer of the login-state cookie of the sign-in whose `state`
+    /// is this (its first characters name the cookie), or `None` when
+    /// `state` cannot be one of ours.
+    fn state_sealer(&self, secure: bool, state: &str) -> Option<CookieSealer> {
+        let tag = state.get(..STATE_TAG_LEN)?;
+        if !tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+        {
+            return None;
+        }
+        state_sealer(&self.0.state_prefix, tag, &self.0.keys, secure).ok()
+    }
+
+    /// The `Set-Cookie` removals that keep the browser's sign-ins under
+    /// way below [`MAX_LOGINS`] when one more starts: the oldest go, and
+    /// any that no longer opens.
+    fn prune_logins(&self, req: &dyn RequestHead, secure: bool) -> Vec<String> {
+        let names = cookie_names(req, &self.0.state_prefix);
+        if names.len() < MAX_LOGINS {
+            return Vec::new();
+        }
+        let mut under_way = Vec::new();
+        let mut removals = Vec::new();
+        for name in names {
+            let Ok(sealer) = state_sealer(name, "", &self.0.keys, secure) else {
+                continue;
+            };
+            let created = match sealer.open(req) {
+                Opened::Valid { plaintext, .. } => serde_json::from_slice::<LoginState>(&plaintext)
+                    .ok()
+                    .map(|s| s.created_us),
+                _ => None,
+            };
+            match created {
+                Some(created) => under_way.push((created, sealer)),
+                None => removals.extend(sealer.clear(1)),
+            }
+        }
+        under_way.sort_by_key(|(created, _)| std::cmp::Reverse(*created));
+        for (_, sealer) in under_way.iter().skip(MAX_LOGINS - 1) {
+            removals.extend(sealer.clear(1));
+        }
+        removals
     }
 
     fn random(&self, bytes: usize) -> String {
@@ -129,7 +182,7 @@ impl SignIn {
             id: self.random(16),
             sub: subject.to_owned(),
             sid: None,
-            created: t,
+            created_ms: now_ms(),
             seen: t,
             at: access_token.to_owned(),
             at_exp: t + expires_in.as_secs(),
@@ -209,12 +262,14 @@ impl SignInBuilder {
                 .max_chunks(chunks)
                 .build()?)
         };
-        let state_name = format!("{}_login", config.cookie_name);
+        let state_prefix = format!("{}_login_", config.cookie_name);
+        for secure in [true, false] {
+            state_sealer(&state_prefix, &"x".repeat(STATE_TAG_LEN), &keys, secure)?;
+        }
         let sessions = [
             sealer(&config.cookie_name, true, 8)?,
             sealer(&config.cookie_name, false, 8)?,
         ];
-        let states = [sealer(&state_name, true, 1)?, sealer(&state_name, false, 1)?];
         let mut fetch = FetchSettings::default();
         fetch.extra_ca_pem.clone_from(&config.ca_pem);
         let provider = Provider::builder(config.issuer.clone())
@@ -234,7 +289,8 @@ impl SignInBuilder {
             issuer,
             verifier,
             sessions,
-            states,
+            keys,
+            state_prefix,
             store,
             cache: Cache::new(10_000),
             successors: Successors::new(),
@@ -242,6 +298,41 @@ impl SignInBuilder {
             rng: SystemRandom::new(),
         })))
     }
+}
+
+/// The sealer of the login-state cookie `prefix` + `tag`.
+fn state_sealer(
+    prefix: &str,
+    tag: &str,
+    keys: &[CookieKey],
+    secure: bool,
+) -> Result<CookieSealer, crate::cookie::KeyError> {
+    CookieSealer::builder(&format!("{prefix}{tag}"), keys.to_vec())
+        .secure(secure)
+        .max_chunks(1)
+        .build()
+}
+
+/// The distinct names of the request's cookies that begin with `prefix`
+/// (at most 16: a browser sends no more sign-ins than that).
+fn cookie_names<'r>(req: &'r dyn RequestHead, prefix: &str) -> Vec<&'r str> {
+    let mut names = Vec::new();
+    let mut index = 0;
+    while let Some(header) = req.header_value("cookie", index) {
+        index += 1;
+        for pair in header.split(|&b| b == b';') {
+            let Some(eq) = pair.iter().position(|&b| b == b'=') else {
+                continue;
+            };
+            let Ok(name) = std::str::from_utf8(pair[..eq].trim_ascii()) else {
+                continue;
+            };
+            if name.starts_with(prefix) && !names.contains(&name) && names.len() < 16 {
+                names.push(name);
+            }
+        }
+    }
+    names
 }
 
 /// Whether the request came over TLS (cookies then get `Secure`).
@@ -303,6 +394,20 @@ fn with_cookies(mut reply: Reply, cookies: Vec<String>) -> Reply {
     reply
 }
 
+/// Microseconds since the epoch.
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// The claims of a JWT's payload, read without any check: only for a
+/// token that was verified before and kept sealed since.
+fn payload_claims(jwt: &str) -> Option<Map<String, Value>> {
+    let payload = jwt.split('.').nth(1)?;
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()
+}
+
 /// Constant-time equality of two strings of public length.
 fn same(a: &str, b: &str) -> bool {
     a.len() == b.len()
@@ -323,7 +428,7 @@ impl SignIn {
             verifier: self.random(32),
             return_to: return_to.to_owned(),
             redirect_uri: format!("{origin}{}", c.callback_path),
-            created: now(),
+            created_us: now_us(),
         };
         if state.state.is_empty() {
             return None;
@@ -344,11 +449,14 @@ impl SignIn {
             state.nonce,
         );
         let plaintext = serde_json::to_vec(&state).ok()?;
+        // Each sign-in has its own cookie, so sign-ins started in two tabs
+        // both finish.
         let state_cookie = self
-            .state_sealer(secure)
+            .state_sealer(secure, &state.state)?
             .seal(&plaintext, Some(Duration::from_secs(LOGIN_STATE_TTL)), 0)
             .ok()?;
-        let mut reply = with_cookies(Reply::redirect(location), state_cookie);
+        let mut reply = with_cookies(Reply::redirect(location), self.prune_logins(req, secure));
+        reply = with_cookies(reply, state_cookie);
         // A stale session cookie goes now, so the browser comes back clean.
         let chunks = match self.sealer(secure).raw(req) {
             RawCookie::Absent => 0,
@@ -387,35 +495,52 @@ impl SignIn {
 
     /// The callback: checks the state, exchanges the code, validates the
     /// ID token, and opens a new session.
+    ///
+    /// Only the login-state cookie that the callback's `state` names is
+    /// cleared, whatever the outcome: another sign-in under way in the
+    /// same browser is left to finish.
     fn callback(&self, req: &dyn RequestHead) -> Check<Reply> {
         let secure = is_tls(req);
-        let clear_state = self.state_sealer(secure).clear(1);
-        let refuse =
-            |status, detail| Check::Ready(with_cookies(problem(status, detail), clear_state.clone()));
         if !matches!(req.method(), "GET" | "HEAD") {
-            return refuse(405, "the sign-in callback takes GET");
+            return Check::Ready(problem(405, "the sign-in callback takes GET"));
         }
         let query = req.query().unwrap_or_default();
         if ["state", "code", "iss", "error"]
             .iter()
             .any(|p| param_count(query, p) > 1)
         {
-            return refuse(400, "the sign-in callback repeats a parameter");
+            return Check::Ready(problem(400, "the sign-in callback repeats a parameter"));
         }
-        let state: LoginState = match self.state_sealer(secure).open(req) {
+        let given = param(query, "state").unwrap_or_default();
+        let Some(sealer) = self.state_sealer(secure, &given) else {
+            return Check::Ready(problem(
+                400,
+                "the sign-in state does not match this browser's: start again",
+            ));
+        };
+        let clear_state = sealer.clear(1);
+        let refuse =
+            |status, detail| Check::Ready(with_cookies(problem(status, detail), clear_state.clone()));
+        let state: LoginState = match sealer.open(req) {
             Opened::Valid { plaintext, .. } => match serde_json::from_slice(&plaintext) {
                 Ok(s) => s,
                 Err(_) => return refuse(400, "the sign-in state is missing or not valid: start again"),
             },
+            Opened::Absent => {
+                return Check::Ready(problem(
+                    400,
+                    "the sign-in state is missing or not valid: start again",
+                ));
+            }
             _ => return refuse(400, "the sign-in state is missing or not valid: start again"),
         };
-        if !param(query, "state").is_some_and(|s| same(&s, &state.state)) {
+        if !same(&given, &state.state) {
             return refuse(
                 400,
                 "the sign-in state does not match this browser's: start again",
             );
         }
-        if now().saturating_sub(state.created) > LOGIN_STATE_TTL {
+        if now_us().saturating_sub(state.created_us) > LOGIN_STATE_TTL * 1_000_000 {
             return refuse(400, "the sign-in took too long: start again");
         }
         let Some(metadata) = self.0.issuer.metadata() else {
@@ -490,7 +615,7 @@ impl SignIn {
             id: self.random(16),
             sub,
             sid: claims.get("sid").and_then(Value::as_str).map(str::to_owned),
-            created: t,
+            created_ms: now_ms(),
             seen: t,
             at: tokens.access_token,
             at_exp,
@@ -525,22 +650,8 @@ impl SignIn {
         {
             return Err((400, "the ID token's nonce does not match this sign-in"));
         }
-        let c = &self.0.config;
         let audiences = identity.token().map(|t| t.audiences.len()).unwrap_or_default();
-        // `azp` is a string (OpenID Connect Core 2); one of another type
-        // names no client this relying party can accept, so it is refused
-        // rather than ignored.
-        match claims.get("azp") {
-            Some(Value::String(azp)) if *azp == c.client_id => {}
-            Some(_) => return Err((400, "the ID token was issued to another client")),
-            None if audiences > 1 => return Err((400, "the ID token has several audiences and no azp")),
-            None => {}
-        }
-        let t = now();
-        match claims.get("iat").and_then(Value::as_u64) {
-            Some(iat) if iat <= t + 60 && t.saturating_sub(iat) <= LOGIN_STATE_TTL => {}
-            _ => return Err((400, "the ID token's iat is missing or out of range")),
-        }
+        self.check_id_claims(&claims, audiences).map_err(|e| (400, e))?;
         if claims
             .get("sub")
             .and_then(Value::as_str)
@@ -549,6 +660,55 @@ impl SignIn {
             return Err((400, "the ID token has no subject"));
         }
         Ok(claims)
+    }
+
+    /// The checks of an ID token's claims beyond the key machinery's, at
+    /// sign-in and at a refresh alike: `azp` and a recent `iat`.
+    fn check_id_claims(&self, claims: &Map<String, Value>, audiences: usize) -> Result<(), &'static str> {
+        // `azp` is a string (OpenID Connect Core 2); one of another type
+        // names no client this relying party can accept, so it is refused
+        // rather than ignored.
+        match claims.get("azp") {
+            Some(Value::String(azp)) if *azp == self.0.config.client_id => {}
+            Some(_) => return Err("the ID token was issued to another client"),
+            None if audiences > 1 => return Err("the ID token has several audiences and no azp"),
+            None => {}
+        }
+        let t = now();
+        match claims.get("iat").and_then(Value::as_u64) {
+            Some(iat) if iat <= t + 60 && t.saturating_sub(iat) <= LOGIN_STATE_TTL => Ok(()),
+            _ => Err("the ID token's iat is missing or out of range"),
+        }
+    }
+
+    /// Checks the ID token a refresh returned, as OpenID Connect Core 12.2
+    /// says: valid as at sign-in (signature, `iss`, `aud`, `exp`, `azp`,
+    /// `iat`), of the same user, and with the first ID token's `nonce` and
+    /// `auth_time` when it carries them.
+    async fn verify_refreshed_id_token(&self, token: &str, s: &Session) -> Result<(), &'static str> {
+        let identity = self
+            .0
+            .verifier
+            .verify(token)
+            .await
+            .map_err(|_| "its signature, issuer, audience or expiry is not valid")?;
+        let claims = identity.claims().cloned().unwrap_or_default();
+        let audiences = identity.token().map(|t| t.audiences.len()).unwrap_or_default();
+        self.check_id_claims(&claims, audiences)?;
+        if claims.get("sub").and_then(Value::as_str) != Some(s.sub.as_str()) {
+            return Err("it names another user");
+        }
+        // The first ID token was verified at sign-in and has been sealed
+        // in the session since: its claims are read as they are.
+        let first = s.it.as_deref().and_then(payload_claims).unwrap_or_default();
+        for name in ["nonce", "auth_time"] {
+            if let Some(value) = claims.get(name)
+                && first.get(name) != Some(value)
+            {
+                return Err("its nonce or auth_time differs from the first ID token's");
+            }
+        }
+        Ok(())
     }
 
     /// The `Set-Cookie` values of a session: sealed in cookies, or in the
@@ -560,7 +720,9 @@ impl SignIn {
             return Ok(cookies);
         }
         let c = &self.0.config;
-        let ttl = Duration::from_secs((session.created + c.absolute_timeout.as_secs()).saturating_sub(now()));
+        let ttl = Duration::from_secs(
+            (session.created_secs() + c.absolute_timeout.as_secs()).saturating_sub(now()),
+        );
         self.0.store.put(&session.id, inline, ttl).await.map_err(|e| {
             tracing::warn!(target: LOG_TARGET, error = %e, "a session too large for cookies cannot be stored");
         })?;
@@ -616,7 +778,7 @@ impl SignIn {
     /// Whether a session may still be used: not ended, not timed out.
     fn usable(&self, s: &Session, t: u64) -> bool {
         let c = &self.0.config;
-        if t >= s.created + c.absolute_timeout.as_secs() || t >= s.seen + c.idle_timeout.as_secs() {
+        if t >= s.created_secs() + c.absolute_timeout.as_secs() || t >= s.seen + c.idle_timeout.as_secs() {
             return false;
         }
         let r = SessionRef {
@@ -624,7 +786,7 @@ impl SignIn {
             issuer: &c.issuer,
             subject: &s.sub,
             sid: s.sid.as_deref(),
-            created: at(s.created),
+            created: UNIX_EPOCH + Duration::from_millis(s.created_ms),
         };
         match self.0.store.is_revoked(&r) {
             Ok(revoked) => !revoked,
@@ -733,8 +895,15 @@ impl SignIn {
                 if tokens.refresh_token.is_some() {
                     next.rt = tokens.refresh_token;
                 }
-                if tokens.id_token.is_some() {
-                    next.it = tokens.id_token;
+                if let Some(id_token) = tokens.id_token {
+                    if let Err(why) = self.verify_refreshed_id_token(&id_token, s).await {
+                        tracing::warn!(target: LOG_TARGET, reason = why, subject = %s.sub, "the issuer refreshed a session with an ID token that is not valid: the session ends");
+                        if let Err(e) = self.end(s).await {
+                            tracing::warn!(target: LOG_TARGET, error = %e, "an ended session cannot be recorded");
+                        }
+                        return None;
+                    }
+                    next.it = Some(id_token);
                 }
                 next.seen = t;
                 tracing::debug!(target: LOG_TARGET, subject = %next.sub, "session tokens refreshed");
@@ -761,7 +930,7 @@ impl SignIn {
     async fn end(&self, s: &Session) -> Result<(), crate::store::StoreError> {
         self.0.successors.remove(&s.id);
         self.0.cache.remove_session(&s.id);
-        let until = at(s.created + self.0.config.absolute_timeout.as_secs());
+        let until = at(s.created_secs() + self.0.config.absolute_timeout.as_secs());
         self.0
             .store
             .revoke(Revocation::Session {
@@ -917,7 +1086,9 @@ impl SignIn {
             (None, Some(sub)) => Revocation::Subject {
                 issuer: c.issuer.clone(),
                 subject: sub.to_owned(),
-                before: at(t + 1),
+                // Sessions created from now on are not the ones the
+                // issuer ended (creation times are in milliseconds).
+                before: SystemTime::now(),
                 until,
             },
             (None, None) => return Err("the logout token names neither sid nor sub"),

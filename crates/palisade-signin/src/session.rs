@@ -19,6 +19,13 @@ pub(crate) fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Milliseconds since the epoch.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 pub(crate) fn at(secs: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs)
 }
@@ -35,8 +42,10 @@ pub(crate) struct Session {
     /// The issuer's session id (`sid`), for back-channel logout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) sid: Option<String>,
-    /// When the user signed in.
-    pub(crate) created: u64,
+    /// When the user signed in, in milliseconds since the epoch: a
+    /// back-channel logout by `sub` ends the sessions created before it,
+    /// and a sign-in in the same second after it must survive.
+    pub(crate) created_ms: u64,
     /// The last time the session was seen in use (idle timeout).
     pub(crate) seen: u64,
     /// The access token.
@@ -51,11 +60,18 @@ pub(crate) struct Session {
     pub(crate) it: Option<String>,
 }
 
+impl Session {
+    /// When the user signed in, in seconds since the epoch (timeouts).
+    pub(crate) fn created_secs(&self) -> u64 {
+        self.created_ms / 1000
+    }
+}
+
 impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Session")
             .field("sub", &self.sub)
-            .field("created", &self.created)
+            .field("created_ms", &self.created_ms)
             .field("seen", &self.seen)
             .field("at_exp", &self.at_exp)
             .finish_non_exhaustive()
@@ -189,7 +205,7 @@ impl Cache {
         let Ok(mut map) = self.map.write() else { return };
         if map.len() >= self.capacity {
             let limit = now().saturating_sub(absolute.as_secs());
-            map.retain(|_, l| l.session.created > limit);
+            map.retain(|_, l| l.session.created_secs() > limit);
             if map.len() >= self.capacity {
                 map.clear();
             }
@@ -246,7 +262,7 @@ mod tests {
             id: "s1".into(),
             sub: "alice".into(),
             sid: Some("idp-1".into()),
-            created: 1,
+            created_ms: 1_000,
             seen: 1,
             at: at.into(),
             at_exp: 2,
