@@ -423,3 +423,31 @@ async fn issuer_specific_jwt_settings_win_over_global_ones_whatever_the_order() 
     assert!(jwt.verify(&at_jwt).await.is_ok());
     assert_eq!(jwt.verify(&plain).await.unwrap_err(), JwtError::WrongType);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_must_name_its_subject_unless_told_otherwise() {
+    let issuer = TestIssuer::start().unwrap();
+    let anonymous = issuer.token().without_claim("sub").sign();
+    let jwt = authenticator(&issuer, settings(100));
+    assert!(
+        matches!(jwt.verify(&anonymous).await, Err(JwtError::MissingClaim("sub"))),
+        "no sub and no client_id: refused"
+    );
+    let lenient = JwtAuthenticator::builder()
+        .provider(
+            Provider::builder(issuer.issuer())
+                .audience("account")
+                .fetch_settings(settings(100))
+                .require_subject(false)
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let id = lenient.verify(&anonymous).await.unwrap();
+    assert!(
+        id.subject().unwrap_or_default().is_empty(),
+        "no subject to show: {:?}",
+        id.subject()
+    );
+}

@@ -426,6 +426,22 @@ async fn back_channel_logout_ends_every_session_of_the_sid_and_refuses_bad_token
             200,
             "{base}: a sign-in right after a logout by sub is not ended by it"
         );
+
+        // A token naming only the issuer's session (no `sub`: Back-Channel
+        // Logout 1.0, 2.4) ends the sessions of that `sid`.
+        let who = get(&format!("{base}/whoami"), &after, false).await.json();
+        let sid = who["claims"]["sid"].as_str().unwrap().to_owned();
+        let by_sid = f
+            .issuer
+            .logout_token()
+            .audience("productpage")
+            .claim("sid", Value::from(sid));
+        assert_eq!(post(token(by_sid)).await.status, 200, "{base}: sid only");
+        assert_eq!(
+            get(&format!("{base}/whoami"), &after, false).await.status,
+            401,
+            "{base}: the logout by sid ended the session"
+        );
     }
 }
 

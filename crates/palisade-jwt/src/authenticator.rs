@@ -610,7 +610,10 @@ fn check_claims(cfg: &Provider, parsed: &Parsed<'_>) -> Result<Times, JwtError> 
         None | Some(Value::String(_)) => {}
         Some(_) => return Err(JwtError::InvalidClaim("sub")),
     }
-    if claims.get("sub").is_none() && claims.get("client_id").and_then(Value::as_str).is_none() {
+    if cfg.require_subject
+        && claims.get("sub").is_none()
+        && claims.get("client_id").and_then(Value::as_str).is_none()
+    {
         return Err(JwtError::MissingClaim("sub"));
     }
     if !cfg.any_audience {

@@ -163,6 +163,7 @@ pub struct Provider {
     pub(crate) output_payload_to_header: Option<String>,
     pub(crate) output_claims: Vec<(String, String)>,
     pub(crate) principal_claim: Option<String>,
+    pub(crate) require_subject: bool,
     pub(crate) fetch: FetchSettings,
 }
 
@@ -198,6 +199,7 @@ impl Provider {
             output_payload_to_header: None,
             output_claims: Vec::new(),
             principal_claim: None,
+            require_subject: true,
             fetch: FetchSettings::default(),
         }
     }
@@ -243,6 +245,7 @@ pub struct ProviderBuilder {
     output_payload_to_header: Option<String>,
     output_claims: Vec<(String, String)>,
     principal_claim: Option<String>,
+    require_subject: bool,
     fetch: FetchSettings,
 }
 
@@ -317,6 +320,17 @@ impl ProviderBuilder {
     /// Clock leeway for `exp`, `nbf` and `iat` (default 60 s).
     pub fn leeway(mut self, leeway: Duration) -> Self {
         self.leeway = leeway;
+        self
+    }
+
+    /// Whether a token must name its subject: `sub`, or `client_id` for a
+    /// client's own token (default on, as for every access token). Turn it
+    /// off only for tokens that identify something else, such as OpenID
+    /// Connect Back-Channel Logout tokens, which may carry only `sid`; their
+    /// identity's subject is then empty, so check what the token must name
+    /// yourself.
+    pub fn require_subject(mut self, required: bool) -> Self {
+        self.require_subject = required;
         self
     }
 
@@ -456,6 +470,7 @@ impl ProviderBuilder {
             output_payload_to_header: self.output_payload_to_header,
             output_claims: self.output_claims,
             principal_claim: self.principal_claim,
+            require_subject: self.require_subject,
             fetch: self.fetch,
         })
     }

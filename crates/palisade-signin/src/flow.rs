@@ -272,8 +272,12 @@ impl SignInBuilder {
         ];
         let mut fetch = FetchSettings::default();
         fetch.extra_ca_pem.clone_from(&config.ca_pem);
+        // ID tokens and logout tokens: a logout token may name only `sid`
+        // (Back-Channel Logout 1.0, 2.4), so `sub` is checked here, by
+        // `verify_id_token` and `backchannel_logout`.
         let provider = Provider::builder(config.issuer.clone())
             .audience(config.client_id.clone())
+            .require_subject(false)
             .fetch_settings(fetch)
             .build()
             .map_err(|e| SignInError::Config(format!("the issuer: {e}")))?;

@@ -189,7 +189,11 @@ impl ApacheGssapiBuilder {
         let mut env: Vec<(String, String)> =
             env.iter().filter(|(k, _)| k != "KRB5_KTNAME").cloned().collect();
         env.push(("KRB5_KTNAME".to_owned(), format!("FILE:{}", kt.display())));
-        Ok(Prepared { port, env })
+        Ok(Prepared {
+            port,
+            env,
+            workers: false,
+        })
     }
 
     /// The `httpd.conf` for a server in `dir` on `port`, accepting with
@@ -345,6 +349,8 @@ pub struct ApacheOpenidcBuilder {
     scopes: String,
     ca_file: Option<PathBuf>,
     log_level: String,
+    /// `Some(n)`: prefork with `n` processes, keep-alive, no access log.
+    workers: Option<usize>,
 }
 
 impl fmt::Debug for ApacheOpenidcBuilder {
@@ -359,6 +365,7 @@ impl fmt::Debug for ApacheOpenidcBuilder {
             .field("scopes", &self.scopes)
             .field("ca_file", &self.ca_file)
             .field("log_level", &self.log_level)
+            .field("workers", &self.workers)
             .finish()
     }
 }
@@ -394,6 +401,20 @@ impl ApacheOpenidcBuilder {
     /// passphrase).
     pub fn log_level(mut self, level: &str) -> Self {
         level.clone_into(&mut self.log_level);
+        self
+    }
+
+    /// Serves as a tuned production server would, for throughput
+    /// comparisons: `workers` prefork processes (`StartServers`,
+    /// `MaxRequestWorkers` and the spare counts all `workers`, started up
+    /// front) under `apache2 -DFOREGROUND` instead of `-X`, HTTP keep-alive
+    /// on, and no `access.log` in [`ApacheOpenidc::dir`] (Palisade logs nothing
+    /// per request either).
+    /// Set [`log_level`](Self::log_level) to `warn` too: the default logs
+    /// every request. Stopped with `SIGTERM` on drop, so the parent takes
+    /// its workers down.
+    pub fn concurrent(mut self, workers: usize) -> Self {
+        self.workers = Some(workers.max(1));
         self
     }
 
@@ -485,6 +506,7 @@ impl ApacheOpenidcBuilder {
         Ok(Prepared {
             port,
             env: Vec::new(),
+            workers: self.workers.is_some(),
         })
     }
 
@@ -505,11 +527,15 @@ impl ApacheOpenidcBuilder {
             percent_encode(&format!("{origin}{LOGGED_OUT_PATH}"))
         );
         let protect = "    AuthType openid-connect\n    Require valid-user\n    Header set X-Remote-User \"expr=%{REMOTE_USER}\"\n";
+        let serving = match self.workers {
+            None => format!("CustomLog \"{d}/access.log\" brief\nKeepAlive Off\n"),
+            Some(n) => format!(
+                "KeepAlive On\nMaxKeepAliveRequests 0\nStartServers {n}\nMinSpareServers {n}\nMaxSpareServers {n}\nServerLimit {n}\nMaxRequestWorkers {n}\n"
+            ),
+        };
         format!(
             r#"{preamble}LogFormat "%h %u \"%r\" %>s" brief
-CustomLog "{d}/access.log" brief
-KeepAlive Off
-Listen 127.0.0.1:{port}
+{serving}Listen 127.0.0.1:{port}
 {modules}{user}DocumentRoot "{d}/htdocs"
 
 OIDCProviderMetadataURL "{metadata}"
@@ -567,6 +593,7 @@ impl ApacheOpenidc {
             scopes: "openid".to_owned(),
             ca_file: None,
             log_level: "info auth_openidc:debug".to_owned(),
+            workers: None,
         }
     }
 
@@ -648,15 +675,20 @@ struct Prepared {
     port: u16,
     /// Apache's environment, besides `PATH`.
     env: Vec<(String, String)>,
+    /// Worker processes under a foreground parent (`-DFOREGROUND`), not
+    /// `-X`.
+    workers: bool,
 }
 
-/// A running `apache2 -X` on `dir/httpd.conf`: killed and `dir` removed on
-/// drop.
+/// A running `apache2 -X` (or `-DFOREGROUND` with workers) on
+/// `dir/httpd.conf`: stopped and `dir` removed on drop.
 #[derive(Debug)]
 struct Server {
     child: Child,
     dir: PathBuf,
     port: u16,
+    /// The parent has worker processes: stop it with `SIGTERM`.
+    workers: bool,
 }
 
 impl Server {
@@ -665,8 +697,8 @@ impl Server {
     /// error, Apache is stopped and the directory removed.
     fn launch(prepare: impl FnOnce(&Path) -> io::Result<Prepared>) -> io::Result<Server> {
         let dir = crate::scratch_dir("palisade-apache");
-        let spawned = prepare(&dir).and_then(|p| Ok((spawn(&dir, &p.env)?, p.port)));
-        let (child, port) = match spawned {
+        let spawned = prepare(&dir).and_then(|p| Ok((spawn(&dir, &p.env, p.workers)?, p.port, p.workers)));
+        let (child, port, workers) = match spawned {
             Ok(spawned) => spawned,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
@@ -674,7 +706,12 @@ impl Server {
             }
         };
         // From here on, Drop kills Apache and removes the directory.
-        let mut server = Server { child, dir, port };
+        let mut server = Server {
+            child,
+            dir,
+            port,
+            workers,
+        };
         server.wait_listening()?;
         Ok(server)
     }
@@ -713,20 +750,32 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        if self.workers {
+            // SIGTERM: the parent stops its workers, then itself.
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(self.child.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
-/// Starts `apache2 -X` on `dir/httpd.conf`, with `env` and a fixed `PATH`
-/// as its whole environment and its stderr in `dir/stderr.log`.
-fn spawn(dir: &Path, env: &[(String, String)]) -> io::Result<Child> {
+/// Starts `apache2 -X` (`-DFOREGROUND` with `workers`) on
+/// `dir/httpd.conf`, with `env` and a fixed `PATH` as its whole environment
+/// and its stderr in `dir/stderr.log`.
+fn spawn(dir: &Path, env: &[(String, String)], workers: bool) -> io::Result<Child> {
     let stderr_path = dir.join("stderr.log");
     let stderr =
         std::fs::File::create(&stderr_path).context(|| format!("cannot create {}", stderr_path.display()))?;
     Command::new(APACHE)
-        .arg("-X")
+        .arg(if workers { "-DFOREGROUND" } else { "-X" })
         .arg("-d")
         .arg(dir)
         .arg("-f")
