@@ -6,7 +6,8 @@
 //!   a browser in and out, at the testkit's issuer (its HTML login form) and
 //!   at panva's `oidc-provider` (its development login, consent and logout
 //!   pages; tests/oidc-provider/server.mjs with `BROWSER_REDIRECT_URIS` set
-//!   to productpage's callback).
+//!   to productpage's callback), there as a client authenticating with
+//!   `private_key_jwt`.
 //! - oidc-provider's own login and consent pages take a browser to a
 //!   loopback redirect URI with `code` and `state`.
 //!
@@ -26,8 +27,8 @@ use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use palisade::testkit::TestIssuer;
 use palisade::testkit::browser::{Browser, Cookie, Element};
+use palisade::testkit::{ClientKeyPair, SigningAlgorithm, TestIssuer};
 use reqwest::Url;
 use serde_json::{Value, json};
 
@@ -379,7 +380,15 @@ async fn a_browser_signs_in_at_oidc_provider() {
     // productpage needs the provider's address: take productpage's port first.
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let client = json!({ "post_logout_redirect_uris": [format!("{base}/")] }).to_string();
+    // productpage authenticates with `private_key_jwt`: the provider has
+    // its public key, productpage signs its client assertions.
+    let key = ClientKeyPair::generate(SigningAlgorithm::Es256).unwrap();
+    let client = json!({
+        "post_logout_redirect_uris": [format!("{base}/")],
+        "token_endpoint_auth_method": "private_key_jwt",
+        "jwks": {"keys": [key.public_jwk]},
+    })
+    .to_string();
     let op = oidc_provider::start(
         free_port(),
         &[
@@ -389,13 +398,16 @@ async fn a_browser_signs_in_at_oidc_provider() {
         ],
     );
     let dir = TempDir::new("oidc-provider");
-    let secret_file = dir.write("client-secret", &format!("{CLIENT_SECRET}\n"));
+    let key_file = dir.write("client-key.pem", &key.private_key_pem);
     let config = write_policy(
         &dir,
         &op.issuer,
         OIDC_PROVIDER_AUDIENCE,
         CLIENT_ID,
-        &format!("  clientSecretFile: {secret_file}\n  scopes: [openid]\n"),
+        &format!(
+            "  clientKey: {{keyFile: {key_file}, algorithm: {}, keyId: {}}}\n  scopes: [openid]\n",
+            key.algorithm, key.public_jwk["kid"]
+        ),
     );
     let listen = format!("127.0.0.1:{port}");
     let svc = common::start("productpage", &["--config", &config, "--listen", &listen]);

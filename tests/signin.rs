@@ -626,3 +626,65 @@ async fn replicas_sharing_redis_end_sessions_together_and_fail_closed_without_it
     }
     assert!(back, "sessions work again once Redis is back");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_authenticating_with_private_key_jwt_signs_in_and_refreshes_on_both_frameworks() {
+    // Tokens live 30 s, the refresh margin: every request refreshes, so
+    // each one authenticates the client at the token endpoint again.
+    let issuer = TestIssuer::builder()
+        .default_audience("productpage")
+        .private_key_jwt_client("productpage")
+        .user("alice", "alice-password", &["reader"])
+        .token_lifetime(Duration::from_secs(30))
+        .start()
+        .unwrap();
+    issuer.sign_in_as(Some("alice"));
+    let pair = issuer.client_key_pair("productpage").unwrap();
+    let (alg, pem) = (pair.algorithm, pair.private_key_pem);
+    let dir = tempdir::Dir::new();
+    let key_file = dir.0.join("session.key");
+    std::fs::write(&key_file, format!("{KEY_HEX}\n")).unwrap();
+    let client_key = dir.0.join("client-key.pem");
+    std::fs::write(&client_key, pem).unwrap();
+    let with_key = |file: &std::path::Path| {
+        policy(
+            &issuer,
+            &key_file.display().to_string(),
+            &format!("  clientKey: {{keyFile: {}, algorithm: {alg}}}\n", file.display()),
+        )
+    };
+    let yaml = with_key(&client_key);
+    let (axum_base, actix_base) = serve_both(|| guard_from(&yaml));
+    for base in [&axum_base, &actix_base] {
+        ready(base).await;
+        let jar = sign_in(base, &issuer).await;
+        let refreshes = issuer.refreshes();
+        assert_eq!(get(&format!("{base}/whoami"), &jar, false).await.status, 200);
+        assert!(
+            issuer.refreshes() > refreshes,
+            "{base}: refreshed with a new assertion"
+        );
+    }
+
+    // A key the issuer does not know: the code exchange is refused.
+    let other = TestIssuer::builder()
+        .private_key_jwt_client("productpage")
+        .start()
+        .unwrap();
+    let stranger = dir.0.join("stranger.pem");
+    let stranger_key = other.client_key_pair("productpage").unwrap().private_key_pem;
+    std::fs::write(&stranger, stranger_key).unwrap();
+    let yaml = with_key(&stranger);
+    let (axum_base, actix_base) = serve_both(|| guard_from(&yaml));
+    for base in [&axum_base, &actix_base] {
+        ready(base).await;
+        let mut jar = Jar::default();
+        let nav = get(&format!("{base}/page"), &jar, true).await;
+        jar.take(&nav);
+        let at_issuer = get(nav.location.as_deref().unwrap(), &Jar::default(), true).await;
+        let back = get(at_issuer.location.as_deref().unwrap(), &jar, true).await;
+        assert_eq!(back.status, 400, "{base}: {back:?}");
+        jar.take(&back);
+        assert!(jar.session().is_none(), "{base}: no session");
+    }
+}

@@ -245,10 +245,16 @@ impl SignInBuilder {
             scopes.insert(0, "openid".into());
         }
         config.scope = scopes.join(" ");
-        config.client_auth = match self.secret {
-            None => ClientAuth::None,
-            Some((s, SecretMethod::Basic)) => ClientAuth::Basic(s),
-            Some((s, SecretMethod::Post)) => ClientAuth::Post(s),
+        config.client_auth = match (self.secret, self.client_key) {
+            (Some(_), Some(_)) => {
+                return Err(SignInError::Config(
+                    "a client authenticates with a secret or with a key, not both".into(),
+                ));
+            }
+            (None, Some(key)) => ClientAuth::PrivateKeyJwt(Arc::new(key)),
+            (None, None) => ClientAuth::None,
+            (Some((s, SecretMethod::Basic)), None) => ClientAuth::Basic(s),
+            (Some((s, SecretMethod::Post)), None) => ClientAuth::Post(s),
         };
         let keys = if self.keys.is_empty() {
             tracing::warn!(target: LOG_TARGET, "no session keys configured: a random key was made; sessions end with this process and replicas cannot share them");

@@ -53,7 +53,7 @@ mod provider;
 mod session;
 pub mod store;
 
-pub use config::{SecretMethod, SignInBuilder, SignInError};
+pub use config::{ClientKey, SecretMethod, SignInBuilder, SignInError};
 pub use flow::SignIn;
 pub use session::SignedIn;
 

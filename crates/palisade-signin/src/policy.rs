@@ -10,7 +10,7 @@ use palisade_core::policy::{
     ClientAuthMethod, Document, FromPolicy, OidcLoginSpec, PolicyError, WorkloadPolicy,
 };
 
-use crate::config::SecretMethod;
+use crate::config::{ClientKey, SecretMethod};
 use crate::cookie::CookieKey;
 use crate::flow::SignIn;
 use crate::store::SessionStore;
@@ -59,11 +59,20 @@ fn from_login(
             _ => SecretMethod::Basic,
         };
         b = b.client_secret(secret, method);
-    } else if spec.client_auth_method.is_some() {
-        return Err(err(
-            "spec.clientAuthMethod",
-            "a public client has no secret to send: give clientSecretFile".into(),
-        ));
+    } else if let Some(k) = &spec.client_key {
+        let pem = std::fs::read(&k.key_file).map_err(|e| {
+            err(
+                "spec.clientKey.keyFile",
+                format!("cannot read `{}`: {e}", k.key_file),
+            )
+        })?;
+        let key = ClientKey::from_pem(
+            k.algorithm.as_deref().unwrap_or("RS256"),
+            &pem,
+            k.key_id.as_deref(),
+        )
+        .map_err(|e| err("spec.clientKey", e.to_string()))?;
+        b = b.client_key(key);
     }
     if let Some(scopes) = &spec.scopes {
         b = b.scopes(scopes.iter().cloned());

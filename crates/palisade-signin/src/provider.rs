@@ -160,6 +160,24 @@ impl Issuer {
                 form.push(("client_id", config.client_id.clone()));
                 form.push(("client_secret", secret.expose().to_owned()));
             }
+            ClientAuth::PrivateKeyJwt(key) => {
+                let mut jti = [0u8; 18];
+                aws_lc_rs::rand::fill(&mut jti)
+                    .map_err(|_| TokenError::Unavailable("the system random generator failed".into()))?;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let jti = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, jti);
+                let assertion = key
+                    .assertion(&config.client_id, &config.issuer, &jti, now)
+                    .map_err(|()| TokenError::Unavailable("the client assertion cannot be signed".into()))?;
+                form.push(("client_id", config.client_id.clone()));
+                form.push((
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".to_owned(),
+                ));
+                form.push(("client_assertion", assertion));
+            }
         }
         let body = form
             .iter()

@@ -122,6 +122,49 @@ enum Material {
     Ed(Ed25519KeyPair),
 }
 
+/// The key pair of a `private_key_jwt` client of a [`TestIssuer`]:
+/// [`TestIssuer::client_key_pair`]. `Debug` leaves the private key out.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct ClientKeyPair {
+    /// The JWS algorithm it signs with: the issuer's own (`RS256` by
+    /// default, see [`TestIssuerBuilder::algorithm`]).
+    pub algorithm: String,
+    /// The private key, PKCS#8 PEM.
+    pub private_key_pem: String,
+    /// The public key as a JWK (`kid`, `alg`, `use: sig`), for a client's
+    /// registered `jwks` at another provider.
+    pub public_jwk: Value,
+}
+
+impl ClientKeyPair {
+    /// A new key pair of `alg`, for a `private_key_jwt` client registered
+    /// at another provider (its `jwks` holds [`public_jwk`](Self::public_jwk)).
+    ///
+    /// # Errors
+    /// When key generation fails.
+    pub fn generate(alg: SigningAlgorithm) -> std::io::Result<Self> {
+        Ok(Self::of(&SigningKey::generate(alg)?))
+    }
+
+    fn of(key: &SigningKey) -> Self {
+        Self {
+            algorithm: key.alg().to_owned(),
+            private_key_pem: key.private_key_pem(),
+            public_jwk: key.jwk.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for ClientKeyPair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientKeyPair")
+            .field("algorithm", &self.algorithm)
+            .field("public_jwk", &self.public_jwk)
+            .finish_non_exhaustive()
+    }
+}
+
 struct SigningKey {
     kid: String,
     material: Material,
@@ -176,6 +219,30 @@ impl SigningKey {
             Material::Ec(k) => k.sign(&rng, message).expect("ECDSA signing").as_ref().to_vec(),
             Material::Ed(k) => k.sign(message).as_ref().to_vec(),
         }
+    }
+
+    /// The private key as PKCS#8 PEM.
+    fn private_key_pem(&self) -> String {
+        use aws_lc_rs::encoding::AsDer;
+        let der = match &self.material {
+            Material::Rsa(k) => k.as_der().map(|d| d.as_ref().to_vec()),
+            Material::Ec(k) => k.to_pkcs8v1().map(|d| d.as_ref().to_vec()),
+            Material::Ed(k) => k.to_pkcs8v1().map(|d| d.as_ref().to_vec()),
+        }
+        .expect("a generated key exports as PKCS#8");
+        let text = STANDARD.encode(der);
+        let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
+        for line in text.as_bytes().chunks(64) {
+            pem.push_str(std::str::from_utf8(line).unwrap_or_default());
+            pem.push('\n');
+        }
+        pem.push_str("-----END PRIVATE KEY-----\n");
+        pem
+    }
+
+    /// The JWS `alg` this key signs with.
+    fn alg(&self) -> &str {
+        self.jwk["alg"].as_str().unwrap_or_default()
     }
 
     fn verify(&self, message: &[u8], sig: &[u8]) -> bool {
@@ -360,6 +427,8 @@ pub struct TestIssuerBuilder {
     lifetime: Duration,
     /// Client id to secret, `None` for a public client.
     clients: HashMap<String, Option<String>>,
+    /// Clients that authenticate with `private_key_jwt`.
+    key_clients: Vec<String>,
     redirect_uris: HashMap<String, Vec<String>>,
     backchannel_logout_uris: HashMap<String, String>,
     users: HashMap<String, User>,
@@ -411,6 +480,7 @@ impl TestIssuerBuilder {
     /// PKCE is optional for it. Replaces a client of the same id.
     pub fn client(mut self, id: &str, secret: &str) -> Self {
         self.clients.insert(id.to_owned(), Some(secret.to_owned()));
+        self.key_clients.retain(|c| c != id);
         self
     }
 
@@ -419,6 +489,21 @@ impl TestIssuerBuilder {
     /// client of the same id.
     pub fn public_client(mut self, id: &str) -> Self {
         self.clients.insert(id.to_owned(), None);
+        self.key_clients.retain(|c| c != id);
+        self
+    }
+
+    /// A confidential client that authenticates with `private_key_jwt`
+    /// (OpenID Connect Core 9, RFC 7523): a JWT signed by its private key,
+    /// `iss` and `sub` the client id, `aud` the issuer or the token
+    /// endpoint, unexpired, its `jti` used once. The issuer makes the key
+    /// pair (of its own algorithm) at start: give the relying party
+    /// [`TestIssuer::client_key_pair`]. Replaces a client of the same id.
+    pub fn private_key_jwt_client(mut self, id: &str) -> Self {
+        self.clients.insert(id.to_owned(), None);
+        if !self.key_clients.iter().any(|c| c == id) {
+            self.key_clients.push(id.to_owned());
+        }
         self
     }
 
@@ -499,18 +584,25 @@ impl TestIssuerBuilder {
                 format!("URIs registered for client {unknown}, which is not registered"),
             ));
         }
+        let key_clients = self.key_clients;
         let clients = self
             .clients
             .into_iter()
             .map(|(id, secret)| {
+                let key = if key_clients.contains(&id) {
+                    Some(Arc::new(SigningKey::generate(self.alg)?))
+                } else {
+                    None
+                };
                 let client = signin::Client {
                     secret,
+                    key,
                     redirect_uris: redirect_uris.remove(&id).unwrap_or_default(),
                     backchannel_logout_uri: backchannel.remove(&id),
                 };
-                (id, client)
+                Ok((id, client))
             })
-            .collect();
+            .collect::<std::io::Result<_>>()?;
         let listener = std::net::TcpListener::bind(self.bind)?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
@@ -608,6 +700,7 @@ impl TestIssuer {
             default_audience: "account".into(),
             lifetime: Duration::from_secs(300),
             clients: HashMap::new(),
+            key_clients: Vec::new(),
             redirect_uris: HashMap::new(),
             backchannel_logout_uris: HashMap::new(),
             users: HashMap::new(),
@@ -639,6 +732,15 @@ impl TestIssuer {
     #[must_use]
     pub fn jwks_uri(&self) -> String {
         format!("{}/protocol/openid-connect/certs", self.state.issuer)
+    }
+
+    /// The key pair of a [`TestIssuerBuilder::private_key_jwt_client`], as
+    /// the relying party and other providers need it; `None` for any other
+    /// client.
+    #[must_use]
+    pub fn client_key_pair(&self, client: &str) -> Option<ClientKeyPair> {
+        let key = self.state.clients.get(client)?.key.as_ref()?;
+        Some(ClientKeyPair::of(key))
     }
 
     /// The token endpoint.
@@ -1241,7 +1343,7 @@ fn client_credentials(
     f: &HashMap<String, String>,
 ) -> Result<Value, TokenError> {
     let (id, client) = signin::authenticate(state, req, f)?;
-    if client.secret.is_none() {
+    if client.is_public() {
         return Err(TokenError::bad_request(
             "unauthorized_client",
             "a public client has no service account",

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use aws_lc_rs::digest::{SHA256, digest};
 use aws_lc_rs::hmac;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Map, Value, json};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -33,12 +35,19 @@ pub(crate) const BACKCHANNEL_LOGOUT_EVENT: &str = "http://schemas.openid.net/eve
 pub(crate) struct Client {
     /// `None` for a public client.
     pub(crate) secret: Option<String>,
+    /// The key pair of a `private_key_jwt` client.
+    pub(crate) key: Option<Arc<SigningKey>>,
     /// Exact redirect URIs; when empty, any loopback URI is allowed.
     pub(crate) redirect_uris: Vec<String>,
     pub(crate) backchannel_logout_uri: Option<String>,
 }
 
 impl Client {
+    /// Whether the client has no credential of its own (PKCE alone).
+    pub(crate) fn is_public(&self) -> bool {
+        self.secret.is_none() && self.key.is_none()
+    }
+
     /// Whether `uri` may receive an authorization response or be a
     /// `post_logout_redirect_uri` for this client.
     fn allows_redirect(&self, uri: &str) -> bool {
@@ -122,6 +131,8 @@ pub(crate) struct SignIn {
     refreshes: usize,
     /// What [`TestIssuer::tamper_id_tokens`] set.
     id_token_tamper: Option<IdTokenTamper>,
+    /// The `jti`s of the client assertions seen (each works once).
+    assertion_ids: std::collections::HashSet<String>,
     /// The key of [`IdTokenTamper::unpublished_key`], made at first need.
     unpublished_key: Option<Arc<SigningKey>>,
 }
@@ -775,7 +786,7 @@ pub(crate) async fn authorize<S: AsyncWrite + Unpin>(stream: &mut S, state: &Sta
             .await;
     }
     let code_challenge = match (p("code_challenge"), p("code_challenge_method")) {
-        (None, None) if client.secret.is_none() => {
+        (None, None) if client.is_public() => {
             return callback
                 .error(stream, "invalid_request", "PKCE is required for public clients")
                 .await;
@@ -897,6 +908,15 @@ pub(crate) fn authenticate<'s>(
     req: &HttpRequest,
     f: &HashMap<String, String>,
 ) -> Result<(&'s String, &'s Client), TokenError> {
+    if f.contains_key("client_assertion_type") || f.contains_key("client_assertion") {
+        if basic_auth(req).is_some() || f.contains_key("client_secret") {
+            return Err(TokenError::bad_request(
+                "invalid_request",
+                "more than one client authentication method",
+            ));
+        }
+        return client_assertion(state, f);
+    }
     let (id, secret) = match basic_auth(req) {
         Some((id, secret)) => {
             if f.contains_key("client_secret") {
@@ -925,9 +945,91 @@ pub(crate) fn authenticate<'s>(
     };
     match (&client.secret, secret) {
         (Some(expected), Some(given)) if secret_eq(expected, &given) => Ok((id, client)),
-        (None, None) => Ok((id, client)),
+        (None, None) if client.key.is_none() => Ok((id, client)),
         _ => Err(TokenError::invalid_client("client authentication failed")),
     }
+}
+
+/// A JWT's header or claims.
+fn jwt_part(part: &str) -> Option<Map<String, Value>> {
+    let bytes = URL_SAFE_NO_PAD.decode(part).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// `private_key_jwt`: the client assertion (RFC 7523 section 3), signed by
+/// the client's key with its algorithm; `iss` = `sub` = the client (and the
+/// form's `client_id`, when given), `aud` the issuer or the token endpoint,
+/// `exp` in the future and at most 10 minutes away, a `jti` not seen
+/// before.
+fn client_assertion<'s>(
+    state: &'s State,
+    f: &HashMap<String, String>,
+) -> Result<(&'s String, &'s Client), TokenError> {
+    let refuse = |why: &'static str| Err(TokenError::invalid_client(why));
+    if f.get("client_assertion_type").map(String::as_str)
+        != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+    {
+        return refuse("client_assertion_type must be the JWT bearer type");
+    }
+    let Some(assertion) = f.get("client_assertion") else {
+        return refuse("client_assertion is missing");
+    };
+    let parts: Vec<&str> = assertion.split('.').collect();
+    if parts.len() != 3 {
+        return refuse("client_assertion is not a signed JWT");
+    }
+    let (Some(header), Some(claims)) = (jwt_part(parts[0]), jwt_part(parts[1])) else {
+        return refuse("client_assertion is not a JWT");
+    };
+    let text = |m: &Map<String, Value>, k: &str| m.get(k).and_then(Value::as_str).map(str::to_owned);
+    let Some(sub) = text(&claims, "sub") else {
+        return refuse("client_assertion has no sub");
+    };
+    let Some((id, client)) = state.clients.get_key_value(&sub) else {
+        return refuse("unknown client");
+    };
+    let Some(key) = &client.key else {
+        return refuse("the client does not authenticate with private_key_jwt");
+    };
+    if text(&claims, "iss").as_deref() != Some(sub.as_str()) || f.get("client_id").is_some_and(|c| *c != sub)
+    {
+        return refuse("client_assertion's iss, sub and client_id differ");
+    }
+    if text(&header, "alg").as_deref() != Some(key.alg()) {
+        return refuse("client_assertion is not signed with the client's algorithm");
+    }
+    let signed = &assertion[..parts[0].len() + 1 + parts[1].len()];
+    let verified = URL_SAFE_NO_PAD
+        .decode(parts[2])
+        .is_ok_and(|sig| key.verify(signed.as_bytes(), &sig));
+    if !verified {
+        return refuse("client_assertion's signature does not verify");
+    }
+    let token_endpoint = format!("{}/protocol/openid-connect/token", state.issuer);
+    let audience_ok = |a: &Value| {
+        a.as_str()
+            .is_some_and(|a| a == state.issuer || a == token_endpoint)
+    };
+    let aud_ok = match claims.get("aud") {
+        Some(Value::Array(items)) => items.iter().any(audience_ok),
+        Some(a) => audience_ok(a),
+        None => false,
+    };
+    if !aud_ok {
+        return refuse("client_assertion's aud is neither the issuer nor the token endpoint");
+    }
+    let t = now();
+    match claims.get("exp").and_then(Value::as_i64) {
+        Some(exp) if exp > t && exp <= t + 600 => {}
+        _ => return refuse("client_assertion's exp is missing, past or too far away"),
+    }
+    let Some(jti) = text(&claims, "jti").filter(|j| !j.is_empty()) else {
+        return refuse("client_assertion has no jti");
+    };
+    if !lock(&state.signin).assertion_ids.insert(jti) {
+        return refuse("client_assertion was used before");
+    }
+    Ok((id, client))
 }
 
 /// `grant_type=authorization_code`. The code is spent by its first

@@ -80,8 +80,8 @@ pub use self::networking::{
     SubsetSpec, TrafficPolicySpec,
 };
 pub use self::palisade::{
-    AuthorizationSettingsSpec, ClientAuthMethod, JwtSettingsSpec, OidcLoginSpec, OidcSessionKeySpec,
-    OidcSessionSpec, SessionCookieSpec, SessionKeySpec, SpnegoSettingsSpec,
+    AuthorizationSettingsSpec, ClientAuthMethod, JwtSettingsSpec, OidcClientKeySpec, OidcLoginSpec,
+    OidcSessionKeySpec, OidcSessionSpec, SessionCookieSpec, SessionKeySpec, SpnegoSettingsSpec,
 };
 pub use self::rbac::{
     AccessRuleSpec, ConstraintSpec, EnforcementMode, RbacConfigSpec, RbacMode, RbacTargetSpec, RoleRefSpec,

@@ -211,9 +211,14 @@ pub struct OidcLoginSpec {
     /// A file holding the client secret (read without its trailing
     /// newline); absent means a public client (PKCE alone).
     pub client_secret_file: Option<String>,
-    /// How the secret is sent: `client_secret_basic` (the default) or
-    /// `client_secret_post`.
+    /// How the client authenticates: `client_secret_basic` (the default
+    /// with a secret), `client_secret_post`, or `private_key_jwt` (the
+    /// default with a `clientKey`).
     pub client_auth_method: Option<ClientAuthMethod>,
+    /// The private key of `private_key_jwt`: the client signs a short
+    /// assertion at each call to the token endpoint instead of sending a
+    /// secret.
+    pub client_key: Option<OidcClientKeySpec>,
     /// Scopes asked for (default `openid profile email`; `openid` is always sent).
     pub scopes: Option<Vec<String>>,
     /// Where the issuer sends the browser back (default `/oauth2/callback`).
@@ -245,6 +250,23 @@ pub enum ClientAuthMethod {
     ClientSecretBasic,
     /// The id and secret as form fields.
     ClientSecretPost,
+    /// A JWT signed by the client's private key (`clientKey`).
+    PrivateKeyJwt,
+}
+
+/// `OidcLogin.spec.clientKey`: the client's private key for
+/// `private_key_jwt`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct OidcClientKeySpec {
+    /// A PEM file of the private key (PKCS#8, or PKCS#1 for RSA).
+    pub key_file: String,
+    /// The signing algorithm: `RS256` (the default), `RS384`, `RS512`,
+    /// `PS256`, `ES256`, `ES384` or `EdDSA`.
+    pub algorithm: Option<String>,
+    /// The key id the issuer knows the key by (the assertion's `kid`).
+    pub key_id: Option<String>,
 }
 
 /// `OidcLogin.spec.session`.
@@ -307,6 +329,37 @@ impl OidcLoginSpec {
                     return Err(((*field).into(), format!("`{p}` is used for two endpoints")));
                 }
             }
+        }
+        match (
+            &self.client_secret_file,
+            &self.client_key,
+            self.client_auth_method,
+        ) {
+            (Some(_), Some(_), _) => {
+                return Err((
+                    "spec.clientKey".into(),
+                    "a client authenticates with clientSecretFile or clientKey, not both".into(),
+                ));
+            }
+            (None, None, Some(_)) => {
+                return Err((
+                    "spec.clientAuthMethod".into(),
+                    "a public client has no secret or key to send: give clientSecretFile or clientKey".into(),
+                ));
+            }
+            (Some(_), None, Some(ClientAuthMethod::PrivateKeyJwt)) => {
+                return Err((
+                    "spec.clientAuthMethod".into(),
+                    "private_key_jwt needs clientKey, not clientSecretFile".into(),
+                ));
+            }
+            (None, Some(_), Some(m)) if m != ClientAuthMethod::PrivateKeyJwt => {
+                return Err((
+                    "spec.clientAuthMethod".into(),
+                    "a clientKey authenticates with private_key_jwt".into(),
+                ));
+            }
+            _ => {}
         }
         if let Some(scopes) = &self.scopes
             && let Some(i) = scopes.iter().position(|s| s.is_empty() || s.contains(' '))

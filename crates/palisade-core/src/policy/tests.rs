@@ -444,3 +444,51 @@ fn destination_rule_checks_run_for_every_document() {
     let kind = reviews("VirtualService", "networking.istio.io/v1", "  hosts: [ratings]\n");
     assert_eq!(load_err(&kind).field.as_deref(), Some("kind"));
 }
+
+#[test]
+fn an_oidc_login_names_one_way_for_the_client_to_authenticate() {
+    let login = |extra: &str| {
+        format!(
+            "apiVersion: palisade.dev/v1alpha1\nkind: OidcLogin\nmetadata: {{name: login}}\nspec:\n  issuer: https://kc.example/realms/istio\n  clientId: productpage\n{extra}"
+        )
+    };
+    for (extra, field, says) in [
+        (
+            "  clientSecretFile: /s\n  clientKey: {keyFile: /k}\n",
+            "spec.clientKey",
+            "not both",
+        ),
+        (
+            "  clientAuthMethod: client_secret_post\n",
+            "spec.clientAuthMethod",
+            "public client",
+        ),
+        (
+            "  clientSecretFile: /s\n  clientAuthMethod: private_key_jwt\n",
+            "spec.clientAuthMethod",
+            "needs clientKey",
+        ),
+        (
+            "  clientKey: {keyFile: /k}\n  clientAuthMethod: client_secret_basic\n",
+            "spec.clientAuthMethod",
+            "private_key_jwt",
+        ),
+        (
+            "  clientKey: {keyFile: /k, alg: RS256}\n",
+            "spec.clientKey.alg",
+            "unknown field",
+        ),
+    ] {
+        let err = load_err(&login(extra));
+        assert_eq!(err.field.as_deref(), Some(field), "{extra}: {err}");
+        assert!(err.to_string().contains(says), "{extra}: {err}");
+    }
+    for fine in [
+        "",
+        "  clientSecretFile: /s\n  clientAuthMethod: client_secret_post\n",
+        "  clientKey: {keyFile: /k, algorithm: ES256, keyId: k1}\n  clientAuthMethod: private_key_jwt\n",
+        "  clientKey: {keyFile: /k}\n",
+    ] {
+        PolicySet::from_yaml_str(&login(fine), "policy.yaml").unwrap_or_else(|e| panic!("{fine}: {e}"));
+    }
+}
