@@ -15,40 +15,6 @@ use serde_json::Value;
 mod signin_common;
 use signin_common::*;
 
-/// The policy file of the tests: bearer tokens and sign-in for
-/// `productpage`; every route but `/public` needs a user.
-fn policy(issuer: &TestIssuer, key_file: &str, extra: &str) -> String {
-    format!(
-        "apiVersion: security.istio.io/v1
-kind: RequestAuthentication
-metadata: {{name: jwt, namespace: default}}
-spec:
-  jwtRules:
-  - issuer: {iss}
-    audiences: [productpage]
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {{name: users, namespace: default}}
-spec:
-  rules:
-  - from: [{{source: {{requestPrincipals: [\"*\"]}}}}]
-  - to: [{{operation: {{paths: [/public]}}}}]
----
-apiVersion: palisade.dev/v1alpha1
-kind: OidcLogin
-metadata: {{name: login, namespace: default}}
-spec:
-  selector: {{matchLabels: {{app: productpage}}}}
-  issuer: {iss}
-  clientId: productpage
-  session:
-    keys: [{{id: k1, keyFile: {key_file}}}]
-{extra}",
-        iss = issuer.issuer(),
-    )
-}
-
 struct Fixture {
     issuer: TestIssuer,
     _dir: tempdir::Dir,

@@ -155,6 +155,40 @@ pub(crate) mod tempdir {
     }
 }
 
+/// The policy file of the tests: bearer tokens and sign-in for
+/// `productpage`; every route but `/public` needs a user.
+pub(crate) fn policy(issuer: &palisade::testkit::TestIssuer, key_file: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: default}}
+spec:
+  jwtRules:
+  - issuer: {iss}
+    audiences: [productpage]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: users, namespace: default}}
+spec:
+  rules:
+  - from: [{{source: {{requestPrincipals: [\"*\"]}}}}]
+  - to: [{{operation: {{paths: [/public]}}}}]
+---
+apiVersion: palisade.dev/v1alpha1
+kind: OidcLogin
+metadata: {{name: login, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: productpage}}}}
+  issuer: {iss}
+  clientId: productpage
+  session:
+    keys: [{{id: k1, keyFile: {key_file}}}]
+{extra}",
+        iss = issuer.issuer(),
+    )
+}
+
 pub(crate) fn guard_from(yaml: &str) -> palisade::prelude::Guard {
     let set = PolicySet::from_yaml_str(yaml, "signin test policy").unwrap();
     palisade::guard_from_policy(&set, &Workload::new("productpage", "default")).unwrap()

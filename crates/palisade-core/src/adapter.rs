@@ -355,6 +355,19 @@ impl Reply {
         self
     }
 
+    /// An answer of `status` with an RFC 9457 problem body
+    /// (`application/problem+json`) of type `urn:palisade:problem:<kind>`,
+    /// as the guard's own refusals have: for an authenticator's endpoints
+    /// that refuse with a status no [`Rejection`] has (405, 413, 502, 503).
+    /// `detail` is a server-chosen sentence: never a credential or input.
+    #[must_use]
+    pub fn problem(status: u16, kind: &str, title: &str, detail: &str) -> Self {
+        Self::new(status).with_body(
+            PROBLEM_JSON,
+            crate::error::problem_document(kind, title, status, detail),
+        )
+    }
+
     /// Sets the body and its `content-type`.
     #[must_use]
     pub fn with_body(mut self, content_type: &'static str, body: impl Into<String>) -> Self {
@@ -394,15 +407,12 @@ impl Reply {
         };
         match body {
             Ok(bytes) if bytes.len() <= wanted.limit => (wanted.then)(bytes),
-            Ok(_) | Err(true) => {
-                let problem = serde_json::json!({
-                    "type": "urn:palisade:problem:body-too-large",
-                    "title": "Body too large",
-                    "status": 413,
-                    "detail": format!("the request body is larger than {} bytes", wanted.limit),
-                });
-                Check::Ready(Reply::new(413).with_body(PROBLEM_JSON, problem.to_string()))
-            }
+            Ok(_) | Err(true) => Check::Ready(Reply::problem(
+                413,
+                "body-too-large",
+                "Body too large",
+                &format!("the request body is larger than {} bytes", wanted.limit),
+            )),
             Err(false) => Check::Ready(Reply::from(Rejection::bad_request(
                 "the request body could not be read",
             ))),

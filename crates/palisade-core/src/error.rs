@@ -199,13 +199,7 @@ impl Rejection {
     /// The RFC 9457 problem document.
     #[must_use]
     pub fn problem_json(&self) -> String {
-        serde_json::json!({
-            "type": format!("urn:palisade:problem:{}", self.kind.as_str()),
-            "title": self.kind.title(),
-            "status": self.status(),
-            "detail": self.detail,
-        })
-        .to_string()
+        problem_document(self.kind.as_str(), self.kind.title(), self.status(), &self.detail)
     }
 }
 
@@ -227,6 +221,17 @@ impl fmt::Display for Rejection {
 }
 
 impl std::error::Error for Rejection {}
+
+/// An RFC 9457 problem document of type `urn:palisade:problem:<kind>`.
+pub(crate) fn problem_document(kind: &str, title: &str, status: u16, detail: &str) -> String {
+    serde_json::json!({
+        "type": format!("urn:palisade:problem:{kind}"),
+        "title": title,
+        "status": status,
+        "detail": detail,
+    })
+    .to_string()
+}
 
 /// `Bearer realm="…"`, the challenge of a bearer-token authenticator.
 #[must_use]

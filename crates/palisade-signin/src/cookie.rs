@@ -811,20 +811,13 @@ impl CookieSealer {
     pub fn raw<'r>(&self, req: &'r dyn RequestHead) -> RawCookie<'r> {
         let inner = &*self.inner;
         let mut slots: [Option<&'r [u8]>; CHUNK_LIMIT] = [None; CHUNK_LIMIT];
-        let mut index = 0;
-        while let Some(header) = req.header_value("cookie", index) {
-            index += 1;
-            for pair in header.split(|&b| b == b';') {
-                let Some(eq) = pair.iter().position(|&b| b == b'=') else {
-                    continue;
-                };
-                let Some(i) = chunk_index(inner.name.as_bytes(), trim(&pair[..eq])) else {
-                    continue;
-                };
-                let slot = &mut slots[i];
-                if slot.is_none() {
-                    *slot = Some(unquote(trim(&pair[eq + 1..])));
-                }
+        for (name, value) in cookie_pairs(req) {
+            let Some(i) = chunk_index(inner.name.as_bytes(), name) else {
+                continue;
+            };
+            let slot = &mut slots[i];
+            if slot.is_none() {
+                *slot = Some(value);
             }
         }
         let chunks = slots.iter().rposition(Option::is_some).map_or(0, |i| i + 1);
@@ -964,6 +957,19 @@ fn parse_count(value: &str, max: usize) -> Result<usize, InvalidCookie> {
         return Err(InvalidCookie::TooLarge);
     }
     Ok(count)
+}
+
+/// Every `name=value` pair of the request's `cookie` headers, in order
+/// (HTTP/2 sends one header per cookie): pairs are separated by `;` and
+/// optional spaces, a value may be quoted.
+pub(crate) fn cookie_pairs<'r>(req: &'r dyn RequestHead) -> impl Iterator<Item = (&'r [u8], &'r [u8])> + 'r {
+    (0..)
+        .map_while(move |index| req.header_value("cookie", index))
+        .flat_map(|header| header.split(|&b| b == b';'))
+        .filter_map(|pair| {
+            let eq = pair.iter().position(|&b| b == b'=')?;
+            Some((trim(&pair[..eq]), unquote(trim(&pair[eq + 1..]))))
+        })
 }
 
 /// Which chunk of the cookie `name` a cookie named `candidate` is: 0 for

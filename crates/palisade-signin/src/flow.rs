@@ -327,19 +327,12 @@ fn state_sealer(
 /// (at most 16: a browser sends no more sign-ins than that).
 fn cookie_names<'r>(req: &'r dyn RequestHead, prefix: &str) -> Vec<&'r str> {
     let mut names = Vec::new();
-    let mut index = 0;
-    while let Some(header) = req.header_value("cookie", index) {
-        index += 1;
-        for pair in header.split(|&b| b == b';') {
-            let Some(eq) = pair.iter().position(|&b| b == b'=') else {
-                continue;
-            };
-            let Ok(name) = std::str::from_utf8(pair[..eq].trim_ascii()) else {
-                continue;
-            };
-            if name.starts_with(prefix) && !names.contains(&name) && names.len() < 16 {
-                names.push(name);
-            }
+    for (name, _) in crate::cookie::cookie_pairs(req) {
+        let Ok(name) = std::str::from_utf8(name) else {
+            continue;
+        };
+        if name.starts_with(prefix) && !names.contains(&name) && names.len() < 16 {
+            names.push(name);
         }
     }
     names
@@ -388,13 +381,12 @@ fn problem(status: u16, detail: &'static str) -> Reply {
     if status == 400 {
         return reply;
     }
-    let body = serde_json::json!({
-        "type": "urn:palisade:problem:sign-in",
-        "title": match status { 403 => "Sign-in refused", 405 => "Method not allowed", _ => "Sign-in unavailable" },
-        "status": status,
-        "detail": detail,
-    });
-    Reply::new(status).with_body(palisade_core::adapter::PROBLEM_JSON, body.to_string())
+    let title = match status {
+        403 => "Sign-in refused",
+        405 => "Method not allowed",
+        _ => "Sign-in unavailable",
+    };
+    Reply::problem(status, "sign-in", title, detail)
 }
 
 fn with_cookies(mut reply: Reply, cookies: Vec<String>) -> Reply {
