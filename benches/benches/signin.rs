@@ -22,14 +22,14 @@ mod paired;
 use paired::bench_paired;
 
 /// A guard whose only authenticator is sign-in, and a session cookie for
-/// it holding an access token with many roles (about 3.5 KiB of claims, so
+/// it holding an access token with many roles (300: about 5 KiB of claims, so
 /// the session spans two cookies as Keycloak's do).
 fn setup(issuer: &TestIssuer) -> (palisade::prelude::Guard, String) {
     let sign_in = SignIn::builder(issuer.issuer(), "bench")
         .keys(vec![CookieKey::new("k1", &[7u8; 32]).unwrap()])
         .build()
         .unwrap();
-    let roles: Vec<String> = (0..120).map(|i| format!("role-{i:03}")).collect();
+    let roles: Vec<String> = (0..300).map(|i| format!("role-{i:03}")).collect();
     let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
     let token = issuer.token().subject("alice").realm_roles(&roles).sign();
     let cookie = sign_in

@@ -809,60 +809,66 @@ impl CookieSealer {
     /// name wins.
     #[must_use]
     pub fn raw<'r>(&self, req: &'r dyn RequestHead) -> RawCookie<'r> {
+        match self.parts(req) {
+            Ok(parts) => match parts.join() {
+                Ok(value) => RawCookie::Present {
+                    value,
+                    chunks: parts.chunks,
+                },
+                Err(reason) => RawCookie::Invalid {
+                    reason,
+                    chunks: parts.chunks,
+                },
+            },
+            Err(raw) => raw,
+        }
+    }
+
+    /// The cookie's chunks as the request carried them, in order, not yet
+    /// joined (a cache can compare them in place); `Err` with what
+    /// [`CookieSealer::raw`] answers when they are absent, incomplete, too
+    /// many or too large.
+    pub(crate) fn parts<'r>(&self, req: &'r dyn RequestHead) -> Result<Parts<'r>, RawCookie<'r>> {
         let inner = &*self.inner;
-        let mut slots: [Option<&'r [u8]>; CHUNK_LIMIT] = [None; CHUNK_LIMIT];
+        let mut slots: [&'r [u8]; CHUNK_LIMIT] = [&[]; CHUNK_LIMIT];
+        let mut seen = 0u64;
         for (name, value) in cookie_pairs(req) {
             let Some(i) = chunk_index(inner.name.as_bytes(), name) else {
                 continue;
             };
-            let slot = &mut slots[i];
-            if slot.is_none() {
-                *slot = Some(value);
+            if seen & (1 << i) == 0 {
+                seen |= 1 << i;
+                slots[i] = value;
             }
         }
-        let chunks = slots.iter().rposition(Option::is_some).map_or(0, |i| i + 1);
-        let invalid = |reason| RawCookie::Invalid { reason, chunks };
-        let Some(first) = slots[0] else {
+        let chunks = (u64::BITS - seen.leading_zeros()) as usize;
+        let invalid = |reason| Err(RawCookie::Invalid { reason, chunks });
+        if seen & 1 == 0 {
             return if chunks == 0 {
-                RawCookie::Absent
+                Err(RawCookie::Absent)
             } else {
                 invalid(InvalidCookie::MissingChunk)
             };
-        };
-        let Ok(first) = std::str::from_utf8(first) else {
-            return invalid(InvalidCookie::Malformed);
-        };
-        let count = match parse_count(first, inner.max_chunks) {
+        }
+        let count = match parse_count(slots[0], inner.max_chunks) {
             Ok(count) => count,
             Err(reason) => return invalid(reason),
         };
-        let max_len = inner.max_chunks * inner.chunk_size;
-        if count == 1 {
-            if first.len() > max_len {
-                return invalid(InvalidCookie::TooLarge);
-            }
-            return RawCookie::Present {
-                value: Cow::Borrowed(first),
-                chunks,
-            };
+        // Chunks 0 to count - 1, every one (count is at least 1).
+        let wanted = u64::MAX >> (u64::BITS as usize - count);
+        if seen & wanted != wanted {
+            return invalid(InvalidCookie::MissingChunk);
         }
-        let mut joined = String::new();
-        for slot in &slots[..count] {
-            let Some(part) = slot else {
-                return invalid(InvalidCookie::MissingChunk);
-            };
-            if joined.len() + part.len() > max_len {
-                return invalid(InvalidCookie::TooLarge);
-            }
-            let Ok(part) = std::str::from_utf8(part) else {
-                return invalid(InvalidCookie::Malformed);
-            };
-            joined.push_str(part);
+        let len: usize = slots[..count].iter().map(|p| p.len()).sum();
+        if len > inner.max_chunks * inner.chunk_size {
+            return invalid(InvalidCookie::TooLarge);
         }
-        RawCookie::Present {
-            value: Cow::Owned(joined),
+        Ok(Parts {
+            slots,
+            count,
+            len,
             chunks,
-        }
+        })
     }
 
     /// Opens a joined value ([`RawCookie::Present`]'s `value`) with the key
@@ -876,7 +882,7 @@ impl CookieSealer {
         if raw.len() > inner.max_chunks * inner.chunk_size {
             return Err(InvalidCookie::TooLarge);
         }
-        parse_count(raw, inner.max_chunks)?;
+        parse_count(raw.as_bytes(), inner.max_chunks)?;
         let rest = raw
             .strip_prefix(VERSION)
             .and_then(|r| r.split_once('.'))
@@ -939,24 +945,56 @@ fn decimal_digits(n: usize) -> usize {
 
 /// The chunk count in `v1.<count>.…`: 1 to `max`, decimal without leading
 /// zeros.
-fn parse_count(value: &str, max: usize) -> Result<usize, InvalidCookie> {
+fn parse_count(value: &[u8], max: usize) -> Result<usize, InvalidCookie> {
     let digits = value
-        .strip_prefix(VERSION)
-        .and_then(|r| r.split_once('.'))
-        .map(|(count, _)| count)
+        .strip_prefix(VERSION.as_bytes())
+        .and_then(|r| Some(&r[..memchr::memchr(b'.', r)?]))
         .ok_or(InvalidCookie::Malformed)?;
-    let well_formed = !digits.is_empty()
-        && digits.len() <= 3
-        && digits.bytes().all(|b| b.is_ascii_digit())
-        && !digits.starts_with('0');
+    let well_formed =
+        !digits.is_empty() && digits.len() <= 3 && digits.iter().all(u8::is_ascii_digit) && digits[0] != b'0';
     if !well_formed {
         return Err(InvalidCookie::Malformed);
     }
-    let count: usize = digits.parse().map_err(|_| InvalidCookie::Malformed)?;
+    let count = digits.iter().fold(0usize, |n, d| n * 10 + usize::from(d - b'0'));
     if count > max {
         return Err(InvalidCookie::TooLarge);
     }
     Ok(count)
+}
+
+/// A cookie's chunks as a request carried them: [`CookieSealer::parts`].
+pub(crate) struct Parts<'r> {
+    slots: [&'r [u8]; CHUNK_LIMIT],
+    count: usize,
+    len: usize,
+    /// How many cookie names the request carried, as in [`Opened`].
+    pub(crate) chunks: usize,
+}
+
+impl<'r> Parts<'r> {
+    /// The chunks, in order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &'r [u8]> + Clone + '_ {
+        self.slots[..self.count].iter().copied()
+    }
+
+    /// The length of the joined value.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The joined value, borrowed when it is one chunk.
+    pub(crate) fn join(&self) -> Result<Cow<'r, str>, InvalidCookie> {
+        if self.count == 1 {
+            return std::str::from_utf8(self.slots[0])
+                .map(Cow::Borrowed)
+                .map_err(|_| InvalidCookie::Malformed);
+        }
+        let mut joined = String::with_capacity(self.len);
+        for part in self.iter() {
+            joined.push_str(std::str::from_utf8(part).map_err(|_| InvalidCookie::Malformed)?);
+        }
+        Ok(Cow::Owned(joined))
+    }
 }
 
 /// Every `name=value` pair of the request's `cookie` headers, in order
@@ -965,11 +1003,30 @@ fn parse_count(value: &str, max: usize) -> Result<usize, InvalidCookie> {
 pub(crate) fn cookie_pairs<'r>(req: &'r dyn RequestHead) -> impl Iterator<Item = (&'r [u8], &'r [u8])> + 'r {
     (0..)
         .map_while(move |index| req.header_value("cookie", index))
-        .flat_map(|header| header.split(|&b| b == b';'))
-        .filter_map(|pair| {
-            let eq = pair.iter().position(|&b| b == b'=')?;
-            Some((trim(&pair[..eq]), unquote(trim(&pair[eq + 1..]))))
-        })
+        .flat_map(Pairs)
+}
+
+/// The `name=value` pairs of one `cookie` header. Separators are found
+/// with `memchr`: a session's header holds several kilobytes of value.
+struct Pairs<'r>(&'r [u8]);
+
+impl<'r> Iterator for Pairs<'r> {
+    type Item = (&'r [u8], &'r [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while !self.0.is_empty() {
+            let rest = self.0;
+            let (pair, next) = match memchr::memchr(b';', rest) {
+                Some(end) => (&rest[..end], &rest[end + 1..]),
+                None => (rest, &rest[rest.len()..]),
+            };
+            self.0 = next;
+            if let Some(eq) = memchr::memchr(b'=', pair) {
+                return Some((trim(&pair[..eq]), unquote(trim(&pair[eq + 1..]))));
+            }
+        }
+        None
+    }
 }
 
 /// Which chunk of the cookie `name` a cookie named `candidate` is: 0 for

@@ -1126,7 +1126,15 @@ impl Authenticator for SignIn {
             return Check::Ready(AuthOutcome::Respond(self.backchannel(req)));
         }
         let secure = is_tls(req);
-        let RawCookie::Present { value, chunks } = self.sealer(secure).raw(req) else {
+        let Ok(parts) = self.sealer(secure).parts(req) else {
+            return Check::Ready(AuthOutcome::NoCredential);
+        };
+        let chunks = parts.chunks;
+        // A session seen before: compared in place, nothing joined.
+        if let Some(live) = self.0.cache.get_parts(parts.len(), parts.iter()) {
+            return self.admit(live, chunks, secure);
+        }
+        let Ok(value) = parts.join() else {
             return Check::Ready(AuthOutcome::NoCredential);
         };
         match self.open_session(&value, secure) {

@@ -181,41 +181,96 @@ impl fmt::Debug for SignedIn {
     }
 }
 
-/// Opened sessions by cookie value. The whole value is the key (compared in
-/// full), so a forged cookie can never hit an entry; bounded, entries leave
+/// Opened sessions by cookie value. An entry is found by a fingerprint of
+/// the value (its length and first bytes, which hold the seal's random
+/// nonce, under a per-process hash seed) and then compared in full, chunk
+/// by chunk as the request carried them, so a hit costs no joining and a
+/// forged or altered cookie can never hit an entry. Bounded; entries leave
 /// when their session's absolute timeout passes.
 pub(crate) struct Cache {
-    map: RwLock<HashMap<Box<str>, Arc<Live>, foldhash::fast::RandomState>>,
+    map: RwLock<HashMap<u64, Entry, foldhash::fast::RandomState>>,
+    seed: foldhash::quality::RandomState,
     capacity: usize,
 }
+
+/// A cached session: the whole cookie value, and the session.
+type Entry = (Box<str>, Arc<Live>);
+
+/// How many leading bytes of a cookie value its fingerprint reads.
+const FINGERPRINT_HEAD: usize = 96;
 
 impl Cache {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
             map: RwLock::new(HashMap::default()),
+            seed: foldhash::quality::RandomState::default(),
             capacity,
         }
     }
 
+    fn fingerprint(&self, len: usize, head: &[u8]) -> u64 {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = self.seed.build_hasher();
+        h.write_usize(len);
+        h.write(head);
+        h.finish()
+    }
+
+    /// The session of a cookie value given as its chunks.
+    pub(crate) fn get_parts<'p>(
+        &self,
+        len: usize,
+        mut parts: impl Iterator<Item = &'p [u8]> + Clone,
+    ) -> Option<Arc<Live>> {
+        let mut head = [0u8; FINGERPRINT_HEAD];
+        let mut filled = 0;
+        for part in parts.clone() {
+            let n = part.len().min(FINGERPRINT_HEAD - filled);
+            head[filled..filled + n].copy_from_slice(&part[..n]);
+            filled += n;
+            if filled == FINGERPRINT_HEAD {
+                break;
+            }
+        }
+        let key = self.fingerprint(len, &head[..filled]);
+        let map = self.map.read().ok()?;
+        let (value, live) = map.get(&key)?;
+        let mut rest = value.as_bytes();
+        if rest.len() != len {
+            return None;
+        }
+        let same = parts.all(|part| match rest.split_at_checked(part.len()) {
+            Some((here, after)) if here == part => {
+                rest = after;
+                true
+            }
+            _ => false,
+        });
+        (same && rest.is_empty()).then(|| Arc::clone(live))
+    }
+
+    /// The session of a joined cookie value.
     pub(crate) fn get(&self, cookie: &str) -> Option<Arc<Live>> {
-        self.map.read().ok()?.get(cookie).cloned()
+        self.get_parts(cookie.len(), std::iter::once(cookie.as_bytes()))
     }
 
     pub(crate) fn insert(&self, cookie: &str, live: Arc<Live>, absolute: Duration) {
+        let head = &cookie.as_bytes()[..cookie.len().min(FINGERPRINT_HEAD)];
+        let key = self.fingerprint(cookie.len(), head);
         let Ok(mut map) = self.map.write() else { return };
         if map.len() >= self.capacity {
             let limit = now().saturating_sub(absolute.as_secs());
-            map.retain(|_, l| l.session.created_secs() > limit);
+            map.retain(|_, (_, l)| l.session.created_secs() > limit);
             if map.len() >= self.capacity {
                 map.clear();
             }
         }
-        map.insert(cookie.into(), live);
+        map.insert(key, (cookie.into(), live));
     }
 
     pub(crate) fn remove_session(&self, id: &str) {
         if let Ok(mut map) = self.map.write() {
-            map.retain(|_, l| l.session.id != id);
+            map.retain(|_, (_, l)| l.session.id != id);
         }
     }
 }
@@ -273,6 +328,39 @@ mod tests {
 
     fn jwt(claims: &Value) -> String {
         format!("e30.{}.sig", URL_SAFE_NO_PAD.encode(claims.to_string()))
+    }
+
+    #[test]
+    fn the_cache_finds_a_value_only_when_every_byte_matches_however_it_is_split() {
+        let cache = Cache::new(10);
+        let value = "v1.2.k1.".to_owned() + &"A".repeat(200) + "tail";
+        cache.insert(
+            &value,
+            Arc::new(Live::new(session("opaque"), "https://i", None)),
+            Duration::from_secs(60),
+        );
+        let b = value.as_bytes();
+        assert!(cache.get(&value).is_some());
+        for split in [1, 50, 96, 97, 150, b.len() - 1] {
+            let parts = [&b[..split], &b[split..]];
+            assert!(
+                cache.get_parts(b.len(), parts.iter().copied()).is_some(),
+                "{split}"
+            );
+        }
+        // The same head and length, a different byte further on.
+        let mut altered = value.clone().into_bytes();
+        let last = altered.len() - 1;
+        altered[last] = b'X';
+        let altered = String::from_utf8(altered).unwrap();
+        assert!(cache.get(&altered).is_none());
+        let parts = [&altered.as_bytes()[..100], &altered.as_bytes()[100..]];
+        assert!(cache.get_parts(altered.len(), parts.iter().copied()).is_none());
+        // A prefix, and the value with more after it.
+        assert!(cache.get(&value[..value.len() - 1]).is_none());
+        assert!(cache.get(&(value.clone() + "x")).is_none());
+        cache.remove_session("s1");
+        assert!(cache.get(&value).is_none());
     }
 
     #[test]
