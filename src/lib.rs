@@ -53,6 +53,11 @@ pub use palisade_spnego as spnego;
 #[cfg(feature = "signin")]
 pub use palisade_signin as signin;
 
+/// Outbound credentials: what the service sends to the hosts it calls
+/// (feature `client`).
+#[cfg(feature = "client")]
+pub use palisade_client as client;
+
 pub mod prelude;
 
 // Applications import from `prelude`; every item's one home is its crate

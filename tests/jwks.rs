@@ -181,9 +181,12 @@ async fn a_thousand_unknown_kids_cause_one_fetch_per_interval() {
     let token = issuer.token().kid(Some("yet-another")).sign();
     let t = std::time::Instant::now();
     assert_eq!(jwt.verify(&token).await.unwrap_err(), JwtError::UnknownKey);
+    // The wait it must not do is `unknown_kid_wait`, 2 s: well under
+    // that, with room for a loaded 2-core CI machine (500 ms flaked there).
     assert!(
-        t.elapsed() < Duration::from_millis(500),
-        "should not wait for a fetch that cannot happen"
+        t.elapsed() < Duration::from_millis(1_500),
+        "should not wait for a fetch that cannot happen: {:?}",
+        t.elapsed()
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(issuer.jwks_fetches(), after_start + 1);
@@ -438,7 +441,8 @@ async fn a_token_must_name_its_subject_unless_told_otherwise() {
             Provider::builder(issuer.issuer())
                 .audience("account")
                 .fetch_settings(settings(100))
-                .require_subject(false)
+                .dangerous()
+                .subject_optional()
                 .build()
                 .unwrap(),
         )

@@ -151,3 +151,49 @@ async fn tokens_from_oidc_provider_verify_across_a_key_rotation() {
     drop(op);
     std::fs::remove_dir_all(&tmp).ok();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workloads_own_token_comes_from_oidc_providers_client_credentials_grant() {
+    use palisade::client::ClientCredentials;
+    use palisade::core::policy::ClientAuthMethod;
+
+    let tmp = std::env::temp_dir().join(format!("palisade-op-cc-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let keys = tmp.join("keys.json");
+    let op = start(free_port(), &keys);
+    // The provider's client sends its secret in the form, and a resource
+    // indicator (the audience, an absolute URI) makes its token a JWT.
+    let own = ClientCredentials::builder(op.issuer.clone(), "palisade-test")
+        .client_secret("palisade-secret")
+        .client_auth_method(ClientAuthMethod::ClientSecretPost)
+        .audience(AUDIENCE)
+        .scopes(["read"])
+        .build()
+        .unwrap();
+    let header = own.authorization().await.unwrap();
+    assert_eq!(own.authorization().await.unwrap(), header, "cached");
+    let jwt = JwtAuthenticator::builder()
+        .provider(
+            Provider::builder(op.issuer.clone())
+                .audience(AUDIENCE)
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let id = jwt.verify(header.strip_prefix("Bearer ").unwrap()).await.unwrap();
+    assert!(id.has_scope("read"));
+    assert_eq!(id.subject(), Some("palisade-test"));
+    // A wrong secret: the provider's refusal, by its error code.
+    let wrong = ClientCredentials::builder(op.issuer.clone(), "palisade-test")
+        .client_secret("not-the-secret")
+        .client_auth_method(ClientAuthMethod::ClientSecretPost)
+        .audience(AUDIENCE)
+        .build()
+        .unwrap();
+    match wrong.authorization().await {
+        Err(palisade::client::ClientError::Refused(code)) => assert_eq!(code, "invalid_client"),
+        other => panic!("{other:?}"),
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+}

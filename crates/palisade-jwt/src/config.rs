@@ -272,6 +272,17 @@ impl DangerousProviderBuilder {
         self.0
     }
 
+    /// Accepts tokens that name no subject (neither `sub` nor, for a
+    /// client's own token, `client_id`); their identity's subject is then
+    /// empty. Only for tokens that identify something else, such as OpenID
+    /// Connect Back-Channel Logout tokens, which may carry only `sid`:
+    /// check what such a token must name yourself.
+    pub fn subject_optional(mut self) -> ProviderBuilder {
+        tracing::info!(target: "palisade::jwt", issuer = %self.0.issuer, "tokens without a subject are accepted (subject_optional)");
+        self.0.require_subject = false;
+        self.0
+    }
+
     /// Verifies HS256/384/512 tokens with this shared secret.
     pub fn hmac_secret(mut self, secret: impl Into<Vec<u8>>) -> ProviderBuilder {
         self.0.hmac_secret = Some(secret.into());
@@ -320,17 +331,6 @@ impl ProviderBuilder {
     /// Clock leeway for `exp`, `nbf` and `iat` (default 60 s).
     pub fn leeway(mut self, leeway: Duration) -> Self {
         self.leeway = leeway;
-        self
-    }
-
-    /// Whether a token must name its subject: `sub`, or `client_id` for a
-    /// client's own token (default on, as for every access token). Turn it
-    /// off only for tokens that identify something else, such as OpenID
-    /// Connect Back-Channel Logout tokens, which may carry only `sid`; their
-    /// identity's subject is then empty, so check what the token must name
-    /// yourself.
-    pub fn require_subject(mut self, required: bool) -> Self {
-        self.require_subject = required;
         self
     }
 

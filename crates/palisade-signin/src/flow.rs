@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use aws_lc_rs::digest;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
@@ -22,7 +22,7 @@ use crate::LOG_TARGET;
 use crate::config::{ClientAuth, Config, SecretMethod, SignInBuilder, SignInError, check_path};
 use crate::cookie::{CookieKey, CookieSealer, Opened, RawCookie};
 use crate::provider::{Issuer, Metadata, TokenError, form_encode, param, param_count};
-use crate::session::{Cache, Live, Payload, Session, Successors, at, now, now_ms};
+use crate::session::{Cache, Live, Payload, Session, Successors, at, now, now_ms, unverified_claims};
 use crate::store::{MemoryStore, Revocation, SessionRef, SessionStore};
 
 /// How long a sign-in may take, from the redirect to the callback.
@@ -283,7 +283,8 @@ impl SignInBuilder {
         // `verify_id_token` and `backchannel_logout`.
         let provider = Provider::builder(config.issuer.clone())
             .audience(config.client_id.clone())
-            .require_subject(false)
+            .dangerous()
+            .subject_optional()
             .fetch_settings(fetch)
             .build()
             .map_err(|e| SignInError::Config(format!("the issuer: {e}")))?;
@@ -401,13 +402,6 @@ fn now_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-}
-
-/// The claims of a JWT's payload, read without any check: only for a
-/// token that was verified before and kept sealed since.
-fn payload_claims(jwt: &str) -> Option<Map<String, Value>> {
-    let payload = jwt.split('.').nth(1)?;
-    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()
 }
 
 /// Constant-time equality of two strings of public length.
@@ -687,28 +681,39 @@ impl SignIn {
     /// says: valid as at sign-in (signature, `iss`, `aud`, `exp`, `azp`,
     /// `iat`), of the same user, and with the first ID token's `nonce` and
     /// `auth_time` when it carries them.
-    async fn verify_refreshed_id_token(&self, token: &str, s: &Session) -> Result<(), &'static str> {
-        let identity = self
-            .0
-            .verifier
-            .verify(token)
-            .await
-            .map_err(|_| "its signature, issuer, audience or expiry is not valid")?;
+    ///
+    /// `Err(None)` when the issuer's keys cannot be had now (the token is
+    /// neither good nor bad yet), `Err(Some(why))` when it is not valid.
+    async fn verify_refreshed_id_token(&self, token: &str, s: &Session) -> Result<(), Option<&'static str>> {
+        let identity = self.0.verifier.verify(token).await.map_err(|e| {
+            // No key set at all (the issuer's JWKS cannot be fetched): not
+            // a verdict. A key the fetched set lacks (`UnknownKey`, after
+            // the bounded re-fetch for rotations) is one.
+            if matches!(e, palisade_jwt::JwtError::KeysUnavailable) {
+                tracing::warn!(target: LOG_TARGET, error = %e, "the ID token of a refresh cannot be checked now");
+                return None;
+            }
+            tracing::info!(target: LOG_TARGET, error = %e, "the ID token of a refresh was refused");
+            Some("its signature, issuer, audience or expiry is not valid")
+        })?;
         let claims = identity.claims().cloned().unwrap_or_default();
         let audiences = identity.token().map(|t| t.audiences.len()).unwrap_or_default();
-        self.check_id_claims(&claims, audiences)?;
+        self.check_id_claims(&claims, audiences).map_err(Some)?;
         if claims.get("sub").and_then(Value::as_str) != Some(s.sub.as_str()) {
-            return Err("it names another user");
+            return Err(Some("it names another user"));
         }
         // The first ID token was verified at sign-in and has been sealed
-        // in the session since: its claims are read as they are.
-        let first = s.it.as_deref().and_then(payload_claims).unwrap_or_default();
-        for name in ["nonce", "auth_time"] {
-            if let Some(value) = claims.get(name)
-                && first.get(name) != Some(value)
-            {
-                return Err("its nonce or auth_time differs from the first ID token's");
-            }
+        // in the session since: its claims are read as they are. It always
+        // has a nonce (sign-in requires one); `auth_time` is compared when
+        // both tokens have one (an issuer may add it only on refresh).
+        let first = s.it.as_deref().and_then(unverified_claims).unwrap_or_default();
+        if claims.get("nonce").is_some_and(|n| first.get("nonce") != Some(n)) {
+            return Err(Some("its nonce differs from the first ID token's"));
+        }
+        if let (Some(now), Some(then)) = (claims.get("auth_time"), first.get("auth_time"))
+            && now != then
+        {
+            return Err(Some("its auth_time differs from the first ID token's"));
         }
         Ok(())
     }
@@ -898,14 +903,21 @@ impl SignIn {
                     next.rt = tokens.refresh_token;
                 }
                 if let Some(id_token) = tokens.id_token {
-                    if let Err(why) = self.verify_refreshed_id_token(&id_token, s).await {
-                        tracing::warn!(target: LOG_TARGET, reason = why, subject = %s.sub, "the issuer refreshed a session with an ID token that is not valid: the session ends");
-                        if let Err(e) = self.end(s).await {
-                            tracing::warn!(target: LOG_TARGET, error = %e, "an ended session cannot be recorded");
+                    match self.verify_refreshed_id_token(&id_token, s).await {
+                        Ok(()) => next.it = Some(id_token),
+                        // The keys cannot be had now: the new access and
+                        // refresh tokens (from the token endpoint itself)
+                        // are kept with the first ID token, rather than
+                        // spend a rotated refresh token for nothing.
+                        Err(None) => {}
+                        Err(Some(why)) => {
+                            tracing::warn!(target: LOG_TARGET, reason = why, subject = %s.sub, "the issuer refreshed a session with an ID token that is not valid: the session ends");
+                            if let Err(e) = self.end(s).await {
+                                tracing::warn!(target: LOG_TARGET, error = %e, "an ended session cannot be recorded");
+                            }
+                            return None;
                         }
-                        return None;
                     }
-                    next.it = Some(id_token);
                 }
                 next.seen = t;
                 tracing::debug!(target: LOG_TARGET, subject = %next.sub, "session tokens refreshed");
@@ -1088,9 +1100,12 @@ impl SignIn {
             (None, Some(sub)) => Revocation::Subject {
                 issuer: c.issuer.clone(),
                 subject: sub.to_owned(),
-                // Sessions created from now on are not the ones the
-                // issuer ended (creation times are in milliseconds).
-                before: SystemTime::now(),
+                // Sessions created from the next millisecond on are not
+                // the ones the issuer ended (creation times are whole
+                // milliseconds; one created in this very millisecond
+                // ends too: closed rather than open). Replicas' clocks
+                // must agree to better than that.
+                before: UNIX_EPOCH + Duration::from_millis(now_ms() + 1),
                 until,
             },
             (None, None) => return Err("the logout token names neither sid nor sub"),

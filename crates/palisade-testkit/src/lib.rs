@@ -333,6 +333,7 @@ struct State {
     cache_control: Mutex<Option<String>>,
     jwks_fetches: AtomicUsize,
     discovery_fetches: AtomicUsize,
+    client_credentials_grants: AtomicUsize,
     clients: HashMap<String, signin::Client>,
     users: HashMap<String, User>,
     /// Whether authorization responses carry `iss` (RFC 9207).
@@ -627,6 +628,7 @@ impl TestIssuerBuilder {
             cache_control: Mutex::new(None),
             jwks_fetches: AtomicUsize::new(0),
             discovery_fetches: AtomicUsize::new(0),
+            client_credentials_grants: AtomicUsize::new(0),
             clients,
             users: self.users,
             iss_parameter: self.iss_parameter,
@@ -862,6 +864,13 @@ impl TestIssuer {
     #[must_use]
     pub fn jwks_fetches(&self) -> usize {
         self.state.jwks_fetches.load(Ordering::SeqCst)
+    }
+
+    /// Client-credentials grants given (tokens issued to a client for
+    /// itself).
+    #[must_use]
+    pub fn client_credentials_grants(&self) -> usize {
+        self.state.client_credentials_grants.load(Ordering::SeqCst)
     }
 
     /// Discovery requests received.
@@ -1349,13 +1358,17 @@ fn client_credentials(
             "a public client has no service account",
         ));
     }
-    let token = state
+    let mut token = state
         .token()
         .subject(id)
         .claim("azp", json!(id))
-        .claim("clientId", json!(id))
-        .sign();
-    Ok(json!({"access_token": token, "token_type": "Bearer", "expires_in": state.lifetime}))
+        .claim("clientId", json!(id));
+    // Keycloak's `audience` parameter, RFC 8707's `resource`.
+    if let Some(aud) = f.get("audience").or_else(|| f.get("resource")) {
+        token = token.audience(aud);
+    }
+    state.client_credentials_grants.fetch_add(1, Ordering::SeqCst);
+    Ok(json!({"access_token": token.sign(), "token_type": "Bearer", "expires_in": state.lifetime}))
 }
 
 /// The password grant does not authenticate the client; `azp` is the

@@ -81,7 +81,8 @@ pub use self::networking::{
 };
 pub use self::palisade::{
     AuthorizationSettingsSpec, ClientAuthMethod, JwtSettingsSpec, OidcClientKeySpec, OidcLoginSpec,
-    OidcSessionKeySpec, OidcSessionSpec, SessionCookieSpec, SessionKeySpec, SpnegoSettingsSpec,
+    OidcSessionKeySpec, OidcSessionSpec, SessionCookieSpec, SessionKeySpec, SpnegoSettingsSpec, TokenFrom,
+    UpstreamCredentialsSpec, UpstreamTokenSpec,
 };
 pub use self::rbac::{
     AccessRuleSpec, ConstraintSpec, EnforcementMode, RbacConfigSpec, RbacMode, RbacTargetSpec, RoleRefSpec,
@@ -230,6 +231,9 @@ pub enum Spec {
     SpnegoSettings(SpnegoSettingsSpec),
     /// `palisade.dev/v1alpha1` `OidcLogin`: browser sign-in.
     OidcLogin(OidcLoginSpec),
+    /// `palisade.dev/v1alpha1` `UpstreamCredentials`: the token the
+    /// workload sends to a host it calls.
+    UpstreamCredentials(UpstreamCredentialsSpec),
     /// `rbac.istio.io/v1alpha1` `ServiceRole`.
     ServiceRole(ServiceRoleSpec),
     /// `rbac.istio.io/v1alpha1` `ServiceRoleBinding`.
@@ -247,7 +251,8 @@ impl Spec {
             Spec::AuthorizationPolicy(s) => s.selector.as_ref(),
             Spec::PeerAuthentication(s) => s.selector.as_ref(),
             Spec::OidcLogin(s) => s.selector.as_ref(),
-            // Selects the calling workload.
+            // Select the calling workload.
+            Spec::UpstreamCredentials(s) => s.selector.as_ref(),
             Spec::DestinationRule(s) => s.workload_selector.as_ref(),
             Spec::JwtSettings(_)
             | Spec::KeycloakAdapter(_)
@@ -309,6 +314,7 @@ impl Document {
             Spec::KeycloakAdapter(s) => s.check(),
             Spec::SpnegoSettings(s) => s.check(),
             Spec::OidcLogin(s) => s.check(),
+            Spec::UpstreamCredentials(s) => s.check(),
             Spec::ServiceRole(s) => crate::authz::rbac::check_role(s),
             Spec::ServiceRoleBinding(s) => crate::authz::rbac::check_binding(s),
             Spec::DestinationRule(s) => s.check(),
@@ -585,6 +591,7 @@ impl PolicySet {
             (PALISADE_API_VERSION, "AuthorizationSettings") => body(chunk, Spec::AuthorizationSettings),
             (PALISADE_API_VERSION, "SpnegoSettings") => body(chunk, Spec::SpnegoSettings),
             (PALISADE_API_VERSION, "OidcLogin") => body(chunk, Spec::OidcLogin),
+            (PALISADE_API_VERSION, "UpstreamCredentials") => body(chunk, Spec::UpstreamCredentials),
             _ => None,
         }
     }
@@ -713,6 +720,17 @@ impl<'a> WorkloadPolicy<'a> {
     pub fn oidc_logins(&self) -> impl Iterator<Item = (&'a Document, &'a OidcLoginSpec)> + '_ {
         self.documents.iter().filter_map(|d| match &d.spec {
             Spec::OidcLogin(s) => Some((*d, s)),
+            _ => None,
+        })
+    }
+
+    /// Applicable `UpstreamCredentials` documents: what this workload
+    /// sends to the hosts it calls.
+    pub fn upstream_credentials(
+        &self,
+    ) -> impl Iterator<Item = (&'a Document, &'a UpstreamCredentialsSpec)> + '_ {
+        self.documents.iter().filter_map(|d| match &d.spec {
+            Spec::UpstreamCredentials(s) => Some((*d, s)),
             _ => None,
         })
     }

@@ -1,5 +1,6 @@
 //! `palisade.dev/v1alpha1`: what Istio's kinds cannot say. `JwtSettings`,
-//! `AuthorizationSettings`, `SpnegoSettings` and `OidcLogin`
+//! `AuthorizationSettings`, `SpnegoSettings`, `OidcLogin` and
+//! `UpstreamCredentials`
 //! (`KeycloakAdapter` is in [`super::KeycloakAdapterConfig`]).
 //!
 //! Absent fields keep the defaults of the types they configure (the JWT
@@ -301,6 +302,151 @@ pub struct OidcSessionKeySpec {
     pub id: String,
     /// The key file.
     pub key_file: String,
+}
+
+/// `UpstreamCredentials.spec`: the bearer token the selected (calling)
+/// workload sends to `hosts`.
+///
+/// ```yaml
+/// apiVersion: palisade.dev/v1alpha1
+/// kind: UpstreamCredentials
+/// metadata: {name: productpage-to-reviews, namespace: default}
+/// spec:
+///   selector: {matchLabels: {app: productpage}}
+///   hosts: [reviews.default.svc.cluster.local]
+///   token:
+///     from: tokenExchange
+///     issuer: https://kc.example/realms/istio
+///     clientId: productpage
+///     clientSecretFile: /etc/palisade/productpage.secret
+///     audience: reviews
+/// ```
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct UpstreamCredentialsSpec {
+    /// The calling workloads (absent: every workload of the namespace).
+    pub selector: Option<SelectorSpec>,
+    /// The hosts called (as the request's authority names them, without
+    /// the port); `*` for every host no other document names.
+    pub hosts: Vec<String>,
+    /// The token sent.
+    pub token: UpstreamTokenSpec,
+}
+
+/// `UpstreamCredentials.spec.token`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct UpstreamTokenSpec {
+    /// Where the token comes from.
+    pub from: TokenFrom,
+    /// The issuer whose token endpoint (by discovery) grants the token:
+    /// `clientCredentials` and `tokenExchange` only.
+    pub issuer: Option<String>,
+    /// The workload's client at the issuer.
+    pub client_id: Option<String>,
+    /// A file holding the client's secret (read without its trailing
+    /// newline).
+    pub client_secret_file: Option<String>,
+    /// The client's secret, inline (prefer `clientSecretFile`).
+    pub client_secret: Option<String>,
+    /// How the secret is sent: `client_secret_basic` (the default) or
+    /// `client_secret_post`.
+    pub client_auth_method: Option<ClientAuthMethod>,
+    /// The audience asked for: RFC 8693's `audience`, and the
+    /// client-credentials `audience` (Keycloak) and `resource` (RFC 8707).
+    pub audience: Option<String>,
+    /// The scopes asked for.
+    pub scopes: Option<Vec<String>>,
+}
+
+/// Where an upstream call's token comes from.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub enum TokenFrom {
+    /// The caller's own access token, relayed (its bearer header or its
+    /// sign-in session).
+    Caller,
+    /// The workload's own token (a client-credentials grant).
+    ClientCredentials,
+    /// An RFC 8693 token exchange of the caller's token.
+    TokenExchange,
+    /// No token.
+    #[default]
+    None,
+}
+
+impl UpstreamCredentialsSpec {
+    pub(super) fn check(&self) -> Result<(), FieldError> {
+        if self.hosts.is_empty() {
+            return Err(("spec.hosts".into(), "name at least one host (or `*`)".into()));
+        }
+        for (i, h) in self.hosts.iter().enumerate() {
+            let plain = h == "*"
+                || (!h.is_empty()
+                    && h.bytes().all(|b| {
+                        b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'[' | b']' | b':')
+                    }));
+            if !plain {
+                return Err((format!("spec.hosts[{i}]"), format!("`{h}` is not a host name")));
+            }
+        }
+        let t = &self.token;
+        let grant = matches!(t.from, TokenFrom::ClientCredentials | TokenFrom::TokenExchange);
+        let given = [
+            ("spec.token.issuer", t.issuer.is_some()),
+            ("spec.token.clientId", t.client_id.is_some()),
+            ("spec.token.clientSecretFile", t.client_secret_file.is_some()),
+            ("spec.token.clientSecret", t.client_secret.is_some()),
+            ("spec.token.clientAuthMethod", t.client_auth_method.is_some()),
+            ("spec.token.audience", t.audience.is_some()),
+            ("spec.token.scopes", t.scopes.is_some()),
+        ];
+        if !grant {
+            if let Some((field, _)) = given.iter().find(|(_, set)| *set) {
+                return Err((
+                    (*field).into(),
+                    "only clientCredentials and tokenExchange ask an issuer for a token".into(),
+                ));
+            }
+            return Ok(());
+        }
+        match &t.issuer {
+            Some(i) if i.starts_with("https://") || i.starts_with("http://") => {}
+            Some(_) => return Err(("spec.token.issuer".into(), "must be an http(s) URL".into())),
+            None => {
+                return Err((
+                    "spec.token.issuer".into(),
+                    "the issuer that grants the token is required".into(),
+                ));
+            }
+        }
+        if t.client_id.as_deref().is_none_or(|c| c.trim().is_empty()) {
+            return Err((
+                "spec.token.clientId".into(),
+                "the workload's client id is required".into(),
+            ));
+        }
+        if t.client_auth_method == Some(ClientAuthMethod::PrivateKeyJwt) {
+            return Err((
+                "spec.token.clientAuthMethod".into(),
+                "a workload's own token is asked for with client_secret_basic or client_secret_post".into(),
+            ));
+        }
+        match (&t.client_secret_file, &t.client_secret) {
+            (Some(_), Some(_)) => Err((
+                "spec.token.clientSecret".into(),
+                "give clientSecretFile or clientSecret, not both".into(),
+            )),
+            (None, None) => Err((
+                "spec.token.clientSecretFile".into(),
+                "a public client cannot be granted tokens for itself: give its secret".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl OidcLoginSpec {

@@ -1,0 +1,22 @@
+//! Why no credential could be attached.
+
+/// Why an outbound call got no credential. Messages never hold a token or
+/// a secret.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The upstream needs the caller's token and the request being served
+    /// has none: nothing was sent.
+    #[error("the upstream needs the caller's token, and there is none")]
+    NoCallerToken,
+    /// The issuer refused to grant a token (its OAuth error code).
+    #[error("the issuer refused the token request: {0}")]
+    Refused(String),
+    /// The issuer cannot be reached or answered nonsense, and no valid
+    /// token is at hand.
+    #[error("the issuer is unavailable: {0}")]
+    Unavailable(String),
+    /// A setting that cannot work; the message names it.
+    #[error("outbound credentials: {0}")]
+    Config(String),
+}

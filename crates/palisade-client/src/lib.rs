@@ -1,0 +1,53 @@
+//! Outbound credentials for Palisade services: the bearer token a service
+//! sends to the hosts it calls, as an Istio sidecar with a token plugin or
+//! Spring Security's OAuth2 client would attach it.
+//!
+//! - [`Credentials::Caller`]: the caller's own access token, relayed (its
+//!   bearer header, [`CallerToken::from_headers`], or its sign-in session's
+//!   token). A call that needs it and has none is refused before anything
+//!   is sent ([`ClientError::NoCallerToken`]).
+//! - [`Credentials::ClientCredentials`]: the workload's own token from a
+//!   client-credentials grant ([`ClientCredentials`]): fetched once and
+//!   shared by every call, renewed before it expires by one request while
+//!   the others keep using the current token, and kept while the issuer is
+//!   down for as long as it is valid.
+//! - [`Credentials::None`]: nothing is attached.
+//!
+//! [`Upstreams`] maps hosts to credentials, in code or from the policy
+//! file's `UpstreamCredentials` documents ([`palisade_core::policy::FromPolicy`]).
+//! [`CredentialsLayer`] attaches them to `http::Request`s of any tower
+//! client (hyper's, tonic's channels); [`Upstreams::apply`] to a
+//! `reqwest::Request`.
+//!
+//! ```no_run
+//! use palisade_client::{CallerToken, ClientCredentials, Credentials, Upstreams};
+//! # async fn demo(inbound: &http::HeaderMap) -> Result<(), Box<dyn std::error::Error>> {
+//! let own = ClientCredentials::builder("https://kc.example/realms/istio", "productpage")
+//!     .client_secret(std::fs::read_to_string("/etc/palisade/productpage.secret")?.trim_end())
+//!     .build()?;
+//! let upstreams = Upstreams::builder()
+//!     .host("details.default.svc.cluster.local", Credentials::ClientCredentials(own))
+//!     .host("reviews.default.svc.cluster.local", Credentials::Caller)
+//!     .build();
+//! let client = reqwest::Client::new();
+//! let mut req = client.get("http://reviews.default.svc.cluster.local:9080/reviews/0").build()?;
+//! upstreams.apply(&mut req, CallerToken::from_headers(inbound).as_ref()).await?;
+//! let res = client.execute(req).await?;
+//! # let _ = res; Ok(()) }
+//! ```
+
+mod caller;
+mod error;
+mod grant;
+mod layer;
+mod policy;
+mod upstreams;
+
+pub use caller::CallerToken;
+pub use error::ClientError;
+pub use grant::{ClientCredentials, ClientCredentialsBuilder};
+pub use layer::{CredentialsLayer, CredentialsService};
+pub use upstreams::{Credentials, Upstreams, UpstreamsBuilder};
+
+/// The `tracing` target of this crate's events.
+pub const LOG_TARGET: &str = "palisade::client";

@@ -1,0 +1,117 @@
+//! Which credential goes to which host.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::{CallerToken, ClientCredentials, ClientError};
+
+/// What an outbound call to a host carries.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub enum Credentials {
+    /// Nothing.
+    #[default]
+    None,
+    /// The caller's own token, relayed.
+    Caller,
+    /// The workload's own token.
+    ClientCredentials(ClientCredentials),
+}
+
+impl Credentials {
+    /// The `Authorization` header value for a call made while serving a
+    /// request whose token is `caller`; `None` when nothing is to be sent.
+    ///
+    /// # Errors
+    /// [`ClientError::NoCallerToken`] when the caller's token is needed and
+    /// there is none; the grant's errors.
+    pub async fn authorization(&self, caller: Option<&CallerToken>) -> Result<Option<Arc<str>>, ClientError> {
+        match self {
+            Credentials::None => Ok(None),
+            Credentials::Caller => {
+                let token = caller.ok_or(ClientError::NoCallerToken)?;
+                Ok(Some(format!("Bearer {}", token.as_str()).into()))
+            }
+            Credentials::ClientCredentials(c) => c.authorization().await.map(Some),
+        }
+    }
+}
+
+/// Credentials by host: what the workload sends to each host it calls. A
+/// host no entry names gets the `*` entry, else nothing.
+#[derive(Clone, Debug, Default)]
+pub struct Upstreams(Arc<HashMap<String, Credentials>>);
+
+/// Builds [`Upstreams`].
+#[derive(Debug, Default)]
+#[must_use]
+pub struct UpstreamsBuilder(HashMap<String, Credentials>);
+
+impl UpstreamsBuilder {
+    /// What calls to `host` carry (a host name as the request's authority
+    /// names it, without the port; `*` for every other host). A later entry
+    /// for the same host replaces an earlier one.
+    pub fn host(mut self, host: impl Into<String>, credentials: Credentials) -> Self {
+        self.0.insert(host.into().to_ascii_lowercase(), credentials);
+        self
+    }
+
+    /// Builds it.
+    pub fn build(self) -> Upstreams {
+        Upstreams(Arc::new(self.0))
+    }
+}
+
+impl Upstreams {
+    /// Starts an empty map.
+    pub fn builder() -> UpstreamsBuilder {
+        UpstreamsBuilder::default()
+    }
+
+    /// The credentials of calls to `host` (compared without case, an IPv6
+    /// literal with or without brackets, no port).
+    #[must_use]
+    pub fn for_host(&self, host: &str) -> &Credentials {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let found = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.0.get(&host.to_ascii_lowercase())
+        } else {
+            self.0.get(host)
+        };
+        found.or_else(|| self.0.get("*")).unwrap_or(&Credentials::None)
+    }
+
+    /// The `Authorization` header value for a call to `uri`.
+    ///
+    /// # Errors
+    /// As [`Credentials::authorization`].
+    pub async fn authorization(
+        &self,
+        uri: &http::Uri,
+        caller: Option<&CallerToken>,
+    ) -> Result<Option<Arc<str>>, ClientError> {
+        self.for_host(uri.host().unwrap_or_default())
+            .authorization(caller)
+            .await
+    }
+
+    /// Sets the `Authorization` header of a `reqwest` request for its
+    /// host (replacing any), or leaves it alone when the host gets nothing.
+    ///
+    /// # Errors
+    /// As [`Credentials::authorization`]: the request must then not be
+    /// sent.
+    pub async fn apply(
+        &self,
+        req: &mut reqwest::Request,
+        caller: Option<&CallerToken>,
+    ) -> Result<(), ClientError> {
+        let host = req.url().host_str().unwrap_or_default().to_owned();
+        if let Some(value) = self.for_host(&host).authorization(caller).await? {
+            let value = http::HeaderValue::from_str(&value)
+                .map_err(|_| ClientError::Config("the token cannot be sent in a header".into()))?;
+            req.headers_mut().insert(http::header::AUTHORIZATION, value);
+        }
+        Ok(())
+    }
+}

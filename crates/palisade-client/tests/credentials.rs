@@ -1,0 +1,300 @@
+//! Outbound credentials against the testkit issuer over real HTTP: the
+//! client-credentials token shared, renewed and kept through an outage;
+//! the tower layer and the reqwest helper attaching what each host gets;
+//! the policy file's `UpstreamCredentials` documents.
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use palisade_client::{
+    CallerToken, ClientCredentials, ClientError, Credentials, CredentialsLayer, Upstreams,
+};
+use palisade_core::policy::{FromPolicy, PolicySet, Workload};
+use palisade_testkit::TestIssuer;
+use tower::{Layer, Service, ServiceExt};
+
+const SECRET: &str = "productpage-secret";
+
+fn issuer(lifetime: Duration) -> TestIssuer {
+    TestIssuer::builder()
+        .client("productpage", SECRET)
+        .token_lifetime(lifetime)
+        .start()
+        .unwrap()
+}
+
+fn grant(issuer: &TestIssuer, renew_before: Duration) -> ClientCredentials {
+    ClientCredentials::builder(issuer.issuer(), "productpage")
+        .client_secret(SECRET)
+        .audience("details")
+        .renew_before(renew_before)
+        .build()
+        .unwrap()
+}
+
+/// The claims of a `Bearer <jwt>` header value.
+fn claims(header: &str) -> serde_json::Value {
+    use base64::Engine as _;
+    let jwt = header.strip_prefix("Bearer ").unwrap();
+    let payload = jwt.split('.').nth(1).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_grant_serves_concurrent_calls_and_names_the_audience() {
+    let issuer = issuer(Duration::from_secs(300));
+    let own = grant(&issuer, Duration::from_secs(30));
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let own = own.clone();
+        tasks.push(tokio::spawn(async move { own.authorization().await.unwrap() }));
+    }
+    let mut headers = Vec::new();
+    for t in tasks {
+        headers.push(t.await.unwrap());
+    }
+    assert!(headers.windows(2).all(|w| w[0] == w[1]), "one token for all");
+    assert_eq!(
+        issuer.client_credentials_grants(),
+        1,
+        "one grant for sixteen calls"
+    );
+    let c = claims(&headers[0]);
+    assert_eq!(c["sub"], "productpage");
+    assert_eq!(c["aud"], "details");
+    assert!(!format!("{own:?}").contains(SECRET), "{own:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_is_renewed_before_it_expires_and_kept_while_the_issuer_is_down() {
+    // Tokens live 3 s and are renewed when less than 2 s are left.
+    let issuer = issuer(Duration::from_secs(3));
+    let own = grant(&issuer, Duration::from_secs(2));
+    let first = own.authorization().await.unwrap();
+    assert_eq!(own.authorization().await.unwrap(), first, "still fresh");
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    let second = own.authorization().await.unwrap();
+    assert_eq!(issuer.client_credentials_grants(), 2, "renewed when due");
+    // The issuer goes away: the current token is used while it is valid.
+    drop(issuer);
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    assert_eq!(
+        own.authorization().await.unwrap(),
+        second,
+        "the issuer is down: the valid token is kept"
+    );
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    assert!(
+        matches!(own.authorization().await, Err(ClientError::Unavailable(_))),
+        "expired and nothing to renew it with"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_secret_is_refused_by_the_issuer() {
+    let issuer = issuer(Duration::from_secs(300));
+    let own = ClientCredentials::builder(issuer.issuer(), "productpage")
+        .client_secret("wrong")
+        .build()
+        .unwrap();
+    match own.authorization().await {
+        Err(ClientError::Refused(code)) => assert_eq!(code, "invalid_client"),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        ClientCredentials::builder(issuer.issuer(), "productpage")
+            .build()
+            .is_err(),
+        "no secret"
+    );
+}
+
+/// What a recorder saw: each request's `Authorization` header.
+type Seen = Arc<Mutex<Vec<Option<String>>>>;
+
+/// A client service that records the `Authorization` header it is sent.
+fn recorder() -> (
+    impl Service<http::Request<()>, Response = (), Error = Infallible, Future = impl Send>
+    + Clone
+    + Send
+    + 'static,
+    Seen,
+) {
+    let seen = Seen::default();
+    let log = Arc::clone(&seen);
+    let svc = tower::service_fn(move |req: http::Request<()>| {
+        let log = Arc::clone(&log);
+        async move {
+            let auth = req
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .map(|v| v.to_str().unwrap().to_owned());
+            log.lock().unwrap().push(auth);
+            Ok::<_, Infallible>(())
+        }
+    });
+    (svc, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_layer_attaches_what_each_host_gets_and_sends_nothing_without_a_needed_token() {
+    let issuer = issuer(Duration::from_secs(300));
+    let upstreams = Upstreams::builder()
+        .host(
+            "details",
+            Credentials::ClientCredentials(grant(&issuer, Duration::from_secs(30))),
+        )
+        .host("Reviews", Credentials::Caller)
+        .build();
+    let (inner, seen) = recorder();
+    let svc = CredentialsLayer::new(upstreams).layer(inner);
+    let req = |uri: &str| http::Request::get(uri).body(()).unwrap();
+
+    svc.clone()
+        .oneshot(req("http://details:9080/details/0"))
+        .await
+        .unwrap();
+    let mut with_caller = req("http://reviews:9080/reviews/0");
+    with_caller
+        .extensions_mut()
+        .insert(CallerToken::new("the-users-token"));
+    svc.clone().oneshot(with_caller).await.unwrap();
+    // A host in the Host header only (an origin-form URI, as hyper sends).
+    let mut origin_form = req("/ratings/0");
+    origin_form
+        .headers_mut()
+        .insert(http::header::HOST, "ratings:9080".parse().unwrap());
+    svc.clone().oneshot(origin_form).await.unwrap();
+    // A caller token is needed and there is none: an error, nothing sent.
+    let err = svc
+        .clone()
+        .oneshot(req("http://reviews:9080/reviews/0"))
+        .await
+        .unwrap_err();
+    assert!(
+        err.downcast_ref::<ClientError>()
+            .is_some_and(|e| matches!(e, ClientError::NoCallerToken)),
+        "{err}"
+    );
+
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3, "the refused call was never sent: {seen:?}");
+    assert_eq!(claims(seen[0].as_deref().unwrap())["sub"], "productpage");
+    assert_eq!(seen[1].as_deref(), Some("Bearer the-users-token"));
+    assert_eq!(seen[2], None, "a host no entry names gets nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reqwest_request_gets_its_hosts_credentials() {
+    let upstreams = Upstreams::builder().host("*", Credentials::Caller).build();
+    let client = reqwest::Client::new();
+    let mut req = client.get("http://[::1]:9080/x").build().unwrap();
+    req.headers_mut()
+        .insert(http::header::AUTHORIZATION, "Bearer stale".parse().unwrap());
+    let caller = CallerToken::from_headers(&{
+        let mut h = http::HeaderMap::new();
+        h.insert(http::header::AUTHORIZATION, "Bearer inbound".parse().unwrap());
+        h
+    });
+    upstreams.apply(&mut req, caller.as_ref()).await.unwrap();
+    assert_eq!(req.headers()[http::header::AUTHORIZATION], "Bearer inbound");
+    let mut req = client.get("http://details/x").build().unwrap();
+    assert!(matches!(
+        upstreams.apply(&mut req, None).await,
+        Err(ClientError::NoCallerToken)
+    ));
+}
+
+fn policy(yaml: &str) -> Result<Option<Upstreams>, palisade_core::policy::PolicyError> {
+    let set = PolicySet::from_yaml_str(yaml, "upstreams.yaml")?;
+    let workload = Workload::new("productpage", "default");
+    Upstreams::from_policy(&set.for_workload(&workload))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstreams_come_from_the_policy_file() {
+    let issuer = issuer(Duration::from_secs(300));
+    let dir = std::env::temp_dir().join(format!("palisade-client-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = dir.join("secret");
+    std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
+    let doc = |name: &str, hosts: &str, token: &str| {
+        format!(
+            "apiVersion: palisade.dev/v1alpha1\nkind: UpstreamCredentials\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  selector: {{matchLabels: {{app: productpage}}}}\n  hosts: [{hosts}]\n  token:\n{token}---\n"
+        )
+    };
+    let own = format!(
+        "    from: clientCredentials\n    issuer: {}\n    clientId: productpage\n    clientSecretFile: {}\n    audience: details\n",
+        issuer.issuer(),
+        secret.display()
+    );
+    let yaml = doc("to-details", "details.default.svc.cluster.local", &own)
+        + &doc(
+            "to-reviews",
+            "reviews.default.svc.cluster.local",
+            "    from: caller\n",
+        );
+    let upstreams = policy(&yaml).unwrap().expect("documents apply");
+    let details = upstreams
+        .authorization(
+            &"http://details.default.svc.cluster.local:9080/".parse().unwrap(),
+            None,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claims(&details)["aud"], "details");
+    assert!(matches!(
+        upstreams.for_host("REVIEWS.default.svc.cluster.local"),
+        Credentials::Caller
+    ));
+    assert!(matches!(upstreams.for_host("ratings"), Credentials::None));
+    assert!(
+        policy("apiVersion: palisade.dev/v1alpha1\nkind: JwtSettings\nmetadata: {name: j}\nspec: {}\n")
+            .unwrap()
+            .is_none()
+    );
+
+    for (yaml, field) in [
+        (
+            doc("a", "x", "    from: caller\n") + &doc("b", "x", "    from: none\n"),
+            "spec.hosts[0]",
+        ),
+        (
+            doc("a", "x", &own.replace("clientCredentials", "tokenExchange")),
+            "spec.token.from",
+        ),
+        (
+            doc(
+                "a",
+                "x",
+                &own.replace(&secret.display().to_string(), "/nonexistent/secret"),
+            ),
+            "spec.token.clientSecretFile",
+        ),
+        (
+            doc("a", "x", "    from: caller\n    audience: y\n"),
+            "spec.token.audience",
+        ),
+        (
+            doc(
+                "a",
+                "x",
+                "    from: clientCredentials\n    issuer: https://i\n    clientId: c\n",
+            ),
+            "spec.token.clientSecretFile",
+        ),
+        (doc("a", "x y", "    from: caller\n"), "spec.hosts[0]"),
+    ] {
+        let err = policy(&yaml).map(|_| ()).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some(field), "{err}");
+        assert!(err.to_string().contains("upstreams.yaml"), "{err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,104 @@
+//! Outbound credentials end to end: a back-end guarded by Palisade (bearer
+//! tokens for the `details` audience, on axum and on actix-web) called
+//! over real HTTP with what `palisade::client` attaches: the workload's own
+//! client-credentials token, the caller's token relayed, and nothing.
+
+use std::time::Duration;
+
+use palisade::client::{CallerToken, ClientCredentials, Credentials, Upstreams};
+use palisade::testkit::TestIssuer;
+use serde_json::Value;
+
+mod signin_common;
+use signin_common::{client, guard_from, serve_both};
+
+const SECRET: &str = "productpage-secret";
+
+fn details_policy(issuer: &TestIssuer) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: default}}
+spec:
+  jwtRules:
+  - issuer: {}
+    audiences: [details]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: callers, namespace: default}}
+spec:
+  rules:
+  - from: [{{source: {{requestPrincipals: [\"*\"]}}}}]
+",
+        issuer.issuer()
+    )
+}
+
+/// `GET base/whoami` with what `upstreams` attaches for the caller.
+async fn call(upstreams: &Upstreams, base: &str, caller: Option<&CallerToken>) -> (u16, Value) {
+    let mut req = client().get(format!("{base}/whoami")).build().unwrap();
+    upstreams.apply(&mut req, caller).await.unwrap();
+    let res = client().execute(req).await.unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guarded_upstream_sees_the_workload_or_the_relayed_user() {
+    let issuer = TestIssuer::builder()
+        .client("productpage", SECRET)
+        .token_lifetime(Duration::from_secs(300))
+        .start()
+        .unwrap();
+    let yaml = details_policy(&issuer);
+    let (axum_base, actix_base) = serve_both(|| guard_from(&yaml));
+    let own = ClientCredentials::builder(issuer.issuer(), "productpage")
+        .client_secret(SECRET)
+        .audience("details")
+        .build()
+        .unwrap();
+    let as_workload = Upstreams::builder()
+        .host("127.0.0.1", Credentials::ClientCredentials(own))
+        .build();
+    let relay = Upstreams::builder()
+        .host("127.0.0.1", Credentials::Caller)
+        .build();
+    let nothing = Upstreams::builder().build();
+    let user = CallerToken::new(&issuer.token().subject("alice").audience("details").sign());
+    let other_audience = CallerToken::new(&issuer.token().subject("alice").sign());
+    for base in [&axum_base, &actix_base] {
+        for _ in 0..100 {
+            if client().get(format!("{base}/whoami")).send().await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (status, who) = call(&as_workload, base, None).await;
+        assert_eq!(status, 200, "{base}: {who}");
+        assert_eq!(
+            who["request_principal"],
+            format!("{}/productpage", issuer.issuer()),
+            "{base}: the workload's own token"
+        );
+        let (status, who) = call(&relay, base, Some(&user)).await;
+        assert_eq!(status, 200, "{base}: {who}");
+        assert_eq!(
+            who["request_principal"],
+            format!("{}/alice", issuer.issuer()),
+            "{base}"
+        );
+        // Relayed as it is: a token for another audience is refused there.
+        assert_eq!(call(&relay, base, Some(&other_audience)).await.0, 401, "{base}");
+        assert_eq!(
+            call(&nothing, base, None).await.0,
+            401,
+            "{base}: nothing attached"
+        );
+    }
+    assert_eq!(
+        issuer.client_credentials_grants(),
+        1,
+        "one grant for both back-ends"
+    );
+}
