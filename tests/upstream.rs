@@ -1,11 +1,12 @@
 //! Outbound credentials end to end: a back-end guarded by Palisade (bearer
 //! tokens for the `details` audience, on axum and on actix-web) called
 //! over real HTTP with what `palisade::client` attaches: the workload's own
-//! client-credentials token, the caller's token relayed, and nothing.
+//! client-credentials token, the caller's token relayed or exchanged
+//! (RFC 8693, the upstream's policy reading the `act` claim), and nothing.
 
 use std::time::Duration;
 
-use palisade::client::{CallerToken, ClientCredentials, Credentials, Upstreams};
+use palisade::client::{CallerToken, ClientCredentials, Credentials, TokenExchange, Upstreams};
 use palisade::testkit::TestIssuer;
 use serde_json::Value;
 
@@ -101,4 +102,58 @@ async fn a_guarded_upstream_sees_the_workload_or_the_relayed_user() {
         1,
         "one grant for both back-ends"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exchanged_token_reaches_an_upstream_whose_policy_reads_the_actor() {
+    let issuer = TestIssuer::builder()
+        .client("productpage", SECRET)
+        .token_lifetime(Duration::from_secs(300))
+        .start()
+        .unwrap();
+    // Only users acting through productpage: the exchanged token's `act`.
+    let yaml = details_policy(&issuer).replace(
+        "  - from: [{source: {requestPrincipals: [\"*\"]}}]\n",
+        "  - from: [{source: {requestPrincipals: [\"*\"]}}]\n    when:\n    - key: request.auth.claims[act][sub]\n      values: [productpage]\n",
+    );
+    assert!(yaml.contains("[act][sub]"), "{yaml}");
+    let (axum_base, actix_base) = serve_both(|| guard_from(&yaml));
+    let exchange = TokenExchange::builder(issuer.issuer(), "productpage")
+        .client_secret(SECRET)
+        .audience("details")
+        .build()
+        .unwrap();
+    let exchanged = Upstreams::builder()
+        .host("127.0.0.1", Credentials::TokenExchange(exchange))
+        .build();
+    let relay = Upstreams::builder()
+        .host("127.0.0.1", Credentials::Caller)
+        .build();
+    // The user's own token, for productpage.
+    let user = CallerToken::new(&issuer.token().subject("alice").audience("productpage").sign());
+    let direct = CallerToken::new(&issuer.token().subject("alice").audience("details").sign());
+    for base in [&axum_base, &actix_base] {
+        for _ in 0..100 {
+            if client().get(format!("{base}/whoami")).send().await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (status, who) = call(&exchanged, base, Some(&user)).await;
+        assert_eq!(status, 200, "{base}: {who}");
+        assert_eq!(
+            who["request_principal"],
+            format!("{}/alice", issuer.issuer()),
+            "{base}"
+        );
+        assert_eq!(
+            who["claims"]["act"]["sub"], "productpage",
+            "{base}: the actor is visible"
+        );
+        // The user's token for productpage is not one for details; and one
+        // for details without an actor fails the policy.
+        assert_eq!(call(&relay, base, Some(&user)).await.0, 401, "{base}");
+        assert_eq!(call(&relay, base, Some(&direct)).await.0, 403, "{base}");
+    }
+    assert_eq!(issuer.token_exchanges(), 1, "one exchange for both back-ends");
 }

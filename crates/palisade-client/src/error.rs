@@ -2,7 +2,7 @@
 
 /// Why an outbound call got no credential. Messages never hold a token or
 /// a secret.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
     /// The upstream needs the caller's token and the request being served

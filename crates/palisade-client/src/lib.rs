@@ -6,6 +6,10 @@
 //!   bearer header, [`CallerToken::from_headers`], or its sign-in session's
 //!   token). A call that needs it and has none is refused before anything
 //!   is sent ([`ClientError::NoCallerToken`]).
+//! - [`Credentials::TokenExchange`]: a token for the upstream's audience on
+//!   behalf of the caller ([`TokenExchange`], RFC 8693 as Keycloak's
+//!   standard token exchange): its `act` claim names the workload; each
+//!   caller token is exchanged once and kept until shortly before expiry.
 //! - [`Credentials::ClientCredentials`]: the workload's own token from a
 //!   client-credentials grant ([`ClientCredentials`]): fetched once and
 //!   shared by every call, renewed before it expires by one request while
@@ -37,14 +41,18 @@
 //! ```
 
 mod caller;
+mod endpoint;
 mod error;
+mod exchange;
 mod grant;
 mod layer;
 mod policy;
 mod upstreams;
 
 pub use caller::CallerToken;
+pub use endpoint::GrantBuilder;
 pub use error::ClientError;
+pub use exchange::{TokenExchange, TokenExchangeBuilder};
 pub use grant::{ClientCredentials, ClientCredentialsBuilder};
 pub use layer::{CredentialsLayer, CredentialsService};
 pub use upstreams::{Credentials, Upstreams, UpstreamsBuilder};

@@ -2,9 +2,60 @@
 
 use std::collections::HashMap;
 
-use palisade_core::policy::{FromPolicy, PolicyError, TokenFrom, WorkloadPolicy};
+use palisade_core::policy::{
+    Document, FromPolicy, PolicyError, TokenFrom, UpstreamTokenSpec, WorkloadPolicy,
+};
 
-use crate::{ClientCredentials, Credentials, Upstreams};
+use crate::endpoint::GrantBuilder;
+use crate::{ClientCredentials, Credentials, TokenExchange, Upstreams};
+
+/// A grant's builder with the document's client, secret, audience, scopes
+/// and authentication method.
+fn grant<K>(
+    policy: &WorkloadPolicy<'_>,
+    doc: &Document,
+    t: &UpstreamTokenSpec,
+) -> Result<GrantBuilder<K>, PolicyError> {
+    let secret = match (&t.client_secret_file, &t.client_secret) {
+        (Some(file), _) => {
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                policy.error_at(
+                    doc,
+                    "spec.token.clientSecretFile",
+                    format!("cannot read `{file}`: {e}"),
+                )
+            })?;
+            let secret = text.trim_end_matches(['\r', '\n']).to_owned();
+            if secret.is_empty() {
+                return Err(policy.error_at(
+                    doc,
+                    "spec.token.clientSecretFile",
+                    format!("`{file}` is empty"),
+                ));
+            }
+            secret
+        }
+        (None, Some(secret)) => secret.clone(),
+        (None, None) => {
+            return Err(policy.error_at(doc, "spec.token.clientSecretFile", "the secret is required"));
+        }
+    };
+    let mut b = GrantBuilder::new(
+        t.issuer.clone().unwrap_or_default(),
+        t.client_id.clone().unwrap_or_default(),
+    )
+    .client_secret(secret);
+    if let Some(a) = &t.audience {
+        b = b.audience(a.clone());
+    }
+    if let Some(s) = &t.scopes {
+        b = b.scopes(s.iter().cloned());
+    }
+    if let Some(m) = t.client_auth_method {
+        b = b.client_auth_method(m);
+    }
+    Ok(b)
+}
 
 impl FromPolicy for Upstreams {
     /// What the workload sends to each host its `UpstreamCredentials`
@@ -13,73 +64,38 @@ impl FromPolicy for Upstreams {
     /// # Errors
     /// A [`PolicyError`] naming the document and field that cannot be
     /// used: a secret file that cannot be read or is empty, a host named
-    /// by two documents, `tokenExchange` (not built yet).
+    /// by two documents.
     fn from_policy(policy: &WorkloadPolicy<'_>) -> Result<Option<Self>, PolicyError> {
         let mut hosts: HashMap<String, Credentials> = HashMap::new();
         let mut any = false;
         for (doc, spec) in policy.upstream_credentials() {
             any = true;
-            let err = |field: &str, message: String| policy.error_at(doc, field, message);
             let t = &spec.token;
+            let built = |e: crate::ClientError| policy.error_at(doc, "spec.token", e.to_string());
             let credentials = match t.from {
                 TokenFrom::None => Credentials::None,
                 TokenFrom::Caller => Credentials::Caller,
-                TokenFrom::ClientCredentials => {
-                    let secret = match (&t.client_secret_file, &t.client_secret) {
-                        (Some(file), _) => {
-                            let text = std::fs::read_to_string(file).map_err(|e| {
-                                err(
-                                    "spec.token.clientSecretFile",
-                                    format!("cannot read `{file}`: {e}"),
-                                )
-                            })?;
-                            let secret = text.trim_end_matches(['\r', '\n']).to_owned();
-                            if secret.is_empty() {
-                                return Err(err("spec.token.clientSecretFile", format!("`{file}` is empty")));
-                            }
-                            secret
-                        }
-                        (None, Some(secret)) => secret.clone(),
-                        (None, None) => {
-                            return Err(err(
-                                "spec.token.clientSecretFile",
-                                "the secret is required".into(),
-                            ));
-                        }
-                    };
-                    let mut b = ClientCredentials::builder(
-                        t.issuer.clone().unwrap_or_default(),
-                        t.client_id.clone().unwrap_or_default(),
-                    )
-                    .client_secret(secret);
-                    if let Some(a) = &t.audience {
-                        b = b.audience(a.clone());
-                    }
-                    if let Some(m) = t.client_auth_method {
-                        b = b.client_auth_method(m);
-                    }
-                    if let Some(s) = &t.scopes {
-                        b = b.scopes(s.iter().cloned());
-                    }
-                    Credentials::ClientCredentials(b.build().map_err(|e| err("spec.token", e.to_string()))?)
-                }
-                TokenFrom::TokenExchange => {
-                    return Err(err(
-                        "spec.token.from",
-                        "tokenExchange is not available yet: use caller or clientCredentials".into(),
-                    ));
-                }
+                TokenFrom::ClientCredentials => Credentials::ClientCredentials(
+                    grant::<ClientCredentials>(policy, doc, t)?
+                        .build()
+                        .map_err(built)?,
+                ),
+                TokenFrom::TokenExchange => Credentials::TokenExchange(
+                    grant::<TokenExchange>(policy, doc, t)?.build().map_err(built)?,
+                ),
                 _ => {
-                    return Err(err(
+                    return Err(policy.error_at(
+                        doc,
                         "spec.token.from",
-                        "this token source is not supported".into(),
+                        "this token source is not supported",
                     ));
                 }
             };
             for (i, host) in spec.hosts.iter().enumerate() {
                 let host = host.to_ascii_lowercase();
                 if hosts.insert(host.clone(), credentials.clone()).is_some() {
-                    return Err(err(
+                    return Err(policy.error_at(
+                        doc,
                         &format!("spec.hosts[{i}]"),
                         format!("`{host}` is named by another UpstreamCredentials document of this workload"),
                     ));

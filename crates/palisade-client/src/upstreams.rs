@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::{CallerToken, ClientCredentials, ClientError};
+use crate::{CallerToken, ClientCredentials, ClientError, TokenExchange};
 
 /// What an outbound call to a host carries.
 #[derive(Clone, Debug, Default)]
@@ -16,6 +16,8 @@ pub enum Credentials {
     Caller,
     /// The workload's own token.
     ClientCredentials(ClientCredentials),
+    /// A token for the upstream on behalf of the caller (RFC 8693).
+    TokenExchange(TokenExchange),
 }
 
 impl Credentials {
@@ -33,6 +35,10 @@ impl Credentials {
                 Ok(Some(format!("Bearer {}", token.as_str()).into()))
             }
             Credentials::ClientCredentials(c) => c.authorization().await.map(Some),
+            Credentials::TokenExchange(x) => {
+                let token = caller.ok_or(ClientError::NoCallerToken)?;
+                x.authorization(token).await.map(Some)
+            }
         }
     }
 }

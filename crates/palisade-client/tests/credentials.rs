@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use palisade_client::{
-    CallerToken, ClientCredentials, ClientError, Credentials, CredentialsLayer, Upstreams,
+    CallerToken, ClientCredentials, ClientError, Credentials, CredentialsLayer, TokenExchange, Upstreams,
 };
 use palisade_core::policy::{FromPolicy, PolicySet, Workload};
 use palisade_testkit::TestIssuer;
@@ -240,7 +240,19 @@ async fn upstreams_come_from_the_policy_file() {
             "reviews.default.svc.cluster.local",
             "    from: caller\n",
         );
+    let exchange = own
+        .replace("clientCredentials", "tokenExchange")
+        .replace("details", "ratings");
+    let yaml = yaml + &doc("to-ratings", "ratings", &exchange);
     let upstreams = policy(&yaml).unwrap().expect("documents apply");
+    let user = CallerToken::new(&issuer.token().subject("alice").sign());
+    let ratings = upstreams
+        .authorization(&"http://ratings:9080/".parse().unwrap(), Some(&user))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claims(&ratings)["aud"], "ratings");
+    assert_eq!(claims(&ratings)["act"]["sub"], "productpage");
     let details = upstreams
         .authorization(
             &"http://details.default.svc.cluster.local:9080/".parse().unwrap(),
@@ -254,7 +266,7 @@ async fn upstreams_come_from_the_policy_file() {
         upstreams.for_host("REVIEWS.default.svc.cluster.local"),
         Credentials::Caller
     ));
-    assert!(matches!(upstreams.for_host("ratings"), Credentials::None));
+    assert!(matches!(upstreams.for_host("reviews"), Credentials::None));
     assert!(
         policy("apiVersion: palisade.dev/v1alpha1\nkind: JwtSettings\nmetadata: {name: j}\nspec: {}\n")
             .unwrap()
@@ -267,8 +279,12 @@ async fn upstreams_come_from_the_policy_file() {
             "spec.hosts[0]",
         ),
         (
-            doc("a", "x", &own.replace("clientCredentials", "tokenExchange")),
-            "spec.token.from",
+            doc(
+                "a",
+                "x",
+                &(own.clone() + "    clientAuthMethod: private_key_jwt\n"),
+            ),
+            "spec.token.clientAuthMethod",
         ),
         (
             doc(
@@ -297,4 +313,82 @@ async fn upstreams_come_from_the_policy_file() {
         assert!(err.to_string().contains("upstreams.yaml"), "{err}");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callers_token_is_exchanged_once_for_the_upstreams_audience() {
+    let issuer = TestIssuer::builder()
+        .client("productpage", SECRET)
+        .user("alice", "alice-password", &["reader"])
+        .start()
+        .unwrap();
+    let exchange = TokenExchange::builder(issuer.issuer(), "productpage")
+        .client_secret(SECRET)
+        .audience("reviews")
+        .build()
+        .unwrap();
+    let alice = CallerToken::new(
+        &issuer
+            .token()
+            .subject("alice")
+            .audience("productpage")
+            .realm_roles(&["reader"])
+            .sign(),
+    );
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (exchange, alice) = (exchange.clone(), alice.clone());
+        tasks.push(tokio::spawn(async move {
+            exchange.authorization(&alice).await.unwrap()
+        }));
+    }
+    let mut headers = Vec::new();
+    for t in tasks {
+        headers.push(t.await.unwrap());
+    }
+    assert!(headers.windows(2).all(|w| w[0] == w[1]), "one token for all");
+    assert_eq!(
+        issuer.token_exchanges(),
+        1,
+        "one exchange for eight concurrent calls"
+    );
+    let c = claims(&headers[0]);
+    assert_eq!(c["sub"], "alice", "on behalf of the caller");
+    assert_eq!(c["aud"], "reviews");
+    assert_eq!(c["azp"], "productpage");
+    assert_eq!(c["act"]["sub"], "productpage", "the actor is the workload");
+    assert_eq!(c["realm_access"]["roles"][0], "reader");
+    assert_eq!(
+        exchange.authorization(&alice).await.unwrap(),
+        headers[0],
+        "cached"
+    );
+    assert_eq!(issuer.token_exchanges(), 1);
+
+    // Another caller, another exchange.
+    let bob = CallerToken::new(&issuer.token().subject("bob").sign());
+    assert_eq!(claims(&exchange.authorization(&bob).await.unwrap())["sub"], "bob");
+    assert_eq!(issuer.token_exchanges(), 2);
+
+    // Tokens the issuer will not exchange: expired, or not its own.
+    let expired = CallerToken::new(&issuer.token().subject("alice").expires_in(-120).sign());
+    let foreign = TestIssuer::start().unwrap();
+    let stranger = CallerToken::new(&foreign.token().subject("alice").sign());
+    for token in [&expired, &stranger] {
+        match exchange.authorization(token).await {
+            Err(ClientError::Refused(code)) => assert_eq!(code, "invalid_grant"),
+            other => panic!("{other:?}"),
+        }
+    }
+    // Without a caller token, nothing is asked.
+    let upstreams = Upstreams::builder()
+        .host("reviews", Credentials::TokenExchange(exchange))
+        .build();
+    assert!(matches!(
+        upstreams
+            .authorization(&"http://reviews/".parse().unwrap(), None)
+            .await,
+        Err(ClientError::NoCallerToken)
+    ));
+    assert_eq!(issuer.token_exchanges(), 2);
 }

@@ -334,6 +334,7 @@ struct State {
     jwks_fetches: AtomicUsize,
     discovery_fetches: AtomicUsize,
     client_credentials_grants: AtomicUsize,
+    token_exchanges: AtomicUsize,
     clients: HashMap<String, signin::Client>,
     users: HashMap<String, User>,
     /// Whether authorization responses carry `iss` (RFC 9207).
@@ -629,6 +630,7 @@ impl TestIssuerBuilder {
             jwks_fetches: AtomicUsize::new(0),
             discovery_fetches: AtomicUsize::new(0),
             client_credentials_grants: AtomicUsize::new(0),
+            token_exchanges: AtomicUsize::new(0),
             clients,
             users: self.users,
             iss_parameter: self.iss_parameter,
@@ -871,6 +873,12 @@ impl TestIssuer {
     #[must_use]
     pub fn client_credentials_grants(&self) -> usize {
         self.state.client_credentials_grants.load(Ordering::SeqCst)
+    }
+
+    /// Token exchanges granted (RFC 8693).
+    #[must_use]
+    pub fn token_exchanges(&self) -> usize {
+        self.state.token_exchanges.load(Ordering::SeqCst)
     }
 
     /// Discovery requests received.
@@ -1205,7 +1213,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, state: Arc<Stat
                 "userinfo_endpoint": endpoint("userinfo"),
                 "end_session_endpoint": endpoint("logout"),
                 "jwks_uri": endpoint("certs"),
-                "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials", "password"],
+                "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials", "password", TOKEN_EXCHANGE_GRANT],
                 "response_types_supported": ["code"],
                 "response_modes_supported": ["query"],
                 "scopes_supported": ["openid", "profile", "email"],
@@ -1326,6 +1334,7 @@ async fn token_endpoint<S: AsyncWrite + Unpin>(stream: &mut S, state: &State, re
         Some("password") => password_grant(state, req, &f),
         Some("authorization_code") => signin::exchange_code(state, req, &f),
         Some("refresh_token") => signin::refresh(state, req, &f),
+        Some(TOKEN_EXCHANGE_GRANT) => token_exchange(state, req, &f),
         _ => Err(TokenError::bad_request(
             "unsupported_grant_type",
             "grant_type is missing or not served",
@@ -1369,6 +1378,85 @@ fn client_credentials(
     }
     state.client_credentials_grants.fetch_add(1, Ordering::SeqCst);
     Ok(json!({"access_token": token.sign(), "token_type": "Bearer", "expires_in": state.lifetime}))
+}
+
+/// RFC 8693's grant type.
+const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// RFC 8693's token type of an access token.
+const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+/// RFC 8693 token exchange, as Keycloak's standard token exchange: a
+/// confidential client trades a valid access token of this issuer for one
+/// for `audience` (default: the client itself) on behalf of the same
+/// user, with the user's realm roles and scope, `azp` the client and
+/// `act` naming it (RFC 8693 4.1; an `act` already there is nested).
+fn token_exchange(
+    state: &State,
+    req: &HttpRequest,
+    f: &HashMap<String, String>,
+) -> Result<Value, TokenError> {
+    let (id, client) = signin::authenticate(state, req, f)?;
+    if client.is_public() {
+        return Err(TokenError::bad_request(
+            "unauthorized_client",
+            "a public client cannot exchange tokens",
+        ));
+    }
+    let invalid = |why: &'static str| TokenError::bad_request("invalid_request", why);
+    let subject = f
+        .get("subject_token")
+        .ok_or_else(|| invalid("subject_token is missing"))?;
+    if f.get("subject_token_type").map(String::as_str) != Some(ACCESS_TOKEN_TYPE) {
+        return Err(invalid("subject_token_type must be the access token type"));
+    }
+    if f.get("requested_token_type")
+        .is_some_and(|t| t != ACCESS_TOKEN_TYPE)
+    {
+        return Err(invalid("only access tokens are issued"));
+    }
+    let claims = state
+        .verify(subject)
+        .filter(|c| {
+            c.get("exp")
+                .and_then(Value::as_i64)
+                .is_some_and(|exp| exp > now())
+        })
+        .ok_or_else(|| TokenError::invalid_grant("subject_token is not a valid token of this issuer"))?;
+    let sub = claims
+        .get("sub")
+        .and_then(Value::as_str)
+        .ok_or_else(|| TokenError::invalid_grant("subject_token has no subject"))?;
+    let roles: Vec<&str> = claims
+        .get("realm_access")
+        .and_then(|r| r.get("roles"))
+        .and_then(Value::as_array)
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let mut act = json!({ "sub": id });
+    if let Some(previous) = claims.get("act") {
+        act["act"] = previous.clone();
+    }
+    let mut token = state
+        .token()
+        .subject(sub)
+        .realm_roles(&roles)
+        .audience(f.get("audience").map_or(id.as_str(), String::as_str))
+        .claim("azp", json!(id))
+        .claim("act", act);
+    let scope = f
+        .get("scope")
+        .map(String::as_str)
+        .or_else(|| claims.get("scope").and_then(Value::as_str));
+    if let Some(scope) = scope {
+        token = token.scope(scope);
+    }
+    state.token_exchanges.fetch_add(1, Ordering::SeqCst);
+    Ok(json!({
+        "access_token": token.sign(),
+        "issued_token_type": ACCESS_TOKEN_TYPE,
+        "token_type": "Bearer",
+        "expires_in": state.lifetime,
+    }))
 }
 
 /// The password grant does not authenticate the client; `azp` is the

@@ -878,7 +878,7 @@ impl TokenError {
         Self::new("400 Bad Request", error, description)
     }
 
-    fn invalid_grant(description: &'static str) -> Self {
+    pub(crate) fn invalid_grant(description: &'static str) -> Self {
         Self::bad_request("invalid_grant", description)
     }
 

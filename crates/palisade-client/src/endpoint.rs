@@ -1,0 +1,320 @@
+//! The issuer's token endpoint as a confidential client calls it, and the
+//! builder shared by the grants that call it.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use palisade_core::policy::ClientAuthMethod;
+use serde::Deserialize;
+use tokio::sync::OnceCell;
+
+use crate::ClientError;
+
+/// The largest discovery or token answer read.
+const BODY_LIMIT: usize = 256 * 1024;
+
+/// A granted access token as an `Authorization` value, and when to stop
+/// using it.
+pub(crate) struct Granted {
+    pub(crate) header: Arc<str>,
+    /// When it expires (`expires_in` after the request was sent).
+    pub(crate) expires: Instant,
+}
+
+/// A confidential client of one issuer: the token endpoint (by discovery,
+/// on first use) and the client's authentication.
+pub(crate) struct TokenClient {
+    pub(crate) issuer: String,
+    pub(crate) client_id: String,
+    secret: String,
+    /// The secret goes in the form (`client_secret_post`), not in Basic.
+    post: bool,
+    http: reqwest::Client,
+    token_endpoint: OnceCell<String>,
+}
+
+impl TokenClient {
+    /// Posts `form` with the client's authentication; the granted bearer
+    /// token, or why there is none.
+    pub(crate) async fn request(&self, mut form: Vec<(&str, &str)>) -> Result<Granted, ClientError> {
+        let endpoint = self
+            .token_endpoint
+            .get_or_try_init(|| discover(&self.http, &self.issuer))
+            .await?;
+        let mut req = self.http.post(endpoint);
+        if self.post {
+            form.push(("client_id", &self.client_id));
+            form.push(("client_secret", &self.secret));
+        } else {
+            req = req.basic_auth(form_encode(&self.client_id), Some(form_encode(&self.secret)));
+        }
+        let body = form
+            .iter()
+            .map(|(k, v)| format!("{k}={}", form_encode(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let sent = Instant::now();
+        let res = req
+            .header("accept", "application/json")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| ClientError::Unavailable(e.without_url().to_string()))?;
+        let status = res.status();
+        let body = read_limited(res).await?;
+        if !status.is_success() {
+            #[derive(Deserialize)]
+            struct OAuthError {
+                error: String,
+            }
+            return Err(match serde_json::from_slice::<OAuthError>(&body) {
+                Ok(e) if status.is_client_error() => {
+                    // The error code only: the description may echo input.
+                    ClientError::Refused(e.error.chars().filter(char::is_ascii_graphic).take(64).collect())
+                }
+                _ => ClientError::Unavailable(format!("the token endpoint answered {status}")),
+            });
+        }
+        #[derive(Deserialize)]
+        struct TokenResponse {
+            access_token: String,
+            #[serde(default)]
+            token_type: Option<String>,
+            #[serde(default)]
+            expires_in: Option<f64>,
+        }
+        let t: TokenResponse = serde_json::from_slice(&body)
+            .map_err(|_| ClientError::Unavailable("the token response is not the expected JSON".into()))?;
+        if t.token_type
+            .as_deref()
+            .is_some_and(|ty| !ty.eq_ignore_ascii_case("bearer"))
+        {
+            return Err(ClientError::Unavailable(
+                "the issuer granted a token that is not a bearer token".into(),
+            ));
+        }
+        let header: http::HeaderValue = format!("Bearer {}", t.access_token)
+            .parse()
+            .map_err(|_| ClientError::Unavailable("the granted token cannot be sent in a header".into()))?;
+        let lifetime = t
+            .expires_in
+            .filter(|e| e.is_finite() && *e > 0.0)
+            .map_or(Duration::from_secs(60), |e| {
+                Duration::from_secs_f64(e.min(86_400.0))
+            });
+        Ok(Granted {
+            header: header.to_str().unwrap_or_default().into(),
+            expires: sent + lifetime,
+        })
+    }
+}
+
+/// Builds a grant of a confidential client: [`ClientCredentials::builder`](crate::ClientCredentials::builder)
+/// or [`TokenExchange::builder`](crate::TokenExchange::builder); `K` is
+/// what [`build`](GrantBuilder::build) makes.
+#[must_use]
+pub struct GrantBuilder<K> {
+    pub(crate) issuer: String,
+    pub(crate) client_id: String,
+    secret: Option<String>,
+    method: ClientAuthMethod,
+    pub(crate) audience: Option<String>,
+    scopes: Vec<String>,
+    pub(crate) renew_before: Duration,
+    timeout: Duration,
+    ca_pem: Option<Vec<u8>>,
+    kind: PhantomData<fn() -> K>,
+}
+
+impl<K> fmt::Debug for GrantBuilder<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GrantBuilder")
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K> GrantBuilder<K> {
+    pub(crate) fn new(issuer: String, client_id: String) -> Self {
+        Self {
+            issuer,
+            client_id,
+            secret: None,
+            method: ClientAuthMethod::ClientSecretBasic,
+            audience: None,
+            scopes: Vec::new(),
+            renew_before: Duration::from_secs(30),
+            timeout: Duration::from_secs(5),
+            ca_pem: None,
+            kind: PhantomData,
+        }
+    }
+
+    /// The client secret (required: a public client is granted no tokens
+    /// for itself and may not exchange them).
+    pub fn client_secret(mut self, secret: impl Into<String>) -> Self {
+        self.secret = Some(secret.into());
+        self
+    }
+
+    /// How the secret is sent: `client_secret_basic` (the default) or
+    /// `client_secret_post`. `private_key_jwt` is not available here yet:
+    /// `build` refuses it.
+    pub fn client_auth_method(mut self, method: ClientAuthMethod) -> Self {
+        self.method = method;
+        self
+    }
+
+    /// The audience asked for: Keycloak's and RFC 8693's `audience`, and
+    /// RFC 8707's `resource` too when it is an absolute URI.
+    pub fn audience(mut self, audience: impl Into<String>) -> Self {
+        self.audience = Some(audience.into());
+        self
+    }
+
+    /// The scopes asked for.
+    pub fn scopes<I: IntoIterator<Item = S>, S: Into<String>>(mut self, scopes: I) -> Self {
+        self.scopes = scopes.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Get a new token when the current one has less than this left
+    /// (default 30 s).
+    pub fn renew_before(mut self, d: Duration) -> Self {
+        self.renew_before = d;
+        self
+    }
+
+    /// Timeout of each call to the issuer (default 5 s).
+    pub fn timeout(mut self, d: Duration) -> Self {
+        self.timeout = d;
+        self
+    }
+
+    /// Extra PEM trust anchors for the issuer's TLS certificate.
+    pub fn ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca_pem = Some(pem.into());
+        self
+    }
+
+    /// The space-separated scope, when any was set.
+    pub(crate) fn scope(&self) -> Option<String> {
+        (!self.scopes.is_empty()).then(|| self.scopes.join(" "))
+    }
+
+    /// The client these settings describe; nothing is fetched yet.
+    pub(crate) fn client(&self, grant: &str) -> Result<TokenClient, ClientError> {
+        if !(self.issuer.starts_with("https://") || self.issuer.starts_with("http://")) {
+            return Err(ClientError::Config(format!(
+                "the issuer `{}` is not an http(s) URL",
+                self.issuer
+            )));
+        }
+        if self.client_id.is_empty() {
+            return Err(ClientError::Config("the client id is empty".into()));
+        }
+        let Some(secret) = self.secret.clone().filter(|s| !s.is_empty()) else {
+            return Err(ClientError::Config(format!("a {grant} needs the client secret")));
+        };
+        let post = match self.method {
+            ClientAuthMethod::ClientSecretBasic => false,
+            ClientAuthMethod::ClientSecretPost => true,
+            _ => {
+                return Err(ClientError::Config(format!(
+                    "a {grant} sends the client secret by client_secret_basic or client_secret_post"
+                )));
+            }
+        };
+        let mut http = reqwest::Client::builder()
+            .timeout(self.timeout)
+            .connect_timeout(self.timeout)
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(pem) = &self.ca_pem {
+            for cert in reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| ClientError::Config(format!("the CA file: {e}")))?
+            {
+                http = http.add_root_certificate(cert);
+            }
+        }
+        let http = http
+            .build()
+            .map_err(|e| ClientError::Config(format!("the HTTP client: {e}")))?;
+        Ok(TokenClient {
+            issuer: self.issuer.clone(),
+            client_id: self.client_id.clone(),
+            secret,
+            post,
+            http,
+            token_endpoint: OnceCell::new(),
+        })
+    }
+}
+
+/// The token endpoint from the issuer's discovery document, whose `issuer`
+/// must be the one configured.
+async fn discover(http: &reqwest::Client, issuer: &str) -> Result<String, ClientError> {
+    #[derive(Deserialize)]
+    struct Metadata {
+        issuer: String,
+        token_endpoint: String,
+    }
+    let url = format!(
+        "{}/.well-known/openid-configuration",
+        issuer.trim_end_matches('/')
+    );
+    let res = http
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| ClientError::Unavailable(e.without_url().to_string()))?;
+    if !res.status().is_success() {
+        return Err(ClientError::Unavailable(format!(
+            "discovery answered {}",
+            res.status()
+        )));
+    }
+    let body = read_limited(res).await?;
+    let m: Metadata = serde_json::from_slice(&body)
+        .map_err(|_| ClientError::Unavailable("the discovery document does not parse".into()))?;
+    if m.issuer != issuer {
+        return Err(ClientError::Unavailable(format!(
+            "the discovery document names the issuer `{}`, not `{issuer}`",
+            m.issuer
+        )));
+    }
+    Ok(m.token_endpoint)
+}
+
+async fn read_limited(mut res: reqwest::Response) -> Result<Vec<u8>, ClientError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = res
+        .chunk()
+        .await
+        .map_err(|e| ClientError::Unavailable(e.without_url().to_string()))?
+    {
+        if body.len() + chunk.len() > BODY_LIMIT {
+            return Err(ClientError::Unavailable(
+                "the issuer's answer is too large".into(),
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// `application/x-www-form-urlencoded` encoding of a form value, and of
+/// the parts of HTTP Basic client credentials (RFC 6749 section 2.3.1).
+fn form_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}

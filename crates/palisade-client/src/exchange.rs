@@ -1,0 +1,145 @@
+//! A token for the upstream on behalf of the caller: RFC 8693 token
+//! exchange, cached per caller token.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::OnceCell;
+
+use crate::endpoint::{GrantBuilder, Granted, TokenClient};
+use crate::{CallerToken, ClientError, LOG_TARGET};
+
+/// RFC 8693's grant type and its token type of an access token.
+const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+/// The most exchanged tokens kept.
+const CAPACITY: usize = 10_000;
+
+/// A caller token's SHA-256: the cache key (the token itself is not kept).
+type Key = [u8; 32];
+
+/// One exchange in flight, awaited by every request of the same caller.
+type Flight = OnceCell<Result<Arc<Granted>, ClientError>>;
+
+struct Inner {
+    client: TokenClient,
+    audience: Option<String>,
+    scope: Option<String>,
+    renew_before: Duration,
+    cache: Mutex<HashMap<Key, Arc<Granted>>>,
+    flights: Mutex<HashMap<Key, Arc<Flight>>>,
+}
+
+/// A token for the upstream's audience on behalf of the caller (RFC 8693,
+/// as Keycloak's standard token exchange): the workload, a confidential
+/// client, trades the caller's access token for one whose `aud` is the
+/// upstream and whose `act` names the workload. Each caller token's
+/// exchange is made once (concurrent calls wait for it) and kept until
+/// [`renew_before`](GrantBuilder::renew_before) its expiry, in a bounded
+/// cache keyed by the token's SHA-256.
+///
+/// Cloning is an `Arc` clone. `Debug` prints no secret and no token.
+#[derive(Clone)]
+pub struct TokenExchange(Arc<Inner>);
+
+/// Builds a [`TokenExchange`].
+pub type TokenExchangeBuilder = GrantBuilder<TokenExchange>;
+
+impl fmt::Debug for TokenExchange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenExchange")
+            .field("issuer", &self.0.client.issuer)
+            .field("client_id", &self.0.client.client_id)
+            .field("audience", &self.0.audience)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GrantBuilder<TokenExchange> {
+    /// Builds it; nothing is fetched before the first call.
+    ///
+    /// # Errors
+    /// [`ClientError::Config`] naming the setting that cannot work.
+    pub fn build(self) -> Result<TokenExchange, ClientError> {
+        let client = self.client("token exchange")?;
+        Ok(TokenExchange(Arc::new(Inner {
+            client,
+            scope: self.scope(),
+            audience: self.audience,
+            renew_before: self.renew_before,
+            cache: Mutex::new(HashMap::new()),
+            flights: Mutex::new(HashMap::new()),
+        })))
+    }
+}
+
+impl TokenExchange {
+    /// Starts building the exchanges of client `client_id` at `issuer`.
+    pub fn builder(issuer: impl Into<String>, client_id: impl Into<String>) -> TokenExchangeBuilder {
+        GrantBuilder::new(issuer.into(), client_id.into())
+    }
+
+    /// The `Authorization` value (`Bearer …`) of the exchanged token for
+    /// `caller`.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] when the issuer refuses the exchange (an
+    /// expired or foreign caller token, a client not allowed to exchange),
+    /// [`ClientError::Unavailable`] when it cannot be reached.
+    pub async fn authorization(&self, caller: &CallerToken) -> Result<Arc<str>, ClientError> {
+        let key: Key = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, caller.as_str().as_bytes())
+            .as_ref()
+            .try_into()
+            .unwrap_or_default();
+        let inner = &*self.0;
+        if let Some(g) = lock(&inner.cache).get(&key)
+            && Instant::now() + inner.renew_before < g.expires
+        {
+            return Ok(Arc::clone(&g.header));
+        }
+        let flight = Arc::clone(lock(&inner.flights).entry(key).or_default());
+        let result = flight.get_or_init(|| self.exchange(caller, key)).await.clone();
+        {
+            let mut flights = lock(&inner.flights);
+            if flights.get(&key).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
+                flights.remove(&key);
+            }
+        }
+        result.map(|g| Arc::clone(&g.header))
+    }
+
+    async fn exchange(&self, caller: &CallerToken, key: Key) -> Result<Arc<Granted>, ClientError> {
+        let inner = &*self.0;
+        let mut form = vec![
+            ("grant_type", GRANT_TYPE),
+            ("subject_token", caller.as_str()),
+            ("subject_token_type", ACCESS_TOKEN_TYPE),
+            ("requested_token_type", ACCESS_TOKEN_TYPE),
+        ];
+        if let Some(audience) = &inner.audience {
+            form.push(("audience", audience));
+        }
+        if let Some(scope) = &inner.scope {
+            form.push(("scope", scope));
+        }
+        let granted = Arc::new(inner.client.request(form).await.inspect_err(|e| {
+            tracing::info!(target: LOG_TARGET, issuer = %inner.client.issuer, error = %e, "a token exchange failed");
+        })?);
+        let mut cache = lock(&inner.cache);
+        if cache.len() >= CAPACITY {
+            let now = Instant::now();
+            cache.retain(|_, g| g.expires > now);
+            if cache.len() >= CAPACITY {
+                cache.clear();
+            }
+        }
+        cache.insert(key, Arc::clone(&granted));
+        Ok(granted)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
