@@ -21,6 +21,9 @@ pub(crate) struct Granted {
     pub(crate) header: Arc<str>,
     /// When it expires (`expires_in` after the request was sent).
     pub(crate) expires: Instant,
+    /// When to get a new one: `renew_before` ahead of `expires`, at most
+    /// half the token's lifetime ahead (a short-lived token is still used).
+    pub(crate) renew_at: Instant,
 }
 
 /// A confidential client of one issuer: the token endpoint (by discovery,
@@ -38,7 +41,11 @@ pub(crate) struct TokenClient {
 impl TokenClient {
     /// Posts `form` with the client's authentication; the granted bearer
     /// token, or why there is none.
-    pub(crate) async fn request(&self, mut form: Vec<(&str, &str)>) -> Result<Granted, ClientError> {
+    pub(crate) async fn request(
+        &self,
+        mut form: Vec<(&str, &str)>,
+        renew_before: Duration,
+    ) -> Result<Granted, ClientError> {
         let endpoint = self
             .token_endpoint
             .get_or_try_init(|| discover(&self.http, &self.issuer))
@@ -96,18 +103,27 @@ impl TokenClient {
                 "the issuer granted a token that is not a bearer token".into(),
             ));
         }
-        let header: http::HeaderValue = format!("Bearer {}", t.access_token)
-            .parse()
-            .map_err(|_| ClientError::Unavailable("the granted token cannot be sent in a header".into()))?;
+        // RFC 6750's token68 characters, and not empty.
+        let sendable = !t.access_token.is_empty()
+            && t.access_token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b));
+        if !sendable {
+            return Err(ClientError::Unavailable(
+                "the granted token is empty or cannot be sent as a bearer token".into(),
+            ));
+        }
         let lifetime = t
             .expires_in
             .filter(|e| e.is_finite() && *e > 0.0)
             .map_or(Duration::from_secs(60), |e| {
                 Duration::from_secs_f64(e.min(86_400.0))
             });
+        let expires = sent + lifetime;
         Ok(Granted {
-            header: header.to_str().unwrap_or_default().into(),
-            expires: sent + lifetime,
+            header: format!("Bearer {}", t.access_token).into(),
+            expires,
+            renew_at: expires - renew_before.min(lifetime / 2),
         })
     }
 }
@@ -280,10 +296,14 @@ async fn discover(http: &reqwest::Client, issuer: &str) -> Result<String, Client
     let body = read_limited(res).await?;
     let m: Metadata = serde_json::from_slice(&body)
         .map_err(|_| ClientError::Unavailable("the discovery document does not parse".into()))?;
+    if issuer.starts_with("https://") && !m.token_endpoint.starts_with("https://") {
+        return Err(ClientError::Unavailable(
+            "the discovery document's token endpoint is not https: the secret would go in clear".into(),
+        ));
+    }
     if m.issuer != issuer {
         return Err(ClientError::Unavailable(format!(
-            "the discovery document names the issuer `{}`, not `{issuer}`",
-            m.issuer
+            "the discovery document names another issuer than `{issuer}`"
         )));
     }
     Ok(m.token_endpoint)

@@ -35,8 +35,10 @@ struct Inner {
 /// A token for the upstream's audience on behalf of the caller (RFC 8693,
 /// as Keycloak's standard token exchange): the workload, a confidential
 /// client, trades the caller's access token for one whose `aud` is the
-/// upstream and whose `act` names the workload. Each caller token's
-/// exchange is made once (concurrent calls wait for it) and kept until
+/// upstream and whose `act` names the workload (RFC 8693 delegation; the
+/// testkit issuer adds it, Keycloak's standard token exchange V2 names the
+/// workload in `azp` only). Each caller token's exchange is made once
+/// (concurrent calls wait for it) and kept until
 /// [`renew_before`](GrantBuilder::renew_before) its expiry, in a bounded
 /// cache keyed by the token's SHA-256.
 ///
@@ -89,24 +91,22 @@ impl TokenExchange {
     /// expired or foreign caller token, a client not allowed to exchange),
     /// [`ClientError::Unavailable`] when it cannot be reached.
     pub async fn authorization(&self, caller: &CallerToken) -> Result<Arc<str>, ClientError> {
-        let key: Key = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, caller.as_str().as_bytes())
-            .as_ref()
-            .try_into()
-            .unwrap_or_default();
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, caller.as_str().as_bytes());
+        let key: Key = digest.as_ref().try_into().expect("SHA-256 is 32 bytes");
         let inner = &*self.0;
         if let Some(g) = lock(&inner.cache).get(&key)
-            && Instant::now() + inner.renew_before < g.expires
+            && Instant::now() < g.renew_at
         {
             return Ok(Arc::clone(&g.header));
         }
         let flight = Arc::clone(lock(&inner.flights).entry(key).or_default());
+        // Leaves the map however this call ends, cancelled included.
+        let _landed = Landed {
+            flights: &inner.flights,
+            key,
+            flight: &flight,
+        };
         let result = flight.get_or_init(|| self.exchange(caller, key)).await.clone();
-        {
-            let mut flights = lock(&inner.flights);
-            if flights.get(&key).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
-                flights.remove(&key);
-            }
-        }
         result.map(|g| Arc::clone(&g.header))
     }
 
@@ -124,7 +124,7 @@ impl TokenExchange {
         if let Some(scope) = &inner.scope {
             form.push(("scope", scope));
         }
-        let granted = Arc::new(inner.client.request(form).await.inspect_err(|e| {
+        let granted = Arc::new(inner.client.request(form, inner.renew_before).await.inspect_err(|e| {
             tracing::info!(target: LOG_TARGET, issuer = %inner.client.issuer, error = %e, "a token exchange failed");
         })?);
         let mut cache = lock(&inner.cache);
@@ -137,6 +137,26 @@ impl TokenExchange {
         }
         cache.insert(key, Arc::clone(&granted));
         Ok(granted)
+    }
+}
+
+/// Removes a flight from the map when the call that joined it ends (the
+/// flight itself lives on in the calls still awaiting it).
+struct Landed<'a> {
+    flights: &'a Mutex<HashMap<Key, Arc<Flight>>>,
+    key: Key,
+    flight: &'a Arc<Flight>,
+}
+
+impl Drop for Landed<'_> {
+    fn drop(&mut self) {
+        let mut flights = lock(self.flights);
+        if flights
+            .get(&self.key)
+            .is_some_and(|f| Arc::ptr_eq(f, self.flight))
+        {
+            flights.remove(&self.key);
+        }
     }
 }
 

@@ -11,12 +11,18 @@ use tokio::sync::Mutex;
 use crate::endpoint::{GrantBuilder, Granted, TokenClient};
 use crate::{ClientError, LOG_TARGET};
 
+/// How long after a failed renewal the next one is tried, while the
+/// current token is still valid.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
 struct Inner {
     client: TokenClient,
     audience: Option<String>,
     scope: Option<String>,
     renew_before: Duration,
     current: ArcSwapOption<Granted>,
+    /// The last failure to get a token, and when.
+    failed: ArcSwapOption<(Instant, ClientError)>,
     /// Held by the one request renewing the token.
     renewing: Mutex<()>,
 }
@@ -60,6 +66,7 @@ impl GrantBuilder<ClientCredentials> {
             audience: self.audience,
             renew_before: self.renew_before,
             current: ArcSwapOption::empty(),
+            failed: ArcSwapOption::empty(),
             renewing: Mutex::new(()),
         })))
     }
@@ -79,21 +86,25 @@ impl ClientCredentials {
     /// [`ClientError::Unavailable`] when it cannot be reached and no valid
     /// token is at hand.
     pub async fn authorization(&self) -> Result<Arc<str>, ClientError> {
-        let now = Instant::now();
+        let started = Instant::now();
         if let Some(g) = self.0.current.load().as_ref() {
-            if now + self.0.renew_before < g.expires {
+            if started < g.renew_at {
                 return Ok(Arc::clone(&g.header));
             }
             // Due for renewal but still valid: one request renews, the
-            // others keep using it meanwhile.
-            if g.expires > now {
+            // others keep using it meanwhile; after a failed renewal, the
+            // next try waits for RETRY_AFTER.
+            if started < g.expires {
+                if self.failed_since(started - RETRY_AFTER).is_some() {
+                    return Ok(Arc::clone(&g.header));
+                }
                 let Ok(_renewing) = self.0.renewing.try_lock() else {
                     return Ok(Arc::clone(&g.header));
                 };
                 // Renewed by another request since the load above.
                 let current = self.0.current.load_full();
                 if let Some(c) = &current
-                    && Instant::now() + self.0.renew_before < c.expires
+                    && Instant::now() < c.renew_at
                 {
                     return Ok(Arc::clone(&c.header));
                 }
@@ -102,13 +113,30 @@ impl ClientCredentials {
         }
         let _renewing = self.0.renewing.lock().await;
         // Renewed while this request waited.
-        if let Some(g) = self.0.current.load().as_ref()
-            && Instant::now() + self.0.renew_before < g.expires
+        let current = self.0.current.load_full();
+        if let Some(g) = &current
+            && Instant::now() < g.renew_at
         {
             return Ok(Arc::clone(&g.header));
         }
-        let current = self.0.current.load_full();
+        // The request that held the lock meanwhile failed: its answer is
+        // this one's too, rather than one more wait on the issuer each.
+        if let Some(e) = self.failed_since(started) {
+            return current
+                .filter(|g| Instant::now() < g.expires)
+                .map(|g| Arc::clone(&g.header))
+                .ok_or(e);
+        }
         self.renew(current.as_ref()).await
+    }
+
+    /// The last failure to get a token, when it happened at or after `t`.
+    fn failed_since(&self, t: Instant) -> Option<ClientError> {
+        let failed = self.0.failed.load();
+        failed
+            .as_deref()
+            .filter(|(at, _)| *at >= t)
+            .map(|(_, e)| e.clone())
     }
 
     /// Asks for a new token (the caller holds `renewing`); on failure keeps
@@ -118,15 +146,19 @@ impl ClientCredentials {
             Ok(g) => {
                 let header = Arc::clone(&g.header);
                 self.0.current.store(Some(Arc::new(g)));
+                self.0.failed.store(None);
                 Ok(header)
             }
-            Err(e) => match current {
-                Some(g) if g.expires > Instant::now() => {
-                    tracing::warn!(target: LOG_TARGET, issuer = %self.0.client.issuer, error = %e, "cannot renew the workload's token; the current one is used until it expires");
-                    Ok(Arc::clone(&g.header))
+            Err(e) => {
+                self.0.failed.store(Some(Arc::new((Instant::now(), e.clone()))));
+                match current {
+                    Some(g) if g.expires > Instant::now() => {
+                        tracing::warn!(target: LOG_TARGET, issuer = %self.0.client.issuer, error = %e, "cannot renew the workload's token; the current one is used until it expires");
+                        Ok(Arc::clone(&g.header))
+                    }
+                    _ => Err(e),
                 }
-                _ => Err(e),
-            },
+            }
         }
     }
 
@@ -137,14 +169,15 @@ impl ClientCredentials {
             form.push(("scope", scope));
         }
         if let Some(audience) = &inner.audience {
-            // Keycloak reads `audience`; RFC 8707 servers (oidc-provider)
-            // `resource`, which must be an absolute URI.
+            // `audience` for servers that read it here; RFC 8707 servers
+            // (oidc-provider) read `resource`, an absolute URI. Keycloak
+            // sets a service account token's `aud` by its mappers.
             form.push(("audience", audience));
             if audience.contains("://") {
                 form.push(("resource", audience));
             }
         }
-        let granted = inner.client.request(form).await?;
+        let granted = inner.client.request(form, inner.renew_before).await?;
         tracing::debug!(target: LOG_TARGET, issuer = %inner.client.issuer, "the workload's token was granted");
         Ok(granted)
     }

@@ -7,21 +7,38 @@ use std::task::{Context, Poll};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::{CallerToken, ClientError, Upstreams};
+use crate::{CallerToken, ClientError, Credentials, Upstreams};
 
 /// A tower [`Layer`] for HTTP clients: sets each request's `Authorization`
-/// header to what [`Upstreams`] says for its host (the URI's, else the
-/// `Host` header's), relaying the [`CallerToken`] found in the request's
-/// extensions. A request that cannot get its credential fails with the
-/// [`ClientError`] (boxed) and is never sent.
+/// header to what [`Upstreams`] says for its URI's host (removing any when
+/// the host gets nothing), relaying the [`CallerToken`] found in the
+/// request's extensions. A request that cannot get its credential fails
+/// with the [`ClientError`] (boxed) and is never sent; so does one whose URI
+/// names no host (a `Host` header is not trusted: it need not be where the
+/// request goes). For a client bound to one upstream whose requests carry
+/// only a path (a tonic `Channel`), use [`CredentialsLayer::fixed`].
 #[derive(Clone, Debug)]
-pub struct CredentialsLayer(Upstreams);
+pub struct CredentialsLayer(Target);
+
+/// Whose credentials a request gets.
+#[derive(Clone, Debug)]
+enum Target {
+    ByHost(Upstreams),
+    Fixed(Credentials),
+}
 
 impl CredentialsLayer {
-    /// The layer for these upstreams.
+    /// The layer for these upstreams, by each request's URI host.
     #[must_use]
     pub fn new(upstreams: Upstreams) -> Self {
-        Self(upstreams)
+        Self(Target::ByHost(upstreams))
+    }
+
+    /// The layer of a client that calls one upstream: every request gets
+    /// `credentials`, whatever its URI.
+    #[must_use]
+    pub fn fixed(credentials: Credentials) -> Self {
+        Self(Target::Fixed(credentials))
     }
 }
 
@@ -31,7 +48,7 @@ impl<S> Layer<S> for CredentialsLayer {
     fn layer(&self, inner: S) -> Self::Service {
         CredentialsService {
             inner,
-            upstreams: self.0.clone(),
+            target: self.0.clone(),
         }
     }
 }
@@ -40,7 +57,7 @@ impl<S> Layer<S> for CredentialsLayer {
 #[derive(Clone, Debug)]
 pub struct CredentialsService<S> {
     inner: S,
-    upstreams: Upstreams,
+    target: Target,
 }
 
 /// The error of a [`CredentialsService`]: the inner service's, or a
@@ -67,24 +84,28 @@ where
         // its place for the next request.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let upstreams = self.upstreams.clone();
+        let target = self.target.clone();
         Box::pin(async move {
-            let host = req
-                .uri()
-                .host()
-                .map(str::to_owned)
-                .or_else(|| {
-                    let host = req.headers().get(http::header::HOST)?.to_str().ok()?;
-                    let authority: http::uri::Authority = host.parse().ok()?;
-                    Some(authority.host().to_owned())
-                })
-                .unwrap_or_default();
             let caller = req.extensions().get::<CallerToken>().cloned();
-            let value = upstreams.for_host(&host).authorization(caller.as_ref()).await?;
-            if let Some(value) = value {
-                let value = http::HeaderValue::from_str(&value)
-                    .map_err(|_| ClientError::Config("the token cannot be sent in a header".into()))?;
-                req.headers_mut().insert(http::header::AUTHORIZATION, value);
+            let credentials = match &target {
+                Target::Fixed(c) => c,
+                Target::ByHost(upstreams) => {
+                    let host = req
+                        .uri()
+                        .host()
+                        .ok_or_else(|| ClientError::Config("the request's URI names no host".into()))?;
+                    upstreams.for_host(host)
+                }
+            };
+            match credentials.authorization(caller.as_ref()).await? {
+                Some(value) => {
+                    let value = http::HeaderValue::from_str(&value)
+                        .map_err(|_| ClientError::Config("the token cannot be sent in a header".into()))?;
+                    req.headers_mut().insert(http::header::AUTHORIZATION, value);
+                }
+                None => {
+                    req.headers_mut().remove(http::header::AUTHORIZATION);
+                }
             }
             inner.call(req).await.map_err(Into::into)
         })

@@ -20,8 +20,11 @@
 //! [`Upstreams`] maps hosts to credentials, in code or from the policy
 //! file's `UpstreamCredentials` documents ([`palisade_core::policy::FromPolicy`]).
 //! [`CredentialsLayer`] attaches them to `http::Request`s of any tower
-//! client (hyper's, tonic's channels); [`Upstreams::apply`] to a
-//! `reqwest::Request`.
+//! client by the URI's host (a request whose URI names none is refused:
+//! a `Host` header need not be where it goes), or all to one upstream with
+//! [`CredentialsLayer::fixed`] (a tonic `Channel`, whose requests carry a
+//! path only); [`Upstreams::apply`] to a `reqwest::Request`. A host that
+//! gets nothing has any `Authorization` it carried removed.
 //!
 //! ```no_run
 //! use palisade_client::{CallerToken, ClientCredentials, Credentials, Upstreams};

@@ -43,6 +43,16 @@ impl Credentials {
     }
 }
 
+/// A host as entries and lookups compare it: lower case, an IPv6
+/// literal without brackets, no trailing dot.
+fn normalize(host: &str) -> String {
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase()
+}
+
 /// Credentials by host: what the workload sends to each host it calls. A
 /// host no entry names gets the `*` entry, else nothing.
 #[derive(Clone, Debug, Default)]
@@ -58,7 +68,7 @@ impl UpstreamsBuilder {
     /// names it, without the port; `*` for every other host). A later entry
     /// for the same host replaces an earlier one.
     pub fn host(mut self, host: impl Into<String>, credentials: Credentials) -> Self {
-        self.0.insert(host.into().to_ascii_lowercase(), credentials);
+        self.0.insert(normalize(&host.into()), credentials);
         self
     }
 
@@ -75,16 +85,13 @@ impl Upstreams {
     }
 
     /// The credentials of calls to `host` (compared without case, an IPv6
-    /// literal with or without brackets, no port).
+    /// literal with or without brackets, a trailing dot or not; no port).
     #[must_use]
     pub fn for_host(&self, host: &str) -> &Credentials {
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let found = if host.bytes().any(|b| b.is_ascii_uppercase()) {
-            self.0.get(&host.to_ascii_lowercase())
-        } else {
-            self.0.get(host)
-        };
-        found.or_else(|| self.0.get("*")).unwrap_or(&Credentials::None)
+        self.0
+            .get(&normalize(host))
+            .or_else(|| self.0.get("*"))
+            .unwrap_or(&Credentials::None)
     }
 
     /// The `Authorization` header value for a call to `uri`.
@@ -102,7 +109,7 @@ impl Upstreams {
     }
 
     /// Sets the `Authorization` header of a `reqwest` request for its
-    /// host (replacing any), or leaves it alone when the host gets nothing.
+    /// host (replacing any), or removes it when the host gets nothing.
     ///
     /// # Errors
     /// As [`Credentials::authorization`]: the request must then not be
@@ -113,10 +120,15 @@ impl Upstreams {
         caller: Option<&CallerToken>,
     ) -> Result<(), ClientError> {
         let host = req.url().host_str().unwrap_or_default().to_owned();
-        if let Some(value) = self.for_host(&host).authorization(caller).await? {
-            let value = http::HeaderValue::from_str(&value)
-                .map_err(|_| ClientError::Config("the token cannot be sent in a header".into()))?;
-            req.headers_mut().insert(http::header::AUTHORIZATION, value);
+        match self.for_host(&host).authorization(caller).await? {
+            Some(value) => {
+                let value = http::HeaderValue::from_str(&value)
+                    .map_err(|_| ClientError::Config("the token cannot be sent in a header".into()))?;
+                req.headers_mut().insert(http::header::AUTHORIZATION, value);
+            }
+            None => {
+                req.headers_mut().remove(http::header::AUTHORIZATION);
+            }
         }
         Ok(())
     }

@@ -73,17 +73,17 @@ async fn one_grant_serves_concurrent_calls_and_names_the_audience() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_token_is_renewed_before_it_expires_and_kept_while_the_issuer_is_down() {
-    // Tokens live 3 s and are renewed when less than 2 s are left.
-    let issuer = issuer(Duration::from_secs(3));
+    // Tokens live 4 s and are renewed when less than 2 s are left.
+    let issuer = issuer(Duration::from_secs(4));
     let own = grant(&issuer, Duration::from_secs(2));
     let first = own.authorization().await.unwrap();
     assert_eq!(own.authorization().await.unwrap(), first, "still fresh");
-    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    tokio::time::sleep(Duration::from_millis(2_300)).await;
     let second = own.authorization().await.unwrap();
     assert_eq!(issuer.client_credentials_grants(), 2, "renewed when due");
     // The issuer goes away: the current token is used while it is valid.
     drop(issuer);
-    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    tokio::time::sleep(Duration::from_millis(2_300)).await;
     assert_eq!(
         own.authorization().await.unwrap(),
         second,
@@ -165,12 +165,22 @@ async fn the_layer_attaches_what_each_host_gets_and_sends_nothing_without_a_need
         .extensions_mut()
         .insert(CallerToken::new("the-users-token"));
     svc.clone().oneshot(with_caller).await.unwrap();
-    // A host in the Host header only (an origin-form URI, as hyper sends).
-    let mut origin_form = req("/ratings/0");
+    // A host no entry names: nothing, and an Authorization the request
+    // carried (forwarded from the inbound one, say) is removed.
+    let mut forwarded = req("http://ratings:9080/ratings/0");
+    forwarded
+        .headers_mut()
+        .insert(http::header::AUTHORIZATION, "Bearer inbound".parse().unwrap());
+    svc.clone().oneshot(forwarded).await.unwrap();
+    // An origin-form URI names no host; its Host header is not trusted.
+    let mut origin_form = req("/details/0");
     origin_form
         .headers_mut()
-        .insert(http::header::HOST, "ratings:9080".parse().unwrap());
-    svc.clone().oneshot(origin_form).await.unwrap();
+        .insert(http::header::HOST, "details:9080".parse().unwrap());
+    assert!(
+        svc.clone().oneshot(origin_form).await.is_err(),
+        "no host, no call"
+    );
     // A caller token is needed and there is none: an error, nothing sent.
     let err = svc
         .clone()
@@ -188,6 +198,39 @@ async fn the_layer_attaches_what_each_host_gets_and_sends_nothing_without_a_need
     assert_eq!(claims(seen[0].as_deref().unwrap())["sub"], "productpage");
     assert_eq!(seen[1].as_deref(), Some("Bearer the-users-token"));
     assert_eq!(seen[2], None, "a host no entry names gets nothing");
+
+    // A client bound to one upstream (a tonic channel): path-only URIs.
+    let (inner, seen) = recorder();
+    let fixed = CredentialsLayer::fixed(Credentials::Caller).layer(inner);
+    let mut path_only = req("/ratings.Ratings/Get");
+    path_only
+        .extensions_mut()
+        .insert(CallerToken::new("the-users-token"));
+    fixed.oneshot(path_only).await.unwrap();
+    assert_eq!(seen.lock().unwrap()[0].as_deref(), Some("Bearer the-users-token"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_waiting_on_a_failing_issuer_share_its_failure_and_the_next_call_retries() {
+    let issuer = issuer(Duration::from_secs(300));
+    let own = grant(&issuer, Duration::from_secs(30));
+    issuer.set_fault(palisade_testkit::Fault::Unavailable);
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let own = own.clone();
+        tasks.push(tokio::spawn(async move { own.authorization().await }));
+    }
+    for t in tasks {
+        assert!(matches!(t.await.unwrap(), Err(ClientError::Unavailable(_))));
+    }
+    assert_eq!(
+        issuer.discovery_fetches(),
+        1,
+        "one request to the failing issuer for eight waiting calls"
+    );
+    issuer.set_fault(palisade_testkit::Fault::None);
+    assert!(own.authorization().await.is_ok(), "a later call tries again");
+    assert_eq!(issuer.client_credentials_grants(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -245,7 +288,7 @@ async fn upstreams_come_from_the_policy_file() {
         .replace("details", "ratings");
     let yaml = yaml + &doc("to-ratings", "ratings", &exchange);
     let upstreams = policy(&yaml).unwrap().expect("documents apply");
-    let user = CallerToken::new(&issuer.token().subject("alice").sign());
+    let user = CallerToken::new(&issuer.token().subject("alice").audience("productpage").sign());
     let ratings = upstreams
         .authorization(&"http://ratings:9080/".parse().unwrap(), Some(&user))
         .await
@@ -307,6 +350,7 @@ async fn upstreams_come_from_the_policy_file() {
             "spec.token.clientSecretFile",
         ),
         (doc("a", "x y", "    from: caller\n"), "spec.hosts[0]"),
+        (doc("a", "reviews:9080", "    from: caller\n"), "spec.hosts[0]"),
     ] {
         let err = policy(&yaml).map(|_| ()).unwrap_err();
         assert_eq!(err.field.as_deref(), Some(field), "{err}");
@@ -366,17 +410,29 @@ async fn a_callers_token_is_exchanged_once_for_the_upstreams_audience() {
     assert_eq!(issuer.token_exchanges(), 1);
 
     // Another caller, another exchange.
-    let bob = CallerToken::new(&issuer.token().subject("bob").sign());
+    let bob = CallerToken::new(&issuer.token().subject("bob").audience("productpage").sign());
+    let not_for_us = CallerToken::new(&issuer.token().subject("bob").audience("reviews").sign());
     assert_eq!(claims(&exchange.authorization(&bob).await.unwrap())["sub"], "bob");
     assert_eq!(issuer.token_exchanges(), 2);
 
     // Tokens the issuer will not exchange: expired, or not its own.
-    let expired = CallerToken::new(&issuer.token().subject("alice").expires_in(-120).sign());
+    let expired = CallerToken::new(
+        &issuer
+            .token()
+            .subject("alice")
+            .audience("productpage")
+            .expires_in(-120)
+            .sign(),
+    );
     let foreign = TestIssuer::start().unwrap();
     let stranger = CallerToken::new(&foreign.token().subject("alice").sign());
-    for token in [&expired, &stranger] {
+    for (token, why) in [
+        (&expired, "invalid_grant"),
+        (&stranger, "invalid_grant"),
+        (&not_for_us, "access_denied"),
+    ] {
         match exchange.authorization(token).await {
-            Err(ClientError::Refused(code)) => assert_eq!(code, "invalid_grant"),
+            Err(ClientError::Refused(code)) => assert_eq!(code, why),
             other => panic!("{other:?}"),
         }
     }

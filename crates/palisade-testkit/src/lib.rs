@@ -1386,10 +1386,12 @@ const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-excha
 const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 
 /// RFC 8693 token exchange, as Keycloak's standard token exchange: a
-/// confidential client trades a valid access token of this issuer for one
-/// for `audience` (default: the client itself) on behalf of the same
-/// user, with the user's realm roles and scope, `azp` the client and
-/// `act` naming it (RFC 8693 4.1; an `act` already there is nested).
+/// confidential client trades a valid access token of this issuer whose
+/// `aud` (or `azp`) is the client for one for `audience` (default: the
+/// client itself) on behalf of the same user, with the user's realm roles
+/// and scope and `azp` the client; it adds RFC 8693's `act` naming the
+/// client (4.1; an `act` already there is nested), which Keycloak's V2
+/// exchange leaves out.
 fn token_exchange(
     state: &State,
     req: &HttpRequest,
@@ -1426,6 +1428,19 @@ fn token_exchange(
         .get("sub")
         .and_then(Value::as_str)
         .ok_or_else(|| TokenError::invalid_grant("subject_token has no subject"))?;
+    // As Keycloak: the client exchanges only tokens meant for it.
+    let for_client = claims.get("azp").and_then(Value::as_str) == Some(id.as_str())
+        || match claims.get("aud") {
+            Some(Value::String(a)) => a == id,
+            Some(Value::Array(a)) => a.iter().any(|a| a.as_str() == Some(id.as_str())),
+            _ => false,
+        };
+    if !for_client {
+        return Err(TokenError::bad_request(
+            "access_denied",
+            "the client is not within the subject token's audience",
+        ));
+    }
     let roles: Vec<&str> = claims
         .get("realm_access")
         .and_then(|r| r.get("roles"))

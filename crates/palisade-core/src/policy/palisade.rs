@@ -334,8 +334,8 @@ pub struct UpstreamCredentialsSpec {
     pub token: UpstreamTokenSpec,
 }
 
-/// `UpstreamCredentials.spec.token`.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+/// `UpstreamCredentials.spec.token`. `Debug` never prints `clientSecret`.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[non_exhaustive]
 pub struct UpstreamTokenSpec {
@@ -361,6 +361,24 @@ pub struct UpstreamTokenSpec {
     pub scopes: Option<Vec<String>>,
 }
 
+impl std::fmt::Debug for UpstreamTokenSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTokenSpec")
+            .field("from", &self.from)
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .field("client_secret_file", &self.client_secret_file)
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("client_auth_method", &self.client_auth_method)
+            .field("audience", &self.audience)
+            .field("scopes", &self.scopes)
+            .finish()
+    }
+}
+
 /// Where an upstream call's token comes from.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -384,13 +402,23 @@ impl UpstreamCredentialsSpec {
             return Err(("spec.hosts".into(), "name at least one host (or `*`)".into()));
         }
         for (i, h) in self.hosts.iter().enumerate() {
+            // A name, or an IPv6 literal in brackets; no port.
+            let ipv6 = h
+                .strip_prefix('[')
+                .and_then(|r| r.strip_suffix(']'))
+                .is_some_and(|r| {
+                    !r.is_empty() && r.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+                });
             let plain = h == "*"
+                || ipv6
                 || (!h.is_empty()
-                    && h.bytes().all(|b| {
-                        b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'[' | b']' | b':')
-                    }));
+                    && h.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_')));
             if !plain {
-                return Err((format!("spec.hosts[{i}]"), format!("`{h}` is not a host name")));
+                return Err((
+                    format!("spec.hosts[{i}]"),
+                    format!("`{h}` is not a host name (no port, no scheme)"),
+                ));
             }
         }
         let t = &self.token;
