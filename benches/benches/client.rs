@@ -53,7 +53,7 @@ fn client_benches(c: &mut Criterion) {
         .audience("reviews")
         .build()
         .unwrap();
-    let caller = CallerToken::new(&issuer.token().subject("alice").sign());
+    let caller = CallerToken::new(&issuer.token().subject("alice").audience("productpage").sign());
     // Fetch both once: the bench measures the cached path.
     let own_header = rt.block_on(own.authorization()).unwrap();
     let exchanged_header = rt.block_on(exchange.authorization(&caller)).unwrap();
