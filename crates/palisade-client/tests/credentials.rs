@@ -215,6 +215,9 @@ async fn calls_waiting_on_a_failing_issuer_share_its_failure_and_the_next_call_r
     let issuer = issuer(Duration::from_secs(300));
     let own = grant(&issuer, Duration::from_secs(30));
     issuer.set_fault(palisade_testkit::Fault::Unavailable);
+    // The failure comes after 500 ms, so all eight calls are waiting for it
+    // (a call that starts after a failure tries again, rightly).
+    issuer.set_latency(Duration::from_millis(500));
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let own = own.clone();
@@ -229,6 +232,7 @@ async fn calls_waiting_on_a_failing_issuer_share_its_failure_and_the_next_call_r
         "one request to the failing issuer for eight waiting calls"
     );
     issuer.set_fault(palisade_testkit::Fault::None);
+    issuer.set_latency(Duration::ZERO);
     assert!(own.authorization().await.is_ok(), "a later call tries again");
     assert_eq!(issuer.client_credentials_grants(), 1);
 }
