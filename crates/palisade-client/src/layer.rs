@@ -97,16 +97,7 @@ where
                     upstreams.for_host(host)
                 }
             };
-            match credentials.authorization(caller.as_ref()).await? {
-                Some(value) => {
-                    let value = http::HeaderValue::from_str(&value)
-                        .map_err(|_| ClientError::Config("the token cannot be sent in a header".into()))?;
-                    req.headers_mut().insert(http::header::AUTHORIZATION, value);
-                }
-                None => {
-                    req.headers_mut().remove(http::header::AUTHORIZATION);
-                }
-            }
+            credentials.apply_to(req.headers_mut(), caller.as_ref()).await?;
             inner.call(req).await.map_err(Into::into)
         })
     }

@@ -41,6 +41,26 @@ impl Credentials {
             }
         }
     }
+
+    /// Sets `headers`' `Authorization` to [`authorization`](Self::authorization),
+    /// or removes it when nothing is to be sent.
+    pub(crate) async fn apply_to(
+        &self,
+        headers: &mut http::HeaderMap,
+        caller: Option<&CallerToken>,
+    ) -> Result<(), ClientError> {
+        match self.authorization(caller).await? {
+            Some(value) => {
+                let value = http::HeaderValue::from_str(&value)
+                    .map_err(|_| ClientError::Config("the token cannot be sent in a header".into()))?;
+                headers.insert(http::header::AUTHORIZATION, value);
+            }
+            None => {
+                headers.remove(http::header::AUTHORIZATION);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A host as entries and lookups compare it: lower case, an IPv6
@@ -120,16 +140,6 @@ impl Upstreams {
         caller: Option<&CallerToken>,
     ) -> Result<(), ClientError> {
         let host = req.url().host_str().unwrap_or_default().to_owned();
-        match self.for_host(&host).authorization(caller).await? {
-            Some(value) => {
-                let value = http::HeaderValue::from_str(&value)
-                    .map_err(|_| ClientError::Config("the token cannot be sent in a header".into()))?;
-                req.headers_mut().insert(http::header::AUTHORIZATION, value);
-            }
-            None => {
-                req.headers_mut().remove(http::header::AUTHORIZATION);
-            }
-        }
-        Ok(())
+        self.for_host(&host).apply_to(req.headers_mut(), caller).await
     }
 }

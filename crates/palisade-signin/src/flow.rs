@@ -22,7 +22,7 @@ use crate::LOG_TARGET;
 use crate::config::{ClientAuth, Config, SecretMethod, SignInBuilder, SignInError, check_path};
 use crate::cookie::{CookieKey, CookieSealer, Opened, RawCookie};
 use crate::provider::{Issuer, Metadata, TokenError, form_encode, param, param_count};
-use crate::session::{Cache, Live, Payload, Session, Successors, at, now, now_ms, unverified_claims};
+use crate::session::{Cache, Live, Payload, Session, Successors, at, now, now_ms, now_us, unverified_claims};
 use crate::store::{MemoryStore, Revocation, SessionRef, SessionStore};
 
 /// How long a sign-in may take, from the redirect to the callback.
@@ -395,13 +395,6 @@ fn with_cookies(mut reply: Reply, cookies: Vec<String>) -> Reply {
         reply = reply.header("set-cookie", c);
     }
     reply
-}
-
-/// Microseconds since the epoch.
-fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 /// Constant-time equality of two strings of public length.

@@ -21,9 +21,14 @@ pub(crate) fn now() -> u64 {
 
 /// Milliseconds since the epoch.
 pub(crate) fn now_ms() -> u64 {
+    crate::store::unix_ms(SystemTime::now())
+}
+
+/// Microseconds since the epoch.
+pub(crate) fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 pub(crate) fn at(secs: u64) -> SystemTime {

@@ -1355,18 +1355,27 @@ async fn token_endpoint<S: AsyncWrite + Unpin>(stream: &mut S, state: &State, re
     }
 }
 
+/// The authenticated client of a grant only confidential clients may use;
+/// `public` says why a public one may not.
+fn confidential<'s>(
+    state: &'s State,
+    req: &HttpRequest,
+    f: &HashMap<String, String>,
+    public: &'static str,
+) -> Result<&'s String, TokenError> {
+    let (id, client) = signin::authenticate(state, req, f)?;
+    if client.is_public() {
+        return Err(TokenError::bad_request("unauthorized_client", public));
+    }
+    Ok(id)
+}
+
 fn client_credentials(
     state: &State,
     req: &HttpRequest,
     f: &HashMap<String, String>,
 ) -> Result<Value, TokenError> {
-    let (id, client) = signin::authenticate(state, req, f)?;
-    if client.is_public() {
-        return Err(TokenError::bad_request(
-            "unauthorized_client",
-            "a public client has no service account",
-        ));
-    }
+    let id = confidential(state, req, f, "a public client has no service account")?;
     let mut token = state
         .token()
         .subject(id)
@@ -1397,13 +1406,7 @@ fn token_exchange(
     req: &HttpRequest,
     f: &HashMap<String, String>,
 ) -> Result<Value, TokenError> {
-    let (id, client) = signin::authenticate(state, req, f)?;
-    if client.is_public() {
-        return Err(TokenError::bad_request(
-            "unauthorized_client",
-            "a public client cannot exchange tokens",
-        ));
-    }
+    let id = confidential(state, req, f, "a public client cannot exchange tokens")?;
     let invalid = |why: &'static str| TokenError::bad_request("invalid_request", why);
     let subject = f
         .get("subject_token")

@@ -216,7 +216,7 @@ pub enum StoreError {
 
 /// Milliseconds since the Unix epoch (0 before it, saturating).
 #[cfg(feature = "redis")]
-fn unix_ms(t: SystemTime) -> u64 {
+pub(crate) fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
