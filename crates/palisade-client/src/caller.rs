@@ -38,6 +38,11 @@ impl CallerToken {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The token, shared.
+    pub(crate) fn shared(&self) -> &Arc<str> {
+        &self.0
+    }
 }
 
 impl fmt::Debug for CallerToken {

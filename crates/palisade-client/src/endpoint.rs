@@ -19,6 +19,9 @@ const BODY_LIMIT: usize = 256 * 1024;
 /// using it.
 pub(crate) struct Granted {
     pub(crate) header: Arc<str>,
+    /// The same, checked once as a header value (a clone is a reference
+    /// count).
+    pub(crate) value: http::HeaderValue,
     /// When it expires (`expires_in` after the request was sent).
     pub(crate) expires: Instant,
     /// When to get a new one: `renew_before` ahead of `expires`, at most
@@ -120,8 +123,14 @@ impl TokenClient {
                 Duration::from_secs_f64(e.min(86_400.0))
             });
         let expires = sent + lifetime;
+        let header: Arc<str> = format!("Bearer {}", t.access_token).into();
+        let mut value = http::HeaderValue::from_str(&header).map_err(|_| {
+            ClientError::Unavailable("the granted token cannot be sent as a bearer token".into())
+        })?;
+        value.set_sensitive(true);
         Ok(Granted {
-            header: format!("Bearer {}", t.access_token).into(),
+            header,
+            value,
             expires,
             renew_at: expires - renew_before.min(lifetime / 2),
         })

@@ -17,8 +17,11 @@ const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 /// The most exchanged tokens kept.
 const CAPACITY: usize = 10_000;
 
-/// A caller token's SHA-256: the cache key (the token itself is not kept).
-type Key = [u8; 32];
+/// The cache key: the caller's token itself (shared with its
+/// [`CallerToken`]), compared in full, so a hash collision cannot hand one
+/// caller another's token; hashed with a per-process random seed.
+type Key = Arc<str>;
+type Map<V> = HashMap<Key, V, foldhash::fast::RandomState>;
 
 /// One exchange in flight, awaited by every request of the same caller.
 type Flight = OnceCell<Result<Arc<Granted>, ClientError>>;
@@ -28,8 +31,8 @@ struct Inner {
     audience: Option<String>,
     scope: Option<String>,
     renew_before: Duration,
-    cache: Mutex<HashMap<Key, Arc<Granted>>>,
-    flights: Mutex<HashMap<Key, Arc<Flight>>>,
+    cache: Mutex<Map<Arc<Granted>>>,
+    flights: Mutex<Map<Arc<Flight>>>,
 }
 
 /// A token for the upstream's audience on behalf of the caller (RFC 8693,
@@ -40,7 +43,7 @@ struct Inner {
 /// workload in `azp` only). Each caller token's exchange is made once
 /// (concurrent calls wait for it) and kept until
 /// [`renew_before`](GrantBuilder::renew_before) its expiry, in a bounded
-/// cache keyed by the token's SHA-256.
+/// cache keyed by the caller's token.
 ///
 /// Cloning is an `Arc` clone. `Debug` prints no secret and no token.
 #[derive(Clone)]
@@ -71,8 +74,8 @@ impl GrantBuilder<TokenExchange> {
             scope: self.scope(),
             audience: self.audience,
             renew_before: self.renew_before,
-            cache: Mutex::new(HashMap::new()),
-            flights: Mutex::new(HashMap::new()),
+            cache: Mutex::new(Map::default()),
+            flights: Mutex::new(Map::default()),
         })))
     }
 }
@@ -91,26 +94,29 @@ impl TokenExchange {
     /// expired or foreign caller token, a client not allowed to exchange),
     /// [`ClientError::Unavailable`] when it cannot be reached.
     pub async fn authorization(&self, caller: &CallerToken) -> Result<Arc<str>, ClientError> {
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, caller.as_str().as_bytes());
-        let key: Key = digest.as_ref().try_into().expect("SHA-256 is 32 bytes");
+        self.granted(caller).await.map(|g| Arc::clone(&g.header))
+    }
+
+    /// The exchanged token for `caller`, exchanging it when none is cached.
+    pub(crate) async fn granted(&self, caller: &CallerToken) -> Result<Arc<Granted>, ClientError> {
         let inner = &*self.0;
-        if let Some(g) = lock(&inner.cache).get(&key)
+        if let Some(g) = lock(&inner.cache).get(caller.as_str())
             && Instant::now() < g.renew_at
         {
-            return Ok(Arc::clone(&g.header));
+            return Ok(Arc::clone(g));
         }
-        let flight = Arc::clone(lock(&inner.flights).entry(key).or_default());
+        let key = caller.shared();
+        let flight = Arc::clone(lock(&inner.flights).entry(Arc::clone(key)).or_default());
         // Leaves the map however this call ends, cancelled included.
         let _landed = Landed {
             flights: &inner.flights,
             key,
             flight: &flight,
         };
-        let result = flight.get_or_init(|| self.exchange(caller, key)).await.clone();
-        result.map(|g| Arc::clone(&g.header))
+        flight.get_or_init(|| self.exchange(caller)).await.clone()
     }
 
-    async fn exchange(&self, caller: &CallerToken, key: Key) -> Result<Arc<Granted>, ClientError> {
+    async fn exchange(&self, caller: &CallerToken) -> Result<Arc<Granted>, ClientError> {
         let inner = &*self.0;
         let mut form = vec![
             ("grant_type", GRANT_TYPE),
@@ -135,7 +141,7 @@ impl TokenExchange {
                 cache.clear();
             }
         }
-        cache.insert(key, Arc::clone(&granted));
+        cache.insert(Arc::clone(caller.shared()), Arc::clone(&granted));
         Ok(granted)
     }
 }
@@ -143,8 +149,8 @@ impl TokenExchange {
 /// Removes a flight from the map when the call that joined it ends (the
 /// flight itself lives on in the calls still awaiting it).
 struct Landed<'a> {
-    flights: &'a Mutex<HashMap<Key, Arc<Flight>>>,
-    key: Key,
+    flights: &'a Mutex<Map<Arc<Flight>>>,
+    key: &'a Key,
     flight: &'a Arc<Flight>,
 }
 
@@ -152,10 +158,10 @@ impl Drop for Landed<'_> {
     fn drop(&mut self) {
         let mut flights = lock(self.flights);
         if flights
-            .get(&self.key)
+            .get(self.key)
             .is_some_and(|f| Arc::ptr_eq(f, self.flight))
         {
-            flights.remove(&self.key);
+            flights.remove(self.key);
         }
     }
 }

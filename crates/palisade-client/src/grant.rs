@@ -86,27 +86,32 @@ impl ClientCredentials {
     /// [`ClientError::Unavailable`] when it cannot be reached and no valid
     /// token is at hand.
     pub async fn authorization(&self) -> Result<Arc<str>, ClientError> {
+        self.granted().await.map(|g| Arc::clone(&g.header))
+    }
+
+    /// The current token, fetching or renewing it when needed.
+    pub(crate) async fn granted(&self) -> Result<Arc<Granted>, ClientError> {
         let started = Instant::now();
         if let Some(g) = self.0.current.load().as_ref() {
             if started < g.renew_at {
-                return Ok(Arc::clone(&g.header));
+                return Ok(Arc::clone(g));
             }
             // Due for renewal but still valid: one request renews, the
             // others keep using it meanwhile; after a failed renewal, the
             // next try waits for RETRY_AFTER.
             if started < g.expires {
                 if self.failed_since(started - RETRY_AFTER).is_some() {
-                    return Ok(Arc::clone(&g.header));
+                    return Ok(Arc::clone(g));
                 }
                 let Ok(_renewing) = self.0.renewing.try_lock() else {
-                    return Ok(Arc::clone(&g.header));
+                    return Ok(Arc::clone(g));
                 };
                 // Renewed by another request since the load above.
                 let current = self.0.current.load_full();
                 if let Some(c) = &current
                     && Instant::now() < c.renew_at
                 {
-                    return Ok(Arc::clone(&c.header));
+                    return Ok(Arc::clone(c));
                 }
                 return self.renew(current.as_ref().or(Some(g))).await;
             }
@@ -117,14 +122,13 @@ impl ClientCredentials {
         if let Some(g) = &current
             && Instant::now() < g.renew_at
         {
-            return Ok(Arc::clone(&g.header));
+            return Ok(Arc::clone(g));
         }
         // The request that held the lock meanwhile failed: its answer is
         // this one's too, rather than one more wait on the issuer each.
         if let Some(e) = self.failed_since(started) {
             return current
                 .filter(|g| Instant::now() < g.expires)
-                .map(|g| Arc::clone(&g.header))
                 .ok_or(e);
         }
         self.renew(current.as_ref()).await
@@ -141,20 +145,20 @@ impl ClientCredentials {
 
     /// Asks for a new token (the caller holds `renewing`); on failure keeps
     /// `current` while it is valid.
-    async fn renew(&self, current: Option<&Arc<Granted>>) -> Result<Arc<str>, ClientError> {
+    async fn renew(&self, current: Option<&Arc<Granted>>) -> Result<Arc<Granted>, ClientError> {
         match self.grant().await {
             Ok(g) => {
-                let header = Arc::clone(&g.header);
-                self.0.current.store(Some(Arc::new(g)));
+                let g = Arc::new(g);
+                self.0.current.store(Some(Arc::clone(&g)));
                 self.0.failed.store(None);
-                Ok(header)
+                Ok(g)
             }
             Err(e) => {
                 self.0.failed.store(Some(Arc::new((Instant::now(), e.clone()))));
                 match current {
                     Some(g) if g.expires > Instant::now() => {
                         tracing::warn!(target: LOG_TARGET, issuer = %self.0.client.issuer, error = %e, "cannot renew the workload's token; the current one is used until it expires");
-                        Ok(Arc::clone(&g.header))
+                        Ok(Arc::clone(g))
                     }
                     _ => Err(e),
                 }

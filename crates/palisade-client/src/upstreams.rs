@@ -49,16 +49,25 @@ impl Credentials {
         headers: &mut http::HeaderMap,
         caller: Option<&CallerToken>,
     ) -> Result<(), ClientError> {
-        match self.authorization(caller).await? {
-            Some(value) => {
-                let value = http::HeaderValue::from_str(&value)
-                    .map_err(|_| ClientError::Config("the token cannot be sent in a header".into()))?;
-                headers.insert(http::header::AUTHORIZATION, value);
-            }
-            None => {
+        let value = match self {
+            Credentials::None => {
                 headers.remove(http::header::AUTHORIZATION);
+                return Ok(());
             }
-        }
+            Credentials::Caller => {
+                let token = caller.ok_or(ClientError::NoCallerToken)?;
+                let mut value = http::HeaderValue::try_from(format!("Bearer {}", token.as_str()))
+                    .map_err(|_| ClientError::Config("the caller's token cannot be sent in a header".into()))?;
+                value.set_sensitive(true);
+                value
+            }
+            Credentials::ClientCredentials(c) => c.granted().await?.value.clone(),
+            Credentials::TokenExchange(x) => {
+                let token = caller.ok_or(ClientError::NoCallerToken)?;
+                x.granted(token).await?.value.clone()
+            }
+        };
+        headers.insert(http::header::AUTHORIZATION, value);
         Ok(())
     }
 }
