@@ -70,7 +70,7 @@ fn main() {
                 .on_connect(palisade::mtls::actix::on_connect);
             let server = match tls {
                 Some(tls) => server.bind_rustls_0_23(args.listen, tls.actix_config()),
-                None => server.bind(args.listen),
+                None => server.bind_auto_h2c(args.listen),
             }
             .unwrap_or_else(|e| common::fail(&listen_error(e)));
             let addr = server.addrs().first().copied().unwrap_or(args.listen);

@@ -563,3 +563,85 @@ async fn a_certificate_bound_token_works_only_over_its_certificate() {
         );
     }
 }
+
+/// `curl` with `args`: (HTTP status, HTTP version as curl names it, body).
+fn curl_version(args: &[&str]) -> (u16, String, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-w", "\n%{http_code} %{http_version}"])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, tail) = text.rsplit_once('\n').unwrap_or(("", "0 0"));
+    let (status, version) = tail.split_once(' ').unwrap_or(("0", "0"));
+    (status.parse().unwrap_or(0), version.to_owned(), body.to_owned())
+}
+
+#[test]
+fn every_mode_answers_http2_by_alpn_and_h2c_with_prior_knowledge_on_both_frameworks() {
+    need("curl", "curl");
+    let dir = Dir::new("http2");
+    let pki = TestPki::new();
+    let ca = dir.write("ca.pem", &pki.ca_pem());
+    let server = dir.cert("server", &pki.server(&["localhost"]));
+    let productpage = dir.cert("productpage", &pki.workload("default", "productpage"));
+    for name in ["details", "reviews"] {
+        // Plaintext (no TLS at all): h2c with prior knowledge and HTTP/1.1.
+        let svc = start(name, &[]);
+        let url = format!("http://127.0.0.1:{}/healthz", svc.port);
+        for (flag, want) in [("--http2-prior-knowledge", "2"), ("--http1.1", "1.1")] {
+            let (status, version, body) = curl_version(&[flag, &url]);
+            assert_eq!(
+                (status, version.as_str(), body.as_str()),
+                (200, want, "ok"),
+                "{name} plaintext {flag}"
+            );
+        }
+        drop(svc);
+        for mode in ["STRICT", "PERMISSIVE", "DISABLE"] {
+            let policy = dir.write(
+                &format!("{name}-{mode}.yaml"),
+                &format!("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: default, namespace: istio-system}}\nspec: {{mtls: {{mode: {mode}}}}}\n"),
+            );
+            let svc = start(name, &mtls_args(&["--config", &policy], &server, &ca));
+            let url = format!("https://localhost:{}/whoami", svc.port);
+            let tls = ["--cacert", &ca, "--cert", &productpage.0, "--key", &productpage.1];
+            for (flag, want) in [("--http2", "2"), ("--http1.1", "1.1")] {
+                let mut args = tls.to_vec();
+                args.extend([flag, &url]);
+                let (status, version, body) = curl_version(&args);
+                assert_eq!(
+                    (status, version.as_str()),
+                    (200, want),
+                    "{name} {mode} {flag}: {body}"
+                );
+                let who: Value = serde_json::from_str(&body).unwrap();
+                let principal = &who["peer"]["principal"];
+                if mode == "DISABLE" {
+                    assert!(
+                        principal.is_null(),
+                        "{name} {mode} {flag}: no client certificate is asked for: {who}"
+                    );
+                } else {
+                    assert_eq!(
+                        principal, "cluster.local/ns/default/sa/productpage",
+                        "{name} {mode} {flag}"
+                    );
+                }
+            }
+            if mode == "PERMISSIVE" {
+                let plain = format!("http://127.0.0.1:{}/whoami", svc.port);
+                let (status, version, body) = curl_version(&["--http2-prior-knowledge", &plain]);
+                assert_eq!(
+                    (status, version.as_str()),
+                    (200, "2"),
+                    "{name} PERMISSIVE h2c: {body}"
+                );
+                assert!(
+                    serde_json::from_str::<Value>(&body).unwrap()["peer"].is_null(),
+                    "{name}"
+                );
+            }
+        }
+    }
+}

@@ -157,10 +157,7 @@ struct Landed<'a> {
 impl Drop for Landed<'_> {
     fn drop(&mut self) {
         let mut flights = lock(self.flights);
-        if flights
-            .get(self.key)
-            .is_some_and(|f| Arc::ptr_eq(f, self.flight))
-        {
+        if flights.get(self.key).is_some_and(|f| Arc::ptr_eq(f, self.flight)) {
             flights.remove(self.key);
         }
     }

@@ -127,9 +127,7 @@ impl ClientCredentials {
         // The request that held the lock meanwhile failed: its answer is
         // this one's too, rather than one more wait on the issuer each.
         if let Some(e) = self.failed_since(started) {
-            return current
-                .filter(|g| Instant::now() < g.expires)
-                .ok_or(e);
+            return current.filter(|g| Instant::now() < g.expires).ok_or(e);
         }
         self.renew(current.as_ref()).await
     }

@@ -56,8 +56,10 @@ impl Credentials {
             }
             Credentials::Caller => {
                 let token = caller.ok_or(ClientError::NoCallerToken)?;
-                let mut value = http::HeaderValue::try_from(format!("Bearer {}", token.as_str()))
-                    .map_err(|_| ClientError::Config("the caller's token cannot be sent in a header".into()))?;
+                let mut value =
+                    http::HeaderValue::try_from(format!("Bearer {}", token.as_str())).map_err(|_| {
+                        ClientError::Config("the caller's token cannot be sent in a header".into())
+                    })?;
                 value.set_sensitive(true);
                 value
             }

@@ -210,7 +210,7 @@ where
         let plain = permissive.then(|| {
             http(&shutdown, addr, &settings)
                 .finish(app(&factory, false, &host, addr))
-                .tcp()
+                .tcp_auto_h2c()
         });
         let shutdown = shutdown.clone();
         let first_byte_timeout = settings.handshake_timeout;
@@ -368,10 +368,15 @@ where
 
 impl ServerTls {
     /// The rustls configuration by value, as `HttpServer::bind_rustls_0_23`
-    /// takes it; it shares this server's rotating material.
+    /// takes it; it shares this server's rotating material. Its ALPN list is
+    /// empty: actix-http offers `h2` (with its `http2` feature, which
+    /// Palisade turns on) and `http/1.1` itself.
     #[must_use]
     pub fn actix_config(&self) -> rustls::ServerConfig {
-        (*self.server_config()).clone()
+        let mut config = (*self.server_config()).clone();
+        // actix-http offers its own protocols (h2 and http/1.1) first.
+        config.alpn_protocols.clear();
+        config
     }
 }
 

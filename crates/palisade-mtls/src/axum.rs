@@ -2,8 +2,10 @@
 //! identity attached to the connection and exposed to every request on it.
 //!
 //! `axum::serve` has no TLS, so Palisade brings its own accept loop:
-//! tokio-rustls for the handshake, hyper's HTTP/1.1 server for the requests,
-//! hyper-util's graceful shutdown. (axum-server would do the TLS, but hides
+//! tokio-rustls for the handshake, hyper-util's automatic HTTP/1.1 or HTTP/2
+//! server for the requests (h2 is offered by ALPN, and a plaintext caller in
+//! PERMISSIVE may speak h2c with prior knowledge), hyper-util's graceful
+//! shutdown. (axum-server would do the TLS, but hides
 //! the connection before the application sees it; the peer certificate is
 //! needed once per connection, so the loop is ours: about a hundred lines.)
 //!
@@ -31,7 +33,7 @@ use std::time::Duration;
 use axum::body::Body;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use palisade_core::authn::ConnectionInfo;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -160,9 +162,13 @@ where
         req.extensions_mut().insert(info.clone());
         service.clone().oneshot(req)
     });
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HANDSHAKE_TIMEOUT)
-        .serve_connection(io, svc);
+    // HTTP/1.1 or HTTP/2 by the connection's first bytes (the h2 preface),
+    // whether ALPN chose h2 or the plaintext caller has prior knowledge.
+    let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    http.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HANDSHAKE_TIMEOUT);
+    http.http2().timer(TokioTimer::new());
+    let conn = http.serve_connection(io, svc).into_owned();
     watcher.watch(conn).await.map_err(|_| "HTTP connection error")
 }
