@@ -138,6 +138,19 @@ pub async fn run(default_name: &str, default_port: u16) {
 
 /// [`run`] with a service's own routes beside the contract's.
 pub async fn run_with(default_name: &str, default_port: u16, extra: Router) {
+    serve(default_name, default_port, |service, guard, backend| {
+        app(service, guard, backend, extra)
+    })
+    .await;
+}
+
+/// Runs the router `make` builds (from the service name, the guard unless
+/// `--no-guard`, and the `--backend`): arguments, policy, graceful shutdown.
+pub async fn serve(
+    default_name: &str,
+    default_port: u16,
+    make: impl FnOnce(&'static str, Option<palisade::prelude::Guard>, Option<Backend>) -> Router,
+) {
     common::init_logging();
     let args = common::args(default_name, default_port);
     let setup = common::setup(&args);
@@ -154,7 +167,7 @@ pub async fn run_with(default_name: &str, default_port: u16, extra: Router) {
             .ok(),
     });
     let guard = (!args.no_guard).then(|| setup.guard.clone());
-    let app = app(service, guard, backend, extra);
+    let app = make(service, guard, backend);
     let stop = shutdown_signal();
     common::announce(&setup, addr);
     println!("listening on {addr}");

@@ -191,7 +191,7 @@ spec:
   rules:
   - from: [{{source: {{requestPrincipals: [\"*\"]}}}}]
   - to: [{{operation: {{methods: [GET], paths: [{open}]}}}}]
-",
+{grpc_health}",
         ns = workload.namespace,
         svc = workload.service,
         iss = issuer.issuer(),
@@ -200,6 +200,12 @@ spec:
             "/healthz, /productpage"
         } else {
             "/healthz"
+        },
+        // gRPC health checks (POSTs) need no token either.
+        grpc_health = if workload.service == "ratings" {
+            "  - to: [{operation: {methods: [POST], paths: [/grpc.health.v1.Health/*]}}]\n"
+        } else {
+            ""
         },
     );
     if productpage {

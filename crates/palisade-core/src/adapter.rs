@@ -124,6 +124,16 @@ pub enum Decision {
 }
 
 impl Decision {
+    /// A refusal or reply rendered for `req`'s protocol: [`Reply::grpc`]
+    /// for a gRPC call, as it is otherwise.
+    pub(crate) fn for_request(self, grpc: bool) -> Self {
+        match self {
+            Decision::Deny(r) if grpc => Decision::Reply(Reply::from(r).grpc()),
+            Decision::Reply(r) if grpc => Decision::Reply(r.grpc()),
+            d => d,
+        }
+    }
+
     /// Admits the request (its edits applied) or answers the refusal: the
     /// one place that turns a decision into what a framework does.
     ///
@@ -419,6 +429,67 @@ impl Reply {
         }
     }
 
+    /// The same answer as a gRPC client reads it: HTTP 200,
+    /// `content-type: application/grpc`, no body, and the outcome in
+    /// `grpc-status` and `grpc-message` (a "trailers-only" response, as
+    /// gRPC servers send errors). An HTTP status would reach a gRPC client
+    /// as a transport error instead. The challenges stay in
+    /// `www-authenticate` (gRPC metadata), and [`Reply::rejection`] is
+    /// kept. The code follows the status: 401 (and a redirect to sign in)
+    /// `UNAUTHENTICATED` (16), 403 `PERMISSION_DENIED` (7), 400
+    /// `INVALID_ARGUMENT` (3), 404 and 405 `UNIMPLEMENTED` (12), 413 and
+    /// 429 `RESOURCE_EXHAUSTED` (8), 502 to 504 `UNAVAILABLE` (14), any
+    /// other `UNKNOWN` (2).
+    ///
+    /// ```
+    /// use palisade_core::Rejection;
+    /// use palisade_core::adapter::Reply;
+    /// let reply = Reply::from(Rejection::invalid_token("api", "the token has expired")).grpc();
+    /// assert_eq!(reply.status(), 200);
+    /// let header = |name| reply.headers().find(|(n, _)| *n == name).map(|(_, v)| v.to_owned());
+    /// assert_eq!(header("grpc-status").as_deref(), Some("16"));
+    /// assert_eq!(header("grpc-message").as_deref(), Some("the token has expired"));
+    /// assert!(header("www-authenticate").is_some_and(|c| c.contains("invalid_token")));
+    /// assert!(reply.body().is_empty() && reply.rejection().is_some());
+    /// ```
+    #[must_use]
+    pub fn grpc(self) -> Self {
+        let r = *self.0;
+        if r.body_wanted.is_some() {
+            return Self(Box::new(r));
+        }
+        let code = match r.status {
+            300..=399 | 401 => 16,
+            403 => 7,
+            400 => 3,
+            404 | 405 => 12,
+            413 | 429 => 8,
+            502..=504 => 14,
+            _ => 2,
+        };
+        let message = match &r.rejection {
+            Some(rejection) => rejection.detail().to_owned(),
+            None if (300..400).contains(&r.status) => "sign-in required".to_owned(),
+            None => format!("refused with HTTP status {}", r.status),
+        };
+        let mut headers = Vec::with_capacity(r.headers.len() + 3);
+        headers.push(("content-type", "application/grpc".to_owned()));
+        headers.push(("grpc-status", code.to_string()));
+        headers.push(("grpc-message", grpc_percent_encode(&message)));
+        headers.extend(
+            r.headers
+                .into_iter()
+                .filter(|(n, _)| matches!(*n, "www-authenticate" | EXPLAIN_HEADER | "set-cookie")),
+        );
+        Self(Box::new(Rendered {
+            status: 200,
+            headers,
+            body: String::new(),
+            rejection: r.rejection,
+            body_wanted: None,
+        }))
+    }
+
     /// The HTTP status code.
     #[must_use]
     pub fn status(&self) -> u16 {
@@ -451,6 +522,33 @@ impl Reply {
         let r = *self.0;
         (r.status, r.headers, r.body, r.rejection)
     }
+}
+
+/// `grpc-message` as the gRPC HTTP/2 protocol encodes it: printable ASCII
+/// but `%` as it is, every other byte of the UTF-8 as `%XX`.
+fn grpc_percent_encode(message: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(message.len());
+    for b in message.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+/// Whether `req` is a gRPC call (`content-type: application/grpc`, with or
+/// without a `+proto`/`+json` suffix or parameters): its refusals are then
+/// rendered with [`Reply::grpc`].
+#[must_use]
+pub fn is_grpc(req: &dyn RequestHead) -> bool {
+    req.header_value("content-type", 0).is_some_and(|v| {
+        v.len() >= 16
+            && v[..16].eq_ignore_ascii_case(b"application/grpc")
+            && matches!(v.get(16), None | Some(b'+' | b';'))
+    })
 }
 
 /// A [`Reply`] as an `http` 1 response (axum, hyper, tonic), with the body
@@ -513,7 +611,8 @@ pub fn authorize_route(
 ) -> Check<Result<(), Reply>> {
     let Some(auth) = auth else {
         tracing::error!(target: LOG_TARGET, "a route policy runs on a request that no Palisade middleware checked: refused");
-        return Check::Ready(Err(Reply::from(Rejection::missing_credential(Vec::new()))));
+        let reply = Reply::from(Rejection::missing_credential(Vec::new()));
+        return Check::Ready(Err(if is_grpc(req) { reply.grpc() } else { reply }));
     };
     fn verdict(auth: &RequestAuth, access: AccessDecision, req: &dyn RequestHead) -> Result<(), Reply> {
         if access.is_allowed() {
@@ -521,7 +620,10 @@ pub fn authorize_route(
         }
         tracing::debug!(target: LOG_TARGET, %access, "denied by route policy");
         let guard = auth.guard();
-        match guard.sign_in_or(req, guard.refusal(auth.identity(), access)) {
+        match guard
+            .sign_in_or(req, guard.refusal(auth.identity(), access))
+            .for_request(is_grpc(req))
+        {
             Decision::Deny(r) => Err(Reply::from(r)),
             Decision::Reply(reply) => Err(reply),
             Decision::Allow(_) => Ok(()),
@@ -534,5 +636,66 @@ pub fn authorize_route(
             let snapshot = OwnedRequest::snapshot(req, crate::guard::SIGN_IN_HEADERS);
             Check::pending(async move { verdict(&auth, fut.await, &snapshot) })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::OwnedRequest;
+
+    #[test]
+    fn grpc_calls_are_told_by_their_content_type() {
+        let with = |ct: &str| OwnedRequest::new("POST", "/p.S/M").header("content-type", ct);
+        for yes in [
+            "application/grpc",
+            "application/grpc+proto",
+            "APPLICATION/GRPC+json",
+            "application/grpc;charset=x",
+        ] {
+            assert!(is_grpc(&with(yes)), "{yes}");
+        }
+        for no in [
+            "application/grpc-web",
+            "application/json",
+            "application/grp",
+            "text/html",
+        ] {
+            assert!(!is_grpc(&with(no)), "{no}");
+        }
+        assert!(!is_grpc(&OwnedRequest::new("POST", "/p.S/M")));
+    }
+
+    #[test]
+    fn a_grpc_reply_has_its_code_and_a_percent_encoded_message() {
+        let code = |status| {
+            Reply::new(status)
+                .grpc()
+                .headers()
+                .find(|(n, _)| *n == "grpc-status")
+                .map(|(_, v)| v.to_owned())
+        };
+        for (status, want) in [
+            (302, "16"),
+            (401, "16"),
+            (403, "7"),
+            (400, "3"),
+            (404, "12"),
+            (413, "8"),
+            (503, "14"),
+            (500, "2"),
+        ] {
+            assert_eq!(code(status).as_deref(), Some(want), "{status}");
+        }
+        assert_eq!(grpc_percent_encode("50% née\n"), "50%25 n%C3%A9e%0A");
+        let denied = Reply::from(Rejection::forbidden("access denied")).grpc();
+        assert_eq!(denied.status(), 200);
+        assert!(
+            denied
+                .headers()
+                .any(|h| h == ("content-type", "application/grpc"))
+        );
+        assert!(denied.headers().any(|h| h == ("grpc-status", "7")));
+        assert!(denied.headers().any(|h| h == ("grpc-message", "access denied")));
     }
 }

@@ -364,6 +364,19 @@ impl Guard {
     /// authorizer) wait. [`Decision::apply`] turns the decision into what
     /// the framework does.
     pub fn check(&self, req: &dyn RequestHead) -> Check<Decision> {
+        match self.check_http(req) {
+            // An allowed request reads no more headers.
+            Check::Ready(Decision::Allow(a)) => Check::Ready(Decision::Allow(a)),
+            Check::Ready(d) => Check::Ready(d.for_request(crate::adapter::is_grpc(req))),
+            Check::Pending(fut) => {
+                let grpc = crate::adapter::is_grpc(req);
+                Check::pending(async move { fut.await.for_request(grpc) })
+            }
+        }
+    }
+
+    /// [`Guard::check`] with refusals rendered for HTTP.
+    fn check_http(&self, req: &dyn RequestHead) -> Check<Decision> {
         let access = &self.0.access;
         let path = if access.reads_path() {
             match access.normalize_path(req.path()) {

@@ -1,0 +1,234 @@
+//! The `ratings` example (tonic behind Palisade's tower layer) as a gRPC
+//! client sees it, over h2c and over mutual TLS: refusals are gRPC statuses
+//! with the challenge in `www-authenticate` metadata, policies match gRPC
+//! paths as Istio does (`/package.Service/Method`), and health checks pass
+//! without a token when the policy says so.
+
+use std::time::Duration;
+
+use palisade::testkit::{TestIssuer, TestPki};
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+mod common;
+#[path = "../examples/proto/mod.rs"]
+mod proto;
+
+use proto::ratings::ratings_client::RatingsClient;
+use proto::ratings::{GetRatingsRequest, RateProductRequest};
+
+/// Anyone signed in reads ratings; only a realm `admin` rates; reviews'
+/// workload (mTLS) may read without a user token; health checks are open.
+fn policy(issuer: &TestIssuer) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: default}}
+spec:
+  jwtRules: [{{issuer: {iss}, jwksUri: {jwks}, audiences: [ratings]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: ratings, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: ratings}}}}
+  rules:
+  - to: [{{operation: {{methods: [POST], paths: [/grpc.health.v1.Health/Check]}}}}]
+  - from: [{{source: {{requestPrincipals: [\"*\"]}}}}]
+    to: [{{operation: {{paths: [/bookinfo.ratings.v1.Ratings/GetRatings]}}}}]
+  - from: [{{source: {{principals: [cluster.local/ns/default/sa/reviews]}}}}]
+    to: [{{operation: {{paths: [/bookinfo.ratings.v1.Ratings/GetRatings]}}}}]
+  - from: [{{source: {{requestPrincipals: [\"*\"]}}}}]
+    to: [{{operation: {{paths: [/bookinfo.ratings.v1.Ratings/RateProduct]}}}}]
+    when: [{{key: \"request.auth.claims[realm_access][roles]\", values: [admin]}}]
+",
+        iss = issuer.issuer(),
+        jwks = issuer.jwks_uri(),
+    )
+}
+
+fn with_token<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
+    if let Some(t) = token {
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    req
+}
+
+fn challenge(status: &tonic::Status) -> String {
+    status
+        .metadata()
+        .get("www-authenticate")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The whole contract of ratings, through `channel`.
+async fn check_contract(channel: Channel, issuer: &TestIssuer, what: &str) {
+    let health = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: "bookinfo.ratings.v1.Ratings".into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{what}: health check: {e:?}"));
+    assert_eq!(health.get_ref().status(), ServingStatus::Serving, "{what}");
+
+    let mut ratings = RatingsClient::new(channel);
+    let get = || GetRatingsRequest { product_id: 0 };
+    let none = ratings.get_ratings(with_token(get(), None)).await.unwrap_err();
+    assert_eq!(none.code(), Code::Unauthenticated, "{what}: no token: {none:?}");
+    assert!(challenge(&none).starts_with("Bearer"), "{what}: {none:?}");
+
+    let bad = ratings
+        .get_ratings(with_token(get(), Some("not.a.token")))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::Unauthenticated, "{what}: {bad:?}");
+    assert!(challenge(&bad).contains("invalid_token"), "{what}: {bad:?}");
+
+    let wrong_audience = issuer.token().subject("alice").audience("reviews").sign();
+    let refused = ratings
+        .get_ratings(with_token(get(), Some(&wrong_audience)))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{what}: {refused:?}");
+
+    let user = issuer
+        .token()
+        .subject("alice")
+        .audience("ratings")
+        .realm_roles(&["user"])
+        .sign();
+    let read = ratings.get_ratings(with_token(get(), Some(&user))).await.unwrap();
+    assert_eq!(read.get_ref().ratings.get("Reviewer1"), Some(&5), "{what}");
+
+    let rate = || RateProductRequest {
+        product_id: 0,
+        reviewer: "alice".into(),
+        stars: 3,
+    };
+    let denied = ratings
+        .rate_product(with_token(rate(), Some(&user)))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        denied.code(),
+        Code::PermissionDenied,
+        "{what}: a user without the admin role: {denied:?}"
+    );
+
+    let admin = issuer
+        .token()
+        .subject("bob")
+        .audience("ratings")
+        .realm_roles(&["admin"])
+        .sign();
+    let rated = ratings
+        .rate_product(with_token(rate(), Some(&admin)))
+        .await
+        .unwrap();
+    assert_eq!(rated.get_ref().ratings.get("alice"), Some(&3), "{what}");
+}
+
+#[tokio::test]
+async fn ratings_over_h2c_answers_refusals_as_grpc_statuses_and_matches_grpc_paths() {
+    let issuer = TestIssuer::start().unwrap();
+    let dir = std::env::temp_dir().join(format!("palisade-grpc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("policy.yaml");
+    std::fs::write(&file, policy(&issuer)).unwrap();
+    let svc = common::start("ratings", &["--config", file.to_str().unwrap()]);
+    let channel = Endpoint::from_shared(format!("http://{}", svc.addr))
+        .unwrap()
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .unwrap();
+    check_contract(channel.clone(), &issuer, "h2c").await;
+
+    // A plain HTTP/1.1 client is not a gRPC client: it gets HTTP statuses.
+    let res = reqwest::Client::new()
+        .post(format!(
+            "http://{}/bookinfo.ratings.v1.Ratings/GetRatings",
+            svc.addr
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn ratings_over_mutual_tls_knows_the_calling_workload() {
+    let issuer = TestIssuer::start().unwrap();
+    let pki = TestPki::new();
+    let dir = std::env::temp_dir().join(format!("palisade-grpc-mtls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+    let policy = write("policy.yaml", &policy(&issuer));
+    let ca = write("ca.pem", &pki.ca_pem());
+    let server = pki.workload("default", "ratings");
+    let (cert, key) = (
+        write("ratings.crt", &server.cert_pem()),
+        write("ratings.key", &server.key_pem()),
+    );
+    let svc = common::start(
+        "ratings",
+        &[
+            "--config",
+            &policy,
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--client-ca",
+            &ca,
+        ],
+    );
+    let channel_as = |workload: &str| {
+        let client = pki.workload("default", workload);
+        let tls = palisade::mtls::ClientTls::builder(
+            write(&format!("{workload}.crt"), &client.cert_pem()),
+            write(&format!("{workload}.key"), &client.key_pem()),
+            &ca,
+        )
+        .expect_subject_alt_name("spiffe://cluster.local/ns/default/sa/ratings")
+        .build()
+        .unwrap();
+        let addr = svc.addr.clone();
+        let connector = tower::service_fn(move |_: http::Uri| {
+            let (tls, addr) = (tls.connector(), addr.clone());
+            async move {
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                let name = tokio_rustls::rustls::pki_types::ServerName::try_from("ratings").unwrap();
+                let stream = tls.connect(name, tcp).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        });
+        Endpoint::from_static("https://ratings.default.svc.cluster.local")
+            .timeout(Duration::from_secs(10))
+            .connect_with_connector_lazy(connector)
+    };
+    check_contract(channel_as("productpage"), &issuer, "mTLS").await;
+    // reviews' workload reads without a user token (its peer principal);
+    // productpage's does not.
+    let get = || GetRatingsRequest { product_id: 0 };
+    let reviews = RatingsClient::new(channel_as("reviews")).get_ratings(get()).await;
+    assert!(reviews.is_ok(), "{reviews:?}");
+    let productpage = RatingsClient::new(channel_as("productpage"))
+        .get_ratings(get())
+        .await
+        .unwrap_err();
+    assert_eq!(productpage.code(), Code::Unauthenticated, "{productpage:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
