@@ -47,10 +47,13 @@ use crate::server::TlsError;
 #[derive(Clone, Debug)]
 #[must_use]
 pub struct ClientTlsBuilder {
-    cert: PathBuf,
-    key: PathBuf,
+    /// The client certificate chain and key; none for server-authenticated
+    /// TLS ([`ClientTls::server_only`]).
+    identity: Option<(PathBuf, PathBuf)>,
     ca: PathBuf,
     expected: Vec<String>,
+    /// Any certificate the bundle vouches for, whatever its names.
+    any_name: bool,
 }
 
 impl ClientTlsBuilder {
@@ -64,6 +67,18 @@ impl ClientTlsBuilder {
         self
     }
 
+    /// Accept any server whose chain the trust bundle vouches for, whatever
+    /// names its certificate has, when no name is expected: Istio's
+    /// `ISTIO_MUTUAL` without `subjectAltNames`, where the bundle is the
+    /// mesh's own CA and every certificate it issues is a workload of the
+    /// mesh. Not for a public CA's bundle (any of its certificates would
+    /// do). [`expect_subject_alt_name`](Self::expect_subject_alt_name)
+    /// takes precedence.
+    pub fn accept_any_name_in_bundle(mut self) -> Self {
+        self.any_name = true;
+        self
+    }
+
     /// Loads the files.
     ///
     /// # Errors
@@ -74,11 +89,12 @@ impl ClientTlsBuilder {
         let expected: Arc<[String]> = self.expected.clone().into();
         let config = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError::new(&self.cert, e))?
+            .map_err(|e| TlsError::new(&self.ca, e))?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(SanVerifier {
                 material: material.clone(),
                 expected,
+                any_name: self.any_name,
             }))
             .with_client_cert_resolver(Arc::new(ClientCert(material.clone())));
         Ok(ClientTls(Arc::new(Inner {
@@ -92,20 +108,20 @@ impl ClientTlsBuilder {
 }
 
 struct Material {
-    key: Arc<CertifiedKey>,
+    key: Option<Arc<CertifiedKey>>,
     verifier: Arc<WebPkiServerVerifier>,
 }
 
 fn load(files: &ClientTlsBuilder, provider: &Arc<CryptoProvider>) -> Result<Material, TlsError> {
-    let key = files::certified_key(&files.cert, &files.key, provider)?;
+    let key = match &files.identity {
+        Some((cert, key)) => Some(Arc::new(files::certified_key(cert, key, provider)?)),
+        None => None,
+    };
     let roots = files::roots(&files.ca)?;
     let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .map_err(|e| TlsError::new(&files.ca, format!("cannot build the server verifier: {e}")))?;
-    Ok(Material {
-        key: Arc::new(key),
-        verifier,
-    })
+    Ok(Material { key, verifier })
 }
 
 struct Inner {
@@ -123,11 +139,13 @@ pub struct ClientTls(Arc<Inner>);
 
 impl fmt::Debug for ClientTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let files = &self.0.files;
         f.debug_struct("ClientTls")
-            .field("cert", &self.0.files.cert)
-            .field("key", &"<file>")
-            .field("ca", &self.0.files.ca)
-            .field("expected", &self.0.files.expected)
+            .field("cert", &files.identity.as_ref().map(|(cert, _)| cert))
+            .field("key", &files.identity.as_ref().map(|_| "<file>"))
+            .field("ca", &files.ca)
+            .field("expected", &files.expected)
+            .field("any_name", &files.any_name)
             .finish()
     }
 }
@@ -141,10 +159,21 @@ impl ClientTls {
         ca: impl Into<PathBuf>,
     ) -> ClientTlsBuilder {
         ClientTlsBuilder {
-            cert: cert.into(),
-            key: key.into(),
+            identity: Some((cert.into(), key.into())),
             ca: ca.into(),
             expected: Vec::new(),
+            any_name: false,
+        }
+    }
+
+    /// Server-authenticated TLS (Istio's `SIMPLE`): no client certificate,
+    /// the server checked against the trust bundle `ca`.
+    pub fn server_only(ca: impl Into<PathBuf>) -> ClientTlsBuilder {
+        ClientTlsBuilder {
+            identity: None,
+            ca: ca.into(),
+            expected: Vec::new(),
+            any_name: false,
         }
     }
 
@@ -168,12 +197,9 @@ impl ClientTls {
     /// A [`TlsError`] naming the bad file; the old material stays in use.
     pub fn reload(&self) -> Result<(), TlsError> {
         let loaded = load(&self.0.files, &self.0.provider);
-        files::install(
-            &self.0.material,
-            loaded,
-            &self.0.files.cert,
-            "client TLS material",
-        )
+        let files = &self.0.files;
+        let named = files.identity.as_ref().map_or(&files.ca, |(cert, _)| cert);
+        files::install(&self.0.material, loaded, named, "client TLS material")
     }
 
     /// Reloads when a file changed since the last look.
@@ -198,7 +224,11 @@ impl ClientTls {
 impl files::Reload for ClientTls {
     fn paths(&self) -> Vec<PathBuf> {
         let f = &self.0.files;
-        vec![f.cert.clone(), f.key.clone(), f.ca.clone()]
+        let mut paths = vec![f.ca.clone()];
+        if let Some((cert, key)) = &f.identity {
+            paths.extend([cert.clone(), key.clone()]);
+        }
+        paths
     }
 
     fn reload(&self) -> Result<(), TlsError> {
@@ -221,23 +251,25 @@ impl fmt::Debug for Material {
 
 impl ResolvesClientCert for ClientCert {
     fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.load().key.clone())
+        self.0.load().key.clone()
     }
 
     fn has_certs(&self) -> bool {
-        true
+        self.0.load().key.is_some()
     }
 }
 
 struct SanVerifier {
     material: Arc<ArcSwap<Material>>,
     expected: Arc<[String]>,
+    any_name: bool,
 }
 
 impl fmt::Debug for SanVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SanVerifier")
             .field("expected", &self.expected)
+            .field("any_name", &self.any_name)
             .finish()
     }
 }
@@ -271,6 +303,11 @@ impl ServerCertVerifier for SanVerifier {
         match verifier.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             // The chain is good and the dialled name is in the certificate.
             Ok(v) if self.expected.is_empty() || names_one_of(end_entity, &self.expected) => Ok(v),
+            // The chain is good, and with no name expected any name will
+            // do (the mesh's own bundle).
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) if self.any_name && self.expected.is_empty() => Ok(ServerCertVerified::assertion()),
             // The chain is good; only the dialled name is missing (SPIFFE
             // certificates carry no DNS name): the expected names decide.
             Err(rustls::Error::InvalidCertificate(

@@ -16,7 +16,10 @@
 //! - [`mode_for_port`]: Istio `PeerAuthentication` documents, as written.
 //! - [`ClientTls`]: calling other services with this service's certificate,
 //!   checking the server's SPIFFE ID or name (Istio's `DestinationRule`
-//!   `MUTUAL` with `subjectAltNames`), ready for reqwest and hyper.
+//!   `MUTUAL` with `subjectAltNames`), ready for reqwest and hyper;
+//!   [`UpstreamTls`]: one per upstream host from the workload's
+//!   `DestinationRule` documents (`DISABLE`, `SIMPLE`, `MUTUAL`,
+//!   `ISTIO_MUTUAL`).
 //! - Certificate-bound access tokens (RFC 8705 `cnf.x5t#S256`) are checked
 //!   by `palisade-jwt` against the certificate of the connection.
 //!
@@ -31,6 +34,7 @@ mod files;
 pub mod identity;
 mod peer_auth;
 mod server;
+mod upstream;
 
 #[cfg(feature = "actix")]
 pub mod actix;
@@ -41,3 +45,4 @@ pub use client::{ClientTls, ClientTlsBuilder};
 pub use identity::{SpiffeId, SpiffeIdError, fingerprint_sha256, peer_identity};
 pub use peer_auth::mode_for_port;
 pub use server::{LOG_TARGET, MtlsMode, ServerTls, ServerTlsBuilder, TlsError};
+pub use upstream::{MeshIdentity, UpstreamRoute, UpstreamTls, UpstreamTransport};

@@ -1,0 +1,299 @@
+//! TLS to upstreams as Istio's `DestinationRule` says it: for each host the
+//! workload calls, plaintext, server-authenticated TLS (`SIMPLE`), or
+//! mutual TLS with named files (`MUTUAL`) or with the workload's own mesh
+//! certificate (`ISTIO_MUTUAL`), the server's certificate checked against
+//! `subjectAltNames`.
+//!
+//! ```
+//! use palisade_core::policy::{PolicySet, Workload};
+//! use palisade_mtls::{UpstreamTls, UpstreamTransport};
+//! let yaml = "apiVersion: networking.istio.io/v1
+//! kind: DestinationRule
+//! metadata: {name: reviews, namespace: default}
+//! spec:
+//!   host: reviews
+//!   trafficPolicy:
+//!     tls: {mode: DISABLE}
+//!     portLevelSettings:
+//!     - port: {number: 9443}
+//!       tls: {mode: SIMPLE}
+//! ";
+//! let set = PolicySet::from_yaml_str(yaml, "mesh.yaml")?;
+//! let policy = set.for_workload(&Workload::new("productpage", "default"));
+//! let tls = UpstreamTls::from_policy(&policy, None)?;
+//! let host = "reviews.default.svc.cluster.local";
+//! assert!(matches!(tls.for_host(host, 9080).transport(), UpstreamTransport::Plaintext));
+//! assert!(matches!(tls.for_host(host, 9443).transport(), UpstreamTransport::SystemTls));
+//! // No rule for the host: plaintext, as in Istio without a sidecar.
+//! assert!(matches!(tls.for_host("ratings.default.svc.cluster.local", 9443).transport(), UpstreamTransport::Plaintext));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use palisade_core::policy::{ClientTlsMode, ClientTlsSettingsSpec, Document, PolicyError, WorkloadPolicy};
+
+use crate::ClientTls;
+
+/// The workload's own mesh identity, for `ISTIO_MUTUAL`: its certificate
+/// chain and key (a SPIFFE workload certificate) and the mesh's trust
+/// bundle (the examples' `--tls-cert`, `--tls-key` and `--client-ca`).
+#[derive(Clone, Debug)]
+pub struct MeshIdentity {
+    /// The PEM certificate chain.
+    pub cert: PathBuf,
+    /// The PEM private key.
+    pub key: PathBuf,
+    /// The PEM trust bundle of the mesh.
+    pub ca: PathBuf,
+}
+
+/// How a call to one upstream travels.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum UpstreamTransport {
+    /// Plaintext (`DISABLE`, or no rule for the host).
+    Plaintext,
+    /// TLS with this configuration (`SIMPLE` with `caCertificates`,
+    /// `MUTUAL`, `ISTIO_MUTUAL`).
+    Tls(ClientTls),
+    /// `SIMPLE` without `caCertificates`: TLS checked against the system's
+    /// trust anchors and the dialled host name, as the HTTP client does by
+    /// default.
+    SystemTls,
+}
+
+/// What calls to one host and port use: the transport and the SNI.
+#[derive(Clone, Debug)]
+pub struct UpstreamRoute {
+    transport: UpstreamTransport,
+    sni: Option<String>,
+}
+
+impl UpstreamRoute {
+    /// The transport.
+    #[must_use]
+    pub fn transport(&self) -> &UpstreamTransport {
+        &self.transport
+    }
+
+    /// The SNI the rule names (`tls.sni`); `None`: the host name dialled.
+    #[must_use]
+    pub fn sni(&self) -> Option<&str> {
+        self.sni.as_deref()
+    }
+}
+
+/// One `DestinationRule`, its settings built.
+#[derive(Debug)]
+struct Rule {
+    /// The host, fully qualified (a short name is in the rule's namespace),
+    /// lower case; `*.suffix` or `*` for wildcards.
+    host: String,
+    default: Option<UpstreamRoute>,
+    ports: Vec<(u16, UpstreamRoute)>,
+}
+
+/// The TLS of every upstream the workload's `DestinationRule` documents
+/// name, built when the policy loads (a file that cannot be read fails
+/// then, naming the document and field). Cloning is an `Arc` clone.
+///
+/// Host lookup follows Istio: an exact host before wildcards, the longest
+/// wildcard first (`*.default.svc.cluster.local` before `*`), and between
+/// equals the first document. A short host (`reviews`) is in the rule's
+/// namespace (`reviews.NS.svc.cluster.local`). A port's
+/// `portLevelSettings` override the rule's `tls`. Subsets' policies apply
+/// to traffic a `VirtualService` routes to a subset, which Palisade does
+/// not do: they are read and checked, not applied.
+#[derive(Clone, Debug, Default)]
+pub struct UpstreamTls(Arc<Vec<Rule>>);
+
+const PLAINTEXT: UpstreamRoute = UpstreamRoute {
+    transport: UpstreamTransport::Plaintext,
+    sni: None,
+};
+
+impl UpstreamTls {
+    /// Builds the transports of `policy`'s `DestinationRule` documents;
+    /// `mesh` is the workload's own identity for `ISTIO_MUTUAL`.
+    ///
+    /// # Errors
+    /// A [`PolicyError`] naming the document and field: a file that cannot
+    /// be read or used, `ISTIO_MUTUAL` without a mesh identity, `MUTUAL`
+    /// without `caCertificates`, `SIMPLE` with `subjectAltNames` but
+    /// without `caCertificates`, or `insecureSkipVerify` (not supported).
+    pub fn from_policy(
+        policy: &WorkloadPolicy<'_>,
+        mesh: Option<&MeshIdentity>,
+    ) -> Result<Self, PolicyError> {
+        let mut rules = Vec::new();
+        for (doc, spec) in policy.destination_rules() {
+            let host = qualify(&spec.host, doc.metadata.namespace());
+            let Some(traffic) = &spec.traffic_policy else {
+                rules.push(Rule {
+                    host,
+                    default: None,
+                    ports: Vec::new(),
+                });
+                continue;
+            };
+            let default = traffic
+                .tls
+                .as_ref()
+                .map(|t| route(policy, doc, "spec.trafficPolicy.tls", t, mesh))
+                .transpose()?;
+            let mut ports = Vec::new();
+            for (i, p) in traffic.port_level_settings.iter().enumerate() {
+                if let Some(t) = &p.tls {
+                    let field = format!("spec.trafficPolicy.portLevelSettings[{i}].tls");
+                    ports.push((p.port.number, route(policy, doc, &field, t, mesh)?));
+                }
+            }
+            rules.push(Rule { host, default, ports });
+        }
+        Ok(Self(Arc::new(rules)))
+    }
+
+    /// What a call to `host` (a fully qualified name, as
+    /// `reviews.default.svc.cluster.local`) on `port` uses.
+    #[must_use]
+    pub fn for_host(&self, host: &str, port: u16) -> &UpstreamRoute {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let rule = self
+            .0
+            .iter()
+            .filter_map(|r| specificity(&r.host, &host).map(|s| (s, r)))
+            // The most specific; the first document among equals.
+            .fold(None::<(usize, &Rule)>, |best, (s, r)| match best {
+                Some((b, _)) if b >= s => best,
+                _ => Some((s, r)),
+            });
+        let Some((_, rule)) = rule else {
+            return &PLAINTEXT;
+        };
+        rule.ports
+            .iter()
+            .find(|(p, _)| *p == port)
+            .map(|(_, r)| r)
+            .or(rule.default.as_ref())
+            .unwrap_or(&PLAINTEXT)
+    }
+}
+
+/// A rule's host as lookups compare it.
+fn qualify(host: &str, namespace: &str) -> String {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    if host.contains('.') || host == "*" {
+        host
+    } else {
+        format!("{host}.{namespace}.svc.cluster.local")
+    }
+}
+
+/// How well `pattern` matches `host`: `None` not at all; an exact match
+/// beats any wildcard, a longer wildcard a shorter one.
+fn specificity(pattern: &str, host: &str) -> Option<usize> {
+    if pattern == host {
+        return Some(usize::MAX);
+    }
+    if pattern == "*" {
+        return Some(0);
+    }
+    let suffix = pattern.strip_prefix('*')?;
+    (host.len() > suffix.len() && host.ends_with(suffix)).then_some(suffix.len())
+}
+
+/// One `tls` block built.
+fn route(
+    policy: &WorkloadPolicy<'_>,
+    doc: &Document,
+    field: &str,
+    tls: &ClientTlsSettingsSpec,
+    mesh: Option<&MeshIdentity>,
+) -> Result<UpstreamRoute, PolicyError> {
+    let error = |name: &str, message: String| policy.error_at(doc, &format!("{field}{name}"), message);
+    if tls.insecure_skip_verify {
+        return Err(error(
+            ".insecureSkipVerify",
+            "not supported: Palisade always verifies the upstream's certificate (name a `caCertificates` bundle instead)".into(),
+        ));
+    }
+    let built = |b: crate::ClientTlsBuilder| {
+        let b = tls
+            .subject_alt_names
+            .iter()
+            .fold(b, |b, name| b.expect_subject_alt_name(name.clone()));
+        b.build().map_err(|e| error("", e.to_string()))
+    };
+    let transport = match tls.mode {
+        ClientTlsMode::Disable => UpstreamTransport::Plaintext,
+        ClientTlsMode::Simple => match &tls.ca_certificates {
+            Some(ca) => UpstreamTransport::Tls(built(ClientTls::server_only(ca))?),
+            None if !tls.subject_alt_names.is_empty() => {
+                return Err(error(
+                    ".subjectAltNames",
+                    "checked only against a `caCertificates` bundle: name one (the system's trust anchors are checked against the dialled host name)".into(),
+                ));
+            }
+            None => UpstreamTransport::SystemTls,
+        },
+        ClientTlsMode::Mutual => {
+            let (Some(cert), Some(key)) = (&tls.client_certificate, &tls.private_key) else {
+                return Err(error(
+                    ".clientCertificate",
+                    "MUTUAL needs `clientCertificate` and `privateKey`".into(),
+                ));
+            };
+            let Some(ca) = &tls.ca_certificates else {
+                return Err(error(
+                    ".caCertificates",
+                    "required with MUTUAL here: the bundle the upstream's certificate is checked against"
+                        .into(),
+                ));
+            };
+            UpstreamTransport::Tls(built(ClientTls::builder(cert, key, ca))?)
+        }
+        ClientTlsMode::IstioMutual => {
+            let Some(mesh) = mesh else {
+                return Err(error(
+                    ".mode",
+                    "ISTIO_MUTUAL uses the workload's own certificate, key and mesh bundle, and none was given (the examples take them from --tls-cert, --tls-key and --client-ca)".into(),
+                ));
+            };
+            // Without names, any workload of the mesh (its own CA) will do,
+            // as Istio's sidecar accepts when no SANs are known.
+            let b = ClientTls::builder(&mesh.cert, &mesh.key, &mesh.ca);
+            let b = if tls.subject_alt_names.is_empty() {
+                b.accept_any_name_in_bundle()
+            } else {
+                b
+            };
+            UpstreamTransport::Tls(built(b)?)
+        }
+    };
+    Ok(UpstreamRoute {
+        transport,
+        sni: tls.sni.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_match_exactly_before_the_longest_wildcard() {
+        assert_eq!(specificity("a.b.c", "a.b.c"), Some(usize::MAX));
+        assert_eq!(specificity("*.b.c", "a.b.c"), Some(4));
+        assert_eq!(specificity("*.c", "a.b.c"), Some(2));
+        assert_eq!(specificity("*", "a.b.c"), Some(0));
+        assert_eq!(specificity("*.b.c", "b.c"), None);
+        assert_eq!(specificity("x.b.c", "a.b.c"), None);
+        assert_eq!(qualify("Reviews", "prod"), "reviews.prod.svc.cluster.local");
+        assert_eq!(
+            qualify("reviews.prod.svc.cluster.local.", "x"),
+            "reviews.prod.svc.cluster.local"
+        );
+    }
+}
