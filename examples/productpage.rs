@@ -1,6 +1,9 @@
 //! The `productpage` service (axum), as docs/examples.md describes it: the
 //! bookinfo front-end, where people sign in (an `OidcLogin` document, or a
-//! `KeycloakAdapter` that is not bearer-only, turns browser sign-in on).
+//! `KeycloakAdapter` that is not bearer-only, turns browser sign-in on), and
+//! which calls its back-ends (`--upstream details=URL --upstream
+//! reviews=URL`) with the credential and TLS its policy file gives each
+//! (`UpstreamCredentials`, `DestinationRule`).
 //!
 //! ```text
 //! cargo run --release --features full --example productpage -- [--listen 127.0.0.1:9082] [--config policy.yaml]
@@ -9,11 +12,18 @@
 #[path = "common/axum_service.rs"]
 mod axum_service;
 mod common;
+#[path = "common/upstream.rs"]
+mod upstream;
 
-use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
 use axum::response::Html;
 use axum::routing::get;
+use axum::{Extension, Json, Router};
+use palisade::core::RequestAuth;
 use palisade::prelude::Identity;
+use serde_json::{Map, Value, json};
+use upstream::{Answer, Backends};
 
 /// Text for HTML.
 fn escape(text: &str) -> String {
@@ -29,9 +39,46 @@ fn escape(text: &str) -> String {
         .collect()
 }
 
+/// A section of the page from an upstream's answer: its `title` when it
+/// answered 200, else why not.
+fn section(what: &str, answer: Option<&Answer>, fallback: &str) -> String {
+    match answer {
+        None => fallback.to_owned(),
+        Some(a) if a.status == 200 => escape(a.body["title"].as_str().unwrap_or(fallback)),
+        Some(a) => format!(
+            r#"Sorry, {what} are unavailable: <span class="status">{}</span>."#,
+            a.status
+        ),
+    }
+}
+
 /// `GET /productpage`: the product, with who is signed in and the links to
-/// sign in or out.
-async fn productpage(id: Option<Identity>) -> Html<String> {
+/// sign in or out; with `--upstream details=… --upstream reviews=…`, their
+/// sections come from those services.
+async fn productpage(
+    State(backends): State<Backends>,
+    id: Option<Identity>,
+    auth: Option<Extension<RequestAuth>>,
+    headers: HeaderMap,
+) -> Html<String> {
+    let auth = auth.map(|Extension(a)| a);
+    let call = |name: &'static str, path: &'static str| {
+        let (backends, auth, headers) = (backends.clone(), auth.clone(), headers.clone());
+        async move {
+            if backends.names().any(|n| n == name) {
+                Some(backends.get(name, path, auth.as_ref(), &headers).await)
+            } else {
+                None
+            }
+        }
+    };
+    let (details, reviews) = tokio::join!(call("details", "details/0"), call("reviews", "reviews/0"));
+    let details = section("details", details.as_ref(), "Paperback, 200 pages, English.");
+    let reviews = section(
+        "reviews",
+        reviews.as_ref(),
+        "An extremely entertaining play by Shakespeare.",
+    );
     let name = id.as_ref().and_then(|id| {
         let t = id.token()?;
         t.claims
@@ -55,18 +102,71 @@ async fn productpage(id: Option<Identity>) -> Html<String> {
 <header id="account">{account}</header>
 <h1>The Comedy of Errors</h1>
 <p>Wikipedia Summary: The Comedy of Errors is one of William Shakespeare's early plays.</p>
-<section id="details"><h2>Details</h2><p>Paperback, 200 pages, English.</p></section>
-<section id="reviews"><h2>Reviews</h2><p>An extremely entertaining play by Shakespeare.</p></section>
+<section id="details"><h2>Details</h2><p>{details}</p></section>
+<section id="reviews"><h2>Reviews</h2><p>{reviews}</p></section>
 </body></html>
 "#
     ))
 }
 
-fn pages() -> Router {
-    Router::new().route("/productpage", get(productpage))
+/// `GET /api/v1/products/{id}`: the product's details and reviews, each
+/// as its upstream answered (or 401, 502, 504 for why it could not).
+async fn product(
+    State(backends): State<Backends>,
+    Path(id): Path<u32>,
+    auth: Option<Extension<RequestAuth>>,
+    headers: HeaderMap,
+) -> Json<Value> {
+    let auth = auth.map(|Extension(a)| a);
+    let (details_path, reviews_path) = (format!("details/{id}"), format!("reviews/{id}"));
+    let (details, reviews) = tokio::join!(
+        backends.get("details", &details_path, auth.as_ref(), &headers),
+        backends.get("reviews", &reviews_path, auth.as_ref(), &headers),
+    );
+    Json(json!({"id": id, "details": details.to_json(), "reviews": reviews.to_json()}))
+}
+
+/// `GET /upstreams/whoami`: each upstream's `/whoami`, as it saw this call.
+async fn upstreams_whoami(
+    State(backends): State<Backends>,
+    auth: Option<Extension<RequestAuth>>,
+    headers: HeaderMap,
+) -> Json<Value> {
+    let auth = auth.map(|Extension(a)| a);
+    // All at once: one task each, answers in `--upstream` order.
+    let calls: Vec<_> = backends
+        .names()
+        .map(|name| {
+            let (name, backends, auth, headers) =
+                (name.to_owned(), backends.clone(), auth.clone(), headers.clone());
+            tokio::spawn(async move {
+                let answer = backends.get(&name, "whoami", auth.as_ref(), &headers).await;
+                (name, answer.to_json())
+            })
+        })
+        .collect();
+    let mut all = Map::new();
+    for call in calls {
+        if let Ok((name, answer)) = call.await {
+            all.insert(name, answer);
+        }
+    }
+    Json(Value::Object(all))
+}
+
+fn pages(backends: Backends) -> Router {
+    Router::new()
+        .route("/productpage", get(productpage))
+        .route("/api/v1/products/{id}", get(product))
+        .route("/upstreams/whoami", get(upstreams_whoami))
+        .with_state(backends)
 }
 
 #[tokio::main]
 async fn main() {
-    axum_service::run_with("productpage", 9082, pages()).await;
+    axum_service::serve("productpage", 9082, |parts| {
+        let backends = Backends::new(parts.args, parts.setup);
+        axum_service::app(parts.service, parts.guard, parts.backend, pages(backends))
+    })
+    .await;
 }

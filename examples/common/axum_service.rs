@@ -138,19 +138,25 @@ pub async fn run(default_name: &str, default_port: u16) {
 
 /// [`run`] with a service's own routes beside the contract's.
 pub async fn run_with(default_name: &str, default_port: u16, extra: Router) {
-    serve(default_name, default_port, |service, guard, backend| {
-        app(service, guard, backend, extra)
+    serve(default_name, default_port, |parts| {
+        app(parts.service, parts.guard, parts.backend, extra)
     })
     .await;
 }
 
-/// Runs the router `make` builds (from the service name, the guard unless
-/// `--no-guard`, and the `--backend`): arguments, policy, graceful shutdown.
-pub async fn serve(
-    default_name: &str,
-    default_port: u16,
-    make: impl FnOnce(&'static str, Option<palisade::prelude::Guard>, Option<Backend>) -> Router,
-) {
+/// What a service's router is made of.
+pub struct Parts<'a> {
+    pub service: &'static str,
+    /// The guard, unless `--no-guard`.
+    pub guard: Option<palisade::prelude::Guard>,
+    /// `--backend`.
+    pub backend: Option<Backend>,
+    pub args: &'a common::Args,
+    pub setup: &'a common::Setup,
+}
+
+/// Runs the router `make` builds: arguments, policy, graceful shutdown.
+pub async fn serve(default_name: &str, default_port: u16, make: impl FnOnce(Parts<'_>) -> Router) {
     common::init_logging();
     let args = common::args(default_name, default_port);
     let setup = common::setup(&args);
@@ -167,7 +173,13 @@ pub async fn serve(
             .ok(),
     });
     let guard = (!args.no_guard).then(|| setup.guard.clone());
-    let app = make(service, guard, backend);
+    let app = make(Parts {
+        service,
+        guard,
+        backend,
+        args: &args,
+        setup: &setup,
+    });
     let stop = shutdown_signal();
     common::announce(&setup, addr);
     println!("listening on {addr}");

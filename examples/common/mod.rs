@@ -35,6 +35,10 @@ pub struct Args {
     pub client_crls: Vec<PathBuf>,
     /// `--no-guard`, for benchmarking only: the same routes without Palisade.
     pub no_guard: bool,
+    /// `--upstream NAME=URL` (productpage): the back-ends it calls.
+    pub upstreams: Vec<(String, String)>,
+    /// `--upstream-timeout SECONDS`: how long an upstream has to answer.
+    pub upstream_timeout: std::time::Duration,
 }
 
 /// Parses the arguments described in docs/examples.md, or exits with one line on stderr.
@@ -91,6 +95,8 @@ fn parse(service: &str, port: u16, mut it: impl Iterator<Item = String>) -> Resu
         client_ca: None,
         client_crls: Vec::new(),
         no_guard: false,
+        upstreams: Vec::new(),
+        upstream_timeout: std::time::Duration::from_secs(5),
     };
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -112,11 +118,34 @@ fn parse(service: &str, port: u16, mut it: impl Iterator<Item = String>) -> Resu
             "--backend" => args.backend = Some(value()?),
             "--s4u-realm" => args.s4u_realm = Some(value()?),
             "--no-guard" => args.no_guard = true,
+            "--upstream" => {
+                let v = value()?;
+                let (name, url) = v
+                    .split_once('=')
+                    .filter(|(n, u)| !n.is_empty() && (u.starts_with("http://") || u.starts_with("https://")))
+                    .ok_or_else(|| {
+                        format!("--upstream {v}: write NAME=URL, as details=https://127.0.0.1:9080")
+                    })?;
+                if args.upstreams.iter().any(|(n, _)| n == name) {
+                    return Err(format!("--upstream {name} is given twice"));
+                }
+                args.upstreams.push((name.to_owned(), url.to_owned()));
+            }
+            "--upstream-timeout" => {
+                let v = value()?;
+                let secs: f64 = v
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| s.is_finite() && *s > 0.0 && *s <= 3600.0)
+                    .ok_or_else(|| format!("--upstream-timeout {v}: a number of seconds, more than 0"))?;
+                args.upstream_timeout = std::time::Duration::from_secs_f64(secs);
+            }
             "-h" | "--help" => {
                 println!(
                     "usage: {service} [--listen ADDR] [--config FILE] [--service NAME] [--namespace NS]\n\
                      \x20      [--tls-cert FILE --tls-key FILE [--client-ca FILE [--client-crl FILE]...]]\n\
                      \x20      [--keytab FILE [--backend URL [--s4u-realm REALM]]]\n\
+                     \x20      [--upstream NAME=URL]... [--upstream-timeout SECONDS] (productpage)\n\
                      Without --config, a demo issuer is started and a ready-to-paste command is printed.\n\
                      --client-ca turns mutual TLS on; its mode comes from the policy file's PeerAuthentication\n\
                      (default STRICT). Certificates, keys, CA and CRL files are reloaded when they change or on SIGHUP.\n\
@@ -159,6 +188,8 @@ pub fn init_logging() {
 /// What a running example needs: its guard and, in demo mode, the issuer
 /// (kept alive for the life of the program).
 pub struct Setup {
+    /// The policy file (or the demo policy), every document.
+    pub set: PolicySet,
     pub guard: Guard,
     pub demo: Option<TestIssuer>,
     pub workload: Workload,
@@ -261,6 +292,7 @@ pub fn setup(args: &Args) -> Setup {
     let guard = builder.build().unwrap_or_else(|e| fail(&e.to_string()));
     let tls = tls(args, &policy);
     Setup {
+        set,
         guard,
         demo,
         workload,

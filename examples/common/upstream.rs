@@ -1,0 +1,212 @@
+//! productpage's calls to its back-ends (`--upstream NAME=URL`): the
+//! credential from the policy file's `UpstreamCredentials` (palisade-client)
+//! and the TLS from its `DestinationRule` (palisade-mtls), per upstream.
+//!
+//! An upstream named `NAME` is, for policy, the host
+//! `NAME.<namespace>.svc.cluster.local`: requests are sent to that name
+//! (as `Host`, and as SNI over TLS, unless the rule names another `sni`),
+//! resolved to the URL's address, as a mesh's DNS would. Every failure is an
+//! answer of the section, never an error of productpage: no caller token
+//! when one is needed 401, no connection or a failed TLS check 502, no
+//! answer in time 504.
+
+#![allow(
+    dead_code,
+    unreachable_pub,
+    missing_docs,
+    reason = "shared by several examples, each using a part"
+)]
+
+use std::net::ToSocketAddrs;
+use std::sync::Arc;
+
+use palisade::client::{CallerToken, ClientError, Credentials, Upstreams};
+use palisade::core::RequestAuth;
+use palisade::core::policy::FromPolicy;
+use palisade::mtls::{MeshIdentity, UpstreamTls, UpstreamTransport};
+use serde_json::{Value, json};
+
+use super::common::{self, Args, Setup};
+
+/// One back-end.
+struct Upstream {
+    name: String,
+    /// `NAME.<namespace>.svc.cluster.local`: what policies call it.
+    host: String,
+    /// Where requests go: scheme, the name sent, the URL's port.
+    base: reqwest::Url,
+    client: reqwest::Client,
+}
+
+/// Every `--upstream`, and what each is sent.
+#[derive(Clone)]
+pub struct Backends(Arc<Inner>);
+
+struct Inner {
+    upstreams: Vec<Upstream>,
+    credentials: Upstreams,
+}
+
+/// What one call answered: the upstream's status and body, or the status
+/// standing for why there is none.
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Answer {
+    fn failed(status: u16, error: impl Into<String>) -> Self {
+        Self {
+            status,
+            body: json!({ "error": error.into() }),
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({ "status": self.status, "body": self.body })
+    }
+}
+
+impl Backends {
+    /// The `--upstream` back-ends with the workload's `UpstreamCredentials`
+    /// and `DestinationRule` documents; exits with one line naming the
+    /// argument, or the file, document and field, that cannot be used.
+    pub fn new(args: &Args, setup: &Setup) -> Self {
+        let policy = setup.set.for_workload(&setup.workload);
+        let credentials = Upstreams::from_policy(&policy)
+            .unwrap_or_else(|e| common::fail(&e.to_string()))
+            .unwrap_or_default();
+        let mesh = match (&args.tls_cert, &args.tls_key, &args.client_ca) {
+            (Some(cert), Some(key), Some(ca)) => Some(MeshIdentity {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: ca.clone(),
+            }),
+            _ => None,
+        };
+        let tls =
+            UpstreamTls::from_policy(&policy, mesh.as_ref()).unwrap_or_else(|e| common::fail(&e.to_string()));
+        let upstreams = args
+            .upstreams
+            .iter()
+            .map(|(name, url)| upstream(name, url, &setup.workload.namespace, &tls, args))
+            .collect();
+        Self(Arc::new(Inner {
+            upstreams,
+            credentials,
+        }))
+    }
+
+    /// The names of the upstreams, in `--upstream` order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.upstreams.iter().map(|u| u.name.as_str())
+    }
+
+    /// `GET path` on upstream `name`, made while serving `auth`'s request.
+    pub async fn get(
+        &self,
+        name: &str,
+        path: &str,
+        auth: Option<&RequestAuth>,
+        inbound: &http::HeaderMap,
+    ) -> Answer {
+        let Some(upstream) = self.0.upstreams.iter().find(|u| u.name == name) else {
+            return Answer::failed(502, format!("no --upstream {name}"));
+        };
+        let Ok(url) = upstream.base.join(path) else {
+            return Answer::failed(502, "bad path");
+        };
+        let caller = caller_token(auth, inbound);
+        let credentials = self.0.credentials.for_host(&upstream.host);
+        let mut req = upstream.client.get(url);
+        match credentials.authorization(caller.as_ref()).await {
+            Ok(Some(value)) => match http::HeaderValue::from_str(&value) {
+                Ok(mut v) => {
+                    v.set_sensitive(true);
+                    req = req.header(http::header::AUTHORIZATION, v);
+                }
+                Err(_) => return Answer::failed(502, "the credential cannot be sent"),
+            },
+            Ok(None) => {}
+            Err(ClientError::NoCallerToken) => {
+                return Answer::failed(401, "the caller has no token to send on its behalf");
+            }
+            Err(e) => {
+                tracing::warn!(upstream = name, error = %e, "no credential for the upstream");
+                return Answer::failed(502, format!("no credential for the upstream: {e}"));
+            }
+        }
+        if matches!(credentials, Credentials::None) {
+            tracing::debug!(upstream = name, "called without a credential");
+        }
+        match req.send().await {
+            Ok(res) => {
+                let status = res.status().as_u16();
+                let text = match res.text().await {
+                    Ok(t) => t,
+                    Err(e) if e.is_timeout() => {
+                        return Answer::failed(504, "the upstream did not answer in time");
+                    }
+                    Err(_) => return Answer::failed(502, "the upstream's answer could not be read"),
+                };
+                let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+                Answer { status, body }
+            }
+            Err(e) if e.is_timeout() => Answer::failed(504, "the upstream did not answer in time"),
+            Err(e) => {
+                tracing::warn!(upstream = name, error = %e, "upstream unreachable");
+                Answer::failed(502, "the upstream cannot be reached or failed the TLS checks")
+            }
+        }
+    }
+}
+
+/// The token of the request being served, for relaying or exchanging: its
+/// sign-in session's, or its bearer token when the guard verified one.
+fn caller_token(auth: Option<&RequestAuth>, inbound: &http::HeaderMap) -> Option<CallerToken> {
+    let auth = auth?;
+    if let Some(session) = auth.attachment::<palisade::signin::SignedIn>() {
+        return Some(CallerToken::new(session.access_token()));
+    }
+    let verified = auth
+        .identity()
+        .is_some_and(|id| id.methods().contains(&palisade::core::AuthMethod::Jwt));
+    verified.then(|| CallerToken::from_headers(inbound)).flatten()
+}
+
+/// One `--upstream NAME=URL` built, or exit naming it.
+fn upstream(name: &str, url: &str, namespace: &str, tls: &UpstreamTls, args: &Args) -> Upstream {
+    let bad = |why: &str| -> ! { common::fail(&format!("--upstream {name}={url}: {why}")) };
+    let parsed = reqwest::Url::parse(url).unwrap_or_else(|e| bad(&e.to_string()));
+    let port = parsed.port_or_known_default().unwrap_or_else(|| bad("no port"));
+    let addr = (parsed.host_str().unwrap_or_else(|| bad("no host")), port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .unwrap_or_else(|| bad("the host cannot be resolved"));
+    let host = format!("{name}.{namespace}.svc.cluster.local");
+    let route = tls.for_host(&host, port);
+    let sent_name = route.sni().unwrap_or(&host).to_owned();
+    let mut client = reqwest::Client::builder()
+        .timeout(args.upstream_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .resolve(&sent_name, addr);
+    // The rule decides; without one (or with DISABLE) the URL's scheme
+    // does, an https URL getting TLS checked against the system's anchors.
+    let scheme = match (route.transport(), parsed.scheme()) {
+        (UpstreamTransport::Tls(tls), _) => {
+            client = client.use_preconfigured_tls((*tls.client_config()).clone());
+            "https"
+        }
+        (UpstreamTransport::Plaintext, "http") => "http",
+        _ => "https",
+    };
+    let base = reqwest::Url::parse(&format!("{scheme}://{sent_name}:{port}/"))
+        .unwrap_or_else(|e| bad(&e.to_string()));
+    Upstream {
+        name: name.to_owned(),
+        host,
+        base,
+        client: client.build().unwrap_or_else(|e| bad(&e.to_string())),
+    }
+}

@@ -1,0 +1,397 @@
+//! The bookinfo services calling each other as processes: productpage
+//! (axum) calls details (axum) and reviews (actix-web) over mutual TLS
+//! (`DestinationRule` `ISTIO_MUTUAL` with `subjectAltNames`), sending what
+//! its `UpstreamCredentials` say: its own service-account token to details
+//! (client credentials), a reviews-audience token on the user's behalf to
+//! reviews (token exchange, `act` naming productpage), or the user's own
+//! token to both (relay). One mesh file describes every workload; each
+//! back-end sees who the user is and which workload calls.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use palisade::testkit::{TestIssuer, TestPki};
+use serde_json::Value;
+
+mod common;
+use common::{Service, start};
+
+const SECRET: &str = "productpage-secret";
+
+/// A scratch directory, removed on drop.
+struct Dir(PathBuf);
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Dir {
+    fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("palisade-bookinfo-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+
+    fn write(&self, name: &str, text: &str) -> String {
+        let p = self.0.join(name);
+        std::fs::File::create(&p)
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        p.to_str().unwrap().to_owned()
+    }
+}
+
+/// The mesh: STRICT mTLS (PERMISSIVE on productpage, the front door);
+/// tokens of `iss` for each service's own audience; details only for
+/// productpage's workload with some token; reviews only for productpage's
+/// workload with a user's token, and never for mallory; productpage's
+/// calls over ISTIO_MUTUAL checking each back-end's SPIFFE ID, with the
+/// `UpstreamCredentials` given.
+fn mesh(iss: &TestIssuer, credentials: &str) -> String {
+    let iss_url = iss.issuer();
+    let jwks = iss.jwks_uri();
+    let mut yaml = String::from(
+        "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: productpage, namespace: default}
+spec: {selector: {matchLabels: {app: productpage}}, mtls: {mode: PERMISSIVE}}
+",
+    );
+    for svc in ["productpage", "details", "reviews"] {
+        yaml.push_str(&format!(
+            "---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: {svc}, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: {svc}}}}}
+  jwtRules: [{{issuer: {iss_url}, jwksUri: {jwks}, audiences: [{svc}], forwardOriginalToken: true}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: {svc}, namespace: default}}
+spec:
+  host: {svc}
+  workloadSelector: {{matchLabels: {{app: productpage}}}}
+  trafficPolicy:
+    tls: {{mode: ISTIO_MUTUAL, subjectAltNames: [spiffe://cluster.local/ns/default/sa/{svc}]}}
+"
+        ));
+    }
+    yaml.push_str(&format!(
+        "---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: details, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: details}}}}
+  rules:
+  - from: [{{source: {{principals: [cluster.local/ns/default/sa/productpage], requestPrincipals: [\"*\"]}}}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: reviews, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: reviews}}}}
+  rules:
+  - from: [{{source: {{principals: [cluster.local/ns/default/sa/productpage], requestPrincipals: [\"*\"]}}}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: reviews-not-mallory, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: reviews}}}}
+  action: DENY
+  rules:
+  - from: [{{source: {{requestPrincipals: [{iss_url}/mallory]}}}}]
+{credentials}"
+    ));
+    yaml
+}
+
+/// `UpstreamCredentials` for productpage: details and reviews each get `from`.
+fn credentials(iss: &TestIssuer, details: &str, reviews: &str) -> String {
+    let mut yaml = String::new();
+    for (svc, from) in [("details", details), ("reviews", reviews)] {
+        let grant = if from == "caller" {
+            String::new()
+        } else {
+            format!(
+                "    issuer: {}\n    clientId: productpage\n    clientSecret: {SECRET}\n    audience: {svc}\n",
+                iss.issuer()
+            )
+        };
+        yaml.push_str(&format!(
+            "---
+apiVersion: palisade.dev/v1alpha1
+kind: UpstreamCredentials
+metadata: {{name: productpage-to-{svc}, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: productpage}}}}
+  hosts: [{svc}.default.svc.cluster.local]
+  token:
+    from: {from}
+{grant}"
+        ));
+    }
+    yaml
+}
+
+/// The three services over `mesh`, each with its workload certificate.
+struct Bookinfo {
+    productpage: Service,
+    details: Service,
+    reviews: Service,
+}
+
+fn start_bookinfo(dir: &Dir, pki: &TestPki, mesh: &str, extra: &[&str]) -> Bookinfo {
+    let file = dir.write("mesh.yaml", mesh);
+    let ca = dir.write("ca.pem", &pki.ca_pem());
+    let run = |name: &str, more: &[&str]| {
+        let c = pki.workload("default", name);
+        let cert = dir.write(&format!("{name}.crt"), &c.cert_pem());
+        let key = dir.write(&format!("{name}.key"), &c.key_pem());
+        let mut args = vec![
+            "--config",
+            &file,
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--client-ca",
+            &ca,
+        ];
+        args.extend(more);
+        start(name, &args)
+    };
+    let details = run("details", &[]);
+    let reviews = run("reviews", &[]);
+    let d = format!("details=https://127.0.0.1:{}", details.port);
+    let r = format!("reviews=https://127.0.0.1:{}", reviews.port);
+    let mut args = vec!["--upstream", d.as_str(), "--upstream", r.as_str()];
+    args.extend(extra);
+    let productpage = run("productpage", &args);
+    Bookinfo {
+        productpage,
+        details,
+        reviews,
+    }
+}
+
+/// `GET path` on productpage in plaintext (PERMISSIVE), with `token`.
+async fn get(pp: &Service, path: &str, token: Option<&str>) -> (u16, Value) {
+    let mut req = reqwest::Client::new().get(format!("http://{}{path}", pp.addr));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn productpage_calls_with_its_own_token_and_exchanged_ones_over_istio_mutual() {
+    let issuer = TestIssuer::builder()
+        .client("productpage", SECRET)
+        .start()
+        .unwrap();
+    let pki = TestPki::new();
+    let dir = Dir::new("exchange");
+    // An upstream that accepts connections and never answers.
+    let hang = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hang_url = format!("hang=http://{}", hang.local_addr().unwrap());
+    let mesh = mesh(
+        &issuer,
+        &credentials(&issuer, "clientCredentials", "tokenExchange"),
+    );
+    let bookinfo = start_bookinfo(
+        &dir,
+        &pki,
+        &mesh,
+        &["--upstream", &hang_url, "--upstream-timeout", "2"],
+    );
+    let pp = &bookinfo.productpage;
+    let iss = issuer.issuer();
+    let alice = issuer.token().subject("alice").audience("productpage").sign();
+
+    let (status, product) = get(pp, "/api/v1/products/0", Some(&alice)).await;
+    assert_eq!(status, 200, "{product}");
+    assert_eq!(product["id"], 0);
+    assert_eq!(product["details"]["status"], 200, "{product}");
+    assert_eq!(product["details"]["body"]["service"], "details", "{product}");
+    assert_eq!(product["reviews"]["status"], 200, "{product}");
+    assert_eq!(product["reviews"]["body"]["service"], "reviews", "{product}");
+
+    let (status, who) = get(pp, "/upstreams/whoami", Some(&alice)).await;
+    assert_eq!(status, 200, "{who}");
+    // details: productpage's workload, with its own service-account token.
+    let details = &who["details"]["body"];
+    assert_eq!(who["details"]["status"], 200, "{who}");
+    assert_eq!(
+        details["peer"]["principal"], "cluster.local/ns/default/sa/productpage",
+        "{who}"
+    );
+    assert_eq!(
+        details["request_principal"],
+        format!("{iss}/productpage"),
+        "{who}"
+    );
+    // reviews: the user, in a token exchanged for reviews, acted by productpage.
+    let reviews = &who["reviews"]["body"];
+    assert_eq!(
+        reviews["peer"]["principal"], "cluster.local/ns/default/sa/productpage",
+        "{who}"
+    );
+    assert_eq!(reviews["request_principal"], format!("{iss}/alice"), "{who}");
+    assert_eq!(reviews["audiences"], serde_json::json!(["reviews"]), "{who}");
+    assert_eq!(reviews["claims"]["act"]["sub"], "productpage", "{who}");
+    assert_eq!(
+        who["hang"]["status"], 504,
+        "an upstream that does not answer in time: {who}"
+    );
+    // One grant serves every call; one exchange per user token.
+    assert_eq!(issuer.client_credentials_grants(), 1);
+    assert_eq!(issuer.token_exchanges(), 1);
+
+    // A reviews policy refusing the user: its section, in a 200.
+    let mallory = issuer.token().subject("mallory").audience("productpage").sign();
+    let (status, product) = get(pp, "/api/v1/products/0", Some(&mallory)).await;
+    assert_eq!(status, 200, "{product}");
+    assert_eq!(product["reviews"]["status"], 403, "{product}");
+    assert_eq!(product["details"]["status"], 200, "{product}");
+
+    // No user: details still gets the workload's token; reviews needs the
+    // user's, so it is not called.
+    let (status, product) = get(pp, "/api/v1/products/0", None).await;
+    assert_eq!(status, 200, "{product}");
+    assert_eq!(product["details"]["status"], 200, "{product}");
+    assert_eq!(product["reviews"]["status"], 401, "{product}");
+
+    // A stopped upstream: 502.
+    let Bookinfo {
+        productpage,
+        details,
+        reviews,
+    } = bookinfo;
+    drop(details);
+    let (status, product) = get(&productpage, "/api/v1/products/0", Some(&alice)).await;
+    assert_eq!(status, 200, "{product}");
+    assert_eq!(product["details"]["status"], 502, "{product}");
+    assert_eq!(product["reviews"]["status"], 200, "{product}");
+    drop((reviews, hang));
+}
+
+#[tokio::test]
+async fn productpage_relays_the_users_token_and_refuses_to_call_without_one() {
+    let issuer = TestIssuer::builder()
+        .client("productpage", SECRET)
+        .start()
+        .unwrap();
+    let pki = TestPki::new();
+    let dir = Dir::new("relay");
+    let mesh = mesh(&issuer, &credentials(&issuer, "caller", "caller"));
+    let bookinfo = start_bookinfo(&dir, &pki, &mesh, &[]);
+    let pp = &bookinfo.productpage;
+    let alice = issuer
+        .token()
+        .subject("alice")
+        .audience("productpage")
+        .audience("details")
+        .audience("reviews")
+        .sign();
+    let (status, who) = get(pp, "/upstreams/whoami", Some(&alice)).await;
+    assert_eq!(status, 200, "{who}");
+    for svc in ["details", "reviews"] {
+        assert_eq!(who[svc]["status"], 200, "{svc}: {who}");
+        let body = &who[svc]["body"];
+        assert_eq!(
+            body["request_principal"],
+            format!("{}/alice", issuer.issuer()),
+            "{svc}: {who}"
+        );
+        assert_eq!(
+            body["peer"]["principal"], "cluster.local/ns/default/sa/productpage",
+            "{svc}: {who}"
+        );
+        assert!(
+            body["claims"]["act"].is_null(),
+            "{svc}: a relayed token is the user's own: {who}"
+        );
+    }
+    let (status, product) = get(pp, "/api/v1/products/0", None).await;
+    assert_eq!(status, 200, "{product}");
+    assert_eq!(product["details"]["status"], 401, "{product}");
+    assert_eq!(product["reviews"]["status"], 401, "{product}");
+    assert_eq!(issuer.client_credentials_grants() + issuer.token_exchanges(), 0);
+}
+
+#[tokio::test]
+async fn an_upstream_failing_the_subject_alt_name_check_is_refused_at_the_handshake_as_502() {
+    let issuer = TestIssuer::builder()
+        .client("productpage", SECRET)
+        .start()
+        .unwrap();
+    let pki = TestPki::new();
+    let dir = Dir::new("san");
+    // reviews' rule expects details' identity: reviews' certificate fails it.
+    let mesh = mesh(&issuer, &credentials(&issuer, "caller", "caller")).replace(
+        "subjectAltNames: [spiffe://cluster.local/ns/default/sa/reviews]",
+        "subjectAltNames: [spiffe://cluster.local/ns/default/sa/details]",
+    );
+    let bookinfo = start_bookinfo(&dir, &pki, &mesh, &[]);
+    let alice = issuer
+        .token()
+        .subject("alice")
+        .audience("productpage")
+        .audience("details")
+        .audience("reviews")
+        .sign();
+    let (status, product) = get(&bookinfo.productpage, "/api/v1/products/0", Some(&alice)).await;
+    assert_eq!(status, 200, "{product}");
+    assert_eq!(product["details"]["status"], 200, "{product}");
+    assert_eq!(product["reviews"]["status"], 502, "{product}");
+    let _ = (&bookinfo.details, &bookinfo.reviews);
+}
+
+#[tokio::test]
+async fn a_cached_service_account_token_outlives_the_issuer_until_it_expires() {
+    let issuer = TestIssuer::builder()
+        .client("productpage", SECRET)
+        .token_lifetime(Duration::from_secs(4))
+        .start()
+        .unwrap();
+    let pki = TestPki::new();
+    let dir = Dir::new("outage");
+    let mesh = mesh(&issuer, &credentials(&issuer, "clientCredentials", "caller"));
+    let bookinfo = start_bookinfo(&dir, &pki, &mesh, &[]);
+    let pp = &bookinfo.productpage;
+    let (_, product) = get(pp, "/api/v1/products/0", None).await;
+    assert_eq!(product["details"]["status"], 200, "{product}");
+    assert_eq!(issuer.client_credentials_grants(), 1);
+    let started = std::time::Instant::now();
+    drop(issuer);
+    // Past half its lifetime a renewal is due and fails: the token in hand
+    // is still sent.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (_, product) = get(pp, "/api/v1/products/0", None).await;
+    assert_eq!(
+        product["details"]["status"], 200,
+        "the issuer is down, the token valid: {product}"
+    );
+    // Expired, and no new one: the section says so, productpage answers.
+    tokio::time::sleep(Duration::from_secs(4).saturating_sub(started.elapsed()) + Duration::from_millis(500))
+        .await;
+    let (status, product) = get(pp, "/api/v1/products/0", None).await;
+    assert_eq!(status, 200, "{product}");
+    assert_eq!(product["details"]["status"], 502, "{product}");
+    let _ = (&bookinfo.details, &bookinfo.reviews);
+}
