@@ -1,10 +1,17 @@
-//! The `reviews` service (actix-web), as docs/examples.md describes it.
+//! The `reviews` service (actix-web), as docs/examples.md describes it;
+//! with `--upstream ratings=URL` each review carries the product's ratings
+//! from the ratings service (gRPC), called with the credential and TLS the
+//! policy file gives (`UpstreamCredentials`, `DestinationRule`).
 //!
 //! ```text
 //! cargo run --release --example reviews -- [--listen 127.0.0.1:9081] [--config policy.yaml]
 //! ```
 
 mod common;
+#[path = "proto/mod.rs"]
+mod proto;
+#[path = "common/ratings_client.rs"]
+mod ratings_client;
 
 use actix_web::middleware::Condition;
 use actix_web::{App, HttpResponse, HttpServer, web};
@@ -18,6 +25,7 @@ fn main() {
     let setup = common::setup(&args);
     let service: &'static str = Box::leak(setup.workload.service.clone().into_boxed_str());
     let guard = setup.guard.clone();
+    let ratings = ratings_client::Ratings::new(&args, &setup);
     // `--no-guard` (benchmarking only): the same routes without Palisade.
     let guarded = !args.no_guard;
     let app = move || {
@@ -35,8 +43,18 @@ fn main() {
             )
             .route(
                 "/reviews/{id}",
-                web::get().to(move |id: web::Path<String>| async move {
-                    HttpResponse::Ok().json(common::item_json(service, &id))
+                web::get().to({
+                    let ratings = ratings.clone();
+                    move |id: web::Path<String>, req: actix_web::HttpRequest| {
+                        let ratings = ratings.clone();
+                        async move {
+                            let mut item = common::item_json(service, &id);
+                            if let (Some(ratings), Ok(product)) = (ratings, id.parse::<i32>()) {
+                                item["ratings"] = ratings.get(product, caller_token(&req)).await;
+                            }
+                            HttpResponse::Ok().json(item)
+                        }
+                    }
                 }),
             )
             .route(
@@ -108,6 +126,22 @@ fn main() {
     if let Err(e) = result {
         common::fail(&format!("server error: {e}"));
     }
+}
+
+/// The bearer token of the request being served, when the guard verified
+/// it (kept for the handler by `forwardOriginalToken: true`).
+fn caller_token(req: &actix_web::HttpRequest) -> Option<palisade::client::CallerToken> {
+    use actix_web::HttpMessage as _;
+    let verified = req
+        .extensions()
+        .get::<palisade::core::RequestAuth>()
+        .and_then(|a| a.identity())
+        .is_some_and(|id| id.methods().contains(&palisade::core::AuthMethod::Jwt));
+    let mut values = req.headers().get_all(actix_web::http::header::AUTHORIZATION);
+    let value = values.next()?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    (verified && values.next().is_none() && scheme.eq_ignore_ascii_case("bearer"))
+        .then(|| palisade::client::CallerToken::new(token.trim_start()))
 }
 
 /// The two ways the service listens (see `main`).

@@ -19,6 +19,16 @@ use common::{Service, start};
 
 const SECRET: &str = "productpage-secret";
 
+/// The realm: productpage and reviews are confidential clients.
+fn issuer(token_lifetime: Duration) -> TestIssuer {
+    TestIssuer::builder()
+        .client("productpage", SECRET)
+        .client("reviews", SECRET)
+        .token_lifetime(token_lifetime)
+        .start()
+        .unwrap()
+}
+
 /// A scratch directory, removed on drop.
 struct Dir(PathBuf);
 
@@ -66,7 +76,12 @@ metadata: {name: productpage, namespace: default}
 spec: {selector: {matchLabels: {app: productpage}}, mtls: {mode: PERMISSIVE}}
 ",
     );
-    for svc in ["productpage", "details", "reviews"] {
+    for (svc, caller) in [
+        ("productpage", "productpage"),
+        ("details", "productpage"),
+        ("reviews", "productpage"),
+        ("ratings", "reviews"),
+    ] {
         yaml.push_str(&format!(
             "---
 apiVersion: security.istio.io/v1
@@ -81,7 +96,7 @@ kind: DestinationRule
 metadata: {{name: {svc}, namespace: default}}
 spec:
   host: {svc}
-  workloadSelector: {{matchLabels: {{app: productpage}}}}
+  workloadSelector: {{matchLabels: {{app: {caller}}}}}
   trafficPolicy:
     tls: {{mode: ISTIO_MUTUAL, subjectAltNames: [spiffe://cluster.local/ns/default/sa/{svc}]}}
 "
@@ -113,20 +128,33 @@ spec:
   action: DENY
   rules:
   - from: [{{source: {{requestPrincipals: [{iss_url}/mallory]}}}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: ratings, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: ratings}}}}
+  rules:
+  - from: [{{source: {{principals: [cluster.local/ns/default/sa/reviews], requestPrincipals: [\"*\"]}}}}]
 {credentials}"
     ));
     yaml
 }
 
-/// `UpstreamCredentials` for productpage: details and reviews each get `from`.
-fn credentials(iss: &TestIssuer, details: &str, reviews: &str) -> String {
+/// `UpstreamCredentials`: productpage's to details and reviews, and
+/// reviews' to ratings, each `from` as given.
+fn credentials(iss: &TestIssuer, details: &str, reviews: &str, ratings: &str) -> String {
     let mut yaml = String::new();
-    for (svc, from) in [("details", details), ("reviews", reviews)] {
+    for (caller, svc, from) in [
+        ("productpage", "details", details),
+        ("productpage", "reviews", reviews),
+        ("reviews", "ratings", ratings),
+    ] {
         let grant = if from == "caller" {
             String::new()
         } else {
             format!(
-                "    issuer: {}\n    clientId: productpage\n    clientSecret: {SECRET}\n    audience: {svc}\n",
+                "    issuer: {}\n    clientId: {caller}\n    clientSecret: {SECRET}\n    audience: {svc}\n",
                 iss.issuer()
             )
         };
@@ -134,9 +162,9 @@ fn credentials(iss: &TestIssuer, details: &str, reviews: &str) -> String {
             "---
 apiVersion: palisade.dev/v1alpha1
 kind: UpstreamCredentials
-metadata: {{name: productpage-to-{svc}, namespace: default}}
+metadata: {{name: {caller}-to-{svc}, namespace: default}}
 spec:
-  selector: {{matchLabels: {{app: productpage}}}}
+  selector: {{matchLabels: {{app: {caller}}}}}
   hosts: [{svc}.default.svc.cluster.local]
   token:
     from: {from}
@@ -146,11 +174,12 @@ spec:
     yaml
 }
 
-/// The three services over `mesh`, each with its workload certificate.
+/// The four services over `mesh`, each with its workload certificate.
 struct Bookinfo {
     productpage: Service,
     details: Service,
     reviews: Service,
+    ratings: Service,
 }
 
 fn start_bookinfo(dir: &Dir, pki: &TestPki, mesh: &str, extra: &[&str]) -> Bookinfo {
@@ -174,7 +203,9 @@ fn start_bookinfo(dir: &Dir, pki: &TestPki, mesh: &str, extra: &[&str]) -> Booki
         start(name, &args)
     };
     let details = run("details", &[]);
-    let reviews = run("reviews", &[]);
+    let ratings = run("ratings", &[]);
+    let to_ratings = format!("ratings=https://127.0.0.1:{}", ratings.port);
+    let reviews = run("reviews", &["--upstream", &to_ratings]);
     let d = format!("details=https://127.0.0.1:{}", details.port);
     let r = format!("reviews=https://127.0.0.1:{}", reviews.port);
     let mut args = vec!["--upstream", d.as_str(), "--upstream", r.as_str()];
@@ -184,6 +215,7 @@ fn start_bookinfo(dir: &Dir, pki: &TestPki, mesh: &str, extra: &[&str]) -> Booki
         productpage,
         details,
         reviews,
+        ratings,
     }
 }
 
@@ -200,10 +232,7 @@ async fn get(pp: &Service, path: &str, token: Option<&str>) -> (u16, Value) {
 
 #[tokio::test]
 async fn productpage_calls_with_its_own_token_and_exchanged_ones_over_istio_mutual() {
-    let issuer = TestIssuer::builder()
-        .client("productpage", SECRET)
-        .start()
-        .unwrap();
+    let issuer = issuer(Duration::from_secs(300));
     let pki = TestPki::new();
     let dir = Dir::new("exchange");
     // An upstream that accepts connections and never answers.
@@ -211,7 +240,7 @@ async fn productpage_calls_with_its_own_token_and_exchanged_ones_over_istio_mutu
     let hang_url = format!("hang=http://{}", hang.local_addr().unwrap());
     let mesh = mesh(
         &issuer,
-        &credentials(&issuer, "clientCredentials", "tokenExchange"),
+        &credentials(&issuer, "clientCredentials", "tokenExchange", "tokenExchange"),
     );
     let bookinfo = start_bookinfo(
         &dir,
@@ -230,6 +259,11 @@ async fn productpage_calls_with_its_own_token_and_exchanged_ones_over_istio_mutu
     assert_eq!(product["details"]["body"]["service"], "details", "{product}");
     assert_eq!(product["reviews"]["status"], 200, "{product}");
     assert_eq!(product["reviews"]["body"]["service"], "reviews", "{product}");
+    // reviews called ratings (gRPC, ISTIO_MUTUAL) with a ratings-audience
+    // token it exchanged in turn; ratings lets only reviews' workload in.
+    let ratings = &product["reviews"]["body"]["ratings"];
+    assert_eq!(ratings["status"], 200, "{product}");
+    assert_eq!(ratings["body"]["Reviewer1"], 5, "{product}");
 
     let (status, who) = get(pp, "/upstreams/whoami", Some(&alice)).await;
     assert_eq!(status, 200, "{who}");
@@ -258,9 +292,9 @@ async fn productpage_calls_with_its_own_token_and_exchanged_ones_over_istio_mutu
         who["hang"]["status"], 504,
         "an upstream that does not answer in time: {who}"
     );
-    // One grant serves every call; one exchange per user token.
+    // One grant serves every call; one exchange per user token and hop.
     assert_eq!(issuer.client_credentials_grants(), 1);
-    assert_eq!(issuer.token_exchanges(), 1);
+    assert_eq!(issuer.token_exchanges(), 2);
 
     // A reviews policy refusing the user: its section, in a 200.
     let mallory = issuer.token().subject("mallory").audience("productpage").sign();
@@ -281,24 +315,23 @@ async fn productpage_calls_with_its_own_token_and_exchanged_ones_over_istio_mutu
         productpage,
         details,
         reviews,
+        ratings,
     } = bookinfo;
-    drop(details);
+    drop((details, ratings));
     let (status, product) = get(&productpage, "/api/v1/products/0", Some(&alice)).await;
     assert_eq!(status, 200, "{product}");
     assert_eq!(product["details"]["status"], 502, "{product}");
     assert_eq!(product["reviews"]["status"], 200, "{product}");
+    assert_eq!(product["reviews"]["body"]["ratings"]["status"], 502, "{product}");
     drop((reviews, hang));
 }
 
 #[tokio::test]
 async fn productpage_relays_the_users_token_and_refuses_to_call_without_one() {
-    let issuer = TestIssuer::builder()
-        .client("productpage", SECRET)
-        .start()
-        .unwrap();
+    let issuer = issuer(Duration::from_secs(300));
     let pki = TestPki::new();
     let dir = Dir::new("relay");
-    let mesh = mesh(&issuer, &credentials(&issuer, "caller", "caller"));
+    let mesh = mesh(&issuer, &credentials(&issuer, "caller", "caller", "caller"));
     let bookinfo = start_bookinfo(&dir, &pki, &mesh, &[]);
     let pp = &bookinfo.productpage;
     let alice = issuer
@@ -307,6 +340,7 @@ async fn productpage_relays_the_users_token_and_refuses_to_call_without_one() {
         .audience("productpage")
         .audience("details")
         .audience("reviews")
+        .audience("ratings")
         .sign();
     let (status, who) = get(pp, "/upstreams/whoami", Some(&alice)).await;
     assert_eq!(status, 200, "{who}");
@@ -327,6 +361,8 @@ async fn productpage_relays_the_users_token_and_refuses_to_call_without_one() {
             "{svc}: a relayed token is the user's own: {who}"
         );
     }
+    let (_, product) = get(pp, "/api/v1/products/0", Some(&alice)).await;
+    assert_eq!(product["reviews"]["body"]["ratings"]["status"], 200, "{product}");
     let (status, product) = get(pp, "/api/v1/products/0", None).await;
     assert_eq!(status, 200, "{product}");
     assert_eq!(product["details"]["status"], 401, "{product}");
@@ -336,14 +372,11 @@ async fn productpage_relays_the_users_token_and_refuses_to_call_without_one() {
 
 #[tokio::test]
 async fn an_upstream_failing_the_subject_alt_name_check_is_refused_at_the_handshake_as_502() {
-    let issuer = TestIssuer::builder()
-        .client("productpage", SECRET)
-        .start()
-        .unwrap();
+    let issuer = issuer(Duration::from_secs(300));
     let pki = TestPki::new();
     let dir = Dir::new("san");
     // reviews' rule expects details' identity: reviews' certificate fails it.
-    let mesh = mesh(&issuer, &credentials(&issuer, "caller", "caller")).replace(
+    let mesh = mesh(&issuer, &credentials(&issuer, "caller", "caller", "caller")).replace(
         "subjectAltNames: [spiffe://cluster.local/ns/default/sa/reviews]",
         "subjectAltNames: [spiffe://cluster.local/ns/default/sa/details]",
     );
@@ -359,19 +392,18 @@ async fn an_upstream_failing_the_subject_alt_name_check_is_refused_at_the_handsh
     assert_eq!(status, 200, "{product}");
     assert_eq!(product["details"]["status"], 200, "{product}");
     assert_eq!(product["reviews"]["status"], 502, "{product}");
-    let _ = (&bookinfo.details, &bookinfo.reviews);
+    let _ = (&bookinfo.details, &bookinfo.reviews, &bookinfo.ratings);
 }
 
 #[tokio::test]
 async fn a_cached_service_account_token_outlives_the_issuer_until_it_expires() {
-    let issuer = TestIssuer::builder()
-        .client("productpage", SECRET)
-        .token_lifetime(Duration::from_secs(4))
-        .start()
-        .unwrap();
+    let issuer = issuer(Duration::from_secs(4));
     let pki = TestPki::new();
     let dir = Dir::new("outage");
-    let mesh = mesh(&issuer, &credentials(&issuer, "clientCredentials", "caller"));
+    let mesh = mesh(
+        &issuer,
+        &credentials(&issuer, "clientCredentials", "caller", "caller"),
+    );
     let bookinfo = start_bookinfo(&dir, &pki, &mesh, &[]);
     let pp = &bookinfo.productpage;
     let (_, product) = get(pp, "/api/v1/products/0", None).await;
@@ -393,5 +425,5 @@ async fn a_cached_service_account_token_outlives_the_issuer_until_it_expires() {
     let (status, product) = get(pp, "/api/v1/products/0", None).await;
     assert_eq!(status, 200, "{product}");
     assert_eq!(product["details"]["status"], 502, "{product}");
-    let _ = (&bookinfo.details, &bookinfo.reviews);
+    let _ = (&bookinfo.details, &bookinfo.reviews, &bookinfo.ratings);
 }

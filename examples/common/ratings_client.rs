@@ -1,0 +1,160 @@
+//! reviews' calls to ratings (`--upstream ratings=URL`), over gRPC: a tonic
+//! channel under palisade-client's `CredentialsLayer`, with the credential
+//! of the policy file's `UpstreamCredentials` for
+//! `ratings.<namespace>.svc.cluster.local` and the TLS of its
+//! `DestinationRule`.
+
+#![allow(
+    dead_code,
+    unreachable_pub,
+    missing_docs,
+    reason = "shared by several examples, each using a part"
+)]
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::pin::Pin;
+use std::time::Duration;
+
+use palisade::client::{CallerToken, Credentials, CredentialsLayer, CredentialsService, Upstreams};
+use palisade::core::policy::FromPolicy;
+use palisade::mtls::{MeshIdentity, UpstreamTls, UpstreamTransport};
+use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tonic::transport::{Channel, Endpoint};
+
+use super::common::{self, Args, Setup};
+use super::proto::ratings::GetRatingsRequest;
+use super::proto::ratings::ratings_client::RatingsClient;
+
+/// A connection, plaintext or TLS.
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+/// The ratings service, as reviews calls it.
+#[derive(Clone)]
+pub struct Ratings {
+    client: RatingsClient<CredentialsService<Channel>>,
+    /// The credential is the caller's token, or made from it.
+    needs_caller: bool,
+}
+
+impl Ratings {
+    /// The `--upstream ratings=URL` of `args`, if given; exits with one line
+    /// naming what cannot be used.
+    pub fn new(args: &Args, setup: &Setup) -> Option<Self> {
+        let (_, url) = args.upstreams.iter().find(|(n, _)| n == "ratings")?;
+        let bad = |why: &str| -> ! { common::fail(&format!("--upstream ratings={url}: {why}")) };
+        let policy = setup.set.for_workload(&setup.workload);
+        let host = format!("ratings.{}.svc.cluster.local", setup.workload.namespace);
+        let credentials = Upstreams::from_policy(&policy)
+            .unwrap_or_else(|e| common::fail(&e.to_string()))
+            .unwrap_or_default()
+            .for_host(&host)
+            .clone();
+        let needs_caller = matches!(credentials, Credentials::Caller | Credentials::TokenExchange(_));
+        let mesh = match (&args.tls_cert, &args.tls_key, &args.client_ca) {
+            (Some(cert), Some(key), Some(ca)) => Some(MeshIdentity {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: ca.clone(),
+            }),
+            _ => None,
+        };
+        let tls =
+            UpstreamTls::from_policy(&policy, mesh.as_ref()).unwrap_or_else(|e| common::fail(&e.to_string()));
+        let parsed = reqwest::Url::parse(url).unwrap_or_else(|e| bad(&e.to_string()));
+        let port = parsed.port_or_known_default().unwrap_or_else(|| bad("no port"));
+        let addr: SocketAddr = (parsed.host_str().unwrap_or_else(|| bad("no host")), port)
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .unwrap_or_else(|| bad("the host cannot be resolved"));
+        let route = tls.for_host(&host, port);
+        let name = route.sni().unwrap_or(&host).to_owned();
+        let tls = match route.transport() {
+            UpstreamTransport::Tls(tls) => Some(tls.connector()),
+            UpstreamTransport::Plaintext if parsed.scheme() == "http" => None,
+            _ => bad(
+                "gRPC over TLS needs a DestinationRule with a trust bundle (SIMPLE with caCertificates, MUTUAL or ISTIO_MUTUAL)",
+            ),
+        };
+        let server_name = rustls_name(&name).unwrap_or_else(|| bad("not a host name"));
+        // Every connection goes to the URL's address, as the mesh's DNS
+        // would send the name there.
+        let connector = tower::service_fn(move |_: tonic::transport::Uri| {
+            let (tls, server_name) = (tls.clone(), server_name.clone());
+            async move {
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                let _ = tcp.set_nodelay(true);
+                let io: Pin<Box<dyn Io>> = match tls {
+                    Some(tls) => Box::pin(tls.connect(server_name, tcp).await?),
+                    None => Box::pin(tcp),
+                };
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(io))
+            }
+        });
+        // The channel's connections run on a runtime of their own: actix-web
+        // has one per worker thread, and every worker shares the channel.
+        let _entered = outbound_runtime().enter();
+        let channel = Endpoint::from_shared(format!("http://{name}:{port}"))
+            .unwrap_or_else(|e| bad(&e.to_string()))
+            .timeout(args.upstream_timeout)
+            .connect_timeout(Duration::from_secs(5))
+            .connect_with_connector_lazy(connector);
+        let service = tower::ServiceBuilder::new()
+            .layer(CredentialsLayer::fixed(credentials))
+            .service(channel);
+        Some(Self {
+            client: RatingsClient::new(service),
+            needs_caller,
+        })
+    }
+
+    /// The ratings of product `id`, as a section: `{"status": S, "body": …}`
+    /// (the gRPC outcome as the HTTP status it stands for).
+    pub async fn get(&self, id: i32, caller: Option<CallerToken>) -> Value {
+        let mut req = tonic::Request::new(GetRatingsRequest { product_id: id });
+        match caller {
+            Some(caller) => {
+                req.extensions_mut().insert(caller);
+            }
+            // Nothing is sent.
+            None if self.needs_caller => {
+                return json!({"status": 401, "body": {"error": "the caller has no token to send on its behalf"}});
+            }
+            None => {}
+        }
+        match self.client.clone().get_ratings(req).await {
+            Ok(res) => json!({"status": 200, "body": res.into_inner().ratings}),
+            Err(status) => {
+                let http = match status.code() {
+                    tonic::Code::Unauthenticated => 401,
+                    tonic::Code::PermissionDenied => 403,
+                    tonic::Code::InvalidArgument => 400,
+                    tonic::Code::NotFound => 404,
+                    tonic::Code::DeadlineExceeded => 504,
+                    _ => 502,
+                };
+                json!({"status": http, "body": {"grpc_status": status.code() as i32, "error": status.message()}})
+            }
+        }
+    }
+}
+
+/// The runtime of outbound gRPC connections: one thread, for the process.
+fn outbound_runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("outbound-grpc")
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| common::fail(&format!("cannot start the outbound runtime: {e}")))
+    })
+}
+
+/// A name for the TLS handshake.
+fn rustls_name(name: &str) -> Option<tokio_rustls::rustls::pki_types::ServerName<'static>> {
+    tokio_rustls::rustls::pki_types::ServerName::try_from(name.to_owned()).ok()
+}
