@@ -44,7 +44,20 @@ fn escape(text: &str) -> String {
 fn section(what: &str, answer: Option<&Answer>, fallback: &str) -> String {
     match answer {
         None => fallback.to_owned(),
-        Some(a) if a.status == 200 => escape(a.body["title"].as_str().unwrap_or(fallback)),
+        Some(a) if a.status == 200 => {
+            let mut text = escape(a.body["title"].as_str().unwrap_or(fallback));
+            // reviews' answer carries the ratings it got from ratings.
+            let ratings = &a.body["ratings"];
+            if let Some(stars) = ratings["body"].as_object().filter(|_| ratings["status"] == 200) {
+                for (reviewer, n) in stars {
+                    let n = n.as_u64().unwrap_or(0).min(5) as usize;
+                    text.push_str(&format!(" · {}: {}", escape(reviewer), "★".repeat(n)));
+                }
+            } else if let Some(status) = ratings["status"].as_u64() {
+                text.push_str(&format!(" · ratings unavailable ({status})"));
+            }
+            text
+        }
         Some(a) => format!(
             r#"Sorry, {what} are unavailable: <span class="status">{}</span>."#,
             a.status

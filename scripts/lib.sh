@@ -87,3 +87,32 @@ libclang_name() {
     *) return 1 ;;
   esac
 }
+
+# What the example services need to build: a C compiler (aws-lc), and for
+# SPNEGO MIT Kerberos headers, pkg-config and libclang (libgssapi's bindings).
+ensure_example_deps() {
+  if ! command -v cc >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1; then
+      echo "==> installing gcc (a C compiler is needed to build aws-lc)"
+      if [ "$(id -u)" -eq 0 ]; then apt-get update -qq && apt-get install -y -qq gcc >/dev/null
+      else sudo apt-get update -qq && sudo apt-get install -y -qq gcc >/dev/null; fi
+    else
+      echo "error: no C compiler: install gcc and run again" >&2; exit 1
+    fi
+  fi
+  # The examples include SPNEGO (--keytab): MIT Kerberos headers and libclang
+  # for libgssapi's bindings.
+  need_pkgs=""
+  command -v krb5-config >/dev/null 2>&1 || need_pkgs="$need_pkgs libkrb5-dev"
+  command -v pkg-config >/dev/null 2>&1 || need_pkgs="$need_pkgs pkg-config"
+  have_libclang >/dev/null || need_pkgs="$need_pkgs libclang-dev"
+  if [ -n "$need_pkgs" ]; then
+    if command -v apt-get >/dev/null 2>&1; then
+      echo "==> installing$need_pkgs (to build the Kerberos support)"
+      if [ "$(id -u)" -eq 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need_pkgs >/dev/null
+      else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need_pkgs >/dev/null; fi
+    else
+      echo "error: install$need_pkgs and run again" >&2; exit 1
+    fi
+  fi
+}

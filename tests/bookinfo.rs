@@ -427,3 +427,100 @@ async fn a_cached_service_account_token_outlives_the_issuer_until_it_expires() {
     assert_eq!(product["details"]["status"], 502, "{product}");
     let _ = (&bookinfo.details, &bookinfo.reviews, &bookinfo.ratings);
 }
+
+#[tokio::test]
+async fn the_bookinfo_command_starts_the_whole_system_as_its_policy_file_says() {
+    use std::io::BufRead as _;
+    // Ports BASE to BASE+10; far from other tests' ephemeral ports.
+    let base = 20_000 + (std::process::id() % 4_000) * 10;
+    let child = std::process::Command::new(common::example("bookinfo"))
+        .args(["--base-port", &base.to_string()])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("cargo test builds the bookinfo example");
+    let mut launcher = Launcher(child);
+    let stdout = launcher.0.stdout.take().unwrap();
+    let mut banner = Vec::new();
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if line == "bookinfo ready" {
+            break;
+        }
+        banner.push(line);
+    }
+    let banner = banner.join("\n");
+    let pp = format!("http://127.0.0.1:{}", base + 2);
+    assert!(banner.contains(&format!("{pp}/productpage")), "{banner}");
+    // The terminal recipe, as printed: a password-grant token, then the API.
+    let token_url = banner
+        .split_whitespace()
+        .find(|w| w.ends_with("/protocol/openid-connect/token"))
+        .unwrap_or_else(|| panic!("no token endpoint in {banner}"))
+        .to_owned();
+    let token = |user: &'static str| {
+        let token_url = token_url.clone();
+        async move {
+            common::access_token(
+                &token_url,
+                &format!("grant_type=password&client_id=productpage&username={user}&password={user}"),
+            )
+            .await
+        }
+    };
+    let get = |token: String, path: &'static str| {
+        let url = format!("{pp}{path}");
+        async move {
+            let res = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            (res.status().as_u16(), res.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, product) = get(token("alice").await, "/api/v1/products/0").await;
+    assert_eq!(status, 200, "{product}");
+    assert_eq!(product["details"]["status"], 200, "{product}");
+    assert_eq!(
+        product["reviews"]["status"], 200,
+        "alice is a reviewer: {product}"
+    );
+    assert_eq!(product["reviews"]["body"]["ratings"]["status"], 200, "{product}");
+    let (_, product) = get(token("bob").await, "/api/v1/products/0").await;
+    assert_eq!(product["details"]["status"], 200, "{product}");
+    assert_eq!(
+        product["reviews"]["status"], 403,
+        "bob is not a reviewer: {product}"
+    );
+    let (_, who) = get(token("alice").await, "/upstreams/whoami").await;
+    for svc in ["details", "reviews"] {
+        assert_eq!(
+            who[svc]["body"]["peer"]["principal"], "cluster.local/ns/default/sa/productpage",
+            "{who}"
+        );
+        assert!(
+            who[svc]["body"]["request_principal"]
+                .as_str()
+                .is_some_and(|p| p.ends_with("/realms/istio/alice")),
+            "{who}"
+        );
+    }
+    // The page, for anyone, with a sign-in link.
+    let page = reqwest::get(format!("{pp}/productpage")).await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("id=\"sign-in\""));
+}
+
+/// The launcher process: SIGTERM (it stops the services), then reaped.
+struct Launcher(std::process::Child);
+
+impl Drop for Launcher {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .arg(self.0.id().to_string())
+            .status();
+        let _ = self.0.wait();
+    }
+}

@@ -129,10 +129,22 @@ pub(crate) fn compile(w: &WorkloadPolicy<'_>, out: &mut Vec<CompiledPolicy>) -> 
         ));
     }
     if config.is_none() && (bindings > 0 || !roles.is_empty()) {
-        tracing::warn!(
-            target: super::LOG_TARGET,
-            "ServiceRole/ServiceRoleBinding documents apply to this workload but no RbacConfig switches RBAC on for it: they are not enforced (as in Istio)"
-        );
+        // An RbacConfig that leaves this workload out is a choice; none at
+        // all is likely a forgotten document.
+        if w.documents()
+            .iter()
+            .any(|d| matches!(d.spec, Spec::RbacConfig(_)))
+        {
+            tracing::debug!(
+                target: super::LOG_TARGET,
+                "the RbacConfig does not include this workload: its ServiceRole/ServiceRoleBinding documents are not enforced"
+            );
+        } else {
+            tracing::warn!(
+                target: super::LOG_TARGET,
+                "ServiceRole/ServiceRoleBinding documents apply to this workload but no RbacConfig switches RBAC on for it: they are not enforced (as in Istio)"
+            );
+        }
     }
     Ok(config.is_some())
 }
