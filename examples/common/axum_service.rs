@@ -18,65 +18,54 @@ use std::sync::Arc;
 use axum::Extension;
 use palisade::axum::PalisadeLayer;
 use palisade::core::RequestAuth;
-use palisade::spnego::DelegatedCredential;
 
-/// A back-end called on the user's behalf: with the user's delegated
-/// ticket when the client forwarded one, else by S4U (protocol transition)
-/// with the service's own key.
+/// A back-end called on the user's behalf, with palisade-client's
+/// `Credentials::Kerberos`: the user's delegated ticket when the client
+/// forwarded one, else S4U (protocol transition) with the service's own key.
 pub struct Backend {
     pub url: String,
     pub s4u_realm: Option<String>,
-    pub impersonator: Option<palisade::spnego::Impersonator>,
+    pub kerberos: palisade::client::Kerberos,
 }
 
 /// `GET /backend/whoami`: the back-end's `/whoami` as seen when called on
 /// behalf of this request's user, with how (`delegation` or `s4u`).
 async fn backend_whoami(backend: Arc<Backend>, auth: RequestAuth) -> axum::response::Response {
     use axum::response::IntoResponse;
+    use palisade::client::{CallerToken, ClientError, Credentials, KerberosCaller, Upstreams};
     let Ok(url) = reqwest::Url::parse(&format!("{}/whoami", backend.url.trim_end_matches('/'))) else {
         return (StatusCode::BAD_GATEWAY, "bad --backend").into_response();
     };
-    let service = format!("HTTP@{}", url.host_str().unwrap_or("localhost"));
-    let delegated = auth.attachment::<DelegatedCredential>().cloned();
-    let principal = auth.identity().and_then(|id| match (id.kerberos(), id.token()) {
-        (Some(k), _) => Some(k.principal.clone()),
-        (None, Some(t)) => backend
-            .s4u_realm
-            .as_ref()
-            .map(|r| format!("{}@{r}", t.preferred_username.as_deref().unwrap_or(&t.subject))),
-        _ => None,
-    });
-    let (via, header) = match (delegated, principal, &backend.impersonator) {
-        (Some(d), _, _) => (
-            "delegation",
-            tokio::task::spawn_blocking(move || d.negotiate_header(&service)).await,
-        ),
-        (None, Some(user), Some(imp)) => {
-            let imp = imp.clone();
-            (
-                "s4u",
-                tokio::task::spawn_blocking(move || imp.negotiate_header(&user, &service)).await,
-            )
-        }
-        _ => return auth.missing_credential().into_response(),
+    let caller = KerberosCaller::from_request(&auth, backend.s4u_realm.as_deref());
+    let via = if caller.has_delegated() {
+        "delegation"
+    } else {
+        "s4u"
     };
-    let header = match header {
-        Ok(Ok(h)) => h,
-        other => {
-            tracing::warn!(?other, via, "cannot get a ticket for the back-end");
+    let upstreams = Upstreams::builder()
+        .host("*", Credentials::Kerberos(backend.kerberos.clone()))
+        .build();
+    let client = reqwest::Client::new();
+    let mut req = match client.get(url).build() {
+        Ok(r) => r,
+        Err(_) => return (StatusCode::BAD_GATEWAY, "bad --backend").into_response(),
+    };
+    match upstreams
+        .apply(&mut req, Some(&CallerToken::from_kerberos(caller)))
+        .await
+    {
+        Ok(()) => {}
+        Err(ClientError::NoCallerToken) => return auth.missing_credential().into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, via, "cannot get a ticket for the back-end");
             return (
                 StatusCode::BAD_GATEWAY,
                 Json(serde_json::json!({"via": via, "error": "no ticket for the back-end"})),
             )
                 .into_response();
         }
-    };
-    match reqwest::Client::new()
-        .get(url)
-        .header("authorization", header)
-        .send()
-        .await
-    {
+    }
+    match client.execute(req).await {
         Ok(res) => {
             let status = res.status().as_u16();
             let body: serde_json::Value = res.json().await.unwrap_or(serde_json::Value::Null);
@@ -168,9 +157,13 @@ pub async fn serve(default_name: &str, default_port: u16, make: impl FnOnce(Part
     let backend = args.backend.clone().map(|url| Backend {
         url,
         s4u_realm: args.s4u_realm.clone(),
-        impersonator: palisade::spnego::Impersonator::new()
-            .map_err(|e| tracing::warn!(error = %e, "no S4U: only delegated tickets reach the back-end"))
-            .ok(),
+        kerberos: match palisade::spnego::Impersonator::new() {
+            Ok(imp) => palisade::client::Kerberos::s4u(imp),
+            Err(e) => {
+                tracing::warn!(error = %e, "no S4U: only delegated tickets reach the back-end");
+                palisade::client::Kerberos::delegation()
+            }
+        },
     });
     let guard = (!args.no_guard).then(|| setup.guard.clone());
     let app = make(Parts {

@@ -3,19 +3,55 @@
 use std::fmt;
 use std::sync::Arc;
 
-/// The access token of the request being served, to relay to an upstream
-/// ([`Credentials::Caller`](crate::Credentials::Caller)). Put it in an
-/// outbound `http::Request`'s extensions for [`CredentialsLayer`](crate::CredentialsLayer),
-/// or pass it to [`Upstreams::apply`](crate::Upstreams::apply). Cloning is
-/// an `Arc` clone; `Debug` never prints the token.
-#[derive(Clone, PartialEq, Eq)]
-pub struct CallerToken(Arc<str>);
+/// What the request being served brings for calls on its behalf: its
+/// access token, to relay or exchange ([`Credentials::Caller`](crate::Credentials::Caller),
+/// [`Credentials::TokenExchange`](crate::Credentials::TokenExchange)), and
+/// with the `spnego` feature its Kerberos facts ([`KerberosCaller`](crate::KerberosCaller),
+/// for `Credentials::Kerberos`). Put it in an outbound `http::Request`'s
+/// extensions for [`CredentialsLayer`](crate::CredentialsLayer), or pass it
+/// to [`Upstreams::apply`](crate::Upstreams::apply). Cloning is cheap;
+/// `Debug` never prints a token.
+#[derive(Clone)]
+pub struct CallerToken {
+    bearer: Option<Arc<str>>,
+    #[cfg(feature = "spnego")]
+    kerberos: Option<Arc<crate::KerberosCaller>>,
+}
 
 impl CallerToken {
     /// A token as it is (a sign-in session's access token, say).
     #[must_use]
     pub fn new(token: &str) -> Self {
-        Self(token.into())
+        Self {
+            bearer: Some(token.into()),
+            #[cfg(feature = "spnego")]
+            kerberos: None,
+        }
+    }
+
+    /// A caller known to Kerberos only (no bearer token).
+    #[cfg(feature = "spnego")]
+    #[must_use]
+    pub fn from_kerberos(kerberos: crate::KerberosCaller) -> Self {
+        Self {
+            bearer: None,
+            kerberos: Some(Arc::new(kerberos)),
+        }
+    }
+
+    /// The same caller, with its Kerberos facts.
+    #[cfg(feature = "spnego")]
+    #[must_use]
+    pub fn with_kerberos(mut self, kerberos: crate::KerberosCaller) -> Self {
+        self.kerberos = Some(Arc::new(kerberos));
+        self
+    }
+
+    /// The caller's Kerberos facts, when given.
+    #[cfg(feature = "spnego")]
+    #[must_use]
+    pub fn kerberos(&self) -> Option<&crate::KerberosCaller> {
+        self.kerberos.as_deref()
     }
 
     /// The bearer token of an inbound request's `Authorization` header
@@ -33,15 +69,15 @@ impl CallerToken {
             .then(|| Self::new(token))
     }
 
-    /// The token.
+    /// The bearer token, when the caller has one.
     #[must_use]
-    pub fn as_str(&self) -> &str {
-        &self.0
+    pub fn bearer(&self) -> Option<&str> {
+        self.bearer.as_deref()
     }
 
-    /// The token, shared.
-    pub(crate) fn shared(&self) -> &Arc<str> {
-        &self.0
+    /// The bearer token, shared.
+    pub(crate) fn shared(&self) -> Option<&Arc<str>> {
+        self.bearer.as_ref()
     }
 }
 
@@ -66,7 +102,8 @@ mod tests {
     #[test]
     fn the_bearer_token_of_one_authorization_header_is_the_callers() {
         assert_eq!(
-            CallerToken::from_headers(&headers(&["Bearer abc.def"])).map(|t| t.as_str().to_owned()),
+            CallerToken::from_headers(&headers(&["Bearer abc.def"]))
+                .and_then(|t| t.bearer().map(str::to_owned)),
             Some("abc.def".to_owned())
         );
         assert!(CallerToken::from_headers(&headers(&["bearer  x"])).is_some());

@@ -92,7 +92,8 @@ impl TokenExchange {
     /// # Errors
     /// [`ClientError::Refused`] when the issuer refuses the exchange (an
     /// expired or foreign caller token, a client not allowed to exchange),
-    /// [`ClientError::Unavailable`] when it cannot be reached.
+    /// [`ClientError::Unavailable`] when it cannot be reached,
+    /// [`ClientError::NoCallerToken`] when the caller has no bearer token.
     pub async fn authorization(&self, caller: &CallerToken) -> Result<Arc<str>, ClientError> {
         self.granted(caller).await.map(|g| Arc::clone(&g.header))
     }
@@ -100,12 +101,12 @@ impl TokenExchange {
     /// The exchanged token for `caller`, exchanging it when none is cached.
     pub(crate) async fn granted(&self, caller: &CallerToken) -> Result<Arc<Granted>, ClientError> {
         let inner = &*self.0;
-        if let Some(g) = lock(&inner.cache).get(caller.as_str())
+        let key = caller.shared().ok_or(ClientError::NoCallerToken)?;
+        if let Some(g) = lock(&inner.cache).get(&**key)
             && Instant::now() < g.renew_at
         {
             return Ok(Arc::clone(g));
         }
-        let key = caller.shared();
         let flight = Arc::clone(lock(&inner.flights).entry(Arc::clone(key)).or_default());
         // Leaves the map however this call ends, cancelled included.
         let _landed = Landed {
@@ -113,14 +114,14 @@ impl TokenExchange {
             key,
             flight: &flight,
         };
-        flight.get_or_init(|| self.exchange(caller)).await.clone()
+        flight.get_or_init(|| self.exchange(key)).await.clone()
     }
 
-    async fn exchange(&self, caller: &CallerToken) -> Result<Arc<Granted>, ClientError> {
+    async fn exchange(&self, caller: &Arc<str>) -> Result<Arc<Granted>, ClientError> {
         let inner = &*self.0;
         let mut form = vec![
             ("grant_type", GRANT_TYPE),
-            ("subject_token", caller.as_str()),
+            ("subject_token", &**caller),
             ("subject_token_type", ACCESS_TOKEN_TYPE),
             ("requested_token_type", ACCESS_TOKEN_TYPE),
         ];
@@ -141,7 +142,7 @@ impl TokenExchange {
                 cache.clear();
             }
         }
-        cache.insert(Arc::clone(caller.shared()), Arc::clone(&granted));
+        cache.insert(Arc::clone(caller), Arc::clone(&granted));
         Ok(granted)
     }
 }

@@ -97,7 +97,10 @@ where
                     upstreams.for_host(host)
                 }
             };
-            credentials.apply_to(req.headers_mut(), caller.as_ref()).await?;
+            let host = req.uri().host().map(str::to_owned);
+            credentials
+                .apply_to(req.headers_mut(), host.as_deref(), caller.as_ref())
+                .await?;
             inner.call(req).await.map_err(Into::into)
         })
     }

@@ -15,6 +15,10 @@
 //!   shared by every call, renewed before it expires by one request while
 //!   the others keep using the current token, and kept while the issuer is
 //!   down for as long as it is valid.
+//! - `Credentials::Kerberos` (feature `spnego`): a Kerberos ticket for the
+//!   upstream (`Authorization: Negotiate`) as the caller, from the ticket it
+//!   delegated or by S4U with the service's own key (`Kerberos`,
+//!   `KerberosCaller`).
 //! - [`Credentials::None`]: nothing is attached.
 //!
 //! [`Upstreams`] maps hosts to credentials, in code or from the policy
@@ -48,6 +52,8 @@ mod endpoint;
 mod error;
 mod exchange;
 mod grant;
+#[cfg(feature = "spnego")]
+mod kerberos;
 mod layer;
 mod policy;
 mod upstreams;
@@ -57,6 +63,8 @@ pub use endpoint::GrantBuilder;
 pub use error::ClientError;
 pub use exchange::{TokenExchange, TokenExchangeBuilder};
 pub use grant::{ClientCredentials, ClientCredentialsBuilder};
+#[cfg(feature = "spnego")]
+pub use kerberos::{Kerberos, KerberosCaller};
 pub use layer::{CredentialsLayer, CredentialsService};
 pub use upstreams::{Credentials, Upstreams, UpstreamsBuilder};
 

@@ -18,46 +18,66 @@ pub enum Credentials {
     ClientCredentials(ClientCredentials),
     /// A token for the upstream on behalf of the caller (RFC 8693).
     TokenExchange(TokenExchange),
+    /// A Kerberos ticket for the upstream as the caller (its delegated
+    /// ticket, or S4U): `Authorization: Negotiate …`.
+    #[cfg(feature = "spnego")]
+    Kerberos(crate::Kerberos),
 }
 
 impl Credentials {
     /// The `Authorization` header value for a call made while serving a
     /// request whose token is `caller`; `None` when nothing is to be sent.
+    /// (`Kerberos` needs the upstream's host unless it names its service:
+    /// use [`Upstreams::authorization`].)
     ///
     /// # Errors
     /// [`ClientError::NoCallerToken`] when the caller's token is needed and
     /// there is none; the grant's errors.
     pub async fn authorization(&self, caller: Option<&CallerToken>) -> Result<Option<Arc<str>>, ClientError> {
+        self.authorization_to(None, caller).await
+    }
+
+    /// [`authorization`](Self::authorization) for a call to `host`.
+    pub(crate) async fn authorization_to(
+        &self,
+        host: Option<&str>,
+        caller: Option<&CallerToken>,
+    ) -> Result<Option<Arc<str>>, ClientError> {
+        let _ = host;
         match self {
             Credentials::None => Ok(None),
-            Credentials::Caller => {
-                let token = caller.ok_or(ClientError::NoCallerToken)?;
-                Ok(Some(format!("Bearer {}", token.as_str()).into()))
-            }
+            Credentials::Caller => Ok(Some(format!("Bearer {}", bearer(caller)?).into())),
             Credentials::ClientCredentials(c) => c.authorization().await.map(Some),
             Credentials::TokenExchange(x) => {
                 let token = caller.ok_or(ClientError::NoCallerToken)?;
                 x.authorization(token).await.map(Some)
             }
+            #[cfg(feature = "spnego")]
+            Credentials::Kerberos(k) => k
+                .authorization(host, caller.and_then(CallerToken::kerberos))
+                .await
+                .map(|h| Some(h.into())),
         }
     }
 
-    /// Sets `headers`' `Authorization` to [`authorization`](Self::authorization),
-    /// or removes it when nothing is to be sent.
+    /// Sets `headers`' `Authorization` for a call to `host` to
+    /// [`authorization`](Self::authorization), or removes it when nothing is
+    /// to be sent.
     pub(crate) async fn apply_to(
         &self,
         headers: &mut http::HeaderMap,
+        host: Option<&str>,
         caller: Option<&CallerToken>,
     ) -> Result<(), ClientError> {
+        let _ = host;
         let value = match self {
             Credentials::None => {
                 headers.remove(http::header::AUTHORIZATION);
                 return Ok(());
             }
             Credentials::Caller => {
-                let token = caller.ok_or(ClientError::NoCallerToken)?;
                 let mut value =
-                    http::HeaderValue::try_from(format!("Bearer {}", token.as_str())).map_err(|_| {
+                    http::HeaderValue::try_from(format!("Bearer {}", bearer(caller)?)).map_err(|_| {
                         ClientError::Config("the caller's token cannot be sent in a header".into())
                     })?;
                 value.set_sensitive(true);
@@ -68,10 +88,28 @@ impl Credentials {
                 let token = caller.ok_or(ClientError::NoCallerToken)?;
                 x.granted(token).await?.value.clone()
             }
+            #[cfg(feature = "spnego")]
+            Credentials::Kerberos(k) => {
+                let header = k
+                    .authorization(host, caller.and_then(CallerToken::kerberos))
+                    .await?;
+                let mut value = http::HeaderValue::try_from(header).map_err(|_| {
+                    ClientError::Config("the Kerberos ticket cannot be sent in a header".into())
+                })?;
+                value.set_sensitive(true);
+                value
+            }
         };
         headers.insert(http::header::AUTHORIZATION, value);
         Ok(())
     }
+}
+
+/// The caller's bearer token, or why there is none.
+fn bearer(caller: Option<&CallerToken>) -> Result<&str, ClientError> {
+    caller
+        .and_then(CallerToken::bearer)
+        .ok_or(ClientError::NoCallerToken)
 }
 
 /// A host as entries and lookups compare it: lower case, an IPv6
@@ -134,8 +172,9 @@ impl Upstreams {
         uri: &http::Uri,
         caller: Option<&CallerToken>,
     ) -> Result<Option<Arc<str>>, ClientError> {
-        self.for_host(uri.host().unwrap_or_default())
-            .authorization(caller)
+        let host = uri.host();
+        self.for_host(host.unwrap_or_default())
+            .authorization_to(host, caller)
             .await
     }
 
@@ -150,7 +189,9 @@ impl Upstreams {
         req: &mut reqwest::Request,
         caller: Option<&CallerToken>,
     ) -> Result<(), ClientError> {
-        let host = req.url().host_str().unwrap_or_default().to_owned();
-        self.for_host(&host).apply_to(req.headers_mut(), caller).await
+        let host = req.url().host_str().map(str::to_owned);
+        self.for_host(host.as_deref().unwrap_or_default())
+            .apply_to(req.headers_mut(), host.as_deref(), caller)
+            .await
     }
 }
