@@ -364,3 +364,42 @@ pub fn created_json(service: &str) -> serde_json::Value {
 pub fn item_json(service: &str, id: &str) -> serde_json::Value {
     serde_json::json!({"id": id, "service": service, "title": "The Comedy of Errors"})
 }
+
+/// The workload's outbound setup from its policy: what each upstream host
+/// is sent (`UpstreamCredentials`) and how it is reached (`DestinationRule`;
+/// `ISTIO_MUTUAL` with the workload's own `--tls-cert`, `--tls-key` and
+/// `--client-ca`). Exits naming the file, document and field that cannot be
+/// used.
+pub fn outbound(args: &Args, setup: &Setup) -> (palisade::client::Upstreams, palisade::mtls::UpstreamTls) {
+    use palisade::core::policy::FromPolicy as _;
+    let policy = setup.set.for_workload(&setup.workload);
+    let credentials = palisade::client::Upstreams::from_policy(&policy)
+        .unwrap_or_else(|e| fail(&e.to_string()))
+        .unwrap_or_default();
+    let mesh = match (&args.tls_cert, &args.tls_key, &args.client_ca) {
+        (Some(cert), Some(key), Some(ca)) => Some(palisade::mtls::MeshIdentity {
+            cert: cert.clone(),
+            key: key.clone(),
+            ca: ca.clone(),
+        }),
+        _ => None,
+    };
+    let tls = palisade::mtls::UpstreamTls::from_policy(&policy, mesh.as_ref())
+        .unwrap_or_else(|e| fail(&e.to_string()));
+    (credentials, tls)
+}
+
+/// `--upstream NAME=URL`'s URL, its port and the address it resolves to;
+/// exits naming the argument when one cannot be had.
+pub fn upstream_target(name: &str, url: &str) -> (reqwest::Url, u16, SocketAddr) {
+    use std::net::ToSocketAddrs as _;
+    let bad = |why: &str| -> ! { fail(&format!("--upstream {name}={url}: {why}")) };
+    let parsed = reqwest::Url::parse(url).unwrap_or_else(|e| bad(&e.to_string()));
+    let port = parsed.port_or_known_default().unwrap_or_else(|| bad("no port"));
+    let addr = (parsed.host_str().unwrap_or_else(|| bad("no host")), port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .unwrap_or_else(|| bad("the host cannot be resolved"));
+    (parsed, port, addr)
+}

@@ -11,13 +11,11 @@
     reason = "shared by several examples, each using a part"
 )]
 
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::pin::Pin;
 use std::time::Duration;
 
-use palisade::client::{CallerToken, Credentials, CredentialsLayer, CredentialsService, Upstreams};
-use palisade::core::policy::FromPolicy;
-use palisade::mtls::{MeshIdentity, UpstreamTls, UpstreamTransport};
+use palisade::client::{CallerToken, Credentials, CredentialsLayer, CredentialsService};
+use palisade::mtls::UpstreamTransport;
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tonic::transport::{Channel, Endpoint};
@@ -44,31 +42,11 @@ impl Ratings {
     pub fn new(args: &Args, setup: &Setup) -> Option<Self> {
         let (_, url) = args.upstreams.iter().find(|(n, _)| n == "ratings")?;
         let bad = |why: &str| -> ! { common::fail(&format!("--upstream ratings={url}: {why}")) };
-        let policy = setup.set.for_workload(&setup.workload);
         let host = format!("ratings.{}.svc.cluster.local", setup.workload.namespace);
-        let credentials = Upstreams::from_policy(&policy)
-            .unwrap_or_else(|e| common::fail(&e.to_string()))
-            .unwrap_or_default()
-            .for_host(&host)
-            .clone();
+        let (credentials, tls) = common::outbound(args, setup);
+        let credentials = credentials.for_host(&host).clone();
         let needs_caller = matches!(credentials, Credentials::Caller | Credentials::TokenExchange(_));
-        let mesh = match (&args.tls_cert, &args.tls_key, &args.client_ca) {
-            (Some(cert), Some(key), Some(ca)) => Some(MeshIdentity {
-                cert: cert.clone(),
-                key: key.clone(),
-                ca: ca.clone(),
-            }),
-            _ => None,
-        };
-        let tls =
-            UpstreamTls::from_policy(&policy, mesh.as_ref()).unwrap_or_else(|e| common::fail(&e.to_string()));
-        let parsed = reqwest::Url::parse(url).unwrap_or_else(|e| bad(&e.to_string()));
-        let port = parsed.port_or_known_default().unwrap_or_else(|| bad("no port"));
-        let addr: SocketAddr = (parsed.host_str().unwrap_or_else(|| bad("no host")), port)
-            .to_socket_addrs()
-            .ok()
-            .and_then(|mut a| a.next())
-            .unwrap_or_else(|| bad("the host cannot be resolved"));
+        let (parsed, port, addr) = common::upstream_target("ratings", url);
         let route = tls.for_host(&host, port);
         let name = route.sni().unwrap_or(&host).to_owned();
         let tls = match route.transport() {

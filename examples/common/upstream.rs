@@ -17,13 +17,11 @@
     reason = "shared by several examples, each using a part"
 )]
 
-use std::net::ToSocketAddrs;
 use std::sync::Arc;
 
 use palisade::client::{CallerToken, ClientError, Credentials, Upstreams};
 use palisade::core::RequestAuth;
-use palisade::core::policy::FromPolicy;
-use palisade::mtls::{MeshIdentity, UpstreamTls, UpstreamTransport};
+use palisade::mtls::{UpstreamTls, UpstreamTransport};
 use serde_json::{Value, json};
 
 use super::common::{self, Args, Setup};
@@ -72,20 +70,7 @@ impl Backends {
     /// and `DestinationRule` documents; exits with one line naming the
     /// argument, or the file, document and field, that cannot be used.
     pub fn new(args: &Args, setup: &Setup) -> Self {
-        let policy = setup.set.for_workload(&setup.workload);
-        let credentials = Upstreams::from_policy(&policy)
-            .unwrap_or_else(|e| common::fail(&e.to_string()))
-            .unwrap_or_default();
-        let mesh = match (&args.tls_cert, &args.tls_key, &args.client_ca) {
-            (Some(cert), Some(key), Some(ca)) => Some(MeshIdentity {
-                cert: cert.clone(),
-                key: key.clone(),
-                ca: ca.clone(),
-            }),
-            _ => None,
-        };
-        let tls =
-            UpstreamTls::from_policy(&policy, mesh.as_ref()).unwrap_or_else(|e| common::fail(&e.to_string()));
+        let (credentials, tls) = common::outbound(args, setup);
         let upstreams = args
             .upstreams
             .iter()
@@ -177,13 +162,7 @@ fn caller_token(auth: Option<&RequestAuth>, inbound: &http::HeaderMap) -> Option
 /// One `--upstream NAME=URL` built, or exit naming it.
 fn upstream(name: &str, url: &str, namespace: &str, tls: &UpstreamTls, args: &Args) -> Upstream {
     let bad = |why: &str| -> ! { common::fail(&format!("--upstream {name}={url}: {why}")) };
-    let parsed = reqwest::Url::parse(url).unwrap_or_else(|e| bad(&e.to_string()));
-    let port = parsed.port_or_known_default().unwrap_or_else(|| bad("no port"));
-    let addr = (parsed.host_str().unwrap_or_else(|| bad("no host")), port)
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .unwrap_or_else(|| bad("the host cannot be resolved"));
+    let (parsed, port, addr) = common::upstream_target(name, url);
     let host = format!("{name}.{namespace}.svc.cluster.local");
     let route = tls.for_host(&host, port);
     let sent_name = route.sni().unwrap_or(&host).to_owned();
