@@ -430,26 +430,7 @@ async fn a_cached_service_account_token_outlives_the_issuer_until_it_expires() {
 
 #[tokio::test]
 async fn the_bookinfo_command_starts_the_whole_system_as_its_policy_file_says() {
-    use std::io::BufRead as _;
-    // Ports BASE to BASE+10; far from other tests' ephemeral ports.
-    let base = 20_000 + (std::process::id() % 4_000) * 10;
-    let child = std::process::Command::new(common::example("bookinfo"))
-        .args(["--base-port", &base.to_string()])
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("cargo test builds the bookinfo example");
-    let mut launcher = Launcher(child);
-    let stdout = launcher.0.stdout.take().unwrap();
-    let mut banner = Vec::new();
-    for line in std::io::BufReader::new(stdout).lines() {
-        let line = line.unwrap();
-        if line == "bookinfo ready" {
-            break;
-        }
-        banner.push(line);
-    }
-    let banner = banner.join("\n");
+    let (_launcher, base, banner) = common::start_bookinfo();
     let pp = format!("http://127.0.0.1:{}", base + 2);
     assert!(banner.contains(&format!("{pp}/productpage")), "{banner}");
     // The terminal recipe, as printed: a password-grant token, then the API.
@@ -511,16 +492,4 @@ async fn the_bookinfo_command_starts_the_whole_system_as_its_policy_file_says() 
     let page = reqwest::get(format!("{pp}/productpage")).await.unwrap();
     assert_eq!(page.status(), 200);
     assert!(page.text().await.unwrap().contains("id=\"sign-in\""));
-}
-
-/// The launcher process: SIGTERM (it stops the services), then reaped.
-struct Launcher(std::process::Child);
-
-impl Drop for Launcher {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("kill")
-            .arg(self.0.id().to_string())
-            .status();
-        let _ = self.0.wait();
-    }
 }

@@ -10,14 +10,16 @@
 //!   `private_key_jwt`.
 //! - oidc-provider's own login and consent pages take a browser to a
 //!   loopback redirect URI with `code` and `state`.
+//! - The whole bookinfo system (`examples/bookinfo.rs`): signed in, alice's
+//!   page shows what details, reviews and ratings answered for her.
 //!
 //! Screenshots of every step go to `<target>/test-screenshots/` (or
 //! `PALISADE_SCREENSHOT_DIR`), named `<test>-<step>-<what>.png`; a failure
 //! adds `<test>-failure.png` and the page source, `<test>-failure.html`.
 //!
-//! The example binary is built by `cargo test --features full`; when only
-//! this test is selected (`--test browser`), build it first with
-//! `cargo build --features full --example productpage`.
+//! The example binaries are built by `cargo test --features full`; when
+//! only this test is selected (`--test browser`), build them first with
+//! `cargo build --features full --examples`.
 
 use std::cell::Cell;
 use std::fmt::Display;
@@ -626,4 +628,43 @@ async fn signs_in_through_oidc_provider_login_and_consent_pages() {
         .unwrap_or_else(|| panic!("no id_token: {tokens}"));
     assert_eq!(id_token.split('.').count(), 3);
     assert!(tokens["access_token"].is_string(), "{tokens}");
+}
+
+/// The bookinfo system (`examples/bookinfo.rs`) as a person uses it: alice
+/// signs in at productpage, whose page then shows the details and the
+/// reviews with their stars, fetched on her behalf from details, reviews
+/// and, through reviews, ratings, over mutual TLS with her token relayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_signs_in_to_bookinfo_and_sees_every_service_answer_for_alice() {
+    let (_launcher, base, _) = common::start_bookinfo();
+    let pp = format!("http://127.0.0.1:{}", base + 2);
+    tokio::task::block_in_place(|| {
+        let run = Run::start("bookinfo");
+        run.goto(&format!("{pp}/productpage"));
+        expect_signed_out_page(&run);
+        // Signed out, the back-ends are not called for anyone: no token.
+        let reviews = run.text("#reviews p");
+        run.check(reviews.contains("401"), || format!("#reviews shows {reviews:?}"));
+        run.shot("signed-out");
+
+        run.click("#sign-in");
+        run.wait_for("#username");
+        run.type_into("#username", "alice");
+        run.type_into("#password", "alice");
+        run.shot("login-form");
+        run.click("#kc-login");
+
+        run.wait_for_url("back at /productpage", |u| u == format!("{pp}/productpage"));
+        let user = run.text("#user");
+        run.check(user == "alice", || format!("#user shows {user:?}"));
+        let details = run.text("#details p");
+        run.check(!details.contains("unavailable"), || {
+            format!("#details shows {details:?}")
+        });
+        let reviews = run.text("#reviews p");
+        run.check(reviews.contains("Reviewer1: ★★★★★"), || {
+            format!("#reviews shows {reviews:?}")
+        });
+        run.shot("signed-in");
+    });
 }

@@ -92,3 +92,46 @@ pub(crate) fn start_with_env(name: &str, args: &[&str], env: &[(String, String)]
         svc.banner.push(line);
     }
 }
+
+/// The `bookinfo` launcher as a process: SIGTERM on drop (it stops its
+/// services), then reaped.
+pub(crate) struct Launcher(std::process::Child);
+
+impl Drop for Launcher {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .arg(self.0.id().to_string())
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the `bookinfo` example (built by `cargo test --features full`)
+/// and waits for `bookinfo ready`: the launcher, its base port (details;
+/// productpage is `base + 2`) and what it printed before.
+pub(crate) fn start_bookinfo() -> (Launcher, u32, String) {
+    use std::io::BufRead as _;
+    // Ports BASE to BASE+10, below Linux's ephemeral range (32768 up), so
+    // that no other test's port lands there; by process, so that two test
+    // binaries do not meet.
+    let base = 20_000 + (std::process::id() % 1_200) * 10;
+    let mut child = std::process::Command::new(example("bookinfo"))
+        .args(["--base-port", &base.to_string()])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot start the bookinfo example (built by cargo test --features full): {e}")
+        });
+    let stdout = child.stdout.take().unwrap();
+    let launcher = Launcher(child);
+    let mut banner = Vec::new();
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if line == "bookinfo ready" {
+            return (launcher, base, banner.join("\n"));
+        }
+        banner.push(line);
+    }
+    panic!("bookinfo stopped before it was ready:\n{}", banner.join("\n"));
+}
