@@ -174,8 +174,39 @@ fn grpc_benches(c: &mut Criterion) {
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
 
+    // The same guarded and plain routers called in process (no network):
+    // what the guard itself costs on this request.
+    let bearer_ref = &bearer;
+    let in_process = |router: axum::Router| {
+        use tower::ServiceExt as _;
+        let bearer = bearer_ref;
+        let router = router.with_state(());
+        let req = || {
+            http::Request::get("/")
+                .header("authorization", bearer.as_str())
+                .body(axum::body::Body::empty())
+                .unwrap()
+        };
+        let rt = &rt;
+        move || {
+            let res = rt.block_on(router.clone().oneshot(req())).unwrap();
+            assert_eq!(res.status(), 200);
+            black_box(res);
+        }
+    };
+    let mut in_process_guarded = in_process(guarded(page(), Some(guard.clone())));
+    let mut in_process_plain = in_process(guarded(page(), None));
+
     let mut g = c.benchmark_group("guard_over_h2_and_grpc");
     let mut results = Vec::new();
+    if let Some(p) = bench_paired(
+        &mut g,
+        "in_process_axum_cached_jwt",
+        &mut in_process_guarded,
+        &mut in_process_plain,
+    ) {
+        results.push(("in_process_axum_cached_jwt", p));
+    }
     if let Some(p) = bench_paired(
         &mut g,
         "h2c_axum_cached_jwt",

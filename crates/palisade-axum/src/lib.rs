@@ -106,7 +106,10 @@ impl PalisadeLayer {
     /// # }
     /// ```
     pub fn wrap(&self, router: axum::Router) -> axum::Router {
-        axum::Router::new().fallback_service(self.layer(router))
+        // Bound to its state now, as `axum::serve` binds the outer router:
+        // a router called as a service unbound prepares each route on
+        // every request.
+        axum::Router::new().fallback_service(self.layer(router.with_state(())))
     }
 }
 
