@@ -58,11 +58,14 @@ impl TokenClient {
             form.push(("client_id", &self.client_id));
             form.push(("client_secret", &self.secret));
         } else {
-            req = req.basic_auth(form_encode(&self.client_id), Some(form_encode(&self.secret)));
+            req = req.basic_auth(
+                palisade_core::form::encode(&self.client_id),
+                Some(palisade_core::form::encode(&self.secret)),
+            );
         }
         let body = form
             .iter()
-            .map(|(k, v)| format!("{k}={}", form_encode(v)))
+            .map(|(k, v)| format!("{k}={}", palisade_core::form::encode(v)))
             .collect::<Vec<_>>()
             .join("&");
         let sent = Instant::now();
@@ -333,17 +336,4 @@ async fn read_limited(mut res: reqwest::Response) -> Result<Vec<u8>, ClientError
         body.extend_from_slice(&chunk);
     }
     Ok(body)
-}
-
-/// `application/x-www-form-urlencoded` encoding of a form value, and of
-/// the parts of HTTP Basic client credentials (RFC 6749 section 2.3.1).
-fn form_encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => out.push(b as char),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
 }

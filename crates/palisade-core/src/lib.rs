@@ -34,6 +34,7 @@
 pub mod adapter;
 pub mod authn;
 pub mod authz;
+pub mod form;
 pub mod policy;
 
 mod check;

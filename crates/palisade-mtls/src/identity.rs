@@ -6,8 +6,11 @@
 use std::fmt;
 
 use aws_lc_rs::digest;
+use palisade_core::PeerIdentity;
+#[cfg(any(feature = "axum", feature = "actix"))]
 use palisade_core::authn::ConnectionInfo;
-use palisade_core::{Identity, PeerIdentity, Verification};
+#[cfg(any(feature = "axum", feature = "actix"))]
+use palisade_core::{Identity, Verification};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 /// A SPIFFE ID that follows the SPIFFE-ID rules: `spiffe://` and a trust
@@ -191,8 +194,9 @@ pub fn peer_identity(leaf_der: &[u8]) -> Option<PeerIdentity> {
     Some(peer)
 }
 
-/// The verified [`Identity`] of a peer: only code that has verified the
+/// The verified `Identity` of a peer: only code that has verified the
 /// chain (this crate's acceptors) calls this.
+#[cfg(any(feature = "axum", feature = "actix"))]
 fn verified_identity(leaf_der: &[u8]) -> Option<Identity> {
     peer_identity(leaf_der).map(|p| Identity::from_peer(p, Verification::assertion()))
 }
@@ -201,6 +205,7 @@ fn verified_identity(leaf_der: &[u8]) -> Option<Identity> {
 /// the SNI and, for a client certificate rustls verified, the peer identity
 /// (parsed here, once per connection) and its chain. Both acceptors (axum,
 /// actix-web) call this.
+#[cfg(any(feature = "axum", feature = "actix"))]
 pub(crate) fn fill_from_session(info: &mut ConnectionInfo, session: &rustls::ServerConnection) {
     info.tls = true;
     info.sni = session.server_name().map(str::to_owned);

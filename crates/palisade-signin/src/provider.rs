@@ -247,46 +247,7 @@ async fn discover(client: &reqwest::Client, url: &str, issuer: &str) -> Result<M
     Ok(m)
 }
 
-/// `application/x-www-form-urlencoded` encoding of one value (and of the
-/// parts of HTTP Basic credentials, as RFC 6749 section 2.3.1 says).
-pub(crate) fn form_encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => out.push(b as char),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
-}
-
-/// Decodes one `application/x-www-form-urlencoded` (or query) value.
-pub(crate) fn form_decode(value: &str) -> Option<String> {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 2;
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).ok()
-}
-
-/// The first value of `name` in a query string or form body.
-pub(crate) fn param(query: &str, name: &str) -> Option<String> {
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then(|| form_decode(v)).flatten()
-    })
-}
+pub(crate) use palisade_core::form::{encode as form_encode, param};
 
 /// How many times `name` appears in a query string or form body.
 pub(crate) fn param_count(query: &str, name: &str) -> usize {
@@ -299,15 +260,6 @@ pub(crate) fn param_count(query: &str, name: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn form_values_round_trip() {
-        let v = "a b&c=d/é%";
-        assert_eq!(form_decode(&form_encode(v)).as_deref(), Some(v));
-        assert_eq!(form_decode("a+b%2Fc").as_deref(), Some("a b/c"));
-        assert_eq!(form_decode("%zz"), None);
-        assert_eq!(form_decode("%4"), None);
-    }
 
     #[test]
     fn params_are_found_by_exact_name() {

@@ -43,9 +43,7 @@ mod memory;
 mod redis;
 mod revocations;
 
-#[cfg(feature = "redis")]
-use std::time::UNIX_EPOCH;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use palisade_core::BoxFuture;
 
@@ -215,7 +213,6 @@ pub enum StoreError {
 }
 
 /// Milliseconds since the Unix epoch (0 before it, saturating).
-#[cfg(feature = "redis")]
 pub(crate) fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
