@@ -47,7 +47,13 @@ impl Drop for System {
             // SIGTERM first: they shut down gracefully.
             let _ = Command::new("kill").arg(child.id().to_string()).status();
         }
+        // Up to 10 s to finish; then killed.
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
         for (_, child) in &mut self.children {
+            while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < until {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            let _ = child.kill();
             let _ = child.wait();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -55,8 +61,9 @@ impl Drop for System {
 }
 
 impl System {
-    /// Starts `name` with `args` and waits for its `listening on` line.
-    fn start(&mut self, name: &'static str, args: &[String]) {
+    /// Starts `name` with `args` and waits for its `listening on` line;
+    /// why not, when it cannot be started or stops first.
+    fn start(&mut self, name: &'static str, args: &[String]) -> Result<(), String> {
         let exe = sibling(name);
         let mut child = Command::new(&exe)
             .args(args)
@@ -65,26 +72,25 @@ impl System {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .unwrap_or_else(|e| {
-                fail(&format!(
+            .map_err(|e| {
+                format!(
                     "cannot start {}: {e} (build the services first: cargo build --release --features full --examples, or run scripts/bookinfo)",
                     exe.display()
-                ))
-            });
-        let stdout = child.stdout.take().unwrap_or_else(|| fail("no stdout"));
+                )
+            })?;
+        let stdout = child.stdout.take();
         self.children.push((name, child));
-        let mut lines = std::io::BufReader::new(stdout).lines();
+        let mut lines = std::io::BufReader::new(stdout.ok_or("no stdout")?).lines();
         loop {
             match lines.next() {
                 Some(Ok(line)) if line.starts_with("listening on ") => break,
                 Some(Ok(_)) => {}
-                _ => fail(&format!(
-                    "{name} stopped before it was ready (its error is above)"
-                )),
+                _ => return Err(format!("{name} stopped before it was ready (its error is above)")),
             }
         }
         // Keep reading, so that the service never blocks on a full pipe.
         std::thread::spawn(move || lines.for_each(drop));
+        Ok(())
     }
 }
 
@@ -123,6 +129,19 @@ fn main() {
         }
     }
     let port = |offset: u16| base + offset;
+    // SIGINT and SIGTERM are caught from here on: one during start-up stops
+    // what has started, as one later does.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| fail(&format!("cannot start a runtime: {e}")));
+    let signals = {
+        use tokio::signal::unix::{SignalKind, signal};
+        let _entered = rt.enter();
+        let term = signal(SignalKind::terminate()).unwrap_or_else(|e| fail(&e.to_string()));
+        let int = signal(SignalKind::interrupt()).unwrap_or_else(|e| fail(&e.to_string()));
+        (term, int)
+    };
     let issuer = TestIssuer::builder()
         .realm("istio")
         .bind(std::net::SocketAddr::from(([127, 0, 0, 1], port(10))))
@@ -175,7 +194,10 @@ fn main() {
         for u in upstream.iter().flat_map(|u| u.split('\u{0}')) {
             args.extend(["--upstream".to_owned(), u.to_owned()]);
         }
-        system.start(name, &args);
+        if let Err(e) = system.start(name, &args) {
+            drop(system);
+            fail(&e);
+        }
     }
     let token = issuer.token_endpoint();
     println!(
@@ -201,32 +223,30 @@ bookinfo ready",
         ratings = url(3, true),
         pp = url(2, false),
     );
-    wait(&mut system);
+    let stopped = rt.block_on(wait(&mut system, signals));
+    drop(system);
+    if stopped {
+        std::process::exit(1);
+    }
 }
 
-/// Until SIGINT or SIGTERM, or until a service stops.
-fn wait(system: &mut System) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap_or_else(|e| fail(&format!("cannot start a runtime: {e}")));
-    rt.block_on(async {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).unwrap_or_else(|e| fail(&e.to_string()));
-        let mut int = signal(SignalKind::interrupt()).unwrap_or_else(|e| fail(&e.to_string()));
-        loop {
-            tokio::select! {
-                _ = term.recv() => return,
-                _ = int.recv() => return,
-                () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {
-                    for (name, child) in &mut system.children {
-                        if let Ok(Some(status)) = child.try_wait() {
-                            eprintln!("error: {name} stopped ({status}); stopping the others");
-                            return;
-                        }
+/// Until SIGINT or SIGTERM (`false`), or until a service stops (`true`).
+async fn wait(
+    system: &mut System,
+    (mut term, mut int): (tokio::signal::unix::Signal, tokio::signal::unix::Signal),
+) -> bool {
+    loop {
+        tokio::select! {
+            _ = term.recv() => return false,
+            _ = int.recv() => return false,
+            () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {
+                for (name, child) in &mut system.children {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        eprintln!("error: {name} stopped ({status}); stopping the others");
+                        return true;
                     }
                 }
             }
         }
-    });
+    }
 }

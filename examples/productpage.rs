@@ -16,7 +16,6 @@ mod common;
 mod upstream;
 
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
 use axum::response::Html;
 use axum::routing::get;
 use axum::{Extension, Json, Router};
@@ -72,14 +71,13 @@ async fn productpage(
     State(backends): State<Backends>,
     id: Option<Identity>,
     auth: Option<Extension<RequestAuth>>,
-    headers: HeaderMap,
 ) -> Html<String> {
     let auth = auth.map(|Extension(a)| a);
     let call = |name: &'static str, path: &'static str| {
-        let (backends, auth, headers) = (backends.clone(), auth.clone(), headers.clone());
+        let (backends, auth) = (backends.clone(), auth.clone());
         async move {
             if backends.names().any(|n| n == name) {
-                Some(backends.get(name, path, auth.as_ref(), &headers).await)
+                Some(backends.get(name, path, auth.as_ref()).await)
             } else {
                 None
             }
@@ -128,13 +126,12 @@ async fn product(
     State(backends): State<Backends>,
     Path(id): Path<u32>,
     auth: Option<Extension<RequestAuth>>,
-    headers: HeaderMap,
 ) -> Json<Value> {
     let auth = auth.map(|Extension(a)| a);
     let (details_path, reviews_path) = (format!("details/{id}"), format!("reviews/{id}"));
     let (details, reviews) = tokio::join!(
-        backends.get("details", &details_path, auth.as_ref(), &headers),
-        backends.get("reviews", &reviews_path, auth.as_ref(), &headers),
+        backends.get("details", &details_path, auth.as_ref()),
+        backends.get("reviews", &reviews_path, auth.as_ref()),
     );
     Json(json!({"id": id, "details": details.to_json(), "reviews": reviews.to_json()}))
 }
@@ -143,17 +140,15 @@ async fn product(
 async fn upstreams_whoami(
     State(backends): State<Backends>,
     auth: Option<Extension<RequestAuth>>,
-    headers: HeaderMap,
 ) -> Json<Value> {
     let auth = auth.map(|Extension(a)| a);
     // All at once: one task each, answers in `--upstream` order.
     let calls: Vec<_> = backends
         .names()
         .map(|name| {
-            let (name, backends, auth, headers) =
-                (name.to_owned(), backends.clone(), auth.clone(), headers.clone());
+            let (name, backends, auth) = (name.to_owned(), backends.clone(), auth.clone());
             tokio::spawn(async move {
-                let answer = backends.get(&name, "whoami", auth.as_ref(), &headers).await;
+                let answer = backends.get(&name, "whoami", auth.as_ref()).await;
                 (name, answer.to_json())
             })
         })

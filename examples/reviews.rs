@@ -128,20 +128,10 @@ fn main() {
     }
 }
 
-/// The bearer token of the request being served, when the guard verified
-/// it (kept for the handler by `forwardOriginalToken: true`).
+/// The bearer token the guard verified for the request being served.
 fn caller_token(req: &actix_web::HttpRequest) -> Option<palisade::client::CallerToken> {
     use actix_web::HttpMessage as _;
-    let verified = req
-        .extensions()
-        .get::<palisade::core::RequestAuth>()
-        .and_then(|a| a.identity())
-        .is_some_and(|id| id.methods().contains(&palisade::core::AuthMethod::Jwt));
-    let mut values = req.headers().get_all(actix_web::http::header::AUTHORIZATION);
-    let value = values.next()?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    (verified && values.next().is_none() && scheme.eq_ignore_ascii_case("bearer"))
-        .then(|| palisade::client::CallerToken::new(token.trim_start()))
+    palisade::client::CallerToken::from_request(req.extensions().get::<palisade::core::RequestAuth>()?)
 }
 
 /// The two ways the service listens (see `main`).

@@ -89,7 +89,7 @@ kind: RequestAuthentication
 metadata: {{name: {svc}, namespace: default}}
 spec:
   selector: {{matchLabels: {{app: {svc}}}}}
-  jwtRules: [{{issuer: {iss_url}, jwksUri: {jwks}, audiences: [{svc}], forwardOriginalToken: true}}]
+  jwtRules: [{{issuer: {iss_url}, jwksUri: {jwks}, audiences: [{svc}]}}]
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule

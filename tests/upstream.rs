@@ -157,3 +157,48 @@ async fn an_exchanged_token_reaches_an_upstream_whose_policy_reads_the_actor() {
     }
     assert_eq!(issuer.token_exchanges(), 1, "one exchange for both back-ends");
 }
+
+/// What a service relays is the token the guard checked: read from where
+/// the rule reads tokens (here `x-token`), never an unchecked
+/// `Authorization` header beside it, and there whether or not the header
+/// was kept for the handler.
+#[tokio::test]
+async fn the_caller_token_is_the_one_the_guard_verified() {
+    use tower::ServiceExt as _;
+    let issuer = TestIssuer::start().unwrap();
+    let yaml = format!(
+        "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: default}}
+spec:
+  jwtRules:
+  - issuer: {}
+    jwks: '{}'
+    audiences: [details]
+    fromHeaders: [{{name: x-token}}]
+",
+        issuer.issuer(),
+        issuer.jwks()
+    );
+    let guard = guard_from(&yaml);
+    let app = palisade::axum::PalisadeLayer::new(guard).wrap(axum::Router::new().route(
+        "/",
+        axum::routing::get(
+            |axum::Extension(auth): axum::Extension<palisade::core::RequestAuth>| async move {
+                CallerToken::from_request(&auth)
+                    .and_then(|t| t.bearer().map(str::to_owned))
+                    .unwrap_or_default()
+            },
+        ),
+    ));
+    let token = issuer.token().subject("alice").audience("details").sign();
+    let req = http::Request::get("/")
+        .header("x-token", &token)
+        .header("authorization", "Bearer forged.unchecked.token")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let res = app.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let body = axum::body::to_bytes(res.into_body(), 1 << 16).await.unwrap();
+    assert_eq!(std::str::from_utf8(&body).unwrap(), token);
+}

@@ -113,7 +113,8 @@ impl Ratings {
                     tonic::Code::DeadlineExceeded => 504,
                     _ => 502,
                 };
-                json!({"status": http, "body": {"grpc_status": status.code() as i32, "error": status.message()}})
+                tracing::warn!(code = ?status.code(), message = status.message(), "the ratings call failed");
+                json!({"status": http, "body": {"grpc_status": status.code() as i32}})
             }
         }
     }

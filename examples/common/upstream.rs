@@ -88,20 +88,14 @@ impl Backends {
     }
 
     /// `GET path` on upstream `name`, made while serving `auth`'s request.
-    pub async fn get(
-        &self,
-        name: &str,
-        path: &str,
-        auth: Option<&RequestAuth>,
-        inbound: &http::HeaderMap,
-    ) -> Answer {
+    pub async fn get(&self, name: &str, path: &str, auth: Option<&RequestAuth>) -> Answer {
         let Some(upstream) = self.0.upstreams.iter().find(|u| u.name == name) else {
             return Answer::failed(502, format!("no --upstream {name}"));
         };
         let Ok(url) = upstream.base.join(path) else {
             return Answer::failed(502, "bad path");
         };
-        let caller = caller_token(auth, inbound);
+        let caller = caller_token(auth);
         let credentials = self.0.credentials.for_host(&upstream.host);
         let mut req = upstream.client.get(url);
         match credentials.authorization(caller.as_ref()).await {
@@ -118,7 +112,7 @@ impl Backends {
             }
             Err(e) => {
                 tracing::warn!(upstream = name, error = %e, "no credential for the upstream");
-                return Answer::failed(502, format!("no credential for the upstream: {e}"));
+                return Answer::failed(502, "no credential for the upstream (see productpage's log)");
             }
         }
         if matches!(credentials, Credentials::None) {
@@ -146,17 +140,11 @@ impl Backends {
     }
 }
 
-/// The token of the request being served, for relaying or exchanging: its
-/// sign-in session's, or its bearer token when the guard verified one.
-fn caller_token(auth: Option<&RequestAuth>, inbound: &http::HeaderMap) -> Option<CallerToken> {
-    let auth = auth?;
-    if let Some(session) = auth.attachment::<palisade::signin::SignedIn>() {
-        return Some(CallerToken::new(session.access_token()));
-    }
-    let verified = auth
-        .identity()
-        .is_some_and(|id| id.methods().contains(&palisade::core::AuthMethod::Jwt));
-    verified.then(|| CallerToken::from_headers(inbound)).flatten()
+/// The token the guard verified for the request being served (its bearer
+/// token, or its sign-in session's access token), for relaying or
+/// exchanging.
+fn caller_token(auth: Option<&RequestAuth>) -> Option<CallerToken> {
+    CallerToken::from_request(auth?)
 }
 
 /// One `--upstream NAME=URL` built, or exit naming it.
@@ -166,7 +154,9 @@ fn upstream(name: &str, url: &str, namespace: &str, tls: &UpstreamTls, args: &Ar
     let host = format!("{name}.{namespace}.svc.cluster.local");
     let route = tls.for_host(&host, port);
     let sent_name = route.sni().unwrap_or(&host).to_owned();
+    // The address is fixed: no proxy from the environment.
     let mut client = reqwest::Client::builder()
+        .no_proxy()
         .timeout(args.upstream_timeout)
         .redirect(reqwest::redirect::Policy::none())
         .resolve(&sent_name, addr);

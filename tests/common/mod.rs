@@ -111,10 +111,10 @@ impl Drop for Launcher {
 /// productpage is `base + 2`) and what it printed before.
 pub(crate) fn start_bookinfo() -> (Launcher, u32, String) {
     use std::io::BufRead as _;
-    // Ports BASE to BASE+10, below Linux's ephemeral range (32768 up), so
+    // Ports BASE to BASE+10 (in a stride of 20), below Linux's ephemeral range (32768 up), so
     // that no other test's port lands there; by process, so that two test
     // binaries do not meet.
-    let base = 20_000 + (std::process::id() % 1_200) * 10;
+    let base = 20_000 + (std::process::id() % 600) * 20;
     let mut child = std::process::Command::new(example("bookinfo"))
         .args(["--base-port", &base.to_string()])
         .env("RUST_LOG", "warn")

@@ -29,6 +29,22 @@ impl CallerToken {
         }
     }
 
+    /// The bearer token a Palisade guard verified for the request being
+    /// served: a JWT authenticator's, or a sign-in session's access token
+    /// (the [`BearerToken`](palisade_core::authn::BearerToken) attachment).
+    /// The one to relay: it is the token that was checked, whether or not
+    /// the `Authorization` header was kept for the handler. `None` when no
+    /// bearer token authenticated the request.
+    #[must_use]
+    pub fn from_request(auth: &palisade_core::RequestAuth) -> Option<Self> {
+        auth.attachment::<palisade_core::authn::BearerToken>()
+            .map(|t| Self {
+                bearer: Some(Arc::clone(t.shared())),
+                #[cfg(feature = "spnego")]
+                kerberos: None,
+            })
+    }
+
     /// A caller known to Kerberos only (no bearer token).
     #[cfg(feature = "spnego")]
     #[must_use]
@@ -56,6 +72,9 @@ impl CallerToken {
 
     /// The bearer token of an inbound request's `Authorization` header
     /// (scheme case-insensitive, one header only); `None` without one.
+    /// Behind a Palisade guard use [`CallerToken::from_request`] instead:
+    /// the header need not be the token the guard checked (a rule may read
+    /// tokens from elsewhere), and it is removed unless the rule keeps it.
     #[must_use]
     pub fn from_headers(headers: &http::HeaderMap) -> Option<Self> {
         let mut values = headers.get_all(http::header::AUTHORIZATION).iter();

@@ -33,7 +33,10 @@ impl KerberosCaller {
     /// What the guard established for a request: its delegated ticket
     /// (`RequestAuth::attachment::<DelegatedCredential>()`) and its user as a
     /// Kerberos principal: the Kerberos identity's, or, with `s4u_realm`, a
-    /// JWT user's `preferred_username` (else `sub`) `@` that realm.
+    /// JWT user's `preferred_username` (else `sub`) `@` that realm, when it
+    /// is a plain name (no `/`, `@`, `\\` or control character: a claim
+    /// cannot name an instance or another realm). Give `s4u_realm` only when
+    /// every issuer the guard trusts names users as that realm does.
     #[must_use]
     pub fn from_request(auth: &RequestAuth, s4u_realm: Option<&str>) -> Self {
         let delegated = auth.attachment::<DelegatedCredential>().cloned();
@@ -41,10 +44,18 @@ impl KerberosCaller {
             .identity()
             .and_then(|id| match (id.kerberos(), id.token(), s4u_realm) {
                 (Some(k), _, _) => Some(k.principal.clone()),
-                (None, Some(t), Some(realm)) => Some(format!(
-                    "{}@{realm}",
-                    t.preferred_username.as_deref().unwrap_or(&t.subject)
-                )),
+                // Only a plain user name becomes a principal: no instance
+                // (`alice/admin`), realm, escape or control character from
+                // a token claim.
+                (None, Some(t), Some(realm)) => {
+                    let user = t.preferred_username.as_deref().unwrap_or(&t.subject);
+                    let plain = !user.is_empty()
+                        && user.len() <= 256
+                        && !user
+                            .chars()
+                            .any(|c| matches!(c, '/' | '@' | '\\') || c.is_control());
+                    plain.then(|| format!("{user}@{realm}"))
+                }
                 _ => None,
             });
         Self { delegated, principal }

@@ -430,7 +430,8 @@ impl Reply {
     }
 
     /// The same answer as a gRPC client reads it: HTTP 200,
-    /// `content-type: application/grpc`, no body, and the outcome in
+    /// `content-type: application/grpc`, `cache-control: no-store`, no body,
+    /// and the outcome in
     /// `grpc-status` and `grpc-message` (a "trailers-only" response, as
     /// gRPC servers send errors). An HTTP status would reach a gRPC client
     /// as a transport error instead. The challenges stay in
@@ -472,8 +473,10 @@ impl Reply {
             None if (300..400).contains(&r.status) => "sign-in required".to_owned(),
             None => format!("refused with HTTP status {}", r.status),
         };
-        let mut headers = Vec::with_capacity(r.headers.len() + 3);
+        let mut headers = Vec::with_capacity(r.headers.len() + 4);
         headers.push(("content-type", "application/grpc".to_owned()));
+        // A refusal carried by a 200: no cache may keep it.
+        headers.push(("cache-control", "no-store".to_owned()));
         headers.push(("grpc-status", code.to_string()));
         headers.push(("grpc-message", grpc_percent_encode(&message)));
         headers.extend(
@@ -539,16 +542,17 @@ fn grpc_percent_encode(message: &str) -> String {
     out
 }
 
-/// Whether `req` is a gRPC call (`content-type: application/grpc`, with or
-/// without a `+proto`/`+json` suffix or parameters): its refusals are then
-/// rendered with [`Reply::grpc`].
+/// Whether `req` is a gRPC call (a `POST` with `content-type:
+/// application/grpc`, with or without a `+proto`/`+json` suffix or
+/// parameters): its refusals are then rendered with [`Reply::grpc`].
 #[must_use]
 pub fn is_grpc(req: &dyn RequestHead) -> bool {
-    req.header_value("content-type", 0).is_some_and(|v| {
-        v.len() >= 16
-            && v[..16].eq_ignore_ascii_case(b"application/grpc")
-            && matches!(v.get(16), None | Some(b'+' | b';'))
-    })
+    req.method() == "POST"
+        && req.header_value("content-type", 0).is_some_and(|v| {
+            v.len() >= 16
+                && v[..16].eq_ignore_ascii_case(b"application/grpc")
+                && matches!(v.get(16), None | Some(b'+' | b';'))
+        })
 }
 
 /// A [`Reply`] as an `http` 1 response (axum, hyper, tonic), with the body
@@ -664,6 +668,8 @@ mod tests {
             assert!(!is_grpc(&with(no)), "{no}");
         }
         assert!(!is_grpc(&OwnedRequest::new("POST", "/p.S/M")));
+        let get = OwnedRequest::new("GET", "/p.S/M").header("content-type", "application/grpc");
+        assert!(!is_grpc(&get), "gRPC calls are POSTs");
     }
 
     #[test]

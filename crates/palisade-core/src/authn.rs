@@ -108,6 +108,43 @@ impl From<Vec<HeaderEdit>> for HeaderEdits {
     }
 }
 
+/// The bearer token an authenticator verified for this request (a JWT
+/// authenticator's token, or a sign-in session's access token), attached to
+/// the request (`RequestAuth::attachment::<BearerToken>()`): what a service
+/// relays or exchanges when it calls others on the caller's behalf. It is
+/// the token that was checked, wherever it was read from, so a second,
+/// unchecked `Authorization` header is never what gets relayed; and it is
+/// there whether or not the header was kept for the handler
+/// (`forwardOriginalToken`). `Debug` never prints it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BearerToken(Arc<str>);
+
+impl BearerToken {
+    /// A verified token.
+    #[must_use]
+    pub fn new(token: impl Into<Arc<str>>) -> Self {
+        Self(token.into())
+    }
+
+    /// The token.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The token, shared.
+    #[must_use]
+    pub fn shared(&self) -> &Arc<str> {
+        &self.0
+    }
+}
+
+impl fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BearerToken(<redacted>)")
+    }
+}
+
 /// Values an authenticator hands to the handler beside the identity (a
 /// delegated Kerberos credential, say), found by type with
 /// `RequestAuth::attachment::<T>()`.
@@ -124,6 +161,11 @@ impl Attachments {
     /// Adds a value.
     pub fn push<T: Send + Sync + 'static>(&mut self, value: T) {
         self.0.push(Arc::new(value));
+    }
+
+    /// Adds a value already shared (a cached one: no allocation for it).
+    pub fn push_shared<T: Send + Sync + 'static>(&mut self, value: Arc<T>) {
+        self.0.push(value);
     }
 
     /// The first value of type `T`.
@@ -175,6 +217,13 @@ impl Authenticated {
     #[must_use]
     pub fn with_attachment<T: Send + Sync + 'static>(mut self, value: T) -> Self {
         self.attachments.push(value);
+        self
+    }
+
+    /// Attaches a value already shared (one kept in a cache).
+    #[must_use]
+    pub fn with_shared_attachment<T: Send + Sync + 'static>(mut self, value: Arc<T>) -> Self {
+        self.attachments.push_shared(value);
         self
     }
 

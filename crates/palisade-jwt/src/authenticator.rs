@@ -9,7 +9,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::Algorithm;
 use palisade_core::authn::{
-    AuthOutcome, Authenticated, Authenticator, HeaderEdit, HeaderEdits, RequestHead, bearer_challenge,
+    AuthOutcome, Authenticated, Authenticator, BearerToken, HeaderEdit, HeaderEdits, RequestHead,
+    bearer_challenge,
 };
 use palisade_core::{Check, Identity, TokenClaims, Verification};
 use serde_json::{Map, Value};
@@ -29,6 +30,8 @@ struct ProviderState {
 
 struct CacheEntry {
     identity: Identity,
+    /// The token itself, attached to every request it authenticates.
+    bearer: Arc<BearerToken>,
     provider: usize,
     kid: Option<String>,
     fingerprint: u64,
@@ -486,7 +489,9 @@ impl JwtAuthenticator {
             edits.extend(entry.edits.iter().cloned());
             edits.into()
         };
-        Some(Ok(Authenticated::new(entry.identity.clone()).with_edits(edits)))
+        Some(Ok(Authenticated::new(entry.identity.clone())
+            .with_edits(edits)
+            .with_shared_attachment(Arc::clone(&entry.bearer))))
     }
 
     fn removal(&self, found: &Found<'_>, provider: usize) -> Vec<HeaderEdit> {
@@ -535,9 +540,11 @@ impl JwtAuthenticator {
         let mut edits = self.removal(found, provider);
         edits.extend(out_edits.iter().cloned());
         let edits = HeaderEdits::from(edits);
+        let bearer = Arc::new(BearerToken::new(&*found.token));
         if let Some(cache) = &self.0.cache {
             let entry = Arc::new(CacheEntry {
                 identity: identity.clone(),
+                bearer: Arc::clone(&bearer),
                 provider,
                 kid: key.kid.clone(),
                 fingerprint: key.fingerprint,
@@ -550,7 +557,9 @@ impl JwtAuthenticator {
             let now = now_secs();
             cache.insert(&found.token, entry, |e| e.exp < now);
         }
-        Ok(Authenticated::new(identity).with_edits(edits))
+        Ok(Authenticated::new(identity)
+            .with_edits(edits)
+            .with_shared_attachment(bearer))
     }
 }
 

@@ -46,6 +46,10 @@ use crate::server::{HANDSHAKE_TIMEOUT, LOG_TARGET, MtlsMode, ServerTls, starts_w
 
 /// How long open connections get to finish after shutdown was asked for.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often an idle HTTP/2 peer is pinged, and how long it has to answer.
+const H2_KEEP_ALIVE: Duration = Duration::from_secs(20);
+/// Concurrent HTTP/2 streams per connection.
+const H2_MAX_STREAMS: u32 = 256;
 
 /// Serves `service` on `listener` with `tls` until `shutdown` completes, then
 /// lets open connections finish (up to 10 s).
@@ -72,9 +76,21 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    // This loop speaks HTTP/2 too: offer it first, in a copy that shares
+    // the rotating material.
+    let config = {
+        let mut c = (*tls.server_config()).clone();
+        c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Arc::new(c)
+    };
     let graceful = GracefulShutdown::new();
+    // Every connection's task, so that those still open after the drain
+    // timeout can be ended.
+    let mut connections = tokio::task::JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
+        // Finished connections leave the set.
+        while connections.try_join_next().is_some() {}
         let (tcp, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -88,10 +104,10 @@ where
             () = &mut shutdown => break,
         };
         let watcher = graceful.watcher();
-        let tls = tls.clone();
+        let (mode, config) = (tls.mode(), config.clone());
         let service = service.clone();
-        tokio::spawn(async move {
-            if let Err(reason) = connection(tcp, remote, tls, service, watcher).await {
+        connections.spawn(async move {
+            if let Err(reason) = connection(tcp, remote, mode, config, service, watcher).await {
                 tracing::debug!(target: LOG_TARGET, %remote, reason, "connection closed before any request");
             }
         });
@@ -101,6 +117,7 @@ where
         .await
         .is_err()
     {
+        connections.abort_all();
         tracing::warn!(target: LOG_TARGET, "connections still open after the drain timeout were closed");
     }
     Ok(())
@@ -109,7 +126,8 @@ where
 async fn connection<S, B>(
     tcp: TcpStream,
     remote: SocketAddr,
-    tls: ServerTls,
+    mode: MtlsMode,
+    config: Arc<rustls::ServerConfig>,
     service: S,
     watcher: Watcher,
 ) -> Result<(), &'static str>
@@ -124,14 +142,14 @@ where
     let mut info = ConnectionInfo::default();
     info.remote_addr = Some(remote);
     info.local_addr = tcp.local_addr().ok();
-    let tls_first = match tls.mode() {
+    let tls_first = match mode {
         MtlsMode::Permissive => starts_with_tls(&tcp, HANDSHAKE_TIMEOUT).await?,
         MtlsMode::Strict | MtlsMode::Disable => true,
     };
     if !tls_first {
         return http(TokioIo::new(tcp), Arc::new(info), service, watcher).await;
     }
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(s)) => s,
         Ok(Err(_)) => return Err("TLS handshake failed"),
@@ -164,11 +182,114 @@ where
     });
     // HTTP/1.1 or HTTP/2 by the connection's first bytes (the h2 preface),
     // whether ALPN chose h2 or the plaintext caller has prior knowledge.
+    // Telling them apart waits for bytes with no timeout of its own: the
+    // first read has one. A silent HTTP/2 peer is pinged, and let go when it
+    // does not answer.
     let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     http.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HANDSHAKE_TIMEOUT);
-    http.http2().timer(TokioTimer::new());
+    http.http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(H2_KEEP_ALIVE))
+        .keep_alive_timeout(H2_KEEP_ALIVE)
+        .max_concurrent_streams(H2_MAX_STREAMS);
+    let io = TokioIo::new(FirstReadDeadline::new(io.into_inner(), HANDSHAKE_TIMEOUT));
     let conn = http.serve_connection(io, svc).into_owned();
     watcher.watch(conn).await.map_err(|_| "HTTP connection error")
+}
+
+pin_project_lite::pin_project! {
+    /// A connection whose first 24 bytes (an HTTP/2 preface's length: what
+    /// telling HTTP/1.1 from HTTP/2 may read) must come within a deadline;
+    /// after that it is the connection itself.
+    struct FirstReadDeadline<I> {
+        #[pin]
+        io: I,
+        deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+        read: usize,
+    }
+}
+
+impl<I> FirstReadDeadline<I> {
+    fn new(io: I, limit: Duration) -> Self {
+        Self {
+            io,
+            deadline: Some(Box::pin(tokio::time::sleep(limit))),
+            read: 0,
+        }
+    }
+}
+
+impl<I: AsyncRead> AsyncRead for FirstReadDeadline<I> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let this = self.project();
+        let before = buf.filled().len();
+        match this.io.poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                *this.read += buf.filled().len() - before;
+                // Also the end of the stream (nothing read) ends the watch.
+                if *this.read >= 24 || buf.filled().len() == before {
+                    *this.deadline = None;
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                let expired = this
+                    .deadline
+                    .as_mut()
+                    .is_some_and(|d| d.as_mut().poll(cx).is_ready());
+                if expired {
+                    Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no request in time",
+                    )))
+                } else {
+                    Poll::Pending
+                }
+            }
+        }
+    }
+}
+
+impl<I: AsyncWrite> AsyncWrite for FirstReadDeadline<I> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.project().io.poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.project().io.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
 }

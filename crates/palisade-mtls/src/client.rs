@@ -67,13 +67,14 @@ impl ClientTlsBuilder {
         self
     }
 
-    /// Accept any server whose chain the trust bundle vouches for, whatever
-    /// names its certificate has, when no name is expected: Istio's
-    /// `ISTIO_MUTUAL` without `subjectAltNames`, where the bundle is the
-    /// mesh's own CA and every certificate it issues is a workload of the
-    /// mesh. Not for a public CA's bundle (any of its certificates would
-    /// do). [`expect_subject_alt_name`](Self::expect_subject_alt_name)
-    /// takes precedence.
+    /// Accept any workload certificate the trust bundle vouches for (one
+    /// with a SPIFFE ID), whatever the dialled name, when no name is
+    /// expected: `ISTIO_MUTUAL` without `subjectAltNames`, where the bundle
+    /// is the mesh's own CA. Weaker than Istio in Kubernetes, which fills in
+    /// the destination's service accounts: any workload of the mesh passes
+    /// for the upstream. Not for a public CA's bundle.
+    /// [`expect_subject_alt_name`](Self::expect_subject_alt_name) takes
+    /// precedence.
     pub fn accept_any_name_in_bundle(mut self) -> Self {
         self.any_name = true;
         self
@@ -274,6 +275,20 @@ impl fmt::Debug for SanVerifier {
     }
 }
 
+/// Whether the certificate has a SPIFFE ID (a `spiffe://` URI SAN).
+fn has_spiffe_id(der: &[u8]) -> bool {
+    let Ok((_, cert)) = X509Certificate::from_der(der) else {
+        return false;
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return false;
+    };
+    san.value
+        .general_names
+        .iter()
+        .any(|n| matches!(n, GeneralName::URI(u) if u.starts_with("spiffe://")))
+}
+
 /// Whether the certificate names one of `expected` (URI SANs exactly, DNS
 /// SANs case-insensitively).
 fn names_one_of(der: &[u8], expected: &[String]) -> bool {
@@ -303,11 +318,13 @@ impl ServerCertVerifier for SanVerifier {
         match verifier.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             // The chain is good and the dialled name is in the certificate.
             Ok(v) if self.expected.is_empty() || names_one_of(end_entity, &self.expected) => Ok(v),
-            // The chain is good, and with no name expected any name will
-            // do (the mesh's own bundle).
+            // The chain is good, and with no name expected any workload of
+            // the mesh's own bundle will do: a certificate with a SPIFFE ID.
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) if self.any_name && self.expected.is_empty() => Ok(ServerCertVerified::assertion()),
+            )) if self.any_name && self.expected.is_empty() && has_spiffe_id(end_entity) => {
+                Ok(ServerCertVerified::assertion())
+            }
             // The chain is good; only the dialled name is missing (SPIFFE
             // certificates carry no DNS name): the expected names decide.
             Err(rustls::Error::InvalidCertificate(

@@ -137,7 +137,7 @@ impl ServerTlsBuilder {
                 provider: provider.clone(),
             }))
             .with_cert_resolver(Arc::new(DynResolver(material.clone())));
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(ServerTls(Arc::new(Inner {
             files,
             mode,
@@ -267,10 +267,9 @@ impl ServerTls {
         }
     }
 
-    /// The rustls configuration; it follows every reload. It offers `h2`
-    /// and `http/1.1` by ALPN, as [`axum::serve`](crate::axum::serve)
-    /// answers both: a server that speaks HTTP/1.1 only clears
-    /// `alpn_protocols` in its copy.
+    /// The rustls configuration; it follows every reload. It offers
+    /// `http/1.1` by ALPN (a server that also speaks HTTP/2 puts `h2` first
+    /// in its copy, as `axum::serve` does).
     #[must_use]
     pub fn server_config(&self) -> Arc<ServerConfig> {
         self.0.config.clone()

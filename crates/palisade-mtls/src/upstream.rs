@@ -261,10 +261,17 @@ fn route(
                     "ISTIO_MUTUAL uses the workload's own certificate, key and mesh bundle, and none was given (the examples take them from --tls-cert, --tls-key and --client-ca)".into(),
                 ));
             };
-            // Without names, any workload of the mesh (its own CA) will do,
-            // as Istio's sidecar accepts when no SANs are known.
+            // Without names, any workload of the mesh (a SPIFFE certificate
+            // of its own CA) will do: said at start-up, as it is weaker than
+            // Istio's service-account names.
             let b = ClientTls::builder(&mesh.cert, &mesh.key, &mesh.ca);
             let b = if tls.subject_alt_names.is_empty() {
+                tracing::warn!(
+                    target: crate::LOG_TARGET,
+                    document = %doc.resource(),
+                    field,
+                    "ISTIO_MUTUAL without subjectAltNames: any workload certificate of the mesh CA is accepted for this host; name the upstream's SPIFFE ID to pin it"
+                );
                 b.accept_any_name_in_bundle()
             } else {
                 b

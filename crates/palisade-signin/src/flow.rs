@@ -827,7 +827,9 @@ impl SignIn {
         renew |= t.saturating_sub(live.session.seen) >= (c.idle_timeout.as_secs() / 4).max(1);
         if !renew {
             return Check::Ready(AuthOutcome::Authenticated(
-                Authenticated::new(live.identity.clone()).with_attachment(live.signed_in.clone()),
+                Authenticated::new(live.identity.clone())
+                    .with_attachment(live.signed_in.clone())
+                    .with_shared_attachment(Arc::clone(&live.bearer)),
             ));
         }
         let this = self.clone();
@@ -836,7 +838,9 @@ impl SignIn {
 
     /// An authentication by `live`, with a new cookie when `renew`.
     async fn authenticated(&self, live: Arc<Live>, renew: bool, chunks: usize, secure: bool) -> AuthOutcome {
-        let mut out = Authenticated::new(live.identity.clone()).with_attachment(live.signed_in.clone());
+        let mut out = Authenticated::new(live.identity.clone())
+            .with_attachment(live.signed_in.clone())
+            .with_shared_attachment(Arc::clone(&live.bearer));
         if renew {
             let mut session = live.session.clone();
             session.seen = now();

@@ -118,6 +118,9 @@ pub(crate) struct Live {
     pub(crate) session: Session,
     pub(crate) identity: Identity,
     pub(crate) signed_in: SignedIn,
+    /// The access token as every authenticator hands it on
+    /// (`RequestAuth::attachment::<BearerToken>()`), for relaying.
+    pub(crate) bearer: Arc<palisade_core::authn::BearerToken>,
 }
 
 impl Live {
@@ -141,14 +144,17 @@ impl Live {
         // the issuer's token endpoint (ID token verified): its content is
         // what was verified then.
         let identity = Identity::from_session(t, Verification::assertion());
+        let access_token: Arc<str> = Arc::from(session.at.as_str());
+        let bearer = Arc::new(palisade_core::authn::BearerToken::new(Arc::clone(&access_token)));
         let signed_in = SignedIn {
-            access_token: Arc::from(session.at.as_str()),
+            access_token,
             expires_at: at(session.at_exp),
         };
         Self {
             session,
             identity,
             signed_in,
+            bearer,
         }
     }
 }
