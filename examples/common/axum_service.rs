@@ -25,14 +25,16 @@ use palisade::core::RequestAuth;
 pub struct Backend {
     pub url: String,
     pub s4u_realm: Option<String>,
-    pub kerberos: palisade::client::Kerberos,
+    /// `Credentials::Kerberos`.
+    pub credentials: palisade::client::Credentials,
+    pub client: reqwest::Client,
 }
 
 /// `GET /backend/whoami`: the back-end's `/whoami` as seen when called on
 /// behalf of this request's user, with how (`delegation` or `s4u`).
 async fn backend_whoami(backend: Arc<Backend>, auth: RequestAuth) -> axum::response::Response {
     use axum::response::IntoResponse;
-    use palisade::client::{CallerToken, ClientError, Credentials, KerberosCaller, Upstreams};
+    use palisade::client::{CallerToken, ClientError, KerberosCaller};
     let Ok(url) = reqwest::Url::parse(&format!("{}/whoami", backend.url.trim_end_matches('/'))) else {
         return (StatusCode::BAD_GATEWAY, "bad --backend").into_response();
     };
@@ -42,16 +44,18 @@ async fn backend_whoami(backend: Arc<Backend>, auth: RequestAuth) -> axum::respo
     } else {
         "s4u"
     };
-    let upstreams = Upstreams::builder()
-        .host("*", Credentials::Kerberos(backend.kerberos.clone()))
-        .build();
-    let client = reqwest::Client::new();
-    let mut req = match client.get(url).build() {
+    let mut req = match backend.client.get(url).build() {
         Ok(r) => r,
         Err(_) => return (StatusCode::BAD_GATEWAY, "bad --backend").into_response(),
     };
-    match upstreams
-        .apply(&mut req, Some(&CallerToken::from_kerberos(caller)))
+    let host = req.url().host_str().map(str::to_owned);
+    match backend
+        .credentials
+        .apply(
+            req.headers_mut(),
+            host.as_deref(),
+            Some(&CallerToken::from_kerberos(caller)),
+        )
         .await
     {
         Ok(()) => {}
@@ -65,7 +69,7 @@ async fn backend_whoami(backend: Arc<Backend>, auth: RequestAuth) -> axum::respo
                 .into_response();
         }
     }
-    match client.execute(req).await {
+    match backend.client.execute(req).await {
         Ok(res) => {
             let status = res.status().as_u16();
             let body: serde_json::Value = res.json().await.unwrap_or(serde_json::Value::Null);
@@ -157,13 +161,14 @@ pub async fn serve(default_name: &str, default_port: u16, make: impl FnOnce(Part
     let backend = args.backend.clone().map(|url| Backend {
         url,
         s4u_realm: args.s4u_realm.clone(),
-        kerberos: match palisade::spnego::Impersonator::new() {
+        credentials: palisade::client::Credentials::Kerberos(match palisade::spnego::Impersonator::new() {
             Ok(imp) => palisade::client::Kerberos::s4u(imp),
             Err(e) => {
                 tracing::warn!(error = %e, "no S4U: only delegated tickets reach the back-end");
                 palisade::client::Kerberos::delegation()
             }
-        },
+        }),
+        client: reqwest::Client::new(),
     });
     let guard = (!args.no_guard).then(|| setup.guard.clone());
     let app = make(Parts {

@@ -19,7 +19,7 @@
 
 use std::sync::Arc;
 
-use palisade::client::{CallerToken, ClientError, Credentials, Upstreams};
+use palisade::client::{CallerToken, ClientError, Upstreams};
 use palisade::core::RequestAuth;
 use palisade::mtls::{UpstreamTls, UpstreamTransport};
 use serde_json::{Value, json};
@@ -95,18 +95,16 @@ impl Backends {
         let Ok(url) = upstream.base.join(path) else {
             return Answer::failed(502, "bad path");
         };
-        let caller = caller_token(auth);
+        let caller = auth.and_then(CallerToken::from_request);
         let credentials = self.0.credentials.for_host(&upstream.host);
-        let mut req = upstream.client.get(url);
-        match credentials.authorization(caller.as_ref()).await {
-            Ok(Some(value)) => match http::HeaderValue::from_str(&value) {
-                Ok(mut v) => {
-                    v.set_sensitive(true);
-                    req = req.header(http::header::AUTHORIZATION, v);
-                }
-                Err(_) => return Answer::failed(502, "the credential cannot be sent"),
-            },
-            Ok(None) => {}
+        let Ok(mut req) = upstream.client.get(url).build() else {
+            return Answer::failed(502, "bad path");
+        };
+        match credentials
+            .apply(req.headers_mut(), Some(&upstream.host), caller.as_ref())
+            .await
+        {
+            Ok(()) => {}
             Err(ClientError::NoCallerToken) => {
                 return Answer::failed(401, "the caller has no token to send on its behalf");
             }
@@ -115,10 +113,7 @@ impl Backends {
                 return Answer::failed(502, "no credential for the upstream (see productpage's log)");
             }
         }
-        if matches!(credentials, Credentials::None) {
-            tracing::debug!(upstream = name, "called without a credential");
-        }
-        match req.send().await {
+        match upstream.client.execute(req).await {
             Ok(res) => {
                 let status = res.status().as_u16();
                 let text = match res.text().await {
@@ -138,13 +133,6 @@ impl Backends {
             }
         }
     }
-}
-
-/// The token the guard verified for the request being served (its bearer
-/// token, or its sign-in session's access token), for relaying or
-/// exchanging.
-fn caller_token(auth: Option<&RequestAuth>) -> Option<CallerToken> {
-    CallerToken::from_request(auth?)
 }
 
 /// One `--upstream NAME=URL` built, or exit naming it.

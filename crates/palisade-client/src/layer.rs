@@ -99,7 +99,7 @@ where
             };
             let host = req.uri().host().map(str::to_owned);
             credentials
-                .apply_to(req.headers_mut(), host.as_deref(), caller.as_ref())
+                .apply(req.headers_mut(), host.as_deref(), caller.as_ref())
                 .await?;
             inner.call(req).await.map_err(Into::into)
         })

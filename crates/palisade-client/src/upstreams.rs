@@ -28,7 +28,7 @@ impl Credentials {
     /// The `Authorization` header value for a call made while serving a
     /// request whose token is `caller`; `None` when nothing is to be sent.
     /// (`Kerberos` needs the upstream's host unless it names its service:
-    /// use [`Upstreams::authorization`].)
+    /// use [`Credentials::apply`] or [`Upstreams::authorization`].)
     ///
     /// # Errors
     /// [`ClientError::NoCallerToken`] when the caller's token is needed and
@@ -43,65 +43,69 @@ impl Credentials {
         host: Option<&str>,
         caller: Option<&CallerToken>,
     ) -> Result<Option<Arc<str>>, ClientError> {
-        let _ = host;
-        match self {
-            Credentials::None => Ok(None),
-            Credentials::Caller => Ok(Some(format!("Bearer {}", bearer(caller)?).into())),
-            Credentials::ClientCredentials(c) => c.authorization().await.map(Some),
-            Credentials::TokenExchange(x) => {
-                let token = caller.ok_or(ClientError::NoCallerToken)?;
-                x.authorization(token).await.map(Some)
-            }
-            #[cfg(feature = "spnego")]
-            Credentials::Kerberos(k) => k
-                .authorization(host, caller.and_then(CallerToken::kerberos))
-                .await
-                .map(|h| Some(h.into())),
-        }
+        let Some(value) = self.value(host, caller).await? else {
+            return Ok(None);
+        };
+        // Every value was made from a string.
+        let text = value
+            .to_str()
+            .map_err(|_| ClientError::Config("the credential is not text".into()))?;
+        Ok(Some(text.into()))
     }
 
-    /// Sets `headers`' `Authorization` for a call to `host` to
-    /// [`authorization`](Self::authorization), or removes it when nothing is
-    /// to be sent.
-    pub(crate) async fn apply_to(
+    /// Sets `headers`' `Authorization` for a call to `host` (the name the
+    /// upstream is known by; Kerberos asks a ticket for `HTTP@host`) to what
+    /// this credential sends, marked sensitive, or removes it when nothing
+    /// is to be sent: what [`CredentialsLayer`](crate::CredentialsLayer) and
+    /// [`Upstreams::apply`] do, for a client that chose the credential
+    /// itself.
+    ///
+    /// # Errors
+    /// As [`authorization`](Self::authorization): the request must then
+    /// not be sent.
+    pub async fn apply(
         &self,
         headers: &mut http::HeaderMap,
         host: Option<&str>,
         caller: Option<&CallerToken>,
     ) -> Result<(), ClientError> {
-        let _ = host;
-        let value = match self {
-            Credentials::None => {
-                headers.remove(http::header::AUTHORIZATION);
-                return Ok(());
-            }
-            Credentials::Caller => {
-                let mut value =
-                    http::HeaderValue::try_from(format!("Bearer {}", bearer(caller)?)).map_err(|_| {
-                        ClientError::Config("the caller's token cannot be sent in a header".into())
-                    })?;
-                value.set_sensitive(true);
-                value
-            }
-            Credentials::ClientCredentials(c) => c.granted().await?.value.clone(),
+        match self.value(host, caller).await? {
+            Some(value) => headers.insert(http::header::AUTHORIZATION, value),
+            None => headers.remove(http::header::AUTHORIZATION),
+        };
+        Ok(())
+    }
+
+    /// The `Authorization` value for a call to `host`, marked sensitive
+    /// (the grants' cached ones are cloned: a reference count); `None` when
+    /// nothing is to be sent.
+    async fn value(
+        &self,
+        host: Option<&str>,
+        caller: Option<&CallerToken>,
+    ) -> Result<Option<http::HeaderValue>, ClientError> {
+        let _ = host; // read by Kerberos only
+        let made = |text: String, what: &str| {
+            let mut value = http::HeaderValue::try_from(text)
+                .map_err(|_| ClientError::Config(format!("{what} cannot be sent in a header")))?;
+            value.set_sensitive(true);
+            Ok::<_, ClientError>(Some(value))
+        };
+        match self {
+            Credentials::None => Ok(None),
+            Credentials::Caller => made(format!("Bearer {}", bearer(caller)?), "the caller's token"),
+            Credentials::ClientCredentials(c) => Ok(Some(c.granted().await?.value.clone())),
             Credentials::TokenExchange(x) => {
                 let token = caller.ok_or(ClientError::NoCallerToken)?;
-                x.granted(token).await?.value.clone()
+                Ok(Some(x.granted(token).await?.value.clone()))
             }
             #[cfg(feature = "spnego")]
-            Credentials::Kerberos(k) => {
-                let header = k
-                    .authorization(host, caller.and_then(CallerToken::kerberos))
-                    .await?;
-                let mut value = http::HeaderValue::try_from(header).map_err(|_| {
-                    ClientError::Config("the Kerberos ticket cannot be sent in a header".into())
-                })?;
-                value.set_sensitive(true);
-                value
-            }
-        };
-        headers.insert(http::header::AUTHORIZATION, value);
-        Ok(())
+            Credentials::Kerberos(k) => made(
+                k.authorization(host, caller.and_then(CallerToken::kerberos))
+                    .await?,
+                "the Kerberos ticket",
+            ),
+        }
     }
 }
 
@@ -191,7 +195,7 @@ impl Upstreams {
     ) -> Result<(), ClientError> {
         let host = req.url().host_str().map(str::to_owned);
         self.for_host(host.as_deref().unwrap_or_default())
-            .apply_to(req.headers_mut(), host.as_deref(), caller)
+            .apply(req.headers_mut(), host.as_deref(), caller)
             .await
     }
 }
