@@ -7,15 +7,13 @@
 //! token to both (relay). One mesh file describes every workload; each
 //! back-end sees who the user is and which workload calls.
 
-use std::io::Write as _;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use palisade::testkit::{TestIssuer, TestPki};
 use serde_json::Value;
 
 mod common;
-use common::{Service, start};
+use common::{ScratchDir, Service, start};
 
 const SECRET: &str = "productpage-secret";
 
@@ -27,32 +25,6 @@ fn issuer(token_lifetime: Duration) -> TestIssuer {
         .token_lifetime(token_lifetime)
         .start()
         .unwrap()
-}
-
-/// A scratch directory, removed on drop.
-struct Dir(PathBuf);
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-impl Dir {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("palisade-bookinfo-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-
-    fn write(&self, name: &str, text: &str) -> String {
-        let p = self.0.join(name);
-        std::fs::File::create(&p)
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-        p.to_str().unwrap().to_owned()
-    }
 }
 
 /// The mesh: STRICT mTLS (PERMISSIVE on productpage, the front door);
@@ -182,13 +154,12 @@ struct Bookinfo {
     ratings: Service,
 }
 
-fn start_bookinfo(dir: &Dir, pki: &TestPki, mesh: &str, extra: &[&str]) -> Bookinfo {
+fn start_bookinfo(dir: &ScratchDir, pki: &TestPki, mesh: &str, extra: &[&str]) -> Bookinfo {
     let file = dir.write("mesh.yaml", mesh);
     let ca = dir.write("ca.pem", &pki.ca_pem());
     let run = |name: &str, more: &[&str]| {
         let c = pki.workload("default", name);
-        let cert = dir.write(&format!("{name}.crt"), &c.cert_pem());
-        let key = dir.write(&format!("{name}.key"), &c.key_pem());
+        let (cert, key) = dir.cert(name, &c);
         let mut args = vec![
             "--config",
             &file,
@@ -234,7 +205,7 @@ async fn get(pp: &Service, path: &str, token: Option<&str>) -> (u16, Value) {
 async fn productpage_calls_with_its_own_token_and_exchanged_ones_over_istio_mutual() {
     let issuer = issuer(Duration::from_secs(300));
     let pki = TestPki::new();
-    let dir = Dir::new("exchange");
+    let dir = ScratchDir::new("bookinfo-exchange");
     // An upstream that accepts connections and never answers.
     let hang = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let hang_url = format!("hang=http://{}", hang.local_addr().unwrap());
@@ -330,7 +301,7 @@ async fn productpage_calls_with_its_own_token_and_exchanged_ones_over_istio_mutu
 async fn productpage_relays_the_users_token_and_refuses_to_call_without_one() {
     let issuer = issuer(Duration::from_secs(300));
     let pki = TestPki::new();
-    let dir = Dir::new("relay");
+    let dir = ScratchDir::new("bookinfo-relay");
     let mesh = mesh(&issuer, &credentials(&issuer, "caller", "caller", "caller"));
     let bookinfo = start_bookinfo(&dir, &pki, &mesh, &[]);
     let pp = &bookinfo.productpage;
@@ -374,7 +345,7 @@ async fn productpage_relays_the_users_token_and_refuses_to_call_without_one() {
 async fn an_upstream_failing_the_subject_alt_name_check_is_refused_at_the_handshake_as_502() {
     let issuer = issuer(Duration::from_secs(300));
     let pki = TestPki::new();
-    let dir = Dir::new("san");
+    let dir = ScratchDir::new("bookinfo-san");
     // reviews' rule expects details' identity: reviews' certificate fails it.
     let mesh = mesh(&issuer, &credentials(&issuer, "caller", "caller", "caller")).replace(
         "subjectAltNames: [spiffe://cluster.local/ns/default/sa/reviews]",
@@ -399,7 +370,7 @@ async fn an_upstream_failing_the_subject_alt_name_check_is_refused_at_the_handsh
 async fn a_cached_service_account_token_outlives_the_issuer_until_it_expires() {
     let issuer = issuer(Duration::from_secs(4));
     let pki = TestPki::new();
-    let dir = Dir::new("outage");
+    let dir = ScratchDir::new("bookinfo-outage");
     let mesh = mesh(
         &issuer,
         &credentials(&issuer, "clientCredentials", "caller", "caller"),

@@ -138,11 +138,9 @@ async fn check_contract(channel: Channel, issuer: &TestIssuer, what: &str) {
 #[tokio::test]
 async fn ratings_over_h2c_answers_refusals_as_grpc_statuses_and_matches_grpc_paths() {
     let issuer = TestIssuer::start().unwrap();
-    let dir = std::env::temp_dir().join(format!("palisade-grpc-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("policy.yaml");
-    std::fs::write(&file, policy(&issuer)).unwrap();
-    let svc = common::start("ratings", &["--config", file.to_str().unwrap()]);
+    let dir = common::ScratchDir::new("grpc");
+    let file = dir.write("policy.yaml", &policy(&issuer));
+    let svc = common::start("ratings", &["--config", &file]);
     let channel = Endpoint::from_shared(format!("http://{}", svc.addr))
         .unwrap()
         .timeout(Duration::from_secs(10))
@@ -161,27 +159,16 @@ async fn ratings_over_h2c_answers_refusals_as_grpc_statuses_and_matches_grpc_pat
         .await
         .unwrap();
     assert_eq!(res.status(), 401);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
 async fn ratings_over_mutual_tls_knows_the_calling_workload() {
     let issuer = TestIssuer::start().unwrap();
     let pki = TestPki::new();
-    let dir = std::env::temp_dir().join(format!("palisade-grpc-mtls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let write = |name: &str, text: &str| {
-        let p = dir.join(name);
-        std::fs::write(&p, text).unwrap();
-        p.to_str().unwrap().to_owned()
-    };
-    let policy = write("policy.yaml", &policy(&issuer));
-    let ca = write("ca.pem", &pki.ca_pem());
-    let server = pki.workload("default", "ratings");
-    let (cert, key) = (
-        write("ratings.crt", &server.cert_pem()),
-        write("ratings.key", &server.key_pem()),
-    );
+    let dir = common::ScratchDir::new("grpc-mtls");
+    let policy = dir.write("policy.yaml", &policy(&issuer));
+    let ca = dir.write("ca.pem", &pki.ca_pem());
+    let (cert, key) = dir.cert("ratings", &pki.workload("default", "ratings"));
     let svc = common::start(
         "ratings",
         &[
@@ -196,15 +183,11 @@ async fn ratings_over_mutual_tls_knows_the_calling_workload() {
         ],
     );
     let channel_as = |workload: &str| {
-        let client = pki.workload("default", workload);
-        let tls = palisade::mtls::ClientTls::builder(
-            write(&format!("{workload}.crt"), &client.cert_pem()),
-            write(&format!("{workload}.key"), &client.key_pem()),
-            &ca,
-        )
-        .expect_subject_alt_name("spiffe://cluster.local/ns/default/sa/ratings")
-        .build()
-        .unwrap();
+        let (cert, key) = dir.cert(workload, &pki.workload("default", workload));
+        let tls = palisade::mtls::ClientTls::builder(cert, key, &ca)
+            .expect_subject_alt_name("spiffe://cluster.local/ns/default/sa/ratings")
+            .build()
+            .unwrap();
         let addr = svc.addr.clone();
         let connector = tower::service_fn(move |_: http::Uri| {
             let (tls, addr) = (tls.connector(), addr.clone());
@@ -230,5 +213,4 @@ async fn ratings_over_mutual_tls_knows_the_calling_workload() {
         .await
         .unwrap_err();
     assert_eq!(productpage.code(), Code::Unauthenticated, "{productpage:?}");
-    let _ = std::fs::remove_dir_all(&dir);
 }

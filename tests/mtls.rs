@@ -3,16 +3,15 @@
 //! for the load during rotation. Certificates come from the test kit's PKI.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use palisade::testkit::{TestCert, TestIssuer, TestPki};
+use palisade::testkit::{TestIssuer, TestPki};
 
 mod common;
-use common::start;
+use common::{ScratchDir, start};
 use serde_json::Value;
 
 fn need(tool: &str, package: &str) {
@@ -26,41 +25,6 @@ fn need(tool: &str, package: &str) {
     );
 }
 
-/// A scratch directory with the PKI's files.
-struct Dir(PathBuf);
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-impl Dir {
-    fn new(tag: &str) -> Self {
-        let d = std::env::temp_dir().join(format!("palisade-mtls-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
-        Dir(d)
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.0.join(name).to_str().unwrap().to_owned()
-    }
-
-    /// Writes atomically (a rename), as a certificate manager would.
-    fn write(&self, name: &str, text: &str) -> String {
-        let tmp = self.0.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, text).unwrap();
-        std::fs::rename(&tmp, self.0.join(name)).unwrap();
-        self.path(name)
-    }
-
-    fn cert(&self, name: &str, c: &TestCert) -> (String, String) {
-        (
-            self.write(&format!("{name}.crt"), &c.cert_pem()),
-            self.write(&format!("{name}.key"), &c.key_pem()),
-        )
-    }
-}
 /// An example's arguments for mutual TLS with `server`'s certificate and
 /// key and the client CA `ca`, after `first`.
 fn mtls_args<'a>(first: &[&'a str], server: &'a (String, String), ca: &'a str) -> Vec<&'a str> {
@@ -142,7 +106,7 @@ spec:
 fn strict_mtls_knows_the_caller_and_refuses_bad_certificates_with_curl_and_openssl() {
     need("curl", "curl");
     need("openssl", "openssl");
-    let dir = Dir::new("strict");
+    let dir = ScratchDir::new("mtls-strict");
     let pki = TestPki::new();
     let ca = dir.write("ca.pem", &pki.ca_pem());
     let server = dir.cert("server", &pki.server(&["localhost", "127.0.0.1"]));
@@ -249,8 +213,8 @@ fn strict_mtls_knows_the_caller_and_refuses_bad_certificates_with_curl_and_opens
     }
 }
 
-fn pki_fingerprint(dir: &Dir, name: &str) -> String {
-    let pem = std::fs::read_to_string(dir.0.join(format!("{name}.crt"))).unwrap();
+fn pki_fingerprint(dir: &ScratchDir, name: &str) -> String {
+    let pem = std::fs::read_to_string(dir.path(&format!("{name}.crt"))).unwrap();
     let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
     let der = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64).unwrap();
     palisade::mtls::fingerprint_sha256(&der)
@@ -259,7 +223,7 @@ fn pki_fingerprint(dir: &Dir, name: &str) -> String {
 #[test]
 fn permissive_mode_serves_plaintext_without_and_mtls_with_an_identity() {
     need("curl", "curl");
-    let dir = Dir::new("permissive");
+    let dir = ScratchDir::new("mtls-permissive");
     let pki = TestPki::new();
     let ca = dir.write("ca.pem", &pki.ca_pem());
     let server = dir.cert("server", &pki.server(&["localhost"]));
@@ -315,7 +279,7 @@ fn permissive_mode_serves_plaintext_without_and_mtls_with_an_identity() {
 #[test]
 fn a_new_crl_refuses_a_revoked_client_at_its_next_handshake() {
     need("curl", "curl");
-    let dir = Dir::new("crl");
+    let dir = ScratchDir::new("mtls-crl");
     let mut pki = TestPki::new();
     let ca = dir.write("ca.pem", &pki.ca_pem());
     let server = dir.cert("server", &pki.server(&["localhost"]));
@@ -378,7 +342,7 @@ fn client(tls: &palisade::mtls::ClientTls, fresh_connections: bool) -> reqwest::
 
 #[tokio::test]
 async fn the_client_side_checks_the_servers_spiffe_id() {
-    let dir = Dir::new("client");
+    let dir = ScratchDir::new("mtls-client");
     let pki = TestPki::new();
     let ca = dir.write("ca.pem", &pki.ca_pem());
     // The server presents its workload certificate: a SPIFFE ID, no DNS name.
@@ -422,7 +386,7 @@ async fn the_client_side_checks_the_servers_spiffe_id() {
 
 #[tokio::test]
 async fn rotating_the_server_certificate_and_trust_bundle_under_load_fails_no_request() {
-    let dir = Dir::new("rotate");
+    let dir = ScratchDir::new("mtls-rotate");
     let old = TestPki::new();
     let new = TestPki::new();
     let bundle = format!("{}{}", old.ca_pem(), new.ca_pem());
@@ -497,7 +461,7 @@ async fn rotating_the_server_certificate_and_trust_bundle_under_load_fails_no_re
 
 #[tokio::test]
 async fn a_certificate_bound_token_works_only_over_its_certificate() {
-    let dir = Dir::new("bound");
+    let dir = ScratchDir::new("mtls-bound");
     let pki = TestPki::new();
     let issuer = TestIssuer::builder().default_audience("details").start().unwrap();
     let ca = dir.write("ca.pem", &pki.ca_pem());
@@ -580,7 +544,7 @@ fn curl_version(args: &[&str]) -> (u16, String, String) {
 #[test]
 fn every_mode_answers_http2_by_alpn_and_h2c_with_prior_knowledge_on_both_frameworks() {
     need("curl", "curl");
-    let dir = Dir::new("http2");
+    let dir = ScratchDir::new("mtls-http2");
     let pki = TestPki::new();
     let ca = dir.write("ca.pem", &pki.ca_pem());
     let server = dir.cert("server", &pki.server(&["localhost"]));

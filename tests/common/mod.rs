@@ -135,3 +135,44 @@ pub(crate) fn start_bookinfo() -> (Launcher, u32, String) {
     }
     panic!("bookinfo stopped before it was ready:\n{}", banner.join("\n"));
 }
+
+/// A scratch directory for a test's files (`palisade-TAG-PID` in the
+/// system's temporary directory), removed on drop.
+pub(crate) struct ScratchDir(std::path::PathBuf);
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl ScratchDir {
+    pub(crate) fn new(tag: &str) -> Self {
+        let d = std::env::temp_dir().join(format!("palisade-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        Self(d)
+    }
+
+    /// The path of `name` in it.
+    pub(crate) fn path(&self, name: &str) -> String {
+        self.0.join(name).to_str().unwrap().to_owned()
+    }
+
+    /// Writes `name` atomically (a rename), as a certificate manager would;
+    /// its path.
+    pub(crate) fn write(&self, name: &str, text: &str) -> String {
+        let tmp = self.0.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.0.join(name)).unwrap();
+        self.path(name)
+    }
+
+    /// Writes `c` as `NAME.crt` and `NAME.key`; their paths.
+    #[cfg(feature = "testkit")]
+    pub(crate) fn cert(&self, name: &str, c: &palisade::testkit::TestCert) -> (String, String) {
+        (
+            self.write(&format!("{name}.crt"), &c.cert_pem()),
+            self.write(&format!("{name}.key"), &c.key_pem()),
+        )
+    }
+}
