@@ -96,6 +96,7 @@ fn main() {
         }
     };
     let tls = setup.tls.clone();
+    let args = &args;
     let result = actix_web::rt::System::new().block_on(async move {
         let server = match server {
             Listener::Permissive(server) => server.run(),
@@ -119,6 +120,7 @@ fn main() {
             }
             handle.stop(true).await;
         });
+        common::start_operations(args, &setup);
         common::announce(&setup, addr);
         println!("listening on {addr}");
         server.await

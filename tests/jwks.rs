@@ -455,3 +455,64 @@ async fn a_token_must_name_its_subject_unless_told_otherwise() {
         id.subject()
     );
 }
+
+/// Checks `token` through `guard` as a request; true when allowed.
+async fn allowed(guard: &palisade::core::Guard, token: &str) -> bool {
+    use palisade::core::Check;
+    use palisade::core::adapter::Decision;
+    use palisade::core::authn::OwnedRequest;
+    let req = OwnedRequest::get("/").header("authorization", format!("Bearer {token}"));
+    let decision = match guard.check(&req) {
+        Check::Ready(d) => d,
+        Check::Pending(f) => f.await,
+    };
+    matches!(decision, Decision::Allow(_))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_the_keys_of_issuers_still_trusted_the_same_way() {
+    use palisade::core::Guard;
+    let a = TestIssuer::builder().realm("a").start().unwrap();
+    let b = TestIssuer::builder().realm("b").start().unwrap();
+    let provider = |i: &TestIssuer, aud: &str| {
+        Provider::builder(i.issuer())
+            .audience(aud)
+            .fetch_settings(settings(100))
+            .build()
+            .unwrap()
+    };
+    let guard_for = |providers: Vec<Provider>| {
+        let jwt = providers
+            .into_iter()
+            .fold(JwtAuthenticator::builder(), |b, p| b.provider(p))
+            .build()
+            .unwrap();
+        Guard::builder().authenticator(jwt).build().unwrap()
+    };
+    let guard = guard_for(vec![provider(&a, "account")]);
+    let token_a = a.token().sign();
+    assert!(allowed(&guard, &token_a).await);
+    assert_eq!(a.jwks_fetches(), 1);
+
+    // The same configuration again: the old authenticator stays, with its keys.
+    guard.replace(guard_for(vec![provider(&a, "account")]));
+    // Another audience for A and a new issuer B: A's keys are still good
+    // (fetched the same way), its verified tokens are not.
+    guard.replace(guard_for(vec![provider(&a, "other"), provider(&b, "account")]));
+    let token_b = b.token().sign();
+    assert!(
+        !allowed(&guard, &token_a).await,
+        "audience `account` is no longer accepted"
+    );
+    assert!(allowed(&guard, &a.token().audience("other").sign()).await);
+    assert!(allowed(&guard, &token_b).await);
+    // A replaced authenticator would have fetched A's keys on its own; give
+    // any such fetch time to land before counting.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        a.jwks_fetches(),
+        1,
+        "A's keys were carried over, not fetched again"
+    );
+    assert_eq!(b.jwks_fetches(), 1);
+}

@@ -179,6 +179,7 @@ pub async fn serve(default_name: &str, default_port: u16, make: impl FnOnce(Part
         setup: &setup,
     });
     let stop = shutdown_signal();
+    common::start_operations(&args, &setup);
     common::announce(&setup, addr);
     println!("listening on {addr}");
     let served = match setup.tls.clone() {

@@ -39,6 +39,8 @@ pub struct Args {
     pub upstreams: Vec<(String, String)>,
     /// `--upstream-timeout SECONDS`: how long an upstream has to answer.
     pub upstream_timeout: std::time::Duration,
+    /// `--admin ADDR`: `/metrics` and `/ready`, without authentication.
+    pub admin: Option<SocketAddr>,
 }
 
 /// Parses the arguments described in docs/examples.md, or exits with one line on stderr.
@@ -97,6 +99,7 @@ fn parse(service: &str, port: u16, mut it: impl Iterator<Item = String>) -> Resu
         no_guard: false,
         upstreams: Vec::new(),
         upstream_timeout: std::time::Duration::from_secs(5),
+        admin: None,
     };
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -108,6 +111,13 @@ fn parse(service: &str, port: u16, mut it: impl Iterator<Item = String>) -> Resu
                     .map_err(|_| format!("--listen {v}: not an address such as 127.0.0.1:9080"))?;
             }
             "--config" => args.config = Some(PathBuf::from(value()?)),
+            "--admin" => {
+                let v = value()?;
+                args.admin = Some(
+                    v.parse()
+                        .map_err(|_| format!("--admin {v}: not an address such as 127.0.0.1:9090"))?,
+                );
+            }
             "--service" => args.service = value()?,
             "--namespace" => args.namespace = value()?,
             "--tls-cert" => args.tls_cert = Some(PathBuf::from(value()?)),
@@ -146,7 +156,10 @@ fn parse(service: &str, port: u16, mut it: impl Iterator<Item = String>) -> Resu
                      \x20      [--tls-cert FILE --tls-key FILE [--client-ca FILE [--client-crl FILE]...]]\n\
                      \x20      [--keytab FILE [--backend URL [--s4u-realm REALM]]]\n\
                      \x20      [--upstream NAME=URL]... [--upstream-timeout SECONDS] (productpage)\n\
+                     \x20      [--admin ADDR]\n\
                      Without --config, a demo issuer is started and a ready-to-paste command is printed.\n\
+                     The --config file is reloaded when it changes or on SIGHUP; a file that does not load\n\
+                     keeps the policy in force. --admin serves GET /metrics (Prometheus) and GET /ready.\n\
                      --client-ca turns mutual TLS on; its mode comes from the policy file's PeerAuthentication\n\
                      (default STRICT). Certificates, keys, CA and CRL files are reloaded when they change or on SIGHUP.\n\
                      --no-guard (benchmarking only) serves the same routes without Palisade: no authentication,\n\
@@ -170,6 +183,15 @@ fn parse(service: &str, port: u16, mut it: impl Iterator<Item = String>) -> Resu
     }
     if !args.client_crls.is_empty() && args.client_ca.is_none() {
         return Err("--client-crl needs --client-ca".into());
+    }
+    if args.admin.is_some_and(|a| {
+        a.port() == args.listen.port()
+            && (a.ip() == args.listen.ip() || a.ip().is_unspecified() || args.listen.ip().is_unspecified())
+    }) {
+        return Err(format!(
+            "--admin {}: the admin listener is never on the service's port",
+            args.listen
+        ));
     }
     Ok(args)
 }
@@ -195,6 +217,8 @@ pub struct Setup {
     pub workload: Workload,
     /// TLS, when `--tls-cert` was given; mutual TLS with `--client-ca`.
     pub tls: Option<ServerTls>,
+    /// The Prometheus recorder, with `--admin`.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 /// The demo policy: tokens of the embedded issuer for this service; every
@@ -260,6 +284,8 @@ spec:
 
 /// Loads `--config`, or starts the demo issuer; exits with one line on error.
 pub fn setup(args: &Args) -> Setup {
+    // Before the guard: it registers its metrics when it is built.
+    let metrics = args.admin.map(|_| install_metrics());
     let workload = Workload::new(&args.service, &args.namespace);
     let (set, demo) = match &args.config {
         Some(path) => (
@@ -279,25 +305,137 @@ pub fn setup(args: &Args) -> Setup {
             (set, Some(issuer))
         }
     };
-    // One way from the file to the guard: each part configures itself from
-    // the workload's documents; SPNEGO is turned on by --keytab.
-    let policy = set.for_workload(&workload);
-    let mut builder = palisade::guard_builder_from_policy(&set, &workload, &demo_authorizers())
-        .unwrap_or_else(|e| fail(&e.to_string()));
-    if let Some(keytab) = &args.keytab {
-        builder = builder
-            .authenticator_from::<palisade::spnego::SpnegoAuthenticator>(&policy)
-            .unwrap_or_else(|e| fail(&format!("--keytab {}: {e}", keytab.display())));
-    }
-    let guard = builder.build().unwrap_or_else(|e| fail(&e.to_string()));
-    let tls = tls(args, &policy);
+    let guard = build_guard(&set, &workload, args.keytab.as_deref()).unwrap_or_else(|e| fail(&e.to_string()));
+    let tls = tls(args, &set.for_workload(&workload));
     Setup {
         set,
         guard,
         demo,
         workload,
         tls,
+        metrics,
     }
+}
+
+/// The workload's guard from a policy file's documents: the one way from
+/// the file to the guard, at start-up and on every reload. Each part
+/// configures itself from the workload's documents; SPNEGO is turned on by
+/// `--keytab`.
+fn build_guard(
+    set: &PolicySet,
+    workload: &Workload,
+    keytab: Option<&std::path::Path>,
+) -> Result<Guard, palisade::core::policy::PolicyError> {
+    use palisade::core::policy::PolicyError;
+    let mut builder = palisade::guard_builder_from_policy(set, workload, &demo_authorizers())?;
+    if let Some(keytab) = keytab {
+        builder = builder
+            .authenticator_from::<palisade::spnego::SpnegoAuthenticator>(&set.for_workload(workload))
+            .map_err(|e| PolicyError::new(set.source(), format!("--keytab {}: {e}", keytab.display())))?;
+    }
+    builder
+        .build()
+        .map_err(|e| PolicyError::new(set.source(), e.to_string()))
+}
+
+/// Installs the Prometheus recorder `--admin` serves, with the guard's
+/// latency as a histogram.
+fn install_metrics() -> metrics_exporter_prometheus::PrometheusHandle {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(palisade::core::metrics::CHECK_DURATION.to_owned()),
+            palisade::core::metrics::CHECK_DURATION_BUCKETS,
+        )
+        .and_then(PrometheusBuilder::install_recorder)
+        .unwrap_or_else(|e| fail(&format!("--admin: cannot install the metrics recorder: {e}")));
+    palisade::core::metrics::describe();
+    handle
+}
+
+/// What runs beside the service once it listens, on the current tokio
+/// runtime: the policy file's reload (a change of `--config`, or SIGHUP)
+/// and the `--admin` listener. Exits with one line when either cannot start.
+pub fn start_operations(args: &Args, setup: &Setup) {
+    if let Some(path) = &args.config {
+        let workload = setup.workload.clone();
+        let keytab = args.keytab.clone();
+        // The listener's mTLS mode is read at start-up: say so when a
+        // reload changes it, rather than pretend it applies.
+        let (port, mode) = (args.listen.port(), setup.tls.as_ref().map(ServerTls::mode));
+        let reloader = palisade::core::reload::PolicyReloader::new(path, &setup.guard, move |set| {
+            let guard = build_guard(set, &workload, keytab.as_deref())?;
+            if let Some(running) = mode
+                && let Ok(wanted) = palisade::mtls::mode_for_port(&set.for_workload(&workload), port)
+                && wanted != running
+            {
+                tracing::warn!(
+                    ?running,
+                    ?wanted,
+                    "the PeerAuthentication mode changed; it takes effect at restart"
+                );
+            }
+            Ok(guard)
+        });
+        if let Err(e) = reloader.watch(std::time::Duration::from_millis(500)) {
+            fail(&format!(
+                "--config {}: cannot watch the file: {e}",
+                path.display()
+            ));
+        }
+        if let Err(e) = reloader.reload_on_sighup() {
+            fail(&format!("cannot listen for SIGHUP: {e}"));
+        }
+    }
+    if let (Some(addr), Some(handle)) = (args.admin, setup.metrics.clone()) {
+        let listener = std::net::TcpListener::bind(addr)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .unwrap_or_else(|e| fail(&format!("--admin {addr}: {e}")));
+        std::thread::Builder::new()
+            .name("admin".into())
+            .spawn(move || admin(listener, handle))
+            .unwrap_or_else(|e| fail(&format!("--admin {addr}: {e}")));
+    }
+}
+
+/// The `--admin` listener, on a thread and runtime of its own so a busy
+/// service never starves it: `GET /metrics` (Prometheus text) and
+/// `GET /ready`.
+fn admin(listener: std::net::TcpListener, handle: metrics_exporter_prometheus::PrometheusHandle) {
+    use axum::routing::get;
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => fail(&format!("--admin: {e}")),
+    };
+    rt.block_on(async move {
+        let listener =
+            tokio::net::TcpListener::from_std(listener).unwrap_or_else(|e| fail(&format!("--admin: {e}")));
+        // Histograms are drained into their buckets by upkeep.
+        let upkeep = handle.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                upkeep.run_upkeep();
+            }
+        });
+        let app = axum::Router::new()
+            .route(
+                "/metrics",
+                get(move || {
+                    let handle = handle.clone();
+                    async move {
+                        (
+                            [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                            handle.render(),
+                        )
+                    }
+                }),
+            )
+            .route("/ready", get(|| async { "ready" }));
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the admin listener stopped");
+        }
+    });
 }
 
 /// `--tls-cert`, `--tls-key`, `--client-ca`, `--client-crl`: the mode comes

@@ -623,7 +623,7 @@ pub fn authorize_route(
             return Ok(());
         }
         tracing::debug!(target: LOG_TARGET, %access, "denied by route policy");
-        let guard = auth.guard();
+        let guard = auth.compiled();
         match guard
             .sign_in_or(req, guard.refusal(auth.identity(), access))
             .for_request(is_grpc(req))

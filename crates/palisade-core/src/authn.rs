@@ -33,7 +33,7 @@ use std::sync::Arc;
 use crate::adapter::Reply;
 use crate::check::Check;
 use crate::error::Rejection;
-use crate::identity::Identity;
+use crate::identity::{AuthMethod, Identity};
 
 pub use crate::error::bearer_challenge;
 pub use crate::request::{ConnectionInfo, OwnedRequest, RequestHead};
@@ -264,7 +264,7 @@ pub enum AuthOutcome {
 /// answer a ready outcome (the fast path: no credential, a cached token) or
 /// a `'static` future (I/O, blocking work), so no request borrow crosses an
 /// `await`.
-pub trait Authenticator: Send + Sync + 'static {
+pub trait Authenticator: Any + Send + Sync {
     /// The `WWW-Authenticate` challenge this authenticator adds when a
     /// credential is required and missing (`Bearer realm="…"`, `Negotiate`).
     fn challenge(&self) -> Option<String>;
@@ -278,6 +278,25 @@ pub trait Authenticator: Send + Sync + 'static {
     /// default) keeps the 401 and its challenges.
     fn sign_in(&self, request: &dyn RequestHead) -> Option<Reply> {
         let _ = request;
+        None
+    }
+
+    /// How this authenticator authenticates, for the `method` label of
+    /// [`AUTHENTICATIONS`](crate::metrics::AUTHENTICATIONS); `None` (the
+    /// default) is reported as `custom`.
+    fn method(&self) -> Option<AuthMethod> {
+        None
+    }
+
+    /// Hot reload ([`Guard::replace`](crate::Guard::replace)): called on
+    /// each authenticator of the new configuration with each of the one it
+    /// replaces, until one answers. `Some` is the authenticator to use in
+    /// this one's place: `previous` itself when both are configured alike,
+    /// or a copy of this one that shares the state of `previous` still
+    /// valid (fetched keys, verified tokens). `None` (the default) keeps
+    /// this one as built.
+    fn take_over(&self, previous: &dyn Authenticator) -> Option<Arc<dyn Authenticator>> {
+        let _ = previous;
         None
     }
 }

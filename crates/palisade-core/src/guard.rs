@@ -3,6 +3,9 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
 
 use crate::adapter::{Admission, Decision, EXPLAIN_HEADER, Reply, ResponseEdits};
 use crate::authn::{Attachments, AuthOutcome, Authenticated, Authenticator, HeaderEdits};
@@ -10,6 +13,7 @@ use crate::authz::{AccessDecision, AccessPolicy, Action, ExternalAuthorizers};
 use crate::check::Check;
 use crate::error::Rejection;
 use crate::identity::Identity;
+use crate::metrics::GuardMetrics;
 use crate::policy::{PolicyError, WorkloadPolicy};
 use crate::request::{OwnedRequest, RequestHead};
 
@@ -40,7 +44,9 @@ pub(crate) const SIGN_IN_HEADERS: &[&str] = &["accept", "sec-fetch-mode", "sec-f
 pub struct RequestAuth {
     identity: Option<Identity>,
     access: AccessDecision,
-    guard: Guard,
+    /// The configuration that decided, kept for the request's life: a
+    /// reload does not change how a request in flight is answered.
+    compiled: Arc<Compiled>,
     attachments: Attachments,
 }
 
@@ -66,13 +72,12 @@ impl RequestAuth {
     /// The 401 for a handler that needs an identity the request lacks.
     #[must_use]
     pub fn missing_credential(&self) -> Rejection {
-        self.guard.missing_credential()
+        self.compiled.missing_credential()
     }
 
-    /// The guard that established this record.
-    #[must_use]
-    pub fn guard(&self) -> &Guard {
-        &self.guard
+    /// The configuration that checked this request.
+    pub(crate) fn compiled(&self) -> &Arc<Compiled> {
+        &self.compiled
     }
 }
 
@@ -85,7 +90,9 @@ pub enum GuardError {
     NoAuthenticator,
 }
 
-struct Inner {
+/// One configuration of a guard, compiled: what a request is checked
+/// against from start to end, whatever reloads happen meanwhile.
+pub(crate) struct Compiled {
     authenticators: Vec<Arc<dyn Authenticator>>,
     access: AccessPolicy,
     /// What a pending check copies from the request: the headers the
@@ -93,12 +100,14 @@ struct Inner {
     snapshot_headers: Vec<String>,
     challenges: Vec<String>,
     explain: bool,
+    metrics: GuardMetrics,
 }
 
 /// Authenticates and authorizes requests; framework-free. The tower and
 /// actix-web adapters both call [`Guard::check`], so they answer identically.
 ///
-/// Cloning is an `Arc` clone.
+/// Cloning is an `Arc` clone; every clone sees a [`Guard::replace`]
+/// (hot reload), so the adapters need not be rebuilt.
 ///
 /// ```
 /// use palisade_core::adapter::Decision;
@@ -111,14 +120,20 @@ struct Inner {
 /// # Ok::<(), palisade_core::GuardError>(())
 /// ```
 #[derive(Clone)]
-pub struct Guard(Arc<Inner>);
+pub struct Guard(Arc<ArcSwap<Compiled>>);
 
 impl fmt::Debug for Guard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self.0.load(), f)
+    }
+}
+
+impl fmt::Debug for Compiled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Guard")
-            .field("authenticators", &self.0.authenticators.len())
-            .field("challenges", &self.0.challenges)
-            .field("access", &self.0.access)
+            .field("authenticators", &self.authenticators.len())
+            .field("challenges", &self.challenges)
+            .field("access", &self.access)
             .finish()
     }
 }
@@ -253,13 +268,14 @@ impl GuardBuilder {
                 snapshot_headers.push((*h).to_owned());
             }
         }
-        Ok(Guard(Arc::new(Inner {
+        Ok(Guard(Arc::new(ArcSwap::from_pointee(Compiled {
+            metrics: GuardMetrics::new(&self.authenticators, &access),
             authenticators: self.authenticators,
             access,
             snapshot_headers,
             challenges,
             explain,
-        })))
+        }))))
     }
 }
 
@@ -314,14 +330,82 @@ impl Guard {
 
     /// Every `WWW-Authenticate` challenge of the configured authenticators.
     #[must_use]
-    pub fn challenges(&self) -> &[String] {
-        &self.0.challenges
+    pub fn challenges(&self) -> Vec<String> {
+        self.0.load().challenges.clone()
     }
 
     /// The rejection for a request that needs a credential and has none.
     #[must_use]
     pub fn missing_credential(&self) -> Rejection {
-        Rejection::missing_credential(self.0.challenges.clone())
+        self.0.load().missing_credential()
+    }
+
+    /// The access policy in force.
+    #[must_use]
+    pub fn access_policy(&self) -> AccessPolicy {
+        self.0.load().access.clone()
+    }
+
+    /// Checks a request. Cached credentials and requests without any are
+    /// decided synchronously; the rest (a JWKS fetch, a `CUSTOM` policy's
+    /// authorizer) wait. [`Decision::apply`] turns the decision into what
+    /// the framework does.
+    pub fn check(&self, req: &dyn RequestHead) -> Check<Decision> {
+        Compiled::check(&self.0.load(), req)
+    }
+
+    /// Hot reload: from now on this guard, and every clone of it, checks
+    /// requests as `next` does. The swap is atomic; a request already being
+    /// checked finishes under the configuration it started with.
+    ///
+    /// State still valid is carried over: each authenticator of `next` is
+    /// offered those of the configuration it replaces
+    /// ([`Authenticator::take_over`]), so an unchanged JWT issuer keeps its
+    /// keys and verified tokens rather than fetching and verifying again.
+    ///
+    /// ```
+    /// use palisade_core::adapter::Decision;
+    /// use palisade_core::authn::OwnedRequest;
+    /// use palisade_core::authz::AccessPolicy;
+    /// use palisade_core::{Check, Guard};
+    /// let guard = Guard::builder().access_policy(AccessPolicy::require_authenticated()).build()?;
+    /// let layer_copy = guard.clone();
+    /// assert!(matches!(layer_copy.check(&OwnedRequest::get("/")), Check::Ready(Decision::Deny(_))));
+    /// guard.replace(Guard::builder().access_policy(AccessPolicy::allow_all()).build()?);
+    /// assert!(matches!(layer_copy.check(&OwnedRequest::get("/")), Check::Ready(Decision::Allow(_))));
+    /// # Ok::<(), palisade_core::GuardError>(())
+    /// ```
+    pub fn replace(&self, next: Guard) {
+        let next = next.0.load_full();
+        // `rcu`: two replacements at once both carry state over correctly.
+        self.0.rcu(|previous| {
+            let authenticators: Vec<Arc<dyn Authenticator>> = next
+                .authenticators
+                .iter()
+                .map(|a| {
+                    previous
+                        .authenticators
+                        .iter()
+                        .find_map(|p| a.take_over(p.as_ref()))
+                        .unwrap_or_else(|| a.clone())
+                })
+                .collect();
+            Compiled {
+                metrics: GuardMetrics::new(&authenticators, &next.access),
+                authenticators,
+                access: next.access.clone(),
+                snapshot_headers: next.snapshot_headers.clone(),
+                challenges: next.challenges.clone(),
+                explain: next.explain,
+            }
+        });
+    }
+}
+
+impl Compiled {
+    /// The rejection for a request that needs a credential and has none.
+    pub(crate) fn missing_credential(&self) -> Rejection {
+        Rejection::missing_credential(self.challenges.clone())
     }
 
     /// The sign-in answer for a request refused for want of a credential:
@@ -329,18 +413,12 @@ impl Guard {
     /// the refusal itself.
     pub(crate) fn sign_in_or(&self, req: &dyn RequestHead, rejection: Rejection) -> Decision {
         if rejection.kind() == crate::error::ErrorKind::MissingCredential
-            && let Some(reply) = self.0.authenticators.iter().find_map(|a| a.sign_in(req))
+            && let Some(reply) = self.authenticators.iter().find_map(|a| a.sign_in(req))
         {
             tracing::debug!(target: LOG_TARGET, method = req.method(), path = req.path(), "sent to sign in");
             return Decision::Reply(reply);
         }
         Decision::Deny(rejection)
-    }
-
-    /// The access policy.
-    #[must_use]
-    pub fn access_policy(&self) -> &AccessPolicy {
-        &self.0.access
     }
 
     /// The answer to a request the access policy denied, the same for the
@@ -356,28 +434,47 @@ impl Guard {
             _ if anonymous && access.end_user_could_help() => self.missing_credential(),
             _ => Rejection::forbidden("access denied by policy"),
         };
-        rejection.with_access(access).explained(self.0.explain)
+        rejection.with_access(access).explained(self.explain)
     }
 
-    /// Checks a request. Cached credentials and requests without any are
-    /// decided synchronously; the rest (a JWKS fetch, a `CUSTOM` policy's
-    /// authorizer) wait. [`Decision::apply`] turns the decision into what
-    /// the framework does.
-    pub fn check(&self, req: &dyn RequestHead) -> Check<Decision> {
+    /// [`Guard::check`] against this configuration.
+    fn check(self: &Arc<Self>, req: &dyn RequestHead) -> Check<Decision> {
+        let started = Instant::now();
         match self.check_http(req) {
             // An allowed request reads no more headers.
-            Check::Ready(Decision::Allow(a)) => Check::Ready(Decision::Allow(a)),
-            Check::Ready(d) => Check::Ready(d.for_request(crate::adapter::is_grpc(req))),
+            Check::Ready(d @ Decision::Allow(_)) => {
+                self.count(started, &d);
+                Check::Ready(d)
+            }
+            Check::Ready(d) => {
+                self.count(started, &d);
+                Check::Ready(d.for_request(crate::adapter::is_grpc(req)))
+            }
             Check::Pending(fut) => {
                 let grpc = crate::adapter::is_grpc(req);
-                Check::pending(async move { fut.await.for_request(grpc) })
+                let this = self.clone();
+                Check::pending(async move {
+                    let d = fut.await;
+                    this.count(started, &d);
+                    d.for_request(grpc)
+                })
             }
         }
     }
 
+    /// Reports a decision and the time it took.
+    fn count(&self, started: Instant, decision: &Decision) {
+        self.metrics.duration.record(started.elapsed());
+        match decision {
+            Decision::Allow(a) => self.metrics.decided(true, Some(a.auth().access())),
+            Decision::Deny(r) => self.metrics.decided(false, r.access()),
+            Decision::Reply(_) => self.metrics.replied(),
+        }
+    }
+
     /// [`Guard::check`] with refusals rendered for HTTP.
-    fn check_http(&self, req: &dyn RequestHead) -> Check<Decision> {
-        let access = &self.0.access;
+    fn check_http(self: &Arc<Self>, req: &dyn RequestHead) -> Check<Decision> {
+        let access = &self.access;
         let path = if access.reads_path() {
             match access.normalize_path(req.path()) {
                 Ok(p) => p,
@@ -394,11 +491,14 @@ impl Guard {
             identity: req.connection().and_then(|c| c.peer.clone()),
             ..Acc::default()
         };
+        if acc.identity.is_some() {
+            self.metrics.mtls.success.increment(1);
+        }
         let mut pending = Vec::new();
-        for a in &self.0.authenticators {
+        for (i, a) in self.authenticators.iter().enumerate() {
             match a.authenticate(req) {
-                Check::Ready(outcome) => acc.add(outcome),
-                Check::Pending(fut) => pending.push(fut),
+                Check::Ready(outcome) => acc.add(self.metrics.authenticators[i].count(outcome)),
+                Check::Pending(fut) => pending.push((i, fut)),
             }
         }
         // Normalising may allocate without changing anything (`%20`).
@@ -406,18 +506,24 @@ impl Guard {
         if pending.is_empty() {
             return self.decide(acc, req, &path, rewrite);
         }
-        let snapshot = OwnedRequest::snapshot(req, &self.0.snapshot_headers).with_path(&path);
+        let snapshot = OwnedRequest::snapshot(req, &self.snapshot_headers).with_path(&path);
         let guard = self.clone();
         Check::pending(async move {
-            for fut in pending {
-                acc.add(fut.await);
+            for (i, fut) in pending {
+                acc.add(guard.metrics.authenticators[i].count(fut.await));
             }
             guard.decide(acc, &snapshot, snapshot.path(), rewrite).await
         })
     }
 
     /// Authorizes; `rewrite` says the normalised `path` differs from the request's.
-    fn decide(&self, acc: Acc, req: &dyn RequestHead, path: &str, rewrite: bool) -> Check<Decision> {
+    fn decide(
+        self: &Arc<Self>,
+        acc: Acc,
+        req: &dyn RequestHead,
+        path: &str,
+        rewrite: bool,
+    ) -> Check<Decision> {
         if let Some(reply) = acc.respond {
             return Check::Ready(Decision::Reply(reply));
         }
@@ -429,7 +535,7 @@ impl Guard {
             Some(q) => format!("{path}?{q}"),
             None => path.to_owned(),
         });
-        match self.0.access.check_normalized(req, acc.identity.as_ref(), path) {
+        match self.access.check_normalized(req, acc.identity.as_ref(), path) {
             Check::Ready(access) => {
                 Check::Ready(match self.finish(acc, access, target, req.method(), path) {
                     Decision::Deny(r) => self.sign_in_or(req, r),
@@ -438,7 +544,7 @@ impl Guard {
             }
             Check::Pending(fut) => {
                 let guard = self.clone();
-                let snapshot = OwnedRequest::snapshot(req, &self.0.snapshot_headers);
+                let snapshot = OwnedRequest::snapshot(req, &self.snapshot_headers);
                 let path = path.to_owned();
                 Check::pending(async move {
                     let access = fut.await;
@@ -452,7 +558,7 @@ impl Guard {
     }
 
     fn finish(
-        &self,
+        self: &Arc<Self>,
         acc: Acc,
         access: AccessDecision,
         target: Option<String>,
@@ -461,10 +567,21 @@ impl Guard {
     ) -> Decision {
         // The span costs a few hundred instructions even when nobody
         // listens (tracing's `log` compatibility): made only when wanted.
+        // Field names follow OpenTelemetry's conventions, so a
+        // tracing-opentelemetry pipeline exports them as they are
+        // (docs/observability.md).
         let span = if tracing::enabled!(target: LOG_TARGET, tracing::Level::DEBUG) {
-            let span = tracing::debug_span!(target: LOG_TARGET, "authorize", method, path, decision = tracing::field::Empty);
-            span.record("decision", tracing::field::display(&access));
-            span
+            tracing::debug_span!(
+                target: LOG_TARGET,
+                "palisade.authorize",
+                http.request.method = method,
+                url.path = path,
+                palisade.decision = if access.is_allowed() { "allow" } else { "deny" },
+                palisade.policy = access.policy().unwrap_or(""),
+                palisade.rule = access.rule().map(|r| r as i64).unwrap_or(-1),
+                enduser.id = acc.identity.as_ref().and_then(Identity::request_principal_str).unwrap_or(""),
+                palisade.explanation = %access,
+            )
         } else {
             tracing::Span::none()
         };
@@ -475,7 +592,7 @@ impl Guard {
         }
         tracing::trace!(target: LOG_TARGET, %access, "allowed");
         let mut headers = acc.response_headers;
-        if self.0.explain {
+        if self.explain {
             headers.push((Cow::Borrowed(EXPLAIN_HEADER), access.to_string()));
         }
         Decision::Allow(Admission {
@@ -483,7 +600,7 @@ impl Guard {
             auth: RequestAuth {
                 identity: acc.identity,
                 access,
-                guard: self.clone(),
+                compiled: self.clone(),
                 attachments: acc.attachments,
             },
             edits: acc.edits,
@@ -587,5 +704,157 @@ mod tests {
         };
         let Decision::Allow(a) = fut.await else { panic!() };
         assert_eq!(a.auth().identity().unwrap().subject(), Some("late"));
+    }
+
+    /// A policy that allows only subject `alice` of issuer `i`.
+    fn only_alice() -> AccessPolicy {
+        let set = crate::policy::PolicySet::from_yaml_str(
+            "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: only-alice, namespace: default}
+spec:
+  rules:
+  - from: [{source: {requestPrincipals: [i/alice]}}]
+",
+            "t.yaml",
+        )
+        .unwrap();
+        let policy = set.for_workload(&crate::policy::Workload::new("details", "default"));
+        AccessPolicy::compile_with(&policy, &ExternalAuthorizers::new()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_replacement_is_seen_by_every_clone_and_spares_requests_in_flight() {
+        let guard = Guard::builder()
+            .authenticator(Fixed(Some("bob"), true))
+            .build()
+            .unwrap();
+        let layer_copy = guard.clone();
+        let bob = || OwnedRequest::get("/").header("authorization", "Bearer good");
+        let Check::Pending(in_flight) = layer_copy.check(&bob()) else {
+            panic!("expected pending")
+        };
+        guard.replace(
+            Guard::builder()
+                .authenticator(Fixed(Some("bob"), true))
+                .access_policy(only_alice())
+                .build()
+                .unwrap(),
+        );
+        // Started before the replacement: decided by the policy it started with.
+        assert!(matches!(in_flight.await, Decision::Allow(_)));
+        let Check::Pending(after) = layer_copy.check(&bob()) else {
+            panic!("expected pending")
+        };
+        let Decision::Deny(r) = after.await else {
+            panic!("the new policy denies bob")
+        };
+        assert_eq!(r.status(), 403);
+    }
+
+    /// Counts its calls; takes over a previous `Counting` with the same name.
+    struct Counting(&'static str, Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Authenticator for Counting {
+        fn challenge(&self) -> Option<String> {
+            None
+        }
+        fn authenticate(&self, _: &dyn RequestHead) -> Check<AuthOutcome> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Check::Ready(AuthOutcome::NoCredential)
+        }
+        fn take_over(&self, previous: &dyn Authenticator) -> Option<Arc<dyn Authenticator>> {
+            let p = (previous as &dyn std::any::Any).downcast_ref::<Counting>()?;
+            (p.0 == self.0).then(|| Arc::new(Counting(p.0, p.1.clone())) as Arc<dyn Authenticator>)
+        }
+    }
+
+    #[test]
+    fn a_replacement_keeps_the_state_its_authenticators_take_over() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let (old, new, other) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        let guard = Guard::builder()
+            .authenticator(Counting("a", old.clone()))
+            .allow_unauthenticated()
+            .build()
+            .unwrap();
+        guard.replace(
+            Guard::builder()
+                .authenticator(Counting("a", new.clone()))
+                .authenticator(Counting("b", other.clone()))
+                .allow_unauthenticated()
+                .build()
+                .unwrap(),
+        );
+        let _ = guard.check(&OwnedRequest::get("/"));
+        assert_eq!(
+            [
+                old.load(Ordering::Relaxed),
+                new.load(Ordering::Relaxed),
+                other.load(Ordering::Relaxed)
+            ],
+            [1, 0, 1],
+            "`a` carried over, `b` as built"
+        );
+    }
+
+    #[test]
+    fn decisions_and_authentications_are_counted_by_label() {
+        use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            let guard = Guard::builder()
+                .authenticator(Fixed(Some("alice"), false))
+                .access_policy(only_alice())
+                .build()
+                .unwrap();
+            let req = |token: Option<&str>| {
+                let r = OwnedRequest::get("/");
+                match token {
+                    Some(t) => r.header("authorization", t),
+                    None => r,
+                }
+            };
+            for t in [Some("Bearer good"), Some("Bearer good"), Some("Bearer bad"), None] {
+                let _ = guard.check(&req(t));
+            }
+        });
+        let mut counters = std::collections::BTreeMap::new();
+        let mut durations = 0;
+        for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+            let key = key.key();
+            let labels: Vec<String> = key
+                .labels()
+                .map(|l| format!("{}={}", l.key(), l.value()))
+                .collect();
+            match value {
+                DebugValue::Counter(n) => {
+                    counters.insert(format!("{}{{{}}}", key.name(), labels.join(",")), n);
+                }
+                DebugValue::Histogram(v) => durations += v.len(),
+                DebugValue::Gauge(_) => {}
+            }
+        }
+        let get = |k: &str| counters.get(k).copied().unwrap_or(0);
+        assert_eq!(
+            get("palisade_decisions_total{decision=allow,policy=default/only-alice,action=ALLOW}"),
+            2
+        );
+        // The bad token and the missing one: refused before any policy decided.
+        assert_eq!(get("palisade_decisions_total{decision=deny,policy=,action=}"), 2);
+        assert_eq!(
+            get("palisade_authentications_total{method=custom,result=success}"),
+            2
+        );
+        assert_eq!(
+            get("palisade_authentications_total{method=custom,result=failure}"),
+            1
+        );
+        assert_eq!(durations, 4, "one duration per decision");
     }
 }

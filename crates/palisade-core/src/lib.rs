@@ -35,7 +35,9 @@ pub mod adapter;
 pub mod authn;
 pub mod authz;
 pub mod form;
+pub mod metrics;
 pub mod policy;
+pub mod reload;
 
 mod check;
 mod error;

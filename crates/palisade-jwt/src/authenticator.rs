@@ -12,13 +12,14 @@ use palisade_core::authn::{
     AuthOutcome, Authenticated, Authenticator, BearerToken, HeaderEdit, HeaderEdits, RequestHead,
     bearer_challenge,
 };
-use palisade_core::{Check, Identity, TokenClaims, Verification};
+use palisade_core::metrics::TOKEN_CACHE;
+use palisade_core::{AuthMethod, Check, Identity, TokenClaims, Verification};
 use serde_json::{Map, Value};
 
 use crate::cache::TokenCache;
 use crate::config::{ConfigError, JwksSource, Provider, TokenSource};
 use crate::error::JwtError;
-use crate::jwks::{Fetcher, KeySet, KeyStore, VerifyKey, hmac_key, parse_jwks, pem_key, spawn_fetcher};
+use crate::jwks::{Fetched, KeySet, KeyStore, VerifyKey, fetched_store, hmac_key, parse_jwks, pem_key};
 use crate::token::{Parsed, parse, peek_issuer};
 
 const LOG: &str = "palisade::jwt";
@@ -26,6 +27,9 @@ const LOG: &str = "palisade::jwt";
 struct ProviderState {
     cfg: Provider,
     store: Arc<KeyStore>,
+    /// What keeps a fetched store fresh, shared with every authenticator
+    /// that trusts the issuer the same way.
+    _fetched: Option<Arc<Fetched>>,
 }
 
 struct CacheEntry {
@@ -56,15 +60,26 @@ struct Shared {
     sources: Vec<(TokenSource, Vec<usize>)>,
     max_token_size: usize,
     cache: Option<Cache>,
-    _fetcher: Option<Fetcher>,
+    cache_entries: u64,
+    cache_hits: metrics::Counter,
+    cache_misses: metrics::Counter,
+}
+
+/// The verified-token cache's counters ([`TOKEN_CACHE`]).
+fn cache_counters() -> (metrics::Counter, metrics::Counter) {
+    (
+        metrics::counter!(TOKEN_CACHE, "result" => "hit"),
+        metrics::counter!(TOKEN_CACHE, "result" => "miss"),
+    )
 }
 
 /// Authenticates `Authorization: Bearer` (and configured) JWTs from one or
 /// more issuers. Cloning is an `Arc` clone.
 ///
-/// Building it starts one background thread that fetches and refreshes the
-/// issuers' keys; it never blocks on the network and never fails because an
-/// issuer is down (tokens then fail closed until keys arrive).
+/// Building it starts fetching and refreshing the issuers' keys on a
+/// background thread (one per process); it never blocks on the network and
+/// never fails because an issuer is down (tokens then fail closed until
+/// keys arrive).
 ///
 /// ```no_run
 /// use palisade_jwt::{JwtAuthenticator, Provider};
@@ -135,7 +150,6 @@ impl JwtAuthenticatorBuilder {
         }
         let mut by_issuer = HashMap::new();
         let mut providers = Vec::new();
-        let mut fetched = Vec::new();
         for (i, cfg) in self.providers.into_iter().enumerate() {
             if by_issuer.insert(cfg.issuer.clone(), i).is_some() {
                 return Err(ConfigError::DuplicateIssuer(cfg.issuer));
@@ -157,12 +171,22 @@ impl JwtAuthenticatorBuilder {
                     "no usable signature key".into(),
                 ));
             }
-            let is_fetched = fixed.is_none();
-            let store = Arc::new(KeyStore::new(&cfg.issuer, cfg.fetch.clone(), fixed));
-            if is_fetched {
-                fetched.push((store.clone(), cfg.jwks.clone()));
-            }
-            providers.push(ProviderState { cfg, store });
+            let (store, fetched) = match fixed {
+                Some(set) => (
+                    Arc::new(KeyStore::new(&cfg.issuer, cfg.fetch.clone(), Some(set))),
+                    None,
+                ),
+                None => {
+                    let fetched = fetched_store(&cfg.issuer, &cfg.jwks, &cfg.fetch)
+                        .map_err(|e| ConfigError::OutOfRange(format!("cannot start the JWKS thread: {e}")))?;
+                    (fetched.store.clone(), Some(fetched))
+                }
+            };
+            providers.push(ProviderState {
+                cfg,
+                store,
+                _fetched: fetched,
+            });
         }
         let mut sources: Vec<(TokenSource, Vec<usize>)> = Vec::new();
         for (i, p) in providers.iter().enumerate() {
@@ -173,24 +197,31 @@ impl JwtAuthenticatorBuilder {
                 }
             }
         }
-        let cache = (self.cache_entries > 0).then(|| TokenCache::new(self.cache_entries));
-        let fetcher = if fetched.is_empty() {
-            None
-        } else {
-            Some(
-                spawn_fetcher(fetched)
-                    .map_err(|e| ConfigError::OutOfRange(format!("cannot start the JWKS thread: {e}")))?,
-            )
-        };
+        let (cache_hits, cache_misses) = cache_counters();
         Ok(JwtAuthenticator(Arc::new(Shared {
             realm: self.realm,
             providers,
             by_issuer,
             sources,
             max_token_size: self.max_token_size,
-            cache,
-            _fetcher: fetcher,
+            cache: (self.cache_entries > 0).then(|| TokenCache::new(self.cache_entries)),
+            cache_entries: self.cache_entries,
+            cache_hits,
+            cache_misses,
         })))
+    }
+}
+
+impl JwtAuthenticator {
+    /// Whether `self` and `other` accept the same tokens as the same
+    /// identities: then `other`'s verified tokens are valid for `self`.
+    fn same_config(&self, other: &JwtAuthenticator) -> bool {
+        let (a, b) = (&*self.0, &*other.0);
+        a.realm == b.realm
+            && a.max_token_size == b.max_token_size
+            && a.cache_entries == b.cache_entries
+            && a.providers.len() == b.providers.len()
+            && a.providers.iter().zip(&b.providers).all(|(p, q)| p.cfg == q.cfg)
     }
 }
 
@@ -404,13 +435,15 @@ impl JwtAuthenticator {
         if found.token.len() > shared.max_token_size {
             return Step::Done(Err(JwtError::TooLarge));
         }
-        if let Some(cache) = &shared.cache
-            && let Some(entry) = cache.get(&found.token)
-        {
-            if let Some(done) = self.cached(&entry, &found) {
-                return Step::Done(done);
+        if let Some(cache) = &shared.cache {
+            if let Some(entry) = cache.get(&found.token) {
+                if let Some(done) = self.cached(&entry, &found) {
+                    shared.cache_hits.increment(1);
+                    return Step::Done(done);
+                }
+                cache.remove(&found.token);
             }
-            cache.remove(&found.token);
+            shared.cache_misses.increment(1);
         }
         let parsed = match parse(&found.token, shared.max_token_size) {
             Ok(p) => p,
@@ -761,6 +794,19 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 impl Authenticator for JwtAuthenticator {
     fn challenge(&self) -> Option<String> {
         Some(bearer_challenge(&self.0.realm))
+    }
+
+    fn method(&self) -> Option<AuthMethod> {
+        Some(AuthMethod::Jwt)
+    }
+
+    /// Configured alike, the previous authenticator itself, with its
+    /// verified tokens. (Keys need no taking over: every authenticator of
+    /// the process that trusts an issuer the same way shares its keys.)
+    fn take_over(&self, previous: &dyn Authenticator) -> Option<Arc<dyn Authenticator>> {
+        let previous = (previous as &dyn std::any::Any).downcast_ref::<JwtAuthenticator>()?;
+        self.same_config(previous)
+            .then(|| Arc::new(previous.clone()) as Arc<dyn Authenticator>)
     }
 
     fn authenticate(&self, req: &dyn RequestHead) -> Check<AuthOutcome> {

@@ -147,7 +147,7 @@ impl Default for FetchSettings {
 }
 
 /// A trusted issuer, validated. Build with [`Provider::builder`].
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct Provider {
     pub(crate) issuer: String,
     pub(crate) audiences: Vec<String>,

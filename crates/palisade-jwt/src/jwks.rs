@@ -4,14 +4,16 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::Value;
 use tokio::sync::{Notify, watch};
+
+use palisade_core::metrics::JWKS_FETCHES;
 
 use crate::config::{FetchSettings, JwksSource};
 
@@ -346,39 +348,80 @@ impl KeyStore {
     }
 }
 
-/// Owns the background fetch thread; dropping it stops the thread.
-pub(crate) struct Fetcher {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-}
+/// Keeps one store's keys fresh on the process's JWKS thread; dropping it
+/// stops that.
+struct FetchTask(tokio::task::AbortHandle);
 
-impl Drop for Fetcher {
+impl Drop for FetchTask {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        self.0.abort();
     }
 }
 
-/// Starts one thread with its own small runtime that keeps every fetched
-/// store fresh. Requests never wait for a scheduled refresh.
-pub(crate) fn spawn_fetcher(stores: Vec<(Arc<KeyStore>, JwksSource)>) -> std::io::Result<Fetcher> {
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+/// A fetched key store and the task that keeps it fresh, shared by every
+/// authenticator of the process that trusts its issuer the same way (the
+/// same issuer, key source and fetch settings): one replacing another in a
+/// hot reload keeps the keys rather than fetching them again, and the
+/// issuer is asked once however many authenticators trust it. The task
+/// stops when the last of them is dropped.
+pub(crate) struct Fetched {
+    pub(crate) store: Arc<KeyStore>,
+    _task: FetchTask,
+}
+
+type LiveStore = (String, JwksSource, FetchSettings, Weak<Fetched>);
+
+/// The store for `issuer` fetched from `source` with `settings`: a live
+/// one if there is one, else a new one, fetching from now on.
+pub(crate) fn fetched_store(
+    issuer: &str,
+    source: &JwksSource,
+    settings: &FetchSettings,
+) -> std::io::Result<Arc<Fetched>> {
+    static LIVE: Mutex<Vec<LiveStore>> = Mutex::new(Vec::new());
+    let mut live = LIVE.lock().unwrap_or_else(PoisonError::into_inner);
+    live.retain(|(.., weak)| weak.strong_count() > 0);
+    let found = live
+        .iter()
+        .filter(|(i, src, set, _)| i == issuer && src == source && set == settings)
+        .find_map(|(.., weak)| weak.upgrade());
+    if let Some(shared) = found {
+        return Ok(shared);
+    }
+    let store = Arc::new(KeyStore::new(issuer, settings.clone(), None));
+    let task = FetchTask(
+        jwks_runtime()?
+            .spawn(run_store(store.clone(), source.clone()))
+            .abort_handle(),
+    );
+    let fetched = Arc::new(Fetched { store, _task: task });
+    live.push((
+        issuer.to_owned(),
+        source.clone(),
+        settings.clone(),
+        Arc::downgrade(&fetched),
+    ));
+    Ok(fetched)
+}
+
+/// The runtime of the one `palisade-jwks` thread, started on first use:
+/// every store's refresh runs there, so requests never wait for a
+/// scheduled refresh and no authenticator starts a thread of its own.
+fn jwks_runtime() -> std::io::Result<tokio::runtime::Handle> {
+    static RUNTIME: Mutex<Option<tokio::runtime::Handle>> = Mutex::new(None);
+    let mut slot = RUNTIME.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(handle) = &*slot {
+        return Ok(handle.clone());
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let handle = rt.handle().clone();
     std::thread::Builder::new()
         .name("palisade-jwks".into())
-        .spawn(move || {
-            rt.block_on(async move {
-                let mut tasks = tokio::task::JoinSet::new();
-                for (store, source) in stores {
-                    tasks.spawn(run_store(store, source));
-                }
-                let _ = stop_rx.await;
-                tasks.abort_all();
-            });
-        })?;
-    Ok(Fetcher { stop: Some(stop_tx) })
+        .spawn(move || rt.block_on(std::future::pending::<()>()))?;
+    *slot = Some(handle.clone());
+    Ok(handle)
 }
 
 fn http_client(settings: &FetchSettings) -> Result<reqwest::Client, String> {
@@ -434,6 +477,8 @@ async fn run_store(store: Arc<KeyStore>, source: JwksSource) {
         store.fetching.store(true, Ordering::Release);
         let result = fetch(&client, &store, &mut jwks_uri).await;
         store.fetching.store(false, Ordering::Release);
+        let outcome = if result.is_ok() { "success" } else { "failure" };
+        metrics::counter!(JWKS_FETCHES, "issuer" => store.issuer.clone(), "result" => outcome).increment(1);
         match result {
             Ok((set, max_age)) => {
                 let count = set.keys.len();

@@ -1122,6 +1122,10 @@ impl Authenticator for SignIn {
         None
     }
 
+    fn method(&self) -> Option<palisade_core::AuthMethod> {
+        Some(palisade_core::AuthMethod::Session)
+    }
+
     fn authenticate(&self, req: &dyn RequestHead) -> Check<AuthOutcome> {
         let c = &self.0.config;
         let path = req.path();

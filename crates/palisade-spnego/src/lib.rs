@@ -639,9 +639,33 @@ impl FromPolicy for SpnegoAuthenticator {
     }
 }
 
+/// A ticket check on the blocking pool, reported while it runs
+/// ([`SPNEGO_BLOCKING`](palisade_core::metrics::SPNEGO_BLOCKING)): it ends
+/// when the call does, even if the request gave up waiting.
+struct InFlight(metrics::Gauge);
+
+impl InFlight {
+    fn start() -> Self {
+        metrics::counter!(palisade_core::metrics::SPNEGO_BLOCKING_CALLS).increment(1);
+        let gauge = metrics::gauge!(palisade_core::metrics::SPNEGO_BLOCKING);
+        gauge.increment(1.0);
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
 impl Authenticator for SpnegoAuthenticator {
     fn challenge(&self) -> Option<String> {
         Some("Negotiate".into())
+    }
+
+    fn method(&self) -> Option<palisade_core::AuthMethod> {
+        Some(palisade_core::AuthMethod::Spnego)
     }
 
     fn authenticate(&self, req: &dyn RequestHead) -> Check<AuthOutcome> {
@@ -666,9 +690,13 @@ impl Authenticator for SpnegoAuthenticator {
             let cred = this.0.cred.clone();
             let started = Instant::now();
             let want_local_name = this.0.allowed_realms.is_empty();
-            let result = tokio::task::spawn_blocking(move || accept(cred, &token, want_local_name))
-                .await
-                .unwrap_or_else(|_| Err("the GSSAPI call panicked".into()));
+            let in_flight = InFlight::start();
+            let result = tokio::task::spawn_blocking(move || {
+                let _in_flight = in_flight;
+                accept(cred, &token, want_local_name)
+            })
+            .await
+            .unwrap_or_else(|_| Err("the GSSAPI call panicked".into()));
             let s = &this.0.stats;
             let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
             s.calls.fetch_add(1, Ordering::Relaxed);

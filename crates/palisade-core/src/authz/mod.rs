@@ -502,6 +502,11 @@ impl AccessDecision {
         self.policy.as_deref()
     }
 
+    /// The deciding policy's name as the compiled policy holds it.
+    pub(crate) fn policy_name(&self) -> Option<&Arc<str>> {
+        self.policy.as_ref()
+    }
+
     /// The index of the rule that matched in that policy.
     #[must_use]
     pub fn rule(&self) -> Option<usize> {
@@ -576,6 +581,11 @@ impl fmt::Display for MalformedPath {
 impl std::error::Error for MalformedPath {}
 
 impl AccessPolicy {
+    /// Each policy's name and action.
+    pub(crate) fn policies(&self) -> impl Iterator<Item = (&Arc<str>, Action)> {
+        self.0.policies.iter().map(|p| (&p.name, p.action))
+    }
+
     /// Every request is allowed, with or without credentials (Istio with no
     /// `AuthorizationPolicy`). Invalid credentials are still refused.
     #[must_use]

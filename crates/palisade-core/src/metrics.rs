@@ -1,0 +1,176 @@
+//! What Palisade reports through the [`metrics`] facade, the ecosystem's
+//! common one: the application installs the exporter it likes
+//! (`metrics-exporter-prometheus`, OpenTelemetry, statsd), and Palisade's
+//! counters appear in it. Without a recorder every report is a no-op.
+//!
+//! The guard registers its handles when it is built (and on every
+//! [`Guard::replace`](crate::Guard::replace)), so install the recorder
+//! first; a request then costs a few relaxed atomic additions.
+//!
+//! | name | kind | labels |
+//! |---|---|---|
+//! | [`DECISIONS`] | counter | `decision` (`allow`, `deny`, `reply`), `policy`, `action` |
+//! | [`AUTHENTICATIONS`] | counter | `method` (`jwt`, `mtls`, `spnego`, `session`, `custom`), `result` (`success`, `failure`) |
+//! | [`CHECK_DURATION`] | histogram (seconds) | — |
+//! | [`JWKS_FETCHES`] | counter | `issuer`, `result` (`success`, `failure`) |
+//! | [`TOKEN_CACHE`] | counter | `result` (`hit`, `miss`) |
+//! | [`SPNEGO_BLOCKING`] | gauge | — |
+//! | [`SPNEGO_BLOCKING_CALLS`] | counter | — |
+//! | [`CONFIG_RELOADS`] | counter | `result` (`success`, `failure`) |
+//!
+//! Every refusal, 401 or 403, counts as `decision="deny"`; `reply` is an
+//! answer Palisade gives in the application's place (a redirect to sign
+//! in, a sign-in callback). `policy` is the deciding policy (`NS/NAME`),
+//! empty when none decided (no policy applies, no `ALLOW` policy matched,
+//! a credential was refused); `action` is its action (`ALLOW`, `DENY`,
+//! `CUSTOM`), empty likewise.
+
+use std::sync::Arc;
+
+use metrics::{Counter, Histogram, Unit};
+
+use crate::authn::{AuthOutcome, Authenticator};
+use crate::authz::{AccessDecision, AccessPolicy};
+
+/// Decisions of the guard: counter.
+pub const DECISIONS: &str = "palisade_decisions_total";
+/// Credentials checked, by method and result: counter.
+pub const AUTHENTICATIONS: &str = "palisade_authentications_total";
+/// Time from a request's arrival at the guard to its decision: histogram.
+pub const CHECK_DURATION: &str = "palisade_check_duration_seconds";
+/// Fetches of an issuer's JWKS: counter.
+pub const JWKS_FETCHES: &str = "palisade_jwks_fetches_total";
+/// Lookups in the verified-token cache: counter.
+pub const TOKEN_CACHE: &str = "palisade_token_cache_total";
+/// Kerberos ticket checks running on the blocking pool now: gauge.
+pub const SPNEGO_BLOCKING: &str = "palisade_spnego_blocking_in_flight";
+/// Kerberos ticket checks sent to the blocking pool: counter.
+pub const SPNEGO_BLOCKING_CALLS: &str = "palisade_spnego_blocking_calls_total";
+/// Policy reloads, by result: counter.
+pub const CONFIG_RELOADS: &str = "palisade_config_reloads_total";
+
+/// Bucket bounds (seconds) for [`CHECK_DURATION`] with an exporter that
+/// needs them (Prometheus): from 1 µs, where a cached token is decided, to
+/// 5 s, the longest a key fetch may hold a request.
+pub const CHECK_DURATION_BUCKETS: &[f64] = &[
+    1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 1e-3, 1e-2, 0.1, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// Gives every metric above its description and unit in the installed
+/// recorder (the `# HELP` lines of Prometheus). Optional; call it once
+/// after installing the recorder.
+pub fn describe() {
+    metrics::describe_counter!(DECISIONS, "Requests decided by the Palisade guard");
+    metrics::describe_counter!(AUTHENTICATIONS, "Credentials checked, by method and result");
+    metrics::describe_histogram!(
+        CHECK_DURATION,
+        Unit::Seconds,
+        "Time the guard took to decide a request"
+    );
+    metrics::describe_counter!(JWKS_FETCHES, "Fetches of an issuer's JSON Web Key Set");
+    metrics::describe_counter!(TOKEN_CACHE, "Lookups in the verified-token cache");
+    metrics::describe_gauge!(SPNEGO_BLOCKING, "Kerberos ticket checks on the blocking pool now");
+    metrics::describe_counter!(
+        SPNEGO_BLOCKING_CALLS,
+        "Kerberos ticket checks sent to the blocking pool"
+    );
+    metrics::describe_counter!(CONFIG_RELOADS, "Policy reloads, by result");
+}
+
+/// One policy's decision counters.
+struct PolicyCounters {
+    name: Arc<str>,
+    allow: Counter,
+    deny: Counter,
+}
+
+/// An authenticator's counters.
+pub(crate) struct AuthnCounters {
+    pub(crate) success: Counter,
+    pub(crate) failure: Counter,
+}
+
+impl AuthnCounters {
+    /// Counts an authenticator's outcome: a credential accepted or refused.
+    pub(crate) fn count(&self, outcome: AuthOutcome) -> AuthOutcome {
+        match &outcome {
+            AuthOutcome::Authenticated(_) => self.success.increment(1),
+            AuthOutcome::Rejected(_) => self.failure.increment(1),
+            AuthOutcome::NoCredential | AuthOutcome::Respond(_) => {}
+        }
+        outcome
+    }
+
+    fn new(method: &'static str) -> Self {
+        Self {
+            success: metrics::counter!(AUTHENTICATIONS, "method" => method, "result" => "success"),
+            failure: metrics::counter!(AUTHENTICATIONS, "method" => method, "result" => "failure"),
+        }
+    }
+}
+
+/// The handles one compiled guard reports through, registered once.
+pub(crate) struct GuardMetrics {
+    allow: Counter,
+    deny: Counter,
+    reply: Counter,
+    policies: Vec<PolicyCounters>,
+    /// One per authenticator, in the guard's order.
+    pub(crate) authenticators: Vec<AuthnCounters>,
+    pub(crate) mtls: AuthnCounters,
+    pub(crate) duration: Histogram,
+}
+
+impl GuardMetrics {
+    pub(crate) fn new(authenticators: &[Arc<dyn Authenticator>], access: &AccessPolicy) -> Self {
+        let none = |decision: &'static str| metrics::counter!(DECISIONS, "decision" => decision, "policy" => "", "action" => "");
+        let policies = access
+            .policies()
+            .map(|(name, action)| {
+                let counter = |decision: &'static str| {
+                    metrics::counter!(
+                        DECISIONS,
+                        "decision" => decision,
+                        "policy" => name.to_string(),
+                        "action" => action.as_str()
+                    )
+                };
+                PolicyCounters {
+                    name: name.clone(),
+                    allow: counter("allow"),
+                    deny: counter("deny"),
+                }
+            })
+            .collect();
+        Self {
+            allow: none("allow"),
+            deny: none("deny"),
+            reply: none("reply"),
+            policies,
+            authenticators: authenticators
+                .iter()
+                .map(|a| AuthnCounters::new(a.method().map_or("custom", |m| m.as_str())))
+                .collect(),
+            mtls: AuthnCounters::new("mtls"),
+            duration: metrics::histogram!(CHECK_DURATION),
+        }
+    }
+
+    /// Counts a decision; `access` is what decided it, when a policy did.
+    pub(crate) fn decided(&self, allowed: bool, access: Option<&AccessDecision>) {
+        let by_policy = access
+            .and_then(AccessDecision::policy_name)
+            .and_then(|name| self.policies.iter().find(|p| Arc::ptr_eq(&p.name, name)));
+        match (by_policy, allowed) {
+            (Some(p), true) => p.allow.increment(1),
+            (Some(p), false) => p.deny.increment(1),
+            (None, true) => self.allow.increment(1),
+            (None, false) => self.deny.increment(1),
+        }
+    }
+
+    /// Counts an answer Palisade gave in the application's place.
+    pub(crate) fn replied(&self) {
+        self.reply.increment(1);
+    }
+}

@@ -1,0 +1,312 @@
+//! Operations, from outside the example processes: the policy file's hot
+//! reload under load (wrk) and the `--admin` listener's `/metrics` and
+//! `/ready`, on both frameworks (details is axum, reviews actix-web).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{ScratchDir, Service, access_token, start};
+use palisade::testkit::TestIssuer;
+
+/// A free loopback port for the admin listener (bound, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Tokens of `issuer` for `service`; `/list` for any caller with one, and
+/// `/whoami` too when `whoami` (the difference between the two valid files).
+fn policy(issuer: &TestIssuer, service: &str, whoami: bool) -> String {
+    let paths = if whoami { "[/list, /whoami]" } else { "[/list]" };
+    format!(
+        "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: default}}
+spec:
+  jwtRules: [{{issuer: {iss}, audiences: [{service}]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: {name}, namespace: default}}
+spec:
+  rules:
+  - from: [{{source: {{requestPrincipals: [\"*\"]}}}}]
+    to: [{{operation: {{paths: {paths}}}}}]
+",
+        iss = issuer.issuer(),
+        name = if whoami { "with-whoami" } else { "without-whoami" },
+    )
+}
+
+/// Refused at load: `ALOW` is no action.
+const BROKEN: &str = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: broken, namespace: default}
+spec:
+  action: ALOW
+";
+
+/// `/metrics` of the admin listener.
+async fn metrics(admin: &str) -> String {
+    let res = reqwest::get(format!("http://{admin}/metrics")).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain"),
+        "Prometheus text format"
+    );
+    res.text().await.unwrap()
+}
+
+/// The value of the sample `name_and_labels` (exactly as rendered), or 0.
+fn sample(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+fn reloads(text: &str) -> f64 {
+    sample(text, "palisade_config_reloads_total{result=\"success\"}")
+        + sample(text, "palisade_config_reloads_total{result=\"failure\"}")
+}
+
+async fn status(url: &str, token: &str) -> u16 {
+    reqwest::Client::new()
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+fn sighup(svc: &Service) {
+    let ok = std::process::Command::new("kill")
+        .args(["-HUP", &svc.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -HUP failed");
+}
+
+/// wrk against `url` with the token, for `secs`; its report.
+fn wrk(url: &str, token: &str, secs: u64) -> std::process::Child {
+    std::process::Command::new("wrk")
+        .args(["-t1", "-c4", &format!("-d{secs}s"), "-H"])
+        .arg(format!("Authorization: Bearer {token}"))
+        .arg(url)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run wrk ({e}): install it with `apt-get install wrk`"))
+}
+
+/// 50 reloads (SIGHUP), alternating two valid files and a broken one,
+/// while wrk loads a route both valid files allow: no request fails, and
+/// after each reload the route the files disagree on answers as the file
+/// in force says (the broken one keeps the one before). Then a change
+/// without a signal is picked up by the file watch.
+async fn reload_under_load(example: &str) {
+    let issuer = TestIssuer::builder()
+        .default_audience(example)
+        .client("demo", "s3cret")
+        .start()
+        .unwrap();
+    let dir = ScratchDir::new(&format!("reload-{example}"));
+    let with = policy(&issuer, example, true);
+    let without = policy(&issuer, example, false);
+    let file = dir.write("policy.yaml", &with);
+    let admin = format!("127.0.0.1:{}", free_port());
+    let svc = start(
+        example,
+        &["--config", &file, "--service", example, "--admin", &admin],
+    );
+    let token = access_token(
+        &issuer.token_endpoint(),
+        "grant_type=client_credentials&client_id=demo&client_secret=s3cret",
+    )
+    .await;
+    let whoami = format!("http://{}/whoami", svc.addr);
+    assert_eq!(status(&whoami, &token).await, 200);
+
+    let load = wrk(&format!("http://{}/list", svc.addr), &token, 20);
+    let started = Instant::now();
+    let mut in_force = true; // whether the file in force allows /whoami
+    for i in 0..50 {
+        let before = reloads(&metrics(&admin).await);
+        let (text, valid) = match i % 3 {
+            0 => (&without, Some(false)),
+            1 => (&with, Some(true)),
+            _ => (&BROKEN.to_owned(), None),
+        };
+        dir.write("policy.yaml", text);
+        sighup(&svc);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while reloads(&metrics(&admin).await) <= before {
+            assert!(Instant::now() < deadline, "reload {i} not seen in /metrics");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if let Some(v) = valid {
+            in_force = v;
+        }
+        let want = if in_force { 200 } else { 403 };
+        assert_eq!(status(&whoami, &token).await, want, "after reload {i}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(18),
+        "the reloads must happen during the load: {:?}",
+        started.elapsed()
+    );
+    let report = String::from_utf8(load.wait_with_output().unwrap().stdout).unwrap();
+    let requests: u64 = report
+        .lines()
+        .find_map(|l| {
+            l.split_once(" requests in ")
+                .map(|(n, _)| n.trim().parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("no request count in wrk's report:\n{report}"));
+    assert!(requests > 1000, "{report}");
+    assert!(
+        !report.contains("Non-2xx"),
+        "a request failed during the reloads:\n{report}"
+    );
+    assert!(!report.contains("Socket errors"), "{report}");
+
+    let text = metrics(&admin).await;
+    assert!(
+        sample(&text, "palisade_config_reloads_total{result=\"failure\"}") >= 16.0,
+        "{text}"
+    );
+    assert!(
+        sample(&text, "palisade_config_reloads_total{result=\"success\"}") >= 34.0,
+        "{text}"
+    );
+    // One issuer, never changed: its keys were fetched once, whatever the reloads.
+    assert_eq!(issuer.jwks_fetches(), 1);
+
+    // The file watch, without a signal: the last file in force allowed
+    // /whoami iff `in_force`; write the other.
+    dir.write("policy.yaml", if in_force { &without } else { &with });
+    let want = if in_force { 403 } else { 200 };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status(&whoami, &token).await != want {
+        assert!(Instant::now() < deadline, "the changed file was not picked up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn details_reloads_its_policy_under_load() {
+    reload_under_load("details").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reviews_reloads_its_policy_under_load() {
+    reload_under_load("reviews").await;
+}
+
+/// The contract's metrics after known traffic, and `/ready`.
+async fn admin_listener(example: &str) {
+    let issuer = TestIssuer::builder()
+        .default_audience(example)
+        .client("demo", "s3cret")
+        .start()
+        .unwrap();
+    let dir = ScratchDir::new(&format!("admin-{example}"));
+    let file = dir.write("policy.yaml", &policy(&issuer, example, false));
+    let admin = format!("127.0.0.1:{}", free_port());
+    let svc = start(
+        example,
+        &["--config", &file, "--service", example, "--admin", &admin],
+    );
+    let token = access_token(
+        &issuer.token_endpoint(),
+        "grant_type=client_credentials&client_id=demo&client_secret=s3cret",
+    )
+    .await;
+    let url = |p: &str| format!("http://{}{p}", svc.addr);
+    assert_eq!(status(&url("/list"), &token).await, 200);
+    assert_eq!(status(&url("/list"), &token).await, 200);
+    assert_eq!(status(&url("/whoami"), &token).await, 403);
+    assert_eq!(status(&url("/list"), "not-a-token").await, 401);
+    let anonymous = reqwest::get(url("/list")).await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+
+    let ready = reqwest::get(format!("http://{admin}/ready")).await.unwrap();
+    assert_eq!(ready.status(), 200);
+
+    let text = metrics(&admin).await;
+    let get = |s: &str| sample(&text, s);
+    assert_eq!(
+        get(
+            "palisade_decisions_total{decision=\"allow\",policy=\"default/without-whoami\",action=\"ALLOW\"}"
+        ),
+        2.0,
+        "{text}"
+    );
+    // /whoami (no ALLOW rule matched), the bad token and the missing one.
+    assert_eq!(
+        get("palisade_decisions_total{decision=\"deny\",policy=\"\",action=\"\"}"),
+        3.0,
+        "{text}"
+    );
+    assert_eq!(
+        get("palisade_authentications_total{method=\"jwt\",result=\"success\"}"),
+        3.0,
+        "{text}"
+    );
+    assert_eq!(
+        get("palisade_authentications_total{method=\"jwt\",result=\"failure\"}"),
+        1.0,
+        "{text}"
+    );
+    let issuer_label = issuer.issuer();
+    assert_eq!(
+        get(&format!(
+            "palisade_jwks_fetches_total{{issuer=\"{issuer_label}\",result=\"success\"}}"
+        )),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(get("palisade_token_cache_total{result=\"hit\"}"), 2.0, "{text}");
+    assert_eq!(get("palisade_check_duration_seconds_count"), 5.0, "{text}");
+    assert!(
+        text.contains("palisade_check_duration_seconds_bucket{le=\"0.001\"}"),
+        "{text}"
+    );
+    assert!(text.contains("# HELP palisade_decisions_total"), "{text}");
+    // No token in the metrics.
+    assert!(!text.contains(&token[..20]));
+    // The admin routes are the admin listener's only.
+    assert_ne!(status(&url("/metrics"), &token).await, 200);
+}
+
+#[tokio::test]
+async fn details_serves_metrics_and_readiness_on_the_admin_listener() {
+    admin_listener("details").await;
+}
+
+#[tokio::test]
+async fn reviews_serves_metrics_and_readiness_on_the_admin_listener() {
+    admin_listener("reviews").await;
+}
+
+#[test]
+fn the_admin_listener_is_never_the_service_port() {
+    let out = std::process::Command::new(common::example("details"))
+        .args(["--listen", "127.0.0.1:19999", "--admin", "127.0.0.1:19999"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("--admin") && err.contains("never on the service's port"),
+        "{err}"
+    );
+}
