@@ -3,11 +3,12 @@
 //! fills in an `Identity` (request principal, peer, claims) and needs no
 //! change here.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
 use serde_json::Value;
 
-use super::matcher::{IpBlock, PathMatch, StrMatch, host_matches};
+use super::matcher::{IpBlock, PathMatch, ServiceAccount, StrMatch, host_matches};
 use super::require::Requirement;
 use crate::identity::Identity;
 use crate::request::RequestHead;
@@ -18,6 +19,35 @@ pub(crate) struct Ctx<'a> {
     pub(crate) id: Option<&'a Identity>,
     pub(crate) path: &'a str,
     pub(crate) trusted_proxies: usize,
+    pub(crate) split_claims: &'a SplitClaims,
+}
+
+/// Which top-level claims hold a space-separated list (Envoy's
+/// `space_delimited_claims`, as Istio configures it): `scope` and
+/// `permission` for every token, and each `jwtRules[].spaceDelimitedClaims`
+/// for the tokens of that rule's issuer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct SplitClaims {
+    by_issuer: BTreeMap<Box<str>, BTreeSet<Box<str>>>,
+}
+
+impl SplitClaims {
+    /// Istio's defaults, always split.
+    const ALWAYS: [&'static str; 2] = ["scope", "permission"];
+
+    /// Adds the claims a rule for `issuer` lists.
+    pub(crate) fn add<'c>(&mut self, issuer: &str, claims: impl IntoIterator<Item = &'c String>) {
+        let set = self.by_issuer.entry(issuer.into()).or_default();
+        set.extend(claims.into_iter().map(|c| Box::from(c.as_str())));
+    }
+
+    /// Whether the top-level `claim` of a token from `issuer` is split on spaces.
+    fn splits(&self, issuer: Option<&str>, claim: &str) -> bool {
+        Self::ALWAYS.contains(&claim)
+            || issuer
+                .and_then(|i| self.by_issuer.get(i))
+                .is_some_and(|set| set.contains(claim))
+    }
 }
 
 impl Ctx<'_> {
@@ -80,6 +110,8 @@ pub(crate) enum Test {
     Path(Box<[PathMatch]>),
     Ip(IpAttr, Box<[IpBlock]>),
     Port(Box<[u16]>),
+    /// The peer's Kubernetes service account (`serviceAccounts`).
+    ServiceAccount(Box<[ServiceAccount]>),
     /// A role or scope requirement written in code.
     Requirement(Requirement),
     /// Decided when the policy was compiled (`destination.labels[…]`).
@@ -142,7 +174,7 @@ fn any_value(attr: &StrAttr, ctx: &Ctx<'_>, f: &mut dyn FnMut(&str) -> bool) -> 
             for key in &path[1..] {
                 value = value.and_then(|v| v.get(key));
             }
-            let split = path.len() == 1 && path[0] == "scope";
+            let split = path.len() == 1 && ctx.split_claims.splits(id.and_then(Identity::issuer), &path[0]);
             value.is_some_and(|v| claim_values(v, split, f))
         }
         StrAttr::Sni => ctx.req.connection().and_then(|c| c.sni.as_deref()).is_some_and(f),
@@ -172,6 +204,11 @@ impl Clause {
                 ip.is_some_and(|ip| blocks.iter().any(|b| b.contains(ip)))
             }
             Test::Port(ports) => ctx.req.local_addr().is_some_and(|a| ports.contains(&a.port())),
+            Test::ServiceAccount(accounts) => ctx
+                .id
+                .and_then(Identity::peer)
+                .and_then(|p| p.principal.as_deref())
+                .is_some_and(|p| accounts.iter().any(|a| a.matches_principal(p))),
             Test::Requirement(r) => ctx.id.is_some_and(|id| r.is_met_by(id)),
             Test::Const(b) => *b,
         };

@@ -74,6 +74,12 @@ impl Rule {
         namespaces => namespaces,
         /// Not these peer namespaces.
         not_namespaces => not_namespaces,
+        /// Peer Kubernetes service accounts (`prod/ratings`; `ratings` in
+        /// the `default` namespace of policies built in code). Not with
+        /// `principals` or `namespaces` in one rule (as in Istio).
+        service_accounts => service_accounts,
+        /// Not these peer service accounts.
+        not_service_accounts => not_service_accounts,
         /// Connection addresses (CIDR blocks).
         ip_blocks => ip_blocks,
         /// Not these connection addresses.

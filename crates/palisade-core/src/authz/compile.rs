@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::attr::{Clause, IpAttr, StrAttr, Test};
 use super::custom::ExternalAuthorizers;
-use super::matcher::{IpBlock, PathMatch, StrMatch, parse_port};
+use super::matcher::{IpBlock, PathMatch, ServiceAccount, StrMatch, parse_port};
 use super::{Action, CompiledPolicy, CompiledRule};
 use crate::policy::{
     AuthorizationPolicySpec, ConditionSpec, Document, Metadata, OperationSpec, PolicyError, RuleSpec,
@@ -80,7 +80,31 @@ fn pair(
     Ok(())
 }
 
-pub(crate) fn source_clauses(s: &SourceSpec) -> Result<Vec<Clause>, FieldError> {
+fn service_accounts(values: &[String], field: &str, namespace: &str) -> Result<Test, FieldError> {
+    let accounts = ServiceAccount::parse_all(nonempty(values, field)?, namespace, field)?;
+    Ok(Test::ServiceAccount(accounts))
+}
+
+/// The clauses of a source; `namespace` is the policy's, the namespace of a
+/// service account written without one.
+pub(crate) fn source_clauses(s: &SourceSpec, namespace: &str) -> Result<Vec<Clause>, FieldError> {
+    if s.principals.is_some()
+        || s.not_principals.is_some()
+        || s.namespaces.is_some()
+        || s.not_namespaces.is_some()
+    {
+        for (given, field) in [
+            (&s.service_accounts, "serviceAccounts"),
+            (&s.not_service_accounts, "notServiceAccounts"),
+        ] {
+            if given.is_some() {
+                return Err((
+                    field.to_owned(),
+                    "cannot be set with principals or namespaces in the same source (as in Istio); use another `from` entry".to_owned(),
+                ));
+            }
+        }
+    }
     let mut out = Vec::new();
     let str_attr = |attr: StrAttr| move |v: &[String], f: &str| Ok(Test::Str(attr.clone(), strs(v, f)?));
     let ip_attr = |attr: IpAttr| move |v: &[String], f: &str| Ok(Test::Ip(attr, ips(v, f)?));
@@ -101,6 +125,12 @@ pub(crate) fn source_clauses(s: &SourceSpec) -> Result<Vec<Clause>, FieldError> 
         (s.namespaces.as_ref(), "namespaces"),
         (s.not_namespaces.as_ref(), "notNamespaces"),
         str_attr(StrAttr::PeerNamespace),
+    )?;
+    pair(
+        &mut out,
+        (s.service_accounts.as_ref(), "serviceAccounts"),
+        (s.not_service_accounts.as_ref(), "notServiceAccounts"),
+        |v, f| service_accounts(v, f, namespace),
     )?;
     pair(
         &mut out,
@@ -180,6 +210,8 @@ pub(crate) enum Key {
     Str(StrAttr),
     Ip(IpAttr),
     Port,
+    /// `source.serviceAccount`.
+    ServiceAccount,
 }
 
 /// Parses a condition key (`request.auth.claims[groups]`).
@@ -195,6 +227,12 @@ pub(crate) fn parse_key(key: &str) -> Result<Key, String> {
         "remote.ip" => return Ok(Key::Ip(IpAttr::Remote)),
         "destination.ip" => return Ok(Key::Ip(IpAttr::Destination)),
         "destination.port" => return Ok(Key::Port),
+        "source.serviceAccount" => return Ok(Key::ServiceAccount),
+        k if k.starts_with("request.experimental.") => {
+            return Err(format!(
+                "`{key}` is an experimental Envoy header matcher that Palisade does not implement; use request.headers[Name]"
+            ));
+        }
         k if k.starts_with("experimental.") => {
             return Err(format!(
                 "`{key}` is an Envoy filter attribute that an in-process HTTP service does not have"
@@ -218,35 +256,40 @@ pub(crate) fn parse_key(key: &str) -> Result<Key, String> {
     Ok(Key::Str(attr))
 }
 
-/// A test of `key` against `values`.
-pub(crate) fn key_test(key: &Key, values: &[String], field: &str) -> Result<Test, FieldError> {
+/// A test of `key` against `values`; `namespace` is the policy's (for a
+/// service account written without one).
+pub(crate) fn key_test(
+    key: &Key,
+    values: &[String],
+    field: &str,
+    namespace: &str,
+) -> Result<Test, FieldError> {
     Ok(match key {
         Key::Str(attr) => Test::Str(attr.clone(), strs(values, field)?),
         Key::Ip(attr) => Test::Ip(*attr, ips(values, field)?),
         Key::Port => Test::Port(ports(values, field)?),
+        Key::ServiceAccount => service_accounts(values, field, namespace)?,
     })
 }
 
-pub(crate) fn condition_clause(c: &ConditionSpec) -> Result<Clause, FieldError> {
+/// The clauses of a condition: `values`, `notValues`, or both (then both
+/// must hold, as in Istio).
+pub(crate) fn condition_clauses(c: &ConditionSpec, namespace: &str) -> Result<Vec<Clause>, FieldError> {
     let key = parse_key(&c.key).map_err(|m| ("key".to_owned(), m))?;
-    match (&c.values, &c.not_values) {
-        (Some(v), None) => Ok(Clause {
-            test: key_test(&key, v, "values")?,
-            negate: false,
-        }),
-        (None, Some(v)) => Ok(Clause {
-            test: key_test(&key, v, "notValues")?,
-            negate: true,
-        }),
-        (Some(_), Some(_)) => Err((
+    if c.values.is_none() && c.not_values.is_none() {
+        return Err((
             "values".to_owned(),
-            "give either values or notValues in one condition".to_owned(),
-        )),
-        (None, None) => Err((
-            "values".to_owned(),
-            "a condition needs values or notValues".to_owned(),
-        )),
+            "a condition needs values, notValues or both".to_owned(),
+        ));
     }
+    let mut out = Vec::new();
+    pair(
+        &mut out,
+        (c.values.as_ref(), "values"),
+        (c.not_values.as_ref(), "notValues"),
+        |v, f| key_test(&key, v, f, namespace),
+    )?;
+    Ok(out)
 }
 
 /// The `istio.io/dry-run` annotation.
@@ -262,9 +305,10 @@ fn dry_run(metadata: &Metadata) -> Result<bool, FieldError> {
 }
 
 /// The checks of an `AuthorizationPolicy` that need no workload, run for
-/// every document when the file loads: the action and its provider, the
-/// dry-run annotation and every rule.
+/// every document when the file loads: its selector or target references,
+/// the action and its provider, the dry-run annotation and every rule.
 pub(crate) fn check_policy(metadata: &Metadata, spec: &AuthorizationPolicySpec) -> Result<(), FieldError> {
+    spec.check_scope()?;
     let dry_run = dry_run(metadata)?;
     match (spec.action, &spec.provider) {
         (Action::Custom, None) => {
@@ -287,11 +331,12 @@ pub(crate) fn check_policy(metadata: &Metadata, spec: &AuthorizationPolicySpec) 
             ));
         }
     }
-    compile_rules(spec).map(drop)
+    compile_rules(spec, metadata.namespace()).map(drop)
 }
 
-/// The rules of a policy, compiled; errors name the field below `spec`.
-fn compile_rules(spec: &AuthorizationPolicySpec) -> Result<Vec<CompiledRule>, FieldError> {
+/// The rules of a policy in `namespace`, compiled; errors name the field
+/// below `spec`.
+fn compile_rules(spec: &AuthorizationPolicySpec, namespace: &str) -> Result<Vec<CompiledRule>, FieldError> {
     let mut rules = Vec::new();
     // `spec: {}` (no rules) under ALLOW matches nothing: deny all. Under DENY
     // it matches nothing either: no effect. Both are Istio's semantics.
@@ -306,7 +351,9 @@ fn compile_rules(spec: &AuthorizationPolicySpec) -> Result<Vec<CompiledRule>, Fi
         };
         let mut from = Vec::new();
         for (fi, f) in rule.from.iter().enumerate() {
-            from.push(source_clauses(&f.source).map_err(|e| join(format!("from[{fi}].source"), e))?);
+            from.push(
+                source_clauses(&f.source, namespace).map_err(|e| join(format!("from[{fi}].source"), e))?,
+            );
         }
         let mut to = Vec::new();
         for (ti, t) in rule.to.iter().enumerate() {
@@ -314,7 +361,7 @@ fn compile_rules(spec: &AuthorizationPolicySpec) -> Result<Vec<CompiledRule>, Fi
         }
         let mut when = Vec::new();
         for (ci, c) in rule.when.iter().enumerate() {
-            when.push(condition_clause(c).map_err(|e| join(format!("when[{ci}]"), e))?);
+            when.extend(condition_clauses(c, namespace).map_err(|e| join(format!("when[{ci}]"), e))?);
         }
         rules.push(CompiledRule::new(from, to, when));
     }
@@ -365,7 +412,8 @@ pub(crate) fn compile_policy(
         }
         _ => None,
     };
-    let rules = compile_rules(spec).map_err(|(field, msg)| w.error_at(doc, &field, msg))?;
+    let rules =
+        compile_rules(spec, doc.metadata.namespace()).map_err(|(field, msg)| w.error_at(doc, &field, msg))?;
     if action == Action::Deny {
         for rule in spec.rules.iter().flatten() {
             warn_hosts_without_port(doc, rule);

@@ -1,6 +1,7 @@
 //! The value matchers of Istio's grammar: strings (exact, `prefix*`,
-//! `*suffix`, `*`), paths (those plus `{*}` / `{**}` templates), IP blocks and
-//! ports. Each is parsed once, at start-up, and refuses what Istio refuses.
+//! `*suffix`, `*`), paths (those plus `{*}` / `{**}` templates), IP blocks,
+//! ports and service accounts. Each is parsed once, at start-up, and refuses
+//! what Istio refuses.
 
 use std::net::IpAddr;
 
@@ -240,6 +241,102 @@ impl IpBlock {
     }
 }
 
+/// Istio's limits on a list of service accounts and on one of them.
+const MAX_SERVICE_ACCOUNTS: usize = 16;
+const MAX_SERVICE_ACCOUNT_LEN: usize = 320;
+
+/// A Kubernetes service account of the peer (`serviceAccounts`,
+/// `source.serviceAccount`): `NAMESPACE/NAME`, or `NAME` in the policy's
+/// namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ServiceAccount {
+    /// `/ns/NAMESPACE/`.
+    ns: Box<str>,
+    /// `sa/NAME`.
+    sa: Box<str>,
+}
+
+impl ServiceAccount {
+    /// Parses a value as Istio validates it: no wildcard, at most one `/`,
+    /// neither part empty, at most 320 characters.
+    pub(crate) fn parse(value: &str, default_namespace: &str) -> Result<Self, String> {
+        let form = "write NAMESPACE/SERVICE_ACCOUNT, or SERVICE_ACCOUNT for one in the policy's namespace";
+        if value.is_empty() {
+            return Err(format!("an empty service account matches nothing: {form}"));
+        }
+        if value.contains('*') {
+            return Err(format!(
+                "`{value}`: no wildcard is allowed in a service account (as in Istio)"
+            ));
+        }
+        if value.len() > MAX_SERVICE_ACCOUNT_LEN {
+            return Err(format!(
+                "`{value}` is longer than {MAX_SERVICE_ACCOUNT_LEN} characters (as in Istio)"
+            ));
+        }
+        let (ns, sa) = value.split_once('/').unwrap_or((default_namespace, value));
+        if ns.is_empty() || sa.is_empty() || sa.contains('/') {
+            return Err(format!("`{value}`: {form}"));
+        }
+        Ok(Self {
+            ns: format!("/ns/{ns}/").into(),
+            sa: format!("sa/{sa}").into(),
+        })
+    }
+
+    /// Parses a list (at most 16, as in Istio); errors name `field[i]`.
+    pub(crate) fn parse_all(
+        values: &[String],
+        default_namespace: &str,
+        field: &str,
+    ) -> Result<Box<[Self]>, (String, String)> {
+        if values.len() > MAX_SERVICE_ACCOUNTS {
+            return Err((
+                field.to_owned(),
+                format!("at most {MAX_SERVICE_ACCOUNTS} service accounts (as in Istio)"),
+            ));
+        }
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| Self::parse(v, default_namespace).map_err(|m| (format!("{field}[{i}]"), m)))
+            .collect()
+    }
+
+    /// Whether a peer principal (the SPIFFE ID without `spiffe://`) is this
+    /// service account. The same language as Istio's matcher
+    /// `spiffe://.+/ns/NS/(.+/|)sa/SA(/.+)?` (the whole ID, names taken
+    /// literally): a trust domain, `/ns/NS/`, optionally more segments, then
+    /// `sa/SA`, optionally followed by more segments.
+    pub(crate) fn matches_principal(&self, principal: &str) -> bool {
+        positions(principal, &self.ns).any(|i| {
+            // `.+` before `/ns/`: a non-empty trust domain.
+            if i == 0 {
+                return false;
+            }
+            let rest = &principal[i + self.ns.len()..];
+            positions(rest, &self.sa).any(|j| {
+                // `(.+/|)` before `sa/`: nothing, or something ending in `/`.
+                let before = j == 0 || (j >= 2 && rest.as_bytes()[j - 1] == b'/');
+                // `(/.+)?` after the name: nothing, or `/` and something.
+                let after = &rest[j + self.sa.len()..];
+                before && (after.is_empty() || (after.len() >= 2 && after.starts_with('/')))
+            })
+        })
+    }
+}
+
+/// Every (possibly overlapping) position of `needle` in `hay`; `needle`
+/// starts with an ASCII byte, so each next start is a char boundary.
+fn positions<'h>(hay: &'h str, needle: &'h str) -> impl Iterator<Item = usize> + 'h {
+    let mut from = 0;
+    std::iter::from_fn(move || {
+        let at = from + hay.get(from..)?.find(needle)?;
+        from = at + 1;
+        Some(at)
+    })
+}
+
 /// Parses a port written as a string (`"8080"`).
 pub(crate) fn parse_port(text: &str) -> Result<u16, String> {
     text.trim()
@@ -305,6 +402,46 @@ mod tests {
         assert_eq!(k("/healthz").as_deref(), Some("/"));
         assert_eq!(k("*.html"), None);
         assert_eq!(k("*"), None);
+    }
+
+    #[test]
+    fn service_accounts_match_istio_spiffe_ids() {
+        let sa = |v: &str| ServiceAccount::parse(v, "default").unwrap();
+        let ratings = sa("prod/ratings");
+        assert!(ratings.matches_principal("cluster.local/ns/prod/sa/ratings"));
+        assert!(ratings.matches_principal("example.org/ns/prod/sa/ratings"));
+        // Istio's `(.+/|)` and `(/.+)?`: segments between and after.
+        assert!(ratings.matches_principal("td/ns/prod/x/sa/ratings"));
+        assert!(ratings.matches_principal("td/ns/prod/sa/ratings/v2"));
+        assert!(!ratings.matches_principal("td/ns/prod/sa/ratings/"));
+        assert!(!ratings.matches_principal("td/ns/prod/sa/ratings-v2"));
+        assert!(!ratings.matches_principal("td/ns/prod/sa/rating"));
+        assert!(!ratings.matches_principal("td/ns/dev/sa/ratings"));
+        assert!(!ratings.matches_principal("td/ns/production/sa/ratings"));
+        assert!(!ratings.matches_principal("td/ns/prod/xsa/ratings"));
+        assert!(
+            !ratings.matches_principal("/ns/prod/sa/ratings"),
+            "no trust domain"
+        );
+        assert!(!ratings.matches_principal("ns/prod/sa/ratings"));
+        // Overlapping markers are all tried: `.+` is `/ns` here.
+        assert!(sa("ns/x").matches_principal("/ns/ns/ns/sa/x"));
+        assert!(sa("a/sa").matches_principal("td/ns/a/sa/sa"));
+        // Names are literal, not patterns.
+        assert!(!sa("prod/my.sa").matches_principal("td/ns/prod/sa/myxsa"));
+        // `NAME` alone is in the policy's namespace.
+        assert!(sa("ratings").matches_principal("td/ns/default/sa/ratings"));
+        assert!(!sa("ratings").matches_principal("td/ns/prod/sa/ratings"));
+        for bad in ["", "*", "prod/*", "a/b/c", "/ratings", "prod/", &"x".repeat(321)] {
+            assert!(ServiceAccount::parse(bad, "default").is_err(), "{bad}");
+        }
+        let seventeen = vec!["a/b".to_owned(); 17];
+        assert_eq!(
+            ServiceAccount::parse_all(&seventeen, "default", "f")
+                .unwrap_err()
+                .0,
+            "f"
+        );
     }
 
     #[test]

@@ -57,7 +57,7 @@ pub use self::custom::{CheckRequest, ExternalAuthorizer, ExternalAuthorizers, Ex
 pub use self::path::EscapedSlashes;
 pub use self::require::{Requirement, Requires, authenticated, client_role, realm_role, scope};
 
-use self::attr::{Clause, Ctx, Test};
+use self::attr::{Clause, Ctx, SplitClaims, Test};
 use self::custom::Registered;
 use crate::check::Check;
 use crate::identity::Identity;
@@ -308,6 +308,8 @@ struct Engine {
     reads_path: bool,
     headers: Vec<String>,
     settings: AuthzSettings,
+    /// The claims `request.auth.claims[…]` splits on spaces, per issuer.
+    split_claims: SplitClaims,
 }
 
 impl Engine {
@@ -347,6 +349,7 @@ impl Engine {
             headers,
             settings,
             policies,
+            split_claims: SplitClaims::default(),
         }
     }
 
@@ -619,7 +622,9 @@ impl AccessPolicy {
 
     /// Compiles the `AuthorizationPolicy`, `ServiceRole`/`ServiceRoleBinding`
     /// (with `RbacConfig`) and `AuthorizationSettings` documents that apply to
-    /// a workload.
+    /// a workload. Its `RequestAuthentication` documents say which claims
+    /// `request.auth.claims[…]` conditions split on spaces
+    /// (`spaceDelimitedClaims`, besides `scope` and `permission`).
     ///
     /// # Errors
     /// A [`PolicyError`] naming the document and field of anything that
@@ -658,7 +663,15 @@ impl AccessPolicy {
         }
         let rbac_on = rbac::compile(workload, &mut policies)?;
         let settings = settings(workload)?;
-        Ok(Self(Arc::new(Engine::new(policies, rbac_on, settings))))
+        let mut engine = Engine::new(policies, rbac_on, settings);
+        for (_, ra) in workload.request_authentications() {
+            for rule in &ra.jwt_rules {
+                engine
+                    .split_claims
+                    .add(&rule.issuer, &rule.space_delimited_claims);
+            }
+        }
+        Ok(Self(Arc::new(engine)))
     }
 
     /// The engine settings.
@@ -746,6 +759,7 @@ impl AccessPolicy {
             id: identity,
             path,
             trusted_proxies: engine.settings.trusted_proxies,
+            split_claims: &engine.split_claims,
         };
         let custom = if engine.custom.is_empty() {
             None
@@ -779,6 +793,7 @@ impl AccessPolicy {
                 id: identity.as_ref(),
                 path: snapshot.path(),
                 trusted_proxies: this.0.settings.trusted_proxies,
+                split_claims: &this.0.split_claims,
             };
             this.0.decide(&ctx)
         })

@@ -89,7 +89,7 @@ pub(crate) fn compile(w: &WorkloadPolicy<'_>, out: &mut Vec<CompiledPolicy>) -> 
             continue;
         };
         bindings += 1;
-        check_binding(b).map_err(|(f, m)| w.error_at(d, &f, m))?;
+        check_binding(b, d.metadata.namespace()).map_err(|(f, m)| w.error_at(d, &f, m))?;
         let Some((_, rules)) = compiled_roles.iter().find(|(n, _)| *n == b.role_ref.name) else {
             return Err(w.error_at(
                 d,
@@ -104,7 +104,10 @@ pub(crate) fn compile(w: &WorkloadPolicy<'_>, out: &mut Vec<CompiledPolicy>) -> 
         let dry_run = permissive_all || b.mode == EnforcementMode::Permissive;
         let mut from = Vec::new();
         for (si, s) in b.subjects.iter().enumerate() {
-            from.push(subject(s).map_err(|(f, m)| w.error_at(d, &format!("spec.subjects[{si}].{f}"), m))?);
+            from.push(
+                subject(s, d.metadata.namespace())
+                    .map_err(|(f, m)| w.error_at(d, &format!("spec.subjects[{si}].{f}"), m))?,
+            );
         }
         if config.is_none() {
             continue;
@@ -160,9 +163,9 @@ pub(crate) fn check_role(role: &ServiceRoleSpec) -> Result<(), FieldError> {
     Ok(())
 }
 
-/// The checks of a `ServiceRoleBinding` that need no workload, run for every
-/// document when the file loads.
-pub(crate) fn check_binding(b: &ServiceRoleBindingSpec) -> Result<(), FieldError> {
+/// The checks of a `ServiceRoleBinding` in `namespace` that need no
+/// workload, run for every document when the file loads.
+pub(crate) fn check_binding(b: &ServiceRoleBindingSpec, namespace: &str) -> Result<(), FieldError> {
     if b.role_ref.kind != "ServiceRole" {
         return Err(("spec.roleRef.kind".into(), "must be ServiceRole".into()));
     }
@@ -173,7 +176,7 @@ pub(crate) fn check_binding(b: &ServiceRoleBindingSpec) -> Result<(), FieldError
         ));
     }
     for (si, s) in b.subjects.iter().enumerate() {
-        subject(s).map_err(|(f, m)| (format!("spec.subjects[{si}].{f}"), m))?;
+        subject(s, namespace).map_err(|(f, m)| (format!("spec.subjects[{si}].{f}"), m))?;
     }
     Ok(())
 }
@@ -264,7 +267,7 @@ fn role_rule(wl: &Workload, rule: &AccessRuleSpec) -> Result<RoleRule, FieldErro
         } else {
             match parse_key(&c.key) {
                 Ok(k @ (Key::Port | Key::Ip(_) | Key::Str(StrAttr::Header(_)))) => {
-                    key_test(&k, &c.values, &format!("{field}.values"))?
+                    key_test(&k, &c.values, &format!("{field}.values"), &wl.namespace)?
                 }
                 _ => {
                     return Err((
@@ -282,8 +285,9 @@ fn role_rule(wl: &Workload, rule: &AccessRuleSpec) -> Result<RoleRule, FieldErro
     Ok(applies.then(|| (if op.is_empty() { Vec::new() } else { vec![op] }, when)))
 }
 
-/// A subject's clauses (all must hold; empty: anyone).
-fn subject(s: &SubjectSpec) -> Result<Vec<Clause>, FieldError> {
+/// A subject's clauses (all must hold; empty: anyone); `namespace` is the
+/// binding's.
+fn subject(s: &SubjectSpec, namespace: &str) -> Result<Vec<Clause>, FieldError> {
     let mut out = Vec::new();
     if let Some(user) = &s.user
         && user != "*"
@@ -309,7 +313,7 @@ fn subject(s: &SubjectSpec) -> Result<Vec<Clause>, FieldError> {
         let field = format!("properties.{key}");
         let k = parse_key(key).map_err(|m| (field.clone(), m))?;
         out.push(Clause {
-            test: key_test(&k, std::slice::from_ref(value), &field)?,
+            test: key_test(&k, std::slice::from_ref(value), &field, namespace)?,
             negate: false,
         });
     }

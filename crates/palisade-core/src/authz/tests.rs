@@ -13,8 +13,12 @@ fn policy(yaml: &str) -> Result<AccessPolicy, PolicyError> {
 }
 
 fn user(sub: &str, claims: serde_json::Value) -> Identity {
+    user_of("https://idp", sub, claims)
+}
+
+fn user_of(issuer: &str, sub: &str, claims: serde_json::Value) -> Identity {
     let t = TokenClaims {
-        issuer: "https://idp".into(),
+        issuer: issuer.into(),
         subject: sub.into(),
         claims: claims.as_object().cloned().unwrap_or_default(),
         ..TokenClaims::default()
@@ -310,6 +314,34 @@ fn unsupported_or_wrong_fields_fail_at_start_up_with_their_path() {
         (
             "spec:\n  rules: [{to: [{operation: {paths: [\"/a*b\"]}}]}]\n",
             "spec.rules[0].to[0].operation.paths[0]",
+        ),
+        (
+            "spec:\n  rules: [{from: [{source: {serviceAccounts: [\"prod/*\"]}}]}]\n",
+            "spec.rules[0].from[0].source.serviceAccounts[0]",
+        ),
+        (
+            "spec:\n  rules: [{from: [{source: {notServiceAccounts: [a/b/c]}}]}]\n",
+            "spec.rules[0].from[0].source.notServiceAccounts[0]",
+        ),
+        (
+            "spec:\n  rules: [{from: [{source: {serviceAccounts: []}}]}]\n",
+            "spec.rules[0].from[0].source.serviceAccounts",
+        ),
+        (
+            "spec:\n  rules: [{when: [{key: source.serviceAccount, notValues: [prod/]}]}]\n",
+            "spec.rules[0].when[0].notValues[0]",
+        ),
+        (
+            "spec:\n  rules: [{when: [{key: source.serviceAccount}]}]\n",
+            "spec.rules[0].when[0].values",
+        ),
+        (
+            "spec:\n  rules: [{when: [{key: \"request.experimental.inline.headers[x-a]\", values: [a]}]}]\n",
+            "spec.rules[0].when[0].key",
+        ),
+        (
+            "spec:\n  selector: {matchLabels: {app: details}}\n  targetRefs: [{kind: Service, name: details}]\n",
+            "spec.targetRefs",
         ),
     ];
     for (spec, field) in cases {
@@ -658,4 +690,198 @@ fn a_policy_built_in_code_decides_as_its_yaml_twin_and_names_bad_fields() {
             .starts_with("code: document 1 (AuthorizationPolicy default/d)"),
         "{err}"
     );
+}
+
+#[test]
+fn service_accounts_match_the_peer_and_default_to_the_policy_namespace() {
+    let p = policy(&format!(
+        "{HEAD}spec:\n  rules:\n  - from: [{{source: {{serviceAccounts: [prod/ratings, productpage]}}}}]\n"
+    ))
+    .unwrap();
+    let req = OwnedRequest::get("/");
+    for (who, want) in [
+        ("cluster.local/ns/prod/sa/ratings", true),
+        ("example.org/ns/default/sa/productpage", true),
+        ("cluster.local/ns/default/sa/ratings", false),
+        ("cluster.local/ns/prod/sa/productpage", false),
+        ("cluster.local/ns/prod/sa/ratings-v2", false),
+        ("cluster.local/ns/prod/sa/rating", false),
+    ] {
+        assert_eq!(allowed(&p, &req, Some(&peer(who))), want, "{who}");
+    }
+    // An end user is not a service account, nor is an anonymous caller.
+    assert!(!allowed(&p, &req, Some(&user("ratings", serde_json::json!({})))));
+    assert!(!allowed(&p, &req, None));
+    // The policy's own namespace, not `default`, completes a bare name.
+    let prod = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: prod}\nspec:\n  rules: [{from: [{source: {serviceAccounts: [productpage]}}]}]\n";
+    let set = PolicySet::from_yaml_str(prod, "t.yaml").unwrap();
+    let p = AccessPolicy::compile(&set.for_workload(&Workload::new("details", "prod"))).unwrap();
+    assert!(allowed(
+        &p,
+        &req,
+        Some(&peer("cluster.local/ns/prod/sa/productpage"))
+    ));
+    assert!(!allowed(
+        &p,
+        &req,
+        Some(&peer("cluster.local/ns/default/sa/productpage"))
+    ));
+}
+
+#[test]
+fn not_service_accounts_and_the_service_account_condition_deny_as_written() {
+    let p = policy(&format!(
+        "{HEAD}spec:\n  action: DENY\n  rules:\n  - from: [{{source: {{notServiceAccounts: [default/productpage]}}}}]\n    to: [{{operation: {{paths: [/a]}}}}]\n  - to: [{{operation: {{paths: [/b]}}}}]\n    when: [{{key: source.serviceAccount, values: [prod/ratings]}}]\n"
+    ))
+    .unwrap();
+    let productpage = peer("cluster.local/ns/default/sa/productpage");
+    let ratings = peer("cluster.local/ns/prod/sa/ratings");
+    assert!(allowed(&p, &OwnedRequest::get("/a"), Some(&productpage)));
+    assert!(!allowed(&p, &OwnedRequest::get("/a"), Some(&ratings)));
+    assert!(
+        !allowed(&p, &OwnedRequest::get("/a"), None),
+        "no peer is not productpage"
+    );
+    assert!(!allowed(&p, &OwnedRequest::get("/b"), Some(&ratings)));
+    assert!(allowed(&p, &OwnedRequest::get("/b"), Some(&productpage)));
+    assert!(allowed(&p, &OwnedRequest::get("/b"), None));
+    let code = AccessPolicy::builder()
+        .allow("sa", [Rule::new().service_accounts(["prod/ratings"])])
+        .build()
+        .unwrap();
+    assert!(allowed(&code, &OwnedRequest::get("/"), Some(&ratings)));
+    assert!(!allowed(&code, &OwnedRequest::get("/"), Some(&productpage)));
+}
+
+#[test]
+fn service_accounts_with_principals_or_namespaces_in_one_source_are_refused() {
+    for (source, field) in [
+        ("serviceAccounts: [a/b], principals: [x]", "serviceAccounts"),
+        ("serviceAccounts: [a/b], notNamespaces: [x]", "serviceAccounts"),
+        ("notServiceAccounts: [a/b], namespaces: [x]", "notServiceAccounts"),
+        (
+            "notServiceAccounts: [a/b], notPrincipals: [x]",
+            "notServiceAccounts",
+        ),
+    ] {
+        let err = policy(&format!(
+            "{HEAD}spec:\n  rules: [{{from: [{{source: {{{source}}}}}]}}]\n"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            err.field.as_deref(),
+            Some(format!("spec.rules[0].from[0].source.{field}").as_str()),
+            "{source}"
+        );
+        assert_eq!(
+            err.message,
+            "cannot be set with principals or namespaces in the same source (as in Istio); use another `from` entry"
+        );
+    }
+    // In two `from` entries they are alternatives, as Istio allows.
+    let p = policy(&format!(
+        "{HEAD}spec:\n  rules: [{{from: [{{source: {{serviceAccounts: [prod/ratings]}}}}, {{source: {{namespaces: [test]}}}}]}}]\n"
+    ))
+    .unwrap();
+    assert!(allowed(
+        &p,
+        &OwnedRequest::get("/"),
+        Some(&peer("cluster.local/ns/prod/sa/ratings"))
+    ));
+    assert!(allowed(
+        &p,
+        &OwnedRequest::get("/"),
+        Some(&peer("cluster.local/ns/test/sa/x"))
+    ));
+    assert!(!allowed(
+        &p,
+        &OwnedRequest::get("/"),
+        Some(&peer("cluster.local/ns/prod/sa/x"))
+    ));
+    // RBAC subjects may use the key too, completed with the binding's namespace.
+    let rbac = RBAC.replace(
+        "  - group: auditors",
+        "  - properties: {source.serviceAccount: productpage}",
+    );
+    let set = PolicySet::from_yaml_str(&rbac, "rbac.yaml").unwrap();
+    let w = Workload::new("details", "default").label("version", "v1");
+    let p = AccessPolicy::compile(&set.for_workload(&w)).unwrap();
+    let get = OwnedRequest::get("/details/1");
+    assert!(allowed(&p, &get, Some(&peer("td/ns/default/sa/productpage/x"))));
+    assert!(!allowed(&p, &get, Some(&peer("td/ns/prod/sa/productpage"))));
+}
+
+#[test]
+fn a_condition_with_values_and_not_values_needs_both() {
+    let p = policy(&format!(
+        "{HEAD}spec:\n  rules: [{{when: [{{key: \"request.headers[x-env]\", values: [\"pr*\"], notValues: [prod]}}]}}]\n"
+    ))
+    .unwrap();
+    assert!(allowed(
+        &p,
+        &OwnedRequest::get("/").header("x-env", "preview"),
+        None
+    ));
+    assert!(!allowed(
+        &p,
+        &OwnedRequest::get("/").header("x-env", "prod"),
+        None
+    ));
+    assert!(!allowed(&p, &OwnedRequest::get("/").header("x-env", "dev"), None));
+    assert!(!allowed(&p, &OwnedRequest::get("/"), None));
+}
+
+#[test]
+fn space_delimited_claims_are_split_for_their_issuer_only() {
+    const RA: &str = "---\napiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt}\nspec:\n  jwtRules:\n  - {issuer: https://idp, spaceDelimitedClaims: [roles, a.b]}\n  - {issuer: https://other}\n";
+    let rules = format!(
+        "{HEAD}spec:\n  rules:\n  - when: [{{key: \"request.auth.claims[roles]\", values: [admin]}}]\n  - when: [{{key: \"request.auth.claims[permission]\", values: [write]}}]\n  - when: [{{key: \"request.auth.claims[a.b]\", values: [x]}}]\n  - when: [{{key: \"request.auth.claims[a][b]\", values: [y]}}]\n"
+    );
+    let split = policy(&format!("{rules}{RA}")).unwrap();
+    let plain = policy(&rules).unwrap();
+    let req = OwnedRequest::get("/");
+    let admin = user("u", serde_json::json!({"roles": "user admin"}));
+    assert!(allowed(&split, &req, Some(&admin)));
+    assert!(
+        !allowed(&plain, &req, Some(&admin)),
+        "without the rule `roles` is one string"
+    );
+    let other = user_of("https://other", "u", serde_json::json!({"roles": "user admin"}));
+    assert!(
+        !allowed(&split, &req, Some(&other)),
+        "only that issuer's tokens are split"
+    );
+    // `permission` is split for every token, as `scope` is (Istio's defaults).
+    let writer = user_of(
+        "https://other",
+        "u",
+        serde_json::json!({"permission": "read write"}),
+    );
+    assert!(allowed(&plain, &req, Some(&writer)));
+    // A dotted name is the top-level claim of that name, as Envoy reads it.
+    let dotted = user("u", serde_json::json!({"a.b": "x z"}));
+    assert!(allowed(&split, &req, Some(&dotted)));
+    assert!(!allowed(&plain, &req, Some(&dotted)));
+    let nested = user("u", serde_json::json!({"a": {"b": "y z"}}));
+    assert!(
+        !allowed(&split, &req, Some(&nested)),
+        "a nested claim is never split"
+    );
+}
+
+#[test]
+fn target_refs_decide_which_workload_a_policy_governs() {
+    let yaml = format!(
+        "{HEAD}spec:\n  targetRefs: [{{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}}]\n  action: DENY\n  rules: [{{}}]\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: svc}}\nspec:\n  targetRefs: [{{kind: Service, name: details}}]\n  action: DENY\n  rules: [{{to: [{{operation: {{paths: [/admin]}}}}]}}]\n"
+    );
+    let set = PolicySet::from_yaml_str(&yaml, "t.yaml").unwrap();
+    let details = AccessPolicy::compile(&set.for_workload(&Workload::new("details", "default"))).unwrap();
+    assert!(
+        allowed(&details, &OwnedRequest::get("/list"), None),
+        "the waypoint's DENY is not this workload's"
+    );
+    let d = details.evaluate(&OwnedRequest::get("/admin"), None);
+    assert_eq!((d.is_allowed(), d.policy()), (false, Some("default/svc")));
+    let reviews = AccessPolicy::compile(&set.for_workload(&Workload::new("reviews", "default"))).unwrap();
+    assert!(allowed(&reviews, &OwnedRequest::get("/admin"), None));
 }

@@ -133,3 +133,58 @@ impl std::error::Error for PolicyError {
             .map(|e| &**e as &(dyn std::error::Error + 'static))
     }
 }
+
+/// Something in a policy file that loads but takes effect for no in-process
+/// workload: a `targetRefs` entry naming a `Gateway`, `GatewayClass` or
+/// `ServiceEntry` (see [`TargetRefSpec`](super::TargetRefSpec)). Located and
+/// displayed as a [`PolicyError`] is, so a checker can print it the same way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyWarning(PolicyError);
+
+impl PolicyWarning {
+    pub(crate) fn new(at: PolicyError) -> Self {
+        Self(at)
+    }
+
+    /// The file (or the name given for an in-memory source).
+    #[must_use]
+    pub fn file(&self) -> &str {
+        &self.0.file
+    }
+
+    /// The 1-based index of the document in the stream.
+    #[must_use]
+    pub fn document(&self) -> Option<u32> {
+        self.0.document
+    }
+
+    /// `Kind namespace/name` of the document.
+    #[must_use]
+    pub fn resource(&self) -> Option<&str> {
+        self.0.resource.as_deref()
+    }
+
+    /// The field path inside the document (`spec.targetRefs[0]`).
+    #[must_use]
+    pub fn field(&self) -> Option<&str> {
+        self.0.field.as_deref()
+    }
+
+    /// The 1-based line where the document starts.
+    #[must_use]
+    pub fn line(&self) -> Option<NonZeroU32> {
+        self.0.line
+    }
+
+    /// What it means.
+    #[must_use]
+    pub fn message(&self) -> &str {
+        &self.0.message
+    }
+}
+
+impl fmt::Display for PolicyWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}

@@ -48,6 +48,13 @@
 //! ));
 //! ```
 //!
+//! A document applies to a workload by its namespace (the workload's, or the
+//! root namespace for every workload) and `selector`, or, for an
+//! `AuthorizationPolicy` or `RequestAuthentication` with `targetRefs`, when
+//! it targets the `Service` the workload serves ([`TargetRefSpec`] says what
+//! each kind of target means in process). What loads but applies to no
+//! in-process workload is listed by [`PolicySet::warnings`].
+//!
 //! The schemas are grouped by API: `security.istio.io` ([`AuthorizationPolicySpec`],
 //! [`RequestAuthenticationSpec`], [`PeerAuthenticationSpec`]), `rbac.istio.io`
 //! ([`ServiceRoleSpec`], [`ServiceRoleBindingSpec`], [`RbacConfigSpec`]),
@@ -70,10 +77,11 @@ mod networking;
 mod palisade;
 mod rbac;
 mod security;
+mod target;
 
 pub use self::assemble::FromPolicy;
 pub use self::duration::{DurationSpec, parse_duration};
-pub use self::error::PolicyError;
+pub use self::error::{PolicyError, PolicyWarning};
 pub use self::keycloak::KeycloakAdapterConfig;
 pub use self::networking::{
     ClientTlsMode, ClientTlsSettingsSpec, DestinationRuleSpec, PortSelectorSpec, PortTrafficPolicySpec,
@@ -93,7 +101,11 @@ pub use self::security::{
     JwtHeaderSpec, JwtRuleSpec, MtlsMode, OperationSpec, PeerAuthenticationSpec, PeerMtlsSpec,
     RequestAuthenticationSpec, RuleSpec, SourceSpec, ToSpec,
 };
+use self::target::Scope;
+pub use self::target::{TargetGroup, TargetKind, TargetRefSpec};
 
+/// Log target of the policy loader (its warnings).
+pub const LOG_TARGET: &str = "palisade::policy";
 /// The `apiVersion` of Palisade's own kinds.
 pub const PALISADE_API_VERSION: &str = "palisade.dev/v1alpha1";
 /// Istio's default root namespace: documents there apply to every workload.
@@ -116,7 +128,8 @@ pub(crate) type FieldError = (String, String);
 /// The workload a service runs as: what selects the documents that apply to it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Workload {
-    /// The service name (`app` label).
+    /// The service name (`app` label): also the Kubernetes `Service` this
+    /// workload serves, which a `targetRefs` entry of kind `Service` names.
     pub service: String,
     /// The namespace.
     pub namespace: String,
@@ -245,10 +258,12 @@ pub enum Spec {
 }
 
 impl Spec {
-    fn selector(&self) -> Option<&SelectorSpec> {
-        match self {
-            Spec::RequestAuthentication(s) => s.selector.as_ref(),
-            Spec::AuthorizationPolicy(s) => s.selector.as_ref(),
+    /// How the document chooses its workloads: a selector (absent: all of
+    /// the namespace), or target references.
+    fn scope(&self) -> Scope<'_> {
+        Scope::Selector(match self {
+            Spec::RequestAuthentication(s) => return s.scope(),
+            Spec::AuthorizationPolicy(s) => return s.scope(),
             Spec::PeerAuthentication(s) => s.selector.as_ref(),
             Spec::OidcLogin(s) => s.selector.as_ref(),
             // Select the calling workload.
@@ -261,7 +276,7 @@ impl Spec {
             | Spec::ServiceRole(_)
             | Spec::ServiceRoleBinding(_)
             | Spec::RbacConfig(_) => None,
-        }
+        })
     }
 }
 
@@ -316,13 +331,18 @@ impl Document {
             Spec::OidcLogin(s) => s.check(),
             Spec::UpstreamCredentials(s) => s.check(),
             Spec::ServiceRole(s) => crate::authz::rbac::check_role(s),
-            Spec::ServiceRoleBinding(s) => crate::authz::rbac::check_binding(s),
+            Spec::ServiceRoleBinding(s) => crate::authz::rbac::check_binding(s, self.metadata.namespace()),
             Spec::DestinationRule(s) => s.check(),
             Spec::AuthorizationSettings(_) | Spec::RbacConfig(_) => Ok(()),
         }
     }
 
     /// Whether this document applies to the workload.
+    ///
+    /// A document with `targetRef` or `targetRefs` applies to the workload
+    /// that serves a `Service` it names, in the document's own namespace
+    /// (see [`TargetRefSpec`]); any other document by its namespace (the
+    /// workload's or the root namespace) and its selector.
     #[must_use]
     pub fn applies_to(&self, workload: &Workload) -> bool {
         let ns = self.metadata.namespace();
@@ -333,16 +353,32 @@ impl Document {
             Spec::ServiceRole(_) | Spec::ServiceRoleBinding(_) => return ns == workload.namespace,
             _ => {}
         }
+        let selector = match self.spec.scope() {
+            scope @ Scope::Targets(..) => {
+                return scope.refs().iter().any(|t| t.selects(ns, workload));
+            }
+            Scope::Selector(selector) => selector,
+        };
         if ns != workload.namespace && ns != workload.root_namespace {
             return false;
         }
-        match self.spec.selector() {
+        match selector {
             None => true,
             Some(sel) => sel
                 .match_labels
                 .iter()
                 .all(|(k, v)| workload.labels.get(k) == Some(v)),
         }
+    }
+
+    /// What loads but does nothing here: a target reference that names no
+    /// in-process workload. (field path, message) pairs.
+    fn warnings(&self) -> Vec<FieldError> {
+        self.spec
+            .scope()
+            .targets()
+            .filter_map(|(field, t)| target::not_a_workload(t).map(|m| (field, m)))
+            .collect()
     }
 }
 
@@ -351,6 +387,7 @@ impl Document {
 pub struct PolicySet {
     source: String,
     documents: Vec<Document>,
+    warnings: Vec<PolicyWarning>,
 }
 
 /// What the loader reads first of every document: enough to name it in
@@ -489,6 +526,7 @@ impl PolicySet {
     /// line and column when the YAML parser knows them.
     pub fn from_yaml_str(text: &str, source: &str) -> Result<Self, PolicyError> {
         let mut documents = Vec::new();
+        let mut warnings = Vec::new();
         let mut count = 0;
         for chunk in split_documents(text) {
             let index = count + 1;
@@ -509,11 +547,17 @@ impl PolicySet {
             document
                 .check()
                 .map_err(|(field, message)| document.error(source, &field, message))?;
+            for (field, message) in document.warnings() {
+                let warning = PolicyWarning::new(document.error(source, &field, message));
+                tracing::warn!(target: LOG_TARGET, "{warning}");
+                warnings.push(warning);
+            }
             documents.push(document);
         }
         Ok(Self {
             source: source.to_owned(),
             documents,
+            warnings,
         })
     }
 
@@ -603,6 +647,7 @@ impl PolicySet {
         Self {
             source: source.to_owned(),
             documents,
+            warnings: Vec::new(),
         }
     }
 
@@ -616,6 +661,16 @@ impl PolicySet {
     #[must_use]
     pub fn documents(&self) -> &[Document] {
         &self.documents
+    }
+
+    /// What loaded but applies to no in-process workload (a `targetRefs`
+    /// entry naming a gateway or a `ServiceEntry`), in file order; each is
+    /// also logged at warn level (target [`LOG_TARGET`]) when the file
+    /// loads. A checker prints them as notes: they are not errors, since one
+    /// file may describe a whole mesh, gateways included.
+    #[must_use]
+    pub fn warnings(&self) -> &[PolicyWarning] {
+        &self.warnings
     }
 
     /// The documents that apply to `workload`.

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer};
 
+use super::target::{self, Scope, TargetRefSpec};
 use super::{FieldError, SelectorSpec};
 use crate::authz::Action;
 
@@ -13,16 +14,40 @@ use crate::authz::Action;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[non_exhaustive]
 pub struct RequestAuthenticationSpec {
-    /// Which workloads it applies to.
+    /// Which workloads it applies to, by label. Not together with
+    /// [`Self::target_ref`] or [`Self::target_refs`].
     #[serde(default)]
     pub selector: Option<SelectorSpec>,
+    /// The resource it is attached to (the older, single form of
+    /// [`Self::target_refs`]).
+    #[serde(default)]
+    pub target_ref: Option<TargetRefSpec>,
+    /// The resources it is attached to: a `Service` is the workload of that
+    /// service name; a gateway or `ServiceEntry` is no in-process workload
+    /// (see [`TargetRefSpec`]).
+    #[serde(default)]
+    pub target_refs: Vec<TargetRefSpec>,
     /// One rule per accepted issuer.
     #[serde(default)]
     pub jwt_rules: Vec<JwtRuleSpec>,
 }
 
 impl RequestAuthenticationSpec {
+    /// How it chooses workloads.
+    pub(crate) fn scope(&self) -> Scope<'_> {
+        Scope::of(
+            self.selector.as_ref(),
+            self.target_ref.as_ref(),
+            &self.target_refs,
+        )
+    }
+
     pub(super) fn check(&self) -> Result<(), FieldError> {
+        target::check(
+            self.selector.as_ref(),
+            self.target_ref.as_ref(),
+            &self.target_refs,
+        )?;
         for (i, rule) in self.jwt_rules.iter().enumerate() {
             if rule.issuer.trim().is_empty() {
                 return Err((format!("spec.jwtRules[{i}].issuer"), "must not be empty".into()));
@@ -32,6 +57,14 @@ impl RequestAuthenticationSpec {
                     format!("spec.jwtRules[{i}].jwks"),
                     "give either jwksUri or jwks, not both".into(),
                 ));
+            }
+            for (j, claim) in rule.space_delimited_claims.iter().enumerate() {
+                if claim.is_empty() {
+                    return Err((
+                        format!("spec.jwtRules[{i}].spaceDelimitedClaims[{j}]"),
+                        "must not be empty".into(),
+                    ));
+                }
             }
         }
         Ok(())
@@ -78,6 +111,14 @@ pub struct JwtRuleSpec {
     /// `fetchTimeout` of `JwtSettings`.
     #[serde(default)]
     pub timeout: Option<super::DurationSpec>,
+    /// Top-level claims whose string value is a space-separated list, for
+    /// `request.auth.claims[NAME]` conditions on this issuer's tokens: each
+    /// word matches on its own. `scope` and `permission` always are (as in
+    /// Istio). A name is a claim name as written in the token, dots
+    /// included: as Envoy does, `a.b` is the top-level claim `a.b`, never
+    /// the nested `a` → `b`.
+    #[serde(default)]
+    pub space_delimited_claims: Vec<String>,
 }
 
 /// `jwtRules[].fromHeaders[]`.
@@ -108,9 +149,19 @@ pub struct ClaimToHeaderSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[non_exhaustive]
 pub struct AuthorizationPolicySpec {
-    /// Which workloads it applies to.
+    /// Which workloads it applies to, by label. Not together with
+    /// [`Self::target_ref`] or [`Self::target_refs`].
     #[serde(default)]
     pub selector: Option<SelectorSpec>,
+    /// The resource it is attached to (the older, single form of
+    /// [`Self::target_refs`]).
+    #[serde(default)]
+    pub target_ref: Option<TargetRefSpec>,
+    /// The resources it is attached to: a `Service` is the workload of that
+    /// service name; a gateway or `ServiceEntry` is no in-process workload
+    /// (see [`TargetRefSpec`]).
+    #[serde(default)]
+    pub target_refs: Vec<TargetRefSpec>,
     /// What a matching rule does (`ALLOW`, the default, `DENY`, `AUDIT` or `CUSTOM`).
     #[serde(default)]
     pub action: Action,
@@ -120,6 +171,26 @@ pub struct AuthorizationPolicySpec {
     /// The rules; absent with `ALLOW` denies everything (`spec: {}`).
     #[serde(default)]
     pub rules: Option<Vec<RuleSpec>>,
+}
+
+impl AuthorizationPolicySpec {
+    /// How it chooses workloads.
+    pub(crate) fn scope(&self) -> Scope<'_> {
+        Scope::of(
+            self.selector.as_ref(),
+            self.target_ref.as_ref(),
+            &self.target_refs,
+        )
+    }
+
+    /// The checks of `selector`, `targetRef` and `targetRefs`.
+    pub(crate) fn check_scope(&self) -> Result<(), FieldError> {
+        target::check(
+            self.selector.as_ref(),
+            self.target_ref.as_ref(),
+            &self.target_refs,
+        )
+    }
 }
 
 /// `AuthorizationPolicy.spec.provider`: an extension provider (external authorizer).
@@ -166,6 +237,14 @@ pub struct ToSpec {
 }
 
 /// `from[].source`: every field present must match.
+///
+/// `serviceAccounts` (and `notServiceAccounts`) are Kubernetes service
+/// accounts of the mTLS peer, `NAMESPACE/NAME`, or `NAME` for one in the
+/// policy's namespace; no wildcard, at most 16, and not in the same source
+/// as `principals` or `namespaces` (all as in Istio). `prod/ratings`
+/// matches the peer whose SPIFFE ID is
+/// `spiffe://TRUST_DOMAIN/ns/prod/sa/ratings`; as with Istio's own matcher,
+/// extra path segments after `ns/prod/` or after `sa/ratings` match too.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[non_exhaustive]
@@ -177,6 +256,8 @@ pub struct SourceSpec {
     pub not_request_principals: Option<Vec<String>>,
     pub namespaces: Option<Vec<String>>,
     pub not_namespaces: Option<Vec<String>>,
+    pub service_accounts: Option<Vec<String>>,
+    pub not_service_accounts: Option<Vec<String>>,
     pub ip_blocks: Option<Vec<String>>,
     pub not_ip_blocks: Option<Vec<String>>,
     pub remote_ip_blocks: Option<Vec<String>>,
@@ -199,7 +280,8 @@ pub struct OperationSpec {
     pub not_paths: Option<Vec<String>>,
 }
 
-/// `rules[].when[]`.
+/// `rules[].when[]`: with `values`, `notValues` or both (then both must
+/// hold, as in Istio).
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[non_exhaustive]

@@ -492,3 +492,215 @@ fn an_oidc_login_names_one_way_for_the_client_to_authenticate() {
         PolicySet::from_yaml_str(&login(fine), "policy.yaml").unwrap_or_else(|e| panic!("{fine}: {e}"));
     }
 }
+
+const AUTHZ: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n";
+
+/// The names of the documents that apply to `service` in `namespace`.
+fn applying<'s>(set: &'s PolicySet, service: &str, namespace: &str) -> Vec<&'s str> {
+    set.for_workload(&Workload::new(service, namespace))
+        .documents()
+        .iter()
+        .map(|d| d.metadata.name.as_str())
+        .collect()
+}
+
+#[test]
+fn a_service_target_selects_the_workload_serving_it_in_the_document_namespace() {
+    let yaml = format!(
+        "{AUTHZ}metadata: {{name: refs, namespace: default}}\nspec:\n  targetRefs:\n  - {{kind: Service, group: \"\", name: details}}\n  - {{kind: Service, group: core, name: ratings}}\n  rules: [{{}}]\n\
+         ---\n{AUTHZ}metadata: {{name: ref, namespace: default}}\nspec:\n  targetRef: {{kind: Service, name: details}}\n\
+         ---\napiVersion: security.istio.io/v1beta1\nkind: RequestAuthentication\nmetadata: {{name: jwt, namespace: default}}\nspec:\n  targetRefs: [{{kind: Service, name: details}}]\n  jwtRules: [{{issuer: https://idp}}]\n\
+         ---\n{AUTHZ}metadata: {{name: root, namespace: istio-system}}\nspec:\n  targetRefs: [{{kind: Service, name: details}}]\n\
+         ---\n{AUTHZ}metadata: {{name: namespace-wide, namespace: default}}\nspec: {{}}\n"
+    );
+    let set = PolicySet::from_yaml_str(&yaml, "mesh.yaml").unwrap();
+    assert_eq!(
+        applying(&set, "details", "default"),
+        ["refs", "ref", "jwt", "namespace-wide"]
+    );
+    assert_eq!(applying(&set, "ratings", "default"), ["refs", "namespace-wide"]);
+    assert_eq!(applying(&set, "reviews", "default"), ["namespace-wide"]);
+    // The root-namespace rule is for selectors: a Service target in
+    // istio-system is the Service of that name in istio-system.
+    assert_eq!(applying(&set, "details", "prod"), Vec::<&str>::new());
+    assert_eq!(applying(&set, "details", "istio-system"), ["root"]);
+    // A label the Service's workload carries does not matter: the target does.
+    let labelled = Workload::new("reviews", "default").label("app", "details");
+    assert!(!set.documents()[0].applies_to(&labelled));
+    assert!(set.warnings().is_empty(), "{:?}", set.warnings());
+    let Spec::AuthorizationPolicy(ap) = &set.documents()[0].spec else {
+        panic!("not an AuthorizationPolicy")
+    };
+    assert_eq!(ap.target_refs[1], TargetRefSpec::service("ratings"));
+    assert_eq!(ap.target_refs[0].group, TargetGroup::Core);
+}
+
+#[test]
+fn gateway_targets_apply_to_no_workload_and_say_so() {
+    let yaml = format!(
+        "{AUTHZ}metadata: {{name: waypoint, namespace: default}}\nspec:\n  targetRefs:\n  - {{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}}\n  action: DENY\n  rules: [{{}}]\n\
+         ---\n{AUTHZ}metadata: {{name: class, namespace: istio-system}}\nspec:\n  targetRefs: [{{kind: GatewayClass, group: gateway.networking.k8s.io, name: istio-waypoint}}]\n\
+         ---\napiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: egress, namespace: default}}\nspec:\n  targetRef: {{kind: ServiceEntry, group: networking.istio.io, name: github}}\n\
+         ---\n{AUTHZ}metadata: {{name: both, namespace: default}}\nspec:\n  targetRefs:\n  - {{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}}\n  - {{kind: Service, name: details}}\n"
+    );
+    let set = PolicySet::from_yaml_str(&yaml, "mesh.yaml").unwrap();
+    // Without the target they would be namespace-wide (or mesh-wide).
+    assert_eq!(applying(&set, "details", "default"), ["both"]);
+    assert_eq!(applying(&set, "waypoint", "default"), Vec::<&str>::new());
+    assert_eq!(
+        applying(&set, "istio-waypoint", "istio-system"),
+        Vec::<&str>::new()
+    );
+    let warnings: Vec<_> = set
+        .warnings()
+        .iter()
+        .map(|w| (w.document(), w.field(), w.line().map(u32::from)))
+        .collect();
+    assert_eq!(
+        warnings,
+        [
+            (Some(1), Some("spec.targetRefs[0]"), Some(1)),
+            (Some(2), Some("spec.targetRefs[0]"), Some(9)),
+            (Some(3), Some("spec.targetRef"), Some(15)),
+            (Some(4), Some("spec.targetRefs[0]"), Some(21)),
+        ]
+    );
+    assert_eq!(
+        set.warnings()[0].to_string(),
+        "mesh.yaml: document 1 (AuthorizationPolicy default/waypoint): field `spec.targetRefs[0]`: \
+         `waypoint` is a Gateway (an ingress gateway or a waypoint), never an in-process workload: \
+         this reference applies to no workload here (the proxy it names enforces the document) \
+         (in the document at line 1)"
+    );
+    assert!(
+        set.warnings()[2].message().contains("a ServiceEntry"),
+        "{}",
+        set.warnings()[2]
+    );
+    assert_eq!(
+        set.warnings()[1].resource(),
+        Some("AuthorizationPolicy istio-system/class")
+    );
+}
+
+#[test]
+fn target_refs_that_cannot_apply_fail_to_load_naming_the_field() {
+    let gateway = "{kind: Gateway, group: gateway.networking.k8s.io, name: w}";
+    for (spec, field, says) in [
+        (
+            "  selector: {matchLabels: {app: reviews}}\n  targetRefs: [{kind: Service, name: reviews}]\n"
+                .to_owned(),
+            "spec.targetRefs",
+            "give either selector or targetRefs, not both (as in Istio)",
+        ),
+        (
+            "  selector: {matchLabels: {app: reviews}}\n  targetRef: {kind: Service, name: reviews}\n"
+                .to_owned(),
+            "spec.targetRef",
+            "give either selector or targetRef, not both (as in Istio)",
+        ),
+        (
+            format!("  targetRef: {gateway}\n  targetRefs: [{gateway}]\n"),
+            "spec.targetRefs",
+            "give either targetRef or targetRefs, not both (as in Istio)",
+        ),
+        (
+            "  targetRefs: [{kind: Service, group: gateway.networking.k8s.io, name: reviews}]\n".to_owned(),
+            "spec.targetRefs[0].group",
+            "a Service is in the group \"\" (core), not gateway.networking.k8s.io (as in Istio)",
+        ),
+        (
+            "  targetRefs: [{kind: Gateway, name: w}]\n".to_owned(),
+            "spec.targetRefs[0].group",
+            "a Gateway is in the group gateway.networking.k8s.io, not \"\" (core) (as in Istio)",
+        ),
+        (
+            "  targetRefs: [{kind: ServiceEntry, group: core, name: github}]\n".to_owned(),
+            "spec.targetRefs[0].group",
+            "a ServiceEntry is in the group networking.istio.io",
+        ),
+        (
+            "  targetRefs: [{kind: Service, name: reviews, namespace: prod}]\n".to_owned(),
+            "spec.targetRefs[0].namespace",
+            "cross-namespace references are not supported (as in Istio)",
+        ),
+        (
+            format!("  targetRefs:\n  - {gateway}\n  - {{kind: Service, name: ''}}\n"),
+            "spec.targetRefs[1].name",
+            "must not be empty",
+        ),
+        (
+            "  targetRefs: [{kind: Deployment, name: reviews}]\n".to_owned(),
+            "spec.targetRefs[0].kind",
+            "unknown variant `Deployment`, expected one of Service, ServiceEntry, Gateway, GatewayClass",
+        ),
+        (
+            "  targetRefs: [{kind: Service, group: apps, name: reviews}]\n".to_owned(),
+            "spec.targetRefs[0].group",
+            "unknown group `apps`",
+        ),
+        (
+            "  targetRefs: [{kind: Service, name: reviews, sectionName: http}]\n".to_owned(),
+            "spec.targetRefs[0].sectionName",
+            "unknown field `sectionName`",
+        ),
+        (
+            "  targetRefs: [{name: reviews}]\n".to_owned(),
+            "spec.targetRefs[0]",
+            "missing field `kind`",
+        ),
+    ] {
+        for kind in ["AuthorizationPolicy", "RequestAuthentication"] {
+            let err = load_err(&reviews(kind, "security.istio.io/v1", &spec));
+            assert_eq!(err.document, Some(2), "{kind} {spec}: {err}");
+            assert_eq!(err.field.as_deref(), Some(field), "{kind} {spec}: {err}");
+            assert!(err.message.contains(says), "{kind} {spec}: {err}");
+            assert_eq!(
+                err.resource.as_deref(),
+                Some(format!("{kind} default/reviews-ops").as_str())
+            );
+        }
+    }
+    // A located value error points at the value; a whole-value check at the document.
+    let kind = load_err(&reviews(
+        "AuthorizationPolicy",
+        "security.istio.io/v1",
+        "  targetRefs:\n  - kind: Deploymnt\n    name: reviews\n",
+    ));
+    assert_eq!(at(&kind), (Some(12), Some(11)), "{kind}");
+    let both = load_err(&reviews(
+        "AuthorizationPolicy",
+        "security.istio.io/v1",
+        "  selector: {matchLabels: {app: reviews}}\n  targetRefs: [{kind: Service, name: reviews}]\n",
+    ));
+    assert_eq!(at(&both), (Some(6), None));
+    // An empty list is no target, as in Istio: the selector decides.
+    PolicySet::from_yaml_str(
+        &reviews(
+            "AuthorizationPolicy",
+            "security.istio.io/v1",
+            "  selector: {matchLabels: {app: reviews}}\n  targetRefs: []\n",
+        ),
+        "f",
+    )
+    .unwrap();
+}
+
+#[test]
+fn space_delimited_claims_are_read_and_checked() {
+    let yaml = "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt}\nspec:\n  jwtRules:\n  - issuer: https://idp\n    spaceDelimitedClaims: [roles, https://example.com/groups]\n";
+    let set = PolicySet::from_yaml_str(yaml, "f").unwrap();
+    let Spec::RequestAuthentication(ra) = &set.documents()[0].spec else {
+        panic!("not a RequestAuthentication")
+    };
+    assert_eq!(
+        ra.jwt_rules[0].space_delimited_claims,
+        ["roles", "https://example.com/groups"]
+    );
+    let err = load_err(&yaml.replace("[roles, ", "[roles, '', "));
+    assert_eq!(
+        err.field.as_deref(),
+        Some("spec.jwtRules[0].spaceDelimitedClaims[1]")
+    );
+    assert_eq!(err.message, "must not be empty");
+}
