@@ -245,7 +245,12 @@ pub enum Spec {
 }
 
 impl Spec {
-    fn selector(&self) -> Option<&SelectorSpec> {
+    /// The document's workload selector: `spec.selector` (for a
+    /// `DestinationRule`, `spec.workloadSelector`: the calling workload).
+    /// `None` for kinds that select by namespace alone, or by other means
+    /// (`ServiceRole.rules.services`, `RbacConfig`).
+    #[must_use]
+    pub fn selector(&self) -> Option<&SelectorSpec> {
         match self {
             Spec::RequestAuthentication(s) => s.selector.as_ref(),
             Spec::AuthorizationPolicy(s) => s.selector.as_ref(),
