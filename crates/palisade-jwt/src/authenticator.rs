@@ -113,6 +113,8 @@ pub struct JwtAuthenticatorBuilder {
     providers: Vec<Provider>,
     max_token_size: usize,
     cache_entries: u64,
+    /// Never fetch keys ([`JwtAuthenticator::from_policy_offline`]).
+    pub(crate) offline: bool,
 }
 
 impl JwtAuthenticatorBuilder {
@@ -176,6 +178,13 @@ impl JwtAuthenticatorBuilder {
                     Arc::new(KeyStore::new(&cfg.issuer, cfg.fetch.clone(), Some(set))),
                     None,
                 ),
+                None if self.offline => {
+                    // No key will ever come: a token that needs one is
+                    // refused at once (`KeysUnavailable`), without waiting.
+                    let mut store = KeyStore::new(&cfg.issuer, cfg.fetch.clone(), None);
+                    store.fetched = false;
+                    (Arc::new(store), None)
+                }
                 None => {
                     let fetched = fetched_store(&cfg.issuer, &cfg.jwks, &cfg.fetch)
                         .map_err(|e| ConfigError::OutOfRange(format!("cannot start the JWKS thread: {e}")))?;
@@ -254,7 +263,63 @@ impl JwtAuthenticator {
             providers: Vec::new(),
             max_token_size: 8 * 1024,
             cache_entries: 10_000,
+            offline: false,
         }
+    }
+
+    /// The issuers it trusts, in the order they were configured.
+    pub fn issuers(&self) -> impl Iterator<Item = &str> {
+        self.0.providers.iter().map(|p| p.cfg.issuer.as_str())
+    }
+
+    /// The [`Identity`] this authenticator establishes for a token with
+    /// these claims once the token has been verified: the provider of the
+    /// `iss` claim maps them (its issuer, its principal claim; Keycloak
+    /// realm and client roles, scopes, `azp`, every claim for policies), as
+    /// it does for a bearer token, so the request principal is `ISS/SUB`.
+    ///
+    /// Nothing is verified here: `proof` is the caller's assertion that the
+    /// claims come from a verified token (or stand for one, as in `palisade
+    /// explain`, which decides a request for a caller described on the
+    /// command line). Signature, expiry and audience are not looked at.
+    ///
+    /// ```
+    /// use palisade_core::Verification;
+    /// use palisade_jwt::{JwtAuthenticator, JwtError, Provider};
+    /// let jwt = JwtAuthenticator::builder()
+    ///     .provider(Provider::builder("https://kc.example/realms/shop").audience("details").build()?)
+    ///     .build()?;
+    /// let claims = serde_json::json!({
+    ///     "iss": "https://kc.example/realms/shop", "sub": "alice",
+    ///     "realm_access": {"roles": ["admin"]},
+    /// });
+    /// let claims = claims.as_object().unwrap().clone();
+    /// let id = jwt.identity_for_verified_claims(claims, Verification::assertion())?;
+    /// assert_eq!(id.request_principal_str(), Some("https://kc.example/realms/shop/alice"));
+    /// assert!(id.has_realm_role("admin"));
+    ///
+    /// let foreign = serde_json::json!({"iss": "https://elsewhere", "sub": "mallory"});
+    /// let foreign = foreign.as_object().unwrap().clone();
+    /// assert_eq!(
+    ///     jwt.identity_for_verified_claims(foreign, Verification::assertion()).unwrap_err(),
+    ///     JwtError::UnknownIssuer
+    /// );
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`JwtError::MissingClaim`] or [`JwtError::Malformed`] when `iss` is
+    /// absent or not a string, [`JwtError::UnknownIssuer`] when no provider
+    /// has that issuer: what the authenticator answers such a token.
+    pub fn identity_for_verified_claims(
+        &self,
+        claims: Map<String, Value>,
+        proof: Verification,
+    ) -> Result<Identity, JwtError> {
+        let issuer = peek_issuer(&claims)?;
+        let provider = *self.0.by_issuer.get(issuer).ok_or(JwtError::UnknownIssuer)?;
+        let claims = token_claims(&self.0.providers[provider].cfg, claims);
+        Ok(Identity::from_token(claims, proof))
     }
 
     /// The `WWW-Authenticate` realm.

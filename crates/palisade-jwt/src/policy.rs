@@ -25,54 +25,77 @@ impl FromPolicy for JwtAuthenticator {
     /// # Errors
     /// A [`PolicyError`] naming the file, document and field.
     fn from_policy(policy: &WorkloadPolicy<'_>) -> Result<Option<JwtAuthenticator>, PolicyError> {
-        let settings: Vec<(&Document, &JwtSettingsSpec)> = policy.jwt_settings().collect();
-        let mut builder = JwtAuthenticator::builder().realm(policy.workload().service.clone());
-        for (_, s) in settings.iter().filter(|(_, s)| s.issuer.is_none()) {
-            if let Some(r) = &s.realm {
-                builder = builder.realm(r.clone());
-            }
-            if let Some(n) = s.max_token_size {
-                builder = builder.max_token_size(n.get());
-            }
-            if let Some(n) = s.verified_token_cache {
-                builder = builder.cache_entries(n);
-            }
+        from_policy(policy, false)
+    }
+}
+
+impl JwtAuthenticator {
+    /// [`FromPolicy::from_policy`], checked and built the same way, but the
+    /// authenticator never fetches keys: no thread is started and no issuer
+    /// is contacted, now or later. Tokens of issuers whose keys are in the
+    /// file (`jwks`, a Keycloak `realm-public-key`) are verified as usual;
+    /// the others are refused at once as [`JwtError::KeysUnavailable`](crate::JwtError::KeysUnavailable).
+    ///
+    /// For tools that check a policy file or explain its decisions offline
+    /// (`palisade check`, `palisade explain`), never for serving.
+    ///
+    /// # Errors
+    /// As [`FromPolicy::from_policy`]: a [`PolicyError`] naming the file,
+    /// document and field.
+    pub fn from_policy_offline(policy: &WorkloadPolicy<'_>) -> Result<Option<JwtAuthenticator>, PolicyError> {
+        from_policy(policy, true)
+    }
+}
+
+fn from_policy(policy: &WorkloadPolicy<'_>, offline: bool) -> Result<Option<JwtAuthenticator>, PolicyError> {
+    let settings: Vec<(&Document, &JwtSettingsSpec)> = policy.jwt_settings().collect();
+    let mut builder = JwtAuthenticator::builder().realm(policy.workload().service.clone());
+    builder.offline = offline;
+    for (_, s) in settings.iter().filter(|(_, s)| s.issuer.is_none()) {
+        if let Some(r) = &s.realm {
+            builder = builder.realm(r.clone());
         }
-        let mut last_doc = None;
-        for (doc, spec) in policy.request_authentications() {
-            for (i, rule) in spec.jwt_rules.iter().enumerate() {
-                let field = format!("spec.jwtRules[{i}]");
-                let mut fetch = fetch_settings(policy, &settings, &rule.issuer)?;
-                if let Some(t) = rule.timeout {
-                    fetch.timeout = t.get();
-                }
-                let b = tune(istio_provider(policy, rule), policy, &settings, &rule.issuer)?;
-                let provider = b
-                    .fetch_settings(fetch)
-                    .build()
-                    .map_err(|e| policy.error_at(doc, &field, e.to_string()).with_source(e))?;
-                builder = builder.provider(provider);
-                last_doc = Some(doc);
-            }
+        if let Some(n) = s.max_token_size {
+            builder = builder.max_token_size(n.get());
         }
-        for (doc, kc) in policy.keycloak_adapters() {
-            let b = keycloak_provider(kc).map_err(|e| policy.error_at(doc, "spec", e))?;
-            let mut fetch = fetch_settings(policy, &settings, &kc.issuer())?;
-            keycloak_fetch(kc, &mut fetch);
-            let b = tune(b, policy, &settings, &kc.issuer())?;
+        if let Some(n) = s.verified_token_cache {
+            builder = builder.cache_entries(n);
+        }
+    }
+    let mut last_doc = None;
+    for (doc, spec) in policy.request_authentications() {
+        for (i, rule) in spec.jwt_rules.iter().enumerate() {
+            let field = format!("spec.jwtRules[{i}]");
+            let mut fetch = fetch_settings(policy, &settings, &rule.issuer)?;
+            if let Some(t) = rule.timeout {
+                fetch.timeout = t.get();
+            }
+            let b = tune(istio_provider(policy, rule), policy, &settings, &rule.issuer)?;
             let provider = b
                 .fetch_settings(fetch)
                 .build()
-                .map_err(|e| policy.error_at(doc, "spec", e.to_string()).with_source(e))?;
+                .map_err(|e| policy.error_at(doc, &field, e.to_string()).with_source(e))?;
             builder = builder.provider(provider);
             last_doc = Some(doc);
         }
-        let Some(doc) = last_doc else { return Ok(None) };
-        builder
-            .build()
-            .map(Some)
-            .map_err(|e| policy.error_at(doc, "", e.to_string()).with_source(e))
     }
+    for (doc, kc) in policy.keycloak_adapters() {
+        let b = keycloak_provider(kc).map_err(|e| policy.error_at(doc, "spec", e))?;
+        let mut fetch = fetch_settings(policy, &settings, &kc.issuer())?;
+        keycloak_fetch(kc, &mut fetch);
+        let b = tune(b, policy, &settings, &kc.issuer())?;
+        let provider = b
+            .fetch_settings(fetch)
+            .build()
+            .map_err(|e| policy.error_at(doc, "spec", e.to_string()).with_source(e))?;
+        builder = builder.provider(provider);
+        last_doc = Some(doc);
+    }
+    let Some(doc) = last_doc else { return Ok(None) };
+    builder
+        .build()
+        .map(Some)
+        .map_err(|e| policy.error_at(doc, "", e.to_string()).with_source(e))
 }
 
 impl JwtAuthenticator {
@@ -266,4 +289,139 @@ fn tune(
         }
     }
     Ok(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+    use std::time::{Duration, Instant};
+
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use palisade_core::Verification;
+    use palisade_core::policy::{PolicySet, Workload};
+
+    use super::*;
+    use crate::JwtError;
+
+    /// A policy whose issuer's keys are fetched from `port` on loopback.
+    fn policy_fetching_from(port: u16) -> PolicySet {
+        let yaml = format!(
+            "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt}}
+spec:
+  jwtRules:
+  - issuer: https://idp.example/realms/shop
+    jwksUri: http://127.0.0.1:{port}/certs
+"
+        );
+        PolicySet::from_yaml_str(&yaml, "jwt.yaml").unwrap()
+    }
+
+    /// Whether something connected to `listener` within `wait`.
+    fn connected_within(listener: &TcpListener, wait: Duration) -> bool {
+        listener.set_nonblocking(true).unwrap();
+        let until = Instant::now() + wait;
+        while Instant::now() < until {
+            if listener.accept().is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    #[test]
+    fn offline_authenticator_never_contacts_the_issuer_and_refuses_at_once() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let set = policy_fetching_from(listener.local_addr().unwrap().port());
+        let policy = set.for_workload(&Workload::new("details", "default"));
+        let jwt = JwtAuthenticator::from_policy_offline(&policy).unwrap().unwrap();
+        assert_eq!(
+            jwt.issuers().collect::<Vec<_>>(),
+            ["https://idp.example/realms/shop"]
+        );
+        assert!(!connected_within(&listener, Duration::from_millis(500)));
+        // A token that needs a fetched key: refused without waiting for one.
+        let part = |json: &str| URL_SAFE_NO_PAD.encode(json);
+        let token = format!(
+            "{}.{}.c2ln",
+            part(r#"{"alg":"RS256","kid":"k1"}"#),
+            part(
+                r#"{"iss":"https://idp.example/realms/shop","sub":"alice","aud":"details","exp":9999999999}"#
+            )
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let started = Instant::now();
+        assert_eq!(
+            rt.block_on(jwt.verify(&token)).unwrap_err(),
+            JwtError::KeysUnavailable
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(!connected_within(&listener, Duration::from_millis(200)));
+    }
+
+    #[test]
+    fn the_serving_authenticator_does_fetch_which_is_what_offline_avoids() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let set = policy_fetching_from(listener.local_addr().unwrap().port());
+        let policy = set.for_workload(&Workload::new("details", "default"));
+        let _jwt = JwtAuthenticator::from_policy(&policy).unwrap().unwrap();
+        assert!(connected_within(&listener, Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn verified_claims_are_mapped_by_their_issuers_provider() {
+        let yaml = "apiVersion: palisade.dev/v1alpha1
+kind: KeycloakAdapter
+metadata: {name: kc}
+spec:
+  realm: shop
+  auth-server-url: https://kc.example/
+  resource: details
+  bearer-only: true
+  principal-attribute: email
+";
+        let set = PolicySet::from_yaml_str(yaml, "kc.yaml").unwrap();
+        let jwt =
+            JwtAuthenticator::from_policy_offline(&set.for_workload(&Workload::new("details", "default")))
+                .unwrap()
+                .unwrap();
+        let claims = serde_json::json!({
+            "iss": "https://kc.example/realms/shop",
+            "sub": "u1",
+            "email": "alice@example.com",
+            "resource_access": {"details": {"roles": ["editor"]}},
+            "scope": "openid export",
+        });
+        let id = jwt
+            .identity_for_verified_claims(claims.as_object().unwrap().clone(), Verification::assertion())
+            .unwrap();
+        assert_eq!(
+            id.request_principal_str(),
+            Some("https://kc.example/realms/shop/u1")
+        );
+        let token = id.token().unwrap();
+        // The provider's principal claim, as for a bearer token.
+        assert_eq!(token.preferred_username.as_deref(), Some("alice@example.com"));
+        assert!(id.has_client_role("details", "editor"));
+        assert!(id.has_scope("export"));
+        let no_issuer = serde_json::json!({"sub": "u1"});
+        assert_eq!(
+            jwt.identity_for_verified_claims(
+                no_issuer.as_object().unwrap().clone(),
+                Verification::assertion()
+            )
+            .unwrap_err(),
+            JwtError::MissingClaim("iss")
+        );
+    }
 }

@@ -114,6 +114,27 @@ impl SpiffeId {
         &self.id["spiffe://".len()..]
     }
 
+    /// The peer identity a certificate with this ID as its only URI SAN
+    /// gives ([`peer_identity`]): Istio's `source.principal` and
+    /// `source.namespace`, and the ID. What else a certificate tells (DNS
+    /// names, subject, fingerprint) is left empty.
+    ///
+    /// ```
+    /// use palisade_mtls::SpiffeId;
+    /// let peer = SpiffeId::parse("spiffe://cluster.local/ns/frontend/sa/web")?.peer();
+    /// assert_eq!(peer.principal.as_deref(), Some("cluster.local/ns/frontend/sa/web"));
+    /// assert_eq!(peer.namespace.as_deref(), Some("frontend"));
+    /// # Ok::<(), palisade_mtls::SpiffeIdError>(())
+    /// ```
+    #[must_use]
+    pub fn peer(&self) -> PeerIdentity {
+        let mut peer = PeerIdentity::default();
+        peer.principal = Some(self.principal().to_owned());
+        peer.namespace = self.namespace().map(str::to_owned);
+        peer.spiffe_id = Some(self.id.clone());
+        peer
+    }
+
     fn ns_sa(&self) -> Option<(&str, &str)> {
         let mut it = self.path().strip_prefix('/')?.split('/');
         match (it.next(), it.next(), it.next(), it.next(), it.next()) {
@@ -184,10 +205,7 @@ pub fn peer_identity(leaf_der: &[u8]) -> Option<PeerIdentity> {
         [one] => SpiffeId::parse(one).ok(),
         _ => None,
     };
-    let mut peer = PeerIdentity::default();
-    peer.principal = spiffe.as_ref().map(|s| s.principal().to_owned());
-    peer.namespace = spiffe.as_ref().and_then(|s| s.namespace().map(str::to_owned));
-    peer.spiffe_id = spiffe.map(|s| s.id);
+    let mut peer = spiffe.as_ref().map(SpiffeId::peer).unwrap_or_default();
     peer.dns_names = dns_names;
     peer.subject = cert.subject().to_string();
     peer.fingerprint_sha256 = fingerprint_sha256(leaf_der);

@@ -127,6 +127,22 @@ impl UpstreamTls {
         policy: &WorkloadPolicy<'_>,
         mesh: Option<&MeshIdentity>,
     ) -> Result<Self, PolicyError> {
+        Self::build(policy, Mesh::Given(mesh))
+    }
+
+    /// Checks `policy`'s `DestinationRule` documents as
+    /// [`from_policy`](Self::from_policy) builds them (every file they
+    /// name read and used), but for the mesh identity `ISTIO_MUTUAL` uses,
+    /// which is the workload's own and given when it starts, not by the
+    /// file. For tools that check a policy file (`palisade check`).
+    ///
+    /// # Errors
+    /// As [`from_policy`](Self::from_policy), but for a missing mesh identity.
+    pub fn check_policy(policy: &WorkloadPolicy<'_>) -> Result<(), PolicyError> {
+        Self::build(policy, Mesh::NotChecked).map(drop)
+    }
+
+    fn build(policy: &WorkloadPolicy<'_>, mesh: Mesh<'_>) -> Result<Self, PolicyError> {
         let mut rules = Vec::new();
         for (doc, spec) in policy.destination_rules() {
             let host = qualify(&spec.host, doc.metadata.namespace());
@@ -204,13 +220,22 @@ fn specificity(pattern: &str, host: &str) -> Option<usize> {
     (host.len() > suffix.len() && host.ends_with(suffix)).then_some(suffix.len())
 }
 
+/// The mesh identity `ISTIO_MUTUAL` uses.
+#[derive(Clone, Copy)]
+enum Mesh<'m> {
+    /// The workload's own, when it has one.
+    Given(Option<&'m MeshIdentity>),
+    /// Not known: only checking the file (`ISTIO_MUTUAL` is not built).
+    NotChecked,
+}
+
 /// One `tls` block built.
 fn route(
     policy: &WorkloadPolicy<'_>,
     doc: &Document,
     field: &str,
     tls: &ClientTlsSettingsSpec,
-    mesh: Option<&MeshIdentity>,
+    mesh: Mesh<'_>,
 ) -> Result<UpstreamRoute, PolicyError> {
     let error = |name: &str, message: String| policy.error_at(doc, &format!("{field}{name}"), message);
     if tls.insecure_skip_verify {
@@ -255,6 +280,11 @@ fn route(
             UpstreamTransport::Tls(built(ClientTls::builder(cert, key, ca))?)
         }
         ClientTlsMode::IstioMutual => {
+            let mesh = match mesh {
+                Mesh::Given(mesh) => mesh,
+                // Only the mesh identity remains to be read: nothing to build.
+                Mesh::NotChecked => return Ok(PLAINTEXT),
+            };
             let Some(mesh) = mesh else {
                 return Err(error(
                     ".mode",
@@ -287,7 +317,31 @@ fn route(
 
 #[cfg(test)]
 mod tests {
+    use palisade_core::policy::{PolicySet, Workload};
+
     use super::*;
+
+    #[test]
+    fn check_policy_reads_the_files_a_rule_names_but_not_the_mesh_identity() {
+        let rule = |tls: &str| {
+            let yaml = format!(
+                "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: r}}\nspec:\n  host: reviews\n  trafficPolicy:\n    tls: {tls}\n"
+            );
+            PolicySet::from_yaml_str(&yaml, "dr.yaml").unwrap()
+        };
+        let mesh =
+            rule("{mode: ISTIO_MUTUAL, subjectAltNames: [spiffe://cluster.local/ns/default/sa/reviews]}");
+        let policy = mesh.for_workload(&Workload::new("productpage", "default"));
+        UpstreamTls::check_policy(&policy).unwrap();
+        let err = UpstreamTls::from_policy(&policy, None).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("spec.trafficPolicy.tls.mode"));
+        let files = rule(
+            "{mode: MUTUAL, clientCertificate: /nonexistent/c.pem, privateKey: /nonexistent/k.pem, caCertificates: /nonexistent/ca.pem}",
+        );
+        let err = UpstreamTls::check_policy(&files.for_workload(&Workload::new("productpage", "default")))
+            .unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("spec.trafficPolicy.tls"), "{err}");
+    }
 
     #[test]
     fn hosts_match_exactly_before_the_longest_wildcard() {

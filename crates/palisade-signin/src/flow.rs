@@ -211,6 +211,39 @@ impl SignInBuilder {
     /// # Errors
     /// A [`SignInError`] naming the setting that cannot work.
     pub fn build(self) -> Result<SignIn, SignInError> {
+        let Checked {
+            config,
+            keys,
+            sessions,
+            state_prefix,
+            provider,
+            store,
+        } = self.checked()?;
+        let verifier = JwtAuthenticator::builder()
+            .realm(config.client_id.clone())
+            .provider(provider)
+            .build()
+            .map_err(|e| SignInError::Config(format!("the issuer: {e}")))?;
+        let issuer = Issuer::start(&config).map_err(SignInError::Config)?;
+        let store = store.unwrap_or_else(|| Arc::new(MemoryStore::new()));
+        Ok(SignIn(Arc::new(Inner {
+            config,
+            issuer,
+            verifier,
+            sessions,
+            keys,
+            state_prefix,
+            store,
+            cache: Cache::new(10_000),
+            successors: Successors::new(),
+            refreshing: Mutex::new(HashMap::new()),
+            rng: SystemRandom::new(),
+        })))
+    }
+
+    /// Every check of [`build`](Self::build), starting nothing: no
+    /// discovery, no key fetching.
+    pub(crate) fn checked(self) -> Result<Checked, SignInError> {
         let mut config = self.config;
         if !(config.issuer.starts_with("https://") || config.issuer.starts_with("http://")) {
             return Err(SignInError::Config(format!(
@@ -288,27 +321,26 @@ impl SignInBuilder {
             .fetch_settings(fetch)
             .build()
             .map_err(|e| SignInError::Config(format!("the issuer: {e}")))?;
-        let verifier = JwtAuthenticator::builder()
-            .realm(config.client_id.clone())
-            .provider(provider)
-            .build()
-            .map_err(|e| SignInError::Config(format!("the issuer: {e}")))?;
-        let issuer = Issuer::start(&config).map_err(SignInError::Config)?;
-        let store = self.store.unwrap_or_else(|| Arc::new(MemoryStore::new()));
-        Ok(SignIn(Arc::new(Inner {
+        Ok(Checked {
             config,
-            issuer,
-            verifier,
-            sessions,
             keys,
+            sessions,
             state_prefix,
-            store,
-            cache: Cache::new(10_000),
-            successors: Successors::new(),
-            refreshing: Mutex::new(HashMap::new()),
-            rng: SystemRandom::new(),
-        })))
+            provider,
+            store: self.store,
+        })
     }
+}
+
+/// A [`SignInBuilder`] whose settings all passed their checks: what
+/// [`SignInBuilder::build`] starts a relying party with.
+pub(crate) struct Checked {
+    config: Config,
+    keys: Vec<CookieKey>,
+    sessions: [CookieSealer; 2],
+    state_prefix: String,
+    provider: Provider,
+    store: Option<Arc<dyn SessionStore>>,
 }
 
 /// The sealer of the login-state cookie `prefix` + `tag`.

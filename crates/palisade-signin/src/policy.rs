@@ -10,7 +10,7 @@ use palisade_core::policy::{
     ClientAuthMethod, Document, FromPolicy, OidcLoginSpec, PolicyError, WorkloadPolicy,
 };
 
-use crate::config::{ClientKey, SecretMethod};
+use crate::config::{ClientKey, SecretMethod, SignInBuilder};
 use crate::cookie::CookieKey;
 use crate::flow::SignIn;
 use crate::store::SessionStore;
@@ -25,8 +25,10 @@ fn read_secret(file: &str) -> Result<String, String> {
     Ok(secret)
 }
 
-fn store(url: &str) -> Result<Option<Arc<dyn SessionStore>>, String> {
-    if url == "memory" {
+/// The session store at `url`, connected; `None` for `memory` or when
+/// only checking (`connect` false: the URL was checked when the file loaded).
+fn store(url: &str, connect: bool) -> Result<Option<Arc<dyn SessionStore>>, String> {
+    if url == "memory" || !connect {
         return Ok(None);
     }
     #[cfg(feature = "redis")]
@@ -45,11 +47,14 @@ fn store(url: &str) -> Result<Option<Arc<dyn SessionStore>>, String> {
     }
 }
 
+/// The builder of an `OidcLogin` document; the session store is
+/// connected when `connect` says so.
 fn from_login(
     policy: &WorkloadPolicy<'_>,
     doc: &Document,
     spec: &OidcLoginSpec,
-) -> Result<SignIn, PolicyError> {
+    connect: bool,
+) -> Result<SignInBuilder, PolicyError> {
     let err = |field: &str, message: String| policy.error_at(doc, field, message);
     let mut b = SignIn::builder(spec.issuer.clone(), spec.client_id.clone());
     if let Some(file) = &spec.client_secret_file {
@@ -115,11 +120,84 @@ fn from_login(
     }
     b = b.keys(keys);
     if let Some(url) = &s.store
-        && let Some(st) = store(url).map_err(|m| err("spec.session.store", m))?
+        && let Some(st) = store(url, connect).map_err(|m| err("spec.session.store", m))?
     {
         b = b.store(st);
     }
-    b.build().map_err(|e| err("spec", e.to_string()).with_source(e))
+    Ok(b)
+}
+
+/// The builder of the workload's sign-in document, and that document;
+/// `None` when no document turns sign-in on.
+fn builder<'a>(
+    policy: &WorkloadPolicy<'a>,
+    connect: bool,
+) -> Result<Option<(SignInBuilder, &'a Document)>, PolicyError> {
+    let mut logins = policy.oidc_logins();
+    let keycloak = policy.keycloak_adapters().find(|(_, k)| {
+        k.bearer_only != Some(true) && (k.public_client == Some(true) || k.credentials.is_some())
+    });
+    match (logins.next(), keycloak) {
+        (Some((doc, _)), _) if logins.next().is_some() => Err(policy.error_at(
+            doc,
+            "spec.selector",
+            "two OidcLogin documents select this workload",
+        )),
+        (Some((doc, spec)), None) => Ok(Some((from_login(policy, doc, spec, connect)?, doc))),
+        (Some((doc, _)), Some(_)) => Err(policy.error_at(
+            doc,
+            "spec",
+            "a KeycloakAdapter that is not bearer-only already turns sign-in on for this workload: keep one",
+        )),
+        (None, Some((doc, k))) => {
+            let Some(client) = k.resource.clone() else {
+                return Err(policy.error_at(
+                    doc,
+                    "spec.resource",
+                    "sign-in needs the client id (`resource`)",
+                ));
+            };
+            let mut b = SignIn::builder(k.issuer(), client);
+            if k.public_client != Some(true) {
+                let secret = k
+                    .credentials
+                    .as_ref()
+                    .and_then(|c| c.get("secret"))
+                    .and_then(serde_json::Value::as_str)
+                    .ok_or_else(|| {
+                        policy.error_at(
+                            doc,
+                            "spec.credentials.secret",
+                            "a confidential client needs its secret",
+                        )
+                    })?;
+                b = b.client_secret(secret, SecretMethod::Basic);
+            }
+            Ok(Some((b, doc)))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+impl SignIn {
+    /// Checks the workload's sign-in document as [`FromPolicy::from_policy`]
+    /// reads it (every setting, the secret, client key, CA and session key
+    /// files) without starting anything: no discovery, no key fetching, no
+    /// connection to the session store. `Ok` when no document turns
+    /// sign-in on. For tools that check a policy file offline (`palisade
+    /// check`).
+    ///
+    /// # Errors
+    /// As [`FromPolicy::from_policy`], but for a store that cannot be reached.
+    pub fn check_policy(policy: &WorkloadPolicy<'_>) -> Result<(), PolicyError> {
+        match builder(policy, false)? {
+            Some((b, doc)) => b
+                .checked()
+                .map(drop)
+                .map_err(|e| policy.error_at(doc, "spec", e.to_string()).with_source(e)),
+            None => Ok(()),
+        }
+    }
 }
 
 impl FromPolicy for SignIn {
@@ -132,43 +210,73 @@ impl FromPolicy for SignIn {
     /// A [`PolicyError`] naming the document and field that cannot be used
     /// (an unreadable key or secret file, a store that cannot be reached).
     fn from_policy(policy: &WorkloadPolicy<'_>) -> Result<Option<Self>, PolicyError> {
-        let mut logins = policy.oidc_logins();
-        let keycloak = policy.keycloak_adapters().find(|(_, k)| {
-            k.bearer_only != Some(true) && (k.public_client == Some(true) || k.credentials.is_some())
-        });
-        match (logins.next(), keycloak) {
-            (Some((doc, _)), _) if logins.next().is_some() => Err(policy.error_at(
-                doc,
-                "spec.selector",
-                "two OidcLogin documents select this workload",
-            )),
-            (Some((doc, spec)), None) => from_login(policy, doc, spec).map(Some),
-            (Some((doc, _)), Some(_)) => Err(policy.error_at(
-                doc,
-                "spec",
-                "a KeycloakAdapter that is not bearer-only already turns sign-in on for this workload: keep one",
-            )),
-            (None, Some((doc, k))) => {
-                let Some(client) = k.resource.clone() else {
-                    return Err(policy.error_at(doc, "spec.resource", "sign-in needs the client id (`resource`)"));
-                };
-                let mut b = SignIn::builder(k.issuer(), client);
-                if k.public_client != Some(true) {
-                    let secret = k
-                        .credentials
-                        .as_ref()
-                        .and_then(|c| c.get("secret"))
-                        .and_then(serde_json::Value::as_str)
-                        .ok_or_else(|| {
-                            policy.error_at(doc, "spec.credentials.secret", "a confidential client needs its secret")
-                        })?;
-                    b = b.client_secret(secret, SecretMethod::Basic);
-                }
-                b.build()
-                    .map(Some)
-                    .map_err(|e| policy.error_at(doc, "spec", e.to_string()).with_source(e))
-            }
-            (None, None) => Ok(None),
+        match builder(policy, true)? {
+            Some((b, doc)) => b
+                .build()
+                .map(Some)
+                .map_err(|e| policy.error_at(doc, "spec", e.to_string()).with_source(e)),
+            None => Ok(None),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+    use std::time::{Duration, Instant};
+
+    use palisade_core::policy::{PolicySet, Workload};
+
+    use super::*;
+
+    fn login(issuer: &str, session: &str) -> PolicySet {
+        let yaml = format!(
+            "apiVersion: palisade.dev/v1alpha1
+kind: OidcLogin
+metadata: {{name: login}}
+spec:
+  selector: {{matchLabels: {{app: productpage}}}}
+  issuer: {issuer}
+  clientId: productpage
+  session: {session}
+"
+        );
+        PolicySet::from_yaml_str(&yaml, "login.yaml").unwrap()
+    }
+
+    #[test]
+    fn check_policy_starts_nothing_and_connects_to_no_store() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let set = login(
+            &format!("http://127.0.0.1:{port}/realms/istio"),
+            &format!("{{store: \"redis://127.0.0.1:{port}/0\"}}"),
+        );
+        SignIn::check_policy(&set.for_workload(&Workload::new("productpage", "default"))).unwrap();
+        SignIn::check_policy(&set.for_workload(&Workload::new("details", "default"))).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let until = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < until {
+            assert!(
+                listener.accept().is_err(),
+                "check_policy contacted the issuer or the store"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn check_policy_names_the_field_that_cannot_be_used() {
+        let set = login(
+            "https://kc.example/realms/istio",
+            "{keys: [{id: k1, keyFile: /nonexistent/palisade-session.key}]}",
+        );
+        let err =
+            SignIn::check_policy(&set.for_workload(&Workload::new("productpage", "default"))).unwrap_err();
+        assert_eq!(
+            err.field.as_deref(),
+            Some("spec.session.keys[0].keyFile"),
+            "{err}"
+        );
     }
 }

@@ -150,7 +150,8 @@ pub(crate) struct CompiledPolicy {
     dry_run: bool,
     rules: Vec<CompiledRule>,
     provider: Option<(Arc<str>, Registered)>,
-    matched: AtomicU64,
+    /// How many evaluated requests each rule was the matching one of.
+    matched: Box<[AtomicU64]>,
 }
 
 impl fmt::Debug for CompiledPolicy {
@@ -173,13 +174,14 @@ impl CompiledPolicy {
         rules: Vec<CompiledRule>,
         provider: Option<(Arc<str>, Registered)>,
     ) -> Self {
+        let matched = rules.iter().map(|_| AtomicU64::new(0)).collect();
         Self {
             name: name.into(),
             action,
             dry_run,
             rules,
             provider,
-            matched: AtomicU64::new(0),
+            matched,
         }
     }
 }
@@ -355,7 +357,7 @@ impl Engine {
 
     fn hit(&self, e: Entry) -> (Arc<str>, usize) {
         let p = &self.policies[e.0 as usize];
-        p.matched.fetch_add(1, Ordering::Relaxed);
+        p.matched[e.1 as usize].fetch_add(1, Ordering::Relaxed);
         (p.name.clone(), e.1 as usize)
     }
 
@@ -563,6 +565,11 @@ pub struct PolicyMetric {
     pub dry_run: bool,
     /// How many evaluated requests one of its rules matched.
     pub matched: u64,
+    /// How many of those each rule was the matching one of, by rule index
+    /// (its length is the policy's number of rules): a rule at 0 has not
+    /// decided, audited or shadowed any request yet, which is what
+    /// `palisade test` reports as not reached.
+    pub rules_matched: Vec<u64>,
 }
 
 /// A compiled set of access rules. A policy built in code and one loaded from
@@ -699,11 +706,15 @@ impl AccessPolicy {
         self.0
             .policies
             .iter()
-            .map(|p| PolicyMetric {
-                policy: p.name.to_string(),
-                action: p.action,
-                dry_run: p.dry_run,
-                matched: p.matched.load(Ordering::Relaxed),
+            .map(|p| {
+                let rules_matched: Vec<u64> = p.matched.iter().map(|m| m.load(Ordering::Relaxed)).collect();
+                PolicyMetric {
+                    policy: p.name.to_string(),
+                    action: p.action,
+                    dry_run: p.dry_run,
+                    matched: rules_matched.iter().sum(),
+                    rules_matched,
+                }
             })
             .collect()
     }

@@ -272,6 +272,41 @@ fn dry_run_policy_is_reported_not_enforced() {
             .would_allow()
     );
     assert_eq!(p.metrics()[0].matched, 1);
+    assert_eq!(p.metrics()[0].rules_matched, [1]);
+}
+
+#[test]
+fn metrics_count_each_rule_that_decided_audited_or_shadowed() {
+    let yaml = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: open}
+spec:
+  rules:
+  - to: [{operation: {paths: [/a]}}]
+  - to: [{operation: {paths: [/b]}}]
+  - to: [{operation: {paths: [/c]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: audit}
+spec:
+  action: AUDIT
+  rules: [{to: [{operation: {methods: [DELETE]}}]}]
+";
+    let p = policy(yaml).unwrap();
+    for path in ["/a", "/c", "/c", "/nothing"] {
+        let _ = p.evaluate(&OwnedRequest::get(path), None);
+    }
+    let _ = p.evaluate(&OwnedRequest::new("DELETE", "/b"), None);
+    let m = p.metrics();
+    assert_eq!(
+        (m[0].policy.as_str(), m[0].rules_matched.as_slice(), m[0].matched),
+        ("default/open", &[1, 1, 2][..], 4)
+    );
+    assert_eq!(
+        (m[1].policy.as_str(), m[1].rules_matched.as_slice()),
+        ("default/audit", &[1][..])
+    );
 }
 
 #[test]

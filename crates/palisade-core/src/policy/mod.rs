@@ -258,6 +258,26 @@ pub enum Spec {
 }
 
 impl Spec {
+    /// The document's workload selector: `spec.selector` (for a
+    /// `DestinationRule`, `spec.workloadSelector`: the calling workload).
+    /// `None` for kinds that select by namespace alone, by target
+    /// references (`targetRefs`), or by other means
+    /// (`ServiceRole.rules.services`, `RbacConfig`).
+    #[must_use]
+    pub fn selector(&self) -> Option<&SelectorSpec> {
+        match self.scope() {
+            Scope::Selector(s) => s,
+            Scope::Targets(..) => None,
+        }
+    }
+
+    /// The document's target references (`spec.targetRefs`, or the older
+    /// `spec.targetRef`); empty when it selects workloads by a selector.
+    #[must_use]
+    pub fn target_refs(&self) -> &[TargetRefSpec] {
+        self.scope().refs()
+    }
+
     /// How the document chooses its workloads: a selector (absent: all of
     /// the namespace), or target references.
     fn scope(&self) -> Scope<'_> {

@@ -1,0 +1,201 @@
+//! `palisade check`: every workload the file names compiled as a service
+//! of that workload compiles it when it starts, offline.
+
+use std::path::Path;
+
+use palisade_client::Upstreams;
+use palisade_core::Guard;
+use palisade_core::authz::{AccessPolicy, ExternalAuthorizers};
+use palisade_core::policy::{FromPolicy, PolicyError, PolicySet, Workload};
+use palisade_jwt::JwtAuthenticator;
+use palisade_mtls::UpstreamTls;
+use palisade_signin::SignIn;
+
+use crate::Report;
+use crate::decide::stand_in_authorizers;
+use crate::workloads::{self, label};
+
+/// Checks `file`: one line per problem on stderr and status 1, or one line
+/// saying what was checked.
+pub(crate) fn run(file: &Path) -> Report {
+    let set = match PolicySet::from_file(file) {
+        Ok(set) => set,
+        Err(e) => {
+            return Report {
+                err: vec![e.to_string()],
+                status: 1,
+                ..Report::default()
+            };
+        }
+    };
+    let named = workloads::named(&set);
+    let authorizers = stand_in_authorizers(&set);
+    // Each problem once, with the workloads it was found for.
+    let mut problems: Vec<(String, Vec<String>)> = Vec::new();
+    for workload in &named {
+        for e in compile(&set, workload, &authorizers) {
+            let line = e.to_string();
+            match problems.iter_mut().find(|(l, _)| *l == line) {
+                Some((_, ws)) => ws.push(label(workload)),
+                None => problems.push((line, vec![label(workload)])),
+            }
+        }
+    }
+    if problems.is_empty() {
+        let names: Vec<String> = named.iter().map(label).collect();
+        let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+        // What loads but does nothing in process (a Gateway target).
+        let mut out: Vec<String> = set.warnings().iter().map(|w| format!("note: {w}")).collect();
+        out.push(format!(
+            "{}: ok: {}, {}: {}",
+            set.source(),
+            plural(set.documents().len(), "document"),
+            plural(names.len(), "workload"),
+            names.join(", ")
+        ));
+        return Report::ok(out);
+    }
+    Report {
+        err: problems
+            .into_iter()
+            .map(|(line, ws)| format!("{line} (for {})", ws.join(", ")))
+            .collect(),
+        status: 1,
+        ..Report::default()
+    }
+}
+
+/// What a service of `workload` builds from the file at start-up, each
+/// part on its own so that every problem is found: the guard (access
+/// policy, JWT authenticator), browser sign-in, the mTLS mode, upstream
+/// credentials and upstream TLS. Nothing is contacted: the JWT
+/// authenticator fetches no keys, sign-in discovers nothing and connects
+/// to no store, and `ISTIO_MUTUAL` is not given the workload's own
+/// certificate (a start-up argument, not the file's).
+fn compile(set: &PolicySet, workload: &Workload, authorizers: &ExternalAuthorizers) -> Vec<PolicyError> {
+    let policy = set.for_workload(workload);
+    let mut errors = Vec::new();
+    let access = AccessPolicy::compile_with(&policy, authorizers).map_err(|e| errors.push(e));
+    let jwt = JwtAuthenticator::from_policy_offline(&policy).map_err(|e| errors.push(e));
+    if let (Ok(access), Ok(jwt)) = (access, jwt) {
+        let mut guard = Guard::builder().access_policy(access);
+        if let Some(jwt) = jwt {
+            guard = guard.authenticator(jwt);
+        }
+        if let Err(e) = guard.build() {
+            errors.push(PolicyError::new(set.source(), e.to_string()).with_source(e));
+        }
+    }
+    if let Err(e) = SignIn::check_policy(&policy) {
+        errors.push(e);
+    }
+    // Its one error (two documents at one level) does not depend on the port.
+    if let Err(e) = palisade_mtls::mode_for_port(&policy, 0) {
+        errors.push(e);
+    }
+    if let Err(e) = Upstreams::from_policy(&policy) {
+        errors.push(e);
+    }
+    if let Err(e) = UpstreamTls::check_policy(&policy) {
+        errors.push(e);
+    }
+    errors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(yaml: &str) -> Report {
+        let path = std::env::temp_dir().join(format!(
+            "palisade-check-{}-{}.yaml",
+            std::process::id(),
+            yaml.len()
+        ));
+        std::fs::write(&path, yaml).unwrap();
+        let report = run(&path);
+        let _ = std::fs::remove_file(&path);
+        report
+    }
+
+    #[test]
+    fn every_problem_of_every_workload_is_a_line() {
+        let report = check(
+            "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: a}
+spec:
+  selector: {matchLabels: {app: details}}
+  rules: [{}]
+---
+apiVersion: palisade.dev/v1alpha1
+kind: UpstreamCredentials
+metadata: {name: u}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  hosts: [ratings.default.svc.cluster.local]
+  token: {from: clientCredentials, issuer: https://kc.example/realms/x, clientId: reviews, clientSecretFile: /nonexistent/secret}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: p1}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: p2}
+spec: {mtls: {mode: PERMISSIVE}}
+---
+apiVersion: rbac.istio.io/v1alpha1
+kind: ServiceRoleBinding
+metadata: {name: b}
+spec:
+  subjects: [{user: \"*\"}]
+  roleRef: {kind: ServiceRole, name: missing}
+",
+        );
+        assert_eq!(report.status, 1, "{report:?}");
+        let err = report.err.join("\n");
+        assert!(
+            err.contains("document 2 (UpstreamCredentials default/u): field `spec.token.clientSecretFile`"),
+            "{err}"
+        );
+        assert!(err.contains("(for default/reviews)"), "{err}");
+        // Two namespace-wide PeerAuthentication documents: for every workload.
+        assert!(
+            err.contains("document 4 (PeerAuthentication default/p2)"),
+            "{err}"
+        );
+        assert!(err.contains("(for default/details, default/reviews)"), "{err}");
+        assert!(
+            err.contains("document 5 (ServiceRoleBinding default/b): field `spec.roleRef.name`"),
+            "{err}"
+        );
+        assert_eq!(report.err.len(), 3, "{err}");
+    }
+
+    #[test]
+    fn a_good_file_says_what_was_checked() {
+        let report = check(
+            "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: istio-system}
+spec:
+  jwtRules: [{issuer: https://kc.example/realms/x, jwksUri: http://127.0.0.1:9/certs}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: a}
+spec:
+  selector: {matchLabels: {app: details}}
+  rules: [{from: [{source: {requestPrincipals: [\"*\"]}}]}]
+",
+        );
+        assert_eq!((report.status, report.err.len()), (0, 0), "{report:?}");
+        assert!(
+            report.out[0].ends_with("ok: 2 documents, 1 workload: default/details"),
+            "{:?}",
+            report.out
+        );
+    }
+}

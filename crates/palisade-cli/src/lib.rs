@@ -1,0 +1,118 @@
+//! The `palisade` command: a mesh's policy file checked, one decision
+//! explained, and decision cases run, offline, with the code the services
+//! run.
+//!
+//! ```text
+//! palisade check FILE
+//! palisade explain FILE [--workload NS/NAME] --request "METHOD PATH"
+//!                  [--header K:V]... [--claims JSON] [--peer PRINCIPAL]
+//! palisade test FILE CASES.yaml
+//! ```
+//!
+//! - `check` compiles, for every workload the file names (below), what a
+//!   service of that workload compiles when it starts: the access policy,
+//!   the JWT authenticator, browser sign-in, the mTLS mode, the upstream
+//!   credentials and the upstreams' TLS. It never contacts an issuer, a
+//!   key server or a session store. Each problem is one line naming the
+//!   file, the document and the field (and the workloads it concerns);
+//!   the exit status is 1 when there is any.
+//! - `explain` decides one request with [`Guard::check`](palisade_core::Guard::check),
+//!   as the workload's running guard does, and prints the decision as
+//!   JSON: `{"decision": "allow"|"deny", "status": N, "policy": …, "rule":
+//!   …}` and a few more fields. `--claims` stands for a verified token
+//!   with these claims, mapped to an identity by the workload's JWT
+//!   authenticator (`palisade_jwt::JwtAuthenticator::identity_for_verified_claims`):
+//!   the request principal is `ISS/SUB`, roles and scopes as for a bearer
+//!   token. `--peer` is the mTLS peer's principal
+//!   (`cluster.local/ns/NS/sa/SA`), put on the request's connection as the
+//!   mTLS acceptor does. The status is the guard's answer: 200 for an
+//!   allowed request, 401 when a credential could change a denial, 403
+//!   otherwise (and 400 for a malformed path or two tokens).
+//! - `test` runs a case file's cases through the same code and prints
+//!   each failed case, the rules no case reached, and `N passed, N failed`;
+//!   the exit status is 1 when a case failed or the case file is bad.
+//!
+//! The workloads a file names: every `app` label of a selector (with the
+//! document's namespace; a selector in the root namespace names its
+//! workload in every namespace the file uses), and every
+//! `NAME.NS.svc.cluster.local` of a `ServiceRole` or `RbacConfig`. A
+//! document that applies to none of them (one written for a whole
+//! namespace, or whose selector has no `app`) is compiled for a stand-in
+//! workload it selects, shown as `NS/*`.
+//!
+//! The exit status is 2 for a usage error, or a file `explain` or `test`
+//! cannot use, with one line on stderr.
+
+mod args;
+mod cases;
+mod check;
+mod decide;
+mod workloads;
+
+use std::io::Write;
+
+/// Runs the command line `args` (without the program name), writing its
+/// output to `out` and its errors to `err`; returns the exit status:
+/// 0 success, 1 problems found (`check`) or cases failed (`test`), 2 a
+/// usage error or a file that cannot be used.
+///
+/// ```
+/// let (mut out, mut err) = (Vec::new(), Vec::new());
+/// let status = palisade_cli::run(["--version".to_owned()], &mut out, &mut err);
+/// assert_eq!(status, 0);
+/// assert!(String::from_utf8(out).unwrap().starts_with("palisade "));
+/// ```
+pub fn run<I>(args: I, out: &mut dyn Write, err: &mut dyn Write) -> u8
+where
+    I: IntoIterator<Item = String>,
+{
+    let report = match args::parse(args) {
+        Ok(args::Command::Help) => Report::ok(vec![args::USAGE.trim_end().to_owned()]),
+        Ok(args::Command::Version) => Report::ok(vec![format!("palisade {}", env!("CARGO_PKG_VERSION"))]),
+        Ok(args::Command::Check { file }) => check::run(&file),
+        Ok(args::Command::Explain(e)) => decide::explain(&e),
+        Ok(args::Command::Test { file, cases }) => cases::run(&file, &cases),
+        Err(usage) => Report::usage(usage),
+    };
+    report.write(out, err)
+}
+
+/// What a subcommand says and how it ends.
+#[derive(Debug, Default)]
+struct Report {
+    /// Lines for stdout.
+    out: Vec<String>,
+    /// Lines for stderr.
+    err: Vec<String>,
+    status: u8,
+}
+
+impl Report {
+    fn ok(out: Vec<String>) -> Self {
+        Self {
+            out,
+            ..Self::default()
+        }
+    }
+
+    /// A usage error, or a file that cannot be used: one line, status 2.
+    fn usage(line: String) -> Self {
+        Self {
+            err: vec![format!("error: {line}")],
+            status: 2,
+            ..Self::default()
+        }
+    }
+
+    fn write(self, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+        // A closed pipe (`palisade … | head`) is not worth a second error.
+        for line in &self.out {
+            let _ = writeln!(out, "{line}");
+        }
+        for line in &self.err {
+            let _ = writeln!(err, "{line}");
+        }
+        let _ = out.flush();
+        self.status
+    }
+}

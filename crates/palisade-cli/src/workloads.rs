@@ -1,0 +1,259 @@
+//! The workloads a policy file names, so that `check` compiles every
+//! document for each workload it applies to, and `test` knows which rules
+//! there are to reach.
+//!
+//! A workload is named by the `app` label of a selector (`spec.selector`,
+//! a `DestinationRule`'s `workloadSelector`), in the document's namespace,
+//! with the selector's other labels; a selector in the root namespace names
+//! its workload in every other namespace of the file (`default` when there
+//! is none). `ServiceRole` rules and `RbacConfig` targets name workloads by
+//! host, `NAME.NS.svc.cluster.local`. A document that applies to none of
+//! these (written for a whole namespace, or selecting by labels other than
+//! `app`) gets a stand-in workload that it selects, named `*`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use palisade_core::policy::{DEFAULT_ROOT_NAMESPACE, Document, PolicySet, Spec, TargetKind, Workload};
+
+use crate::args::WorkloadName;
+
+/// The service name of a stand-in workload: any workload of its namespace.
+pub(crate) const ANY: &str = "*";
+
+/// Every workload `set` names, then the stand-ins, each once, sorted.
+pub(crate) fn named(set: &PolicySet) -> Vec<Workload> {
+    let docs = set.documents();
+    let root = DEFAULT_ROOT_NAMESPACE;
+    let mut namespaces: BTreeSet<&str> = docs
+        .iter()
+        .map(|d| d.metadata.namespace())
+        .filter(|ns| *ns != root)
+        .collect();
+    if namespaces.is_empty() {
+        namespaces.insert("default");
+    }
+    let mut found: BTreeSet<(String, BTreeMap<String, String>)> = BTreeSet::new();
+    for doc in docs {
+        let ns = doc.metadata.namespace();
+        if let Some(labels) = doc.spec.selector().map(|s| &s.match_labels)
+            && labels.contains_key("app")
+        {
+            if ns == root {
+                for other in &namespaces {
+                    found.insert(((*other).to_owned(), labels.clone()));
+                }
+            } else {
+                found.insert((ns.to_owned(), labels.clone()));
+            }
+        }
+        for host in hosts(doc) {
+            if let Some((service, namespace)) = service_of_host(host) {
+                found.insert((namespace.to_owned(), app(service)));
+            }
+        }
+        // A `Service` target names the workload serving that Service.
+        for target in doc.spec.target_refs() {
+            if target.kind == TargetKind::Service {
+                found.insert((ns.to_owned(), app(&target.name)));
+            }
+        }
+    }
+    let mut workloads: Vec<Workload> = found
+        .into_iter()
+        .map(|(ns, labels)| workload(&ns, &labels))
+        .collect();
+    let named = workloads.len();
+    for doc in docs {
+        if !workloads.iter().any(|w| doc.applies_to(w)) {
+            let labels = doc
+                .spec
+                .selector()
+                .map(|s| s.match_labels.clone())
+                .unwrap_or_default();
+            workloads.push(workload(doc.metadata.namespace(), &labels));
+        }
+    }
+    workloads[named..].sort_by(|a, b| (&a.namespace, &a.labels).cmp(&(&b.namespace, &b.labels)));
+    workloads
+}
+
+/// The workload `name` stands for: the one of `named` with that namespace
+/// and service when there is exactly one (it has its selector's labels),
+/// else one with the label `app: NAME` only; `notes` says so when the file
+/// does not name it (a typo, or a workload only namespace-wide documents
+/// apply to).
+pub(crate) fn resolve(named: &[Workload], name: &WorkloadName, notes: &mut Vec<String>) -> Workload {
+    let mut same = named
+        .iter()
+        .filter(|w| w.namespace == name.namespace && w.service == name.service);
+    match (same.next(), same.next()) {
+        (Some(only), None) => only.clone(),
+        (first, _) => {
+            let workload = Workload::new(&name.service, &name.namespace);
+            if first.is_none() {
+                notes.push(format!(
+                    "the file names no workload {}: only the documents for its whole namespace apply",
+                    label(&workload)
+                ));
+            }
+            workload
+        }
+    }
+}
+
+/// `NS/NAME`, with the labels other than `app` in brackets when there are.
+pub(crate) fn label(w: &Workload) -> String {
+    let extra: Vec<String> = w
+        .labels
+        .iter()
+        .filter(|(k, _)| *k != "app")
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if extra.is_empty() {
+        format!("{}/{}", w.namespace, w.service)
+    } else {
+        format!("{}/{}[{}]", w.namespace, w.service, extra.join(","))
+    }
+}
+
+fn app(service: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([("app".to_owned(), service.to_owned())])
+}
+
+/// The workload with these labels in `ns`; its service is the `app` label,
+/// or [`ANY`].
+fn workload(ns: &str, labels: &BTreeMap<String, String>) -> Workload {
+    let service = labels.get("app").map_or(ANY, String::as_str);
+    labels
+        .iter()
+        .fold(Workload::new(service, ns), |w, (k, v)| w.label(k, v))
+}
+
+/// The hosts a document names its workloads by.
+fn hosts(doc: &Document) -> Vec<&str> {
+    match &doc.spec {
+        Spec::ServiceRole(role) => role
+            .rules
+            .iter()
+            .flat_map(|r| &r.services)
+            .map(String::as_str)
+            .collect(),
+        Spec::RbacConfig(config) => [&config.inclusion, &config.exclusion]
+            .into_iter()
+            .flatten()
+            .flat_map(|t| &t.services)
+            .map(String::as_str)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `(NAME, NS)` of `NAME.NS.svc.cluster.local`.
+fn service_of_host(host: &str) -> Option<(&str, &str)> {
+    let (service, ns) = host.strip_suffix(".svc.cluster.local")?.split_once('.')?;
+    let plain = |s: &str| !s.is_empty() && !s.contains(['.', '*']);
+    (plain(service) && plain(ns)).then_some((service, ns))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(yaml: &str) -> Vec<String> {
+        named(&PolicySet::from_yaml_str(yaml, "mesh.yaml").unwrap())
+            .iter()
+            .map(label)
+            .collect()
+    }
+
+    #[test]
+    fn selectors_and_rbac_hosts_name_workloads() {
+        let yaml = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: a, namespace: prod}
+spec:
+  selector: {matchLabels: {app: details, version: v2}}
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: istio-system}
+spec:
+  selector: {matchLabels: {app: ratings}}
+---
+apiVersion: rbac.istio.io/v1alpha1
+kind: ServiceRole
+metadata: {name: r, namespace: prod}
+spec:
+  rules: [{services: [reviews.prod.svc.cluster.local, \"*.prod.svc.cluster.local\"], methods: [GET]}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: d, namespace: shop}
+spec:
+  host: reviews
+  workloadSelector: {matchLabels: {app: front}}
+  trafficPolicy: {tls: {mode: SIMPLE}}
+";
+        assert_eq!(
+            labels(yaml),
+            [
+                "prod/details[version=v2]",
+                "prod/ratings",
+                "prod/reviews",
+                "shop/front",
+                "shop/ratings"
+            ]
+        );
+    }
+
+    #[test]
+    fn documents_that_select_no_named_workload_get_a_stand_in() {
+        let yaml = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: everyone, namespace: default}
+spec: {}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: canary, namespace: default}
+spec:
+  selector: {matchLabels: {version: v2}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ns-wide, namespace: default}
+spec: {}
+";
+        assert_eq!(labels(yaml), ["default/*", "default/*[version=v2]"]);
+        let with_app = format!(
+            "{yaml}---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: d}}\nspec:\n  selector: {{matchLabels: {{app: details}}}}\n"
+        );
+        // The namespace-wide documents apply to details: no stand-in for them.
+        assert_eq!(labels(&with_app), ["default/details", "default/*[version=v2]"]);
+    }
+
+    #[test]
+    fn a_name_resolves_to_the_named_workload_with_its_labels() {
+        let set = PolicySet::from_yaml_str(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a}\nspec:\n  selector: {matchLabels: {app: details, version: v2}}\n",
+            "p.yaml",
+        )
+        .unwrap();
+        let all = named(&set);
+        let name = |s: &str| crate::args::workload_name(s).unwrap();
+        let mut notes = Vec::new();
+        assert_eq!(
+            label(&resolve(&all, &name("default/details"), &mut notes)),
+            "default/details[version=v2]"
+        );
+        assert!(notes.is_empty(), "{notes:?}");
+        assert_eq!(
+            label(&resolve(&all, &name("default/reviews"), &mut notes)),
+            "default/reviews"
+        );
+        assert_eq!(
+            notes,
+            ["the file names no workload default/reviews: only the documents for its whole namespace apply"]
+        );
+    }
+}

@@ -1,0 +1,449 @@
+//! The built `palisade` binary on the repository's own policy files:
+//! `check` and `test` pass on every sample and its case file; broken files,
+//! wrong expectations and `explain`'s answers are checked field by field.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+/// The workspace root: the samples' paths are relative to it.
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn palisade(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("the palisade binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Every sample policy and its case file, relative to the root.
+fn samples() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(root().join("examples/policies")).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if let Some(stem) = name.strip_suffix(".yaml")
+            && !stem.ends_with(".cases")
+        {
+            out.push((
+                format!("examples/policies/{name}"),
+                format!("examples/policies/{stem}.cases.yaml"),
+            ));
+        }
+    }
+    out.sort();
+    out.push((
+        "examples/bookinfo/mesh.yaml".into(),
+        "examples/bookinfo/mesh.cases.yaml".into(),
+    ));
+    out
+}
+
+/// A scratch directory, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("palisade-cli-{}-{tag}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    fn file(&self, name: &str, contents: &str) -> String {
+        let path = self.0.join(name);
+        std::fs::write(&path, contents).unwrap();
+        path.to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn every_sample_checks_and_passes_its_cases() {
+    let samples = samples();
+    assert!(samples.len() >= 11, "{samples:?}");
+    for (policy, cases) in &samples {
+        let check = palisade(&["check", policy]);
+        assert_eq!(
+            check.status.code(),
+            Some(0),
+            "check {policy}: {}",
+            text(&check.stderr)
+        );
+        assert!(
+            text(&check.stdout).contains(": ok: "),
+            "{policy}: {}",
+            text(&check.stdout)
+        );
+
+        let written = std::fs::read_to_string(root().join(cases))
+            .unwrap_or_else(|e| panic!("{cases}: every sample has a case file: {e}"));
+        // dry-run.yaml refuses nothing: its denials are what the dry run would do.
+        assert!(
+            written.contains("expect: allow")
+                && (written.contains("expect: deny") || written.contains("dry_run: deny")),
+            "{cases} has allow and deny cases"
+        );
+        let n = written.matches("expect:").count();
+        let test = palisade(&["test", policy, cases]);
+        let out = text(&test.stdout);
+        assert_eq!(
+            test.status.code(),
+            Some(0),
+            "test {cases}: {out}{}",
+            text(&test.stderr)
+        );
+        assert!(
+            out.ends_with(&format!("{n} passed, 0 failed\n")),
+            "{cases}: {out}"
+        );
+        assert!(!out.contains("FAILED"), "{cases}: {out}");
+    }
+}
+
+#[test]
+fn the_bookinfo_cases_reach_every_rule_of_the_mesh() {
+    let test = palisade(&[
+        "test",
+        "examples/bookinfo/mesh.yaml",
+        "examples/bookinfo/mesh.cases.yaml",
+    ]);
+    let out = text(&test.stdout);
+    assert!(!out.contains("not reached"), "{out}");
+}
+
+#[test]
+fn a_broken_file_fails_check_naming_the_field() {
+    let dir = Scratch::new("broken");
+    let sample = std::fs::read_to_string(root().join("examples/policies/deny-admin.yaml")).unwrap();
+    let typo = dir.file("typo.yaml", &sample.replace("action: DENY", "action: DENNY"));
+    let check = palisade(&["check", &typo]);
+    let err = text(&check.stderr);
+    assert_eq!(check.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("document 2 (AuthorizationPolicy default/admin-needs-role): field `spec.action`"),
+        "{err}"
+    );
+
+    // Wrong only for the workloads it applies to, when compiled for them.
+    let mesh = std::fs::read_to_string(root().join("examples/bookinfo/mesh.yaml")).unwrap();
+    let unbound = dir.file(
+        "unbound.yaml",
+        &mesh.replace(
+            "roleRef: {kind: ServiceRole, name: reviews-reader}",
+            "roleRef: {kind: ServiceRole, name: reviews-writer}",
+        ),
+    );
+    let check = palisade(&["check", &unbound]);
+    let err = text(&check.stderr);
+    assert_eq!(check.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("field `spec.roleRef.name`: no ServiceRole `reviews-writer`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("(for default/details, default/productpage, default/ratings, default/reviews)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_wrong_expectation_fails_test_with_the_case_and_the_deciding_rule() {
+    let dir = Scratch::new("wrong");
+    let cases = std::fs::read_to_string(root().join("examples/policies/deny-admin.cases.yaml")).unwrap();
+    let n = cases.matches("expect:").count();
+    let wrong = cases.replacen(
+        "- name: nobody may delete, not even an admin\n  request: DELETE /list\n  claims: {sub: root, realm_access: {roles: [admin]}}\n  expect: deny",
+        "- name: nobody may delete, not even an admin\n  request: DELETE /list\n  claims: {sub: root, realm_access: {roles: [admin]}}\n  expect: allow",
+        1,
+    );
+    assert_ne!(wrong, cases, "the case to break is in the sample");
+    let wrong = dir.file("wrong.cases.yaml", &wrong);
+    let test = palisade(&["test", "examples/policies/deny-admin.yaml", &wrong]);
+    let out = text(&test.stdout);
+    assert_eq!(test.status.code(), Some(1), "{out}");
+    assert!(out.ends_with(&format!("{} passed, 1 failed\n", n - 1)), "{out}");
+    assert!(
+        out.contains("FAILED nobody may delete, not even an admin (default/*): expected allow 403, got deny 403 (denied by DENY policy default/no-delete rule 0)"),
+        "{out}"
+    );
+}
+
+#[test]
+fn rules_no_case_reaches_are_listed() {
+    let dir = Scratch::new("coverage");
+    let cases = dir.file(
+        "some.cases.yaml",
+        "cases:\n- {name: health, request: GET /healthz, expect: allow}\n",
+    );
+    let test = palisade(&["test", "examples/policies/require-jwt.yaml", &cases]);
+    let out = text(&test.stdout);
+    assert_eq!(test.status.code(), Some(0), "{out}");
+    assert_eq!(
+        out,
+        "not reached: default/require-jwt rule 0\n1 passed, 0 failed\n"
+    );
+}
+
+#[test]
+fn a_bad_case_file_names_the_file_and_the_case() {
+    let dir = Scratch::new("badcase");
+    let cases = dir.file(
+        "bad.cases.yaml",
+        "cases:\n- {name: fine, request: GET /healthz, expect: allow}\n- {name: typo, request: GET /list, expect: maybe}\n",
+    );
+    let test = palisade(&["test", "examples/policies/require-jwt.yaml", &cases]);
+    let err = text(&test.stderr);
+    assert_eq!(test.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("bad.cases.yaml: case 2 (typo): field `expect`: unknown variant `maybe`"),
+        "{err}"
+    );
+    assert_eq!(text(&test.stdout), "");
+
+    let cases = dir.file(
+        "which.cases.yaml",
+        "cases:\n- {name: where, request: GET /, expect: deny}\n",
+    );
+    let test = palisade(&["test", "examples/bookinfo/mesh.yaml", &cases]);
+    let err = text(&test.stderr);
+    assert_eq!(test.status.code(), Some(1), "{err}");
+    assert!(err.contains("case 1 (where): no `workload`"), "{err}");
+}
+
+/// `palisade explain` on a sample, parsed.
+fn explain(args: &[&str]) -> Value {
+    let mut all = vec!["explain"];
+    all.extend_from_slice(args);
+    let out = palisade(&all);
+    assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out.stderr));
+    // The contract's fields first, in its order.
+    let printed = text(&out.stdout);
+    let at = |field: &str| printed.find(&format!("\"{field}\":")).unwrap_or(usize::MAX);
+    assert!(
+        at("decision") < at("status") && at("status") < at("policy") && at("policy") < at("rule"),
+        "{printed}"
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}: {}", text(&out.stdout)))
+}
+
+/// The fields the contract names.
+fn summary(v: &Value) -> (String, u64, Value, Value) {
+    (
+        v["decision"].as_str().unwrap().to_owned(),
+        v["status"].as_u64().unwrap(),
+        v["policy"].clone(),
+        v["rule"].clone(),
+    )
+}
+
+#[test]
+fn explain_gives_the_guards_decision_status_policy_and_rule() {
+    let mesh = "examples/bookinfo/mesh.yaml";
+    let alice = r#"{"sub": "alice", "realm_access": {"roles": ["reviewer"]}}"#;
+    let productpage = "cluster.local/ns/default/sa/productpage";
+    let allowed = explain(&[
+        mesh,
+        "--workload",
+        "default/details",
+        "--request",
+        "GET /details/1",
+        "--peer",
+        productpage,
+        "--claims",
+        alice,
+    ]);
+    assert_eq!(
+        summary(&allowed),
+        (
+            "allow".into(),
+            200,
+            Value::from("default/details"),
+            Value::from(0)
+        )
+    );
+    assert_eq!(allowed["action"], "ALLOW");
+    // No user: a token could change the answer.
+    let no_user = explain(&[
+        mesh,
+        "--workload",
+        "default/details",
+        "--request",
+        "GET /details/1",
+        "--peer",
+        productpage,
+    ]);
+    assert_eq!(summary(&no_user), ("deny".into(), 401, Value::Null, Value::Null));
+    // A user, but not through productpage: refused.
+    let no_peer = explain(&[
+        mesh,
+        "--workload",
+        "default/details",
+        "--request",
+        "GET /details/1",
+        "--claims",
+        alice,
+    ]);
+    assert_eq!(summary(&no_peer), ("deny".into(), 403, Value::Null, Value::Null));
+    assert_eq!(no_peer["reason"], "denied: no ALLOW rule matched");
+    // The RBAC binding of reviews, a rule of its own.
+    let reviews = explain(&[
+        mesh,
+        "--workload",
+        "default/reviews",
+        "--request",
+        "GET /reviews/2",
+        "--peer",
+        productpage,
+        "--claims",
+        alice,
+    ]);
+    assert_eq!(
+        summary(&reviews),
+        (
+            "allow".into(),
+            200,
+            Value::from("default/productpage-for-reviewers"),
+            Value::from(0)
+        )
+    );
+    // A DENY policy, with the header of a file naming one workload.
+    let delete = explain(&[
+        "examples/policies/deny-admin.yaml",
+        "--request",
+        "DELETE /list",
+        "--claims",
+        r#"{"sub": "root", "realm_access": {"roles": ["admin"]}}"#,
+    ]);
+    assert_eq!(
+        summary(&delete),
+        (
+            "deny".into(),
+            403,
+            Value::from("default/no-delete"),
+            Value::from(0)
+        )
+    );
+    assert_eq!(
+        (delete["action"].as_str(), delete["workload"].as_str()),
+        (Some("DENY"), Some("default/*"))
+    );
+    // gRPC: the status the gRPC status stands for, and the gRPC status.
+    let grpc = explain(&[
+        mesh,
+        "--workload",
+        "default/ratings",
+        "--request",
+        "POST /bookinfo.ratings.v1.Ratings/GetRatings",
+        "--header",
+        "content-type: application/grpc",
+    ]);
+    assert_eq!(
+        (grpc["status"].as_u64(), grpc["grpc_status"].as_u64()),
+        (Some(401), Some(16))
+    );
+    // A dry run reports what it would do.
+    let dry = explain(&["examples/policies/dry-run.yaml", "--request", "POST /list"]);
+    assert_eq!(summary(&dry), ("allow".into(), 200, Value::Null, Value::Null));
+    assert_eq!(dry["dry_run"]["decision"], "deny");
+    assert_eq!(dry["dry_run"]["policy"], "default/block-posts-soon");
+}
+
+#[test]
+fn usage_errors_are_one_line_and_exit_2() {
+    for (args, want) in [
+        (
+            &["explain", "examples/bookinfo/mesh.yaml", "--request", "GET /"][..],
+            "names 4 workloads (default/details, default/productpage, default/ratings, default/reviews)",
+        ),
+        (
+            &[
+                "explain",
+                "examples/policies/require-jwt.yaml",
+                "--request",
+                "/list",
+            ][..],
+            "--request `/list`",
+        ),
+        (
+            &["explain", "nonexistent.yaml", "--request", "GET /"][..],
+            "nonexistent.yaml: cannot read",
+        ),
+        (&["frobnicate"][..], "unknown subcommand `frobnicate`"),
+        (&["check"][..], "check takes FILE"),
+    ] {
+        let out = palisade(args);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn service_targets_name_workloads_and_gateway_targets_are_noted() {
+    let dir = Scratch::new("targets");
+    let file = dir.file(
+        "targets.yaml",
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: reviews-l7, namespace: shop}
+spec:
+  targetRefs: [{kind: Service, group: \"\", name: reviews}]
+  rules: [{from: [{source: {serviceAccounts: [shop/productpage]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: at-the-gateway, namespace: shop}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: ingress}]
+  action: DENY
+  rules: [{to: [{operation: {methods: [DELETE]}}]}]
+",
+    );
+    let check = palisade(&["check", &file]);
+    let out = text(&check.stdout);
+    assert_eq!(check.status.code(), Some(0), "{}", text(&check.stderr));
+    assert!(
+        out.contains("shop/reviews"),
+        "the Service target names the workload: {out}"
+    );
+    assert!(
+        out.lines().any(|l| l.starts_with("note: ")
+            && l.contains("spec.targetRefs[0]")
+            && l.contains("at-the-gateway")),
+        "{out}"
+    );
+    // The Service target applies to reviews: productpage's peer is allowed, another is not.
+    let decide = |peer: &str| {
+        explain(&[
+            &file,
+            "--workload",
+            "shop/reviews",
+            "--request",
+            "GET /reviews/1",
+            "--peer",
+            peer,
+        ])
+    };
+    assert_eq!(
+        decide("cluster.local/ns/shop/sa/productpage")["decision"],
+        "allow"
+    );
+    let other = decide("cluster.local/ns/shop/sa/ratings");
+    assert_eq!(other["decision"], "deny");
+    assert_eq!(other["status"], 403);
+}
