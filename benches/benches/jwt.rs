@@ -140,8 +140,40 @@ fn overhead_benches(c: &mut Criterion) {
         },
     );
 
+    // The same with metrics on: the guard built while a Prometheus
+    // recorder is installed (its handles are bound to it), every decision
+    // counted and timed into the latency histogram.
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(palisade::core::metrics::CHECK_DURATION.into()),
+            palisade::core::metrics::CHECK_DURATION_BUCKETS,
+        )
+        .unwrap()
+        .build_recorder();
+    let upkeep = recorder.handle();
+    let metered_guard = metrics::with_local_recorder(&recorder, || guard(&issuer, 10_000));
+    let metered = axum_app(Some(metered_guard.clone()));
+    let mut calls = 0u32;
+    let axum_metrics = bench_paired(
+        &mut g,
+        "axum_cached_token_metrics_on",
+        &mut || {
+            let res = rt.block_on(metered.clone().oneshot(request(&token))).unwrap();
+            assert_eq!(res.status(), 200);
+            // The exporter drains histogram samples at upkeep, as an
+            // application's would every few seconds.
+            calls += 1;
+            if calls.is_multiple_of(100_000) {
+                upkeep.run_upkeep();
+            }
+        },
+        &mut || {
+            black_box(rt.block_on(baseline.clone().oneshot(request(&token))).unwrap());
+        },
+    );
+
     let system = actix_web::rt::System::new();
-    let (baseline, cached) = system.block_on(async {
+    let (baseline, cached, metered) = system.block_on(async {
         let route = || web::get().to(|| async { HttpResponse::Ok().body("ok") });
         let baseline = actix_web::test::init_service(App::new().route("/", route())).await;
         let cached = actix_web::test::init_service(
@@ -150,7 +182,13 @@ fn overhead_benches(c: &mut Criterion) {
                 .route("/", route()),
         )
         .await;
-        (baseline, cached)
+        let metered = actix_web::test::init_service(
+            App::new()
+                .wrap(palisade::actix::Palisade::new(metered_guard))
+                .route("/", route()),
+        )
+        .await;
+        (baseline, cached, metered)
     });
     let req = || {
         actix_web::test::TestRequest::get()
@@ -169,8 +207,28 @@ fn overhead_benches(c: &mut Criterion) {
             black_box(system.block_on(actix_web::test::call_service(&baseline, req())));
         },
     );
+    let actix_metrics = bench_paired(
+        &mut g,
+        "actix_cached_token_metrics_on",
+        &mut || {
+            let res = system.block_on(actix_web::test::call_service(&metered, req()));
+            assert_eq!(res.status(), 200);
+            calls += 1;
+            if calls.is_multiple_of(100_000) {
+                upkeep.run_upkeep();
+            }
+        },
+        &mut || {
+            black_box(system.block_on(actix_web::test::call_service(&baseline, req())));
+        },
+    );
     g.finish();
-    for (name, p) in [("axum", axum), ("actix", actix)] {
+    for (name, p) in [
+        ("axum", axum),
+        ("actix", actix),
+        ("axum, metrics on", axum_metrics),
+        ("actix, metrics on", actix_metrics),
+    ] {
         if let Some(p) = p {
             eprintln!(
                 "overhead_paired/{name}: {:.0} ns per request over the same app without authentication ({:.3}x)",
