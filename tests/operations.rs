@@ -9,13 +9,34 @@ use std::time::{Duration, Instant};
 use common::{ScratchDir, Service, access_token, start};
 use palisade::testkit::TestIssuer;
 
-/// A free loopback port for the admin listener (bound, then released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Starts `example` with `--config file` and `--admin 127.0.0.1:0`; the
+/// service and the admin listener's address, from its banner.
+fn start_with_admin(example: &str, file: &str) -> (Service, String) {
+    let svc = start(
+        example,
+        &["--config", file, "--service", example, "--admin", "127.0.0.1:0"],
+    );
+    let admin = svc
+        .banner
+        .iter()
+        .find_map(|l| l.strip_prefix("admin listening on "))
+        .unwrap_or_else(|| panic!("no admin address in {:?}", svc.banner))
+        .to_owned();
+    (svc, admin)
+}
+
+/// Waits until the issuer's keys are in: a request that came while they
+/// were being fetched would ask for one more fetch.
+async fn keys_loaded(admin: &str, issuer: &TestIssuer) {
+    let sample_name = format!(
+        "palisade_jwks_fetches_total{{issuer=\"{}\",result=\"success\"}}",
+        issuer.issuer()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sample(&metrics(admin).await, &sample_name) < 1.0 {
+        assert!(Instant::now() < deadline, "the issuer's keys never came");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Tokens of `issuer` for `service`; `/list` for any caller with one, and
@@ -96,15 +117,42 @@ fn sighup(svc: &Service) {
     assert!(ok, "kill -HUP failed");
 }
 
-/// wrk against `url` with the token, for `secs`; its report.
-fn wrk(url: &str, token: &str, secs: u64) -> std::process::Child {
-    std::process::Command::new("wrk")
-        .args(["-t1", "-c4", &format!("-d{secs}s"), "-H"])
-        .arg(format!("Authorization: Bearer {token}"))
-        .arg(url)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run wrk ({e}): install it with `apt-get install wrk`"))
+/// wrk running: killed on drop (a failed test leaves no load behind).
+struct Load(Option<std::process::Child>);
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Load {
+    /// Stops wrk (SIGINT, on which it reports) and returns its report.
+    fn report(mut self) -> String {
+        let child = self.0.take().unwrap();
+        let stopped = std::process::Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(stopped.success(), "wrk ended before the reloads did");
+        String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
+    }
+}
+
+/// wrk against `url` with the token, for at most `secs`.
+fn wrk(url: &str, token: &str, secs: u64) -> Load {
+    Load(Some(
+        std::process::Command::new("wrk")
+            .args(["-t1", "-c4", &format!("-d{secs}s"), "-H"])
+            .arg(format!("Authorization: Bearer {token}"))
+            .arg(url)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run wrk ({e}): install it with `apt-get install wrk`")),
+    ))
 }
 
 /// 50 reloads (SIGHUP), alternating two valid files and a broken one,
@@ -122,11 +170,8 @@ async fn reload_under_load(example: &str) {
     let with = policy(&issuer, example, true);
     let without = policy(&issuer, example, false);
     let file = dir.write("policy.yaml", &with);
-    let admin = format!("127.0.0.1:{}", free_port());
-    let svc = start(
-        example,
-        &["--config", &file, "--service", example, "--admin", &admin],
-    );
+    let (svc, admin) = start_with_admin(example, &file);
+    keys_loaded(&admin, &issuer).await;
     let token = access_token(
         &issuer.token_endpoint(),
         "grant_type=client_credentials&client_id=demo&client_secret=s3cret",
@@ -135,8 +180,8 @@ async fn reload_under_load(example: &str) {
     let whoami = format!("http://{}/whoami", svc.addr);
     assert_eq!(status(&whoami, &token).await, 200);
 
-    let load = wrk(&format!("http://{}/list", svc.addr), &token, 20);
-    let started = Instant::now();
+    // Until the reloads are done: then SIGINT, on which wrk reports.
+    let load = wrk(&format!("http://{}/list", svc.addr), &token, 600);
     let mut in_force = true; // whether the file in force allows /whoami
     for i in 0..50 {
         let before = reloads(&metrics(&admin).await);
@@ -158,12 +203,7 @@ async fn reload_under_load(example: &str) {
         let want = if in_force { 200 } else { 403 };
         assert_eq!(status(&whoami, &token).await, want, "after reload {i}");
     }
-    assert!(
-        started.elapsed() < Duration::from_secs(18),
-        "the reloads must happen during the load: {:?}",
-        started.elapsed()
-    );
-    let report = String::from_utf8(load.wait_with_output().unwrap().stdout).unwrap();
+    let report = load.report();
     let requests: u64 = report
         .lines()
         .find_map(|l| {
@@ -220,11 +260,8 @@ async fn admin_listener(example: &str) {
         .unwrap();
     let dir = ScratchDir::new(&format!("admin-{example}"));
     let file = dir.write("policy.yaml", &policy(&issuer, example, false));
-    let admin = format!("127.0.0.1:{}", free_port());
-    let svc = start(
-        example,
-        &["--config", &file, "--service", example, "--admin", &admin],
-    );
+    let (svc, admin) = start_with_admin(example, &file);
+    keys_loaded(&admin, &issuer).await;
     let token = access_token(
         &issuer.token_endpoint(),
         "grant_type=client_credentials&client_id=demo&client_secret=s3cret",
@@ -283,8 +320,21 @@ async fn admin_listener(example: &str) {
     assert!(text.contains("# HELP palisade_decisions_total"), "{text}");
     // No token in the metrics.
     assert!(!text.contains(&token[..20]));
-    // The admin routes are the admin listener's only.
-    assert_ne!(status(&url("/metrics"), &token).await, 200);
+
+    // The admin routes are the admin listener's only: with every path
+    // allowed, the service's own port has no /metrics.
+    dir.write(
+        "policy.yaml",
+        &policy(&issuer, example, false).replace("[/list]", "[\"*\"]"),
+    );
+    sighup(&svc);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status(&url("/whoami"), &token).await != 200 {
+        assert!(Instant::now() < deadline, "the allow-all file was not loaded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status(&url("/metrics"), &token).await, 404);
+    assert_eq!(status(&url("/ready"), &token).await, 404);
 }
 
 #[tokio::test]

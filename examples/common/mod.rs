@@ -184,8 +184,10 @@ fn parse(service: &str, port: u16, mut it: impl Iterator<Item = String>) -> Resu
     if !args.client_crls.is_empty() && args.client_ca.is_none() {
         return Err("--client-crl needs --client-ca".into());
     }
+    // Port 0 on both is two different ports, chosen when bound.
     if args.admin.is_some_and(|a| {
-        a.port() == args.listen.port()
+        a.port() != 0
+            && a.port() == args.listen.port()
             && (a.ip() == args.listen.ip() || a.ip().is_unspecified() || args.listen.ip().is_unspecified())
     }) {
         return Err(format!(
@@ -364,9 +366,15 @@ pub fn start_operations(args: &Args, setup: &Setup) {
         // reload changes it, rather than pretend it applies.
         let (port, mode) = (args.listen.port(), setup.tls.as_ref().map(ServerTls::mode));
         let reloader = palisade::core::reload::PolicyReloader::new(path, &setup.guard, move |set| {
+            // Everything start-up reads from the file is checked, so a file
+            // the service would refuse at its next start is refused now.
+            use palisade::core::policy::FromPolicy as _;
+            let policy = set.for_workload(&workload);
+            palisade::client::Upstreams::from_policy(&policy)?;
+            palisade::mtls::UpstreamTls::check_policy(&policy)?;
+            let wanted = palisade::mtls::mode_for_port(&policy, port)?;
             let guard = build_guard(set, &workload, keytab.as_deref())?;
             if let Some(running) = mode
-                && let Ok(wanted) = palisade::mtls::mode_for_port(&set.for_workload(&workload), port)
                 && wanted != running
             {
                 tracing::warn!(
@@ -391,6 +399,8 @@ pub fn start_operations(args: &Args, setup: &Setup) {
         let listener = std::net::TcpListener::bind(addr)
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .unwrap_or_else(|e| fail(&format!("--admin {addr}: {e}")));
+        // Said before `listening on`, with the port `:0` was given.
+        println!("admin listening on {}", listener.local_addr().unwrap_or(addr));
         std::thread::Builder::new()
             .name("admin".into())
             .spawn(move || admin(listener, handle))

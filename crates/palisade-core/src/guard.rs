@@ -468,6 +468,9 @@ impl Compiled {
         match decision {
             Decision::Allow(a) => self.metrics.decided(true, Some(a.auth().access())),
             Decision::Deny(r) => self.metrics.decided(false, r.access()),
+            // A refusal in the authenticator's words (sign-in's 403) is a
+            // refusal still.
+            Decision::Reply(r) if matches!(r.status(), 401 | 403) => self.metrics.decided(false, None),
             Decision::Reply(_) => self.metrics.replied(),
         }
     }

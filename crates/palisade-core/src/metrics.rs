@@ -18,9 +18,11 @@
 //! | [`SPNEGO_BLOCKING_CALLS`] | counter | — |
 //! | [`CONFIG_RELOADS`] | counter | `result` (`success`, `failure`) |
 //!
-//! Every refusal, 401 or 403, counts as `decision="deny"`; `reply` is an
-//! answer Palisade gives in the application's place (a redirect to sign
-//! in, a sign-in callback). `policy` is the deciding policy (`NS/NAME`),
+//! Every refusal of the guard, 401 or 403, counts as `decision="deny"`;
+//! `reply` is any other answer Palisade gives in the application's place
+//! (a redirect to sign in, a sign-in callback). A route policy
+//! ([`adapter::authorize_route`](crate::adapter::authorize_route)) decides
+//! after the guard allowed: its refusals are not counted again. `policy` is the deciding policy (`NS/NAME`),
 //! empty when none decided (no policy applies, no `ALLOW` policy matched,
 //! a credential was refused); `action` is its action (`ALLOW`, `DENY`,
 //! `CUSTOM`), empty likewise.

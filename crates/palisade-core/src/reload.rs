@@ -58,9 +58,13 @@ struct Inner {
     guard: Guard,
     build: Box<Build>,
     /// The contents last loaded (or refused): a change is a difference.
+    /// Held while a reload runs, so one reload happens at a time and a
+    /// change is never loaded twice.
     last: Mutex<Option<Vec<u8>>>,
-    /// One reload at a time, so a slow build never overtakes a later one.
-    running: Mutex<()>,
+    /// What the watch saw change, not yet loaded: a change is loaded once
+    /// two looks in a row see the same contents, so a file caught halfway
+    /// through a rewrite in place is never put in force.
+    settling: Mutex<Option<Vec<u8>>>,
 }
 
 /// Keeps a [`Guard`] in step with its policy file. Cloning shares it.
@@ -91,7 +95,7 @@ impl PolicyReloader {
             guard: guard.clone(),
             build: Box::new(build),
             last: Mutex::new(last),
-            running: Mutex::new(()),
+            settling: Mutex::new(None),
         }))
     }
 
@@ -107,10 +111,44 @@ impl PolicyReloader {
     /// The [`PolicyError`] naming the file, document and field that cannot
     /// be used; the policy in force stays, and the error is logged.
     pub fn reload(&self) -> Result<(), PolicyError> {
-        let _one_at_a_time = self.0.running.lock().unwrap_or_else(PoisonError::into_inner);
-        let contents = std::fs::read(&self.0.path);
+        let mut last = self.0.last.lock().unwrap_or_else(PoisonError::into_inner);
+        self.load(&mut last, std::fs::read(&self.0.path))
+    }
+
+    /// Reloads if the file's contents differ from those last loaded (or
+    /// refused) and are the same as at the look before (a file being
+    /// rewritten in place is read only once it stays the same); `None`
+    /// when there is nothing to load yet.
+    ///
+    /// # Errors
+    /// As [`PolicyReloader::reload`].
+    pub fn reload_if_changed(&self) -> Option<Result<(), PolicyError>> {
+        // A file being replaced may be missing for a moment: not a change.
+        let now = std::fs::read(&self.0.path).ok()?;
+        let mut last = self.0.last.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut settling = self.0.settling.lock().unwrap_or_else(PoisonError::into_inner);
+        if last.as_ref() == Some(&now) {
+            *settling = None;
+            return None;
+        }
+        if settling.as_ref() != Some(&now) {
+            *settling = Some(now);
+            return None;
+        }
+        *settling = None;
+        drop(settling);
+        Some(self.load(&mut last, Ok(now)))
+    }
+
+    /// Loads `contents` and puts it in force; `last` (held: one reload at
+    /// a time) becomes them.
+    fn load(
+        &self,
+        last: &mut Option<Vec<u8>>,
+        contents: std::io::Result<Vec<u8>>,
+    ) -> Result<(), PolicyError> {
         if let Ok(c) = &contents {
-            *self.0.last.lock().unwrap_or_else(PoisonError::into_inner) = Some(c.clone());
+            *last = Some(c.clone());
         }
         let name = self.0.path.display().to_string();
         let loaded = contents
@@ -119,12 +157,17 @@ impl PolicyReloader {
                 let text = String::from_utf8(c).map_err(|_| PolicyError::new(&name, "not UTF-8 text"))?;
                 PolicySet::from_yaml_str(&text, &name)
             })
-            .and_then(|set| (self.0.build)(&set));
+            .and_then(|set| {
+                // The application's function may panic: that is a file
+                // that did not load, not the end of reloading.
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.0.build)(&set)))
+                    .unwrap_or_else(|_| Err(PolicyError::new(&name, "building the guard panicked")))
+            });
         match loaded {
             Ok(guard) => {
                 self.0.guard.replace(guard);
                 metrics::counter!(CONFIG_RELOADS, "result" => "success").increment(1);
-                tracing::info!(target: LOG_TARGET, file = %self.0.path.display(), "policy reloaded");
+                tracing::info!(target: LOG_TARGET, file = %name, "policy reloaded");
                 Ok(())
             }
             Err(e) => {
@@ -135,27 +178,12 @@ impl PolicyReloader {
         }
     }
 
-    /// Reloads if the file's contents differ from those last loaded (or
-    /// refused); `None` when they do not.
-    ///
-    /// # Errors
-    /// As [`PolicyReloader::reload`].
-    pub fn reload_if_changed(&self) -> Option<Result<(), PolicyError>> {
-        // A file being replaced may be missing for a moment: not a change.
-        let now = std::fs::read(&self.0.path).ok()?;
-        let changed = self
-            .0
-            .last
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .is_none_or(|last| *last != now);
-        changed.then(|| self.reload())
-    }
-
     /// Looks at the file every `interval` on a background thread and
-    /// reloads when its contents changed; the thread ends when the last
-    /// clone of this reloader is dropped.
+    /// reloads when its contents changed and stayed so for one more look
+    /// ([`PolicyReloader::reload_if_changed`]); the thread ends when the
+    /// last clone of this reloader is dropped. Write the file by renaming
+    /// a complete one over it, as Kubernetes does for a mounted ConfigMap,
+    /// and no reader ever sees it half written.
     ///
     /// # Errors
     /// When the thread cannot be started.
@@ -191,5 +219,110 @@ impl PolicyReloader {
             }
         });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adapter::Decision;
+    use crate::authn::OwnedRequest;
+    use crate::authz::AccessPolicy;
+    use crate::check::Check;
+    use crate::policy::Workload;
+
+    /// `GET /open` is allowed by the file `open` and by no other.
+    const OPEN: &str = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: open, namespace: default}
+spec:
+  rules: [{to: [{operation: {paths: [/open]}}]}]
+";
+    const CLOSED: &str = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: closed, namespace: default}
+spec:
+  rules: [{to: [{operation: {paths: [/nothing]}}]}]
+";
+
+    fn build(set: &PolicySet) -> Result<Guard, PolicyError> {
+        let policy = set.for_workload(&Workload::new("details", "default"));
+        let access = AccessPolicy::compile_with(&policy, &crate::authz::ExternalAuthorizers::new())?;
+        if policy
+            .authorization_policies()
+            .any(|(d, _)| d.metadata.name == "panics")
+        {
+            panic!("the application's builder fails");
+        }
+        Guard::builder()
+            .access_policy(access)
+            .build()
+            .map_err(|e| PolicyError::new(set.source(), e.to_string()))
+    }
+
+    fn open(guard: &Guard) -> bool {
+        matches!(
+            guard.check(&OwnedRequest::get("/open")),
+            Check::Ready(Decision::Allow(_))
+        )
+    }
+
+    struct Scratch(std::path::PathBuf);
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn scratch(tag: &str) -> (Scratch, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("palisade-reload-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("policy.yaml");
+        (Scratch(dir), file)
+    }
+
+    #[test]
+    fn a_change_is_loaded_once_it_reads_the_same_twice() {
+        let (_dir, file) = scratch("settle");
+        std::fs::write(&file, CLOSED).unwrap();
+        let guard = build(&PolicySet::from_file(&file).unwrap()).unwrap();
+        let reloader = PolicyReloader::new(&file, &guard, build);
+        assert!(reloader.reload_if_changed().is_none(), "nothing changed");
+        // Caught halfway through a rewrite: not loaded, though it is a valid
+        // (allow-everything) file.
+        std::fs::write(&file, "").unwrap();
+        assert!(reloader.reload_if_changed().is_none());
+        std::fs::write(&file, OPEN).unwrap();
+        assert!(reloader.reload_if_changed().is_none(), "seen once");
+        assert!(!open(&guard));
+        assert!(matches!(reloader.reload_if_changed(), Some(Ok(()))), "seen twice");
+        assert!(open(&guard));
+        assert!(
+            reloader.reload_if_changed().is_none(),
+            "loaded: no change any more"
+        );
+    }
+
+    #[test]
+    fn a_file_that_does_not_load_or_build_keeps_the_policy_in_force() {
+        let (_dir, file) = scratch("bad");
+        std::fs::write(&file, OPEN).unwrap();
+        let guard = build(&PolicySet::from_file(&file).unwrap()).unwrap();
+        let reloader = PolicyReloader::new(&file, &guard, build);
+        std::fs::write(&file, OPEN.replace("rules:", "action: ALOW\n  rules:")).unwrap();
+        let err = reloader.reload().unwrap_err().to_string();
+        assert!(
+            err.contains("AuthorizationPolicy default/open") && err.contains("spec.action"),
+            "{err}"
+        );
+        assert!(open(&guard));
+        std::fs::write(&file, CLOSED.replace("name: closed", "name: panics")).unwrap();
+        let err = reloader.reload().unwrap_err().to_string();
+        assert!(err.contains("panicked"), "{err}");
+        assert!(open(&guard));
+        std::fs::write(&file, CLOSED).unwrap();
+        reloader.reload().unwrap();
+        assert!(!open(&guard));
     }
 }

@@ -203,6 +203,27 @@ impl SignIn {
     }
 }
 
+/// The in-memory store of the client `client_id` at `issuer`, shared by
+/// every [`SignIn`] of the process for that client. A hot reload builds a
+/// new `SignIn`: the sessions ended before it, and the logout tokens and
+/// codes already used, must stay so. It lives while one of them does.
+fn shared_memory_store(issuer: &str, client_id: &str) -> Arc<dyn SessionStore> {
+    type Live = (String, String, std::sync::Weak<MemoryStore>);
+    static LIVE: Mutex<Vec<Live>> = Mutex::new(Vec::new());
+    let mut live = LIVE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    live.retain(|(.., weak)| weak.strong_count() > 0);
+    if let Some(store) = live
+        .iter()
+        .filter(|(i, c, _)| i == issuer && c == client_id)
+        .find_map(|(.., weak)| weak.upgrade())
+    {
+        return store;
+    }
+    let store = Arc::new(MemoryStore::new());
+    live.push((issuer.to_owned(), client_id.to_owned(), Arc::downgrade(&store)));
+    store
+}
+
 impl SignInBuilder {
     /// Builds the relying party: starts loading the issuer's discovery
     /// document and keys in the background (requests before they arrive
@@ -225,7 +246,7 @@ impl SignInBuilder {
             .build()
             .map_err(|e| SignInError::Config(format!("the issuer: {e}")))?;
         let issuer = Issuer::start(&config).map_err(SignInError::Config)?;
-        let store = store.unwrap_or_else(|| Arc::new(MemoryStore::new()));
+        let store = store.unwrap_or_else(|| shared_memory_store(&config.issuer, &config.client_id));
         Ok(SignIn(Arc::new(Inner {
             config,
             issuer,
@@ -1216,6 +1237,32 @@ impl Authenticator for SignIn {
 mod tests {
     use super::*;
     use palisade_core::authn::OwnedRequest;
+
+    #[tokio::test]
+    async fn a_rebuilt_relying_party_remembers_what_the_one_it_replaces_used() {
+        let first = shared_memory_store("https://idp.example", "shop");
+        let again = shared_memory_store("https://idp.example", "shop");
+        let other = shared_memory_store("https://idp.example", "another-client");
+        assert!(
+            first
+                .use_once("logout-jti", Duration::from_secs(60))
+                .await
+                .unwrap()
+        );
+        // A logout token (or code) used before a reload stays used after it.
+        assert!(
+            !again
+                .use_once("logout-jti", Duration::from_secs(60))
+                .await
+                .unwrap()
+        );
+        assert!(
+            other
+                .use_once("logout-jti", Duration::from_secs(60))
+                .await
+                .unwrap()
+        );
+    }
 
     #[test]
     fn return_targets_stay_on_this_origin() {
