@@ -1,6 +1,8 @@
 //! The command line, parsed by hand (as the example services do): each
 //! value checked here, so a mistake is one line naming the argument.
 
+use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use palisade_mtls::SpiffeId;
@@ -11,28 +13,60 @@ use crate::decide::Request;
 /// `palisade --help`.
 pub(crate) const USAGE: &str = "\
 usage: palisade check FILE
-       palisade explain FILE [--workload NS/NAME] --request \"METHOD PATH\"
+       palisade explain FILE [--workload NS/NAME [--label K=V]...] --request \"METHOD PATH\"
                         [--header K:V]... [--claims JSON] [--peer PRINCIPAL]
-       palisade test FILE CASES.yaml
+                        [--port N] [--source-ip IP] [--with FILE]...
+       palisade test FILE CASES.yaml [--with FILE]...
 
 check    compiles every document of the policy file FILE for every workload it
          names, as the services do when they start (offline: no issuer, key
          server or session store is contacted); one line per problem, exit 1.
 explain  decides one request as the workload's guard would and prints
-         {\"decision\": \"allow\"|\"deny\", \"status\": N, \"policy\": …, \"rule\": …} as JSON.
-         --claims: the claims of a verified token ({\"sub\": \"alice\", \"realm_access\":
-         {\"roles\": [\"admin\"]}}; `iss` may be left out when the workload trusts one
-         issuer); --peer: the mTLS peer, as cluster.local/ns/NS/sa/SA.
-         --workload may be left out when FILE names one workload.
+         {\"decision\": \"allow\"|\"deny\"|\"reply\", \"status\": N, \"policy\": …,
+         \"rule\": …, …, \"notes\": […]} as JSON. \"reply\" is sign-in's own
+         routes (callback, login, logout, back-channel logout), which the
+         service answers whatever the policy says.
+         --workload: the workload with the label app: NAME, and --label's.
+         It may be left out when FILE names one workload.
+         --claims: the claims of a token, taken as signed and current: the
+         workload's JWT authenticator checks them as it checks a bearer
+         token's (issuer, audience, subject) and maps them, but not the
+         signature, the header or the time claims (exp, nbf, iat, and so
+         the maximum lifetime, are not read). `iss` may be left out when the
+         workload trusts one issuer. Without a RequestAuthentication or
+         KeycloakAdapter for the workload the service reads no token: the
+         claims are ignored (a note says so).
+         --peer: the mTLS peer, as cluster.local/ns/NS/sa/SA.
+         --port: the port the request arrives on (ports, notPorts,
+         destination.port; destination.ip is then 0.0.0.0); --source-ip:
+         the caller's address (ipBlocks, source.ip; remoteIpBlocks without
+         a trusted X-Forwarded-For). Without them both are unknown, as to a
+         guard whose server cannot tell: ports and ipBlocks match nothing,
+         notPorts and notIpBlocks everything, and a note says when a rule
+         read one.
+         --with: more policy documents, read after FILE's (the issuer setup
+         of a fragment: a RequestAuthentication).
 test     runs the decision cases of CASES.yaml; prints each failed case, the
          rules no case reached and `N passed, N failed`; exit 1 on a failure.
-         CASES.yaml: `cases:` a list of {name, workload: NS/NAME, request:
-         \"METHOD PATH\", headers: {K: V}, claims: {…}, peer: PRINCIPAL,
-         expect: allow|deny, status: N, dry_run: allow|deny} (request and expect
-         required; status and dry_run, when given, must match too).
+         Notes go to stderr, one line each. CASES.yaml:
+           with: [DOCUMENT, …]    # optional: policy documents added to FILE's
+           cases:                 # a list of
+           - name: …
+             workload: NS/NAME    # labels: {K: V} for a labelled variant
+             request: \"METHOD PATH\"
+             headers: {K: V}
+             claims: {…}
+             peer: PRINCIPAL
+             port: N
+             source_ip: IP
+             expect: allow|deny|reply
+             status: N            # optional: the exact status
+             dry_run: allow|deny  # optional: what dry-run policies would decide
+         (request and expect required; the rest as for explain).
 
-Exit status: 0 success, 1 problems or failed cases, 2 a usage error or a
-file that cannot be used.
+Exit status: 0 success; 1 problems (check), failed cases or a bad case file
+(test), or a policy file that does not load (all three: one line naming the
+file, the document and the field); 2 a usage error (bad arguments).
 ";
 
 /// A workload named on the command line or in a case: `NS/NAME`.
@@ -46,8 +80,21 @@ pub(crate) struct WorkloadName {
 #[derive(Debug)]
 pub(crate) struct Explain {
     pub(crate) file: PathBuf,
+    /// More policy files.
+    pub(crate) with: Vec<PathBuf>,
     pub(crate) workload: Option<WorkloadName>,
+    /// The workload's labels besides `app`.
+    pub(crate) labels: BTreeMap<String, String>,
     pub(crate) request: Request,
+}
+
+/// `palisade test`'s arguments.
+#[derive(Debug)]
+pub(crate) struct Test {
+    pub(crate) file: PathBuf,
+    pub(crate) cases: PathBuf,
+    /// More policy files.
+    pub(crate) with: Vec<PathBuf>,
 }
 
 /// A parsed command line.
@@ -56,8 +103,8 @@ pub(crate) enum Command {
     Help,
     Version,
     Check { file: PathBuf },
-    Explain(Explain),
-    Test { file: PathBuf, cases: PathBuf },
+    Explain(Box<Explain>),
+    Test(Test),
 }
 
 /// Parses the arguments (without the program name).
@@ -77,14 +124,8 @@ pub(crate) fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, 
             [file] => Ok(Command::Check { file: file.into() }),
             _ => Err("check takes FILE (see --help)".into()),
         },
-        "test" => match no_flags(&sub, &rest)? {
-            [file, cases] => Ok(Command::Test {
-                file: file.into(),
-                cases: cases.into(),
-            }),
-            _ => Err("test takes FILE CASES.yaml (see --help)".into()),
-        },
-        "explain" => explain(rest).map(Command::Explain),
+        "test" => test(rest).map(Command::Test),
+        "explain" => explain(rest).map(|e| Command::Explain(Box::new(e))),
         other => Err(format!(
             "unknown subcommand `{other}`: check, explain or test (see --help)"
         )),
@@ -99,22 +140,50 @@ fn no_flags<'a>(sub: &str, args: &'a [String]) -> Result<&'a [String], String> {
     }
 }
 
+fn test(args: Vec<String>) -> Result<Test, String> {
+    let mut files = Vec::new();
+    let mut with = Vec::new();
+    let mut it = args.into_iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--with" => with.push(PathBuf::from(
+                it.next().ok_or_else(|| format!("{arg} needs a value"))?,
+            )),
+            flag if flag.starts_with("--") => {
+                return Err(format!("test: unknown argument `{flag}` (see --help)"));
+            }
+            path => files.push(PathBuf::from(path)),
+        }
+    }
+    let [file, cases] =
+        <[PathBuf; 2]>::try_from(files).map_err(|_| "test takes FILE CASES.yaml (see --help)".to_owned())?;
+    Ok(Test { file, cases, with })
+}
+
 fn explain(args: Vec<String>) -> Result<Explain, String> {
     let mut file = None;
+    let mut with = Vec::new();
     let mut workload = None;
+    let mut labels = BTreeMap::new();
     let mut request = None;
-    let mut headers = Vec::new();
-    let mut claims = None;
-    let mut peer = None;
+    let mut req = Request::default();
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{arg} needs a value"));
+        let named = |e: String| format!("{arg} {e}");
         match arg.as_str() {
-            "--workload" => workload = Some(workload_name(&value()?).map_err(|e| format!("--workload {e}"))?),
-            "--request" => request = Some(request_line(&value()?).map_err(|e| format!("--request {e}"))?),
-            "--header" => headers.push(header(&value()?).map_err(|e| format!("--header {e}"))?),
-            "--claims" => claims = Some(claims_json(&value()?).map_err(|e| format!("--claims {e}"))?),
-            "--peer" => peer = Some(peer_principal(&value()?).map_err(|e| format!("--peer {e}"))?),
+            "--workload" => workload = Some(workload_name(&value()?).map_err(named)?),
+            "--label" => {
+                let (k, v) = label(&value()?).map_err(named)?;
+                labels.insert(k, v);
+            }
+            "--request" => request = Some(request_line(&value()?).map_err(named)?),
+            "--header" => req.headers.push(header(&value()?).map_err(named)?),
+            "--claims" => req.claims = Some(claims_json(&value()?).map_err(named)?),
+            "--peer" => req.peer = Some(peer_principal(&value()?).map_err(named)?),
+            "--port" => req.port = Some(port(&value()?).map_err(named)?),
+            "--source-ip" => req.source_ip = Some(ip(&value()?).map_err(named)?),
+            "--with" => with.push(PathBuf::from(value()?)),
             flag if flag.starts_with("--") => {
                 return Err(format!("explain: unknown argument `{flag}` (see --help)"));
             }
@@ -123,18 +192,51 @@ fn explain(args: Vec<String>) -> Result<Explain, String> {
         }
     }
     let file = file.ok_or("explain needs the policy FILE (see --help)")?;
-    let (method, target) = request.ok_or("explain needs --request \"METHOD PATH\" (see --help)")?;
+    (req.method, req.target) = request.ok_or("explain needs --request \"METHOD PATH\" (see --help)")?;
+    if workload.is_none() && !labels.is_empty() {
+        return Err("explain: --label needs --workload NS/NAME (see --help)".into());
+    }
     Ok(Explain {
         file,
+        with,
         workload,
-        request: Request {
-            method,
-            target,
-            headers,
-            claims,
-            peer,
-        },
+        labels,
+        request: req,
     })
+}
+
+/// `KEY=VALUE`, a workload label other than `app` (the workload's NAME).
+pub(crate) fn label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some(("app", _)) => Err(format!(
+            "`{text}`: `app` is the workload's NAME (--workload NS/NAME, a case's `workload`)"
+        )),
+        Some((k, v)) if is_label_key(k) => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("`{text}`: write KEY=VALUE, as version=v2")),
+    }
+}
+
+/// A Kubernetes label key: letters, digits, `-`, `_`, `.` and one `/`.
+fn is_label_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.matches('/').count() <= 1
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
+}
+
+/// A TCP port, 1 to 65535.
+pub(crate) fn port(text: &str) -> Result<u16, String> {
+    match text.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(format!("`{text}`: write a port number, 1 to 65535")),
+    }
+}
+
+/// An IPv4 or IPv6 address.
+pub(crate) fn ip(text: &str) -> Result<IpAddr, String> {
+    text.parse()
+        .map_err(|_| format!("`{text}`: write an IP address, as 203.0.113.9 or 2001:db8::1"))
 }
 
 /// `NS/NAME`.
@@ -229,10 +331,22 @@ mod tests {
             r#"{"sub": "alice"}"#,
             "--workload",
             "default/details",
+            "--label",
+            "version=v2",
+            "--port",
+            "9080",
+            "--source-ip",
+            "2001:db8::1",
+            "--with",
+            "realm.yaml",
         ]) else {
             panic!()
         };
         assert_eq!(e.file, PathBuf::from("mesh.yaml"));
+        assert_eq!(e.with, [PathBuf::from("realm.yaml")]);
+        assert_eq!(e.labels["version"], "v2");
+        assert_eq!(e.request.port, Some(9080));
+        assert_eq!(e.request.source_ip, Some("2001:db8::1".parse().unwrap()));
         assert_eq!(
             e.workload,
             Some(WorkloadName {
@@ -254,7 +368,7 @@ mod tests {
 
     #[test]
     fn mistakes_name_the_argument() {
-        let cases: [(&[&str], &str); 9] = [
+        let cases: [(&[&str], &str); 15] = [
             (&[], "a subcommand is needed"),
             (&["lint", "f"], "unknown subcommand `lint`"),
             (&["check"], "check takes FILE"),
@@ -273,6 +387,36 @@ mod tests {
                 &["explain", "f", "--request", "GET /", "--peer", "Cluster.local/x"],
                 "--peer `Cluster.local/x`",
             ),
+            (
+                &["explain", "f", "--request", "GET /", "--port", "0"],
+                "--port `0`: write a port number",
+            ),
+            (
+                &["explain", "f", "--request", "GET /", "--source-ip", "10.0.0"],
+                "--source-ip `10.0.0`: write an IP address",
+            ),
+            (
+                &[
+                    "explain",
+                    "f",
+                    "--request",
+                    "GET /",
+                    "--workload",
+                    "a/b",
+                    "--label",
+                    "app=c",
+                ],
+                "--label `app=c`: `app` is the workload's NAME",
+            ),
+            (
+                &["explain", "f", "--request", "GET /", "--label", "version=v2"],
+                "--label needs --workload",
+            ),
+            (&["test", "a", "b", "--with"], "--with needs a value"),
+            (
+                &["test", "a", "b", "--frob", "x"],
+                "test: unknown argument `--frob`",
+            ),
         ];
         for (line, want) in cases {
             let err = args(line).unwrap_err();
@@ -288,6 +432,29 @@ mod tests {
             args(&["explain", "f", "--header"])
                 .unwrap_err()
                 .contains("--header needs a value")
+        );
+    }
+
+    #[test]
+    fn test_takes_more_policy_files() {
+        let Ok(Command::Test(t)) = args(&[
+            "test",
+            "--with",
+            "realm.yaml",
+            "p.yaml",
+            "c.yaml",
+            "--with",
+            "x.yaml",
+        ]) else {
+            panic!()
+        };
+        assert_eq!(
+            (t.file, t.cases, t.with),
+            (
+                PathBuf::from("p.yaml"),
+                PathBuf::from("c.yaml"),
+                vec![PathBuf::from("realm.yaml"), PathBuf::from("x.yaml")]
+            )
         );
     }
 

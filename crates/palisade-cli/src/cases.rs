@@ -2,14 +2,22 @@
 //! the rules no case reached.
 //!
 //! ```yaml
+//! with:                                # optional: documents added to the policy file's
+//! - apiVersion: security.istio.io/v1
+//!   kind: RequestAuthentication
+//!   metadata: {name: realm}
+//!   spec: {jwtRules: [{issuer: https://kc.example/realms/shop, audiences: [details]}]}
 //! cases:
 //! - name: alice reads
 //!   workload: default/details          # optional when the file names one workload
+//!   labels: {version: v2}              # optional: labels besides `app: details`
 //!   request: GET /details/1
 //!   headers: {x-forwarded-for: 203.0.113.9}
-//!   claims: {sub: alice, realm_access: {roles: [reader]}}   # a verified token's
-//!   peer: cluster.local/ns/default/sa/productpage           # the mTLS peer
-//!   expect: allow                      # allow | deny
+//!   claims: {sub: alice, aud: details, realm_access: {roles: [reader]}}  # a token's, signed and current
+//!   peer: cluster.local/ns/default/sa/productpage                        # the mTLS peer
+//!   port: 9080                         # the port the request arrives on
+//!   source_ip: 198.51.100.7            # the caller's address
+//!   expect: allow                      # allow | deny | reply (sign-in's own routes)
 //!   status: 200                        # optional: the exact status
 //!   dry_run: allow                     # optional: what dry-run policies would decide
 //! ```
@@ -22,14 +30,18 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::Report;
-use crate::args;
-use crate::decide::{self, Bench, Outcome, Request};
+use crate::args::{self, Test};
+use crate::decide::{self, Bench, Outcome, Request, Verdict, unusable};
+use crate::load::Policy;
 use crate::workloads::{self, label};
 
 /// The case file.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CaseFile {
+    /// Policy documents added to the policy file's.
+    #[serde(default)]
+    with: Vec<Value>,
     cases: Vec<Value>,
 }
 
@@ -41,6 +53,8 @@ struct CaseSpec {
     name: Option<String>,
     #[serde(default)]
     workload: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
     request: String,
     #[serde(default)]
     headers: BTreeMap<String, String>,
@@ -48,6 +62,10 @@ struct CaseSpec {
     claims: Option<Map<String, Value>>,
     #[serde(default)]
     peer: Option<String>,
+    #[serde(default)]
+    port: Option<u32>,
+    #[serde(default)]
+    source_ip: Option<String>,
     expect: Expect,
     #[serde(default)]
     status: Option<u16>,
@@ -61,6 +79,7 @@ struct CaseSpec {
 enum Expect {
     Allow,
     Deny,
+    Reply,
 }
 
 /// A case ready to run.
@@ -73,13 +92,20 @@ struct Case {
     status: Option<u16>,
     /// What dry-run policies would decide.
     dry_run: Option<Expect>,
+    /// What reading the case found worth saying.
+    notes: Vec<String>,
 }
 
 impl Expect {
     fn as_str(self) -> &'static str {
+        self.verdict().as_str()
+    }
+
+    fn verdict(self) -> Verdict {
         match self {
-            Expect::Allow => "allow",
-            Expect::Deny => "deny",
+            Expect::Allow => Verdict::Allow,
+            Expect::Deny => Verdict::Deny,
+            Expect::Reply => Verdict::Reply,
         }
     }
 }
@@ -93,7 +119,7 @@ impl Case {
                 Expect::Deny
             }
         });
-        o.allowed == (self.expect == Expect::Allow)
+        o.verdict == self.expect.verdict()
             && self.status.is_none_or(|s| s == o.status)
             && self.dry_run.is_none_or(|d| Some(d) == shadow)
     }
@@ -110,44 +136,49 @@ impl Case {
     }
 }
 
-/// `palisade test FILE CASES`.
-pub(crate) fn run(file: &Path, cases: &Path) -> Report {
-    match try_run(file, cases) {
+/// `palisade test FILE CASES [--with FILE]…`.
+pub(crate) fn run(args: &Test) -> Report {
+    match try_run(args) {
         Ok(report) | Err(report) => report,
     }
 }
 
 /// A bad case file: one line, status 1.
 fn bad(line: String) -> Report {
-    Report {
-        err: vec![format!("error: {line}")],
-        status: 1,
-        ..Report::default()
-    }
+    Report::failure(line)
 }
 
-fn try_run(file: &Path, cases_file: &Path) -> Result<Report, Report> {
-    let set = decide::load(file)?;
-    let named = workloads::named(&set);
-    let mut notes = Vec::new();
-    let cases = read(cases_file, file, &named, &mut notes).map_err(bad)?;
+fn try_run(args: &Test) -> Result<Report, Report> {
+    let cases_file = &args.cases;
+    let mut policy = Policy::load(&args.file, &args.with).map_err(|e| unusable(&e, None))?;
+    let file = read(cases_file).map_err(bad)?;
+    policy
+        .add_values(&file.with, &format!("{} `with`", cases_file.display()))
+        .map_err(|e| unusable(&e, None))?;
+    let named = workloads::named(&policy.set);
+    let cases = cases(file.cases, cases_file, &args.file, &named).map_err(bad)?;
     // Every workload of the file, so that their rules count too, and those
     // the cases name.
     let mut benches: Vec<Bench> = Vec::new();
     for workload in named.iter().chain(cases.iter().map(|c| &c.workload)) {
         if !benches.iter().any(|b| b.workload == *workload) {
-            benches.push(Bench::compile(&set, workload.clone()).map_err(|e| Report::usage(e.to_string()))?);
+            let bench = Bench::compile(&policy.set, workload.clone())
+                .map_err(|e| unusable(&policy.locate(e), Some(workload)))?;
+            benches.push(bench);
         }
     }
     let rt = decide::runtime()?;
     let mut out = Vec::new();
+    // Each note once, with the cases it was found for.
+    let mut notes: Vec<(String, Vec<&str>)> = Vec::new();
     let (mut passed, mut failed) = (0, 0);
     for (i, case) in cases.iter().enumerate() {
         let bench = benches
             .iter()
             .find(|b| b.workload == case.workload)
-            .ok_or_else(|| Report::usage(format!("no guard for {}", label(&case.workload))))?;
-        let outcome = bench.decide(&case.request, &rt, &mut notes).map_err(|e| {
+            .ok_or_else(|| Report::failure(format!("no guard for {}", label(&case.workload))))?;
+        let mut found = case.notes.clone();
+        let outcome = bench.decide(&case.request, &rt, &mut found).map_err(|e| {
             bad(format!(
                 "{}: case {} ({}): field `claims`: {e}",
                 cases_file.display(),
@@ -155,6 +186,12 @@ fn try_run(file: &Path, cases_file: &Path) -> Result<Report, Report> {
                 case.name
             ))
         })?;
+        for note in found {
+            match notes.iter_mut().find(|(n, _)| *n == note) {
+                Some((_, names)) => names.push(&case.name),
+                None => notes.push((note, vec![&case.name])),
+            }
+        }
         if case.passes(&outcome) {
             passed += 1;
         } else {
@@ -176,12 +213,13 @@ fn try_run(file: &Path, cases_file: &Path) -> Result<Report, Report> {
             .map(|r| format!("not reached: {r}")),
     );
     out.push(format!("{passed} passed, {failed} failed"));
-    let mut err: Vec<String> = Vec::new();
-    for note in notes.into_iter().map(|n| format!("note: {n}")) {
-        if !err.contains(&note) {
-            err.push(note);
-        }
-    }
+    let err = notes
+        .into_iter()
+        .map(|(note, names)| {
+            let which = if names.len() == 1 { "case" } else { "cases" };
+            format!("note: {note} ({which}: {})", names.join("; "))
+        })
+        .collect();
     Ok(Report {
         out,
         err,
@@ -216,14 +254,8 @@ fn not_reached(benches: &[Bench]) -> Vec<String> {
         .collect()
 }
 
-/// Reads and checks the case file; a problem is one line naming the file
-/// and the case.
-fn read(
-    path: &Path,
-    policy_file: &Path,
-    named: &[Workload],
-    notes: &mut Vec<String>,
-) -> Result<Vec<Case>, String> {
+/// Reads the case file; a problem is one line naming the file.
+fn read(path: &Path) -> Result<CaseFile, String> {
     let name = path.display();
     let text = std::fs::read_to_string(path).map_err(|e| format!("{name}: cannot read: {e}"))?;
     let options = serde_saphyr::options! { with_snippet: false };
@@ -236,8 +268,20 @@ fn read(
     if file.cases.is_empty() {
         return Err(format!("{name}: `cases` is empty"));
     }
-    let mut cases = Vec::with_capacity(file.cases.len());
-    for (i, value) in file.cases.into_iter().enumerate() {
+    Ok(file)
+}
+
+/// Checks the cases of the case file at `path`; a problem is one line
+/// naming the file and the case.
+fn cases(
+    values: Vec<Value>,
+    path: &Path,
+    policy_file: &Path,
+    named: &[Workload],
+) -> Result<Vec<Case>, String> {
+    let name = path.display();
+    let mut cases = Vec::with_capacity(values.len());
+    for (i, value) in values.into_iter().enumerate() {
         let n = i + 1;
         let title = value
             .get("name")
@@ -264,14 +308,36 @@ fn read(
             .map(args::peer_principal)
             .transpose()
             .map_err(|e| at("peer", e))?;
+        let port = spec
+            .port
+            .map(|p| args::port(&p.to_string()))
+            .transpose()
+            .map_err(|e| at("port", e))?;
+        let source_ip = spec
+            .source_ip
+            .as_deref()
+            .map(args::ip)
+            .transpose()
+            .map_err(|e| at("source_ip", e))?;
+        for (k, v) in &spec.labels {
+            args::label(&format!("{k}={v}")).map_err(|e| at(&format!("labels.{k}"), e))?;
+        }
+        let mut notes = Vec::new();
         let workload = match spec.workload.as_deref() {
             Some(w) => workloads::resolve(
                 named,
                 &args::workload_name(w).map_err(|e| at("workload", e))?,
-                notes,
+                &spec.labels,
+                &mut notes,
             ),
+            None if !spec.labels.is_empty() => {
+                return Err(at("labels", "needs `workload`".into()));
+            }
             None => match named {
-                [only] => only.clone(),
+                [only] => {
+                    workloads::note_labels(only, &mut notes);
+                    only.clone()
+                }
                 _ => {
                     return Err(format!(
                         "{name}: {title}: no `workload`, and {} names {} workloads ({}): say which",
@@ -291,10 +357,13 @@ fn read(
                 headers,
                 claims: spec.claims,
                 peer,
+                port,
+                source_ip,
             },
             expect: spec.expect,
             status: spec.status,
             dry_run: spec.dry_run,
+            notes,
         });
     }
     Ok(cases)
@@ -316,7 +385,11 @@ mod tests {
         }
 
         fn run(&self) -> Report {
-            run(&self.0.join("p.yaml"), &self.0.join("c.yaml"))
+            run(&Test {
+                file: self.0.join("p.yaml"),
+                cases: self.0.join("c.yaml"),
+                with: Vec::new(),
+            })
         }
     }
 
@@ -409,6 +482,22 @@ spec:
                 "cases:\n- {request: GET /, expect: deny, peer: nobody}\n",
                 "case 1: field `peer`",
             ),
+            (
+                "cases:\n- {request: GET /, expect: deny, port: 70000}\n",
+                "case 1: field `port`: `70000`: write a port number",
+            ),
+            (
+                "cases:\n- {request: GET /, expect: deny, source_ip: localhost}\n",
+                "case 1: field `source_ip`: `localhost`",
+            ),
+            (
+                "cases:\n- {request: GET /, expect: deny, labels: {version: v2}}\n",
+                "case 1: field `labels`: needs `workload`",
+            ),
+            (
+                "cases:\n- {request: GET /, expect: deny, workload: default/d, labels: {app: x}}\n",
+                "case 1: field `labels.app`",
+            ),
             ("cases: []\n", "`cases` is empty"),
             ("casez: []\n", "unknown field `casez`"),
         ];
@@ -445,6 +534,117 @@ spec: {selector: {matchLabels: {app: reviews}}}
                 && report.err[0].contains("names 2 workloads (default/details, default/reviews)"),
             "{:?}",
             report.err
+        );
+    }
+
+    const FRAGMENT: &str = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: users}
+spec:
+  selector: {matchLabels: {app: details}}
+  rules: [{from: [{source: {requestPrincipals: [\"*\"]}}]}]
+";
+
+    const USERS: &str = "cases:
+- {name: a user, request: GET /list, claims: {sub: alice, aud: details}, expect: allow}
+- {name: another audience, request: GET /list, claims: {sub: alice, aud: reviews}, expect: deny, status: 401}
+- {name: nobody, request: GET /list, expect: deny, status: 401}
+";
+
+    #[test]
+    fn a_case_file_adds_the_issuer_setup_a_fragment_leaves_out() {
+        // Without an issuer the service reads no token: the claims are ignored.
+        let files = Files::new("fragment", FRAGMENT, USERS);
+        let report = files.run();
+        assert_eq!(report.status, 1, "{report:?}");
+        assert_eq!(
+            report.out,
+            [
+                "FAILED a user (default/details): expected allow, got deny 401 (denied: no ALLOW rule matched)",
+                "not reached: default/users rule 0",
+                "2 passed, 1 failed"
+            ]
+        );
+        assert_eq!(report.err.len(), 1, "{report:?}");
+        assert!(
+            report.err[0]
+                .starts_with("note: default/details: the claims are ignored: no RequestAuthentication")
+                && report.err[0].ends_with("(cases: a user; another audience)"),
+            "{report:?}"
+        );
+        let with = format!(
+            "with:
+- apiVersion: security.istio.io/v1
+  kind: RequestAuthentication
+  metadata: {{name: realm}}
+  spec: {{jwtRules: [{{issuer: https://kc.example/realms/shop, audiences: [details]}}]}}
+{USERS}"
+        );
+        let files = Files::new("with", FRAGMENT, &with);
+        let report = files.run();
+        assert_eq!((report.status, report.err.len()), (0, 0), "{report:?}");
+        assert_eq!(report.out, ["3 passed, 0 failed"]);
+
+        let files = Files::new("badwith", FRAGMENT, &with.replace("jwtRules:", "jwtRulez:"));
+        let report = files.run();
+        assert_eq!(
+            (report.status, report.out.len(), report.err.len()),
+            (1, 0, 1),
+            "{report:?}"
+        );
+        assert!(
+            report.err[0]
+                .contains("c.yaml `with`: document 1 (RequestAuthentication default/realm): field `spec"),
+            "{report:?}"
+        );
+    }
+
+    #[test]
+    fn ports_addresses_labels_and_sign_in_replies_are_cases_fields() {
+        let policy = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: v2-on-9080}
+spec:
+  selector: {matchLabels: {app: details, version: v2}}
+  action: DENY
+  rules: [{to: [{operation: {notPorts: [\"9080\"]}}]}, {from: [{source: {ipBlocks: [203.0.113.0/24]}}]}]
+---
+apiVersion: palisade.dev/v1alpha1
+kind: OidcLogin
+metadata: {name: login}
+spec:
+  selector: {matchLabels: {app: details}}
+  issuer: https://kc.example/realms/shop
+  clientId: details
+";
+        let files = Files::new(
+            "fields",
+            policy,
+            "cases:
+- {name: v1 on any port, workload: default/details, request: GET /, expect: allow}
+- {name: v2 on 9080, workload: default/details, labels: {version: v2}, port: 9080, source_ip: 198.51.100.1, request: GET /, expect: allow}
+- {name: v2 elsewhere, workload: default/details, labels: {version: v2}, port: 8080, request: GET /, expect: deny, status: 403}
+- {name: v2 from a blocked range, workload: default/details, labels: {version: v2}, port: 9080, source_ip: 203.0.113.7, request: GET /, expect: deny}
+- {name: logout, workload: default/details, request: GET /logout, expect: reply, status: 302}
+- {name: not a reply, workload: default/details, request: GET /logout, expect: deny}
+",
+        );
+        let report = files.run();
+        assert_eq!(report.status, 1, "{report:?}");
+        assert_eq!(
+            report.out,
+            [
+                "FAILED not a reply (default/details): expected deny, got reply 302 (sign-in's logout route (logoutPath), answered whatever the policy says: the session ends, 302 to the issuer's end-session endpoint or to postLogoutRedirectUri (405 but to GET and POST))",
+                "5 passed, 1 failed"
+            ]
+        );
+        // default/details is not the v2 variant: said so, for the cases that name it alone.
+        assert_eq!(report.err.len(), 1, "{report:?}");
+        assert!(
+            report.err[0].starts_with(
+                "note: deciding for default/details; the file also names default/details[version=v2]"
+            ) && report.err[0].ends_with("(cases: v1 on any port; logout; not a reply)"),
+            "{report:?}"
         );
     }
 }

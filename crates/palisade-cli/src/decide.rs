@@ -2,28 +2,37 @@
 //! policy and JWT authenticator compiled from the file as the services
 //! compile them (the JWT authenticator offline), the caller described on
 //! the command line given to [`Guard::check`] as an authenticator's
-//! verified identity and as the connection's mTLS peer. No second
-//! evaluator: the guard's own code decides, renders 401 or 403, and names
-//! the deciding policy and rule.
+//! verified identity and as the connection's mTLS peer and addresses. No
+//! second evaluator: the guard's own code decides, renders 401 or 403, and
+//! names the deciding policy and rule.
+//!
+//! Two parts of a service cannot run offline and have stand-ins: a `CUSTOM`
+//! policy's external authorizer (it denies, as one that cannot be reached
+//! does) and browser sign-in, whose discovery and sessions need the issuer:
+//! its own routes answer as the service answers them for a browser with no
+//! sign-in under way ([`SignInRoutes`]).
 
-use std::path::Path;
+use std::cell::Cell;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use palisade_core::adapter::Decision;
+use palisade_core::adapter::{Decision, Reply};
 use palisade_core::authn::{
     AuthOutcome, Authenticated, Authenticator, ConnectionInfo, OwnedRequest, RequestHead,
 };
 use palisade_core::authz::{
     AccessDecision, AccessPolicy, Action, CheckRequest, ExternalAuthorizers, ExternalDecision,
 };
-use palisade_core::policy::{PolicyError, PolicySet, Spec, Workload};
-use palisade_core::{Check, Guard, Identity, Rejection, TokenClaims, Verification};
-use palisade_jwt::JwtAuthenticator;
+use palisade_core::policy::{PolicyError, PolicySet, Spec, Workload, WorkloadPolicy};
+use palisade_core::{AuthMethod, Check, ErrorKind, Guard, Identity, Rejection, Verification};
+use palisade_jwt::{JwtAuthenticator, JwtError};
 use palisade_mtls::SpiffeId;
+use palisade_signin::SignIn;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::Report;
 use crate::args::Explain;
+use crate::load::Policy;
 use crate::workloads::{self, label};
 
 /// A request to decide, and who sends it.
@@ -38,12 +47,37 @@ pub(crate) struct Request {
     pub(crate) claims: Option<Map<String, Value>>,
     /// The mTLS peer.
     pub(crate) peer: Option<SpiffeId>,
+    /// The port the request arrives on (`destination.port`).
+    pub(crate) port: Option<u16>,
+    /// The caller's address (`source.ip`).
+    pub(crate) source_ip: Option<IpAddr>,
+}
+
+/// How the service answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// The handler is called.
+    Allow,
+    /// Refused: 401, 403 (or 400 for a malformed request).
+    Deny,
+    /// Answered by sign-in's own route, whatever the policy says.
+    Reply,
+}
+
+impl Verdict {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Allow => "allow",
+            Verdict::Deny => "deny",
+            Verdict::Reply => "reply",
+        }
+    }
 }
 
 /// What the guard answered.
 #[derive(Clone, Debug)]
 pub(crate) struct Outcome {
-    pub(crate) allowed: bool,
+    pub(crate) verdict: Verdict,
     /// The HTTP status of the answer (the handler's 200 for an allowed
     /// request); for a gRPC call, the status its gRPC status stands for.
     pub(crate) status: u16,
@@ -53,16 +87,18 @@ pub(crate) struct Outcome {
     pub(crate) access: Option<AccessDecision>,
     /// Why, in a few words.
     pub(crate) reason: String,
+    /// Refused for want of a credential.
+    missing_credential: bool,
 }
 
 impl Outcome {
-    /// `allow` or `deny`.
+    /// `allow`, `deny` or `reply`.
     pub(crate) fn decision(&self) -> &'static str {
-        if self.allowed { "allow" } else { "deny" }
+        self.verdict.as_str()
     }
 
     /// What `explain` prints.
-    pub(crate) fn explained(&self, workload: &Workload) -> Explained<'_> {
+    pub(crate) fn explained<'a>(&'a self, workload: &Workload, notes: &'a [String]) -> Explained<'a> {
         let access = self.access.as_ref();
         Explained {
             decision: self.decision(),
@@ -78,6 +114,7 @@ impl Outcome {
                 policy: shadow.policy(),
                 rule: shadow.rule(),
             }),
+            notes,
         }
     }
 }
@@ -96,6 +133,9 @@ pub(crate) struct Explained<'a> {
     grpc_status: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
     dry_run: Option<Shadow<'a>>,
+    /// What the answer takes for granted, or what the service does that
+    /// cannot be done offline.
+    notes: &'a [String],
 }
 
 /// What dry-run policies would decide.
@@ -113,20 +153,30 @@ pub(crate) struct Bench {
     pub(crate) workload: Workload,
     pub(crate) access: AccessPolicy,
     jwt: Option<JwtAuthenticator>,
+    sign_in: Option<SignInRoutes>,
+    /// A document for the workload reads `destination.ip`.
+    reads_destination_ip: bool,
 }
 
 impl Bench {
-    /// Compiles the workload's access policy and JWT authenticator, as
-    /// the services do (`guard_builder_from_policy`), the authenticator
-    /// offline. `CUSTOM` policies get a stand-in authorizer that denies.
+    /// Compiles the workload's access policy, JWT authenticator and
+    /// browser sign-in, as the services do (`guard_builder_from_policy`),
+    /// offline: the authenticator fetches no keys, sign-in is checked and
+    /// stood in for ([`SignInRoutes`]). `CUSTOM` policies get a stand-in
+    /// authorizer that denies.
     pub(crate) fn compile(set: &PolicySet, workload: Workload) -> Result<Self, PolicyError> {
         let policy = set.for_workload(&workload);
         let access = AccessPolicy::compile_with(&policy, &stand_in_authorizers(set))?;
         let jwt = JwtAuthenticator::from_policy_offline(&policy)?;
+        SignIn::check_policy(&policy)?;
+        let sign_in = SignInRoutes::from_policy(&policy);
+        let reads_destination_ip = reads_destination_ip(&policy);
         Ok(Self {
             workload,
             access,
             jwt,
+            sign_in,
+            reads_destination_ip,
         })
     }
 
@@ -143,37 +193,71 @@ impl Bench {
         if let Some(jwt) = &self.jwt {
             guard = guard.authenticator(jwt.clone());
         }
-        if let Some(claims) = &req.claims {
-            guard = guard.authenticator(Presented(self.caller(claims.clone(), notes)?));
+        if let Some(claims) = &req.claims
+            && let Some(caller) = self.caller(claims.clone(), notes)?
+        {
+            guard = guard.authenticator(Presented(caller));
+        }
+        if let Some(sign_in) = &self.sign_in {
+            guard = guard.authenticator(sign_in.clone());
         }
         let guard = guard.build().map_err(|e| e.to_string())?;
-        let head = self.head(req);
+        let head = Observed::new(self.head(req));
         let decision = match guard.check(&head) {
             Check::Ready(d) => d,
             Check::Pending(fut) => rt.block_on(fut),
         };
-        let outcome = outcome(decision);
+        let mut outcome = outcome(decision);
+        let w = label(&self.workload);
+        if outcome.verdict == Verdict::Reply
+            && let Some(route) = self.sign_in.as_ref().and_then(|s| s.route(head.path()))
+        {
+            outcome.reason = route.reason().to_owned();
+        }
         if outcome.access.as_ref().and_then(AccessDecision::action) == Some(Action::Custom) {
             notes.push(format!(
-                "{}: a CUSTOM policy's external authorizer is not asked offline; it is taken to deny",
-                label(&self.workload)
+                "{w}: a CUSTOM policy's external authorizer is not asked offline; it is taken to deny"
+            ));
+        }
+        if head.read_local.get() {
+            match req.port {
+                None => notes.push(format!(
+                    "{w}: a rule read the port the request arrived on (ports, notPorts, destination.port or destination.ip), and none was given: it is unknown, as to a guard whose server cannot tell it, so `ports` match nothing and `notPorts` everything; a service knows its port: give it with --port N (`port:` in a case)"
+                )),
+                Some(_) if self.reads_destination_ip => notes.push(format!(
+                    "{w}: destination.ip is read, and it is taken as 0.0.0.0 offline"
+                )),
+                Some(_) => {}
+            }
+        }
+        if head.read_remote.get() && req.source_ip.is_none() {
+            notes.push(format!(
+                "{w}: a rule read the caller's address (ipBlocks, notIpBlocks, source.ip, or remoteIpBlocks without a trusted X-Forwarded-For), and none was given: it is unknown, as to a guard whose server cannot tell it, so `ipBlocks` match nothing and `notIpBlocks` everything; give it with --source-ip IP (`source_ip:` in a case)"
+            ));
+        }
+        if outcome.missing_credential && self.sign_in.is_some() && is_navigation(&head) {
+            notes.push(format!(
+                "{w}: sign-in is on: the service sends a browser's navigation to sign in (302 to the issuer) rather than answering 401; that redirect needs the issuer's discovery document and is not made offline"
             ));
         }
         Ok(outcome)
     }
 
-    /// The verified identity `claims` stand for, mapped by the workload's
-    /// JWT authenticator as it maps a bearer token's (or its refusal of
-    /// them, for an issuer it does not trust).
-    fn caller(&self, mut claims: Map<String, Value>, notes: &mut Vec<String>) -> Result<Caller, String> {
+    /// The verified identity `claims` stand for, checked and mapped by the
+    /// workload's JWT authenticator as it checks and maps a bearer token's
+    /// (or its refusal of them); `None` when the workload has no JWT
+    /// authenticator, which means its service reads no token.
+    fn caller(
+        &self,
+        mut claims: Map<String, Value>,
+        notes: &mut Vec<String>,
+    ) -> Result<Option<Caller>, String> {
         let Some(jwt) = &self.jwt else {
             notes.push(format!(
-                "{}: no RequestAuthentication or KeycloakAdapter applies, so a service with this file reads no token; the claims are taken as a verified token's all the same",
+                "{}: the claims are ignored: no RequestAuthentication or KeycloakAdapter applies, so no issuer is configured and the service reads no token; add the issuer's documents with --with FILE (`with:` in a case file)",
                 label(&self.workload)
             ));
-            // palisade-jwt's mapping with a provider's defaults.
-            let claims = TokenClaims::from_claims(claims);
-            return Ok(Ok(Identity::from_token(claims, Verification::assertion())));
+            return Ok(None);
         };
         if !claims.contains_key("iss") {
             let issuers: Vec<&str> = jwt.issuers().collect();
@@ -187,27 +271,120 @@ impl Bench {
             };
             claims.insert("iss".into(), Value::from(*issuer));
         }
-        // The claims stand for a verified token: that is what the caller asked.
-        Ok(jwt
-            .identity_for_verified_claims(claims, Verification::assertion())
-            .map_err(|e| e.rejection(jwt.realm())))
+        if claims.contains_key("cnf") {
+            notes.push(format!(
+                "{}: the claims bind the token to a client certificate (`cnf`); that binding is not checked offline",
+                label(&self.workload)
+            ));
+        }
+        // Signed and current: that is what the caller described.
+        Ok(Some(
+            jwt.identity_for_verified_claims(claims, Verification::assertion())
+                .map_err(|e: JwtError| e.rejection(jwt.realm())),
+        ))
     }
 
-    /// The request head, with the peer on its connection as the mTLS
-    /// acceptor puts it (`palisade_mtls::peer_identity`).
+    /// The request head: the peer on its connection as the mTLS acceptor
+    /// puts it (`palisade_mtls::peer_identity`), and the addresses given.
     fn head(&self, req: &Request) -> OwnedRequest {
         let mut head = OwnedRequest::new(&req.method, &req.target);
         for (name, value) in &req.headers {
             head = head.header(name, value.as_bytes());
         }
+        // Always a connection, so that only the rules read the addresses.
+        let mut connection = ConnectionInfo::default();
         if let Some(peer) = &req.peer {
-            let mut connection = ConnectionInfo::default();
             connection.tls = true;
             // The certificate was verified at the handshake: the caller says so.
             connection.peer = Some(Identity::from_peer(peer.peer(), Verification::assertion()));
-            head = head.connection(connection);
         }
-        head
+        connection.local_addr = req
+            .port
+            .map(|port| SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port));
+        connection.remote_addr = req.source_ip.map(|ip| SocketAddr::new(ip, 0));
+        head.connection(connection)
+    }
+}
+
+/// A request head that records whether the connection's addresses were
+/// read: only the access policy's address and port rules read them
+/// (`source.ip`, `remote.ip` without a trusted `X-Forwarded-For`,
+/// `destination.ip`, `destination.port`).
+struct Observed {
+    head: OwnedRequest,
+    read_local: Cell<bool>,
+    read_remote: Cell<bool>,
+}
+
+impl Observed {
+    fn new(head: OwnedRequest) -> Self {
+        Self {
+            head,
+            read_local: Cell::new(false),
+            read_remote: Cell::new(false),
+        }
+    }
+}
+
+impl RequestHead for Observed {
+    fn method(&self) -> &str {
+        self.head.method()
+    }
+    fn path(&self) -> &str {
+        self.head.path()
+    }
+    fn query(&self) -> Option<&str> {
+        self.head.query()
+    }
+    fn host(&self) -> Option<&str> {
+        self.head.host()
+    }
+    fn header_value(&self, name: &str, index: usize) -> Option<&[u8]> {
+        self.head.header_value(name, index)
+    }
+    fn for_each_header(&self, name: &str, f: &mut dyn FnMut(&[u8])) {
+        self.head.for_each_header(name, f);
+    }
+    fn header_str(&self, name: &str) -> Option<&str> {
+        self.head.header_str(name)
+    }
+    fn connection(&self) -> Option<&ConnectionInfo> {
+        RequestHead::connection(&self.head)
+    }
+    fn remote_addr(&self) -> Option<SocketAddr> {
+        self.read_remote.set(true);
+        self.head.remote_addr()
+    }
+    fn local_addr(&self) -> Option<SocketAddr> {
+        self.read_local.set(true);
+        self.head.local_addr()
+    }
+}
+
+/// Whether a document for the workload reads `destination.ip`.
+fn reads_destination_ip(policy: &WorkloadPolicy<'_>) -> bool {
+    const KEY: &str = "destination.ip";
+    policy.documents().iter().any(|d| match &d.spec {
+        Spec::AuthorizationPolicy(p) => p
+            .rules
+            .iter()
+            .flatten()
+            .flat_map(|r| &r.when)
+            .any(|c| c.key == KEY),
+        Spec::ServiceRole(r) => r.rules.iter().flat_map(|r| &r.constraints).any(|c| c.key == KEY),
+        Spec::ServiceRoleBinding(b) => b.subjects.iter().any(|s| s.properties.contains_key(KEY)),
+        _ => false,
+    })
+}
+
+/// A browser's navigation, as sign-in tells it from an API call.
+fn is_navigation(req: &dyn RequestHead) -> bool {
+    if !matches!(req.method(), "GET" | "HEAD") {
+        return false;
+    }
+    match req.header_str("sec-fetch-mode") {
+        Some(mode) => mode.eq_ignore_ascii_case("navigate"),
+        None => req.header_str("accept").is_some_and(|a| a.contains("text/html")),
     }
 }
 
@@ -231,6 +408,112 @@ impl Authenticator for Presented {
     }
 }
 
+/// One of sign-in's own routes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    Callback,
+    Login,
+    Logout,
+    Backchannel,
+}
+
+impl Route {
+    /// The methods it takes, and its answer to them, as
+    /// `palisade_signin::SignIn` answers a browser with no sign-in under way
+    /// and no session (405 to any other method).
+    fn answer(self, method: &str) -> u16 {
+        let (methods, status): (&[&str], u16) = match self {
+            // Without the login-state cookie of a sign-in under way.
+            Route::Callback => (&["GET", "HEAD"], 400),
+            // To the issuer's authorization endpoint.
+            Route::Login => (&["GET", "HEAD"], 302),
+            // To the issuer's end-session endpoint, or postLogoutRedirectUri.
+            Route::Logout => (&["GET", "POST"], 302),
+            // A logout token cannot be verified offline.
+            Route::Backchannel => (&["POST"], 400),
+        };
+        if methods.contains(&method) { status } else { 405 }
+    }
+
+    fn reason(self) -> &'static str {
+        match self {
+            Route::Callback => {
+                "sign-in's callback (callbackPath), answered whatever the policy says: 400 without the login-state cookie of a sign-in under way in this browser (405 but to GET and HEAD)"
+            }
+            Route::Login => {
+                "sign-in's login route (loginPath), answered whatever the policy says: 302 to the issuer's authorization endpoint once its discovery document has loaded (503 before; 400 for a return_to off this service; 405 but to GET and HEAD)"
+            }
+            Route::Logout => {
+                "sign-in's logout route (logoutPath), answered whatever the policy says: the session ends, 302 to the issuer's end-session endpoint or to postLogoutRedirectUri (405 but to GET and POST)"
+            }
+            Route::Backchannel => {
+                "sign-in's back-channel logout route (backchannelLogoutPath), answered whatever the policy says: 200 for a valid logout token, which cannot be verified offline, else 400 (405 but to POST)"
+            }
+        }
+    }
+}
+
+/// Browser sign-in's own routes, for a workload with an `OidcLogin` (or a
+/// `KeycloakAdapter` that is not bearer-only): the service answers them
+/// whatever the access policy says. Offline, sign-in itself cannot be built
+/// (it loads the issuer's discovery document), so this stand-in answers
+/// them, with [`Route::answer`]'s status, and reads no session.
+#[derive(Clone, Debug)]
+pub(crate) struct SignInRoutes(Vec<(String, Route)>);
+
+impl SignInRoutes {
+    /// The routes of the workload's sign-in document, with sign-in's
+    /// default paths; `None` when no document turns sign-in on.
+    fn from_policy(policy: &WorkloadPolicy<'_>) -> Option<Self> {
+        let path = |set: Option<&String>, default: &str| set.map_or_else(|| default.to_owned(), Clone::clone);
+        let (callback, login, logout, backchannel) = match policy.oidc_logins().next() {
+            Some((_, spec)) => (
+                spec.callback_path.as_ref(),
+                spec.login_path.as_ref(),
+                spec.logout_path.as_ref(),
+                spec.backchannel_logout_path.as_ref(),
+            ),
+            None if policy.keycloak_adapters().any(|(_, k)| {
+                k.bearer_only != Some(true) && (k.public_client == Some(true) || k.credentials.is_some())
+            }) =>
+            {
+                (None, None, None, None)
+            }
+            None => return None,
+        };
+        Some(Self(vec![
+            (path(callback, "/oauth2/callback"), Route::Callback),
+            (path(login, "/login"), Route::Login),
+            (path(logout, "/logout"), Route::Logout),
+            (
+                path(backchannel, "/oauth2/backchannel-logout"),
+                Route::Backchannel,
+            ),
+        ]))
+    }
+
+    fn route(&self, path: &str) -> Option<Route> {
+        self.0.iter().find(|(p, _)| p == path).map(|(_, r)| *r)
+    }
+}
+
+impl Authenticator for SignInRoutes {
+    fn challenge(&self) -> Option<String> {
+        None
+    }
+
+    fn method(&self) -> Option<AuthMethod> {
+        Some(AuthMethod::Session)
+    }
+
+    fn authenticate(&self, req: &dyn RequestHead) -> Check<AuthOutcome> {
+        Check::Ready(match self.route(req.path()) {
+            Some(route) => AuthOutcome::Respond(Reply::new(route.answer(req.method()))),
+            None => AuthOutcome::NoCredential,
+        })
+    }
+}
+
 /// A stand-in for each external authorizer the file's `CUSTOM` policies
 /// name: the real ones are registered by the service's code and cannot be
 /// asked offline. They deny (fail closed, as an authorizer that cannot be
@@ -250,7 +533,7 @@ pub(crate) fn stand_in_authorizers(set: &PolicySet) -> ExternalAuthorizers {
 /// The guard's decision, as `explain` and `test` report it.
 fn outcome(decision: Decision) -> Outcome {
     let refused = |status: u16, grpc_status: Option<u16>, rejection: Option<&Rejection>| Outcome {
-        allowed: false,
+        verdict: Verdict::Deny,
         status,
         grpc_status,
         access: rejection.and_then(Rejection::access).cloned(),
@@ -260,16 +543,18 @@ fn outcome(decision: Decision) -> Outcome {
                 .map_or_else(|| r.detail().to_owned(), ToString::to_string),
             None => format!("answered {status} by an authenticator"),
         },
+        missing_credential: rejection.is_some_and(|r| r.kind() == ErrorKind::MissingCredential),
     };
     match decision {
         Decision::Allow(admission) => {
             let access = admission.auth().access().clone();
             Outcome {
-                allowed: true,
+                verdict: Verdict::Allow,
                 status: 200,
                 grpc_status: None,
                 reason: access.to_string(),
                 access: Some(access),
+                missing_credential: false,
             }
         }
         Decision::Deny(rejection) => refused(rejection.status(), None, Some(&rejection)),
@@ -278,16 +563,32 @@ fn outcome(decision: Decision) -> Outcome {
                 .headers()
                 .find(|(name, _)| *name == "grpc-status")
                 .and_then(|(_, v)| v.parse().ok());
-            let status = reply.rejection().map_or(reply.status(), Rejection::status);
-            refused(status, grpc, reply.rejection())
+            match reply.rejection() {
+                Some(rejection) => refused(rejection.status(), grpc, Some(rejection)),
+                // An authenticator's own route: sign-in's, here.
+                None => Outcome {
+                    verdict: Verdict::Reply,
+                    grpc_status: grpc,
+                    ..refused(reply.status(), grpc, None)
+                },
+            }
         }
         _ => refused(500, None, None),
     }
 }
 
-/// Loads the policy file, for `explain` and `test`.
-pub(crate) fn load(file: &Path) -> Result<PolicySet, Report> {
-    PolicySet::from_file(file).map_err(|e| Report::usage(e.to_string()))
+/// A policy file that does not load, or does not compile for a workload:
+/// the error's one line, status 1.
+pub(crate) fn unusable(e: &PolicyError, workload: Option<&Workload>) -> Report {
+    let line = match workload {
+        Some(w) => format!("{e} (for {})", label(w)),
+        None => e.to_string(),
+    };
+    Report {
+        err: vec![line],
+        status: 1,
+        ..Report::default()
+    }
 }
 
 /// A runtime for the checks that wait (a `CUSTOM` policy's authorizer).
@@ -295,7 +596,7 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Report> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| Report::usage(format!("cannot start a runtime: {e}")))
+        .map_err(|e| Report::failure(format!("cannot start a runtime: {e}")))
 }
 
 /// `palisade explain`.
@@ -306,13 +607,17 @@ pub(crate) fn explain(args: &Explain) -> Report {
 }
 
 fn try_explain(args: &Explain) -> Result<Report, Report> {
-    let set = load(&args.file)?;
-    let named = workloads::named(&set);
+    let policy = Policy::load(&args.file, &args.with).map_err(|e| unusable(&e, None))?;
+    let set = &policy.set;
+    let named = workloads::named(set);
     let mut notes = Vec::new();
     let workload = match &args.workload {
-        Some(name) => workloads::resolve(&named, name, &mut notes),
+        Some(name) => workloads::resolve(&named, name, &args.labels, &mut notes),
         None => match named.as_slice() {
-            [only] => only.clone(),
+            [only] => {
+                workloads::note_labels(only, &mut notes);
+                only.clone()
+            }
             _ => {
                 return Err(Report::usage(format!(
                     "{} names {} workloads ({}): say which with --workload NS/NAME",
@@ -323,18 +628,15 @@ fn try_explain(args: &Explain) -> Result<Report, Report> {
             }
         },
     };
-    let bench = Bench::compile(&set, workload).map_err(|e| Report::usage(e.to_string()))?;
+    let bench =
+        Bench::compile(set, workload.clone()).map_err(|e| unusable(&policy.locate(e), Some(&workload)))?;
     let rt = runtime()?;
     let outcome = bench
         .decide(&args.request, &rt, &mut notes)
         .map_err(|e| Report::usage(format!("--claims: {e}")))?;
-    let json = serde_json::to_string_pretty(&outcome.explained(&bench.workload))
-        .map_err(|e| Report::usage(format!("cannot write the answer: {e}")))?;
-    Ok(Report {
-        out: vec![json],
-        err: notes.into_iter().map(|n| format!("note: {n}")).collect(),
-        status: 0,
-    })
+    let json = serde_json::to_string_pretty(&outcome.explained(&bench.workload, &notes))
+        .map_err(|e| Report::failure(format!("cannot write the answer: {e}")))?;
+    Ok(Report::ok(vec![json]))
 }
 
 #[cfg(test)]
@@ -372,10 +674,15 @@ spec:
 ";
 
     fn decide(req: Request) -> Outcome {
-        let set = PolicySet::from_yaml_str(FILE, "p.yaml").unwrap();
+        decide_with(FILE, req, &mut Vec::new())
+    }
+
+    /// `req` decided for default/details by `file`; `notes` gets the notes.
+    fn decide_with(file: &str, req: Request, notes: &mut Vec<String>) -> Outcome {
+        let set = PolicySet::from_yaml_str(file, "p.yaml").unwrap();
         let bench = Bench::compile(&set, Workload::new("details", "default")).unwrap();
         let rt = runtime().unwrap();
-        bench.decide(&req, &rt, &mut Vec::new()).unwrap()
+        bench.decide(&req, &rt, notes).unwrap()
     }
 
     fn request(line: &str) -> Request {
@@ -395,19 +702,19 @@ spec:
     fn the_guard_answers_401_when_a_token_could_help_and_403_otherwise() {
         let o = decide(request("GET /list"));
         assert_eq!(
-            (o.allowed, o.status, o.access.unwrap().policy()),
-            (false, 401, None)
+            (o.verdict, o.status, o.access.unwrap().policy()),
+            (Verdict::Deny, 401, None)
         );
         let o = decide(request("GET /healthz"));
-        assert_eq!((o.allowed, o.status), (true, 200));
+        assert_eq!((o.verdict, o.status), (Verdict::Allow, 200));
         assert_eq!(o.access.as_ref().unwrap().policy(), Some("default/open-health"));
         assert_eq!(o.access.unwrap().rule(), Some(0));
         let alice = Request {
-            claims: claims(json!({"sub": "alice"})),
+            claims: claims(json!({"sub": "alice", "aud": "details"})),
             ..request("DELETE /list")
         };
         let o = decide(alice);
-        assert_eq!((o.allowed, o.status), (false, 403));
+        assert_eq!((o.verdict, o.status), (Verdict::Deny, 403));
         assert_eq!(o.access.as_ref().unwrap().policy(), Some("default/admins-delete"));
         assert_eq!(o.reason, "denied by DENY policy default/admins-delete rule 0");
     }
@@ -415,24 +722,27 @@ spec:
     #[test]
     fn claims_are_mapped_as_a_bearer_tokens_and_foreign_issuers_refused() {
         let admin = Request {
-            claims: claims(json!({"sub": "root", "realm_access": {"roles": ["admin"]}})),
+            claims: claims(json!({"sub": "root", "aud": "details", "realm_access": {"roles": ["admin"]}})),
             ..request("DELETE /list")
         };
         let o = decide(admin);
         // Past the DENY policy; no ALLOW rule for DELETE by an end user.
-        assert_eq!((o.allowed, o.status), (false, 403), "{}", o.reason);
+        assert_eq!((o.verdict, o.status), (Verdict::Deny, 403), "{}", o.reason);
         let alice = Request {
-            claims: claims(json!({"sub": "alice"})),
+            claims: claims(json!({"sub": "alice", "aud": "details"})),
             ..request("GET /list")
         };
         let o = decide(alice);
-        assert_eq!((o.allowed, o.access.unwrap().rule()), (true, Some(1)));
+        assert_eq!((o.verdict, o.access.unwrap().rule()), (Verdict::Allow, Some(1)));
         let foreign = Request {
             claims: claims(json!({"iss": "https://elsewhere", "sub": "mallory"})),
             ..request("GET /list")
         };
         let o = decide(foreign);
-        assert_eq!((o.allowed, o.status, o.access.is_none()), (false, 401, true));
+        assert_eq!(
+            (o.verdict, o.status, o.access.is_none()),
+            (Verdict::Deny, 401, true)
+        );
         assert_eq!(o.reason, "the token's issuer is not accepted");
     }
 
@@ -443,14 +753,14 @@ spec:
             ..request("POST /list")
         };
         let o = decide(peer);
-        assert_eq!((o.allowed, o.access.unwrap().rule()), (true, Some(2)));
+        assert_eq!((o.verdict, o.access.unwrap().rule()), (Verdict::Allow, Some(2)));
         let other = Request {
             peer: Some(crate::args::peer_principal("cluster.local/ns/default/sa/ratings").unwrap()),
             ..request("POST /list")
         };
         // No end user, and an ALLOW rule reads one: a token could help.
         let o = decide(other);
-        assert_eq!((o.allowed, o.status), (false, 401));
+        assert_eq!((o.verdict, o.status), (Verdict::Deny, 401));
     }
 
     #[test]
@@ -460,7 +770,7 @@ spec:
             ..request("GET /healthz")
         };
         let o = decide(garbage);
-        assert_eq!((o.allowed, o.status), (false, 401));
+        assert_eq!((o.verdict, o.status), (Verdict::Deny, 401));
         assert_eq!(o.reason, "the token is malformed");
     }
 
@@ -471,6 +781,272 @@ spec:
             ..request("POST /bookinfo.ratings.v1.Ratings/GetRatings")
         };
         let o = decide(call);
-        assert_eq!((o.allowed, o.status, o.grpc_status), (false, 401, Some(16)));
+        assert_eq!(
+            (o.verdict, o.status, o.grpc_status),
+            (Verdict::Deny, 401, Some(16))
+        );
+    }
+
+    #[test]
+    fn claims_are_checked_as_the_service_checks_a_tokens() {
+        for (claims, reason) in [
+            (
+                json!({"sub": "alice", "aud": "reviews"}),
+                "the token is not meant for this service",
+            ),
+            (json!({"sub": "alice"}), "the token has no `aud` claim"),
+            (json!({"aud": "details"}), "the token has no `sub` claim"),
+        ] {
+            let o = decide(Request {
+                claims: claims.as_object().cloned(),
+                ..request("GET /healthz")
+            });
+            // Refused before the policy, as the service refuses the token.
+            assert_eq!(
+                (o.verdict, o.status, o.access.is_none()),
+                (Verdict::Deny, 401, true),
+                "{claims}"
+            );
+            assert_eq!(o.reason, reason);
+        }
+        // The service's audiences: its host name too, as Istio's default.
+        let o = decide(Request {
+            claims: claims(
+                json!({"sub": "alice", "aud": ["x", "details.default.svc.cluster.local"], "exp": 1}),
+            ),
+            ..request("GET /list")
+        });
+        assert_eq!(o.verdict, Verdict::Allow, "{}", o.reason);
+    }
+
+    #[test]
+    fn claims_are_ignored_when_no_issuer_is_configured_for_the_workload() {
+        let file = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: users}
+spec:
+  rules: [{from: [{source: {requestPrincipals: [\"*\"]}}]}]
+";
+        let mut notes = Vec::new();
+        let o = decide_with(
+            file,
+            Request {
+                claims: claims(json!({"iss": "https://kc.example/realms/shop", "sub": "alice"})),
+                ..request("GET /list")
+            },
+            &mut notes,
+        );
+        // Anonymous, as the service, which reads no token, sees the caller.
+        assert_eq!((o.verdict, o.status), (Verdict::Deny, 401));
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(
+            notes[0].starts_with(
+                "default/details: the claims are ignored: no RequestAuthentication or KeycloakAdapter applies"
+            ),
+            "{notes:?}"
+        );
+    }
+
+    const ADDRESSES: &str = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: only-9080}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {notPorts: [\"9080\"], paths: [\"/admin/*\"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow}
+spec:
+  rules:
+  - to: [{operation: {paths: [/healthz]}}]
+  - from: [{source: {ipBlocks: [10.0.0.0/8]}}]
+";
+
+    #[test]
+    fn ports_and_addresses_are_unknown_unless_given_and_a_note_says_so() {
+        let decide = |req: Request| {
+            let mut notes = Vec::new();
+            let o = decide_with(ADDRESSES, req, &mut notes);
+            (
+                o.verdict,
+                o.status,
+                o.access.and_then(|a| a.policy().map(str::to_owned)),
+                notes,
+            )
+        };
+        // No rule reads an address: no note.
+        let (verdict, _, _, notes) = decide(request("GET /healthz"));
+        assert_eq!((verdict, notes.len()), (Verdict::Allow, 0), "{notes:?}");
+        // The port is unknown: `notPorts` matches, as in a guard whose
+        // server cannot tell it.
+        let (verdict, status, policy, notes) = decide(Request {
+            source_ip: Some("10.1.2.3".parse().unwrap()),
+            ..request("GET /admin/users")
+        });
+        assert_eq!(
+            (verdict, status, policy.as_deref()),
+            (Verdict::Deny, 403, Some("default/only-9080"))
+        );
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(notes[0].contains("give it with --port N"), "{notes:?}");
+        let set = PolicySet::from_yaml_str(ADDRESSES, "p.yaml").unwrap();
+        let running = Guard::builder()
+            .access_policy(
+                AccessPolicy::compile(&set.for_workload(&Workload::new("details", "default"))).unwrap(),
+            )
+            .build()
+            .unwrap();
+        let Check::Ready(Decision::Deny(r)) = running.check(&OwnedRequest::get("/admin/users")) else {
+            panic!("a guard that cannot tell the port denies too")
+        };
+        assert_eq!(
+            r.access().and_then(AccessDecision::policy),
+            Some("default/only-9080")
+        );
+        // On the port the service listens on.
+        let (verdict, _, policy, notes) = decide(Request {
+            port: Some(9080),
+            source_ip: Some("10.1.2.3".parse().unwrap()),
+            ..request("GET /admin/users")
+        });
+        assert_eq!(
+            (verdict, policy.as_deref(), notes.len()),
+            (Verdict::Allow, Some("default/allow"), 0),
+            "{notes:?}"
+        );
+        let (verdict, ..) = decide(Request {
+            port: Some(8080),
+            source_ip: Some("10.1.2.3".parse().unwrap()),
+            ..request("GET /admin/users")
+        });
+        assert_eq!(verdict, Verdict::Deny);
+        // The source address: unknown, `ipBlocks` match nothing.
+        let (verdict, status, _, notes) = decide(Request {
+            port: Some(9080),
+            ..request("GET /list")
+        });
+        assert_eq!((verdict, status), (Verdict::Deny, 403));
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(notes[0].contains("give it with --source-ip IP"), "{notes:?}");
+        let (verdict, ..) = decide(Request {
+            source_ip: Some("192.0.2.1".parse().unwrap()),
+            ..request("GET /list")
+        });
+        assert_eq!(verdict, Verdict::Deny);
+    }
+
+    const SIGN_IN: &str = "apiVersion: palisade.dev/v1alpha1
+kind: OidcLogin
+metadata: {name: login}
+spec:
+  selector: {matchLabels: {app: details}}
+  issuer: https://kc.example/realms/shop
+  clientId: details
+  logoutPath: /bye
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt}
+spec:
+  jwtRules: [{issuer: https://kc.example/realms/shop}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: users}
+spec:
+  rules: [{from: [{source: {requestPrincipals: [\"*\"]}}]}]
+";
+
+    #[test]
+    fn sign_in_routes_are_answered_by_sign_in_whatever_the_policy_says() {
+        let decide = |line: &str| decide_with(SIGN_IN, request(line), &mut Vec::new());
+        for (line, status) in [
+            ("GET /oauth2/callback?code=c&state=s", 400),
+            ("POST /oauth2/callback", 405),
+            ("GET /login?return_to=/list", 302),
+            ("GET /bye", 302),
+            ("POST /bye", 302),
+            ("POST /oauth2/backchannel-logout", 400),
+            ("GET /oauth2/backchannel-logout", 405),
+        ] {
+            let o = decide(line);
+            assert_eq!(
+                (o.verdict, o.status),
+                (Verdict::Reply, status),
+                "{line}: {}",
+                o.reason
+            );
+            assert!(o.reason.starts_with("sign-in's "), "{line}: {}", o.reason);
+        }
+        // The default logout path is not one here; the policy decides it.
+        let o = decide("GET /logout");
+        assert_eq!((o.verdict, o.status), (Verdict::Deny, 401));
+        // Sign-in's own routes, even with a token the service refuses.
+        let o = decide_with(
+            SIGN_IN,
+            Request {
+                claims: claims(json!({"sub": "alice", "aud": "elsewhere"})),
+                ..request("GET /bye")
+            },
+            &mut Vec::new(),
+        );
+        assert_eq!(o.verdict, Verdict::Reply);
+        // A navigation that needs a credential: the redirect is noted.
+        let mut notes = Vec::new();
+        let o = decide_with(
+            SIGN_IN,
+            Request {
+                headers: vec![("accept".into(), "text/html".into())],
+                ..request("GET /list")
+            },
+            &mut notes,
+        );
+        assert_eq!((o.verdict, o.status), (Verdict::Deny, 401));
+        assert!(notes.iter().any(|n| n.contains("302 to the issuer")), "{notes:?}");
+    }
+
+    /// The stand-in's routes and answers are sign-in's own, where sign-in
+    /// answers without its issuer (which is not there).
+    #[test]
+    fn the_sign_in_stand_in_answers_as_sign_in_does() {
+        let real = SignIn::builder("http://127.0.0.1:1/realms/none", "details")
+            .build()
+            .unwrap();
+        let set = PolicySet::from_yaml_str(SIGN_IN, "p.yaml").unwrap();
+        let stand_in =
+            SignInRoutes::from_policy(&set.for_workload(&Workload::new("details", "default"))).unwrap();
+        let rt = runtime().unwrap();
+        let answer = |a: &dyn Authenticator, method: &str, path: &str| {
+            let outcome = match a.authenticate(&OwnedRequest::new(method, path)) {
+                Check::Ready(o) => o,
+                Check::Pending(fut) => rt.block_on(fut),
+            };
+            match outcome {
+                AuthOutcome::Respond(reply) => Some(reply.status()),
+                _ => None,
+            }
+        };
+        for (method, path) in [
+            ("GET", "/oauth2/callback"),
+            ("HEAD", "/oauth2/callback"),
+            ("POST", "/oauth2/callback"),
+            ("POST", "/login"),
+            ("GET", "/logout"),
+            ("POST", "/logout"),
+            ("HEAD", "/logout"),
+            ("GET", "/oauth2/backchannel-logout"),
+            ("GET", "/list"),
+        ] {
+            let stand_in_path = if path == "/logout" { "/bye" } else { path };
+            assert_eq!(
+                answer(&stand_in, method, stand_in_path),
+                answer(&real, method, path),
+                "{method} {path}"
+            );
+        }
+        // Both are sign-in's own routes, whatever they answer.
+        assert!(answer(&real, "GET", "/login").is_some());
+        assert!(answer(&real, "POST", "/oauth2/backchannel-logout").is_some());
     }
 }

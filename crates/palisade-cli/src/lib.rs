@@ -4,9 +4,10 @@
 //!
 //! ```text
 //! palisade check FILE
-//! palisade explain FILE [--workload NS/NAME] --request "METHOD PATH"
+//! palisade explain FILE [--workload NS/NAME [--label K=V]...] --request "METHOD PATH"
 //!                  [--header K:V]... [--claims JSON] [--peer PRINCIPAL]
-//! palisade test FILE CASES.yaml
+//!                  [--port N] [--source-ip IP] [--with FILE]...
+//! palisade test FILE CASES.yaml [--with FILE]...
 //! ```
 //!
 //! - `check` compiles, for every workload the file names (below), what a
@@ -18,43 +19,63 @@
 //!   the exit status is 1 when there is any.
 //! - `explain` decides one request with [`Guard::check`](palisade_core::Guard::check),
 //!   as the workload's running guard does, and prints the decision as
-//!   JSON: `{"decision": "allow"|"deny", "status": N, "policy": …, "rule":
-//!   …}` and a few more fields. `--claims` stands for a verified token
-//!   with these claims, mapped to an identity by the workload's JWT
-//!   authenticator (`palisade_jwt::JwtAuthenticator::identity_for_verified_claims`):
+//!   JSON: `{"decision": "allow"|"deny"|"reply", "status": N, "policy": …,
+//!   "rule": …}`, a few more fields and `notes`, what the answer takes
+//!   for granted. `reply` is one of browser sign-in's own routes
+//!   (callback, login, logout, back-channel logout), which a service with
+//!   sign-in answers whatever the policy says.
+//!
+//!   `--claims` stands for a token with these claims, taken as signed and
+//!   current: the workload's JWT authenticator checks them as it checks a
+//!   bearer token's (issuer, audience, subject; not the signature, the
+//!   header or the time claims, which are not read) and maps them to an
+//!   identity (`palisade_jwt::JwtAuthenticator::identity_for_verified_claims`):
 //!   the request principal is `ISS/SUB`, roles and scopes as for a bearer
-//!   token. `--peer` is the mTLS peer's principal
-//!   (`cluster.local/ns/NS/sa/SA`), put on the request's connection as the
-//!   mTLS acceptor does. The status is the guard's answer: 200 for an
-//!   allowed request, 401 when a credential could change a denial, 403
-//!   otherwise (and 400 for a malformed path or two tokens).
+//!   token, and claims it refuses are the service's 401. A workload
+//!   without a `RequestAuthentication` or `KeycloakAdapter` reads no token:
+//!   its claims are ignored, with a note. `--peer` is the mTLS peer's
+//!   principal (`cluster.local/ns/NS/sa/SA`), put on the request's
+//!   connection as the mTLS acceptor does; `--port` and `--source-ip` are
+//!   the connection's addresses (unknown when not given, as to a guard
+//!   whose server cannot tell, with a note when a rule reads them). The
+//!   status is the guard's answer: 200 for an allowed request, 401 when a
+//!   credential could change a denial, 403 otherwise (and 400 for a
+//!   malformed path or two tokens).
 //! - `test` runs a case file's cases through the same code and prints
 //!   each failed case, the rules no case reached, and `N passed, N failed`;
 //!   the exit status is 1 when a case failed or the case file is bad.
 //!
-//! The workloads a file names: every `app` label of a selector (with the
-//! document's namespace; a selector in the root namespace names its
-//! workload in every namespace the file uses), and every
-//! `NAME.NS.svc.cluster.local` of a `ServiceRole` or `RbacConfig`. A
-//! document that applies to none of them (one written for a whole
-//! namespace, or whose selector has no `app`) is compiled for a stand-in
-//! workload it selects, shown as `NS/*`.
+//! `--with FILE` (and a case file's `with:`) adds policy documents to
+//! FILE's, for a file that is a fragment: the issuer setup it leaves out.
 //!
-//! The exit status is 2 for a usage error, or a file `explain` or `test`
-//! cannot use, with one line on stderr.
+//! The workloads a file names: every `app` label of a selector (with the
+//! document's namespace and the selector's other labels; a selector in the
+//! root namespace names its workload in every namespace the file uses),
+//! and every `NAME.NS.svc.cluster.local` of a `ServiceRole` or
+//! `RbacConfig`. A document that applies to none of them (one written for
+//! a whole namespace, or whose selector has no `app`) is compiled for a
+//! stand-in workload it selects, shown as `NS/*`. `--workload NS/NAME` is
+//! the workload labelled `app: NAME` alone, and `--label`'s.
+//!
+//! Exit status: 1 also when the policy file does not load (or does not
+//! compile for the workload), for every subcommand, with one line naming
+//! the file, the document and the field; 2 for a usage error (bad
+//! arguments), with one line on stderr.
 
 mod args;
 mod cases;
 mod check;
 mod decide;
+mod load;
 mod workloads;
 
 use std::io::Write;
 
 /// Runs the command line `args` (without the program name), writing its
 /// output to `out` and its errors to `err`; returns the exit status:
-/// 0 success, 1 problems found (`check`) or cases failed (`test`), 2 a
-/// usage error or a file that cannot be used.
+/// 0 success; 1 problems found (`check`), cases failed or a bad case file
+/// (`test`), or a policy file that does not load (any subcommand); 2 a
+/// usage error.
 ///
 /// ```
 /// let (mut out, mut err) = (Vec::new(), Vec::new());
@@ -71,7 +92,7 @@ where
         Ok(args::Command::Version) => Report::ok(vec![format!("palisade {}", env!("CARGO_PKG_VERSION"))]),
         Ok(args::Command::Check { file }) => check::run(&file),
         Ok(args::Command::Explain(e)) => decide::explain(&e),
-        Ok(args::Command::Test { file, cases }) => cases::run(&file, &cases),
+        Ok(args::Command::Test(t)) => cases::run(&t),
         Err(usage) => Report::usage(usage),
     };
     report.write(out, err)
@@ -95,11 +116,21 @@ impl Report {
         }
     }
 
-    /// A usage error, or a file that cannot be used: one line, status 2.
+    /// A usage error (bad arguments): one line, status 2.
     fn usage(line: String) -> Self {
         Self {
             err: vec![format!("error: {line}")],
             status: 2,
+            ..Self::default()
+        }
+    }
+
+    /// Something that stops the subcommand but is no usage error (a bad
+    /// case file): one line, status 1.
+    fn failure(line: String) -> Self {
+        Self {
+            err: vec![format!("error: {line}")],
+            status: 1,
             ..Self::default()
         }
     }

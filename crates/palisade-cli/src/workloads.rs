@@ -77,27 +77,56 @@ pub(crate) fn named(set: &PolicySet) -> Vec<Workload> {
     workloads
 }
 
-/// The workload `name` stands for: the one of `named` with that namespace
-/// and service when there is exactly one (it has its selector's labels),
-/// else one with the label `app: NAME` only; `notes` says so when the file
-/// does not name it (a typo, or a workload only namespace-wide documents
-/// apply to).
-pub(crate) fn resolve(named: &[Workload], name: &WorkloadName, notes: &mut Vec<String>) -> Workload {
-    let mut same = named
+/// The workload `name` stands for: the one labelled `app: NAME` and
+/// `labels` (the labels a selector may read besides `app`), whether or
+/// not the file names it so. `notes` says when the file names it only with
+/// other labels (a `version: v2` variant, whose documents then do not
+/// apply), names variants of it too, or does not name it at all (a typo,
+/// or a workload only namespace-wide documents apply to).
+pub(crate) fn resolve(
+    named: &[Workload],
+    name: &WorkloadName,
+    labels: &BTreeMap<String, String>,
+    notes: &mut Vec<String>,
+) -> Workload {
+    let workload = labels
         .iter()
-        .filter(|w| w.namespace == name.namespace && w.service == name.service);
-    match (same.next(), same.next()) {
-        (Some(only), None) => only.clone(),
-        (first, _) => {
-            let workload = Workload::new(&name.service, &name.namespace);
-            if first.is_none() {
-                notes.push(format!(
-                    "the file names no workload {}: only the documents for its whole namespace apply",
-                    label(&workload)
-                ));
-            }
-            workload
-        }
+        .fold(Workload::new(&name.service, &name.namespace), |w, (k, v)| {
+            w.label(k, v)
+        });
+    let variants: Vec<String> = named
+        .iter()
+        .filter(|w| w.namespace == workload.namespace && w.service == workload.service && **w != workload)
+        .map(label)
+        .collect();
+    let this = label(&workload);
+    match (named.contains(&workload), variants.is_empty()) {
+        (true, true) => {}
+        // Asked for by its labels.
+        (true, false) if !labels.is_empty() => {}
+        (true, false) => notes.push(format!(
+            "deciding for {this}; the file also names {}: give their labels with --label K=V (`labels:` in a case) to decide for one of them",
+            variants.join(", ")
+        )),
+        (false, false) => notes.push(format!(
+            "the file names {} but not {this}: deciding for {this}, which the documents selecting those other labels do not apply to; give the labels with --label K=V (`labels:` in a case) to decide for one of them",
+            variants.join(", ")
+        )),
+        (false, true) => notes.push(format!(
+            "the file names no workload {this}: only the documents for its whole namespace (or selecting it without `app`) apply"
+        )),
+    }
+    workload
+}
+
+/// For the one workload a file names, taken when none is given: `notes`
+/// names its labels when it has more than `app`.
+pub(crate) fn note_labels(workload: &Workload, notes: &mut Vec<String>) {
+    if workload.labels.len() > 1 {
+        notes.push(format!(
+            "deciding for {}, the one workload the file names, with its labels",
+            label(workload)
+        ));
     }
 }
 
@@ -233,7 +262,7 @@ spec: {}
     }
 
     #[test]
-    fn a_name_resolves_to_the_named_workload_with_its_labels() {
+    fn a_name_is_the_workload_labelled_app_alone_unless_labels_are_given() {
         let set = PolicySet::from_yaml_str(
             "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a}\nspec:\n  selector: {matchLabels: {app: details, version: v2}}\n",
             "p.yaml",
@@ -241,19 +270,44 @@ spec: {}
         .unwrap();
         let all = named(&set);
         let name = |s: &str| crate::args::workload_name(s).unwrap();
+        let v2 = BTreeMap::from([("version".to_owned(), "v2".to_owned())]);
         let mut notes = Vec::new();
+        // Not the v2 variant, whose selector would then apply: said so.
+        let plain = resolve(&all, &name("default/details"), &BTreeMap::new(), &mut notes);
+        assert_eq!(plain, Workload::new("details", "default"));
         assert_eq!(
-            label(&resolve(&all, &name("default/details"), &mut notes)),
-            "default/details[version=v2]"
+            notes,
+            [
+                "the file names default/details[version=v2] but not default/details: deciding for default/details, which the documents selecting those other labels do not apply to; give the labels with --label K=V (`labels:` in a case) to decide for one of them"
+            ]
         );
+        assert!(set.for_workload(&plain).documents().is_empty());
+        notes.clear();
+        let labelled = resolve(&all, &name("default/details"), &v2, &mut notes);
+        assert_eq!(label(&labelled), "default/details[version=v2]");
         assert!(notes.is_empty(), "{notes:?}");
+        assert_eq!(set.for_workload(&labelled).documents().len(), 1);
+
         assert_eq!(
-            label(&resolve(&all, &name("default/reviews"), &mut notes)),
+            label(&resolve(
+                &all,
+                &name("default/reviews"),
+                &BTreeMap::new(),
+                &mut notes
+            )),
             "default/reviews"
         );
         assert_eq!(
             notes,
-            ["the file names no workload default/reviews: only the documents for its whole namespace apply"]
+            [
+                "the file names no workload default/reviews: only the documents for its whole namespace (or selecting it without `app`) apply"
+            ]
+        );
+        notes.clear();
+        note_labels(&all[0], &mut notes);
+        assert_eq!(
+            notes,
+            ["deciding for default/details[version=v2], the one workload the file names, with its labels"]
         );
     }
 }

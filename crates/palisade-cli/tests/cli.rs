@@ -109,6 +109,14 @@ fn every_sample_checks_and_passes_its_cases() {
             "{cases}: {out}"
         );
         assert!(!out.contains("FAILED"), "{cases}: {out}");
+        // Nothing taken for granted but what cannot be done offline: no
+        // claims ignored, no unknown port or address, no workload guessed.
+        let err = text(&test.stderr);
+        assert!(
+            err.lines()
+                .all(|l| l.contains("a CUSTOM policy's external authorizer is not asked offline")),
+            "{cases}: {err}"
+        );
     }
 }
 
@@ -166,8 +174,8 @@ fn a_wrong_expectation_fails_test_with_the_case_and_the_deciding_rule() {
     let cases = std::fs::read_to_string(root().join("examples/policies/deny-admin.cases.yaml")).unwrap();
     let n = cases.matches("expect:").count();
     let wrong = cases.replacen(
-        "- name: nobody may delete, not even an admin\n  request: DELETE /list\n  claims: {sub: root, realm_access: {roles: [admin]}}\n  expect: deny",
-        "- name: nobody may delete, not even an admin\n  request: DELETE /list\n  claims: {sub: root, realm_access: {roles: [admin]}}\n  expect: allow",
+        "- name: nobody may delete, not even an admin\n  request: DELETE /list\n  claims: *root\n  expect: deny",
+        "- name: nobody may delete, not even an admin\n  request: DELETE /list\n  claims: *root\n  expect: allow",
         1,
     );
     assert_ne!(wrong, cases, "the case to break is in the sample");
@@ -240,6 +248,16 @@ fn explain(args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}: {}", text(&out.stdout)))
 }
 
+/// `explain`'s notes.
+fn notes(v: &Value) -> Vec<String> {
+    v["notes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("explain always prints `notes`: {v}"))
+        .iter()
+        .map(|n| n.as_str().unwrap().to_owned())
+        .collect()
+}
+
 /// The fields the contract names.
 fn summary(v: &Value) -> (String, u64, Value, Value) {
     (
@@ -253,7 +271,7 @@ fn summary(v: &Value) -> (String, u64, Value, Value) {
 #[test]
 fn explain_gives_the_guards_decision_status_policy_and_rule() {
     let mesh = "examples/bookinfo/mesh.yaml";
-    let alice = r#"{"sub": "alice", "realm_access": {"roles": ["reviewer"]}}"#;
+    let alice = r#"{"sub": "alice", "aud": "bookinfo", "realm_access": {"roles": ["reviewer"]}}"#;
     let productpage = "cluster.local/ns/default/sa/productpage";
     let allowed = explain(&[
         mesh,
@@ -326,7 +344,7 @@ fn explain_gives_the_guards_decision_status_policy_and_rule() {
         "--request",
         "DELETE /list",
         "--claims",
-        r#"{"sub": "root", "realm_access": {"roles": ["admin"]}}"#,
+        r#"{"sub": "root", "aud": "details", "realm_access": {"roles": ["admin"]}}"#,
     ]);
     assert_eq!(
         summary(&delete),
@@ -377,10 +395,6 @@ fn usage_errors_are_one_line_and_exit_2() {
                 "/list",
             ][..],
             "--request `/list`",
-        ),
-        (
-            &["explain", "nonexistent.yaml", "--request", "GET /"][..],
-            "nonexistent.yaml: cannot read",
         ),
         (&["frobnicate"][..], "unknown subcommand `frobnicate`"),
         (&["check"][..], "check takes FILE"),
@@ -446,4 +460,263 @@ spec:
     let other = decide("cluster.local/ns/shop/sa/ratings");
     assert_eq!(other["decision"], "deny");
     assert_eq!(other["status"], 403);
+}
+
+#[test]
+fn a_policy_file_that_does_not_load_exits_1_with_one_line_for_every_subcommand() {
+    let dir = Scratch::new("unloadable");
+    let sample = std::fs::read_to_string(root().join("examples/policies/deny-admin.yaml")).unwrap();
+    let typo = dir.file("typo.yaml", &sample.replace("action: DENY", "action: DENNY"));
+    let cases = "examples/policies/deny-admin.cases.yaml";
+    let want = "document 2 (AuthorizationPolicy default/admin-needs-role): field `spec.action`";
+    let mut lines = Vec::new();
+    for args in [
+        &["check", &typo][..],
+        &["test", &typo, cases][..],
+        &["explain", &typo, "--request", "GET /admin"][..],
+        &[
+            "test",
+            "examples/policies/require-jwt.yaml",
+            cases,
+            "--with",
+            &typo,
+        ][..],
+        &[
+            "explain",
+            "examples/policies/require-jwt.yaml",
+            "--with",
+            &typo,
+            "--request",
+            "GET /",
+        ][..],
+    ] {
+        let out = palisade(args);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(&typo) && err.contains(want), "{args:?}: {err}");
+        assert_eq!(text(&out.stdout), "", "{args:?}");
+        lines.push(err);
+    }
+    // The same line, whichever subcommand read the file.
+    assert!(lines.windows(2).all(|w| w[0] == w[1]), "{lines:?}");
+
+    for args in [
+        &["check", "nonexistent.yaml"][..],
+        &["test", "nonexistent.yaml", cases][..],
+        &["explain", "nonexistent.yaml", "--request", "GET /"][..],
+    ] {
+        let out = palisade(args);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(
+            err,
+            "nonexistent.yaml: cannot read: No such file or directory (os error 2)\n"
+        );
+    }
+
+    // Loads, but does not compile for the workload, as a service's start-up would fail.
+    let unbound = dir.file(
+        "unbound.yaml",
+        &std::fs::read_to_string(root().join("examples/bookinfo/mesh.yaml"))
+            .unwrap()
+            .replace(
+                "roleRef: {kind: ServiceRole, name: reviews-reader}",
+                "roleRef: {kind: ServiceRole, name: reviews-writer}",
+            ),
+    );
+    let out = palisade(&[
+        "explain",
+        &unbound,
+        "--workload",
+        "default/reviews",
+        "--request",
+        "GET /",
+    ]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("field `spec.roleRef.name`: no ServiceRole `reviews-writer`")
+            && err.ends_with("(for default/reviews)\n"),
+        "{err}"
+    );
+}
+
+#[test]
+fn explain_says_what_it_takes_for_granted() {
+    // A fragment without an issuer: the service reads no token, the claims are ignored.
+    let fragment = "examples/policies/allow-by-role.yaml";
+    let bob = r#"{"iss": "https://keycloak.example/realms/bookinfo", "sub": "bob", "aud": "reviews"}"#;
+    let ignored = explain(&[fragment, "--request", "GET /list", "--claims", bob]);
+    assert_eq!(ignored["status"], 401);
+    let n = notes(&ignored);
+    assert!(
+        n.len() == 1
+            && n[0].contains("the claims are ignored: no RequestAuthentication or KeycloakAdapter applies"),
+        "{n:?}"
+    );
+    // With the realm's RequestAuthentication, the claims are a token for reviews.
+    let dir = Scratch::new("explain-notes");
+    let realm = dir.file(
+        "realm.yaml",
+        "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: keycloak}
+spec:
+  jwtRules: [{issuer: https://keycloak.example/realms/bookinfo, audiences: [reviews]}]
+",
+    );
+    let read = explain(&[
+        fragment,
+        "--with",
+        &realm,
+        "--request",
+        "GET /list",
+        "--claims",
+        bob,
+    ]);
+    assert_eq!(
+        summary(&read),
+        (
+            "allow".into(),
+            200,
+            Value::from("default/read-write-by-role"),
+            Value::from(1)
+        )
+    );
+    assert!(notes(&read).is_empty(), "{read}");
+    // A token for another service: the service's own 401.
+    let elsewhere = explain(&[
+        fragment,
+        "--with",
+        &realm,
+        "--request",
+        "GET /list",
+        "--claims",
+        r#"{"sub": "bob", "aud": "details"}"#,
+    ]);
+    assert_eq!(
+        summary(&elsewhere),
+        ("deny".into(), 401, Value::Null, Value::Null)
+    );
+    assert_eq!(elsewhere["reason"], "the token is not meant for this service");
+
+    // A caller's address: unknown unless given.
+    let proxy = "examples/policies/behind-proxy.yaml";
+    let unknown = explain(&[proxy, "--request", "GET /list"]);
+    assert_eq!(unknown["decision"], "allow");
+    assert!(notes(&unknown)[0].contains("--source-ip IP"), "{unknown}");
+    let blocked = explain(&[proxy, "--request", "GET /list", "--source-ip", "203.0.113.5"]);
+    assert_eq!(
+        summary(&blocked),
+        (
+            "deny".into(),
+            403,
+            Value::from("default/block-range"),
+            Value::from(0)
+        )
+    );
+    assert!(notes(&blocked).is_empty(), "{blocked}");
+
+    // A DENY with notPorts denies everything while the port is unknown,
+    // as a guard that cannot tell it would; on the service's port it does not.
+    let ports = dir.file(
+        "ports.yaml",
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: only-9080}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {notPorts: [\"9080\"]}}]}]
+",
+    );
+    let unknown = explain(&[&ports, "--request", "GET /list"]);
+    assert_eq!(
+        summary(&unknown),
+        (
+            "deny".into(),
+            403,
+            Value::from("default/only-9080"),
+            Value::from(0)
+        )
+    );
+    assert!(notes(&unknown)[0].contains("--port N"), "{unknown}");
+    let on = explain(&[&ports, "--request", "GET /list", "--port", "9080"]);
+    assert_eq!(on["decision"], "allow");
+    assert!(notes(&on).is_empty(), "{on}");
+    let off = explain(&[&ports, "--request", "GET /list", "--port", "9443"]);
+    assert_eq!(off["decision"], "deny");
+}
+
+#[test]
+fn explain_answers_sign_ins_own_routes_as_the_service_does() {
+    let mesh = "examples/bookinfo/mesh.yaml";
+    let logout = explain(&[
+        mesh,
+        "--workload",
+        "default/productpage",
+        "--request",
+        "GET /logout",
+    ]);
+    assert_eq!(summary(&logout), ("reply".into(), 302, Value::Null, Value::Null));
+    assert!(
+        logout["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("sign-in's logout route"),
+        "{logout}"
+    );
+    let callback = explain(&[
+        mesh,
+        "--workload",
+        "default/productpage",
+        "--request",
+        "GET /oauth2/callback?code=c&state=s",
+    ]);
+    assert_eq!(
+        summary(&callback),
+        ("reply".into(), 400, Value::Null, Value::Null)
+    );
+    // Not productpage's: details has no sign-in, and its policy decides.
+    let details = explain(&[mesh, "--workload", "default/details", "--request", "GET /logout"]);
+    assert_eq!(details["decision"], "deny");
+}
+
+#[test]
+fn a_workload_name_is_not_silently_a_labelled_variant() {
+    let dir = Scratch::new("variants");
+    let file = dir.file(
+        "v2.yaml",
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: v2-closed}
+spec:
+  selector: {matchLabels: {app: details, version: v2}}
+  action: DENY
+  rules: [{}]
+",
+    );
+    let plain = explain(&[&file, "--workload", "default/details", "--request", "GET /"]);
+    assert_eq!(
+        (plain["decision"].as_str(), plain["workload"].as_str()),
+        (Some("allow"), Some("default/details"))
+    );
+    assert!(
+        notes(&plain)[0].contains("default/details[version=v2]"),
+        "{plain}"
+    );
+    let v2 = explain(&[
+        &file,
+        "--workload",
+        "default/details",
+        "--label",
+        "version=v2",
+        "--request",
+        "GET /",
+    ]);
+    assert_eq!(
+        (v2["decision"].as_str(), v2["workload"].as_str()),
+        (Some("deny"), Some("default/details[version=v2]"))
+    );
+    assert!(notes(&v2).is_empty(), "{v2}");
 }

@@ -273,15 +273,23 @@ impl JwtAuthenticator {
     }
 
     /// The [`Identity`] this authenticator establishes for a token with
-    /// these claims once the token has been verified: the provider of the
-    /// `iss` claim maps them (its issuer, its principal claim; Keycloak
-    /// realm and client roles, scopes, `azp`, every claim for policies), as
-    /// it does for a bearer token, so the request principal is `ISS/SUB`.
+    /// these claims once its signature has been verified: the provider of
+    /// the `iss` claim checks them and maps them (its issuer, its principal
+    /// claim; Keycloak realm and client roles, scopes, `azp`, every claim
+    /// for policies), as it does for a bearer token, so the request
+    /// principal is `ISS/SUB`.
     ///
-    /// Nothing is verified here: `proof` is the caller's assertion that the
-    /// claims come from a verified token (or stand for one, as in `palisade
-    /// explain`, which decides a request for a caller described on the
-    /// command line). Signature, expiry and audience are not looked at.
+    /// The claims are checked as a bearer token's are, but for what needs
+    /// the token itself or the clock: the issuer is one this authenticator
+    /// trusts, `sub` is a string (and present, unless the provider makes it
+    /// optional or a `client_id` stands in), `aud` names one of the
+    /// provider's audiences (unless it accepts any). Not looked at: the
+    /// signature and algorithm, the time claims (`exp`, `nbf`, `iat`, and
+    /// so the maximum lifetime, which may all be absent), the header's
+    /// `typ`, the location the token came from and its certificate binding
+    /// (`cnf`). `proof` is the caller's assertion that those hold (as in
+    /// `palisade explain`, which decides a request for a caller described
+    /// on the command line).
     ///
     /// ```
     /// use palisade_core::Verification;
@@ -290,7 +298,7 @@ impl JwtAuthenticator {
     ///     .provider(Provider::builder("https://kc.example/realms/shop").audience("details").build()?)
     ///     .build()?;
     /// let claims = serde_json::json!({
-    ///     "iss": "https://kc.example/realms/shop", "sub": "alice",
+    ///     "iss": "https://kc.example/realms/shop", "sub": "alice", "aud": "details",
     ///     "realm_access": {"roles": ["admin"]},
     /// });
     /// let claims = claims.as_object().unwrap().clone();
@@ -304,13 +312,23 @@ impl JwtAuthenticator {
     ///     jwt.identity_for_verified_claims(foreign, Verification::assertion()).unwrap_err(),
     ///     JwtError::UnknownIssuer
     /// );
+    /// let elsewhere = serde_json::json!({"iss": "https://kc.example/realms/shop", "sub": "bob", "aud": "reviews"});
+    /// let elsewhere = elsewhere.as_object().unwrap().clone();
+    /// assert_eq!(
+    ///     jwt.identity_for_verified_claims(elsewhere, Verification::assertion()).unwrap_err(),
+    ///     JwtError::InvalidAudience
+    /// );
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     ///
     /// # Errors
+    /// What the authenticator answers a bearer token with these claims:
     /// [`JwtError::MissingClaim`] or [`JwtError::Malformed`] when `iss` is
     /// absent or not a string, [`JwtError::UnknownIssuer`] when no provider
-    /// has that issuer: what the authenticator answers such a token.
+    /// has that issuer, [`JwtError::MissingClaim`] or
+    /// [`JwtError::InvalidClaim`] for `sub` or `aud`,
+    /// [`JwtError::InvalidAudience`] when `aud` names none of the provider's
+    /// audiences.
     pub fn identity_for_verified_claims(
         &self,
         claims: Map<String, Value>,
@@ -318,7 +336,9 @@ impl JwtAuthenticator {
     ) -> Result<Identity, JwtError> {
         let issuer = peek_issuer(&claims)?;
         let provider = *self.0.by_issuer.get(issuer).ok_or(JwtError::UnknownIssuer)?;
-        let claims = token_claims(&self.0.providers[provider].cfg, claims);
+        let cfg = &self.0.providers[provider].cfg;
+        check_subject_and_audience(cfg, &claims)?;
+        let claims = token_claims(cfg, claims);
         Ok(Identity::from_token(claims, proof))
     }
 
@@ -690,11 +710,29 @@ fn number(claims: &Map<String, Value>, name: &'static str) -> Result<Option<f64>
 
 fn check_claims(cfg: &Provider, parsed: &Parsed<'_>) -> Result<Times, JwtError> {
     let claims = &parsed.claims;
-    let now = now_secs();
-    let leeway = cfg.leeway.as_secs_f64();
     if peek_issuer(claims)? != cfg.issuer {
         return Err(JwtError::UnknownIssuer);
     }
+    let times = check_times(cfg, claims)?;
+    check_subject_and_audience(cfg, claims)?;
+    if let Some(required) = &cfg.required_type {
+        let typ = parsed.typ.as_deref().unwrap_or("");
+        let typ = if typ.len() > 12 && typ[..12].eq_ignore_ascii_case("application/") {
+            &typ[12..]
+        } else {
+            typ
+        };
+        if !typ.eq_ignore_ascii_case(required) {
+            return Err(JwtError::WrongType);
+        }
+    }
+    Ok(times)
+}
+
+/// `exp`, `nbf`, `iat` against the clock, and the maximum lifetime.
+fn check_times(cfg: &Provider, claims: &Map<String, Value>) -> Result<Times, JwtError> {
+    let now = now_secs();
+    let leeway = cfg.leeway.as_secs_f64();
     let exp = number(claims, "exp")?.ok_or(JwtError::MissingClaim("exp"))?;
     if now > exp + leeway {
         return Err(JwtError::Expired);
@@ -713,6 +751,14 @@ fn check_claims(cfg: &Provider, parsed: &Parsed<'_>) -> Result<Times, JwtError> 
             return Err(JwtError::LifetimeTooLong);
         }
     }
+    Ok(Times { exp, nbf })
+}
+
+/// The claim checks that need neither the clock nor the token's header:
+/// `sub` (a string; required unless the provider says otherwise, a
+/// `client_id` standing in for it) and `aud` (one of the provider's
+/// audiences, unless it accepts any).
+fn check_subject_and_audience(cfg: &Provider, claims: &Map<String, Value>) -> Result<(), JwtError> {
     match claims.get("sub") {
         None | Some(Value::String(_)) => {}
         Some(_) => return Err(JwtError::InvalidClaim("sub")),
@@ -743,18 +789,7 @@ fn check_claims(cfg: &Provider, parsed: &Parsed<'_>) -> Result<Times, JwtError> 
             return Err(JwtError::InvalidAudience);
         }
     }
-    if let Some(required) = &cfg.required_type {
-        let typ = parsed.typ.as_deref().unwrap_or("");
-        let typ = if typ.len() > 12 && typ[..12].eq_ignore_ascii_case("application/") {
-            &typ[12..]
-        } else {
-            typ
-        };
-        if !typ.eq_ignore_ascii_case(required) {
-            return Err(JwtError::WrongType);
-        }
-    }
-    Ok(Times { exp, nbf })
+    Ok(())
 }
 
 fn token_claims(cfg: &Provider, claims: Map<String, Value>) -> TokenClaims {

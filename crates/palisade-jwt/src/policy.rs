@@ -424,4 +424,57 @@ spec:
             JwtError::MissingClaim("iss")
         );
     }
+
+    #[test]
+    fn verified_claims_are_checked_as_a_tokens_but_for_signature_and_time() {
+        let yaml = "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt}
+spec:
+  jwtRules: [{issuer: https://kc.example/realms/shop, audiences: [details]}]
+---
+apiVersion: palisade.dev/v1alpha1
+kind: JwtSettings
+metadata: {name: tuning}
+spec: {maxTokenLifetime: 5m, requiredType: at+jwt}
+";
+        let set = PolicySet::from_yaml_str(yaml, "jwt.yaml").unwrap();
+        let jwt =
+            JwtAuthenticator::from_policy_offline(&set.for_workload(&Workload::new("details", "default")))
+                .unwrap()
+                .unwrap();
+        let check = |claims: serde_json::Value| {
+            jwt.identity_for_verified_claims(claims.as_object().unwrap().clone(), Verification::assertion())
+                .map(|id| id.request_principal_str().map(str::to_owned))
+        };
+        let iss = "https://kc.example/realms/shop";
+        // Long expired, issued long before, no `typ` to look at: the clock and
+        // the header are not this check's.
+        assert_eq!(
+            check(
+                serde_json::json!({"iss": iss, "sub": "alice", "aud": ["x", "details"], "exp": 1, "iat": 0})
+            ),
+            Ok(Some(format!("{iss}/alice")))
+        );
+        assert_eq!(
+            check(serde_json::json!({"iss": iss, "sub": "alice", "aud": "reviews"})),
+            Err(JwtError::InvalidAudience)
+        );
+        assert_eq!(
+            check(serde_json::json!({"iss": iss, "sub": "alice"})),
+            Err(JwtError::MissingClaim("aud"))
+        );
+        assert_eq!(
+            check(serde_json::json!({"iss": iss, "aud": "details"})),
+            Err(JwtError::MissingClaim("sub"))
+        );
+        assert_eq!(
+            check(serde_json::json!({"iss": iss, "sub": 7, "aud": "details"})),
+            Err(JwtError::InvalidClaim("sub"))
+        );
+        assert_eq!(
+            check(serde_json::json!({"iss": iss, "client_id": "svc", "aud": "details"})),
+            Ok(Some(format!("{iss}/svc")))
+        );
+    }
 }

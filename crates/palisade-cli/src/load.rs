@@ -1,0 +1,152 @@
+//! The policy that `explain` and `test` decide with: the policy file, and
+//! the documents `--with FILE` and a case file's `with:` add to it (the
+//! issuer setup a fragment leaves out, as a `RequestAuthentication`), read
+//! as one stream, the file's documents first.
+//!
+//! Each file is read and validated on its own, so a problem names the file
+//! it is in; a problem found when the documents are compiled together
+//! names the file and document it comes from too ([`Policy::locate`]).
+
+use std::path::{Path, PathBuf};
+
+use palisade_core::policy::{PolicyError, PolicySet};
+use serde_json::Value;
+
+/// The policy file's documents and those added to them.
+pub(crate) struct Policy {
+    pub(crate) set: PolicySet,
+    /// The number of the policy file's own documents.
+    own: usize,
+    /// Where each added document comes from: its source and its index there.
+    added: Vec<(String, u32)>,
+}
+
+impl Policy {
+    /// Reads `file`, then every file of `with`.
+    ///
+    /// # Errors
+    /// The first file that does not load, as a [`PolicyError`] naming it.
+    pub(crate) fn load(file: &Path, with: &[PathBuf]) -> Result<Self, PolicyError> {
+        let set = PolicySet::from_file(file)?;
+        let mut policy = Self {
+            own: set.documents().len(),
+            set,
+            added: Vec::new(),
+        };
+        for extra in with {
+            policy.add(&PolicySet::from_file(extra)?, true);
+        }
+        Ok(policy)
+    }
+
+    /// Adds the documents of a case file's `with:`, each a YAML mapping
+    /// (`apiVersion`, `kind`, …); `source` names them in errors.
+    ///
+    /// # Errors
+    /// A [`PolicyError`] naming `source`, the document and the field.
+    pub(crate) fn add_values(&mut self, values: &[Value], source: &str) -> Result<(), PolicyError> {
+        if values.is_empty() {
+            return Ok(());
+        }
+        // JSON is YAML: the documents are read by the policy file's loader.
+        let stream: Vec<String> = values.iter().map(Value::to_string).collect();
+        let set = PolicySet::from_yaml_str(&stream.join("\n---\n"), source).map_err(|mut e| {
+            // Lines of that text, not of the case file.
+            (e.line, e.column) = (None, None);
+            e
+        })?;
+        self.add(&set, false);
+        Ok(())
+    }
+
+    fn add(&mut self, other: &PolicySet, lines: bool) {
+        let mut documents = self.set.documents().to_vec();
+        for doc in other.documents() {
+            let mut doc = doc.clone();
+            self.added.push((
+                other.source().to_owned(),
+                u32::try_from(doc.index).unwrap_or(u32::MAX),
+            ));
+            doc.index = documents.len() + 1;
+            if !lines {
+                doc.line = None;
+            }
+            documents.push(doc);
+        }
+        self.set = PolicySet::from_documents(self.set.source(), documents);
+    }
+
+    /// `e`, found compiling the documents together, with the file and
+    /// index of an added document it names.
+    pub(crate) fn locate(&self, mut e: PolicyError) -> PolicyError {
+        let Some(index) = e.document.and_then(|d| usize::try_from(d).ok()) else {
+            return e;
+        };
+        if let Some((source, at)) = index.checked_sub(self.own + 1).and_then(|i| self.added.get(i)) {
+            e.file.clone_from(source);
+            e.document = Some(*at);
+        }
+        e
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    const REALM: &str = "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: realm}
+spec:
+  jwtRules: [{issuer: https://kc.example/realms/shop}]
+";
+
+    #[test]
+    fn added_documents_keep_their_file_and_index_in_errors() {
+        let dir = std::env::temp_dir().join(format!("palisade-load-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let main = dir.join("main.yaml");
+        let realm = dir.join("realm.yaml");
+        std::fs::write(
+            &main,
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a}\nspec: {}\n",
+        )
+        .unwrap();
+        std::fs::write(&realm, REALM).unwrap();
+        let mut policy = Policy::load(&main, std::slice::from_ref(&realm)).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(policy.set.documents().len(), 2);
+        let second = &policy.set.documents()[1];
+        let e = policy.locate(policy.set.error_at(second, "spec.jwtRules[0]", "wrong"));
+        assert_eq!(e.file, realm.display().to_string());
+        assert_eq!(e.document, Some(1));
+        assert_eq!(e.line.map(|l| l.get()), Some(1), "{e}");
+
+        policy
+            .add_values(&[json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy", "metadata": {"name": "b"}})], "c.yaml `with`")
+            .unwrap();
+        let third = &policy.set.documents()[2];
+        let e = policy.locate(policy.set.error_at(third, "spec", "wrong"));
+        assert_eq!(
+            e.to_string(),
+            "c.yaml `with`: document 1 (AuthorizationPolicy default/b): field `spec`: wrong"
+        );
+        // The policy file's own documents are left as they are.
+        let first = &policy.set.documents()[0];
+        let e = policy.locate(policy.set.error_at(first, "spec", "wrong"));
+        assert_eq!(e.file, main.display().to_string());
+
+        let bad = policy
+            .add_values(&[json!({"apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication", "metadata": {"name": "x"}, "spec": {"jwtRulez": []}})], "c.yaml `with`")
+            .unwrap_err();
+        assert!(
+            bad.to_string().starts_with(
+                "c.yaml `with`: document 1 (RequestAuthentication default/x): field `spec.jwtRulez`"
+            ),
+            "{bad}"
+        );
+        assert_eq!(bad.line, None);
+    }
+}
