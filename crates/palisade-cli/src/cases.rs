@@ -201,7 +201,11 @@ fn try_run(args: &Test) -> Result<Report, Report> {
                 case.name,
                 label(&case.workload),
                 case.expected(),
-                outcome.decision(),
+                if outcome.verdict == Verdict::Reply {
+                    "reply"
+                } else {
+                    outcome.decision()
+                },
                 outcome.status,
                 outcome.reason
             ));

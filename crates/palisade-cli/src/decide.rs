@@ -65,11 +65,13 @@ pub(crate) enum Verdict {
 }
 
 impl Verdict {
+    /// The contract's `decision`: `allow` or `deny`. Sign-in's own routes
+    /// are not refused (the policy does not apply to them): `allow`, with
+    /// `answered_by` saying who answers.
     pub(crate) fn as_str(self) -> &'static str {
         match self {
-            Verdict::Allow => "allow",
+            Verdict::Allow | Verdict::Reply => "allow",
             Verdict::Deny => "deny",
-            Verdict::Reply => "reply",
         }
     }
 }
@@ -92,7 +94,7 @@ pub(crate) struct Outcome {
 }
 
 impl Outcome {
-    /// `allow`, `deny` or `reply`.
+    /// `allow` or `deny`.
     pub(crate) fn decision(&self) -> &'static str {
         self.verdict.as_str()
     }
@@ -103,6 +105,7 @@ impl Outcome {
         Explained {
             decision: self.decision(),
             status: self.status,
+            answered_by: (self.verdict == Verdict::Reply).then_some("sign-in"),
             policy: access.and_then(AccessDecision::policy),
             rule: access.and_then(AccessDecision::rule),
             action: access.and_then(AccessDecision::action).map(Action::as_str),
@@ -124,6 +127,11 @@ impl Outcome {
 pub(crate) struct Explained<'a> {
     decision: &'static str,
     status: u16,
+    /// Who answers in the application's place (`sign-in` for its own
+    /// routes); absent when the application's handler does or the guard
+    /// refuses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    answered_by: Option<&'static str>,
     policy: Option<&'a str>,
     rule: Option<usize>,
     action: Option<&'static str>,

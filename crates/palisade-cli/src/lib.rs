@@ -19,11 +19,12 @@
 //!   the exit status is 1 when there is any.
 //! - `explain` decides one request with [`Guard::check`](palisade_core::Guard::check),
 //!   as the workload's running guard does, and prints the decision as
-//!   JSON: `{"decision": "allow"|"deny"|"reply", "status": N, "policy": …,
+//!   JSON: `{"decision": "allow"|"deny", "status": N, "policy": …,
 //!   "rule": …}`, a few more fields and `notes`, what the answer takes
-//!   for granted. `reply` is one of browser sign-in's own routes
-//!   (callback, login, logout, back-channel logout), which a service with
-//!   sign-in answers whatever the policy says.
+//!   for granted. Browser sign-in's own routes (callback, login, logout,
+//!   back-channel logout), which a service with sign-in answers whatever
+//!   the policy says, are `allow` with `"answered_by": "sign-in"` and the
+//!   status sign-in answers with; a case expects them as `reply`.
 //!
 //!   `--claims` stands for a token with these claims, taken as signed and
 //!   current: the workload's JWT authenticator checks them as it checks a

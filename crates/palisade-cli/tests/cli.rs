@@ -658,7 +658,9 @@ fn explain_answers_sign_ins_own_routes_as_the_service_does() {
         "--request",
         "GET /logout",
     ]);
-    assert_eq!(summary(&logout), ("reply".into(), 302, Value::Null, Value::Null));
+    // The contract's two decisions: not refused, answered by sign-in.
+    assert_eq!(summary(&logout), ("allow".into(), 302, Value::Null, Value::Null));
+    assert_eq!(logout["answered_by"], "sign-in");
     assert!(
         logout["reason"]
             .as_str()
@@ -675,11 +677,13 @@ fn explain_answers_sign_ins_own_routes_as_the_service_does() {
     ]);
     assert_eq!(
         summary(&callback),
-        ("reply".into(), 400, Value::Null, Value::Null)
+        ("allow".into(), 400, Value::Null, Value::Null)
     );
+    assert_eq!(callback["answered_by"], "sign-in");
     // Not productpage's: details has no sign-in, and its policy decides.
     let details = explain(&[mesh, "--workload", "default/details", "--request", "GET /logout"]);
     assert_eq!(details["decision"], "deny");
+    assert!(details.get("answered_by").is_none(), "{details}");
 }
 
 #[test]
