@@ -60,7 +60,11 @@ fn curl_negotiate_authenticates_a_kerberos_user_in_both_examples() {
     let client = r.realm.client_env(&r.ccache);
     for (name, with_ktname) in [("details", true), ("reviews", false)] {
         // reviews starts without KRB5_KTNAME: --keytab sets it (by re-executing).
-        let svc = start(name, &["--keytab", &keytab(&r)], &server_env(&r, with_ktname));
+        let svc = start(
+            name,
+            &["--keytab", &keytab(&r), "--admin", "127.0.0.1:0"],
+            &server_env(&r, with_ktname),
+        );
         let url = format!("http://localhost:{}/whoami", svc.port);
         let (status, headers, body, log) = curl(&["--negotiate", "-u", ":", &url], &client);
         assert_eq!(status, 200, "{name}: {headers}\n{log}");
@@ -75,6 +79,24 @@ fn curl_negotiate_authenticates_a_kerberos_user_in_both_examples() {
             last.contains("www-authenticate: Negotiate "),
             "{name}: no mutual token: {last}"
         );
+        // The ticket was checked on the blocking pool, once, and is done.
+        let admin = svc
+            .banner
+            .iter()
+            .find_map(|l| l.strip_prefix("admin listening on "))
+            .expect("the admin address");
+        let (status, _, metrics, _) = curl(&[&format!("http://{admin}/metrics")], &[]);
+        assert_eq!(status, 200);
+        for line in [
+            "palisade_spnego_blocking_calls_total 1",
+            "palisade_spnego_blocking_in_flight 0",
+            "palisade_authentications_total{method=\"spnego\",result=\"success\"} 1",
+        ] {
+            assert!(
+                metrics.lines().any(|l| l == line),
+                "{name}: no `{line}` in\n{metrics}"
+            );
+        }
     }
 }
 
