@@ -26,7 +26,7 @@ use palisade_core::policy::{PolicyError, PolicySet, Spec, Workload, WorkloadPoli
 use palisade_core::{AuthMethod, Check, ErrorKind, Guard, Identity, Rejection, Verification};
 use palisade_jwt::{JwtAuthenticator, JwtError};
 use palisade_mtls::SpiffeId;
-use palisade_signin::SignIn;
+use palisade_signin::{SignIn, is_navigation};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -383,17 +383,6 @@ fn reads_destination_ip(policy: &WorkloadPolicy<'_>) -> bool {
         Spec::ServiceRoleBinding(b) => b.subjects.iter().any(|s| s.properties.contains_key(KEY)),
         _ => false,
     })
-}
-
-/// A browser's navigation, as sign-in tells it from an API call.
-fn is_navigation(req: &dyn RequestHead) -> bool {
-    if !matches!(req.method(), "GET" | "HEAD") {
-        return false;
-    }
-    match req.header_str("sec-fetch-mode") {
-        Some(mode) => mode.eq_ignore_ascii_case("navigate"),
-        None => req.header_str("accept").is_some_and(|a| a.contains("text/html")),
-    }
 }
 
 /// What a caller's claims came to: an identity, or the refusal of them.

@@ -409,8 +409,17 @@ fn origin(req: &dyn RequestHead) -> Option<String> {
 }
 
 /// Whether a request is a browser's navigation (a page load, not an API
-/// call): `Sec-Fetch-Mode: navigate`, or a `GET` that accepts HTML.
-fn is_navigation(req: &dyn RequestHead) -> bool {
+/// call): `Sec-Fetch-Mode: navigate`, or a `GET` that accepts HTML. Only a
+/// navigation is sent to sign in; an API call gets the 401.
+///
+/// ```
+/// use palisade_core::authn::OwnedRequest;
+/// let page = OwnedRequest::get("/p").header("accept", "text/html");
+/// assert!(palisade_signin::is_navigation(&page));
+/// assert!(!palisade_signin::is_navigation(&OwnedRequest::get("/api")));
+/// ```
+#[must_use]
+pub fn is_navigation(req: &dyn RequestHead) -> bool {
     if !matches!(req.method(), "GET" | "HEAD") {
         return false;
     }

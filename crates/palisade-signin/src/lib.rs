@@ -54,7 +54,7 @@ mod session;
 pub mod store;
 
 pub use config::{ClientKey, SecretMethod, SignInBuilder, SignInError};
-pub use flow::SignIn;
+pub use flow::{SignIn, is_navigation};
 pub use session::SignedIn;
 
 /// Log target of the sign-in flow.
