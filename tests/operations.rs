@@ -155,21 +155,25 @@ fn wrk(url: &str, token: &str, secs: u64) -> Load {
     ))
 }
 
-/// 50 reloads (SIGHUP), alternating two valid files and a broken one,
-/// while wrk loads a route both valid files allow: no request fails, and
-/// after each reload the route the files disagree on answers as the file
-/// in force says (the broken one keeps the one before). Then a change
-/// without a signal is picked up by the file watch.
-async fn reload_under_load(example: &str) {
+/// An example serving a policy file of its own issuer (`/whoami` allowed
+/// when `whoami`), with the admin listener, the issuer's keys loaded, and
+/// a token for it.
+struct Running {
+    issuer: TestIssuer,
+    dir: ScratchDir,
+    svc: Service,
+    admin: String,
+    token: String,
+}
+
+async fn running(example: &str, tag: &str, whoami: bool) -> Running {
     let issuer = TestIssuer::builder()
         .default_audience(example)
         .client("demo", "s3cret")
         .start()
         .unwrap();
-    let dir = ScratchDir::new(&format!("reload-{example}"));
-    let with = policy(&issuer, example, true);
-    let without = policy(&issuer, example, false);
-    let file = dir.write("policy.yaml", &with);
+    let dir = ScratchDir::new(&format!("{tag}-{example}"));
+    let file = dir.write("policy.yaml", &policy(&issuer, example, whoami));
     let (svc, admin) = start_with_admin(example, &file);
     keys_loaded(&admin, &issuer).await;
     let token = access_token(
@@ -177,6 +181,30 @@ async fn reload_under_load(example: &str) {
         "grant_type=client_credentials&client_id=demo&client_secret=s3cret",
     )
     .await;
+    Running {
+        issuer,
+        dir,
+        svc,
+        admin,
+        token,
+    }
+}
+
+/// 50 reloads (SIGHUP), alternating two valid files and a broken one,
+/// while wrk loads a route both valid files allow: no request fails, and
+/// after each reload the route the files disagree on answers as the file
+/// in force says (the broken one keeps the one before). Then a change
+/// without a signal is picked up by the file watch.
+async fn reload_under_load(example: &str) {
+    let Running {
+        issuer,
+        dir,
+        svc,
+        admin,
+        token,
+    } = running(example, "reload", true).await;
+    let with = policy(&issuer, example, true);
+    let without = policy(&issuer, example, false);
     let whoami = format!("http://{}/whoami", svc.addr);
     assert_eq!(status(&whoami, &token).await, 200);
 
@@ -253,20 +281,13 @@ async fn reviews_reloads_its_policy_under_load() {
 
 /// The contract's metrics after known traffic, and `/ready`.
 async fn admin_listener(example: &str) {
-    let issuer = TestIssuer::builder()
-        .default_audience(example)
-        .client("demo", "s3cret")
-        .start()
-        .unwrap();
-    let dir = ScratchDir::new(&format!("admin-{example}"));
-    let file = dir.write("policy.yaml", &policy(&issuer, example, false));
-    let (svc, admin) = start_with_admin(example, &file);
-    keys_loaded(&admin, &issuer).await;
-    let token = access_token(
-        &issuer.token_endpoint(),
-        "grant_type=client_credentials&client_id=demo&client_secret=s3cret",
-    )
-    .await;
+    let Running {
+        issuer,
+        dir,
+        svc,
+        admin,
+        token,
+    } = running(example, "admin", false).await;
     let url = |p: &str| format!("http://{}{p}", svc.addr);
     assert_eq!(status(&url("/list"), &token).await, 200);
     assert_eq!(status(&url("/list"), &token).await, 200);
