@@ -22,10 +22,11 @@ check    compiles every document of the policy file FILE for every workload it
          names, as the services do when they start (offline: no issuer, key
          server or session store is contacted); one line per problem, exit 1.
 explain  decides one request as the workload's guard would and prints
-         {\"decision\": \"allow\"|\"deny\"|\"reply\", \"status\": N, \"policy\": …,
-         \"rule\": …, …, \"notes\": […]} as JSON. \"reply\" is sign-in's own
-         routes (callback, login, logout, back-channel logout), which the
-         service answers whatever the policy says.
+         {\"decision\": \"allow\"|\"deny\", \"status\": N, \"policy\": …,
+         \"rule\": …, …, \"notes\": […]} as JSON. Sign-in's own routes
+         (callback, login, logout, back-channel logout), which the service
+         answers whatever the policy says, are \"allow\" with
+         \"answered_by\": \"sign-in\" and sign-in's status.
          --workload: the workload with the label app: NAME, and --label's.
          It may be left out when FILE names one workload.
          --claims: the claims of a token, taken as signed and current: the
@@ -59,7 +60,7 @@ test     runs the decision cases of CASES.yaml; prints each failed case, the
              peer: PRINCIPAL
              port: N
              source_ip: IP
-             expect: allow|deny|reply
+             expect: allow|deny   # or reply: sign-in's own routes only
              status: N            # optional: the exact status
              dry_run: allow|deny  # optional: what dry-run policies would decide
          (request and expect required; the rest as for explain).

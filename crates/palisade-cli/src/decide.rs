@@ -164,6 +164,10 @@ pub(crate) struct Bench {
     sign_in: Option<SignInRoutes>,
     /// A document for the workload reads `destination.ip`.
     reads_destination_ip: bool,
+    /// The workload is a stand-in (the file names none) and one of its JWT
+    /// rules gives no audiences: Istio's default, the workload's own host
+    /// and service name, is unknown.
+    unknown_audience: bool,
 }
 
 impl Bench {
@@ -179,12 +183,17 @@ impl Bench {
         SignIn::check_policy(&policy)?;
         let sign_in = SignInRoutes::from_policy(&policy);
         let reads_destination_ip = reads_destination_ip(&policy);
+        let unknown_audience = workload.service == workloads::ANY
+            && policy
+                .request_authentications()
+                .any(|(_, ra)| ra.jwt_rules.iter().any(|r| r.audiences.is_empty()));
         Ok(Self {
             workload,
             access,
             jwt,
             sign_in,
             reads_destination_ip,
+            unknown_audience,
         })
     }
 
@@ -267,6 +276,9 @@ impl Bench {
             ));
             return Ok(None);
         };
+        if self.unknown_audience {
+            return Err("the file names no workload, and a RequestAuthentication without `audiences` accepts the workload's own service name and host, which are then unknown: name the workload (--workload NS/NAME, `workload:` in a case) or give the rule `audiences`".to_owned());
+        }
         if !claims.contains_key("iss") {
             let issuers: Vec<&str> = jwt.issuers().collect();
             let [issuer] = issuers.as_slice() else {

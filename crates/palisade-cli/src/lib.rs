@@ -24,7 +24,8 @@
 //!   for granted. Browser sign-in's own routes (callback, login, logout,
 //!   back-channel logout), which a service with sign-in answers whatever
 //!   the policy says, are `allow` with `"answered_by": "sign-in"` and the
-//!   status sign-in answers with; a case expects them as `reply`.
+//!   status sign-in answers with; a case expects them as `allow` (or,
+//!   stricter, `reply`).
 //!
 //!   `--claims` stands for a token with these claims, taken as signed and
 //!   current: the workload's JWT authenticator checks them as it checks a

@@ -724,3 +724,75 @@ spec:
     );
     assert!(notes(&v2).is_empty(), "{v2}");
 }
+
+#[test]
+fn sign_ins_routes_are_allowed_as_the_contract_says_and_dry_runs_take_two_values() {
+    let dir = Scratch::new("reply");
+    let cases = dir.file(
+        "signin.cases.yaml",
+        "cases:
+- {name: logout is answered, workload: default/productpage, request: GET /logout, expect: allow, status: 302}
+- {name: stricter, workload: default/productpage, request: GET /logout, expect: reply}
+",
+    );
+    let test = palisade(&["test", "examples/bookinfo/mesh.yaml", &cases]);
+    let out = text(&test.stdout);
+    assert_eq!(test.status.code(), Some(0), "{out}{}", text(&test.stderr));
+    assert!(out.ends_with("2 passed, 0 failed\n"), "{out}");
+
+    let bad = dir.file(
+        "bad.cases.yaml",
+        "cases:\n- {name: shadow, request: GET /healthz, expect: allow, dry_run: reply}\n",
+    );
+    let test = palisade(&["test", "examples/policies/dry-run.yaml", &bad]);
+    let err = text(&test.stderr);
+    assert_eq!(test.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("case 1 (shadow): field `dry_run`: unknown variant `reply`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn istios_default_audience_needs_the_workload_named() {
+    let dir = Scratch::new("audience");
+    let file = dir.file(
+        "no-audiences.yaml",
+        "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: default}
+spec:
+  jwtRules: [{issuer: https://idp.example, jwksUri: https://idp.example/jwks}]
+",
+    );
+    let claims = r#"{"iss": "https://idp.example", "sub": "alice", "aud": "details"}"#;
+    let out = palisade(&["explain", &file, "--request", "GET /list", "--claims", claims]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("name the workload"), "{err}");
+    // Named, the audience is the workload's service, as the service has it.
+    let named = explain(&[
+        &file,
+        "--workload",
+        "default/details",
+        "--request",
+        "GET /list",
+        "--claims",
+        claims,
+    ]);
+    assert_eq!(named["decision"], "allow", "{named}");
+    let other = explain(&[
+        &file,
+        "--workload",
+        "default/reviews",
+        "--request",
+        "GET /list",
+        "--claims",
+        claims,
+    ]);
+    assert_eq!(
+        (other["decision"].as_str(), other["status"].as_u64()),
+        (Some("deny"), Some(401)),
+        "{other}"
+    );
+}
