@@ -12,7 +12,7 @@
 //! It reloads when told ([`PolicyReloader::reload`]), when the file's
 //! contents change ([`PolicyReloader::watch`]) and on `SIGHUP`
 //! ([`PolicyReloader::reload_on_sighup`]). Every attempt is counted in
-//! [`CONFIG_RELOADS`](crate::metrics::CONFIG_RELOADS).
+//! [`CONFIG_RELOADS`].
 //!
 //! ```
 //! use palisade_core::policy::{PolicySet, Workload};
