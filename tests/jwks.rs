@@ -5,6 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+mod common;
+
+use common::wait_until;
 use palisade::core::policy::FromPolicy;
 use palisade::jwt::{FetchSettings, JwtAuthenticator, JwtError, Provider};
 use palisade::testkit::{Fault, TestIssuer};
@@ -30,16 +33,6 @@ fn authenticator(issuer: &TestIssuer, fetch: FetchSettings) -> JwtAuthenticator 
         )
         .build()
         .unwrap()
-}
-
-async fn wait_until(what: &str, mut f: impl AsyncFnMut() -> bool) {
-    for _ in 0..100 {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

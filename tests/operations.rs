@@ -4,9 +4,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
-use common::{ScratchDir, Service, access_token, start};
+use common::{ScratchDir, Service, access_token, start, wait_until};
 use palisade::testkit::TestIssuer;
 
 /// Starts `example` with `--config file` and `--admin 127.0.0.1:0`; the
@@ -32,11 +30,10 @@ async fn keys_loaded(admin: &str, issuer: &TestIssuer) {
         "palisade_jwks_fetches_total{{issuer=\"{}\",result=\"success\"}}",
         issuer.issuer()
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while sample(&metrics(admin).await, &sample_name) < 1.0 {
-        assert!(Instant::now() < deadline, "the issuer's keys never came");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("the issuer's keys", async || {
+        sample(&metrics(admin).await, &sample_name) >= 1.0
+    })
+    .await;
 }
 
 /// Tokens of `issuer` for `service`; `/list` for any caller with one, and
@@ -220,11 +217,10 @@ async fn reload_under_load(example: &str) {
         };
         dir.write("policy.yaml", text);
         sighup(&svc);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while reloads(&metrics(&admin).await) <= before {
-            assert!(Instant::now() < deadline, "reload {i} not seen in /metrics");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_until(&format!("reload {i} in /metrics"), async || {
+            reloads(&metrics(&admin).await) > before
+        })
+        .await;
         if let Some(v) = valid {
             in_force = v;
         }
@@ -262,11 +258,10 @@ async fn reload_under_load(example: &str) {
     // /whoami iff `in_force`; write the other.
     dir.write("policy.yaml", if in_force { &without } else { &with });
     let want = if in_force { 403 } else { 200 };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while status(&whoami, &token).await != want {
-        assert!(Instant::now() < deadline, "the changed file was not picked up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until("the changed file to be picked up", async || {
+        status(&whoami, &token).await == want
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -349,11 +344,10 @@ async fn admin_listener(example: &str) {
         &policy(&issuer, example, false).replace("[/list]", "[\"*\"]"),
     );
     sighup(&svc);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while status(&url("/whoami"), &token).await != 200 {
-        assert!(Instant::now() < deadline, "the allow-all file was not loaded");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("the allow-all file to be loaded", async || {
+        status(&url("/whoami"), &token).await == 200
+    })
+    .await;
     assert_eq!(status(&url("/metrics"), &token).await, 404);
     assert_eq!(status(&url("/ready"), &token).await, 404);
 }

@@ -26,6 +26,18 @@ pub(crate) async fn access_token(endpoint: &str, form: &str) -> String {
         .to_owned()
 }
 
+/// Waits until `f` holds, looking every 100 ms; panics naming `what`
+/// after 10 s.
+pub(crate) async fn wait_until(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    for _ in 0..100 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
 /// The path of an example binary built by `cargo test`.
 pub(crate) fn example(name: &str) -> std::path::PathBuf {
     let mut p = std::env::current_exe().unwrap();
