@@ -27,6 +27,13 @@
 //              of its sign-ins are oidc-provider's opaque ones (for
 //              userinfo) rather than JWTs for AUDIENCE: a relying party
 //              then knows the user from the ID token alone
+//   INTROSPECTION  opt-in (unset: off): `1` turns on token introspection
+//              (RFC 7662) and revocation (RFC 7009), registers the resource
+//              server client `palisade-rs` / `palisade-rs-secret`
+//              (client_secret_basic; it may introspect any token) and the
+//              resource OPAQUE_AUDIENCE (default api://palisade-opaque),
+//              whose access tokens are opaque; `GET /test/introspections`
+//              answers how many introspection requests were received
 //
 // Client `palisade-test` / `palisade-secret` may use the client_credentials
 // grant; access tokens are JWTs (resource indicators, accessTokenFormat jwt).
@@ -81,6 +88,19 @@ if (browser) {
   });
 }
 
+const introspection = process.env.INTROSPECTION === '1';
+const opaqueAudience = process.env.OPAQUE_AUDIENCE || 'api://palisade-opaque';
+if (introspection) {
+  clients.push({
+    client_id: 'palisade-rs',
+    client_secret: 'palisade-rs-secret',
+    grant_types: [],
+    redirect_uris: [],
+    response_types: [],
+    token_endpoint_auth_method: 'client_secret_basic',
+  });
+}
+
 const backchannelLogout = process.env.BROWSER_BACKCHANNEL_LOGOUT === '1';
 const opaqueBrowserTokens = process.env.BROWSER_OPAQUE_ACCESS_TOKENS === '1';
 const provider = new Provider(issuer, {
@@ -98,13 +118,17 @@ const provider = new Provider(issuer, {
     devInteractions: { enabled: browser },
     backchannelLogout: { enabled: backchannelLogout },
     clientCredentials: { enabled: true },
-    introspection: { enabled: false },
+    introspection: { enabled: introspection },
+    revocation: { enabled: introspection },
     resourceIndicators: {
       enabled: true,
       defaultResource: async (_ctx, client) =>
         (opaqueBrowserTokens && client?.clientId === 'palisade-browser' ? undefined : audience),
       useGrantedResource: async () => true,
       getResourceServerInfo: async (_ctx, resourceIndicator) => {
+        if (introspection && resourceIndicator === opaqueAudience) {
+          return { scope: 'read write', audience: opaqueAudience, accessTokenTTL: 300, accessTokenFormat: 'opaque' };
+        }
         if (resourceIndicator !== audience) {
           throw new Provider.errors.InvalidTarget();
         }
@@ -126,6 +150,18 @@ if (backchannelLogout) {
   });
   provider.on('backchannel.error', (_ctx, err, client) => {
     console.log(`backchannel logout to ${client.clientId} failed: ${err.message}`);
+  });
+}
+
+if (introspection) {
+  let introspections = 0;
+  provider.use(async (ctx, next) => {
+    if (ctx.method === 'GET' && ctx.path === '/test/introspections') {
+      ctx.body = { count: introspections };
+      return;
+    }
+    if (ctx.method === 'POST' && ctx.path === '/token/introspection') introspections += 1;
+    await next();
   });
 }
 

@@ -14,6 +14,7 @@
 //! | [`CHECK_DURATION`] | histogram (seconds) | — |
 //! | [`JWKS_FETCHES`] | counter | `issuer`, `result` (`success`, `failure`) |
 //! | [`TOKEN_CACHE`] | counter | `result` (`hit`, `miss`) |
+//! | [`INTROSPECTIONS`] | counter | `issuer`, `result` (`active`, `inactive`, `failure`) |
 //! | [`SPNEGO_BLOCKING`] | gauge | — |
 //! | [`SPNEGO_BLOCKING_CALLS`] | counter | — |
 //! | [`CONFIG_RELOADS`] | counter | `result` (`success`, `failure`) |
@@ -44,6 +45,8 @@ pub const CHECK_DURATION: &str = "palisade_check_duration_seconds";
 pub const JWKS_FETCHES: &str = "palisade_jwks_fetches_total";
 /// Lookups in the verified-token cache: counter.
 pub const TOKEN_CACHE: &str = "palisade_token_cache_total";
+/// Calls to an issuer's token introspection endpoint (RFC 7662): counter.
+pub const INTROSPECTIONS: &str = "palisade_introspections_total";
 /// Kerberos ticket checks running on the blocking pool now: gauge.
 pub const SPNEGO_BLOCKING: &str = "palisade_spnego_blocking_in_flight";
 /// Kerberos ticket checks sent to the blocking pool: counter.
@@ -71,6 +74,10 @@ pub fn describe() {
     );
     metrics::describe_counter!(JWKS_FETCHES, "Fetches of an issuer's JSON Web Key Set");
     metrics::describe_counter!(TOKEN_CACHE, "Lookups in the verified-token cache");
+    metrics::describe_counter!(
+        INTROSPECTIONS,
+        "Calls to an issuer's token introspection endpoint"
+    );
     metrics::describe_gauge!(SPNEGO_BLOCKING, "Kerberos ticket checks on the blocking pool now");
     metrics::describe_counter!(
         SPNEGO_BLOCKING_CALLS,

@@ -19,6 +19,7 @@ use serde_json::{Map, Value};
 use crate::cache::TokenCache;
 use crate::config::{ConfigError, JwksSource, Provider, TokenSource};
 use crate::error::JwtError;
+use crate::introspect::{Active, Convert, Introspector, looks_like_jws, token_key};
 use crate::jwks::{Fetched, KeySet, KeyStore, VerifyKey, fetched_store, hmac_key, parse_jwks, pem_key};
 use crate::token::{Parsed, parse, peek_issuer};
 
@@ -30,6 +31,8 @@ struct ProviderState {
     /// What keeps a fetched store fresh, shared with every authenticator
     /// that trusts the issuer the same way.
     _fetched: Option<Arc<Fetched>>,
+    /// Its token introspection, if configured.
+    introspector: Option<Arc<Introspector>>,
 }
 
 struct CacheEntry {
@@ -56,6 +59,8 @@ struct Shared {
     realm: String,
     providers: Vec<ProviderState>,
     by_issuer: HashMap<String, usize>,
+    /// The providers that introspect opaque tokens, in order.
+    opaque: Vec<usize>,
     /// Every source any provider reads, with the providers that accept it.
     sources: Vec<(TokenSource, Vec<usize>)>,
     max_token_size: usize,
@@ -191,10 +196,18 @@ impl JwtAuthenticatorBuilder {
                     (fetched.store.clone(), Some(fetched))
                 }
             };
+            let introspector = match &cfg.introspection {
+                Some(i) => Some(Arc::new(
+                    Introspector::new(&cfg.issuer, i.clone(), cfg.fetch.clone(), self.offline)
+                        .map_err(|e| ConfigError::OutOfRange(format!("cannot start the JWKS thread: {e}")))?,
+                )),
+                None => None,
+            };
             providers.push(ProviderState {
                 cfg,
                 store,
                 _fetched: fetched,
+                introspector,
             });
         }
         let mut sources: Vec<(TokenSource, Vec<usize>)> = Vec::new();
@@ -206,11 +219,15 @@ impl JwtAuthenticatorBuilder {
                 }
             }
         }
+        let opaque = (0..providers.len())
+            .filter(|&i| providers[i].introspector.is_some())
+            .collect();
         let (cache_hits, cache_misses) = cache_counters();
         Ok(JwtAuthenticator(Arc::new(Shared {
             realm: self.realm,
             providers,
             by_issuer,
+            opaque,
             sources,
             max_token_size: self.max_token_size,
             cache: (self.cache_entries > 0).then(|| TokenCache::new(self.cache_entries)),
@@ -375,6 +392,14 @@ impl JwtAuthenticator {
                 .finish(found.into_owned(), kid, alg, provider)
                 .await
                 .map(|a| a.identity),
+            Step::Introspect {
+                found,
+                providers,
+                key,
+            } => self
+                .introspect(found.into_owned(), providers, key)
+                .await
+                .map(|a| a.identity),
         }
     }
 
@@ -532,7 +557,20 @@ impl JwtAuthenticator {
         }
         let parsed = match parse(&found.token, shared.max_token_size) {
             Ok(p) => p,
-            Err(e) => return Step::Done(Err(e)),
+            Err(e) if shared.opaque.is_empty() || looks_like_jws(&found.token) => return Step::Done(Err(e)),
+            Err(_) => {
+                // An opaque token: the issuers that introspect them, in order.
+                let providers: Vec<usize> = shared
+                    .opaque
+                    .iter()
+                    .copied()
+                    .filter(|p| shared.sources[found.source].1.contains(p))
+                    .collect();
+                if providers.is_empty() {
+                    return Step::Done(Err(JwtError::WrongLocation));
+                }
+                return self.start_introspection(found, providers);
+            }
         };
         let provider = match peek_issuer(&parsed.claims).map(|iss| shared.by_issuer.get(iss).copied()) {
             Ok(Some(p)) => p,
@@ -543,6 +581,9 @@ impl JwtAuthenticator {
             return Step::Done(Err(JwtError::WrongLocation));
         }
         let state = &shared.providers[provider];
+        if state.introspector.as_ref().is_some_and(|i| i.jwts()) {
+            return self.start_introspection(found, vec![provider]);
+        }
         if !state.cfg.algorithms.contains(&parsed.alg) {
             return Step::Done(Err(JwtError::AlgorithmNotAllowed));
         }
@@ -563,6 +604,126 @@ impl JwtAuthenticator {
                 }
             }
         }
+    }
+
+    /// A fresh cached answer of one of `providers`, or the step that asks them.
+    fn start_introspection<'r>(&self, found: Found<'r>, providers: Vec<usize>) -> Step<'r> {
+        let key = token_key(&found.token);
+        let now = now_secs();
+        let mut refused = None;
+        let mut ask = Vec::new();
+        for p in providers {
+            let Some(introspector) = &self.0.providers[p].introspector else {
+                continue;
+            };
+            match introspector.cached(&key, now) {
+                Some(Ok(active)) => {
+                    self.0.cache_hits.increment(1);
+                    return Step::Done(self.introspected(&found, p, &active, now));
+                }
+                Some(Err(e)) => refused = Some(e),
+                None => ask.push(p),
+            }
+        }
+        if ask.is_empty() {
+            self.0.cache_hits.increment(1);
+            return Step::Done(Err(refused.unwrap_or(JwtError::Inactive)));
+        }
+        self.0.cache_misses.increment(1);
+        Step::Introspect {
+            found,
+            providers: ask,
+            key,
+        }
+    }
+
+    /// Asks each provider in turn until one finds the token active.
+    async fn introspect(
+        &self,
+        found: Found<'static>,
+        providers: Vec<usize>,
+        key: String,
+    ) -> Result<Authenticated, JwtError> {
+        let token: Arc<str> = Arc::from(&*found.token);
+        let mut refused = JwtError::Inactive;
+        for p in providers {
+            let Some(introspector) = &self.0.providers[p].introspector else {
+                continue;
+            };
+            let this = self.clone();
+            let convert: Convert = Arc::new(move |answer| this.active_from(p, answer));
+            match introspector.check(key.clone(), Arc::clone(&token), convert).await {
+                Ok(active) => return self.introspected(&found, p, &active, now_secs()),
+                // An unavailable endpoint outranks another issuer's "inactive".
+                Err(e) if refused != JwtError::IntrospectionUnavailable => refused = e,
+                Err(_) => {}
+            }
+        }
+        Err(refused)
+    }
+
+    /// An introspection answer, checked as a JWT's claims are and mapped to
+    /// the same identity.
+    fn active_from(&self, provider: usize, mut claims: Map<String, Value>) -> Result<Active, JwtError> {
+        let cfg = &self.0.providers[provider].cfg;
+        if claims.remove("active") != Some(Value::Bool(true)) {
+            return Err(JwtError::Inactive);
+        }
+        match claims.get("iss") {
+            None => {
+                claims.insert("iss".into(), Value::String(cfg.issuer.clone()));
+            }
+            Some(Value::String(iss)) if *iss == cfg.issuer => {}
+            Some(_) => return Err(JwtError::UnknownIssuer),
+        }
+        let leeway = cfg.leeway.as_secs_f64();
+        let now = now_secs();
+        let exp = number(&claims, "exp")?;
+        if exp.is_some_and(|exp| now > exp + leeway) {
+            return Err(JwtError::Expired);
+        }
+        let nbf = number(&claims, "nbf")?;
+        check_subject_and_audience(cfg, &claims)?;
+        let payload = cfg.output_payload_to_header.as_ref().map(|_| {
+            base64::Engine::encode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                Value::Object(claims.clone()).to_string(),
+            )
+        });
+        let username = claims.get("username").and_then(Value::as_str).map(str::to_owned);
+        let mut token = token_claims(cfg, claims);
+        if token.preferred_username.is_none() && cfg.principal_claim.is_none() {
+            token.preferred_username = username;
+        }
+        let out_edits = output_edits(cfg, &token.claims, payload.as_deref());
+        Ok(Active {
+            identity: Identity::from_token(token, Verification::assertion()),
+            out_edits,
+            exp,
+            nbf,
+        })
+    }
+
+    /// A request authenticated by an introspection answer.
+    fn introspected(
+        &self,
+        found: &Found<'_>,
+        provider: usize,
+        active: &Active,
+        now: f64,
+    ) -> Result<Authenticated, JwtError> {
+        let leeway = self.0.providers[provider].cfg.leeway.as_secs_f64();
+        if active.exp.is_some_and(|exp| now > exp + leeway) {
+            return Err(JwtError::Expired);
+        }
+        if active.nbf.is_some_and(|nbf| now + leeway < nbf) {
+            return Err(JwtError::NotYetValid);
+        }
+        let mut edits = self.removal(found, provider);
+        edits.extend(active.out_edits.iter().cloned());
+        Ok(Authenticated::new(active.identity.clone())
+            .with_edits(edits)
+            .with_attachment(BearerToken::new(&*found.token)))
     }
 
     async fn finish(
@@ -642,18 +803,7 @@ impl JwtAuthenticator {
         }
         let times = check_claims(cfg, &parsed)?;
         let claims = token_claims(cfg, parsed.claims);
-        let mut out_edits = Vec::new();
-        if let Some(h) = &cfg.output_payload_to_header {
-            out_edits.push(HeaderEdit::Set(h.clone(), parsed.payload_b64.to_owned()));
-        }
-        for (header, claim) in &cfg.output_claims {
-            // Without the claim the header is removed: a client must not
-            // supply what the handler takes for the token's claim.
-            out_edits.push(match claim_string(&claims.claims, claim) {
-                Some(v) => HeaderEdit::Set(header.clone(), v),
-                None => HeaderEdit::Remove(header.clone()),
-            });
-        }
+        let out_edits = output_edits(cfg, &claims.claims, Some(parsed.payload_b64));
         let identity = Identity::from_token(claims, Verification::assertion());
         let mut edits = self.removal(found, provider);
         edits.extend(out_edits.iter().cloned());
@@ -681,8 +831,32 @@ impl JwtAuthenticator {
     }
 }
 
+/// The headers `output_payload_to_header` and `output_claim_to_header` set
+/// for a token with these claims (`payload`: the base64url payload).
+fn output_edits(cfg: &Provider, claims: &Map<String, Value>, payload: Option<&str>) -> Vec<HeaderEdit> {
+    let mut out = Vec::new();
+    if let (Some(h), Some(payload)) = (&cfg.output_payload_to_header, payload) {
+        out.push(HeaderEdit::Set(h.clone(), payload.to_owned()));
+    }
+    for (header, claim) in &cfg.output_claims {
+        // Without the claim the header is removed: a client must not
+        // supply what the handler takes for the token's claim.
+        out.push(match claim_string(claims, claim) {
+            Some(v) => HeaderEdit::Set(header.clone(), v),
+            None => HeaderEdit::Remove(header.clone()),
+        });
+    }
+    out
+}
+
 enum Step<'r> {
     Done(Result<Authenticated, JwtError>),
+    /// Ask the introspection endpoints of these providers.
+    Introspect {
+        found: Found<'r>,
+        providers: Vec<usize>,
+        key: String,
+    },
     Wait {
         found: Found<'r>,
         kid: Option<String>,
@@ -864,6 +1038,10 @@ fn peer_thumbprint(req: &dyn RequestHead) -> Option<&str> {
 /// accepted only over a connection whose client certificate has that
 /// SHA-256 thumbprint (base64url, no padding). Other tokens pass as they are.
 fn bound_to(a: Authenticated, peer_hex: Option<&str>) -> Result<Authenticated, JwtError> {
+    if a.identity.claim("cnf").and_then(|c| c.get("jkt")).is_some() {
+        // RFC 9449 §7.1: a DPoP-bound token is not a bearer token.
+        return Err(JwtError::DpopBound);
+    }
     let Some(bound) = a.identity.claim("cnf").and_then(|c| c.get("x5t#S256")) else {
         return Ok(a);
     };
@@ -931,6 +1109,19 @@ impl Authenticator for JwtAuthenticator {
                     this.outcome(r.and_then(|a| bound_to(a, thumbprint.as_deref())))
                 })
             }
+            Step::Introspect {
+                found,
+                providers,
+                key,
+            } => {
+                let this = self.clone();
+                let found = found.into_owned();
+                let thumbprint = peer_thumbprint(req).map(str::to_owned);
+                Check::pending(async move {
+                    let r = this.introspect(found, providers, key).await;
+                    this.outcome(r.and_then(|a| bound_to(a, thumbprint.as_deref())))
+                })
+            }
         }
     }
 }
@@ -940,7 +1131,7 @@ impl JwtAuthenticator {
         match r {
             Ok(a) => AuthOutcome::Authenticated(a),
             Err(e) => {
-                if matches!(e, JwtError::KeysUnavailable) {
+                if matches!(e, JwtError::KeysUnavailable | JwtError::IntrospectionUnavailable) {
                     tracing::warn!(target: LOG, reason = %e, "bearer token refused");
                 } else {
                     tracing::debug!(target: LOG, reason = %e, "bearer token refused");

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
 
+use crate::introspect::Introspection;
+
 /// Configuration that cannot work, found when it is built.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -165,6 +167,7 @@ pub struct Provider {
     pub(crate) principal_claim: Option<String>,
     pub(crate) require_subject: bool,
     pub(crate) fetch: FetchSettings,
+    pub(crate) introspection: Option<Introspection>,
 }
 
 impl fmt::Debug for Provider {
@@ -177,6 +180,7 @@ impl fmt::Debug for Provider {
             .field("algorithms", &self.algorithms)
             .field("hmac_secret", &self.hmac_secret.as_ref().map(|_| "<redacted>"))
             .field("sources", &self.sources)
+            .field("introspection", &self.introspection)
             .finish_non_exhaustive()
     }
 }
@@ -201,6 +205,7 @@ impl Provider {
             principal_claim: None,
             require_subject: true,
             fetch: FetchSettings::default(),
+            introspection: None,
         }
     }
 
@@ -247,6 +252,7 @@ pub struct ProviderBuilder {
     principal_claim: Option<String>,
     require_subject: bool,
     fetch: FetchSettings,
+    introspection: Option<Introspection>,
 }
 
 impl fmt::Debug for ProviderBuilder {
@@ -386,6 +392,13 @@ impl ProviderBuilder {
         self
     }
 
+    /// Checks this issuer's opaque tokens (and, if it says so, its JWTs)
+    /// at its token introspection endpoint (RFC 7662).
+    pub fn introspection(mut self, introspection: Introspection) -> Self {
+        self.introspection = Some(introspection);
+        self
+    }
+
     /// Relaxations that weaken verification.
     pub fn dangerous(self) -> DangerousProviderBuilder {
         DangerousProviderBuilder(self)
@@ -452,6 +465,12 @@ impl ProviderBuilder {
                 "fetch settings: need min_ttl <= max_ttl, a non-zero timeout and max_body".into(),
             ));
         }
+        if let Some(i) = &self.introspection {
+            if i.endpoint.is_none() && !is_http_url(&self.issuer) {
+                return Err(ConfigError::InvalidIssuer(self.issuer));
+            }
+            i.check(&self.issuer)?;
+        }
         if self.issuer.starts_with("http://") && !is_loopback_url(&self.issuer) {
             tracing::warn!(target: "palisade::jwt", issuer = %self.issuer, "issuer uses plain http: keys can be tampered with in transit");
         }
@@ -472,6 +491,7 @@ impl ProviderBuilder {
             principal_claim: self.principal_claim,
             require_subject: self.require_subject,
             fetch: self.fetch,
+            introspection: self.introspection,
         })
     }
 }

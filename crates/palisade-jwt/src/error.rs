@@ -73,6 +73,17 @@ pub enum JwtError {
     /// More than one token in one request.
     #[error("the request carries more than one token")]
     MultipleTokens,
+    /// Introspection (RFC 7662) says the token is not active: revoked,
+    /// expired, or unknown to the issuer.
+    #[error("the token is not active")]
+    Inactive,
+    /// The token needs introspection and the endpoint could not be asked
+    /// (unreachable, failing, or refusing this service's credentials).
+    #[error("the token could not be checked: the issuer's introspection endpoint is unavailable")]
+    IntrospectionUnavailable,
+    /// A DPoP-bound token (RFC 9449 `cnf.jkt`) sent as a plain bearer token.
+    #[error("the token is bound to a DPoP key and needs a DPoP proof")]
+    DpopBound,
     /// A certificate-bound token (RFC 8705 `cnf.x5t#S256`) over a connection
     /// without that client certificate.
     #[error("the token is bound to another client certificate")]

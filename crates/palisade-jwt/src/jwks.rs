@@ -407,7 +407,7 @@ pub(crate) fn fetched_store(
 /// The runtime of the one `palisade-jwks` thread, started on first use:
 /// every store's refresh runs there, so requests never wait for a
 /// scheduled refresh and no authenticator starts a thread of its own.
-fn jwks_runtime() -> std::io::Result<tokio::runtime::Handle> {
+pub(crate) fn jwks_runtime() -> std::io::Result<tokio::runtime::Handle> {
     static RUNTIME: Mutex<Option<tokio::runtime::Handle>> = Mutex::new(None);
     let mut slot = RUNTIME.lock().unwrap_or_else(PoisonError::into_inner);
     if let Some(handle) = &*slot {
@@ -424,7 +424,7 @@ fn jwks_runtime() -> std::io::Result<tokio::runtime::Handle> {
     Ok(handle)
 }
 
-fn http_client(settings: &FetchSettings) -> Result<reqwest::Client, String> {
+pub(crate) fn http_client(settings: &FetchSettings) -> Result<reqwest::Client, String> {
     let mut b = reqwest::Client::builder()
         .connect_timeout(settings.timeout)
         .timeout(settings.timeout)
@@ -542,7 +542,7 @@ async fn fetch(
     Ok((set, max_age))
 }
 
-async fn get(
+pub(crate) async fn get(
     client: &reqwest::Client,
     url: &str,
     max_body: usize,
@@ -575,7 +575,7 @@ async fn get(
     Ok((body, max_age))
 }
 
-fn describe(e: &reqwest::Error) -> &'static str {
+pub(crate) fn describe(e: &reqwest::Error) -> &'static str {
     if e.is_timeout() {
         "timed out"
     } else if e.is_connect() {

@@ -30,6 +30,7 @@ mod authenticator;
 mod cache;
 mod config;
 mod error;
+mod introspect;
 mod jwks;
 mod policy;
 mod token;
@@ -39,4 +40,5 @@ pub use config::{
     ConfigError, DangerousProviderBuilder, FetchSettings, JwksSource, Provider, ProviderBuilder, TokenSource,
 };
 pub use error::JwtError;
+pub use introspect::{Introspection, IntrospectionAuth};
 pub use jsonwebtoken::Algorithm;

@@ -5,12 +5,13 @@ use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
 use palisade_core::policy::{
-    Document, DurationSpec, FromPolicy, JwtRuleSpec, JwtSettingsSpec, KeycloakAdapterConfig, PolicyError,
-    WorkloadPolicy,
+    ClientAuthMethod, Document, DurationSpec, FromPolicy, IntrospectionSpec, JwtRuleSpec, JwtSettingsSpec,
+    KeycloakAdapterConfig, PolicyError, WorkloadPolicy,
 };
 
 use crate::authenticator::JwtAuthenticator;
 use crate::config::{FetchSettings, Provider, ProviderBuilder, TokenSource};
+use crate::introspect::Introspection;
 
 impl FromPolicy for JwtAuthenticator {
     /// Builds the authenticator for a workload from its policy documents:
@@ -287,8 +288,54 @@ fn tune(
             }
             b = b.algorithms(parsed);
         }
+        if let Some(i) = &s.introspection {
+            b = b.introspection(introspection(i).map_err(|(field, m)| policy.error_at(doc, &field, m))?);
+        }
     }
     Ok(b)
+}
+
+/// `spec.introspection`, its secret read.
+fn introspection(spec: &IntrospectionSpec) -> Result<Introspection, (String, String)> {
+    let secret = match (&spec.client_secret, &spec.client_secret_file) {
+        (Some(s), _) => s.clone(),
+        (None, Some(file)) => {
+            let field = || "spec.introspection.clientSecretFile".to_owned();
+            let text =
+                std::fs::read_to_string(file).map_err(|e| (field(), format!("cannot read `{file}`: {e}")))?;
+            let secret = text.trim_end_matches(['\r', '\n']).to_owned();
+            if secret.is_empty() {
+                return Err((field(), format!("`{file}` is empty")));
+            }
+            secret
+        }
+        (None, None) => return Err(("spec.introspection".into(), "no client secret".into())),
+    };
+    let mut i = match spec.client_auth_method {
+        Some(ClientAuthMethod::ClientSecretPost) => {
+            Introspection::client_secret_post(spec.client_id.clone(), secret)
+        }
+        _ => Introspection::client_secret_basic(spec.client_id.clone(), secret),
+    };
+    if let Some(e) = &spec.endpoint {
+        i = i.endpoint(e.clone());
+    }
+    if spec.jwts == Some(true) {
+        i = i.also_jwts();
+    }
+    if let Some(d) = duration(spec.cache_time) {
+        i = i.cache_time(d);
+    }
+    if let Some(d) = duration(spec.negative_cache_time) {
+        i = i.negative_cache_time(d);
+    }
+    if let Some(n) = spec.cache_entries {
+        i = i.cache_entries(u64::try_from(n.get()).unwrap_or(u64::MAX));
+    }
+    if let Some(d) = duration(spec.serve_stale_for) {
+        i = i.serve_stale_when_unreachable(d);
+    }
+    Ok(i)
 }
 
 #[cfg(test)]

@@ -88,9 +88,9 @@ pub use self::networking::{
     SubsetSpec, TrafficPolicySpec,
 };
 pub use self::palisade::{
-    AuthorizationSettingsSpec, ClientAuthMethod, JwtSettingsSpec, OidcClientKeySpec, OidcLoginSpec,
-    OidcSessionKeySpec, OidcSessionSpec, SessionCookieSpec, SessionKeySpec, SpnegoSettingsSpec, TokenFrom,
-    UpstreamCredentialsSpec, UpstreamTokenSpec,
+    AuthorizationSettingsSpec, ClientAuthMethod, IntrospectionSpec, JwtSettingsSpec, OidcClientKeySpec,
+    OidcLoginSpec, OidcSessionKeySpec, OidcSessionSpec, SessionCookieSpec, SessionKeySpec,
+    SpnegoSettingsSpec, TokenFrom, UpstreamCredentialsSpec, UpstreamTokenSpec,
 };
 pub use self::rbac::{
     AccessRuleSpec, ConstraintSpec, EnforcementMode, RbacConfigSpec, RbacMode, RbacTargetSpec, RoleRefSpec,

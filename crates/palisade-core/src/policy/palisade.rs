@@ -59,10 +59,102 @@ pub struct JwtSettingsSpec {
     pub principal_claim: Option<String>,
     /// A PEM file of extra trust anchors for the issuer's TLS certificate.
     pub ca_file: Option<String>,
+    /// Token introspection (RFC 7662) for this issuer's opaque tokens
+    /// (the document must name its `issuer`).
+    pub introspection: Option<IntrospectionSpec>,
+}
+
+/// `JwtSettings.spec.introspection`: how the issuer's opaque tokens (and,
+/// with `jwts: true`, its JWTs) are checked at its introspection endpoint.
+///
+/// ```yaml
+/// apiVersion: palisade.dev/v1alpha1
+/// kind: JwtSettings
+/// metadata: {name: shop-introspection}
+/// spec:
+///   issuer: https://kc.example/realms/shop
+///   introspection:
+///     clientId: details
+///     clientSecretFile: /etc/palisade/details.secret
+///     cacheTime: 30s
+/// ```
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct IntrospectionSpec {
+    /// The endpoint (default: the issuer's discovery document's
+    /// `introspection_endpoint`).
+    pub endpoint: Option<String>,
+    /// The service's client at the issuer.
+    pub client_id: String,
+    /// A file holding the client's secret (read without its trailing newline).
+    pub client_secret_file: Option<String>,
+    /// The client's secret, inline (prefer `clientSecretFile`).
+    pub client_secret: Option<String>,
+    /// `client_secret_basic` (the default) or `client_secret_post`.
+    pub client_auth_method: Option<ClientAuthMethod>,
+    /// Introspect the issuer's JWTs too, instead of checking their signature.
+    pub jwts: Option<bool>,
+    /// How long an active answer is used (default `60s`).
+    pub cache_time: Option<DurationSpec>,
+    /// How long a refusal is remembered (default `5s`).
+    pub negative_cache_time: Option<DurationSpec>,
+    /// Answers kept at most (default 10000).
+    pub cache_entries: Option<NonZeroUsize>,
+    /// While the endpoint is unreachable, keep accepting tokens last found
+    /// active for this long past their cache time (default: never).
+    pub serve_stale_for: Option<DurationSpec>,
+}
+
+impl std::fmt::Debug for IntrospectionSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntrospectionSpec")
+            .field("endpoint", &self.endpoint)
+            .field("client_id", &self.client_id)
+            .field("client_secret_file", &self.client_secret_file)
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("client_auth_method", &self.client_auth_method)
+            .field("jwts", &self.jwts)
+            .finish_non_exhaustive()
+    }
 }
 
 impl JwtSettingsSpec {
     pub(super) fn check(&self) -> Result<(), FieldError> {
+        if let Some(i) = &self.introspection {
+            if self.issuer.is_none() {
+                return Err((
+                    "spec.introspection".into(),
+                    "name the issuer it is for in `spec.issuer`".into(),
+                ));
+            }
+            if i.client_id.is_empty() {
+                return Err(("spec.introspection.clientId".into(), "must not be empty".into()));
+            }
+            if i.client_secret.is_some() == i.client_secret_file.is_some() {
+                return Err((
+                    "spec.introspection".into(),
+                    "give exactly one of clientSecretFile and clientSecret".into(),
+                ));
+            }
+            if matches!(i.client_auth_method, Some(ClientAuthMethod::PrivateKeyJwt)) {
+                return Err((
+                    "spec.introspection.clientAuthMethod".into(),
+                    "introspection supports client_secret_basic and client_secret_post".into(),
+                ));
+            }
+            if let Some(e) = &i.endpoint
+                && !(e.starts_with("https://") || e.starts_with("http://"))
+            {
+                return Err((
+                    "spec.introspection.endpoint".into(),
+                    format!("`{e}` is not an http(s) URL"),
+                ));
+            }
+        }
         for (i, a) in self.algorithms.iter().flatten().enumerate() {
             let field = format!("spec.algorithms[{i}]");
             if matches!(a.as_str(), "HS256" | "HS384" | "HS512") {

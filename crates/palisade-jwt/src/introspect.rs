@@ -1,0 +1,561 @@
+//! RFC 7662 token introspection: opaque access tokens (and, when
+//! configured, every JWT of an issuer) checked at the issuer's
+//! introspection endpoint.
+//!
+//! Answers are cached by the SHA-256 of the token (the token itself is never
+//! kept), never past the token's `exp` nor the configured cache time;
+//! refusals for a short time of their own. Requests that carry the same
+//! unknown token at the same time share one call. The calls run on the
+//! process's `palisade-jwks` thread, at most
+//! [`Introspection::max_concurrent_calls`] at once.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use aws_lc_rs::digest;
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use palisade_core::authn::HeaderEdit;
+use palisade_core::metrics::INTROSPECTIONS;
+use palisade_core::{Identity, form};
+use serde_json::{Map, Value};
+use tokio::sync::{Semaphore, watch};
+
+use crate::cache::TokenCache;
+use crate::config::{ConfigError, FetchSettings, is_loopback_url};
+use crate::error::JwtError;
+use crate::jwks::{describe, get, http_client, jwks_runtime};
+
+const LOG: &str = "palisade::jwt";
+
+/// How the service authenticates itself to the introspection endpoint
+/// (RFC 7662 requires it to).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum IntrospectionAuth {
+    /// HTTP Basic with the client id and secret, each form-encoded
+    /// (RFC 6749 §2.3.1; Keycloak's and most servers' default).
+    ClientSecretBasic,
+    /// The client id and secret as form fields.
+    ClientSecretPost,
+}
+
+/// Token introspection (RFC 7662) for one issuer: set with
+/// [`ProviderBuilder::introspection`](crate::ProviderBuilder::introspection).
+///
+/// A token that is not a JWT (no JWS header: Keycloak's and
+/// oidc-provider's opaque tokens, ZITADEL's, Ory's `ory_at_…`) is checked
+/// at the introspection endpoint of each issuer configured for it, in the
+/// order the issuers were configured, until one says it is active. With
+/// [`also_jwts`](Self::also_jwts), that issuer's JWTs are checked there too
+/// instead of by their signature, so a revoked token is refused within the
+/// cache time.
+///
+/// An active answer is checked as a JWT's claims are (`iss` when present,
+/// `exp`, `nbf`, `sub` or `client_id`, `aud` against the provider's
+/// audiences) and becomes the same [`Identity`]: Keycloak roles, `scope`,
+/// `client_id`, every member for policies (`username` stands in for the
+/// user name when the principal claim is absent).
+///
+/// ```
+/// use std::time::Duration;
+/// use palisade_jwt::{Introspection, Provider};
+/// let provider = Provider::builder("https://kc.example/realms/shop")
+///     .audience("details")
+///     .introspection(
+///         Introspection::client_secret_basic("details", "s3cret")
+///             .cache_time(Duration::from_secs(30)),
+///     )
+///     .build()?;
+/// assert!(!format!("{provider:?}").contains("s3cret"));
+/// # Ok::<(), palisade_jwt::ConfigError>(())
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+#[must_use]
+pub struct Introspection {
+    pub(crate) endpoint: Option<String>,
+    pub(crate) client_id: String,
+    pub(crate) secret: String,
+    pub(crate) auth: IntrospectionAuth,
+    pub(crate) jwts: bool,
+    pub(crate) cache_time: Duration,
+    pub(crate) negative_cache_time: Duration,
+    pub(crate) cache_entries: u64,
+    pub(crate) stale_for: Option<Duration>,
+    pub(crate) max_concurrent_calls: usize,
+}
+
+impl fmt::Debug for Introspection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Introspection")
+            .field("endpoint", &self.endpoint)
+            .field("client_id", &self.client_id)
+            .field("secret", &"<redacted>")
+            .field("auth", &self.auth)
+            .field("jwts", &self.jwts)
+            .field("cache_time", &self.cache_time)
+            .field("negative_cache_time", &self.negative_cache_time)
+            .field("cache_entries", &self.cache_entries)
+            .field("stale_for", &self.stale_for)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Introspection {
+    /// Introspection as the client `client_id`, authenticated with HTTP
+    /// Basic and `secret`; the endpoint is discovered from the issuer's
+    /// `/.well-known/openid-configuration` (`introspection_endpoint`).
+    pub fn client_secret_basic(client_id: impl Into<String>, secret: impl Into<String>) -> Self {
+        Self::new(
+            client_id.into(),
+            secret.into(),
+            IntrospectionAuth::ClientSecretBasic,
+        )
+    }
+
+    /// As [`client_secret_basic`](Self::client_secret_basic), the secret
+    /// sent as a form field.
+    pub fn client_secret_post(client_id: impl Into<String>, secret: impl Into<String>) -> Self {
+        Self::new(
+            client_id.into(),
+            secret.into(),
+            IntrospectionAuth::ClientSecretPost,
+        )
+    }
+
+    fn new(client_id: String, secret: String, auth: IntrospectionAuth) -> Self {
+        Self {
+            endpoint: None,
+            client_id,
+            secret,
+            auth,
+            jwts: false,
+            cache_time: Duration::from_secs(60),
+            negative_cache_time: Duration::from_secs(5),
+            cache_entries: 10_000,
+            stale_for: None,
+            max_concurrent_calls: 32,
+        }
+    }
+
+    /// Uses this endpoint instead of discovering it.
+    pub fn endpoint(mut self, url: impl Into<String>) -> Self {
+        self.endpoint = Some(url.into());
+        self
+    }
+
+    /// Checks this issuer's JWTs at the endpoint too, instead of by their
+    /// signature (Keycloak's lightweight access tokens carry too few
+    /// claims; revocation takes effect within the cache time).
+    pub fn also_jwts(mut self) -> Self {
+        self.jwts = true;
+        self
+    }
+
+    /// How long an active answer is used before asking again (default
+    /// 60 s; never past the token's `exp`): the longest a revoked token
+    /// stays accepted. Zero asks for every request.
+    pub fn cache_time(mut self, time: Duration) -> Self {
+        self.cache_time = time;
+        self
+    }
+
+    /// How long a refusal (an inactive token, or an answer that does not
+    /// fit this service) is remembered (default 5 s), so a client
+    /// repeating a bad token does not make a call each time.
+    pub fn negative_cache_time(mut self, time: Duration) -> Self {
+        self.negative_cache_time = time;
+        self
+    }
+
+    /// Answers kept at most (default 10,000).
+    pub fn cache_entries(mut self, entries: u64) -> Self {
+        self.cache_entries = entries;
+        self
+    }
+
+    /// At most this many calls at once to the endpoint (default 32);
+    /// further distinct tokens wait for a turn.
+    pub fn max_concurrent_calls(mut self, calls: usize) -> Self {
+        self.max_concurrent_calls = calls;
+        self
+    }
+
+    /// While the endpoint cannot be reached, keeps accepting a token whose
+    /// last answer was active for up to `time` past its cache time (never
+    /// past its `exp`). A relaxation: a token revoked during an outage
+    /// stays accepted; logged at start-up and at each use.
+    pub fn serve_stale_when_unreachable(mut self, time: Duration) -> Self {
+        self.stale_for = Some(time);
+        self
+    }
+
+    /// Checks the settings (called by the provider's `build`).
+    pub(crate) fn check(&self, issuer: &str) -> Result<(), ConfigError> {
+        if self.client_id.is_empty() || self.secret.is_empty() {
+            return Err(ConfigError::OutOfRange(format!(
+                "issuer `{issuer}`: introspection needs a client id and a secret"
+            )));
+        }
+        if let Some(e) = &self.endpoint {
+            let http = e.strip_prefix("https://").or_else(|| e.strip_prefix("http://"));
+            if !http.is_some_and(|r| !r.is_empty() && !r.starts_with('/')) {
+                return Err(ConfigError::OutOfRange(format!(
+                    "issuer `{issuer}`: the introspection endpoint `{e}` is not an http(s) URL"
+                )));
+            }
+            if e.starts_with("http://") && !is_loopback_url(e) {
+                tracing::warn!(target: LOG, issuer, endpoint = %e, "introspection over plain http: the client secret and tokens cross the network in clear");
+            }
+        }
+        if self.max_concurrent_calls == 0 {
+            return Err(ConfigError::OutOfRange(format!(
+                "issuer `{issuer}`: introspection needs at least one concurrent call"
+            )));
+        }
+        if let Some(stale) = self.stale_for {
+            tracing::warn!(target: LOG, issuer, stale_for = ?stale, "introspection answers are served stale while the endpoint is unreachable: revoked tokens stay accepted meanwhile");
+        }
+        Ok(())
+    }
+}
+
+/// An active answer, checked and mapped: what a cached answer hands to
+/// each request.
+pub(crate) struct Active {
+    pub(crate) identity: Identity,
+    /// Claims copied to headers.
+    pub(crate) out_edits: Vec<HeaderEdit>,
+    pub(crate) exp: Option<f64>,
+    pub(crate) nbf: Option<f64>,
+}
+
+/// Turns an answer's members into an [`Active`], or the refusal.
+pub(crate) type Convert = Arc<dyn Fn(Map<String, Value>) -> Result<Active, JwtError> + Send + Sync>;
+
+type Outcome = Result<Arc<Active>, JwtError>;
+
+struct Answer {
+    outcome: Outcome,
+    /// Used without asking until then (unix seconds).
+    fresh_until: f64,
+    /// Kept until then: past `fresh_until` only to be served stale.
+    keep_until: f64,
+}
+
+/// One provider's introspection: its client, cache and calls in flight.
+pub(crate) struct Introspector {
+    issuer: String,
+    cfg: Introspection,
+    fetch: FetchSettings,
+    client: Result<reqwest::Client, String>,
+    runtime: Option<tokio::runtime::Handle>,
+    discovered: Mutex<Option<Arc<str>>>,
+    cache: TokenCache<Arc<Answer>>,
+    in_flight: Mutex<HashMap<String, watch::Receiver<Option<Outcome>>>>,
+    permits: Semaphore,
+    active: metrics::Counter,
+    inactive: metrics::Counter,
+    failure: metrics::Counter,
+}
+
+/// The cache key of a token: its SHA-256, base64url.
+pub(crate) fn token_key(token: &str) -> String {
+    URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, token.as_bytes()))
+}
+
+/// Whether a token has the shape of a compact JWS (three parts, a JSON
+/// object header): anything else is an opaque token.
+pub(crate) fn looks_like_jws(token: &str) -> bool {
+    let mut parts = token.split('.');
+    let (Some(header), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    // `{` in base64url: `ey` (`{"`), `ew` (`{\n`), `e3` (`{}`) or `eyA`-like.
+    URL_SAFE_NO_PAD
+        .decode(header.get(..header.len().min(8)).unwrap_or_default())
+        .or_else(|_| URL_SAFE_NO_PAD.decode(header.get(..4).unwrap_or_default()))
+        .is_ok_and(|b| b.trim_ascii_start().first() == Some(&b'{'))
+}
+
+fn now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl Introspector {
+    /// The introspector of `issuer`; `offline` never calls (every unknown
+    /// token is then unavailable).
+    pub(crate) fn new(
+        issuer: &str,
+        cfg: Introspection,
+        fetch: FetchSettings,
+        offline: bool,
+    ) -> std::io::Result<Self> {
+        let runtime = if offline { None } else { Some(jwks_runtime()?) };
+        let issuer_label = issuer.to_owned();
+        let counter = |result: &'static str| metrics::counter!(INTROSPECTIONS, "issuer" => issuer_label.clone(), "result" => result);
+        Ok(Self {
+            issuer: issuer.to_owned(),
+            client: http_client(&fetch),
+            permits: Semaphore::new(cfg.max_concurrent_calls),
+            cache: TokenCache::new(cfg.cache_entries.max(1)),
+            active: counter("active"),
+            inactive: counter("inactive"),
+            failure: counter("failure"),
+            cfg,
+            fetch,
+            runtime,
+            discovered: Mutex::new(None),
+            in_flight: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Whether this issuer's JWTs are introspected too.
+    pub(crate) fn jwts(&self) -> bool {
+        self.cfg.jwts
+    }
+
+    /// A fresh cached answer for the token of `key`.
+    pub(crate) fn cached(&self, key: &str, now: f64) -> Option<Outcome> {
+        let answer = self.cache.get(key)?;
+        (now < answer.fresh_until).then(|| answer.outcome.clone())
+    }
+
+    /// Asks the endpoint about `token` (or joins the call already asking),
+    /// caches the answer and returns it.
+    pub(crate) async fn check(self: &Arc<Self>, key: String, token: Arc<str>, convert: Convert) -> Outcome {
+        let Some(runtime) = &self.runtime else {
+            return Err(JwtError::IntrospectionUnavailable);
+        };
+        let mut rx = {
+            let mut in_flight = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(rx) = in_flight.get(&key) {
+                rx.clone()
+            } else {
+                let (tx, rx) = watch::channel(None);
+                in_flight.insert(key.clone(), rx.clone());
+                let this = Arc::clone(self);
+                // On the jwks thread: the call completes (and is cached)
+                // even if every request waiting for it goes away.
+                runtime.spawn(async move {
+                    let outcome = this.ask(&key, &token, &convert).await;
+                    tx.send_replace(Some(outcome));
+                    this.in_flight
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .remove(&key);
+                });
+                rx
+            }
+        };
+        match rx.wait_for(Option::is_some).await {
+            Ok(v) => v.clone().unwrap_or(Err(JwtError::IntrospectionUnavailable)),
+            Err(_) => Err(JwtError::IntrospectionUnavailable),
+        }
+    }
+
+    async fn ask(&self, key: &str, token: &str, convert: &Convert) -> Outcome {
+        let answer = match self.call(token).await {
+            Ok(members) => members,
+            Err(reason) => {
+                self.failure.increment(1);
+                let now = now_secs();
+                if self.cfg.stale_for.is_some()
+                    && let Some(old) = self.cache.get(key)
+                    && now < old.keep_until
+                    && old.outcome.is_ok()
+                {
+                    tracing::warn!(target: LOG, issuer = %self.issuer, error = %reason, "token introspection failed: serving the last answer (serve_stale_when_unreachable)");
+                    return old.outcome.clone();
+                }
+                tracing::warn!(target: LOG, issuer = %self.issuer, error = %reason, "token introspection failed: token refused");
+                return Err(JwtError::IntrospectionUnavailable);
+            }
+        };
+        let now = now_secs();
+        let outcome = convert(answer).map(Arc::new);
+        let answer = match &outcome {
+            Ok(active) => {
+                self.active.increment(1);
+                let exp = active.exp.unwrap_or(f64::INFINITY);
+                let fresh_until = (now + self.cfg.cache_time.as_secs_f64()).min(exp);
+                let keep_until = self
+                    .cfg
+                    .stale_for
+                    .map_or(fresh_until, |s| (fresh_until + s.as_secs_f64()).min(exp));
+                Answer {
+                    outcome: outcome.clone(),
+                    fresh_until,
+                    keep_until,
+                }
+            }
+            Err(e) => {
+                self.inactive.increment(1);
+                tracing::debug!(target: LOG, issuer = %self.issuer, reason = %e, "introspected token refused");
+                let until = now + self.cfg.negative_cache_time.as_secs_f64();
+                Answer {
+                    outcome: outcome.clone(),
+                    fresh_until: until,
+                    keep_until: until,
+                }
+            }
+        };
+        if answer.keep_until > now {
+            self.cache.insert(key, Arc::new(answer), |a| a.keep_until < now);
+        }
+        outcome
+    }
+
+    /// One call to the endpoint: the answer's members, or why there is none.
+    async fn call(&self, token: &str) -> Result<Map<String, Value>, String> {
+        let client = self.client.as_ref().map_err(Clone::clone)?;
+        let endpoint = self.endpoint(client).await?;
+        let mut body = format!("token={}&token_type_hint=access_token", form::encode(token));
+        let mut request = client
+            .post(&*endpoint)
+            .header(reqwest::header::ACCEPT, "application/json")
+            .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        let (id, secret) = (form::encode(&self.cfg.client_id), form::encode(&self.cfg.secret));
+        match self.cfg.auth {
+            IntrospectionAuth::ClientSecretBasic => {
+                let basic = STANDARD.encode(format!("{id}:{secret}"));
+                request = request.header(reqwest::header::AUTHORIZATION, format!("Basic {basic}"));
+            }
+            IntrospectionAuth::ClientSecretPost => {
+                body.push_str(&format!("&client_id={id}&client_secret={secret}"));
+            }
+        }
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| "shutting down".to_owned())?;
+        let mut response = request
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| format!("{endpoint}: {}", describe(&e)))?;
+        let status = response.status().as_u16();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| format!("{endpoint}: {}", describe(&e)))?
+        {
+            if bytes.len() + chunk.len() > self.fetch.max_body {
+                return Err(format!(
+                    "{endpoint}: answer larger than {} bytes",
+                    self.fetch.max_body
+                ));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        if status != 200 {
+            // An OAuth error answer names its error code (RFC 6749 §5.2).
+            let code = serde_json::from_slice::<Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
+                .filter(|c| c.len() <= 64 && c.bytes().all(|b| b.is_ascii_graphic()));
+            let why = match (status, code.as_deref()) {
+                (_, Some("invalid_client")) | (401 | 403, _) => {
+                    ": this service's client credentials were refused"
+                }
+                _ => "",
+            };
+            return Err(format!(
+                "{endpoint}: HTTP {status} {}{why}",
+                code.unwrap_or_default()
+            ));
+        }
+        serde_json::from_slice::<Map<String, Value>>(&bytes)
+            .map_err(|_| format!("{endpoint}: the answer is not a JSON object"))
+    }
+
+    /// The configured endpoint, or the one the issuer's discovery document names.
+    async fn endpoint(&self, client: &reqwest::Client) -> Result<Arc<str>, String> {
+        if let Some(e) = &self.cfg.endpoint {
+            return Ok(e.as_str().into());
+        }
+        if let Some(e) = &*self.discovered.lock().unwrap_or_else(PoisonError::into_inner) {
+            return Ok(Arc::clone(e));
+        }
+        let url = format!(
+            "{}/.well-known/openid-configuration",
+            self.issuer.trim_end_matches('/')
+        );
+        let (body, _) = get(client, &url, self.fetch.max_body).await?;
+        let doc: Value = serde_json::from_slice(&body).map_err(|_| format!("{url}: not JSON"))?;
+        if doc.get("issuer").and_then(Value::as_str) != Some(self.issuer.as_str()) {
+            return Err(format!("{url}: `issuer` does not match the configured issuer"));
+        }
+        let Some(e) = doc
+            .get("introspection_endpoint")
+            .and_then(Value::as_str)
+            .filter(|e| e.starts_with("https://") || e.starts_with("http://"))
+        else {
+            return Err(format!("{url}: no http(s) `introspection_endpoint`"));
+        };
+        let e: Arc<str> = e.into();
+        *self.discovered.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&e));
+        Ok(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_jws_shaped_tokens_are_taken_for_jwts() {
+        assert!(looks_like_jws("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln"));
+        assert!(looks_like_jws("ewogImFsZyI6IlJTMjU2In0.e30.c2ln"));
+        assert!(!looks_like_jws("2YotnFZFEjr1zCsicMWpAA"));
+        assert!(!looks_like_jws("ory_at_abcdef.ghijkl"));
+        assert!(!looks_like_jws("abc.def.ghi"));
+        assert!(!looks_like_jws("eyJhbGciOiJSUzI1NiJ9.e30.c2ln.x.y"));
+        assert!(!looks_like_jws(""));
+    }
+
+    #[test]
+    fn the_cache_key_is_a_hash_not_the_token() {
+        let key = token_key("secret-token");
+        assert_eq!(key.len(), 43);
+        assert!(!key.contains("secret"));
+        assert_eq!(key, token_key("secret-token"));
+        assert_ne!(key, token_key("secret-token2"));
+    }
+
+    #[test]
+    fn settings_are_checked_and_the_secret_never_printed() {
+        let ok = Introspection::client_secret_basic("rs", "hunter2");
+        assert!(ok.check("https://i").is_ok());
+        assert!(!format!("{ok:?}").contains("hunter2"));
+        assert!(
+            Introspection::client_secret_basic("rs", "")
+                .check("https://i")
+                .is_err()
+        );
+        assert!(
+            Introspection::client_secret_post("", "x")
+                .check("https://i")
+                .is_err()
+        );
+        assert!(
+            Introspection::client_secret_basic("rs", "x")
+                .endpoint("ftp://x/introspect")
+                .check("https://i")
+                .is_err()
+        );
+        assert!(
+            Introspection::client_secret_basic("rs", "x")
+                .max_concurrent_calls(0)
+                .check("https://i")
+                .is_err()
+        );
+    }
+}
