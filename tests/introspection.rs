@@ -108,13 +108,18 @@ async fn whoami_axum(id: Option<Identity>) -> axum::Json<Value> {
 }
 
 async fn call_axum(guard: &palisade::prelude::Guard, token: &str) -> Answer {
+    request_axum(guard, "/whoami", Some(token)).await
+}
+
+async fn request_axum(guard: &palisade::prelude::Guard, path: &str, token: Option<&str>) -> Answer {
     let app = axum::Router::new()
         .route("/whoami", axum::routing::get(whoami_axum))
         .layer(palisade::axum::PalisadeLayer::new(guard.clone()));
-    let req = http::Request::get("/whoami")
-        .header("authorization", format!("Bearer {token}"))
-        .body(Body::empty())
-        .unwrap();
+    let mut req = http::Request::get(path);
+    if let Some(token) = token {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    let req = req.body(Body::empty()).unwrap();
     let res = app.oneshot(req).await.unwrap();
     let status = res.status().as_u16();
     let challenge = res
@@ -131,6 +136,10 @@ async fn call_axum(guard: &palisade::prelude::Guard, token: &str) -> Answer {
 }
 
 async fn call_actix(guard: &palisade::prelude::Guard, token: &str) -> Answer {
+    request_actix(guard, "/whoami", Some(token)).await
+}
+
+async fn request_actix(guard: &palisade::prelude::Guard, path: &str, token: Option<&str>) -> Answer {
     let app = actix_web::test::init_service(
         App::new()
             .wrap(palisade::actix::Palisade::new(guard.clone()))
@@ -142,10 +151,11 @@ async fn call_actix(guard: &palisade::prelude::Guard, token: &str) -> Answer {
             ),
     )
     .await;
-    let req = actix_web::test::TestRequest::get()
-        .uri("/whoami")
-        .append_header(("authorization", format!("Bearer {token}")))
-        .to_request();
+    let mut req = actix_web::test::TestRequest::get().uri(path);
+    if let Some(token) = token {
+        req = req.append_header(("authorization", format!("Bearer {token}")));
+    }
+    let req = req.to_request();
     let res = actix_web::test::call_service(&app, req).await;
     let status = res.status().as_u16();
     let challenge = res
@@ -300,6 +310,79 @@ async fn an_issuers_jwts_go_to_the_endpoint_when_configured() {
     );
 }
 
+/// RFC 9728, as an MCP client uses it: a request without a token gets a
+/// challenge naming the metadata; the metadata names the issuer; the
+/// issuer's discovery names its token endpoint; the token it grants is
+/// accepted. Both frameworks serve the same document.
+#[actix_web::test]
+async fn a_client_finds_the_issuer_from_the_protected_resource_metadata() {
+    let op = start();
+    let settings = "---
+apiVersion: palisade.dev/v1alpha1
+kind: JwtSettings
+metadata: {name: metadata, namespace: default}
+spec:
+  resourceMetadata:
+    resource: https://shop.example/details
+    scopes: [read]
+    resourceName: Details";
+    let guard = guard(&op, OPAQUE, &format!("    cacheTime: 1s\n{settings}"));
+    let url = "https://shop.example/.well-known/oauth-protected-resource/details";
+    for answer in [
+        request_axum(&guard, "/whoami", None).await,
+        request_actix(&guard, "/whoami", None).await,
+    ] {
+        assert_eq!(answer.status, 401);
+        assert!(
+            answer.challenge.contains(&format!("resource_metadata=\"{url}\"")),
+            "{}",
+            answer.challenge
+        );
+    }
+    let refused = request_axum(&guard, "/whoami", Some("unknown")).await;
+    assert!(
+        refused.challenge.contains("error=\"invalid_token\""),
+        "{}",
+        refused.challenge
+    );
+    assert!(
+        refused.challenge.contains("resource_metadata="),
+        "{}",
+        refused.challenge
+    );
+
+    let path = "/.well-known/oauth-protected-resource/details";
+    let (a, b) = (
+        request_axum(&guard, path, None).await,
+        request_actix(&guard, path, None).await,
+    );
+    assert_eq!((a.status, b.status), (200, 200));
+    assert_eq!(a.body, b.body);
+    let meta = a.body;
+    assert_eq!(meta["resource"], "https://shop.example/details");
+    assert_eq!(meta["scopes_supported"], serde_json::json!(["read"]));
+    assert_eq!(meta["resource_name"], "Details");
+    assert_eq!(
+        meta["bearer_methods_supported"],
+        serde_json::json!(["header", "query"])
+    );
+    let issuer = meta["authorization_servers"][0].as_str().unwrap();
+    assert_eq!(issuer, op.issuer);
+
+    let disco: Value = reqwest::get(format!("{issuer}/.well-known/openid-configuration"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let form = format!(
+        "grant_type=client_credentials&client_id=palisade-test&client_secret=palisade-secret&scope=read&resource={}",
+        palisade::core::form::encode(OPAQUE)
+    );
+    let t = common::access_token(disco["token_endpoint"].as_str().unwrap(), &form).await;
+    assert_eq!(call_axum(&guard, &t).await.status, 200);
+}
+
 #[test]
 fn introspection_settings_are_checked_when_the_file_loads() {
     let bad = |spec: &str| {
@@ -327,6 +410,10 @@ spec:
     assert!(e.contains("spec.introspection.clientAuthMethod"), "{e}");
     let e = bad("  issuer: https://i\n  introspection: {clientId: rs, clientSecret: x, cacheTime: soon}\n");
     assert!(e.contains("cacheTime") || e.contains("duration"), "{e}");
+    let e = bad("  resourceMetadata: {resource: 'shop.example/details'}\n");
+    assert!(e.contains("spec.resourceMetadata.resource"), "{e}");
+    let e = bad("  issuer: https://i\n  resourceMetadata: {resource: 'https://shop.example'}\n");
+    assert!(e.contains("spec.resourceMetadata"), "{e}");
     // A secret file that cannot be read: named when the guard is built.
     let yaml = "apiVersion: security.istio.io/v1
 kind: RequestAuthentication

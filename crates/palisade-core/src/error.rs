@@ -111,6 +111,18 @@ impl Rejection {
         Self::new(ErrorKind::InvalidRequest, detail, vec![challenge])
     }
 
+    /// Adds `name="value"` to each of its `Bearer` challenges (RFC 9728's
+    /// `resource_metadata`, say).
+    #[must_use]
+    pub fn with_bearer_param(mut self, name: &str, value: &str) -> Self {
+        for c in &mut self.challenges {
+            if c.starts_with("Bearer ") {
+                c.push_str(&format!(", {name}=\"{}\"", quote_safe(value)));
+            }
+        }
+        self
+    }
+
     /// 401 asking for credentials, with every configured challenge.
     #[must_use]
     pub fn missing_credential(challenges: Vec<String>) -> Self {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::Algorithm;
+use palisade_core::adapter::Reply;
 use palisade_core::authn::{
     AuthOutcome, Authenticated, Authenticator, BearerToken, HeaderEdit, HeaderEdits, RequestHead,
     bearer_challenge,
@@ -21,6 +22,7 @@ use crate::config::{ConfigError, JwksSource, Provider, TokenSource};
 use crate::error::JwtError;
 use crate::introspect::{Active, Convert, Introspector, looks_like_jws, token_key};
 use crate::jwks::{Fetched, KeySet, KeyStore, VerifyKey, fetched_store, hmac_key, parse_jwks, pem_key};
+use crate::resource::{ResourceMetadata, Served};
 use crate::token::{Parsed, parse, peek_issuer};
 
 const LOG: &str = "palisade::jwt";
@@ -64,6 +66,8 @@ struct Shared {
     /// Every source any provider reads, with the providers that accept it.
     sources: Vec<(TokenSource, Vec<usize>)>,
     max_token_size: usize,
+    resource_metadata: Option<ResourceMetadata>,
+    resource: Option<Served>,
     cache: Option<Cache>,
     cache_entries: u64,
     cache_hits: metrics::Counter,
@@ -118,6 +122,7 @@ pub struct JwtAuthenticatorBuilder {
     providers: Vec<Provider>,
     max_token_size: usize,
     cache_entries: u64,
+    resource_metadata: Option<ResourceMetadata>,
     /// Never fetch keys ([`JwtAuthenticator::from_policy_offline`]).
     pub(crate) offline: bool,
 }
@@ -144,6 +149,13 @@ impl JwtAuthenticatorBuilder {
     /// Entries of the verified-token cache (default 10,000; 0 turns it off).
     pub fn cache_entries(mut self, entries: u64) -> Self {
         self.cache_entries = entries;
+        self
+    }
+
+    /// Serves this protected-resource metadata (RFC 9728) and names it in
+    /// every challenge.
+    pub fn resource_metadata(mut self, metadata: ResourceMetadata) -> Self {
+        self.resource_metadata = Some(metadata);
         self
     }
 
@@ -219,6 +231,28 @@ impl JwtAuthenticatorBuilder {
                 }
             }
         }
+        let resource = match &self.resource_metadata {
+            None => None,
+            Some(meta) => {
+                let issuers: Vec<&str> = providers.iter().map(|p| p.cfg.issuer.as_str()).collect();
+                let mut methods = Vec::new();
+                for (source, _) in &sources {
+                    let method = match source {
+                        TokenSource::Header { name, prefix }
+                            if name == "authorization" && prefix.as_deref() == Some("Bearer ") =>
+                        {
+                            "header"
+                        }
+                        TokenSource::Query(_) => "query",
+                        _ => continue,
+                    };
+                    if !methods.contains(&method) {
+                        methods.push(method);
+                    }
+                }
+                Some(Served::new(meta, &issuers, &methods)?)
+            }
+        };
         let opaque = (0..providers.len())
             .filter(|&i| providers[i].introspector.is_some())
             .collect();
@@ -230,6 +264,8 @@ impl JwtAuthenticatorBuilder {
             opaque,
             sources,
             max_token_size: self.max_token_size,
+            resource_metadata: self.resource_metadata,
+            resource,
             cache: (self.cache_entries > 0).then(|| TokenCache::new(self.cache_entries)),
             cache_entries: self.cache_entries,
             cache_hits,
@@ -246,6 +282,7 @@ impl JwtAuthenticator {
         a.realm == b.realm
             && a.max_token_size == b.max_token_size
             && a.cache_entries == b.cache_entries
+            && a.resource_metadata == b.resource_metadata
             && a.providers.len() == b.providers.len()
             && a.providers.iter().zip(&b.providers).all(|(p, q)| p.cfg == q.cfg)
     }
@@ -280,6 +317,7 @@ impl JwtAuthenticator {
             providers: Vec::new(),
             max_token_size: 8 * 1024,
             cache_entries: 10_000,
+            resource_metadata: None,
             offline: false,
         }
     }
@@ -363,6 +401,13 @@ impl JwtAuthenticator {
     #[must_use]
     pub fn realm(&self) -> &str {
         &self.0.realm
+    }
+
+    /// Where its protected-resource metadata (RFC 9728) is served, if it
+    /// is: the `resource_metadata` of its challenges.
+    #[must_use]
+    pub fn resource_metadata_url(&self) -> Option<&str> {
+        self.0.resource.as_ref().map(|r| r.url.as_str())
     }
 
     /// Verifies a token as if it came in `Authorization: Bearer`, for code
@@ -1071,7 +1116,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 impl Authenticator for JwtAuthenticator {
     fn challenge(&self) -> Option<String> {
-        Some(bearer_challenge(&self.0.realm))
+        let challenge = bearer_challenge(&self.0.realm);
+        Some(match &self.0.resource {
+            Some(r) => format!("{challenge}, resource_metadata=\"{}\"", r.url),
+            None => challenge,
+        })
     }
 
     fn method(&self) -> Option<AuthMethod> {
@@ -1088,6 +1137,15 @@ impl Authenticator for JwtAuthenticator {
     }
 
     fn authenticate(&self, req: &dyn RequestHead) -> Check<AuthOutcome> {
+        if let Some(r) = &self.0.resource
+            && req.path() == r.path
+            && matches!(req.method(), "GET" | "HEAD")
+        {
+            let reply = Reply::new(200)
+                .header("cache-control", "max-age=300")
+                .with_body("application/json", r.body.clone());
+            return Check::Ready(AuthOutcome::Respond(reply));
+        }
         let found = match self.extract(req) {
             Ok(Some(f)) => f,
             Ok(None) => return Check::Ready(AuthOutcome::NoCredential),
@@ -1136,7 +1194,11 @@ impl JwtAuthenticator {
                 } else {
                     tracing::debug!(target: LOG, reason = %e, "bearer token refused");
                 }
-                AuthOutcome::Rejected(e.rejection(&self.0.realm))
+                let rejection = e.rejection(&self.0.realm);
+                AuthOutcome::Rejected(match &self.0.resource {
+                    Some(r) => rejection.with_bearer_param("resource_metadata", &r.url),
+                    None => rejection,
+                })
             }
         }
     }

@@ -33,6 +33,7 @@ mod error;
 mod introspect;
 mod jwks;
 mod policy;
+mod resource;
 mod token;
 
 pub use authenticator::{JwtAuthenticator, JwtAuthenticatorBuilder};
@@ -42,3 +43,4 @@ pub use config::{
 pub use error::JwtError;
 pub use introspect::{Introspection, IntrospectionAuth};
 pub use jsonwebtoken::Algorithm;
+pub use resource::ResourceMetadata;

@@ -12,6 +12,7 @@ use palisade_core::policy::{
 use crate::authenticator::JwtAuthenticator;
 use crate::config::{FetchSettings, Provider, ProviderBuilder, TokenSource};
 use crate::introspect::Introspection;
+use crate::resource::ResourceMetadata;
 
 impl FromPolicy for JwtAuthenticator {
     /// Builds the authenticator for a workload from its policy documents:
@@ -61,6 +62,17 @@ fn from_policy(policy: &WorkloadPolicy<'_>, offline: bool) -> Result<Option<JwtA
         }
         if let Some(n) = s.verified_token_cache {
             builder = builder.cache_entries(n);
+        }
+        if let Some(r) = &s.resource_metadata {
+            let mut meta =
+                ResourceMetadata::new(r.resource.clone()).scopes(r.scopes.iter().flatten().cloned());
+            if let Some(n) = &r.resource_name {
+                meta = meta.name(n.clone());
+            }
+            if let Some(d) = &r.documentation {
+                meta = meta.documentation(d.clone());
+            }
+            builder = builder.resource_metadata(meta);
         }
     }
     let mut last_doc = None;

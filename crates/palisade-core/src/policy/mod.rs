@@ -89,8 +89,8 @@ pub use self::networking::{
 };
 pub use self::palisade::{
     AuthorizationSettingsSpec, ClientAuthMethod, IntrospectionSpec, JwtSettingsSpec, OidcClientKeySpec,
-    OidcLoginSpec, OidcSessionKeySpec, OidcSessionSpec, SessionCookieSpec, SessionKeySpec,
-    SpnegoSettingsSpec, TokenFrom, UpstreamCredentialsSpec, UpstreamTokenSpec,
+    OidcLoginSpec, OidcSessionKeySpec, OidcSessionSpec, ResourceMetadataSpec, SessionCookieSpec,
+    SessionKeySpec, SpnegoSettingsSpec, TokenFrom, UpstreamCredentialsSpec, UpstreamTokenSpec,
 };
 pub use self::rbac::{
     AccessRuleSpec, ConstraintSpec, EnforcementMode, RbacConfigSpec, RbacMode, RbacTargetSpec, RoleRefSpec,

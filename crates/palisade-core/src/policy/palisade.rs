@@ -62,6 +62,36 @@ pub struct JwtSettingsSpec {
     /// Token introspection (RFC 7662) for this issuer's opaque tokens
     /// (the document must name its `issuer`).
     pub introspection: Option<IntrospectionSpec>,
+    /// The service's protected-resource metadata (RFC 9728), served at its
+    /// well-known URL and named in its challenges (a document without
+    /// `issuer`).
+    pub resource_metadata: Option<ResourceMetadataSpec>,
+}
+
+/// `JwtSettings.spec.resourceMetadata` (RFC 9728).
+///
+/// ```yaml
+/// apiVersion: palisade.dev/v1alpha1
+/// kind: JwtSettings
+/// metadata: {name: details-metadata}
+/// spec:
+///   resourceMetadata:
+///     resource: https://shop.example/details
+///     scopes: [read]
+/// ```
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ResourceMetadataSpec {
+    /// The resource identifier: the service's URL as clients know it
+    /// (`https`, no query or fragment).
+    pub resource: String,
+    /// `scopes_supported`.
+    pub scopes: Option<Vec<String>>,
+    /// `resource_name`.
+    pub resource_name: Option<String>,
+    /// `resource_documentation`.
+    pub documentation: Option<String>,
 }
 
 /// `JwtSettings.spec.introspection`: how the issuer's opaque tokens (and,
@@ -124,6 +154,25 @@ impl std::fmt::Debug for IntrospectionSpec {
 
 impl JwtSettingsSpec {
     pub(super) fn check(&self) -> Result<(), FieldError> {
+        if let Some(r) = &self.resource_metadata {
+            if self.issuer.is_some() {
+                return Err((
+                    "spec.resourceMetadata".into(),
+                    "describes the whole service: put it in a document without `issuer`".into(),
+                ));
+            }
+            let rest = r
+                .resource
+                .strip_prefix("https://")
+                .or_else(|| r.resource.strip_prefix("http://"));
+            if !rest.is_some_and(|h| !h.is_empty() && !h.starts_with('/')) || r.resource.contains(['?', '#'])
+            {
+                return Err((
+                    "spec.resourceMetadata.resource".into(),
+                    format!("`{}` is not an http(s) URL without query or fragment", r.resource),
+                ));
+            }
+        }
         if let Some(i) = &self.introspection {
             if self.issuer.is_none() {
                 return Err((
