@@ -497,8 +497,77 @@ fn breakdown_benches(c: &mut Criterion) {
     g.finish();
 }
 
+/// A loopback introspection endpoint that answers every call with an
+/// active token for `bench`: only the first request of the bench reaches
+/// it (the rest are cache hits, which is what is measured).
+fn introspection_endpoint() -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/introspect", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().map_while(Result::ok) {
+            let mut buf = vec![0u8; 16 * 1024];
+            let mut n = 0;
+            // The request's head and its short form body.
+            while let Ok(k) = conn.read(&mut buf[n..]) {
+                n += k;
+                let text = String::from_utf8_lossy(&buf[..n]);
+                if k == 0 || text.contains("token=") && text.ends_with("access_token") || n == buf.len() {
+                    break;
+                }
+            }
+            let body = r#"{"active":true,"sub":"alice","aud":"bench","scope":"read","exp":4102444800}"#;
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    url
+}
+
+/// A cached introspection answer against a cached JWT: the opaque token
+/// costs a SHA-256 of the token more than the JWT's lookup.
+fn introspection_benches(c: &mut Criterion) {
+    use palisade::core::authn::{AuthOutcome, Authenticator, OwnedRequest};
+    use palisade::jwt::Introspection;
+    let issuer = TestIssuer::builder().default_audience("bench").start().unwrap();
+    let jwt = authenticator(&issuer, 10_000);
+    let token = issuer.token().sign();
+    let jwt_req = OwnedRequest::get("/").header("authorization", format!("Bearer {token}"));
+    let opaque = JwtAuthenticator::builder()
+        .realm("bench")
+        .provider(
+            Provider::builder(issuer.issuer())
+                .audience("bench")
+                .jwks_inline(issuer.jwks().to_string())
+                .introspection(Introspection::client_secret_basic("bench", "secret").endpoint(introspection_endpoint()))
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let opaque_req = OwnedRequest::get("/").header("authorization", "Bearer 2YotnFZFEjr1zCsicMWpAAkT3x9bQ7pZ");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    for (auth, req) in [(&jwt, &jwt_req), (&opaque, &opaque_req)] {
+        let outcome = runtime.block_on(auth.authenticate(req).into_future());
+        assert!(matches!(outcome, AuthOutcome::Authenticated(_)), "{outcome:?}");
+        assert!(auth.authenticate(req).is_ready(), "cached");
+    }
+    let mut g = c.benchmark_group("introspection");
+    g.bench_function("jwt_authenticate_cached", |b| {
+        b.iter(|| black_box(jwt.authenticate(black_box(&jwt_req))))
+    });
+    g.bench_function("introspected_authenticate_cached", |b| {
+        b.iter(|| black_box(opaque.authenticate(black_box(&opaque_req))))
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
+    introspection_benches,
     breakdown_benches,
     overhead_benches,
     axum_benches,

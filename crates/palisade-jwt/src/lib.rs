@@ -29,6 +29,7 @@
 mod authenticator;
 mod cache;
 mod config;
+pub mod dpop;
 mod error;
 mod introspect;
 mod jwks;
