@@ -542,13 +542,16 @@ fn introspection_benches(c: &mut Criterion) {
             Provider::builder(issuer.issuer())
                 .audience("bench")
                 .jwks_inline(issuer.jwks().to_string())
-                .introspection(Introspection::client_secret_basic("bench", "secret").endpoint(introspection_endpoint()))
+                .introspection(
+                    Introspection::client_secret_basic("bench", "secret").endpoint(introspection_endpoint()),
+                )
                 .build()
                 .unwrap(),
         )
         .build()
         .unwrap();
-    let opaque_req = OwnedRequest::get("/").header("authorization", "Bearer 2YotnFZFEjr1zCsicMWpAAkT3x9bQ7pZ");
+    let opaque_req =
+        OwnedRequest::get("/").header("authorization", "Bearer 2YotnFZFEjr1zCsicMWpAAkT3x9bQ7pZ");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     for (auth, req) in [(&jwt, &jwt_req), (&opaque, &opaque_req)] {
         let outcome = runtime.block_on(auth.authenticate(req).into_future());
