@@ -120,6 +120,8 @@ const provider = new Provider(issuer, {
     clientCredentials: { enabled: true },
     introspection: { enabled: introspection },
     revocation: { enabled: introspection },
+    // DPoP-bound tokens for a client that sends a proof to /token (RFC 9449).
+    dPoP: { enabled: true },
     resourceIndicators: {
       enabled: true,
       defaultResource: async (_ctx, client) =>

@@ -19,6 +19,7 @@ use serde_json::{Map, Value};
 
 use crate::cache::TokenCache;
 use crate::config::{ConfigError, JwksSource, Provider, TokenSource};
+use crate::dpop::{DpopError, DpopSettings, DpopVerifier, ProofRequest, VerifiedProof, bound_token_matches};
 use crate::error::JwtError;
 use crate::introspect::{Active, Convert, Introspector, looks_like_jws, token_key};
 use crate::jwks::{Fetched, KeySet, KeyStore, VerifyKey, fetched_store, hmac_key, parse_jwks, pem_key};
@@ -57,6 +58,17 @@ struct CacheEntry {
 
 type Cache = TokenCache<Arc<CacheEntry>>;
 
+/// DPoP (RFC 9449) for this authenticator.
+struct Dpop {
+    verifier: DpopVerifier,
+    /// The index of `Authorization: DPoP` in `Shared::sources`.
+    source: usize,
+    /// `scheme://authority` of the URIs proofs name, when fixed.
+    origin: Option<String>,
+    /// The `DPoP` challenge, without an error: `DPoP algs="…"`.
+    challenge: String,
+}
+
 struct Shared {
     realm: String,
     providers: Vec<ProviderState>,
@@ -68,6 +80,7 @@ struct Shared {
     max_token_size: usize,
     resource_metadata: Option<ResourceMetadata>,
     resource: Option<Served>,
+    dpop: Option<Dpop>,
     cache: Option<Cache>,
     cache_entries: u64,
     cache_hits: metrics::Counter,
@@ -123,6 +136,8 @@ pub struct JwtAuthenticatorBuilder {
     max_token_size: usize,
     cache_entries: u64,
     resource_metadata: Option<ResourceMetadata>,
+    dpop: Option<DpopSettings>,
+    dpop_origin: Option<String>,
     /// Never fetch keys ([`JwtAuthenticator::from_policy_offline`]).
     pub(crate) offline: bool,
 }
@@ -156,6 +171,26 @@ impl JwtAuthenticatorBuilder {
     /// every challenge.
     pub fn resource_metadata(mut self, metadata: ResourceMetadata) -> Self {
         self.resource_metadata = Some(metadata);
+        self
+    }
+
+    /// Accepts DPoP-bound tokens (RFC 9449): `Authorization: DPoP <token>`
+    /// with a `DPoP` proof, checked with these settings, from every
+    /// provider that reads `Authorization: Bearer`; the token's `cnf.jkt`
+    /// must name the proof's key. Without it, `Authorization: DPoP` is not
+    /// read, and a DPoP-bound token sent as a bearer token is refused
+    /// either way.
+    pub fn dpop(mut self, settings: DpopSettings) -> Self {
+        self.dpop = Some(settings);
+        self
+    }
+
+    /// The `scheme://host[:port]` clients use to reach this service, for
+    /// the `htu` of their DPoP proofs, when it differs from what the
+    /// request shows (TLS terminated by a proxy). Default: `https` on a TLS
+    /// connection (else `http`) and the `Host` header.
+    pub fn dpop_origin(mut self, origin: impl Into<String>) -> Self {
+        self.dpop_origin = Some(origin.into());
         self
     }
 
@@ -231,6 +266,48 @@ impl JwtAuthenticatorBuilder {
                 }
             }
         }
+        let dpop = match self.dpop {
+            None => None,
+            Some(settings) => {
+                let dpop_source = TokenSource::Header {
+                    name: "authorization".into(),
+                    prefix: Some("DPoP ".into()),
+                };
+                let bearer: Vec<usize> = sources
+                    .iter()
+                    .find(|(s, _)| *s == TokenSource::authorization_bearer())
+                    .map(|(_, ps)| ps.clone())
+                    .unwrap_or_default();
+                if bearer.is_empty() {
+                    return Err(ConfigError::OutOfRange(
+                        "DPoP: no provider reads `Authorization: Bearer`, so none reads `Authorization: DPoP`".into(),
+                    ));
+                }
+                sources.push((dpop_source, bearer));
+                let algs = settings
+                    .algorithms
+                    .iter()
+                    .map(|a| format!("{a:?}"))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                let verifier =
+                    DpopVerifier::new(settings).map_err(|e| ConfigError::OutOfRange(format!("DPoP: {e}")))?;
+                if let Some(o) = &self.dpop_origin
+                    && (!(o.starts_with("https://") || o.starts_with("http://"))
+                        || o.trim_end_matches('/').matches('/').count() != 2)
+                {
+                    return Err(ConfigError::OutOfRange(format!(
+                        "DPoP origin `{o}` is not scheme://host[:port]"
+                    )));
+                }
+                Some(Dpop {
+                    verifier,
+                    source: sources.len() - 1,
+                    origin: self.dpop_origin.map(|o| o.trim_end_matches('/').to_owned()),
+                    challenge: format!("DPoP algs=\"{algs}\""),
+                })
+            }
+        };
         let resource = match &self.resource_metadata {
             None => None,
             Some(meta) => {
@@ -250,7 +327,18 @@ impl JwtAuthenticatorBuilder {
                         methods.push(method);
                     }
                 }
-                Some(Served::new(meta, &issuers, &methods)?)
+                let dpop_algs: Vec<String> = dpop
+                    .as_ref()
+                    .map(|d| {
+                        d.verifier
+                            .settings()
+                            .algorithms
+                            .iter()
+                            .map(|a| format!("{a:?}"))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                Some(Served::new(meta, &issuers, &methods, &dpop_algs)?)
             }
         };
         let opaque = (0..providers.len())
@@ -266,6 +354,7 @@ impl JwtAuthenticatorBuilder {
             max_token_size: self.max_token_size,
             resource_metadata: self.resource_metadata,
             resource,
+            dpop,
             cache: (self.cache_entries > 0).then(|| TokenCache::new(self.cache_entries)),
             cache_entries: self.cache_entries,
             cache_hits,
@@ -283,6 +372,8 @@ impl JwtAuthenticator {
             && a.max_token_size == b.max_token_size
             && a.cache_entries == b.cache_entries
             && a.resource_metadata == b.resource_metadata
+            && a.dpop.is_none()
+            && b.dpop.is_none()
             && a.providers.len() == b.providers.len()
             && a.providers.iter().zip(&b.providers).all(|(p, q)| p.cfg == q.cfg)
     }
@@ -318,6 +409,8 @@ impl JwtAuthenticator {
             max_token_size: 8 * 1024,
             cache_entries: 10_000,
             resource_metadata: None,
+            dpop: None,
+            dpop_origin: None,
             offline: false,
         }
     }
@@ -1082,10 +1175,18 @@ fn peer_thumbprint(req: &dyn RequestHead) -> Option<&str> {
 /// RFC 8705 certificate-bound tokens: a token with `cnf.x5t#S256` is
 /// accepted only over a connection whose client certificate has that
 /// SHA-256 thumbprint (base64url, no padding). Other tokens pass as they are.
-fn bound_to(a: Authenticated, peer_hex: Option<&str>) -> Result<Authenticated, JwtError> {
-    if a.identity.claim("cnf").and_then(|c| c.get("jkt")).is_some() {
+fn bound_to(
+    a: Authenticated,
+    peer_hex: Option<&str>,
+    proof: Option<&VerifiedProof>,
+) -> Result<Authenticated, JwtError> {
+    let jkt = a.identity.claim("cnf").and_then(|c| c.get("jkt"));
+    match (jkt, proof) {
         // RFC 9449 §7.1: a DPoP-bound token is not a bearer token.
-        return Err(JwtError::DpopBound);
+        (Some(_), None) => return Err(JwtError::DpopBound),
+        (Some(jkt), Some(proof)) if jkt.as_str().is_some_and(|j| bound_token_matches(j, proof)) => {}
+        (_, Some(_)) => return Err(JwtError::DpopKeyMismatch),
+        (None, None) => {}
     }
     let Some(bound) = a.identity.claim("cnf").and_then(|c| c.get("x5t#S256")) else {
         return Ok(a);
@@ -1116,11 +1217,15 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 impl Authenticator for JwtAuthenticator {
     fn challenge(&self) -> Option<String> {
-        let challenge = bearer_challenge(&self.0.realm);
-        Some(match &self.0.resource {
-            Some(r) => format!("{challenge}, resource_metadata=\"{}\"", r.url),
-            None => challenge,
-        })
+        let mut challenge = bearer_challenge(&self.0.realm);
+        if let Some(r) = &self.0.resource {
+            challenge.push_str(&format!(", resource_metadata=\"{}\"", r.url));
+        }
+        if let Some(d) = &self.0.dpop {
+            challenge.push_str(", ");
+            challenge.push_str(&d.challenge);
+        }
+        Some(challenge)
     }
 
     fn method(&self) -> Option<AuthMethod> {
@@ -1151,8 +1256,19 @@ impl Authenticator for JwtAuthenticator {
             Ok(None) => return Check::Ready(AuthOutcome::NoCredential),
             Err(e) => return Check::Ready(self.outcome(Err(e))),
         };
+        let proof = match &self.0.dpop {
+            Some(d) if d.source == found.source => match self.check_proof(d, req, &found.token) {
+                Ok(p) => Some(p),
+                Err(outcome) => return Check::Ready(outcome),
+            },
+            _ => None,
+        };
+        let dpop = proof.is_some();
         match self.start(found) {
-            Step::Done(r) => Check::Ready(self.outcome(r.and_then(|a| bound_to(a, peer_thumbprint(req))))),
+            Step::Done(r) => Check::Ready(self.outcome_for(
+                r.and_then(|a| bound_to(a, peer_thumbprint(req), proof.as_ref())),
+                dpop,
+            )),
             Step::Wait {
                 found,
                 kid,
@@ -1164,7 +1280,10 @@ impl Authenticator for JwtAuthenticator {
                 let thumbprint = peer_thumbprint(req).map(str::to_owned);
                 Check::pending(async move {
                     let r = this.finish(found, kid, alg, provider).await;
-                    this.outcome(r.and_then(|a| bound_to(a, thumbprint.as_deref())))
+                    this.outcome_for(
+                        r.and_then(|a| bound_to(a, thumbprint.as_deref(), proof.as_ref())),
+                        dpop,
+                    )
                 })
             }
             Step::Introspect {
@@ -1177,7 +1296,10 @@ impl Authenticator for JwtAuthenticator {
                 let thumbprint = peer_thumbprint(req).map(str::to_owned);
                 Check::pending(async move {
                     let r = this.introspect(found, providers, key).await;
-                    this.outcome(r.and_then(|a| bound_to(a, thumbprint.as_deref())))
+                    this.outcome_for(
+                        r.and_then(|a| bound_to(a, thumbprint.as_deref(), proof.as_ref())),
+                        dpop,
+                    )
                 })
             }
         }
@@ -1185,6 +1307,79 @@ impl Authenticator for JwtAuthenticator {
 }
 
 impl JwtAuthenticator {
+    /// Checks the request's one `DPoP` proof for `token`; the refusal is
+    /// the outcome to answer with.
+    fn check_proof(
+        &self,
+        d: &Dpop,
+        req: &dyn RequestHead,
+        token: &str,
+    ) -> Result<VerifiedProof, AuthOutcome> {
+        let refuse = |e: DpopError| {
+            if e == DpopError::UseNonce
+                && let Some(nonces) = d.verifier.nonce_source()
+            {
+                let challenge = format!(
+                    "{}, error=\"use_dpop_nonce\", error_description=\"{e}\"",
+                    d.challenge
+                );
+                let reply = Reply::problem(401, "use-dpop-nonce", "DPoP nonce required", &e.to_string())
+                    .header("www-authenticate", challenge)
+                    .header("dpop-nonce", nonces.current());
+                return AuthOutcome::Respond(reply);
+            }
+            self.outcome_for(Err(JwtError::DpopProof(e)), true)
+        };
+        let mut proofs = 0;
+        req.for_each_header("dpop", &mut |_| proofs += 1);
+        let proof = match (proofs, req.header_str("dpop")) {
+            (1, Some(p)) => p.trim(),
+            (0, _) => return Err(refuse(DpopError::MissingClaim("DPoP header"))),
+            _ => return Err(refuse(DpopError::Malformed)),
+        };
+        let origin = match &d.origin {
+            Some(o) => Cow::Borrowed(o.as_str()),
+            None => {
+                let tls = req.connection().is_some_and(|c| c.tls);
+                let host = req.host().unwrap_or_default();
+                Cow::Owned(format!("{}://{host}", if tls { "https" } else { "http" }))
+            }
+        };
+        let htu = format!("{origin}{}", req.path());
+        let request = ProofRequest::new(req.method(), &htu).with_access_token(token);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |t| t.as_secs());
+        d.verifier.verify(proof, &request, now).map_err(refuse)
+    }
+
+    /// The outcome; a refusal of a request that used `Authorization: DPoP`
+    /// carries the `DPoP` challenge (RFC 9449 §7.1).
+    fn outcome_for(&self, r: Result<Authenticated, JwtError>, dpop: bool) -> AuthOutcome {
+        match (&self.0.dpop, r) {
+            (Some(d), Err(e)) if dpop => {
+                tracing::debug!(target: LOG, reason = %e, "DPoP request refused");
+                let code = match &e {
+                    JwtError::DpopProof(p) => p.error_code(),
+                    _ => "invalid_token",
+                };
+                let base = e.rejection(&self.0.realm);
+                let detail = base.detail().to_owned();
+                let challenge = format!(
+                    "{}, error=\"{code}\", error_description=\"{}\"",
+                    d.challenge,
+                    detail.replace(['"', '\\'], "")
+                );
+                AuthOutcome::Rejected(palisade_core::Rejection::new(
+                    base.kind(),
+                    detail,
+                    vec![challenge],
+                ))
+            }
+            (_, r) => self.outcome(r),
+        }
+    }
+
     fn outcome(&self, r: Result<Authenticated, JwtError>) -> AuthOutcome {
         match r {
             Ok(a) => AuthOutcome::Authenticated(a),

@@ -189,6 +189,120 @@ impl DpopError {
     }
 }
 
+/// A client's DPoP key (ES256, P-256): signs the proofs that go with its
+/// DPoP-bound tokens, to the token endpoint and to resource servers.
+///
+/// ```
+/// use palisade_jwt::dpop::{DpopKey, DpopSettings, DpopVerifier, ProofRequest};
+/// let key = DpopKey::generate()?;
+/// let proof = key.proof("GET", "https://api.example/orders", Some("the-access-token"), None);
+/// let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+/// let verifier = DpopVerifier::new(DpopSettings::default())?;
+/// let request = ProofRequest::new("GET", "https://api.example/orders").with_access_token("the-access-token");
+/// assert_eq!(verifier.verify(&proof, &request, now)?.jkt, key.thumbprint());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct DpopKey {
+    pair: aws_lc_rs::signature::EcdsaKeyPair,
+    header_b64: String,
+    thumbprint: String,
+}
+
+impl fmt::Debug for DpopKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DpopKey")
+            .field("thumbprint", &self.thumbprint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DpopKey {
+    /// A new random key.
+    ///
+    /// # Errors
+    /// [`DpopConfigError::Random`] when the system's generator fails.
+    pub fn generate() -> Result<Self, DpopConfigError> {
+        let pair = aws_lc_rs::signature::EcdsaKeyPair::generate(
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        )
+        .map_err(|_| DpopConfigError::Random)?;
+        Ok(Self::from_pair(pair))
+    }
+
+    /// A P-256 key from its PKCS#8 DER form (as kept between restarts).
+    ///
+    /// # Errors
+    /// [`DpopConfigError::OutOfRange`] when it is not a P-256 PKCS#8 key.
+    pub fn from_pkcs8(der: &[u8]) -> Result<Self, DpopConfigError> {
+        let pair = aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            der,
+        )
+        .map_err(|_| DpopConfigError::OutOfRange("a DPoP key must be a P-256 key in PKCS#8"))?;
+        Ok(Self::from_pair(pair))
+    }
+
+    fn from_pair(pair: aws_lc_rs::signature::EcdsaKeyPair) -> Self {
+        use aws_lc_rs::signature::KeyPair as _;
+        // The uncompressed point: 0x04 || x || y.
+        let point = pair.public_key().as_ref();
+        let (x, y) = (
+            URL_SAFE_NO_PAD.encode(&point[1..33]),
+            URL_SAFE_NO_PAD.encode(&point[33..65]),
+        );
+        let jwk = serde_json::json!({"kty": "EC", "crv": "P-256", "x": x, "y": y});
+        let thumbprint = jwk_thumbprint(&jwk).unwrap_or_default();
+        let header = serde_json::json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": jwk});
+        Self {
+            pair,
+            header_b64: URL_SAFE_NO_PAD.encode(header.to_string()),
+            thumbprint,
+        }
+    }
+
+    /// The key's RFC 7638 thumbprint: the `jkt` of the tokens bound to it.
+    #[must_use]
+    pub fn thumbprint(&self) -> &str {
+        &self.thumbprint
+    }
+
+    /// A proof for one request: `method` and `htu` (the URI without query
+    /// or fragment), `access_token` for a resource server (its `ath`), and
+    /// the server's `nonce` when it asked for one.
+    #[must_use]
+    pub fn proof(&self, method: &str, htu: &str, access_token: Option<&str>, nonce: Option<&str>) -> String {
+        let mut jti = [0u8; 16];
+        let _ = rand::fill(&mut jti);
+        let iat = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut claims = serde_json::json!({
+            "jti": URL_SAFE_NO_PAD.encode(jti),
+            "htm": method,
+            "htu": htu,
+            "iat": iat,
+        });
+        if let Some(token) = access_token {
+            claims["ath"] =
+                Value::String(URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, token.as_bytes())));
+        }
+        if let Some(nonce) = nonce {
+            claims["nonce"] = Value::String(nonce.to_owned());
+        }
+        let message = format!(
+            "{}.{}",
+            self.header_b64,
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let signature = self
+            .pair
+            .sign(&rand::SystemRandom::new(), message.as_bytes())
+            .map(|s| URL_SAFE_NO_PAD.encode(s.as_ref()))
+            .unwrap_or_default();
+        format!("{message}.{signature}")
+    }
+}
+
 /// Why [`DpopSettings`] or a [`NonceSource`] cannot be used.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

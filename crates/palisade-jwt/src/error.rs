@@ -84,6 +84,13 @@ pub enum JwtError {
     /// A DPoP-bound token (RFC 9449 `cnf.jkt`) sent as a plain bearer token.
     #[error("the token is bound to a DPoP key and needs a DPoP proof")]
     DpopBound,
+    /// The DPoP proof that came with the token was refused.
+    #[error("{0}")]
+    DpopProof(crate::dpop::DpopError),
+    /// A token sent with a DPoP proof is not bound to the proof's key (its
+    /// `cnf.jkt` names another key, or it has none).
+    #[error("the token is not bound to the DPoP proof's key")]
+    DpopKeyMismatch,
     /// A certificate-bound token (RFC 8705 `cnf.x5t#S256`) over a connection
     /// without that client certificate.
     #[error("the token is bound to another client certificate")]

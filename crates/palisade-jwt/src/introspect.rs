@@ -261,6 +261,19 @@ pub(crate) struct Introspector {
     failure: metrics::Counter,
 }
 
+/// Removes a call from the calls in flight when dropped.
+struct Done<'a>(&'a Introspector, &'a str);
+
+impl Drop for Done<'_> {
+    fn drop(&mut self) {
+        self.0
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(self.1);
+    }
+}
+
 /// The cache key of a token: its SHA-256, base64url.
 pub(crate) fn token_key(token: &str) -> String {
     URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, token.as_bytes()))
@@ -343,19 +356,20 @@ impl Introspector {
                 // On the jwks thread: the call completes (and is cached)
                 // even if every request waiting for it goes away.
                 runtime.spawn(async move {
+                    // Out of the map however the call ends (even by a panic).
+                    let _done = Done(&this, &key);
                     let outcome = this.ask(&key, &token, &convert).await;
                     tx.send_replace(Some(outcome));
-                    this.in_flight
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .remove(&key);
                 });
                 rx
             }
         };
-        match rx.wait_for(Option::is_some).await {
-            Ok(v) => v.clone().unwrap_or(Err(JwtError::IntrospectionUnavailable)),
-            Err(_) => Err(JwtError::IntrospectionUnavailable),
+        // The call is bounded by the client's timeout; this bound only
+        // guards against a call that never reports.
+        let bound = self.fetch.timeout * 2 + Duration::from_secs(1);
+        match tokio::time::timeout(bound, rx.wait_for(Option::is_some)).await {
+            Ok(Ok(v)) => v.clone().unwrap_or(Err(JwtError::IntrospectionUnavailable)),
+            Ok(Err(_)) | Err(_) => Err(JwtError::IntrospectionUnavailable),
         }
     }
 

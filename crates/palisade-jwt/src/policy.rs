@@ -5,12 +5,13 @@ use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
 use palisade_core::policy::{
-    ClientAuthMethod, Document, DurationSpec, FromPolicy, IntrospectionSpec, JwtRuleSpec, JwtSettingsSpec,
-    KeycloakAdapterConfig, PolicyError, WorkloadPolicy,
+    ClientAuthMethod, Document, DpopSpec, DurationSpec, FromPolicy, IntrospectionSpec, JwtRuleSpec,
+    JwtSettingsSpec, KeycloakAdapterConfig, PolicyError, WorkloadPolicy,
 };
 
 use crate::authenticator::JwtAuthenticator;
 use crate::config::{FetchSettings, Provider, ProviderBuilder, TokenSource};
+use crate::dpop::{DpopSettings, MemoryReplayStore};
 use crate::introspect::Introspection;
 use crate::resource::ResourceMetadata;
 
@@ -62,6 +63,9 @@ fn from_policy(policy: &WorkloadPolicy<'_>, offline: bool) -> Result<Option<JwtA
         }
         if let Some(n) = s.verified_token_cache {
             builder = builder.cache_entries(n);
+        }
+        if let Some(d) = &s.dpop {
+            builder = dpop(builder, d);
         }
         if let Some(r) = &s.resource_metadata {
             let mut meta =
@@ -305,6 +309,31 @@ fn tune(
         }
     }
     Ok(b)
+}
+
+/// `spec.dpop` (checked when the file loaded). Every authenticator built
+/// from a policy file shares one replay store, so a proof accepted just
+/// before a reload cannot be replayed just after it.
+fn dpop(mut builder: crate::JwtAuthenticatorBuilder, spec: &DpopSpec) -> crate::JwtAuthenticatorBuilder {
+    static REPLAY: std::sync::OnceLock<std::sync::Arc<MemoryReplayStore>> = std::sync::OnceLock::new();
+    let mut settings = DpopSettings {
+        replay_store: REPLAY
+            .get_or_init(|| std::sync::Arc::new(MemoryReplayStore::new()))
+            .clone(),
+        ..DpopSettings::default()
+    };
+    if let Some(algs) = &spec.algorithms {
+        settings.algorithms = algs.iter().filter_map(|a| a.parse().ok()).collect();
+    }
+    if let Some(m) = spec.max_age {
+        settings.max_age = m.get();
+    }
+    settings.require_nonce = spec.require_nonce.unwrap_or(false);
+    builder = builder.dpop(settings);
+    if let Some(o) = &spec.origin {
+        builder = builder.dpop_origin(o.clone());
+    }
+    builder
 }
 
 /// `spec.introspection`, its secret read.

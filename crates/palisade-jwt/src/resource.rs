@@ -87,6 +87,7 @@ impl Served {
         meta: &ResourceMetadata,
         issuers: &[&str],
         bearer_methods: &[&str],
+        dpop_algs: &[String],
     ) -> Result<Self, ConfigError> {
         let bad =
             |why: &str| ConfigError::OutOfRange(format!("resource metadata: `{}` {why}", meta.resource));
@@ -117,6 +118,9 @@ impl Served {
         if !meta.scopes.is_empty() {
             obj.insert("scopes_supported".into(), json!(meta.scopes));
         }
+        if !dpop_algs.is_empty() {
+            obj.insert("dpop_signing_alg_values_supported".into(), json!(dpop_algs));
+        }
         if let Some(n) = &meta.name {
             obj.insert("resource_name".into(), Value::String(n.clone()));
         }
@@ -141,6 +145,7 @@ mod tests {
             &ResourceMetadata::new("https://api.example:8443/v1/details/"),
             &[],
             &[],
+            &[],
         )
         .unwrap();
         assert_eq!(
@@ -148,7 +153,7 @@ mod tests {
             "https://api.example:8443/.well-known/oauth-protected-resource/v1/details"
         );
         assert_eq!(s.path, "/.well-known/oauth-protected-resource/v1/details");
-        let root = Served::new(&ResourceMetadata::new("https://api.example"), &[], &[]).unwrap();
+        let root = Served::new(&ResourceMetadata::new("https://api.example"), &[], &[], &[]).unwrap();
         assert_eq!(
             root.url,
             "https://api.example/.well-known/oauth-protected-resource"
@@ -165,6 +170,7 @@ mod tests {
             &meta,
             &["https://kc.example/realms/shop", "testing@secure.istio.io"],
             &["header"],
+            &["ES256".to_owned()],
         )
         .unwrap();
         let doc: Value = serde_json::from_str(&s.body).unwrap();
@@ -176,6 +182,7 @@ mod tests {
         assert_eq!(doc["bearer_methods_supported"], json!(["header"]));
         assert_eq!(doc["scopes_supported"], json!(["read", "write"]));
         assert_eq!(doc["resource_name"], "Details");
+        assert_eq!(doc["dpop_signing_alg_values_supported"], json!(["ES256"]));
         assert_eq!(doc["resource_documentation"], "https://docs.example/details");
     }
 
@@ -188,7 +195,7 @@ mod tests {
             "https://api.example/#f",
         ] {
             assert!(
-                Served::new(&ResourceMetadata::new(bad), &[], &[]).is_err(),
+                Served::new(&ResourceMetadata::new(bad), &[], &[], &[]).is_err(),
                 "{bad}"
             );
         }

@@ -88,9 +88,10 @@ pub use self::networking::{
     SubsetSpec, TrafficPolicySpec,
 };
 pub use self::palisade::{
-    AuthorizationSettingsSpec, ClientAuthMethod, IntrospectionSpec, JwtSettingsSpec, OidcClientKeySpec,
-    OidcLoginSpec, OidcSessionKeySpec, OidcSessionSpec, ResourceMetadataSpec, SessionCookieSpec,
-    SessionKeySpec, SpnegoSettingsSpec, TokenFrom, UpstreamCredentialsSpec, UpstreamTokenSpec,
+    AuthorizationSettingsSpec, ClientAuthMethod, DpopSpec, IntrospectionSpec, JwtSettingsSpec,
+    OidcClientKeySpec, OidcLoginSpec, OidcSessionKeySpec, OidcSessionSpec, ResourceMetadataSpec,
+    SessionCookieSpec, SessionKeySpec, SpnegoSettingsSpec, TokenFrom, UpstreamCredentialsSpec,
+    UpstreamTokenSpec,
 };
 pub use self::rbac::{
     AccessRuleSpec, ConstraintSpec, EnforcementMode, RbacConfigSpec, RbacMode, RbacTargetSpec, RoleRefSpec,

@@ -66,6 +66,35 @@ pub struct JwtSettingsSpec {
     /// well-known URL and named in its challenges (a document without
     /// `issuer`).
     pub resource_metadata: Option<ResourceMetadataSpec>,
+    /// Accept DPoP-bound tokens (RFC 9449) with their proofs (a document
+    /// without `issuer`); present means on.
+    pub dpop: Option<DpopSpec>,
+}
+
+/// `JwtSettings.spec.dpop`: `Authorization: DPoP` with a `DPoP` proof.
+///
+/// ```yaml
+/// apiVersion: palisade.dev/v1alpha1
+/// kind: JwtSettings
+/// metadata: {name: dpop}
+/// spec:
+///   dpop:
+///     algorithms: [ES256]
+///     origin: https://shop.example
+/// ```
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct DpopSpec {
+    /// Proof algorithms accepted (default: every asymmetric one).
+    pub algorithms: Option<Vec<String>>,
+    /// How old a proof may be (default `60s`, at most `5m`).
+    pub max_age: Option<DurationSpec>,
+    /// Require a server nonce in every proof (default `false`).
+    pub require_nonce: Option<bool>,
+    /// `scheme://host[:port]` clients use to reach the service, when TLS is
+    /// terminated in front of it (default: from the connection and `Host`).
+    pub origin: Option<String>,
 }
 
 /// `JwtSettings.spec.resourceMetadata` (RFC 9728).
@@ -154,6 +183,45 @@ impl std::fmt::Debug for IntrospectionSpec {
 
 impl JwtSettingsSpec {
     pub(super) fn check(&self) -> Result<(), FieldError> {
+        if let Some(d) = &self.dpop {
+            if self.issuer.is_some() {
+                return Err((
+                    "spec.dpop".into(),
+                    "applies to every issuer: put it in a document without `issuer`".into(),
+                ));
+            }
+            for (i, a) in d.algorithms.iter().flatten().enumerate() {
+                if !ASYMMETRIC_ALGORITHMS.contains(&a.as_str()) {
+                    return Err((
+                        format!("spec.dpop.algorithms[{i}]"),
+                        format!(
+                            "`{a}` is not a DPoP algorithm, expected one of {}",
+                            ASYMMETRIC_ALGORITHMS.join(", ")
+                        ),
+                    ));
+                }
+            }
+            if d.algorithms.as_ref().is_some_and(Vec::is_empty) {
+                return Err((
+                    "spec.dpop.algorithms".into(),
+                    "must not be empty (leave the field out instead)".into(),
+                ));
+            }
+            if d.max_age
+                .is_some_and(|m| m.get().is_zero() || m.get().as_secs() > 300)
+            {
+                return Err(("spec.dpop.maxAge".into(), "must be between 1s and 5m".into()));
+            }
+            if let Some(o) = &d.origin {
+                let rest = o.strip_prefix("https://").or_else(|| o.strip_prefix("http://"));
+                if !rest.is_some_and(|h| !h.is_empty() && !h.trim_end_matches('/').contains('/')) {
+                    return Err((
+                        "spec.dpop.origin".into(),
+                        format!("`{o}` is not scheme://host[:port]"),
+                    ));
+                }
+            }
+        }
         if let Some(r) = &self.resource_metadata {
             if self.issuer.is_some() {
                 return Err((

@@ -1,8 +1,10 @@
-//! Opaque access tokens checked by token introspection (RFC 7662) at a real
-//! issuer: panva's `oidc-provider` (tests/oidc-provider/server.mjs with
-//! `INTROSPECTION=1`), which issues opaque tokens for the resource
-//! `api://palisade-opaque`, introspects and revokes them, and counts the
-//! introspection requests it receives. Configured from the policy file,
+//! Kinds of token beyond a bearer JWT, against a real issuer: panva's
+//! `oidc-provider` (tests/oidc-provider/server.mjs with `INTROSPECTION=1`),
+//! which issues opaque tokens for the resource `api://palisade-opaque`,
+//! introspects and revokes them and counts the introspection requests it
+//! receives, and issues DPoP-bound tokens to a client that sends a proof.
+//! Opaque tokens by introspection (RFC 7662), DPoP (RFC 9449) and
+//! protected-resource metadata (RFC 9728), configured from the policy file,
 //! served by both frameworks.
 
 use std::time::Duration;
@@ -11,6 +13,7 @@ use actix_web::{App, HttpResponse, web};
 use axum::body::Body;
 use palisade::core::Identity;
 use palisade::core::policy::{PolicySet, Workload};
+use palisade::jwt::dpop::DpopKey;
 use serde_json::Value;
 use tower::ServiceExt as _;
 
@@ -99,7 +102,9 @@ spec:
 
 struct Answer {
     status: u16,
+    /// Every `WWW-Authenticate`, joined with ` | `.
     challenge: String,
+    nonce: Option<String>,
     body: Value,
 }
 
@@ -112,25 +117,38 @@ async fn call_axum(guard: &palisade::prelude::Guard, token: &str) -> Answer {
 }
 
 async fn request_axum(guard: &palisade::prelude::Guard, path: &str, token: Option<&str>) -> Answer {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+    send_axum(guard, path, &headers).await
+}
+
+async fn send_axum(guard: &palisade::prelude::Guard, path: &str, headers: &[(&str, &str)]) -> Answer {
     let app = axum::Router::new()
         .route("/whoami", axum::routing::get(whoami_axum))
         .layer(palisade::axum::PalisadeLayer::new(guard.clone()));
     let mut req = http::Request::get(path);
-    if let Some(token) = token {
-        req = req.header("authorization", format!("Bearer {token}"));
+    for (name, value) in headers {
+        req = req.header(*name, *value);
     }
     let req = req.body(Body::empty()).unwrap();
     let res = app.oneshot(req).await.unwrap();
     let status = res.status().as_u16();
     let challenge = res
         .headers()
-        .get("www-authenticate")
+        .get_all("www-authenticate")
+        .iter()
         .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
+        .collect::<Vec<_>>()
+        .join(" | ");
+    let nonce = res
+        .headers()
+        .get("dpop-nonce")
+        .map(|v| v.to_str().unwrap().to_owned());
     let bytes = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
     Answer {
         status,
         challenge,
+        nonce,
         body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
     }
 }
@@ -140,6 +158,12 @@ async fn call_actix(guard: &palisade::prelude::Guard, token: &str) -> Answer {
 }
 
 async fn request_actix(guard: &palisade::prelude::Guard, path: &str, token: Option<&str>) -> Answer {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+    send_actix(guard, path, &headers).await
+}
+
+async fn send_actix(guard: &palisade::prelude::Guard, path: &str, headers: &[(&str, &str)]) -> Answer {
     let app = actix_web::test::init_service(
         App::new()
             .wrap(palisade::actix::Palisade::new(guard.clone()))
@@ -152,21 +176,27 @@ async fn request_actix(guard: &palisade::prelude::Guard, path: &str, token: Opti
     )
     .await;
     let mut req = actix_web::test::TestRequest::get().uri(path);
-    if let Some(token) = token {
-        req = req.append_header(("authorization", format!("Bearer {token}")));
+    for (name, value) in headers {
+        req = req.append_header((*name, *value));
     }
     let req = req.to_request();
     let res = actix_web::test::call_service(&app, req).await;
     let status = res.status().as_u16();
     let challenge = res
         .headers()
-        .get("www-authenticate")
+        .get_all("www-authenticate")
         .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
+        .collect::<Vec<_>>()
+        .join(" | ");
+    let nonce = res
+        .headers()
+        .get("dpop-nonce")
+        .map(|v| v.to_str().unwrap().to_owned());
     let bytes = actix_web::test::read_body(res).await;
     Answer {
         status,
         challenge,
+        nonce,
         body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
     }
 }
@@ -383,6 +413,169 @@ spec:
     assert_eq!(call_axum(&guard, &t).await.status, 200);
 }
 
+/// A DPoP-bound token from the issuer: the client credentials grant with
+/// a proof of `key` (RFC 9449 §5).
+async fn dpop_token(op: &OidcProvider, key: &DpopKey, resource: &str) -> String {
+    let endpoint = format!("{}/token", op.issuer);
+    let form = format!(
+        "grant_type=client_credentials&client_id=palisade-test&client_secret=palisade-secret&scope=read&resource={}",
+        palisade::core::form::encode(resource)
+    );
+    let res: Value = reqwest::Client::new()
+        .post(&endpoint)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("dpop", key.proof("POST", &endpoint, None, None))
+        .body(form)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(res["token_type"], "DPoP", "{res}");
+    res["access_token"].as_str().unwrap().to_owned()
+}
+
+const HOST: &str = "details.test";
+
+/// `Authorization: DPoP` and a fresh proof of `key` for GET `path`.
+fn dpop_headers(key: &DpopKey, token: &str, path: &str) -> Vec<(String, String)> {
+    vec![
+        ("host".into(), HOST.into()),
+        ("authorization".into(), format!("DPoP {token}")),
+        (
+            "dpop".into(),
+            key.proof("GET", &format!("http://{HOST}{path}"), Some(token), None),
+        ),
+    ]
+}
+
+fn refs(headers: &[(String, String)]) -> Vec<(&str, &str)> {
+    headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect()
+}
+
+#[actix_web::test]
+async fn dpop_bound_tokens_are_accepted_only_with_a_fresh_proof_of_their_key() {
+    let op = start();
+    let dpop = "---
+apiVersion: palisade.dev/v1alpha1
+kind: JwtSettings
+metadata: {name: dpop, namespace: default}
+spec:
+  dpop: {}";
+    let guard = guard(
+        &op,
+        &format!("{JWT_AUDIENCE}, {OPAQUE}"),
+        &format!("    cacheTime: 1s\n{dpop}"),
+    );
+    let key = DpopKey::generate().unwrap();
+    for resource in [JWT_AUDIENCE, OPAQUE] {
+        let token = dpop_token(&op, &key, resource).await;
+        // Accepted with a proof, on both frameworks.
+        let h = dpop_headers(&key, &token, "/whoami");
+        let a = send_axum(&guard, "/whoami", &refs(&h)).await;
+        assert_eq!(a.status, 200, "{resource}: {}", a.challenge);
+        assert_eq!(a.body["claims"]["cnf"]["jkt"], key.thumbprint());
+        let h2 = dpop_headers(&key, &token, "/whoami");
+        assert_eq!(
+            send_actix(&guard, "/whoami", &refs(&h2)).await.status,
+            200,
+            "{resource}"
+        );
+
+        // The same proof again: a replay.
+        let replay = send_axum(&guard, "/whoami", &refs(&h)).await;
+        assert_eq!(replay.status, 401);
+        assert!(replay.challenge.starts_with("DPoP algs="), "{}", replay.challenge);
+        assert!(
+            replay.challenge.contains("error=\"invalid_dpop_proof\""),
+            "{}",
+            replay.challenge
+        );
+        assert!(
+            replay.challenge.contains("already been used"),
+            "{}",
+            replay.challenge
+        );
+
+        // No proof.
+        let no_proof = [("host", HOST), ("authorization", &format!("DPoP {token}"))];
+        let a = send_axum(&guard, "/whoami", &no_proof).await;
+        assert_eq!(a.status, 401);
+        assert!(a.challenge.contains("invalid_dpop_proof"), "{}", a.challenge);
+
+        // As a bearer token.
+        let a = request_axum(&guard, "/whoami", Some(&token)).await;
+        assert_eq!(a.status, 401);
+        assert!(a.challenge.contains("bound to a DPoP key"), "{}", a.challenge);
+
+        // A proof of another key.
+        let other = DpopKey::generate().unwrap();
+        let a = send_axum(&guard, "/whoami", &refs(&dpop_headers(&other, &token, "/whoami"))).await;
+        assert_eq!(a.status, 401);
+        assert!(a.challenge.contains("error=\"invalid_token\""), "{}", a.challenge);
+        assert!(
+            a.challenge.contains("not bound to the DPoP proof"),
+            "{}",
+            a.challenge
+        );
+
+        // A proof for another URI.
+        let mut wrong = dpop_headers(&key, &token, "/elsewhere");
+        wrong[0].1 = HOST.into();
+        let a = send_axum(&guard, "/whoami", &refs(&wrong)).await;
+        assert_eq!(a.status, 401);
+        assert!(a.challenge.contains("another URI"), "{}", a.challenge);
+    }
+
+    // A plain bearer token without a binding is still a bearer token, and
+    // the challenge for a missing credential offers both schemes.
+    let bearer = token(&op, JWT_AUDIENCE).await;
+    assert_eq!(request_axum(&guard, "/whoami", Some(&bearer)).await.status, 200);
+    let a = request_axum(&guard, "/whoami", None).await;
+    assert_eq!(a.status, 401);
+    assert!(
+        a.challenge.contains("Bearer realm=") && a.challenge.contains("DPoP algs=\""),
+        "{}",
+        a.challenge
+    );
+    // But not with `Authorization: DPoP` and a proof: it is not bound.
+    let a = send_axum(&guard, "/whoami", &refs(&dpop_headers(&key, &bearer, "/whoami"))).await;
+    assert_eq!(a.status, 401);
+}
+
+#[actix_web::test]
+async fn a_dpop_nonce_is_asked_for_when_required() {
+    let op = start();
+    let dpop = "---
+apiVersion: palisade.dev/v1alpha1
+kind: JwtSettings
+metadata: {name: dpop, namespace: default}
+spec:
+  dpop: {requireNonce: true, origin: 'https://shop.example'}";
+    let guard = guard(&op, JWT_AUDIENCE, &format!("    cacheTime: 1s\n{dpop}"));
+    let key = DpopKey::generate().unwrap();
+    let token = dpop_token(&op, &key, JWT_AUDIENCE).await;
+    let auth = format!("DPoP {token}");
+    let htu = "https://shop.example/whoami";
+    let first = key.proof("GET", htu, Some(&token), None);
+    for answer in [
+        send_axum(&guard, "/whoami", &[("authorization", &auth), ("dpop", &first)]).await,
+        send_actix(&guard, "/whoami", &[("authorization", &auth), ("dpop", &first)]).await,
+    ] {
+        assert_eq!(answer.status, 401);
+        assert!(
+            answer.challenge.contains("error=\"use_dpop_nonce\""),
+            "{}",
+            answer.challenge
+        );
+        let nonce = answer.nonce.expect("a DPoP-Nonce header");
+        let retry = key.proof("GET", htu, Some(&token), Some(&nonce));
+        let a = send_axum(&guard, "/whoami", &[("authorization", &auth), ("dpop", &retry)]).await;
+        assert_eq!(a.status, 200, "{}", a.challenge);
+    }
+}
+
 #[test]
 fn introspection_settings_are_checked_when_the_file_loads() {
     let bad = |spec: &str| {
@@ -410,6 +603,12 @@ spec:
     assert!(e.contains("spec.introspection.clientAuthMethod"), "{e}");
     let e = bad("  issuer: https://i\n  introspection: {clientId: rs, clientSecret: x, cacheTime: soon}\n");
     assert!(e.contains("cacheTime") || e.contains("duration"), "{e}");
+    let e = bad("  dpop: {algorithms: [HS256]}\n");
+    assert!(e.contains("spec.dpop.algorithms[0]"), "{e}");
+    let e = bad("  dpop: {origin: 'https://shop.example/path'}\n");
+    assert!(e.contains("spec.dpop.origin"), "{e}");
+    let e = bad("  dpop: {maxAge: 1h}\n");
+    assert!(e.contains("spec.dpop.maxAge"), "{e}");
     let e = bad("  resourceMetadata: {resource: 'shop.example/details'}\n");
     assert!(e.contains("spec.resourceMetadata.resource"), "{e}");
     let e = bad("  issuer: https://i\n  resourceMetadata: {resource: 'https://shop.example'}\n");
