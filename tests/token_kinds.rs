@@ -497,6 +497,11 @@ spec:
             "{}",
             replay.challenge
         );
+        assert!(
+            replay.challenge.contains(" | Bearer realm="),
+            "the bearer challenge stays: {}",
+            replay.challenge
+        );
 
         // No proof.
         let no_proof = [("host", HOST), ("authorization", &format!("DPoP {token}"))];
@@ -521,12 +526,28 @@ spec:
         );
 
         // A proof for another URI.
-        let mut wrong = dpop_headers(&key, &token, "/elsewhere");
-        wrong[0].1 = HOST.into();
+        let wrong = dpop_headers(&key, &token, "/elsewhere");
         let a = send_axum(&guard, "/whoami", &refs(&wrong)).await;
         assert_eq!(a.status, 401);
         assert!(a.challenge.contains("another URI"), "{}", a.challenge);
     }
+
+    // Outside HTTP (`verify`, for gRPC metadata or a WebSocket message)
+    // there is no proof: a bound token is refused there too.
+    let jwt = palisade::jwt::JwtAuthenticator::builder()
+        .provider(
+            palisade::jwt::Provider::builder(op.issuer.clone())
+                .audience(JWT_AUDIENCE)
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let bound = dpop_token(&op, &key, JWT_AUDIENCE).await;
+    assert_eq!(
+        jwt.verify(&bound).await.unwrap_err(),
+        palisade::jwt::JwtError::DpopBound
+    );
 
     // A plain bearer token without a binding is still a bearer token, and
     // the challenge for a missing credential offers both schemes.

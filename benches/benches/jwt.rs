@@ -9,6 +9,7 @@ use actix_web::{App, HttpResponse, web};
 use axum::body::Body;
 use axum::routing::get;
 use criterion::{Criterion, criterion_group, criterion_main};
+use palisade::core::Check;
 use palisade::jwt::{JwtAuthenticator, Provider};
 use palisade::testkit::{SigningAlgorithm, TestIssuer};
 use tower::ServiceExt;
@@ -568,8 +569,127 @@ fn introspection_benches(c: &mut Criterion) {
     g.finish();
 }
 
+/// A DPoP request (a cached DPoP-bound token and a fresh proof each time)
+/// against its floor: the raw ES256 check of the proof's signature plus the
+/// same token sent as a cached bearer token.
+fn dpop_benches(c: &mut Criterion) {
+    use criterion::BatchSize;
+    use palisade::core::authn::{AuthOutcome, Authenticator, OwnedRequest};
+    use palisade::jwt::dpop::{DpopKey, DpopSettings};
+    let key = DpopKey::generate().unwrap();
+    let issuer = TestIssuer::builder().default_audience("bench").start().unwrap();
+    let token = issuer
+        .token()
+        .claim("cnf", serde_json::json!({"jkt": key.thumbprint()}))
+        .sign();
+    let plain = issuer.token().sign();
+    let provider = || {
+        Provider::builder(issuer.issuer())
+            .audience("bench")
+            .jwks_inline(issuer.jwks().to_string())
+            .build()
+            .unwrap()
+    };
+    let dpop = JwtAuthenticator::builder()
+        .realm("bench")
+        .provider(provider())
+        .dpop(DpopSettings::default())
+        .build()
+        .unwrap();
+    let bearer = JwtAuthenticator::builder()
+        .realm("bench")
+        .provider(provider())
+        .build()
+        .unwrap();
+    let htu = "http://bench.test/";
+    let request = |proof: String| {
+        OwnedRequest::get("/")
+            .header("host", "bench.test")
+            .header("authorization", format!("DPoP {token}"))
+            .header("dpop", proof)
+    };
+    let first = request(key.proof("GET", htu, Some(&token), None));
+    assert!(matches!(
+        dpop.authenticate(&first),
+        Check::Ready(AuthOutcome::Authenticated(_))
+    ));
+    let bearer_req = OwnedRequest::get("/").header("authorization", format!("Bearer {plain}"));
+    assert!(matches!(
+        bearer.authenticate(&bearer_req),
+        Check::Ready(AuthOutcome::Authenticated(_))
+    ));
+    // The raw check of one proof's signature.
+    let proof = key.proof("GET", htu, Some(&token), None);
+    let (message, signature) = proof.rsplit_once('.').unwrap();
+    let header: serde_json::Value = serde_json::from_slice(
+        &base64::Engine::decode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            message.split('.').next().unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let jwk = &header["jwk"];
+    let decoding =
+        jsonwebtoken::DecodingKey::from_ec_components(jwk["x"].as_str().unwrap(), jwk["y"].as_str().unwrap())
+            .unwrap();
+    assert!(
+        jsonwebtoken::crypto::verify(
+            signature,
+            message.as_bytes(),
+            &decoding,
+            jsonwebtoken::Algorithm::ES256
+        )
+        .unwrap()
+    );
+    let mut g = c.benchmark_group("dpop");
+    g.bench_function("floor_es256_verify_proof", |b| {
+        b.iter(|| {
+            black_box(jsonwebtoken::crypto::verify(
+                black_box(signature),
+                black_box(message.as_bytes()),
+                &decoding,
+                jsonwebtoken::Algorithm::ES256,
+            ))
+        })
+    });
+    // A proof brings its own key: the floor of checking one is building
+    // the key from its `jwk` and verifying with it.
+    g.bench_function("floor_es256_key_from_jwk_and_verify", |b| {
+        b.iter(|| {
+            let key = jsonwebtoken::DecodingKey::from_ec_components(
+                black_box(jwk["x"].as_str().unwrap()),
+                black_box(jwk["y"].as_str().unwrap()),
+            )
+            .unwrap();
+            black_box(jsonwebtoken::crypto::verify(
+                black_box(signature),
+                black_box(message.as_bytes()),
+                &key,
+                jsonwebtoken::Algorithm::ES256,
+            ))
+        })
+    });
+    g.bench_function("floor_bearer_cached_token", |b| {
+        b.iter(|| black_box(bearer.authenticate(black_box(&bearer_req))))
+    });
+    g.bench_function("dpop_request_cached_token", |b| {
+        b.iter_batched(
+            || request(key.proof("GET", htu, Some(&token), None)),
+            |req| {
+                let outcome = dpop.authenticate(&req);
+                assert!(matches!(outcome, Check::Ready(AuthOutcome::Authenticated(_))));
+                outcome
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
+    dpop_benches,
     introspection_benches,
     breakdown_benches,
     overhead_benches,

@@ -21,7 +21,7 @@ use crate::cache::TokenCache;
 use crate::config::{ConfigError, JwksSource, Provider, TokenSource};
 use crate::dpop::{DpopError, DpopSettings, DpopVerifier, ProofRequest, VerifiedProof, bound_token_matches};
 use crate::error::JwtError;
-use crate::introspect::{Active, Convert, Introspector, looks_like_jws, token_key};
+use crate::introspect::{Active, Convert, Introspector, TokenKey, looks_like_jws};
 use crate::jwks::{Fetched, KeySet, KeyStore, VerifyKey, fetched_store, hmac_key, parse_jwks, pem_key};
 use crate::resource::{ResourceMetadata, Served};
 use crate::token::{Parsed, parse, peek_issuer};
@@ -292,18 +292,26 @@ impl JwtAuthenticatorBuilder {
                     .join(" ");
                 let verifier =
                     DpopVerifier::new(settings).map_err(|e| ConfigError::OutOfRange(format!("DPoP: {e}")))?;
-                if let Some(o) = &self.dpop_origin
-                    && (!(o.starts_with("https://") || o.starts_with("http://"))
-                        || o.trim_end_matches('/').matches('/').count() != 2)
+                let origin = match (self.dpop_origin, &self.resource_metadata) {
+                    (Some(o), _) => Some(o),
+                    // The resource identifier's origin is the one clients use.
+                    (None, Some(meta)) => crate::resource::origin_of(&meta.resource),
+                    (None, None) => None,
+                };
+                if let Some(o) = &origin
+                    && !crate::resource::is_origin(o)
                 {
                     return Err(ConfigError::OutOfRange(format!(
                         "DPoP origin `{o}` is not scheme://host[:port]"
                     )));
                 }
+                if origin.is_none() {
+                    tracing::warn!(target: LOG, "DPoP proofs are checked against the request's own Host header: configure the origin clients use (dpop_origin, JwtSettings dpop.origin or resourceMetadata) so a proof made for another server cannot be replayed here with its Host");
+                }
                 Some(Dpop {
                     verifier,
                     source: sources.len() - 1,
-                    origin: self.dpop_origin.map(|o| o.trim_end_matches('/').to_owned()),
+                    origin: origin.map(|o| o.trim_end_matches('/').to_owned()),
                     challenge: format!("DPoP algs=\"{algs}\""),
                 })
             }
@@ -519,25 +527,23 @@ impl JwtAuthenticator {
             token: Cow::Borrowed(token),
             source,
         };
+        // Outside HTTP there is no proof and no certificate: a bound token
+        // (DPoP, RFC 8705) is refused as it is from `Authorization: Bearer`.
+        let bound =
+            |r: Result<Authenticated, JwtError>| r.and_then(|a| bound_to(a, None, None)).map(|a| a.identity);
         match self.start(found) {
-            Step::Done(r) => r.map(|a| a.identity),
+            Step::Done(r) => bound(r),
             Step::Wait {
                 found,
                 kid,
                 alg,
                 provider,
-            } => self
-                .finish(found.into_owned(), kid, alg, provider)
-                .await
-                .map(|a| a.identity),
+            } => bound(self.finish(found.into_owned(), kid, alg, provider).await),
             Step::Introspect {
                 found,
                 providers,
                 key,
-            } => self
-                .introspect(found.into_owned(), providers, key)
-                .await
-                .map(|a| a.identity),
+            } => bound(self.introspect(found.into_owned(), providers, key).await),
         }
     }
 
@@ -720,6 +726,11 @@ impl JwtAuthenticator {
         }
         let state = &shared.providers[provider];
         if state.introspector.as_ref().is_some_and(|i| i.jwts()) {
+            // What the token's header says is checked here; its claims
+            // come from the answer.
+            if let Err(e) = check_type(&state.cfg, &parsed) {
+                return Step::Done(Err(e));
+            }
             return self.start_introspection(found, vec![provider]);
         }
         if !state.cfg.algorithms.contains(&parsed.alg) {
@@ -746,7 +757,7 @@ impl JwtAuthenticator {
 
     /// A fresh cached answer of one of `providers`, or the step that asks them.
     fn start_introspection<'r>(&self, found: Found<'r>, providers: Vec<usize>) -> Step<'r> {
-        let key = token_key(&found.token);
+        let key = TokenKey::of(&found.token);
         let now = now_secs();
         let mut refused = None;
         let mut ask = Vec::new();
@@ -780,7 +791,7 @@ impl JwtAuthenticator {
         &self,
         found: Found<'static>,
         providers: Vec<usize>,
-        key: String,
+        key: TokenKey,
     ) -> Result<Authenticated, JwtError> {
         let token: Arc<str> = Arc::from(&*found.token);
         let mut refused = JwtError::Inactive;
@@ -790,7 +801,7 @@ impl JwtAuthenticator {
             };
             let this = self.clone();
             let convert: Convert = Arc::new(move |answer| this.active_from(p, answer));
-            match introspector.check(key.clone(), Arc::clone(&token), convert).await {
+            match introspector.check(key, Arc::clone(&token), convert).await {
                 Ok(active) => return self.introspected(&found, p, &active, now_secs()),
                 // An unavailable endpoint outranks another issuer's "inactive".
                 Err(e) if refused != JwtError::IntrospectionUnavailable => refused = e,
@@ -814,6 +825,18 @@ impl JwtAuthenticator {
             Some(Value::String(iss)) if *iss == cfg.issuer => {}
             Some(_) => return Err(JwtError::UnknownIssuer),
         }
+        // An access token, not a refresh or ID token the server reports
+        // active (`token_type_hint` is only a hint): RFC 7662's
+        // `token_type`, Keycloak's `typ`.
+        for member in ["token_type", "typ"] {
+            if let Some(t) = claims.get(member)
+                && !t
+                    .as_str()
+                    .is_some_and(|t| t.eq_ignore_ascii_case("bearer") || t.eq_ignore_ascii_case("dpop"))
+            {
+                return Err(JwtError::WrongType);
+            }
+        }
         let leeway = cfg.leeway.as_secs_f64();
         let now = now_secs();
         let exp = number(&claims, "exp")?;
@@ -834,9 +857,16 @@ impl JwtAuthenticator {
             token.preferred_username = username;
         }
         let out_edits = output_edits(cfg, &token.claims, payload.as_deref());
+        let edits = (0..self.0.sources.len())
+            .map(|source| {
+                let mut edits = self.removal_at(source, provider);
+                edits.extend(out_edits.iter().cloned());
+                HeaderEdits::from(edits)
+            })
+            .collect();
         Ok(Active {
             identity: Identity::from_token(token, Verification::assertion()),
-            out_edits,
+            edits,
             exp,
             nbf,
         })
@@ -857,10 +887,8 @@ impl JwtAuthenticator {
         if active.nbf.is_some_and(|nbf| now + leeway < nbf) {
             return Err(JwtError::NotYetValid);
         }
-        let mut edits = self.removal(found, provider);
-        edits.extend(active.out_edits.iter().cloned());
         Ok(Authenticated::new(active.identity.clone())
-            .with_edits(edits)
+            .with_edits(active.edits.get(found.source).cloned().unwrap_or_default())
             .with_attachment(BearerToken::new(&*found.token)))
     }
 
@@ -912,10 +940,16 @@ impl JwtAuthenticator {
     }
 
     fn removal(&self, found: &Found<'_>, provider: usize) -> Vec<HeaderEdit> {
+        self.removal_at(found.source, provider)
+    }
+
+    /// The removal of a token read from `sources[source]`, unless the
+    /// provider forwards it.
+    fn removal_at(&self, source: usize, provider: usize) -> Vec<HeaderEdit> {
         if self.0.providers[provider].cfg.forward_original_token {
             return Vec::new();
         }
-        match &self.0.sources[found.source].0 {
+        match &self.0.sources[source].0 {
             TokenSource::Header { name, .. } => vec![HeaderEdit::Remove(name.clone())],
             // Cookies and query parameters cannot be removed without rewriting
             // the request target or other cookies; they are left as they are.
@@ -993,7 +1027,7 @@ enum Step<'r> {
     Introspect {
         found: Found<'r>,
         providers: Vec<usize>,
-        key: String,
+        key: TokenKey,
     },
     Wait {
         found: Found<'r>,
@@ -1027,6 +1061,12 @@ fn check_claims(cfg: &Provider, parsed: &Parsed<'_>) -> Result<Times, JwtError> 
     }
     let times = check_times(cfg, claims)?;
     check_subject_and_audience(cfg, claims)?;
+    check_type(cfg, parsed)?;
+    Ok(times)
+}
+
+/// The header's `typ`, when the provider requires one.
+fn check_type(cfg: &Provider, parsed: &Parsed<'_>) -> Result<(), JwtError> {
     if let Some(required) = &cfg.required_type {
         let typ = parsed.typ.as_deref().unwrap_or("");
         let typ = if typ.len() > 12 && typ[..12].eq_ignore_ascii_case("application/") {
@@ -1038,7 +1078,7 @@ fn check_claims(cfg: &Provider, parsed: &Parsed<'_>) -> Result<Times, JwtError> 
             return Err(JwtError::WrongType);
         }
     }
-    Ok(times)
+    Ok(())
 }
 
 /// `exp`, `nbf`, `iat` against the clock, and the maximum lifetime.
@@ -1334,7 +1374,7 @@ impl JwtAuthenticator {
         req.for_each_header("dpop", &mut |_| proofs += 1);
         let proof = match (proofs, req.header_str("dpop")) {
             (1, Some(p)) => p.trim(),
-            (0, _) => return Err(refuse(DpopError::MissingClaim("DPoP header"))),
+            (0, _) => return Err(refuse(DpopError::MissingProof)),
             _ => return Err(refuse(DpopError::Malformed)),
         };
         let origin = match &d.origin {
@@ -1358,7 +1398,11 @@ impl JwtAuthenticator {
     fn outcome_for(&self, r: Result<Authenticated, JwtError>, dpop: bool) -> AuthOutcome {
         match (&self.0.dpop, r) {
             (Some(d), Err(e)) if dpop => {
-                tracing::debug!(target: LOG, reason = %e, "DPoP request refused");
+                if matches!(e, JwtError::KeysUnavailable | JwtError::IntrospectionUnavailable) {
+                    tracing::warn!(target: LOG, reason = %e, "DPoP request refused");
+                } else {
+                    tracing::debug!(target: LOG, reason = %e, "DPoP request refused");
+                }
                 let code = match &e {
                     JwtError::DpopProof(p) => p.error_code(),
                     _ => "invalid_token",
@@ -1370,10 +1414,15 @@ impl JwtAuthenticator {
                     d.challenge,
                     detail.replace(['"', '\\'], "")
                 );
+                // The bearer challenge stays offered (RFC 9449 §7.1).
+                let mut bearer = bearer_challenge(&self.0.realm);
+                if let Some(r) = &self.0.resource {
+                    bearer.push_str(&format!(", resource_metadata=\"{}\"", r.url));
+                }
                 AuthOutcome::Rejected(palisade_core::Rejection::new(
                     base.kind(),
                     detail,
-                    vec![challenge],
+                    vec![challenge, bearer],
                 ))
             }
             (_, r) => self.outcome(r),

@@ -174,6 +174,9 @@ pub enum DpopError {
     /// The proof was accepted before: its `jti` was seen with this key.
     #[error("the DPoP proof has already been used")]
     Replayed,
+    /// `Authorization: DPoP` without a `DPoP` header (the caller finds it).
+    #[error("the request has no DPoP proof")]
+    MissingProof,
 }
 
 impl DpopError {

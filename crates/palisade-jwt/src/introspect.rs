@@ -17,7 +17,7 @@ use std::time::Duration;
 use aws_lc_rs::digest;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use palisade_core::authn::HeaderEdit;
+use palisade_core::authn::HeaderEdits;
 use palisade_core::metrics::INTROSPECTIONS;
 use palisade_core::{Identity, form};
 use serde_json::{Map, Value};
@@ -99,6 +99,7 @@ impl fmt::Debug for Introspection {
             .field("negative_cache_time", &self.negative_cache_time)
             .field("cache_entries", &self.cache_entries)
             .field("stale_for", &self.stale_for)
+            .field("max_concurrent_calls", &self.max_concurrent_calls)
             .finish_non_exhaustive()
     }
 }
@@ -177,7 +178,8 @@ impl Introspection {
     }
 
     /// At most this many calls at once to the endpoint (default 32);
-    /// further distinct tokens wait for a turn.
+    /// further distinct tokens wait for a turn, up to eight times as many,
+    /// beyond which they are refused at once as unavailable.
     pub fn max_concurrent_calls(mut self, calls: usize) -> Self {
         self.max_concurrent_calls = calls;
         self
@@ -226,8 +228,10 @@ impl Introspection {
 /// each request.
 pub(crate) struct Active {
     pub(crate) identity: Identity,
-    /// Claims copied to headers.
-    pub(crate) out_edits: Vec<HeaderEdit>,
+    /// Every header edit for a request with the token, by the index of
+    /// the place it was read from (its removal, then claims copied to
+    /// headers): shared by every request.
+    pub(crate) edits: Vec<HeaderEdits>,
     pub(crate) exp: Option<f64>,
     pub(crate) nbf: Option<f64>,
 }
@@ -254,7 +258,7 @@ pub(crate) struct Introspector {
     runtime: Option<tokio::runtime::Handle>,
     discovered: Mutex<Option<Arc<str>>>,
     cache: TokenCache<Arc<Answer>>,
-    in_flight: Mutex<HashMap<String, watch::Receiver<Option<Outcome>>>>,
+    in_flight: Mutex<HashMap<TokenKey, watch::Receiver<Option<Outcome>>>>,
     permits: Semaphore,
     active: metrics::Counter,
     inactive: metrics::Counter,
@@ -262,7 +266,7 @@ pub(crate) struct Introspector {
 }
 
 /// Removes a call from the calls in flight when dropped.
-struct Done<'a>(&'a Introspector, &'a str);
+struct Done<'a>(&'a Introspector, TokenKey);
 
 impl Drop for Done<'_> {
     fn drop(&mut self) {
@@ -270,13 +274,27 @@ impl Drop for Done<'_> {
             .in_flight
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .remove(self.1);
+            .remove(&self.1);
     }
 }
 
-/// The cache key of a token: its SHA-256, base64url.
-pub(crate) fn token_key(token: &str) -> String {
-    URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, token.as_bytes()))
+/// The cache key of a token: its SHA-256, base64url (made on the stack:
+/// a cache hit allocates nothing for it).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct TokenKey([u8; 43]);
+
+impl TokenKey {
+    pub(crate) fn of(token: &str) -> Self {
+        let mut out = [0u8; 43];
+        let hash = digest::digest(&digest::SHA256, token.as_bytes());
+        // 32 bytes are exactly 43 base64url characters without padding.
+        let _ = URL_SAFE_NO_PAD.encode_slice(hash.as_ref(), &mut out);
+        Self(out)
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
 }
 
 /// Whether a token has the shape of a compact JWS (three parts, a JSON
@@ -334,14 +352,14 @@ impl Introspector {
     }
 
     /// A fresh cached answer for the token of `key`.
-    pub(crate) fn cached(&self, key: &str, now: f64) -> Option<Outcome> {
-        let answer = self.cache.get(key)?;
+    pub(crate) fn cached(&self, key: &TokenKey, now: f64) -> Option<Outcome> {
+        let answer = self.cache.get(key.as_str())?;
         (now < answer.fresh_until).then(|| answer.outcome.clone())
     }
 
     /// Asks the endpoint about `token` (or joins the call already asking),
     /// caches the answer and returns it.
-    pub(crate) async fn check(self: &Arc<Self>, key: String, token: Arc<str>, convert: Convert) -> Outcome {
+    pub(crate) async fn check(self: &Arc<Self>, key: TokenKey, token: Arc<str>, convert: Convert) -> Outcome {
         let Some(runtime) = &self.runtime else {
             return Err(JwtError::IntrospectionUnavailable);
         };
@@ -349,15 +367,21 @@ impl Introspector {
             let mut in_flight = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(rx) = in_flight.get(&key) {
                 rx.clone()
+            } else if in_flight.len() >= self.cfg.max_concurrent_calls.saturating_mul(8) {
+                // A flood of distinct unknown tokens: refuse at once rather
+                // than queue calls without bound.
+                self.failure.increment(1);
+                tracing::warn!(target: LOG, issuer = %self.issuer, "token introspection refused: too many calls waiting");
+                return Err(JwtError::IntrospectionUnavailable);
             } else {
                 let (tx, rx) = watch::channel(None);
-                in_flight.insert(key.clone(), rx.clone());
+                in_flight.insert(key, rx.clone());
                 let this = Arc::clone(self);
                 // On the jwks thread: the call completes (and is cached)
                 // even if every request waiting for it goes away.
                 runtime.spawn(async move {
                     // Out of the map however the call ends (even by a panic).
-                    let _done = Done(&this, &key);
+                    let _done = Done(&this, key);
                     let outcome = this.ask(&key, &token, &convert).await;
                     tx.send_replace(Some(outcome));
                 });
@@ -366,14 +390,19 @@ impl Introspector {
         };
         // The call is bounded by the client's timeout; this bound only
         // guards against a call that never reports.
-        let bound = self.fetch.timeout * 2 + Duration::from_secs(1);
+        let bound = self
+            .fetch
+            .timeout
+            .saturating_mul(2)
+            .saturating_add(Duration::from_secs(1));
         match tokio::time::timeout(bound, rx.wait_for(Option::is_some)).await {
             Ok(Ok(v)) => v.clone().unwrap_or(Err(JwtError::IntrospectionUnavailable)),
             Ok(Err(_)) | Err(_) => Err(JwtError::IntrospectionUnavailable),
         }
     }
 
-    async fn ask(&self, key: &str, token: &str, convert: &Convert) -> Outcome {
+    async fn ask(&self, key: &TokenKey, token: &str, convert: &Convert) -> Outcome {
+        let key = key.as_str();
         let answer = match self.call(token).await {
             Ok(members) => members,
             Err(reason) => {
@@ -537,11 +566,11 @@ mod tests {
 
     #[test]
     fn the_cache_key_is_a_hash_not_the_token() {
-        let key = token_key("secret-token");
-        assert_eq!(key.len(), 43);
-        assert!(!key.contains("secret"));
-        assert_eq!(key, token_key("secret-token"));
-        assert_ne!(key, token_key("secret-token2"));
+        let key = TokenKey::of("secret-token");
+        assert_eq!(key.as_str().len(), 43);
+        assert!(!key.as_str().contains("secret"));
+        assert!(key == TokenKey::of("secret-token"));
+        assert!(key != TokenKey::of("secret-token2"));
     }
 
     #[test]

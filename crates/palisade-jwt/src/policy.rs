@@ -11,7 +11,7 @@ use palisade_core::policy::{
 
 use crate::authenticator::JwtAuthenticator;
 use crate::config::{FetchSettings, Provider, ProviderBuilder, TokenSource};
-use crate::dpop::{DpopSettings, MemoryReplayStore};
+use crate::dpop::{DpopSettings, MemoryReplayStore, NonceSource};
 use crate::introspect::Introspection;
 use crate::resource::ResourceMetadata;
 
@@ -329,6 +329,13 @@ fn dpop(mut builder: crate::JwtAuthenticatorBuilder, spec: &DpopSpec) -> crate::
         settings.max_age = m.get();
     }
     settings.require_nonce = spec.require_nonce.unwrap_or(false);
+    if settings.require_nonce {
+        // One nonce key per process: a reload keeps the nonces handed out valid.
+        static NONCES: std::sync::OnceLock<Option<NonceSource>> = std::sync::OnceLock::new();
+        settings.nonce_source = NONCES
+            .get_or_init(|| NonceSource::generate(NonceSource::DEFAULT_WINDOW).ok())
+            .clone();
+    }
     builder = builder.dpop(settings);
     if let Some(o) = &spec.origin {
         builder = builder.dpop_origin(o.clone());

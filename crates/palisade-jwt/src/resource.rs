@@ -70,6 +70,29 @@ impl ResourceMetadata {
     }
 }
 
+/// `scheme://host[:port]` of an http(s) URL, if it is one.
+pub(crate) fn origin_of(url: &str) -> Option<String> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let origin = &url[..url.len() - rest.len() + authority.len()];
+    is_origin(origin).then(|| origin.to_owned())
+}
+
+/// Whether `s` is exactly `http(s)://host[:port]` (a trailing `/` allowed):
+/// no user information, path, query or fragment.
+pub(crate) fn is_origin(s: &str) -> bool {
+    let Some(rest) = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://")) else {
+        return false;
+    };
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    !authority.is_empty()
+        && authority
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']' | b'_'))
+}
+
 /// The metadata, checked, as served.
 #[derive(Debug)]
 pub(crate) struct Served {
@@ -96,6 +119,13 @@ impl Served {
             .strip_prefix("https://")
             .or_else(|| meta.resource.strip_prefix("http://"))
             .ok_or_else(|| bad("is not an http(s) URL"))?;
+        if meta
+            .resource
+            .bytes()
+            .any(|b| !b.is_ascii_graphic() || b == b'"' || b == b'\\')
+        {
+            return Err(bad("must be a URL of printable characters without quotes"));
+        }
         if meta.resource.contains(['?', '#']) {
             return Err(bad("must have no query or fragment (RFC 9728 §1.2)"));
         }
@@ -138,6 +168,29 @@ impl Served {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn origins_are_scheme_host_and_port_only() {
+        assert_eq!(
+            origin_of("https://shop.example:8443/details").as_deref(),
+            Some("https://shop.example:8443")
+        );
+        assert_eq!(
+            origin_of("https://shop.example").as_deref(),
+            Some("https://shop.example")
+        );
+        assert!(is_origin("http://127.0.0.1:8080/"));
+        for bad in [
+            "https://u@host",
+            "https://host?x",
+            "https://host#f",
+            "https://host/path",
+            "ftp://host",
+            "https://",
+        ] {
+            assert!(!is_origin(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn the_well_known_url_is_inserted_between_host_and_path() {
@@ -193,6 +246,8 @@ mod tests {
             "https://",
             "https://api.example/x?y=1",
             "https://api.example/#f",
+            "https://api.example/a b",
+            "https://api.example/\"x",
         ] {
             assert!(
                 Served::new(&ResourceMetadata::new(bad), &[], &[], &[]).is_err(),

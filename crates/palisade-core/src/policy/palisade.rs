@@ -214,7 +214,13 @@ impl JwtSettingsSpec {
             }
             if let Some(o) = &d.origin {
                 let rest = o.strip_prefix("https://").or_else(|| o.strip_prefix("http://"));
-                if !rest.is_some_and(|h| !h.is_empty() && !h.trim_end_matches('/').contains('/')) {
+                let authority = rest.map(|h| h.strip_suffix('/').unwrap_or(h));
+                if !authority.is_some_and(|h| {
+                    !h.is_empty()
+                        && h.bytes().all(|b| {
+                            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']' | b'_')
+                        })
+                }) {
                     return Err((
                         "spec.dpop.origin".into(),
                         format!("`{o}` is not scheme://host[:port]"),
@@ -233,7 +239,11 @@ impl JwtSettingsSpec {
                 .resource
                 .strip_prefix("https://")
                 .or_else(|| r.resource.strip_prefix("http://"));
-            if !rest.is_some_and(|h| !h.is_empty() && !h.starts_with('/')) || r.resource.contains(['?', '#'])
+            if !rest.is_some_and(|h| !h.is_empty() && !h.starts_with('/'))
+                || r.resource.contains(['?', '#'])
+                || r.resource
+                    .bytes()
+                    .any(|b| !b.is_ascii_graphic() || b == b'"' || b == b'\\')
             {
                 return Err((
                     "spec.resourceMetadata.resource".into(),
