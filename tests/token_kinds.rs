@@ -14,6 +14,8 @@ use axum::body::Body;
 use palisade::core::Identity;
 use palisade::core::policy::{PolicySet, Workload};
 use palisade::jwt::dpop::DpopKey;
+use palisade::jwt::{JwtAuthenticator, JwtError, Provider};
+use palisade::testkit::TestIssuer;
 use serde_json::Value;
 use tower::ServiceExt as _;
 
@@ -597,6 +599,144 @@ spec:
     }
 }
 
+/// Issuers per tenant with keys shared by every tenant (as Entra ID's
+/// common key set): the policy file's pattern, allow-list and policies on
+/// the tenant's own issuer.
+#[actix_web::test]
+async fn tenants_of_an_issuer_pattern_are_accepted_from_the_allow_list_only() {
+    let idp = TestIssuer::builder()
+        .realm("t1")
+        .default_audience("details")
+        .start()
+        .unwrap();
+    let base = idp.base_url().to_owned();
+    let pattern = format!("{base}/realms/{{tenant}}");
+    let yaml = format!(
+        "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: default}}
+spec:
+  jwtRules:
+  - issuer: {pattern}
+    jwksUri: {jwks}
+    audiences: [details]
+---
+apiVersion: palisade.dev/v1alpha1
+kind: JwtSettings
+metadata: {{name: tenants, namespace: default}}
+spec:
+  issuer: {pattern}
+  tenants: [t1, t2]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: t1-only, namespace: default}}
+spec:
+  rules:
+  - from:
+    - source: {{requestPrincipals: ['{base}/realms/t1/*']}}
+",
+        jwks = idp.jwks_uri()
+    );
+    let set = PolicySet::from_yaml_str(&yaml, "tenants.yaml").unwrap();
+    let guard = palisade::guard_from_policy(&set, &Workload::new("details", "default")).unwrap();
+    let token = |tenant: &str| {
+        idp.token()
+            .issuer(&format!("{base}/realms/{tenant}"))
+            .subject("alice")
+            .sign()
+    };
+
+    let t1 = call_axum(&guard, &token("t1")).await;
+    assert_eq!(t1.status, 200, "{}", t1.challenge);
+    assert_eq!(t1.body["issuer"], format!("{base}/realms/t1"));
+    assert_eq!(t1.body["request_principal"], format!("{base}/realms/t1/alice"));
+    let t1_actix = call_actix(&guard, &token("t1")).await;
+    assert_eq!(t1_actix.status, 200);
+    // t2 is a tenant, authenticated, but the policy admits t1's users only.
+    let t2 = call_axum(&guard, &token("t2")).await;
+    assert_eq!(t2.status, 403);
+    // t3 is not on the list; a name that is no tenant neither.
+    for other in ["t3", "t1/../t2", ""] {
+        let a = call_axum(&guard, &token(other)).await;
+        assert_eq!(a.status, 401, "{other}");
+        assert!(a.challenge.contains("issuer is not accepted"), "{}", a.challenge);
+    }
+    assert_eq!(idp.jwks_fetches(), 1, "every tenant shares the one key set");
+
+    // In code: a resolver, and the tenant on the identity.
+    let jwt = JwtAuthenticator::builder()
+        .provider(
+            Provider::builder(pattern.clone())
+                .audience("details")
+                .jwks_uri(idp.jwks_uri())
+                .tenant_resolver(|t| t.starts_with("team-"))
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let id = jwt.verify(&token("team-red")).await.unwrap();
+    assert_eq!(id.token().unwrap().tenant.as_deref(), Some("team-red"));
+    assert_eq!(
+        jwt.verify(&token("red")).await.unwrap_err(),
+        JwtError::UnknownIssuer
+    );
+}
+
+/// Issuers per tenant with keys of their own, discovered per tenant: a
+/// tenant's key never verifies another tenant's tokens. (The two issuers
+/// differ by their port, which stands for the tenant here.)
+#[tokio::test]
+async fn each_tenant_has_its_own_keys_fetched_on_first_use() {
+    let a = TestIssuer::builder()
+        .realm("shop")
+        .default_audience("details")
+        .start()
+        .unwrap();
+    let b = TestIssuer::builder()
+        .realm("shop")
+        .default_audience("details")
+        .start()
+        .unwrap();
+    let port = |i: &TestIssuer| i.base_url().rsplit(':').next().unwrap().to_owned();
+    let jwt = JwtAuthenticator::builder()
+        .provider(
+            Provider::builder("http://127.0.0.1:{tenant}/realms/shop")
+                .audience("details")
+                .tenants([port(&a), port(&b)])
+                .max_tenants(1)
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    assert_eq!(
+        (a.jwks_fetches(), b.jwks_fetches()),
+        (0, 0),
+        "nothing fetched before a token"
+    );
+    let id = jwt.verify(&a.token().subject("alice").sign()).await.unwrap();
+    assert_eq!(id.issuer(), Some(a.issuer()));
+    assert_eq!(id.token().unwrap().tenant, Some(port(&a)));
+    assert_eq!(
+        jwt.verify(&b.token().subject("bob").sign())
+            .await
+            .unwrap()
+            .issuer(),
+        Some(b.issuer())
+    );
+    // Signed with a's key, claiming b's issuer: b's keys do not have it.
+    let forged = a.token().issuer(b.issuer()).subject("mallory").sign();
+    let refused = jwt.verify(&forged).await.unwrap_err();
+    assert!(
+        matches!(refused, JwtError::UnknownKey | JwtError::KeysUnavailable),
+        "{refused:?}"
+    );
+    assert_eq!(a.discovery_fetches(), 1);
+    assert!(b.discovery_fetches() >= 1);
+}
+
 #[test]
 fn introspection_settings_are_checked_when_the_file_loads() {
     let bad = |spec: &str| {
@@ -624,6 +764,10 @@ spec:
     assert!(e.contains("spec.introspection.clientAuthMethod"), "{e}");
     let e = bad("  issuer: https://i\n  introspection: {clientId: rs, clientSecret: x, cacheTime: soon}\n");
     assert!(e.contains("cacheTime") || e.contains("duration"), "{e}");
+    let e = bad("  tenants: [t1]\n");
+    assert!(e.contains("spec.tenants"), "{e}");
+    let e = bad("  issuer: 'https://login.example/{tenant}/v2.0'\n  tenants: ['a/b']\n");
+    assert!(e.contains("spec.tenants[0]"), "{e}");
     let e = bad("  dpop: {algorithms: [HS256]}\n");
     assert!(e.contains("spec.dpop.algorithms[0]"), "{e}");
     let e = bad("  dpop: {origin: 'https://shop.example/path'}\n");

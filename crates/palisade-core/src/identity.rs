@@ -85,6 +85,10 @@ pub struct TokenClaims {
     pub expires_at: Option<SystemTime>,
     /// Every claim of the payload.
     pub claims: Map<String, Value>,
+    /// The tenant, for an issuer configured as a pattern
+    /// (`https://login.microsoftonline.com/{tenant}/v2.0`): what `{tenant}`
+    /// stands for in this token's issuer.
+    pub tenant: Option<String>,
 }
 
 impl TokenClaims {

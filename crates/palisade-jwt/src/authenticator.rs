@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::Algorithm;
@@ -18,7 +18,7 @@ use palisade_core::{AuthMethod, Check, Identity, TokenClaims, Verification};
 use serde_json::{Map, Value};
 
 use crate::cache::TokenCache;
-use crate::config::{ConfigError, JwksSource, Provider, TokenSource};
+use crate::config::{ConfigError, JwksSource, Provider, TENANT, TokenSource, valid_tenant};
 use crate::dpop::{DpopError, DpopSettings, DpopVerifier, ProofRequest, VerifiedProof, bound_token_matches};
 use crate::error::JwtError;
 use crate::introspect::{Active, Convert, Introspector, TokenKey, looks_like_jws};
@@ -36,6 +36,26 @@ struct ProviderState {
     _fetched: Option<Arc<Fetched>>,
     /// Its token introspection, if configured.
     introspector: Option<Arc<Introspector>>,
+    /// For an issuer pattern: the tenants met so far, and whether each has
+    /// keys of its own.
+    tenants: Option<Mutex<TenantStores>>,
+}
+
+/// The tenants of an issuer pattern met so far, oldest first.
+#[derive(Default)]
+struct TenantStores {
+    live: HashMap<String, Arc<Tenant>>,
+    order: std::collections::VecDeque<String>,
+}
+
+/// One tenant of an issuer pattern.
+struct Tenant {
+    name: String,
+    /// The pattern with `{tenant}` replaced.
+    issuer: String,
+    /// Its own keys, unless every tenant shares the provider's.
+    store: Option<Arc<KeyStore>>,
+    _fetched: Option<Arc<Fetched>>,
 }
 
 struct CacheEntry {
@@ -47,6 +67,8 @@ struct CacheEntry {
     fingerprint: u64,
     exp: f64,
     nbf: Option<f64>,
+    /// The tenant, for an issuer pattern (its keys, when its own).
+    tenant: Option<Arc<Tenant>>,
     /// Claims copied to headers.
     edits: Vec<HeaderEdit>,
     /// The token's location when it was verified, and every edit for a
@@ -75,6 +97,8 @@ struct Shared {
     by_issuer: HashMap<String, usize>,
     /// The providers that introspect opaque tokens, in order.
     opaque: Vec<usize>,
+    /// Never fetch keys (a tenant's either).
+    offline: bool,
     /// Every source any provider reads, with the providers that accept it.
     sources: Vec<(TokenSource, Vec<usize>)>,
     max_token_size: usize,
@@ -225,7 +249,20 @@ impl JwtAuthenticatorBuilder {
                     "no usable signature key".into(),
                 ));
             }
+            // A pattern whose tenants have keys of their own: those are
+            // fetched per tenant; the provider's store stays empty.
+            let per_tenant = cfg.tenants.is_some()
+                && match &cfg.jwks {
+                    JwksSource::Discovery => true,
+                    JwksSource::Uri(u) => u.contains(TENANT),
+                    _ => false,
+                };
             let (store, fetched) = match fixed {
+                None if per_tenant => {
+                    let mut store = KeyStore::new(&cfg.issuer, cfg.fetch.clone(), None);
+                    store.fetched = false;
+                    (Arc::new(store), None)
+                }
                 Some(set) => (
                     Arc::new(KeyStore::new(&cfg.issuer, cfg.fetch.clone(), Some(set))),
                     None,
@@ -250,11 +287,13 @@ impl JwtAuthenticatorBuilder {
                 )),
                 None => None,
             };
+            let tenants = cfg.tenants.is_some().then(|| Mutex::new(TenantStores::default()));
             providers.push(ProviderState {
                 cfg,
                 store,
                 _fetched: fetched,
                 introspector,
+                tenants,
             });
         }
         let mut sources: Vec<(TokenSource, Vec<usize>)> = Vec::new();
@@ -358,6 +397,7 @@ impl JwtAuthenticatorBuilder {
             providers,
             by_issuer,
             opaque,
+            offline: self.offline,
             sources,
             max_token_size: self.max_token_size,
             resource_metadata: self.resource_metadata,
@@ -491,10 +531,20 @@ impl JwtAuthenticator {
         proof: Verification,
     ) -> Result<Identity, JwtError> {
         let issuer = peek_issuer(&claims)?;
-        let provider = *self.0.by_issuer.get(issuer).ok_or(JwtError::UnknownIssuer)?;
+        let (provider, tenant) = match self.0.by_issuer.get(issuer) {
+            Some(&p) => (p, None),
+            None => self
+                .tenant_of(issuer)
+                .map(|(p, name)| (p, Some((name.to_owned(), issuer.to_owned()))))
+                .ok_or(JwtError::UnknownIssuer)?,
+        };
         let cfg = &self.0.providers[provider].cfg;
         check_subject_and_audience(cfg, &claims)?;
-        let claims = token_claims(cfg, claims);
+        let mut claims = token_claims(cfg, claims);
+        if let Some((name, issuer)) = tenant {
+            claims.issuer = issuer;
+            claims.tenant = Some(name);
+        }
         Ok(Identity::from_token(claims, proof))
     }
 
@@ -538,7 +588,8 @@ impl JwtAuthenticator {
                 kid,
                 alg,
                 provider,
-            } => bound(self.finish(found.into_owned(), kid, alg, provider).await),
+                tenant,
+            } => bound(self.finish(found.into_owned(), kid, alg, provider, tenant).await),
             Step::Introspect {
                 found,
                 providers,
@@ -716,9 +767,14 @@ impl JwtAuthenticator {
                 return self.start_introspection(found, providers);
             }
         };
-        let provider = match peek_issuer(&parsed.claims).map(|iss| shared.by_issuer.get(iss).copied()) {
-            Ok(Some(p)) => p,
-            Ok(None) => return Step::Done(Err(JwtError::UnknownIssuer)),
+        let (provider, tenant) = match peek_issuer(&parsed.claims) {
+            Ok(iss) => match shared.by_issuer.get(iss) {
+                Some(&p) => (p, None),
+                None => match self.tenant(iss) {
+                    Some((p, t)) => (p, Some(t)),
+                    None => return Step::Done(Err(JwtError::UnknownIssuer)),
+                },
+            },
             Err(e) => return Step::Done(Err(e)),
         };
         if !shared.sources[found.source].1.contains(&provider) {
@@ -736,11 +792,11 @@ impl JwtAuthenticator {
         if !state.cfg.algorithms.contains(&parsed.alg) {
             return Step::Done(Err(JwtError::AlgorithmNotAllowed));
         }
-        let keys = state.store.keys();
+        let keys = self.store_of(provider, tenant.as_deref()).keys();
         match keys.find(parsed.kid.as_deref(), parsed.alg) {
             Some(key) => {
                 let key = key.clone();
-                Step::Done(self.verify_with(&found, parsed, &key, provider))
+                Step::Done(self.verify_with(&found, parsed, &key, provider, tenant.as_ref()))
             }
             None => {
                 let kid = parsed.kid.clone();
@@ -750,9 +806,79 @@ impl JwtAuthenticator {
                     kid,
                     alg,
                     provider,
+                    tenant,
                 }
             }
         }
+    }
+
+    /// The keys a token of `provider` (and `tenant`) is checked with.
+    fn store_of<'a>(&'a self, provider: usize, tenant: Option<&'a Tenant>) -> &'a Arc<KeyStore> {
+        tenant
+            .and_then(|t| t.store.as_ref())
+            .unwrap_or(&self.0.providers[provider].store)
+    }
+
+    /// The issuer pattern `iss` is a tenant of, and the tenant, if it is
+    /// one of the pattern's tenants.
+    fn tenant_of<'i>(&self, iss: &'i str) -> Option<(usize, &'i str)> {
+        self.0.providers.iter().enumerate().find_map(|(i, p)| {
+            let tenants = p.cfg.tenants.as_ref()?;
+            let (prefix, suffix) = p.cfg.issuer.split_once(TENANT)?;
+            let name = iss.strip_prefix(prefix)?.strip_suffix(suffix)?;
+            (valid_tenant(name) && tenants.allows(name)).then_some((i, name))
+        })
+    }
+
+    /// [`tenant_of`](Self::tenant_of), with the tenant's keys: its own
+    /// store, fetched from its first token on, while it is among the
+    /// provider's `max_tenants` most recently met.
+    fn tenant(&self, iss: &str) -> Option<(usize, Arc<Tenant>)> {
+        let (provider, name) = self.tenant_of(iss)?;
+        let state = &self.0.providers[provider];
+        let mut stores = state
+            .tenants
+            .as_ref()?
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(t) = stores.live.get(name) {
+            return Some((provider, Arc::clone(t)));
+        }
+        let cfg = &state.cfg;
+        let own = match &cfg.jwks {
+            JwksSource::Discovery => Some(JwksSource::Discovery),
+            JwksSource::Uri(u) if u.contains(TENANT) => Some(JwksSource::Uri(u.replace(TENANT, name))),
+            _ => None,
+        };
+        let (store, fetched) = match own {
+            None => (None, None),
+            Some(_) if self.0.offline => {
+                let mut store = KeyStore::new(iss, cfg.fetch.clone(), None);
+                store.fetched = false;
+                (Some(Arc::new(store)), None)
+            }
+            Some(source) => match fetched_store(iss, &source, &cfg.fetch) {
+                Ok(f) => (Some(Arc::clone(&f.store)), Some(f)),
+                Err(e) => {
+                    tracing::error!(target: LOG, issuer = iss, error = %e, "cannot fetch the tenant's keys");
+                    return None;
+                }
+            },
+        };
+        let tenant = Arc::new(Tenant {
+            name: name.to_owned(),
+            issuer: iss.to_owned(),
+            store,
+            _fetched: fetched,
+        });
+        if stores.order.len() >= cfg.max_tenants
+            && let Some(oldest) = stores.order.pop_front()
+        {
+            stores.live.remove(&oldest);
+        }
+        stores.order.push_back(name.to_owned());
+        stores.live.insert(name.to_owned(), Arc::clone(&tenant));
+        Some((provider, tenant))
     }
 
     /// A fresh cached answer of one of `providers`, or the step that asks them.
@@ -898,13 +1024,14 @@ impl JwtAuthenticator {
         kid: Option<String>,
         alg: Algorithm,
         provider: usize,
+        tenant: Option<Arc<Tenant>>,
     ) -> Result<Authenticated, JwtError> {
-        let key = self.0.providers[provider]
-            .store
+        let key = self
+            .store_of(provider, tenant.as_deref())
             .wait_for_key(kid.as_deref(), alg)
             .await?;
         let parsed = parse(&found.token, self.0.max_token_size)?;
-        self.verify_with(&found, parsed, &key, provider)
+        self.verify_with(&found, parsed, &key, provider, tenant.as_ref())
     }
 
     fn cached(&self, entry: &CacheEntry, found: &Found<'_>) -> Option<Result<Authenticated, JwtError>> {
@@ -912,8 +1039,8 @@ impl JwtAuthenticator {
         if !self.0.sources[found.source].1.contains(&entry.provider) {
             return Some(Err(JwtError::WrongLocation));
         }
-        if !state
-            .store
+        if !self
+            .store_of(entry.provider, entry.tenant.as_deref())
             .keys()
             .still_has(entry.kid.as_deref(), entry.fingerprint)
         {
@@ -963,6 +1090,7 @@ impl JwtAuthenticator {
         parsed: Parsed<'_>,
         key: &VerifyKey,
         provider: usize,
+        tenant: Option<&Arc<Tenant>>,
     ) -> Result<Authenticated, JwtError> {
         let cfg = &self.0.providers[provider].cfg;
         if !key.allows(parsed.alg) {
@@ -973,8 +1101,12 @@ impl JwtAuthenticator {
             Ok(true) => {}
             _ => return Err(JwtError::BadSignature),
         }
-        let times = check_claims(cfg, &parsed)?;
-        let claims = token_claims(cfg, parsed.claims);
+        let times = check_claims(cfg, tenant.map_or(&cfg.issuer, |t| &t.issuer), &parsed)?;
+        let mut claims = token_claims(cfg, parsed.claims);
+        if let Some(t) = tenant {
+            claims.issuer.clone_from(&t.issuer);
+            claims.tenant = Some(t.name.clone());
+        }
         let out_edits = output_edits(cfg, &claims.claims, Some(parsed.payload_b64));
         let identity = Identity::from_token(claims, Verification::assertion());
         let mut edits = self.removal(found, provider);
@@ -986,6 +1118,7 @@ impl JwtAuthenticator {
                 identity: identity.clone(),
                 bearer: Arc::clone(&bearer),
                 provider,
+                tenant: tenant.cloned(),
                 kid: key.kid.clone(),
                 fingerprint: key.fingerprint,
                 exp: times.exp,
@@ -1034,6 +1167,7 @@ enum Step<'r> {
         kid: Option<String>,
         alg: Algorithm,
         provider: usize,
+        tenant: Option<Arc<Tenant>>,
     },
 }
 
@@ -1054,9 +1188,10 @@ fn number(claims: &Map<String, Value>, name: &'static str) -> Result<Option<f64>
     }
 }
 
-fn check_claims(cfg: &Provider, parsed: &Parsed<'_>) -> Result<Times, JwtError> {
+/// The claims against `issuer` (the provider's, or its tenant's).
+fn check_claims(cfg: &Provider, issuer: &str, parsed: &Parsed<'_>) -> Result<Times, JwtError> {
     let claims = &parsed.claims;
-    if peek_issuer(claims)? != cfg.issuer {
+    if peek_issuer(claims)? != issuer {
         return Err(JwtError::UnknownIssuer);
     }
     let times = check_times(cfg, claims)?;
@@ -1314,12 +1449,13 @@ impl Authenticator for JwtAuthenticator {
                 kid,
                 alg,
                 provider,
+                tenant,
             } => {
                 let this = self.clone();
                 let found = found.into_owned();
                 let thumbprint = peer_thumbprint(req).map(str::to_owned);
                 Check::pending(async move {
-                    let r = this.finish(found, kid, alg, provider).await;
+                    let r = this.finish(found, kid, alg, provider, tenant).await;
                     this.outcome_for(
                         r.and_then(|a| bound_to(a, thumbprint.as_deref(), proof.as_ref())),
                         dpop,

@@ -1,11 +1,65 @@
 //! Provider configuration: one trusted issuer and how its tokens are checked.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
 
 use crate::introspect::Introspection;
+
+/// The placeholder of an issuer pattern.
+pub(crate) const TENANT: &str = "{tenant}";
+
+/// Which tenants an issuer pattern (`https://login.example.com/{tenant}/v2.0`)
+/// accepts: set with [`ProviderBuilder::tenants`] or
+/// [`ProviderBuilder::tenant_resolver`].
+#[derive(Clone)]
+pub enum Tenants {
+    /// These tenants only.
+    List(Vec<String>),
+    /// Those for which the function answers true (called once per tenant
+    /// and process, when its first token arrives: the answer is kept).
+    Resolver(Arc<dyn Fn(&str) -> bool + Send + Sync>),
+}
+
+impl Tenants {
+    pub(crate) fn allows(&self, tenant: &str) -> bool {
+        match self {
+            Tenants::List(list) => list.iter().any(|t| t == tenant),
+            Tenants::Resolver(f) => f(tenant),
+        }
+    }
+}
+
+impl PartialEq for Tenants {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Tenants::List(a), Tenants::List(b)) => a == b,
+            (Tenants::Resolver(a), Tenants::Resolver(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Debug for Tenants {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Tenants::List(list) => f.debug_tuple("List").field(list).finish(),
+            Tenants::Resolver(_) => f.write_str("Resolver(<fn>)"),
+        }
+    }
+}
+
+/// Whether `tenant` may stand for `{tenant}`: a path segment or host label
+/// of letters, digits, `.`, `-` and `_` (a GUID, a domain name).
+pub(crate) fn valid_tenant(tenant: &str) -> bool {
+    (1..=128).contains(&tenant.len())
+        && tenant
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+        && !tenant.starts_with('.')
+}
 
 /// Configuration that cannot work, found when it is built.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -168,6 +222,8 @@ pub struct Provider {
     pub(crate) require_subject: bool,
     pub(crate) fetch: FetchSettings,
     pub(crate) introspection: Option<Introspection>,
+    pub(crate) tenants: Option<Tenants>,
+    pub(crate) max_tenants: usize,
 }
 
 impl fmt::Debug for Provider {
@@ -181,6 +237,7 @@ impl fmt::Debug for Provider {
             .field("hmac_secret", &self.hmac_secret.as_ref().map(|_| "<redacted>"))
             .field("sources", &self.sources)
             .field("introspection", &self.introspection)
+            .field("tenants", &self.tenants)
             .finish_non_exhaustive()
     }
 }
@@ -206,6 +263,8 @@ impl Provider {
             require_subject: true,
             fetch: FetchSettings::default(),
             introspection: None,
+            tenants: None,
+            max_tenants: 100,
         }
     }
 
@@ -253,6 +312,8 @@ pub struct ProviderBuilder {
     require_subject: bool,
     fetch: FetchSettings,
     introspection: Option<Introspection>,
+    tenants: Option<Tenants>,
+    max_tenants: usize,
 }
 
 impl fmt::Debug for ProviderBuilder {
@@ -399,6 +460,35 @@ impl ProviderBuilder {
         self
     }
 
+    /// For an issuer pattern (an issuer with `{tenant}` in it, as Entra
+    /// ID's `https://login.microsoftonline.com/{tenant}/v2.0`): accepts
+    /// tokens of these tenants. Each tenant's keys are discovered from its
+    /// own issuer (or from `jwks_uri` with `{tenant}` replaced; a `jwks_uri`
+    /// without it is shared by every tenant) on its first token, then
+    /// refreshed and rate limited as a fixed issuer's. The identity's
+    /// issuer is the tenant's (so request principals are
+    /// `https://login.microsoftonline.com/<tenant>/v2.0/<sub>`), and
+    /// [`TokenClaims::tenant`](palisade_core::TokenClaims::tenant) names it.
+    pub fn tenants<S: Into<String>>(mut self, tenants: impl IntoIterator<Item = S>) -> Self {
+        self.tenants = Some(Tenants::List(tenants.into_iter().map(Into::into).collect()));
+        self
+    }
+
+    /// As [`tenants`](Self::tenants), the tenants decided by `resolver`
+    /// (a directory lookup, say), asked once per tenant: keep it cheap, it
+    /// runs on the request path.
+    pub fn tenant_resolver(mut self, resolver: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
+        self.tenants = Some(Tenants::Resolver(Arc::new(resolver)));
+        self
+    }
+
+    /// At most this many tenants' key stores kept at once (default 100);
+    /// the one first used goes when another is needed.
+    pub fn max_tenants(mut self, max: usize) -> Self {
+        self.max_tenants = max;
+        self
+    }
+
     /// Relaxations that weaken verification.
     pub fn dangerous(self) -> DangerousProviderBuilder {
         DangerousProviderBuilder(self)
@@ -465,6 +555,27 @@ impl ProviderBuilder {
                 "fetch settings: need min_ttl <= max_ttl, a non-zero timeout and max_body".into(),
             ));
         }
+        let pattern = self.issuer.contains(TENANT);
+        if pattern != self.tenants.is_some() || self.issuer.matches(TENANT).count() > 1 {
+            return Err(ConfigError::OutOfRange(format!(
+                "issuer `{}`: an issuer pattern has exactly one `{{tenant}}` and needs tenants (or a tenant resolver), and only it",
+                self.issuer
+            )));
+        }
+        if pattern && (self.introspection.is_some() || self.max_tenants == 0) {
+            return Err(ConfigError::OutOfRange(format!(
+                "issuer `{}`: an issuer pattern needs max_tenants above 0 and cannot introspect",
+                self.issuer
+            )));
+        }
+        if let Some(Tenants::List(list)) = &self.tenants
+            && let Some(bad) = list.iter().find(|t| !valid_tenant(t))
+        {
+            return Err(ConfigError::OutOfRange(format!(
+                "issuer `{}`: `{bad}` is not a tenant (letters, digits, `.`, `-`, `_`)",
+                self.issuer
+            )));
+        }
         if let Some(i) = &self.introspection {
             if i.endpoint.is_none() && !is_http_url(&self.issuer) {
                 return Err(ConfigError::InvalidIssuer(self.issuer));
@@ -492,6 +603,8 @@ impl ProviderBuilder {
             require_subject: self.require_subject,
             fetch: self.fetch,
             introspection: self.introspection,
+            tenants: self.tenants,
+            max_tenants: self.max_tenants,
         })
     }
 }

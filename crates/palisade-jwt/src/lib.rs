@@ -39,7 +39,8 @@ mod token;
 
 pub use authenticator::{JwtAuthenticator, JwtAuthenticatorBuilder};
 pub use config::{
-    ConfigError, DangerousProviderBuilder, FetchSettings, JwksSource, Provider, ProviderBuilder, TokenSource,
+    ConfigError, DangerousProviderBuilder, FetchSettings, JwksSource, Provider, ProviderBuilder, Tenants,
+    TokenSource,
 };
 pub use error::JwtError;
 pub use introspect::{Introspection, IntrospectionAuth};

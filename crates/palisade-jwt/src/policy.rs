@@ -304,6 +304,12 @@ fn tune(
             }
             b = b.algorithms(parsed);
         }
+        if let Some(t) = &s.tenants {
+            b = b.tenants(t.iter().cloned());
+        }
+        if let Some(n) = s.max_tenants {
+            b = b.max_tenants(n.get());
+        }
         if let Some(i) = &s.introspection {
             b = b.introspection(introspection(i).map_err(|(field, m)| policy.error_at(doc, &field, m))?);
         }

@@ -69,6 +69,12 @@ pub struct JwtSettingsSpec {
     /// Accept DPoP-bound tokens (RFC 9449) with their proofs (a document
     /// without `issuer`); present means on.
     pub dpop: Option<DpopSpec>,
+    /// For an issuer pattern (`issuer` with `{tenant}`, as a `jwtRules`
+    /// entry names it): the tenants accepted.
+    pub tenants: Option<Vec<String>>,
+    /// For an issuer pattern: at most this many tenants' keys kept at once
+    /// (default 100).
+    pub max_tenants: Option<NonZeroUsize>,
 }
 
 /// `JwtSettings.spec.dpop`: `Authorization: DPoP` with a `DPoP` proof.
@@ -183,6 +189,27 @@ impl std::fmt::Debug for IntrospectionSpec {
 
 impl JwtSettingsSpec {
     pub(super) fn check(&self) -> Result<(), FieldError> {
+        let pattern = self.issuer.as_deref().is_some_and(|i| i.contains("{tenant}"));
+        if (self.tenants.is_some() || self.max_tenants.is_some()) && !pattern {
+            return Err((
+                "spec.tenants".into(),
+                "needs an issuer pattern: `spec.issuer` with `{tenant}` in it".into(),
+            ));
+        }
+        for (i, t) in self.tenants.iter().flatten().enumerate() {
+            if t.is_empty()
+                || t.len() > 128
+                || t.starts_with('.')
+                || !t
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+            {
+                return Err((
+                    format!("spec.tenants[{i}]"),
+                    format!("`{t}` is not a tenant (letters, digits, `.`, `-`, `_`)"),
+                ));
+            }
+        }
         if let Some(d) = &self.dpop {
             if self.issuer.is_some() {
                 return Err((
