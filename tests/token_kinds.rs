@@ -567,6 +567,58 @@ spec:
     assert_eq!(a.status, 401);
 }
 
+/// The client side: the workload's own token, asked for DPoP-bound from
+/// the issuer, proved on each call it makes (a real server on loopback).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workloads_dpop_bound_token_is_proved_on_every_call() {
+    use palisade::client::{ClientCredentials, Credentials, Upstreams};
+    let op = start();
+    let dpop = "---
+apiVersion: palisade.dev/v1alpha1
+kind: JwtSettings
+metadata: {name: dpop, namespace: default}
+spec:
+  dpop: {}";
+    let guard = guard(&op, JWT_AUDIENCE, &format!("    cacheTime: 1s\n{dpop}"));
+    let app = axum::Router::new()
+        .route("/whoami", axum::routing::get(whoami_axum))
+        .layer(palisade::axum::PalisadeLayer::new(guard));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/whoami", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let key = DpopKey::generate().unwrap();
+    let thumbprint = key.thumbprint().to_owned();
+    let own = ClientCredentials::builder(op.issuer.clone(), "palisade-test")
+        .client_secret("palisade-secret")
+        .audience(JWT_AUDIENCE)
+        .scopes(["read"])
+        .dpop(key)
+        .build()
+        .unwrap();
+    assert!(own.authorization().await.unwrap().starts_with("DPoP "));
+    let upstreams = Upstreams::builder()
+        .host("127.0.0.1", Credentials::ClientCredentials(own.clone()))
+        .build();
+    let http = reqwest::Client::new();
+    for _ in 0..3 {
+        let mut req = http.get(format!("{url}?call=1")).build().unwrap();
+        upstreams.apply(&mut req, None).await.unwrap();
+        assert!(req.headers().contains_key("dpop"));
+        let res = http.execute(req).await.unwrap();
+        assert_eq!(res.status(), 200);
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["claims"]["cnf"]["jkt"], thumbprint.as_str());
+    }
+    // Headers alone cannot carry a proof of the call: refused, not sent bare.
+    let mut headers = http::HeaderMap::new();
+    let err = Credentials::ClientCredentials(own)
+        .apply(&mut headers, Some("127.0.0.1"), None)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("DPoP"), "{err}");
+}
+
 #[actix_web::test]
 async fn a_dpop_nonce_is_asked_for_when_required() {
     let op = start();

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use palisade_core::policy::ClientAuthMethod;
+use palisade_jwt::dpop::DpopKey;
 use serde::Deserialize;
 use tokio::sync::OnceCell;
 
@@ -27,6 +28,18 @@ pub(crate) struct Granted {
     /// When to get a new one: `renew_before` ahead of `expires`, at most
     /// half the token's lifetime ahead (a short-lived token is still used).
     pub(crate) renew_at: Instant,
+    /// For a DPoP-bound token (RFC 9449): the key every call proves, and
+    /// the token (each proof's `ath`).
+    pub(crate) dpop: Option<(Arc<DpopKey>, Arc<str>)>,
+}
+
+impl Granted {
+    /// The `DPoP` proof for a call of `method` to `htu` (the URI without
+    /// query or fragment), when the token is DPoP-bound.
+    pub(crate) fn proof(&self, method: &str, htu: &str) -> Option<http::HeaderValue> {
+        let (key, token) = self.dpop.as_ref()?;
+        http::HeaderValue::try_from(key.proof(method, htu, Some(token), None)).ok()
+    }
 }
 
 /// A confidential client of one issuer: the token endpoint (by discovery,
@@ -39,6 +52,8 @@ pub(crate) struct TokenClient {
     post: bool,
     http: reqwest::Client,
     token_endpoint: OnceCell<String>,
+    /// The key to ask for DPoP-bound tokens with.
+    dpop: Option<Arc<DpopKey>>,
 }
 
 impl TokenClient {
@@ -46,14 +61,36 @@ impl TokenClient {
     /// token, or why there is none.
     pub(crate) async fn request(
         &self,
-        mut form: Vec<(&str, &str)>,
+        form: Vec<(&str, &str)>,
         renew_before: Duration,
     ) -> Result<Granted, ClientError> {
         let endpoint = self
             .token_endpoint
             .get_or_try_init(|| discover(&self.http, &self.issuer))
             .await?;
+        match self.post_form(endpoint, &form, None, renew_before).await {
+            // The issuer wants a nonce in the proof (RFC 9449 §8): once more with it.
+            Err((Some(nonce), _)) => self
+                .post_form(endpoint, &form, Some(&nonce), renew_before)
+                .await
+                .map_err(|(_, e)| e),
+            other => other.map_err(|(_, e)| e),
+        }
+    }
+
+    /// One token request; a refusal that asks for a DPoP nonce names it.
+    async fn post_form(
+        &self,
+        endpoint: &str,
+        form: &[(&str, &str)],
+        nonce: Option<&str>,
+        renew_before: Duration,
+    ) -> Result<Granted, (Option<String>, ClientError)> {
+        let mut form = form.to_vec();
         let mut req = self.http.post(endpoint);
+        if let Some(key) = &self.dpop {
+            req = req.header("dpop", key.proof("POST", endpoint, None, nonce));
+        }
         if self.post {
             form.push(("client_id", &self.client_id));
             form.push(("client_secret", &self.secret));
@@ -75,9 +112,14 @@ impl TokenClient {
             .body(body)
             .send()
             .await
-            .map_err(|e| ClientError::Unavailable(e.without_url().to_string()))?;
+            .map_err(|e| (None, ClientError::Unavailable(e.without_url().to_string())))?;
         let status = res.status();
-        let body = read_limited(res).await?;
+        let dpop_nonce = res
+            .headers()
+            .get("dpop-nonce")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = read_limited(res).await.map_err(|e| (None, e))?;
         if !status.is_success() {
             #[derive(Deserialize)]
             struct OAuthError {
@@ -85,12 +127,30 @@ impl TokenClient {
             }
             return Err(match serde_json::from_slice::<OAuthError>(&body) {
                 Ok(e) if status.is_client_error() => {
+                    let retry = (e.error == "use_dpop_nonce" && nonce.is_none() && self.dpop.is_some())
+                        .then_some(dpop_nonce)
+                        .flatten();
                     // The error code only: the description may echo input.
-                    ClientError::Refused(e.error.chars().filter(char::is_ascii_graphic).take(64).collect())
+                    let code = e.error.chars().filter(char::is_ascii_graphic).take(64).collect();
+                    (retry, ClientError::Refused(code))
                 }
-                _ => ClientError::Unavailable(format!("the token endpoint answered {status}")),
+                _ => (
+                    None,
+                    ClientError::Unavailable(format!("the token endpoint answered {status}")),
+                ),
             });
         }
+        self.granted_from(&body, renew_before, sent)
+            .map_err(|e| (None, e))
+    }
+
+    /// The token of a successful answer.
+    fn granted_from(
+        &self,
+        body: &[u8],
+        renew_before: Duration,
+        sent: Instant,
+    ) -> Result<Granted, ClientError> {
         #[derive(Deserialize)]
         struct TokenResponse {
             access_token: String,
@@ -99,16 +159,20 @@ impl TokenClient {
             #[serde(default)]
             expires_in: Option<f64>,
         }
-        let t: TokenResponse = serde_json::from_slice(&body)
+        let t: TokenResponse = serde_json::from_slice(body)
             .map_err(|_| ClientError::Unavailable("the token response is not the expected JSON".into()))?;
-        if t.token_type
-            .as_deref()
-            .is_some_and(|ty| !ty.eq_ignore_ascii_case("bearer"))
-        {
-            return Err(ClientError::Unavailable(
-                "the issuer granted a token that is not a bearer token".into(),
-            ));
-        }
+        // A DPoP-bound token when asked for one (an issuer may still grant
+        // a bearer token: RFC 9449 §5), else a bearer token.
+        let bound = match t.token_type.as_deref() {
+            Some(ty) if ty.eq_ignore_ascii_case("dpop") && self.dpop.is_some() => true,
+            None => false,
+            Some(ty) if ty.eq_ignore_ascii_case("bearer") => false,
+            Some(_) => {
+                return Err(ClientError::Unavailable(
+                    "the issuer granted a token that is neither a bearer nor a DPoP token".into(),
+                ));
+            }
+        };
         // RFC 6750's token68 characters, and not empty.
         let sendable = !t.access_token.is_empty()
             && t.access_token
@@ -126,16 +190,23 @@ impl TokenClient {
                 Duration::from_secs_f64(e.min(86_400.0))
             });
         let expires = sent + lifetime;
-        let header: Arc<str> = format!("Bearer {}", t.access_token).into();
+        let scheme = if bound { "DPoP" } else { "Bearer" };
+        let header: Arc<str> = format!("{scheme} {}", t.access_token).into();
         let mut value = http::HeaderValue::from_str(&header).map_err(|_| {
             ClientError::Unavailable("the granted token cannot be sent as a bearer token".into())
         })?;
         value.set_sensitive(true);
+        let dpop = if bound {
+            self.dpop.clone().map(|k| (k, Arc::from(t.access_token)))
+        } else {
+            None
+        };
         Ok(Granted {
             header,
             value,
             expires,
             renew_at: expires - renew_before.min(lifetime / 2),
+            dpop,
         })
     }
 }
@@ -154,6 +225,7 @@ pub struct GrantBuilder<K> {
     pub(crate) renew_before: Duration,
     timeout: Duration,
     ca_pem: Option<Vec<u8>>,
+    dpop: Option<Arc<DpopKey>>,
     kind: PhantomData<fn() -> K>,
 }
 
@@ -178,8 +250,19 @@ impl<K> GrantBuilder<K> {
             renew_before: Duration::from_secs(30),
             timeout: Duration::from_secs(5),
             ca_pem: None,
+            dpop: None,
             kind: PhantomData,
         }
+    }
+
+    /// Asks for DPoP-bound tokens (RFC 9449) proved with `key`: each token
+    /// request carries a proof, and so does each call made with the token
+    /// (through [`Upstreams::apply`](crate::Upstreams::apply) or
+    /// [`CredentialsLayer`](crate::CredentialsLayer), which know the call's
+    /// method and URI). A stolen token is then useless without the key.
+    pub fn dpop(mut self, key: DpopKey) -> Self {
+        self.dpop = Some(Arc::new(key));
+        self
     }
 
     /// The client secret (required: a public client is granted no tokens
@@ -278,6 +361,7 @@ impl<K> GrantBuilder<K> {
             post,
             http,
             token_endpoint: OnceCell::new(),
+            dpop: self.dpop.clone(),
         })
     }
 }

@@ -98,8 +98,17 @@ where
                 }
             };
             let host = req.uri().host().map(str::to_owned);
+            // The `htu` of a DPoP proof: the URI without its query.
+            let htu = match (req.uri().scheme_str(), req.uri().authority()) {
+                (Some(scheme), Some(authority)) => {
+                    Some(format!("{scheme}://{authority}{}", req.uri().path()))
+                }
+                _ => None,
+            };
+            let method = req.method().as_str().to_owned();
+            let call = htu.as_deref().map(|htu| (method.as_str(), htu));
             credentials
-                .apply(req.headers_mut(), host.as_deref(), caller.as_ref())
+                .apply_call(req.headers_mut(), host.as_deref(), caller.as_ref(), call)
                 .await?;
             inner.call(req).await.map_err(Into::into)
         })

@@ -54,6 +54,12 @@ fn grant<K>(
     if let Some(m) = t.client_auth_method {
         b = b.client_auth_method(m);
     }
+    if t.dpop == Some(true) {
+        // A key of this process: its tokens are bound to it.
+        let key = palisade_jwt::dpop::DpopKey::generate()
+            .map_err(|e| policy.error_at(doc, "spec.token.dpop", e.to_string()))?;
+        b = b.dpop(key);
+    }
     Ok(b)
 }
 

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::endpoint::Granted;
 use crate::{CallerToken, ClientCredentials, ClientError, TokenExchange};
 
 /// What an outbound call to a host carries.
@@ -43,7 +44,7 @@ impl Credentials {
         host: Option<&str>,
         caller: Option<&CallerToken>,
     ) -> Result<Option<Arc<str>>, ClientError> {
-        let Some(value) = self.value(host, caller).await? else {
+        let Some((value, _)) = self.value(host, caller, None).await? else {
             return Ok(None);
         };
         // Every value was made from a string.
@@ -69,35 +70,68 @@ impl Credentials {
         host: Option<&str>,
         caller: Option<&CallerToken>,
     ) -> Result<(), ClientError> {
-        match self.value(host, caller).await? {
-            Some(value) => headers.insert(http::header::AUTHORIZATION, value),
-            None => headers.remove(http::header::AUTHORIZATION),
-        };
+        self.apply_call(headers, host, caller, None).await
+    }
+
+    /// [`apply`](Self::apply) for a call of `method` to `htu` (its URI
+    /// without query or fragment), which a DPoP-bound token proves in a
+    /// `DPoP` header.
+    pub(crate) async fn apply_call(
+        &self,
+        headers: &mut http::HeaderMap,
+        host: Option<&str>,
+        caller: Option<&CallerToken>,
+        call: Option<(&str, &str)>,
+    ) -> Result<(), ClientError> {
+        headers.remove("dpop");
+        match self.value(host, caller, call).await? {
+            Some((value, proof)) => {
+                headers.insert(http::header::AUTHORIZATION, value);
+                if let Some(proof) = proof {
+                    headers.insert("dpop", proof);
+                }
+            }
+            None => {
+                headers.remove(http::header::AUTHORIZATION);
+            }
+        }
         Ok(())
     }
 
     /// The `Authorization` value for a call to `host`, marked sensitive
-    /// (the grants' cached ones are cloned: a reference count); `None` when
-    /// nothing is to be sent.
+    /// (the grants' cached ones are cloned: a reference count), and the
+    /// `DPoP` proof of a DPoP-bound token for `call` (method, `htu`);
+    /// `None` when nothing is to be sent.
     async fn value(
         &self,
         host: Option<&str>,
         caller: Option<&CallerToken>,
-    ) -> Result<Option<http::HeaderValue>, ClientError> {
+        call: Option<(&str, &str)>,
+    ) -> Result<Option<(http::HeaderValue, Option<http::HeaderValue>)>, ClientError> {
         let _ = host; // read by Kerberos only
         let made = |text: String, what: &str| {
             let mut value = http::HeaderValue::try_from(text)
                 .map_err(|_| ClientError::Config(format!("{what} cannot be sent in a header")))?;
             value.set_sensitive(true);
-            Ok::<_, ClientError>(Some(value))
+            Ok::<_, ClientError>(Some((value, None)))
+        };
+        // A granted token, with its proof when it is DPoP-bound.
+        let granted = |g: &Granted| {
+            match (&g.dpop, call) {
+            (None, _) => Ok(Some((g.value.clone(), None))),
+            (Some(_), Some((method, htu))) => Ok(Some((g.value.clone(), g.proof(method, htu)))),
+            (Some(_), None) => Err(ClientError::Config(
+                "a DPoP-bound token is sent with a proof of the call: use Upstreams::apply or CredentialsLayer, which know the call's method and URI".into(),
+            )),
+        }
         };
         match self {
             Credentials::None => Ok(None),
             Credentials::Caller => made(format!("Bearer {}", bearer(caller)?), "the caller's token"),
-            Credentials::ClientCredentials(c) => Ok(Some(c.granted().await?.value.clone())),
+            Credentials::ClientCredentials(c) => granted(&*c.granted().await?),
             Credentials::TokenExchange(x) => {
                 let token = caller.ok_or(ClientError::NoCallerToken)?;
-                Ok(Some(x.granted(token).await?.value.clone()))
+                granted(&*x.granted(token).await?)
             }
             #[cfg(feature = "spnego")]
             Credentials::Kerberos(k) => made(
@@ -194,8 +228,17 @@ impl Upstreams {
         caller: Option<&CallerToken>,
     ) -> Result<(), ClientError> {
         let host = req.url().host_str().map(str::to_owned);
+        let mut htu = req.url().clone();
+        htu.set_query(None);
+        htu.set_fragment(None);
+        let method = req.method().as_str().to_owned();
         self.for_host(host.as_deref().unwrap_or_default())
-            .apply(req.headers_mut(), host.as_deref(), caller)
+            .apply_call(
+                req.headers_mut(),
+                host.as_deref(),
+                caller,
+                Some((&method, htu.as_str())),
+            )
             .await
     }
 }

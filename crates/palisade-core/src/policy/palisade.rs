@@ -605,6 +605,9 @@ pub struct UpstreamTokenSpec {
     pub audience: Option<String>,
     /// The scopes asked for.
     pub scopes: Option<Vec<String>>,
+    /// Ask for DPoP-bound tokens (RFC 9449), proved on every call with a
+    /// key made at start-up (`clientCredentials` and `tokenExchange`).
+    pub dpop: Option<bool>,
 }
 
 impl std::fmt::Debug for UpstreamTokenSpec {
@@ -621,6 +624,7 @@ impl std::fmt::Debug for UpstreamTokenSpec {
             .field("client_auth_method", &self.client_auth_method)
             .field("audience", &self.audience)
             .field("scopes", &self.scopes)
+            .field("dpop", &self.dpop)
             .finish()
     }
 }
@@ -677,6 +681,7 @@ impl UpstreamCredentialsSpec {
             ("spec.token.clientAuthMethod", t.client_auth_method.is_some()),
             ("spec.token.audience", t.audience.is_some()),
             ("spec.token.scopes", t.scopes.is_some()),
+            ("spec.token.dpop", t.dpop.is_some()),
         ];
         if !grant {
             if let Some((field, _)) = given.iter().find(|(_, set)| *set) {
