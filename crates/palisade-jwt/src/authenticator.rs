@@ -210,9 +210,12 @@ impl JwtAuthenticatorBuilder {
     }
 
     /// The `scheme://host[:port]` clients use to reach this service, for
-    /// the `htu` of their DPoP proofs, when it differs from what the
-    /// request shows (TLS terminated by a proxy). Default: `https` on a TLS
-    /// connection (else `http`) and the `Host` header.
+    /// the `htu` of their DPoP proofs. Default: the origin of the
+    /// [`resource_metadata`](Self::resource_metadata)'s resource, else
+    /// `https` on a TLS connection (`http` otherwise) and the request's
+    /// `Host` header, with a warning at start-up: a `Host` is the client's
+    /// to choose, so a proof made for another server could be replayed here
+    /// under that server's name.
     pub fn dpop_origin(mut self, origin: impl Into<String>) -> Self {
         self.dpop_origin = Some(origin.into());
         self
