@@ -97,6 +97,8 @@ struct Shared {
     by_issuer: HashMap<String, usize>,
     /// The providers that introspect opaque tokens, in order.
     opaque: Vec<usize>,
+    /// The same, for each of `sources`: those that read tokens there.
+    opaque_by_source: Vec<Vec<usize>>,
     /// Never fetch keys (a tenant's either).
     offline: bool,
     /// Every source any provider reads, with the providers that accept it.
@@ -391,8 +393,12 @@ impl JwtAuthenticatorBuilder {
                 Some(Served::new(meta, &issuers, &methods, &dpop_algs)?)
             }
         };
-        let opaque = (0..providers.len())
+        let opaque: Vec<usize> = (0..providers.len())
             .filter(|&i| providers[i].introspector.is_some())
+            .collect();
+        let opaque_by_source = sources
+            .iter()
+            .map(|(_, readers)| opaque.iter().copied().filter(|p| readers.contains(p)).collect())
             .collect();
         let (cache_hits, cache_misses) = cache_counters();
         Ok(JwtAuthenticator(Arc::new(Shared {
@@ -400,6 +406,7 @@ impl JwtAuthenticatorBuilder {
             providers,
             by_issuer,
             opaque,
+            opaque_by_source,
             offline: self.offline,
             sources,
             max_token_size: self.max_token_size,
@@ -743,6 +750,14 @@ impl JwtAuthenticator {
         if found.token.len() > shared.max_token_size {
             return Step::Done(Err(JwtError::TooLarge));
         }
+        if !shared.opaque.is_empty() && !looks_like_jws(&found.token) {
+            // An opaque token: the issuers that introspect them, in order.
+            let providers = &shared.opaque_by_source[found.source];
+            if providers.is_empty() {
+                return Step::Done(Err(JwtError::WrongLocation));
+            }
+            return self.start_introspection(found, providers);
+        }
         if let Some(cache) = &shared.cache {
             if let Some(entry) = cache.get(&found.token) {
                 if let Some(done) = self.cached(&entry, &found) {
@@ -755,20 +770,7 @@ impl JwtAuthenticator {
         }
         let parsed = match parse(&found.token, shared.max_token_size) {
             Ok(p) => p,
-            Err(e) if shared.opaque.is_empty() || looks_like_jws(&found.token) => return Step::Done(Err(e)),
-            Err(_) => {
-                // An opaque token: the issuers that introspect them, in order.
-                let providers: Vec<usize> = shared
-                    .opaque
-                    .iter()
-                    .copied()
-                    .filter(|p| shared.sources[found.source].1.contains(p))
-                    .collect();
-                if providers.is_empty() {
-                    return Step::Done(Err(JwtError::WrongLocation));
-                }
-                return self.start_introspection(found, providers);
-            }
+            Err(e) => return Step::Done(Err(e)),
         };
         let (provider, tenant) = match peek_issuer(&parsed.claims) {
             Ok(iss) => match shared.by_issuer.get(iss) {
@@ -790,7 +792,7 @@ impl JwtAuthenticator {
             if let Err(e) = check_type(&state.cfg, &parsed) {
                 return Step::Done(Err(e));
             }
-            return self.start_introspection(found, vec![provider]);
+            return self.start_introspection(found, &[provider]);
         }
         if !state.cfg.algorithms.contains(&parsed.alg) {
             return Step::Done(Err(JwtError::AlgorithmNotAllowed));
@@ -885,12 +887,12 @@ impl JwtAuthenticator {
     }
 
     /// A fresh cached answer of one of `providers`, or the step that asks them.
-    fn start_introspection<'r>(&self, found: Found<'r>, providers: Vec<usize>) -> Step<'r> {
+    fn start_introspection<'r>(&self, found: Found<'r>, providers: &[usize]) -> Step<'r> {
         let key = TokenKey::of(&found.token);
         let now = now_secs();
         let mut refused = None;
         let mut ask = Vec::new();
-        for p in providers {
+        for &p in providers {
             let Some(introspector) = &self.0.providers[p].introspector else {
                 continue;
             };
