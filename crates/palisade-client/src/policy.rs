@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use palisade_core::policy::{
-    Document, FromPolicy, PolicyError, TokenFrom, UpstreamTokenSpec, WorkloadPolicy,
+    Document, FromPolicy, PolicyError, TokenFrom, UpstreamTokenSpec, WorkloadPolicy, read_secret_file,
 };
 
 use crate::endpoint::GrantBuilder;
@@ -18,22 +18,7 @@ fn grant<K>(
 ) -> Result<GrantBuilder<K>, PolicyError> {
     let secret = match (&t.client_secret_file, &t.client_secret) {
         (Some(file), _) => {
-            let text = std::fs::read_to_string(file).map_err(|e| {
-                policy.error_at(
-                    doc,
-                    "spec.token.clientSecretFile",
-                    format!("cannot read `{file}`: {e}"),
-                )
-            })?;
-            let secret = text.trim_end_matches(['\r', '\n']).to_owned();
-            if secret.is_empty() {
-                return Err(policy.error_at(
-                    doc,
-                    "spec.token.clientSecretFile",
-                    format!("`{file}` is empty"),
-                ));
-            }
-            secret
+            read_secret_file(file).map_err(|m| policy.error_at(doc, "spec.token.clientSecretFile", m))?
         }
         (None, Some(secret)) => secret.clone(),
         (None, None) => {

@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::Algorithm;
 use palisade_core::adapter::Reply;
@@ -89,6 +89,20 @@ struct Dpop {
     origin: Option<String>,
     /// The `DPoP` challenge, without an error: `DPoP algs="…"`.
     challenge: String,
+    /// The proof algorithms accepted, by name.
+    algs: Vec<String>,
+}
+
+impl Dpop {
+    /// The `DPoP` challenge of a refusal: RFC 9449's `error` code and a
+    /// fixed description.
+    fn error_challenge(&self, code: &str, detail: &str) -> String {
+        format!(
+            "{}, error=\"{code}\", error_description=\"{}\"",
+            self.challenge,
+            detail.replace(['"', '\\'], "")
+        )
+    }
 }
 
 struct Shared {
@@ -256,29 +270,20 @@ impl JwtAuthenticatorBuilder {
             }
             // A pattern whose tenants have keys of their own: those are
             // fetched per tenant; the provider's store stays empty.
-            let per_tenant = cfg.tenants.is_some()
-                && match &cfg.jwks {
-                    JwksSource::Discovery => true,
-                    JwksSource::Uri(u) => u.contains(TENANT),
-                    _ => false,
-                };
+            let per_tenant = cfg.tenants.is_some() && cfg.jwks.for_tenant(TENANT).is_some();
             let (store, fetched) = match fixed {
-                None if per_tenant => {
-                    let mut store = KeyStore::new(&cfg.issuer, cfg.fetch.clone(), None);
-                    store.fetched = false;
-                    (Arc::new(store), None)
-                }
+                None if per_tenant => (
+                    Arc::new(KeyStore::never_fetched(&cfg.issuer, cfg.fetch.clone())),
+                    None,
+                ),
                 Some(set) => (
                     Arc::new(KeyStore::new(&cfg.issuer, cfg.fetch.clone(), Some(set))),
                     None,
                 ),
-                None if self.offline => {
-                    // No key will ever come: a token that needs one is
-                    // refused at once (`KeysUnavailable`), without waiting.
-                    let mut store = KeyStore::new(&cfg.issuer, cfg.fetch.clone(), None);
-                    store.fetched = false;
-                    (Arc::new(store), None)
-                }
+                None if self.offline => (
+                    Arc::new(KeyStore::never_fetched(&cfg.issuer, cfg.fetch.clone())),
+                    None,
+                ),
                 None => {
                     let fetched = fetched_store(&cfg.issuer, &cfg.jwks, &cfg.fetch)
                         .map_err(|e| ConfigError::OutOfRange(format!("cannot start the JWKS thread: {e}")))?;
@@ -328,12 +333,7 @@ impl JwtAuthenticatorBuilder {
                     ));
                 }
                 sources.push((dpop_source, bearer));
-                let algs = settings
-                    .algorithms
-                    .iter()
-                    .map(|a| format!("{a:?}"))
-                    .collect::<Vec<_>>()
-                    .join(" ");
+                let algs: Vec<String> = settings.algorithms.iter().map(|a| format!("{a:?}")).collect();
                 let verifier =
                     DpopVerifier::new(settings).map_err(|e| ConfigError::OutOfRange(format!("DPoP: {e}")))?;
                 let origin = match (self.dpop_origin, &self.resource_metadata) {
@@ -356,7 +356,8 @@ impl JwtAuthenticatorBuilder {
                     verifier,
                     source: sources.len() - 1,
                     origin: origin.map(|o| o.trim_end_matches('/').to_owned()),
-                    challenge: format!("DPoP algs=\"{algs}\""),
+                    challenge: format!("DPoP algs=\"{}\"", algs.join(" ")),
+                    algs,
                 })
             }
         };
@@ -379,18 +380,8 @@ impl JwtAuthenticatorBuilder {
                         methods.push(method);
                     }
                 }
-                let dpop_algs: Vec<String> = dpop
-                    .as_ref()
-                    .map(|d| {
-                        d.verifier
-                            .settings()
-                            .algorithms
-                            .iter()
-                            .map(|a| format!("{a:?}"))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                Some(Served::new(meta, &issuers, &methods, &dpop_algs)?)
+                let dpop_algs = dpop.as_ref().map_or(&[][..], |d| &d.algs[..]);
+                Some(Served::new(meta, &issuers, &methods, dpop_algs)?)
             }
         };
         let opaque: Vec<usize> = (0..providers.len())
@@ -591,20 +582,26 @@ impl JwtAuthenticator {
         // (DPoP, RFC 8705) is refused as it is from `Authorization: Bearer`.
         let bound =
             |r: Result<Authenticated, JwtError>| r.and_then(|a| bound_to(a, None, None)).map(|a| a.identity);
-        match self.start(found) {
-            Step::Done(r) => bound(r),
+        bound(self.complete(self.start(found).into_owned()).await)
+    }
+
+    /// The answer of a step, waiting for keys or an introspection answer
+    /// as it says.
+    async fn complete(&self, step: Step<'static>) -> Result<Authenticated, JwtError> {
+        match step {
+            Step::Done(r) => r,
             Step::Wait {
                 found,
                 kid,
                 alg,
                 provider,
                 tenant,
-            } => bound(self.finish(found.into_owned(), kid, alg, provider, tenant).await),
+            } => self.finish(found, kid, alg, provider, tenant).await,
             Step::Introspect {
                 found,
                 providers,
                 key,
-            } => bound(self.introspect(found.into_owned(), providers, key).await),
+            } => self.introspect(found, providers, key).await,
         }
     }
 
@@ -850,18 +847,12 @@ impl JwtAuthenticator {
             return Some((provider, Arc::clone(t)));
         }
         let cfg = &state.cfg;
-        let own = match &cfg.jwks {
-            JwksSource::Discovery => Some(JwksSource::Discovery),
-            JwksSource::Uri(u) if u.contains(TENANT) => Some(JwksSource::Uri(u.replace(TENANT, name))),
-            _ => None,
-        };
-        let (store, fetched) = match own {
+        let (store, fetched) = match cfg.jwks.for_tenant(name) {
             None => (None, None),
-            Some(_) if self.0.offline => {
-                let mut store = KeyStore::new(iss, cfg.fetch.clone(), None);
-                store.fetched = false;
-                (Some(Arc::new(store)), None)
-            }
+            Some(_) if self.0.offline => (
+                Some(Arc::new(KeyStore::never_fetched(iss, cfg.fetch.clone()))),
+                None,
+            ),
             Some(source) => match fetched_store(iss, &source, &cfg.fetch) {
                 Ok(f) => (Some(Arc::clone(&f.store)), Some(f)),
                 Err(e) => {
@@ -968,12 +959,9 @@ impl JwtAuthenticator {
                 return Err(JwtError::WrongType);
             }
         }
-        let leeway = cfg.leeway.as_secs_f64();
-        let now = now_secs();
         let exp = number(&claims, "exp")?;
-        if exp.is_some_and(|exp| now > exp + leeway) {
-            return Err(JwtError::Expired);
-        }
+        // `nbf` is checked at each use: an answer may come before it.
+        in_window(exp, None, cfg.leeway, now_secs())?;
         let nbf = number(&claims, "nbf")?;
         check_subject_and_audience(cfg, &claims)?;
         let payload = cfg.output_payload_to_header.as_ref().map(|_| {
@@ -1011,13 +999,7 @@ impl JwtAuthenticator {
         active: &Active,
         now: f64,
     ) -> Result<Authenticated, JwtError> {
-        let leeway = self.0.providers[provider].cfg.leeway.as_secs_f64();
-        if active.exp.is_some_and(|exp| now > exp + leeway) {
-            return Err(JwtError::Expired);
-        }
-        if active.nbf.is_some_and(|nbf| now + leeway < nbf) {
-            return Err(JwtError::NotYetValid);
-        }
+        in_window(active.exp, active.nbf, self.0.providers[provider].cfg.leeway, now)?;
         Ok(Authenticated::new(active.identity.clone())
             .with_edits(active.edits.get(found.source).cloned().unwrap_or_default())
             .with_attachment(BearerToken::new(&*found.token)))
@@ -1051,13 +1033,8 @@ impl JwtAuthenticator {
         {
             return None;
         }
-        let now = now_secs();
-        let leeway = state.cfg.leeway.as_secs_f64();
-        if now > entry.exp + leeway {
-            return Some(Err(JwtError::Expired));
-        }
-        if entry.nbf.is_some_and(|nbf| now + leeway < nbf) {
-            return Some(Err(JwtError::NotYetValid));
+        if let Err(e) = in_window(Some(entry.exp), entry.nbf, state.cfg.leeway, now_secs()) {
+            return Some(Err(e));
         }
         let edits = if found.source == entry.source {
             entry.all_edits.clone()
@@ -1176,6 +1153,37 @@ enum Step<'r> {
     },
 }
 
+impl Step<'_> {
+    /// The step with the token copied out of the request, to outlive it.
+    fn into_owned(self) -> Step<'static> {
+        match self {
+            Step::Done(r) => Step::Done(r),
+            Step::Introspect {
+                found,
+                providers,
+                key,
+            } => Step::Introspect {
+                found: found.into_owned(),
+                providers,
+                key,
+            },
+            Step::Wait {
+                found,
+                kid,
+                alg,
+                provider,
+                tenant,
+            } => Step::Wait {
+                found: found.into_owned(),
+                kid,
+                alg,
+                provider,
+                tenant,
+            },
+        }
+    }
+}
+
 struct Times {
     exp: f64,
     nbf: Option<f64>,
@@ -1226,13 +1234,8 @@ fn check_times(cfg: &Provider, claims: &Map<String, Value>) -> Result<Times, Jwt
     let now = now_secs();
     let leeway = cfg.leeway.as_secs_f64();
     let exp = number(claims, "exp")?.ok_or(JwtError::MissingClaim("exp"))?;
-    if now > exp + leeway {
-        return Err(JwtError::Expired);
-    }
     let nbf = number(claims, "nbf")?;
-    if nbf.is_some_and(|nbf| now + leeway < nbf) {
-        return Err(JwtError::NotYetValid);
-    }
+    in_window(Some(exp), nbf, cfg.leeway, now)?;
     let iat = number(claims, "iat")?;
     if iat.is_some_and(|iat| iat > now + leeway) {
         return Err(JwtError::IssuedInFuture);
@@ -1244,6 +1247,18 @@ fn check_times(cfg: &Provider, claims: &Map<String, Value>) -> Result<Times, Jwt
         }
     }
     Ok(Times { exp, nbf })
+}
+
+/// `exp` not passed and `nbf` reached at `now`, each with `leeway`.
+fn in_window(exp: Option<f64>, nbf: Option<f64>, leeway: Duration, now: f64) -> Result<(), JwtError> {
+    let leeway = leeway.as_secs_f64();
+    if exp.is_some_and(|exp| now > exp + leeway) {
+        return Err(JwtError::Expired);
+    }
+    if nbf.is_some_and(|nbf| now + leeway < nbf) {
+        return Err(JwtError::NotYetValid);
+    }
+    Ok(())
 }
 
 /// The claim checks that need neither the clock nor the token's header:
@@ -1397,10 +1412,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 impl Authenticator for JwtAuthenticator {
     fn challenge(&self) -> Option<String> {
-        let mut challenge = bearer_challenge(&self.0.realm);
-        if let Some(r) = &self.0.resource {
-            challenge.push_str(&format!(", resource_metadata=\"{}\"", r.url));
-        }
+        let mut challenge = self.bearer_challenge();
         if let Some(d) = &self.0.dpop {
             challenge.push_str(", ");
             challenge.push_str(&d.challenge);
@@ -1449,34 +1461,12 @@ impl Authenticator for JwtAuthenticator {
                 r.and_then(|a| bound_to(a, peer_thumbprint(req), proof.as_ref())),
                 dpop,
             )),
-            Step::Wait {
-                found,
-                kid,
-                alg,
-                provider,
-                tenant,
-            } => {
+            step => {
                 let this = self.clone();
-                let found = found.into_owned();
+                let step = step.into_owned();
                 let thumbprint = peer_thumbprint(req).map(str::to_owned);
                 Check::pending(async move {
-                    let r = this.finish(found, kid, alg, provider, tenant).await;
-                    this.outcome_for(
-                        r.and_then(|a| bound_to(a, thumbprint.as_deref(), proof.as_ref())),
-                        dpop,
-                    )
-                })
-            }
-            Step::Introspect {
-                found,
-                providers,
-                key,
-            } => {
-                let this = self.clone();
-                let found = found.into_owned();
-                let thumbprint = peer_thumbprint(req).map(str::to_owned);
-                Check::pending(async move {
-                    let r = this.introspect(found, providers, key).await;
+                    let r = this.complete(step).await;
                     this.outcome_for(
                         r.and_then(|a| bound_to(a, thumbprint.as_deref(), proof.as_ref())),
                         dpop,
@@ -1488,6 +1478,15 @@ impl Authenticator for JwtAuthenticator {
 }
 
 impl JwtAuthenticator {
+    /// `Bearer realm="…"`, with `resource_metadata` when it is served.
+    fn bearer_challenge(&self) -> String {
+        let mut challenge = bearer_challenge(&self.0.realm);
+        if let Some(r) = &self.0.resource {
+            challenge.push_str(&format!(", resource_metadata=\"{}\"", r.url));
+        }
+        challenge
+    }
+
     /// Checks the request's one `DPoP` proof for `token`; the refusal is
     /// the outcome to answer with.
     fn check_proof(
@@ -1500,10 +1499,7 @@ impl JwtAuthenticator {
             if e == DpopError::UseNonce
                 && let Some(nonces) = d.verifier.nonce_source()
             {
-                let challenge = format!(
-                    "{}, error=\"use_dpop_nonce\", error_description=\"{e}\"",
-                    d.challenge
-                );
+                let challenge = d.error_challenge("use_dpop_nonce", &e.to_string());
                 let reply = Reply::problem(401, "use-dpop-nonce", "DPoP nonce required", &e.to_string())
                     .header("www-authenticate", challenge)
                     .header("dpop-nonce", nonces.current());
@@ -1550,20 +1546,12 @@ impl JwtAuthenticator {
                 };
                 let base = e.rejection(&self.0.realm);
                 let detail = base.detail().to_owned();
-                let challenge = format!(
-                    "{}, error=\"{code}\", error_description=\"{}\"",
-                    d.challenge,
-                    detail.replace(['"', '\\'], "")
-                );
+                let challenge = d.error_challenge(code, &detail);
                 // The bearer challenge stays offered (RFC 9449 §7.1).
-                let mut bearer = bearer_challenge(&self.0.realm);
-                if let Some(r) = &self.0.resource {
-                    bearer.push_str(&format!(", resource_metadata=\"{}\"", r.url));
-                }
                 AuthOutcome::Rejected(palisade_core::Rejection::new(
                     base.kind(),
                     detail,
-                    vec![challenge, bearer],
+                    vec![challenge, self.bearer_challenge()],
                 ))
             }
             (_, r) => self.outcome(r),

@@ -8,6 +8,20 @@ use jsonwebtoken::Algorithm;
 
 use crate::introspect::Introspection;
 
+/// Every asymmetric algorithm supported, the default allowlist of tokens
+/// and of DPoP proofs.
+pub(crate) const ASYMMETRIC: [Algorithm; 9] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
 /// The placeholder of an issuer pattern.
 pub(crate) const TENANT: &str = "{tenant}";
 
@@ -127,6 +141,20 @@ impl fmt::Debug for JwksSource {
             JwksSource::Uri(u) => f.debug_tuple("Uri").field(u).finish(),
             JwksSource::Inline(_) => f.write_str("Inline(<jwks>)"),
             JwksSource::PublicKeyPem(_) => f.write_str("PublicKeyPem(<key>)"),
+        }
+    }
+}
+
+impl JwksSource {
+    /// Where the keys of one tenant of an issuer pattern come from, when
+    /// tenants have keys of their own: its discovery document, or the
+    /// JWKS URL with `{tenant}` replaced. `None` when every tenant shares
+    /// these keys (a fixed JWKS URL, inline keys).
+    pub(crate) fn for_tenant(&self, tenant: &str) -> Option<JwksSource> {
+        match self {
+            JwksSource::Discovery => Some(JwksSource::Discovery),
+            JwksSource::Uri(u) if u.contains(TENANT) => Some(JwksSource::Uri(u.replace(TENANT, tenant))),
+            _ => None,
         }
     }
 }
@@ -511,19 +539,7 @@ impl ProviderBuilder {
         if self.audiences.is_empty() && !self.any_audience {
             return Err(ConfigError::NoAudience(self.issuer));
         }
-        let algorithms = self.algorithms.unwrap_or_else(|| {
-            vec![
-                Algorithm::RS256,
-                Algorithm::RS384,
-                Algorithm::RS512,
-                Algorithm::PS256,
-                Algorithm::PS384,
-                Algorithm::PS512,
-                Algorithm::ES256,
-                Algorithm::ES384,
-                Algorithm::EdDSA,
-            ]
-        });
+        let algorithms = self.algorithms.unwrap_or_else(|| ASYMMETRIC.to_vec());
         if algorithms.is_empty() {
             return Err(ConfigError::NoAlgorithm(self.issuer));
         }

@@ -82,6 +82,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::{Map, Value};
 
+use crate::jwks::{Family, family_allows};
 use crate::token::object_without_duplicates;
 
 /// Longest `jti` accepted, in characters.
@@ -369,17 +370,7 @@ pub struct DpopSettings {
 impl Default for DpopSettings {
     fn default() -> Self {
         Self {
-            algorithms: vec![
-                Algorithm::RS256,
-                Algorithm::RS384,
-                Algorithm::RS512,
-                Algorithm::PS256,
-                Algorithm::PS384,
-                Algorithm::PS512,
-                Algorithm::ES256,
-                Algorithm::ES384,
-                Algorithm::EdDSA,
-            ],
+            algorithms: crate::config::ASYMMETRIC.to_vec(),
             max_age: Duration::from_secs(60),
             leeway: Duration::from_secs(5),
             require_nonce: false,
@@ -1061,15 +1052,7 @@ fn proof_key(header: &Map<String, Value>, alg: Algorithm) -> Result<ProofKey, Dp
     }
     let key = match kty {
         "RSA" => {
-            if !matches!(
-                alg,
-                Algorithm::RS256
-                    | Algorithm::RS384
-                    | Algorithm::RS512
-                    | Algorithm::PS256
-                    | Algorithm::PS384
-                    | Algorithm::PS512
-            ) {
+            if !family_allows(Family::Rsa, alg) {
                 return Err(DpopError::KeyMismatch);
             }
             let n = unsigned(string_member(jwk, "n")?)?;

@@ -49,7 +49,7 @@ impl VerifyKey {
     }
 }
 
-fn family_allows(family: Family, alg: Algorithm) -> bool {
+pub(crate) fn family_allows(family: Family, alg: Algorithm) -> bool {
     match family {
         Family::Rsa => matches!(
             alg,
@@ -288,6 +288,15 @@ impl KeyStore {
             settings,
             fetched,
         }
+    }
+
+    /// A store no key will ever come to (offline, or a pattern whose
+    /// tenants have stores of their own): a token that needs one is refused
+    /// at once (`KeysUnavailable`), without waiting.
+    pub(crate) fn never_fetched(issuer: &str, settings: FetchSettings) -> Self {
+        let mut store = Self::new(issuer, settings, None);
+        store.fetched = false;
+        store
     }
 
     pub(crate) fn keys(&self) -> arc_swap::Guard<Arc<KeySet>> {

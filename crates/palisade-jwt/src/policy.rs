@@ -6,7 +6,7 @@ use std::time::Duration;
 use jsonwebtoken::Algorithm;
 use palisade_core::policy::{
     ClientAuthMethod, Document, DpopSpec, DurationSpec, FromPolicy, IntrospectionSpec, JwtRuleSpec,
-    JwtSettingsSpec, KeycloakAdapterConfig, PolicyError, WorkloadPolicy,
+    JwtSettingsSpec, KeycloakAdapterConfig, PolicyError, WorkloadPolicy, read_secret_file,
 };
 
 use crate::authenticator::JwtAuthenticator;
@@ -354,14 +354,7 @@ fn introspection(spec: &IntrospectionSpec) -> Result<Introspection, (String, Str
     let secret = match (&spec.client_secret, &spec.client_secret_file) {
         (Some(s), _) => s.clone(),
         (None, Some(file)) => {
-            let field = || "spec.introspection.clientSecretFile".to_owned();
-            let text =
-                std::fs::read_to_string(file).map_err(|e| (field(), format!("cannot read `{file}`: {e}")))?;
-            let secret = text.trim_end_matches(['\r', '\n']).to_owned();
-            if secret.is_empty() {
-                return Err((field(), format!("`{file}` is empty")));
-            }
-            secret
+            read_secret_file(file).map_err(|m| ("spec.introspection.clientSecretFile".to_owned(), m))?
         }
         (None, None) => return Err(("spec.introspection".into(), "no client secret".into())),
     };

@@ -7,23 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use palisade_core::policy::{
-    ClientAuthMethod, Document, FromPolicy, OidcLoginSpec, PolicyError, WorkloadPolicy,
+    ClientAuthMethod, Document, FromPolicy, OidcLoginSpec, PolicyError, WorkloadPolicy, read_secret_file,
 };
 
 use crate::config::{ClientKey, SecretMethod, SignInBuilder};
 use crate::cookie::CookieKey;
 use crate::flow::SignIn;
 use crate::store::SessionStore;
-
-/// A secret file, without its trailing newline.
-fn read_secret(file: &str) -> Result<String, String> {
-    let text = std::fs::read_to_string(Path::new(file)).map_err(|e| format!("cannot read `{file}`: {e}"))?;
-    let secret = text.trim_end_matches(['\r', '\n']).to_owned();
-    if secret.is_empty() {
-        return Err(format!("`{file}` is empty"));
-    }
-    Ok(secret)
-}
 
 /// The session store at `url`, connected; `None` for `memory` or when
 /// only checking (`connect` false: the URL was checked when the file loaded).
@@ -58,7 +48,7 @@ fn from_login(
     let err = |field: &str, message: String| policy.error_at(doc, field, message);
     let mut b = SignIn::builder(spec.issuer.clone(), spec.client_id.clone());
     if let Some(file) = &spec.client_secret_file {
-        let secret = read_secret(file).map_err(|m| err("spec.clientSecretFile", m))?;
+        let secret = read_secret_file(file).map_err(|m| err("spec.clientSecretFile", m))?;
         let method = match spec.client_auth_method {
             Some(ClientAuthMethod::ClientSecretPost) => SecretMethod::Post,
             _ => SecretMethod::Basic,

@@ -837,5 +837,20 @@ impl<'a> WorkloadPolicy<'a> {
     }
 }
 
+/// The secret in a file a policy document names (`clientSecretFile`),
+/// without its trailing newline; the message for the field when it cannot
+/// be read or is empty.
+///
+/// # Errors
+/// ``cannot read `FILE`: …`` or `` `FILE` is empty``.
+pub fn read_secret_file(file: &str) -> Result<String, String> {
+    let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read `{file}`: {e}"))?;
+    let secret = text.trim_end_matches(['\r', '\n']).to_owned();
+    if secret.is_empty() {
+        return Err(format!("`{file}` is empty"));
+    }
+    Ok(secret)
+}
+
 #[cfg(test)]
 mod tests;
