@@ -857,3 +857,105 @@ spec:
         "{e}"
     );
 }
+
+/// Two replicas (two guards from one policy file, as two processes would
+/// build them) that share a Redis replay store: a proof used at one is
+/// refused at the other, on both frameworks; a Redis that stops answering
+/// refuses proofs with a clear reason within the command timeout.
+#[actix_web::test]
+async fn replicas_sharing_a_redis_replay_store_refuse_each_others_used_proofs() {
+    let mut redis = palisade::testkit::redis::RedisServer::start().unwrap();
+    let idp = TestIssuer::builder().default_audience("details").start().unwrap();
+    let key = DpopKey::generate().unwrap();
+    let token = idp
+        .token()
+        .subject("alice")
+        .claim("cnf", serde_json::json!({"jkt": key.thumbprint()}))
+        .sign();
+    let yaml = format!(
+        "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: default}}
+spec:
+  jwtRules:
+  - issuer: {issuer}
+    jwks: '{jwks}'
+    audiences: [details]
+---
+apiVersion: palisade.dev/v1alpha1
+kind: JwtSettings
+metadata: {{name: dpop, namespace: default}}
+spec:
+  dpop:
+    replayStore: {url}
+",
+        issuer = idp.issuer(),
+        jwks = idp.jwks(),
+        url = redis.url()
+    );
+    let replica = || {
+        let set = PolicySet::from_yaml_str(&yaml, "replicas.yaml").unwrap();
+        palisade::guard_from_policy(&set, &Workload::new("details", "default")).unwrap()
+    };
+    let (one, two) = (replica(), replica());
+    let h = dpop_headers(&key, &token, "/whoami");
+    let first = send_axum(&one, "/whoami", &refs(&h)).await;
+    assert_eq!(first.status, 200, "{}", first.challenge);
+    assert_eq!(first.body["subject"], "alice");
+    for replayed in [
+        send_actix(&two, "/whoami", &refs(&h)).await,
+        send_axum(&two, "/whoami", &refs(&h)).await,
+        send_actix(&one, "/whoami", &refs(&h)).await,
+    ] {
+        assert_eq!(replayed.status, 401);
+        assert!(
+            replayed.challenge.contains("already been used"),
+            "{}",
+            replayed.challenge
+        );
+    }
+    let fresh = dpop_headers(&key, &token, "/whoami");
+    assert_eq!(send_actix(&two, "/whoami", &refs(&fresh)).await.status, 200);
+
+    // Frozen Redis: refused, with the reason, in about the 1 s timeout.
+    redis.pause().unwrap();
+    for frozen in [true, false] {
+        let h = dpop_headers(&key, &token, "/whoami");
+        let started = std::time::Instant::now();
+        let answer = if frozen {
+            send_axum(&one, "/whoami", &refs(&h)).await
+        } else {
+            send_actix(&two, "/whoami", &refs(&h)).await
+        };
+        assert_eq!(answer.status, 401);
+        assert!(
+            answer.challenge.contains("the replay store is unavailable"),
+            "{}",
+            answer.challenge
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    redis.resume().unwrap();
+    let h = dpop_headers(&key, &token, "/whoami");
+    assert_eq!(send_axum(&two, "/whoami", &refs(&h)).await.status, 200);
+}
+
+#[test]
+fn a_replay_store_that_is_not_a_store_url_is_refused_when_the_file_loads() {
+    let yaml = "apiVersion: palisade.dev/v1alpha1
+kind: JwtSettings
+metadata: {name: dpop, namespace: default}
+spec:
+  dpop:
+    replayStore: memcached://cache:11211
+";
+    let err = PolicySet::from_yaml_str(yaml, "store.yaml")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("store.yaml"), "{err}");
+    assert!(err.contains("spec.dpop.replayStore"), "{err}");
+}

@@ -618,57 +618,59 @@ fn dpop_benches(c: &mut Criterion) {
         bearer.authenticate(&bearer_req),
         Check::Ready(AuthOutcome::Authenticated(_))
     ));
-    // The raw check of one proof's signature.
-    let proof = key.proof("GET", htu, Some(&token), None);
-    let (message, signature) = proof.rsplit_once('.').unwrap();
-    let header: serde_json::Value = serde_json::from_slice(
-        &base64::Engine::decode(
-            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-            message.split('.').next().unwrap(),
+    // The raw check of one proof's signature. Every proof a server sees is
+    // new, so every floor checks a fresh one, made (untimed) like the
+    // request's: verifying one signature over and over would let the branch
+    // predictor learn the variable-time scalar multiplication's pattern.
+    let fresh_proof = || {
+        let proof = key.proof("GET", htu, Some(&token), None);
+        let (message, signature) = proof.rsplit_once('.').unwrap();
+        let header: serde_json::Value = serde_json::from_slice(
+            &base64::Engine::decode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                message.split('.').next().unwrap(),
+            )
+            .unwrap(),
         )
-        .unwrap(),
-    )
-    .unwrap();
-    let jwk = &header["jwk"];
-    let decoding =
-        jsonwebtoken::DecodingKey::from_ec_components(jwk["x"].as_str().unwrap(), jwk["y"].as_str().unwrap())
-            .unwrap();
-    assert!(
-        jsonwebtoken::crypto::verify(
-            signature,
-            message.as_bytes(),
-            &decoding,
-            jsonwebtoken::Algorithm::ES256
-        )
-        .unwrap()
-    );
+        .unwrap();
+        let jwk = &header["jwk"];
+        let (x, y) = (
+            jwk["x"].as_str().unwrap().to_owned(),
+            jwk["y"].as_str().unwrap().to_owned(),
+        );
+        (message.to_owned(), signature.to_owned(), x, y)
+    };
+    let (_, _, x, y) = fresh_proof();
+    let decoding = jsonwebtoken::DecodingKey::from_ec_components(&x, &y).unwrap();
+    let verify = |message: &str, signature: &str, key: &jsonwebtoken::DecodingKey| {
+        jsonwebtoken::crypto::verify(signature, message.as_bytes(), key, jsonwebtoken::Algorithm::ES256)
+            .unwrap()
+    };
+    let (message, signature, _, _) = fresh_proof();
+    assert!(verify(&message, &signature, &decoding));
     let mut g = c.benchmark_group("dpop");
     g.bench_function("floor_es256_verify_proof", |b| {
-        b.iter(|| {
-            black_box(jsonwebtoken::crypto::verify(
-                black_box(signature),
-                black_box(message.as_bytes()),
-                &decoding,
-                jsonwebtoken::Algorithm::ES256,
-            ))
-        })
+        b.iter_batched(
+            fresh_proof,
+            |(message, signature, _, _)| {
+                assert!(verify(&message, &signature, &decoding));
+                (message, signature)
+            },
+            BatchSize::SmallInput,
+        )
     });
     // A proof brings its own key: the floor of checking one is building
     // the key from its `jwk` and verifying with it.
     g.bench_function("floor_es256_key_from_jwk_and_verify", |b| {
-        b.iter(|| {
-            let key = jsonwebtoken::DecodingKey::from_ec_components(
-                black_box(jwk["x"].as_str().unwrap()),
-                black_box(jwk["y"].as_str().unwrap()),
-            )
-            .unwrap();
-            black_box(jsonwebtoken::crypto::verify(
-                black_box(signature),
-                black_box(message.as_bytes()),
-                &key,
-                jsonwebtoken::Algorithm::ES256,
-            ))
-        })
+        b.iter_batched(
+            fresh_proof,
+            |(message, signature, x, y)| {
+                let key = jsonwebtoken::DecodingKey::from_ec_components(&x, &y).unwrap();
+                assert!(verify(&message, &signature, &key));
+                (message, signature, x, y)
+            },
+            BatchSize::SmallInput,
+        )
     });
     g.bench_function("floor_bearer_cached_token", |b| {
         b.iter(|| black_box(bearer.authenticate(black_box(&bearer_req))))

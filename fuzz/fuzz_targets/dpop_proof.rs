@@ -16,8 +16,9 @@ use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use libfuzzer_sys::fuzz_target;
+use palisade_core::Check;
 use palisade_jwt::dpop::{
-    DpopError, DpopSettings, DpopVerifier, ProofRequest, ReplayStore, bound_token_matches, jwk_thumbprint,
+    DpopError, DpopSettings, DpopVerifier, ProofRequest, ReplayStore, ReplayStoreError, bound_token_matches, jwk_thumbprint,
 };
 
 const NOW: u64 = 1_700_000_000;
@@ -48,8 +49,8 @@ fn signer() -> &'static Signer {
 struct Forever(Mutex<HashSet<[u8; 32]>>);
 
 impl ReplayStore for Forever {
-    fn first_use(&self, key: &[u8; 32], _expires_at: u64) -> bool {
-        self.0.lock().unwrap().insert(*key)
+    fn first_use(&self, key: &[u8; 32], _expires_at: u64) -> Check<Result<bool, ReplayStoreError>> {
+        Check::Ready(Ok(self.0.lock().unwrap().insert(*key)))
     }
 }
 
@@ -82,8 +83,12 @@ fuzz_target!(|data: &[u8]| {
     if mode & 2 != 0 {
         request = request.with_access_token(TOKEN);
     }
-    if let Ok(verified) = verifier.verify(&proof, &request, NOW) {
-        assert_eq!(verifier.verify(&proof, &request, NOW), Err(DpopError::Replayed));
+    let verify = |proof: &str| match verifier.verify(proof, &request, NOW) {
+        Check::Ready(r) => r,
+        Check::Pending(_) => panic!("the in-memory store answers at once"),
+    };
+    if let Ok(verified) = verify(&proof) {
+        assert_eq!(verify(&proof), Err(DpopError::Replayed));
         assert!(bound_token_matches(&verified.jkt, &verified));
         if signed {
             assert_eq!(verified.jkt, signer().jkt);

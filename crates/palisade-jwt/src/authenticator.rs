@@ -1448,24 +1448,29 @@ impl Authenticator for JwtAuthenticator {
             Ok(None) => return Check::Ready(AuthOutcome::NoCredential),
             Err(e) => return Check::Ready(self.outcome(Err(e))),
         };
-        let proof = match &self.0.dpop {
+        let (dpop, proof) = match &self.0.dpop {
             Some(d) if d.source == found.source => match self.check_proof(d, req, &found.token) {
-                Ok(p) => Some(p),
-                Err(outcome) => return Check::Ready(outcome),
+                Check::Ready(Err(outcome)) => return Check::Ready(outcome),
+                proof => (true, proof),
             },
-            _ => None,
+            _ => (false, Check::Ready(Ok(None))),
         };
-        let dpop = proof.is_some();
-        match self.start(found) {
-            Step::Done(r) => Check::Ready(self.outcome_for(
+        match (self.start(found), proof) {
+            (Step::Done(r), Check::Ready(Ok(proof))) => Check::Ready(self.outcome_for(
                 r.and_then(|a| bound_to(a, peer_thumbprint(req), proof.as_ref())),
                 dpop,
             )),
-            step => {
+            (step, proof) => {
                 let this = self.clone();
                 let step = step.into_owned();
                 let thumbprint = peer_thumbprint(req).map(str::to_owned);
                 Check::pending(async move {
+                    // A shared replay store's answer first: a replayed
+                    // proof is refused as such, whatever its token.
+                    let proof = match proof.await {
+                        Ok(proof) => proof,
+                        Err(outcome) => return outcome,
+                    };
                     let r = this.complete(step).await;
                     this.outcome_for(
                         r.and_then(|a| bound_to(a, thumbprint.as_deref(), proof.as_ref())),
@@ -1487,32 +1492,36 @@ impl JwtAuthenticator {
         challenge
     }
 
-    /// Checks the request's one `DPoP` proof for `token`; the refusal is
-    /// the outcome to answer with.
+    /// The outcome refusing a request for its DPoP proof.
+    fn refuse_proof(&self, d: &Dpop, e: DpopError) -> AuthOutcome {
+        if e == DpopError::UseNonce
+            && let Some(nonces) = d.verifier.nonce_source()
+        {
+            let challenge = d.error_challenge("use_dpop_nonce", &e.to_string());
+            let reply = Reply::problem(401, "use-dpop-nonce", "DPoP nonce required", &e.to_string())
+                .header("www-authenticate", challenge)
+                .header("dpop-nonce", nonces.current());
+            return AuthOutcome::Respond(reply);
+        }
+        self.outcome_for(Err(JwtError::DpopProof(e)), true)
+    }
+
+    /// Checks the request's one `DPoP` proof for `token`: the proof, or the
+    /// outcome refusing the request; pending while a shared replay store
+    /// answers.
     fn check_proof(
         &self,
         d: &Dpop,
         req: &dyn RequestHead,
         token: &str,
-    ) -> Result<VerifiedProof, AuthOutcome> {
-        let refuse = |e: DpopError| {
-            if e == DpopError::UseNonce
-                && let Some(nonces) = d.verifier.nonce_source()
-            {
-                let challenge = d.error_challenge("use_dpop_nonce", &e.to_string());
-                let reply = Reply::problem(401, "use-dpop-nonce", "DPoP nonce required", &e.to_string())
-                    .header("www-authenticate", challenge)
-                    .header("dpop-nonce", nonces.current());
-                return AuthOutcome::Respond(reply);
-            }
-            self.outcome_for(Err(JwtError::DpopProof(e)), true)
-        };
+    ) -> Check<Result<Option<VerifiedProof>, AuthOutcome>> {
+        let refuse = |e: DpopError| Check::Ready(Err(self.refuse_proof(d, e)));
         let mut proofs = 0;
         req.for_each_header("dpop", &mut |_| proofs += 1);
         let proof = match (proofs, req.header_str("dpop")) {
             (1, Some(p)) => p.trim(),
-            (0, _) => return Err(refuse(DpopError::MissingProof)),
-            _ => return Err(refuse(DpopError::Malformed)),
+            (0, _) => return refuse(DpopError::MissingProof),
+            _ => return refuse(DpopError::Malformed),
         };
         let origin = match &d.origin {
             Some(o) => Cow::Borrowed(o.as_str()),
@@ -1527,7 +1536,20 @@ impl JwtAuthenticator {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |t| t.as_secs());
-        d.verifier.verify(proof, &request, now).map_err(refuse)
+        match d.verifier.verify(proof, &request, now) {
+            Check::Ready(Ok(p)) => Check::Ready(Ok(Some(p))),
+            Check::Ready(Err(e)) => refuse(e),
+            Check::Pending(verified) => {
+                let this = self.clone();
+                Check::pending(async move {
+                    match (verified.await, &this.0.dpop) {
+                        (Ok(p), _) => Ok(Some(p)),
+                        (Err(e), Some(d)) => Err(this.refuse_proof(d, e)),
+                        (Err(e), None) => Err(this.outcome_for(Err(JwtError::DpopProof(e)), true)),
+                    }
+                })
+            }
+        }
     }
 
     /// The outcome; a refusal of a request that used `Authorization: DPoP`

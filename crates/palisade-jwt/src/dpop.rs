@@ -19,13 +19,15 @@
 //!
 //! use palisade_jwt::dpop::{DpopError, DpopSettings, DpopVerifier, ProofRequest, bound_token_matches};
 //!
+//! # async fn check() -> Result<(), Box<dyn std::error::Error>> {
 //! let verifier = DpopVerifier::new(DpopSettings::default())?;
 //!
 //! // From the request: `Authorization: DPoP <token>` and the `DPoP` header.
 //! let (token, proof, cnf_jkt) = ("eyJhbGciOi...", "not.a.proof", "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I");
 //! let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
 //! let request = ProofRequest::new("GET", "https://api.example/orders").with_access_token(token);
-//! match verifier.verify(proof, &request, now) {
+//! // At once with the in-memory replay store; a shared one is awaited.
+//! match verifier.verify(proof, &request, now).await {
 //!     // The token (verified separately) must be bound to the proof's key.
 //!     Ok(verified) => assert!(bound_token_matches(cnf_jkt, &verified)),
 //!     // 401 with `error="use_dpop_nonce"` and a `DPoP-Nonce` header.
@@ -33,13 +35,17 @@
 //!     // 401 with `error="invalid_dpop_proof"`.
 //!     Err(e) => assert_eq!(e.error_code(), "invalid_dpop_proof"),
 //! }
+//! # Ok(())
+//! # }
+//! # tokio::runtime::Builder::new_current_thread().build()?.block_on(check())?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
 //! # What is checked, in order
 //! 1. Size ([`DpopSettings::max_proof_len`]), then form: a compact JWS of
 //!    three non-empty parts of strict base64url (no padding, no other
-//!    character), header and payload JSON objects without duplicate members.
+//!    character), header and payload JSON objects in which no member that
+//!    a check reads appears twice (others are skipped unread).
 //! 2. `typ` is `dpop+jwt`, compared as a media type (RFC 7515 §4.1.9: ASCII
 //!    case-insensitive, `application/` optional); no `crit` or `b64`; `alg`
 //!    in [`DpopSettings::algorithms`] (never `none` or HMAC).
@@ -80,15 +86,21 @@ use aws_lc_rs::{constant_time, digest, hmac, rand};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey};
-use serde_json::{Map, Value};
+use palisade_core::Check;
+use serde_json::Value;
 
+use self::members::{Claims, Header, Jwk, JwkMember, Member};
 use crate::jwks::{Family, family_allows};
-use crate::token::object_without_duplicates;
+
+mod members;
+#[cfg(feature = "redis")]
+mod redis;
+
+#[cfg(feature = "redis")]
+pub use self::redis::{RedisReplayStore, RedisReplayStoreBuilder};
 
 /// Longest `jti` accepted, in characters.
 const MAX_JTI_CHARS: usize = 256;
-/// JWK members that only a private or symmetric key has (RFC 7518 §6.3.2, §6.4, §6.2.2).
-const PRIVATE_MEMBERS: [&str; 8] = ["d", "p", "q", "dp", "dq", "qi", "oth", "k"];
 /// The largest [`DpopSettings::max_age`]: RFC 9449 §11.1 wants proofs
 /// accepted only "for a relatively brief period on the order of seconds or
 /// minutes".
@@ -175,6 +187,11 @@ pub enum DpopError {
     /// The proof was accepted before: its `jti` was seen with this key.
     #[error("the DPoP proof has already been used")]
     Replayed,
+    /// The [`ReplayStore`] could not say whether the proof was used before
+    /// (a shared store that is unreachable): refused, since it may be a
+    /// replay. The store logs why.
+    #[error("the DPoP proof could not be checked for replay: the replay store is unavailable")]
+    ReplayStoreUnavailable,
     /// `Authorization: DPoP` without a `DPoP` header (the caller finds it).
     #[error("the request has no DPoP proof")]
     MissingProof,
@@ -203,7 +220,8 @@ impl DpopError {
 /// let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
 /// let verifier = DpopVerifier::new(DpopSettings::default())?;
 /// let request = ProofRequest::new("GET", "https://api.example/orders").with_access_token("the-access-token");
-/// assert_eq!(verifier.verify(&proof, &request, now)?.jkt, key.thumbprint());
+/// let verified = verifier.verify(&proof, &request, now).into_ready().expect("an in-memory store answers at once");
+/// assert_eq!(verified?.jkt, key.thumbprint());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct DpopKey {
@@ -327,6 +345,11 @@ pub enum DpopConfigError {
     /// The system's random generator failed.
     #[error("the system random generator failed")]
     Random,
+    /// A shared replay store that cannot be used: a bad URL or setting, or
+    /// (when connecting at start-up) no answer. The URL is shown without
+    /// credentials.
+    #[error("DPoP replay store {0}")]
+    ReplayStore(String),
 }
 
 /// How proofs are checked. Defaults follow RFC 9449 §11.1 (accept a proof
@@ -398,18 +421,32 @@ impl fmt::Debug for DpopSettings {
 /// Remembers which proofs were used: the `jti` of every accepted proof,
 /// under its key's thumbprint, for as long as the proof could be accepted.
 ///
-/// Implement it over a shared store (Redis `SET key 1 NX EXAT expires_at`,
-/// say) when several processes serve the same clients.
+/// [`MemoryReplayStore`] answers at once, for one process;
+/// `RedisReplayStore` (feature `redis`) is shared by every replica that
+/// uses the same Redis, so a proof used at one is refused at all. Implement
+/// it over another shared store with an atomic "set if absent, with an
+/// expiry".
 pub trait ReplayStore: Send + Sync {
     /// Records `key` until `expires_at` (Unix seconds, inclusive) and
-    /// returns true when it was not already recorded (or its record has
-    /// expired); returns false, recording nothing, for a key seen before:
-    /// a replay.
+    /// answers true when it was not already recorded (or its record has
+    /// expired); answers false, recording nothing, for a key seen before:
+    /// a replay. A store that must ask another process answers with a
+    /// pending [`Check`], and with [`ReplayStoreError`] when it cannot get
+    /// an answer (it should log why, without secrets, and bound the wait).
     ///
     /// `key` is SHA-256 of the proof key's RFC 7638 thumbprint followed by
     /// the `jti` (the thumbprint has a fixed length, so no two pairs share
     /// a key): a `jti` reused by another key is not a replay.
-    fn first_use(&self, key: &[u8; 32], expires_at: u64) -> bool;
+    fn first_use(&self, key: &[u8; 32], expires_at: u64) -> Check<Result<bool, ReplayStoreError>>;
+}
+
+/// Why a [`ReplayStore`] could not answer.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplayStoreError {
+    /// The store did not answer (in time).
+    #[error("the DPoP replay store is unavailable")]
+    Unavailable,
 }
 
 /// A bounded, in-process [`ReplayStore`], cheap under concurrency: the
@@ -538,8 +575,8 @@ impl fmt::Debug for MemoryReplayStore {
 }
 
 impl ReplayStore for MemoryReplayStore {
-    fn first_use(&self, key: &[u8; 32], expires_at: u64) -> bool {
-        self.first_use_at(key, expires_at, unix_now())
+    fn first_use(&self, key: &[u8; 32], expires_at: u64) -> Check<Result<bool, ReplayStoreError>> {
+        Check::Ready(Ok(self.first_use_at(key, expires_at, unix_now())))
     }
 }
 
@@ -763,36 +800,41 @@ pub fn jwk_thumbprint(jwk: &Value) -> Result<String, DpopError> {
     let Value::Object(jwk) = jwk else {
         return Err(DpopError::InvalidKey);
     };
-    thumbprint(jwk)
+    thumbprint(|name| jwk.get(name).and_then(Value::as_str))
 }
 
-fn thumbprint(jwk: &Map<String, Value>) -> Result<String, DpopError> {
-    let kty = string_member(jwk, "kty")?;
-    let required: &[&str] = match kty {
-        "RSA" => &["e", "kty", "n"],
-        "EC" => &["crv", "kty", "x", "y"],
-        "OKP" => &["crv", "kty", "x"],
+/// The thumbprint of the key whose required members `member` gives.
+fn thumbprint<'k>(member: impl Fn(&str) -> Option<&'k str>) -> Result<String, DpopError> {
+    let required: &[&str] = match member("kty") {
+        Some("RSA") => &["e", "kty", "n"],
+        Some("EC") => &["crv", "kty", "x", "y"],
+        Some("OKP") => &["crv", "kty", "x"],
         _ => return Err(DpopError::InvalidKey),
     };
-    let mut canonical = String::from("{");
+    let mut canonical = String::with_capacity(768);
+    canonical.push('{');
     for (i, name) in required.iter().enumerate() {
         if i > 0 {
             canonical.push(',');
         }
-        let value = string_member(jwk, name)?;
-        // `to_string` of a `&str` is its JSON string: quoted and escaped.
-        canonical.push_str(&Value::from(*name).to_string());
-        canonical.push(':');
-        canonical.push_str(&Value::from(value).to_string());
+        let value = member(name).ok_or(DpopError::InvalidKey)?;
+        canonical.push('"');
+        canonical.push_str(name);
+        canonical.push_str("\":");
+        push_json_string(&mut canonical, value);
     }
     canonical.push('}');
     Ok(URL_SAFE_NO_PAD.encode(sha256(&[canonical.as_bytes()])))
 }
 
-fn string_member<'m>(jwk: &'m Map<String, Value>, name: &str) -> Result<&'m str, DpopError> {
-    match jwk.get(name) {
-        Some(Value::String(s)) => Ok(s),
-        _ => Err(DpopError::InvalidKey),
+/// `s` as a JSON string, escaped as `serde_json` writes it.
+fn push_json_string(out: &mut String, s: &str) {
+    if s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.push_str(&Value::from(s).to_string());
+    } else {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
     }
 }
 
@@ -880,7 +922,9 @@ impl DpopVerifier {
 
     /// Checks `proof`, the value of the request's one `DPoP` header, for
     /// `req` at `now_unix` (Unix seconds, from the system clock the replay
-    /// store uses too), and records it as used.
+    /// store uses too), and records it as used. Ready at once but for a
+    /// proof that passed every other check and goes to a shared replay
+    /// store.
     ///
     /// # Errors
     /// The first check that fails, as a [`DpopError`]; a proof that fails is
@@ -890,7 +934,30 @@ impl DpopVerifier {
         proof: &str,
         req: &ProofRequest<'_>,
         now_unix: u64,
-    ) -> Result<VerifiedProof, DpopError> {
+    ) -> Check<Result<VerifiedProof, DpopError>> {
+        let (replay_key, expires_at, verified) = match self.check(proof, req, now_unix) {
+            Ok(checked) => checked,
+            Err(e) => return Check::Ready(Err(e)),
+        };
+        let recorded = |first: Result<bool, ReplayStoreError>| match first {
+            Ok(true) => Ok(verified),
+            Ok(false) => Err(DpopError::Replayed),
+            Err(ReplayStoreError::Unavailable) => Err(DpopError::ReplayStoreUnavailable),
+        };
+        match self.settings.replay_store.first_use(&replay_key, expires_at) {
+            Check::Ready(first) => Check::Ready(recorded(first)),
+            Check::Pending(first) => Check::pending(async move { recorded(first.await) }),
+        }
+    }
+
+    /// Every check but the replay: the proof, and its replay store key and
+    /// expiry.
+    fn check(
+        &self,
+        proof: &str,
+        req: &ProofRequest<'_>,
+        now_unix: u64,
+    ) -> Result<([u8; 32], u64, VerifiedProof), DpopError> {
         if proof.len() > self.settings.max_proof_len {
             return Err(DpopError::TooLarge);
         }
@@ -909,35 +976,38 @@ impl DpopVerifier {
         if h.is_empty() || p.is_empty() || signature.is_empty() {
             return Err(DpopError::Malformed);
         }
-        let header = decode_object(h)?;
+        let header_json = URL_SAFE_NO_PAD.decode(h).map_err(|_| DpopError::Malformed)?;
+        let header: Header<'_> = members::parse(&header_json).ok_or(DpopError::Malformed)?;
         let alg = self.check_header(&header)?;
         let key = proof_key(&header, alg)?;
-        let claims = decode_object(p)?;
+        let claims_json = URL_SAFE_NO_PAD.decode(p).map_err(|_| DpopError::Malformed)?;
+        let claims: Claims<'_> = members::parse(&claims_json).ok_or(DpopError::Malformed)?;
         let checked = self.check_claims(&claims, req, now_unix)?;
         let message = &proof[..h.len() + 1 + p.len()];
         if !jsonwebtoken::crypto::verify(signature, message.as_bytes(), &key.key, alg).unwrap_or(false) {
             return Err(DpopError::BadSignature);
         }
-        // Last, and only for a signed proof: junk never fills the store.
+        // Recorded last, and only for a signed proof: junk never fills the store.
         let replay_key = sha256(&[key.jkt.as_bytes(), checked.jti.as_bytes()]);
         let expires_at = checked
             .iat
             .saturating_add(self.max_age)
             .saturating_add(self.leeway);
-        if !self.settings.replay_store.first_use(&replay_key, expires_at) {
-            return Err(DpopError::Replayed);
-        }
-        Ok(VerifiedProof {
-            jkt: key.jkt,
-            jti: checked.jti,
-            iat: checked.iat,
-        })
+        Ok((
+            replay_key,
+            expires_at,
+            VerifiedProof {
+                jkt: key.jkt,
+                jti: checked.jti,
+                iat: checked.iat,
+            },
+        ))
     }
 
     /// `typ`, `crit`, `b64` and `alg`: the algorithm, allowed.
-    fn check_header(&self, header: &Map<String, Value>) -> Result<Algorithm, DpopError> {
+    fn check_header(&self, header: &Header<'_>) -> Result<Algorithm, DpopError> {
         // A media type: case-insensitive, `application/` optional (RFC 7515 §4.1.9).
-        let Some(Value::String(typ)) = header.get("typ") else {
+        let Some(typ) = header.typ.as_ref().and_then(Member::as_str) else {
             return Err(DpopError::WrongType);
         };
         let typ = match typ.get(..12) {
@@ -947,10 +1017,10 @@ impl DpopVerifier {
         if !typ.eq_ignore_ascii_case("dpop+jwt") {
             return Err(DpopError::WrongType);
         }
-        if header.contains_key("crit") || header.contains_key("b64") {
+        if header.crit.0 || header.b64.0 {
             return Err(DpopError::CriticalHeader);
         }
-        let Some(Value::String(alg)) = header.get("alg") else {
+        let Some(alg) = header.alg.as_ref().and_then(Member::as_str) else {
             return Err(DpopError::Malformed);
         };
         // `none` and unknown names do not parse; HMAC ones are never allowed.
@@ -964,32 +1034,32 @@ impl DpopVerifier {
     /// `ath`, `nonce`.
     fn check_claims(
         &self,
-        claims: &Map<String, Value>,
+        claims: &Claims<'_>,
         req: &ProofRequest<'_>,
         now: u64,
     ) -> Result<CheckedClaims, DpopError> {
-        let jti = match claims.get("jti") {
+        let jti = match &claims.jti {
             None => return Err(DpopError::MissingClaim("jti")),
-            Some(Value::String(jti)) if !jti.is_empty() && jti.chars().count() <= MAX_JTI_CHARS => jti,
+            Some(Member::Str(jti)) if !jti.is_empty() && jti.chars().count() <= MAX_JTI_CHARS => jti,
             Some(_) => return Err(DpopError::InvalidClaim("jti")),
         };
-        match claims.get("htm") {
+        match &claims.htm {
             None => return Err(DpopError::MissingClaim("htm")),
-            Some(Value::String(htm)) if htm == req.method => {}
-            Some(Value::String(_)) => return Err(DpopError::MethodMismatch),
+            Some(Member::Str(htm)) if htm == req.method => {}
+            Some(Member::Str(_)) => return Err(DpopError::MethodMismatch),
             Some(_) => return Err(DpopError::InvalidClaim("htm")),
         }
-        let htu = match claims.get("htu") {
+        let htu = match &claims.htu {
             None => return Err(DpopError::MissingClaim("htu")),
-            Some(Value::String(htu)) => normalize_htu(htu).ok_or(DpopError::InvalidClaim("htu"))?,
+            Some(Member::Str(htu)) => normalize_htu(htu).ok_or(DpopError::InvalidClaim("htu"))?,
             Some(_) => return Err(DpopError::InvalidClaim("htu")),
         };
         if normalize_htu(req.htu).is_none_or(|expected| expected != htu) {
             return Err(DpopError::UriMismatch);
         }
-        let iat = match claims.get("iat") {
+        let iat = match &claims.iat {
             None => return Err(DpopError::MissingClaim("iat")),
-            Some(Value::Number(n)) => unix_seconds(n).ok_or(DpopError::InvalidClaim("iat"))?,
+            Some(Member::Num(n)) => unix_seconds(n).ok_or(DpopError::InvalidClaim("iat"))?,
             Some(_) => return Err(DpopError::InvalidClaim("iat")),
         };
         if iat.saturating_add(self.max_age) < now {
@@ -1000,23 +1070,23 @@ impl DpopVerifier {
         }
         if let Some(token) = req.access_token {
             let expected = URL_SAFE_NO_PAD.encode(sha256(&[token.as_bytes()]));
-            match claims.get("ath") {
+            match &claims.ath {
                 None => return Err(DpopError::MissingClaim("ath")),
-                Some(Value::String(ath))
+                Some(Member::Str(ath))
                     if constant_time::verify_slices_are_equal(ath.as_bytes(), expected.as_bytes())
                         .is_ok() => {}
-                Some(Value::String(_)) => return Err(DpopError::AccessTokenMismatch),
+                Some(Member::Str(_)) => return Err(DpopError::AccessTokenMismatch),
                 Some(_) => return Err(DpopError::InvalidClaim("ath")),
             }
         }
         if let Some(nonces) = &self.nonces {
-            match claims.get("nonce") {
-                Some(Value::String(nonce)) if nonces.check_at(nonce, now) => {}
+            match &claims.nonce {
+                Some(Member::Str(nonce)) if nonces.check_at(nonce, now) => {}
                 _ => return Err(DpopError::UseNonce),
             }
         }
         Ok(CheckedClaims {
-            jti: jti.clone(),
+            jti: jti.clone().into_owned(),
             iat,
         })
     }
@@ -1034,18 +1104,18 @@ struct ProofKey {
 }
 
 /// The header's `jwk`: a public key of a supported type that fits `alg`.
-fn proof_key(header: &Map<String, Value>, alg: Algorithm) -> Result<ProofKey, DpopError> {
-    let Some(Value::Object(jwk)) = header.get("jwk") else {
+fn proof_key(header: &Header<'_>, alg: Algorithm) -> Result<ProofKey, DpopError> {
+    let Some(JwkMember::Object(jwk)) = &header.jwk else {
         return Err(DpopError::InvalidKey);
     };
-    if PRIVATE_MEMBERS.iter().any(|m| jwk.contains_key(*m)) {
+    if jwk.has_private_member() {
         return Err(DpopError::PrivateKey);
     }
     let kty = string_member(jwk, "kty")?;
     if kty == "oct" {
         return Err(DpopError::PrivateKey);
     }
-    if let Some(named) = jwk.get("alg")
+    if let Some(named) = &jwk.alg
         && named.as_str().and_then(|a| a.parse::<Algorithm>().ok()) != Some(alg)
     {
         return Err(DpopError::KeyMismatch);
@@ -1097,7 +1167,7 @@ fn proof_key(header: &Map<String, Value>, alg: Algorithm) -> Result<ProofKey, Dp
     };
     Ok(ProofKey {
         key,
-        jkt: thumbprint(jwk)?,
+        jkt: thumbprint(|name| jwk.get(name))?,
     })
 }
 
@@ -1114,9 +1184,8 @@ fn decoded_len(b64: &str) -> Option<usize> {
     URL_SAFE_NO_PAD.decode(b64).ok().map(|b| b.len())
 }
 
-fn decode_object(part: &str) -> Result<Map<String, Value>, DpopError> {
-    let bytes = URL_SAFE_NO_PAD.decode(part).map_err(|_| DpopError::Malformed)?;
-    object_without_duplicates(&bytes).map_err(|_| DpopError::Malformed)
+fn string_member<'k>(jwk: &'k Jwk<'_>, name: &str) -> Result<&'k str, DpopError> {
+    jwk.get(name).ok_or(DpopError::InvalidKey)
 }
 
 /// A NumericDate as whole Unix seconds: a non-negative integer, or a finite
@@ -1315,6 +1384,20 @@ fn remove_dot_segments(path: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    impl DpopVerifier {
+        /// `verify` with the in-memory store, which answers at once.
+        fn verify_now(
+            &self,
+            proof: &str,
+            req: &ProofRequest<'_>,
+            now: u64,
+        ) -> Result<VerifiedProof, DpopError> {
+            self.verify(proof, req, now)
+                .into_ready()
+                .unwrap_or_else(|_| panic!("the memory store answers at once"))
+        }
+    }
+
     use std::sync::OnceLock;
     use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -1503,7 +1586,7 @@ mod tests {
 
     /// Verifies with a new verifier, for `GET HTU` with `TOKEN`, now.
     fn check(proof: &str) -> Result<VerifiedProof, DpopError> {
-        verifier().verify(proof, &request(), now())
+        verifier().verify_now(proof, &request(), now())
     }
 
     fn refusal(proof: &Proof, key: &TestKey) -> DpopError {
@@ -1557,7 +1640,7 @@ mod tests {
         let key = TestKey::ed25519();
         let proof = key.proof().without_claim("ath").signed_by(&key);
         verifier()
-            .verify(&proof, &ProofRequest::new("GET", HTU), now())
+            .verify_now(&proof, &ProofRequest::new("GET", HTU), now())
             .expect("accepted at a token endpoint");
     }
 
@@ -1567,7 +1650,7 @@ mod tests {
         let now = now();
         let iat = now as f64 - 0.5;
         let proof = key.proof().claim("iat", json!(iat)).signed_by(&key);
-        let verified = verifier().verify(&proof, &request(), now).expect("accepted");
+        let verified = verifier().verify_now(&proof, &request(), now).expect("accepted");
         assert_eq!(verified.iat, now - 1);
     }
 
@@ -1649,6 +1732,43 @@ mod tests {
         assert_eq!(check(&signed), Err(DpopError::Malformed));
     }
 
+    #[test]
+    fn array_header_or_claims_are_malformed() {
+        let key = TestKey::ed25519();
+        let proof = key.proof();
+        let header = format!(r#"["dpop+jwt","EdDSA",false,false,{}]"#, key.jwk);
+        let message = format!("{}.{}", b64(header), b64(proof.claims.to_string()));
+        let signed = format!("{message}.{}", b64(key.sign(message.as_bytes())));
+        assert_eq!(check(&signed), Err(DpopError::Malformed));
+        let header = proof.header.to_string();
+        let claims = format!(r#"[{}]"#, proof.claims["jti"]);
+        let message = format!("{}.{}", b64(header), b64(claims));
+        let signed = format!("{message}.{}", b64(key.sign(message.as_bytes())));
+        assert_eq!(check(&signed), Err(DpopError::Malformed));
+    }
+
+    #[test]
+    fn duplicate_jwk_members_are_malformed() {
+        let key = TestKey::ed25519();
+        let proof = key.proof();
+        let jwk = key.jwk.to_string();
+        let doubled = format!(r#"{{"kty":"OKP",{}"#, &jwk[1..]);
+        let header = format!(r#"{{"typ":"dpop+jwt","alg":"EdDSA","jwk":{doubled}}}"#);
+        let message = format!("{}.{}", b64(header), b64(proof.claims.to_string()));
+        let signed = format!("{message}.{}", b64(key.sign(message.as_bytes())));
+        assert_eq!(check(&signed), Err(DpopError::Malformed));
+    }
+
+    #[test]
+    fn thumbprint_escapes_as_json_does() {
+        for crv in ["P-256", "a\"b", "back\\slash", "tab\t", "\u{1}"] {
+            let jwk = json!({"kty": "EC", "crv": crv, "x": "x", "y": "y"});
+            let canonical = format!(r#"{{"crv":{},"kty":"EC","x":"x","y":"y"}}"#, json!(crv));
+            let expected = URL_SAFE_NO_PAD.encode(sha256(&[canonical.as_bytes()]));
+            assert_eq!(jwk_thumbprint(&jwk).unwrap(), expected, "{crv:?}");
+        }
+    }
+
     // The header.
 
     #[test]
@@ -1728,7 +1848,7 @@ mod tests {
         let key = TestKey::rsa(Algorithm::RS256);
         let proof = key.proof().signed_by(&key);
         assert_eq!(
-            verifier.verify(&proof, &request(), now()),
+            verifier.verify_now(&proof, &request(), now()),
             Err(DpopError::AlgorithmNotAllowed)
         );
     }
@@ -1749,7 +1869,7 @@ mod tests {
     #[test]
     fn private_key_in_jwk_is_refused() {
         let key = TestKey::ec(Algorithm::ES256);
-        for member in PRIVATE_MEMBERS {
+        for member in ["d", "p", "q", "dp", "dq", "qi", "oth", "k"] {
             let proof = key.proof().jwk(member, json!("AQAB"));
             assert_eq!(refusal(&proof, &key), DpopError::PrivateKey, "{member}");
         }
@@ -1949,7 +2069,9 @@ mod tests {
             .claim("htu", json!("http://api.example"))
             .signed_by(&key);
         let root = ProofRequest::new("GET", "http://API.example:80/?x").with_access_token(TOKEN);
-        verifier().verify(&proof, &root, now()).expect("the same root");
+        verifier()
+            .verify_now(&proof, &root, now())
+            .expect("the same root");
     }
 
     #[test]
@@ -2008,10 +2130,13 @@ mod tests {
         let key = TestKey::ed25519();
         let now = now();
         let old = key.proof().claim("iat", json!(now - 61)).signed_by(&key);
-        assert_eq!(verifier().verify(&old, &request(), now), Err(DpopError::TooOld));
+        assert_eq!(
+            verifier().verify_now(&old, &request(), now),
+            Err(DpopError::TooOld)
+        );
         let oldest = key.proof().claim("iat", json!(now - 60)).signed_by(&key);
         verifier()
-            .verify(&oldest, &request(), now)
+            .verify_now(&oldest, &request(), now)
             .expect("exactly max_age old");
     }
 
@@ -2021,16 +2146,16 @@ mod tests {
         let now = now();
         let early = key.proof().claim("iat", json!(now + 6)).signed_by(&key);
         assert_eq!(
-            verifier().verify(&early, &request(), now),
+            verifier().verify_now(&early, &request(), now),
             Err(DpopError::IssuedInFuture)
         );
         let skewed = key.proof().claim("iat", json!(now + 5)).signed_by(&key);
         verifier()
-            .verify(&skewed, &request(), now)
+            .verify_now(&skewed, &request(), now)
             .expect("within leeway");
         let far = key.proof().claim("iat", json!(u64::MAX)).signed_by(&key);
         assert_eq!(
-            verifier().verify(&far, &request(), now),
+            verifier().verify_now(&far, &request(), now),
             Err(DpopError::IssuedInFuture)
         );
     }
@@ -2087,20 +2212,22 @@ mod tests {
         let key = TestKey::ed25519();
         let proof = key.proof();
         let signed = proof.signed_by(&key);
-        verifier.verify(&signed, &request(), now()).expect("first use");
+        verifier
+            .verify_now(&signed, &request(), now())
+            .expect("first use");
         assert_eq!(
-            verifier.verify(&signed, &request(), now()),
+            verifier.verify_now(&signed, &request(), now()),
             Err(DpopError::Replayed)
         );
         // Another proof by the same key with the same jti.
         let again = proof.claim("iat", json!(now() - 1)).signed_by(&key);
         assert_eq!(
-            verifier.verify(&again, &request(), now()),
+            verifier.verify_now(&again, &request(), now()),
             Err(DpopError::Replayed)
         );
         // Clones share the store.
         assert_eq!(
-            verifier.clone().verify(&signed, &request(), now()),
+            verifier.clone().verify_now(&signed, &request(), now()),
             Err(DpopError::Replayed)
         );
     }
@@ -2111,14 +2238,14 @@ mod tests {
         let (a, b) = (TestKey::ed25519(), TestKey::ed25519());
         let jti = json!("shared");
         verifier
-            .verify(
+            .verify_now(
                 &a.proof().claim("jti", jti.clone()).signed_by(&a),
                 &request(),
                 now(),
             )
             .expect("key a");
         verifier
-            .verify(&b.proof().claim("jti", jti).signed_by(&b), &request(), now())
+            .verify_now(&b.proof().claim("jti", jti).signed_by(&b), &request(), now())
             .expect("key b");
     }
 
@@ -2136,18 +2263,18 @@ mod tests {
         for _ in 0..50 {
             let forged = key.proof().signed_by(&forger);
             assert_eq!(
-                verifier.verify(&forged, &request(), now()),
+                verifier.verify_now(&forged, &request(), now()),
                 Err(DpopError::BadSignature)
             );
         }
         let wrong_method = ProofRequest::new("POST", HTU).with_access_token(TOKEN);
         assert_eq!(
-            verifier.verify(&proof.signed_by(&key), &wrong_method, now()),
+            verifier.verify_now(&proof.signed_by(&key), &wrong_method, now()),
             Err(DpopError::MethodMismatch)
         );
         assert!(store.is_empty());
         verifier
-            .verify(&proof.signed_by(&key), &request(), now())
+            .verify_now(&proof.signed_by(&key), &request(), now())
             .expect("first use");
         assert_eq!(store.len(), 1);
     }
@@ -2211,7 +2338,12 @@ mod tests {
                     let store = &store;
                     s.spawn(move || {
                         (0..2000_u32)
-                            .filter(|i| store.first_use(&sha256(&[&i.to_be_bytes()]), u64::MAX))
+                            .filter(|i| {
+                                matches!(
+                                    store.first_use(&sha256(&[&i.to_be_bytes()]), u64::MAX),
+                                    Check::Ready(Ok(true))
+                                )
+                            })
                             .count()
                     })
                 })
@@ -2235,7 +2367,7 @@ mod tests {
     fn missing_nonce_asks_for_one() {
         let key = TestKey::ed25519();
         let err = nonce_verifier()
-            .verify(&key.proof().signed_by(&key), &request(), now())
+            .verify_now(&key.proof().signed_by(&key), &request(), now())
             .expect_err("a nonce is required");
         assert_eq!(err, DpopError::UseNonce);
         assert_eq!(err.error_code(), "use_dpop_nonce");
@@ -2258,7 +2390,7 @@ mod tests {
         ] {
             let proof = key.proof().claim("nonce", nonce.clone()).signed_by(&key);
             assert_eq!(
-                verifier.verify(&proof, &request(), now),
+                verifier.verify_now(&proof, &request(), now),
                 Err(DpopError::UseNonce),
                 "{nonce}"
             );
@@ -2274,7 +2406,9 @@ mod tests {
         let previous = nonces.current_at(now - NonceSource::DEFAULT_WINDOW.as_secs());
         for nonce in [nonces.current(), previous] {
             let proof = key.proof().claim("nonce", json!(nonce)).signed_by(&key);
-            verifier.verify(&proof, &request(), now).expect("a current nonce");
+            verifier
+                .verify_now(&proof, &request(), now)
+                .expect("a current nonce");
         }
     }
 
@@ -2485,8 +2619,11 @@ mod tests {
                 }
             }
             let text = String::from_utf8_lossy(&bytes);
-            if verifier.verify(&text, &request(), now).is_ok() {
-                assert_eq!(verifier.verify(&text, &request(), now), Err(DpopError::Replayed));
+            if verifier.verify_now(&text, &request(), now).is_ok() {
+                assert_eq!(
+                    verifier.verify_now(&text, &request(), now),
+                    Err(DpopError::Replayed)
+                );
             }
         }
     }

@@ -1,6 +1,7 @@
 //! Building the authenticator from a policy file: Istio `RequestAuthentication`,
 //! Palisade `JwtSettings` and Keycloak adapter documents.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
@@ -11,7 +12,7 @@ use palisade_core::policy::{
 
 use crate::authenticator::JwtAuthenticator;
 use crate::config::{FetchSettings, Provider, ProviderBuilder, TokenSource};
-use crate::dpop::{DpopSettings, MemoryReplayStore, NonceSource};
+use crate::dpop::{DpopSettings, MemoryReplayStore, NonceSource, ReplayStore};
 use crate::introspect::Introspection;
 use crate::resource::ResourceMetadata;
 
@@ -54,7 +55,7 @@ fn from_policy(policy: &WorkloadPolicy<'_>, offline: bool) -> Result<Option<JwtA
     let settings: Vec<(&Document, &JwtSettingsSpec)> = policy.jwt_settings().collect();
     let mut builder = JwtAuthenticator::builder().realm(policy.workload().service.clone());
     builder.offline = offline;
-    for (_, s) in settings.iter().filter(|(_, s)| s.issuer.is_none()) {
+    for (doc, s) in settings.iter().filter(|(_, s)| s.issuer.is_none()) {
         if let Some(r) = &s.realm {
             builder = builder.realm(r.clone());
         }
@@ -65,7 +66,9 @@ fn from_policy(policy: &WorkloadPolicy<'_>, offline: bool) -> Result<Option<JwtA
             builder = builder.cache_entries(n);
         }
         if let Some(d) = &s.dpop {
-            builder = dpop(builder, d);
+            let store = replay_store(d.replay_store.as_deref(), offline)
+                .map_err(|m| policy.error_at(doc, "spec.dpop.replayStore", m))?;
+            builder = dpop(builder, d, store);
         }
         if let Some(r) = &s.resource_metadata {
             let mut meta =
@@ -317,15 +320,51 @@ fn tune(
     Ok(b)
 }
 
-/// `spec.dpop` (checked when the file loaded). Every authenticator built
-/// from a policy file shares one replay store, so a proof accepted just
-/// before a reload cannot be replayed just after it.
-fn dpop(mut builder: crate::JwtAuthenticatorBuilder, spec: &DpopSpec) -> crate::JwtAuthenticatorBuilder {
-    static REPLAY: std::sync::OnceLock<std::sync::Arc<MemoryReplayStore>> = std::sync::OnceLock::new();
+/// The replay store `spec.dpop.replayStore` names. Every authenticator
+/// built from a policy file with the same store shares one, so a proof
+/// accepted just before a reload cannot be replayed just after it; a Redis
+/// store is reached once, when first named (not offline).
+fn replay_store(url: Option<&str>, offline: bool) -> Result<Arc<dyn ReplayStore>, String> {
+    static MEMORY: OnceLock<Arc<MemoryReplayStore>> = OnceLock::new();
+    let url = match url {
+        None | Some("memory") => {
+            return Ok(MEMORY.get_or_init(|| Arc::new(MemoryReplayStore::new())).clone());
+        }
+        Some(url) => url,
+    };
+    #[cfg(feature = "redis")]
+    {
+        use std::sync::{Mutex, PoisonError};
+
+        use crate::dpop::RedisReplayStore;
+        static REDIS: Mutex<Vec<(String, Arc<RedisReplayStore>)>> = Mutex::new(Vec::new());
+        let builder = RedisReplayStore::builder(url);
+        if offline {
+            return Ok(Arc::new(builder.build().map_err(|e| e.to_string())?));
+        }
+        let mut stores = REDIS.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, store)) = stores.iter().find(|(u, _)| u == url) {
+            return Ok(store.clone());
+        }
+        let store = Arc::new(builder.connect_blocking().map_err(|e| e.to_string())?);
+        stores.push((url.to_owned(), store.clone()));
+        Ok(store)
+    }
+    #[cfg(not(feature = "redis"))]
+    {
+        let _ = (url, offline);
+        Err("a Redis replay store needs palisade-jwt's `redis` feature".into())
+    }
+}
+
+/// `spec.dpop` (checked when the file loaded), with its replay store.
+fn dpop(
+    mut builder: crate::JwtAuthenticatorBuilder,
+    spec: &DpopSpec,
+    replay_store: Arc<dyn ReplayStore>,
+) -> crate::JwtAuthenticatorBuilder {
     let mut settings = DpopSettings {
-        replay_store: REPLAY
-            .get_or_init(|| std::sync::Arc::new(MemoryReplayStore::new()))
-            .clone(),
+        replay_store,
         ..DpopSettings::default()
     };
     if let Some(algs) = &spec.algorithms {
@@ -337,7 +376,7 @@ fn dpop(mut builder: crate::JwtAuthenticatorBuilder, spec: &DpopSpec) -> crate::
     settings.require_nonce = spec.require_nonce.unwrap_or(false);
     if settings.require_nonce {
         // One nonce key per process: a reload keeps the nonces handed out valid.
-        static NONCES: std::sync::OnceLock<Option<NonceSource>> = std::sync::OnceLock::new();
+        static NONCES: OnceLock<Option<NonceSource>> = OnceLock::new();
         settings.nonce_source = NONCES
             .get_or_init(|| NonceSource::generate(NonceSource::DEFAULT_WINDOW).ok())
             .clone();

@@ -61,7 +61,7 @@ pub struct JwtSettingsSpec {
     pub ca_file: Option<String>,
     /// Token introspection (RFC 7662) for this issuer's opaque tokens
     /// (the document must name its `issuer`).
-    pub introspection: Option<IntrospectionSpec>,
+    pub introspection: Option<Box<IntrospectionSpec>>,
     /// The service's protected-resource metadata (RFC 9728), served at its
     /// well-known URL and named in its challenges (a document without
     /// `issuer`).
@@ -101,6 +101,10 @@ pub struct DpopSpec {
     /// `scheme://host[:port]` clients use to reach the service, when TLS is
     /// terminated in front of it (default: from the connection and `Host`).
     pub origin: Option<String>,
+    /// Where used proofs are remembered: `memory` (the default, one
+    /// process) or `redis://HOST:PORT/DB`, shared by every replica so a
+    /// proof used at one is refused at all (feature `redis`).
+    pub replay_store: Option<String>,
 }
 
 /// `JwtSettings.spec.resourceMetadata` (RFC 9728).
@@ -253,6 +257,14 @@ impl JwtSettingsSpec {
                         format!("`{o}` is not scheme://host[:port]"),
                     ));
                 }
+            }
+            if let Some(store) = &d.replay_store
+                && !is_store_url(store)
+            {
+                return Err((
+                    "spec.dpop.replayStore".into(),
+                    "`memory` or a `redis://HOST:PORT/DB` URL".into(),
+                ));
             }
         }
         if let Some(r) = &self.resource_metadata {
@@ -816,9 +828,7 @@ impl OidcLoginSpec {
             }
         }
         if let Some(store) = &s.store
-            && store != "memory"
-            && !store.starts_with("redis://")
-            && !store.starts_with("rediss://")
+            && !is_store_url(store)
         {
             return Err((
                 "spec.session.store".into(),
@@ -846,4 +856,9 @@ impl OidcLoginSpec {
         }
         Ok(())
     }
+}
+
+/// `memory`, or the URL of a Redis store.
+fn is_store_url(store: &str) -> bool {
+    store == "memory" || store.starts_with("redis://") || store.starts_with("rediss://")
 }
