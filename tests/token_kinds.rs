@@ -959,3 +959,42 @@ spec:
     assert!(err.contains("store.yaml"), "{err}");
     assert!(err.contains("spec.dpop.replayStore"), "{err}");
 }
+
+#[test]
+fn an_unreachable_redis_replay_store_stops_the_start_up_but_not_an_offline_check() {
+    let port = free_port();
+    let idp = TestIssuer::builder().start().unwrap();
+    let yaml = format!(
+        "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: default}}
+spec:
+  jwtRules:
+  - issuer: {issuer}
+    jwks: '{jwks}'
+---
+apiVersion: palisade.dev/v1alpha1
+kind: JwtSettings
+metadata: {{name: dpop, namespace: default}}
+spec:
+  dpop:
+    replayStore: redis://:hunter2@127.0.0.1:{port}/0
+",
+        issuer = idp.issuer(),
+        jwks = idp.jwks()
+    );
+    let set = PolicySet::from_yaml_str(&yaml, "store.yaml").unwrap();
+    let policy = set.for_workload(&Workload::new("details", "default"));
+    assert!(JwtAuthenticator::from_policy_offline(&policy).unwrap().is_some());
+    let err = palisade::guard_from_policy(&set, &Workload::new("details", "default"))
+        .unwrap_err()
+        .to_string();
+    for part in [
+        "store.yaml",
+        "spec.dpop.replayStore",
+        &format!("127.0.0.1:{port}"),
+    ] {
+        assert!(err.contains(part), "{part}: {err}");
+    }
+    assert!(!err.contains("hunter2"), "{err}");
+}

@@ -327,10 +327,9 @@ fn tune(
 fn replay_store(url: Option<&str>, offline: bool) -> Result<Arc<dyn ReplayStore>, String> {
     static MEMORY: OnceLock<Arc<MemoryReplayStore>> = OnceLock::new();
     let url = match url {
-        None | Some("memory") => {
-            return Ok(MEMORY.get_or_init(|| Arc::new(MemoryReplayStore::new())).clone());
-        }
-        Some(url) => url,
+        // Offline nothing is served: the URL was checked when the file loaded.
+        Some(url) if url != "memory" && !offline => url,
+        _ => return Ok(MEMORY.get_or_init(|| Arc::new(MemoryReplayStore::new())).clone()),
     };
     #[cfg(feature = "redis")]
     {
@@ -338,21 +337,20 @@ fn replay_store(url: Option<&str>, offline: bool) -> Result<Arc<dyn ReplayStore>
 
         use crate::dpop::RedisReplayStore;
         static REDIS: Mutex<Vec<(String, Arc<RedisReplayStore>)>> = Mutex::new(Vec::new());
-        let builder = RedisReplayStore::builder(url);
-        if offline {
-            return Ok(Arc::new(builder.build().map_err(|e| e.to_string())?));
-        }
         let mut stores = REDIS.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((_, store)) = stores.iter().find(|(u, _)| u == url) {
             return Ok(store.clone());
         }
-        let store = Arc::new(builder.connect_blocking().map_err(|e| e.to_string())?);
+        let store = RedisReplayStore::builder(url)
+            .connect_blocking()
+            .map_err(|e| e.to_string())?;
+        let store = Arc::new(store);
         stores.push((url.to_owned(), store.clone()));
         Ok(store)
     }
     #[cfg(not(feature = "redis"))]
     {
-        let _ = (url, offline);
+        let _ = url;
         Err("a Redis replay store needs palisade-jwt's `redis` feature".into())
     }
 }
