@@ -998,3 +998,49 @@ spec:
     }
     assert!(!err.contains("hunter2"), "{err}");
 }
+
+/// A reload that changes nothing keeps the authenticator (and its verified
+/// tokens) with DPoP on too; a change of the DPoP settings makes a new one.
+#[test]
+fn a_reload_keeps_a_dpop_authenticator_configured_the_same() {
+    use palisade::core::authn::Authenticator as _;
+    use palisade::core::policy::FromPolicy as _;
+    let idp = TestIssuer::builder().start().unwrap();
+    let build = |dpop: &str| {
+        let yaml = format!(
+            "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: default}}
+spec:
+  jwtRules:
+  - issuer: {issuer}
+    jwks: '{jwks}'
+---
+apiVersion: palisade.dev/v1alpha1
+kind: JwtSettings
+metadata: {{name: dpop, namespace: default}}
+spec:
+  dpop: {dpop}
+",
+            issuer = idp.issuer(),
+            jwks = idp.jwks()
+        );
+        let set = PolicySet::from_yaml_str(&yaml, "reload.yaml").unwrap();
+        JwtAuthenticator::from_policy(&set.for_workload(&Workload::new("details", "default")))
+            .unwrap()
+            .unwrap()
+    };
+    let before = build("{maxAge: 30s}");
+    assert!(build("{maxAge: 30s}").take_over(&before).is_some());
+    assert!(
+        build("{maxAge: 30s, requireNonce: true}")
+            .take_over(&before)
+            .is_none()
+    );
+    assert!(build("{maxAge: 20s}").take_over(&before).is_none());
+    assert!(
+        build("{maxAge: 30s, origin: 'https://shop.example'}")
+            .take_over(&before)
+            .is_none()
+    );
+}

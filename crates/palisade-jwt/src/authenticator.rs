@@ -421,8 +421,13 @@ impl JwtAuthenticator {
             && a.max_token_size == b.max_token_size
             && a.cache_entries == b.cache_entries
             && a.resource_metadata == b.resource_metadata
-            && a.dpop.is_none()
-            && b.dpop.is_none()
+            && match (&a.dpop, &b.dpop) {
+                (None, None) => true,
+                (Some(x), Some(y)) => {
+                    x.origin == y.origin && x.source == y.source && x.verifier.same_as(&y.verifier)
+                }
+                _ => false,
+            }
             && a.providers.len() == b.providers.len()
             && a.providers.iter().zip(&b.providers).all(|(p, q)| p.cfg == q.cfg)
     }

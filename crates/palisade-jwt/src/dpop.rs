@@ -589,7 +589,7 @@ impl ReplayStore for MemoryReplayStore {
 /// Cloning shares the key; `Debug` leaves it out.
 #[derive(Clone)]
 pub struct NonceSource {
-    key: hmac::Key,
+    key: Arc<hmac::Key>,
     window: u64,
 }
 
@@ -617,7 +617,10 @@ impl NonceSource {
         let window = window_secs(window)?;
         let key = hmac::Key::generate(hmac::HMAC_SHA256, &rand::SystemRandom::new())
             .map_err(|_| DpopConfigError::Random)?;
-        Ok(Self { key, window })
+        Ok(Self {
+            key: Arc::new(key),
+            window,
+        })
     }
 
     /// A source whose nonces every process with the same `secret` (random,
@@ -632,7 +635,7 @@ impl NonceSource {
         }
         let window = window_secs(window)?;
         Ok(Self {
-            key: hmac::Key::new(hmac::HMAC_SHA256, secret),
+            key: Arc::new(hmac::Key::new(hmac::HMAC_SHA256, secret)),
             window,
         })
     }
@@ -909,6 +912,22 @@ impl DpopVerifier {
     #[must_use]
     pub fn settings(&self) -> &DpopSettings {
         &self.settings
+    }
+
+    /// Whether `self` and `other` accept the same proofs and remember them
+    /// in the same store (a reload that changed nothing).
+    pub(crate) fn same_as(&self, other: &DpopVerifier) -> bool {
+        let (a, b) = (&self.settings, &other.settings);
+        a.algorithms == b.algorithms
+            && a.max_age == b.max_age
+            && a.leeway == b.leeway
+            && a.max_proof_len == b.max_proof_len
+            && Arc::ptr_eq(&a.replay_store, &b.replay_store)
+            && match (&self.nonces, &other.nonces) {
+                (None, None) => true,
+                (Some(x), Some(y)) => Arc::ptr_eq(&x.key, &y.key) && x.window == y.window,
+                _ => false,
+            }
     }
 
     /// The nonce source when nonces are required: its
