@@ -716,6 +716,18 @@ spec:
     }
     assert_eq!(idp.jwks_fetches(), 1, "every tenant shares the one key set");
 
+    // The same by the tenant itself: `request.auth.tenant`.
+    let by_tenant = yaml.replace(
+        &format!("  - from:\n    - source: {{requestPrincipals: ['{base}/realms/t1/*']}}\n"),
+        "  - when:\n    - {key: request.auth.tenant, values: [t2]}\n",
+    );
+    assert_ne!(by_tenant, yaml);
+    let set = PolicySet::from_yaml_str(&by_tenant, "tenants.yaml").unwrap();
+    let t2_only = palisade::guard_from_policy(&set, &Workload::new("details", "default")).unwrap();
+    assert_eq!(call_actix(&t2_only, &token("t2")).await.status, 200);
+    assert_eq!(call_axum(&t2_only, &token("t2")).await.status, 200);
+    assert_eq!(call_axum(&t2_only, &token("t1")).await.status, 403);
+
     // In code: a resolver, and the tenant on the identity.
     let jwt = JwtAuthenticator::builder()
         .provider(

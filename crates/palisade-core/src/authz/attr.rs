@@ -90,6 +90,8 @@ pub(crate) enum StrAttr {
     Header(Box<str>),
     Audiences,
     Presenter,
+    /// `request.auth.tenant` (Palisade's): the tenant of an issuer pattern.
+    Tenant,
     Claim(Box<[String]>),
     Sni,
 }
@@ -166,6 +168,10 @@ fn any_value(attr: &StrAttr, ctx: &Ctx<'_>, f: &mut dyn FnMut(&str) -> bool) -> 
             .and_then(Identity::token)
             .and_then(|t| t.authorized_party.as_deref())
             .is_some_and(f),
+        StrAttr::Tenant => id
+            .and_then(Identity::token)
+            .and_then(|t| t.tenant.as_deref())
+            .is_some_and(f),
         StrAttr::Claim(path) => {
             let Some(claims) = id.and_then(Identity::claims) else {
                 return false;
@@ -230,7 +236,11 @@ impl Clause {
         matches!(
             self.test,
             Test::Str(
-                StrAttr::RequestPrincipal | StrAttr::Audiences | StrAttr::Presenter | StrAttr::Claim(_),
+                StrAttr::RequestPrincipal
+                    | StrAttr::Audiences
+                    | StrAttr::Presenter
+                    | StrAttr::Tenant
+                    | StrAttr::Claim(_),
                 _
             ) | Test::Requirement(_)
         )

@@ -220,6 +220,7 @@ pub(crate) fn parse_key(key: &str) -> Result<Key, String> {
         "request.auth.principal" => StrAttr::RequestPrincipal,
         "request.auth.audiences" => StrAttr::Audiences,
         "request.auth.presenter" => StrAttr::Presenter,
+        "request.auth.tenant" => StrAttr::Tenant,
         "source.principal" => StrAttr::PeerPrincipal,
         "source.namespace" => StrAttr::PeerNamespace,
         "connection.sni" => StrAttr::Sni,
