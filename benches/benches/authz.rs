@@ -845,5 +845,57 @@ fn authz_benches(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, authz_benches);
+/// 10,000 rules of one kind, each telling the callers it admits apart by
+/// one attribute, and a request that the rule in the middle admits: what
+/// the index makes cost about the same whatever the kind (`index/*`).
+fn index_benches(c: &mut Criterion) {
+    const N: usize = 10_000;
+    type MakeRule = fn(usize) -> String;
+    let kinds: [(&str, MakeRule); 5] = [
+        ("path", |i| {
+            format!("  - to: [{{operation: {{paths: [\"/api/v{i}/*\"]}}}}]\n")
+        }),
+        ("host", |i| {
+            format!("  - to: [{{operation: {{hosts: [\"svc{i}.example\"]}}}}]\n")
+        }),
+        ("claim", |i| {
+            format!("  - when: [{{key: \"request.auth.claims[tenant]\", values: [\"t{i}\"]}}]\n")
+        }),
+        ("principal", |i| {
+            format!("  - from: [{{source: {{requestPrincipals: [\"{ISSUER}/user{i}\"]}}}}]\n")
+        }),
+        ("header", |i| {
+            format!("  - when: [{{key: \"request.headers[x-team]\", values: [\"team{i}\"]}}]\n")
+        }),
+    ];
+    let mut g = c.benchmark_group("index");
+    for (kind, rule) in kinds {
+        let mut yaml = String::from(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: many, namespace: default}\nspec:\n  rules:\n",
+        );
+        for i in 0..N {
+            yaml.push_str(&rule(i));
+        }
+        let set = PolicySet::from_yaml_str(&yaml, "index.yaml").unwrap();
+        let policy = AccessPolicy::compile(&set.for_workload(&Workload::new("details", "default"))).unwrap();
+        let middle = N / 2;
+        let (path, host) = (format!("/api/v{middle}/items"), format!("svc{middle}.example"));
+        let req = OwnedRequest::get(if kind == "path" { &path } else { "/api" })
+            .header("host", if kind == "host" { &host } else { HOST })
+            .header("x-team", format!("team{middle}"));
+        let mut token = TokenClaims::default();
+        token.issuer = ISSUER.into();
+        token.subject = format!("user{middle}");
+        token.claims.insert("tenant".into(), format!("t{middle}").into());
+        let id = Identity::from_token(token, Verification::assertion());
+        let d = policy.evaluate(&req, Some(&id));
+        assert!(d.is_allowed() && d.rule() == Some(middle), "{kind}: {d:?}");
+        g.bench_function(BenchmarkId::new(kind, N), |b| {
+            b.iter(|| black_box(policy.evaluate(black_box(&req), black_box(Some(&id)))).is_allowed())
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, authz_benches, index_benches);
 criterion_main!(benches);

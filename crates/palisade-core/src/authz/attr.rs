@@ -78,7 +78,7 @@ impl Ctx<'_> {
 }
 
 /// A string-valued attribute.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum StrAttr {
     Method,
     /// `request.auth.principal`: `ISSUER/SUBJECT` or `user@REALM`.
@@ -139,7 +139,7 @@ fn claim_values(value: &Value, split_spaces: bool, f: &mut dyn FnMut(&str) -> bo
 }
 
 /// Calls `f` on each value of `attr` until it returns true.
-fn any_value(attr: &StrAttr, ctx: &Ctx<'_>, f: &mut dyn FnMut(&str) -> bool) -> bool {
+pub(crate) fn any_value(attr: &StrAttr, ctx: &Ctx<'_>, f: &mut dyn FnMut(&str) -> bool) -> bool {
     let id = ctx.id;
     match attr {
         StrAttr::Method => f(ctx.req.method()),

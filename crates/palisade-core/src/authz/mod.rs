@@ -34,9 +34,13 @@
 //! ([`AccessDecision::dry_run`], an info log line, [`AccessPolicy::metrics`])
 //! but never enforced.
 //!
-//! Rules are compiled into matchers and indexed by the literal prefix of
-//! their paths, so evaluation does not scan every rule: a 1,000-rule policy
-//! costs about what a 10-rule one does (see `benches/README.md`).
+//! Rules are compiled into matchers and indexed by what every request they
+//! match must have: the literal prefix of their paths, else an exact host,
+//! else the exact value of one attribute (a claim, a principal, a header,
+//! a namespace). Evaluation thus meets only the rules that can match the
+//! request and those that fit no index: a 10,000-rule policy costs about
+//! what a 10-rule one does, whatever its rules test (see
+//! `benches/README.md`).
 
 mod attr;
 mod builder;
@@ -57,8 +61,9 @@ pub use self::custom::{CheckRequest, ExternalAuthorizer, ExternalAuthorizers, Ex
 pub use self::path::EscapedSlashes;
 pub use self::require::{Requirement, Requires, authenticated, client_role, realm_role, scope};
 
-use self::attr::{Clause, Ctx, SplitClaims, Test};
+use self::attr::{Clause, Ctx, SplitClaims, StrAttr, Test, any_value};
 use self::custom::Registered;
+use self::matcher::StrMatch;
 use crate::check::Check;
 use crate::identity::Identity;
 use crate::policy::{PolicyError, WorkloadPolicy};
@@ -125,23 +130,118 @@ impl CompiledRule {
         self.from.iter().chain(&self.to).flatten().chain(&self.when)
     }
 
-    /// The path-prefix keys this rule is indexed under; `None`: any path.
-    fn index_keys(&self) -> Option<Vec<&str>> {
-        if self.to.is_empty() {
-            return None;
+    /// Where this rule is indexed: under the literal prefixes of its paths
+    /// when they say more than `/`, else under its exact hosts, else under
+    /// the exact values one string attribute must have (a claim, a
+    /// principal, a header), else under its prefixes, else nowhere (it is
+    /// tried for every request).
+    fn index_keys(&self) -> Keys<'_> {
+        let prefixes = self.path_keys();
+        if let Some(p) = &prefixes
+            && p.iter().all(|k| *k != "/")
+        {
+            return Keys::Prefixes(p.clone());
         }
+        if let Some(hosts) = self.host_keys() {
+            return Keys::Hosts(hosts);
+        }
+        if let Some((attr, values)) = self.value_keys() {
+            return Keys::Values(attr, values);
+        }
+        prefixes.map_or(Keys::Any, Keys::Prefixes)
+    }
+
+    /// The literal path prefixes one of which every matching path starts with.
+    fn path_keys(&self) -> Option<Vec<&str>> {
         let mut keys = Vec::new();
-        for group in &self.to {
-            let positive = group.iter().find_map(|c| match &c.test {
-                Test::Path(ms) if !c.negate => Some(ms),
-                _ => None,
-            })?;
-            for m in positive.iter() {
+        for ms in every_group(&self.to, |t| match t {
+            Test::Path(ms) => Some(ms),
+            _ => None,
+        })? {
+            for m in ms.iter() {
                 keys.push(m.index_key()?);
             }
         }
         Some(keys)
     }
+
+    /// The hosts, in lower case, one of which every matching `Host` is.
+    fn host_keys(&self) -> Option<Vec<String>> {
+        let mut keys = Vec::new();
+        for ms in every_group(&self.to, |t| match t {
+            Test::Host(ms) => Some(ms),
+            _ => None,
+        })? {
+            keys.extend(exact(ms)?.into_iter().map(str::to_ascii_lowercase));
+        }
+        Some(keys)
+    }
+
+    /// A string attribute (not the method: too few values to tell rules
+    /// apart) and the exact values one of which it must have.
+    fn value_keys(&self) -> Option<(&StrAttr, Vec<&str>)> {
+        fn str_test(c: &Clause) -> Option<(&StrAttr, Vec<&str>)> {
+            match &c.test {
+                Test::Str(attr, ms) if !c.negate && *attr != StrAttr::Method => Some((attr, exact(ms)?)),
+                _ => None,
+            }
+        }
+        if let Some(found) = self.when.iter().find_map(str_test) {
+            return Some(found);
+        }
+        for groups in [&self.from, &self.to] {
+            let Some(first) = groups.first() else { continue };
+            for (attr, _) in first.iter().filter_map(str_test) {
+                let all = every_group(groups, |t| match t {
+                    Test::Str(a, ms) if a == attr => Some(ms),
+                    _ => None,
+                });
+                if let Some(all) = all
+                    && let Some(values) = all.into_iter().map(|ms| exact(ms)).collect::<Option<Vec<_>>>()
+                {
+                    return Some((attr, values.concat()));
+                }
+            }
+        }
+        None
+    }
+}
+
+/// For `groups` (alternatives, none empty), the operand of a positive
+/// clause that `pick` takes in each: `None` when there is no group or a
+/// group has no such clause.
+fn every_group<'r, T: ?Sized>(
+    groups: &'r [Vec<Clause>],
+    pick: impl Fn(&'r Test) -> Option<&'r T>,
+) -> Option<Vec<&'r T>> {
+    if groups.is_empty() {
+        return None;
+    }
+    groups
+        .iter()
+        .map(|g| g.iter().filter(|c| !c.negate).find_map(|c| pick(&c.test)))
+        .collect()
+}
+
+/// The values when every matcher is an exact one.
+fn exact(ms: &[StrMatch]) -> Option<Vec<&str>> {
+    if ms.is_empty() {
+        return None;
+    }
+    ms.iter()
+        .map(|m| match m {
+            StrMatch::Exact(v) => Some(&**v),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Where a rule is indexed ([`CompiledRule::index_keys`]).
+enum Keys<'r> {
+    Any,
+    Prefixes(Vec<&'r str>),
+    Hosts(Vec<String>),
+    Values(&'r StrAttr, Vec<&'r str>),
 }
 
 pub(crate) struct CompiledPolicy {
@@ -189,13 +289,24 @@ impl CompiledPolicy {
 /// (policy, rule), ordered as written.
 type Entry = (u32, u32);
 
-/// The rules of one action, indexed by path prefix.
+type Lists = HashMap<Box<str>, Vec<Entry>, foldhash::fast::RandomState>;
+
+/// The rules of one action, each under the keys that every request it
+/// matches has: a path prefix, a host, or the value of a string attribute
+/// (see [`CompiledRule::index_keys`]). A request is tried against the rules
+/// under its own keys and those indexed nowhere, so evaluation does not
+/// grow with rules that cannot match it.
 #[derive(Debug, Default)]
 struct Index {
-    /// Rules that can match any path.
+    /// Rules that can match any request.
     any: Vec<Entry>,
     /// Rules whose every matching path starts with the key (which ends in `/`).
-    by_prefix: HashMap<Box<str>, Vec<Entry>, foldhash::fast::RandomState>,
+    by_prefix: Lists,
+    /// Rules whose every matching `Host` is the key, in lower case.
+    by_host: Lists,
+    /// For each attribute, rules whose every match has the key among the
+    /// attribute's values.
+    by_value: Vec<(StrAttr, Lists)>,
 }
 
 /// Below this many rules, one list is faster than hashing path prefixes.
@@ -208,15 +319,33 @@ impl Index {
         for (pi, p) in policies.iter().enumerate().filter(|(_, p)| pick(p)) {
             for (ri, r) in p.rules.iter().enumerate() {
                 let entry = (pi as u32, ri as u32);
-                match r.index_keys().filter(|_| total > INDEX_THRESHOLD) {
-                    None => idx.any.push(entry),
-                    Some(mut keys) => {
-                        keys.sort_unstable();
-                        keys.dedup();
-                        for k in keys {
-                            idx.by_prefix.entry(k.into()).or_default().push(entry);
-                        }
+                let keys = if total > INDEX_THRESHOLD {
+                    r.index_keys()
+                } else {
+                    Keys::Any
+                };
+                let (lists, mut keys): (&mut Lists, Vec<&str>) = match &keys {
+                    Keys::Any => {
+                        idx.any.push(entry);
+                        continue;
                     }
+                    Keys::Prefixes(keys) => (&mut idx.by_prefix, keys.clone()),
+                    Keys::Hosts(keys) => (&mut idx.by_host, keys.iter().map(String::as_str).collect()),
+                    Keys::Values(attr, keys) => {
+                        let at = match idx.by_value.iter().position(|(a, _)| a == *attr) {
+                            Some(at) => at,
+                            None => {
+                                idx.by_value.push(((*attr).clone(), Lists::default()));
+                                idx.by_value.len() - 1
+                            }
+                        };
+                        (&mut idx.by_value[at].1, keys.clone())
+                    }
+                };
+                keys.sort_unstable();
+                keys.dedup();
+                for k in keys {
+                    lists.entry(k.into()).or_default().push(entry);
                 }
             }
         }
@@ -224,23 +353,47 @@ impl Index {
     }
 
     fn is_empty(&self) -> bool {
-        self.any.is_empty() && self.by_prefix.is_empty()
+        self.any.is_empty()
+            && self.by_prefix.is_empty()
+            && self.by_host.is_empty()
+            && self.by_value.is_empty()
     }
 
-    /// Calls `f` with each candidate list for `path`.
+    /// Calls `f` with each candidate list for the request, until it
+    /// returns true.
     #[inline]
-    fn candidates<'s>(&'s self, path: &str, f: &mut dyn FnMut(&'s [Entry]) -> bool) {
+    fn candidates<'s>(&'s self, ctx: &Ctx<'_>, f: &mut dyn FnMut(&'s [Entry]) -> bool) {
         if !self.any.is_empty() && f(&self.any) {
             return;
         }
-        if self.by_prefix.is_empty() {
-            return;
+        if !self.by_prefix.is_empty() {
+            let path = ctx.path;
+            for (i, b) in path.bytes().enumerate() {
+                if b == b'/'
+                    && let Some(list) = self.by_prefix.get(&path[..=i])
+                    && f(list)
+                {
+                    return;
+                }
+            }
         }
-        for (i, b) in path.bytes().enumerate() {
-            if b == b'/'
-                && let Some(list) = self.by_prefix.get(&path[..=i])
+        if !self.by_host.is_empty()
+            && let Some(host) = ctx.req.host()
+        {
+            let list = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+                self.by_host.get(host.to_ascii_lowercase().as_str())
+            } else {
+                self.by_host.get(host)
+            };
+            if let Some(list) = list
                 && f(list)
             {
+                return;
+            }
+        }
+        for (attr, lists) in &self.by_value {
+            let stop = any_value(attr, ctx, &mut |v| lists.get(v).is_some_and(|list| f(list)));
+            if stop {
                 return;
             }
         }
@@ -249,7 +402,7 @@ impl Index {
     /// The first matching rule, in the order written.
     fn first(&self, policies: &[CompiledPolicy], ctx: &Ctx<'_>) -> Option<Entry> {
         let mut best: Option<Entry> = None;
-        self.candidates(ctx.path, &mut |list| {
+        self.candidates(ctx, &mut |list| {
             for &e in list {
                 if best.is_some_and(|b| e >= b) {
                     break;
@@ -267,7 +420,7 @@ impl Index {
     /// Every matching rule's policy, at most once each, in order.
     fn all(&self, policies: &[CompiledPolicy], ctx: &Ctx<'_>) -> Vec<Entry> {
         let mut hits: Vec<Entry> = Vec::new();
-        self.candidates(ctx.path, &mut |list| {
+        self.candidates(ctx, &mut |list| {
             for &e in list {
                 if !hits.iter().any(|h| h.0 == e.0) && policies[e.0 as usize].rules[e.1 as usize].matches(ctx)
                 {

@@ -572,6 +572,56 @@ fn a_thousand_rules_are_indexed_by_path_prefix() {
     assert!(!allowed(&p, &OwnedRequest::new("POST", "/api/v5/items"), None));
 }
 
+#[test]
+fn rules_without_paths_are_indexed_by_host_claim_principal_or_header() {
+    type MakeRule = fn(usize) -> String;
+    let kinds: [(&str, MakeRule); 4] = [
+        ("host", |i| {
+            format!("  - to: [{{operation: {{hosts: [\"Svc{i}.example\"]}}}}]\n")
+        }),
+        ("claim", |i| {
+            format!("  - when: [{{key: \"request.auth.claims[tenant]\", values: [\"t{i}\", \"u{i}\"]}}]\n")
+        }),
+        ("principal", |i| {
+            format!(
+                "  - from: [{{source: {{requestPrincipals: [\"https://idp/user{i}\"]}}}}, {{source: {{requestPrincipals: [\"https://idp/alias{i}\"]}}}}]\n"
+            )
+        }),
+        ("header", |i| {
+            format!(
+                "  - to: [{{operation: {{paths: [\"/x\"]}}}}]\n    when: [{{key: \"request.headers[x-team]\", values: [\"team{i}\"]}}]\n"
+            )
+        }),
+    ];
+    for (kind, rule) in kinds {
+        let mut yaml = format!("{HEAD}spec:\n  rules:\n");
+        for i in 0..1000 {
+            yaml.push_str(&rule(i));
+        }
+        let p = policy(&yaml).unwrap();
+        let idx = &p.0.allow;
+        assert!(idx.any.is_empty(), "{kind}");
+        let indexed = idx.by_host.len() + idx.by_value.iter().map(|(_, l)| l.len()).sum::<usize>();
+        assert!(indexed >= 1000, "{kind}: {indexed}");
+        let (req, id) = match kind {
+            "host" => (OwnedRequest::get("/").header("host", "svc500.EXAMPLE"), None),
+            "claim" => (
+                OwnedRequest::get("/"),
+                Some(user("alice", serde_json::json!({"tenant": ["zz", "u500"]}))),
+            ),
+            "principal" => (
+                OwnedRequest::get("/"),
+                Some(user("alias500", serde_json::json!({}))),
+            ),
+            _ => (OwnedRequest::get("/x").header("x-team", "team500"), None),
+        };
+        let d = p.evaluate(&req, id.as_ref());
+        assert_eq!(d.rule(), Some(500), "{kind}");
+        let other = OwnedRequest::get("/").header("host", "svc1000.example");
+        assert!(!allowed(&p, &other, None), "{kind}");
+    }
+}
+
 // Property tests over small random policy sets.
 
 fn arb_rule() -> impl Strategy<Value = String> {
@@ -619,8 +669,86 @@ fn requests() -> Vec<(OwnedRequest, Option<Identity>)> {
     out
 }
 
+/// A rule of any indexable kind, exact or not, negated or not.
+fn arb_indexable_rule() -> impl Strategy<Value = String> {
+    let value = prop::sample::select(vec!["a", "b", "a*", "*b", "*"]);
+    let field = prop::sample::select(vec![
+        "to: [{operation: {hosts: [\"@H\"]}}]",
+        "to: [{operation: {notHosts: [\"@H\"]}}]",
+        "to: [{operation: {paths: [\"/P\"]}}, {operation: {hosts: [\"@H\"]}}]",
+        "to: [{operation: {methods: [GET], hosts: [\"@H\", \"c.test\"]}}]",
+        "from: [{source: {requestPrincipals: [\"@R\"]}}]",
+        "from: [{source: {requestPrincipals: [\"@R\"]}}, {source: {notRequestPrincipals: [\"@R\"]}}]",
+        "from: [{source: {principals: [\"@P\"]}}]",
+        "when: [{key: \"request.auth.claims[g]\", values: [\"@V\"]}]",
+        "when: [{key: \"request.auth.claims[g]\", notValues: [\"@V\"]}]",
+        "when: [{key: \"request.auth.claims[scope]\", values: [\"@V\"]}]",
+        "when: [{key: \"request.headers[x-v]\", values: [\"@V\"]}, {key: source.namespace, values: [\"@V\"]}]",
+    ]);
+    (field, value.clone(), value).prop_map(|(f, v, h)| {
+        let host = if h == "*" {
+            "*".to_owned()
+        } else {
+            format!("{h}.test").replace("*.test", "*")
+        };
+        let (principal, peer) = match v {
+            "*" => ("*".to_owned(), "*".to_owned()),
+            "*b" => ("*/b".to_owned(), "*b/sa/s".to_owned()),
+            v => (
+                format!("https://idp/{v}"),
+                format!("cluster.local/ns/{v}")
+                    .replace("/ns/a", "/ns/a/sa/s")
+                    .replace("/ns/b", "/ns/b/sa/s")
+                    .replace("s/sa/s*", "s*"),
+            ),
+        };
+        format!(
+            "{{{}}}",
+            f.replace("@H", &host)
+                .replace("@R", &principal)
+                .replace("@P", &peer)
+                .replace("@V", v)
+                .replace("/P", "/a")
+        )
+    })
+}
+
+fn indexable_requests() -> Vec<(OwnedRequest, Option<Identity>)> {
+    let mut out = Vec::new();
+    for host in ["a.test", "A.TEST", "b.test", "ab.test", "a.test.test"] {
+        for path in ["/a", "/z"] {
+            let req = || OwnedRequest::get(path).header("host", host).header("x-v", "a");
+            out.push((req(), None));
+            out.push((
+                req(),
+                Some(user("a", serde_json::json!({"g": "a", "scope": "x a"}))),
+            ));
+            out.push((
+                req(),
+                Some(user("b", serde_json::json!({"g": ["b", "ab"], "scope": "b"}))),
+            ));
+            out.push((req(), Some(peer("cluster.local/ns/a/sa/s"))));
+            out.push((req(), Some(peer("cluster.local/ns/b/sa/s"))));
+        }
+    }
+    out
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// With the index (more rules than the threshold), the deciding rule is
+    /// the first rule that, alone (too few rules to be indexed), matches.
+    #[test]
+    fn the_index_finds_the_first_matching_rule(rules in prop::collection::vec(arb_indexable_rule(), 5..16)) {
+        let one = |rules: &[String]| policy(&format!("{HEAD}spec:\n  rules: [{}]\n", rules.join(", "))).unwrap();
+        let all = one(&rules);
+        let alone: Vec<AccessPolicy> = rules.iter().map(|r| one(std::slice::from_ref(r))).collect();
+        for (req, id) in indexable_requests() {
+            let expected = alone.iter().position(|p| allowed(p, &req, id.as_ref()));
+            prop_assert_eq!(all.evaluate(&req, id.as_ref()).rule(), expected, "{:?} {:?}", req, rules);
+        }
+    }
 
     #[test]
     fn deny_always_wins_and_allows_never_widen_a_deny(
