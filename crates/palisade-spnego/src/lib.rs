@@ -22,9 +22,13 @@
 //! - One round trip per request; no half-open context is kept. The
 //!   mutual-authentication token goes back as `WWW-Authenticate: Negotiate
 //!   <token>` on the successful response.
-//! - GSSAPI calls block: they run on tokio's blocking pool, at most
-//!   [`SpnegoAuthenticatorBuilder::concurrency`] at a time, and are counted
-//!   and timed ([`SpnegoAuthenticator::stats`]).
+//! - GSSAPI calls block, so they never hold up the async executor: on a
+//!   multi-threaded tokio runtime (axum's) they run on the request's own
+//!   thread once its other tasks are handed to another worker
+//!   (`block_in_place`), on a single-threaded one (actix-web's) on tokio's
+//!   blocking pool; at most [`SpnegoAuthenticatorBuilder::concurrency`] at
+//!   a time (beyond that they wait, on the pool); counted and timed
+//!   ([`SpnegoAuthenticator::stats`]).
 //! - Replay protection is MIT's replay cache, on; its directory is
 //!   `KRB5RCACHEDIR` (or krb5.conf). A replayed token is refused.
 //! - Bad input (an oversized header, bad base64, malformed ASN.1, a token
@@ -682,6 +686,22 @@ impl Authenticator for SpnegoAuthenticator {
             tracing::debug!(target: LOG_TARGET, ?kind, "Negotiate token refused before GSSAPI");
             return Check::Ready(refused(kind.detail()));
         }
+        // GSSAPI blocks. On a multi-threaded runtime (axum's) it runs right
+        // here, the worker's other tasks handed to another thread
+        // (`block_in_place`), which spares the request two thread wake-ups;
+        // on a single-threaded one (actix-web's), on the blocking pool.
+        let here = matches!(
+            tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()),
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) | Err(_)
+        );
+        if here && let Ok(permit) = self.0.permits.clone().try_acquire_owned() {
+            let started = Instant::now();
+            let want_local_name = self.0.allowed_realms.is_empty();
+            let in_flight = InFlight::start();
+            let result = tokio::task::block_in_place(|| accept(self.0.cred.clone(), &token, want_local_name));
+            drop((in_flight, permit));
+            return Check::Ready(self.accepted(result, started));
+        }
         let this = self.clone();
         Check::pending(async move {
             let Ok(_permit) = this.0.permits.clone().acquire_owned().await else {
@@ -697,43 +717,50 @@ impl Authenticator for SpnegoAuthenticator {
             })
             .await
             .unwrap_or_else(|_| Err("the GSSAPI call panicked".into()));
-            let s = &this.0.stats;
-            let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            s.calls.fetch_add(1, Ordering::Relaxed);
-            s.nanos.fetch_add(nanos, Ordering::Relaxed);
-            s.max_nanos.fetch_max(nanos, Ordering::Relaxed);
-            let accepted = match result {
-                Ok(a) => a,
-                Err(e) => {
-                    s.failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(target: LOG_TARGET, error = %e, "Negotiate token refused by GSSAPI");
-                    return refused(Kind::Kerberos.detail());
-                }
-            };
-            let identity = match this.identity(&accepted.principal, accepted.local_name.as_deref()) {
-                Ok(id) => id,
-                Err(detail) => {
-                    s.failures.fetch_add(1, Ordering::Relaxed);
-                    return refused(detail);
-                }
-            };
-            let mut ok = Authenticated::new(identity);
-            if let Some(m) = accepted.mutual.filter(|m| !m.is_empty()) {
-                ok = ok.with_response_header("www-authenticate", format!("Negotiate {}", STANDARD.encode(m)));
-            }
-            if let Some(set) = this.0.session.as_ref().and_then(|c| {
-                c.seal(
-                    &accepted.principal,
-                    accepted.local_name.as_deref(),
-                    accepted.lifetime,
-                )
-            }) {
-                ok = ok.with_response_header("set-cookie", set);
-            }
-            if let Some(cred) = accepted.delegated {
-                ok = ok.with_attachment(DelegatedCredential(cred));
-            }
-            AuthOutcome::Authenticated(ok)
+            this.accepted(result, started)
         })
+    }
+}
+
+impl SpnegoAuthenticator {
+    /// The outcome of a GSSAPI accept that began at `started`, counted.
+    fn accepted(&self, result: Result<Accepted, String>, started: Instant) -> AuthOutcome {
+        let s = &self.0.stats;
+        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        s.calls.fetch_add(1, Ordering::Relaxed);
+        s.nanos.fetch_add(nanos, Ordering::Relaxed);
+        s.max_nanos.fetch_max(nanos, Ordering::Relaxed);
+        let accepted = match result {
+            Ok(a) => a,
+            Err(e) => {
+                s.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(target: LOG_TARGET, error = %e, "Negotiate token refused by GSSAPI");
+                return refused(Kind::Kerberos.detail());
+            }
+        };
+        let identity = match self.identity(&accepted.principal, accepted.local_name.as_deref()) {
+            Ok(id) => id,
+            Err(detail) => {
+                s.failures.fetch_add(1, Ordering::Relaxed);
+                return refused(detail);
+            }
+        };
+        let mut ok = Authenticated::new(identity);
+        if let Some(m) = accepted.mutual.filter(|m| !m.is_empty()) {
+            ok = ok.with_response_header("www-authenticate", format!("Negotiate {}", STANDARD.encode(m)));
+        }
+        if let Some(set) = self.0.session.as_ref().and_then(|c| {
+            c.seal(
+                &accepted.principal,
+                accepted.local_name.as_deref(),
+                accepted.lifetime,
+            )
+        }) {
+            ok = ok.with_response_header("set-cookie", set);
+        }
+        if let Some(cred) = accepted.delegated {
+            ok = ok.with_attachment(DelegatedCredential(cred));
+        }
+        AuthOutcome::Authenticated(ok)
     }
 }
