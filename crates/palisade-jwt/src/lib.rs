@@ -33,6 +33,7 @@ pub mod dpop;
 mod error;
 mod introspect;
 mod jwks;
+mod key_quality;
 mod policy;
 mod resource;
 mod token;
