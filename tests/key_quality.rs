@@ -98,10 +98,7 @@ fn roca_private_key() -> signature::RsaKeyPair {
 }
 
 fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
 }
 
 fn b64_json(v: &Value) -> String {
@@ -190,11 +187,7 @@ async fn a_token_signed_by_a_roca_key_of_the_issuer_gets_401_and_one_warning() {
         "n": ROCA[0].1, "e": "AQAB",
     }));
     // A token the ROCA key really signed: refused for the key, not the signature.
-    let message = issuer
-        .token()
-        .kid(Some("roca-key"))
-        .subject("mallory")
-        .unsigned();
+    let message = issuer.token().kid(Some("roca-key")).subject("mallory").unsigned();
     let message = message.trim_end_matches('.');
     let key = roca_private_key();
     let mut sig = vec![0; key.public_modulus_len()];
@@ -205,12 +198,9 @@ async fn a_token_signed_by_a_roca_key_of_the_issuer_gets_401_and_one_warning() {
         &mut sig,
     )
     .unwrap();
-    signature::UnparsedPublicKey::new(
-        &signature::RSA_PKCS1_2048_8192_SHA256,
-        key.public_key().as_ref(),
-    )
-    .verify(message.as_bytes(), &sig)
-    .expect("a valid RS256 signature");
+    signature::UnparsedPublicKey::new(&signature::RSA_PKCS1_2048_8192_SHA256, key.public_key().as_ref())
+        .verify(message.as_bytes(), &sig)
+        .expect("a valid RS256 signature");
     let forged = format!("{message}.{}", URL_SAFE_NO_PAD.encode(&sig));
 
     let jwt = authenticator(&issuer);
@@ -231,7 +221,11 @@ async fn a_token_signed_by_a_roca_key_of_the_issuer_gets_401_and_one_warning() {
     let lines = log_lines(issuer.issuer());
     let roca: Vec<_> = lines.iter().filter(|l| l.contains("roca-key")).collect();
     assert_eq!(roca.len(), 1, "{lines:#?}");
-    assert!(roca[0].contains("WARN") && roca[0].contains("ROCA"), "{}", roca[0]);
+    assert!(
+        roca[0].contains("WARN") && roca[0].contains("ROCA"),
+        "{}",
+        roca[0]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -278,7 +272,9 @@ async fn weak_keys_of_an_inline_set_are_skipped_and_a_set_of_only_weak_keys_refu
     assert!(jwt.verify(&token).await.is_ok());
     let lines = log_lines("https://inline.example");
     assert!(
-        lines.iter().any(|l| l.contains("inline-roca") && l.contains("ROCA")),
+        lines
+            .iter()
+            .any(|l| l.contains("inline-roca") && l.contains("ROCA")),
         "{lines:#?}"
     );
 
@@ -332,7 +328,9 @@ async fn a_secret_with_a_kid_refuses_tokens_naming_another_key() {
         "no kid: the one secret"
     );
     assert_eq!(
-        jwt.verify(&hs256(&secret, iss, Some("hs-2024"))).await.unwrap_err(),
+        jwt.verify(&hs256(&secret, iss, Some("hs-2024")))
+            .await
+            .unwrap_err(),
         JwtError::UnknownKey
     );
     assert_eq!(

@@ -7,6 +7,8 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::Algorithm;
 use palisade_core::adapter::Reply;
 use palisade_core::authn::{
@@ -627,7 +629,8 @@ impl JwtAuthenticator {
             None => store.wait_for_key(parsed.kid.as_deref(), parsed.alg).await?,
         };
         check_signature(parsed.message, parsed.signature, parsed.alg, &key)?;
-        base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, parsed.payload_b64)
+        URL_SAFE_NO_PAD
+            .decode(parsed.payload_b64)
             .map_err(|_| JwtError::Malformed)
     }
 

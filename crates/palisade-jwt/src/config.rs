@@ -826,10 +826,7 @@ mod tests {
         let algs = |len: usize| with_secret(&vec![1; len]).build().unwrap().algorithms;
         assert_eq!(algs(32), [Algorithm::HS256]);
         assert_eq!(algs(48), [Algorithm::HS256, Algorithm::HS384]);
-        assert_eq!(
-            algs(100),
-            [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512]
-        );
+        assert_eq!(algs(100), [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512]);
     }
 
     #[test]

@@ -732,7 +732,12 @@ mod tests {
     fn short_rsa_keys_are_skipped() {
         let doc =
             serde_json::json!({"keys": [{"kty": "RSA", "kid": "weak", "n": &RSA_N[..170], "e": "AQAB"}]});
-        assert!(parse_jwks("https://i", doc.to_string().as_bytes()).unwrap().keys.is_empty());
+        assert!(
+            parse_jwks("https://i", doc.to_string().as_bytes())
+                .unwrap()
+                .keys
+                .is_empty()
+        );
     }
 
     /// Wycheproof's `rejects1024bitRsaKey` key.

@@ -52,6 +52,9 @@ pub(crate) struct Jws<'t> {
 /// Splits and decodes a token, enforcing every rule that needs no key.
 pub(crate) fn parse(token: &str, max_len: usize) -> Result<Parsed<'_>, JwtError> {
     let jws = parse_jws(token, max_len)?;
+    if jws.payload_b64.is_empty() {
+        return Err(JwtError::Malformed);
+    }
     let payload_bytes = URL_SAFE_NO_PAD
         .decode(jws.payload_b64)
         .map_err(|_| JwtError::Malformed)?;
@@ -81,7 +84,9 @@ pub(crate) fn parse_jws(token: &str, max_len: usize) -> Result<Jws<'_>, JwtError
         // Five parts: a JWE (encrypted token), which a resource server never accepts.
         return Err(JwtError::Encrypted);
     }
-    if h.is_empty() || p.is_empty() {
+    // An empty payload is a valid JWS (RFC 7515 §7.1) but never a token:
+    // `parse` refuses it.
+    if h.is_empty() {
         return Err(JwtError::Malformed);
     }
     let header_bytes = URL_SAFE_NO_PAD.decode(h).map_err(|_| JwtError::Malformed)?;
