@@ -411,8 +411,10 @@ impl DangerousProviderBuilder {
     /// [`hmac_secret_with_kid`](Self::hmac_secret_with_kid).
     ///
     /// [`ProviderBuilder::build`] refuses an empty secret, or one shorter
-    /// than 32 bytes, with [`ConfigError::WeakHmacSecret`].
+    /// than 32 bytes, with [`ConfigError::WeakHmacSecret`]. Using a secret
+    /// is logged at warn level (the issuer, never the secret).
     pub fn hmac_secret(mut self, secret: impl Into<Vec<u8>>) -> ProviderBuilder {
+        tracing::warn!(target: "palisade::jwt", issuer = %self.0.issuer, "tokens are verified with a shared HMAC secret (hmac_secret)");
         let secret = secret.into();
         let fits: Vec<Algorithm> = HMAC
             .into_iter()
@@ -467,10 +469,9 @@ impl ProviderBuilder {
         self
     }
 
-    /// Restricts the accepted algorithms. The default is every asymmetric
-    /// algorithm supported: RS256, RS384, RS512, PS256, PS384, PS512,
-    /// ES256 (P-256), ES384 (P-384) and EdDSA (Ed25519). ES512 (P-521) and
-    /// other curves are not supported. HS256/384/512 only with a secret
+    /// Restricts the accepted algorithms. The default: RS256, RS384, RS512,
+    /// PS256, PS384, PS512, ES256 (P-256), ES384 (P-384) and EdDSA
+    /// (Ed25519). ES512 (P-521) and other curves are not supported. HS256/384/512 only with a secret
     /// ([`DangerousProviderBuilder::hmac_secret`]).
     pub fn algorithms(mut self, algs: impl IntoIterator<Item = Algorithm>) -> Self {
         self.algorithms = Some(algs.into_iter().collect());
