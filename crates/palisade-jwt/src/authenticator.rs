@@ -7,6 +7,8 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::Algorithm;
 use palisade_core::adapter::Reply;
 use palisade_core::authn::{
@@ -24,7 +26,7 @@ use crate::error::JwtError;
 use crate::introspect::{Active, Convert, Introspector, TokenKey, looks_like_jws};
 use crate::jwks::{Fetched, KeySet, KeyStore, VerifyKey, fetched_store, hmac_key, parse_jwks, pem_key};
 use crate::resource::{ResourceMetadata, Served};
-use crate::token::{Parsed, parse, peek_issuer};
+use crate::token::{Parsed, parse, parse_jws, peek_issuer};
 
 const LOG: &str = "palisade::jwt";
 
@@ -255,8 +257,8 @@ impl JwtAuthenticatorBuilder {
                 r.map_err(|e| ConfigError::InvalidInlineKeys(cfg.issuer.clone(), e))
             };
             let fixed = match (&cfg.hmac_secret, &cfg.jwks) {
-                (Some(secret), _) => Some(KeySet::new(vec![hmac_key(secret)])),
-                (None, JwksSource::Inline(json)) => Some(inline(parse_jwks(json.as_bytes()))?),
+                (Some(secret), _) => Some(KeySet::secret(hmac_key(secret, cfg.hmac_kid.as_deref()))),
+                (None, JwksSource::Inline(json)) => Some(inline(parse_jwks(&cfg.issuer, json.as_bytes()))?),
                 (None, JwksSource::PublicKeyPem(pem)) => {
                     Some(inline(pem_key(pem).map(|k| KeySet::new(vec![k])))?)
                 }
@@ -588,6 +590,53 @@ impl JwtAuthenticator {
         let bound =
             |r: Result<Authenticated, JwtError>| r.and_then(|a| bound_to(a, None, None)).map(|a| a.identity);
         bound(self.complete(self.start(found).into_owned()).await)
+    }
+
+    /// Verifies a compact JWS signed with one of `issuer`'s keys and
+    /// returns its payload, whatever it holds: for signed documents that
+    /// are not access tokens. The token rules that need no claims apply as
+    /// they do to a bearer token: the size cap, a header without `crit`,
+    /// `b64`, `cty: JWT` or `enc`, never `alg: none`, an algorithm of the
+    /// provider's allowlist and pinned by the key, a key from the issuer's
+    /// key set (or its HMAC secret) selected by `kid`, never from the
+    /// header (`jwk`, `jku`, `x5c`, `x5u` are ignored), and a valid
+    /// signature. Nothing in the payload is looked at: it is not checked
+    /// for `exp`, `aud` or anything else, so never take it for a token.
+    ///
+    /// ```no_run
+    /// # async fn f(jwt: palisade_jwt::JwtAuthenticator, jws: &str) -> Result<(), palisade_jwt::JwtError> {
+    /// let payload = jwt.verify_jws("https://kc.example/realms/shop", jws).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// The [`JwtError`] that refused it: [`JwtError::UnknownIssuer`] when
+    /// `issuer` is not trusted, [`JwtError::Encrypted`] for a JWE,
+    /// [`JwtError::Malformed`] when it is not a compact JWS,
+    /// [`JwtError::UnknownKey`] when no key of the issuer fits its `kid`
+    /// and algorithm, [`JwtError::BadSignature`], and the header refusals.
+    pub async fn verify_jws(&self, issuer: &str, jws: &str) -> Result<Vec<u8>, JwtError> {
+        let parsed = parse_jws(jws, self.0.max_token_size)?;
+        let (provider, tenant) = match self.0.by_issuer.get(issuer) {
+            Some(&p) => (p, None),
+            None => {
+                let (p, t) = self.tenant(issuer).ok_or(JwtError::UnknownIssuer)?;
+                (p, Some(t))
+            }
+        };
+        if !self.0.providers[provider].cfg.algorithms.contains(&parsed.alg) {
+            return Err(JwtError::AlgorithmNotAllowed);
+        }
+        let store = self.store_of(provider, tenant.as_deref());
+        let found = store.keys().find(parsed.kid.as_deref(), parsed.alg).cloned();
+        let key = match found {
+            Some(k) => k,
+            None => store.wait_for_key(parsed.kid.as_deref(), parsed.alg).await?,
+        };
+        check_signature(parsed.message, parsed.signature, parsed.alg, &key)?;
+        URL_SAFE_NO_PAD
+            .decode(parsed.payload_b64)
+            .map_err(|_| JwtError::Malformed)
     }
 
     /// The answer of a step, waiting for keys or an introspection answer
@@ -1080,14 +1129,7 @@ impl JwtAuthenticator {
         tenant: Option<&Arc<Tenant>>,
     ) -> Result<Authenticated, JwtError> {
         let cfg = &self.0.providers[provider].cfg;
-        if !key.allows(parsed.alg) {
-            return Err(JwtError::AlgorithmNotAllowed);
-        }
-        match jsonwebtoken::crypto::verify(parsed.signature, parsed.message.as_bytes(), &key.key, parsed.alg)
-        {
-            Ok(true) => {}
-            _ => return Err(JwtError::BadSignature),
-        }
+        check_signature(parsed.message, parsed.signature, parsed.alg, key)?;
         let times = check_claims(cfg, tenant.map_or(&cfg.issuer, |t| &t.issuer), &parsed)?;
         let mut claims = token_claims(cfg, parsed.claims);
         if let Some(t) = tenant {
@@ -1120,6 +1162,17 @@ impl JwtAuthenticator {
         Ok(Authenticated::new(identity)
             .with_edits(edits)
             .with_shared_attachment(bearer))
+    }
+}
+
+/// The signature of `message` by `key`, which must allow `alg`.
+fn check_signature(message: &str, signature: &str, alg: Algorithm, key: &VerifyKey) -> Result<(), JwtError> {
+    if !key.allows(alg) {
+        return Err(JwtError::AlgorithmNotAllowed);
+    }
+    match jsonwebtoken::crypto::verify(signature, message.as_bytes(), &key.key, alg) {
+        Ok(true) => Ok(()),
+        _ => Err(JwtError::BadSignature),
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use jsonwebtoken::Algorithm;
 
 use crate::introspect::Introspection;
+use crate::key_quality::min_hmac_secret_len;
 
 /// Every asymmetric algorithm supported, the default allowlist of tokens
 /// and of DPoP proofs.
@@ -21,6 +22,9 @@ pub(crate) const ASYMMETRIC: [Algorithm; 9] = [
     Algorithm::ES384,
     Algorithm::EdDSA,
 ];
+
+/// The HMAC algorithms, shortest hash first.
+const HMAC: [Algorithm; 3] = [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
 
 /// The placeholder of an issuer pattern.
 pub(crate) const TENANT: &str = "{tenant}";
@@ -93,6 +97,20 @@ pub enum ConfigError {
     /// An HMAC algorithm allowed without a secret, or a secret without an HMAC algorithm.
     #[error("issuer `{0}`: HMAC algorithms need a secret configured for that issuer, and only then")]
     Hmac(String),
+    /// An HMAC secret that is empty or shorter than the output of the hash
+    /// of an HMAC algorithm it is allowed for (RFC 7518 §3.2: 32 bytes for
+    /// HS256, 48 for HS384, 64 for HS512). The secret itself is never shown.
+    #[error(
+        "issuer `{issuer}`: {algorithm:?} needs an HMAC secret of at least {min_len} bytes (RFC 7518 section 3.2)"
+    )]
+    WeakHmacSecret {
+        /// The provider's issuer.
+        issuer: String,
+        /// The algorithm the secret is too short for.
+        algorithm: Algorithm,
+        /// The shortest secret it takes, in bytes.
+        min_len: usize,
+    },
     /// An unknown algorithm name.
     #[error("unknown algorithm `{0}`")]
     UnknownAlgorithm(String),
@@ -239,6 +257,7 @@ pub struct Provider {
     pub(crate) jwks: JwksSource,
     pub(crate) algorithms: Vec<Algorithm>,
     pub(crate) hmac_secret: Option<Vec<u8>>,
+    pub(crate) hmac_kid: Option<String>,
     pub(crate) leeway: Duration,
     pub(crate) max_lifetime: Option<Duration>,
     pub(crate) required_type: Option<String>,
@@ -263,6 +282,7 @@ impl fmt::Debug for Provider {
             .field("jwks", &self.jwks)
             .field("algorithms", &self.algorithms)
             .field("hmac_secret", &self.hmac_secret.as_ref().map(|_| "<redacted>"))
+            .field("hmac_kid", &self.hmac_kid)
             .field("sources", &self.sources)
             .field("introspection", &self.introspection)
             .field("tenants", &self.tenants)
@@ -280,6 +300,7 @@ impl Provider {
             jwks: JwksSource::Discovery,
             algorithms: None,
             hmac_secret: None,
+            hmac_kid: None,
             leeway: Duration::from_secs(60),
             max_lifetime: None,
             required_type: None,
@@ -329,6 +350,7 @@ pub struct ProviderBuilder {
     jwks: JwksSource,
     algorithms: Option<Vec<Algorithm>>,
     hmac_secret: Option<Vec<u8>>,
+    hmac_kid: Option<String>,
     leeway: Duration,
     max_lifetime: Option<Duration>,
     required_type: Option<String>,
@@ -378,15 +400,46 @@ impl DangerousProviderBuilder {
         self.0
     }
 
-    /// Verifies HS256/384/512 tokens with this shared secret.
+    /// Verifies HMAC-signed tokens with this shared secret, and allows
+    /// the HMAC algorithms it is long enough for (RFC 7518 §3.2): HS256
+    /// from 32 bytes, HS384 from 48, HS512 from 64. An HMAC algorithm
+    /// named in [`algorithms`](ProviderBuilder::algorithms) needs as much.
+    ///
+    /// The secret has no `kid`: it verifies a token whatever `kid` its
+    /// header names, or none (there is no other key a `kid` could
+    /// select). To refuse tokens that name another key, give it one with
+    /// [`hmac_secret_with_kid`](Self::hmac_secret_with_kid).
+    ///
+    /// [`ProviderBuilder::build`] refuses an empty secret, or one shorter
+    /// than 32 bytes, with [`ConfigError::WeakHmacSecret`]. Using a secret
+    /// is logged at warn level (the issuer, never the secret).
     pub fn hmac_secret(mut self, secret: impl Into<Vec<u8>>) -> ProviderBuilder {
-        self.0.hmac_secret = Some(secret.into());
-        self.0.algorithms.get_or_insert_with(Vec::new).extend([
-            Algorithm::HS256,
-            Algorithm::HS384,
-            Algorithm::HS512,
-        ]);
+        tracing::warn!(target: "palisade::jwt", issuer = %self.0.issuer, "tokens are verified with a shared HMAC secret (hmac_secret)");
+        let secret = secret.into();
+        let fits: Vec<Algorithm> = HMAC
+            .into_iter()
+            .filter(|&a| min_hmac_secret_len(a).is_some_and(|min| secret.len() >= min))
+            .collect();
+        let algorithms = self.0.algorithms.get_or_insert_with(Vec::new);
+        if fits.is_empty() {
+            // Too short for any: HS256 stays asked for, so that building
+            // says what the secret lacks.
+            algorithms.push(Algorithm::HS256);
+        }
+        algorithms.extend(fits);
+        self.0.hmac_secret = Some(secret);
+        self.0.hmac_kid = None;
         self.0
+    }
+
+    /// As [`hmac_secret`](Self::hmac_secret), the secret known by `kid`:
+    /// a token whose header names another `kid` is refused as signed by
+    /// an unknown key ([`JwtError::UnknownKey`](crate::JwtError::UnknownKey));
+    /// one that names none is verified with it.
+    pub fn hmac_secret_with_kid(self, kid: impl Into<String>, secret: impl Into<Vec<u8>>) -> ProviderBuilder {
+        let mut builder = self.hmac_secret(secret);
+        builder.hmac_kid = Some(kid.into());
+        builder
     }
 }
 
@@ -416,8 +469,10 @@ impl ProviderBuilder {
         self
     }
 
-    /// Restricts the accepted algorithms (default: RS256/384/512,
-    /// PS256/384/512, ES256/384, EdDSA).
+    /// Restricts the accepted algorithms. The default: RS256, RS384, RS512,
+    /// PS256, PS384, PS512, ES256 (P-256), ES384 (P-384) and EdDSA
+    /// (Ed25519). ES512 (P-521) and other curves are not supported. HS256/384/512 only with a secret
+    /// ([`DangerousProviderBuilder::hmac_secret`]).
     pub fn algorithms(mut self, algs: impl IntoIterator<Item = Algorithm>) -> Self {
         self.algorithms = Some(algs.into_iter().collect());
         self
@@ -549,6 +604,28 @@ impl ProviderBuilder {
         if has_hmac != self.hmac_secret.is_some() {
             return Err(ConfigError::Hmac(self.issuer));
         }
+        if let Some(secret) = &self.hmac_secret {
+            let short = algorithms
+                .iter()
+                .filter_map(|&a| Some((a, min_hmac_secret_len(a)?)))
+                .find(|&(_, min)| secret.len() < min);
+            if let Some((algorithm, min_len)) = short {
+                return Err(ConfigError::WeakHmacSecret {
+                    issuer: self.issuer,
+                    algorithm,
+                    min_len,
+                });
+            }
+        }
+        if let Some(kid) = &self.hmac_kid
+            && (kid.is_empty() || kid.len() > crate::token::MAX_KID_LEN)
+        {
+            return Err(ConfigError::OutOfRange(format!(
+                "issuer `{}`: an HMAC secret's kid is 1 to {} bytes",
+                self.issuer,
+                crate::token::MAX_KID_LEN
+            )));
+        }
         let sources = if self.sources.is_empty() {
             vec![TokenSource::authorization_bearer()]
         } else {
@@ -608,6 +685,7 @@ impl ProviderBuilder {
             jwks: self.jwks,
             algorithms,
             hmac_secret: self.hmac_secret,
+            hmac_kid: self.hmac_kid,
             leeway: self.leeway,
             max_lifetime: self.max_lifetime,
             required_type: self.required_type,
@@ -681,6 +759,114 @@ mod tests {
             .build()
             .unwrap();
         assert!(!format!("{ok:?}").contains("0123456789"));
+    }
+
+    fn with_secret(secret: &[u8]) -> ProviderBuilder {
+        Provider::builder("https://i")
+            .audience("a")
+            .dangerous()
+            .hmac_secret(secret.to_vec())
+    }
+
+    #[test]
+    fn hmac_secrets_shorter_than_the_hash_are_refused_without_showing_them() {
+        for (secret, algorithm, min_len) in [
+            (&b""[..], Algorithm::HS256, 32),
+            (&b"0123456789abcdef0123456789abcde"[..], Algorithm::HS256, 32),
+        ] {
+            let err = with_secret(secret).build().unwrap_err();
+            assert_eq!(
+                err,
+                ConfigError::WeakHmacSecret {
+                    issuer: "https://i".into(),
+                    algorithm,
+                    min_len
+                }
+            );
+            let text = err.to_string();
+            assert!(text.contains("HS256") && text.contains("32 bytes"), "{text}");
+            if !secret.is_empty() {
+                assert!(!text.contains("0123456789"), "{text}");
+            }
+        }
+        // Named explicitly, each algorithm needs its own hash size.
+        let err = with_secret(&[1; 47])
+            .algorithms([Algorithm::HS384])
+            .build()
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::WeakHmacSecret {
+                algorithm: Algorithm::HS384,
+                min_len: 48,
+                ..
+            }
+        ));
+        let err = with_secret(&[1; 63])
+            .algorithms([Algorithm::HS256, Algorithm::HS512])
+            .build()
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::WeakHmacSecret {
+                algorithm: Algorithm::HS512,
+                min_len: 64,
+                ..
+            }
+        ));
+        assert!(
+            with_secret(&[1; 64])
+                .algorithms([Algorithm::HS512])
+                .build()
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_secret_allows_the_hmac_algorithms_it_is_long_enough_for() {
+        let algs = |len: usize| with_secret(&vec![1; len]).build().unwrap().algorithms;
+        assert_eq!(algs(32), [Algorithm::HS256]);
+        assert_eq!(algs(48), [Algorithm::HS256, Algorithm::HS384]);
+        assert_eq!(algs(100), [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512]);
+    }
+
+    #[test]
+    fn a_secret_may_have_a_kid_of_sensible_length() {
+        let p = Provider::builder("https://i")
+            .audience("a")
+            .dangerous()
+            .hmac_secret_with_kid("hs-2024", vec![1; 32])
+            .build()
+            .unwrap();
+        assert_eq!(p.hmac_kid.as_deref(), Some("hs-2024"));
+        assert!(format!("{p:?}").contains("hs-2024"));
+        for kid in [String::new(), "k".repeat(300)] {
+            let err = Provider::builder("https://i")
+                .audience("a")
+                .dangerous()
+                .hmac_secret_with_kid(kid, vec![1; 32])
+                .build();
+            assert!(matches!(err, Err(ConfigError::OutOfRange(_))));
+        }
+    }
+
+    #[test]
+    fn the_default_algorithms_are_exactly_the_supported_asymmetric_ones() {
+        let p = Provider::builder("https://i").audience("a").build().unwrap();
+        assert_eq!(
+            p.algorithms,
+            [
+                Algorithm::RS256,
+                Algorithm::RS384,
+                Algorithm::RS512,
+                Algorithm::PS256,
+                Algorithm::PS384,
+                Algorithm::PS512,
+                Algorithm::ES256,
+                Algorithm::ES384,
+                Algorithm::EdDSA,
+            ]
+        );
     }
 
     #[test]

@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::Value;
 use tokio::sync::{Notify, watch};
@@ -16,6 +18,7 @@ use tokio::sync::{Notify, watch};
 use palisade_core::metrics::JWKS_FETCHES;
 
 use crate::config::{FetchSettings, JwksSource};
+use crate::key_quality::{RsaWeakness, check_rsa_modulus, pkcs1_modulus};
 
 const LOG: &str = "palisade::jwks";
 
@@ -72,6 +75,8 @@ pub(crate) fn family_allows(family: Family, alg: Algorithm) -> bool {
 pub(crate) struct KeySet {
     pub(crate) keys: Vec<Arc<VerifyKey>>,
     by_kid: HashMap<String, usize, foldhash::fast::RandomState>,
+    /// The key that answers to any `kid`: an HMAC secret configured without one.
+    any_kid: Option<usize>,
     /// Whether a fetch (or a static configuration) ever produced this set.
     pub(crate) loaded: bool,
 }
@@ -93,15 +98,32 @@ impl KeySet {
         Self {
             keys: kept,
             by_kid,
+            any_kid: None,
             loaded: true,
         }
+    }
+
+    /// The set of one configured HMAC secret: with a `kid`, tokens naming
+    /// another are refused; without one, it verifies tokens whatever `kid`
+    /// they name (there is no other key a `kid` could select).
+    pub(crate) fn secret(key: VerifyKey) -> Self {
+        let kid_free = key.kid.is_none();
+        let mut set = Self::new(vec![key]);
+        if kid_free {
+            set.any_kid = Some(0);
+        }
+        set
     }
 
     /// The key for a token: by `kid`, or the only key that fits `alg` when
     /// the token names none.
     pub(crate) fn find(&self, kid: Option<&str>, alg: Algorithm) -> Option<&Arc<VerifyKey>> {
         match kid {
-            Some(kid) => self.by_kid.get(kid).map(|&i| &self.keys[i]),
+            Some(kid) => self
+                .by_kid
+                .get(kid)
+                .or(self.any_kid.as_ref())
+                .map(|&i| &self.keys[i]),
             None => {
                 let mut fits = self.keys.iter().filter(|k| k.allows(alg));
                 let first = fits.next()?;
@@ -128,10 +150,22 @@ fn fingerprint(parts: &[&str]) -> u64 {
     h.finish()
 }
 
-/// Parses a JWKS document leniently: a key that cannot be used for
-/// signatures here (unknown `kty` or `alg`, `use: enc`, symmetric, too weak)
-/// is skipped with a debug line; only a document that is not a key set fails.
-pub(crate) fn parse_jwks(bytes: &[u8]) -> Result<KeySet, String> {
+/// Why a JWK is not used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Skip {
+    /// Not a key this library verifies with (an encryption key, an unknown
+    /// `kty`, a symmetric key, broken members): skipped quietly.
+    Unusable(&'static str),
+    /// A signature key too weak to trust: skipped with a warning.
+    Weak(RsaWeakness),
+}
+
+/// Parses `issuer`'s JWKS document leniently: a key that cannot be used for
+/// signatures here (unknown `kty` or `alg`, `use: enc`, symmetric) is
+/// skipped with a debug line, a weak one (an RSA key under 2048 bits or
+/// with the ROCA fingerprint) with a warning naming the issuer and the
+/// `kid`, once per process; only a document that is not a key set fails.
+pub(crate) fn parse_jwks(issuer: &str, bytes: &[u8]) -> Result<KeySet, String> {
     let doc: Value = serde_json::from_slice(bytes).map_err(|_| "the body is not JSON".to_owned())?;
     let Some(keys) = doc.get("keys").and_then(Value::as_array) else {
         return Err("the document has no `keys` array".into());
@@ -140,78 +174,113 @@ pub(crate) fn parse_jwks(bytes: &[u8]) -> Result<KeySet, String> {
     for (i, jwk) in keys.iter().enumerate() {
         match parse_jwk(jwk) {
             Ok(k) => out.push(k),
-            Err(why) => {
+            Err(Skip::Unusable(why)) => {
                 let kid = jwk.get("kid").and_then(|k| k.as_str()).unwrap_or("");
-                tracing::debug!(target: LOG, index = i, kid, why, "JWK skipped");
+                tracing::debug!(target: LOG, issuer, index = i, kid, why, "JWK skipped");
+            }
+            Err(Skip::Weak(weakness)) => {
+                let kid = jwk.get("kid").and_then(|k| k.as_str()).unwrap_or("");
+                let n = jwk.get("n").and_then(Value::as_str).unwrap_or("");
+                warn_weak_key(issuer, kid, n, weakness);
             }
         }
     }
     Ok(KeySet::new(out))
 }
 
-fn parse_jwk(jwk: &Value) -> Result<VerifyKey, &'static str> {
+/// Warns of a weak key the first time this process meets it (an issuer's
+/// keys are fetched again and again); later at debug level.
+fn warn_weak_key(issuer: &str, kid: &str, material: &str, weakness: RsaWeakness) {
+    static WARNED: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+    let id = fingerprint(&[issuer, kid, material]);
+    let first = {
+        let mut warned = WARNED.lock().unwrap_or_else(PoisonError::into_inner);
+        if warned.contains(&id) {
+            false
+        } else {
+            if warned.len() >= 1024 {
+                warned.clear();
+            }
+            warned.push(id);
+            true
+        }
+    };
+    let why = weakness.reason();
+    if first {
+        tracing::warn!(target: LOG, issuer, kid, why, "weak signing key refused: tokens it signs are refused as signed by an unknown key");
+    } else {
+        tracing::debug!(target: LOG, issuer, kid, why, "weak signing key refused");
+    }
+}
+
+fn parse_jwk(jwk: &Value) -> Result<VerifyKey, Skip> {
     let s = |name: &str| jwk.get(name).and_then(Value::as_str);
     if let Some(u) = jwk.get("use")
         && u.as_str() != Some("sig")
     {
-        return Err("not a signature key (use)");
+        return Err(Skip::Unusable("not a signature key (use)"));
     }
     if let Some(ops) = jwk.get("key_ops").and_then(Value::as_array)
         && !ops.iter().any(|o| o.as_str() == Some("verify"))
     {
-        return Err("not a verification key (key_ops)");
+        return Err(Skip::Unusable("not a verification key (key_ops)"));
     }
     let alg = match jwk.get("alg") {
         None => None,
-        Some(Value::String(a)) => Some(a.parse::<Algorithm>().map_err(|_| "unsupported alg")?),
-        Some(_) => return Err("alg is not a string"),
+        Some(Value::String(a)) => Some(
+            a.parse::<Algorithm>()
+                .map_err(|_| Skip::Unusable("unsupported alg"))?,
+        ),
+        Some(_) => return Err(Skip::Unusable("alg is not a string")),
     };
     let kid = match jwk.get("kid") {
         None => None,
         Some(Value::String(k)) if k.len() <= crate::token::MAX_KID_LEN => Some(k.clone()),
-        Some(_) => return Err("kid is not a short string"),
+        Some(_) => return Err(Skip::Unusable("kid is not a short string")),
     };
     let (family, key, fp) = match s("kty") {
         Some("RSA") => {
             let (Some(n), Some(e)) = (s("n"), s("e")) else {
-                return Err("RSA key without n or e");
+                return Err(Skip::Unusable("RSA key without n or e"));
             };
-            // 2048 bits is the floor for RSA signatures today.
-            if n.trim_end_matches('=').len() * 6 < 2040 {
-                return Err("RSA key shorter than 2048 bits");
-            }
-            let key = DecodingKey::from_rsa_components(n, e).map_err(|_| "bad RSA components")?;
+            let modulus = URL_SAFE_NO_PAD
+                .decode(n.trim_end_matches('='))
+                .map_err(|_| Skip::Unusable("bad RSA components"))?;
+            check_rsa_modulus(&modulus).map_err(Skip::Weak)?;
+            let key =
+                DecodingKey::from_rsa_components(n, e).map_err(|_| Skip::Unusable("bad RSA components"))?;
             (Family::Rsa, key, fingerprint(&["RSA", n, e]))
         }
         Some("EC") => {
             let (Some(x), Some(y)) = (s("x"), s("y")) else {
-                return Err("EC key without x or y");
+                return Err(Skip::Unusable("EC key without x or y"));
             };
             let family = match s("crv") {
                 Some("P-256") => Family::P256,
                 Some("P-384") => Family::P384,
-                _ => return Err("unsupported curve"),
+                _ => return Err(Skip::Unusable("unsupported curve")),
             };
-            let key = DecodingKey::from_ec_components(x, y).map_err(|_| "bad EC components")?;
+            let key =
+                DecodingKey::from_ec_components(x, y).map_err(|_| Skip::Unusable("bad EC components"))?;
             (family, key, fingerprint(&["EC", x, y]))
         }
         Some("OKP") => {
             if s("crv") != Some("Ed25519") {
-                return Err("unsupported OKP curve");
+                return Err(Skip::Unusable("unsupported OKP curve"));
             }
             let Some(x) = s("x") else {
-                return Err("OKP key without x");
+                return Err(Skip::Unusable("OKP key without x"));
             };
-            let key = DecodingKey::from_ed_components(x).map_err(|_| "bad OKP key")?;
+            let key = DecodingKey::from_ed_components(x).map_err(|_| Skip::Unusable("bad OKP key"))?;
             (Family::Ed25519, key, fingerprint(&["OKP", x]))
         }
-        Some("oct") => return Err("symmetric keys are never taken from a key set"),
-        _ => return Err("unsupported kty"),
+        Some("oct") => return Err(Skip::Unusable("symmetric keys are never taken from a key set")),
+        _ => return Err(Skip::Unusable("unsupported kty")),
     };
     if let Some(a) = alg
         && !family_allows(family, a)
     {
-        return Err("alg does not fit the key type");
+        return Err(Skip::Unusable("alg does not fit the key type"));
     }
     Ok(VerifyKey {
         kid,
@@ -222,10 +291,10 @@ fn parse_jwk(jwk: &Value) -> Result<VerifyKey, &'static str> {
     })
 }
 
-/// A fixed key for an HMAC secret.
-pub(crate) fn hmac_key(secret: &[u8]) -> VerifyKey {
+/// A fixed key for an HMAC secret, under `kid` if it has one.
+pub(crate) fn hmac_key(secret: &[u8], kid: Option<&str>) -> VerifyKey {
     VerifyKey {
-        kid: None,
+        kid: kid.map(str::to_owned),
         alg: None,
         family: Family::Hmac,
         key: DecodingKey::from_secret(secret),
@@ -245,6 +314,12 @@ pub(crate) fn pem_key(pem: &str) -> Result<VerifyKey, String> {
         )
     };
     if let Ok(key) = DecodingKey::from_rsa_pem(text.as_bytes()) {
+        let modulus = key
+            .try_get_as_bytes()
+            .ok()
+            .and_then(pkcs1_modulus)
+            .ok_or_else(|| "not an RSA public key in PEM".to_owned())?;
+        check_rsa_modulus(modulus).map_err(|w| w.reason().to_owned())?;
         return Ok(VerifyKey {
             kid: None,
             alg: None,
@@ -547,7 +622,7 @@ async fn fetch(
         }
     };
     let (body, max_age) = get(client, &uri, store.settings.max_body).await?;
-    let set = parse_jwks(&body).map_err(|e| format!("{uri}: {e}"))?;
+    let set = parse_jwks(&store.issuer, &body).map_err(|e| format!("{uri}: {e}"))?;
     Ok((set, max_age))
 }
 
@@ -626,7 +701,7 @@ mod tests {
             {"kty": "oct", "k": "c2VjcmV0", "kid": "hmac"},
             {"kty": "RSA", "alg": "RS256", "kid": "good", "use": "sig", "n": RSA_N, "e": "AQAB"},
         ]});
-        let set = parse_jwks(doc.to_string().as_bytes()).unwrap();
+        let set = parse_jwks("https://i", doc.to_string().as_bytes()).unwrap();
         assert_eq!(set.keys.len(), 1);
         assert!(set.find(Some("good"), Algorithm::RS256).is_some());
         assert!(set.find(Some("enc"), Algorithm::RS256).is_none());
@@ -635,7 +710,7 @@ mod tests {
     #[test]
     fn a_key_pins_its_algorithm() {
         let doc = serde_json::json!({"keys": [{"kty": "RSA", "alg": "RS256", "kid": "k", "n": RSA_N, "e": "AQAB"}]});
-        let set = parse_jwks(doc.to_string().as_bytes()).unwrap();
+        let set = parse_jwks("https://i", doc.to_string().as_bytes()).unwrap();
         let k = set.find(Some("k"), Algorithm::RS256).unwrap();
         assert!(k.allows(Algorithm::RS256));
         assert!(!k.allows(Algorithm::PS256));
@@ -645,11 +720,11 @@ mod tests {
     #[test]
     fn kidless_token_needs_exactly_one_fitting_key() {
         let one = serde_json::json!({"keys": [{"kty": "RSA", "n": RSA_N, "e": "AQAB"}]});
-        let set = parse_jwks(one.to_string().as_bytes()).unwrap();
+        let set = parse_jwks("https://i", one.to_string().as_bytes()).unwrap();
         assert!(set.find(None, Algorithm::RS256).is_some());
         assert!(set.find(None, Algorithm::ES256).is_none());
         let two = serde_json::json!({"keys": [{"kty": "RSA", "kid": "a", "n": RSA_N, "e": "AQAB"}, {"kty": "RSA", "kid": "b", "n": RSA_N, "e": "AQAB"}]});
-        let set = parse_jwks(two.to_string().as_bytes()).unwrap();
+        let set = parse_jwks("https://i", two.to_string().as_bytes()).unwrap();
         assert!(set.find(None, Algorithm::RS256).is_none());
     }
 
@@ -657,13 +732,84 @@ mod tests {
     fn short_rsa_keys_are_skipped() {
         let doc =
             serde_json::json!({"keys": [{"kty": "RSA", "kid": "weak", "n": &RSA_N[..170], "e": "AQAB"}]});
-        assert!(parse_jwks(doc.to_string().as_bytes()).unwrap().keys.is_empty());
+        assert!(
+            parse_jwks("https://i", doc.to_string().as_bytes())
+                .unwrap()
+                .keys
+                .is_empty()
+        );
+    }
+
+    /// Wycheproof's `rejects1024bitRsaKey` key.
+    const RSA_1024_N: &str = "rJBIp6T1YK-RtPyvYqFFlcucqewSAA_IReSFchE8qyiQrbARqRlXWkB2DR8j_pJQnIpYELbQWZC5Cd0PTGAU8rMbar2AW6zpmBbi7aQf17lUBdt8XI9M9rq7FPVQ1dDdUXm1SVH_9qqWhvMPR422SbfHBEzCAtzK0ANDRo6qz78";
+    /// Wycheproof's `rejectsKeyWithRocaVulnerability` key.
+    const ROCA_N: &str = "AanFpofbj7KjD4Lf-N2hVMKR7yewSyXhhbirIMTGpfYEhZ_lnt5UoK98DnKIgArXGTu3MaW_HhFw16HGaTDUHqPrId7fe4r11CqRw09yBFuW79V8sYIwHdzCaWflUI6auImYbVfoN9_nD5n8N8SY9DwXw7mwZM9wREPXoDPgOoIWl6q_MPsp7n0zs3Z5ZaiQWOOzl1S9OhwAfSiiOwz6efnXEaxuTEtPd7BjSx7NaFka8Dx9U7YqXy2RFj1O9PjyaDGuRh7YXsX3iMUSP_wSyHQg_c_qHRtKUsNSGCT7OZg0hzm2KphtjnayKJvC64vAbROBR4Ubg6Bxg9IQVZ-QYyE";
+
+    #[test]
+    fn weak_rsa_keys_are_skipped_and_the_others_kept() {
+        let doc = serde_json::json!({"keys": [
+            {"kty": "RSA", "kid": "roca", "n": ROCA_N, "e": "AQAB"},
+            {"kty": "RSA", "kid": "short", "n": RSA_1024_N, "e": "AQAB"},
+            {"kty": "RSA", "kid": "good", "n": RSA_N, "e": "AQAB"},
+        ]});
+        let set = parse_jwks("https://i", doc.to_string().as_bytes()).unwrap();
+        assert_eq!(set.keys.len(), 1);
+        assert!(set.find(Some("good"), Algorithm::RS256).is_some());
+        assert!(set.find(Some("roca"), Algorithm::RS256).is_none());
+        assert!(set.find(Some("short"), Algorithm::RS256).is_none());
+        assert_eq!(
+            parse_jwk(&doc["keys"][0]).err(),
+            Some(Skip::Weak(RsaWeakness::Roca))
+        );
+        assert_eq!(
+            parse_jwk(&doc["keys"][1]).err(),
+            Some(Skip::Weak(RsaWeakness::TooShort))
+        );
+    }
+
+    #[test]
+    fn a_weak_pem_key_is_refused_with_its_reason() {
+        // SubjectPublicKeyInfo of the ROCA modulus, e = 65537.
+        let n = URL_SAFE_NO_PAD.decode(ROCA_N).unwrap();
+        assert!(n[0] < 0x80, "positive as it is");
+        let mut int = vec![0x02, 0x82];
+        int.extend(u16::try_from(n.len()).unwrap().to_be_bytes());
+        int.extend(&n);
+        int.extend([0x02, 0x03, 0x01, 0x00, 0x01]);
+        let mut pkcs1 = vec![0x30, 0x82];
+        pkcs1.extend(u16::try_from(int.len()).unwrap().to_be_bytes());
+        pkcs1.extend(int);
+        let mut bits = vec![0x03, 0x82];
+        bits.extend(u16::try_from(pkcs1.len() + 1).unwrap().to_be_bytes());
+        bits.push(0);
+        bits.extend(pkcs1);
+        let alg_id = [
+            0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
+        ];
+        let mut spki = vec![0x30, 0x82];
+        spki.extend(u16::try_from(alg_id.len() + bits.len()).unwrap().to_be_bytes());
+        spki.extend(alg_id);
+        spki.extend(bits);
+        let pem = base64::engine::general_purpose::STANDARD.encode(&spki);
+        let err = pem_key(&pem).err().unwrap();
+        assert!(err.contains("ROCA"), "{err}");
+    }
+
+    #[test]
+    fn a_secret_without_kid_answers_to_any_kid_and_one_with_a_kid_to_its_own() {
+        let free = KeySet::secret(hmac_key(&[7; 32], None));
+        assert!(free.find(Some("whatever"), Algorithm::HS256).is_some());
+        assert!(free.find(None, Algorithm::HS256).is_some());
+        let named = KeySet::secret(hmac_key(&[7; 32], Some("hs-1")));
+        assert!(named.find(Some("hs-1"), Algorithm::HS256).is_some());
+        assert!(named.find(None, Algorithm::HS256).is_some());
+        assert!(named.find(Some("hs-2"), Algorithm::HS256).is_none());
     }
 
     #[test]
     fn a_document_without_keys_fails() {
-        assert!(parse_jwks(b"<html>").is_err());
-        assert!(parse_jwks(b"{\"kids\":[]}").is_err());
+        assert!(parse_jwks("https://i", b"<html>").is_err());
+        assert!(parse_jwks("https://i", b"{\"kids\":[]}").is_err());
     }
 
     #[test]

@@ -5,9 +5,15 @@
 //!   `/.well-known/openid-configuration`), cached, refreshed in the background
 //!   before they expire, refetched once (single flight, rate limited) for an
 //!   unknown `kid`, and kept through issuer outages.
-//! - Every token is checked for signature, `exp`, `iss`, `aud`, `nbf`, `iat`,
-//!   algorithm pinning by the key, forbidden headers (`alg: none`, `crit`,
-//!   `b64`, nested and encrypted tokens) and duplicate claims.
+//! - Every token is checked for signature, `exp`, `iss`, `aud`, a subject
+//!   (`sub`, or a `client_id` standing in for it), `nbf` and `iat` when
+//!   present, algorithm pinning by the key, forbidden headers (`alg: none`,
+//!   `crit`, `b64`, nested and encrypted tokens) and duplicate claims.
+//! - Algorithms accepted by default: RS256, RS384, RS512, PS256, PS384,
+//!   PS512, ES256, ES384 and EdDSA (Ed25519); not ES512 (P-521). HMAC only
+//!   with a secret configured in code, as long as its hash.
+//! - Weak keys are skipped when a key set is loaded: RSA under 2048 bits
+//!   or with the ROCA fingerprint (CVE-2017-15361).
 //! - A verified token is cached, so a repeated token costs a hash lookup.
 //!
 //! ```no_run
@@ -33,6 +39,7 @@ pub mod dpop;
 mod error;
 mod introspect;
 mod jwks;
+mod key_quality;
 mod policy;
 mod resource;
 mod token;

@@ -36,8 +36,43 @@ impl fmt::Debug for Parsed<'_> {
     }
 }
 
+/// A compact JWS split, its header decoded and checked, its signature not
+/// yet checked and its payload not decoded.
+pub(crate) struct Jws<'t> {
+    /// `header.payload`, the signed bytes.
+    pub(crate) message: &'t str,
+    /// The base64url signature.
+    pub(crate) signature: &'t str,
+    pub(crate) alg: Algorithm,
+    pub(crate) kid: Option<String>,
+    pub(crate) typ: Option<String>,
+    pub(crate) payload_b64: &'t str,
+}
+
 /// Splits and decodes a token, enforcing every rule that needs no key.
 pub(crate) fn parse(token: &str, max_len: usize) -> Result<Parsed<'_>, JwtError> {
+    let jws = parse_jws(token, max_len)?;
+    if jws.payload_b64.is_empty() {
+        return Err(JwtError::Malformed);
+    }
+    let payload_bytes = URL_SAFE_NO_PAD
+        .decode(jws.payload_b64)
+        .map_err(|_| JwtError::Malformed)?;
+    let claims = object_without_duplicates(&payload_bytes)?;
+    Ok(Parsed {
+        message: jws.message,
+        signature: jws.signature,
+        alg: jws.alg,
+        kid: jws.kid,
+        typ: jws.typ,
+        payload_b64: jws.payload_b64,
+        claims,
+    })
+}
+
+/// Splits a compact JWS and checks its header: every rule of a token
+/// that needs neither a key nor the payload.
+pub(crate) fn parse_jws(token: &str, max_len: usize) -> Result<Jws<'_>, JwtError> {
     if token.len() > max_len {
         return Err(JwtError::TooLarge);
     }
@@ -49,7 +84,9 @@ pub(crate) fn parse(token: &str, max_len: usize) -> Result<Parsed<'_>, JwtError>
         // Five parts: a JWE (encrypted token), which a resource server never accepts.
         return Err(JwtError::Encrypted);
     }
-    if h.is_empty() || p.is_empty() {
+    // An empty payload is a valid JWS (RFC 7515 §7.1) but never a token:
+    // `parse` refuses it.
+    if h.is_empty() {
         return Err(JwtError::Malformed);
     }
     let header_bytes = URL_SAFE_NO_PAD.decode(h).map_err(|_| JwtError::Malformed)?;
@@ -68,16 +105,13 @@ pub(crate) fn parse(token: &str, max_len: usize) -> Result<Parsed<'_>, JwtError>
         Some(Value::String(t)) => Some(t.clone()),
         Some(_) => return Err(JwtError::Malformed),
     };
-    let payload_bytes = URL_SAFE_NO_PAD.decode(p).map_err(|_| JwtError::Malformed)?;
-    let claims = object_without_duplicates(&payload_bytes)?;
-    Ok(Parsed {
+    Ok(Jws {
         message: &token[..h.len() + 1 + p.len()],
         signature: s,
         alg,
         kid,
         typ,
         payload_b64: p,
-        claims,
     })
 }
 

@@ -38,8 +38,9 @@ pub struct JwtSettingsSpec {
     pub max_token_size: Option<NonZeroUsize>,
     /// Require this `typ` header, such as `at+jwt` (RFC 9068).
     pub required_type: Option<String>,
-    /// Accepted algorithms (default: every asymmetric one): `RS256`,
-    /// `RS384`, `RS512`, `PS256`, `PS384`, `PS512`, `ES256`, `ES384`, `EdDSA`.
+    /// Accepted algorithms, by default all of these: `RS256`, `RS384`,
+    /// `RS512`, `PS256`, `PS384`, `PS512`, `ES256`, `ES384`, `EdDSA`
+    /// (Ed25519). `ES512` (P-521) and HMAC algorithms are not accepted.
     pub algorithms: Option<Vec<String>>,
     /// JWKS cache time to live when the server sends no `Cache-Control` (default `10m`).
     pub jwks_cache_ttl: Option<DurationSpec>,
@@ -92,7 +93,9 @@ pub struct JwtSettingsSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[non_exhaustive]
 pub struct DpopSpec {
-    /// Proof algorithms accepted (default: every asymmetric one).
+    /// Proof algorithms accepted, by default all of these: `RS256`,
+    /// `RS384`, `RS512`, `PS256`, `PS384`, `PS512`, `ES256`, `ES384`,
+    /// `EdDSA` (Ed25519).
     pub algorithms: Option<Vec<String>>,
     /// How old a proof may be (default `60s`, at most `5m`).
     pub max_age: Option<DurationSpec>,
