@@ -108,9 +108,6 @@ const MAX_MAX_AGE: Duration = Duration::from_secs(300);
 const MAX_LEEWAY: Duration = Duration::from_secs(60);
 const MIN_PROOF_LEN: usize = 1024;
 const MAX_PROOF_LEN: usize = 64 * 1024;
-/// An RSA modulus of at least 2048 bits (with no leading zero octet) has at
-/// least 256 octets, the first with its top bit set.
-const MIN_RSA_OCTETS: usize = 256;
 /// 8192 bits, the most aws-lc verifies.
 const MAX_RSA_OCTETS: usize = 1024;
 
@@ -147,7 +144,8 @@ pub enum DpopError {
     /// The `jwk` holds private key members, or is a symmetric (`oct`) key.
     #[error("the DPoP proof's key must be a public key")]
     PrivateKey,
-    /// An RSA key shorter than 2048 bits.
+    /// An RSA key shorter than 2048 bits, or with the ROCA fingerprint
+    /// (CVE-2017-15361: its private key can be found).
     #[error("the DPoP proof's key is too weak")]
     WeakKey,
     /// `alg` does not fit the key: RS*/PS* need an RSA key, ES256 a P-256
@@ -1146,7 +1144,8 @@ fn proof_key(header: &Header<'_>, alg: Algorithm) -> Result<ProofKey, DpopError>
             }
             let n = unsigned(string_member(jwk, "n")?)?;
             let e = unsigned(string_member(jwk, "e")?)?;
-            if n.len() < MIN_RSA_OCTETS || (n.len() == MIN_RSA_OCTETS && n[0] < 0x80) {
+            // Under 2048 bits, or made by the library of ROCA (CVE-2017-15361).
+            if crate::key_quality::check_rsa_modulus(&n).is_err() {
                 return Err(DpopError::WeakKey);
             }
             if n.len() > MAX_RSA_OCTETS {
@@ -1945,6 +1944,12 @@ mod tests {
         almost[0] = 0x7F;
         assert_eq!(
             refusal(&key.proof().jwk("n", json!(b64(&almost))), &key),
+            DpopError::WeakKey
+        );
+        // A 2048-bit modulus with the ROCA fingerprint (Wycheproof's).
+        let roca = crate::key_quality::tests::ROCA_N;
+        assert_eq!(
+            refusal(&key.proof().jwk("n", json!(roca)), &key),
             DpopError::WeakKey
         );
     }
