@@ -1581,15 +1581,17 @@ impl JwtAuthenticator {
             (0, _) => return refuse(DpopError::MissingProof),
             _ => return refuse(DpopError::Malformed),
         };
-        let origin = match &d.origin {
-            Some(o) => Cow::Borrowed(o.as_str()),
+        let path = req.path();
+        let mut htu = String::with_capacity(64 + path.len());
+        match &d.origin {
+            Some(o) => htu.push_str(o),
             None => {
                 let tls = req.connection().is_some_and(|c| c.tls);
-                let host = req.host().unwrap_or_default();
-                Cow::Owned(format!("{}://{host}", if tls { "https" } else { "http" }))
+                htu.push_str(if tls { "https://" } else { "http://" });
+                htu.push_str(req.host().unwrap_or_default());
             }
-        };
-        let htu = format!("{origin}{}", req.path());
+        }
+        htu.push_str(path);
         let request = ProofRequest::new(req.method(), &htu).with_access_token(token);
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
