@@ -870,6 +870,29 @@ spec:
     );
 }
 
+/// A policy file trusting `idp` (its keys inline) with `spec.dpop` as given.
+fn dpop_policy(idp: &TestIssuer, audiences: &str, dpop: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: default}}
+spec:
+  jwtRules:
+  - issuer: {issuer}
+    jwks: '{jwks}'
+    audiences: [{audiences}]
+---
+apiVersion: palisade.dev/v1alpha1
+kind: JwtSettings
+metadata: {{name: dpop, namespace: default}}
+spec:
+  dpop: {dpop}
+",
+        issuer = idp.issuer(),
+        jwks = idp.jwks()
+    )
+}
+
 /// Two replicas (two guards from one policy file, as two processes would
 /// build them) that share a Redis replay store: a proof used at one is
 /// refused at the other, on both frameworks; a Redis that stops answering
@@ -884,27 +907,7 @@ async fn replicas_sharing_a_redis_replay_store_refuse_each_others_used_proofs() 
         .subject("alice")
         .claim("cnf", serde_json::json!({"jkt": key.thumbprint()}))
         .sign();
-    let yaml = format!(
-        "apiVersion: security.istio.io/v1
-kind: RequestAuthentication
-metadata: {{name: jwt, namespace: default}}
-spec:
-  jwtRules:
-  - issuer: {issuer}
-    jwks: '{jwks}'
-    audiences: [details]
----
-apiVersion: palisade.dev/v1alpha1
-kind: JwtSettings
-metadata: {{name: dpop, namespace: default}}
-spec:
-  dpop:
-    replayStore: {url}
-",
-        issuer = idp.issuer(),
-        jwks = idp.jwks(),
-        url = redis.url()
-    );
+    let yaml = dpop_policy(&idp, "details", &format!("{{replayStore: '{}'}}", redis.url()));
     let replica = || {
         let set = PolicySet::from_yaml_str(&yaml, "replicas.yaml").unwrap();
         palisade::guard_from_policy(&set, &Workload::new("details", "default")).unwrap()
@@ -976,24 +979,10 @@ spec:
 fn an_unreachable_redis_replay_store_stops_the_start_up_but_not_an_offline_check() {
     let port = free_port();
     let idp = TestIssuer::builder().start().unwrap();
-    let yaml = format!(
-        "apiVersion: security.istio.io/v1
-kind: RequestAuthentication
-metadata: {{name: jwt, namespace: default}}
-spec:
-  jwtRules:
-  - issuer: {issuer}
-    jwks: '{jwks}'
----
-apiVersion: palisade.dev/v1alpha1
-kind: JwtSettings
-metadata: {{name: dpop, namespace: default}}
-spec:
-  dpop:
-    replayStore: redis://:hunter2@127.0.0.1:{port}/0
-",
-        issuer = idp.issuer(),
-        jwks = idp.jwks()
+    let yaml = dpop_policy(
+        &idp,
+        "details",
+        &format!("{{replayStore: 'redis://:hunter2@127.0.0.1:{port}/0'}}"),
     );
     let set = PolicySet::from_yaml_str(&yaml, "store.yaml").unwrap();
     let policy = set.for_workload(&Workload::new("details", "default"));
@@ -1019,24 +1008,7 @@ fn a_reload_keeps_a_dpop_authenticator_configured_the_same() {
     use palisade::core::policy::FromPolicy as _;
     let idp = TestIssuer::builder().start().unwrap();
     let build = |dpop: &str| {
-        let yaml = format!(
-            "apiVersion: security.istio.io/v1
-kind: RequestAuthentication
-metadata: {{name: jwt, namespace: default}}
-spec:
-  jwtRules:
-  - issuer: {issuer}
-    jwks: '{jwks}'
----
-apiVersion: palisade.dev/v1alpha1
-kind: JwtSettings
-metadata: {{name: dpop, namespace: default}}
-spec:
-  dpop: {dpop}
-",
-            issuer = idp.issuer(),
-            jwks = idp.jwks()
-        );
+        let yaml = dpop_policy(&idp, "details", dpop);
         let set = PolicySet::from_yaml_str(&yaml, "reload.yaml").unwrap();
         JwtAuthenticator::from_policy(&set.for_workload(&Workload::new("details", "default")))
             .unwrap()

@@ -845,18 +845,18 @@ impl JwtAuthenticator {
             }
             return self.start_introspection(found, &[provider]);
         }
-        if !state.cfg.algorithms.contains(&parsed.alg) {
+        if !state.cfg.algorithms.contains(&parsed.jws.alg) {
             return Step::Done(Err(JwtError::AlgorithmNotAllowed));
         }
         let keys = self.store_of(provider, tenant.as_deref()).keys();
-        match keys.find(parsed.kid.as_deref(), parsed.alg) {
+        match keys.find(parsed.jws.kid.as_deref(), parsed.jws.alg) {
             Some(key) => {
                 let key = key.clone();
                 Step::Done(self.verify_with(&found, parsed, &key, provider, tenant.as_ref()))
             }
             None => {
-                let kid = parsed.kid.clone();
-                let alg = parsed.alg;
+                let kid = parsed.jws.kid.clone();
+                let alg = parsed.jws.alg;
                 Step::Wait {
                     found,
                     kid,
@@ -1129,14 +1129,14 @@ impl JwtAuthenticator {
         tenant: Option<&Arc<Tenant>>,
     ) -> Result<Authenticated, JwtError> {
         let cfg = &self.0.providers[provider].cfg;
-        check_signature(parsed.message, parsed.signature, parsed.alg, key)?;
+        check_signature(parsed.jws.message, parsed.jws.signature, parsed.jws.alg, key)?;
         let times = check_claims(cfg, tenant.map_or(&cfg.issuer, |t| &t.issuer), &parsed)?;
         let mut claims = token_claims(cfg, parsed.claims);
         if let Some(t) = tenant {
             claims.issuer.clone_from(&t.issuer);
             claims.tenant = Some(t.name.clone());
         }
-        let out_edits = output_edits(cfg, &claims.claims, Some(parsed.payload_b64));
+        let out_edits = output_edits(cfg, &claims.claims, Some(parsed.jws.payload_b64));
         let identity = Identity::from_token(claims, Verification::assertion());
         let mut edits = self.removal(found, provider);
         edits.extend(out_edits.iter().cloned());
@@ -1274,7 +1274,7 @@ fn check_claims(cfg: &Provider, issuer: &str, parsed: &Parsed<'_>) -> Result<Tim
 /// The header's `typ`, when the provider requires one.
 fn check_type(cfg: &Provider, parsed: &Parsed<'_>) -> Result<(), JwtError> {
     if let Some(required) = &cfg.required_type {
-        let typ = parsed.typ.as_deref().unwrap_or("");
+        let typ = parsed.jws.typ.as_deref().unwrap_or("");
         let typ = if typ.len() > 12 && typ[..12].eq_ignore_ascii_case("application/") {
             &typ[12..]
         } else {

@@ -16,22 +16,15 @@ pub(crate) const MAX_KID_LEN: usize = 256;
 
 /// A token split and decoded, its signature not yet checked.
 pub(crate) struct Parsed<'t> {
-    /// `header.payload`, the signed bytes.
-    pub(crate) message: &'t str,
-    /// The base64url signature.
-    pub(crate) signature: &'t str,
-    pub(crate) alg: Algorithm,
-    pub(crate) kid: Option<String>,
-    pub(crate) typ: Option<String>,
-    pub(crate) payload_b64: &'t str,
+    pub(crate) jws: Jws<'t>,
     pub(crate) claims: Map<String, Value>,
 }
 
 impl fmt::Debug for Parsed<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Parsed")
-            .field("alg", &self.alg)
-            .field("kid", &self.kid)
+            .field("alg", &self.jws.alg)
+            .field("kid", &self.jws.kid)
             .finish_non_exhaustive()
     }
 }
@@ -59,15 +52,7 @@ pub(crate) fn parse(token: &str, max_len: usize) -> Result<Parsed<'_>, JwtError>
         .decode(jws.payload_b64)
         .map_err(|_| JwtError::Malformed)?;
     let claims = object_without_duplicates(&payload_bytes)?;
-    Ok(Parsed {
-        message: jws.message,
-        signature: jws.signature,
-        alg: jws.alg,
-        kid: jws.kid,
-        typ: jws.typ,
-        payload_b64: jws.payload_b64,
-        claims,
-    })
+    Ok(Parsed { jws, claims })
 }
 
 /// Splits a compact JWS and checks its header: every rule of a token
@@ -367,9 +352,9 @@ mod tests {
             r#"{"iss":"i","n":[1,{"a":2}]}"#,
         );
         let p = parse(&t, 8192).unwrap();
-        assert_eq!(p.alg, Algorithm::ES256);
-        assert_eq!(p.kid.as_deref(), Some("k1"));
-        assert_eq!(p.typ.as_deref(), Some("at+jwt"));
+        assert_eq!(p.jws.alg, Algorithm::ES256);
+        assert_eq!(p.jws.kid.as_deref(), Some("k1"));
+        assert_eq!(p.jws.typ.as_deref(), Some("at+jwt"));
         assert_eq!(peek_issuer(&p.claims).unwrap(), "i");
     }
 }
