@@ -77,9 +77,13 @@ use palisade_core::{BoxFuture, Check, Guard, RequestAuth};
 use tower_layer::Layer;
 use tower_service::Service;
 
+mod limit;
 mod require;
+pub mod serve;
 
+pub use limit::{BodyLimit, BodyLimitFuture, BodyLimitLayer};
 pub use require::{Require, RequireLayer, require};
+pub use serve::{Handshake, Plain, serve, serve_with};
 
 /// Adds Palisade to a tower stack. Clone it freely: it shares one [`Guard`].
 #[derive(Clone, Debug)]
