@@ -1,12 +1,13 @@
 //! The request body limit ([`BodyLimit`]) and the server's timeouts
 //! ([`with_limits`]).
 
+use std::cell::RefCell;
 use std::future::{Ready, ready};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 
-use actix_web::body::{EitherBody, MessageBody};
+use actix_web::body::{BoxBody, EitherBody, MessageBody};
 use actix_web::dev::{Payload, Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
 use actix_web::error::PayloadError;
 use actix_web::http::header::CONTENT_LENGTH;
@@ -101,41 +102,83 @@ where
                 .set_connection_type(actix_web::http::ConnectionType::Close);
             return Box::pin(ready(Ok(req.into_response(res).map_into_right_body())));
         }
+        let overflowed = Rc::new(RefCell::new(None));
         let payload = Limited {
-            inner: req.take_payload(),
+            inner: Some(req.take_payload()),
             left: self.limits.max_body(),
+            overflowed: Rc::clone(&overflowed),
         };
         req.set_payload(Payload::Stream {
             payload: Box::pin(payload),
         });
         let service = Rc::clone(&self.service);
-        Box::pin(async move { Ok(service.call(req).await?.map_into_left_body()) })
+        Box::pin(async move {
+            let res = service.call(req).await?;
+            let Some(unread) = overflowed.borrow_mut().take() else {
+                return Ok(res.map_into_left_body());
+            };
+            // The rest of the body is not read: actix-http would read it to
+            // its end (a dropped chunked payload is drained) unless the
+            // payload outlives the response, which then closes the
+            // connection, as hyper does.
+            Ok(res
+                .map_body(|head, body| {
+                    head.set_connection_type(actix_web::http::ConnectionType::Close);
+                    BoxBody::new(Holding {
+                        body: BoxBody::new(body),
+                        _unread: unread,
+                    })
+                })
+                .map_into_right_body())
+        })
+    }
+}
+
+/// A response body that keeps the request's unread payload until it is
+/// sent.
+struct Holding {
+    body: BoxBody,
+    _unread: Payload,
+}
+
+impl MessageBody for Holding {
+    type Error = <BoxBody as MessageBody>::Error;
+
+    fn size(&self) -> actix_web::body::BodySize {
+        self.body.size()
+    }
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        Pin::new(&mut self.body).poll_next(cx)
     }
 }
 
 /// A request payload that fails with [`PayloadError::Overflow`] once it
 /// passes the limit, and is not read further.
 struct Limited {
-    inner: Payload,
+    /// Taken when it passes the limit.
+    inner: Option<Payload>,
     left: usize,
+    /// Where the unread payload goes when it passed the limit.
+    overflowed: Rc<RefCell<Option<Payload>>>,
 }
 
 impl futures_core::Stream for Limited {
     type Item = Result<Bytes, PayloadError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.left == usize::MAX {
-            // Already over: the error was given.
+        // Over the limit: the error was given.
+        let Some(inner) = self.inner.as_mut() else {
             return Poll::Ready(None);
-        }
-        match Pin::new(&mut self.inner).poll_next(cx) {
+        };
+        match Pin::new(inner).poll_next(cx) {
             Poll::Ready(Some(Ok(chunk))) => match self.left.checked_sub(chunk.len()) {
                 Some(left) => {
                     self.left = left;
                     Poll::Ready(Some(Ok(chunk)))
                 }
                 None => {
-                    self.left = usize::MAX;
+                    *self.overflowed.borrow_mut() = self.inner.take();
                     tracing::debug!(target: palisade_core::limits::LOG_TARGET, "request body cut off at the limit");
                     Poll::Ready(Some(Err(PayloadError::Overflow)))
                 }
@@ -231,6 +274,8 @@ mod tests {
             req.headers_mut().remove(CONTENT_LENGTH);
             let res = test::call_service(&app, req).await;
             assert_eq!(res.status(), status, "{size} bytes");
+            let close = res.response().head().connection_type() == actix_web::http::ConnectionType::Close;
+            assert_eq!(close, status == 413, "{size} bytes");
         }
     }
 }
