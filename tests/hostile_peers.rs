@@ -5,6 +5,10 @@
 //! 5xx, while a normal client is served. The services run with 2 s for a
 //! handshake or a request head and 3 s of idleness (`--handshake-timeout`,
 //! `--header-read-timeout`, `--idle-timeout`) and the default body limit.
+//!
+//! Then identity providers that answer slowly, without end, in a redirect
+//! loop or with a sign-in page, at the key and the discovery endpoint:
+//! abandoned within the fetch's limits, with one clear warning.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -516,4 +520,232 @@ async fn reviews_permissive_mtls_bounds_hostile_peers() {
 async fn an_idle_kept_alive_connection_is_closed_after_the_idle_timeout_on_both_frameworks() {
     idle_keep_alive_is_bounded("details").await;
     idle_keep_alive_is_bounded("reviews").await;
+}
+
+/// Hostile key and discovery endpoints: one server whose first path
+/// segment says how it misbehaves. (Here rather than in tests/jwks.rs: all
+/// key fetches of a process share one thread, and starting these stores
+/// would shift the timings tests/jwks.rs measures.)
+mod identity_provider {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex, OnceLock};
+    use std::time::{Duration, Instant};
+
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use palisade::jwt::{FetchSettings, JwtAuthenticator, JwtError, Provider};
+    use serde_json::json;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// Every log line of this test binary, for the tests to look for theirs
+    /// (the key fetches run on a thread of their own).
+    fn logs() -> &'static Mutex<Vec<u8>> {
+        static LOGS: OnceLock<&'static Mutex<Vec<u8>>> = OnceLock::new();
+        LOGS.get_or_init(|| {
+            let logs: &'static Mutex<Vec<u8>> = Box::leak(Box::new(Mutex::new(Vec::new())));
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter("palisade=warn")
+                .with_ansi(false)
+                .with_writer(move || Capture(logs))
+                .try_init();
+            logs
+        })
+    }
+
+    struct Capture(&'static Mutex<Vec<u8>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The log lines that mention `needle`.
+    fn lines_with(needle: &str) -> Vec<String> {
+        let logs = logs().lock().unwrap();
+        String::from_utf8_lossy(&logs)
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// A server that misbehaves by its path's first segment: `slow` (a
+    /// byte every 200 ms, without end), `endless` (a body without end, as
+    /// fast as it is read), `loop` (a redirect to itself), `html` (a
+    /// sign-in page); its address and the bytes it has sent.
+    async fn hostile_server() -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let sent = Arc::new(AtomicUsize::new(0));
+        let counter = sent.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let sent = counter.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tcp.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                    let mut send = async |bytes: &[u8]| {
+                        let ok = tcp.write_all(bytes).await.is_ok();
+                        sent.fetch_add(bytes.len(), Ordering::Relaxed);
+                        ok
+                    };
+                    match path.split('/').nth(1).unwrap_or("") {
+                        "slow" => {
+                            if !send(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n").await {
+                                return;
+                            }
+                            while send(b"1\r\n \r\n").await {
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                            }
+                        }
+                        "endless" => {
+                            if !send(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n2\r\n[ \r\n").await {
+                                return;
+                            }
+                            let chunk = format!("4000\r\n{}\r\n", " ".repeat(0x4000));
+                            while send(chunk.as_bytes()).await {}
+                        }
+                        "loop" => {
+                            let answer = format!(
+                                "HTTP/1.1 302 Found\r\nlocation: {path}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                            );
+                            send(answer.as_bytes()).await;
+                        }
+                        _ => {
+                            let page = "<!DOCTYPE html><html><body><form>Sign in</form></body></html>";
+                            let answer = format!(
+                                "HTTP/1.1 200 OK\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
+                                page.len()
+                            );
+                            send(answer.as_bytes()).await;
+                        }
+                    }
+                });
+            }
+        });
+        (base, sent)
+    }
+
+    /// 2 s per fetch (redirects included), 64 KiB per body, 1 s for a
+    /// request to wait for keys.
+    fn settings() -> FetchSettings {
+        let mut f = FetchSettings::default();
+        f.timeout = Duration::from_secs(2);
+        f.max_body = 64 * 1024;
+        f.unknown_kid_wait = Duration::from_secs(1);
+        f.min_refresh_interval = Duration::from_millis(100);
+        f
+    }
+
+    /// A token of `issuer` (signed by a key its endpoint never serves) is
+    /// refused with `KeysUnavailable`, in bounded time, and one warning
+    /// names the endpoint and `reason`.
+    async fn refused_with(jwt: &JwtAuthenticator, issuer: &str, url: &str, reason: &str) {
+        // Never checked (no key comes): no signing, which costs a loaded
+        // machine the time the other tests measure.
+        let part = |v: serde_json::Value| URL_SAFE_NO_PAD.encode(v.to_string());
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 300;
+        let token = format!(
+            "{}.{}.{}",
+            part(json!({"alg": "RS256", "typ": "JWT", "kid": "k1"})),
+            part(json!({"iss": issuer, "aud": "account", "sub": "s", "exp": exp})),
+            URL_SAFE_NO_PAD.encode([7u8; 256])
+        );
+        let started = Instant::now();
+        assert_eq!(
+            jwt.verify(&token).await.unwrap_err(),
+            JwtError::KeysUnavailable,
+            "{url}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{url}: {:?}",
+            started.elapsed()
+        );
+        crate::common::wait_until(&format!("a warning naming {url}"), async || {
+            lines_with(url)
+                .iter()
+                .any(|l| l.contains("WARN") && l.contains(reason))
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slow_endless_looping_and_html_key_endpoints_are_abandoned_with_a_clear_warning() {
+        logs();
+        let (base, sent) = hostile_server().await;
+        for (kind, reason) in [
+            ("slow", "timed out"),
+            ("endless", "body larger than 65536 bytes"),
+            ("loop", "too many redirects"),
+            ("html", "an HTML page"),
+        ] {
+            let issuer = format!("https://issuer.example/{kind}");
+            let jwks_uri = format!("{base}/{kind}/jwks");
+            let jwt = JwtAuthenticator::builder()
+                .provider(
+                    Provider::builder(&issuer)
+                        .audience("account")
+                        .jwks_uri(&jwks_uri)
+                        .fetch_settings(settings())
+                        .build()
+                        .unwrap(),
+                )
+                .build()
+                .unwrap();
+            refused_with(&jwt, &issuer, &jwks_uri, reason).await;
+        }
+        // The endless body was abandoned at the limit: what the server got
+        // out is the limit plus what the sockets hold, not a stream's worth.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let out = sent.load(Ordering::Relaxed);
+        assert!(out < 16 * 1024 * 1024, "the hostile server sent {out} bytes");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slow_endless_looping_and_html_discovery_documents_are_abandoned_with_a_clear_warning() {
+        logs();
+        let (base, _) = hostile_server().await;
+        for (kind, reason) in [
+            ("slow", "timed out"),
+            ("endless", "body larger than 65536 bytes"),
+            ("loop", "too many redirects"),
+            ("html", "an HTML page"),
+        ] {
+            // Discovery: `{issuer}/.well-known/openid-configuration`.
+            let issuer = format!("{base}/{kind}/realms/r");
+            let discovery = format!("{issuer}/.well-known/openid-configuration");
+            let jwt = JwtAuthenticator::builder()
+                .provider(
+                    Provider::builder(&issuer)
+                        .audience("account")
+                        .fetch_settings(settings())
+                        .build()
+                        .unwrap(),
+                )
+                .build()
+                .unwrap();
+            refused_with(&jwt, &issuer, &discovery, reason).await;
+        }
+    }
 }
