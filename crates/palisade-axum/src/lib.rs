@@ -49,7 +49,7 @@
 //! `palisade-core` for both frameworks; this crate only translates types.
 //!
 //! # Serving
-//! [`serve`] is `axum::serve` with limits on slow, silent and greedy
+//! [`serve()`] is `axum::serve` with limits on slow, silent and greedy
 //! clients (a header-read and an idle timeout, a body limit:
 //! [`ServerLimits`](palisade_core::limits::ServerLimits)), the same as
 //! actix-web's under `palisade-actix`; `palisade_mtls::axum::serve_with`
@@ -58,7 +58,7 @@
 //!
 //! # Connection facts under `axum::serve`
 //! Istio's `ports`, `destination.ip` and `source.ip` read the connection's
-//! addresses. [`serve`] and `palisade_mtls::axum::serve` provide them; under
+//! addresses. [`serve()`] and `palisade_mtls::axum::serve` provide them; under
 //! plain `axum::serve`, ask axum for them with [`ConnectAddrs`]:
 //! `axum::serve(listener, app.into_make_service_with_connect_info::<ConnectAddrs>())`.
 //!

@@ -24,7 +24,7 @@ use crate::{ResponseBody, answered, reply};
 /// number, so it is the one limit; a route's `DefaultBodyLimit` may lower
 /// it, not raise it.
 ///
-/// [`serve`](crate::serve) adds it; with `axum::serve`, add it yourself
+/// [`serve`](crate::serve()) adds it; with `axum::serve`, add it yourself
 /// around the whole router:
 ///
 /// ```
@@ -33,7 +33,7 @@ use crate::{ResponseBody, answered, reply};
 /// use palisade_core::limits::ServerLimits;
 /// use tower_layer::Layer as _;
 ///
-/// let app = Router::new().route("/upload", post(|body: Bytes| async move { body.len().to_string() }));
+/// let app: Router = Router::new().route("/upload", post(|body: Bytes| async move { body.len().to_string() }));
 /// let app = BodyLimitLayer::new(ServerLimits::default().body_limit(64 * 1024)).layer(app);
 /// # let _ = app;
 /// ```

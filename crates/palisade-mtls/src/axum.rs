@@ -127,27 +127,21 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 impl Handshake for Tls {
     type Io = Stream;
 
-    fn handshake<'a>(
-        &'a self,
-        tcp: TcpStream,
-        info: &'a mut ConnectionInfo,
-    ) -> impl Future<Output = Result<Stream, &'static str>> + Send + 'a {
-        async move {
-            let tls_first = match self.mode {
-                // No timeout of its own: the loop's bounds the whole handshake.
-                MtlsMode::Permissive => starts_with_tls(&tcp).await?,
-                MtlsMode::Strict | MtlsMode::Disable => true,
-            };
-            if !tls_first {
-                return Ok(Box::new(tcp) as Stream);
-            }
-            let stream = self
-                .acceptor
-                .accept(tcp)
-                .await
-                .map_err(|_| "TLS handshake failed")?;
-            fill_from_session(info, stream.get_ref().1);
-            Ok(Box::new(stream) as Stream)
+    async fn handshake(&self, tcp: TcpStream, info: &mut ConnectionInfo) -> Result<Stream, &'static str> {
+        let tls_first = match self.mode {
+            // No timeout of its own: the loop's bounds the whole handshake.
+            MtlsMode::Permissive => starts_with_tls(&tcp).await?,
+            MtlsMode::Strict | MtlsMode::Disable => true,
+        };
+        if !tls_first {
+            return Ok(Box::new(tcp) as Stream);
         }
+        let stream = self
+            .acceptor
+            .accept(tcp)
+            .await
+            .map_err(|_| "TLS handshake failed")?;
+        fill_from_session(info, stream.get_ref().1);
+        Ok(Box::new(stream) as Stream)
     }
 }
