@@ -166,13 +166,17 @@ pub async fn serve(default_name: &str, default_port: u16, make: impl FnOnce(Part
     let backend = args.backend.clone().map(|url| Backend {
         url,
         s4u_realm: args.s4u_realm.clone(),
-        credentials: palisade::client::Credentials::Kerberos(match palisade::spnego::Impersonator::new() {
-            Ok(imp) => palisade::client::Kerberos::s4u(imp),
-            Err(e) => {
-                tracing::warn!(error = %e, "no S4U: only delegated tickets reach the back-end");
-                palisade::client::Kerberos::delegation()
+        // `--upstream-timeout` bounds getting a ticket too.
+        credentials: palisade::client::Credentials::Kerberos(
+            match palisade::spnego::Impersonator::new() {
+                Ok(imp) => palisade::client::Kerberos::s4u(imp),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no S4U: only delegated tickets reach the back-end");
+                    palisade::client::Kerberos::delegation()
+                }
             }
-        }),
+            .kdc_timeout(args.upstream_timeout),
+        ),
         client: reqwest::Client::new(),
     });
     let guard = (!args.no_guard).then(|| setup.guard.clone());
