@@ -15,7 +15,7 @@ mod ratings_client;
 
 use actix_web::middleware::Condition;
 use actix_web::{App, HttpResponse, HttpServer, web};
-use palisade::actix::Palisade;
+use palisade::actix::{BodyLimit, Palisade};
 use palisade::mtls::actix::HttpSettings;
 use palisade::prelude::Identity;
 
@@ -28,8 +28,12 @@ fn main() {
     let ratings = ratings_client::Ratings::new(&args, &setup);
     // `--no-guard` (benchmarking only): the same routes without Palisade.
     let guarded = !args.no_guard;
+    let limits = args.limits;
     let app = move || {
         App::new()
+            // The extractors' limits are the body limit too.
+            .app_data(web::PayloadConfig::new(limits.max_body()))
+            .app_data(web::JsonConfig::default().limit(limits.max_body()))
             .wrap(Condition::new(guarded, Palisade::new(guard.clone())))
             .route("/healthz", web::get().to(|| async { "ok" }))
             .route(
@@ -38,8 +42,11 @@ fn main() {
             )
             .route(
                 "/list",
-                web::post()
-                    .to(move || async move { HttpResponse::Created().json(common::created_json(service)) }),
+                // POST reads its body, as a real create would: the body
+                // limit shows as 413.
+                web::post().to(move |_body: web::Bytes| async move {
+                    HttpResponse::Created().json(common::created_json(service))
+                }),
             )
             .route(
                 "/reviews/{id}",
@@ -63,43 +70,46 @@ fn main() {
                     HttpResponse::Ok().json(palisade::core::whoami(id.as_ref()))
                 }),
             )
+            // Last, so first: a body too large is refused before the guard.
+            .wrap(BodyLimit::new(limits))
     };
     let listen_error = |e: std::io::Error| format!("--listen {}: {e}", args.listen);
-    // PERMISSIVE (plaintext and mTLS on one port) takes Palisade's listener,
-    // which tells the two apart by the first byte; STRICT and DISABLE take
+    // Plaintext and PERMISSIVE (plaintext and mTLS on one port) take
+    // Palisade's listener, which waits for a caller's first byte with a
+    // timeout (actix-web's `bind_auto_h2c` waits without end) and in
+    // PERMISSIVE tells the two apart by it; STRICT and DISABLE take
     // actix-web's own rustls listener.
     let (server, addr) = match &setup.tls {
-        Some(tls) if tls.mode() == palisade::mtls::MtlsMode::Permissive => {
+        Some(tls) if tls.mode() != palisade::mtls::MtlsMode::Permissive => {
+            let server = palisade::actix::with_limits(HttpServer::new(app), &limits)
+                .tls_handshake_timeout(limits.handshake())
+                .workers(2)
+                .shutdown_timeout(5)
+                .disable_signals()
+                .on_connect(palisade::mtls::actix::on_connect)
+                .bind_rustls_0_23(args.listen, tls.actix_config())
+                .unwrap_or_else(|e| common::fail(&listen_error(e)));
+            let addr = server.addrs().first().copied().unwrap_or(args.listen);
+            (Listener::ActixWeb(Box::new(server)), addr)
+        }
+        tls => {
             let listener =
                 std::net::TcpListener::bind(args.listen).unwrap_or_else(|e| common::fail(&listen_error(e)));
             let addr = listener.local_addr().unwrap_or(args.listen);
-            let server = palisade::mtls::actix::server(listener, tls.clone(), HttpSettings::default(), app)
+            let settings = HttpSettings::from_limits(&limits);
+            let server = palisade::mtls::actix::server(listener, tls.clone(), settings, app)
                 .unwrap_or_else(|e| common::fail(&listen_error(e)))
                 .workers(2)
                 .shutdown_timeout(5)
                 .disable_signals();
-            (Listener::Permissive(server), addr)
-        }
-        tls => {
-            let server = HttpServer::new(app)
-                .workers(2)
-                .shutdown_timeout(5)
-                .disable_signals()
-                .on_connect(palisade::mtls::actix::on_connect);
-            let server = match tls {
-                Some(tls) => server.bind_rustls_0_23(args.listen, tls.actix_config()),
-                None => server.bind_auto_h2c(args.listen),
-            }
-            .unwrap_or_else(|e| common::fail(&listen_error(e)));
-            let addr = server.addrs().first().copied().unwrap_or(args.listen);
-            (Listener::ActixWeb(Box::new(server)), addr)
+            (Listener::Palisade(server), addr)
         }
     };
     let tls = setup.tls.clone();
     let args = &args;
     let result = actix_web::rt::System::new().block_on(async move {
         let server = match server {
-            Listener::Permissive(server) => server.run(),
+            Listener::Palisade(server) => server.run(),
             Listener::ActixWeb(server) => server.run(),
         };
         let handle = server.handle();
@@ -138,6 +148,6 @@ fn caller_token(req: &actix_web::HttpRequest) -> Option<palisade::client::Caller
 
 /// The two ways the service listens (see `main`).
 enum Listener<H> {
-    Permissive(palisade::mtls::actix::ServerBuilder),
+    Palisade(palisade::mtls::actix::ServerBuilder),
     ActixWeb(Box<H>),
 }

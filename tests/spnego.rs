@@ -331,3 +331,101 @@ fn mapped_roles_and_groups_reach_the_authorization_engine() {
         assert_eq!(get("/whoami", &bob), 200, "{name}: the realm-wide group staff");
     }
 }
+
+/// A KDC address that takes requests (UDP, and TCP connections into the
+/// backlog) and never answers: its port, and the sockets to keep.
+fn silent_kdc() -> (u16, std::net::UdpSocket, std::net::TcpListener) {
+    loop {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if let Ok(tcp) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return (port, udp, tcp);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_kdc_that_does_not_answer_costs_a_bounded_wait_and_a_clear_error() {
+    let r = realm();
+    let (port, _udp, _tcp) = silent_kdc();
+    // The realm's configuration, its KDC replaced by the silent one: for the
+    // services only (the client keeps the real KDC).
+    let conf = std::fs::read_to_string(r.realm.krb5_conf()).unwrap();
+    let silent: String = conf
+        .lines()
+        .map(|l| match l.trim_start().strip_prefix("kdc") {
+            Some(rest) if rest.trim_start().starts_with('=') => format!("    kdc = 127.0.0.1:{port}"),
+            _ => l.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(silent.contains(&format!("127.0.0.1:{port}")), "{silent}");
+    let silent_conf = write(&r, "silent-krb5.conf", &silent);
+    let env: Vec<(String, String)> = server_env(&r, true)
+        .into_iter()
+        .map(|(k, v)| {
+            if k == "KRB5_CONFIG" {
+                (k, silent_conf.clone())
+            } else {
+                (k, v)
+            }
+        })
+        .collect();
+    assert!(env.iter().any(|(k, _)| k == "KRB5_CONFIG"), "{env:?}");
+    let backend = start("details", &["--keytab", &keytab(&r)], &server_env(&r, true));
+    let log = r.realm.dir().join("productpage.log");
+    let log = log.to_str().unwrap();
+    let front = common::start_logged(
+        "productpage",
+        &[
+            "--keytab",
+            &keytab(&r),
+            "--backend",
+            &format!("http://localhost:{}", backend.port),
+            "--s4u-realm",
+            "EXAMPLE.TEST",
+            "--upstream-timeout",
+            "2",
+        ],
+        &env,
+        log,
+    );
+    // A ticket the user brings is accepted with the keytab alone: no KDC.
+    let client = r.realm.client_env(&r.ccache);
+    let whoami = format!("http://localhost:{}/whoami", front.port);
+    let (status, _, body, _) = curl(&["--negotiate", "-u", ":", &whoami], &client);
+    assert_eq!(status, 200, "{body}");
+    // S4U needs the KDC: a JWT user's call to the back-end gets a 502 once
+    // the ticket's time is up (2 s), not MIT Kerberos' half minute.
+    let endpoint = front
+        .banner
+        .iter()
+        .find_map(|l| {
+            l.split_whitespace()
+                .find(|w| w.ends_with("/protocol/openid-connect/token"))
+        })
+        .expect("the demo banner names the token endpoint")
+        .to_owned();
+    let form = "grant_type=password&client_id=demo&client_secret=demo-secret&username=alice&password=alice";
+    let token = common::access_token(&endpoint, form).await;
+    let url = format!("http://localhost:{}/backend/whoami", front.port);
+    let started = std::time::Instant::now();
+    let (status, _, body, _) = curl(&["-H", &format!("Authorization: Bearer {token}"), &url], &[]);
+    let took = started.elapsed();
+    assert_eq!(status, 502, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"], "no ticket for the back-end", "{v}");
+    assert!(took >= std::time::Duration::from_millis(1500), "{took:?}");
+    assert!(took < std::time::Duration::from_secs(8), "{took:?}");
+    // One clear line says why.
+    let logged = std::fs::read_to_string(log).unwrap();
+    assert!(
+        logged.lines().any(
+            |l| l.contains("cannot get a ticket for the back-end") && l.contains("is the KDC reachable?")
+        ),
+        "{logged}"
+    );
+    // The service is still well.
+    let (status, _, _, _) = curl(&["--negotiate", "-u", ":", &whoami], &client);
+    assert_eq!(status, 200);
+}

@@ -100,8 +100,13 @@ pub fn app(
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/list",
-            get(move || async move { Json(common::list_json(service)) })
-                .post(move || async move { (StatusCode::CREATED, Json(common::created_json(service))) }),
+            // POST reads its body, as a real create would: the body limit
+            // shows as 413.
+            get(move || async move { Json(common::list_json(service)) }).post(
+                move |_body: axum::body::Bytes| async move {
+                    (StatusCode::CREATED, Json(common::created_json(service)))
+                },
+            ),
         )
         .route(
             "/details/{id}",
@@ -161,13 +166,17 @@ pub async fn serve(default_name: &str, default_port: u16, make: impl FnOnce(Part
     let backend = args.backend.clone().map(|url| Backend {
         url,
         s4u_realm: args.s4u_realm.clone(),
-        credentials: palisade::client::Credentials::Kerberos(match palisade::spnego::Impersonator::new() {
-            Ok(imp) => palisade::client::Kerberos::s4u(imp),
-            Err(e) => {
-                tracing::warn!(error = %e, "no S4U: only delegated tickets reach the back-end");
-                palisade::client::Kerberos::delegation()
+        // `--upstream-timeout` bounds getting a ticket too.
+        credentials: palisade::client::Credentials::Kerberos(
+            match palisade::spnego::Impersonator::new() {
+                Ok(imp) => palisade::client::Kerberos::s4u(imp),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no S4U: only delegated tickets reach the back-end");
+                    palisade::client::Kerberos::delegation()
+                }
             }
-        }),
+            .kdc_timeout(args.upstream_timeout),
+        ),
         client: reqwest::Client::new(),
     });
     let guard = (!args.no_guard).then(|| setup.guard.clone());
@@ -182,17 +191,15 @@ pub async fn serve(default_name: &str, default_port: u16, make: impl FnOnce(Part
     common::start_operations(&args, &setup);
     common::announce(&setup, addr);
     println!("listening on {addr}");
+    let limits = args.limits;
     let served = match setup.tls.clone() {
         Some(tls) => {
             if let Err(e) = tls.reload_on_sighup() {
                 common::fail(&format!("cannot listen for SIGHUP: {e}"));
             }
-            palisade::mtls::axum::serve(listener, tls, app, stop).await
+            palisade::mtls::axum::serve_with(listener, tls, limits, app, stop).await
         }
-        None => {
-            let make = app.into_make_service_with_connect_info::<palisade::axum::ConnectAddrs>();
-            axum::serve(listener, make).with_graceful_shutdown(stop).await
-        }
+        None => palisade::axum::serve_with(listener, palisade::axum::Plain, limits, app, stop).await,
     };
     if let Err(e) = served {
         common::fail(&format!("server error: {e}"));

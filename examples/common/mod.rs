@@ -41,6 +41,9 @@ pub struct Args {
     pub upstream_timeout: std::time::Duration,
     /// `--admin ADDR`: `/metrics` and `/ready`, without authentication.
     pub admin: Option<SocketAddr>,
+    /// `--handshake-timeout`, `--header-read-timeout`, `--idle-timeout`
+    /// (seconds) and `--body-limit` (bytes): what a client is granted.
+    pub limits: palisade::core::limits::ServerLimits,
 }
 
 /// Parses the arguments described in docs/examples.md, or exits with one line on stderr.
@@ -100,6 +103,7 @@ fn parse(service: &str, port: u16, mut it: impl Iterator<Item = String>) -> Resu
         upstreams: Vec::new(),
         upstream_timeout: std::time::Duration::from_secs(5),
         admin: None,
+        limits: palisade::core::limits::ServerLimits::default(),
     };
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -141,14 +145,18 @@ fn parse(service: &str, port: u16, mut it: impl Iterator<Item = String>) -> Resu
                 }
                 args.upstreams.push((name.to_owned(), url.to_owned()));
             }
-            "--upstream-timeout" => {
+            "--upstream-timeout" => args.upstream_timeout = seconds(&flag, &value()?)?,
+            "--handshake-timeout" => args.limits = args.limits.handshake_timeout(seconds(&flag, &value()?)?),
+            "--header-read-timeout" => {
+                args.limits = args.limits.header_read_timeout(seconds(&flag, &value()?)?);
+            }
+            "--idle-timeout" => args.limits = args.limits.idle_timeout(seconds(&flag, &value()?)?),
+            "--body-limit" => {
                 let v = value()?;
-                let secs: f64 = v
+                let bytes = v
                     .parse()
-                    .ok()
-                    .filter(|s: &f64| s.is_finite() && *s > 0.0 && *s <= 3600.0)
-                    .ok_or_else(|| format!("--upstream-timeout {v}: a number of seconds, more than 0"))?;
-                args.upstream_timeout = std::time::Duration::from_secs_f64(secs);
+                    .map_err(|_| format!("--body-limit {v}: a number of bytes, such as 2097152"))?;
+                args.limits = args.limits.body_limit(bytes);
             }
             "-h" | "--help" => {
                 println!(
@@ -157,9 +165,13 @@ fn parse(service: &str, port: u16, mut it: impl Iterator<Item = String>) -> Resu
                      \x20      [--keytab FILE [--backend URL [--s4u-realm REALM]]]\n\
                      \x20      [--upstream NAME=URL]... [--upstream-timeout SECONDS] (productpage)\n\
                      \x20      [--admin ADDR]\n\
+                     \x20      [--handshake-timeout S] [--header-read-timeout S] [--idle-timeout S] [--body-limit BYTES]\n\
                      Without --config, a demo issuer is started and a ready-to-paste command is printed.\n\
                      The --config file is reloaded when it changes or on SIGHUP; a file that does not load\n\
                      keeps the policy in force. --admin serves GET /metrics (Prometheus) and GET /ready.\n\
+                     A client has --handshake-timeout (default 10) seconds for its TLS handshake, --header-read-timeout\n\
+                     (10) for a request head, --idle-timeout (75) to begin its next request; a body over --body-limit\n\
+                     (2097152) bytes is answered 413.\n\
                      --client-ca turns mutual TLS on; its mode comes from the policy file's PeerAuthentication\n\
                      (default STRICT). Certificates, keys, CA and CRL files are reloaded when they change or on SIGHUP.\n\
                      --no-guard (benchmarking only) serves the same routes without Palisade: no authentication,\n\
@@ -196,6 +208,15 @@ fn parse(service: &str, port: u16, mut it: impl Iterator<Item = String>) -> Resu
         ));
     }
     Ok(args)
+}
+
+/// A `--…-timeout` value: seconds, more than 0, at most an hour.
+fn seconds(flag: &str, v: &str) -> Result<std::time::Duration, String> {
+    v.parse()
+        .ok()
+        .filter(|s: &f64| s.is_finite() && *s > 0.0 && *s <= 3600.0)
+        .map(std::time::Duration::from_secs_f64)
+        .ok_or_else(|| format!("{flag} {v}: a number of seconds, more than 0"))
 }
 
 /// Logging on stderr, filtered by `RUST_LOG` (default `info`).
@@ -442,7 +463,8 @@ fn admin(listener: std::net::TcpListener, handle: metrics_exporter_prometheus::P
                 }),
             )
             .route("/ready", get(|| async { "ready" }));
-        if let Err(e) = axum::serve(listener, app).await {
+        // With the default limits on slow and silent clients.
+        if let Err(e) = palisade::axum::serve(listener, app, std::future::pending()).await {
             tracing::error!(error = %e, "the admin listener stopped");
         }
     });

@@ -73,6 +73,16 @@ pub(crate) fn start(name: &str, args: &[&str]) -> Service {
 /// Starts an example with extra environment variables (`RUST_LOG` is
 /// `warn`, or `TEST_RUST_LOG` when set).
 pub(crate) fn start_with_env(name: &str, args: &[&str], env: &[(String, String)]) -> Service {
+    spawn(name, args, env, std::process::Stdio::inherit())
+}
+
+/// [`start_with_env`] with its log (stderr) written to the file `log`.
+pub(crate) fn start_logged(name: &str, args: &[&str], env: &[(String, String)], log: &str) -> Service {
+    let file = std::fs::File::create(log).unwrap_or_else(|e| panic!("{log}: {e}"));
+    spawn(name, args, env, std::process::Stdio::from(file))
+}
+
+fn spawn(name: &str, args: &[&str], env: &[(String, String)], stderr: std::process::Stdio) -> Service {
     use std::io::BufRead;
     let child = std::process::Command::new(example(name))
         .args(["--listen", "127.0.0.1:0"])
@@ -83,7 +93,7 @@ pub(crate) fn start_with_env(name: &str, args: &[&str], env: &[(String, String)]
             std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "warn".into()),
         )
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start example {name} (built by cargo test): {e}"));
     // From here on, Drop kills and reaps the process whatever happens.

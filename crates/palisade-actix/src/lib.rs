@@ -64,8 +64,10 @@ use palisade_core::adapter::{
 use palisade_core::authn::{ConnectionInfo, RequestHead};
 use palisade_core::{Check, Guard, RequestAuth};
 
+mod limit;
 mod require;
 
+pub use limit::{BodyLimit, BodyLimitMiddleware, with_limits};
 pub use require::{Require, RequireMiddleware};
 
 /// Records a plain TCP connection's addresses for Istio's `ports`,

@@ -48,10 +48,18 @@
 //! unless `forward_original_token`). What to do is decided by
 //! `palisade-core` for both frameworks; this crate only translates types.
 //!
+//! # Serving
+//! [`serve()`] is `axum::serve` with limits on slow, silent and greedy
+//! clients (a header-read and an idle timeout, a body limit:
+//! [`ServerLimits`](palisade_core::limits::ServerLimits)), the same as
+//! actix-web's under `palisade-actix`; `palisade_mtls::axum::serve_with`
+//! serves TLS and mutual TLS on the same loop. [`BodyLimitLayer`] is the
+//! body limit alone.
+//!
 //! # Connection facts under `axum::serve`
 //! Istio's `ports`, `destination.ip` and `source.ip` read the connection's
-//! addresses. `palisade_mtls::axum::serve` provides them; under plain
-//! `axum::serve`, ask axum for them with [`ConnectAddrs`]:
+//! addresses. [`serve()`] and `palisade_mtls::axum::serve` provide them; under
+//! plain `axum::serve`, ask axum for them with [`ConnectAddrs`]:
 //! `axum::serve(listener, app.into_make_service_with_connect_info::<ConnectAddrs>())`.
 //!
 //! # Names in the two adapters
@@ -77,9 +85,13 @@ use palisade_core::{BoxFuture, Check, Guard, RequestAuth};
 use tower_layer::Layer;
 use tower_service::Service;
 
+mod limit;
 mod require;
+pub mod serve;
 
+pub use limit::{BodyLimit, BodyLimitFuture, BodyLimitLayer};
 pub use require::{Require, RequireLayer, require};
+pub use serve::{Handshake, Plain, serve, serve_with};
 
 /// Adds Palisade to a tower stack. Clone it freely: it shares one [`Guard`].
 #[derive(Clone, Debug)]

@@ -2,6 +2,7 @@
 //! ticket the caller delegated, or S4U with the service's own key.
 
 use std::fmt;
+use std::time::Duration;
 
 use palisade_core::RequestAuth;
 use palisade_spnego::{DelegatedCredential, Impersonator};
@@ -94,11 +95,26 @@ impl KerberosCaller {
 /// service's own key ([`Kerberos::s4u`]), for a caller known as a Kerberos
 /// principal. A caller with neither is refused before anything is sent
 /// ([`ClientError::NoCallerToken`]). Each call asks for a new ticket
-/// (GSSAPI, on a blocking thread).
-#[derive(Clone, Debug, Default)]
+/// (GSSAPI, on a blocking thread), and gives up after
+/// [`Kerberos::kdc_timeout`] (default 5 s) with
+/// [`ClientError::Unavailable`]: MIT Kerberos waits about 27 s for a KDC
+/// that does not answer, and that wait is the library's, on its blocking
+/// thread, not the request's.
+#[derive(Clone, Debug)]
 pub struct Kerberos {
     service: Option<String>,
     impersonator: Option<Impersonator>,
+    kdc_timeout: Duration,
+}
+
+impl Default for Kerberos {
+    fn default() -> Self {
+        Self {
+            service: None,
+            impersonator: None,
+            kdc_timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 impl Kerberos {
@@ -113,9 +129,18 @@ impl Kerberos {
     #[must_use]
     pub fn s4u(impersonator: Impersonator) -> Self {
         Self {
-            service: None,
             impersonator: Some(impersonator),
+            ..Self::default()
         }
+    }
+
+    /// How long getting a ticket may take, KDC round trips included
+    /// (default 5 s); then the call fails with [`ClientError::Unavailable`]
+    /// and is not sent.
+    #[must_use]
+    pub fn kdc_timeout(mut self, timeout: Duration) -> Self {
+        self.kdc_timeout = timeout;
+        self
     }
 
     /// The upstream's service name (`HTTP@backend.example.test`), when it
@@ -142,25 +167,29 @@ impl Kerberos {
             }
         };
         let caller = caller.ok_or(ClientError::NoCallerToken)?;
-        let header = match (&caller.delegated, &caller.principal, &self.impersonator) {
+        let ticket = match (&caller.delegated, &caller.principal, &self.impersonator) {
             (Some(d), _, _) => {
                 let d = d.clone();
-                tokio::task::spawn_blocking(move || d.negotiate_header(&service)).await
+                tokio::task::spawn_blocking(move || d.negotiate_header(&service))
             }
             (None, Some(user), Some(imp)) => {
                 let (imp, user) = (imp.clone(), user.clone());
-                tokio::task::spawn_blocking(move || imp.negotiate_header(&user, &service)).await
+                tokio::task::spawn_blocking(move || imp.negotiate_header(&user, &service))
             }
             _ => return Err(ClientError::NoCallerToken),
         };
-        match header {
-            Ok(Ok(h)) => Ok(h),
-            Ok(Err(e)) => Err(ClientError::Refused(format!(
+        match tokio::time::timeout(self.kdc_timeout, ticket).await {
+            Ok(Ok(Ok(h))) => Ok(h),
+            Ok(Ok(Err(e))) => Err(ClientError::Refused(format!(
                 "no Kerberos ticket for the upstream: {e}"
             ))),
-            Err(_) => Err(ClientError::Unavailable(
+            Ok(Err(_)) => Err(ClientError::Unavailable(
                 "the Kerberos call did not finish".into(),
             )),
+            Err(_) => Err(ClientError::Unavailable(format!(
+                "no Kerberos ticket for the upstream within {:?}: is the KDC reachable?",
+                self.kdc_timeout
+            ))),
         }
     }
 }

@@ -35,6 +35,7 @@ pub mod adapter;
 pub mod authn;
 pub mod authz;
 pub mod form;
+pub mod limits;
 pub mod metrics;
 pub mod policy;
 pub mod reload;

@@ -640,6 +640,16 @@ pub(crate) async fn get(
     if !resp.status().is_success() {
         return Err(format!("{url}: HTTP {}", resp.status().as_u16()));
     }
+    // A sign-in page or a proxy's error page where JSON belongs: said as
+    // such, and not read.
+    if resp
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/html"))
+    {
+        return Err(format!("{url}: an HTML page (content-type text/html), not JSON"));
+    }
     let max_age = resp
         .headers()
         .get(reqwest::header::CACHE_CONTROL)
@@ -662,6 +672,8 @@ pub(crate) async fn get(
 pub(crate) fn describe(e: &reqwest::Error) -> &'static str {
     if e.is_timeout() {
         "timed out"
+    } else if e.is_redirect() {
+        "too many redirects"
     } else if e.is_connect() {
         "cannot connect"
     } else if e.is_body() || e.is_decode() {

@@ -23,7 +23,11 @@
 //! actix-web listens with TLS or without it per port, so PERMISSIVE
 //! (plaintext and mutual TLS on one port) takes [`server`]: an actix-server
 //! listener that peeks at each connection's first byte and hands it to a TLS
-//! or a plaintext HTTP service, each built from the same `App` factory:
+//! or a plaintext HTTP service, each built from the same `App` factory. It
+//! serves plaintext alone too (`server(listener, None, …)`), where
+//! `HttpServer::bind_auto_h2c` would wait for a silent caller's first byte
+//! without end. [`HttpSettings::from_limits`] gives it the
+//! [`ServerLimits`]' timeouts (the default):
 //!
 //! ```no_run
 //! use actix_web::{App, web};
@@ -66,7 +70,9 @@ use palisade_core::authn::ConnectionInfo;
 
 use crate::identity::fill_from_session;
 
-use crate::server::{HANDSHAKE_TIMEOUT, LOG_TARGET, MtlsMode, ServerTls, starts_with_tls};
+use palisade_core::limits::ServerLimits;
+
+use crate::server::{LOG_TARGET, MtlsMode, ServerTls, starts_with_tls};
 /// actix-server's builder, which [`server`] returns.
 pub use actix_server::ServerBuilder;
 
@@ -90,7 +96,8 @@ pub fn on_connect(conn: &dyn Any, data: &mut Extensions) {
 }
 
 /// The HTTP settings of [`server`], as actix-web's `HttpServer` has
-/// them; the defaults are `HttpServer`'s.
+/// them; the defaults are [`ServerLimits`]'s (not `HttpServer`'s), as
+/// [`HttpSettings::from_limits`] makes them.
 ///
 /// ```
 /// use actix_web::http::KeepAlive;
@@ -112,25 +119,34 @@ pub struct HttpSettings {
 
 impl Default for HttpSettings {
     fn default() -> Self {
-        HttpSettings {
-            keep_alive: KeepAlive::default(),
-            client_request_timeout: Duration::from_secs(5),
-            client_disconnect_timeout: Duration::from_secs(1),
-            host: None,
-            handshake_timeout: HANDSHAKE_TIMEOUT,
-        }
+        Self::from_limits(&ServerLimits::default())
     }
 }
 
 impl HttpSettings {
-    /// Keep-alive (default 5 s), as `HttpServer::keep_alive`.
+    /// The settings that enforce `limits`' timeouts (their body limit is the
+    /// app's: `palisade_actix::BodyLimit`): `client_request_timeout` is the
+    /// header-read timeout, keep-alive the idle timeout, the TLS handshake
+    /// and PERMISSIVE's first byte get the handshake timeout; a client has
+    /// 1 s to close after the server did.
+    pub fn from_limits(limits: &ServerLimits) -> Self {
+        HttpSettings {
+            keep_alive: KeepAlive::Timeout(limits.idle()),
+            client_request_timeout: limits.header_read(),
+            client_disconnect_timeout: Duration::from_secs(1),
+            host: None,
+            handshake_timeout: limits.handshake(),
+        }
+    }
+
+    /// Keep-alive (default 75 s, the idle timeout), as `HttpServer::keep_alive`.
     pub fn keep_alive(mut self, keep_alive: impl Into<KeepAlive>) -> Self {
         self.keep_alive = keep_alive.into();
         self
     }
 
-    /// How long a client has to send a request's head (default 5 s), as
-    /// `HttpServer::client_request_timeout`.
+    /// How long a client has to send its first request's head (default
+    /// 10 s, the header-read timeout), as `HttpServer::client_request_timeout`.
     pub fn client_request_timeout(mut self, timeout: Duration) -> Self {
         self.client_request_timeout = timeout;
         self
@@ -160,27 +176,33 @@ impl HttpSettings {
 }
 
 /// An actix-web server for the `App`s `factory` makes, on `listener`, with
-/// `tls` in any mode, PERMISSIVE included: there the first byte of each
-/// connection tells TLS (a handshake record, `0x16`) from plaintext HTTP, as
-/// Istio's sidecar does, and plaintext callers have no peer identity. Every
-/// request finds its [`ConnectionInfo`] where [`on_connect`] would put it.
-/// `settings` are `HttpServer`'s HTTP settings ([`HttpSettings::default`]
-/// has its defaults).
+/// `tls` in any mode, PERMISSIVE included, or without TLS (`None`): in
+/// PERMISSIVE the first byte of each connection tells TLS (a handshake
+/// record, `0x16`) from plaintext HTTP, as Istio's sidecar does, and
+/// plaintext callers have no peer identity. Every request finds its
+/// [`ConnectionInfo`] where [`on_connect`] would put it. `settings` are
+/// `HttpServer`'s HTTP settings ([`HttpSettings::from_limits`]; the default
+/// is [`ServerLimits`]'s).
+///
+/// Plaintext is HTTP/1.1 or h2c with prior knowledge, as
+/// `HttpServer::bind_auto_h2c` serves it, except that a caller's first byte
+/// is waited for up to the `client_request_timeout` (the handshake timeout
+/// in PERMISSIVE): `bind_auto_h2c` waits for it without end.
 ///
 /// The result is actix-server's builder: set workers, the shutdown timeout
 /// or signal handling there, then `run()` it. Requests over TLS see the
 /// `https` scheme in `HttpRequest::connection_info`, plaintext ones `http`.
-/// The factory runs once per worker for TLS and, in PERMISSIVE, once more
-/// for plaintext: state to share between them is made outside it, as with
-/// `HttpServer`. The listen backlog is the listener's (`std`'s `bind` asks
-/// for 128; `HttpServer::bind` for 1,024).
+/// The factory runs once per worker for TLS and once for plaintext: state
+/// to share between them is made outside it, as with `HttpServer`. The
+/// listen backlog is the listener's (`std`'s `bind` asks for 128;
+/// `HttpServer::bind` for 1,024).
 ///
 /// # Errors
 /// When the listener's local address cannot be read or it cannot be made
 /// non-blocking.
 pub fn server<F, I, S, B>(
     listener: std::net::TcpListener,
-    tls: ServerTls,
+    tls: impl Into<Option<ServerTls>>,
     settings: HttpSettings,
     factory: F,
 ) -> std::io::Result<ServerBuilder>
@@ -195,36 +217,49 @@ where
     S::Service: 'static,
     B: MessageBody + 'static,
 {
+    let tls: Option<ServerTls> = tls.into();
     let builder = ServerBuilder::default();
     let shutdown = builder.graceful_shutdown_signal();
     let addr = listener.local_addr()?;
     let host = settings.host.clone().unwrap_or_else(|| addr.to_string());
-    let permissive = tls.mode() == MtlsMode::Permissive;
-    builder.listen(format!("palisade-mtls-{addr}"), listener, move || {
-        let secure = http(&shutdown, addr, &settings)
-            .finish(app(&factory, true, &host, addr))
-            .rustls_0_23_with_config(
-                tls.actix_config(),
-                TlsAcceptorConfig::default().handshake_timeout(settings.handshake_timeout),
-            );
-        let plain = permissive.then(|| {
+    let with_plain = tls.as_ref().is_none_or(|t| t.mode() == MtlsMode::Permissive);
+    // Before a plaintext caller's first byte: the handshake timeout where
+    // it may be TLS, the request timeout where it is HTTP.
+    let first_byte_timeout = if tls.is_some() {
+        settings.handshake_timeout
+    } else {
+        settings.client_request_timeout
+    };
+    builder.listen(format!("palisade-{addr}"), listener, move || {
+        let secure = tls.as_ref().map(|tls| {
+            http(&shutdown, addr, &settings)
+                .finish(app(&factory, true, &host, addr))
+                .rustls_0_23_with_config(
+                    tls.actix_config(),
+                    TlsAcceptorConfig::default().handshake_timeout(settings.handshake_timeout),
+                )
+        });
+        let plain = with_plain.then(|| {
             http(&shutdown, addr, &settings)
                 .finish(app(&factory, false, &host, addr))
                 .tcp_auto_h2c()
         });
         let shutdown = shutdown.clone();
-        let first_byte_timeout = settings.handshake_timeout;
         fn_factory(move || {
-            let secure = secure.new_service(());
+            let secure = secure.as_ref().map(|s| s.new_service(()));
             let plain = plain.as_ref().map(|p| p.new_service(()));
             let shutdown = shutdown.clone();
             async move {
+                let secure = match secure {
+                    Some(secure) => Some(Rc::new(secure.await?)),
+                    None => None,
+                };
                 let plain = match plain {
                     Some(plain) => Some(Rc::new(plain.await?)),
                     None => None,
                 };
                 Ok::<_, ()>(FirstByte {
-                    secure: Rc::new(secure.await?),
+                    secure,
                     plain,
                     shutdown,
                     first_byte_timeout,
@@ -235,16 +270,18 @@ where
     })
 }
 
-/// One worker's connection service: in PERMISSIVE the first-byte test, then
-/// the TLS or the plaintext HTTP service. Its readiness is theirs, so a
-/// worker at actix-tls's limit of concurrent handshakes stops accepting
-/// (connections wait in the listen backlog), as under `HttpServer`.
+/// One worker's connection service: the first byte awaited where there is
+/// plaintext (telling TLS from plaintext in PERMISSIVE), then the TLS or
+/// the plaintext HTTP service. Its readiness is theirs, so a worker at
+/// actix-tls's limit of concurrent handshakes stops accepting (connections
+/// wait in the listen backlog), as under `HttpServer`.
 ///
 /// (`'a` is how long the inner services' types live: actix-http's are
 /// opaque, so not known to be `'static`.)
 struct FirstByte<'a, T, P> {
-    secure: Rc<T>,
-    /// The plaintext service, in PERMISSIVE only.
+    /// The TLS service, unless the listener is plaintext only.
+    secure: Option<Rc<T>>,
+    /// The plaintext service, in PERMISSIVE and without TLS.
     plain: Option<Rc<P>>,
     shutdown: GracefulShutdownSignal,
     first_byte_timeout: Duration,
@@ -261,7 +298,10 @@ where
     type Future = Pin<Box<dyn Future<Output = Result<(), ()>> + 'a>>;
 
     fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
-        let secure = self.secure.poll_ready(cx).map_err(drop);
+        let secure = self
+            .secure
+            .as_ref()
+            .map_or(Poll::Ready(Ok(())), |s| s.poll_ready(cx).map_err(drop));
         let plain = self
             .plain
             .as_ref()
@@ -274,30 +314,36 @@ where
     }
 
     fn call(&self, tcp: TcpStream) -> Self::Future {
-        let (secure, plain) = (Rc::clone(&self.secure), self.plain.clone());
+        let (secure, plain) = (self.secure.clone(), self.plain.clone());
         let shutdown = self.shutdown.clone();
         let first_byte_timeout = self.first_byte_timeout;
         Box::pin(async move {
             let remote = tcp.peer_addr().ok();
             // `Ok(Some(plain))`: a plaintext caller; `Ok(None)`: TLS.
             let plain = match plain {
-                // A caller that sends nothing is let go at shutdown, not
-                // waited for.
+                // A caller that sends nothing is let go after the timeout,
+                // or at shutdown.
                 Some(plain) => tokio::select! {
-                    tls = starts_with_tls(&tcp, first_byte_timeout) => tls.map(|tls| (!tls).then_some(plain)),
+                    first = tokio::time::timeout(first_byte_timeout, starts_with_tls(&tcp)) => match first {
+                        Ok(Ok(true)) if secure.is_some() => Ok(None),
+                        Ok(Ok(_)) => Ok(Some(plain)),
+                        Ok(Err(reason)) => Err(reason),
+                        Err(_) => Err("no first byte in time"),
+                    },
                     () = shutdown.notified() => Err("server shutting down"),
                 },
                 None => Ok(None),
             };
-            let outcome = match plain {
-                Ok(None) => match secure.call(tcp).await {
+            let outcome = match (plain, secure) {
+                (Ok(None), Some(secure)) => match secure.call(tcp).await {
                     Err(TlsError::Timeout) => Err("TLS handshake timed out"),
                     Err(TlsError::Tls(_)) => Err("TLS handshake failed"),
                     Err(TlsError::Service(_)) => Err("HTTP connection error"),
                     Ok(()) => Ok(()),
                 },
-                Ok(Some(plain)) => plain.call(tcp).await.map_err(|_| "HTTP connection error"),
-                Err(reason) => Err(reason),
+                (Ok(Some(plain)), _) => plain.call(tcp).await.map_err(|_| "HTTP connection error"),
+                (Ok(None), None) => Err("no service"),
+                (Err(reason), _) => Err(reason),
             };
             if let Err(reason) = outcome {
                 tracing::debug!(target: LOG_TARGET, ?remote, reason, "connection closed");

@@ -23,26 +23,17 @@ use crate::files;
 /// Log target of the TLS side.
 pub const LOG_TARGET: &str = "palisade::mtls";
 
-/// How long a client has to finish the TLS handshake (or, in PERMISSIVE
-/// mode, to send its first byte).
-#[cfg(any(feature = "axum", feature = "actix"))]
-pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// PERMISSIVE's test, as Istio's sidecar makes it: a connection whose first
 /// byte is a TLS handshake record (`0x16`) is TLS, anything else plaintext.
-/// The byte is peeked, not read, and waited for up to `timeout`. The error
-/// is a reason for the debug log.
+/// The byte is peeked, not read; the caller bounds the wait. The error is a
+/// reason for the debug log.
 #[cfg(any(feature = "axum", feature = "actix"))]
-pub(crate) async fn starts_with_tls(
-    tcp: &tokio::net::TcpStream,
-    timeout: Duration,
-) -> Result<bool, &'static str> {
+pub(crate) async fn starts_with_tls(tcp: &tokio::net::TcpStream) -> Result<bool, &'static str> {
     let mut first = [0u8; 1];
-    match tokio::time::timeout(timeout, tcp.peek(&mut first)).await {
-        Ok(Ok(1)) => Ok(first[0] == 0x16),
-        Ok(Ok(_)) => Err("closed"),
-        Ok(Err(_)) => Err("read error"),
-        Err(_) => Err("no first byte in time"),
+    match tcp.peek(&mut first).await {
+        Ok(1) => Ok(first[0] == 0x16),
+        Ok(_) => Err("closed"),
+        Err(_) => Err("read error"),
     }
 }
 

@@ -1,0 +1,589 @@
+//! Serving a router with limits on slow, silent and greedy clients:
+//! [`serve`] and [`serve_with`].
+//!
+//! `axum::serve` gives a client unlimited time to send its request head and
+//! keeps an idle connection forever, and takes any body a handler reads.
+//! This accept loop (hyper-util's automatic HTTP/1.1 or HTTP/2 server,
+//! graceful shutdown) enforces [`ServerLimits`] instead, with the meaning
+//! and defaults they have under actix-web:
+//!
+//! - a connection's first request head must be complete within the
+//!   header-read timeout of the connection opening, a later one within the
+//!   header-read timeout of its first byte; otherwise the connection is
+//!   closed (HTTP/2: the first request only, then the idle timeout);
+//! - a connection with no request in progress is closed when no new one
+//!   begins within the idle timeout;
+//! - request bodies pass [`BodyLimitLayer`], answered 413 beyond the limit;
+//! - [`Handshake`] (TLS, in `palisade-mtls`) is bounded by the handshake
+//!   timeout.
+//!
+//! ```no_run
+//! use axum::{Router, routing::get};
+//! use palisade_core::limits::ServerLimits;
+//! # async fn run(guard: palisade_core::Guard) -> std::io::Result<()> {
+//! let app: Router = palisade_axum::PalisadeLayer::new(guard).wrap(Router::new().route("/", get(|| async { "hi" })));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! let limits = ServerLimits::default().header_read_timeout(std::time::Duration::from_secs(5));
+//! palisade_axum::serve_with(listener, palisade_axum::Plain, limits, app, std::future::pending()).await
+//! # }
+//! ```
+//!
+//! Every request carries an `Arc<ConnectionInfo>` with the connection's
+//! addresses (and what the handshake adds), which Palisade's guard reads for
+//! Istio's `source.ip`, `destination.ip` and `ports`.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::{Request, Response, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use palisade_core::authn::ConnectionInfo;
+use palisade_core::limits::{LOG_TARGET, ServerLimits};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tower::ServiceExt as _;
+use tower_layer::Layer as _;
+use tower_service::Service;
+
+use crate::BodyLimitLayer;
+
+/// How long open connections get to finish after shutdown was asked for.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often an HTTP/2 peer is pinged, and how long it has to answer.
+const H2_KEEP_ALIVE: Duration = Duration::from_secs(20);
+/// Concurrent HTTP/2 streams per connection.
+const H2_MAX_STREAMS: u32 = 256;
+
+/// What happens to an accepted connection before HTTP is spoken on it: a
+/// TLS handshake (`palisade-mtls` implements it), or nothing ([`Plain`]).
+/// [`serve_with`] bounds it by [`ServerLimits::handshake_timeout`].
+pub trait Handshake: Clone + Send + Sync + 'static {
+    /// The stream HTTP is spoken on.
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+
+    /// Turns an accepted connection into the stream HTTP is spoken on,
+    /// adding what it learns (SNI, peer certificate) to `info`, which holds
+    /// the addresses.
+    ///
+    /// # Errors
+    /// A short reason for the debug log when the connection is given up.
+    fn handshake<'a>(
+        &'a self,
+        tcp: TcpStream,
+        info: &'a mut ConnectionInfo,
+    ) -> impl Future<Output = Result<Self::Io, &'static str>> + Send + 'a;
+}
+
+/// Plaintext HTTP: no handshake.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Plain;
+
+impl Handshake for Plain {
+    type Io = TcpStream;
+
+    fn handshake<'a>(
+        &'a self,
+        tcp: TcpStream,
+        _: &'a mut ConnectionInfo,
+    ) -> impl Future<Output = Result<TcpStream, &'static str>> + Send + 'a {
+        std::future::ready(Ok(tcp))
+    }
+}
+
+/// Serves `service` in plaintext HTTP/1.1 and h2c on `listener` with the
+/// default [`ServerLimits`] until `shutdown` completes, then lets open
+/// connections finish (up to 10 s): `axum::serve` with limits. See the
+/// [module documentation](self).
+///
+/// # Errors
+/// None so far: a failed `accept` is logged and retried.
+pub async fn serve<S, B>(
+    listener: TcpListener,
+    service: S,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()>
+where
+    S: Service<Request<Body>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    serve_with(listener, Plain, ServerLimits::default(), service, shutdown).await
+}
+
+/// Serves `service` on `listener` after `handshake`, with `limits`, until
+/// `shutdown` completes, then lets open connections finish (up to 10 s).
+/// See the [module documentation](self).
+///
+/// # Errors
+/// None so far: a failed `accept` is logged and retried, a connection
+/// that fails or breaks a limit is closed and logged at debug level.
+pub async fn serve_with<H, S, B>(
+    listener: TcpListener,
+    handshake: H,
+    limits: ServerLimits,
+    service: S,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()>
+where
+    H: Handshake,
+    S: Service<Request<Body>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let service = BodyLimitLayer::new(limits).layer(service);
+    let graceful = GracefulShutdown::new();
+    // Every connection's task, so that those still open after the drain
+    // timeout can be ended.
+    let mut connections = tokio::task::JoinSet::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        // Finished connections leave the set.
+        while connections.try_join_next().is_some() {}
+        let (tcp, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, don't spin.
+                    tracing::warn!(target: LOG_TARGET, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let watcher = graceful.watcher();
+        let (handshake, service) = (handshake.clone(), service.clone());
+        connections.spawn(async move {
+            let served = async {
+                let _ = tcp.set_nodelay(true);
+                let mut info = ConnectionInfo::default();
+                info.remote_addr = Some(remote);
+                info.local_addr = tcp.local_addr().ok();
+                let io = tokio::time::timeout(limits.handshake(), handshake.handshake(tcp, &mut info))
+                    .await
+                    .map_err(|_| "handshake timed out")??;
+                let conn = connection(io, Arc::new(info), &limits, service);
+                watcher.watch(conn).await.map_err(|e| reason(&*e))
+            };
+            if let Err(reason) = served.await {
+                tracing::debug!(target: LOG_TARGET, %remote, reason, "connection closed");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        connections.abort_all();
+        tracing::warn!(target: LOG_TARGET, "connections still open after the drain timeout were closed");
+    }
+    Ok(())
+}
+
+/// Why hyper ended a connection, for the debug log: a limit, or the client.
+fn reason(e: &(dyn std::error::Error + 'static)) -> &'static str {
+    let mut source = Some(e);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::TimedOut
+        {
+            return "no complete request head in time";
+        }
+        source = e.source();
+    }
+    "HTTP connection error"
+}
+
+/// One connection's HTTP/1.1 or HTTP/2 (by its first bytes: the h2 preface,
+/// whether ALPN chose h2 or a plaintext caller has prior knowledge) with
+/// the limits' deadlines on its reads.
+fn connection<I, S, B>(
+    io: I,
+    info: Arc<ConnectionInfo>,
+    limits: &ServerLimits,
+    service: S,
+) -> impl hyper_util::server::graceful::GracefulConnection<Error = Box<dyn std::error::Error + Send + Sync>>
++ Send
++ use<I, S, B>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Body>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let activity = Arc::new(Activity::default());
+    let io = Deadlines::new(io, activity.clone(), limits);
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let in_flight = InFlight::enter(&activity, req.version());
+        let mut req = req.map(Body::new);
+        // Per request: one Arc clone. The handshake's facts were read once.
+        req.extensions_mut().insert(info.clone());
+        let response = service.clone().oneshot(req);
+        async move {
+            let res = response.await?;
+            Ok::<_, Infallible>(res.map(|body| Tracked { body, in_flight }))
+        }
+    });
+    let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // The deadlines are `Deadlines`': hyper's own header-read timer also
+    // runs while the connection is idle, which would make it the idle
+    // timeout too.
+    http.http1().timer(TokioTimer::new()).header_read_timeout(None);
+    http.http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(H2_KEEP_ALIVE))
+        .keep_alive_timeout(H2_KEEP_ALIVE)
+        .max_concurrent_streams(H2_MAX_STREAMS);
+    http.serve_connection(TokioIo::new(io), svc).into_owned()
+}
+
+/// What the requests of one connection tell its reads: how many are in
+/// progress, and whether it speaks HTTP/2.
+#[derive(Default)]
+struct Activity {
+    in_flight: AtomicUsize,
+    h2: AtomicBool,
+    /// The connection's task, woken when its last request ends so that its
+    /// reads start the idle deadline.
+    waker: Mutex<Option<Waker>>,
+}
+
+/// A request in progress, until its response body is done or dropped.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn enter(activity: &Arc<Activity>, version: Version) -> Self {
+        if version == Version::HTTP_2 {
+            activity.h2.store(true, Ordering::Relaxed);
+        }
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        Self(activity.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1
+            && let Some(waker) = self.0.waker.lock().ok().and_then(|mut w| w.take())
+        {
+            waker.wake();
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its request in progress.
+    struct Tracked<B> {
+        #[pin]
+        body: B,
+        in_flight: InFlight,
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Where a connection is, as its reads see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for a request head to be complete: the header-read deadline.
+    Head,
+    /// A request is in progress: no deadline.
+    Busy,
+    /// No request in progress, none begun: the idle deadline.
+    Idle,
+}
+
+pin_project_lite::pin_project! {
+    /// A connection whose reads keep the limits' deadlines: a read that
+    /// waits past the header-read deadline fails (hyper closes the
+    /// connection), one that waits past the idle deadline ends the stream
+    /// (hyper closes an idle connection quietly).
+    struct Deadlines<I> {
+        #[pin]
+        io: I,
+        activity: Arc<Activity>,
+        phase: Phase,
+        deadline: Pin<Box<tokio::time::Sleep>>,
+        header_read: Duration,
+        idle: Duration,
+    }
+}
+
+impl<I> Deadlines<I> {
+    fn new(io: I, activity: Arc<Activity>, limits: &ServerLimits) -> Self {
+        Self {
+            io,
+            activity,
+            phase: Phase::Head,
+            deadline: Box::pin(tokio::time::sleep(limits.header_read())),
+            header_read: limits.header_read(),
+            idle: limits.idle(),
+        }
+    }
+}
+
+impl<I: AsyncRead> AsyncRead for Deadlines<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.project();
+        let in_flight = this.activity.in_flight.load(Ordering::Acquire);
+        if in_flight > 0 {
+            *this.phase = Phase::Busy;
+        } else if *this.phase == Phase::Busy {
+            *this.phase = Phase::Idle;
+            let at = tokio::time::Instant::now() + *this.idle;
+            this.deadline.as_mut().reset(at);
+        }
+        let before = buf.filled().len();
+        match this.io.poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                // A new request's first bytes (HTTP/1: HTTP/2 sends pings
+                // and window updates while idle).
+                if *this.phase == Phase::Idle
+                    && buf.filled().len() > before
+                    && !this.activity.h2.load(Ordering::Relaxed)
+                {
+                    *this.phase = Phase::Head;
+                    let at = tokio::time::Instant::now() + *this.header_read;
+                    this.deadline.as_mut().reset(at);
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => match *this.phase {
+                Phase::Busy => {
+                    // Woken when the last request ends, to start the idle
+                    // deadline even if no byte comes.
+                    if let Ok(mut slot) = this.activity.waker.lock()
+                        && !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker()))
+                    {
+                        *slot = Some(cx.waker().clone());
+                    }
+                    // A request may have ended meanwhile.
+                    if this.activity.in_flight.load(Ordering::Acquire) == 0 {
+                        cx.waker().wake_by_ref();
+                    }
+                    Poll::Pending
+                }
+                Phase::Head if this.deadline.as_mut().poll(cx).is_ready() => Poll::Ready(Err(
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "no complete request head in time"),
+                )),
+                // The end of the stream: hyper lets an idle connection go.
+                Phase::Idle if this.deadline.as_mut().poll(cx).is_ready() => {
+                    tracing::trace!(target: LOG_TARGET, "idle connection closed");
+                    Poll::Ready(Ok(()))
+                }
+                Phase::Head | Phase::Idle => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl<I: AsyncWrite> AsyncWrite for Deadlines<I> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        self.project().io.poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.project().io.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::time::{Duration, Instant};
+
+    use axum::Router;
+    use axum::routing::{get, post};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    /// A router served with 1 s for a head, 2 s of idleness and 100-byte
+    /// bodies; its address.
+    async fn start() -> SocketAddr {
+        let app = Router::new()
+            .route("/", get(|| async { "hi" }))
+            .route("/echo", post(|body: Bytes| async move { body.len().to_string() }));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = ServerLimits::default()
+            .header_read_timeout(Duration::from_secs(1))
+            .idle_timeout(Duration::from_secs(2))
+            .body_limit(100);
+        tokio::spawn(serve_with(listener, Plain, limits, app, std::future::pending()));
+        addr
+    }
+
+    /// Reads until the server closes; what it sent and when it closed.
+    async fn until_closed(tcp: &mut TcpStream) -> (String, Instant) {
+        let mut seen = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut seen))
+            .await
+            .expect("the connection was not closed");
+        (String::from_utf8_lossy(&seen).into_owned(), Instant::now())
+    }
+
+    const GET: &[u8] = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
+
+    #[tokio::test]
+    async fn a_silent_client_is_let_go_after_the_header_read_timeout() {
+        let addr = start().await;
+        let start = Instant::now();
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let (seen, closed) = until_closed(&mut tcp).await;
+        assert_eq!(seen, "");
+        assert!(
+            closed - start >= Duration::from_millis(900),
+            "{:?}",
+            closed - start
+        );
+    }
+
+    #[tokio::test]
+    async fn a_kept_connection_idles_for_the_idle_timeout_then_times_its_next_head() {
+        let addr = start().await;
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(GET).await.unwrap();
+        let mut first = [0u8; 15];
+        tcp.read_exact(&mut first).await.unwrap();
+        assert_eq!(&first, b"HTTP/1.1 200 OK");
+        // Idle longer than the header-read timeout: still open.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        tcp.write_all(b"GET / HT").await.unwrap();
+        let started = Instant::now();
+        // The rest of the head never comes: closed after the header-read
+        // timeout, counted from the head's first byte.
+        let (seen, closed) = until_closed(&mut tcp).await;
+        assert!(!seen.contains("HTTP/1.1 200"), "{seen}");
+        assert!(
+            closed - started >= Duration::from_millis(900),
+            "{:?}",
+            closed - started
+        );
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_is_closed_after_the_idle_timeout() {
+        let addr = start().await;
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(GET).await.unwrap();
+        let mut first = [0u8; 15];
+        tcp.read_exact(&mut first).await.unwrap();
+        let answered = Instant::now();
+        let (_, closed) = until_closed(&mut tcp).await;
+        assert!(
+            closed - answered >= Duration::from_millis(1900),
+            "{:?}",
+            closed - answered
+        );
+    }
+
+    #[tokio::test]
+    async fn bodies_over_the_limit_are_answered_413_declared_or_chunked() {
+        let addr = start().await;
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 101\r\n\r\n")
+            .await
+            .unwrap();
+        let (seen, _) = until_closed(&mut tcp).await;
+        assert!(seen.starts_with("HTTP/1.1 413"), "{seen}");
+        assert!(seen.contains("application/problem+json"), "{seen}");
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n64\r\n")
+            .await
+            .unwrap();
+        tcp.write_all(&[b'a'; 100]).await.unwrap();
+        tcp.write_all(b"\r\n1\r\na\r\n").await.unwrap();
+        let (seen, _) = until_closed(&mut tcp).await;
+        assert!(seen.starts_with("HTTP/1.1 413"), "{seen}");
+        // At the limit: served.
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: 100\r\n\r\n")
+            .await
+            .unwrap();
+        tcp.write_all(&[b'a'; 100]).await.unwrap();
+        let (seen, _) = until_closed(&mut tcp).await;
+        assert!(
+            seen.starts_with("HTTP/1.1 200") && seen.ends_with("100"),
+            "{seen}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_slow_response_is_not_cut_by_the_idle_timeout() {
+        let app = Router::new().route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                "done"
+            }),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = ServerLimits::default()
+            .header_read_timeout(Duration::from_millis(500))
+            .idle_timeout(Duration::from_millis(500));
+        tokio::spawn(serve_with(listener, Plain, limits, app, std::future::pending()));
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let (seen, _) = until_closed(&mut tcp).await;
+        assert!(
+            seen.starts_with("HTTP/1.1 200") && seen.ends_with("done"),
+            "{seen}"
+        );
+    }
+}

@@ -1,0 +1,751 @@
+//! Slow, silent and greedy clients against the example services, over real
+//! sockets, in every listener mode (plaintext, TLS, mutual TLS STRICT and
+//! PERMISSIVE) of both frameworks (details: axum; reviews: actix-web). Each
+//! is let go within its limit plus a margin, never before it, never with a
+//! 5xx, while a normal client is served. The services run with 2 s for a
+//! handshake or a request head and 3 s of idleness (`--handshake-timeout`,
+//! `--header-read-timeout`, `--idle-timeout`) and the default body limit.
+//!
+//! Then identity providers that answer slowly, without end, in a redirect
+//! loop or with a sign-in page, at the key and the discovery endpoint:
+//! abandoned within the fetch's limits, with one clear warning.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use palisade::testkit::{TestIssuer, TestPki};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio_rustls::rustls;
+
+mod common;
+use common::{ScratchDir, Service, start};
+
+/// The services' handshake and header-read timeout.
+const TIMEOUT: Duration = Duration::from_secs(2);
+/// Their idle timeout.
+const IDLE: Duration = Duration::from_secs(3);
+/// Not let go before this: the timeout, less scheduling slack.
+const NOT_BEFORE: Duration = Duration::from_millis(1500);
+/// Let go by this, whatever the machine's load.
+const BY: Duration = Duration::from_secs(10);
+/// A body of 50 times the default limit.
+const HUGE_BODY: usize = 100 * 1024 * 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Plain,
+    /// Server TLS, no client certificate asked for.
+    Tls,
+    Strict,
+    Permissive,
+}
+
+impl Mode {
+    /// How callers reach the port: plaintext, TLS or both.
+    fn transports(self) -> &'static [bool] {
+        match self {
+            Mode::Plain => &[false],
+            Mode::Tls | Mode::Strict => &[true],
+            Mode::Permissive => &[false, true],
+        }
+    }
+}
+
+/// A running service in one mode, with what its callers need.
+struct Fixture {
+    name: &'static str,
+    svc: Service,
+    /// Client TLS (the productpage workload's certificate, `http/1.1`).
+    tls: Arc<rustls::ClientConfig>,
+    token: String,
+    _issuer: TestIssuer,
+    _dir: ScratchDir,
+}
+
+fn fixture(name: &'static str, mode: Mode) -> Fixture {
+    let issuer = TestIssuer::builder().default_audience(name).start().unwrap();
+    let dir = ScratchDir::new(&format!("hostile-{name}-{mode:?}"));
+    let pki = TestPki::new();
+    let ca = dir.write("ca.pem", &pki.ca_pem());
+    let (cert, key) = dir.cert("server", &pki.server(&["localhost"]));
+    let (client_cert, client_key) = dir.cert("productpage", &pki.workload("default", "productpage"));
+    let peer_mode = if mode == Mode::Permissive {
+        "PERMISSIVE"
+    } else {
+        "STRICT"
+    };
+    let policy = dir.write(
+        "policy.yaml",
+        &format!(
+            "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: default}}
+spec:
+  jwtRules: [{{issuer: {iss}, audiences: [{name}]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: require-jwt, namespace: default}}
+spec:
+  rules:
+  - from: [{{source: {{requestPrincipals: [\"*\"]}}}}]
+  - to: [{{operation: {{paths: [/healthz]}}}}]
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: default, namespace: istio-system}}
+spec: {{mtls: {{mode: {peer_mode}}}}}
+",
+            iss = issuer.issuer()
+        ),
+    );
+    let timeout = TIMEOUT.as_secs().to_string();
+    let idle = IDLE.as_secs().to_string();
+    let mut args = vec![
+        "--config",
+        &policy,
+        "--handshake-timeout",
+        &timeout,
+        "--header-read-timeout",
+        &timeout,
+        "--idle-timeout",
+        &idle,
+    ];
+    if mode != Mode::Plain {
+        args.extend(["--tls-cert", &cert, "--tls-key", &key]);
+    }
+    if matches!(mode, Mode::Strict | Mode::Permissive) {
+        args.extend(["--client-ca", &ca]);
+    }
+    let svc = start(name, &args);
+    let client = palisade::mtls::ClientTls::builder(&client_cert, &client_key, &ca)
+        .build()
+        .unwrap();
+    let mut tls = (*client.client_config()).clone();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let token = issuer.token().subject("hostile-test").sign();
+    Fixture {
+        name,
+        svc,
+        tls: Arc::new(tls),
+        token,
+        _issuer: issuer,
+        _dir: dir,
+    }
+}
+
+/// A connection as the tests speak on it: plaintext or TLS.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+impl Fixture {
+    async fn tcp(&self) -> TcpStream {
+        TcpStream::connect(("127.0.0.1", self.svc.port)).await.unwrap()
+    }
+
+    /// A connection that has finished its TLS handshake when `tls`.
+    async fn open(&self, tls: bool) -> Box<dyn Io> {
+        let tcp = self.tcp().await;
+        if !tls {
+            return Box::new(tcp);
+        }
+        let connector = tokio_rustls::TlsConnector::from(self.tls.clone());
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        Box::new(connector.connect(name, tcp).await.unwrap())
+    }
+
+    /// What a well-behaved client gets for `GET /list`, and how long it took.
+    async fn normal_request(&self, tls: bool) -> (u16, Duration) {
+        let mut client = reqwest::Client::builder().timeout(BY);
+        if tls {
+            client = client.use_preconfigured_tls((*self.tls).clone());
+        }
+        let scheme = if tls { "https" } else { "http" };
+        let url = format!("{scheme}://localhost:{}/list", self.svc.port);
+        let started = Instant::now();
+        let res = client
+            .build()
+            .unwrap()
+            .get(url)
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{}: a normal request failed: {e}", self.name));
+        (res.status().as_u16(), started.elapsed())
+    }
+}
+
+/// How a hostile connection ended: what the server sent before it closed
+/// (a reset counts as closed), and when, from `since`.
+struct Ending {
+    answer: String,
+    after: Duration,
+}
+
+/// Reads `r` until the server closes it (or `BY` passes: a panic naming
+/// `what`).
+async fn ending(mut r: impl AsyncRead + Unpin, since: Instant, what: &str) -> Ending {
+    let mut seen = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match r.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(BY, read)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: still open after {BY:?}"));
+    Ending {
+        answer: String::from_utf8_lossy(&seen).into_owned(),
+        after: since.elapsed(),
+    }
+}
+
+impl Ending {
+    /// Closed after the timeout ran out, not before, with nothing or `status`.
+    fn timed_out(&self, what: &str, status: &str) {
+        assert!(
+            self.after >= NOT_BEFORE,
+            "{what}: closed after only {:?}",
+            self.after
+        );
+        assert!(
+            self.answer.is_empty() || self.answer.starts_with(status),
+            "{what}: answered {:?}",
+            self.answer
+        );
+    }
+}
+
+/// Connects and sends nothing: let go after the handshake timeout (TLS
+/// ports) or the header-read timeout (plaintext).
+async fn silent(fx: &Fixture) {
+    let since = Instant::now();
+    let tcp = fx.tcp().await;
+    let what = format!("{}: a silent connection", fx.name);
+    ending(tcp, since, &what).await.timed_out(&what, "HTTP/1.1 408");
+}
+
+/// Starts a TLS record and stops.
+async fn half_a_handshake(fx: &Fixture) {
+    let since = Instant::now();
+    let mut tcp = fx.tcp().await;
+    tcp.write_all(&[0x16, 0x03, 0x01]).await.unwrap();
+    let what = format!("{}: a stalled TLS handshake", fx.name);
+    ending(tcp, since, &what).await.timed_out(&what, "");
+}
+
+/// Finishes the TLS handshake, then sends nothing.
+async fn silent_after_handshake(fx: &Fixture) {
+    let stream = fx.open(true).await;
+    let since = Instant::now();
+    let what = format!("{}: silent after the TLS handshake", fx.name);
+    ending(stream, since, &what)
+        .await
+        .timed_out(&what, "HTTP/1.1 408");
+}
+
+/// Sends a request head one byte a second, without end.
+async fn drip(fx: &Fixture, tls: bool) {
+    let stream = fx.open(tls).await;
+    let since = Instant::now();
+    let (r, mut w) = tokio::io::split(stream);
+    let writer = tokio::spawn(async move {
+        for b in b"GET /healthz HTTP/1.1\r\nhost: localhost\r\nx-slow: "
+            .iter()
+            .chain(std::iter::repeat(&b'a'))
+        {
+            if w.write_all(&[*b]).await.is_err() || w.flush().await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    let what = format!("{}: a head sent a byte a second (TLS {tls})", fx.name);
+    ending(r, since, &what).await.timed_out(&what, "HTTP/1.1 408");
+    writer.abort();
+}
+
+/// What a client sending a body saw: how the connection ended, and how
+/// much of the body it had sent when the answer began.
+struct Sent {
+    end: Ending,
+    before_answer: usize,
+}
+
+/// Sends `head` then `body` (a part at a time) while reading.
+async fn send(
+    fx: &Fixture,
+    tls: bool,
+    head: String,
+    body: impl Iterator<Item = Vec<u8>> + Send + 'static,
+    what: &str,
+) -> Sent {
+    let stream = fx.open(tls).await;
+    let since = Instant::now();
+    let (mut r, mut w) = tokio::io::split(stream);
+    let sent = Arc::new(AtomicUsize::new(0));
+    let writer = tokio::spawn({
+        let sent = sent.clone();
+        async move {
+            if w.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            for part in body {
+                if w.write_all(&part).await.is_err() {
+                    return;
+                }
+                sent.fetch_add(part.len(), Ordering::Relaxed);
+            }
+            let _ = w.flush().await;
+            // Then wait for the answer, without closing.
+            std::future::pending::<()>().await;
+        }
+    });
+    // The answer's first byte, then the rest until the server closes.
+    let mut first = [0u8; 1];
+    let read = tokio::time::timeout(BY, r.read(&mut first)).await;
+    let before_answer = sent.load(Ordering::Relaxed);
+    let mut end = match read {
+        Ok(Ok(1)) => ending(r, since, what).await,
+        Ok(_) => Ending {
+            answer: String::new(),
+            after: since.elapsed(),
+        },
+        Err(_) => panic!("{what}: no answer and still open after {BY:?}"),
+    };
+    if read.is_ok_and(|r| r.is_ok_and(|n| n == 1)) {
+        end.answer.insert(0, char::from(first[0]));
+    }
+    writer.abort();
+    Sent { end, before_answer }
+}
+
+/// A 10 MB header: 431, or closed.
+async fn huge_header(fx: &Fixture, tls: bool) {
+    let what = format!("{}: a 10 MB header (TLS {tls})", fx.name);
+    let head = "GET /healthz HTTP/1.1\r\nhost: localhost\r\nx-big: ".to_owned();
+    let body = (0..160)
+        .map(|_| vec![b'a'; 64 * 1024])
+        .chain([b"\r\n\r\n".to_vec()]);
+    let Sent { end, .. } = send(fx, tls, head, body, &what).await;
+    assert!(
+        end.answer.is_empty() || end.answer.starts_with("HTTP/1.1 431"),
+        "{what}: answered {:?}",
+        end.answer
+    );
+}
+
+/// `POST /list` with a valid token and a declared 100 MB body, of which
+/// nothing is sent: 413 at once.
+async fn huge_declared_body(fx: &Fixture, tls: bool) {
+    let what = format!("{}: a declared 100 MB body (TLS {tls})", fx.name);
+    let head = format!(
+        "POST /list HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: {HUGE_BODY}\r\n\r\n",
+        fx.token
+    );
+    let Sent { end, .. } = send(fx, tls, head, std::iter::empty(), &what).await;
+    assert!(
+        end.answer.starts_with("HTTP/1.1 413"),
+        "{what}: answered {:?}",
+        end.answer
+    );
+}
+
+/// `POST /list` with a valid token and a chunked body without end: 413
+/// when it passes the limit (long before 100 MB), and the connection
+/// closed rather than the rest read.
+async fn endless_chunked_body(fx: &Fixture, tls: bool) {
+    let what = format!("{}: an endless chunked body (TLS {tls})", fx.name);
+    let head = format!(
+        "POST /list HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n",
+        fx.token
+    );
+    const CHUNK: usize = 64 * 1024;
+    let chunk = {
+        let mut c = format!("{CHUNK:x}\r\n").into_bytes();
+        c.extend_from_slice(&[b' '; CHUNK]);
+        c.extend_from_slice(b"\r\n");
+        c
+    };
+    let Sent { end, before_answer } = send(fx, tls, head, std::iter::repeat(chunk), &what).await;
+    assert!(
+        end.answer.starts_with("HTTP/1.1 413"),
+        "{what}: answered {:?}",
+        end.answer
+    );
+    assert!(
+        before_answer < HUGE_BODY,
+        "{what}: answered after {before_answer} bytes"
+    );
+}
+
+/// Every hostile client of `mode` at once, with 50 more silent connections,
+/// while a normal client is served.
+async fn hostile_peers_are_bounded(name: &'static str, mode: Mode) {
+    let fx = fixture(name, mode);
+    let tls_port = mode != Mode::Plain;
+    // Fifty silent connections, held throughout.
+    let mut idle = Vec::new();
+    for _ in 0..50 {
+        idle.push(fx.tcp().await);
+    }
+    let mut cases: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>> =
+        vec![Box::pin(silent(&fx))];
+    if tls_port {
+        cases.push(Box::pin(half_a_handshake(&fx)));
+        cases.push(Box::pin(silent_after_handshake(&fx)));
+    }
+    for &tls in mode.transports() {
+        cases.push(Box::pin(drip(&fx, tls)));
+        cases.push(Box::pin(huge_header(&fx, tls)));
+        cases.push(Box::pin(huge_declared_body(&fx, tls)));
+        cases.push(Box::pin(endless_chunked_body(&fx, tls)));
+    }
+    let normal = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for &tls in mode.transports() {
+            let (status, took) = fx.normal_request(tls).await;
+            assert_eq!(status, 200, "{name} {mode:?}: a normal client was refused");
+            assert!(
+                took < Duration::from_secs(5),
+                "{name} {mode:?}: a normal client waited {took:?}"
+            );
+        }
+    };
+    tokio::join!(futures_join_all(cases), normal);
+    // The silent fifty are gone too.
+    for tcp in idle {
+        let what = format!("{name} {mode:?}: one of fifty silent connections");
+        ending(tcp, Instant::now(), &what).await;
+    }
+    // And the service is still well.
+    for &tls in mode.transports() {
+        assert_eq!(fx.normal_request(tls).await.0, 200, "{name} {mode:?}");
+    }
+}
+
+/// Runs the futures concurrently on this task.
+async fn futures_join_all(cases: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>>) {
+    let mut set: Vec<_> = cases.into_iter().map(Some).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for slot in &mut set {
+            if let Some(f) = slot {
+                if f.as_mut().poll(cx).is_ready() {
+                    *slot = None;
+                } else {
+                    pending = true;
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+}
+
+/// An idle kept-alive connection is closed after the idle timeout, not
+/// before.
+async fn idle_keep_alive_is_bounded(name: &'static str) {
+    let fx = fixture(name, Mode::Plain);
+    let mut tcp = fx.tcp().await;
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut status = [0u8; 15];
+    tcp.read_exact(&mut status).await.unwrap();
+    assert_eq!(&status, b"HTTP/1.1 200 OK", "{name}");
+    let since = Instant::now();
+    let what = format!("{name}: an idle kept-alive connection");
+    let end = ending(tcp, since, &what).await;
+    // The rest of the first answer, then nothing.
+    assert!(end.answer.ends_with("ok"), "{what}: {:?}", end.answer);
+    assert!(
+        end.after >= IDLE - Duration::from_millis(500),
+        "{what}: closed after {:?}",
+        end.after
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn details_plaintext_bounds_hostile_peers() {
+    hostile_peers_are_bounded("details", Mode::Plain).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn details_tls_bounds_hostile_peers() {
+    hostile_peers_are_bounded("details", Mode::Tls).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn details_strict_mtls_bounds_hostile_peers() {
+    hostile_peers_are_bounded("details", Mode::Strict).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn details_permissive_mtls_bounds_hostile_peers() {
+    hostile_peers_are_bounded("details", Mode::Permissive).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reviews_plaintext_bounds_hostile_peers() {
+    hostile_peers_are_bounded("reviews", Mode::Plain).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reviews_tls_bounds_hostile_peers() {
+    hostile_peers_are_bounded("reviews", Mode::Tls).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reviews_strict_mtls_bounds_hostile_peers() {
+    hostile_peers_are_bounded("reviews", Mode::Strict).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reviews_permissive_mtls_bounds_hostile_peers() {
+    hostile_peers_are_bounded("reviews", Mode::Permissive).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_kept_alive_connection_is_closed_after_the_idle_timeout_on_both_frameworks() {
+    idle_keep_alive_is_bounded("details").await;
+    idle_keep_alive_is_bounded("reviews").await;
+}
+
+/// Hostile key and discovery endpoints: one server whose first path
+/// segment says how it misbehaves. (Here rather than in tests/jwks.rs: all
+/// key fetches of a process share one thread, and starting these stores
+/// would shift the timings tests/jwks.rs measures.)
+mod identity_provider {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex, OnceLock};
+    use std::time::{Duration, Instant};
+
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use palisade::jwt::{FetchSettings, JwtAuthenticator, JwtError, Provider};
+    use serde_json::json;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// Every log line of this test binary, for the tests to look for theirs
+    /// (the key fetches run on a thread of their own).
+    fn logs() -> &'static Mutex<Vec<u8>> {
+        static LOGS: OnceLock<&'static Mutex<Vec<u8>>> = OnceLock::new();
+        LOGS.get_or_init(|| {
+            let logs: &'static Mutex<Vec<u8>> = Box::leak(Box::new(Mutex::new(Vec::new())));
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter("palisade=warn")
+                .with_ansi(false)
+                .with_writer(move || Capture(logs))
+                .try_init();
+            logs
+        })
+    }
+
+    struct Capture(&'static Mutex<Vec<u8>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The log lines that mention `needle`.
+    fn lines_with(needle: &str) -> Vec<String> {
+        let logs = logs().lock().unwrap();
+        String::from_utf8_lossy(&logs)
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// A server that misbehaves by its path's first segment: `slow` (a
+    /// byte every 200 ms, without end), `endless` (a body without end, as
+    /// fast as it is read), `loop` (a redirect to itself), `html` (a
+    /// sign-in page); its address and the bytes it has sent.
+    async fn hostile_server() -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let sent = Arc::new(AtomicUsize::new(0));
+        let counter = sent.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let sent = counter.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tcp.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                    let mut send = async |bytes: &[u8]| {
+                        let ok = tcp.write_all(bytes).await.is_ok();
+                        sent.fetch_add(bytes.len(), Ordering::Relaxed);
+                        ok
+                    };
+                    match path.split('/').nth(1).unwrap_or("") {
+                        "slow" => {
+                            if !send(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n").await {
+                                return;
+                            }
+                            while send(b"1\r\n \r\n").await {
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                            }
+                        }
+                        "endless" => {
+                            if !send(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n2\r\n[ \r\n").await {
+                                return;
+                            }
+                            let chunk = format!("4000\r\n{}\r\n", " ".repeat(0x4000));
+                            while send(chunk.as_bytes()).await {}
+                        }
+                        "loop" => {
+                            let answer = format!(
+                                "HTTP/1.1 302 Found\r\nlocation: {path}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                            );
+                            send(answer.as_bytes()).await;
+                        }
+                        _ => {
+                            let page = "<!DOCTYPE html><html><body><form>Sign in</form></body></html>";
+                            let answer = format!(
+                                "HTTP/1.1 200 OK\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
+                                page.len()
+                            );
+                            send(answer.as_bytes()).await;
+                        }
+                    }
+                });
+            }
+        });
+        (base, sent)
+    }
+
+    /// 2 s per fetch (redirects included), 64 KiB per body, 1 s for a
+    /// request to wait for keys.
+    fn settings() -> FetchSettings {
+        let mut f = FetchSettings::default();
+        f.timeout = Duration::from_secs(2);
+        f.max_body = 64 * 1024;
+        f.unknown_kid_wait = Duration::from_secs(1);
+        f.min_refresh_interval = Duration::from_millis(100);
+        f
+    }
+
+    /// A token of `issuer` (signed by a key its endpoint never serves) is
+    /// refused with `KeysUnavailable`, in bounded time, and one warning
+    /// names the endpoint and `reason`.
+    async fn refused_with(jwt: &JwtAuthenticator, issuer: &str, url: &str, reason: &str) {
+        // Never checked (no key comes): no signing, which costs a loaded
+        // machine the time the other tests measure.
+        let part = |v: serde_json::Value| URL_SAFE_NO_PAD.encode(v.to_string());
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 300;
+        let token = format!(
+            "{}.{}.{}",
+            part(json!({"alg": "RS256", "typ": "JWT", "kid": "k1"})),
+            part(json!({"iss": issuer, "aud": "account", "sub": "s", "exp": exp})),
+            URL_SAFE_NO_PAD.encode([7u8; 256])
+        );
+        let started = Instant::now();
+        assert_eq!(
+            jwt.verify(&token).await.unwrap_err(),
+            JwtError::KeysUnavailable,
+            "{url}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{url}: {:?}",
+            started.elapsed()
+        );
+        crate::common::wait_until(&format!("a warning naming {url}"), async || {
+            lines_with(url)
+                .iter()
+                .any(|l| l.contains("WARN") && l.contains(reason))
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slow_endless_looping_and_html_key_endpoints_are_abandoned_with_a_clear_warning() {
+        logs();
+        let (base, sent) = hostile_server().await;
+        for (kind, reason) in [
+            ("slow", "timed out"),
+            ("endless", "body larger than 65536 bytes"),
+            ("loop", "too many redirects"),
+            ("html", "an HTML page"),
+        ] {
+            let issuer = format!("https://issuer.example/{kind}");
+            let jwks_uri = format!("{base}/{kind}/jwks");
+            let jwt = JwtAuthenticator::builder()
+                .provider(
+                    Provider::builder(&issuer)
+                        .audience("account")
+                        .jwks_uri(&jwks_uri)
+                        .fetch_settings(settings())
+                        .build()
+                        .unwrap(),
+                )
+                .build()
+                .unwrap();
+            refused_with(&jwt, &issuer, &jwks_uri, reason).await;
+        }
+        // The endless body was abandoned at the limit: what the server got
+        // out is the limit plus what the sockets hold, not a stream's worth.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let out = sent.load(Ordering::Relaxed);
+        assert!(out < 16 * 1024 * 1024, "the hostile server sent {out} bytes");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slow_endless_looping_and_html_discovery_documents_are_abandoned_with_a_clear_warning() {
+        logs();
+        let (base, _) = hostile_server().await;
+        for (kind, reason) in [
+            ("slow", "timed out"),
+            ("endless", "body larger than 65536 bytes"),
+            ("loop", "too many redirects"),
+            ("html", "an HTML page"),
+        ] {
+            // Discovery: `{issuer}/.well-known/openid-configuration`.
+            let issuer = format!("{base}/{kind}/realms/r");
+            let discovery = format!("{issuer}/.well-known/openid-configuration");
+            let jwt = JwtAuthenticator::builder()
+                .provider(
+                    Provider::builder(&issuer)
+                        .audience("account")
+                        .fetch_settings(settings())
+                        .build()
+                        .unwrap(),
+                )
+                .build()
+                .unwrap();
+            refused_with(&jwt, &issuer, &discovery, reason).await;
+        }
+    }
+}
