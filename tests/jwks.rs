@@ -138,9 +138,11 @@ async fn start_up_with_the_issuer_down_fails_closed_then_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_unknown_kids_cause_one_fetch_per_interval() {
     let issuer = TestIssuer::start().unwrap();
-    // Interval 3 s, wait 2 s: a burst 1.5 s after the first fetch waits for
-    // the one fetch allowed at 3 s.
-    let mut f = settings(3000);
+    // Interval 6 s, wait 2 s: a burst 4.5 s after the first fetch waits for
+    // the one fetch allowed at 6 s; the check after it has 4 s of slack
+    // before a further fetch would be due within its wait (with 3 s it had
+    // 1 s, which 1,000 refusals on a loaded 2-core CI machine outlasted).
+    let mut f = settings(6000);
     f.unknown_kid_wait = Duration::from_secs(2);
     let jwt = authenticator(&issuer, f);
     let started = std::time::Instant::now();
@@ -156,7 +158,7 @@ async fn a_thousand_unknown_kids_cause_one_fetch_per_interval() {
     // debug build on a loaded machine): past 1 s, a refetch would be due
     // within the 2 s wait, and the check would rightly wait for it.
     let token = issuer.token().kid(Some("yet-another")).sign();
-    tokio::time::sleep(Duration::from_millis(1500).saturating_sub(started.elapsed())).await;
+    tokio::time::sleep(Duration::from_millis(4500).saturating_sub(started.elapsed())).await;
     let mut tasks = tokio::task::JoinSet::new();
     for token in tokens {
         let jwt = jwt.clone();
