@@ -24,7 +24,7 @@ const LOG: &str = "palisade::jwt";
 /// Commands run on the process's `palisade-jwks` thread, so the store
 /// works under any runtime (axum's, actix-web's single-threaded ones). One
 /// connection is kept and reopened after a failure. Each answer is bounded
-/// by the [command timeout](Self::command_timeout) (1 s), connecting
+/// by the [command timeout](RedisReplayStoreBuilder::command_timeout) (1 s), connecting
 /// included: past it, or when Redis refuses, the proof is refused with
 /// [`DpopError::ReplayStoreUnavailable`](super::DpopError::ReplayStoreUnavailable)
 /// (fail closed: an unchecked proof may be a replay). One `warn` line is
