@@ -840,7 +840,9 @@ impl SignIn {
     /// Whether a session may still be used: not ended, not timed out.
     fn usable(&self, s: &Session, t: u64) -> bool {
         let c = &self.0.config;
-        if t >= s.created_secs() + c.absolute_timeout.as_secs() || t >= s.seen + c.idle_timeout.as_secs() {
+        // Saturating: a cookie's times are whatever was sealed in it.
+        let idle_end = s.seen.saturating_add(c.idle_timeout.as_secs());
+        if t >= s.created_secs() + c.absolute_timeout.as_secs() || t >= idle_end {
             return false;
         }
         let r = SessionRef {
@@ -1271,6 +1273,43 @@ mod tests {
                 .await
                 .unwrap()
         );
+    }
+
+    #[test]
+    fn a_session_seen_at_the_end_of_time_is_no_overflow() {
+        let key = CookieKey::new("k1", &[1; 32]).unwrap();
+        let sign_in = SignIn::builder("http://127.0.0.1:9", "shop")
+            .keys(vec![key.clone()])
+            .build()
+            .unwrap();
+        let t = now();
+        let session = Session {
+            v: 1,
+            id: "s1".into(),
+            sub: "alice".into(),
+            sid: None,
+            created_ms: now_ms(),
+            seen: u64::MAX,
+            at: "opaque".into(),
+            at_exp: t + 3600,
+            rt: None,
+            it: None,
+        };
+        let plaintext = serde_json::to_vec(&Payload::Inline(session)).unwrap();
+        let sealer = CookieSealer::builder("palisade_session", vec![key])
+            .secure(false)
+            .build()
+            .unwrap();
+        let cookie = sealer.seal(&plaintext, None, 0).unwrap()[0]
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned();
+        let req = OwnedRequest::get("/page").header("cookie", cookie);
+        let Check::Ready(AuthOutcome::Authenticated(a)) = sign_in.authenticate(&req) else {
+            panic!("the session is refused or answered later")
+        };
+        assert_eq!(a.identity.subject(), Some("alice"));
     }
 
     #[test]
