@@ -252,3 +252,35 @@ pub(crate) fn strict_json(text: &[u8]) -> Option<serde_json::Value> {
     }
     serde_json::from_slice::<Strict>(text).ok().map(|s| s.0)
 }
+
+/// Whether two JSON values are the same, numbers within a few units in the
+/// last place: `serde_json` (without `float_roundtrip`) may read a float it
+/// wrote back one unit off, so a canonical re-encoding can move a huge or
+/// very precise number slightly.
+pub(crate) fn same_json(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            x == y
+                || match (x.as_f64(), y.as_f64()) {
+                    (Some(x), Some(y)) => (x - y).abs() <= 1e-14 * x.abs().max(y.abs()),
+                    _ => false,
+                }
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_json(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same_json(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+/// [`same_json`] of two identities' claims.
+pub(crate) fn same_claims(a: &palisade_core::Identity, b: &palisade_core::Identity) -> bool {
+    match (a.claims(), b.claims()) {
+        (Some(x), Some(y)) => same_json(&x.clone().into(), &y.clone().into()),
+        (x, y) => x == y,
+    }
+}

@@ -128,7 +128,8 @@ pub fn run(data: &[u8]) {
         used.clear();
     }
     let text = String::from_utf8_lossy(rest);
-    let mut plain = false;
+    // The token signed here, when its header has no extra member.
+    let mut plain = None;
     let body = if mode & 1 == 1 {
         rest.to_vec()
     } else {
@@ -141,7 +142,7 @@ pub fn run(data: &[u8]) {
             .replace("@iss", &rp.issuer)
             .replace("@aud", CLIENT);
         let token = signer().sign(extra, &claims);
-        plain = extra.is_empty();
+        plain = extra.is_empty().then(|| token.clone());
         lines
             .next()
             .unwrap_or("logout_token=@token")
@@ -160,11 +161,12 @@ pub fn run(data: &[u8]) {
     if reply.status() == 400 {
         let answer: Value = serde_json::from_str(reply.body()).expect("a JSON error body");
         assert_eq!(answer["error"], "invalid_request", "{what}");
-        // Claims the model accepts, in a plain token, are not refused.
+        // Claims the model accepts, in the plain token signed here, sent
+        // as it is, are not refused.
         let (Some(token), Some(claims)) = (token, claims) else {
             return;
         };
-        let modelled = plain
+        let modelled = plain.as_ref() == Some(&token)
             && token.len() <= MAX_TOKEN
             && strict_json(&base64_payload(&token)).is_some()
             && !claims.contains_key("cnf")
