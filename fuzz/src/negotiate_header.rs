@@ -69,12 +69,15 @@ fn keytab() -> Vec<u8> {
 fn spnego() -> &'static SpnegoAuthenticator {
     static S: OnceLock<SpnegoAuthenticator> = OnceLock::new();
     S.get_or_init(|| {
-        let path = std::env::temp_dir().join(format!("palisade-fuzz-{}.keytab", std::process::id()));
-        std::fs::write(&path, keytab()).unwrap();
-        // SAFETY: set once, by the first check of this target, before the
-        // Kerberos library reads it; the replay test runs the targets one
-        // after the other on one thread, and libFuzzer runs one input at a
-        // time, so no other thread reads the environment meanwhile.
+        // One file for every process (the same bytes), replaced atomically.
+        let path = std::env::temp_dir().join("palisade-fuzz.keytab");
+        let fresh = path.with_extension(format!("{}", std::process::id()));
+        std::fs::write(&fresh, keytab()).unwrap();
+        std::fs::rename(&fresh, &path).unwrap();
+        // SAFETY: set once, before any other thread of the process starts
+        // (which could read the environment meanwhile): a libFuzzer binary
+        // runs this target alone, on one thread, and the replay test
+        // prepares it first (`prepare`).
         unsafe { std::env::set_var("KRB5_KTNAME", format!("FILE:{}", path.display())) };
         let cookie = SessionCookie::new(COOKIE).key(KEY_ID, &KEY).unwrap();
         SpnegoAuthenticator::builder()
@@ -83,6 +86,13 @@ fn spnego() -> &'static SpnegoAuthenticator {
             .build()
             .unwrap_or_else(|e| panic!("the SPNEGO authenticator with {}: {e}", path.display()))
     })
+}
+
+/// Builds the authenticator (and sets `KRB5_KTNAME`): call it before the
+/// process starts other threads.
+#[cfg(test)]
+pub(crate) fn prepare() {
+    let _ = spnego();
 }
 
 /// A session cookie value as the authenticator seals one, for `aad`.

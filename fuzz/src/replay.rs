@@ -4,9 +4,9 @@
 //! fuzz/Cargo.toml` (in `scripts/test`).
 //!
 //! One test runs them all, one target after the other on one thread (the
-//! SPNEGO target sets `KRB5_KTNAME` once, which must not race with other
-//! threads reading the environment); a panicking input is reported with
-//! its path and the test goes on, so one run lists every failure.
+//! SPNEGO target sets `KRB5_KTNAME` first, before any target starts a
+//! thread that could read the environment); a panicking input is reported
+//! with its path and the test goes on, so one run lists every failure.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
@@ -52,6 +52,8 @@ fn every_corpus_file_and_regression_passes_its_target() {
             assert!(names.contains(&name.as_str()), "{kind}/{name}: no such target");
         }
     }
+    // Before any target starts a thread: it sets the environment.
+    crate::negotiate_header::prepare();
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let mut failed = Vec::new();
