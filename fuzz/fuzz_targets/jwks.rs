@@ -1,14 +1,5 @@
-//! Any bytes as an (inline) JWKS document: the lenient key-set parser must
-//! answer, never panic.
+//! The `jwks` fuzz target: its input and oracle are described in
+//! `src/jwks.rs`, whose body the replay test runs on stable too.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use palisade_jwt::{JwtAuthenticator, Provider};
-
-fuzz_target!(|data: &[u8]| {
-    if let Ok(jwks) = std::str::from_utf8(data)
-        && let Ok(provider) = Provider::builder("https://issuer.example").audience("api").jwks_inline(jwks).build()
-    {
-        let _ = JwtAuthenticator::builder().provider(provider).build();
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| palisade_fuzz::jwks::run(data));

@@ -1,15 +1,5 @@
-//! Any bytes as a policy file: loading, selection and compilation must
-//! answer with a located error or a policy, never panic.
+//! The `policy` fuzz target: its input and oracle are described in
+//! `src/policy.rs`, whose body the replay test runs on stable too.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use palisade_core::authz::AccessPolicy;
-use palisade_core::policy::{PolicySet, Workload};
-
-fuzz_target!(|data: &[u8]| {
-    if let Ok(text) = std::str::from_utf8(data)
-        && let Ok(set) = PolicySet::from_yaml_str(text, "fuzz.yaml")
-    {
-        let _ = AccessPolicy::compile(&set.for_workload(&Workload::new("details", "default")));
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| palisade_fuzz::policy::run(data));

@@ -38,8 +38,12 @@ pub fn decode(value: &str) -> Option<String> {
         match bytes[i] {
             b'+' => out.push(b' '),
             b'%' => {
-                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
+                // Two hex digits: `from_str_radix` alone would take `%+F`.
+                let hex = bytes.get(i + 1..i + 3)?;
+                if !hex.iter().all(u8::is_ascii_hexdigit) {
+                    return None;
+                }
+                out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
                 i += 2;
             }
             b => out.push(b),
@@ -70,5 +74,14 @@ mod tests {
         assert_eq!(decode("%zz"), None);
         assert_eq!(decode("%4"), None);
         assert_eq!(decode("%ff"), None);
+    }
+
+    #[test]
+    fn an_escape_is_two_hex_digits_not_a_signed_number() {
+        for bad in ["%+F", "%+0", "%-1", "% F", "a%+fb"] {
+            assert_eq!(decode(bad), None, "{bad}");
+        }
+        assert_eq!(param("return_to=%+F", "return_to"), None);
+        assert_eq!(decode("%2F%2f").as_deref(), Some("//"));
     }
 }

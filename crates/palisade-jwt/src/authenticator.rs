@@ -1045,6 +1045,32 @@ impl JwtAuthenticator {
         })
     }
 
+    /// What a token gets from the introspection answer `body` (the body of
+    /// a 200 from the endpoint of the provider of `issuer`), now: the path
+    /// of [`Self::verify`] for an opaque token once the endpoint has
+    /// answered, without the call and the cache. For the fuzz target of
+    /// introspection answers (`fuzz/src/introspection.rs`); not part of
+    /// the API.
+    ///
+    /// # Errors
+    /// [`JwtError::UnknownIssuer`] when no provider of `issuer`
+    /// introspects; [`JwtError::IntrospectionUnavailable`] when the body
+    /// is not a JSON object (the call fails); else the refusal of the
+    /// answer, as for a token.
+    #[doc(hidden)]
+    pub fn introspection_answer(&self, issuer: &str, body: &[u8]) -> Result<Identity, JwtError> {
+        let p = self
+            .0
+            .providers
+            .iter()
+            .position(|p| p.cfg.issuer == issuer && p.introspector.is_some())
+            .ok_or(JwtError::UnknownIssuer)?;
+        let members = crate::introspect::parse_answer(body).ok_or(JwtError::IntrospectionUnavailable)?;
+        let active = self.active_from(p, members)?;
+        in_window(active.exp, active.nbf, self.0.providers[p].cfg.leeway, now_secs())?;
+        Ok(active.identity)
+    }
+
     /// A request authenticated by an introspection answer.
     fn introspected(
         &self,

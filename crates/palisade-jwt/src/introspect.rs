@@ -312,6 +312,12 @@ pub(crate) fn looks_like_jws(token: &str) -> bool {
         .is_ok_and(|b| b.trim_ascii_start().first() == Some(&b'{'))
 }
 
+/// The members of an introspection answer (a 200's body), or `None` when
+/// it is not a JSON object.
+pub(crate) fn parse_answer(body: &[u8]) -> Option<Map<String, Value>> {
+    serde_json::from_slice(body).ok()
+}
+
 fn now_secs() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -515,8 +521,7 @@ impl Introspector {
                 code.unwrap_or_default()
             ));
         }
-        serde_json::from_slice::<Map<String, Value>>(&bytes)
-            .map_err(|_| format!("{endpoint}: the answer is not a JSON object"))
+        parse_answer(&bytes).ok_or_else(|| format!("{endpoint}: the answer is not a JSON object"))
     }
 
     /// The configured endpoint, or the one the issuer's discovery document names.
@@ -562,6 +567,57 @@ mod tests {
         assert!(!looks_like_jws("abc.def.ghi"));
         assert!(!looks_like_jws("eyJhbGciOiJSUzI1NiJ9.e30.c2ln.x.y"));
         assert!(!looks_like_jws(""));
+    }
+
+    #[test]
+    fn an_answer_is_mapped_as_a_token_only_when_it_says_active() {
+        let jwt = crate::JwtAuthenticator::builder()
+            .provider(
+                crate::Provider::builder("https://i.example")
+                    .audience("api")
+                    .introspection(
+                        Introspection::client_secret_basic("rs", "s")
+                            .endpoint("http://127.0.0.1:9/introspect"),
+                    )
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        let answer = |body: &str| jwt.introspection_answer("https://i.example", body.as_bytes());
+        let id = answer(r#"{"active":true,"sub":"alice","aud":"api","exp":4102444800}"#).unwrap();
+        assert_eq!(id.subject(), Some("alice"));
+        assert_eq!(id.issuer(), Some("https://i.example"));
+        for (body, refusal) in [
+            (
+                r#"{"active":false,"sub":"alice","aud":"api"}"#,
+                JwtError::Inactive,
+            ),
+            (
+                r#"{"active":"true","sub":"alice","aud":"api"}"#,
+                JwtError::Inactive,
+            ),
+            (r#"{"sub":"alice","aud":"api"}"#, JwtError::Inactive),
+            (
+                r#"{"active":true,"iss":"https://other","sub":"a","aud":"api"}"#,
+                JwtError::UnknownIssuer,
+            ),
+            (
+                r#"{"active":true,"sub":"a","aud":"api","exp":1}"#,
+                JwtError::Expired,
+            ),
+            (
+                r#"{"active":true,"sub":"a","aud":"api","token_type":"refresh_token"}"#,
+                JwtError::WrongType,
+            ),
+            (r#"[{"active":true}]"#, JwtError::IntrospectionUnavailable),
+        ] {
+            assert_eq!(answer(body).unwrap_err(), refusal, "{body}");
+        }
+        assert_eq!(
+            jwt.introspection_answer("https://other", b"{}").unwrap_err(),
+            JwtError::UnknownIssuer
+        );
     }
 
     #[test]

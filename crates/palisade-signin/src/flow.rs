@@ -20,7 +20,7 @@ use tokio::sync::OnceCell;
 
 use crate::LOG_TARGET;
 use crate::config::{ClientAuth, Config, SecretMethod, SignInBuilder, SignInError, check_path};
-use crate::cookie::{CookieKey, CookieSealer, Opened, RawCookie};
+use crate::cookie::{CookieKey, CookieSealer, Opened, RawCookie, SealError};
 use crate::provider::{Issuer, Metadata, TokenError, form_encode, param, param_count};
 use crate::session::{Cache, Live, Payload, Session, Successors, at, now, now_ms, now_us, unverified_claims};
 use crate::store::{MemoryStore, Revocation, SessionRef, SessionStore};
@@ -499,13 +499,23 @@ impl SignIn {
             state.state,
             state.nonce,
         );
-        let plaintext = serde_json::to_vec(&state).ok()?;
         // Each sign-in has its own cookie, so sign-ins started in two tabs
         // both finish.
-        let state_cookie = self
-            .state_sealer(secure, &state.state)?
-            .seal(&plaintext, Some(Duration::from_secs(LOGIN_STATE_TTL)), 0)
-            .ok()?;
+        let sealer = self.state_sealer(secure, &state.state)?;
+        let ttl = Some(Duration::from_secs(LOGIN_STATE_TTL));
+        let state_cookie = match sealer.seal(&serde_json::to_vec(&state).ok()?, ttl, 0) {
+            Ok(cookie) => cookie,
+            // A page too long to keep in the cookie: the user returns to `/`.
+            Err(SealError::TooLarge { .. }) if state.return_to != "/" => {
+                tracing::debug!(target: LOG_TARGET, length = state.return_to.len(), "the page to return to after sign-in is too long to keep: returning to /");
+                let state = LoginState {
+                    return_to: "/".into(),
+                    ..state
+                };
+                sealer.seal(&serde_json::to_vec(&state).ok()?, ttl, 0).ok()?
+            }
+            Err(_) => return None,
+        };
         let mut reply = with_cookies(Reply::redirect(location), self.prune_logins(req, secure));
         reply = with_cookies(reply, state_cookie);
         // A stale session cookie goes now, so the browser comes back clean.
@@ -840,7 +850,9 @@ impl SignIn {
     /// Whether a session may still be used: not ended, not timed out.
     fn usable(&self, s: &Session, t: u64) -> bool {
         let c = &self.0.config;
-        if t >= s.created_secs() + c.absolute_timeout.as_secs() || t >= s.seen + c.idle_timeout.as_secs() {
+        // Saturating: a cookie's times are whatever was sealed in it.
+        let idle_end = s.seen.saturating_add(c.idle_timeout.as_secs());
+        if t >= s.created_secs() + c.absolute_timeout.as_secs() || t >= idle_end {
             return false;
         }
         let r = SessionRef {
@@ -1271,6 +1283,88 @@ mod tests {
                 .await
                 .unwrap()
         );
+    }
+
+    #[test]
+    fn a_session_seen_at_the_end_of_time_is_no_overflow() {
+        let key = CookieKey::new("k1", &[1; 32]).unwrap();
+        let sign_in = SignIn::builder("http://127.0.0.1:9", "shop")
+            .keys(vec![key.clone()])
+            .build()
+            .unwrap();
+        let t = now();
+        let session = Session {
+            v: 1,
+            id: "s1".into(),
+            sub: "alice".into(),
+            sid: None,
+            created_ms: now_ms(),
+            seen: u64::MAX,
+            at: "opaque".into(),
+            at_exp: t + 3600,
+            rt: None,
+            it: None,
+        };
+        let plaintext = serde_json::to_vec(&Payload::Inline(session)).unwrap();
+        let sealer = CookieSealer::builder("palisade_session", vec![key])
+            .secure(false)
+            .build()
+            .unwrap();
+        let cookie = sealer.seal(&plaintext, None, 0).unwrap()[0]
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned();
+        let req = OwnedRequest::get("/page").header("cookie", cookie);
+        let Check::Ready(AuthOutcome::Authenticated(a)) = sign_in.authenticate(&req) else {
+            panic!("the session is refused or answered later")
+        };
+        assert_eq!(a.identity.subject(), Some("alice"));
+    }
+
+    #[test]
+    fn a_page_too_long_to_keep_returns_to_the_root() {
+        let issuer = palisade_testkit::TestIssuer::start().unwrap();
+        let keys = vec![CookieKey::new("k1", &[1; 32]).unwrap()];
+        let sign_in = SignIn::builder(issuer.issuer(), "shop")
+            .keys(keys.clone())
+            .build()
+            .unwrap();
+        let page = |target: &str| {
+            OwnedRequest::get(target)
+                .header("host", "app.test")
+                .header("accept", "text/html")
+        };
+        // Discovery happens on a thread of its own.
+        let start = std::time::Instant::now();
+        while sign_in.sign_in(&page("/")).is_none() {
+            assert!(start.elapsed() < Duration::from_secs(10), "no discovery");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let long = "a".repeat(4000);
+        let login = OwnedRequest::get(&format!("/login?return_to=%2F{long}")).header("host", "app.test");
+        for reply in [
+            sign_in.sign_in(&page(&format!("/{long}"))).unwrap(),
+            sign_in.login(&login),
+        ] {
+            assert_eq!(reply.status(), 302);
+            let (_, cookie) = reply
+                .headers()
+                .find(|(n, v)| *n == "set-cookie" && v.starts_with("palisade_session_login_"))
+                .unwrap();
+            let pair = cookie.split(';').next().unwrap();
+            let sealer = CookieSealer::builder(pair.split('=').next().unwrap(), keys.clone())
+                .secure(false)
+                .max_chunks(1)
+                .build()
+                .unwrap();
+            let Opened::Valid { plaintext, .. } = sealer.open(&OwnedRequest::get("/").header("cookie", pair))
+            else {
+                panic!("the login-state cookie does not open")
+            };
+            let state: LoginState = serde_json::from_slice(&plaintext).unwrap();
+            assert_eq!(state.return_to, "/");
+        }
     }
 
     #[test]

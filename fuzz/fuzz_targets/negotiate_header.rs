@@ -1,0 +1,5 @@
+//! The `negotiate_header` fuzz target: its input and oracle are described in
+//! `src/negotiate_header.rs`, whose body the replay test runs on stable too.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| palisade_fuzz::negotiate_header::run(data));

@@ -1,0 +1,5 @@
+//! The `policy_kinds` fuzz target: its input and oracle are described in
+//! `src/policy_kinds.rs`, whose body the replay test runs on stable too.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| palisade_fuzz::policy_kinds::run(data));
