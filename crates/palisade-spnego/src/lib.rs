@@ -50,9 +50,10 @@ pub fn inspect_token(token: &[u8]) -> TokenKind {
     token::classify(token)
 }
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -223,6 +224,7 @@ impl SpnegoAuthenticatorBuilder {
             mapper: self.mapper,
             session: self.session,
             stats: Stats::default(),
+            local_names: LocalNames::default(),
         })))
     }
 }
@@ -335,6 +337,7 @@ struct Inner {
     mapper: Option<Mapper>,
     session: Option<SessionCookie>,
     stats: Stats,
+    local_names: LocalNames,
 }
 
 /// The HTTP Negotiate (SPNEGO/Kerberos) authenticator. Cloning is an `Arc`
@@ -368,30 +371,70 @@ struct Accepted {
     delegated: Option<Cred>,
 }
 
-fn accept(cred: Cred, token: &[u8], want_local_name: bool) -> Result<Accepted, String> {
+/// krb5's aname-to-localname answers by principal, each kept five minutes:
+/// the rules come from `krb5.conf`, which rarely changes, and asking costs
+/// as much as a fifth of an accept.
+#[derive(Default)]
+struct LocalNames(Mutex<HashMap<String, (Option<String>, Instant)>>);
+
+impl LocalNames {
+    const TTL: Duration = Duration::from_secs(300);
+    /// The most principals kept; past it, the expired ones go, then all.
+    const MAX: usize = 4096;
+
+    fn get_or_ask(&self, principal: &str, ask: impl FnOnce() -> Option<String>) -> Option<String> {
+        let lock = || self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        if let Some((local, at)) = lock().get(principal)
+            && now.duration_since(*at) < Self::TTL
+        {
+            return local.clone();
+        }
+        let local = ask();
+        let mut names = lock();
+        if names.len() >= Self::MAX {
+            names.retain(|_, (_, at)| now.duration_since(*at) < Self::TTL);
+            if names.len() >= Self::MAX {
+                names.clear();
+            }
+        }
+        names.insert(principal.to_owned(), (local.clone(), now));
+        local
+    }
+}
+
+/// One GSSAPI accept of `token`: the client, the mutual-authentication
+/// token, the context's lifetime and a delegated credential. The local name
+/// is looked up (through `local_names`) only when given.
+fn accept(cred: Cred, token: &[u8], local_names: Option<&LocalNames>) -> Result<Accepted, String> {
     let mut ctx = ServerCtx::new(Some(cred));
     let out = ctx.step(token, None).map_err(|e| e.to_string())?;
     if !ctx.is_complete() {
         return Err("the context needs another round trip".into());
     }
-    let mech = ctx.mechanism().map_err(|e| e.to_string())?;
-    if mech != GSS_MECH_KRB5 {
-        return Err(format!("the established mechanism is {mech:?}, not Kerberos"));
+    // The mechanism, the client's name and the lifetime in one inquiry.
+    let info = ctx.info().map_err(|e| e.to_string())?;
+    if info.mechanism != GSS_MECH_KRB5 {
+        return Err(format!(
+            "the established mechanism is {:?}, not Kerberos",
+            info.mechanism
+        ));
     }
-    let name = ctx.source_name().map_err(|e| e.to_string())?;
+    let principal = info.source_name.to_string();
     // krb5's aname-to-localname rules, only when no realm list decides it.
-    let local_name = if want_local_name {
-        name.local_name(Some(GSS_MECH_KRB5))
-            .ok()
-            .and_then(|b| String::from_utf8(b.to_vec()).ok())
-    } else {
-        None
-    };
+    let local_name = local_names.and_then(|names| {
+        names.get_or_ask(&principal, || {
+            info.source_name
+                .local_name(Some(GSS_MECH_KRB5))
+                .ok()
+                .and_then(|b| String::from_utf8(b.to_vec()).ok())
+        })
+    });
     Ok(Accepted {
-        principal: name.to_string(),
+        principal,
         local_name,
         mutual: out.map(|b| b.to_vec()),
-        lifetime: ctx.lifetime().unwrap_or_default(),
+        lifetime: info.lifetime,
         delegated: ctx.take_delegated_cred(),
     })
 }
@@ -696,9 +739,9 @@ impl Authenticator for SpnegoAuthenticator {
         );
         if here && let Ok(permit) = self.0.permits.clone().try_acquire_owned() {
             let started = Instant::now();
-            let want_local_name = self.0.allowed_realms.is_empty();
+            let local_names = self.0.allowed_realms.is_empty().then_some(&self.0.local_names);
             let in_flight = InFlight::start();
-            let result = tokio::task::block_in_place(|| accept(self.0.cred.clone(), &token, want_local_name));
+            let result = tokio::task::block_in_place(|| accept(self.0.cred.clone(), &token, local_names));
             drop((in_flight, permit));
             return Check::Ready(self.accepted(result, started));
         }
@@ -707,13 +750,13 @@ impl Authenticator for SpnegoAuthenticator {
             let Ok(_permit) = this.0.permits.clone().acquire_owned().await else {
                 return refused("the Negotiate token is not acceptable");
             };
-            let cred = this.0.cred.clone();
+            let inner = this.0.clone();
             let started = Instant::now();
-            let want_local_name = this.0.allowed_realms.is_empty();
             let in_flight = InFlight::start();
             let result = tokio::task::spawn_blocking(move || {
                 let _in_flight = in_flight;
-                accept(cred, &token, want_local_name)
+                let local_names = inner.allowed_realms.is_empty().then_some(&inner.local_names);
+                accept(inner.cred.clone(), &token, local_names)
             })
             .await
             .unwrap_or_else(|_| Err("the GSSAPI call panicked".into()));
@@ -762,5 +805,41 @@ impl SpnegoAuthenticator {
             ok = ok.with_attachment(DelegatedCredential(cred));
         }
         AuthOutcome::Authenticated(ok)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_local_name_is_asked_once_per_principal_and_the_cache_stays_bounded() {
+        let names = LocalNames::default();
+        let mut asked = 0;
+        for _ in 0..3 {
+            let local = names.get_or_ask("alice@EXAMPLE.TEST", || {
+                asked += 1;
+                Some("alice".into())
+            });
+            assert_eq!(local.as_deref(), Some("alice"));
+        }
+        assert_eq!(asked, 1, "asked again for a principal it knows");
+        // No local name is an answer too.
+        assert_eq!(names.get_or_ask("svc@OTHER.TEST", || None), None);
+        assert_eq!(names.get_or_ask("svc@OTHER.TEST", || Some("wrong".into())), None);
+        for i in 0..LocalNames::MAX + 10 {
+            names.get_or_ask(&format!("user{i}@EXAMPLE.TEST"), || Some(format!("user{i}")));
+        }
+        let held = names.0.lock().unwrap().len();
+        assert!(held <= LocalNames::MAX, "{held} names held");
+        // An answer older than the time to live is asked again.
+        names.0.lock().unwrap().insert(
+            "old@EXAMPLE.TEST".into(),
+            (Some("stale".into()), Instant::now() - LocalNames::TTL - Duration::from_secs(1)),
+        );
+        assert_eq!(
+            names.get_or_ask("old@EXAMPLE.TEST", || Some("fresh".into())).as_deref(),
+            Some("fresh")
+        );
     }
 }
