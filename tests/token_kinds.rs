@@ -246,6 +246,29 @@ async fn opaque_tokens_are_introspected_once_cached_and_refused_after_revocation
         "concurrent requests share one call"
     );
 
+    // A request that missed the cache while a call was out, run only after
+    // that call ended, takes its answer: no second call.
+    let later = token(&op, OPAQUE).await;
+    let before = introspections(&op).await;
+    let req = palisade::core::authn::OwnedRequest::get("/whoami")
+        .header("authorization", format!("Bearer {later}"));
+    let (palisade::core::Check::Pending(first), palisade::core::Check::Pending(second)) =
+        (guard.check(&req), guard.check(&req))
+    else {
+        panic!("a new opaque token is not in the cache")
+    };
+    for decision in [first.await, second.await] {
+        assert!(
+            matches!(decision, palisade::core::adapter::Decision::Allow(_)),
+            "{decision:?}"
+        );
+    }
+    assert_eq!(
+        introspections(&op).await,
+        before + 1,
+        "a request that missed the cache before the call ended makes no second call"
+    );
+
     // An unknown token: 401 with the bearer challenge, remembered (one call for two requests).
     let before = introspections(&op).await;
     for framework in 0..2 {

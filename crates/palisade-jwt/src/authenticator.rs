@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -21,7 +21,9 @@ use serde_json::{Map, Value};
 
 use crate::cache::TokenCache;
 use crate::config::{ConfigError, JwksSource, Provider, TENANT, TokenSource, valid_tenant};
-use crate::dpop::{DpopError, DpopSettings, DpopVerifier, ProofRequest, VerifiedProof, bound_token_matches};
+use crate::dpop::{
+    DpopError, DpopSettings, DpopVerifier, ProofRequest, VerifiedProof, bound_token_matches, sha256,
+};
 use crate::error::JwtError;
 use crate::introspect::{Active, Convert, Introspector, TokenKey, looks_like_jws};
 use crate::jwks::{Fetched, KeySet, KeyStore, VerifyKey, fetched_store, hmac_key, parse_jwks, pem_key};
@@ -78,6 +80,8 @@ struct CacheEntry {
     /// every hit from that location.
     source: usize,
     all_edits: HeaderEdits,
+    /// The token's SHA-256, the first time a DPoP proof's `ath` needs it.
+    sha256: OnceLock<[u8; 32]>,
 }
 
 type Cache = TokenCache<Arc<CacheEntry>>;
@@ -1181,6 +1185,7 @@ impl JwtAuthenticator {
                 edits: out_edits,
                 source: found.source,
                 all_edits: edits.clone(),
+                sha256: OnceLock::new(),
             });
             let now = now_secs();
             cache.insert(&found.token, entry, |e| e.exp < now);
@@ -1618,7 +1623,13 @@ impl JwtAuthenticator {
             }
         }
         htu.push_str(path);
-        let request = ProofRequest::new(req.method(), &htu).with_access_token(token);
+        // A cached token's hash is kept with it.
+        let cached = self.0.cache.as_ref().and_then(|c| c.get(token));
+        let request = match &cached {
+            Some(entry) => ProofRequest::new(req.method(), &htu)
+                .with_hashed_access_token(token, *entry.sha256.get_or_init(|| sha256(&[token.as_bytes()]))),
+            None => ProofRequest::new(req.method(), &htu).with_access_token(token),
+        };
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |t| t.as_secs());

@@ -728,6 +728,9 @@ pub struct ProofRequest<'a> {
     /// whose hash the proof must then carry in `ath`. None at a token
     /// endpoint.
     pub access_token: Option<&'a str>,
+    /// The SHA-256 of `access_token`, when the caller keeps it (a cached
+    /// token's).
+    access_token_sha256: Option<[u8; 32]>,
 }
 
 impl<'a> ProofRequest<'a> {
@@ -738,6 +741,7 @@ impl<'a> ProofRequest<'a> {
             method,
             htu,
             access_token: None,
+            access_token_sha256: None,
         }
     }
 
@@ -745,6 +749,16 @@ impl<'a> ProofRequest<'a> {
     #[must_use]
     pub fn with_access_token(mut self, access_token: &'a str) -> Self {
         self.access_token = Some(access_token);
+        self.access_token_sha256 = None;
+        self
+    }
+
+    /// The same request, presenting `access_token` whose SHA-256 the
+    /// caller already has: it must be `sha256(access_token)`.
+    #[must_use]
+    pub(crate) fn with_hashed_access_token(mut self, access_token: &'a str, sha256: [u8; 32]) -> Self {
+        self.access_token = Some(access_token);
+        self.access_token_sha256 = Some(sha256);
         self
     }
 }
@@ -807,13 +821,23 @@ pub fn jwk_thumbprint(jwk: &Value) -> Result<String, DpopError> {
 
 /// The thumbprint of the key whose required members `member` gives.
 fn thumbprint<'k>(member: impl Fn(&str) -> Option<&'k str>) -> Result<String, DpopError> {
+    let mut canonical = String::with_capacity(768);
+    push_canonical(&mut canonical, member)?;
+    Ok(URL_SAFE_NO_PAD.encode(sha256(&[canonical.as_bytes()])))
+}
+
+/// Appends the key's required members as RFC 7638 orders and writes them:
+/// the input of its thumbprint.
+fn push_canonical<'k>(
+    canonical: &mut String,
+    member: impl Fn(&str) -> Option<&'k str>,
+) -> Result<(), DpopError> {
     let required: &[&str] = match member("kty") {
         Some("RSA") => &["e", "kty", "n"],
         Some("EC") => &["crv", "kty", "x", "y"],
         Some("OKP") => &["crv", "kty", "x"],
         _ => return Err(DpopError::InvalidKey),
     };
-    let mut canonical = String::with_capacity(768);
     canonical.push('{');
     for (i, name) in required.iter().enumerate() {
         if i > 0 {
@@ -823,10 +847,10 @@ fn thumbprint<'k>(member: impl Fn(&str) -> Option<&'k str>) -> Result<String, Dp
         canonical.push('"');
         canonical.push_str(name);
         canonical.push_str("\":");
-        push_json_string(&mut canonical, value);
+        push_json_string(canonical, value);
     }
     canonical.push('}');
-    Ok(URL_SAFE_NO_PAD.encode(sha256(&[canonical.as_bytes()])))
+    Ok(())
 }
 
 /// `s` as a JSON string, escaped as `serde_json` writes it.
@@ -847,6 +871,8 @@ pub struct DpopVerifier {
     nonces: Option<NonceSource>,
     max_age: u64,
     leeway: u64,
+    /// Keys of recent proofs, shared by clones.
+    keys: Arc<KeyCache>,
 }
 
 impl fmt::Debug for DpopVerifier {
@@ -904,6 +930,7 @@ impl DpopVerifier {
             leeway: settings.leeway.as_secs(),
             settings,
             nonces,
+            keys: Arc::default(),
         })
     }
 
@@ -997,7 +1024,7 @@ impl DpopVerifier {
         let header_json = URL_SAFE_NO_PAD.decode(h).map_err(|_| DpopError::Malformed)?;
         let header: Header<'_> = members::parse(&header_json).ok_or(DpopError::Malformed)?;
         let alg = self.check_header(&header)?;
-        let key = proof_key(&header, alg)?;
+        let key = proof_key(&header, alg, &self.keys)?;
         let claims_json = URL_SAFE_NO_PAD.decode(p).map_err(|_| DpopError::Malformed)?;
         let claims: Claims<'_> = members::parse(&claims_json).ok_or(DpopError::Malformed)?;
         let checked = self.check_claims(&claims, req, now_unix)?;
@@ -1015,7 +1042,7 @@ impl DpopVerifier {
             replay_key,
             expires_at,
             VerifiedProof {
-                jkt: key.jkt,
+                jkt: key.jkt.clone(),
                 jti: checked.jti,
                 iat: checked.iat,
             },
@@ -1087,7 +1114,9 @@ impl DpopVerifier {
             return Err(DpopError::IssuedInFuture);
         }
         if let Some(token) = req.access_token {
-            let expected = sha256(&[token.as_bytes()]);
+            let expected = req
+                .access_token_sha256
+                .unwrap_or_else(|| sha256(&[token.as_bytes()]));
             // One spare byte: the decoder's size estimate for 43 characters is 33.
             let mut ath_bytes = [0_u8; 33];
             match &claims.ath {
@@ -1125,7 +1154,7 @@ struct ProofKey {
 }
 
 /// The header's `jwk`: a public key of a supported type that fits `alg`.
-fn proof_key(header: &Header<'_>, alg: Algorithm) -> Result<ProofKey, DpopError> {
+fn proof_key(header: &Header<'_>, alg: Algorithm, keys: &KeyCache) -> Result<Arc<ProofKey>, DpopError> {
     let Some(JwkMember::Object(jwk)) = &header.jwk else {
         return Err(DpopError::InvalidKey);
     };
@@ -1140,6 +1169,19 @@ fn proof_key(header: &Header<'_>, alg: Algorithm) -> Result<ProofKey, DpopError>
         && named.as_str().and_then(|a| a.parse::<Algorithm>().ok()) != Some(alg)
     {
         return Err(DpopError::KeyMismatch);
+    }
+    // The algorithm and the members the thumbprint covers, which are all
+    // the key is built from: a client signs its proofs with one key, so it
+    // is built, checked and hashed once.
+    let name = alg_name(alg);
+    let mut id = String::with_capacity(160);
+    id.push_str(name.unwrap_or_default());
+    let members = id.len();
+    push_canonical(&mut id, |name| jwk.get(name))?;
+    if name.is_some()
+        && let Some(known) = keys.get(&id)
+    {
+        return Ok(known);
     }
     let key = match kty {
         "RSA" => {
@@ -1188,10 +1230,60 @@ fn proof_key(header: &Header<'_>, alg: Algorithm) -> Result<ProofKey, DpopError>
         }
         _ => return Err(DpopError::InvalidKey),
     };
-    Ok(ProofKey {
+    let key = Arc::new(ProofKey {
         key,
-        jkt: thumbprint(|name| jwk.get(name))?,
+        jkt: URL_SAFE_NO_PAD.encode(sha256(&[&id.as_bytes()[members..]])),
+    });
+    if name.is_some() {
+        keys.insert(id, key.clone());
+    }
+    Ok(key)
+}
+
+/// The name of a JWS algorithm, as a key of [`KeyCache`] (none for one
+/// added to `jsonwebtoken` later: its keys are not kept).
+fn alg_name(alg: Algorithm) -> Option<&'static str> {
+    Some(match alg {
+        Algorithm::ES256 => "ES256",
+        Algorithm::ES384 => "ES384",
+        Algorithm::EdDSA => "EdDSA",
+        Algorithm::RS256 => "RS256",
+        Algorithm::RS384 => "RS384",
+        Algorithm::RS512 => "RS512",
+        Algorithm::PS256 => "PS256",
+        Algorithm::PS384 => "PS384",
+        Algorithm::PS512 => "PS512",
+        Algorithm::HS256 => "HS256",
+        Algorithm::HS384 => "HS384",
+        Algorithm::HS512 => "HS512",
+        _ => return None,
     })
+}
+
+/// The keys of recent proofs, built and checked, by algorithm and the
+/// members their thumbprint covers. Bounded: when full, it starts over.
+#[derive(Default)]
+struct KeyCache(Mutex<HashMap<Box<str>, Arc<ProofKey>, foldhash::fast::RandomState>>);
+
+impl KeyCache {
+    /// The most keys held (about 300 bytes each, RSA ones about 600).
+    const MAX: usize = 4096;
+
+    fn get(&self, id: &str) -> Option<Arc<ProofKey>> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .cloned()
+    }
+
+    fn insert(&self, id: String, key: Arc<ProofKey>) {
+        let mut keys = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if keys.len() >= Self::MAX {
+            keys.clear();
+        }
+        keys.insert(id.into_boxed_str(), key);
+    }
 }
 
 /// A Base64urlUInt (RFC 7518 §2): strict base64url, non-empty, no leading
@@ -1224,7 +1316,7 @@ fn unix_seconds(n: &serde_json::Number) -> Option<u64> {
         .map(|f| f as u64)
 }
 
-fn sha256(parts: &[&[u8]]) -> [u8; 32] {
+pub(crate) fn sha256(parts: &[&[u8]]) -> [u8; 32] {
     let mut ctx = digest::Context::new(&digest::SHA256);
     for part in parts {
         ctx.update(part);
@@ -1942,6 +2034,70 @@ mod tests {
             let proof = key.proof().jwk(member, json!("AQAB"));
             assert_eq!(refusal(&proof, &key), DpopError::PrivateKey, "{member}");
         }
+    }
+
+    #[test]
+    fn a_known_key_is_built_once_and_every_other_check_still_applies() {
+        let v = verifier();
+        let key = TestKey::ec(Algorithm::ES256);
+        let first = v
+            .verify_now(&key.proof().signed_by(&key), &request(), now())
+            .expect("accepted");
+        let again = v
+            .verify_now(&key.proof().signed_by(&key), &request(), now())
+            .expect("accepted again");
+        assert_eq!(first.jkt, again.jkt);
+        assert_eq!(first.jkt, jwk_thumbprint(&key.jwk).expect("a thumbprint"));
+        assert_eq!(v.keys.0.lock().expect("keys").len(), 1);
+        // What the thumbprint does not cover is checked on every proof.
+        let with_private = key.proof().jwk("d", json!("AQAB")).signed_by(&key);
+        assert_eq!(
+            v.verify_now(&with_private, &request(), now()).unwrap_err(),
+            DpopError::PrivateKey
+        );
+        let named = key.proof().jwk("alg", json!("ES384")).signed_by(&key);
+        assert_eq!(
+            v.verify_now(&named, &request(), now()).unwrap_err(),
+            DpopError::KeyMismatch
+        );
+        // A known key in the header does not vouch for the signature.
+        let forged = key.proof().signed_by(&TestKey::ec(Algorithm::ES256));
+        assert_eq!(
+            v.verify_now(&forged, &request(), now()).unwrap_err(),
+            DpopError::BadSignature
+        );
+        // Nor for the token: the hash a caller keeps must be the token's.
+        let other =
+            ProofRequest::new("GET", HTU).with_hashed_access_token(TOKEN, sha256(&[b"another token"]));
+        assert_eq!(
+            v.verify_now(&key.proof().signed_by(&key), &other, now())
+                .unwrap_err(),
+            DpopError::AccessTokenMismatch
+        );
+        let kept = ProofRequest::new("GET", HTU).with_hashed_access_token(TOKEN, sha256(&[TOKEN.as_bytes()]));
+        v.verify_now(&key.proof().signed_by(&key), &kept, now())
+            .expect("the kept hash is the token's");
+    }
+
+    #[test]
+    fn the_key_cache_is_bounded() {
+        let cache = KeyCache::default();
+        let key = TestKey::ec(Algorithm::ES256);
+        let built = || {
+            Arc::new(ProofKey {
+                key: DecodingKey::from_ec_components(
+                    key.jwk["x"].as_str().expect("x"),
+                    key.jwk["y"].as_str().expect("y"),
+                )
+                .expect("a key"),
+                jkt: String::new(),
+            })
+        };
+        for i in 0..KeyCache::MAX + 5 {
+            cache.insert(format!("id-{i}"), built());
+        }
+        let held = cache.0.lock().expect("keys").len();
+        assert!((1..=KeyCache::MAX).contains(&held), "{held} keys held");
     }
 
     #[test]

@@ -373,6 +373,10 @@ impl Introspector {
             let mut in_flight = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(rx) = in_flight.get(&key) {
                 rx.clone()
+            } else if let Some(outcome) = self.cached(&key, now_secs()) {
+                // A call that ended since the caller looked: its answer is
+                // cached before the call leaves the map.
+                return outcome;
             } else if in_flight.len() >= self.cfg.max_concurrent_calls.saturating_mul(8) {
                 // A flood of distinct unknown tokens: refuse at once rather
                 // than queue calls without bound.
