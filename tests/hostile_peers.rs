@@ -3,8 +3,9 @@
 //! PERMISSIVE) of both frameworks (details: axum; reviews: actix-web). Each
 //! is let go within its limit plus a margin, never before it, never with a
 //! 5xx, while a normal client is served. The services run with 2 s for a
-//! handshake or a request head and 3 s of idleness (`--handshake-timeout`,
-//! `--header-read-timeout`, `--idle-timeout`) and the default body limit.
+//! handshake, a request head or a request body and 3 s of idleness
+//! (`--handshake-timeout`, `--header-read-timeout`, `--body-read-timeout`,
+//! `--idle-timeout`) and the default body limit and body rate.
 //!
 //! Then identity providers that answer slowly, without end, in a redirect
 //! loop or with a sign-in page, at the key and the discovery endpoint:
@@ -112,6 +113,8 @@ spec: {{mtls: {{mode: {peer_mode}}}}}
         &timeout,
         "--idle-timeout",
         &idle,
+        "--body-read-timeout",
+        &timeout,
     ];
     if mode != Mode::Plain {
         args.extend(["--tls-cert", &cert, "--tls-key", &key]);
@@ -385,6 +388,46 @@ async fn endless_chunked_body(fx: &Fixture, tls: bool) {
     );
 }
 
+/// `POST /list` with a valid token and a declared 1,000-byte body of which
+/// ten bytes come and then nothing (`stall`), or one byte every 100 ms:
+/// 408 once the body timeout runs out (the few bytes earn almost no time at
+/// 500 bytes a second), and the connection closed.
+async fn slow_body(fx: &Fixture, tls: bool, stall: bool) {
+    let how = if stall { "stalls" } else { "drips" };
+    let what = format!("{}: a body that {how} (TLS {tls})", fx.name);
+    let head = format!(
+        "POST /list HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n",
+        fx.token
+    );
+    let stream = fx.open(tls).await;
+    let since = Instant::now();
+    let (r, mut w) = tokio::io::split(stream);
+    let writer = tokio::spawn(async move {
+        if w.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        if stall {
+            let _ = w.write_all(b"{\"a\": \"bc").await;
+            let _ = w.flush().await;
+            std::future::pending::<()>().await;
+        }
+        for _ in 0..1000 {
+            if w.write_all(b" ").await.is_err() || w.flush().await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let end = ending(r, since, &what).await;
+    end.timed_out(&what, "HTTP/1.1 408");
+    assert!(
+        end.answer.starts_with("HTTP/1.1 408") && end.answer.contains("did not arrive in time"),
+        "{what}: answered {:?}",
+        end.answer
+    );
+    writer.abort();
+}
+
 /// Every hostile client of `mode` at once, with 50 more silent connections,
 /// while a normal client is served.
 async fn hostile_peers_are_bounded(name: &'static str, mode: Mode) {
@@ -406,6 +449,8 @@ async fn hostile_peers_are_bounded(name: &'static str, mode: Mode) {
         cases.push(Box::pin(huge_header(&fx, tls)));
         cases.push(Box::pin(huge_declared_body(&fx, tls)));
         cases.push(Box::pin(endless_chunked_body(&fx, tls)));
+        cases.push(Box::pin(slow_body(&fx, tls, true)));
+        cases.push(Box::pin(slow_body(&fx, tls, false)));
     }
     let normal = async {
         tokio::time::sleep(Duration::from_millis(500)).await;

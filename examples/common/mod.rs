@@ -41,8 +41,9 @@ pub struct Args {
     pub upstream_timeout: std::time::Duration,
     /// `--admin ADDR`: `/metrics` and `/ready`, without authentication.
     pub admin: Option<SocketAddr>,
-    /// `--handshake-timeout`, `--header-read-timeout`, `--idle-timeout`
-    /// (seconds) and `--body-limit` (bytes): what a client is granted.
+    /// `--handshake-timeout`, `--header-read-timeout`, `--idle-timeout`,
+    /// `--body-read-timeout` (seconds), `--body-min-rate` (bytes a second)
+    /// and `--body-limit` (bytes): what a client is granted.
     pub limits: palisade::core::limits::ServerLimits,
 }
 
@@ -151,6 +152,14 @@ fn parse(service: &str, port: u16, mut it: impl Iterator<Item = String>) -> Resu
                 args.limits = args.limits.header_read_timeout(seconds(&flag, &value()?)?);
             }
             "--idle-timeout" => args.limits = args.limits.idle_timeout(seconds(&flag, &value()?)?),
+            "--body-read-timeout" => args.limits = args.limits.body_read_timeout(seconds(&flag, &value()?)?),
+            "--body-min-rate" => {
+                let v = value()?;
+                let rate = v
+                    .parse()
+                    .map_err(|_| format!("--body-min-rate {v}: a number of bytes a second, such as 500"))?;
+                args.limits = args.limits.body_min_rate(rate);
+            }
             "--body-limit" => {
                 let v = value()?;
                 let bytes = v
@@ -166,12 +175,14 @@ fn parse(service: &str, port: u16, mut it: impl Iterator<Item = String>) -> Resu
                      \x20      [--upstream NAME=URL]... [--upstream-timeout SECONDS] (productpage)\n\
                      \x20      [--admin ADDR]\n\
                      \x20      [--handshake-timeout S] [--header-read-timeout S] [--idle-timeout S] [--body-limit BYTES]\n\
+                     \x20      [--body-read-timeout S] [--body-min-rate BYTES]\n\
                      Without --config, a demo issuer is started and a ready-to-paste command is printed.\n\
                      The --config file is reloaded when it changes or on SIGHUP; a file that does not load\n\
                      keeps the policy in force. --admin serves GET /metrics (Prometheus) and GET /ready.\n\
                      A client has --handshake-timeout (default 10) seconds for its TLS handshake, --header-read-timeout\n\
                      (10) for a request head, --idle-timeout (75) to begin its next request; a body over --body-limit\n\
-                     (2097152) bytes is answered 413.\n\
+                     (2097152) bytes is answered 413, one not received within --body-read-timeout (20) seconds plus\n\
+                     one for every --body-min-rate (500) bytes that arrived is answered 408.\n\
                      --client-ca turns mutual TLS on; its mode comes from the policy file's PeerAuthentication\n\
                      (default STRICT). Certificates, keys, CA and CRL files are reloaded when they change or on SIGHUP.\n\
                      --no-guard (benchmarking only) serves the same routes without Palisade: no authentication,\n\

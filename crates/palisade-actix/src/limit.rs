@@ -14,7 +14,7 @@ use actix_web::http::header::CONTENT_LENGTH;
 use actix_web::web::Bytes;
 use actix_web::{Error, HttpMessage as _};
 use palisade_core::adapter::actix_response;
-use palisade_core::limits::ServerLimits;
+use palisade_core::limits::{BodyTimer, ServerLimits};
 
 use crate::LocalFuture;
 
@@ -22,7 +22,10 @@ use crate::LocalFuture;
 /// axum's `palisade_axum::BodyLimitLayer`): a declared `Content-Length`
 /// over it is answered 413 (and the connection closed) before a byte of the
 /// body is read, and any other body ends with `PayloadError::Overflow` when
-/// it passes the limit, which actix-web's extractors answer 413.
+/// it passes the limit, which actix-web's extractors answer 413. A body
+/// that does not arrive in time ([`body_read_timeout`](ServerLimits::body_read_timeout)
+/// and [`body_min_rate`](ServerLimits::body_min_rate)) ends with an error
+/// too, and the request is answered 408 and its connection closed.
 ///
 /// actix-web's extractors keep their own limits on top (`web::Bytes` and
 /// `String` 256 KiB, `web::Json` 2 MiB): give the app the same number so
@@ -102,20 +105,27 @@ where
                 .set_connection_type(actix_web::http::ConnectionType::Close);
             return Box::pin(ready(Ok(req.into_response(res).map_into_right_body())));
         }
-        let overflowed = Rc::new(RefCell::new(None));
+        let cut = Rc::new(RefCell::new(None));
         let payload = Limited {
             inner: Some(req.take_payload()),
             left: self.limits.max_body(),
-            overflowed: Rc::clone(&overflowed),
+            timer: BodyTimer::new(&self.limits),
+            cut: Rc::clone(&cut),
         };
         req.set_payload(Payload::Stream {
             payload: Box::pin(payload),
         });
         let service = Rc::clone(&self.service);
+        let limits = self.limits;
         Box::pin(async move {
             let res = service.call(req).await?;
-            let Some(unread) = overflowed.borrow_mut().take() else {
+            let Some((unread, why)) = cut.borrow_mut().take() else {
                 return Ok(res.map_into_left_body());
+            };
+            // Whatever the app answered a body it could not read in time.
+            let res = match why {
+                Cut::Late => res.into_response(actix_response(limits.body_too_slow())),
+                Cut::Overflow => res.map_into_boxed_body(),
             };
             // The rest of the body is not read: actix-http would read it to
             // its end (a dropped chunked payload is drained) unless the
@@ -154,20 +164,30 @@ impl MessageBody for Holding {
 }
 
 /// A request payload that fails with [`PayloadError::Overflow`] once it
-/// passes the limit, and is not read further.
+/// passes the limit, or with a timed-out I/O error once it is late (see
+/// [`BodyTimer`]), and is not read further.
 struct Limited {
-    /// Taken when it passes the limit.
+    /// Taken when it passes the limit or is late.
     inner: Option<Payload>,
     left: usize,
-    /// Where the unread payload goes when it passed the limit.
-    overflowed: Rc<RefCell<Option<Payload>>>,
+    timer: BodyTimer,
+    /// Where the unread payload goes when it passed the limit or was late,
+    /// and whether it was late.
+    cut: Rc<RefCell<Option<(Payload, Cut)>>>,
+}
+
+/// Why a payload was cut off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cut {
+    Overflow,
+    Late,
 }
 
 impl futures_core::Stream for Limited {
     type Item = Result<Bytes, PayloadError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        // Over the limit: the error was given.
+        // Cut off: the error was given.
         let Some(inner) = self.inner.as_mut() else {
             return Poll::Ready(None);
         };
@@ -175,15 +195,32 @@ impl futures_core::Stream for Limited {
             Poll::Ready(Some(Ok(chunk))) => match self.left.checked_sub(chunk.len()) {
                 Some(left) => {
                     self.left = left;
+                    self.timer.received(chunk.len());
                     Poll::Ready(Some(Ok(chunk)))
                 }
                 None => {
-                    *self.overflowed.borrow_mut() = self.inner.take();
+                    self.cut_off(Cut::Overflow);
                     tracing::debug!(target: palisade_core::limits::LOG_TARGET, "request body cut off at the limit");
                     Poll::Ready(Some(Err(PayloadError::Overflow)))
                 }
             },
+            Poll::Pending if self.timer.poll_late(cx) => {
+                self.cut_off(Cut::Late);
+                tracing::debug!(target: palisade_core::limits::LOG_TARGET, "request body too slow: 408");
+                Poll::Ready(Some(Err(PayloadError::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the request body did not arrive in time",
+                )))))
+            }
             other => other,
+        }
+    }
+}
+
+impl Limited {
+    fn cut_off(&mut self, why: Cut) {
+        if let Some(unread) = self.inner.take() {
+            *self.cut.borrow_mut() = Some((unread, why));
         }
     }
 }

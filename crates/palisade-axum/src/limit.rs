@@ -2,6 +2,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 
 use axum::body::Body;
@@ -9,7 +11,7 @@ use axum::extract::DefaultBodyLimit;
 use http::header::CONTENT_LENGTH;
 use http::{Request, Response};
 use palisade_core::adapter::Reply;
-use palisade_core::limits::ServerLimits;
+use palisade_core::limits::{BodyTimer, ServerLimits};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -19,7 +21,10 @@ use crate::{ResponseBody, answered, reply};
 /// actix-web's `palisade_actix::BodyLimit`): a declared `Content-Length`
 /// over it is answered 413 before a byte of the body is read, and any other
 /// body ends with an error when it passes the limit, which axum's body
-/// extractors (`Bytes`, `String`, `Json`, `Form`) answer 413. The
+/// extractors (`Bytes`, `String`, `Json`, `Form`) answer 413. A body that
+/// does not arrive in time ([`body_read_timeout`](ServerLimits::body_read_timeout)
+/// and [`body_min_rate`](ServerLimits::body_min_rate)) ends with an error
+/// too, and the request is answered 408 and its connection closed. The
 /// extractors' own default limit (`DefaultBodyLimit`) is set to the same
 /// number, so it is the one limit; a route's `DefaultBodyLimit` may lower
 /// it, not raise it.
@@ -30,7 +35,7 @@ use crate::{ResponseBody, answered, reply};
 /// ```
 /// use axum::{Router, body::Bytes, routing::post};
 /// use palisade_axum::BodyLimitLayer;
-/// use palisade_core::limits::ServerLimits;
+/// use palisade_core::limits::{BodyTimer, ServerLimits};
 /// use tower_layer::Layer as _;
 ///
 /// let app: Router = Router::new().route("/upload", post(|body: Bytes| async move { body.len().to_string() }));
@@ -90,13 +95,85 @@ where
             };
         }
         let limit = self.limits.max_body();
-        let mut req = req.map(|body| Body::new(http_body_util::Limited::new(body, limit)));
+        let late = Arc::new(AtomicBool::new(false));
+        let mut req = req.map(|body| {
+            Body::new(Timed {
+                inner: http_body_util::Limited::new(body, limit),
+                timer: BodyTimer::new(&self.limits),
+                late: Arc::clone(&late),
+            })
+        });
         DefaultBodyLimit::max(limit).apply(&mut req);
         BodyLimitFuture {
             kind: Kind::Inner {
                 fut: self.inner.call(req),
+                late,
+                limits: self.limits,
             },
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request body on the clock of [`BodyTimer`]: past its end, an error,
+    /// and the request marked late.
+    struct Timed<B> {
+        #[pin]
+        inner: B,
+        timer: BodyTimer,
+        late: Arc<AtomicBool>,
+    }
+}
+
+/// The error of a request body that did not arrive in time.
+#[derive(Debug)]
+struct BodyTimedOut;
+
+impl std::fmt::Display for BodyTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the request body did not arrive in time")
+    }
+}
+
+impl std::error::Error for BodyTimedOut {}
+
+impl<B> http_body::Body for Timed<B>
+where
+    B: http_body::Body<Data = bytes::Bytes>,
+    B::Error: Into<axum::BoxError>,
+{
+    type Data = bytes::Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(frame) => {
+                if let Some(Ok(frame)) = &frame
+                    && let Some(data) = frame.data_ref()
+                {
+                    this.timer.received(data.len());
+                }
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending if this.timer.poll_late(cx) => {
+                this.late.store(true, Ordering::Relaxed);
+                tracing::debug!(target: palisade_core::limits::LOG_TARGET, "request body too slow: 408");
+                Poll::Ready(Some(Err(Box::new(BodyTimedOut))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -111,7 +188,7 @@ pin_project_lite::pin_project! {
 pin_project_lite::pin_project! {
     #[project = KindProj]
     enum Kind<F> {
-        Inner { #[pin] fut: F },
+        Inner { #[pin] fut: F, late: Arc<AtomicBool>, limits: ServerLimits },
         Refused { reply: Option<Reply> },
     }
 }
@@ -124,7 +201,14 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
-            KindProj::Inner { fut } => Poll::Ready(Ok(ready!(fut.poll(cx))?.map(ResponseBody::inner))),
+            KindProj::Inner { fut, late, limits } => {
+                let res = ready!(fut.poll(cx))?;
+                // Whatever the app answered a body it could not read in time.
+                if late.load(Ordering::Relaxed) {
+                    return Poll::Ready(Ok(reply(limits.body_too_slow())));
+                }
+                Poll::Ready(Ok(res.map(ResponseBody::inner)))
+            }
             KindProj::Refused { reply: r } => Poll::Ready(Ok(r.take().map_or_else(answered, reply))),
         }
     }

@@ -23,6 +23,9 @@
 //! assert!(limits.check_content_length(Some(b"1024")).is_ok());
 //! ```
 
+use std::future::Future as _;
+use std::pin::Pin;
+use std::task::Context;
 use std::time::Duration;
 
 use crate::adapter::Reply;
@@ -39,6 +42,7 @@ pub const LOG_TARGET: &str = "palisade::serve";
 /// | [`header_read_timeout`](Self::header_read_timeout) | 10 s | a request head is not complete this long after the connection opened (after its TLS handshake) or after the request's first byte: closed (actix-web answers 408 first) |
 /// | [`idle_timeout`](Self::idle_timeout) | 75 s | a kept-alive connection has no request in progress and no new one begins: closed |
 /// | [`body_limit`](Self::body_limit) | 2 MiB | a request body is larger: 413, a declared length before a byte of the body is read, a chunked one when it passes the limit |
+/// | [`body_read_timeout`](Self::body_read_timeout) and [`body_min_rate`](Self::body_min_rate) | 20 s, and 1 s more per 500 bytes | a request body being read is not complete by then (Apache's `RequestReadTimeout body=20,MinRate=500`): 408, and the connection closed |
 ///
 /// A zero duration closes at once (1 ms): it never turns a timeout off.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +52,8 @@ pub struct ServerLimits {
     header_read_timeout: Duration,
     idle_timeout: Duration,
     body_limit: usize,
+    body_read_timeout: Duration,
+    body_min_rate: u32,
 }
 
 /// The shortest timeout: frameworks read zero as "no timeout".
@@ -63,6 +69,9 @@ impl Default for ServerLimits {
             idle_timeout: Duration::from_secs(75),
             // axum's `DefaultBodyLimit` and actix-web's `JsonConfig`.
             body_limit: 2 * 1024 * 1024,
+            // Apache's mod_reqtimeout: `body=20,MinRate=500`.
+            body_read_timeout: Duration::from_secs(20),
+            body_min_rate: 500,
         }
     }
 }
@@ -96,6 +105,37 @@ impl ServerLimits {
     pub fn body_limit(mut self, bytes: usize) -> Self {
         self.body_limit = bytes;
         self
+    }
+
+    /// How long a request body may take, from the moment the application
+    /// first waits for it (default 20 s), before the time that
+    /// [`body_min_rate`](Self::body_min_rate) adds for what arrived. A body
+    /// not complete by then is answered 408 and its connection closed: a
+    /// client that stalls or drips its body is let go.
+    pub fn body_read_timeout(mut self, timeout: Duration) -> Self {
+        self.body_read_timeout = timeout.max(SHORTEST);
+        self
+    }
+
+    /// For every this many bytes of a request body received, one more
+    /// second to receive the rest (default 500): a large upload at a fair
+    /// pace is not cut off. Zero adds no time, so the whole body must arrive
+    /// within [`body_read_timeout`](Self::body_read_timeout).
+    pub fn body_min_rate(mut self, bytes_per_second: u32) -> Self {
+        self.body_min_rate = bytes_per_second;
+        self
+    }
+
+    /// See [`ServerLimits::body_read_timeout`](Self::body_read_timeout).
+    #[must_use]
+    pub fn body_read(&self) -> Duration {
+        self.body_read_timeout
+    }
+
+    /// See [`ServerLimits::body_min_rate`](Self::body_min_rate).
+    #[must_use]
+    pub fn body_rate(&self) -> u32 {
+        self.body_min_rate
     }
 
     /// See [`ServerLimits::handshake_timeout`](Self::handshake_timeout).
@@ -155,6 +195,93 @@ impl ServerLimits {
     }
 }
 
+impl ServerLimits {
+    /// The answer to a request body that did not arrive in time: 408 with a
+    /// problem body, and `connection: close`, as the rest is not read.
+    pub fn body_too_slow(&self) -> Reply {
+        Reply::problem(
+            408,
+            "body-timeout",
+            "Request body timeout",
+            "the request body did not arrive in time",
+        )
+        .header("connection", "close")
+    }
+}
+
+/// The clock of one request body, as both frameworks' body limits run it:
+/// it starts the first time the body is waited for, with
+/// [`ServerLimits::body_read_timeout`] to go, and each piece received moves
+/// the end later by one second per [`ServerLimits::body_min_rate`] bytes.
+/// Needs a Tokio runtime with time (both frameworks run on one).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use std::time::Duration;
+/// use palisade_core::limits::{BodyTimer, ServerLimits};
+///
+/// let limits = ServerLimits::default().body_read_timeout(Duration::from_millis(50));
+/// let mut timer = BodyTimer::new(&limits);
+/// timer.received(100); // 0.2 s more at 500 bytes a second
+/// assert!(!std::future::poll_fn(|cx| std::task::Poll::Ready(timer.poll_late(cx))).await);
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct BodyTimer {
+    /// Started when the body is first waited for.
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    timeout: Duration,
+    rate: u32,
+    /// Time earned by what arrived before the clock started.
+    earned: Duration,
+}
+
+impl BodyTimer {
+    /// A clock not started yet.
+    #[must_use]
+    pub fn new(limits: &ServerLimits) -> Self {
+        Self {
+            sleep: None,
+            timeout: limits.body_read(),
+            rate: limits.body_rate(),
+            earned: Duration::ZERO,
+        }
+    }
+
+    /// Counts `len` bytes received: the end moves later.
+    pub fn received(&mut self, len: usize) {
+        if self.rate == 0 || len == 0 {
+            return;
+        }
+        let nanos = u64::try_from(len as u128 * 1_000_000_000 / u128::from(self.rate)).unwrap_or(u64::MAX);
+        let more = Duration::from_nanos(nanos);
+        match &mut self.sleep {
+            Some(sleep) => {
+                let end = sleep.deadline().checked_add(more).unwrap_or_else(far_future);
+                sleep.as_mut().reset(end);
+            }
+            None => self.earned = self.earned.saturating_add(more),
+        }
+    }
+
+    /// Whether the body is late: call it when the body has nothing to give
+    /// yet; until the end, `cx` is woken when it comes.
+    pub fn poll_late(&mut self, cx: &mut Context<'_>) -> bool {
+        let sleep = self.sleep.get_or_insert_with(|| {
+            let end = tokio::time::Instant::now()
+                .checked_add(self.timeout.saturating_add(self.earned))
+                .unwrap_or_else(far_future);
+            Box::pin(tokio::time::sleep_until(end))
+        });
+        sleep.as_mut().poll(cx).is_ready()
+    }
+}
+
+/// About thirty years from now: what Tokio itself takes for "never".
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86_400 * 365 * 30)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,9 +308,53 @@ mod tests {
         let limits = ServerLimits::default()
             .handshake_timeout(Duration::ZERO)
             .header_read_timeout(Duration::ZERO)
-            .idle_timeout(Duration::ZERO);
+            .idle_timeout(Duration::ZERO)
+            .body_read_timeout(Duration::ZERO);
         assert_eq!(limits.handshake(), SHORTEST);
         assert_eq!(limits.header_read(), SHORTEST);
         assert_eq!(limits.idle(), SHORTEST);
+        assert_eq!(limits.body_read(), SHORTEST);
+    }
+
+    async fn late(timer: &mut BodyTimer) -> bool {
+        std::future::poll_fn(|cx| std::task::Poll::Ready(timer.poll_late(cx))).await
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_body_has_its_timeout_and_a_second_more_per_min_rate_bytes() {
+        let limits = ServerLimits::default()
+            .body_read_timeout(Duration::from_secs(20))
+            .body_min_rate(500);
+        let mut timer = BodyTimer::new(&limits);
+        // What arrives before the clock starts counts too.
+        timer.received(1000);
+        assert!(!late(&mut timer).await);
+        tokio::time::advance(Duration::from_secs(21)).await;
+        assert!(!late(&mut timer).await, "2 s were earned by 1,000 bytes");
+        tokio::time::advance(Duration::from_millis(1100)).await;
+        assert!(late(&mut timer).await);
+
+        // A drip earns little: one byte a second is cut off after about 20 s.
+        let mut timer = BodyTimer::new(&limits);
+        let mut seconds = 0;
+        while !late(&mut timer).await {
+            timer.received(1);
+            tokio::time::advance(Duration::from_secs(1)).await;
+            seconds += 1;
+            assert!(seconds < 60, "a drip is never cut off");
+        }
+        assert!((20..=21).contains(&seconds), "{seconds} s");
+
+        // No rate: the timeout alone.
+        let mut timer = BodyTimer::new(
+            &ServerLimits::default()
+                .body_read_timeout(Duration::from_secs(5))
+                .body_min_rate(0),
+        );
+        assert!(!late(&mut timer).await);
+        timer.received(1_000_000);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(late(&mut timer).await);
+        assert_eq!(limits.body_too_slow().status(), 408);
     }
 }
