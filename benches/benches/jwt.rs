@@ -4,7 +4,6 @@
 #![expect(missing_docs, reason = "criterion_group! generates an undocumented pub fn")]
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
 
 use actix_web::{App, HttpResponse, web};
 use axum::body::Body;
@@ -17,7 +16,7 @@ use tower::ServiceExt;
 
 #[path = "../common/paired.rs"]
 mod paired;
-use paired::bench_paired;
+use paired::{bench_paired, bench_paired_fresh};
 
 fn authenticator(issuer: &TestIssuer, cache_entries: u64) -> JwtAuthenticator {
     JwtAuthenticator::builder()
@@ -680,60 +679,23 @@ fn dpop_benches(c: &mut Criterion) {
     // proof's `jwk`, verify, and a cached bearer token's request), both on
     // fresh proofs made untimed before the pairs, so drift on a shared
     // machine reaches both alike.
-    let (mut sum_request, mut sum_floor, mut pairs) = (Duration::ZERO, Duration::ZERO, 0_u32);
-    g.bench_function("paired_request_vs_floor", |b| {
-        b.iter_custom(|iters| {
-            let made: Vec<_> = (0..iters)
-                .map(|_| {
-                    let p = fresh_proof();
-                    (request(key.proof("GET", htu, Some(&token), None)), p)
-                })
-                .collect();
-            let mut timed = Duration::ZERO;
-            for (i, (req, (message, signature, x, y))) in made.iter().enumerate() {
-                let floor = || {
-                    let key = jsonwebtoken::DecodingKey::from_ec_components(x, y).unwrap();
-                    assert!(verify(message, signature, &key));
-                    black_box(bearer.authenticate(black_box(&bearer_req)));
-                };
-                let contender = || {
-                    let outcome = dpop.authenticate(black_box(req));
-                    assert!(matches!(outcome, Check::Ready(AuthOutcome::Authenticated(_))));
-                    outcome
-                };
-                let (c, f) = if i % 2 == 0 {
-                    let start = Instant::now();
-                    let out = contender();
-                    let middle = Instant::now();
-                    floor();
-                    let end = Instant::now();
-                    drop(out);
-                    (middle - start, end - middle)
-                } else {
-                    let start = Instant::now();
-                    floor();
-                    let middle = Instant::now();
-                    let out = contender();
-                    let end = Instant::now();
-                    drop(out);
-                    (end - middle, middle - start)
-                };
-                timed += c;
-                sum_request += c;
-                sum_floor += f;
-                pairs += 1;
-            }
-            timed
-        })
-    });
-    if pairs > 0 {
-        eprintln!(
-            "dpop/paired_request_vs_floor: {pairs} pairs, request {:.1} µs, floor {:.1} µs, ratio {:.3}x",
-            sum_request.as_secs_f64() * 1e6 / f64::from(pairs),
-            sum_floor.as_secs_f64() * 1e6 / f64::from(pairs),
-            sum_request.as_secs_f64() / sum_floor.as_secs_f64()
-        );
-    }
+    bench_paired_fresh(
+        &mut g,
+        "paired_request_vs_floor",
+        &mut || {
+            let p = fresh_proof();
+            (request(key.proof("GET", htu, Some(&token), None)), p)
+        },
+        &mut |(req, _)| {
+            let outcome = dpop.authenticate(black_box(req));
+            assert!(matches!(outcome, Check::Ready(AuthOutcome::Authenticated(_))));
+        },
+        &mut |(_, (message, signature, x, y))| {
+            let key = jsonwebtoken::DecodingKey::from_ec_components(x, y).unwrap();
+            assert!(verify(message, signature, &key));
+            black_box(bearer.authenticate(black_box(&bearer_req)));
+        },
+    );
     g.bench_function("dpop_request_cached_token", |b| {
         b.iter_batched(
             || request(key.proof("GET", htu, Some(&token), None)),

@@ -27,10 +27,14 @@ use axum::routing::get;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use criterion::{BatchSize, Criterion, criterion_group};
+
+#[path = "../common/paired.rs"]
+mod paired;
 use libgssapi::context::{ClientCtx, CtxFlags, SecurityContext, ServerCtx};
 use libgssapi::credential::{Cred, CredUsage};
 use libgssapi::name::Name;
 use libgssapi::oid::{GSS_MECH_KRB5, GSS_MECH_SPNEGO, GSS_NT_HOSTBASED_SERVICE, OidSet};
+use paired::bench_paired_fresh;
 use palisade::core::adapter::Decision;
 use palisade::core::authn::OwnedRequest;
 use palisade::core::authz::AccessPolicy;
@@ -249,53 +253,18 @@ fn accept_benches(c: &mut Criterion) {
     // Paired: each Palisade accept alternates with the floor's, both on
     // fresh tokens made untimed before the pairs, so drift on the shared
     // machine reaches both alike (as `dpop/paired_request_vs_floor`).
-    let (mut sum_palisade, mut sum_floor, mut pairs) = (Duration::ZERO, Duration::ZERO, 0_u32);
-    g.bench_function("paired_palisade_vs_floor", |b| {
-        b.iter_custom(|iters| {
-            let made: Vec<_> = (0..iters)
-                .map(|_| (negotiate_request(&fresh_token()), fresh_token()))
-                .collect();
-            let mut timed = Duration::ZERO;
-            for (i, (req, token)) in made.iter().enumerate() {
-                let palisade = || {
-                    let d = decide(&multi, &guard, black_box(req));
-                    assert_eq!(principal(&d), Some(ALICE));
-                    d
-                };
-                let floor = || raw_accept(&cred, black_box(token));
-                let (p, f) = if i % 2 == 0 {
-                    let start = Instant::now();
-                    let d = palisade();
-                    let middle = Instant::now();
-                    let n = floor();
-                    let end = Instant::now();
-                    drop((d, n));
-                    (middle - start, end - middle)
-                } else {
-                    let start = Instant::now();
-                    let n = floor();
-                    let middle = Instant::now();
-                    let d = palisade();
-                    let end = Instant::now();
-                    drop((d, n));
-                    (end - middle, middle - start)
-                };
-                timed += p;
-                sum_palisade += p;
-                sum_floor += f;
-                pairs += 1;
-            }
-            timed
-        });
-    });
-    if pairs > 0 {
-        eprintln!(
-            "spnego/accept/paired_palisade_vs_floor: {pairs} pairs, Palisade {:.1} µs, floor {:.1} µs, ratio {:.3}x",
-            sum_palisade.as_secs_f64() * 1e6 / f64::from(pairs),
-            sum_floor.as_secs_f64() * 1e6 / f64::from(pairs),
-            sum_palisade.as_secs_f64() / sum_floor.as_secs_f64()
-        );
-    }
+    bench_paired_fresh(
+        &mut g,
+        "paired_palisade_vs_floor",
+        &mut || (negotiate_request(&fresh_token()), fresh_token()),
+        &mut |(req, _)| {
+            let d = decide(&multi, &guard, black_box(req));
+            assert_eq!(principal(&d), Some(ALICE));
+        },
+        &mut |(_, token)| {
+            black_box(raw_accept(&cred, black_box(token)));
+        },
+    );
     g.bench_function("palisade_current_thread_runtime", |b| {
         b.iter_batched(
             || negotiate_request(&fresh_token()),
