@@ -835,10 +835,15 @@ mod tests {
         // An answer older than the time to live is asked again.
         names.0.lock().unwrap().insert(
             "old@EXAMPLE.TEST".into(),
-            (Some("stale".into()), Instant::now() - LocalNames::TTL - Duration::from_secs(1)),
+            (
+                Some("stale".into()),
+                Instant::now() - LocalNames::TTL - Duration::from_secs(1),
+            ),
         );
         assert_eq!(
-            names.get_or_ask("old@EXAMPLE.TEST", || Some("fresh".into())).as_deref(),
+            names
+                .get_or_ask("old@EXAMPLE.TEST", || Some("fresh".into()))
+                .as_deref(),
             Some("fresh")
         );
     }
