@@ -447,7 +447,7 @@ fn http_benches(c: &mut Criterion) {
     // The same two, interleaved in rounds (alternating which goes first), so
     // that a change in the machine's load affects both alike: the ratio
     // from the medians of the rounds' means.
-    const ROUNDS: usize = 10;
+    const ROUNDS: usize = 30;
     const PER_ROUND: u64 = 100;
     let mut means: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     let mut token_time = Duration::ZERO;

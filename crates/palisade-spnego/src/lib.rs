@@ -22,12 +22,15 @@
 //! - One round trip per request; no half-open context is kept. The
 //!   mutual-authentication token goes back as `WWW-Authenticate: Negotiate
 //!   <token>` on the successful response.
-//! - GSSAPI calls block, so they never hold up the async executor: on a
-//!   multi-threaded tokio runtime (axum's) they run on the request's own
-//!   thread once its other tasks are handed to another worker
-//!   (`block_in_place`), on a single-threaded one (actix-web's) on tokio's
-//!   blocking pool; at most [`SpnegoAuthenticatorBuilder::concurrency`] at
-//!   a time (beyond that they wait, on the pool); counted and timed
+//! - Accepting a token is CPU work in GSSAPI (decrypting the ticket and
+//!   authenticator, recording it in the replay cache; no KDC round trip),
+//!   70–300 µs. On a multi-threaded tokio runtime (axum's) it runs on the
+//!   request's own worker, as any CPU work of that size does (the worker's
+//!   queued tasks are taken by the others meanwhile); on a single-threaded
+//!   one (actix-web's), where it would hold up every connection of the
+//!   worker, on tokio's blocking pool. At most
+//!   [`SpnegoAuthenticatorBuilder::concurrency`] run at a time (beyond
+//!   that they wait, on the pool); counted and timed
 //!   ([`SpnegoAuthenticator::stats`]).
 //! - Replay protection is MIT's replay cache, on; its directory is
 //!   `KRB5RCACHEDIR` (or krb5.conf). A replayed token is refused.
@@ -729,10 +732,11 @@ impl Authenticator for SpnegoAuthenticator {
             tracing::debug!(target: LOG_TARGET, ?kind, "Negotiate token refused before GSSAPI");
             return Check::Ready(refused(kind.detail()));
         }
-        // GSSAPI blocks. On a multi-threaded runtime (axum's) it runs right
-        // here, the worker's other tasks handed to another thread
-        // (`block_in_place`), which spares the request two thread wake-ups;
-        // on a single-threaded one (actix-web's), on the blocking pool.
+        // On a multi-threaded runtime (axum's) the accept, CPU work of a few
+        // hundred microseconds, runs right here: a hand-off to another
+        // thread (the blocking pool, or `block_in_place`'s) costs a thread
+        // wake-up of about as much on a small machine. On a single-threaded
+        // one (actix-web's), on the blocking pool.
         let here = matches!(
             tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()),
             Ok(tokio::runtime::RuntimeFlavor::MultiThread) | Err(_)
@@ -741,7 +745,7 @@ impl Authenticator for SpnegoAuthenticator {
             let started = Instant::now();
             let local_names = self.0.allowed_realms.is_empty().then_some(&self.0.local_names);
             let in_flight = InFlight::start();
-            let result = tokio::task::block_in_place(|| accept(self.0.cred.clone(), &token, local_names));
+            let result = accept(self.0.cred.clone(), &token, local_names);
             drop((in_flight, permit));
             return Check::Ready(self.accepted(result, started));
         }
