@@ -151,6 +151,29 @@ impl CompiledRule {
         prefixes.map_or(Keys::Any, Keys::Prefixes)
     }
 
+    /// Whether a request found under one of `keys` surely matches: the
+    /// rule has one condition, and it is what the keys stand for (one of
+    /// exact values of an attribute, exact hosts, or paths that are
+    /// prefixes ending in `/`, each its own key).
+    fn proven_by(&self, keys: &Keys<'_>) -> bool {
+        let mut clauses = self.clauses();
+        let (Some(only), None) = (clauses.next(), clauses.next()) else {
+            return false;
+        };
+        if only.negate {
+            return false;
+        }
+        match (keys, &only.test) {
+            (Keys::Values(attr, _), Test::Str(a, ms)) => a == *attr && exact(ms).is_some(),
+            // Compared ignoring ASCII case, as the keys are in lower case.
+            (Keys::Hosts(_), Test::Host(ms)) => exact(ms).is_some(),
+            (Keys::Prefixes(_), Test::Path(ms)) => ms
+                .iter()
+                .all(|m| matches!(m, matcher::PathMatch::Str(StrMatch::Prefix(p)) if p.ends_with('/'))),
+            _ => false,
+        }
+    }
+
     /// The literal path prefixes one of which every matching path starts with.
     fn path_keys(&self) -> Option<Vec<&str>> {
         let mut keys = Vec::new();
@@ -289,7 +312,11 @@ impl CompiledPolicy {
 /// (policy, rule), ordered as written.
 type Entry = (u32, u32);
 
-type Lists = HashMap<Box<str>, Vec<Entry>, foldhash::fast::RandomState>;
+/// A rule under a key, and whether being found under the key proves that
+/// it matches (its one condition is what the key stands for).
+type Listed = (Entry, bool);
+
+type Lists = HashMap<Box<str>, Vec<Listed>, foldhash::fast::RandomState>;
 
 /// The rules of one action, each under the keys that every request it
 /// matches has: a path prefix, a host, or the value of a string attribute
@@ -299,14 +326,22 @@ type Lists = HashMap<Box<str>, Vec<Entry>, foldhash::fast::RandomState>;
 #[derive(Debug, Default)]
 struct Index {
     /// Rules that can match any request.
-    any: Vec<Entry>,
+    any: Vec<Listed>,
     /// Rules whose every matching path starts with the key (which ends in `/`).
     by_prefix: Lists,
+    /// Bit `n` set: a key of `by_prefix` has `n + 1` slashes (bit 63: 64 or
+    /// more), so a path is looked up only at the depths some key has.
+    prefix_depths: u64,
     /// Rules whose every matching `Host` is the key, in lower case.
     by_host: Lists,
     /// For each attribute, rules whose every match has the key among the
     /// attribute's values.
     by_value: Vec<(StrAttr, Lists)>,
+}
+
+/// The bit of [`Index::prefix_depths`] for a key of `slashes` slashes.
+fn depth_bit(slashes: usize) -> u64 {
+    1 << (slashes.clamp(1, 64) - 1)
 }
 
 /// Below this many rules, one list is faster than hashing path prefixes.
@@ -324,9 +359,11 @@ impl Index {
                 } else {
                     Keys::Any
                 };
+                let proven = r.proven_by(&keys);
+                let prefixes = matches!(keys, Keys::Prefixes(_));
                 let (lists, mut keys): (&mut Lists, Vec<&str>) = match &keys {
                     Keys::Any => {
-                        idx.any.push(entry);
+                        idx.any.push((entry, false));
                         continue;
                     }
                     Keys::Prefixes(keys) => (&mut idx.by_prefix, keys.clone()),
@@ -344,8 +381,13 @@ impl Index {
                 };
                 keys.sort_unstable();
                 keys.dedup();
+                if prefixes {
+                    for k in &keys {
+                        idx.prefix_depths |= depth_bit(k.bytes().filter(|&b| b == b'/').count());
+                    }
+                }
                 for k in keys {
-                    lists.entry(k.into()).or_default().push(entry);
+                    lists.entry(k.into()).or_default().push((entry, proven));
                 }
             }
         }
@@ -362,14 +404,19 @@ impl Index {
     /// Calls `f` with each candidate list for the request, until it
     /// returns true.
     #[inline]
-    fn candidates<'s>(&'s self, ctx: &Ctx<'_>, f: &mut dyn FnMut(&'s [Entry]) -> bool) {
+    fn candidates<'s>(&'s self, ctx: &Ctx<'_>, f: &mut dyn FnMut(&'s [Listed]) -> bool) {
         if !self.any.is_empty() && f(&self.any) {
             return;
         }
         if !self.by_prefix.is_empty() {
             let path = ctx.path;
+            let mut slashes = 0;
             for (i, b) in path.bytes().enumerate() {
-                if b == b'/'
+                if b != b'/' {
+                    continue;
+                }
+                slashes += 1;
+                if self.prefix_depths & depth_bit(slashes) != 0
                     && let Some(list) = self.by_prefix.get(&path[..=i])
                     && f(list)
                 {
@@ -403,11 +450,11 @@ impl Index {
     fn first(&self, policies: &[CompiledPolicy], ctx: &Ctx<'_>) -> Option<Entry> {
         let mut best: Option<Entry> = None;
         self.candidates(ctx, &mut |list| {
-            for &e in list {
+            for &(e, proven) in list {
                 if best.is_some_and(|b| e >= b) {
                     break;
                 }
-                if policies[e.0 as usize].rules[e.1 as usize].matches(ctx) {
+                if proven || policies[e.0 as usize].rules[e.1 as usize].matches(ctx) {
                     best = Some(e);
                     break;
                 }
@@ -421,8 +468,9 @@ impl Index {
     fn all(&self, policies: &[CompiledPolicy], ctx: &Ctx<'_>) -> Vec<Entry> {
         let mut hits: Vec<Entry> = Vec::new();
         self.candidates(ctx, &mut |list| {
-            for &e in list {
-                if !hits.iter().any(|h| h.0 == e.0) && policies[e.0 as usize].rules[e.1 as usize].matches(ctx)
+            for &(e, proven) in list {
+                if !hits.iter().any(|h| h.0 == e.0)
+                    && (proven || policies[e.0 as usize].rules[e.1 as usize].matches(ctx))
                 {
                     hits.push(e);
                 }

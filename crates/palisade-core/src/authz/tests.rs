@@ -684,6 +684,10 @@ fn arb_indexable_rule() -> impl Strategy<Value = String> {
         "when: [{key: \"request.auth.claims[g]\", notValues: [\"@V\"]}]",
         "when: [{key: \"request.auth.claims[scope]\", values: [\"@V\"]}]",
         "when: [{key: \"request.headers[x-v]\", values: [\"@V\"]}, {key: source.namespace, values: [\"@V\"]}]",
+        "to: [{operation: {paths: [\"@Q\"]}}]",
+        "to: [{operation: {paths: [\"@Q\", \"/c/\"]}}]",
+        "to: [{operation: {methods: [GET], paths: [\"@Q\"]}}]",
+        "to: [{operation: {notPaths: [\"@Q\"]}}]",
     ]);
     (field, value.clone(), value).prop_map(|(f, v, h)| {
         let host = if h == "*" {
@@ -702,9 +706,17 @@ fn arb_indexable_rule() -> impl Strategy<Value = String> {
                     .replace("s/sa/s*", "s*"),
             ),
         };
+        let path = match v {
+            "a" => "/a/*",
+            "b" => "/a/b/*",
+            "a*" => "/a*",
+            "*b" => "*/c",
+            _ => "/*",
+        };
         format!(
             "{{{}}}",
-            f.replace("@H", &host)
+            f.replace("@Q", path)
+                .replace("@H", &host)
                 .replace("@R", &principal)
                 .replace("@P", &peer)
                 .replace("@V", v)
@@ -716,8 +728,18 @@ fn arb_indexable_rule() -> impl Strategy<Value = String> {
 fn indexable_requests() -> Vec<(OwnedRequest, Option<Identity>)> {
     let mut out = Vec::new();
     for host in ["a.test", "A.TEST", "b.test", "ab.test", "a.test.test"] {
-        for path in ["/a", "/z"] {
-            let req = || OwnedRequest::get(path).header("host", host).header("x-v", "a");
+        for (method, path) in [
+            ("GET", "/a"),
+            ("GET", "/z"),
+            ("GET", "/a/b/c"),
+            ("POST", "/a/"),
+            ("GET", "/c/"),
+        ] {
+            let req = || {
+                OwnedRequest::new(method, path)
+                    .header("host", host)
+                    .header("x-v", "a")
+            };
             out.push((req(), None));
             out.push((
                 req(),
