@@ -95,13 +95,18 @@ where
             };
         }
         let limit = self.limits.max_body();
-        let late = Arc::new(AtomicBool::new(false));
+        // A request without a body (most) needs no clock.
+        let late = (!req.body().is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
         let mut req = req.map(|body| {
-            Body::new(Timed {
-                inner: http_body_util::Limited::new(body, limit),
-                timer: BodyTimer::new(&self.limits),
-                late: Arc::clone(&late),
-            })
+            let body = http_body_util::Limited::new(body, limit);
+            match &late {
+                Some(late) => Body::new(Timed {
+                    inner: body,
+                    timer: BodyTimer::new(&self.limits),
+                    late: Arc::clone(late),
+                }),
+                None => Body::new(body),
+            }
         });
         DefaultBodyLimit::max(limit).apply(&mut req);
         BodyLimitFuture {
@@ -188,7 +193,7 @@ pin_project_lite::pin_project! {
 pin_project_lite::pin_project! {
     #[project = KindProj]
     enum Kind<F> {
-        Inner { #[pin] fut: F, late: Arc<AtomicBool>, limits: ServerLimits },
+        Inner { #[pin] fut: F, late: Option<Arc<AtomicBool>>, limits: ServerLimits },
         Refused { reply: Option<Reply> },
     }
 }
@@ -204,7 +209,7 @@ where
             KindProj::Inner { fut, late, limits } => {
                 let res = ready!(fut.poll(cx))?;
                 // Whatever the app answered a body it could not read in time.
-                if late.load(Ordering::Relaxed) {
+                if late.as_ref().is_some_and(|l| l.load(Ordering::Relaxed)) {
                     return Poll::Ready(Ok(reply(limits.body_too_slow())));
                 }
                 Poll::Ready(Ok(res.map(ResponseBody::inner)))
