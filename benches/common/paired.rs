@@ -30,44 +30,7 @@ pub(crate) fn bench_paired(
     contender: &mut dyn FnMut(),
     floor: &mut dyn FnMut(),
 ) -> Option<Paired> {
-    let (mut sum_contender, mut sum_floor, mut calls) = (Duration::ZERO, Duration::ZERO, 0_u64);
-    g.bench_function(name, |b| {
-        b.iter_custom(|iters| {
-            let mut timed = Duration::ZERO;
-            for i in 0..iters {
-                let contender_first = i % 2 == 1;
-                let start = Instant::now();
-                if contender_first {
-                    contender()
-                } else {
-                    floor()
-                }
-                let middle = Instant::now();
-                if contender_first {
-                    floor()
-                } else {
-                    contender()
-                }
-                let end = Instant::now();
-                let (c, f) = if contender_first {
-                    (middle - start, end - middle)
-                } else {
-                    (end - middle, middle - start)
-                };
-                timed += c;
-                sum_contender += c;
-                sum_floor += f;
-                calls += 1;
-            }
-            timed
-        });
-    });
-    #[expect(clippy::cast_precision_loss, reason = "a count of calls, far below 2^52")]
-    let calls = calls as f64;
-    (!sum_floor.is_zero()).then(|| Paired {
-        ratio: sum_contender.as_secs_f64() / sum_floor.as_secs_f64(),
-        overhead_ns: (sum_contender.as_secs_f64() - sum_floor.as_secs_f64()) * 1e9 / calls,
-    })
+    run(g, name, &mut || (), &mut |()| contender(), &mut |()| floor()).map(|(paired, _)| paired)
 }
 
 /// [`bench_paired`] on fresh inputs: before each batch, `make` makes one
@@ -83,13 +46,26 @@ pub(crate) fn bench_paired_fresh<I>(
     contender: &mut dyn FnMut(&I),
     floor: &mut dyn FnMut(&I),
 ) -> Option<Paired> {
+    let (paired, line) = run(g, name, make, contender, floor)?;
+    eprintln!("{name}: {line}");
+    Some(paired)
+}
+
+/// The pairs, and a line saying how many, both times per call and the ratio.
+fn run<I>(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    make: &mut dyn FnMut() -> I,
+    contender: &mut dyn FnMut(&I),
+    floor: &mut dyn FnMut(&I),
+) -> Option<(Paired, String)> {
     let (mut sum_contender, mut sum_floor, mut pairs) = (Duration::ZERO, Duration::ZERO, 0_u64);
     g.bench_function(name, |b| {
         b.iter_custom(|iters| {
             let inputs: Vec<I> = (0..iters).map(|_| make()).collect();
             let mut timed = Duration::ZERO;
             for (i, input) in inputs.iter().enumerate() {
-                let contender_first = i % 2 == 0;
+                let contender_first = i % 2 == 1;
                 let start = Instant::now();
                 if contender_first {
                     contender(input);
@@ -122,13 +98,16 @@ pub(crate) fn bench_paired_fresh<I>(
     #[expect(clippy::cast_precision_loss, reason = "a count of pairs, far below 2^52")]
     let per = |d: Duration| d.as_secs_f64() * 1e6 / pairs as f64;
     let ratio = sum_contender.as_secs_f64() / sum_floor.as_secs_f64();
-    eprintln!(
-        "{name}: {pairs} pairs, contender {:.1} µs, floor {:.1} µs, ratio {ratio:.3}x",
+    let line = format!(
+        "{pairs} pairs, contender {:.1} µs, floor {:.1} µs, ratio {ratio:.3}x",
         per(sum_contender),
         per(sum_floor)
     );
-    Some(Paired {
-        ratio,
-        overhead_ns: (per(sum_contender) - per(sum_floor)) * 1e3,
-    })
+    Some((
+        Paired {
+            ratio,
+            overhead_ns: (per(sum_contender) - per(sum_floor)) * 1e3,
+        },
+        line,
+    ))
 }
