@@ -94,9 +94,18 @@ where
                 kind: Kind::Refused { reply: Some(refusal) },
             };
         }
+        // A request without a body (most) needs neither limit nor clock.
+        if req.body().is_end_stream() {
+            return BodyLimitFuture {
+                kind: Kind::Inner {
+                    fut: self.inner.call(req.map(Body::new)),
+                    late: None,
+                    limits: self.limits,
+                },
+            };
+        }
         let limit = self.limits.max_body();
-        // A request without a body (most) needs no clock.
-        let late = (!req.body().is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
+        let late = Some(Arc::new(AtomicBool::new(false)));
         let mut req = req.map(|body| {
             let body = http_body_util::Limited::new(body, limit);
             match &late {
