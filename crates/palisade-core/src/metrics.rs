@@ -47,9 +47,11 @@ pub const JWKS_FETCHES: &str = "palisade_jwks_fetches_total";
 pub const TOKEN_CACHE: &str = "palisade_token_cache_total";
 /// Calls to an issuer's token introspection endpoint (RFC 7662): counter.
 pub const INTROSPECTIONS: &str = "palisade_introspections_total";
-/// Kerberos ticket checks running on the blocking pool now: gauge.
+/// Kerberos ticket checks (GSSAPI accepts) running now, on a request's
+/// worker or the blocking pool: gauge. (The name is kept from when all ran
+/// on the pool.)
 pub const SPNEGO_BLOCKING: &str = "palisade_spnego_blocking_in_flight";
-/// Kerberos ticket checks sent to the blocking pool: counter.
+/// Kerberos ticket checks (GSSAPI accepts) made: counter.
 pub const SPNEGO_BLOCKING_CALLS: &str = "palisade_spnego_blocking_calls_total";
 /// Policy reloads, by result: counter.
 pub const CONFIG_RELOADS: &str = "palisade_config_reloads_total";
@@ -78,10 +80,13 @@ pub fn describe() {
         INTROSPECTIONS,
         "Calls to an issuer's token introspection endpoint"
     );
-    metrics::describe_gauge!(SPNEGO_BLOCKING, "Kerberos ticket checks on the blocking pool now");
+    metrics::describe_gauge!(
+        SPNEGO_BLOCKING,
+        "Kerberos ticket checks (GSSAPI accepts) running now"
+    );
     metrics::describe_counter!(
         SPNEGO_BLOCKING_CALLS,
-        "Kerberos ticket checks sent to the blocking pool"
+        "Kerberos ticket checks (GSSAPI accepts) made"
     );
     metrics::describe_counter!(CONFIG_RELOADS, "Policy reloads, by result");
 }

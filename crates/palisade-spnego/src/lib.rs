@@ -689,7 +689,8 @@ impl FromPolicy for SpnegoAuthenticator {
     }
 }
 
-/// A ticket check on the blocking pool, reported while it runs
+/// A ticket check (on the request's worker or the blocking pool), reported
+/// while it runs
 /// ([`SPNEGO_BLOCKING`](palisade_core::metrics::SPNEGO_BLOCKING)): it ends
 /// when the call does, even if the request gave up waiting.
 struct InFlight(metrics::Gauge);
