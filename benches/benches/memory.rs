@@ -361,11 +361,11 @@ fn measure(service: &str, duration: Duration) -> Run {
                 (issuer.clone(), counts.clone(), next.clone(), unexpected.clone());
             let base = svc.base.clone();
             clients.push(tokio::spawn(async move {
-                let http = reqwest::Client::builder()
-                    .redirect(reqwest::redirect::Policy::none())
-                    .http2_prior_knowledge_if(grpc)
-                    .build()
-                    .expect("a client");
+                let mut http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none());
+                if grpc {
+                    http = http.http2_prior_knowledge();
+                }
+                let http = http.build().expect("a client");
                 while Instant::now() < deadline {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let kind = if grpc {
@@ -418,16 +418,6 @@ fn measure(service: &str, duration: Duration) -> Run {
         sign_ins,
         unexpected: unexpected.load(Ordering::Relaxed),
         samples,
-    }
-}
-
-trait PriorKnowledge {
-    fn http2_prior_knowledge_if(self, on: bool) -> Self;
-}
-
-impl PriorKnowledge for reqwest::ClientBuilder {
-    fn http2_prior_knowledge_if(self, on: bool) -> Self {
-        if on { self.http2_prior_knowledge() } else { self }
     }
 }
 

@@ -204,14 +204,13 @@ impl futures_core::Stream for Limited {
                     Poll::Ready(Some(Err(PayloadError::Overflow)))
                 }
             },
-            Poll::Pending if self.timer.poll_late(cx) => {
-                self.cut_off(Cut::Late);
-                tracing::debug!(target: palisade_core::limits::LOG_TARGET, "request body too slow: 408");
-                Poll::Ready(Some(Err(PayloadError::Io(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "the request body did not arrive in time",
-                )))))
-            }
+            Poll::Pending => match self.timer.poll_late(cx) {
+                Some(late) => {
+                    self.cut_off(Cut::Late);
+                    Poll::Ready(Some(Err(PayloadError::Io(late))))
+                }
+                None => Poll::Pending,
+            },
             other => other,
         }
     }

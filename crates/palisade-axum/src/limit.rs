@@ -35,7 +35,7 @@ use crate::{ResponseBody, answered, reply};
 /// ```
 /// use axum::{Router, body::Bytes, routing::post};
 /// use palisade_axum::BodyLimitLayer;
-/// use palisade_core::limits::{BodyTimer, ServerLimits};
+/// use palisade_core::limits::ServerLimits;
 /// use tower_layer::Layer as _;
 ///
 /// let app: Router = Router::new().route("/upload", post(|body: Bytes| async move { body.len().to_string() }));
@@ -105,23 +105,19 @@ where
             };
         }
         let limit = self.limits.max_body();
-        let late = Some(Arc::new(AtomicBool::new(false)));
+        let late = Arc::new(AtomicBool::new(false));
         let mut req = req.map(|body| {
-            let body = http_body_util::Limited::new(body, limit);
-            match &late {
-                Some(late) => Body::new(Timed {
-                    inner: body,
-                    timer: BodyTimer::new(&self.limits),
-                    late: Arc::clone(late),
-                }),
-                None => Body::new(body),
-            }
+            Body::new(Timed {
+                inner: http_body_util::Limited::new(body, limit),
+                timer: BodyTimer::new(&self.limits),
+                late: Arc::clone(&late),
+            })
         });
         DefaultBodyLimit::max(limit).apply(&mut req);
         BodyLimitFuture {
             kind: Kind::Inner {
                 fut: self.inner.call(req),
-                late,
+                late: Some(late),
                 limits: self.limits,
             },
         }
@@ -138,18 +134,6 @@ pin_project_lite::pin_project! {
         late: Arc<AtomicBool>,
     }
 }
-
-/// The error of a request body that did not arrive in time.
-#[derive(Debug)]
-struct BodyTimedOut;
-
-impl std::fmt::Display for BodyTimedOut {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the request body did not arrive in time")
-    }
-}
-
-impl std::error::Error for BodyTimedOut {}
 
 impl<B> http_body::Body for Timed<B>
 where
@@ -173,12 +157,13 @@ where
                 }
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
-            Poll::Pending if this.timer.poll_late(cx) => {
-                this.late.store(true, Ordering::Relaxed);
-                tracing::debug!(target: palisade_core::limits::LOG_TARGET, "request body too slow: 408");
-                Poll::Ready(Some(Err(Box::new(BodyTimedOut))))
-            }
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => match this.timer.poll_late(cx) {
+                Some(late) => {
+                    this.late.store(true, Ordering::Relaxed);
+                    Poll::Ready(Some(Err(late.into())))
+                }
+                None => Poll::Pending,
+            },
         }
     }
 

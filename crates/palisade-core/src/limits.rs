@@ -199,15 +199,12 @@ impl ServerLimits {
     /// The answer to a request body that did not arrive in time: 408 with a
     /// problem body, and `connection: close`, as the rest is not read.
     pub fn body_too_slow(&self) -> Reply {
-        Reply::problem(
-            408,
-            "body-timeout",
-            "Request body timeout",
-            "the request body did not arrive in time",
-        )
-        .header("connection", "close")
+        Reply::problem(408, "body-timeout", "Request body timeout", BODY_LATE).header("connection", "close")
     }
 }
+
+/// Why a late request body was refused.
+const BODY_LATE: &str = "the request body did not arrive in time";
 
 /// The clock of one request body, as both frameworks' body limits run it:
 /// it starts the first time the body is waited for, with
@@ -223,7 +220,7 @@ impl ServerLimits {
 /// let limits = ServerLimits::default().body_read_timeout(Duration::from_millis(50));
 /// let mut timer = BodyTimer::new(&limits);
 /// timer.received(100); // 0.2 s more at 500 bytes a second
-/// assert!(!std::future::poll_fn(|cx| std::task::Poll::Ready(timer.poll_late(cx))).await);
+/// assert!(std::future::poll_fn(|cx| std::task::Poll::Ready(timer.poll_late(cx))).await.is_none());
 /// # }
 /// ```
 #[derive(Debug)]
@@ -264,16 +261,21 @@ impl BodyTimer {
         }
     }
 
-    /// Whether the body is late: call it when the body has nothing to give
-    /// yet; until the end, `cx` is woken when it comes.
-    pub fn poll_late(&mut self, cx: &mut Context<'_>) -> bool {
+    /// The error that ends a late body (`TimedOut`), logged; `None` while
+    /// it is not late. Call it when the body has nothing to give yet; until
+    /// the end, `cx` is woken when it comes.
+    pub fn poll_late(&mut self, cx: &mut Context<'_>) -> Option<std::io::Error> {
         let sleep = self.sleep.get_or_insert_with(|| {
             let end = tokio::time::Instant::now()
                 .checked_add(self.timeout.saturating_add(self.earned))
                 .unwrap_or_else(far_future);
             Box::pin(tokio::time::sleep_until(end))
         });
-        sleep.as_mut().poll(cx).is_ready()
+        if sleep.as_mut().poll(cx).is_pending() {
+            return None;
+        }
+        tracing::debug!(target: LOG_TARGET, "request body too slow: 408");
+        Some(std::io::Error::new(std::io::ErrorKind::TimedOut, BODY_LATE))
     }
 }
 
@@ -317,7 +319,9 @@ mod tests {
     }
 
     async fn late(timer: &mut BodyTimer) -> bool {
-        std::future::poll_fn(|cx| std::task::Poll::Ready(timer.poll_late(cx))).await
+        std::future::poll_fn(|cx| std::task::Poll::Ready(timer.poll_late(cx)))
+            .await
+            .is_some()
     }
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]
