@@ -35,9 +35,9 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -50,6 +50,7 @@ use palisade_core::authn::ConnectionInfo;
 use palisade_core::limits::{LOG_TARGET, ServerLimits};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 use tower::ServiceExt as _;
 use tower_layer::Layer as _;
 use tower_service::Service;
@@ -224,7 +225,7 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let activity = Arc::new(Activity::default());
+    let activity = Arc::new(Activity::new());
     let io = Deadlines::new(io, activity.clone(), limits);
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let in_flight = InFlight::enter(&activity, req.version());
@@ -251,14 +252,29 @@ where
 }
 
 /// What the requests of one connection tell its reads: how many are in
-/// progress, and whether it speaks HTTP/2.
-#[derive(Default)]
+/// progress, when the last one ended, and whether it speaks HTTP/2.
 struct Activity {
     in_flight: AtomicUsize,
     h2: AtomicBool,
-    /// The connection's task, woken when its last request ends so that its
-    /// reads start the idle deadline.
-    waker: Mutex<Option<Waker>>,
+    /// When a request last ended, in nanoseconds after `opened`.
+    ended: AtomicU64,
+    opened: Instant,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            h2: AtomicBool::new(false),
+            ended: AtomicU64::new(0),
+            opened: Instant::now(),
+        }
+    }
+
+    /// When a request last ended.
+    fn ended(&self) -> Instant {
+        self.opened + Duration::from_nanos(self.ended.load(Ordering::Acquire))
+    }
 }
 
 /// A request in progress, until its response body is done or dropped.
@@ -276,11 +292,14 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1
-            && let Some(waker) = self.0.waker.lock().ok().and_then(|mut w| w.take())
-        {
-            waker.wake();
-        }
+        // The time first, so that a read that sees no request in progress
+        // sees when the last one ended. No wake-up: the connection's timer
+        // is set to look again by the time the idle deadline could come
+        // (waking the connection here would poll it once more for every
+        // request, since this runs while it writes the response).
+        let ended = u64::try_from(self.0.opened.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.0.ended.fetch_max(ended, Ordering::AcqRel);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -329,12 +348,22 @@ pin_project_lite::pin_project! {
     /// waits past the header-read deadline fails (hyper closes the
     /// connection), one that waits past the idle deadline ends the stream
     /// (hyper closes an idle connection quietly).
+    ///
+    /// Each phase's deadline counts from `since`. The timer is moved only
+    /// when a read has to wait: it may be set earlier than the deadline,
+    /// never later, and when it fires early it is set again. While a request
+    /// is in progress it is set to look again by the time the idle deadline
+    /// could come (the request may end at any moment). A kept connection's
+    /// requests so change no timer and wake nothing.
     struct Deadlines<I> {
         #[pin]
         io: I,
         activity: Arc<Activity>,
         phase: Phase,
-        deadline: Pin<Box<tokio::time::Sleep>>,
+        // Since when the phase is timed: the connection's opening, a
+        // request head's first byte, the last request's end.
+        since: Instant,
+        timer: Pin<Box<tokio::time::Sleep>>,
         header_read: Duration,
         idle: Duration,
     }
@@ -342,15 +371,41 @@ pin_project_lite::pin_project! {
 
 impl<I> Deadlines<I> {
     fn new(io: I, activity: Arc<Activity>, limits: &ServerLimits) -> Self {
+        let since = activity.opened;
         Self {
             io,
             activity,
             phase: Phase::Head,
-            deadline: Box::pin(tokio::time::sleep(limits.header_read())),
+            since,
+            timer: Box::pin(tokio::time::sleep_until(after(since, limits.header_read()))),
             header_read: limits.header_read(),
             idle: limits.idle(),
         }
     }
+}
+
+/// `since` plus `timeout`, or about thirty years on for a timeout too long
+/// to add.
+fn after(since: Instant, timeout: Duration) -> Instant {
+    since
+        .checked_add(timeout)
+        .unwrap_or_else(|| since + Duration::from_secs(30 * 365 * 86_400))
+}
+
+/// Whether `due` has come, with `timer` set to wake the task by then: the
+/// timer is moved when it would fire after `due`, or fired before it.
+fn past(timer: &mut Pin<Box<tokio::time::Sleep>>, due: Instant, cx: &mut Context<'_>) -> bool {
+    if timer.deadline() > due {
+        timer.as_mut().reset(due);
+    }
+    if timer.as_mut().poll(cx).is_pending() {
+        return false;
+    }
+    if timer.deadline() >= due {
+        return true;
+    }
+    timer.as_mut().reset(due);
+    timer.as_mut().poll(cx).is_ready()
 }
 
 impl<I: AsyncRead> AsyncRead for Deadlines<I> {
@@ -360,13 +415,11 @@ impl<I: AsyncRead> AsyncRead for Deadlines<I> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.project();
-        let in_flight = this.activity.in_flight.load(Ordering::Acquire);
-        if in_flight > 0 {
+        if this.activity.in_flight.load(Ordering::Acquire) > 0 {
             *this.phase = Phase::Busy;
         } else if *this.phase == Phase::Busy {
             *this.phase = Phase::Idle;
-            let at = tokio::time::Instant::now() + *this.idle;
-            this.deadline.as_mut().reset(at);
+            *this.since = this.activity.ended();
         }
         let before = buf.filled().len();
         match this.io.poll_read(cx, buf) {
@@ -378,32 +431,34 @@ impl<I: AsyncRead> AsyncRead for Deadlines<I> {
                     && !this.activity.h2.load(Ordering::Relaxed)
                 {
                     *this.phase = Phase::Head;
-                    let at = tokio::time::Instant::now() + *this.header_read;
-                    this.deadline.as_mut().reset(at);
+                    *this.since = Instant::now();
                 }
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => match *this.phase {
                 Phase::Busy => {
-                    // Woken when the last request ends, to start the idle
-                    // deadline even if no byte comes.
-                    if let Ok(mut slot) = this.activity.waker.lock()
-                        && !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker()))
-                    {
-                        *slot = Some(cx.waker().clone());
-                    }
-                    // A request may have ended meanwhile.
-                    if this.activity.in_flight.load(Ordering::Acquire) == 0 {
-                        cx.waker().wake_by_ref();
+                    // The requests in progress end at the earliest now, so
+                    // their idle deadline is no earlier than this look.
+                    if past(this.timer, after(*this.since, *this.idle), cx) {
+                        if this.activity.in_flight.load(Ordering::Acquire) == 0 {
+                            // Ended meanwhile: the idle deadline, at once.
+                            cx.waker().wake_by_ref();
+                        } else {
+                            *this.since = Instant::now();
+                            let _ = past(this.timer, after(*this.since, *this.idle), cx);
+                        }
                     }
                     Poll::Pending
                 }
-                Phase::Head if this.deadline.as_mut().poll(cx).is_ready() => Poll::Ready(Err(
-                    std::io::Error::new(std::io::ErrorKind::TimedOut, "no complete request head in time"),
-                )),
+                Phase::Head if past(this.timer, after(*this.since, *this.header_read), cx) => {
+                    Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no complete request head in time",
+                    )))
+                }
                 // The end of the stream: hyper lets an idle connection go.
-                Phase::Idle if this.deadline.as_mut().poll(cx).is_ready() => {
+                Phase::Idle if past(this.timer, after(*this.since, *this.idle), cx) => {
                     tracing::trace!(target: LOG_TARGET, "idle connection closed");
                     Poll::Ready(Ok(()))
                 }
@@ -562,7 +617,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_slow_response_is_not_cut_by_the_idle_timeout() {
+    async fn a_slow_response_is_not_cut_by_the_idle_timeout_which_counts_from_its_end() {
         let app = Router::new().route(
             "/slow",
             get(|| async {
@@ -580,10 +635,34 @@ mod tests {
         tcp.write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
             .await
             .unwrap();
-        let (seen, _) = until_closed(&mut tcp).await;
+        // The whole answer, then the idle timeout counted from its end (not
+        // from the request, which is older than it).
+        let mut seen = Vec::new();
+        while !seen.ends_with(b"done") {
+            let mut chunk = [0u8; 256];
+            let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut chunk))
+                .await
+                .expect("no answer")
+                .unwrap();
+            assert!(
+                n > 0,
+                "closed before the answer: {}",
+                String::from_utf8_lossy(&seen)
+            );
+            seen.extend_from_slice(&chunk[..n]);
+        }
+        let answered = Instant::now();
         assert!(
-            seen.starts_with("HTTP/1.1 200") && seen.ends_with("done"),
-            "{seen}"
+            seen.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&seen)
+        );
+        let (rest, closed) = until_closed(&mut tcp).await;
+        assert_eq!(rest, "");
+        assert!(
+            closed - answered >= Duration::from_millis(400),
+            "{:?}",
+            closed - answered
         );
     }
 }
