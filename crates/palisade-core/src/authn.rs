@@ -174,9 +174,14 @@ impl Attachments {
         self.0.iter().find_map(|a| a.downcast_ref::<T>())
     }
 
-    /// Appends another set.
+    /// Appends another set (taking its storage when this one is empty, as
+    /// it is for a request's first authenticator).
     pub fn append(&mut self, other: &mut Attachments) {
-        self.0.append(&mut other.0);
+        if self.0.is_empty() {
+            std::mem::swap(&mut self.0, &mut other.0);
+        } else {
+            self.0.append(&mut other.0);
+        }
     }
 
     /// Whether there is none.

@@ -1464,7 +1464,9 @@ fn bound_to(
     peer_hex: Option<&str>,
     proof: Option<&VerifiedProof>,
 ) -> Result<Authenticated, JwtError> {
-    let jkt = a.identity.claim("cnf").and_then(|c| c.get("jkt"));
+    // One lookup of `cnf` (claims are an ordered map hashed per lookup).
+    let cnf = a.identity.claim("cnf");
+    let jkt = cnf.and_then(|c| c.get("jkt"));
     match (jkt, proof) {
         // RFC 9449 §7.1: a DPoP-bound token is not a bearer token.
         (Some(_), None) => return Err(JwtError::DpopBound),
@@ -1472,7 +1474,7 @@ fn bound_to(
         (_, Some(_)) => return Err(JwtError::DpopKeyMismatch),
         (None, None) => {}
     }
-    let Some(bound) = a.identity.claim("cnf").and_then(|c| c.get("x5t#S256")) else {
+    let Some(bound) = cnf.and_then(|c| c.get("x5t#S256")) else {
         return Ok(a);
     };
     let Some(expected) = bound.as_str() else {
