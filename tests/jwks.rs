@@ -222,6 +222,36 @@ async fn cached_tokens_of_a_retired_key_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_missed_a_new_key_before_its_fetch_ended_takes_it() {
+    use palisade::core::Check;
+    use palisade::core::authn::{AuthOutcome, Authenticator, OwnedRequest};
+    let issuer = TestIssuer::start().unwrap();
+    // A refetch at most every 3 s, unknown kids wait 2 s: a request that
+    // waited for the fetch after the one that brought its key is refused.
+    let mut f = settings(3_000);
+    f.unknown_kid_wait = Duration::from_secs(2);
+    let jwt = authenticator(&issuer, f);
+    jwt.verify(&issuer.token().sign()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(3_100)).await;
+    issuer.rotate_key();
+    let request = |t: String| OwnedRequest::get("/").header("authorization", format!("Bearer {t}"));
+    let (a, b) = (
+        request(issuer.token().subject("a").sign()),
+        request(issuer.token().subject("b").sign()),
+    );
+    // Both miss the new key now; the second runs only after the first's
+    // fetch has brought it.
+    let (Check::Pending(first), Check::Pending(second)) = (jwt.authenticate(&a), jwt.authenticate(&b)) else {
+        panic!("a token of a key not fetched yet was decided at once")
+    };
+    let before = issuer.jwks_fetches();
+    for outcome in [first.await, second.await] {
+        assert!(matches!(outcome, AuthOutcome::Authenticated(_)), "{outcome:?}");
+    }
+    assert_eq!(issuer.jwks_fetches(), before + 1, "one fetch for both");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn es256_and_eddsa_issuers_verify() {
     use palisade::testkit::SigningAlgorithm;
     for alg in [SigningAlgorithm::Es256, SigningAlgorithm::EdDsa] {

@@ -397,6 +397,15 @@ impl KeyStore {
                 crate::JwtError::KeysUnavailable
             }
         };
+        // Subscribed before looking: a set stored after this look is
+        // announced to `rx` (a fetch stores the set, then the version).
+        let mut rx = self.version.subscribe();
+        let seen = *rx.borrow_and_update();
+        // The request missed the key earlier; a fetch may have brought it
+        // since (another request's), and the next may be far off.
+        if let Some(k) = self.current.load().find(kid, alg) {
+            return Ok(k.clone());
+        }
         if !self.fetched {
             return Err(unknown());
         }
@@ -408,10 +417,9 @@ impl KeyStore {
             // now rather than hold the request.
             return Err(unknown());
         }
-        let mut rx = self.version.subscribe();
         // A fetch already under way may have started before the key was
         // published: only the one after it is sure to see it.
-        let need = *rx.borrow_and_update() + 1 + u64::from(self.fetching.load(Ordering::Acquire));
+        let need = seen + 1 + u64::from(self.fetching.load(Ordering::Acquire));
         self.wanted.fetch_max(need, Ordering::AcqRel);
         self.demand.notify_one();
         let found = tokio::time::timeout(wait, async {
