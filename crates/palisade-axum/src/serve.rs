@@ -361,11 +361,18 @@ pin_project_lite::pin_project! {
         activity: Arc<Activity>,
         phase: Phase,
         // Since when the phase is timed: the connection's opening, a
-        // request head's first byte, the last request's end.
+        // request head's first byte, the last request's end or the last
+        // progress of its answer's writing.
         since: Instant,
         timer: Pin<Box<tokio::time::Sleep>>,
         header_read: Duration,
         idle: Duration,
+        // A write waited for the client to read; when one that waited
+        // went on. A response is done for hyper when its body is, which
+        // may be long before a slow reader has it all: while its bytes
+        // still leave, the connection is not idle.
+        write_waited: bool,
+        written: Option<Instant>,
     }
 }
 
@@ -380,8 +387,35 @@ impl<I> Deadlines<I> {
             timer: Box::pin(tokio::time::sleep_until(after(since, limits.header_read()))),
             header_read: limits.header_read(),
             idle: limits.idle(),
+            write_waited: false,
+            written: None,
         }
     }
+}
+
+/// Notes a write's outcome: one that goes on after waiting is progress,
+/// from which an idle connection's time counts again. (A write that never
+/// waits costs no clock read.)
+fn wrote<T>(
+    result: Poll<std::io::Result<T>>,
+    waited: &mut bool,
+    written: &mut Option<Instant>,
+    phase: Phase,
+    since: &mut Instant,
+) -> Poll<std::io::Result<T>> {
+    match &result {
+        Poll::Pending => *waited = true,
+        Poll::Ready(_) if *waited => {
+            *waited = false;
+            let now = Instant::now();
+            *written = Some(now);
+            if phase == Phase::Idle {
+                *since = now;
+            }
+        }
+        Poll::Ready(_) => {}
+    }
+    result
 }
 
 /// `since` plus `timeout`, or about thirty years on for a timeout too long
@@ -417,9 +451,14 @@ impl<I: AsyncRead> AsyncRead for Deadlines<I> {
         let this = self.project();
         if this.activity.in_flight.load(Ordering::Acquire) > 0 {
             *this.phase = Phase::Busy;
-        } else if *this.phase == Phase::Busy {
+        } else if *this.phase == Phase::Busy
+            // A request that ended without a read while it was in progress
+            // (its body was already read with its head).
+            || (*this.phase == Phase::Head && this.activity.ended() > *this.since)
+        {
             *this.phase = Phase::Idle;
-            *this.since = this.activity.ended();
+            let ended = this.activity.ended();
+            *this.since = this.written.map_or(ended, |w| w.max(ended));
         }
         let before = buf.filled().len();
         match this.io.poll_read(cx, buf) {
@@ -470,11 +509,15 @@ impl<I: AsyncRead> AsyncRead for Deadlines<I> {
 
 impl<I: AsyncWrite> AsyncWrite for Deadlines<I> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        self.project().io.poll_write(cx, buf)
+        let this = self.project();
+        let result = this.io.poll_write(cx, buf);
+        wrote(result, this.write_waited, this.written, *this.phase, this.since)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.project().io.poll_flush(cx)
+        let this = self.project();
+        let result = this.io.poll_flush(cx);
+        wrote(result, this.write_waited, this.written, *this.phase, this.since)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -486,7 +529,9 @@ impl<I: AsyncWrite> AsyncWrite for Deadlines<I> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        self.project().io.poll_write_vectored(cx, bufs)
+        let this = self.project();
+        let result = this.io.poll_write_vectored(cx, bufs);
+        wrote(result, this.write_waited, this.written, *this.phase, this.since)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -510,7 +555,8 @@ mod tests {
     async fn start() -> SocketAddr {
         let app = Router::new()
             .route("/", get(|| async { "hi" }))
-            .route("/echo", post(|body: Bytes| async move { body.len().to_string() }));
+            .route("/echo", post(|body: Bytes| async move { body.len().to_string() }))
+            .route("/ignore", post(|| async { "not read" }));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let limits = ServerLimits::default()
@@ -659,10 +705,78 @@ mod tests {
         );
         let (rest, closed) = until_closed(&mut tcp).await;
         assert_eq!(rest, "");
+        // 500 ms after the server's end of the answer; the client saw the
+        // answer somewhat later.
         assert!(
-            closed - answered >= Duration::from_millis(400),
+            closed - answered >= Duration::from_millis(250),
             "{:?}",
             closed - answered
+        );
+    }
+
+    #[tokio::test]
+    async fn a_large_answer_to_a_slow_reader_is_not_cut_by_the_idle_timeout() {
+        const SIZE: usize = 24 * 1024 * 1024;
+        let app = Router::new().route("/large", get(|| async { vec![b'x'; SIZE] }));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = ServerLimits::default()
+            .header_read_timeout(Duration::from_millis(500))
+            .idle_timeout(Duration::from_millis(500));
+        tokio::spawn(serve_with(listener, Plain, limits, app, std::future::pending()));
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"GET /large HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        // A reader slower than the whole body's handing over (which ends
+        // the request for hyper), never silent for the idle timeout.
+        let mut got = 0usize;
+        let mut chunk = vec![0u8; 1024 * 1024];
+        let started = Instant::now();
+        // The body and a head of more than 100 bytes.
+        while got < SIZE + 100 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut chunk))
+                .await
+                .expect("stalled")
+                .unwrap();
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        assert!(
+            got >= SIZE + 100,
+            "cut off after {got} bytes in {:?}",
+            started.elapsed()
+        );
+        assert!(
+            started.elapsed() > Duration::from_millis(500),
+            "not slow: {:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_whose_unread_body_came_with_its_head_then_idles_for_the_idle_timeout() {
+        let addr = start().await;
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let opened = Instant::now();
+        tcp.write_all(
+            b"POST /ignore HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut first = [0u8; 15];
+        tcp.read_exact(&mut first).await.unwrap();
+        assert_eq!(&first, b"HTTP/1.1 200 OK");
+        // Closed by the idle timeout (2 s) after the answer, not by the
+        // header-read timeout (1 s) of the connection's opening.
+        let (_, closed) = until_closed(&mut tcp).await;
+        assert!(
+            closed - opened >= Duration::from_millis(1800),
+            "{:?}",
+            closed - opened
         );
     }
 }
