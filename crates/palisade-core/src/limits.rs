@@ -94,7 +94,11 @@ impl ServerLimits {
     }
 
     /// How long a kept-alive connection may wait, with no request in
-    /// progress, for its next request to begin (default 75 s).
+    /// progress, for its next request to begin (default 75 s), counted
+    /// from the end of its last answer. A client still reading a large
+    /// answer is not idle while the answer's bytes keep leaving (under
+    /// `palisade_axum::serve`; actix-web's keep-alive timer starts when
+    /// the answer's last chunk is in its write buffer).
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.idle_timeout = timeout.max(SHORTEST);
         self
