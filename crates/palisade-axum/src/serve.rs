@@ -557,14 +557,26 @@ mod tests {
             .route("/", get(|| async { "hi" }))
             .route("/echo", post(|body: Bytes| async move { body.len().to_string() }))
             .route("/ignore", post(|| async { "not read" }));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let limits = ServerLimits::default()
             .header_read_timeout(Duration::from_secs(1))
             .idle_timeout(Duration::from_secs(2))
             .body_limit(100);
+        serve_app(app, limits).await
+    }
+
+    /// `app` served with `limits` on a loopback port; its address.
+    async fn serve_app(app: Router, limits: ServerLimits) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
         tokio::spawn(serve_with(listener, Plain, limits, app, std::future::pending()));
         addr
+    }
+
+    /// Half a second for a head and of idleness.
+    fn half_second_limits() -> ServerLimits {
+        ServerLimits::default()
+            .header_read_timeout(Duration::from_millis(500))
+            .idle_timeout(Duration::from_millis(500))
     }
 
     /// Reads until the server closes; what it sent and when it closed.
@@ -671,12 +683,7 @@ mod tests {
                 "done"
             }),
         );
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let limits = ServerLimits::default()
-            .header_read_timeout(Duration::from_millis(500))
-            .idle_timeout(Duration::from_millis(500));
-        tokio::spawn(serve_with(listener, Plain, limits, app, std::future::pending()));
+        let addr = serve_app(app, half_second_limits()).await;
         let mut tcp = TcpStream::connect(addr).await.unwrap();
         tcp.write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
             .await
@@ -718,12 +725,7 @@ mod tests {
     async fn a_large_answer_to_a_slow_reader_is_not_cut_by_the_idle_timeout() {
         const SIZE: usize = 24 * 1024 * 1024;
         let app = Router::new().route("/large", get(|| async { vec![b'x'; SIZE] }));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let limits = ServerLimits::default()
-            .header_read_timeout(Duration::from_millis(500))
-            .idle_timeout(Duration::from_millis(500));
-        tokio::spawn(serve_with(listener, Plain, limits, app, std::future::pending()));
+        let addr = serve_app(app, half_second_limits()).await;
         let mut tcp = TcpStream::connect(addr).await.unwrap();
         tcp.write_all(b"GET /large HTTP/1.1\r\nhost: x\r\n\r\n")
             .await
