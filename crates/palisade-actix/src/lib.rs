@@ -67,21 +67,23 @@ use palisade_core::{Check, Guard, RequestAuth};
 mod limit;
 mod require;
 
-pub use limit::{BodyLimit, BodyLimitMiddleware, with_limits};
+pub use limit::{Answer, BodyLimit, BodyLimitMiddleware, with_limits};
 pub use require::{Require, RequireMiddleware};
 
 /// Records a plain TCP connection's addresses for Istio's `ports`,
-/// `destination.ip` and `source.ip` rules:
-/// `HttpServer::new(…).on_connect(palisade_actix::on_connect)`, the
-/// counterpart of axum's `ConnectAddrs`. (Without it the local address is
-/// the listener's, unknown behind a wildcard bind; `palisade_mtls`'s
-/// `on_connect` does this for TLS connections.)
+/// `destination.ip` and `source.ip` rules, and puts the watch on it with
+/// which [`BodyLimit`] times the heads of its later requests:
+/// `HttpServer::new(…).on_connect(palisade_actix::on_connect)` ([`with_limits`]
+/// sets it), the counterpart of axum's `ConnectAddrs`. (Without it the local
+/// address is the listener's, unknown behind a wildcard bind;
+/// `palisade_mtls`'s `on_connect` does both for TLS connections.)
 pub fn on_connect(connection: &dyn std::any::Any, data: &mut actix_web::dev::Extensions) {
     if let Some(tcp) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
         let mut info = ConnectionInfo::default();
         info.remote_addr = tcp.peer_addr().ok();
         info.local_addr = tcp.local_addr().ok();
         data.insert(info);
+        limit::watch(tcp, data);
     }
 }
 

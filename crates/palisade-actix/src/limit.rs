@@ -1,16 +1,25 @@
-//! The request body limit ([`BodyLimit`]) and the server's timeouts
-//! ([`with_limits`]).
+//! The request body limit ([`BodyLimit`]), the server's timeouts
+//! ([`with_limits`]) and the watch on the heads of a connection's later
+//! requests, which actix-http does not time.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::{Ready, ready};
 use std::pin::Pin;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
+use std::sync::Once;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use actix_web::body::{BoxBody, EitherBody, MessageBody};
-use actix_web::dev::{Payload, Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
+use actix_web::dev::{
+    Extensions, Payload, Service, ServiceRequest, ServiceResponse, Transform, forward_ready,
+};
 use actix_web::error::PayloadError;
+use actix_web::http::Version;
 use actix_web::http::header::CONTENT_LENGTH;
+use actix_web::rt::net::TcpStream;
+use actix_web::rt::task::JoinHandle;
+use actix_web::rt::time::{Instant, sleep_until};
 use actix_web::web::Bytes;
 use actix_web::{Error, HttpMessage as _};
 use palisade_core::adapter::actix_response;
@@ -26,6 +35,15 @@ use crate::LocalFuture;
 /// that does not arrive in time ([`body_read_timeout`](ServerLimits::body_read_timeout)
 /// and [`body_min_rate`](ServerLimits::body_min_rate)) ends with an error
 /// too, and the request is answered 408 and its connection closed.
+///
+/// It also times the heads of a kept-alive connection's later requests,
+/// which actix-http does not: where the connection was recorded by
+/// [`on_connect`](crate::on_connect) (set by [`with_limits`]) or
+/// `palisade_mtls::actix::on_connect`, an HTTP/1 connection whose next
+/// request has not begun within the [idle](ServerLimits::idle) plus the
+/// [header-read](ServerLimits::header_read) timeout of the end of its last
+/// answer is closed. (Without that record, which a custom `on_connect` in
+/// their place leaves out, one warning says so.)
 ///
 /// actix-web's extractors keep their own limits on top (`web::Bytes` and
 /// `String` 256 KiB, `web::Json` 2 MiB): give the app the same number so
@@ -63,7 +81,7 @@ where
     S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
     B: MessageBody + 'static,
 {
-    type Response = ServiceResponse<EitherBody<B>>;
+    type Response = ServiceResponse<EitherBody<Answer<B>>>;
     type Error = Error;
     type Transform = BodyLimitMiddleware<S>;
     type InitError = ();
@@ -89,7 +107,7 @@ where
     S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
     B: MessageBody + 'static,
 {
-    type Response = ServiceResponse<EitherBody<B>>;
+    type Response = ServiceResponse<EitherBody<Answer<B>>>;
     type Error = Error;
     type Future = LocalFuture<Result<Self::Response, Self::Error>>;
 
@@ -105,6 +123,7 @@ where
                 .set_connection_type(actix_web::http::ConnectionType::Close);
             return Box::pin(ready(Ok(req.into_response(res).map_into_right_body())));
         }
+        let begun = begin(&req, &self.limits);
         let cut = Rc::new(RefCell::new(None));
         let payload = Limited {
             inner: Some(req.take_payload()),
@@ -120,7 +139,9 @@ where
         Box::pin(async move {
             let res = service.call(req).await?;
             let Some((unread, why)) = cut.borrow_mut().take() else {
-                return Ok(res.map_into_left_body());
+                return Ok(res
+                    .map_body(|_, body| Answer { body, begun })
+                    .map_into_left_body());
             };
             // Whatever the app answered a body it could not read in time.
             let res = match why {
@@ -227,13 +248,22 @@ impl Limited {
 /// Sets the timeouts of `limits` on actix-web's `HttpServer`:
 /// `client_request_timeout` is the header-read timeout, `keep_alive` the
 /// idle timeout, as `palisade_mtls::actix::HttpSettings::from_limits` does
-/// for Palisade's own listener. (A TLS listener's handshake timeout is
-/// `HttpServer::tls_handshake_timeout(limits.handshake())`.)
+/// for Palisade's own listener, and [`on_connect`](crate::on_connect), which
+/// lets [`BodyLimit`] time the later heads of a connection. (A TLS
+/// listener's handshake timeout is
+/// `HttpServer::tls_handshake_timeout(limits.handshake())`, and its
+/// `on_connect` is `palisade_mtls::actix::on_connect`, which records the
+/// connection the same way.)
 ///
-/// actix-web times the head of a connection's first request only: on a
-/// kept-alive connection the idle timeout runs until the next request's
-/// first byte, and its head then has no deadline of its own (axum's
-/// `palisade_axum::serve` times every head).
+/// actix-http times the head of a connection's first request only: on a
+/// kept-alive connection its idle timeout runs until the next request's
+/// first byte, and that request's head has no deadline of its own.
+/// [`BodyLimit`] closes an HTTP/1 connection whose next request has not
+/// begun within the idle plus the header-read timeout of the end of its
+/// last answer, so a later head has between the header-read timeout and
+/// both together, by when its first byte came (axum's
+/// `palisade_axum::serve` gives every head the header-read timeout from its
+/// first byte).
 ///
 /// ```no_run
 /// use actix_web::{App, HttpServer, web};
@@ -266,13 +296,293 @@ where
     server
         .client_request_timeout(limits.header_read())
         .keep_alive(limits.idle())
+        .on_connect(crate::on_connect)
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that ends its request's part in the connection's
+    /// watch when it has been sent (dropped): the body of every answer
+    /// [`BodyLimit`] lets through.
+    pub struct Answer<B> {
+        #[pin]
+        body: B,
+        begun: Option<Begun>,
+    }
+}
+
+impl<B: MessageBody> MessageBody for Answer<B> {
+    type Error = B::Error;
+
+    fn size(&self) -> actix_web::body::BodySize {
+        self.body.size()
+    }
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        self.project().body.poll_next(cx)
+    }
+
+    fn try_into_bytes(self) -> Result<Bytes, Self> {
+        let Answer { body, begun } = self;
+        body.try_into_bytes().map_err(|body| Answer { body, begun })
+    }
+}
+
+impl<B> std::fmt::Debug for Answer<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Answer").finish_non_exhaustive()
+    }
+}
+
+/// The watch on one connection (in its connection data): what actix-http
+/// does not time, the heads of its requests after the first.
+struct Watch(Rc<Connection>);
+
+/// What the watch knows of its connection.
+struct Connection {
+    /// A second handle on the socket, to end the connection with.
+    socket: socket2::Socket,
+    /// Requests begun whose answers have not been sent.
+    open: Cell<usize>,
+    /// When the last answer was sent.
+    ended: Cell<Instant>,
+    /// The task that ends the connection, once a first request started it.
+    watchdog: Cell<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if let Some(task) = self.watchdog.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Puts a watch on `tcp` in its connection data (see [`BodyLimit`]).
+pub(crate) fn watch(tcp: &TcpStream, data: &mut Extensions) {
+    let socket = match socket2::SockRef::from(tcp).try_clone() {
+        Ok(socket) => socket,
+        Err(error) => {
+            tracing::warn!(target: palisade_core::limits::LOG_TARGET, %error, "cannot watch a connection: its later request heads are not timed");
+            return;
+        }
+    };
+    data.insert(Watch(Rc::new(Connection {
+        socket,
+        open: Cell::new(0),
+        ended: Cell::new(Instant::now()),
+        watchdog: Cell::new(None),
+    })));
+}
+
+/// A request's part in its connection's watch: while it lives, the
+/// connection is busy.
+struct Begun(Rc<Connection>);
+
+impl Drop for Begun {
+    fn drop(&mut self) {
+        self.0.open.set(self.0.open.get() - 1);
+        self.0.ended.set(Instant::now());
+    }
+}
+
+/// Marks the start of `req` in its connection's watch, and starts the
+/// watchdog on the connection's first request. HTTP/2 has no heads to
+/// drip (its frames are timed by the h2 dispatcher's keep-alive), and
+/// connections without a watch are told of once.
+fn begin(req: &ServiceRequest, limits: &ServerLimits) -> Option<Begun> {
+    if req.version() > Version::HTTP_11 {
+        return None;
+    }
+    let Some(Watch(conn)) = req.conn_data::<Watch>() else {
+        static ONCE: Once = Once::new();
+        ONCE.call_once(|| {
+            tracing::warn!(
+                target: palisade_core::limits::LOG_TARGET,
+                "the connection has no watch (neither palisade_actix::on_connect nor palisade_mtls::actix::on_connect ran): \
+                 heads of kept-alive connections' later requests are not timed"
+            );
+        });
+        return None;
+    };
+    conn.open.set(conn.open.get() + 1);
+    let task = conn.watchdog.take().unwrap_or_else(|| {
+        let limit = limits.idle().saturating_add(limits.header_read());
+        actix_web::rt::spawn(watchdog(Rc::downgrade(conn), limit))
+    });
+    conn.watchdog.set(Some(task));
+    Some(Begun(Rc::clone(conn)))
+}
+
+/// Ends the connection once no request has begun within `limit` of the end
+/// of its last answer. It wakes at most once per `limit` while requests are
+/// open, and holds the connection only while awake.
+async fn watchdog(conn: Weak<Connection>, limit: Duration) {
+    let mut at = Instant::now() + limit;
+    loop {
+        sleep_until(at).await;
+        let Some(conn) = conn.upgrade() else {
+            return;
+        };
+        let now = Instant::now();
+        at = if conn.open.get() > 0 {
+            now + limit
+        } else {
+            conn.ended.get() + limit
+        };
+        if at <= now {
+            tracing::debug!(
+                target: palisade_core::limits::LOG_TARGET,
+                "connection closed: no request began within the idle and header-read timeouts of the last answer"
+            );
+            let _ = conn.socket.shutdown(std::net::Shutdown::Both);
+            return;
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use actix_web::{App, test, web};
+    use actix_web::{App, HttpResponse, HttpServer, test, web};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     use super::*;
+
+    /// A body of ten parts, one every 300 ms.
+    struct Ticks {
+        left: u32,
+        next: Pin<Box<actix_web::rt::time::Sleep>>,
+    }
+
+    impl futures_core::Stream for Ticks {
+        type Item = Result<Bytes, std::convert::Infallible>;
+
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            if self.left == 0 {
+                return Poll::Ready(None);
+            }
+            std::task::ready!(self.next.as_mut().poll(cx));
+            self.left -= 1;
+            let at = Instant::now() + Duration::from_millis(300);
+            self.next.as_mut().reset(at);
+            Poll::Ready(Some(Ok(Bytes::from_static(b"tick "))))
+        }
+    }
+
+    /// An `HttpServer` (one worker, plaintext) with `limits` set by
+    /// [`with_limits`] and [`BodyLimit`]: `/ok`, `/slow` (answered after
+    /// 3 s) and `/stream` (3 s of ticks). Its port and handle.
+    fn server(limits: ServerLimits) -> (u16, actix_web::dev::ServerHandle) {
+        let app = move || {
+            App::new()
+                .route("/ok", web::get().to(|| async { "ok" }))
+                .route(
+                    "/slow",
+                    web::get().to(|| async {
+                        actix_web::rt::time::sleep(Duration::from_secs(3)).await;
+                        "slow"
+                    }),
+                )
+                .route(
+                    "/stream",
+                    web::get().to(|| async {
+                        HttpResponse::Ok().streaming(Ticks {
+                            left: 10,
+                            next: Box::pin(actix_web::rt::time::sleep(Duration::ZERO)),
+                        })
+                    }),
+                )
+                .wrap(BodyLimit::new(limits))
+        };
+        let server = with_limits(HttpServer::new(app), &limits)
+            .workers(1)
+            .disable_signals()
+            .bind("127.0.0.1:0")
+            .unwrap();
+        let port = server.addrs()[0].port();
+        let server = server.run();
+        let handle = server.handle();
+        actix_web::rt::spawn(server);
+        (port, handle)
+    }
+
+    /// One second for a head and one of idleness.
+    fn short() -> ServerLimits {
+        ServerLimits::default()
+            .header_read_timeout(Duration::from_secs(1))
+            .idle_timeout(Duration::from_secs(1))
+    }
+
+    /// Sends `GET path` on `tcp` and reads the answer to its end (the body
+    /// ends with `last`): the answer.
+    async fn get(tcp: &mut actix_web::rt::net::TcpStream, path: &str, last: &str) -> String {
+        let head = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n");
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !seen.ends_with(last.as_bytes()) {
+            let read = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf));
+            match read.await {
+                Ok(Ok(n)) if n > 0 => seen.extend_from_slice(&buf[..n]),
+                other => panic!("GET {path}: {other:?} after {:?}", String::from_utf8_lossy(&seen)),
+            }
+        }
+        String::from_utf8(seen).unwrap()
+    }
+
+    /// actix-http times only a connection's first head; the watch ends a
+    /// connection whose second head drips, within the idle and the
+    /// header-read timeout of the first answer, not before the header-read
+    /// timeout.
+    #[actix_web::test]
+    async fn a_later_head_that_drips_is_cut_off() {
+        let (port, handle) = server(short());
+        let mut tcp = actix_web::rt::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        assert!(get(&mut tcp, "/ok", "ok").await.starts_with("HTTP/1.1 200"));
+        let since = std::time::Instant::now();
+        let (mut r, mut w) = tcp.into_split();
+        let drip = actix_web::rt::spawn(async move {
+            for b in b"GET /ok HTTP/1.1\r\nx-slow: "
+                .iter()
+                .chain(std::iter::repeat(&b'a'))
+            {
+                if w.write_all(&[*b]).await.is_err() {
+                    break;
+                }
+                actix_web::rt::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(10), r.read_to_end(&mut rest)).await;
+        let after = since.elapsed();
+        assert!(
+            closed.is_ok(),
+            "the dripping connection is still open after {after:?}"
+        );
+        assert!(
+            (Duration::from_millis(900)..Duration::from_secs(5)).contains(&after),
+            "closed after {after:?}"
+        );
+        drip.abort();
+        handle.stop(false).await;
+    }
+
+    /// The watch counts from the end of an answer: a slow answer and a long
+    /// streamed one (each longer than both timeouts) are sent whole, and
+    /// the connection then serves another request.
+    #[actix_web::test]
+    async fn slow_and_long_answers_are_not_cut_off() {
+        let (port, handle) = server(short());
+        let mut tcp = actix_web::rt::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        assert!(get(&mut tcp, "/slow", "slow").await.starts_with("HTTP/1.1 200"));
+        let stream = get(&mut tcp, "/stream", "0\r\n\r\n").await;
+        assert_eq!(stream.matches("tick").count(), 10, "{stream}");
+        assert!(get(&mut tcp, "/ok", "ok").await.starts_with("HTTP/1.1 200"));
+        handle.stop(false).await;
+    }
 
     async fn echo(body: web::Bytes) -> String {
         body.len().to_string()

@@ -78,20 +78,21 @@ pub use actix_server::ServerBuilder;
 
 /// The `on_connect` callback: puts the connection's [`ConnectionInfo`]
 /// (addresses, SNI, and for a client certificate the verified peer identity,
-/// parsed once) in the connection data, where Palisade's middleware finds it.
+/// parsed once) in the connection data, where Palisade's middleware finds it,
+/// with the watch `palisade_actix::BodyLimit` times later request heads by
+/// (as `palisade_actix::on_connect` does for plaintext connections).
 pub fn on_connect(conn: &dyn Any, data: &mut Extensions) {
-    let mut info = ConnectionInfo::default();
-    if let Some(tls) = conn.downcast_ref::<TlsStream<TcpStream>>() {
-        let (tcp, session) = tls.get_ref();
-        info.remote_addr = tcp.peer_addr().ok();
-        info.local_addr = tcp.local_addr().ok();
-        fill_from_session(&mut info, session);
-    } else if let Some(tcp) = conn.downcast_ref::<TcpStream>() {
-        info.remote_addr = tcp.peer_addr().ok();
-        info.local_addr = tcp.local_addr().ok();
-    } else {
+    let Some(tls) = conn.downcast_ref::<TlsStream<TcpStream>>() else {
+        // Plaintext: its addresses and the watch.
+        palisade_actix::on_connect(conn, data);
         return;
-    }
+    };
+    let (tcp, session) = tls.get_ref();
+    palisade_actix::on_connect(tcp, data);
+    let mut info = ConnectionInfo::default();
+    info.remote_addr = tcp.peer_addr().ok();
+    info.local_addr = tcp.local_addr().ok();
+    fill_from_session(&mut info, session);
     data.insert(info);
 }
 
