@@ -168,7 +168,7 @@ impl RequestHead for ActixHead<'_> {
     fn header_value(&self, name: &str, index: usize) -> Option<&[u8]> {
         self.values(name).nth(index).map(HeaderValue::as_bytes)
     }
-    fn for_each_header(&self, name: &str, f: &mut dyn FnMut(&[u8])) {
+    fn for_each_header<'s>(&'s self, name: &str, f: &mut dyn FnMut(&'s [u8])) {
         self.values(name).for_each(|v| f(v.as_bytes()));
     }
     fn connection(&self) -> Option<&ConnectionInfo> {

@@ -241,7 +241,7 @@ impl<B> RequestHead for HttpHead<'_, B> {
             .nth(index)
             .map(HeaderValue::as_bytes)
     }
-    fn for_each_header(&self, name: &str, f: &mut dyn FnMut(&[u8])) {
+    fn for_each_header<'s>(&'s self, name: &str, f: &mut dyn FnMut(&'s [u8])) {
         lookup(self.0.headers(), name)
             .into_iter()
             .for_each(|v| f(v.as_bytes()));

@@ -362,7 +362,7 @@ impl RequestHead for Observed {
     fn header_value(&self, name: &str, index: usize) -> Option<&[u8]> {
         self.head.header_value(name, index)
     }
-    fn for_each_header(&self, name: &str, f: &mut dyn FnMut(&[u8])) {
+    fn for_each_header<'s>(&'s self, name: &str, f: &mut dyn FnMut(&'s [u8])) {
         self.head.for_each_header(name, f);
     }
     fn header_str(&self, name: &str) -> Option<&str> {

@@ -48,8 +48,10 @@ pub trait RequestHead {
         None
     }
 
-    /// Calls `f` with every value of the header `name` (lower case), in order.
-    fn for_each_header(&self, name: &str, f: &mut dyn FnMut(&[u8])) {
+    /// Calls `f` with every value of the header `name` (lower case), in
+    /// order; the values are borrowed from the request, so a caller may keep
+    /// the one it looks for.
+    fn for_each_header<'s>(&'s self, name: &str, f: &mut dyn FnMut(&'s [u8])) {
         let mut i = 0;
         while let Some(v) = self.header_value(name, i) {
             f(v);
@@ -181,7 +183,7 @@ impl RequestHead for OwnedRequest {
     fn host(&self) -> Option<&str> {
         self.host.as_deref()
     }
-    fn for_each_header(&self, name: &str, f: &mut dyn FnMut(&[u8])) {
+    fn for_each_header<'s>(&'s self, name: &str, f: &mut dyn FnMut(&'s [u8])) {
         for (n, v) in &self.headers {
             if n == name {
                 f(v);

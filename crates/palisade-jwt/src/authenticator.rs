@@ -666,29 +666,13 @@ impl JwtAuthenticator {
     /// Finds the request's token without copying it: the common case (one
     /// token in one header) borrows it from the request.
     fn extract<'r>(&self, req: &'r dyn RequestHead) -> Result<Option<Found<'r>>, JwtError> {
-        /// Where the first token is: a byte range of the `value`-th value of
-        /// a header, or of the query string.
-        enum Place<'s> {
-            Header {
-                name: &'s str,
-                value: usize,
-                start: usize,
-                end: usize,
-            },
-            Query {
-                start: usize,
-                end: usize,
-            },
-        }
-        fn offset(outer: &[u8], inner: &[u8]) -> usize {
-            inner.as_ptr() as usize - outer.as_ptr() as usize
-        }
-        let mut first: Option<(usize, Place<'_>)> = None;
+        // The first token (its source, its bytes, whether it came in the
+        // query), and how many there are.
+        let mut first: Option<(usize, &'r [u8], bool)> = None;
         let mut count = 0usize;
         for (i, (source, _)) in self.0.sources.iter().enumerate() {
             match source {
                 TokenSource::Header { name, prefix } => {
-                    let mut k = 0;
                     req.for_each_header(name, &mut |v| {
                         let token = match prefix {
                             None => Some(v),
@@ -701,24 +685,11 @@ impl JwtAuthenticator {
                         };
                         if let Some(t) = token {
                             count += 1;
-                            if first.is_none() {
-                                let start = offset(v, t);
-                                first = Some((
-                                    i,
-                                    Place::Header {
-                                        name,
-                                        value: k,
-                                        start,
-                                        end: start + t.len(),
-                                    },
-                                ));
-                            }
+                            first.get_or_insert((i, t, false));
                         }
-                        k += 1;
                     });
                 }
                 TokenSource::Cookie(cookie) => {
-                    let mut k = 0;
                     req.for_each_header("cookie", &mut |v| {
                         for pair in v.split(|b| *b == b';') {
                             let pair = pair.trim_ascii();
@@ -726,20 +697,9 @@ impl JwtAuthenticator {
                                 && &pair[..eq] == cookie.as_bytes()
                             {
                                 count += 1;
-                                if first.is_none() {
-                                    let t = &pair[eq + 1..];
-                                    let start = offset(v, t);
-                                    let place = Place::Header {
-                                        name: "cookie",
-                                        value: k,
-                                        start,
-                                        end: start + t.len(),
-                                    };
-                                    first = Some((i, place));
-                                }
+                                first.get_or_insert((i, &pair[eq + 1..], false));
                             }
                         }
-                        k += 1;
                     });
                 }
                 TokenSource::Query(param) => {
@@ -749,16 +709,7 @@ impl JwtAuthenticator {
                                 && k == param
                             {
                                 count += 1;
-                                if first.is_none() {
-                                    let start = offset(q.as_bytes(), v.as_bytes());
-                                    first = Some((
-                                        i,
-                                        Place::Query {
-                                            start,
-                                            end: start + v.len(),
-                                        },
-                                    ));
-                                }
+                                first.get_or_insert((i, v.as_bytes(), true));
                             }
                         }
                     }
@@ -768,27 +719,8 @@ impl JwtAuthenticator {
         if count > 1 {
             return Err(JwtError::MultipleTokens);
         }
-        let Some((source, place)) = first else {
+        let Some((source, bytes, query)) = first else {
             return Ok(None);
-        };
-        let (bytes, query) = match place {
-            Place::Header {
-                name,
-                value,
-                start,
-                end,
-            } => (
-                req.header_value(name, value)
-                    .and_then(|v| v.get(start..end))
-                    .unwrap_or_default(),
-                false,
-            ),
-            Place::Query { start, end } => (
-                req.query()
-                    .and_then(|q| q.as_bytes().get(start..end))
-                    .unwrap_or_default(),
-                true,
-            ),
         };
         // A token is ASCII; anything else becomes an empty token, refused as malformed.
         let text = std::str::from_utf8(bytes).map(str::trim).unwrap_or_default();
