@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Instructions per request for each scenario of benches/benches/instructions.rs,
-# counted by callgrind (repeatable on a shared machine, unlike time): each
+# counted by callgrind (steadier than time on a shared machine, though seeded
+# hashers move a result by up to a few hundred between runs: run it several
+# times and take the median): each
 # scenario runs at two counts and the difference is divided, cancelling the
 # set-up. Prints the overhead of Palisade over the same app without it.
 set -euo pipefail

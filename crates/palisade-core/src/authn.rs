@@ -149,11 +149,42 @@ impl fmt::Debug for BearerToken {
 /// delegated Kerberos credential, say), found by type with
 /// `RequestAuth::attachment::<T>()`.
 #[derive(Clone, Default)]
-pub struct Attachments(Vec<Arc<dyn Any + Send + Sync>>);
+pub struct Attachments(Slots);
+
+/// One value is held inline (the common case: the verified bearer token of
+/// a request), so attaching it allocates nothing.
+#[derive(Clone, Default)]
+enum Slots {
+    #[default]
+    None,
+    One(Arc<dyn Any + Send + Sync>),
+    Many(Vec<Arc<dyn Any + Send + Sync>>),
+}
+
+impl Slots {
+    fn as_slice(&self) -> &[Arc<dyn Any + Send + Sync>] {
+        match self {
+            Slots::None => &[],
+            Slots::One(value) => std::slice::from_ref(value),
+            Slots::Many(values) => values,
+        }
+    }
+
+    fn push(&mut self, value: Arc<dyn Any + Send + Sync>) {
+        *self = match std::mem::take(self) {
+            Slots::None => Slots::One(value),
+            Slots::One(first) => Slots::Many(vec![first, value]),
+            Slots::Many(mut values) => {
+                values.push(value);
+                Slots::Many(values)
+            }
+        };
+    }
+}
 
 impl fmt::Debug for Attachments {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Attachments({})", self.0.len())
+        write!(f, "Attachments({})", self.0.as_slice().len())
     }
 }
 
@@ -171,23 +202,67 @@ impl Attachments {
     /// The first value of type `T`.
     #[must_use]
     pub fn get<T: 'static>(&self) -> Option<&T> {
-        self.0.iter().find_map(|a| a.downcast_ref::<T>())
+        self.0.as_slice().iter().find_map(|a| a.downcast_ref::<T>())
     }
 
-    /// Appends another set (taking its storage when this one is empty, as
-    /// it is for a request's first authenticator).
+    /// Appends another set (taking it whole when this one is empty, as it
+    /// is for a request's first authenticator).
     pub fn append(&mut self, other: &mut Attachments) {
-        if self.0.is_empty() {
+        if matches!(self.0, Slots::None) {
             std::mem::swap(&mut self.0, &mut other.0);
-        } else {
-            self.0.append(&mut other.0);
+            return;
+        }
+        match std::mem::take(&mut other.0) {
+            Slots::None => {}
+            Slots::One(value) => self.0.push(value),
+            Slots::Many(values) => values.into_iter().for_each(|v| self.0.push(v)),
         }
     }
 
     /// Whether there is none.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        matches!(self.0, Slots::None)
+    }
+}
+
+#[cfg(test)]
+mod attachment_tests {
+    use super::Attachments;
+
+    #[test]
+    fn attachments_keep_every_value_in_order_whatever_their_number() {
+        let mut a = Attachments::default();
+        assert!(a.is_empty());
+        assert_eq!(a.get::<u8>(), None);
+        a.push(1u8);
+        assert!(!a.is_empty());
+        assert_eq!(a.get::<u8>(), Some(&1));
+        a.push(2u8);
+        a.push("three");
+        // The first of a type wins.
+        assert_eq!(a.get::<u8>(), Some(&1));
+        assert_eq!(a.get::<&str>(), Some(&"three"));
+        let mut b = Attachments::default();
+        b.push(4u16);
+        let mut c = Attachments::default();
+        c.push(5u32);
+        c.push(6u64);
+        // Appended to a set of one, then of several; an empty set takes
+        // the other whole.
+        b.append(&mut c);
+        assert!(c.is_empty());
+        a.append(&mut b);
+        assert!(b.is_empty());
+        assert_eq!(format!("{a:?}"), "Attachments(6)");
+        assert_eq!(
+            (a.get::<u16>(), a.get::<u32>(), a.get::<u64>()),
+            (Some(&4), Some(&5), Some(&6))
+        );
+        let mut empty = Attachments::default();
+        empty.append(&mut a);
+        assert_eq!(format!("{empty:?}"), "Attachments(6)");
+        assert!(a.is_empty());
     }
 }
 

@@ -82,6 +82,9 @@ struct CacheEntry {
     all_edits: HeaderEdits,
     /// The token's SHA-256, the first time a DPoP proof's `ath` needs it.
     sha256: OnceLock<[u8; 32]>,
+    /// The token has no `cnf`: bound to no key or certificate, so a hit
+    /// without a DPoP proof skips the binding check (a claim lookup).
+    unbound: bool,
 }
 
 type Cache = TokenCache<Arc<CacheEntry>>;
@@ -647,7 +650,7 @@ impl JwtAuthenticator {
     /// as it says.
     async fn complete(&self, step: Step<'static>) -> Result<Authenticated, JwtError> {
         match step {
-            Step::Done(r) => r,
+            Step::Done(r) | Step::Unbound(r) => r,
             Step::Wait {
                 found,
                 kid,
@@ -749,7 +752,11 @@ impl JwtAuthenticator {
             if let Some(entry) = cache.get(&found.token) {
                 if let Some(done) = self.cached(&entry, &found) {
                     shared.cache_hits.increment(1);
-                    return Step::Done(done);
+                    return if entry.unbound {
+                        Step::Unbound(done)
+                    } else {
+                        Step::Done(done)
+                    };
                 }
                 cache.remove(&found.token);
             }
@@ -1118,6 +1125,7 @@ impl JwtAuthenticator {
                 source: found.source,
                 all_edits: edits.clone(),
                 sha256: OnceLock::new(),
+                unbound: identity.claim("cnf").is_none(),
             });
             let now = now_secs();
             cache.insert(&found.token, entry, |e| e.exp < now);
@@ -1159,6 +1167,8 @@ fn output_edits(cfg: &Provider, claims: &Map<String, Value>, payload: Option<&st
 
 enum Step<'r> {
     Done(Result<Authenticated, JwtError>),
+    /// Done, from the cache, for a token bound to no key or certificate.
+    Unbound(Result<Authenticated, JwtError>),
     /// Ask the introspection endpoints of these providers.
     Introspect {
         found: Found<'r>,
@@ -1179,6 +1189,7 @@ impl Step<'_> {
     fn into_owned(self) -> Step<'static> {
         match self {
             Step::Done(r) => Step::Done(r),
+            Step::Unbound(r) => Step::Unbound(r),
             Step::Introspect {
                 found,
                 providers,
@@ -1479,7 +1490,9 @@ impl Authenticator for JwtAuthenticator {
             _ => (false, Check::Ready(Ok(None))),
         };
         match (self.start(found), proof) {
-            (Step::Done(r), Check::Ready(Ok(proof))) => Check::Ready(self.outcome_for(
+            // Nothing to bind, and no proof that would need a binding.
+            (Step::Unbound(r), Check::Ready(Ok(None))) => Check::Ready(self.outcome_for(r, dpop)),
+            (Step::Done(r) | Step::Unbound(r), Check::Ready(Ok(proof))) => Check::Ready(self.outcome_for(
                 r.and_then(|a| bound_to(a, peer_thumbprint(req), proof.as_ref())),
                 dpop,
             )),
