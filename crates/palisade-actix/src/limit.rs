@@ -505,6 +505,17 @@ mod tests {
         (port, handle)
     }
 
+    /// A connection to a new [`server`] with `limits`, and its handle.
+    async fn connected(
+        limits: ServerLimits,
+    ) -> (actix_web::rt::net::TcpStream, actix_web::dev::ServerHandle) {
+        let (port, handle) = server(limits);
+        let tcp = actix_web::rt::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        (tcp, handle)
+    }
+
     /// One second for a head and one of idleness.
     fn short() -> ServerLimits {
         ServerLimits::default()
@@ -535,10 +546,7 @@ mod tests {
     /// timeout.
     #[actix_web::test]
     async fn a_later_head_that_drips_is_cut_off() {
-        let (port, handle) = server(short());
-        let mut tcp = actix_web::rt::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
+        let (mut tcp, handle) = connected(short()).await;
         assert!(get(&mut tcp, "/ok", "ok").await.starts_with("HTTP/1.1 200"));
         let since = std::time::Instant::now();
         let (mut r, mut w) = tcp.into_split();
@@ -573,10 +581,7 @@ mod tests {
     /// the connection then serves another request.
     #[actix_web::test]
     async fn slow_and_long_answers_are_not_cut_off() {
-        let (port, handle) = server(short());
-        let mut tcp = actix_web::rt::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
+        let (mut tcp, handle) = connected(short()).await;
         assert!(get(&mut tcp, "/slow", "slow").await.starts_with("HTTP/1.1 200"));
         let stream = get(&mut tcp, "/stream", "0\r\n\r\n").await;
         assert_eq!(stream.matches("tick").count(), 10, "{stream}");
