@@ -2,7 +2,7 @@
 //! ([`with_limits`]) and the watch on the heads of a connection's later
 //! requests, which actix-http does not time.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::future::{Ready, ready};
 use std::pin::Pin;
 use std::rc::{Rc, Weak};
@@ -346,12 +346,12 @@ struct Connection {
     /// When the last answer was sent.
     ended: Cell<Instant>,
     /// The task that ends the connection, once a first request started it.
-    watchdog: Cell<Option<JoinHandle<()>>>,
+    watchdog: OnceCell<JoinHandle<()>>,
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        if let Some(task) = self.watchdog.take() {
+        if let Some(task) = self.watchdog.get() {
             task.abort();
         }
     }
@@ -370,7 +370,7 @@ pub(crate) fn watch(tcp: &TcpStream, data: &mut Extensions) {
         socket,
         open: Cell::new(0),
         ended: Cell::new(Instant::now()),
-        watchdog: Cell::new(None),
+        watchdog: OnceCell::new(),
     })));
 }
 
@@ -405,11 +405,10 @@ fn begin(req: &ServiceRequest, limits: &ServerLimits) -> Option<Begun> {
         return None;
     };
     conn.open.set(conn.open.get() + 1);
-    let task = conn.watchdog.take().unwrap_or_else(|| {
+    conn.watchdog.get_or_init(|| {
         let limit = limits.idle().saturating_add(limits.header_read());
         actix_web::rt::spawn(watchdog(Rc::downgrade(conn), limit))
     });
-    conn.watchdog.set(Some(task));
     Some(Begun(Rc::clone(conn)))
 }
 

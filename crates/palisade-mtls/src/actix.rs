@@ -88,12 +88,11 @@ pub fn on_connect(conn: &dyn Any, data: &mut Extensions) {
         return;
     };
     let (tcp, session) = tls.get_ref();
+    // The TCP facts and the watch, then what the TLS session adds.
     palisade_actix::on_connect(tcp, data);
-    let mut info = ConnectionInfo::default();
-    info.remote_addr = tcp.peer_addr().ok();
-    info.local_addr = tcp.local_addr().ok();
-    fill_from_session(&mut info, session);
-    data.insert(info);
+    if let Some(info) = data.get_mut::<ConnectionInfo>() {
+        fill_from_session(info, session);
+    }
 }
 
 /// The HTTP settings of [`server`], as actix-web's `HttpServer` has
