@@ -1,10 +1,15 @@
 //! Instructions per request under `valgrind --tool=callgrind`: a repeatable
 //! companion to the timed benches on a noisy shared machine. Runs one
-//! scenario N times; `benches/instructions.sh` runs each scenario at two
-//! counts and divides the difference, which cancels the set-up.
+//! scenario N times; `benches/instructions.sh` counts only the request loop
+//! (`--toggle-collect` on [`requests`]), at two counts, and divides the
+//! difference, which cancels what the first request does once (verifying
+//! the token, lazy set-up).
 //!
 //! `instructions SCENARIO N`, SCENARIO one of `axum-baseline`,
-//! `axum-cached`, `actix-baseline`, `actix-cached`.
+//! `axum-cached` (the layer added with `Router::layer`),
+//! `axum-service-cached` (the layer around the router, as
+//! `palisade::axum::serve` is given it), `axum-wrap-cached`
+//! (`PalisadeLayer::wrap`), `actix-baseline`, `actix-cached`.
 
 use std::hint::black_box;
 
@@ -33,6 +38,34 @@ fn guard(issuer: &TestIssuer) -> palisade::core::Guard {
         .unwrap()
 }
 
+/// The measured loop: `n` requests, each made by `request` and answered
+/// 200. The only function the script counts.
+#[inline(never)]
+fn requests(n: u32, mut request: impl FnMut() -> u16) {
+    for _ in 0..n {
+        assert_eq!(black_box(request()), 200);
+    }
+}
+
+/// An axum app (any tower service of the router) under `n` requests.
+fn axum_requests<S, B>(app: S, token: &str, n: u32)
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<B>, Error = std::convert::Infallible>
+        + Clone,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    requests(n, || {
+        let req = http::Request::get("/")
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap();
+        rt.block_on(app.clone().oneshot(req)).unwrap().status().as_u16()
+    });
+}
+
 fn main() {
     let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
     let (Some(scenario), Some(n)) = (args.next(), args.next().and_then(|n| n.parse::<u32>().ok())) else {
@@ -47,64 +80,48 @@ fn main() {
         .start()
         .unwrap();
     let token = issuer.token().sign();
-    let (framework, with_guard) = match scenario.as_str() {
-        "axum-baseline" => ("axum", false),
-        "axum-cached" => ("axum", true),
-        "actix-baseline" => ("actix", false),
-        "actix-cached" => ("actix", true),
+    let router = || axum::Router::new().route("/", get(|| async { "ok" }));
+    let layer = || palisade::axum::PalisadeLayer::new(guard(&issuer));
+    // Routers are bound to their state once, as `axum::serve` does, not per
+    // request.
+    match scenario.as_str() {
+        "axum-baseline" => axum_requests(router().with_state(()), &token, n),
+        "axum-cached" => axum_requests(router().layer(layer()).with_state(()), &token, n),
+        "axum-service-cached" => {
+            axum_requests(tower::Layer::layer(&layer(), router().with_state(())), &token, n)
+        }
+        "axum-wrap-cached" => axum_requests(layer().wrap(router()).with_state(()), &token, n),
+        "actix-baseline" => actix_requests(None, &token, n),
+        "actix-cached" => actix_requests(Some(guard(&issuer)), &token, n),
         other => panic!("unknown scenario {other}"),
-    };
-    if framework == "axum" {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let app = axum::Router::new().route("/", get(|| async { "ok" }));
-        // Routes bound to their state once, as `axum::serve` does, not per
-        // request.
-        let app = if with_guard {
-            app.layer(palisade::axum::PalisadeLayer::new(guard(&issuer)))
-        } else {
-            app
-        }
-        .with_state(());
-        for _ in 0..n {
-            let req = http::Request::get("/")
-                .header("authorization", format!("Bearer {token}"))
-                .body(Body::empty())
-                .unwrap();
-            let res = rt.block_on(app.clone().oneshot(req)).unwrap();
-            assert_eq!(res.status(), 200);
-            black_box(res);
-        }
-    } else {
-        let system = actix_web::rt::System::new();
-        let guard = with_guard.then(|| guard(&issuer));
-        system.block_on(async move {
-            let route = || web::get().to(|| async { HttpResponse::Ok().body("ok") });
-            let app = actix_web::test::init_service(
-                App::new()
-                    .wrap(actix_web::middleware::Condition::new(
-                        guard.is_some(),
-                        palisade::actix::Palisade::new(guard.clone().unwrap_or_else(|| {
-                            palisade::core::Guard::builder()
-                                .access_policy(palisade::core::authz::AccessPolicy::allow_all())
-                                .build()
-                                .unwrap()
-                        })),
-                    ))
-                    .route("/", route()),
-            )
-            .await;
-            for _ in 0..n {
-                let req = actix_web::test::TestRequest::get()
-                    .uri("/")
-                    .append_header(("authorization", format!("Bearer {token}")))
-                    .to_request();
-                let res = actix_web::test::call_service(&app, req).await;
-                assert_eq!(res.status(), 200);
-                black_box(res);
-            }
-        });
     }
+}
+
+/// An actix-web app, with the guard or without, under `n` requests.
+fn actix_requests(guard: Option<palisade::core::Guard>, token: &str, n: u32) {
+    let system = actix_web::rt::System::new();
+    let route = || web::get().to(|| async { HttpResponse::Ok().body("ok") });
+    let app = system.block_on(actix_web::test::init_service(
+        App::new()
+            .wrap(actix_web::middleware::Condition::new(
+                guard.is_some(),
+                palisade::actix::Palisade::new(guard.clone().unwrap_or_else(|| {
+                    palisade::core::Guard::builder()
+                        .access_policy(palisade::core::authz::AccessPolicy::allow_all())
+                        .build()
+                        .unwrap()
+                })),
+            ))
+            .route("/", route()),
+    ));
+    requests(n, || {
+        let req = actix_web::test::TestRequest::get()
+            .uri("/")
+            .append_header(("authorization", format!("Bearer {token}")))
+            .to_request();
+        system
+            .block_on(actix_web::test::call_service(&app, req))
+            .status()
+            .as_u16()
+    });
 }

@@ -3,7 +3,6 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
-use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
@@ -439,7 +438,9 @@ impl Compiled {
 
     /// [`Guard::check`] against this configuration.
     fn check(self: &Arc<Self>, req: &dyn RequestHead) -> Check<Decision> {
-        let started = Instant::now();
+        // quanta reads the TSC: about 25 ns for both reads here, against
+        // 60 for `std::time::Instant` on a KVM guest.
+        let started = quanta::Instant::now();
         match self.check_http(req) {
             // An allowed request reads no more headers.
             Check::Ready(d @ Decision::Allow(_)) => {
@@ -463,7 +464,7 @@ impl Compiled {
     }
 
     /// Reports a decision and the time it took.
-    fn count(&self, started: Instant, decision: &Decision) {
+    fn count(&self, started: quanta::Instant, decision: &Decision) {
         self.metrics.duration.record(started.elapsed());
         match decision {
             Decision::Allow(a) => self.metrics.decided(true, Some(a.auth().access())),

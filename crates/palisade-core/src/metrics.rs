@@ -137,6 +137,9 @@ pub(crate) struct GuardMetrics {
 
 impl GuardMetrics {
     pub(crate) fn new(authenticators: &[Arc<dyn Authenticator>], access: &AccessPolicy) -> Self {
+        // quanta calibrates its clock on first use (under a millisecond):
+        // at start-up, not in the first request.
+        let _ = quanta::Instant::now();
         let none = |decision: &'static str| metrics::counter!(DECISIONS, "decision" => decision, "policy" => "", "action" => "");
         let policies = access
             .policies()

@@ -448,10 +448,55 @@ fn now_secs() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// The time for a cached token's `exp` and `nbf`, from the kernel's coarse
+/// clock (a quarter of the cost of [`now_secs`]). That clock lags by at
+/// most one tick, 10 ms at the lowest tick rate Linux has, so a tick is
+/// added: the result is never earlier than the true time. An expired token
+/// is thus never accepted late; one about to expire may be refused up to
+/// 10 ms early, and a token verified before is still verified.
+#[cfg(target_os = "linux")]
+fn coarse_now_secs() -> f64 {
+    const TICK: f64 = 0.01;
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
+    #[allow(clippy::cast_precision_loss)]
+    let secs = t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9;
+    secs + TICK
+}
+
+#[cfg(not(target_os = "linux"))]
+fn coarse_now_secs() -> f64 {
+    now_secs()
+}
+
 /// Where a token was found: the index into `Shared::sources`.
 struct Found<'r> {
     token: Cow<'r, str>,
     source: usize,
+}
+
+/// A token as the request holds it, not yet checked to be text.
+struct Located<'r> {
+    bytes: &'r [u8],
+    source: usize,
+    /// Whether it came in the query, percent-encoded.
+    query: bool,
+}
+
+impl<'r> Located<'r> {
+    /// The token as text. A token is ASCII; anything else becomes an empty
+    /// token, refused as malformed.
+    fn found(self) -> Found<'r> {
+        let text = std::str::from_utf8(self.bytes).map(str::trim).unwrap_or_default();
+        let token = if self.query && text.contains(['%', '+']) {
+            Cow::Owned(percent_decode(text))
+        } else {
+            Cow::Borrowed(text)
+        };
+        Found {
+            token,
+            source: self.source,
+        }
+    }
 }
 
 impl Found<'_> {
@@ -666,9 +711,9 @@ impl JwtAuthenticator {
         }
     }
 
-    /// Finds the request's token without copying it: the common case (one
-    /// token in one header) borrows it from the request.
-    fn extract<'r>(&self, req: &'r dyn RequestHead) -> Result<Option<Found<'r>>, JwtError> {
+    /// Finds the request's token without copying or checking it: the
+    /// common case (one token in one header) borrows it from the request.
+    fn locate<'r>(&self, req: &'r dyn RequestHead) -> Result<Option<Located<'r>>, JwtError> {
         // The first token (its source, its bytes, whether it came in the
         // query), and how many there are.
         let mut first: Option<(usize, &'r [u8], bool)> = None;
@@ -722,17 +767,7 @@ impl JwtAuthenticator {
         if count > 1 {
             return Err(JwtError::MultipleTokens);
         }
-        let Some((source, bytes, query)) = first else {
-            return Ok(None);
-        };
-        // A token is ASCII; anything else becomes an empty token, refused as malformed.
-        let text = std::str::from_utf8(bytes).map(str::trim).unwrap_or_default();
-        let token = if query && text.contains(['%', '+']) {
-            Cow::Owned(percent_decode(text))
-        } else {
-            Cow::Borrowed(text)
-        };
-        Ok(Some(Found { token, source }))
+        Ok(first.map(|(source, bytes, query)| Located { bytes, source, query }))
     }
 
     fn start<'r>(&self, found: Found<'r>) -> Step<'r> {
@@ -748,18 +783,10 @@ impl JwtAuthenticator {
             }
             return self.start_introspection(found, providers);
         }
-        if let Some(cache) = &shared.cache {
-            if let Some(entry) = cache.get(&found.token) {
-                if let Some(done) = self.cached(&entry, &found) {
-                    shared.cache_hits.increment(1);
-                    return if entry.unbound {
-                        Step::Unbound(done)
-                    } else {
-                        Step::Done(done)
-                    };
-                }
-                cache.remove(&found.token);
-            }
+        if let Some(step) = self.hit(found.token.as_bytes(), found.source) {
+            return step;
+        }
+        if shared.cache.is_some() {
             shared.cache_misses.increment(1);
         }
         let parsed = match parse(&found.token, shared.max_token_size) {
@@ -1044,9 +1071,27 @@ impl JwtAuthenticator {
         self.verify_with(&found, parsed, &key, provider, tenant.as_ref())
     }
 
-    fn cached(&self, entry: &CacheEntry, found: &Found<'_>) -> Option<Result<Authenticated, JwtError>> {
+    /// The answer for a token in the verified-token cache, read from
+    /// `sources[source]`, when it is there and still good; an entry whose
+    /// key is gone is dropped.
+    fn hit(&self, token: &[u8], source: usize) -> Option<Step<'static>> {
+        let cache = self.0.cache.as_ref()?;
+        let entry = cache.get(token)?;
+        let Some(done) = self.cached(&entry, source) else {
+            cache.remove(token);
+            return None;
+        };
+        self.0.cache_hits.increment(1);
+        Some(if entry.unbound {
+            Step::Unbound(done)
+        } else {
+            Step::Done(done)
+        })
+    }
+
+    fn cached(&self, entry: &CacheEntry, source: usize) -> Option<Result<Authenticated, JwtError>> {
         let state = &self.0.providers[entry.provider];
-        if !self.0.sources[found.source].1.contains(&entry.provider) {
+        if !self.0.sources[source].1.contains(&entry.provider) {
             return Some(Err(JwtError::WrongLocation));
         }
         if !self
@@ -1056,13 +1101,13 @@ impl JwtAuthenticator {
         {
             return None;
         }
-        if let Err(e) = in_window(Some(entry.exp), entry.nbf, state.cfg.leeway, now_secs()) {
+        if let Err(e) = in_window(Some(entry.exp), entry.nbf, state.cfg.leeway, coarse_now_secs()) {
             return Some(Err(e));
         }
-        let edits = if found.source == entry.source {
+        let edits = if source == entry.source {
             entry.all_edits.clone()
         } else {
-            let mut edits = self.removal(found, entry.provider);
+            let mut edits = self.removal_at(source, entry.provider);
             edits.extend(entry.edits.iter().cloned());
             edits.into()
         };
@@ -1128,7 +1173,7 @@ impl JwtAuthenticator {
                 unbound: identity.claim("cnf").is_none(),
             });
             let now = now_secs();
-            cache.insert(&found.token, entry, |e| e.exp < now);
+            cache.insert(found.token.as_bytes(), entry, |e| e.exp < now);
         }
         Ok(Authenticated::new(identity)
             .with_edits(edits)
@@ -1477,11 +1522,26 @@ impl Authenticator for JwtAuthenticator {
                 .with_body("application/json", r.body.clone());
             return Check::Ready(AuthOutcome::Respond(reply));
         }
-        let found = match self.extract(req) {
-            Ok(Some(f)) => f,
+        let located = match self.locate(req) {
+            Ok(Some(l)) => l,
             Ok(None) => return Check::Ready(AuthOutcome::NoCredential),
             Err(e) => return Check::Ready(self.outcome(Err(e))),
         };
+        // A token verified before is answered from the cache before its
+        // text is checked: the cache holds only tokens that passed, compared
+        // byte for byte. (`trim_ascii` trims less than `str::trim` does, so
+        // a token it leaves padded just misses here.)
+        if !located.query && self.0.dpop.as_ref().is_none_or(|d| d.source != located.source) {
+            match self.hit(located.bytes.trim_ascii(), located.source) {
+                Some(Step::Unbound(r)) => return Check::Ready(self.outcome_for(r, false)),
+                Some(Step::Done(r)) => {
+                    let r = r.and_then(|a| bound_to(a, peer_thumbprint(req), None));
+                    return Check::Ready(self.outcome_for(r, false));
+                }
+                _ => {}
+            }
+        }
+        let found = located.found();
         let (dpop, proof) = match &self.0.dpop {
             Some(d) if d.source == found.source => match self.check_proof(d, req, &found.token) {
                 Check::Ready(Err(outcome)) => return Check::Ready(outcome),
@@ -1571,7 +1631,7 @@ impl JwtAuthenticator {
         }
         htu.push_str(path);
         // A cached token's hash is kept with it.
-        let cached = self.0.cache.as_ref().and_then(|c| c.get(token));
+        let cached = self.0.cache.as_ref().and_then(|c| c.get(token.as_bytes()));
         let request = match &cached {
             Some(entry) => ProofRequest::new(req.method(), &htu)
                 .with_hashed_access_token(token, *entry.sha256.get_or_init(|| sha256(&[token.as_bytes()]))),

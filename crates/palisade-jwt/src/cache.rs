@@ -2,9 +2,13 @@
 //! verification.
 //!
 //! Keyed by the token's bytes themselves (compared exactly, so no hash
-//! collision can make one token pass for another), hashed once with a seeded
-//! hasher, spread over shards behind read-write locks so concurrent hits
-//! rarely touch the same lock. Bounded in entries; when a shard is full,
+//! collision can make one token pass for another), spread over shards behind
+//! read-write locks so concurrent hits rarely touch the same lock. The hash
+//! is a seeded one of the token's length and its last [`HASHED`] bytes: a
+//! JWT ends with its signature, which tells verified tokens apart as well
+//! as the whole token would, and a hit need not hash ~800 bytes. Only
+//! verified tokens are inserted, so a caller cannot fill a bucket with
+//! tokens of one tail. Bounded in entries; when a shard is full,
 //! expired entries go first, then an arbitrary one. Expiry and key presence
 //! are checked by the caller on every hit.
 
@@ -15,7 +19,10 @@ use hashbrown::HashTable;
 
 const SHARDS: usize = 32;
 
-type Slot<V> = (u64, Arc<str>, V);
+/// How many of a token's last bytes are hashed (with its length).
+const HASHED: usize = 64;
+
+type Slot<V> = (u64, Arc<[u8]>, V);
 
 /// A bounded, sharded map from token to verified entry.
 pub(crate) struct TokenCache<V> {
@@ -35,14 +42,15 @@ impl<V: Clone> TokenCache<V> {
         }
     }
 
-    fn locate(&self, token: &str) -> (u64, &RwLock<HashTable<Slot<V>>>) {
-        let hash = self.hasher.hash_one(token);
+    fn locate(&self, token: &[u8]) -> (u64, &RwLock<HashTable<Slot<V>>>) {
+        let tail = &token[token.len().saturating_sub(HASHED)..];
+        let hash = self.hasher.hash_one((token.len(), tail));
         // The high bits pick the shard; the table uses the low bits.
         let shard = usize::try_from(hash >> 59).unwrap_or(0) % SHARDS;
         (hash, &self.shards[shard])
     }
 
-    pub(crate) fn get(&self, token: &str) -> Option<V> {
+    pub(crate) fn get(&self, token: &[u8]) -> Option<V> {
         let (hash, shard) = self.locate(token);
         let table = shard.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         table
@@ -52,7 +60,7 @@ impl<V: Clone> TokenCache<V> {
 
     /// Inserts, evicting when the shard is full: entries for which `expired`
     /// holds first, else an arbitrary one.
-    pub(crate) fn insert(&self, token: &str, value: V, expired: impl Fn(&V) -> bool) {
+    pub(crate) fn insert(&self, token: &[u8], value: V, expired: impl Fn(&V) -> bool) {
         let (hash, shard) = self.locate(token);
         let mut table = shard.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Ok(entry) = table.find_entry(hash, |(h, k, _)| *h == hash && &**k == token) {
@@ -70,7 +78,7 @@ impl<V: Clone> TokenCache<V> {
         table.insert_unique(hash, (hash, Arc::from(token), value), |(h, _, _)| *h);
     }
 
-    pub(crate) fn remove(&self, token: &str) {
+    pub(crate) fn remove(&self, token: &[u8]) {
         let (hash, shard) = self.locate(token);
         let mut table = shard.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Ok(entry) = table.find_entry(hash, |(h, k, _)| *h == hash && &**k == token) {
@@ -91,30 +99,42 @@ mod tests {
     #[test]
     fn hits_need_the_exact_token() {
         let c = TokenCache::new(100);
-        c.insert("a.b.c", 1, |_| false);
-        assert_eq!(c.get("a.b.c"), Some(1));
-        assert_eq!(c.get("a.b.d"), None);
-        assert_eq!(c.get("a.b.c "), None);
-        c.remove("a.b.c");
-        assert_eq!(c.get("a.b.c"), None);
+        c.insert(b"a.b.c", 1, |_| false);
+        assert_eq!(c.get(b"a.b.c"), Some(1));
+        assert_eq!(c.get(b"a.b.d"), None);
+        assert_eq!(c.get(b"a.b.c "), None);
+        c.remove(b"a.b.c");
+        assert_eq!(c.get(b"a.b.c"), None);
     }
 
     #[test]
     fn the_cache_stays_bounded_and_evicts_expired_entries_first() {
         let c = TokenCache::new(64);
         for i in 0..10_000 {
-            c.insert(&format!("token-{i}"), i, |v| *v < 5_000);
+            c.insert(format!("token-{i}").as_bytes(), i, |v| *v < 5_000);
         }
         assert!(c.len() <= 64, "{}", c.len());
-        assert_eq!(c.get("token-9999"), Some(9999));
+        assert_eq!(c.get(b"token-9999"), Some(9999));
+    }
+
+    #[test]
+    fn tokens_of_one_tail_are_told_apart_by_their_other_bytes() {
+        let c = TokenCache::new(100);
+        let tail = "s".repeat(HASHED);
+        c.insert(format!("a.{tail}").as_bytes(), 1, |_| false);
+        c.insert(format!("b.{tail}").as_bytes(), 2, |_| false);
+        assert_eq!(c.get(format!("a.{tail}").as_bytes()), Some(1));
+        assert_eq!(c.get(format!("b.{tail}").as_bytes()), Some(2));
+        assert_eq!(c.get(format!("c.{tail}").as_bytes()), None);
+        assert_eq!(c.get(tail.as_bytes()), None);
     }
 
     #[test]
     fn reinserting_replaces() {
         let c = TokenCache::new(10);
-        c.insert("t", 1, |_| false);
-        c.insert("t", 2, |_| false);
-        assert_eq!(c.get("t"), Some(2));
+        c.insert(b"t", 1, |_| false);
+        c.insert(b"t", 2, |_| false);
+        assert_eq!(c.get(b"t"), Some(2));
         assert_eq!(c.len(), 1);
     }
 }
