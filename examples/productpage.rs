@@ -174,7 +174,7 @@ fn pages(backends: Backends) -> Router {
 async fn main() {
     axum_service::serve("productpage", 9082, |parts| {
         let backends = Backends::new(parts.args, parts.setup);
-        axum_service::app(parts.service, parts.guard, parts.backend, pages(backends))
+        axum_service::app(parts.service, parts.backend, pages(backends))
     })
     .await;
 }

@@ -70,7 +70,7 @@ impl Ratings for Arc<Store> {
 
 #[tokio::main]
 async fn main() {
-    axum_service::serve("ratings", 9083, |parts| {
+    axum_service::serve("ratings", 9083, |_parts| {
         let (health, health_service) = tonic_health::server::health_reporter();
         let routes = tonic::service::Routes::new(health_service)
             .add_service(RatingsServer::new(Arc::new(Store::default())))
@@ -79,10 +79,7 @@ async fn main() {
         tokio::spawn(async move {
             health.set_serving::<RatingsServer<Arc<Store>>>().await;
         });
-        match parts.guard {
-            Some(guard) => palisade::axum::PalisadeLayer::new(guard).wrap(routes),
-            None => routes,
-        }
+        routes
     })
     .await;
 }

@@ -141,6 +141,26 @@ fn overhead_benches(c: &mut Criterion) {
         },
     );
 
+    // The layer around the router, as `palisade::axum::serve` (or hyper) is
+    // given it: no per-route boxing, the router's own body unchanged.
+    let around = tower::Layer::layer(
+        &palisade::axum::PalisadeLayer::new(guard(&issuer, 10_000)),
+        axum::Router::new()
+            .route("/", get(|| async { "ok" }))
+            .with_state(()),
+    );
+    let axum_around = bench_paired(
+        &mut g,
+        "axum_around_router_cached_token",
+        &mut || {
+            let res = rt.block_on(around.clone().oneshot(request(&token))).unwrap();
+            assert_eq!(res.status(), 200);
+        },
+        &mut || {
+            black_box(rt.block_on(baseline.clone().oneshot(request(&token))).unwrap());
+        },
+    );
+
     // The same with metrics on: the guard built while a Prometheus
     // recorder is installed (its handles are bound to it), every decision
     // counted and timed into the latency histogram.
@@ -226,6 +246,7 @@ fn overhead_benches(c: &mut Criterion) {
     g.finish();
     for (name, p) in [
         ("axum", axum),
+        ("axum, layer around the router", axum_around),
         ("actix", actix),
         ("axum, metrics on", axum_metrics),
         ("actix, metrics on", actix_metrics),

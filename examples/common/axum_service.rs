@@ -18,6 +18,7 @@ use std::sync::Arc;
 use axum::Extension;
 use palisade::axum::PalisadeLayer;
 use palisade::core::RequestAuth;
+use tower::Layer as _;
 
 /// A back-end called on the user's behalf, with palisade-client's
 /// `Credentials::Kerberos`: the user's delegated ticket when the client
@@ -86,16 +87,8 @@ async fn backend_whoami(backend: Arc<Backend>, auth: RequestAuth) -> axum::respo
     }
 }
 
-/// The routes of a contract service, guarded by Palisade. The layer wraps
-/// the whole router, so the router sees the normalised path the policy
-/// matched. Without a guard (`--no-guard`, benchmarking only) the routes
-/// are served as they are.
-pub fn app(
-    service: &'static str,
-    guard: Option<palisade::prelude::Guard>,
-    backend: Option<Backend>,
-    extra: Router,
-) -> Router {
+/// The routes of a contract service; [`serve`] puts Palisade around them.
+pub fn app(service: &'static str, backend: Option<Backend>, extra: Router) -> Router {
     let mut router = extra
         .route("/healthz", get(|| async { "ok" }))
         .route(
@@ -123,10 +116,7 @@ pub fn app(
             get(move |Extension(auth): Extension<RequestAuth>| backend_whoami(backend.clone(), auth)),
         );
     }
-    match guard {
-        Some(guard) => PalisadeLayer::new(guard).wrap(router),
-        None => router,
-    }
+    router
 }
 
 /// Runs a contract service on axum: arguments, policy, routes, graceful shutdown.
@@ -137,7 +127,7 @@ pub async fn run(default_name: &str, default_port: u16) {
 /// [`run`] with a service's own routes beside the contract's.
 pub async fn run_with(default_name: &str, default_port: u16, extra: Router) {
     serve(default_name, default_port, |parts| {
-        app(parts.service, parts.guard, parts.backend, extra)
+        app(parts.service, parts.backend, extra)
     })
     .await;
 }
@@ -145,15 +135,18 @@ pub async fn run_with(default_name: &str, default_port: u16, extra: Router) {
 /// What a service's router is made of.
 pub struct Parts<'a> {
     pub service: &'static str,
-    /// The guard, unless `--no-guard`.
-    pub guard: Option<palisade::prelude::Guard>,
     /// `--backend`.
     pub backend: Option<Backend>,
     pub args: &'a common::Args,
     pub setup: &'a common::Setup,
 }
 
-/// Runs the router `make` builds: arguments, policy, graceful shutdown.
+/// Runs the router `make` builds, guarded by Palisade: arguments, policy,
+/// graceful shutdown. The layer goes around the whole router (the service
+/// `palisade::axum::serve` is given), so the router sees the normalised
+/// path the policy matched and no second router runs per request, as one
+/// would under `PalisadeLayer::wrap`. Without a guard (`--no-guard`,
+/// benchmarking only) the routes are served as they are.
 pub async fn serve(default_name: &str, default_port: u16, make: impl FnOnce(Parts<'_>) -> Router) {
     common::init_logging();
     let args = common::args(default_name, default_port);
@@ -180,19 +173,59 @@ pub async fn serve(default_name: &str, default_port: u16, make: impl FnOnce(Part
         client: reqwest::Client::new(),
     });
     let guard = (!args.no_guard).then(|| setup.guard.clone());
-    let app = make(Parts {
+    let router = make(Parts {
         service,
-        guard,
         backend,
         args: &args,
         setup: &setup,
-    });
+    })
+    .with_state(());
     let stop = shutdown_signal();
     common::start_operations(&args, &setup);
     common::announce(&setup, addr);
     println!("listening on {addr}");
     let limits = args.limits;
-    let served = match setup.tls.clone() {
+    let tls = setup.tls.clone();
+    let served = match guard {
+        Some(guard) => {
+            serve_on(
+                listener,
+                tls,
+                limits,
+                PalisadeLayer::new(guard).layer(router),
+                stop,
+            )
+            .await
+        }
+        None => serve_on(listener, tls, limits, router, stop).await,
+    };
+    if let Err(e) = served {
+        common::fail(&format!("server error: {e}"));
+    }
+}
+
+/// Serves `app` on `listener`, over TLS (mutual when the policy says so)
+/// when `tls` is given, until `stop`.
+async fn serve_on<S, B>(
+    listener: tokio::net::TcpListener,
+    tls: Option<palisade::mtls::ServerTls>,
+    limits: palisade::core::limits::ServerLimits,
+    app: S,
+    stop: impl std::future::Future<Output = ()> + Send,
+) -> std::io::Result<()>
+where
+    S: tower::Service<
+            axum::http::Request<axum::body::Body>,
+            Response = axum::http::Response<B>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match tls {
         Some(tls) => {
             if let Err(e) = tls.reload_on_sighup() {
                 common::fail(&format!("cannot listen for SIGHUP: {e}"));
@@ -200,9 +233,6 @@ pub async fn serve(default_name: &str, default_port: u16, make: impl FnOnce(Part
             palisade::mtls::axum::serve_with(listener, tls, limits, app, stop).await
         }
         None => palisade::axum::serve_with(listener, palisade::axum::Plain, limits, app, stop).await,
-    };
-    if let Err(e) = served {
-        common::fail(&format!("server error: {e}"));
     }
 }
 

@@ -388,7 +388,9 @@ where
     ReqBody: http_body::Body + Send + 'static,
 {
     /// Calls `inner` once `check` is known and `admit` applied it to the
-    /// request (now when it is ready, else in the future).
+    /// request (now when it is ready, else in the future). Inlined, so the
+    /// request and the inner future are built in place rather than copied.
+    #[inline]
     fn start<V: Send + 'static>(
         inner: &mut S,
         mut req: Request<ReqBody>,

@@ -157,9 +157,21 @@ impl Decision {
 pub struct Admission {
     pub(crate) auth: RequestAuth,
     pub(crate) edits: HeaderEdits,
+    /// The path rewrite and the response's edits, which most requests
+    /// have not: boxed, so that a [`Decision`] stays small enough to move
+    /// with a few stores rather than a `memcpy` call.
+    pub(crate) rare: Option<Box<Rare>>,
+}
+
+/// What few admitted requests carry.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Rare {
     pub(crate) target: Option<String>,
     pub(crate) response: ResponseEdits,
 }
+
+/// The edits of a response that gets none.
+static NO_RESPONSE_EDITS: ResponseEdits = ResponseEdits { headers: Vec::new() };
 
 impl Admission {
     /// The record the extractors will read (identity, access decision).
@@ -172,7 +184,7 @@ impl Admission {
     /// normalised), when the path differs from the one sent.
     #[must_use]
     pub fn rewritten_target(&self) -> Option<&str> {
-        self.target.as_deref()
+        self.rare.as_ref()?.target.as_deref()
     }
 
     /// The header edits the authenticators asked for (the token removed
@@ -185,7 +197,7 @@ impl Admission {
     /// What will go on the response.
     #[must_use]
     pub fn response(&self) -> &ResponseEdits {
-        &self.response
+        self.rare.as_ref().map_or(&NO_RESPONSE_EDITS, |r| &r.response)
     }
 
     /// Applies the request's edits; see [`Decision::apply`].
@@ -194,7 +206,7 @@ impl Admission {
     /// A 400 [`Reply`] when the normalised path cannot be handed to the
     /// router (the middleware runs after routing).
     pub fn apply(self, req: &mut dyn RequestTarget) -> Result<ResponseEdits, Reply> {
-        if let Some(target) = &self.target
+        if let Some(target) = self.rewritten_target()
             && let Err(e) = req.rewrite_target(target)
         {
             if let TargetRewrite::AlreadyRouted { advice } = e {
@@ -219,7 +231,7 @@ impl Admission {
             }
         }
         req.insert_auth(self.auth);
-        Ok(self.response)
+        Ok(self.rare.map(|r| r.response).unwrap_or_default())
     }
 }
 
@@ -703,5 +715,29 @@ mod tests {
         );
         assert!(denied.headers().any(|h| h == ("grpc-status", "7")));
         assert!(denied.headers().any(|h| h == ("grpc-message", "access denied")));
+    }
+
+    #[test]
+    fn a_decision_moves_without_a_memcpy_call() {
+        // LLVM copies up to 128 bytes with inline stores on x86-64; a
+        // larger decision is moved by a `memcpy` call at each of the
+        // guard's and adapters' returns (measured: a tenth of the guard's
+        // time on a cached token).
+        use crate::check::Check;
+        assert!(
+            std::mem::size_of::<Decision>() <= 128,
+            "{}",
+            std::mem::size_of::<Decision>()
+        );
+        assert!(
+            std::mem::size_of::<Check<Result<Decision, Reply>>>() <= 128,
+            "{}",
+            std::mem::size_of::<Check<Result<Decision, Reply>>>()
+        );
+        assert!(
+            std::mem::size_of::<crate::guard::Acc>() <= 128,
+            "{}",
+            std::mem::size_of::<crate::guard::Acc>()
+        );
     }
 }

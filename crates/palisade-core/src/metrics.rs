@@ -29,8 +29,9 @@
 //! `CUSTOM`), empty likewise.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use metrics::{Counter, Histogram, Unit};
+use metrics::{Counter, Histogram, IntoF64, Unit};
 
 use crate::authn::{AuthOutcome, Authenticator};
 use crate::authz::{AccessDecision, AccessPolicy};
@@ -132,10 +133,54 @@ pub(crate) struct GuardMetrics {
     /// One per authenticator, in the guard's order.
     pub(crate) authenticators: Vec<AuthnCounters>,
     pub(crate) mtls: AuthnCounters,
-    pub(crate) duration: Histogram,
+    duration: Histogram,
+    /// Whether `duration` records anything: true until a check finds it
+    /// does not. A handle is bound to the recorder installed when it was
+    /// registered, so the answer never changes, and without a recorder a
+    /// check reads no clock.
+    timed: AtomicBool,
+}
+
+/// A check's duration, read from the clock only when a recorder asks for
+/// it (`metrics` converts a value only for a live handle); `asked` says
+/// whether it did.
+struct Elapsed<'a> {
+    started: quanta::Instant,
+    asked: &'a mut bool,
+}
+
+impl IntoF64 for Elapsed<'_> {
+    fn into_f64(self) -> f64 {
+        *self.asked = true;
+        self.started.elapsed().as_secs_f64()
+    }
 }
 
 impl GuardMetrics {
+    /// The start of a check, when its duration is recorded.
+    pub(crate) fn start(&self) -> Option<quanta::Instant> {
+        self.timed.load(Ordering::Relaxed).then(quanta::Instant::now)
+    }
+
+    /// Records the duration of a check that began at `started`.
+    pub(crate) fn finish(&self, started: Option<quanta::Instant>) {
+        let Some(started) = started else { return };
+        let mut asked = false;
+        self.duration.record(Elapsed {
+            started,
+            asked: &mut asked,
+        });
+        if !asked {
+            self.timed.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether checks are still timed.
+    #[cfg(test)]
+    pub(crate) fn timed(&self) -> bool {
+        self.timed.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn new(authenticators: &[Arc<dyn Authenticator>], access: &AccessPolicy) -> Self {
         // quanta calibrates its clock on first use (under a millisecond):
         // at start-up, not in the first request.
@@ -170,6 +215,7 @@ impl GuardMetrics {
                 .collect(),
             mtls: AuthnCounters::new("mtls"),
             duration: metrics::histogram!(CHECK_DURATION),
+            timed: AtomicBool::new(true),
         }
     }
 

@@ -654,7 +654,8 @@ pub struct AccessDecision {
     allowed: bool,
     action: Option<Action>,
     policy: Option<Arc<str>>,
-    rule: Option<usize>,
+    /// `u32`, with the other fields, keeps a decision small to move.
+    rule: Option<u32>,
     dry_run: Option<Arc<DryRunReport>>,
     end_user_could_help: bool,
 }
@@ -665,7 +666,7 @@ impl AccessDecision {
             allowed,
             action: Some(action),
             policy: Some(policy),
-            rule: Some(rule),
+            rule: u32::try_from(rule).ok(),
             dry_run: None,
             end_user_could_help: false,
         }
@@ -716,7 +717,7 @@ impl AccessDecision {
     /// The index of the rule that matched in that policy.
     #[must_use]
     pub fn rule(&self) -> Option<usize> {
-        self.rule
+        self.rule.and_then(|r| usize::try_from(r).ok())
     }
 
     /// For a denial: whether the rules that decided read the end-user
