@@ -85,6 +85,10 @@ struct CacheEntry {
     /// The token has no `cnf`: bound to no key or certificate, so a hit
     /// without a DPoP proof skips the binding check (a claim lookup).
     unbound: bool,
+    /// The generation of the key store whose set held the token's key when
+    /// it was cached (`u64::MAX`, matching none, if the set had moved on):
+    /// while that generation is current, a hit need not look the key up.
+    keys_generation: u64,
 }
 
 type Cache = TokenCache<Arc<CacheEntry>>;
@@ -1076,17 +1080,22 @@ impl JwtAuthenticator {
     /// key is gone is dropped.
     fn hit(&self, token: &[u8], source: usize) -> Option<Step<'static>> {
         let cache = self.0.cache.as_ref()?;
-        let entry = cache.get(token)?;
-        let Some(done) = self.cached(&entry, source) else {
+        // Answered under the cache's read lock, from the entry in place.
+        let answer = cache.with(token, |entry| {
+            self.cached(entry, source).map(|done| {
+                if entry.unbound {
+                    Step::Unbound(done)
+                } else {
+                    Step::Done(done)
+                }
+            })
+        })?;
+        if answer.is_none() {
             cache.remove(token);
-            return None;
-        };
-        self.0.cache_hits.increment(1);
-        Some(if entry.unbound {
-            Step::Unbound(done)
         } else {
-            Step::Done(done)
-        })
+            self.0.cache_hits.increment(1);
+        }
+        answer
     }
 
     fn cached(&self, entry: &CacheEntry, source: usize) -> Option<Result<Authenticated, JwtError>> {
@@ -1094,10 +1103,9 @@ impl JwtAuthenticator {
         if !self.0.sources[source].1.contains(&entry.provider) {
             return Some(Err(JwtError::WrongLocation));
         }
-        if !self
-            .store_of(entry.provider, entry.tenant.as_deref())
-            .keys()
-            .still_has(entry.kid.as_deref(), entry.fingerprint)
+        let store = self.store_of(entry.provider, entry.tenant.as_deref());
+        if store.generation() != entry.keys_generation
+            && !store.keys().still_has(entry.kid.as_deref(), entry.fingerprint)
         {
             return None;
         }
@@ -1157,6 +1165,13 @@ impl JwtAuthenticator {
         let edits = HeaderEdits::from(edits);
         let bearer = Arc::new(BearerToken::new(&*found.token));
         if let Some(cache) = &self.0.cache {
+            let store = self.store_of(provider, tenant.map(|t| &**t));
+            let generation = store.generation();
+            let keys_generation = if store.keys().still_has(key.kid.as_deref(), key.fingerprint) {
+                generation
+            } else {
+                u64::MAX
+            };
             let entry = Arc::new(CacheEntry {
                 identity: identity.clone(),
                 bearer: Arc::clone(&bearer),
@@ -1171,6 +1186,7 @@ impl JwtAuthenticator {
                 all_edits: edits.clone(),
                 sha256: OnceLock::new(),
                 unbound: identity.claim("cnf").is_none(),
+                keys_generation,
             });
             let now = now_secs();
             cache.insert(found.token.as_bytes(), entry, |e| e.exp < now);

@@ -51,11 +51,17 @@ impl<V: Clone> TokenCache<V> {
     }
 
     pub(crate) fn get(&self, token: &[u8]) -> Option<V> {
+        self.with(token, V::clone)
+    }
+
+    /// `f` of the entry for `token`, called under the shard's read lock:
+    /// a hit that needs only to read the entry does not clone it.
+    pub(crate) fn with<R>(&self, token: &[u8], f: impl FnOnce(&V) -> R) -> Option<R> {
         let (hash, shard) = self.locate(token);
         let table = shard.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         table
             .find(hash, |(h, k, _)| *h == hash && &**k == token)
-            .map(|(_, _, v)| v.clone())
+            .map(|(_, _, v)| f(v))
     }
 
     /// Inserts, evicting when the shard is full: entries for which `expired`

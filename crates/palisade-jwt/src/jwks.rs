@@ -346,6 +346,10 @@ pub(crate) struct KeyStore {
     fetching: AtomicBool,
     pub(crate) settings: FetchSettings,
     pub(crate) fetched: bool,
+    /// Incremented after each replacement of `current` by a set with other
+    /// keys: a verified token whose key was in the set of a generation
+    /// still current needs no look-up of its key.
+    generation: AtomicU64,
 }
 
 impl KeyStore {
@@ -362,6 +366,7 @@ impl KeyStore {
             fetching: AtomicBool::new(false),
             settings,
             fetched,
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -376,6 +381,31 @@ impl KeyStore {
 
     pub(crate) fn keys(&self) -> arc_swap::Guard<Arc<KeySet>> {
         self.current.load()
+    }
+
+    /// The generation of the key set: read it before [`keys`](Self::keys),
+    /// so that a set replaced meanwhile shows as a newer generation.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Makes `set` the current keys; a new generation when its keys differ.
+    fn replace(&self, set: KeySet) {
+        let changed = {
+            let old = self.current.load();
+            old.keys.len() != set.keys.len()
+                || old
+                    .keys
+                    .iter()
+                    .zip(&set.keys)
+                    .any(|(a, b)| a.fingerprint != b.fingerprint || a.kid != b.kid)
+        };
+        self.current.store(Arc::new(set));
+        // After the store: a reader that sees the new generation sees the
+        // new set.
+        if changed {
+            self.generation.fetch_add(1, Ordering::Release);
+        }
     }
 
     fn now_ms(&self) -> u64 {
@@ -574,7 +604,7 @@ async fn run_store(store: Arc<KeyStore>, source: JwksSource) {
         match result {
             Ok((set, max_age)) => {
                 let count = set.keys.len();
-                store.current.store(Arc::new(set));
+                store.replace(set);
                 let ttl = max_age.unwrap_or(s.default_ttl).clamp(s.min_ttl, s.max_ttl);
                 // Refresh at three quarters of the lifetime, so no request waits.
                 next_refresh = tokio::time::Instant::now() + ttl.mul_f64(0.75);
@@ -593,7 +623,7 @@ async fn run_store(store: Arc<KeyStore>, source: JwksSource) {
                 healthy = Some(false);
                 if last_good.is_none_or(|t| t.elapsed() > s.max_stale) && cached > 0 {
                     tracing::error!(target: LOG, issuer = %store.issuer, "cached JWKS older than max_stale dropped: tokens of this issuer now fail");
-                    store.current.store(Arc::new(KeySet::default()));
+                    store.replace(KeySet::default());
                 }
                 next_refresh = tokio::time::Instant::now() + backoff;
                 backoff = (backoff * 2)
@@ -725,6 +755,32 @@ mod tests {
         assert_eq!(set.keys.len(), 1);
         assert!(set.find(Some("good"), Algorithm::RS256).is_some());
         assert!(set.find(Some("enc"), Algorithm::RS256).is_none());
+    }
+
+    #[test]
+    fn a_new_generation_comes_with_other_keys_only() {
+        let set = |kids: &[&str]| {
+            let keys: Vec<_> = kids
+                .iter()
+                .map(|kid| serde_json::json!({"kty": "RSA", "alg": "RS256", "kid": kid, "n": RSA_N, "e": "AQAB"}))
+                .collect();
+            parse_jwks(
+                "https://i",
+                serde_json::json!({ "keys": keys }).to_string().as_bytes(),
+            )
+            .unwrap()
+        };
+        let store = KeyStore::new("https://i", FetchSettings::default(), Some(set(&["a"])));
+        let g = store.generation();
+        // A refresh that brings the same keys keeps every cached token fast.
+        store.replace(set(&["a"]));
+        assert_eq!(store.generation(), g);
+        store.replace(set(&["a", "b"]));
+        assert_eq!(store.generation(), g + 1);
+        store.replace(set(&["b"]));
+        assert_eq!(store.generation(), g + 2);
+        store.replace(KeySet::default());
+        assert_eq!(store.generation(), g + 3);
     }
 
     #[test]
