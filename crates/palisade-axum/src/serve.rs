@@ -20,8 +20,12 @@
 //! ```no_run
 //! use axum::{Router, routing::get};
 //! use palisade_core::limits::ServerLimits;
+//! use tower_layer::Layer as _;
 //! # async fn run(guard: palisade_core::Guard) -> std::io::Result<()> {
-//! let app: Router = palisade_axum::PalisadeLayer::new(guard).wrap(Router::new().route("/", get(|| async { "hi" })));
+//! let router = Router::new().route("/", get(|| async { "hi" })).with_state(());
+//! // The layer around the whole router: no outer router per request, as
+//! // `PalisadeLayer::wrap` (for `axum::serve`) needs.
+//! let app = palisade_axum::PalisadeLayer::new(guard).layer(router);
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
 //! let limits = ServerLimits::default().header_read_timeout(std::time::Duration::from_secs(5));
 //! palisade_axum::serve_with(listener, palisade_axum::Plain, limits, app, std::future::pending()).await
