@@ -117,8 +117,9 @@ impl PalisadeLayer {
     /// Wraps a whole axum [`Router`](axum::Router): Palisade runs before
     /// routing, so the router sees the normalised path the policy matched,
     /// and the result is a `Router` that `axum::serve` takes as it is.
-    /// (Under [`serve()`], `self.layer(router.with_state(()))` does the
-    /// same without the outer router this needs.)
+    /// (Under [`serve()`], `self.layer(router.with_state(()))` routes the
+    /// same without the outer router this needs; axum's `OriginalUri` then
+    /// holds the normalised target rather than the one sent.)
     ///
     /// ```
     /// # fn f(guard: palisade_core::Guard) {
@@ -333,9 +334,18 @@ impl<B> ResponseTarget for HttpResponse<'_, B> {
     }
 }
 
-/// A reply of the core as a response of the layer.
-fn reply<B>(reply: Reply) -> Response<ResponseBody<B>> {
-    http_response(reply, |text| ResponseBody::problem(Bytes::from(text)))
+/// A reply of the core as a response of the layer; without its body to a
+/// HEAD request (hyper's HTTP/1 server drops a HEAD response's body, its
+/// HTTP/2 server sends it as given).
+fn reply_to<B>(reply: Reply, head: bool) -> Response<ResponseBody<B>> {
+    http_response(reply, |text| {
+        ResponseBody::problem(if head { Bytes::new() } else { Bytes::from(text) })
+    })
+}
+
+/// [`reply_to`] a request that is not HEAD.
+fn reply<B>(r: Reply) -> Response<ResponseBody<B>> {
+    reply_to(r, false)
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Palisade<S>
@@ -376,6 +386,8 @@ pin_project_lite::pin_project! {
     {
         #[pin]
         kind: Kind<S, ReqBody>,
+        // A HEAD request: the core's replies go without their body.
+        head: bool,
     }
 }
 
@@ -407,6 +419,7 @@ where
         check: Check<V>,
         admit: fn(V, &mut Request<ReqBody>) -> Result<Option<ResponseEdits>, Reply>,
     ) -> Self {
+        let head = req.method() == http::Method::HEAD;
         let kind = match check {
             Check::Ready(verdict) => match admit(verdict, &mut req) {
                 Ok(edits) => Kind::Inner {
@@ -433,7 +446,7 @@ where
                 }
             }
         };
-        Self { kind }
+        Self { kind, head }
     }
 }
 
@@ -455,10 +468,11 @@ where
                     return Poll::Ready(Ok(res.map(ResponseBody::inner)));
                 }
                 KindProj::Reply { reply: r } => {
-                    return Poll::Ready(Ok(r.take().map_or_else(answered, reply)));
+                    let head = *this.head;
+                    return Poll::Ready(Ok(r.take().map_or_else(answered, |r| reply_to(r, head))));
                 }
                 KindProj::Finishing { reply: r } => {
-                    return Poll::Ready(Ok(reply(ready!(r.as_mut().poll(cx)))));
+                    return Poll::Ready(Ok(reply_to(ready!(r.as_mut().poll(cx)), *this.head)));
                 }
                 KindProj::Checking { check, svc } => {
                     let admitted = ready!(check.as_mut().poll(cx));
@@ -470,7 +484,7 @@ where
                             let fut = svc.call(req);
                             this.kind.set(Kind::Inner { fut, edits });
                         }
-                        Err(r) => return Poll::Ready(Ok(reply(r))),
+                        Err(r) => return Poll::Ready(Ok(reply_to(r, *this.head))),
                     }
                 }
             }

@@ -452,19 +452,32 @@ fn now_secs() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// The time for a cached token's `exp` and `nbf`, from the kernel's coarse
-/// clock (a quarter of the cost of [`now_secs`]). That clock lags by at
-/// most one tick, 10 ms at the lowest tick rate Linux has, so a tick is
-/// added: the result is never earlier than the true time. An expired token
-/// is thus never accepted late; one about to expire may be refused up to
-/// 10 ms early, and a token verified before is still verified.
+/// Whether a cached token is inside its validity window, read cheaply:
+/// the kernel's coarse clock (a quarter of the cost of [`now_secs`])
+/// answers when the token is more than [`COARSE_MARGIN`] from its `exp`
+/// and past its `nbf`; nearer an edge the precise clock decides. The coarse
+/// clock trails the true time by a tick or a few (tens of milliseconds,
+/// even on a virtual machine whose timekeeping stalls), never leads it, so
+/// the margin keeps the answer exactly the precise clock's.
+fn in_cached_window(exp: f64, nbf: Option<f64>, leeway: Duration) -> Result<(), JwtError> {
+    let coarse = coarse_now_secs();
+    let l = leeway.as_secs_f64();
+    if coarse + COARSE_MARGIN <= exp + l && nbf.is_none_or(|nbf| coarse + l >= nbf) {
+        return Ok(());
+    }
+    in_window(Some(exp), nbf, leeway, now_secs())
+}
+
+/// How far from `exp` a cached token must be for the coarse clock to say
+/// it is valid.
+const COARSE_MARGIN: f64 = 1.0;
+
+/// The kernel's coarse real-time clock: no later than the true time.
 #[cfg(target_os = "linux")]
+#[allow(clippy::cast_precision_loss)]
 fn coarse_now_secs() -> f64 {
-    const TICK: f64 = 0.01;
     let t = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
-    #[allow(clippy::cast_precision_loss)]
-    let secs = t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9;
-    secs + TICK
+    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -1109,7 +1122,7 @@ impl JwtAuthenticator {
         {
             return None;
         }
-        if let Err(e) = in_window(Some(entry.exp), entry.nbf, state.cfg.leeway, coarse_now_secs()) {
+        if let Err(e) = in_cached_window(entry.exp, entry.nbf, state.cfg.leeway) {
             return Some(Err(e));
         }
         let edits = if source == entry.source {
@@ -1716,5 +1729,33 @@ impl JwtAuthenticator {
                 })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cached_window_is_the_precise_clocks_near_its_edges() {
+        let now = now_secs();
+        let zero = Duration::ZERO;
+        // Far from the edges: valid.
+        assert_eq!(in_cached_window(now + 60.0, Some(now - 60.0), zero), Ok(()));
+        // Within the margin, the precise clock decides: still valid...
+        assert_eq!(in_cached_window(now + 0.5, None, zero), Ok(()));
+        // ...and just expired is expired, however the coarse clock trails.
+        assert_eq!(in_cached_window(now - 0.001, None, zero), Err(JwtError::Expired));
+        assert_eq!(
+            in_cached_window(now - 0.001, None, Duration::from_secs(1)),
+            Ok(())
+        );
+        // Not yet valid, by the precise clock.
+        assert_eq!(
+            in_cached_window(now + 60.0, Some(now + 0.5), zero),
+            Err(JwtError::NotYetValid)
+        );
+        // The coarse clock never leads the precise one.
+        assert!(coarse_now_secs() <= now_secs());
     }
 }

@@ -6,9 +6,10 @@
 //! read-write locks so concurrent hits rarely touch the same lock. The hash
 //! is a seeded one of the token's length and its last [`HASHED`] bytes: a
 //! JWT ends with its signature, which tells verified tokens apart as well
-//! as the whole token would, and a hit need not hash ~800 bytes. Only
-//! verified tokens are inserted, so a caller cannot fill a bucket with
-//! tokens of one tail. Bounded in entries; when a shard is full,
+//! as the whole token would, and a hit need not hash ~800 bytes. The JWT
+//! cache inserts only verified tokens, so a caller cannot fill a bucket
+//! with tokens of one tail; the introspection cache's keys are SHA-256
+//! digests, hashed whole. Bounded in entries; when a shard is full,
 //! expired entries go first, then an arbitrary one. Expiry and key presence
 //! are checked by the caller on every hit.
 
