@@ -12,7 +12,9 @@
 # `Authorization: Bearer` header (the unguarded instance ignores it). The
 # ratio is the sum of the guarded rounds' requests/s over the sum of the
 # unguarded ones'. With two or more CPUs and taskset, the servers run on
-# SERVER_CPUS and wrk on WRK_CPUS.
+# SERVER_CPUS and wrk on WRK_CPUS; the summary then also gives each
+# instance's server CPU per request (the inverse of its mean rate, as wrk
+# keeps the one server CPU busy) and what Palisade adds to it.
 #
 #   benches/wrk.sh                         # both services
 #   ROUNDS=10 DURATION=10 benches/wrk.sh reviews
@@ -146,6 +148,11 @@ for svc in "${services[@]}"; do
   printf '%-6s %22.0f %22.0f %8s\n' mean "$(awk -v a="$sum_g" -v n="$rounds" 'BEGIN {print a / n}')" \
     "$(awk -v a="$sum_o" -v n="$rounds" 'BEGIN {print a / n}')" "$ratio"
   summary+=("$svc (${framework[$svc]}): with / without Palisade = $ratio (ratio of sums; the bar is 0.97)")
+  # With the server on one CPU and wrk keeping it busy, a request's cost in
+  # server CPU is the inverse of the rate: the difference is what Palisade
+  # adds, the kernel's share included.
+  summary+=("  server CPU per request: $(awk -v g="$sum_g" -v o="$sum_o" -v n="$rounds" \
+    'BEGIN {printf "%.2f µs with, %.2f µs without, %.2f µs added", 1e6 * n / g, 1e6 * n / o, 1e6 * n / g - 1e6 * n / o}')")
 
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   pids=()
