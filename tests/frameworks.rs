@@ -845,3 +845,87 @@ spec:
         assert_eq!(res.status().as_u16(), status, "actix-web {path}");
     }
 }
+
+/// The core renders its refusals to a HEAD request without a body (hyper's
+/// HTTP/2 server would send one), the same in both frameworks, with the
+/// refusal's status and challenges.
+#[actix_web::test]
+async fn a_refusal_to_a_head_request_has_its_headers_and_no_body() {
+    let issuer = TestIssuer::builder().default_audience("details").start().unwrap();
+    let guard = guard(&issuer);
+    let good = issuer.token().subject("alice").sign();
+    let expired = issuer.token().subject("alice").expires_in(-3600).sign();
+    for (name, token, path, status) in [
+        ("no token", None, "/whoami", 401),
+        ("expired", Some(&expired), "/whoami", 401),
+        ("denied by policy", Some(&good), "/admin", 403),
+    ] {
+        let mut answers = Vec::new();
+        for method in ["GET", "HEAD"] {
+            let mut req = http::Request::builder().method(method).uri(path);
+            if let Some(t) = token {
+                req = req.header("authorization", format!("Bearer {t}"));
+            }
+            let app = axum::Router::new()
+                .route("/whoami", get(whoami_axum))
+                .route("/admin", get(|| async { "admin" }))
+                .layer(palisade::axum::PalisadeLayer::new(guard.clone()));
+            let res = app.oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+            let challenges: Vec<String> = res
+                .headers()
+                .get_all("www-authenticate")
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect();
+            let status = res.status().as_u16();
+            let body = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
+            answers.push(("axum", method, status, challenges, body.to_vec()));
+
+            let actix = actix_web::test::init_service(
+                App::new()
+                    .wrap(palisade::actix::Palisade::new(guard.clone()))
+                    .route(
+                        "/whoami",
+                        web::get().to(|id: Option<Identity>| async move {
+                            HttpResponse::Ok().json(palisade::core::whoami(id.as_ref()))
+                        }),
+                    )
+                    .route("/admin", web::get().to(|| async { "admin" })),
+            )
+            .await;
+            let mut req = actix_web::test::TestRequest::default()
+                .method(actix_web::http::Method::from_bytes(method.as_bytes()).unwrap())
+                .uri(path);
+            if let Some(t) = token {
+                req = req.append_header(("authorization", format!("Bearer {t}")));
+            }
+            let res = actix_web::test::call_service(&actix, req.to_request()).await;
+            let status = res.status().as_u16();
+            let challenges: Vec<String> = res
+                .headers()
+                .get_all("www-authenticate")
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect();
+            let body = actix_web::test::read_body(res).await;
+            answers.push(("actix", method, status, challenges, body.to_vec()));
+        }
+        let [(_, _, get_status, get_challenges, get_body), ..] = &answers[..] else {
+            unreachable!()
+        };
+        assert_eq!(*get_status, status, "{name}");
+        assert!(!get_body.is_empty(), "{name}: a GET is answered with a body");
+        for (framework, method, got_status, got_challenges, body) in &answers {
+            assert_eq!(got_status, get_status, "{name}: {framework} {method}");
+            assert_eq!(got_challenges, get_challenges, "{name}: {framework} {method}");
+            if *method == "HEAD" {
+                assert!(
+                    body.is_empty(),
+                    "{name}: {framework} HEAD has a body: {}",
+                    String::from_utf8_lossy(body)
+                );
+            } else {
+                assert!(!body.is_empty(), "{name}: {framework} {method} has no body");
+            }
+        }
+    }
+}

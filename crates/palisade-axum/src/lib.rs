@@ -86,7 +86,7 @@ use bytes::Bytes;
 use http::header::{AUTHORIZATION, COOKIE, HOST, HeaderName, HeaderValue};
 use http::{Request, Response};
 use palisade_core::adapter::{
-    Reply, RequestTarget, ResponseEdits, ResponseTarget, TargetRewrite, http_response,
+    Reply, RequestTarget, ResponseEdits, ResponseTarget, TargetRewrite, http_response, render_for,
 };
 use palisade_core::authn::{ConnectionInfo, RequestHead};
 use palisade_core::{BoxFuture, Check, Guard, RequestAuth};
@@ -200,9 +200,13 @@ impl<'a, B> HttpHead<'a, B> {
                 prefix,
                 "Palisade runs inside a router nested at a templated path: the full path cannot be known, refused with 400. Add the layer outside the nest"
             );
-            return Err(Reply::from(palisade_core::Rejection::malformed_path(
+            let reply = Reply::from(palisade_core::Rejection::malformed_path(
                 "the request path cannot be checked here",
-            )));
+            ));
+            return Err(render_for(
+                &Self(req, std::borrow::Cow::Borrowed(req.uri().path())),
+                reply,
+            ));
         }
         let path = match req.uri().path() {
             "/" => prefix.to_owned(),
@@ -334,18 +338,9 @@ impl<B> ResponseTarget for HttpResponse<'_, B> {
     }
 }
 
-/// A reply of the core as a response of the layer; without its body to a
-/// HEAD request (hyper's HTTP/1 server drops a HEAD response's body, its
-/// HTTP/2 server sends it as given).
-fn reply_to<B>(reply: Reply, head: bool) -> Response<ResponseBody<B>> {
-    http_response(reply, |text| {
-        ResponseBody::problem(if head { Bytes::new() } else { Bytes::from(text) })
-    })
-}
-
-/// [`reply_to`] a request that is not HEAD.
+/// A reply of the core as a response of the layer.
 fn reply<B>(r: Reply) -> Response<ResponseBody<B>> {
-    reply_to(r, false)
+    http_response(r, |text| ResponseBody::problem(Bytes::from(text)))
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Palisade<S>
@@ -386,8 +381,6 @@ pin_project_lite::pin_project! {
     {
         #[pin]
         kind: Kind<S, ReqBody>,
-        // A HEAD request: the core's replies go without their body.
-        head: bool,
     }
 }
 
@@ -419,7 +412,6 @@ where
         check: Check<V>,
         admit: fn(V, &mut Request<ReqBody>) -> Result<Option<ResponseEdits>, Reply>,
     ) -> Self {
-        let head = req.method() == http::Method::HEAD;
         let kind = match check {
             Check::Ready(verdict) => match admit(verdict, &mut req) {
                 Ok(edits) => Kind::Inner {
@@ -446,7 +438,7 @@ where
                 }
             }
         };
-        Self { kind, head }
+        Self { kind }
     }
 }
 
@@ -468,11 +460,10 @@ where
                     return Poll::Ready(Ok(res.map(ResponseBody::inner)));
                 }
                 KindProj::Reply { reply: r } => {
-                    let head = *this.head;
-                    return Poll::Ready(Ok(r.take().map_or_else(answered, |r| reply_to(r, head))));
+                    return Poll::Ready(Ok(r.take().map_or_else(answered, reply)));
                 }
                 KindProj::Finishing { reply: r } => {
-                    return Poll::Ready(Ok(reply_to(ready!(r.as_mut().poll(cx)), *this.head)));
+                    return Poll::Ready(Ok(reply(ready!(r.as_mut().poll(cx)))));
                 }
                 KindProj::Checking { check, svc } => {
                     let admitted = ready!(check.as_mut().poll(cx));
@@ -484,7 +475,7 @@ where
                             let fut = svc.call(req);
                             this.kind.set(Kind::Inner { fut, edits });
                         }
-                        Err(r) => return Poll::Ready(Ok(reply_to(r, *this.head))),
+                        Err(r) => return Poll::Ready(Ok(reply(r))),
                     }
                 }
             }

@@ -123,13 +123,55 @@ pub enum Decision {
     Reply(Reply),
 }
 
-impl Decision {
-    /// A refusal or reply rendered for `req`'s protocol: [`Reply::grpc`]
-    /// for a gRPC call, as it is otherwise.
-    pub(crate) fn for_request(self, grpc: bool) -> Self {
+/// How the core's own answers to a request are rendered: as they are, as
+/// a gRPC client reads them, or without their body (a HEAD request).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Rendering {
+    Http,
+    Head,
+    Grpc,
+}
+
+impl Rendering {
+    /// The rendering `req` gets.
+    pub(crate) fn of(req: &dyn RequestHead) -> Self {
+        if req.method() == "HEAD" {
+            Rendering::Head
+        } else if is_grpc(req) {
+            Rendering::Grpc
+        } else {
+            Rendering::Http
+        }
+    }
+
+    /// `reply` rendered so.
+    fn render(self, reply: Reply) -> Reply {
         match self {
-            Decision::Deny(r) if grpc => Decision::Reply(Reply::from(r).grpc()),
-            Decision::Reply(r) if grpc => Decision::Reply(r.grpc()),
+            Rendering::Http => reply,
+            Rendering::Head => reply.without_body(),
+            Rendering::Grpc => reply.grpc(),
+        }
+    }
+}
+
+impl Decision {
+    /// The decision with its refusal or reply rendered for the request
+    /// ([`Rendering::of`]): every adapter sends the same bytes, and none
+    /// needs to know that hyper's HTTP/2 server would send a HEAD
+    /// response's body. An admission whose path rewrite may fail remembers
+    /// a HEAD request for that 400.
+    pub(crate) fn for_request(self, rendering: Rendering) -> Self {
+        match self {
+            Decision::Deny(r) if rendering != Rendering::Http => {
+                Decision::Reply(rendering.render(Reply::from(r)))
+            }
+            Decision::Reply(r) => Decision::Reply(rendering.render(r)),
+            Decision::Allow(mut a) if rendering == Rendering::Head => {
+                if let Some(rare) = a.rare.as_mut() {
+                    rare.head = true;
+                }
+                Decision::Allow(a)
+            }
             d => d,
         }
     }
@@ -168,6 +210,8 @@ pub struct Admission {
 pub(crate) struct Rare {
     pub(crate) target: Option<String>,
     pub(crate) response: ResponseEdits,
+    /// A HEAD request: a refused rewrite answers without a body.
+    pub(crate) head: bool,
 }
 
 /// The edits of a response that gets none.
@@ -215,9 +259,11 @@ impl Admission {
                     "a path that is not in normal form reached Palisade after routing: refused with 400. {advice}, so that the router sees the path the policy matched"
                 );
             }
-            return Err(Reply::from(Rejection::malformed_path(
+            let reply = Reply::from(Rejection::malformed_path(
                 "the request path is not in normal form",
-            )));
+            ));
+            let head = self.rare.as_ref().is_some_and(|r| r.head);
+            return Err(if head { reply.without_body() } else { reply });
         }
         for edit in self.edits.as_slice() {
             match edit {
@@ -505,6 +551,18 @@ impl Reply {
         }))
     }
 
+    /// The same answer to a HEAD request: its status and headers, no body.
+    /// (hyper's HTTP/1 server drops a HEAD response's body, its HTTP/2
+    /// server sends it: the core drops it for every framework.) A reply
+    /// that wants the request body is kept as it is.
+    #[must_use]
+    pub fn without_body(mut self) -> Self {
+        if self.0.body_wanted.is_none() {
+            self.0.body.clear();
+        }
+        self
+    }
+
     /// The HTTP status code.
     #[must_use]
     pub fn status(&self) -> u16 {
@@ -565,6 +623,14 @@ pub fn is_grpc(req: &dyn RequestHead) -> bool {
                 && v[..16].eq_ignore_ascii_case(b"application/grpc")
                 && matches!(v.get(16), None | Some(b'+' | b';'))
         })
+}
+
+/// An adapter's own reply (one it makes before the guard sees the
+/// request) rendered for `req` as the core renders its own: for a gRPC
+/// call as [`Reply::grpc`], to a HEAD request [`Reply::without_body`].
+#[must_use]
+pub fn render_for(req: &dyn RequestHead, reply: Reply) -> Reply {
+    Rendering::of(req).render(reply)
 }
 
 /// A [`Reply`] as an `http` 1 response (axum, hyper, tonic), with the body
@@ -628,7 +694,7 @@ pub fn authorize_route(
     let Some(auth) = auth else {
         tracing::error!(target: LOG_TARGET, "a route policy runs on a request that no Palisade middleware checked: refused");
         let reply = Reply::from(Rejection::missing_credential(Vec::new()));
-        return Check::Ready(Err(if is_grpc(req) { reply.grpc() } else { reply }));
+        return Check::Ready(Err(Rendering::of(req).render(reply)));
     };
     fn verdict(auth: &RequestAuth, access: AccessDecision, req: &dyn RequestHead) -> Result<(), Reply> {
         if access.is_allowed() {
@@ -638,7 +704,7 @@ pub fn authorize_route(
         let guard = auth.compiled();
         match guard
             .sign_in_or(req, guard.refusal(auth.identity(), access))
-            .for_request(is_grpc(req))
+            .for_request(Rendering::of(req))
         {
             Decision::Deny(r) => Err(Reply::from(r)),
             Decision::Reply(reply) => Err(reply),
@@ -715,6 +781,50 @@ mod tests {
         );
         assert!(denied.headers().any(|h| h == ("grpc-status", "7")));
         assert!(denied.headers().any(|h| h == ("grpc-message", "access denied")));
+    }
+
+    #[test]
+    fn replies_to_a_head_request_have_no_body() {
+        use crate::Guard;
+        struct Routed;
+        impl RequestTarget for Routed {
+            fn remove_header(&mut self, _: &str) {}
+            fn set_header(&mut self, _: &str, _: &str) {}
+            fn rewrite_target(&mut self, _: &str) -> Result<(), TargetRewrite> {
+                Err(TargetRewrite::AlreadyRouted {
+                    advice: "wrap the router",
+                })
+            }
+            fn insert_auth(&mut self, _: RequestAuth) {}
+        }
+        let answer = |guard: &Guard, method: &str, path: &str| {
+            let Check::Ready(decision) = guard.check(&OwnedRequest::new(method, path)) else {
+                unreachable!("nothing to wait for")
+            };
+            decision.apply(&mut Routed).expect_err("refused")
+        };
+        // A policy on paths: the guard hands the router the normalised path.
+        let on_paths = AccessPolicy::builder()
+            .allow("paths", [crate::authz::Rule::new().paths(["/a/*"])])
+            .build()
+            .unwrap();
+        let open = Guard::builder().access_policy(on_paths).build().unwrap();
+        let closed = Guard::builder()
+            .access_policy(AccessPolicy::require_authenticated())
+            .build()
+            .unwrap();
+        for (guard, path, status) in [(&open, "/a/./b", 400), (&closed, "/a", 401)] {
+            let get = answer(guard, "GET", path);
+            let head = answer(guard, "HEAD", path);
+            assert_eq!((get.status(), head.status()), (status, status), "{path}");
+            assert!(!get.body().is_empty(), "{path}");
+            assert!(head.body().is_empty(), "{path}: {}", head.body());
+            assert_eq!(
+                get.headers().collect::<Vec<_>>(),
+                head.headers().collect::<Vec<_>>(),
+                "{path}"
+            );
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::adapter::{Admission, Decision, EXPLAIN_HEADER, Rare, Reply, ResponseEdits};
+use crate::adapter::{Admission, Decision, EXPLAIN_HEADER, Rare, Rendering, Reply, ResponseEdits};
 use crate::authn::{Attachments, AuthOutcome, Authenticated, Authenticator, HeaderEdits};
 use crate::authz::{AccessDecision, AccessPolicy, Action, ExternalAuthorizers};
 use crate::check::Check;
@@ -442,22 +442,23 @@ impl Compiled {
     fn check(self: &Arc<Self>, req: &dyn RequestHead) -> Check<Decision> {
         let started = self.metrics.start();
         match self.check_http(req) {
-            // An allowed request reads no more headers.
-            Check::Ready(d @ Decision::Allow(_)) => {
+            // An allowed request without a path rewrite reads no more
+            // headers.
+            Check::Ready(d @ Decision::Allow(Admission { rare: None, .. })) => {
                 self.count(started, &d);
                 Check::Ready(d)
             }
             Check::Ready(d) => {
                 self.count(started, &d);
-                Check::Ready(d.for_request(crate::adapter::is_grpc(req)))
+                Check::Ready(d.for_request(Rendering::of(req)))
             }
             Check::Pending(fut) => {
-                let grpc = crate::adapter::is_grpc(req);
+                let rendering = Rendering::of(req);
                 let this = self.clone();
                 Check::pending(async move {
                     let d = fut.await;
                     this.count(started, &d);
-                    d.for_request(grpc)
+                    d.for_request(rendering)
                 })
             }
         }
@@ -603,6 +604,7 @@ impl Compiled {
             Box::new(Rare {
                 target,
                 response: ResponseEdits { headers },
+                head: false,
             })
         });
         Decision::Allow(Admission {
