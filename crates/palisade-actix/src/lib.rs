@@ -44,6 +44,7 @@
 //! | actix-web | axum / tower | what |
 //! |---|---|---|
 //! | [`Palisade`] (a `Transform`) → [`PalisadeMiddleware<S>`] | `PalisadeLayer` → `Palisade<S>` | the guard on every request |
+//! | [`ResponseFuture<S, B>`] | `ResponseFuture<S, ReqBody>` | the middleware's future (named, not boxed) |
 //! | [`Require`] → [`RequireMiddleware<S>`] | `RequireLayer` (`require`) → `Require<S>` | a route-level policy |
 //! | `Identity`, `Option<Identity>`, `Claims<T>`, `Authorized<R>`, `RequestAuth` | the same | extractors |
 
@@ -239,49 +240,141 @@ impl<B> ResponseTarget for ActixResponse<'_, B> {
     }
 }
 
+/// The answer of the middlewares, from the core's verdict on a request.
+type Answered<B> = Result<ServiceResponse<EitherBody<B>>, Error>;
+
+pin_project_lite::pin_project! {
+    /// The future of [`PalisadeMiddleware`] and [`RequireMiddleware`]: the
+    /// app's response with the core's edits, or the core's reply. A
+    /// request the core admitted at once (a cached token) is not boxed:
+    /// the future is the app's own, plus the response's edits.
+    pub struct ResponseFuture<S, B>
+    where
+        S: Service<ServiceRequest>,
+    {
+        #[pin]
+        kind: Kind<S, B>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = KindProj]
+    enum Kind<S, B>
+    where
+        S: Service<ServiceRequest>,
+    {
+        Inner { #[pin] fut: S::Future, edits: Option<ResponseEdits> },
+        Replied { res: Option<ServiceResponse<EitherBody<B>>> },
+        Waiting { fut: LocalFuture<Answered<B>> },
+    }
+}
+
+impl<S: Service<ServiceRequest>, B> std::fmt::Debug for ResponseFuture<S, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.kind {
+            Kind::Inner { .. } => "calling the app",
+            Kind::Replied { .. } => "replied",
+            Kind::Waiting { .. } => "checking",
+        };
+        f.debug_tuple("ResponseFuture").field(&state).finish()
+    }
+}
+
+impl<S, B> Future for ResponseFuture<S, B>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error>,
+{
+    type Output = Answered<B>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        use std::task::Poll;
+        match self.project().kind.project() {
+            KindProj::Inner { fut, edits } => {
+                let mut res = match fut.poll(cx) {
+                    Poll::Ready(res) => res?,
+                    Poll::Pending => return Poll::Pending,
+                };
+                if let Some(edits) = edits.take() {
+                    edits.apply(&mut ActixResponse(&mut res));
+                }
+                Poll::Ready(Ok(res.map_into_left_body()))
+            }
+            KindProj::Replied { res } => match res.take() {
+                Some(res) => Poll::Ready(Ok(res)),
+                None => Poll::Ready(Err(actix_web::error::ErrorInternalServerError(
+                    "polled after completion",
+                ))),
+            },
+            KindProj::Waiting { fut } => fut.as_mut().poll(cx),
+        }
+    }
+}
+
 /// Calls `service` once `check` is known and `admit` applied it to the
 /// request: the handler's response with the core's edits, or the core's
 /// reply (a response, not an `Err`, so outer middleware still runs).
+/// Inlined, so a ready check builds the app's future in place.
+#[inline]
 fn respond<S, B, V: 'static>(
     service: &Rc<S>,
     mut req: ServiceRequest,
     check: Check<V>,
     admit: fn(V, &mut ServiceRequest) -> Result<Option<ResponseEdits>, Reply>,
-) -> LocalFuture<Result<ServiceResponse<EitherBody<B>>, Error>>
+) -> ResponseFuture<S, B>
 where
     S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
     B: MessageBody + 'static,
 {
-    let service = Rc::clone(service);
-    Box::pin(async move {
-        match admit(check.await, &mut req) {
-            Ok(edits) => {
-                let mut res = service.call(req).await?;
-                if let Some(edits) = edits {
-                    edits.apply(&mut ActixResponse(&mut res));
-                }
-                Ok(res.map_into_left_body())
-            }
-            Err(reply) => {
-                let reply = match reply.body_wanted() {
-                    None => reply,
-                    Some(_) => {
-                        // A reply made from the body (a back-channel
-                        // logout's form): the core checks its limit; the
-                        // app's payload limit applies first.
-                        let (http, payload) = req.parts_mut();
-                        let body =
-                            <actix_web::web::Bytes as actix_web::FromRequest>::from_request(http, payload)
-                                .await
-                                .map(|b| b.to_vec())
-                                .map_err(|_| true);
-                        reply.finish_with_body(body).await
+    let kind = match check {
+        Check::Ready(verdict) => match admit(verdict, &mut req) {
+            Ok(edits) => Kind::Inner {
+                fut: service.call(req),
+                edits,
+            },
+            Err(reply) if reply.body_wanted().is_none() => Kind::Replied {
+                res: Some(req.into_response(actix_response(reply)).map_into_right_body()),
+            },
+            Err(reply) => Kind::Waiting {
+                fut: Box::pin(refuse(req, reply)),
+            },
+        },
+        Check::Pending(check) => {
+            let service = Rc::clone(service);
+            Kind::Waiting {
+                fut: Box::pin(async move {
+                    match admit(check.await, &mut req) {
+                        Ok(edits) => {
+                            let mut res = service.call(req).await?;
+                            if let Some(edits) = edits {
+                                edits.apply(&mut ActixResponse(&mut res));
+                            }
+                            Ok(res.map_into_left_body())
+                        }
+                        Err(reply) => refuse(req, reply).await,
                     }
-                };
-                Ok(req.into_response(actix_response(reply)).map_into_right_body())
+                }),
             }
         }
-    })
+    };
+    ResponseFuture { kind }
+}
+
+/// Answers `req` with the core's `reply`, made from the request body when
+/// the reply wants it (a back-channel logout's form: the core checks its
+/// limit; the app's payload limit applies first).
+async fn refuse<B>(mut req: ServiceRequest, reply: Reply) -> Answered<B> {
+    let reply = match reply.body_wanted() {
+        None => reply,
+        Some(_) => {
+            let (http, payload) = req.parts_mut();
+            let body = <actix_web::web::Bytes as actix_web::FromRequest>::from_request(http, payload)
+                .await
+                .map(|b| b.to_vec())
+                .map_err(|_| true);
+            reply.finish_with_body(body).await
+        }
+    };
+    Ok(req.into_response(actix_response(reply)).map_into_right_body())
 }
 
 impl<S, B> Service<ServiceRequest> for PalisadeMiddleware<S>
@@ -291,7 +384,7 @@ where
 {
     type Response = ServiceResponse<EitherBody<B>>;
     type Error = Error;
-    type Future = LocalFuture<Result<Self::Response, Self::Error>>;
+    type Future = ResponseFuture<S, B>;
 
     forward_ready!(service);
 

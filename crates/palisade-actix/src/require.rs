@@ -28,7 +28,7 @@ use palisade_core::RequestAuth;
 use palisade_core::adapter::authorize_route;
 use palisade_core::authz::AccessPolicy;
 
-use crate::{ActixHead, LocalFuture, respond};
+use crate::{ActixHead, ResponseFuture, respond};
 
 /// Requires a policy (a [`Requirement`](palisade_core::authz::Requirement)
 /// or an [`AccessPolicy`]) on a scope or resource:
@@ -81,7 +81,7 @@ where
 {
     type Response = ServiceResponse<EitherBody<B>>;
     type Error = Error;
-    type Future = LocalFuture<Result<Self::Response, Self::Error>>;
+    type Future = ResponseFuture<S, B>;
 
     forward_ready!(service);
 

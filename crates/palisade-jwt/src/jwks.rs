@@ -350,6 +350,10 @@ pub(crate) struct KeyStore {
     /// keys: a verified token whose key was in the set of a generation
     /// still current needs no look-up of its key.
     generation: AtomicU64,
+    /// Held by [`replace`](Self::replace): the comparison with the old set,
+    /// the store and the new generation are one step even if a second
+    /// writer ever came (today the store's one fetch task is the only one).
+    replacing: Mutex<()>,
 }
 
 impl KeyStore {
@@ -367,6 +371,7 @@ impl KeyStore {
             settings,
             fetched,
             generation: AtomicU64::new(0),
+            replacing: Mutex::new(()),
         }
     }
 
@@ -391,6 +396,7 @@ impl KeyStore {
 
     /// Makes `set` the current keys; a new generation when its keys differ.
     fn replace(&self, set: KeySet) {
+        let _one_writer = self.replacing.lock().unwrap_or_else(PoisonError::into_inner);
         let changed = {
             let old = self.current.load();
             old.keys.len() != set.keys.len()
