@@ -88,7 +88,8 @@ pub fn on_connect(connection: &dyn std::any::Any, data: &mut actix_web::dev::Ext
     }
 }
 
-/// The boxed future of the middlewares (actix-web services are `!Send`).
+/// A boxed future (actix-web services are `!Send`): `BodyLimit`'s, and
+/// [`ResponseFuture`]'s while a check waits.
 type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
 
 /// The middleware factory: `App::new().wrap(Palisade::new(guard))`.

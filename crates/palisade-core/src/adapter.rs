@@ -109,7 +109,9 @@ pub trait ResponseTarget {
 ///
 /// Adapters should not match on it but call [`Decision::apply`]: a refusal,
 /// a redirect or an authenticator's own answer is rendered by the core
-/// either way.
+/// either way. A refusal of a gRPC call or of a HEAD request comes as a
+/// [`Decision::Reply`] already rendered for it ([`Reply::grpc`],
+/// [`Reply::without_body`]), its [`Rejection`] inside.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum Decision {
@@ -125,8 +127,9 @@ pub enum Decision {
 
 /// How the core's own answers to a request are rendered: as they are, as
 /// a gRPC client reads them, or without their body (a HEAD request).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) enum Rendering {
+    #[default]
     Http,
     Head,
     Grpc,
@@ -145,7 +148,7 @@ impl Rendering {
     }
 
     /// `reply` rendered so.
-    fn render(self, reply: Reply) -> Reply {
+    pub(crate) fn render(self, reply: Reply) -> Reply {
         match self {
             Rendering::Http => reply,
             Rendering::Head => reply.without_body(),
@@ -156,19 +159,19 @@ impl Rendering {
 
 impl Decision {
     /// The decision with its refusal or reply rendered for the request
-    /// ([`Rendering::of`]): every adapter sends the same bytes, and none
+    /// ([`Rendering::of`]): every adapter sends the same answer, and none
     /// needs to know that hyper's HTTP/2 server would send a HEAD
     /// response's body. An admission whose path rewrite may fail remembers
-    /// a HEAD request for that 400.
+    /// the rendering for that 400.
     pub(crate) fn for_request(self, rendering: Rendering) -> Self {
         match self {
             Decision::Deny(r) if rendering != Rendering::Http => {
                 Decision::Reply(rendering.render(Reply::from(r)))
             }
             Decision::Reply(r) => Decision::Reply(rendering.render(r)),
-            Decision::Allow(mut a) if rendering == Rendering::Head => {
+            Decision::Allow(mut a) if rendering != Rendering::Http => {
                 if let Some(rare) = a.rare.as_mut() {
-                    rare.head = true;
+                    rare.rendering = rendering;
                 }
                 Decision::Allow(a)
             }
@@ -210,8 +213,8 @@ pub struct Admission {
 pub(crate) struct Rare {
     pub(crate) target: Option<String>,
     pub(crate) response: ResponseEdits,
-    /// A HEAD request: a refused rewrite answers without a body.
-    pub(crate) head: bool,
+    /// How a refused rewrite's 400 is rendered (HEAD, gRPC).
+    pub(crate) rendering: Rendering,
 }
 
 /// The edits of a response that gets none.
@@ -262,8 +265,8 @@ impl Admission {
             let reply = Reply::from(Rejection::malformed_path(
                 "the request path is not in normal form",
             ));
-            let head = self.rare.as_ref().is_some_and(|r| r.head);
-            return Err(if head { reply.without_body() } else { reply });
+            let rendering = self.rare.as_ref().map_or(Rendering::Http, |r| r.rendering);
+            return Err(rendering.render(reply));
         }
         for edit in self.edits.as_slice() {
             match edit {
@@ -346,6 +349,9 @@ struct Rendered {
     status: u16,
     headers: Vec<(&'static str, String)>,
     body: String,
+    /// An answer to a HEAD request: `body` is what a GET would get, and
+    /// is not sent.
+    head: bool,
     rejection: Option<Rejection>,
     body_wanted: Option<BodyWanted>,
 }
@@ -357,6 +363,8 @@ type Continuation = std::sync::Arc<dyn Fn(Vec<u8>) -> Check<Reply> + Send + Sync
 struct BodyWanted {
     limit: usize,
     then: Continuation,
+    /// How the reply made from the body is rendered (HEAD, gRPC).
+    rendering: Rendering,
 }
 
 impl std::fmt::Debug for Reply {
@@ -390,6 +398,7 @@ impl From<Rejection> for Reply {
             headers,
             body: rejection.problem_json(),
             rejection: Some(rejection),
+            head: false,
             body_wanted: None,
         }))
     }
@@ -404,6 +413,7 @@ impl Reply {
             headers: Vec::new(),
             body: String::new(),
             rejection: None,
+            head: false,
             body_wanted: None,
         }))
     }
@@ -454,6 +464,7 @@ impl Reply {
         reply.0.body_wanted = Some(BodyWanted {
             limit,
             then: std::sync::Arc::new(then),
+            rendering: Rendering::Http,
         });
         reply
     }
@@ -473,7 +484,8 @@ impl Reply {
         let Some(wanted) = self.0.body_wanted.clone() else {
             return Check::Ready(self);
         };
-        match body {
+        let rendering = wanted.rendering;
+        let reply = match body {
             Ok(bytes) if bytes.len() <= wanted.limit => (wanted.then)(bytes),
             Ok(_) | Err(true) => Check::Ready(Reply::problem(
                 413,
@@ -484,6 +496,10 @@ impl Reply {
             Err(false) => Check::Ready(Reply::from(Rejection::bad_request(
                 "the request body could not be read",
             ))),
+        };
+        match rendering {
+            Rendering::Http => reply,
+            _ => reply.map(move |r| rendering.render(r)),
         }
     }
 
@@ -513,8 +529,10 @@ impl Reply {
     /// ```
     #[must_use]
     pub fn grpc(self) -> Self {
-        let r = *self.0;
-        if r.body_wanted.is_some() {
+        let mut r = *self.0;
+        if let Some(wanted) = r.body_wanted.as_mut() {
+            // The reply made from the body is rendered so.
+            wanted.rendering = Rendering::Grpc;
             return Self(Box::new(r));
         }
         let code = match r.status {
@@ -547,18 +565,23 @@ impl Reply {
             headers,
             body: String::new(),
             rejection: r.rejection,
+            head: false,
             body_wanted: None,
         }))
     }
 
-    /// The same answer to a HEAD request: its status and headers, no body.
-    /// (hyper's HTTP/1 server drops a HEAD response's body, its HTTP/2
-    /// server sends it: the core drops it for every framework.) A reply
-    /// that wants the request body is kept as it is.
+    /// The same answer to a HEAD request: its status and headers, and no
+    /// body ([`Reply::body`] and [`Reply::into_parts`] give none; hyper's
+    /// HTTP/1 server drops a HEAD response's body, its HTTP/2 server would
+    /// send it). `actix_response` keeps the body in the response, because
+    /// actix-http drops it itself after sending the length a GET would
+    /// get. A reply that wants the request body renders the reply made
+    /// from it so.
     #[must_use]
     pub fn without_body(mut self) -> Self {
-        if self.0.body_wanted.is_none() {
-            self.0.body.clear();
+        match self.0.body_wanted.as_mut() {
+            Some(wanted) => wanted.rendering = Rendering::Head,
+            None => self.0.head = true,
         }
         self
     }
@@ -574,10 +597,10 @@ impl Reply {
         self.0.headers.iter().map(|(n, v)| (*n, v.as_str()))
     }
 
-    /// The body.
+    /// The body to send: none to a HEAD request ([`Reply::without_body`]).
     #[must_use]
     pub fn body(&self) -> &str {
-        &self.0.body
+        if self.0.head { "" } else { &self.0.body }
     }
 
     /// The refusal this reply renders, when it is one.
@@ -593,7 +616,8 @@ impl Reply {
     #[must_use]
     pub fn into_parts(self) -> (u16, Vec<(&'static str, String)>, String, Option<Rejection>) {
         let r = *self.0;
-        (r.status, r.headers, r.body, r.rejection)
+        let body = if r.head { String::new() } else { r.body };
+        (r.status, r.headers, body, r.rejection)
     }
 }
 
@@ -661,7 +685,10 @@ pub fn http_response<B>(reply: Reply, body: impl FnOnce(String) -> B) -> http::R
 pub fn actix_response(reply: Reply) -> actix_web::HttpResponse {
     use actix_web::http::StatusCode;
     use actix_web::http::header::HeaderValue;
-    let (status, headers, text, rejection) = reply.into_parts();
+    // actix-http drops a HEAD response's body itself, after sending the
+    // length a GET would get: the body stays.
+    let r = *reply.0;
+    let (status, headers, text, rejection) = (r.status, r.headers, r.body, r.rejection);
     let mut builder =
         actix_web::HttpResponse::build(StatusCode::from_u16(status).unwrap_or(StatusCode::UNAUTHORIZED));
     for (name, value) in headers {
@@ -824,6 +851,26 @@ mod tests {
                 head.headers().collect::<Vec<_>>(),
                 "{path}"
             );
+        }
+    }
+
+    #[test]
+    fn a_reply_made_from_the_body_is_rendered_as_its_request() {
+        let wanting = || Reply::after_body(10, |_| Check::Ready(Reply::problem(400, "x", "Bad", "bad form")));
+        for body in [Ok(b"form".to_vec()), Err(true)] {
+            let Check::Ready(get) = wanting().finish_with_body(body.clone()) else {
+                unreachable!()
+            };
+            let Check::Ready(head) = wanting().without_body().finish_with_body(body.clone()) else {
+                unreachable!()
+            };
+            let Check::Ready(grpc) = wanting().grpc().finish_with_body(body) else {
+                unreachable!()
+            };
+            assert!(!get.body().is_empty());
+            assert_eq!(head.status(), get.status());
+            assert!(head.body().is_empty(), "{}", head.body());
+            assert!(grpc.headers().any(|(n, _)| n == "grpc-status"));
         }
     }
 

@@ -604,7 +604,7 @@ impl Compiled {
             Box::new(Rare {
                 target,
                 response: ResponseEdits { headers },
-                head: false,
+                rendering: Rendering::Http,
             })
         });
         Decision::Allow(Admission {
