@@ -291,14 +291,11 @@ where
         use std::task::Poll;
         match self.project().kind.project() {
             KindProj::Inner { fut, edits } => {
-                let mut res = match fut.poll(cx) {
+                let res = match fut.poll(cx) {
                     Poll::Ready(res) => res?,
                     Poll::Pending => return Poll::Pending,
                 };
-                if let Some(edits) = edits.take() {
-                    edits.apply(&mut ActixResponse(&mut res));
-                }
-                Poll::Ready(Ok(res.map_into_left_body()))
+                Poll::Ready(Ok(edited(res, edits.take())))
             }
             KindProj::Replied { res } => match res.take() {
                 Some(res) => Poll::Ready(Ok(res)),
@@ -344,13 +341,7 @@ where
             Kind::Waiting {
                 fut: Box::pin(async move {
                     match admit(check.await, &mut req) {
-                        Ok(edits) => {
-                            let mut res = service.call(req).await?;
-                            if let Some(edits) = edits {
-                                edits.apply(&mut ActixResponse(&mut res));
-                            }
-                            Ok(res.map_into_left_body())
-                        }
+                        Ok(edits) => Ok(edited(service.call(req).await?, edits)),
                         Err(reply) => refuse(req, reply).await,
                     }
                 }),
@@ -358,6 +349,14 @@ where
         }
     };
     ResponseFuture { kind }
+}
+
+/// The app's response with the core's edits, as the middlewares answer it.
+fn edited<B>(mut res: ServiceResponse<B>, edits: Option<ResponseEdits>) -> ServiceResponse<EitherBody<B>> {
+    if let Some(edits) = edits {
+        edits.apply(&mut ActixResponse(&mut res));
+    }
+    res.map_into_left_body()
 }
 
 /// Answers `req` with the core's `reply`, made from the request body when

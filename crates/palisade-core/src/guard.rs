@@ -444,7 +444,7 @@ impl Compiled {
         match self.check_http(req) {
             // An allowed request without a path rewrite reads no more
             // headers.
-            Check::Ready(d @ Decision::Allow(Admission { rare: None, .. })) => {
+            Check::Ready(d) if matches!(&d, Decision::Allow(a) if a.rewritten_target().is_none()) => {
                 self.count(started, &d);
                 Check::Ready(d)
             }
