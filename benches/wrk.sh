@@ -20,7 +20,9 @@
 #   ROUNDS=10 DURATION=10 benches/wrk.sh reviews
 #
 # Settings (environment): ROUNDS (5), DURATION seconds (5), THREADS (1) and
-# CONNECTIONS (16) of wrk, SERVER_CPUS (0), WRK_CPUS (1).
+# CONNECTIONS (16) of wrk, SERVER_CPUS (0), WRK_CPUS (1); PIN=0 leaves the
+# servers and wrk unpinned, sharing every CPU (wrk's own defaults are
+# THREADS=2 CONNECTIONS=10).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -43,7 +45,7 @@ ensure_pkg pkg-config pkg-config
 ensure_libclang
 
 server_pin=() wrk_pin=()
-if command -v taskset >/dev/null 2>&1 && [ "$(nproc)" -ge 2 ]; then
+if [ "${PIN:-1}" != 0 ] && command -v taskset >/dev/null 2>&1 && [ "$(nproc)" -ge 2 ]; then
   server_pin=(taskset -c "${SERVER_CPUS:-0}")
   wrk_pin=(taskset -c "${WRK_CPUS:-1}")
 fi
@@ -150,9 +152,10 @@ for svc in "${services[@]}"; do
   summary+=("$svc (${framework[$svc]}): with / without Palisade = $ratio (ratio of sums; the bar is 0.97)")
   # With the server on one CPU and wrk keeping it busy, a request's cost in
   # server CPU is the inverse of the rate: the difference is what Palisade
-  # adds, the kernel's share included.
-  summary+=("  server CPU per request: $(awk -v g="$sum_g" -v o="$sum_o" -v n="$rounds" \
-    'BEGIN {printf "%.2f µs with, %.2f µs without, %.2f µs added", 1e6 * n / g, 1e6 * n / o, 1e6 * n / g - 1e6 * n / o}')")
+  # adds, the kernel's share included. Unpinned, the rate says nothing of it.
+  [ ${#server_pin[@]} -eq 0 ] ||
+    summary+=("  server CPU per request: $(awk -v g="$sum_g" -v o="$sum_o" -v n="$rounds" \
+      'BEGIN {printf "%.2f µs with, %.2f µs without, %.2f µs added", 1e6 * n / g, 1e6 * n / o, 1e6 * n / g - 1e6 * n / o}')")
 
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   pids=()

@@ -258,7 +258,18 @@ async fn core_status(guard: &Guard, r: &Req, token: Option<&String>) -> (u16, Ac
             r.status(),
             r.access().cloned().expect("a policy denial carries its decision"),
         ),
-        other => panic!("no authenticator here answers itself: {other:?}"),
+        // A refusal rendered for HEAD or gRPC keeps its rejection, and
+        // the rejection its status (a gRPC answer's HTTP status is 200).
+        Decision::Reply(reply) => {
+            let r = reply
+                .rejection()
+                .expect("no authenticator here answers itself: a reply is a rendered refusal");
+            (
+                r.status(),
+                r.access().cloned().expect("a policy denial carries its decision"),
+            )
+        }
+        other => panic!("a decision this runner does not know: {other:?}"),
     }
 }
 

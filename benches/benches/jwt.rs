@@ -519,6 +519,68 @@ fn breakdown_benches(c: &mut Criterion) {
     g.finish();
 }
 
+/// Cached-token checks on every CPU at once (one thread each), with one
+/// token shared by all threads (a single upstream's service token) and
+/// with a token of each thread's own (many users): the time per check on
+/// each thread, which contention on the shared token's cache entry makes
+/// longer than with a token each.
+fn scaling_benches(c: &mut Criterion) {
+    use palisade::core::authn::OwnedRequest;
+    let threads = std::thread::available_parallelism().map_or(2, usize::from).max(2);
+    let issuer = TestIssuer::builder().default_audience("bench").start().unwrap();
+    let guard = guard(&issuer, 10_000);
+    let requests = |shared: bool| -> Vec<OwnedRequest> {
+        let one = issuer.token().sign();
+        (0..threads)
+            .map(|i| {
+                let token = if shared {
+                    one.clone()
+                } else {
+                    issuer
+                        .token()
+                        .claim("jti", serde_json::json!(format!("bench-{i}")))
+                        .sign()
+                };
+                let req = OwnedRequest::get("/").header("authorization", format!("Bearer {token}"));
+                assert!(matches!(guard.check(&req), Check::Ready(_)), "cached from now on");
+                req
+            })
+            .collect()
+    };
+    let mut g = c.benchmark_group("scaling");
+    for (name, shared) in [
+        ("guard_check_cached/one_token_all_threads", true),
+        ("guard_check_cached/a_token_per_thread", false),
+    ] {
+        let reqs = requests(shared);
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let start = std::sync::Barrier::new(reqs.len());
+                std::thread::scope(|s| {
+                    let handles: Vec<_> = reqs
+                        .iter()
+                        .map(|req| {
+                            let (guard, start) = (&guard, &start);
+                            s.spawn(move || {
+                                start.wait();
+                                let began = std::time::Instant::now();
+                                for _ in 0..iters {
+                                    black_box(guard.check(black_box(req)));
+                                }
+                                began.elapsed()
+                            })
+                        })
+                        .collect();
+                    // Each thread's time per check, averaged over the threads.
+                    let total: std::time::Duration = handles.into_iter().map(|h| h.join().unwrap()).sum();
+                    total / u32::try_from(reqs.len()).unwrap_or(1)
+                })
+            });
+        });
+    }
+    g.finish();
+}
+
 /// A loopback introspection endpoint that answers every call with an
 /// active token for `bench`: only the first request of the bench reaches
 /// it (the rest are cache hits, which is what is measured).
@@ -736,6 +798,7 @@ criterion_group!(
     dpop_benches,
     introspection_benches,
     breakdown_benches,
+    scaling_benches,
     overhead_benches,
     axum_benches,
     actix_benches,

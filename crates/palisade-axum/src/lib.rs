@@ -86,7 +86,7 @@ use bytes::Bytes;
 use http::header::{AUTHORIZATION, COOKIE, HOST, HeaderName, HeaderValue};
 use http::{Request, Response};
 use palisade_core::adapter::{
-    Reply, RequestTarget, ResponseEdits, ResponseTarget, TargetRewrite, http_response, render_for,
+    Rendering, Reply, RequestTarget, ResponseEdits, ResponseTarget, TargetRewrite, http_response,
 };
 use palisade_core::authn::{ConnectionInfo, RequestHead};
 use palisade_core::{BoxFuture, Check, Guard, RequestAuth};
@@ -184,6 +184,12 @@ struct HttpHead<'a, B>(&'a Request<B>, std::borrow::Cow<'a, str>);
 struct HttpRequest<'a, B>(&'a mut Request<B>);
 
 impl<'a, B> HttpHead<'a, B> {
+    /// The request with the path it carries (inside a nest, without the
+    /// nest's prefix): enough to render a reply for it.
+    fn as_sent(req: &'a Request<B>) -> Self {
+        Self(req, std::borrow::Cow::Borrowed(req.uri().path()))
+    }
+
     /// The request as policies see it. Inside `Router::nest("/api", …)`
     /// axum strips the prefix from the URI; policies match the full path
     /// (as actix-web's scopes show it, and Istio sees it), so a literal
@@ -191,7 +197,7 @@ impl<'a, B> HttpHead<'a, B> {
     /// `Err` with the refusal.
     fn new(req: &'a Request<B>) -> Result<Self, Reply> {
         let Some(nested) = req.extensions().get::<axum::extract::NestedPath>() else {
-            return Ok(Self(req, std::borrow::Cow::Borrowed(req.uri().path())));
+            return Ok(Self::as_sent(req));
         };
         let prefix = nested.as_str().trim_end_matches('/');
         if prefix.contains('{') {
@@ -203,10 +209,7 @@ impl<'a, B> HttpHead<'a, B> {
             let reply = Reply::from(palisade_core::Rejection::malformed_path(
                 "the request path cannot be checked here",
             ));
-            return Err(render_for(
-                &Self(req, std::borrow::Cow::Borrowed(req.uri().path())),
-                reply,
-            ));
+            return Err(Rendering::of(&Self::as_sent(req)).render(reply));
         }
         let path = match req.uri().path() {
             "/" => prefix.to_owned(),

@@ -10,12 +10,12 @@ use axum::body::Body;
 use axum::extract::DefaultBodyLimit;
 use http::header::CONTENT_LENGTH;
 use http::{Request, Response};
-use palisade_core::adapter::Reply;
+use palisade_core::adapter::{Rendering, Reply};
 use palisade_core::limits::{BodyTimer, ServerLimits};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::{ResponseBody, answered, reply};
+use crate::{HttpHead, ResponseBody, answered, reply};
 
 /// Caps request bodies at [`ServerLimits::max_body`] (2 MiB by default, as
 /// actix-web's `palisade_actix::BodyLimit`): a declared `Content-Length`
@@ -91,7 +91,9 @@ where
         let declared = req.headers().get(CONTENT_LENGTH).map(http::HeaderValue::as_bytes);
         if let Err(refusal) = self.limits.check_content_length(declared) {
             return BodyLimitFuture {
-                kind: Kind::Refused { reply: Some(refusal) },
+                kind: Kind::Refused {
+                    reply: Some(Rendering::of(&HttpHead::as_sent(&req)).render(refusal)),
+                },
             };
         }
         // A request without a body (most) needs neither limit nor clock.
@@ -101,9 +103,13 @@ where
                     fut: self.inner.call(req.map(Body::new)),
                     late: None,
                     limits: self.limits,
+                    rendering: Rendering::Http,
                 },
             };
         }
+        // The 408 for a body too slow is the guard's kind of answer: none
+        // to a HEAD request, a gRPC status to a gRPC call.
+        let rendering = Rendering::of(&HttpHead::as_sent(&req));
         let limit = self.limits.max_body();
         let late = Arc::new(AtomicBool::new(false));
         let mut req = req.map(|body| {
@@ -119,6 +125,7 @@ where
                 fut: self.inner.call(req),
                 late: Some(late),
                 limits: self.limits,
+                rendering,
             },
         }
     }
@@ -187,7 +194,13 @@ pin_project_lite::pin_project! {
 pin_project_lite::pin_project! {
     #[project = KindProj]
     enum Kind<F> {
-        Inner { #[pin] fut: F, late: Option<Arc<AtomicBool>>, limits: ServerLimits },
+        Inner {
+            #[pin]
+            fut: F,
+            late: Option<Arc<AtomicBool>>,
+            limits: ServerLimits,
+            rendering: Rendering,
+        },
         Refused { reply: Option<Reply> },
     }
 }
@@ -200,15 +213,111 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
-            KindProj::Inner { fut, late, limits } => {
+            KindProj::Inner {
+                fut,
+                late,
+                limits,
+                rendering,
+            } => {
                 let res = ready!(fut.poll(cx))?;
                 // Whatever the app answered a body it could not read in time.
                 if late.as_ref().is_some_and(|l| l.load(Ordering::Relaxed)) {
-                    return Poll::Ready(Ok(reply(limits.body_too_slow())));
+                    return Poll::Ready(Ok(reply(rendering.render(limits.body_too_slow()))));
                 }
                 Poll::Ready(Ok(res.map(ResponseBody::inner)))
             }
             KindProj::Refused { reply: r } => Poll::Ready(Ok(r.take().map_or_else(answered, reply))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::Router;
+    use axum::routing::any;
+    use bytes::Bytes;
+    use http_body_util::BodyExt as _;
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    /// A body that never sends a byte.
+    struct Stalled;
+
+    impl http_body::Body for Stalled {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            Poll::Pending
+        }
+    }
+
+    /// The answer of a 10-byte, 200 ms body limit around a route that reads
+    /// the body: status, headers and body.
+    async fn send<B>(req: Request<B>) -> (u16, http::HeaderMap, Bytes)
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
+        let limits = ServerLimits::default()
+            .body_limit(10)
+            .body_read_timeout(Duration::from_millis(200));
+        let app = Router::new().route("/", any(|body: Bytes| async move { body.len().to_string() }));
+        let res = BodyLimitLayer::new(limits).layer(app).oneshot(req).await.unwrap();
+        let (parts, body) = res.into_parts();
+        (
+            parts.status.as_u16(),
+            parts.headers,
+            body.collect().await.unwrap().to_bytes(),
+        )
+    }
+
+    fn request(method: &str, content_type: &str) -> http::request::Builder {
+        Request::builder()
+            .method(method)
+            .uri("/")
+            .header("content-type", content_type)
+    }
+
+    #[tokio::test]
+    async fn its_413_is_rendered_for_head_and_grpc_as_the_guard_renders_its_answers() {
+        let declared = |method, content_type| {
+            request(method, content_type)
+                .header("content-length", "11")
+                .body(Body::from("01234567890"))
+                .unwrap()
+        };
+        let (status, _, body) = send(declared("POST", "text/plain")).await;
+        assert_eq!(status, 413);
+        assert!(!body.is_empty(), "the problem document");
+        let (status, headers, body) = send(declared("HEAD", "text/plain")).await;
+        assert_eq!(status, 413);
+        assert!(body.is_empty(), "{body:?}");
+        assert!(headers.get("grpc-status").is_none());
+        let (status, headers, body) = send(declared("POST", "application/grpc")).await;
+        assert_eq!(status, 200, "gRPC answers its errors with 200 and a grpc-status");
+        assert!(headers.get("grpc-status").is_some(), "{headers:?}");
+        assert!(body.is_empty(), "{body:?}");
+    }
+
+    #[tokio::test]
+    async fn its_408_is_rendered_for_head_and_grpc_as_the_guard_renders_its_answers() {
+        let stalled = |method, content_type| request(method, content_type).body(Stalled).unwrap();
+        let (status, _, body) = send(stalled("POST", "text/plain")).await;
+        assert_eq!(status, 408);
+        assert!(!body.is_empty(), "the problem document");
+        let (status, _, body) = send(stalled("HEAD", "text/plain")).await;
+        assert_eq!(status, 408);
+        assert!(body.is_empty(), "{body:?}");
+        let (status, headers, body) = send(stalled("POST", "application/grpc")).await;
+        assert_eq!(status, 200);
+        assert!(headers.get("grpc-status").is_some(), "{headers:?}");
+        assert!(body.is_empty(), "{body:?}");
     }
 }

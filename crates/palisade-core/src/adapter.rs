@@ -125,19 +125,44 @@ pub enum Decision {
     Reply(Reply),
 }
 
-/// How the core's own answers to a request are rendered: as they are, as
-/// a gRPC client reads them, or without their body (a HEAD request).
+/// How the answers to a request are rendered: as they are, as a gRPC
+/// client reads them, or without their body (a HEAD request).
+///
+/// The guard renders its own answers; an adapter renders the replies it
+/// makes itself (a body limit's 413 and 408, axum's 400 for a router
+/// nested at a templated path) the same way, so a HEAD request or a gRPC
+/// call gets the same kind of answer from every layer:
+///
+/// ```
+/// use palisade_core::Rejection;
+/// use palisade_core::adapter::{Rendering, Reply};
+/// use palisade_core::authn::OwnedRequest;
+///
+/// let head = OwnedRequest::new("HEAD", "/upload");
+/// let reply = Rendering::of(&head).render(Reply::from(Rejection::malformed_path("no")));
+/// assert_eq!(reply.status(), 400);
+/// assert!(reply.body().is_empty());
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) enum Rendering {
+#[non_exhaustive]
+pub enum Rendering {
+    /// As the reply is.
     #[default]
     Http,
+    /// Without its body ([`Reply::without_body`]): the answer to a HEAD
+    /// request.
     Head,
+    /// As a gRPC client reads it ([`Reply::grpc`]): a `grpc-status`
+    /// trailer-only answer with HTTP status 200.
     Grpc,
 }
 
 impl Rendering {
-    /// The rendering `req` gets.
-    pub(crate) fn of(req: &dyn RequestHead) -> Self {
+    /// The rendering `req` gets: [`Head`](Rendering::Head) for a HEAD
+    /// request, [`Grpc`](Rendering::Grpc) for a gRPC call (a POST whose
+    /// content-type is `application/grpc`, `+proto` or any other suffix).
+    #[must_use]
+    pub fn of(req: &dyn RequestHead) -> Self {
         if req.method() == "HEAD" {
             Rendering::Head
         } else if is_grpc(req) {
@@ -148,7 +173,8 @@ impl Rendering {
     }
 
     /// `reply` rendered so.
-    pub(crate) fn render(self, reply: Reply) -> Reply {
+    #[must_use]
+    pub fn render(self, reply: Reply) -> Reply {
         match self {
             Rendering::Http => reply,
             Rendering::Head => reply.without_body(),
@@ -647,14 +673,6 @@ pub fn is_grpc(req: &dyn RequestHead) -> bool {
                 && v[..16].eq_ignore_ascii_case(b"application/grpc")
                 && matches!(v.get(16), None | Some(b'+' | b';'))
         })
-}
-
-/// An adapter's own reply (one it makes before the guard sees the
-/// request) rendered for `req` as the core renders its own: for a gRPC
-/// call as [`Reply::grpc`], to a HEAD request [`Reply::without_body`].
-#[must_use]
-pub fn render_for(req: &dyn RequestHead, reply: Reply) -> Reply {
-    Rendering::of(req).render(reply)
 }
 
 /// A [`Reply`] as an `http` 1 response (axum, hyper, tonic), with the body

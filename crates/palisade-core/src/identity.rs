@@ -208,7 +208,7 @@ pub struct KerberosIdentity {
     pub groups: Vec<String>,
 }
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Inner {
     methods: Vec<AuthMethod>,
     token: Option<TokenClaims>,
@@ -259,6 +259,27 @@ impl Inner {
 pub struct Identity(Arc<Inner>);
 
 impl Identity {
+    /// A copy that shares no reference count with this identity. Its
+    /// clones count references in memory of its own, so a per-thread cache
+    /// (an authenticator's copy of a hot token's identity on each worker
+    /// thread) hands out identities without the threads writing one
+    /// counter in turn. Costs what the claims cost to copy; a plain
+    /// [`clone`](Clone::clone) is the cheap way to share one.
+    ///
+    /// ```
+    /// use palisade_core::{Identity, TokenClaims, Verification};
+    /// let mut claims = TokenClaims::default();
+    /// claims.subject = "alice".into();
+    /// let id = Identity::from_token(claims, Verification::assertion());
+    /// let copy = id.unshared();
+    /// assert_eq!(copy.request_principal(), id.request_principal());
+    /// assert_eq!(copy.methods(), id.methods());
+    /// ```
+    #[must_use]
+    pub fn unshared(&self) -> Self {
+        Self(Arc::new(Inner::clone(&self.0)))
+    }
+
     /// Builds the identity of a verified token's bearer.
     #[must_use]
     pub fn from_token(claims: TokenClaims, _proof: Verification) -> Self {

@@ -25,6 +25,7 @@ use crate::dpop::{
     DpopError, DpopSettings, DpopVerifier, ProofRequest, VerifiedProof, bound_token_matches, sha256,
 };
 use crate::error::JwtError;
+use crate::front::Front;
 use crate::introspect::{Active, Convert, Introspector, TokenKey, looks_like_jws};
 use crate::jwks::{Fetched, KeySet, KeyStore, VerifyKey, fetched_store, hmac_key, parse_jwks, pem_key};
 use crate::resource::{ResourceMetadata, Served};
@@ -91,7 +92,46 @@ struct CacheEntry {
     keys_generation: u64,
 }
 
+impl CacheEntry {
+    /// A copy for one thread's front ([`crate::front`]): the same entry,
+    /// with the identity, the token and the header edits it hands out
+    /// behind reference counts of its own.
+    fn unshared(&self) -> Self {
+        Self {
+            identity: self.identity.unshared(),
+            bearer: Arc::new(BearerToken::clone(&self.bearer)),
+            provider: self.provider,
+            kid: self.kid.clone(),
+            fingerprint: self.fingerprint,
+            exp: self.exp,
+            nbf: self.nbf,
+            tenant: self.tenant.clone(),
+            edits: self.edits.clone(),
+            source: self.source,
+            all_edits: HeaderEdits::from(self.all_edits.as_slice().to_vec()),
+            sha256: self.sha256.clone(),
+            unbound: self.unbound,
+            keys_generation: self.keys_generation,
+        }
+    }
+}
+
 type Cache = TokenCache<Arc<CacheEntry>>;
+
+thread_local! {
+    /// This thread's copies of the tokens it sees most, for every
+    /// authenticator ([`crate::front`]).
+    static FRONT: std::cell::RefCell<Front<CacheEntry>> = const { std::cell::RefCell::new(Front::new()) };
+}
+
+/// `f` of this thread's front; `None` while the thread is being torn
+/// down or the front is in use further up the stack.
+fn with_front<R>(f: impl FnOnce(&mut Front<CacheEntry>) -> R) -> Option<R> {
+    FRONT
+        .try_with(|front| front.try_borrow_mut().ok().map(|mut front| f(&mut front)))
+        .ok()
+        .flatten()
+}
 
 /// DPoP (RFC 9449) for this authenticator.
 struct Dpop {
@@ -135,6 +175,8 @@ struct Shared {
     resource: Option<Served>,
     dpop: Option<Dpop>,
     cache: Option<Cache>,
+    /// The cache's name in each thread's front ([`crate::front`]).
+    front_owner: u64,
     cache_entries: u64,
     cache_hits: metrics::Counter,
     cache_misses: metrics::Counter,
@@ -418,6 +460,7 @@ impl JwtAuthenticatorBuilder {
             resource,
             dpop,
             cache: (self.cache_entries > 0).then(|| TokenCache::new(self.cache_entries)),
+            front_owner: crate::front::new_owner(),
             cache_entries: self.cache_entries,
             cache_hits,
             cache_misses,
@@ -1093,8 +1136,8 @@ impl JwtAuthenticator {
     /// key is gone is dropped.
     fn hit(&self, token: &[u8], source: usize) -> Option<Step<'static>> {
         let cache = self.0.cache.as_ref()?;
-        // Answered under the cache's read lock, from the entry in place.
-        let answer = cache.with(token, |entry| {
+        let owner = self.0.front_owner;
+        let step = |entry: &CacheEntry| {
             self.cached(entry, source).map(|done| {
                 if entry.unbound {
                     Step::Unbound(done)
@@ -1102,8 +1145,32 @@ impl JwtAuthenticator {
                     Step::Done(done)
                 }
             })
-        })?;
+        };
+        // This thread's own copy first: it writes no memory another
+        // thread writes.
+        let answer = match with_front(|f| f.find(owner, token).map(&step)).flatten() {
+            Some(answer) => answer,
+            None => {
+                // Answered under the cache's read lock, from the entry in place.
+                let mut copy = None;
+                let answer = cache.with(token, |entry| {
+                    let answer = step(entry);
+                    if answer.is_some() && with_front(|f| f.deserves_copy(owner, token)) == Some(true) {
+                        copy = Some(Arc::clone(entry));
+                    }
+                    answer
+                })?;
+                if let Some(entry) = copy {
+                    let entry = entry.unshared();
+                    with_front(|f| f.insert(owner, token, entry));
+                }
+                answer
+            }
+        };
         if answer.is_none() {
+            // The token's key is gone: from the shared cache, and from this
+            // thread's front (other threads' fronts find the same).
+            with_front(|f| f.remove(owner, token));
             cache.remove(token);
         } else {
             self.0.cache_hits.increment(1);

@@ -37,6 +37,7 @@ mod cache;
 mod config;
 pub mod dpop;
 mod error;
+mod front;
 mod introspect;
 mod jwks;
 mod key_quality;
