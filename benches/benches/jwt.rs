@@ -519,48 +519,65 @@ fn breakdown_benches(c: &mut Criterion) {
     g.finish();
 }
 
-/// Cached-token checks on every CPU at once (one thread each), with one
-/// token shared by all threads (a single upstream's service token) and
-/// with a token of each thread's own (many users): the time per check on
-/// each thread, which contention on the shared token's cache entry makes
-/// longer than with a token each.
+/// Cached-token checks on every CPU at once (one thread each): with one
+/// token shared by all threads (a single upstream's service token), with a
+/// token of each thread's own (many users), and, as the floor, with a
+/// guard of each thread's own (nothing shared but the allocator); and on
+/// one thread alone. The time is each thread's per check: what the first
+/// two add to the floor is contention on memory the threads share.
 fn scaling_benches(c: &mut Criterion) {
     use palisade::core::authn::OwnedRequest;
+    use palisade::prelude::Guard;
     let threads = std::thread::available_parallelism().map_or(2, usize::from).max(2);
     let issuer = TestIssuer::builder().default_audience("bench").start().unwrap();
-    let guard = guard(&issuer, 10_000);
-    let requests = |shared: bool| -> Vec<OwnedRequest> {
-        let one = issuer.token().sign();
-        (0..threads)
-            .map(|i| {
-                let token = if shared {
-                    one.clone()
-                } else {
-                    issuer
-                        .token()
-                        .claim("jti", serde_json::json!(format!("bench-{i}")))
-                        .sign()
-                };
-                let req = OwnedRequest::get("/").header("authorization", format!("Bearer {token}"));
-                assert!(matches!(guard.check(&req), Check::Ready(_)), "cached from now on");
-                req
-            })
-            .collect()
+    let shared = guard(&issuer, 10_000);
+    let one_token = issuer.token().sign();
+    let token_of = |i: usize| {
+        issuer
+            .token()
+            .claim("jti", serde_json::json!(format!("bench-{i}")))
+            .sign()
     };
+    // (guard, request) for each thread, the token verified and cached.
+    let prepared = |guard: Guard, token: &str| {
+        let req = OwnedRequest::get("/").header("authorization", format!("Bearer {token}"));
+        assert!(matches!(guard.check(&req), Check::Ready(_)), "cached from now on");
+        (guard, req)
+    };
+    let scenarios: Vec<(&str, Vec<(Guard, OwnedRequest)>)> = vec![
+        (
+            "guard_check_cached/one_thread",
+            vec![prepared(shared.clone(), &one_token)],
+        ),
+        (
+            "guard_check_cached/one_token_all_threads",
+            (0..threads)
+                .map(|_| prepared(shared.clone(), &one_token))
+                .collect(),
+        ),
+        (
+            "guard_check_cached/a_token_per_thread",
+            (0..threads)
+                .map(|i| prepared(shared.clone(), &token_of(i)))
+                .collect(),
+        ),
+        (
+            "guard_check_cached/a_guard_per_thread",
+            (0..threads)
+                .map(|i| prepared(guard(&issuer, 10_000), &token_of(i)))
+                .collect(),
+        ),
+    ];
     let mut g = c.benchmark_group("scaling");
-    for (name, shared) in [
-        ("guard_check_cached/one_token_all_threads", true),
-        ("guard_check_cached/a_token_per_thread", false),
-    ] {
-        let reqs = requests(shared);
-        g.bench_function(name, |b| {
+    for (name, work) in &scenarios {
+        g.bench_function(*name, |b| {
             b.iter_custom(|iters| {
-                let start = std::sync::Barrier::new(reqs.len());
+                let start = std::sync::Barrier::new(work.len());
                 std::thread::scope(|s| {
-                    let handles: Vec<_> = reqs
+                    let handles: Vec<_> = work
                         .iter()
-                        .map(|req| {
-                            let (guard, start) = (&guard, &start);
+                        .map(|(guard, req)| {
+                            let start = &start;
                             s.spawn(move || {
                                 start.wait();
                                 let began = std::time::Instant::now();
@@ -573,7 +590,7 @@ fn scaling_benches(c: &mut Criterion) {
                         .collect();
                     // Each thread's time per check, averaged over the threads.
                     let total: std::time::Duration = handles.into_iter().map(|h| h.join().unwrap()).sum();
-                    total / u32::try_from(reqs.len()).unwrap_or(1)
+                    total / u32::try_from(work.len()).unwrap_or(1)
                 })
             });
         });

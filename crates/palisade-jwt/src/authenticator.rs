@@ -784,8 +784,12 @@ impl JwtAuthenticator {
                     req.for_each_header(name, &mut |v| {
                         let token = match prefix {
                             None => Some(v),
+                            // The scheme as configured (`Bearer `) first: a
+                            // compare of a few words, not a loop over bytes.
                             Some(p)
-                                if v.len() >= p.len() && v[..p.len()].eq_ignore_ascii_case(p.as_bytes()) =>
+                                if v.starts_with(p.as_bytes())
+                                    || v.len() >= p.len()
+                                        && v[..p.len()].eq_ignore_ascii_case(p.as_bytes()) =>
                             {
                                 Some(&v[p.len()..])
                             }
