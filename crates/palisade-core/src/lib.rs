@@ -46,6 +46,7 @@ mod extract;
 mod guard;
 mod identity;
 mod request;
+mod striped;
 
 pub use check::{BoxFuture, Check, CheckFuture};
 pub use error::{ErrorKind, Rejection};

@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use metrics::{Counter, Histogram, IntoF64, Unit};
 
 use crate::authn::{AuthOutcome, Authenticator};
-use crate::authz::{AccessDecision, AccessPolicy};
+use crate::authz::{AccessDecision, AccessPolicy, Action};
 
 /// Decisions of the guard: counter.
 pub const DECISIONS: &str = "palisade_decisions_total";
@@ -97,7 +97,10 @@ pub fn describe() {
 
 /// One policy's decision counters.
 struct PolicyCounters {
-    name: Arc<str>,
+    /// The policy's interned name: two policies of one name (of two
+    /// kinds) differ by their action.
+    name: &'static str,
+    action: Action,
     allow: Counter,
     deny: Counter,
 }
@@ -201,7 +204,8 @@ impl GuardMetrics {
                     )
                 };
                 PolicyCounters {
-                    name: name.clone(),
+                    name,
+                    action,
                     allow: counter("allow"),
                     deny: counter("deny"),
                 }
@@ -225,8 +229,12 @@ impl GuardMetrics {
     /// Counts a decision; `access` is what decided it, when a policy did.
     pub(crate) fn decided(&self, allowed: bool, access: Option<&AccessDecision>) {
         let by_policy = access
-            .and_then(AccessDecision::policy_name)
-            .and_then(|name| self.policies.iter().find(|p| Arc::ptr_eq(&p.name, name)));
+            .and_then(|a| Some((a.policy_name()?, a.action()?)))
+            .and_then(|(name, action)| {
+                self.policies
+                    .iter()
+                    .find(|p| std::ptr::eq(p.name, name) && p.action == action)
+            });
         match (by_policy, allowed) {
             (Some(p), true) => p.allow.increment(1),
             (Some(p), false) => p.deny.increment(1),

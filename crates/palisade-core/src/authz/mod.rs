@@ -54,7 +54,6 @@ mod require;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use self::builder::{AccessPolicyBuilder, Rule};
 pub use self::custom::{CheckRequest, ExternalAuthorizer, ExternalAuthorizers, ExternalDecision};
@@ -68,6 +67,7 @@ use crate::check::Check;
 use crate::identity::Identity;
 use crate::policy::{PolicyError, WorkloadPolicy};
 use crate::request::{OwnedRequest, RequestHead};
+use crate::striped::Striped;
 
 /// Log target of authorization decisions.
 pub const LOG_TARGET: &str = "palisade::authz";
@@ -268,13 +268,30 @@ enum Keys<'r> {
 }
 
 pub(crate) struct CompiledPolicy {
-    name: Arc<str>,
+    /// Interned ([`intern`]): a decision names its policy without a
+    /// reference count every thread writes.
+    name: &'static str,
     action: Action,
     dry_run: bool,
     rules: Vec<CompiledRule>,
     provider: Option<(Arc<str>, Registered)>,
-    /// How many evaluated requests each rule was the matching one of.
-    matched: Box<[AtomicU64]>,
+    /// The index of its first rule's counter in [`Engine::matched`].
+    first_rule: usize,
+}
+
+/// `name`, kept for the process's life: each distinct policy name once,
+/// whatever the reloads.
+fn intern(name: &str) -> &'static str {
+    static NAMES: std::sync::Mutex<Option<std::collections::HashSet<&'static str>>> =
+        std::sync::Mutex::new(None);
+    let mut names = NAMES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let names = names.get_or_insert_with(Default::default);
+    if let Some(known) = names.get(name) {
+        return known;
+    }
+    let name: &'static str = Box::leak(name.into());
+    names.insert(name);
+    name
 }
 
 impl fmt::Debug for CompiledPolicy {
@@ -297,14 +314,13 @@ impl CompiledPolicy {
         rules: Vec<CompiledRule>,
         provider: Option<(Arc<str>, Registered)>,
     ) -> Self {
-        let matched = rules.iter().map(|_| AtomicU64::new(0)).collect();
         Self {
-            name: name.into(),
+            name: intern(&name),
             action,
             dry_run,
             rules,
             provider,
-            matched,
+            first_rule: 0,
         }
     }
 }
@@ -513,10 +529,18 @@ struct Engine {
     settings: AuthzSettings,
     /// The claims `request.auth.claims[…]` splits on spaces, per issuer.
     split_claims: SplitClaims,
+    /// How many evaluated requests each rule was the matching one of, all
+    /// policies' rules in order.
+    matched: Striped,
 }
 
 impl Engine {
-    fn new(policies: Vec<CompiledPolicy>, allow_by_rbac: bool, settings: AuthzSettings) -> Self {
+    fn new(mut policies: Vec<CompiledPolicy>, allow_by_rbac: bool, settings: AuthzSettings) -> Self {
+        let mut rules = 0;
+        for p in &mut policies {
+            p.first_rule = rules;
+            rules += p.rules.len();
+        }
         let live = |a: Action| move |p: &CompiledPolicy| p.action == a && !p.dry_run;
         let dry = |a: Action| move |p: &CompiledPolicy| p.action == a && p.dry_run;
         let mut headers: Vec<String> = Vec::new();
@@ -553,13 +577,14 @@ impl Engine {
             settings,
             policies,
             split_claims: SplitClaims::default(),
+            matched: Striped::new(rules),
         }
     }
 
-    fn hit(&self, e: Entry) -> (Arc<str>, usize) {
+    fn hit(&self, e: Entry) -> (&'static str, usize) {
         let p = &self.policies[e.0 as usize];
-        p.matched[e.1 as usize].fetch_add(1, Ordering::Relaxed);
-        (p.name.clone(), e.1 as usize)
+        self.matched.add(p.first_rule + e.1 as usize);
+        (p.name, e.1 as usize)
     }
 
     /// DENY, then ALLOW; CUSTOM has been handled by the caller.
@@ -596,7 +621,7 @@ impl Engine {
     fn shadow(&self, ctx: &Ctx<'_>, live_deny: Option<Entry>) -> DryRunReport {
         let report = |allowed: bool, e: Option<Entry>| DryRunReport {
             allowed,
-            policy: e.map(|e| self.policies[e.0 as usize].name.clone()),
+            policy: e.map(|e| self.policies[e.0 as usize].name),
             rule: e.map(|e| e.1 as usize),
         };
         let dry_deny = self.dry_deny.first(&self.policies, ctx);
@@ -624,7 +649,7 @@ impl Engine {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DryRunReport {
     allowed: bool,
-    policy: Option<Arc<str>>,
+    policy: Option<&'static str>,
     rule: Option<usize>,
 }
 
@@ -638,7 +663,7 @@ impl DryRunReport {
     /// The policy that would decide, `namespace/name`.
     #[must_use]
     pub fn policy(&self) -> Option<&str> {
-        self.policy.as_deref()
+        self.policy
     }
 
     /// Its matching rule.
@@ -653,7 +678,7 @@ impl DryRunReport {
 pub struct AccessDecision {
     allowed: bool,
     action: Option<Action>,
-    policy: Option<Arc<str>>,
+    policy: Option<&'static str>,
     /// `u32`, with the other fields, keeps a decision small to move.
     rule: Option<u32>,
     dry_run: Option<Arc<DryRunReport>>,
@@ -661,7 +686,7 @@ pub struct AccessDecision {
 }
 
 impl AccessDecision {
-    fn by(allowed: bool, action: Action, (policy, rule): (Arc<str>, usize)) -> Self {
+    fn by(allowed: bool, action: Action, (policy, rule): (&'static str, usize)) -> Self {
         Self {
             allowed,
             action: Some(action),
@@ -706,12 +731,12 @@ impl AccessDecision {
     /// The `namespace/name` of the policy that decided, if one did.
     #[must_use]
     pub fn policy(&self) -> Option<&str> {
-        self.policy.as_deref()
+        self.policy
     }
 
     /// The deciding policy's name as the compiled policy holds it.
-    pub(crate) fn policy_name(&self) -> Option<&Arc<str>> {
-        self.policy.as_ref()
+    pub(crate) fn policy_name(&self) -> Option<&'static str> {
+        self.policy
     }
 
     /// The index of the rule that matched in that policy.
@@ -794,8 +819,8 @@ impl std::error::Error for MalformedPath {}
 
 impl AccessPolicy {
     /// Each policy's name and action.
-    pub(crate) fn policies(&self) -> impl Iterator<Item = (&Arc<str>, Action)> {
-        self.0.policies.iter().map(|p| (&p.name, p.action))
+    pub(crate) fn policies(&self) -> impl Iterator<Item = (&'static str, Action)> {
+        self.0.policies.iter().map(|p| (p.name, p.action))
     }
 
     /// Every request is allowed, with or without credentials (Istio with no
@@ -909,7 +934,9 @@ impl AccessPolicy {
             .policies
             .iter()
             .map(|p| {
-                let rules_matched: Vec<u64> = p.matched.iter().map(|m| m.load(Ordering::Relaxed)).collect();
+                let rules_matched: Vec<u64> = (0..p.rules.len())
+                    .map(|r| self.0.matched.get(p.first_rule + r))
+                    .collect();
                 PolicyMetric {
                     policy: p.name.to_string(),
                     action: p.action,
