@@ -212,7 +212,7 @@ async fn cached_tokens_of_a_retired_key_are_refused() {
     let old_kid = issuer.current_kid();
     let token = issuer.token().sign();
     // Verified, then answered from the shared cache, then from this
-    // thread's own copy (from its second hit there).
+    // thread's own copy (made on its second hit there, the third call).
     for _ in 0..4 {
         jwt.verify(&token).await.unwrap();
     }

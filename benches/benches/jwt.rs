@@ -541,7 +541,13 @@ fn scaling_benches(c: &mut Criterion) {
     // (guard, request) for each thread, the token verified and cached.
     let prepared = |guard: Guard, token: &str| {
         let req = OwnedRequest::get("/").header("authorization", format!("Bearer {token}"));
-        assert!(matches!(guard.check(&req), Check::Ready(_)), "cached from now on");
+        assert!(
+            matches!(
+                guard.check(&req),
+                Check::Ready(palisade::core::adapter::Decision::Allow(_))
+            ),
+            "allowed, and cached from now on"
+        );
         (guard, req)
     };
     let scenarios: Vec<(&str, Vec<(Guard, OwnedRequest)>)> = vec![

@@ -22,8 +22,11 @@ impl Line {
     }
 }
 
-/// How many stripes: the CPUs, rounded up to a power of two, at most 16
-/// (threads beyond share a stripe, which is only slower).
+/// How many stripes: the CPUs, rounded up to a power of two, at most 16.
+/// A thread's stripe is its number in the order threads first counted,
+/// modulo this: a runtime's workers, started together, mostly get stripes
+/// of their own, but two threads can share one (which is only slower, as
+/// one shared counter was).
 fn stripes() -> usize {
     static STRIPES: OnceLock<usize> = OnceLock::new();
     *STRIPES.get_or_init(|| {

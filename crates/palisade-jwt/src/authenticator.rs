@@ -94,8 +94,9 @@ struct CacheEntry {
 
 impl CacheEntry {
     /// A copy for one thread's front ([`crate::front`]): the same entry,
-    /// with the identity, the token and the header edits it hands out
-    /// behind reference counts of its own.
+    /// with the identity, the token's attachment and the header edits it
+    /// hands out behind reference counts of its own (the token's text and
+    /// the claims inside are shared, and a hit does not count them).
     fn unshared(&self) -> Self {
         Self {
             identity: self.identity.unshared(),
@@ -177,6 +178,9 @@ struct Shared {
     cache: Option<Cache>,
     /// The cache's name in each thread's front ([`crate::front`]).
     front_owner: u64,
+    /// Held while this authenticator lives: its copies in the threads'
+    /// fronts hold a `Weak` of it, and go first once it is dropped.
+    alive: Arc<()>,
     cache_entries: u64,
     cache_hits: metrics::Counter,
     cache_misses: metrics::Counter,
@@ -461,6 +465,7 @@ impl JwtAuthenticatorBuilder {
             dpop,
             cache: (self.cache_entries > 0).then(|| TokenCache::new(self.cache_entries)),
             front_owner: crate::front::new_owner(),
+            alive: Arc::new(()),
             cache_entries: self.cache_entries,
             cache_hits,
             cache_misses,
@@ -1153,28 +1158,40 @@ impl JwtAuthenticator {
         // This thread's own copy first: it writes no memory another
         // thread writes.
         let answer = match with_front(|f| f.find(owner, token).map(&step)).flatten() {
-            Some(answer) => answer,
+            Some(answer) => {
+                if !matches!(answer, Some(Step::Done(Ok(_)) | Step::Unbound(Ok(_)))) {
+                    // Refused (expired, found in the wrong place) or its
+                    // key gone: not kept here.
+                    with_front(|f| f.remove(owner, token));
+                }
+                answer
+            }
             None => {
                 // Answered under the cache's read lock, from the entry in place.
                 let mut copy = None;
                 let answer = cache.with(token, |entry| {
                     let answer = step(entry);
-                    if answer.is_some() && with_front(|f| f.deserves_copy(owner, token)) == Some(true) {
+                    // An accepted token is copied here from its second hit,
+                    // unless it is a tenant's (its key set would live on).
+                    if matches!(answer, Some(Step::Done(Ok(_)) | Step::Unbound(Ok(_))))
+                        && entry.tenant.is_none()
+                        && with_front(|f| f.deserves_copy(owner, token)) == Some(true)
+                    {
                         copy = Some(Arc::clone(entry));
                     }
                     answer
                 })?;
                 if let Some(entry) = copy {
                     let entry = entry.unshared();
-                    with_front(|f| f.insert(owner, token, entry));
+                    let alive = Arc::downgrade(&self.0.alive);
+                    with_front(|f| f.insert(owner, alive, token, entry));
                 }
                 answer
             }
         };
         if answer.is_none() {
-            // The token's key is gone: from the shared cache, and from this
-            // thread's front (other threads' fronts find the same).
-            with_front(|f| f.remove(owner, token));
+            // The token's key is gone: from the shared cache (and from this
+            // thread's front, above; other threads' fronts find the same).
             cache.remove(token);
         } else {
             self.0.cache_hits.increment(1);
@@ -1828,5 +1845,54 @@ mod tests {
         );
         // The coarse clock never leads the precise one.
         assert!(coarse_now_secs() <= now_secs());
+    }
+
+    #[test]
+    fn an_accepted_token_is_copied_to_the_threads_front_and_a_refused_one_leaves_it() {
+        use palisade_core::authn::OwnedRequest;
+        let issuer = palisade_testkit::TestIssuer::builder()
+            .default_audience("api")
+            .start()
+            .unwrap();
+        let jwt = JwtAuthenticator::builder()
+            .provider(
+                Provider::builder(issuer.issuer())
+                    .audience("api")
+                    .leeway(Duration::ZERO)
+                    .jwks_inline(issuer.jwks().to_string())
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        let owner = jwt.0.front_owner;
+        let in_front = |token: &str| with_front(|f| f.find(owner, token.as_bytes()).is_some()) == Some(true);
+        let authenticated = |token: &str| {
+            let req = OwnedRequest::get("/").header("authorization", format!("Bearer {token}"));
+            matches!(
+                jwt.authenticate(&req),
+                Check::Ready(AuthOutcome::Authenticated(_))
+            )
+        };
+        let token = issuer.token().expires_in(2).sign();
+        // Verified, a first cache hit, a second: copied.
+        for copied in [false, false, true] {
+            assert!(authenticated(&token));
+            assert_eq!(in_front(&token), copied);
+        }
+        assert!(authenticated(&token), "served from the copy");
+        std::thread::sleep(Duration::from_millis(2100));
+        assert!(!authenticated(&token), "expired, in the front as in the cache");
+        assert!(!in_front(&token), "a refused copy is not kept");
+        // An expired token is never copied, however often it is sent.
+        for _ in 0..3 {
+            assert!(!authenticated(&token));
+        }
+        assert!(!in_front(&token));
+        // The copies hold no strong reference to their authenticator's
+        // life: once it is dropped, they are the first to go.
+        let alive = Arc::downgrade(&jwt.0.alive);
+        drop(jwt);
+        assert_eq!(alive.strong_count(), 0);
     }
 }

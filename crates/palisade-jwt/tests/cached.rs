@@ -48,8 +48,8 @@ fn a_cached_token_is_refused_once_it_expires() {
     let issuer = TestIssuer::builder().default_audience("api").start().unwrap();
     let jwt = authenticator(&issuer, |p| p.leeway(Duration::ZERO));
     let token = issuer.token().expires_in(2).sign();
-    // Verified, then answered from the cache (this thread's own copy from
-    // the third time on).
+    // Verified, then answered from the cache (from this thread's own copy
+    // after the third request).
     for _ in 0..4 {
         assert!(matches!(
             outcome(&jwt, &bearer(&token)),
@@ -106,8 +106,8 @@ fn a_cached_token_is_refused_where_its_issuer_does_not_accept_it() {
         .unwrap();
     let token = issuer.token().sign();
     let right = OwnedRequest::get("/").header("x-token", token.clone());
-    // Cached from the right place (and copied to this thread's front from
-    // the second hit on), then sent in the wrong one.
+    // Cached from the right place (and copied to this thread's front on
+    // the third request, its second cache hit), then sent in the wrong one.
     for _ in 0..4 {
         assert!(matches!(outcome(&jwt, &right), AuthOutcome::Authenticated(_)));
     }
