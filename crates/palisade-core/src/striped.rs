@@ -59,6 +59,8 @@ pub(crate) struct Striped {
     lines: Box<[Line]>,
     /// Lines per stripe: `len` counters, rounded up to whole lines.
     per_stripe: usize,
+    /// The number of stripes less one (a power of two less one).
+    mask: usize,
     len: usize,
 }
 
@@ -68,6 +70,7 @@ impl Striped {
         Self {
             lines: (0..per_stripe * stripes()).map(|_| Line::new()).collect(),
             per_stripe,
+            mask: stripes() - 1,
             len,
         }
     }
@@ -78,8 +81,10 @@ impl Striped {
         if i >= self.len {
             return;
         }
-        let stripe = thread_number() % (self.lines.len() / self.per_stripe);
-        self.lines[stripe * self.per_stripe + i / PER_LINE].0[i % PER_LINE].fetch_add(1, Ordering::Relaxed);
+        let stripe = thread_number() & self.mask;
+        if let Some(line) = self.lines.get(stripe * self.per_stripe + i / PER_LINE) {
+            line.0[i % PER_LINE].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Counter `i`: the sum of its stripes.
