@@ -261,6 +261,12 @@ impl JwtAuthenticatorBuilder {
     }
 
     /// Entries of the verified-token cache (default 10,000; 0 turns it off).
+    ///
+    /// Each thread also keeps its own copies of up to four of the tokens
+    /// it sees most (from a token's second hit), so that a hit writes no
+    /// memory other threads write; a copy is checked as an entry is (its
+    /// key, its lifetime, where the token was found). With the cache off,
+    /// so are the copies.
     pub fn cache_entries(mut self, entries: u64) -> Self {
         self.cache_entries = entries;
         self
