@@ -1150,6 +1150,10 @@ impl JwtAuthenticator {
     /// `sources[source]`, when it is there and still good; an entry whose
     /// key is gone is dropped.
     fn hit(&self, token: &[u8], source: usize) -> Option<Step<'static>> {
+        /// Whether a cache's answer lets the request in.
+        fn accepted(answer: &Option<Step<'_>>) -> bool {
+            matches!(answer, Some(Step::Done(Ok(_)) | Step::Unbound(Ok(_))))
+        }
         let cache = self.0.cache.as_ref()?;
         let owner = self.0.front_owner;
         let step = |entry: &CacheEntry| {
@@ -1165,7 +1169,7 @@ impl JwtAuthenticator {
         // thread writes.
         let answer = match with_front(|f| f.find(owner, token).map(&step)).flatten() {
             Some(answer) => {
-                if !matches!(answer, Some(Step::Done(Ok(_)) | Step::Unbound(Ok(_)))) {
+                if !accepted(&answer) {
                     // Refused (expired, found in the wrong place) or its
                     // key gone: not kept here.
                     with_front(|f| f.remove(owner, token));
@@ -1179,7 +1183,7 @@ impl JwtAuthenticator {
                     let answer = step(entry);
                     // An accepted token is copied here from its second hit,
                     // unless it is a tenant's (its key set would live on).
-                    if matches!(answer, Some(Step::Done(Ok(_)) | Step::Unbound(Ok(_))))
+                    if accepted(&answer)
                         && entry.tenant.is_none()
                         && with_front(|f| f.deserves_copy(owner, token)) == Some(true)
                     {
