@@ -31,105 +31,34 @@ rounds=${ROUNDS:-5}
 duration=${DURATION:-5}
 threads=${THREADS:-1}
 connections=${CONNECTIONS:-16}
-services=("$@")
-[ ${#services[@]} -gt 0 ] || services=(details reviews)
-for s in "${services[@]}"; do
-  case "$s" in details | reviews) ;; *) echo "error: unknown service \`$s\` (details or reviews)" >&2; exit 2 ;; esac
-done
-
+. benches/examples.sh
+services_of "$@"
 ensure_pkg wrk wrk
-ensure_pkg curl curl
-ensure_pkg cc gcc
-ensure_pkg krb5-config libkrb5-dev
-ensure_pkg pkg-config pkg-config
-ensure_libclang
 
-server_pin=() wrk_pin=()
+launcher=() wrk_launcher=()
 if [ "${PIN:-1}" != 0 ] && command -v taskset >/dev/null 2>&1 && [ "$(nproc)" -ge 2 ]; then
-  server_pin=(taskset -c "${SERVER_CPUS:-0}")
-  wrk_pin=(taskset -c "${WRK_CPUS:-1}")
+  launcher=(taskset -c "${SERVER_CPUS:-0}")
+  wrk_launcher=(taskset -c "${WRK_CPUS:-1}")
 fi
 
-say "building the examples (release)"
-cargo build --release --locked --all-features --example details --example reviews
-target_dir=$(cargo metadata --format-version 1 --no-deps | sed -E 's/.*"target_directory":"([^"]*)".*/\1/')
+build_examples
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  local p
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-# start NAME LOG ARGS...: starts the example, waits for `listening on ADDR`,
-# sets $addr.
-start() {
-  local name=$1 log=$2 i
-  shift 2
-  "${server_pin[@]}" "$target_dir/release/examples/$name" --listen 127.0.0.1:0 "$@" >"$log" 2>"$log.err" &
-  pids+=($!)
-  for i in $(seq 1 100); do
-    addr=$(sed -nE 's/^listening on (.*)$/\1/p' "$log")
-    [ -n "$addr" ] && return 0
-    kill -0 "${pids[-1]}" 2>/dev/null || break
-    sleep 0.1
-  done
-  echo "error: $name did not start; its stderr:" >&2
-  cat "$log.err" >&2
-  exit 1
-}
-
-# expect WHAT STATUS CURL-ARGS...: fails unless curl gets STATUS.
-expect() {
-  local what=$1 want=$2 got
-  shift 2
-  got=$(curl -s -o /dev/null -w '%{http_code}' "$@")
-  [ "$got" = "$want" ] || { echo "error: $what: expected $want, got $got" >&2; exit 1; }
-}
-
-# fetch_token: a token from the demo issuer at $token_url, as the example's
-# banner does it, into $token. Demo tokens live 5 minutes, so each round
-# takes a new one (verified on its first request, cached for the others).
-fetch_token() {
-  token=$(curl -fsS -d grant_type=client_credentials -d client_id=demo -d client_secret=demo-secret "$token_url" |
-    sed -E 's/.*"access_token":"([^"]+)".*/\1/')
-}
-
-# rps URL [SECONDS]: one wrk run; prints requests/s; fails on any non-2xx answer.
+# rps URL [SECONDS]: one wrk run; prints requests/s.
 rps() {
-  local out
-  out=$("${wrk_pin[@]}" wrk -t"$threads" -c"$connections" -d"${2:-$duration}s" \
-    -H "Authorization: Bearer $token" "$1")
-  if grep -q 'Non-2xx or 3xx responses' <<<"$out" || ! grep -q '^Requests/sec:' <<<"$out"; then
-    echo "error: wrk against $1:" >&2
-    echo "$out" >&2
-    exit 1
-  fi
-  awk '/^Requests\/sec:/ {print $2}' <<<"$out"
+  run_wrk "$1" "${2:-$duration}" -t"$threads" -c"$connections"
+  awk '/^Requests\/sec:/ {print $2}' <<<"$wrk_out"
 }
 
-declare -A framework=([details]=axum [reviews]=actix-web)
 summary=()
 for svc in "${services[@]}"; do
-  say "$svc (${framework[$svc]}): $rounds rounds of ${duration} s, wrk -t$threads -c$connections${server_pin:+, servers: ${server_pin[*]}, wrk: ${wrk_pin[*]}}"
+  say "$svc (${framework[$svc]}): $rounds rounds of ${duration} s, wrk -t$threads -c$connections${launcher:+, servers: ${launcher[*]}, wrk: ${wrk_launcher[*]}}"
   start "$svc" "$work/$svc-guarded.out"
   guarded=$addr
   start "$svc" "$work/$svc-open.out" --no-guard
   open=$addr
-  token_url=$(sed -nE 's/.*client_secret=demo-secret ([^ ]+) .*/\1/p' "$work/$svc-guarded.out")
-  [ -n "$token_url" ] || { echo "error: $svc printed no token command" >&2; exit 1; }
+  token_url_of "$work/$svc-guarded.out"
   fetch_token
-  # The two instances differ as intended before anything is measured.
-  expect "$svc guarded, no token" 401 "http://$guarded/list"
-  expect "$svc guarded, token" 200 -H "Authorization: Bearer $token" "http://$guarded/list"
-  expect "$svc --no-guard, no token" 200 "http://$open/list"
-  curl -fsS -H "Authorization: Bearer $token" "http://$guarded/whoami" | grep -q '"authenticated":true' ||
-    { echo "error: $svc guarded: /whoami is not authenticated" >&2; exit 1; }
-  curl -fsS -H "Authorization: Bearer $token" "http://$open/whoami" | grep -q '"authenticated":false' ||
-    { echo "error: $svc --no-guard: /whoami is authenticated" >&2; exit 1; }
+  check_pair "$svc" "$guarded" "$open"
 
   rps "http://$guarded/list" 2 >/dev/null # warm-up
   rps "http://$open/list" 2 >/dev/null
@@ -153,12 +82,11 @@ for svc in "${services[@]}"; do
   # With the server on one CPU and wrk keeping it busy, a request's cost in
   # server CPU is the inverse of the rate: the difference is what Palisade
   # adds, the kernel's share included. Unpinned, the rate says nothing of it.
-  [ ${#server_pin[@]} -eq 0 ] ||
+  [ ${#launcher[@]} -eq 0 ] ||
     summary+=("  server CPU per request: $(awk -v g="$sum_g" -v o="$sum_o" -v n="$rounds" \
       'BEGIN {printf "%.2f µs with, %.2f µs without, %.2f µs added", 1e6 * n / g, 1e6 * n / o, 1e6 * n / g - 1e6 * n / o}')")
 
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-  pids=()
+  stop_all
 done
 
 say "summary"
