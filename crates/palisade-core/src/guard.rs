@@ -15,6 +15,7 @@ use crate::identity::Identity;
 use crate::metrics::GuardMetrics;
 use crate::policy::{PolicyError, WorkloadPolicy};
 use crate::request::{OwnedRequest, RequestHead};
+use crate::striped::{Share, Shares};
 
 /// Log target of every decision.
 pub const LOG_TARGET: &str = "palisade";
@@ -44,8 +45,9 @@ pub struct RequestAuth {
     identity: Option<Identity>,
     access: AccessDecision,
     /// The configuration that decided, kept for the request's life: a
-    /// reload does not change how a request in flight is answered.
-    compiled: Arc<Compiled>,
+    /// reload does not change how a request in flight is answered. Through
+    /// the thread's share, so keeping it writes no count other threads do.
+    compiled: Arc<Share<Compiled>>,
     attachments: Attachments,
 }
 
@@ -75,7 +77,7 @@ impl RequestAuth {
     }
 
     /// The configuration that checked this request.
-    pub(crate) fn compiled(&self) -> &Arc<Compiled> {
+    pub(crate) fn compiled(&self) -> &Compiled {
         &self.compiled
     }
 }
@@ -90,12 +92,9 @@ pub enum GuardError {
 }
 
 /// One configuration of a guard, compiled: what a request is checked
-/// against from start to end, whatever reloads happen meanwhile.
-///
-/// Aligned to 128 bytes, so that in its `Arc` the reference counts (which
-/// each request's `RequestAuth` writes) have a line of their own, and the
-/// fields every check reads are not moved between CPUs with them.
-#[repr(align(128))]
+/// against from start to end, whatever reloads happen meanwhile. A guard
+/// holds it in shares, one per stripe of threads: the `RequestAuth` of each
+/// request keeps its thread's share.
 pub(crate) struct Compiled {
     authenticators: Vec<Arc<dyn Authenticator>>,
     access: AccessPolicy,
@@ -124,11 +123,11 @@ pub(crate) struct Compiled {
 /// # Ok::<(), palisade_core::GuardError>(())
 /// ```
 #[derive(Clone)]
-pub struct Guard(Arc<ArcSwap<Compiled>>);
+pub struct Guard(Arc<ArcSwap<Shares<Compiled>>>);
 
 impl fmt::Debug for Guard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&**self.0.load(), f)
+        fmt::Debug::fmt(self.0.load().value(), f)
     }
 }
 
@@ -272,14 +271,14 @@ impl GuardBuilder {
                 snapshot_headers.push((*h).to_owned());
             }
         }
-        Ok(Guard(Arc::new(ArcSwap::from_pointee(Compiled {
+        Ok(Guard(Arc::new(ArcSwap::from_pointee(Shares::new(Compiled {
             metrics: GuardMetrics::new(&self.authenticators, &access),
             authenticators: self.authenticators,
             access,
             snapshot_headers,
             challenges,
             explain,
-        }))))
+        })))))
     }
 }
 
@@ -337,19 +336,19 @@ impl Guard {
     /// Every `WWW-Authenticate` challenge of the configured authenticators.
     #[must_use]
     pub fn challenges(&self) -> Vec<String> {
-        self.0.load().challenges.clone()
+        self.0.load().value().challenges.clone()
     }
 
     /// The rejection for a request that needs a credential and has none.
     #[must_use]
     pub fn missing_credential(&self) -> Rejection {
-        self.0.load().missing_credential()
+        self.0.load().value().missing_credential()
     }
 
     /// The access policy in force.
     #[must_use]
     pub fn access_policy(&self) -> AccessPolicy {
-        self.0.load().access.clone()
+        self.0.load().value().access.clone()
     }
 
     /// Checks a request. Cached credentials and requests without any are
@@ -357,7 +356,7 @@ impl Guard {
     /// authorizer) wait. [`Decision::apply`] turns the decision into what
     /// the framework does.
     pub fn check(&self, req: &dyn RequestHead) -> Check<Decision> {
-        Compiled::check(&self.0.load(), req)
+        self.0.load().mine().check(req)
     }
 
     /// Hot reload: from now on this guard, and every clone of it, checks
@@ -383,8 +382,10 @@ impl Guard {
     /// ```
     pub fn replace(&self, next: Guard) {
         let next = next.0.load_full();
+        let next = next.value();
         // `rcu`: two replacements at once both carry state over correctly.
         self.0.rcu(|previous| {
+            let previous = previous.value();
             let authenticators: Vec<Arc<dyn Authenticator>> = next
                 .authenticators
                 .iter()
@@ -396,14 +397,14 @@ impl Guard {
                         .unwrap_or_else(|| a.clone())
                 })
                 .collect();
-            Compiled {
+            Shares::new(Compiled {
                 metrics: GuardMetrics::new(&authenticators, &next.access),
                 authenticators,
                 access: next.access.clone(),
                 snapshot_headers: next.snapshot_headers.clone(),
                 challenges: next.challenges.clone(),
                 explain: next.explain,
-            }
+            })
         });
     }
 }
@@ -443,6 +444,23 @@ impl Compiled {
         rejection.with_access(access).explained(self.explain)
     }
 
+    /// Reports a decision and the time it took.
+    fn count(&self, started: Option<quanta::Instant>, decision: &Decision) {
+        self.metrics.finish(started);
+        match decision {
+            Decision::Allow(a) => self.metrics.decided(true, Some(a.auth().access())),
+            Decision::Deny(r) => self.metrics.decided(false, r.access()),
+            // A refusal in the authenticator's words (sign-in's 403) is a
+            // refusal still.
+            Decision::Reply(r) if matches!(r.status(), 401 | 403) => self.metrics.decided(false, None),
+            Decision::Reply(_) => self.metrics.replied(),
+        }
+    }
+}
+
+/// The pipeline, on a thread's share of a configuration: what it keeps
+/// for later (a `RequestAuth`, a future) keeps the share.
+impl Share<Compiled> {
     /// [`Guard::check`] against this configuration.
     fn check(self: &Arc<Self>, req: &dyn RequestHead) -> Check<Decision> {
         let started = self.metrics.start();
@@ -466,19 +484,6 @@ impl Compiled {
                     d.for_request(rendering)
                 })
             }
-        }
-    }
-
-    /// Reports a decision and the time it took.
-    fn count(&self, started: Option<quanta::Instant>, decision: &Decision) {
-        self.metrics.finish(started);
-        match decision {
-            Decision::Allow(a) => self.metrics.decided(true, Some(a.auth().access())),
-            Decision::Deny(r) => self.metrics.decided(false, r.access()),
-            // A refusal in the authenticator's words (sign-in's 403) is a
-            // refusal still.
-            Decision::Reply(r) if matches!(r.status(), 401 | 403) => self.metrics.decided(false, None),
-            Decision::Reply(_) => self.metrics.replied(),
         }
     }
 
@@ -666,6 +671,62 @@ mod tests {
             Check::Ready(d) => d,
             Check::Pending(_) => panic!("expected a ready decision"),
         }
+    }
+
+    /// An authenticator that says when it is dropped: its `Arc<()>` goes
+    /// with it.
+    struct Alive(#[allow(dead_code, reason = "held for its drop")] Arc<()>);
+
+    impl Authenticator for Alive {
+        fn challenge(&self) -> Option<String> {
+            Some("Alive".into())
+        }
+        fn authenticate(&self, _: &dyn RequestHead) -> Check<AuthOutcome> {
+            Check::Ready(AuthOutcome::NoCredential)
+        }
+    }
+
+    #[test]
+    fn a_request_keeps_its_configuration_through_a_reload_and_no_longer() {
+        let life = Arc::new(());
+        let alive = Arc::downgrade(&life);
+        let guard = Guard::builder()
+            .authenticator(Alive(life))
+            .access_policy(AccessPolicy::allow_all())
+            .build()
+            .unwrap();
+        let auths: Vec<RequestAuth> = std::thread::scope(|s| {
+            (0..4)
+                .map(|_| {
+                    s.spawn(|| match ready(guard.check(&OwnedRequest::get("/"))) {
+                        Decision::Allow(a) => a.auth().clone(),
+                        other => panic!("{other:?}"),
+                    })
+                    .join()
+                    .unwrap()
+                })
+                .collect()
+        });
+        guard.replace(
+            Guard::builder()
+                .access_policy(AccessPolicy::allow_all())
+                .build()
+                .unwrap(),
+        );
+        assert!(
+            guard.challenges().is_empty(),
+            "the new configuration has no authenticator"
+        );
+        for auth in &auths {
+            assert_eq!(
+                auth.missing_credential().challenges(),
+                ["Alive"],
+                "answered as it was checked"
+            );
+        }
+        assert_eq!(alive.strong_count(), 1, "kept by the requests in flight");
+        drop(auths);
+        assert_eq!(alive.strong_count(), 0, "and by nothing else, on any thread");
     }
 
     #[test]
@@ -880,13 +941,16 @@ spec:
             .access_policy(AccessPolicy::allow_all())
             .build()
             .unwrap();
-        assert!(guard.0.load().metrics.timed(), "timed until found unheard");
+        assert!(
+            guard.0.load().value().metrics.timed(),
+            "timed until found unheard"
+        );
         assert!(matches!(
             guard.check(&OwnedRequest::get("/")),
             Check::Ready(Decision::Allow(_))
         ));
         assert!(
-            !guard.0.load().metrics.timed(),
+            !guard.0.load().value().metrics.timed(),
             "no recorder heard the first check"
         );
         // With a recorder the durations keep coming (the test above counts
@@ -901,6 +965,6 @@ spec:
         for _ in 0..2 {
             let _ = heard.check(&OwnedRequest::get("/"));
         }
-        assert!(heard.0.load().metrics.timed());
+        assert!(heard.0.load().value().metrics.timed());
     }
 }

@@ -1,13 +1,18 @@
-//! Counters that every worker thread adds to on every request, without
-//! the threads writing one cache line in turn: each thread adds to its own
-//! stripe, and a read sums the stripes. One shared atomic counter per rule
-//! made a rule that matches most requests move its line between CPUs on
-//! each of them (`scaling` in `benches/benches/jwt.rs`).
+//! What every worker thread writes on every request, without the threads
+//! writing one cache line in turn (`scaling` in `benches/benches/jwt.rs`):
+//!
+//! - counters: each thread adds to its own stripe, and a read sums the
+//!   stripes. One shared atomic counter per rule made a rule that matches
+//!   most requests move its line between CPUs on each of them;
+//! - shares of one `Arc`: each request's record keeps the configuration
+//!   alive through its thread's share, so the clone and the drop write that
+//!   share's count, not the one count of the configuration.
 
 use std::cell::Cell;
 use std::fmt;
-use std::sync::OnceLock;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 /// Counters per line: a line is 128 bytes, the pair of 64-byte lines
 /// x86's adjacent-line prefetch moves together.
@@ -99,6 +104,57 @@ impl Striped {
     }
 }
 
+/// Shares of one `Arc<T>`, one per stripe. Each share is an `Arc` of its
+/// own holding a clone of the value's: cloning a thread's share writes the
+/// share's count only. The value lives while `Shares` or any clone of a
+/// share does; nothing is kept per thread, so dropping `Shares` and the
+/// clones frees the value wherever its threads are.
+pub(crate) struct Shares<T> {
+    shares: Box<[Arc<Share<T>>]>,
+    /// The number of stripes less one.
+    mask: usize,
+}
+
+/// One share of a value: derefs to it. Aligned to a line pair, so that in
+/// its `Arc` the reference counts share their line with nothing else.
+#[repr(align(128))]
+pub(crate) struct Share<T>(Arc<T>);
+
+impl<T> Shares<T> {
+    pub(crate) fn new(value: T) -> Self {
+        let value = Arc::new(value);
+        Self {
+            shares: (0..stripes()).map(|_| Arc::new(Share(value.clone()))).collect(),
+            mask: stripes() - 1,
+        }
+    }
+
+    /// The calling thread's share.
+    #[inline]
+    pub(crate) fn mine(&self) -> &Arc<Share<T>> {
+        &self.shares[thread_number() & self.mask]
+    }
+
+    /// The value.
+    pub(crate) fn value(&self) -> &T {
+        &self.shares[0].0
+    }
+}
+
+impl<T> Deref for Share<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for Share<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
+    }
+}
+
 impl fmt::Debug for Striped {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list()
@@ -132,6 +188,51 @@ mod tests {
         assert_eq!(counters.get(40), 0, "out of range: nothing");
         assert_eq!(format!("{:?}", Striped::new(2)), "[0, 0]");
         assert_eq!(Striped::default().get(0), 0);
+    }
+
+    #[test]
+    fn a_share_keeps_the_value_until_the_last_clone_goes() {
+        let shares = Shares::new(String::from("compiled"));
+        let value = Arc::downgrade(&shares.mine().0);
+        let held = shares.mine().clone();
+        drop(shares);
+        assert_eq!(held.as_str(), "compiled", "a request's share outlives the swap");
+        assert_eq!(value.strong_count(), 1, "the other shares are gone");
+        drop(held);
+        assert_eq!(
+            value.strong_count(),
+            0,
+            "and so is the value, with the last share"
+        );
+    }
+
+    #[test]
+    fn threads_get_shares_of_their_own() {
+        let shares = Shares::new(0_u8);
+        assert_eq!(shares.shares.len(), stripes());
+        assert!(
+            shares
+                .shares
+                .iter()
+                .all(|s| Arc::ptr_eq(&s.0, &shares.shares[0].0)),
+            "one value"
+        );
+        // New threads get new numbers, so shares round the stripes (other
+        // tests' threads may take numbers in between: eight threads all on
+        // one stripe of several would take seven such coincidences).
+        let seen: std::collections::HashSet<usize> = std::thread::scope(|s| {
+            (0..8)
+                .map(|_| s.spawn(|| Arc::as_ptr(shares.mine()) as usize).join().unwrap())
+                .collect()
+        });
+        assert_eq!(seen.len() > 1, stripes() > 1, "{} shares seen", seen.len());
+        // Each share's counts have their line pair to themselves.
+        assert!(
+            shares
+                .shares
+                .iter()
+                .all(|s| (Arc::as_ptr(s) as usize).is_multiple_of(128))
+        );
     }
 
     #[test]
