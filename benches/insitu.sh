@@ -17,8 +17,13 @@
 #
 #   benches/insitu.sh              # both services
 #   SECONDS_RUN=20 benches/insitu.sh reviews
+#   CACHE=1 benches/insitu.sh      # also simulated L1 misses per request
 #
-# Settings (environment): SECONDS_RUN (10), WARMUP (3).
+# Settings (environment): SECONDS_RUN (10), WARMUP (3); CACHE=1 adds
+# callgrind's cache simulation (`--cache-sim=yes`: 32 KiB L1 instruction
+# and data caches, user space only, no kernel evicting them between
+# requests) and prints the instruction- and data-cache read misses per
+# request: how many 64-byte lines of code and data a request brings back.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -42,6 +47,7 @@ count() {
   shift 2
   out="$work/$svc-$mode"
   launcher=(valgrind --tool=callgrind --callgrind-out-file="$out.cg")
+  [ "${CACHE:-0}" = 0 ] || launcher+=(--cache-sim=yes)
   start "$svc" "$out.out" "$@"
   # Each instance has its own demo issuer; the one without Palisade gets
   # its own issuer's token too, so both requests are the same bytes long.
@@ -54,12 +60,19 @@ count() {
   callgrind_control -d "$pid" >/dev/null 2>&1
   requests=$(sed -nE 's/^ *([0-9]+) requests in .*/\1/p' <<<"$wrk_out")
   dump=$(ls -t "$out".cg.* 2>/dev/null | head -1)
-  total=$(sed -nE 's/^(summary|totals): ([0-9]+)$/\2/p' "$dump" | head -1)
+  # The first event is Ir; with the cache simulation, I1mr and D1mr are
+  # the fourth and fifth (Ir Dr Dw I1mr D1mr ...).
+  read -r total _ _ i1 d1 _ < <(sed -nE 's/^(summary|totals): //p' "$dump" | head -1) || true
   stop_all
   [ -n "$requests" ] && [ "$requests" -gt 0 ] && [ -n "$total" ] ||
     { echo "error: $svc $mode: no count (requests: ${requests:-none}, dump: ${dump:-none})" >&2; exit 1; }
   per=$((total / requests))
-  printf '%-10s %-9s %9d requests %14d instructions %8d per request\n' "$svc" "$mode" "$requests" "$total" "$per"
+  printf '%-10s %-9s %9d requests %14d instructions %8d per request' "$svc" "$mode" "$requests" "$total" "$per"
+  if [ "${CACHE:-0}" != 0 ]; then
+    i1_per=$((i1 / requests)) d1_per=$((d1 / requests))
+    printf ', L1 read misses per request: %d code, %d data' "$i1_per" "$d1_per"
+  fi
+  printf '\n'
 }
 
 summary=()
@@ -76,10 +89,12 @@ for svc in "${services[@]}"; do
   check_pair "$svc" "$guarded" "$addr"
   stop_all
   count "$svc" guarded
-  g=$per
+  g=$per gi=${i1_per:-} gd=${d1_per:-}
   count "$svc" open --no-guard
   o=$per
   summary+=("$svc (${framework[$svc]}): $g instructions per request with Palisade, $o without: $((g - o)) added ($(awk -v a="$g" -v b="$o" 'BEGIN {printf "%.1f", 100 * (a - b) / b}') %)")
+  [ "${CACHE:-0}" = 0 ] ||
+    summary+=("  L1 read misses per request: $((gi - i1_per)) more lines of code ($gi against $i1_per), $((gd - d1_per)) more of data ($gd against $d1_per)")
 done
 
 say "summary"
