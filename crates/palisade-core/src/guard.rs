@@ -460,6 +460,13 @@ impl Compiled {
 
 /// The pipeline, on a thread's share of a configuration: what it keeps
 /// for later (a `RequestAuth`, a future) keeps the share.
+///
+/// The path of a request allowed at once is kept short in code as well as
+/// in instructions: in a server, the kernel and the framework empty the
+/// CPU's instruction cache between two requests, so each line of code the
+/// check runs is fetched again (`CACHE=1 benches/insitu.sh`). What only
+/// refusals, waits, rewrites and debug logging run is in functions of its
+/// own, marked cold, out of that path.
 impl Share<Compiled> {
     /// [`Guard::check`] against this configuration.
     fn check(self: &Arc<Self>, req: &dyn RequestHead) -> Check<Decision> {
@@ -471,6 +478,21 @@ impl Share<Compiled> {
                 self.count(started, &d);
                 Check::Ready(d)
             }
+            other => self.rendered(started, other, req),
+        }
+    }
+
+    /// [`check`](Self::check)'s answer when it is not an admission as it
+    /// stands: rendered for the request, now or once it is known.
+    #[cold]
+    #[inline(never)]
+    fn rendered(
+        self: &Arc<Self>,
+        started: Option<quanta::Instant>,
+        check: Check<Decision>,
+        req: &dyn RequestHead,
+    ) -> Check<Decision> {
+        match check {
             Check::Ready(d) => {
                 self.count(started, &d);
                 Check::Ready(d.for_request(Rendering::of(req)))
@@ -493,10 +515,7 @@ impl Share<Compiled> {
         let path = if access.reads_path() {
             match access.normalize_path(req.path()) {
                 Ok(p) => p,
-                Err(e) => {
-                    tracing::debug!(target: LOG_TARGET, method = req.method(), reason = %e, "malformed path refused");
-                    return Check::Ready(Decision::Deny(Rejection::malformed_path(e.to_string())));
-                }
+                Err(e) => return Check::Ready(malformed_path(req, &e)),
             }
         } else {
             Cow::Borrowed(req.path())
@@ -521,7 +540,22 @@ impl Share<Compiled> {
         if pending.is_empty() {
             return self.decide(acc, req, &path, rewrite);
         }
-        let snapshot = OwnedRequest::snapshot(req, &self.snapshot_headers).with_path(&path);
+        self.authenticated_later(acc, pending, req, &path, rewrite)
+    }
+
+    /// [`check_http`](Self::check_http) once authenticators that have to
+    /// wait have answered.
+    #[cold]
+    #[inline(never)]
+    fn authenticated_later(
+        self: &Arc<Self>,
+        mut acc: Acc,
+        pending: Vec<(usize, crate::check::BoxFuture<AuthOutcome>)>,
+        req: &dyn RequestHead,
+        path: &str,
+        rewrite: bool,
+    ) -> Check<Decision> {
+        let snapshot = OwnedRequest::snapshot(req, &self.snapshot_headers).with_path(path);
         let guard = self.clone();
         Check::pending(async move {
             for (i, fut) in pending {
@@ -543,13 +577,9 @@ impl Share<Compiled> {
             return Check::Ready(Decision::Reply(reply));
         }
         if let Some(rejection) = acc.rejection {
-            tracing::debug!(target: LOG_TARGET, method = req.method(), path = req.path(), status = rejection.status(), reason = rejection.detail(), "credential refused");
-            return Check::Ready(Decision::Deny(*rejection));
+            return Check::Ready(credential_refused(rejection, req));
         }
-        let target = rewrite.then(|| match req.query() {
-            Some(q) => format!("{path}?{q}"),
-            None => path.to_owned(),
-        });
+        let target = if rewrite { Some(target_of(req, path)) } else { None };
         match self.access.check_normalized(req, acc.identity.as_ref(), path) {
             Check::Ready(access) => {
                 Check::Ready(match self.finish(acc, access, target, req.method(), path) {
@@ -557,24 +587,81 @@ impl Share<Compiled> {
                     d => d,
                 })
             }
-            Check::Pending(fut) => {
-                let guard = self.clone();
-                let snapshot = OwnedRequest::snapshot(req, &self.snapshot_headers);
-                let path = path.to_owned();
-                Check::pending(async move {
-                    let access = fut.await;
-                    match guard.finish(acc, access, target, snapshot.method(), &path) {
-                        Decision::Deny(r) => guard.sign_in_or(&snapshot, r),
-                        d => d,
-                    }
-                })
-            }
+            Check::Pending(fut) => self.authorized_later(acc, fut, target, req, path),
         }
     }
 
+    /// [`decide`](Self::decide) once a `CUSTOM` policy's authorizer has
+    /// answered.
+    #[cold]
+    #[inline(never)]
+    fn authorized_later(
+        self: &Arc<Self>,
+        acc: Acc,
+        fut: crate::check::BoxFuture<AccessDecision>,
+        target: Option<String>,
+        req: &dyn RequestHead,
+        path: &str,
+    ) -> Check<Decision> {
+        let guard = self.clone();
+        let snapshot = OwnedRequest::snapshot(req, &self.snapshot_headers);
+        let path = path.to_owned();
+        Check::pending(async move {
+            let access = fut.await;
+            match guard.finish(acc, access, target, snapshot.method(), &path) {
+                Decision::Deny(r) => guard.sign_in_or(&snapshot, r),
+                d => d,
+            }
+        })
+    }
+
+    /// The decision on an authorized request: an admission, with its
+    /// record, or the refusal.
     fn finish(
         self: &Arc<Self>,
         acc: Acc,
+        access: AccessDecision,
+        target: Option<String>,
+        method: &str,
+        path: &str,
+    ) -> Decision {
+        // Any subscriber that may want the debug span or the trace event
+        // (the process's most verbose level is DEBUG or TRACE) takes the
+        // full path, which asks precisely.
+        if !access.is_allowed()
+            || target.is_some()
+            || self.explain
+            || !acc.response_headers.is_empty()
+            || tracing::level_enabled!(tracing::Level::DEBUG)
+        {
+            return self.finish_fully(acc, access, target, method, path);
+        }
+        self.admission(acc, access, None)
+    }
+
+    /// The admission of a request: its record, kept with this share, and
+    /// its edits.
+    #[inline]
+    fn admission(self: &Arc<Self>, acc: Acc, access: AccessDecision, rare: Option<Box<Rare>>) -> Decision {
+        Decision::Allow(Admission {
+            auth: RequestAuth {
+                identity: acc.identity,
+                access,
+                compiled: self.clone(),
+                attachments: acc.attachments,
+            },
+            edits: acc.edits,
+            rare,
+        })
+    }
+
+    /// [`finish`](Self::finish) for what a plain admission lacks: a
+    /// refusal, a rewrite, response headers, the debug span and events.
+    #[cold]
+    #[inline(never)]
+    fn finish_fully(
+        self: &Arc<Self>,
+        mut acc: Acc,
         access: AccessDecision,
         target: Option<String>,
         method: &str,
@@ -606,7 +693,7 @@ impl Share<Compiled> {
             return Decision::Deny(self.refusal(acc.identity.as_ref(), access));
         }
         tracing::trace!(target: LOG_TARGET, %access, "allowed");
-        let mut headers = acc.response_headers;
+        let mut headers = std::mem::take(&mut acc.response_headers);
         if self.explain {
             headers.push((Cow::Borrowed(EXPLAIN_HEADER), access.to_string()));
         }
@@ -617,16 +704,37 @@ impl Share<Compiled> {
                 rendering: Rendering::Http,
             })
         });
-        Decision::Allow(Admission {
-            auth: RequestAuth {
-                identity: acc.identity,
-                access,
-                compiled: self.clone(),
-                attachments: acc.attachments,
-            },
-            edits: acc.edits,
-            rare,
-        })
+        self.admission(acc, access, rare)
+    }
+}
+
+/// The refusal of a path that cannot be normalised.
+#[cold]
+#[inline(never)]
+fn malformed_path(req: &dyn RequestHead, e: &dyn fmt::Display) -> Decision {
+    tracing::debug!(target: LOG_TARGET, method = req.method(), reason = %e, "malformed path refused");
+    Decision::Deny(Rejection::malformed_path(e.to_string()))
+}
+
+/// The refusal of a credential an authenticator refused.
+#[cold]
+#[inline(never)]
+#[allow(
+    clippy::boxed_local,
+    reason = "the caller moves one pointer; unboxed here, off the hot path"
+)]
+fn credential_refused(rejection: Box<Rejection>, req: &dyn RequestHead) -> Decision {
+    tracing::debug!(target: LOG_TARGET, method = req.method(), path = req.path(), status = rejection.status(), reason = rejection.detail(), "credential refused");
+    Decision::Deny(*rejection)
+}
+
+/// The normalised target a rewritten request is served at.
+#[cold]
+#[inline(never)]
+fn target_of(req: &dyn RequestHead, path: &str) -> String {
+    match req.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
     }
 }
 

@@ -1150,63 +1150,73 @@ impl JwtAuthenticator {
     /// `sources[source]`, when it is there and still good; an entry whose
     /// key is gone is dropped.
     fn hit(&self, token: &[u8], source: usize) -> Option<Step<'static>> {
-        /// Whether a cache's answer lets the request in.
-        fn accepted(answer: &Option<Step<'_>>) -> bool {
-            matches!(answer, Some(Step::Done(Ok(_)) | Step::Unbound(Ok(_))))
-        }
         let cache = self.0.cache.as_ref()?;
         let owner = self.0.front_owner;
-        let step = |entry: &CacheEntry| {
-            self.cached(entry, source).map(|done| {
-                if entry.unbound {
-                    Step::Unbound(done)
-                } else {
-                    Step::Done(done)
-                }
-            })
-        };
         // This thread's own copy first: it writes no memory another
         // thread writes.
-        let answer = match with_front(|f| f.find(owner, token).map(&step)).flatten() {
+        let answer = match with_front(|f| f.find(owner, token).map(|e| self.step(e, source))).flatten() {
             Some(answer) => {
                 if !accepted(&answer) {
                     // Refused (expired, found in the wrong place) or its
                     // key gone: not kept here.
-                    with_front(|f| f.remove(owner, token));
+                    forget_copy(owner, token);
                 }
                 answer
             }
-            None => {
-                // Answered under the cache's read lock, from the entry in place.
-                let mut copy = None;
-                let answer = cache.with(token, |entry| {
-                    let answer = step(entry);
-                    // An accepted token is copied here from its second hit,
-                    // unless it is a tenant's (its key set would live on).
-                    if accepted(&answer)
-                        && entry.tenant.is_none()
-                        && with_front(|f| f.deserves_copy(owner, token)) == Some(true)
-                    {
-                        copy = Some(Arc::clone(entry));
-                    }
-                    answer
-                })?;
-                if let Some(entry) = copy {
-                    let entry = entry.unshared();
-                    let alive = Arc::downgrade(&self.0.alive);
-                    with_front(|f| f.insert(owner, alive, token, entry));
-                }
-                answer
-            }
+            None => self.shared_hit(cache, token, source)?,
         };
         if answer.is_none() {
             // The token's key is gone: from the shared cache (and from this
             // thread's front, above; other threads' fronts find the same).
-            cache.remove(token);
+            forget(cache, token);
         } else {
             self.0.cache_hits.increment(1);
         }
         answer
+    }
+
+    /// A cached token's answer from its entry.
+    fn step(&self, entry: &CacheEntry, source: usize) -> Option<Step<'static>> {
+        self.cached(entry, source).map(|done| {
+            if entry.unbound {
+                Step::Unbound(done)
+            } else {
+                Step::Done(done)
+            }
+        })
+    }
+
+    /// [`hit`](Self::hit) in the shared cache, for a token this thread has
+    /// no copy of: `None` when the cache does not hold it. Out of line: a
+    /// token a thread sees often is answered from its copy.
+    #[inline(never)]
+    fn shared_hit(
+        &self,
+        cache: &TokenCache<Arc<CacheEntry>>,
+        token: &[u8],
+        source: usize,
+    ) -> Option<Option<Step<'static>>> {
+        let owner = self.0.front_owner;
+        // Answered under the cache's read lock, from the entry in place.
+        let mut copy = None;
+        let answer = cache.with(token, |entry| {
+            let answer = self.step(entry, source);
+            // An accepted token is copied here from its second hit,
+            // unless it is a tenant's (its key set would live on).
+            if accepted(&answer)
+                && entry.tenant.is_none()
+                && with_front(|f| f.deserves_copy(owner, token)) == Some(true)
+            {
+                copy = Some(Arc::clone(entry));
+            }
+            answer
+        })?;
+        if let Some(entry) = copy {
+            let entry = entry.unshared();
+            let alive = Arc::downgrade(&self.0.alive);
+            with_front(|f| f.insert(owner, alive, token, entry));
+        }
+        Some(answer)
     }
 
     fn cached(&self, entry: &CacheEntry, source: usize) -> Option<Result<Authenticated, JwtError>> {
@@ -1226,13 +1236,21 @@ impl JwtAuthenticator {
         let edits = if source == entry.source {
             entry.all_edits.clone()
         } else {
-            let mut edits = self.removal_at(source, entry.provider);
-            edits.extend(entry.edits.iter().cloned());
-            edits.into()
+            self.edits_at(source, entry)
         };
         Some(Ok(Authenticated::new(entry.identity.clone())
             .with_edits(edits)
             .with_shared_attachment(Arc::clone(&entry.bearer))))
+    }
+
+    /// A cached token's header edits when it came from another of the
+    /// token's places than it was verified from.
+    #[cold]
+    #[inline(never)]
+    fn edits_at(&self, source: usize, entry: &CacheEntry) -> HeaderEdits {
+        let mut edits = self.removal_at(source, entry.provider);
+        edits.extend(entry.edits.iter().cloned());
+        edits.into()
     }
 
     fn removal(&self, found: &Found<'_>, provider: usize) -> Vec<HeaderEdit> {
@@ -1644,10 +1662,7 @@ impl Authenticator for JwtAuthenticator {
             && req.path() == r.path
             && matches!(req.method(), "GET" | "HEAD")
         {
-            let reply = Reply::new(200)
-                .header("cache-control", "max-age=300")
-                .with_body("application/json", r.body.clone());
-            return Check::Ready(AuthOutcome::Respond(reply));
+            return Check::Ready(metadata(r));
         }
         let located = match self.locate(req) {
             Ok(Some(l)) => l,
@@ -1661,13 +1676,58 @@ impl Authenticator for JwtAuthenticator {
         if !located.query && self.0.dpop.as_ref().is_none_or(|d| d.source != located.source) {
             match self.hit(located.bytes.trim_ascii(), located.source) {
                 Some(Step::Unbound(r)) => return Check::Ready(self.outcome_for(r, false)),
-                Some(Step::Done(r)) => {
-                    let r = r.and_then(|a| bound_to(a, peer_thumbprint(req), None));
-                    return Check::Ready(self.outcome_for(r, false));
-                }
+                Some(Step::Done(r)) => return Check::Ready(self.bound_hit(r, req)),
                 _ => {}
             }
         }
+        self.authenticate_fully(req, located)
+    }
+}
+
+/// Whether a cache's answer lets the request in.
+fn accepted(answer: &Option<Step<'_>>) -> bool {
+    matches!(answer, Some(Step::Done(Ok(_)) | Step::Unbound(Ok(_))))
+}
+
+/// Drops this thread's copy of a token its cache no longer accepts.
+#[cold]
+#[inline(never)]
+fn forget_copy(owner: u64, token: &[u8]) {
+    with_front(|f| f.remove(owner, token));
+}
+
+/// Drops a token whose key is gone from the shared cache.
+#[cold]
+#[inline(never)]
+fn forget(cache: &TokenCache<Arc<CacheEntry>>, token: &[u8]) {
+    cache.remove(token);
+}
+
+/// The protected-resource metadata (RFC 9728), served as it is asked for.
+#[cold]
+#[inline(never)]
+fn metadata(r: &Served) -> AuthOutcome {
+    AuthOutcome::Respond(
+        Reply::new(200)
+            .header("cache-control", "max-age=300")
+            .with_body("application/json", r.body.clone()),
+    )
+}
+
+impl JwtAuthenticator {
+    /// A cached token bound to a certificate: checked against the peer's.
+    #[inline(never)]
+    fn bound_hit(&self, r: Result<Authenticated, JwtError>, req: &dyn RequestHead) -> AuthOutcome {
+        self.outcome_for(r.and_then(|a| bound_to(a, peer_thumbprint(req), None)), false)
+    }
+
+    /// [`Authenticator::authenticate`] past the verified-token cache: the
+    /// token checked and verified, its DPoP proof, a key to fetch. Out of
+    /// line, so that a cached token's path holds none of its code (a
+    /// server runs that path with its instruction cache emptied).
+    #[cold]
+    #[inline(never)]
+    fn authenticate_fully(&self, req: &dyn RequestHead, located: Located<'_>) -> Check<AuthOutcome> {
         let found = located.found();
         let (dpop, proof) = match &self.0.dpop {
             Some(d) if d.source == found.source => match self.check_proof(d, req, &found.token) {
