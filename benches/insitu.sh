@@ -20,9 +20,9 @@
 #   CACHE=1 benches/insitu.sh      # also simulated L1 misses per request
 #
 # Settings (environment): SECONDS_RUN (10), WARMUP (3); CACHE=1 adds
-# callgrind's cache simulation (`--cache-sim=yes`: 32 KiB L1 instruction
-# and data caches, user space only, no kernel evicting them between
-# requests) and prints the instruction- and data-cache read misses per
+# callgrind's cache simulation (`--cache-sim=yes` with the sizes set, not
+# the host's: 32 KiB, 8-way L1 instruction and data caches with 64-byte
+# lines; user space only, no kernel evicting them between requests) and prints the instruction- and data-cache read misses per
 # request: how many 64-byte lines of code and data a request brings back.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,7 +47,10 @@ count() {
   shift 2
   out="$work/$svc-$mode"
   launcher=(valgrind --tool=callgrind --callgrind-out-file="$out.cg")
-  [ "${CACHE:-0}" = 0 ] || launcher+=(--cache-sim=yes)
+  # The simulated caches are set, not taken from the host, so that counts
+  # compare across machines: 32 KiB, 8-way, 64-byte lines for L1.
+  [ "${CACHE:-0}" = 0 ] ||
+    launcher+=(--cache-sim=yes --I1=32768,8,64 --D1=32768,8,64 --LL=8388608,16,64)
   start "$svc" "$out.out" "$@"
   # Each instance has its own demo issuer; the one without Palisade gets
   # its own issuer's token too, so both requests are the same bytes long.
@@ -55,17 +58,27 @@ count() {
   fetch_token
   expect "$svc $mode under callgrind" 200 -H "Authorization: Bearer $token" "http://$addr/list"
   run_wrk "http://$addr/list" "$warmup" -t1 -c1
-  callgrind_control -z "$pid" >/dev/null 2>&1
+  callgrind_control -z "$pid" >/dev/null ||
+    { echo "error: $svc $mode: callgrind_control could not zero the counters of process $pid" >&2; exit 1; }
   run_wrk "http://$addr/list" "$seconds" -t1 -c1
-  callgrind_control -d "$pid" >/dev/null 2>&1
+  callgrind_control -d "$pid" >/dev/null ||
+    { echo "error: $svc $mode: callgrind_control could not dump the counters of process $pid" >&2; exit 1; }
   requests=$(sed -nE 's/^ *([0-9]+) requests in .*/\1/p' <<<"$wrk_out")
-  dump=$(ls -t "$out".cg.* 2>/dev/null | head -1)
-  # The first event is Ir; with the cache simulation, I1mr and D1mr are
-  # the fourth and fifth (Ir Dr Dw I1mr D1mr ...).
-  read -r total _ _ i1 d1 _ < <(sed -nE 's/^(summary|totals): //p' "$dump" | head -1) || true
+  # The first dump asked for is part 1; its `summary:` line gives the
+  # counts since zeroing, in the order of its `events:` line (counts of 0
+  # at the end are left out).
+  dump="$out.cg.1"
+  total='' i1=0 d1=0
+  if [ -f "$dump" ]; then
+    read -r total i1 d1 < <(awk '
+      /^events:/ { for (i = 2; i <= NF; i++) col[$i] = i - 1 }
+      function count(name) { return (name in col) ? v[col[name] + 1] + 0 : 0 }
+      /^summary:/ && !done { split($0, v, " "); done = 1
+        if ("Ir" in col) printf "%s %d %d\n", v[col["Ir"] + 1], count("I1mr"), count("D1mr") }' "$dump") || true
+  fi
   stop_all
   [ -n "$requests" ] && [ "$requests" -gt 0 ] && [ -n "$total" ] ||
-    { echo "error: $svc $mode: no count (requests: ${requests:-none}, dump: ${dump:-none})" >&2; exit 1; }
+    { echo "error: $svc $mode: no count (requests: ${requests:-none}, dump: $dump)" >&2; exit 1; }
   per=$((total / requests))
   printf '%-10s %-9s %9d requests %14d instructions %8d per request' "$svc" "$mode" "$requests" "$total" "$per"
   if [ "${CACHE:-0}" != 0 ]; then

@@ -625,16 +625,16 @@ impl Share<Compiled> {
         method: &str,
         path: &str,
     ) -> Decision {
-        // Any subscriber that may want the debug span or the trace event
-        // (the process's most verbose level is DEBUG or TRACE) takes the
-        // full path, which asks precisely.
         if !access.is_allowed()
             || target.is_some()
             || self.explain
             || !acc.response_headers.is_empty()
-            || tracing::level_enabled!(tracing::Level::DEBUG)
+            || tracing::enabled!(target: LOG_TARGET, tracing::Level::DEBUG)
         {
             return self.finish_fully(acc, access, target, method, path);
+        }
+        if trace_may_be_wanted() {
+            allowed_event(&access);
         }
         self.admission(acc, access, None)
     }
@@ -692,7 +692,7 @@ impl Share<Compiled> {
             tracing::debug!(target: LOG_TARGET, authenticated = acc.identity.is_some(), %access, "denied");
             return Decision::Deny(self.refusal(acc.identity.as_ref(), access));
         }
-        tracing::trace!(target: LOG_TARGET, %access, "allowed");
+        allowed_event(&access);
         let mut headers = std::mem::take(&mut acc.response_headers);
         if self.explain {
             headers.push((Cow::Borrowed(EXPLAIN_HEADER), access.to_string()));
@@ -706,6 +706,24 @@ impl Share<Compiled> {
         });
         self.admission(acc, access, rare)
     }
+}
+
+/// Whether a TRACE event may reach anyone: a subscriber's filter lets
+/// TRACE through somewhere, or none is set, when tracing hands events to a
+/// `log` logger (its `log` feature) that may want it. A superset of what
+/// `trace!` itself asks; two loads.
+#[inline]
+fn trace_may_be_wanted() -> bool {
+    use tracing::level_filters::{LevelFilter, STATIC_MAX_LEVEL};
+    (STATIC_MAX_LEVEL >= LevelFilter::TRACE && LevelFilter::current() >= LevelFilter::TRACE)
+        || !tracing::dispatcher::has_been_set()
+}
+
+/// The TRACE event of an allowed request, out of line: the fast path
+/// carries a call rather than the macro's code.
+#[inline(never)]
+fn allowed_event(access: &AccessDecision) {
+    tracing::trace!(target: LOG_TARGET, %access, "allowed");
 }
 
 /// The refusal of a path that cannot be normalised.
@@ -835,6 +853,57 @@ mod tests {
         assert_eq!(alive.strong_count(), 1, "kept by the requests in flight");
         drop(auths);
         assert_eq!(alive.strong_count(), 0, "and by nothing else, on any thread");
+    }
+
+    /// A subscriber that keeps the names of the spans made and the levels
+    /// of Palisade's events.
+    #[derive(Default)]
+    struct Seen(std::sync::Mutex<(Vec<&'static str>, Vec<tracing::Level>)>);
+
+    impl tracing::Subscriber for Seen {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            let mut seen = self.0.lock().unwrap();
+            seen.0.push(span.metadata().name());
+            tracing::span::Id::from_u64(seen.0.len() as u64)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, event: &tracing::Event<'_>) {
+            if event.metadata().target() == LOG_TARGET {
+                self.0.lock().unwrap().1.push(*event.metadata().level());
+            }
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    #[test]
+    fn an_allowed_request_is_traced_whichever_path_finishes_it() {
+        let guard = Guard::builder()
+            .access_policy(AccessPolicy::allow_all())
+            .build()
+            .unwrap();
+        let seen = Arc::new(Seen::default());
+        tracing::subscriber::with_default(seen.clone(), || {
+            assert!(matches!(
+                ready(guard.check(&OwnedRequest::get("/"))),
+                Decision::Allow(_)
+            ));
+        });
+        let (spans, events) = std::mem::take(&mut *seen.0.lock().unwrap());
+        assert!(spans.contains(&"palisade.authorize"), "the debug span: {spans:?}");
+        assert!(
+            events.contains(&tracing::Level::TRACE),
+            "the allowed event: {events:?}"
+        );
+        // Without a subscriber the plain admission's path runs: the same
+        // decision.
+        assert!(
+            matches!(ready(guard.check(&OwnedRequest::get("/"))), Decision::Allow(a) if a.rewritten_target().is_none())
+        );
     }
 
     #[test]
