@@ -1763,9 +1763,7 @@ impl JwtAuthenticator {
             }
         }
     }
-}
 
-impl JwtAuthenticator {
     /// `Bearer realm="…"`, with `resource_metadata` when it is served.
     fn bearer_challenge(&self) -> String {
         let mut challenge = bearer_challenge(&self.0.realm);
