@@ -9,11 +9,18 @@
 //! `axum-cached` (the layer added with `Router::layer`),
 //! `axum-service-cached` (the layer around the router, as
 //! `palisade::axum::serve` is given it), `axum-wrap-cached`
-//! (`PalisadeLayer::wrap`), `actix-baseline`, `actix-cached`.
+//! (`PalisadeLayer::wrap`), `axum-floor`, `actix-baseline`, `actix-cached`,
+//! `actix-floor`.
+//!
+//! The floors are what any guard of these apps has to do to a request it
+//! lets through, with nothing checked: drop the token's header (Istio's
+//! `forwardOriginalToken: false`) and hand the handler a record of the
+//! caller ([`Floor`]). What Palisade adds above a floor is its own work.
 
 use std::hint::black_box;
 
-use actix_web::{App, HttpResponse, web};
+use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
+use actix_web::{App, HttpMessage, HttpResponse, web};
 use axum::body::Body;
 use axum::routing::get;
 use palisade::jwt::{JwtAuthenticator, Provider};
@@ -91,27 +98,50 @@ fn main() {
             axum_requests(tower::Layer::layer(&layer(), router().with_state(())), &token, n)
         }
         "axum-wrap-cached" => axum_requests(layer().wrap(router()).with_state(()), &token, n),
-        "actix-baseline" => actix_requests(None, &token, n),
-        "actix-cached" => actix_requests(Some(guard(&issuer)), &token, n),
+        "axum-floor" => {
+            let floor = Floor::new();
+            let edits = tower::util::MapRequestLayer::new(move |mut req: http::Request<Body>| {
+                req.headers_mut().remove(http::header::AUTHORIZATION);
+                req.extensions_mut().insert(floor.clone());
+                req
+            });
+            axum_requests(tower::Layer::layer(&edits, router().with_state(())), &token, n)
+        }
+        "actix-baseline" => actix_requests(Guarded::No, &token, n),
+        "actix-cached" => actix_requests(Guarded::Palisade(guard(&issuer)), &token, n),
+        "actix-floor" => actix_requests(Guarded::Floor, &token, n),
         other => panic!("unknown scenario {other}"),
     }
 }
 
-/// An actix-web app, with the guard or without, under `n` requests.
-fn actix_requests(guard: Option<palisade::core::Guard>, token: &str, n: u32) {
+/// What wraps the actix-web app.
+enum Guarded {
+    No,
+    Palisade(palisade::core::Guard),
+    Floor,
+}
+
+/// An actix-web app, wrapped as `guarded` says, under `n` requests.
+fn actix_requests(guarded: Guarded, token: &str, n: u32) {
     let system = actix_web::rt::System::new();
     let route = || web::get().to(|| async { HttpResponse::Ok().body("ok") });
+    let (guard, floor) = match guarded {
+        Guarded::No => (None, false),
+        Guarded::Palisade(g) => (Some(g), false),
+        Guarded::Floor => (None, true),
+    };
     let app = system.block_on(actix_web::test::init_service(
         App::new()
             .wrap(actix_web::middleware::Condition::new(
                 guard.is_some(),
-                palisade::actix::Palisade::new(guard.clone().unwrap_or_else(|| {
+                palisade::actix::Palisade::new(guard.unwrap_or_else(|| {
                     palisade::core::Guard::builder()
                         .access_policy(palisade::core::authz::AccessPolicy::allow_all())
                         .build()
                         .unwrap()
                 })),
             ))
+            .wrap(actix_web::middleware::Condition::new(floor, Floor::new()))
             .route("/", route()),
     ));
     requests(n, || {
@@ -124,4 +154,64 @@ fn actix_requests(guard: Option<palisade::core::Guard>, token: &str, n: u32) {
             .status()
             .as_u16()
     });
+}
+
+/// The record a floor hands the handler: a verified caller, shared as a
+/// guard would share a cached token's.
+#[derive(Clone)]
+struct Floor(
+    #[expect(dead_code, reason = "the handler reads no record here, nor Palisade's")]
+    palisade::core::Identity,
+);
+
+impl Floor {
+    fn new() -> Self {
+        let mut claims = palisade::core::TokenClaims::default();
+        claims.subject = "bench".into();
+        Self(palisade::core::Identity::from_token(
+            claims,
+            palisade::core::Verification::assertion(),
+        ))
+    }
+}
+
+impl<S, B> Transform<S, ServiceRequest> for Floor
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error>,
+{
+    type Response = ServiceResponse<B>;
+    type Error = actix_web::Error;
+    type Transform = FloorMiddleware<S>;
+    type InitError = ();
+    type Future = std::future::Ready<Result<FloorMiddleware<S>, ()>>;
+
+    fn new_transform(&self, service: S) -> Self::Future {
+        std::future::ready(Ok(FloorMiddleware {
+            service,
+            floor: self.clone(),
+        }))
+    }
+}
+
+/// [`Floor`]'s edits, as an actix-web middleware: the app's own future.
+struct FloorMiddleware<S> {
+    service: S,
+    floor: Floor,
+}
+
+impl<S, B> Service<ServiceRequest> for FloorMiddleware<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error>,
+{
+    type Response = ServiceResponse<B>;
+    type Error = actix_web::Error;
+    type Future = S::Future;
+
+    forward_ready!(service);
+
+    fn call(&self, mut req: ServiceRequest) -> Self::Future {
+        req.headers_mut().remove(actix_web::http::header::AUTHORIZATION);
+        req.extensions_mut().insert(self.floor.clone());
+        self.service.call(req)
+    }
 }
