@@ -16,6 +16,8 @@
 //! lets through, with nothing checked: drop the token's header (Istio's
 //! `forwardOriginalToken: false`) and hand the handler a record of the
 //! caller ([`Floor`]). What Palisade adds above a floor is its own work.
+//! Before the loop, each scenario's app is asked what it was handed
+//! (`/probe`), so a floor or a guard that made no edit stops the bench.
 
 use std::hint::black_box;
 
@@ -54,8 +56,9 @@ fn requests(n: u32, mut request: impl FnMut() -> u16) {
     }
 }
 
-/// An axum app (any tower service of the router) under `n` requests.
-fn axum_requests<S, B>(app: S, token: &str, n: u32)
+/// An axum app (any tower service of the router) under `n` requests,
+/// `guarded` by Palisade or a floor or not.
+fn axum_requests<S, B>(app: S, guarded: bool, token: &str, n: u32)
 where
     S: tower::Service<http::Request<Body>, Response = http::Response<B>, Error = std::convert::Infallible>
         + Clone,
@@ -64,6 +67,14 @@ where
         .enable_all()
         .build()
         .unwrap();
+    let probe = http::Request::get("/probe")
+        .header("authorization", format!("Bearer {token}"))
+        .body(Body::empty())
+        .unwrap();
+    check_edits(
+        rt.block_on(app.clone().oneshot(probe)).unwrap().status().as_u16(),
+        guarded,
+    );
     requests(n, || {
         let req = http::Request::get("/")
             .header("authorization", format!("Bearer {token}"))
@@ -87,17 +98,24 @@ fn main() {
         .start()
         .unwrap();
     let token = issuer.token().sign();
-    let router = || axum::Router::new().route("/", get(|| async { "ok" }));
+    let router = || {
+        axum::Router::new()
+            .route("/", get(|| async { "ok" }))
+            .route("/probe", get(axum_probe))
+    };
     let layer = || palisade::axum::PalisadeLayer::new(guard(&issuer));
     // Routers are bound to their state once, as `axum::serve` does, not per
     // request.
     match scenario.as_str() {
-        "axum-baseline" => axum_requests(router().with_state(()), &token, n),
-        "axum-cached" => axum_requests(router().layer(layer()).with_state(()), &token, n),
-        "axum-service-cached" => {
-            axum_requests(tower::Layer::layer(&layer(), router().with_state(())), &token, n)
-        }
-        "axum-wrap-cached" => axum_requests(layer().wrap(router()).with_state(()), &token, n),
+        "axum-baseline" => axum_requests(router().with_state(()), false, &token, n),
+        "axum-cached" => axum_requests(router().layer(layer()).with_state(()), true, &token, n),
+        "axum-service-cached" => axum_requests(
+            tower::Layer::layer(&layer(), router().with_state(())),
+            true,
+            &token,
+            n,
+        ),
+        "axum-wrap-cached" => axum_requests(layer().wrap(router()).with_state(()), true, &token, n),
         "axum-floor" => {
             let floor = Floor::new();
             let edits = tower::util::MapRequestLayer::new(move |mut req: http::Request<Body>| {
@@ -105,7 +123,12 @@ fn main() {
                 req.extensions_mut().insert(floor.clone());
                 req
             });
-            axum_requests(tower::Layer::layer(&edits, router().with_state(())), &token, n)
+            axum_requests(
+                tower::Layer::layer(&edits, router().with_state(())),
+                true,
+                &token,
+                n,
+            )
         }
         "actix-baseline" => actix_requests(Guarded::No, &token, n),
         "actix-cached" => actix_requests(Guarded::Palisade(guard(&issuer)), &token, n),
@@ -125,6 +148,7 @@ enum Guarded {
 fn actix_requests(guarded: Guarded, token: &str, n: u32) {
     let system = actix_web::rt::System::new();
     let route = || web::get().to(|| async { HttpResponse::Ok().body("ok") });
+    let edited = !matches!(guarded, Guarded::No);
     let (guard, floor) = match guarded {
         Guarded::No => (None, false),
         Guarded::Palisade(g) => (Some(g), false),
@@ -142,8 +166,20 @@ fn actix_requests(guarded: Guarded, token: &str, n: u32) {
                 })),
             ))
             .wrap(actix_web::middleware::Condition::new(floor, Floor::new()))
-            .route("/", route()),
+            .route("/", route())
+            .route("/probe", web::get().to(actix_probe)),
     ));
+    let probe = actix_web::test::TestRequest::get()
+        .uri("/probe")
+        .append_header(("authorization", format!("Bearer {token}")))
+        .to_request();
+    check_edits(
+        system
+            .block_on(actix_web::test::call_service(&app, probe))
+            .status()
+            .as_u16(),
+        edited,
+    );
     requests(n, || {
         let req = actix_web::test::TestRequest::get()
             .uri("/")
@@ -156,11 +192,45 @@ fn actix_requests(guarded: Guarded, token: &str, n: u32) {
     });
 }
 
+/// What `/probe` answers: 200, plus 1 when the token's header reached
+/// the app, plus 2 when a record of the caller did (Palisade's or a
+/// floor's).
+fn probe_status(header: bool, record: bool) -> u16 {
+    200 + u16::from(header) + 2 * u16::from(record)
+}
+
+/// Stops the bench unless an edited app's probe saw the header gone and a
+/// record there, and an unedited one the header and no record.
+fn check_edits(status: u16, edited: bool) {
+    assert_eq!(
+        status,
+        probe_status(!edited, edited),
+        "/probe: the app was not handed what the scenario says (200 + 1 for the header, + 2 for a record)"
+    );
+}
+
+async fn axum_probe(req: http::Request<Body>) -> http::StatusCode {
+    let header = req.headers().contains_key(http::header::AUTHORIZATION);
+    let ext = req.extensions();
+    let record = ext.get::<Floor>().is_some() || ext.get::<palisade::core::RequestAuth>().is_some();
+    http::StatusCode::from_u16(probe_status(header, record)).unwrap()
+}
+
+async fn actix_probe(req: actix_web::HttpRequest) -> HttpResponse {
+    let header = req.headers().contains_key(actix_web::http::header::AUTHORIZATION);
+    let ext = req.extensions();
+    let record = ext.get::<Floor>().is_some() || ext.get::<palisade::core::RequestAuth>().is_some();
+    HttpResponse::new(actix_web::http::StatusCode::from_u16(probe_status(header, record)).unwrap())
+}
+
 /// The record a floor hands the handler: a verified caller, shared as a
 /// guard would share a cached token's.
 #[derive(Clone)]
 struct Floor(
-    #[expect(dead_code, reason = "the handler reads no record here, nor Palisade's")]
+    #[expect(
+        dead_code,
+        reason = "held for the handler; `/probe` only asks that it is there"
+    )]
     palisade::core::Identity,
 );
 
