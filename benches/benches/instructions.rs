@@ -21,13 +21,16 @@
 
 use std::hint::black_box;
 
-use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
 use actix_web::{App, HttpMessage, HttpResponse, web};
 use axum::body::Body;
 use axum::routing::get;
 use palisade::jwt::{JwtAuthenticator, Provider};
 use palisade::testkit::{SigningAlgorithm, TestIssuer};
 use tower::ServiceExt;
+
+#[path = "../common/floor.rs"]
+mod floor;
+use floor::Floor;
 
 fn guard(issuer: &TestIssuer) -> palisade::core::Guard {
     let jwt = JwtAuthenticator::builder()
@@ -116,20 +119,7 @@ fn main() {
             n,
         ),
         "axum-wrap-cached" => axum_requests(layer().wrap(router()).with_state(()), true, &token, n),
-        "axum-floor" => {
-            let floor = Floor::new();
-            let edits = tower::util::MapRequestLayer::new(move |mut req: http::Request<Body>| {
-                req.headers_mut().remove(http::header::AUTHORIZATION);
-                req.extensions_mut().insert(floor.clone());
-                req
-            });
-            axum_requests(
-                tower::Layer::layer(&edits, router().with_state(())),
-                true,
-                &token,
-                n,
-            )
-        }
+        "axum-floor" => axum_requests(Floor::new().around(router().with_state(())), true, &token, n),
         "actix-baseline" => actix_requests(Guarded::No, &token, n),
         "actix-cached" => actix_requests(Guarded::Palisade(guard(&issuer)), &token, n),
         "actix-floor" => actix_requests(Guarded::Floor, &token, n),
@@ -221,67 +211,4 @@ async fn actix_probe(req: actix_web::HttpRequest) -> HttpResponse {
     let ext = req.extensions();
     let record = ext.get::<Floor>().is_some() || ext.get::<palisade::core::RequestAuth>().is_some();
     HttpResponse::new(actix_web::http::StatusCode::from_u16(probe_status(header, record)).unwrap())
-}
-
-/// The record a floor hands the handler: a verified caller, shared as a
-/// guard would share a cached token's.
-#[derive(Clone)]
-struct Floor(
-    #[expect(
-        dead_code,
-        reason = "held for the handler; `/probe` only asks that it is there"
-    )]
-    palisade::core::Identity,
-);
-
-impl Floor {
-    fn new() -> Self {
-        let mut claims = palisade::core::TokenClaims::default();
-        claims.subject = "bench".into();
-        Self(palisade::core::Identity::from_token(
-            claims,
-            palisade::core::Verification::assertion(),
-        ))
-    }
-}
-
-impl<S, B> Transform<S, ServiceRequest> for Floor
-where
-    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error>,
-{
-    type Response = ServiceResponse<B>;
-    type Error = actix_web::Error;
-    type Transform = FloorMiddleware<S>;
-    type InitError = ();
-    type Future = std::future::Ready<Result<FloorMiddleware<S>, ()>>;
-
-    fn new_transform(&self, service: S) -> Self::Future {
-        std::future::ready(Ok(FloorMiddleware {
-            service,
-            floor: self.clone(),
-        }))
-    }
-}
-
-/// [`Floor`]'s edits, as an actix-web middleware: the app's own future.
-struct FloorMiddleware<S> {
-    service: S,
-    floor: Floor,
-}
-
-impl<S, B> Service<ServiceRequest> for FloorMiddleware<S>
-where
-    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error>,
-{
-    type Response = ServiceResponse<B>;
-    type Error = actix_web::Error;
-    type Future = S::Future;
-
-    forward_ready!(service);
-
-    fn call(&self, mut req: ServiceRequest) -> Self::Future {
-        req.headers_mut().remove(actix_web::http::header::AUTHORIZATION);
-        req.extensions_mut().insert(self.floor.clone());
-        self.service.call(req)
-    }
 }

@@ -14,6 +14,8 @@ use palisade::jwt::{JwtAuthenticator, Provider};
 use palisade::testkit::{SigningAlgorithm, TestIssuer};
 use tower::ServiceExt;
 
+#[path = "../common/floor.rs"]
+mod floor;
 #[path = "../common/paired.rs"]
 mod paired;
 use paired::{bench_paired, bench_paired_fresh};
@@ -161,6 +163,25 @@ fn overhead_benches(c: &mut Criterion) {
         },
     );
 
+    // The floor around the same router: the token's header dropped and a
+    // record inserted, nothing checked (`benches/common/floor.rs`).
+    let floored = floor::Floor::new().around(
+        axum::Router::new()
+            .route("/", get(|| async { "ok" }))
+            .with_state(()),
+    );
+    let axum_floor = bench_paired(
+        &mut g,
+        "axum_floor",
+        &mut || {
+            let res = rt.block_on(floored.clone().oneshot(request(&token))).unwrap();
+            assert_eq!(res.status(), 200);
+        },
+        &mut || {
+            black_box(rt.block_on(baseline.clone().oneshot(request(&token))).unwrap());
+        },
+    );
+
     // The same with metrics on: the guard built while a Prometheus
     // recorder is installed (its handles are bound to it), every decision
     // counted and timed into the latency histogram.
@@ -194,7 +215,7 @@ fn overhead_benches(c: &mut Criterion) {
     );
 
     let system = actix_web::rt::System::new();
-    let (baseline, cached, metered) = system.block_on(async {
+    let (baseline, cached, metered, floored) = system.block_on(async {
         let route = || web::get().to(|| async { HttpResponse::Ok().body("ok") });
         let baseline = actix_web::test::init_service(App::new().route("/", route())).await;
         let cached = actix_web::test::init_service(
@@ -209,7 +230,9 @@ fn overhead_benches(c: &mut Criterion) {
                 .route("/", route()),
         )
         .await;
-        (baseline, cached, metered)
+        let floored =
+            actix_web::test::init_service(App::new().wrap(floor::Floor::new()).route("/", route())).await;
+        (baseline, cached, metered, floored)
     });
     let req = || {
         actix_web::test::TestRequest::get()
@@ -222,6 +245,17 @@ fn overhead_benches(c: &mut Criterion) {
         "actix_cached_token",
         &mut || {
             let res = system.block_on(actix_web::test::call_service(&cached, req()));
+            assert_eq!(res.status(), 200);
+        },
+        &mut || {
+            black_box(system.block_on(actix_web::test::call_service(&baseline, req())));
+        },
+    );
+    let actix_floor = bench_paired(
+        &mut g,
+        "actix_floor",
+        &mut || {
+            let res = system.block_on(actix_web::test::call_service(&floored, req()));
             assert_eq!(res.status(), 200);
         },
         &mut || {
@@ -247,7 +281,9 @@ fn overhead_benches(c: &mut Criterion) {
     for (name, p) in [
         ("axum", axum),
         ("axum, layer around the router", axum_around),
+        ("axum, the floor around the router", axum_floor),
         ("actix", actix),
+        ("actix, the floor", actix_floor),
         ("axum, metrics on", axum_metrics),
         ("actix, metrics on", actix_metrics),
     ] {
