@@ -70,21 +70,15 @@ where
         .enable_all()
         .build()
         .unwrap();
-    let probe = http::Request::get("/probe")
-        .header("authorization", format!("Bearer {token}"))
-        .body(Body::empty())
-        .unwrap();
-    check_edits(
-        rt.block_on(app.clone().oneshot(probe)).unwrap().status().as_u16(),
-        guarded,
-    );
-    requests(n, || {
-        let req = http::Request::get("/")
+    let status = |path: &str| {
+        let req = http::Request::get(path)
             .header("authorization", format!("Bearer {token}"))
             .body(Body::empty())
             .unwrap();
         rt.block_on(app.clone().oneshot(req)).unwrap().status().as_u16()
-    });
+    };
+    check_edits(status("/probe"), guarded);
+    requests(n, || status("/"));
 }
 
 fn main() {
@@ -159,27 +153,18 @@ fn actix_requests(guarded: Guarded, token: &str, n: u32) {
             .route("/", route())
             .route("/probe", web::get().to(actix_probe)),
     ));
-    let probe = actix_web::test::TestRequest::get()
-        .uri("/probe")
-        .append_header(("authorization", format!("Bearer {token}")))
-        .to_request();
-    check_edits(
-        system
-            .block_on(actix_web::test::call_service(&app, probe))
-            .status()
-            .as_u16(),
-        edited,
-    );
-    requests(n, || {
+    let status = |path: &str| {
         let req = actix_web::test::TestRequest::get()
-            .uri("/")
+            .uri(path)
             .append_header(("authorization", format!("Bearer {token}")))
             .to_request();
         system
             .block_on(actix_web::test::call_service(&app, req))
             .status()
             .as_u16()
-    });
+    };
+    check_edits(status("/probe"), edited);
+    requests(n, || status("/"));
 }
 
 /// What `/probe` answers: 200, plus 1 when the token's header reached
