@@ -12,10 +12,12 @@
 //! (`PalisadeLayer::wrap`), `axum-floor`, `actix-baseline`, `actix-cached`,
 //! `actix-floor`.
 //!
-//! The floors are what any guard of these apps has to do to a request it
+//! The floors make only the edits a guard makes by default to a request it
 //! lets through, with nothing checked: drop the token's header (Istio's
 //! `forwardOriginalToken: false`) and hand the handler a record of the
-//! caller ([`Floor`]). What Palisade adds above a floor is its own work.
+//! caller ([`Floor`]). A floor is a lower bound: it cannot refuse, so its
+//! future and body are the app's own.
+//!
 //! Before the loop, each scenario's app is asked what it was handed
 //! (`/probe`), so a floor or a guard that made no edit stops the bench.
 
@@ -60,8 +62,8 @@ fn requests(n: u32, mut request: impl FnMut() -> u16) {
 }
 
 /// An axum app (any tower service of the router) under `n` requests,
-/// `guarded` by Palisade or a floor or not.
-fn axum_requests<S, B>(app: S, guarded: bool, token: &str, n: u32)
+/// `edited` by Palisade, a floor or nothing.
+fn axum_requests<S, B>(app: S, edited: Edits, token: &str, n: u32)
 where
     S: tower::Service<http::Request<Body>, Response = http::Response<B>, Error = std::convert::Infallible>
         + Clone,
@@ -77,7 +79,7 @@ where
             .unwrap();
         rt.block_on(app.clone().oneshot(req)).unwrap().status().as_u16()
     };
-    check_edits(status("/probe"), guarded);
+    check_edits(status("/probe"), edited);
     requests(n, || status("/"));
 }
 
@@ -104,16 +106,23 @@ fn main() {
     // Routers are bound to their state once, as `axum::serve` does, not per
     // request.
     match scenario.as_str() {
-        "axum-baseline" => axum_requests(router().with_state(()), false, &token, n),
-        "axum-cached" => axum_requests(router().layer(layer()).with_state(()), true, &token, n),
+        "axum-baseline" => axum_requests(router().with_state(()), Edits::None, &token, n),
+        "axum-cached" => axum_requests(router().layer(layer()).with_state(()), Edits::Palisade, &token, n),
         "axum-service-cached" => axum_requests(
             tower::Layer::layer(&layer(), router().with_state(())),
-            true,
+            Edits::Palisade,
             &token,
             n,
         ),
-        "axum-wrap-cached" => axum_requests(layer().wrap(router()).with_state(()), true, &token, n),
-        "axum-floor" => axum_requests(Floor::new().around(router().with_state(())), true, &token, n),
+        "axum-wrap-cached" => {
+            axum_requests(layer().wrap(router()).with_state(()), Edits::Palisade, &token, n)
+        }
+        "axum-floor" => axum_requests(
+            Floor::new().around(router().with_state(())),
+            Edits::Floor,
+            &token,
+            n,
+        ),
         "actix-baseline" => actix_requests(Guarded::No, &token, n),
         "actix-cached" => actix_requests(Guarded::Palisade(guard(&issuer)), &token, n),
         "actix-floor" => actix_requests(Guarded::Floor, &token, n),
@@ -132,11 +141,10 @@ enum Guarded {
 fn actix_requests(guarded: Guarded, token: &str, n: u32) {
     let system = actix_web::rt::System::new();
     let route = || web::get().to(|| async { HttpResponse::Ok().body("ok") });
-    let edited = !matches!(guarded, Guarded::No);
-    let (guard, floor) = match guarded {
-        Guarded::No => (None, false),
-        Guarded::Palisade(g) => (Some(g), false),
-        Guarded::Floor => (None, true),
+    let (guard, floor, edited) = match guarded {
+        Guarded::No => (None, false, Edits::None),
+        Guarded::Palisade(g) => (Some(g), false, Edits::Palisade),
+        Guarded::Floor => (None, true, Edits::Floor),
     };
     let app = system.block_on(actix_web::test::init_service(
         App::new()
@@ -167,33 +175,51 @@ fn actix_requests(guarded: Guarded, token: &str, n: u32) {
     requests(n, || status("/"));
 }
 
-/// What `/probe` answers: 200, plus 1 when the token's header reached
-/// the app, plus 2 when a record of the caller did (Palisade's or a
-/// floor's).
-fn probe_status(header: bool, record: bool) -> u16 {
-    200 + u16::from(header) + 2 * u16::from(record)
+/// Who edits a scenario's requests.
+#[derive(Clone, Copy)]
+enum Edits {
+    None,
+    Palisade,
+    Floor,
 }
 
-/// Stops the bench unless an edited app's probe saw the header gone and a
-/// record there, and an unedited one the header and no record.
-fn check_edits(status: u16, edited: bool) {
+/// What `/probe` answers: 200, plus 1 when the token's header reached
+/// the app, 2 when Palisade's record did, 4 when a floor's did.
+fn probe_status(header: bool, palisade: bool, floor: bool) -> u16 {
+    200 + u16::from(header) + 2 * u16::from(palisade) + 4 * u16::from(floor)
+}
+
+/// Stops the bench unless the probe saw what the scenario's editor does:
+/// the header kept and no record without one, else the header gone and
+/// that editor's record there.
+fn check_edits(status: u16, edited: Edits) {
+    let want = match edited {
+        Edits::None => probe_status(true, false, false),
+        Edits::Palisade => probe_status(false, true, false),
+        Edits::Floor => probe_status(false, false, true),
+    };
     assert_eq!(
-        status,
-        probe_status(!edited, edited),
-        "/probe: the app was not handed what the scenario says (200 + 1 for the header, + 2 for a record)"
+        status, want,
+        "/probe: the app was not handed what the scenario says (200, + 1 for the header, + 2 for Palisade's record, + 4 for a floor's)"
     );
 }
 
 async fn axum_probe(req: http::Request<Body>) -> http::StatusCode {
-    let header = req.headers().contains_key(http::header::AUTHORIZATION);
     let ext = req.extensions();
-    let record = ext.get::<Floor>().is_some() || ext.get::<palisade::core::RequestAuth>().is_some();
-    http::StatusCode::from_u16(probe_status(header, record)).unwrap()
+    let status = probe_status(
+        req.headers().contains_key(http::header::AUTHORIZATION),
+        ext.get::<palisade::core::RequestAuth>().is_some(),
+        ext.get::<Floor>().is_some(),
+    );
+    http::StatusCode::from_u16(status).unwrap()
 }
 
 async fn actix_probe(req: actix_web::HttpRequest) -> HttpResponse {
-    let header = req.headers().contains_key(actix_web::http::header::AUTHORIZATION);
     let ext = req.extensions();
-    let record = ext.get::<Floor>().is_some() || ext.get::<palisade::core::RequestAuth>().is_some();
-    HttpResponse::new(actix_web::http::StatusCode::from_u16(probe_status(header, record)).unwrap())
+    let status = probe_status(
+        req.headers().contains_key(actix_web::http::header::AUTHORIZATION),
+        ext.get::<palisade::core::RequestAuth>().is_some(),
+        ext.get::<Floor>().is_some(),
+    );
+    HttpResponse::new(actix_web::http::StatusCode::from_u16(status).unwrap())
 }

@@ -1,8 +1,9 @@
-//! The floor of the overhead figures: what any guard of the benches' apps
-//! has to do to a request it lets through, with nothing checked. It drops
-//! the token's header (Istio's `forwardOriginalToken: false`) and hands
-//! the handler a record of the caller. What Palisade adds above it is its
-//! own work.
+//! The floor of the overhead figures: the edits a guard of the benches'
+//! apps makes by default to a request it lets through, with nothing
+//! checked. It drops the token's header (Istio's `forwardOriginalToken:
+//! false`) and hands the handler a record of the caller. It is a lower
+//! bound: it cannot refuse, so its future and body are the app's own,
+//! where a guard's must be able to carry a refusal instead.
 
 use actix_web::HttpMessage;
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
