@@ -123,41 +123,36 @@ fn main() {
             &token,
             n,
         ),
-        "actix-baseline" => actix_requests(Guarded::No, &token, n),
-        "actix-cached" => actix_requests(Guarded::Palisade(guard(&issuer)), &token, n),
-        "actix-floor" => actix_requests(Guarded::Floor, &token, n),
+        "actix-baseline" => actix_requests(Edits::None, &issuer, &token, n),
+        "actix-cached" => actix_requests(Edits::Palisade, &issuer, &token, n),
+        "actix-floor" => actix_requests(Edits::Floor, &issuer, &token, n),
         other => panic!("unknown scenario {other}"),
     }
 }
 
-/// What wraps the actix-web app.
-enum Guarded {
-    No,
-    Palisade(palisade::core::Guard),
-    Floor,
-}
-
-/// An actix-web app, wrapped as `guarded` says, under `n` requests.
-fn actix_requests(guarded: Guarded, token: &str, n: u32) {
+/// An actix-web app under `n` requests, `edited` by Palisade (guarding
+/// with `issuer`'s tokens), a floor or nothing. Both wrappers are always
+/// there, in actix-web's `Condition`, switched on as `edited` says.
+fn actix_requests(edited: Edits, issuer: &TestIssuer, token: &str, n: u32) {
     let system = actix_web::rt::System::new();
     let route = || web::get().to(|| async { HttpResponse::Ok().body("ok") });
-    let (guard, floor, edited) = match guarded {
-        Guarded::No => (None, false, Edits::None),
-        Guarded::Palisade(g) => (Some(g), false, Edits::Palisade),
-        Guarded::Floor => (None, true, Edits::Floor),
+    let palisade = match edited {
+        Edits::Palisade => guard(issuer),
+        Edits::None | Edits::Floor => palisade::core::Guard::builder()
+            .access_policy(palisade::core::authz::AccessPolicy::allow_all())
+            .build()
+            .unwrap(),
     };
     let app = system.block_on(actix_web::test::init_service(
         App::new()
             .wrap(actix_web::middleware::Condition::new(
-                guard.is_some(),
-                palisade::actix::Palisade::new(guard.unwrap_or_else(|| {
-                    palisade::core::Guard::builder()
-                        .access_policy(palisade::core::authz::AccessPolicy::allow_all())
-                        .build()
-                        .unwrap()
-                })),
+                matches!(edited, Edits::Palisade),
+                palisade::actix::Palisade::new(palisade),
             ))
-            .wrap(actix_web::middleware::Condition::new(floor, Floor::new()))
+            .wrap(actix_web::middleware::Condition::new(
+                matches!(edited, Edits::Floor),
+                Floor::new(),
+            ))
             .route("/", route())
             .route("/probe", web::get().to(actix_probe)),
     ));

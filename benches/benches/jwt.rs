@@ -147,9 +147,7 @@ fn overhead_benches(c: &mut Criterion) {
     // given it: no per-route boxing, the router's own body unchanged.
     let around = tower::Layer::layer(
         &palisade::axum::PalisadeLayer::new(guard(&issuer, 10_000)),
-        axum::Router::new()
-            .route("/", get(|| async { "ok" }))
-            .with_state(()),
+        axum_app(None),
     );
     let axum_around = bench_paired(
         &mut g,
@@ -165,11 +163,7 @@ fn overhead_benches(c: &mut Criterion) {
 
     // The floor around the same router: the token's header dropped and a
     // record inserted, nothing checked (`benches/common/floor.rs`).
-    let floored = floor::Floor::new().around(
-        axum::Router::new()
-            .route("/", get(|| async { "ok" }))
-            .with_state(()),
-    );
+    let floored = floor::Floor::new().around(axum_app(None));
     let axum_floor = bench_paired(
         &mut g,
         "axum_floor",
