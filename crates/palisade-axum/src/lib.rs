@@ -378,26 +378,34 @@ type Admitted<B> = Result<(Request<B>, Option<ResponseEdits>), Reply>;
 pin_project_lite::pin_project! {
     /// The future of [`Palisade`] and [`Require`]: the inner service's
     /// response with the core's edits, or the core's reply.
+    ///
+    /// The inner service's future is a field of its own rather than a
+    /// variant among the other states: as a variant it was copied twice on
+    /// its way out of `call`, as a field once (a few hundred bytes each
+    /// with axum's router; `benches/instructions.sh` counts it).
     pub struct ResponseFuture<S, ReqBody>
     where
         S: Service<Request<ReqBody>>,
     {
         #[pin]
-        kind: Kind<S, ReqBody>,
+        inner: Option<S::Future>,
+        edits: Option<ResponseEdits>,
+        other: Option<Box<Other<S, ReqBody>>>,
     }
 }
 
-pin_project_lite::pin_project! {
-    #[project = KindProj]
-    enum Kind<S, ReqBody>
-    where
-        S: Service<Request<ReqBody>>,
-    {
-        Inner { #[pin] fut: S::Future, edits: Option<ResponseEdits> },
-        Reply { reply: Option<Reply> },
-        Finishing { reply: BoxFuture<Reply> },
-        Checking { check: BoxFuture<Admitted<ReqBody>>, svc: Option<S> },
-    }
+/// What a [`ResponseFuture`] waits for when it is not (yet) the inner
+/// service's response: boxed, as only refusals and checks that wait have it.
+enum Other<S, ReqBody>
+where
+    S: Service<Request<ReqBody>>,
+{
+    Reply(Option<Reply>),
+    Finishing(BoxFuture<Reply>),
+    Checking {
+        check: BoxFuture<Admitted<ReqBody>>,
+        svc: Option<S>,
+    },
 }
 
 impl<S, ReqBody> ResponseFuture<S, ReqBody>
@@ -406,8 +414,8 @@ where
     ReqBody: http_body::Body + Send + 'static,
 {
     /// Calls `inner` once `check` is known and `admit` applied it to the
-    /// request (now when it is ready, else in the future). Inlined, so the
-    /// request and the inner future are built in place rather than copied.
+    /// request (now when it is ready, else in the future). Inlined into
+    /// each service's `call`.
     #[inline]
     fn start<V: Send + 'static>(
         inner: &mut S,
@@ -415,21 +423,24 @@ where
         check: Check<V>,
         admit: fn(V, &mut Request<ReqBody>) -> Result<Option<ResponseEdits>, Reply>,
     ) -> Self {
-        let kind = match check {
+        let other = match check {
             Check::Ready(verdict) => match admit(verdict, &mut req) {
-                Ok(edits) => Kind::Inner {
-                    fut: inner.call(req),
-                    edits,
-                },
-                Err(reply) if reply.body_wanted().is_some() => Kind::Finishing {
-                    reply: Box::pin(with_body(reply, req)),
-                },
-                Err(reply) => Kind::Reply { reply: Some(reply) },
+                Ok(edits) => {
+                    return Self {
+                        inner: Some(inner.call(req)),
+                        edits,
+                        other: None,
+                    };
+                }
+                Err(reply) if reply.body_wanted().is_some() => {
+                    Other::Finishing(Box::pin(with_body(reply, req)))
+                }
+                Err(reply) => Other::Reply(Some(reply)),
             },
             Check::Pending(fut) => {
                 // The readied service goes into the future; a clone stays.
                 let clone = inner.clone();
-                Kind::Checking {
+                Other::Checking {
                     check: Box::pin(async move {
                         let verdict = fut.await;
                         match admit(verdict, &mut req) {
@@ -441,7 +452,11 @@ where
                 }
             }
         };
-        Self { kind }
+        Self {
+            inner: None,
+            edits: None,
+            other: Some(Box::new(other)),
+        }
     }
 }
 
@@ -454,34 +469,31 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
-            match this.kind.as_mut().project() {
-                KindProj::Inner { fut, edits } => {
-                    let mut res = ready!(fut.poll(cx))?;
-                    if let Some(e) = edits.take() {
-                        e.apply(&mut HttpResponse(&mut res));
-                    }
-                    return Poll::Ready(Ok(res.map(ResponseBody::inner)));
+            if let Some(fut) = this.inner.as_mut().as_pin_mut() {
+                let mut res = ready!(fut.poll(cx))?;
+                if let Some(e) = this.edits.take() {
+                    e.apply(&mut HttpResponse(&mut res));
                 }
-                KindProj::Reply { reply: r } => {
-                    return Poll::Ready(Ok(r.take().map_or_else(answered, reply)));
-                }
-                KindProj::Finishing { reply: r } => {
-                    return Poll::Ready(Ok(reply(ready!(r.as_mut().poll(cx)))));
-                }
-                KindProj::Checking { check, svc } => {
+                return Poll::Ready(Ok(res.map(ResponseBody::inner)));
+            }
+            let (req, edits, mut svc) = match this.other.as_deref_mut() {
+                None => return Poll::Ready(Ok(answered())),
+                Some(Other::Reply(r)) => return Poll::Ready(Ok(r.take().map_or_else(answered, reply))),
+                Some(Other::Finishing(r)) => return Poll::Ready(Ok(reply(ready!(r.as_mut().poll(cx))))),
+                Some(Other::Checking { check, svc }) => {
                     let admitted = ready!(check.as_mut().poll(cx));
-                    let Some(mut svc) = svc.take() else {
+                    let Some(svc) = svc.take() else {
                         return Poll::Ready(Ok(answered()));
                     };
                     match admitted {
-                        Ok((req, edits)) => {
-                            let fut = svc.call(req);
-                            this.kind.set(Kind::Inner { fut, edits });
-                        }
+                        Ok((req, edits)) => (req, edits, svc),
                         Err(r) => return Poll::Ready(Ok(reply(r))),
                     }
                 }
-            }
+            };
+            *this.other = None;
+            *this.edits = edits;
+            this.inner.set(Some(svc.call(req)));
         }
     }
 }

@@ -308,9 +308,17 @@ impl Acc {
                     Some(prev) => prev.merge(&identity),
                     None => identity,
                 });
-                self.edits = std::mem::take(&mut self.edits).then(edits);
-                self.response_headers
-                    .extend(response_headers.into_iter().map(|(n, v)| (Cow::Owned(n), v)));
+                // The first authenticator's edits and headers are taken as
+                // they are: merging moves them for nothing.
+                self.edits = if self.edits.is_empty() {
+                    edits
+                } else {
+                    std::mem::take(&mut self.edits).then(edits)
+                };
+                if !response_headers.is_empty() {
+                    self.response_headers
+                        .extend(response_headers.into_iter().map(|(n, v)| (Cow::Owned(n), v)));
+                }
             }
             AuthOutcome::NoCredential => {}
             AuthOutcome::Respond(reply) => {
