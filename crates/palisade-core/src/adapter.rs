@@ -335,6 +335,13 @@ impl ResponseEdits {
         self.headers.iter().map(|(n, v)| (&**n, v.as_str()))
     }
 
+    /// Whether there is no edit (most responses): an adapter need not keep
+    /// or apply them.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.headers.is_empty()
+    }
+
     /// Applies the edits to the handler's response.
     pub fn apply(self, res: &mut dyn ResponseTarget) {
         for (name, value) in &self.headers {
