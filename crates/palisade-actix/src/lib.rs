@@ -60,7 +60,7 @@ use actix_web::http::header::{AUTHORIZATION, COOKIE, HOST, HeaderName, HeaderVal
 use actix_web::http::uri::PathAndQuery;
 use actix_web::{Error, HttpMessage};
 use palisade_core::adapter::{
-    GuardHandle, Reply, RequestTarget, ResponseEdits, ResponseTarget, TargetRewrite, actix_response,
+    Reply, RequestTarget, ResponseEdits, ResponseTarget, TargetRewrite, actix_response,
 };
 use palisade_core::authn::{ConnectionInfo, RequestHead};
 use palisade_core::{Check, Guard, RequestAuth};
@@ -120,7 +120,7 @@ where
     fn new_transform(&self, service: S) -> Self::Future {
         ready(Ok(PalisadeMiddleware {
             service: Rc::new(service),
-            guard: std::cell::RefCell::new(GuardHandle::new(self.guard.clone())),
+            guard: self.guard.clone(),
         }))
     }
 }
@@ -129,8 +129,7 @@ where
 #[derive(Debug)]
 pub struct PalisadeMiddleware<S> {
     service: Rc<S>,
-    /// A worker's own handle: actix-web builds the middleware per worker.
-    guard: std::cell::RefCell<GuardHandle>,
+    guard: Guard,
 }
 
 /// An actix-web request, as the core reads and edits it.
@@ -390,7 +389,7 @@ where
     forward_ready!(service);
 
     fn call(&self, req: ServiceRequest) -> Self::Future {
-        let check = self.guard.borrow_mut().check(&ActixHead(&req));
+        let check = self.guard.check(&ActixHead(&req));
         respond(&self.service, req, check, |decision, req| {
             decision
                 .apply(&mut ActixRequest(req))

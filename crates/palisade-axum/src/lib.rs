@@ -380,15 +380,15 @@ type Admitted<B> = Result<(Request<B>, Option<ResponseEdits>), Reply>;
 pin_project_lite::pin_project! {
     /// The future of [`Palisade`] and [`Require`]: the inner service's
     /// response with the core's edits, or the core's reply.
-    ///
-    /// The inner service's future is a field of its own rather than a
-    /// variant among the other states: as a variant it was copied twice on
-    /// its way out of `call`, as a field once (a few hundred bytes each
-    /// with axum's router; `benches/instructions.sh` counts it).
     pub struct ResponseFuture<S, ReqBody>
     where
         S: Service<Request<ReqBody>>,
     {
+        // Until the answer, exactly one of `inner` and `other` is `Some`.
+        // The inner service's future is a field of its own rather than a
+        // variant among the other states: as a variant it was copied twice
+        // on its way out of `call`, as a field once (a few hundred bytes
+        // each with axum's router; `benches/instructions.sh` counts it).
         #[pin]
         inner: Option<S::Future>,
         edits: Option<ResponseEdits>,

@@ -55,7 +55,6 @@ use std::borrow::Cow;
 use crate::authz::{AccessDecision, AccessPolicy};
 use crate::check::Check;
 use crate::error::Rejection;
-pub use crate::guard::GuardHandle;
 use crate::guard::{LOG_TARGET, RequestAuth};
 use crate::request::{OwnedRequest, RequestHead};
 

@@ -417,66 +417,6 @@ impl Guard {
     }
 }
 
-/// A [`Guard`] as an adapter instance that lives across requests holds it
-/// (actix-web builds its middleware once per worker thread). Checks
-/// through it read the guard's configuration without writing memory
-/// another thread writes: [`Guard::check`] loads the configuration with
-/// `arc_swap`'s shared load (a store with a full fence, on a slot of the
-/// thread's), a handle keeps the configuration it last loaded and only
-/// compares a pointer before reusing it (`arc_swap::Cache`). A
-/// [`Guard::replace`] is seen by the handle's next check, as by the guard;
-/// until then the handle keeps the configuration it last used alive (an
-/// idle worker's: memory, never a decision).
-///
-/// Not for a tower service: hyper's servers clone the service for every
-/// request, so its handle would load as the guard does and then copy the
-/// configuration's reference besides. palisade-axum holds the [`Guard`].
-///
-/// ```
-/// use palisade_core::adapter::{Decision, GuardHandle};
-/// use palisade_core::authn::OwnedRequest;
-/// use palisade_core::authz::AccessPolicy;
-/// use palisade_core::{Check, Guard};
-/// let guard = Guard::builder().access_policy(AccessPolicy::require_authenticated()).build()?;
-/// let mut handle = GuardHandle::new(guard.clone());
-/// assert!(matches!(handle.check(&OwnedRequest::get("/")), Check::Ready(Decision::Deny(_))));
-/// guard.replace(Guard::builder().access_policy(AccessPolicy::allow_all()).build()?);
-/// assert!(matches!(handle.check(&OwnedRequest::get("/")), Check::Ready(Decision::Allow(_))));
-/// # Ok::<(), palisade_core::GuardError>(())
-/// ```
-pub struct GuardHandle {
-    guard: Guard,
-    cache: arc_swap::Cache<Arc<ArcSwap<Shares<Compiled>>>, Arc<Shares<Compiled>>>,
-}
-
-impl GuardHandle {
-    /// A handle on `guard`.
-    #[must_use]
-    pub fn new(guard: Guard) -> Self {
-        Self {
-            cache: arc_swap::Cache::new(Arc::clone(&guard.0)),
-            guard,
-        }
-    }
-
-    /// The guard.
-    #[must_use]
-    pub fn guard(&self) -> &Guard {
-        &self.guard
-    }
-
-    /// [`Guard::check`], through the configuration this handle keeps.
-    pub fn check(&mut self, req: &dyn RequestHead) -> Check<Decision> {
-        self.cache.load().mine().check(req)
-    }
-}
-
-impl fmt::Debug for GuardHandle {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("GuardHandle").field(&self.guard).finish()
-    }
-}
-
 impl Compiled {
     /// The rejection for a request that needs a credential and has none.
     pub(crate) fn missing_credential(&self) -> Rejection {
