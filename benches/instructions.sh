@@ -22,7 +22,7 @@ count() { # count SCENARIO N
   sed -n 's/^summary: //p' "$out"; rm -f "$out"
 }
 declare -A per
-for s in axum-baseline axum-cached axum-service-cached axum-wrap-cached axum-floor actix-baseline actix-cached actix-floor; do
+for s in axum-baseline axum-cached axum-service-cached axum-wrap-cached axum-floor axum-service-refused actix-baseline actix-cached actix-floor actix-refused; do
   a=$(count "$s" "$lo"); b=$(count "$s" "$hi")
   per[$s]=$(( (b - a) / (hi - lo) ))
   echo "$s: ${per[$s]} instructions per request"
@@ -31,3 +31,4 @@ echo "axum, Router::layer: Palisade adds $(( per[axum-cached] - per[axum-baselin
 echo "axum, the layer around the router: Palisade adds $(( per[axum-service-cached] - per[axum-baseline] )); the floor adds $(( per[axum-floor] - per[axum-baseline] )), Palisade $(( per[axum-service-cached] - per[axum-floor] )) more"
 echo "axum, PalisadeLayer::wrap: Palisade adds $(( per[axum-wrap-cached] - per[axum-baseline] ))"
 echo "actix-web: Palisade adds $(( per[actix-cached] - per[actix-baseline] )); the floor adds $(( per[actix-floor] - per[actix-baseline] )), Palisade $(( per[actix-cached] - per[actix-floor] )) more"
+echo "refused (a bearer that is no JWT, answered 401 with its challenge and problem document): axum, around the router, $(( per[axum-service-refused] - per[axum-baseline] )) over the baseline; actix-web $(( per[actix-refused] - per[actix-baseline] ))"

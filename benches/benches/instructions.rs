@@ -53,17 +53,44 @@ fn guard(issuer: &TestIssuer) -> palisade::core::Guard {
 }
 
 /// The measured loop: `n` requests, each made by `request` and answered
-/// 200. The only function the script counts.
+/// `want` (200, or 401 for a refused token). The only function the
+/// script counts.
 #[inline(never)]
-fn requests(n: u32, mut request: impl FnMut() -> u16) {
+fn requests(n: u32, want: u16, mut request: impl FnMut() -> u16) {
     for _ in 0..n {
-        assert_eq!(black_box(request()), 200);
+        assert_eq!(black_box(request()), want);
+    }
+}
+
+/// What the loop sends: the issuer's cached token, answered 200, or a
+/// bearer that is no JWT, which Palisade refuses with 401 and its
+/// challenge (a flood of bad tokens).
+#[derive(Clone, Copy)]
+enum Sent {
+    Cached,
+    Refused,
+}
+
+impl Sent {
+    fn bearer(self, token: &str) -> &str {
+        match self {
+            Sent::Cached => token,
+            Sent::Refused => "not-a-jwt",
+        }
+    }
+
+    fn status(self) -> u16 {
+        match self {
+            Sent::Cached => 200,
+            Sent::Refused => 401,
+        }
     }
 }
 
 /// An axum app (any tower service of the router) under `n` requests,
-/// `edited` by Palisade, a floor or nothing.
-fn axum_requests<S, B>(app: S, edited: Edits, token: &str, n: u32)
+/// `edited` by Palisade, a floor or nothing; the probe is sent the cached
+/// token, the loop what `sent` says.
+fn axum_requests<S, B>(app: S, edited: Edits, token: &str, sent: Sent, n: u32)
 where
     S: tower::Service<http::Request<Body>, Response = http::Response<B>, Error = std::convert::Infallible>
         + Clone,
@@ -72,15 +99,16 @@ where
         .enable_all()
         .build()
         .unwrap();
-    let status = |path: &str| {
+    let status = |path: &str, token: &str| {
         let req = http::Request::get(path)
             .header("authorization", format!("Bearer {token}"))
             .body(Body::empty())
             .unwrap();
         rt.block_on(app.clone().oneshot(req)).unwrap().status().as_u16()
     };
-    check_edits(status("/probe"), edited);
-    requests(n, || status("/"));
+    check_edits(status("/probe", token), edited);
+    let bearer = sent.bearer(token);
+    requests(n, sent.status(), || status("/", bearer));
 }
 
 fn main() {
@@ -106,34 +134,52 @@ fn main() {
     // Routers are bound to their state once, as `axum::serve` does, not per
     // request.
     match scenario.as_str() {
-        "axum-baseline" => axum_requests(router().with_state(()), Edits::None, &token, n),
-        "axum-cached" => axum_requests(router().layer(layer()).with_state(()), Edits::Palisade, &token, n),
-        "axum-service-cached" => axum_requests(
+        "axum-baseline" => axum_requests(router().with_state(()), Edits::None, &token, Sent::Cached, n),
+        "axum-cached" => axum_requests(
+            router().layer(layer()).with_state(()),
+            Edits::Palisade,
+            &token,
+            Sent::Cached,
+            n,
+        ),
+        "axum-service-cached" | "axum-service-refused" => axum_requests(
             tower::Layer::layer(&layer(), router().with_state(())),
             Edits::Palisade,
             &token,
+            if scenario.ends_with("refused") {
+                Sent::Refused
+            } else {
+                Sent::Cached
+            },
             n,
         ),
-        "axum-wrap-cached" => {
-            axum_requests(layer().wrap(router()).with_state(()), Edits::Palisade, &token, n)
-        }
+        "axum-wrap-cached" => axum_requests(
+            layer().wrap(router()).with_state(()),
+            Edits::Palisade,
+            &token,
+            Sent::Cached,
+            n,
+        ),
         "axum-floor" => axum_requests(
             Floor::new().around(router().with_state(())),
             Edits::Floor,
             &token,
+            Sent::Cached,
             n,
         ),
-        "actix-baseline" => actix_requests(Edits::None, &issuer, &token, n),
-        "actix-cached" => actix_requests(Edits::Palisade, &issuer, &token, n),
-        "actix-floor" => actix_requests(Edits::Floor, &issuer, &token, n),
+        "actix-baseline" => actix_requests(Edits::None, &issuer, &token, Sent::Cached, n),
+        "actix-cached" => actix_requests(Edits::Palisade, &issuer, &token, Sent::Cached, n),
+        "actix-refused" => actix_requests(Edits::Palisade, &issuer, &token, Sent::Refused, n),
+        "actix-floor" => actix_requests(Edits::Floor, &issuer, &token, Sent::Cached, n),
         other => panic!("unknown scenario {other}"),
     }
 }
 
 /// An actix-web app under `n` requests, `edited` by Palisade (guarding
 /// with `issuer`'s tokens), a floor or nothing. Both wrappers are always
-/// there, in actix-web's `Condition`, switched on as `edited` says.
-fn actix_requests(edited: Edits, issuer: &TestIssuer, token: &str, n: u32) {
+/// there, in actix-web's `Condition`, switched on as `edited` says. The
+/// probe is sent the cached token, the loop what `sent` says.
+fn actix_requests(edited: Edits, issuer: &TestIssuer, token: &str, sent: Sent, n: u32) {
     let system = actix_web::rt::System::new();
     let route = || web::get().to(|| async { HttpResponse::Ok().body("ok") });
     let palisade = match edited {
@@ -156,7 +202,7 @@ fn actix_requests(edited: Edits, issuer: &TestIssuer, token: &str, n: u32) {
             .route("/", route())
             .route("/probe", web::get().to(actix_probe)),
     ));
-    let status = |path: &str| {
+    let status = |path: &str, token: &str| {
         let req = actix_web::test::TestRequest::get()
             .uri(path)
             .append_header(("authorization", format!("Bearer {token}")))
@@ -166,8 +212,9 @@ fn actix_requests(edited: Edits, issuer: &TestIssuer, token: &str, n: u32) {
             .status()
             .as_u16()
     };
-    check_edits(status("/probe"), edited);
-    requests(n, || status("/"));
+    check_edits(status("/probe", token), edited);
+    let bearer = sent.bearer(token);
+    requests(n, sent.status(), || status("/", bearer));
 }
 
 /// Who edits a scenario's requests.

@@ -236,13 +236,24 @@ impl std::error::Error for Rejection {}
 
 /// An RFC 9457 problem document of type `urn:palisade:problem:<kind>`.
 pub(crate) fn problem_document(kind: &str, title: &str, status: u16, detail: &str) -> String {
-    serde_json::json!({
-        "type": format!("urn:palisade:problem:{kind}"),
-        "title": title,
-        "status": status,
-        "detail": detail,
-    })
-    .to_string()
+    /// The document's members, serialized in this order. (Through
+    /// `json!`, an ordered map was built, hashed and dropped for every
+    /// refusal: a flood of bad tokens paid for it.)
+    #[derive(serde::Serialize)]
+    struct Problem<'a> {
+        #[serde(rename = "type")]
+        kind: String,
+        title: &'a str,
+        status: u16,
+        detail: &'a str,
+    }
+    let problem = Problem {
+        kind: format!("urn:palisade:problem:{kind}"),
+        title,
+        status,
+        detail,
+    };
+    serde_json::to_string(&problem).unwrap_or_default()
 }
 
 /// `Bearer realm="…"`, the challenge of a bearer-token authenticator.
@@ -262,9 +273,12 @@ fn bearer_error_challenge(realm: &str, error: &str, detail: &str) -> String {
 /// Keeps a value inside a quoted-string: printable ASCII without `"` and `\`
 /// (RFC 6750 §3 limits `error_description` to that set anyway).
 fn quote_safe(s: &str) -> String {
-    s.chars()
-        .filter(|c| (' '..='~').contains(c) && *c != '"' && *c != '\\')
-        .collect()
+    let allowed = |c: char| (' '..='~').contains(&c) && c != '"' && c != '\\';
+    // Most values need no filtering: copied whole, not char by char.
+    if s.chars().all(allowed) {
+        return s.to_owned();
+    }
+    s.chars().filter(|&c| allowed(c)).collect()
 }
 
 #[cfg(test)]
@@ -296,5 +310,23 @@ mod tests {
         assert_eq!(v["title"], "Forbidden");
         assert_eq!(v["type"], "urn:palisade:problem:forbidden");
         assert_eq!(v["detail"], "denied by policy");
+    }
+
+    #[test]
+    fn problem_documents_keep_their_members_order_and_escapes() {
+        let detail = "a \"quoted\" \\ value,\nnew line, tab\t, é, \u{1}";
+        assert_eq!(
+            problem_document("invalid_token", "Unauthorized", 401, detail),
+            format!(
+                r#"{{"type":"urn:palisade:problem:invalid_token","title":"Unauthorized","status":401,"detail":{}}}"#,
+                serde_json::Value::from(detail)
+            )
+        );
+    }
+
+    #[test]
+    fn quote_safe_copies_clean_values_whole_and_filters_the_rest() {
+        assert_eq!(quote_safe("token expired"), "token expired");
+        assert_eq!(quote_safe("a\"b\\c\nd é~"), "abcd ~");
     }
 }
