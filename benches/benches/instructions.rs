@@ -9,8 +9,9 @@
 //! `axum-cached` (the layer added with `Router::layer`),
 //! `axum-service-cached` (the layer around the router, as
 //! `palisade::axum::serve` is given it), `axum-wrap-cached`
-//! (`PalisadeLayer::wrap`), `axum-floor`, `actix-baseline`, `actix-cached`,
-//! `actix-floor`.
+//! (`PalisadeLayer::wrap`), `axum-floor`, `axum-service-refused` (a bearer
+//! that is no JWT, answered 401), `actix-baseline`, `actix-cached`,
+//! `actix-floor`, `actix-refused`.
 //!
 //! The floors make only the edits a guard makes by default to a request it
 //! lets through, with nothing checked: drop the token's header (Istio's

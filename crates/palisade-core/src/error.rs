@@ -316,9 +316,9 @@ mod tests {
     fn problem_documents_keep_their_members_order_and_escapes() {
         let detail = "a \"quoted\" \\ value,\nnew line, tab\t, é, \u{1}";
         assert_eq!(
-            problem_document("invalid_token", "Unauthorized", 401, detail),
+            problem_document("invalid-token", "Invalid token", 401, detail),
             format!(
-                r#"{{"type":"urn:palisade:problem:invalid_token","title":"Unauthorized","status":401,"detail":{}}}"#,
+                r#"{{"type":"urn:palisade:problem:invalid-token","title":"Invalid token","status":401,"detail":{}}}"#,
                 serde_json::Value::from(detail)
             )
         );
