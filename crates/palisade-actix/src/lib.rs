@@ -391,9 +391,7 @@ where
     fn call(&self, req: ServiceRequest) -> Self::Future {
         let check = self.guard.check(&ActixHead(&req));
         respond(&self.service, req, check, |decision, req| {
-            decision
-                .apply(&mut ActixRequest(req))
-                .map(|e| (!e.is_empty()).then_some(e))
+            decision.apply(&mut ActixRequest(req))
         })
     }
 }

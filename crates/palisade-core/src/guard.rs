@@ -308,8 +308,9 @@ impl Acc {
                     Some(prev) => prev.merge(&identity),
                     None => identity,
                 });
-                // The first authenticator's edits and headers are taken as
-                // they are: merging moves them for nothing.
+                // While none have accumulated, an authenticator's edits are
+                // taken as they are (`then` would move both for nothing),
+                // and no empty list of headers is extended.
                 self.edits = if self.edits.is_empty() {
                     edits
                 } else {
