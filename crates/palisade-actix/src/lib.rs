@@ -391,7 +391,9 @@ where
     fn call(&self, req: ServiceRequest) -> Self::Future {
         let check = self.guard.check(&ActixHead(&req));
         respond(&self.service, req, check, |decision, req| {
-            decision.apply(&mut ActixRequest(req))
+            decision
+                .apply(&mut ActixRequest(req))
+                .map(|e| (!e.is_empty()).then_some(e))
         })
     }
 }

@@ -366,7 +366,9 @@ where
         };
         ResponseFuture::start(&mut self.inner, req, check, |decision, req| {
             let decision = decision?;
-            decision.apply(&mut HttpRequest(req))
+            decision
+                .apply(&mut HttpRequest(req))
+                .map(|e| (!e.is_empty()).then_some(e))
         })
     }
 }

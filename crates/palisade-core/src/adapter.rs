@@ -11,8 +11,8 @@
 //!    [`Decision::apply`] makes the request's edits (the authenticators'
 //!    header edits, the normalised path for the router, the [`RequestAuth`]
 //!    record the extractors read) and answers either the
-//!    [`ResponseEdits`] for the handler's response (`None` when there is
-//!    none) or the [`Reply`] to send instead.
+//!    [`ResponseEdits`] for the handler's response or the [`Reply`] to send
+//!    instead.
 //! 3. It translates a [`Reply`] (status, headers, body) into its response
 //!    type, or applies the [`ResponseEdits`] to the handler's response
 //!    through a [`ResponseTarget`].
@@ -43,9 +43,7 @@
 //!     Ok(edits) => {
 //!         assert!(req.1.is_some(), "the extractors' record is in place");
 //!         let mut res = Res(Vec::new());
-//!         if let Some(edits) = edits {
-//!             edits.apply(&mut res); // after the handler answered
-//!         }
+//!         edits.apply(&mut res); // after the handler answered
 //!     }
 //!     Err(reply) => { let _: Reply = reply; /* send it */ }
 //! }
@@ -216,7 +214,7 @@ impl Decision {
     /// normalised path cannot be handed to the router. When
     /// [`Reply::body_wanted`] says so, read the body and send
     /// [`Reply::finish_with_body`]'s answer instead.
-    pub fn apply(self, req: &mut dyn RequestTarget) -> Result<Option<ResponseEdits>, Reply> {
+    pub fn apply(self, req: &mut dyn RequestTarget) -> Result<ResponseEdits, Reply> {
         match self {
             Decision::Allow(admission) => admission.apply(req),
             Decision::Deny(rejection) => Err(Reply::from(rejection)),
@@ -275,13 +273,12 @@ impl Admission {
         self.rare.as_ref().map_or(&NO_RESPONSE_EDITS, |r| &r.response)
     }
 
-    /// Applies the request's edits; see [`Decision::apply`]. `Ok(None)`
-    /// when the response has no edit (most), so an adapter keeps nothing.
+    /// Applies the request's edits; see [`Decision::apply`].
     ///
     /// # Errors
     /// A 400 [`Reply`] when the normalised path cannot be handed to the
     /// router (the middleware runs after routing).
-    pub fn apply(self, req: &mut dyn RequestTarget) -> Result<Option<ResponseEdits>, Reply> {
+    pub fn apply(self, req: &mut dyn RequestTarget) -> Result<ResponseEdits, Reply> {
         if let Some(target) = self.rewritten_target()
             && let Err(e) = req.rewrite_target(target)
         {
@@ -309,7 +306,7 @@ impl Admission {
             }
         }
         req.insert_auth(self.auth);
-        Ok(self.rare.map(|r| r.response).filter(|e| !e.headers.is_empty()))
+        Ok(self.rare.map(|r| r.response).unwrap_or_default())
     }
 }
 
@@ -336,6 +333,13 @@ impl ResponseEdits {
     /// The headers to add (lower-case names), in order.
     pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
         self.headers.iter().map(|(n, v)| (&**n, v.as_str()))
+    }
+
+    /// Whether there is no edit (most responses): an adapter need not keep
+    /// or apply them.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.headers.is_empty()
     }
 
     /// Applies the edits to the handler's response.
@@ -372,7 +376,7 @@ impl ResponseEdits {
 #[derive(Clone)]
 pub struct Reply(Box<Rendered>);
 
-/// Boxed: a reply is the rare path, and keeps `Result<Option<ResponseEdits>, Reply>` small.
+/// Boxed: a reply is the rare path, and keeps `Result<ResponseEdits, Reply>` small.
 #[derive(Clone)]
 struct Rendered {
     status: u16,
