@@ -20,7 +20,10 @@
 //! future and body are the app's own.
 //!
 //! Before the loop, each scenario's app is asked what it was handed
-//! (`/probe`), so a floor or a guard that made no edit stops the bench.
+//! (`/probe`), so a floor or a guard that made no edit stops the bench; and
+//! the loop's request is sent once and its answer checked (200 without a
+//! challenge, or 401 with `error="invalid_token"`), so a scenario measures
+//! the path it names.
 
 use std::hint::black_box;
 
@@ -100,16 +103,25 @@ where
         .enable_all()
         .build()
         .unwrap();
-    let status = |path: &str, token: &str| {
+    let send = |path: &str, token: &str| {
         let req = http::Request::get(path)
             .header("authorization", format!("Bearer {token}"))
             .body(Body::empty())
             .unwrap();
-        rt.block_on(app.clone().oneshot(req)).unwrap().status().as_u16()
+        rt.block_on(app.clone().oneshot(req)).unwrap()
     };
-    check_edits(status("/probe", token), edited);
+    check_edits(send("/probe", token).status().as_u16(), edited);
     let bearer = sent.bearer(token);
-    requests(n, sent.status(), || status("/", bearer));
+    let first = send("/", bearer);
+    check_answer(
+        sent,
+        first.status().as_u16(),
+        first
+            .headers()
+            .get(http::header::WWW_AUTHENTICATE)
+            .map(|v| v.as_bytes()),
+    );
+    requests(n, sent.status(), || send("/", bearer).status().as_u16());
 }
 
 fn main() {
@@ -203,19 +215,47 @@ fn actix_requests(edited: Edits, issuer: &TestIssuer, token: &str, sent: Sent, n
             .route("/", route())
             .route("/probe", web::get().to(actix_probe)),
     ));
-    let status = |path: &str, token: &str| {
+    let send = |path: &str, token: &str| {
         let req = actix_web::test::TestRequest::get()
             .uri(path)
             .append_header(("authorization", format!("Bearer {token}")))
             .to_request();
-        system
-            .block_on(actix_web::test::call_service(&app, req))
-            .status()
-            .as_u16()
+        system.block_on(actix_web::test::call_service(&app, req))
     };
-    check_edits(status("/probe", token), edited);
+    check_edits(send("/probe", token).status().as_u16(), edited);
     let bearer = sent.bearer(token);
-    requests(n, sent.status(), || status("/", bearer));
+    let first = send("/", bearer);
+    check_answer(
+        sent,
+        first.status().as_u16(),
+        first
+            .headers()
+            .get(actix_web::http::header::WWW_AUTHENTICATE)
+            .map(|v| v.as_bytes()),
+    );
+    requests(n, sent.status(), || send("/", bearer).status().as_u16());
+}
+
+/// Stops the bench unless the loop's request is answered as `sent` means:
+/// 200 without a challenge for the cached token; for the bearer that is no
+/// JWT, 401 with the challenge of a token refused as invalid (RFC 6750's
+/// `error="invalid_token"`), so the refused scenarios cannot measure
+/// another refusal (a missing credential's, which has no `error`).
+fn check_answer(sent: Sent, status: u16, challenge: Option<&[u8]>) {
+    let challenge = challenge.map(String::from_utf8_lossy);
+    match sent {
+        Sent::Cached => assert!(
+            status == 200 && challenge.is_none(),
+            "the cached token was answered {status}, challenge {challenge:?}"
+        ),
+        Sent::Refused => assert!(
+            status == 401
+                && challenge
+                    .as_deref()
+                    .is_some_and(|c| c.starts_with("Bearer ") && c.contains(r#"error="invalid_token""#)),
+            "the bearer that is no JWT was answered {status}, challenge {challenge:?}: not the refusal the scenario measures"
+        ),
+    }
 }
 
 /// Who edits a scenario's requests.
