@@ -604,9 +604,17 @@ fn scaling_benches(c: &mut Criterion) {
                 .collect(),
         ),
     ];
+    // hyper's servers (`axum::serve`) clone the service for every request,
+    // and with it the guard it holds: the `/cloned` rows clone the
+    // thread's guard before each check and drop the clone after it.
+    let scenarios = scenarios.iter().flat_map(|(name, work)| {
+        let cloned = (name.contains("all_threads") || name.contains("per_thread"))
+            .then(|| (format!("{name}/cloned"), work, true));
+        std::iter::once(((*name).to_owned(), work, false)).chain(cloned)
+    });
     let mut g = c.benchmark_group("scaling");
-    for (name, work) in &scenarios {
-        g.bench_function(*name, |b| {
+    for (name, work, clone) in scenarios {
+        g.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 let start = std::sync::Barrier::new(work.len());
                 std::thread::scope(|s| {
@@ -617,8 +625,15 @@ fn scaling_benches(c: &mut Criterion) {
                             s.spawn(move || {
                                 start.wait();
                                 let began = std::time::Instant::now();
-                                for _ in 0..iters {
-                                    black_box(guard.check(black_box(req)));
+                                if clone {
+                                    for _ in 0..iters {
+                                        let guard = black_box(guard).clone();
+                                        black_box(guard.check(black_box(req)));
+                                    }
+                                } else {
+                                    for _ in 0..iters {
+                                        black_box(guard.check(black_box(req)));
+                                    }
                                 }
                                 began.elapsed()
                             })
