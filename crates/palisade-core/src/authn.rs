@@ -36,6 +36,7 @@ use crate::error::Rejection;
 use crate::identity::{AuthMethod, Identity};
 
 pub use crate::error::bearer_challenge;
+pub use crate::redact::url_without_credentials;
 pub use crate::request::{ConnectionInfo, OwnedRequest, RequestHead};
 
 /// A change to the request's headers that an authenticator asks for before the
@@ -228,7 +229,8 @@ impl Attachments {
 
 #[cfg(test)]
 mod attachment_tests {
-    use super::Attachments;
+    use super::{Attachments, AuthOutcome, Authenticated};
+    use crate::{Identity, TokenClaims};
 
     #[test]
     fn attachments_keep_every_value_in_order_whatever_their_number() {
@@ -264,10 +266,30 @@ mod attachment_tests {
         assert_eq!(format!("{empty:?}"), "Attachments(6)");
         assert!(a.is_empty());
     }
+
+    #[test]
+    fn an_authentication_shows_its_response_headers_names_only() {
+        let claims = TokenClaims {
+            subject: "alice".into(),
+            ..TokenClaims::default()
+        };
+        let id = Identity::from_token(claims, crate::Verification::assertion());
+        let outcome = AuthOutcome::Authenticated(
+            Authenticated::new(id)
+                .with_response_header("set-cookie", "palisade_session=s3cret-session".into())
+                .with_response_header("www-authenticate", "Negotiate s3cret-token".into()),
+        );
+        let shown = format!("{outcome:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(
+            shown.contains(r#"response_headers: ["set-cookie", "www-authenticate"]"#),
+            "{shown}"
+        );
+    }
 }
 
 /// A successful authentication.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct Authenticated {
     /// Who the caller is.
@@ -279,6 +301,23 @@ pub struct Authenticated {
     pub response_headers: Vec<(String, String)>,
     /// Values for the handler.
     pub attachments: Attachments,
+}
+
+impl fmt::Debug for Authenticated {
+    // Response header values can be credentials (a session cookie, a
+    // Negotiate mutual-authentication token): names only, as
+    // `ResponseEdits` shows them.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authenticated")
+            .field("identity", &self.identity)
+            .field("edits", &self.edits)
+            .field(
+                "response_headers",
+                &self.response_headers.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
+            .field("attachments", &self.attachments)
+            .finish()
+    }
 }
 
 impl Authenticated {

@@ -45,6 +45,7 @@ mod error;
 mod extract;
 mod guard;
 mod identity;
+mod redact;
 mod request;
 mod striped;
 

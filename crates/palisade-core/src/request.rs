@@ -84,7 +84,11 @@ pub trait RequestHead {
 /// let req = OwnedRequest::get("/list").header("authorization", "Bearer abc");
 /// assert_eq!(req.header_str("authorization"), Some("Bearer abc"));
 /// ```
-#[derive(Clone, Debug, Default)]
+///
+/// Its `Debug` output shows the query's parameter names and the headers'
+/// names, not their values: they can carry credentials (a bearer token, a
+/// session cookie, `?access_token=`).
+#[derive(Clone, Default)]
 pub struct OwnedRequest {
     method: String,
     path: String,
@@ -92,6 +96,28 @@ pub struct OwnedRequest {
     host: Option<String>,
     headers: Vec<(String, Vec<u8>)>,
     connection: Option<ConnectionInfo>,
+}
+
+impl std::fmt::Debug for OwnedRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names = |q: &str| -> Vec<String> {
+            q.split('&')
+                .filter(|p| !p.is_empty())
+                .map(|p| p.split_once('=').map_or(p, |(n, _)| n).to_owned())
+                .collect()
+        };
+        f.debug_struct("OwnedRequest")
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .field("query", &self.query.as_deref().map(names))
+            .field("host", &self.host)
+            .field(
+                "headers",
+                &self.headers.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
+            .field("connection", &self.connection)
+            .finish()
+    }
 }
 
 impl OwnedRequest {
@@ -205,5 +231,28 @@ impl RequestHead for OwnedRequest {
             .filter(|(n, _)| n == name)
             .nth(index)
             .map(|(_, v)| v.as_slice())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OwnedRequest;
+
+    #[test]
+    fn a_request_shows_names_not_values() {
+        let req = OwnedRequest::get("/list?page=2&access_token=s3cret-q")
+            .header("Authorization", "Bearer s3cret-token")
+            .header("cookie", "palisade_session=s3cret-cookie")
+            .header("host", "shop.example");
+        let shown = format!("{req:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        for part in [
+            r#""/list""#,
+            r#"["page", "access_token"]"#,
+            r#"["authorization", "cookie"]"#,
+            "shop.example",
+        ] {
+            assert!(shown.contains(part), "{part} in {shown}");
+        }
     }
 }

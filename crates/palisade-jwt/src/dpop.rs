@@ -111,6 +111,10 @@ const MIN_PROOF_LEN: usize = 1024;
 const MAX_PROOF_LEN: usize = 64 * 1024;
 /// 8192 bits, the most aws-lc verifies.
 const MAX_RSA_OCTETS: usize = 1024;
+/// An RSA public exponent of at most 33 bits, as ring and aws-lc accept
+/// (65537, `AQAB`, is 3 octets): a longer one is refused before the key is
+/// built or kept, so a proof cannot make the key cache hold kilobytes of it.
+const MAX_RSA_EXPONENT_OCTETS: usize = 5;
 
 /// Why a DPoP proof was refused. The description is fixed text, safe to
 /// send to the client: it never echoes the proof, a claim, a key or the
@@ -1194,7 +1198,7 @@ fn proof_key(header: &Header<'_>, alg: Algorithm, keys: &KeyCache) -> Result<Arc
             if crate::key_quality::check_rsa_modulus(&n).is_err() {
                 return Err(DpopError::WeakKey);
             }
-            if n.len() > MAX_RSA_OCTETS {
+            if n.len() > MAX_RSA_OCTETS || e.len() > MAX_RSA_EXPONENT_OCTETS {
                 return Err(DpopError::InvalidKey);
             }
             DecodingKey::from_rsa_raw_components(&n, &e)
@@ -2175,6 +2179,8 @@ mod tests {
             (rsa.proof().jwk("e", json!(1)), &rsa),
             (rsa.proof().jwk("n", json!(format!("AA{n}"))), &rsa),
             (rsa.proof().jwk("n", json!(b64(vec![0xC5; 1025]))), &rsa),
+            (rsa.proof().jwk("e", json!(b64(vec![0x01; 6]))), &rsa),
+            (rsa.proof().jwk("e", json!(b64(vec![0x01; 1024]))), &rsa),
             (ec.proof().jwk("crv", json!("P-521")), &ec),
             (ec.proof().jwk("x", json!("AQAB")), &ec),
             (ec.proof().jwk("y", json!(null)), &ec),

@@ -31,9 +31,15 @@ pub(crate) fn now_us() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
+/// `secs` seconds after the epoch, at most the year 5138 (as token claims'
+/// times are bounded): an issuer's `exp` of 2⁶³ seconds or more would
+/// overflow `SystemTime`.
 pub(crate) fn at(secs: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(secs)
+    UNIX_EPOCH + Duration::from_secs(secs.min(MAX_SECS))
 }
+
+/// The latest time `at` gives: 10¹¹ seconds after the epoch.
+const MAX_SECS: u64 = 100_000_000_000;
 
 /// The sealed content of a session cookie. `Debug` prints no token.
 #[derive(Clone, Serialize, Deserialize)]
@@ -321,6 +327,14 @@ impl Successors {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_expiry_past_what_system_time_holds_is_the_latest_it_gives() {
+        assert_eq!(at(5), UNIX_EPOCH + Duration::from_secs(5));
+        for far in [MAX_SECS, MAX_SECS + 1, 1 << 63, u64::MAX] {
+            assert_eq!(at(far), UNIX_EPOCH + Duration::from_secs(MAX_SECS), "{far}");
+        }
+    }
 
     fn session(at: &str) -> Session {
         Session {

@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use super::{DurationSpec, FieldError, SelectorSpec};
 use crate::authz::EscapedSlashes;
+use crate::redact::url_without_credentials;
 
 /// JWS algorithms a `JwtSettings` document may name.
 const ASYMMETRIC_ALGORITHMS: [&str; 9] = [
@@ -89,7 +90,7 @@ pub struct JwtSettingsSpec {
 ///     algorithms: [ES256]
 ///     origin: https://shop.example
 /// ```
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[non_exhaustive]
 pub struct DpopSpec {
@@ -176,6 +177,34 @@ pub struct IntrospectionSpec {
     /// While the endpoint is unreachable, keep accepting tokens last found
     /// active for this long past their cache time (default: never).
     pub serve_stale_for: Option<DurationSpec>,
+}
+
+// The Redis URLs below can carry a password: shown without it.
+impl std::fmt::Debug for DpopSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DpopSpec")
+            .field("algorithms", &self.algorithms)
+            .field("max_age", &self.max_age)
+            .field("require_nonce", &self.require_nonce)
+            .field("origin", &self.origin)
+            .field(
+                "replay_store",
+                &self.replay_store.as_deref().map(url_without_credentials),
+            )
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for OidcSessionSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OidcSessionSpec")
+            .field("cookie_name", &self.cookie_name)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("absolute_timeout", &self.absolute_timeout)
+            .field("keys", &self.keys)
+            .field("store", &self.store.as_deref().map(url_without_credentials))
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for IntrospectionSpec {
@@ -532,7 +561,7 @@ pub struct OidcClientKeySpec {
 }
 
 /// `OidcLogin.spec.session`.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[non_exhaustive]
 pub struct OidcSessionSpec {

@@ -704,3 +704,30 @@ fn space_delimited_claims_are_read_and_checked() {
     );
     assert_eq!(err.message, "must not be empty");
 }
+
+#[test]
+fn a_loaded_policy_shows_its_redis_urls_without_their_password() {
+    let yaml = "apiVersion: palisade.dev/v1alpha1
+kind: JwtSettings
+metadata: {name: dpop, namespace: default}
+spec:
+  dpop:
+    replayStore: 'redis://:hunter2@redis.internal:6379/0'
+---
+apiVersion: palisade.dev/v1alpha1
+kind: OidcLogin
+metadata: {name: login, namespace: default}
+spec:
+  issuer: https://kc.example/realms/istio
+  clientId: productpage
+  session:
+    store: 'rediss://app:hunter2@redis.internal:6380/1'
+";
+    let set = PolicySet::from_yaml_str(yaml, "policy.yaml").unwrap();
+    let shown = format!("{set:?}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(shown.contains("redis://***@redis.internal:6379/0"), "{shown}");
+    assert!(shown.contains("rediss://***@redis.internal:6380/1"), "{shown}");
+    let policy = set.for_workload(&Workload::new("details", "default"));
+    assert!(!format!("{policy:?}").contains("hunter2"));
+}

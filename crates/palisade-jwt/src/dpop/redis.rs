@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use palisade_core::Check;
+use palisade_core::authn::url_without_credentials;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, RedisError};
 
@@ -61,12 +62,21 @@ struct Shared {
 }
 
 /// Builds a [`RedisReplayStore`].
-#[derive(Debug)]
 #[must_use]
 pub struct RedisReplayStoreBuilder {
     url: String,
     prefix: String,
     timeout: Duration,
+}
+
+impl fmt::Debug for RedisReplayStoreBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisReplayStoreBuilder")
+            .field("url", &url_without_credentials(&self.url))
+            .field("prefix", &self.prefix)
+            .field("command_timeout", &self.timeout)
+            .finish()
+    }
 }
 
 impl fmt::Debug for RedisReplayStore {
@@ -93,7 +103,7 @@ impl RedisReplayStore {
         }
     }
 
-    /// The URL, without user or password.
+    /// The URL, its user information hidden ([`url_without_credentials`]).
     #[must_use]
     pub fn url(&self) -> &str {
         &self.shared.shown
@@ -120,7 +130,7 @@ impl RedisReplayStoreBuilder {
     /// [`DpopConfigError::ReplayStore`] for a URL that is not a Redis URL
     /// or a timeout out of range.
     pub fn build(self) -> Result<RedisReplayStore, DpopConfigError> {
-        let shown = without_credentials(&self.url);
+        let shown = url_without_credentials(&self.url);
         if !(Duration::from_millis(10)..=Duration::from_secs(60)).contains(&self.timeout) {
             return Err(DpopConfigError::ReplayStore(format!(
                 "{shown}: the command timeout must be between 10 ms and 60 s"
@@ -270,18 +280,6 @@ impl Shared {
     }
 }
 
-/// `url` without user or password.
-fn without_credentials(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut u) => {
-            let _ = u.set_username("");
-            let _ = u.set_password(None);
-            u.to_string()
-        }
-        Err(_) => "<a URL that does not parse>".to_owned(),
-    }
-}
-
 fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
@@ -301,8 +299,12 @@ mod tests {
         let store = RedisReplayStore::builder("redis://user:s3cret@redis.internal:6380/2")
             .build()
             .unwrap();
-        assert_eq!(store.url(), "redis://redis.internal:6380/2");
+        assert_eq!(store.url(), "redis://***@redis.internal:6380/2");
         assert!(!format!("{store:?}").contains("s3cret"));
+        let builder = RedisReplayStore::builder("redis://:pa/s3cret@redis.internal/0");
+        assert!(!format!("{builder:?}").contains("s3cret"), "{builder:?}");
+        let err = builder.build().unwrap_err();
+        assert!(!err.to_string().contains("s3cret"), "{err}");
         let err = RedisReplayStore::builder("redis://:s3cret@redis.internal/0")
             .command_timeout(Duration::ZERO)
             .build()

@@ -45,6 +45,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use palisade_core::BoxFuture;
+use palisade_core::authn::url_without_credentials;
 use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamRangeReply, StreamReadReply};
 use redis::{AsyncConnectionConfig, Client, Cmd, FromRedisValue, RedisError, Value};
@@ -154,7 +155,7 @@ pub struct RedisStoreBuilder {
 impl fmt::Debug for RedisStoreBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStoreBuilder")
-            .field("url", &redact_url(&self.url))
+            .field("url", &url_without_credentials(&self.url))
             .field("prefix", &self.prefix)
             .field("max_staleness", &self.max_staleness)
             .field("command_timeout", &self.command_timeout)
@@ -273,7 +274,7 @@ impl RedisStoreBuilder {
         self,
         done: impl FnOnce(Result<(), String>) + Send + 'static,
     ) -> Result<(Handle, String), StoreError> {
-        let url = redact_url(&self.url);
+        let url = url_without_credentials(&self.url);
         if self.max_staleness < Duration::from_millis(40) {
             return Err(StoreError::Config("max_staleness must be at least 40 ms".into()));
         }
@@ -522,7 +523,7 @@ impl Shared {
         };
         let failure = match tokio::time::timeout(self.command_timeout, attempt).await {
             Ok(Ok(v)) => return Ok(v),
-            Ok(Err(e)) => e.to_string(),
+            Ok(Err(e)) => described(&e),
             Err(_) => "no answer in time".to_owned(),
         };
         *self.connection.lock().unwrap_or_else(PoisonError::into_inner) = None;
@@ -614,7 +615,7 @@ async fn follow(shared: Arc<Shared>, connection: MultiplexedConnection, mut last
                     shared.mark_synced();
                 }
                 Err(e) => {
-                    tracing::debug!(target: LOG_TARGET, url = %shared.url, reason = %e, "session store: reconnecting the revocation mirror failed");
+                    tracing::debug!(target: LOG_TARGET, url = %shared.url, reason = %described(&e), "session store: reconnecting the revocation mirror failed");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
@@ -649,7 +650,7 @@ async fn follow(shared: Arc<Shared>, connection: MultiplexedConnection, mut last
                 shared.mark_synced();
             }
             Err(e) => {
-                tracing::debug!(target: LOG_TARGET, url = %shared.url, reason = %e, "session store: the revocation mirror lost its connection");
+                tracing::debug!(target: LOG_TARGET, url = %shared.url, reason = %described(&e), "session store: the revocation mirror lost its connection");
                 connection = None;
             }
         }
@@ -735,30 +736,18 @@ fn ttl_ms(ttl: Duration) -> u64 {
         .max(1)
 }
 
-/// `url` without the password (or the whole user information).
-fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => {
-            let user = &rest[..at];
-            let shown = match user.split_once(':') {
-                Some((name, _)) if !name.is_empty() => format!("{name}:***"),
-                _ => "***".to_owned(),
-            };
-            format!("{scheme}://{shown}@{}", &rest[at + 1..])
-        }
-        None => url.to_owned(),
-    }
+/// A Redis error as it may be logged: its category and kind. Its message
+/// may quote the command, and a command names a session (`session:<id>`).
+fn described(e: &RedisError) -> String {
+    format!("{} ({:?})", e.category(), e.kind())
 }
 
-/// The password in `url`, to scrub from messages.
+/// The password in `url`, to scrub from messages: everything after the
+/// scheme and before the last `@`, as [`url_without_credentials`] hides it,
+/// so a password with an unescaped `/` or `@` is scrubbed whole.
 fn password_of(url: &str) -> Option<String> {
     let rest = url.split_once("://")?.1;
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    let user = &authority[..authority.rfind('@')?];
+    let user = &rest[..rest.rfind('@')?];
     let password = user.split_once(':').map_or(user, |(_, p)| p);
     (!password.is_empty()).then(|| password.to_owned())
 }
@@ -775,15 +764,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls_are_shown_without_their_password() {
-        assert_eq!(redact_url("redis://127.0.0.1:6379/0"), "redis://127.0.0.1:6379/0");
-        assert_eq!(redact_url("redis://:s3cret@h:1/0"), "redis://***@h:1/0");
-        assert_eq!(redact_url("redis://app:s3cret@h:1/0"), "redis://app:***@h:1/0");
-        assert_eq!(redact_url("redis://s3cret@h"), "redis://***@h");
-        assert_eq!(redact_url("redis://h/0?x=a@b"), "redis://h/0?x=a@b");
+    fn passwords_are_scrubbed_from_messages() {
         assert_eq!(password_of("redis://app:s3cret@h:1/0").as_deref(), Some("s3cret"));
+        assert_eq!(password_of("redis://:s3/cr@t@h:1/0").as_deref(), Some("s3/cr@t"));
         assert_eq!(password_of("redis://h:1/0"), None);
         assert_eq!(scrub("auth s3cret failed", Some("s3cret")), "auth *** failed");
+    }
+
+    #[test]
+    fn a_url_that_does_not_parse_is_refused_without_its_password() {
+        // An unescaped `/` in the password: no URL parser reads it, and the
+        // error names the URL.
+        let store = RedisStore::builder("redis://:pa/s3cret@127.0.0.1:6379/0");
+        assert!(!format!("{store:?}").contains("s3cret"), "{store:?}");
+        let err = store.connect_blocking().unwrap_err();
+        assert!(matches!(err, StoreError::Config(_)), "{err}");
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+        assert!(err.to_string().contains("redis://***@127.0.0.1:6379/0"), "{err}");
     }
 
     #[test]
