@@ -367,6 +367,10 @@ async fn back_channel_logout_ends_every_session_of_the_sid_and_refuses_bad_token
                 "{base}: {what} ends nothing"
             );
         }
+        // Over the form's 64 KiB (under actix-web's own payload limit):
+        // refused on both frameworks, read no further than the limit.
+        let big = post(format!("logout_token={}", "a".repeat(100 * 1024))).await;
+        assert_eq!(big.status, 413, "{base}: {big:?}");
         let good = token(lt());
         assert_eq!(post(good.clone()).await.status, 200);
         assert_eq!(

@@ -360,20 +360,16 @@ fn edited<B>(mut res: ServiceResponse<B>, edits: Option<ResponseEdits>) -> Servi
 }
 
 /// Answers `req` with the core's `reply`, made from the request body when
-/// the reply wants it (a back-channel logout's form: the core checks its
-/// limit; the app's payload limit applies first).
+/// the reply wants it (a back-channel logout's form), read as the core
+/// reads bodies on every framework: at most the reply's limit, within the
+/// core's read time ([`Reply::finish_from_body`]).
 async fn refuse<B>(mut req: ServiceRequest, reply: Reply) -> Answered<B> {
-    let reply = match reply.body_wanted() {
-        None => reply,
-        Some(_) => {
-            let (http, payload) = req.parts_mut();
-            let body = <actix_web::web::Bytes as actix_web::FromRequest>::from_request(http, payload)
-                .await
-                .map(|b| b.to_vec())
-                .map_err(|_| true);
-            reply.finish_with_body(body).await
-        }
-    };
+    let mut payload = req.take_payload();
+    let reply = reply
+        .finish_from_body(|cx| {
+            futures_core::Stream::poll_next(Pin::new(&mut payload), cx).map(|c| c.map(|c| c.map(Some)))
+        })
+        .await;
     Ok(req.into_response(actix_response(reply)).map_into_right_body())
 }
 

@@ -503,28 +503,16 @@ where
 /// The reply made from the request body, when the reply wants it (a
 /// back-channel logout's form); otherwise the reply itself.
 async fn with_body<B: http_body::Body + Send + 'static>(reply: Reply, req: Request<B>) -> Reply {
-    let Some(limit) = reply.body_wanted() else {
-        return reply;
-    };
+    use bytes::Buf;
     let mut body = Box::pin(req.into_body());
-    let mut bytes = Vec::new();
-    let read = loop {
-        match std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
-            None => break Ok(bytes),
-            Some(Err(_)) => break Err(false),
-            Some(Ok(frame)) => {
-                if let Ok(data) = frame.into_data() {
-                    use bytes::{Buf, BufMut};
-                    // Stop reading past the limit; the core answers 413.
-                    if bytes.len() + data.remaining() > limit {
-                        break Err(true);
-                    }
-                    bytes.put(data);
-                }
-            }
-        }
-    };
-    reply.finish_with_body(read).await
+    reply
+        .finish_from_body(|cx| {
+            body.as_mut().poll_frame(cx).map(|frame| {
+                // A frame's data as `Bytes` (no copy when it is `Bytes`).
+                frame.map(|f| f.map(|f| f.into_data().ok().map(|mut d| d.copy_to_bytes(d.remaining()))))
+            })
+        })
+        .await
 }
 
 /// The answer to a future polled after it completed (a caller bug).

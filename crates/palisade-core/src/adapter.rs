@@ -213,7 +213,7 @@ impl Decision {
     /// a redirect, an authenticator's own answer, or a 400 when a
     /// normalised path cannot be handed to the router. When
     /// [`Reply::body_wanted`] says so, read the body and send
-    /// [`Reply::finish_with_body`]'s answer instead.
+    /// [`Reply::finish_from_body`]'s answer instead.
     pub fn apply(self, req: &mut dyn RequestTarget) -> Result<ResponseEdits, Reply> {
         match self {
             Decision::Allow(admission) => admission.apply(req),
@@ -357,9 +357,9 @@ impl ResponseEdits {
 /// once here, so both frameworks send the same bytes.
 ///
 /// One kind needs the request body first (a back-channel logout's form):
-/// when [`Reply::body_wanted`] says so, the adapter reads at most that many
-/// bytes of the body and calls [`Reply::finish_with_body`], whose answer it
-/// sends.
+/// when [`Reply::body_wanted`] says so, the adapter hands
+/// [`Reply::finish_from_body`] its body's chunks (at most that many bytes
+/// are read, within a time limit) and sends its answer.
 ///
 /// ```
 /// use palisade_core::Rejection;
@@ -490,7 +490,7 @@ impl Reply {
 
     /// A reply that can only be made from the request body (at most
     /// `limit` bytes): `then` makes it. The adapter reads the body and
-    /// calls [`Reply::finish_with_body`]; until then the reply is a 400.
+    /// calls [`Reply::finish_from_body`]; until then the reply is a 400.
     #[must_use]
     pub fn after_body(limit: usize, then: impl Fn(Vec<u8>) -> Check<Reply> + Send + Sync + 'static) -> Self {
         let mut reply = Reply::from(Rejection::bad_request("the request body was not read"));
@@ -507,6 +507,51 @@ impl Reply {
     #[must_use]
     pub fn body_wanted(&self) -> Option<usize> {
         self.0.body_wanted.as_ref().map(|b| b.limit)
+    }
+
+    /// Reads the body this reply wants and makes the reply from it
+    /// ([`finish_with_body`](Self::finish_with_body)); a reply that wants
+    /// none answers itself. `next` polls the framework's body for its next
+    /// chunk: `Some(Ok(Some(bytes)))` data, `Some(Ok(None))` a frame without
+    /// data (trailers), `Some(Err(_))` a body that cannot be read, `None`
+    /// its end.
+    ///
+    /// Reading stops at the first chunk past the limit (413), and at
+    /// [`ServerLimits`](crate::limits::ServerLimits)' default body read
+    /// time (20 s; 400), so a client that announces a body and sends none
+    /// does not hold the request, whatever server runs it. Both adapters
+    /// read bodies with it.
+    pub async fn finish_from_body<D, E>(
+        self,
+        mut next: impl FnMut(&mut std::task::Context<'_>) -> std::task::Poll<Option<Result<Option<D>, E>>>,
+    ) -> Reply
+    where
+        D: AsRef<[u8]>,
+    {
+        let Some(limit) = self.body_wanted() else {
+            return self;
+        };
+        let read = async {
+            let mut bytes = Vec::new();
+            loop {
+                match std::future::poll_fn(&mut next).await {
+                    None => return Ok(bytes),
+                    Some(Err(_)) => return Err(false),
+                    Some(Ok(None)) => {}
+                    Some(Ok(Some(data))) => {
+                        let data = data.as_ref();
+                        // Stop reading past the limit; answered 413.
+                        if bytes.len() + data.len() > limit {
+                            return Err(true);
+                        }
+                        bytes.extend_from_slice(data);
+                    }
+                }
+            }
+        };
+        let deadline = crate::limits::ServerLimits::default().body_read();
+        let read = tokio::time::timeout(deadline, read).await.unwrap_or(Err(false));
+        self.finish_with_body(read).await
     }
 
     /// The reply made from the request body: `Ok(body)` as read, or
@@ -897,6 +942,71 @@ mod tests {
             assert!(head.body().is_empty(), "{}", head.body());
             assert!(grpc.headers().any(|(n, _)| n == "grpc-status"));
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_is_read_to_its_limit_and_within_the_read_time() {
+        use std::task::Poll;
+        /// What a framework's body yields when polled.
+        type Chunk = Option<Result<Option<&'static [u8]>, ()>>;
+        // The reply echoes the body's length as its status (200 + length).
+        let wanting = || {
+            Reply::after_body(10, |b| {
+                Check::Ready(Reply::problem(
+                    200 + u16::try_from(b.len()).unwrap(),
+                    "x",
+                    "Read",
+                    "read",
+                ))
+            })
+        };
+        // Chunks and trailers, as a framework's body yields them.
+        let answer = |chunks: Vec<Chunk>| {
+            let mut chunks = chunks.into_iter();
+            let mut polled = 0;
+            async move {
+                let reply = wanting()
+                    .finish_from_body(|_| {
+                        polled += 1;
+                        Poll::Ready(chunks.next().flatten())
+                    })
+                    .await;
+                (reply.status(), polled)
+            }
+        };
+        let data = |d: &'static [u8]| Some(Ok(Some(d)));
+        assert_eq!(
+            answer(vec![data(b"logout"), Some(Ok(None)), data(b"=1")]).await,
+            (208, 4)
+        );
+        assert_eq!(answer(vec![]).await, (200, 1), "an empty body");
+        assert_eq!(
+            answer(vec![data(b"0123456"), data(b"7890"), data(b"never read")]).await,
+            (413, 2),
+            "reading stops at the chunk past the limit"
+        );
+        assert_eq!(
+            answer(vec![data(b"a"), Some(Err(()))]).await,
+            (400, 2),
+            "a body that cannot be read"
+        );
+
+        // A body announced and never sent: 400 once the read time is over.
+        let never =
+            tokio::spawn(wanting().finish_from_body(|_| Poll::<Option<Result<Option<&[u8]>, ()>>>::Pending));
+        tokio::time::sleep(
+            crate::limits::ServerLimits::default().body_read() - std::time::Duration::from_millis(1),
+        )
+        .await;
+        assert!(!never.is_finished(), "still reading");
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        assert_eq!(never.await.unwrap().status(), 400);
+
+        // A reply that wants no body answers itself without reading.
+        let plain = Reply::problem(418, "x", "Teapot", "none")
+            .finish_from_body(|_| -> Poll<Chunk> { unreachable!("read") })
+            .await;
+        assert_eq!(plain.status(), 418);
     }
 
     #[test]
