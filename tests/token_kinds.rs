@@ -7,6 +7,7 @@
 //! protected-resource metadata (RFC 9728), configured from the policy file,
 //! served by both frameworks.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{App, HttpResponse, web};
@@ -751,13 +752,22 @@ spec:
     assert_eq!(call_axum(&t2_only, &token("t2")).await.status, 200);
     assert_eq!(call_axum(&t2_only, &token("t1")).await.status, 403);
 
-    // In code: a resolver, and the tenant on the identity.
+    // In code: a resolver, and the tenant on the identity. It is asked
+    // once per name while its answer is kept, not for every token: names
+    // come from tokens not yet verified.
+    let asked = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let jwt = JwtAuthenticator::builder()
         .provider(
             Provider::builder(pattern.clone())
                 .audience("details")
                 .jwks_uri(idp.jwks_uri())
-                .tenant_resolver(|t| t.starts_with("team-"))
+                .tenant_resolver({
+                    let asked = Arc::clone(&asked);
+                    move |t| {
+                        asked.lock().unwrap().push(t.to_owned());
+                        t.starts_with("team-")
+                    }
+                })
                 .build()
                 .unwrap(),
         )
@@ -765,9 +775,18 @@ spec:
         .unwrap();
     let id = jwt.verify(&token("team-red")).await.unwrap();
     assert_eq!(id.token().unwrap().tenant.as_deref(), Some("team-red"));
+    for _ in 0..3 {
+        assert_eq!(
+            jwt.verify(&token("red")).await.unwrap_err(),
+            JwtError::UnknownIssuer
+        );
+        // Another token (a new random `jti`), verified in full.
+        assert!(jwt.verify(&token("team-red")).await.is_ok());
+    }
     assert_eq!(
-        jwt.verify(&token("red")).await.unwrap_err(),
-        JwtError::UnknownIssuer
+        *asked.lock().unwrap(),
+        ["team-red", "red"],
+        "each name asked once"
     );
 }
 
@@ -822,6 +841,56 @@ async fn each_tenant_has_its_own_keys_fetched_on_first_use() {
     );
     assert_eq!(a.discovery_fetches(), 1);
     assert!(b.discovery_fetches() >= 1);
+}
+
+/// With more tenants than `max_tenants`, the tenant dropped is the one
+/// least recently used, not the one met first: a busy tenant stays while
+/// others come and go. (What is dropped is seen by the resolver, asked
+/// again for a tenant only once it was dropped; its keys may outlive it in
+/// the verified-token cache.)
+#[tokio::test]
+async fn the_least_recently_used_tenant_gives_way() {
+    let issuers: Vec<TestIssuer> = (0..3)
+        .map(|_| {
+            TestIssuer::builder()
+                .realm("shop")
+                .default_audience("details")
+                .start()
+                .unwrap()
+        })
+        .collect();
+    let port = |i: &TestIssuer| i.base_url().rsplit(':').next().unwrap().to_owned();
+    let ports: Vec<String> = issuers.iter().map(port).collect();
+    let asked = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let jwt = JwtAuthenticator::builder()
+        .provider(
+            Provider::builder("http://127.0.0.1:{tenant}/realms/shop")
+                .audience("details")
+                .tenant_resolver({
+                    let asked = Arc::clone(&asked);
+                    let ports = ports.clone();
+                    move |t| {
+                        asked.lock().unwrap().push(t.to_owned());
+                        ports.iter().any(|p| p == t)
+                    }
+                })
+                .max_tenants(2)
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let [a, b, c] = [&issuers[0], &issuers[1], &issuers[2]];
+    for i in [a, b, a, c, a] {
+        jwt.verify(&i.token().sign()).await.unwrap();
+    }
+    assert_eq!(
+        *asked.lock().unwrap(),
+        ports,
+        "a, used again before c came, was kept; b gave way"
+    );
+    jwt.verify(&b.token().sign()).await.unwrap();
+    assert_eq!(asked.lock().unwrap().len(), 4, "b was dropped, so asked again");
 }
 
 #[test]

@@ -20,7 +20,7 @@ use palisade_core::{AuthMethod, Check, Identity, TokenClaims, Verification};
 use serde_json::{Map, Value};
 
 use crate::cache::TokenCache;
-use crate::config::{ConfigError, JwksSource, Provider, TENANT, TokenSource, valid_tenant};
+use crate::config::{ConfigError, JwksSource, Provider, TENANT, Tenants, TokenSource, valid_tenant};
 use crate::dpop::{
     DpopError, DpopSettings, DpopVerifier, ProofRequest, VerifiedProof, bound_token_matches, sha256,
 };
@@ -46,11 +46,28 @@ struct ProviderState {
     tenants: Option<Mutex<TenantStores>>,
 }
 
-/// The tenants of an issuer pattern met so far, oldest first.
+/// The tenants of an issuer pattern met so far, least recently used
+/// first, and the names its tenants' rule refused lately.
 #[derive(Default)]
 struct TenantStores {
     live: HashMap<String, Arc<Tenant>>,
     order: std::collections::VecDeque<String>,
+    /// Names the tenants' rule refused, so a resolver is not asked again
+    /// for each token that names one; forgotten all at once when full.
+    refused: std::collections::HashSet<String>,
+}
+
+/// How many refused tenant names are remembered ([`TenantStores::refused`]).
+const REFUSED_TENANTS: usize = 1024;
+
+/// The tenant `iss` names under `state`'s issuer pattern, with the
+/// pattern's rule, if `iss` fits the pattern and the name is well formed
+/// (not yet asked whether the rule allows it).
+fn tenant_name<'i, 's>(state: &'s ProviderState, iss: &'i str) -> Option<(&'s Tenants, &'i str)> {
+    let tenants = state.cfg.tenants.as_ref()?;
+    let (prefix, suffix) = state.cfg.issuer.split_once(TENANT)?;
+    let name = iss.strip_prefix(prefix)?.strip_suffix(suffix)?;
+    valid_tenant(name).then_some((tenants, name))
 }
 
 /// One tenant of an issuer pattern.
@@ -920,32 +937,77 @@ impl JwtAuthenticator {
             .unwrap_or(&self.0.providers[provider].store)
     }
 
-    /// The issuer pattern `iss` is a tenant of, and the tenant, if it is
-    /// one of the pattern's tenants.
-    fn tenant_of<'i>(&self, iss: &'i str) -> Option<(usize, &'i str)> {
-        self.0.providers.iter().enumerate().find_map(|(i, p)| {
-            let tenants = p.cfg.tenants.as_ref()?;
-            let (prefix, suffix) = p.cfg.issuer.split_once(TENANT)?;
-            let name = iss.strip_prefix(prefix)?.strip_suffix(suffix)?;
-            (valid_tenant(name) && tenants.allows(name)).then_some((i, name))
+    /// The issuer pattern `iss` is a tenant of, and the tenant with its
+    /// keys, if it is one of the pattern's tenants: its own store, fetched
+    /// from its first token on, while it is among the provider's
+    /// `max_tenants` most recently used. Called for a token not yet
+    /// verified, so before its signature is checked: the tenants' rule is
+    /// asked once per name while its answer is kept (an allowed tenant
+    /// while its keys are, a refused name among the last refused), not for
+    /// every token that names it.
+    fn tenant(&self, iss: &str) -> Option<(usize, Arc<Tenant>)> {
+        self.0.providers.iter().enumerate().find_map(|(i, state)| {
+            let (tenants, name) = tenant_name(state, iss)?;
+            let stores = state.tenants.as_ref()?;
+            let known = |stores: &mut TenantStores| -> Option<Option<Arc<Tenant>>> {
+                if let Some(t) = stores.live.get(name) {
+                    let t = Arc::clone(t);
+                    if let Some(at) = stores.order.iter().position(|n| n == name) {
+                        let used = stores.order.remove(at);
+                        stores.order.extend(used);
+                    }
+                    return Some(Some(t));
+                }
+                stores.refused.contains(name).then_some(None)
+            };
+            if let Some(answer) = known(&mut stores.lock().unwrap_or_else(PoisonError::into_inner)) {
+                return answer.map(|t| (i, t));
+            }
+            // Not under the lock: a resolver may take its time.
+            let allowed = tenants.allows(name);
+            let mut stores = stores.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(answer) = known(&mut stores) {
+                return answer.map(|t| (i, t));
+            }
+            if !allowed {
+                if stores.refused.len() >= REFUSED_TENANTS {
+                    stores.refused.clear();
+                }
+                stores.refused.insert(name.to_owned());
+                return None;
+            }
+            self.new_tenant(&state.cfg, &mut stores, name, iss)
+                .map(|t| (i, t))
         })
     }
 
-    /// [`tenant_of`](Self::tenant_of), with the tenant's keys: its own
-    /// store, fetched from its first token on, while it is among the
-    /// provider's `max_tenants` most recently met.
-    fn tenant(&self, iss: &str) -> Option<(usize, Arc<Tenant>)> {
-        let (provider, name) = self.tenant_of(iss)?;
-        let state = &self.0.providers[provider];
-        let mut stores = state
-            .tenants
-            .as_ref()?
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(t) = stores.live.get(name) {
-            return Some((provider, Arc::clone(t)));
-        }
-        let cfg = &state.cfg;
+    /// The issuer pattern a verified `iss` is a tenant of, and the tenant,
+    /// if the pattern's rule allows it (asked only if no answer is kept).
+    fn tenant_of<'i>(&self, iss: &'i str) -> Option<(usize, &'i str)> {
+        self.0.providers.iter().enumerate().find_map(|(i, state)| {
+            let (tenants, name) = tenant_name(state, iss)?;
+            let kept = state.tenants.as_ref().and_then(|stores| {
+                let stores = stores.lock().unwrap_or_else(PoisonError::into_inner);
+                if stores.live.contains_key(name) {
+                    Some(true)
+                } else {
+                    stores.refused.contains(name).then_some(false)
+                }
+            });
+            kept.unwrap_or_else(|| tenants.allows(name)).then_some((i, name))
+        })
+    }
+
+    /// A tenant met for the first time (or again after it was dropped):
+    /// kept, with its own key store when the provider's keys are per tenant,
+    /// in place of the least recently used when there are `max_tenants`.
+    fn new_tenant(
+        &self,
+        cfg: &Provider,
+        stores: &mut TenantStores,
+        name: &str,
+        iss: &str,
+    ) -> Option<Arc<Tenant>> {
         let (store, fetched) = match cfg.jwks.for_tenant(name) {
             None => (None, None),
             Some(_) if self.0.offline => (
@@ -973,7 +1035,7 @@ impl JwtAuthenticator {
         }
         stores.order.push_back(name.to_owned());
         stores.live.insert(name.to_owned(), Arc::clone(&tenant));
-        Some((provider, tenant))
+        Some(tenant)
     }
 
     /// A fresh cached answer of one of `providers`, or the step that asks them.

@@ -36,8 +36,11 @@ pub(crate) const TENANT: &str = "{tenant}";
 pub enum Tenants {
     /// These tenants only.
     List(Vec<String>),
-    /// Those for which the function answers true (called once per tenant
-    /// and process, when its first token arrives: the answer is kept).
+    /// Those for which the function answers true. Asked when a tenant's
+    /// first token arrives, before its signature can be checked, and the
+    /// answer kept: an allowed tenant's while its keys are (see
+    /// [`ProviderBuilder::max_tenants`]), a refused name's among the last
+    /// 1,024 refused.
     Resolver(Arc<dyn Fn(&str) -> bool + Send + Sync>),
 }
 
@@ -558,15 +561,16 @@ impl ProviderBuilder {
     }
 
     /// As [`tenants`](Self::tenants), the tenants decided by `resolver`
-    /// (a directory lookup, say), asked once per tenant: keep it cheap, it
-    /// runs on the request path.
+    /// (a directory lookup, say), asked once per tenant while its answer is
+    /// kept ([`Tenants::Resolver`]): keep it cheap, it runs on the request
+    /// path, for names taken from tokens not yet verified.
     pub fn tenant_resolver(mut self, resolver: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
         self.tenants = Some(Tenants::Resolver(Arc::new(resolver)));
         self
     }
 
     /// At most this many tenants' key stores kept at once (default 100);
-    /// the one first used goes when another is needed.
+    /// the one least recently used goes when another is needed.
     pub fn max_tenants(mut self, max: usize) -> Self {
         self.max_tenants = max;
         self
