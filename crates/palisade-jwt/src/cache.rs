@@ -10,7 +10,8 @@
 //! cache inserts only verified tokens, so a caller cannot fill a bucket
 //! with tokens of one tail; the introspection cache's keys are SHA-256
 //! digests, hashed whole. Bounded in entries; when a shard is full,
-//! expired entries go first, then an arbitrary one. Expiry and key presence
+//! expired entries go first, then one the caller calls expendable (the
+//! introspection cache's refusals), then an arbitrary one. Expiry and key presence
 //! are checked by the caller on every hit.
 
 use std::hash::BuildHasher;
@@ -76,6 +77,19 @@ impl<V: Clone> TokenCache<V> {
     /// Inserts, evicting when the shard is full: entries for which `expired`
     /// holds first, else an arbitrary one.
     pub(crate) fn insert(&self, token: &[u8], value: V, expired: impl Fn(&V) -> bool) {
+        self.insert_sparing(token, value, expired, |_| false);
+    }
+
+    /// [`insert`](Self::insert), evicting, when no entry has expired, one
+    /// for which `expendable` holds before any other (a refusal before an
+    /// admission: a flood of bad tokens then evicts its own kind).
+    pub(crate) fn insert_sparing(
+        &self,
+        token: &[u8],
+        value: V,
+        expired: impl Fn(&V) -> bool,
+        expendable: impl Fn(&V) -> bool,
+    ) {
         let (hash, shard) = self.locate(token);
         let mut table = shard.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Ok(entry) = table.find_entry(hash, |(h, k, _)| *h == hash && &**k == token) {
@@ -85,7 +99,11 @@ impl<V: Clone> TokenCache<V> {
             table.retain(|(_, _, v)| !expired(v));
         }
         if table.len() >= self.per_shard
-            && let Some(victim) = table.iter().next().map(|(h, k, _)| (*h, k.clone()))
+            && let Some(victim) = table
+                .iter()
+                .find(|(_, _, v)| expendable(v))
+                .or_else(|| table.iter().next())
+                .map(|(h, k, _)| (*h, k.clone()))
             && let Ok(entry) = table.find_entry(victim.0, |(h, k, _)| *h == victim.0 && *k == victim.1)
         {
             entry.remove();
@@ -158,6 +176,30 @@ mod tests {
         assert_eq!(c.get(format!("b.{tail}").as_bytes()), Some(2));
         assert_eq!(c.get(format!("c.{tail}").as_bytes()), None);
         assert_eq!(c.get(tail.as_bytes()), None);
+    }
+
+    #[test]
+    fn expendable_entries_go_before_the_others() {
+        // Room for 32 entries a shard; two (even) entries a shard on
+        // average to keep, then a flood of expendable (odd) ones.
+        let c = TokenCache::new(SHARDS as u64 * 32);
+        let kept: Vec<String> = (0..2 * SHARDS).map(|i| format!("kept-{i}")).collect();
+        for (i, t) in kept.iter().enumerate() {
+            c.insert_sparing(t.as_bytes(), 2 * i, |_| false, |v| v % 2 == 1);
+        }
+        for i in 0..20_000 {
+            c.insert_sparing(
+                format!("junk-{i}").as_bytes(),
+                2 * i + 1,
+                |_| false,
+                |v| v % 2 == 1,
+            );
+        }
+        assert!(c.len() <= SHARDS * 32, "{}", c.len());
+        assert!(
+            kept.iter().all(|t| c.get(t.as_bytes()).is_some()),
+            "a flood of expendable entries evicted none of the others"
+        );
     }
 
     #[test]

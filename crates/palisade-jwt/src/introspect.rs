@@ -455,7 +455,14 @@ impl Introspector {
             }
         };
         if answer.keep_until > now {
-            self.cache.insert(key, Arc::new(answer), |a| a.keep_until < now);
+            // Refusals are evicted first: a flood of tokens the endpoint
+            // refuses (junk) does not push out the active ones.
+            self.cache.insert_sparing(
+                key,
+                Arc::new(answer),
+                |a| a.keep_until < now,
+                |a| a.outcome.is_err(),
+            );
         }
         outcome
     }
