@@ -300,6 +300,39 @@ async fn tokens_are_refreshed_once_per_session_and_a_refused_refresh_ends_it() {
     }
 }
 
+/// The issuer spends the refresh token and then answers slowly; the one
+/// request waiting for the refresh gives up first. The refresh goes on
+/// without it: the next request finds the new tokens, rather than send
+/// the spent refresh token again (refused, which would end the session).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_outlives_the_requests_that_waited_for_it() {
+    let f = fixture(Duration::from_secs(35));
+    let yaml = policy(&f.issuer, &f.key_file, "");
+    let (axum_base, actix_base) = serve_both(|| guard_from(&yaml));
+    for base in [&axum_base, &actix_base] {
+        ready(base).await;
+        let jar = sign_in(base, &f.issuer).await;
+        tokio::time::sleep(Duration::from_millis(5_100)).await;
+        let before = f.issuer.refreshes();
+        f.issuer.delay_refresh_answers(Duration::from_millis(1_500));
+        let whoami = format!("{base}/whoami");
+        let gave_up = tokio::time::timeout(Duration::from_millis(500), get(&whoami, &jar, false)).await;
+        assert!(
+            gave_up.is_err(),
+            "{base}: answered before the refresh: {gave_up:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(2_000)).await;
+        f.issuer.delay_refresh_answers(Duration::ZERO);
+        let after = get(&whoami, &jar, false).await;
+        assert_eq!(after.status, 200, "{base}: {after:?}");
+        assert_eq!(
+            f.issuer.refreshes(),
+            before + 1,
+            "{base}: one refresh, and no second one with the spent token"
+        );
+    }
+}
+
 async fn futures_join(base: &str, jar: &Jar, n: usize) -> Vec<Answer> {
     let mut tasks = Vec::new();
     for _ in 0..n {

@@ -237,7 +237,9 @@ impl GuardBuilder {
 
     /// Lets requests without credentials through (Istio's
     /// `RequestAuthentication` alone). Invalid credentials are still refused;
-    /// handlers see `Option<Identity>`.
+    /// handlers see `Option<Identity>`. It sets the access policy (to
+    /// [`AccessPolicy::allow_all`]): one set before it is replaced, one set
+    /// after it replaces it.
     pub fn allow_unauthenticated(self) -> Self {
         tracing::warn!(target: LOG_TARGET, "requests without credentials are allowed (allow_unauthenticated)");
         self.access_policy(AccessPolicy::allow_all())

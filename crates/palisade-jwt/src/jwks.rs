@@ -604,7 +604,6 @@ async fn run_store(store: Arc<KeyStore>, source: JwksSource) {
             .store(store.now_ms().saturating_add(min_interval_ms), Ordering::Release);
         store.fetching.store(true, Ordering::Release);
         let result = fetch(&client, &store, &mut jwks_uri).await;
-        store.fetching.store(false, Ordering::Release);
         let outcome = if result.is_ok() { "success" } else { "failure" };
         metrics::counter!(JWKS_FETCHES, "issuer" => store.issuer.clone(), "result" => outcome).increment(1);
         match result {
@@ -638,6 +637,12 @@ async fn run_store(store: Arc<KeyStore>, source: JwksSource) {
             }
         }
         store.version.send_modify(|v| *v = v.wrapping_add(1));
+        // Only now: a request that misses a key before this fetch's set and
+        // version are out must still count this fetch as under way, and so
+        // ask for the next one (its `need`); cleared earlier, it took this
+        // fetch, which may have begun before the key was published, for
+        // the one after.
+        store.fetching.store(false, Ordering::Release);
     }
 }
 

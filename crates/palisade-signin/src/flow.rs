@@ -16,7 +16,6 @@ use palisade_core::{Check, Rejection};
 use palisade_jwt::{FetchSettings, JwtAuthenticator, Provider};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use tokio::sync::OnceCell;
 
 use crate::LOG_TARGET;
 use crate::config::{ClientAuth, Config, SecretMethod, SignInBuilder, SignInError, check_path};
@@ -40,7 +39,20 @@ const BACKCHANNEL_BODY_LIMIT: usize = 64 * 1024;
 const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
 
 /// One refresh of a session, awaited by every request that needs it.
-type Refresh = OnceCell<Option<Arc<Live>>>;
+/// Takes a session's refresh off the list of those under way when dropped.
+struct UnderWay(SignIn, String);
+
+impl Drop for UnderWay {
+    fn drop(&mut self) {
+        if let Ok(mut map) = (self.0).0.refreshing.lock() {
+            map.remove(&self.1);
+        }
+    }
+}
+
+/// A session's refresh under way: its answer once it has one (`Some`),
+/// `None` before. Watched by every request of the session that waits.
+type Refresh = tokio::sync::watch::Receiver<Option<Option<Arc<Live>>>>;
 
 /// What the browser carries between the redirect to the issuer and the
 /// callback, sealed in a short-lived cookie.
@@ -70,7 +82,7 @@ struct Inner {
     store: Arc<dyn SessionStore>,
     cache: Cache,
     successors: Successors,
-    refreshing: Mutex<HashMap<String, Arc<Refresh>>>,
+    refreshing: Mutex<HashMap<String, Refresh>>,
     rng: SystemRandom,
 }
 
@@ -332,6 +344,8 @@ impl SignInBuilder {
         ];
         let mut fetch = FetchSettings::default();
         fetch.extra_ca_pem.clone_from(&config.ca_pem);
+        // Every call to the issuer, its keys' too (`SignInBuilder::timeout`).
+        fetch.timeout = config.timeout;
         // ID tokens and logout tokens: a logout token may name only `sid`
         // (Back-Channel Logout 1.0, 2.4), so `sub` is checked here, by
         // `verify_id_token` and `backchannel_logout`.
@@ -409,8 +423,10 @@ fn origin(req: &dyn RequestHead) -> Option<String> {
 }
 
 /// Whether a request is a browser's navigation (a page load, not an API
-/// call): `Sec-Fetch-Mode: navigate`, or a `GET` that accepts HTML. Only a
-/// navigation is sent to sign in; an API call gets the 401.
+/// call): a `GET` or `HEAD` with `Sec-Fetch-Mode: navigate`, or without
+/// that header accepting HTML. Only a navigation is sent to sign in; an
+/// API call, and a form's `POST`, get the 401 (a redirect would lose the
+/// form).
 ///
 /// ```
 /// use palisade_core::authn::OwnedRequest;
@@ -930,24 +946,39 @@ impl SignIn {
     /// Refreshes a session's tokens, once for all concurrent requests of
     /// the session. `None` ends the session for this request (refused:
     /// for good).
+    ///
+    /// The refresh runs as a task of its own, not in a request: once the
+    /// issuer has rotated the refresh token, the new one must be kept even
+    /// if every request that waited has gone (a client hung up, a timeout
+    /// layer fired). Sent again, the old one would be refused and end the
+    /// session, and an issuer that detects reuse revokes the whole family.
     async fn refresh(&self, live: Arc<Live>) -> Option<Arc<Live>> {
-        let id = live.session.id.clone();
-        let cell = {
+        let mut answer = {
             let Ok(mut map) = self.0.refreshing.lock() else {
                 return None;
             };
-            Arc::clone(map.entry(id.clone()).or_default())
+            let id = &live.session.id;
+            if let Some(under_way) = map.get(id) {
+                under_way.clone()
+            } else {
+                let (tx, rx) = tokio::sync::watch::channel(None);
+                map.insert(id.clone(), rx.clone());
+                let this = self.clone();
+                let (id, live) = (id.clone(), Arc::clone(&live));
+                tokio::spawn(async move {
+                    // Gone before the answer is out (or if the refresh
+                    // panics): a request after it starts afresh, and finds
+                    // the successor.
+                    let under_way = UnderWay(this.clone(), id);
+                    let out = this.refresh_once(live).await;
+                    drop(under_way);
+                    let _ = tx.send(Some(out));
+                });
+                rx
+            }
         };
-        let out = cell
-            .get_or_init(|| self.refresh_once(Arc::clone(&live)))
-            .await
-            .clone();
-        if let Ok(mut map) = self.0.refreshing.lock()
-            && map.get(&id).is_some_and(|c| Arc::ptr_eq(c, &cell))
-        {
-            map.remove(&id);
-        }
-        out
+        let out = answer.wait_for(Option::is_some).await.ok()?.clone();
+        out.flatten()
     }
 
     async fn refresh_once(&self, live: Arc<Live>) -> Option<Arc<Live>> {

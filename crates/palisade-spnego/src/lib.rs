@@ -752,14 +752,17 @@ impl Authenticator for SpnegoAuthenticator {
         }
         let this = self.clone();
         Check::pending(async move {
-            let Ok(_permit) = this.0.permits.clone().acquire_owned().await else {
+            let Ok(permit) = this.0.permits.clone().acquire_owned().await else {
                 return refused("the Negotiate token is not acceptable");
             };
             let inner = this.0.clone();
             let started = Instant::now();
             let in_flight = InFlight::start();
+            // The permit goes with the work, not with this future: a caller
+            // that hangs up mid-accept does not free a permit while the
+            // GSSAPI call still runs on the blocking pool.
             let result = tokio::task::spawn_blocking(move || {
-                let _in_flight = in_flight;
+                let _held = (in_flight, permit);
                 let local_names = inner.allowed_realms.is_empty().then_some(&inner.local_names);
                 accept(inner.cred.clone(), &token, local_names)
             })

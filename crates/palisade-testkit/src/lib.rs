@@ -1333,7 +1333,14 @@ async fn token_endpoint<S: AsyncWrite + Unpin>(stream: &mut S, state: &State, re
         Some("client_credentials") => client_credentials(state, req, &f),
         Some("password") => password_grant(state, req, &f),
         Some("authorization_code") => signin::exchange_code(state, req, &f),
-        Some("refresh_token") => signin::refresh(state, req, &f),
+        Some("refresh_token") => {
+            let answer = signin::refresh(state, req, &f);
+            let delay = lock(&state.signin).refresh_delay;
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            answer
+        }
         Some(TOKEN_EXCHANGE_GRANT) => token_exchange(state, req, &f),
         _ => Err(TokenError::bad_request(
             "unsupported_grant_type",

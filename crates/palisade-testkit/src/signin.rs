@@ -121,6 +121,7 @@ struct Session {
 pub(crate) struct SignIn {
     auto_user: Option<String>,
     refuse_refresh: bool,
+    pub(crate) refresh_delay: std::time::Duration,
     codes: HashMap<String, CodeGrant>,
     sessions: HashMap<String, Session>,
     refresh_tokens: HashMap<String, RefreshGrant>,
@@ -420,6 +421,14 @@ impl TestIssuer {
     /// (the refresh token is not spent, so it works again once switched off).
     pub fn refuse_refresh(&self, refuse: bool) {
         lock(&self.state.signin).refuse_refresh = refuse;
+    }
+
+    /// The answer to each `refresh_token` grant is sent this long after
+    /// the grant was decided (the refresh token spent): a caller that gives
+    /// up meanwhile has had its refresh token rotated without learning the
+    /// new one. `Duration::ZERO` (the default) answers at once.
+    pub fn delay_refresh_answers(&self, delay: std::time::Duration) {
+        lock(&self.state.signin).refresh_delay = delay;
     }
 
     /// Changes the ID tokens the token endpoint returns (code exchanges and

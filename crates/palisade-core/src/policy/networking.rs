@@ -254,12 +254,13 @@ pub struct ClientTlsSettingsSpec {
     /// The SNI sent in the handshake; absent: the host name.
     #[serde(default)]
     pub sni: Option<String>,
-    /// **A loud relaxation: the server's certificate is not verified at
-    /// all**, neither its chain nor its names, so anyone on the path can
-    /// pose as the server. Accepted because Istio has it, for tests against
-    /// throw-away servers; never set it in production. Default `false`; not
-    /// together with `caCertificates` or `subjectAltNames` (as in Istio), nor
-    /// with `ISTIO_MUTUAL`.
+    /// Istio's switch that turns off every check of the server's
+    /// certificate. Read so that a file written for Istio loads, but
+    /// `true` is refused when the workload's upstream TLS is built
+    /// (`palisade_mtls::UpstreamTls::from_policy`): Palisade always
+    /// verifies the server's chain and names. Default `false`; not together
+    /// with `caCertificates` or `subjectAltNames` (as in Istio), nor with
+    /// `ISTIO_MUTUAL`.
     #[serde(default)]
     pub insecure_skip_verify: bool,
     #[serde(

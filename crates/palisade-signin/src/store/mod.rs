@@ -1,7 +1,8 @@
 //! Session stores: what the replicas of a service that signs users in must
 //! share. Revoked sessions (a logout on one replica ends the session on
-//! all), used one-time values (a back-channel logout token's `jti`, an
-//! authorization code) and, optionally, server-side session data for
+//! all), used one-time values (a back-channel logout token's `jti`; an
+//! authorization code is left to the issuer, which takes it once, and to
+//! the login-state cookie, cleared at the callback) and, optionally, server-side session data for
 //! sessions too large for cookies.
 //!
 //! ```

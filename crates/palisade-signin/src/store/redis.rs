@@ -611,7 +611,6 @@ async fn follow(shared: Arc<Shared>, connection: MultiplexedConnection, mut last
                 Ok((c, id)) => {
                     connection = Some(c);
                     last_id = id;
-                    backoff = MIN_BACKOFF;
                     shared.mark_synced();
                 }
                 Err(e) => {
@@ -648,10 +647,16 @@ async fn follow(shared: Arc<Shared>, connection: MultiplexedConnection, mut last
                     last_id = entry.id;
                 }
                 shared.mark_synced();
+                backoff = MIN_BACKOFF;
             }
             Err(e) => {
                 tracing::debug!(target: LOG_TARGET, url = %shared.url, reason = %described(&e), "session store: the revocation mirror lost its connection");
                 connection = None;
+                // Not at once: a read that fails every time (an ACL that
+                // refuses `XREAD`, a proxy that cannot block) would reload
+                // the whole mirror in a loop. Reset by a read that works.
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     }
