@@ -89,6 +89,10 @@ pub fn guard_from_policy(set: &PolicySet, workload: &Workload) -> Result<palisad
 /// (`.authenticator_from::<palisade::spnego::SpnegoAuthenticator>(&policy)`
 /// when a keytab is given).
 ///
+/// The whole file is checked first ([`check_policy`]): a problem in the
+/// documents of another workload stops this one too, as it stops
+/// `palisade check`.
+///
 /// # Errors
 /// A [`PolicyError`] naming the file, the document and the field of anything
 /// that cannot be enforced exactly as written; a `CUSTOM` policy whose
@@ -99,6 +103,7 @@ pub fn guard_builder_from_policy(
     workload: &Workload,
     authorizers: &palisade_core::authz::ExternalAuthorizers,
 ) -> Result<palisade_core::GuardBuilder, PolicyError> {
+    check_policy(set)?;
     let policy = set.for_workload(workload);
     let builder = palisade_core::Guard::builder()
         .access_policy_from(&policy, authorizers)?
@@ -106,6 +111,95 @@ pub fn guard_builder_from_policy(
     #[cfg(feature = "signin")]
     let builder = builder.authenticator_from::<palisade_signin::SignIn>(&policy)?;
     Ok(builder)
+}
+
+/// Checks a whole policy file as a service checks its own part of it at
+/// start-up: for every workload the file names
+/// ([`PolicySet::workloads`]), what such a service would build from it
+/// ([`policy_problems`]), offline. A file loads only when each of its
+/// documents is valid on its own; this also finds what only compiling a
+/// workload's documents together shows (two documents of one kind for one
+/// workload, a JWT rule whose keys cannot be parsed, a sign-in whose
+/// timeouts contradict each other), for the workloads this service is
+/// not, too: a file shared by several services is refused by each, not
+/// only by the one it breaks.
+///
+/// `CUSTOM` policies are compiled with stand-ins for their authorizers
+/// ([`ExternalAuthorizers::stand_ins`](palisade_core::authz::ExternalAuthorizers::stand_ins)):
+/// each service registers its own. The parts compiled are those of this
+/// build's features (`jwt`; `signin`; `mtls`: the mutual-TLS mode and
+/// upstream TLS; `client`: upstream credentials).
+///
+/// # Errors
+/// The first problem found, naming the file, the document and the field,
+/// and the workload it was found for.
+#[cfg(feature = "jwt")]
+pub fn check_policy(set: &PolicySet) -> Result<(), PolicyError> {
+    let authorizers = palisade_core::authz::ExternalAuthorizers::stand_ins(set);
+    for workload in set.workloads() {
+        if let Some(mut e) = policy_problems(set, &workload, &authorizers).into_iter().next() {
+            let service = if workload.service == palisade_core::policy::ANY_SERVICE {
+                format!("any workload of {}", workload.namespace)
+            } else {
+                format!("{}/{}", workload.namespace, workload.service)
+            };
+            e.message = format!("{} (for {service})", e.message);
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Every problem a service of `workload` would meet building its parts
+/// from `set` at start-up, each part built on its own so that all are
+/// found: the guard (access policy with `authorizers`, JWT authenticator),
+/// browser sign-in, the mutual-TLS mode, upstream credentials and upstream
+/// TLS, as this build's features have them. Nothing is contacted: no keys
+/// are fetched, no issuer is discovered, no store is connected, and
+/// `ISTIO_MUTUAL` is not given the workload's own certificate (a start-up
+/// argument, not the file's). `palisade check` reports these.
+#[cfg(feature = "jwt")]
+#[must_use]
+pub fn policy_problems(
+    set: &PolicySet,
+    workload: &Workload,
+    authorizers: &palisade_core::authz::ExternalAuthorizers,
+) -> Vec<PolicyError> {
+    #[cfg(feature = "client")]
+    use palisade_core::policy::FromPolicy as _;
+    let policy = set.for_workload(workload);
+    let mut errors = Vec::new();
+    let access =
+        palisade_core::authz::AccessPolicy::compile_with(&policy, authorizers).map_err(|e| errors.push(e));
+    let jwt = palisade_jwt::JwtAuthenticator::from_policy_offline(&policy).map_err(|e| errors.push(e));
+    if let (Ok(access), Ok(jwt)) = (access, jwt) {
+        let mut guard = palisade_core::Guard::builder().access_policy(access);
+        if let Some(jwt) = jwt {
+            guard = guard.authenticator(jwt);
+        }
+        if let Err(e) = guard.build() {
+            errors.push(PolicyError::new(set.source(), e.to_string()).with_source(e));
+        }
+    }
+    #[cfg(feature = "signin")]
+    if let Err(e) = palisade_signin::SignIn::check_policy(&policy) {
+        errors.push(e);
+    }
+    #[cfg(feature = "mtls")]
+    {
+        // Its one error (two documents at one level) does not depend on the port.
+        if let Err(e) = palisade_mtls::mode_for_port(&policy, 0) {
+            errors.push(e);
+        }
+        if let Err(e) = palisade_mtls::UpstreamTls::check_policy(&policy) {
+            errors.push(e);
+        }
+    }
+    #[cfg(feature = "client")]
+    if let Err(e) = palisade_client::Upstreams::from_policy(&policy) {
+        errors.push(e);
+    }
+    errors
 }
 
 /// The README's code blocks, compiled as doc tests so they stay true.

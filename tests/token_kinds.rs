@@ -1120,3 +1120,49 @@ fn a_reload_keeps_a_dpop_authenticator_configured_the_same() {
             .is_none()
     );
 }
+
+/// A problem that only compiling a workload's documents shows (here an
+/// inline key set that does not parse) stops every service of the file,
+/// not only the one it breaks: the whole file is checked at start-up, as
+/// `palisade check` checks it.
+#[test]
+fn a_service_does_not_start_on_a_file_that_is_broken_for_another_workload() {
+    let idp = TestIssuer::builder().start().unwrap();
+    let yaml = format!(
+        "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: details-jwt, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: details}}}}
+  jwtRules:
+  - issuer: {issuer}
+    jwks: '{jwks}'
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: reviews-jwt, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: reviews}}}}
+  jwtRules:
+  - issuer: {issuer}
+    jwks: '{{\"keys\": 7}}'
+",
+        issuer = idp.issuer(),
+        jwks = idp.jwks()
+    );
+    let set = PolicySet::from_yaml_str(&yaml, "shop.yaml").expect("each document is valid on its own");
+    let err = palisade::guard_from_policy(&set, &Workload::new("details", "default"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("shop.yaml: document 2 (RequestAuthentication default/reviews-jwt)"),
+        "{err}"
+    );
+    assert!(err.contains("(for default/reviews)"), "{err}");
+    assert_eq!(palisade::check_policy(&set).unwrap_err().to_string(), err);
+
+    let fixed = yaml.replace("'{\"keys\": 7}'", &format!("'{}'", idp.jwks()));
+    let set = PolicySet::from_yaml_str(&fixed, "shop.yaml").unwrap();
+    palisade::check_policy(&set).unwrap();
+    palisade::guard_from_policy(&set, &Workload::new("details", "default")).unwrap();
+}

@@ -3,16 +3,10 @@
 
 use std::path::Path;
 
-use palisade_client::Upstreams;
-use palisade_core::Guard;
-use palisade_core::authz::{AccessPolicy, ExternalAuthorizers};
-use palisade_core::policy::{FromPolicy, PolicyError, PolicySet, Workload};
-use palisade_jwt::JwtAuthenticator;
-use palisade_mtls::UpstreamTls;
-use palisade_signin::SignIn;
+use palisade_core::authz::ExternalAuthorizers;
+use palisade_core::policy::PolicySet;
 
 use crate::Report;
-use crate::decide::stand_in_authorizers;
 use crate::workloads::{self, label};
 
 /// Checks `file`: one line per problem on stderr and status 1, or one line
@@ -29,11 +23,11 @@ pub(crate) fn run(file: &Path) -> Report {
         }
     };
     let named = workloads::named(&set);
-    let authorizers = stand_in_authorizers(&set);
+    let authorizers = ExternalAuthorizers::stand_ins(&set);
     // Each problem once, with the workloads it was found for.
     let mut problems: Vec<(String, Vec<String>)> = Vec::new();
     for workload in &named {
-        for e in compile(&set, workload, &authorizers) {
+        for e in palisade::policy_problems(&set, workload, &authorizers) {
             let line = e.to_string();
             match problems.iter_mut().find(|(l, _)| *l == line) {
                 Some((_, ws)) => ws.push(label(workload)),
@@ -63,43 +57,6 @@ pub(crate) fn run(file: &Path) -> Report {
         status: 1,
         ..Report::default()
     }
-}
-
-/// What a service of `workload` builds from the file at start-up, each
-/// part on its own so that every problem is found: the guard (access
-/// policy, JWT authenticator), browser sign-in, the mTLS mode, upstream
-/// credentials and upstream TLS. Nothing is contacted: the JWT
-/// authenticator fetches no keys, sign-in discovers nothing and connects
-/// to no store, and `ISTIO_MUTUAL` is not given the workload's own
-/// certificate (a start-up argument, not the file's).
-fn compile(set: &PolicySet, workload: &Workload, authorizers: &ExternalAuthorizers) -> Vec<PolicyError> {
-    let policy = set.for_workload(workload);
-    let mut errors = Vec::new();
-    let access = AccessPolicy::compile_with(&policy, authorizers).map_err(|e| errors.push(e));
-    let jwt = JwtAuthenticator::from_policy_offline(&policy).map_err(|e| errors.push(e));
-    if let (Ok(access), Ok(jwt)) = (access, jwt) {
-        let mut guard = Guard::builder().access_policy(access);
-        if let Some(jwt) = jwt {
-            guard = guard.authenticator(jwt);
-        }
-        if let Err(e) = guard.build() {
-            errors.push(PolicyError::new(set.source(), e.to_string()).with_source(e));
-        }
-    }
-    if let Err(e) = SignIn::check_policy(&policy) {
-        errors.push(e);
-    }
-    // Its one error (two documents at one level) does not depend on the port.
-    if let Err(e) = palisade_mtls::mode_for_port(&policy, 0) {
-        errors.push(e);
-    }
-    if let Err(e) = Upstreams::from_policy(&policy) {
-        errors.push(e);
-    }
-    if let Err(e) = UpstreamTls::check_policy(&policy) {
-        errors.push(e);
-    }
-    errors
 }
 
 #[cfg(test)]

@@ -19,9 +19,7 @@ use palisade_core::adapter::{Decision, Reply};
 use palisade_core::authn::{
     AuthOutcome, Authenticated, Authenticator, ConnectionInfo, OwnedRequest, RequestHead,
 };
-use palisade_core::authz::{
-    AccessDecision, AccessPolicy, Action, CheckRequest, ExternalAuthorizers, ExternalDecision,
-};
+use palisade_core::authz::{AccessDecision, AccessPolicy, Action, ExternalAuthorizers};
 use palisade_core::policy::{PolicyError, PolicySet, Spec, Workload, WorkloadPolicy};
 use palisade_core::{AuthMethod, Check, ErrorKind, Guard, Identity, Rejection, Verification};
 use palisade_jwt::{JwtAuthenticator, JwtError};
@@ -178,7 +176,7 @@ impl Bench {
     /// authorizer that denies.
     pub(crate) fn compile(set: &PolicySet, workload: Workload) -> Result<Self, PolicyError> {
         let policy = set.for_workload(&workload);
-        let access = AccessPolicy::compile_with(&policy, &stand_in_authorizers(set))?;
+        let access = AccessPolicy::compile_with(&policy, &ExternalAuthorizers::stand_ins(set))?;
         let jwt = JwtAuthenticator::from_policy_offline(&policy)?;
         SignIn::check_policy(&policy)?;
         let sign_in = SignInRoutes::from_policy(&policy);
@@ -521,22 +519,6 @@ impl Authenticator for SignInRoutes {
             None => AuthOutcome::NoCredential,
         })
     }
-}
-
-/// A stand-in for each external authorizer the file's `CUSTOM` policies
-/// name: the real ones are registered by the service's code and cannot be
-/// asked offline. They deny (fail closed, as an authorizer that cannot be
-/// reached does).
-pub(crate) fn stand_in_authorizers(set: &PolicySet) -> ExternalAuthorizers {
-    set.documents()
-        .iter()
-        .filter_map(|d| match &d.spec {
-            Spec::AuthorizationPolicy(p) => p.provider.as_ref().map(|p| p.name.as_str()),
-            _ => None,
-        })
-        .fold(ExternalAuthorizers::new(), |a, name| {
-            a.register(name, [""; 0], |_: CheckRequest| async { ExternalDecision::Deny })
-        })
 }
 
 /// The guard's decision, as `explain` and `test` report it.

@@ -11,7 +11,7 @@ use palisade_jwt::dpop::DpopKey;
 use serde::Deserialize;
 use tokio::sync::OnceCell;
 
-use crate::ClientError;
+use crate::{ClientError, LOG_TARGET};
 
 /// The largest discovery or token answer read.
 const BODY_LIMIT: usize = 256 * 1024;
@@ -327,6 +327,9 @@ impl<K> GrantBuilder<K> {
         }
         if self.client_id.is_empty() {
             return Err(ClientError::Config("the client id is empty".into()));
+        }
+        if palisade_jwt::plain_http_elsewhere(&self.issuer) {
+            tracing::warn!(target: LOG_TARGET, issuer = %self.issuer, "the token issuer uses plain http: the client's credentials and the tokens it gets can be read in transit");
         }
         let Some(secret) = self.secret.clone().filter(|s| !s.is_empty()) else {
             return Err(ClientError::Config(format!("a {grant} needs the client secret")));

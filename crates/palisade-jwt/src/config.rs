@@ -679,8 +679,13 @@ impl ProviderBuilder {
             }
             i.check(&self.issuer)?;
         }
-        if self.issuer.starts_with("http://") && !is_loopback_url(&self.issuer) {
+        if plain_http_elsewhere(&self.issuer) {
             tracing::warn!(target: "palisade::jwt", issuer = %self.issuer, "issuer uses plain http: keys can be tampered with in transit");
+        }
+        if let JwksSource::Uri(uri) = &self.jwks
+            && plain_http_elsewhere(uri)
+        {
+            tracing::warn!(target: "palisade::jwt", issuer = %self.issuer, jwks_uri = %uri, "JWKS URI uses plain http: keys can be tampered with in transit");
         }
         Ok(Provider {
             issuer: self.issuer,
@@ -710,6 +715,23 @@ impl ProviderBuilder {
 fn is_http_url(s: &str) -> bool {
     let rest = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://"));
     rest.is_some_and(|r| !r.is_empty() && !r.starts_with('/'))
+}
+
+/// Whether `url` is plain `http://` to a host other than this one (not
+/// `localhost`, `127.x` or `[::1]`): what a service warns about at start-up,
+/// since keys, tokens or secrets sent or fetched there can be read or
+/// changed in transit. Loopback is left alone: a test issuer, or a proxy
+/// on the same host.
+///
+/// ```
+/// use palisade_jwt::plain_http_elsewhere;
+/// assert!(plain_http_elsewhere("http://idp.example/realms/shop"));
+/// assert!(!plain_http_elsewhere("http://127.0.0.1:8080/realms/shop"));
+/// assert!(!plain_http_elsewhere("https://idp.example/realms/shop"));
+/// ```
+#[must_use]
+pub fn plain_http_elsewhere(url: &str) -> bool {
+    url.starts_with("http://") && !is_loopback_url(url)
 }
 
 pub(crate) fn is_loopback_url(s: &str) -> bool {

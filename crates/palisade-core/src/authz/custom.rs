@@ -116,6 +116,24 @@ impl ExternalAuthorizers {
         self
     }
 
+    /// A stand-in for each provider a `CUSTOM` policy of `set` names, each
+    /// refusing every request (failing closed, as an authorizer that
+    /// cannot be reached does): what compiles a file's policies where their
+    /// authorizers are not at hand (a whole-file check, `palisade check`),
+    /// since the real ones are registered by each service's code.
+    #[must_use]
+    pub fn stand_ins(set: &crate::policy::PolicySet) -> Self {
+        set.documents()
+            .iter()
+            .filter_map(|d| match &d.spec {
+                crate::policy::Spec::AuthorizationPolicy(p) => p.provider.as_ref().map(|p| p.name.as_str()),
+                _ => None,
+            })
+            .fold(Self::new(), |a, name| {
+                a.register(name, [""; 0], |_: CheckRequest| async { ExternalDecision::Deny })
+            })
+    }
+
     /// The registered names.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.map.keys().map(String::as_str)

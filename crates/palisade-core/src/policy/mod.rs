@@ -78,6 +78,7 @@ mod palisade;
 mod rbac;
 mod security;
 mod target;
+mod workloads;
 
 pub use self::assemble::FromPolicy;
 pub use self::duration::{DurationSpec, parse_duration};
@@ -104,6 +105,7 @@ pub use self::security::{
 };
 use self::target::Scope;
 pub use self::target::{TargetGroup, TargetKind, TargetRefSpec};
+pub use self::workloads::ANY_SERVICE;
 
 /// Log target of the policy loader (its warnings).
 pub const LOG_TARGET: &str = "palisade::policy";

@@ -29,13 +29,15 @@ const ASYMMETRIC_ALGORITHMS: [&str; 9] = [
 pub struct JwtSettingsSpec {
     /// The issuer these settings are for; absent means every issuer.
     pub issuer: Option<String>,
-    /// The `realm` of the `WWW-Authenticate: Bearer` challenge.
+    /// The `realm` of the `WWW-Authenticate: Bearer` challenge (a document
+    /// without `issuer`).
     pub realm: Option<String>,
-    /// Clock leeway for `exp`, `nbf` and `iat` (default `60s`).
+    /// Clock leeway for `exp`, `nbf` and `iat` (default `60s`, at most `10m`).
     pub leeway: Option<DurationSpec>,
     /// Refuse tokens whose `exp - iat` is longer than this.
     pub max_token_lifetime: Option<DurationSpec>,
-    /// Refuse tokens longer than this many bytes before parsing (default 8192).
+    /// Refuse tokens longer than this many bytes before parsing (default
+    /// 8192; a document without `issuer`).
     pub max_token_size: Option<NonZeroUsize>,
     /// Require this `typ` header, such as `at+jwt` (RFC 9068).
     pub required_type: Option<String>,
@@ -43,7 +45,8 @@ pub struct JwtSettingsSpec {
     /// `RS512`, `PS256`, `PS384`, `PS512`, `ES256`, `ES384`, `EdDSA`
     /// (Ed25519). `ES512` (P-521) and HMAC algorithms are not accepted.
     pub algorithms: Option<Vec<String>>,
-    /// JWKS cache time to live when the server sends no `Cache-Control` (default `10m`).
+    /// JWKS cache time to live when the server sends no `Cache-Control`
+    /// (default `10m`, between `1m` and `24h`).
     pub jwks_cache_ttl: Option<DurationSpec>,
     /// Minimum time between two JWKS fetches for unknown key ids (default `10s`).
     pub min_refresh_interval: Option<DurationSpec>,
@@ -55,7 +58,8 @@ pub struct JwtSettingsSpec {
     pub fetch_timeout: Option<DurationSpec>,
     /// Largest accepted discovery or JWKS body in bytes (default 1 MiB).
     pub max_jwks_size: Option<NonZeroUsize>,
-    /// Entries of the verified-token cache (default 10000; 0 turns it off).
+    /// Entries of the verified-token cache (default 10000; 0 turns it off;
+    /// a document without `issuer`).
     pub verified_token_cache: Option<u64>,
     /// The claim used as the user name (Keycloak's `principal-attribute`).
     pub principal_claim: Option<String>,
@@ -231,6 +235,49 @@ impl JwtSettingsSpec {
                 "spec.tenants".into(),
                 "needs an issuer pattern: `spec.issuer` with `{tenant}` in it".into(),
             ));
+        }
+        if self.tenants.as_ref().is_some_and(Vec::is_empty) {
+            return Err((
+                "spec.tenants".into(),
+                "must not be empty: an issuer pattern with no tenant accepts no token".into(),
+            ));
+        }
+        // What one authenticator has once, whichever issuer: read from a
+        // document without `issuer` only, so refused in one with it rather
+        // than dropped.
+        if self.issuer.is_some() {
+            for (field, set) in [
+                ("spec.realm", self.realm.is_some()),
+                ("spec.maxTokenSize", self.max_token_size.is_some()),
+                ("spec.verifiedTokenCache", self.verified_token_cache.is_some()),
+            ] {
+                if set {
+                    return Err((
+                        field.into(),
+                        "applies to every issuer: put it in a document without `issuer`".into(),
+                    ));
+                }
+            }
+        }
+        let secs = |d: &Option<DurationSpec>| d.map(|d| d.get());
+        if secs(&self.leeway).is_some_and(|l| l > std::time::Duration::from_secs(600)) {
+            return Err((
+                "spec.leeway".into(),
+                "at most 10m: a longer leeway keeps expired tokens valid".into(),
+            ));
+        }
+        if secs(&self.jwks_cache_ttl).is_some_and(|t| {
+            t < std::time::Duration::from_secs(60) || t > std::time::Duration::from_secs(86_400)
+        }) {
+            return Err(("spec.jwksCacheTtl".into(), "must be between 1m and 24h".into()));
+        }
+        for (field, d) in [
+            ("spec.fetchTimeout", &self.fetch_timeout),
+            ("spec.maxTokenLifetime", &self.max_token_lifetime),
+        ] {
+            if secs(d).is_some_and(|d| d.is_zero()) {
+                return Err((field.into(), "must be longer than 0s".into()));
+            }
         }
         for (i, t) in self.tenants.iter().flatten().enumerate() {
             if t.is_empty()
@@ -434,6 +481,20 @@ impl SpnegoSettingsSpec {
         if let Some(c) = &self.session_cookie {
             if c.keys.is_empty() {
                 return Err(("spec.sessionCookie.keys".into(), "give at least one key".into()));
+            }
+            if let Some(name) = &c.name
+                && !is_cookie_name(name)
+            {
+                return Err((
+                    "spec.sessionCookie.name".into(),
+                    "letters, digits, `-` and `_`".into(),
+                ));
+            }
+            if c.max_age.is_some_and(|m| m.get().is_zero()) {
+                return Err((
+                    "spec.sessionCookie.maxAge".into(),
+                    "must be longer than 0s".into(),
+                ));
             }
             for (i, k) in c.keys.iter().enumerate() {
                 if c.keys[..i].iter().any(|o| o.id == k.id) {
@@ -876,10 +937,7 @@ impl OidcLoginSpec {
             ));
         }
         if let Some(name) = &s.cookie_name
-            && (name.is_empty()
-                || !name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
+            && !is_cookie_name(name)
         {
             return Err((
                 "spec.session.cookieName".into(),
@@ -888,6 +946,15 @@ impl OidcLoginSpec {
         }
         Ok(())
     }
+}
+
+/// A cookie name Palisade sets: letters, digits, `-` and `_` (no
+/// separator that would end the name or add an attribute).
+fn is_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// `memory`, or the URL of a Redis store.

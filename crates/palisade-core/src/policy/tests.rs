@@ -731,3 +731,65 @@ spec:
     let policy = set.for_workload(&Workload::new("details", "default"));
     assert!(!format!("{policy:?}").contains("hunter2"));
 }
+
+#[test]
+fn jwt_settings_refuse_what_they_would_drop_or_clamp() {
+    let doc = |spec: &str| {
+        format!(
+            "apiVersion: palisade.dev/v1alpha1\nkind: JwtSettings\nmetadata: {{name: jwt}}\nspec:\n{spec}"
+        )
+    };
+    for (spec, field) in [
+        (
+            "  issuer: https://kc.example/realms/x\n  realm: shop\n",
+            "spec.realm",
+        ),
+        (
+            "  issuer: https://kc.example/realms/x\n  maxTokenSize: 4096\n",
+            "spec.maxTokenSize",
+        ),
+        (
+            "  issuer: https://kc.example/realms/x\n  verifiedTokenCache: 0\n",
+            "spec.verifiedTokenCache",
+        ),
+        (
+            "  issuer: 'https://login.example/{tenant}/v2.0'\n  tenants: []\n",
+            "spec.tenants",
+        ),
+        ("  leeway: 11m\n", "spec.leeway"),
+        ("  jwksCacheTtl: 10s\n", "spec.jwksCacheTtl"),
+        ("  jwksCacheTtl: 48h\n", "spec.jwksCacheTtl"),
+        ("  fetchTimeout: 0s\n", "spec.fetchTimeout"),
+        ("  maxTokenLifetime: 0s\n", "spec.maxTokenLifetime"),
+    ] {
+        let err = load_err(&doc(spec));
+        assert_eq!(err.field.as_deref(), Some(field), "{spec}: {err}");
+    }
+    for fine in [
+        "  realm: shop\n  maxTokenSize: 4096\n  verifiedTokenCache: 0\n",
+        "  issuer: https://kc.example/realms/x\n  leeway: 10m\n  jwksCacheTtl: 24h\n",
+        "  jwksCacheTtl: 1m\n  fetchTimeout: 1s\n  maxTokenLifetime: 1h\n",
+    ] {
+        PolicySet::from_yaml_str(&doc(fine), "policy.yaml").unwrap_or_else(|e| panic!("{fine}: {e}"));
+    }
+}
+
+#[test]
+fn a_spnego_session_cookie_name_cannot_add_attributes() {
+    let doc = |cookie: &str| {
+        format!(
+            "apiVersion: palisade.dev/v1alpha1\nkind: SpnegoSettings\nmetadata: {{name: krb}}\nspec:\n  sessionCookie:\n    keys: [{{id: 1, keyFile: /k}}]\n{cookie}"
+        )
+    };
+    for (cookie, field) in [
+        (
+            "    name: 'sid; Domain=evil.example'\n",
+            "spec.sessionCookie.name",
+        ),
+        ("    name: ''\n", "spec.sessionCookie.name"),
+        ("    maxAge: 0s\n", "spec.sessionCookie.maxAge"),
+    ] {
+        assert_eq!(load_err(&doc(cookie)).field.as_deref(), Some(field), "{cookie}");
+    }
+    PolicySet::from_yaml_str(&doc("    name: krb_session\n    maxAge: 30m\n"), "policy.yaml").unwrap();
+}
