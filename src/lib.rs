@@ -89,9 +89,9 @@ pub fn guard_from_policy(set: &PolicySet, workload: &Workload) -> Result<palisad
 /// (`.authenticator_from::<palisade::spnego::SpnegoAuthenticator>(&policy)`
 /// when a keytab is given).
 ///
-/// The whole file is checked first ([`check_policy`]): a problem in the
-/// documents of another workload stops this one too, as it stops
-/// `palisade check`.
+/// Only this workload's part of the file is compiled here; to check the
+/// whole file, as `palisade check` does, call [`check_policy`] where every
+/// workload's files are at hand.
 ///
 /// # Errors
 /// A [`PolicyError`] naming the file, the document and the field of anything
@@ -103,7 +103,6 @@ pub fn guard_builder_from_policy(
     workload: &Workload,
     authorizers: &palisade_core::authz::ExternalAuthorizers,
 ) -> Result<palisade_core::GuardBuilder, PolicyError> {
-    check_policy(set)?;
     let policy = set.for_workload(workload);
     let builder = palisade_core::Guard::builder()
         .access_policy_from(&policy, authorizers)?
@@ -113,16 +112,20 @@ pub fn guard_builder_from_policy(
     Ok(builder)
 }
 
-/// Checks a whole policy file as a service checks its own part of it at
-/// start-up: for every workload the file names
+/// Checks a whole policy file as each service checks its own part of it
+/// at start-up: for every workload the file names
 /// ([`PolicySet::workloads`]), what such a service would build from it
-/// ([`policy_problems`]), offline. A file loads only when each of its
-/// documents is valid on its own; this also finds what only compiling a
-/// workload's documents together shows (two documents of one kind for one
-/// workload, a JWT rule whose keys cannot be parsed, a sign-in whose
-/// timeouts contradict each other), for the workloads this service is
-/// not, too: a file shared by several services is refused by each, not
-/// only by the one it breaks.
+/// ([`policy_problems`]), offline; what `palisade check` runs. A file loads
+/// only when each of its documents is valid on its own; this also finds
+/// what only compiling a workload's documents together shows (two
+/// documents of one kind for one workload, a JWT rule whose keys cannot be
+/// parsed, a sign-in whose timeouts contradict each other), for every
+/// workload.
+///
+/// It reads the files every workload's documents name (client secrets,
+/// keys, CA files): call it where they all are (a CI step, one host
+/// running every service), not in a service that has only its own.
+/// [`guard_from_policy`] compiles only its own workload's part.
 ///
 /// `CUSTOM` policies are compiled with stand-ins for their authorizers
 /// ([`ExternalAuthorizers::stand_ins`](palisade_core::authz::ExternalAuthorizers::stand_ins)):

@@ -401,7 +401,8 @@ async fn back_channel_logout_ends_every_session_of_the_sid_and_refuses_bad_token
             );
         }
         // Over the form's 64 KiB (under actix-web's own payload limit):
-        // refused on both frameworks, read no further than the limit.
+        // 413 on both frameworks. (That reading stops at the limit is the
+        // core's unit test `a_body_is_read_to_its_limit_and_within_the_read_time`.)
         let big = post(format!("logout_token={}", "a".repeat(100 * 1024))).await;
         assert_eq!(big.status, 413, "{base}: {big:?}");
         let good = token(lt());

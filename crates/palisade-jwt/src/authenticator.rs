@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -46,19 +46,26 @@ struct ProviderState {
     tenants: Option<Mutex<TenantStores>>,
 }
 
-/// The tenants of an issuer pattern met so far, least recently used
-/// first, and the names its tenants' rule refused lately.
+/// The tenants of an issuer pattern met so far, least recently verified
+/// first, and when the tenants' rule last allowed or refused a name.
 #[derive(Default)]
 struct TenantStores {
     live: HashMap<String, Arc<Tenant>>,
     order: std::collections::VecDeque<String>,
-    /// Names the tenants' rule refused, so a resolver is not asked again
+    /// When the rule last allowed each live tenant.
+    allowed: HashMap<String, Instant>,
+    /// Names the rule refused, and when, so a resolver is not asked again
     /// for each token that names one; forgotten all at once when full.
-    refused: std::collections::HashSet<String>,
+    refused: HashMap<String, Instant>,
 }
 
 /// How many refused tenant names are remembered ([`TenantStores::refused`]).
 const REFUSED_TENANTS: usize = 1024;
+
+/// How long the tenants' rule's answer about a name is kept: a tenant the
+/// rule stops allowing (offboarded) is refused within this, one it starts
+/// allowing is accepted within this.
+const TENANT_ANSWER_TTL: Duration = Duration::from_secs(60);
 
 /// The tenant `iss` names under `state`'s issuer pattern, with the
 /// pattern's rule, if `iss` fits the pattern and the name is well formed
@@ -940,17 +947,20 @@ impl JwtAuthenticator {
     /// The issuer pattern `iss` is a tenant of, and the tenant with its
     /// keys, if it is one of the pattern's tenants: its own store, fetched
     /// from its first token on, while it is among the provider's
-    /// `max_tenants` most recently used. Called for a token not yet
+    /// `max_tenants` whose tokens were most recently verified (a cached
+    /// token's request does not come here). Called for a token not yet
     /// verified, so before its signature is checked: the tenants' rule is
-    /// asked once per name while its answer is kept (an allowed tenant
-    /// while its keys are, a refused name among the last refused), not for
-    /// every token that names it.
+    /// asked about a name once a minute at most ([`TENANT_ANSWER_TTL`]),
+    /// not for every token that names it.
     fn tenant(&self, iss: &str) -> Option<(usize, Arc<Tenant>)> {
         self.0.providers.iter().enumerate().find_map(|(i, state)| {
             let (tenants, name) = tenant_name(state, iss)?;
             let stores = state.tenants.as_ref()?;
+            let fresh = |at: Option<&Instant>| at.is_some_and(|at| at.elapsed() < TENANT_ANSWER_TTL);
             let known = |stores: &mut TenantStores| -> Option<Option<Arc<Tenant>>> {
-                if let Some(t) = stores.live.get(name) {
+                if fresh(stores.allowed.get(name))
+                    && let Some(t) = stores.live.get(name)
+                {
                     let t = Arc::clone(t);
                     if let Some(at) = stores.order.iter().position(|n| n == name) {
                         let used = stores.order.remove(at);
@@ -958,7 +968,7 @@ impl JwtAuthenticator {
                     }
                     return Some(Some(t));
                 }
-                stores.refused.contains(name).then_some(None)
+                fresh(stores.refused.get(name)).then_some(None)
             };
             if let Some(answer) = known(&mut stores.lock().unwrap_or_else(PoisonError::into_inner)) {
                 return answer.map(|t| (i, t));
@@ -970,11 +980,20 @@ impl JwtAuthenticator {
                 return answer.map(|t| (i, t));
             }
             if !allowed {
+                // A tenant no longer allowed goes with its keys.
+                stores.live.remove(name);
+                stores.allowed.remove(name);
+                stores.order.retain(|n| n != name);
                 if stores.refused.len() >= REFUSED_TENANTS {
                     stores.refused.clear();
                 }
-                stores.refused.insert(name.to_owned());
+                stores.refused.insert(name.to_owned(), Instant::now());
                 return None;
+            }
+            stores.refused.remove(name);
+            stores.allowed.insert(name.to_owned(), Instant::now());
+            if let Some(t) = known(&mut stores) {
+                return t.map(|t| (i, t));
             }
             self.new_tenant(&state.cfg, &mut stores, name, iss)
                 .map(|t| (i, t))
@@ -986,12 +1005,13 @@ impl JwtAuthenticator {
     fn tenant_of<'i>(&self, iss: &'i str) -> Option<(usize, &'i str)> {
         self.0.providers.iter().enumerate().find_map(|(i, state)| {
             let (tenants, name) = tenant_name(state, iss)?;
+            let fresh = |at: Option<&Instant>| at.is_some_and(|at| at.elapsed() < TENANT_ANSWER_TTL);
             let kept = state.tenants.as_ref().and_then(|stores| {
                 let stores = stores.lock().unwrap_or_else(PoisonError::into_inner);
-                if stores.live.contains_key(name) {
+                if fresh(stores.allowed.get(name)) {
                     Some(true)
                 } else {
-                    stores.refused.contains(name).then_some(false)
+                    fresh(stores.refused.get(name)).then_some(false)
                 }
             });
             kept.unwrap_or_else(|| tenants.allows(name)).then_some((i, name))
@@ -1032,6 +1052,7 @@ impl JwtAuthenticator {
             && let Some(oldest) = stores.order.pop_front()
         {
             stores.live.remove(&oldest);
+            stores.allowed.remove(&oldest);
         }
         stores.order.push_back(name.to_owned());
         stores.live.insert(name.to_owned(), Arc::clone(&tenant));

@@ -36,11 +36,12 @@ pub(crate) const TENANT: &str = "{tenant}";
 pub enum Tenants {
     /// These tenants only.
     List(Vec<String>),
-    /// Those for which the function answers true. Asked when a tenant's
-    /// first token arrives, before its signature can be checked, and the
-    /// answer kept: an allowed tenant's while its keys are (see
-    /// [`ProviderBuilder::max_tenants`]), a refused name's among the last
-    /// 1,024 refused.
+    /// Those for which the function answers true. Asked when a token
+    /// naming a tenant is to be verified, before its signature can be
+    /// checked, and the answer kept for a minute (a refused name among the
+    /// last 1,024 refused): a tenant it stops allowing is refused, and its
+    /// keys dropped, within a minute; one it starts allowing is accepted
+    /// within a minute.
     Resolver(Arc<dyn Fn(&str) -> bool + Send + Sync>),
 }
 
@@ -561,16 +562,18 @@ impl ProviderBuilder {
     }
 
     /// As [`tenants`](Self::tenants), the tenants decided by `resolver`
-    /// (a directory lookup, say), asked once per tenant while its answer is
-    /// kept ([`Tenants::Resolver`]): keep it cheap, it runs on the request
-    /// path, for names taken from tokens not yet verified.
+    /// (a directory lookup, say), asked about a name at most once a minute
+    /// ([`Tenants::Resolver`]): keep it cheap, it runs on the request path,
+    /// for names taken from tokens not yet verified.
     pub fn tenant_resolver(mut self, resolver: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
         self.tenants = Some(Tenants::Resolver(Arc::new(resolver)));
         self
     }
 
     /// At most this many tenants' key stores kept at once (default 100);
-    /// the one least recently used goes when another is needed.
+    /// when another is needed, the one whose tokens were least recently
+    /// verified goes (a request with a token already verified and cached
+    /// does not count as a use).
     pub fn max_tenants(mut self, max: usize) -> Self {
         self.max_tenants = max;
         self
@@ -728,16 +731,24 @@ fn is_http_url(s: &str) -> bool {
 /// assert!(plain_http_elsewhere("http://idp.example/realms/shop"));
 /// assert!(!plain_http_elsewhere("http://127.0.0.1:8080/realms/shop"));
 /// assert!(!plain_http_elsewhere("https://idp.example/realms/shop"));
+/// assert!(plain_http_elsewhere("HTTP://127.evil.example/realms/shop"));
 /// ```
 #[must_use]
 pub fn plain_http_elsewhere(url: &str) -> bool {
-    url.starts_with("http://") && !is_loopback_url(url)
+    url.get(..7).is_some_and(|s| s.eq_ignore_ascii_case("http://")) && !is_loopback_url(url)
 }
 
 pub(crate) fn is_loopback_url(s: &str) -> bool {
-    let rest = s.trim_start_matches("http://").trim_start_matches("https://");
-    let host = rest.split(['/', ':']).next().unwrap_or("");
-    host == "localhost" || host.starts_with("127.") || rest.starts_with("[::1]")
+    let rest = s.split_once("://").map_or(s, |(_, r)| r);
+    let rest = &rest[rest.rfind('@').map_or(0, |at| at + 1)..];
+    if rest.starts_with("[::1]") {
+        return true;
+    }
+    let host = rest.split(['/', ':', '?', '#']).next().unwrap_or("");
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn check_header_name(name: &str) -> Result<(), ConfigError> {

@@ -24,7 +24,7 @@ use serde_json::{Map, Value};
 use tokio::sync::{Semaphore, watch};
 
 use crate::cache::TokenCache;
-use crate::config::{ConfigError, FetchSettings, is_loopback_url};
+use crate::config::{ConfigError, FetchSettings};
 use crate::error::JwtError;
 use crate::jwks::{describe, get, http_client, jwks_runtime};
 
@@ -208,7 +208,7 @@ impl Introspection {
                     "issuer `{issuer}`: the introspection endpoint `{e}` is not an http(s) URL"
                 )));
             }
-            if e.starts_with("http://") && !is_loopback_url(e) {
+            if crate::config::plain_http_elsewhere(e) {
                 tracing::warn!(target: LOG, issuer, endpoint = %e, "introspection over plain http: the client secret and tokens cross the network in clear");
             }
         }

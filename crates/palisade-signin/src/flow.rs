@@ -977,8 +977,20 @@ impl SignIn {
                 rx
             }
         };
-        let out = answer.wait_for(Option::is_some).await.ok()?.clone();
-        out.flatten()
+        let out = answer.wait_for(Option::is_some).await.map(|a| a.clone());
+        match out {
+            Ok(out) => out.flatten(),
+            Err(_) => {
+                // The task went without an answer (dropped before it ran, at
+                // a runtime's shutdown): not left for the next request.
+                if let Ok(mut map) = self.0.refreshing.lock()
+                    && map.get(&live.session.id).is_some_and(|r| r.same_channel(&answer))
+                {
+                    map.remove(&live.session.id);
+                }
+                None
+            }
+        }
     }
 
     async fn refresh_once(&self, live: Arc<Live>) -> Option<Arc<Live>> {

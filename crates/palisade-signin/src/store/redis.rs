@@ -339,7 +339,7 @@ impl RedisStoreBuilder {
             };
             let outcome = match tokio::time::timeout(shared.command_timeout * 2, first).await {
                 Err(_) => Err("no answer in time".to_owned()),
-                Ok(Err(e)) => Err(scrub(&e.to_string(), password.as_deref())),
+                Ok(Err(e)) => Err(scrub(&e.to_string(), &password)),
                 Ok(Ok((connection, last_id))) => {
                     shared.mark_synced();
                     tokio::spawn(follow(shared.clone(), connection, last_id));
@@ -747,21 +747,32 @@ fn described(e: &RedisError) -> String {
     format!("{} ({:?})", e.category(), e.kind())
 }
 
-/// The password in `url`, to scrub from messages: everything after the
-/// scheme and before the last `@`, as [`url_without_credentials`] hides it,
-/// so a password with an unescaped `/` or `@` is scrubbed whole.
-fn password_of(url: &str) -> Option<String> {
-    let rest = url.split_once("://")?.1;
-    let user = &rest[..rest.rfind('@')?];
-    let password = user.split_once(':').map_or(user, |(_, p)| p);
-    (!password.is_empty()).then(|| password.to_owned())
+/// What may be the password in `url`, to scrub from messages: the user
+/// information's password as a URL parser reads it (up to the first `/`,
+/// `?` or `#`), and, as [`url_without_credentials`] hides it, everything
+/// after the scheme and before the last `@` (a password with an unescaped
+/// `/` or `@`).
+fn password_of(url: &str) -> Vec<String> {
+    let Some((_, rest)) = url.split_once("://") else {
+        return Vec::new();
+    };
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    [
+        authority.rfind('@').map(|at| &authority[..at]),
+        rest.rfind('@').map(|at| &rest[..at]),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|user| user.split_once(':').map_or(user, |(_, p)| p))
+    .filter(|p| !p.is_empty())
+    .map(str::to_owned)
+    .collect()
 }
 
-fn scrub(message: &str, password: Option<&str>) -> String {
-    match password {
-        Some(p) => message.replace(p, "***"),
-        None => message.to_owned(),
-    }
+fn scrub(message: &str, passwords: &[String]) -> String {
+    passwords
+        .iter()
+        .fold(message.to_owned(), |m, p| m.replace(p.as_str(), "***"))
 }
 
 #[cfg(test)]
@@ -770,10 +781,16 @@ mod tests {
 
     #[test]
     fn passwords_are_scrubbed_from_messages() {
-        assert_eq!(password_of("redis://app:s3cret@h:1/0").as_deref(), Some("s3cret"));
-        assert_eq!(password_of("redis://:s3/cr@t@h:1/0").as_deref(), Some("s3/cr@t"));
-        assert_eq!(password_of("redis://h:1/0"), None);
-        assert_eq!(scrub("auth s3cret failed", Some("s3cret")), "auth *** failed");
+        assert_eq!(password_of("redis://app:s3cret@h:1/0"), ["s3cret", "s3cret"]);
+        assert_eq!(password_of("redis://:s3/cr@t@h:1/0"), ["s3/cr@t"]);
+        // An `@` in the query: the parser's reading is scrubbed too.
+        assert_eq!(
+            password_of("redis://:s3cret@h/0?x=a@b"),
+            ["s3cret", "s3cret@h/0?x=a"]
+        );
+        assert!(password_of("redis://h:1/0").is_empty());
+        let scrubbed = scrub("auth s3cret failed", &password_of("redis://:s3cret@h/0?x=a@b"));
+        assert_eq!(scrubbed, "auth *** failed");
     }
 
     #[test]
