@@ -57,7 +57,8 @@ pub enum IntrospectionAuth {
 /// `exp`, `nbf`, `sub` or `client_id`, `aud` against the provider's
 /// audiences) and becomes the same [`Identity`]: Keycloak roles, `scope`,
 /// `client_id`, every member for policies (`username` stands in for the
-/// user name when the principal claim is absent).
+/// user name when the answer has no `preferred_username` and no principal
+/// claim is configured).
 ///
 /// ```
 /// use std::time::Duration;

@@ -11,8 +11,13 @@ use super::PolicyError;
 /// A Keycloak OIDC adapter configuration (`keycloak.json`), also accepted as
 /// the spec of the `palisade.dev/v1alpha1` kind `KeycloakAdapter`.
 ///
-/// Fields that only make sense for browser log-in (`credentials`, CORS, …)
-/// are accepted and ignored; the secret in `credentials` is never printed.
+/// `public-client` and `credentials` turn browser sign-in on for `resource`
+/// (unless `bearer-only`); the secret in `credentials` is never printed.
+/// Accepted so that a `keycloak.json` loads, and not applied:
+/// `ssl-required` (TLS is the server's), `use-resource-role-mappings`
+/// (role checks name realm or client roles explicitly), `confidential-port`,
+/// `enable-cors`, `allow-any-hostname` and `disable-trust-manager` (the
+/// issuer's certificate and name are always verified).
 #[derive(Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 #[non_exhaustive]

@@ -131,7 +131,7 @@ pub struct DpopSpec {
 #[non_exhaustive]
 pub struct ResourceMetadataSpec {
     /// The resource identifier: the service's URL as clients know it
-    /// (`https`, no query or fragment).
+    /// (`https`, or `http` for a service reached so; no query or fragment).
     pub resource: String,
     /// `scopes_supported`.
     pub scopes: Option<Vec<String>>,
