@@ -141,12 +141,8 @@ pub fn check_policy(set: &PolicySet) -> Result<(), PolicyError> {
     let authorizers = palisade_core::authz::ExternalAuthorizers::stand_ins(set);
     for workload in set.workloads() {
         if let Some(mut e) = policy_problems(set, &workload, &authorizers).into_iter().next() {
-            let service = if workload.service == palisade_core::policy::ANY_SERVICE {
-                format!("any workload of {}", workload.namespace)
-            } else {
-                format!("{}/{}", workload.namespace, workload.service)
-            };
-            e.message = format!("{} (for {service})", e.message);
+            // As `palisade check` names it (`NS/*` for a stand-in).
+            e.message = format!("{} (for {workload})", e.message);
             return Err(e);
         }
     }

@@ -72,17 +72,7 @@ pub(crate) fn note_labels(workload: &Workload, notes: &mut Vec<String>) {
 
 /// `NS/NAME`, with the labels other than `app` in brackets when there are.
 pub(crate) fn label(w: &Workload) -> String {
-    let extra: Vec<String> = w
-        .labels
-        .iter()
-        .filter(|(k, _)| *k != "app")
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    if extra.is_empty() {
-        format!("{}/{}", w.namespace, w.service)
-    } else {
-        format!("{}/{}[{}]", w.namespace, w.service, extra.join(","))
-    }
+    w.to_string()
 }
 
 #[cfg(test)]

@@ -992,8 +992,7 @@ mod tests {
         );
 
         // A body announced and never sent: 400 once the read time is over.
-        let never =
-            tokio::spawn(wanting().finish_from_body(|_| Poll::<Option<Result<Option<&[u8]>, ()>>>::Pending));
+        let never = tokio::spawn(wanting().finish_from_body(|_| Poll::<Chunk>::Pending));
         tokio::time::sleep(
             crate::limits::ServerLimits::default().body_read() - std::time::Duration::from_millis(1),
         )

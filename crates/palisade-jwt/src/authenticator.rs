@@ -59,6 +59,19 @@ struct TenantStores {
     refused: HashMap<String, Instant>,
 }
 
+impl TenantStores {
+    /// The rule's kept answer about `name` ([`TENANT_ANSWER_TTL`]): allowed,
+    /// refused, or `None` when it is to be asked.
+    fn kept(&self, name: &str) -> Option<bool> {
+        let fresh = |at: Option<&Instant>| at.is_some_and(|at| at.elapsed() < TENANT_ANSWER_TTL);
+        if fresh(self.allowed.get(name)) {
+            Some(true)
+        } else {
+            fresh(self.refused.get(name)).then_some(false)
+        }
+    }
+}
+
 /// How many refused tenant names are remembered ([`TenantStores::refused`]).
 const REFUSED_TENANTS: usize = 1024;
 
@@ -956,19 +969,18 @@ impl JwtAuthenticator {
         self.0.providers.iter().enumerate().find_map(|(i, state)| {
             let (tenants, name) = tenant_name(state, iss)?;
             let stores = state.tenants.as_ref()?;
-            let fresh = |at: Option<&Instant>| at.is_some_and(|at| at.elapsed() < TENANT_ANSWER_TTL);
             let known = |stores: &mut TenantStores| -> Option<Option<Arc<Tenant>>> {
-                if fresh(stores.allowed.get(name))
-                    && let Some(t) = stores.live.get(name)
-                {
-                    let t = Arc::clone(t);
-                    if let Some(at) = stores.order.iter().position(|n| n == name) {
-                        let used = stores.order.remove(at);
-                        stores.order.extend(used);
+                match stores.kept(name)? {
+                    false => Some(None),
+                    true => {
+                        let t = Arc::clone(stores.live.get(name)?);
+                        if let Some(at) = stores.order.iter().position(|n| n == name) {
+                            let used = stores.order.remove(at);
+                            stores.order.extend(used);
+                        }
+                        Some(Some(t))
                     }
-                    return Some(Some(t));
                 }
-                fresh(stores.refused.get(name)).then_some(None)
             };
             if let Some(answer) = known(&mut stores.lock().unwrap_or_else(PoisonError::into_inner)) {
                 return answer.map(|t| (i, t));
@@ -1005,15 +1017,10 @@ impl JwtAuthenticator {
     fn tenant_of<'i>(&self, iss: &'i str) -> Option<(usize, &'i str)> {
         self.0.providers.iter().enumerate().find_map(|(i, state)| {
             let (tenants, name) = tenant_name(state, iss)?;
-            let fresh = |at: Option<&Instant>| at.is_some_and(|at| at.elapsed() < TENANT_ANSWER_TTL);
-            let kept = state.tenants.as_ref().and_then(|stores| {
-                let stores = stores.lock().unwrap_or_else(PoisonError::into_inner);
-                if fresh(stores.allowed.get(name)) {
-                    Some(true)
-                } else {
-                    fresh(stores.refused.get(name)).then_some(false)
-                }
-            });
+            let kept = state
+                .tenants
+                .as_ref()
+                .and_then(|stores| stores.lock().unwrap_or_else(PoisonError::into_inner).kept(name));
             kept.unwrap_or_else(|| tenants.allows(name)).then_some((i, name))
         })
     }

@@ -732,6 +732,8 @@ fn is_http_url(s: &str) -> bool {
 /// assert!(!plain_http_elsewhere("http://127.0.0.1:8080/realms/shop"));
 /// assert!(!plain_http_elsewhere("https://idp.example/realms/shop"));
 /// assert!(plain_http_elsewhere("HTTP://127.evil.example/realms/shop"));
+/// assert!(plain_http_elsewhere("http://idp.example/realms/x@127.0.0.1"));
+/// assert!(!plain_http_elsewhere("http://user@127.0.0.1/realms/shop"));
 /// ```
 #[must_use]
 pub fn plain_http_elsewhere(url: &str) -> bool {
@@ -740,11 +742,14 @@ pub fn plain_http_elsewhere(url: &str) -> bool {
 
 pub(crate) fn is_loopback_url(s: &str) -> bool {
     let rest = s.split_once("://").map_or(s, |(_, r)| r);
-    let rest = &rest[rest.rfind('@').map_or(0, |at| at + 1)..];
+    // The host a URL parser connects to: after the user information, which
+    // ends at the authority's last `@` (an `@` in the path is not it).
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let rest = &authority[authority.rfind('@').map_or(0, |at| at + 1)..];
     if rest.starts_with("[::1]") {
         return true;
     }
-    let host = rest.split(['/', ':', '?', '#']).next().unwrap_or("");
+    let host = rest.split(':').next().unwrap_or("");
     host.eq_ignore_ascii_case("localhost")
         || host
             .parse::<std::net::Ipv4Addr>()

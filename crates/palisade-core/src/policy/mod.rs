@@ -171,6 +171,24 @@ impl Workload {
     }
 }
 
+/// `NS/NAME`, with the labels other than `app` in brackets when there are
+/// (`default/details[version=v2]`): how `palisade check` and
+/// `palisade::check_policy` name a workload.
+impl std::fmt::Display for Workload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.service)?;
+        let mut extra = self.labels.iter().filter(|(k, _)| *k != "app");
+        if let Some((k, v)) = extra.next() {
+            write!(f, "[{k}={v}")?;
+            for (k, v) in extra {
+                write!(f, ",{k}={v}")?;
+            }
+            f.write_str("]")?;
+        }
+        Ok(())
+    }
+}
+
 /// Kubernetes object metadata (the fields Palisade reads, plus the usual
 /// read-only ones that `kubectl get -o yaml` prints, which are ignored).
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
