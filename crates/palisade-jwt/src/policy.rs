@@ -11,7 +11,7 @@ use palisade_core::policy::{
 };
 
 use crate::authenticator::JwtAuthenticator;
-use crate::config::{FetchSettings, Provider, ProviderBuilder, TokenSource};
+use crate::config::{ConfigError, FetchSettings, Provider, ProviderBuilder, TokenSource};
 use crate::dpop::{DpopSettings, MemoryReplayStore, NonceSource, ReplayStore};
 use crate::introspect::Introspection;
 use crate::resource::ResourceMetadata;
@@ -82,24 +82,41 @@ fn from_policy(policy: &WorkloadPolicy<'_>, offline: bool) -> Result<Option<JwtA
             builder = builder.resource_metadata(meta);
         }
     }
-    let mut last_doc = None;
+    // Each provider's issuer and where it is written: (issuer, document,
+    // the issuer's field, the inline keys' field).
+    let mut written: Vec<Written<'_>> = Vec::new();
+    let mut once = |issuer: &str, doc, field: String, keys: String| {
+        if let Some((_, first, first_field, _)) = written.iter().find(|(i, ..)| i == issuer) {
+            return Err(policy.error_at(
+                doc,
+                &field,
+                format!(
+                    "issuer `{issuer}` is configured twice for this workload (also {} {first_field})",
+                    first.resource()
+                ),
+            ));
+        }
+        written.push((issuer.to_owned(), doc, field, keys));
+        Ok(())
+    };
     for (doc, spec) in policy.request_authentications() {
         for (i, rule) in spec.jwt_rules.iter().enumerate() {
             let field = format!("spec.jwtRules[{i}]");
+            once(&rule.issuer, doc, format!("{field}.issuer"), format!("{field}.jwks"))?;
             let mut fetch = fetch_settings(policy, &settings, &rule.issuer)?;
             if let Some(t) = rule.timeout {
                 fetch.timeout = t.get();
             }
             let b = tune(istio_provider(policy, rule), policy, &settings, &rule.issuer)?;
-            let provider = b
-                .fetch_settings(fetch)
-                .build()
-                .map_err(|e| policy.error_at(doc, &field, e.to_string()).with_source(e))?;
+            let provider = b.fetch_settings(fetch).build().map_err(|e| {
+                let at = format!("{field}{}", rule_field(rule, &e));
+                policy.error_at(doc, &at, e.to_string()).with_source(e)
+            })?;
             builder = builder.provider(provider);
-            last_doc = Some(doc);
         }
     }
     for (doc, kc) in policy.keycloak_adapters() {
+        once(&kc.issuer(), doc, "spec.realm".into(), "spec.realm-public-key".into())?;
         let b = keycloak_provider(kc).map_err(|e| policy.error_at(doc, "spec", e))?;
         let mut fetch = fetch_settings(policy, &settings, &kc.issuer())?;
         keycloak_fetch(kc, &mut fetch);
@@ -109,13 +126,47 @@ fn from_policy(policy: &WorkloadPolicy<'_>, offline: bool) -> Result<Option<JwtA
             .build()
             .map_err(|e| policy.error_at(doc, "spec", e.to_string()).with_source(e))?;
         builder = builder.provider(provider);
-        last_doc = Some(doc);
     }
-    let Some(doc) = last_doc else { return Ok(None) };
-    builder
-        .build()
-        .map(Some)
-        .map_err(|e| policy.error_at(doc, "", e.to_string()).with_source(e))
+    let Some((_, last, ..)) = written.last() else { return Ok(None) };
+    builder.build().map(Some).map_err(|e| {
+        // Inline keys are parsed here: name the field that holds them.
+        let (doc, field) = match &e {
+            ConfigError::InvalidInlineKeys(issuer, _) => written
+                .iter()
+                .find(|(i, ..)| i == issuer)
+                .map_or((*last, ""), |(_, doc, _, keys)| (*doc, keys.as_str())),
+            _ => (*last, ""),
+        };
+        policy.error_at(doc, field, e.to_string()).with_source(e)
+    })
+}
+
+/// A provider's issuer and where it is written: the document, the issuer's
+/// field and the field of its inline keys.
+type Written<'a> = (String, &'a Document, String, String);
+
+/// The field of a `jwtRules` entry a provider's build error is about
+/// (`""`: the entry as a whole).
+fn rule_field(rule: &JwtRuleSpec, e: &ConfigError) -> String {
+    match e {
+        ConfigError::InvalidIssuer(_) => ".issuer".into(),
+        ConfigError::InvalidJwksUri(_) => ".jwksUri".into(),
+        ConfigError::InvalidInlineKeys(..) => ".jwks".into(),
+        ConfigError::InvalidHeaderName(name) => {
+            let same = |h: &str| h.eq_ignore_ascii_case(name);
+            if let Some(k) = rule.from_headers.iter().position(|h| same(&h.name)) {
+                format!(".fromHeaders[{k}].name")
+            } else if rule.output_payload_to_header.as_deref().is_some_and(same) {
+                ".outputPayloadToHeader".into()
+            } else if let Some(k) = rule.output_claim_to_headers.iter().position(|c| same(&c.header)) {
+                format!(".outputClaimToHeaders[{k}].header")
+            } else {
+                String::new()
+            }
+        }
+        ConfigError::OutOfRange(_) if rule.timeout.is_some_and(|t| t.get().is_zero()) => ".timeout".into(),
+        _ => String::new(),
+    }
 }
 
 impl JwtAuthenticator {
@@ -461,6 +512,33 @@ spec:
             std::thread::sleep(Duration::from_millis(20));
         }
         false
+    }
+
+    /// A workload's errors name the document and field they are about,
+    /// also when only compiling its documents together shows them.
+    #[test]
+    fn errors_of_the_workloads_rules_name_their_field() {
+        let ra = |name: &str, rule: &str| {
+            format!("apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: {name}}}\nspec:\n  jwtRules:\n  - issuer: https://idp.example\n{rule}")
+        };
+        let compile = |yaml: &str| {
+            let set = PolicySet::from_yaml_str(yaml, "jwt.yaml").unwrap();
+            JwtAuthenticator::from_policy_offline(&set.for_workload(&Workload::new("details", "default")))
+                .unwrap_err()
+        };
+        let twice = format!("{}---\n{}", ra("a", "    jwks: '{\"keys\": []}'\n"), ra("b", ""));
+        let err = compile(&twice);
+        assert_eq!((err.document, err.field.as_deref()), (Some(2), Some("spec.jwtRules[0].issuer")), "{err}");
+        assert!(
+            err.message.contains("also RequestAuthentication default/a spec.jwtRules[0].issuer"),
+            "{err}"
+        );
+        let unusable = format!("{}---\n{}", ra("a", "    jwks: '{\"keys\": 7}'\n"), ra("b", "").replace("idp.example", "other.example"));
+        let err = compile(&unusable);
+        assert_eq!((err.document, err.field.as_deref()), (Some(1), Some("spec.jwtRules[0].jwks")), "{err}");
+        let timeout = ra("a", "    timeout: 0s\n");
+        let err = compile(&timeout);
+        assert_eq!(err.field.as_deref(), Some("spec.jwtRules[0].timeout"), "{err}");
     }
 
     #[test]

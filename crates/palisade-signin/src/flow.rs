@@ -301,6 +301,17 @@ impl SignInBuilder {
                 )));
             }
         }
+        if config.timeout.is_zero() {
+            return Err(SignInError::Config(
+                "the timeout of calls to the issuer is zero: every call would fail".into(),
+            ));
+        }
+        if !palisade_core::policy::is_landing_uri(&config.post_logout_redirect) {
+            return Err(SignInError::Config(format!(
+                "postLogoutRedirectUri `{}` is neither a path of this service nor an absolute http(s) URL",
+                config.post_logout_redirect
+            )));
+        }
         if config.idle_timeout > config.absolute_timeout {
             return Err(SignInError::Config(
                 "the idle timeout is longer than the absolute timeout".into(),
@@ -1326,6 +1337,25 @@ mod tests {
                 .await
                 .unwrap()
         );
+    }
+
+    #[test]
+    fn settings_that_cannot_work_fail_the_build_saying_which() {
+        let key = CookieKey::new("k1", &[1; 32]).unwrap();
+        let build = |b: SignInBuilder| match b.keys(vec![key.clone()]).build() {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        };
+        let rp = || SignIn::builder("http://127.0.0.1:9", "shop");
+        assert_eq!(build(rp().post_logout_redirect_uri("https://shop.example/bye")), "");
+        for bad in ["//evil.example", "evil", "/a\r\nx: y"] {
+            let err = build(rp().post_logout_redirect_uri(bad));
+            assert!(err.contains("postLogoutRedirectUri"), "{bad}: {err}");
+        }
+        let err = build(rp().timeout(Duration::ZERO));
+        assert!(err.contains("timeout of calls to the issuer is zero"), "{err}");
+        let err = build(rp().callback_path("/cb x"));
+        assert!(err.contains("callbackPath"), "{err}");
     }
 
     #[test]

@@ -294,7 +294,7 @@ pub(crate) fn condition_clauses(c: &ConditionSpec, namespace: &str) -> Result<Ve
 }
 
 /// The `istio.io/dry-run` annotation.
-fn dry_run(metadata: &Metadata) -> Result<bool, FieldError> {
+pub(crate) fn dry_run(metadata: &Metadata) -> Result<bool, FieldError> {
     match metadata.annotations.get("istio.io/dry-run").map(String::as_str) {
         None | Some("false") => Ok(false),
         Some("true") => Ok(true),

@@ -134,10 +134,18 @@ impl std::error::Error for PolicyError {
     }
 }
 
-/// Something in a policy file that loads but takes effect for no in-process
-/// workload: a `targetRefs` entry naming a `Gateway`, `GatewayClass` or
-/// `ServiceEntry` (see [`TargetRefSpec`](super::TargetRefSpec)). Located and
-/// displayed as a [`PolicyError`] is, so a checker can print it the same way.
+/// Something in a policy file that loads but should be said aloud:
+/// - what takes effect for no in-process workload: a `targetRefs` entry
+///   naming a `Gateway`, `GatewayClass` or `ServiceEntry` (see
+///   [`TargetRefSpec`](super::TargetRefSpec)), a `KeycloakAdapter` key or a
+///   `DestinationRule` field read and not applied, an `RbacConfig`
+///   `inclusion` or `exclusion` its mode ignores;
+/// - what relaxes a secure default: a dry-run `AuthorizationPolicy`,
+///   `ServiceRoleBinding` or `RbacConfig`, a `PeerAuthentication` mode
+///   `PERMISSIVE` or `DISABLE`.
+///
+/// Located and displayed as a [`PolicyError`] is, so a checker can print it
+/// the same way.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyWarning(PolicyError);
 

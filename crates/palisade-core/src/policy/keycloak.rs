@@ -17,7 +17,11 @@ use super::PolicyError;
 /// `ssl-required` (TLS is the server's), `use-resource-role-mappings`
 /// (role checks name realm or client roles explicitly), `confidential-port`,
 /// `enable-cors`, `allow-any-hostname` and `disable-trust-manager` (the
-/// issuer's certificate and name are always verified).
+/// issuer's certificate and name are always verified). Given with a value
+/// that would change what a Keycloak adapter does (`ssl-required` other
+/// than `none`, a `true`, a port), each is a warning when the file loads
+/// ([`PolicySet::warnings`](super::PolicySet::warnings), and a warn-level
+/// log line for [`Self::from_json_file`]).
 #[derive(Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 #[non_exhaustive]
@@ -103,11 +107,15 @@ impl KeycloakAdapterConfig {
             err.field = (path != ".").then_some(path);
             err
         })?;
-        config.check().map_err(|(field, message)| {
+        let located = |(field, message): super::FieldError| {
             let mut err = PolicyError::new(source, message);
             err.field = Some(field.trim_start_matches("spec.").to_owned());
             err
-        })?;
+        };
+        config.check().map_err(located)?;
+        for warning in config.warnings() {
+            tracing::warn!(target: super::LOG_TARGET, "{}", located(warning));
+        }
         Ok(config)
     }
 
@@ -126,6 +134,48 @@ impl KeycloakAdapterConfig {
             ));
         }
         Ok(())
+    }
+
+    /// The keys given that Palisade reads and does not apply, said aloud
+    /// when the file loads: each would change what a Keycloak adapter does.
+    pub(super) fn warnings(&self) -> Vec<super::FieldError> {
+        let not_applied = [
+            (
+                "ssl-required",
+                self.ssl_required.as_deref().is_some_and(|s| !s.eq_ignore_ascii_case("none")),
+                "not applied: Palisade does not redirect or refuse plain-http requests; serve TLS (palisade-mtls) to require it",
+            ),
+            (
+                "use-resource-role-mappings",
+                self.use_resource_role_mappings == Some(true),
+                "not applied: role checks name realm or client roles explicitly (`client:RESOURCE:ROLE`)",
+            ),
+            (
+                "confidential-port",
+                self.confidential_port.is_some(),
+                "not applied: Palisade does not redirect to another port",
+            ),
+            (
+                "enable-cors",
+                self.enable_cors == Some(true),
+                "not applied: Palisade does not answer CORS; add a CORS layer to the application",
+            ),
+            (
+                "allow-any-hostname",
+                self.allow_any_hostname == Some(true),
+                "not applied: the issuer's certificate name is always verified",
+            ),
+            (
+                "disable-trust-manager",
+                self.disable_trust_manager == Some(true),
+                "not applied: the issuer's certificate is always verified",
+            ),
+        ];
+        not_applied
+            .into_iter()
+            .filter(|(_, given, _)| *given)
+            .map(|(key, _, why)| (format!("spec.{key}"), why.to_owned()))
+            .collect()
     }
 
     /// The issuer URL: `<auth-server-url>/realms/<realm>`.

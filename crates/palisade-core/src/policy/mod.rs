@@ -92,7 +92,7 @@ pub use self::palisade::{
     AuthorizationSettingsSpec, ClientAuthMethod, DpopSpec, IntrospectionSpec, JwtSettingsSpec,
     OidcClientKeySpec, OidcLoginSpec, OidcSessionKeySpec, OidcSessionSpec, ResourceMetadataSpec,
     SessionCookieSpec, SessionKeySpec, SpnegoSettingsSpec, TokenFrom, UpstreamCredentialsSpec,
-    UpstreamTokenSpec,
+    UpstreamTokenSpec, is_landing_uri, is_service_path,
 };
 pub use self::rbac::{
     AccessRuleSpec, ConstraintSpec, EnforcementMode, RbacConfigSpec, RbacMode, RbacTargetSpec, RoleRefSpec,
@@ -374,7 +374,8 @@ impl Document {
             Spec::ServiceRole(s) => crate::authz::rbac::check_role(s),
             Spec::ServiceRoleBinding(s) => crate::authz::rbac::check_binding(s, self.metadata.namespace()),
             Spec::DestinationRule(s) => s.check(),
-            Spec::AuthorizationSettings(_) | Spec::RbacConfig(_) => Ok(()),
+            Spec::RbacConfig(s) => s.check(),
+            Spec::AuthorizationSettings(_) => Ok(()),
         }
     }
 
@@ -412,14 +413,34 @@ impl Document {
         }
     }
 
-    /// What loads but does nothing here: a target reference that names no
-    /// in-process workload. (field path, message) pairs.
+    /// What loads but does nothing here (a target reference that names no
+    /// in-process workload, a field read and not applied) or relaxes a
+    /// default (a dry run, plaintext callers). (field path, message) pairs.
     fn warnings(&self) -> Vec<FieldError> {
-        self.spec
+        let mut out: Vec<FieldError> = self
+            .spec
             .scope()
             .targets()
             .filter_map(|(field, t)| target::not_a_workload(t).map(|m| (field, m)))
-            .collect()
+            .collect();
+        match &self.spec {
+            Spec::AuthorizationPolicy(_) if crate::authz::compile::dry_run(&self.metadata) == Ok(true) => {
+                out.push((
+                    "metadata.annotations.istio.io/dry-run".into(),
+                    "a dry run: this policy's decisions are logged, not enforced".into(),
+                ));
+            }
+            Spec::PeerAuthentication(s) => out.extend(s.warnings()),
+            Spec::ServiceRoleBinding(s) if s.mode == EnforcementMode::Permissive => out.push((
+                "spec.mode".into(),
+                "a dry run: this binding's decisions are logged, not enforced".into(),
+            )),
+            Spec::RbacConfig(s) => out.extend(s.warnings()),
+            Spec::KeycloakAdapter(s) => out.extend(s.warnings()),
+            Spec::DestinationRule(s) => out.extend(s.warnings()),
+            _ => {}
+        }
+        out
     }
 }
 
@@ -429,6 +450,30 @@ pub struct PolicySet {
     source: String,
     documents: Vec<Document>,
     warnings: Vec<PolicyWarning>,
+}
+
+/// The `JwtSettings` documents whose `issuer` no `jwtRules` entry and no
+/// `KeycloakAdapter` of the file has: their settings apply to no provider.
+fn settings_for_no_issuer(documents: &[Document]) -> Vec<(&Document, &'static str, String)> {
+    let issuers: Vec<String> = documents
+        .iter()
+        .flat_map(|d| match &d.spec {
+            Spec::RequestAuthentication(s) => s.jwt_rules.iter().map(|r| r.issuer.clone()).collect(),
+            Spec::KeycloakAdapter(k) => vec![k.issuer()],
+            _ => Vec::new(),
+        })
+        .collect();
+    documents
+        .iter()
+        .filter_map(|d| match &d.spec {
+            Spec::JwtSettings(JwtSettingsSpec { issuer: Some(i), .. }) if !issuers.contains(i) => Some((
+                d,
+                "spec.issuer",
+                format!("no jwtRules entry or KeycloakAdapter of this file has the issuer `{i}`: these settings apply to no provider"),
+            )),
+            _ => None,
+        })
+        .collect()
 }
 
 /// What the loader reads first of every document: enough to name it in
@@ -595,6 +640,11 @@ impl PolicySet {
             }
             documents.push(document);
         }
+        for (document, field, message) in settings_for_no_issuer(&documents) {
+            let warning = PolicyWarning::new(document.error(source, field, message));
+            tracing::warn!(target: LOG_TARGET, "{warning}");
+            warnings.push(warning);
+        }
         Ok(Self {
             source: source.to_owned(),
             documents,
@@ -704,11 +754,11 @@ impl PolicySet {
         &self.documents
     }
 
-    /// What loaded but applies to no in-process workload (a `targetRefs`
-    /// entry naming a gateway or a `ServiceEntry`), in file order; each is
-    /// also logged at warn level (target [`LOG_TARGET`]) when the file
-    /// loads. A checker prints them as notes: they are not errors, since one
-    /// file may describe a whole mesh, gateways included.
+    /// What loaded but takes no effect in process, or relaxes a default,
+    /// in file order (see [`PolicyWarning`]); each is also logged at warn
+    /// level (target [`LOG_TARGET`]) when the file loads. A checker prints
+    /// them as notes: they are not errors, since one file may describe a
+    /// whole mesh, gateways included, and a relaxation may be meant.
     #[must_use]
     pub fn warnings(&self) -> &[PolicyWarning] {
         &self.warnings

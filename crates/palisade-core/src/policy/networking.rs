@@ -63,7 +63,8 @@ pub struct DestinationRuleSpec {
     pub workload_selector: Option<SelectorSpec>,
     /// The namespaces the rule is exported to (`.`, `*`, or names), as in
     /// Istio. Read and checked; selection uses the namespace and
-    /// `workloadSelector` only.
+    /// `workloadSelector` only, so any value but `*` is a warning when the
+    /// file loads.
     #[serde(default)]
     pub export_to: Vec<String>,
     /// The policy for every call to the host.
@@ -75,6 +76,25 @@ pub struct DestinationRuleSpec {
 }
 
 impl DestinationRuleSpec {
+    /// What is read and checked but not applied, said aloud when the file loads.
+    pub(super) fn warnings(&self) -> Vec<FieldError> {
+        let export = (!self.export_to.is_empty() && self.export_to != ["*"]).then(|| {
+            (
+                "spec.exportTo".to_owned(),
+                "not applied: the rule applies to the calling workloads its namespace and \
+                 workloadSelector choose"
+                    .to_owned(),
+            )
+        });
+        let subsets = self.subsets.iter().enumerate().filter(|(_, s)| s.traffic_policy.is_some()).map(|(i, _)| {
+            (
+                format!("spec.subsets[{i}].trafficPolicy"),
+                "not applied: Palisade does not route calls to subsets (no VirtualService)".to_owned(),
+            )
+        });
+        export.into_iter().chain(subsets).collect()
+    }
+
     pub(super) fn check(&self) -> Result<(), FieldError> {
         check_host(&self.host)?;
         check_export_to(&self.export_to)?;
@@ -111,7 +131,9 @@ pub struct SubsetSpec {
     /// Labels the host's endpoints must have to be in the subset.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
-    /// The subset's policy: the settings it gives override the rule's.
+    /// The subset's policy: the settings it gives override the rule's for
+    /// traffic routed to the subset. Palisade routes none there: read and
+    /// checked, not applied (a warning when the file loads).
     #[serde(default)]
     pub traffic_policy: Option<TrafficPolicySpec>,
 }

@@ -583,7 +583,8 @@ pub struct OidcLoginSpec {
     /// `/oauth2/backchannel-logout`).
     pub backchannel_logout_path: Option<String>,
     /// Where the issuer sends the browser after logout: a path of this
-    /// service or an absolute URL (default `/`).
+    /// service or an absolute http(s) URL (default `/`; see
+    /// [`is_landing_uri`]).
     pub post_logout_redirect_uri: Option<String>,
     /// A PEM file of extra trust anchors for the issuer's TLS certificate.
     pub ca_file: Option<String>,
@@ -849,7 +850,7 @@ impl OidcLoginSpec {
         ];
         for (i, (field, path)) in paths.iter().enumerate() {
             if let Some(p) = path {
-                if !p.starts_with('/') || p.starts_with("//") || p.contains(['?', '#']) {
+                if !is_service_path(p) {
                     return Err(((*field).into(), format!("`{p}` is not a path of this service")));
                 }
                 if paths[..i]
@@ -859,6 +860,14 @@ impl OidcLoginSpec {
                     return Err(((*field).into(), format!("`{p}` is used for two endpoints")));
                 }
             }
+        }
+        if let Some(uri) = &self.post_logout_redirect_uri
+            && !is_landing_uri(uri)
+        {
+            return Err((
+                "spec.postLogoutRedirectUri".into(),
+                format!("`{uri}` is neither a path of this service nor an absolute http(s) URL"),
+            ));
         }
         match (
             &self.client_secret_file,
@@ -946,6 +955,35 @@ impl OidcLoginSpec {
         }
         Ok(())
     }
+}
+
+/// A path this service serves an endpoint at (sign-in's callback, login
+/// and logout paths): it starts with one `/`, and has no query, fragment,
+/// backslash, space or control character.
+#[must_use]
+pub fn is_service_path(path: &str) -> bool {
+    path.starts_with('/')
+        && !path.starts_with("//")
+        && !path
+            .bytes()
+            .any(|b| matches!(b, b'?' | b'#' | b'\\' | b' ') || b.is_ascii_control())
+}
+
+/// Where a browser may be sent (sign-in's `postLogoutRedirectUri`): a path
+/// of this service (`/`, `/bye?x=1`: a query is allowed, made absolute on
+/// the request's origin), or an absolute `https://` or `http://` URL with a
+/// host. Never `//host` (another site, written as a path), a backslash, a
+/// space or a control character.
+#[must_use]
+pub fn is_landing_uri(uri: &str) -> bool {
+    if uri.bytes().any(|b| b == b'\\' || b == b' ' || b.is_ascii_control()) {
+        return false;
+    }
+    if uri.starts_with('/') {
+        return !uri.starts_with("//");
+    }
+    let rest = uri.strip_prefix("https://").or_else(|| uri.strip_prefix("http://"));
+    rest.is_some_and(|r| r.split(['/', '?', '#']).next().is_some_and(|host| !host.is_empty() && !host.contains('@')))
 }
 
 /// A cookie name Palisade sets: letters, digits, `-` and `_` (no

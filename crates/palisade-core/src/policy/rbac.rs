@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use super::FieldError;
+
 /// `ServiceRole.spec`: what may be done.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -118,6 +120,50 @@ pub struct RbacConfigSpec {
     /// The mode of every binding: [`EnforcementMode::Permissive`] makes them all dry runs.
     #[serde(default)]
     pub enforcement_mode: EnforcementMode,
+}
+
+impl RbacConfigSpec {
+    /// `ON_WITH_INCLUSION` must include something: as written without, the
+    /// older RBAC would be on nowhere, every binding unenforced.
+    pub(super) fn check(&self) -> Result<(), FieldError> {
+        let names_none = |t: &Option<RbacTargetSpec>| {
+            t.as_ref()
+                .is_none_or(|t| t.services.is_empty() && t.namespaces.is_empty())
+        };
+        if self.mode == RbacMode::OnWithInclusion && names_none(&self.inclusion) {
+            return Err((
+                "spec.inclusion".into(),
+                "ON_WITH_INCLUSION needs `inclusion` with at least one service or namespace: \
+                 as written, RBAC is on nowhere"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// What the mode ignores, and a dry run, said aloud when the file loads.
+    pub(super) fn warnings(&self) -> Vec<FieldError> {
+        let mut out = Vec::new();
+        if self.inclusion.is_some() && self.mode != RbacMode::OnWithInclusion {
+            out.push((
+                "spec.inclusion".into(),
+                "ignored: only the mode ON_WITH_INCLUSION reads it".into(),
+            ));
+        }
+        if self.exclusion.is_some() && self.mode != RbacMode::OnWithExclusion {
+            out.push((
+                "spec.exclusion".into(),
+                "ignored: only the mode ON_WITH_EXCLUSION reads it".into(),
+            ));
+        }
+        if self.enforcement_mode == EnforcementMode::Permissive && self.mode != RbacMode::Off {
+            out.push((
+                "spec.enforcementMode".into(),
+                "a dry run: every ServiceRoleBinding's decisions are logged, not enforced".into(),
+            ));
+        }
+        out
+    }
 }
 
 /// `RbacConfig.spec.mode`.

@@ -49,8 +49,43 @@ impl RequestAuthenticationSpec {
             &self.target_refs,
         )?;
         for (i, rule) in self.jwt_rules.iter().enumerate() {
+            let at = |field: &str| format!("spec.jwtRules[{i}].{field}");
             if rule.issuer.trim().is_empty() {
-                return Err((format!("spec.jwtRules[{i}].issuer"), "must not be empty".into()));
+                return Err((at("issuer"), "must not be empty".into()));
+            }
+            if let Some(j) = self.jwt_rules[..i].iter().position(|r| r.issuer == rule.issuer) {
+                return Err((
+                    at("issuer"),
+                    format!("issuer `{}` is configured twice (also spec.jwtRules[{j}])", rule.issuer),
+                ));
+            }
+            if let Some(uri) = &rule.jwks_uri
+                && !(uri.starts_with("https://") || uri.starts_with("http://"))
+            {
+                return Err((at("jwksUri"), format!("`{uri}` is not an http(s) URL")));
+            }
+            let headers = rule
+                .from_headers
+                .iter()
+                .enumerate()
+                .map(|(k, h)| (format!("fromHeaders[{k}].name"), &h.name))
+                .chain(rule.output_payload_to_header.iter().map(|h| ("outputPayloadToHeader".to_owned(), h)))
+                .chain(
+                    rule.output_claim_to_headers
+                        .iter()
+                        .enumerate()
+                        .map(|(k, c)| (format!("outputClaimToHeaders[{k}].header"), &c.header)),
+                );
+            for (field, name) in headers {
+                if !is_header_name(name) {
+                    return Err((at(&field), format!("`{name}` is not an HTTP header name")));
+                }
+            }
+            let named = [("fromParams", &rule.from_params), ("fromCookies", &rule.from_cookies)];
+            for (field, names) in named {
+                if let Some(k) = names.iter().position(|n| n.is_empty()) {
+                    return Err((at(&format!("{field}[{k}]")), "must not be empty".into()));
+                }
             }
             if rule.jwks_uri.is_some() && rule.jwks.is_some() {
                 return Err((
@@ -69,6 +104,14 @@ impl RequestAuthenticationSpec {
         }
         Ok(())
     }
+}
+
+/// An HTTP header name: one or more token characters (RFC 9110 §5.1).
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.!#$%&'*+^`|~".contains(&b))
 }
 
 /// `RequestAuthentication.spec.jwtRules[]`, as Istio defines it.
@@ -321,6 +364,29 @@ impl PeerAuthenticationSpec {
             ));
         }
         Ok(())
+    }
+
+    /// The modes that relax [`MtlsMode::Strict`], said aloud when the file loads.
+    pub(super) fn warnings(&self) -> Vec<FieldError> {
+        let said = |mode: Option<MtlsMode>| match mode? {
+            MtlsMode::Strict => None,
+            MtlsMode::Permissive => Some(
+                "PERMISSIVE: plaintext callers are accepted too, without a peer identity".to_owned(),
+            ),
+            MtlsMode::Disable => {
+                Some("DISABLE: callers present no certificate, so none has a peer identity".to_owned())
+            }
+        };
+        let whole = self.mtls.as_ref().and_then(|m| said(m.mode));
+        let ports = self
+            .port_level_mtls
+            .iter()
+            .filter_map(|(port, m)| Some((format!("spec.portLevelMtls.{port}.mode"), said(m.mode)?)));
+        whole
+            .map(|m| ("spec.mtls.mode".to_owned(), m))
+            .into_iter()
+            .chain(ports)
+            .collect()
     }
 }
 

@@ -793,3 +793,149 @@ fn a_spnego_session_cookie_name_cannot_add_attributes() {
     }
     PolicySet::from_yaml_str(&doc("    name: krb_session\n    maxAge: 30m\n"), "policy.yaml").unwrap();
 }
+
+/// The (document, field) of each warning of a file.
+fn warned(yaml: &str) -> Vec<(u32, String)> {
+    let set = PolicySet::from_yaml_str(yaml, "mesh.yaml").unwrap();
+    set.warnings()
+        .iter()
+        .map(|w| (w.document().unwrap(), w.field().unwrap_or_default().to_owned()))
+        .collect()
+}
+
+#[test]
+fn relaxations_and_fields_read_but_not_applied_are_warnings() {
+    let pa = |mtls: &str| {
+        format!(
+            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: pa, namespace: default}}\nspec:\n  selector: {{matchLabels: {{app: details}}}}\n{mtls}"
+        )
+    };
+    assert_eq!(
+        warned(&pa("  mtls: {mode: PERMISSIVE}\n  portLevelMtls: {8080: {mode: DISABLE}, 9090: {mode: STRICT}}\n")),
+        [(1, "spec.mtls.mode".into()), (1, "spec.portLevelMtls.8080.mode".into())]
+    );
+    assert!(warned(&pa("  mtls: {mode: STRICT}\n  portLevelMtls: {8080: {mode: UNSET}}\n")).is_empty());
+
+    let dry = format!(
+        "{AUTHZ}metadata: {{name: d, annotations: {{istio.io/dry-run: \"true\"}}}}\nspec: {{action: DENY, rules: [{{}}]}}\n---\n\
+         {AUTHZ}metadata: {{name: e, annotations: {{istio.io/dry-run: \"false\"}}}}\nspec: {{action: DENY, rules: [{{}}]}}\n"
+    );
+    assert_eq!(warned(&dry), [(1, "metadata.annotations.istio.io/dry-run".into())]);
+
+    let rbac = "apiVersion: rbac.istio.io/v1alpha1\nkind: ServiceRoleBinding\nmetadata: {name: b, namespace: default}\nspec:\n  subjects: [{user: alice}]\n  roleRef: {kind: ServiceRole, name: r}\n  mode: PERMISSIVE\n\
+                ---\napiVersion: rbac.istio.io/v1alpha1\nkind: RbacConfig\nmetadata: {name: default}\nspec:\n  mode: ON\n  inclusion: {namespaces: [default]}\n  enforcementMode: PERMISSIVE\n";
+    assert_eq!(
+        warned(rbac),
+        [
+            (1, "spec.mode".into()),
+            (2, "spec.inclusion".into()),
+            (2, "spec.enforcementMode".into())
+        ]
+    );
+
+    let kc = "apiVersion: palisade.dev/v1alpha1\nkind: KeycloakAdapter\nmetadata: {name: kc}\nspec:\n  realm: r\n  auth-server-url: https://kc\n  ssl-required: external\n  use-resource-role-mappings: true\n  enable-cors: false\n  disable-trust-manager: true\n";
+    assert_eq!(
+        warned(kc),
+        [
+            (1, "spec.ssl-required".into()),
+            (1, "spec.use-resource-role-mappings".into()),
+            (1, "spec.disable-trust-manager".into())
+        ]
+    );
+    assert!(warned(&kc.replace("external", "none").replace("true", "false")).is_empty());
+    let json = r#"{"realm":"r","auth-server-url":"https://kc","allow-any-hostname":true}"#;
+    assert!(KeycloakAdapterConfig::from_json_str(json, "keycloak.json").is_ok());
+
+    let dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r, namespace: default}\nspec:\n  host: ratings\n  exportTo: [.]\n  subsets:\n  - {name: v1, labels: {version: v1}}\n  - name: v2\n    labels: {version: v2}\n    trafficPolicy: {tls: {mode: SIMPLE}}\n";
+    assert_eq!(
+        warned(dr),
+        [(1, "spec.exportTo".into()), (1, "spec.subsets[1].trafficPolicy".into())]
+    );
+    assert_eq!(
+        warned(&dr.replace("[.]", "['*']")),
+        [(1, "spec.subsets[1].trafficPolicy".into())]
+    );
+
+    // Settings for an issuer the file never verifies; not for one it does.
+    let settings = "apiVersion: palisade.dev/v1alpha1\nkind: JwtSettings\nmetadata: {name: s}\nspec: {issuer: 'https://idp.example/realms/a', leeway: 30s}\n\
+                    ---\napiVersion: palisade.dev/v1alpha1\nkind: JwtSettings\nmetadata: {name: t}\nspec: {issuer: 'https://kc/realms/r', leeway: 30s}\n\
+                    ---\napiVersion: palisade.dev/v1alpha1\nkind: KeycloakAdapter\nmetadata: {name: kc}\nspec: {realm: r, auth-server-url: 'https://kc/'}\n";
+    assert_eq!(warned(settings), [(1, "spec.issuer".into())]);
+    let ruled = format!(
+        "{settings}---\napiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: j}}\nspec:\n  jwtRules: [{{issuer: 'https://idp.example/realms/a'}}]\n"
+    );
+    assert!(warned(&ruled).is_empty());
+}
+
+#[test]
+fn rbac_on_with_inclusion_must_include_something() {
+    let config = |spec: &str| {
+        format!("apiVersion: rbac.istio.io/v1alpha1\nkind: ClusterRbacConfig\nmetadata: {{name: default}}\nspec:\n{spec}")
+    };
+    for spec in [
+        "  mode: ON_WITH_INCLUSION\n",
+        "  mode: ON_WITH_INCLUSION\n  inclusion: {services: [], namespaces: []}\n",
+    ] {
+        let err = load_err(&config(spec));
+        assert_eq!(err.field.as_deref(), Some("spec.inclusion"), "{err}");
+        assert!(err.to_string().contains("RBAC is on nowhere"), "{err}");
+    }
+    assert!(PolicySet::from_yaml_str(&config("  mode: ON_WITH_INCLUSION\n  inclusion: {namespaces: [default]}\n"), "f").is_ok());
+}
+
+#[test]
+fn jwt_rule_fields_are_checked_when_the_file_loads() {
+    let rule = |fields: &str| {
+        reviews(
+            "RequestAuthentication",
+            "security.istio.io/v1",
+            &format!("  selector: {{matchLabels: {{app: reviews}}}}\n  jwtRules:\n  - issuer: https://a\n{fields}"),
+        )
+    };
+    let cases = [
+        ("    fromHeaders: [{name: 'x token'}]\n", "spec.jwtRules[0].fromHeaders[0].name"),
+        ("    outputPayloadToHeader: 'x:y'\n", "spec.jwtRules[0].outputPayloadToHeader"),
+        (
+            "    outputClaimToHeaders: [{header: x-sub, claim: sub}, {header: '', claim: iss}]\n",
+            "spec.jwtRules[0].outputClaimToHeaders[1].header",
+        ),
+        ("    jwksUri: file:///etc/jwks.json\n", "spec.jwtRules[0].jwksUri"),
+        ("    fromCookies: [session, '']\n", "spec.jwtRules[0].fromCookies[1]"),
+        ("  - issuer: https://a\n", "spec.jwtRules[1].issuer"),
+    ];
+    for (fields, field) in cases {
+        let err = load_err(&rule(fields));
+        assert_eq!(err.field.as_deref(), Some(field), "{err}");
+        assert_eq!(err.document, Some(2), "{err}");
+    }
+    let fine = "    fromHeaders: [{name: X-Token, prefix: 'Bearer '}]\n    outputClaimToHeaders: [{header: x-sub, claim: sub}]\n    jwksUri: https://a/jwks\n";
+    assert!(PolicySet::from_yaml_str(&rule(fine), "f").is_ok());
+}
+
+#[test]
+fn a_post_logout_redirect_is_a_path_here_or_an_absolute_url() {
+    let login = |uri: &str| {
+        format!(
+            "apiVersion: palisade.dev/v1alpha1\nkind: OidcLogin\nmetadata: {{name: l}}\nspec:\n  issuer: https://idp\n  clientId: c\n  postLogoutRedirectUri: '{uri}'\n"
+        )
+    };
+    for good in ["/", "/bye?from=logout", "https://www.example/bye", "http://127.0.0.1:8080/"] {
+        assert!(PolicySet::from_yaml_str(&login(good), "f").is_ok(), "{good}");
+        assert!(is_landing_uri(good), "{good}");
+    }
+    for bad in [
+        "//evil.example/",
+        "bye",
+        "javascript:alert(1)",
+        "https:///path",
+        "https://user@evil.example/",
+        "/a\\b",
+        "/a b",
+    ] {
+        let err = load_err(&login(bad));
+        assert_eq!(err.field.as_deref(), Some("spec.postLogoutRedirectUri"), "{bad}: {err}");
+        assert!(!is_landing_uri(bad), "{bad}");
+    }
+    assert!(!is_landing_uri("/a\r\nSet-Cookie: x=1"));
+    assert!(!is_service_path("/cb?x=1") && !is_service_path("//cb") && is_service_path("/oauth2/callback"));
+}
