@@ -546,3 +546,42 @@ async fn a_reload_keeps_the_keys_of_issuers_still_trusted_the_same_way() {
     );
     assert_eq!(b.jwks_fetches(), 1);
 }
+
+/// Polls a future to its end on this thread, with no Tokio runtime: as a
+/// `futures` executor or a synchronous caller's `block_on` does.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let std::task::Poll::Ready(out) = f.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::park();
+    }
+}
+
+/// `verify` polled outside any Tokio runtime waits for keys on the
+/// `palisade-jwks` thread's timer; Tokio's own timer would panic there
+/// ("must be called from the context of a Tokio 1.x runtime").
+#[test]
+fn verify_waits_for_keys_outside_a_tokio_runtime() {
+    let issuer = TestIssuer::start().unwrap();
+    let jwt = authenticator(&issuer, settings(100));
+    assert!(tokio::runtime::Handle::try_current().is_err());
+    let id = block_on(jwt.verify(&issuer.token().subject("alice").sign())).unwrap();
+    assert_eq!(id.subject(), Some("alice"));
+    // A kid the issuer never publishes: a fetch is asked for and waited
+    // for, up to `unknown_kid_wait`, then the token is refused.
+    std::thread::sleep(Duration::from_millis(150));
+    let fetches = issuer.jwks_fetches();
+    let stranger = issuer.token().kid(Some("never-published")).sign();
+    assert!(matches!(block_on(jwt.verify(&stranger)), Err(JwtError::UnknownKey)));
+    assert!(issuer.jwks_fetches() > fetches, "the wait asked for a fetch");
+}

@@ -731,6 +731,9 @@ impl JwtAuthenticator {
 
     /// Verifies a token as if it came in `Authorization: Bearer`, for code
     /// that receives tokens outside HTTP (gRPC metadata, a WebSocket message).
+    /// Any executor may poll it, a Tokio runtime or not: a wait for keys
+    /// (or an introspection answer) is timed by the `palisade-jwks` thread
+    /// when no Tokio runtime polls it.
     ///
     /// # Errors
     /// The [`JwtError`] that refused it.

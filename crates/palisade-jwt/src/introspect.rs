@@ -26,7 +26,7 @@ use tokio::sync::{Semaphore, watch};
 use crate::cache::TokenCache;
 use crate::config::{ConfigError, FetchSettings};
 use crate::error::JwtError;
-use crate::jwks::{describe, get, http_client, jwks_runtime};
+use crate::jwks::{describe, get, http_client, jwks_runtime, within};
 
 const LOG: &str = "palisade::jwt";
 
@@ -402,9 +402,9 @@ impl Introspector {
             .timeout
             .saturating_mul(2)
             .saturating_add(Duration::from_secs(1));
-        match tokio::time::timeout(bound, rx.wait_for(Option::is_some)).await {
-            Ok(Ok(v)) => v.clone().unwrap_or(Err(JwtError::IntrospectionUnavailable)),
-            Ok(Err(_)) | Err(_) => Err(JwtError::IntrospectionUnavailable),
+        match within(bound, rx.wait_for(Option::is_some)).await {
+            Some(Ok(v)) => v.clone().unwrap_or(Err(JwtError::IntrospectionUnavailable)),
+            Some(Err(_)) | None => Err(JwtError::IntrospectionUnavailable),
         }
     }
 

@@ -458,7 +458,7 @@ impl KeyStore {
         let need = seen + 1 + u64::from(self.fetching.load(Ordering::Acquire));
         self.wanted.fetch_max(need, Ordering::AcqRel);
         self.demand.notify_one();
-        let found = tokio::time::timeout(wait, async {
+        let found = within(wait, async {
             loop {
                 if rx.changed().await.is_err() {
                     return None;
@@ -469,11 +469,25 @@ impl KeyStore {
             }
         })
         .await;
-        match found {
-            Ok(Some(k)) => Ok(k),
-            _ => Err(unknown()),
-        }
+        found.flatten().ok_or_else(unknown)
     }
+}
+
+/// `f`'s output if it comes within `wait`, whatever polls it: in a Tokio
+/// runtime the wait is that runtime's timer; outside one (a `futures`
+/// executor, a plain `block_on`), where Tokio's timer would panic, it is the
+/// `palisade-jwks` thread's. `None` when the time is up (or no timer can be
+/// had).
+pub(crate) async fn within<F: Future>(wait: Duration, f: F) -> Option<F::Output> {
+    let timed = if tokio::runtime::Handle::try_current().is_ok() {
+        tokio::time::timeout(wait, f)
+    } else {
+        let handle = jwks_runtime().ok()?;
+        // The timer is registered with the runtime current when it is made.
+        let _entered = handle.enter();
+        tokio::time::timeout(wait, f)
+    };
+    timed.await.ok()
 }
 
 /// Keeps one store's keys fresh on the process's JWKS thread; dropping it
