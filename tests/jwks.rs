@@ -582,6 +582,9 @@ fn verify_waits_for_keys_outside_a_tokio_runtime() {
     std::thread::sleep(Duration::from_millis(150));
     let fetches = issuer.jwks_fetches();
     let stranger = issuer.token().kid(Some("never-published")).sign();
-    assert!(matches!(block_on(jwt.verify(&stranger)), Err(JwtError::UnknownKey)));
+    assert!(matches!(
+        block_on(jwt.verify(&stranger)),
+        Err(JwtError::UnknownKey)
+    ));
     assert!(issuer.jwks_fetches() > fetches, "the wait asked for a fetch");
 }

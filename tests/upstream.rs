@@ -202,3 +202,41 @@ spec:
     let body = axum::body::to_bytes(res.into_body(), 1 << 16).await.unwrap();
     assert_eq!(std::str::from_utf8(&body).unwrap(), token);
 }
+
+/// One exchange per caller token, even when the request that started it
+/// goes away before the issuer answers (a client hanging up, a timeout
+/// layer): the others waiting keep it, and a request that comes meanwhile
+/// joins it rather than starting another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exchange_outlives_the_request_that_started_it() {
+    let issuer = TestIssuer::builder()
+        .client("productpage", SECRET)
+        .token_lifetime(Duration::from_secs(300))
+        .start()
+        .unwrap();
+    issuer.delay_exchange_answers(Duration::from_millis(400));
+    let exchange = TokenExchange::builder(issuer.issuer(), "productpage")
+        .client_secret(SECRET)
+        .audience("details")
+        .build()
+        .unwrap();
+    let user = CallerToken::new(&issuer.token().subject("alice").audience("productpage").sign());
+    let ask = || {
+        let (exchange, user) = (exchange.clone(), user.clone());
+        tokio::spawn(async move { exchange.authorization(&user).await })
+    };
+    let first = ask();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = ask();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    first.abort();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let third = ask();
+    let (second, third) = (second.await.unwrap().unwrap(), third.await.unwrap().unwrap());
+    assert_eq!(second, third);
+    assert!(second.starts_with("Bearer "), "{second}");
+    assert_eq!(issuer.token_exchanges(), 1, "one exchange for the three requests");
+    // Kept: the next request uses it without asking.
+    assert_eq!(exchange.authorization(&user).await.unwrap(), second);
+    assert_eq!(issuer.token_exchanges(), 1);
+}

@@ -6,7 +6,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::OnceCell;
+use palisade_core::authn::SingleFlight;
 
 use crate::endpoint::{GrantBuilder, Granted, TokenClient};
 use crate::{CallerToken, ClientError, LOG_TARGET};
@@ -23,16 +23,15 @@ const CAPACITY: usize = 10_000;
 type Key = Arc<str>;
 type Map<V> = HashMap<Key, V, foldhash::fast::RandomState>;
 
-/// One exchange in flight, awaited by every request of the same caller.
-type Flight = OnceCell<Result<Arc<Granted>, ClientError>>;
-
 struct Inner {
     client: TokenClient,
     audience: Option<String>,
     scope: Option<String>,
     renew_before: Duration,
     cache: Mutex<Map<Arc<Granted>>>,
-    flights: Mutex<Map<Arc<Flight>>>,
+    /// The exchanges under way, one per caller token, each awaited by
+    /// every request of that caller and never cut short by them.
+    flights: SingleFlight<Key, Result<Arc<Granted>, ClientError>>,
 }
 
 /// A token for the upstream's audience on behalf of the caller (RFC 8693,
@@ -75,7 +74,7 @@ impl GrantBuilder<TokenExchange> {
             audience: self.audience,
             renew_before: self.renew_before,
             cache: Mutex::new(Map::default()),
-            flights: Mutex::new(Map::default()),
+            flights: SingleFlight::new(),
         })))
     }
 }
@@ -107,14 +106,20 @@ impl TokenExchange {
         {
             return Ok(Arc::clone(g));
         }
-        let flight = Arc::clone(lock(&inner.flights).entry(Arc::clone(key)).or_default());
-        // Leaves the map however this call ends, cancelled included.
-        let _landed = Landed {
-            flights: &inner.flights,
-            key,
-            flight: &flight,
-        };
-        flight.get_or_init(|| self.exchange(key)).await.clone()
+        // A task of its own: a request that goes away (a client hanging up,
+        // a timeout) neither cancels the exchange for the others waiting nor
+        // makes the next request start a second one.
+        let (this, caller) = (self.clone(), Arc::clone(key));
+        let exchange = move || async move { this.exchange(&caller).await };
+        inner
+            .flights
+            .run(Arc::clone(key), exchange)
+            .await
+            .unwrap_or_else(|| {
+                Err(ClientError::Unavailable(
+                    "the token exchange ended without an answer".into(),
+                ))
+            })
     }
 
     async fn exchange(&self, caller: &Arc<str>) -> Result<Arc<Granted>, ClientError> {
@@ -144,23 +149,6 @@ impl TokenExchange {
         }
         cache.insert(Arc::clone(caller), Arc::clone(&granted));
         Ok(granted)
-    }
-}
-
-/// Removes a flight from the map when the call that joined it ends (the
-/// flight itself lives on in the calls still awaiting it).
-struct Landed<'a> {
-    flights: &'a Mutex<Map<Arc<Flight>>>,
-    key: &'a Key,
-    flight: &'a Arc<Flight>,
-}
-
-impl Drop for Landed<'_> {
-    fn drop(&mut self) {
-        let mut flights = lock(self.flights);
-        if flights.get(self.key).is_some_and(|f| Arc::ptr_eq(f, self.flight)) {
-            flights.remove(self.key);
-        }
     }
 }
 

@@ -392,6 +392,17 @@ struct Rendered {
 /// What makes the reply once the body is read.
 type Continuation = std::sync::Arc<dyn Fn(Vec<u8>) -> Check<Reply> + Send + Sync>;
 
+/// Why a wanted body was not read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Unread {
+    /// It passed the limit: 413.
+    TooLarge,
+    /// It did not arrive within the read time: 408.
+    TimedOut,
+    /// The framework could not read it: 400.
+    Broken,
+}
+
 #[derive(Clone)]
 struct BodyWanted {
     limit: usize,
@@ -502,25 +513,24 @@ impl Reply {
         reply
     }
 
-    /// The most body bytes to read before [`Reply::finish_with_body`], when
-    /// this reply needs the body.
+    /// The most body bytes [`Reply::finish_from_body`] reads, when this
+    /// reply needs the body.
     #[must_use]
     pub fn body_wanted(&self) -> Option<usize> {
         self.0.body_wanted.as_ref().map(|b| b.limit)
     }
 
-    /// Reads the body this reply wants and makes the reply from it
-    /// ([`finish_with_body`](Self::finish_with_body)); a reply that wants
-    /// none answers itself. `next` polls the framework's body for its next
+    /// Reads the body this reply wants and makes the reply from it; a
+    /// reply that wants none answers itself. `next` polls the framework's body for its next
     /// chunk: `Some(Ok(Some(bytes)))` data, `Some(Ok(None))` a frame without
     /// data (trailers), `Some(Err(_))` a body that cannot be read, `None`
     /// its end.
     ///
     /// Reading stops at the first chunk past the limit (413), and at
     /// [`ServerLimits`](crate::limits::ServerLimits)' default body read
-    /// time (20 s; 400), so a client that announces a body and sends none
-    /// does not hold the request, whatever server runs it. Both adapters
-    /// read bodies with it.
+    /// time (20 s; 408), so a client that announces a body and sends none
+    /// does not hold the request, whatever server runs it. A body that
+    /// cannot be read is answered 400. Both adapters read bodies with it.
     pub async fn finish_from_body<D, E>(
         self,
         mut next: impl FnMut(&mut std::task::Context<'_>) -> std::task::Poll<Option<Result<Option<D>, E>>>,
@@ -536,13 +546,13 @@ impl Reply {
             loop {
                 match std::future::poll_fn(&mut next).await {
                     None => return Ok(bytes),
-                    Some(Err(_)) => return Err(false),
+                    Some(Err(_)) => return Err(Unread::Broken),
                     Some(Ok(None)) => {}
                     Some(Ok(Some(data))) => {
                         let data = data.as_ref();
                         // Stop reading past the limit; answered 413.
                         if bytes.len() + data.len() > limit {
-                            return Err(true);
+                            return Err(Unread::TooLarge);
                         }
                         bytes.extend_from_slice(data);
                     }
@@ -550,28 +560,33 @@ impl Reply {
             }
         };
         let deadline = crate::limits::ServerLimits::default().body_read();
-        let read = tokio::time::timeout(deadline, read).await.unwrap_or(Err(false));
+        let read = tokio::time::timeout(deadline, read)
+            .await
+            .unwrap_or(Err(Unread::TimedOut));
         self.finish_with_body(read).await
     }
 
-    /// The reply made from the request body: `Ok(body)` as read, or
-    /// `Err(too_large)` when it could not be read (`too_large`: it passed
-    /// [`Reply::body_wanted`]'s limit, answered 413; otherwise 400). A
-    /// reply that did not want the body answers itself.
-    pub fn finish_with_body(self, body: Result<Vec<u8>, bool>) -> Check<Reply> {
+    /// The reply made from the request body as read (or why it was not).
+    fn finish_with_body(self, body: Result<Vec<u8>, Unread>) -> Check<Reply> {
         let Some(wanted) = self.0.body_wanted.clone() else {
             return Check::Ready(self);
         };
         let rendering = wanted.rendering;
         let reply = match body {
             Ok(bytes) if bytes.len() <= wanted.limit => (wanted.then)(bytes),
-            Ok(_) | Err(true) => Check::Ready(Reply::problem(
+            Ok(_) | Err(Unread::TooLarge) => Check::Ready(Reply::problem(
                 413,
                 "body-too-large",
                 "Body too large",
                 &format!("the request body is larger than {} bytes", wanted.limit),
             )),
-            Err(false) => Check::Ready(Reply::from(Rejection::bad_request(
+            Err(Unread::TimedOut) => Check::Ready(Reply::problem(
+                408,
+                "body-timeout",
+                "Request timeout",
+                "the request body did not arrive in time",
+            )),
+            Err(Unread::Broken) => Check::Ready(Reply::from(Rejection::bad_request(
                 "the request body could not be read",
             ))),
         };
@@ -927,7 +942,7 @@ mod tests {
     #[test]
     fn a_reply_made_from_the_body_is_rendered_as_its_request() {
         let wanting = || Reply::after_body(10, |_| Check::Ready(Reply::problem(400, "x", "Bad", "bad form")));
-        for body in [Ok(b"form".to_vec()), Err(true)] {
+        for body in [Ok(b"form".to_vec()), Err(Unread::TooLarge), Err(Unread::TimedOut)] {
             let Check::Ready(get) = wanting().finish_with_body(body.clone()) else {
                 unreachable!()
             };
@@ -991,7 +1006,7 @@ mod tests {
             "a body that cannot be read"
         );
 
-        // A body announced and never sent: 400 once the read time is over.
+        // A body announced and never sent: 408 once the read time is over.
         let never = tokio::spawn(wanting().finish_from_body(|_| Poll::<Chunk>::Pending));
         tokio::time::sleep(
             crate::limits::ServerLimits::default().body_read() - std::time::Duration::from_millis(1),
@@ -999,7 +1014,7 @@ mod tests {
         .await;
         assert!(!never.is_finished(), "still reading");
         tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-        assert_eq!(never.await.unwrap().status(), 400);
+        assert_eq!(never.await.unwrap().status(), 408);
 
         // A reply that wants no body answers itself without reading.
         let plain = Reply::problem(418, "x", "Teapot", "none")

@@ -36,6 +36,7 @@ use crate::error::Rejection;
 use crate::identity::{AuthMethod, Identity};
 
 pub use crate::error::bearer_challenge;
+pub use crate::flight::SingleFlight;
 pub use crate::redact::url_without_credentials;
 pub use crate::request::{ConnectionInfo, OwnedRequest, RequestHead};
 

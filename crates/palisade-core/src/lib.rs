@@ -43,6 +43,7 @@ pub mod reload;
 mod check;
 mod error;
 mod extract;
+mod flight;
 mod guard;
 mod identity;
 mod redact;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
+use palisade_core::authn::url_without_credentials;
 
 use crate::introspect::Introspection;
 use crate::key_quality::min_hmac_secret_len;
@@ -92,7 +93,8 @@ pub enum ConfigError {
     /// string will do, as Istio's `testing@secure.istio.io`).
     #[error("issuer `{0}` is not an http(s) URL, so its keys cannot be discovered: give jwksUri or jwks")]
     InvalidIssuer(String),
-    /// A JWKS or discovery URL is not an `http(s)` URL.
+    /// A JWKS or discovery URL is not an `http(s)` URL (shown without
+    /// credentials, see [`url_without_credentials`]).
     #[error("JWKS URL `{0}` is not an http(s) URL")]
     InvalidJwksUri(String),
     /// No audience configured and any-audience not explicitly allowed.
@@ -596,7 +598,7 @@ impl ProviderBuilder {
         if let JwksSource::Uri(u) = &self.jwks
             && !is_http_url(u)
         {
-            return Err(ConfigError::InvalidJwksUri(u.clone()));
+            return Err(ConfigError::InvalidJwksUri(url_without_credentials(u)));
         }
         if self.audiences.is_empty() && !self.any_audience {
             return Err(ConfigError::NoAudience(self.issuer));
@@ -688,7 +690,7 @@ impl ProviderBuilder {
         if let JwksSource::Uri(uri) = &self.jwks
             && plain_http_elsewhere(uri)
         {
-            tracing::warn!(target: "palisade::jwt", issuer = %self.issuer, jwks_uri = %uri, "JWKS URI uses plain http: keys can be tampered with in transit");
+            tracing::warn!(target: "palisade::jwt", issuer = %self.issuer, jwks_uri = %url_without_credentials(uri), "JWKS URI uses plain http: keys can be tampered with in transit");
         }
         Ok(Provider {
             issuer: self.issuer,
@@ -939,6 +941,16 @@ mod tests {
                 .build(),
             Err(ConfigError::InvalidJwksUri(_))
         ));
+        let err = Provider::builder("https://x")
+            .audience("a")
+            .jwks_uri("ftp://keys:hunter2@x/jwks")
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !err.contains("hunter2") && err.contains("ftp://***@x/jwks"),
+            "{err}"
+        );
         assert!(matches!(
             Provider::builder("https://x")
                 .audience("a")

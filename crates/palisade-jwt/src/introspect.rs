@@ -17,7 +17,7 @@ use std::time::Duration;
 use aws_lc_rs::digest;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use palisade_core::authn::HeaderEdits;
+use palisade_core::authn::{HeaderEdits, url_without_credentials};
 use palisade_core::metrics::INTROSPECTIONS;
 use palisade_core::{Identity, form};
 use serde_json::{Map, Value};
@@ -206,11 +206,12 @@ impl Introspection {
             let http = e.strip_prefix("https://").or_else(|| e.strip_prefix("http://"));
             if !http.is_some_and(|r| !r.is_empty() && !r.starts_with('/')) {
                 return Err(ConfigError::OutOfRange(format!(
-                    "issuer `{issuer}`: the introspection endpoint `{e}` is not an http(s) URL"
+                    "issuer `{issuer}`: the introspection endpoint `{}` is not an http(s) URL",
+                    url_without_credentials(e)
                 )));
             }
             if crate::config::plain_http_elsewhere(e) {
-                tracing::warn!(target: LOG, issuer, endpoint = %e, "introspection over plain http: the client secret and tokens cross the network in clear");
+                tracing::warn!(target: LOG, issuer, endpoint = %url_without_credentials(e), "introspection over plain http: the client secret and tokens cross the network in clear");
             }
         }
         if self.max_concurrent_calls == 0 {
@@ -257,7 +258,10 @@ pub(crate) struct Introspector {
     fetch: FetchSettings,
     client: Result<reqwest::Client, String>,
     runtime: Option<tokio::runtime::Handle>,
-    discovered: Mutex<Option<Arc<str>>>,
+    /// The endpoint the issuer's discovery document names, once found: one
+    /// discovery at a time (calls that need it meanwhile wait for it); a
+    /// failed one is tried again by the next call.
+    discovered: tokio::sync::OnceCell<Arc<str>>,
     cache: TokenCache<Arc<Answer>>,
     in_flight: Mutex<HashMap<TokenKey, watch::Receiver<Option<Outcome>>>>,
     permits: Semaphore,
@@ -344,7 +348,7 @@ impl Introspector {
             cfg,
             fetch,
             runtime,
-            discovered: Mutex::new(None),
+            discovered: tokio::sync::OnceCell::new(),
             in_flight: Mutex::new(HashMap::new()),
         })
     }
@@ -537,9 +541,14 @@ impl Introspector {
         if let Some(e) = &self.cfg.endpoint {
             return Ok(e.as_str().into());
         }
-        if let Some(e) = &*self.discovered.lock().unwrap_or_else(PoisonError::into_inner) {
-            return Ok(Arc::clone(e));
-        }
+        self.discovered
+            .get_or_try_init(|| self.discover(client))
+            .await
+            .map(Arc::clone)
+    }
+
+    /// The endpoint the issuer's discovery document names.
+    async fn discover(&self, client: &reqwest::Client) -> Result<Arc<str>, String> {
         let url = format!(
             "{}/.well-known/openid-configuration",
             self.issuer.trim_end_matches('/')
@@ -556,15 +565,81 @@ impl Introspector {
         else {
             return Err(format!("{url}: no http(s) `introspection_endpoint`"));
         };
-        let e: Arc<str> = e.into();
-        *self.discovered.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&e));
-        Ok(e)
+        Ok(e.into())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Calls that need the endpoint at once make one discovery request at
+    /// a time, a failed one is tried again, and a found endpoint is kept.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_endpoint_is_discovered_once_for_calls_at_once() {
+        use std::io::{Read as _, Write as _};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let issuer = format!("http://{}", listener.local_addr().unwrap());
+        let asked = Arc::new(AtomicUsize::new(0));
+        let served = issuer.clone();
+        let counter = Arc::clone(&asked);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let (served, counter) = (served.clone(), Arc::clone(&counter));
+                std::thread::spawn(move || {
+                    let mut stream = stream.unwrap();
+                    let mut head = Vec::new();
+                    let mut byte = [0; 1];
+                    while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                        head.push(byte[0]);
+                    }
+                    // The first discovery fails; the others answer, slowly.
+                    let n = counter.fetch_add(1, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(200));
+                    let body = if n == 0 {
+                        "{}".to_owned()
+                    } else {
+                        format!(r#"{{"issuer":"{served}","introspection_endpoint":"{served}/introspect"}}"#)
+                    };
+                    let _ = write!(
+                        stream,
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                });
+            }
+        });
+        let fetch = FetchSettings::default();
+        let introspector = Arc::new(
+            Introspector::new(
+                &issuer,
+                Introspection::client_secret_basic("rs", "s"),
+                fetch.clone(),
+                false,
+            )
+            .unwrap(),
+        );
+        let client = http_client(&fetch).unwrap();
+        let all = |n: usize| {
+            let mut calls = tokio::task::JoinSet::new();
+            for _ in 0..n {
+                let (introspector, client) = (Arc::clone(&introspector), client.clone());
+                calls.spawn(async move { introspector.endpoint(&client).await });
+            }
+            calls.join_all()
+        };
+        // The first discovery's caller has its failure; the next waiting
+        // call tries again, and the others take what it found.
+        let found = all(6).await;
+        let endpoint = format!("{issuer}/introspect");
+        assert_eq!(found.iter().filter(|e| e.is_err()).count(), 1, "{found:?}");
+        assert!(found.iter().flatten().all(|e| **e == *endpoint), "{found:?}");
+        assert_eq!(asked.load(Ordering::SeqCst), 2, "two discoveries for six calls");
+        // Kept.
+        assert!(all(6).await.iter().all(Result::is_ok));
+        assert_eq!(asked.load(Ordering::SeqCst), 2);
+    }
 
     #[test]
     fn only_jws_shaped_tokens_are_taken_for_jwts() {

@@ -102,7 +102,12 @@ fn from_policy(policy: &WorkloadPolicy<'_>, offline: bool) -> Result<Option<JwtA
     for (doc, spec) in policy.request_authentications() {
         for (i, rule) in spec.jwt_rules.iter().enumerate() {
             let field = format!("spec.jwtRules[{i}]");
-            once(&rule.issuer, doc, format!("{field}.issuer"), format!("{field}.jwks"))?;
+            once(
+                &rule.issuer,
+                doc,
+                format!("{field}.issuer"),
+                format!("{field}.jwks"),
+            )?;
             let mut fetch = fetch_settings(policy, &settings, &rule.issuer)?;
             if let Some(t) = rule.timeout {
                 fetch.timeout = t.get();
@@ -116,7 +121,12 @@ fn from_policy(policy: &WorkloadPolicy<'_>, offline: bool) -> Result<Option<JwtA
         }
     }
     for (doc, kc) in policy.keycloak_adapters() {
-        once(&kc.issuer(), doc, "spec.realm".into(), "spec.realm-public-key".into())?;
+        once(
+            &kc.issuer(),
+            doc,
+            "spec.realm".into(),
+            "spec.realm-public-key".into(),
+        )?;
         let b = keycloak_provider(kc).map_err(|e| policy.error_at(doc, "spec", e))?;
         let mut fetch = fetch_settings(policy, &settings, &kc.issuer())?;
         keycloak_fetch(kc, &mut fetch);
@@ -127,7 +137,9 @@ fn from_policy(policy: &WorkloadPolicy<'_>, offline: bool) -> Result<Option<JwtA
             .map_err(|e| policy.error_at(doc, "spec", e.to_string()).with_source(e))?;
         builder = builder.provider(provider);
     }
-    let Some((_, last, ..)) = written.last() else { return Ok(None) };
+    let Some((_, last, ..)) = written.last() else {
+        return Ok(None);
+    };
     builder.build().map(Some).map_err(|e| {
         // Inline keys are parsed here: name the field that holds them.
         let (doc, field) = match &e {
@@ -519,7 +531,9 @@ spec:
     #[test]
     fn errors_of_the_workloads_rules_name_their_field() {
         let ra = |name: &str, rule: &str| {
-            format!("apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: {name}}}\nspec:\n  jwtRules:\n  - issuer: https://idp.example\n{rule}")
+            format!(
+                "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: {name}}}\nspec:\n  jwtRules:\n  - issuer: https://idp.example\n{rule}"
+            )
         };
         let compile = |yaml: &str| {
             let set = PolicySet::from_yaml_str(yaml, "jwt.yaml").unwrap();
@@ -528,14 +542,27 @@ spec:
         };
         let twice = format!("{}---\n{}", ra("a", "    jwks: '{\"keys\": []}'\n"), ra("b", ""));
         let err = compile(&twice);
-        assert_eq!((err.document, err.field.as_deref()), (Some(2), Some("spec.jwtRules[0].issuer")), "{err}");
-        assert!(
-            err.message.contains("also RequestAuthentication default/a spec.jwtRules[0].issuer"),
+        assert_eq!(
+            (err.document, err.field.as_deref()),
+            (Some(2), Some("spec.jwtRules[0].issuer")),
             "{err}"
         );
-        let unusable = format!("{}---\n{}", ra("a", "    jwks: '{\"keys\": 7}'\n"), ra("b", "").replace("idp.example", "other.example"));
+        assert!(
+            err.message
+                .contains("also RequestAuthentication default/a spec.jwtRules[0].issuer"),
+            "{err}"
+        );
+        let unusable = format!(
+            "{}---\n{}",
+            ra("a", "    jwks: '{\"keys\": 7}'\n"),
+            ra("b", "").replace("idp.example", "other.example")
+        );
         let err = compile(&unusable);
-        assert_eq!((err.document, err.field.as_deref()), (Some(1), Some("spec.jwtRules[0].jwks")), "{err}");
+        assert_eq!(
+            (err.document, err.field.as_deref()),
+            (Some(1), Some("spec.jwtRules[0].jwks")),
+            "{err}"
+        );
         let timeout = ra("a", "    timeout: 0s\n");
         let err = compile(&timeout);
         assert_eq!(err.field.as_deref(), Some("spec.jwtRules[0].timeout"), "{err}");

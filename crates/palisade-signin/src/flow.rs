@@ -1,7 +1,6 @@
 //! The relying party: [`SignIn`], an [`Authenticator`] that reads session
 //! cookies, sends browsers to sign in, and answers its own endpoints.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
@@ -11,7 +10,7 @@ use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use palisade_core::adapter::Reply;
-use palisade_core::authn::{AuthOutcome, Authenticated, Authenticator, RequestHead};
+use palisade_core::authn::{AuthOutcome, Authenticated, Authenticator, RequestHead, SingleFlight};
 use palisade_core::{Check, Rejection};
 use palisade_jwt::{FetchSettings, JwtAuthenticator, Provider};
 use serde::{Deserialize, Serialize};
@@ -37,22 +36,6 @@ const STATE_TAG_LEN: usize = 12;
 const BACKCHANNEL_BODY_LIMIT: usize = 64 * 1024;
 /// The event a back-channel logout token must carry.
 const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
-
-/// One refresh of a session, awaited by every request that needs it.
-/// Takes a session's refresh off the list of those under way when dropped.
-struct UnderWay(SignIn, String);
-
-impl Drop for UnderWay {
-    fn drop(&mut self) {
-        if let Ok(mut map) = (self.0).0.refreshing.lock() {
-            map.remove(&self.1);
-        }
-    }
-}
-
-/// A session's refresh under way: its answer once it has one (`Some`),
-/// `None` before. Watched by every request of the session that waits.
-type Refresh = tokio::sync::watch::Receiver<Option<Option<Arc<Live>>>>;
 
 /// What the browser carries between the redirect to the issuer and the
 /// callback, sealed in a short-lived cookie.
@@ -82,7 +65,7 @@ struct Inner {
     store: Arc<dyn SessionStore>,
     cache: Cache,
     successors: Successors,
-    refreshing: Mutex<HashMap<String, Refresh>>,
+    refreshing: SingleFlight<String, Option<Arc<Live>>>,
     rng: SystemRandom,
 }
 
@@ -269,7 +252,7 @@ impl SignInBuilder {
             store,
             cache: Cache::new(10_000),
             successors: Successors::new(),
-            refreshing: Mutex::new(HashMap::new()),
+            refreshing: SingleFlight::new(),
             rng: SystemRandom::new(),
         })))
     }
@@ -964,44 +947,11 @@ impl SignIn {
     /// layer fired). Sent again, the old one would be refused and end the
     /// session, and an issuer that detects reuse revokes the whole family.
     async fn refresh(&self, live: Arc<Live>) -> Option<Arc<Live>> {
-        let mut answer = {
-            let Ok(mut map) = self.0.refreshing.lock() else {
-                return None;
-            };
-            let id = &live.session.id;
-            if let Some(under_way) = map.get(id) {
-                under_way.clone()
-            } else {
-                let (tx, rx) = tokio::sync::watch::channel(None);
-                map.insert(id.clone(), rx.clone());
-                let this = self.clone();
-                let (id, live) = (id.clone(), Arc::clone(&live));
-                tokio::spawn(async move {
-                    // Gone before the answer is out (or if the refresh
-                    // panics): a request after it starts afresh, and finds
-                    // the successor.
-                    let under_way = UnderWay(this.clone(), id);
-                    let out = this.refresh_once(live).await;
-                    drop(under_way);
-                    let _ = tx.send(Some(out));
-                });
-                rx
-            }
-        };
-        let out = answer.wait_for(Option::is_some).await.map(|a| a.clone());
-        match out {
-            Ok(out) => out.flatten(),
-            Err(_) => {
-                // The task went without an answer (dropped before it ran, at
-                // a runtime's shutdown): not left for the next request.
-                if let Ok(mut map) = self.0.refreshing.lock()
-                    && map.get(&live.session.id).is_some_and(|r| r.same_channel(&answer))
-                {
-                    map.remove(&live.session.id);
-                }
-                None
-            }
-        }
+        let this = self.clone();
+        let id = live.session.id.clone();
+        // After the answer, a request finds the successor (`refresh_once`).
+        let call = move || async move { this.refresh_once(live).await };
+        self.0.refreshing.run(id, call).await.flatten()
     }
 
     async fn refresh_once(&self, live: Arc<Live>) -> Option<Arc<Live>> {
@@ -1347,7 +1297,10 @@ mod tests {
             Err(e) => e.to_string(),
         };
         let rp = || SignIn::builder("http://127.0.0.1:9", "shop");
-        assert_eq!(build(rp().post_logout_redirect_uri("https://shop.example/bye")), "");
+        assert_eq!(
+            build(rp().post_logout_redirect_uri("https://shop.example/bye")),
+            ""
+        );
         for bad in ["//evil.example", "evil", "/a\r\nx: y"] {
             let err = build(rp().post_logout_redirect_uri(bad));
             assert!(err.contains("postLogoutRedirectUri"), "{bad}: {err}");

@@ -330,6 +330,8 @@ struct State {
     extra: Mutex<Vec<Value>>,
     fault: Mutex<Fault>,
     latency: Mutex<Duration>,
+    /// How long after a token exchange is decided its answer is sent.
+    exchange_delay: Mutex<Duration>,
     cache_control: Mutex<Option<String>>,
     jwks_fetches: AtomicUsize,
     discovery_fetches: AtomicUsize,
@@ -626,6 +628,7 @@ impl TestIssuerBuilder {
             extra: Mutex::new(Vec::new()),
             fault: Mutex::new(Fault::None),
             latency: Mutex::new(Duration::ZERO),
+            exchange_delay: Mutex::new(Duration::ZERO),
             cache_control: Mutex::new(None),
             jwks_fetches: AtomicUsize::new(0),
             discovery_fetches: AtomicUsize::new(0),
@@ -879,6 +882,14 @@ impl TestIssuer {
     #[must_use]
     pub fn token_exchanges(&self) -> usize {
         self.state.token_exchanges.load(Ordering::SeqCst)
+    }
+
+    /// The answer to each token exchange is sent this long after the
+    /// exchange was decided (and counted by [`Self::token_exchanges`]): a
+    /// client that gives up meanwhile has had its exchange made without
+    /// learning the token. `Duration::ZERO` (the default) answers at once.
+    pub fn delay_exchange_answers(&self, delay: Duration) {
+        *lock(&self.state.exchange_delay) = delay;
     }
 
     /// Discovery requests received.
@@ -1341,7 +1352,14 @@ async fn token_endpoint<S: AsyncWrite + Unpin>(stream: &mut S, state: &State, re
             }
             answer
         }
-        Some(TOKEN_EXCHANGE_GRANT) => token_exchange(state, req, &f),
+        Some(TOKEN_EXCHANGE_GRANT) => {
+            let answer = token_exchange(state, req, &f);
+            let delay = *lock(&state.exchange_delay);
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            answer
+        }
         _ => Err(TokenError::bad_request(
             "unsupported_grant_type",
             "grant_type is missing or not served",

@@ -142,7 +142,9 @@ impl KeycloakAdapterConfig {
         let not_applied = [
             (
                 "ssl-required",
-                self.ssl_required.as_deref().is_some_and(|s| !s.eq_ignore_ascii_case("none")),
+                self.ssl_required
+                    .as_deref()
+                    .is_some_and(|s| !s.eq_ignore_ascii_case("none")),
                 "not applied: Palisade does not redirect or refuse plain-http requests; serve TLS (palisade-mtls) to require it",
             ),
             (

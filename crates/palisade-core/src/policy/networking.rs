@@ -86,12 +86,17 @@ impl DestinationRuleSpec {
                     .to_owned(),
             )
         });
-        let subsets = self.subsets.iter().enumerate().filter(|(_, s)| s.traffic_policy.is_some()).map(|(i, _)| {
-            (
-                format!("spec.subsets[{i}].trafficPolicy"),
-                "not applied: Palisade does not route calls to subsets (no VirtualService)".to_owned(),
-            )
-        });
+        let subsets = self
+            .subsets
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.traffic_policy.is_some())
+            .map(|(i, _)| {
+                (
+                    format!("spec.subsets[{i}].trafficPolicy"),
+                    "not applied: Palisade does not route calls to subsets (no VirtualService)".to_owned(),
+                )
+            });
         export.into_iter().chain(subsets).collect()
     }
 

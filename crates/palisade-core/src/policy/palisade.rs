@@ -976,14 +976,23 @@ pub fn is_service_path(path: &str) -> bool {
 /// space or a control character.
 #[must_use]
 pub fn is_landing_uri(uri: &str) -> bool {
-    if uri.bytes().any(|b| b == b'\\' || b == b' ' || b.is_ascii_control()) {
+    if uri
+        .bytes()
+        .any(|b| b == b'\\' || b == b' ' || b.is_ascii_control())
+    {
         return false;
     }
     if uri.starts_with('/') {
         return !uri.starts_with("//");
     }
-    let rest = uri.strip_prefix("https://").or_else(|| uri.strip_prefix("http://"));
-    rest.is_some_and(|r| r.split(['/', '?', '#']).next().is_some_and(|host| !host.is_empty() && !host.contains('@')))
+    let rest = uri
+        .strip_prefix("https://")
+        .or_else(|| uri.strip_prefix("http://"));
+    rest.is_some_and(|r| {
+        r.split(['/', '?', '#'])
+            .next()
+            .is_some_and(|host| !host.is_empty() && !host.contains('@'))
+    })
 }
 
 /// A cookie name Palisade sets: letters, digits, `-` and `_` (no

@@ -56,7 +56,10 @@ impl RequestAuthenticationSpec {
             if let Some(j) = self.jwt_rules[..i].iter().position(|r| r.issuer == rule.issuer) {
                 return Err((
                     at("issuer"),
-                    format!("issuer `{}` is configured twice (also spec.jwtRules[{j}])", rule.issuer),
+                    format!(
+                        "issuer `{}` is configured twice (also spec.jwtRules[{j}])",
+                        rule.issuer
+                    ),
                 ));
             }
             if let Some(uri) = &rule.jwks_uri
@@ -69,7 +72,11 @@ impl RequestAuthenticationSpec {
                 .iter()
                 .enumerate()
                 .map(|(k, h)| (format!("fromHeaders[{k}].name"), &h.name))
-                .chain(rule.output_payload_to_header.iter().map(|h| ("outputPayloadToHeader".to_owned(), h)))
+                .chain(
+                    rule.output_payload_to_header
+                        .iter()
+                        .map(|h| ("outputPayloadToHeader".to_owned(), h)),
+                )
                 .chain(
                     rule.output_claim_to_headers
                         .iter()
@@ -81,7 +88,10 @@ impl RequestAuthenticationSpec {
                     return Err((at(&field), format!("`{name}` is not an HTTP header name")));
                 }
             }
-            let named = [("fromParams", &rule.from_params), ("fromCookies", &rule.from_cookies)];
+            let named = [
+                ("fromParams", &rule.from_params),
+                ("fromCookies", &rule.from_cookies),
+            ];
             for (field, names) in named {
                 if let Some(k) = names.iter().position(|n| n.is_empty()) {
                     return Err((at(&format!("{field}[{k}]")), "must not be empty".into()));
@@ -370,9 +380,9 @@ impl PeerAuthenticationSpec {
     pub(super) fn warnings(&self) -> Vec<FieldError> {
         let said = |mode: Option<MtlsMode>| match mode? {
             MtlsMode::Strict => None,
-            MtlsMode::Permissive => Some(
-                "PERMISSIVE: plaintext callers are accepted too, without a peer identity".to_owned(),
-            ),
+            MtlsMode::Permissive => {
+                Some("PERMISSIVE: plaintext callers are accepted too, without a peer identity".to_owned())
+            }
             MtlsMode::Disable => {
                 Some("DISABLE: callers present no certificate, so none has a peer identity".to_owned())
             }

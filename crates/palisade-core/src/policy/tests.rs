@@ -811,16 +811,29 @@ fn relaxations_and_fields_read_but_not_applied_are_warnings() {
         )
     };
     assert_eq!(
-        warned(&pa("  mtls: {mode: PERMISSIVE}\n  portLevelMtls: {8080: {mode: DISABLE}, 9090: {mode: STRICT}}\n")),
-        [(1, "spec.mtls.mode".into()), (1, "spec.portLevelMtls.8080.mode".into())]
+        warned(&pa(
+            "  mtls: {mode: PERMISSIVE}\n  portLevelMtls: {8080: {mode: DISABLE}, 9090: {mode: STRICT}}\n"
+        )),
+        [
+            (1, "spec.mtls.mode".into()),
+            (1, "spec.portLevelMtls.8080.mode".into())
+        ]
     );
-    assert!(warned(&pa("  mtls: {mode: STRICT}\n  portLevelMtls: {8080: {mode: UNSET}}\n")).is_empty());
+    assert!(
+        warned(&pa(
+            "  mtls: {mode: STRICT}\n  portLevelMtls: {8080: {mode: UNSET}}\n"
+        ))
+        .is_empty()
+    );
 
     let dry = format!(
         "{AUTHZ}metadata: {{name: d, annotations: {{istio.io/dry-run: \"true\"}}}}\nspec: {{action: DENY, rules: [{{}}]}}\n---\n\
          {AUTHZ}metadata: {{name: e, annotations: {{istio.io/dry-run: \"false\"}}}}\nspec: {{action: DENY, rules: [{{}}]}}\n"
     );
-    assert_eq!(warned(&dry), [(1, "metadata.annotations.istio.io/dry-run".into())]);
+    assert_eq!(
+        warned(&dry),
+        [(1, "metadata.annotations.istio.io/dry-run".into())]
+    );
 
     let rbac = "apiVersion: rbac.istio.io/v1alpha1\nkind: ServiceRoleBinding\nmetadata: {name: b, namespace: default}\nspec:\n  subjects: [{user: alice}]\n  roleRef: {kind: ServiceRole, name: r}\n  mode: PERMISSIVE\n\
                 ---\napiVersion: rbac.istio.io/v1alpha1\nkind: RbacConfig\nmetadata: {name: default}\nspec:\n  mode: ON\n  inclusion: {namespaces: [default]}\n  enforcementMode: PERMISSIVE\n";
@@ -849,7 +862,10 @@ fn relaxations_and_fields_read_but_not_applied_are_warnings() {
     let dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r, namespace: default}\nspec:\n  host: ratings\n  exportTo: [.]\n  subsets:\n  - {name: v1, labels: {version: v1}}\n  - name: v2\n    labels: {version: v2}\n    trafficPolicy: {tls: {mode: SIMPLE}}\n";
     assert_eq!(
         warned(dr),
-        [(1, "spec.exportTo".into()), (1, "spec.subsets[1].trafficPolicy".into())]
+        [
+            (1, "spec.exportTo".into()),
+            (1, "spec.subsets[1].trafficPolicy".into())
+        ]
     );
     assert_eq!(
         warned(&dr.replace("[.]", "['*']")),
@@ -870,7 +886,9 @@ fn relaxations_and_fields_read_but_not_applied_are_warnings() {
 #[test]
 fn rbac_on_with_inclusion_must_include_something() {
     let config = |spec: &str| {
-        format!("apiVersion: rbac.istio.io/v1alpha1\nkind: ClusterRbacConfig\nmetadata: {{name: default}}\nspec:\n{spec}")
+        format!(
+            "apiVersion: rbac.istio.io/v1alpha1\nkind: ClusterRbacConfig\nmetadata: {{name: default}}\nspec:\n{spec}"
+        )
     };
     for spec in [
         "  mode: ON_WITH_INCLUSION\n",
@@ -880,7 +898,13 @@ fn rbac_on_with_inclusion_must_include_something() {
         assert_eq!(err.field.as_deref(), Some("spec.inclusion"), "{err}");
         assert!(err.to_string().contains("RBAC is on nowhere"), "{err}");
     }
-    assert!(PolicySet::from_yaml_str(&config("  mode: ON_WITH_INCLUSION\n  inclusion: {namespaces: [default]}\n"), "f").is_ok());
+    assert!(
+        PolicySet::from_yaml_str(
+            &config("  mode: ON_WITH_INCLUSION\n  inclusion: {namespaces: [default]}\n"),
+            "f"
+        )
+        .is_ok()
+    );
 }
 
 #[test]
@@ -889,18 +913,29 @@ fn jwt_rule_fields_are_checked_when_the_file_loads() {
         reviews(
             "RequestAuthentication",
             "security.istio.io/v1",
-            &format!("  selector: {{matchLabels: {{app: reviews}}}}\n  jwtRules:\n  - issuer: https://a\n{fields}"),
+            &format!(
+                "  selector: {{matchLabels: {{app: reviews}}}}\n  jwtRules:\n  - issuer: https://a\n{fields}"
+            ),
         )
     };
     let cases = [
-        ("    fromHeaders: [{name: 'x token'}]\n", "spec.jwtRules[0].fromHeaders[0].name"),
-        ("    outputPayloadToHeader: 'x:y'\n", "spec.jwtRules[0].outputPayloadToHeader"),
+        (
+            "    fromHeaders: [{name: 'x token'}]\n",
+            "spec.jwtRules[0].fromHeaders[0].name",
+        ),
+        (
+            "    outputPayloadToHeader: 'x:y'\n",
+            "spec.jwtRules[0].outputPayloadToHeader",
+        ),
         (
             "    outputClaimToHeaders: [{header: x-sub, claim: sub}, {header: '', claim: iss}]\n",
             "spec.jwtRules[0].outputClaimToHeaders[1].header",
         ),
         ("    jwksUri: file:///etc/jwks.json\n", "spec.jwtRules[0].jwksUri"),
-        ("    fromCookies: [session, '']\n", "spec.jwtRules[0].fromCookies[1]"),
+        (
+            "    fromCookies: [session, '']\n",
+            "spec.jwtRules[0].fromCookies[1]",
+        ),
         ("  - issuer: https://a\n", "spec.jwtRules[1].issuer"),
     ];
     for (fields, field) in cases {
@@ -919,7 +954,12 @@ fn a_post_logout_redirect_is_a_path_here_or_an_absolute_url() {
             "apiVersion: palisade.dev/v1alpha1\nkind: OidcLogin\nmetadata: {{name: l}}\nspec:\n  issuer: https://idp\n  clientId: c\n  postLogoutRedirectUri: '{uri}'\n"
         )
     };
-    for good in ["/", "/bye?from=logout", "https://www.example/bye", "http://127.0.0.1:8080/"] {
+    for good in [
+        "/",
+        "/bye?from=logout",
+        "https://www.example/bye",
+        "http://127.0.0.1:8080/",
+    ] {
         assert!(PolicySet::from_yaml_str(&login(good), "f").is_ok(), "{good}");
         assert!(is_landing_uri(good), "{good}");
     }
@@ -933,7 +973,11 @@ fn a_post_logout_redirect_is_a_path_here_or_an_absolute_url() {
         "/a b",
     ] {
         let err = load_err(&login(bad));
-        assert_eq!(err.field.as_deref(), Some("spec.postLogoutRedirectUri"), "{bad}: {err}");
+        assert_eq!(
+            err.field.as_deref(),
+            Some("spec.postLogoutRedirectUri"),
+            "{bad}: {err}"
+        );
         assert!(!is_landing_uri(bad), "{bad}");
     }
     assert!(!is_landing_uri("/a\r\nSet-Cookie: x=1"));
