@@ -692,3 +692,60 @@ async fn a_client_authenticating_with_private_key_jwt_signs_in_and_refreshes_on_
         assert!(jar.session().is_none(), "{base}: no session");
     }
 }
+
+/// A session too large for cookies (here a user with thousands of realm
+/// roles in the access token) is kept in the store, sealed with a key that
+/// only its cookie holds: what Redis holds shows no token and no claim,
+/// and both replicas open the session from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_too_large_for_cookies_is_stored_sealed() {
+    let redis = palisade::testkit::redis::RedisServer::start()
+        .expect("redis-server (sudo apt-get install redis-server)");
+    let roles: Vec<String> = (0..3000).map(|i| format!("role-{i:05}")).collect();
+    let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
+    let mut f = fixture(Duration::from_secs(300));
+    f.issuer = TestIssuer::builder()
+        .default_audience("productpage")
+        .public_client("productpage")
+        .user("alice", "alice-password", &roles)
+        .token_lifetime(Duration::from_secs(300))
+        .start()
+        .unwrap();
+    f.issuer.sign_in_as(Some("alice"));
+    let yaml = policy(&f.issuer, &f.key_file, &format!("    store: {}\n", redis.url()));
+    let (a, b) = serve_both(|| guard_from(&yaml));
+    ready(&a).await;
+    ready(&b).await;
+    let jar = sign_in(&a, &f.issuer).await;
+    assert!(
+        jar.session().is_some_and(|c| c.len() < 1_000),
+        "the cookie holds a reference: {:?}",
+        jar.session().map(String::len)
+    );
+    for base in [&a, &b] {
+        let who = get(&format!("{base}/whoami"), &jar, false).await;
+        assert_eq!(who.status, 200, "{base}: {who:?}");
+        assert_eq!(who.json()["subject"], "alice", "{base}");
+    }
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &redis.port().to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli (sudo apt-get install redis-tools)");
+        assert!(out.status.success(), "redis-cli {args:?}");
+        out.stdout
+    };
+    let keys = String::from_utf8(cli(&["--scan"])).unwrap();
+    let mut sessions = 0;
+    for key in keys.lines().filter(|k| k.contains("session:")) {
+        let value = cli(&["--no-raw", "GET", key]);
+        let shown = String::from_utf8_lossy(&value);
+        assert!(
+            !shown.contains("role-0") && !shown.contains("eyJ"),
+            "{key}: {shown:.200}"
+        );
+        sessions += 1;
+    }
+    assert_eq!(sessions, 1, "one stored session among {keys:?}");
+}

@@ -20,7 +20,10 @@ use crate::LOG_TARGET;
 use crate::config::{ClientAuth, Config, SecretMethod, SignInBuilder, SignInError, check_path};
 use crate::cookie::{CookieKey, CookieSealer, Opened, RawCookie, SealError};
 use crate::provider::{Issuer, Metadata, TokenError, form_encode, param, param_count};
-use crate::session::{Cache, Live, Payload, Session, Successors, at, now, now_ms, now_us, unverified_claims};
+use crate::session::{
+    Cache, Live, Payload, Session, Successors, at, now, now_ms, now_us, open_stored, seal_stored,
+    unverified_claims,
+};
 use crate::store::{MemoryStore, Revocation, SessionRef, SessionStore};
 
 /// How long a sign-in may take, from the redirect to the callback.
@@ -805,11 +808,14 @@ impl SignIn {
         let ttl = Duration::from_secs(
             (session.created_secs() + c.absolute_timeout.as_secs()).saturating_sub(now()),
         );
-        self.0.store.put(&session.id, inline, ttl).await.map_err(|e| {
+        // Sealed with a key only the cookie holds: the store alone shows no token.
+        let (sealed, key) = seal_stored(&session.id, inline).ok_or(())?;
+        self.0.store.put(&session.id, sealed, ttl).await.map_err(|e| {
             tracing::warn!(target: LOG_TARGET, error = %e, "a session too large for cookies cannot be stored");
         })?;
         let reference = serde_json::to_vec(&Payload::Stored {
             id: session.id.clone(),
+            key: Some(key),
         })
         .map_err(|_| ())?;
         sealer.seal(&reference, None, previous_chunks).map_err(|_| ())
@@ -831,7 +837,7 @@ impl SignIn {
                 self.0.cache.insert(raw, Arc::clone(&live), absolute);
                 Check::Ready(Some(live))
             }
-            Ok(Payload::Stored { id }) => {
+            Ok(Payload::Stored { id, key }) => {
                 let this = self.clone();
                 let raw = raw.to_owned();
                 Check::pending(async move {
@@ -842,6 +848,11 @@ impl SignIn {
                             tracing::warn!(target: LOG_TARGET, error = %e, "a stored session cannot be read");
                             return None;
                         }
+                    };
+                    // Without a key: stored in clear by an earlier release.
+                    let data = match key {
+                        Some(key) => open_stored(&id, &key, data)?,
+                        None => data,
                     };
                     let Ok(Payload::Inline(session)) = serde_json::from_slice(&data) else {
                         return None;

@@ -6,6 +6,8 @@ use std::fmt;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use aws_lc_rs::aead::{AES_256_GCM, Aad, NONCE_LEN, Nonce, RandomizedNonceKey};
+use aws_lc_rs::rand::{SecureRandom as _, SystemRandom};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use palisade_core::{Identity, TokenClaims, Verification};
@@ -102,7 +104,50 @@ pub(crate) enum Payload {
     Stored {
         /// The session id.
         id: String,
+        /// The key the stored session is sealed with (base64url), held by
+        /// the cookie only: the store alone (a Redis dump, a replica's
+        /// memory) shows no token. `None`: stored in clear by a release
+        /// before this one, read as it is until it times out.
+        #[serde(default, rename = "k", skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
     },
+}
+
+/// Seals a session for the store with a new random key bound to its id:
+/// `(sealed, key)`, the key for its cookie (base64url of 32 bytes).
+pub(crate) fn seal_stored(id: &str, mut plaintext: Vec<u8>) -> Option<(Vec<u8>, String)> {
+    let mut key = [0u8; 32];
+    SystemRandom::new().fill(&mut key).ok()?;
+    let sealer = RandomizedNonceKey::new(&AES_256_GCM, &key).ok()?;
+    let nonce = sealer
+        .seal_in_place_append_tag(Aad::from(id.as_bytes()), &mut plaintext)
+        .ok()?;
+    let mut sealed = Vec::with_capacity(NONCE_LEN + plaintext.len());
+    sealed.extend_from_slice(nonce.as_ref());
+    sealed.extend_from_slice(&plaintext);
+    let text = URL_SAFE_NO_PAD.encode(key);
+    key.fill(0);
+    Some((sealed, text))
+}
+
+/// Opens what [`seal_stored`] sealed for `id` with `key`; `None` when it
+/// does not open (another session's data, a wrong key, tampering).
+pub(crate) fn open_stored(id: &str, key: &str, mut sealed: Vec<u8>) -> Option<Vec<u8>> {
+    let mut bytes = URL_SAFE_NO_PAD.decode(key).ok()?;
+    let opener = RandomizedNonceKey::new(&AES_256_GCM, &bytes);
+    bytes.fill(0);
+    let opener = opener.ok()?;
+    if sealed.len() < NONCE_LEN {
+        return None;
+    }
+    let nonce = Nonce::try_assume_unique_for_key(&sealed[..NONCE_LEN]).ok()?;
+    let plain_len = opener
+        .open_in_place(nonce, Aad::from(id.as_bytes()), &mut sealed[NONCE_LEN..])
+        .ok()?
+        .len();
+    sealed.drain(..NONCE_LEN);
+    sealed.truncate(plain_len);
+    Some(sealed)
 }
 
 /// The claims of a JWT's payload, without checking its signature: for a
@@ -327,6 +372,29 @@ impl Successors {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stored_session_opens_with_its_key_for_its_id_only() {
+        let (sealed, key) = seal_stored("s1", b"{\"at\":\"token\"}".to_vec()).unwrap();
+        assert!(!sealed.windows(5).any(|w| w == b"token"));
+        assert_eq!(
+            open_stored("s1", &key, sealed.clone()).as_deref(),
+            Some(&b"{\"at\":\"token\"}"[..])
+        );
+        let (_, other_key) = seal_stored("s1", b"x".to_vec()).unwrap();
+        assert_ne!(key, other_key, "a key per session");
+        assert_eq!(
+            open_stored("s2", &key, sealed.clone()),
+            None,
+            "another session's id"
+        );
+        assert_eq!(open_stored("s1", &other_key, sealed.clone()), None, "another key");
+        let mut tampered = sealed.clone();
+        *tampered.last_mut().unwrap() ^= 1;
+        assert_eq!(open_stored("s1", &key, tampered), None);
+        assert_eq!(open_stored("s1", &key, sealed[..5].to_vec()), None);
+        assert_eq!(open_stored("s1", "not base64!", sealed), None);
+    }
 
     #[test]
     fn an_expiry_past_what_system_time_holds_is_the_latest_it_gives() {

@@ -97,7 +97,8 @@ pub trait SessionStore: Send + Sync + 'static {
     fn use_once(&self, key: &str, ttl: Duration) -> BoxFuture<Result<bool, StoreError>>;
 
     /// Stores server-side session data under the session id for `ttl`,
-    /// replacing what was there.
+    /// replacing what was there. The data is sealed (AES-256-GCM) with a
+    /// key only the session's cookie holds: a store sees no token.
     ///
     /// # Errors
     ///
