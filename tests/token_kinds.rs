@@ -850,6 +850,9 @@ async fn each_tenant_has_its_own_keys_fetched_on_first_use() {
 /// the verified-token cache.)
 #[tokio::test]
 async fn the_least_recently_used_tenant_gives_way() {
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .expect("the only recorder of this test binary");
     let issuers: Vec<TestIssuer> = (0..3)
         .map(|_| {
             TestIssuer::builder()
@@ -891,6 +894,24 @@ async fn the_least_recently_used_tenant_gives_way() {
     );
     jwt.verify(&b.token().sign()).await.unwrap();
     assert_eq!(asked.lock().unwrap().len(), 4, "b was dropped, so asked again");
+    // Tenants come and go; the fetch metrics' series do not grow with them.
+    let shown = metrics.render();
+    let fetches: Vec<&str> = shown
+        .lines()
+        .filter(|l| l.starts_with("palisade_jwks_fetches_total{"))
+        .collect();
+    assert!(
+        fetches
+            .iter()
+            .any(|l| l.contains(r#"issuer="http://127.0.0.1:{tenant}/realms/shop""#)),
+        "{shown}"
+    );
+    assert!(
+        !fetches
+            .iter()
+            .any(|l| ports.iter().any(|p| l.contains(&format!(":{p}/")))),
+        "a series per tenant: {fetches:?}"
+    );
 }
 
 #[test]

@@ -45,7 +45,8 @@ pub const DECISIONS: &str = "palisade_decisions_total";
 pub const AUTHENTICATIONS: &str = "palisade_authentications_total";
 /// Time from a request's arrival at the guard to its decision: histogram.
 pub const CHECK_DURATION: &str = "palisade_check_duration_seconds";
-/// Fetches of an issuer's JWKS: counter.
+/// Fetches of an issuer's JWKS: counter. A tenant's fetches are labelled
+/// with its provider's issuer pattern (`…/{tenant}`).
 pub const JWKS_FETCHES: &str = "palisade_jwks_fetches_total";
 /// Lookups in the verified-token cache: counter.
 pub const TOKEN_CACHE: &str = "palisade_token_cache_total";

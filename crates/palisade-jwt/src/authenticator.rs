@@ -387,7 +387,7 @@ impl JwtAuthenticatorBuilder {
                     None,
                 ),
                 None => {
-                    let fetched = fetched_store(&cfg.issuer, &cfg.jwks, &cfg.fetch)
+                    let fetched = fetched_store(&cfg.issuer, &cfg.issuer, &cfg.jwks, &cfg.fetch)
                         .map_err(|e| ConfigError::OutOfRange(format!("cannot start the JWKS thread: {e}")))?;
                     (fetched.store.clone(), Some(fetched))
                 }
@@ -1044,7 +1044,7 @@ impl JwtAuthenticator {
                 Some(Arc::new(KeyStore::never_fetched(iss, cfg.fetch.clone()))),
                 None,
             ),
-            Some(source) => match fetched_store(iss, &source, &cfg.fetch) {
+            Some(source) => match fetched_store(iss, &cfg.issuer, &source, &cfg.fetch) {
                 Ok(f) => (Some(Arc::clone(&f.store)), Some(f)),
                 Err(e) => {
                     tracing::error!(target: LOG, issuer = iss, error = %e, "cannot fetch the tenant's keys");

@@ -334,6 +334,11 @@ pub(crate) fn pem_key(pem: &str) -> Result<VerifyKey, String> {
 /// The current keys of one issuer and the machinery to refresh them.
 pub(crate) struct KeyStore {
     pub(crate) issuer: String,
+    /// The `issuer` label of its fetch metrics: the issuer, or for a
+    /// tenant's store the provider's pattern (`…/{tenant}`), so that the
+    /// series stay as many as the configured issuers however many tenants
+    /// come and go.
+    pub(crate) metric_issuer: String,
     current: ArcSwap<KeySet>,
     version: watch::Sender<u64>,
     demand: Notify,
@@ -361,6 +366,7 @@ impl KeyStore {
         let fetched = fixed.is_none();
         Self {
             issuer: issuer.to_owned(),
+            metric_issuer: issuer.to_owned(),
             current: ArcSwap::from_pointee(fixed.unwrap_or_default()),
             version: watch::Sender::new(0),
             demand: Notify::new(),
@@ -517,6 +523,7 @@ type LiveStore = (String, JwksSource, FetchSettings, Weak<Fetched>);
 /// one if there is one, else a new one, fetching from now on.
 pub(crate) fn fetched_store(
     issuer: &str,
+    metric_issuer: &str,
     source: &JwksSource,
     settings: &FetchSettings,
 ) -> std::io::Result<Arc<Fetched>> {
@@ -530,7 +537,9 @@ pub(crate) fn fetched_store(
     if let Some(shared) = found {
         return Ok(shared);
     }
-    let store = Arc::new(KeyStore::new(issuer, settings.clone(), None));
+    let mut store = KeyStore::new(issuer, settings.clone(), None);
+    metric_issuer.clone_into(&mut store.metric_issuer);
+    let store = Arc::new(store);
     let task = FetchTask(
         jwks_runtime()?
             .spawn(run_store(store.clone(), source.clone()))
@@ -619,7 +628,8 @@ async fn run_store(store: Arc<KeyStore>, source: JwksSource) {
         store.fetching.store(true, Ordering::Release);
         let result = fetch(&client, &store, &mut jwks_uri).await;
         let outcome = if result.is_ok() { "success" } else { "failure" };
-        metrics::counter!(JWKS_FETCHES, "issuer" => store.issuer.clone(), "result" => outcome).increment(1);
+        metrics::counter!(JWKS_FETCHES, "issuer" => store.metric_issuer.clone(), "result" => outcome)
+            .increment(1);
         match result {
             Ok((set, max_age)) => {
                 let count = set.keys.len();
