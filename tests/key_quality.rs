@@ -3,8 +3,6 @@
 //! set still used; HMAC secrets must be as long as their hash and may have
 //! a `kid`.
 
-use std::io::Write;
-use std::sync::{Mutex, Once};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::signature::KeyPair;
@@ -17,6 +15,8 @@ use palisade::core::{Check, Guard};
 use palisade::jwt::{Algorithm, ConfigError, FetchSettings, JwtAuthenticator, JwtError, Provider};
 use palisade::testkit::TestIssuer;
 use serde_json::{Value, json};
+
+mod common;
 
 /// Wycheproof's `jws_rsa_roca_key` (json_web_key_test.json, tcId 7): an
 /// RSA key of 2049 bits with the ROCA fingerprint, public and private.
@@ -105,41 +105,8 @@ fn b64_json(v: &Value) -> String {
     URL_SAFE_NO_PAD.encode(v.to_string())
 }
 
-/// Log lines of the whole test binary (warnings of `palisade::jwks`), kept
-/// for the tests to read: key sets are loaded on the `palisade-jwks`
-/// thread, so a thread-local subscriber would miss them.
-static LOG: Mutex<Vec<u8>> = Mutex::new(Vec::new());
-
-struct Capture;
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        LOG.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 fn capture_logs() {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("palisade::jwks=warn"))
-            .with_ansi(false)
-            .with_writer(|| Capture)
-            .init();
-    });
-}
-
-/// The captured lines that mention `needle`.
-fn log_lines(needle: &str) -> Vec<String> {
-    String::from_utf8_lossy(&LOG.lock().unwrap())
-        .lines()
-        .filter(|l| l.contains(needle))
-        .map(str::to_owned)
-        .collect()
+    common::logs::capture("palisade::jwks=warn");
 }
 
 fn settings() -> FetchSettings {
@@ -218,7 +185,7 @@ async fn a_token_signed_by_a_roca_key_of_the_issuer_gets_401_and_one_warning() {
     // Each unknown-kid token made the issuer's keys be fetched again; the
     // warning is still one.
     assert!(issuer.jwks_fetches() >= 2, "{}", issuer.jwks_fetches());
-    let lines = log_lines(issuer.issuer());
+    let lines = common::logs::lines(issuer.issuer());
     let roca: Vec<_> = lines.iter().filter(|l| l.contains("roca-key")).collect();
     assert_eq!(roca.len(), 1, "{lines:#?}");
     assert!(
@@ -245,7 +212,7 @@ async fn a_1024_bit_key_in_the_jwks_is_skipped_at_load_and_a_2048_bit_one_used()
     // signature; it is not in the set at all.
     let naming_it = issuer.token().kid(Some("RS256_1024")).sign();
     assert_eq!(jwt.verify(&naming_it).await.unwrap_err(), JwtError::UnknownKey);
-    let lines = log_lines(issuer.issuer());
+    let lines = common::logs::lines(issuer.issuer());
     let short: Vec<_> = lines.iter().filter(|l| l.contains("RS256_1024")).collect();
     assert_eq!(short.len(), 1, "{lines:#?}");
     assert!(short[0].contains("shorter than 2048 bits"), "{}", short[0]);
@@ -270,7 +237,7 @@ async fn weak_keys_of_an_inline_set_are_skipped_and_a_set_of_only_weak_keys_refu
         .unwrap();
     let token = issuer.token().issuer("https://inline.example").sign();
     assert!(jwt.verify(&token).await.is_ok());
-    let lines = log_lines("https://inline.example");
+    let lines = common::logs::lines("https://inline.example");
     assert!(
         lines
             .iter()

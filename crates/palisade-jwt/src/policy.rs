@@ -138,6 +138,14 @@ fn from_policy(policy: &WorkloadPolicy<'_>, offline: bool) -> Result<Option<JwtA
         builder = builder.provider(provider);
     }
     let Some((_, last, ..)) = written.last() else {
+        // Settings for the workload's JWT authenticator, and none to apply them to.
+        let lonely = settings
+            .iter()
+            .filter(|(_, s)| s.dpop.is_some() || s.resource_metadata.is_some());
+        for (doc, _) in lonely {
+            let why = "dpop and resourceMetadata apply to no issuer: no RequestAuthentication or KeycloakAdapter applies to this workload";
+            tracing::warn!(target: "palisade::jwt", "{}", policy.error_at(doc, "spec", why));
+        }
         return Ok(None);
     };
     builder.build().map(Some).map_err(|e| {

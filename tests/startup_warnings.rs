@@ -1,0 +1,137 @@
+//! What start-up says aloud: relaxations and settings read without effect
+//! are logged at warn level, naming where they are written, and the
+//! secure settings next to them are not. Read from the log lines of this
+//! test binary.
+
+use palisade::core::policy::{KeycloakAdapterConfig, PolicySet};
+use palisade::jwt::{Introspection, JwtAuthenticator, Provider};
+
+mod common;
+
+use common::logs;
+
+fn capture() {
+    logs::capture("palisade=warn");
+}
+
+#[test]
+fn plain_http_to_another_host_is_a_warning_and_loopback_is_not() {
+    capture();
+    let provider = |issuer: &str, jwks: &str| {
+        Provider::builder(issuer)
+            .audience("api")
+            .jwks_uri(jwks)
+            .build()
+            .unwrap()
+    };
+    provider(
+        "https://keys-elsewhere.example",
+        "http://keys:hunter2@keys-elsewhere.example/jwks",
+    );
+    provider("https://keys-here.example", "http://127.0.0.1:9/jwks");
+    let warned = logs::lines("keys-elsewhere.example");
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert!(warned[0].contains("JWKS URI uses plain http"), "{warned:?}");
+    assert!(
+        !warned[0].contains("hunter2"),
+        "no password in the log: {warned:?}"
+    );
+    assert!(logs::lines("keys-here.example").is_empty());
+
+    Provider::builder("https://introspected.example")
+        .audience("api")
+        .introspection(
+            Introspection::client_secret_basic("rs", "s")
+                .endpoint("http://rs:hunter2@introspect-elsewhere.example/i"),
+        )
+        .build()
+        .unwrap();
+    let warned = logs::lines("introspect-elsewhere.example");
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert!(warned[0].contains("introspection over plain http"), "{warned:?}");
+    assert!(!warned[0].contains("hunter2"), "{warned:?}");
+}
+
+#[test]
+fn a_policy_file_says_its_relaxations_when_it_loads() {
+    capture();
+    let yaml = "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: legacy-callers, namespace: default}
+spec:
+  selector: {matchLabels: {app: details}}
+  mtls: {mode: PERMISSIVE}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: strict-callers, namespace: default}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  mtls: {mode: STRICT}
+";
+    PolicySet::from_yaml_str(yaml, "relaxed.yaml").unwrap();
+    let warned = logs::lines("relaxed.yaml");
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    let line = &warned[0];
+    assert!(line.contains(" WARN "), "{line}");
+    assert!(
+        line.contains(
+            "document 1 (PeerAuthentication default/legacy-callers): field `spec.mtls.mode`: PERMISSIVE"
+        ),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_keycloak_json_says_which_keys_it_does_not_apply() {
+    capture();
+    let dir = std::env::temp_dir().join(format!("palisade-kc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("keycloak.json");
+    std::fs::write(
+        &file,
+        r#"{"realm":"shop","auth-server-url":"https://kc-warned.example/","resource":"api",
+           "bearer-only":true,"verify-token-audience":true,"disable-trust-manager":true,"ssl-required":"none"}"#,
+    )
+    .unwrap();
+    KeycloakAdapterConfig::from_json_file(&file).unwrap();
+    JwtAuthenticator::from_keycloak_json(&file).unwrap();
+    let name = file.display().to_string();
+    let warned = logs::lines(&name);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(warned.len(), 2, "once per load: {warned:?}");
+    for line in &warned {
+        assert!(
+            line.contains(
+                "field `disable-trust-manager`: not applied: the issuer's certificate is always verified"
+            ),
+            "{line}"
+        );
+    }
+    assert!(
+        !warned.iter().any(|l| l.contains("ssl-required")),
+        "`none` changes nothing: {warned:?}"
+    );
+}
+
+#[test]
+fn jwt_settings_for_a_workload_without_jwt_rules_say_they_apply_to_nothing() {
+    use palisade::core::policy::{FromPolicy as _, Workload};
+    capture();
+    let yaml = "apiVersion: palisade.dev/v1alpha1
+kind: JwtSettings
+metadata: {name: lonely-dpop, namespace: default}
+spec:
+  dpop: {maxAge: 30s}
+";
+    let set = PolicySet::from_yaml_str(yaml, "lonely.yaml").unwrap();
+    let jwt = JwtAuthenticator::from_policy(&set.for_workload(&Workload::new("details", "default"))).unwrap();
+    assert!(jwt.is_none());
+    let warned = logs::lines("lonely.yaml");
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert!(
+        warned[0].contains("JwtSettings default/lonely-dpop"),
+        "{warned:?}"
+    );
+    assert!(warned[0].contains("apply to no issuer"), "{warned:?}");
+}
