@@ -696,7 +696,8 @@ async fn a_client_authenticating_with_private_key_jwt_signs_in_and_refreshes_on_
 /// A session too large for cookies (here a user with thousands of realm
 /// roles in the access token) is kept in the store, sealed with a key that
 /// only its cookie holds: what Redis holds shows no token and no claim,
-/// and both replicas open the session from it.
+/// both replicas open the session from it, and a renewal (a new cookie, the
+/// session written again) leaves the cookie issued before it working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_too_large_for_cookies_is_stored_sealed() {
     let redis = palisade::testkit::redis::RedisServer::start()
@@ -712,18 +713,39 @@ async fn a_session_too_large_for_cookies_is_stored_sealed() {
         .start()
         .unwrap();
     f.issuer.sign_in_as(Some("alice"));
-    let yaml = policy(&f.issuer, &f.key_file, &format!("    store: {}\n", redis.url()));
+    let yaml = policy(
+        &f.issuer,
+        &f.key_file,
+        &format!("    store: {}\n    idleTimeout: 4s\n", redis.url()),
+    );
     let (a, b) = serve_both(|| guard_from(&yaml));
     ready(&a).await;
     ready(&b).await;
-    let jar = sign_in(&a, &f.issuer).await;
+    let first = sign_in(&a, &f.issuer).await;
     assert!(
-        jar.session().is_some_and(|c| c.len() < 1_000),
+        first.session().is_some_and(|c| c.len() < 1_000),
         "the cookie holds a reference: {:?}",
-        jar.session().map(String::len)
+        first.session().map(String::len)
     );
-    for base in [&a, &b] {
-        let who = get(&format!("{base}/whoami"), &jar, false).await;
+    assert_eq!(get(&format!("{a}/whoami"), &first, false).await.status, 200);
+    // A quarter of the idle timeout on, a request renews the cookie, and
+    // the session is written to the store again; the cookie issued before
+    // still opens it, on the replica that never saw it too.
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    let renewed = get(&format!("{a}/whoami"), &first, false).await;
+    assert_eq!(renewed.status, 200, "{renewed:?}");
+    assert!(
+        renewed
+            .set_cookies
+            .iter()
+            .any(|c| c.starts_with("palisade_session=")),
+        "renewed: {renewed:?}"
+    );
+    let mut jar = first.clone();
+    jar.take(&renewed);
+    assert_ne!(jar.session(), first.session());
+    for (base, cookie) in [(&b, &first), (&b, &jar), (&a, &jar)] {
+        let who = get(&format!("{base}/whoami"), cookie, false).await;
         assert_eq!(who.status, 200, "{base}: {who:?}");
         assert_eq!(who.json()["subject"], "alice", "{base}");
     }

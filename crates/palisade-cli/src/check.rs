@@ -155,4 +155,28 @@ spec:
             report.out
         );
     }
+
+    #[test]
+    fn a_relaxation_is_a_note_of_a_good_file() {
+        let report = check(
+            "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: legacy, namespace: default}
+spec:
+  selector: {matchLabels: {app: details}}
+  mtls: {mode: PERMISSIVE}
+",
+        );
+        assert_eq!(
+            (report.status, report.err.len(), report.out.len()),
+            (0, 0, 2),
+            "{report:?}"
+        );
+        assert!(report.out[0].starts_with("note: "), "{:?}", report.out);
+        assert!(
+            report.out[0].contains("(PeerAuthentication default/legacy): field `spec.mtls.mode`: PERMISSIVE"),
+            "{:?}",
+            report.out
+        );
+    }
 }

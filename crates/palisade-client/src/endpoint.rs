@@ -319,7 +319,7 @@ impl<K> GrantBuilder<K> {
 
     /// The client these settings describe; nothing is fetched yet.
     pub(crate) fn client(&self, grant: &str) -> Result<TokenClient, ClientError> {
-        if !(self.issuer.starts_with("https://") || self.issuer.starts_with("http://")) {
+        if !palisade_core::policy::is_http_url(&self.issuer) {
             return Err(ClientError::Config(format!(
                 "the issuer `{}` is not an http(s) URL",
                 self.issuer

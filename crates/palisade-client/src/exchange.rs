@@ -124,6 +124,12 @@ impl TokenExchange {
 
     async fn exchange(&self, caller: &Arc<str>) -> Result<Arc<Granted>, ClientError> {
         let inner = &*self.0;
+        // An exchange that ended between the caller's look and this one.
+        if let Some(g) = lock(&inner.cache).get(&**caller)
+            && Instant::now() < g.renew_at
+        {
+            return Ok(Arc::clone(g));
+        }
         let mut form = vec![
             ("grant_type", GRANT_TYPE),
             ("subject_token", &**caller),

@@ -23,7 +23,8 @@ type Calls<K, V> = Mutex<HashMap<K, Answer<V>>>;
 /// caller that comes after the answer starts a new call (put the answer
 /// where that caller finds it first, as a cache, when it should not).
 ///
-/// Cloning is an `Arc` clone. Calls must be made inside a Tokio runtime.
+/// Cloning is an `Arc` clone. Calls are made inside a Tokio runtime
+/// (outside one, [`SingleFlight::run`] answers `None`).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -74,34 +75,39 @@ where
     /// The answer of `key`'s call: the one under way, else a new one that
     /// `call` makes (spawned on the current Tokio runtime). `None` when the
     /// call ended without an answer (it panicked, or the runtime shut down
-    /// before it ran).
+    /// before it ran), or when no Tokio runtime is current.
     pub async fn run<F>(&self, key: K, call: impl FnOnce() -> F) -> Option<V>
     where
         F: Future<Output = V> + Send + 'static,
     {
-        let mut answer = {
+        // Outside a runtime there is nowhere to run the call.
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        let (mut answer, started) = {
             let mut calls = self.0.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(under_way) = calls.get(&key) {
-                under_way.clone()
+                (under_way.clone(), None)
             } else {
                 let (tx, rx) = watch::channel(None);
                 calls.insert(key.clone(), rx.clone());
-                let landed = Landed {
-                    calls: Arc::clone(&self.0),
-                    key: key.clone(),
-                    answer: rx.clone(),
-                };
-                let call = call();
-                tokio::spawn(async move {
-                    let out = call.await;
-                    // Out of the map before the answer is: a caller after it
-                    // starts afresh (and finds what the call left behind).
-                    drop(landed);
-                    tx.send_replace(Some(out));
-                });
-                rx
+                (rx, Some(tx))
             }
         };
+        // Started outside the lock: `call` and the guard's drop may take it.
+        if let Some(tx) = started {
+            let landed = Landed {
+                calls: Arc::clone(&self.0),
+                key,
+                answer: answer.clone(),
+            };
+            let call = call();
+            runtime.spawn(async move {
+                let out = call.await;
+                // Out of the map before the answer is: a caller after it
+                // starts afresh (and finds what the call left behind).
+                drop(landed);
+                tx.send_replace(Some(out));
+            });
+        }
         // An error: the task ended without an answer.
         answer.wait_for(Option::is_some).await.ok()?.clone()
     }
@@ -167,6 +173,16 @@ mod tests {
         assert_eq!(calls.under_way(), 0);
         // After the answer, a new call.
         assert_eq!(calls.run("k", call(Arc::clone(&made))).await, Some(2));
+    }
+
+    #[test]
+    fn outside_a_runtime_nothing_is_called() {
+        let calls: SingleFlight<u8, u8> = SingleFlight::new();
+        let mut run = std::pin::pin!(calls.run(1, || -> std::future::Ready<u8> { unreachable!("called") }));
+        let waker = std::task::Waker::noop();
+        let polled = run.as_mut().poll(&mut std::task::Context::from_waker(waker));
+        assert_eq!(polled, std::task::Poll::Ready(None));
+        assert_eq!(calls.under_way(), 0);
     }
 
     #[tokio::test]

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
 use palisade_core::authn::url_without_credentials;
+use palisade_core::policy::is_http_url;
 
 use crate::introspect::Introspection;
 use crate::key_quality::min_hmac_secret_len;
@@ -715,11 +716,6 @@ impl ProviderBuilder {
             max_tenants: self.max_tenants,
         })
     }
-}
-
-fn is_http_url(s: &str) -> bool {
-    let rest = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://"));
-    rest.is_some_and(|r| !r.is_empty() && !r.starts_with('/'))
 }
 
 /// Whether `url` is plain `http://` to a host other than this one (not

@@ -203,8 +203,7 @@ impl Introspection {
             )));
         }
         if let Some(e) = &self.endpoint {
-            let http = e.strip_prefix("https://").or_else(|| e.strip_prefix("http://"));
-            if !http.is_some_and(|r| !r.is_empty() && !r.starts_with('/')) {
+            if !palisade_core::policy::is_http_url(e) {
                 return Err(ConfigError::OutOfRange(format!(
                     "issuer `{issuer}`: the introspection endpoint `{}` is not an http(s) URL",
                     url_without_credentials(e)
@@ -561,7 +560,7 @@ impl Introspector {
         let Some(e) = doc
             .get("introspection_endpoint")
             .and_then(Value::as_str)
-            .filter(|e| e.starts_with("https://") || e.starts_with("http://"))
+            .filter(|e| palisade_core::policy::is_http_url(e))
         else {
             return Err(format!("{url}: no http(s) `introspection_endpoint`"));
         };

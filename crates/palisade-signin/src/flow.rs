@@ -186,6 +186,7 @@ impl SignIn {
             at_exp: t + expires_in.as_secs(),
             rt: None,
             it: None,
+            store_key: None,
         };
         let plaintext =
             serde_json::to_vec(&Payload::Inline(session)).map_err(|e| SignInError::Config(e.to_string()))?;
@@ -264,7 +265,7 @@ impl SignInBuilder {
     /// discovery, no key fetching.
     pub(crate) fn checked(self) -> Result<Checked, SignInError> {
         let mut config = self.config;
-        if !(config.issuer.starts_with("https://") || config.issuer.starts_with("http://")) {
+        if !palisade_core::policy::is_http_url(&config.issuer) {
             return Err(SignInError::Config(format!(
                 "the issuer `{}` is not an http(s) URL",
                 config.issuer
@@ -695,6 +696,7 @@ impl SignIn {
             at_exp,
             rt: tokens.refresh_token,
             it: Some(id_token),
+            store_key: None,
         };
         let cookies = self
             .seal(&session, 0, secure)
@@ -809,7 +811,7 @@ impl SignIn {
             (session.created_secs() + c.absolute_timeout.as_secs()).saturating_sub(now()),
         );
         // Sealed with a key only the cookie holds: the store alone shows no token.
-        let (sealed, key) = seal_stored(&session.id, inline).ok_or(())?;
+        let (sealed, key) = seal_stored(&session.id, inline, session.store_key.as_deref()).ok_or(())?;
         self.0.store.put(&session.id, sealed, ttl).await.map_err(|e| {
             tracing::warn!(target: LOG_TARGET, error = %e, "a session too large for cookies cannot be stored");
         })?;
@@ -850,13 +852,20 @@ impl SignIn {
                         }
                     };
                     // Without a key: stored in clear by an earlier release.
-                    let data = match key {
-                        Some(key) => open_stored(&id, &key, data)?,
+                    let data = match &key {
+                        Some(key) => {
+                            let opened = open_stored(&id, key, data);
+                            if opened.is_none() {
+                                tracing::debug!(target: LOG_TARGET, "a stored session does not open with its cookie's key");
+                            }
+                            opened?
+                        }
                         None => data,
                     };
-                    let Ok(Payload::Inline(session)) = serde_json::from_slice(&data) else {
+                    let Ok(Payload::Inline(mut session)) = serde_json::from_slice(&data) else {
                         return None;
                     };
+                    session.store_key = key.map(Arc::from);
                     let live = Arc::new(Live::new(session, &this.0.config.issuer, None));
                     this.0
                         .cache
@@ -1341,6 +1350,7 @@ mod tests {
             at_exp: t + 3600,
             rt: None,
             it: None,
+            store_key: None,
         };
         let plaintext = serde_json::to_vec(&Payload::Inline(session)).unwrap();
         let sealer = CookieSealer::builder("palisade_session", vec![key])

@@ -71,6 +71,11 @@ pub(crate) struct Session {
     /// The ID token (the `id_token_hint` of a logout).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) it: Option<String>,
+    /// The key the session is sealed with in the store, when it is kept
+    /// there (from its cookie, never serialized): every write of the
+    /// session uses it, so a cookie issued before a renewal still opens it.
+    #[serde(skip)]
+    pub(crate) store_key: Option<Arc<str>>,
 }
 
 impl Session {
@@ -113,36 +118,46 @@ pub(crate) enum Payload {
     },
 }
 
-/// Seals a session for the store with a new random key bound to its id:
-/// `(sealed, key)`, the key for its cookie (base64url of 32 bytes).
-pub(crate) fn seal_stored(id: &str, mut plaintext: Vec<u8>) -> Option<(Vec<u8>, String)> {
-    let mut key = [0u8; 32];
-    SystemRandom::new().fill(&mut key).ok()?;
-    let sealer = RandomizedNonceKey::new(&AES_256_GCM, &key).ok()?;
+/// What a stored session's seal is bound to: its id, under a label of its own.
+fn stored_aad(id: &str) -> Vec<u8> {
+    [&b"palisade stored session v1\0"[..], id.as_bytes()].concat()
+}
+
+/// Seals a session for the store, bound to its id, with `key` (its
+/// cookie's, base64url of 32 bytes) or a new random one: `(sealed, key)`.
+/// A session keeps its key for life (a fresh nonce per write), so every
+/// cookie issued for it opens what is stored last.
+pub(crate) fn seal_stored(id: &str, mut plaintext: Vec<u8>, key: Option<&str>) -> Option<(Vec<u8>, String)> {
+    let (bytes, text) = match key {
+        Some(text) => (URL_SAFE_NO_PAD.decode(text).ok()?, text.to_owned()),
+        None => {
+            let mut bytes = vec![0u8; 32];
+            SystemRandom::new().fill(&mut bytes).ok()?;
+            let text = URL_SAFE_NO_PAD.encode(&bytes);
+            (bytes, text)
+        }
+    };
+    let sealer = RandomizedNonceKey::new(&AES_256_GCM, &bytes).ok()?;
     let nonce = sealer
-        .seal_in_place_append_tag(Aad::from(id.as_bytes()), &mut plaintext)
+        .seal_in_place_append_tag(Aad::from(stored_aad(id)), &mut plaintext)
         .ok()?;
     let mut sealed = Vec::with_capacity(NONCE_LEN + plaintext.len());
     sealed.extend_from_slice(nonce.as_ref());
     sealed.extend_from_slice(&plaintext);
-    let text = URL_SAFE_NO_PAD.encode(key);
-    key.fill(0);
     Some((sealed, text))
 }
 
 /// Opens what [`seal_stored`] sealed for `id` with `key`; `None` when it
 /// does not open (another session's data, a wrong key, tampering).
 pub(crate) fn open_stored(id: &str, key: &str, mut sealed: Vec<u8>) -> Option<Vec<u8>> {
-    let mut bytes = URL_SAFE_NO_PAD.decode(key).ok()?;
-    let opener = RandomizedNonceKey::new(&AES_256_GCM, &bytes);
-    bytes.fill(0);
-    let opener = opener.ok()?;
+    let bytes = URL_SAFE_NO_PAD.decode(key).ok()?;
+    let opener = RandomizedNonceKey::new(&AES_256_GCM, &bytes).ok()?;
     if sealed.len() < NONCE_LEN {
         return None;
     }
     let nonce = Nonce::try_assume_unique_for_key(&sealed[..NONCE_LEN]).ok()?;
     let plain_len = opener
-        .open_in_place(nonce, Aad::from(id.as_bytes()), &mut sealed[NONCE_LEN..])
+        .open_in_place(nonce, Aad::from(stored_aad(id)), &mut sealed[NONCE_LEN..])
         .ok()?
         .len();
     sealed.drain(..NONCE_LEN);
@@ -375,13 +390,18 @@ mod tests {
 
     #[test]
     fn a_stored_session_opens_with_its_key_for_its_id_only() {
-        let (sealed, key) = seal_stored("s1", b"{\"at\":\"token\"}".to_vec()).unwrap();
+        let (sealed, key) = seal_stored("s1", b"{\"at\":\"token\"}".to_vec(), None).unwrap();
         assert!(!sealed.windows(5).any(|w| w == b"token"));
         assert_eq!(
             open_stored("s1", &key, sealed.clone()).as_deref(),
             Some(&b"{\"at\":\"token\"}"[..])
         );
-        let (_, other_key) = seal_stored("s1", b"x".to_vec()).unwrap();
+        // The session's next write keeps its key, with a fresh nonce.
+        let (again, same) = seal_stored("s1", b"{\"at\":\"token\"}".to_vec(), Some(&key)).unwrap();
+        assert_eq!(same, key);
+        assert_ne!(again, sealed);
+        assert!(open_stored("s1", &key, again).is_some());
+        let (_, other_key) = seal_stored("s2", b"x".to_vec(), None).unwrap();
         assert_ne!(key, other_key, "a key per session");
         assert_eq!(
             open_stored("s2", &key, sealed.clone()),
@@ -416,6 +436,7 @@ mod tests {
             at_exp: 2,
             rt: Some("refresh-secret".into()),
             it: None,
+            store_key: None,
         }
     }
 

@@ -18,8 +18,8 @@ use super::PolicyError;
 /// (role checks name realm or client roles explicitly), `confidential-port`,
 /// `enable-cors`, `allow-any-hostname` and `disable-trust-manager` (the
 /// issuer's certificate and name are always verified). Given with a value
-/// that would change what a Keycloak adapter does (`ssl-required` other
-/// than `none`, a `true`, a port), each is a warning when the file loads
+/// that would change what a Keycloak adapter does (`ssl-required: all`, a
+/// `true`, a port other than 0), each is a warning when the file loads
 /// ([`PolicySet::warnings`](super::PolicySet::warnings), and a warn-level
 /// log line for [`Self::from_json_file`]).
 #[derive(Clone, Default, Deserialize, PartialEq, Eq)]
@@ -142,10 +142,12 @@ impl KeycloakAdapterConfig {
         let not_applied = [
             (
                 "ssl-required",
+                // `external`, Keycloak's default and what its export writes,
+                // is left unsaid: a file with it says nothing on purpose.
                 self.ssl_required
                     .as_deref()
-                    .is_some_and(|s| !s.eq_ignore_ascii_case("none")),
-                "not applied: Palisade does not redirect or refuse plain-http requests; serve TLS (palisade-mtls) to require it",
+                    .is_some_and(|s| s.eq_ignore_ascii_case("all")),
+                "not applied: Palisade does not refuse plain-http requests; serve TLS (palisade-mtls) to require it",
             ),
             (
                 "use-resource-role-mappings",
@@ -154,7 +156,8 @@ impl KeycloakAdapterConfig {
             ),
             (
                 "confidential-port",
-                self.confidential_port.is_some(),
+                // 0, as Keycloak's export writes it: no port.
+                self.confidential_port.is_some_and(|p| p != 0),
                 "not applied: Palisade does not redirect to another port",
             ),
             (

@@ -92,7 +92,7 @@ pub use self::palisade::{
     AuthorizationSettingsSpec, ClientAuthMethod, DpopSpec, IntrospectionSpec, JwtSettingsSpec,
     OidcClientKeySpec, OidcLoginSpec, OidcSessionKeySpec, OidcSessionSpec, ResourceMetadataSpec,
     SessionCookieSpec, SessionKeySpec, SpnegoSettingsSpec, TokenFrom, UpstreamCredentialsSpec,
-    UpstreamTokenSpec, is_landing_uri, is_service_path,
+    UpstreamTokenSpec, is_http_url, is_landing_uri, is_service_path,
 };
 pub use self::rbac::{
     AccessRuleSpec, ConstraintSpec, EnforcementMode, RbacConfigSpec, RbacMode, RbacTargetSpec, RoleRefSpec,
@@ -437,7 +437,7 @@ impl Document {
             )),
             Spec::RbacConfig(s) => out.extend(s.warnings()),
             Spec::KeycloakAdapter(s) => out.extend(s.warnings()),
-            Spec::DestinationRule(s) => out.extend(s.warnings()),
+            Spec::DestinationRule(s) => out.extend(s.warnings(self.metadata.namespace())),
             _ => {}
         }
         out

@@ -63,8 +63,9 @@ pub struct DestinationRuleSpec {
     pub workload_selector: Option<SelectorSpec>,
     /// The namespaces the rule is exported to (`.`, `*`, or names), as in
     /// Istio. Read and checked; selection uses the namespace and
-    /// `workloadSelector` only, so any value but `*` is a warning when the
-    /// file loads.
+    /// `workloadSelector` only, so a value whose Istio meaning differs
+    /// (`~`, another namespace, a list in the root namespace) is a warning
+    /// when the file loads.
     #[serde(default)]
     pub export_to: Vec<String>,
     /// The policy for every call to the host.
@@ -76,13 +77,29 @@ pub struct DestinationRuleSpec {
 }
 
 impl DestinationRuleSpec {
-    /// What is read and checked but not applied, said aloud when the file loads.
-    pub(super) fn warnings(&self) -> Vec<FieldError> {
-        let export = (!self.export_to.is_empty() && self.export_to != ["*"]).then(|| {
+    /// What is read and checked but not applied, said aloud when the file
+    /// loads; `namespace` is the document's.
+    ///
+    /// `exportTo` is warned about where Palisade's selection differs from
+    /// it: `~` (Istio applies the rule to no caller), a list in the root
+    /// namespace (Palisade applies a root-namespace rule to every
+    /// namespace), and another namespace named elsewhere (Palisade applies
+    /// the rule to its own namespace's callers only). `.`, `*` and the
+    /// document's own namespace outside the root namespace are what
+    /// Palisade does, or its documented reading of them.
+    pub(super) fn warnings(&self, namespace: &str) -> Vec<FieldError> {
+        let root = namespace == super::DEFAULT_ROOT_NAMESPACE;
+        let differs = self.export_to.iter().position(|ns| match ns.as_str() {
+            "~" => true,
+            "*" => false,
+            "." => root,
+            other => root || other != namespace,
+        });
+        let export = differs.map(|i| {
             (
-                "spec.exportTo".to_owned(),
+                format!("spec.exportTo[{i}]"),
                 "not applied: the rule applies to the calling workloads its namespace and \
-                 workloadSelector choose"
+                 workloadSelector choose (a root-namespace rule to every namespace)"
                     .to_owned(),
             )
         });

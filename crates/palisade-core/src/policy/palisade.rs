@@ -392,11 +392,11 @@ impl JwtSettingsSpec {
                 ));
             }
             if let Some(e) = &i.endpoint
-                && !(e.starts_with("https://") || e.starts_with("http://"))
+                && !is_http_url(e)
             {
                 return Err((
                     "spec.introspection.endpoint".into(),
-                    format!("`{e}` is not an http(s) URL"),
+                    format!("`{}` is not an http(s) URL", url_without_credentials(e)),
                 ));
             }
         }
@@ -799,7 +799,7 @@ impl UpstreamCredentialsSpec {
             return Ok(());
         }
         match &t.issuer {
-            Some(i) if i.starts_with("https://") || i.starts_with("http://") => {}
+            Some(i) if is_http_url(i) => {}
             Some(_) => return Err(("spec.token.issuer".into(), "must be an http(s) URL".into())),
             None => {
                 return Err((
@@ -836,7 +836,7 @@ impl UpstreamCredentialsSpec {
 
 impl OidcLoginSpec {
     pub(super) fn check(&self) -> Result<(), FieldError> {
-        if !(self.issuer.starts_with("https://") || self.issuer.starts_with("http://")) {
+        if !is_http_url(&self.issuer) {
             return Err(("spec.issuer".into(), "must be an http(s) URL".into()));
         }
         if self.client_id.trim().is_empty() {
@@ -969,11 +969,73 @@ pub fn is_service_path(path: &str) -> bool {
             .any(|b| matches!(b, b'?' | b'#' | b'\\' | b' ') || b.is_ascii_control())
 }
 
+/// Whether `url` is an absolute `http://` or `https://` URL (the scheme in
+/// any case) with a host: a name, an IPv4 address or a bracketed IPv6
+/// address, and an optional numeric port; user information is allowed
+/// (`https://user:pass@host/`). The rule of every URL a policy file or a
+/// builder gives for an issuer, its keys or its endpoints.
+///
+/// ```
+/// use palisade_core::policy::is_http_url;
+/// assert!(is_http_url("https://kc.example:8443/realms/shop"));
+/// assert!(is_http_url("HTTP://[::1]:8080/certs"));
+/// assert!(!is_http_url("https:///certs") && !is_http_url("https://:443/"));
+/// assert!(!is_http_url("file:///etc/jwks.json") && !is_http_url("https://[::1/"));
+/// ```
+#[must_use]
+pub fn is_http_url(url: &str) -> bool {
+    http_authority(url).is_some()
+}
+
+/// The authority of an absolute http(s) URL with a valid host, as
+/// [`is_http_url`] reads it: `(user information, host and port)`.
+fn http_authority(url: &str) -> Option<(Option<&str>, &str)> {
+    if url
+        .bytes()
+        .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    {
+        return None;
+    }
+    let scheme_len = ["https://", "http://"]
+        .iter()
+        .find(|s| url.get(..s.len()).is_some_and(|p| p.eq_ignore_ascii_case(s)))?
+        .len();
+    let rest = &url[scheme_len..];
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let (user, host_port) = match authority.rsplit_once('@') {
+        Some((user, host_port)) => (Some(user), host_port),
+        None => (None, authority),
+    };
+    let (host, port) = if let Some(bracketed) = host_port.strip_prefix('[') {
+        let (inside, after) = bracketed.split_once(']')?;
+        let ipv6 = !inside.is_empty()
+            && inside
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+        (ipv6.then_some(inside)?, after)
+    } else {
+        match host_port.split_once(':') {
+            Some((host, _)) => (host, &host_port[host.len()..]),
+            None => (host_port, ""),
+        }
+    };
+    let name = |h: &str| {
+        !h.is_empty()
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'~' | b'%'))
+    };
+    let port_ok = port.is_empty()
+        || port
+            .strip_prefix(':')
+            .is_some_and(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    ((host_port.starts_with('[') || name(host)) && port_ok).then_some((user, host_port))
+}
+
 /// Where a browser may be sent (sign-in's `postLogoutRedirectUri`): a path
 /// of this service (`/`, `/bye?x=1`: a query is allowed, made absolute on
-/// the request's origin), or an absolute `https://` or `http://` URL with a
-/// host. Never `//host` (another site, written as a path), a backslash, a
-/// space or a control character.
+/// the request's origin), or an absolute http(s) URL with a host and no
+/// user information ([`is_http_url`]). Never `//host` (another site,
+/// written as a path), a backslash, a space or a control character.
 #[must_use]
 pub fn is_landing_uri(uri: &str) -> bool {
     if uri
@@ -985,14 +1047,7 @@ pub fn is_landing_uri(uri: &str) -> bool {
     if uri.starts_with('/') {
         return !uri.starts_with("//");
     }
-    let rest = uri
-        .strip_prefix("https://")
-        .or_else(|| uri.strip_prefix("http://"));
-    rest.is_some_and(|r| {
-        r.split(['/', '?', '#'])
-            .next()
-            .is_some_and(|host| !host.is_empty() && !host.contains('@'))
-    })
+    matches!(http_authority(uri), Some((None, _)))
 }
 
 /// A cookie name Palisade sets: letters, digits, `-` and `_` (no

@@ -63,9 +63,10 @@ impl RequestAuthenticationSpec {
                 ));
             }
             if let Some(uri) = &rule.jwks_uri
-                && !(uri.starts_with("https://") || uri.starts_with("http://"))
+                && !super::is_http_url(uri)
             {
-                return Err((at("jwksUri"), format!("`{uri}` is not an http(s) URL")));
+                let shown = crate::redact::url_without_credentials(uri);
+                return Err((at("jwksUri"), format!("`{shown}` is not an http(s) URL")));
             }
             let headers = rule
                 .from_headers

@@ -846,7 +846,7 @@ fn relaxations_and_fields_read_but_not_applied_are_warnings() {
         ]
     );
 
-    let kc = "apiVersion: palisade.dev/v1alpha1\nkind: KeycloakAdapter\nmetadata: {name: kc}\nspec:\n  realm: r\n  auth-server-url: https://kc\n  ssl-required: external\n  use-resource-role-mappings: true\n  enable-cors: false\n  disable-trust-manager: true\n";
+    let kc = "apiVersion: palisade.dev/v1alpha1\nkind: KeycloakAdapter\nmetadata: {name: kc}\nspec:\n  realm: r\n  auth-server-url: https://kc\n  ssl-required: all\n  use-resource-role-mappings: true\n  enable-cors: false\n  confidential-port: 0\n  disable-trust-manager: true\n";
     assert_eq!(
         warned(kc),
         [
@@ -855,21 +855,32 @@ fn relaxations_and_fields_read_but_not_applied_are_warnings() {
             (1, "spec.disable-trust-manager".into())
         ]
     );
-    assert!(warned(&kc.replace("external", "none").replace("true", "false")).is_empty());
+    // Keycloak's own export: `external` (its default) and port 0 change nothing.
+    assert!(warned(&kc.replace("all", "external").replace("true", "false")).is_empty());
     let json = r#"{"realm":"r","auth-server-url":"https://kc","allow-any-hostname":true}"#;
     assert!(KeycloakAdapterConfig::from_json_str(json, "keycloak.json").is_ok());
 
     let dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r, namespace: default}\nspec:\n  host: ratings\n  exportTo: [.]\n  subsets:\n  - {name: v1, labels: {version: v1}}\n  - name: v2\n    labels: {version: v2}\n    trafficPolicy: {tls: {mode: SIMPLE}}\n";
+    // `.`, `*` and its own namespace are what Palisade does with a rule
+    // outside the root namespace; `~`, another namespace, or a list in the
+    // root namespace are not.
+    for same in ["[.]", "['*']", "[default]"] {
+        assert_eq!(
+            warned(&dr.replace("[.]", same)),
+            [(1, "spec.subsets[1].trafficPolicy".into())],
+            "{same}"
+        );
+    }
+    for (differs, at) in [("['~']", 0), ("[default, prod]", 1)] {
+        assert_eq!(
+            warned(&dr.replace("[.]", differs))[0],
+            (1, format!("spec.exportTo[{at}]")),
+            "{differs}"
+        );
+    }
     assert_eq!(
-        warned(dr),
-        [
-            (1, "spec.exportTo".into()),
-            (1, "spec.subsets[1].trafficPolicy".into())
-        ]
-    );
-    assert_eq!(
-        warned(&dr.replace("[.]", "['*']")),
-        [(1, "spec.subsets[1].trafficPolicy".into())]
+        warned(&dr.replace("namespace: default", "namespace: istio-system"))[0],
+        (1, "spec.exportTo[0]".into())
     );
 
     // Settings for an issuer the file never verifies; not for one it does.
@@ -932,6 +943,7 @@ fn jwt_rule_fields_are_checked_when_the_file_loads() {
             "spec.jwtRules[0].outputClaimToHeaders[1].header",
         ),
         ("    jwksUri: file:///etc/jwks.json\n", "spec.jwtRules[0].jwksUri"),
+        ("    jwksUri: 'https:///certs'\n", "spec.jwtRules[0].jwksUri"),
         (
             "    fromCookies: [session, '']\n",
             "spec.jwtRules[0].fromCookies[1]",
@@ -943,6 +955,8 @@ fn jwt_rule_fields_are_checked_when_the_file_loads() {
         assert_eq!(err.field.as_deref(), Some(field), "{err}");
         assert_eq!(err.document, Some(2), "{err}");
     }
+    let secret = load_err(&rule("    jwksUri: 'ftp://keys:hunter2@a/jwks'\n")).to_string();
+    assert!(!secret.contains("hunter2"), "{secret}");
     let fine = "    fromHeaders: [{name: X-Token, prefix: 'Bearer '}]\n    outputClaimToHeaders: [{header: x-sub, claim: sub}]\n    jwksUri: https://a/jwks\n";
     assert!(PolicySet::from_yaml_str(&rule(fine), "f").is_ok());
 }
@@ -959,6 +973,9 @@ fn a_post_logout_redirect_is_a_path_here_or_an_absolute_url() {
         "/bye?from=logout",
         "https://www.example/bye",
         "http://127.0.0.1:8080/",
+        "https://shop.example:8443/bye?x=1#top",
+        "https://[::1]/",
+        "HTTPS://shop.example/",
     ] {
         assert!(PolicySet::from_yaml_str(&login(good), "f").is_ok(), "{good}");
         assert!(is_landing_uri(good), "{good}");
@@ -968,6 +985,9 @@ fn a_post_logout_redirect_is_a_path_here_or_an_absolute_url() {
         "bye",
         "javascript:alert(1)",
         "https:///path",
+        "https://:443/",
+        "https://[::1/",
+        "https://shop.example:port/",
         "https://user@evil.example/",
         "/a\\b",
         "/a b",

@@ -563,13 +563,15 @@ impl Shared {
             .arg("WITHSCORES")
             .query_async(&mut c)
             .await?;
+        // Decoded before the lock: requests read the mirror meanwhile.
+        // Scores are whole milliseconds, exact in an f64.
+        let live: Vec<Revocation> = live
+            .into_iter()
+            .filter_map(|(member, until)| decode(&member, until as u64))
+            .collect();
         let mut mirror = self.mirror.write().unwrap_or_else(PoisonError::into_inner);
-        for (member, until) in live {
-            // Scores are whole milliseconds, exact in an f64.
-            let until = until as u64;
-            if let Some(revocation) = decode(&member, until) {
-                mirror.insert(&revocation, now, usize::MAX);
-            }
+        for revocation in &live {
+            mirror.insert(revocation, now, usize::MAX);
         }
         Ok((c, last_id))
     }
