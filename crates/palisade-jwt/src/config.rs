@@ -593,11 +593,14 @@ impl ProviderBuilder {
     /// A [`ConfigError`] saying which setting cannot work.
     pub fn build(self) -> Result<Provider, ConfigError> {
         let discovered = matches!(self.jwks, JwksSource::Discovery);
-        if self.issuer.trim().is_empty() || (discovered && !is_http_url(&self.issuer)) {
+        // A pattern's URLs are checked as a tenant's would be (a tenant
+        // name may be a host label, a path segment or a port).
+        let url = |u: &str| is_http_url(&u.replace(TENANT, "0"));
+        if self.issuer.trim().is_empty() || (discovered && !url(&self.issuer)) {
             return Err(ConfigError::InvalidIssuer(self.issuer));
         }
         if let JwksSource::Uri(u) = &self.jwks
-            && !is_http_url(u)
+            && !url(u)
         {
             return Err(ConfigError::InvalidJwksUri(url_without_credentials(u)));
         }

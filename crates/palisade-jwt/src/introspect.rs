@@ -261,6 +261,10 @@ pub(crate) struct Introspector {
     /// discovery at a time (calls that need it meanwhile wait for it); a
     /// failed one is tried again by the next call.
     discovered: tokio::sync::OnceCell<Arc<str>>,
+    /// When the last discovery failed: the calls waiting for one fail at
+    /// once until `min_refresh_interval` has passed, rather than each
+    /// trying again in turn against an issuer that is down.
+    discovery_failed: Mutex<Option<std::time::Instant>>,
     cache: TokenCache<Arc<Answer>>,
     in_flight: Mutex<HashMap<TokenKey, watch::Receiver<Option<Outcome>>>>,
     permits: Semaphore,
@@ -348,6 +352,7 @@ impl Introspector {
             fetch,
             runtime,
             discovered: tokio::sync::OnceCell::new(),
+            discovery_failed: Mutex::new(None),
             in_flight: Mutex::new(HashMap::new()),
         })
     }
@@ -540,10 +545,24 @@ impl Introspector {
         if let Some(e) = &self.cfg.endpoint {
             return Ok(e.as_str().into());
         }
-        self.discovered
-            .get_or_try_init(|| self.discover(client))
-            .await
-            .map(Arc::clone)
+        let discover = || async {
+            let failed = *self
+                .discovery_failed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if failed.is_some_and(|t| t.elapsed() < self.fetch.min_refresh_interval) {
+                return Err(format!("{}: discovery failed moments ago", self.issuer));
+            }
+            let found = self.discover(client).await;
+            if found.is_err() {
+                *self
+                    .discovery_failed
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(std::time::Instant::now());
+            }
+            found
+        };
+        self.discovered.get_or_try_init(discover).await.map(Arc::clone)
     }
 
     /// The endpoint the issuer's discovery document names.
@@ -572,8 +591,9 @@ impl Introspector {
 mod tests {
     use super::*;
 
-    /// Calls that need the endpoint at once make one discovery request at
-    /// a time, a failed one is tried again, and a found endpoint is kept.
+    /// Calls that need the endpoint at once make one discovery request; a
+    /// failure is shared by the calls waiting for it and those of the next
+    /// `min_refresh_interval`, then tried again; a found endpoint is kept.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_endpoint_is_discovered_once_for_calls_at_once() {
         use std::io::{Read as _, Write as _};
@@ -609,7 +629,8 @@ mod tests {
                 });
             }
         });
-        let fetch = FetchSettings::default();
+        let mut fetch = FetchSettings::default();
+        fetch.min_refresh_interval = Duration::from_millis(300);
         let introspector = Arc::new(
             Introspector::new(
                 &issuer,
@@ -628,15 +649,20 @@ mod tests {
             }
             calls.join_all()
         };
-        // The first discovery's caller has its failure; the next waiting
-        // call tries again, and the others take what it found.
+        // The first discovery fails; the calls waiting for it fail at once
+        // rather than each asking again.
+        assert!(all(6).await.iter().all(Result::is_err));
+        assert_eq!(asked.load(Ordering::SeqCst), 1, "one discovery for six calls");
+        assert!(all(6).await.iter().all(Result::is_err), "within the interval");
+        assert_eq!(asked.load(Ordering::SeqCst), 1);
+        // After it, one call asks again, and the others take what it found.
+        tokio::time::sleep(Duration::from_millis(350)).await;
         let found = all(6).await;
         let endpoint = format!("{issuer}/introspect");
-        assert_eq!(found.iter().filter(|e| e.is_err()).count(), 1, "{found:?}");
-        assert!(found.iter().flatten().all(|e| **e == *endpoint), "{found:?}");
-        assert_eq!(asked.load(Ordering::SeqCst), 2, "two discoveries for six calls");
+        assert!(found.iter().all(|e| e.as_deref() == Ok(&*endpoint)), "{found:?}");
+        assert_eq!(asked.load(Ordering::SeqCst), 2);
         // Kept.
-        assert!(all(6).await.iter().all(Result::is_ok));
+        introspector.endpoint(&client).await.unwrap();
         assert_eq!(asked.load(Ordering::SeqCst), 2);
     }
 

@@ -63,7 +63,7 @@ impl RequestAuthenticationSpec {
                 ));
             }
             if let Some(uri) = &rule.jwks_uri
-                && !super::is_http_url(uri)
+                && !super::is_http_url(&uri.replace("{tenant}", "0"))
             {
                 let shown = crate::redact::url_without_credentials(uri);
                 return Err((at("jwksUri"), format!("`{shown}` is not an http(s) URL")));
