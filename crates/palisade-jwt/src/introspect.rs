@@ -629,8 +629,10 @@ mod tests {
                 });
             }
         });
-        let mut fetch = FetchSettings::default();
-        fetch.min_refresh_interval = Duration::from_millis(300);
+        let fetch = FetchSettings {
+            min_refresh_interval: Duration::from_millis(300),
+            ..FetchSettings::default()
+        };
         let introspector = Arc::new(
             Introspector::new(
                 &issuer,
