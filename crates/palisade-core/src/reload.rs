@@ -201,7 +201,10 @@ impl PolicyReloader {
         Ok(())
     }
 
-    /// Reloads on every `SIGHUP`, from a task on the current tokio runtime.
+    /// Reloads on every `SIGHUP`, from a task on the current tokio runtime
+    /// (reading and compiling on its blocking pool). The task lives as long
+    /// as the runtime and keeps this reloader: call it once, at start-up,
+    /// not from a per-worker factory (each call adds a reload per signal).
     ///
     /// # Errors
     /// When the signal handler cannot be installed.

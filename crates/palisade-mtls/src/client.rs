@@ -208,12 +208,15 @@ impl ClientTls {
         files::reload_if_changed(self)
     }
 
-    /// Watches the files every `interval` from a background thread.
+    /// Watches the files every `interval` from a background thread, which
+    /// lives as long as the process: call it once per `ClientTls`.
     pub fn watch(&self, interval: Duration) {
         files::watch(self, interval);
     }
 
-    /// Reloads on `SIGHUP`, from a task on the current tokio runtime.
+    /// Reloads on `SIGHUP`, from a task on the current tokio runtime (the
+    /// files are read on its blocking pool). The task lives as long as the
+    /// runtime: call it once per `ClientTls`.
     ///
     /// # Errors
     /// When the signal handler cannot be installed.

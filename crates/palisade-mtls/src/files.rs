@@ -131,7 +131,9 @@ pub(crate) fn reload_on_sighup<R: Reload>(r: &R) -> std::io::Result<()> {
     let this = r.clone();
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            let _ = this.reload();
+            // Reading files and parsing keys are blocking work.
+            let reloader = this.clone();
+            let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
         }
     });
     Ok(())

@@ -294,12 +294,15 @@ impl ServerTls {
 
     /// Watches the files from a background thread, every `interval`, and
     /// reloads on change. Returns at once; the thread lives as long as the
-    /// process.
+    /// process (it keeps this material in use by every listener built from
+    /// it), so call it once per `ServerTls`: each call starts a thread.
     pub fn watch(&self, interval: Duration) {
         files::watch(self, interval);
     }
 
-    /// Reloads on `SIGHUP`, from a task on the current tokio runtime.
+    /// Reloads on `SIGHUP`, from a task on the current tokio runtime (the
+    /// files are read on its blocking pool). The task lives as long as the
+    /// runtime: call it once per `ServerTls`, not per worker.
     ///
     /// # Errors
     /// When the signal handler cannot be installed.
