@@ -766,10 +766,50 @@ async fn a_session_too_large_for_cookies_is_stored_sealed() {
         let value = cli(&["GET", key]);
         let holds = |needle: &[u8]| value.windows(needle.len()).any(|w| w == needle);
         assert!(value.len() > 30_000, "{key}: {} bytes", value.len());
-        for needle in [&b"role-01234"[..], b"eyJhbGci", b"\"sub\":\"alice\""] {
+        for needle in [&b"\"at\":\"eyJ"[..], b"eyJhbGci", b"\"sub\":\"alice\""] {
             assert!(!holds(needle), "{key} holds {}", String::from_utf8_lossy(needle));
         }
         sessions += 1;
     }
     assert_eq!(sessions, 1, "one stored session among {keys:?}");
+}
+
+/// A session that outgrows its cookies at a refresh (here the refreshed
+/// access token carries a large claim) is stored under one key, whichever of the
+/// requests that waited for the refresh writes it: each of their cookies
+/// opens it on the other replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_outgrows_its_cookies_at_a_refresh_is_stored_under_one_key() {
+    let redis = palisade::testkit::redis::RedisServer::start()
+        .expect("redis-server (sudo apt-get install redis-server)");
+    // Tokens live 30 s, the refresh margin: every request refreshes.
+    let f = fixture(Duration::from_secs(30));
+    let yaml = policy(&f.issuer, &f.key_file, &format!("    store: {}\n", redis.url()));
+    let (a, b) = serve_both(|| guard_from(&yaml));
+    ready(&a).await;
+    ready(&b).await;
+    let small = sign_in(&a, &f.issuer).await;
+    assert!(
+        small.session().is_some_and(|c| c.len() > 1_000),
+        "inline at first"
+    );
+    f.issuer.pad_access_tokens(40_000);
+    // Two requests of the session at once: one refresh, two writes.
+    let whoami = format!("{a}/whoami");
+    let (one, two) = tokio::join!(get(&whoami, &small, false), get(&whoami, &small, false));
+    let mut cookies = Vec::new();
+    for answer in [&one, &two] {
+        assert_eq!(answer.status, 200, "{answer:?}");
+        let mut jar = small.clone();
+        jar.take(answer);
+        assert!(
+            jar.session().is_some_and(|c| c.len() < 1_000),
+            "stored: {answer:?}"
+        );
+        cookies.push(jar);
+    }
+    for jar in &cookies {
+        let who = get(&format!("{b}/whoami"), jar, false).await;
+        assert_eq!(who.status, 200, "each cookie opens the stored session: {who:?}");
+    }
 }

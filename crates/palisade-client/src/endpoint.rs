@@ -322,7 +322,7 @@ impl<K> GrantBuilder<K> {
         if !palisade_core::policy::is_http_url(&self.issuer) {
             return Err(ClientError::Config(format!(
                 "the issuer `{}` is not an http(s) URL",
-                self.issuer
+                palisade_core::authn::url_without_credentials(&self.issuer)
             )));
         }
         if self.client_id.is_empty() {

@@ -597,7 +597,7 @@ impl ProviderBuilder {
         // name may be a host label, a path segment or a port).
         let url = |u: &str| is_http_url(&u.replace(TENANT, "0"));
         if self.issuer.trim().is_empty() || (discovered && !url(&self.issuer)) {
-            return Err(ConfigError::InvalidIssuer(self.issuer));
+            return Err(ConfigError::InvalidIssuer(url_without_credentials(&self.issuer)));
         }
         if let JwksSource::Uri(u) = &self.jwks
             && !url(u)
@@ -684,7 +684,7 @@ impl ProviderBuilder {
         }
         if let Some(i) = &self.introspection {
             if i.endpoint.is_none() && !is_http_url(&self.issuer) {
-                return Err(ConfigError::InvalidIssuer(self.issuer));
+                return Err(ConfigError::InvalidIssuer(url_without_credentials(&self.issuer)));
             }
             i.check(&self.issuer)?;
         }

@@ -21,8 +21,8 @@ use crate::config::{ClientAuth, Config, SecretMethod, SignInBuilder, SignInError
 use crate::cookie::{CookieKey, CookieSealer, Opened, RawCookie, SealError};
 use crate::provider::{Issuer, Metadata, TokenError, form_encode, param, param_count};
 use crate::session::{
-    Cache, Live, Payload, Session, Successors, at, now, now_ms, now_us, open_stored, seal_stored,
-    unverified_claims,
+    Cache, Live, Payload, Session, Successors, at, new_store_key, now, now_ms, now_us, open_stored,
+    seal_stored, unverified_claims,
 };
 use crate::store::{MemoryStore, Revocation, SessionRef, SessionStore};
 
@@ -268,7 +268,7 @@ impl SignInBuilder {
         if !palisade_core::policy::is_http_url(&config.issuer) {
             return Err(SignInError::Config(format!(
                 "the issuer `{}` is not an http(s) URL",
-                config.issuer
+                palisade_core::authn::url_without_credentials(&config.issuer)
             )));
         }
         if config.client_id.is_empty() {
@@ -811,13 +811,16 @@ impl SignIn {
             (session.created_secs() + c.absolute_timeout.as_secs()).saturating_sub(now()),
         );
         // Sealed with a key only the cookie holds: the store alone shows no token.
-        let (sealed, key) = seal_stored(&session.id, inline, session.store_key.as_deref()).ok_or(())?;
+        // A session first stored here (at sign-in, or an earlier release's)
+        // gets its key now; sessions refreshed here have theirs already.
+        let key = session.store_key.clone().or_else(new_store_key).ok_or(())?;
+        let sealed = seal_stored(&session.id, inline, &key).ok_or(())?;
         self.0.store.put(&session.id, sealed, ttl).await.map_err(|e| {
             tracing::warn!(target: LOG_TARGET, error = %e, "a session too large for cookies cannot be stored");
         })?;
         let reference = serde_json::to_vec(&Payload::Stored {
             id: session.id.clone(),
-            key: Some(key),
+            key: Some(key.to_string()),
         })
         .map_err(|_| ())?;
         sealer.seal(&reference, None, previous_chunks).map_err(|_| ())
@@ -1015,6 +1018,13 @@ impl SignIn {
                     }
                 }
                 next.seen = t;
+                // The successor may outgrow its cookies: it has its store
+                // key before any request seals it, so every write of it
+                // (by each request that waited for this refresh, on every
+                // replica) uses the one key its cookies carry.
+                if next.store_key.is_none() {
+                    next.store_key = new_store_key();
+                }
                 tracing::debug!(target: LOG_TARGET, subject = %next.sub, "session tokens refreshed");
                 let next = Arc::new(Live::new(next, &c.issuer, None));
                 self.0.successors.insert(Arc::clone(&next));

@@ -123,20 +123,19 @@ fn stored_aad(id: &str) -> Vec<u8> {
     [&b"palisade stored session v1\0"[..], id.as_bytes()].concat()
 }
 
+/// A new key for a stored session (base64url of 32 random bytes).
+pub(crate) fn new_store_key() -> Option<Arc<str>> {
+    let mut bytes = [0u8; 32];
+    SystemRandom::new().fill(&mut bytes).ok()?;
+    Some(URL_SAFE_NO_PAD.encode(bytes).into())
+}
+
 /// Seals a session for the store, bound to its id, with `key` (its
-/// cookie's, base64url of 32 bytes) or a new random one: `(sealed, key)`.
-/// A session keeps its key for life (a fresh nonce per write), so every
-/// cookie issued for it opens what is stored last.
-pub(crate) fn seal_stored(id: &str, mut plaintext: Vec<u8>, key: Option<&str>) -> Option<(Vec<u8>, String)> {
-    let (bytes, text) = match key {
-        Some(text) => (URL_SAFE_NO_PAD.decode(text).ok()?, text.to_owned()),
-        None => {
-            let mut bytes = vec![0u8; 32];
-            SystemRandom::new().fill(&mut bytes).ok()?;
-            let text = URL_SAFE_NO_PAD.encode(&bytes);
-            (bytes, text)
-        }
-    };
+/// cookie's, from [`new_store_key`]). A session keeps its key for life (a
+/// fresh nonce per write), so every cookie issued for it opens what is
+/// stored last.
+pub(crate) fn seal_stored(id: &str, mut plaintext: Vec<u8>, key: &str) -> Option<Vec<u8>> {
+    let bytes = URL_SAFE_NO_PAD.decode(key).ok()?;
     let sealer = RandomizedNonceKey::new(&AES_256_GCM, &bytes).ok()?;
     let nonce = sealer
         .seal_in_place_append_tag(Aad::from(stored_aad(id)), &mut plaintext)
@@ -144,7 +143,7 @@ pub(crate) fn seal_stored(id: &str, mut plaintext: Vec<u8>, key: Option<&str>) -
     let mut sealed = Vec::with_capacity(NONCE_LEN + plaintext.len());
     sealed.extend_from_slice(nonce.as_ref());
     sealed.extend_from_slice(&plaintext);
-    Some((sealed, text))
+    Some(sealed)
 }
 
 /// Opens what [`seal_stored`] sealed for `id` with `key`; `None` when it
@@ -390,18 +389,18 @@ mod tests {
 
     #[test]
     fn a_stored_session_opens_with_its_key_for_its_id_only() {
-        let (sealed, key) = seal_stored("s1", b"{\"at\":\"token\"}".to_vec(), None).unwrap();
+        let key = new_store_key().unwrap();
+        let sealed = seal_stored("s1", b"{\"at\":\"token\"}".to_vec(), &key).unwrap();
         assert!(!sealed.windows(5).any(|w| w == b"token"));
         assert_eq!(
             open_stored("s1", &key, sealed.clone()).as_deref(),
             Some(&b"{\"at\":\"token\"}"[..])
         );
-        // The session's next write keeps its key, with a fresh nonce.
-        let (again, same) = seal_stored("s1", b"{\"at\":\"token\"}".to_vec(), Some(&key)).unwrap();
-        assert_eq!(same, key);
+        // The session's next write: its key, a fresh nonce.
+        let again = seal_stored("s1", b"{\"at\":\"token\"}".to_vec(), &key).unwrap();
         assert_ne!(again, sealed);
         assert!(open_stored("s1", &key, again).is_some());
-        let (_, other_key) = seal_stored("s2", b"x".to_vec(), None).unwrap();
+        let other_key = new_store_key().unwrap();
         assert_ne!(key, other_key, "a key per session");
         assert_eq!(
             open_stored("s2", &key, sealed.clone()),

@@ -122,6 +122,8 @@ pub(crate) struct SignIn {
     auto_user: Option<String>,
     refuse_refresh: bool,
     pub(crate) refresh_delay: std::time::Duration,
+    /// What [`TestIssuer::pad_access_tokens`] set.
+    access_token_padding: usize,
     codes: HashMap<String, CodeGrant>,
     sessions: HashMap<String, Session>,
     refresh_tokens: HashMap<String, RefreshGrant>,
@@ -421,6 +423,14 @@ impl TestIssuer {
     /// (the refresh token is not spent, so it works again once switched off).
     pub fn refuse_refresh(&self, refuse: bool) {
         lock(&self.state.signin).refuse_refresh = refuse;
+    }
+
+    /// Access tokens the token endpoint issues from now on (code exchanges
+    /// and refreshes) carry a `padding` claim of `bytes` characters, as a
+    /// user with many roles or groups makes them large; 0 (the default)
+    /// adds none.
+    pub fn pad_access_tokens(&self, bytes: usize) {
+        lock(&self.state.signin).access_token_padding = bytes;
     }
 
     /// The answer to each `refresh_token` grant is sent this long after
@@ -1156,14 +1166,18 @@ fn issue(state: &State, grant: &Grant) -> Value {
         .get(&grant.user)
         .map(|u| u.roles.iter().map(String::as_str).collect())
         .unwrap_or_default();
-    let access_token = state
+    let padding = lock(&state.signin).access_token_padding;
+    let mut access_token = state
         .token()
         .subject(&grant.user)
         .realm_roles(&roles)
         .scope(&grant.scope)
         .claim("azp", json!(grant.client_id))
-        .claim("sid", json!(grant.sid))
-        .sign();
+        .claim("sid", json!(grant.sid));
+    if padding > 0 {
+        access_token = access_token.claim("padding", json!("p".repeat(padding)));
+    }
+    let access_token = access_token.sign();
     let mut id_token = state
         .token()
         .subject(&grant.user)

@@ -438,6 +438,7 @@ impl Document {
             Spec::RbacConfig(s) => out.extend(s.warnings()),
             Spec::KeycloakAdapter(s) => out.extend(s.warnings()),
             Spec::DestinationRule(s) => out.extend(s.warnings(self.metadata.namespace())),
+            Spec::SpnegoSettings(s) => out.extend(s.warnings()),
             _ => {}
         }
         out

@@ -84,7 +84,9 @@ impl DestinationRuleSpec {
     /// it: `~` (Istio applies the rule to no caller), a list in the root
     /// namespace (Palisade applies a root-namespace rule to every
     /// namespace), and another namespace named elsewhere (Palisade applies
-    /// the rule to its own namespace's callers only). `.`, `*` and the
+    /// the rule to its own namespace's callers only). The root namespace is
+    /// the default one, `istio-system`: a file loads before any workload,
+    /// whose root namespace may be another, is known. `.`, `*` and the
     /// document's own namespace outside the root namespace are what
     /// Palisade does, or its documented reading of them.
     pub(super) fn warnings(&self, namespace: &str) -> Vec<FieldError> {

@@ -477,6 +477,22 @@ pub struct SpnegoSettingsSpec {
 }
 
 impl SpnegoSettingsSpec {
+    /// The relaxation it can make, said aloud when the file loads.
+    pub(super) fn warnings(&self) -> Vec<FieldError> {
+        self.session_cookie
+            .as_ref()
+            .filter(|c| c.insecure_over_http)
+            .map(|_| {
+                (
+                    "spec.sessionCookie.insecureOverHttp".to_owned(),
+                    "session cookies are sent without `Secure`: over plain HTTP too (development only)"
+                        .to_owned(),
+                )
+            })
+            .into_iter()
+            .collect()
+    }
+
     pub(super) fn check(&self) -> Result<(), FieldError> {
         if let Some(c) = &self.session_cookie {
             if c.keys.is_empty() {
@@ -969,18 +985,23 @@ pub fn is_service_path(path: &str) -> bool {
             .any(|b| matches!(b, b'?' | b'#' | b'\\' | b' ') || b.is_ascii_control())
 }
 
-/// Whether `url` is an absolute `http://` or `https://` URL (the scheme in
-/// any case) with a host: a name, an IPv4 address or a bracketed IPv6
-/// address, and an optional numeric port; user information is allowed
-/// (`https://user:pass@host/`). The rule of every URL a policy file or a
-/// builder gives for an issuer, its keys or its endpoints.
+/// Whether `url` is an absolute `http://` or `https://` URL with a host: a
+/// name (non-ASCII allowed), an IPv4 address or a bracketed IPv6 address,
+/// and an optional port (at most 65535); user information is allowed
+/// (`https://user:pass@host/`). The scheme is in lower case, as an issuer
+/// is compared exactly with the `iss` of its tokens and its discovery
+/// document. No backslash (a URL parser reads it as `/`), white space or
+/// control character. The rule of every URL a policy file or a builder
+/// gives for an issuer, its keys or its endpoints.
 ///
 /// ```
 /// use palisade_core::policy::is_http_url;
 /// assert!(is_http_url("https://kc.example:8443/realms/shop"));
-/// assert!(is_http_url("HTTP://[::1]:8080/certs"));
+/// assert!(is_http_url("http://[::1]:8080/certs") && is_http_url("https://bücher.example/"));
 /// assert!(!is_http_url("https:///certs") && !is_http_url("https://:443/"));
+/// assert!(!is_http_url("HTTPS://kc.example/") && !is_http_url("https://kc.example:70000/"));
 /// assert!(!is_http_url("file:///etc/jwks.json") && !is_http_url("https://[::1/"));
+/// assert!(!is_http_url("https://evil\\@good.example/"));
 /// ```
 #[must_use]
 pub fn is_http_url(url: &str) -> bool {
@@ -992,43 +1013,39 @@ pub fn is_http_url(url: &str) -> bool {
 fn http_authority(url: &str) -> Option<(Option<&str>, &str)> {
     if url
         .bytes()
-        .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        .any(|b| b == b'\\' || b.is_ascii_whitespace() || b.is_ascii_control())
     {
         return None;
     }
-    let scheme_len = ["https://", "http://"]
-        .iter()
-        .find(|s| url.get(..s.len()).is_some_and(|p| p.eq_ignore_ascii_case(s)))?
-        .len();
-    let rest = &url[scheme_len..];
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))?;
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
     let (user, host_port) = match authority.rsplit_once('@') {
         Some((user, host_port)) => (Some(user), host_port),
         None => (None, authority),
     };
-    let (host, port) = if let Some(bracketed) = host_port.strip_prefix('[') {
+    let (host_ok, port) = if let Some(bracketed) = host_port.strip_prefix('[') {
         let (inside, after) = bracketed.split_once(']')?;
-        let ipv6 = !inside.is_empty()
+        let ipv6 = inside.contains(':')
             && inside
                 .bytes()
                 .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
-        (ipv6.then_some(inside)?, after)
+        (ipv6, after)
     } else {
-        match host_port.split_once(':') {
-            Some((host, _)) => (host, &host_port[host.len()..]),
-            None => (host_port, ""),
-        }
+        let host = host_port.split(':').next().unwrap_or_default();
+        let name = host.bytes().any(|b| b.is_ascii_alphanumeric() || !b.is_ascii())
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || !b.is_ascii() || matches!(b, b'.' | b'-' | b'_'));
+        (name, &host_port[host.len()..])
     };
-    let name = |h: &str| {
-        !h.is_empty()
-            && h.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'~' | b'%'))
-    };
+    // `:` alone is an empty port, as the URL standard allows.
     let port_ok = port.is_empty()
-        || port
-            .strip_prefix(':')
-            .is_some_and(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
-    ((host_port.starts_with('[') || name(host)) && port_ok).then_some((user, host_port))
+        || port.strip_prefix(':').is_some_and(|p| {
+            p.is_empty() || (p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok())
+        });
+    (host_ok && port_ok).then_some((user, host_port))
 }
 
 /// Where a browser may be sent (sign-in's `postLogoutRedirectUri`): a path

@@ -883,6 +883,13 @@ fn relaxations_and_fields_read_but_not_applied_are_warnings() {
         (1, "spec.exportTo[0]".into())
     );
 
+    let spnego = "apiVersion: palisade.dev/v1alpha1\nkind: SpnegoSettings\nmetadata: {name: k}\nspec:\n  sessionCookie:\n    keys: [{id: 1, keyFile: /k}]\n    insecureOverHttp: true\n";
+    assert_eq!(
+        warned(spnego),
+        [(1, "spec.sessionCookie.insecureOverHttp".into())]
+    );
+    assert!(warned(&spnego.replace("true", "false")).is_empty());
+
     // Settings for an issuer the file never verifies; not for one it does.
     let settings = "apiVersion: palisade.dev/v1alpha1\nkind: JwtSettings\nmetadata: {name: s}\nspec: {issuer: 'https://idp.example/realms/a', leeway: 30s}\n\
                     ---\napiVersion: palisade.dev/v1alpha1\nkind: JwtSettings\nmetadata: {name: t}\nspec: {issuer: 'https://kc/realms/r', leeway: 30s}\n\
@@ -975,7 +982,7 @@ fn a_post_logout_redirect_is_a_path_here_or_an_absolute_url() {
         "http://127.0.0.1:8080/",
         "https://shop.example:8443/bye?x=1#top",
         "https://[::1]/",
-        "HTTPS://shop.example/",
+        "https://bücher.example/",
     ] {
         assert!(PolicySet::from_yaml_str(&login(good), "f").is_ok(), "{good}");
         assert!(is_landing_uri(good), "{good}");
@@ -988,6 +995,9 @@ fn a_post_logout_redirect_is_a_path_here_or_an_absolute_url() {
         "https://:443/",
         "https://[::1/",
         "https://shop.example:port/",
+        "https://shop.example:70000/",
+        "HTTPS://shop.example/",
+        "https://[.]/",
         "https://user@evil.example/",
         "/a\\b",
         "/a b",
