@@ -28,7 +28,7 @@ use palisade_core::adapter::Reply;
 use palisade_core::authn::{AuthOutcome, Authenticator, OwnedRequest};
 use serde_json::{Map, Value};
 
-use crate::common::{now, payload, signer, strict_json, strict_params, wait};
+use crate::common::{now, payload, runtime, signer, strict_json, strict_params, wait};
 use crate::signin::{CLIENT, cookie_header, online, session_sealer};
 
 const EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
@@ -45,7 +45,12 @@ fn post(body: &[u8]) -> Reply {
         panic!("the back-channel logout endpoint did not answer")
     };
     assert_eq!(reply.body_wanted(), Some(BODY_LIMIT));
-    wait(reply.finish_with_body(Ok(body.to_vec())))
+    // The body in one chunk, as a framework would hand it over.
+    let mut chunk = Some(body.to_vec());
+    let next = move |_: &mut std::task::Context<'_>| {
+        std::task::Poll::Ready(chunk.take().map(|c| Ok::<_, ()>(Some(c))))
+    };
+    runtime().block_on(reply.finish_from_body(next))
 }
 
 /// Whether `claims` may be accepted: what the spec requires, checked by
