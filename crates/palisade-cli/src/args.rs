@@ -278,10 +278,7 @@ pub(crate) fn header(text: &str) -> Result<(String, String), String> {
 
 /// An HTTP header name (RFC 9110 token).
 pub(crate) fn is_header_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    palisade_core::policy::is_http_token(name)
 }
 
 /// A JSON object of claims.

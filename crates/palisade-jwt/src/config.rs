@@ -758,10 +758,8 @@ pub(crate) fn is_loopback_url(s: &str) -> bool {
 }
 
 fn check_header_name(name: &str) -> Result<(), ConfigError> {
-    let ok = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.!#$%&'*+^`|~".contains(&b));
+    // Lower case: sources and outputs are matched and set by that name.
+    let ok = palisade_core::policy::is_http_token(name) && !name.bytes().any(|b| b.is_ascii_uppercase());
     if ok {
         Ok(())
     } else {

@@ -499,10 +499,7 @@ impl CookieSealerBuilder {
 
 /// RFC 9110 `token`, at most 128 characters.
 fn valid_name(name: &str) -> bool {
-    (1..=MAX_NAME_LEN).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    name.len() <= MAX_NAME_LEN && palisade_core::policy::is_http_token(name)
 }
 
 /// Seals values into cookies and opens them from requests; see the module
@@ -720,15 +717,8 @@ impl CookieSealer {
             let len = VERSION.len() + 2 + key.id.len() + 1 + body_len;
             return Err(SealError::TooLarge { len, max });
         };
-        let mut in_out = Vec::with_capacity(plaintext.len() + TAG_LEN);
-        in_out.extend_from_slice(plaintext);
-        let nonce = key
-            .key
-            .seal_in_place_append_tag(Aad::from(aad.as_slice()), &mut in_out)
-            .map_err(|_| SealError::Crypto)?;
-        let mut sealed = Vec::with_capacity(sealed_len);
-        sealed.extend_from_slice(nonce.as_ref());
-        sealed.extend_from_slice(&in_out);
+        let sealed = seal_framed(&key.key, aad, plaintext).ok_or(SealError::Crypto)?;
+        debug_assert_eq!(sealed.len(), sealed_len);
         let mut value = String::with_capacity(total);
         value.push_str(VERSION);
         value.push_str(&count.to_string());
@@ -898,26 +888,47 @@ impl CookieSealer {
             .position(|(k, _)| k.id == id)
             .ok_or(InvalidCookie::UnknownKey)?;
         let (key, aad) = &inner.keys[position];
-        let mut bytes = URL_SAFE_NO_PAD
+        let bytes = URL_SAFE_NO_PAD
             .decode(body)
             .map_err(|_| InvalidCookie::Malformed)?;
         if bytes.len() < NONCE_LEN + TAG_LEN {
             return Err(InvalidCookie::Malformed);
         }
-        let nonce =
-            Nonce::try_assume_unique_for_key(&bytes[..NONCE_LEN]).map_err(|_| InvalidCookie::Malformed)?;
-        let len = key
-            .key
-            .open_in_place(nonce, Aad::from(aad.as_slice()), &mut bytes[NONCE_LEN..])
-            .map_err(|_| InvalidCookie::Tampered)?
-            .len();
-        bytes.copy_within(NONCE_LEN..NONCE_LEN + len, 0);
-        bytes.truncate(len);
+        let plaintext = open_framed(&key.key, aad, bytes).ok_or(InvalidCookie::Tampered)?;
         Ok(Unsealed {
-            plaintext: bytes,
+            plaintext,
             current_key: position == 0,
         })
     }
+}
+
+/// `nonce ‖ ciphertext ‖ tag`: `plaintext` sealed with AES-256-GCM under
+/// `key` and a fresh random nonce, bound to `aad`. The framing of session
+/// cookies and of sessions kept in the store.
+pub(crate) fn seal_framed(key: &RandomizedNonceKey, aad: &[u8], plaintext: &[u8]) -> Option<Vec<u8>> {
+    let mut in_out = Vec::with_capacity(plaintext.len() + TAG_LEN);
+    in_out.extend_from_slice(plaintext);
+    let nonce = key.seal_in_place_append_tag(Aad::from(aad), &mut in_out).ok()?;
+    let mut sealed = Vec::with_capacity(NONCE_LEN + in_out.len());
+    sealed.extend_from_slice(nonce.as_ref());
+    sealed.extend_from_slice(&in_out);
+    Some(sealed)
+}
+
+/// The plaintext of what [`seal_framed`] sealed with `key` and `aad`;
+/// `None` when it does not open (too short, another key or AAD, tampered).
+pub(crate) fn open_framed(key: &RandomizedNonceKey, aad: &[u8], mut sealed: Vec<u8>) -> Option<Vec<u8>> {
+    if sealed.len() < NONCE_LEN + TAG_LEN {
+        return None;
+    }
+    let nonce = Nonce::try_assume_unique_for_key(&sealed[..NONCE_LEN]).ok()?;
+    let len = key
+        .open_in_place(nonce, Aad::from(aad), &mut sealed[NONCE_LEN..])
+        .ok()?
+        .len();
+    sealed.copy_within(NONCE_LEN..NONCE_LEN + len, 0);
+    sealed.truncate(len);
+    Some(sealed)
 }
 
 /// The fewest chunks `v1.<n>.<id>.<body>` splits into, with the value's

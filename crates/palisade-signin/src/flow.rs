@@ -814,7 +814,7 @@ impl SignIn {
         // A session first stored here (at sign-in, or an earlier release's)
         // gets its key now; sessions refreshed here have theirs already.
         let key = session.store_key.clone().or_else(new_store_key).ok_or(())?;
-        let sealed = seal_stored(&session.id, inline, &key).ok_or(())?;
+        let sealed = seal_stored(&session.id, &inline, &key).ok_or(())?;
         self.0.store.put(&session.id, sealed, ttl).await.map_err(|e| {
             tracing::warn!(target: LOG_TARGET, error = %e, "a session too large for cookies cannot be stored");
         })?;

@@ -6,13 +6,15 @@ use std::fmt;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use aws_lc_rs::aead::{AES_256_GCM, Aad, NONCE_LEN, Nonce, RandomizedNonceKey};
+use aws_lc_rs::aead::{AES_256_GCM, RandomizedNonceKey};
 use aws_lc_rs::rand::{SecureRandom as _, SystemRandom};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use palisade_core::{Identity, TokenClaims, Verification};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+
+use crate::cookie::{open_framed, seal_framed};
 
 /// Seconds since the epoch.
 pub(crate) fn now() -> u64 {
@@ -134,34 +136,16 @@ pub(crate) fn new_store_key() -> Option<Arc<str>> {
 /// cookie's, from [`new_store_key`]). A session keeps its key for life (a
 /// fresh nonce per write), so every cookie issued for it opens what is
 /// stored last.
-pub(crate) fn seal_stored(id: &str, mut plaintext: Vec<u8>, key: &str) -> Option<Vec<u8>> {
-    let bytes = URL_SAFE_NO_PAD.decode(key).ok()?;
-    let sealer = RandomizedNonceKey::new(&AES_256_GCM, &bytes).ok()?;
-    let nonce = sealer
-        .seal_in_place_append_tag(Aad::from(stored_aad(id)), &mut plaintext)
-        .ok()?;
-    let mut sealed = Vec::with_capacity(NONCE_LEN + plaintext.len());
-    sealed.extend_from_slice(nonce.as_ref());
-    sealed.extend_from_slice(&plaintext);
-    Some(sealed)
+pub(crate) fn seal_stored(id: &str, plaintext: &[u8], key: &str) -> Option<Vec<u8>> {
+    let key = RandomizedNonceKey::new(&AES_256_GCM, &URL_SAFE_NO_PAD.decode(key).ok()?).ok()?;
+    seal_framed(&key, &stored_aad(id), plaintext)
 }
 
 /// Opens what [`seal_stored`] sealed for `id` with `key`; `None` when it
 /// does not open (another session's data, a wrong key, tampering).
-pub(crate) fn open_stored(id: &str, key: &str, mut sealed: Vec<u8>) -> Option<Vec<u8>> {
-    let bytes = URL_SAFE_NO_PAD.decode(key).ok()?;
-    let opener = RandomizedNonceKey::new(&AES_256_GCM, &bytes).ok()?;
-    if sealed.len() < NONCE_LEN {
-        return None;
-    }
-    let nonce = Nonce::try_assume_unique_for_key(&sealed[..NONCE_LEN]).ok()?;
-    let plain_len = opener
-        .open_in_place(nonce, Aad::from(stored_aad(id)), &mut sealed[NONCE_LEN..])
-        .ok()?
-        .len();
-    sealed.drain(..NONCE_LEN);
-    sealed.truncate(plain_len);
-    Some(sealed)
+pub(crate) fn open_stored(id: &str, key: &str, sealed: Vec<u8>) -> Option<Vec<u8>> {
+    let key = RandomizedNonceKey::new(&AES_256_GCM, &URL_SAFE_NO_PAD.decode(key).ok()?).ok()?;
+    open_framed(&key, &stored_aad(id), sealed)
 }
 
 /// The claims of a JWT's payload, without checking its signature: for a
@@ -390,14 +374,14 @@ mod tests {
     #[test]
     fn a_stored_session_opens_with_its_key_for_its_id_only() {
         let key = new_store_key().unwrap();
-        let sealed = seal_stored("s1", b"{\"at\":\"token\"}".to_vec(), &key).unwrap();
+        let sealed = seal_stored("s1", b"{\"at\":\"token\"}", &key).unwrap();
         assert!(!sealed.windows(5).any(|w| w == b"token"));
         assert_eq!(
             open_stored("s1", &key, sealed.clone()).as_deref(),
             Some(&b"{\"at\":\"token\"}"[..])
         );
         // The session's next write: its key, a fresh nonce.
-        let again = seal_stored("s1", b"{\"at\":\"token\"}".to_vec(), &key).unwrap();
+        let again = seal_stored("s1", b"{\"at\":\"token\"}", &key).unwrap();
         assert_ne!(again, sealed);
         assert!(open_stored("s1", &key, again).is_some());
         let other_key = new_store_key().unwrap();

@@ -92,7 +92,7 @@ pub use self::palisade::{
     AuthorizationSettingsSpec, ClientAuthMethod, DpopSpec, IntrospectionSpec, JwtSettingsSpec,
     OidcClientKeySpec, OidcLoginSpec, OidcSessionKeySpec, OidcSessionSpec, ResourceMetadataSpec,
     SessionCookieSpec, SessionKeySpec, SpnegoSettingsSpec, TokenFrom, UpstreamCredentialsSpec,
-    UpstreamTokenSpec, is_http_url, is_landing_uri, is_service_path,
+    UpstreamTokenSpec, is_http_token, is_http_url, is_landing_uri, is_service_path,
 };
 pub use self::rbac::{
     AccessRuleSpec, ConstraintSpec, EnforcementMode, RbacConfigSpec, RbacMode, RbacTargetSpec, RoleRefSpec,
@@ -614,6 +614,11 @@ impl PolicySet {
     pub fn from_yaml_str(text: &str, source: &str) -> Result<Self, PolicyError> {
         let mut documents = Vec::new();
         let mut warnings = Vec::new();
+        let mut warn = |document: &Document, field: &str, message: String| {
+            let warning = PolicyWarning::new(document.error(source, field, message));
+            tracing::warn!(target: LOG_TARGET, "{warning}");
+            warnings.push(warning);
+        };
         let mut count = 0;
         for chunk in split_documents(text) {
             let index = count + 1;
@@ -635,16 +640,12 @@ impl PolicySet {
                 .check()
                 .map_err(|(field, message)| document.error(source, &field, message))?;
             for (field, message) in document.warnings() {
-                let warning = PolicyWarning::new(document.error(source, &field, message));
-                tracing::warn!(target: LOG_TARGET, "{warning}");
-                warnings.push(warning);
+                warn(&document, &field, message);
             }
             documents.push(document);
         }
         for (document, field, message) in settings_for_no_issuer(&documents) {
-            let warning = PolicyWarning::new(document.error(source, field, message));
-            tracing::warn!(target: LOG_TARGET, "{warning}");
-            warnings.push(warning);
+            warn(document, field, message);
         }
         Ok(Self {
             source: source.to_owned(),

@@ -973,6 +973,22 @@ impl OidcLoginSpec {
     }
 }
 
+/// An RFC 9110 `token` (one or more of letters, digits and
+/// ``!#$%&'*+-.^_`|~``): what an HTTP header name, or a cookie name in
+/// `Set-Cookie`, is made of.
+///
+/// ```
+/// use palisade_core::policy::is_http_token;
+/// assert!(is_http_token("X-Forwarded-Access-Token") && is_http_token("session_1"));
+/// assert!(!is_http_token("") && !is_http_token("x token") && !is_http_token("a:b"));
+/// ```
+#[must_use]
+pub fn is_http_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
 /// A path this service serves an endpoint at (sign-in's callback, login
 /// and logout paths): it starts with one `/`, and has no query, fragment,
 /// backslash, space or control character.
@@ -1008,9 +1024,9 @@ pub fn is_http_url(url: &str) -> bool {
     http_authority(url).is_some()
 }
 
-/// The authority of an absolute http(s) URL with a valid host, as
-/// [`is_http_url`] reads it: `(user information, host and port)`.
-fn http_authority(url: &str) -> Option<(Option<&str>, &str)> {
+/// The authority (user information, host and port) of an absolute
+/// http(s) URL with a valid host, as [`is_http_url`] reads it.
+fn http_authority(url: &str) -> Option<&str> {
     if url
         .bytes()
         .any(|b| b == b'\\' || b.is_ascii_whitespace() || b.is_ascii_control())
@@ -1021,10 +1037,7 @@ fn http_authority(url: &str) -> Option<(Option<&str>, &str)> {
         .strip_prefix("https://")
         .or_else(|| url.strip_prefix("http://"))?;
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let (user, host_port) = match authority.rsplit_once('@') {
-        Some((user, host_port)) => (Some(user), host_port),
-        None => (None, authority),
-    };
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
     let (host_ok, port) = if let Some(bracketed) = host_port.strip_prefix('[') {
         let (inside, after) = bracketed.split_once(']')?;
         let ipv6 = inside.contains(':')
@@ -1045,7 +1058,7 @@ fn http_authority(url: &str) -> Option<(Option<&str>, &str)> {
         || port.strip_prefix(':').is_some_and(|p| {
             p.is_empty() || (p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok())
         });
-    (host_ok && port_ok).then_some((user, host_port))
+    (host_ok && port_ok).then_some(authority)
 }
 
 /// Where a browser may be sent (sign-in's `postLogoutRedirectUri`): a path
@@ -1064,7 +1077,7 @@ pub fn is_landing_uri(uri: &str) -> bool {
     if uri.starts_with('/') {
         return !uri.starts_with("//");
     }
-    matches!(http_authority(uri), Some((None, _)))
+    http_authority(uri).is_some_and(|a| !a.contains('@'))
 }
 
 /// A cookie name Palisade sets: letters, digits, `-` and `_` (no

@@ -85,7 +85,7 @@ impl RequestAuthenticationSpec {
                         .map(|(k, c)| (format!("outputClaimToHeaders[{k}].header"), &c.header)),
                 );
             for (field, name) in headers {
-                if !is_header_name(name) {
+                if !super::is_http_token(name) {
                     return Err((at(&field), format!("`{name}` is not an HTTP header name")));
                 }
             }
@@ -115,14 +115,6 @@ impl RequestAuthenticationSpec {
         }
         Ok(())
     }
-}
-
-/// An HTTP header name: one or more token characters (RFC 9110 §5.1).
-fn is_header_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.!#$%&'*+^`|~".contains(&b))
 }
 
 /// `RequestAuthentication.spec.jwtRules[]`, as Istio defines it.
