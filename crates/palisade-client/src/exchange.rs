@@ -14,8 +14,12 @@ use crate::{CallerToken, ClientError, LOG_TARGET};
 /// RFC 8693's grant type and its token type of an access token.
 const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
-/// The most exchanged tokens kept.
+/// The most exchanged tokens kept, and the most failures.
 const CAPACITY: usize = 10_000;
+/// How long a failed exchange is every answer for its caller token: a
+/// token the issuer refuses (expired, foreign, not to be exchanged) is not
+/// asked about again at each request, nor is an issuer that is down.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// The cache key: the caller's token itself (shared with its
 /// [`CallerToken`]), compared in full, so a hash collision cannot hand one
@@ -29,6 +33,8 @@ struct Inner {
     scope: Option<String>,
     renew_before: Duration,
     cache: Mutex<Map<Arc<Granted>>>,
+    /// The last failed exchange of a caller token, and when it failed.
+    failures: Mutex<Map<(Instant, ClientError)>>,
     /// The exchanges under way, one per caller token, each awaited by
     /// every request of that caller and never cut short by them.
     flights: SingleFlight<Key, Result<Arc<Granted>, ClientError>>,
@@ -42,7 +48,9 @@ struct Inner {
 /// workload in `azp` only). Each caller token's exchange is made once
 /// (concurrent calls wait for it) and kept until
 /// [`renew_before`](GrantBuilder::renew_before) its expiry, in a bounded
-/// cache keyed by the caller's token.
+/// cache keyed by the caller's token. A failed exchange is the answer for
+/// that caller token during the next second, without asking the issuer
+/// again.
 ///
 /// Cloning is an `Arc` clone. `Debug` prints no secret and no token.
 #[derive(Clone)]
@@ -74,6 +82,7 @@ impl GrantBuilder<TokenExchange> {
             audience: self.audience,
             renew_before: self.renew_before,
             cache: Mutex::new(Map::default()),
+            failures: Mutex::new(Map::default()),
             flights: SingleFlight::new(),
         })))
     }
@@ -106,6 +115,9 @@ impl TokenExchange {
         {
             return Ok(Arc::clone(g));
         }
+        if let Some(e) = self.failed_recently(key) {
+            return Err(e);
+        }
         // A task of its own: a request that goes away (a client hanging up,
         // a timeout) neither cancels the exchange for the others waiting nor
         // makes the next request start a second one.
@@ -130,6 +142,9 @@ impl TokenExchange {
         {
             return Ok(Arc::clone(g));
         }
+        if let Some(e) = self.failed_recently(caller) {
+            return Err(e);
+        }
         let mut form = vec![
             ("grant_type", GRANT_TYPE),
             ("subject_token", &**caller),
@@ -142,20 +157,44 @@ impl TokenExchange {
         if let Some(scope) = &inner.scope {
             form.push(("scope", scope));
         }
-        let granted = Arc::new(inner.client.request(form, inner.renew_before).await.inspect_err(|e| {
-            tracing::info!(target: LOG_TARGET, issuer = %inner.client.issuer, error = %e, "a token exchange failed");
-        })?);
-        let mut cache = lock(&inner.cache);
-        if cache.len() >= CAPACITY {
-            let now = Instant::now();
-            cache.retain(|_, g| g.expires > now);
-            if cache.len() >= CAPACITY {
-                cache.clear();
+        let granted = match inner.client.request(form, inner.renew_before).await {
+            Ok(g) => Arc::new(g),
+            Err(e) => {
+                tracing::info!(target: LOG_TARGET, issuer = %inner.client.issuer, error = %e, "a token exchange failed");
+                let now = Instant::now();
+                insert_bounded(&inner.failures, caller, (now, e.clone()), |(at, _)| {
+                    now.duration_since(*at) < RETRY_AFTER
+                });
+                return Err(e);
             }
-        }
-        cache.insert(Arc::clone(caller), Arc::clone(&granted));
+        };
+        let now = Instant::now();
+        insert_bounded(&inner.cache, caller, Arc::clone(&granted), |g| g.expires > now);
+        lock(&inner.failures).remove(&**caller);
         Ok(granted)
     }
+
+    /// The failure of `caller`'s exchange, when it was less than
+    /// [`RETRY_AFTER`] ago.
+    fn failed_recently(&self, caller: &str) -> Option<ClientError> {
+        lock(&self.0.failures)
+            .get(caller)
+            .filter(|(at, _)| at.elapsed() < RETRY_AFTER)
+            .map(|(_, e)| e.clone())
+    }
+}
+
+/// Inserts into a map of at most [`CAPACITY`] entries: when full, those
+/// no longer `live` go first, and all of them if that is not enough.
+fn insert_bounded<V>(map: &Mutex<Map<V>>, key: &Key, value: V, live: impl Fn(&V) -> bool) {
+    let mut map = lock(map);
+    if map.len() >= CAPACITY {
+        map.retain(|_, v| live(v));
+        if map.len() >= CAPACITY {
+            map.clear();
+        }
+    }
+    map.insert(Arc::clone(key), value);
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -11,8 +11,10 @@ use tokio::sync::Mutex;
 use crate::endpoint::{GrantBuilder, Granted, TokenClient};
 use crate::{ClientError, LOG_TARGET};
 
-/// How long after a failed renewal the next one is tried, while the
-/// current token is still valid.
+/// How long after a failed grant the next one is tried: meanwhile the
+/// current token is used while it is valid, and the failure is the answer
+/// when none is, so a refused secret or an issuer that is down is asked
+/// once a second, not once a request.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 struct Inner {
@@ -31,7 +33,9 @@ struct Inner {
 /// grant (a Keycloak service account): fetched on first use and shared by
 /// every call; renewed when less than [`renew_before`](ClientCredentialsBuilder::renew_before)
 /// is left, by one request while the others keep the current token; kept
-/// while the issuer cannot be reached for as long as it is valid. The
+/// while the issuer cannot be reached for as long as it is valid. After a
+/// failed grant the issuer is asked again a second later at the earliest:
+/// meanwhile the failure is every call's answer when no token is valid. The
 /// client authenticates with its secret (`client_secret_basic` or
 /// `client_secret_post`); the token endpoint comes from the issuer's
 /// discovery document.
@@ -92,6 +96,7 @@ impl ClientCredentials {
     /// The current token, fetching or renewing it when needed.
     pub(crate) async fn granted(&self) -> Result<Arc<Granted>, ClientError> {
         let started = Instant::now();
+        let recently = started.checked_sub(RETRY_AFTER).unwrap_or(started);
         if let Some(g) = self.0.current.load().as_ref() {
             if started < g.renew_at {
                 return Ok(Arc::clone(g));
@@ -100,7 +105,7 @@ impl ClientCredentials {
             // others keep using it meanwhile; after a failed renewal, the
             // next try waits for RETRY_AFTER.
             if started < g.expires {
-                if self.failed_since(started - RETRY_AFTER).is_some() {
+                if self.failed_since(recently).is_some() {
                     return Ok(Arc::clone(g));
                 }
                 let Ok(_renewing) = self.0.renewing.try_lock() else {
@@ -116,6 +121,11 @@ impl ClientCredentials {
                 return self.renew(current.as_ref().or(Some(g))).await;
             }
         }
+        // No valid token, and the last grant failed a moment ago: its
+        // answer is this request's too.
+        if let Some(e) = self.failed_since(recently) {
+            return Err(e);
+        }
         let _renewing = self.0.renewing.lock().await;
         // Renewed while this request waited.
         let current = self.0.current.load_full();
@@ -124,9 +134,10 @@ impl ClientCredentials {
         {
             return Ok(Arc::clone(g));
         }
-        // The request that held the lock meanwhile failed: its answer is
-        // this one's too, rather than one more wait on the issuer each.
-        if let Some(e) = self.failed_since(started) {
+        // The request that held the lock meanwhile failed, or one just
+        // before: its answer is this one's too, rather than one more wait
+        // on the issuer each.
+        if let Some(e) = self.failed_since(recently) {
             return current.filter(|g| Instant::now() < g.expires).ok_or(e);
         }
         self.renew(current.as_ref()).await

@@ -103,10 +103,20 @@ async fn a_wrong_secret_is_refused_by_the_issuer() {
         .client_secret("wrong")
         .build()
         .unwrap();
-    match own.authorization().await {
-        Err(ClientError::Refused(code)) => assert_eq!(code, "invalid_client"),
-        other => panic!("{other:?}"),
+    for _ in 0..5 {
+        match own.authorization().await {
+            Err(ClientError::Refused(code)) => assert_eq!(code, "invalid_client"),
+            other => panic!("{other:?}"),
+        }
     }
+    assert_eq!(
+        issuer.token_requests(),
+        1,
+        "a refusal is every call's answer for a second, not asked again"
+    );
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert!(matches!(own.authorization().await, Err(ClientError::Refused(_))));
+    assert_eq!(issuer.token_requests(), 2, "asked again after a second");
     assert!(
         ClientCredentials::builder(issuer.issuer(), "productpage")
             .build()
@@ -211,12 +221,11 @@ async fn the_layer_attaches_what_each_host_gets_and_sends_nothing_without_a_need
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn calls_waiting_on_a_failing_issuer_share_its_failure_and_the_next_call_retries() {
+async fn calls_waiting_on_a_failing_issuer_share_its_failure_and_a_call_a_second_later_retries() {
     let issuer = issuer(Duration::from_secs(300));
     let own = grant(&issuer, Duration::from_secs(30));
     issuer.set_fault(palisade_testkit::Fault::Unavailable);
-    // The failure comes after 500 ms, so all eight calls are waiting for it
-    // (a call that starts after a failure tries again, rightly).
+    // The failure comes after 500 ms, so all eight calls are waiting for it.
     issuer.set_latency(Duration::from_millis(500));
     let mut tasks = Vec::new();
     for _ in 0..8 {
@@ -233,6 +242,12 @@ async fn calls_waiting_on_a_failing_issuer_share_its_failure_and_the_next_call_r
     );
     issuer.set_fault(palisade_testkit::Fault::None);
     issuer.set_latency(Duration::ZERO);
+    assert!(
+        matches!(own.authorization().await, Err(ClientError::Unavailable(_))),
+        "within a second of the failure, it is the answer"
+    );
+    assert_eq!(issuer.discovery_fetches(), 1, "without asking the issuer");
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
     assert!(own.authorization().await.is_ok(), "a later call tries again");
     assert_eq!(issuer.client_credentials_grants(), 1);
 }
@@ -430,16 +445,25 @@ async fn a_callers_token_is_exchanged_once_for_the_upstreams_audience() {
     );
     let foreign = TestIssuer::start().unwrap();
     let stranger = CallerToken::new(&foreign.token().subject("alice").sign());
+    let asked = issuer.token_requests();
     for (token, why) in [
         (&expired, "invalid_grant"),
         (&stranger, "invalid_grant"),
         (&not_for_us, "access_denied"),
     ] {
-        match exchange.authorization(token).await {
-            Err(ClientError::Refused(code)) => assert_eq!(code, why),
-            other => panic!("{other:?}"),
+        // Asked once; the second call has the first one's answer.
+        for _ in 0..2 {
+            match exchange.authorization(token).await {
+                Err(ClientError::Refused(code)) => assert_eq!(code, why),
+                other => panic!("{other:?}"),
+            }
         }
     }
+    assert_eq!(
+        issuer.token_requests(),
+        asked + 3,
+        "one request per refused caller token"
+    );
     // Without a caller token, nothing is asked.
     let upstreams = Upstreams::builder()
         .host("reviews", Credentials::TokenExchange(exchange))

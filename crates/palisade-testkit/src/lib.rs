@@ -337,6 +337,7 @@ struct State {
     discovery_fetches: AtomicUsize,
     client_credentials_grants: AtomicUsize,
     token_exchanges: AtomicUsize,
+    token_requests: AtomicUsize,
     clients: HashMap<String, signin::Client>,
     users: HashMap<String, User>,
     /// Whether authorization responses carry `iss` (RFC 9207).
@@ -634,6 +635,7 @@ impl TestIssuerBuilder {
             discovery_fetches: AtomicUsize::new(0),
             client_credentials_grants: AtomicUsize::new(0),
             token_exchanges: AtomicUsize::new(0),
+            token_requests: AtomicUsize::new(0),
             clients,
             users: self.users,
             iss_parameter: self.iss_parameter,
@@ -882,6 +884,13 @@ impl TestIssuer {
     #[must_use]
     pub fn token_exchanges(&self) -> usize {
         self.state.token_exchanges.load(Ordering::SeqCst)
+    }
+
+    /// Requests the token endpoint received, whatever their grant and
+    /// whether granted or refused.
+    #[must_use]
+    pub fn token_requests(&self) -> usize {
+        self.state.token_requests.load(Ordering::SeqCst)
     }
 
     /// The answer to each token exchange is sent this long after the
@@ -1339,6 +1348,7 @@ fn basic_auth(req: &HttpRequest) -> Option<(String, String)> {
 }
 
 async fn token_endpoint<S: AsyncWrite + Unpin>(stream: &mut S, state: &State, req: &HttpRequest) {
+    state.token_requests.fetch_add(1, Ordering::SeqCst);
     let f = form(&req.body);
     let answer = match f.get("grant_type").map(String::as_str) {
         Some("client_credentials") => client_credentials(state, req, &f),
