@@ -278,7 +278,7 @@ pub(crate) fn header(text: &str) -> Result<(String, String), String> {
 
 /// An HTTP header name (RFC 9110 token).
 pub(crate) fn is_header_name(name: &str) -> bool {
-    palisade_core::policy::is_http_token(name)
+    palisade_core::syntax::is_http_token(name)
 }
 
 /// A JSON object of claims.

@@ -319,16 +319,16 @@ impl<K> GrantBuilder<K> {
 
     /// The client these settings describe; nothing is fetched yet.
     pub(crate) fn client(&self, grant: &str) -> Result<TokenClient, ClientError> {
-        if !palisade_core::policy::is_http_url(&self.issuer) {
+        if !palisade_core::syntax::is_http_url(&self.issuer) {
             return Err(ClientError::Config(format!(
                 "the issuer `{}` is not an http(s) URL",
-                palisade_core::authn::url_without_credentials(&self.issuer)
+                palisade_core::syntax::url_without_credentials(&self.issuer)
             )));
         }
         if self.client_id.is_empty() {
             return Err(ClientError::Config("the client id is empty".into()));
         }
-        if palisade_jwt::plain_http_elsewhere(&self.issuer) {
+        if palisade_core::syntax::plain_http_elsewhere(&self.issuer) {
             tracing::warn!(target: LOG_TARGET, issuer = %self.issuer, "the token issuer uses plain http: the client's credentials and the tokens it gets can be read in transit");
         }
         let Some(secret) = self.secret.clone().filter(|s| !s.is_empty()) else {

@@ -37,7 +37,6 @@ use crate::identity::{AuthMethod, Identity};
 
 pub use crate::error::bearer_challenge;
 pub use crate::flight::SingleFlight;
-pub use crate::redact::url_without_credentials;
 pub use crate::request::{ConnectionInfo, OwnedRequest, RequestHead};
 
 /// A change to the request's headers that an authenticator asks for before the

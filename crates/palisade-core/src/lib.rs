@@ -6,7 +6,8 @@
 //! Applications use it through `palisade-axum` or `palisade-actix` (or the
 //! `palisade` facade and its prelude). The other public modules are for
 //! people extending Palisade: [`authn`] for authenticator authors,
-//! [`adapter`] for framework adapter authors. Every decision is made here,
+//! [`adapter`] for framework adapter authors, [`syntax`] for the rules a
+//! setting's value must meet, which every crate's builders share. Every decision is made here,
 //! once, so every framework answers identically.
 //!
 //! ```
@@ -39,6 +40,7 @@ pub mod limits;
 pub mod metrics;
 pub mod policy;
 pub mod reload;
+pub mod syntax;
 
 mod check;
 mod error;
@@ -46,7 +48,6 @@ mod extract;
 mod flight;
 mod guard;
 mod identity;
-mod redact;
 mod request;
 mod striped;
 

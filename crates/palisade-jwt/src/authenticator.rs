@@ -20,7 +20,7 @@ use palisade_core::{AuthMethod, Check, Identity, TokenClaims, Verification};
 use serde_json::{Map, Value};
 
 use crate::cache::TokenCache;
-use crate::config::{ConfigError, JwksSource, Provider, TENANT, Tenants, TokenSource, valid_tenant};
+use crate::config::{ConfigError, JwksSource, Provider, Tenants, TokenSource, valid_tenant};
 use crate::dpop::{
     DpopError, DpopSettings, DpopVerifier, ProofRequest, VerifiedProof, bound_token_matches, sha256,
 };
@@ -30,6 +30,7 @@ use crate::introspect::{Active, Convert, Introspector, TokenKey, looks_like_jws}
 use crate::jwks::{Fetched, KeySet, KeyStore, VerifyKey, fetched_store, hmac_key, parse_jwks, pem_key};
 use crate::resource::{ResourceMetadata, Served};
 use crate::token::{Parsed, parse, parse_jws, peek_issuer};
+use palisade_core::syntax::TENANT;
 
 const LOG: &str = "palisade::jwt";
 

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
-use palisade_core::authn::url_without_credentials;
-use palisade_core::policy::is_http_url;
+use palisade_core::syntax::{
+    TENANT, is_http_url, is_http_url_pattern, plain_http_elsewhere, url_without_credentials,
+};
 
 use crate::introspect::Introspection;
 use crate::key_quality::min_hmac_secret_len;
@@ -27,9 +28,6 @@ pub(crate) const ASYMMETRIC: [Algorithm; 9] = [
 
 /// The HMAC algorithms, shortest hash first.
 const HMAC: [Algorithm; 3] = [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
-
-/// The placeholder of an issuer pattern.
-pub(crate) const TENANT: &str = "{tenant}";
 
 /// Which tenants an issuer pattern (`https://login.example.com/{tenant}/v2.0`)
 /// accepts: set with [`ProviderBuilder::tenants`] or
@@ -593,14 +591,11 @@ impl ProviderBuilder {
     /// A [`ConfigError`] saying which setting cannot work.
     pub fn build(self) -> Result<Provider, ConfigError> {
         let discovered = matches!(self.jwks, JwksSource::Discovery);
-        // A pattern's URLs are checked as a tenant's would be (a tenant
-        // name may be a host label, a path segment or a port).
-        let url = |u: &str| is_http_url(&u.replace(TENANT, "0"));
-        if self.issuer.trim().is_empty() || (discovered && !url(&self.issuer)) {
+        if self.issuer.trim().is_empty() || (discovered && !is_http_url_pattern(&self.issuer)) {
             return Err(ConfigError::InvalidIssuer(url_without_credentials(&self.issuer)));
         }
         if let JwksSource::Uri(u) = &self.jwks
-            && !url(u)
+            && !is_http_url_pattern(u)
         {
             return Err(ConfigError::InvalidJwksUri(url_without_credentials(u)));
         }
@@ -721,45 +716,9 @@ impl ProviderBuilder {
     }
 }
 
-/// Whether `url` is plain `http://` to a host other than this one (not
-/// `localhost`, `127.x` or `[::1]`): what a service warns about at start-up,
-/// since keys, tokens or secrets sent or fetched there can be read or
-/// changed in transit. Loopback is left alone: a test issuer, or a proxy
-/// on the same host.
-///
-/// ```
-/// use palisade_jwt::plain_http_elsewhere;
-/// assert!(plain_http_elsewhere("http://idp.example/realms/shop"));
-/// assert!(!plain_http_elsewhere("http://127.0.0.1:8080/realms/shop"));
-/// assert!(!plain_http_elsewhere("https://idp.example/realms/shop"));
-/// assert!(plain_http_elsewhere("HTTP://127.evil.example/realms/shop"));
-/// assert!(plain_http_elsewhere("http://idp.example/realms/x@127.0.0.1"));
-/// assert!(!plain_http_elsewhere("http://user@127.0.0.1/realms/shop"));
-/// ```
-#[must_use]
-pub fn plain_http_elsewhere(url: &str) -> bool {
-    url.get(..7).is_some_and(|s| s.eq_ignore_ascii_case("http://")) && !is_loopback_url(url)
-}
-
-pub(crate) fn is_loopback_url(s: &str) -> bool {
-    let rest = s.split_once("://").map_or(s, |(_, r)| r);
-    // The host a URL parser connects to: after the user information, which
-    // ends at the authority's last `@` (an `@` in the path is not it).
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    let rest = &authority[authority.rfind('@').map_or(0, |at| at + 1)..];
-    if rest.starts_with("[::1]") {
-        return true;
-    }
-    let host = rest.split(':').next().unwrap_or("");
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::Ipv4Addr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
 fn check_header_name(name: &str) -> Result<(), ConfigError> {
     // Lower case: sources and outputs are matched and set by that name.
-    let ok = palisade_core::policy::is_http_token(name) && !name.bytes().any(|b| b.is_ascii_uppercase());
+    let ok = palisade_core::syntax::is_http_token(name) && !name.bytes().any(|b| b.is_ascii_uppercase());
     if ok {
         Ok(())
     } else {

@@ -17,8 +17,9 @@ use std::time::Duration;
 use aws_lc_rs::digest;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use palisade_core::authn::{HeaderEdits, url_without_credentials};
+use palisade_core::authn::HeaderEdits;
 use palisade_core::metrics::INTROSPECTIONS;
+use palisade_core::syntax::url_without_credentials;
 use palisade_core::{Identity, form};
 use serde_json::{Map, Value};
 use tokio::sync::{Semaphore, watch};
@@ -203,13 +204,13 @@ impl Introspection {
             )));
         }
         if let Some(e) = &self.endpoint {
-            if !palisade_core::policy::is_http_url(e) {
+            if !palisade_core::syntax::is_http_url(e) {
                 return Err(ConfigError::OutOfRange(format!(
                     "issuer `{issuer}`: the introspection endpoint `{}` is not an http(s) URL",
                     url_without_credentials(e)
                 )));
             }
-            if crate::config::plain_http_elsewhere(e) {
+            if palisade_core::syntax::plain_http_elsewhere(e) {
                 tracing::warn!(target: LOG, issuer, endpoint = %url_without_credentials(e), "introspection over plain http: the client secret and tokens cross the network in clear");
             }
         }
@@ -579,7 +580,7 @@ impl Introspector {
         let Some(e) = doc
             .get("introspection_endpoint")
             .and_then(Value::as_str)
-            .filter(|e| palisade_core::policy::is_http_url(e))
+            .filter(|e| palisade_core::syntax::is_http_url(e))
         else {
             return Err(format!("{url}: no http(s) `introspection_endpoint`"));
         };

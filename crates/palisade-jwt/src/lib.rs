@@ -48,7 +48,7 @@ mod token;
 pub use authenticator::{JwtAuthenticator, JwtAuthenticatorBuilder};
 pub use config::{
     ConfigError, DangerousProviderBuilder, FetchSettings, JwksSource, Provider, ProviderBuilder, Tenants,
-    TokenSource, plain_http_elsewhere,
+    TokenSource,
 };
 pub use error::JwtError;
 pub use introspect::{Introspection, IntrospectionAuth};

@@ -276,7 +276,7 @@ impl SignInBuilder {
     /// Where the browser lands after logout: a path of this service (made
     /// absolute on the request's origin) or an absolute http(s) URL (default
     /// `/`); anything else fails [`SignInBuilder::build`] (see
-    /// [`is_landing_uri`](palisade_core::policy::is_landing_uri)).
+    /// [`is_landing_uri`](palisade_core::syntax::is_landing_uri)).
     pub fn post_logout_redirect_uri(mut self, uri: impl Into<String>) -> Self {
         self.config.post_logout_redirect = uri.into();
         self
@@ -335,7 +335,7 @@ impl SignInBuilder {
 
 /// A path this service serves, as the settings require.
 pub(crate) fn check_path(field: &str, path: &str) -> Result<(), SignInError> {
-    if !palisade_core::policy::is_service_path(path) {
+    if !palisade_core::syntax::is_service_path(path) {
         return Err(SignInError::Config(format!(
             "{field} `{path}` is not a path of this service"
         )));

@@ -499,7 +499,7 @@ impl CookieSealerBuilder {
 
 /// RFC 9110 `token`, at most 128 characters.
 fn valid_name(name: &str) -> bool {
-    name.len() <= MAX_NAME_LEN && palisade_core::policy::is_http_token(name)
+    name.len() <= MAX_NAME_LEN && palisade_core::syntax::is_http_token(name)
 }
 
 /// Seals values into cookies and opens them from requests; see the module

@@ -265,10 +265,10 @@ impl SignInBuilder {
     /// discovery, no key fetching.
     pub(crate) fn checked(self) -> Result<Checked, SignInError> {
         let mut config = self.config;
-        if !palisade_core::policy::is_http_url(&config.issuer) {
+        if !palisade_core::syntax::is_http_url(&config.issuer) {
             return Err(SignInError::Config(format!(
                 "the issuer `{}` is not an http(s) URL",
-                palisade_core::authn::url_without_credentials(&config.issuer)
+                palisade_core::syntax::url_without_credentials(&config.issuer)
             )));
         }
         if config.client_id.is_empty() {
@@ -293,7 +293,7 @@ impl SignInBuilder {
                 "the timeout of calls to the issuer is zero: every call would fail".into(),
             ));
         }
-        if !palisade_core::policy::is_landing_uri(&config.post_logout_redirect) {
+        if !palisade_core::syntax::is_landing_uri(&config.post_logout_redirect) {
             return Err(SignInError::Config(format!(
                 "postLogoutRedirectUri `{}` is neither a path of this service nor an absolute http(s) URL",
                 config.post_logout_redirect

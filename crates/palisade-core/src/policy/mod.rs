@@ -92,7 +92,7 @@ pub use self::palisade::{
     AuthorizationSettingsSpec, ClientAuthMethod, DpopSpec, IntrospectionSpec, JwtSettingsSpec,
     OidcClientKeySpec, OidcLoginSpec, OidcSessionKeySpec, OidcSessionSpec, ResourceMetadataSpec,
     SessionCookieSpec, SessionKeySpec, SpnegoSettingsSpec, TokenFrom, UpstreamCredentialsSpec,
-    UpstreamTokenSpec, is_http_token, is_http_url, is_landing_uri, is_service_path,
+    UpstreamTokenSpec,
 };
 pub use self::rbac::{
     AccessRuleSpec, ConstraintSpec, EnforcementMode, RbacConfigSpec, RbacMode, RbacTargetSpec, RoleRefSpec,

@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use super::{DurationSpec, FieldError, SelectorSpec};
 use crate::authz::EscapedSlashes;
-use crate::redact::url_without_credentials;
+use crate::syntax::{is_http_url, is_landing_uri, is_service_path, url_without_credentials};
 
 /// JWS algorithms a `JwtSettings` document may name.
 const ASYMMETRIC_ALGORITHMS: [&str; 9] = [
@@ -971,113 +971,6 @@ impl OidcLoginSpec {
         }
         Ok(())
     }
-}
-
-/// An RFC 9110 `token` (one or more of letters, digits and
-/// ``!#$%&'*+-.^_`|~``): what an HTTP header name, or a cookie name in
-/// `Set-Cookie`, is made of.
-///
-/// ```
-/// use palisade_core::policy::is_http_token;
-/// assert!(is_http_token("X-Forwarded-Access-Token") && is_http_token("session_1"));
-/// assert!(!is_http_token("") && !is_http_token("x token") && !is_http_token("a:b"));
-/// ```
-#[must_use]
-pub fn is_http_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
-/// A path this service serves an endpoint at (sign-in's callback, login
-/// and logout paths): it starts with one `/`, and has no query, fragment,
-/// backslash, space or control character.
-#[must_use]
-pub fn is_service_path(path: &str) -> bool {
-    path.starts_with('/')
-        && !path.starts_with("//")
-        && !path
-            .bytes()
-            .any(|b| matches!(b, b'?' | b'#' | b'\\' | b' ') || b.is_ascii_control())
-}
-
-/// Whether `url` is an absolute `http://` or `https://` URL with a host: a
-/// name (non-ASCII allowed), an IPv4 address or a bracketed IPv6 address,
-/// and an optional port (at most 65535); user information is allowed
-/// (`https://user:pass@host/`). The scheme is in lower case, as an issuer
-/// is compared exactly with the `iss` of its tokens and its discovery
-/// document. No backslash (a URL parser reads it as `/`), white space or
-/// control character. The rule of every URL a policy file or a builder
-/// gives for an issuer, its keys or its endpoints.
-///
-/// ```
-/// use palisade_core::policy::is_http_url;
-/// assert!(is_http_url("https://kc.example:8443/realms/shop"));
-/// assert!(is_http_url("http://[::1]:8080/certs") && is_http_url("https://bücher.example/"));
-/// assert!(!is_http_url("https:///certs") && !is_http_url("https://:443/"));
-/// assert!(!is_http_url("HTTPS://kc.example/") && !is_http_url("https://kc.example:70000/"));
-/// assert!(!is_http_url("file:///etc/jwks.json") && !is_http_url("https://[::1/"));
-/// assert!(!is_http_url("https://evil\\@good.example/"));
-/// ```
-#[must_use]
-pub fn is_http_url(url: &str) -> bool {
-    http_authority(url).is_some()
-}
-
-/// The authority (user information, host and port) of an absolute
-/// http(s) URL with a valid host, as [`is_http_url`] reads it.
-fn http_authority(url: &str) -> Option<&str> {
-    if url
-        .bytes()
-        .any(|b| b == b'\\' || b.is_ascii_whitespace() || b.is_ascii_control())
-    {
-        return None;
-    }
-    let rest = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"))?;
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let (host_ok, port) = if let Some(bracketed) = host_port.strip_prefix('[') {
-        let (inside, after) = bracketed.split_once(']')?;
-        let ipv6 = inside.contains(':')
-            && inside
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
-        (ipv6, after)
-    } else {
-        let host = host_port.split(':').next().unwrap_or_default();
-        let name = host.bytes().any(|b| b.is_ascii_alphanumeric() || !b.is_ascii())
-            && host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || !b.is_ascii() || matches!(b, b'.' | b'-' | b'_'));
-        (name, &host_port[host.len()..])
-    };
-    // `:` alone is an empty port, as the URL standard allows.
-    let port_ok = port.is_empty()
-        || port.strip_prefix(':').is_some_and(|p| {
-            p.is_empty() || (p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok())
-        });
-    (host_ok && port_ok).then_some(authority)
-}
-
-/// Where a browser may be sent (sign-in's `postLogoutRedirectUri`): a path
-/// of this service (`/`, `/bye?x=1`: a query is allowed, made absolute on
-/// the request's origin), or an absolute http(s) URL with a host and no
-/// user information ([`is_http_url`]). Never `//host` (another site,
-/// written as a path), a backslash, a space or a control character.
-#[must_use]
-pub fn is_landing_uri(uri: &str) -> bool {
-    if uri
-        .bytes()
-        .any(|b| b == b'\\' || b == b' ' || b.is_ascii_control())
-    {
-        return false;
-    }
-    if uri.starts_with('/') {
-        return !uri.starts_with("//");
-    }
-    http_authority(uri).is_some_and(|a| !a.contains('@'))
 }
 
 /// A cookie name Palisade sets: letters, digits, `-` and `_` (no

@@ -63,9 +63,9 @@ impl RequestAuthenticationSpec {
                 ));
             }
             if let Some(uri) = &rule.jwks_uri
-                && !super::is_http_url(&uri.replace("{tenant}", "0"))
+                && !crate::syntax::is_http_url_pattern(uri)
             {
-                let shown = crate::redact::url_without_credentials(uri);
+                let shown = crate::syntax::url_without_credentials(uri);
                 return Err((at("jwksUri"), format!("`{shown}` is not an http(s) URL")));
             }
             let headers = rule
@@ -85,7 +85,7 @@ impl RequestAuthenticationSpec {
                         .map(|(k, c)| (format!("outputClaimToHeaders[{k}].header"), &c.header)),
                 );
             for (field, name) in headers {
-                if !super::is_http_token(name) {
+                if !crate::syntax::is_http_token(name) {
                     return Err((at(&field), format!("`{name}` is not an HTTP header name")));
                 }
             }

@@ -1,4 +1,5 @@
 use super::*;
+use crate::syntax::{is_landing_uri, is_service_path};
 
 /// A document for the `reviews` workload, which the tests never select.
 fn reviews(kind: &str, api_version: &str, spec: &str) -> String {

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use palisade_core::Check;
-use palisade_core::authn::url_without_credentials;
+use palisade_core::syntax::url_without_credentials;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, RedisError};
 

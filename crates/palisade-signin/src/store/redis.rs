@@ -45,7 +45,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use palisade_core::BoxFuture;
-use palisade_core::authn::url_without_credentials;
+use palisade_core::syntax::url_without_credentials;
 use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamRangeReply, StreamReadReply};
 use redis::{AsyncConnectionConfig, Client, Cmd, FromRedisValue, RedisError, Value};

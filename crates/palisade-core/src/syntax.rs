@@ -1,0 +1,260 @@
+//! What the values of a configuration must look like, and how they are
+//! shown: the rules a policy file and the builders share for the URLs
+//! Palisade calls or sends a browser to, the paths it serves, HTTP tokens
+//! (header and cookie names), and URLs shown in errors and logs without
+//! their credentials. Each rule is written once here, so a file and code
+//! that builds the same setting meet the same rule.
+
+/// What stands for the tenant in an issuer pattern
+/// (`https://login.microsoftonline.com/{tenant}/v2.0`) and its URLs.
+pub const TENANT: &str = "{tenant}";
+
+/// An RFC 9110 `token` (one or more of letters, digits and
+/// ``!#$%&'*+-.^_`|~``): what an HTTP header name, or a cookie name in
+/// `Set-Cookie`, is made of.
+///
+/// ```
+/// use palisade_core::syntax::is_http_token;
+/// assert!(is_http_token("X-Forwarded-Access-Token") && is_http_token("session_1"));
+/// assert!(!is_http_token("") && !is_http_token("x token") && !is_http_token("a:b"));
+/// ```
+#[must_use]
+pub fn is_http_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// A path this service serves an endpoint at (sign-in's callback, login
+/// and logout paths): it starts with one `/`, and has no query, fragment,
+/// backslash, space or control character.
+#[must_use]
+pub fn is_service_path(path: &str) -> bool {
+    path.starts_with('/')
+        && !path.starts_with("//")
+        && !path
+            .bytes()
+            .any(|b| matches!(b, b'?' | b'#' | b'\\' | b' ') || b.is_ascii_control())
+}
+
+/// Whether `url` is an absolute `http://` or `https://` URL with a host: a
+/// name (non-ASCII allowed), an IPv4 address or a bracketed IPv6 address,
+/// and an optional port (at most 65535); user information is allowed
+/// (`https://user:pass@host/`). The scheme is in lower case, as an issuer
+/// is compared exactly with the `iss` of its tokens and its discovery
+/// document. No backslash (a URL parser reads it as `/`), white space or
+/// control character. The rule of every URL a policy file or a builder
+/// gives for an issuer, its keys or its endpoints.
+///
+/// ```
+/// use palisade_core::syntax::is_http_url;
+/// assert!(is_http_url("https://kc.example:8443/realms/shop"));
+/// assert!(is_http_url("http://[::1]:8080/certs") && is_http_url("https://bücher.example/"));
+/// assert!(!is_http_url("https:///certs") && !is_http_url("https://:443/"));
+/// assert!(!is_http_url("HTTPS://kc.example/") && !is_http_url("https://kc.example:70000/"));
+/// assert!(!is_http_url("file:///etc/jwks.json") && !is_http_url("https://[::1/"));
+/// assert!(!is_http_url("https://evil\\@good.example/"));
+/// ```
+#[must_use]
+pub fn is_http_url(url: &str) -> bool {
+    http_authority(url).is_some()
+}
+
+/// [`is_http_url`] for a URL that may hold [`TENANT`] where a tenant's
+/// name goes (a host label, a path segment, a port): checked as a
+/// tenant's URL would be.
+///
+/// ```
+/// use palisade_core::syntax::is_http_url_pattern;
+/// assert!(is_http_url_pattern("https://login.example/{tenant}/v2.0"));
+/// assert!(is_http_url_pattern("https://{tenant}.idp.example/") && is_http_url_pattern("https://idp:{tenant}/"));
+/// assert!(!is_http_url_pattern("https://{tenant}/x y"));
+/// ```
+#[must_use]
+pub fn is_http_url_pattern(url: &str) -> bool {
+    is_http_url(&url.replace(TENANT, "0"))
+}
+
+/// The authority (user information, host and port) of an absolute
+/// http(s) URL with a valid host, as [`is_http_url`] reads it.
+fn http_authority(url: &str) -> Option<&str> {
+    if url
+        .bytes()
+        .any(|b| b == b'\\' || b.is_ascii_whitespace() || b.is_ascii_control())
+    {
+        return None;
+    }
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host_ok, port) = if let Some(bracketed) = host_port.strip_prefix('[') {
+        let (inside, after) = bracketed.split_once(']')?;
+        let ipv6 = inside.contains(':')
+            && inside
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+        (ipv6, after)
+    } else {
+        let host = host_port.split(':').next().unwrap_or_default();
+        let name = host.bytes().any(|b| b.is_ascii_alphanumeric() || !b.is_ascii())
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || !b.is_ascii() || matches!(b, b'.' | b'-' | b'_'));
+        (name, &host_port[host.len()..])
+    };
+    // `:` alone is an empty port, as the URL standard allows.
+    let port_ok = port.is_empty()
+        || port.strip_prefix(':').is_some_and(|p| {
+            p.is_empty() || (p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok())
+        });
+    (host_ok && port_ok).then_some(authority)
+}
+
+/// Where a browser may be sent (sign-in's `postLogoutRedirectUri`): a path
+/// of this service (`/`, `/bye?x=1`: a query is allowed, made absolute on
+/// the request's origin), or an absolute http(s) URL with a host and no
+/// user information ([`is_http_url`]). Never `//host` (another site,
+/// written as a path), a backslash, a space or a control character.
+#[must_use]
+pub fn is_landing_uri(uri: &str) -> bool {
+    if uri
+        .bytes()
+        .any(|b| b == b'\\' || b == b' ' || b.is_ascii_control())
+    {
+        return false;
+    }
+    if uri.starts_with('/') {
+        return !uri.starts_with("//");
+    }
+    http_authority(uri).is_some_and(|a| !a.contains('@'))
+}
+
+/// `url` as it may be shown in a log line, a `Debug` output or an error:
+/// its user information (a user name, a password) replaced by `***`, and
+/// the values of query parameters that name a password (`pass=`,
+/// `password=`, as `redis+unix:///run/redis.sock?pass=…` carries one)
+/// likewise.
+///
+/// It does not parse the URL, so it also hides what a URL parser would
+/// refuse: everything between `://` and the last `@` counts as user
+/// information, even a password with an unescaped `/`, `?`, `#` or `@` in
+/// it. A `@` in the path or query hides more than it needs to, never less.
+///
+/// ```
+/// use palisade_core::syntax::url_without_credentials as shown;
+/// assert_eq!(shown("redis://app:s3cret@redis.internal:6380/2"), "redis://***@redis.internal:6380/2");
+/// assert_eq!(shown("rediss://:pa/ss#w@h/0"), "rediss://***@h/0");
+/// assert_eq!(shown("redis+unix:///run/redis.sock?db=1&pass=s3cret"), "redis+unix:///run/redis.sock?db=1&pass=***");
+/// assert_eq!(shown("redis://127.0.0.1:6379/0"), "redis://127.0.0.1:6379/0");
+/// ```
+#[must_use]
+pub fn url_without_credentials(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").map_or(("", url), |(s, r)| (s, r));
+    let mut shown = String::with_capacity(url.len());
+    if !scheme.is_empty() || url.starts_with("://") {
+        shown.push_str(scheme);
+        shown.push_str("://");
+    }
+    let rest = match rest.rfind('@') {
+        Some(at) => {
+            shown.push_str("***@");
+            &rest[at + 1..]
+        }
+        None => rest,
+    };
+    let Some((before, query)) = rest.split_once('?') else {
+        shown.push_str(rest);
+        return shown;
+    };
+    shown.push_str(before);
+    shown.push('?');
+    for (i, pair) in query.split('&').enumerate() {
+        if i > 0 {
+            shown.push('&');
+        }
+        match pair.split_once('=') {
+            Some((name, _)) if names_a_password(name) => {
+                shown.push_str(name);
+                shown.push_str("=***");
+            }
+            _ => shown.push_str(pair),
+        }
+    }
+    shown
+}
+
+/// A query parameter's name that says its value is a password.
+fn names_a_password(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name.contains("pass") || name.contains("secret") || name.contains("token")
+}
+
+/// Whether `url` is plain `http://` to a host other than this one (not
+/// `localhost`, `127.x` or `[::1]`): what a service warns about at start-up,
+/// since keys, tokens or secrets sent or fetched there can be read or
+/// changed in transit. Loopback is left alone: a test issuer, or a proxy
+/// on the same host.
+///
+/// ```
+/// use palisade_core::syntax::plain_http_elsewhere;
+/// assert!(plain_http_elsewhere("http://idp.example/realms/shop"));
+/// assert!(!plain_http_elsewhere("http://127.0.0.1:8080/realms/shop"));
+/// assert!(!plain_http_elsewhere("https://idp.example/realms/shop"));
+/// assert!(plain_http_elsewhere("HTTP://127.evil.example/realms/shop"));
+/// assert!(plain_http_elsewhere("http://idp.example/realms/x@127.0.0.1"));
+/// assert!(!plain_http_elsewhere("http://user@127.0.0.1/realms/shop"));
+/// ```
+#[must_use]
+pub fn plain_http_elsewhere(url: &str) -> bool {
+    url.get(..7).is_some_and(|s| s.eq_ignore_ascii_case("http://")) && !is_loopback_url(url)
+}
+
+fn is_loopback_url(s: &str) -> bool {
+    let rest = s.split_once("://").map_or(s, |(_, r)| r);
+    // The host a URL parser connects to: after the user information, which
+    // ends at the authority's last `@` (an `@` in the path is not it).
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let rest = &authority[authority.rfind('@').map_or(0, |at| at + 1)..];
+    if rest.starts_with("[::1]") {
+        return true;
+    }
+    let host = rest.split(':').next().unwrap_or("");
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_without_credentials as shown;
+
+    #[test]
+    fn no_password_is_ever_shown() {
+        for (url, want) in [
+            ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+            ("redis://:s3cret@h:1/0", "redis://***@h:1/0"),
+            ("redis://app:s3cret@h:1/0", "redis://***@h:1/0"),
+            ("redis://s3cret@h", "redis://***@h"),
+            // What a URL parser refuses: the password's `/`, `?`, `#`, `@`.
+            ("redis://:pa/s3cret@h:1/0", "redis://***@h:1/0"),
+            ("redis://:p?s3cret@h", "redis://***@h"),
+            ("redis://:p#s3cret@h/0", "redis://***@h/0"),
+            ("redis://:p@s3cret@h/0", "redis://***@h/0"),
+            // A `@` later on hides more than it needs to.
+            ("redis://h/0?x=a@b", "redis://***@b"),
+            ("redis+unix:///sock?pass=s3cret", "redis+unix:///sock?pass=***"),
+            (
+                "redis+unix:///sock?db=2&PASSWORD=s3cret&x",
+                "redis+unix:///sock?db=2&PASSWORD=***&x",
+            ),
+            ("user:s3cret@host", "***@host"),
+            ("", ""),
+        ] {
+            assert_eq!(shown(url), want, "{url}");
+            assert!(!shown(url).contains("s3cret"), "{url}");
+        }
+    }
+}
