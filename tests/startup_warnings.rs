@@ -53,6 +53,44 @@ fn plain_http_to_another_host_is_a_warning_and_loopback_is_not() {
 }
 
 #[test]
+fn an_issuer_that_is_also_a_tenant_of_a_pattern_is_a_warning() {
+    capture();
+    let pattern = Provider::builder("https://login.overlap.example/{tenant}/v2.0")
+        .audience("api")
+        .tenants(["contoso", "fabrikam"])
+        .jwks_uri("https://login.overlap.example/{tenant}/keys")
+        .build()
+        .unwrap();
+    let fixed = |issuer: &str| {
+        Provider::builder(issuer)
+            .audience("other-api")
+            .dangerous()
+            .hmac_secret([7u8; 32])
+            .build()
+            .unwrap()
+    };
+    JwtAuthenticator::builder()
+        .provider(pattern.clone())
+        .provider(fixed("https://login.overlap.example/contoso/v2.0"))
+        .build()
+        .unwrap();
+    let warned = logs::lines("also a tenant of an issuer pattern");
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert!(
+        warned[0].contains("https://login.overlap.example/contoso/v2.0")
+            && warned[0].contains("tenant=\"contoso\""),
+        "{warned:?}"
+    );
+    // An issuer beside the pattern, not in it, is no warning.
+    JwtAuthenticator::builder()
+        .provider(pattern)
+        .provider(fixed("https://login.overlap.example/common/oauth2"))
+        .build()
+        .unwrap();
+    assert_eq!(logs::lines("also a tenant of an issuer pattern").len(), 1);
+}
+
+#[test]
 fn a_policy_file_says_its_relaxations_when_it_loads() {
     capture();
     let yaml = "apiVersion: security.istio.io/v1

@@ -86,9 +86,15 @@ const TENANT_ANSWER_TTL: Duration = Duration::from_secs(60);
 /// (not yet asked whether the rule allows it).
 fn tenant_name<'i, 's>(state: &'s ProviderState, iss: &'i str) -> Option<(&'s Tenants, &'i str)> {
     let tenants = state.cfg.tenants.as_ref()?;
-    let (prefix, suffix) = state.cfg.issuer.split_once(TENANT)?;
+    Some((tenants, fits_pattern(&state.cfg.issuer, iss)?))
+}
+
+/// The tenant `iss` names under the issuer `pattern`, if it fits it and
+/// the name is well formed.
+fn fits_pattern<'i>(pattern: &str, iss: &'i str) -> Option<&'i str> {
+    let (prefix, suffix) = pattern.split_once(TENANT)?;
     let name = iss.strip_prefix(prefix)?.strip_suffix(suffix)?;
-    valid_tenant(name).then_some((tenants, name))
+    valid_tenant(name).then_some(name)
 }
 
 /// One tenant of an issuer pattern.
@@ -408,6 +414,23 @@ impl JwtAuthenticatorBuilder {
                 introspector,
                 tenants,
             });
+        }
+        // An issuer that is also a tenant of a pattern is verified as
+        // itself: the pattern's keys, audiences and tenant rule never see
+        // its tokens. Legal (a tenant with settings of its own), but easy
+        // to write by mistake.
+        for pattern in providers.iter().filter(|p| p.cfg.tenants.is_some()) {
+            for fixed in providers.iter().filter(|p| p.cfg.tenants.is_none()) {
+                if let Some(tenant) = fits_pattern(&pattern.cfg.issuer, &fixed.cfg.issuer) {
+                    tracing::warn!(
+                        target: "palisade::jwt",
+                        issuer = %fixed.cfg.issuer,
+                        pattern = %pattern.cfg.issuer,
+                        tenant,
+                        "an issuer is also a tenant of an issuer pattern: its tokens are verified under its own settings, never the pattern's"
+                    );
+                }
+            }
         }
         let mut sources: Vec<(TokenSource, Vec<usize>)> = Vec::new();
         for (i, p) in providers.iter().enumerate() {
