@@ -574,18 +574,9 @@ impl Reply {
         let rendering = wanted.rendering;
         let reply = match body {
             Ok(bytes) if bytes.len() <= wanted.limit => (wanted.then)(bytes),
-            Ok(_) | Err(Unread::TooLarge) => Check::Ready(Reply::problem(
-                413,
-                "body-too-large",
-                "Body too large",
-                &format!("the request body is larger than {} bytes", wanted.limit),
-            )),
-            Err(Unread::TimedOut) => Check::Ready(Reply::problem(
-                408,
-                "body-timeout",
-                "Request timeout",
-                "the request body did not arrive in time",
-            )),
+            // The rest of the body is not read: the connection closes.
+            Ok(_) | Err(Unread::TooLarge) => Check::Ready(crate::limits::body_too_large(wanted.limit)),
+            Err(Unread::TimedOut) => Check::Ready(crate::limits::body_too_slow()),
             Err(Unread::Broken) => Check::Ready(Reply::from(Rejection::bad_request(
                 "the request body could not be read",
             ))),
@@ -1014,7 +1005,14 @@ mod tests {
         .await;
         assert!(!never.is_finished(), "still reading");
         tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-        assert_eq!(never.await.unwrap().status(), 408);
+        let late = never.await.unwrap();
+        assert_eq!(late.status(), 408);
+        // The unread rest of the body closes the connection, as the
+        // server limits' answers do.
+        assert!(
+            late.headers().any(|(n, v)| n == "connection" && v == "close"),
+            "{late:?}"
+        );
 
         // A reply that wants no body answers itself without reading.
         let plain = Reply::problem(418, "x", "Teapot", "none")

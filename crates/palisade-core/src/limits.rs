@@ -189,21 +189,33 @@ impl ServerLimits {
     /// The answer to a body over the limit: 413 with a problem body, and
     /// `connection: close`, as the rest of the body is not read.
     pub fn body_too_large(&self) -> Reply {
-        Reply::problem(
-            413,
-            "body-too-large",
-            "Body too large",
-            &format!("the request body is larger than {} bytes", self.body_limit),
-        )
-        .header("connection", "close")
+        body_too_large(self.body_limit)
     }
+}
+
+/// 413 for a body over `limit` bytes, with `connection: close`: the rest
+/// of the body is not read (HTTP/2 servers drop the header, as they must).
+pub(crate) fn body_too_large(limit: usize) -> Reply {
+    Reply::problem(
+        413,
+        "body-too-large",
+        "Body too large",
+        &format!("the request body is larger than {limit} bytes"),
+    )
+    .header("connection", "close")
+}
+
+/// 408 for a body that did not arrive in time, with `connection: close`:
+/// the rest of it is not read.
+pub(crate) fn body_too_slow() -> Reply {
+    Reply::problem(408, "body-timeout", "Request body timeout", BODY_LATE).header("connection", "close")
 }
 
 impl ServerLimits {
     /// The answer to a request body that did not arrive in time: 408 with a
     /// problem body, and `connection: close`, as the rest is not read.
     pub fn body_too_slow(&self) -> Reply {
-        Reply::problem(408, "body-timeout", "Request body timeout", BODY_LATE).header("connection", "close")
+        body_too_slow()
     }
 }
 
