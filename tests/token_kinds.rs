@@ -846,8 +846,9 @@ async fn each_tenant_has_its_own_keys_fetched_on_first_use() {
 /// With more tenants than `max_tenants`, the tenant dropped is the one
 /// least recently used, not the one met first: a busy tenant stays while
 /// others come and go. (What is dropped is seen by the resolver, asked
-/// again for a tenant only once it was dropped; its keys may outlive it in
-/// the verified-token cache.)
+/// again for a tenant only once it was dropped; its tokens in the
+/// verified-token cache keep their keys until its allowance is a minute
+/// old, then are verified again.)
 #[tokio::test]
 async fn the_least_recently_used_tenant_gives_way() {
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()

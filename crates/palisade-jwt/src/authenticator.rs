@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -105,6 +106,25 @@ struct Tenant {
     /// Its own keys, unless every tenant shares the provider's.
     store: Option<Arc<KeyStore>>,
     _fetched: Option<Arc<Fetched>>,
+    /// When the tenants' rule last allowed it (seconds since the epoch,
+    /// an `f64`'s bits): a verified token of the tenant is answered from
+    /// the cache for [`TENANT_ANSWER_TTL`] after that, then verified
+    /// again, which asks the rule again. So a tenant the rule stops
+    /// allowing loses its cached tokens too, not only its new ones.
+    allowed_at: AtomicU64,
+}
+
+impl Tenant {
+    /// The rule allowed it now.
+    fn allowed_now(&self) {
+        self.allowed_at.store(now_secs().to_bits(), Ordering::Relaxed);
+    }
+
+    /// Whether the rule's last allowance still holds.
+    fn allowance_holds(&self) -> bool {
+        coarse_now_secs() - f64::from_bits(self.allowed_at.load(Ordering::Relaxed))
+            < TENANT_ANSWER_TTL.as_secs_f64()
+    }
 }
 
 struct CacheEntry {
@@ -1031,6 +1051,9 @@ impl JwtAuthenticator {
             }
             stores.refused.remove(name);
             stores.allowed.insert(name.to_owned(), Instant::now());
+            if let Some(live) = stores.live.get(name) {
+                live.allowed_now();
+            }
             if let Some(t) = known(&mut stores) {
                 return t.map(|t| (i, t));
             }
@@ -1081,6 +1104,7 @@ impl JwtAuthenticator {
             issuer: iss.to_owned(),
             store,
             _fetched: fetched,
+            allowed_at: AtomicU64::new(now_secs().to_bits()),
         });
         if stores.order.len() >= cfg.max_tenants
             && let Some(oldest) = stores.order.pop_front()
@@ -1340,6 +1364,11 @@ impl JwtAuthenticator {
         let state = &self.0.providers[entry.provider];
         if !self.0.sources[source].1.contains(&entry.provider) {
             return Some(Err(JwtError::WrongLocation));
+        }
+        // A tenant's token whose allowance is older than the rule's
+        // answers are kept: verified again, asking the rule again.
+        if entry.tenant.as_ref().is_some_and(|t| !t.allowance_holds()) {
+            return None;
         }
         let store = self.store_of(entry.provider, entry.tenant.as_deref());
         if store.generation() != entry.keys_generation
@@ -2030,6 +2059,87 @@ mod tests {
         );
         // The coarse clock never leads the precise one.
         assert!(coarse_now_secs() <= now_secs());
+    }
+
+    /// A tenant the rule stops allowing loses its cached tokens within
+    /// the time its answers are kept, and the rule is asked no more often
+    /// than that; one it allows again regains them. (The answers are aged
+    /// by hand: waiting [`TENANT_ANSWER_TTL`] would take a minute.)
+    #[test]
+    fn a_tenants_cached_tokens_follow_the_rules_answer_once_it_is_stale() {
+        use palisade_core::authn::OwnedRequest;
+        use std::sync::atomic::AtomicBool;
+        let issuer = palisade_testkit::TestIssuer::builder()
+            .default_audience("api")
+            .start()
+            .unwrap();
+        let base = issuer.base_url().to_owned();
+        let allow = Arc::new(AtomicBool::new(true));
+        let asked = Arc::new(AtomicU64::new(0));
+        let jwt = JwtAuthenticator::builder()
+            .provider(
+                Provider::builder(format!("{base}/realms/{{tenant}}"))
+                    .audience("api")
+                    .jwks_inline(issuer.jwks().to_string())
+                    .tenant_resolver({
+                        let (allow, asked) = (Arc::clone(&allow), Arc::clone(&asked));
+                        move |_| {
+                            asked.fetch_add(1, Ordering::SeqCst);
+                            allow.load(Ordering::SeqCst)
+                        }
+                    })
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        let authenticated = |token: &str| {
+            let req = OwnedRequest::get("/").header("authorization", format!("Bearer {token}"));
+            match jwt.authenticate(&req) {
+                Check::Ready(AuthOutcome::Authenticated(_)) => true,
+                Check::Ready(_) => false,
+                Check::Pending(_) => panic!("the keys are inline"),
+            }
+        };
+        // Every kept answer, and every tenant's allowance, made older
+        // than they are kept.
+        let age = || {
+            let stale = Duration::from_secs(61);
+            let mut guard = jwt.0.providers[0].tenants.as_ref().unwrap().lock().unwrap();
+            let stores = &mut *guard;
+            for at in stores.allowed.values_mut().chain(stores.refused.values_mut()) {
+                *at = at.checked_sub(stale).unwrap();
+            }
+            for t in stores.live.values() {
+                let at = f64::from_bits(t.allowed_at.load(Ordering::SeqCst)) - stale.as_secs_f64();
+                t.allowed_at.store(at.to_bits(), Ordering::SeqCst);
+            }
+        };
+        let token = issuer.token().issuer(&format!("{base}/realms/team")).sign();
+        let asked_times = || asked.load(Ordering::SeqCst);
+        assert!(authenticated(&token));
+        assert!(authenticated(&token), "from the cache");
+        assert_eq!(asked_times(), 1);
+
+        allow.store(false, Ordering::SeqCst);
+        assert!(authenticated(&token), "the rule's answer is kept");
+        assert_eq!(asked_times(), 1);
+        age();
+        assert!(
+            !authenticated(&token),
+            "the cached token is refused with its tenant"
+        );
+        assert_eq!(asked_times(), 2, "asked again once its answer was stale");
+        let another = issuer.token().issuer(&format!("{base}/realms/team")).sign();
+        assert!(!authenticated(&another));
+        assert_eq!(asked_times(), 2, "the refusal is kept");
+
+        allow.store(true, Ordering::SeqCst);
+        age();
+        assert!(authenticated(&token), "allowed again");
+        assert!(authenticated(&another));
+        assert!(authenticated(&token));
+        assert_eq!(asked_times(), 3);
     }
 
     #[test]

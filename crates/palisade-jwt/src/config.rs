@@ -39,9 +39,9 @@ pub enum Tenants {
     /// Those for which the function answers true. Asked when a token
     /// naming a tenant is to be verified, before its signature can be
     /// checked, and the answer kept for a minute (a refused name among the
-    /// last 1,024 refused): a tenant it stops allowing is refused, and its
-    /// keys dropped, within a minute; one it starts allowing is accepted
-    /// within a minute.
+    /// last 1,024 refused): a tenant it stops allowing is refused, its
+    /// tokens already verified included, and its keys dropped, within a
+    /// minute; one it starts allowing is accepted within a minute.
     Resolver(Arc<dyn Fn(&str) -> bool + Send + Sync>),
 }
 
