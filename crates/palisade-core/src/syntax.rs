@@ -25,6 +25,25 @@ pub fn is_http_token(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
+/// The longest cookie name [`is_cookie_name`] accepts.
+pub const MAX_COOKIE_NAME_LEN: usize = 128;
+
+/// A cookie name Palisade sets (a sign-in session, a SPNEGO session): an
+/// RFC 6265 `cookie-name`, that is an RFC 9110 token ([`is_http_token`]:
+/// no separator that would end the name or add an attribute), of at most
+/// [`MAX_COOKIE_NAME_LEN`] characters. A policy file and the builders
+/// apply the same rule.
+///
+/// ```
+/// use palisade_core::syntax::is_cookie_name;
+/// assert!(is_cookie_name("__Host-session") && is_cookie_name("app.sid"));
+/// assert!(!is_cookie_name("sid; Domain=evil.example") && !is_cookie_name("a=b") && !is_cookie_name(""));
+/// ```
+#[must_use]
+pub fn is_cookie_name(name: &str) -> bool {
+    name.len() <= MAX_COOKIE_NAME_LEN && is_http_token(name)
+}
+
 /// A path this service serves an endpoint at (sign-in's callback, login
 /// and logout paths): it starts with one `/`, and has no query, fragment,
 /// backslash, space or control character.

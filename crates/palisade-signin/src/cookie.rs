@@ -68,8 +68,6 @@ const KEY_LEN: usize = 32;
 const TAG_LEN: usize = 16;
 /// The longest key id.
 const MAX_ID_LEN: usize = 32;
-/// The longest cookie name.
-const MAX_NAME_LEN: usize = 128;
 /// The prefix of every value.
 const VERSION: &str = "v1.";
 /// The start of the additional authenticated data.
@@ -442,7 +440,7 @@ impl CookieSealerBuilder {
                 return Err(KeyError::DuplicateId(key.id.clone()));
             }
         }
-        if !valid_name(&self.name) {
+        if !palisade_core::syntax::is_cookie_name(&self.name) {
             return Err(KeyError::InvalidName(self.name));
         }
         let path_ok =
@@ -495,11 +493,6 @@ impl CookieSealerBuilder {
             }),
         })
     }
-}
-
-/// RFC 9110 `token`, at most 128 characters.
-fn valid_name(name: &str) -> bool {
-    name.len() <= MAX_NAME_LEN && palisade_core::syntax::is_http_token(name)
 }
 
 /// Seals values into cookies and opens them from requests; see the module

@@ -95,6 +95,13 @@ pub enum SpnegoError {
     /// A session cookie was configured without a key.
     #[error("the session cookie needs at least one key")]
     SessionKeys,
+    /// The session cookie's name is not a cookie name
+    /// ([`palisade_core::syntax::is_cookie_name`]): it could end the name
+    /// or add an attribute to `Set-Cookie`.
+    #[error(
+        "the session cookie's name {0:?} is not a cookie name (1 to 128 letters, digits and !#$%&'*+-.^_`|~)"
+    )]
+    SessionCookieName(String),
     /// The environment turns MIT's replay cache off (`KRB5RCACHETYPE=none`
     /// or `KRB5RCACHENAME=none:…`): a captured token could be replayed.
     #[error("the Kerberos replay cache is off ({0}); Palisade does not accept Negotiate without it")]
@@ -187,10 +194,17 @@ impl SpnegoAuthenticatorBuilder {
     ///
     /// # Errors
     /// [`SpnegoError::Credentials`] when there is no usable keytab;
-    /// [`SpnegoError::SessionKeys`] for a session cookie without a key.
+    /// [`SpnegoError::SessionKeys`] for a session cookie without a key,
+    /// [`SpnegoError::SessionCookieName`] for one whose name is not a
+    /// cookie name.
     pub fn build(self) -> Result<SpnegoAuthenticator, SpnegoError> {
-        if self.session.as_ref().is_some_and(|s| !s.has_keys()) {
-            return Err(SpnegoError::SessionKeys);
+        if let Some(s) = &self.session {
+            if !s.has_keys() {
+                return Err(SpnegoError::SessionKeys);
+            }
+            if !palisade_core::syntax::is_cookie_name(&s.name) {
+                return Err(SpnegoError::SessionCookieName(s.name.clone()));
+            }
         }
         for var in ["KRB5RCACHETYPE", "KRB5RCACHENAME"] {
             if let Ok(v) = std::env::var(var)
@@ -819,6 +833,18 @@ impl SpnegoAuthenticator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Checked before any Kerberos credential is looked for.
+    #[test]
+    fn a_session_cookie_name_that_could_add_an_attribute_is_refused() {
+        for name in ["sid; Domain=evil.example", "a=b", ""] {
+            let cookie = SessionCookie::new(name).key(1, &[7; 32]).unwrap();
+            match SpnegoAuthenticator::builder().session_cookie(cookie).build() {
+                Err(SpnegoError::SessionCookieName(n)) => assert_eq!(n, name),
+                other => panic!("{name:?}: {:?}", other.err()),
+            }
+        }
+    }
 
     #[test]
     fn a_local_name_is_asked_once_per_principal_and_the_cache_stays_bounded() {

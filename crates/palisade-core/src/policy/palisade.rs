@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use super::{DurationSpec, FieldError, SelectorSpec};
 use crate::authz::EscapedSlashes;
-use crate::syntax::{is_http_url, is_landing_uri, is_service_path, url_without_credentials};
+use crate::syntax::{is_cookie_name, is_http_url, is_landing_uri, is_service_path, url_without_credentials};
 
 /// JWS algorithms a `JwtSettings` document may name.
 const ASYMMETRIC_ALGORITHMS: [&str; 9] = [
@@ -501,10 +501,7 @@ impl SpnegoSettingsSpec {
             if let Some(name) = &c.name
                 && !is_cookie_name(name)
             {
-                return Err((
-                    "spec.sessionCookie.name".into(),
-                    "letters, digits, `-` and `_`".into(),
-                ));
+                return Err(("spec.sessionCookie.name".into(), COOKIE_NAME_RULE.into()));
             }
             if c.max_age.is_some_and(|m| m.get().is_zero()) {
                 return Err((
@@ -964,23 +961,14 @@ impl OidcLoginSpec {
         if let Some(name) = &s.cookie_name
             && !is_cookie_name(name)
         {
-            return Err((
-                "spec.session.cookieName".into(),
-                "letters, digits, `-` and `_`".into(),
-            ));
+            return Err(("spec.session.cookieName".into(), COOKIE_NAME_RULE.into()));
         }
         Ok(())
     }
 }
 
-/// A cookie name Palisade sets: letters, digits, `-` and `_` (no
-/// separator that would end the name or add an attribute).
-fn is_cookie_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
+/// What [`is_cookie_name`] asks, as a refusal says it.
+const COOKIE_NAME_RULE: &str = "a cookie name is 1 to 128 letters, digits and ``!#$%&'*+-.^_`|~`` (no separator that would end it or add an attribute)";
 
 /// `memory`, or the URL of a Redis store.
 fn is_store_url(store: &str) -> bool {

@@ -788,11 +788,19 @@ fn a_spnego_session_cookie_name_cannot_add_attributes() {
             "spec.sessionCookie.name",
         ),
         ("    name: ''\n", "spec.sessionCookie.name"),
+        ("    name: 'a=b'\n", "spec.sessionCookie.name"),
         ("    maxAge: 0s\n", "spec.sessionCookie.maxAge"),
     ] {
         assert_eq!(load_err(&doc(cookie)).field.as_deref(), Some(field), "{cookie}");
     }
     PolicySet::from_yaml_str(&doc("    name: krb_session\n    maxAge: 30m\n"), "policy.yaml").unwrap();
+    // The builders' rule, an RFC 6265 cookie name (a token): `.` is one.
+    PolicySet::from_yaml_str(&doc("    name: app.krb-session\n"), "policy.yaml").unwrap();
+    let long = format!("    name: {}\n", "x".repeat(129));
+    assert_eq!(
+        load_err(&doc(&long)).field.as_deref(),
+        Some("spec.sessionCookie.name")
+    );
 }
 
 /// The (document, field) of each warning of a file.
