@@ -813,3 +813,54 @@ async fn a_session_that_outgrows_its_cookies_at_a_refresh_is_stored_under_one_ke
         assert_eq!(who.status, 200, "each cookie opens the stored session: {who:?}");
     }
 }
+
+/// `SignInBuilder::timeout` bounds every call to the issuer, the fetch of
+/// its keys included: a callback whose ID token names a key not yet known,
+/// while the issuer's keys answer slowly, fails within the timeout (and
+/// signs nobody in) rather than waiting for the fetch's own default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_timeout_of_calls_to_the_issuer_bounds_the_fetch_of_its_keys() {
+    let f = fixture(Duration::from_secs(300));
+    let issuer = f.issuer.issuer().to_owned();
+    let (base, _) = serve_both(|| {
+        let sign_in = SignIn::builder(issuer.clone(), "productpage")
+            .keys(vec![CookieKey::new("k1", &[9u8; 32]).unwrap()])
+            .timeout(Duration::from_millis(300))
+            .build()
+            .unwrap();
+        palisade::prelude::Guard::builder()
+            .authenticator(sign_in)
+            .build()
+            .unwrap()
+    });
+    ready(&base).await;
+    let mut jar = Jar::default();
+    let nav = get(&format!("{base}/page"), &jar, true).await;
+    assert_eq!(nav.status, 302, "{nav:?}");
+    jar.take(&nav);
+    let at_issuer = get(nav.location.as_deref().unwrap(), &Jar::default(), true).await;
+    let callback = at_issuer.location.unwrap();
+    // The ID token will be signed with a key the relying party has not
+    // fetched, once a new fetch is allowed (10 s after the first, the
+    // default `minRefreshInterval`), and the issuer's keys now take 3 s to
+    // answer. A request waits up to 2 s (`unknown_kid_wait`) for such a
+    // fetch: without the timeout, the callback would answer after that.
+    f.issuer.rotate_key();
+    tokio::time::sleep(Duration::from_millis(10_500)).await;
+    f.issuer.set_latency(Duration::from_secs(3));
+    let started = std::time::Instant::now();
+    let back = get(&callback, &jar, true).await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(1_500),
+        "answered after {took:?}: {back:?}"
+    );
+    assert_ne!(back.status, 302, "nobody is signed in without the key: {back:?}");
+    assert!(
+        !back
+            .set_cookies
+            .iter()
+            .any(|c| c.starts_with("palisade_session=") && !c.contains("Max-Age=0")),
+        "{back:?}"
+    );
+}

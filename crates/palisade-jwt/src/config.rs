@@ -225,7 +225,9 @@ pub struct FetchSettings {
     pub max_ttl: Duration,
     /// At most one fetch per this interval for unknown key ids (10 s).
     pub min_refresh_interval: Duration,
-    /// How long a request with an unknown `kid` waits for a fetch (2 s).
+    /// How long a request with an unknown `kid` waits for a fetch (2 s) at
+    /// most: a fetch that ends without the key (failed, or the key not
+    /// published) ends the wait at once.
     pub unknown_kid_wait: Duration,
     /// Keep the last good key set this long while fetching fails (24 h).
     pub max_stale: Duration,

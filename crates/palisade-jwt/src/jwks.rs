@@ -472,6 +472,12 @@ impl KeyStore {
                 if let Some(k) = self.current.load().find(kid, alg) {
                     return Some(k.clone());
                 }
+                // The fetch that would have brought the key has ended
+                // without it (the key is not published, or the fetch
+                // failed): no use waiting out the rest of the wait.
+                if *rx.borrow() >= need {
+                    return None;
+                }
             }
         })
         .await;
