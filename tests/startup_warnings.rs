@@ -81,10 +81,12 @@ fn an_issuer_that_is_also_a_tenant_of_a_pattern_is_a_warning() {
             && warned[0].contains("tenant=\"contoso\""),
         "{warned:?}"
     );
-    // An issuer beside the pattern, not in it, is no warning.
+    // An issuer beside the pattern, not in it, is no warning; nor is one
+    // that fits it with a name its tenant list does not have.
     JwtAuthenticator::builder()
         .provider(pattern)
         .provider(fixed("https://login.overlap.example/common/oauth2"))
+        .provider(fixed("https://login.overlap.example/northwind/v2.0"))
         .build()
         .unwrap();
     assert_eq!(logs::lines("also a tenant of an issuer pattern").len(), 1);

@@ -18,7 +18,8 @@ const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 const CAPACITY: usize = 10_000;
 /// How long a failed exchange is every answer for its caller token: a
 /// token the issuer refuses (expired, foreign, not to be exchanged) is not
-/// asked about again at each request, nor is an issuer that is down.
+/// asked about again at each request, and an issuer that is down is asked
+/// once a second per caller token.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// The cache key: the caller's token itself (shared with its
@@ -185,12 +186,14 @@ impl TokenExchange {
 }
 
 /// Inserts into a map of at most [`CAPACITY`] entries: when full, those
-/// no longer `live` go first, and all of them if that is not enough.
+/// no longer `live` go first, and all of them if that frees less than a
+/// tenth (so that a map full of live entries is not scanned at every
+/// insert).
 fn insert_bounded<V>(map: &Mutex<Map<V>>, key: &Key, value: V, live: impl Fn(&V) -> bool) {
     let mut map = lock(map);
     if map.len() >= CAPACITY {
         map.retain(|_, v| live(v));
-        if map.len() >= CAPACITY {
+        if map.len() >= CAPACITY - CAPACITY / 10 {
             map.clear();
         }
     }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -54,24 +54,80 @@ struct ProviderState {
 struct TenantStores {
     live: HashMap<String, Arc<Tenant>>,
     order: std::collections::VecDeque<String>,
-    /// When the rule last allowed each live tenant.
-    allowed: HashMap<String, Instant>,
-    /// Names the rule refused, and when, so a resolver is not asked again
-    /// for each token that names one; forgotten all at once when full.
-    refused: HashMap<String, Instant>,
+    /// When the rule last allowed each live tenant ([`mono_ms`]).
+    allowed: HashMap<String, u64>,
+    /// Names the rule refused, and when ([`mono_ms`]), so a resolver is not
+    /// asked again for each token that names one; forgotten all at once
+    /// when full.
+    refused: HashMap<String, u64>,
+    /// Names the rule is being asked about now, by one request: the others
+    /// take its last answer meanwhile, if there is one.
+    asking: std::collections::HashSet<String>,
 }
 
 impl TenantStores {
-    /// The rule's kept answer about `name` ([`TENANT_ANSWER_TTL`]): allowed,
-    /// refused, or `None` when it is to be asked.
-    fn kept(&self, name: &str) -> Option<bool> {
-        let fresh = |at: Option<&Instant>| at.is_some_and(|at| at.elapsed() < TENANT_ANSWER_TTL);
-        if fresh(self.allowed.get(name)) {
-            Some(true)
-        } else {
-            fresh(self.refused.get(name)).then_some(false)
+    /// The rule's kept answer about `name` ([`TENANT_ANSWER_TTL_MS`]): allowed
+    /// (since when), refused, or `None` when it is to be asked.
+    fn kept(&self, name: &str) -> Option<Option<u64>> {
+        let now = mono_ms();
+        let fresh = |at: u64| now.saturating_sub(at) < TENANT_ANSWER_TTL_MS;
+        match self.allowed.get(name) {
+            Some(&at) if fresh(at) => Some(Some(at)),
+            _ => self
+                .refused
+                .get(name)
+                .is_some_and(|&at| fresh(at))
+                .then_some(None),
         }
     }
+
+    /// The rule's last answer about `name`, however old.
+    fn last(&self, name: &str) -> Option<Option<u64>> {
+        match self.allowed.get(name) {
+            Some(&at) => Some(Some(at)),
+            None => self.refused.contains_key(name).then_some(None),
+        }
+    }
+
+    /// Keeps the rule's answer about `name`, given at `at`: a tenant no
+    /// longer allowed goes with its keys; an allowed one's allowance is
+    /// renewed ([`Tenant::allowed_at`]).
+    fn record(&mut self, name: &str, allowed: bool, at: u64) {
+        if allowed {
+            self.refused.remove(name);
+            self.allowed.insert(name.to_owned(), at);
+            if let Some(live) = self.live.get(name) {
+                live.allowed_at.store(at, Ordering::Relaxed);
+            }
+        } else {
+            self.live.remove(name);
+            self.allowed.remove(name);
+            self.order.retain(|n| n != name);
+            if self.refused.len() >= REFUSED_TENANTS {
+                self.refused.clear();
+            }
+            self.refused.insert(name.to_owned(), at);
+        }
+    }
+}
+
+/// Milliseconds on a clock that only moves forward (the kernel's coarse
+/// monotonic clock on Linux, a few nanoseconds to read): the time of the
+/// tenants' rule's answers, which a wall clock's steps must not age or
+/// refresh.
+#[cfg(target_os = "linux")]
+fn mono_ms() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
+    u64::try_from(t.tv_sec).unwrap_or(0) * 1000 + u64::try_from(t.tv_nsec).unwrap_or(0) / 1_000_000
+}
+
+#[cfg(not(target_os = "linux"))]
+fn mono_ms() -> u64 {
+    use std::time::Instant;
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    // Offset by the time to live, so that no answer is "fresh" at start.
+    u64::try_from(BASE.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX)
+        + TENANT_ANSWER_TTL_MS
 }
 
 /// How many refused tenant names are remembered ([`TenantStores::refused`]).
@@ -80,7 +136,53 @@ const REFUSED_TENANTS: usize = 1024;
 /// How long the tenants' rule's answer about a name is kept: a tenant the
 /// rule stops allowing (offboarded) is refused within this, one it starts
 /// allowing is accepted within this.
-const TENANT_ANSWER_TTL: Duration = Duration::from_secs(60);
+const TENANT_ANSWER_TTL_MS: u64 = 60_000;
+
+/// The tenants' rule's answer about `name`: `Some(when it allowed it)`
+/// ([`mono_ms`]), or `None` when it refuses it. An answer is kept for
+/// [`TENANT_ANSWER_TTL_MS`] (a refused name among the last
+/// [`REFUSED_TENANTS`]); then one request asks the rule again, outside the
+/// lock (a resolver may take its time), while the others take the last
+/// answer, so a resolver is asked about a name once a minute, not once per
+/// request that arrives while it answers.
+fn rule_answer(stores: &Mutex<TenantStores>, tenants: &Tenants, name: &str) -> Option<u64> {
+    /// Takes a name off `asking` however the rule's call ends.
+    struct Asking<'a> {
+        stores: &'a Mutex<TenantStores>,
+        name: &'a str,
+    }
+    impl Drop for Asking<'_> {
+        fn drop(&mut self) {
+            let mut stores = self.stores.lock().unwrap_or_else(PoisonError::into_inner);
+            stores.asking.remove(self.name);
+        }
+    }
+    let asking = {
+        let mut s = stores.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(kept) = s.kept(name) {
+            return kept;
+        }
+        if s.asking.contains(name) {
+            if let Some(last) = s.last(name) {
+                return last;
+            }
+            // Another request asks about a name never answered: so does
+            // this one, rather than wait.
+            None
+        } else {
+            s.asking.insert(name.to_owned());
+            Some(Asking { stores, name })
+        }
+    };
+    let allowed = tenants.allows(name);
+    let at = mono_ms();
+    stores
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .record(name, allowed, at);
+    drop(asking);
+    allowed.then_some(at)
+}
 
 /// The tenant `iss` names under `state`'s issuer pattern, with the
 /// pattern's rule, if `iss` fits the pattern and the name is well formed
@@ -106,24 +208,19 @@ struct Tenant {
     /// Its own keys, unless every tenant shares the provider's.
     store: Option<Arc<KeyStore>>,
     _fetched: Option<Arc<Fetched>>,
-    /// When the tenants' rule last allowed it (seconds since the epoch,
-    /// an `f64`'s bits): a verified token of the tenant is answered from
-    /// the cache for [`TENANT_ANSWER_TTL`] after that, then verified
-    /// again, which asks the rule again. So a tenant the rule stops
-    /// allowing loses its cached tokens too, not only its new ones.
+    /// When the tenants' rule last allowed it ([`mono_ms`]): a verified
+    /// token of the tenant is answered from the cache for
+    /// [`TENANT_ANSWER_TTL_MS`] after that, then verified again, which asks
+    /// the rule again (one request asks; the others take its last answer
+    /// meanwhile). So a tenant the rule stops allowing loses its cached
+    /// tokens too, not only its new ones.
     allowed_at: AtomicU64,
 }
 
 impl Tenant {
-    /// The rule allowed it now.
-    fn allowed_now(&self) {
-        self.allowed_at.store(now_secs().to_bits(), Ordering::Relaxed);
-    }
-
     /// Whether the rule's last allowance still holds.
     fn allowance_holds(&self) -> bool {
-        coarse_now_secs() - f64::from_bits(self.allowed_at.load(Ordering::Relaxed))
-            < TENANT_ANSWER_TTL.as_secs_f64()
+        mono_ms().saturating_sub(self.allowed_at.load(Ordering::Relaxed)) < TENANT_ANSWER_TTL_MS
     }
 }
 
@@ -441,7 +538,9 @@ impl JwtAuthenticatorBuilder {
         // to write by mistake.
         for pattern in providers.iter().filter(|p| p.cfg.tenants.is_some()) {
             for fixed in providers.iter().filter(|p| p.cfg.tenants.is_none()) {
-                if let Some(tenant) = fits_pattern(&pattern.cfg.issuer, &fixed.cfg.issuer) {
+                if let Some(tenant) = fits_pattern(&pattern.cfg.issuer, &fixed.cfg.issuer)
+                    && pattern.cfg.tenants.as_ref().is_some_and(|t| t.may_allow(tenant))
+                {
                     tracing::warn!(
                         target: "palisade::jwt",
                         issuer = %fixed.cfg.issuer,
@@ -1007,57 +1106,24 @@ impl JwtAuthenticator {
     /// The issuer pattern `iss` is a tenant of, and the tenant with its
     /// keys, if it is one of the pattern's tenants: its own store, fetched
     /// from its first token on, while it is among the provider's
-    /// `max_tenants` whose tokens were most recently verified (a cached
-    /// token's request does not come here). Called for a token not yet
-    /// verified, so before its signature is checked: the tenants' rule is
-    /// asked about a name once a minute at most ([`TENANT_ANSWER_TTL`]),
-    /// not for every token that names it.
+    /// `max_tenants` whose tokens were most recently verified (a token is
+    /// verified again, and so counts, once its tenant's allowance is
+    /// [`TENANT_ANSWER_TTL_MS`] old). Called for a token not yet verified, so
+    /// before its signature is checked.
     fn tenant(&self, iss: &str) -> Option<(usize, Arc<Tenant>)> {
         self.0.providers.iter().enumerate().find_map(|(i, state)| {
             let (tenants, name) = tenant_name(state, iss)?;
             let stores = state.tenants.as_ref()?;
-            let known = |stores: &mut TenantStores| -> Option<Option<Arc<Tenant>>> {
-                match stores.kept(name)? {
-                    false => Some(None),
-                    true => {
-                        let t = Arc::clone(stores.live.get(name)?);
-                        if let Some(at) = stores.order.iter().position(|n| n == name) {
-                            let used = stores.order.remove(at);
-                            stores.order.extend(used);
-                        }
-                        Some(Some(t))
-                    }
-                }
-            };
-            if let Some(answer) = known(&mut stores.lock().unwrap_or_else(PoisonError::into_inner)) {
-                return answer.map(|t| (i, t));
-            }
-            // Not under the lock: a resolver may take its time.
-            let allowed = tenants.allows(name);
+            let allowed_at = rule_answer(stores, tenants, name)?;
             let mut stores = stores.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(answer) = known(&mut stores) {
-                return answer.map(|t| (i, t));
-            }
-            if !allowed {
-                // A tenant no longer allowed goes with its keys.
-                stores.live.remove(name);
-                stores.allowed.remove(name);
-                stores.order.retain(|n| n != name);
-                if stores.refused.len() >= REFUSED_TENANTS {
-                    stores.refused.clear();
+            if let Some(t) = stores.live.get(name).map(Arc::clone) {
+                if let Some(at) = stores.order.iter().position(|n| n == name) {
+                    let used = stores.order.remove(at);
+                    stores.order.extend(used);
                 }
-                stores.refused.insert(name.to_owned(), Instant::now());
-                return None;
+                return Some((i, t));
             }
-            stores.refused.remove(name);
-            stores.allowed.insert(name.to_owned(), Instant::now());
-            if let Some(live) = stores.live.get(name) {
-                live.allowed_now();
-            }
-            if let Some(t) = known(&mut stores) {
-                return t.map(|t| (i, t));
-            }
-            self.new_tenant(&state.cfg, &mut stores, name, iss)
+            self.new_tenant(&state.cfg, &mut stores, name, iss, allowed_at)
                 .map(|t| (i, t))
         })
     }
@@ -1071,7 +1137,8 @@ impl JwtAuthenticator {
                 .tenants
                 .as_ref()
                 .and_then(|stores| stores.lock().unwrap_or_else(PoisonError::into_inner).kept(name));
-            kept.unwrap_or_else(|| tenants.allows(name)).then_some((i, name))
+            kept.map_or_else(|| tenants.allows(name), |k| k.is_some())
+                .then_some((i, name))
         })
     }
 
@@ -1084,6 +1151,7 @@ impl JwtAuthenticator {
         stores: &mut TenantStores,
         name: &str,
         iss: &str,
+        allowed_at: u64,
     ) -> Option<Arc<Tenant>> {
         let (store, fetched) = match cfg.jwks.for_tenant(name) {
             None => (None, None),
@@ -1104,7 +1172,7 @@ impl JwtAuthenticator {
             issuer: iss.to_owned(),
             store,
             _fetched: fetched,
-            allowed_at: AtomicU64::new(now_secs().to_bits()),
+            allowed_at: AtomicU64::new(allowed_at),
         });
         if stores.order.len() >= cfg.max_tenants
             && let Some(oldest) = stores.order.pop_front()
@@ -2064,7 +2132,7 @@ mod tests {
     /// A tenant the rule stops allowing loses its cached tokens within
     /// the time its answers are kept, and the rule is asked no more often
     /// than that; one it allows again regains them. (The answers are aged
-    /// by hand: waiting [`TENANT_ANSWER_TTL`] would take a minute.)
+    /// by hand: waiting [`TENANT_ANSWER_TTL_MS`] would take a minute.)
     #[test]
     fn a_tenants_cached_tokens_follow_the_rules_answer_once_it_is_stale() {
         use palisade_core::authn::OwnedRequest;
@@ -2076,6 +2144,12 @@ mod tests {
         let base = issuer.base_url().to_owned();
         let allow = Arc::new(AtomicBool::new(true));
         let asked = Arc::new(AtomicU64::new(0));
+        // While `slow`, the rule says it was entered and waits (5 s at
+        // most) to be released.
+        let slow = Arc::new(AtomicBool::new(false));
+        let (entered, entered_rx) = std::sync::mpsc::channel::<()>();
+        let (release, release_rx) = std::sync::mpsc::channel::<()>();
+        let release_rx = Arc::new(Mutex::new(release_rx));
         let jwt = JwtAuthenticator::builder()
             .provider(
                 Provider::builder(format!("{base}/realms/{{tenant}}"))
@@ -2083,8 +2157,13 @@ mod tests {
                     .jwks_inline(issuer.jwks().to_string())
                     .tenant_resolver({
                         let (allow, asked) = (Arc::clone(&allow), Arc::clone(&asked));
+                        let (slow, release_rx) = (Arc::clone(&slow), Arc::clone(&release_rx));
                         move |_| {
                             asked.fetch_add(1, Ordering::SeqCst);
+                            if slow.load(Ordering::SeqCst) {
+                                let _ = entered.send(());
+                                let _ = release_rx.lock().unwrap().recv_timeout(Duration::from_secs(5));
+                            }
                             allow.load(Ordering::SeqCst)
                         }
                     })
@@ -2104,15 +2183,14 @@ mod tests {
         // Every kept answer, and every tenant's allowance, made older
         // than they are kept.
         let age = || {
-            let stale = Duration::from_secs(61);
+            let stale = TENANT_ANSWER_TTL_MS + 1_000;
             let mut guard = jwt.0.providers[0].tenants.as_ref().unwrap().lock().unwrap();
             let stores = &mut *guard;
             for at in stores.allowed.values_mut().chain(stores.refused.values_mut()) {
                 *at = at.checked_sub(stale).unwrap();
             }
             for t in stores.live.values() {
-                let at = f64::from_bits(t.allowed_at.load(Ordering::SeqCst)) - stale.as_secs_f64();
-                t.allowed_at.store(at.to_bits(), Ordering::SeqCst);
+                t.allowed_at.fetch_sub(stale, Ordering::SeqCst);
             }
         };
         let token = issuer.token().issuer(&format!("{base}/realms/team")).sign();
@@ -2140,6 +2218,23 @@ mod tests {
         assert!(authenticated(&another));
         assert!(authenticated(&token));
         assert_eq!(asked_times(), 3);
+
+        // A slow rule: one request asks it, the others take its last
+        // answer meanwhile rather than ask too.
+        slow.store(true, Ordering::SeqCst);
+        age();
+        std::thread::scope(|scope| {
+            let asking = scope.spawn(|| authenticated(&token));
+            entered_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+            assert!(authenticated(&another), "the last answer stands");
+            assert!(authenticated(&token));
+            assert_eq!(asked_times(), 4, "asked by one request only");
+            release.send(()).unwrap();
+            assert!(asking.join().unwrap());
+        });
+        slow.store(false, Ordering::SeqCst);
+        assert!(authenticated(&token));
+        assert_eq!(asked_times(), 4, "its answer is kept");
     }
 
     #[test]

@@ -52,6 +52,16 @@ impl Tenants {
             Tenants::Resolver(f) => f(tenant),
         }
     }
+
+    /// Whether `tenant` may be allowed, without asking a resolver (which
+    /// may take its time, or answer otherwise later): a list says; a
+    /// resolver may.
+    pub(crate) fn may_allow(&self, tenant: &str) -> bool {
+        match self {
+            Tenants::List(_) => self.allows(tenant),
+            Tenants::Resolver(_) => true,
+        }
+    }
 }
 
 impl PartialEq for Tenants {

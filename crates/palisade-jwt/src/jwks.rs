@@ -439,6 +439,12 @@ impl KeyStore {
                 crate::JwtError::KeysUnavailable
             }
         };
+        // Read once, first: a fetch under way now may have begun before the
+        // key was published; one not under way now begins after this
+        // request's token (and so its key) existed. Read after `seen`, a
+        // fetch that ended in between would be taken for one not under
+        // way, and its version for the one that looked for the key.
+        let in_flight = self.fetching.load(Ordering::Acquire);
         // Subscribed before looking: a set stored after this look is
         // announced to `rx` (a fetch stores the set, then the version).
         let mut rx = self.version.subscribe();
@@ -452,7 +458,6 @@ impl KeyStore {
             return Err(unknown());
         }
         let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
-        let in_flight = self.fetching.load(Ordering::Acquire);
         if !in_flight && self.next_allowed_ms.load(Ordering::Acquire) > self.now_ms().saturating_add(wait_ms)
         {
             // No fetch is under way and none may start within the wait: fail
@@ -461,7 +466,7 @@ impl KeyStore {
         }
         // A fetch already under way may have started before the key was
         // published: only the one after it is sure to see it.
-        let need = seen + 1 + u64::from(self.fetching.load(Ordering::Acquire));
+        let need = seen.wrapping_add(1 + u64::from(in_flight));
         self.wanted.fetch_max(need, Ordering::AcqRel);
         self.demand.notify_one();
         let found = within(wait, async {
