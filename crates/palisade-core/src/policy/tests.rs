@@ -1022,3 +1022,29 @@ fn a_post_logout_redirect_is_a_path_here_or_an_absolute_url() {
     assert!(!is_landing_uri("/a\r\nSet-Cookie: x=1"));
     assert!(!is_service_path("/cb?x=1") && !is_service_path("//cb") && is_service_path("/oauth2/callback"));
 }
+
+/// A document that expands aliases of aliases ("billion laughs": ten
+/// levels of nine references, 10^9 strings once expanded) is refused
+/// while it is read, naming the file, rather than exhausting memory.
+#[test]
+fn an_alias_bomb_is_refused_when_the_file_loads() {
+    let mut yaml = String::from(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: bomb}\nspec:\n  rules:\n  - to:\n    - operation:\n        paths: &l0 [\"/a\", \"/a\", \"/a\", \"/a\", \"/a\", \"/a\", \"/a\", \"/a\", \"/a\"]\n",
+    );
+    for level in 1..10 {
+        let prev = format!("*l{}", level - 1);
+        yaml.push_str(&format!(
+            "    - operation:\n        methods: &l{level} [{}]\n",
+            vec![prev; 9].join(", ")
+        ));
+    }
+    let started = std::time::Instant::now();
+    let err = PolicySet::from_yaml_str(&yaml, "bomb.yaml").unwrap_err();
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    // serde-saphyr's node budget stops the expansion.
+    let shown = err.to_string();
+    assert!(
+        shown.contains("bomb.yaml: document 1") && shown.contains("budget"),
+        "{shown}"
+    );
+}
