@@ -162,15 +162,26 @@ impl TokenExchange {
             Ok(g) => Arc::new(g),
             Err(e) => {
                 tracing::info!(target: LOG_TARGET, issuer = %inner.client.issuer, error = %e, "a token exchange failed");
-                let now = Instant::now();
-                insert_bounded(&inner.failures, caller, (now, e.clone()), |(at, _)| {
-                    now.duration_since(*at) < RETRY_AFTER
-                });
+                // Failures last a second: when the map is full, it is
+                // emptied rather than searched for those that ended.
+                let mut failures = lock(&inner.failures);
+                if failures.len() >= CAPACITY {
+                    failures.clear();
+                }
+                failures.insert(Arc::clone(caller), (Instant::now(), e.clone()));
                 return Err(e);
             }
         };
-        let now = Instant::now();
-        insert_bounded(&inner.cache, caller, Arc::clone(&granted), |g| g.expires > now);
+        let mut cache = lock(&inner.cache);
+        if cache.len() >= CAPACITY {
+            let now = Instant::now();
+            cache.retain(|_, g| g.expires > now);
+            if cache.len() >= CAPACITY {
+                cache.clear();
+            }
+        }
+        cache.insert(Arc::clone(caller), Arc::clone(&granted));
+        drop(cache);
         lock(&inner.failures).remove(&**caller);
         Ok(granted)
     }
@@ -183,21 +194,6 @@ impl TokenExchange {
             .filter(|(at, _)| at.elapsed() < RETRY_AFTER)
             .map(|(_, e)| e.clone())
     }
-}
-
-/// Inserts into a map of at most [`CAPACITY`] entries: when full, those
-/// no longer `live` go first, and all of them if that frees less than a
-/// tenth (so that a map full of live entries is not scanned at every
-/// insert).
-fn insert_bounded<V>(map: &Mutex<Map<V>>, key: &Key, value: V, live: impl Fn(&V) -> bool) {
-    let mut map = lock(map);
-    if map.len() >= CAPACITY {
-        map.retain(|_, v| live(v));
-        if map.len() >= CAPACITY - CAPACITY / 10 {
-            map.clear();
-        }
-    }
-    map.insert(Arc::clone(key), value);
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -54,7 +54,8 @@ struct ProviderState {
 struct TenantStores {
     live: HashMap<String, Arc<Tenant>>,
     order: std::collections::VecDeque<String>,
-    /// When the rule last allowed each live tenant ([`mono_ms`]).
+    /// When the rule last allowed each name ([`mono_ms`]): the live
+    /// tenants, and names whose tenant could not be set up.
     allowed: HashMap<String, u64>,
     /// Names the rule refused, and when ([`mono_ms`]), so a resolver is not
     /// asked again for each token that names one; forgotten all at once
@@ -115,20 +116,28 @@ impl TenantStores {
 /// monotonic clock on Linux, a few nanoseconds to read): the time of the
 /// tenants' rule's answers, which a wall clock's steps must not age or
 /// refresh.
+///
+/// Offset by a day, so that a time a day back from any reading is a
+/// reading too (the tests age answers by subtracting; nothing is stored
+/// at 0).
 #[cfg(target_os = "linux")]
 fn mono_ms() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
-    u64::try_from(t.tv_sec).unwrap_or(0) * 1000 + u64::try_from(t.tv_nsec).unwrap_or(0) / 1_000_000
+    MONO_OFFSET_MS
+        + u64::try_from(t.tv_sec).unwrap_or(0) * 1000
+        + u64::try_from(t.tv_nsec).unwrap_or(0) / 1_000_000
 }
 
+/// See the Linux one.
 #[cfg(not(target_os = "linux"))]
 fn mono_ms() -> u64 {
     use std::time::Instant;
     static BASE: OnceLock<Instant> = OnceLock::new();
-    // Offset by the time to live, so that no answer is "fresh" at start.
-    u64::try_from(BASE.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX)
-        + TENANT_ANSWER_TTL_MS
+    MONO_OFFSET_MS + u64::try_from(BASE.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(0)
 }
+
+/// [`mono_ms`]' offset: a day.
+const MONO_OFFSET_MS: u64 = 86_400_000;
 
 /// How many refused tenant names are remembered ([`TenantStores::refused`]).
 const REFUSED_TENANTS: usize = 1024;
@@ -163,11 +172,17 @@ fn rule_answer(stores: &Mutex<TenantStores>, tenants: &Tenants, name: &str) -> O
             return kept;
         }
         if s.asking.contains(name) {
-            if let Some(last) = s.last(name) {
-                return last;
+            // Another request asks: its last answer stands meanwhile, a
+            // refusal however old, an allowance for one more time to live
+            // (a rule that hangs does not keep a tenant in). Without one,
+            // this request asks too rather than wait.
+            match s.last(name) {
+                Some(None) => return None,
+                Some(Some(at)) if mono_ms().saturating_sub(at) < 2 * TENANT_ANSWER_TTL_MS => {
+                    return Some(at);
+                }
+                _ => {}
             }
-            // Another request asks about a name never answered: so does
-            // this one, rather than wait.
             None
         } else {
             s.asking.insert(name.to_owned());
@@ -1116,6 +1131,10 @@ impl JwtAuthenticator {
             let stores = state.tenants.as_ref()?;
             let allowed_at = rule_answer(stores, tenants, name)?;
             let mut stores = stores.lock().unwrap_or_else(PoisonError::into_inner);
+            // Refused by a request that asked meanwhile: not brought back.
+            if stores.refused.contains_key(name) && !stores.allowed.contains_key(name) {
+                return None;
+            }
             if let Some(t) = stores.live.get(name).map(Arc::clone) {
                 if let Some(at) = stores.order.iter().position(|n| n == name) {
                     let used = stores.order.remove(at);
@@ -1123,22 +1142,20 @@ impl JwtAuthenticator {
                 }
                 return Some((i, t));
             }
+            // The latest allowance, if one was recorded meanwhile.
+            let allowed_at = stores.allowed.get(name).copied().unwrap_or(allowed_at);
             self.new_tenant(&state.cfg, &mut stores, name, iss, allowed_at)
                 .map(|t| (i, t))
         })
     }
 
     /// The issuer pattern a verified `iss` is a tenant of, and the tenant,
-    /// if the pattern's rule allows it (asked only if no answer is kept).
+    /// if the pattern's rule allows it ([`rule_answer`]).
     fn tenant_of<'i>(&self, iss: &'i str) -> Option<(usize, &'i str)> {
         self.0.providers.iter().enumerate().find_map(|(i, state)| {
             let (tenants, name) = tenant_name(state, iss)?;
-            let kept = state
-                .tenants
-                .as_ref()
-                .and_then(|stores| stores.lock().unwrap_or_else(PoisonError::into_inner).kept(name));
-            kept.map_or_else(|| tenants.allows(name), |k| k.is_some())
-                .then_some((i, name))
+            rule_answer(state.tenants.as_ref()?, tenants, name)?;
+            Some((i, name))
         })
     }
 
@@ -2229,6 +2246,7 @@ mod tests {
             assert!(authenticated(&another), "the last answer stands");
             assert!(authenticated(&token));
             assert_eq!(asked_times(), 4, "asked by one request only");
+            assert!(!asking.is_finished(), "the others did not wait for it");
             release.send(()).unwrap();
             assert!(asking.join().unwrap());
         });

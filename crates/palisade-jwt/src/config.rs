@@ -585,8 +585,9 @@ impl ProviderBuilder {
 
     /// At most this many tenants' key stores kept at once (default 100);
     /// when another is needed, the one whose tokens were least recently
-    /// verified goes (a request with a token already verified and cached
-    /// does not count as a use).
+    /// verified goes. A request with a token already verified and cached
+    /// does not count as a use, but a cached token is verified again once
+    /// a minute (when its tenant's allowance is renewed), which does.
     pub fn max_tenants(mut self, max: usize) -> Self {
         self.max_tenants = max;
         self

@@ -458,11 +458,16 @@ impl KeyStore {
             return Err(unknown());
         }
         let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
-        if !in_flight && self.next_allowed_ms.load(Ordering::Acquire) > self.now_ms().saturating_add(wait_ms)
+        if !in_flight
+            && self.next_allowed_ms.load(Ordering::Acquire) > self.now_ms().saturating_add(wait_ms)
+            && !self.fetching.load(Ordering::Acquire)
         {
-            // No fetch is under way and none may start within the wait: fail
-            // now rather than hold the request.
-            return Err(unknown());
+            // No fetch is under way (a fetch marks itself under way before
+            // it moves the next allowed time, read first here) and none may
+            // start within the wait: answer now rather than hold the
+            // request, from the set of a fetch that ended since the look
+            // above, if one did.
+            return self.current.load().find(kid, alg).cloned().ok_or_else(unknown);
         }
         // A fetch already under way may have started before the key was
         // published: only the one after it is sure to see it.
@@ -633,10 +638,12 @@ async fn run_store(store: Arc<KeyStore>, source: JwksSource) {
             }
         }
         let min_interval_ms = u64::try_from(s.min_refresh_interval.as_millis()).unwrap_or(u64::MAX);
+        // Under way first, then the next allowed time: a request that reads
+        // the time this fetch set also reads it under way (`wait_for_key`).
+        store.fetching.store(true, Ordering::Release);
         store
             .next_allowed_ms
             .store(store.now_ms().saturating_add(min_interval_ms), Ordering::Release);
-        store.fetching.store(true, Ordering::Release);
         let result = fetch(&client, &store, &mut jwks_uri).await;
         let outcome = if result.is_ok() { "success" } else { "failure" };
         metrics::counter!(JWKS_FETCHES, "issuer" => store.metric_issuer.clone(), "result" => outcome)
