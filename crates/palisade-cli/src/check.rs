@@ -15,8 +15,16 @@ pub(crate) fn run(file: &Path) -> Report {
     let set = match PolicySet::from_file(file) {
         Ok(set) => set,
         Err(e) => {
+            let mut err = vec![e.to_string()];
+            if looks_like_cases(file) {
+                err.push(format!(
+                    "hint: {} is a case file: `palisade test POLICY.yaml {}` decides its cases with a policy file",
+                    file.display(),
+                    file.display()
+                ));
+            }
             return Report {
-                err: vec![e.to_string()],
+                err,
                 status: 1,
                 ..Report::default()
             };
@@ -57,6 +65,12 @@ pub(crate) fn run(file: &Path) -> Report {
         status: 1,
         ..Report::default()
     }
+}
+
+/// Whether `file` is a case file of `palisade test` (a top-level
+/// `cases:` key) rather than a policy file: given to `check` by mistake.
+fn looks_like_cases(file: &Path) -> bool {
+    std::fs::read_to_string(file).is_ok_and(|text| text.lines().any(|l| l.starts_with("cases:")))
 }
 
 #[cfg(test)]

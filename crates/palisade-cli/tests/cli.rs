@@ -145,6 +145,18 @@ fn a_broken_file_fails_check_naming_the_field() {
         "{err}"
     );
 
+    // A case file given to `check` says so, after the loader's own line.
+    let cases = root().join("examples/policies/deny-admin.cases.yaml");
+    let check = palisade(&["check", cases.to_str().unwrap()]);
+    let err = text(&check.stderr);
+    assert_eq!(check.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 2, "{err}");
+    assert!(
+        err.lines().nth(1).unwrap().starts_with("hint: ")
+            && err.contains("is a case file: `palisade test POLICY.yaml"),
+        "{err}"
+    );
+
     // Wrong only for the workloads it applies to, when compiled for them.
     let mesh = std::fs::read_to_string(root().join("examples/bookinfo/mesh.yaml")).unwrap();
     let unbound = dir.file(
