@@ -40,6 +40,29 @@ fn fixture(lifetime: Duration) -> Fixture {
     }
 }
 
+/// A Redis for replicas to share sessions in.
+fn redis() -> palisade::testkit::redis::RedisServer {
+    palisade::testkit::redis::RedisServer::start().expect("redis-server (sudo apt-get install redis-server)")
+}
+
+/// Two replicas, one per framework, keeping their sessions in `redis`,
+/// ready; `extra` adds lines to the `OidcLogin` document's `session`.
+async fn replicas(
+    f: &Fixture,
+    redis: &palisade::testkit::redis::RedisServer,
+    extra: &str,
+) -> (String, String) {
+    let yaml = policy(
+        &f.issuer,
+        &f.key_file,
+        &format!("    store: {}\n{extra}", redis.url()),
+    );
+    let (a, b) = serve_both(|| guard_from(&yaml));
+    ready(&a).await;
+    ready(&b).await;
+    (a, b)
+}
+
 /// Signs in through `base` as the issuer's chosen user; answers the jar.
 async fn sign_in(base: &str, issuer: &TestIssuer) -> Jar {
     let mut jar = Jar::default();
@@ -518,13 +541,9 @@ async fn an_idle_session_ends() {
 /// bearer tokens keep working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_sharing_redis_end_sessions_together_and_fail_closed_without_it() {
-    let mut redis = palisade::testkit::redis::RedisServer::start()
-        .expect("redis-server (sudo apt-get install redis-server)");
+    let mut redis = redis();
     let f = fixture(Duration::from_secs(300));
-    let yaml = policy(&f.issuer, &f.key_file, &format!("    store: {}\n", redis.url()));
-    let (a, b) = serve_both(|| guard_from(&yaml));
-    ready(&a).await;
-    ready(&b).await;
+    let (a, b) = replicas(&f, &redis, "").await;
     let within_a_second = |base: String, jar: Jar| async move {
         for _ in 0..20 {
             if get(&format!("{base}/whoami"), &jar, false).await.status == 401 {
@@ -700,8 +719,7 @@ async fn a_client_authenticating_with_private_key_jwt_signs_in_and_refreshes_on_
 /// session written again) leaves the cookie issued before it working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_too_large_for_cookies_is_stored_sealed() {
-    let redis = palisade::testkit::redis::RedisServer::start()
-        .expect("redis-server (sudo apt-get install redis-server)");
+    let redis = redis();
     let roles: Vec<String> = (0..3000).map(|i| format!("role-{i:05}")).collect();
     let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
     let mut f = fixture(Duration::from_secs(300));
@@ -713,14 +731,7 @@ async fn a_session_too_large_for_cookies_is_stored_sealed() {
         .start()
         .unwrap();
     f.issuer.sign_in_as(Some("alice"));
-    let yaml = policy(
-        &f.issuer,
-        &f.key_file,
-        &format!("    store: {}\n    idleTimeout: 4s\n", redis.url()),
-    );
-    let (a, b) = serve_both(|| guard_from(&yaml));
-    ready(&a).await;
-    ready(&b).await;
+    let (a, b) = replicas(&f, &redis, "    idleTimeout: 4s\n").await;
     let first = sign_in(&a, &f.issuer).await;
     assert!(
         first.session().is_some_and(|c| c.len() < 1_000),
@@ -780,14 +791,10 @@ async fn a_session_too_large_for_cookies_is_stored_sealed() {
 /// opens it on the other replica.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_that_outgrows_its_cookies_at_a_refresh_is_stored_under_one_key() {
-    let redis = palisade::testkit::redis::RedisServer::start()
-        .expect("redis-server (sudo apt-get install redis-server)");
+    let redis = redis();
     // Tokens live 30 s, the refresh margin: every request refreshes.
     let f = fixture(Duration::from_secs(30));
-    let yaml = policy(&f.issuer, &f.key_file, &format!("    store: {}\n", redis.url()));
-    let (a, b) = serve_both(|| guard_from(&yaml));
-    ready(&a).await;
-    ready(&b).await;
+    let (a, b) = replicas(&f, &redis, "").await;
     let small = sign_in(&a, &f.issuer).await;
     assert!(
         small.session().is_some_and(|c| c.len() > 1_000),

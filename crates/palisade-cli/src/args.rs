@@ -267,18 +267,13 @@ pub(crate) fn request_line(text: &str) -> Result<(String, String), String> {
 /// `NAME:VALUE`.
 pub(crate) fn header(text: &str) -> Result<(String, String), String> {
     match text.split_once(':') {
-        Some((name, value)) if is_header_name(name.trim()) => {
+        Some((name, value)) if palisade_core::syntax::is_http_token(name.trim()) => {
             Ok((name.trim().to_owned(), value.trim().to_owned()))
         }
         _ => Err(format!(
             "`{text}`: write NAME:VALUE, as \"x-forwarded-for: 203.0.113.9\""
         )),
     }
-}
-
-/// An HTTP header name (RFC 9110 token).
-pub(crate) fn is_header_name(name: &str) -> bool {
-    palisade_core::syntax::is_http_token(name)
 }
 
 /// A JSON object of claims.

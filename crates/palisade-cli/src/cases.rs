@@ -327,7 +327,7 @@ fn cases(
         let (method, target) = args::request_line(&spec.request).map_err(|e| at("request", e))?;
         let mut headers = Vec::new();
         for (k, v) in spec.headers {
-            if !args::is_header_name(&k) {
+            if !palisade_core::syntax::is_http_token(&k) {
                 return Err(at(&format!("headers.{k}"), "not a header name".into()));
             }
             headers.push((k, v));

@@ -111,13 +111,8 @@ impl TokenExchange {
     pub(crate) async fn granted(&self, caller: &CallerToken) -> Result<Arc<Granted>, ClientError> {
         let inner = &*self.0;
         let key = caller.shared().ok_or(ClientError::NoCallerToken)?;
-        if let Some(g) = lock(&inner.cache).get(&**key)
-            && Instant::now() < g.renew_at
-        {
-            return Ok(Arc::clone(g));
-        }
-        if let Some(e) = self.failed_recently(key) {
-            return Err(e);
+        if let Some(answer) = self.answered(key) {
+            return answer;
         }
         // A task of its own: a request that goes away (a client hanging up,
         // a timeout) neither cancels the exchange for the others waiting nor
@@ -138,13 +133,8 @@ impl TokenExchange {
     async fn exchange(&self, caller: &Arc<str>) -> Result<Arc<Granted>, ClientError> {
         let inner = &*self.0;
         // An exchange that ended between the caller's look and this one.
-        if let Some(g) = lock(&inner.cache).get(&**caller)
-            && Instant::now() < g.renew_at
-        {
-            return Ok(Arc::clone(g));
-        }
-        if let Some(e) = self.failed_recently(caller) {
-            return Err(e);
+        if let Some(answer) = self.answered(caller) {
+            return answer;
         }
         let mut form = vec![
             ("grant_type", GRANT_TYPE),
@@ -186,13 +176,19 @@ impl TokenExchange {
         Ok(granted)
     }
 
-    /// The failure of `caller`'s exchange, when it was less than
-    /// [`RETRY_AFTER`] ago.
-    fn failed_recently(&self, caller: &str) -> Option<ClientError> {
+    /// The answer an earlier exchange of `caller`'s token gave, while it
+    /// holds: its token until it is due for renewal, its failure for
+    /// [`RETRY_AFTER`].
+    fn answered(&self, caller: &str) -> Option<Result<Arc<Granted>, ClientError>> {
+        if let Some(g) = lock(&self.0.cache).get(caller)
+            && Instant::now() < g.renew_at
+        {
+            return Some(Ok(Arc::clone(g)));
+        }
         lock(&self.0.failures)
             .get(caller)
             .filter(|(at, _)| at.elapsed() < RETRY_AFTER)
-            .map(|(_, e)| e.clone())
+            .map(|(_, e)| Err(e.clone()))
     }
 }
 

@@ -25,6 +25,9 @@ pub fn is_http_token(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
+/// What [`is_cookie_name`] asks, in the words of a refusal.
+pub const COOKIE_NAME_RULE: &str = "a cookie name is 1 to 128 letters, digits and ``!#$%&'*+-.^_`|~`` (no separator that would end it or add an attribute)";
+
 /// The longest cookie name [`is_cookie_name`] accepts.
 pub const MAX_COOKIE_NAME_LEN: usize = 128;
 

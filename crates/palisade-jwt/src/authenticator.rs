@@ -1131,8 +1131,9 @@ impl JwtAuthenticator {
             let stores = state.tenants.as_ref()?;
             let allowed_at = rule_answer(stores, tenants, name)?;
             let mut stores = stores.lock().unwrap_or_else(PoisonError::into_inner);
-            // Refused by a request that asked meanwhile: not brought back.
-            if stores.refused.contains_key(name) && !stores.allowed.contains_key(name) {
+            // Refused by a request that asked meanwhile (a name is in one
+            // of `refused` and `allowed` at most): not brought back.
+            if stores.refused.contains_key(name) {
                 return None;
             }
             if let Some(t) = stores.live.get(name).map(Arc::clone) {

@@ -98,9 +98,7 @@ pub enum SpnegoError {
     /// The session cookie's name is not a cookie name
     /// ([`palisade_core::syntax::is_cookie_name`]): it could end the name
     /// or add an attribute to `Set-Cookie`.
-    #[error(
-        "the session cookie's name {0:?} is not a cookie name (1 to 128 letters, digits and !#$%&'*+-.^_`|~)"
-    )]
+    #[error("the session cookie's name {0:?} is refused: {rule}", rule = palisade_core::syntax::COOKIE_NAME_RULE)]
     SessionCookieName(String),
     /// The environment turns MIT's replay cache off (`KRB5RCACHETYPE=none`
     /// or `KRB5RCACHENAME=none:…`): a captured token could be replayed.

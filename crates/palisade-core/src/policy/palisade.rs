@@ -14,7 +14,9 @@ use serde::Deserialize;
 
 use super::{DurationSpec, FieldError, SelectorSpec};
 use crate::authz::EscapedSlashes;
-use crate::syntax::{is_cookie_name, is_http_url, is_landing_uri, is_service_path, url_without_credentials};
+use crate::syntax::{
+    COOKIE_NAME_RULE, is_cookie_name, is_http_url, is_landing_uri, is_service_path, url_without_credentials,
+};
 
 /// JWS algorithms a `JwtSettings` document may name.
 const ASYMMETRIC_ALGORITHMS: [&str; 9] = [
@@ -966,9 +968,6 @@ impl OidcLoginSpec {
         Ok(())
     }
 }
-
-/// What [`is_cookie_name`] asks, as a refusal says it.
-const COOKIE_NAME_RULE: &str = "a cookie name is 1 to 128 letters, digits and ``!#$%&'*+-.^_`|~`` (no separator that would end it or add an attribute)";
 
 /// `memory`, or the URL of a Redis store.
 fn is_store_url(store: &str) -> bool {
