@@ -27,7 +27,9 @@
 //! `#[test]`s, from actix-web's test runtimes, or from a tokio test inside
 //! [`tokio::task::spawn_blocking`] (a server under test running on the same
 //! runtime keeps serving meanwhile). Every command has a deadline (30 s,
-//! page loads 20 s), so a hung browser fails the test instead of hanging it.
+//! page loads 20 s, the browser's start 90 s), so a hung browser fails the
+//! test instead of hanging it. The browsers of one process start one at a
+//! time: two cold starts at once take longer than one after the other.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (`./scripts/test`
 //! installs them); chromedriver is looked up as `PALISADE_CHROMEDRIVER`, on
@@ -59,7 +61,14 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 /// [`COMMAND_TIMEOUT`] so chromedriver reports it before the socket gives up.
 const PAGE_LOAD_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long chromedriver may take to be ready.
-const DRIVER_START_TIMEOUT: Duration = Duration::from_secs(20);
+const DRIVER_START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long opening a session (starting Chromium) may take. A cold start
+/// reads the whole browser from disk: 16 s was seen on a 2-core guest with
+/// empty caches, over 30 s on a CI machine. A browser that never comes up
+/// still fails the test, after this.
+const SESSION_START_TIMEOUT: Duration = Duration::from_secs(90);
+/// How many lines of chromedriver's log an error message holds.
+const LOG_LINES: usize = 12;
 /// How long ending the session may take on drop.
 const QUIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the `wait_for*` methods look again.
@@ -137,8 +146,9 @@ impl BrowserBuilder {
     /// When Chromium or chromedriver is missing (the error says, word for
     /// word, `` chromium/chromedriver not found: install them with `sudo
     /// apt-get install chromium chromium-driver` ``), when chromedriver is
-    /// not ready within 20 s, or when the session cannot be created (the
-    /// message holds chromedriver's log).
+    /// not ready within 60 s, or when the session cannot be created within
+    /// 90 s (the message holds the end of chromedriver's log). Browsers of
+    /// one process start one at a time.
     pub fn start(self) -> io::Result<Browser> {
         let chromium = self
             .chromium
@@ -149,6 +159,10 @@ impl BrowserBuilder {
         let (Some(driver), true) = (driver, chromium.is_file()) else {
             return Err(io::Error::new(io::ErrorKind::NotFound, NOT_INSTALLED));
         };
+        // One browser starts at a time in this process: two cold starts at
+        // once compete for the disk and the cores, each then taking longer
+        // than both one after the other.
+        let _one_at_a_time = STARTING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let dir = crate::scratch_dir("palisade-browser");
         std::fs::create_dir_all(dir.join("profile"))
             .map_err(|e| context(e, &format!("cannot create {}", dir.display())))?;
@@ -180,12 +194,18 @@ impl BrowserBuilder {
         };
         browser.wait_ready()?;
         let session = browser
-            .command(
+            .command_with_timeout(
                 "POST",
                 "/session",
                 Some(&self.capabilities(&chromium, &browser.dir)),
+                SESSION_START_TIMEOUT,
             )
-            .map_err(|e| context(e, &format!("cannot open a Chromium session\n{}", browser.log())))?;
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot open a Chromium session: {e}\n{}", browser.log()),
+                )
+            })?;
         browser.session = session["sessionId"]
             .as_str()
             .ok_or_else(|| protocol_error("POST /session", &session))?
@@ -486,11 +506,13 @@ impl Browser {
     }
 
     /// The end of chromedriver's log, for error messages.
+    ///
+    /// Only the log's own lines (`[time][LEVEL]: …`): the JSON documents it
+    /// dumps over many lines (Chromium's preferences) would push out what
+    /// matters.
     fn log(&self) -> String {
         let text = std::fs::read_to_string(self.dir.join("chromedriver.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        let tail = lines[lines.len().saturating_sub(40)..].join("\n");
-        format!("chromedriver log (last lines):\n{tail}")
+        format!("chromedriver log (last entries):\n{}", log_tail(&text, LOG_LINES))
     }
 
     fn url_or_unknown(&self) -> String {
@@ -788,6 +810,16 @@ fn screenshot_dir() -> PathBuf {
         .join("test-screenshots")
 }
 
+/// Held while a browser starts; see [`BrowserBuilder::start`].
+static STARTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The last `n` lines of a chromedriver log that begin one of its entries
+/// (`[`).
+fn log_tail(log: &str, n: usize) -> String {
+    let entries: Vec<&str> = log.lines().filter(|l| l.starts_with('[')).collect();
+    entries[entries.len().saturating_sub(n)..].join("\n")
+}
+
 fn context(e: io::Error, what: &str) -> io::Error {
     io::Error::new(e.kind(), format!("{what}: {e}"))
 }
@@ -963,6 +995,20 @@ mod tests {
     });
   </script>
 </body></html>"#;
+
+    #[test]
+    fn an_error_shows_the_last_log_entries_not_the_documents_they_dump() {
+        let log = "[1.0][INFO]: Starting ChromeDriver\n\
+                   [1.1][INFO]: Populating Preferences file: {\n   \"a\": 1,\n   \"b\": 2\n}\n\
+                   [1.2][INFO]: Launching chrome: /usr/bin/chromium --headless=new\n\
+                   [31.2][SEVERE]: Timed out\n";
+        assert_eq!(
+            log_tail(log, 2),
+            "[1.2][INFO]: Launching chrome: /usr/bin/chromium --headless=new\n[31.2][SEVERE]: Timed out"
+        );
+        assert_eq!(log_tail(log, 12).lines().count(), 4);
+        assert_eq!(log_tail("", 12), "");
+    }
 
     /// Serves `PAGE` with a `Set-Cookie` to every request, on a thread.
     fn serve_page() -> String {
