@@ -98,7 +98,7 @@ const CALLBACK_PATH: &str = "/oauth2/callback";
 const LOGGED_OUT_PATH: &str = "/loggedout";
 
 /// How long Apache may take to listen.
-const START_TIMEOUT: Duration = Duration::from_secs(10);
+const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A running Apache httpd with mod_auth_gssapi; see the module docs.
 #[derive(Debug)]
@@ -155,7 +155,7 @@ impl ApacheGssapiBuilder {
     /// # Errors
     /// When `apache2` or a module is missing (the message says which
     /// packages to install), when the keytab cannot be copied or a file
-    /// written, or when Apache exits or does not listen within 10 s (the
+    /// written, or when Apache exits or does not listen within 30 s (the
     /// message holds its error log).
     pub fn start(&self, keytab: &Path, env: &[(String, String)]) -> io::Result<ApacheGssapi> {
         ApacheGssapi::check_installed()?;
@@ -430,7 +430,7 @@ impl ApacheOpenidcBuilder {
     /// would not survive `httpd.conf`); `NotFound` when `apache2` or a
     /// module is missing (the message says what to install); when the CA
     /// file cannot be copied or a file written, or when Apache exits or does
-    /// not listen within 10 s (the message holds its error log).
+    /// not listen within 30 s (the message holds its error log).
     pub fn start(&self) -> io::Result<ApacheOpenidc> {
         self.validate()?;
         ApacheOpenidc::check_installed()?;

@@ -68,7 +68,7 @@ impl KerberosRealm {
     ///
     /// # Errors
     /// A missing program (the message says which packages to install), or a
-    /// KDC that does not start within 10 s.
+    /// KDC that does not start within 30 s.
     pub fn start() -> io::Result<KerberosRealm> {
         let krb5kdc = tool("krb5kdc")?;
         let kdb5_util = tool("kdb5_util")?;
@@ -116,11 +116,11 @@ impl KerberosRealm {
             .stderr(Stdio::null())
             .spawn()?;
         let realm = realm_for_drop(kdc);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
             if Instant::now() > deadline {
-                return Err(io::Error::other("the KDC did not start listening within 10 s"));
+                return Err(io::Error::other("the KDC did not start listening within 30 s"));
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 /// Where Debian installs the server.
 const REDIS_SERVER: &str = "/usr/bin/redis-server";
 /// How long the server may take to answer `PING` after it is spawned.
-const START_TIMEOUT: Duration = Duration::from_secs(10);
+const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a graceful [`RedisServer::stop`] may take before the process
 /// is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -56,7 +56,7 @@ impl RedisServer {
     ///
     /// `redis-server` is not installed (`NotFound`, saying how to install
     /// it), the directory cannot be created, or the server exits or does not
-    /// answer within 10 s (the message carries its log).
+    /// answer within 30 s (the message carries its log).
     pub fn start() -> io::Result<RedisServer> {
         let binary = find_binary()?;
         let dir = crate::scratch_dir("palisade-redis");
