@@ -217,7 +217,7 @@ async fn productpage_calls_with_its_own_token_and_exchanged_ones_over_istio_mutu
         &dir,
         &pki,
         &mesh,
-        &["--upstream", &hang_url, "--upstream-timeout", "2"],
+        &["--upstream", &hang_url, "--upstream-timeout", "5"],
     );
     let pp = &bookinfo.productpage;
     let iss = issuer.issuer();
@@ -368,7 +368,10 @@ async fn an_upstream_failing_the_subject_alt_name_check_is_refused_at_the_handsh
 
 #[tokio::test]
 async fn a_cached_service_account_token_outlives_the_issuer_until_it_expires() {
-    let issuer = issuer(Duration::from_secs(4));
+    // Tokens of 8 s: renewal is due after 4 s, and a loaded machine's
+    // requests still leave seconds between the renewal's failure and the
+    // token's end.
+    let issuer = issuer(Duration::from_secs(8));
     let pki = TestPki::new();
     let dir = ScratchDir::new("bookinfo-outage");
     let mesh = mesh(
@@ -384,14 +387,14 @@ async fn a_cached_service_account_token_outlives_the_issuer_until_it_expires() {
     drop(issuer);
     // Past half its lifetime a renewal is due and fails: the token in hand
     // is still sent.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tokio::time::sleep(Duration::from_millis(5000)).await;
     let (_, product) = get(pp, "/api/v1/products/0", None).await;
     assert_eq!(
         product["details"]["status"], 200,
         "the issuer is down, the token valid: {product}"
     );
     // Expired, and no new one: the section says so, productpage answers.
-    tokio::time::sleep(Duration::from_secs(4).saturating_sub(started.elapsed()) + Duration::from_millis(500))
+    tokio::time::sleep(Duration::from_secs(8).saturating_sub(started.elapsed()) + Duration::from_millis(500))
         .await;
     let (status, product) = get(pp, "/api/v1/products/0", None).await;
     assert_eq!(status, 200, "{product}");

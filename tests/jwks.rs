@@ -48,7 +48,12 @@ async fn discovery_finds_the_jwks_and_a_good_token_verifies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_rotation_under_concurrent_load_fails_no_request() {
     let issuer = Arc::new(TestIssuer::start().unwrap());
-    let jwt = authenticator(&issuer, settings(200));
+    // Four busy loops fill both cores: the refetch the new key asks for
+    // gets time to finish (the other tests' 500 ms is for faults).
+    let mut f = settings(200);
+    f.timeout = Duration::from_secs(3);
+    f.unknown_kid_wait = Duration::from_secs(5);
+    let jwt = authenticator(&issuer, f);
     jwt.verify(&issuer.token().sign()).await.unwrap();
     let failures = Arc::new(AtomicUsize::new(0));
     let new_kid_ok = Arc::new(AtomicUsize::new(0));

@@ -206,7 +206,7 @@ fn a_session_cookie_spares_the_negotiation_and_expires() {
         &r,
         "policy.yaml",
         &format!(
-            "apiVersion: palisade.dev/v1alpha1\nkind: SpnegoSettings\nmetadata: {{name: krb}}\nspec:\n  allowedRealms: [EXAMPLE.TEST]\n  sessionCookie:\n    name: sess\n    keys: [{{id: 1, keyFile: {key}}}]\n    maxAge: 2s\n    insecureOverHttp: true\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: users}}\nspec:\n  rules: [{{from: [{{source: {{requestPrincipals: [\"*\"]}}}}]}}]\n"
+            "apiVersion: palisade.dev/v1alpha1\nkind: SpnegoSettings\nmetadata: {{name: krb}}\nspec:\n  allowedRealms: [EXAMPLE.TEST]\n  sessionCookie:\n    name: sess\n    keys: [{{id: 1, keyFile: {key}}}]\n    maxAge: 5s\n    insecureOverHttp: true\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: users}}\nspec:\n  rules: [{{from: [{{source: {{requestPrincipals: [\"*\"]}}}}]}}]\n"
         ),
     );
     for name in ["details", "reviews"] {
@@ -234,8 +234,9 @@ fn a_session_cookie_spares_the_negotiation_and_expires() {
         let (status, headers, _, _) = curl(&["-H", &format!("Cookie: {bad}"), &url], &[]);
         assert_eq!(status, 401, "{name}: a tampered cookie was accepted");
         assert!(headers.contains("www-authenticate: Negotiate"), "{name}");
-        // Expired after its two seconds.
-        std::thread::sleep(std::time::Duration::from_millis(2300));
+        // Expired after its five seconds (long enough that a loaded
+        // machine's curls above come before the end, whole seconds apart).
+        std::thread::sleep(std::time::Duration::from_millis(5300));
         let (status, _, _, _) = curl(&["-H", &format!("Cookie: {cookie}"), &url], &[]);
         assert_eq!(status, 401, "{name}: an expired cookie was accepted");
     }

@@ -39,6 +39,65 @@ pub(crate) async fn wait_until(what: &str, mut f: impl AsyncFnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
+/// How long a process started by a test may take to say it is ready: a
+/// cold start on a fresh machine reads its binary from disk.
+pub(crate) const READY_WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What a process printed, read on a thread of its own: [`Output::until`]
+/// waits, with a deadline, for a line; the later lines go on being read
+/// (a closed pipe would kill a process that prints later, with `EPIPE`).
+pub(crate) struct Output(std::sync::mpsc::Receiver<String>);
+
+impl Output {
+    /// Reads `out` (a child's stdout) line by line on a thread; lines the
+    /// test does not wait for are passed on to stderr after `prefix`.
+    pub(crate) fn read(out: impl std::io::Read + Send + 'static, prefix: &'static str) -> Self {
+        use std::io::BufRead as _;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if let Err(unsent) = tx.send(line) {
+                    // Nobody waits any more: keep the pipe drained.
+                    eprintln!("{prefix}{}", unsent.0);
+                }
+            }
+        });
+        Output(rx)
+    }
+
+    /// The lines up to the first that `done` accepts, and that line; an
+    /// error naming `what` (and holding the lines so far) when the output
+    /// ends first or [`READY_WITHIN`] passes.
+    pub(crate) fn until(
+        &self,
+        what: &str,
+        mut done: impl FnMut(&str) -> bool,
+    ) -> Result<(Vec<String>, String), String> {
+        let deadline = std::time::Instant::now() + READY_WITHIN;
+        let mut before = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.0.recv_timeout(left) {
+                Ok(line) if done(&line) => return Ok((before, line)),
+                Ok(line) => before.push(line),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    return Err(format!(
+                        "{what} did not say it was ready within {} s; it printed:\n{}",
+                        READY_WITHIN.as_secs(),
+                        before.join("\n")
+                    ));
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(format!(
+                        "{what} exited before it was ready; it printed:\n{}",
+                        before.join("\n")
+                    ));
+                }
+            }
+        }
+    }
+}
+
 /// The path of an example binary built by `cargo test`.
 pub(crate) fn example(name: &str) -> std::path::PathBuf {
     let mut p = std::env::current_exe().unwrap();
@@ -84,7 +143,6 @@ pub(crate) fn start_logged(name: &str, args: &[&str], env: &[(String, String)], 
 }
 
 fn spawn(name: &str, args: &[&str], env: &[(String, String)], stderr: std::process::Stdio) -> Service {
-    use std::io::BufRead;
     let child = std::process::Command::new(example(name))
         .args(["--listen", "127.0.0.1:0"])
         .args(args)
@@ -104,16 +162,15 @@ fn spawn(name: &str, args: &[&str], env: &[(String, String)], stderr: std::proce
         port: 0,
         banner: Vec::new(),
     };
-    let mut lines = std::io::BufReader::new(svc.child.stdout.take().unwrap()).lines();
-    loop {
-        let line = lines.next().expect("example exited before listening").unwrap();
-        if let Some(addr) = line.strip_prefix("listening on ") {
-            svc.addr = addr.to_owned();
-            svc.port = addr.rsplit(':').next().unwrap().parse().unwrap();
-            return svc;
-        }
-        svc.banner.push(line);
-    }
+    let output = Output::read(svc.child.stdout.take().unwrap(), "example: ");
+    let (banner, line) = output
+        .until(&format!("example {name}"), |l| l.starts_with("listening on "))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let addr = &line["listening on ".len()..];
+    svc.addr = addr.to_owned();
+    svc.port = addr.rsplit(':').next().unwrap().parse().unwrap();
+    svc.banner = banner;
+    svc
 }
 
 /// The `bookinfo` launcher as a process: SIGTERM on drop (it stops its
@@ -133,7 +190,6 @@ impl Drop for Launcher {
 /// and waits for `bookinfo ready`: the launcher, its base port (details;
 /// productpage is `base + 2`) and what it printed before.
 pub(crate) fn start_bookinfo() -> (Launcher, u32, String) {
-    use std::io::BufRead as _;
     // Ports BASE to BASE+10 (in a stride of 20), below Linux's ephemeral range (32768 up), so
     // that no other test's port lands there; by process, so that two test
     // binaries do not meet.
@@ -148,15 +204,10 @@ pub(crate) fn start_bookinfo() -> (Launcher, u32, String) {
         });
     let stdout = child.stdout.take().unwrap();
     let launcher = Launcher(child);
-    let mut banner = Vec::new();
-    for line in std::io::BufReader::new(stdout).lines() {
-        let line = line.unwrap();
-        if line == "bookinfo ready" {
-            return (launcher, base, banner.join("\n"));
-        }
-        banner.push(line);
-    }
-    panic!("bookinfo stopped before it was ready:\n{}", banner.join("\n"));
+    let (banner, _) = Output::read(stdout, "bookinfo: ")
+        .until("bookinfo", |l| l == "bookinfo ready")
+        .unwrap_or_else(|e| panic!("{e}"));
+    (launcher, base, banner.join("\n"))
 }
 
 /// A scratch directory for a test's files (`palisade-TAG-PID` in the

@@ -2,7 +2,6 @@
 //! `scripts/test` from its package-lock.json) on loopback, for the tests
 //! that need a real, OpenID-certified provider.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -77,23 +76,10 @@ pub(crate) fn start(port: u16, env: &[(&str, &str)]) -> OidcProvider {
     let stdout = child.stdout.take().unwrap();
     // From here on, Drop kills the provider whatever happens.
     let op = OidcProvider { child, issuer };
-    let mut lines = BufReader::new(stdout).lines();
-    loop {
-        let line = lines
-            .next()
-            .expect("oidc-provider exited before listening")
-            .unwrap();
-        if line.starts_with("listening on") {
-            break;
-        }
-    }
-    // Keep reading: the provider logs to stdout later (a first login's
-    // warning, back-channel deliveries), and a closed pipe kills it with
-    // EPIPE.
-    std::thread::spawn(move || {
-        lines
-            .map_while(Result::ok)
-            .for_each(|l| eprintln!("oidc-provider: {l}"));
-    });
+    // The provider logs to stdout later too (a first login's warning,
+    // back-channel deliveries): `Output` keeps reading and passes it on.
+    super::Output::read(stdout, "oidc-provider: ")
+        .until("oidc-provider", |l| l.starts_with("listening on"))
+        .unwrap_or_else(|e| panic!("{e}"));
     op
 }

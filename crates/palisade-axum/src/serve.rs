@@ -610,7 +610,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_kept_connection_idles_for_the_idle_timeout_then_times_its_next_head() {
-        let addr = start().await;
+        // An idle timeout well above the pause below, so a loaded machine's
+        // late wake-up does not reach it.
+        let app = Router::new().route("/", get(|| async { "hi" }));
+        let limits = ServerLimits::default()
+            .header_read_timeout(Duration::from_secs(1))
+            .idle_timeout(Duration::from_secs(5));
+        let addr = serve_app(app, limits).await;
         let mut tcp = TcpStream::connect(addr).await.unwrap();
         tcp.write_all(GET).await.unwrap();
         let mut first = [0u8; 15];

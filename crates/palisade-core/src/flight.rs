@@ -143,7 +143,9 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test]
+    // On the paused clock: the sleeps order the callers exactly, however
+    // loaded the machine.
+    #[tokio::test(start_paused = true)]
     async fn a_call_outlives_the_callers_that_gave_up_and_runs_once() {
         let calls: SingleFlight<&str, usize> = SingleFlight::new();
         let made = Arc::new(AtomicUsize::new(0));

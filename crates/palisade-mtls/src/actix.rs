@@ -546,15 +546,17 @@ mod tests {
             tcp
         };
         let first = stall();
-        actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+        // A second between the callers, so that even a loaded machine has
+        // them in this order.
+        actix_web::rt::time::sleep(Duration::from_secs(1)).await;
         let waiting = {
             let url = format!("https://localhost:{}/", f.port);
             let mtls = f.mtls.clone();
             actix_web::rt::spawn(async move { mtls.get(url).send().await?.text().await })
         };
-        actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+        actix_web::rt::time::sleep(Duration::from_secs(1)).await;
         let _second = stall();
-        actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+        actix_web::rt::time::sleep(Duration::from_secs(1)).await;
         // The first stalled caller leaves: its slot goes to the next in line.
         drop(first);
         let served = tokio::time::timeout(Duration::from_secs(5), waiting)

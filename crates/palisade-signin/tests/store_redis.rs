@@ -10,7 +10,10 @@ use palisade_testkit::redis::RedisServer;
 
 const ISSUER: &str = "https://idp.example";
 const HOUR: Duration = Duration::from_secs(3600);
-const MAX_STALENESS: Duration = Duration::from_millis(300);
+/// How stale the revocation mirror may be before it refuses to answer:
+/// long enough that a loaded machine's scheduling never makes a healthy
+/// mirror look stale (its reads block 75 ms).
+const MAX_STALENESS: Duration = Duration::from_secs(1);
 /// The default (1 s): a connection allows twice this, which a loaded
 /// 2-core machine running the whole suite has exceeded at 300 ms.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
@@ -291,7 +294,7 @@ async fn an_outage_fails_closed_quickly_and_recovery_keeps_earlier_revocations()
         server.kill().unwrap();
         let unavailable =
             |s: &RedisStore| matches!(s.is_revoked(&before_outage), Err(StoreError::Unavailable));
-        let took = eventually(MAX_STALENESS + Duration::from_millis(200), || {
+        let took = eventually(MAX_STALENESS + Duration::from_millis(500), || {
             unavailable(&a) && unavailable(&b)
         })
         .await;
@@ -356,7 +359,7 @@ async fn a_hung_redis_times_commands_out_and_fails_closed_until_it_answers() {
         server.pause().unwrap();
         fails_quickly(a.use_once("jti", HOUR)).await;
         fails_quickly(a.get("s")).await;
-        let stale = eventually(MAX_STALENESS + Duration::from_millis(200), || {
+        let stale = eventually(MAX_STALENESS + Duration::from_millis(500), || {
             a.is_revoked(&s).is_err()
         })
         .await;

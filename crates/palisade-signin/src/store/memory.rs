@@ -322,10 +322,10 @@ mod tests {
     #[test]
     fn use_once_answers_true_once_until_the_ttl_ends() {
         let store = MemoryStore::new();
-        assert!(block_on(store.use_once("jti-1", Duration::from_millis(50))).unwrap());
-        assert!(!block_on(store.use_once("jti-1", Duration::from_millis(50))).unwrap());
+        assert!(block_on(store.use_once("jti-1", Duration::from_millis(500))).unwrap());
+        assert!(!block_on(store.use_once("jti-1", Duration::from_millis(500))).unwrap());
         assert!(block_on(store.use_once("jti-2", HOUR)).unwrap());
-        std::thread::sleep(Duration::from_millis(80));
+        std::thread::sleep(Duration::from_millis(700));
         assert!(block_on(store.use_once("jti-1", HOUR)).unwrap());
         assert!(!block_on(store.use_once("jti-2", HOUR)).unwrap());
     }
@@ -334,14 +334,14 @@ mod tests {
     fn session_data_is_put_got_removed_and_expires() {
         let store = MemoryStore::new();
         block_on(store.put("s1", b"one".to_vec(), HOUR)).unwrap();
-        block_on(store.put("s2", b"two".to_vec(), Duration::from_millis(50))).unwrap();
+        block_on(store.put("s2", b"two".to_vec(), Duration::from_millis(500))).unwrap();
         assert_eq!(block_on(store.get("s1")).unwrap().as_deref(), Some(&b"one"[..]));
         assert_eq!(block_on(store.get("s2")).unwrap().as_deref(), Some(&b"two"[..]));
         block_on(store.put("s1", b"uno".to_vec(), HOUR)).unwrap();
         assert_eq!(block_on(store.get("s1")).unwrap().as_deref(), Some(&b"uno"[..]));
         block_on(store.remove("s1")).unwrap();
         assert_eq!(block_on(store.get("s1")).unwrap(), None);
-        std::thread::sleep(Duration::from_millis(80));
+        std::thread::sleep(Duration::from_millis(700));
         assert_eq!(block_on(store.get("s2")).unwrap(), None);
         block_on(store.remove("never-there")).unwrap();
     }
@@ -349,7 +349,7 @@ mod tests {
     #[test]
     fn a_full_store_refuses_new_entries_until_some_expire() {
         let store = MemoryStore::with_max_entries(2);
-        let short = Duration::from_millis(40);
+        let short = Duration::from_millis(500);
         assert!(block_on(store.use_once("a", short)).unwrap());
         assert!(block_on(store.use_once("b", HOUR)).unwrap());
         assert!(matches!(
@@ -358,7 +358,7 @@ mod tests {
         ));
         // Still refused as used, not forgotten.
         assert!(!block_on(store.use_once("a", HOUR)).unwrap());
-        std::thread::sleep(Duration::from_millis(60));
+        std::thread::sleep(Duration::from_millis(700));
         assert!(block_on(store.use_once("c", HOUR)).unwrap());
 
         let now = SystemTime::now();
