@@ -410,3 +410,56 @@ fn connect_blocking_needs_no_runtime_and_works_inside_one() {
     let err = RedisStore::connect_blocking(&format!("redis://127.0.0.1:{port}/0")).unwrap_err();
     assert!(matches!(err, StoreError::Connect { .. }), "{err}");
 }
+
+/// How many times the server ran `command` (`INFO commandstats`).
+async fn calls(server: &RedisServer, command: &str) -> u64 {
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// A mirror whose every read fails (here an ACL that refuses `XREAD`)
+/// reloads the whole set of revocations after a growing pause, not in a
+/// loop: a handful of reloads in two seconds, where a loop makes
+/// thousands.
+#[tokio::test]
+async fn a_mirror_whose_reads_always_fail_reloads_with_backoff() {
+    bounded(async {
+        let server = RedisServer::start().unwrap();
+        let admin = redis::Client::open(server.url()).unwrap();
+        let mut c = admin.get_multiplexed_async_connection().await.unwrap();
+        let _: () = redis::cmd("ACL")
+            .arg(&["SETUSER", "mirror", "on", ">pw", "~*", "&*", "+@all", "-xread"][..])
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let url = format!("redis://mirror:pw@127.0.0.1:{}/0", server.port());
+        let store = RedisStore::builder(&url)
+            .max_staleness(MAX_STALENESS)
+            .command_timeout(COMMAND_TIMEOUT)
+            .connect()
+            .await
+            .unwrap();
+        // Everything else works for this user.
+        assert!(store.use_once("jti", HOUR).await.unwrap());
+        let before = calls(&server, "zrangebyscore").await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let reloads = calls(&server, "zrangebyscore").await - before;
+        // 50 ms, doubled each time up to 1 s: about five in two seconds.
+        assert!((1..=12).contains(&reloads), "{reloads} reloads in 2 s");
+        assert!(
+            calls(&server, "xread").await <= 12,
+            "the refused reads were retried in a loop"
+        );
+        drop(store);
+    })
+    .await;
+}
