@@ -314,6 +314,80 @@ async fn the_token_is_removed_before_the_handler_unless_forwarded() {
     }
 }
 
+/// A client cannot supply the headers the JWT authenticator sets from a
+/// verified token (`outputClaimToHeaders`, `outputPayloadToHeader`): they
+/// are removed from every request, as Envoy does, whether it has no token
+/// (and the policy lets it in) or a token of another issuer, which sets
+/// none.
+#[actix_web::test]
+async fn output_headers_a_client_sends_never_reach_the_handler() {
+    let issuer = TestIssuer::builder().default_audience("details").start().unwrap();
+    let other = TestIssuer::builder().default_audience("details").start().unwrap();
+    let yaml = format!(
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt}}\nspec:\n  jwtRules:\n  - issuer: {}\n    jwksUri: {}\n    audiences: [details]\n    outputClaimToHeaders: [{{header: x-user, claim: sub}}]\n    outputPayloadToHeader: x-jwt-payload\n  - issuer: {}\n    jwksUri: {}\n    audiences: [details]\n",
+        issuer.issuer(),
+        issuer.jwks_uri(),
+        other.issuer(),
+        other.jwks_uri()
+    );
+    let set = PolicySet::from_yaml_str(&yaml, "t.yaml").unwrap();
+    let guard = palisade::guard_from_policy(&set, &Workload::new("details", "default")).unwrap();
+    let seen = |h: &http::HeaderMap| {
+        format!(
+            "{:?} {}",
+            h.get("x-user").map(|v| v.to_str().unwrap().to_owned()),
+            h.contains_key("x-jwt-payload")
+        )
+    };
+    let axum_app = axum::Router::new()
+        .route(
+            "/",
+            get(move |headers: http::HeaderMap| async move { seen(&headers) }),
+        )
+        .layer(palisade::axum::PalisadeLayer::new(guard.clone()));
+    let actix = actix_web::test::init_service(App::new().wrap(palisade::actix::Palisade::new(guard)).route(
+        "/",
+        web::get().to(|req: actix_web::HttpRequest| async move {
+            let h = req.headers();
+            format!(
+                "{:?} {}",
+                h.get("x-user").map(|v| v.to_str().unwrap().to_owned()),
+                h.contains_key("x-jwt-payload")
+            )
+        }),
+    ))
+    .await;
+    let bob = issuer.token().subject("bob").sign();
+    let mallory = other.token().subject("mallory").sign();
+    for (token, want) in [
+        (None, "None false"),
+        (Some(&mallory), "None false"),
+        (Some(&bob), "Some(\"bob\") true"),
+    ] {
+        let mut req = http::Request::get("/")
+            .header("x-user", "admin")
+            .header("x-jwt-payload", "eyJzdWIiOiJhZG1pbiJ9");
+        let mut actix_req = actix_web::test::TestRequest::get()
+            .uri("/")
+            .append_header(("x-user", "admin"))
+            .append_header(("x-jwt-payload", "eyJzdWIiOiJhZG1pbiJ9"));
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+            actix_req = actix_req.append_header(("authorization", format!("Bearer {t}")));
+        }
+        let res = axum_app
+            .clone()
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let body = axum::body::to_bytes(res.into_body(), 1024).await.unwrap();
+        assert_eq!(std::str::from_utf8(&body).unwrap(), want, "axum");
+        let body = actix_web::test::call_and_read_body(&actix, actix_req.to_request()).await;
+        assert_eq!(std::str::from_utf8(&body).unwrap(), want, "actix-web");
+    }
+}
+
 #[actix_web::test]
 async fn extractors_agree_on_identity_and_claims() {
     #[derive(serde::Deserialize)]

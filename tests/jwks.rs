@@ -500,6 +500,67 @@ async fn issuer_specific_jwt_settings_win_over_global_ones_whatever_the_order() 
     assert_eq!(jwt.verify(&plain).await.unwrap_err(), JwtError::WrongType);
 }
 
+/// An ID token, a logout token or a DPoP proof signed by the issuer is no
+/// access token (RFC 8725 §3.11): Keycloak signs its ID tokens with the
+/// same key and header as its access tokens, and only their payload `typ`
+/// tells them apart. A `typ` that is not a string-boundary-safe media type
+/// is refused, not a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_of_another_kind_are_not_access_tokens() {
+    let issuer = TestIssuer::start().unwrap();
+    let jwt = authenticator(&issuer, settings(100));
+    let keycloak_access = issuer.token().claim("typ", json!("Bearer")).sign();
+    assert!(jwt.verify(&keycloak_access).await.is_ok());
+    let at_jwt = issuer.token().header("typ", json!("application/at+jwt")).sign();
+    assert!(jwt.verify(&at_jwt).await.is_ok());
+    for payload_typ in ["ID", "id", "Refresh", "Offline", "Logout", "Serialized-ID"] {
+        let token = issuer.token().claim("typ", json!(payload_typ)).sign();
+        assert_eq!(
+            jwt.verify(&token).await.unwrap_err(),
+            JwtError::WrongType,
+            "payload typ {payload_typ}"
+        );
+    }
+    for header_typ in ["logout+jwt", "application/logout+jwt", "secevent+jwt", "DPoP+JWT"] {
+        let token = issuer.token().header("typ", json!(header_typ)).sign();
+        assert_eq!(
+            jwt.verify(&token).await.unwrap_err(),
+            JwtError::WrongType,
+            "header typ {header_typ}"
+        );
+    }
+    // A multibyte character across the `application/` prefix's length.
+    let odd = issuer.token().header("typ", json!("aaaaaaaaaaa\u{20ac}")).sign();
+    assert!(jwt.verify(&odd).await.is_ok());
+    let required = JwtAuthenticator::builder()
+        .provider(
+            Provider::builder(issuer.issuer())
+                .audience("account")
+                .required_type("at+jwt")
+                .fetch_settings(settings(100))
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    assert_eq!(required.verify(&odd).await.unwrap_err(), JwtError::WrongType);
+    // A verifier of ID and logout tokens says so.
+    let any_kind = JwtAuthenticator::builder()
+        .provider(
+            Provider::builder(issuer.issuer())
+                .audience("account")
+                .fetch_settings(settings(100))
+                .dangerous()
+                .any_token_kind()
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let id_token = issuer.token().claim("typ", json!("ID")).sign();
+    assert!(any_kind.verify(&id_token).await.is_ok());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_must_name_its_subject_unless_told_otherwise() {
     let issuer = TestIssuer::start().unwrap();

@@ -418,4 +418,15 @@ pub trait Authenticator: Any + Send + Sync {
         let _ = previous;
         None
     }
+
+    /// The request headers (lower case) this authenticator sets from a
+    /// verified credential, such as Istio's `outputPayloadToHeader` and
+    /// `outputClaimToHeaders`. The guard removes them from every request
+    /// before any authenticator's edits, as Envoy does, so that a client
+    /// cannot supply what the handler takes for a verified claim: not
+    /// without a credential, nor with one this authenticator did not
+    /// verify. Empty by default.
+    fn reserved_headers(&self) -> &[String] {
+        &[]
+    }
 }

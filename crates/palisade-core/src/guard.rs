@@ -7,7 +7,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::adapter::{Admission, Decision, EXPLAIN_HEADER, Rare, Rendering, Reply, ResponseEdits};
-use crate::authn::{Attachments, AuthOutcome, Authenticated, Authenticator, HeaderEdits};
+use crate::authn::{Attachments, AuthOutcome, Authenticated, Authenticator, HeaderEdit, HeaderEdits};
 use crate::authz::{AccessDecision, AccessPolicy, Action, ExternalAuthorizers};
 use crate::check::Check;
 use crate::error::Rejection;
@@ -104,6 +104,22 @@ pub(crate) struct Compiled {
     challenges: Vec<String>,
     explain: bool,
     metrics: GuardMetrics,
+    /// The removal of every authenticator's reserved headers
+    /// ([`Authenticator::reserved_headers`]): the first edits of every
+    /// request; none for most configurations.
+    reserved: HeaderEdits,
+}
+
+/// The removal of the reserved headers of `authenticators`, each once.
+fn reserved_removals(authenticators: &[Arc<dyn Authenticator>]) -> HeaderEdits {
+    let mut names: Vec<&String> = authenticators.iter().flat_map(|a| a.reserved_headers()).collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|n| HeaderEdit::Remove(n.clone()))
+        .collect::<Vec<_>>()
+        .into()
 }
 
 /// Authenticates and authorizes requests; framework-free. The tower and
@@ -275,6 +291,7 @@ impl GuardBuilder {
         }
         Ok(Guard(Arc::new(ArcSwap::from_pointee(Shares::new(Compiled {
             metrics: GuardMetrics::new(&self.authenticators, &access),
+            reserved: reserved_removals(&self.authenticators),
             authenticators: self.authenticators,
             access,
             snapshot_headers,
@@ -410,6 +427,7 @@ impl Guard {
                 .collect();
             Shares::new(Compiled {
                 metrics: GuardMetrics::new(&authenticators, &next.access),
+                reserved: next.reserved.clone(),
                 authenticators,
                 access: next.access.clone(),
                 snapshot_headers: next.snapshot_headers.clone(),
@@ -534,6 +552,7 @@ impl Share<Compiled> {
         // The mTLS peer, verified at the handshake, comes with the connection.
         let mut acc = Acc {
             identity: req.connection().and_then(|c| c.peer.clone()),
+            edits: self.reserved.clone(),
             ..Acc::default()
         };
         if acc.identity.is_some() {

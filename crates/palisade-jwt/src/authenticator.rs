@@ -30,7 +30,7 @@ use crate::front::Front;
 use crate::introspect::{Active, Convert, Introspector, TokenKey, looks_like_jws};
 use crate::jwks::{Fetched, KeySet, KeyStore, VerifyKey, fetched_store, hmac_key, parse_jwks, pem_key};
 use crate::resource::{ResourceMetadata, Served};
-use crate::token::{Parsed, parse, parse_jws, peek_issuer};
+use crate::token::{Parsed, is_other_kind, parse, parse_jws, peek_issuer, typ_is};
 use palisade_core::syntax::TENANT;
 
 const LOG: &str = "palisade::jwt";
@@ -347,6 +347,9 @@ struct Shared {
     offline: bool,
     /// Every source any provider reads, with the providers that accept it.
     sources: Vec<(TokenSource, Vec<usize>)>,
+    /// Every provider's output headers (`outputPayloadToHeader`,
+    /// `outputClaimToHeaders`), each once.
+    output_headers: Vec<String>,
     max_token_size: usize,
     resource_metadata: Option<ResourceMetadata>,
     resource: Option<Served>,
@@ -651,6 +654,18 @@ impl JwtAuthenticatorBuilder {
             .iter()
             .map(|(_, readers)| opaque.iter().copied().filter(|p| readers.contains(p)).collect())
             .collect();
+        let mut output_headers: Vec<String> = providers
+            .iter()
+            .flat_map(|p| {
+                let cfg = &p.cfg;
+                cfg.output_payload_to_header
+                    .iter()
+                    .chain(cfg.output_claims.iter().map(|(header, _)| header))
+                    .cloned()
+            })
+            .collect();
+        output_headers.sort_unstable();
+        output_headers.dedup();
         let (cache_hits, cache_misses) = cache_counters();
         Ok(JwtAuthenticator(Arc::new(Shared {
             realm: self.realm,
@@ -660,6 +675,7 @@ impl JwtAuthenticatorBuilder {
             opaque_by_source,
             offline: self.offline,
             sources,
+            output_headers,
             max_token_size: self.max_token_size,
             resource_metadata: self.resource_metadata,
             resource,
@@ -1667,18 +1683,18 @@ fn check_claims(cfg: &Provider, issuer: &str, parsed: &Parsed<'_>) -> Result<Tim
     Ok(times)
 }
 
-/// The header's `typ`, when the provider requires one.
+/// The header's `typ`, when the provider requires one; and, unless the
+/// provider takes any kind, not a JWT of another kind (an ID or logout
+/// token, a DPoP proof: RFC 8725 §3.11).
 fn check_type(cfg: &Provider, parsed: &Parsed<'_>) -> Result<(), JwtError> {
-    if let Some(required) = &cfg.required_type {
-        let typ = parsed.jws.typ.as_deref().unwrap_or("");
-        let typ = if typ.len() > 12 && typ[..12].eq_ignore_ascii_case("application/") {
-            &typ[12..]
-        } else {
-            typ
-        };
-        if !typ.eq_ignore_ascii_case(required) {
-            return Err(JwtError::WrongType);
-        }
+    let typ = parsed.jws.typ.as_deref();
+    if let Some(required) = &cfg.required_type
+        && !typ_is(typ.unwrap_or(""), required)
+    {
+        return Err(JwtError::WrongType);
+    }
+    if !cfg.any_token_kind && is_other_kind(typ, &parsed.claims) {
+        return Err(JwtError::WrongType);
     }
     Ok(())
 }
@@ -1887,6 +1903,13 @@ impl Authenticator for JwtAuthenticator {
         let previous = (previous as &dyn std::any::Any).downcast_ref::<JwtAuthenticator>()?;
         self.same_config(previous)
             .then(|| Arc::new(previous.clone()) as Arc<dyn Authenticator>)
+    }
+
+    /// Every provider's `outputPayloadToHeader` and `outputClaimToHeaders`
+    /// header: removed from every request, set again only from a token
+    /// this authenticator verified (as Envoy's `jwt_authn` does).
+    fn reserved_headers(&self) -> &[String] {
+        &self.0.output_headers
     }
 
     fn authenticate(&self, req: &dyn RequestHead) -> Check<AuthOutcome> {

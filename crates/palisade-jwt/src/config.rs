@@ -278,6 +278,7 @@ pub struct Provider {
     pub(crate) leeway: Duration,
     pub(crate) max_lifetime: Option<Duration>,
     pub(crate) required_type: Option<String>,
+    pub(crate) any_token_kind: bool,
     pub(crate) sources: Vec<TokenSource>,
     pub(crate) forward_original_token: bool,
     pub(crate) output_payload_to_header: Option<String>,
@@ -321,6 +322,7 @@ impl Provider {
             leeway: Duration::from_secs(60),
             max_lifetime: None,
             required_type: None,
+            any_token_kind: false,
             sources: Vec::new(),
             forward_original_token: false,
             output_payload_to_header: None,
@@ -371,6 +373,7 @@ pub struct ProviderBuilder {
     leeway: Duration,
     max_lifetime: Option<Duration>,
     required_type: Option<String>,
+    any_token_kind: bool,
     sources: Vec<TokenSource>,
     forward_original_token: bool,
     output_payload_to_header: Option<String>,
@@ -414,6 +417,19 @@ impl DangerousProviderBuilder {
     pub fn subject_optional(mut self) -> ProviderBuilder {
         tracing::info!(target: "palisade::jwt", issuer = %self.0.issuer, "tokens without a subject are accepted (subject_optional)");
         self.0.require_subject = false;
+        self.0
+    }
+
+    /// Accepts JWTs that say they are another kind of token than an
+    /// access token: a header `typ` of `logout+jwt`, `secevent+jwt` or
+    /// `dpop+jwt`, or a payload `typ` of Keycloak's ID, refresh and logout
+    /// tokens (`ID`, `Refresh`, `Offline`, `Logout`, `Serialized-ID`),
+    /// which it signs with the same key as its access tokens. Refused by
+    /// default (RFC 8725 §3.11: an ID token is no access token). Only for
+    /// verifiers of those tokens, which check their own claims.
+    pub fn any_token_kind(mut self) -> ProviderBuilder {
+        tracing::info!(target: "palisade::jwt", issuer = %self.0.issuer, "tokens of any kind are accepted, ID and logout tokens too (any_token_kind)");
+        self.0.any_token_kind = true;
         self.0
     }
 
@@ -715,6 +731,7 @@ impl ProviderBuilder {
             leeway: self.leeway,
             max_lifetime: self.max_lifetime,
             required_type: self.required_type,
+            any_token_kind: self.any_token_kind,
             sources,
             forward_original_token: self.forward_original_token,
             output_payload_to_header: self.output_payload_to_header,

@@ -1059,11 +1059,7 @@ impl DpopVerifier {
         let Some(typ) = header.typ.as_ref().and_then(Member::as_str) else {
             return Err(DpopError::WrongType);
         };
-        let typ = match typ.get(..12) {
-            Some(prefix) if prefix.eq_ignore_ascii_case("application/") => &typ[12..],
-            _ => typ,
-        };
-        if !typ.eq_ignore_ascii_case("dpop+jwt") {
+        if !crate::token::typ_is(typ, "dpop+jwt") {
             return Err(DpopError::WrongType);
         }
         if header.crit.0 || header.b64.0 {

@@ -58,7 +58,9 @@ pub enum JwtError {
     /// `exp - iat` exceeds the configured maximum.
     #[error("the token's lifetime is longer than allowed")]
     LifetimeTooLong,
-    /// `typ` is not the required one.
+    /// `typ` is not the required one, or the token says it is another
+    /// kind of JWT than an access token (an ID or logout token, a DPoP
+    /// proof).
     #[error("the token's type is not accepted")]
     WrongType,
     /// No published key has the token's `kid`.

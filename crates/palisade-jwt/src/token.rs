@@ -100,6 +100,35 @@ pub(crate) fn parse_jws(token: &str, max_len: usize) -> Result<Jws<'_>, JwtError
     })
 }
 
+/// Whether the media type `typ` (a JOSE header's `typ`) is `want`:
+/// case-insensitive, `application/` optional (RFC 7515 §4.1.9).
+pub(crate) fn typ_is(typ: &str, want: &str) -> bool {
+    let typ = match typ.get(..12) {
+        Some(prefix) if prefix.eq_ignore_ascii_case("application/") => &typ[12..],
+        _ => typ,
+    };
+    typ.eq_ignore_ascii_case(want)
+}
+
+/// The header `typ`s of JWTs that are not access tokens: back-channel
+/// logout tokens, security events, DPoP proofs (RFC 8725 §3.11).
+const OTHER_HEADER_TYPES: [&str; 3] = ["logout+jwt", "secevent+jwt", "dpop+jwt"];
+/// Keycloak's payload `typ`s of tokens that are not access tokens (an
+/// access token's is `Bearer`, or `DPoP`): ID, refresh and logout tokens.
+const OTHER_PAYLOAD_TYPES: [&str; 5] = ["ID", "Refresh", "Offline", "Logout", "Serialized-ID"];
+
+/// Whether the token says it is another kind of JWT than an access token:
+/// its header `typ` names one (a logout token, a DPoP proof), or its
+/// payload `typ` is one of Keycloak's for ID, refresh and logout tokens,
+/// which it signs with the same key and header as access tokens.
+pub(crate) fn is_other_kind(header_typ: Option<&str>, claims: &Map<String, Value>) -> bool {
+    header_typ.is_some_and(|t| OTHER_HEADER_TYPES.iter().any(|o| typ_is(t, o)))
+        || claims
+            .get("typ")
+            .and_then(Value::as_str)
+            .is_some_and(|t| OTHER_PAYLOAD_TYPES.iter().any(|o| t.eq_ignore_ascii_case(o)))
+}
+
 /// Reads only the `iss` claim, to pick a provider. Trusted only after verification.
 pub(crate) fn peek_issuer(claims: &Map<String, Value>) -> Result<&str, JwtError> {
     match claims.get("iss") {

@@ -346,11 +346,14 @@ impl SignInBuilder {
         fetch.timeout = config.timeout;
         // ID tokens and logout tokens: a logout token may name only `sid`
         // (Back-Channel Logout 1.0, 2.4), so `sub` is checked here, by
-        // `verify_id_token` and `backchannel_logout`.
+        // `verify_id_token` and `backchannel_logout`; and they are not
+        // access tokens, which is what the kind checks here.
         let provider = Provider::builder(config.issuer.clone())
             .audience(config.client_id.clone())
             .dangerous()
             .subject_optional()
+            .dangerous()
+            .any_token_kind()
             .fetch_settings(fetch)
             .build()
             .map_err(|e| SignInError::Config(format!("the issuer: {e}")))?;
