@@ -187,14 +187,67 @@ pub(crate) fn any_value(attr: &StrAttr, ctx: &Ctx<'_>, f: &mut dyn FnMut(&str) -
     }
 }
 
+/// Whether the caller's request principal matches the pattern `m` of
+/// `requestPrincipals` (or `request.auth.principal`), as Istio matches it:
+/// for a token, the pattern is split at its last `/` into an issuer and a
+/// subject part, each matched on its own (Istio's
+/// `requestPrincipalGenerator`), so `https://idp/*` means any subject of
+/// the issuer `https://idp` (not of `https://idp/tenant`), and `*`
+/// needs both a non-empty issuer and subject. A Kerberos caller's
+/// principal (`user@REALM`, which has no issuer) is matched whole.
+pub(crate) fn request_principal_matches(m: &StrMatch, id: &Identity) -> bool {
+    let Some(token) = id.token() else {
+        return id
+            .request_principal_str()
+            .is_some_and(|p| !p.is_empty() && m.matches(p));
+    };
+    let (iss, sub) = (token.issuer.as_str(), token.subject.as_str());
+    let any = |v: &str| !v.is_empty();
+    match m {
+        StrMatch::Any => any(iss) && any(sub),
+        // `*X`: with a `/` in it, `*ISS/SUB` (a suffix of the issuer, or
+        // any issuer for `*/SUB`) and exactly SUB; else any issuer and a
+        // subject ending in X.
+        StrMatch::Suffix(x) => match x.rfind('/') {
+            Some(i) => {
+                let iss_suffix = &x[..i];
+                (if iss_suffix.is_empty() {
+                    any(iss)
+                } else {
+                    iss.ends_with(iss_suffix)
+                }) && sub == &x[i + 1..]
+            }
+            None => any(iss) && sub.ends_with(&**x),
+        },
+        // `X*`: with a `/` in it, exactly ISS and a subject starting with
+        // the rest (any for `ISS/*`); else an issuer starting with X and
+        // any subject.
+        StrMatch::Prefix(x) => match x.rfind('/') {
+            Some(i) => {
+                let sub_prefix = &x[i + 1..];
+                iss == &x[..i]
+                    && (if sub_prefix.is_empty() {
+                        any(sub)
+                    } else {
+                        sub.starts_with(sub_prefix)
+                    })
+            }
+            None => iss.starts_with(&**x) && any(sub),
+        },
+        StrMatch::Exact(x) => match x.rfind('/') {
+            Some(i) => iss == &x[..i] && sub == &x[i + 1..],
+            None => iss == &**x && sub.is_empty(),
+        },
+    }
+}
+
 impl Clause {
     #[inline]
     pub(crate) fn holds(&self, ctx: &Ctx<'_>) -> bool {
         let hit = match &self.test {
-            Test::Str(StrAttr::RequestPrincipal, ms) if ms.len() == 1 && ms[0] == StrMatch::Any => {
-                // `requestPrincipals: ["*"]`: presence only.
-                ctx.id.is_some_and(|i| i.request_principal_str().is_some())
-            }
+            Test::Str(StrAttr::RequestPrincipal, ms) => ctx
+                .id
+                .is_some_and(|id| ms.iter().any(|m| request_principal_matches(m, id))),
             Test::Str(attr, ms) => any_value(attr, ctx, &mut |v| ms.iter().any(|m| m.matches(v))),
             Test::Host(ms) => ctx
                 .req

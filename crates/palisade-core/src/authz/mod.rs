@@ -164,7 +164,12 @@ impl CompiledRule {
             return false;
         }
         match (keys, &only.test) {
-            (Keys::Values(attr, _), Test::Str(a, ms)) => a == *attr && exact(ms).is_some(),
+            // A request principal's exact value is matched as an issuer and
+            // a subject (Istio's split at the last `/`): the whole string's
+            // key finds it, but does not prove it (a subject with a `/`).
+            (Keys::Values(attr, _), Test::Str(a, ms)) => {
+                a == *attr && *a != StrAttr::RequestPrincipal && exact(ms).is_some()
+            }
             // Compared ignoring ASCII case, as the keys are in lower case.
             (Keys::Hosts(_), Test::Host(ms)) => exact(ms).is_some(),
             (Keys::Prefixes(_), Test::Path(ms)) => ms

@@ -144,6 +144,70 @@ fn not_request_principals_matches_anonymous() {
     ));
 }
 
+/// `requestPrincipals` as Istio matches them: each pattern split at its
+/// last `/` into an issuer and a subject part, each matched on its own.
+#[test]
+fn request_principals_match_issuer_and_subject_apart_as_in_istio() {
+    let cases: [(&str, &str, &str, bool); 16] = [
+        // Exactly one issuer's subjects, not those of an issuer under it.
+        ("https://acme.okta.com/*", "https://acme.okta.com", "u1", true),
+        (
+            "https://acme.okta.com/*",
+            "https://acme.okta.com/oauth2/default",
+            "u1",
+            false,
+        ),
+        ("https://idp/ab*", "https://idp", "abc", true),
+        ("https://idp/ab*", "https://idp", "xab", false),
+        // A subject suffix of any issuer; a subject with a `/` is no match.
+        ("*/admin", "https://idp", "admin", true),
+        ("*/admin", "https://idp", "tenant-x/admin", false),
+        ("*.okta.com/admin", "https://acme.okta.com", "admin", true),
+        ("*.okta.com/admin", "https://acme.okta.com", "root", false),
+        ("*admin", "https://idp", "super-admin", true),
+        // No `/`: an issuer prefix, or exactly an issuer with no subject.
+        ("https:*", "https://idp", "u", true),
+        ("https://idp/bob", "https://idp", "bob", true),
+        ("https://idp/bob", "https://idp/bob", "", false),
+        ("https://idp/a/b", "https://idp", "a/b", false),
+        ("https://idp/a/b", "https://idp/a", "b", true),
+        // `*` needs both an issuer and a subject.
+        ("*", "https://idp", "bob", true),
+        ("*", "https://idp", "", false),
+    ];
+    for (pattern, iss, sub, want) in cases {
+        for yaml in [
+            format!(
+                "{HEAD}spec:\n  rules: [{{from: [{{source: {{requestPrincipals: [\"{pattern}\"]}}}}]}}]\n"
+            ),
+            format!(
+                "{HEAD}spec:\n  rules: [{{when: [{{key: request.auth.principal, values: [\"{pattern}\"]}}]}}]\n"
+            ),
+        ] {
+            let p = policy(&yaml).unwrap();
+            let id = user_of(iss, sub, serde_json::json!({}));
+            assert_eq!(
+                allowed(&p, &OwnedRequest::get("/"), Some(&id)),
+                want,
+                "{pattern} against {iss} / {sub}: {yaml}"
+            );
+        }
+    }
+    // The negation too: a DENY of everyone but one issuer's users.
+    let deny = policy(&format!(
+        "{HEAD}spec:\n  action: DENY\n  rules: [{{from: [{{source: {{notRequestPrincipals: [\"https://acme.okta.com/*\"]}}}}]}}]\n"
+    ))
+    .unwrap();
+    let nested = user_of(
+        "https://acme.okta.com/oauth2/default",
+        "u1",
+        serde_json::json!({}),
+    );
+    assert!(!allowed(&deny, &OwnedRequest::get("/"), Some(&nested)));
+    let own = user_of("https://acme.okta.com", "u1", serde_json::json!({}));
+    assert!(allowed(&deny, &OwnedRequest::get("/"), Some(&own)));
+}
+
 #[test]
 fn principals_and_namespaces_come_from_the_peer() {
     let p = policy(&format!(
