@@ -248,6 +248,15 @@ impl Clause {
             Test::Str(StrAttr::RequestPrincipal, ms) => ctx
                 .id
                 .is_some_and(|id| ms.iter().any(|m| request_principal_matches(m, id))),
+            // Header values as bytes: one that is not UTF-8 is still
+            // present, and may still end with a suffix (as in Envoy).
+            Test::Str(StrAttr::Header(name), ms) => {
+                let mut hit = false;
+                ctx.req.for_each_header(name, &mut |v| {
+                    hit = hit || ms.iter().any(|m| m.matches_bytes(v));
+                });
+                hit
+            }
             Test::Str(attr, ms) => any_value(attr, ctx, &mut |v| ms.iter().any(|m| m.matches(v))),
             Test::Host(ms) => ctx
                 .req

@@ -241,6 +241,12 @@ pub(crate) fn parse_key(key: &str) -> Result<Key, String> {
         }
         k if k.starts_with("request.headers") => {
             return match bracketed(&k["request.headers".len()..]).as_deref() {
+                // Envoy's matchers see its pseudo-headers; a request here has
+                // none, so such a condition would never hold (a DENY never
+                // fire): refused, pointing at the fields that match them.
+                Some([h]) if h.starts_with(':') => Err(format!(
+                    "`{key}`: pseudo-headers are not request headers here; match `:path`, `:authority` and `:method` with `to.operation` `paths`, `hosts` and `methods`"
+                )),
                 Some([h]) => Ok(Key::Str(StrAttr::Header(h.to_ascii_lowercase().into()))),
                 _ => Err(format!("`{key}`: write request.headers[Name]")),
             };

@@ -49,6 +49,17 @@ impl StrMatch {
         }
     }
 
+    /// [`matches`](Self::matches) on raw bytes (a header value that is not
+    /// UTF-8: Envoy's header matchers compare bytes, and `*` means present).
+    pub(crate) fn matches_bytes(&self, value: &[u8]) -> bool {
+        match self {
+            StrMatch::Any => true,
+            StrMatch::Exact(e) => value == e.as_bytes(),
+            StrMatch::Prefix(p) => value.starts_with(p.as_bytes()),
+            StrMatch::Suffix(s) => value.ends_with(s.as_bytes()),
+        }
+    }
+
     /// ASCII case-insensitive match (host names).
     pub(crate) fn matches_ignore_case(&self, value: &str) -> bool {
         let v = value.as_bytes();

@@ -208,6 +208,36 @@ fn request_principals_match_issuer_and_subject_apart_as_in_istio() {
     assert!(allowed(&deny, &OwnedRequest::get("/"), Some(&own)));
 }
 
+/// A header value that is not UTF-8 is still a value: present for `*`,
+/// and compared as bytes (Envoy's header matchers), so a DENY on a header
+/// cannot be dodged by sending one invalid byte.
+#[test]
+fn header_conditions_see_values_that_are_not_utf8() {
+    let p = policy(&format!(
+        "{HEAD}spec:\n  action: DENY\n  rules:\n  - when: [{{key: \"request.headers[x-debug]\", values: [\"*\"]}}]\n  - when: [{{key: \"request.headers[x-role]\", values: [\"*admin\"]}}]\n"
+    ))
+    .unwrap();
+    let with = |name: &str, value: &[u8]| OwnedRequest::get("/").header(name, value.to_vec());
+    assert!(allowed(&p, &OwnedRequest::get("/"), None));
+    assert!(!allowed(&p, &with("x-debug", b"\xff"), None));
+    assert!(!allowed(&p, &with("x-role", b"\xffadmin"), None));
+    assert!(allowed(&p, &with("x-role", b"\xffuser"), None));
+}
+
+/// A pseudo-header condition would never hold here (no request has
+/// one): refused when the file loads, so that a DENY on it cannot be
+/// silently inert.
+#[test]
+fn pseudo_header_conditions_are_refused() {
+    for name in [":path", ":authority", ":method"] {
+        let err = policy(&format!(
+            "{HEAD}spec:\n  action: DENY\n  rules: [{{when: [{{key: \"request.headers[{name}]\", values: [\"/admin*\"]}}]}}]\n"
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("pseudo-headers"), "{err}");
+    }
+}
+
 #[test]
 fn principals_and_namespaces_come_from_the_peer() {
     let p = policy(&format!(
