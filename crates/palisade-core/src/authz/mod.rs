@@ -900,7 +900,22 @@ impl AccessPolicy {
             }
             policies.push(p);
         }
-        let rbac_on = rbac::compile(workload, &mut policies)?;
+        // Istio (1.4 on): a workload's `AuthorizationPolicy` documents take
+        // precedence over the older RBAC, which is then not enforced for it
+        // (still compiled, so a mistake in it is an error either way).
+        let rbac_on = if policies.is_empty() {
+            rbac::compile(workload, &mut policies)?
+        } else {
+            let mut ignored = Vec::new();
+            let on = rbac::compile(workload, &mut ignored)?;
+            if on || !ignored.is_empty() {
+                tracing::warn!(
+                    target: LOG_TARGET,
+                    "AuthorizationPolicy documents apply to this workload: its ServiceRole/ServiceRoleBinding/RbacConfig documents are not enforced for it (they take precedence, as in Istio)"
+                );
+            }
+            false
+        };
         let settings = settings(workload)?;
         let mut engine = Engine::new(policies, rbac_on, settings);
         for (_, ra) in workload.request_authentications() {

@@ -597,6 +597,35 @@ fn rbac_roles_and_bindings_compile_into_the_engine() {
     assert!(allowed(&other, &get, None));
 }
 
+/// Istio (1.4 on): where `AuthorizationPolicy` documents apply to a
+/// workload, its older RBAC is not enforced; it is still checked.
+#[test]
+fn authorization_policies_take_precedence_over_the_older_rbac() {
+    let with_policy = format!(
+        "{RBAC}---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: only-reviews, namespace: default}}\nspec:\n  rules: [{{from: [{{source: {{principals: [cluster.local/ns/default/sa/reviews]}}}}]}}]\n"
+    );
+    let set = PolicySet::from_yaml_str(&with_policy, "rbac.yaml").unwrap();
+    let w = Workload::new("details", "default").label("version", "v1");
+    let p = AccessPolicy::compile(&set.for_workload(&w)).unwrap();
+    let get = OwnedRequest::get("/details/1");
+    // The binding would let productpage in; the policy lets only reviews.
+    assert!(!allowed(
+        &p,
+        &get,
+        Some(&peer("cluster.local/ns/default/sa/productpage"))
+    ));
+    assert!(allowed(
+        &p,
+        &get,
+        Some(&peer("cluster.local/ns/default/sa/reviews"))
+    ));
+    // A mistake in the RBAC documents is still an error.
+    let broken = with_policy.replace("/details/*", "/de*tails");
+    let err = PolicySet::from_yaml_str(&broken, "rbac.yaml")
+        .and_then(|set| AccessPolicy::compile(&set.for_workload(&w)).map(drop));
+    assert!(err.is_err());
+}
+
 #[test]
 fn rbac_errors_name_their_field() {
     let bad_ref = RBAC.replace("name: details-viewer}", "name: nope}");
