@@ -242,6 +242,15 @@ async fn refusals_are_4xx_without_a_session() {
                 .status,
             302
         );
+        // A `Host` that is no host name gives no callback address: the
+        // client's mistake (400), not an unready service (503).
+        let odd_host = reqwest::Client::new()
+            .get(format!("{base}/login?return_to=%2Fpage"))
+            .header("host", "app_1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(odd_host.status(), 400, "{base}");
 
         // Tampered, foreign-key and oversized session cookies are no session.
         let jar = sign_in(base, &f.issuer).await;
@@ -411,6 +420,12 @@ async fn back_channel_logout_ends_every_session_of_the_sid_and_refuses_bad_token
             ("no events", token(lt().without_claim("events"))),
             ("another audience", token(lt_for("reviews"))),
             ("expired", token(lt().expires_in(-120))),
+            // Older than its `jti` is remembered (valid for another hour).
+            (
+                "issued 11 minutes ago",
+                token(lt().claim("iat", Value::from(now_secs() - 660)).expires_in(3600)),
+            ),
+            ("no iat", token(lt().without_claim("iat"))),
             ("unsigned", format!("logout_token={}", lt().unsigned())),
             ("no token", String::new()),
             ("two tokens", format!("{}&{}", token(lt()), token(lt()))),
@@ -470,6 +485,13 @@ async fn back_channel_logout_ends_every_session_of_the_sid_and_refuses_bad_token
             "{base}: the logout by sid ended the session"
         );
     }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 /// The login-state cookies in a jar.

@@ -28,6 +28,12 @@ use crate::store::{MemoryStore, Revocation, SessionRef, SessionStore};
 
 /// How long a sign-in may take, from the redirect to the callback.
 const LOGIN_STATE_TTL: u64 = 600;
+/// The oldest a back-channel logout token may be (its `iat`, seconds):
+/// well under [`LOGOUT_JTI_TTL`], so that no token outlives the memory of
+/// its `jti` (Back-Channel Logout 1.0, 2.6, lets an RP refuse old ones).
+const LOGOUT_TOKEN_MAX_AGE: u64 = 600;
+/// How long a back-channel logout token's `jti` is remembered (seconds).
+const LOGOUT_JTI_TTL: u64 = 3600;
 /// How many sign-ins one browser may have under way at once (tabs opened
 /// without a session), each with its own login-state cookie; one more
 /// removes the oldest's.
@@ -562,6 +568,11 @@ impl SignIn {
         let Some(target) = local_target(&target) else {
             return problem(400, "return_to must be a path of this service");
         };
+        // The callback's address is made from `Host`: without a plain one
+        // there is none to give the issuer (the client's fault, not ours).
+        if own.is_none() {
+            return problem(400, "the request's Host header is missing or not a host name");
+        }
         self.start_sign_in(req, target).unwrap_or_else(|| {
             problem(
                 503,
@@ -1166,8 +1177,11 @@ impl SignIn {
         }
         let t = now();
         match claims.get("iat").and_then(Value::as_u64) {
-            Some(iat) if iat <= t + 60 => {}
-            _ => return Err("the logout token's iat is missing or in the future"),
+            Some(iat) if iat > t + 60 => return Err("the logout token's iat is in the future"),
+            // Older than its `jti` is remembered, it could be replayed.
+            Some(iat) if iat + LOGOUT_TOKEN_MAX_AGE < t => return Err("the logout token is too old"),
+            Some(_) => {}
+            None => return Err("the logout token has no iat"),
         }
         let jti = claims
             .get("jti")
@@ -1191,7 +1205,7 @@ impl SignIn {
             .store
             .use_once(
                 &format!("logout-jti:{}:{jti}", c.issuer),
-                Duration::from_secs(3600),
+                Duration::from_secs(LOGOUT_JTI_TTL),
             )
             .await
             .map_err(|_| "logout tokens cannot be checked for replay now")?;
