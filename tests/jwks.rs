@@ -561,6 +561,29 @@ async fn tokens_of_another_kind_are_not_access_tokens() {
     assert!(any_kind.verify(&id_token).await.is_ok());
 }
 
+/// A token bound to its holder by a method Palisade cannot check (RFC
+/// 7800 `cnf` with only `jwk`, `kid` or `jku`) is not taken as a bearer
+/// token; one without `cnf` is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_bound_by_an_unknown_method_is_refused() {
+    let issuer = TestIssuer::start().unwrap();
+    let jwt = authenticator(&issuer, settings(100));
+    for cnf in [
+        json!({"jwk": {"kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}}),
+        json!({"kid": "k1"}),
+        json!({}),
+        json!("bound"),
+    ] {
+        let token = issuer.token().claim("cnf", cnf.clone()).sign();
+        assert_eq!(
+            jwt.verify(&token).await.unwrap_err(),
+            JwtError::InvalidClaim("cnf"),
+            "{cnf}"
+        );
+    }
+    assert!(jwt.verify(&issuer.token().sign()).await.is_ok());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_must_name_its_subject_unless_told_otherwise() {
     let issuer = TestIssuer::start().unwrap();

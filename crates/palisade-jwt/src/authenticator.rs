@@ -1839,7 +1839,11 @@ fn peer_thumbprint(req: &dyn RequestHead) -> Option<&str> {
 
 /// RFC 8705 certificate-bound tokens: a token with `cnf.x5t#S256` is
 /// accepted only over a connection whose client certificate has that
-/// SHA-256 thumbprint (base64url, no padding). Other tokens pass as they are.
+/// SHA-256 thumbprint (base64url, no padding). A token with a `cnf` that
+/// names neither that nor a DPoP key (`jkt`), only methods Palisade cannot
+/// check (`jwk`, `kid`, `jku`), is refused: its holder must prove
+/// possession, and a bearer of it proves nothing. Tokens without `cnf`
+/// pass as they are.
 fn bound_to(
     a: Authenticated,
     peer_hex: Option<&str>,
@@ -1847,6 +1851,9 @@ fn bound_to(
 ) -> Result<Authenticated, JwtError> {
     // One lookup of `cnf` (claims are an ordered map hashed per lookup).
     let cnf = a.identity.claim("cnf");
+    if cnf.is_some_and(|c| c.get("jkt").is_none() && c.get("x5t#S256").is_none()) {
+        return Err(JwtError::InvalidClaim("cnf"));
+    }
     let jkt = cnf.and_then(|c| c.get("jkt"));
     match (jkt, proof) {
         // RFC 9449 §7.1: a DPoP-bound token is not a bearer token.
