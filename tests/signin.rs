@@ -295,6 +295,48 @@ async fn refusals_are_4xx_without_a_session() {
     }
 }
 
+/// A `__Host-` session cookie name (a browser then refuses the cookie
+/// from another subdomain, or without `Secure`, `Path=/` and no `Domain`):
+/// every cookie of the sign-in is `Secure`, over plain HTTP too (browsers
+/// take `Secure` cookies from `localhost`), and the sign-in works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_prefixed_cookie_name_makes_every_cookie_secure() {
+    let f = fixture(Duration::from_secs(300));
+    let yaml = policy(&f.issuer, &f.key_file, "    cookieName: __Host-sid\n");
+    let (axum_base, actix_base) = serve_both(|| guard_from(&yaml));
+    for base in [&axum_base, &actix_base] {
+        ready(base).await;
+        let mut jar = Jar::default();
+        let first = get(&format!("{base}/page"), &jar, true).await;
+        assert_eq!(first.status, 302, "{first:?}");
+        let state = first
+            .set_cookies
+            .iter()
+            .find(|c| c.starts_with("__Host-sid_login_"))
+            .unwrap_or_else(|| panic!("{base}: no login state: {first:?}"));
+        assert!(
+            state.contains("; Secure") && state.contains("; Path=/"),
+            "{state}"
+        );
+        jar.take(&first);
+        let at_issuer = get(first.location.as_deref().unwrap(), &Jar::default(), true).await;
+        let back = get(at_issuer.location.as_deref().unwrap(), &jar, true).await;
+        assert_eq!(back.status, 302, "{base}: {back:?}");
+        let session = back
+            .set_cookies
+            .iter()
+            .find(|c| c.starts_with("__Host-sid="))
+            .unwrap_or_else(|| panic!("{base}: no session cookie: {back:?}"));
+        for attribute in ["; Secure", "; HttpOnly", "; Path=/"] {
+            assert!(session.contains(attribute), "{base}: {attribute}: {session}");
+        }
+        assert!(!session.contains("Domain"), "{session}");
+        jar.take(&back);
+        let who = get(&format!("{base}/whoami"), &jar, false).await;
+        assert_eq!(who.status, 200, "{base}: {who:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_are_refreshed_once_per_session_and_a_refused_refresh_ends_it() {
     // Tokens live 35 s and are refreshed when less than 30 s are left: at once.

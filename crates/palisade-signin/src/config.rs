@@ -282,7 +282,10 @@ impl SignInBuilder {
         self
     }
 
-    /// The session cookie's name (default `palisade_session`).
+    /// The session cookie's name (default `palisade_session`). A
+    /// `__Host-` name (no other subdomain can set or overwrite it) or
+    /// `__Secure-` name makes every cookie of the sign-in `Secure`, over
+    /// plain HTTP too (where browsers keep it only for `localhost`).
     pub fn cookie_name(mut self, name: impl Into<String>) -> Self {
         self.config.cookie_name = name.into();
         self

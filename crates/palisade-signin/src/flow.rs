@@ -67,6 +67,9 @@ struct Inner {
     verifier: JwtAuthenticator,
     /// Session cookies, with and without `Secure`.
     sessions: [CookieSealer; 2],
+    /// The cookie name has a `__Host-` or `__Secure-` prefix: every cookie
+    /// is `Secure`, whatever the request came over.
+    secure_only: bool,
     /// The session keys, which also seal the login-state cookies.
     keys: Vec<CookieKey>,
     /// `NAME_login_`: the login-state cookies' names begin so.
@@ -103,6 +106,12 @@ impl SignIn {
     /// Starts building the relying party of `client_id` at `issuer`.
     pub fn builder(issuer: impl Into<String>, client_id: impl Into<String>) -> SignInBuilder {
         SignInBuilder::new(issuer.into(), client_id.into())
+    }
+
+    /// Whether the cookies of this request's answer get `Secure`: over TLS,
+    /// and always for a `__Host-`/`__Secure-` name.
+    fn secure(&self, req: &dyn RequestHead) -> bool {
+        self.0.secure_only || is_tls(req)
     }
 
     fn sealer(&self, secure: bool) -> &CookieSealer {
@@ -252,11 +261,13 @@ impl SignInBuilder {
             .map_err(|e| SignInError::Config(format!("the issuer: {e}")))?;
         let issuer = Issuer::start(&config).map_err(SignInError::Config)?;
         let store = store.unwrap_or_else(|| shared_memory_store(&config.issuer, &config.client_id));
+        let secure_only = secure_only(&config.cookie_name);
         Ok(SignIn(Arc::new(Inner {
             config,
             issuer,
             verifier,
             sessions,
+            secure_only,
             keys,
             state_prefix,
             store,
@@ -339,12 +350,15 @@ impl SignInBuilder {
                 .build()?)
         };
         let state_prefix = format!("{}_login_", config.cookie_name);
-        for secure in [true, false] {
+        // A `__Host-`/`__Secure-` name: every cookie is `Secure` (a browser
+        // refuses such a cookie without it), the second sealer too.
+        let plain = !secure_only(&config.cookie_name);
+        for secure in [true, !plain] {
             state_sealer(&state_prefix, &"x".repeat(STATE_TAG_LEN), &keys, secure)?;
         }
         let sessions = [
             sealer(&config.cookie_name, true, 8)?,
-            sealer(&config.cookie_name, false, 8)?,
+            sealer(&config.cookie_name, !plain, 8)?,
         ];
         let mut fetch = FetchSettings::default();
         fetch.extra_ca_pem.clone_from(&config.ca_pem);
@@ -383,6 +397,17 @@ pub(crate) struct Checked {
     state_prefix: String,
     provider: Provider,
     store: Option<Arc<dyn SessionStore>>,
+}
+
+/// Whether a cookie name's prefix makes a browser require `Secure`
+/// (RFC 6265bis `__Host-`, `__Secure-`; case-insensitive).
+fn secure_only(name: &str) -> bool {
+    let starts = |p: &str| {
+        name.as_bytes()
+            .get(..p.len())
+            .is_some_and(|b| b.eq_ignore_ascii_case(p.as_bytes()))
+    };
+    starts("__Secure-") || starts("__Host-")
 }
 
 /// The sealer of the login-state cookie `prefix` + `tag`.
@@ -495,7 +520,7 @@ impl SignIn {
         let metadata = self.0.issuer.metadata()?;
         let origin = origin(req)?;
         let c = &self.0.config;
-        let secure = is_tls(req);
+        let secure = self.secure(req);
         let state = LoginState {
             state: self.random(32),
             nonce: self.random(32),
@@ -589,7 +614,7 @@ impl SignIn {
     /// cleared, whatever the outcome: another sign-in under way in the
     /// same browser is left to finish.
     fn callback(&self, req: &dyn RequestHead) -> Check<Reply> {
-        let secure = is_tls(req);
+        let secure = self.secure(req);
         if !matches!(req.method(), "GET" | "HEAD") {
             return Check::Ready(problem(405, "the sign-in callback takes GET"));
         }
@@ -1078,7 +1103,7 @@ impl SignIn {
         if !matches!(req.method(), "GET" | "POST") {
             return Check::Ready(problem(405, "log out with GET or POST").header("allow", "GET, POST"));
         }
-        let secure = is_tls(req);
+        let secure = self.secure(req);
         let c = &self.0.config;
         let sealer = self.sealer(secure);
         let (value, chunks) = match sealer.raw(req) {
@@ -1266,7 +1291,7 @@ impl Authenticator for SignIn {
         if path == c.backchannel_path {
             return Check::Ready(AuthOutcome::Respond(self.backchannel(req)));
         }
-        let secure = is_tls(req);
+        let secure = self.secure(req);
         let Ok(parts) = self.sealer(secure).parts(req) else {
             return Check::Ready(AuthOutcome::NoCredential);
         };
