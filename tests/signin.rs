@@ -161,7 +161,43 @@ async fn a_browser_signs_in_uses_the_session_and_logs_out_on_both_frameworks() {
         assert_eq!(who["realm_roles"], serde_json::json!(["reader"]));
         assert_eq!(get(&format!("{base}/page"), &jar, true).await.status, 200);
 
+        // A logout another site starts (logout CSRF: a link, an image, a
+        // form) is asked to be confirmed, and ends nothing; the page's form
+        // posts from this origin.
+        for (method, site) in [
+            ("GET", "cross-site"),
+            ("GET", "same-site"),
+            ("POST", "cross-site"),
+        ] {
+            let mut req = client()
+                .request(method.parse().unwrap(), format!("{base}/logout"))
+                .header("sec-fetch-site", site)
+                .header("sec-fetch-mode", "navigate");
+            req = req.header("cookie", jar.header().unwrap());
+            let page = answer(req.send().await.unwrap()).await;
+            assert_eq!(page.status, 200, "{base} {method} {site}: {page:?}");
+            assert!(
+                page.body.contains("<form method=\"post\" action=\"/logout\">"),
+                "{page:?}"
+            );
+            assert!(page.set_cookies.is_empty(), "{page:?}");
+            assert_eq!(get(&format!("{base}/whoami"), &jar, false).await.status, 200);
+        }
+        let confirmed = answer(
+            client()
+                .post(format!("{base}/logout"))
+                .header("sec-fetch-site", "same-origin")
+                .header("cookie", jar.header().unwrap())
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(confirmed.status, 302, "{base}: {confirmed:?}");
+        assert_eq!(get(&format!("{base}/whoami"), &jar, false).await.status, 401);
+
         // Logout: here, then at the issuer with the hint and an absolute return.
+        let jar = sign_in(base, &f.issuer).await;
         let out = get(&format!("{base}/logout"), &jar, true).await;
         assert_eq!(out.status, 302, "{out:?}");
         let end = out.location.clone().unwrap();

@@ -399,6 +399,42 @@ pub(crate) struct Checked {
     store: Option<Arc<dyn SessionStore>>,
 }
 
+/// The page that asks to confirm a logout another site started: a form
+/// that posts to `path` from this origin. Not to be framed (a hidden frame
+/// could have the button clicked), nor kept.
+fn confirm_logout(path: &str) -> Reply {
+    let path = html_escape(path);
+    Reply::new(200)
+        .header("cache-control", "no-store")
+        .header("x-frame-options", "DENY")
+        .header(
+            "content-security-policy",
+            "default-src 'none'; form-action 'self'; frame-ancestors 'none'",
+        )
+        .with_body(
+            "text/html; charset=utf-8",
+            format!(
+                "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>Sign out</title></head>\n<body><p>Sign out of this site?</p>\n<form method=\"post\" action=\"{path}\"><button type=\"submit\" id=\"sign-out\">Sign out</button></form></body></html>\n"
+            ),
+        )
+}
+
+/// `s` with HTML's special characters escaped.
+fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Whether a cookie name's prefix makes a browser require `Secure`
 /// (RFC 6265bis `__Host-`, `__Secure-`; case-insensitive).
 fn secure_only(name: &str) -> bool {
@@ -1102,6 +1138,12 @@ impl SignIn {
     fn logout(&self, req: &dyn RequestHead) -> Check<Reply> {
         if !matches!(req.method(), "GET" | "POST") {
             return Check::Ready(problem(405, "log out with GET or POST").header("allow", "GET, POST"));
+        }
+        // Started by another site (a link, an image, a form: logout CSRF),
+        // as the browser says: asked to confirm, as Spring Security and
+        // Keycloak do. The page's form posts from this origin.
+        if matches!(req.header_str("sec-fetch-site"), Some("cross-site" | "same-site")) {
+            return Check::Ready(confirm_logout(&self.0.config.logout_path));
         }
         let secure = self.secure(req);
         let c = &self.0.config;
