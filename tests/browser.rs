@@ -336,11 +336,24 @@ async fn a_browser_signs_in_at_the_testkit_issuer_and_out_again() {
             || format!("{me}"),
         );
 
-        // Sign out: here, then at the issuer, which sends the browser to
-        // productpage's post-logout URI, `/`. That page needs a user, so
-        // productpage sends the browser on to sign in (one more
+        // A logout another site starts (here a page of an opaque origin
+        // with a link to it: Sec-Fetch-Site cross-site) ends nothing and
+        // asks to confirm.
+        run.goto(&format!(
+            "data:text/html;charset=utf-8,%3Ca%20id%3D%22elsewhere%22%20href%3D%22{base}/logout%22%3Eout%3C/a%3E"
+        ));
+        run.click("#elsewhere");
+        run.wait_for_url("the logout confirmation", |u| u == format!("{base}/logout"));
+        run.wait_for("form[method=post] #sign-out");
+        run.shot("logout-confirmation");
+        expect_session_cookie(&run);
+
+        // Confirmed: the form posts from this origin and the session ends
+        // here, then at the issuer, which sends the browser to
+        // productpage's post-logout URI, `/` (the page's policy lets the
+        // post's redirect to the issuer through). That page needs a user,
+        // so productpage sends the browser on to sign in (one more
         // authorization request); either is where a logout may end.
-        run.goto(&format!("{base}/productpage"));
         let authorizations = issuer.authorization_requests();
         run.click("#sign-out");
         let after = run.wait_for_url("productpage's / after logout", |u| {

@@ -324,7 +324,7 @@ async fn output_headers_a_client_sends_never_reach_the_handler() {
     let issuer = TestIssuer::builder().default_audience("details").start().unwrap();
     let other = TestIssuer::builder().default_audience("details").start().unwrap();
     let yaml = format!(
-        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt}}\nspec:\n  jwtRules:\n  - issuer: {}\n    jwksUri: {}\n    audiences: [details]\n    outputClaimToHeaders: [{{header: x-user, claim: sub}}]\n    outputPayloadToHeader: x-jwt-payload\n  - issuer: {}\n    jwksUri: {}\n    audiences: [details]\n",
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt}}\nspec:\n  jwtRules:\n  - issuer: {}\n    jwksUri: {}\n    audiences: [details]\n    outputClaimToHeaders: [{{header: x-user, claim: sub}}]\n    outputPayloadToHeader: x-jwt-payload\n  - issuer: {}\n    jwksUri: {}\n    audiences: [details]\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: no-admin}}\nspec:\n  action: DENY\n  rules: [{{when: [{{key: \"request.headers[x-user]\", values: [admin]}}]}}]\n",
         issuer.issuer(),
         issuer.jwks_uri(),
         other.issuer(),
@@ -332,6 +332,8 @@ async fn output_headers_a_client_sends_never_reach_the_handler() {
     );
     let set = PolicySet::from_yaml_str(&yaml, "t.yaml").unwrap();
     let guard = palisade::guard_from_policy(&set, &Workload::new("details", "default")).unwrap();
+    // The policy reads the request as the handler gets it: the client's
+    // `x-user: admin` is not there (it would be denied), a verified one is.
     let seen = |h: &http::HeaderMap| {
         format!(
             "{:?} {}",
@@ -359,10 +361,12 @@ async fn output_headers_a_client_sends_never_reach_the_handler() {
     .await;
     let bob = issuer.token().subject("bob").sign();
     let mallory = other.token().subject("mallory").sign();
+    let admin = issuer.token().subject("admin").sign();
     for (token, want) in [
         (None, "None false"),
         (Some(&mallory), "None false"),
         (Some(&bob), "Some(\"bob\") true"),
+        (Some(&admin), "403"),
     ] {
         let mut req = http::Request::get("/")
             .header("x-user", "admin")
@@ -380,6 +384,12 @@ async fn output_headers_a_client_sends_never_reach_the_handler() {
             .oneshot(req.body(Body::empty()).unwrap())
             .await
             .unwrap();
+        if want == "403" {
+            assert_eq!(res.status(), 403, "axum");
+            let res = actix_web::test::call_service(&actix, actix_req.to_request()).await;
+            assert_eq!(res.status(), 403, "actix-web");
+            continue;
+        }
         assert_eq!(res.status(), 200);
         let body = axum::body::to_bytes(res.into_body(), 1024).await.unwrap();
         assert_eq!(std::str::from_utf8(&body).unwrap(), want, "axum");

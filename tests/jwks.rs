@@ -529,6 +529,15 @@ async fn tokens_of_another_kind_are_not_access_tokens() {
             "header typ {header_typ}"
         );
     }
+    // A logout token whose issuer sets no `typ` is known by its event.
+    let logout = issuer
+        .token()
+        .claim(
+            "events",
+            json!({"http://schemas.openid.net/event/backchannel-logout": {}}),
+        )
+        .sign();
+    assert_eq!(jwt.verify(&logout).await.unwrap_err(), JwtError::WrongType);
     // A multibyte character across the `application/` prefix's length.
     let odd = issuer.token().header("typ", json!("aaaaaaaaaaa\u{20ac}")).sign();
     assert!(jwt.verify(&odd).await.is_ok());

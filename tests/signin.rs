@@ -164,18 +164,21 @@ async fn a_browser_signs_in_uses_the_session_and_logs_out_on_both_frameworks() {
         // A logout another site starts (logout CSRF: a link, an image, a
         // form) is asked to be confirmed, and ends nothing; the page's form
         // posts from this origin.
-        for (method, site) in [
-            ("GET", "cross-site"),
-            ("GET", "same-site"),
-            ("POST", "cross-site"),
+        // A browser without Fetch Metadata is judged by its Origin.
+        for (method, header, value) in [
+            ("GET", "sec-fetch-site", "cross-site"),
+            ("GET", "sec-fetch-site", "same-site"),
+            ("POST", "sec-fetch-site", "cross-site"),
+            ("POST", "origin", "https://elsewhere.example"),
+            ("POST", "origin", "null"),
         ] {
             let mut req = client()
                 .request(method.parse().unwrap(), format!("{base}/logout"))
-                .header("sec-fetch-site", site)
+                .header(header, value)
                 .header("sec-fetch-mode", "navigate");
             req = req.header("cookie", jar.header().unwrap());
             let page = answer(req.send().await.unwrap()).await;
-            assert_eq!(page.status, 200, "{base} {method} {site}: {page:?}");
+            assert_eq!(page.status, 200, "{base} {method} {header}: {value}: {page:?}");
             assert!(
                 page.body.contains("<form method=\"post\" action=\"/logout\">"),
                 "{page:?}"
@@ -183,6 +186,21 @@ async fn a_browser_signs_in_uses_the_session_and_logs_out_on_both_frameworks() {
             assert!(page.set_cookies.is_empty(), "{page:?}");
             assert_eq!(get(&format!("{base}/whoami"), &jar, false).await.status, 200);
         }
+        // The confirmation's own post; an old browser's same-origin post
+        // (its Origin names this host, over whichever scheme) logs out too.
+        let own = answer(
+            client()
+                .post(format!("{base}/logout"))
+                .header("origin", base.replacen("http://", "https://", 1))
+                .header("cookie", jar.header().unwrap())
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(own.status, 302, "{base}: {own:?}");
+        assert_eq!(get(&format!("{base}/whoami"), &jar, false).await.status, 401);
+        let jar = sign_in(base, &f.issuer).await;
         let confirmed = answer(
             client()
                 .post(format!("{base}/logout"))

@@ -425,7 +425,8 @@ pub trait Authenticator: Any + Send + Sync {
     /// before any authenticator's edits, as Envoy does, so that a client
     /// cannot supply what the handler takes for a verified claim: not
     /// without a credential, nor with one this authenticator did not
-    /// verify. Empty by default.
+    /// verify. The access policy reads them as edited too. Empty by
+    /// default.
     fn reserved_headers(&self) -> &[String] {
         &[]
     }

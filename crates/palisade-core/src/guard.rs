@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -14,7 +15,7 @@ use crate::error::Rejection;
 use crate::identity::Identity;
 use crate::metrics::GuardMetrics;
 use crate::policy::{PolicyError, WorkloadPolicy};
-use crate::request::{OwnedRequest, RequestHead};
+use crate::request::{ConnectionInfo, OwnedRequest, RequestHead};
 use crate::striped::{Share, Shares};
 
 /// Log target of every decision.
@@ -108,6 +109,65 @@ pub(crate) struct Compiled {
     /// ([`Authenticator::reserved_headers`]): the first edits of every
     /// request; none for most configurations.
     reserved: HeaderEdits,
+}
+
+/// A request with header edits applied, as the handler will see it.
+struct Edited<'a> {
+    inner: &'a dyn RequestHead,
+    edits: HeaderEdits,
+}
+
+impl Edited<'_> {
+    /// What the edits leave of the header `name`: `None` when they do not
+    /// touch it, `Some(None)` when they remove it, `Some(Some(v))` when
+    /// they set it.
+    fn edited(&self, name: &str) -> Option<Option<&[u8]>> {
+        let mut out = None;
+        for e in self.edits.as_slice() {
+            match e {
+                HeaderEdit::Remove(n) if n.eq_ignore_ascii_case(name) => out = Some(None),
+                HeaderEdit::Set(n, v) if n.eq_ignore_ascii_case(name) => out = Some(Some(v.as_bytes())),
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+impl RequestHead for Edited<'_> {
+    fn method(&self) -> &str {
+        self.inner.method()
+    }
+    fn path(&self) -> &str {
+        self.inner.path()
+    }
+    fn query(&self) -> Option<&str> {
+        self.inner.query()
+    }
+    fn host(&self) -> Option<&str> {
+        self.inner.host()
+    }
+    fn header_value(&self, name: &str, index: usize) -> Option<&[u8]> {
+        match self.edited(name) {
+            None => self.inner.header_value(name, index),
+            Some(v) => v.filter(|_| index == 0),
+        }
+    }
+    fn connection(&self) -> Option<&ConnectionInfo> {
+        self.inner.connection()
+    }
+    fn for_each_header<'s>(&'s self, name: &str, f: &mut dyn FnMut(&'s [u8])) {
+        match self.edited(name) {
+            None => self.inner.for_each_header(name, f),
+            Some(v) => v.into_iter().for_each(f),
+        }
+    }
+    fn remote_addr(&self) -> Option<SocketAddr> {
+        self.inner.remote_addr()
+    }
+    fn local_addr(&self) -> Option<SocketAddr> {
+        self.inner.local_addr()
+    }
 }
 
 /// The removal of the reserved headers of `authenticators`, each once.
@@ -609,6 +669,20 @@ impl Share<Compiled> {
         if let Some(rejection) = acc.rejection {
             return Check::Ready(credential_refused(rejection, req));
         }
+        // Where headers are reserved, the policy (and a CUSTOM authorizer)
+        // reads the request as the handler will get it: a client's own
+        // value of a reserved header is gone, a verified one in its place,
+        // as Envoy's RBAC reads what `jwt_authn` left.
+        let edited;
+        let req: &dyn RequestHead = if self.reserved.is_empty() {
+            req
+        } else {
+            edited = Edited {
+                inner: req,
+                edits: acc.edits.clone(),
+            };
+            &edited
+        };
         let target = if rewrite { Some(target_of(req, path)) } else { None };
         match self.access.check_normalized(req, acc.identity.as_ref(), path) {
             Check::Ready(access) => {

@@ -120,14 +120,23 @@ const OTHER_PAYLOAD_TYPES: [&str; 5] = ["ID", "Refresh", "Offline", "Logout", "S
 /// Whether the token says it is another kind of JWT than an access token:
 /// its header `typ` names one (a logout token, a DPoP proof), or its
 /// payload `typ` is one of Keycloak's for ID, refresh and logout tokens,
-/// which it signs with the same key and header as access tokens.
+/// which it signs with the same key and header as access tokens; or it
+/// carries a back-channel logout event (a logout token whose issuer sets
+/// no `typ`, as OpenID Connect Back-Channel Logout 1.0 allows).
 pub(crate) fn is_other_kind(header_typ: Option<&str>, claims: &Map<String, Value>) -> bool {
     header_typ.is_some_and(|t| OTHER_HEADER_TYPES.iter().any(|o| typ_is(t, o)))
         || claims
             .get("typ")
             .and_then(Value::as_str)
             .is_some_and(|t| OTHER_PAYLOAD_TYPES.iter().any(|o| t.eq_ignore_ascii_case(o)))
+        || claims
+            .get("events")
+            .and_then(Value::as_object)
+            .is_some_and(|e| e.contains_key(BACKCHANNEL_LOGOUT_EVENT))
 }
+
+/// The event a back-channel logout token carries in `events`.
+const BACKCHANNEL_LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
 
 /// Reads only the `iss` claim, to pick a provider. Trusted only after verification.
 pub(crate) fn peek_issuer(claims: &Map<String, Value>) -> Result<&str, JwtError> {

@@ -451,11 +451,10 @@ impl CookieSealerBuilder {
         if self.same_site == SameSite::None && !self.secure {
             return Err(KeyError::SameSiteNoneWithoutSecure);
         }
-        let lower = self.name.to_ascii_lowercase();
-        let prefix_ok = if lower.starts_with("__host-") {
-            self.secure && self.path == "/"
-        } else {
-            !lower.starts_with("__secure-") || self.secure
+        let prefix_ok = match name_prefix(&self.name) {
+            Some(NamePrefix::Host) => self.secure && self.path == "/",
+            Some(NamePrefix::Secure) => self.secure,
+            None => true,
         };
         if !prefix_ok {
             return Err(KeyError::PrefixNotHonoured(self.name));
@@ -1061,6 +1060,36 @@ fn unquote(value: &[u8]) -> &[u8] {
         [b'"', inner @ .., b'"'] => inner,
         _ => value,
     }
+}
+
+/// A cookie name prefix that browsers enforce (RFC 6265bis, matched
+/// case-insensitively).
+enum NamePrefix {
+    /// `__Host-`: `Secure`, `Path=/`, no `Domain`.
+    Host,
+    /// `__Secure-`: `Secure`.
+    Secure,
+}
+
+fn name_prefix(name: &str) -> Option<NamePrefix> {
+    let starts = |p: &str| {
+        name.as_bytes()
+            .get(..p.len())
+            .is_some_and(|b| b.eq_ignore_ascii_case(p.as_bytes()))
+    };
+    if starts("__Host-") {
+        Some(NamePrefix::Host)
+    } else if starts("__Secure-") {
+        Some(NamePrefix::Secure)
+    } else {
+        None
+    }
+}
+
+/// Whether a browser accepts a cookie of this name only with `Secure`
+/// (a `__Host-` or `__Secure-` prefix).
+pub(crate) fn prefix_requires_secure(name: &str) -> bool {
+    name_prefix(name).is_some()
 }
 
 #[cfg(test)]

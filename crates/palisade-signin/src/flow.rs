@@ -65,7 +65,8 @@ struct Inner {
     issuer: Issuer,
     /// ID and logout tokens: the issuer's keys, `aud` = the client id.
     verifier: JwtAuthenticator,
-    /// Session cookies, with and without `Secure`.
+    /// Session cookies for requests over TLS (`Secure`) and over plain HTTP
+    /// (`Secure` too when the name's prefix requires it).
     sessions: [CookieSealer; 2],
     /// The cookie name has a `__Host-` or `__Secure-` prefix: every cookie
     /// is `Secure`, whatever the request came over.
@@ -261,7 +262,7 @@ impl SignInBuilder {
             .map_err(|e| SignInError::Config(format!("the issuer: {e}")))?;
         let issuer = Issuer::start(&config).map_err(SignInError::Config)?;
         let store = store.unwrap_or_else(|| shared_memory_store(&config.issuer, &config.client_id));
-        let secure_only = secure_only(&config.cookie_name);
+        let secure_only = crate::cookie::prefix_requires_secure(&config.cookie_name);
         Ok(SignIn(Arc::new(Inner {
             config,
             issuer,
@@ -352,7 +353,7 @@ impl SignInBuilder {
         let state_prefix = format!("{}_login_", config.cookie_name);
         // A `__Host-`/`__Secure-` name: every cookie is `Secure` (a browser
         // refuses such a cookie without it), the second sealer too.
-        let plain = !secure_only(&config.cookie_name);
+        let plain = !crate::cookie::prefix_requires_secure(&config.cookie_name);
         for secure in [true, !plain] {
             state_sealer(&state_prefix, &"x".repeat(STATE_TAG_LEN), &keys, secure)?;
         }
@@ -401,7 +402,9 @@ pub(crate) struct Checked {
 
 /// The page that asks to confirm a logout another site started: a form
 /// that posts to `path` from this origin. Not to be framed (a hidden frame
-/// could have the button clicked), nor kept.
+/// could have the button clicked), nor kept. No `form-action` directive:
+/// browsers apply it to the redirects after the post too, and the logout
+/// redirects to the issuer's `end_session_endpoint` on another origin.
 fn confirm_logout(path: &str) -> Reply {
     let path = html_escape(path);
     Reply::new(200)
@@ -409,7 +412,7 @@ fn confirm_logout(path: &str) -> Reply {
         .header("x-frame-options", "DENY")
         .header(
             "content-security-policy",
-            "default-src 'none'; form-action 'self'; frame-ancestors 'none'",
+            "default-src 'none'; frame-ancestors 'none'",
         )
         .with_body(
             "text/html; charset=utf-8",
@@ -417,6 +420,29 @@ fn confirm_logout(path: &str) -> Reply {
                 "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>Sign out</title></head>\n<body><p>Sign out of this site?</p>\n<form method=\"post\" action=\"{path}\"><button type=\"submit\" id=\"sign-out\">Sign out</button></form></body></html>\n"
             ),
         )
+}
+
+/// Whether a browser says another site started this request: its
+/// `Sec-Fetch-Site` is `cross-site` or `same-site`; without that header
+/// (browsers before Fetch Metadata, such as Safari before 16.4), an
+/// `Origin` whose host is not the request's `Host` (`null` included).
+/// The scheme is not compared: behind a proxy that ends TLS the request
+/// arrives over plain HTTP from an `https` origin. `none` (a typed
+/// address, a bookmark) and `same-origin` are this site's own.
+fn started_elsewhere(req: &dyn RequestHead) -> bool {
+    if let Some(site) = req.header_str("sec-fetch-site") {
+        return matches!(site, "cross-site" | "same-site");
+    }
+    let Some(from) = req.header_str("origin") else {
+        return false;
+    };
+    let from_host = from
+        .strip_prefix("https://")
+        .or_else(|| from.strip_prefix("http://"));
+    match (from_host, req.host()) {
+        (Some(o), Some(h)) => !o.eq_ignore_ascii_case(h),
+        _ => true,
+    }
 }
 
 /// `s` with HTML's special characters escaped.
@@ -433,17 +459,6 @@ fn html_escape(s: &str) -> String {
         }
     }
     out
-}
-
-/// Whether a cookie name's prefix makes a browser require `Secure`
-/// (RFC 6265bis `__Host-`, `__Secure-`; case-insensitive).
-fn secure_only(name: &str) -> bool {
-    let starts = |p: &str| {
-        name.as_bytes()
-            .get(..p.len())
-            .is_some_and(|b| b.eq_ignore_ascii_case(p.as_bytes()))
-    };
-    starts("__Secure-") || starts("__Host-")
 }
 
 /// The sealer of the login-state cookie `prefix` + `tag`.
@@ -1142,7 +1157,7 @@ impl SignIn {
         // Started by another site (a link, an image, a form: logout CSRF),
         // as the browser says: asked to confirm, as Spring Security and
         // Keycloak do. The page's form posts from this origin.
-        if matches!(req.header_str("sec-fetch-site"), Some("cross-site" | "same-site")) {
+        if started_elsewhere(req) {
             return Check::Ready(confirm_logout(&self.0.config.logout_path));
         }
         let secure = self.secure(req);

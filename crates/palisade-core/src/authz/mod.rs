@@ -210,6 +210,14 @@ impl CompiledRule {
     fn value_keys(&self) -> Option<(&StrAttr, Vec<&str>)> {
         fn str_test(c: &Clause) -> Option<(&StrAttr, Vec<&str>)> {
             match &c.test {
+                // A request principal without a `/` is an issuer with an
+                // empty subject (Istio's split), whose key is `ISSUER/`:
+                // not its own string, so such a rule is not indexed by it.
+                Test::Str(StrAttr::RequestPrincipal, ms)
+                    if exact(ms).is_some_and(|v| v.iter().any(|v| !v.contains('/'))) =>
+                {
+                    None
+                }
                 Test::Str(attr, ms) if !c.negate && *attr != StrAttr::Method => Some((attr, exact(ms)?)),
                 _ => None,
             }
@@ -902,19 +910,23 @@ impl AccessPolicy {
         }
         // Istio (1.4 on): a workload's `AuthorizationPolicy` documents take
         // precedence over the older RBAC, which is then not enforced for it
-        // (still compiled, so a mistake in it is an error either way).
-        let rbac_on = if policies.is_empty() {
-            rbac::compile(workload, &mut policies)?
-        } else {
+        // (still compiled, so a mistake in it is an error either way). Only
+        // an enforced ALLOW takes its place: a workload whose policies only
+        // deny, audit, delegate (CUSTOM) or dry-run would otherwise lose
+        // RBAC's deny-by-default and admit everyone.
+        let supersedes = policies.iter().any(|p| p.action == Action::Allow && !p.dry_run);
+        let rbac_on = if supersedes {
             let mut ignored = Vec::new();
             let on = rbac::compile(workload, &mut ignored)?;
             if on || !ignored.is_empty() {
                 tracing::warn!(
                     target: LOG_TARGET,
-                    "AuthorizationPolicy documents apply to this workload: its ServiceRole/ServiceRoleBinding/RbacConfig documents are not enforced for it (they take precedence, as in Istio)"
+                    "ALLOW AuthorizationPolicy documents apply to this workload and take precedence over its ServiceRole/ServiceRoleBinding/RbacConfig documents, which are not enforced for it (as in Istio)"
                 );
             }
             false
+        } else {
+            rbac::compile(workload, &mut policies)?
         };
         let settings = settings(workload)?;
         let mut engine = Engine::new(policies, rbac_on, settings);

@@ -148,7 +148,7 @@ fn not_request_principals_matches_anonymous() {
 /// last `/` into an issuer and a subject part, each matched on its own.
 #[test]
 fn request_principals_match_issuer_and_subject_apart_as_in_istio() {
-    let cases: [(&str, &str, &str, bool); 16] = [
+    let cases: [(&str, &str, &str, bool); 18] = [
         // Exactly one issuer's subjects, not those of an issuer under it.
         ("https://acme.okta.com/*", "https://acme.okta.com", "u1", true),
         (
@@ -169,6 +169,8 @@ fn request_principals_match_issuer_and_subject_apart_as_in_istio() {
         ("https:*", "https://idp", "u", true),
         ("https://idp/bob", "https://idp", "bob", true),
         ("https://idp/bob", "https://idp/bob", "", false),
+        ("idp", "idp", "", true),
+        ("idp", "idp", "bob", false),
         ("https://idp/a/b", "https://idp", "a/b", false),
         ("https://idp/a/b", "https://idp/a", "b", true),
         // `*` needs both an issuer and a subject.
@@ -193,6 +195,22 @@ fn request_principals_match_issuer_and_subject_apart_as_in_istio() {
             );
         }
     }
+    // The same with enough rules to be indexed: an issuer-only pattern
+    // (no `/`) still finds its rule.
+    let rules: Vec<String> = (0..6)
+        .map(|i| format!("{{from: [{{source: {{requestPrincipals: [idp{i}]}}}}]}}"))
+        .collect();
+    let many = policy(&format!("{HEAD}spec:\n  rules: [{}]\n", rules.join(", "))).unwrap();
+    assert!(allowed(
+        &many,
+        &OwnedRequest::get("/"),
+        Some(&user_of("idp3", "", serde_json::json!({})))
+    ));
+    assert!(!allowed(
+        &many,
+        &OwnedRequest::get("/"),
+        Some(&user_of("idp3", "bob", serde_json::json!({})))
+    ));
     // The negation too: a DENY of everyone but one issuer's users.
     let deny = policy(&format!(
         "{HEAD}spec:\n  action: DENY\n  rules: [{{from: [{{source: {{notRequestPrincipals: [\"https://acme.okta.com/*\"]}}}}]}}]\n"
@@ -619,6 +637,23 @@ fn authorization_policies_take_precedence_over_the_older_rbac() {
         &get,
         Some(&peer("cluster.local/ns/default/sa/reviews"))
     ));
+    // Only an enforced ALLOW takes RBAC's place: beside a DENY, an AUDIT
+    // or a dry-run ALLOW alone, RBAC (on, deny by default) still decides.
+    for (action, dry) in [("DENY", "false"), ("AUDIT", "false"), ("ALLOW", "true")] {
+        let other = format!(
+            "{RBAC}---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p, namespace: default, annotations: {{istio.io/dry-run: \"{dry}\"}}}}\nspec:\n  action: {action}\n  rules: [{{to: [{{operation: {{paths: [/nowhere]}}}}]}}]\n"
+        );
+        let set = PolicySet::from_yaml_str(&other, "rbac.yaml").unwrap();
+        let p = AccessPolicy::compile(&set.for_workload(&w)).unwrap();
+        assert!(
+            allowed(&p, &get, Some(&peer("cluster.local/ns/default/sa/productpage"))),
+            "{action} {dry}: the binding admits productpage"
+        );
+        assert!(
+            !allowed(&p, &get, Some(&peer("cluster.local/ns/default/sa/ratings"))),
+            "{action} {dry}: RBAC denies what no binding allows"
+        );
+    }
     // A mistake in the RBAC documents is still an error.
     let broken = with_policy.replace("/details/*", "/de*tails");
     let err = PolicySet::from_yaml_str(&broken, "rbac.yaml")
