@@ -92,6 +92,18 @@ impl HeaderEdits {
         match (self.is_empty(), more.is_empty()) {
             (_, true) => self,
             (true, false) => more,
+            // Removals of headers `more` edits anyway (it removes or
+            // replaces them whatever they held): `more` as it is, shared,
+            // not copied (the guard's reserved headers, then the JWT
+            // authenticator's edits of the same headers).
+            (false, false)
+                if self.as_slice().iter().all(|e| match e {
+                    HeaderEdit::Remove(n) => more.touches(n),
+                    HeaderEdit::Set(..) => false,
+                }) =>
+            {
+                more
+            }
             (false, false) => self
                 .as_slice()
                 .iter()
@@ -100,6 +112,15 @@ impl HeaderEdits {
                 .collect::<Vec<_>>()
                 .into(),
         }
+    }
+}
+
+impl HeaderEdits {
+    /// Whether one of the edits removes or sets the header `name`.
+    fn touches(&self, name: &str) -> bool {
+        self.as_slice().iter().any(|e| match e {
+            HeaderEdit::Remove(n) | HeaderEdit::Set(n, _) => n.eq_ignore_ascii_case(name),
+        })
     }
 }
 
@@ -429,5 +450,42 @@ pub trait Authenticator: Any + Send + Sync {
     /// default.
     fn reserved_headers(&self) -> &[String] {
         &[]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{HeaderEdit, HeaderEdits};
+    use std::sync::Arc;
+
+    fn edits(e: &[HeaderEdit]) -> HeaderEdits {
+        e.to_vec().into()
+    }
+
+    #[test]
+    fn then_applies_in_order_and_shares_edits_that_subsume_the_first() {
+        let remove = |n: &str| HeaderEdit::Remove(n.into());
+        let set = |n: &str, v: &str| HeaderEdit::Set(n.into(), v.into());
+        let reserved = edits(&[remove("x-user"), remove("x-jwt-payload")]);
+        // Each reserved header removed or set again: the second, shared.
+        let jwt = edits(&[
+            remove("authorization"),
+            set("X-User", "bob"),
+            remove("x-jwt-payload"),
+        ]);
+        let both = reserved.clone().then(jwt.clone());
+        assert!(Arc::ptr_eq(both.0.as_ref().unwrap(), jwt.0.as_ref().unwrap()));
+        // One left untouched: both, in order.
+        let partial = edits(&[set("x-user", "bob")]);
+        assert_eq!(
+            reserved.clone().then(partial).as_slice(),
+            [remove("x-user"), remove("x-jwt-payload"), set("x-user", "bob")]
+        );
+        // A set is never dropped.
+        let first = edits(&[set("x-a", "1")]);
+        assert_eq!(
+            first.then(edits(&[remove("x-a")])).as_slice(),
+            [set("x-a", "1"), remove("x-a")]
+        );
     }
 }
