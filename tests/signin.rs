@@ -415,6 +415,11 @@ async fn tokens_are_refreshed_once_per_session_and_a_refused_refresh_ends_it() {
             .iter()
             .find(|a| a.set_cookies.iter().any(|c| c.starts_with("palisade_session=")))
             .unwrap();
+        // A response that renews the session cookie is no shared cache's.
+        assert!(
+            renewed.cache_control.iter().any(|v| v == "private"),
+            "{base}: {renewed:?}"
+        );
         jar.take(renewed);
         // A refused refresh ends the session.
         f.issuer.refuse_refresh(true);

@@ -54,6 +54,7 @@ pub(crate) struct Answer {
     pub(crate) location: Option<String>,
     pub(crate) set_cookies: Vec<String>,
     pub(crate) www_authenticate: Vec<String>,
+    pub(crate) cache_control: Vec<String>,
     pub(crate) body: String,
 }
 
@@ -96,6 +97,7 @@ pub(crate) async fn answer(res: reqwest::Response) -> Answer {
     let location = all("location").into_iter().next();
     let set_cookies = all("set-cookie");
     let www_authenticate = all("www-authenticate");
+    let cache_control = all("cache-control");
     let status = res.status().as_u16();
     let body = res.text().await.unwrap();
     Answer {
@@ -103,6 +105,7 @@ pub(crate) async fn answer(res: reqwest::Response) -> Answer {
         location,
         set_cookies,
         www_authenticate,
+        cache_control,
         body,
     }
 }

@@ -1045,6 +1045,10 @@ impl SignIn {
                 for cookie in cookies {
                     out = out.with_response_header("set-cookie", cookie);
                 }
+                // The application's response now carries the session's
+                // cookie: no shared cache may keep it for others (beside
+                // the application's own directives, `private` wins).
+                out = out.with_response_header("cache-control", "private".to_owned());
             }
         }
         AuthOutcome::Authenticated(out)
