@@ -22,13 +22,21 @@ struct Fixture {
 }
 
 fn fixture(lifetime: Duration) -> Fixture {
-    let issuer = TestIssuer::builder()
+    fixture_with(lifetime, &[])
+}
+
+/// [`fixture`] whose client may be sent back only to `redirect_uris`
+/// (with none: any loopback address).
+fn fixture_with(lifetime: Duration, redirect_uris: &[&str]) -> Fixture {
+    let mut builder = TestIssuer::builder()
         .default_audience("productpage")
         .public_client("productpage")
         .user("alice", "alice-password", &["reader"])
-        .token_lifetime(lifetime)
-        .start()
-        .unwrap();
+        .token_lifetime(lifetime);
+    if !redirect_uris.is_empty() {
+        builder = builder.redirect_uris("productpage", redirect_uris);
+    }
+    let issuer = builder.start().unwrap();
     issuer.sign_in_as(Some("alice"));
     let dir = tempdir::Dir::new();
     let key_file = dir.0.join("session.key");
@@ -388,6 +396,80 @@ async fn a_host_prefixed_cookie_name_makes_every_cookie_secure() {
         jar.take(&back);
         let who = get(&format!("{base}/whoami"), &jar, false).await;
         assert_eq!(who.status, 200, "{base}: {who:?}");
+    }
+}
+
+/// Behind a proxy that ends TLS: the configured external origin, not the
+/// request's `Host` and plain connection, makes the callback address, the
+/// cookies `Secure`, the logout's return and the logout form's origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_origin_stands_for_the_proxy_in_front() {
+    let shop = "https://shop.example";
+    let f = fixture_with(
+        Duration::from_secs(300),
+        &["https://shop.example/oauth2/callback"],
+    );
+    let yaml = policy(&f.issuer, &f.key_file, &format!("  externalOrigin: {shop}/\n"));
+    let (axum_base, actix_base) = serve_both(|| guard_from(&yaml));
+    for base in [&axum_base, &actix_base] {
+        ready(base).await;
+        let mut jar = Jar::default();
+        let first = get(&format!("{base}/page"), &jar, true).await;
+        assert_eq!(first.status, 302, "{first:?}");
+        let loc = first.location.clone().unwrap();
+        assert_eq!(
+            query_param(&loc, "redirect_uri").as_deref(),
+            Some("https://shop.example/oauth2/callback"),
+            "{base}: {loc}"
+        );
+        let state = first
+            .set_cookies
+            .iter()
+            .find(|c| c.starts_with("palisade_session_login_"))
+            .unwrap();
+        assert!(state.contains("; Secure"), "{base}: {state}");
+        // The proxy would pass the callback on: here, by hand.
+        jar.take(&first);
+        let at_issuer = get(&loc, &Jar::default(), true).await;
+        let callback = at_issuer
+            .location
+            .clone()
+            .unwrap_or_else(|| panic!("{base}: the issuer: {at_issuer:?}"));
+        assert!(callback.starts_with(shop), "{callback}");
+        let back = get(&callback.replacen(shop, base, 1), &jar, true).await;
+        assert_eq!(back.status, 302, "{base}: {back:?}");
+        let session = back
+            .set_cookies
+            .iter()
+            .find(|c| c.starts_with("palisade_session="))
+            .unwrap_or_else(|| panic!("{base}: no session cookie: {back:?}"));
+        assert!(session.contains("; Secure"), "{base}: {session}");
+        jar.take(&back);
+        assert_eq!(get(&format!("{base}/whoami"), &jar, false).await.status, 200);
+        // A form of this service's own address (not the proxy's) is another
+        // origin; the proxy's logs out and returns to the proxy's address.
+        for (origin, status) in [(base.as_str(), 200), (shop, 302)] {
+            let out = answer(
+                client()
+                    .post(format!("{base}/logout"))
+                    .header("origin", origin)
+                    .header("cookie", jar.header().unwrap())
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await;
+            assert_eq!(out.status, status, "{base}: Origin {origin}: {out:?}");
+            if status == 302 {
+                let end = out.location.unwrap();
+                assert_eq!(
+                    query_param(&end, "post_logout_redirect_uri").as_deref(),
+                    Some("https://shop.example/"),
+                    "{end}"
+                );
+            }
+        }
+        assert_eq!(get(&format!("{base}/whoami"), &jar, false).await.status, 401);
     }
 }
 

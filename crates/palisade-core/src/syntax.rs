@@ -134,6 +134,27 @@ fn http_authority(url: &str) -> Option<&str> {
     (host_ok && port_ok).then_some(authority)
 }
 
+/// Whether `origin` is a web origin as a browser sends it in `Origin`:
+/// `http://` or `https://`, a host and an optional port ([`is_http_url`]),
+/// no user information and nothing after them (a single trailing `/` is
+/// allowed). Sign-in's `externalOrigin`.
+///
+/// ```
+/// use palisade_core::syntax::is_origin;
+/// assert!(is_origin("https://shop.example") && is_origin("http://127.0.0.1:8080/"));
+/// assert!(!is_origin("https://shop.example/app") && !is_origin("https://u@shop.example"));
+/// assert!(!is_origin("shop.example") && !is_origin("https://shop.example?x"));
+/// ```
+#[must_use]
+pub fn is_origin(origin: &str) -> bool {
+    let Some(authority) = http_authority(origin) else {
+        return false;
+    };
+    let scheme = if origin.starts_with("https://") { 8 } else { 7 };
+    let rest = &origin[scheme + authority.len()..];
+    !authority.contains('@') && (rest.is_empty() || rest == "/")
+}
+
 /// Where a browser may be sent (sign-in's `postLogoutRedirectUri`): a path
 /// of this service (`/`, `/bye?x=1`: a query is allowed, made absolute on
 /// the request's origin), or an absolute http(s) URL with a host and no

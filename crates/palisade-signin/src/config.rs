@@ -156,6 +156,9 @@ pub(crate) struct Config {
     pub(crate) refresh_before: Duration,
     pub(crate) timeout: Duration,
     pub(crate) ca_pem: Option<Vec<u8>>,
+    /// `scheme://host[:port]` browsers reach this service at, when a
+    /// proxy in front of it ends TLS or rewrites `Host`.
+    pub(crate) external_origin: Option<String>,
 }
 
 /// Why a [`SignIn`](crate::SignIn) cannot be built.
@@ -217,6 +220,7 @@ impl SignInBuilder {
                 refresh_before: Duration::from_secs(30),
                 timeout: Duration::from_secs(5),
                 ca_pem: None,
+                external_origin: None,
             },
             secret: None,
             client_key: None,
@@ -279,6 +283,21 @@ impl SignInBuilder {
     /// [`is_landing_uri`](palisade_core::syntax::is_landing_uri)).
     pub fn post_logout_redirect_uri(mut self, uri: impl Into<String>) -> Self {
         self.config.post_logout_redirect = uri.into();
+        self
+    }
+
+    /// The origin browsers reach this service at (`https://shop.example`),
+    /// when a proxy in front of it ends TLS or rewrites `Host`: the
+    /// callback address given to the issuer, where a logout returns and
+    /// which origin a logout form may come from are then made from it,
+    /// not from the request's `Host` and connection, and an `https`
+    /// origin makes every cookie `Secure`. Without it they come from each
+    /// request (`Host`, and TLS on the connection). No forwarded header
+    /// (`X-Forwarded-Proto`, `Forwarded`) is trusted: a client can send
+    /// them. An origin with a path, user information or another scheme
+    /// fails [`SignInBuilder::build`].
+    pub fn external_origin(mut self, origin: impl Into<String>) -> Self {
+        self.config.external_origin = Some(origin.into());
         self
     }
 

@@ -68,8 +68,9 @@ struct Inner {
     /// Session cookies for requests over TLS (`Secure`) and over plain HTTP
     /// (`Secure` too when the name's prefix requires it).
     sessions: [CookieSealer; 2],
-    /// The cookie name has a `__Host-` or `__Secure-` prefix: every cookie
-    /// is `Secure`, whatever the request came over.
+    /// The cookie name has a `__Host-` or `__Secure-` prefix, or the
+    /// external origin is `https`: every cookie is `Secure`, whatever the
+    /// request came over.
     secure_only: bool,
     /// The session keys, which also seal the login-state cookies.
     keys: Vec<CookieKey>,
@@ -109,8 +110,18 @@ impl SignIn {
         SignInBuilder::new(issuer.into(), client_id.into())
     }
 
+    /// `scheme://host` browsers reach this service at: the configured
+    /// external origin, or the request's own.
+    fn origin(&self, req: &dyn RequestHead) -> Option<String> {
+        match &self.0.config.external_origin {
+            Some(o) => Some(o.clone()),
+            None => origin(req),
+        }
+    }
+
     /// Whether the cookies of this request's answer get `Secure`: over TLS,
-    /// and always for a `__Host-`/`__Secure-` name.
+    /// and always for a `__Host-`/`__Secure-` name or an `https` external
+    /// origin.
     fn secure(&self, req: &dyn RequestHead) -> bool {
         self.0.secure_only || is_tls(req)
     }
@@ -262,7 +273,11 @@ impl SignInBuilder {
             .map_err(|e| SignInError::Config(format!("the issuer: {e}")))?;
         let issuer = Issuer::start(&config).map_err(SignInError::Config)?;
         let store = store.unwrap_or_else(|| shared_memory_store(&config.issuer, &config.client_id));
-        let secure_only = crate::cookie::prefix_requires_secure(&config.cookie_name);
+        let secure_only = crate::cookie::prefix_requires_secure(&config.cookie_name)
+            || config
+                .external_origin
+                .as_deref()
+                .is_some_and(|o| o.starts_with("https://"));
         Ok(SignIn(Arc::new(Inner {
             config,
             issuer,
@@ -316,6 +331,16 @@ impl SignInBuilder {
                 "postLogoutRedirectUri `{}` is neither a path of this service nor an absolute http(s) URL",
                 config.post_logout_redirect
             )));
+        }
+        if let Some(o) = &mut config.external_origin {
+            if !palisade_core::syntax::is_origin(o) {
+                return Err(SignInError::Config(format!(
+                    "externalOrigin `{o}` is not an http(s) origin (scheme, host and port only)"
+                )));
+            }
+            if o.ends_with('/') {
+                o.pop();
+            }
         }
         if config.idle_timeout > config.absolute_timeout {
             return Err(SignInError::Config(
@@ -429,13 +454,17 @@ fn confirm_logout(path: &str) -> Reply {
 /// The scheme is not compared: behind a proxy that ends TLS the request
 /// arrives over plain HTTP from an `https` origin. `none` (a typed
 /// address, a bookmark) and `same-origin` are this site's own.
-fn started_elsewhere(req: &dyn RequestHead) -> bool {
+/// With an `external` origin configured, `Origin` must be that one.
+fn started_elsewhere(req: &dyn RequestHead, external: Option<&str>) -> bool {
     if let Some(site) = req.header_str("sec-fetch-site") {
         return matches!(site, "cross-site" | "same-site");
     }
     let Some(from) = req.header_str("origin") else {
         return false;
     };
+    if let Some(own) = external {
+        return !from.eq_ignore_ascii_case(own);
+    }
     let from_host = from
         .strip_prefix("https://")
         .or_else(|| from.strip_prefix("http://"));
@@ -569,7 +598,7 @@ impl SignIn {
     /// `return_to`, with its login-state cookie.
     fn start_sign_in(&self, req: &dyn RequestHead, return_to: &str) -> Option<Reply> {
         let metadata = self.0.issuer.metadata()?;
-        let origin = origin(req)?;
+        let origin = self.origin(req)?;
         let c = &self.0.config;
         let secure = self.secure(req);
         let state = LoginState {
@@ -636,7 +665,7 @@ impl SignIn {
         let query = req.query().unwrap_or_default();
         let requested = param(query, "return_to").unwrap_or_else(|| "/".into());
         // An absolute URL of this very origin is accepted as its path.
-        let own = origin(req);
+        let own = self.origin(req);
         let target = match own.as_deref().and_then(|o| requested.strip_prefix(o)) {
             Some(rest) if rest.starts_with('/') => rest.to_owned(),
             _ => requested,
@@ -1161,7 +1190,7 @@ impl SignIn {
         // Started by another site (a link, an image, a form: logout CSRF),
         // as the browser says: asked to confirm, as Spring Security and
         // Keycloak do. The page's form posts from this origin.
-        if started_elsewhere(req) {
+        if started_elsewhere(req, self.0.config.external_origin.as_deref()) {
             return Check::Ready(confirm_logout(&self.0.config.logout_path));
         }
         let secure = self.secure(req);
@@ -1173,7 +1202,7 @@ impl SignIn {
             RawCookie::Invalid { chunks, .. } => (None, chunks),
         };
         let clear = sealer.clear(chunks.max(1));
-        let own = origin(req).unwrap_or_default();
+        let own = self.origin(req).unwrap_or_default();
         let after = if c.post_logout_redirect.starts_with('/') {
             format!("{own}{}", c.post_logout_redirect)
         } else {

@@ -87,6 +87,9 @@ fn from_login(
     if let Some(p) = &spec.post_logout_redirect_uri {
         b = b.post_logout_redirect_uri(p.clone());
     }
+    if let Some(o) = &spec.external_origin {
+        b = b.external_origin(o.clone());
+    }
     if let Some(file) = &spec.ca_file {
         let pem =
             std::fs::read(file).map_err(|e| err("spec.caFile", format!("cannot read `{file}`: {e}")))?;

@@ -603,6 +603,11 @@ pub struct OidcLoginSpec {
     pub post_logout_redirect_uri: Option<String>,
     /// A PEM file of extra trust anchors for the issuer's TLS certificate.
     pub ca_file: Option<String>,
+    /// The origin browsers reach this service at (`https://shop.example`),
+    /// when a proxy in front of it ends TLS or rewrites `Host` (see
+    /// [`is_origin`](crate::syntax::is_origin)); absent: each request's
+    /// `Host` and connection.
+    pub external_origin: Option<String>,
     /// The session's settings.
     #[serde(default)]
     pub session: OidcSessionSpec,
@@ -875,6 +880,14 @@ impl OidcLoginSpec {
                     return Err(((*field).into(), format!("`{p}` is used for two endpoints")));
                 }
             }
+        }
+        if let Some(origin) = &self.external_origin
+            && !crate::syntax::is_origin(origin)
+        {
+            return Err((
+                "spec.externalOrigin".into(),
+                format!("`{origin}` is not an http(s) origin (scheme, host and port only)"),
+            ));
         }
         if let Some(uri) = &self.post_logout_redirect_uri
             && !is_landing_uri(uri)

@@ -978,6 +978,33 @@ fn jwt_rule_fields_are_checked_when_the_file_loads() {
 }
 
 #[test]
+fn an_external_origin_is_a_scheme_a_host_and_a_port() {
+    let login = |origin: &str| {
+        format!(
+            "apiVersion: palisade.dev/v1alpha1\nkind: OidcLogin\nmetadata: {{name: l}}\nspec:\n  issuer: https://idp\n  clientId: c\n  externalOrigin: '{origin}'\n"
+        )
+    };
+    for good in [
+        "https://shop.example",
+        "https://shop.example:8443/",
+        "http://127.0.0.1:8080",
+    ] {
+        assert!(PolicySet::from_yaml_str(&login(good), "f").is_ok(), "{good}");
+    }
+    for bad in [
+        "shop.example",
+        "https://shop.example/app",
+        "https://user@shop.example",
+        "https://shop.example?x=1",
+        "ftp://shop.example",
+        "HTTPS://shop.example",
+    ] {
+        let err = load_err(&login(bad));
+        assert_eq!(err.field.as_deref(), Some("spec.externalOrigin"), "{bad}: {err}");
+    }
+}
+
+#[test]
 fn a_post_logout_redirect_is_a_path_here_or_an_absolute_url() {
     let login = |uri: &str| {
         format!(
