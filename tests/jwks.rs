@@ -481,6 +481,64 @@ async fn a_private_issuer_over_https_needs_its_ca() {
     );
 }
 
+/// Keys fetched over TLS stay on TLS: an https issuer's discovery document
+/// that names a plain-http `jwks_uri` is refused, and so is a redirect from
+/// https to plain http (one from https to https is followed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_of_an_https_issuer_are_never_fetched_over_plain_http() {
+    let plain = TestIssuer::start().unwrap();
+    let tls = TestIssuer::builder()
+        .tls()
+        .advertised_jwks_uri(plain.jwks_uri())
+        .start()
+        .unwrap();
+    let mut f = settings(100);
+    f.extra_ca_pem = Some(tls.ca_pem().unwrap().as_bytes().to_vec());
+    let discovered = authenticator(&tls, f.clone());
+    assert_eq!(
+        discovered.verify(&tls.token().sign()).await.unwrap_err(),
+        JwtError::KeysUnavailable
+    );
+    assert!(tls.discovery_fetches() > 0, "the document was read");
+    let via = |issuer: &str, to: &str| {
+        JwtAuthenticator::builder()
+            .provider(
+                Provider::builder(issuer)
+                    .audience("account")
+                    .jwks_uri(format!("{}/redirect?to={to}", tls.issuer()))
+                    .fetch_settings(f.clone())
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap()
+    };
+    let downgraded = via(plain.issuer(), &plain.jwks_uri());
+    assert_eq!(
+        downgraded.verify(&plain.token().sign()).await.unwrap_err(),
+        JwtError::KeysUnavailable
+    );
+    assert_eq!(plain.jwks_fetches(), 0, "no request reached the plain-http keys");
+    // The same redirect to https is followed (the TLS issuer's own keys,
+    // served whatever its discovery document says).
+    let secure = TestIssuer::builder().tls().start().unwrap();
+    let mut g = settings(100);
+    g.extra_ca_pem = Some(secure.ca_pem().unwrap().as_bytes().to_vec());
+    let followed = JwtAuthenticator::builder()
+        .provider(
+            Provider::builder(secure.issuer())
+                .audience("account")
+                .jwks_uri(format!("{}/redirect?to={}", secure.issuer(), secure.jwks_uri()))
+                .fetch_settings(g)
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    assert!(followed.verify(&secure.token().sign()).await.is_ok());
+    assert_eq!(secure.jwks_fetches(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issuer_specific_jwt_settings_win_over_global_ones_whatever_the_order() {
     let issuer = TestIssuer::start().unwrap();

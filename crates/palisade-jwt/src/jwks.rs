@@ -591,11 +591,26 @@ pub(crate) fn jwks_runtime() -> std::io::Result<tokio::runtime::Handle> {
     Ok(handle)
 }
 
+/// Follows at most `max` redirects, none from `https` to plain `http`
+/// (keys or a token's introspection must not leave TLS on a server's say).
+fn no_downgrade(max: usize) -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(move |attempt| {
+        let from_tls = attempt.previous().last().is_some_and(|u| u.scheme() == "https");
+        if from_tls && attempt.url().scheme() != "https" {
+            attempt.error("a redirect from https to plain http")
+        } else if attempt.previous().len() > max {
+            attempt.error("too many redirects")
+        } else {
+            attempt.follow()
+        }
+    })
+}
+
 pub(crate) fn http_client(settings: &FetchSettings) -> Result<reqwest::Client, String> {
     let mut b = reqwest::Client::builder()
         .connect_timeout(settings.timeout)
         .timeout(settings.timeout)
-        .redirect(reqwest::redirect::Policy::limited(3))
+        .redirect(no_downgrade(3))
         .user_agent(concat!("palisade/", env!("CARGO_PKG_VERSION")));
     if let Some(pem) = &settings.extra_ca_pem {
         let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("bad CA bundle: {e}"))?;
@@ -708,6 +723,21 @@ async fn fetch(
             let Some(u) = doc.get("jwks_uri").and_then(Value::as_str) else {
                 return Err(format!("{url}: no `jwks_uri`"));
             };
+            // The keys come over TLS when the document did: a plain-http
+            // `jwks_uri` in an https issuer's document is refused.
+            let shown = || palisade_core::syntax::url_without_credentials(u);
+            if !palisade_core::syntax::is_http_url(u) {
+                return Err(format!("{url}: `jwks_uri` `{}` is not an http(s) URL", shown()));
+            }
+            if url.starts_with("https://") && !u.starts_with("https://") {
+                return Err(format!(
+                    "{url}: `jwks_uri` `{}` is plain http in a document served over https",
+                    shown()
+                ));
+            }
+            if palisade_core::syntax::plain_http_elsewhere(u) {
+                tracing::warn!(target: LOG, issuer = %store.issuer, jwks_uri = %palisade_core::syntax::url_without_credentials(u), "the discovery document's JWKS URI uses plain http: keys can be tampered with in transit");
+            }
             *jwks_uri = Some(u.to_owned());
             u.to_owned()
         }

@@ -342,6 +342,8 @@ struct State {
     users: HashMap<String, User>,
     /// Whether authorization responses carry `iss` (RFC 9207).
     iss_parameter: bool,
+    /// The discovery document's `jwks_uri`, when not the issuer's own.
+    advertised_jwks_uri: Option<String>,
     signin: Mutex<signin::SignIn>,
 }
 
@@ -439,6 +441,7 @@ pub struct TestIssuerBuilder {
     users: HashMap<String, User>,
     iss_parameter: bool,
     tls: bool,
+    advertised_jwks_uri: Option<String>,
 }
 
 impl fmt::Debug for TestIssuerBuilder {
@@ -450,6 +453,7 @@ impl fmt::Debug for TestIssuerBuilder {
             .field("redirect_uris", &self.redirect_uris)
             .field("users", &self.users.keys().collect::<Vec<_>>())
             .field("iss_parameter", &self.iss_parameter)
+            .field("advertised_jwks_uri", &self.advertised_jwks_uri)
             .finish_non_exhaustive()
     }
 }
@@ -564,6 +568,14 @@ impl TestIssuerBuilder {
         self
     }
 
+    /// The `jwks_uri` the discovery document gives (default this issuer's
+    /// own [`TestIssuer::jwks_uri`]): for testing what a client makes of
+    /// one elsewhere, such as a plain-http one.
+    pub fn advertised_jwks_uri(mut self, uri: impl Into<String>) -> Self {
+        self.advertised_jwks_uri = Some(uri.into());
+        self
+    }
+
     /// Lifetime of minted and issued tokens (default 300 s).
     pub fn token_lifetime(mut self, d: Duration) -> Self {
         self.lifetime = d;
@@ -639,6 +651,7 @@ impl TestIssuerBuilder {
             clients,
             users: self.users,
             iss_parameter: self.iss_parameter,
+            advertised_jwks_uri: self.advertised_jwks_uri,
             signin: Mutex::new(signin::SignIn::default()),
         });
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -715,6 +728,7 @@ impl TestIssuer {
             users: HashMap::new(),
             iss_parameter: true,
             tls: false,
+            advertised_jwks_uri: None,
         }
     }
 
@@ -1232,7 +1246,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, state: Arc<Stat
                 "token_endpoint": endpoint("token"),
                 "userinfo_endpoint": endpoint("userinfo"),
                 "end_session_endpoint": endpoint("logout"),
-                "jwks_uri": endpoint("certs"),
+                "jwks_uri": state.advertised_jwks_uri.clone().unwrap_or_else(|| endpoint("certs")),
                 "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials", "password", TOKEN_EXCHANGE_GRANT],
                 "response_types_supported": ["code"],
                 "response_modes_supported": ["query"],
@@ -1246,6 +1260,14 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, state: Arc<Stat
                 "authorization_response_iss_parameter_supported": state.iss_parameter,
             });
             faulty(&mut stream, &state, doc, None).await;
+        }
+        // An open redirect (`?to=URL`), for testing a client's redirect
+        // policy: a test issuer only.
+        ("GET", "redirect") => {
+            let query = req.path.split_once('?').map_or("", |(_, q)| q);
+            let to = form(query.as_bytes()).remove("to").unwrap_or_default();
+            let to = to.replace(['\r', '\n'], "");
+            respond(&mut stream, "302 Found", &[("location", to)], "text/plain", b"").await;
         }
         ("GET", "protocol/openid-connect/certs") => {
             state.jwks_fetches.fetch_add(1, Ordering::SeqCst);
