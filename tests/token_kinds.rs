@@ -982,6 +982,47 @@ spec:
             && e.contains("/nonexistent"),
         "{e}"
     );
+    // Two issuers introspecting opaque tokens read from the same header: a
+    // token would go to both endpoints. Refused when the guard is built;
+    // from headers of their own, fine.
+    let two = |b_from: &str| {
+        let mut yaml = String::from(
+            "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: default}
+spec:
+  jwtRules:
+  - issuer: https://a.example
+    audiences: [details]
+  - issuer: https://b.example
+    audiences: [details]
+",
+        );
+        yaml.push_str(b_from);
+        for idp in ["a", "b"] {
+            yaml.push_str(&format!(
+                "---
+apiVersion: palisade.dev/v1alpha1
+kind: JwtSettings
+metadata: {{name: introspection-{idp}, namespace: default}}
+spec:
+  issuer: https://{idp}.example
+  introspection: {{endpoint: 'https://{idp}.example/introspect', clientId: rs, clientSecret: x}}
+"
+            ));
+        }
+        let set = PolicySet::from_yaml_str(&yaml, "two.yaml").unwrap();
+        palisade::guard_from_policy(&set, &Workload::new("details", "default")).map(drop)
+    };
+    let e = two("").unwrap_err().to_string();
+    assert!(
+        e.contains("two.yaml")
+            && e.contains("spec.jwtRules[1].issuer")
+            && e.contains("https://a.example")
+            && e.contains("https://b.example"),
+        "{e}"
+    );
+    two("    fromHeaders: [{name: x-b-token}]\n").unwrap();
 }
 
 /// A policy file trusting `idp` (its keys inline) with `spec.dpop` as given.

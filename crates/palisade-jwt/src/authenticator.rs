@@ -650,10 +650,20 @@ impl JwtAuthenticatorBuilder {
         let opaque: Vec<usize> = (0..providers.len())
             .filter(|&i| providers[i].introspector.is_some())
             .collect();
-        let opaque_by_source = sources
+        let opaque_by_source: Vec<Vec<usize>> = sources
             .iter()
             .map(|(_, readers)| opaque.iter().copied().filter(|p| readers.contains(p)).collect())
             .collect();
+        // An opaque token names no issuer: read from where two issuers'
+        // are, it would go to both introspection endpoints, each seeing the
+        // other's tokens (as Spring Security resolves one introspector per
+        // request, never asks several).
+        if let Some(both) = opaque_by_source.iter().find(|p| p.len() > 1) {
+            return Err(ConfigError::SharedOpaqueTokens(
+                providers[both[0]].cfg.issuer.clone(),
+                providers[both[1]].cfg.issuer.clone(),
+            ));
+        }
         let mut output_headers: Vec<String> = providers
             .iter()
             .flat_map(|p| {

@@ -80,18 +80,7 @@ pub(crate) fn origin_of(url: &str) -> Option<String> {
     is_origin(origin).then(|| origin.to_owned())
 }
 
-/// Whether `s` is exactly `http(s)://host[:port]` (a trailing `/` allowed):
-/// no user information, path, query or fragment.
-pub(crate) fn is_origin(s: &str) -> bool {
-    let Some(rest) = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://")) else {
-        return false;
-    };
-    let authority = rest.strip_suffix('/').unwrap_or(rest);
-    !authority.is_empty()
-        && authority
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']' | b'_'))
-}
+pub(crate) use palisade_core::syntax::is_origin;
 
 /// The metadata, checked, as served.
 #[derive(Debug)]
