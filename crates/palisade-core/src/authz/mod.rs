@@ -475,6 +475,22 @@ impl Index {
         }
     }
 
+    /// Whether every rule is tried for every request (none indexed): a
+    /// small policy's rules, or rules that fit no index.
+    fn unindexed(&self) -> bool {
+        self.by_prefix.is_empty() && self.by_host.is_empty() && self.by_value.is_empty()
+    }
+
+    /// [`first`](Self::first) of an [`unindexed`](Self::unindexed) index:
+    /// its one list, in order, without the candidate lists' callback.
+    #[inline]
+    fn first_unindexed(&self, policies: &[CompiledPolicy], ctx: &Ctx<'_>) -> Option<Entry> {
+        self.any
+            .iter()
+            .find(|&&(e, proven)| proven || policies[e.0 as usize].rules[e.1 as usize].matches(ctx))
+            .map(|&(e, _)| e)
+    }
+
     /// The first matching rule, in the order written.
     fn first(&self, policies: &[CompiledPolicy], ctx: &Ctx<'_>) -> Option<Entry> {
         let mut best: Option<Entry> = None;
@@ -537,6 +553,11 @@ struct Engine {
     has_dry_allow: bool,
     /// Whether some enforced ALLOW rule reads the end-user credential.
     allow_reads_end_user: bool,
+    /// Whether the enforced ALLOW rules, none indexed, are all there is
+    /// (no CUSTOM, DENY, AUDIT or dry-run policy): the common small policy
+    /// (`require_authenticated`, one role), decided without the indexes'
+    /// candidate lists.
+    allow_only: bool,
     reads_path: bool,
     headers: Vec<String>,
     settings: AuthzSettings,
@@ -571,13 +592,24 @@ impl Engine {
         }
         headers.sort();
         headers.dedup();
+        let custom = Index::build(&policies, live(Action::Custom));
+        let deny = Index::build(&policies, live(Action::Deny));
+        let allow = Index::build(&policies, live(Action::Allow));
+        let audit = Index::build(&policies, |p| p.action == Action::Audit);
+        let dry_deny = Index::build(&policies, dry(Action::Deny));
+        let dry_allow = Index::build(&policies, dry(Action::Allow));
+        let allow_only = allow.unindexed()
+            && [&custom, &deny, &audit, &dry_deny, &dry_allow]
+                .iter()
+                .all(|i| i.is_empty());
         Self {
-            custom: Index::build(&policies, live(Action::Custom)),
-            deny: Index::build(&policies, live(Action::Deny)),
-            allow: Index::build(&policies, live(Action::Allow)),
-            audit: Index::build(&policies, |p| p.action == Action::Audit),
-            dry_deny: Index::build(&policies, dry(Action::Deny)),
-            dry_allow: Index::build(&policies, dry(Action::Allow)),
+            custom,
+            deny,
+            allow,
+            audit,
+            dry_deny,
+            dry_allow,
+            allow_only,
             has_allow: allow_by_rbac || policies.iter().any(live(Action::Allow)),
             has_dry_allow: policies.iter().any(dry(Action::Allow)),
             allow_reads_end_user: policies
@@ -602,6 +634,20 @@ impl Engine {
 
     /// DENY, then ALLOW; CUSTOM has been handled by the caller.
     fn decide(&self, ctx: &Ctx<'_>) -> AccessDecision {
+        if self.allow_only {
+            // What the rest would decide with no DENY, AUDIT or dry-run
+            // policy to meet: the first ALLOW rule that matches, if any.
+            if !self.has_allow {
+                return AccessDecision::default_allow();
+            }
+            return match self.allow.first_unindexed(&self.policies, ctx) {
+                Some(e) => AccessDecision::by(true, Action::Allow, self.hit(e)),
+                None => AccessDecision {
+                    end_user_could_help: self.allow_reads_end_user,
+                    ..AccessDecision::no_allow_matched()
+                },
+            };
+        }
         if !self.audit.is_empty() {
             for e in self.audit.all(&self.policies, ctx) {
                 let (policy, rule) = self.hit(e);
