@@ -560,15 +560,16 @@ impl Share<Compiled> {
     /// [`Guard::check`] against this configuration.
     fn check(self: &Arc<Self>, req: &dyn RequestHead) -> Check<Decision> {
         let started = self.metrics.start();
-        match self.check_http(req) {
-            // An allowed request without a path rewrite reads no more
-            // headers.
-            Check::Ready(d) if matches!(&d, Decision::Allow(a) if a.rewritten_target().is_none()) => {
-                self.count(started, &d);
-                Check::Ready(d)
-            }
-            other => self.rendered(started, other, req),
+        let check = self.check_http(req);
+        // An allowed request without a path rewrite reads no more headers.
+        // Matched by reference: the decision is returned where it was made.
+        if let Check::Ready(d @ Decision::Allow(a)) = &check
+            && a.rewritten_target().is_none()
+        {
+            self.count(started, d);
+            return check;
         }
+        self.rendered(started, check, req)
     }
 
     /// [`check`](Self::check)'s answer when it is not an admission as it
@@ -621,14 +622,17 @@ impl Share<Compiled> {
         let mut pending = Vec::new();
         for (i, a) in self.authenticators.iter().enumerate() {
             match a.authenticate(req) {
-                Check::Ready(outcome) => acc.add(self.metrics.authenticators[i].count(outcome)),
+                Check::Ready(outcome) => {
+                    self.metrics.authenticators[i].count(&outcome);
+                    acc.add(outcome);
+                }
                 Check::Pending(fut) => pending.push((i, fut)),
             }
         }
         // Normalising may allocate without changing anything (`%20`).
         let rewrite = matches!(&path, Cow::Owned(p) if p != req.path());
         if pending.is_empty() {
-            return self.decide(acc, req, &path, rewrite);
+            return self.decide(&mut acc, req, &path, rewrite);
         }
         self.authenticated_later(acc, pending, req, &path, rewrite)
     }
@@ -649,24 +653,28 @@ impl Share<Compiled> {
         let guard = self.clone();
         Check::pending(async move {
             for (i, fut) in pending {
-                acc.add(guard.metrics.authenticators[i].count(fut.await));
+                let outcome = fut.await;
+                guard.metrics.authenticators[i].count(&outcome);
+                acc.add(outcome);
             }
-            guard.decide(acc, &snapshot, snapshot.path(), rewrite).await
+            guard.decide(&mut acc, &snapshot, snapshot.path(), rewrite).await
         })
     }
 
-    /// Authorizes; `rewrite` says the normalised `path` differs from the request's.
+    /// Authorizes; `rewrite` says the normalised `path` differs from the
+    /// request's. The accumulated outcome is borrowed and its parts taken,
+    /// not moved from one function to the next.
     fn decide(
         self: &Arc<Self>,
-        acc: Acc,
+        acc: &mut Acc,
         req: &dyn RequestHead,
         path: &str,
         rewrite: bool,
     ) -> Check<Decision> {
-        if let Some(reply) = acc.respond {
+        if let Some(reply) = acc.respond.take() {
             return Check::Ready(Decision::Reply(reply));
         }
-        if let Some(rejection) = acc.rejection {
+        if let Some(rejection) = acc.rejection.take() {
             return Check::Ready(credential_refused(rejection, req));
         }
         // Where headers are reserved, the policy (and a CUSTOM authorizer)
@@ -685,13 +693,8 @@ impl Share<Compiled> {
         };
         let target = if rewrite { Some(target_of(req, path)) } else { None };
         match self.access.check_normalized(req, acc.identity.as_ref(), path) {
-            Check::Ready(access) => {
-                Check::Ready(match self.finish(acc, access, target, req.method(), path) {
-                    Decision::Deny(r) => self.sign_in_or(req, r),
-                    d => d,
-                })
-            }
-            Check::Pending(fut) => self.authorized_later(acc, fut, target, req, path),
+            Check::Ready(access) => Check::Ready(self.finish(acc, access, target, req, path)),
+            Check::Pending(fut) => self.authorized_later(std::mem::take(acc), fut, target, req, path),
         }
     }
 
@@ -711,22 +714,20 @@ impl Share<Compiled> {
         let snapshot = OwnedRequest::snapshot(req, &self.snapshot_headers);
         let path = path.to_owned();
         Check::pending(async move {
+            let mut acc = acc;
             let access = fut.await;
-            match guard.finish(acc, access, target, snapshot.method(), &path) {
-                Decision::Deny(r) => guard.sign_in_or(&snapshot, r),
-                d => d,
-            }
+            guard.finish(&mut acc, access, target, &snapshot, &path)
         })
     }
 
     /// The decision on an authorized request: an admission, with its
-    /// record, or the refusal.
+    /// record, or the refusal (or the sign-in it sends to instead).
     fn finish(
         self: &Arc<Self>,
-        acc: Acc,
+        acc: &mut Acc,
         access: AccessDecision,
         target: Option<String>,
-        method: &str,
+        req: &dyn RequestHead,
         path: &str,
     ) -> Decision {
         if !access.is_allowed()
@@ -735,7 +736,7 @@ impl Share<Compiled> {
             || !acc.response_headers.is_empty()
             || tracing::enabled!(target: LOG_TARGET, tracing::Level::DEBUG)
         {
-            return self.finish_fully(acc, access, target, method, path);
+            return self.finish_fully(std::mem::take(acc), access, target, req, path);
         }
         if trace_may_be_wanted() {
             allowed_event(&access);
@@ -746,15 +747,20 @@ impl Share<Compiled> {
     /// The admission of a request: its record, kept with this share, and
     /// its edits.
     #[inline]
-    fn admission(self: &Arc<Self>, acc: Acc, access: AccessDecision, rare: Option<Box<Rare>>) -> Decision {
+    fn admission(
+        self: &Arc<Self>,
+        acc: &mut Acc,
+        access: AccessDecision,
+        rare: Option<Box<Rare>>,
+    ) -> Decision {
         Decision::Allow(Admission {
             auth: RequestAuth {
-                identity: acc.identity,
+                identity: acc.identity.take(),
                 access,
                 compiled: self.clone(),
-                attachments: acc.attachments,
+                attachments: std::mem::take(&mut acc.attachments),
             },
-            edits: acc.edits,
+            edits: std::mem::take(&mut acc.edits),
             rare,
         })
     }
@@ -768,9 +774,10 @@ impl Share<Compiled> {
         mut acc: Acc,
         access: AccessDecision,
         target: Option<String>,
-        method: &str,
+        req: &dyn RequestHead,
         path: &str,
     ) -> Decision {
+        let method = req.method();
         // The span costs a few hundred instructions even when nobody
         // listens (tracing's `log` compatibility): made only when wanted.
         // Field names follow OpenTelemetry's conventions, so a
@@ -794,7 +801,12 @@ impl Share<Compiled> {
         let _entered = span.enter();
         if !access.is_allowed() {
             tracing::debug!(target: LOG_TARGET, authenticated = acc.identity.is_some(), %access, "denied");
-            return Decision::Deny(self.refusal(acc.identity.as_ref(), access));
+            let rejection = self.refusal(acc.identity.as_ref(), access);
+            // The sign-in answer is found outside the span, as it was when
+            // the caller found it.
+            drop(_entered);
+            drop(span);
+            return self.sign_in_or(req, rejection);
         }
         allowed_event(&access);
         let mut headers = std::mem::take(&mut acc.response_headers);
@@ -808,7 +820,7 @@ impl Share<Compiled> {
                 rendering: Rendering::Http,
             })
         });
-        self.admission(acc, access, rare)
+        self.admission(&mut acc, access, rare)
     }
 }
 

@@ -114,13 +114,12 @@ pub(crate) struct AuthnCounters {
 
 impl AuthnCounters {
     /// Counts an authenticator's outcome: a credential accepted or refused.
-    pub(crate) fn count(&self, outcome: AuthOutcome) -> AuthOutcome {
-        match &outcome {
+    pub(crate) fn count(&self, outcome: &AuthOutcome) {
+        match outcome {
             AuthOutcome::Authenticated(_) => self.success.increment(1),
             AuthOutcome::Rejected(_) => self.failure.increment(1),
             AuthOutcome::NoCredential | AuthOutcome::Respond(_) => {}
         }
-        outcome
     }
 
     fn new(method: &'static str) -> Self {
