@@ -192,7 +192,13 @@ impl Slots {
         }
     }
 
+    #[inline]
     fn push(&mut self, value: Arc<dyn Any + Send + Sync>) {
+        // The first value (a request's verified token): put in place.
+        if let Slots::None = self {
+            *self = Slots::One(value);
+            return;
+        }
         *self = match std::mem::take(self) {
             Slots::None => Slots::One(value),
             Slots::One(first) => Slots::Many(vec![first, value]),
@@ -217,6 +223,7 @@ impl Attachments {
     }
 
     /// Adds a value already shared (a cached one: no allocation for it).
+    #[inline]
     pub fn push_shared<T: Send + Sync + 'static>(&mut self, value: Arc<T>) {
         self.0.push(value);
     }
@@ -344,6 +351,7 @@ impl fmt::Debug for Authenticated {
 impl Authenticated {
     /// An authentication with no header changes.
     #[must_use]
+    #[inline]
     pub fn new(identity: Identity) -> Self {
         Self {
             identity,
@@ -362,6 +370,7 @@ impl Authenticated {
 
     /// Attaches a value already shared (one kept in a cache).
     #[must_use]
+    #[inline]
     pub fn with_shared_attachment<T: Send + Sync + 'static>(mut self, value: Arc<T>) -> Self {
         self.attachments.push_shared(value);
         self
@@ -376,6 +385,7 @@ impl Authenticated {
 
     /// Adds header changes.
     #[must_use]
+    #[inline]
     pub fn with_edits(mut self, edits: impl Into<HeaderEdits>) -> Self {
         self.edits = edits.into();
         self
