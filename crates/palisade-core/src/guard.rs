@@ -611,14 +611,21 @@ impl Share<Compiled> {
             Cow::Borrowed(req.path())
         };
         // The mTLS peer, verified at the handshake, comes with the connection.
+        let peer = req.connection().and_then(|c| c.peer.clone());
+        if peer.is_some() {
+            self.metrics.mtls.success.increment(1);
+        }
+        if let [only] = &self.authenticators[..]
+            && peer.is_none()
+            && self.reserved.is_empty()
+        {
+            return self.check_one(only, req, path);
+        }
         let mut acc = Acc {
-            identity: req.connection().and_then(|c| c.peer.clone()),
+            identity: peer,
             edits: self.reserved.clone(),
             ..Acc::default()
         };
-        if acc.identity.is_some() {
-            self.metrics.mtls.success.increment(1);
-        }
         let mut pending = Vec::new();
         for (i, a) in self.authenticators.iter().enumerate() {
             match a.authenticate(req) {
@@ -635,6 +642,91 @@ impl Share<Compiled> {
             return self.decide(&mut acc, req, &path, rewrite);
         }
         self.authenticated_later(acc, pending, req, &path, rewrite)
+    }
+
+    /// [`check_http`](Self::check_http) for the common configuration: one
+    /// authenticator, no mTLS peer and no reserved header to remove. An
+    /// authentication it answers at once, with no response header and no
+    /// path rewrite, is decided as it is, without accumulating it in an
+    /// [`Acc`]; every other answer goes the general way, as it would have.
+    #[inline]
+    fn check_one(
+        self: &Arc<Self>,
+        only: &Arc<dyn Authenticator>,
+        req: &dyn RequestHead,
+        path: Cow<'_, str>,
+    ) -> Check<Decision> {
+        // Normalising may allocate without changing anything (`%20`).
+        let rewrite = matches!(&path, Cow::Owned(p) if p != req.path());
+        let outcome = match only.authenticate(req) {
+            Check::Ready(outcome) => outcome,
+            Check::Pending(fut) => {
+                return self.authenticated_later(Acc::default(), vec![(0, fut)], req, &path, rewrite);
+            }
+        };
+        self.metrics.authenticators[0].count(&outcome);
+        match outcome {
+            AuthOutcome::Authenticated(a) if !rewrite && a.response_headers.is_empty() => {
+                self.decide_authenticated(a, req, &path)
+            }
+            outcome => {
+                let mut acc = Acc::default();
+                acc.add(outcome);
+                self.decide(&mut acc, req, &path, rewrite)
+            }
+        }
+    }
+
+    /// [`decide`](Self::decide) for one authentication, with no response
+    /// header and no rewrite: an allowed request without the debug switches
+    /// is admitted here, anything else [`finish`](Self::finish)ed as the
+    /// general path does.
+    #[inline]
+    fn decide_authenticated(
+        self: &Arc<Self>,
+        a: Authenticated,
+        req: &dyn RequestHead,
+        path: &str,
+    ) -> Check<Decision> {
+        let Authenticated {
+            identity,
+            edits,
+            attachments,
+            ..
+        } = a;
+        match self.access.check_normalized(req, Some(&identity), path) {
+            Check::Ready(access)
+                if access.is_allowed()
+                    && !self.explain
+                    && !tracing::enabled!(target: LOG_TARGET, tracing::Level::DEBUG) =>
+            {
+                if trace_may_be_wanted() {
+                    allowed_event(&access);
+                }
+                Check::Ready(Decision::Allow(Admission {
+                    auth: RequestAuth {
+                        identity: Some(identity),
+                        access,
+                        compiled: self.clone(),
+                        attachments,
+                    },
+                    edits,
+                    rare: None,
+                }))
+            }
+            check => {
+                let mut acc = Acc {
+                    identity: Some(identity),
+                    edits,
+                    attachments,
+                    ..Acc::default()
+                };
+                match check {
+                    Check::Ready(access) => Check::Ready(self.finish(&mut acc, access, None, req, path)),
+                    Check::Pending(fut) => self.authorized_later(acc, fut, None, req, path),
+                }
+            }
+        }
     }
 
     /// [`check_http`](Self::check_http) once authenticators that have to
