@@ -735,12 +735,20 @@ fn now_secs() -> f64 {
 /// even on a virtual machine whose timekeeping stalls), never leads it, so
 /// the margin keeps the answer exactly the precise clock's.
 fn in_cached_window(exp: f64, nbf: Option<f64>, leeway: Duration) -> Result<(), JwtError> {
-    let coarse = coarse_now_secs();
-    let l = leeway.as_secs_f64();
-    if coarse + COARSE_MARGIN <= exp + l && nbf.is_none_or(|nbf| coarse + l >= nbf) {
+    if clear_of_window_edges(exp, nbf, leeway) {
         return Ok(());
     }
     in_window(Some(exp), nbf, leeway, now_secs())
+}
+
+/// Whether the coarse clock says a cached token is within its window and
+/// more than [`COARSE_MARGIN`] from its `exp`: [`in_cached_window`]'s
+/// answer without the precise clock (which decides otherwise).
+#[inline]
+fn clear_of_window_edges(exp: f64, nbf: Option<f64>, leeway: Duration) -> bool {
+    let coarse = coarse_now_secs();
+    let l = leeway.as_secs_f64();
+    coarse + COARSE_MARGIN <= exp + l && nbf.is_none_or(|nbf| coarse + l >= nbf)
 }
 
 /// How far from `exp` a cached token must be for the coarse clock to say
@@ -1440,9 +1448,11 @@ impl JwtAuthenticator {
         let found = with_front(|f| {
             f.find(owner, token).map(|e| {
                 if self.front_accepts(e, source) {
-                    Ok(Authenticated::new(e.identity.clone())
-                        .with_edits(e.all_edits.clone())
-                        .with_shared_attachment(Arc::clone(&e.bearer)))
+                    // Built in place, not through the builders' moves.
+                    let mut a = Authenticated::new(e.identity.clone());
+                    a.edits = e.all_edits.clone();
+                    a.attachments.push_shared(Arc::clone(&e.bearer));
+                    Ok(a)
                 } else {
                     Err(self.step(e, source))
                 }
@@ -1477,7 +1487,8 @@ impl JwtAuthenticator {
     /// Whether a thread's copy of a token is answered as it stands: bound
     /// to nothing, read from where it was verified, not a tenant's, its
     /// key set the one it was verified under, and within its time window
-    /// ([`cached`](Self::cached) accepts it, with the entry's own edits).
+    /// by the coarse clock, clear of its edges ([`cached`](Self::cached)
+    /// accepts it, with the entry's own edits; near an edge it decides).
     #[inline]
     fn front_accepts(&self, entry: &CacheEntry, source: usize) -> bool {
         entry.unbound
@@ -1485,7 +1496,7 @@ impl JwtAuthenticator {
             && entry.tenant.is_none()
             && self.0.sources[source].1.contains(&entry.provider)
             && self.0.providers[entry.provider].store.generation() == entry.keys_generation
-            && in_cached_window(entry.exp, entry.nbf, self.0.providers[entry.provider].cfg.leeway).is_ok()
+            && clear_of_window_edges(entry.exp, entry.nbf, self.0.providers[entry.provider].cfg.leeway)
     }
 
     /// A cached token's answer from its entry.
