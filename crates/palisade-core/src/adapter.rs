@@ -214,6 +214,7 @@ impl Decision {
     /// normalised path cannot be handed to the router. When
     /// [`Reply::body_wanted`] says so, read the body and send
     /// [`Reply::finish_from_body`]'s answer instead.
+    #[inline]
     pub fn apply(self, req: &mut dyn RequestTarget) -> Result<ResponseEdits, Reply> {
         match self {
             Decision::Allow(admission) => admission.apply(req),
@@ -278,21 +279,12 @@ impl Admission {
     /// # Errors
     /// A 400 [`Reply`] when the normalised path cannot be handed to the
     /// router (the middleware runs after routing).
+    #[inline]
     pub fn apply(self, req: &mut dyn RequestTarget) -> Result<ResponseEdits, Reply> {
         if let Some(target) = self.rewritten_target()
             && let Err(e) = req.rewrite_target(target)
         {
-            if let TargetRewrite::AlreadyRouted { advice } = e {
-                tracing::error!(
-                    target: LOG_TARGET,
-                    "a path that is not in normal form reached Palisade after routing: refused with 400. {advice}, so that the router sees the path the policy matched"
-                );
-            }
-            let reply = Reply::from(Rejection::malformed_path(
-                "the request path is not in normal form",
-            ));
-            let rendering = self.rare.as_ref().map_or(Rendering::Http, |r| r.rendering);
-            return Err(rendering.render(reply));
+            return Err(self.rewrite_refused(e));
         }
         for edit in self.edits.as_slice() {
             match edit {
@@ -307,6 +299,26 @@ impl Admission {
         }
         req.insert_auth(self.auth);
         Ok(self.rare.map(|r| r.response).unwrap_or_default())
+    }
+}
+
+impl Admission {
+    /// The 400 of a request whose normalised target the framework would
+    /// not take.
+    #[cold]
+    #[inline(never)]
+    fn rewrite_refused(&self, e: TargetRewrite) -> Reply {
+        if let TargetRewrite::AlreadyRouted { advice } = e {
+            tracing::error!(
+                target: LOG_TARGET,
+                "a path that is not in normal form reached Palisade after routing: refused with 400. {advice}, so that the router sees the path the policy matched"
+            );
+        }
+        let reply = Reply::from(Rejection::malformed_path(
+            "the request path is not in normal form",
+        ));
+        let rendering = self.rare.as_ref().map_or(Rendering::Http, |r| r.rendering);
+        rendering.render(reply)
     }
 }
 
