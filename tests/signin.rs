@@ -409,7 +409,12 @@ async fn an_external_origin_stands_for_the_proxy_in_front() {
         Duration::from_secs(300),
         &["https://shop.example/oauth2/callback"],
     );
-    let yaml = policy(&f.issuer, &f.key_file, &format!("  externalOrigin: {shop}/\n"));
+    // Written as a browser never sends it: made so.
+    let yaml = policy(
+        &f.issuer,
+        &f.key_file,
+        "  externalOrigin: https://Shop.Example:443/\n",
+    );
     let (axum_base, actix_base) = serve_both(|| guard_from(&yaml));
     for base in [&axum_base, &actix_base] {
         ready(base).await;

@@ -13,7 +13,7 @@ use std::time::Duration;
 use actix_web::{App, HttpResponse, web};
 use axum::body::Body;
 use palisade::core::Identity;
-use palisade::core::policy::{PolicySet, Workload};
+use palisade::core::policy::{FromPolicy, PolicySet, Workload};
 use palisade::jwt::dpop::DpopKey;
 use palisade::jwt::{JwtAuthenticator, JwtError, Provider};
 use palisade::testkit::TestIssuer;
@@ -982,47 +982,65 @@ spec:
             && e.contains("/nonexistent"),
         "{e}"
     );
-    // Two issuers introspecting opaque tokens read from the same header: a
-    // token would go to both endpoints. Refused when the guard is built;
-    // from headers of their own, fine.
-    let two = |b_from: &str| {
-        let mut yaml = String::from(
+}
+
+/// Two issuers introspecting tokens read from the same header: an opaque
+/// token there names no issuer, so it is refused, not sent to both
+/// endpoints (each would see the other's users' tokens). From headers of
+/// their own, each gets its own. Their JWTs name their issuer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opaque_token_two_issuers_could_own_is_sent_to_neither() {
+    let a = start();
+    let b = start();
+    let yaml = |b_from: &str| {
+        let mut yaml = format!(
             "apiVersion: security.istio.io/v1
 kind: RequestAuthentication
-metadata: {name: jwt, namespace: default}
+metadata: {{name: jwt, namespace: default}}
 spec:
   jwtRules:
-  - issuer: https://a.example
-    audiences: [details]
-  - issuer: https://b.example
-    audiences: [details]
-",
+  - issuer: {}
+    audiences: ['{OPAQUE}']
+  - issuer: {}
+    audiences: ['{OPAQUE}']
+{b_from}",
+            a.issuer, b.issuer
         );
-        yaml.push_str(b_from);
-        for idp in ["a", "b"] {
+        for (name, op) in [("a", &a), ("b", &b)] {
             yaml.push_str(&format!(
                 "---
 apiVersion: palisade.dev/v1alpha1
 kind: JwtSettings
-metadata: {{name: introspection-{idp}, namespace: default}}
+metadata: {{name: introspection-{name}, namespace: default}}
 spec:
-  issuer: https://{idp}.example
-  introspection: {{endpoint: 'https://{idp}.example/introspect', clientId: rs, clientSecret: x}}
-"
+  issuer: {}
+  introspection: {{clientId: palisade-rs, clientSecret: palisade-rs-secret}}
+",
+                op.issuer
             ));
         }
         let set = PolicySet::from_yaml_str(&yaml, "two.yaml").unwrap();
-        palisade::guard_from_policy(&set, &Workload::new("details", "default")).map(drop)
+        JwtAuthenticator::from_policy(&set.for_workload(&Workload::new("details", "default")))
+            .unwrap()
+            .unwrap()
     };
-    let e = two("").unwrap_err().to_string();
-    assert!(
-        e.contains("two.yaml")
-            && e.contains("spec.jwtRules[1].issuer")
-            && e.contains("https://a.example")
-            && e.contains("https://b.example"),
-        "{e}"
+    let shared = yaml("");
+    let opaque = token(&a, OPAQUE).await;
+    let before = (introspections(&a).await, introspections(&b).await);
+    assert_eq!(shared.verify(&opaque).await.unwrap_err(), JwtError::UnknownIssuer);
+    assert_eq!(
+        (introspections(&a).await, introspections(&b).await),
+        before,
+        "no endpoint was asked"
     );
-    two("    fromHeaders: [{name: x-b-token}]\n").unwrap();
+    // Read from a header of b's own, a's opaque tokens go to a alone.
+    let apart = yaml("    fromHeaders: [{name: x-b-token}]\n");
+    assert_eq!(
+        apart.verify(&opaque).await.unwrap().issuer(),
+        Some(a.issuer.as_str())
+    );
+    assert_eq!(introspections(&a).await, before.0 + 1);
+    assert_eq!(introspections(&b).await, before.1);
 }
 
 /// A policy file trusting `idp` (its keys inline) with `spec.dpop` as given.

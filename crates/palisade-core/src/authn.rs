@@ -117,7 +117,7 @@ impl HeaderEdits {
 
 impl HeaderEdits {
     /// Whether one of the edits removes or sets the header `name`.
-    fn touches(&self, name: &str) -> bool {
+    pub(crate) fn touches(&self, name: &str) -> bool {
         self.as_slice().iter().any(|e| match e {
             HeaderEdit::Remove(n) | HeaderEdit::Set(n, _) => n.eq_ignore_ascii_case(name),
         })

@@ -111,18 +111,26 @@ pub(crate) struct Compiled {
     reserved: HeaderEdits,
 }
 
-/// A request with header edits applied, as the handler will see it.
+/// A request whose reserved headers are as the handler will see them: a
+/// client's own values gone, an authenticator's in their place. Other
+/// headers are the request's own (the policy reads `authorization` even
+/// where the token's header is removed before the handler).
 struct Edited<'a> {
     inner: &'a dyn RequestHead,
+    reserved: &'a HeaderEdits,
     edits: HeaderEdits,
 }
 
 impl Edited<'_> {
-    /// What the edits leave of the header `name`: `None` when they do not
-    /// touch it, `Some(None)` when they remove it, `Some(Some(v))` when
-    /// they set it.
+    /// What the edits leave of the reserved header `name`: `None` when it
+    /// is not reserved, `Some(None)` when it is removed, `Some(Some(v))`
+    /// when it is set.
     fn edited(&self, name: &str) -> Option<Option<&[u8]>> {
-        let mut out = None;
+        if !self.reserved.touches(name) {
+            return None;
+        }
+        // Removed for every request, unless an authenticator sets it.
+        let mut out = Some(None);
         for e in self.edits.as_slice() {
             match e {
                 HeaderEdit::Remove(n) if n.eq_ignore_ascii_case(name) => out = Some(None),
@@ -770,15 +778,16 @@ impl Share<Compiled> {
             return Check::Ready(credential_refused(rejection, req));
         }
         // Where headers are reserved, the policy (and a CUSTOM authorizer)
-        // reads the request as the handler will get it: a client's own
-        // value of a reserved header is gone, a verified one in its place,
-        // as Envoy's RBAC reads what `jwt_authn` left.
+        // reads them as the handler will get them: a client's own value
+        // gone, a verified one in its place, as Envoy's RBAC reads what
+        // `jwt_authn` left. Other headers are the request's own.
         let edited;
         let req: &dyn RequestHead = if self.reserved.is_empty() {
             req
         } else {
             edited = Edited {
                 inner: req,
+                reserved: &self.reserved,
                 edits: acc.edits.clone(),
             };
             &edited

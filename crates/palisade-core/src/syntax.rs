@@ -135,15 +135,17 @@ fn http_authority(url: &str) -> Option<&str> {
 }
 
 /// Whether `origin` is a web origin as a browser sends it in `Origin`:
-/// `http://` or `https://`, a host and an optional port ([`is_http_url`]),
-/// no user information and nothing after them (a single trailing `/` is
-/// allowed). Sign-in's `externalOrigin`.
+/// `http://` or `https://`, an ASCII host (an IDN in its `xn--` form) and
+/// an optional port ([`is_http_url`]), no user information and nothing
+/// after them (a single trailing `/` is allowed). Sign-in's
+/// `externalOrigin`, a DPoP origin.
 ///
 /// ```
 /// use palisade_core::syntax::is_origin;
 /// assert!(is_origin("https://shop.example") && is_origin("http://127.0.0.1:8080/"));
 /// assert!(!is_origin("https://shop.example/app") && !is_origin("https://u@shop.example"));
 /// assert!(!is_origin("shop.example") && !is_origin("https://shop.example?x"));
+/// assert!(!is_origin("https://bücher.example") && !is_origin("https://shop.example:"));
 /// ```
 #[must_use]
 pub fn is_origin(origin: &str) -> bool {
@@ -152,7 +154,10 @@ pub fn is_origin(origin: &str) -> bool {
     };
     let scheme = if origin.starts_with("https://") { 8 } else { 7 };
     let rest = &origin[scheme + authority.len()..];
-    !authority.contains('@') && (rest.is_empty() || rest == "/")
+    !authority.contains('@')
+        && authority.is_ascii()
+        && !authority.ends_with(':')
+        && (rest.is_empty() || rest == "/")
 }
 
 /// Where a browser may be sent (sign-in's `postLogoutRedirectUri`): a path

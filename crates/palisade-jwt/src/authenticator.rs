@@ -656,13 +656,16 @@ impl JwtAuthenticatorBuilder {
             .collect();
         // An opaque token names no issuer: read from where two issuers'
         // are, it would go to both introspection endpoints, each seeing the
-        // other's tokens (as Spring Security resolves one introspector per
-        // request, never asks several).
+        // other's tokens. It is refused there instead (Spring Security
+        // resolves one introspector per request, never asks several); their
+        // JWTs name their issuer and go to it alone.
         if let Some(both) = opaque_by_source.iter().find(|p| p.len() > 1) {
-            return Err(ConfigError::SharedOpaqueTokens(
-                providers[both[0]].cfg.issuer.clone(),
-                providers[both[1]].cfg.issuer.clone(),
-            ));
+            tracing::warn!(
+                target: LOG,
+                first = %providers[both[0]].cfg.issuer,
+                second = %providers[both[1]].cfg.issuer,
+                "two issuers introspect tokens read from the same header or parameter: an opaque token found there names no issuer and is refused, not sent to both; read each issuer's tokens from its own place (fromHeaders, fromParams) to accept opaque tokens"
+            );
         }
         let mut output_headers: Vec<String> = providers
             .iter()
@@ -1087,6 +1090,11 @@ impl JwtAuthenticator {
             let providers = &shared.opaque_by_source[found.source];
             if providers.is_empty() {
                 return Step::Done(Err(JwtError::WrongLocation));
+            }
+            // Several issuers' tokens are read from here: whose it is
+            // cannot be told, and no endpoint is sent another's token.
+            if providers.len() > 1 {
+                return Step::Done(Err(JwtError::UnknownIssuer));
             }
             return self.start_introspection(found, providers);
         }

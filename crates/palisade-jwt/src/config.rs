@@ -150,13 +150,6 @@ pub enum ConfigError {
     /// A setting out of its range.
     #[error("{0}")]
     OutOfRange(String),
-    /// Two issuers introspect opaque tokens read from the same place: an
-    /// opaque token names no issuer, so each endpoint would be sent the
-    /// other's tokens.
-    #[error(
-        "issuers `{0}` and `{1}` both introspect opaque tokens read from the same header or parameter: a token would be sent to both endpoints; give each its own (fromHeaders, fromParams)"
-    )]
-    SharedOpaqueTokens(String, String),
 }
 
 /// Where a provider's keys come from.

@@ -48,8 +48,11 @@ pub enum IntrospectionAuth {
 ///
 /// A token that is not a JWT (no JWS header: Keycloak's and
 /// oidc-provider's opaque tokens, ZITADEL's, Ory's `ory_at_…`) is checked
-/// at the introspection endpoint of each issuer configured for it, in the
-/// order the issuers were configured, until one says it is active. With
+/// at the introspection endpoint of the issuer whose tokens are read from
+/// where it was found. An opaque token names no issuer: where two
+/// introspecting issuers' tokens are read from the same place, it is
+/// refused there (a warning says so when the authenticator is built), so
+/// that no endpoint is sent another issuer's token. With
 /// [`also_jwts`](Self::also_jwts), that issuer's JWTs are checked there too
 /// instead of by their signature, so a revoked token is refused within the
 /// cache time.

@@ -155,10 +155,6 @@ fn from_policy(policy: &WorkloadPolicy<'_>, offline: bool) -> Result<Option<JwtA
                 .iter()
                 .find(|(i, ..)| i == issuer)
                 .map_or((*last, ""), |(_, doc, _, keys)| (*doc, keys.as_str())),
-            ConfigError::SharedOpaqueTokens(_, second) => written
-                .iter()
-                .find(|(i, ..)| i == second)
-                .map_or((*last, ""), |(_, doc, issuer, _)| (*doc, issuer.as_str())),
             _ => (*last, ""),
         };
         policy.error_at(doc, field, e.to_string()).with_source(e)

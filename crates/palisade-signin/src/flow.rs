@@ -338,8 +338,15 @@ impl SignInBuilder {
                     "externalOrigin `{o}` is not an http(s) origin (scheme, host and port only)"
                 )));
             }
+            // As a browser writes it in `Origin`: lower case, without
+            // its scheme's default port or a trailing `/`.
             if o.ends_with('/') {
                 o.pop();
+            }
+            o.make_ascii_lowercase();
+            let default_port = if o.starts_with("https://") { ":443" } else { ":80" };
+            if let Some(short) = o.strip_suffix(default_port) {
+                *o = short.to_owned();
             }
         }
         if config.idle_timeout > config.absolute_timeout {

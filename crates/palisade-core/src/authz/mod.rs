@@ -208,17 +208,17 @@ impl CompiledRule {
     /// A string attribute (not the method: too few values to tell rules
     /// apart) and the exact values one of which it must have.
     fn value_keys(&self) -> Option<(&StrAttr, Vec<&str>)> {
+        // A request principal without a `/` is an issuer with an empty
+        // subject (Istio's split), whose key is `ISSUER/`: not its own
+        // string, so a rule is not indexed by values with one.
+        fn indexable(attr: &StrAttr, values: &[&str]) -> bool {
+            *attr != StrAttr::RequestPrincipal || values.iter().all(|v| v.contains('/'))
+        }
         fn str_test(c: &Clause) -> Option<(&StrAttr, Vec<&str>)> {
             match &c.test {
-                // A request principal without a `/` is an issuer with an
-                // empty subject (Istio's split), whose key is `ISSUER/`:
-                // not its own string, so such a rule is not indexed by it.
-                Test::Str(StrAttr::RequestPrincipal, ms)
-                    if exact(ms).is_some_and(|v| v.iter().any(|v| !v.contains('/'))) =>
-                {
-                    None
+                Test::Str(attr, ms) if !c.negate && *attr != StrAttr::Method => {
+                    Some((attr, exact(ms)?)).filter(|(a, v)| indexable(a, v))
                 }
-                Test::Str(attr, ms) if !c.negate && *attr != StrAttr::Method => Some((attr, exact(ms)?)),
                 _ => None,
             }
         }
@@ -234,6 +234,7 @@ impl CompiledRule {
                 });
                 if let Some(all) = all
                     && let Some(values) = all.into_iter().map(|ms| exact(ms)).collect::<Option<Vec<_>>>()
+                    && indexable(attr, &values.concat())
                 {
                     return Some((attr, values.concat()));
                 }

@@ -211,6 +211,15 @@ fn request_principals_match_issuer_and_subject_apart_as_in_istio() {
         &OwnedRequest::get("/"),
         Some(&user_of("idp3", "bob", serde_json::json!({})))
     ));
+    // ... also when another source of the rule has a subject.
+    let rules: Vec<String> = (0..6)
+        .map(|i| format!("{{from: [{{source: {{requestPrincipals: [idp{i}/bob]}}}}, {{source: {{requestPrincipals: [idp{i}]}}}}]}}"))
+        .collect();
+    let many = policy(&format!("{HEAD}spec:\n  rules: [{}]\n", rules.join(", "))).unwrap();
+    for sub in ["", "bob"] {
+        let id = user_of("idp3", sub, serde_json::json!({}));
+        assert!(allowed(&many, &OwnedRequest::get("/"), Some(&id)), "idp3/{sub}");
+    }
     // The negation too: a DENY of everyone but one issuer's users.
     let deny = policy(&format!(
         "{HEAD}spec:\n  action: DENY\n  rules: [{{from: [{{source: {{notRequestPrincipals: [\"https://acme.okta.com/*\"]}}}}]}}]\n"
