@@ -1419,16 +1419,31 @@ impl JwtAuthenticator {
     /// `sources[source]`, when it is there and still good; an entry whose
     /// key is gone is dropped.
     fn hit(&self, token: &[u8], source: usize) -> Option<Step<'static>> {
-        let cache = self.0.cache.as_ref()?;
+        self.0.cache.as_ref()?;
         let owner = self.0.front_owner;
         // This thread's own copy first: it writes no memory another
         // thread writes.
-        let answer = match with_front(|f| f.find(owner, token).map(|e| self.step(e, source))).flatten() {
+        let front = with_front(|f| f.find(owner, token).map(|e| self.step(e, source))).flatten();
+        self.after_front(token, source, front)
+    }
+
+    /// The cache's answer for a token given this thread's copy's answer
+    /// (`None`: no copy): a refused copy is forgotten, the shared cache
+    /// asked when there is no copy, a token whose key is gone dropped from
+    /// it, and a hit counted.
+    fn after_front(
+        &self,
+        token: &[u8],
+        source: usize,
+        front: Option<Option<Step<'static>>>,
+    ) -> Option<Step<'static>> {
+        let cache = self.0.cache.as_ref()?;
+        let answer = match front {
             Some(answer) => {
                 if !accepted(&answer) {
                     // Refused (expired, found in the wrong place) or its
                     // key gone: not kept here.
-                    forget_copy(owner, token);
+                    forget_copy(self.0.front_owner, token);
                 }
                 answer
             }
@@ -1451,7 +1466,7 @@ impl JwtAuthenticator {
     /// is made of (the same outcome, the same counts).
     #[inline]
     fn cached_outcome(&self, token: &[u8], source: usize, req: &dyn RequestHead) -> Option<AuthOutcome> {
-        let cache = self.0.cache.as_ref()?;
+        self.0.cache.as_ref()?;
         let owner = self.0.front_owner;
         let found = with_front(|f| {
             f.find(owner, token).map(|e| {
@@ -1467,25 +1482,15 @@ impl JwtAuthenticator {
             })
         })
         .flatten();
-        let answer = match found {
+        let front = match found {
             Some(Ok(a)) => {
                 self.0.cache_hits.increment(1);
                 return Some(AuthOutcome::Authenticated(a));
             }
-            Some(Err(answer)) => {
-                if !accepted(&answer) {
-                    forget_copy(owner, token);
-                }
-                answer
-            }
-            None => self.shared_hit(cache, token, source)?,
+            Some(Err(answer)) => Some(answer),
+            None => None,
         };
-        if answer.is_none() {
-            forget(cache, token);
-        } else {
-            self.0.cache_hits.increment(1);
-        }
-        match answer {
+        match self.after_front(token, source, front) {
             Some(Step::Unbound(r)) => Some(self.outcome_for(r, false)),
             Some(Step::Done(r)) => Some(self.bound_hit(r, req)),
             _ => None,
