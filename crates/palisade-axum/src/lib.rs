@@ -86,7 +86,7 @@ use bytes::Bytes;
 use http::header::{AUTHORIZATION, COOKIE, HOST, HeaderName, HeaderValue};
 use http::{Request, Response};
 use palisade_core::adapter::{
-    Rendering, Reply, RequestTarget, ResponseEdits, ResponseTarget, TargetRewrite, http_response,
+    Decision, Rendering, Reply, RequestTarget, ResponseEdits, ResponseTarget, TargetRewrite, http_response,
 };
 use palisade_core::authn::{ConnectionInfo, RequestHead};
 use palisade_core::{BoxFuture, Check, Guard, RequestAuth};
@@ -359,18 +359,34 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let check = match HttpHead::new(&req) {
-            Ok(head) => self.guard.check(&head).map(Ok),
-            Err(reply) => Check::Ready(Err(reply)),
+            Ok(head) => self.guard.check(&head),
+            Err(reply) => return ResponseFuture::refused(reply, req),
         };
-        ResponseFuture::start(&mut self.inner, req, check, |decision, req| {
-            let decision = decision?;
-            decision
-                .apply(&mut HttpRequest(req))
-                .map(|e| (!e.is_empty()).then_some(e))
-        })
+        // A decision made at once is applied here, the request kept in
+        // this frame until it goes to the inner service: through `start`
+        // it was copied once more.
+        match check {
+            Check::Ready(decision) => match admit(decision, &mut req) {
+                Ok(edits) => ResponseFuture {
+                    inner: Some(self.inner.call(req)),
+                    edits,
+                    other: None,
+                },
+                Err(reply) => ResponseFuture::refused(reply, req),
+            },
+            check => ResponseFuture::start(&mut self.inner, req, check, admit),
+        }
     }
+}
+
+/// Applies the guard's decision to the request.
+#[inline]
+fn admit<B>(decision: Decision, req: &mut Request<B>) -> Result<Option<ResponseEdits>, Reply> {
+    decision
+        .apply(&mut HttpRequest(req))
+        .map(|e| (!e.is_empty()).then_some(e))
 }
 
 /// A verdict applied to the request: the edits for the response, or the
@@ -434,10 +450,7 @@ where
                         other: None,
                     };
                 }
-                Err(reply) if reply.body_wanted().is_some() => {
-                    Other::Finishing(Box::pin(with_body(reply, req)))
-                }
-                Err(reply) => Other::Reply(Some(reply)),
+                Err(reply) => return Self::refused(reply, req),
             },
             Check::Pending(fut) => {
                 // The readied service goes into the future; a clone stays.
@@ -453,6 +466,29 @@ where
                     svc: Some(std::mem::replace(inner, clone)),
                 }
             }
+        };
+        Self {
+            inner: None,
+            edits: None,
+            other: Some(Box::new(other)),
+        }
+    }
+}
+
+impl<S, ReqBody> ResponseFuture<S, ReqBody>
+where
+    S: Service<Request<ReqBody>>,
+    ReqBody: http_body::Body + Send + 'static,
+{
+    /// The future of a request answered with `reply` instead of the inner
+    /// service's response.
+    #[cold]
+    #[inline(never)]
+    fn refused(reply: Reply, req: Request<ReqBody>) -> Self {
+        let other = if reply.body_wanted().is_some() {
+            Other::Finishing(Box::pin(with_body(reply, req)))
+        } else {
+            Other::Reply(Some(reply))
         };
         Self {
             inner: None,

@@ -66,7 +66,7 @@ struct Inner {
     /// ID and logout tokens: the issuer's keys, `aud` = the client id.
     verifier: JwtAuthenticator,
     /// Session cookies for requests over TLS (`Secure`) and over plain HTTP
-    /// (`Secure` too when the name's prefix requires it).
+    /// (`Secure` too when [`secure_only`](Self::secure_only)).
     sessions: [CookieSealer; 2],
     /// The cookie name has a `__Host-` or `__Secure-` prefix, or the
     /// external origin is `https`: every cookie is `Secure`, whatever the
@@ -262,6 +262,7 @@ impl SignInBuilder {
             config,
             keys,
             sessions,
+            secure_only,
             state_prefix,
             provider,
             store,
@@ -273,11 +274,6 @@ impl SignInBuilder {
             .map_err(|e| SignInError::Config(format!("the issuer: {e}")))?;
         let issuer = Issuer::start(&config).map_err(SignInError::Config)?;
         let store = store.unwrap_or_else(|| shared_memory_store(&config.issuer, &config.client_id));
-        let secure_only = crate::cookie::prefix_requires_secure(&config.cookie_name)
-            || config
-                .external_origin
-                .as_deref()
-                .is_some_and(|o| o.starts_with("https://"));
         Ok(SignIn(Arc::new(Inner {
             config,
             issuer,
@@ -383,15 +379,20 @@ impl SignInBuilder {
                 .build()?)
         };
         let state_prefix = format!("{}_login_", config.cookie_name);
-        // A `__Host-`/`__Secure-` name: every cookie is `Secure` (a browser
-        // refuses such a cookie without it), the second sealer too.
-        let plain = !crate::cookie::prefix_requires_secure(&config.cookie_name);
-        for secure in [true, !plain] {
+        // A `__Host-`/`__Secure-` name (a browser refuses such a cookie
+        // without `Secure`) or an `https` external origin: every cookie is
+        // `Secure`, the second sealer's too.
+        let secure_only = crate::cookie::prefix_requires_secure(&config.cookie_name)
+            || config
+                .external_origin
+                .as_deref()
+                .is_some_and(|o| o.starts_with("https://"));
+        for secure in [true, secure_only] {
             state_sealer(&state_prefix, &"x".repeat(STATE_TAG_LEN), &keys, secure)?;
         }
         let sessions = [
             sealer(&config.cookie_name, true, 8)?,
-            sealer(&config.cookie_name, !plain, 8)?,
+            sealer(&config.cookie_name, secure_only, 8)?,
         ];
         let mut fetch = FetchSettings::default();
         fetch.extra_ca_pem.clone_from(&config.ca_pem);
@@ -414,6 +415,7 @@ impl SignInBuilder {
             config,
             keys,
             sessions,
+            secure_only,
             state_prefix,
             provider,
             store: self.store,
@@ -427,6 +429,8 @@ pub(crate) struct Checked {
     config: Config,
     keys: Vec<CookieKey>,
     sessions: [CookieSealer; 2],
+    /// Every cookie `Secure`, whatever the request came over.
+    secure_only: bool,
     state_prefix: String,
     provider: Provider,
     store: Option<Arc<dyn SessionStore>>,
@@ -1478,6 +1482,21 @@ mod tests {
         assert!(err.contains("timeout of calls to the issuer is zero"), "{err}");
         let err = build(rp().callback_path("/cb x"));
         assert!(err.contains("callbackPath"), "{err}");
+    }
+
+    #[test]
+    fn an_https_external_origin_makes_every_session_cookie_secure() {
+        let key = CookieKey::new("k1", &[1; 32]).unwrap();
+        let secure_on_plain_http = |b: SignInBuilder| {
+            let sign_in = b.keys(vec![key.clone()]).build().unwrap();
+            let set = sign_in.sealer(false).seal(b"{}", None, 0).unwrap();
+            set[0].contains("; Secure")
+        };
+        let rp = || SignIn::builder("http://127.0.0.1:9", "shop");
+        assert!(!secure_on_plain_http(rp()));
+        assert!(!secure_on_plain_http(rp().external_origin("http://shop.example")));
+        assert!(secure_on_plain_http(rp().external_origin("https://shop.example")));
+        assert!(secure_on_plain_http(rp().cookie_name("__Host-shop")));
     }
 
     #[test]
