@@ -14,6 +14,9 @@
 //! | `mtls` | [`mtls`] | mutual TLS: SPIFFE peer identity, `PeerAuthentication`, rotation |
 //! | `spnego` | [`spnego`] | Kerberos (HTTP Negotiate); needs the system's MIT Kerberos, never a default |
 //! | `testkit` | [`testkit`] | an in-process OpenID issuer for tests and demos |
+//! | `signin` | [`signin`] | browser sign-in as an OpenID Connect relying party (turns on `jwt`) |
+//! | `redis` | (features of `signin` and `jwt`) | session and revocation stores, DPoP replay cache in Redis (turns on `signin`) |
+//! | `client` | [`client`] | outbound credentials: token relay, client credentials, token exchange, mTLS |
 //! | `full` | all of the above | |
 //!
 //! An application imports what it needs from [`prelude`]:

@@ -1,6 +1,7 @@
 //! The relying party: [`SignIn`], an [`Authenticator`] that reads session
 //! cookies, sends browsers to sign in, and answers its own endpoints.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
@@ -213,6 +214,7 @@ impl SignIn {
             at_exp: t + expires_in.as_secs(),
             rt: None,
             it: None,
+            generation: 0,
             store_key: None,
         };
         let plaintext =
@@ -570,12 +572,29 @@ pub fn is_navigation(req: &dyn RequestHead) -> bool {
 
 /// A path of this origin to return to (`/a?b`), or `None` for anything
 /// that could leave it (`//evil`, `/\evil`, a scheme, control characters).
-fn local_target(target: &str) -> Option<&str> {
+/// Characters beyond ASCII (a decoded `return_to=%2Fcaf%C3%A9`) are
+/// percent-encoded again, as a browser sends them: a `Location` header
+/// holds ASCII only, and the redirect after sign-in would have none.
+fn local_target(target: &str) -> Option<Cow<'_, str>> {
     let ok = target.starts_with('/')
         && !target.starts_with("//")
         && !target.starts_with("/\\")
         && !target.bytes().any(|b| b.is_ascii_control() || b == b' ');
-    ok.then_some(target)
+    if !ok {
+        return None;
+    }
+    if target.is_ascii() {
+        return Some(Cow::Borrowed(target));
+    }
+    let mut encoded = String::with_capacity(target.len() * 3);
+    for &b in target.as_bytes() {
+        if b.is_ascii() {
+            encoded.push(char::from(b));
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    Some(Cow::Owned(encoded))
 }
 
 fn problem(status: u16, detail: &'static str) -> Reply {
@@ -689,7 +708,7 @@ impl SignIn {
         if own.is_none() {
             return problem(400, "the request's Host header is missing or not a host name");
         }
-        self.start_sign_in(req, target).unwrap_or_else(|| {
+        self.start_sign_in(req, &target).unwrap_or_else(|| {
             problem(
                 503,
                 "sign-in is not ready: the issuer's discovery document has not loaded yet",
@@ -826,6 +845,7 @@ impl SignIn {
             at_exp,
             rt: tokens.refresh_token,
             it: Some(id_token),
+            generation: 0,
             store_key: None,
         };
         let cookies = self
@@ -1039,8 +1059,11 @@ impl SignIn {
         let t = now();
         let c = &self.0.config;
         // A session refreshed by an earlier request: use its new tokens.
+        // Only a newer one: another replica may have refreshed the session
+        // since, and this one's successor would send the browser (and the
+        // issuer, at the next refresh) tokens it already replaced.
         let (live, mut renew) = match self.0.successors.get(&live.session.id) {
-            Some(next) if next.session.at != live.session.at => (next, true),
+            Some(next) if next.session.newer_than(&live.session) => (next, true),
             _ => (live, false),
         };
         if !self.usable(&live.session, t) {
@@ -1114,7 +1137,7 @@ impl SignIn {
     async fn refresh_once(&self, live: Arc<Live>) -> Option<Arc<Live>> {
         // Another request refreshed it meanwhile.
         if let Some(next) = self.0.successors.get(&live.session.id)
-            && next.session.at_exp > live.session.at_exp
+            && next.session.newer_than(&live.session)
         {
             return Some(next);
         }
@@ -1129,6 +1152,7 @@ impl SignIn {
         match self.0.issuer.token(c, &metadata.token_endpoint, form).await {
             Ok(tokens) => {
                 let mut next = s.clone();
+                next.generation = s.generation.saturating_add(1);
                 next.at_exp = tokens.access_token_expiry(t);
                 next.at = tokens.access_token;
                 if tokens.refresh_token.is_some() {
@@ -1193,6 +1217,26 @@ impl SignIn {
             .await
     }
 
+    /// Ends a session kept in the store whose data could not be read: by
+    /// its id, until the longest a session of this relying party can live
+    /// from now (its creation time is in the data).
+    async fn end_unread(&self, id: String) -> Result<(), crate::store::StoreError> {
+        self.0.successors.remove(&id);
+        self.0.cache.remove_session(&id);
+        let until = at(now() + self.0.config.absolute_timeout.as_secs());
+        self.0.store.revoke(Revocation::Session { id, until }).await
+    }
+
+    /// The id of the stored session a session cookie's value refers to,
+    /// when it is such a reference.
+    fn stored_id(&self, raw: &str, secure: bool) -> Option<String> {
+        let opened = self.sealer(secure).open_raw(raw).ok()?;
+        match serde_json::from_slice::<Payload>(&opened.plaintext) {
+            Ok(Payload::Stored { id, .. }) => Some(id),
+            _ => None,
+        }
+    }
+
     /// `logoutPath`: ends the session here, then at the issuer.
     fn logout(&self, req: &dyn RequestHead) -> Check<Reply> {
         if !matches!(req.method(), "GET" | "POST") {
@@ -1220,17 +1264,28 @@ impl SignIn {
             c.post_logout_redirect.clone()
         };
         let opened = value.as_deref().map(|v| self.open_session(v, secure));
+        // A session kept in the store names its id in the cookie: when the
+        // store cannot give the session back (unreachable, or the data
+        // gone), the logout still ends it by that id and at the issuer.
+        let stored = value.as_deref().and_then(|v| self.stored_id(v, secure));
         let this = self.clone();
         let finish = move |live: Option<Arc<Live>>| async move {
             let metadata = this.0.issuer.metadata();
-            let Some(live) = live else {
-                return with_cookies(Reply::redirect(after), clear);
+            let ended = match (&live, stored) {
+                (Some(live), _) => this.end(&live.session).await,
+                (None, Some(id)) => this.end_unread(id).await,
+                (None, None) => return with_cookies(Reply::redirect(after), clear),
             };
-            let s = &live.session;
-            if let Err(e) = this.end(s).await {
+            if let Err(e) = ended {
                 tracing::error!(target: LOG_TARGET, error = %e, "a logged-out session cannot be recorded as ended: a saved copy of its cookie works until it times out");
             }
-            tracing::info!(target: LOG_TARGET, subject = %s.sub, "logged out");
+            let id_token = live.as_ref().and_then(|l| l.session.it.as_deref());
+            match &live {
+                Some(live) => tracing::info!(target: LOG_TARGET, subject = %live.session.sub, "logged out"),
+                None => {
+                    tracing::info!(target: LOG_TARGET, "logged out of a stored session that could not be read")
+                }
+            }
             let location = match metadata.as_ref().and_then(|m| m.end_session_endpoint.as_deref()) {
                 Some(end) => {
                     let sep = if end.contains('?') { '&' } else { '?' };
@@ -1239,7 +1294,7 @@ impl SignIn {
                         form_encode(&this.0.config.client_id),
                         form_encode(&after)
                     );
-                    if let Some(it) = &s.it {
+                    if let Some(it) = id_token {
                         l.push_str("&id_token_hint=");
                         l.push_str(it);
                     }
@@ -1326,13 +1381,11 @@ impl SignIn {
             return Err("the logout token names neither sid nor sub");
         }
         let c = &self.0.config;
+        let used = format!("logout-jti:{}:{jti}", c.issuer);
         let fresh = self
             .0
             .store
-            .use_once(
-                &format!("logout-jti:{}:{jti}", c.issuer),
-                Duration::from_secs(LOGOUT_JTI_TTL),
-            )
+            .use_once(&used, Duration::from_secs(LOGOUT_JTI_TTL))
             .await
             .map_err(|_| "logout tokens cannot be checked for replay now")?;
         if !fresh {
@@ -1358,11 +1411,12 @@ impl SignIn {
             },
             (None, None) => return Err("the logout token names neither sid nor sub"),
         };
-        self.0
-            .store
-            .revoke(revocation)
-            .await
-            .map_err(|_| "the logout cannot be recorded now")?;
+        if self.0.store.revoke(revocation).await.is_err() {
+            // Not recorded for every replica: the token may be sent again
+            // (its `jti` released), rather than refused as a replay.
+            let _ = self.0.store.release(&used).await;
+            return Err("the logout cannot be recorded now: send it again");
+        }
         tracing::info!(target: LOG_TARGET, by_sid = sid.is_some(), "sessions ended by back-channel logout");
         Ok(())
     }
@@ -1427,7 +1481,7 @@ impl Authenticator for SignIn {
             Some(q) => format!("{}?{q}", req.path()),
             None => req.path().to_owned(),
         };
-        self.start_sign_in(req, local_target(&target).unwrap_or("/"))
+        self.start_sign_in(req, local_target(&target).as_deref().unwrap_or("/"))
     }
 }
 
@@ -1459,6 +1513,141 @@ mod tests {
                 .use_once("logout-jti", Duration::from_secs(60))
                 .await
                 .unwrap()
+        );
+    }
+
+    /// A memory store that fails as a shared one that is briefly
+    /// unreachable does: its first revocation, or every read of session
+    /// data.
+    struct Flaky {
+        store: MemoryStore,
+        first_revocation_fails: std::sync::atomic::AtomicBool,
+        reads_fail: bool,
+    }
+
+    type StoreResult<T> = palisade_core::BoxFuture<Result<T, crate::store::StoreError>>;
+
+    impl SessionStore for Flaky {
+        fn revoke(&self, revocation: Revocation) -> StoreResult<()> {
+            if self
+                .first_revocation_fails
+                .swap(false, std::sync::atomic::Ordering::SeqCst)
+            {
+                return Box::pin(std::future::ready(Err(crate::store::StoreError::Unavailable)));
+            }
+            self.store.revoke(revocation)
+        }
+        fn is_revoked(&self, session: &SessionRef<'_>) -> Result<bool, crate::store::StoreError> {
+            self.store.is_revoked(session)
+        }
+        fn use_once(&self, key: &str, ttl: Duration) -> StoreResult<bool> {
+            self.store.use_once(key, ttl)
+        }
+        fn put(&self, id: &str, data: Vec<u8>, ttl: Duration) -> StoreResult<()> {
+            self.store.put(id, data, ttl)
+        }
+        fn get(&self, id: &str) -> StoreResult<Option<Vec<u8>>> {
+            if self.reads_fail {
+                return Box::pin(std::future::ready(Err(crate::store::StoreError::Unavailable)));
+            }
+            self.store.get(id)
+        }
+        fn remove(&self, id: &str) -> StoreResult<()> {
+            self.store.remove(id)
+        }
+        fn release(&self, key: &str) -> StoreResult<()> {
+            self.store.release(key)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_logout_of_a_stored_session_the_store_cannot_read_still_ends_it_here_and_at_the_issuer() {
+        let issuer = palisade_testkit::TestIssuer::start().unwrap();
+        let key = CookieKey::new("k1", &[1; 32]).unwrap();
+        let store = Arc::new(Flaky {
+            store: MemoryStore::default(),
+            first_revocation_fails: std::sync::atomic::AtomicBool::new(false),
+            reads_fail: true,
+        });
+        let sign_in = SignIn::builder(issuer.issuer(), "shop")
+            .keys(vec![key.clone()])
+            .store(store.clone())
+            .build()
+            .unwrap();
+        // Discovery happens on a thread of its own.
+        let start = std::time::Instant::now();
+        while sign_in.0.issuer.metadata().is_none() {
+            assert!(start.elapsed() < Duration::from_secs(10), "no discovery");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let reference = serde_json::to_vec(&Payload::Stored {
+            id: "stored-1".into(),
+            key: Some("not-read".into()),
+        })
+        .unwrap();
+        let sealer = CookieSealer::builder("palisade_session", vec![key])
+            .secure(false)
+            .build()
+            .unwrap();
+        let cookie = sealer.seal(&reference, None, 0).unwrap()[0]
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned();
+        let logout = OwnedRequest::new("POST", "/logout")
+            .header("host", "app.test")
+            .header("sec-fetch-site", "same-origin")
+            .header("cookie", cookie);
+        let reply = match sign_in.logout(&logout) {
+            Check::Ready(r) => r,
+            Check::Pending(f) => f.await,
+        };
+        assert_eq!(reply.status(), 302);
+        let location = reply
+            .headers()
+            .find(|(n, _)| *n == "location")
+            .map(|(_, v)| v.to_owned())
+            .unwrap();
+        assert!(
+            location.contains("client_id=shop"),
+            "sent to the issuer's end-session endpoint: {location}"
+        );
+        assert!(!location.contains("id_token_hint"), "{location}");
+        let session = SessionRef {
+            id: "stored-1",
+            issuer: issuer.issuer(),
+            subject: "alice",
+            sid: None,
+            created: std::time::SystemTime::now(),
+        };
+        assert!(matches!(store.is_revoked(&session), Ok(true)), "ended by its id");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_logout_the_store_could_not_record_may_be_sent_again_and_then_only_once() {
+        let issuer = palisade_testkit::TestIssuer::start().unwrap();
+        let store = Flaky {
+            store: MemoryStore::default(),
+            first_revocation_fails: std::sync::atomic::AtomicBool::new(true),
+            reads_fail: false,
+        };
+        let sign_in = SignIn::builder(issuer.issuer(), "shop")
+            .keys(vec![CookieKey::new("k1", &[1; 32]).unwrap()])
+            .store(Arc::new(store))
+            .build()
+            .unwrap();
+        let body = format!(
+            "logout_token={}",
+            issuer.logout_token().audience("shop").subject("alice").sign()
+        );
+        assert_eq!(
+            sign_in.backchannel_logout(body.as_bytes()).await,
+            Err("the logout cannot be recorded now: send it again")
+        );
+        assert_eq!(sign_in.backchannel_logout(body.as_bytes()).await, Ok(()));
+        assert_eq!(
+            sign_in.backchannel_logout(body.as_bytes()).await,
+            Err("the logout token was already used")
         );
     }
 
@@ -1518,6 +1707,7 @@ mod tests {
             at_exp: t + 3600,
             rt: None,
             it: None,
+            generation: 0,
             store_key: None,
         };
         let plaintext = serde_json::to_vec(&Payload::Inline(session)).unwrap();
@@ -1535,6 +1725,70 @@ mod tests {
             panic!("the session is refused or answered later")
         };
         assert_eq!(a.identity.subject(), Some("alice"));
+    }
+
+    #[test]
+    fn an_older_refresh_of_this_replica_never_replaces_a_cookies_newer_tokens() {
+        let key = CookieKey::new("k1", &[1; 32]).unwrap();
+        let sign_in = SignIn::builder("http://127.0.0.1:9", "shop")
+            .keys(vec![key.clone()])
+            .build()
+            .unwrap();
+        let sealer = CookieSealer::builder("palisade_session", vec![key])
+            .secure(false)
+            .build()
+            .unwrap();
+        let t = now();
+        let session = |at: &str, generation: u32| Session {
+            v: 1,
+            id: "s1".into(),
+            sub: "alice".into(),
+            sid: None,
+            created_ms: now_ms(),
+            seen: t,
+            at: at.into(),
+            at_exp: t + 3600,
+            rt: Some(format!("refresh-{generation}")),
+            it: None,
+            generation,
+            store_key: None,
+        };
+        let request = |s: Session| {
+            let plaintext = serde_json::to_vec(&Payload::Inline(s)).unwrap();
+            let cookie = sealer.seal(&plaintext, None, 0).unwrap()[0]
+                .split(';')
+                .next()
+                .unwrap()
+                .to_owned();
+            OwnedRequest::get("/page").header("cookie", cookie)
+        };
+        let token_of = |check: Check<AuthOutcome>| match check {
+            Check::Ready(AuthOutcome::Authenticated(a)) => a
+                .attachments
+                .get::<palisade_core::authn::BearerToken>()
+                .unwrap()
+                .as_str()
+                .to_owned(),
+            Check::Ready(_) => panic!("the session is refused"),
+            Check::Pending(_) => "renewed".to_owned(),
+        };
+        // This replica refreshed the session once; another replica has
+        // refreshed it again since, and the browser carries that cookie.
+        sign_in.0.successors.insert(Arc::new(Live::new(
+            session("at-1", 1),
+            "http://127.0.0.1:9",
+            None,
+        )));
+        assert_eq!(
+            token_of(sign_in.authenticate(&request(session("at-2", 2)))),
+            "at-2",
+            "the cookie's newer tokens are used as they are"
+        );
+        // A cookie older than this replica's refresh: renewed with it.
+        assert_eq!(
+            token_of(sign_in.authenticate(&request(session("at-0", 0)))),
+            "renewed"
+        );
     }
 
     #[test]
@@ -1584,7 +1838,15 @@ mod tests {
 
     #[test]
     fn return_targets_stay_on_this_origin() {
-        assert_eq!(local_target("/a/b?c=d"), Some("/a/b?c=d"));
+        assert_eq!(local_target("/a/b?c=d").as_deref(), Some("/a/b?c=d"));
+        // Decoded from `return_to`, beyond ASCII: encoded again, so that
+        // the redirect after sign-in has a `Location` to send.
+        assert_eq!(local_target("/café?q=ü").as_deref(), Some("/caf%C3%A9?q=%C3%BC"));
+        assert!(
+            palisade_core::adapter::Reply::redirect(local_target("/café").unwrap().into_owned())
+                .headers()
+                .any(|(n, v)| n == "location" && v.is_ascii())
+        );
         for bad in [
             "//evil.example/x",
             "/\\evil.example",
@@ -1593,7 +1855,7 @@ mod tests {
             "/a\r\nb",
             "",
         ] {
-            assert_eq!(local_target(bad), None, "{bad}");
+            assert_eq!(local_target(bad).as_deref(), None, "{bad}");
         }
     }
 

@@ -73,6 +73,12 @@ pub(crate) struct Session {
     /// The ID token (the `id_token_hint` of a logout).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) it: Option<String>,
+    /// How many times its tokens were refreshed: of two copies of one
+    /// session (this replica's last refresh, a cookie another replica
+    /// renewed since), the one refreshed more often holds the newer
+    /// tokens. Absent (0) in cookies of earlier releases.
+    #[serde(default, rename = "g", skip_serializing_if = "is_zero")]
+    pub(crate) generation: u32,
     /// The key the session is sealed with in the store, when it is kept
     /// there (from its cookie, never serialized): every write of the
     /// session uses it, so a cookie issued before a renewal still opens it.
@@ -80,7 +86,22 @@ pub(crate) struct Session {
     pub(crate) store_key: Option<Arc<str>>,
 }
 
+/// Whether a count is zero (left out of the cookie).
+#[allow(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's skip_serializing_if passes a reference"
+)]
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 impl Session {
+    /// Whether this copy's tokens are newer than `other`'s, a copy of the
+    /// same session: refreshed more often.
+    pub(crate) fn newer_than(&self, other: &Session) -> bool {
+        self.generation > other.generation
+    }
+
     /// When the user signed in, in seconds since the epoch (timeouts).
     pub(crate) fn created_secs(&self) -> u64 {
         self.created_ms / 1000
@@ -419,6 +440,7 @@ mod tests {
             at_exp: 2,
             rt: Some("refresh-secret".into()),
             it: None,
+            generation: 0,
             store_key: None,
         }
     }

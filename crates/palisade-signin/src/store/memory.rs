@@ -146,6 +146,11 @@ impl SessionStore for MemoryStore {
         lock(&self.inner.data).map.remove(id);
         Box::pin(std::future::ready(Ok(())))
     }
+
+    fn release(&self, key: &str) -> BoxFuture<Result<(), StoreError>> {
+        lock(&self.inner.used).map.remove(key);
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

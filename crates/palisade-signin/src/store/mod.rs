@@ -119,6 +119,21 @@ pub trait SessionStore: Send + Sync + 'static {
     ///
     /// [`StoreError::Unavailable`].
     fn remove(&self, id: &str) -> BoxFuture<Result<(), StoreError>>;
+
+    /// Forgets that `key` was used ([`use_once`](Self::use_once)), so
+    /// that it can be used once more: for a use whose effect could not be
+    /// recorded (a back-channel logout whose revocation the store could
+    /// not take), so that the sender's retry is not refused as a replay.
+    /// The default keeps the mark: such a retry is refused, as a store
+    /// without this method refused it before.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unavailable`].
+    fn release(&self, key: &str) -> BoxFuture<Result<(), StoreError>> {
+        let _ = key;
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
 
 /// The facts about a session that revocations match against.

@@ -456,6 +456,12 @@ impl SessionStore for RedisStore {
         cmd.arg(format!("{}{id}", self.handle.shared.keys.session));
         self.command(cmd)
     }
+
+    fn release(&self, key: &str) -> BoxFuture<Result<(), StoreError>> {
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(format!("{}{key}", self.handle.shared.keys.used));
+        self.command(cmd)
+    }
 }
 
 impl Shared {
