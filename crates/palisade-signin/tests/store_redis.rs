@@ -244,6 +244,11 @@ async fn use_once_succeeds_once_across_replicas() {
             a.use_once("jti-2", HOUR).await.unwrap(),
             "the mark outlived its ttl"
         );
+        // Released (a use whose effect could not be recorded): usable
+        // once more, from any replica, and then only once.
+        b.release("jti-1").await.unwrap();
+        assert!(a.use_once("jti-1", HOUR).await.unwrap(), "released");
+        assert!(!b.use_once("jti-1", HOUR).await.unwrap());
     })
     .await;
 }

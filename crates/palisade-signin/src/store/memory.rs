@@ -333,6 +333,10 @@ mod tests {
         std::thread::sleep(Duration::from_millis(700));
         assert!(block_on(store.use_once("jti-1", HOUR)).unwrap());
         assert!(!block_on(store.use_once("jti-2", HOUR)).unwrap());
+        // Released: usable once more.
+        block_on(store.release("jti-2")).unwrap();
+        assert!(block_on(store.use_once("jti-2", HOUR)).unwrap());
+        assert!(!block_on(store.use_once("jti-2", HOUR)).unwrap());
     }
 
     #[test]
