@@ -433,7 +433,8 @@ where
 {
     /// Calls `inner` once `check` is known and `admit` applied it to the
     /// request (now when it is ready, else in the future). Inlined into
-    /// each service's `call`.
+    /// [`Require`](crate::Require)'s `call`, and into [`Palisade`]'s for a
+    /// check that waits.
     #[inline]
     fn start<V: Send + 'static>(
         inner: &mut S,

@@ -853,7 +853,10 @@ impl SignIn {
             .await
             .map_err(|()| (502, "the session cannot be stored: try again later"))?;
         tracing::info!(target: LOG_TARGET, subject = %session.sub, "signed in");
-        Ok(with_cookies(Reply::redirect(state.return_to), cookies))
+        // Checked again: a login-state cookie of an earlier release may
+        // hold its target decoded.
+        let target = local_target(&state.return_to).map_or_else(|| "/".to_owned(), Cow::into_owned);
+        Ok(with_cookies(Reply::redirect(target), cookies))
     }
 
     /// Checks an ID token as OpenID Connect Core 3.1.3.7 says: signature,
@@ -1413,9 +1416,17 @@ impl SignIn {
         };
         if self.0.store.revoke(revocation).await.is_err() {
             // Not recorded for every replica: the token may be sent again
-            // (its `jti` released), rather than refused as a replay.
-            let _ = self.0.store.release(&used).await;
-            return Err("the logout cannot be recorded now: send it again");
+            // (its `jti` released) rather than be refused as a replay. A
+            // token naming only `sub` then ends the sessions begun before
+            // its second delivery: the safe side, as the issuer meant the
+            // user's sessions to end.
+            return Err(match self.0.store.release(&used).await {
+                Ok(()) => "the logout cannot be recorded now: send it again",
+                Err(e) => {
+                    tracing::warn!(target: LOG_TARGET, error = %e, "a logout token that could not be recorded cannot be released either: the issuer's retry will be refused as a replay");
+                    "the logout cannot be recorded now"
+                }
+            });
         }
         tracing::info!(target: LOG_TARGET, by_sid = sid.is_some(), "sessions ended by back-channel logout");
         Ok(())
@@ -1727,8 +1738,8 @@ mod tests {
         assert_eq!(a.identity.subject(), Some("alice"));
     }
 
-    #[test]
-    fn an_older_refresh_of_this_replica_never_replaces_a_cookies_newer_tokens() {
+    #[tokio::test]
+    async fn an_older_refresh_of_this_replica_never_replaces_a_cookies_newer_tokens() {
         let key = CookieKey::new("k1", &[1; 32]).unwrap();
         let sign_in = SignIn::builder("http://127.0.0.1:9", "shop")
             .keys(vec![key.clone()])
@@ -1772,6 +1783,19 @@ mod tests {
             Check::Ready(_) => panic!("the session is refused"),
             Check::Pending(_) => "renewed".to_owned(),
         };
+        let renewed_token = |check: Check<AuthOutcome>| async move {
+            let Check::Pending(renewal) = check else {
+                panic!("not renewed")
+            };
+            let AuthOutcome::Authenticated(a) = renewal.await else {
+                panic!("the renewal is refused")
+            };
+            a.attachments
+                .get::<palisade_core::authn::BearerToken>()
+                .unwrap()
+                .as_str()
+                .to_owned()
+        };
         // This replica refreshed the session once; another replica has
         // refreshed it again since, and the browser carries that cookie.
         sign_in.0.successors.insert(Arc::new(Live::new(
@@ -1788,6 +1812,10 @@ mod tests {
         assert_eq!(
             token_of(sign_in.authenticate(&request(session("at-0", 0)))),
             "renewed"
+        );
+        assert_eq!(
+            renewed_token(sign_in.authenticate(&request(session("at-0", 0)))).await,
+            "at-1"
         );
     }
 

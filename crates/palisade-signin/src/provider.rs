@@ -11,6 +11,10 @@ use tokio::sync::oneshot;
 use crate::LOG_TARGET;
 use crate::config::{ClientAuth, Config};
 
+/// The largest token-endpoint answer read (an ID token with many claims
+/// is a few KiB).
+const TOKEN_RESPONSE_LIMIT: usize = 256 * 1024;
+
 /// What the relying party needs from the issuer's discovery document.
 #[derive(Clone, Debug, Deserialize)]
 pub(crate) struct Metadata {
@@ -191,12 +195,19 @@ impl Issuer {
             .await
             .map_err(|e| TokenError::Unavailable(e.without_url().to_string()))?;
         let status = res.status();
-        let bytes = res
-            .bytes()
+        // Read up to the limit, not whole first: an issuer that sends
+        // without end fills no memory.
+        let mut res = res;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = res
+            .chunk()
             .await
-            .map_err(|e| TokenError::Unavailable(e.without_url().to_string()))?;
-        if bytes.len() > 256 * 1024 {
-            return Err(TokenError::Unavailable("the token response is too large".into()));
+            .map_err(|e| TokenError::Unavailable(e.without_url().to_string()))?
+        {
+            if bytes.len() + chunk.len() > TOKEN_RESPONSE_LIMIT {
+                return Err(TokenError::Unavailable("the token response is too large".into()));
+            }
+            bytes.extend_from_slice(&chunk);
         }
         if status.is_success() {
             return serde_json::from_slice(&bytes)
@@ -268,5 +279,41 @@ mod tests {
         assert_eq!(param(q, "state").as_deref(), Some("x y"));
         assert_eq!(param_count(q, "state"), 2);
         assert_eq!(param(q, "missing"), None);
+    }
+
+    #[tokio::test]
+    async fn a_token_response_without_end_is_read_to_the_limit_only() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}/token", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 4096];
+            let _ = conn.read(&mut request).await;
+            let head =
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+            conn.write_all(head.as_bytes()).await.unwrap();
+            let chunk = format!("10000\r\n{}\r\n", " ".repeat(0x10000));
+            // Until the client hangs up.
+            while conn.write_all(chunk.as_bytes()).await.is_ok() {}
+        });
+        let mut config = crate::SignIn::builder("http://127.0.0.1:9", "shop").config;
+        // The client's own timeout well after the test's: the limit, not
+        // the clock, ends the read.
+        config.timeout = Duration::from_secs(60);
+        let issuer = Issuer::start(&config).unwrap();
+        let answer = tokio::time::timeout(
+            Duration::from_secs(10),
+            issuer.token(&config, &endpoint, vec![("grant_type", "refresh_token".into())]),
+        )
+        .await
+        .expect("the answer came before the client's own timeout");
+        assert!(
+            matches!(&answer, Err(TokenError::Unavailable(e)) if e == "the token response is too large"),
+            "{:?}",
+            answer.err().map(|e| match e {
+                TokenError::Refused(e) | TokenError::Unavailable(e) => e,
+            })
+        );
     }
 }

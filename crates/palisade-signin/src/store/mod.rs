@@ -124,15 +124,15 @@ pub trait SessionStore: Send + Sync + 'static {
     /// that it can be used once more: for a use whose effect could not be
     /// recorded (a back-channel logout whose revocation the store could
     /// not take), so that the sender's retry is not refused as a replay.
-    /// The default keeps the mark: such a retry is refused, as a store
-    /// without this method refused it before.
     ///
     /// # Errors
     ///
-    /// [`StoreError::Unavailable`].
+    /// [`StoreError::Unavailable`] when the mark could not be removed. The
+    /// default removes nothing and answers so: a store without this method
+    /// keeps every mark, and the caller says the retry will be refused.
     fn release(&self, key: &str) -> BoxFuture<Result<(), StoreError>> {
         let _ = key;
-        Box::pin(std::future::ready(Ok(())))
+        Box::pin(std::future::ready(Err(StoreError::Unavailable)))
     }
 }
 
