@@ -1208,25 +1208,14 @@ impl SignIn {
     /// Ends a session here: forgotten by this process at once, recorded as
     /// ended in the store (for every replica) until its absolute timeout.
     async fn end(&self, s: &Session) -> Result<(), crate::store::StoreError> {
-        self.0.successors.remove(&s.id);
-        self.0.cache.remove_session(&s.id);
         let until = at(s.created_secs() + self.0.config.absolute_timeout.as_secs());
-        self.0
-            .store
-            .revoke(Revocation::Session {
-                id: s.id.clone(),
-                until,
-            })
-            .await
+        self.end_id(s.id.clone(), until).await
     }
 
-    /// Ends a session kept in the store whose data could not be read: by
-    /// its id, until the longest a session of this relying party can live
-    /// from now (its creation time is in the data).
-    async fn end_unread(&self, id: String) -> Result<(), crate::store::StoreError> {
+    /// [`end`](Self::end) for the session of this id, recorded until `until`.
+    async fn end_id(&self, id: String, until: std::time::SystemTime) -> Result<(), crate::store::StoreError> {
         self.0.successors.remove(&id);
         self.0.cache.remove_session(&id);
-        let until = at(now() + self.0.config.absolute_timeout.as_secs());
         self.0.store.revoke(Revocation::Session { id, until }).await
     }
 
@@ -1267,17 +1256,25 @@ impl SignIn {
             c.post_logout_redirect.clone()
         };
         let opened = value.as_deref().map(|v| self.open_session(v, secure));
-        // A session kept in the store names its id in the cookie: when the
-        // store cannot give the session back (unreachable, or the data
-        // gone), the logout still ends it by that id and at the issuer.
-        let stored = value.as_deref().and_then(|v| self.stored_id(v, secure));
+        let value = value.map(Cow::into_owned);
         let this = self.clone();
         let finish = move |live: Option<Arc<Live>>| async move {
             let metadata = this.0.issuer.metadata();
-            let ended = match (&live, stored) {
-                (Some(live), _) => this.end(&live.session).await,
-                (None, Some(id)) => this.end_unread(id).await,
-                (None, None) => return with_cookies(Reply::redirect(after), clear),
+            // A session kept in the store names its id in the cookie: when
+            // the store cannot give the session back (unreachable, or the
+            // data gone), the logout still ends it by that id (until the
+            // longest a session can live from now: its creation time is in
+            // the data) and at the issuer.
+            let stored = || value.as_deref().and_then(|v| this.stored_id(v, secure));
+            let ended = match &live {
+                Some(live) => this.end(&live.session).await,
+                None => match stored() {
+                    Some(id) => {
+                        let until = at(now() + this.0.config.absolute_timeout.as_secs());
+                        this.end_id(id, until).await
+                    }
+                    None => return with_cookies(Reply::redirect(after), clear),
+                },
             };
             if let Err(e) = ended {
                 tracing::error!(target: LOG_TARGET, error = %e, "a logged-out session cannot be recorded as ended: a saved copy of its cookie works until it times out");
@@ -1527,6 +1524,21 @@ mod tests {
         );
     }
 
+    /// The `name=value` pair of a plain-HTTP session cookie holding
+    /// `payload`, sealed with `key`.
+    fn session_cookie(key: CookieKey, payload: &Payload) -> String {
+        let sealer = CookieSealer::builder("palisade_session", vec![key])
+            .secure(false)
+            .build()
+            .unwrap();
+        let plaintext = serde_json::to_vec(payload).unwrap();
+        sealer.seal(&plaintext, None, 0).unwrap()[0]
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned()
+    }
+
     /// A memory store that fails as a shared one that is briefly
     /// unreachable does: its first revocation, or every read of session
     /// data.
@@ -1591,20 +1603,13 @@ mod tests {
             assert!(start.elapsed() < Duration::from_secs(10), "no discovery");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let reference = serde_json::to_vec(&Payload::Stored {
-            id: "stored-1".into(),
-            key: Some("not-read".into()),
-        })
-        .unwrap();
-        let sealer = CookieSealer::builder("palisade_session", vec![key])
-            .secure(false)
-            .build()
-            .unwrap();
-        let cookie = sealer.seal(&reference, None, 0).unwrap()[0]
-            .split(';')
-            .next()
-            .unwrap()
-            .to_owned();
+        let cookie = session_cookie(
+            key,
+            &Payload::Stored {
+                id: "stored-1".into(),
+                key: Some("not-read".into()),
+            },
+        );
         let logout = OwnedRequest::new("POST", "/logout")
             .header("host", "app.test")
             .header("sec-fetch-site", "same-origin")
@@ -1721,17 +1726,7 @@ mod tests {
             generation: 0,
             store_key: None,
         };
-        let plaintext = serde_json::to_vec(&Payload::Inline(session)).unwrap();
-        let sealer = CookieSealer::builder("palisade_session", vec![key])
-            .secure(false)
-            .build()
-            .unwrap();
-        let cookie = sealer.seal(&plaintext, None, 0).unwrap()[0]
-            .split(';')
-            .next()
-            .unwrap()
-            .to_owned();
-        let req = OwnedRequest::get("/page").header("cookie", cookie);
+        let req = OwnedRequest::get("/page").header("cookie", session_cookie(key, &Payload::Inline(session)));
         let Check::Ready(AuthOutcome::Authenticated(a)) = sign_in.authenticate(&req) else {
             panic!("the session is refused or answered later")
         };
@@ -1743,10 +1738,6 @@ mod tests {
         let key = CookieKey::new("k1", &[1; 32]).unwrap();
         let sign_in = SignIn::builder("http://127.0.0.1:9", "shop")
             .keys(vec![key.clone()])
-            .build()
-            .unwrap();
-        let sealer = CookieSealer::builder("palisade_session", vec![key])
-            .secure(false)
             .build()
             .unwrap();
         let t = now();
@@ -1765,13 +1756,7 @@ mod tests {
             store_key: None,
         };
         let request = |s: Session| {
-            let plaintext = serde_json::to_vec(&Payload::Inline(s)).unwrap();
-            let cookie = sealer.seal(&plaintext, None, 0).unwrap()[0]
-                .split(';')
-                .next()
-                .unwrap()
-                .to_owned();
-            OwnedRequest::get("/page").header("cookie", cookie)
+            OwnedRequest::get("/page").header("cookie", session_cookie(key.clone(), &Payload::Inline(s)))
         };
         let token_of = |check: Check<AuthOutcome>| match check {
             Check::Ready(AuthOutcome::Authenticated(a)) => a
