@@ -25,7 +25,6 @@ use std::cell::Cell;
 use std::fmt::Display;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
-use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -145,32 +144,21 @@ impl Run {
     }
 }
 
-/// A directory removed on drop.
-struct TempDir(PathBuf);
+/// A test's files (`palisade_testkit::TempDir`), written as text.
+struct TempDir(palisade_testkit::TempDir);
 
 impl TempDir {
     fn new(what: &str) -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let dir =
-            std::env::temp_dir().join(format!("palisade-browser-{what}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
+        TempDir(palisade_testkit::TempDir::new(&format!(
+            "palisade-browser-{what}"
+        )))
     }
 
     /// Writes `name` here and returns its path as text.
     fn write(&self, name: &str, content: &str) -> String {
-        let path = self.0.join(name);
+        let path = self.0.path().join(name);
         std::fs::write(&path, content).unwrap();
         path.to_str().unwrap().to_owned()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

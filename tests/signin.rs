@@ -17,7 +17,7 @@ use signin_common::*;
 
 struct Fixture {
     issuer: TestIssuer,
-    _dir: tempdir::Dir,
+    _dir: palisade_testkit::TempDir,
     key_file: String,
 }
 
@@ -38,8 +38,8 @@ fn fixture_with(lifetime: Duration, redirect_uris: &[&str]) -> Fixture {
     }
     let issuer = builder.start().unwrap();
     issuer.sign_in_as(Some("alice"));
-    let dir = tempdir::Dir::new();
-    let key_file = dir.0.join("session.key");
+    let dir = palisade_testkit::TempDir::new("palisade-signin");
+    let key_file = dir.path().join("session.key");
     std::fs::write(&key_file, format!("{KEY_HEX}\n")).unwrap();
     Fixture {
         issuer,
@@ -874,10 +874,10 @@ async fn a_client_authenticating_with_private_key_jwt_signs_in_and_refreshes_on_
     issuer.sign_in_as(Some("alice"));
     let pair = issuer.client_key_pair("productpage").unwrap();
     let (alg, pem) = (pair.algorithm, pair.private_key_pem);
-    let dir = tempdir::Dir::new();
-    let key_file = dir.0.join("session.key");
+    let dir = palisade_testkit::TempDir::new("palisade-signin");
+    let key_file = dir.path().join("session.key");
     std::fs::write(&key_file, format!("{KEY_HEX}\n")).unwrap();
-    let client_key = dir.0.join("client-key.pem");
+    let client_key = dir.path().join("client-key.pem");
     std::fs::write(&client_key, pem).unwrap();
     let with_key = |file: &std::path::Path| {
         policy(
@@ -904,7 +904,7 @@ async fn a_client_authenticating_with_private_key_jwt_signs_in_and_refreshes_on_
         .private_key_jwt_client("productpage")
         .start()
         .unwrap();
-    let stranger = dir.0.join("stranger.pem");
+    let stranger = dir.path().join("stranger.pem");
     let stranger_key = other.client_key_pair("productpage").unwrap().private_key_pem;
     std::fs::write(&stranger, stranger_key).unwrap();
     let yaml = with_key(&stranger);

@@ -36,7 +36,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -1221,28 +1221,6 @@ async fn log_out_at_provider(op_client: &reqwest::Client, op_jar: &mut Jar, issu
     assert!(matches!(done.status, 302 | 303), "{}", done.body);
 }
 
-/// A directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let path =
-            std::env::temp_dir().join(format!("palisade-signin-apache-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&path).unwrap();
-        Self(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Palisade's policy file: bearer tokens of the provider, sign-in with its
 /// `palisade-browser` client, and every path needs a user.
 fn palisade_policy(issuer: &str, dir: &Path) -> String {
@@ -1311,7 +1289,7 @@ async fn api(id: Option<Identity>) -> impl axum::response::IntoResponse {
 struct PalisadeApp {
     access: AccessLog,
     server: tokio::task::JoinHandle<()>,
-    _dir: TempDir,
+    _dir: palisade_testkit::TempDir,
 }
 
 impl Drop for PalisadeApp {
@@ -1322,10 +1300,10 @@ impl Drop for PalisadeApp {
 
 impl PalisadeApp {
     fn start(listener: TcpListener, issuer: &str) -> Self {
-        let dir = TempDir::new();
-        std::fs::write(dir.0.join("client-secret"), format!("{CLIENT_SECRET}\n")).unwrap();
-        std::fs::write(dir.0.join("session.key"), format!("{SESSION_KEY_HEX}\n")).unwrap();
-        let yaml = palisade_policy(issuer, &dir.0);
+        let dir = palisade_testkit::TempDir::new("palisade-signin-apache");
+        std::fs::write(dir.path().join("client-secret"), format!("{CLIENT_SECRET}\n")).unwrap();
+        std::fs::write(dir.path().join("session.key"), format!("{SESSION_KEY_HEX}\n")).unwrap();
+        let yaml = palisade_policy(issuer, dir.path());
         let set = PolicySet::from_yaml_str(&yaml, "signin-vs-mod-auth-openidc.yaml")
             .unwrap_or_else(|e| panic!("{e}"));
         let guard = palisade::guard_from_policy(&set, &Workload::new("productpage", "default"))

@@ -42,7 +42,7 @@ fn sets_session(set_cookie: &str) -> bool {
 struct Fixture {
     issuer: TestIssuer,
     yaml: String,
-    _dir: tempdir::Dir,
+    _dir: palisade_testkit::TempDir,
 }
 
 /// The issuer with `productpage` as a public client (PKCE alone) or a
@@ -60,11 +60,11 @@ fn fixture(confidential: bool, lifetime: Duration) -> Fixture {
     };
     let issuer = builder.start().unwrap();
     issuer.sign_in_as(Some("alice"));
-    let dir = tempdir::Dir::new();
-    let key_file = dir.0.join("session.key");
+    let dir = palisade_testkit::TempDir::new("palisade-signin");
+    let key_file = dir.path().join("session.key");
     std::fs::write(&key_file, format!("{KEY_HEX}\n")).unwrap();
     let extra = if confidential {
-        let secret_file = dir.0.join("client.secret");
+        let secret_file = dir.path().join("client.secret");
         std::fs::write(&secret_file, format!("{CLIENT_SECRET}\n")).unwrap();
         format!("  clientSecretFile: {}\n", secret_file.display())
     } else {

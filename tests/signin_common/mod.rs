@@ -134,30 +134,6 @@ pub(crate) fn urlencoding_decode(v: &str) -> String {
     String::from_utf8(out).unwrap()
 }
 
-pub(crate) mod tempdir {
-    /// A directory removed on drop.
-    pub(crate) struct Dir(pub(crate) std::path::PathBuf);
-    impl Dir {
-        pub(crate) fn new() -> Self {
-            let p = std::env::temp_dir().join(format!(
-                "palisade-signin-{}-{}",
-                std::process::id(),
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos()
-            ));
-            std::fs::create_dir_all(&p).unwrap();
-            Self(p)
-        }
-    }
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
 /// The policy file of the tests: bearer tokens and sign-in for
 /// `productpage`; every route but `/public` needs a user.
 pub(crate) fn policy(issuer: &palisade::testkit::TestIssuer, key_file: &str, extra: &str) -> String {

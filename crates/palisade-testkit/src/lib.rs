@@ -295,15 +295,63 @@ fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// A temporary directory for a test's files, removed with everything in
+/// it when dropped: `<prefix>-<pid>-<nanoseconds>-<n>` in the system's
+/// temporary directory, unique within the process however many tests
+/// start at once.
+///
+/// ```
+/// let dir = palisade_testkit::TempDir::new("palisade-doc");
+/// std::fs::write(dir.path().join("policy.yaml"), "")?;
+/// let path = dir.path().to_owned();
+/// drop(dir);
+/// assert!(!path.exists());
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    /// Creates the directory.
+    ///
+    /// # Panics
+    ///
+    /// When it cannot be created (a test cannot go on without it).
+    #[must_use]
+    pub fn new(prefix: &str) -> TempDir {
+        let dir = scratch_dir(prefix);
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            panic!("cannot create {}: {e}", dir.display());
+        }
+        TempDir(dir)
+    }
+
+    /// The directory's path.
+    #[must_use]
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A new, not yet created directory for a harness's files, named
-/// `<prefix>-<pid>-<nanoseconds>` in the system's temporary directory.
+/// `<prefix>-<pid>-<nanoseconds>-<n>` in the system's temporary directory,
+/// `n` counting this process's calls: tests started at once may read the
+/// same clock, and a harness removes its directory when it is dropped.
 fn scratch_dir(prefix: &str) -> std::path::PathBuf {
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     std::env::temp_dir().join(format!(
-        "{prefix}-{}-{}",
+        "{prefix}-{}-{}-{}",
         std::process::id(),
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos())
+            .map_or(0, |d| d.as_nanos()),
+        CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ))
 }
 

@@ -99,10 +99,19 @@ impl RedisServer {
     }
 
     /// The server's log, for assertion messages; empty when it wrote
-    /// nothing.
+    /// nothing, a line saying why when it cannot be read (a server that
+    /// cannot open its log exits at once, saying so only on its `stderr`).
     #[must_use]
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default()
+        let path = self.dir.join("redis.log");
+        match std::fs::read(&path) {
+            Ok(log) => String::from_utf8_lossy(&log).into_owned(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !self.dir.exists() => {
+                format!("(no log: the directory {} is gone)", self.dir.display())
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+            Err(e) => format!("(the log {} cannot be read: {e})", path.display()),
+        }
     }
 
     /// Stops the server gracefully (`SHUTDOWN NOSAVE`: clients see their
