@@ -144,12 +144,12 @@ impl Run {
     }
 }
 
-/// A test's files (`palisade_testkit::TempDir`), written as text.
-struct TempDir(palisade_testkit::TempDir);
+/// A test's files (`palisade::testkit::TempDir`), written as text.
+struct TempDir(palisade::testkit::TempDir);
 
 impl TempDir {
     fn new(what: &str) -> Self {
-        TempDir(palisade_testkit::TempDir::new(&format!(
+        TempDir(palisade::testkit::TempDir::new(&format!(
             "palisade-browser-{what}"
         )))
     }

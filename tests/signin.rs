@@ -17,7 +17,7 @@ use signin_common::*;
 
 struct Fixture {
     issuer: TestIssuer,
-    _dir: palisade_testkit::TempDir,
+    _dir: palisade::testkit::TempDir,
     key_file: String,
 }
 
@@ -38,7 +38,7 @@ fn fixture_with(lifetime: Duration, redirect_uris: &[&str]) -> Fixture {
     }
     let issuer = builder.start().unwrap();
     issuer.sign_in_as(Some("alice"));
-    let dir = palisade_testkit::TempDir::new("palisade-signin");
+    let dir = palisade::testkit::TempDir::new("palisade-signin");
     let key_file = dir.path().join("session.key");
     std::fs::write(&key_file, format!("{KEY_HEX}\n")).unwrap();
     Fixture {
@@ -874,7 +874,7 @@ async fn a_client_authenticating_with_private_key_jwt_signs_in_and_refreshes_on_
     issuer.sign_in_as(Some("alice"));
     let pair = issuer.client_key_pair("productpage").unwrap();
     let (alg, pem) = (pair.algorithm, pair.private_key_pem);
-    let dir = palisade_testkit::TempDir::new("palisade-signin");
+    let dir = palisade::testkit::TempDir::new("palisade-signin");
     let key_file = dir.path().join("session.key");
     std::fs::write(&key_file, format!("{KEY_HEX}\n")).unwrap();
     let client_key = dir.path().join("client-key.pem");

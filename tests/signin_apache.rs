@@ -1289,7 +1289,7 @@ async fn api(id: Option<Identity>) -> impl axum::response::IntoResponse {
 struct PalisadeApp {
     access: AccessLog,
     server: tokio::task::JoinHandle<()>,
-    _dir: palisade_testkit::TempDir,
+    _dir: palisade::testkit::TempDir,
 }
 
 impl Drop for PalisadeApp {
@@ -1300,7 +1300,7 @@ impl Drop for PalisadeApp {
 
 impl PalisadeApp {
     fn start(listener: TcpListener, issuer: &str) -> Self {
-        let dir = palisade_testkit::TempDir::new("palisade-signin-apache");
+        let dir = palisade::testkit::TempDir::new("palisade-signin-apache");
         std::fs::write(dir.path().join("client-secret"), format!("{CLIENT_SECRET}\n")).unwrap();
         std::fs::write(dir.path().join("session.key"), format!("{SESSION_KEY_HEX}\n")).unwrap();
         let yaml = palisade_policy(issuer, dir.path());

@@ -42,7 +42,7 @@ fn sets_session(set_cookie: &str) -> bool {
 struct Fixture {
     issuer: TestIssuer,
     yaml: String,
-    _dir: palisade_testkit::TempDir,
+    _dir: palisade::testkit::TempDir,
 }
 
 /// The issuer with `productpage` as a public client (PKCE alone) or a
@@ -60,7 +60,7 @@ fn fixture(confidential: bool, lifetime: Duration) -> Fixture {
     };
     let issuer = builder.start().unwrap();
     issuer.sign_in_as(Some("alice"));
-    let dir = palisade_testkit::TempDir::new("palisade-signin");
+    let dir = palisade::testkit::TempDir::new("palisade-signin");
     let key_file = dir.path().join("session.key");
     std::fs::write(&key_file, format!("{KEY_HEX}\n")).unwrap();
     let extra = if confidential {

@@ -320,7 +320,8 @@ impl TempDir {
     #[must_use]
     pub fn new(prefix: &str) -> TempDir {
         let dir = scratch_dir(prefix);
-        if let Err(e) = std::fs::create_dir_all(&dir) {
+        // `create_dir`, not `_all`: a name already taken fails loudly.
+        if let Err(e) = std::fs::create_dir(&dir) {
             panic!("cannot create {}: {e}", dir.display());
         }
         TempDir(dir)

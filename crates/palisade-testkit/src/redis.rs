@@ -99,8 +99,9 @@ impl RedisServer {
     }
 
     /// The server's log, for assertion messages; empty when it wrote
-    /// nothing, a line saying why when it cannot be read (a server that
-    /// cannot open its log exits at once, saying so only on its `stderr`).
+    /// nothing, a line saying why when it cannot be read. (A server that
+    /// cannot use its directory or log exits at once and says so on its
+    /// standard error, which the start-up error shows.)
     #[must_use]
     pub fn log(&self) -> String {
         let path = self.dir.join("redis.log");
@@ -218,7 +219,9 @@ impl RedisServer {
             .args(["--daemonize", "no", "--databases", "16"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            // Empty while the log can be written; read if the server exits
+            // at start (it says there that it cannot use its directory or log).
+            .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| io::Error::new(e.kind(), format!("running {}: {e}", self.binary.display())))?;
         self.child = Some(child);
@@ -234,11 +237,16 @@ impl RedisServer {
             if let Some(child) = self.child.as_mut()
                 && let Some(status) = child.try_wait()?
             {
+                let mut stderr = String::new();
+                if let Some(mut pipe) = child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+                }
                 self.child = None;
                 return Err(io::Error::other(format!(
-                    "redis-server exited ({status}) before answering PING on port {}:\n{}",
+                    "redis-server exited ({status}) before answering PING on port {}:\n{}{}",
                     self.port,
-                    self.log()
+                    self.log(),
+                    stderr.trim_end()
                 )));
             }
             if Instant::now() >= deadline {
@@ -323,6 +331,18 @@ mod tests {
         drop(server);
         assert!(!dir.exists());
         assert!(command(port, &["PING"]).is_err(), "still listening after drop");
+    }
+
+    #[test]
+    fn a_restart_without_its_directory_says_so_with_the_servers_own_words() {
+        let mut server = RedisServer::start().unwrap();
+        server.stop().unwrap();
+        std::fs::remove_dir_all(server.dir()).unwrap();
+        let err = server.restart().unwrap_err().to_string();
+        assert!(err.contains("exited"), "{err}");
+        assert!(err.contains("is gone"), "{err}");
+        assert!(err.contains("FATAL CONFIG FILE ERROR"), "{err}");
+        assert!(!server.is_running());
     }
 
     #[test]
