@@ -23,6 +23,17 @@
 # CONNECTIONS (16) of wrk, SERVER_CPUS (0), WRK_CPUS (1); PIN=0 leaves the
 # servers and wrk unpinned, sharing every CPU (wrk's own defaults are
 # THREADS=2 CONNECTIONS=10).
+#
+# TOGETHER=1 measures the two instances at the same time instead of in turn:
+# both servers on SERVER_CPUS, one wrk against each on WRK_CPUS, started
+# together. The servers then split one CPU, so their rates stand in the
+# ratio of their costs per request, and a guest that slows down or speeds up
+# during a round does so for both (in turn, a change of pace between the two
+# halves of a round goes straight into its ratio). Each server's CPU time
+# (user and system, from /proc) over the round, divided by its requests, is
+# printed too. CONTROL=1 (with TOGETHER=1) starts the "with Palisade"
+# instance with --no-guard as well: two identical servers, whose ratio is
+# the method's own error (it should come out 1.000 within its spread).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -49,42 +60,139 @@ rps() {
   awk '/^Requests\/sec:/ {print $2}' <<<"$wrk_out"
 }
 
+together=${TOGETHER:-0}
+if [ "${CONTROL:-0}" != 0 ] && [ "$together" = 0 ]; then
+  echo "error: CONTROL=1 is a check of TOGETHER=1's method: set both" >&2
+  exit 1
+fi
+if [ "$together" != 0 ] && [ ${#launcher[@]} -eq 0 ]; then
+  echo "error: TOGETHER=1 needs the servers pinned to one CPU (taskset, two or more CPUs, PIN not 0)" >&2
+  exit 1
+fi
+
+# cpu_ticks PID: the process's user and system CPU time so far, in clock
+# ticks (/proc/PID/stat, fields 14 and 15, counted after the command name).
+cpu_ticks() {
+  sed -E 's/^.*\) //' "/proc/$1/stat" | awk '{print $12 + $13}'
+}
+
+# pair GUARDED-URL OPEN-URL first|second [SECONDS]: one round of both at
+# once (TOGETHER=1), the guarded instance's wrk started first or second; sets
+# $g and $o (requests/s) and $cg and $co (server CPU per request, µs).
+pair() {
+  local tg0 to0 tg1 to1 hz
+  hz=$(getconf CLK_TCK)
+  tg0=$(cpu_ticks "$guarded_pid"); to0=$(cpu_ticks "$open_pid")
+  local wg wo
+  if [ "$3" = first ]; then
+    run_wrk_bg "$1" "$work/g.wrk" "${4:-$duration}" & wg=$!
+    run_wrk_bg "$2" "$work/o.wrk" "${4:-$duration}" & wo=$!
+  else
+    run_wrk_bg "$2" "$work/o.wrk" "${4:-$duration}" & wo=$!
+    run_wrk_bg "$1" "$work/g.wrk" "${4:-$duration}" & wg=$!
+  fi
+  wait "$wg" || exit 1
+  wait "$wo" || exit 1
+  tg1=$(cpu_ticks "$guarded_pid"); to1=$(cpu_ticks "$open_pid")
+  g=$(awk '/^Requests\/sec:/ {print $2}' "$work/g.wrk")
+  o=$(awk '/^Requests\/sec:/ {print $2}' "$work/o.wrk")
+  cg=$(awk -v t=$((tg1 - tg0)) -v hz="$hz" '/ requests in / {printf "%.2f", 1e6 * t / hz / $1}' "$work/g.wrk")
+  co=$(awk -v t=$((to1 - to0)) -v hz="$hz" '/ requests in / {printf "%.2f", 1e6 * t / hz / $1}' "$work/o.wrk")
+}
+
+# run_wrk_bg URL FILE SECONDS: run_wrk, its output into FILE (for a run in
+# the background).
+run_wrk_bg() {
+  run_wrk "$1" "$3" -t"$threads" -c"$connections"
+  printf '%s\n' "$wrk_out" >"$2"
+}
+
+# start_pair SERVICE guarded|open: starts the two instances, the one named
+# first (the guarded one started with --no-guard too under CONTROL=1); sets
+# $guarded, $open, their pids and $token, and checks that they differ as
+# intended.
+start_pair() {
+  local svc=$1 guard_args=()
+  [ "${CONTROL:-0}" = 0 ] || guard_args=(--no-guard)
+  if [ "$2" = guarded ]; then
+    start "$svc" "$work/$svc-guarded.out" "${guard_args[@]}"
+    guarded=$addr guarded_pid=$pid
+    start "$svc" "$work/$svc-open.out" --no-guard
+    open=$addr open_pid=$pid
+  else
+    start "$svc" "$work/$svc-open.out" --no-guard
+    open=$addr open_pid=$pid
+    start "$svc" "$work/$svc-guarded.out" "${guard_args[@]}"
+    guarded=$addr guarded_pid=$pid
+  fi
+  # Under CONTROL=1 the first instance still prints the demo issuer's token
+  # command; the token only fills wrk's header there.
+  token_url_of "$work/$svc-guarded.out"
+  fetch_token
+  [ "${CONTROL:-0}" != 0 ] || check_pair "$svc" "$guarded" "$open"
+}
+
 summary=()
 for svc in "${services[@]}"; do
   say "$svc (${framework[$svc]}): $rounds rounds of ${duration} s, wrk -t$threads -c$connections${launcher:+, servers: ${launcher[*]}, wrk: ${wrk_launcher[*]}}"
-  start "$svc" "$work/$svc-guarded.out"
-  guarded=$addr
-  start "$svc" "$work/$svc-open.out" --no-guard
-  open=$addr
-  token_url_of "$work/$svc-guarded.out"
-  fetch_token
-  check_pair "$svc" "$guarded" "$open"
-
-  rps "http://$guarded/list" 2 >/dev/null # warm-up
-  rps "http://$open/list" 2 >/dev/null
-  sum_g=0 sum_o=0
-  printf '%-6s %22s %22s %8s\n' round "with Palisade (req/s)" "without (req/s)" ratio
+  if [ "$together" = 0 ]; then
+    start_pair "$svc" guarded
+    rps "http://$guarded/list" 2 >/dev/null # warm-up
+    rps "http://$open/list" 2 >/dev/null
+  fi
+  sum_g=0 sum_o=0 sum_cg=0 sum_co=0 ratios=()
+  if [ "$together" != 0 ]; then
+    printf '%-6s %22s %22s %8s %24s\n' round "with Palisade (req/s)" "without (req/s)" ratio "CPU µs/request with, without"
+  else
+    printf '%-6s %22s %22s %8s\n' round "with Palisade (req/s)" "without (req/s)" ratio
+  fi
   for r in $(seq 1 "$rounds"); do
-    fetch_token
-    if [ $((r % 2)) -eq 1 ]; then
-      g=$(rps "http://$guarded/list"); o=$(rps "http://$open/list")
+    if [ "$together" != 0 ]; then
+      # A new pair of processes every round, the order of their starts and
+      # of their wrk runs alternating: one process's layout in memory can
+      # make it a few per cent faster or slower than an identical one for
+      # its whole life (CONTROL=1 shows it), so no pair is measured twice.
+      order=$([ $((r % 2)) -eq 1 ] && echo first || echo second)
+      stop_all
+      start_pair "$svc" "$([ "$order" = first ] && echo guarded || echo open)"
+      pair "http://$guarded/list" "http://$open/list" "$order" 2 # warm-up
+      pair "http://$guarded/list" "http://$open/list" "$order"
+      sum_cg=$(awk -v a="$sum_cg" -v b="$cg" 'BEGIN {print a + b}')
+      sum_co=$(awk -v a="$sum_co" -v b="$co" 'BEGIN {print a + b}')
     else
-      o=$(rps "http://$open/list"); g=$(rps "http://$guarded/list")
+      fetch_token
+      if [ $((r % 2)) -eq 1 ]; then
+        g=$(rps "http://$guarded/list"); o=$(rps "http://$open/list")
+      else
+        o=$(rps "http://$open/list"); g=$(rps "http://$guarded/list")
+      fi
     fi
     sum_g=$(awk -v a="$sum_g" -v b="$g" 'BEGIN {print a + b}')
     sum_o=$(awk -v a="$sum_o" -v b="$o" 'BEGIN {print a + b}')
-    printf '%-6s %22.0f %22.0f %8.3f\n' "$r" "$g" "$o" "$(awk -v a="$g" -v b="$o" 'BEGIN {print a / b}')"
+    ratios+=("$(awk -v a="$g" -v b="$o" 'BEGIN {printf "%.3f", a / b}')")
+    if [ "$together" != 0 ]; then
+      printf '%-6s %22.0f %22.0f %8s %24s\n' "$r" "$g" "$o" "${ratios[-1]}" "$cg, $co"
+    else
+      printf '%-6s %22.0f %22.0f %8s\n' "$r" "$g" "$o" "${ratios[-1]}"
+    fi
   done
   ratio=$(awk -v a="$sum_g" -v b="$sum_o" 'BEGIN {printf "%.3f", a / b}')
   printf '%-6s %22.0f %22.0f %8s\n' mean "$(awk -v a="$sum_g" -v n="$rounds" 'BEGIN {print a / n}')" \
     "$(awk -v a="$sum_o" -v n="$rounds" 'BEGIN {print a / n}')" "$ratio"
-  summary+=("$svc (${framework[$svc]}): with / without Palisade = $ratio (ratio of sums; the bar is 0.97)")
-  # With the server on one CPU and wrk keeping it busy, a request's cost in
-  # server CPU is the inverse of the rate: the difference is what Palisade
-  # adds, the kernel's share included. Unpinned, the rate says nothing of it.
-  [ ${#launcher[@]} -eq 0 ] ||
+  spread=$(printf '%s\n' "${ratios[@]}" | sort -n | awk '{v[NR] = $1} END {printf "median %.3f, rounds %.3f to %.3f", (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2), v[1], v[NR]}')
+  summary+=("$svc (${framework[$svc]}): with / without Palisade = $ratio (ratio of sums; $spread; the bar is 0.97)")
+  if [ "$together" != 0 ]; then
+    # Both servers shared one CPU: their CPU per request, read from /proc,
+    # is what each request cost, the kernel's share included.
+    summary+=("$(awk -v g="$sum_cg" -v o="$sum_co" -v n="$rounds" \
+      'BEGIN {printf "  server CPU per request (from /proc): %.2f µs with, %.2f µs without, %.2f µs added; without / with = %.3f", g / n, o / n, (g - o) / n, o / g}')")
+  elif [ ${#launcher[@]} -ne 0 ]; then
+    # With the server on one CPU and wrk keeping it busy, a request's cost in
+    # server CPU is the inverse of the rate: the difference is what Palisade
+    # adds, the kernel's share included. Unpinned, the rate says nothing of it.
     summary+=("  server CPU per request: $(awk -v g="$sum_g" -v o="$sum_o" -v n="$rounds" \
       'BEGIN {printf "%.2f µs with, %.2f µs without, %.2f µs added", 1e6 * n / g, 1e6 * n / o, 1e6 * n / g - 1e6 * n / o}')")
+  fi
 
   stop_all
 done
