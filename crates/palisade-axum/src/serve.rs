@@ -46,7 +46,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use bytes::Bytes;
-use http::{Request, Response, Version};
+use http::{Extensions, Request, Response, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -231,11 +231,12 @@ where
 {
     let activity = Arc::new(Activity::new());
     let io = Deadlines::new(io, activity.clone(), limits);
+    let extensions = request_extensions(info);
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let in_flight = InFlight::enter(&activity, req.version());
         let mut req = req.map(Body::new);
-        // Per request: one Arc clone. The handshake's facts were read once.
-        req.extensions_mut().insert(info.clone());
+        // The handshake's facts were read once.
+        with_connection(&mut req, &extensions);
         let response = service.clone().oneshot(req);
         async move {
             let res = response.await?;
@@ -253,6 +254,36 @@ where
         .keep_alive_timeout(H2_KEEP_ALIVE)
         .max_concurrent_streams(H2_MAX_STREAMS);
     http.serve_connection(TokioIo::new(io), svc).into_owned()
+}
+
+/// The extensions each request of a connection starts with: the
+/// connection's facts (one `Arc`) in a table with room for seven, so that
+/// the three or four that come after them (the guard's `RequestAuth`,
+/// axum's `MatchedPath`, `OriginalUri` and path parameters, an
+/// application's own) do not grow it. Inserted one by one into an empty
+/// table, the fourth would: a second allocation, a rehash and a free in
+/// every request. A clone keeps the table's size, and a removal does not
+/// shrink it; if either stopped being so, only this saving would go.
+fn request_extensions(info: Arc<ConnectionInfo>) -> Extensions {
+    #[derive(Clone, Copy)]
+    struct Room<const N: u8>;
+    let mut ext = Extensions::new();
+    ext.insert(info);
+    ext.insert(Room::<1>);
+    ext.insert(Room::<2>);
+    ext.insert(Room::<3>);
+    ext.remove::<Room<1>>();
+    ext.remove::<Room<2>>();
+    ext.remove::<Room<3>>();
+    ext
+}
+
+/// Gives `req` a copy of its connection's extensions, keeping whatever
+/// hyper put in (an upgrade's handle).
+fn with_connection(req: &mut Request<Body>, connection: &Extensions) {
+    let mut ext = connection.clone();
+    ext.extend(std::mem::take(req.extensions_mut()));
+    *req.extensions_mut() = ext;
 }
 
 /// What the requests of one connection tell its reads: how many are in
@@ -553,6 +584,25 @@ mod tests {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     use super::*;
+
+    #[derive(Clone)]
+    struct Ext<const N: u8>;
+
+    #[test]
+    fn a_request_carries_its_connections_facts_and_hypers_extensions() {
+        let info = Arc::new(ConnectionInfo::default());
+        let template = request_extensions(info.clone());
+        let mut req = Request::new(Body::empty());
+        req.extensions_mut().insert(Ext::<9>);
+        with_connection(&mut req, &template);
+        assert!(Arc::ptr_eq(
+            req.extensions().get::<Arc<ConnectionInfo>>().unwrap(),
+            &info
+        ));
+        assert!(req.extensions().get::<Ext<9>>().is_some());
+        // The markers that made room are gone.
+        assert_eq!(req.extensions().len(), 2);
+    }
 
     /// A router served with 1 s for a head, 2 s of idleness and 100-byte
     /// bodies; its address.
