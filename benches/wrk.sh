@@ -6,39 +6,45 @@
 #
 # For each service: two instances of the release binary in demo mode on
 # loopback (ports chosen by the system), one guarded, one started with
-# --no-guard; one token from the guarded one's embedded issuer; then wrk
-# against each in turn, ROUNDS rounds of DURATION seconds, the order of the
-# two alternating between rounds, every request `GET /list` with the same
-# `Authorization: Bearer` header (the unguarded instance ignores it). The
-# ratio is the sum of the guarded rounds' requests/s over the sum of the
-# unguarded ones'. With two or more CPUs and taskset, the servers run on
-# SERVER_CPUS and wrk on WRK_CPUS; the summary then also gives each
-# instance's server CPU per request (the inverse of its mean rate, as wrk
-# keeps the one server CPU busy) and what Palisade adds to it.
+# --no-guard; a token from the guarded one's embedded issuer; every request
+# `GET /list` with the same `Authorization: Bearer` header (the unguarded
+# instance ignores it), ROUNDS rounds of DURATION seconds. The ratio is the
+# sum of the guarded rounds' requests/s over the sum of the unguarded ones';
+# the median and range of the rounds' ratios are printed too.
+#
+# With two or more CPUs and taskset (the default), both servers run on
+# SERVER_CPUS and are measured at the same time: one wrk against each on
+# WRK_CPUS, started together. The servers split one CPU, so their rates
+# stand in the ratio of their costs per request, and a guest that slows down
+# or speeds up during a round does so for both. Every round starts a new
+# pair of processes (one process's layout in memory can make it a few per
+# cent faster or slower than an identical one for its whole life), in
+# alternating order, and warms both up for 2 s. Each server's CPU time
+# (user and system, from /proc) over the round, divided by its requests, is
+# printed too, and what Palisade adds to it.
+#
+# TOGETHER=0 measures in turn instead (the method before 2026-12-04): one
+# pair for the run, wrk against each instance alone, the order alternating
+# between rounds; a change of the guest's pace between the two halves of a
+# round goes straight into its ratio. Pinned, the server CPU per request is
+# then the inverse of each mean rate. PIN=0 leaves the servers and wrk
+# unpinned, sharing every CPU, and implies TOGETHER=0.
+#
+# CONTROL=1 starts the "with Palisade" instance with --no-guard as well:
+# two identical servers measured at once, whose ratio is the method's own
+# error (1.000 within its spread).
 #
 #   benches/wrk.sh                         # both services
-#   ROUNDS=10 DURATION=10 benches/wrk.sh reviews
+#   ROUNDS=20 DURATION=10 benches/wrk.sh reviews
 #
-# Settings (environment): ROUNDS (5), DURATION seconds (5), THREADS (1) and
-# CONNECTIONS (16) of wrk, SERVER_CPUS (0), WRK_CPUS (1); PIN=0 leaves the
-# servers and wrk unpinned, sharing every CPU (wrk's own defaults are
-# THREADS=2 CONNECTIONS=10).
-#
-# TOGETHER=1 measures the two instances at the same time instead of in turn:
-# both servers on SERVER_CPUS, one wrk against each on WRK_CPUS, started
-# together. The servers then split one CPU, so their rates stand in the
-# ratio of their costs per request, and a guest that slows down or speeds up
-# during a round does so for both (in turn, a change of pace between the two
-# halves of a round goes straight into its ratio). Each server's CPU time
-# (user and system, from /proc) over the round, divided by its requests, is
-# printed too. CONTROL=1 (with TOGETHER=1) starts the "with Palisade"
-# instance with --no-guard as well: two identical servers, whose ratio is
-# the method's own error (it should come out 1.000 within its spread).
+# Settings (environment): ROUNDS (10), DURATION seconds (5), THREADS (1) and
+# CONNECTIONS (16) of each wrk, SERVER_CPUS (0), WRK_CPUS (1), TOGETHER,
+# PIN, CONTROL (wrk's own defaults are THREADS=2 CONNECTIONS=10).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
-rounds=${ROUNDS:-5}
+rounds=${ROUNDS:-10}
 duration=${DURATION:-5}
 threads=${THREADS:-1}
 connections=${CONNECTIONS:-16}
@@ -60,9 +66,9 @@ rps() {
   awk '/^Requests\/sec:/ {print $2}' <<<"$wrk_out"
 }
 
-together=${TOGETHER:-0}
+together=${TOGETHER:-$([ ${#launcher[@]} -gt 0 ] && echo 1 || echo 0)}
 if [ "${CONTROL:-0}" != 0 ] && [ "$together" = 0 ]; then
-  echo "error: CONTROL=1 is a check of TOGETHER=1's method: set both" >&2
+  echo "error: CONTROL=1 checks the method that measures both instances at once: it needs TOGETHER=1" >&2
   exit 1
 fi
 if [ "$together" != 0 ] && [ ${#launcher[@]} -eq 0 ]; then
@@ -134,7 +140,7 @@ start_pair() {
 
 summary=()
 for svc in "${services[@]}"; do
-  say "$svc (${framework[$svc]}): $rounds rounds of ${duration} s, wrk -t$threads -c$connections${launcher:+, servers: ${launcher[*]}, wrk: ${wrk_launcher[*]}}"
+  say "$svc (${framework[$svc]}): $rounds rounds of ${duration} s, the two instances $([ "$together" != 0 ] && echo "at once" || echo "in turn")${CONTROL:+ (CONTROL=$CONTROL)}, wrk -t$threads -c$connections${launcher:+, servers: ${launcher[*]}, wrk: ${wrk_launcher[*]}}"
   if [ "$together" = 0 ]; then
     start_pair "$svc" guarded
     rps "http://$guarded/list" 2 >/dev/null # warm-up
