@@ -21,7 +21,8 @@
 # cent faster or slower than an identical one for its whole life), in
 # alternating order, and warms both up for 2 s. Each server's CPU time
 # (user and system, from /proc) over the round, divided by its requests, is
-# printed too, and what Palisade adds to it.
+# printed too, and what Palisade adds to it, and the mean of the rounds'
+# ratios with a 95 % confidence interval: above, below or across 0.97.
 #
 # TOGETHER=0 measures in turn instead (the method before 2026-12-04): one
 # pair for the run, wrk against each instance alone, the order alternating
@@ -113,6 +114,26 @@ run_wrk_bg() {
   printf '%s\n' "$wrk_out" >"$2"
 }
 
+# verdict BAR: reads one ratio per line (the rounds'); prints their mean
+# with a 95 % confidence interval (Student's t, the rounds taken as
+# independent) and whether the interval lies above BAR, below it, or
+# across it.
+verdict() {
+  awk -v bar="$1" '
+    { x[NR] = $1; sum += $1 }
+    END {
+      n = NR; mean = sum / n
+      if (n < 2) { printf "mean of rounds %.3f (one round: no interval)", mean; exit }
+      for (i = 1; i <= n; i++) ss += (x[i] - mean) ^ 2
+      # t(0.975, n - 1) for 1 to 30 degrees of freedom; 2.0 beyond.
+      split("12.706 4.303 3.182 2.776 2.571 2.447 2.365 2.306 2.262 2.228 2.201 2.179 2.160 2.145 2.131 2.120 2.110 2.101 2.093 2.086 2.080 2.074 2.069 2.064 2.060 2.056 2.052 2.048 2.045 2.042", t, " ")
+      half = (n - 1 <= 30 ? t[n - 1] : 2.0) * sqrt(ss / (n - 1) / n)
+      lo = mean - half; hi = mean + half
+      side = lo >= bar ? "above the bar" : hi < bar ? "below the bar" : "across the bar: inconclusive, run more rounds"
+      printf "mean of rounds %.3f, 95 %% interval %.3f to %.3f: %s (%s)", mean, lo, hi, side, bar
+    }'
+}
+
 # start_pair SERVICE guarded|open: starts the two instances, the one named
 # first (the guarded one started with --no-guard too under CONTROL=1); sets
 # $guarded, $open, their pids and $token, and checks that they differ as
@@ -187,6 +208,10 @@ for svc in "${services[@]}"; do
     "$(awk -v a="$sum_o" -v n="$rounds" 'BEGIN {print a / n}')" "$ratio"
   spread=$(printf '%s\n' "${ratios[@]}" | sort -n | awk '{v[NR] = $1} END {printf "median %.3f, rounds %.3f to %.3f", (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2), v[1], v[NR]}')
   summary+=("$svc (${framework[$svc]}): with / without Palisade = $ratio (ratio of sums; $spread; the bar is 0.97)")
+  # In turn, a change of the guest's pace lands on one side of a round:
+  # the rounds' errors are then neither independent nor centred, and an
+  # interval would claim what the run cannot show.
+  [ "$together" = 0 ] || summary+=("  $(printf '%s\n' "${ratios[@]}" | verdict 0.97)")
   if [ "$together" != 0 ]; then
     # Both servers shared one CPU: their CPU per request, read from /proc,
     # is what each request cost, the kernel's share included.
