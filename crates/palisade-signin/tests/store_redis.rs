@@ -323,6 +323,21 @@ async fn an_outage_fails_closed_quickly_and_recovery_keeps_earlier_revocations()
         // The restarted Redis lost its data; the replicas did not forget.
         assert!(a.is_revoked(&before_outage).unwrap());
         assert!(b.is_revoked(&before_outage).unwrap());
+        // The revocation Redis could not record during the outage: honoured
+        // by its replica all along, written once Redis answered, and so
+        // learnt by the other.
+        let during = session("during", "alice", None, now);
+        assert!(a.is_revoked(&during).unwrap());
+        assert!(
+            eventually(Duration::from_secs(2), || b.is_revoked(&during).unwrap())
+                .await
+                .is_some(),
+            "the other replica never learnt the revocation made during the outage"
+        );
+        assert!(
+            replica(&server).await.is_revoked(&during).unwrap(),
+            "not in Redis"
+        );
         assert!(a.use_once("jti", HOUR).await.unwrap());
         let after = session("after", "alice", None, now);
         b.revoke(Revocation::Session {
@@ -338,13 +353,17 @@ async fn an_outage_fails_closed_quickly_and_recovery_keeps_earlier_revocations()
         );
 
         // One warn line when each mirror went stale, one info line when it
-        // came back; no session id in either.
+        // came back, one when the late revocation was written; no session
+        // id in any.
         let url = server.url();
-        eventually(Duration::from_secs(1), || lines(" INFO ", &url).len() == 2).await;
+        eventually(Duration::from_secs(1), || lines(" INFO ", &url).len() == 3).await;
         let (warns, infos) = (lines(" WARN ", &url), lines(" INFO ", &url));
         assert_eq!(warns.len(), 2, "{warns:#?}");
-        assert_eq!(infos.len(), 2, "{infos:#?}");
+        assert_eq!(infos.len(), 3, "{infos:#?}");
         assert!(warns[0].contains("revocations not synced"), "{warns:#?}");
+        let written: Vec<_> = infos.iter().filter(|l| l.contains("written now")).collect();
+        assert_eq!(written.len(), 1, "{infos:#?}");
+        assert!(written[0].contains("count=1"), "{written:#?}");
         for line in warns.iter().chain(&infos).chain(&lines("DEBUG", &url)) {
             assert!(!line.contains("before") && !line.contains("during"), "{line}");
         }

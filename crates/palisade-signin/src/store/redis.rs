@@ -20,6 +20,16 @@
 //! after such a loss do not know it. Run Redis with persistence (AOF) when
 //! that matters.
 //!
+//! A revocation that Redis cannot record (an outage, a timeout) is still
+//! honoured by the replica that made it, and kept: the mirror writes it
+//! the next time Redis answers (after a read of the stream or a
+//! reconnection), so the other replicas learn it then. [`SessionStore::revoke`]
+//! answers [`StoreError::Unavailable`] meanwhile, as it did. A replica
+//! keeps at most 10 000 such revocations; one `info` line says how many
+//! were written late, one `warn` line when one could not be kept. They
+//! live in that replica's memory only: a replica that stops first loses
+//! them.
+//!
 //! Each `XREAD` returns at least every quarter of `max_staleness`, so a
 //! replica knows when it last heard from Redis. When that was longer ago
 //! than `max_staleness` (5 s by default), [`SessionStore::is_revoked`]
@@ -69,6 +79,8 @@ const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// How often the mirror forgets expired revocations.
 const PURGE_EVERY: Duration = Duration::from_secs(60);
+/// At most this many revocations wait to be written after a failure.
+const MAX_UNRECORDED: usize = 10_000;
 
 /// The store shared between replicas through Redis; see the module docs.
 ///
@@ -121,6 +133,8 @@ struct Shared {
     /// Whether the warning that the mirror is stale was logged and its
     /// recovery not yet.
     stale_logged: AtomicBool,
+    /// Revocations Redis did not record, written when it next answers.
+    unrecorded: Mutex<Vec<Revocation>>,
 }
 
 struct Keys {
@@ -325,6 +339,7 @@ impl RedisStoreBuilder {
             synced: AtomicU64::new(0),
             epoch: Instant::now(),
             stale_logged: AtomicBool::new(false),
+            unrecorded: Mutex::new(Vec::new()),
         });
         let handle = Handle {
             shared: shared.clone(),
@@ -379,37 +394,14 @@ impl SessionStore for RedisStore {
             if revocation.until() <= now {
                 return Ok(());
             }
-            // Honoured here even when Redis does not record it.
+            // Honoured here even when Redis does not record it, and then
+            // kept to be written when it answers again.
             shared.apply(&revocation, now);
-            let member = encode(&revocation);
-            let until = unix_ms(revocation.until());
-            let mut tx = redis::pipe();
-            tx.atomic()
-                .cmd("ZADD")
-                .arg(&shared.keys.revoked)
-                .arg("GT")
-                .arg(until)
-                .arg(&member)
-                .ignore()
-                .cmd("ZREMRANGEBYSCORE")
-                .arg(&shared.keys.revoked)
-                .arg("-inf")
-                .arg(format!("({}", unix_ms(now)))
-                .ignore()
-                .cmd("XADD")
-                .arg(&shared.keys.stream)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(STREAM_LENGTH)
-                .arg("*")
-                .arg("m")
-                .arg(&member)
-                .arg("u")
-                .arg(until)
-                .ignore();
-            shared
-                .run(|mut c| async move { tx.query_async::<()>(&mut c).await })
-                .await
+            let recorded = shared.record(std::slice::from_ref(&revocation), now).await;
+            if recorded.is_err() {
+                shared.keep_unrecorded([revocation]);
+            }
+            recorded
         })
     }
 
@@ -582,6 +574,81 @@ impl Shared {
         Ok((c, last_id))
     }
 
+    /// Writes `revocations` in one transaction: each into the sorted set
+    /// and announced on the stream; entries past their `until` are
+    /// trimmed from the set.
+    async fn record(&self, revocations: &[Revocation], now: SystemTime) -> Result<(), StoreError> {
+        let mut tx = redis::pipe();
+        tx.atomic();
+        for revocation in revocations {
+            let member = encode(revocation);
+            let until = unix_ms(revocation.until());
+            tx.cmd("ZADD")
+                .arg(&self.keys.revoked)
+                .arg("GT")
+                .arg(until)
+                .arg(&member)
+                .ignore()
+                .cmd("XADD")
+                .arg(&self.keys.stream)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(STREAM_LENGTH)
+                .arg("*")
+                .arg("m")
+                .arg(&member)
+                .arg("u")
+                .arg(until)
+                .ignore();
+        }
+        tx.cmd("ZREMRANGEBYSCORE")
+            .arg(&self.keys.revoked)
+            .arg("-inf")
+            .arg(format!("({}", unix_ms(now)))
+            .ignore();
+        self.run(|mut c| async move { tx.query_async::<()>(&mut c).await })
+            .await
+    }
+
+    /// Keeps revocations Redis did not record, to write them later.
+    fn keep_unrecorded(&self, revocations: impl IntoIterator<Item = Revocation>) {
+        let mut unrecorded = self.unrecorded.lock().unwrap_or_else(PoisonError::into_inner);
+        let dropped = keep(&mut unrecorded, revocations);
+        drop(unrecorded);
+        if dropped > 0 {
+            tracing::warn!(target: LOG_TARGET, url = %self.url, dropped, "session store: revocations Redis did not record cannot be kept to write later ({MAX_UNRECORDED} wait already); other replicas will not learn them");
+        }
+    }
+
+    /// Writes the revocations Redis did not record before, those still in
+    /// force; keeps them when it fails again.
+    async fn record_unrecorded(&self) {
+        let now = SystemTime::now();
+        let waiting: Vec<Revocation> =
+            std::mem::take(&mut *self.unrecorded.lock().unwrap_or_else(PoisonError::into_inner))
+                .into_iter()
+                .filter(|r| r.until() > now)
+                .collect();
+        if waiting.is_empty() {
+            return;
+        }
+        match self.record(&waiting, now).await {
+            Ok(()) => {
+                tracing::info!(target: LOG_TARGET, url = %self.url, count = waiting.len(), "session store: revocations Redis could not record earlier are written now");
+            }
+            Err(_) => self.keep_unrecorded(waiting),
+        }
+    }
+
+    /// Whether revocations wait to be written.
+    fn has_unrecorded(&self) -> bool {
+        !self
+            .unrecorded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
+    }
+
     fn apply(&self, revocation: &Revocation, now: SystemTime) {
         self.mirror
             .write()
@@ -620,6 +687,7 @@ async fn follow(shared: Arc<Shared>, connection: MultiplexedConnection, mut last
                     connection = Some(c);
                     last_id = id;
                     shared.mark_synced();
+                    shared.record_unrecorded().await;
                 }
                 Err(e) => {
                     tracing::debug!(target: LOG_TARGET, url = %shared.url, reason = %described(&e), "session store: reconnecting the revocation mirror failed");
@@ -656,6 +724,9 @@ async fn follow(shared: Arc<Shared>, connection: MultiplexedConnection, mut last
                 }
                 shared.mark_synced();
                 backoff = MIN_BACKOFF;
+                if shared.has_unrecorded() {
+                    shared.record_unrecorded().await;
+                }
             }
             Err(e) => {
                 tracing::debug!(target: LOG_TARGET, url = %shared.url, reason = %described(&e), "session store: the revocation mirror lost its connection");
@@ -701,6 +772,20 @@ async fn watch(shared: Arc<Shared>) {
                 .purge(SystemTime::now());
         }
     }
+}
+
+/// Adds `revocations` to `waiting` while it holds fewer than
+/// [`MAX_UNRECORDED`]; how many did not fit.
+fn keep(waiting: &mut Vec<Revocation>, revocations: impl IntoIterator<Item = Revocation>) -> usize {
+    let mut dropped = 0;
+    for revocation in revocations {
+        if waiting.len() < MAX_UNRECORDED {
+            waiting.push(revocation);
+        } else {
+            dropped += 1;
+        }
+    }
+    dropped
 }
 
 /// The sorted-set member naming what `revocation` revokes (JSON).
@@ -786,6 +871,22 @@ fn scrub(message: &str, passwords: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn at_most_ten_thousand_revocations_wait_to_be_written() {
+        let until = SystemTime::now() + Duration::from_secs(60);
+        let session = |i: usize| Revocation::Session {
+            id: format!("s{i}"),
+            until,
+        };
+        let mut waiting = Vec::new();
+        assert_eq!(keep(&mut waiting, (0..MAX_UNRECORDED - 1).map(session)), 0);
+        assert_eq!(keep(&mut waiting, (100_000..100_003).map(session)), 2);
+        assert_eq!(waiting.len(), MAX_UNRECORDED);
+        // The earlier ones stay; of the later, the first offered fitted.
+        assert_eq!(waiting[0], session(0));
+        assert_eq!(waiting[MAX_UNRECORDED - 1], session(100_000));
+    }
 
     #[test]
     fn passwords_are_scrubbed_from_messages() {
