@@ -501,3 +501,66 @@ async fn a_mirror_whose_reads_always_fail_reloads_with_backoff() {
     })
     .await;
 }
+
+/// Announcements this version cannot read (another release's kind of
+/// revocation, a member that is not JSON, a missing field) are skipped,
+/// and the mirror goes on: the revocations announced after them arrive,
+/// and the mirror stays fresh.
+#[tokio::test]
+async fn unreadable_announcements_are_skipped_and_the_mirror_goes_on() {
+    bounded(async {
+        let server = RedisServer::start().unwrap();
+        let store = replica(&server).await;
+        let loads = calls(&server, "zrangebyscore").await;
+        let admin = redis::Client::open(server.url()).unwrap();
+        let mut c = admin.get_multiplexed_async_connection().await.unwrap();
+        let until = (SystemTime::now() + HOUR)
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+            .to_string();
+        let announcements: [&[&str]; 4] = [
+            &["m", r#"["device","d1"]"#, "u", &until],
+            &["m", "not json", "u", &until],
+            &["m", r#"["session","s1"]"#],
+            &["m", r#"["session","s1"]"#, "u", "soon"],
+        ];
+        for fields in announcements {
+            let _: String = redis::cmd("XADD")
+                .arg("palisade:revoked:stream")
+                .arg("*")
+                .arg(fields)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+        }
+        let now = SystemTime::now();
+        let s1 = session("s1", "alice", None, now);
+        // Then a good one, written by another replica.
+        replica(&server)
+            .await
+            .revoke(Revocation::Session {
+                id: "s2".into(),
+                until: now + HOUR,
+            })
+            .await
+            .unwrap();
+        let s2 = session("s2", "alice", None, now);
+        assert!(
+            eventually(Duration::from_secs(1), || store.is_revoked(&s2).unwrap())
+                .await
+                .is_some(),
+            "the announcement after the unreadable ones did not arrive"
+        );
+        assert!(
+            !store.is_revoked(&s1).unwrap(),
+            "an announcement without its time was applied"
+        );
+        tokio::time::sleep(MAX_STALENESS + Duration::from_millis(100)).await;
+        assert!(store.is_revoked(&s2).unwrap(), "the mirror went stale");
+        // Skipped in the stream, not by reconnecting and reloading: the one
+        // load since is the other replica's, at its start.
+        assert_eq!(calls(&server, "zrangebyscore").await - loads, 1);
+    })
+    .await;
+}
