@@ -24,7 +24,7 @@
 # printed too, and what Palisade adds to it, and the mean of the rounds'
 # ratios with a 95 % confidence interval: above, below or across 0.97.
 #
-# TOGETHER=0 measures in turn instead (the method before 2026-12-04): one
+# TOGETHER=0 measures in turn instead (the method until `a938793`): one
 # pair for the run, wrk against each instance alone, the order alternating
 # between rounds; a change of the guest's pace between the two halves of a
 # round goes straight into its ratio. Pinned, the server CPU per request is
@@ -67,18 +67,25 @@ rps() {
   awk '/^Requests\/sec:/ {print $2}' <<<"$wrk_out"
 }
 
+case $rounds in '' | *[!0-9]* | 0) echo "error: ROUNDS must be a whole number, 1 or more (it is \`$rounds\`)" >&2; exit 2 ;; esac
+control=${CONTROL:-0}
 together=${TOGETHER:-$([ ${#launcher[@]} -gt 0 ] && echo 1 || echo 0)}
-if [ "${CONTROL:-0}" != 0 ] && [ "$together" = 0 ]; then
+if [ "$together" != 0 ] && [ ${#launcher[@]} -eq 0 ]; then
+  echo "error: measuring both instances at once${CONTROL:+ (CONTROL=1 does)} needs the servers pinned to one CPU: taskset, two or more CPUs, PIN not 0" >&2
+  exit 1
+fi
+if [ "$control" != 0 ] && [ "$together" = 0 ]; then
   echo "error: CONTROL=1 checks the method that measures both instances at once: it needs TOGETHER=1" >&2
   exit 1
 fi
-if [ "$together" != 0 ] && [ ${#launcher[@]} -eq 0 ]; then
-  echo "error: TOGETHER=1 needs the servers pinned to one CPU (taskset, two or more CPUs, PIN not 0)" >&2
-  exit 1
-fi
+case ${SERVER_CPUS:-0} in
+  *[!0-9]*) [ "$together" = 0 ] || { echo "error: measuring at once, SERVER_CPUS must name one CPU (the servers split it): \`$SERVER_CPUS\`" >&2; exit 2; } ;;
+esac
 
 # cpu_ticks PID: the process's user and system CPU time so far, in clock
-# ticks (/proc/PID/stat, fields 14 and 15, counted after the command name).
+# ticks: fields 14 and 15 of /proc/PID/stat (utime, stime), which are the
+# 12th and 13th once "PID (COMMAND) " is cut off (a command name may hold
+# spaces and parentheses; the last ") " ends it).
 cpu_ticks() {
   sed -E 's/^.*\) //' "/proc/$1/stat" | awk '{print $12 + $13}'
 }
@@ -98,8 +105,10 @@ pair() {
     run_wrk_bg "$2" "$work/o.wrk" "${4:-$duration}" & wo=$!
     run_wrk_bg "$1" "$work/g.wrk" "${4:-$duration}" & wg=$!
   fi
-  wait "$wg" || exit 1
-  wait "$wo" || exit 1
+  # One run that failed (it said why) stops the script; the other is
+  # stopped with it, as it is no server the cleanup knows.
+  if ! wait "$wg"; then kill "$wo" 2>/dev/null; exit 1; fi
+  if ! wait "$wo"; then exit 1; fi
   tg1=$(cpu_ticks "$guarded_pid"); to1=$(cpu_ticks "$open_pid")
   g=$(awk '/^Requests\/sec:/ {print $2}' "$work/g.wrk")
   o=$(awk '/^Requests\/sec:/ {print $2}' "$work/o.wrk")
@@ -108,16 +117,21 @@ pair() {
 }
 
 # run_wrk_bg URL FILE SECONDS: run_wrk, its output into FILE (for a run in
-# the background).
+# the background); fails on a run that completed no request.
 run_wrk_bg() {
   run_wrk "$1" "$3" -t"$threads" -c"$connections"
+  if ! awk '/ requests in / {exit !($1 > 0)}' <<<"$wrk_out"; then
+    echo "error: wrk against $1 completed no request:" >&2
+    echo "$wrk_out" >&2
+    exit 1
+  fi
   printf '%s\n' "$wrk_out" >"$2"
 }
 
 # verdict BAR: reads one ratio per line (the rounds'); prints their mean
 # with a 95 % confidence interval (Student's t, the rounds taken as
 # independent) and whether the interval lies above BAR, below it, or
-# across it.
+# across it. BAR 1 is the control's: there, across is the expected answer.
 verdict() {
   awk -v bar="$1" '
     { x[NR] = $1; sum += $1 }
@@ -129,7 +143,8 @@ verdict() {
       split("12.706 4.303 3.182 2.776 2.571 2.447 2.365 2.306 2.262 2.228 2.201 2.179 2.160 2.145 2.131 2.120 2.110 2.101 2.093 2.086 2.080 2.074 2.069 2.064 2.060 2.056 2.052 2.048 2.045 2.042", t, " ")
       half = (n - 1 <= 30 ? t[n - 1] : 2.0) * sqrt(ss / (n - 1) / n)
       lo = mean - half; hi = mean + half
-      side = lo >= bar ? "above the bar" : hi < bar ? "below the bar" : "across the bar: inconclusive, run more rounds"
+      if (bar == 1) side = lo > 1 || hi < 1 ? "excludes 1: the two instances differ, so the method is off by that much" : "includes 1, as two identical instances should"
+      else side = lo >= bar ? "above the bar" : hi < bar ? "below the bar" : "across the bar: inconclusive, run more rounds"
       printf "mean of rounds %.3f, 95 %% interval %.3f to %.3f: %s (%s)", mean, lo, hi, side, bar
     }'
 }
@@ -140,7 +155,7 @@ verdict() {
 # intended.
 start_pair() {
   local svc=$1 guard_args=()
-  [ "${CONTROL:-0}" = 0 ] || guard_args=(--no-guard)
+  [ "$control" = 0 ] || guard_args=(--no-guard)
   if [ "$2" = guarded ]; then
     start "$svc" "$work/$svc-guarded.out" "${guard_args[@]}"
     guarded=$addr guarded_pid=$pid
@@ -152,16 +167,17 @@ start_pair() {
     start "$svc" "$work/$svc-guarded.out" "${guard_args[@]}"
     guarded=$addr guarded_pid=$pid
   fi
-  # Under CONTROL=1 the first instance still prints the demo issuer's token
-  # command; the token only fills wrk's header there.
+  # Under CONTROL=1 the "with Palisade" instance, started with --no-guard,
+  # still prints the demo issuer's token command; the token only fills
+  # wrk's header there.
   token_url_of "$work/$svc-guarded.out"
   fetch_token
-  [ "${CONTROL:-0}" != 0 ] || check_pair "$svc" "$guarded" "$open"
+  [ "$control" != 0 ] || check_pair "$svc" "$guarded" "$open"
 }
 
 summary=()
 for svc in "${services[@]}"; do
-  say "$svc (${framework[$svc]}): $rounds rounds of ${duration} s, the two instances $([ "$together" != 0 ] && echo "at once" || echo "in turn")${CONTROL:+ (CONTROL=$CONTROL)}, wrk -t$threads -c$connections${launcher:+, servers: ${launcher[*]}, wrk: ${wrk_launcher[*]}}"
+  say "$svc (${framework[$svc]}): $rounds rounds of ${duration} s, the two instances $([ "$together" != 0 ] && echo "at once" || echo "in turn")$([ "$control" = 0 ] || echo ", CONTROL: both without Palisade"), wrk -t$threads -c$connections${launcher:+, servers: ${launcher[*]}, wrk: ${wrk_launcher[*]}}"
   if [ "$together" = 0 ]; then
     start_pair "$svc" guarded
     rps "http://$guarded/list" 2 >/dev/null # warm-up
@@ -207,16 +223,20 @@ for svc in "${services[@]}"; do
   printf '%-6s %22.0f %22.0f %8s\n' mean "$(awk -v a="$sum_g" -v n="$rounds" 'BEGIN {print a / n}')" \
     "$(awk -v a="$sum_o" -v n="$rounds" 'BEGIN {print a / n}')" "$ratio"
   spread=$(printf '%s\n' "${ratios[@]}" | sort -n | awk '{v[NR] = $1} END {printf "median %.3f, rounds %.3f to %.3f", (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2), v[1], v[NR]}')
-  summary+=("$svc (${framework[$svc]}): with / without Palisade = $ratio (ratio of sums; $spread; the bar is 0.97)")
+  if [ "$control" != 0 ]; then
+    summary+=("$svc (${framework[$svc]}), control: two instances without Palisade, first / second = $ratio (ratio of sums; $spread; 1.000 expected)")
+  else
+    summary+=("$svc (${framework[$svc]}): with / without Palisade = $ratio (ratio of sums; $spread; the bar is 0.97)")
+  fi
   # In turn, a change of the guest's pace lands on one side of a round:
   # the rounds' errors are then neither independent nor centred, and an
   # interval would claim what the run cannot show.
-  [ "$together" = 0 ] || summary+=("  $(printf '%s\n' "${ratios[@]}" | verdict 0.97)")
   if [ "$together" != 0 ]; then
+    summary+=("  $(printf '%s\n' "${ratios[@]}" | verdict "$([ "$control" = 0 ] && echo 0.97 || echo 1)")")
     # Both servers shared one CPU: their CPU per request, read from /proc,
     # is what each request cost, the kernel's share included.
-    summary+=("$(awk -v g="$sum_cg" -v o="$sum_co" -v n="$rounds" \
-      'BEGIN {printf "  server CPU per request (from /proc): %.2f µs with, %.2f µs without, %.2f µs added; without / with = %.3f", g / n, o / n, (g - o) / n, o / g}')")
+    summary+=("$(awk -v g="$sum_cg" -v o="$sum_co" -v n="$rounds" -v control="$control" \
+      'BEGIN {printf "  server CPU per request (from /proc): %.2f µs %s, %.2f µs %s, %+.2f µs; %s = %.3f", g / n, control ? "first" : "with", o / n, control ? "second" : "without", (g - o) / n, control ? "second / first" : "without / with", o / g}')")
   elif [ ${#launcher[@]} -ne 0 ]; then
     # With the server on one CPU and wrk keeping it busy, a request's cost in
     # server CPU is the inverse of the rate: the difference is what Palisade

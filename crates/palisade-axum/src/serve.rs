@@ -258,9 +258,9 @@ where
 
 /// The extensions each request of a connection starts with: the
 /// connection's facts (one `Arc`) in a table with room for seven, so that
-/// the three or four that come after them (the guard's `RequestAuth`,
-/// axum's `MatchedPath`, `OriginalUri` and path parameters, an
-/// application's own) do not grow it. Inserted one by one into an empty
+/// the ones that come after them (the guard's `RequestAuth`, axum's
+/// `MatchedPath`, path parameters and, with its `original-uri` feature,
+/// `OriginalUri`, an application's own) do not grow it. Inserted one by one into an empty
 /// table, the fourth would: a second allocation, a rehash and a free in
 /// every request. A clone keeps the table's size, and a removal does not
 /// shrink it; if either stopped being so, only this saving would go.
@@ -587,6 +587,25 @@ mod tests {
 
     #[derive(Clone)]
     struct Ext<const N: u8>;
+
+    #[test]
+    fn a_request_without_extensions_gets_the_connections_facts() {
+        let info = Arc::new(ConnectionInfo::default());
+        let template = request_extensions(info.clone());
+        let mut req = Request::new(Body::empty());
+        with_connection(&mut req, &template);
+        assert!(Arc::ptr_eq(
+            req.extensions().get::<Arc<ConnectionInfo>>().unwrap(),
+            &info
+        ));
+        assert_eq!(req.extensions().len(), 1);
+        // Each request has a copy of its own.
+        let mut other = Request::new(Body::empty());
+        with_connection(&mut other, &template);
+        other.extensions_mut().insert(Ext::<1>);
+        assert_eq!(req.extensions().len(), 1);
+        assert_eq!(template.len(), 1);
+    }
 
     #[test]
     fn a_request_carries_its_connections_facts_and_hypers_extensions() {
