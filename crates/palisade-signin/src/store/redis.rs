@@ -23,7 +23,8 @@
 //! A revocation that Redis cannot record (an outage, a timeout) is still
 //! honoured by the replica that made it, and kept: the mirror writes it
 //! the next time Redis answers (after a read of the stream or a
-//! reconnection), so the other replicas learn it then. [`SessionStore::revoke`]
+//! reconnection, in transactions of at most 500), so the other replicas
+//! learn it then. [`SessionStore::revoke`]
 //! answers [`StoreError::Unavailable`] meanwhile, as it did. A replica
 //! keeps at most 10 000 such revocations; one `info` line says how many
 //! were written late, one `warn` line when one could not be kept. They
@@ -81,6 +82,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 const PURGE_EVERY: Duration = Duration::from_secs(60);
 /// At most this many revocations wait to be written after a failure.
 const MAX_UNRECORDED: usize = 10_000;
+/// They are written this many to a transaction.
+const RECORD_CHUNK: usize = 500;
 
 /// The store shared between replicas through Redis; see the module docs.
 ///
@@ -629,14 +632,18 @@ impl Shared {
                 .into_iter()
                 .filter(|r| r.until() > now)
                 .collect();
-        if waiting.is_empty() {
-            return;
-        }
-        match self.record(&waiting, now).await {
-            Ok(()) => {
-                tracing::info!(target: LOG_TARGET, url = %self.url, count = waiting.len(), "session store: revocations Redis could not record earlier are written now");
+        let mut written = 0;
+        // In transactions of a bounded size, each well within the command
+        // timeout; what a failure leaves waits for the next time.
+        for (i, chunk) in waiting.chunks(RECORD_CHUNK).enumerate() {
+            if self.record(chunk, now).await.is_err() {
+                self.keep_unrecorded(waiting.into_iter().skip(i * RECORD_CHUNK));
+                break;
             }
-            Err(_) => self.keep_unrecorded(waiting),
+            written += chunk.len();
+        }
+        if written > 0 {
+            tracing::info!(target: LOG_TARGET, url = %self.url, count = written, "session store: revocations Redis could not record earlier are written now");
         }
     }
 
