@@ -70,7 +70,8 @@ pub trait SessionStore: Send + Sync + 'static {
     /// # Errors
     ///
     /// [`StoreError::Unavailable`] when a shared store cannot record it
-    /// (the replica that revoked still honours it);
+    /// now (the replica that revoked still honours it; the Redis store
+    /// keeps it and writes it when Redis answers again);
     /// [`StoreError::Full`] when an in-memory store is at its cap.
     fn revoke(&self, revocation: Revocation) -> BoxFuture<Result<(), StoreError>>;
 

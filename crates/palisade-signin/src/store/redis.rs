@@ -25,11 +25,13 @@
 //! the next time Redis answers (after a read of the stream or a
 //! reconnection, in transactions of at most 500), so the other replicas
 //! learn it then. [`SessionStore::revoke`]
-//! answers [`StoreError::Unavailable`] meanwhile, as it did. A replica
-//! keeps at most 10 000 such revocations; one `info` line says how many
-//! were written late, one `warn` line when one could not be kept. They
-//! live in that replica's memory only: a replica that stops first loses
-//! them.
+//! answers [`StoreError::Unavailable`] meanwhile, as it did. The writes
+//! run on a task of their own, so the mirror's reads go on; after a write
+//! that fails while reads work (a read-only replica after a failover), the
+//! next waits, from 50 ms doubling to 30 s. A replica keeps at most 1 000
+//! such revocations, each once; one `info` line says how many were written
+//! late, one `warn` line when some could not be kept. They live in that
+//! replica's memory only: a replica that stops first loses them.
 //!
 //! Each `XREAD` returns at least every quarter of `max_staleness`, so a
 //! replica knows when it last heard from Redis. When that was longer ago
@@ -80,8 +82,12 @@ const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// How often the mirror forgets expired revocations.
 const PURGE_EVERY: Duration = Duration::from_secs(60);
-/// At most this many revocations wait to be written after a failure.
-const MAX_UNRECORDED: usize = 10_000;
+/// At most this many revocations wait to be written after a failure: a
+/// tenth of what the stream keeps, so that several replicas writing theirs
+/// at once do not push entries out before the others have read them.
+const MAX_UNRECORDED: usize = 1_000;
+/// The longest pause between two tries to write them.
+const MAX_LATE_BACKOFF: Duration = Duration::from_secs(30);
 /// They are written this many to a transaction.
 const RECORD_CHUNK: usize = 500;
 
@@ -138,6 +144,10 @@ struct Shared {
     stale_logged: AtomicBool,
     /// Revocations Redis did not record, written when it next answers.
     unrecorded: Mutex<Vec<Revocation>>,
+    /// Wakes the task that writes them: Redis answered a read.
+    answered: tokio::sync::Notify,
+    /// Whether revocations were dropped at the cap and that was logged.
+    cap_logged: AtomicBool,
 }
 
 struct Keys {
@@ -343,6 +353,8 @@ impl RedisStoreBuilder {
             epoch: Instant::now(),
             stale_logged: AtomicBool::new(false),
             unrecorded: Mutex::new(Vec::new()),
+            answered: tokio::sync::Notify::new(),
+            cap_logged: AtomicBool::new(false),
         });
         let handle = Handle {
             shared: shared.clone(),
@@ -361,6 +373,7 @@ impl RedisStoreBuilder {
                 Ok(Ok((connection, last_id))) => {
                     shared.mark_synced();
                     tokio::spawn(follow(shared.clone(), connection, last_id));
+                    tokio::spawn(write_late(shared.clone()));
                     tokio::spawn(watch(shared));
                     Ok(())
                 }
@@ -613,19 +626,37 @@ impl Shared {
             .await
     }
 
-    /// Keeps revocations Redis did not record, to write them later.
+    /// Keeps revocations Redis did not record, to write them later: after
+    /// those already waiting, once each.
     fn keep_unrecorded(&self, revocations: impl IntoIterator<Item = Revocation>) {
         let mut unrecorded = self.unrecorded.lock().unwrap_or_else(PoisonError::into_inner);
         let dropped = keep(&mut unrecorded, revocations);
         drop(unrecorded);
-        if dropped > 0 {
+        self.dropped(dropped);
+    }
+
+    /// Puts back, first, what a late write left; then what was kept while
+    /// it ran.
+    fn restore_unrecorded(&self, left: Vec<Revocation>) {
+        let mut unrecorded = self.unrecorded.lock().unwrap_or_else(PoisonError::into_inner);
+        let arrived = std::mem::take(&mut *unrecorded);
+        let dropped = keep(&mut unrecorded, left) + keep(&mut unrecorded, arrived);
+        drop(unrecorded);
+        self.dropped(dropped);
+    }
+
+    /// Logs revocations that could not be kept: once until the list has
+    /// been written out again.
+    fn dropped(&self, dropped: usize) {
+        if dropped > 0 && !self.cap_logged.swap(true, Ordering::AcqRel) {
             tracing::warn!(target: LOG_TARGET, url = %self.url, dropped, "session store: revocations Redis did not record cannot be kept to write later ({MAX_UNRECORDED} wait already); other replicas will not learn them");
         }
     }
 
     /// Writes the revocations Redis did not record before, those still in
-    /// force; keeps them when it fails again.
-    async fn record_unrecorded(&self) {
+    /// force, in transactions of a bounded size; puts back what a failure
+    /// leaves. Whether every one was written.
+    async fn record_unrecorded(&self) -> bool {
         let now = SystemTime::now();
         let waiting: Vec<Revocation> =
             std::mem::take(&mut *self.unrecorded.lock().unwrap_or_else(PoisonError::into_inner))
@@ -633,11 +664,11 @@ impl Shared {
                 .filter(|r| r.until() > now)
                 .collect();
         let mut written = 0;
-        // In transactions of a bounded size, each well within the command
-        // timeout; what a failure leaves waits for the next time.
+        let mut all = true;
         for (i, chunk) in waiting.chunks(RECORD_CHUNK).enumerate() {
             if self.record(chunk, now).await.is_err() {
-                self.keep_unrecorded(waiting.into_iter().skip(i * RECORD_CHUNK));
+                self.restore_unrecorded(waiting.into_iter().skip(i * RECORD_CHUNK).collect());
+                all = false;
                 break;
             }
             written += chunk.len();
@@ -645,6 +676,10 @@ impl Shared {
         if written > 0 {
             tracing::info!(target: LOG_TARGET, url = %self.url, count = written, "session store: revocations Redis could not record earlier are written now");
         }
+        if all {
+            self.cap_logged.store(false, Ordering::Release);
+        }
+        all
     }
 
     /// Whether revocations wait to be written.
@@ -694,7 +729,7 @@ async fn follow(shared: Arc<Shared>, connection: MultiplexedConnection, mut last
                     connection = Some(c);
                     last_id = id;
                     shared.mark_synced();
-                    shared.record_unrecorded().await;
+                    shared.answered.notify_one();
                 }
                 Err(e) => {
                     tracing::debug!(target: LOG_TARGET, url = %shared.url, reason = %described(&e), "session store: reconnecting the revocation mirror failed");
@@ -732,7 +767,7 @@ async fn follow(shared: Arc<Shared>, connection: MultiplexedConnection, mut last
                 shared.mark_synced();
                 backoff = MIN_BACKOFF;
                 if shared.has_unrecorded() {
-                    shared.record_unrecorded().await;
+                    shared.answered.notify_one();
                 }
             }
             Err(e) => {
@@ -744,6 +779,24 @@ async fn follow(shared: Arc<Shared>, connection: MultiplexedConnection, mut last
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
+        }
+    }
+}
+
+/// Writes the revocations Redis did not record when the mirror hears from
+/// it again, on a task of its own so that the mirror's reads go on
+/// meanwhile. After a write that fails while reads work (a read-only
+/// replica after a failover, an out-of-memory Redis), the next try waits,
+/// from 50 ms doubling to 30 s. Runs until the runtime stops.
+async fn write_late(shared: Arc<Shared>) {
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        shared.answered.notified().await;
+        if shared.record_unrecorded().await {
+            backoff = MIN_BACKOFF;
+        } else {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_LATE_BACKOFF);
         }
     }
 }
@@ -781,11 +834,15 @@ async fn watch(shared: Arc<Shared>) {
     }
 }
 
-/// Adds `revocations` to `waiting` while it holds fewer than
+/// Adds `revocations` to `waiting`, each once (a logout sent twice, a
+/// back-channel logout the issuer sends again), while it holds fewer than
 /// [`MAX_UNRECORDED`]; how many did not fit.
 fn keep(waiting: &mut Vec<Revocation>, revocations: impl IntoIterator<Item = Revocation>) -> usize {
     let mut dropped = 0;
     for revocation in revocations {
+        if waiting.contains(&revocation) {
+            continue;
+        }
         if waiting.len() < MAX_UNRECORDED {
             waiting.push(revocation);
         } else {
@@ -880,7 +937,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn at_most_ten_thousand_revocations_wait_to_be_written() {
+    fn at_most_a_thousand_revocations_wait_to_be_written_each_once() {
         let until = SystemTime::now() + Duration::from_secs(60);
         let session = |i: usize| Revocation::Session {
             id: format!("s{i}"),
@@ -893,6 +950,10 @@ mod tests {
         // The earlier ones stay; of the later, the first offered fitted.
         assert_eq!(waiting[0], session(0));
         assert_eq!(waiting[MAX_UNRECORDED - 1], session(100_000));
+        // One already waiting is not kept twice, and takes no room.
+        let mut twice = vec![session(1)];
+        assert_eq!(keep(&mut twice, [session(1), session(2), session(1)]), 0);
+        assert_eq!(twice, [session(1), session(2)]);
     }
 
     #[test]
