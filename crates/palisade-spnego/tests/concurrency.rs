@@ -39,13 +39,7 @@ fn a_crowd_of_negotiate_requests_runs_at_most_the_limit_of_accepts_at_once() {
     realm.add_user("alice", "alice-password").unwrap();
     let keytab = realm.add_service("HTTP/localhost").unwrap();
     let ccache = realm.kinit("alice", "alice-password").unwrap();
-    let mut env = realm.server_env(&keytab);
-    env.extend(
-        realm
-            .client_env(&ccache)
-            .into_iter()
-            .filter(|(k, _)| k == "KRB5CCNAME"),
-    );
+    let env = realm.server_and_client_env(&keytab, &ccache);
     let out = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", TEST, "--nocapture", "--test-threads", "1"])
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))

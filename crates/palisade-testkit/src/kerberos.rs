@@ -254,6 +254,21 @@ impl KerberosRealm {
         ));
         env
     }
+
+    /// The environment of one process that both accepts with `keytab` and
+    /// initiates with the ticket cache `ccache` (a test or bench that
+    /// makes its own Negotiate tokens): [`server_env`](Self::server_env)
+    /// and the cache.
+    #[must_use]
+    pub fn server_and_client_env(&self, keytab: &Path, ccache: &Path) -> Vec<(String, String)> {
+        let mut env = self.server_env(keytab);
+        env.extend(
+            self.client_env(ccache)
+                .into_iter()
+                .filter(|(k, _)| k == "KRB5CCNAME"),
+        );
+        env
+    }
 }
 
 impl Drop for KerberosRealm {
