@@ -71,7 +71,7 @@ case $rounds in '' | *[!0-9]* | 0) echo "error: ROUNDS must be a whole number, 1
 control=${CONTROL:-0}
 together=${TOGETHER:-$([ ${#launcher[@]} -gt 0 ] && echo 1 || echo 0)}
 if [ "$together" != 0 ] && [ ${#launcher[@]} -eq 0 ]; then
-  echo "error: measuring both instances at once${CONTROL:+ (CONTROL=1 does)} needs the servers pinned to one CPU: taskset, two or more CPUs, PIN not 0" >&2
+  echo "error: measuring both instances at once$([ "$control" = 0 ] || echo " (CONTROL=1 does)") needs the servers pinned to one CPU: taskset, two or more CPUs, PIN not 0" >&2
   exit 1
 fi
 if [ "$control" != 0 ] && [ "$together" = 0 ]; then

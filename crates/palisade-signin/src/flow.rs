@@ -1277,7 +1277,7 @@ impl SignIn {
                 },
             };
             if let Err(e) = ended {
-                tracing::error!(target: LOG_TARGET, error = %e, "a logged-out session cannot be recorded as ended now: other replicas accept a saved copy of its cookie until the store records it (the Redis store writes it when Redis answers again, unless it stops first or 1,000 wait already) or it times out");
+                tracing::error!(target: LOG_TARGET, error = %e, "a logged-out session cannot be recorded as ended now: other replicas accept a saved copy of its cookie until the store records it (the Redis store writes it when Redis answers again, unless it stops first or is at its cap) or it times out");
             }
             let id_token = live.as_ref().and_then(|l| l.session.it.as_deref());
             match &live {

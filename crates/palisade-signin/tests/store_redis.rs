@@ -58,12 +58,31 @@ fn lines(level: &str, url: &str) -> Vec<String> {
 }
 
 async fn replica(server: &RedisServer) -> RedisStore {
-    RedisStore::builder(&server.url())
+    replica_at(&server.url()).await
+}
+
+/// A replica connecting with `url`, with the tests' settings.
+async fn replica_at(url: &str) -> RedisStore {
+    RedisStore::builder(url)
         .max_staleness(MAX_STALENESS)
         .command_timeout(COMMAND_TIMEOUT)
         .connect()
         .await
         .unwrap()
+}
+
+/// Gives the user `user` (password `pw`) every right, then applies `rule`
+/// (`-xread` takes a command away, `+zadd` gives one back); the URL it
+/// connects with.
+async fn acl_user(server: &RedisServer, user: &str, rule: &str) -> String {
+    let admin = redis::Client::open(server.url()).unwrap();
+    let mut c = admin.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("ACL")
+        .arg(&["SETUSER", user, "on", ">pw", "~*", "&*", "+@all", rule][..])
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    format!("redis://{user}:pw@127.0.0.1:{}/0", server.port())
 }
 
 fn session<'a>(id: &'a str, subject: &'a str, sid: Option<&'a str>, created: SystemTime) -> SessionRef<'a> {
@@ -493,20 +512,7 @@ async fn command_stat(server: &RedisServer, command: &str, field: &str) -> u64 {
 async fn a_mirror_whose_reads_always_fail_reloads_with_backoff() {
     bounded(async {
         let server = RedisServer::start().unwrap();
-        let admin = redis::Client::open(server.url()).unwrap();
-        let mut c = admin.get_multiplexed_async_connection().await.unwrap();
-        let _: () = redis::cmd("ACL")
-            .arg(&["SETUSER", "mirror", "on", ">pw", "~*", "&*", "+@all", "-xread"][..])
-            .query_async(&mut c)
-            .await
-            .unwrap();
-        let url = format!("redis://mirror:pw@127.0.0.1:{}/0", server.port());
-        let store = RedisStore::builder(&url)
-            .max_staleness(MAX_STALENESS)
-            .command_timeout(COMMAND_TIMEOUT)
-            .connect()
-            .await
-            .unwrap();
+        let store = replica_at(&acl_user(&server, "mirror", "-xread").await).await;
         // Everything else works for this user.
         assert!(store.use_once("jti", HOUR).await.unwrap());
         let before = calls(&server, "zrangebyscore").await;
@@ -612,24 +618,10 @@ async fn unreadable_announcements_are_skipped_and_the_mirror_goes_on() {
 async fn a_revocation_whose_write_is_refused_is_written_once_writes_work() {
     bounded(async {
         let server = RedisServer::start().unwrap();
-        let admin = redis::Client::open(server.url()).unwrap();
-        let mut c = admin.get_multiplexed_async_connection().await.unwrap();
-        let acl = |rule: &'static str| {
-            redis::cmd("ACL")
-                .arg(&["SETUSER", "app", "on", ">pw", "~*", "&*", "+@all", rule][..])
-                .clone()
-        };
-        let _: () = acl("+zadd").query_async(&mut c).await.unwrap();
-        let url = format!("redis://app:pw@127.0.0.1:{}/0", server.port());
-        let a = RedisStore::builder(&url)
-            .max_staleness(MAX_STALENESS)
-            .command_timeout(COMMAND_TIMEOUT)
-            .connect()
-            .await
-            .unwrap();
+        let a = replica_at(&acl_user(&server, "app", "+zadd").await).await;
         let b = replica(&server).await;
         let loads = calls(&server, "zrangebyscore").await;
-        let _: () = acl("-zadd").query_async(&mut c).await.unwrap();
+        acl_user(&server, "app", "-zadd").await;
         let now = SystemTime::now();
         let refused = session("refused", "alice", None, now);
         let revoked = a
@@ -650,7 +642,7 @@ async fn a_revocation_whose_write_is_refused_is_written_once_writes_work() {
             "written while writes were refused"
         );
 
-        let _: () = acl("+zadd").query_async(&mut c).await.unwrap();
+        acl_user(&server, "app", "+zadd").await;
         assert!(
             eventually(Duration::from_secs(3), || b.is_revoked(&refused).unwrap())
                 .await

@@ -632,25 +632,18 @@ impl Shared {
         let mut unrecorded = self.unrecorded.lock().unwrap_or_else(PoisonError::into_inner);
         let dropped = keep(&mut unrecorded, revocations);
         drop(unrecorded);
-        self.dropped(dropped);
-    }
-
-    /// Puts back, first, what a late write left; then what was kept while
-    /// it ran.
-    fn restore_unrecorded(&self, left: Vec<Revocation>) {
-        let mut unrecorded = self.unrecorded.lock().unwrap_or_else(PoisonError::into_inner);
-        let arrived = std::mem::take(&mut *unrecorded);
-        let dropped = keep(&mut unrecorded, left) + keep(&mut unrecorded, arrived);
-        drop(unrecorded);
-        self.dropped(dropped);
-    }
-
-    /// Logs revocations that could not be kept: once until the list has
-    /// been written out again.
-    fn dropped(&self, dropped: usize) {
+        // Once until the list has been written out again.
         if dropped > 0 && !self.cap_logged.swap(true, Ordering::AcqRel) {
             tracing::warn!(target: LOG_TARGET, url = %self.url, dropped, "session store: revocations Redis did not record cannot be kept to write later ({MAX_UNRECORDED} wait already); other replicas will not learn them");
         }
+    }
+
+    /// Puts back, first, what a late write left; then what was kept while
+    /// it ran (nothing keeps one between the two steps: every caller runs
+    /// on the store's one-thread runtime, and neither step awaits).
+    fn restore_unrecorded(&self, left: Vec<Revocation>) {
+        let arrived = std::mem::take(&mut *self.unrecorded.lock().unwrap_or_else(PoisonError::into_inner));
+        self.keep_unrecorded(left.into_iter().chain(arrived));
     }
 
     /// Writes the revocations Redis did not record before, those still in
