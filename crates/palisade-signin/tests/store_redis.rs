@@ -609,6 +609,113 @@ async fn unreadable_announcements_are_skipped_and_the_mirror_goes_on() {
     .await;
 }
 
+/// A replica that falls further behind than the stream keeps notices and
+/// reloads the set rather than skip what the trimming took: here one
+/// transaction revokes 20,000 sessions, so by the mirror's next read the
+/// stream (trimmed to about 10,000 entries) no longer holds the first
+/// announcements. Without the check the first sessions stay valid on that
+/// replica until it next reconnects. A replica behind by less than the
+/// stream keeps reads on, without a reload.
+#[tokio::test]
+async fn a_mirror_that_falls_behind_the_trimmed_stream_reloads() {
+    logs();
+    bounded(async {
+        let server = RedisServer::start().unwrap();
+        let url = server.url();
+        let admin = redis::Client::open(server.url()).unwrap();
+        let mut c = admin.get_multiplexed_async_connection().await.unwrap();
+        let until = (SystemTime::now() + HOUR)
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+            .to_string();
+        // Revokes sessions `bulk-N` for N in `range` as a replica writes
+        // them, in one transaction.
+        let revoke = |range: std::ops::Range<u32>| {
+            let mut tx = redis::pipe();
+            tx.atomic();
+            for i in range {
+                let member = format!(r#"["session","bulk-{i}"]"#);
+                tx.cmd("ZADD")
+                    .arg("palisade:revoked")
+                    .arg(&until)
+                    .arg(&member)
+                    .ignore()
+                    .cmd("XADD")
+                    .arg("palisade:revoked:stream")
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(10_000)
+                    .arg("*")
+                    .arg("m")
+                    .arg(&member)
+                    .arg("u")
+                    .arg(&until)
+                    .ignore();
+            }
+            tx
+        };
+        let revoked = |store: &RedisStore, i: u32| {
+            let id = format!("bulk-{i}");
+            store
+                .is_revoked(&session(&id, "alice", None, SystemTime::now()))
+                .unwrap_or(false)
+        };
+        // The mirror starts from an entry, not from an empty stream.
+        let () = revoke(0..1).query_async(&mut c).await.unwrap();
+        let store = replica(&server).await;
+        let loads = calls(&server, "zrangebyscore").await;
+
+        // Behind by 5,000: five full reads from entries still held.
+        let () = revoke(1..5_001).query_async(&mut c).await.unwrap();
+        assert!(
+            eventually(Duration::from_secs(5), || revoked(&store, 5_000))
+                .await
+                .is_some(),
+            "the revocations of the first transaction did not arrive"
+        );
+        assert!(revoked(&store, 1), "an announcement was skipped");
+        assert_eq!(
+            calls(&server, "zrangebyscore").await,
+            loads,
+            "reloaded while the stream held all"
+        );
+
+        // Behind by 20,000: the stream no longer holds the entry it read last.
+        let () = revoke(5_001..25_001).query_async(&mut c).await.unwrap();
+        let kept: usize = redis::cmd("XLEN")
+            .arg("palisade:revoked:stream")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert!(kept < 15_000, "the stream kept {kept}: nothing to miss");
+        assert!(
+            eventually(Duration::from_secs(5), || revoked(&store, 25_000))
+                .await
+                .is_some(),
+            "the last revocation did not arrive"
+        );
+        assert!(
+            eventually(Duration::from_secs(5), || revoked(&store, 5_001))
+                .await
+                .is_some(),
+            "the revocations trimmed from the stream before the mirror read them were skipped"
+        );
+        // One reload, not one per read.
+        assert_eq!(calls(&server, "zrangebyscore").await - loads, 1);
+        let warned = lines("WARN", &url);
+        assert_eq!(
+            warned
+                .iter()
+                .filter(|l| l.contains("fallen further behind"))
+                .count(),
+            1,
+            "{warned:?}"
+        );
+    })
+    .await;
+}
+
 /// Redis refuses the revocation's write while it answers reads (here an
 /// ACL that takes `ZADD` away, as a read-only replica after a failover
 /// would refuse every write): the revoking replica honours it, keeps it,

@@ -13,7 +13,10 @@
 //! opens (at [`RedisStoreBuilder::connect`] and after every failure) the
 //! replica notes the stream's last entry, loads the sorted set, then reads
 //! the stream from that entry: nothing written meanwhile is missed. A
-//! revocation reaches the other replicas in the time of one round trip.
+//! revocation reaches the other replicas in the time of one round trip. A
+//! replica that falls further behind than the stream keeps (a full read
+//! that starts after an entry the trimming has taken) reloads the set
+//! rather than skip what was trimmed, with one `warn` line.
 //! Loading merges into what the replica knows, so a Redis that lost its
 //! data (restarted without persistence) does not make revoked sessions
 //! valid again on the replicas that saw the revocation; replicas started
@@ -746,7 +749,10 @@ async fn follow(shared: Arc<Shared>, connection: MultiplexedConnection, mut last
         match read {
             Ok(reply) => {
                 let now = SystemTime::now();
+                let from = last_id.clone();
+                let mut count = 0;
                 for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
+                    count += 1;
                     let member = entry.get::<String>("m");
                     let until = entry.get::<u64>("u");
                     match member.zip(until).and_then(|(m, u)| decode(&m, u)) {
@@ -756,6 +762,16 @@ async fn follow(shared: Arc<Shared>, connection: MultiplexedConnection, mut last
                         }
                     }
                     last_id = entry.id;
+                }
+                // A replica more than the stream's length behind would skip
+                // what the trimming took; that shows as a full read, from
+                // an entry no longer in the stream (see `holds`).
+                if count >= READ_COUNT as usize
+                    && !matches!(holds(c, &shared.keys.stream, &from).await, Ok(true))
+                {
+                    tracing::warn!(target: LOG_TARGET, url = %shared.url, "session store: the revocation mirror may have fallen further behind than the stream keeps; reloading every revocation");
+                    connection = None;
+                    continue;
                 }
                 shared.mark_synced();
                 backoff = MIN_BACKOFF;
@@ -774,6 +790,22 @@ async fn follow(shared: Arc<Shared>, connection: MultiplexedConnection, mut last
             }
         }
     }
+}
+
+/// Whether the stream still holds the entry `id`. The stream is trimmed
+/// from its oldest entry, so while the last entry a replica read is there,
+/// nothing after it has been trimmed; once it is gone, something after it
+/// may have been, unread. (`0-0`, a stream empty when the mirror loaded, is
+/// never held: a full read from it reloads, which costs a reload, not a
+/// revocation.)
+async fn holds(c: &mut MultiplexedConnection, stream: &str, id: &str) -> Result<bool, RedisError> {
+    let entry: StreamRangeReply = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg(id)
+        .arg(id)
+        .query_async(c)
+        .await?;
+    Ok(!entry.ids.is_empty())
 }
 
 /// Writes the revocations Redis did not record when the mirror hears from
