@@ -103,6 +103,18 @@ check_pair() {
     { echo "error: $svc --no-guard: /whoami is authenticated" >&2; exit 1; }
 }
 
+# check_floor SERVICE FLOOR-ADDR OPEN-ADDR: both instances answer without a
+# token, and neither tells the handler of a caller (the floor's record is
+# its own type, not Palisade's `Identity`).
+check_floor() {
+  local svc=$1 floor=$2 open=$3 addr
+  for addr in "$floor" "$open"; do
+    expect "$svc at $addr, no token" 200 "http://$addr/list"
+    curl -fsS -H "Authorization: Bearer $token" "http://$addr/whoami" | grep -q '"authenticated":false' ||
+      { echo "error: $svc at $addr: /whoami is authenticated" >&2; exit 1; }
+  done
+}
+
 # run_wrk URL SECONDS WRK-ARGS...: one wrk run with the token; its output in
 # $wrk_out; fails on any non-2xx answer.
 run_wrk() {

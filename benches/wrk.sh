@@ -35,12 +35,18 @@
 # two identical servers measured at once, whose ratio is the method's own
 # error (1.000 within its spread).
 #
+# FLOOR=1 starts it with --floor instead: no Palisade, only the two edits
+# Palisade (like Istio) makes by default to a request it admits, the
+# token's header removed and a record of the caller for the handler,
+# nothing checked. Its ratio is what the framework charges any guard for
+# them, the part of the 0.97 bar no authenticator can win back.
+#
 #   benches/wrk.sh                         # both services
 #   ROUNDS=20 DURATION=10 benches/wrk.sh reviews
 #
 # Settings (environment): ROUNDS (10), DURATION seconds (5), THREADS (1) and
 # CONNECTIONS (16) of each wrk, SERVER_CPUS (0), WRK_CPUS (1), TOGETHER,
-# PIN, CONTROL (wrk's own defaults are THREADS=2 CONNECTIONS=10).
+# PIN, CONTROL, FLOOR (wrk's own defaults are THREADS=2 CONNECTIONS=10).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -59,8 +65,6 @@ if [ "${PIN:-1}" != 0 ] && command -v taskset >/dev/null 2>&1 && [ "$(nproc)" -g
   wrk_launcher=(taskset -c "${WRK_CPUS:-1}")
 fi
 
-build_examples
-
 # rps URL [SECONDS]: one wrk run; prints requests/s.
 rps() {
   run_wrk "$1" "${2:-$duration}" -t"$threads" -c"$connections"
@@ -68,19 +72,29 @@ rps() {
 }
 
 case $rounds in '' | *[!0-9]* | 0) echo "error: ROUNDS must be a whole number, 1 or more (it is \`$rounds\`)" >&2; exit 2 ;; esac
-control=${CONTROL:-0}
+control=$([ "${CONTROL:-0}" = 0 ] && echo 0 || echo 1)
+floor=$([ "${FLOOR:-0}" = 0 ] && echo 0 || echo 1)
+# What the first instance runs: Palisade, nothing (CONTROL) or the floor.
+case $control$floor in
+  00) first=palisade ;;
+  10) first=control ;;
+  01) first=floor ;;
+  *) echo "error: CONTROL=1 and FLOOR=1 are two different runs: set one" >&2; exit 2 ;;
+esac
 together=${TOGETHER:-$([ ${#launcher[@]} -gt 0 ] && echo 1 || echo 0)}
 if [ "$together" != 0 ] && [ ${#launcher[@]} -eq 0 ]; then
-  echo "error: measuring both instances at once$([ "$control" = 0 ] || echo " (CONTROL=1 does)") needs the servers pinned to one CPU: taskset, two or more CPUs, PIN not 0" >&2
+  echo "error: measuring both instances at once$([ "$first" = palisade ] || echo " (${first^^}=1 does)") needs the servers pinned to one CPU: taskset, two or more CPUs, PIN not 0" >&2
   exit 1
 fi
-if [ "$control" != 0 ] && [ "$together" = 0 ]; then
-  echo "error: CONTROL=1 checks the method that measures both instances at once: it needs TOGETHER=1" >&2
+if [ "$first" != palisade ] && [ "$together" = 0 ]; then
+  echo "error: ${first^^}=1 is measured by the method that runs both instances at once: it needs TOGETHER=1" >&2
   exit 1
 fi
 case ${SERVER_CPUS:-0} in
   *[!0-9]*) [ "$together" = 0 ] || { echo "error: measuring at once, SERVER_CPUS must name one CPU (the servers split it): \`$SERVER_CPUS\`" >&2; exit 2; } ;;
 esac
+
+build_examples
 
 # cpu_ticks PID: the process's user and system CPU time so far, in clock
 # ticks: fields 14 and 15 of /proc/PID/stat (utime, stime), which are the
@@ -150,12 +164,13 @@ verdict() {
 }
 
 # start_pair SERVICE guarded|open: starts the two instances, the one named
-# first (the guarded one started with --no-guard too under CONTROL=1); sets
+# first (the guarded one started with --no-guard under CONTROL=1, with
+# --floor under FLOOR=1); sets
 # $guarded, $open, their pids and $token, and checks that they differ as
 # intended.
 start_pair() {
   local svc=$1 guard_args=()
-  [ "$control" = 0 ] || guard_args=(--no-guard)
+  case $first in control) guard_args=(--no-guard) ;; floor) guard_args=(--floor) ;; esac
   if [ "$2" = guarded ]; then
     start "$svc" "$work/$svc-guarded.out" "${guard_args[@]}"
     guarded=$addr guarded_pid=$pid
@@ -167,17 +182,20 @@ start_pair() {
     start "$svc" "$work/$svc-guarded.out" "${guard_args[@]}"
     guarded=$addr guarded_pid=$pid
   fi
-  # Under CONTROL=1 the "with Palisade" instance, started with --no-guard,
-  # still prints the demo issuer's token command; the token only fills
-  # wrk's header there.
+  # Without Palisade (CONTROL=1, FLOOR=1) the first instance still prints
+  # the demo issuer's token command; the token only fills wrk's header
+  # there (the floor removes it, checked by its /whoami).
   token_url_of "$work/$svc-guarded.out"
   fetch_token
-  [ "$control" != 0 ] || check_pair "$svc" "$guarded" "$open"
+  case $first in
+    palisade) check_pair "$svc" "$guarded" "$open" ;;
+    floor) check_floor "$svc" "$guarded" "$open" ;;
+  esac
 }
 
 summary=()
 for svc in "${services[@]}"; do
-  say "$svc (${framework[$svc]}): $rounds rounds of ${duration} s, the two instances $([ "$together" != 0 ] && echo "at once" || echo "in turn")$([ "$control" = 0 ] || echo ", CONTROL: both without Palisade"), wrk -t$threads -c$connections${launcher:+, servers: ${launcher[*]}, wrk: ${wrk_launcher[*]}}"
+  say "$svc (${framework[$svc]}): $rounds rounds of ${duration} s, the two instances $([ "$together" != 0 ] && echo "at once" || echo "in turn")$(case $first in control) echo ", CONTROL: both without Palisade" ;; floor) echo ", FLOOR: the floor against no guard" ;; esac), wrk -t$threads -c$connections${launcher:+, servers: ${launcher[*]}, wrk: ${wrk_launcher[*]}}"
   if [ "$together" = 0 ]; then
     start_pair "$svc" guarded
     rps "http://$guarded/list" 2 >/dev/null # warm-up
@@ -185,7 +203,7 @@ for svc in "${services[@]}"; do
   fi
   sum_g=0 sum_o=0 sum_cg=0 sum_co=0 ratios=()
   if [ "$together" != 0 ]; then
-    printf '%-6s %22s %22s %8s %24s\n' round "with Palisade (req/s)" "without (req/s)" ratio "CPU µs/request with, without"
+    printf '%-6s %22s %22s %8s %24s\n' round "$([ "$first" = floor ] && echo "the floor" || echo "with Palisade") (req/s)" "without (req/s)" ratio "CPU µs/request with, without"
   else
     printf '%-6s %22s %22s %8s\n' round "with Palisade (req/s)" "without (req/s)" ratio
   fi
@@ -223,8 +241,10 @@ for svc in "${services[@]}"; do
   printf '%-6s %22.0f %22.0f %8s\n' mean "$(awk -v a="$sum_g" -v n="$rounds" 'BEGIN {print a / n}')" \
     "$(awk -v a="$sum_o" -v n="$rounds" 'BEGIN {print a / n}')" "$ratio"
   spread=$(printf '%s\n' "${ratios[@]}" | sort -n | awk '{v[NR] = $1} END {printf "median %.3f, rounds %.3f to %.3f", (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2), v[1], v[NR]}')
-  if [ "$control" != 0 ]; then
+  if [ "$first" = control ]; then
     summary+=("$svc (${framework[$svc]}), control: two instances without Palisade, first / second = $ratio (ratio of sums; $spread; 1.000 expected)")
+  elif [ "$first" = floor ]; then
+    summary+=("$svc (${framework[$svc]}): the floor / no guard = $ratio (ratio of sums; $spread; the part of the 0.97 bar the framework's edits take)")
   else
     summary+=("$svc (${framework[$svc]}): with / without Palisade = $ratio (ratio of sums; $spread; the bar is 0.97)")
   fi
@@ -232,11 +252,15 @@ for svc in "${services[@]}"; do
   # the rounds' errors are then neither independent nor centred, and an
   # interval would claim what the run cannot show.
   if [ "$together" != 0 ]; then
-    summary+=("  $(printf '%s\n' "${ratios[@]}" | verdict "$([ "$control" = 0 ] && echo 0.97 || echo 1)")")
+    summary+=("  $(printf '%s\n' "${ratios[@]}" | verdict "$([ "$first" = control ] && echo 1 || echo 0.97)")")
     # Both servers shared one CPU: their CPU per request, read from /proc,
     # is what each request cost, the kernel's share included.
-    summary+=("$(awk -v g="$sum_cg" -v o="$sum_co" -v n="$rounds" -v control="$control" \
-      'BEGIN {printf "  server CPU per request (from /proc): %.2f µs %s, %.2f µs %s, %+.2f µs; %s = %.3f", g / n, control ? "first" : "with", o / n, control ? "second" : "without", (g - o) / n, control ? "second / first" : "without / with", o / g}')")
+    summary+=("$(awk -v g="$sum_cg" -v o="$sum_co" -v n="$rounds" -v first="$first" \
+      'BEGIN {
+        a = first == "control" ? "first" : first == "floor" ? "the floor" : "with"
+        b = first == "control" ? "second" : "without"
+        printf "  server CPU per request (from /proc): %.2f µs %s, %.2f µs %s, %+.2f µs; %s / %s = %.3f", g / n, a, o / n, b, (g - o) / n, b, a, o / g
+      }')")
   elif [ ${#launcher[@]} -ne 0 ]; then
     # With the server on one CPU and wrk keeping it busy, a request's cost in
     # server CPU is the inverse of the rate: the difference is what Palisade

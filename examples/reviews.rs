@@ -8,6 +8,8 @@
 //! ```
 
 mod common;
+#[path = "common/floor.rs"]
+mod floor;
 #[path = "proto/mod.rs"]
 mod proto;
 #[path = "common/ratings_client.rs"]
@@ -29,50 +31,97 @@ fn main() {
     // `--no-guard` (benchmarking only): the same routes without Palisade.
     let guarded = !args.no_guard;
     let limits = args.limits;
-    let app = move || {
-        App::new()
-            // The extractors' limits are the body limit too.
-            .app_data(web::PayloadConfig::new(limits.max_body()))
-            .app_data(web::JsonConfig::default().limit(limits.max_body()))
-            .wrap(Condition::new(guarded, Palisade::new(guard.clone())))
-            .route("/healthz", web::get().to(|| async { "ok" }))
-            .route(
-                "/list",
-                web::get().to(move || async move { HttpResponse::Ok().json(common::list_json(service)) }),
-            )
-            .route(
-                "/list",
-                // POST reads its body, as a real create would: the body
-                // limit shows as 413.
-                web::post().to(move |_body: web::Bytes| async move {
-                    HttpResponse::Created().json(common::created_json(service))
-                }),
-            )
-            .route(
-                "/reviews/{id}",
-                web::get().to({
-                    let ratings = ratings.clone();
-                    move |id: web::Path<String>, req: actix_web::HttpRequest| {
-                        let ratings = ratings.clone();
-                        async move {
-                            let mut item = common::item_json(service, &id);
-                            if let (Some(ratings), Ok(product)) = (ratings, id.parse::<i32>()) {
-                                item["ratings"] = ratings.get(product, caller_token(&req)).await;
-                            }
-                            HttpResponse::Ok().json(item)
-                        }
-                    }
-                }),
-            )
-            .route(
-                "/whoami",
-                web::get().to(|id: Option<Identity>| async move {
-                    HttpResponse::Ok().json(palisade::core::whoami(id.as_ref()))
-                }),
+    if args.floor {
+        // `--floor` (benchmarking only): behind the floor instead, an app
+        // of its own type, so that the other instances carry no layer of it.
+        let app = move || {
+            routes(
+                App::new().wrap(floor::Floor::new()),
+                service,
+                ratings.clone(),
+                limits,
             )
             // Last, so first: a body too large is refused before the guard.
             .wrap(BodyLimit::new(limits))
-    };
+        };
+        serve(&args, setup, app);
+    } else {
+        let app = move || {
+            let app = App::new().wrap(Condition::new(guarded, Palisade::new(guard.clone())));
+            routes(app, service, ratings.clone(), limits).wrap(BodyLimit::new(limits))
+        };
+        serve(&args, setup, app);
+    }
+}
+
+/// The service's routes on `app`, with the extractors' limits.
+fn routes<T>(
+    app: App<T>,
+    service: &'static str,
+    ratings: Option<ratings_client::Ratings>,
+    limits: palisade::core::limits::ServerLimits,
+) -> App<T>
+where
+    T: actix_web::dev::ServiceFactory<
+            actix_web::dev::ServiceRequest,
+            Config = (),
+            Error = actix_web::Error,
+            InitError = (),
+        >,
+{
+    app
+        // The extractors' limits are the body limit too.
+        .app_data(web::PayloadConfig::new(limits.max_body()))
+        .app_data(web::JsonConfig::default().limit(limits.max_body()))
+        .route("/healthz", web::get().to(|| async { "ok" }))
+        .route(
+            "/list",
+            web::get().to(move || async move { HttpResponse::Ok().json(common::list_json(service)) }),
+        )
+        .route(
+            "/list",
+            // POST reads its body, as a real create would: the body
+            // limit shows as 413.
+            web::post().to(move |_body: web::Bytes| async move {
+                HttpResponse::Created().json(common::created_json(service))
+            }),
+        )
+        .route(
+            "/reviews/{id}",
+            web::get().to(move |id: web::Path<String>, req: actix_web::HttpRequest| {
+                let ratings = ratings.clone();
+                async move {
+                    let mut item = common::item_json(service, &id);
+                    if let (Some(ratings), Ok(product)) = (ratings, id.parse::<i32>()) {
+                        item["ratings"] = ratings.get(product, caller_token(&req)).await;
+                    }
+                    HttpResponse::Ok().json(item)
+                }
+            }),
+        )
+        .route(
+            "/whoami",
+            web::get().to(|id: Option<Identity>| async move {
+                HttpResponse::Ok().json(palisade::core::whoami(id.as_ref()))
+            }),
+        )
+}
+
+/// Serves the apps `app` makes, as the policy says (plaintext, PERMISSIVE
+/// or STRICT mTLS), until SIGTERM or SIGINT.
+fn serve<F, I, S, B>(args: &common::Args, setup: common::Setup, app: F)
+where
+    F: Fn() -> I + Send + Clone + 'static,
+    I: actix_service::IntoServiceFactory<S, actix_http::Request>,
+    S: actix_web::dev::ServiceFactory<actix_http::Request, Config = actix_web::dev::AppConfig> + 'static,
+    S::Error: Into<actix_web::Error> + 'static,
+    S::InitError: std::fmt::Debug,
+    S::Response: Into<actix_http::Response<B>> + 'static,
+    <S::Service as actix_web::dev::Service<actix_http::Request>>::Future: 'static,
+    S::Service: 'static,
+    B: actix_web::body::MessageBody + 'static,
+{
+    let limits = args.limits;
     let listen_error = |e: std::io::Error| format!("--listen {}: {e}", args.listen);
     // Plaintext and PERMISSIVE (plaintext and mTLS on one port) take
     // Palisade's listener, which waits for a caller's first byte with a
@@ -106,7 +155,6 @@ fn main() {
         }
     };
     let tls = setup.tls.clone();
-    let args = &args;
     let result = actix_web::rt::System::new().block_on(async move {
         let server = match server {
             Listener::Palisade(server) => server.run(),

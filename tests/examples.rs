@@ -451,3 +451,39 @@ spec:
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The benchmarking modes are what `benches/wrk.sh` compares against, so
+/// each must serve the same routes without authentication (`--no-guard`,
+/// and `--floor` behind its two edits) and say so on stderr: a guarded
+/// service started by mistake with either is never silent.
+#[tokio::test]
+async fn benchmarking_modes_serve_without_authentication_and_say_so() {
+    let dir = palisade::testkit::TempDir::new("examples-bench-modes");
+    for name in ["details", "reviews"] {
+        for mode in ["--no-guard", "--floor"] {
+            let log = dir.path().join(format!("{name}{mode}.log"));
+            let svc = common::start_logged(name, &[mode], &[], log.to_str().unwrap());
+            let list = client()
+                .get(format!("http://{}/list", svc.addr))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(list.status(), 200, "{name} {mode}: /list without a token");
+            let who: Value = client()
+                .get(format!("http://{}/whoami", svc.addr))
+                .bearer_auth("not-a-token")
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(who["authenticated"], false, "{name} {mode}: {who}");
+            let stderr = std::fs::read_to_string(&log).unwrap();
+            assert!(
+                stderr.contains(&format!("warning: {mode}: serving without authentication")),
+                "{name} {mode}: no warning on stderr: {stderr}"
+            );
+        }
+    }
+}

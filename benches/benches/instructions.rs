@@ -34,7 +34,7 @@ use palisade::jwt::{JwtAuthenticator, Provider};
 use palisade::testkit::{SigningAlgorithm, TestIssuer};
 use tower::ServiceExt;
 
-#[path = "../common/floor.rs"]
+#[path = "../../examples/common/floor.rs"]
 mod floor;
 use floor::Floor;
 

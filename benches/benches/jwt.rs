@@ -14,7 +14,7 @@ use palisade::jwt::{JwtAuthenticator, Provider};
 use palisade::testkit::{SigningAlgorithm, TestIssuer};
 use tower::ServiceExt;
 
-#[path = "../common/floor.rs"]
+#[path = "../../examples/common/floor.rs"]
 mod floor;
 #[path = "../common/paired.rs"]
 mod paired;
@@ -162,7 +162,7 @@ fn overhead_benches(c: &mut Criterion) {
     );
 
     // The floor around the same router: the token's header dropped and a
-    // record inserted, nothing checked (`benches/common/floor.rs`).
+    // record inserted, nothing checked (`examples/common/floor.rs`).
     let floored = floor::Floor::new().around(axum_app(None));
     let axum_floor = bench_paired(
         &mut g,

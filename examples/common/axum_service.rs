@@ -119,6 +119,9 @@ pub fn app(service: &'static str, backend: Option<Backend>, extra: Router) -> Ro
     router
 }
 
+#[path = "floor.rs"]
+mod floor;
+
 /// Runs a contract service on axum: arguments, policy, routes, graceful shutdown.
 pub async fn run(default_name: &str, default_port: u16) {
     run_with(default_name, default_port, Router::new()).await;
@@ -146,7 +149,8 @@ pub struct Parts<'a> {
 /// `palisade::axum::serve` is given), so the router sees the normalised
 /// path the policy matched and no second router runs per request, as one
 /// would under `PalisadeLayer::wrap`. Without a guard (`--no-guard`,
-/// benchmarking only) the routes are served as they are.
+/// benchmarking only) the routes are served as they are; with `--floor`
+/// (benchmarking only) behind the floor of `floor.rs`.
 pub async fn serve(default_name: &str, default_port: u16, make: impl FnOnce(Parts<'_>) -> Router) {
     common::init_logging();
     let args = common::args(default_name, default_port);
@@ -197,6 +201,7 @@ pub async fn serve(default_name: &str, default_port: u16, make: impl FnOnce(Part
             )
             .await
         }
+        None if args.floor => serve_on(listener, tls, limits, floor::Floor::new().around(router), stop).await,
         None => serve_on(listener, tls, limits, router, stop).await,
     };
     if let Err(e) = served {

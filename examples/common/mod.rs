@@ -35,6 +35,10 @@ pub struct Args {
     pub client_crls: Vec<PathBuf>,
     /// `--no-guard`, for benchmarking only: the same routes without Palisade.
     pub no_guard: bool,
+    /// `--floor`, for benchmarking only: the same routes without Palisade,
+    /// behind a floor instead (`floor.rs`: the token's header removed, a
+    /// record of the caller inserted, nothing checked). Sets `no_guard`.
+    pub floor: bool,
     /// `--upstream NAME=URL` (productpage): the back-ends it calls.
     pub upstreams: Vec<(String, String)>,
     /// `--upstream-timeout SECONDS`: how long an upstream has to answer.
@@ -76,7 +80,11 @@ pub fn args(service: &str, port: u16) -> Args {
             fail(&format!("cannot re-execute for --keytab: {err}"));
         }
     }
-    if args.no_guard {
+    if args.floor {
+        eprintln!(
+            "warning: --floor: serving without authentication or policy, behind a floor that only removes the Authorization header (benchmarking only)"
+        );
+    } else if args.no_guard {
         eprintln!("warning: --no-guard: serving without authentication or policy (benchmarking only)");
     }
     args
@@ -101,6 +109,7 @@ fn parse(service: &str, port: u16, mut it: impl Iterator<Item = String>) -> Resu
         client_ca: None,
         client_crls: Vec::new(),
         no_guard: false,
+        floor: false,
         upstreams: Vec::new(),
         upstream_timeout: std::time::Duration::from_secs(5),
         admin: None,
@@ -133,6 +142,10 @@ fn parse(service: &str, port: u16, mut it: impl Iterator<Item = String>) -> Resu
             "--backend" => args.backend = Some(value()?),
             "--s4u-realm" => args.s4u_realm = Some(value()?),
             "--no-guard" => args.no_guard = true,
+            "--floor" => {
+                args.no_guard = true;
+                args.floor = true;
+            }
             "--upstream" => {
                 let v = value()?;
                 let (name, url) = v
@@ -186,7 +199,8 @@ fn parse(service: &str, port: u16, mut it: impl Iterator<Item = String>) -> Resu
                      --client-ca turns mutual TLS on; its mode comes from the policy file's PeerAuthentication\n\
                      (default STRICT). Certificates, keys, CA and CRL files are reloaded when they change or on SIGHUP.\n\
                      --no-guard (benchmarking only) serves the same routes without Palisade: no authentication,\n\
-                     no policy, /whoami says unauthenticated; see benches/wrk.sh."
+                     no policy, /whoami says unauthenticated; --floor (benchmarking only) does too, behind a floor\n\
+                     that only removes the Authorization header and hands the handler a record; see benches/wrk.sh."
                 );
                 std::process::exit(0);
             }

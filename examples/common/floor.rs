@@ -1,9 +1,18 @@
-//! The floor of the overhead figures: the edits a guard of the benches'
-//! apps makes by default to a request it lets through, with nothing
-//! checked. It drops the token's header (Istio's `forwardOriginalToken:
-//! false`) and hands the handler a record of the caller. It is a lower
-//! bound: it cannot refuse, so its future and body are the app's own,
-//! where a guard's must be able to carry a refusal instead.
+//! The floor of the overhead figures: the edits a guard makes by default
+//! to a request it lets through, with nothing checked. It drops the
+//! token's header (Istio's `forwardOriginalToken: false`) and hands the
+//! handler a record of the caller. It is a lower bound: it cannot refuse,
+//! so its future and body are the app's own, where a guard's must be able
+//! to carry a refusal instead.
+//!
+//! The example services serve behind it with `--floor` (benchmarking
+//! only, `benches/wrk.sh`'s `FLOOR=1`); the benches' in-process apps
+//! include this file too.
+
+#![allow(
+    dead_code,
+    reason = "shared by the examples and the benches, each using one framework's half"
+)]
 
 use actix_web::HttpMessage;
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
