@@ -553,6 +553,77 @@ async fn a_refresh_outlives_the_requests_that_waited_for_it() {
     }
 }
 
+/// Two replicas sharing Redis refresh one session at once (a page whose
+/// requests a load balancer spreads over both): the issuer is asked once,
+/// since its refresh token works once, and the session goes on at both,
+/// with the old cookie and with the renewed one. Before, each replica
+/// refreshed on its own, the second with the spent token; the issuer
+/// refused it and that replica ended the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_sharing_redis_refresh_a_session_once() {
+    let redis = redis();
+    // Tokens live 35 s and are refreshed when less than 30 s are left.
+    let f = fixture(Duration::from_secs(35));
+    let (a, b) = replicas(&f, &redis, "").await;
+    let jar = sign_in(&a, &f.issuer).await;
+    tokio::time::sleep(Duration::from_millis(5_100)).await;
+    let before = f.issuer.refreshes();
+    // Slow enough that the two replicas' requests overlap the refresh.
+    f.issuer.delay_refresh_answers(Duration::from_millis(300));
+    let (on_a, on_b) = tokio::join!(futures_join(&a, &jar, 4), futures_join(&b, &jar, 4));
+    f.issuer.delay_refresh_answers(Duration::ZERO);
+    for answer in on_a.iter().chain(&on_b) {
+        assert_eq!(answer.status, 200, "{answer:?}");
+    }
+    assert_eq!(f.issuer.refreshes(), before + 1, "one refresh for both replicas");
+    let renewed = on_a
+        .iter()
+        .chain(&on_b)
+        .find(|x| x.set_cookies.iter().any(|c| c.starts_with("palisade_session=")))
+        .expect("the replica that refreshed renews the cookie");
+    let mut new_jar = jar.clone();
+    new_jar.take(renewed);
+    for base in [&a, &b] {
+        for (cookie, j) in [("old", &jar), ("renewed", &new_jar)] {
+            let answer = get(&format!("{base}/whoami"), j, false).await;
+            assert_eq!(answer.status, 200, "{base}, the {cookie} cookie: {answer:?}");
+        }
+    }
+    assert_eq!(
+        f.issuer.refreshes(),
+        before + 1,
+        "no replica sent the spent refresh token"
+    );
+}
+
+/// As above, once the old tokens have expired: the replica that did not
+/// claim the refresh cannot use them, and waits for the tokens the other
+/// hands on through the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_waits_for_the_refresh_another_makes_once_the_old_tokens_expired() {
+    let redis = redis();
+    // Tokens live 2 s: expired before the requests.
+    let f = fixture(Duration::from_secs(2));
+    let (a, b) = replicas(&f, &redis, "").await;
+    let jar = sign_in(&a, &f.issuer).await;
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let before = f.issuer.refreshes();
+    f.issuer.delay_refresh_answers(Duration::from_millis(300));
+    let (on_a, on_b) = tokio::join!(futures_join(&a, &jar, 4), futures_join(&b, &jar, 4));
+    f.issuer.delay_refresh_answers(Duration::ZERO);
+    for answer in on_a.iter().chain(&on_b) {
+        assert_eq!(answer.status, 200, "{answer:?}");
+        assert!(
+            answer
+                .set_cookies
+                .iter()
+                .any(|c| c.starts_with("palisade_session=")),
+            "each replica's answer carries the refreshed session: {answer:?}"
+        );
+    }
+    assert_eq!(f.issuer.refreshes(), before + 1, "one refresh for both replicas");
+}
+
 async fn futures_join(base: &str, jar: &Jar, n: usize) -> Vec<Answer> {
     let mut tasks = Vec::new();
     for _ in 0..n {

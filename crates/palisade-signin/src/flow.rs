@@ -23,9 +23,16 @@ use crate::cookie::{CookieKey, CookieSealer, Opened, RawCookie, SealError};
 use crate::provider::{Issuer, Metadata, TokenError, form_encode, param, param_count};
 use crate::session::{
     Cache, Live, Payload, Session, Successors, at, new_store_key, now, now_ms, now_us, open_stored,
-    seal_stored, unverified_claims,
+    open_successor, refresh_claim, seal_stored, seal_successor, successor_key, unverified_claims,
 };
 use crate::store::{MemoryStore, Revocation, SessionRef, SessionStore};
+
+/// How long a refreshed session stays in the store for the other replicas
+/// (requests that still carry the cookie it replaces).
+const SUCCESSOR_TTL: Duration = Duration::from_secs(300);
+/// The longest pause between two looks for a successor another replica is
+/// making.
+const SUCCESSOR_POLL: Duration = Duration::from_millis(200);
 
 /// How long a sign-in may take, from the redirect to the callback.
 const LOGIN_STATE_TTL: u64 = 600;
@@ -1076,8 +1083,15 @@ impl SignIn {
             if live.session.rt.is_some() {
                 let this = self.clone();
                 return Check::pending(async move {
+                    let before = Arc::clone(&live);
                     match this.refresh(live).await {
-                        Some(next) => this.authenticated(next, true, chunks, secure).await,
+                        // The same tokens (the issuer cannot be asked now,
+                        // another replica is refreshing them): the cookie
+                        // stays, so it never replaces a newer one.
+                        Some(next) => {
+                            let renew = !Arc::ptr_eq(&next, &before);
+                            this.authenticated(next, renew, chunks, secure).await
+                        }
                         None => AuthOutcome::NoCredential,
                     }
                 });
@@ -1121,7 +1135,9 @@ impl SignIn {
     }
 
     /// Refreshes a session's tokens, once for all concurrent requests of
-    /// the session. `None` ends the session for this request (refused:
+    /// the session, and once for every replica sharing the store (the
+    /// first to claim it asks the issuer and hands the result on through
+    /// the store). `None` ends the session for this request (refused:
     /// for good).
     ///
     /// The refresh runs as a task of its own, not in a request: once the
@@ -1143,6 +1159,20 @@ impl SignIn {
             && next.session.newer_than(&live.session)
         {
             return Some(next);
+        }
+        // Another replica did (a shared store).
+        if let Some(next) = self.adopt(&live.session).await {
+            return Some(next);
+        }
+        // One replica asks the issuer: the refresh token works once.
+        let claim = refresh_claim(&live.session);
+        match self.0.store.use_once(&claim, self.claim_ttl()).await {
+            Ok(true) => {}
+            Ok(false) => return self.await_successor(live).await,
+            // The store cannot say: refresh here, as a lone replica would.
+            Err(e) => {
+                tracing::debug!(target: LOG_TARGET, error = %e, "the store cannot say whether another replica refreshes a session: refreshing here");
+            }
         }
         let c = &self.0.config;
         let metadata = self.0.issuer.metadata()?;
@@ -1187,6 +1217,7 @@ impl SignIn {
                     next.store_key = new_store_key();
                 }
                 tracing::debug!(target: LOG_TARGET, subject = %next.sub, "session tokens refreshed");
+                self.hand_on(s, &next).await;
                 let next = Arc::new(Live::new(next, &c.issuer, None));
                 self.0.successors.insert(Arc::clone(&next));
                 Some(next)
@@ -1200,9 +1231,80 @@ impl SignIn {
             }
             Err(TokenError::Unavailable(e)) => {
                 tracing::warn!(target: LOG_TARGET, error = %e, "the issuer cannot refresh a session now");
+                // The next request, on any replica, may try again.
+                if let Err(e) = self.0.store.release(&claim).await {
+                    tracing::debug!(target: LOG_TARGET, error = %e, "a refresh's claim cannot be released: the other replicas wait for it to expire");
+                }
                 (s.at_exp > t).then_some(live)
             }
         }
+    }
+
+    /// How long the replica that claimed a refresh has to finish it: its
+    /// call to the token endpoint and one for the issuer's keys, with a
+    /// margin. A replica that stopped meanwhile holds it no longer.
+    fn claim_ttl(&self) -> Duration {
+        self.0.config.timeout.saturating_mul(2) + Duration::from_secs(5)
+    }
+
+    /// Puts `next`, the refreshed successor of `previous`, in the store for
+    /// the other replicas, sealed with a key only `previous`'s holders can
+    /// derive. A failure leaves them on the old tokens while those last.
+    async fn hand_on(&self, previous: &Session, next: &Session) {
+        let Some(sealed) = seal_successor(previous, next) else {
+            return;
+        };
+        if let Err(e) = self
+            .0
+            .store
+            .put(&successor_key(previous), sealed, SUCCESSOR_TTL)
+            .await
+        {
+            tracing::warn!(target: LOG_TARGET, error = %e, "a refreshed session cannot be handed to the other replicas: their requests use the old tokens until the browser brings the new cookie");
+        }
+    }
+
+    /// The successor of `previous` another replica put in the store.
+    async fn adopt(&self, previous: &Session) -> Option<Arc<Live>> {
+        let sealed = match self.0.store.get(&successor_key(previous)).await {
+            Ok(found) => found?,
+            Err(e) => {
+                tracing::debug!(target: LOG_TARGET, error = %e, "the store cannot say whether another replica refreshed a session");
+                return None;
+            }
+        };
+        let Some(next) = open_successor(previous, sealed) else {
+            tracing::debug!(target: LOG_TARGET, "a refreshed session in the store does not open with the session it replaces");
+            return None;
+        };
+        let next = Arc::new(Live::new(next, &self.0.config.issuer, None));
+        self.0.successors.insert(Arc::clone(&next));
+        Some(next)
+    }
+
+    /// Another replica is refreshing the session. Its tokens are used while
+    /// they last (the cookie is left as it is); once they have expired, the
+    /// successor that replica hands on, for as long as it has to make one.
+    /// `None` when none comes, or the session ends meanwhile (the issuer
+    /// refused that replica's refresh).
+    async fn await_successor(&self, live: Arc<Live>) -> Option<Arc<Live>> {
+        if live.session.at_exp > now() {
+            return Some(live);
+        }
+        let deadline = tokio::time::Instant::now() + self.claim_ttl();
+        let mut pause = Duration::from_millis(20);
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(SUCCESSOR_POLL);
+            if let Some(next) = self.adopt(&live.session).await {
+                return Some(next);
+            }
+            if !self.usable(&live.session, now()) {
+                return None;
+            }
+        }
+        tracing::info!(target: LOG_TARGET, subject = %live.session.sub, "another replica claimed a session's refresh and handed on no tokens in time: the session ends for this request");
+        None
     }
 
     /// Ends a session here: forgotten by this process at once, recorded as

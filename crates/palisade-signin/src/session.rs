@@ -169,6 +169,84 @@ pub(crate) fn open_stored(id: &str, key: &str, sealed: Vec<u8>) -> Option<Vec<u8
     open_framed(&key, &stored_aad(id), sealed)
 }
 
+/// What a replica that refreshes a session hands the others through the
+/// store: the refreshed session and the key its stored copy is sealed
+/// with (never in a cookie's `Session`), so that every replica writes it
+/// under the one key.
+#[derive(Serialize, Deserialize)]
+struct Handoff {
+    #[serde(rename = "s")]
+    session: Session,
+    #[serde(default, rename = "k", skip_serializing_if = "Option::is_none")]
+    store_key: Option<String>,
+}
+
+/// The label of a refreshed session's seal.
+const HANDOFF_LABEL: &[u8] = b"palisade refreshed session v1\0";
+
+/// The store key claimed by the replica that refreshes `previous`
+/// (`SessionStore::use_once`): one per session and generation.
+pub(crate) fn refresh_claim(previous: &Session) -> String {
+    format!("refresh:{}:{}", previous.id, previous.generation)
+}
+
+/// The store key the refreshed successor of `previous` is put under.
+pub(crate) fn successor_key(previous: &Session) -> String {
+    format!("refresh:{}:{}:next", previous.id, previous.generation)
+}
+
+/// The key a successor of `previous` is sealed with: derived (HKDF-SHA256)
+/// from its refresh token, which only the holders of its cookie know, so
+/// that the store alone (a Redis dump) shows no token and gives nothing a
+/// browser could present. `None` without a refresh token.
+fn handoff_key(previous: &Session) -> Option<RandomizedNonceKey> {
+    use aws_lc_rs::hkdf::{HKDF_SHA256, Salt};
+    let rt = previous.rt.as_deref()?;
+    let prk = Salt::new(HKDF_SHA256, HANDOFF_LABEL).extract(rt.as_bytes());
+    let info = [previous.id.as_bytes()];
+    let mut key = [0u8; 32];
+    prk.expand(&info, HKDF_SHA256).ok()?.fill(&mut key).ok()?;
+    RandomizedNonceKey::new(&AES_256_GCM, &key).ok()
+}
+
+/// What a successor's seal is bound to: the session and the generation it
+/// replaces.
+fn handoff_aad(previous: &Session) -> Vec<u8> {
+    [
+        HANDOFF_LABEL,
+        previous.id.as_bytes(),
+        b"\0",
+        previous.generation.to_string().as_bytes(),
+    ]
+    .concat()
+}
+
+/// Seals `next`, the refreshed successor of `previous`, for the store.
+pub(crate) fn seal_successor(previous: &Session, next: &Session) -> Option<Vec<u8>> {
+    let handoff = Handoff {
+        session: next.clone(),
+        store_key: next.store_key.as_deref().map(str::to_owned),
+    };
+    let plaintext = serde_json::to_vec(&handoff).ok()?;
+    seal_framed(&handoff_key(previous)?, &handoff_aad(previous), &plaintext)
+}
+
+/// Opens what [`seal_successor`] sealed for `previous`: the successor, with
+/// its store key; `None` when it does not open or is not a later copy of
+/// the same session.
+pub(crate) fn open_successor(previous: &Session, sealed: Vec<u8>) -> Option<Session> {
+    let plaintext = open_framed(&handoff_key(previous)?, &handoff_aad(previous), sealed)?;
+    let Handoff {
+        mut session,
+        store_key,
+    } = serde_json::from_slice(&plaintext).ok()?;
+    if session.id != previous.id || !session.newer_than(previous) {
+        return None;
+    }
+    session.store_key = store_key.map(Arc::from);
+    Some(session)
+}
+
 /// The claims of a JWT's payload, without checking its signature: for a
 /// token the relying party received from the token endpoint itself.
 pub(crate) fn unverified_claims(token: &str) -> Option<Map<String, Value>> {
@@ -418,6 +496,45 @@ mod tests {
         assert_eq!(open_stored("s1", &key, tampered), None);
         assert_eq!(open_stored("s1", &key, sealed[..5].to_vec()), None);
         assert_eq!(open_stored("s1", "not base64!", sealed), None);
+    }
+
+    #[test]
+    fn a_refreshed_session_opens_only_for_the_holders_of_the_session_it_replaces() {
+        let previous = session("old-token");
+        let mut next = session("new-token");
+        next.rt = Some("rotated-secret".into());
+        next.generation = 1;
+        next.store_key = new_store_key();
+        let sealed = seal_successor(&previous, &next).unwrap();
+        for secret in [&b"new-token"[..], b"rotated-secret", b"refresh-secret"] {
+            assert!(!sealed.windows(secret.len()).any(|w| w == secret));
+        }
+        let opened = open_successor(&previous, sealed.clone()).unwrap();
+        assert_eq!((opened.at.as_str(), opened.generation), ("new-token", 1));
+        assert_eq!(opened.store_key, next.store_key, "the stored copy's key travels");
+        // Whoever lacks the refresh token it replaces (the store alone).
+        let mut stranger = previous.clone();
+        stranger.rt = Some("another-secret".into());
+        assert!(open_successor(&stranger, sealed.clone()).is_none());
+        // Another session, another generation, tampering.
+        let mut other = previous.clone();
+        other.id = "s2".into();
+        assert!(open_successor(&other, sealed.clone()).is_none());
+        let mut later = previous.clone();
+        later.generation = 1;
+        assert!(open_successor(&later, sealed.clone()).is_none());
+        let mut tampered = sealed;
+        *tampered.last_mut().unwrap() ^= 1;
+        assert!(open_successor(&previous, tampered).is_none());
+        // Not a later copy of the session.
+        let stale = seal_successor(&previous, &previous).unwrap();
+        assert!(open_successor(&previous, stale).is_none());
+        // Without a refresh token there is nothing to hand on.
+        let mut without = previous.clone();
+        without.rt = None;
+        assert!(seal_successor(&without, &next).is_none());
+        assert_ne!(refresh_claim(&previous), refresh_claim(&later));
+        assert_ne!(successor_key(&previous), refresh_claim(&previous));
     }
 
     #[test]

@@ -86,7 +86,8 @@ pub trait SessionStore: Send + Sync + 'static {
     fn is_revoked(&self, session: &SessionRef<'_>) -> Result<bool, StoreError>;
 
     /// Marks `key` used for `ttl`; `Ok(false)` when it was already used
-    /// (a logout token's `jti`, a code). `ttl` should cover the time the
+    /// (a logout token's `jti`, a code, a session's refresh that another
+    /// replica claimed). `ttl` should cover the time the
     /// value is valid.
     ///
     /// # Errors
@@ -97,9 +98,11 @@ pub trait SessionStore: Send + Sync + 'static {
     /// `Ok(false)`: at most once, never twice.)
     fn use_once(&self, key: &str, ttl: Duration) -> BoxFuture<Result<bool, StoreError>>;
 
-    /// Stores server-side session data under the session id for `ttl`,
-    /// replacing what was there. The data is sealed (AES-256-GCM) with a
-    /// key only the session's cookie holds: a store sees no token.
+    /// Stores server-side session data under `id` for `ttl`, replacing
+    /// what was there: a session too large for cookies under its id, and a
+    /// session one replica refreshed, for the others, under a key of its
+    /// own (`refresh:…`). The data is sealed (AES-256-GCM) with a key only
+    /// the session's cookie holds or can derive: a store sees no token.
     ///
     /// # Errors
     ///
