@@ -20,23 +20,10 @@ use axum::response::Html;
 use axum::routing::get;
 use axum::{Extension, Json, Router};
 use palisade::core::RequestAuth;
+use palisade::core::syntax::html_escape;
 use palisade::prelude::Identity;
 use serde_json::{Map, Value, json};
 use upstream::{Answer, Backends};
-
-/// Text for HTML.
-fn escape(text: &str) -> String {
-    text.chars()
-        .map(|c| match c {
-            '<' => "&lt;".to_owned(),
-            '>' => "&gt;".to_owned(),
-            '&' => "&amp;".to_owned(),
-            '"' => "&quot;".to_owned(),
-            '\'' => "&#39;".to_owned(),
-            c => c.to_string(),
-        })
-        .collect()
-}
 
 /// A section of the page from an upstream's answer: its `title` when it
 /// answered 200, else why not.
@@ -44,13 +31,13 @@ fn section(what: &str, answer: Option<&Answer>, fallback: &str) -> String {
     match answer {
         None => fallback.to_owned(),
         Some(a) if a.status == 200 => {
-            let mut text = escape(a.body["title"].as_str().unwrap_or(fallback));
+            let mut text = html_escape(a.body["title"].as_str().unwrap_or(fallback));
             // reviews' answer carries the ratings it got from ratings.
             let ratings = &a.body["ratings"];
             if let Some(stars) = ratings["body"].as_object().filter(|_| ratings["status"] == 200) {
                 for (reviewer, n) in stars {
                     let n = n.as_u64().unwrap_or(0).min(5) as usize;
-                    text.push_str(&format!(" · {}: {}", escape(reviewer), "★".repeat(n)));
+                    text.push_str(&format!(" · {}: {}", html_escape(reviewer), "★".repeat(n)));
                 }
             } else if let Some(status) = ratings["status"].as_u64() {
                 text.push_str(&format!(" · ratings unavailable ({status})"));
@@ -102,7 +89,7 @@ async fn productpage(
     let account = match &name {
         Some(name) => format!(
             r#"Signed in as <span id="user">{}</span> · <a id="sign-out" href="/logout">Sign out</a>"#,
-            escape(name)
+            html_escape(name)
         ),
         None => r#"<a id="sign-in" href="/login?return_to=/productpage">Sign in</a>"#.to_owned(),
     };

@@ -1,8 +1,8 @@
 //! What the values of a configuration must look like, and how they are
 //! shown: the rules a policy file and the builders share for the URLs
 //! Palisade calls or sends a browser to, the paths it serves, HTTP tokens
-//! (header and cookie names), and URLs shown in errors and logs without
-//! their credentials. Each rule is written once here, so a file and code
+//! (header and cookie names), URLs shown in errors and logs without
+//! their credentials, and text shown in a page. Each rule is written once here, so a file and code
 //! that builds the same setting meet the same rule.
 
 /// What stands for the tenant in an issuer pattern
@@ -273,6 +273,31 @@ fn is_loopback_url(s: &str) -> bool {
         || host
             .parse::<std::net::Ipv4Addr>()
             .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// `text` as HTML text or an attribute value in quotes: `&`, `<`, `>`,
+/// `"` and `'` escaped. What Palisade's pages (a logout confirmation, a
+/// problem page) show of a path or a name goes through it.
+///
+/// ```
+/// use palisade_core::syntax::html_escape;
+/// assert_eq!(html_escape(r#"<a href="x">O'Neil & co</a>"#), "&lt;a href=&quot;x&quot;&gt;O&#39;Neil &amp; co&lt;/a&gt;");
+/// assert_eq!(html_escape("café"), "café");
+/// ```
+#[must_use]
+pub fn html_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use palisade_core::adapter::Reply;
 use palisade_core::authn::{AuthOutcome, Authenticated, Authenticator, RequestHead, SingleFlight};
+use palisade_core::syntax::html_escape;
 use palisade_core::{Check, Rejection};
 use palisade_jwt::{FetchSettings, JwtAuthenticator, Provider};
 use serde::{Deserialize, Serialize};
@@ -492,22 +493,6 @@ fn started_elsewhere(req: &dyn RequestHead, external: Option<&str>) -> bool {
         (Some(o), Some(h)) => !o.eq_ignore_ascii_case(h),
         _ => true,
     }
-}
-
-/// `s` with HTML's special characters escaped.
-fn html_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// The sealer of the login-state cookie `prefix` + `tag`.
