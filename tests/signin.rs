@@ -553,6 +553,55 @@ async fn a_refresh_outlives_the_requests_that_waited_for_it() {
     }
 }
 
+/// What [`at_once_on_both`] leaves.
+struct AtOnce {
+    f: Fixture,
+    /// The two replicas' base URLs.
+    replicas: [String; 2],
+    /// The cookies signed in with.
+    jar: Jar,
+    /// Every answer to the requests sent at once.
+    answers: Vec<Answer>,
+    /// The issuer's refreshes before them.
+    before: usize,
+    _redis: palisade::testkit::redis::RedisServer,
+}
+
+/// Two replicas (axum and actix-web) sharing a Redis, with tokens that
+/// live `lifetime`: signs in at the first, waits `wait` (then has the
+/// issuer pad access tokens with `pad` bytes, when not 0), then sends four
+/// requests of the session to each replica at once while the issuer
+/// answers refreshes 300 ms late, so that they overlap the refresh. Each
+/// answer is 200: no replica sent a spent refresh token, which the issuer
+/// refuses, ending the session.
+async fn at_once_on_both(lifetime: Duration, wait: Duration, pad: usize) -> AtOnce {
+    let redis = redis();
+    let f = fixture(lifetime);
+    let (a, b) = replicas(&f, &redis, "").await;
+    let jar = sign_in(&a, &f.issuer).await;
+    tokio::time::sleep(wait).await;
+    if pad > 0 {
+        f.issuer.pad_access_tokens(pad);
+    }
+    let before = f.issuer.refreshes();
+    f.issuer.delay_refresh_answers(Duration::from_millis(300));
+    let (on_a, on_b) = tokio::join!(futures_join(&a, &jar, 4), futures_join(&b, &jar, 4));
+    f.issuer.delay_refresh_answers(Duration::ZERO);
+    let answers: Vec<Answer> = on_a.into_iter().chain(on_b).collect();
+    for answer in &answers {
+        assert_eq!(answer.status, 200, "{answer:?}");
+    }
+    assert!(f.issuer.refreshes() > before, "no refresh");
+    AtOnce {
+        f,
+        replicas: [a, b],
+        jar,
+        answers,
+        before,
+        _redis: redis,
+    }
+}
+
 /// Two replicas sharing Redis refresh one session at once (a page whose
 /// requests a load balancer spreads over both): the issuer is asked once,
 /// since its refresh token works once, and the session goes on at both,
@@ -561,32 +610,38 @@ async fn a_refresh_outlives_the_requests_that_waited_for_it() {
 /// refused it and that replica ended the session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_sharing_redis_refresh_a_session_once() {
-    let redis = redis();
-    // Tokens live 35 s and are refreshed when less than 30 s are left.
-    let f = fixture(Duration::from_secs(35));
-    let (a, b) = replicas(&f, &redis, "").await;
-    let jar = sign_in(&a, &f.issuer).await;
-    tokio::time::sleep(Duration::from_millis(5_100)).await;
-    let before = f.issuer.refreshes();
-    // Slow enough that the two replicas' requests overlap the refresh.
-    f.issuer.delay_refresh_answers(Duration::from_millis(300));
-    let (on_a, on_b) = tokio::join!(futures_join(&a, &jar, 4), futures_join(&b, &jar, 4));
-    f.issuer.delay_refresh_answers(Duration::ZERO);
-    for answer in on_a.iter().chain(&on_b) {
-        assert_eq!(answer.status, 200, "{answer:?}");
-    }
+    // Tokens live 35 s and are refreshed when less than 30 s are left:
+    // after 5 s, the old ones are still valid.
+    let AtOnce {
+        f,
+        replicas,
+        jar,
+        answers,
+        before,
+        _redis,
+    } = at_once_on_both(Duration::from_secs(35), Duration::from_millis(5_100), 0).await;
     assert_eq!(f.issuer.refreshes(), before + 1, "one refresh for both replicas");
-    let renewed = on_a
+    let renewed = answers
         .iter()
-        .chain(&on_b)
         .find(|x| x.set_cookies.iter().any(|c| c.starts_with("palisade_session=")))
         .expect("the replica that refreshed renews the cookie");
     let mut new_jar = jar.clone();
     new_jar.take(renewed);
-    for base in [&a, &b] {
+    for base in &replicas {
         for (cookie, j) in [("old", &jar), ("renewed", &new_jar)] {
             let answer = get(&format!("{base}/whoami"), j, false).await;
             assert_eq!(answer.status, 200, "{base}, the {cookie} cookie: {answer:?}");
+            // Both replicas know the new tokens: the one that refreshed,
+            // and the other from the store.
+            if cookie == "old" {
+                assert!(
+                    answer
+                        .set_cookies
+                        .iter()
+                        .any(|c| c.starts_with("palisade_session=")),
+                    "{base} answers the old cookie with the refreshed session: {answer:?}"
+                );
+            }
         }
     }
     assert_eq!(
@@ -598,21 +653,14 @@ async fn replicas_sharing_redis_refresh_a_session_once() {
 
 /// As above, once the old tokens have expired: the replica that did not
 /// claim the refresh cannot use them, and waits for the tokens the other
-/// hands on through the store.
+/// hands on through the store. (Tokens that live 2 s are due for a refresh
+/// as soon as they are made, so a request that comes after its replica's
+/// refresh makes the next one: one refresh or more.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_waits_for_the_refresh_another_makes_once_the_old_tokens_expired() {
-    let redis = redis();
     // Tokens live 2 s: expired before the requests.
-    let f = fixture(Duration::from_secs(2));
-    let (a, b) = replicas(&f, &redis, "").await;
-    let jar = sign_in(&a, &f.issuer).await;
-    tokio::time::sleep(Duration::from_millis(2_100)).await;
-    let before = f.issuer.refreshes();
-    f.issuer.delay_refresh_answers(Duration::from_millis(300));
-    let (on_a, on_b) = tokio::join!(futures_join(&a, &jar, 4), futures_join(&b, &jar, 4));
-    f.issuer.delay_refresh_answers(Duration::ZERO);
-    for answer in on_a.iter().chain(&on_b) {
-        assert_eq!(answer.status, 200, "{answer:?}");
+    let at_once = at_once_on_both(Duration::from_secs(2), Duration::from_millis(2_100), 0).await;
+    for answer in &at_once.answers {
         assert!(
             answer
                 .set_cookies
@@ -621,7 +669,49 @@ async fn a_replica_waits_for_the_refresh_another_makes_once_the_old_tokens_expir
             "each replica's answer carries the refreshed session: {answer:?}"
         );
     }
-    assert_eq!(f.issuer.refreshes(), before + 1, "one refresh for both replicas");
+}
+
+/// As above, with a refreshed session too large for cookies, kept in the
+/// store: the replica that did not refresh writes it under the key the
+/// other chose (it travels with the session), so every cookie either
+/// replica issues opens it on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_write_a_refreshed_session_too_large_for_cookies_under_one_key() {
+    let at_once = at_once_on_both(Duration::from_secs(35), Duration::from_millis(5_100), 40_000).await;
+    let mut cookies = Vec::new();
+    for answer in &at_once.answers {
+        if answer
+            .set_cookies
+            .iter()
+            .any(|c| c.starts_with("palisade_session="))
+        {
+            let mut jar = at_once.jar.clone();
+            jar.take(answer);
+            cookies.push(jar);
+        }
+    }
+    // The replica that did not refresh renews the old cookie from the store.
+    for base in &at_once.replicas {
+        let answer = get(&format!("{base}/whoami"), &at_once.jar, false).await;
+        assert_eq!(answer.status, 200, "{base}: {answer:?}");
+        let mut jar = at_once.jar.clone();
+        jar.take(&answer);
+        cookies.push(jar);
+    }
+    for jar in &cookies {
+        assert!(
+            jar.session().is_some_and(|c| c.len() < 1_000),
+            "a reference to the stored session: {jar:?}"
+        );
+        for base in &at_once.replicas {
+            let who = get(&format!("{base}/whoami"), jar, false).await;
+            assert_eq!(
+                who.status, 200,
+                "{base}: every cookie opens the stored session: {who:?}"
+            );
+        }
+    }
+    assert_eq!(at_once.f.issuer.refreshes(), at_once.before + 1);
 }
 
 async fn futures_join(base: &str, jar: &Jar, n: usize) -> Vec<Answer> {

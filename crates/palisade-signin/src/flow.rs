@@ -31,6 +31,13 @@ use crate::store::{MemoryStore, Revocation, SessionRef, SessionStore};
 /// How long a refreshed session stays in the store for the other replicas
 /// (requests that still carry the cookie it replaces).
 const SUCCESSOR_TTL: Duration = Duration::from_secs(300);
+/// The longest a request waits for a refresh another replica makes.
+const MAX_SUCCESSOR_WAIT: Duration = Duration::from_secs(60);
+/// How long a replica's claim to refresh a session lasts: longer than the
+/// successor it leads to may be found, by the longest the refresh may take.
+const CLAIM_TTL: Duration = Duration::from_secs(SUCCESSOR_TTL.as_secs() + MAX_SUCCESSOR_WAIT.as_secs());
+/// The most successors one look follows (a cookie several refreshes old).
+const MAX_SUCCESSOR_STEPS: usize = 8;
 /// The longest pause between two looks for a successor another replica is
 /// making.
 const SUCCESSOR_POLL: Duration = Duration::from_millis(200);
@@ -1072,9 +1079,10 @@ impl SignIn {
                     match this.refresh(live).await {
                         // The same tokens (the issuer cannot be asked now,
                         // another replica is refreshing them): the cookie
-                        // stays, so it never replaces a newer one.
+                        // stays, so it never replaces a newer one, unless
+                        // it is older than this replica's successor.
                         Some(next) => {
-                            let renew = !Arc::ptr_eq(&next, &before);
+                            let renew = renew || !Arc::ptr_eq(&next, &before);
                             this.authenticated(next, renew, chunks, secure).await
                         }
                         None => AuthOutcome::NoCredential,
@@ -1145,22 +1153,43 @@ impl SignIn {
         {
             return Some(next);
         }
+        let metadata = self.0.issuer.metadata()?;
+        if !self.0.store.shared() {
+            return self.ask_issuer(live, &metadata, None).await;
+        }
         // Another replica did (a shared store).
-        if let Some(next) = self.adopt(&live.session).await {
+        if let Ok(Some(next)) = self.adopt(&live.session).await {
             return Some(next);
         }
-        // One replica asks the issuer: the refresh token works once.
+        // One replica asks the issuer: the refresh token works once. The
+        // claim outlives the successor it leads to, so a replica that gets
+        // it knows that no successor of this session is in the store.
         let claim = refresh_claim(&live.session);
-        match self.0.store.use_once(&claim, self.claim_ttl()).await {
-            Ok(true) => {}
-            Ok(false) => return self.await_successor(live).await,
-            // The store cannot say: refresh here, as a lone replica would.
+        match self.0.store.use_once(&claim, CLAIM_TTL).await {
+            Ok(true) => self.ask_issuer(live, &metadata, Some(&claim)).await,
+            Ok(false) => self.await_successor(live, &metadata, &claim).await,
+            // The store cannot say whether another replica refreshes it:
+            // the old tokens while they last, rather than risk sending a
+            // spent refresh token; once they expired, refreshed here, as a
+            // lone replica would.
+            Err(_) if live.session.at_exp > now() => Some(live),
             Err(e) => {
                 tracing::debug!(target: LOG_TARGET, error = %e, "the store cannot say whether another replica refreshes a session: refreshing here");
+                self.ask_issuer(live, &metadata, None).await
             }
         }
+    }
+
+    /// Asks the issuer for new tokens with the session's refresh token;
+    /// this replica holds `claim` (a shared store), released when the
+    /// issuer cannot answer so that a later request may try again.
+    async fn ask_issuer(
+        &self,
+        live: Arc<Live>,
+        metadata: &Metadata,
+        claim: Option<&str>,
+    ) -> Option<Arc<Live>> {
         let c = &self.0.config;
-        let metadata = self.0.issuer.metadata()?;
         let s = &live.session;
         let form = vec![
             ("grant_type", "refresh_token".to_owned()),
@@ -1202,7 +1231,9 @@ impl SignIn {
                     next.store_key = new_store_key();
                 }
                 tracing::debug!(target: LOG_TARGET, subject = %next.sub, "session tokens refreshed");
-                self.hand_on(s, &next).await;
+                if claim.is_some() {
+                    self.hand_on(s, &next).await;
+                }
                 let next = Arc::new(Live::new(next, &c.issuer, None));
                 self.0.successors.insert(Arc::clone(&next));
                 Some(next)
@@ -1217,7 +1248,9 @@ impl SignIn {
             Err(TokenError::Unavailable(e)) => {
                 tracing::warn!(target: LOG_TARGET, error = %e, "the issuer cannot refresh a session now");
                 // The next request, on any replica, may try again.
-                if let Err(e) = self.0.store.release(&claim).await {
+                if let Some(claim) = claim
+                    && let Err(e) = self.0.store.release(claim).await
+                {
                     tracing::debug!(target: LOG_TARGET, error = %e, "a refresh's claim cannot be released: the other replicas wait for it to expire");
                 }
                 (s.at_exp > t).then_some(live)
@@ -1225,11 +1258,17 @@ impl SignIn {
         }
     }
 
-    /// How long the replica that claimed a refresh has to finish it: its
-    /// call to the token endpoint and one for the issuer's keys, with a
-    /// margin. A replica that stopped meanwhile holds it no longer.
-    fn claim_ttl(&self) -> Duration {
-        self.0.config.timeout.saturating_mul(2) + Duration::from_secs(5)
+    /// How long a request waits for the refresh another replica claimed:
+    /// that replica's call to the token endpoint, one for the issuer's
+    /// keys (an ID token signed with a new key) and its store commands,
+    /// with a margin; at most [`MAX_SUCCESSOR_WAIT`].
+    fn successor_wait(&self) -> Duration {
+        self.0
+            .config
+            .timeout
+            .saturating_mul(3)
+            .saturating_add(Duration::from_secs(5))
+            .min(MAX_SUCCESSOR_WAIT)
     }
 
     /// Puts `next`, the refreshed successor of `previous`, in the store for
@@ -1245,47 +1284,61 @@ impl SignIn {
             .put(&successor_key(previous), sealed, SUCCESSOR_TTL)
             .await
         {
-            tracing::warn!(target: LOG_TARGET, error = %e, "a refreshed session cannot be handed to the other replicas: their requests use the old tokens until the browser brings the new cookie");
+            tracing::warn!(target: LOG_TARGET, error = %e, "a refreshed session cannot be handed to the other replicas: until the browser brings the new cookie, their requests use the old tokens while those last, then wait and end");
         }
     }
 
-    /// The successor of `previous` another replica put in the store.
-    async fn adopt(&self, previous: &Session) -> Option<Arc<Live>> {
-        let sealed = match self.0.store.get(&successor_key(previous)).await {
-            Ok(found) => found?,
-            Err(e) => {
-                tracing::debug!(target: LOG_TARGET, error = %e, "the store cannot say whether another replica refreshed a session");
-                return None;
-            }
-        };
-        let Some(next) = open_successor(previous, sealed) else {
-            tracing::debug!(target: LOG_TARGET, "a refreshed session in the store does not open with the session it replaces");
-            return None;
-        };
-        let next = Arc::new(Live::new(next, &self.0.config.issuer, None));
-        self.0.successors.insert(Arc::clone(&next));
-        Some(next)
+    /// The latest successor of `previous` other replicas put in the store
+    /// (following a chain of refreshes); `Err` when the store cannot say.
+    async fn adopt(&self, previous: &Session) -> Result<Option<Arc<Live>>, ()> {
+        let mut latest: Option<Arc<Live>> = None;
+        for _ in 0..MAX_SUCCESSOR_STEPS {
+            let from = latest.as_ref().map_or(previous, |l| &l.session);
+            let sealed = match self.0.store.get(&successor_key(from)).await {
+                Ok(Some(sealed)) => sealed,
+                Ok(None) => break,
+                Err(e) if latest.is_none() => {
+                    tracing::debug!(target: LOG_TARGET, error = %e, "the store cannot say whether another replica refreshed a session");
+                    return Err(());
+                }
+                Err(_) => break,
+            };
+            let Some(next) = open_successor(from, sealed) else {
+                tracing::debug!(target: LOG_TARGET, "a refreshed session in the store does not open with the session it replaces");
+                break;
+            };
+            latest = Some(Arc::new(Live::new(next, &self.0.config.issuer, None)));
+        }
+        if let Some(next) = &latest {
+            self.0.successors.insert(Arc::clone(next));
+        }
+        Ok(latest)
     }
 
-    /// Another replica is refreshing the session. Its tokens are used while
-    /// they last (the cookie is left as it is); once they have expired, the
-    /// successor that replica hands on, for as long as it has to make one.
-    /// `None` when none comes, or the session ends meanwhile (the issuer
-    /// refused that replica's refresh).
-    async fn await_successor(&self, live: Arc<Live>) -> Option<Arc<Live>> {
+    /// Another replica claimed the session's refresh. Its tokens are used
+    /// while they last (the cookie is left as it is); once they have
+    /// expired, the successor that replica hands on, for as long as it may
+    /// take to make one, or a refresh here when that replica gives up its
+    /// claim (the issuer could not answer it). `None` when nothing comes,
+    /// or the session ends meanwhile (the issuer refused that replica).
+    async fn await_successor(&self, live: Arc<Live>, metadata: &Metadata, claim: &str) -> Option<Arc<Live>> {
         if live.session.at_exp > now() {
             return Some(live);
         }
-        let deadline = tokio::time::Instant::now() + self.claim_ttl();
+        let started = tokio::time::Instant::now();
+        let wait = self.successor_wait();
         let mut pause = Duration::from_millis(20);
-        while tokio::time::Instant::now() < deadline {
+        while started.elapsed() < wait {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(SUCCESSOR_POLL);
-            if let Some(next) = self.adopt(&live.session).await {
+            if let Ok(Some(next)) = self.adopt(&live.session).await {
                 return Some(next);
             }
             if !self.usable(&live.session, now()) {
                 return None;
+            }
+            if let Ok(true) = self.0.store.use_once(claim, CLAIM_TTL).await {
+                return self.ask_issuer(live, metadata, Some(claim)).await;
             }
         }
         tracing::info!(target: LOG_TARGET, subject = %live.session.sub, "another replica claimed a session's refresh and handed on no tokens in time: the session ends for this request");

@@ -20,8 +20,8 @@
 //!   when large; `HttpOnly`, `SameSite=Lax`, `Secure` over HTTPS; a new
 //!   session id at every sign-in; idle and absolute timeouts. The access
 //!   token is refreshed before it expires, once per session even under
-//!   concurrent requests, on one replica or several sharing a store; a
-//!   refused refresh ends the session.
+//!   concurrent requests, and once between replicas sharing a store while
+//!   the store answers; a refused refresh ends the session.
 //! - **Logout**: at `logoutPath` (here and at the issuer's
 //!   `end_session_endpoint`, with `id_token_hint` and
 //!   `post_logout_redirect_uri`), and OpenID Connect Back-Channel Logout

@@ -201,7 +201,8 @@ pub(crate) fn successor_key(previous: &Session) -> String {
 /// browser could present. `None` without a refresh token.
 fn handoff_key(previous: &Session) -> Option<RandomizedNonceKey> {
     use aws_lc_rs::hkdf::{HKDF_SHA256, Salt};
-    let rt = previous.rt.as_deref()?;
+    // A token anyone could guess is no secret to derive a key from.
+    let rt = previous.rt.as_deref().filter(|rt| rt.len() >= 16)?;
     let prk = Salt::new(HKDF_SHA256, HANDOFF_LABEL).extract(rt.as_bytes());
     let info = [previous.id.as_bytes()];
     let mut key = [0u8; 32];
@@ -449,12 +450,20 @@ impl Successors {
         map.get(id).cloned()
     }
 
+    /// Keeps `live` as its session's successor, unless the one kept is
+    /// newer (another request, another replica's hand-on).
     pub(crate) fn insert(&self, live: Arc<Live>) {
         let Ok(mut map) = self.0.write() else { return };
         let t = now();
         // Old successors are useless once their own access token expired.
         if map.len() > 1024 {
             map.retain(|_, l| l.session.at_exp > t);
+        }
+        if map
+            .get(&live.session.id)
+            .is_some_and(|kept| kept.session.newer_than(&live.session))
+        {
+            return;
         }
         map.insert(live.session.id.clone(), live);
     }
@@ -514,7 +523,7 @@ mod tests {
         assert_eq!(opened.store_key, next.store_key, "the stored copy's key travels");
         // Whoever lacks the refresh token it replaces (the store alone).
         let mut stranger = previous.clone();
-        stranger.rt = Some("another-secret".into());
+        stranger.rt = Some("another-refresh-secret-entirely".into());
         assert!(open_successor(&stranger, sealed.clone()).is_none());
         // Another session, another generation, tampering.
         let mut other = previous.clone();
@@ -529,12 +538,30 @@ mod tests {
         // Not a later copy of the session.
         let stale = seal_successor(&previous, &previous).unwrap();
         assert!(open_successor(&previous, stale).is_none());
-        // Without a refresh token there is nothing to hand on.
+        // Without a refresh token, or one anyone could guess, there is
+        // nothing to derive a key from.
         let mut without = previous.clone();
         without.rt = None;
         assert!(seal_successor(&without, &next).is_none());
+        without.rt = Some(String::new());
+        assert!(seal_successor(&without, &next).is_none());
         assert_ne!(refresh_claim(&previous), refresh_claim(&later));
         assert_ne!(successor_key(&previous), refresh_claim(&previous));
+    }
+
+    #[test]
+    fn a_successor_is_never_replaced_by_an_older_copy() {
+        let successors = Successors::new();
+        let live = |generation: u32| {
+            let mut s = session("t");
+            s.generation = generation;
+            Arc::new(Live::new(s, "https://i", None))
+        };
+        successors.insert(live(2));
+        successors.insert(live(1));
+        assert_eq!(successors.get("s1").unwrap().session.generation, 2);
+        successors.insert(live(3));
+        assert_eq!(successors.get("s1").unwrap().session.generation, 3);
     }
 
     #[test]
@@ -555,7 +582,7 @@ mod tests {
             seen: 1,
             at: at.into(),
             at_exp: 2,
-            rt: Some("refresh-secret".into()),
+            rt: Some("refresh-secret-of-the-session".into()),
             it: None,
             generation: 0,
             store_key: None,

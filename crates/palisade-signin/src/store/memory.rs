@@ -116,6 +116,11 @@ impl MemoryStore {
 }
 
 impl SessionStore for MemoryStore {
+    /// One process: its refreshes need no claim.
+    fn shared(&self) -> bool {
+        false
+    }
+
     fn revoke(&self, revocation: Revocation) -> BoxFuture<Result<(), StoreError>> {
         Box::pin(std::future::ready(self.revoke_now(&revocation)))
     }

@@ -127,7 +127,9 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Forgets that `key` was used ([`use_once`](Self::use_once)), so
     /// that it can be used once more: for a use whose effect could not be
     /// recorded (a back-channel logout whose revocation the store could
-    /// not take), so that the sender's retry is not refused as a replay.
+    /// not take), so that the sender's retry is not refused as a replay,
+    /// and for a refresh the issuer could not answer, so that another
+    /// replica may try it (without, it waits for the claim to expire).
     ///
     /// # Errors
     ///
@@ -137,6 +139,17 @@ pub trait SessionStore: Send + Sync + 'static {
     fn release(&self, key: &str) -> BoxFuture<Result<(), StoreError>> {
         let _ = key;
         Box::pin(std::future::ready(Err(StoreError::Unavailable)))
+    }
+
+    /// Whether several replicas share this store. The sign-in then makes
+    /// each refresh once between them: the first replica to claim it
+    /// ([`use_once`](Self::use_once)) asks the issuer and puts the new
+    /// session in the store ([`put`](Self::put), five minutes); the claim
+    /// is [`release`](Self::release)d when the issuer cannot answer. The
+    /// default is `true`; a store that serves one process says `false`,
+    /// and the sign-in neither claims nor hands anything on through it.
+    fn shared(&self) -> bool {
+        true
     }
 }
 
