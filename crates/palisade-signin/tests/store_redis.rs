@@ -75,14 +75,29 @@ async fn replica_at(url: &str) -> RedisStore {
 /// (`-xread` takes a command away, `+zadd` gives one back); the URL it
 /// connects with.
 async fn acl_user(server: &RedisServer, user: &str, rule: &str) -> String {
-    let admin = redis::Client::open(server.url()).unwrap();
-    let mut c = admin.get_multiplexed_async_connection().await.unwrap();
+    let mut c = admin(server).await;
     let _: () = redis::cmd("ACL")
         .arg(&["SETUSER", user, "on", ">pw", "~*", "&*", "+@all", rule][..])
         .query_async(&mut c)
         .await
         .unwrap();
     format!("redis://{user}:pw@127.0.0.1:{}/0", server.port())
+}
+
+/// A connection of the test's own to `server`, to write as another
+/// release or replica would.
+async fn admin(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open(server.url()).unwrap();
+    client.get_multiplexed_async_connection().await.unwrap()
+}
+
+/// An announcement's `until` an hour from now: Unix milliseconds, as text.
+fn an_hour_hence_ms() -> String {
+    (SystemTime::now() + HOUR)
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        .to_string()
 }
 
 fn session<'a>(id: &'a str, subject: &'a str, sid: Option<&'a str>, created: SystemTime) -> SessionRef<'a> {
@@ -485,8 +500,7 @@ async fn calls(server: &RedisServer, command: &str) -> u64 {
 /// One figure of `INFO commandstats` for `command` (`calls`, or
 /// `rejected_calls`: refused by an ACL, say), 0 when it never ran.
 async fn command_stat(server: &RedisServer, command: &str, field: &str) -> u64 {
-    let client = redis::Client::open(server.url()).unwrap();
-    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let mut c = admin(server).await;
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(&mut c)
@@ -541,13 +555,8 @@ async fn unreadable_announcements_are_skipped_and_the_mirror_goes_on() {
         let server = RedisServer::start().unwrap();
         let store = replica(&server).await;
         let loads = calls(&server, "zrangebyscore").await;
-        let admin = redis::Client::open(server.url()).unwrap();
-        let mut c = admin.get_multiplexed_async_connection().await.unwrap();
-        let until = (SystemTime::now() + HOUR)
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .as_millis()
-            .to_string();
+        let mut c = admin(&server).await;
+        let until = an_hour_hence_ms();
         let announcements: [&[&str]; 4] = [
             &["m", r#"["device","d1"]"#, "u", &until],
             &["m", "not json", "u", &until],
@@ -622,44 +631,12 @@ async fn a_mirror_that_falls_behind_the_trimmed_stream_reloads() {
     bounded(async {
         let server = RedisServer::start().unwrap();
         let url = server.url();
-        let admin = redis::Client::open(server.url()).unwrap();
-        let mut c = admin.get_multiplexed_async_connection().await.unwrap();
-        let until = (SystemTime::now() + HOUR)
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .as_millis()
-            .to_string();
-        // Revokes sessions `bulk-N` for N in `range` as a replica writes
-        // them, in one transaction.
+        let mut c = admin(&server).await;
         let revoke = |range: std::ops::Range<u32>| {
             let mut tx = redis::pipe();
             tx.atomic();
-            for i in range {
-                let member = format!(r#"["session","bulk-{i}"]"#);
-                tx.cmd("ZADD")
-                    .arg("palisade:revoked")
-                    .arg(&until)
-                    .arg(&member)
-                    .ignore()
-                    .cmd("XADD")
-                    .arg("palisade:revoked:stream")
-                    .arg("MAXLEN")
-                    .arg("~")
-                    .arg(10_000)
-                    .arg("*")
-                    .arg("m")
-                    .arg(&member)
-                    .arg("u")
-                    .arg(&until)
-                    .ignore();
-            }
+            revoke_in(&mut tx, range);
             tx
-        };
-        let revoked = |store: &RedisStore, i: u32| {
-            let id = format!("bulk-{i}");
-            store
-                .is_revoked(&session(&id, "alice", None, SystemTime::now()))
-                .unwrap_or(false)
         };
         // The mirror starts from an entry, not from an empty stream.
         let () = revoke(0..1).query_async(&mut c).await.unwrap();
@@ -714,6 +691,80 @@ async fn a_mirror_that_falls_behind_the_trimmed_stream_reloads() {
         );
     })
     .await;
+}
+
+/// A stream deleted and made again (an eviction, a `DEL`) while a replica
+/// follows it loses the announcements the replica had not read: the
+/// replica notices that the entry it read last is gone and reloads.
+#[tokio::test]
+async fn a_mirror_whose_stream_was_deleted_under_it_reloads() {
+    logs();
+    bounded(async {
+        let server = RedisServer::start().unwrap();
+        let mut c = admin(&server).await;
+        // The mirror starts from an entry, not from an empty stream.
+        let mut tx = redis::pipe();
+        revoke_in(&mut tx, 0..1);
+        let () = tx.query_async(&mut c).await.unwrap();
+        let store = replica(&server).await;
+        let loads = calls(&server, "zrangebyscore").await;
+        // One transaction: revocations announced, the stream deleted, one
+        // more announced on a stream of its own.
+        let mut tx = redis::pipe();
+        tx.atomic();
+        revoke_in(&mut tx, 1..4);
+        tx.cmd("DEL").arg("palisade:revoked:stream").ignore();
+        revoke_in(&mut tx, 4..5);
+        let () = tx.query_async(&mut c).await.unwrap();
+        assert!(
+            eventually(Duration::from_secs(5), || revoked(&store, 4))
+                .await
+                .is_some(),
+            "the announcement after the deletion did not arrive"
+        );
+        assert!(
+            eventually(Duration::from_secs(5), || revoked(&store, 2))
+                .await
+                .is_some(),
+            "the announcements deleted before the mirror read them were skipped"
+        );
+        assert_eq!(calls(&server, "zrangebyscore").await - loads, 1);
+    })
+    .await;
+}
+
+/// Adds to `tx` the revocation of the sessions `bulk-N` for N in `range`,
+/// as a replica writes it: into the set, announced on the stream.
+fn revoke_in(tx: &mut redis::Pipeline, range: std::ops::Range<u32>) {
+    let until = an_hour_hence_ms();
+    for i in range {
+        let member = format!(r#"["session","bulk-{i}"]"#);
+        tx.cmd("ZADD")
+            .arg("palisade:revoked")
+            .arg(&until)
+            .arg(&member)
+            .ignore()
+            .cmd("XADD")
+            .arg("palisade:revoked:stream")
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(10_000)
+            .arg("*")
+            .arg("m")
+            .arg(&member)
+            .arg("u")
+            .arg(&until)
+            .ignore();
+    }
+}
+
+/// Whether `store` knows the session `bulk-N` revoked (`false` while its
+/// mirror refuses to answer).
+fn revoked(store: &RedisStore, i: u32) -> bool {
+    let id = format!("bulk-{i}");
+    store
+        .is_revoked(&session(&id, "alice", None, SystemTime::now()))
+        .unwrap_or(false)
 }
 
 /// Redis refuses the revocation's write while it answers reads (here an

@@ -14,9 +14,11 @@
 //! replica notes the stream's last entry, loads the sorted set, then reads
 //! the stream from that entry: nothing written meanwhile is missed. A
 //! revocation reaches the other replicas in the time of one round trip. A
-//! replica that falls further behind than the stream keeps (a full read
-//! that starts after an entry the trimming has taken) reloads the set
-//! rather than skip what was trimmed, with one `warn` line.
+//! replica that falls further behind than the stream keeps, or whose
+//! stream was deleted under it (a read that starts after an entry no
+//! longer in the stream), reloads the set rather than skip what it did not
+//! read, refusing sessions until it has (fail closed), with one `warn`
+//! line.
 //! Loading merges into what the replica knows, so a Redis that lost its
 //! data (restarted without persistence) does not make revoked sessions
 //! valid again on the replicas that saw the revocation; replicas started
@@ -78,8 +80,11 @@ const DEFAULT_MAX_STALENESS: Duration = Duration::from_secs(5);
 const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
 /// The stream keeps about this many announcements.
 const STREAM_LENGTH: u32 = 10_000;
-/// How many announcements one `XREAD` returns at most.
+/// How many announcements one `XREAD` returns at most: fewer than the
+/// stream keeps, so that a replica that fell further behind reads a full
+/// batch (`follow`).
 const READ_COUNT: u32 = 1000;
+const _: () = assert!(READ_COUNT < STREAM_LENGTH);
 /// The mirror's reconnection backoff.
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -141,6 +146,9 @@ struct Shared {
     mirror: RwLock<RevocationSet>,
     /// When `mirror` was last known complete: nanoseconds since `epoch`.
     synced: AtomicU64,
+    /// The mirror is known to lack announcements the stream no longer
+    /// holds, until it has reloaded (fail closed meanwhile).
+    incomplete: AtomicBool,
     epoch: Instant,
     /// Whether the warning that the mirror is stale was logged and its
     /// recovery not yet.
@@ -353,6 +361,7 @@ impl RedisStoreBuilder {
             connecting: tokio::sync::Mutex::new(None),
             mirror: RwLock::new(RevocationSet::new()),
             synced: AtomicU64::new(0),
+            incomplete: AtomicBool::new(false),
             epoch: Instant::now(),
             stale_logged: AtomicBool::new(false),
             unrecorded: Mutex::new(Vec::new()),
@@ -697,6 +706,7 @@ impl Shared {
     fn mark_synced(&self) {
         let nanos = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.synced.store(nanos, Ordering::Release);
+        self.incomplete.store(false, Ordering::Release);
         if self.stale_logged.swap(false, Ordering::AcqRel) {
             tracing::info!(target: LOG_TARGET, url = %self.url, "session store: revocations synced from Redis again");
         }
@@ -709,7 +719,7 @@ impl Shared {
     }
 
     fn is_stale(&self) -> bool {
-        self.staleness() > self.max_staleness
+        self.incomplete.load(Ordering::Acquire) || self.staleness() > self.max_staleness
     }
 }
 
@@ -718,6 +728,9 @@ impl Shared {
 async fn follow(shared: Arc<Shared>, connection: MultiplexedConnection, mut last_id: String) {
     let mut connection = Some(connection);
     let mut backoff = MIN_BACKOFF;
+    // A gap was found and no read has caught up since: another gap then
+    // waits before its reload, and is not logged again.
+    let mut behind = false;
     loop {
         let Some(c) = connection.as_mut() else {
             match shared.open_mirror().await {
@@ -764,14 +777,37 @@ async fn follow(shared: Arc<Shared>, connection: MultiplexedConnection, mut last
                     last_id = entry.id;
                 }
                 // A replica more than the stream's length behind would skip
-                // what the trimming took; that shows as a full read, from
-                // an entry no longer in the stream (see `holds`).
-                if count >= READ_COUNT as usize
-                    && !matches!(holds(c, &shared.keys.stream, &from).await, Ok(true))
-                {
-                    tracing::warn!(target: LOG_TARGET, url = %shared.url, "session store: the revocation mirror may have fallen further behind than the stream keeps; reloading every revocation");
-                    connection = None;
-                    continue;
+                // what the trimming took (or what a stream deleted and made
+                // again held): that shows as a read from an entry no longer
+                // in the stream (see `holds`). The mirror is then known to
+                // be incomplete, and refuses sessions until reloaded.
+                let check = count > 0 && (from != "0-0" || count >= READ_COUNT as usize);
+                if check {
+                    match holds(c, &shared.keys.stream, &from).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            shared.incomplete.store(true, Ordering::Release);
+                            if behind {
+                                tokio::time::sleep(backoff).await;
+                                backoff = (backoff * 2).min(MAX_BACKOFF);
+                            } else {
+                                tracing::warn!(target: LOG_TARGET, url = %shared.url, "session store: the revocation mirror may have fallen further behind than the stream keeps; reloading every revocation");
+                            }
+                            behind = true;
+                            connection = None;
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::debug!(target: LOG_TARGET, url = %shared.url, reason = %described(&e), "session store: the revocation mirror cannot check the stream");
+                            connection = None;
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(MAX_BACKOFF);
+                            continue;
+                        }
+                    }
+                }
+                if count < READ_COUNT as usize {
+                    behind = false;
                 }
                 shared.mark_synced();
                 backoff = MIN_BACKOFF;
@@ -796,8 +832,8 @@ async fn follow(shared: Arc<Shared>, connection: MultiplexedConnection, mut last
 /// from its oldest entry, so while the last entry a replica read is there,
 /// nothing after it has been trimmed; once it is gone, something after it
 /// may have been, unread. (`0-0`, a stream empty when the mirror loaded, is
-/// never held: a full read from it reloads, which costs a reload, not a
-/// revocation.)
+/// never held: it is checked only after a full read, which then reloads;
+/// that costs a reload, not a revocation.)
 async fn holds(c: &mut MultiplexedConnection, stream: &str, id: &str) -> Result<bool, RedisError> {
     let entry: StreamRangeReply = redis::cmd("XRANGE")
         .arg(stream)
