@@ -103,9 +103,10 @@ check_pair() {
     { echo "error: $svc --no-guard: /whoami is authenticated" >&2; exit 1; }
 }
 
-# check_floor SERVICE FLOOR-ADDR OPEN-ADDR: both instances answer without a
-# token, and neither tells the handler of a caller (the floor's record is
-# its own type, not Palisade's `Identity`).
+# check_floor SERVICE FLOOR-ADDR OPEN-ADDR: the floor is in place (its
+# instance says so on stderr, from where it puts it in place), and both
+# instances answer without a token and tell the handler of no caller (the
+# floor's record is its own type, not Palisade's `Identity`).
 check_floor() {
   local svc=$1 floor=$2 open=$3 addr
   for addr in "$floor" "$open"; do
@@ -113,6 +114,9 @@ check_floor() {
     curl -fsS -H "Authorization: Bearer $token" "http://$addr/whoami" | grep -q '"authenticated":false' ||
       { echo "error: $svc at $addr: /whoami is authenticated" >&2; exit 1; }
   done
+  # After requests: the floor is in place before the first is served.
+  grep -q -- '--floor: serving' "$work/$svc-guarded.out.err" ||
+    { echo "error: $svc --floor: the floor was not put in place" >&2; exit 1; }
 }
 
 # run_wrk URL SECONDS WRK-ARGS...: one wrk run with the token; its output in

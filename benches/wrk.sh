@@ -87,7 +87,7 @@ if [ "$together" != 0 ] && [ ${#launcher[@]} -eq 0 ]; then
   exit 1
 fi
 if [ "$first" != palisade ] && [ "$together" = 0 ]; then
-  echo "error: ${first^^}=1 is measured by the method that runs both instances at once: it needs TOGETHER=1" >&2
+  echo "error: ${first^^}=1 is measured by the method that runs both instances at once: it needs TOGETHER=1 and the servers pinned (taskset, two or more CPUs, PIN not 0)" >&2
   exit 1
 fi
 case ${SERVER_CPUS:-0} in
@@ -184,7 +184,7 @@ start_pair() {
   fi
   # Without Palisade (CONTROL=1, FLOOR=1) the first instance still prints
   # the demo issuer's token command; the token only fills wrk's header
-  # there (the floor removes it, checked by its /whoami).
+  # there (the floor removes it).
   token_url_of "$work/$svc-guarded.out"
   fetch_token
   case $first in

@@ -34,6 +34,7 @@ fn main() {
     if args.floor {
         // `--floor` (benchmarking only): behind the floor instead, an app
         // of its own type, so that the other instances carry no layer of it.
+        common::warn_floor();
         let app = move || {
             routes(
                 App::new().wrap(floor::Floor::new()),
@@ -48,6 +49,7 @@ fn main() {
     } else {
         let app = move || {
             let app = App::new().wrap(Condition::new(guarded, Palisade::new(guard.clone())));
+            // Last, so first: a body too large is refused before the guard.
             routes(app, service, ratings.clone(), limits).wrap(BodyLimit::new(limits))
         };
         serve(&args, setup, app);

@@ -201,7 +201,10 @@ pub async fn serve(default_name: &str, default_port: u16, make: impl FnOnce(Part
             )
             .await
         }
-        None if args.floor => serve_on(listener, tls, limits, floor::Floor::new().around(router), stop).await,
+        None if args.floor => {
+            common::warn_floor();
+            serve_on(listener, tls, limits, floor::Floor::new().around(router), stop).await
+        }
         None => serve_on(listener, tls, limits, router, stop).await,
     };
     if let Err(e) = served {

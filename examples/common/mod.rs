@@ -80,14 +80,19 @@ pub fn args(service: &str, port: u16) -> Args {
             fail(&format!("cannot re-execute for --keytab: {err}"));
         }
     }
-    if args.floor {
-        eprintln!(
-            "warning: --floor: serving without authentication or policy, behind a floor that only removes the Authorization header (benchmarking only)"
-        );
-    } else if args.no_guard {
+    // `--floor` is announced where the floor is put in place (`warn_floor`).
+    if args.no_guard && !args.floor {
         eprintln!("warning: --no-guard: serving without authentication or policy (benchmarking only)");
     }
     args
+}
+
+/// Says on stderr that the service runs behind the floor: called where
+/// the floor is put in place, so the line shows that it is.
+pub fn warn_floor() {
+    eprintln!(
+        "warning: --floor: serving without authentication or policy, behind a floor that only removes the Authorization header (benchmarking only)"
+    );
 }
 
 pub fn fail(msg: &str) -> ! {
