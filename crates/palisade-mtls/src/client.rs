@@ -41,6 +41,7 @@ use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, SignatureSch
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use crate::files;
+use crate::resumption::ClientSessions;
 use crate::server::TlsError;
 
 /// Where a client's TLS material lives, and what the server must be.
@@ -88,7 +89,7 @@ impl ClientTlsBuilder {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let material = Arc::new(ArcSwap::from_pointee(load(&self, &provider)?));
         let expected: Arc<[String]> = self.expected.clone().into();
-        let config = ClientConfig::builder_with_provider(provider.clone())
+        let mut config = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::new(&self.ca, e))?
             .dangerous()
@@ -98,11 +99,14 @@ impl ClientTlsBuilder {
                 any_name: self.any_name,
             }))
             .with_client_cert_resolver(Arc::new(ClientCert(material.clone())));
+        let sessions = ClientSessions::new();
+        config.resumption = rustls::client::Resumption::store(sessions.clone());
         Ok(ClientTls(Arc::new(Inner {
             files: self,
             provider,
             material,
             config: Arc::new(config),
+            sessions,
             stamp: Mutex::new(None),
         })))
     }
@@ -130,6 +134,8 @@ struct Inner {
     provider: Arc<CryptoProvider>,
     material: Arc<ArcSwap<Material>>,
     config: Arc<ClientConfig>,
+    /// Forgotten at each reload (`resumption`).
+    sessions: Arc<ClientSessions>,
     stamp: Mutex<Option<files::Stamp>>,
 }
 
@@ -192,7 +198,9 @@ impl ClientTls {
         tokio_rustls::TlsConnector::from(self.client_config())
     }
 
-    /// Reads the files again, for new connections.
+    /// Reads the files again, for new connections. The TLS sessions it
+    /// could resume are forgotten, so a new connection presents the new
+    /// certificate and checks the server against the new bundle.
     ///
     /// # Errors
     /// A [`TlsError`] naming the bad file; the old material stays in use.
@@ -200,7 +208,11 @@ impl ClientTls {
         let loaded = load(&self.0.files, &self.0.provider);
         let files = &self.0.files;
         let named = files.identity.as_ref().map_or(&files.ca, |(cert, _)| cert);
-        files::install(&self.0.material, loaded, named, "client TLS material")
+        files::install(&self.0.material, loaded, named, "client TLS material")?;
+        // A resumed session presents the old certificate and skips the
+        // server's verification: none outlives the material it began with.
+        self.0.sessions.forget();
+        Ok(())
     }
 
     /// Reloads when a file changed since the last look.
@@ -371,5 +383,91 @@ impl ServerCertVerifier for SanVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.material.load().verifier.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use palisade_testkit::TestPki;
+    use rustls::pki_types::ServerName;
+
+    use super::*;
+    use crate::ServerTls;
+
+    /// The leaf certificate `client` presents to `server` (which asks for
+    /// one), from an in-memory handshake.
+    fn presented(client: &ClientTls, server: &ServerTls) -> Vec<u8> {
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut c = rustls::ClientConnection::new(client.client_config(), name).unwrap();
+        let mut s = rustls::ServerConnection::new(server.server_config()).unwrap();
+        let mut buf = Vec::new();
+        while c.is_handshaking() || s.is_handshaking() {
+            buf.clear();
+            c.write_tls(&mut buf).unwrap();
+            s.read_tls(&mut &buf[..]).unwrap();
+            s.process_new_packets().unwrap();
+            buf.clear();
+            s.write_tls(&mut buf).unwrap();
+            c.read_tls(&mut &buf[..]).unwrap();
+            c.process_new_packets().unwrap();
+        }
+        s.peer_certificates().unwrap()[0].to_vec()
+    }
+
+    /// The client side of certificate rotation: `SIGHUP` (and `reload`)
+    /// makes new connections present the new certificate; a bad file is
+    /// refused, naming it, and the old certificate stays in use.
+    #[test]
+    fn sighup_and_reload_rotate_the_client_certificate_and_a_bad_file_keeps_the_old() {
+        let dir = palisade_testkit::TempDir::new("palisade-mtls-client-reload");
+        let pki = TestPki::new();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, pki.ca_pem()).unwrap();
+        let (server_cert, server_key) = pki.server(&["localhost"]).write_to(dir.path(), "server").unwrap();
+        let server = ServerTls::builder(&server_cert, &server_key)
+            .client_ca(&ca)
+            .build()
+            .unwrap();
+        let (first, second) = (
+            pki.workload("default", "productpage"),
+            pki.workload("default", "productpage"),
+        );
+        let (cert, key) = first.write_to(dir.path(), "client").unwrap();
+        let client = ClientTls::builder(&cert, &key, &ca).build().unwrap();
+        assert_eq!(presented(&client, &server), first.cert_der());
+        // SIGHUP (no file watch running): the new files are used.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            client.reload_on_sighup().unwrap();
+            second.write_to(dir.path(), "client").unwrap();
+            let status = std::process::Command::new("kill")
+                .args(["-HUP", &std::process::id().to_string()])
+                .status()
+                .unwrap();
+            assert!(status.success());
+            for _ in 0..50 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                if presented(&client, &server) == second.cert_der() {
+                    return;
+                }
+            }
+            panic!("SIGHUP did not reload the client certificate");
+        });
+        // A broken key file: refused with an error naming it, old material kept.
+        std::fs::write(
+            &key,
+            "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let err = client.reload().unwrap_err();
+        assert!(err.to_string().contains("client.key"), "{err}");
+        assert_eq!(presented(&client, &server), second.cert_der());
+        // And `reload()` picks up good files again.
+        first.write_to(dir.path(), "client").unwrap();
+        client.reload().unwrap();
+        assert_eq!(presented(&client, &server), first.cert_der());
     }
 }

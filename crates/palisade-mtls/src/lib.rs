@@ -33,6 +33,7 @@ mod client;
 mod files;
 pub mod identity;
 mod peer_auth;
+mod resumption;
 mod server;
 mod upstream;
 

@@ -19,6 +19,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
 
 use crate::files;
+use crate::resumption::ServerSessions;
 
 /// Log target of the TLS side.
 pub const LOG_TARGET: &str = "palisade::mtls";
@@ -129,12 +130,15 @@ impl ServerTlsBuilder {
             }))
             .with_cert_resolver(Arc::new(DynResolver(material.clone())));
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let sessions = ServerSessions::new();
+        config.session_storage = sessions.clone();
         Ok(ServerTls(Arc::new(Inner {
             files,
             mode,
             provider,
             material,
             config: Arc::new(config),
+            sessions,
             stamp: std::sync::Mutex::new(None),
         })))
     }
@@ -213,6 +217,8 @@ struct Inner {
     provider: Arc<CryptoProvider>,
     material: Arc<ArcSwap<Material>>,
     config: Arc<ServerConfig>,
+    /// Forgotten at each reload (`resumption`).
+    sessions: Arc<ServerSessions>,
     stamp: std::sync::Mutex<Option<files::Stamp>>,
 }
 
@@ -272,7 +278,10 @@ impl ServerTls {
         self.0.mode
     }
 
-    /// Reads the files again and uses them for new handshakes.
+    /// Reads the files again and uses them for new handshakes. The TLS
+    /// sessions clients could resume are forgotten: a resumed session is
+    /// not verified again, so none begun under the old material (a client
+    /// certificate a new CRL revokes) outlives it.
     ///
     /// # Errors
     /// A [`TlsError`] naming the bad file; the old material stays in use.
@@ -283,7 +292,11 @@ impl ServerTls {
             loaded,
             &self.0.files.cert,
             "server TLS material (certificate, key, trust bundle, CRLs)",
-        )
+        )?;
+        // A session begun under the old material resumes without being
+        // verified again: none outlives it.
+        self.0.sessions.forget();
+        Ok(())
     }
 
     /// Reloads when a file's modification time or size changed since the
@@ -458,6 +471,80 @@ mod tests {
             c.process_new_packets().unwrap();
         }
         c.peer_certificates().unwrap()[0].to_vec()
+    }
+
+    /// One handshake of `client` (its session cache kept between calls)
+    /// with `server`, in memory: whether it was resumed, or the error.
+    fn handshake(client: &Arc<rustls::ClientConfig>, server: &ServerTls) -> Result<bool, rustls::Error> {
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut c = rustls::ClientConnection::new(client.clone(), name).unwrap();
+        let mut s = rustls::ServerConnection::new(server.server_config()).unwrap();
+        let mut buf = Vec::new();
+        while c.is_handshaking() || s.is_handshaking() {
+            buf.clear();
+            c.write_tls(&mut buf).unwrap();
+            s.read_tls(&mut &buf[..]).unwrap();
+            s.process_new_packets()?;
+            buf.clear();
+            s.write_tls(&mut buf).unwrap();
+            c.read_tls(&mut &buf[..]).unwrap();
+            c.process_new_packets()?;
+        }
+        // The server's tickets come after the handshake.
+        buf.clear();
+        s.write_tls(&mut buf).unwrap();
+        c.read_tls(&mut &buf[..]).unwrap();
+        c.process_new_packets()?;
+        Ok(s.handshake_kind() == Some(rustls::HandshakeKind::Resumed))
+    }
+
+    /// A client certificate revoked by a CRL the server reloads cannot come
+    /// back by resuming a session it began before: a reload forgets the
+    /// sessions, so the next handshake is a full one, and refused.
+    #[test]
+    fn a_reload_forgets_the_sessions_so_a_revoked_client_cannot_resume() {
+        let dir = palisade_testkit::TempDir::new("palisade-mtls-resumption");
+        let mut pki = TestPki::new();
+        let client = pki.workload("default", "productpage");
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, pki.ca_pem()).unwrap();
+        let crl = dir.path().join("crl.pem");
+        std::fs::write(&crl, pki.crl_pem()).unwrap();
+        let (cert, key) = pki.server(&["localhost"]).write_to(dir.path(), "server").unwrap();
+        let tls = ServerTls::builder(&cert, &key)
+            .client_ca(&ca)
+            .crl(&crl)
+            .build()
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from(pki.ca_der())).unwrap();
+        let key_der = rustls::pki_types::PrivateKeyDer::from_pem_slice(client.key_pem().as_bytes()).unwrap();
+        let config = Arc::new(
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::aws_lc_rs::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(vec![CertificateDer::from(client.cert_der())], key_der)
+            .unwrap(),
+        );
+        assert_eq!(
+            handshake(&config, &tls),
+            Ok(false),
+            "the first handshake is a full one"
+        );
+        assert_eq!(handshake(&config, &tls), Ok(true), "sessions are resumed");
+        // A reload that changes nothing forgets them too.
+        tls.reload().unwrap();
+        assert_eq!(handshake(&config, &tls), Ok(false));
+        pki.revoke(&client);
+        std::fs::write(&crl, pki.crl_pem()).unwrap();
+        tls.reload().unwrap();
+        assert!(
+            handshake(&config, &tls).is_err(),
+            "a revoked client resumed a session it began before the CRL"
+        );
     }
 
     #[test]
