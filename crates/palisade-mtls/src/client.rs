@@ -389,28 +389,15 @@ impl ServerCertVerifier for SanVerifier {
 #[cfg(test)]
 mod tests {
     use palisade_testkit::TestPki;
-    use rustls::pki_types::ServerName;
 
     use super::*;
     use crate::ServerTls;
+    use crate::test_handshake::handshake;
 
     /// The leaf certificate `client` presents to `server` (which asks for
     /// one), from an in-memory handshake.
     fn presented(client: &ClientTls, server: &ServerTls) -> Vec<u8> {
-        let name = ServerName::try_from("localhost").unwrap();
-        let mut c = rustls::ClientConnection::new(client.client_config(), name).unwrap();
-        let mut s = rustls::ServerConnection::new(server.server_config()).unwrap();
-        let mut buf = Vec::new();
-        while c.is_handshaking() || s.is_handshaking() {
-            buf.clear();
-            c.write_tls(&mut buf).unwrap();
-            s.read_tls(&mut &buf[..]).unwrap();
-            s.process_new_packets().unwrap();
-            buf.clear();
-            s.write_tls(&mut buf).unwrap();
-            c.read_tls(&mut &buf[..]).unwrap();
-            c.process_new_packets().unwrap();
-        }
+        let (_, s) = handshake(client.client_config(), server.server_config()).unwrap();
         s.peer_certificates().unwrap()[0].to_vec()
     }
 

@@ -35,6 +35,8 @@ pub mod identity;
 mod peer_auth;
 mod resumption;
 mod server;
+#[cfg(test)]
+mod test_handshake;
 mod upstream;
 
 #[cfg(feature = "actix")]

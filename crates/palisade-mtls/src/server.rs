@@ -436,65 +436,20 @@ impl ClientCertVerifier for DynVerifier {
 #[cfg(test)]
 mod tests {
     use palisade_testkit::TestPki;
-    use rustls::pki_types::ServerName;
 
     use super::*;
+    use crate::test_handshake::{client_config, handshake};
 
     /// The leaf certificate a server presents, from an in-memory handshake.
     fn presented(tls: &ServerTls, client: &palisade_testkit::TestCert, ca: &str) -> Vec<u8> {
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {
-            roots.add(c.unwrap()).unwrap();
-        }
-        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(client.key_pem().as_bytes()).unwrap();
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(vec![CertificateDer::from(client.cert_der())], key)
-        .unwrap();
-        let mut c =
-            rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap())
-                .unwrap();
-        let mut s = rustls::ServerConnection::new(tls.server_config()).unwrap();
-        let mut buf = Vec::new();
-        while c.is_handshaking() || s.is_handshaking() {
-            buf.clear();
-            c.write_tls(&mut buf).unwrap();
-            s.read_tls(&mut &buf[..]).unwrap();
-            s.process_new_packets().unwrap();
-            buf.clear();
-            s.write_tls(&mut buf).unwrap();
-            c.read_tls(&mut &buf[..]).unwrap();
-            c.process_new_packets().unwrap();
-        }
+        let (c, _) = handshake(client_config(ca, client), tls.server_config()).unwrap();
         c.peer_certificates().unwrap()[0].to_vec()
     }
 
-    /// One handshake of `client` (its session cache kept between calls)
-    /// with `server`, in memory: whether it was resumed, or the error.
-    fn handshake(client: &Arc<rustls::ClientConfig>, server: &ServerTls) -> Result<bool, rustls::Error> {
-        let name = ServerName::try_from("localhost").unwrap();
-        let mut c = rustls::ClientConnection::new(client.clone(), name).unwrap();
-        let mut s = rustls::ServerConnection::new(server.server_config()).unwrap();
-        let mut buf = Vec::new();
-        while c.is_handshaking() || s.is_handshaking() {
-            buf.clear();
-            c.write_tls(&mut buf).unwrap();
-            s.read_tls(&mut &buf[..]).unwrap();
-            s.process_new_packets()?;
-            buf.clear();
-            s.write_tls(&mut buf).unwrap();
-            c.read_tls(&mut &buf[..]).unwrap();
-            c.process_new_packets()?;
-        }
-        // The server's tickets come after the handshake.
-        buf.clear();
-        s.write_tls(&mut buf).unwrap();
-        c.read_tls(&mut &buf[..]).unwrap();
-        c.process_new_packets()?;
+    /// Whether a handshake of `client` (its session cache kept between
+    /// calls) with `server` was resumed, or the error.
+    fn resumed(client: &Arc<rustls::ClientConfig>, server: &ServerTls) -> Result<bool, rustls::Error> {
+        let (_, s) = handshake(client.clone(), server.server_config())?;
         Ok(s.handshake_kind() == Some(rustls::HandshakeKind::Resumed))
     }
 
@@ -530,19 +485,19 @@ mod tests {
             .unwrap(),
         );
         assert_eq!(
-            handshake(&config, &tls),
+            resumed(&config, &tls),
             Ok(false),
             "the first handshake is a full one"
         );
-        assert_eq!(handshake(&config, &tls), Ok(true), "sessions are resumed");
+        assert_eq!(resumed(&config, &tls), Ok(true), "sessions are resumed");
         // A reload that changes nothing forgets them too.
         tls.reload().unwrap();
-        assert_eq!(handshake(&config, &tls), Ok(false));
+        assert_eq!(resumed(&config, &tls), Ok(false));
         pki.revoke(&client);
         std::fs::write(&crl, pki.crl_pem()).unwrap();
         tls.reload().unwrap();
         assert!(
-            handshake(&config, &tls).is_err(),
+            resumed(&config, &tls).is_err(),
             "a revoked client resumed a session it began before the CRL"
         );
     }

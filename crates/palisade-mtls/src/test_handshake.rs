@@ -1,0 +1,49 @@
+//! In-memory TLS handshakes for the crate's unit tests.
+
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, ServerConfig, ServerConnection};
+
+/// A client of `localhost` that trusts `ca_pem` and presents `cert`.
+pub(crate) fn client_config(ca_pem: &str, cert: &palisade_testkit::TestCert) -> Arc<ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let key = PrivateKeyDer::from_pem_slice(cert.key_pem().as_bytes()).unwrap();
+    Arc::new(
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(vec![CertificateDer::from(cert.cert_der())], key)
+            .unwrap(),
+    )
+}
+
+/// One handshake between `client` (dialling `localhost`) and `server`,
+/// with the server's session tickets, which follow it, delivered; the two
+/// ends, or the error either raised.
+pub(crate) fn handshake(
+    client: Arc<ClientConfig>,
+    server: Arc<ServerConfig>,
+) -> Result<(ClientConnection, ServerConnection), rustls::Error> {
+    let mut c = ClientConnection::new(client, ServerName::try_from("localhost").unwrap())?;
+    let mut s = ServerConnection::new(server)?;
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        c.write_tls(&mut buf).unwrap();
+        s.read_tls(&mut &buf[..]).unwrap();
+        s.process_new_packets()?;
+        buf.clear();
+        s.write_tls(&mut buf).unwrap();
+        c.read_tls(&mut &buf[..]).unwrap();
+        c.process_new_packets()?;
+        if !c.is_handshaking() && !s.is_handshaking() && !s.wants_write() {
+            return Ok((c, s));
+        }
+    }
+}
