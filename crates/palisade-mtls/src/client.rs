@@ -392,7 +392,7 @@ mod tests {
 
     use super::*;
     use crate::ServerTls;
-    use crate::test_handshake::handshake;
+    use crate::test_support::{handshake, sighup_lock};
 
     /// The leaf certificate `client` presents to `server` (which asks for
     /// one), from an in-memory handshake.
@@ -406,6 +406,7 @@ mod tests {
     /// refused, naming it, and the old certificate stays in use.
     #[test]
     fn sighup_and_reload_rotate_the_client_certificate_and_a_bad_file_keeps_the_old() {
+        let _sighup = sighup_lock();
         let dir = palisade_testkit::TempDir::new("palisade-mtls-client-reload");
         let pki = TestPki::new();
         let ca = dir.path().join("ca.pem");

@@ -36,7 +36,7 @@ mod peer_auth;
 mod resumption;
 mod server;
 #[cfg(test)]
-mod test_handshake;
+mod test_support;
 mod upstream;
 
 #[cfg(feature = "actix")]

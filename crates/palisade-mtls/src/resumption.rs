@@ -1,10 +1,10 @@
-//! TLS session resumption that a reload forgets. A resumed session skips
-//! certificate verification: it carries the identity and trust of the
-//! handshake that began it. So a session begun under material a reload
-//! replaced (a client certificate a new CRL revokes, a CA taken out of the
-//! bundle, this service's previous certificate) must not be resumed under
-//! the new: every successful reload starts the store afresh, as Envoy's
-//! new TLS context does when its secrets change.
+//! TLS session resumption that a reload forgets, on the client side. A
+//! resumed session carries the identity and the trust of the handshake
+//! that began it: after a rotation, a connection that resumed would still
+//! present the old client certificate, and one to a server the new bundle
+//! no longer trusts would not check it again. Every successful reload of
+//! a `ClientTls` starts its store afresh. (The server side resumes nothing
+//! when it takes client certificates: `ServerTls::builder`.)
 
 use std::fmt;
 use std::sync::Arc;
@@ -15,50 +15,9 @@ use rustls::client::{
     ClientSessionMemoryCache, ClientSessionStore, Tls12ClientSessionValue, Tls13ClientSessionValue,
 };
 use rustls::pki_types::ServerName;
-use rustls::server::{ServerSessionMemoryCache, StoresServerSessions};
 
 /// Sessions kept for resumption, as rustls keeps them by default.
 const SESSIONS: usize = 256;
-
-/// A server's resumable sessions (TLS 1.3 tickets backed by this store,
-/// TLS 1.2 session ids), forgotten at each reload.
-pub(crate) struct ServerSessions(ArcSwap<ServerSessionMemoryCache>);
-
-impl ServerSessions {
-    pub(crate) fn new() -> Arc<Self> {
-        Arc::new(Self(ArcSwap::new(ServerSessionMemoryCache::new(SESSIONS))))
-    }
-
-    /// Forgets every session: the next handshake of each client is a full
-    /// one, verified against the material in use.
-    pub(crate) fn forget(&self) {
-        self.0.store(ServerSessionMemoryCache::new(SESSIONS));
-    }
-}
-
-impl fmt::Debug for ServerSessions {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ServerSessions")
-    }
-}
-
-impl StoresServerSessions for ServerSessions {
-    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
-        self.0.load().put(key, value)
-    }
-
-    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.0.load().get(key)
-    }
-
-    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.0.load().take(key)
-    }
-
-    fn can_cache(&self) -> bool {
-        true
-    }
-}
 
 /// A client's sessions with the servers it called, forgotten at each
 /// reload: a new connection then presents the new certificate and checks

@@ -19,7 +19,6 @@ use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
 
 use crate::files;
-use crate::resumption::ServerSessions;
 
 /// Log target of the TLS side.
 pub const LOG_TARGET: &str = "palisade::mtls";
@@ -75,7 +74,10 @@ pub struct ServerTlsBuilder {
 }
 
 impl ServerTlsBuilder {
-    /// Trust anchors (PEM) for client certificates: turns mutual TLS on.
+    /// Trust anchors (PEM) for client certificates: turns mutual TLS on,
+    /// and TLS session resumption off (a resumed session is not verified
+    /// again, so a certificate revoked or expired since would pass): every
+    /// connection's certificate is checked against the material in use.
     pub fn client_ca(mut self, path: impl Into<PathBuf>) -> Self {
         self.client_ca = Some(path.into());
         self
@@ -130,15 +132,22 @@ impl ServerTlsBuilder {
             }))
             .with_cert_resolver(Arc::new(DynResolver(material.clone())));
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let sessions = ServerSessions::new();
-        config.session_storage = sessions.clone();
+        // A resumed session is not verified again: a client certificate
+        // revoked (a CRL reloaded) or expired since would be accepted, and
+        // a store forgotten at each reload still takes the sessions of
+        // handshakes under way. So a server that takes client
+        // certificates resumes none: every connection's certificate is
+        // checked against the material in use.
+        if mode != MtlsMode::Disable {
+            config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+            config.send_tls13_tickets = 0;
+        }
         Ok(ServerTls(Arc::new(Inner {
             files,
             mode,
             provider,
             material,
             config: Arc::new(config),
-            sessions,
             stamp: std::sync::Mutex::new(None),
         })))
     }
@@ -217,8 +226,6 @@ struct Inner {
     provider: Arc<CryptoProvider>,
     material: Arc<ArcSwap<Material>>,
     config: Arc<ServerConfig>,
-    /// Forgotten at each reload (`resumption`).
-    sessions: Arc<ServerSessions>,
     stamp: std::sync::Mutex<Option<files::Stamp>>,
 }
 
@@ -278,10 +285,9 @@ impl ServerTls {
         self.0.mode
     }
 
-    /// Reads the files again and uses them for new handshakes. The TLS
-    /// sessions clients could resume are forgotten: a resumed session is
-    /// not verified again, so none begun under the old material (a client
-    /// certificate a new CRL revokes) outlives it.
+    /// Reads the files again and uses them for new handshakes (a server
+    /// that takes client certificates resumes no TLS session, so every
+    /// new connection's certificate is checked against them).
     ///
     /// # Errors
     /// A [`TlsError`] naming the bad file; the old material stays in use.
@@ -292,11 +298,7 @@ impl ServerTls {
             loaded,
             &self.0.files.cert,
             "server TLS material (certificate, key, trust bundle, CRLs)",
-        )?;
-        // A session begun under the old material resumes without being
-        // verified again: none outlives it.
-        self.0.sessions.forget();
-        Ok(())
+        )
     }
 
     /// Reloads when a file's modification time or size changed since the
@@ -438,7 +440,7 @@ mod tests {
     use palisade_testkit::TestPki;
 
     use super::*;
-    use crate::test_handshake::{client_config, handshake};
+    use crate::test_support::{client_config, handshake, sighup_lock};
 
     /// The leaf certificate a server presents, from an in-memory handshake.
     fn presented(tls: &ServerTls, client: &palisade_testkit::TestCert, ca: &str) -> Vec<u8> {
@@ -453,11 +455,12 @@ mod tests {
         Ok(s.handshake_kind() == Some(rustls::HandshakeKind::Resumed))
     }
 
-    /// A client certificate revoked by a CRL the server reloads cannot come
-    /// back by resuming a session it began before: a reload forgets the
-    /// sessions, so the next handshake is a full one, and refused.
+    /// A server that takes client certificates resumes no session (a
+    /// resumed one is not verified again), so a certificate revoked by a
+    /// CRL the server reloads is refused at the next connection; a server
+    /// without client certificates resumes sessions as rustls does.
     #[test]
-    fn a_reload_forgets_the_sessions_so_a_revoked_client_cannot_resume() {
+    fn a_client_certificate_is_verified_at_every_connection_so_a_revoked_one_is_refused() {
         let dir = palisade_testkit::TempDir::new("palisade-mtls-resumption");
         let mut pki = TestPki::new();
         let client = pki.workload("default", "productpage");
@@ -466,44 +469,38 @@ mod tests {
         let crl = dir.path().join("crl.pem");
         std::fs::write(&crl, pki.crl_pem()).unwrap();
         let (cert, key) = pki.server(&["localhost"]).write_to(dir.path(), "server").unwrap();
-        let tls = ServerTls::builder(&cert, &key)
+        let config = client_config(&pki.ca_pem(), &client);
+        let plain = ServerTls::builder(&cert, &key).build().unwrap();
+        assert_eq!(
+            resumed(&config, &plain),
+            Ok(false),
+            "the first handshake is a full one"
+        );
+        assert_eq!(
+            resumed(&config, &plain),
+            Ok(true),
+            "without client certificates, sessions resume"
+        );
+        let mutual = ServerTls::builder(&cert, &key)
             .client_ca(&ca)
             .crl(&crl)
             .build()
             .unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(CertificateDer::from(pki.ca_der())).unwrap();
-        let key_der = rustls::pki_types::PrivateKeyDer::from_pem_slice(client.key_pem().as_bytes()).unwrap();
-        let config = Arc::new(
-            rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::aws_lc_rs::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_client_auth_cert(vec![CertificateDer::from(client.cert_der())], key_der)
-            .unwrap(),
-        );
-        assert_eq!(
-            resumed(&config, &tls),
-            Ok(false),
-            "the first handshake is a full one"
-        );
-        assert_eq!(resumed(&config, &tls), Ok(true), "sessions are resumed");
-        // A reload that changes nothing forgets them too.
-        tls.reload().unwrap();
-        assert_eq!(resumed(&config, &tls), Ok(false));
+        for _ in 0..2 {
+            assert_eq!(resumed(&config, &mutual), Ok(false), "a session resumed");
+        }
         pki.revoke(&client);
         std::fs::write(&crl, pki.crl_pem()).unwrap();
-        tls.reload().unwrap();
+        mutual.reload().unwrap();
         assert!(
-            resumed(&config, &tls).is_err(),
-            "a revoked client resumed a session it began before the CRL"
+            resumed(&config, &mutual).is_err(),
+            "a revoked client connected after the CRL's reload"
         );
     }
 
     #[test]
     fn sighup_and_reload_rotate_and_a_bad_file_keeps_the_old_material() {
+        let _sighup = sighup_lock();
         let dir = std::env::temp_dir().join(format!("palisade-mtls-unit-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let pki = TestPki::new();

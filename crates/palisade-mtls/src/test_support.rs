@@ -1,6 +1,7 @@
-//! In-memory TLS handshakes for the crate's unit tests.
+//! What the crate's unit tests share: in-memory TLS handshakes, and the
+//! lock of the tests that send the process `SIGHUP`.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -46,4 +47,12 @@ pub(crate) fn handshake(
             return Ok((c, s));
         }
     }
+}
+
+/// Held by a test that sends the process `SIGHUP`: every listener of the
+/// process reloads on it, so two such tests at once would reload each
+/// other's files.
+pub(crate) fn sighup_lock() -> MutexGuard<'static, ()> {
+    static SIGHUP: Mutex<()> = Mutex::new(());
+    SIGHUP.lock().unwrap_or_else(PoisonError::into_inner)
 }
