@@ -392,7 +392,7 @@ mod tests {
 
     use super::*;
     use crate::ServerTls;
-    use crate::test_support::{handshake, sighup_lock};
+    use crate::test_support::{handshake, reloads_on_sighup};
 
     /// The leaf certificate `client` presents to `server` (which asks for
     /// one), from an in-memory handshake.
@@ -406,7 +406,6 @@ mod tests {
     /// refused, naming it, and the old certificate stays in use.
     #[test]
     fn sighup_and_reload_rotate_the_client_certificate_and_a_bad_file_keeps_the_old() {
-        let _sighup = sighup_lock();
         let dir = palisade_testkit::TempDir::new("palisade-mtls-client-reload");
         let pki = TestPki::new();
         let ca = dir.path().join("ca.pem");
@@ -424,26 +423,14 @@ mod tests {
         let client = ClientTls::builder(&cert, &key, &ca).build().unwrap();
         assert_eq!(presented(&client, &server), first.cert_der());
         // SIGHUP (no file watch running): the new files are used.
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            client.reload_on_sighup().unwrap();
-            second.write_to(dir.path(), "client").unwrap();
-            let status = std::process::Command::new("kill")
-                .args(["-HUP", &std::process::id().to_string()])
-                .status()
-                .unwrap();
-            assert!(status.success());
-            for _ in 0..50 {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                if presented(&client, &server) == second.cert_der() {
-                    return;
-                }
-            }
-            panic!("SIGHUP did not reload the client certificate");
-        });
+        assert!(
+            reloads_on_sighup(
+                || client.reload_on_sighup(),
+                || drop(second.write_to(dir.path(), "client").unwrap()),
+                || presented(&client, &server) == second.cert_der(),
+            ),
+            "SIGHUP did not reload the client certificate"
+        );
         // A broken key file: refused with an error naming it, old material kept.
         std::fs::write(
             &key,

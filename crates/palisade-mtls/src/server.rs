@@ -440,7 +440,7 @@ mod tests {
     use palisade_testkit::TestPki;
 
     use super::*;
-    use crate::test_support::{client_config, handshake, sighup_lock};
+    use crate::test_support::{client_config, handshake, reloads_on_sighup};
 
     /// The leaf certificate a server presents, from an in-memory handshake.
     fn presented(tls: &ServerTls, client: &palisade_testkit::TestCert, ca: &str) -> Vec<u8> {
@@ -500,7 +500,6 @@ mod tests {
 
     #[test]
     fn sighup_and_reload_rotate_and_a_bad_file_keeps_the_old_material() {
-        let _sighup = sighup_lock();
         let dir = std::env::temp_dir().join(format!("palisade-mtls-unit-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let pki = TestPki::new();
@@ -512,26 +511,14 @@ mod tests {
         let tls = ServerTls::builder(&cert, &key).client_ca(&ca).build().unwrap();
         assert_eq!(presented(&tls, &client, &pki.ca_pem()), first.cert_der());
         // SIGHUP (no file watch running): the new files are used.
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            tls.reload_on_sighup().unwrap();
-            second.write_to(&dir, "server").unwrap();
-            let status = std::process::Command::new("kill")
-                .args(["-HUP", &std::process::id().to_string()])
-                .status()
-                .unwrap();
-            assert!(status.success());
-            for _ in 0..50 {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                if presented(&tls, &client, &pki.ca_pem()) == second.cert_der() {
-                    return;
-                }
-            }
-            panic!("SIGHUP did not reload the certificate");
-        });
+        assert!(
+            reloads_on_sighup(
+                || tls.reload_on_sighup(),
+                || drop(second.write_to(&dir, "server").unwrap()),
+                || presented(&tls, &client, &pki.ca_pem()) == second.cert_der(),
+            ),
+            "SIGHUP did not reload the certificate"
+        );
         // A broken key file: refused with an error naming it, old material kept.
         std::fs::write(
             &key,

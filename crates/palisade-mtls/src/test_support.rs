@@ -49,10 +49,42 @@ pub(crate) fn handshake(
     }
 }
 
-/// Held by a test that sends the process `SIGHUP`: every listener of the
+/// Held while a test sends the process `SIGHUP`: every listener of the
 /// process reloads on it, so two such tests at once would reload each
 /// other's files.
-pub(crate) fn sighup_lock() -> MutexGuard<'static, ()> {
+fn sighup_lock() -> MutexGuard<'static, ()> {
     static SIGHUP: Mutex<()> = Mutex::new(());
     SIGHUP.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// On a runtime of its own: has `listen` install a reload on `SIGHUP`,
+/// `change` the files, sends the process `SIGHUP`, and waits up to a
+/// second for `reloaded`; whether it came to hold. Holds the
+/// [`sighup_lock`] meanwhile.
+pub(crate) fn reloads_on_sighup(
+    listen: impl FnOnce() -> std::io::Result<()>,
+    change: impl FnOnce(),
+    reloaded: impl Fn() -> bool,
+) -> bool {
+    let _sighup = sighup_lock();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        listen().unwrap();
+        change();
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &std::process::id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        for _ in 0..50 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            if reloaded() {
+                return true;
+            }
+        }
+        false
+    })
 }
