@@ -46,6 +46,9 @@ impl Granted {
 /// on first use) and the client's authentication.
 pub(crate) struct TokenClient {
     pub(crate) issuer: String,
+    /// The issuer as logs, `Debug` and errors show it: without a password
+    /// the URL may carry.
+    pub(crate) shown: String,
     pub(crate) client_id: String,
     secret: String,
     /// The secret goes in the form (`client_secret_post`), not in Basic.
@@ -232,7 +235,10 @@ pub struct GrantBuilder<K> {
 impl<K> fmt::Debug for GrantBuilder<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GrantBuilder")
-            .field("issuer", &self.issuer)
+            .field(
+                "issuer",
+                &palisade_core::syntax::url_without_credentials(&self.issuer),
+            )
             .field("client_id", &self.client_id)
             .finish_non_exhaustive()
     }
@@ -329,7 +335,7 @@ impl<K> GrantBuilder<K> {
             return Err(ClientError::Config("the client id is empty".into()));
         }
         if palisade_core::syntax::plain_http_elsewhere(&self.issuer) {
-            tracing::warn!(target: LOG_TARGET, issuer = %self.issuer, "the token issuer uses plain http: the client's credentials and the tokens it gets can be read in transit");
+            tracing::warn!(target: LOG_TARGET, issuer = %palisade_core::syntax::url_without_credentials(&self.issuer), "the token issuer uses plain http: the client's credentials and the tokens it gets can be read in transit");
         }
         let Some(secret) = self.secret.clone().filter(|s| !s.is_empty()) else {
             return Err(ClientError::Config(format!("a {grant} needs the client secret")));
@@ -359,6 +365,7 @@ impl<K> GrantBuilder<K> {
             .map_err(|e| ClientError::Config(format!("the HTTP client: {e}")))?;
         Ok(TokenClient {
             issuer: self.issuer.clone(),
+            shown: palisade_core::syntax::url_without_credentials(&self.issuer),
             client_id: self.client_id.clone(),
             secret,
             post,
@@ -402,7 +409,8 @@ async fn discover(http: &reqwest::Client, issuer: &str) -> Result<String, Client
     }
     if m.issuer != issuer {
         return Err(ClientError::Unavailable(format!(
-            "the discovery document names another issuer than `{issuer}`"
+            "the discovery document names another issuer than `{}`",
+            palisade_core::syntax::url_without_credentials(issuer)
         )));
     }
     Ok(m.token_endpoint)

@@ -63,7 +63,7 @@ pub type TokenExchangeBuilder = GrantBuilder<TokenExchange>;
 impl fmt::Debug for TokenExchange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenExchange")
-            .field("issuer", &self.0.client.issuer)
+            .field("issuer", &self.0.client.shown)
             .field("client_id", &self.0.client.client_id)
             .field("audience", &self.0.audience)
             .finish_non_exhaustive()
@@ -151,7 +151,7 @@ impl TokenExchange {
         let granted = match inner.client.request(form, inner.renew_before).await {
             Ok(g) => Arc::new(g),
             Err(e) => {
-                tracing::info!(target: LOG_TARGET, issuer = %inner.client.issuer, error = %e, "a token exchange failed");
+                tracing::info!(target: LOG_TARGET, issuer = %inner.client.shown, error = %e, "a token exchange failed");
                 // Failures last a second: when the map is full, it is
                 // emptied rather than searched for those that ended.
                 let mut failures = lock(&inner.failures);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::endpoint::{GrantBuilder, Granted, TokenClient};
 use crate::{ClientError, LOG_TARGET};
@@ -25,8 +25,8 @@ struct Inner {
     current: ArcSwapOption<Granted>,
     /// The last failure to get a token, and when.
     failed: ArcSwapOption<(Instant, ClientError)>,
-    /// Held by the one request renewing the token.
-    renewing: Mutex<()>,
+    /// Held by the one renewal under way (`renew_detached`).
+    renewing: Arc<Mutex<()>>,
 }
 
 /// The workload's own access token from the issuer's client-credentials
@@ -47,7 +47,7 @@ pub struct ClientCredentials(Arc<Inner>);
 impl fmt::Debug for ClientCredentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientCredentials")
-            .field("issuer", &self.0.client.issuer)
+            .field("issuer", &self.0.client.shown)
             .field("client_id", &self.0.client.client_id)
             .field("audience", &self.0.audience)
             .finish_non_exhaustive()
@@ -71,7 +71,7 @@ impl GrantBuilder<ClientCredentials> {
             renew_before: self.renew_before,
             current: ArcSwapOption::empty(),
             failed: ArcSwapOption::empty(),
-            renewing: Mutex::new(()),
+            renewing: Arc::new(Mutex::new(())),
         })))
     }
 }
@@ -108,7 +108,7 @@ impl ClientCredentials {
                 if self.failed_since(recently).is_some() {
                     return Ok(Arc::clone(g));
                 }
-                let Ok(_renewing) = self.0.renewing.try_lock() else {
+                let Ok(renewing) = Arc::clone(&self.0.renewing).try_lock_owned() else {
                     return Ok(Arc::clone(g));
                 };
                 // Renewed by another request since the load above.
@@ -118,7 +118,9 @@ impl ClientCredentials {
                 {
                     return Ok(Arc::clone(c));
                 }
-                return self.renew(current.as_ref().or(Some(g))).await;
+                return self
+                    .renew_detached(renewing, current.or_else(|| Some(Arc::clone(g))))
+                    .await;
             }
         }
         // No valid token, and the last grant failed a moment ago: its
@@ -126,7 +128,7 @@ impl ClientCredentials {
         if let Some(e) = self.failed_since(recently) {
             return Err(e);
         }
-        let _renewing = self.0.renewing.lock().await;
+        let renewing = Arc::clone(&self.0.renewing).lock_owned().await;
         // Renewed while this request waited.
         let current = self.0.current.load_full();
         if let Some(g) = &current
@@ -140,7 +142,26 @@ impl ClientCredentials {
         if let Some(e) = self.failed_since(recently) {
             return current.filter(|g| Instant::now() < g.expires).ok_or(e);
         }
-        self.renew(current.as_ref()).await
+        self.renew_detached(renewing, current).await
+    }
+
+    /// [`renew`](Self::renew) on a task of its own, which holds
+    /// `renewing` to its end: a request that gives up (a client that hangs
+    /// up, a deadline above this layer) does not take the grant with it,
+    /// so the token the issuer grants is kept for the next request rather
+    /// than asked for again by each in turn.
+    async fn renew_detached(
+        &self,
+        renewing: OwnedMutexGuard<()>,
+        current: Option<Arc<Granted>>,
+    ) -> Result<Arc<Granted>, ClientError> {
+        let this = self.clone();
+        let task = tokio::spawn(async move {
+            let _renewing = renewing;
+            this.renew(current.as_ref()).await
+        });
+        task.await
+            .unwrap_or_else(|e| Err(ClientError::Unavailable(format!("the grant's task ended: {e}"))))
     }
 
     /// The last failure to get a token, when it happened at or after `t`.
@@ -166,7 +187,7 @@ impl ClientCredentials {
                 self.0.failed.store(Some(Arc::new((Instant::now(), e.clone()))));
                 match current {
                     Some(g) if g.expires > Instant::now() => {
-                        tracing::warn!(target: LOG_TARGET, issuer = %self.0.client.issuer, error = %e, "cannot renew the workload's token; the current one is used until it expires");
+                        tracing::warn!(target: LOG_TARGET, issuer = %self.0.client.shown, error = %e, "cannot renew the workload's token; the current one is used until it expires");
                         Ok(Arc::clone(g))
                     }
                     _ => Err(e),
@@ -191,7 +212,7 @@ impl ClientCredentials {
             }
         }
         let granted = inner.client.request(form, inner.renew_before).await?;
-        tracing::debug!(target: LOG_TARGET, issuer = %inner.client.issuer, "the workload's token was granted");
+        tracing::debug!(target: LOG_TARGET, issuer = %inner.client.shown, "the workload's token was granted");
         Ok(granted)
     }
 }

@@ -71,6 +71,36 @@ async fn one_grant_serves_concurrent_calls_and_names_the_audience() {
     assert!(!format!("{own:?}").contains(SECRET), "{own:?}");
 }
 
+/// The request that started the grant goes away before the issuer answers
+/// (a client hanging up, a deadline above the layer): the grant goes on,
+/// the request that waited gets its token, and it is kept for the next,
+/// rather than asked for again by each request in turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_outlives_the_request_that_started_it() {
+    let issuer = issuer(Duration::from_secs(300));
+    issuer.delay_client_credentials_answers(Duration::from_millis(400));
+    let own = grant(&issuer, Duration::from_secs(30));
+    let ask = || {
+        let own = own.clone();
+        tokio::spawn(async move { own.authorization().await })
+    };
+    let first = ask();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = ask();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    first.abort();
+    let second = second.await.unwrap().unwrap();
+    assert!(second.starts_with("Bearer "), "{second}");
+    assert_eq!(
+        issuer.client_credentials_grants(),
+        1,
+        "one grant for both requests"
+    );
+    // Kept: the next request uses it without asking.
+    assert_eq!(own.authorization().await.unwrap(), second);
+    assert_eq!(issuer.client_credentials_grants(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_token_is_renewed_before_it_expires_and_kept_while_the_issuer_is_down() {
     // Tokens live 8 s and are renewed when less than 4 s are left: seconds

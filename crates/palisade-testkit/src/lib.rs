@@ -381,6 +381,7 @@ struct State {
     latency: Mutex<Duration>,
     /// How long after a token exchange is decided its answer is sent.
     exchange_delay: Mutex<Duration>,
+    client_credentials_delay: Mutex<Duration>,
     cache_control: Mutex<Option<String>>,
     jwks_fetches: AtomicUsize,
     discovery_fetches: AtomicUsize,
@@ -691,6 +692,7 @@ impl TestIssuerBuilder {
             fault: Mutex::new(Fault::None),
             latency: Mutex::new(Duration::ZERO),
             exchange_delay: Mutex::new(Duration::ZERO),
+            client_credentials_delay: Mutex::new(Duration::ZERO),
             cache_control: Mutex::new(None),
             jwks_fetches: AtomicUsize::new(0),
             discovery_fetches: AtomicUsize::new(0),
@@ -962,6 +964,15 @@ impl TestIssuer {
     /// learning the token. `Duration::ZERO` (the default) answers at once.
     pub fn delay_exchange_answers(&self, delay: Duration) {
         *lock(&self.state.exchange_delay) = delay;
+    }
+
+    /// The answer to each client-credentials grant is sent this long after
+    /// the grant was decided (and counted by
+    /// [`Self::client_credentials_grants`]): a client that gives up
+    /// meanwhile has been granted a token without learning it.
+    /// `Duration::ZERO` (the default) answers at once.
+    pub fn delay_client_credentials_answers(&self, delay: Duration) {
+        *lock(&self.state.client_credentials_delay) = delay;
     }
 
     /// Discovery requests received.
@@ -1421,31 +1432,27 @@ fn basic_auth(req: &HttpRequest) -> Option<(String, String)> {
 async fn token_endpoint<S: AsyncWrite + Unpin>(stream: &mut S, state: &State, req: &HttpRequest) {
     state.token_requests.fetch_add(1, Ordering::SeqCst);
     let f = form(&req.body);
-    let answer = match f.get("grant_type").map(String::as_str) {
-        Some("client_credentials") => client_credentials(state, req, &f),
-        Some("password") => password_grant(state, req, &f),
-        Some("authorization_code") => signin::exchange_code(state, req, &f),
-        Some("refresh_token") => {
-            let answer = signin::refresh(state, req, &f);
-            let delay = lock(&state.signin).refresh_delay;
-            if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
-            }
-            answer
-        }
-        Some(TOKEN_EXCHANGE_GRANT) => {
-            let answer = token_exchange(state, req, &f);
-            let delay = *lock(&state.exchange_delay);
-            if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
-            }
-            answer
-        }
-        _ => Err(TokenError::bad_request(
-            "unsupported_grant_type",
-            "grant_type is missing or not served",
-        )),
+    // Decided first, answered after the grant type's delay, if any.
+    let (answer, delay) = match f.get("grant_type").map(String::as_str) {
+        Some("client_credentials") => (
+            client_credentials(state, req, &f),
+            *lock(&state.client_credentials_delay),
+        ),
+        Some("password") => (password_grant(state, req, &f), Duration::ZERO),
+        Some("authorization_code") => (signin::exchange_code(state, req, &f), Duration::ZERO),
+        Some("refresh_token") => (signin::refresh(state, req, &f), lock(&state.signin).refresh_delay),
+        Some(TOKEN_EXCHANGE_GRANT) => (token_exchange(state, req, &f), *lock(&state.exchange_delay)),
+        _ => (
+            Err(TokenError::bad_request(
+                "unsupported_grant_type",
+                "grant_type is missing or not served",
+            )),
+            Duration::ZERO,
+        ),
     };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     match answer {
         Ok(body) => {
             respond(
