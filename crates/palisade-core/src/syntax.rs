@@ -2,8 +2,9 @@
 //! shown: the rules a policy file and the builders share for the URLs
 //! Palisade calls or sends a browser to, the paths it serves, HTTP tokens
 //! (header and cookie names), URLs shown in errors and logs without
-//! their credentials, and text shown in a page. Each rule is written once here, so a file and code
-//! that builds the same setting meet the same rule.
+//! their credentials, and text shown in a page. Each rule is written once
+//! here, so a file and code that builds the same setting meet the same
+//! rule.
 
 /// What stands for the tenant in an issuer pattern
 /// (`https://login.microsoftonline.com/{tenant}/v2.0`) and its URLs.

@@ -1158,7 +1158,7 @@ impl SignIn {
             return self.ask_issuer(live, &metadata, None).await;
         }
         // Another replica did (a shared store).
-        if let Ok(Some(next)) = self.adopt(&live.session).await {
+        if let Some(next) = self.adopt(&live.session).await {
             return Some(next);
         }
         // One replica asks the issuer: the refresh token works once. The
@@ -1289,19 +1289,19 @@ impl SignIn {
     }
 
     /// The latest successor of `previous` other replicas put in the store
-    /// (following a chain of refreshes); `Err` when the store cannot say.
-    async fn adopt(&self, previous: &Session) -> Result<Option<Arc<Live>>, ()> {
+    /// (following a chain of refreshes); `None` when there is none, or the
+    /// store cannot say.
+    async fn adopt(&self, previous: &Session) -> Option<Arc<Live>> {
         let mut latest: Option<Arc<Live>> = None;
         for _ in 0..MAX_SUCCESSOR_STEPS {
             let from = latest.as_ref().map_or(previous, |l| &l.session);
             let sealed = match self.0.store.get(&successor_key(from)).await {
                 Ok(Some(sealed)) => sealed,
                 Ok(None) => break,
-                Err(e) if latest.is_none() => {
+                Err(e) => {
                     tracing::debug!(target: LOG_TARGET, error = %e, "the store cannot say whether another replica refreshed a session");
-                    return Err(());
+                    break;
                 }
-                Err(_) => break,
             };
             let Some(next) = open_successor(from, sealed) else {
                 tracing::debug!(target: LOG_TARGET, "a refreshed session in the store does not open with the session it replaces");
@@ -1312,7 +1312,7 @@ impl SignIn {
         if let Some(next) = &latest {
             self.0.successors.insert(Arc::clone(next));
         }
-        Ok(latest)
+        latest
     }
 
     /// Another replica claimed the session's refresh. Its tokens are used
@@ -1331,7 +1331,7 @@ impl SignIn {
         while started.elapsed() < wait {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(SUCCESSOR_POLL);
-            if let Ok(Some(next)) = self.adopt(&live.session).await {
+            if let Some(next) = self.adopt(&live.session).await {
                 return Some(next);
             }
             if !self.usable(&live.session, now()) {

@@ -381,6 +381,8 @@ struct State {
     latency: Mutex<Duration>,
     /// How long after a token exchange is decided its answer is sent.
     exchange_delay: Mutex<Duration>,
+    /// How long after a client-credentials grant is decided its answer is
+    /// sent.
     client_credentials_delay: Mutex<Duration>,
     cache_control: Mutex<Option<String>>,
     jwks_fetches: AtomicUsize,

@@ -742,8 +742,7 @@ async fn follow(shared: Arc<Shared>, connection: MultiplexedConnection, mut last
                 }
                 Err(e) => {
                     tracing::debug!(target: LOG_TARGET, url = %shared.url, reason = %described(&e), "session store: reconnecting the revocation mirror failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    back_off(&mut backoff, MAX_BACKOFF).await;
                 }
             }
             continue;
@@ -788,8 +787,7 @@ async fn follow(shared: Arc<Shared>, connection: MultiplexedConnection, mut last
                         Ok(false) => {
                             shared.incomplete.store(true, Ordering::Release);
                             if behind {
-                                tokio::time::sleep(backoff).await;
-                                backoff = (backoff * 2).min(MAX_BACKOFF);
+                                back_off(&mut backoff, MAX_BACKOFF).await;
                             } else {
                                 tracing::warn!(target: LOG_TARGET, url = %shared.url, "session store: the revocation mirror may have fallen further behind than the stream keeps; reloading every revocation");
                             }
@@ -800,8 +798,7 @@ async fn follow(shared: Arc<Shared>, connection: MultiplexedConnection, mut last
                         Err(e) => {
                             tracing::debug!(target: LOG_TARGET, url = %shared.url, reason = %described(&e), "session store: the revocation mirror cannot check the stream");
                             connection = None;
-                            tokio::time::sleep(backoff).await;
-                            backoff = (backoff * 2).min(MAX_BACKOFF);
+                            back_off(&mut backoff, MAX_BACKOFF).await;
                             continue;
                         }
                     }
@@ -821,11 +818,16 @@ async fn follow(shared: Arc<Shared>, connection: MultiplexedConnection, mut last
                 // Not at once: a read that fails every time (an ACL that
                 // refuses `XREAD`, a proxy that cannot block) would reload
                 // the whole mirror in a loop. Reset by a read that works.
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                back_off(&mut backoff, MAX_BACKOFF).await;
             }
         }
     }
+}
+
+/// Waits `backoff`, then doubles it, up to `max`.
+async fn back_off(backoff: &mut Duration, max: Duration) {
+    tokio::time::sleep(*backoff).await;
+    *backoff = (*backoff * 2).min(max);
 }
 
 /// Whether the stream still holds the entry `id`. The stream is trimmed
@@ -856,8 +858,7 @@ async fn write_late(shared: Arc<Shared>) {
         if shared.record_unrecorded().await {
             backoff = MIN_BACKOFF;
         } else {
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_LATE_BACKOFF);
+            back_off(&mut backoff, MAX_LATE_BACKOFF).await;
         }
     }
 }
