@@ -207,6 +207,17 @@ fn bad_configuration_exits_with_one_line_naming_file_document_and_field() {
         &["--listen", "nowhere"][..],
         &["--bogus"],
         &["--config", "/no/such/file.yaml"],
+        // S4U for JWT users names its claim: no user name is assumed.
+        &[
+            "--keytab",
+            "/k",
+            "--backend",
+            "http://b",
+            "--s4u-realm",
+            "EXAMPLE.TEST",
+        ],
+        &["--keytab", "/k", "--backend", "http://b", "--s4u-claim", "upn"],
+        &["--s4u-realm", "EXAMPLE.TEST", "--s4u-claim", "upn"],
     ] {
         let out = Command::new(example("details")).args(args).output().unwrap();
         assert!(!out.status.success(), "{args:?}");

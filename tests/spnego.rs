@@ -259,6 +259,8 @@ async fn a_front_end_calls_a_back_end_as_the_user_by_delegation_and_by_s4u() {
             &backend_url,
             "--s4u-realm",
             "EXAMPLE.TEST",
+            "--s4u-claim",
+            "preferred_username",
         ],
         &env,
     );
@@ -385,6 +387,8 @@ async fn a_kdc_that_does_not_answer_costs_a_bounded_wait_and_a_clear_error() {
             &format!("http://localhost:{}", backend.port),
             "--s4u-realm",
             "EXAMPLE.TEST",
+            "--s4u-claim",
+            "preferred_username",
             "--upstream-timeout",
             "2",
         ],

@@ -25,7 +25,9 @@ use tower::Layer as _;
 /// forwarded one, else S4U (protocol transition) with the service's own key.
 pub struct Backend {
     pub url: String,
-    pub s4u_realm: Option<String>,
+    /// The JWT users S4U acts for (`--s4u-realm`, `--s4u-claim`,
+    /// `--s4u-issuer`); none: only Kerberos users.
+    pub s4u_users: Option<palisade::client::S4uUsers>,
     /// `Credentials::Kerberos`.
     pub credentials: palisade::client::Credentials,
     pub client: reqwest::Client,
@@ -39,7 +41,7 @@ async fn backend_whoami(backend: Arc<Backend>, auth: RequestAuth) -> axum::respo
     let Ok(url) = reqwest::Url::parse(&format!("{}/whoami", backend.url.trim_end_matches('/'))) else {
         return (StatusCode::BAD_GATEWAY, "bad --backend").into_response();
     };
-    let caller = KerberosCaller::from_request(&auth, backend.s4u_realm.as_deref());
+    let caller = KerberosCaller::from_request(&auth, backend.s4u_users.as_ref());
     let via = if caller.has_delegated() {
         "delegation"
     } else {
@@ -162,7 +164,7 @@ pub async fn serve(default_name: &str, default_port: u16, make: impl FnOnce(Part
     let addr = listener.local_addr().unwrap_or(args.listen);
     let backend = args.backend.clone().map(|url| Backend {
         url,
-        s4u_realm: args.s4u_realm.clone(),
+        s4u_users: common::s4u_users(&args, &setup),
         // `--upstream-timeout` bounds getting a ticket too.
         credentials: palisade::client::Credentials::Kerberos(
             match palisade::spnego::Impersonator::new() {

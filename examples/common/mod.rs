@@ -27,8 +27,12 @@ pub struct Args {
     pub keytab: Option<PathBuf>,
     /// A back-end to call on the user's behalf (`GET /backend/whoami`).
     pub backend: Option<String>,
-    /// The realm of JWT users when the back-end is called with S4U.
+    /// JWT users for S4U (`palisade::client::S4uUsers`): `--s4u-realm` and
+    /// `--s4u-claim` name them `<claim>@<realm>`; `--s4u-issuer` (default in
+    /// demo mode: the demo issuer) is the only issuer whose users map.
     pub s4u_realm: Option<String>,
+    pub s4u_claim: Option<String>,
+    pub s4u_issuer: Option<String>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub client_ca: Option<PathBuf>,
@@ -100,6 +104,23 @@ pub fn fail(msg: &str) -> ! {
     std::process::exit(2)
 }
 
+/// The JWT users a back-end is called for with S4U: `--s4u-realm` and
+/// `--s4u-claim` name them, of `--s4u-issuer` or, in demo mode, the demo
+/// issuer; exits with one line when a policy file is given without
+/// `--s4u-issuer` (which of its issuers names users as the realm does is
+/// the operator's to say).
+pub fn s4u_users(args: &Args, setup: &Setup) -> Option<palisade::client::S4uUsers> {
+    let (realm, claim) = (args.s4u_realm.as_ref()?, args.s4u_claim.as_ref()?);
+    let issuer = match (&args.s4u_issuer, &setup.demo) {
+        (Some(i), _) => i.clone(),
+        (None, Some(demo)) => demo.issuer().to_owned(),
+        (None, None) => fail(
+            "--s4u-realm with --config needs --s4u-issuer ISSUER: the issuer whose users the realm names",
+        ),
+    };
+    Some(palisade::client::S4uUsers::new(issuer, claim, realm))
+}
+
 fn parse(service: &str, port: u16, mut it: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut args = Args {
         listen: SocketAddr::from(([127, 0, 0, 1], port)),
@@ -109,6 +130,8 @@ fn parse(service: &str, port: u16, mut it: impl Iterator<Item = String>) -> Resu
         keytab: None,
         backend: None,
         s4u_realm: None,
+        s4u_claim: None,
+        s4u_issuer: None,
         tls_cert: None,
         tls_key: None,
         client_ca: None,
@@ -146,6 +169,8 @@ fn parse(service: &str, port: u16, mut it: impl Iterator<Item = String>) -> Resu
             "--keytab" => args.keytab = Some(PathBuf::from(value()?)),
             "--backend" => args.backend = Some(value()?),
             "--s4u-realm" => args.s4u_realm = Some(value()?),
+            "--s4u-claim" => args.s4u_claim = Some(value()?),
+            "--s4u-issuer" => args.s4u_issuer = Some(value()?),
             "--no-guard" => args.no_guard = true,
             "--floor" => {
                 args.no_guard = true;
@@ -189,7 +214,7 @@ fn parse(service: &str, port: u16, mut it: impl Iterator<Item = String>) -> Resu
                 println!(
                     "usage: {service} [--listen ADDR] [--config FILE] [--service NAME] [--namespace NS]\n\
                      \x20      [--tls-cert FILE --tls-key FILE [--client-ca FILE [--client-crl FILE]...]]\n\
-                     \x20      [--keytab FILE [--backend URL [--s4u-realm REALM]]]\n\
+                     \x20      [--keytab FILE [--backend URL [--s4u-realm REALM --s4u-claim CLAIM [--s4u-issuer ISSUER]]]]\n\
                      \x20      [--upstream NAME=URL]... [--upstream-timeout SECONDS] (productpage)\n\
                      \x20      [--admin ADDR]\n\
                      \x20      [--handshake-timeout S] [--header-read-timeout S] [--idle-timeout S] [--body-limit BYTES]\n\
@@ -219,6 +244,19 @@ fn parse(service: &str, port: u16, mut it: impl Iterator<Item = String>) -> Resu
     }
     if args.backend.is_some() && args.keytab.is_none() {
         return Err("--backend needs --keytab (the back-end is called with Kerberos)".into());
+    }
+    let s4u = [&args.s4u_realm, &args.s4u_claim, &args.s4u_issuer];
+    if s4u.iter().any(|v| v.is_some()) {
+        if args.backend.is_none() {
+            return Err("--s4u-realm, --s4u-claim and --s4u-issuer need --backend".into());
+        }
+        if args.s4u_realm.is_none() || args.s4u_claim.is_none() {
+            return Err(
+                "S4U for JWT users needs both --s4u-realm REALM and --s4u-claim CLAIM: \
+                        name a claim the issuer sets from the directory, not one users choose"
+                    .into(),
+            );
+        }
     }
     if args.client_ca.is_some() && args.tls_cert.is_none() {
         return Err("--client-ca needs --tls-cert and --tls-key".into());

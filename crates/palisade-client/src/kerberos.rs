@@ -30,33 +30,89 @@ impl fmt::Debug for KerberosCaller {
     }
 }
 
+/// Which JWT users S4U may act for, and the Kerberos principal each is:
+/// the tokens of one issuer, the value of one claim the operator names,
+/// `@` one realm. Nothing is assumed: a claim a user can choose (a
+/// self-registered `preferred_username`, an editable e-mail) would let that
+/// user obtain back-end tickets as whoever it names, so name a claim the
+/// issuer sets from the directory (Keycloak: the user name of an LDAP- or
+/// Kerberos-federated realm with user-name editing and self-registration
+/// off, or a mapper that copies the federated `KERBEROS_PRINCIPAL`
+/// attribute's user part). Tokens of other issuers are never mapped.
+///
+/// ```
+/// use palisade_client::S4uUsers;
+/// let users = S4uUsers::new("https://kc.example/realms/corp", "preferred_username", "CORP.EXAMPLE");
+/// assert_eq!(users.realm(), "CORP.EXAMPLE");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct S4uUsers {
+    issuer: String,
+    claim: String,
+    realm: String,
+}
+
+impl S4uUsers {
+    /// The users of `issuer` (its `iss`, exactly), each the string value of
+    /// its token's `claim` `@` `realm`.
+    #[must_use]
+    pub fn new(issuer: impl Into<String>, claim: impl Into<String>, realm: impl Into<String>) -> Self {
+        Self {
+            issuer: issuer.into(),
+            claim: claim.into(),
+            realm: realm.into(),
+        }
+    }
+
+    /// The issuer whose users are mapped.
+    #[must_use]
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// The claim that names a user.
+    #[must_use]
+    pub fn claim(&self) -> &str {
+        &self.claim
+    }
+
+    /// The Kerberos realm the users are named in.
+    #[must_use]
+    pub fn realm(&self) -> &str {
+        &self.realm
+    }
+
+    /// `user@REALM` for a token of the issuer whose claim is a plain user
+    /// name (no `/`, `@`, `\\` or control character: a claim cannot name an
+    /// instance such as `alice/admin`, or another realm), else nothing.
+    fn principal(&self, token: &palisade_core::TokenClaims) -> Option<String> {
+        if token.issuer != self.issuer {
+            return None;
+        }
+        let user = token.claims.get(&self.claim)?.as_str()?;
+        let plain = !user.is_empty()
+            && user.len() <= 256
+            && !user
+                .chars()
+                .any(|c| matches!(c, '/' | '@' | '\\') || c.is_control());
+        plain.then(|| format!("{user}@{}", self.realm))
+    }
+}
+
 impl KerberosCaller {
     /// What the guard established for a request: its delegated ticket
     /// (`RequestAuth::attachment::<DelegatedCredential>()`) and its user as a
-    /// Kerberos principal: the Kerberos identity's, or, with `s4u_realm`, a
-    /// JWT user's `preferred_username` (else `sub`) `@` that realm, when it
-    /// is a plain name (no `/`, `@`, `\\` or control character: a claim
-    /// cannot name an instance or another realm). Give `s4u_realm` only when
-    /// every issuer the guard trusts names users as that realm does.
+    /// Kerberos principal: the Kerberos identity's, or, with `s4u_users`, a
+    /// JWT user's as [`S4uUsers`] names it (none for a token of another
+    /// issuer, or whose claim is missing or not a plain user name).
     #[must_use]
-    pub fn from_request(auth: &RequestAuth, s4u_realm: Option<&str>) -> Self {
+    pub fn from_request(auth: &RequestAuth, s4u_users: Option<&S4uUsers>) -> Self {
         let delegated = auth.attachment::<DelegatedCredential>().cloned();
         let principal = auth
             .identity()
-            .and_then(|id| match (id.kerberos(), id.token(), s4u_realm) {
+            .and_then(|id| match (id.kerberos(), id.token(), s4u_users) {
                 (Some(k), _, _) => Some(k.principal.clone()),
-                // Only a plain user name becomes a principal: no instance
-                // (`alice/admin`), realm, escape or control character from
-                // a token claim.
-                (None, Some(t), Some(realm)) => {
-                    let user = t.preferred_username.as_deref().unwrap_or(&t.subject);
-                    let plain = !user.is_empty()
-                        && user.len() <= 256
-                        && !user
-                            .chars()
-                            .any(|c| matches!(c, '/' | '@' | '\\') || c.is_control());
-                    plain.then(|| format!("{user}@{realm}"))
-                }
+                (None, Some(t), Some(users)) => users.principal(t),
                 _ => None,
             });
         Self { delegated, principal }
@@ -198,6 +254,34 @@ impl Kerberos {
 mod tests {
     use super::*;
     use crate::{CallerToken, Credentials};
+
+    #[test]
+    fn only_the_named_issuers_tokens_map_and_only_by_the_named_claim() {
+        let users = S4uUsers::new("https://kc.example/realms/corp", "upn", "CORP.EXAMPLE");
+        let token = |claims: serde_json::Value| {
+            palisade_core::TokenClaims::from_claims(claims.as_object().unwrap().clone())
+        };
+        let iss = "https://kc.example/realms/corp";
+        assert_eq!(
+            users.principal(&token(
+                serde_json::json!({"iss": iss, "sub": "u1", "upn": "alice"})
+            )),
+            Some("alice@CORP.EXAMPLE".into())
+        );
+        // Another issuer the guard trusts: not mapped, whatever it says.
+        let other = serde_json::json!({"iss": "https://other.example", "sub": "u1", "upn": "alice"});
+        assert_eq!(users.principal(&token(other)), None);
+        // The user name a user may choose is not read, nor `sub`.
+        let chosen = serde_json::json!({"iss": iss, "sub": "admin", "preferred_username": "admin"});
+        assert_eq!(users.principal(&token(chosen)), None);
+        // Only a plain name: no instance, realm, escape or control character.
+        for bad in ["alice/admin", "alice@OTHER.REALM", "a\\b", "a\nb", ""] {
+            let t = token(serde_json::json!({"iss": iss, "sub": "u1", "upn": bad}));
+            assert_eq!(users.principal(&t), None, "{bad:?}");
+        }
+        let not_text = serde_json::json!({"iss": iss, "sub": "u1", "upn": ["alice"]});
+        assert_eq!(users.principal(&token(not_text)), None);
+    }
 
     #[tokio::test]
     async fn a_caller_without_a_ticket_or_a_principal_s4u_can_use_is_refused_before_any_call() {

@@ -18,7 +18,7 @@
 //! - `Credentials::Kerberos` (feature `spnego`): a Kerberos ticket for the
 //!   upstream (`Authorization: Negotiate`) as the caller, from the ticket it
 //!   delegated or by S4U with the service's own key (`Kerberos`,
-//!   `KerberosCaller`).
+//!   `KerberosCaller`; a JWT user only as `S4uUsers` names it).
 //! - [`Credentials::None`]: nothing is attached.
 //!
 //! [`Upstreams`] maps hosts to credentials, in code or from the policy
@@ -64,7 +64,7 @@ pub use error::ClientError;
 pub use exchange::{TokenExchange, TokenExchangeBuilder};
 pub use grant::{ClientCredentials, ClientCredentialsBuilder};
 #[cfg(feature = "spnego")]
-pub use kerberos::{Kerberos, KerberosCaller};
+pub use kerberos::{Kerberos, KerberosCaller, S4uUsers};
 pub use layer::{CredentialsLayer, CredentialsService};
 pub use upstreams::{Credentials, Upstreams, UpstreamsBuilder};
 
