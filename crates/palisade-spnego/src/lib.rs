@@ -61,7 +61,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use libgssapi::context::{SecurityContext, ServerCtx};
+use libgssapi::context::{CtxFlags, SecurityContext, ServerCtx};
 use libgssapi::credential::{Cred, CredUsage};
 use libgssapi::name::Name;
 use libgssapi::oid::{GSS_MECH_KRB5, GSS_MECH_SPNEGO, GSS_NT_HOSTBASED_SERVICE, OidSet};
@@ -151,8 +151,11 @@ impl SpnegoAuthenticatorBuilder {
         self
     }
 
-    /// Accept only for this host-based service (`HTTP@www.example.test`);
-    /// by default any principal in the keytab is accepted.
+    /// Accept only for this host-based service (`HTTP@www.example.test`).
+    /// By default a ticket for any `HTTP/…` principal in the keytab is
+    /// accepted (a host known by several names has one for each), and a
+    /// ticket for another service the keytab holds a key of (`host/…`,
+    /// `cifs/…`) is refused: naming it here is how to accept it.
     pub fn service(mut self, name: impl Into<String>) -> Self {
         self.service = Some(name.into());
         self
@@ -233,6 +236,7 @@ impl SpnegoAuthenticatorBuilder {
         let cred = Cred::acquire(name.as_ref(), None, CredUsage::Accept, Some(&mechs)).map_err(err)?;
         Ok(SpnegoAuthenticator(Arc::new(Inner {
             cred,
+            http_only: self.service.is_none(),
             permits: Arc::new(Semaphore::new(self.concurrency)),
             allowed_realms: self.allowed_realms,
             max_header: self.max_header,
@@ -346,6 +350,8 @@ pub struct SpnegoStats {
 
 struct Inner {
     cred: Cred,
+    /// No service named: only tickets for `HTTP/…` principals.
+    http_only: bool,
     permits: Arc<Semaphore>,
     allowed_realms: Vec<String>,
     max_header: usize,
@@ -421,7 +427,12 @@ impl LocalNames {
 /// One GSSAPI accept of `token`: the client, the mutual-authentication
 /// token, the context's lifetime and a delegated credential. The local name
 /// is looked up (through `local_names`) only when given.
-fn accept(cred: Cred, token: &[u8], local_names: Option<&LocalNames>) -> Result<Accepted, String> {
+fn accept(
+    cred: Cred,
+    token: &[u8],
+    http_only: bool,
+    local_names: Option<&LocalNames>,
+) -> Result<Accepted, String> {
     let mut ctx = ServerCtx::new(Some(cred));
     let out = ctx.step(token, None).map_err(|e| e.to_string())?;
     if !ctx.is_complete() {
@@ -436,6 +447,7 @@ fn accept(cred: Cred, token: &[u8], local_names: Option<&LocalNames>) -> Result<
         ));
     }
     let principal = info.source_name.to_string();
+    acceptable(info.flags, &principal, &info.target_name.to_string(), http_only)?;
     // krb5's aname-to-localname rules, only when no realm list decides it.
     let local_name = local_names.and_then(|names| {
         names.get_or_ask(&principal, || {
@@ -452,6 +464,25 @@ fn accept(cred: Cred, token: &[u8], local_names: Option<&LocalNames>) -> Result<
         lifetime: info.lifetime,
         delegated: ctx.take_delegated_cred(),
     })
+}
+
+/// MIT's name for the anonymous client (RFC 8062).
+const ANONYMOUS: &str = "WELLKNOWN/ANONYMOUS@WELLKNOWN:ANONYMOUS";
+
+/// Whether an established context may authenticate a request: not an
+/// anonymous client (RFC 8062: anonymous PKINIT tickets carry the
+/// anonymous flag and name, and prove no user), and, with no service
+/// named (`http_only`), a ticket for an `HTTP/…` principal of the keytab.
+fn acceptable(flags: CtxFlags, client: &str, target: &str, http_only: bool) -> Result<(), String> {
+    if flags.contains(CtxFlags::GSS_C_ANON_FLAG) || client == ANONYMOUS {
+        return Err("an anonymous ticket proves no user".into());
+    }
+    if http_only && !target.starts_with("HTTP/") {
+        return Err(format!(
+            "a ticket for {target}, not an HTTP service (name it with `service` to accept it)"
+        ));
+    }
+    Ok(())
 }
 
 impl SpnegoAuthenticator {
@@ -603,7 +634,7 @@ pub(crate) fn negotiate_header(cred: Cred, service: &str) -> Result<String, Spne
     let mut ctx = libgssapi::context::ClientCtx::new(
         Some(cred),
         target,
-        libgssapi::context::CtxFlags::GSS_C_MUTUAL_FLAG,
+        CtxFlags::GSS_C_MUTUAL_FLAG,
         // A Kerberos initial token (what SPNEGO would carry inside):
         // credentials obtained by delegation or S4U are Kerberos ones.
         Some(GSS_MECH_KRB5),
@@ -758,7 +789,7 @@ impl Authenticator for SpnegoAuthenticator {
             let started = Instant::now();
             let local_names = self.0.allowed_realms.is_empty().then_some(&self.0.local_names);
             let in_flight = InFlight::start();
-            let result = accept(self.0.cred.clone(), &token, local_names);
+            let result = accept(self.0.cred.clone(), &token, self.0.http_only, local_names);
             drop((in_flight, permit));
             return Check::Ready(self.accepted(result, started));
         }
@@ -776,7 +807,7 @@ impl Authenticator for SpnegoAuthenticator {
             let result = tokio::task::spawn_blocking(move || {
                 let _held = (in_flight, permit);
                 let local_names = inner.allowed_realms.is_empty().then_some(&inner.local_names);
-                accept(inner.cred.clone(), &token, local_names)
+                accept(inner.cred.clone(), &token, inner.http_only, local_names)
             })
             .await
             .unwrap_or_else(|_| Err("the GSSAPI call panicked".into()));
@@ -831,6 +862,22 @@ impl SpnegoAuthenticator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn anonymous_clients_and_other_services_tickets_are_not_acceptable() {
+        let (plain, anon) = (CtxFlags::GSS_C_MUTUAL_FLAG, CtxFlags::GSS_C_ANON_FLAG);
+        let http = "HTTP/www.example.test@EXAMPLE.TEST";
+        assert_eq!(acceptable(plain, "alice@EXAMPLE.TEST", http, true), Ok(()));
+        // RFC 8062: the flag, or the anonymous name, proves no user.
+        assert!(acceptable(anon | plain, "alice@EXAMPLE.TEST", http, true).is_err());
+        assert!(acceptable(plain, ANONYMOUS, http, false).is_err());
+        // No service named: HTTP principals only; a named one decides.
+        let host = "host/www.example.test@EXAMPLE.TEST";
+        let e = acceptable(plain, "alice@EXAMPLE.TEST", host, true).unwrap_err();
+        assert!(e.contains(host) && e.contains("service"), "{e}");
+        assert_eq!(acceptable(plain, "alice@EXAMPLE.TEST", host, false), Ok(()));
+        assert!(acceptable(plain, "alice@EXAMPLE.TEST", "http/www@EXAMPLE.TEST", true).is_err());
+    }
 
     /// Checked before any Kerberos credential is looked for.
     #[test]

@@ -198,6 +198,17 @@ impl KerberosRealm {
         Ok(keytab)
     }
 
+    /// Adds a service principal with a random key and writes its keys to
+    /// `keytab` too (a keytab holding several services' keys, as a host's
+    /// often does).
+    ///
+    /// # Errors
+    /// When `kadmin.local` fails.
+    pub fn add_service_to(&self, principal: &str, keytab: &Path) -> io::Result<()> {
+        self.kadmin(&format!("addprinc -randkey {principal}"))?;
+        self.kadmin(&format!("ktadd -k {} {principal}", keytab.display()))
+    }
+
     /// Lets `principal` obtain tickets to itself on behalf of any user
     /// (S4U2Self, protocol transition): the `ok_to_auth_as_delegate` flag.
     ///

@@ -457,7 +457,8 @@ pub struct AuthorizationSettingsSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[non_exhaustive]
 pub struct SpnegoSettingsSpec {
-    /// Accept only for this host-based service (`HTTP@www.example.test`).
+    /// Accept only for this host-based service (`HTTP@www.example.test`);
+    /// without it, tickets for any `HTTP/…` principal of the keytab.
     pub service: Option<String>,
     /// Accept clients of these realms only; the local name drops the realm.
     #[serde(default)]

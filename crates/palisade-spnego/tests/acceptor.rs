@@ -1,0 +1,111 @@
+//! Which tickets the acceptor takes from a keytab that holds more than the
+//! web service's key (`HTTP/localhost` and `host/localhost`, as a host's
+//! keytab often does): with no service named, tickets for `HTTP/…`
+//! principals only; with one named, tickets for it.
+//!
+//! GSSAPI reads its environment (the realm's configuration, the keytab,
+//! alice's credential cache) when first used, so the test starts a real
+//! MIT KDC and runs itself again with that environment.
+
+use std::process::Command;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use libgssapi::context::{ClientCtx, CtxFlags};
+use libgssapi::name::Name;
+use libgssapi::oid::{GSS_MECH_KRB5, GSS_MECH_SPNEGO, GSS_NT_HOSTBASED_SERVICE};
+use palisade_core::authn::{AuthOutcome, Authenticator as _, OwnedRequest};
+use palisade_spnego::SpnegoAuthenticator;
+use palisade_testkit::KerberosRealm;
+
+/// Set in the run with the realm's environment.
+const CHILD: &str = "PALISADE_SPNEGO_ACCEPTOR_CHILD";
+const TEST: &str = "a_ticket_for_another_service_in_the_keytab_is_refused_unless_that_service_is_named";
+
+#[test]
+fn a_ticket_for_another_service_in_the_keytab_is_refused_unless_that_service_is_named() {
+    if std::env::var_os(CHILD).is_some() {
+        decide();
+        return;
+    }
+    let realm = KerberosRealm::start().unwrap_or_else(|e| panic!("{e}"));
+    realm.add_user("alice", "alice-password").unwrap();
+    let keytab = realm.add_service("HTTP/localhost").unwrap();
+    realm.add_service_to("host/localhost", &keytab).unwrap();
+    let ccache = realm.kinit("alice", "alice-password").unwrap();
+    let env = realm.server_and_client_env(&keytab, &ccache);
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", TEST, "--nocapture", "--test-threads", "1"])
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env(CHILD, "1")
+        .output()
+        .expect("the test runs itself again with the realm's environment");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the run with the realm failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("1 passed"),
+        "the run with the realm ran no test:\n{stdout}"
+    );
+    drop(realm);
+}
+
+/// In the run with the realm's environment.
+fn decide() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let principal = |auth: &SpnegoAuthenticator, service: &str| {
+        let req = OwnedRequest::get("/").header(
+            "authorization",
+            format!("Negotiate {}", STANDARD.encode(token_for(service))),
+        );
+        match runtime.block_on(async { auth.authenticate(&req).await }) {
+            AuthOutcome::Authenticated(a) => Some(a.identity.kerberos().unwrap().principal.clone()),
+            AuthOutcome::Rejected(r) => {
+                assert_eq!(r.status(), 401, "{r:?}");
+                assert_eq!(r.challenges(), ["Negotiate"], "{r:?}");
+                None
+            }
+            other => panic!("neither accepted nor refused: {other:?}"),
+        }
+    };
+    let any_http = SpnegoAuthenticator::builder().build().unwrap();
+    assert_eq!(
+        principal(&any_http, "HTTP@localhost").as_deref(),
+        Some("alice@EXAMPLE.TEST")
+    );
+    assert_eq!(
+        principal(&any_http, "host@localhost"),
+        None,
+        "a host/ ticket was accepted"
+    );
+    assert_eq!(any_http.stats().failures, 1);
+    let host = SpnegoAuthenticator::builder()
+        .service("host@localhost")
+        .build()
+        .unwrap();
+    assert_eq!(
+        principal(&host, "host@localhost").as_deref(),
+        Some("alice@EXAMPLE.TEST")
+    );
+    assert_eq!(
+        principal(&host, "HTTP@localhost"),
+        None,
+        "the named service is the only one"
+    );
+}
+
+/// A Negotiate token for the host-based `service` from alice's credential
+/// cache.
+fn token_for(service: &str) -> Vec<u8> {
+    let target = Name::new(service.as_bytes(), Some(GSS_NT_HOSTBASED_SERVICE))
+        .and_then(|n| n.canonicalize(Some(GSS_MECH_KRB5)))
+        .unwrap();
+    let mut ctx = ClientCtx::new(None, target, CtxFlags::GSS_C_MUTUAL_FLAG, Some(GSS_MECH_SPNEGO));
+    ctx.step(None, None).unwrap().expect("an initial token").to_vec()
+}
