@@ -537,22 +537,23 @@ impl SpnegoAuthenticator {
         let mut count = 0;
         let max = self.0.max_header;
         req.for_each_header("authorization", &mut |v| {
-            if v.len() > max {
-                count += 1;
-                found = Some(Err("the Negotiate header is too large"));
-                return;
-            }
-            let Some((scheme, rest)) = std::str::from_utf8(v).ok().and_then(|s| s.split_once(' ')) else {
+            // Another scheme's header (a large `Bearer` token) is its
+            // authenticator's to judge, whatever its size.
+            let Some(rest) = v
+                .get(..10)
+                .filter(|scheme| scheme.eq_ignore_ascii_case(b"negotiate "))
+                .map(|_| &v[10..])
+            else {
                 return;
             };
-            if scheme.eq_ignore_ascii_case("Negotiate") {
-                count += 1;
-                found = Some(
-                    STANDARD
-                        .decode(rest.trim())
-                        .map_err(|_| "the Negotiate token is not base64"),
-                );
-            }
+            count += 1;
+            found = Some(if v.len() > max {
+                Err("the Negotiate header is too large")
+            } else {
+                STANDARD
+                    .decode(rest.trim_ascii())
+                    .map_err(|_| "the Negotiate token is not base64")
+            });
         });
         match (count, found) {
             (0, _) | (_, None) => Ok(None),

@@ -1,7 +1,8 @@
 //! Which tickets the acceptor takes from a keytab that holds more than the
 //! web service's key (`HTTP/localhost` and `host/localhost`, as a host's
 //! keytab often does): with no service named, tickets for `HTTP/…`
-//! principals only; with one named, tickets for it.
+//! principals only; with one named, tickets for it. And which headers its
+//! size limit applies to.
 //!
 //! GSSAPI reads its environment (the realm's configuration, the keytab,
 //! alice's credential cache) when first used, so the test starts a real
@@ -98,6 +99,28 @@ fn decide() {
         None,
         "the named service is the only one"
     );
+    // The header limit is for Negotiate headers: a long bearer token is
+    // the JWT authenticator's to judge, not refused as a Negotiate one.
+    let small = SpnegoAuthenticator::builder().max_header(200).build().unwrap();
+    let outcome = |value: String| {
+        let req = OwnedRequest::get("/").header("authorization", value);
+        runtime.block_on(async { small.authenticate(&req).await })
+    };
+    let long = "a".repeat(300);
+    assert!(matches!(
+        outcome(format!("Bearer {long}")),
+        AuthOutcome::NoCredential
+    ));
+    match outcome(format!("Negotiate {long}")) {
+        AuthOutcome::Rejected(r) => assert!(r.detail().contains("too large"), "{r:?}"),
+        other => panic!("a long Negotiate header was not refused: {other:?}"),
+    }
+    let lower = format!("negotiate {}", STANDARD.encode(token_for("HTTP@localhost")));
+    let req = OwnedRequest::get("/").header("authorization", lower);
+    match runtime.block_on(async { any_http.authenticate(&req).await }) {
+        AuthOutcome::Authenticated(_) => {}
+        other => panic!("the scheme's case mattered: {other:?}"),
+    }
 }
 
 /// A Negotiate token for the host-based `service` from alice's credential
