@@ -159,7 +159,7 @@ impl TokenClient {
             access_token: String,
             #[serde(default)]
             token_type: Option<String>,
-            #[serde(default)]
+            #[serde(default, deserialize_with = "palisade_core::syntax::deserialize_expires_in")]
             expires_in: Option<f64>,
         }
         let t: TokenResponse = serde_json::from_slice(body)
@@ -431,4 +431,45 @@ async fn read_limited(mut res: reqwest::Response) -> Result<Vec<u8>, ClientError
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expires_in_may_come_as_a_string_of_seconds() {
+        let client = TokenClient {
+            issuer: "https://kc.example".into(),
+            shown: "https://kc.example".into(),
+            client_id: "app".into(),
+            secret: "s".into(),
+            post: false,
+            http: reqwest::Client::new(),
+            token_endpoint: OnceCell::new(),
+            dpop: None,
+        };
+        let sent = Instant::now();
+        let lifetime = |body: &str| {
+            client
+                .granted_from(body.as_bytes(), Duration::ZERO, sent)
+                .map(|g| g.expires - sent)
+        };
+        let hour = Duration::from_secs(3600);
+        assert_eq!(
+            lifetime(r#"{"access_token":"t","expires_in":3600}"#).ok(),
+            Some(hour)
+        );
+        assert_eq!(
+            lifetime(r#"{"access_token":"t","expires_in":"3600"}"#).ok(),
+            Some(hour)
+        );
+        // None, or not a number: the one-minute guess, or refused.
+        let minute = Duration::from_secs(60);
+        assert_eq!(
+            lifetime(r#"{"access_token":"t","expires_in":null}"#).ok(),
+            Some(minute)
+        );
+        assert!(lifetime(r#"{"access_token":"t","expires_in":"later"}"#).is_err());
+    }
 }

@@ -332,3 +332,43 @@ mod tests {
         }
     }
 }
+
+/// Reads a token endpoint's `expires_in` (RFC 6749 §5.1: seconds, a JSON
+/// number) for `#[serde(default, deserialize_with = "…")]`: a number, or a
+/// string holding one, as some issuers send it (`"3600"`: Azure AD's v1
+/// endpoint, older ADFS); `null` is none. Anything else is an error, as
+/// before, so a garbled answer is still refused.
+///
+/// ```
+/// #[derive(serde::Deserialize)]
+/// struct Answer {
+///     #[serde(default, deserialize_with = "palisade_core::syntax::deserialize_expires_in")]
+///     expires_in: Option<f64>,
+/// }
+/// let read = |json: &str| serde_json::from_str::<Answer>(json).map(|a| a.expires_in);
+/// assert_eq!(read(r#"{"expires_in": 300}"#).unwrap(), Some(300.0));
+/// assert_eq!(read(r#"{"expires_in": "3600"}"#).unwrap(), Some(3600.0));
+/// assert_eq!(read(r#"{}"#).unwrap(), None);
+/// assert!(read(r#"{"expires_in": "soon"}"#).is_err());
+/// assert!(read(r#"{"expires_in": [1]}"#).is_err());
+/// ```
+///
+/// # Errors
+/// A value that is neither a number nor a string of one.
+pub fn deserialize_expires_in<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Seconds {
+        Number(f64),
+        Text(String),
+    }
+    match <Option<Seconds> as serde::Deserialize>::deserialize(d)? {
+        None => Ok(None),
+        Some(Seconds::Number(n)) => Ok(Some(n)),
+        Some(Seconds::Text(t)) => t
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom("expires_in is not a number of seconds")),
+    }
+}

@@ -38,7 +38,7 @@ pub(crate) struct TokenResponse {
     pub(crate) id_token: Option<String>,
     #[serde(default)]
     pub(crate) refresh_token: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "palisade_core::syntax::deserialize_expires_in")]
     pub(crate) expires_in: Option<f64>,
 }
 
@@ -279,6 +279,19 @@ mod tests {
         assert_eq!(param(q, "state").as_deref(), Some("x y"));
         assert_eq!(param_count(q, "state"), 2);
         assert_eq!(param(q, "missing"), None);
+    }
+
+    #[test]
+    fn expires_in_may_come_as_a_string_of_seconds() {
+        let read =
+            |json: &str| serde_json::from_str::<TokenResponse>(json).map(|t| t.access_token_expiry(1_000));
+        assert_eq!(read(r#"{"access_token":"t","expires_in":300}"#).ok(), Some(1_300));
+        assert_eq!(
+            read(r#"{"access_token":"t","expires_in":"300"}"#).ok(),
+            Some(1_300)
+        );
+        assert_eq!(read(r#"{"access_token":"t"}"#).ok(), Some(1_300), "five minutes");
+        assert!(read(r#"{"access_token":"t","expires_in":{}}"#).is_err());
     }
 
     #[tokio::test]
