@@ -94,7 +94,7 @@ where
                         .uri()
                         .host()
                         .ok_or_else(|| ClientError::Config("the request's URI names no host".into()))?;
-                    upstreams.for_host(host)
+                    upstreams.for_call(req.uri().scheme_str(), host)
                 }
             };
             let host = req.uri().host().map(str::to_owned);

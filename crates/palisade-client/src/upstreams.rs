@@ -1,10 +1,10 @@
 //! Which credential goes to which host.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::endpoint::Granted;
-use crate::{CallerToken, ClientCredentials, ClientError, TokenExchange};
+use crate::{CallerToken, ClientCredentials, ClientError, LOG_TARGET, TokenExchange};
 
 /// What an outbound call to a host carries.
 #[derive(Clone, Debug, Default)]
@@ -143,11 +143,30 @@ impl Credentials {
     }
 }
 
+impl Credentials {
+    /// Whether calls carry something of the caller's: its token relayed,
+    /// a token exchanged for it, a Kerberos ticket as the caller.
+    fn of_the_caller(&self) -> bool {
+        match self {
+            Credentials::Caller | Credentials::TokenExchange(_) => true,
+            #[cfg(feature = "spnego")]
+            Credentials::Kerberos(_) => true,
+            Credentials::None | Credentials::ClientCredentials(_) => false,
+        }
+    }
+}
+
 /// The caller's bearer token, or why there is none.
 fn bearer(caller: Option<&CallerToken>) -> Result<&str, ClientError> {
     caller
         .and_then(CallerToken::bearer)
         .ok_or(ClientError::NoCallerToken)
+}
+
+/// `localhost` or a loopback address (a host as a URI names it).
+fn is_loopback(host: &str) -> bool {
+    let host = normalize(host);
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// A host as entries and lookups compare it: lower case, an IPv6
@@ -162,8 +181,24 @@ fn normalize(host: &str) -> String {
 
 /// Credentials by host: what the workload sends to each host it calls. A
 /// host no entry names gets the `*` entry, else nothing.
+///
+/// Two settings are allowed and said out loud (a `warn` line of
+/// `palisade::client`): a `*` entry that sends something of the caller's
+/// (every host not named gets it: name the hosts instead), when built; and
+/// a credential sent over plain `http` to a host that is not loopback (it
+/// can be read in transit), once per host, at its first call.
 #[derive(Clone, Debug, Default)]
-pub struct Upstreams(Arc<HashMap<String, Credentials>>);
+pub struct Upstreams(Arc<Inner>);
+
+#[derive(Debug, Default)]
+struct Inner {
+    hosts: HashMap<String, Credentials>,
+    /// The hosts already warned of for plain `http`.
+    warned: Mutex<HashSet<String>>,
+}
+
+/// The most hosts remembered as warned of; past it, no more warnings.
+const WARNED_MAX: usize = 256;
 
 /// Builds [`Upstreams`].
 #[derive(Debug, Default)]
@@ -181,7 +216,17 @@ impl UpstreamsBuilder {
 
     /// Builds it.
     pub fn build(self) -> Upstreams {
-        Upstreams(Arc::new(self.0))
+        let upstreams = Upstreams(Arc::new(Inner {
+            hosts: self.0,
+            warned: Mutex::default(),
+        }));
+        if upstreams.relays_to_any_host() {
+            tracing::warn!(
+                target: LOG_TARGET,
+                "the `*` upstream entry sends a token of the caller's to every host without an entry of its own: name the hosts instead"
+            );
+        }
+        upstreams
     }
 }
 
@@ -196,9 +241,41 @@ impl Upstreams {
     #[must_use]
     pub fn for_host(&self, host: &str) -> &Credentials {
         self.0
+            .hosts
             .get(&normalize(host))
-            .or_else(|| self.0.get("*"))
+            .or_else(|| self.0.hosts.get("*"))
             .unwrap_or(&Credentials::None)
+    }
+
+    /// Whether the `*` entry sends something of the caller's.
+    fn relays_to_any_host(&self) -> bool {
+        self.0.hosts.get("*").is_some_and(Credentials::of_the_caller)
+    }
+
+    /// The credentials of a call to `host` by `scheme`, the first call that
+    /// sends one over plain `http` to a host that is not loopback warned of.
+    pub(crate) fn for_call(&self, scheme: Option<&str>, host: &str) -> &Credentials {
+        let credentials = self.for_host(host);
+        if self.first_in_clear(scheme, host, credentials) {
+            tracing::warn!(
+                target: LOG_TARGET,
+                host = %normalize(host),
+                "a credential goes to this host over plain http: it can be read in transit (use https, or palisade-mtls's UpstreamTls)"
+            );
+        }
+        credentials
+    }
+
+    /// Whether this is the first call (of the first [`WARNED_MAX`] hosts)
+    /// to send `credentials` to `host` over plain `http`, not on loopback.
+    fn first_in_clear(&self, scheme: Option<&str>, host: &str, credentials: &Credentials) -> bool {
+        let clear = scheme.is_some_and(|s| s.eq_ignore_ascii_case("http"))
+            && !matches!(credentials, Credentials::None)
+            && !is_loopback(host);
+        clear && {
+            let mut warned = self.0.warned.lock().unwrap_or_else(PoisonError::into_inner);
+            warned.len() < WARNED_MAX && warned.insert(normalize(host))
+        }
     }
 
     /// The `Authorization` header value for a call to `uri`.
@@ -232,7 +309,7 @@ impl Upstreams {
         htu.set_query(None);
         htu.set_fragment(None);
         let method = req.method().as_str().to_owned();
-        self.for_host(host.as_deref().unwrap_or_default())
+        self.for_call(Some(req.url().scheme()), host.as_deref().unwrap_or_default())
             .apply_call(
                 req.headers_mut(),
                 host.as_deref(),
@@ -240,5 +317,46 @@ impl Upstreams {
                 Some((&method, htu.as_str())),
             )
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_star_entry_with_the_callers_token_is_said_out_loud() {
+        let relays = |c: Credentials| Upstreams::builder().host("*", c).build().relays_to_any_host();
+        assert!(relays(Credentials::Caller));
+        assert!(!relays(Credentials::None));
+        let named = Upstreams::builder().host("reviews", Credentials::Caller).build();
+        assert!(!named.relays_to_any_host(), "a named host is a choice");
+    }
+
+    #[test]
+    fn a_credential_in_clear_to_a_remote_host_is_warned_of_once_per_host() {
+        let upstreams = Upstreams::builder()
+            .host("*", Credentials::Caller)
+            .host("public.example", Credentials::None)
+            .build();
+        let first =
+            |scheme: &str, host: &str| upstreams.first_in_clear(Some(scheme), host, upstreams.for_host(host));
+        assert!(first("http", "reviews.example"));
+        assert!(!first("http", "REVIEWS.example."), "the same host, once");
+        assert!(first("HTTP", "ratings.example"));
+        for (scheme, host) in [
+            ("https", "details.example"),
+            ("http", "localhost"),
+            ("http", "127.0.0.1"),
+            ("http", "[::1]"),
+            ("http", "public.example"),
+        ] {
+            assert!(!first(scheme, host), "{scheme}://{host}");
+        }
+        // Memory stays bounded: past the limit, no more warnings.
+        for i in 0..WARNED_MAX {
+            first("http", &format!("h{i}.example"));
+        }
+        assert!(!first("http", "late.example"));
     }
 }
