@@ -226,14 +226,17 @@ impl SpnegoAuthenticatorBuilder {
         mechs.add(GSS_MECH_SPNEGO).map_err(err)?;
         mechs.add(GSS_MECH_KRB5).map_err(err)?;
         let name = match &self.service {
-            Some(s) => Some(
-                Name::new(s.as_bytes(), Some(GSS_NT_HOSTBASED_SERVICE))
-                    .and_then(|n| n.canonicalize(Some(GSS_MECH_KRB5)))
-                    .map_err(err)?,
-            ),
-            None => None,
+            Some(s) => Name::new(s.as_bytes(), Some(GSS_NT_HOSTBASED_SERVICE))
+                .and_then(|n| n.canonicalize(Some(GSS_MECH_KRB5)))
+                .map_err(err)?,
+            // The service without a host: MIT accepts with every `HTTP/…`
+            // key of the keytab, and tries no other. (With no name at all
+            // it tries every entry, and a computer account's keytab, whose
+            // `host/…` and `HTTP/…` share one key, would answer for the
+            // first that decrypts.)
+            None => Name::new(b"HTTP@", Some(GSS_NT_HOSTBASED_SERVICE)).map_err(err)?,
         };
-        let cred = Cred::acquire(name.as_ref(), None, CredUsage::Accept, Some(&mechs)).map_err(err)?;
+        let cred = Cred::acquire(Some(&name), None, CredUsage::Accept, Some(&mechs)).map_err(err)?;
         Ok(SpnegoAuthenticator(Arc::new(Inner {
             cred,
             http_only: self.service.is_none(),
@@ -466,15 +469,18 @@ fn accept(
     })
 }
 
-/// MIT's name for the anonymous client (RFC 8062).
-const ANONYMOUS: &str = "WELLKNOWN/ANONYMOUS@WELLKNOWN:ANONYMOUS";
+/// The anonymous client's name before its realm (RFC 8062: the realm is
+/// `WELLKNOWN:ANONYMOUS`, or the real one when only the user is hidden).
+const ANONYMOUS: &str = "WELLKNOWN/ANONYMOUS@";
 
 /// Whether an established context may authenticate a request: not an
-/// anonymous client (RFC 8062: anonymous PKINIT tickets carry the
-/// anonymous flag and name, and prove no user), and, with no service
-/// named (`http_only`), a ticket for an `HTTP/…` principal of the keytab.
+/// anonymous client (RFC 8062's anonymous PKINIT: the anonymous name, in
+/// any realm, or the anonymous flag, which MIT's acceptor does not set
+/// but another mechanism might; either proves no user), and, with no
+/// service named (`http_only`), a ticket for an `HTTP/…` principal of the
+/// keytab (a second check: the credential is acquired for `HTTP@` then).
 fn acceptable(flags: CtxFlags, client: &str, target: &str, http_only: bool) -> Result<(), String> {
-    if flags.contains(CtxFlags::GSS_C_ANON_FLAG) || client == ANONYMOUS {
+    if flags.contains(CtxFlags::GSS_C_ANON_FLAG) || client.starts_with(ANONYMOUS) {
         return Err("an anonymous ticket proves no user".into());
     }
     if http_only && !target.starts_with("HTTP/") {
@@ -871,7 +877,8 @@ mod tests {
         assert_eq!(acceptable(plain, "alice@EXAMPLE.TEST", http, true), Ok(()));
         // RFC 8062: the flag, or the anonymous name, proves no user.
         assert!(acceptable(anon | plain, "alice@EXAMPLE.TEST", http, true).is_err());
-        assert!(acceptable(plain, ANONYMOUS, http, false).is_err());
+        assert!(acceptable(plain, "WELLKNOWN/ANONYMOUS@WELLKNOWN:ANONYMOUS", http, false).is_err());
+        assert!(acceptable(plain, "WELLKNOWN/ANONYMOUS@EXAMPLE.TEST", http, false).is_err());
         // No service named: HTTP principals only; a named one decides.
         let host = "host/www.example.test@EXAMPLE.TEST";
         let e = acceptable(plain, "alice@EXAMPLE.TEST", host, true).unwrap_err();

@@ -209,6 +209,53 @@ impl KerberosRealm {
         self.kadmin(&format!("ktadd -k {} {principal}", keytab.display()))
     }
 
+    /// Adds `principal` (`HTTP/localhost`) with the key of `password` and
+    /// writes a new keytab, whose path is returned, in which each of
+    /// `aliases` (`host/localhost`) comes first with that same key, then
+    /// `principal`: a computer account's keytab as Active Directory's tools
+    /// write it, where `HOST$`, `host/…` and `HTTP/…` share one key. The
+    /// aliases need not exist in the realm.
+    ///
+    /// # Errors
+    /// When `kadmin.local` or `ktutil` fails.
+    pub fn add_service_sharing_key(
+        &self,
+        principal: &str,
+        password: &str,
+        aliases: &[&str],
+    ) -> io::Result<PathBuf> {
+        self.kadmin(&format!("addprinc -pw {password} {principal}"))?;
+        // The realm's default salt: the realm, then the name's components.
+        let salt = format!("{TEST_REALM}{}", principal.replace('/', ""));
+        let keytab = self
+            .dir
+            .join(format!("{}-shared.keytab", principal.replace(['/', '@'], "_")));
+        let mut script = String::new();
+        for name in aliases.iter().chain([&principal]) {
+            for enctype in ["aes256-cts-hmac-sha1-96", "aes128-cts-hmac-sha1-96"] {
+                script.push_str(&format!(
+                    "addent -password -p {name}@{TEST_REALM} -k 1 -e {enctype} -s {salt}\n{password}\n"
+                ));
+            }
+        }
+        script.push_str(&format!("wkt {}\nquit\n", keytab.display()));
+        let mut child = Command::new(tool("ktutil")?)
+            .envs(Self::base_env(&self.dir))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(script.as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() || !err.trim().is_empty() || !keytab.is_file() {
+            return Err(io::Error::other(format!("ktutil failed: {}", err.trim())));
+        }
+        Ok(keytab)
+    }
+
     /// Lets `principal` obtain tickets to itself on behalf of any user
     /// (S4U2Self, protocol transition): the `ok_to_auth_as_delegate` flag.
     ///
