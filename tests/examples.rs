@@ -207,17 +207,6 @@ fn bad_configuration_exits_with_one_line_naming_file_document_and_field() {
         &["--listen", "nowhere"][..],
         &["--bogus"],
         &["--config", "/no/such/file.yaml"],
-        // S4U for JWT users names its claim: no user name is assumed.
-        &[
-            "--keytab",
-            "/k",
-            "--backend",
-            "http://b",
-            "--s4u-realm",
-            "EXAMPLE.TEST",
-        ],
-        &["--keytab", "/k", "--backend", "http://b", "--s4u-claim", "upn"],
-        &["--s4u-realm", "EXAMPLE.TEST", "--s4u-claim", "upn"],
     ] {
         let out = Command::new(example("details")).args(args).output().unwrap();
         assert!(!out.status.success(), "{args:?}");
@@ -227,6 +216,56 @@ fn bad_configuration_exits_with_one_line_naming_file_document_and_field() {
             "{args:?}"
         );
     }
+    // S4U for JWT users: its claim, realm and (with a file) issuer are
+    // named, nothing is assumed; each refusal names the flag.
+    let s4u = ["--keytab", "/k", "--backend", "http://b"];
+    let file = file.to_str().unwrap();
+    for (args, names) in [
+        (&["--s4u-realm", "EXAMPLE.TEST"][..], "--s4u-claim"),
+        (&["--s4u-claim", "upn"], "--s4u-realm"),
+        (
+            &[
+                "--s4u-realm",
+                "EXAMPLE.TEST",
+                "--s4u-claim",
+                "upn",
+                "--config",
+                file,
+            ],
+            "--s4u-issuer",
+        ),
+        (&["--s4u-realm", "", "--s4u-claim", "upn"], "--s4u-realm"),
+        (
+            &["--s4u-realm", "EXAMPLE.TEST", "--s4u-claim", "up n"],
+            "--s4u-claim",
+        ),
+        (&["--s4u-realm", "A@B", "--s4u-claim", "upn"], "--s4u-realm"),
+        (
+            &[
+                "--s4u-realm",
+                "EXAMPLE.TEST",
+                "--s4u-claim",
+                "upn",
+                "--s4u-issuer",
+                "",
+            ],
+            "--s4u-issuer",
+        ),
+    ] {
+        let out = Command::new(example("details"))
+            .args(s4u.iter().chain(args))
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains(names), "{args:?}: {stderr}");
+    }
+    let out = Command::new(example("details"))
+        .args(["--s4u-realm", "EXAMPLE.TEST", "--s4u-claim", "upn"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("need --backend"));
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -106,18 +106,15 @@ pub fn fail(msg: &str) -> ! {
 
 /// The JWT users a back-end is called for with S4U: `--s4u-realm` and
 /// `--s4u-claim` name them, of `--s4u-issuer` or, in demo mode, the demo
-/// issuer; exits with one line when a policy file is given without
-/// `--s4u-issuer` (which of its issuers names users as the realm does is
-/// the operator's to say).
+/// issuer (with a policy file, `--s4u-issuer` is required: which of its
+/// issuers names users as the realm does is the operator's to say).
 pub fn s4u_users(args: &Args, setup: &Setup) -> Option<palisade::client::S4uUsers> {
     let (realm, claim) = (args.s4u_realm.as_ref()?, args.s4u_claim.as_ref()?);
-    let issuer = match (&args.s4u_issuer, &setup.demo) {
-        (Some(i), _) => i.clone(),
-        (None, Some(demo)) => demo.issuer().to_owned(),
-        (None, None) => fail(
-            "--s4u-realm with --config needs --s4u-issuer ISSUER: the issuer whose users the realm names",
-        ),
-    };
+    // `parse` refuses --s4u-realm with --config and without --s4u-issuer.
+    let issuer = args
+        .s4u_issuer
+        .clone()
+        .or_else(|| setup.demo.as_ref().map(|demo| demo.issuer().to_owned()))?;
     Some(palisade::client::S4uUsers::new(issuer, claim, realm))
 }
 
@@ -250,12 +247,26 @@ fn parse(service: &str, port: u16, mut it: impl Iterator<Item = String>) -> Resu
         if args.backend.is_none() {
             return Err("--s4u-realm, --s4u-claim and --s4u-issuer need --backend".into());
         }
-        if args.s4u_realm.is_none() || args.s4u_claim.is_none() {
+        let (Some(realm), Some(claim)) = (&args.s4u_realm, &args.s4u_claim) else {
             return Err(
                 "S4U for JWT users needs both --s4u-realm REALM and --s4u-claim CLAIM: \
                         name a claim the issuer sets from the directory, not one users choose"
                     .into(),
             );
+        };
+        let plain =
+            |v: &str| !v.is_empty() && v.bytes().all(|b| b.is_ascii_graphic() && !b"/@\\".contains(&b));
+        if !plain(realm) || !plain(claim) {
+            return Err("--s4u-realm and --s4u-claim: a plain name (no space, `/`, `@` or `\\`)".into());
+        }
+        match &args.s4u_issuer {
+            Some(issuer) if issuer.is_empty() => return Err("--s4u-issuer: empty".into()),
+            None if args.config.is_some() => {
+                return Err("--s4u-realm with --config needs --s4u-issuer ISSUER: \
+                            the issuer whose users the realm names"
+                    .into());
+            }
+            _ => {}
         }
     }
     if args.client_ca.is_some() && args.tls_cert.is_none() {

@@ -38,7 +38,9 @@ impl fmt::Debug for KerberosCaller {
 /// issuer sets from the directory (Keycloak: the user name of an LDAP- or
 /// Kerberos-federated realm with user-name editing and self-registration
 /// off, or a mapper that copies the federated `KERBEROS_PRINCIPAL`
-/// attribute's user part). Tokens of other issuers are never mapped.
+/// attribute's user part). Tokens of other issuers are never mapped; for
+/// an issuer configured as a pattern (`…/{tenant}/v2.0`), name one
+/// tenant's issuer: the pattern itself is no token's `iss`.
 ///
 /// ```
 /// use palisade_client::S4uUsers;
@@ -83,20 +85,26 @@ impl S4uUsers {
     }
 
     /// `user@REALM` for a token of the issuer whose claim is a plain user
-    /// name (no `/`, `@`, `\\` or control character: a claim cannot name an
-    /// instance such as `alice/admin`, or another realm), else nothing.
+    /// name: printable ASCII without space, `/`, `@` or `\\` (a claim
+    /// cannot name an instance such as `alice/admin` or another realm, nor
+    /// differ from a directory name only in invisible or look-alike
+    /// characters a KDC may fold), else nothing; nothing either when the
+    /// issuer or the realm is empty.
     fn principal(&self, token: &palisade_core::TokenClaims) -> Option<String> {
-        if token.issuer != self.issuer {
+        if self.issuer.is_empty() || !plain(&self.realm) || token.issuer != self.issuer {
             return None;
         }
         let user = token.claims.get(&self.claim)?.as_str()?;
-        let plain = !user.is_empty()
-            && user.len() <= 256
-            && !user
-                .chars()
-                .any(|c| matches!(c, '/' | '@' | '\\') || c.is_control());
-        plain.then(|| format!("{user}@{}", self.realm))
+        (plain(user) && user.len() <= 256).then(|| format!("{user}@{}", self.realm))
     }
+}
+
+/// Printable ASCII, not empty, without space, `/`, `@` or `\\`.
+fn plain(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"/@\\".contains(&b))
 }
 
 impl KerberosCaller {
@@ -275,10 +283,28 @@ mod tests {
         let chosen = serde_json::json!({"iss": iss, "sub": "admin", "preferred_username": "admin"});
         assert_eq!(users.principal(&token(chosen)), None);
         // Only a plain name: no instance, realm, escape or control character.
-        for bad in ["alice/admin", "alice@OTHER.REALM", "a\\b", "a\nb", ""] {
+        for bad in [
+            "alice/admin",
+            "alice@OTHER.REALM",
+            "a\\b",
+            "a\nb",
+            "",
+            " alice",
+            "al ice",
+            "ali\u{200b}ce",
+            "ａlice",
+        ] {
             let t = token(serde_json::json!({"iss": iss, "sub": "u1", "upn": bad}));
             assert_eq!(users.principal(&t), None, "{bad:?}");
         }
+        // An empty issuer or a realm that is not a plain name maps nobody.
+        let alice = serde_json::json!({"iss": "", "sub": "u1", "upn": "alice"});
+        assert_eq!(
+            S4uUsers::new("", "upn", "CORP.EXAMPLE").principal(&token(alice)),
+            None
+        );
+        let alice = serde_json::json!({"iss": iss, "sub": "u1", "upn": "alice"});
+        assert_eq!(S4uUsers::new(iss, "upn", "A@B").principal(&token(alice)), None);
         let not_text = serde_json::json!({"iss": iss, "sub": "u1", "upn": ["alice"]});
         assert_eq!(users.principal(&token(not_text)), None);
     }

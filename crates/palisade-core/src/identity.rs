@@ -63,7 +63,9 @@ impl Verification {
 #[derive(Clone, Default, PartialEq)]
 #[non_exhaustive]
 pub struct TokenClaims {
-    /// `iss`: the issuer, as configured for the provider that verified it.
+    /// `iss`: the issuer, as configured for the provider that verified it
+    /// (for an issuer configured as a pattern, the tenant's own issuer,
+    /// `{tenant}` filled in).
     pub issuer: String,
     /// `sub`: the subject.
     pub subject: String,
