@@ -407,7 +407,8 @@ pub fn setup(args: &Args) -> Setup {
             (set, Some(issuer))
         }
     };
-    let guard = build_guard(&set, &workload, args.keytab.as_deref()).unwrap_or_else(|e| fail(&e.to_string()));
+    let guard = build_guard(&set, &workload, args.keytab.as_deref(), args.backend.is_some())
+        .unwrap_or_else(|e| fail(&e.to_string()));
     let tls = tls(args, &set.for_workload(&workload));
     Setup {
         set,
@@ -422,18 +423,33 @@ pub fn setup(args: &Args) -> Setup {
 /// The workload's guard from a policy file's documents: the one way from
 /// the file to the guard, at start-up and on every reload. Each part
 /// configures itself from the workload's documents; SPNEGO is turned on by
-/// `--keytab`.
+/// `--keytab`, and keeps forwarded tickets (`delegation`) for `--backend`,
+/// which calls on with them.
 fn build_guard(
     set: &PolicySet,
     workload: &Workload,
     keytab: Option<&std::path::Path>,
+    delegation: bool,
 ) -> Result<Guard, palisade::core::policy::PolicyError> {
     use palisade::core::policy::PolicyError;
+    use palisade::spnego::SpnegoAuthenticator;
     let mut builder = palisade::guard_builder_from_policy(set, workload, &demo_authorizers())?;
     if let Some(keytab) = keytab {
-        builder = builder
-            .authenticator_from::<palisade::spnego::SpnegoAuthenticator>(&set.for_workload(workload))
-            .map_err(|e| PolicyError::new(set.source(), format!("--keytab {}: {e}", keytab.display())))?;
+        let failed = |e: &dyn std::fmt::Display| {
+            PolicyError::new(set.source(), format!("--keytab {}: {e}", keytab.display()))
+        };
+        builder = if delegation {
+            let spnego = SpnegoAuthenticator::builder()
+                .from_policy(&set.for_workload(workload))?
+                .accept_delegation()
+                .build()
+                .map_err(|e| failed(&e))?;
+            builder.authenticator(spnego)
+        } else {
+            builder
+                .authenticator_from::<SpnegoAuthenticator>(&set.for_workload(workload))
+                .map_err(|e| failed(&e))?
+        };
     }
     builder
         .build()
@@ -462,6 +478,7 @@ pub fn start_operations(args: &Args, setup: &Setup) {
     if let Some(path) = &args.config {
         let workload = setup.workload.clone();
         let keytab = args.keytab.clone();
+        let delegation = args.backend.is_some();
         // The listener's mTLS mode is read at start-up: say so when a
         // reload changes it, rather than pretend it applies.
         let (port, mode) = (args.listen.port(), setup.tls.as_ref().map(ServerTls::mode));
@@ -473,7 +490,7 @@ pub fn start_operations(args: &Args, setup: &Setup) {
             palisade::client::Upstreams::from_policy(&policy)?;
             palisade::mtls::UpstreamTls::check_policy(&policy)?;
             let wanted = palisade::mtls::mode_for_port(&policy, port)?;
-            let guard = build_guard(set, &workload, keytab.as_deref())?;
+            let guard = build_guard(set, &workload, keytab.as_deref(), delegation)?;
             if let Some(running) = mode
                 && wanted != running
             {

@@ -127,6 +127,7 @@ pub struct SpnegoAuthenticatorBuilder {
     concurrency: usize,
     max_header: usize,
     mapper: Option<Mapper>,
+    delegation: bool,
 }
 
 impl fmt::Debug for SpnegoAuthenticatorBuilder {
@@ -138,6 +139,7 @@ impl fmt::Debug for SpnegoAuthenticatorBuilder {
             .field("max_header", &self.max_header)
             .field("mapper", &self.mapper.as_ref().map(|_| "<fn>"))
             .field("session", &self.session)
+            .field("delegation", &self.delegation)
             .finish()
     }
 }
@@ -158,6 +160,18 @@ impl SpnegoAuthenticatorBuilder {
     /// `cifs/…`) is refused: naming it here is how to accept it.
     pub fn service(mut self, name: impl Into<String>) -> Self {
         self.service = Some(name.into());
+        self
+    }
+
+    /// Keep the ticket-granting ticket a client forwards (`curl
+    /// --delegation always`, a browser allowed to delegate to this host) as
+    /// the request's [`DelegatedCredential`] attachment, for calls on its
+    /// behalf. Off by default: a forwarded ticket is the user's whole
+    /// identity in the realm, and is dropped with the context unless the
+    /// service says it calls on with it (mod_auth_gssapi keeps none either
+    /// without `GssapiDelegCcacheDir`). S4U needs no forwarded ticket.
+    pub fn accept_delegation(mut self) -> Self {
+        self.delegation = true;
         self
     }
 
@@ -239,6 +253,7 @@ impl SpnegoAuthenticatorBuilder {
         let cred = Cred::acquire(Some(&name), None, CredUsage::Accept, Some(&mechs)).map_err(err)?;
         Ok(SpnegoAuthenticator(Arc::new(Inner {
             cred,
+            delegation: self.delegation,
             http_only: self.service.is_none(),
             permits: Arc::new(Semaphore::new(self.concurrency)),
             allowed_realms: self.allowed_realms,
@@ -309,6 +324,9 @@ impl SpnegoAuthenticatorBuilder {
                 }
                 self = self.session_cookie(cookie);
             }
+            if s.accept_delegation {
+                self = self.accept_delegation();
+            }
             if !s.roles.is_empty() || !s.groups.is_empty() {
                 let (roles, groups) = (s.roles.clone(), s.groups.clone());
                 self = self.map_roles(move |k| {
@@ -353,6 +371,8 @@ pub struct SpnegoStats {
 
 struct Inner {
     cred: Cred,
+    /// Keep forwarded tickets ([`SpnegoAuthenticatorBuilder::accept_delegation`]).
+    delegation: bool,
     /// No service named: only tickets for `HTTP/…` principals.
     http_only: bool,
     permits: Arc<Semaphore>,
@@ -501,6 +521,7 @@ impl SpnegoAuthenticator {
             concurrency: 4 * std::thread::available_parallelism().map_or(2, usize::from),
             max_header: DEFAULT_MAX_HEADER,
             mapper: None,
+            delegation: false,
         }
     }
 
@@ -598,7 +619,8 @@ impl SpnegoAuthenticator {
 
 /// The client's delegated (forwarded) ticket-granting credential, when the
 /// client delegated it (`curl --delegation always`, a browser on a trusted
-/// host): a front-end can call back-ends as the user with
+/// host) and the authenticator keeps such tickets
+/// ([`SpnegoAuthenticatorBuilder::accept_delegation`]): a front-end can call back-ends as the user with
 /// [`DelegatedCredential::negotiate_header`]. Handlers find it with
 /// `RequestAuth::attachment::<DelegatedCredential>()`.
 #[derive(Clone)]
@@ -859,7 +881,7 @@ impl SpnegoAuthenticator {
         }) {
             ok = ok.with_response_header("set-cookie", set);
         }
-        if let Some(cred) = accepted.delegated {
+        if let Some(cred) = accepted.delegated.filter(|_| self.0.delegation) {
             ok = ok.with_attachment(DelegatedCredential(cred));
         }
         AuthOutcome::Authenticated(ok)

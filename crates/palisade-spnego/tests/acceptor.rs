@@ -2,7 +2,7 @@
 //! web service's key (`HTTP/localhost` and `host/localhost`, as a host's
 //! keytab often does): with no service named, tickets for `HTTP/…`
 //! principals only; with one named, tickets for it. And which headers its
-//! size limit applies to.
+//! size limit applies to, and when a forwarded ticket is kept.
 //!
 //! GSSAPI reads its environment (the realm's configuration, the keytab,
 //! alice's credential cache) when first used, so the test starts a real
@@ -16,7 +16,8 @@ use libgssapi::context::{ClientCtx, CtxFlags};
 use libgssapi::name::Name;
 use libgssapi::oid::{GSS_MECH_KRB5, GSS_MECH_SPNEGO, GSS_NT_HOSTBASED_SERVICE};
 use palisade_core::authn::{AuthOutcome, Authenticator as _, OwnedRequest};
-use palisade_spnego::SpnegoAuthenticator;
+use palisade_core::policy::{PolicySet, Workload};
+use palisade_spnego::{DelegatedCredential, SpnegoAuthenticator};
 use palisade_testkit::KerberosRealm;
 
 /// Set in the run with the realm's environment.
@@ -143,6 +144,43 @@ fn decide() {
         None,
         "the named service is the only one"
     );
+    // A forwarded ticket-granting ticket is kept only when asked for.
+    let delegating = |auth: &SpnegoAuthenticator| {
+        let req = OwnedRequest::get("/").header(
+            "authorization",
+            format!(
+                "Negotiate {}",
+                STANDARD.encode(token_with(
+                    "HTTP@localhost",
+                    CtxFlags::GSS_C_MUTUAL_FLAG | CtxFlags::GSS_C_DELEG_FLAG,
+                ))
+            ),
+        );
+        match runtime.block_on(async { auth.authenticate(&req).await }) {
+            AuthOutcome::Authenticated(a) => a.attachments.get::<DelegatedCredential>().is_some(),
+            other => panic!("a delegating client was refused: {other:?}"),
+        }
+    };
+    assert!(
+        !delegating(&any_http),
+        "a forwarded ticket was kept without accept_delegation"
+    );
+    let keeps = SpnegoAuthenticator::builder()
+        .accept_delegation()
+        .build()
+        .unwrap();
+    assert!(delegating(&keeps), "accept_delegation kept no forwarded ticket");
+    let file = "apiVersion: palisade.dev/v1alpha1\nkind: SpnegoSettings\nmetadata: {name: k}\nspec: {acceptDelegation: true}\n";
+    let set = PolicySet::from_yaml_str(file, "spnego.yaml").unwrap();
+    let from_file = SpnegoAuthenticator::builder()
+        .from_policy(&set.for_workload(&Workload::new("details", "default")))
+        .unwrap()
+        .build()
+        .unwrap();
+    assert!(
+        delegating(&from_file),
+        "acceptDelegation: true kept no forwarded ticket"
+    );
     // The header limit is for Negotiate headers: a long bearer token is
     // the JWT authenticator's to judge, not refused as a Negotiate one.
     let small = SpnegoAuthenticator::builder().max_header(200).build().unwrap();
@@ -170,9 +208,14 @@ fn decide() {
 /// A Negotiate token for the host-based `service` from alice's credential
 /// cache.
 fn token_for(service: &str) -> Vec<u8> {
+    token_with(service, CtxFlags::GSS_C_MUTUAL_FLAG)
+}
+
+/// The same, asking for `flags` (delegation, say).
+fn token_with(service: &str, flags: CtxFlags) -> Vec<u8> {
     let target = Name::new(service.as_bytes(), Some(GSS_NT_HOSTBASED_SERVICE))
         .and_then(|n| n.canonicalize(Some(GSS_MECH_KRB5)))
         .unwrap();
-    let mut ctx = ClientCtx::new(None, target, CtxFlags::GSS_C_MUTUAL_FLAG, Some(GSS_MECH_SPNEGO));
+    let mut ctx = ClientCtx::new(None, target, flags, Some(GSS_MECH_SPNEGO));
     ctx.step(None, None).unwrap().expect("an initial token").to_vec()
 }

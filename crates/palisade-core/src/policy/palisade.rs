@@ -477,6 +477,11 @@ pub struct SpnegoSettingsSpec {
     /// Groups by principal, the same way (`request.auth.claims[groups]`).
     #[serde(default)]
     pub groups: BTreeMap<String, Vec<String>>,
+    /// Keep a ticket-granting ticket the client forwards (delegation), for
+    /// calls on its behalf; default `false`: it is dropped with the
+    /// context, as mod_auth_gssapi does without `GssapiDelegCcacheDir`.
+    #[serde(default)]
+    pub accept_delegation: bool,
 }
 
 impl SpnegoSettingsSpec {
