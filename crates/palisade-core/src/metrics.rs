@@ -20,6 +20,7 @@
 //! | [`INTROSPECTIONS`] | counter | `issuer`, `result` (`active`, `inactive`, `failure`) |
 //! | [`SPNEGO_BLOCKING`] | gauge | — |
 //! | [`SPNEGO_BLOCKING_CALLS`] | counter | — |
+//! | [`SPNEGO_SHED`] | counter | — |
 //! | [`CONFIG_RELOADS`] | counter | `result` (`success`, `failure`) |
 //!
 //! Every refusal of the guard, 401 or 403, counts as `decision="deny"`;
@@ -58,6 +59,9 @@ pub const INTROSPECTIONS: &str = "palisade_introspections_total";
 pub const SPNEGO_BLOCKING: &str = "palisade_spnego_blocking_in_flight";
 /// Kerberos ticket checks (GSSAPI accepts) made: counter.
 pub const SPNEGO_BLOCKING_CALLS: &str = "palisade_spnego_blocking_calls_total";
+/// Kerberos tickets answered 503 because no GSSAPI permit came free within
+/// the queue timeout: counter.
+pub const SPNEGO_SHED: &str = "palisade_spnego_shed_total";
 /// Policy reloads, by result: counter.
 pub const CONFIG_RELOADS: &str = "palisade_config_reloads_total";
 
@@ -92,6 +96,10 @@ pub fn describe() {
     metrics::describe_counter!(
         SPNEGO_BLOCKING_CALLS,
         "Kerberos ticket checks (GSSAPI accepts) made"
+    );
+    metrics::describe_counter!(
+        SPNEGO_SHED,
+        "Kerberos tickets answered 503: no GSSAPI permit within the queue timeout"
     );
     metrics::describe_counter!(CONFIG_RELOADS, "Policy reloads, by result");
 }

@@ -79,6 +79,10 @@ pub const LOG_TARGET: &str = "palisade::spnego";
 /// many group SIDs fit).
 pub const DEFAULT_MAX_HEADER: usize = 64 * 1024;
 
+/// How long a ticket waits for a GSSAPI permit by default
+/// ([`SpnegoAuthenticatorBuilder::queue_timeout`]).
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A configuration that cannot work.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -128,6 +132,7 @@ pub struct SpnegoAuthenticatorBuilder {
     max_header: usize,
     mapper: Option<Mapper>,
     delegation: bool,
+    queue_timeout: Duration,
 }
 
 impl fmt::Debug for SpnegoAuthenticatorBuilder {
@@ -140,6 +145,7 @@ impl fmt::Debug for SpnegoAuthenticatorBuilder {
             .field("mapper", &self.mapper.as_ref().map(|_| "<fn>"))
             .field("session", &self.session)
             .field("delegation", &self.delegation)
+            .field("queue_timeout", &self.queue_timeout)
             .finish()
     }
 }
@@ -179,6 +185,17 @@ impl SpnegoAuthenticatorBuilder {
     /// trusts). The local name is the principal without this realm.
     pub fn allowed_realm(mut self, realm: impl Into<String>) -> Self {
         self.allowed_realms.push(realm.into());
+        self
+    }
+
+    /// How long a ticket may wait for one of the [`concurrency`](Self::concurrency)
+    /// permits (default 10 s); then the request is answered `503` with
+    /// `Retry-After: 1`, whatever the policy: a KDC-side stall (a slow
+    /// replay-cache disk) or a flood of tickets sheds load instead of
+    /// holding every request that brings one. A ticket that finds a permit
+    /// free does not wait.
+    pub fn queue_timeout(mut self, timeout: Duration) -> Self {
+        self.queue_timeout = timeout;
         self
     }
 
@@ -254,6 +271,7 @@ impl SpnegoAuthenticatorBuilder {
         Ok(SpnegoAuthenticator(Arc::new(Inner {
             cred,
             delegation: self.delegation,
+            queue_timeout: self.queue_timeout,
             http_only: self.service.is_none(),
             permits: Arc::new(Semaphore::new(self.concurrency)),
             allowed_realms: self.allowed_realms,
@@ -296,6 +314,9 @@ impl SpnegoAuthenticatorBuilder {
             }
             for r in &s.allowed_realms {
                 self = self.allowed_realm(r.clone());
+            }
+            if let Some(t) = s.queue_timeout {
+                self = self.queue_timeout(t.get());
             }
             if let Some(n) = s.concurrency {
                 self = self.concurrency(n.get());
@@ -371,6 +392,8 @@ pub struct SpnegoStats {
 
 struct Inner {
     cred: Cred,
+    /// How long a ticket waits for a permit.
+    queue_timeout: Duration,
     /// Keep forwarded tickets ([`SpnegoAuthenticatorBuilder::accept_delegation`]).
     delegation: bool,
     /// No service named: only tickets for `HTTP/…` principals.
@@ -522,6 +545,7 @@ impl SpnegoAuthenticator {
             max_header: DEFAULT_MAX_HEADER,
             mapper: None,
             delegation: false,
+            queue_timeout: DEFAULT_QUEUE_TIMEOUT,
         }
     }
 
@@ -824,8 +848,27 @@ impl Authenticator for SpnegoAuthenticator {
         }
         let this = self.clone();
         Check::pending(async move {
-            let Ok(permit) = this.0.permits.clone().acquire_owned().await else {
-                return refused("the Negotiate token is not acceptable");
+            let permit = match tokio::time::timeout(
+                this.0.queue_timeout,
+                this.0.permits.clone().acquire_owned(),
+            )
+            .await
+            {
+                Ok(Ok(permit)) => permit,
+                Ok(Err(_)) => return refused("the Negotiate token is not acceptable"),
+                Err(_) => {
+                    metrics::counter!(palisade_core::metrics::SPNEGO_SHED).increment(1);
+                    tracing::warn!(target: LOG_TARGET, waited = ?this.0.queue_timeout, "a Negotiate ticket found no GSSAPI permit in time: answered 503");
+                    return AuthOutcome::Respond(
+                        palisade_core::adapter::Reply::problem(
+                            503,
+                            "busy",
+                            "Service busy",
+                            "Too many Kerberos tickets are being checked at once; try again.",
+                        )
+                        .header("retry-after", "1"),
+                    );
+                }
             };
             let inner = this.0.clone();
             let started = Instant::now();

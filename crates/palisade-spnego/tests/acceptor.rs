@@ -2,7 +2,8 @@
 //! web service's key (`HTTP/localhost` and `host/localhost`, as a host's
 //! keytab often does): with no service named, tickets for `HTTP/…`
 //! principals only; with one named, tickets for it. And which headers its
-//! size limit applies to, and when a forwarded ticket is kept.
+//! size limit applies to, when a forwarded ticket is kept, and what a
+//! ticket that finds no permit in time gets.
 //!
 //! GSSAPI reads its environment (the realm's configuration, the keytab,
 //! alice's credential cache) when first used, so the test starts a real
@@ -181,6 +182,48 @@ fn decide() {
         delegating(&from_file),
         "acceptDelegation: true kept no forwarded ticket"
     );
+    // A ticket that finds no permit within the queue timeout is answered
+    // 503 with Retry-After, not held: one permit, a millisecond to wait,
+    // and a crowd whose accepts (on the blocking pool: a current-thread
+    // runtime checks every ticket there) take far longer one after another.
+    let one = SpnegoAuthenticator::builder()
+        .concurrency(1)
+        .queue_timeout(std::time::Duration::from_millis(1))
+        .build()
+        .unwrap();
+    let ticket = || {
+        OwnedRequest::get("/").header(
+            "authorization",
+            format!("Negotiate {}", STANDARD.encode(token_for("HTTP@localhost"))),
+        )
+    };
+    let crowd: Vec<OwnedRequest> = (0..40).map(|_| ticket()).collect();
+    let outcomes = runtime.block_on(async {
+        let mut checks = tokio::task::JoinSet::new();
+        for req in &crowd {
+            checks.spawn(one.authenticate(req).into_future());
+        }
+        checks.join_all().await
+    });
+    let (mut checked, mut shed) = (0, 0);
+    for outcome in outcomes {
+        match outcome {
+            AuthOutcome::Authenticated(_) => checked += 1,
+            AuthOutcome::Respond(reply) => {
+                assert_eq!(reply.status(), 503, "{reply:?}");
+                assert!(format!("{reply:?}").contains("retry-after"), "{reply:?}");
+                shed += 1;
+            }
+            other => panic!("neither checked nor shed: {other:?}"),
+        }
+    }
+    assert!(checked >= 1 && shed >= 1, "{checked} checked, {shed} shed");
+    // The permit came back: the next ticket is checked.
+    let third = ticket();
+    assert!(matches!(
+        runtime.block_on(async { one.authenticate(&third).await }),
+        AuthOutcome::Authenticated(_)
+    ));
     // The header limit is for Negotiate headers: a long bearer token is
     // the JWT authenticator's to judge, not refused as a Negotiate one.
     let small = SpnegoAuthenticator::builder().max_header(200).build().unwrap();

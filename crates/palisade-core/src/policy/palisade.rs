@@ -465,6 +465,9 @@ pub struct SpnegoSettingsSpec {
     pub allowed_realms: Vec<String>,
     /// At most this many GSSAPI calls at once.
     pub concurrency: Option<NonZeroUsize>,
+    /// How long a ticket waits for one of them before a `503` (default
+    /// 10 s).
+    pub queue_timeout: Option<DurationSpec>,
     /// The largest `Authorization: Negotiate` header (default 65536).
     pub max_header_size: Option<NonZeroUsize>,
     /// Session cookies (mod_auth_gssapi's `GssapiUseSessions`).
