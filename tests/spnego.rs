@@ -422,12 +422,28 @@ async fn a_kdc_that_does_not_answer_costs_a_bounded_wait_and_a_clear_error() {
     assert_eq!(v["error"], "no ticket for the back-end", "{v}");
     assert!(took >= std::time::Duration::from_millis(1500), "{took:?}");
     assert!(took < std::time::Duration::from_secs(8), "{took:?}");
+    // For as long again, calls fail at once: an outage does not fill the
+    // blocking pool with the library's half-minute waits.
+    let started = std::time::Instant::now();
+    let (status, _, body, _) = curl(&["-H", &format!("Authorization: Bearer {token}"), &url], &[]);
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
     // One clear line says why.
     let logged = std::fs::read_to_string(log).unwrap();
     assert!(
         logged.lines().any(
             |l| l.contains("cannot get a ticket for the back-end") && l.contains("is the KDC reachable?")
         ),
+        "{logged}"
+    );
+    assert!(
+        logged
+            .lines()
+            .any(|l| l.contains("the KDC did not answer a moment ago")),
         "{logged}"
     );
     // The service is still well.

@@ -2,7 +2,8 @@
 //! ticket the caller delegated, or S4U with the service's own key.
 
 use std::fmt;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use palisade_core::RequestAuth;
 use palisade_spnego::{DelegatedCredential, Impersonator};
@@ -163,12 +164,20 @@ impl KerberosCaller {
 /// [`Kerberos::kdc_timeout`] (default 5 s) with
 /// [`ClientError::Unavailable`]: MIT Kerberos waits about 27 s for a KDC
 /// that does not answer, and that wait is the library's, on its blocking
-/// thread, not the request's.
+/// thread, not the request's. So that an outage cannot fill the blocking
+/// pool with such waits, at most [`Kerberos::concurrency`] calls run at
+/// once (16 by default; a call waits for its turn within the same time),
+/// and after a call that timed out, calls fail at once with
+/// [`ClientError::Unavailable`] for as long again, sending nothing to the
+/// KDC. Clones share both.
 #[derive(Clone, Debug)]
 pub struct Kerberos {
     service: Option<String>,
     impersonator: Option<Impersonator>,
     kdc_timeout: Duration,
+    calls: Arc<tokio::sync::Semaphore>,
+    /// Until when calls fail at once, after one that timed out.
+    resting: Arc<Mutex<Option<Instant>>>,
 }
 
 impl Default for Kerberos {
@@ -177,6 +186,8 @@ impl Default for Kerberos {
             service: None,
             impersonator: None,
             kdc_timeout: Duration::from_secs(5),
+            calls: Arc::new(tokio::sync::Semaphore::new(16)),
+            resting: Arc::default(),
         }
     }
 }
@@ -207,6 +218,15 @@ impl Kerberos {
         self
     }
 
+    /// At most this many GSSAPI calls at once (default 16, at least 1):
+    /// each holds a thread of the blocking pool until the library returns,
+    /// which can be long after the call has timed out.
+    #[must_use]
+    pub fn concurrency(mut self, calls: usize) -> Self {
+        self.calls = Arc::new(tokio::sync::Semaphore::new(calls.max(1)));
+        self
+    }
+
     /// The upstream's service name (`HTTP@backend.example.test`), when it
     /// is not `HTTP@` the host the request goes to.
     #[must_use]
@@ -231,29 +251,53 @@ impl Kerberos {
             }
         };
         let caller = caller.ok_or(ClientError::NoCallerToken)?;
-        let ticket = match (&caller.delegated, &caller.principal, &self.impersonator) {
-            (Some(d), _, _) => {
-                let d = d.clone();
-                tokio::task::spawn_blocking(move || d.negotiate_header(&service))
-            }
-            (None, Some(user), Some(imp)) => {
-                let (imp, user) = (imp.clone(), user.clone());
-                tokio::task::spawn_blocking(move || imp.negotiate_header(&user, &service))
-            }
-            _ => return Err(ClientError::NoCallerToken),
+        let work: Box<dyn FnOnce() -> Result<String, palisade_spnego::SpnegoError> + Send> =
+            match (&caller.delegated, &caller.principal, &self.impersonator) {
+                (Some(d), _, _) => {
+                    let d = d.clone();
+                    Box::new(move || d.negotiate_header(&service))
+                }
+                (None, Some(user), Some(imp)) => {
+                    let (imp, user) = (imp.clone(), user.clone());
+                    Box::new(move || imp.negotiate_header(&user, &service))
+                }
+                _ => return Err(ClientError::NoCallerToken),
+            };
+        let resting = || *self.resting.lock().unwrap_or_else(PoisonError::into_inner);
+        if resting().is_some_and(|until| Instant::now() < until) {
+            return Err(ClientError::Unavailable(
+                "the KDC did not answer a moment ago: no Kerberos ticket is asked for now".into(),
+            ));
+        }
+        let deadline = tokio::time::Instant::now() + self.kdc_timeout;
+        let calls = self.calls.clone();
+        let ticket = async move {
+            // The permit goes with the GSSAPI call, which may outlive this
+            // future by far.
+            let permit = calls.acquire_owned().await.ok()?;
+            tokio::task::spawn_blocking(move || {
+                let _held = permit;
+                work()
+            })
+            .await
+            .ok()
         };
-        match tokio::time::timeout(self.kdc_timeout, ticket).await {
-            Ok(Ok(Ok(h))) => Ok(h),
-            Ok(Ok(Err(e))) => Err(ClientError::Refused(format!(
+        match tokio::time::timeout_at(deadline, ticket).await {
+            Ok(Some(Ok(h))) => Ok(h),
+            Ok(Some(Err(e))) => Err(ClientError::Refused(format!(
                 "no Kerberos ticket for the upstream: {e}"
             ))),
-            Ok(Err(_)) => Err(ClientError::Unavailable(
+            Ok(None) => Err(ClientError::Unavailable(
                 "the Kerberos call did not finish".into(),
             )),
-            Err(_) => Err(ClientError::Unavailable(format!(
-                "no Kerberos ticket for the upstream within {:?}: is the KDC reachable?",
-                self.kdc_timeout
-            ))),
+            Err(_) => {
+                *self.resting.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Some(Instant::now() + self.kdc_timeout);
+                Err(ClientError::Unavailable(format!(
+                    "no Kerberos ticket for the upstream within {:?}: is the KDC reachable?",
+                    self.kdc_timeout
+                )))
+            }
         }
     }
 }
