@@ -636,11 +636,57 @@ spec:
     }
     // Headers alone cannot carry a proof of the call: refused, not sent bare.
     let mut headers = http::HeaderMap::new();
-    let err = Credentials::ClientCredentials(own)
+    let own = Credentials::ClientCredentials(own);
+    let err = own
         .apply(&mut headers, Some("127.0.0.1"), None)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("DPoP"), "{err}");
+    // A client that chose the credential itself, for an upstream known by
+    // another name than its URL's host (the examples' way): the request
+    // gives the proof its method and URI.
+    let mut req = http.get(format!("{url}?call=2")).build().unwrap();
+    own.apply_request(&mut req, Some("details.default.svc.cluster.local"), None)
+        .await
+        .unwrap();
+    let res = http.execute(req).await.unwrap();
+    assert_eq!(res.status(), 200, "{:?}", res.text().await);
+    // A tower client whose requests carry a path only (a tonic channel's),
+    // told where they go: the proof names that origin and the path.
+    let origin = url.trim_end_matches("/whoami").to_owned();
+    let forward = {
+        let (http, origin) = (http.clone(), origin.clone());
+        tower::service_fn(move |req: http::Request<()>| {
+            let (http, origin) = (http.clone(), origin.clone());
+            async move {
+                let mut out = http.get(format!("{origin}{}", req.uri())).build()?;
+                *out.headers_mut() = req.headers().clone();
+                Ok::<_, reqwest::Error>(http.execute(out).await?.status())
+            }
+        })
+    };
+    let layered = tower::ServiceBuilder::new()
+        .layer(palisade::client::CredentialsLayer::fixed_at(own.clone(), &origin).unwrap())
+        .service(forward);
+    let req = http::Request::get("/whoami?call=3").body(()).unwrap();
+    assert_eq!(layered.oneshot(req).await.unwrap(), 200);
+    // Without the origin the proof cannot be made: refused, not sent bare.
+    let bare = tower::ServiceBuilder::new()
+        .layer(palisade::client::CredentialsLayer::fixed(own))
+        .service(tower::service_fn(|_: http::Request<()>| async {
+            Ok::<_, std::io::Error>(())
+        }));
+    let err = bare
+        .oneshot(http::Request::get("/whoami").body(()).unwrap())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("DPoP"), "{err}");
+    for origin in ["ratings:9080", "http://ratings:9080/path", "ftp://ratings"] {
+        assert!(
+            palisade::client::CredentialsLayer::fixed_at(Credentials::None, origin).is_err(),
+            "{origin}"
+        );
+    }
 }
 
 #[actix_web::test]

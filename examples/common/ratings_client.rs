@@ -79,9 +79,11 @@ impl Ratings {
             .timeout(args.upstream_timeout)
             .connect_timeout(Duration::from_secs(5))
             .connect_with_connector_lazy(connector);
-        let service = tower::ServiceBuilder::new()
-            .layer(CredentialsLayer::fixed(credentials))
-            .service(channel);
+        // The channel's requests carry a path only: the layer is told where
+        // they go (a DPoP proof names the URI).
+        let credentials = CredentialsLayer::fixed_at(credentials, &format!("http://{name}:{port}"))
+            .unwrap_or_else(|e| bad(&e.to_string()));
+        let service = tower::ServiceBuilder::new().layer(credentials).service(channel);
         Some(Self {
             client: RatingsClient::new(service),
             needs_caller,

@@ -101,7 +101,7 @@ impl Backends {
             return Answer::failed(502, "bad path");
         };
         match credentials
-            .apply(req.headers_mut(), Some(&upstream.host), caller.as_ref())
+            .apply_request(&mut req, Some(&upstream.host), caller.as_ref())
             .await
         {
             Ok(()) => {}

@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tower_layer::Layer;
@@ -24,7 +25,9 @@ pub struct CredentialsLayer(Target);
 #[derive(Clone, Debug)]
 enum Target {
     ByHost(Upstreams),
-    Fixed(Credentials),
+    /// One upstream's, and where its requests go when their URIs carry a
+    /// path only (`scheme://authority`, and the host alone).
+    Fixed(Credentials, Option<(Arc<str>, Arc<str>)>),
 }
 
 impl CredentialsLayer {
@@ -35,10 +38,41 @@ impl CredentialsLayer {
     }
 
     /// The layer of a client that calls one upstream: every request gets
-    /// `credentials`, whatever its URI.
+    /// `credentials`, whatever its URI. A request whose URI carries a path
+    /// only (a tonic `Channel`'s) cannot carry a DPoP-bound token (its
+    /// proof names the URI) nor get a Kerberos ticket (which names the
+    /// host) this way: use [`fixed_at`](Self::fixed_at).
     #[must_use]
     pub fn fixed(credentials: Credentials) -> Self {
-        Self(Target::Fixed(credentials))
+        Self(Target::Fixed(credentials, None))
+    }
+
+    /// [`fixed`](Self::fixed) for a client whose requests go to `origin`
+    /// (`http://ratings.default.svc.cluster.local:9080`, the channel's
+    /// endpoint) and carry a path only: a DPoP proof names
+    /// `origin` + the path, a Kerberos ticket is for `HTTP@` its host. A
+    /// request whose URI names its own scheme and host keeps them.
+    ///
+    /// # Errors
+    /// [`ClientError::Config`] when `origin` is not `http(s)://host[:port]`.
+    pub fn fixed_at(credentials: Credentials, origin: &str) -> Result<Self, ClientError> {
+        let uri: http::Uri = origin
+            .parse()
+            .map_err(|_| ClientError::Config(format!("`{origin}` is not a URI")))?;
+        let (Some(scheme), Some(authority), Some(host)) = (uri.scheme_str(), uri.authority(), uri.host())
+        else {
+            return Err(ClientError::Config(format!(
+                "`{origin}` is not an origin such as http://ratings:9080"
+            )));
+        };
+        if !matches!(scheme, "http" | "https") || !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(ClientError::Config(format!(
+                "`{origin}` is not an origin such as http://ratings:9080"
+            )));
+        }
+        let origin: Arc<str> = format!("{scheme}://{authority}").into();
+        let host: Arc<str> = host.trim_start_matches('[').trim_end_matches(']').into();
+        Ok(Self(Target::Fixed(credentials, Some((origin, host)))))
     }
 }
 
@@ -87,23 +121,26 @@ where
         let target = self.target.clone();
         Box::pin(async move {
             let caller = req.extensions().get::<CallerToken>().cloned();
-            let credentials = match &target {
-                Target::Fixed(c) => c,
+            let (credentials, origin) = match &target {
+                Target::Fixed(c, origin) => (c, origin.as_ref()),
                 Target::ByHost(upstreams) => {
                     let host = req
                         .uri()
                         .host()
                         .ok_or_else(|| ClientError::Config("the request's URI names no host".into()))?;
-                    upstreams.for_call(req.uri().scheme_str(), host)
+                    (upstreams.for_call(req.uri().scheme_str(), host), None)
                 }
             };
-            let host = req.uri().host().map(str::to_owned);
-            // The `htu` of a DPoP proof: the URI without its query.
-            let htu = match (req.uri().scheme_str(), req.uri().authority()) {
-                (Some(scheme), Some(authority)) => {
-                    Some(format!("{scheme}://{authority}{}", req.uri().path()))
-                }
-                _ => None,
+            let path = req.uri().path();
+            // The `htu` of a DPoP proof: the URI without its query; the
+            // host a Kerberos ticket is for.
+            let (htu, host) = match (req.uri().scheme_str(), req.uri().authority(), origin) {
+                (Some(scheme), Some(authority), _) => (
+                    Some(format!("{scheme}://{authority}{path}")),
+                    req.uri().host().map(str::to_owned),
+                ),
+                (_, _, Some((origin, host))) => (Some(format!("{origin}{path}")), Some(host.to_string())),
+                _ => (None, req.uri().host().map(str::to_owned)),
             };
             let method = req.method().as_str().to_owned();
             let call = htu.as_deref().map(|htu| (method.as_str(), htu));

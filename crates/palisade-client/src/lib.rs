@@ -26,8 +26,11 @@
 //! [`CredentialsLayer`] attaches them to `http::Request`s of any tower
 //! client by the URI's host (a request whose URI names none is refused:
 //! a `Host` header need not be where it goes), or all to one upstream with
-//! [`CredentialsLayer::fixed`] (a tonic `Channel`, whose requests carry a
-//! path only); [`Upstreams::apply`] to a `reqwest::Request`. A host that
+//! [`CredentialsLayer::fixed_at`] (a tonic `Channel`, whose requests carry a
+//! path only: the layer is told the origin they go to);
+//! [`Upstreams::apply`] to a `reqwest::Request` by its host, and
+//! [`Credentials::apply_request`] for an upstream known by another name
+//! than its URL's host. A host that
 //! gets nothing has any `Authorization` it carried removed.
 //!
 //! ```no_run

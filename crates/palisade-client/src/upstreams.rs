@@ -73,6 +73,30 @@ impl Credentials {
         self.apply_call(headers, host, caller, None).await
     }
 
+    /// [`apply`](Self::apply) to a `reqwest` request for the upstream known
+    /// as `host` (the name Kerberos asks a ticket for; `None`: the URL's
+    /// host), with the request's method and URL for the `DPoP` proof a
+    /// DPoP-bound token needs: what a client that chose the credential
+    /// itself calls when the URL's host is not the upstream's name (an
+    /// address the name resolves to, say).
+    ///
+    /// # Errors
+    /// As [`authorization`](Self::authorization): the request must then
+    /// not be sent.
+    pub async fn apply_request(
+        &self,
+        req: &mut reqwest::Request,
+        host: Option<&str>,
+        caller: Option<&CallerToken>,
+    ) -> Result<(), ClientError> {
+        let host = host
+            .map(str::to_owned)
+            .or_else(|| req.url().host_str().map(str::to_owned));
+        let (method, htu) = call_of(req);
+        self.apply_call(req.headers_mut(), host.as_deref(), caller, Some((&method, &htu)))
+            .await
+    }
+
     /// [`apply`](Self::apply) for a call of `method` to `htu` (its URI
     /// without query or fragment), which a DPoP-bound token proves in a
     /// `DPoP` header.
@@ -121,7 +145,7 @@ impl Credentials {
             (None, _) => Ok(Some((g.value.clone(), None))),
             (Some(_), Some((method, htu))) => Ok(Some((g.value.clone(), g.proof(method, htu)))),
             (Some(_), None) => Err(ClientError::Config(
-                "a DPoP-bound token is sent with a proof of the call: use Upstreams::apply or CredentialsLayer, which know the call's method and URI".into(),
+                "a DPoP-bound token is sent with a proof of the call: use Credentials::apply_request, Upstreams::apply or CredentialsLayer, which know the call's method and URI".into(),
             )),
         }
         };
@@ -154,6 +178,15 @@ impl Credentials {
             Credentials::None | Credentials::ClientCredentials(_) => false,
         }
     }
+}
+
+/// A request's method and its URL without query or fragment (a DPoP
+/// proof's `htm` and `htu`).
+fn call_of(req: &reqwest::Request) -> (String, String) {
+    let mut htu = req.url().clone();
+    htu.set_query(None);
+    htu.set_fragment(None);
+    (req.method().as_str().to_owned(), htu.into())
 }
 
 /// The caller's bearer token, or why there is none.
@@ -305,17 +338,9 @@ impl Upstreams {
         caller: Option<&CallerToken>,
     ) -> Result<(), ClientError> {
         let host = req.url().host_str().map(str::to_owned);
-        let mut htu = req.url().clone();
-        htu.set_query(None);
-        htu.set_fragment(None);
-        let method = req.method().as_str().to_owned();
+        let (method, htu) = call_of(req);
         self.for_call(Some(req.url().scheme()), host.as_deref().unwrap_or_default())
-            .apply_call(
-                req.headers_mut(),
-                host.as_deref(),
-                caller,
-                Some((&method, htu.as_str())),
-            )
+            .apply_call(req.headers_mut(), host.as_deref(), caller, Some((&method, &htu)))
             .await
     }
 }
