@@ -164,11 +164,7 @@ impl TokenExchange {
         };
         let mut cache = lock(&inner.cache);
         if cache.len() >= CAPACITY {
-            let now = Instant::now();
-            cache.retain(|_, g| g.expires > now);
-            if cache.len() >= CAPACITY {
-                cache.clear();
-            }
+            make_room(&mut cache, Instant::now());
         }
         cache.insert(Arc::clone(caller), Arc::clone(&granted));
         drop(cache);
@@ -192,6 +188,71 @@ impl TokenExchange {
     }
 }
 
+/// Room in a full cache: the expired tokens go, and when that is not an
+/// eighth of it, the eighth due for renewal soonest (the next to be
+/// exchanged again anyway). Emptying it would send every caller in use to
+/// the issuer at once; an eighth at a time costs one pass per
+/// `CAPACITY / 8` exchanges.
+fn make_room(cache: &mut Map<Arc<Granted>>, now: Instant) {
+    cache.retain(|_, g| g.expires > now);
+    let excess = cache.len().saturating_sub(CAPACITY - CAPACITY / 8);
+    if excess == 0 {
+        return;
+    }
+    let mut due: Vec<Instant> = cache.values().map(|g| g.renew_at).collect();
+    let (_, &mut last, _) = due.select_nth_unstable(excess - 1);
+    let mut left = excess;
+    cache.retain(|_, g| {
+        let keep = left == 0 || g.renew_at > last;
+        if !keep {
+            left -= 1;
+        }
+        keep
+    });
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_cache_sheds_its_expired_then_an_eighth_due_soonest_not_everything() {
+        let now = Instant::now();
+        let granted = |renew_in: u64, expires_in: Option<u64>| {
+            let renew_at = now + Duration::from_secs(renew_in);
+            Arc::new(Granted {
+                header: "Bearer t".into(),
+                value: http::HeaderValue::from_static("Bearer t"),
+                expires: expires_in.map_or(renew_at + Duration::from_secs(30), |e| {
+                    now.checked_sub(Duration::from_secs(e)).unwrap_or(now)
+                }),
+                renew_at,
+                dpop: None,
+            })
+        };
+        let mut cache = Map::default();
+        for i in 0..CAPACITY as u64 {
+            cache.insert(Arc::from(format!("caller-{i}")), granted(100 + i, None));
+        }
+        make_room(&mut cache, now);
+        assert_eq!(cache.len(), CAPACITY - CAPACITY / 8);
+        // The ones due soonest went; the rest stayed.
+        for i in 0..(CAPACITY / 8) as u64 {
+            assert!(!cache.contains_key(format!("caller-{i}").as_str()), "{i}");
+        }
+        assert!(cache.contains_key(format!("caller-{}", CAPACITY / 8).as_str()));
+        // Expired tokens go first, and when they make room, alone.
+        let mut cache = Map::default();
+        for i in 0..CAPACITY as u64 {
+            let expired = (i % 2 == 0).then_some(1);
+            cache.insert(Arc::from(format!("caller-{i}")), granted(100 + i, expired));
+        }
+        make_room(&mut cache, now);
+        assert_eq!(cache.len(), CAPACITY / 2);
+        assert!(cache.contains_key("caller-1") && !cache.contains_key("caller-0"));
+    }
 }
