@@ -301,38 +301,6 @@ pub fn html_escape(text: &str) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::url_without_credentials as shown;
-
-    #[test]
-    fn no_password_is_ever_shown() {
-        for (url, want) in [
-            ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
-            ("redis://:s3cret@h:1/0", "redis://***@h:1/0"),
-            ("redis://app:s3cret@h:1/0", "redis://***@h:1/0"),
-            ("redis://s3cret@h", "redis://***@h"),
-            // What a URL parser refuses: the password's `/`, `?`, `#`, `@`.
-            ("redis://:pa/s3cret@h:1/0", "redis://***@h:1/0"),
-            ("redis://:p?s3cret@h", "redis://***@h"),
-            ("redis://:p#s3cret@h/0", "redis://***@h/0"),
-            ("redis://:p@s3cret@h/0", "redis://***@h/0"),
-            // A `@` later on hides more than it needs to.
-            ("redis://h/0?x=a@b", "redis://***@b"),
-            ("redis+unix:///sock?pass=s3cret", "redis+unix:///sock?pass=***"),
-            (
-                "redis+unix:///sock?db=2&PASSWORD=s3cret&x",
-                "redis+unix:///sock?db=2&PASSWORD=***&x",
-            ),
-            ("user:s3cret@host", "***@host"),
-            ("", ""),
-        ] {
-            assert_eq!(shown(url), want, "{url}");
-            assert!(!shown(url).contains("s3cret"), "{url}");
-        }
-    }
-}
-
 /// Reads a token endpoint's `expires_in` (RFC 6749 §5.1: seconds, a JSON
 /// number) for `#[serde(default, deserialize_with = "…")]`: a number, or a
 /// string holding one, as some issuers send it (`"3600"`: Azure AD's v1
@@ -370,5 +338,37 @@ pub fn deserialize_expires_in<'de, D: serde::Deserializer<'de>>(d: D) -> Result<
             .parse()
             .map(Some)
             .map_err(|_| serde::de::Error::custom("expires_in is not a number of seconds")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_without_credentials as shown;
+
+    #[test]
+    fn no_password_is_ever_shown() {
+        for (url, want) in [
+            ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+            ("redis://:s3cret@h:1/0", "redis://***@h:1/0"),
+            ("redis://app:s3cret@h:1/0", "redis://***@h:1/0"),
+            ("redis://s3cret@h", "redis://***@h"),
+            // What a URL parser refuses: the password's `/`, `?`, `#`, `@`.
+            ("redis://:pa/s3cret@h:1/0", "redis://***@h:1/0"),
+            ("redis://:p?s3cret@h", "redis://***@h"),
+            ("redis://:p#s3cret@h/0", "redis://***@h/0"),
+            ("redis://:p@s3cret@h/0", "redis://***@h/0"),
+            // A `@` later on hides more than it needs to.
+            ("redis://h/0?x=a@b", "redis://***@b"),
+            ("redis+unix:///sock?pass=s3cret", "redis+unix:///sock?pass=***"),
+            (
+                "redis+unix:///sock?db=2&PASSWORD=s3cret&x",
+                "redis+unix:///sock?db=2&PASSWORD=***&x",
+            ),
+            ("user:s3cret@host", "***@host"),
+            ("", ""),
+        ] {
+            assert_eq!(shown(url), want, "{url}");
+            assert!(!shown(url).contains("s3cret"), "{url}");
+        }
     }
 }
