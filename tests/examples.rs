@@ -221,8 +221,11 @@ fn bad_configuration_exits_with_one_line_naming_file_document_and_field() {
     let s4u = ["--keytab", "/k", "--backend", "http://b"];
     let file = file.to_str().unwrap();
     for (args, names) in [
-        (&["--s4u-realm", "EXAMPLE.TEST"][..], "--s4u-claim"),
-        (&["--s4u-claim", "upn"], "--s4u-realm"),
+        (
+            &["--s4u-realm", "EXAMPLE.TEST"][..],
+            "--s4u-realm needs --s4u-claim",
+        ),
+        (&["--s4u-claim", "upn"], "--s4u-claim needs --s4u-realm"),
         (
             &[
                 "--s4u-realm",
@@ -232,14 +235,14 @@ fn bad_configuration_exits_with_one_line_naming_file_document_and_field() {
                 "--config",
                 file,
             ],
-            "--s4u-issuer",
+            "needs --s4u-issuer",
         ),
-        (&["--s4u-realm", "", "--s4u-claim", "upn"], "--s4u-realm"),
+        (&["--s4u-realm", "", "--s4u-claim", "upn"], "--s4u-realm :"),
         (
             &["--s4u-realm", "EXAMPLE.TEST", "--s4u-claim", "up n"],
-            "--s4u-claim",
+            "--s4u-claim up n:",
         ),
-        (&["--s4u-realm", "A@B", "--s4u-claim", "upn"], "--s4u-realm"),
+        (&["--s4u-realm", "A@B", "--s4u-claim", "upn"], "--s4u-realm A@B:"),
         (
             &[
                 "--s4u-realm",
@@ -249,7 +252,7 @@ fn bad_configuration_exits_with_one_line_naming_file_document_and_field() {
                 "--s4u-issuer",
                 "",
             ],
-            "--s4u-issuer",
+            "--s4u-issuer: empty",
         ),
     ] {
         let out = Command::new(example("details"))

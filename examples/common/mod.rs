@@ -247,17 +247,28 @@ fn parse(service: &str, port: u16, mut it: impl Iterator<Item = String>) -> Resu
         if args.backend.is_none() {
             return Err("--s4u-realm, --s4u-claim and --s4u-issuer need --backend".into());
         }
-        let (Some(realm), Some(claim)) = (&args.s4u_realm, &args.s4u_claim) else {
-            return Err(
-                "S4U for JWT users needs both --s4u-realm REALM and --s4u-claim CLAIM: \
-                        name a claim the issuer sets from the directory, not one users choose"
-                    .into(),
-            );
+        let no_user_name = "name a claim the issuer sets from the directory, not one users choose";
+        let Some(realm) = &args.s4u_realm else {
+            return Err(format!(
+                "--s4u-claim needs --s4u-realm REALM: S4U for JWT users; {no_user_name}"
+            ));
         };
-        let plain =
-            |v: &str| !v.is_empty() && v.bytes().all(|b| b.is_ascii_graphic() && !b"/@\\".contains(&b));
-        if !plain(realm) || !plain(claim) {
-            return Err("--s4u-realm and --s4u-claim: a plain name (no space, `/`, `@` or `\\`)".into());
+        let Some(claim) = &args.s4u_claim else {
+            return Err(format!(
+                "--s4u-realm needs --s4u-claim CLAIM: S4U for JWT users; {no_user_name}"
+            ));
+        };
+        if realm.is_empty()
+            || !realm
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b"/@\\".contains(&b))
+        {
+            return Err(format!(
+                "--s4u-realm {realm}: a realm name (no space, `/`, `@` or `\\`)"
+            ));
+        }
+        if claim.is_empty() || !claim.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!("--s4u-claim {claim}: a claim name (no space)"));
         }
         match &args.s4u_issuer {
             Some(issuer) if issuer.is_empty() => return Err("--s4u-issuer: empty".into()),

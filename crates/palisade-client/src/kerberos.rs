@@ -1,7 +1,9 @@
 //! Kerberos (HTTP Negotiate) to upstreams on the caller's behalf: the
 //! ticket the caller delegated, or S4U with the service's own key.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -166,18 +168,21 @@ impl KerberosCaller {
 /// that does not answer, and that wait is the library's, on its blocking
 /// thread, not the request's. So that an outage cannot fill the blocking
 /// pool with such waits, at most [`Kerberos::concurrency`] calls run at
-/// once (16 by default; a call waits for its turn within the same time),
-/// and after a call that timed out, calls fail at once with
-/// [`ClientError::Unavailable`] for as long again, sending nothing to the
-/// KDC. Clones share both.
+/// once (16 by default; a call waits for its turn within the same time,
+/// and one that gets none fails with [`ClientError::Unavailable`] saying
+/// so), and after a call to a service that timed out in the library,
+/// calls to that service fail at once with [`ClientError::Unavailable`]
+/// for as long again, asking the KDC nothing. Clones share both.
 #[derive(Clone, Debug)]
 pub struct Kerberos {
     service: Option<String>,
     impersonator: Option<Impersonator>,
     kdc_timeout: Duration,
     calls: Arc<tokio::sync::Semaphore>,
-    /// Until when calls fail at once, after one that timed out.
-    resting: Arc<Mutex<Option<Instant>>>,
+    /// How many `calls` holds.
+    concurrency: usize,
+    /// By service: until when calls fail at once, after one that timed out.
+    resting: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
 impl Default for Kerberos {
@@ -187,13 +192,17 @@ impl Default for Kerberos {
             impersonator: None,
             kdc_timeout: Duration::from_secs(5),
             calls: Arc::new(tokio::sync::Semaphore::new(16)),
+            concurrency: 16,
             resting: Arc::default(),
         }
     }
 }
 
 impl Kerberos {
-    /// Delegated tickets only.
+    /// Delegated tickets only: the ticket-granting tickets callers forward,
+    /// which the SPNEGO authenticator keeps only with
+    /// [`accept_delegation`](palisade_spnego::SpnegoAuthenticatorBuilder::accept_delegation)
+    /// (without it every call fails with [`ClientError::NoCallerToken`]).
     #[must_use]
     pub fn delegation() -> Self {
         Self::default()
@@ -223,7 +232,8 @@ impl Kerberos {
     /// which can be long after the call has timed out.
     #[must_use]
     pub fn concurrency(mut self, calls: usize) -> Self {
-        self.calls = Arc::new(tokio::sync::Semaphore::new(calls.max(1)));
+        self.concurrency = calls.max(1);
+        self.calls = Arc::new(tokio::sync::Semaphore::new(self.concurrency));
         self
     }
 
@@ -254,45 +264,69 @@ impl Kerberos {
         let work: Box<dyn FnOnce() -> Result<String, palisade_spnego::SpnegoError> + Send> =
             match (&caller.delegated, &caller.principal, &self.impersonator) {
                 (Some(d), _, _) => {
-                    let d = d.clone();
+                    let (d, service) = (d.clone(), service.clone());
                     Box::new(move || d.negotiate_header(&service))
                 }
                 (None, Some(user), Some(imp)) => {
-                    let (imp, user) = (imp.clone(), user.clone());
+                    let (imp, user, service) = (imp.clone(), user.clone(), service.clone());
                     Box::new(move || imp.negotiate_header(&user, &service))
                 }
                 _ => return Err(ClientError::NoCallerToken),
             };
-        let resting = || *self.resting.lock().unwrap_or_else(PoisonError::into_inner);
-        if resting().is_some_and(|until| Instant::now() < until) {
+        let resting = || self.resting.lock().unwrap_or_else(PoisonError::into_inner);
+        if resting()
+            .get(&service)
+            .is_some_and(|until| Instant::now() < *until)
+        {
             return Err(ClientError::Unavailable(
                 "the KDC did not answer a moment ago: no Kerberos ticket is asked for now".into(),
             ));
         }
         let deadline = tokio::time::Instant::now() + self.kdc_timeout;
         let calls = self.calls.clone();
-        let ticket = async move {
-            // The permit goes with the GSSAPI call, which may outlive this
-            // future by far.
-            let permit = calls.acquire_owned().await.ok()?;
-            tokio::task::spawn_blocking(move || {
-                let _held = permit;
-                work()
-            })
-            .await
-            .ok()
+        // Whether the call got its turn: a timeout before it is a queue's,
+        // not the KDC's.
+        let started = Arc::new(AtomicBool::new(false));
+        let ticket = {
+            let started = started.clone();
+            async move {
+                // The permit goes with the GSSAPI call, which may outlive
+                // this future by far.
+                let permit = calls.acquire_owned().await.ok()?;
+                started.store(true, Ordering::Relaxed);
+                tokio::task::spawn_blocking(move || {
+                    let _held = permit;
+                    work()
+                })
+                .await
+                .ok()
+            }
         };
         match tokio::time::timeout_at(deadline, ticket).await {
-            Ok(Some(Ok(h))) => Ok(h),
+            Ok(Some(Ok(h))) => {
+                resting().remove(&service);
+                Ok(h)
+            }
             Ok(Some(Err(e))) => Err(ClientError::Refused(format!(
                 "no Kerberos ticket for the upstream: {e}"
             ))),
             Ok(None) => Err(ClientError::Unavailable(
                 "the Kerberos call did not finish".into(),
             )),
+            Err(_) if !started.load(Ordering::Relaxed) => Err(ClientError::Unavailable(format!(
+                "no Kerberos call could start within {:?}: all {} are under way",
+                self.kdc_timeout, self.concurrency
+            ))),
             Err(_) => {
-                *self.resting.lock().unwrap_or_else(PoisonError::into_inner) =
-                    Some(Instant::now() + self.kdc_timeout);
+                let mut resting = resting();
+                let now = Instant::now();
+                if resting.len() >= RESTING_MAX {
+                    resting.retain(|_, until| *until > now);
+                }
+                // Set, not pushed further by the calls that were waiting.
+                if resting.len() < RESTING_MAX && resting.get(&service).is_none_or(|until| *until <= now) {
+                    resting.insert(service, now + self.kdc_timeout);
+                }
                 Err(ClientError::Unavailable(format!(
                     "no Kerberos ticket for the upstream within {:?}: is the KDC reachable?",
                     self.kdc_timeout
@@ -301,6 +335,9 @@ impl Kerberos {
         }
     }
 }
+
+/// The most services remembered as not answered; past it, none more.
+const RESTING_MAX: usize = 256;
 
 #[cfg(test)]
 mod tests {

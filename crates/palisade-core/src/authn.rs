@@ -402,9 +402,11 @@ pub enum AuthOutcome {
     NoCredential,
     /// A credential that is not acceptable: the request is refused whatever the policy.
     Rejected(Rejection),
-    /// The request is for one of the authenticator's own endpoints (a
-    /// sign-in callback, a logout): answer it with this reply, whatever the
-    /// access policy says.
+    /// Answer with this reply, whatever the access policy says: the request
+    /// is for one of the authenticator's own endpoints (a sign-in
+    /// callback, a logout), or the authenticator sheds it (SPNEGO's `503`
+    /// when no GSSAPI permit came free in time). The first such answer of
+    /// a request is final.
     Respond(Reply),
 }
 

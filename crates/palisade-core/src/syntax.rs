@@ -324,20 +324,15 @@ pub fn html_escape(text: &str) -> String {
 /// # Errors
 /// A value that is neither a number nor a string of one.
 pub fn deserialize_expires_in<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
-    #[derive(serde::Deserialize)]
-    #[serde(untagged)]
-    enum Seconds {
-        Number(f64),
-        Text(String),
-    }
-    match <Option<Seconds> as serde::Deserialize>::deserialize(d)? {
-        None => Ok(None),
-        Some(Seconds::Number(n)) => Ok(Some(n)),
-        Some(Seconds::Text(t)) => t
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|_| serde::de::Error::custom("expires_in is not a number of seconds")),
+    use serde::de::Error as _;
+    // Through a JSON value, not an untagged enum: an untagged enum buffers
+    // numbers, which fails under serde_json's `arbitrary_precision`.
+    let refused = || D::Error::custom("expires_in is not a number of seconds");
+    match <serde_json::Value as serde::Deserialize>::deserialize(d)? {
+        serde_json::Value::Null => Ok(None),
+        serde_json::Value::Number(n) => n.as_f64().map(Some).ok_or_else(refused),
+        serde_json::Value::String(s) => s.trim().parse().map(Some).map_err(|_| refused()),
+        _ => Err(refused()),
     }
 }
 

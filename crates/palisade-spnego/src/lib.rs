@@ -89,7 +89,7 @@ pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum SpnegoError {
     /// The acceptor credentials could not be acquired (no keytab, no key for
     /// the service principal, unreadable keytab).
-    #[error("cannot acquire Kerberos acceptor credentials{}: {message} (is KRB5_KTNAME set to a readable keytab?)", principal.as_deref().map(|p| format!(" for {p}")).unwrap_or_default())]
+    #[error("cannot acquire Kerberos acceptor credentials{}: {message} (is KRB5_KTNAME set to a readable keytab{}?)", principal.as_deref().map(|p| format!(" for {p}")).unwrap_or_default(), if principal.is_none() { " with an `HTTP/…` key; for another service, name it with `service`" } else { "" })]
     Credentials {
         /// The service principal asked for, if any.
         principal: Option<String>,

@@ -1,0 +1,119 @@
+//! Outbound Kerberos while the KDC does not answer: at most
+//! `Kerberos::concurrency` GSSAPI calls hold a blocking thread at once (MIT
+//! waits about half a minute for a silent KDC, long after the call has
+//! timed out), a call that gets no turn says so, and a service whose call
+//! timed out in the library is not asked for again for a while.
+//!
+//! GSSAPI reads its environment (the realm's configuration, the keytabs)
+//! when first used, so the test starts a real MIT KDC, points a copy of the
+//! realm's configuration at a port that never answers, and runs itself
+//! again with that environment.
+
+#![cfg(feature = "spnego")]
+
+use std::process::Command;
+use std::time::Duration;
+
+use palisade_client::{CallerToken, ClientError, Credentials, Kerberos, KerberosCaller};
+use palisade_spnego::Impersonator;
+use palisade_testkit::KerberosRealm;
+
+const CHILD: &str = "PALISADE_CLIENT_KERBEROS_OUTAGE_CHILD";
+const TEST: &str = "a_silent_kdc_holds_at_most_the_limit_of_threads_and_is_not_asked_again_at_once";
+
+#[test]
+fn a_silent_kdc_holds_at_most_the_limit_of_threads_and_is_not_asked_again_at_once() {
+    if std::env::var_os(CHILD).is_some() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(outage());
+        // Not waiting out the library's half minute on its thread.
+        runtime.shutdown_background();
+        return;
+    }
+    let realm = KerberosRealm::start().unwrap_or_else(|e| panic!("{e}"));
+    let keytab = realm.add_service("HTTP/localhost").unwrap();
+    realm.allow_protocol_transition("HTTP/localhost").unwrap();
+    // A port that takes UDP datagrams and TCP connections and answers
+    // neither.
+    let (port, _udp, _tcp) = loop {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if let Ok(tcp) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            break (port, udp, tcp);
+        }
+    };
+    let conf = std::fs::read_to_string(realm.krb5_conf()).unwrap();
+    let silent: String = conf
+        .lines()
+        .map(|l| match l.trim_start().strip_prefix("kdc") {
+            Some(rest) if rest.trim_start().starts_with('=') => format!("    kdc = 127.0.0.1:{port}"),
+            _ => l.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(silent.contains(&format!("127.0.0.1:{port}")), "{silent}");
+    let silent_conf = realm.dir().join("silent-krb5.conf");
+    std::fs::write(&silent_conf, silent).unwrap();
+    let mut env = realm.server_env(&keytab);
+    for (k, v) in &mut env {
+        if k == "KRB5_CONFIG" {
+            *v = silent_conf.display().to_string();
+        }
+    }
+    env.push(("KRB5_CLIENT_KTNAME".into(), format!("FILE:{}", keytab.display())));
+    env.push((
+        "KRB5CCNAME".into(),
+        format!("FILE:{}", realm.dir().join("service.cc").display()),
+    ));
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", TEST, "--nocapture", "--test-threads", "1"])
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env(CHILD, "1")
+        .output()
+        .expect("the test runs itself again with the realm's environment");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the run with the realm failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("1 passed"),
+        "the run with the realm ran no test:\n{stdout}"
+    );
+}
+
+/// In the run with the silent KDC.
+async fn outage() {
+    let imp = Impersonator::new().expect("the service's own credentials from its client keytab");
+    let kerberos = Credentials::Kerberos(
+        Kerberos::s4u(imp)
+            .concurrency(1)
+            .kdc_timeout(Duration::from_millis(800)),
+    );
+    let caller = CallerToken::from_kerberos(KerberosCaller::principal("alice@EXAMPLE.TEST"));
+    let call = |host: &'static str| {
+        let (kerberos, caller) = (kerberos.clone(), caller.clone());
+        async move {
+            let mut headers = http::HeaderMap::new();
+            match kerberos.apply(&mut headers, Some(host), Some(&caller)).await {
+                Err(ClientError::Unavailable(why)) => why,
+                other => panic!("{host}: not unavailable: {other:?}"),
+            }
+        }
+    };
+    // Two calls at once, one turn: the first (polled first) waits on the
+    // KDC, the second never starts.
+    let (a, b) = tokio::join!(call("a.example"), call("b.example"));
+    assert!(a.contains("is the KDC reachable?"), "{a}");
+    assert!(b.contains("could start"), "{b}");
+    // The service whose call timed out is not asked for again at once; the
+    // other still finds the one thread held by the library's wait.
+    let a = call("a.example").await;
+    assert!(a.contains("a moment ago"), "{a}");
+    let b = call("b.example").await;
+    assert!(b.contains("could start"), "{b}");
+}
