@@ -392,6 +392,21 @@ impl Acc {
             }) => {
                 self.attachments.append(&mut attachments);
                 self.identity = Some(match self.identity.take() {
+                    // Two end users (a bearer token and a Kerberos ticket
+                    // of different people): neither is the caller, and
+                    // their facts must not add up to what neither has.
+                    Some(prev)
+                        if prev
+                            .request_principal_str()
+                            .is_some_and(|p| identity.request_principal_str().is_some_and(|q| p != q)) =>
+                    {
+                        if self.rejection.is_none() {
+                            self.rejection = Some(Box::new(Rejection::bad_request(
+                                "the request carries the credentials of more than one user",
+                            )));
+                        }
+                        prev
+                    }
                     Some(prev) => prev.merge(&identity),
                     None => identity,
                 });
@@ -1006,6 +1021,42 @@ mod tests {
             } else {
                 Check::Ready(outcome)
             }
+        }
+    }
+
+    #[test]
+    fn the_credentials_of_two_users_in_one_request_are_refused_not_merged() {
+        let guard = |a: &'static str, b: &'static str| {
+            Guard::builder()
+                .authenticator(Fixed(Some(a), false))
+                .authenticator(Fixed(Some(b), true))
+                .access_policy(AccessPolicy::allow_all())
+                .build()
+                .unwrap()
+        };
+        let req = OwnedRequest::get("/").header("authorization", "Bearer good");
+        let decided = |g: Guard| {
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap()
+                .block_on(async { g.check(&req).await })
+        };
+        match decided(guard("alice", "bob")) {
+            Decision::Deny(r) => {
+                assert_eq!(r.status(), 400, "{r:?}");
+                assert!(r.detail().contains("more than one user"), "{r:?}");
+            }
+            other => panic!("two users were let in: {other:?}"),
+        }
+        // The same user by two means (a token and its session, say) is one.
+        match decided(guard("alice", "alice")) {
+            Decision::Allow(a) => {
+                assert_eq!(
+                    a.auth().identity().and_then(Identity::request_principal_str),
+                    Some("i/alice")
+                );
+            }
+            other => panic!("{other:?}"),
         }
     }
 
