@@ -11,7 +11,6 @@
 
 #![cfg(feature = "spnego")]
 
-use std::process::Command;
 use std::time::Duration;
 
 use palisade_client::{CallerToken, ClientError, Credentials, Kerberos, KerberosCaller};
@@ -36,27 +35,7 @@ fn a_silent_kdc_holds_at_most_the_limit_of_threads_and_is_not_asked_again_at_onc
     let realm = KerberosRealm::start().unwrap_or_else(|e| panic!("{e}"));
     let keytab = realm.add_service("HTTP/localhost").unwrap();
     realm.allow_protocol_transition("HTTP/localhost").unwrap();
-    // A port that takes UDP datagrams and TCP connections and answers
-    // neither.
-    let (port, _udp, _tcp) = loop {
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if let Ok(tcp) = std::net::TcpListener::bind(("127.0.0.1", port)) {
-            break (port, udp, tcp);
-        }
-    };
-    let conf = std::fs::read_to_string(realm.krb5_conf()).unwrap();
-    let silent: String = conf
-        .lines()
-        .map(|l| match l.trim_start().strip_prefix("kdc") {
-            Some(rest) if rest.trim_start().starts_with('=') => format!("    kdc = 127.0.0.1:{port}"),
-            _ => l.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    assert!(silent.contains(&format!("127.0.0.1:{port}")), "{silent}");
-    let silent_conf = realm.dir().join("silent-krb5.conf");
-    std::fs::write(&silent_conf, silent).unwrap();
+    let (silent_conf, _silent) = realm.silent_krb5_conf().unwrap();
     let mut env = realm.server_env(&keytab);
     for (k, v) in &mut env {
         if k == "KRB5_CONFIG" {
@@ -68,22 +47,7 @@ fn a_silent_kdc_holds_at_most_the_limit_of_threads_and_is_not_asked_again_at_onc
         "KRB5CCNAME".into(),
         format!("FILE:{}", realm.dir().join("service.cc").display()),
     ));
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", TEST, "--nocapture", "--test-threads", "1"])
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env(CHILD, "1")
-        .output()
-        .expect("the test runs itself again with the realm's environment");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "the run with the realm failed:\n{stdout}\n{stderr}"
-    );
-    assert!(
-        stdout.contains("1 passed"),
-        "the run with the realm ran no test:\n{stdout}"
-    );
+    palisade_testkit::run_test_again(TEST, CHILD, &env);
 }
 
 /// In the run with the silent KDC.

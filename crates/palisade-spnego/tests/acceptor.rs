@@ -9,8 +9,6 @@
 //! alice's credential cache) when first used, so the test starts a real
 //! MIT KDC and runs itself again with that environment.
 
-use std::process::Command;
-
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use libgssapi::context::{ClientCtx, CtxFlags};
@@ -35,8 +33,9 @@ fn a_ticket_for_another_service_in_the_keytab_is_refused_unless_that_service_is_
     let keytab = realm.add_service("HTTP/localhost").unwrap();
     realm.add_service_to("host/localhost", &keytab).unwrap();
     let ccache = realm.kinit("alice", "alice-password").unwrap();
-    again_with(
+    palisade_testkit::run_test_again(
         "a_ticket_for_another_service_in_the_keytab_is_refused_unless_that_service_is_named",
+        CHILD,
         &realm.server_and_client_env(&keytab, &ccache),
     );
 }
@@ -73,30 +72,10 @@ fn a_keytab_whose_services_share_one_key_accepts_http_tickets_whatever_its_order
         )
         .unwrap();
     let ccache = realm.kinit("alice", "alice-password").unwrap();
-    again_with(
+    palisade_testkit::run_test_again(
         "a_keytab_whose_services_share_one_key_accepts_http_tickets_whatever_its_order",
+        CHILD,
         &realm.server_and_client_env(&keytab, &ccache),
-    );
-}
-
-/// Runs the test `name` again, with `env`, and checks that it ran and
-/// passed.
-fn again_with(name: &str, env: &[(String, String)]) {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", name, "--nocapture", "--test-threads", "1"])
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env(CHILD, "1")
-        .output()
-        .expect("the test runs itself again with the realm's environment");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "the run with the realm failed:\n{stdout}\n{stderr}"
-    );
-    assert!(
-        stdout.contains("1 passed"),
-        "the run with the realm ran no test:\n{stdout}"
     );
 }
 

@@ -7,7 +7,6 @@
 //! alice's credential cache) when first used, so the test starts a real
 //! MIT KDC and runs itself again with that environment.
 
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -39,23 +38,7 @@ fn a_crowd_of_negotiate_requests_runs_at_most_the_limit_of_accepts_at_once() {
     realm.add_user("alice", "alice-password").unwrap();
     let keytab = realm.add_service("HTTP/localhost").unwrap();
     let ccache = realm.kinit("alice", "alice-password").unwrap();
-    let env = realm.server_and_client_env(&keytab, &ccache);
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", TEST, "--nocapture", "--test-threads", "1"])
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env(CHILD, "1")
-        .output()
-        .expect("the test runs itself again with the realm's environment");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "the run with the realm failed:\n{stdout}\n{stderr}"
-    );
-    assert!(
-        stdout.contains("1 passed"),
-        "the run with the realm ran no test:\n{stdout}"
-    );
+    palisade_testkit::run_test_again(TEST, CHILD, &realm.server_and_client_env(&keytab, &ccache));
     drop(realm);
 }
 

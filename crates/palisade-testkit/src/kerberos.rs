@@ -239,16 +239,7 @@ impl KerberosRealm {
             }
         }
         script.push_str(&format!("wkt {}\nquit\n", keytab.display()));
-        let mut child = Command::new(tool("ktutil")?)
-            .envs(Self::base_env(&self.dir))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(script.as_bytes())?;
-        }
-        let out = child.wait_with_output()?;
+        let out = self.run_with_input("ktutil", &[], &script)?;
         let err = String::from_utf8_lossy(&out.stderr);
         if !out.status.success() || !err.trim().is_empty() || !keytab.is_file() {
             return Err(io::Error::other(format!("ktutil failed: {}", err.trim())));
@@ -272,17 +263,8 @@ impl KerberosRealm {
     /// When `kinit` fails (a wrong password, say).
     pub fn kinit(&self, user: &str, password: &str) -> io::Result<PathBuf> {
         let cc = self.dir.join(format!("{user}.cc"));
-        let mut child = Command::new(tool("kinit")?)
-            .args(["-f", "-c", &format!("FILE:{}", cc.display()), user])
-            .envs(Self::base_env(&self.dir))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        if let Some(mut stdin) = child.stdin.take() {
-            let _ = writeln!(stdin, "{password}");
-        }
-        let out = child.wait_with_output()?;
+        let ccache = format!("FILE:{}", cc.display());
+        let out = self.run_with_input("kinit", &["-f", "-c", &ccache, user], &format!("{password}\n"))?;
         if !out.status.success() {
             return Err(io::Error::other(format!(
                 "kinit {user} failed: {}",
@@ -290,6 +272,58 @@ impl KerberosRealm {
             )));
         }
         Ok(cc)
+    }
+
+    /// A copy of the realm's `krb5.conf` whose KDC is an address that takes
+    /// requests (UDP datagrams, TCP connections into the backlog) and never
+    /// answers, for tests of a KDC outage: its path, and the sockets, which
+    /// stay silent while the [`SilentKdc`] lives.
+    ///
+    /// # Errors
+    /// When the file cannot be read or written.
+    pub fn silent_krb5_conf(&self) -> io::Result<(PathBuf, SilentKdc)> {
+        let silent = loop {
+            let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
+            let port = udp.local_addr()?.port();
+            if let Ok(tcp) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+                break SilentKdc {
+                    port,
+                    _udp: udp,
+                    _tcp: tcp,
+                };
+            }
+        };
+        let conf = std::fs::read_to_string(self.krb5_conf())?
+            .lines()
+            .map(|l| match l.trim_start().strip_prefix("kdc") {
+                Some(rest) if rest.trim_start().starts_with('=') => {
+                    format!("    kdc = 127.0.0.1:{}", silent.port)
+                }
+                _ => l.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let path = self.dir.join(format!("silent-{}-krb5.conf", silent.port));
+        std::fs::write(&path, conf)?;
+        Ok((path, silent))
+    }
+
+    /// Runs the realm's tool `name` with `args`, `input` on its standard
+    /// input, in the realm's environment.
+    fn run_with_input(&self, name: &str, args: &[&str], input: &str) -> io::Result<std::process::Output> {
+        let mut child = Command::new(tool(name)?)
+            .args(args)
+            .envs(Self::base_env(&self.dir))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        if let Some(mut stdin) = child.stdin.take() {
+            // A tool that stops reading early (a refused password) is
+            // judged by its status, not by this write.
+            let _ = stdin.write_all(input.as_bytes());
+        }
+        child.wait_with_output()
     }
 
     /// The environment of a client using the ticket cache `ccache`.
@@ -326,6 +360,23 @@ impl KerberosRealm {
                 .filter(|(k, _)| k == "KRB5CCNAME"),
         );
         env
+    }
+}
+
+/// A KDC address that never answers ([`KerberosRealm::silent_krb5_conf`]);
+/// silent while it lives.
+#[derive(Debug)]
+pub struct SilentKdc {
+    port: u16,
+    _udp: std::net::UdpSocket,
+    _tcp: std::net::TcpListener,
+}
+
+impl SilentKdc {
+    /// Its port on 127.0.0.1.
+    #[must_use]
+    pub fn port(&self) -> u16 {
+        self.port
     }
 }
 

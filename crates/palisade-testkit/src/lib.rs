@@ -76,7 +76,7 @@ pub mod redis;
 #[cfg(unix)]
 pub use apache::{ApacheGssapi, ApacheGssapiBuilder, ApacheOpenidc, ApacheOpenidcBuilder};
 mod signin;
-pub use kerberos::KerberosRealm;
+pub use kerberos::{KerberosRealm, SilentKdc};
 pub use pki::{TestCert, TestPki};
 pub use signin::{BackchannelDelivery, EndSessionRequest, IdTokenTamper};
 
@@ -288,6 +288,48 @@ fn random_b64(bytes: usize) -> String {
 /// Compares two secrets in constant time (for equal lengths).
 fn secret_eq(a: &str, b: &str) -> bool {
     aws_lc_rs::constant_time::verify_slices_are_equal(a.as_bytes(), b.as_bytes()).is_ok()
+}
+
+/// Runs the test `name` of the running test binary again, in a process of
+/// its own with `env` and `marker=1` set, and panics with its output
+/// unless it ran and passed. For a test whose library reads its
+/// environment once per process (GSSAPI reads `KRB5_CONFIG`, the keytab
+/// and the credential cache when first used): the test checks `marker`
+/// and, when it is set, does its work instead of its set-up.
+///
+/// ```no_run
+/// const CHILD: &str = "MY_TEST_CHILD";
+/// #[test]
+/// fn with_a_realm() {
+///     if std::env::var_os(CHILD).is_some() {
+///         // … the work, with the realm's environment …
+///         return;
+///     }
+///     let env = vec![("KRB5_CONFIG".to_owned(), "/tmp/krb5.conf".to_owned())];
+///     palisade_testkit::run_test_again("with_a_realm", CHILD, &env);
+/// }
+/// ```
+///
+/// # Panics
+/// When the test binary cannot be run again, or the test failed or did
+/// not run there.
+pub fn run_test_again(name: &str, marker: &str, env: &[(String, String)]) {
+    let out = std::process::Command::new(std::env::current_exe().expect("the test binary's path"))
+        .args(["--exact", name, "--nocapture", "--test-threads", "1"])
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env(marker, "1")
+        .output()
+        .expect("the test runs itself again");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the run of {name} again failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("1 passed"),
+        "the run of {name} again ran no test:\n{stdout}"
+    );
 }
 
 /// A free port on 127.0.0.1, for a server started as a process.
