@@ -169,6 +169,23 @@ async fn a_browser_signs_in_uses_the_session_and_logs_out_on_both_frameworks() {
         assert_eq!(who["realm_roles"], serde_json::json!(["reader"]));
         assert_eq!(get(&format!("{base}/page"), &jar, true).await.status, 200);
 
+        // A bearer token of another user, sent with alice's cookie: the
+        // request's own credential speaks, the cookie's session is left
+        // aside whole (not merged into one identity of two users).
+        let bob = f.issuer.token().subject("bob").sign();
+        let mut req = client()
+            .get(format!("{base}/whoami"))
+            .header("accept", "application/json")
+            .header("authorization", format!("Bearer {bob}"));
+        if let Some(c) = jar.header() {
+            req = req.header("cookie", c);
+        }
+        let both = answer(req.send().await.unwrap()).await;
+        assert_eq!(both.status, 200, "{base}: {both:?}");
+        let both = both.json();
+        assert_eq!(both["methods"], serde_json::json!(["jwt"]), "{both}");
+        assert_eq!(both["request_principal"], format!("{}/bob", f.issuer.issuer()));
+
         // A logout another site starts (logout CSRF: a link, an image, a
         // form) is asked to be confirmed, and ends nothing; the page's form
         // posts from this origin.

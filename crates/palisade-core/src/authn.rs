@@ -329,6 +329,9 @@ pub struct Authenticated {
     pub response_headers: Vec<(String, String)>,
     /// Values for the handler.
     pub attachments: Attachments,
+    /// The credential came from a cookie, which a browser sends by itself
+    /// ([`ambient`](Self::ambient)).
+    pub ambient: bool,
 }
 
 impl fmt::Debug for Authenticated {
@@ -344,6 +347,7 @@ impl fmt::Debug for Authenticated {
                 &self.response_headers.iter().map(|(n, _)| n).collect::<Vec<_>>(),
             )
             .field("attachments", &self.attachments)
+            .field("ambient", &self.ambient)
             .finish()
     }
 }
@@ -358,7 +362,21 @@ impl Authenticated {
             edits: HeaderEdits::none(),
             response_headers: Vec::new(),
             attachments: Attachments::default(),
+            ambient: false,
         }
+    }
+
+    /// Marks the credential as a cookie's (a sign-in or Negotiate session),
+    /// which a browser sends by itself: where the request also carries a
+    /// credential of its own (a header) naming another user, that one is
+    /// taken and this authentication is dropped whole (its identity, its
+    /// attachments, its edits), as Keycloak's adapters take a bearer token
+    /// before a session. Two credentials of its own naming different users
+    /// refuse the request (`400`).
+    #[must_use]
+    pub fn ambient(mut self) -> Self {
+        self.ambient = true;
+        self
     }
 
     /// Attaches a value for the handler.

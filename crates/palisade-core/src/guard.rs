@@ -379,49 +379,32 @@ pub(crate) struct Acc {
     /// `adapter`): a refusal is the rare path.
     rejection: Option<Box<Rejection>>,
     respond: Option<Reply>,
+    /// Cookie-borne authentications ([`Authenticated::ambient`]), taken in
+    /// once every authenticator has answered ([`settle`](Self::settle)).
+    ambient: Vec<Authenticated>,
+    /// The identity's request principal came with a credential the request
+    /// carries itself (a header), not with a cookie.
+    explicit: bool,
 }
 
 impl Acc {
     fn add(&mut self, outcome: AuthOutcome) {
         match outcome {
-            AuthOutcome::Authenticated(Authenticated {
-                identity,
-                edits,
-                response_headers,
-                mut attachments,
-            }) => {
-                self.attachments.append(&mut attachments);
-                self.identity = Some(match self.identity.take() {
-                    // Two end users (a bearer token and a Kerberos ticket
-                    // of different people): neither is the caller, and
-                    // their facts must not add up to what neither has.
-                    Some(prev)
-                        if prev
-                            .request_principal_str()
-                            .is_some_and(|p| identity.request_principal_str().is_some_and(|q| p != q)) =>
-                    {
-                        if self.rejection.is_none() {
-                            self.rejection = Some(Box::new(Rejection::bad_request(
-                                "the request carries the credentials of more than one user",
-                            )));
-                        }
-                        prev
+            AuthOutcome::Authenticated(a) if a.ambient => self.ambient.push(a),
+            AuthOutcome::Authenticated(a) => {
+                // Two end users (a bearer token and a Kerberos ticket of
+                // different people): neither is the caller, and their facts
+                // must not add up to what neither has.
+                if self.explicit && self.other_user(&a.identity) {
+                    if self.rejection.is_none() {
+                        self.rejection = Some(Box::new(Rejection::bad_request(
+                            "the request carries the credentials of more than one user",
+                        )));
                     }
-                    Some(prev) => prev.merge(&identity),
-                    None => identity,
-                });
-                // While none have accumulated, an authenticator's edits are
-                // taken as they are (`then` would move both for nothing),
-                // and no empty list of headers is extended.
-                self.edits = if self.edits.is_empty() {
-                    edits
-                } else {
-                    std::mem::take(&mut self.edits).then(edits)
-                };
-                if !response_headers.is_empty() {
-                    self.response_headers
-                        .extend(response_headers.into_iter().map(|(n, v)| (Cow::Owned(n), v)));
+                    return;
                 }
+                self.explicit |= a.identity.request_principal_str().is_some();
+                self.take_in(a);
             }
             AuthOutcome::NoCredential => {}
             AuthOutcome::Respond(reply) => {
@@ -434,6 +417,61 @@ impl Acc {
                     self.rejection = Some(Box::new(r));
                 }
             }
+        }
+    }
+
+    /// Whether `identity` names another user than the one accumulated.
+    fn other_user(&self, identity: &Identity) -> bool {
+        self.identity
+            .as_ref()
+            .and_then(Identity::request_principal_str)
+            .is_some_and(|p| identity.request_principal_str().is_some_and(|q| p != q))
+    }
+
+    /// Takes in the cookies' authentications, once every authenticator has
+    /// answered: each is dropped whole when a credential the request
+    /// carries itself named another user, else combined as any other.
+    fn settle(&mut self) {
+        if self.ambient.is_empty() {
+            return;
+        }
+        for a in std::mem::take(&mut self.ambient) {
+            if self.explicit && self.other_user(&a.identity) {
+                tracing::debug!(
+                    target: LOG_TARGET,
+                    "a session cookie of another user than the request's own credential is left aside"
+                );
+                continue;
+            }
+            self.take_in(a);
+        }
+    }
+
+    /// Combines an authentication with what has accumulated.
+    fn take_in(&mut self, a: Authenticated) {
+        let Authenticated {
+            identity,
+            edits,
+            response_headers,
+            mut attachments,
+            ..
+        } = a;
+        self.attachments.append(&mut attachments);
+        self.identity = Some(match self.identity.take() {
+            Some(prev) => prev.merge(&identity),
+            None => identity,
+        });
+        // While none have accumulated, an authenticator's edits are taken
+        // as they are (`then` would move both for nothing), and no empty
+        // list of headers is extended.
+        self.edits = if self.edits.is_empty() {
+            edits
+        } else {
+            std::mem::take(&mut self.edits).then(edits)
+        };
+        if !response_headers.is_empty() {
+            self.response_headers
+                .extend(response_headers.into_iter().map(|(n, v)| (Cow::Owned(n), v)));
         }
     }
 }
@@ -786,6 +824,7 @@ impl Share<Compiled> {
         path: &str,
         rewrite: bool,
     ) -> Check<Decision> {
+        acc.settle();
         if let Some(reply) = acc.respond.take() {
             return Check::Ready(Decision::Reply(reply));
         }
@@ -1058,6 +1097,77 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A session cookie: `user`, with a marker attachment, as a browser
+    /// sends it by itself.
+    struct Cookie(&'static str);
+
+    impl Authenticator for Cookie {
+        fn challenge(&self) -> Option<String> {
+            None
+        }
+        fn authenticate(&self, _: &dyn RequestHead) -> Check<AuthOutcome> {
+            let t = TokenClaims {
+                issuer: "i".into(),
+                subject: self.0.into(),
+                ..TokenClaims::default()
+            };
+            let id = Identity::from_session(t, Verification::assertion());
+            Check::Ready(AuthOutcome::Authenticated(
+                Authenticated::new(id).with_attachment(self.0).ambient(),
+            ))
+        }
+    }
+
+    #[test]
+    fn a_header_credential_of_another_user_wins_over_a_session_cookie_whole() {
+        let allowed = |cookie_first: bool, cookie: &'static str, token: Option<&'static str>| {
+            let b = Guard::builder();
+            let b = if cookie_first {
+                b.authenticator(Cookie(cookie)).authenticator(Fixed(token, true))
+            } else {
+                b.authenticator(Fixed(token, true)).authenticator(Cookie(cookie))
+            };
+            let guard = b.access_policy(AccessPolicy::allow_all()).build().unwrap();
+            let req = match token {
+                Some(_) => OwnedRequest::get("/").header("authorization", "Bearer good"),
+                None => OwnedRequest::get("/"),
+            };
+            let decided = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap()
+                .block_on(async { guard.check(&req).await });
+            match decided {
+                Decision::Allow(a) => {
+                    let auth = a.auth();
+                    let who = auth
+                        .identity()
+                        .and_then(Identity::request_principal_str)
+                        .map(str::to_owned);
+                    (who, auth.attachment::<&'static str>().copied())
+                }
+                other => panic!("{other:?}"),
+            }
+        };
+        for cookie_first in [true, false] {
+            // The token's user; nothing of the cookie's, not its attachment.
+            assert_eq!(
+                allowed(cookie_first, "mallory", Some("bob")),
+                (Some("i/bob".into()), None),
+                "cookie first: {cookie_first}"
+            );
+            // The same user: combined.
+            assert_eq!(
+                allowed(cookie_first, "bob", Some("bob")),
+                (Some("i/bob".into()), Some("bob"))
+            );
+        }
+        // The cookie alone.
+        assert_eq!(
+            allowed(true, "carol", None),
+            (Some("i/carol".into()), Some("carol"))
+        );
     }
 
     fn ready(check: Check<Decision>) -> Decision {

@@ -1099,7 +1099,8 @@ impl SignIn {
             return Check::Ready(AuthOutcome::Authenticated(
                 Authenticated::new(live.identity.clone())
                     .with_attachment(live.signed_in.clone())
-                    .with_shared_attachment(Arc::clone(&live.bearer)),
+                    .with_shared_attachment(Arc::clone(&live.bearer))
+                    .ambient(),
             ));
         }
         let this = self.clone();
@@ -1108,9 +1109,12 @@ impl SignIn {
 
     /// An authentication by `live`, with a new cookie when `renew`.
     async fn authenticated(&self, live: Arc<Live>, renew: bool, chunks: usize, secure: bool) -> AuthOutcome {
+        // A cookie, which a browser sends by itself: a credential the
+        // request carries itself, of another user, wins over it.
         let mut out = Authenticated::new(live.identity.clone())
             .with_attachment(live.signed_in.clone())
-            .with_shared_attachment(Arc::clone(&live.bearer));
+            .with_shared_attachment(Arc::clone(&live.bearer))
+            .ambient();
         if renew {
             let mut session = live.session.clone();
             session.seen = now();

@@ -635,7 +635,9 @@ impl SpnegoAuthenticator {
             }
         });
         match found.map(|s| self.identity(&s.principal, s.local_name.as_deref())) {
-            Some(Ok(identity)) => AuthOutcome::Authenticated(Authenticated::new(identity)),
+            // A cookie, which a browser sends by itself: a credential the
+            // request carries itself, of another user, wins over it.
+            Some(Ok(identity)) => AuthOutcome::Authenticated(Authenticated::new(identity).ambient()),
             _ => AuthOutcome::NoCredential,
         }
     }
