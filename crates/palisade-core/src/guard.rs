@@ -379,18 +379,21 @@ pub(crate) struct Acc {
     /// `adapter`): a refusal is the rare path.
     rejection: Option<Box<Rejection>>,
     respond: Option<Reply>,
-    /// Cookie-borne authentications ([`Authenticated::ambient`]), taken in
-    /// once every authenticator has answered ([`settle`](Self::settle)).
-    ambient: Vec<Authenticated>,
+    /// Cookie-borne authentications ([`Authenticated::ambient`]) with their
+    /// authenticator's place, taken in once every authenticator has
+    /// answered ([`settle`](Self::settle)).
+    ambient: Vec<(usize, Authenticated)>,
     /// The identity's request principal came with a credential the request
     /// carries itself (a header), not with a cookie.
     explicit: bool,
 }
 
 impl Acc {
-    fn add(&mut self, outcome: AuthOutcome) {
+    /// Adds the outcome of the authenticator at place `at` (in the
+    /// configuration's order).
+    fn add(&mut self, at: usize, outcome: AuthOutcome) {
         match outcome {
-            AuthOutcome::Authenticated(a) if a.ambient => self.ambient.push(a),
+            AuthOutcome::Authenticated(a) if a.ambient => self.ambient.push((at, a)),
             AuthOutcome::Authenticated(a) => {
                 // Two end users (a bearer token and a Kerberos ticket of
                 // different people): neither is the caller, and their facts
@@ -429,17 +432,22 @@ impl Acc {
     }
 
     /// Takes in the cookies' authentications, once every authenticator has
-    /// answered: each is dropped whole when a credential the request
-    /// carries itself named another user, else combined as any other.
+    /// answered, in the configuration's order: each is dropped whole when a
+    /// credential the request carries itself, or an earlier cookie, named
+    /// another user, else combined as any other. (Cookies of two users, a
+    /// Negotiate session's and a sign-in's, say, are never one identity:
+    /// the first configured speaks, whichever answered first.)
     fn settle(&mut self) {
         if self.ambient.is_empty() {
             return;
         }
-        for a in std::mem::take(&mut self.ambient) {
-            if self.explicit && self.other_user(&a.identity) {
+        let mut cookies = std::mem::take(&mut self.ambient);
+        cookies.sort_by_key(|(at, _)| *at);
+        for (_, a) in cookies {
+            if self.other_user(&a.identity) {
                 tracing::debug!(
                     target: LOG_TARGET,
-                    "a session cookie of another user than the request's own credential is left aside"
+                    "a session cookie of another user than the request's credential is left aside"
                 );
                 continue;
             }
@@ -692,7 +700,7 @@ impl Share<Compiled> {
             match a.authenticate(req) {
                 Check::Ready(outcome) => {
                     self.metrics.authenticators[i].count(&outcome);
-                    acc.add(outcome);
+                    acc.add(i, outcome);
                 }
                 Check::Pending(fut) => pending.push((i, fut)),
             }
@@ -732,7 +740,7 @@ impl Share<Compiled> {
             }
             outcome => {
                 let mut acc = Acc::default();
-                acc.add(outcome);
+                acc.add(0, outcome);
                 self.decide(&mut acc, req, &path, rewrite)
             }
         }
@@ -808,7 +816,7 @@ impl Share<Compiled> {
             for (i, fut) in pending {
                 let outcome = fut.await;
                 guard.metrics.authenticators[i].count(&outcome);
-                acc.add(outcome);
+                acc.add(i, outcome);
             }
             guard.decide(&mut acc, &snapshot, snapshot.path(), rewrite).await
         })
@@ -1100,7 +1108,8 @@ mod tests {
     }
 
     /// A session cookie: `user`, with a marker attachment, as a browser
-    /// sends it by itself.
+    /// sends it by itself; a Negotiate session's with the role `admin` for
+    /// a `user@REALM`.
     struct Cookie(&'static str);
 
     impl Authenticator for Cookie {
@@ -1108,12 +1117,21 @@ mod tests {
             None
         }
         fn authenticate(&self, _: &dyn RequestHead) -> Check<AuthOutcome> {
-            let t = TokenClaims {
-                issuer: "i".into(),
-                subject: self.0.into(),
-                ..TokenClaims::default()
+            let id = if self.0.contains('@') {
+                let k = crate::identity::KerberosIdentity {
+                    principal: self.0.into(),
+                    roles: vec!["admin".into()],
+                    ..Default::default()
+                };
+                Identity::from_kerberos(k, Verification::assertion())
+            } else {
+                let t = TokenClaims {
+                    issuer: "i".into(),
+                    subject: self.0.into(),
+                    ..TokenClaims::default()
+                };
+                Identity::from_session(t, Verification::assertion())
             };
-            let id = Identity::from_session(t, Verification::assertion());
             Check::Ready(AuthOutcome::Authenticated(
                 Authenticated::new(id).with_attachment(self.0).ambient(),
             ))
@@ -1122,14 +1140,18 @@ mod tests {
 
     #[test]
     fn a_header_credential_of_another_user_wins_over_a_session_cookie_whole() {
-        let allowed = |cookie_first: bool, cookie: &'static str, token: Option<&'static str>| {
-            let b = Guard::builder();
-            let b = if cookie_first {
-                b.authenticator(Cookie(cookie)).authenticator(Fixed(token, true))
-            } else {
-                b.authenticator(Fixed(token, true)).authenticator(Cookie(cookie))
-            };
-            let guard = b.access_policy(AccessPolicy::allow_all()).build().unwrap();
+        // `cookies` in the configuration's order, then the token's
+        // authenticator, answering at once or later.
+        let allowed = |cookies: &[&'static str], token: Option<&'static str>, later: bool| {
+            let mut b = Guard::builder();
+            for c in cookies {
+                b = b.authenticator(Cookie(c));
+            }
+            let guard = b
+                .authenticator(Fixed(token, later))
+                .access_policy(AccessPolicy::allow_all())
+                .build()
+                .unwrap();
             let req = match token {
                 Some(_) => OwnedRequest::get("/").header("authorization", "Bearer good"),
                 None => OwnedRequest::get("/"),
@@ -1145,28 +1167,43 @@ mod tests {
                         .identity()
                         .and_then(Identity::request_principal_str)
                         .map(str::to_owned);
-                    (who, auth.attachment::<&'static str>().copied())
+                    let admin = auth.identity().is_some_and(|id| id.has_realm_role("admin"));
+                    (who, auth.attachment::<&'static str>().copied(), admin)
                 }
                 other => panic!("{other:?}"),
             }
         };
-        for cookie_first in [true, false] {
-            // The token's user; nothing of the cookie's, not its attachment.
-            assert_eq!(
-                allowed(cookie_first, "mallory", Some("bob")),
-                (Some("i/bob".into()), None),
-                "cookie first: {cookie_first}"
-            );
+        for later in [false, true] {
+            // The token's user; nothing of the cookie's: not its
+            // attachment, not its role.
+            for cookie in ["mallory", "mallory@R"] {
+                assert_eq!(
+                    allowed(&[cookie], Some("bob"), later),
+                    (Some("i/bob".into()), None, false),
+                    "{cookie}, the token answering later: {later}"
+                );
+            }
             // The same user: combined.
             assert_eq!(
-                allowed(cookie_first, "bob", Some("bob")),
-                (Some("i/bob".into()), Some("bob"))
+                allowed(&["bob"], Some("bob"), later),
+                (Some("i/bob".into()), Some("bob"), false)
             );
         }
         // The cookie alone.
         assert_eq!(
-            allowed(true, "carol", None),
-            (Some("i/carol".into()), Some("carol"))
+            allowed(&["carol"], None, false),
+            (Some("i/carol".into()), Some("carol"), false)
+        );
+        // Cookies of two users (a sign-in's and a Negotiate session's) are
+        // never one identity: the first configured speaks, the other is
+        // left aside whole.
+        assert_eq!(
+            allowed(&["carol", "dave@R"], None, false),
+            (Some("i/carol".into()), Some("carol"), false)
+        );
+        assert_eq!(
+            allowed(&["dave@R", "carol"], None, false),
+            (Some("dave@R".into()), Some("dave@R"), true)
         );
     }
 

@@ -2029,13 +2029,32 @@ impl Authenticator for JwtAuthenticator {
         // text is checked: the cache holds only tokens that passed, compared
         // byte for byte. (`trim_ascii` trims less than `str::trim` does, so
         // a token it leaves padded just misses here.)
+        // A token in a cookie, which a browser sends by itself, gives way to
+        // a credential of another user the request carries itself.
+        let cookie = matches!(
+            self.0.sources.get(located.source),
+            Some((TokenSource::Cookie(_), _))
+        );
         if !located.query
             && self.0.dpop.as_ref().is_none_or(|d| d.source != located.source)
             && let Some(outcome) = self.cached_outcome(located.bytes.trim_ascii(), located.source, req)
         {
-            return Check::Ready(outcome);
+            return Check::Ready(if cookie { ambient(outcome) } else { outcome });
         }
-        self.authenticate_fully(req, located)
+        match self.authenticate_fully(req, located) {
+            check if !cookie => check,
+            Check::Ready(outcome) => Check::Ready(ambient(outcome)),
+            Check::Pending(fut) => Check::pending(async move { ambient(fut.await) }),
+        }
+    }
+}
+
+/// A cookie's authentication marked as such ([`Authenticated::ambient`]).
+#[cold]
+fn ambient(outcome: AuthOutcome) -> AuthOutcome {
+    match outcome {
+        AuthOutcome::Authenticated(a) => AuthOutcome::Authenticated(a.ambient()),
+        other => other,
     }
 }
 
@@ -2268,6 +2287,42 @@ mod tests {
         );
         // The coarse clock never leads the precise one.
         assert!(coarse_now_secs() <= now_secs());
+    }
+
+    /// A token read from a cookie, which a browser sends by itself, is
+    /// marked so, on the first (verifying) and the cached path; one from a
+    /// header is not.
+    #[test]
+    fn a_token_from_a_cookie_is_marked_ambient_on_every_path() {
+        use palisade_core::authn::OwnedRequest;
+        let issuer = palisade_testkit::TestIssuer::builder()
+            .default_audience("api")
+            .start()
+            .unwrap();
+        let jwt = JwtAuthenticator::builder()
+            .provider(
+                Provider::builder(issuer.issuer())
+                    .audience("api")
+                    .jwks_inline(issuer.jwks().to_string())
+                    .source(TokenSource::authorization_bearer())
+                    .source(TokenSource::Cookie("session".into()))
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        let ambient = |req: OwnedRequest| match jwt.authenticate(&req) {
+            Check::Ready(AuthOutcome::Authenticated(a)) => a.ambient,
+            Check::Ready(other) => panic!("{other:?}"),
+            Check::Pending(_) => panic!("the keys are inline"),
+        };
+        let token = issuer.token().subject("alice").sign();
+        for round in ["verified", "cached"] {
+            let by_cookie = OwnedRequest::get("/").header("cookie", format!("a=b; session={token}"));
+            assert!(ambient(by_cookie), "{round}");
+            let by_header = OwnedRequest::get("/").header("authorization", format!("Bearer {token}"));
+            assert!(!ambient(by_header), "{round}");
+        }
     }
 
     /// A tenant the rule stops allowing loses its cached tokens within
