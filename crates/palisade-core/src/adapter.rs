@@ -610,7 +610,8 @@ impl Reply {
     /// `UNAUTHENTICATED` (16), 403 `PERMISSION_DENIED` (7), 400
     /// `INVALID_ARGUMENT` (3), 404 and 405 `UNIMPLEMENTED` (12), 413 and
     /// 429 `RESOURCE_EXHAUSTED` (8), 502 to 504 `UNAVAILABLE` (14), any
-    /// other `UNKNOWN` (2).
+    /// other `UNKNOWN` (2). A `Retry-After` of whole seconds becomes gRPC's
+    /// retry pushback, `grpc-retry-pushback-ms`.
     ///
     /// ```
     /// use palisade_core::Rejection;
@@ -645,12 +646,22 @@ impl Reply {
             None if (300..400).contains(&r.status) => "sign-in required".to_owned(),
             None => format!("refused with HTTP status {}", r.status),
         };
-        let mut headers = Vec::with_capacity(r.headers.len() + 4);
+        // `Retry-After` in seconds, as gRPC's retry pushback (A6).
+        let pushback = r
+            .headers
+            .iter()
+            .find(|(n, _)| *n == "retry-after")
+            .and_then(|(_, v)| v.trim().parse::<u64>().ok())
+            .map(|secs| secs.saturating_mul(1000).to_string());
+        let mut headers = Vec::with_capacity(r.headers.len() + 5);
         headers.push(("content-type", "application/grpc".to_owned()));
         // A refusal carried by a 200: no cache may keep it.
         headers.push(("cache-control", "no-store".to_owned()));
         headers.push(("grpc-status", code.to_string()));
         headers.push(("grpc-message", grpc_percent_encode(&message)));
+        if let Some(ms) = pushback {
+            headers.push(("grpc-retry-pushback-ms", ms));
+        }
         headers.extend(
             r.headers
                 .into_iter()
@@ -896,6 +907,13 @@ mod tests {
         );
         assert!(denied.headers().any(|h| h == ("grpc-status", "7")));
         assert!(denied.headers().any(|h| h == ("grpc-message", "access denied")));
+        // A shed request's Retry-After is gRPC's retry pushback.
+        let shed = Reply::problem(503, "busy", "Service busy", "try again")
+            .header("retry-after", "1")
+            .grpc();
+        assert!(shed.headers().any(|h| h == ("grpc-status", "14")));
+        assert!(shed.headers().any(|h| h == ("grpc-retry-pushback-ms", "1000")));
+        assert!(!denied.headers().any(|(n, _)| n == "grpc-retry-pushback-ms"));
     }
 
     #[test]

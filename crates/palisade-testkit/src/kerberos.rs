@@ -115,15 +115,31 @@ impl KerberosRealm {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;
-        let realm = realm_for_drop(kdc);
+        let mut realm = realm_for_drop(kdc);
         let deadline = Instant::now() + Duration::from_secs(30);
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        // Its own listener, not another process's that took the port in
+        // between (the KDC then exits, unable to bind it).
+        let exited = |realm: &mut KerberosRealm| -> io::Result<()> {
+            match realm.kdc.try_wait()? {
+                Some(status) => Err(io::Error::other(format!(
+                    "krb5kdc exited ({status}) before it answered: {}",
+                    std::fs::read_to_string(realm.dir.join("kdc.log"))
+                        .unwrap_or_default()
+                        .trim()
+                ))),
+                None => Ok(()),
+            }
+        };
         while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            exited(&mut realm)?;
             if Instant::now() > deadline {
                 return Err(io::Error::other("the KDC did not start listening within 30 s"));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        std::thread::sleep(Duration::from_millis(20));
+        exited(&mut realm)?;
         Ok(realm)
     }
 
