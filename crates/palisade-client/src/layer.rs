@@ -56,20 +56,20 @@ impl CredentialsLayer {
     /// # Errors
     /// [`ClientError::Config`] when `origin` is not `http(s)://host[:port]`.
     pub fn fixed_at(credentials: Credentials, origin: &str) -> Result<Self, ClientError> {
+        let not_origin =
+            || ClientError::Config(format!("`{origin}` is not an origin such as http://ratings:9080"));
         let uri: http::Uri = origin
             .parse()
             .map_err(|_| ClientError::Config(format!("`{origin}` is not a URI")))?;
-        let (Some(scheme), Some(authority), Some(host)) = (uri.scheme_str(), uri.authority(), uri.host())
-        else {
-            return Err(ClientError::Config(format!(
-                "`{origin}` is not an origin such as http://ratings:9080"
-            )));
+        let (Some(scheme @ ("http" | "https")), Some(authority), Some(host), "" | "/", None) = (
+            uri.scheme_str(),
+            uri.authority(),
+            uri.host(),
+            uri.path(),
+            uri.query(),
+        ) else {
+            return Err(not_origin());
         };
-        if !matches!(scheme, "http" | "https") || !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-            return Err(ClientError::Config(format!(
-                "`{origin}` is not an origin such as http://ratings:9080"
-            )));
-        }
         let origin: Arc<str> = format!("{scheme}://{authority}").into();
         let host: Arc<str> = host.trim_start_matches('[').trim_end_matches(']').into();
         Ok(Self(Target::Fixed(credentials, Some((origin, host)))))

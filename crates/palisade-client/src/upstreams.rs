@@ -73,6 +73,17 @@ impl Credentials {
         self.apply_call(headers, host, caller, None).await
     }
 
+    /// Whether calls carry something of the caller's: its token relayed,
+    /// a token exchanged for it, a Kerberos ticket as the caller.
+    fn of_the_caller(&self) -> bool {
+        match self {
+            Credentials::Caller | Credentials::TokenExchange(_) => true,
+            #[cfg(feature = "spnego")]
+            Credentials::Kerberos(_) => true,
+            Credentials::None | Credentials::ClientCredentials(_) => false,
+        }
+    }
+
     /// [`apply`](Self::apply) to a `reqwest` request for the upstream known
     /// as `host` (the name Kerberos asks a ticket for; `None`: the URL's
     /// host), with the request's method and URL for the `DPoP` proof a
@@ -163,19 +174,6 @@ impl Credentials {
                     .await?,
                 "the Kerberos ticket",
             ),
-        }
-    }
-}
-
-impl Credentials {
-    /// Whether calls carry something of the caller's: its token relayed,
-    /// a token exchanged for it, a Kerberos ticket as the caller.
-    fn of_the_caller(&self) -> bool {
-        match self {
-            Credentials::Caller | Credentials::TokenExchange(_) => true,
-            #[cfg(feature = "spnego")]
-            Credentials::Kerberos(_) => true,
-            Credentials::None | Credentials::ClientCredentials(_) => false,
         }
     }
 }
@@ -337,11 +335,8 @@ impl Upstreams {
         req: &mut reqwest::Request,
         caller: Option<&CallerToken>,
     ) -> Result<(), ClientError> {
-        let host = req.url().host_str().map(str::to_owned);
-        let (method, htu) = call_of(req);
-        self.for_call(Some(req.url().scheme()), host.as_deref().unwrap_or_default())
-            .apply_call(req.headers_mut(), host.as_deref(), caller, Some((&method, &htu)))
-            .await
+        let credentials = self.for_call(Some(req.url().scheme()), req.url().host_str().unwrap_or_default());
+        credentials.apply_request(req, None, caller).await
     }
 }
 
