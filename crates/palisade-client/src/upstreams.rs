@@ -194,12 +194,6 @@ fn bearer(caller: Option<&CallerToken>) -> Result<&str, ClientError> {
         .ok_or(ClientError::NoCallerToken)
 }
 
-/// `localhost` or a loopback address (a host as a URI names it).
-fn is_loopback(host: &str) -> bool {
-    let host = normalize(host);
-    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
-
 /// A host as entries and lookups compare it: lower case, an IPv6
 /// literal without brackets, no trailing dot.
 fn normalize(host: &str) -> String {
@@ -302,7 +296,7 @@ impl Upstreams {
     fn first_in_clear(&self, scheme: Option<&str>, host: &str, credentials: &Credentials) -> bool {
         let clear = scheme.is_some_and(|s| s.eq_ignore_ascii_case("http"))
             && !matches!(credentials, Credentials::None)
-            && !is_loopback(host);
+            && !palisade_core::syntax::is_loopback_host(host);
         clear && {
             let mut warned = self.0.warned.lock().unwrap_or_else(PoisonError::into_inner);
             warned.len() < WARNED_MAX && warned.insert(normalize(host))

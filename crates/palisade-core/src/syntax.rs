@@ -241,7 +241,7 @@ fn names_a_password(name: &str) -> bool {
 }
 
 /// Whether `url` is plain `http://` to a host other than this one (not
-/// `localhost`, `127.x` or `[::1]`): what a service warns about at start-up,
+/// [`is_loopback_host`]): what a service warns about at start-up,
 /// since keys, tokens or secrets sent or fetched there can be read or
 /// changed in transit. Loopback is left alone: a test issuer, or a proxy
 /// on the same host.
@@ -254,6 +254,8 @@ fn names_a_password(name: &str) -> bool {
 /// assert!(plain_http_elsewhere("HTTP://127.evil.example/realms/shop"));
 /// assert!(plain_http_elsewhere("http://idp.example/realms/x@127.0.0.1"));
 /// assert!(!plain_http_elsewhere("http://user@127.0.0.1/realms/shop"));
+/// assert!(!plain_http_elsewhere("http://[0:0:0:0:0:0:0:1]:8080/realms/shop"));
+/// assert!(plain_http_elsewhere("http://[::2]/realms/shop"));
 /// ```
 #[must_use]
 pub fn plain_http_elsewhere(url: &str) -> bool {
@@ -265,15 +267,36 @@ fn is_loopback_url(s: &str) -> bool {
     // The host a URL parser connects to: after the user information, which
     // ends at the authority's last `@` (an `@` in the path is not it).
     let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    let rest = &authority[authority.rfind('@').map_or(0, |at| at + 1)..];
-    if rest.starts_with("[::1]") {
-        return true;
-    }
-    let host = rest.split(':').next().unwrap_or("");
+    let host_port = &authority[authority.rfind('@').map_or(0, |at| at + 1)..];
+    let host = match host_port.find(']') {
+        Some(end) if host_port.starts_with('[') => &host_port[..=end],
+        _ => host_port.split(':').next().unwrap_or(""),
+    };
+    is_loopback_host(host)
+}
+
+/// Whether `host`, as a URI names it, is this machine: `localhost` or a
+/// loopback address (`127.x`, or `::1` in any spelling, in brackets or
+/// not), in any case, with or without a trailing dot. What Palisade does not
+/// warn about when something is sent there over plain `http`.
+///
+/// ```
+/// use palisade_core::syntax::is_loopback_host;
+/// assert!(is_loopback_host("LocalHost."));
+/// assert!(is_loopback_host("127.0.0.2"));
+/// assert!(is_loopback_host("[0:0:0:0:0:0:0:1]"));
+/// assert!(!is_loopback_host("127.evil.example"));
+/// assert!(!is_loopback_host("[::2]"));
+/// ```
+#[must_use]
+pub fn is_loopback_host(host: &str) -> bool {
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let host = host.strip_suffix('.').unwrap_or(host);
     host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::Ipv4Addr>()
-            .is_ok_and(|ip| ip.is_loopback())
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// `text` as HTML text or an attribute value in quotes: `&`, `<`, `>`,
