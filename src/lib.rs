@@ -167,8 +167,6 @@ pub fn policy_problems(
     workload: &Workload,
     authorizers: &palisade_core::authz::ExternalAuthorizers,
 ) -> Vec<PolicyError> {
-    #[cfg(feature = "client")]
-    use palisade_core::policy::FromPolicy as _;
     let policy = set.for_workload(workload);
     let mut errors = Vec::new();
     let access =
@@ -198,7 +196,7 @@ pub fn policy_problems(
         }
     }
     #[cfg(feature = "client")]
-    if let Err(e) = palisade_client::Upstreams::from_policy(&policy) {
+    if let Err(e) = palisade_client::Upstreams::check_policy(&policy) {
         errors.push(e);
     }
     errors

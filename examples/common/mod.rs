@@ -496,9 +496,8 @@ pub fn start_operations(args: &Args, setup: &Setup) {
         let reloader = palisade::core::reload::PolicyReloader::new(path, &setup.guard, move |set| {
             // Everything start-up reads from the file is checked, so a file
             // the service would refuse at its next start is refused now.
-            use palisade::core::policy::FromPolicy as _;
             let policy = set.for_workload(&workload);
-            palisade::client::Upstreams::from_policy(&policy)?;
+            palisade::client::Upstreams::check_policy(&policy)?;
             palisade::mtls::UpstreamTls::check_policy(&policy)?;
             let wanted = palisade::mtls::mode_for_port(&policy, port)?;
             let guard = build_guard(set, &workload, keytab.as_deref(), delegation)?;

@@ -57,47 +57,64 @@ impl FromPolicy for Upstreams {
     /// used: a secret file that cannot be read or is empty, a host named
     /// by two documents.
     fn from_policy(policy: &WorkloadPolicy<'_>) -> Result<Option<Self>, PolicyError> {
-        let mut hosts: HashMap<String, Credentials> = HashMap::new();
-        let mut any = false;
-        for (doc, spec) in policy.upstream_credentials() {
-            any = true;
-            let t = &spec.token;
-            let built = |e: crate::ClientError| policy.error_at(doc, "spec.token", e.to_string());
-            let credentials = match t.from {
-                TokenFrom::None => Credentials::None,
-                TokenFrom::Caller => Credentials::Caller,
-                TokenFrom::ClientCredentials => Credentials::ClientCredentials(
-                    grant::<ClientCredentials>(policy, doc, t)?
-                        .build()
-                        .map_err(built)?,
-                ),
-                TokenFrom::TokenExchange => Credentials::TokenExchange(
-                    grant::<TokenExchange>(policy, doc, t)?.build().map_err(built)?,
-                ),
-                _ => {
-                    return Err(policy.error_at(
-                        doc,
-                        "spec.token.from",
-                        "this token source is not supported",
-                    ));
-                }
-            };
-            for (i, host) in spec.hosts.iter().enumerate() {
-                let host = host.to_ascii_lowercase();
-                if hosts.insert(host.clone(), credentials.clone()).is_some() {
-                    return Err(policy.error_at(
-                        doc,
-                        &format!("spec.hosts[{i}]"),
-                        format!("`{host}` is named by another UpstreamCredentials document of this workload"),
-                    ));
-                }
-            }
-        }
-        Ok(any.then(|| {
+        Ok(hosts_of(policy)?.map(|hosts| {
             hosts
                 .into_iter()
                 .fold(Upstreams::builder(), |b, (host, c)| b.host(host, c))
                 .build()
         }))
     }
+}
+
+impl Upstreams {
+    /// Checks the workload's `UpstreamCredentials` documents as
+    /// [`from_policy`](FromPolicy::from_policy) reads them (the secret
+    /// files too), without building the map: nothing is said about what it
+    /// would send (the `*` entry's warning), for a reload that checks a
+    /// file whose credentials take effect at restart, or a tool that checks
+    /// a policy file.
+    ///
+    /// # Errors
+    /// As [`from_policy`](FromPolicy::from_policy).
+    pub fn check_policy(policy: &WorkloadPolicy<'_>) -> Result<(), PolicyError> {
+        hosts_of(policy).map(drop)
+    }
+}
+
+/// The credentials of each host the workload's `UpstreamCredentials`
+/// documents name; `None` when there is no such document.
+fn hosts_of(policy: &WorkloadPolicy<'_>) -> Result<Option<HashMap<String, Credentials>>, PolicyError> {
+    let mut hosts: HashMap<String, Credentials> = HashMap::new();
+    let mut any = false;
+    for (doc, spec) in policy.upstream_credentials() {
+        any = true;
+        let t = &spec.token;
+        let built = |e: crate::ClientError| policy.error_at(doc, "spec.token", e.to_string());
+        let credentials = match t.from {
+            TokenFrom::None => Credentials::None,
+            TokenFrom::Caller => Credentials::Caller,
+            TokenFrom::ClientCredentials => Credentials::ClientCredentials(
+                grant::<ClientCredentials>(policy, doc, t)?
+                    .build()
+                    .map_err(built)?,
+            ),
+            TokenFrom::TokenExchange => {
+                Credentials::TokenExchange(grant::<TokenExchange>(policy, doc, t)?.build().map_err(built)?)
+            }
+            _ => {
+                return Err(policy.error_at(doc, "spec.token.from", "this token source is not supported"));
+            }
+        };
+        for (i, host) in spec.hosts.iter().enumerate() {
+            let host = host.to_ascii_lowercase();
+            if hosts.insert(host.clone(), credentials.clone()).is_some() {
+                return Err(policy.error_at(
+                    doc,
+                    &format!("spec.hosts[{i}]"),
+                    format!("`{host}` is named by another UpstreamCredentials document of this workload"),
+                ));
+            }
+        }
+    }
+    Ok(any.then_some(hosts))
 }

@@ -312,6 +312,11 @@ fn policy(yaml: &str) -> Result<Option<Upstreams>, palisade_core::policy::Policy
     Upstreams::from_policy(&set.for_workload(&workload))
 }
 
+fn check(yaml: &str) -> Result<(), palisade_core::policy::PolicyError> {
+    let set = PolicySet::from_yaml_str(yaml, "upstreams.yaml")?;
+    Upstreams::check_policy(&set.for_workload(&Workload::new("productpage", "default")))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstreams_come_from_the_policy_file() {
     let issuer = issuer(Duration::from_secs(300));
@@ -407,7 +412,10 @@ async fn upstreams_come_from_the_policy_file() {
         let err = policy(&yaml).map(|_| ()).unwrap_err();
         assert_eq!(err.field.as_deref(), Some(field), "{err}");
         assert!(err.to_string().contains("upstreams.yaml"), "{err}");
+        // A reload's check finds what building finds.
+        assert_eq!(check(&yaml).unwrap_err().to_string(), err.to_string());
     }
+    check(&yaml).expect("the file that built checks");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
