@@ -182,6 +182,43 @@ fn a_missing_keytab_fails_at_start_up_with_one_line() {
     assert!(err.contains("/no/such.keytab"), "{err}");
 }
 
+#[test]
+fn an_unusable_keytab_is_named_with_the_spnego_settings_document_with_or_without_delegation() {
+    let dir = std::env::temp_dir().join(format!("palisade-spnego-unusable-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let keytab = dir.join("garbage.keytab");
+    std::fs::write(&keytab, "not a keytab\n").unwrap();
+    let policy = dir.join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "apiVersion: palisade.dev/v1alpha1\nkind: SpnegoSettings\nmetadata: {name: negotiate, namespace: default}\nspec: {}\n",
+    )
+    .unwrap();
+    let (keytab, policy) = (keytab.to_str().unwrap(), policy.to_str().unwrap());
+    for backend in [&[][..], &["--backend", "http://127.0.0.1:9"][..]] {
+        let out = Command::new(example("details"))
+            .args(["--listen", "127.0.0.1:0", "--keytab", keytab, "--config", policy])
+            .args(backend)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{backend:?}: {err}");
+        assert!(
+            err.contains(&format!(
+                "{policy}: document 1 (SpnegoSettings default/negotiate)"
+            )),
+            "{backend:?}: {err}"
+        );
+        assert!(
+            err.contains(&format!("--keytab {keytab}: ")),
+            "{backend:?}: {err}"
+        );
+        assert_eq!(err.matches(policy).count(), 1, "the file named once: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn write(r: &Realm, name: &str, text: &str) -> String {
     let p = r.realm.dir().join(name);
     std::fs::write(&p, text).unwrap();

@@ -446,21 +446,17 @@ fn build_guard(
     use palisade::spnego::SpnegoAuthenticator;
     let mut builder = palisade::guard_builder_from_policy(set, workload, &demo_authorizers())?;
     if let Some(keytab) = keytab {
-        let failed = |e: &dyn std::fmt::Display| {
-            PolicyError::new(set.source(), format!("--keytab {}: {e}", keytab.display()))
+        // What building finds is the keytab's fault: say which.
+        let failed = |mut e: PolicyError| {
+            e.message = format!("--keytab {}: {}", keytab.display(), e.message);
+            e
         };
-        builder = if delegation {
-            let spnego = SpnegoAuthenticator::builder()
-                .from_policy(&set.for_workload(workload))?
-                .accept_delegation()
-                .build()
-                .map_err(|e| failed(&e))?;
-            builder.authenticator(spnego)
-        } else {
-            builder
-                .authenticator_from::<SpnegoAuthenticator>(&set.for_workload(workload))
-                .map_err(|e| failed(&e))?
-        };
+        let policy = set.for_workload(workload);
+        let mut spnego = SpnegoAuthenticator::builder().from_policy(&policy)?;
+        if delegation {
+            spnego = spnego.accept_delegation();
+        }
+        builder = builder.authenticator(spnego.build_for(&policy).map_err(failed)?);
     }
     builder
         .build()

@@ -222,6 +222,24 @@ impl SpnegoAuthenticatorBuilder {
         self
     }
 
+    /// [`build`](Self::build)s it, a failure named as the policy file's
+    /// errors are: the workload's `SpnegoSettings` document (or the file),
+    /// with the [`SpnegoError`] as its source. For a builder configured
+    /// [`from_policy`](Self::from_policy) and then in code (a role-mapping
+    /// hook, [`accept_delegation`](Self::accept_delegation)).
+    ///
+    /// # Errors
+    /// As [`build`](Self::build), in a [`PolicyError`].
+    pub fn build_for(self, policy: &WorkloadPolicy<'_>) -> Result<SpnegoAuthenticator, PolicyError> {
+        self.build().map_err(|e| {
+            let err = match policy.spnego_settings().next() {
+                Some((doc, _)) => policy.error_at(doc, "spec", e.to_string()),
+                None => PolicyError::new(policy.source(), e.to_string()),
+            };
+            err.with_source(e)
+        })
+    }
+
     /// Acquires the acceptor credentials (once; they are reused).
     ///
     /// # Errors
@@ -769,21 +787,18 @@ impl FromPolicy for SpnegoAuthenticator {
     /// The authenticator the workload's `SpnegoSettings` describe (defaults
     /// without one), with the keytab of `KRB5_KTNAME`: SPNEGO is turned on
     /// by giving a keytab, so this always builds one. For a role-mapping
-    /// hook, use [`SpnegoAuthenticatorBuilder::from_policy`] and build.
+    /// hook, use [`SpnegoAuthenticatorBuilder::from_policy`] and
+    /// [`build_for`](SpnegoAuthenticatorBuilder::build_for).
     ///
     /// # Errors
     /// A [`PolicyError`] naming the `SpnegoSettings` document (or the file)
     /// when a value cannot be used or the credentials cannot be acquired,
     /// with the [`SpnegoError`] as its source.
     fn from_policy(policy: &WorkloadPolicy<'_>) -> Result<Option<Self>, PolicyError> {
-        let built = SpnegoAuthenticator::builder().from_policy(policy)?.build();
-        built.map(Some).map_err(|e| {
-            let err = match policy.spnego_settings().next() {
-                Some((doc, _)) => policy.error_at(doc, "spec", e.to_string()),
-                None => PolicyError::new(policy.source(), e.to_string()),
-            };
-            err.with_source(e)
-        })
+        SpnegoAuthenticator::builder()
+            .from_policy(policy)?
+            .build_for(policy)
+            .map(Some)
     }
 }
 
