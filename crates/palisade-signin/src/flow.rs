@@ -1242,14 +1242,18 @@ impl SignIn {
                 self.0.successors.insert(Arc::clone(&next));
                 Some(next)
             }
-            Err(TokenError::Refused(error)) => {
+            // Only a dead grant ends the session (RFC 6749 §5.2): a
+            // throttled (`429`) or misconfigured client (`invalid_client`
+            // after a secret's rotation) is the issuer's trouble, not the
+            // session's.
+            Err(TokenError::Refused(error)) if error == "invalid_grant" => {
                 tracing::info!(target: LOG_TARGET, %error, subject = %s.sub, "the issuer refused to refresh a session: it ends");
                 if let Err(e) = self.end(s).await {
                     tracing::warn!(target: LOG_TARGET, error = %e, "an ended session cannot be recorded");
                 }
                 None
             }
-            Err(TokenError::Unavailable(e)) => {
+            Err(TokenError::Refused(e) | TokenError::Unavailable(e)) => {
                 tracing::warn!(target: LOG_TARGET, error = %e, "the issuer cannot refresh a session now");
                 // The next request, on any replica, may try again.
                 if let Some(claim) = claim
@@ -1875,6 +1879,96 @@ mod tests {
             panic!("the session is refused or answered later")
         };
         assert_eq!(a.identity.subject(), Some("alice"));
+    }
+
+    /// An issuer on loopback whose discovery document points at its own
+    /// token endpoint, which answers every request `status` with `body`.
+    async fn issuer_answering_tokens(status: &'static str, body: &'static str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let issuer = format!("http://{}", listener.local_addr().unwrap());
+        let discovery = format!(
+            r#"{{"issuer":"{issuer}","authorization_endpoint":"{issuer}/auth","token_endpoint":"{issuer}/token","jwks_uri":"{issuer}/jwks"}}"#
+        );
+        tokio::spawn(async move {
+            loop {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                let discovery = discovery.clone();
+                tokio::spawn(async move {
+                    let mut head = vec![0; 8192];
+                    let n = conn.read(&mut head).await.unwrap_or(0);
+                    let (status, body) = if head[..n].starts_with(b"GET /.well-known/openid-configuration") {
+                        ("200 OK", discovery.as_str())
+                    } else {
+                        (status, body)
+                    };
+                    let answer = format!(
+                        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = conn.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        issuer
+    }
+
+    #[tokio::test]
+    async fn only_a_dead_grant_ends_a_session_at_its_refresh() {
+        for (status, body, ends) in [
+            ("429 Too Many Requests", r#"{"error":"too_many_requests"}"#, false),
+            ("401 Unauthorized", r#"{"error":"invalid_client"}"#, false),
+            ("503 Service Unavailable", "", false),
+            ("400 Bad Request", r#"{"error":"invalid_grant"}"#, true),
+        ] {
+            let issuer = issuer_answering_tokens(status, body).await;
+            let key = CookieKey::new("k1", &[1; 32]).unwrap();
+            let sign_in = SignIn::builder(&issuer, "shop")
+                .keys(vec![key.clone()])
+                .build()
+                .unwrap();
+            for _ in 0..200 {
+                if sign_in.0.issuer.metadata().is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert!(sign_in.0.issuer.metadata().is_some(), "{status}: no discovery");
+            let t = now();
+            // Due for a refresh (within `refresh_before`), still valid.
+            let session = Session {
+                v: 1,
+                id: "s1".into(),
+                sub: "alice".into(),
+                sid: None,
+                created_ms: now_ms(),
+                seen: t,
+                at: "at-0".into(),
+                at_exp: t + 10,
+                rt: Some("refresh-0".into()),
+                it: None,
+                generation: 0,
+                store_key: None,
+            };
+            let req =
+                OwnedRequest::get("/page").header("cookie", session_cookie(key, &Payload::Inline(session)));
+            let Check::Pending(renewal) = sign_in.authenticate(&req) else {
+                panic!("{status}: the session is not renewed")
+            };
+            match renewal.await {
+                AuthOutcome::Authenticated(a) if !ends => assert_eq!(
+                    a.attachments
+                        .get::<palisade_core::authn::BearerToken>()
+                        .map(|t| t.as_str().to_owned())
+                        .as_deref(),
+                    Some("at-0"),
+                    "{status}: the old tokens, while they last"
+                ),
+                AuthOutcome::Authenticated(_) => panic!("{status}: the session outlived a dead grant"),
+                other if !ends => panic!("{status}: the session ended: {other:?}"),
+                _ => {}
+            }
+        }
     }
 
     #[tokio::test]

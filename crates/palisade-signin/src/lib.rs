@@ -21,7 +21,8 @@
 //!   session id at every sign-in; idle and absolute timeouts. The access
 //!   token is refreshed before it expires, once per session even under
 //!   concurrent requests, and once between replicas sharing a store while
-//!   the store answers; a refused refresh ends the session.
+//!   the store answers; a refresh refused with `invalid_grant` ends the
+//!   session.
 //! - **Logout**: at `logoutPath` (here and at the issuer's
 //!   `end_session_endpoint`, with `id_token_hint` and
 //!   `post_logout_redirect_uri`), and OpenID Connect Back-Channel Logout

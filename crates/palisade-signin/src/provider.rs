@@ -63,7 +63,8 @@ impl TokenResponse {
 #[derive(Debug)]
 pub(crate) enum TokenError {
     /// The issuer refused (`invalid_grant`, `invalid_client`, …): a refresh
-    /// refused this way ends the session.
+    /// refused with `invalid_grant` ends the session; any other refusal
+    /// leaves it to be tried again.
     Refused(String),
     /// The issuer could not be asked (network, timeout, 5xx, garbage).
     Unavailable(String),
