@@ -3,6 +3,7 @@
 //! fills in an `Identity` (request principal, peer, claims) and needs no
 //! change here.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
@@ -139,6 +140,25 @@ fn claim_values(value: &Value, split_spaces: bool, f: &mut dyn FnMut(&str) -> bo
 }
 
 /// Calls `f` on each value of `attr` until it returns true.
+/// The value of the header `name` as Envoy's RBAC matches it: the values
+/// of a repeated header joined by `,` (since CVE-2020-25017), so that a
+/// rule on `x-env: prod` cannot be met, or a `notValues` escaped, by
+/// adding another `x-env`; one value as it is.
+fn header_joined<'r>(req: &'r dyn RequestHead, name: &str) -> Option<Cow<'r, [u8]>> {
+    let first = req.header_value(name, 0)?;
+    let Some(second) = req.header_value(name, 1) else {
+        return Some(Cow::Borrowed(first));
+    };
+    let mut joined = [first, b",", second].concat();
+    let mut i = 2;
+    while let Some(v) = req.header_value(name, i) {
+        joined.push(b',');
+        joined.extend_from_slice(v);
+        i += 1;
+    }
+    Some(Cow::Owned(joined))
+}
+
 pub(crate) fn any_value(attr: &StrAttr, ctx: &Ctx<'_>, f: &mut dyn FnMut(&str) -> bool) -> bool {
     let id = ctx.id;
     match attr {
@@ -153,13 +173,7 @@ pub(crate) fn any_value(attr: &StrAttr, ctx: &Ctx<'_>, f: &mut dyn FnMut(&str) -
             .and_then(|p| p.namespace.as_deref())
             .is_some_and(f),
         StrAttr::Header(name) => {
-            let mut hit = false;
-            ctx.req.for_each_header(name, &mut |v| {
-                if !hit && let Ok(s) = std::str::from_utf8(v) {
-                    hit = f(s);
-                }
-            });
-            hit
+            header_joined(ctx.req, name).is_some_and(|v| std::str::from_utf8(&v).is_ok_and(&mut *f))
         }
         StrAttr::Audiences => id
             .and_then(Identity::token)
@@ -251,11 +265,7 @@ impl Clause {
             // Header values as bytes: one that is not UTF-8 is still
             // present, and may still end with a suffix (as in Envoy).
             Test::Str(StrAttr::Header(name), ms) => {
-                let mut hit = false;
-                ctx.req.for_each_header(name, &mut |v| {
-                    hit = hit || ms.iter().any(|m| m.matches_bytes(v));
-                });
-                hit
+                header_joined(ctx.req, name).is_some_and(|v| ms.iter().any(|m| m.matches_bytes(&v)))
             }
             Test::Str(attr, ms) => any_value(attr, ctx, &mut |v| ms.iter().any(|m| m.matches(v))),
             Test::Host(ms) => ctx

@@ -39,10 +39,12 @@ impl StrMatch {
         Ok(m)
     }
 
+    /// Whether `value` matches; `*` wants a value that is not empty, as
+    /// Istio's `*` becomes the regex `.+` (a claim `""` meets no `*`).
     #[inline]
     pub(crate) fn matches(&self, value: &str) -> bool {
         match self {
-            StrMatch::Any => true,
+            StrMatch::Any => !value.is_empty(),
             StrMatch::Exact(e) => value == &**e,
             StrMatch::Prefix(p) => value.starts_with(&**p),
             StrMatch::Suffix(s) => value.ends_with(&**s),
@@ -365,7 +367,11 @@ mod tests {
         assert!(m("/a", "/a") && !m("/a", "/ab"));
         assert!(m("/a*", "/ab") && !m("/a*", "/b"));
         assert!(m("*.html", "/x.html") && !m("*.html", "/x.htm"));
-        assert!(m("*", ""));
+        assert!(m("*", "x") && !m("*", ""), "`*` is Istio's `.+`");
+        assert!(
+            StrMatch::parse("*").unwrap().matches_bytes(b""),
+            "a header's `*` means present, as Envoy's presence match"
+        );
         assert!(StrMatch::parse("/a*b").is_err());
         assert!(StrMatch::parse("*a*").is_err());
         assert!(StrMatch::parse("").is_err());

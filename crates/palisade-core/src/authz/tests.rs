@@ -374,6 +374,52 @@ fn header_conditions_with_not_values_match_an_absent_header() {
 }
 
 #[test]
+fn a_repeated_header_is_matched_as_its_values_joined_as_in_envoy() {
+    let deny = policy(&format!(
+        "{HEAD}spec:\n  action: DENY\n  rules: [{{when: [{{key: \"request.headers[x-env]\", notValues: [prod]}}]}}]\n"
+    ))
+    .unwrap();
+    let twice = |a: &str, b: &str| OwnedRequest::get("/x").header("x-env", a).header("x-env", b);
+    assert!(
+        !allowed(&deny, &twice("prod", "dev"), None),
+        "`prod,dev` is not `prod`: a second value escapes no DENY"
+    );
+    assert!(allowed(
+        &deny,
+        &OwnedRequest::get("/x").header("x-env", "prod"),
+        None
+    ));
+    // An ALLOW, evaluated by rule and through the value index alike.
+    for paths in ["", "to: [{operation: {paths: [\"/x\"]}}], "] {
+        let allow = policy(&format!(
+            "{HEAD}spec:\n  rules: [{{{paths}when: [{{key: \"request.headers[x-env]\", values: [prod, \"prod,dev\"]}}]}}]\n"
+        ))
+        .unwrap();
+        assert!(
+            allowed(&allow, &OwnedRequest::get("/x").header("x-env", "prod"), None),
+            "{paths}"
+        );
+        assert!(allowed(&allow, &twice("prod", "dev"), None), "{paths}");
+        assert!(!allowed(&allow, &twice("prod", "prod"), None), "{paths}");
+        assert!(!allowed(&allow, &twice("dev", "prod"), None), "{paths}");
+    }
+}
+
+#[test]
+fn a_star_wants_a_value_as_istios_dot_plus() {
+    let p = policy(&format!(
+        "{HEAD}spec:\n  action: DENY\n  rules: [{{when: [{{key: \"request.auth.claims[tenant]\", notValues: [\"*\"]}}]}}]\n"
+    ))
+    .unwrap();
+    let with = |tenant: &str| user("alice", serde_json::json!({ "tenant": tenant }));
+    assert!(
+        !allowed(&p, &OwnedRequest::get("/"), Some(&with(""))),
+        "an empty tenant is none"
+    );
+    assert!(allowed(&p, &OwnedRequest::get("/"), Some(&with("t1"))));
+}
+
+#[test]
 fn dry_run_policy_is_reported_not_enforced() {
     let yaml = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: p\n  annotations: {istio.io/dry-run: \"true\"}\nspec:\n  action: DENY\n  rules: [{to: [{operation: {paths: [/x]}}]}]\n";
     let p = policy(yaml).unwrap();
