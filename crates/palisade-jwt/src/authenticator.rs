@@ -490,10 +490,17 @@ impl JwtAuthenticatorBuilder {
             return Err(ConfigError::NoProvider);
         }
         let mut by_issuer = HashMap::new();
+        let mut issuers = std::collections::HashSet::new();
         let mut providers = Vec::new();
         for (i, cfg) in self.providers.into_iter().enumerate() {
-            if by_issuer.insert(cfg.issuer.clone(), i).is_some() {
+            if !issuers.insert(cfg.issuer.clone()) {
                 return Err(ConfigError::DuplicateIssuer(cfg.issuer));
+            }
+            // An issuer pattern is found through its tenants only: a token
+            // whose `iss` is the pattern itself (`…/{tenant}/v2.0`) is no
+            // tenant's and names no issuer.
+            if cfg.tenants.is_none() {
+                by_issuer.insert(cfg.issuer.clone(), i);
             }
             let inline = |r: Result<KeySet, String>| {
                 r.map_err(|e| ConfigError::InvalidInlineKeys(cfg.issuer.clone(), e))
@@ -1326,6 +1333,15 @@ impl JwtAuthenticator {
             {
                 return Err(JwtError::WrongType);
             }
+        }
+        // Ory Hydra (fosite) names no `token_type` for a refresh token and
+        // says what it is in `token_use`, which Ory tells resource servers
+        // to check.
+        if claims
+            .get("token_use")
+            .is_some_and(|t| t.as_str() != Some("access_token"))
+        {
+            return Err(JwtError::WrongType);
         }
         let exp = number(&claims, "exp")?;
         // `nbf` is checked at each use: an answer may come before it.

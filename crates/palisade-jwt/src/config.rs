@@ -171,7 +171,7 @@ impl fmt::Debug for JwksSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             JwksSource::Discovery => f.write_str("Discovery"),
-            JwksSource::Uri(u) => f.debug_tuple("Uri").field(u).finish(),
+            JwksSource::Uri(u) => f.debug_tuple("Uri").field(&url_without_credentials(u)).finish(),
             JwksSource::Inline(_) => f.write_str("Inline(<jwks>)"),
             JwksSource::PublicKeyPem(_) => f.write_str("PublicKeyPem(<key>)"),
         }

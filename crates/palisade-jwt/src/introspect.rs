@@ -27,7 +27,7 @@ use tokio::sync::{Semaphore, watch};
 use crate::cache::TokenCache;
 use crate::config::{ConfigError, FetchSettings};
 use crate::error::JwtError;
-use crate::jwks::{describe, get, http_client, jwks_runtime, within};
+use crate::jwks::{describe, get, jwks_runtime, same_origin_client, within};
 
 const LOG: &str = "palisade::jwt";
 
@@ -95,7 +95,7 @@ pub struct Introspection {
 impl fmt::Debug for Introspection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Introspection")
-            .field("endpoint", &self.endpoint)
+            .field("endpoint", &self.endpoint.as_deref().map(url_without_credentials))
             .field("client_id", &self.client_id)
             .field("secret", &"<redacted>")
             .field("auth", &self.auth)
@@ -346,7 +346,7 @@ impl Introspector {
         let counter = |result: &'static str| metrics::counter!(INTROSPECTIONS, "issuer" => issuer_label.clone(), "result" => result);
         Ok(Self {
             issuer: issuer.to_owned(),
-            client: http_client(&fetch),
+            client: same_origin_client(&fetch),
             permits: Semaphore::new(cfg.max_concurrent_calls),
             cache: TokenCache::new(cfg.cache_entries.max(1)),
             active: counter("active"),
@@ -484,6 +484,8 @@ impl Introspector {
     async fn call(&self, token: &str) -> Result<Map<String, Value>, String> {
         let client = self.client.as_ref().map_err(Clone::clone)?;
         let endpoint = self.endpoint(client).await?;
+        // What errors (and so the logs) say of it: no user information.
+        let shown = url_without_credentials(&endpoint);
         let mut body = format!("token={}&token_type_hint=access_token", form::encode(token));
         let mut request = client
             .post(&*endpoint)
@@ -508,17 +510,17 @@ impl Introspector {
             .body(body)
             .send()
             .await
-            .map_err(|e| format!("{endpoint}: {}", describe(&e)))?;
+            .map_err(|e| format!("{shown}: {}", describe(&e)))?;
         let status = response.status().as_u16();
         let mut bytes = Vec::new();
         while let Some(chunk) = response
             .chunk()
             .await
-            .map_err(|e| format!("{endpoint}: {}", describe(&e)))?
+            .map_err(|e| format!("{shown}: {}", describe(&e)))?
         {
             if bytes.len() + chunk.len() > self.fetch.max_body {
                 return Err(format!(
-                    "{endpoint}: answer larger than {} bytes",
+                    "{shown}: answer larger than {} bytes",
                     self.fetch.max_body
                 ));
             }
@@ -537,11 +539,11 @@ impl Introspector {
                 _ => "",
             };
             return Err(format!(
-                "{endpoint}: HTTP {status} {}{why}",
+                "{shown}: HTTP {status} {}{why}",
                 code.unwrap_or_default()
             ));
         }
-        parse_answer(&bytes).ok_or_else(|| format!("{endpoint}: the answer is not a JSON object"))
+        parse_answer(&bytes).ok_or_else(|| format!("{shown}: the answer is not a JSON object"))
     }
 
     /// The configured endpoint, or the one the issuer's discovery document names.
@@ -648,7 +650,7 @@ mod tests {
             )
             .unwrap(),
         );
-        let client = http_client(&fetch).unwrap();
+        let client = same_origin_client(&fetch).unwrap();
         let all = |n: usize| {
             let mut calls = tokio::task::JoinSet::new();
             for _ in 0..n {
@@ -703,6 +705,11 @@ mod tests {
         let answer = |body: &str| jwt.introspection_answer("https://i.example", body.as_bytes());
         let id = answer(r#"{"active":true,"sub":"alice","aud":"api","exp":4102444800}"#).unwrap();
         assert_eq!(id.subject(), Some("alice"));
+        assert!(
+            answer(r#"{"active":true,"sub":"a","aud":"api","exp":4102444800,"token_use":"access_token"}"#)
+                .is_ok(),
+            "Ory's access token"
+        );
         assert_eq!(id.issuer(), Some("https://i.example"));
         for (body, refusal) in [
             (
@@ -724,6 +731,10 @@ mod tests {
             ),
             (
                 r#"{"active":true,"sub":"a","aud":"api","token_type":"refresh_token"}"#,
+                JwtError::WrongType,
+            ),
+            (
+                r#"{"active":true,"sub":"a","aud":"api","exp":4102444800,"client_id":"web","token_use":"refresh_token"}"#,
                 JwtError::WrongType,
             ),
             (r#"[{"active":true}]"#, JwtError::IntrospectionUnavailable),

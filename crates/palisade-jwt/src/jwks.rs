@@ -606,11 +606,45 @@ fn no_downgrade(max: usize) -> reqwest::redirect::Policy {
     })
 }
 
+/// Follows at most `max` redirects, each to the origin of the first
+/// request (which also keeps it on TLS): an introspection's `POST` carries
+/// the token, and perhaps the client's secret, in its body, which a `307`
+/// or `308` to another server would hand on (RFC 7662 §4: to the
+/// authorization server only).
+fn same_origin(max: usize) -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(move |attempt| {
+        let elsewhere = attempt
+            .previous()
+            .first()
+            .is_some_and(|first| first.origin() != attempt.url().origin());
+        if elsewhere {
+            attempt.error("a redirect to another origin")
+        } else if attempt.previous().len() > max {
+            attempt.error("too many redirects")
+        } else {
+            attempt.follow()
+        }
+    })
+}
+
 pub(crate) fn http_client(settings: &FetchSettings) -> Result<reqwest::Client, String> {
+    client_with(settings, no_downgrade(3))
+}
+
+/// [`http_client`] whose redirects stay on the first request's origin
+/// ([`same_origin`]): for token introspection.
+pub(crate) fn same_origin_client(settings: &FetchSettings) -> Result<reqwest::Client, String> {
+    client_with(settings, same_origin(3))
+}
+
+fn client_with(
+    settings: &FetchSettings,
+    redirects: reqwest::redirect::Policy,
+) -> Result<reqwest::Client, String> {
     let mut b = reqwest::Client::builder()
         .connect_timeout(settings.timeout)
         .timeout(settings.timeout)
-        .redirect(no_downgrade(3))
+        .redirect(redirects)
         .user_agent(concat!("palisade/", env!("CARGO_PKG_VERSION")));
     if let Some(pem) = &settings.extra_ca_pem {
         let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("bad CA bundle: {e}"))?;
@@ -743,7 +777,8 @@ async fn fetch(
         }
     };
     let (body, max_age) = get(client, &uri, store.settings.max_body).await?;
-    let set = parse_jwks(&store.issuer, &body).map_err(|e| format!("{uri}: {e}"))?;
+    let set = parse_jwks(&store.issuer, &body)
+        .map_err(|e| format!("{}: {e}", palisade_core::syntax::url_without_credentials(&uri)))?;
     Ok((set, max_age))
 }
 
@@ -752,14 +787,16 @@ pub(crate) async fn get(
     url: &str,
     max_body: usize,
 ) -> Result<(Vec<u8>, Option<Duration>), String> {
+    // What errors (and so the logs) say of it: no user information.
+    let shown = palisade_core::syntax::url_without_credentials(url);
     let mut resp = client
         .get(url)
         .header(reqwest::header::ACCEPT, "application/json")
         .send()
         .await
-        .map_err(|e| format!("{url}: {}", describe(&e)))?;
+        .map_err(|e| format!("{shown}: {}", describe(&e)))?;
     if !resp.status().is_success() {
-        return Err(format!("{url}: HTTP {}", resp.status().as_u16()));
+        return Err(format!("{shown}: HTTP {}", resp.status().as_u16()));
     }
     // A sign-in page or a proxy's error page where JSON belongs: said as
     // such, and not read.
@@ -769,7 +806,9 @@ pub(crate) async fn get(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/html"))
     {
-        return Err(format!("{url}: an HTML page (content-type text/html), not JSON"));
+        return Err(format!(
+            "{shown}: an HTML page (content-type text/html), not JSON"
+        ));
     }
     let max_age = resp
         .headers()
@@ -780,10 +819,10 @@ pub(crate) async fn get(
     while let Some(chunk) = resp
         .chunk()
         .await
-        .map_err(|e| format!("{url}: {}", describe(&e)))?
+        .map_err(|e| format!("{shown}: {}", describe(&e)))?
     {
         if body.len() + chunk.len() > max_body {
-            return Err(format!("{url}: body larger than {max_body} bytes"));
+            return Err(format!("{shown}: body larger than {max_body} bytes"));
         }
         body.extend_from_slice(&chunk);
     }
@@ -824,6 +863,77 @@ mod tests {
     use super::*;
 
     const RSA_N: &str = "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw";
+
+    /// A server on loopback answering every request with `answer`; the
+    /// count of requests it got.
+    async fn serve(answer: String) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin = format!("http://{}", listener.local_addr().unwrap());
+        let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = Arc::clone(&asked);
+        tokio::spawn(async move {
+            loop {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    let mut head = vec![0; 8192];
+                    let _ = conn.read(&mut head).await;
+                    let _ = conn.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        (origin, asked)
+    }
+
+    #[tokio::test]
+    async fn a_fetchs_error_and_a_key_sources_debug_show_no_password() {
+        let (origin, _) =
+            serve("HTTP/1.1 500 Oops\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".into()).await;
+        let with_password = origin.replace("http://", "http://svc:hunter2@");
+        let client = http_client(&FetchSettings::default()).unwrap();
+        for url in [
+            format!("{with_password}/jwks"),
+            "http://svc:hunter2@127.0.0.1:1/jwks".into(),
+        ] {
+            let err = get(&client, &url, 1 << 20).await.unwrap_err();
+            assert!(!err.contains("hunter2") && err.contains("127.0.0.1"), "{err}");
+        }
+        let source = crate::config::JwksSource::Uri("https://svc:hunter2@keys.example/jwks".into());
+        assert!(!format!("{source:?}").contains("hunter2"));
+    }
+
+    #[tokio::test]
+    async fn an_introspection_post_follows_no_redirect_to_another_origin() {
+        let ok = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}".to_owned();
+        let (elsewhere, asked_elsewhere) = serve(ok).await;
+        let moved = |to: &str| {
+            format!(
+                "HTTP/1.1 308 Permanent Redirect\r\nlocation: {to}/introspect\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            )
+        };
+        let (origin, _) = serve(moved(&elsewhere)).await;
+        let post = |client: reqwest::Client, url: String| async move {
+            client.post(url).body("token=secret-token").send().await
+        };
+        let settings = FetchSettings::default();
+        let refused = post(
+            same_origin_client(&settings).unwrap(),
+            format!("{origin}/introspect"),
+        )
+        .await;
+        assert!(refused.is_err(), "{refused:?}");
+        assert_eq!(
+            asked_elsewhere.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "the token went elsewhere"
+        );
+        // Key sets may move to another origin (a CDN).
+        let followed = post(http_client(&settings).unwrap(), format!("{origin}/introspect")).await;
+        assert_eq!(followed.unwrap().status(), 200);
+        assert_eq!(asked_elsewhere.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
 
     #[test]
     fn enc_keys_unknown_kty_and_bad_alg_are_skipped_not_fatal() {
