@@ -159,6 +159,26 @@ fn header_joined<'r>(req: &'r dyn RequestHead, name: &str) -> Option<Cow<'r, [u8
     Some(Cow::Owned(joined))
 }
 
+/// The namespaces a peer principal is in as Istio's `namespaces` reads
+/// it, the regex `.*/ns/NS/.*` over the whole principal: each segment that
+/// follows an `ns` segment and is followed by another, so that
+/// `cluster.local/ns/prod/sa/x/pod/1` (an ID SPIRE may issue) is in `prod`
+/// as `cluster.local/ns/prod/sa/x` is.
+fn principal_namespaces(principal: &str) -> impl Iterator<Item = &str> {
+    let mut from = 0;
+    std::iter::from_fn(move || {
+        while let Some(at) = principal[from..].find("/ns/") {
+            let start = from + at + "/ns/".len();
+            // Overlapping: `/ns/ns/prod/` is in `ns` and in `prod`.
+            from = start - 1;
+            if let Some(end) = principal[start..].find('/') {
+                return Some(&principal[start..start + end]);
+            }
+        }
+        None
+    })
+}
+
 pub(crate) fn any_value(attr: &StrAttr, ctx: &Ctx<'_>, f: &mut dyn FnMut(&str) -> bool) -> bool {
     let id = ctx.id;
     match attr {
@@ -170,8 +190,10 @@ pub(crate) fn any_value(attr: &StrAttr, ctx: &Ctx<'_>, f: &mut dyn FnMut(&str) -
             .is_some_and(f),
         StrAttr::PeerNamespace => id
             .and_then(Identity::peer)
-            .and_then(|p| p.namespace.as_deref())
-            .is_some_and(f),
+            .is_some_and(|p| match p.principal.as_deref() {
+                Some(principal) if principal.contains("/ns/") => principal_namespaces(principal).any(f),
+                _ => p.namespace.as_deref().is_some_and(f),
+            }),
         StrAttr::Header(name) => {
             header_joined(ctx.req, name).is_some_and(|v| std::str::from_utf8(&v).is_ok_and(&mut *f))
         }

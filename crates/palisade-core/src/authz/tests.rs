@@ -292,6 +292,44 @@ fn principals_and_namespaces_come_from_the_peer() {
 }
 
 #[test]
+fn namespaces_are_read_from_the_whole_principal_as_istios_regex() {
+    // As palisade-mtls leaves it for an ID that is not `…/ns/NS/sa/SA`.
+    let peer_only = |principal: &str| {
+        Identity::from_peer(
+            PeerIdentity {
+                principal: Some(principal.into()),
+                ..PeerIdentity::default()
+            },
+            Verification::assertion(),
+        )
+    };
+    let deny = policy(&format!(
+        "{HEAD}spec:\n  action: DENY\n  rules: [{{from: [{{source: {{namespaces: [untrusted]}}}}]}}]\n"
+    ))
+    .unwrap();
+    let req = OwnedRequest::get("/");
+    for principal in [
+        "cluster.local/ns/untrusted/sa/x",
+        "cluster.local/ns/untrusted/sa/x/pod/1",
+        "cluster.local/ns/ns/untrusted/sa/x",
+    ] {
+        assert!(!allowed(&deny, &req, Some(&peer_only(principal))), "{principal}");
+    }
+    for principal in [
+        "cluster.local/ns/trusted/sa/untrusted",
+        "cluster.local/ns/untrusted",
+    ] {
+        assert!(allowed(&deny, &req, Some(&peer_only(principal))), "{principal}");
+    }
+    let allow = policy(&format!(
+        "{HEAD}spec:\n  rules: [{{when: [{{key: source.namespace, values: [\"prod*\"]}}]}}]\n"
+    ))
+    .unwrap();
+    assert!(allowed(&allow, &req, Some(&peer_only("td/ns/prod-eu/sa/a/b"))));
+    assert!(!allowed(&allow, &req, Some(&peer_only("td/ns/dev/sa/prod"))));
+}
+
+#[test]
 fn ip_blocks_read_the_connection_and_remote_ip_the_trusted_hop() {
     let yaml = format!(
         "{HEAD}spec:\n  rules:\n  - from: [{{source: {{ipBlocks: [10.0.0.0/8]}}}}]\n  - from: [{{source: {{remoteIpBlocks: [203.0.113.7]}}}}]\n---\napiVersion: palisade.dev/v1alpha1\nkind: AuthorizationSettings\nmetadata: {{name: s}}\nspec: {{numTrustedProxies: 1}}\n"
