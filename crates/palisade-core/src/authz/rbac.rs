@@ -59,8 +59,8 @@ fn rbac_on<'a>(w: &WorkloadPolicy<'a>) -> Result<Option<(&'a Document, &'a RbacC
     Ok(on.then_some((doc, cfg)))
 }
 
-/// Compiles the RBAC documents into `out`; returns whether RBAC is on for
-/// the workload (deny by default).
+/// Compiles the RBAC documents into `out`; returns whether RBAC is on and
+/// enforced for the workload (deny by default).
 pub(crate) fn compile(w: &WorkloadPolicy<'_>, out: &mut Vec<CompiledPolicy>) -> Result<bool, PolicyError> {
     let roles: Vec<(&Document, &ServiceRoleSpec)> = w
         .documents()
@@ -149,7 +149,9 @@ pub(crate) fn compile(w: &WorkloadPolicy<'_>, out: &mut Vec<CompiledPolicy>) -> 
             );
         }
     }
-    Ok(config.is_some())
+    // A mesh-wide PERMISSIVE makes every binding a dry run and RBAC
+    // "transparent to users" (Istio): nothing is denied by default either.
+    Ok(config.is_some() && !permissive_all)
 }
 
 /// The checks of a `ServiceRole` that need no workload, run for every

@@ -785,6 +785,28 @@ fn rbac_permissive_binding_is_a_dry_run() {
     );
     assert!(!d.is_allowed(), "RBAC on with no enforced binding denies");
     assert!(d.dry_run().unwrap().would_allow());
+
+    // PERMISSIVE for the whole mesh: RBAC is transparent, its bindings and
+    // its default denial a dry run.
+    let yaml = RBAC.replace(
+        "spec: {mode: ON_WITH_INCLUSION, inclusion: {namespaces: [default]}}",
+        "spec: {mode: ON_WITH_INCLUSION, inclusion: {namespaces: [default]}, enforcementMode: PERMISSIVE}",
+    );
+    assert_ne!(yaml, RBAC);
+    let set = PolicySet::from_yaml_str(&yaml, "r.yaml").unwrap();
+    let p =
+        AccessPolicy::compile(&set.for_workload(&Workload::new("details", "default").label("version", "v1")))
+            .unwrap();
+    let viewer = peer("cluster.local/ns/default/sa/productpage");
+    let d = p.evaluate(&OwnedRequest::get("/details/1"), Some(&viewer));
+    assert!(d.is_allowed(), "a mesh-wide PERMISSIVE denies nothing");
+    assert!(d.dry_run().unwrap().would_allow());
+    let d = p.evaluate(&OwnedRequest::new("POST", "/details/1"), Some(&viewer));
+    assert!(d.is_allowed());
+    assert!(
+        !d.dry_run().unwrap().would_allow(),
+        "the binding would not admit it"
+    );
 }
 
 #[test]
