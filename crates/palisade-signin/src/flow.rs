@@ -1056,6 +1056,21 @@ impl SignIn {
         }
     }
 
+    /// Whether `req` carries a session cookie and the store cannot say now
+    /// whether any session was ended (a shared store out of reach, its
+    /// copy of the revocations too old to trust).
+    fn revocations_unknown(&self, req: &dyn RequestHead) -> bool {
+        let carries = matches!(self.sealer(self.secure(req)).raw(req), RawCookie::Present { .. });
+        let probe = SessionRef {
+            id: "",
+            issuer: &self.0.config.issuer,
+            subject: "",
+            sid: None,
+            created: UNIX_EPOCH,
+        };
+        carries && self.0.store.is_revoked(&probe).is_err()
+    }
+
     /// The outcome for a request carrying this session.
     fn admit(&self, live: Arc<Live>, chunks: usize, secure: bool) -> Check<AuthOutcome> {
         let t = now();
@@ -1633,6 +1648,20 @@ impl Authenticator for SignIn {
         if !is_navigation(req) {
             return None;
         }
+        // A session the store cannot vouch for now (its revocations cannot
+        // be read): the browser keeps its cookie and is asked to come back.
+        // Sent to sign in, it would lose the cookie and, signed in again
+        // at once by the issuer's own session, come back with a session
+        // refused the same way, round and round.
+        if self.revocations_unknown(req) {
+            return Some(
+                problem(
+                    503,
+                    "sessions cannot be checked now (the session store does not answer); try again",
+                )
+                .header("retry-after", "5"),
+            );
+        }
         let target = match req.query() {
             Some(q) => format!("{}?{q}", req.path()),
             None => req.path().to_owned(),
@@ -1694,6 +1723,7 @@ mod tests {
         store: MemoryStore,
         first_revocation_fails: std::sync::atomic::AtomicBool,
         reads_fail: bool,
+        revocations_unknown: bool,
     }
 
     type StoreResult<T> = palisade_core::BoxFuture<Result<T, crate::store::StoreError>>;
@@ -1709,6 +1739,9 @@ mod tests {
             self.store.revoke(revocation)
         }
         fn is_revoked(&self, session: &SessionRef<'_>) -> Result<bool, crate::store::StoreError> {
+            if self.revocations_unknown {
+                return Err(crate::store::StoreError::Unavailable);
+            }
             self.store.is_revoked(session)
         }
         fn use_once(&self, key: &str, ttl: Duration) -> StoreResult<bool> {
@@ -1739,6 +1772,7 @@ mod tests {
             store: MemoryStore::default(),
             first_revocation_fails: std::sync::atomic::AtomicBool::new(false),
             reads_fail: true,
+            revocations_unknown: false,
         });
         let sign_in = SignIn::builder(issuer.issuer(), "shop")
             .keys(vec![key.clone()])
@@ -1788,12 +1822,74 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_the_store_cannot_vouch_for_is_answered_503_not_sent_round_to_sign_in() {
+        let issuer = palisade_testkit::TestIssuer::start().unwrap();
+        let key = CookieKey::new("k1", &[1; 32]).unwrap();
+        let relying_party = |revocations_unknown: bool| {
+            let store = Flaky {
+                store: MemoryStore::default(),
+                first_revocation_fails: std::sync::atomic::AtomicBool::new(false),
+                reads_fail: false,
+                revocations_unknown,
+            };
+            SignIn::builder(issuer.issuer(), "shop")
+                .keys(vec![key.clone()])
+                .store(Arc::new(store))
+                .build()
+                .unwrap()
+        };
+        let (down, up) = (relying_party(true), relying_party(false));
+        let start = std::time::Instant::now();
+        while down.0.issuer.metadata().is_none() || up.0.issuer.metadata().is_none() {
+            assert!(start.elapsed() < Duration::from_secs(10), "no discovery");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let t = now();
+        let session = Session {
+            v: 1,
+            id: "s1".into(),
+            sub: "alice".into(),
+            sid: None,
+            created_ms: now_ms(),
+            seen: t,
+            at: "at-0".into(),
+            at_exp: t + 3600,
+            rt: None,
+            it: None,
+            generation: 0,
+            store_key: None,
+        };
+        let page = OwnedRequest::get("/page")
+            .header("host", "app.test")
+            .header("sec-fetch-mode", "navigate");
+        let with_cookie = page
+            .clone()
+            .header("cookie", session_cookie(key.clone(), &Payload::Inline(session)));
+        let Check::Ready(AuthOutcome::NoCredential) = down.authenticate(&with_cookie) else {
+            panic!("a session whose revocations cannot be read is accepted")
+        };
+        let reply = down.sign_in(&with_cookie).expect("an answer");
+        assert_eq!(reply.status(), 503);
+        assert!(reply.headers().any(|(n, v)| n == "retry-after" && v == "5"));
+        assert!(
+            !reply.headers().any(|(n, _)| n == "set-cookie"),
+            "the browser keeps its cookie"
+        );
+        // Without a cookie, and with a store that answers, sign-in as ever.
+        assert_eq!(down.sign_in(&page).expect("a redirect").status(), 302);
+        let Check::Ready(AuthOutcome::Authenticated(_)) = up.authenticate(&with_cookie) else {
+            panic!("the session is refused by a store that answers")
+        };
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_logout_the_store_could_not_record_may_be_sent_again_and_then_only_once() {
         let issuer = palisade_testkit::TestIssuer::start().unwrap();
         let store = Flaky {
             store: MemoryStore::default(),
             first_revocation_fails: std::sync::atomic::AtomicBool::new(true),
             reads_fail: false,
+            revocations_unknown: false,
         };
         let sign_in = SignIn::builder(issuer.issuer(), "shop")
             .keys(vec![CookieKey::new("k1", &[1; 32]).unwrap()])
