@@ -72,7 +72,7 @@ use crate::identity::fill_from_session;
 
 use palisade_core::limits::ServerLimits;
 
-use crate::server::{LOG_TARGET, MtlsMode, ServerTls, starts_with_tls};
+use crate::server::{LOG_TARGET, MtlsMode, ServerTls, handshake_failed, starts_with_tls};
 /// actix-server's builder, which [`server`] returns.
 pub use actix_server::ServerBuilder;
 
@@ -291,6 +291,7 @@ struct FirstByte<'a, T, P> {
 impl<'a, T, P, TlsE, HttpE> Service<TcpStream> for FirstByte<'a, T, P>
 where
     T: Service<TcpStream, Response = (), Error = TlsError<TlsE, HttpE>> + 'a,
+    TlsE: std::error::Error + 'static,
     P: Service<TcpStream, Response = ()> + 'a,
 {
     type Response = ();
@@ -337,7 +338,7 @@ where
             let outcome = match (plain, secure) {
                 (Ok(None), Some(secure)) => match secure.call(tcp).await {
                     Err(TlsError::Timeout) => Err("TLS handshake timed out"),
-                    Err(TlsError::Tls(_)) => Err("TLS handshake failed"),
+                    Err(TlsError::Tls(e)) => Err(handshake_failed(&e)),
                     Err(TlsError::Service(_)) => Err("HTTP connection error"),
                     Ok(()) => Ok(()),
                 },

@@ -42,7 +42,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tower_service::Service;
 
 use crate::identity::fill_from_session;
-use crate::server::{MtlsMode, ServerTls, starts_with_tls};
+use crate::server::{MtlsMode, ServerTls, handshake_failed, starts_with_tls};
 
 /// Serves `service` on `listener` with `tls` and the default
 /// [`ServerLimits`] until `shutdown` completes, then lets open connections
@@ -140,7 +140,7 @@ impl Handshake for Tls {
             .acceptor
             .accept(tcp)
             .await
-            .map_err(|_| "TLS handshake failed")?;
+            .map_err(|e| handshake_failed(&e))?;
         fill_from_session(info, stream.get_ref().1);
         Ok(Box::new(stream) as Stream)
     }

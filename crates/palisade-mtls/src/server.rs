@@ -69,8 +69,10 @@ pub struct ServerTlsBuilder {
     key: PathBuf,
     client_ca: Option<PathBuf>,
     crls: Vec<PathBuf>,
-    mode: MtlsMode,
+    /// `None`: not asked for ([`MtlsMode::Strict`] with a client CA).
+    mode: Option<MtlsMode>,
     allow_unknown_revocation: bool,
+    allow_expired_crls: bool,
 }
 
 impl ServerTlsBuilder {
@@ -90,8 +92,12 @@ impl ServerTlsBuilder {
     }
 
     /// The mode (default [`MtlsMode::Strict`] with a client CA).
+    /// [`Strict`](MtlsMode::Strict) and
+    /// [`Permissive`](MtlsMode::Permissive) need a
+    /// [`client_ca`](Self::client_ca): without one, [`build`](Self::build)
+    /// fails rather than serve TLS to callers it cannot tell apart.
     pub fn mode(mut self, mode: MtlsMode) -> Self {
-        self.mode = mode;
+        self.mode = Some(mode);
         self
     }
 
@@ -103,15 +109,37 @@ impl ServerTlsBuilder {
         self
     }
 
+    /// Use CRLs past their `nextUpdate`. By default such a CRL fails every
+    /// client's handshake, as in OpenSSL (and so Envoy): whoever can stall
+    /// the CRL's publication would otherwise freeze revocation where it
+    /// stands. Publish CRLs in time rather than turn this on.
+    pub fn allow_expired_crls(mut self) -> Self {
+        tracing::warn!(target: LOG_TARGET, "CRLs past their nextUpdate are used");
+        self.allow_expired_crls = true;
+        self
+    }
+
     /// Loads the files and builds the server.
     ///
     /// # Errors
-    /// A [`TlsError`] naming the file that cannot be read or used.
+    /// A [`TlsError`] naming the file that cannot be read or used; one
+    /// naming the certificate when mutual TLS is asked for (a
+    /// [`mode`](Self::mode) other than `DISABLE`, or a [`crl`](Self::crl))
+    /// without a [`client_ca`](Self::client_ca) to check callers with.
     pub fn build(self) -> Result<ServerTls, TlsError> {
-        let mode = if self.client_ca.is_some() {
-            self.mode
-        } else {
-            MtlsMode::Disable
+        let mode = match (&self.client_ca, self.mode) {
+            (Some(_), mode) => mode.unwrap_or(MtlsMode::Strict),
+            (None, None | Some(MtlsMode::Disable)) if self.crls.is_empty() => MtlsMode::Disable,
+            (None, mode) => {
+                let asked = match mode {
+                    Some(mode) if mode != MtlsMode::Disable => format!("mode {mode:?}"),
+                    _ => "a CRL".to_owned(),
+                };
+                return Err(TlsError::new(
+                    &self.cert,
+                    format!("{asked} asks for mutual TLS, which needs a client CA to check callers with"),
+                ));
+            }
         };
         let files = Files {
             cert: self.cert,
@@ -119,6 +147,7 @@ impl ServerTlsBuilder {
             client_ca: self.client_ca,
             crls: self.crls,
             allow_unknown_revocation: self.allow_unknown_revocation,
+            allow_expired_crls: self.allow_expired_crls,
         };
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let material = Arc::new(ArcSwap::from_pointee(files.load(&provider, mode)?));
@@ -160,11 +189,56 @@ struct Files {
     client_ca: Option<PathBuf>,
     crls: Vec<PathBuf>,
     allow_unknown_revocation: bool,
+    allow_expired_crls: bool,
 }
 
 struct Material {
     key: Arc<CertifiedKey>,
     verifier: Option<Arc<dyn ClientCertVerifier>>,
+}
+
+/// Reports a failed handshake and gives the reason the connection's log
+/// line names: at `debug` with the TLS error for a client's own fault, and
+/// at `warn` (at most once a minute) when this server's CRLs are past their
+/// `nextUpdate`, which fails every client until a fresh CRL is loaded.
+pub(crate) fn handshake_failed(error: &(dyn std::error::Error + 'static)) -> &'static str {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static WARNED_AT: AtomicU64 = AtomicU64::new(0);
+    let mut source = Some(error);
+    let mut expired_crl = false;
+    while let Some(e) = source {
+        if let Some(rustls::Error::InvalidCertificate(c)) = e.downcast_ref::<rustls::Error>() {
+            expired_crl = matches!(
+                c,
+                rustls::CertificateError::ExpiredRevocationList
+                    | rustls::CertificateError::ExpiredRevocationListContext { .. }
+            );
+        }
+        // An io::Error's `source` is its inner error's source: the inner
+        // error itself (tokio-rustls's rustls error) is `get_ref`'s.
+        source = match e.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    if expired_crl {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = WARNED_AT.load(Ordering::Relaxed);
+        if now >= last + 60
+            && WARNED_AT
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(target: LOG_TARGET, "a client certificate was refused because a CRL is past its nextUpdate: every mutual TLS client is, until a fresh CRL is loaded");
+        }
+        return "TLS handshake failed: a CRL is past its nextUpdate";
+    }
+    tracing::debug!(target: LOG_TARGET, %error, "TLS handshake failed");
+    "TLS handshake failed"
 }
 
 impl Files {
@@ -199,6 +273,9 @@ impl Files {
                 }
                 if self.allow_unknown_revocation {
                     b = b.allow_unknown_revocation_status();
+                }
+                if !self.allow_expired_crls {
+                    b = b.enforce_revocation_expiration();
                 }
                 let first = self
                     .crls
@@ -266,8 +343,9 @@ impl ServerTls {
             key: key.into(),
             client_ca: None,
             crls: Vec::new(),
-            mode: MtlsMode::Strict,
+            mode: None,
             allow_unknown_revocation: false,
+            allow_expired_crls: false,
         }
     }
 
@@ -453,6 +531,73 @@ mod tests {
     fn resumed(client: &Arc<rustls::ClientConfig>, server: &ServerTls) -> Result<bool, rustls::Error> {
         let (_, s) = handshake(client.clone(), server.server_config())?;
         Ok(s.handshake_kind() == Some(rustls::HandshakeKind::Resumed))
+    }
+
+    #[test]
+    fn an_expired_crl_fails_handshakes_unless_allowed_out_loud() {
+        let dir = palisade_testkit::TempDir::new("palisade-mtls-expired-crl");
+        let pki = TestPki::new();
+        let client = pki.workload("default", "productpage");
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, pki.ca_pem()).unwrap();
+        let (cert, key) = pki.server(&["localhost"]).write_to(dir.path(), "server").unwrap();
+        let (fresh, expired) = (dir.path().join("fresh.pem"), dir.path().join("expired.pem"));
+        std::fs::write(&fresh, pki.crl_pem()).unwrap();
+        std::fs::write(&expired, pki.expired_crl_pem()).unwrap();
+        let config = || client_config(&pki.ca_pem(), &client);
+        let server = |crl: &Path| ServerTls::builder(&cert, &key).client_ca(&ca).crl(crl);
+        assert!(handshake(config(), server(&fresh).build().unwrap().server_config()).is_ok());
+        let refused = handshake(config(), server(&expired).build().unwrap().server_config())
+            .expect_err("an expired CRL is used");
+        assert!(
+            format!("{refused:?}").contains("ExpiredRevocationList"),
+            "{refused:?}"
+        );
+        // Said as the server's own trouble, whatever wraps it (tokio-rustls
+        // hands it over in an io::Error).
+        let wrapped = std::io::Error::new(std::io::ErrorKind::InvalidData, refused);
+        assert_eq!(
+            handshake_failed(&wrapped),
+            "TLS handshake failed: a CRL is past its nextUpdate"
+        );
+        let other = std::io::Error::new(std::io::ErrorKind::InvalidData, rustls::Error::DecryptError);
+        assert_eq!(handshake_failed(&other), "TLS handshake failed");
+        let allowed = server(&expired).allow_expired_crls().build().unwrap();
+        assert!(handshake(config(), allowed.server_config()).is_ok());
+    }
+
+    #[test]
+    fn mutual_tls_asked_for_without_a_client_ca_is_an_error_not_plain_tls() {
+        let dir = palisade_testkit::TempDir::new("palisade-mtls-no-ca");
+        let pki = TestPki::new();
+        let (cert, key) = pki.server(&["localhost"]).write_to(dir.path(), "server").unwrap();
+        for (b, asked) in [
+            (
+                ServerTls::builder(&cert, &key).mode(MtlsMode::Strict),
+                "mode Strict",
+            ),
+            (
+                ServerTls::builder(&cert, &key).mode(MtlsMode::Permissive),
+                "mode Permissive",
+            ),
+            (
+                ServerTls::builder(&cert, &key).crl(dir.path().join("crl.pem")),
+                "a CRL",
+            ),
+        ] {
+            let err = b.build().unwrap_err();
+            assert_eq!(err.file, cert.display().to_string());
+            assert!(
+                err.message.starts_with(asked) && err.message.contains("client CA"),
+                "{err}"
+            );
+        }
+        for plain in [
+            ServerTls::builder(&cert, &key),
+            ServerTls::builder(&cert, &key).mode(MtlsMode::Disable),
+        ] {
+            assert_eq!(plain.build().unwrap().mode(), MtlsMode::Disable);
+        }
     }
 
     /// A server that takes client certificates resumes no session (a

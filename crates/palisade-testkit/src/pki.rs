@@ -342,12 +342,28 @@ impl TestPki {
         self.crl().der().to_vec()
     }
 
+    /// A CRL like [`TestPki::crl_pem`]'s whose `nextUpdate` passed a day
+    /// ago: one a verifier that enforces CRL expiry (as OpenSSL does)
+    /// refuses to use.
+    ///
+    /// # Panics
+    /// If signing or encoding fails.
+    #[must_use]
+    pub fn expired_crl_pem(&self) -> String {
+        self.crl_until(now() - Duration::days(1))
+            .pem()
+            .expect("PEM-encoding a CRL the test CA has just signed")
+    }
+
     fn crl(&self) -> rcgen::CertificateRevocationList {
+        self.crl_until(now() + Duration::days(1))
+    }
+
+    fn crl_until(&self, next_update: OffsetDateTime) -> rcgen::CertificateRevocationList {
         let number = self.crl_number.fetch_add(1, Ordering::Relaxed) + 1;
-        let now = now();
         CertificateRevocationListParams {
-            this_update: now - Duration::hours(1),
-            next_update: now + Duration::days(1),
+            this_update: next_update - Duration::days(2),
+            next_update,
             crl_number: SerialNumber::from(number),
             issuing_distribution_point: None,
             revoked_certs: self.revoked.clone(),
