@@ -653,7 +653,7 @@ spec:
             "cases:
 - {name: v1 on any port, workload: default/details, request: GET /, expect: allow}
 - {name: v2 on 9080, workload: default/details, labels: {version: v2}, port: 9080, source_ip: 198.51.100.1, request: GET /, expect: allow}
-- {name: v2 elsewhere, workload: default/details, labels: {version: v2}, port: 8080, request: GET /, expect: deny, status: 403}
+- {name: v2 elsewhere, workload: default/details, labels: {version: v2}, port: 8080, source_ip: 198.51.100.1, request: GET /, expect: deny, status: 403}
 - {name: v2 from a blocked range, workload: default/details, labels: {version: v2}, port: 9080, source_ip: 203.0.113.7, request: GET /, expect: deny}
 - {name: logout, workload: default/details, request: GET /logout, expect: reply, status: 302}
 - {name: not a reply, workload: default/details, request: GET /logout, expect: deny}

@@ -237,7 +237,7 @@ impl Bench {
         if head.read_local.get() {
             match req.port {
                 None => notes.push(format!(
-                    "{w}: a rule read the port the request arrived on (ports, notPorts, destination.port or destination.ip), and none was given: it is unknown, as to a guard whose server cannot tell it, so `ports` match nothing and `notPorts` everything; a service knows its port: give it with --port N (`port:` in a case)"
+                    "{w}: a rule read the port the request arrived on (ports, notPorts, destination.port or destination.ip), and none was given: it is unknown, as to a guard whose server cannot tell it, and the request is refused as such a guard refuses it; a service knows its port: give it with --port N (`port:` in a case)"
                 )),
                 Some(_) if self.reads_destination_ip => notes.push(format!(
                     "{w}: destination.ip is read, and it is taken as 0.0.0.0 offline"
@@ -247,7 +247,7 @@ impl Bench {
         }
         if head.read_remote.get() && req.source_ip.is_none() {
             notes.push(format!(
-                "{w}: a rule read the caller's address (ipBlocks, notIpBlocks, source.ip, or remoteIpBlocks without a trusted X-Forwarded-For), and none was given: it is unknown, as to a guard whose server cannot tell it, so `ipBlocks` match nothing and `notIpBlocks` everything; give it with --source-ip IP (`source_ip:` in a case)"
+                "{w}: a rule read the caller's address (ipBlocks, notIpBlocks, source.ip, or remoteIpBlocks without a trusted X-Forwarded-For), and none was given: it is unknown, as to a guard whose server cannot tell it, and the request is refused as such a guard refuses it; give it with --source-ip IP (`source_ip:` in a case)"
             ));
         }
         if outcome.missing_credential && self.sign_in.is_some() && is_navigation(&head) {
@@ -854,6 +854,10 @@ spec:
   - from: [{source: {ipBlocks: [10.0.0.0/8]}}]
 ";
 
+    /// The policy name of a guard's refusal when the server gives no
+    /// address a rule reads.
+    const UNKNOWN: &str = "(the connection's addresses are unknown)";
+
     #[test]
     fn ports_and_addresses_are_unknown_unless_given_and_a_note_says_so() {
         let decide = |req: Request| {
@@ -866,18 +870,23 @@ spec:
                 notes,
             )
         };
-        // No rule reads an address: no note.
-        let (verdict, _, _, notes) = decide(request("GET /healthz"));
+        // Both addresses given: no note.
+        let (verdict, _, _, notes) = decide(Request {
+            port: Some(9080),
+            source_ip: Some("192.0.2.1".parse().unwrap()),
+            ..request("GET /healthz")
+        });
         assert_eq!((verdict, notes.len()), (Verdict::Allow, 0), "{notes:?}");
-        // The port is unknown: `notPorts` matches, as in a guard whose
-        // server cannot tell it.
+        // The port is unknown: refused, as by a guard whose server cannot
+        // tell it (a DENY on `ports` could not be told from one that does
+        // not apply).
         let (verdict, status, policy, notes) = decide(Request {
             source_ip: Some("10.1.2.3".parse().unwrap()),
             ..request("GET /admin/users")
         });
         assert_eq!(
             (verdict, status, policy.as_deref()),
-            (Verdict::Deny, 403, Some("default/only-9080"))
+            (Verdict::Deny, 403, Some(UNKNOWN))
         );
         assert_eq!(notes.len(), 1, "{notes:?}");
         assert!(notes[0].contains("give it with --port N"), "{notes:?}");
@@ -891,10 +900,7 @@ spec:
         let Check::Ready(Decision::Deny(r)) = running.check(&OwnedRequest::get("/admin/users")) else {
             panic!("a guard that cannot tell the port denies too")
         };
-        assert_eq!(
-            r.access().and_then(AccessDecision::policy),
-            Some("default/only-9080")
-        );
+        assert_eq!(r.access().and_then(AccessDecision::policy), Some(UNKNOWN));
         // On the port the service listens on.
         let (verdict, _, policy, notes) = decide(Request {
             port: Some(9080),
@@ -912,12 +918,15 @@ spec:
             ..request("GET /admin/users")
         });
         assert_eq!(verdict, Verdict::Deny);
-        // The source address: unknown, `ipBlocks` match nothing.
-        let (verdict, status, _, notes) = decide(Request {
+        // The source address unknown: refused the same way.
+        let (verdict, status, policy, notes) = decide(Request {
             port: Some(9080),
-            ..request("GET /list")
+            ..request("GET /healthz")
         });
-        assert_eq!((verdict, status), (Verdict::Deny, 403));
+        assert_eq!(
+            (verdict, status, policy.as_deref()),
+            (Verdict::Deny, 403, Some(UNKNOWN))
+        );
         assert_eq!(notes.len(), 1, "{notes:?}");
         assert!(notes[0].contains("give it with --source-ip IP"), "{notes:?}");
         let (verdict, ..) = decide(Request {

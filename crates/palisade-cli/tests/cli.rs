@@ -613,10 +613,19 @@ spec:
     );
     assert_eq!(elsewhere["reason"], "the token is not meant for this service");
 
-    // A caller's address: unknown unless given.
+    // A caller's address: unknown unless given, and then refused, as a
+    // guard whose server cannot tell it refuses.
     let proxy = "examples/policies/behind-proxy.yaml";
     let unknown = explain(&[proxy, "--request", "GET /list"]);
-    assert_eq!(unknown["decision"], "allow");
+    assert_eq!(
+        summary(&unknown),
+        (
+            "deny".into(),
+            403,
+            Value::from("(the connection's addresses are unknown)"),
+            Value::Null
+        )
+    );
     assert!(notes(&unknown)[0].contains("--source-ip IP"), "{unknown}");
     let blocked = explain(&[proxy, "--request", "GET /list", "--source-ip", "203.0.113.5"]);
     assert_eq!(
@@ -630,8 +639,9 @@ spec:
     );
     assert!(notes(&blocked).is_empty(), "{blocked}");
 
-    // A DENY with notPorts denies everything while the port is unknown,
-    // as a guard that cannot tell it would; on the service's port it does not.
+    // A policy that reads the port refuses everything while the port is
+    // unknown, as a guard that cannot tell it does; on the service's port
+    // it decides.
     let ports = dir.file(
         "ports.yaml",
         "apiVersion: security.istio.io/v1
@@ -648,8 +658,8 @@ spec:
         (
             "deny".into(),
             403,
-            Value::from("default/only-9080"),
-            Value::from(0)
+            Value::from("(the connection's addresses are unknown)"),
+            Value::Null
         )
     );
     assert!(notes(&unknown)[0].contains("--port N"), "{unknown}");
@@ -657,7 +667,15 @@ spec:
     assert_eq!(on["decision"], "allow");
     assert!(notes(&on).is_empty(), "{on}");
     let off = explain(&[&ports, "--request", "GET /list", "--port", "9443"]);
-    assert_eq!(off["decision"], "deny");
+    assert_eq!(
+        summary(&off),
+        (
+            "deny".into(),
+            403,
+            Value::from("default/only-9080"),
+            Value::from(0)
+        )
+    );
 }
 
 #[test]

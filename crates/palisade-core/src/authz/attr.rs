@@ -59,7 +59,7 @@ impl Ctx<'_> {
     /// Istio's `remote.ip`: with `n` trusted proxies, the `n`-th address from
     /// the right of `X-Forwarded-For` (Envoy's `xff_num_trusted_hops`); the
     /// connection's address when `n` is 0 or the header is shorter or bad.
-    fn remote_ip(&self) -> Option<IpAddr> {
+    pub(crate) fn remote_ip(&self) -> Option<IpAddr> {
         let n = self.trusted_proxies;
         if n > 0 {
             let mut hops: Vec<String> = Vec::new();
@@ -343,5 +343,23 @@ impl Clause {
     /// Whether this clause reads the path.
     pub(crate) fn reads_path(&self) -> bool {
         matches!(self.test, Test::Path(_))
+    }
+
+    /// Whether this clause reads the connection's remote address
+    /// (`source.ip`, `ipBlocks`).
+    pub(crate) fn reads_remote_addr(&self) -> bool {
+        matches!(self.test, Test::Ip(IpAttr::Source, _))
+    }
+
+    /// Whether this clause reads `remote.ip` (`remoteIpBlocks`): the
+    /// trusted `X-Forwarded-For` hop, or the remote address without one.
+    pub(crate) fn reads_remote_ip(&self) -> bool {
+        matches!(self.test, Test::Ip(IpAttr::Remote, _))
+    }
+
+    /// Whether this clause reads the connection's local address
+    /// (`destination.ip`, `destination.port`, `ports`).
+    pub(crate) fn reads_local_addr(&self) -> bool {
+        matches!(self.test, Test::Ip(IpAttr::Destination, _) | Test::Port(_))
     }
 }

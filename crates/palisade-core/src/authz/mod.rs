@@ -560,6 +560,15 @@ struct Engine {
     /// candidate lists.
     allow_only: bool,
     reads_path: bool,
+    /// Whether some rule reads the connection's remote or local address:
+    /// a request whose server gives none is refused rather than decided as
+    /// if no such rule could match (a DENY on `ipBlocks` or `ports` would
+    /// never fire).
+    reads_remote_addr: bool,
+    reads_local_addr: bool,
+    /// `remote.ip` read behind trusted proxies: unknown only when neither
+    /// `X-Forwarded-For` nor the connection gives it.
+    reads_forwarded: bool,
     headers: Vec<String>,
     settings: AuthzSettings,
     /// The claims `request.auth.claims[…]` splits on spaces, per issuer.
@@ -568,6 +577,9 @@ struct Engine {
     /// policies' rules in order.
     matched: Striped,
 }
+
+/// The policy name of [`AccessDecision::addresses_unknown`]'s refusal.
+const ADDRESSES_UNKNOWN: &str = "(the connection's addresses are unknown)";
 
 impl Engine {
     fn new(mut policies: Vec<CompiledPolicy>, allow_by_rbac: bool, settings: AuthzSettings) -> Self {
@@ -580,12 +592,16 @@ impl Engine {
         let dry = |a: Action| move |p: &CompiledPolicy| p.action == a && p.dry_run;
         let mut headers: Vec<String> = Vec::new();
         let mut reads_path = false;
+        let (mut reads_remote_addr, mut reads_local_addr, mut reads_forwarded) = (false, false, false);
         for p in &policies {
             if let Some((_, r)) = &p.provider {
                 headers.extend(r.headers.iter().cloned());
             }
             for c in p.rules.iter().flat_map(CompiledRule::clauses) {
                 reads_path |= c.reads_path();
+                reads_remote_addr |= c.reads_remote_addr();
+                reads_local_addr |= c.reads_local_addr();
+                reads_forwarded |= c.reads_remote_ip();
                 if let Some(h) = c.header() {
                     headers.push(h.to_owned());
                 }
@@ -619,6 +635,10 @@ impl Engine {
                 .flat_map(|p| &p.rules)
                 .any(CompiledRule::reads_end_user),
             reads_path,
+            // Without trusted proxies, `remote.ip` is the connection's.
+            reads_remote_addr: reads_remote_addr || (reads_forwarded && settings.trusted_proxies == 0),
+            reads_local_addr,
+            reads_forwarded: reads_forwarded && settings.trusted_proxies > 0,
             headers,
             settings,
             policies,
@@ -768,6 +788,27 @@ impl AccessDecision {
         }
     }
 
+    /// The refusal of a request whose server gives the policy none of the
+    /// connection addresses its rules read; said once, as an error, with
+    /// the fix.
+    #[cold]
+    #[inline(never)]
+    fn addresses_unknown() -> Self {
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| {
+            tracing::error!(
+                target: LOG_TARGET,
+                "the access policy reads connection addresses (ipBlocks, ports, source.ip, destination.*) and the server gives none: such requests are refused. Serve with palisade::axum::serve, or axum's into_make_service_with_connect_info::<palisade::axum::ConnectAddrs>()"
+            );
+        });
+        Self {
+            allowed: false,
+            action: Some(Action::Deny),
+            policy: Some(ADDRESSES_UNKNOWN),
+            ..Self::default_allow()
+        }
+    }
+
     fn no_allow_matched() -> Self {
         Self {
             allowed: false,
@@ -826,6 +867,12 @@ impl fmt::Display for AccessDecision {
         let verdict = if self.allowed { "allowed" } else { "denied" };
         match (&self.policy, self.rule, self.action) {
             (Some(p), Some(r), Some(a)) => write!(f, "{verdict} by {} policy {p} rule {r}", a.as_str())?,
+            (Some(p), None, _) if *p == ADDRESSES_UNKNOWN => {
+                write!(
+                    f,
+                    "{verdict}: the connection's addresses, which the policy reads, are unknown"
+                )?;
+            }
             (_, _, _) if self.allowed => write!(f, "{verdict}: no ALLOW policy applies")?,
             _ => write!(f, "{verdict}: no ALLOW rule matched")?,
         }
@@ -1080,6 +1127,12 @@ impl AccessPolicy {
             trusted_proxies: engine.settings.trusted_proxies,
             split_claims: &engine.split_claims,
         };
+        if (engine.reads_remote_addr && req.remote_addr().is_none())
+            || (engine.reads_local_addr && req.local_addr().is_none())
+            || (engine.reads_forwarded && ctx.remote_ip().is_none())
+        {
+            return Check::Ready(AccessDecision::addresses_unknown());
+        }
         let custom = if engine.custom.is_empty() {
             None
         } else {

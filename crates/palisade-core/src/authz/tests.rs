@@ -364,9 +364,62 @@ fn ports_and_destination_conditions_read_the_local_address() {
         &OwnedRequest::get("/").connection(conn("1.2.3.4:1", "127.0.0.1:9081")),
         None
     ));
-    assert!(
-        !allowed(&p, &OwnedRequest::get("/"), None),
-        "no connection facts: no port"
+    assert_eq!(
+        p.evaluate(&OwnedRequest::get("/"), None).policy(),
+        Some(ADDRESSES_UNKNOWN),
+        "no connection facts: refused"
+    );
+}
+
+#[test]
+fn a_rule_on_addresses_the_server_does_not_give_refuses_rather_than_never_matching() {
+    let deny = |when: &str| policy(&format!("{HEAD}spec:\n  action: DENY\n  rules: [{{{when}}}]\n")).unwrap();
+    let known = OwnedRequest::get("/").connection(conn("198.51.100.1:1", "127.0.0.1:9080"));
+    for (rule, reads) in [
+        (
+            "from: [{source: {ipBlocks: [203.0.113.0/24]}}]",
+            "the remote address",
+        ),
+        ("to: [{operation: {ports: [\"8080\"]}}]", "the port"),
+        (
+            "when: [{key: destination.ip, values: [10.0.0.0/8]}]",
+            "the local address",
+        ),
+        (
+            "from: [{source: {remoteIpBlocks: [203.0.113.0/24]}}]",
+            "remote.ip without trusted proxies",
+        ),
+    ] {
+        let p = deny(rule);
+        assert!(allowed(&p, &known, None), "{reads}: the DENY does not apply");
+        let d = p.evaluate(&OwnedRequest::get("/"), None);
+        assert!(
+            !d.is_allowed(),
+            "{reads} unknown: a DENY that could apply is no reason to admit"
+        );
+        assert_eq!(d.policy(), Some(ADDRESSES_UNKNOWN), "{reads}");
+        assert_eq!(
+            d.to_string(),
+            "denied: the connection's addresses, which the policy reads, are unknown"
+        );
+    }
+    // A policy that reads no address decides without them.
+    assert!(allowed(
+        &deny("to: [{operation: {paths: [/admin]}}]"),
+        &OwnedRequest::get("/"),
+        None
+    ));
+    // Behind a trusted proxy, `remote.ip` comes from X-Forwarded-For.
+    let behind = policy(&format!(
+        "apiVersion: palisade.dev/v1alpha1\nkind: AuthorizationSettings\nmetadata: {{name: t}}\nspec: {{numTrustedProxies: 1}}\n---\n{HEAD}spec:\n  action: DENY\n  rules: [{{from: [{{source: {{remoteIpBlocks: [203.0.113.0/24]}}}}]}}]\n"
+    ))
+    .unwrap();
+    let forwarded = |xff: &str| OwnedRequest::get("/").header("x-forwarded-for", xff);
+    assert!(allowed(&behind, &forwarded("198.51.100.7"), None));
+    assert!(!allowed(&behind, &forwarded("203.0.113.7"), None));
+    assert_eq!(
+        behind.evaluate(&OwnedRequest::get("/"), None).policy(),
+        Some(ADDRESSES_UNKNOWN)
     );
 }
 
