@@ -1336,11 +1336,12 @@ impl JwtAuthenticator {
         }
         // Ory Hydra (fosite) names no `token_type` for a refresh token and
         // says what it is in `token_use`, which Ory tells resource servers
-        // to check.
-        if claims
-            .get("token_use")
-            .is_some_and(|t| t.as_str() != Some("access_token"))
-        {
+        // to check; Cognito's claims say `access` or `id` there.
+        if claims.get("token_use").and_then(Value::as_str).is_some_and(|t| {
+            ["refresh_token", "refresh", "id_token", "id"]
+                .iter()
+                .any(|kind| t.eq_ignore_ascii_case(kind))
+        }) {
             return Err(JwtError::WrongType);
         }
         let exp = number(&claims, "exp")?;

@@ -705,11 +705,11 @@ mod tests {
         let answer = |body: &str| jwt.introspection_answer("https://i.example", body.as_bytes());
         let id = answer(r#"{"active":true,"sub":"alice","aud":"api","exp":4102444800}"#).unwrap();
         assert_eq!(id.subject(), Some("alice"));
-        assert!(
-            answer(r#"{"active":true,"sub":"a","aud":"api","exp":4102444800,"token_use":"access_token"}"#)
-                .is_ok(),
-            "Ory's access token"
-        );
+        for access in ["access_token", "access"] {
+            let body =
+                format!(r#"{{"active":true,"sub":"a","aud":"api","exp":4102444800,"token_use":"{access}"}}"#);
+            assert!(answer(&body).is_ok(), "{body}: Ory's and Cognito's access tokens");
+        }
         assert_eq!(id.issuer(), Some("https://i.example"));
         for (body, refusal) in [
             (
@@ -735,6 +735,10 @@ mod tests {
             ),
             (
                 r#"{"active":true,"sub":"a","aud":"api","exp":4102444800,"client_id":"web","token_use":"refresh_token"}"#,
+                JwtError::WrongType,
+            ),
+            (
+                r#"{"active":true,"sub":"a","aud":"api","exp":4102444800,"token_use":"id"}"#,
                 JwtError::WrongType,
             ),
             (r#"[{"active":true}]"#, JwtError::IntrospectionUnavailable),

@@ -139,7 +139,6 @@ fn claim_values(value: &Value, split_spaces: bool, f: &mut dyn FnMut(&str) -> bo
     }
 }
 
-/// Calls `f` on each value of `attr` until it returns true.
 /// The value of the header `name` as Envoy's RBAC matches it: the values
 /// of a repeated header joined by `,` (since CVE-2020-25017), so that a
 /// rule on `x-env: prod` cannot be met, or a `notValues` escaped, by
@@ -157,6 +156,47 @@ fn header_joined<'r>(req: &'r dyn RequestHead, name: &str) -> Option<Cow<'r, [u8
         i += 1;
     }
     Some(Cow::Owned(joined))
+}
+
+/// Whether the peer is in a namespace `ms` names, as Istio's `namespaces`
+/// reads it: each pattern in the regex `.*/ns/NS/.*` over the whole
+/// principal, its `*` as `.*`, which may reach past the namespace's
+/// segment (`*prod` is in `td/ns/dev/sa/prod/pod/1`, as in Istio). A peer
+/// with no principal is matched by the namespace it came with.
+fn peer_in_namespace(ctx: &Ctx<'_>, ms: &[StrMatch]) -> bool {
+    let Some(peer) = ctx.id.and_then(Identity::peer) else {
+        return false;
+    };
+    match peer.principal.as_deref() {
+        Some(principal) if principal.contains("/ns/") => {
+            let mut from = 0;
+            while let Some(at) = principal[from..].find("/ns/") {
+                let start = from + at + "/ns/".len();
+                let rest = &principal[start..];
+                if ms.iter().any(|m| namespace_regex_matches(m, rest)) {
+                    return true;
+                }
+                from = start - 1;
+            }
+            false
+        }
+        _ => peer
+            .namespace
+            .as_deref()
+            .is_some_and(|ns| ms.iter().any(|m| m.matches(ns))),
+    }
+}
+
+/// Whether `rest`, what follows an `/ns/` of a principal, meets `NS/.*` of
+/// Istio's regex for the pattern `m`.
+fn namespace_regex_matches(m: &StrMatch, rest: &str) -> bool {
+    let slashes = || rest.match_indices('/').map(|(i, _)| i);
+    match m {
+        StrMatch::Exact(e) => rest.strip_prefix(&**e).is_some_and(|r| r.starts_with('/')),
+        StrMatch::Prefix(p) => rest.strip_prefix(&**p).is_some_and(|r| r.contains('/')),
+        StrMatch::Suffix(s) => slashes().any(|i| rest[..i].ends_with(&**s)),
+        StrMatch::Any => rest.contains('/'),
+    }
 }
 
 /// The namespaces a peer principal is in as Istio's `namespaces` reads
@@ -179,6 +219,8 @@ fn principal_namespaces(principal: &str) -> impl Iterator<Item = &str> {
     })
 }
 
+/// Calls `f` on each value of `attr` until it returns true (a header's
+/// one value: its values joined, [`header_joined`]).
 pub(crate) fn any_value(attr: &StrAttr, ctx: &Ctx<'_>, f: &mut dyn FnMut(&str) -> bool) -> bool {
     let id = ctx.id;
     match attr {
@@ -289,6 +331,7 @@ impl Clause {
             Test::Str(StrAttr::Header(name), ms) => {
                 header_joined(ctx.req, name).is_some_and(|v| ms.iter().any(|m| m.matches_bytes(&v)))
             }
+            Test::Str(StrAttr::PeerNamespace, ms) => peer_in_namespace(ctx, ms),
             Test::Str(attr, ms) => any_value(attr, ctx, &mut |v| ms.iter().any(|m| m.matches(v))),
             Test::Host(ms) => ctx
                 .req

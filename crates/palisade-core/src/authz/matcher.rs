@@ -51,8 +51,10 @@ impl StrMatch {
         }
     }
 
-    /// [`matches`](Self::matches) on raw bytes (a header value that is not
-    /// UTF-8: Envoy's header matchers compare bytes, and `*` means present).
+    /// [`matches`](Self::matches) on raw bytes, for a header's value (one
+    /// that is not UTF-8 too: Envoy's header matchers compare bytes), but
+    /// that `*` means present, an empty value too, as Envoy's presence
+    /// match.
     pub(crate) fn matches_bytes(&self, value: &[u8]) -> bool {
         match self {
             StrMatch::Any => true,

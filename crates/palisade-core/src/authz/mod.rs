@@ -597,11 +597,14 @@ impl Engine {
             if let Some((_, r)) = &p.provider {
                 headers.extend(r.headers.iter().cloned());
             }
+            // Only an enforced decision refuses for want of an address: a
+            // dry-run or AUDIT policy is reported, never in the way.
+            let enforced = !p.dry_run && p.action != Action::Audit;
             for c in p.rules.iter().flat_map(CompiledRule::clauses) {
                 reads_path |= c.reads_path();
-                reads_remote_addr |= c.reads_remote_addr();
-                reads_local_addr |= c.reads_local_addr();
-                reads_forwarded |= c.reads_remote_ip();
+                reads_remote_addr |= enforced && c.reads_remote_addr();
+                reads_local_addr |= enforced && c.reads_local_addr();
+                reads_forwarded |= enforced && c.reads_remote_ip();
                 if let Some(h) = c.header() {
                     headers.push(h.to_owned());
                 }
@@ -798,7 +801,7 @@ impl AccessDecision {
         SAID.call_once(|| {
             tracing::error!(
                 target: LOG_TARGET,
-                "the access policy reads connection addresses (ipBlocks, ports, source.ip, destination.*) and the server gives none: such requests are refused. Serve with palisade::axum::serve, or axum's into_make_service_with_connect_info::<palisade::axum::ConnectAddrs>()"
+                "the access policy reads connection addresses (ipBlocks, ports, source.ip, destination.*) and the server gives none: such requests are refused. With axum, serve with palisade::axum::serve or into_make_service_with_connect_info::<palisade::axum::ConnectAddrs>(); with actix-web bound to an unspecified address (0.0.0.0), add palisade::actix::on_connect to the HttpServer"
             );
         });
         Self {
@@ -1127,11 +1130,17 @@ impl AccessPolicy {
             trusted_proxies: engine.settings.trusted_proxies,
             split_claims: &engine.split_claims,
         };
-        if (engine.reads_remote_addr && req.remote_addr().is_none())
-            || (engine.reads_local_addr && req.local_addr().is_none())
-            || (engine.reads_forwarded && ctx.remote_ip().is_none())
-        {
-            return Check::Ready(AccessDecision::addresses_unknown());
+        if engine.reads_remote_addr || engine.reads_local_addr || engine.reads_forwarded {
+            // Each read (`palisade explain` notes what was read and not given).
+            let remote = engine.reads_remote_addr && req.remote_addr().is_none();
+            let local = engine.reads_local_addr && req.local_addr().is_none();
+            // `remote.ip` falls back to the remote address: X-Forwarded-For
+            // is read only when there is none.
+            let forwarded =
+                engine.reads_forwarded && req.remote_addr().is_none() && ctx.remote_ip().is_none();
+            if remote || local || forwarded {
+                return Check::Ready(AccessDecision::addresses_unknown());
+            }
         }
         let custom = if engine.custom.is_empty() {
             None

@@ -244,12 +244,13 @@ fn role_rule(wl: &Workload, rule: &AccessRuleSpec) -> Result<RoleRule, FieldErro
         if c.values.is_empty() {
             return Err((format!("{field}.values"), "must not be empty".into()));
         }
+        // Decided here, as Istio's pilot decided them (`stringMatch`): a
+        // `*` matches any value, an empty label too.
         let any = |value: &str| -> Result<bool, FieldError> {
             let mut hit = false;
             for (i, v) in c.values.iter().enumerate() {
-                hit |= StrMatch::parse(v)
-                    .map_err(|e| (format!("{field}.values[{i}]"), e))?
-                    .matches(value);
+                let m = StrMatch::parse(v).map_err(|e| (format!("{field}.values[{i}]"), e))?;
+                hit |= matches!(m, StrMatch::Any) || m.matches(value);
             }
             Ok(hit)
         };

@@ -327,6 +327,18 @@ fn namespaces_are_read_from_the_whole_principal_as_istios_regex() {
     .unwrap();
     assert!(allowed(&allow, &req, Some(&peer_only("td/ns/prod-eu/sa/a/b"))));
     assert!(!allowed(&allow, &req, Some(&peer_only("td/ns/dev/sa/prod"))));
+    // A wildcard is Istio's `.*`, which may reach past the segment.
+    let suffix = policy(&format!(
+        "{HEAD}spec:\n  rules: [{{from: [{{source: {{namespaces: [\"*prod\"]}}}}]}}]\n"
+    ))
+    .unwrap();
+    assert!(allowed(&suffix, &req, Some(&peer_only("td/ns/eu-prod/sa/a"))));
+    assert!(allowed(
+        &suffix,
+        &req,
+        Some(&peer_only("td/ns/dev/sa/prod/pod/1"))
+    ));
+    assert!(!allowed(&suffix, &req, Some(&peer_only("td/ns/dev/sa/prod"))));
 }
 
 #[test]
@@ -756,6 +768,19 @@ fn rbac_roles_and_bindings_compile_into_the_engine() {
         &get,
         Some(&peer("cluster.local/ns/default/sa/productpage"))
     ));
+    // A `*` constraint on a label matches any value, an empty one too, as
+    // Istio's pilot decided it.
+    let star = RBAC.replace("values: [v1, v2]}]", "values: [\"*\"]}]");
+    assert_ne!(star, RBAC);
+    let star = PolicySet::from_yaml_str(&star, "r.yaml").unwrap();
+    let empty =
+        AccessPolicy::compile(&star.for_workload(&Workload::new("details", "default").label("version", "")))
+            .unwrap();
+    assert!(allowed(
+        &empty,
+        &get,
+        Some(&peer("cluster.local/ns/default/sa/productpage"))
+    ));
     // RBAC is not on for another namespace: everything passes, as in Istio.
     let other = AccessPolicy::compile(&set.for_workload(&Workload::new("details", "prod"))).unwrap();
     assert!(allowed(&other, &get, None));
@@ -943,6 +968,13 @@ fn rules_without_paths_are_indexed_by_host_claim_principal_or_header() {
         };
         let d = p.evaluate(&req, id.as_ref());
         assert_eq!(d.rule(), Some(500), "{kind}");
+        if kind == "header" {
+            // Through the index too, a repeated header is its values joined.
+            let twice = OwnedRequest::get("/x")
+                .header("x-team", "team500")
+                .header("x-team", "team500");
+            assert!(!allowed(&p, &twice, None), "`team500,team500` is no team");
+        }
         let other = OwnedRequest::get("/").header("host", "svc1000.example");
         assert!(!allowed(&p, &other, None), "{kind}");
     }
