@@ -1134,10 +1134,9 @@ impl AccessPolicy {
             // Each read (`palisade explain` notes what was read and not given).
             let remote = engine.reads_remote_addr && req.remote_addr().is_none();
             let local = engine.reads_local_addr && req.local_addr().is_none();
-            // `remote.ip` falls back to the remote address: X-Forwarded-For
-            // is read only when there is none.
-            let forwarded =
-                engine.reads_forwarded && req.remote_addr().is_none() && ctx.remote_ip().is_none();
+            // `remote.ip` reads the remote address only when
+            // X-Forwarded-For has no trusted hop.
+            let forwarded = engine.reads_forwarded && ctx.remote_ip().is_none();
             if remote || local || forwarded {
                 return Check::Ready(AccessDecision::addresses_unknown());
             }
