@@ -548,15 +548,17 @@ fn origin(req: &dyn RequestHead) -> Option<String> {
 
 /// Whether a request is a browser's navigation (a page load, not an API
 /// call): a `GET` or `HEAD` with `Sec-Fetch-Mode: navigate`, or without
-/// that header accepting HTML. Only a navigation is sent to sign in; an
-/// API call, and a form's `POST`, get the 401 (a redirect would lose the
-/// form).
+/// that header accepting HTML and not saying it comes from a script
+/// (`X-Requested-With`). Only a navigation is sent to sign in; an API
+/// call, and a form's `POST`, get the 401 (a redirect would lose the form).
 ///
 /// ```
 /// use palisade_core::authn::OwnedRequest;
 /// let page = OwnedRequest::get("/p").header("accept", "text/html");
 /// assert!(palisade_signin::is_navigation(&page));
 /// assert!(!palisade_signin::is_navigation(&OwnedRequest::get("/api")));
+/// let ajax = page.clone().header("x-requested-with", "XMLHttpRequest");
+/// assert!(!palisade_signin::is_navigation(&ajax));
 /// ```
 #[must_use]
 pub fn is_navigation(req: &dyn RequestHead) -> bool {
@@ -565,7 +567,12 @@ pub fn is_navigation(req: &dyn RequestHead) -> bool {
     }
     match req.header_str("sec-fetch-mode") {
         Some(mode) => mode.eq_ignore_ascii_case("navigate"),
-        None => req.header_str("accept").is_some_and(|a| a.contains("text/html")),
+        // A script's request says so (jQuery's `X-Requested-With`, as
+        // Spring Security reads it) even when it asks for HTML.
+        None => {
+            req.header_str("x-requested-with").is_none()
+                && req.header_str("accept").is_some_and(|a| a.contains("text/html"))
+        }
     }
 }
 
@@ -625,7 +632,7 @@ fn same(a: &str, b: &str) -> bool {
 impl SignIn {
     /// The redirect to the issuer that starts a sign-in returning to
     /// `return_to`, with its login-state cookie.
-    fn start_sign_in(&self, req: &dyn RequestHead, return_to: &str) -> Option<Reply> {
+    fn start_sign_in(&self, req: &dyn RequestHead, return_to: &str, clear_session: bool) -> Option<Reply> {
         let metadata = self.0.issuer.metadata()?;
         let origin = self.origin(req)?;
         let c = &self.0.config;
@@ -676,9 +683,14 @@ impl SignIn {
         let mut reply = with_cookies(Reply::redirect(location), self.prune_logins(req, secure));
         reply = with_cookies(reply, state_cookie);
         // A stale session cookie goes now, so the browser comes back clean.
+        // Not at `loginPath`, which any site can send a browser to: the
+        // session a user has stays until the sign-in replaces it (a
+        // cookie that does not open goes all the same).
         let chunks = match self.sealer(secure).raw(req) {
             RawCookie::Absent => 0,
-            RawCookie::Present { chunks, .. } | RawCookie::Invalid { chunks, .. } => chunks,
+            RawCookie::Present { chunks, .. } if clear_session => chunks,
+            RawCookie::Present { .. } => 0,
+            RawCookie::Invalid { chunks, .. } => chunks,
         };
         if chunks > 0 {
             reply = with_cookies(reply, self.sealer(secure).clear(chunks));
@@ -707,7 +719,7 @@ impl SignIn {
         if own.is_none() {
             return problem(400, "the request's Host header is missing or not a host name");
         }
-        self.start_sign_in(req, &target).unwrap_or_else(|| {
+        self.start_sign_in(req, &target, false).unwrap_or_else(|| {
             problem(
                 503,
                 "sign-in is not ready: the issuer's discovery document has not loaded yet",
@@ -788,9 +800,18 @@ impl SignIn {
         let Some(code) = param(query, "code").filter(|c| !c.is_empty()) else {
             return refuse(400, "the sign-in callback has no code");
         };
+        // A session the browser kept through the sign-in (`loginPath`
+        // leaves it): the new one replaces every chunk of it.
+        let previous_chunks = match self.sealer(secure).raw(req) {
+            RawCookie::Absent => 0,
+            RawCookie::Present { chunks, .. } | RawCookie::Invalid { chunks, .. } => chunks,
+        };
         let this = self.clone();
         Check::pending(async move {
-            match this.finish_sign_in(&metadata, code, state, secure).await {
+            match this
+                .finish_sign_in(&metadata, code, state, secure, previous_chunks)
+                .await
+            {
                 Ok(reply) => with_cookies(reply, clear_state),
                 Err((status, detail)) => with_cookies(problem(status, detail), clear_state),
             }
@@ -803,6 +824,7 @@ impl SignIn {
         code: String,
         state: LoginState,
         secure: bool,
+        previous_chunks: usize,
     ) -> Result<Reply, (u16, &'static str)> {
         let c = &self.0.config;
         let form = vec![
@@ -848,7 +870,7 @@ impl SignIn {
             store_key: None,
         };
         let cookies = self
-            .seal(&session, 0, secure)
+            .seal(&session, previous_chunks, secure)
             .await
             .map_err(|()| (502, "the session cannot be stored: try again later"))?;
         tracing::info!(target: LOG_TARGET, subject = %session.sub, "signed in");
@@ -1666,7 +1688,7 @@ impl Authenticator for SignIn {
             Some(q) => format!("{}?{q}", req.path()),
             None => req.path().to_owned(),
         };
-        self.start_sign_in(req, local_target(&target).as_deref().unwrap_or("/"))
+        self.start_sign_in(req, local_target(&target).as_deref().unwrap_or("/"), true)
     }
 }
 
@@ -1819,6 +1841,69 @@ mod tests {
             created: std::time::SystemTime::now(),
         };
         assert!(matches!(store.is_revoked(&session), Ok(true)), "ended by its id");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_login_path_keeps_the_session_a_navigation_refused_for_want_of_one_clears() {
+        let issuer = palisade_testkit::TestIssuer::start().unwrap();
+        let key = CookieKey::new("k1", &[1; 32]).unwrap();
+        let sign_in = SignIn::builder(issuer.issuer(), "shop")
+            .keys(vec![key.clone()])
+            .build()
+            .unwrap();
+        let start = std::time::Instant::now();
+        while sign_in.0.issuer.metadata().is_none() {
+            assert!(start.elapsed() < Duration::from_secs(10), "no discovery");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let t = now();
+        let session = Session {
+            v: 1,
+            id: "s1".into(),
+            sub: "alice".into(),
+            sid: None,
+            created_ms: now_ms(),
+            seen: t,
+            at: "at-0".into(),
+            at_exp: t + 3600,
+            rt: None,
+            it: None,
+            generation: 0,
+            store_key: None,
+        };
+        let cookie = session_cookie(key, &Payload::Inline(session));
+        let clears_session = |reply: &Reply| {
+            reply
+                .headers()
+                .any(|(n, v)| n == "set-cookie" && v.starts_with("palisade_session=;"))
+        };
+        // Any site can send a browser to `loginPath`: the session stays
+        // until a sign-in replaces it.
+        let login = OwnedRequest::get("/login?return_to=%2Fx")
+            .header("host", "app.test")
+            .header("sec-fetch-mode", "navigate")
+            .header("cookie", cookie.clone());
+        let Check::Ready(AuthOutcome::Respond(reply)) = sign_in.authenticate(&login) else {
+            panic!("loginPath is answered at once")
+        };
+        assert_eq!(reply.status(), 302);
+        assert!(
+            !clears_session(&reply),
+            "{:?}",
+            reply.headers().collect::<Vec<_>>()
+        );
+        // A navigation sent to sign in carries a session that does not do.
+        let page = OwnedRequest::get("/page")
+            .header("host", "app.test")
+            .header("sec-fetch-mode", "navigate")
+            .header("cookie", cookie);
+        let reply = sign_in.sign_in(&page).expect("a redirect");
+        assert_eq!(reply.status(), 302);
+        assert!(
+            clears_session(&reply),
+            "{:?}",
+            reply.headers().collect::<Vec<_>>()
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
