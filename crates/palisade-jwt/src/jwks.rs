@@ -666,6 +666,7 @@ async fn run_store(store: Arc<KeyStore>, source: JwksSource) {
         JwksSource::Uri(u) => Some(u.clone()),
         _ => None,
     };
+    let discovers = matches!(source, JwksSource::Discovery);
     let mut next_refresh = tokio::time::Instant::now();
     let mut backoff = Duration::from_secs(1);
     let mut healthy: Option<bool> = None;
@@ -693,7 +694,7 @@ async fn run_store(store: Arc<KeyStore>, source: JwksSource) {
         store
             .next_allowed_ms
             .store(store.now_ms().saturating_add(min_interval_ms), Ordering::Release);
-        let result = fetch(&client, &store, &mut jwks_uri).await;
+        let result = fetch(&client, &store, &mut jwks_uri, discovers).await;
         let outcome = if result.is_ok() { "success" } else { "failure" };
         metrics::counter!(JWKS_FETCHES, "issuer" => store.metric_issuer.clone(), "result" => outcome)
             .increment(1);
@@ -737,7 +738,25 @@ async fn run_store(store: Arc<KeyStore>, source: JwksSource) {
     }
 }
 
+/// One fetch of the key set: from `jwks_uri`, or from the URI the issuer's
+/// discovery document names when it is `None` (then kept in it). A
+/// discovered URI that fails is forgotten, so the next fetch asks the
+/// discovery document again: an issuer that moved its keys is followed, as
+/// Istio reads discovery again.
 async fn fetch(
+    client: &reqwest::Client,
+    store: &KeyStore,
+    jwks_uri: &mut Option<String>,
+    discovers: bool,
+) -> Result<(KeySet, Option<Duration>), String> {
+    let result = fetch_from(client, store, jwks_uri).await;
+    if result.is_err() && discovers {
+        *jwks_uri = None;
+    }
+    result
+}
+
+async fn fetch_from(
     client: &reqwest::Client,
     store: &KeyStore,
     jwks_uri: &mut Option<String>,
@@ -902,6 +921,64 @@ mod tests {
         }
         let source = crate::config::JwksSource::Uri("https://svc:hunter2@keys.example/jwks".into());
         assert!(!format!("{source:?}").contains("hunter2"));
+    }
+
+    #[tokio::test]
+    async fn a_discovered_key_set_uri_that_fails_is_discovered_again() {
+        use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin = format!("http://{}", listener.local_addr().unwrap());
+        let moved = Arc::new(AtomicBool::new(false));
+        let (issuer, flag) = (origin.clone(), Arc::clone(&moved));
+        tokio::spawn(async move {
+            loop {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                let (issuer, moved) = (issuer.clone(), flag.load(SeqCst));
+                tokio::spawn(async move {
+                    let mut head = vec![0; 8192];
+                    let n = conn.read(&mut head).await.unwrap_or(0);
+                    let line = String::from_utf8_lossy(&head[..n])
+                        .lines()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned();
+                    let keys = if moved { "/keys-2" } else { "/keys-1" };
+                    let jwks = serde_json::json!({"keys": [{"kty": "RSA", "alg": "RS256", "kid": "k", "n": RSA_N, "e": "AQAB"}]});
+                    let (status, body) = if line.contains("/.well-known/openid-configuration") {
+                        (
+                            "200 OK",
+                            serde_json::json!({"issuer": issuer, "jwks_uri": format!("{issuer}{keys}")})
+                                .to_string(),
+                        )
+                    } else if line.contains(&format!("{keys} ")) {
+                        ("200 OK", jwks.to_string())
+                    } else {
+                        ("404 Not Found", String::new())
+                    };
+                    let answer = format!(
+                        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = conn.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        let store = KeyStore::new(&origin, FetchSettings::default(), None);
+        let client = http_client(&store.settings).unwrap();
+        let mut uri = None;
+        assert!(fetch(&client, &store, &mut uri, true).await.is_ok());
+        assert_eq!(uri, Some(format!("{origin}/keys-1")));
+        // The issuer moves its keys: the old URI fails once, and is forgotten.
+        moved.store(true, SeqCst);
+        assert!(fetch(&client, &store, &mut uri, true).await.is_err());
+        assert_eq!(uri, None);
+        assert!(fetch(&client, &store, &mut uri, true).await.is_ok());
+        assert_eq!(uri, Some(format!("{origin}/keys-2")));
+        // A configured URI is kept whatever happens to it.
+        let mut configured = Some(format!("{origin}/keys-1"));
+        assert!(fetch(&client, &store, &mut configured, false).await.is_err());
+        assert_eq!(configured, Some(format!("{origin}/keys-1")));
     }
 
     #[tokio::test]
