@@ -246,12 +246,16 @@ impl<B> RequestHead for HttpHead<'_, B> {
     fn query(&self) -> Option<&str> {
         self.0.uri().query()
     }
+    /// The request target's authority when it has one (HTTP/2's
+    /// `:authority`, an absolute-form HTTP/1.1 target, whose `Host` a
+    /// server must ignore: RFC 9112 §3.2.2), else `Host`: what Envoy
+    /// matches `hosts` against.
     fn host(&self) -> Option<&str> {
         self.0
-            .headers()
-            .get(HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| self.0.uri().authority().map(http::uri::Authority::as_str))
+            .uri()
+            .authority()
+            .map(|a| palisade_core::syntax::authority_host_port(a.as_str()))
+            .or_else(|| self.0.headers().get(HOST).and_then(|h| h.to_str().ok()))
     }
     fn header_value(&self, name: &str, index: usize) -> Option<&[u8]> {
         lookup(self.0.headers(), name)
@@ -620,5 +624,31 @@ where
                 http_body::SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_targets_authority_is_the_host_before_the_host_header() {
+        // Absolute form: `Host` is ignored (RFC 9112 §3.2.2), and user
+        // information names no host.
+        let absolute = Request::builder()
+            .uri("http://x@admin.example:8080/p")
+            .header(HOST, "public.example")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            HttpHead(&absolute, "/p".into()).host(),
+            Some("admin.example:8080")
+        );
+        let origin_form = Request::builder()
+            .uri("/p")
+            .header(HOST, "public.example")
+            .body(())
+            .unwrap();
+        assert_eq!(HttpHead(&origin_form, "/p".into()).host(), Some("public.example"));
     }
 }
