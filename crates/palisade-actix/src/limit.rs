@@ -296,6 +296,7 @@ where
     server
         .client_request_timeout(limits.header_read())
         .keep_alive(limits.idle())
+        .max_connections(limits.connections())
         .on_connect(crate::on_connect)
 }
 

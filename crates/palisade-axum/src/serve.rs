@@ -152,9 +152,29 @@ where
     // timeout can be ended.
     let mut connections = tokio::task::JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
+    // At the limit, nothing is accepted until a connection closes: the
+    // rest wait in the listener's backlog (as actix-web's `max_connections`).
+    let open = Arc::new(tokio::sync::Semaphore::new(limits.connections()));
+    let mut full_since: Option<tokio::time::Instant> = None;
     loop {
         // Finished connections leave the set.
         while connections.try_join_next().is_some() {}
+        let permit = match Arc::clone(&open).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                if full_since.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                    full_since = Some(tokio::time::Instant::now());
+                    tracing::warn!(target: LOG_TARGET, max = limits.connections(), "the connection limit is reached: new connections wait until one closes");
+                }
+                tokio::select! {
+                    permit = Arc::clone(&open).acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    },
+                    () = &mut shutdown => break,
+                }
+            }
+        };
         let (tcp, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -170,6 +190,7 @@ where
         let watcher = graceful.watcher();
         let (handshake, service) = (handshake.clone(), service.clone());
         connections.spawn(async move {
+            let _open = permit;
             let served = async {
                 let _ = tcp.set_nodelay(true);
                 let mut info = ConnectionInfo::default();
@@ -587,6 +608,40 @@ mod tests {
 
     #[derive(Clone)]
     struct Ext<const N: u8>;
+
+    #[tokio::test]
+    async fn at_the_connection_limit_new_connections_wait_for_one_to_close() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app: Router = Router::new().route("/", get(|| async { "hi" }));
+        let limits = ServerLimits::default().max_connections(2);
+        tokio::spawn(serve_with(listener, Plain, limits, app, std::future::pending()));
+        let idle = TcpStream::connect(addr).await.unwrap();
+        let _idle_too = TcpStream::connect(addr).await.unwrap();
+        // The kernel takes it into the backlog; the server does not.
+        let mut third = TcpStream::connect(addr).await.unwrap();
+        third
+            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = vec![0; 1024];
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), third.read(&mut answer))
+                .await
+                .is_err(),
+            "answered past the limit"
+        );
+        drop(idle);
+        let n = tokio::time::timeout(Duration::from_secs(5), third.read(&mut answer))
+            .await
+            .expect("not answered once a connection closed")
+            .unwrap();
+        assert!(
+            answer[..n].starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&answer[..n])
+        );
+    }
 
     #[test]
     fn a_request_without_extensions_gets_the_connections_facts() {

@@ -43,6 +43,7 @@ pub const LOG_TARGET: &str = "palisade::serve";
 /// | [`idle_timeout`](Self::idle_timeout) | 75 s | a kept-alive connection has no request in progress and no new one begins: closed |
 /// | [`body_limit`](Self::body_limit) | 2 MiB | a request body is larger: 413, a declared length before a byte of the body is read, a chunked one when it passes the limit |
 /// | [`body_read_timeout`](Self::body_read_timeout) and [`body_min_rate`](Self::body_min_rate) | 20 s, and 1 s more per 500 bytes | a request body being read is not complete by then (Apache's `RequestReadTimeout body=20,MinRate=500`): 408, and the connection closed |
+/// | [`max_connections`](Self::max_connections) | 25,000 | this many connections are open (handshakes included): no more are accepted until one closes; they wait in the listener's backlog (actix-web's own limit, per worker there) |
 ///
 /// A zero duration closes at once (1 ms): it never turns a timeout off.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +55,7 @@ pub struct ServerLimits {
     body_limit: usize,
     body_read_timeout: Duration,
     body_min_rate: u32,
+    max_connections: usize,
 }
 
 /// The shortest timeout: frameworks read zero as "no timeout".
@@ -72,6 +74,8 @@ impl Default for ServerLimits {
             // Apache's mod_reqtimeout: `body=20,MinRate=500`.
             body_read_timeout: Duration::from_secs(20),
             body_min_rate: 500,
+            // actix-web's `max_connections` default.
+            max_connections: 25_000,
         }
     }
 }
@@ -128,6 +132,23 @@ impl ServerLimits {
     pub fn body_min_rate(mut self, bytes_per_second: u32) -> Self {
         self.body_min_rate = bytes_per_second;
         self
+    }
+
+    /// How many connections may be open at once (default 25,000; at least
+    /// 1), those still in their TLS handshake included: at the limit no
+    /// more are accepted, and new ones wait in the listener's backlog until
+    /// one closes, so a flood of idle connections cannot use up the
+    /// process's file descriptors. Per worker under actix-web (its own
+    /// `max_connections`), per listener under `palisade_axum::serve`.
+    pub fn max_connections(mut self, connections: usize) -> Self {
+        self.max_connections = connections.max(1);
+        self
+    }
+
+    /// See [`ServerLimits::max_connections`](Self::max_connections).
+    #[must_use]
+    pub fn connections(&self) -> usize {
+        self.max_connections
     }
 
     /// See [`ServerLimits::body_read_timeout`](Self::body_read_timeout).
