@@ -190,6 +190,17 @@ pub fn fingerprint_sha256(der: &[u8]) -> String {
 #[must_use]
 pub fn peer_identity(leaf_der: &[u8]) -> Option<PeerIdentity> {
     let (_, cert) = X509Certificate::from_der(leaf_der).ok()?;
+    let (spiffe, dns_names) = names(&cert);
+    let mut peer = spiffe.as_ref().map(SpiffeId::peer).unwrap_or_default();
+    peer.dns_names = dns_names;
+    peer.subject = cert.subject().to_string();
+    peer.fingerprint_sha256 = fingerprint_sha256(leaf_der);
+    Some(peer)
+}
+
+/// A certificate's SPIFFE ID (its one URI SAN, when that is a valid one)
+/// and its DNS names.
+fn names(cert: &X509Certificate<'_>) -> (Option<SpiffeId>, Vec<String>) {
     let mut uris = Vec::new();
     let mut dns_names = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
@@ -205,11 +216,13 @@ pub fn peer_identity(leaf_der: &[u8]) -> Option<PeerIdentity> {
         [one] => SpiffeId::parse(one).ok(),
         _ => None,
     };
-    let mut peer = spiffe.as_ref().map(SpiffeId::peer).unwrap_or_default();
-    peer.dns_names = dns_names;
-    peer.subject = cert.subject().to_string();
-    peer.fingerprint_sha256 = fingerprint_sha256(leaf_der);
-    Some(peer)
+    (spiffe, dns_names)
+}
+
+/// The SPIFFE ID of a certificate, as [`peer_identity`] reads it.
+pub(crate) fn spiffe_id_of(leaf_der: &[u8]) -> Option<SpiffeId> {
+    let (_, cert) = X509Certificate::from_der(leaf_der).ok()?;
+    names(&cert).0
 }
 
 /// The verified `Identity` of a peer: only code that has verified the

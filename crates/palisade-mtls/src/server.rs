@@ -19,6 +19,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
 
 use crate::files;
+use crate::identity::SpiffeId;
 
 /// Log target of the TLS side.
 pub const LOG_TARGET: &str = "palisade::mtls";
@@ -73,6 +74,7 @@ pub struct ServerTlsBuilder {
     mode: Option<MtlsMode>,
     allow_unknown_revocation: bool,
     allow_expired_crls: bool,
+    trust_domains: Vec<String>,
 }
 
 impl ServerTlsBuilder {
@@ -109,6 +111,20 @@ impl ServerTlsBuilder {
         self
     }
 
+    /// The SPIFFE trust domains a client certificate may belong to (the
+    /// mesh's own, `cluster.local` by default in Istio, and its aliases): a
+    /// certificate the bundle verifies whose SPIFFE ID names another trust
+    /// domain, or that has none, is refused at the handshake, as Istio's
+    /// sidecars match the trust domain of a caller's URI SAN. Needed
+    /// where the bundle holds another domain's CA (federation): otherwise
+    /// that CA could issue `spiffe://cluster.local/ns/prod/sa/admin` and be
+    /// taken for a local workload. Without it, every trust domain the
+    /// bundle's CAs sign for is accepted.
+    pub fn trust_domains<S: Into<String>>(mut self, domains: impl IntoIterator<Item = S>) -> Self {
+        self.trust_domains = domains.into_iter().map(Into::into).collect();
+        self
+    }
+
     /// Use CRLs past their `nextUpdate`. By default such a CRL fails every
     /// client's handshake, as in OpenSSL (and so Envoy): whoever can stall
     /// the CRL's publication would otherwise freeze revocation where it
@@ -125,15 +141,33 @@ impl ServerTlsBuilder {
     /// A [`TlsError`] naming the file that cannot be read or used; one
     /// naming the certificate when mutual TLS is asked for (a
     /// [`mode`](Self::mode) other than `DISABLE`, or a [`crl`](Self::crl))
-    /// without a [`client_ca`](Self::client_ca) to check callers with.
+    /// without a [`client_ca`](Self::client_ca) to check callers with, and
+    /// for a [`trust_domains`](Self::trust_domains) entry that is not a
+    /// SPIFFE trust domain.
     pub fn build(self) -> Result<ServerTls, TlsError> {
+        for domain in &self.trust_domains {
+            if SpiffeId::parse(&format!("spiffe://{domain}/x")).map_or(true, |id| id.trust_domain() != domain)
+            {
+                return Err(TlsError::new(
+                    &self.cert,
+                    format!(
+                        "`{domain}` is not a SPIFFE trust domain (lower case letters, digits, `.`, `-`, `_`)"
+                    ),
+                ));
+            }
+        }
         let mode = match (&self.client_ca, self.mode) {
             (Some(_), mode) => mode.unwrap_or(MtlsMode::Strict),
-            (None, None | Some(MtlsMode::Disable)) if self.crls.is_empty() => MtlsMode::Disable,
+            (None, None | Some(MtlsMode::Disable))
+                if self.crls.is_empty() && self.trust_domains.is_empty() =>
+            {
+                MtlsMode::Disable
+            }
             (None, mode) => {
                 let asked = match mode {
                     Some(mode) if mode != MtlsMode::Disable => format!("mode {mode:?}"),
-                    _ => "a CRL".to_owned(),
+                    _ if !self.crls.is_empty() => "a CRL".to_owned(),
+                    _ => "a trust domain".to_owned(),
                 };
                 return Err(TlsError::new(
                     &self.cert,
@@ -158,6 +192,7 @@ impl ServerTlsBuilder {
                 material: material.clone(),
                 mode,
                 provider: provider.clone(),
+                trust_domains: self.trust_domains.into(),
             }))
             .with_cert_resolver(Arc::new(DynResolver(material.clone())));
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -347,6 +382,7 @@ impl ServerTls {
             mode: None,
             allow_unknown_revocation: false,
             allow_expired_crls: false,
+            trust_domains: Vec::new(),
         }
     }
 
@@ -440,6 +476,8 @@ struct DynVerifier {
     material: Arc<ArcSwap<Material>>,
     mode: MtlsMode,
     provider: Arc<CryptoProvider>,
+    /// Empty: any the bundle signs for.
+    trust_domains: Arc<[String]>,
 }
 
 impl fmt::Debug for DynVerifier {
@@ -471,12 +509,23 @@ impl ClientCertVerifier for DynVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        match &self.material.load().verifier {
-            Some(v) => v.verify_client_cert(end_entity, intermediates, now),
-            None => Err(rustls::Error::General(
-                "client certificates are not accepted".into(),
-            )),
+        let verified = match &self.material.load().verifier {
+            Some(v) => v.verify_client_cert(end_entity, intermediates, now)?,
+            None => {
+                return Err(rustls::Error::General(
+                    "client certificates are not accepted".into(),
+                ));
+            }
+        };
+        if !self.trust_domains.is_empty() {
+            let id = crate::identity::spiffe_id_of(end_entity);
+            if !id.is_some_and(|id| self.trust_domains.iter().any(|d| d == id.trust_domain())) {
+                return Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::ApplicationVerificationFailure,
+                ));
+            }
         }
+        Ok(verified)
     }
 
     fn verify_tls12_signature(
@@ -532,6 +581,52 @@ mod tests {
     fn resumed(client: &Arc<rustls::ClientConfig>, server: &ServerTls) -> Result<bool, rustls::Error> {
         let (_, s) = handshake(client.clone(), server.server_config())?;
         Ok(s.handshake_kind() == Some(rustls::HandshakeKind::Resumed))
+    }
+
+    #[test]
+    fn trust_domains_refuse_a_bundled_cas_certificates_for_other_domains() {
+        let dir = palisade_testkit::TempDir::new("palisade-mtls-trust-domains");
+        let (mesh, partner) = (TestPki::new(), TestPki::with_trust_domain("partner.example"));
+        let bundle = dir.path().join("bundle.pem");
+        std::fs::write(&bundle, mesh.ca_pem() + &partner.ca_pem()).unwrap();
+        let (cert, key) = mesh
+            .server(&["localhost"])
+            .write_to(dir.path(), "server")
+            .unwrap();
+        let server = |domains: &[&str]| {
+            ServerTls::builder(&cert, &key)
+                .client_ca(&bundle)
+                .trust_domains(domains.iter().copied())
+                .build()
+                .unwrap()
+        };
+        let local = mesh.workload("prod", "admin");
+        let federated = partner.workload("prod", "admin");
+        let no_spiffe_id = mesh.client_with_uris(&["https://client.example/not-spiffe"]);
+        let (open, mesh_only) = (server(&[]), server(&["cluster.local"]));
+        for client in [&local, &federated] {
+            assert!(handshake(client_config(&mesh.ca_pem(), client), open.server_config()).is_ok());
+        }
+        assert!(handshake(client_config(&mesh.ca_pem(), &local), mesh_only.server_config()).is_ok());
+        for client in [&federated, &no_spiffe_id] {
+            let refused = handshake(client_config(&mesh.ca_pem(), client), mesh_only.server_config());
+            let refused = format!("{:?}", refused.expect_err("another trust domain passed"));
+            assert!(refused.contains("ApplicationVerificationFailure"), "{refused}");
+        }
+        let bad = ServerTls::builder(&cert, &key)
+            .client_ca(&bundle)
+            .trust_domains(["Cluster.Local"])
+            .build();
+        assert!(bad.unwrap_err().message.contains("not a SPIFFE trust domain"));
+        let without_ca = ServerTls::builder(&cert, &key)
+            .trust_domains(["cluster.local"])
+            .build();
+        assert!(
+            without_ca
+                .unwrap_err()
+                .message
+                .starts_with("a trust domain asks for mutual TLS")
+        );
     }
 
     #[test]
