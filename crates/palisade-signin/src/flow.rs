@@ -1012,6 +1012,9 @@ impl SignIn {
         let absolute = self.0.config.absolute_timeout;
         match serde_json::from_slice::<Payload>(&opened.plaintext) {
             Ok(Payload::Inline(session)) => {
+                if !self.made_here(&session) {
+                    return Check::Ready(None);
+                }
                 let live = Arc::new(Live::new(session, issuer, None));
                 self.0.cache.insert(raw, Arc::clone(&live), absolute);
                 Check::Ready(Some(live))
@@ -1042,6 +1045,9 @@ impl SignIn {
                     let Ok(Payload::Inline(mut session)) = serde_json::from_slice(&data) else {
                         return None;
                     };
+                    if !this.made_here(&session) {
+                        return None;
+                    }
                     session.store_key = key.map(Arc::from);
                     let live = Arc::new(Live::new(session, &this.0.config.issuer, None));
                     this.0
@@ -1052,6 +1058,31 @@ impl SignIn {
             }
             Err(_) => Check::Ready(None),
         }
+    }
+
+    /// Whether a session was made by this relying party: its ID token (as
+    /// verified at sign-in, sealed since) names this issuer and this client
+    /// among its audiences. A cookie sealed under another issuer or client
+    /// that shares the keys and the cookie's name (one configuration
+    /// reloaded into another, two relying parties on one host) would
+    /// otherwise stand for its `sub` under this issuer (OpenID Connect
+    /// Core 5.7: only `iss` and `sub` together name a user).
+    fn made_here(&self, session: &Session) -> bool {
+        let c = &self.0.config;
+        let Some(claims) = session.it.as_deref().and_then(unverified_claims) else {
+            // No ID token: a session of an earlier release, kept as it is.
+            return session.it.is_none();
+        };
+        let audience = match claims.get("aud") {
+            Some(Value::String(a)) => a == &c.client_id,
+            Some(Value::Array(all)) => all.iter().any(|a| a.as_str() == Some(c.client_id.as_str())),
+            _ => false,
+        };
+        let here = claims.get("iss").and_then(Value::as_str) == Some(c.issuer.as_str()) && audience;
+        if !here {
+            tracing::debug!(target: LOG_TARGET, "a session cookie of another issuer or client: not accepted");
+        }
+        here
     }
 
     /// Whether a session may still be used: not ended, not timed out.
@@ -2149,6 +2180,59 @@ mod tests {
                 other if !ends => panic!("{status}: the session ended: {other:?}"),
                 _ => {}
             }
+        }
+    }
+
+    #[test]
+    fn a_session_made_for_another_issuer_or_client_is_not_accepted() {
+        let key = CookieKey::new("k1", &[1; 32]).unwrap();
+        let sign_in = SignIn::builder("http://127.0.0.1:9", "shop")
+            .keys(vec![key.clone()])
+            .build()
+            .unwrap();
+        let id_token = |claims: serde_json::Value| {
+            let part = |v: &serde_json::Value| URL_SAFE_NO_PAD.encode(v.to_string());
+            format!(
+                "{}.{}.c2ln",
+                part(&serde_json::json!({"alg": "RS256"})),
+                part(&claims)
+            )
+        };
+        let t = now();
+        let with = |it: Option<String>| {
+            let session = Session {
+                v: 1,
+                id: "s1".into(),
+                sub: "alice".into(),
+                sid: None,
+                created_ms: now_ms(),
+                seen: t,
+                at: "opaque".into(),
+                at_exp: t + 3600,
+                rt: None,
+                it,
+                generation: 0,
+                store_key: None,
+            };
+            let req = OwnedRequest::get("/page")
+                .header("cookie", session_cookie(key.clone(), &Payload::Inline(session)));
+            matches!(
+                sign_in.authenticate(&req),
+                Check::Ready(AuthOutcome::Authenticated(_))
+            )
+        };
+        let here = serde_json::json!({"iss": "http://127.0.0.1:9", "aud": "shop", "sub": "alice"});
+        assert!(with(Some(id_token(here))));
+        assert!(with(Some(id_token(
+            serde_json::json!({"iss": "http://127.0.0.1:9", "aud": ["web", "shop"]})
+        ))));
+        assert!(with(None), "a session of an earlier release");
+        for elsewhere in [
+            serde_json::json!({"iss": "https://other.example", "aud": "shop"}),
+            serde_json::json!({"iss": "http://127.0.0.1:9", "aud": ["web"]}),
+            serde_json::json!({"iss": "http://127.0.0.1:9"}),
+        ] {
+            assert!(!with(Some(id_token(elsewhere.clone()))), "{elsewhere}");
         }
     }
 
