@@ -942,6 +942,21 @@ async fn the_least_recently_used_tenant_gives_way() {
     );
     jwt.verify(&b.token().sign()).await.unwrap();
     assert_eq!(asked.lock().unwrap().len(), 4, "b was dropped, so asked again");
+    // Tokens that name a tenant without its signature (here c's issuer,
+    // a's key) set up a tenant no token has verified for: the first to go.
+    let forged = a.token().issuer(&c.issuer()).sign();
+    for _ in 0..3 {
+        assert!(jwt.verify(&forged).await.is_err());
+    }
+    assert_eq!(asked.lock().unwrap().len(), 5, "c set up again, once");
+    jwt.verify(&a.token().sign()).await.unwrap();
+    assert_eq!(asked.lock().unwrap().len(), 6, "a gave way to the forged c");
+    jwt.verify(&b.token().sign()).await.unwrap();
+    assert_eq!(
+        asked.lock().unwrap().len(),
+        6,
+        "b stayed: a came back in place of the unproven c"
+    );
     // Tenants come and go; the fetch metrics' series do not grow with them.
     let shown = metrics.render();
     let fetches: Vec<&str> = shown

@@ -230,6 +230,10 @@ struct Tenant {
     /// meanwhile). So a tenant the rule stops allowing loses its cached
     /// tokens too, not only its new ones.
     allowed_at: AtomicU64,
+    /// Whether a token of the tenant has been verified: until then it may
+    /// have been set up by a forged token naming it, and it is the first
+    /// to go when the tenants are too many, and is not kept fresh by use.
+    verified: std::sync::atomic::AtomicBool,
 }
 
 impl Tenant {
@@ -1186,7 +1190,11 @@ impl JwtAuthenticator {
                 return None;
             }
             if let Some(t) = stores.live.get(name).map(Arc::clone) {
-                if let Some(at) = stores.order.iter().position(|n| n == name) {
+                // Kept fresh only by the use of a tenant whose tokens
+                // verify: forged tokens naming it do not keep it.
+                if t.verified.load(Ordering::Relaxed)
+                    && let Some(at) = stores.order.iter().position(|n| n == name)
+                {
                     let used = stores.order.remove(at);
                     stores.order.extend(used);
                 }
@@ -1240,12 +1248,21 @@ impl JwtAuthenticator {
             store,
             _fetched: fetched,
             allowed_at: AtomicU64::new(allowed_at),
+            verified: std::sync::atomic::AtomicBool::new(false),
         });
-        if stores.order.len() >= cfg.max_tenants
-            && let Some(oldest) = stores.order.pop_front()
-        {
-            stores.live.remove(&oldest);
-            stores.allowed.remove(&oldest);
+        if stores.order.len() >= cfg.max_tenants {
+            // The oldest tenant no token has verified for, else the
+            // least recently used: tokens that name tenants without a valid
+            // signature cannot push the tenants in use out.
+            let live = &stores.live;
+            let unproven = stores
+                .order
+                .iter()
+                .position(|n| live.get(n).is_none_or(|t| !t.verified.load(Ordering::Relaxed)));
+            if let Some(oldest) = stores.order.remove(unproven.unwrap_or(0)) {
+                stores.live.remove(&oldest);
+                stores.allowed.remove(&oldest);
+            }
         }
         stores.order.push_back(name.to_owned());
         stores.live.insert(name.to_owned(), Arc::clone(&tenant));
@@ -1641,6 +1658,9 @@ impl JwtAuthenticator {
         let cfg = &self.0.providers[provider].cfg;
         check_signature(parsed.jws.message, parsed.jws.signature, parsed.jws.alg, key)?;
         let times = check_claims(cfg, tenant.map_or(&cfg.issuer, |t| &t.issuer), &parsed)?;
+        if let Some(t) = tenant {
+            t.verified.store(true, Ordering::Relaxed);
+        }
         let mut claims = token_claims(cfg, parsed.claims);
         if let Some(t) = tenant {
             claims.issuer.clone_from(&t.issuer);
