@@ -944,7 +944,7 @@ async fn the_least_recently_used_tenant_gives_way() {
     assert_eq!(asked.lock().unwrap().len(), 4, "b was dropped, so asked again");
     // Tokens that name a tenant without its signature (here c's issuer,
     // a's key) set up a tenant no token has verified for: the first to go.
-    let forged = a.token().issuer(&c.issuer()).sign();
+    let forged = a.token().issuer(c.issuer()).sign();
     for _ in 0..3 {
         assert!(jwt.verify(&forged).await.is_err());
     }
