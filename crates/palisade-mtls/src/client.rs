@@ -290,22 +290,16 @@ impl fmt::Debug for SanVerifier {
     }
 }
 
-/// Whether the certificate has a SPIFFE ID (a `spiffe://` URI SAN).
+/// Whether the certificate has a SPIFFE ID: one URI SAN, a valid SPIFFE
+/// ID, as a server reads a client's ([`crate::peer_identity`]).
 fn has_spiffe_id(der: &[u8]) -> bool {
-    let Ok((_, cert)) = X509Certificate::from_der(der) else {
-        return false;
-    };
-    let Ok(Some(san)) = cert.subject_alternative_name() else {
-        return false;
-    };
-    san.value
-        .general_names
-        .iter()
-        .any(|n| matches!(n, GeneralName::URI(u) if u.starts_with("spiffe://")))
+    crate::identity::spiffe_id_of(der).is_some()
 }
 
-/// Whether the certificate names one of `expected` (URI SANs exactly, DNS
-/// SANs case-insensitively).
+/// Whether the certificate names one of `expected`: a URI (`spiffe://…`)
+/// among its URI SANs exactly, a host name among its DNS SANs without
+/// regard to case, each only among SANs of its own type (Istio's typed
+/// matchers).
 fn names_one_of(der: &[u8], expected: &[String]) -> bool {
     let Ok((_, cert)) = X509Certificate::from_der(der) else {
         return false;
@@ -313,9 +307,10 @@ fn names_one_of(der: &[u8], expected: &[String]) -> bool {
     let Ok(Some(san)) = cert.subject_alternative_name() else {
         return false;
     };
+    let is_uri = |e: &str| e.contains("://");
     san.value.general_names.iter().any(|n| match n {
-        GeneralName::URI(u) => expected.iter().any(|e| e == u),
-        GeneralName::DNSName(d) => expected.iter().any(|e| e.eq_ignore_ascii_case(d)),
+        GeneralName::URI(u) => expected.iter().any(|e| is_uri(e) && e == u),
+        GeneralName::DNSName(d) => expected.iter().any(|e| !is_uri(e) && e.eq_ignore_ascii_case(d)),
         _ => false,
     })
 }
@@ -393,6 +388,28 @@ mod tests {
     use super::*;
     use crate::ServerTls;
     use crate::test_support::{handshake, reloads_on_sighup};
+
+    #[test]
+    fn expected_names_match_sans_of_their_own_type_and_a_spiffe_id_is_one_valid_uri() {
+        let pki = TestPki::new();
+        let id = "spiffe://cluster.local/ns/default/sa/reviews";
+        let workload = pki.workload("default", "reviews").cert_der();
+        assert!(names_one_of(&workload, &[id.to_owned()]));
+        assert!(has_spiffe_id(&workload));
+        // The same text as a DNS name is no SPIFFE ID.
+        let dns = pki.server(&[id]).cert_der();
+        assert!(!names_one_of(&dns, &[id.to_owned()]));
+        assert!(!has_spiffe_id(&dns));
+        let host = pki.server(&["Reviews.Default.svc"]).cert_der();
+        assert!(names_one_of(&host, &["reviews.default.svc".to_owned()]));
+        // Two URIs, or one that is not a SPIFFE ID, are none.
+        for uris in [
+            &[id, "spiffe://cluster.local/ns/x/sa/y"][..],
+            &["spiffe://Bad Domain/x"][..],
+        ] {
+            assert!(!has_spiffe_id(&pki.client_with_uris(uris).cert_der()), "{uris:?}");
+        }
+    }
 
     /// The leaf certificate `client` presents to `server` (which asks for
     /// one), from an in-memory handshake.
