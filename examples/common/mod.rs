@@ -658,6 +658,8 @@ pub fn outbound(args: &Args, setup: &Setup) -> (palisade::client::Upstreams, pal
     };
     let tls = palisade::mtls::UpstreamTls::from_policy(&policy, mesh.as_ref())
         .unwrap_or_else(|e| fail(&e.to_string()));
+    // Rotated certificates reach the calls this service makes too.
+    tls.watch(std::time::Duration::from_secs(1));
     (credentials, tls)
 }
 

@@ -115,6 +115,40 @@ const PLAINTEXT: UpstreamRoute = UpstreamRoute {
 };
 
 impl UpstreamTls {
+    /// The client TLS of every route that has one.
+    fn clients(&self) -> impl Iterator<Item = &ClientTls> {
+        self.0
+            .iter()
+            .flat_map(|r| r.default.iter().chain(r.ports.iter().map(|(_, route)| route)))
+            .filter_map(|route| match &route.transport {
+                UpstreamTransport::Tls(client) => Some(client),
+                _ => None,
+            })
+    }
+
+    /// Watches the files of every route's client TLS (certificates, keys,
+    /// bundles) every `interval` ([`ClientTls::watch`]), so the workload's
+    /// certificate rotates in the calls it makes as in the ones it takes
+    /// (`ISTIO_MUTUAL` reads the same files as the listener). Call it once.
+    pub fn watch(&self, interval: std::time::Duration) {
+        for client in self.clients() {
+            client.watch(interval);
+        }
+    }
+
+    /// Reloads every route's client TLS on `SIGHUP`
+    /// ([`ClientTls::reload_on_sighup`]), from tasks on the current tokio
+    /// runtime. Call it once.
+    ///
+    /// # Errors
+    /// When the signal handler cannot be installed.
+    pub fn reload_on_sighup(&self) -> std::io::Result<()> {
+        for client in self.clients() {
+            client.reload_on_sighup()?;
+        }
+        Ok(())
+    }
+
     /// Builds the transports of `policy`'s `DestinationRule` documents;
     /// `mesh` is the workload's own identity for `ISTIO_MUTUAL`.
     ///
@@ -341,6 +375,56 @@ mod tests {
         let err = UpstreamTls::check_policy(&files.for_workload(&Workload::new("productpage", "default")))
             .unwrap_err();
         assert_eq!(err.field.as_deref(), Some("spec.trafficPolicy.tls"), "{err}");
+    }
+
+    /// A `DestinationRule`'s client TLS follows its files: the workload's
+    /// rotated certificate reaches its calls too, once watched.
+    #[test]
+    fn a_watched_rules_client_certificate_rotates() {
+        use crate::ServerTls;
+        use crate::test_support::handshake;
+        let dir = palisade_testkit::TempDir::new("palisade-mtls-upstream-watch");
+        let pki = palisade_testkit::TestPki::new();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, pki.ca_pem()).unwrap();
+        let (server_cert, server_key) = pki.server(&["localhost"]).write_to(dir.path(), "server").unwrap();
+        let server = ServerTls::builder(&server_cert, &server_key)
+            .client_ca(&ca)
+            .build()
+            .unwrap();
+        let (first, second) = (
+            pki.workload("default", "productpage"),
+            pki.workload("default", "productpage"),
+        );
+        let (cert, key) = first.write_to(dir.path(), "client").unwrap();
+        let yaml = format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: r}}\nspec:\n  host: reviews\n  trafficPolicy:\n    tls: {{mode: MUTUAL, clientCertificate: {}, privateKey: {}, caCertificates: {}}}\n",
+            cert.display(),
+            key.display(),
+            ca.display()
+        );
+        let set = PolicySet::from_yaml_str(&yaml, "dr.yaml").unwrap();
+        let tls = UpstreamTls::from_policy(&set.for_workload(&Workload::new("productpage", "default")), None)
+            .unwrap();
+        let presented = || {
+            let UpstreamTransport::Tls(client) =
+                tls.for_host("reviews.default.svc.cluster.local", 443).transport()
+            else {
+                panic!("no client TLS for reviews")
+            };
+            let (_, s) = handshake(client.client_config(), server.server_config()).unwrap();
+            s.peer_certificates().unwrap()[0].to_vec()
+        };
+        assert_eq!(presented(), first.cert_der());
+        tls.watch(std::time::Duration::from_millis(50));
+        // A file's stamp may keep its second: the change must differ in it.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        second.write_to(dir.path(), "client").unwrap();
+        let rotated = (0..100).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            presented() == second.cert_der()
+        });
+        assert!(rotated, "the rule's client certificate did not rotate");
     }
 
     #[test]
