@@ -736,8 +736,10 @@ impl SignIn {
     /// same browser is left to finish.
     fn callback(&self, req: &dyn RequestHead) -> Check<Reply> {
         let secure = self.secure(req);
-        if !matches!(req.method(), "GET" | "HEAD") {
-            return Check::Ready(problem(405, "the sign-in callback takes GET"));
+        // Not HEAD: a link checker's HEAD would spend the code, and the
+        // browser's GET would then be refused.
+        if req.method() != "GET" {
+            return Check::Ready(problem(405, "the sign-in callback takes GET").header("allow", "GET"));
         }
         let query = req.query().unwrap_or_default();
         if ["state", "code", "iss", "error"]
@@ -2180,6 +2182,25 @@ mod tests {
                 other if !ends => panic!("{status}: the session ended: {other:?}"),
                 _ => {}
             }
+        }
+    }
+
+    #[test]
+    fn the_callback_takes_get_only_so_a_head_spends_no_code() {
+        let sign_in = SignIn::builder("http://127.0.0.1:9", "shop")
+            .keys(vec![CookieKey::new("k1", &[1; 32]).unwrap()])
+            .build()
+            .unwrap();
+        for method in ["HEAD", "POST"] {
+            let req = OwnedRequest::new(method, "/oauth2/callback?code=c&state=s");
+            let Check::Ready(AuthOutcome::Respond(reply)) = sign_in.authenticate(&req) else {
+                panic!("{method}: not answered at once")
+            };
+            assert_eq!(reply.status(), 405, "{method}");
+            assert!(
+                reply.headers().any(|(n, v)| n == "allow" && v == "GET"),
+                "{method}"
+            );
         }
     }
 
