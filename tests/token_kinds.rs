@@ -913,10 +913,15 @@ async fn the_least_recently_used_tenant_gives_way() {
     let port = |i: &TestIssuer| i.base_url().rsplit(':').next().unwrap().to_owned();
     let ports: Vec<String> = issuers.iter().map(port).collect();
     let asked = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    // A tenant's first token has twice the fetch timeout to verify before
+    // its tenant may go as unproven.
+    let mut fetch = palisade::jwt::FetchSettings::default();
+    fetch.timeout = Duration::from_millis(300);
     let jwt = JwtAuthenticator::builder()
         .provider(
             Provider::builder("http://127.0.0.1:{tenant}/realms/shop")
                 .audience("details")
+                .fetch_settings(fetch)
                 .tenant_resolver({
                     let asked = Arc::clone(&asked);
                     let ports = ports.clone();
@@ -949,6 +954,7 @@ async fn the_least_recently_used_tenant_gives_way() {
         assert!(jwt.verify(&forged).await.is_err());
     }
     assert_eq!(asked.lock().unwrap().len(), 5, "c set up again, once");
+    tokio::time::sleep(Duration::from_millis(700)).await;
     jwt.verify(&a.token().sign()).await.unwrap();
     assert_eq!(asked.lock().unwrap().len(), 6, "a gave way to the forged c");
     jwt.verify(&b.token().sign()).await.unwrap();

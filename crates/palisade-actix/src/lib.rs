@@ -160,14 +160,20 @@ impl RequestHead for ActixHead<'_> {
     fn query(&self) -> Option<&str> {
         self.0.uri().query()
     }
-    /// As palisade-axum's: the target's authority when it has one
-    /// (RFC 9112 §3.2.2; HTTP/2's `:authority`), else `Host`.
+    /// As palisade-axum's: `Host`, else the target's authority without
+    /// user information, as actix-web's `guard::Host` and `ConnectionInfo`
+    /// read it.
     fn host(&self) -> Option<&str> {
         self.0
-            .uri()
-            .authority()
-            .map(|a| palisade_core::syntax::authority_host_port(a.as_str()))
-            .or_else(|| self.0.headers().get(HOST).and_then(|h| h.to_str().ok()))
+            .headers()
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| {
+                self.0
+                    .uri()
+                    .authority()
+                    .map(|a| palisade_core::syntax::authority_host_port(a.as_str()))
+            })
     }
     fn header_value(&self, name: &str, index: usize) -> Option<&[u8]> {
         self.values(name).nth(index).map(HeaderValue::as_bytes)
@@ -401,16 +407,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_targets_authority_is_the_host_before_the_host_header() {
+    fn the_host_is_the_one_the_application_sees() {
         let absolute = actix_web::test::TestRequest::default()
+            .uri("http://public.example/p")
+            .insert_header((HOST, "admin.example"))
+            .to_srv_request();
+        assert_eq!(ActixHead(&absolute).host(), Some("admin.example"));
+        let without_host = actix_web::test::TestRequest::default()
             .uri("http://x@admin.example:8080/p")
-            .insert_header((HOST, "public.example"))
             .to_srv_request();
-        assert_eq!(ActixHead(&absolute).host(), Some("admin.example:8080"));
-        let origin_form = actix_web::test::TestRequest::default()
-            .uri("/p")
-            .insert_header((HOST, "public.example"))
-            .to_srv_request();
-        assert_eq!(ActixHead(&origin_form).host(), Some("public.example"));
+        assert_eq!(ActixHead(&without_host).host(), Some("admin.example:8080"));
     }
 }

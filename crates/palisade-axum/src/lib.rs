@@ -246,16 +246,21 @@ impl<B> RequestHead for HttpHead<'_, B> {
     fn query(&self) -> Option<&str> {
         self.0.uri().query()
     }
-    /// The request target's authority when it has one (HTTP/2's
-    /// `:authority`, an absolute-form HTTP/1.1 target, whose `Host` a
-    /// server must ignore: RFC 9112 §3.2.2), else `Host`: what Envoy
-    /// matches `hosts` against.
+    /// `Host`, else the target's authority (HTTP/2's `:authority`)
+    /// without user information: the host axum's `Host` extractor and the
+    /// application see, so a `hosts` rule decides on the host the
+    /// application serves.
     fn host(&self) -> Option<&str> {
         self.0
-            .uri()
-            .authority()
-            .map(|a| palisade_core::syntax::authority_host_port(a.as_str()))
-            .or_else(|| self.0.headers().get(HOST).and_then(|h| h.to_str().ok()))
+            .headers()
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| {
+                self.0
+                    .uri()
+                    .authority()
+                    .map(|a| palisade_core::syntax::authority_host_port(a.as_str()))
+            })
     }
     fn header_value(&self, name: &str, index: usize) -> Option<&[u8]> {
         lookup(self.0.headers(), name)
@@ -632,23 +637,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_targets_authority_is_the_host_before_the_host_header() {
-        // Absolute form: `Host` is ignored (RFC 9112 §3.2.2), and user
-        // information names no host.
+    fn the_host_is_the_one_the_application_sees() {
+        // `Host` first, as axum's `Host` extractor reads it: a `hosts` rule
+        // decides on the host the application routes by.
         let absolute = Request::builder()
+            .uri("http://public.example/p")
+            .header(HOST, "admin.example")
+            .body(())
+            .unwrap();
+        assert_eq!(HttpHead(&absolute, "/p".into()).host(), Some("admin.example"));
+        // Without `Host` (HTTP/2), the authority, without user information.
+        let h2 = Request::builder()
             .uri("http://x@admin.example:8080/p")
-            .header(HOST, "public.example")
             .body(())
             .unwrap();
-        assert_eq!(
-            HttpHead(&absolute, "/p".into()).host(),
-            Some("admin.example:8080")
-        );
-        let origin_form = Request::builder()
-            .uri("/p")
-            .header(HOST, "public.example")
-            .body(())
-            .unwrap();
-        assert_eq!(HttpHead(&origin_form, "/p".into()).host(), Some("public.example"));
+        assert_eq!(HttpHead(&h2, "/p".into()).host(), Some("admin.example:8080"));
     }
 }

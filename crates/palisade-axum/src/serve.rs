@@ -154,7 +154,9 @@ where
     let mut shutdown = std::pin::pin!(shutdown);
     // At the limit, nothing is accepted until a connection closes: the
     // rest wait in the listener's backlog (as actix-web's `max_connections`).
-    let open = Arc::new(tokio::sync::Semaphore::new(limits.connections()));
+    let open = Arc::new(tokio::sync::Semaphore::new(
+        limits.connections().min(tokio::sync::Semaphore::MAX_PERMITS),
+    ));
     let mut full_since: Option<tokio::time::Instant> = None;
     loop {
         // Finished connections leave the set.

@@ -431,7 +431,7 @@ impl Route {
     fn answer(self, method: &str) -> u16 {
         let (methods, status): (&[&str], u16) = match self {
             // Without the login-state cookie of a sign-in under way.
-            Route::Callback => (&["GET", "HEAD"], 400),
+            Route::Callback => (&["GET"], 400),
             // To the issuer's authorization endpoint.
             Route::Login => (&["GET", "HEAD"], 302),
             // To the issuer's end-session endpoint, or postLogoutRedirectUri.
@@ -445,7 +445,7 @@ impl Route {
     fn reason(self) -> &'static str {
         match self {
             Route::Callback => {
-                "sign-in's callback (callbackPath), answered whatever the policy says: 400 without the login-state cookie of a sign-in under way in this browser (405 but to GET and HEAD)"
+                "sign-in's callback (callbackPath), answered whatever the policy says: 400 without the login-state cookie of a sign-in under way in this browser (405 but to GET)"
             }
             Route::Login => {
                 "sign-in's login route (loginPath), answered whatever the policy says: 302 to the issuer's authorization endpoint once its discovery document has loaded (503 before; 400 for a return_to off this service; 405 but to GET and HEAD)"

@@ -139,7 +139,11 @@ impl ServerLimits {
     /// more are accepted, and new ones wait in the listener's backlog until
     /// one closes, so a flood of idle connections cannot use up the
     /// process's file descriptors. Per worker under actix-web (its own
-    /// `max_connections`), per listener under `palisade_axum::serve`.
+    /// `max_connections`), per listener under `palisade_axum::serve`. Keep
+    /// it below the process's open-file limit (`ulimit -n`, often 1,024
+    /// for a shell's processes, far more under systemd or Kubernetes),
+    /// which the default is not fitted to: past that limit, accepting
+    /// fails, and is retried every 50 ms, until a connection closes.
     pub fn max_connections(mut self, connections: usize) -> Self {
         self.max_connections = connections.max(1);
         self

@@ -234,6 +234,10 @@ struct Tenant {
     /// have been set up by a forged token naming it, and it is the first
     /// to go when the tenants are too many, and is not kept fresh by use.
     verified: std::sync::atomic::AtomicBool,
+    /// When it was set up: a tenant whose first token is still being
+    /// checked (its keys fetched) is not the first to go for want of a
+    /// verified token.
+    created: std::time::Instant,
 }
 
 impl Tenant {
@@ -1249,16 +1253,20 @@ impl JwtAuthenticator {
             _fetched: fetched,
             allowed_at: AtomicU64::new(allowed_at),
             verified: std::sync::atomic::AtomicBool::new(false),
+            created: std::time::Instant::now(),
         });
         if stores.order.len() >= cfg.max_tenants {
-            // The oldest tenant no token has verified for, else the
-            // least recently used: tokens that name tenants without a valid
-            // signature cannot push the tenants in use out.
+            // The oldest tenant no token has verified for since its keys
+            // could have been fetched, else the least recently used: tokens
+            // that name tenants without a valid signature do not push the
+            // tenants in use out, and a new tenant has the time its first
+            // token needs.
             let live = &stores.live;
-            let unproven = stores
-                .order
-                .iter()
-                .position(|n| live.get(n).is_none_or(|t| !t.verified.load(Ordering::Relaxed)));
+            let grace = cfg.fetch.timeout.saturating_mul(2);
+            let unproven = stores.order.iter().position(|n| {
+                live.get(n)
+                    .is_none_or(|t| !t.verified.load(Ordering::Relaxed) && t.created.elapsed() >= grace)
+            });
             if let Some(oldest) = stores.order.remove(unproven.unwrap_or(0)) {
                 stores.live.remove(&oldest);
                 stores.allowed.remove(&oldest);
@@ -1658,7 +1666,9 @@ impl JwtAuthenticator {
         let cfg = &self.0.providers[provider].cfg;
         check_signature(parsed.jws.message, parsed.jws.signature, parsed.jws.alg, key)?;
         let times = check_claims(cfg, tenant.map_or(&cfg.issuer, |t| &t.issuer), &parsed)?;
-        if let Some(t) = tenant {
+        if let Some(t) = tenant
+            && !t.verified.load(Ordering::Relaxed)
+        {
             t.verified.store(true, Ordering::Relaxed);
         }
         let mut claims = token_claims(cfg, parsed.claims);
