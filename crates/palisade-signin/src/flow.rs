@@ -1730,6 +1730,26 @@ mod tests {
     use super::*;
     use palisade_core::authn::OwnedRequest;
 
+    /// Alice's session `s1`, seen now, its access token `at-0` good for an
+    /// hour: what a test makes its own from.
+    fn alice() -> Session {
+        let t = now();
+        Session {
+            v: 1,
+            id: "s1".into(),
+            sub: "alice".into(),
+            sid: None,
+            created_ms: now_ms(),
+            seen: t,
+            at: "at-0".into(),
+            at_exp: t + 3600,
+            rt: None,
+            it: None,
+            generation: 0,
+            store_key: None,
+        }
+    }
+
     #[tokio::test]
     async fn a_rebuilt_relying_party_remembers_what_the_one_it_replaces_used() {
         let first = shared_memory_store("https://idp.example", "shop");
@@ -1889,21 +1909,7 @@ mod tests {
             assert!(start.elapsed() < Duration::from_secs(10), "no discovery");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let t = now();
-        let session = Session {
-            v: 1,
-            id: "s1".into(),
-            sub: "alice".into(),
-            sid: None,
-            created_ms: now_ms(),
-            seen: t,
-            at: "at-0".into(),
-            at_exp: t + 3600,
-            rt: None,
-            it: None,
-            generation: 0,
-            store_key: None,
-        };
+        let session = alice();
         let cookie = session_cookie(key, &Payload::Inline(session));
         let clears_session = |reply: &Reply| {
             reply
@@ -1962,21 +1968,7 @@ mod tests {
             assert!(start.elapsed() < Duration::from_secs(10), "no discovery");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let t = now();
-        let session = Session {
-            v: 1,
-            id: "s1".into(),
-            sub: "alice".into(),
-            sid: None,
-            created_ms: now_ms(),
-            seen: t,
-            at: "at-0".into(),
-            at_exp: t + 3600,
-            rt: None,
-            it: None,
-            generation: 0,
-            store_key: None,
-        };
+        let session = alice();
         let page = OwnedRequest::get("/page")
             .header("host", "app.test")
             .header("sec-fetch-mode", "navigate");
@@ -2073,20 +2065,10 @@ mod tests {
             .keys(vec![key.clone()])
             .build()
             .unwrap();
-        let t = now();
         let session = Session {
-            v: 1,
-            id: "s1".into(),
-            sub: "alice".into(),
-            sid: None,
-            created_ms: now_ms(),
             seen: u64::MAX,
             at: "opaque".into(),
-            at_exp: t + 3600,
-            rt: None,
-            it: None,
-            generation: 0,
-            store_key: None,
+            ..alice()
         };
         let req = OwnedRequest::get("/page").header("cookie", session_cookie(key, &Payload::Inline(session)));
         let Check::Ready(AuthOutcome::Authenticated(a)) = sign_in.authenticate(&req) else {
@@ -2151,18 +2133,9 @@ mod tests {
             let t = now();
             // Due for a refresh (within `refresh_before`), still valid.
             let session = Session {
-                v: 1,
-                id: "s1".into(),
-                sub: "alice".into(),
-                sid: None,
-                created_ms: now_ms(),
-                seen: t,
-                at: "at-0".into(),
                 at_exp: t + 10,
                 rt: Some("refresh-0".into()),
-                it: None,
-                generation: 0,
-                store_key: None,
+                ..alice()
             };
             let req =
                 OwnedRequest::get("/page").header("cookie", session_cookie(key, &Payload::Inline(session)));
@@ -2219,21 +2192,11 @@ mod tests {
                 part(&claims)
             )
         };
-        let t = now();
         let with = |it: Option<String>| {
             let session = Session {
-                v: 1,
-                id: "s1".into(),
-                sub: "alice".into(),
-                sid: None,
-                created_ms: now_ms(),
-                seen: t,
                 at: "opaque".into(),
-                at_exp: t + 3600,
-                rt: None,
                 it,
-                generation: 0,
-                store_key: None,
+                ..alice()
             };
             let req = OwnedRequest::get("/page")
                 .header("cookie", session_cookie(key.clone(), &Payload::Inline(session)));
@@ -2264,20 +2227,11 @@ mod tests {
             .keys(vec![key.clone()])
             .build()
             .unwrap();
-        let t = now();
         let session = |at: &str, generation: u32| Session {
-            v: 1,
-            id: "s1".into(),
-            sub: "alice".into(),
-            sid: None,
-            created_ms: now_ms(),
-            seen: t,
             at: at.into(),
-            at_exp: t + 3600,
             rt: Some(format!("refresh-{generation}")),
-            it: None,
             generation,
-            store_key: None,
+            ..alice()
         };
         let request = |s: Session| {
             OwnedRequest::get("/page").header("cookie", session_cookie(key.clone(), &Payload::Inline(s)))
