@@ -14,8 +14,9 @@
 //!    session model says so (a session `{"t":"s",…}` with the fields'
 //!    types, within its absolute and idle timeouts, its access token not
 //!    expired or, when it soon is, without a refresh token: the issuer of
-//!    this relying party never answers), as the subject it names, with its
-//!    access token attached. A stored-session reference is refused (the
+//!    this relying party never answers; its ID token, when it has one,
+//!    naming this issuer and this client), as the subject it names, with
+//!    its access token attached. A stored-session reference is refused (the
 //!    store holds none).
 //! 2. The rest is any plaintext, sealed by a sealer that splits it over
 //!    64-byte chunks: it opens to itself, as many chunks as were set, and
@@ -34,7 +35,7 @@ use palisade_signin::cookie::{CookieKey, CookieSealer, InvalidCookie, Opened, Ra
 use serde_json::Value;
 
 use crate::common::{now, strict_json, wait};
-use crate::signin::{OFFLINE_ISSUER, cookie_header, keys, offline, session_sealer};
+use crate::signin::{CLIENT, OFFLINE_ISSUER, cookie_header, keys, offline, session_sealer};
 
 /// The relying party's defaults.
 const ABSOLUTE: u64 = 8 * 3600;
@@ -81,6 +82,13 @@ fn model(plaintext: &[u8]) -> Model {
     if version > 255 || !["sid", "rt", "it"].iter().all(|f| optional_str(f)) {
         return Model::Refused;
     }
+    // A session of this relying party: its ID token names this issuer and
+    // this client (read without its signature, as sealed at sign-in).
+    if let Some(it) = str_field("it")
+        && !names_this_relying_party(it)
+    {
+        return Model::Refused;
+    }
     let has_refresh = v.get("rt").is_some_and(Value::is_string);
     let t = i128::from(now());
     let limits = [
@@ -102,6 +110,28 @@ fn model(plaintext: &[u8]) -> Model {
     } else {
         Model::Refused
     }
+}
+
+/// Whether a JWT's payload names [`OFFLINE_ISSUER`] as `iss` and
+/// [`CLIENT`] among its `aud`.
+fn names_this_relying_party(token: &str) -> bool {
+    let parts: Vec<&str> = token.split('.').collect();
+    let [_, payload, _] = parts.as_slice() else {
+        return false;
+    };
+    let Some(Value::Object(claims)) = URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+    else {
+        return false;
+    };
+    let audience = match claims.get("aud") {
+        Some(Value::String(a)) => a == CLIENT,
+        Some(Value::Array(all)) => all.iter().any(|a| a.as_str() == Some(CLIENT)),
+        _ => false,
+    };
+    claims.get("iss").and_then(Value::as_str) == Some(OFFLINE_ISSUER) && audience
 }
 
 fn assert_outcome(outcome: &AuthOutcome, model: &Model, what: &str) {
