@@ -160,20 +160,11 @@ impl RequestHead for ActixHead<'_> {
     fn query(&self) -> Option<&str> {
         self.0.uri().query()
     }
-    /// As palisade-axum's: `Host`, else the target's authority without
-    /// user information, as actix-web's `guard::Host` and `ConnectionInfo`
-    /// read it.
     fn host(&self) -> Option<&str> {
-        self.0
-            .headers()
-            .get(HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| {
-                self.0
-                    .uri()
-                    .authority()
-                    .map(|a| palisade_core::syntax::authority_host_port(a.as_str()))
-            })
+        palisade_core::adapter::request_host(
+            self.0.headers().get(HOST).and_then(|h| h.to_str().ok()),
+            self.0.uri().authority().map(|a| a.as_str()),
+        )
     }
     fn header_value(&self, name: &str, index: usize) -> Option<&[u8]> {
         self.values(name).nth(index).map(HeaderValue::as_bytes)

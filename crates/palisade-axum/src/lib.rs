@@ -246,21 +246,11 @@ impl<B> RequestHead for HttpHead<'_, B> {
     fn query(&self) -> Option<&str> {
         self.0.uri().query()
     }
-    /// `Host`, else the target's authority (HTTP/2's `:authority`)
-    /// without user information: the host axum's `Host` extractor and the
-    /// application see, so a `hosts` rule decides on the host the
-    /// application serves.
     fn host(&self) -> Option<&str> {
-        self.0
-            .headers()
-            .get(HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| {
-                self.0
-                    .uri()
-                    .authority()
-                    .map(|a| palisade_core::syntax::authority_host_port(a.as_str()))
-            })
+        palisade_core::adapter::request_host(
+            self.0.headers().get(HOST).and_then(|h| h.to_str().ok()),
+            self.0.uri().authority().map(http::uri::Authority::as_str),
+        )
     }
     fn header_value(&self, name: &str, index: usize) -> Option<&[u8]> {
         lookup(self.0.headers(), name)

@@ -756,6 +756,24 @@ pub fn is_grpc(req: &dyn RequestHead) -> bool {
         })
 }
 
+/// The host of a request, for [`RequestHead::host`]: its `Host` header
+/// (`host_header`, when it is text), else its target's authority (HTTP/2's
+/// `:authority`) without the user information before an `@`, which names
+/// no host. `Host` first, as the frameworks read it (axum's `Host`
+/// extractor, actix-web's `guard::Host`), so a `hosts` rule decides on
+/// the host the application routes by; one rule for every adapter.
+///
+/// ```
+/// use palisade_core::adapter::request_host;
+/// assert_eq!(request_host(Some("shop.example"), Some("other.example")), Some("shop.example"));
+/// assert_eq!(request_host(None, Some("x@admin.example:8080")), Some("admin.example:8080"));
+/// assert_eq!(request_host(None, None), None);
+/// ```
+#[must_use]
+pub fn request_host<'a>(host_header: Option<&'a str>, authority: Option<&'a str>) -> Option<&'a str> {
+    host_header.or_else(|| authority.map(|a| &a[a.rfind('@').map_or(0, |at| at + 1)..]))
+}
+
 /// A [`Reply`] as an `http` 1 response (axum, hyper, tonic), with the body
 /// made by `body`; the rejection and its access decision travel in the
 /// response extensions.

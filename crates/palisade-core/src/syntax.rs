@@ -275,20 +275,6 @@ fn is_loopback_url(s: &str) -> bool {
     is_loopback_host(host)
 }
 
-/// An authority's `host[:port]`, without the user information a request
-/// target may carry before an `@` (which names no host: `hosts` rules and
-/// origins must not read `user@admin.example` as another host).
-///
-/// ```
-/// use palisade_core::syntax::authority_host_port;
-/// assert_eq!(authority_host_port("x@admin.example:8080"), "admin.example:8080");
-/// assert_eq!(authority_host_port("[::1]:443"), "[::1]:443");
-/// ```
-#[must_use]
-pub fn authority_host_port(authority: &str) -> &str {
-    &authority[authority.rfind('@').map_or(0, |at| at + 1)..]
-}
-
 /// Whether `host`, as a URI names it, is this machine: `localhost` or a
 /// loopback address (`127.x`, or `::1` in any spelling, in brackets or
 /// not), in any case, with or without a trailing dot. What Palisade does not
