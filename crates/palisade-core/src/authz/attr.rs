@@ -169,16 +169,7 @@ fn peer_in_namespace(ctx: &Ctx<'_>, ms: &[StrMatch]) -> bool {
     };
     match peer.principal.as_deref() {
         Some(principal) if principal.contains("/ns/") => {
-            let mut from = 0;
-            while let Some(at) = principal[from..].find("/ns/") {
-                let start = from + at + "/ns/".len();
-                let rest = &principal[start..];
-                if ms.iter().any(|m| namespace_regex_matches(m, rest)) {
-                    return true;
-                }
-                from = start - 1;
-            }
-            false
+            after_ns(principal).any(|rest| ms.iter().any(|m| namespace_regex_matches(m, rest)))
         }
         _ => peer
             .namespace
@@ -205,17 +196,17 @@ fn namespace_regex_matches(m: &StrMatch, rest: &str) -> bool {
 /// `cluster.local/ns/prod/sa/x/pod/1` (an ID SPIRE may issue) is in `prod`
 /// as `cluster.local/ns/prod/sa/x` is.
 fn principal_namespaces(principal: &str) -> impl Iterator<Item = &str> {
+    after_ns(principal).filter_map(|rest| rest.find('/').map(|end| &rest[..end]))
+}
+
+/// What follows each `/ns/` of a principal, the overlapping ones too
+/// (`/ns/ns/prod/` is in `ns` and in `prod`).
+fn after_ns(principal: &str) -> impl Iterator<Item = &str> {
     let mut from = 0;
     std::iter::from_fn(move || {
-        while let Some(at) = principal[from..].find("/ns/") {
-            let start = from + at + "/ns/".len();
-            // Overlapping: `/ns/ns/prod/` is in `ns` and in `prod`.
-            from = start - 1;
-            if let Some(end) = principal[start..].find('/') {
-                return Some(&principal[start..start + end]);
-            }
-        }
-        None
+        let start = from + principal[from..].find("/ns/")? + "/ns/".len();
+        from = start - 1;
+        Some(&principal[start..])
     })
 }
 
