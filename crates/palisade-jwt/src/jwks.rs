@@ -591,35 +591,35 @@ pub(crate) fn jwks_runtime() -> std::io::Result<tokio::runtime::Handle> {
     Ok(handle)
 }
 
-/// Follows at most `max` redirects, none from `https` to plain `http`
-/// (keys or a token's introspection must not leave TLS on a server's say).
-fn no_downgrade(max: usize) -> reqwest::redirect::Policy {
-    reqwest::redirect::Policy::custom(move |attempt| {
-        let from_tls = attempt.previous().last().is_some_and(|u| u.scheme() == "https");
-        if from_tls && attempt.url().scheme() != "https" {
-            attempt.error("a redirect from https to plain http")
-        } else if attempt.previous().len() > max {
-            attempt.error("too many redirects")
-        } else {
-            attempt.follow()
-        }
-    })
+/// Which redirects a client follows.
+#[derive(Clone, Copy)]
+enum Redirects {
+    /// Any but from `https` to plain `http` (keys must not leave TLS on a
+    /// server's say; a key set may move to another origin, a CDN).
+    NoDowngrade,
+    /// Only to the first request's origin (which also keeps it on TLS): an
+    /// introspection's `POST` carries the token, and perhaps the client's
+    /// secret, in its body, which a `307` or `308` to another server would
+    /// hand on (RFC 7662 §4: to the authorization server only).
+    SameOrigin,
 }
 
-/// Follows at most `max` redirects, each to the origin of the first
-/// request (which also keeps it on TLS): an introspection's `POST` carries
-/// the token, and perhaps the client's secret, in its body, which a `307`
-/// or `308` to another server would hand on (RFC 7662 §4: to the
-/// authorization server only).
-fn same_origin(max: usize) -> reqwest::redirect::Policy {
+/// Follows at most `max` redirects of the kind `redirects` allows.
+fn redirect_policy(max: usize, redirects: Redirects) -> reqwest::redirect::Policy {
     reqwest::redirect::Policy::custom(move |attempt| {
-        let elsewhere = attempt
-            .previous()
-            .first()
-            .is_some_and(|first| first.origin() != attempt.url().origin());
-        if elsewhere {
-            attempt.error("a redirect to another origin")
-        } else if attempt.previous().len() > max {
+        let previous = attempt.previous();
+        let refused = match redirects {
+            Redirects::NoDowngrade => (previous.last().is_some_and(|u| u.scheme() == "https")
+                && attempt.url().scheme() != "https")
+                .then_some("a redirect from https to plain http"),
+            Redirects::SameOrigin => previous
+                .first()
+                .is_some_and(|first| first.origin() != attempt.url().origin())
+                .then_some("a redirect to another origin"),
+        };
+        if let Some(why) = refused {
+            attempt.error(why)
+        } else if previous.len() > max {
             attempt.error("too many redirects")
         } else {
             attempt.follow()
@@ -628,23 +628,20 @@ fn same_origin(max: usize) -> reqwest::redirect::Policy {
 }
 
 pub(crate) fn http_client(settings: &FetchSettings) -> Result<reqwest::Client, String> {
-    client_with(settings, no_downgrade(3))
+    client_with(settings, Redirects::NoDowngrade)
 }
 
 /// [`http_client`] whose redirects stay on the first request's origin
-/// ([`same_origin`]): for token introspection.
+/// ([`Redirects::SameOrigin`]): for token introspection.
 pub(crate) fn same_origin_client(settings: &FetchSettings) -> Result<reqwest::Client, String> {
-    client_with(settings, same_origin(3))
+    client_with(settings, Redirects::SameOrigin)
 }
 
-fn client_with(
-    settings: &FetchSettings,
-    redirects: reqwest::redirect::Policy,
-) -> Result<reqwest::Client, String> {
+fn client_with(settings: &FetchSettings, redirects: Redirects) -> Result<reqwest::Client, String> {
     let mut b = reqwest::Client::builder()
         .connect_timeout(settings.timeout)
         .timeout(settings.timeout)
-        .redirect(redirects)
+        .redirect(redirect_policy(3, redirects))
         .user_agent(concat!("palisade/", env!("CARGO_PKG_VERSION")));
     if let Some(pem) = &settings.extra_ca_pem {
         let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("bad CA bundle: {e}"))?;
