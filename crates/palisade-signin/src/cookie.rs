@@ -602,6 +602,18 @@ pub enum RawCookie<'r> {
     },
 }
 
+impl RawCookie<'_> {
+    /// How many cookie names the request carried (0 without the cookie):
+    /// what [`CookieSealer::clear`] and a new seal must replace.
+    #[must_use]
+    pub fn chunks(&self) -> usize {
+        match self {
+            RawCookie::Absent => 0,
+            RawCookie::Present { chunks, .. } | RawCookie::Invalid { chunks, .. } => *chunks,
+        }
+    }
+}
+
 impl fmt::Debug for RawCookie<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

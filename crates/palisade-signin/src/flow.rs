@@ -684,13 +684,11 @@ impl SignIn {
         reply = with_cookies(reply, state_cookie);
         // A stale session cookie goes now, so the browser comes back clean.
         // Not at `loginPath`, which any site can send a browser to: the
-        // session a user has stays until the sign-in replaces it (a
-        // cookie that does not open goes all the same).
+        // session a user has stays until the sign-in replaces it (chunks
+        // that cannot be joined go all the same).
         let chunks = match self.sealer(secure).raw(req) {
-            RawCookie::Absent => 0,
-            RawCookie::Present { chunks, .. } if clear_session => chunks,
-            RawCookie::Present { .. } => 0,
-            RawCookie::Invalid { chunks, .. } => chunks,
+            RawCookie::Present { .. } if !clear_session => 0,
+            raw => raw.chunks(),
         };
         if chunks > 0 {
             reply = with_cookies(reply, self.sealer(secure).clear(chunks));
@@ -804,10 +802,7 @@ impl SignIn {
         };
         // A session the browser kept through the sign-in (`loginPath`
         // leaves it): the new one replaces every chunk of it.
-        let previous_chunks = match self.sealer(secure).raw(req) {
-            RawCookie::Absent => 0,
-            RawCookie::Present { chunks, .. } | RawCookie::Invalid { chunks, .. } => chunks,
-        };
+        let previous_chunks = self.sealer(secure).raw(req).chunks();
         let this = self.clone();
         Check::pending(async move {
             match this
@@ -1730,6 +1725,24 @@ mod tests {
     use super::*;
     use palisade_core::authn::OwnedRequest;
 
+    /// A relying party of an issuer that never answers, sealing with `key`.
+    fn offline(key: &CookieKey) -> SignIn {
+        SignIn::builder("http://127.0.0.1:9", "shop")
+            .keys(vec![key.clone()])
+            .build()
+            .unwrap()
+    }
+
+    /// Waits for `sign_in`'s discovery, which runs on a thread of its own
+    /// (10 s at most).
+    async fn discovered(sign_in: &SignIn) {
+        let start = std::time::Instant::now();
+        while sign_in.0.issuer.metadata().is_none() {
+            assert!(start.elapsed() < Duration::from_secs(10), "no discovery");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Alice's session `s1`, seen now, its access token `at-0` good for an
     /// hour: what a test makes its own from.
     fn alice() -> Session {
@@ -1854,12 +1867,7 @@ mod tests {
             .store(store.clone())
             .build()
             .unwrap();
-        // Discovery happens on a thread of its own.
-        let start = std::time::Instant::now();
-        while sign_in.0.issuer.metadata().is_none() {
-            assert!(start.elapsed() < Duration::from_secs(10), "no discovery");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        discovered(&sign_in).await;
         let cookie = session_cookie(
             key,
             &Payload::Stored {
@@ -1904,11 +1912,7 @@ mod tests {
             .keys(vec![key.clone()])
             .build()
             .unwrap();
-        let start = std::time::Instant::now();
-        while sign_in.0.issuer.metadata().is_none() {
-            assert!(start.elapsed() < Duration::from_secs(10), "no discovery");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        discovered(&sign_in).await;
         let session = alice();
         let cookie = session_cookie(key, &Payload::Inline(session));
         let clears_session = |reply: &Reply| {
@@ -1963,11 +1967,8 @@ mod tests {
                 .unwrap()
         };
         let (down, up) = (relying_party(true), relying_party(false));
-        let start = std::time::Instant::now();
-        while down.0.issuer.metadata().is_none() || up.0.issuer.metadata().is_none() {
-            assert!(start.elapsed() < Duration::from_secs(10), "no discovery");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        discovered(&down).await;
+        discovered(&up).await;
         let session = alice();
         let page = OwnedRequest::get("/page")
             .header("host", "app.test")
@@ -2061,10 +2062,7 @@ mod tests {
     #[test]
     fn a_session_seen_at_the_end_of_time_is_no_overflow() {
         let key = CookieKey::new("k1", &[1; 32]).unwrap();
-        let sign_in = SignIn::builder("http://127.0.0.1:9", "shop")
-            .keys(vec![key.clone()])
-            .build()
-            .unwrap();
+        let sign_in = offline(&key);
         let session = Session {
             seen: u64::MAX,
             at: "opaque".into(),
@@ -2123,13 +2121,7 @@ mod tests {
                 .keys(vec![key.clone()])
                 .build()
                 .unwrap();
-            for _ in 0..200 {
-                if sign_in.0.issuer.metadata().is_some() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            assert!(sign_in.0.issuer.metadata().is_some(), "{status}: no discovery");
+            discovered(&sign_in).await;
             let t = now();
             // Due for a refresh (within `refresh_before`), still valid.
             let session = Session {
@@ -2160,10 +2152,7 @@ mod tests {
 
     #[test]
     fn the_callback_takes_get_only_so_a_head_spends_no_code() {
-        let sign_in = SignIn::builder("http://127.0.0.1:9", "shop")
-            .keys(vec![CookieKey::new("k1", &[1; 32]).unwrap()])
-            .build()
-            .unwrap();
+        let sign_in = offline(&CookieKey::new("k1", &[1; 32]).unwrap());
         for method in ["HEAD", "POST"] {
             let req = OwnedRequest::new(method, "/oauth2/callback?code=c&state=s");
             let Check::Ready(AuthOutcome::Respond(reply)) = sign_in.authenticate(&req) else {
@@ -2180,10 +2169,7 @@ mod tests {
     #[test]
     fn a_session_made_for_another_issuer_or_client_is_not_accepted() {
         let key = CookieKey::new("k1", &[1; 32]).unwrap();
-        let sign_in = SignIn::builder("http://127.0.0.1:9", "shop")
-            .keys(vec![key.clone()])
-            .build()
-            .unwrap();
+        let sign_in = offline(&key);
         let id_token = |claims: serde_json::Value| {
             let part = |v: &serde_json::Value| URL_SAFE_NO_PAD.encode(v.to_string());
             format!(
@@ -2223,10 +2209,7 @@ mod tests {
     #[tokio::test]
     async fn an_older_refresh_of_this_replica_never_replaces_a_cookies_newer_tokens() {
         let key = CookieKey::new("k1", &[1; 32]).unwrap();
-        let sign_in = SignIn::builder("http://127.0.0.1:9", "shop")
-            .keys(vec![key.clone()])
-            .build()
-            .unwrap();
+        let sign_in = offline(&key);
         let session = |at: &str, generation: u32| Session {
             at: at.into(),
             rt: Some(format!("refresh-{generation}")),
