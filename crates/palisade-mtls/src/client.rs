@@ -386,8 +386,7 @@ mod tests {
     use palisade_testkit::TestPki;
 
     use super::*;
-    use crate::ServerTls;
-    use crate::test_support::{handshake, reloads_on_sighup};
+    use crate::test_support::{Rotation, reloads_on_sighup};
 
     #[test]
     fn expected_names_match_sans_of_their_own_type_and_a_spiffe_id_is_one_valid_uri() {
@@ -411,55 +410,38 @@ mod tests {
         }
     }
 
-    /// The leaf certificate `client` presents to `server` (which asks for
-    /// one), from an in-memory handshake.
-    fn presented(client: &ClientTls, server: &ServerTls) -> Vec<u8> {
-        let (_, s) = handshake(client.client_config(), server.server_config()).unwrap();
-        s.peer_certificates().unwrap()[0].to_vec()
-    }
-
     /// The client side of certificate rotation: `SIGHUP` (and `reload`)
     /// makes new connections present the new certificate; a bad file is
     /// refused, naming it, and the old certificate stays in use.
     #[test]
     fn sighup_and_reload_rotate_the_client_certificate_and_a_bad_file_keeps_the_old() {
         let dir = palisade_testkit::TempDir::new("palisade-mtls-client-reload");
-        let pki = TestPki::new();
-        let ca = dir.path().join("ca.pem");
-        std::fs::write(&ca, pki.ca_pem()).unwrap();
-        let (server_cert, server_key) = pki.server(&["localhost"]).write_to(dir.path(), "server").unwrap();
-        let server = ServerTls::builder(&server_cert, &server_key)
-            .client_ca(&ca)
-            .build()
-            .unwrap();
-        let (first, second) = (
-            pki.workload("default", "productpage"),
-            pki.workload("default", "productpage"),
-        );
-        let (cert, key) = first.write_to(dir.path(), "client").unwrap();
-        let client = ClientTls::builder(&cert, &key, &ca).build().unwrap();
-        assert_eq!(presented(&client, &server), first.cert_der());
+        let r = Rotation::new(dir.path());
+        let (first, second, key) = (&r.first, &r.second, &r.key);
+        let client = ClientTls::builder(&r.cert, key, &r.ca).build().unwrap();
+        let presented = |client: &ClientTls| r.presented(client);
+        assert_eq!(presented(&client), first.cert_der());
         // SIGHUP (no file watch running): the new files are used.
         assert!(
             reloads_on_sighup(
                 || client.reload_on_sighup(),
                 || drop(second.write_to(dir.path(), "client").unwrap()),
-                || presented(&client, &server) == second.cert_der(),
+                || presented(&client) == second.cert_der(),
             ),
             "SIGHUP did not reload the client certificate"
         );
         // A broken key file: refused with an error naming it, old material kept.
         std::fs::write(
-            &key,
+            key,
             "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n",
         )
         .unwrap();
         let err = client.reload().unwrap_err();
         assert!(err.to_string().contains("client.key"), "{err}");
-        assert_eq!(presented(&client, &server), second.cert_der());
+        assert_eq!(presented(&client), second.cert_der());
         // And `reload()` picks up good files again.
         first.write_to(dir.path(), "client").unwrap();
         client.reload().unwrap();
-        assert_eq!(presented(&client, &server), first.cert_der());
+        assert_eq!(presented(&client), first.cert_der());
     }
 }

@@ -49,6 +49,52 @@ pub(crate) fn handshake(
     }
 }
 
+/// A client certificate about to rotate, in `dir`: a server of
+/// `localhost` that asks the mesh CA's workloads for one, and two
+/// certificates of one workload, the first written as `client.pem` and
+/// `client.key`.
+pub(crate) struct Rotation {
+    pub(crate) ca: std::path::PathBuf,
+    pub(crate) server: crate::ServerTls,
+    pub(crate) first: palisade_testkit::TestCert,
+    pub(crate) second: palisade_testkit::TestCert,
+    pub(crate) cert: std::path::PathBuf,
+    pub(crate) key: std::path::PathBuf,
+}
+
+impl Rotation {
+    pub(crate) fn new(dir: &std::path::Path) -> Rotation {
+        let pki = palisade_testkit::TestPki::new();
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, pki.ca_pem()).unwrap();
+        let (server_cert, server_key) = pki.server(&["localhost"]).write_to(dir, "server").unwrap();
+        let server = crate::ServerTls::builder(&server_cert, &server_key)
+            .client_ca(&ca)
+            .build()
+            .unwrap();
+        let (first, second) = (
+            pki.workload("default", "productpage"),
+            pki.workload("default", "productpage"),
+        );
+        let (cert, key) = first.write_to(dir, "client").unwrap();
+        Rotation {
+            ca,
+            server,
+            first,
+            second,
+            cert,
+            key,
+        }
+    }
+
+    /// The leaf certificate `client` presents to the server, from an
+    /// in-memory handshake.
+    pub(crate) fn presented(&self, client: &crate::ClientTls) -> Vec<u8> {
+        let (_, s) = handshake(client.client_config(), self.server.server_config()).unwrap();
+        s.peer_certificates().unwrap()[0].to_vec()
+    }
+}
+
 /// Held while a test sends the process `SIGHUP`: every listener of the
 /// process reloads on it, so two such tests at once would reload each
 /// other's files.

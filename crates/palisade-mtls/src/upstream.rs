@@ -381,22 +381,9 @@ mod tests {
     /// rotated certificate reaches its calls too, once watched.
     #[test]
     fn a_watched_rules_client_certificate_rotates() {
-        use crate::ServerTls;
-        use crate::test_support::handshake;
         let dir = palisade_testkit::TempDir::new("palisade-mtls-upstream-watch");
-        let pki = palisade_testkit::TestPki::new();
-        let ca = dir.path().join("ca.pem");
-        std::fs::write(&ca, pki.ca_pem()).unwrap();
-        let (server_cert, server_key) = pki.server(&["localhost"]).write_to(dir.path(), "server").unwrap();
-        let server = ServerTls::builder(&server_cert, &server_key)
-            .client_ca(&ca)
-            .build()
-            .unwrap();
-        let (first, second) = (
-            pki.workload("default", "productpage"),
-            pki.workload("default", "productpage"),
-        );
-        let (cert, key) = first.write_to(dir.path(), "client").unwrap();
+        let r = crate::test_support::Rotation::new(dir.path());
+        let (cert, key, ca) = (&r.cert, &r.key, &r.ca);
         let yaml = format!(
             "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: r}}\nspec:\n  host: reviews\n  trafficPolicy:\n    tls: {{mode: MUTUAL, clientCertificate: {}, privateKey: {}, caCertificates: {}}}\n",
             cert.display(),
@@ -412,17 +399,16 @@ mod tests {
             else {
                 panic!("no client TLS for reviews")
             };
-            let (_, s) = handshake(client.client_config(), server.server_config()).unwrap();
-            s.peer_certificates().unwrap()[0].to_vec()
+            r.presented(client)
         };
-        assert_eq!(presented(), first.cert_der());
+        assert_eq!(presented(), r.first.cert_der());
         tls.watch(std::time::Duration::from_millis(50));
         // A file's stamp may keep its second: the change must differ in it.
         std::thread::sleep(std::time::Duration::from_millis(1100));
-        second.write_to(dir.path(), "client").unwrap();
+        r.second.write_to(dir.path(), "client").unwrap();
         let rotated = (0..100).any(|_| {
             std::thread::sleep(std::time::Duration::from_millis(50));
-            presented() == second.cert_der()
+            presented() == r.second.cert_der()
         });
         assert!(rotated, "the rule's client certificate did not rotate");
     }
