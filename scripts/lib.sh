@@ -116,3 +116,18 @@ ensure_example_deps() {
     fi
   fi
 }
+
+# check_disk GIB WHAT: a warning line when the file system that will hold
+# the build directory (CARGO_TARGET_DIR, else ./target) has less than GIB
+# GiB free, counting what target/ already holds as reusable. A full disk
+# otherwise shows only as rustc's "No space left on device" deep in a build.
+check_disk() {
+  local want=$1 what=$2 dir="${CARGO_TARGET_DIR:-$PWD/target}" probe free_k have_k=0
+  probe=$dir
+  while [ ! -d "$probe" ]; do probe=$(dirname -- "$probe"); done
+  free_k=$(df -Pk -- "$probe" | awk 'NR==2 {print $4}')
+  if [ -d "$dir" ]; then have_k=$(du -sk -- "$dir" 2>/dev/null | awk '{print $1}'); fi
+  if [ $(((free_k + have_k) / 1048576)) -lt "$want" ]; then
+    echo "warning: $((free_k / 1048576)) GiB free for $dir (which holds $((have_k / 1048576)) GiB); $what takes about $want GiB: free some space or point CARGO_TARGET_DIR elsewhere, or the build may stop with \"No space left on device\"" >&2
+  fi
+}
