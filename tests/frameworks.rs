@@ -588,7 +588,10 @@ async fn send_as(
 ) -> (Wire, Option<usize>, usize) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut req = format!("{method} {target} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
+    let mut req = format!("{method} {target} HTTP/1.1\r\nconnection: close\r\n");
+    if !headers.iter().any(|(k, _)| *k == "host") {
+        req.push_str(&format!("host: {addr}\r\n"));
+    }
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -718,6 +721,7 @@ spec:
     when: [{{key: destination.port, values: [\"1\"]}}]
   - to: [{{operation: {{paths: [/dest/*]}}}}]
     when: [{{key: destination.ip, values: [127.0.0.1]}}]
+  - to: [{{operation: {{hosts: [public.example], paths: [/hosted/*]}}}}]
 ",
         iss = issuer.issuer(),
         jwks = issuer.jwks_uri(),
@@ -869,6 +873,36 @@ spec:
                 200,
                 Some(seen("/loopback/x", None, false, None)),
             ),
+            (
+                "the host",
+                "/hosted/x",
+                vec![("host", "Public.Example".into())],
+                200,
+                Some(seen("/hosted/x", None, false, None)),
+            ),
+            ("another host", "/hosted/x", vec![], 401, None),
+            (
+                "the host in the target too",
+                "http://public.example/hosted/x",
+                vec![("host", "public.example".into())],
+                200,
+                Some(seen("/hosted/x", None, false, None)),
+            ),
+            // The router and the policy could each take another host.
+            (
+                "the host in the target, another in Host",
+                "http://public.example/hosted/x",
+                vec![],
+                400,
+                None,
+            ),
+            (
+                "another host in the target, the host in Host",
+                "http://127.0.0.1/hosted/x",
+                vec![("host", "public.example".into())],
+                400,
+                None,
+            ),
         ];
         for (name, target, headers, status, handler_saw) in cases {
             let a = send(axum_addr, target, &headers).await;
@@ -895,9 +929,10 @@ spec:
                 }
             }
             // Every decision the policy made is explained (the debug switch
-            // is on); refusals before the policy ran (a bad token, a bad path)
-            // have no decision to explain.
-            let decided = !matches!(name, "bad token" | "two tokens" | "malformed escape");
+            // is on); refusals before the policy ran (a bad token, and every
+            // 400: two tokens, a bad path, two hosts) have no decision to
+            // explain.
+            let decided = name != "bad token" && status != 400;
             assert_eq!(explain(&a).is_some(), decided, "{name}: {a:?}");
             if status == 401 {
                 assert!(

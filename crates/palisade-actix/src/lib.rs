@@ -166,6 +166,9 @@ impl RequestHead for ActixHead<'_> {
             self.0.uri().authority().map(|a| a.as_str()),
         )
     }
+    fn authority(&self) -> Option<&str> {
+        self.0.uri().authority().map(|a| a.as_str())
+    }
     fn header_value(&self, name: &str, index: usize) -> Option<&[u8]> {
         self.values(name).nth(index).map(HeaderValue::as_bytes)
     }
@@ -404,6 +407,8 @@ mod tests {
             .insert_header((HOST, "admin.example"))
             .to_srv_request();
         assert_eq!(ActixHead(&absolute).host(), Some("admin.example"));
+        assert_eq!(ActixHead(&absolute).authority(), Some("public.example"));
+        assert!(palisade_core::adapter::host_conflict(&ActixHead(&absolute)));
         let without_host = actix_web::test::TestRequest::default()
             .uri("http://x@admin.example:8080/p")
             .to_srv_request();

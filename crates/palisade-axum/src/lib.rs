@@ -252,6 +252,9 @@ impl<B> RequestHead for HttpHead<'_, B> {
             self.0.uri().authority().map(http::uri::Authority::as_str),
         )
     }
+    fn authority(&self) -> Option<&str> {
+        self.0.uri().authority().map(http::uri::Authority::as_str)
+    }
     fn header_value(&self, name: &str, index: usize) -> Option<&[u8]> {
         lookup(self.0.headers(), name)
             .into_iter()
@@ -636,6 +639,15 @@ mod tests {
             .body(())
             .unwrap();
         assert_eq!(HttpHead(&absolute, "/p".into()).host(), Some("admin.example"));
+        // The target's host is seen too: a policy on hosts refuses the two.
+        assert_eq!(
+            HttpHead(&absolute, "/p".into()).authority(),
+            Some("public.example")
+        );
+        assert!(palisade_core::adapter::host_conflict(&HttpHead(
+            &absolute,
+            "/p".into()
+        )));
         // Without `Host` (HTTP/2), the authority, without user information.
         let h2 = Request::builder()
             .uri("http://x@admin.example:8080/p")

@@ -763,6 +763,12 @@ pub fn is_grpc(req: &dyn RequestHead) -> bool {
 /// extractor, actix-web's `guard::Host`), so a `hosts` rule decides on
 /// the host the application routes by; one rule for every adapter.
 ///
+/// Where both are sent and name different hosts (RFC 9112 §3.2.2 has a
+/// server take the target's, RFC 9113 §8.3.1 calls it malformed), a guard
+/// whose policy reads hosts (`hosts`, `notHosts`, a `CUSTOM` authorizer)
+/// refuses the request with 400 ([`host_conflict`]): a rule on either host
+/// could otherwise be passed by naming the other.
+///
 /// ```
 /// use palisade_core::adapter::request_host;
 /// assert_eq!(request_host(Some("shop.example"), Some("other.example")), Some("shop.example"));
@@ -771,7 +777,43 @@ pub fn is_grpc(req: &dyn RequestHead) -> bool {
 /// ```
 #[must_use]
 pub fn request_host<'a>(host_header: Option<&'a str>, authority: Option<&'a str>) -> Option<&'a str> {
-    host_header.or_else(|| authority.map(|a| &a[a.rfind('@').map_or(0, |at| at + 1)..]))
+    host_header.or_else(|| authority.map(without_user_info))
+}
+
+/// Whether a request names two hosts: its target's authority
+/// ([`RequestHead::authority`], without user information) and its
+/// [`host`](RequestHead::host) differ, ignoring ASCII case. A request
+/// without an authority in its target (HTTP/1's usual origin form) or
+/// without a `Host` header names one host at most.
+///
+/// ```
+/// use palisade_core::adapter::host_conflict;
+/// use palisade_core::authn::RequestHead;
+/// struct Head(Option<&'static str>, Option<&'static str>);
+/// impl RequestHead for Head {
+///     fn method(&self) -> &str { "GET" }
+///     fn path(&self) -> &str { "/" }
+///     fn query(&self) -> Option<&str> { None }
+///     fn host(&self) -> Option<&str> { self.0.or(self.1) }
+///     fn authority(&self) -> Option<&str> { self.1 }
+///     fn header_value(&self, _: &str, _: usize) -> Option<&[u8]> { None }
+/// }
+/// assert!(host_conflict(&Head(Some("shop.example"), Some("admin.example"))));
+/// assert!(!host_conflict(&Head(Some("Shop.Example"), Some("x@shop.example"))));
+/// assert!(!host_conflict(&Head(Some("shop.example"), None)));
+/// assert!(!host_conflict(&Head(None, Some("admin.example"))));
+/// ```
+#[must_use]
+pub fn host_conflict(req: &dyn RequestHead) -> bool {
+    req.authority().is_some_and(|a| {
+        req.host()
+            .is_some_and(|h| !h.eq_ignore_ascii_case(without_user_info(a)))
+    })
+}
+
+/// An authority without the user information before its `@`.
+fn without_user_info(authority: &str) -> &str {
+    &authority[authority.rfind('@').map_or(0, |at| at + 1)..]
 }
 
 /// A [`Reply`] as an `http` 1 response (axum, hyper, tonic), with the body

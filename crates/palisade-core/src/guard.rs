@@ -155,6 +155,9 @@ impl RequestHead for Edited<'_> {
     fn host(&self) -> Option<&str> {
         self.inner.host()
     }
+    fn authority(&self) -> Option<&str> {
+        self.inner.authority()
+    }
     fn header_value(&self, name: &str, index: usize) -> Option<&[u8]> {
         match self.edited(name) {
             None => self.inner.header_value(name, index),
@@ -671,6 +674,9 @@ impl Share<Compiled> {
     /// [`Guard::check`] with refusals rendered for HTTP.
     fn check_http(self: &Arc<Self>, req: &dyn RequestHead) -> Check<Decision> {
         let access = &self.access;
+        if access.reads_host() && crate::adapter::host_conflict(req) {
+            return Check::Ready(two_hosts(req));
+        }
         let path = if access.reads_path() {
             match access.normalize_path(req.path()) {
                 Ok(p) => p,
@@ -1013,6 +1019,17 @@ fn malformed_path(req: &dyn RequestHead, e: &dyn fmt::Display) -> Decision {
     Decision::Deny(Rejection::malformed_path(e.to_string()))
 }
 
+/// The refusal of a request whose target and `Host` header name different
+/// hosts, where the policy reads hosts.
+#[cold]
+#[inline(never)]
+fn two_hosts(req: &dyn RequestHead) -> Decision {
+    tracing::debug!(target: LOG_TARGET, method = req.method(), "a request naming two hosts refused");
+    Decision::Deny(Rejection::bad_request(
+        "the request target and the Host header name different hosts",
+    ))
+}
+
 /// The refusal of a credential an authenticator refused.
 #[cold]
 #[inline(never)]
@@ -1105,6 +1122,73 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A request whose target names `authority` and whose `Host` is `host`.
+    struct TwoHosts(&'static str, &'static str);
+
+    impl RequestHead for TwoHosts {
+        fn method(&self) -> &str {
+            "GET"
+        }
+        fn path(&self) -> &str {
+            "/p"
+        }
+        fn query(&self) -> Option<&str> {
+            None
+        }
+        fn host(&self) -> Option<&str> {
+            Some(self.1)
+        }
+        fn authority(&self) -> Option<&str> {
+            Some(self.0)
+        }
+        fn header_value(&self, _: &str, _: usize) -> Option<&[u8]> {
+            None
+        }
+    }
+
+    #[test]
+    fn a_request_naming_two_hosts_is_refused_where_the_policy_reads_hosts() {
+        let guard = |rule: &str| {
+            let yaml = format!(
+                "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p}}\nspec:\n  rules: [{{to: [{{operation: {{{rule}}}}}]}}]\n"
+            );
+            let set = crate::policy::PolicySet::from_yaml_str(&yaml, "p.yaml").unwrap();
+            let policy = set.for_workload(&crate::policy::Workload::new("w", "default"));
+            Guard::builder()
+                .access_policy_from(&policy, &Default::default())
+                .unwrap()
+                .build()
+                .unwrap()
+        };
+        let decided = |g: &Guard, req: &TwoHosts| {
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap()
+                .block_on(async { g.check(req).await })
+        };
+        let hosts = guard("hosts: [shop.example]");
+        // Either host may be the allowed one: the request is refused.
+        for req in [
+            TwoHosts("shop.example", "admin.example"),
+            TwoHosts("admin.example", "shop.example"),
+        ] {
+            match decided(&hosts, &req) {
+                Decision::Deny(r) => {
+                    assert_eq!(r.status(), 400, "{r:?}");
+                    assert!(r.detail().contains("different hosts"), "{r:?}");
+                }
+                other => panic!("two hosts were decided on: {other:?}"),
+            }
+        }
+        // One host named twice (user information and case aside).
+        let one = TwoHosts("u@Shop.Example", "shop.example");
+        assert!(matches!(decided(&hosts, &one), Decision::Allow(_)));
+        // A policy that reads no host lets the request be decided.
+        let paths = guard("paths: [/p]");
+        let two = TwoHosts("shop.example", "admin.example");
+        assert!(matches!(decided(&paths, &two), Decision::Allow(_)));
     }
 
     /// A session cookie: `user`, with a marker attachment, as a browser

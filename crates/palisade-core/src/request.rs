@@ -40,6 +40,16 @@ pub trait RequestHead {
     fn query(&self) -> Option<&str>;
     /// The `Host` header or the URI authority.
     fn host(&self) -> Option<&str>;
+    /// The request target's authority, where the target has one (HTTP/1's
+    /// absolute form `GET http://shop.example/ HTTP/1.1`, HTTP/2's
+    /// `:authority`), as sent. When it names another host than the `Host`
+    /// header, a guard whose policy reads hosts refuses the request (see
+    /// [`adapter::request_host`](crate::adapter::request_host)). `None`
+    /// by default: an adapter whose requests never carry one need not
+    /// implement it.
+    fn authority(&self) -> Option<&str> {
+        None
+    }
     /// The `index`-th value (from 0) of the header `name` (lower case).
     fn header_value(&self, name: &str, index: usize) -> Option<&[u8]>;
 

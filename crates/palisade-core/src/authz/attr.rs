@@ -379,6 +379,11 @@ impl Clause {
         matches!(self.test, Test::Path(_))
     }
 
+    /// Whether this clause reads the host (`hosts`, `notHosts`).
+    pub(crate) fn reads_host(&self) -> bool {
+        matches!(self.test, Test::Host(_))
+    }
+
     /// Whether this clause reads the connection's remote address
     /// (`source.ip`, `ipBlocks`).
     pub(crate) fn reads_remote_addr(&self) -> bool {

@@ -560,6 +560,10 @@ struct Engine {
     /// candidate lists.
     allow_only: bool,
     reads_path: bool,
+    /// Whether some rule or external authorizer reads the host: a request
+    /// naming two ([`host_conflict`](crate::adapter::host_conflict)) is
+    /// refused.
+    reads_host: bool,
     /// Whether some rule reads the connection's remote or local address:
     /// a request whose server gives none is refused rather than decided as
     /// if no such rule could match (a DENY on `ipBlocks` or `ports` would
@@ -592,6 +596,8 @@ impl Engine {
         let dry = |a: Action| move |p: &CompiledPolicy| p.action == a && p.dry_run;
         let mut headers: Vec<String> = Vec::new();
         let mut reads_path = false;
+        // An external authorizer is sent the host.
+        let mut reads_host = policies.iter().any(|p| p.action == Action::Custom);
         let (mut reads_remote_addr, mut reads_local_addr, mut reads_forwarded) = (false, false, false);
         for p in &policies {
             if let Some((_, r)) = &p.provider {
@@ -602,6 +608,7 @@ impl Engine {
             let enforced = !p.dry_run && p.action != Action::Audit;
             for c in p.rules.iter().flat_map(CompiledRule::clauses) {
                 reads_path |= c.reads_path();
+                reads_host |= c.reads_host();
                 reads_remote_addr |= enforced && c.reads_remote_addr();
                 reads_local_addr |= enforced && c.reads_local_addr();
                 reads_forwarded |= enforced && c.reads_remote_ip();
@@ -638,6 +645,7 @@ impl Engine {
                 .flat_map(|p| &p.rules)
                 .any(CompiledRule::reads_end_user),
             reads_path,
+            reads_host,
             // Without trusted proxies, `remote.ip` is the connection's.
             reads_remote_addr: reads_remote_addr || (reads_forwarded && settings.trusted_proxies == 0),
             reads_local_addr,
@@ -1054,6 +1062,13 @@ impl AccessPolicy {
     #[must_use]
     pub(crate) fn reads_path(&self) -> bool {
         self.0.reads_path
+    }
+
+    /// Whether any rule or external authorizer reads the host (then a
+    /// request naming two hosts is refused).
+    #[must_use]
+    pub(crate) fn reads_host(&self) -> bool {
+        self.0.reads_host
     }
 
     /// Per-policy counters since start-up.
