@@ -119,7 +119,9 @@ impl ServerTlsBuilder {
     /// where the bundle holds another domain's CA (federation): otherwise
     /// that CA could issue `spiffe://cluster.local/ns/prod/sa/admin` and be
     /// taken for a local workload. Without it, every trust domain the
-    /// bundle's CAs sign for is accepted.
+    /// bundle's CAs sign for is accepted. Under [`MtlsMode::Disable`] no
+    /// client certificate is asked for, and a warning says these (and
+    /// CRLs) check nothing.
     pub fn trust_domains<S: Into<String>>(mut self, domains: impl IntoIterator<Item = S>) -> Self {
         self.trust_domains = domains.into_iter().map(Into::into).collect();
         self
@@ -175,6 +177,11 @@ impl ServerTlsBuilder {
                 ));
             }
         };
+        if mode == MtlsMode::Disable && !(self.trust_domains.is_empty() && self.crls.is_empty()) {
+            // A policy file's PeerAuthentication may turn mutual TLS off
+            // under code that set these: loud, not fatal.
+            tracing::warn!(target: LOG_TARGET, "mutual TLS is off (mode DISABLE): no client certificate is asked for, so the trust domains and CRLs configured check nothing");
+        }
         let files = Files {
             cert: self.cert,
             key: self.key,
@@ -697,6 +704,52 @@ mod tests {
         ] {
             assert_eq!(plain.build().unwrap().mode(), MtlsMode::Disable);
         }
+    }
+
+    /// Counts Palisade's mTLS warnings.
+    #[derive(Default)]
+    struct Warnings(std::sync::atomic::AtomicUsize);
+
+    impl tracing::Subscriber for Warnings {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, event: &tracing::Event<'_>) {
+            let m = event.metadata();
+            if m.target() == LOG_TARGET && *m.level() == tracing::Level::WARN {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    /// A policy file may turn mutual TLS off under code that set trust
+    /// domains or CRLs: the server starts, plain, and says what is unused.
+    #[test]
+    fn trust_domains_and_crls_under_mode_disable_are_warned_about() {
+        let dir = palisade_testkit::TempDir::new("palisade-mtls-disable-warn");
+        let pki = TestPki::new();
+        let (cert, key) = pki.server(&["localhost"]).write_to(dir.path(), "server").unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, pki.ca_pem()).unwrap();
+        let crl = dir.path().join("crl.pem");
+        std::fs::write(&crl, pki.crl_pem()).unwrap();
+        let warnings = |b: ServerTlsBuilder| {
+            let seen = std::sync::Arc::new(Warnings::default());
+            let built = tracing::subscriber::with_default(seen.clone(), || b.build().unwrap());
+            assert_eq!(built.mode(), MtlsMode::Disable);
+            seen.0.load(std::sync::atomic::Ordering::Relaxed)
+        };
+        let disabled = || ServerTls::builder(&cert, &key).client_ca(&ca).mode(MtlsMode::Disable);
+        assert_eq!(warnings(disabled().trust_domains(["cluster.local"])), 1);
+        assert_eq!(warnings(disabled().crl(&crl)), 1);
+        assert_eq!(warnings(disabled()), 0, "nothing unused, nothing said");
     }
 
     /// A server that takes client certificates resumes no session (a
