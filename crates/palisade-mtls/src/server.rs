@@ -746,7 +746,11 @@ mod tests {
             assert_eq!(built.mode(), MtlsMode::Disable);
             seen.0.load(std::sync::atomic::Ordering::Relaxed)
         };
-        let disabled = || ServerTls::builder(&cert, &key).client_ca(&ca).mode(MtlsMode::Disable);
+        let disabled = || {
+            ServerTls::builder(&cert, &key)
+                .client_ca(&ca)
+                .mode(MtlsMode::Disable)
+        };
         assert_eq!(warnings(disabled().trust_domains(["cluster.local"])), 1);
         assert_eq!(warnings(disabled().crl(&crl)), 1);
         assert_eq!(warnings(disabled()), 0, "nothing unused, nothing said");
