@@ -215,6 +215,12 @@ impl ClientTls {
         Ok(())
     }
 
+    /// Whether `other` is this very client TLS (a clone of it), whose
+    /// material reloads together.
+    pub(crate) fn same_as(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     /// Reloads when a file changed since the last look.
     pub fn reload_if_changed(&self) -> bool {
         files::reload_if_changed(self)

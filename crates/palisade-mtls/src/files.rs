@@ -111,14 +111,26 @@ pub(crate) fn reload_if_changed<R: Reload>(r: &R) -> bool {
 }
 
 pub(crate) fn watch<R: Reload>(r: &R, interval: Duration) {
-    reload_if_changed(r);
-    let this = r.clone();
+    watch_all(vec![r.clone()], interval);
+}
+
+/// Watches every one of `all` from one thread, which lives as long as the
+/// process (nothing when `all` is empty).
+pub(crate) fn watch_all<R: Reload>(all: Vec<R>, interval: Duration) {
+    if all.is_empty() {
+        return;
+    }
+    for r in &all {
+        reload_if_changed(r);
+    }
     let spawned = std::thread::Builder::new()
         .name("palisade-tls-watch".into())
         .spawn(move || {
             loop {
                 std::thread::sleep(interval);
-                reload_if_changed(&this);
+                for r in &all {
+                    reload_if_changed(r);
+                }
             }
         });
     if let Err(e) = spawned {
@@ -127,13 +139,27 @@ pub(crate) fn watch<R: Reload>(r: &R, interval: Duration) {
 }
 
 pub(crate) fn reload_on_sighup<R: Reload>(r: &R) -> std::io::Result<()> {
+    reload_all_on_sighup(vec![r.clone()])
+}
+
+/// Reloads every one of `all` on `SIGHUP`, from one task on the current
+/// tokio runtime (nothing when `all` is empty).
+pub(crate) fn reload_all_on_sighup<R: Reload>(all: Vec<R>) -> std::io::Result<()> {
+    if all.is_empty() {
+        return Ok(());
+    }
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    let this = r.clone();
+    let all = std::sync::Arc::new(all);
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             // Reading files and parsing keys are blocking work.
-            let reloader = this.clone();
-            let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
+            let reloaders = all.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                for r in reloaders.iter() {
+                    let _ = r.reload();
+                }
+            })
+            .await;
         }
     });
     Ok(())

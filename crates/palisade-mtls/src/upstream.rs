@@ -127,26 +127,33 @@ impl UpstreamTls {
     }
 
     /// Watches the files of every route's client TLS (certificates, keys,
-    /// bundles) every `interval` ([`ClientTls::watch`]), so the workload's
-    /// certificate rotates in the calls it makes as in the ones it takes
+    /// bundles) every `interval`, as [`ClientTls::watch`] does, from one
+    /// background thread for all routes, so the workload's certificate
+    /// rotates in the calls it makes as in the ones it takes
     /// (`ISTIO_MUTUAL` reads the same files as the listener). Call it once.
     pub fn watch(&self, interval: std::time::Duration) {
-        for client in self.clients() {
-            client.watch(interval);
-        }
+        crate::files::watch_all(self.distinct_clients(), interval);
     }
 
-    /// Reloads every route's client TLS on `SIGHUP`
-    /// ([`ClientTls::reload_on_sighup`]), from tasks on the current tokio
-    /// runtime. Call it once.
+    /// Reloads every route's client TLS on `SIGHUP`, as
+    /// [`ClientTls::reload_on_sighup`] does, from one task on the current
+    /// tokio runtime. Call it once.
     ///
     /// # Errors
     /// When the signal handler cannot be installed.
     pub fn reload_on_sighup(&self) -> std::io::Result<()> {
+        crate::files::reload_all_on_sighup(self.distinct_clients())
+    }
+
+    /// Every route's client TLS once, however many routes share it.
+    fn distinct_clients(&self) -> Vec<ClientTls> {
+        let mut out: Vec<ClientTls> = Vec::new();
         for client in self.clients() {
-            client.reload_on_sighup()?;
+            if !out.iter().any(|c| c.same_as(client)) {
+                out.push(client.clone());
+            }
         }
-        Ok(())
+        out
     }
 
     /// Builds the transports of `policy`'s `DestinationRule` documents;
@@ -377,40 +384,62 @@ mod tests {
         assert_eq!(err.field.as_deref(), Some("spec.trafficPolicy.tls"), "{err}");
     }
 
+    /// The threads of this process named as the TLS file watcher (Linux:
+    /// the name is cut to 15 bytes).
+    fn watcher_threads() -> usize {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|name| name.trim_end() == "palisade-tls-wa")
+            .count()
+    }
+
     /// A `DestinationRule`'s client TLS follows its files: the workload's
-    /// rotated certificate reaches its calls too, once watched.
+    /// rotated certificate reaches its calls too, once watched, every
+    /// route's from one thread.
     #[test]
-    fn a_watched_rules_client_certificate_rotates() {
+    fn every_watched_rules_client_certificate_rotates_from_one_thread() {
         let dir = palisade_testkit::TempDir::new("palisade-mtls-upstream-watch");
         let r = crate::test_support::Rotation::new(dir.path());
         let (cert, key, ca) = (&r.cert, &r.key, &r.ca);
-        let yaml = format!(
-            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: r}}\nspec:\n  host: reviews\n  trafficPolicy:\n    tls: {{mode: MUTUAL, clientCertificate: {}, privateKey: {}, caCertificates: {}}}\n",
-            cert.display(),
-            key.display(),
-            ca.display()
-        );
+        let rule = |name: &str| {
+            format!(
+                "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}}}\nspec:\n  host: {name}\n  trafficPolicy:\n    tls: {{mode: MUTUAL, clientCertificate: {}, privateKey: {}, caCertificates: {}}}\n",
+                cert.display(),
+                key.display(),
+                ca.display()
+            )
+        };
+        let yaml = [rule("reviews"), rule("ratings"), rule("details")].join("---\n");
         let set = PolicySet::from_yaml_str(&yaml, "dr.yaml").unwrap();
         let tls = UpstreamTls::from_policy(&set.for_workload(&Workload::new("productpage", "default")), None)
             .unwrap();
-        let presented = || {
-            let UpstreamTransport::Tls(client) =
-                tls.for_host("reviews.default.svc.cluster.local", 443).transport()
+        let presented = |service: &str| {
+            let UpstreamTransport::Tls(client) = tls
+                .for_host(&format!("{service}.default.svc.cluster.local"), 443)
+                .transport()
             else {
-                panic!("no client TLS for reviews")
+                panic!("no client TLS for {service}")
             };
             r.presented(client)
         };
-        assert_eq!(presented(), r.first.cert_der());
+        let services = ["reviews", "ratings", "details"];
+        for s in services {
+            assert_eq!(presented(s), r.first.cert_der(), "{s}");
+        }
+        let before = watcher_threads();
         tls.watch(std::time::Duration::from_millis(50));
+        assert_eq!(watcher_threads(), before + 1, "one watcher for three routes");
         // A file's stamp may keep its second: the change must differ in it.
         std::thread::sleep(std::time::Duration::from_millis(1100));
         r.second.write_to(dir.path(), "client").unwrap();
-        let rotated = (0..100).any(|_| {
-            std::thread::sleep(std::time::Duration::from_millis(50));
-            presented() == r.second.cert_der()
-        });
-        assert!(rotated, "the rule's client certificate did not rotate");
+        for s in services {
+            let rotated = (0..100).any(|_| {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                presented(s) == r.second.cert_der()
+            });
+            assert!(rotated, "{s}: the rule's client certificate did not rotate");
+        }
     }
 
     #[test]
