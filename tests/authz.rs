@@ -600,6 +600,61 @@ async fn requirements_extractors_and_normalised_paths_behave_alike_in_both_frame
     }
 }
 
+/// A route policy on hosts, behind a guard whose policy reads none: a
+/// request whose target names another host than its `Host` is refused
+/// with 400 by the route, in both frameworks, whichever host is allowed.
+#[actix_web::test]
+async fn a_route_policy_on_hosts_refuses_an_ambiguous_host_in_both_frameworks() {
+    use palisade::core::authz::Rule;
+    let guard = Guard::builder()
+        .access_policy(AccessPolicy::allow_all())
+        .build()
+        .unwrap();
+    let shop = || {
+        AccessPolicy::builder()
+            .allow("shop", [Rule::new().hosts(["shop.example"])])
+            .build()
+            .unwrap()
+    };
+    let axum_app = palisade::axum::PalisadeLayer::new(guard.clone()).layer(
+        axum::Router::new()
+            .route("/p", axum::routing::get(|| async { "ok" }))
+            .route_layer(palisade::axum::require(shop())),
+    );
+    let actix_app = actix_web::test::init_service(
+        App::new()
+            .wrap(palisade::actix::Palisade::new(guard.clone()))
+            .service(
+                web::resource("/p")
+                    .wrap(palisade::actix::Require::new(shop()))
+                    .route(web::get().to(|| async { "ok" })),
+            ),
+    )
+    .await;
+    for (target, host, status) in [
+        ("/p", "shop.example", 200),
+        ("/p", "admin.example", 403),
+        ("http://shop.example/p", "shop.example", 200),
+        ("http://admin.example/p", "shop.example", 400),
+        ("http://shop.example/p", "admin.example", 400),
+    ] {
+        let req = http::Request::get(target)
+            .header("host", host)
+            .body(Body::empty())
+            .unwrap();
+        let a = axum_app.clone().oneshot(req).await.unwrap().status().as_u16();
+        let req = actix_web::test::TestRequest::get()
+            .uri(target)
+            .insert_header(("host", host))
+            .to_request();
+        let b = actix_web::test::call_service(&actix_app, req)
+            .await
+            .status()
+            .as_u16();
+        assert_eq!((a, b), (status, status), "{target} with Host {host}");
+    }
+}
+
 #[actix_web::test]
 async fn explain_header_only_with_the_debug_switch() {
     let issuer = TestIssuer::builder().default_audience("details").start().unwrap();

@@ -408,7 +408,7 @@ mod tests {
             .to_srv_request();
         assert_eq!(ActixHead(&absolute).host(), Some("admin.example"));
         assert_eq!(ActixHead(&absolute).authority(), Some("public.example"));
-        assert!(palisade_core::adapter::host_conflict(&ActixHead(&absolute)));
+        assert!(palisade_core::adapter::ambiguous_host(&ActixHead(&absolute)));
         let without_host = actix_web::test::TestRequest::default()
             .uri("http://x@admin.example:8080/p")
             .to_srv_request();

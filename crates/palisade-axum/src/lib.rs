@@ -644,7 +644,7 @@ mod tests {
             HttpHead(&absolute, "/p".into()).authority(),
             Some("public.example")
         );
-        assert!(palisade_core::adapter::host_conflict(&HttpHead(
+        assert!(palisade_core::adapter::ambiguous_host(&HttpHead(
             &absolute,
             "/p".into()
         )));

@@ -759,14 +759,16 @@ pub fn is_grpc(req: &dyn RequestHead) -> bool {
 /// The host of a request, for [`RequestHead::host`]: its `Host` header
 /// (`host_header`, when it is text), else its target's authority (HTTP/2's
 /// `:authority`) without the user information before an `@`, which names
-/// no host. `Host` first, as the frameworks read it (axum's `Host`
-/// extractor, actix-web's `guard::Host`), so a `hosts` rule decides on
-/// the host the application routes by; one rule for every adapter.
+/// no host. `Host` first, as actix-web's `guard::Host` and axum-extra's
+/// `Host` read it once they find no `Forwarded` or `X-Forwarded-Host`
+/// (which Palisade, as Envoy, does not read: a client may send them), so
+/// a `hosts` rule decides on the host the application routes by; one rule
+/// for every adapter.
 ///
-/// Where both are sent and name different hosts (RFC 9112 §3.2.2 has a
-/// server take the target's, RFC 9113 §8.3.1 calls it malformed), a guard
-/// whose policy reads hosts (`hosts`, `notHosts`, a `CUSTOM` authorizer)
-/// refuses the request with 400 ([`host_conflict`]): a rule on either host
+/// A request whose host is ambiguous ([`ambiguous_host`]: two `Host`
+/// headers, one that is not text, or a target naming another host) is
+/// refused with 400 where the policy reads hosts (`hosts`, `notHosts`,
+/// `request.headers[host]`, a `CUSTOM` authorizer): a rule on one host
 /// could otherwise be passed by naming the other.
 ///
 /// ```
@@ -780,35 +782,57 @@ pub fn request_host<'a>(host_header: Option<&'a str>, authority: Option<&'a str>
     host_header.or_else(|| authority.map(without_user_info))
 }
 
-/// Whether a request names two hosts: its target's authority
-/// ([`RequestHead::authority`], without user information) and its
-/// [`host`](RequestHead::host) differ, ignoring ASCII case. A request
-/// without an authority in its target (HTTP/1's usual origin form) or
-/// without a `Host` header names one host at most.
+/// Whether a request does not name one host plainly: it carries more
+/// than one `Host` header, or one that is not text (RFC 9112 §3.2: a
+/// server answers either with 400), or its target's authority
+/// ([`RequestHead::authority`], without user information) names another
+/// host than `Host`, compared without ASCII case (RFC 9112 §3.2.2 has a
+/// server take the target's, RFC 9113 §8.3.1 calls it malformed; a port
+/// written in one and not the other differs too). A request without a
+/// `Host` header, or without an authority in its target (HTTP/1's usual
+/// origin form) and one `Host`, is plain.
 ///
 /// ```
-/// use palisade_core::adapter::host_conflict;
+/// use palisade_core::adapter::ambiguous_host;
 /// use palisade_core::authn::RequestHead;
-/// struct Head(Option<&'static str>, Option<&'static str>);
+/// struct Head(&'static [&'static [u8]], Option<&'static str>);
 /// impl RequestHead for Head {
 ///     fn method(&self) -> &str { "GET" }
 ///     fn path(&self) -> &str { "/" }
 ///     fn query(&self) -> Option<&str> { None }
-///     fn host(&self) -> Option<&str> { self.0.or(self.1) }
+///     fn host(&self) -> Option<&str> { None }
 ///     fn authority(&self) -> Option<&str> { self.1 }
-///     fn header_value(&self, _: &str, _: usize) -> Option<&[u8]> { None }
+///     fn header_value(&self, name: &str, i: usize) -> Option<&[u8]> {
+///         self.0.get(i).copied().filter(|_| name == "host")
+///     }
 /// }
-/// assert!(host_conflict(&Head(Some("shop.example"), Some("admin.example"))));
-/// assert!(!host_conflict(&Head(Some("Shop.Example"), Some("x@shop.example"))));
-/// assert!(!host_conflict(&Head(Some("shop.example"), None)));
-/// assert!(!host_conflict(&Head(None, Some("admin.example"))));
+/// assert!(ambiguous_host(&Head(&[b"shop.example"], Some("admin.example"))));
+/// assert!(ambiguous_host(&Head(&[b"shop.example", b"admin.example"], None)));
+/// assert!(ambiguous_host(&Head(&[b"shop.ex\xe4mple"], None)));
+/// assert!(!ambiguous_host(&Head(&[b"Shop.Example"], Some("x@shop.example"))));
+/// assert!(!ambiguous_host(&Head(&[b"shop.example"], None)));
+/// assert!(!ambiguous_host(&Head(&[], Some("admin.example"))));
 /// ```
 #[must_use]
-pub fn host_conflict(req: &dyn RequestHead) -> bool {
-    req.authority().is_some_and(|a| {
-        req.host()
-            .is_some_and(|h| !h.eq_ignore_ascii_case(without_user_info(a)))
-    })
+pub fn ambiguous_host(req: &dyn RequestHead) -> bool {
+    let Some(host) = req.header_value("host", 0) else {
+        return false;
+    };
+    // Text as `http::HeaderValue::to_str` reads it: visible ASCII, space, tab.
+    let text = host.iter().all(|&b| b == b'\t' || (b' '..0x7f).contains(&b));
+    !text
+        || req.header_value("host", 1).is_some()
+        || req
+            .authority()
+            .is_some_and(|a| !host.eq_ignore_ascii_case(without_user_info(a).as_bytes()))
+}
+
+/// The 400 of a request whose host is [ambiguous](ambiguous_host), where
+/// the policy reads hosts.
+pub(crate) fn ambiguous_host_refusal() -> Rejection {
+    Rejection::bad_request(
+        "the request does not name one host: two Host headers, one that is not text, or a target naming another host",
+    )
 }
 
 /// An authority without the user information before its `@`.
@@ -871,7 +895,9 @@ pub fn actix_response(reply: Reply) -> actix_web::HttpResponse {
 /// denials: 401 with the guard's challenges when the caller has no
 /// end-user credential and one could change the decision, 403 otherwise.
 /// Without the middleware in front (a wiring mistake), every request is
-/// refused with 401 and an error is logged.
+/// refused with 401 and an error is logged. A route policy that reads
+/// hosts refuses a request whose host is [ambiguous](ambiguous_host) with
+/// 400, as the guard does.
 pub fn authorize_route(
     policy: &AccessPolicy,
     auth: Option<&RequestAuth>,
@@ -882,6 +908,10 @@ pub fn authorize_route(
         let reply = Reply::from(Rejection::missing_credential(Vec::new()));
         return Check::Ready(Err(Rendering::of(req).render(reply)));
     };
+    if policy.reads_host() && ambiguous_host(req) {
+        let reply = Reply::from(ambiguous_host_refusal());
+        return Check::Ready(Err(Rendering::of(req).render(reply)));
+    }
     fn verdict(auth: &RequestAuth, access: AccessDecision, req: &dyn RequestHead) -> Result<(), Reply> {
         if access.is_allowed() {
             return Ok(());

@@ -674,7 +674,7 @@ impl Share<Compiled> {
     /// [`Guard::check`] with refusals rendered for HTTP.
     fn check_http(self: &Arc<Self>, req: &dyn RequestHead) -> Check<Decision> {
         let access = &self.access;
-        if access.reads_host() && crate::adapter::host_conflict(req) {
+        if access.reads_host() && crate::adapter::ambiguous_host(req) {
             return Check::Ready(two_hosts(req));
         }
         let path = if access.reads_path() {
@@ -1019,15 +1019,13 @@ fn malformed_path(req: &dyn RequestHead, e: &dyn fmt::Display) -> Decision {
     Decision::Deny(Rejection::malformed_path(e.to_string()))
 }
 
-/// The refusal of a request whose target and `Host` header name different
-/// hosts, where the policy reads hosts.
+/// The refusal of a request whose host is ambiguous, where the policy
+/// reads hosts.
 #[cold]
 #[inline(never)]
 fn two_hosts(req: &dyn RequestHead) -> Decision {
-    tracing::debug!(target: LOG_TARGET, method = req.method(), "a request naming two hosts refused");
-    Decision::Deny(Rejection::bad_request(
-        "the request target and the Host header name different hosts",
-    ))
+    tracing::debug!(target: LOG_TARGET, method = req.method(), "a request with an ambiguous host refused");
+    Decision::Deny(crate::adapter::ambiguous_host_refusal())
 }
 
 /// The refusal of a credential an authenticator refused.
@@ -1124,10 +1122,11 @@ mod tests {
         }
     }
 
-    /// A request whose target names `authority` and whose `Host` is `host`.
-    struct TwoHosts(&'static str, &'static str);
+    /// A request whose target names `.0` (when it has an authority) and
+    /// which carries the `Host` headers `.1`.
+    struct Hosts(Option<&'static str>, &'static [&'static [u8]]);
 
-    impl RequestHead for TwoHosts {
+    impl RequestHead for Hosts {
         fn method(&self) -> &str {
             "GET"
         }
@@ -1138,57 +1137,96 @@ mod tests {
             None
         }
         fn host(&self) -> Option<&str> {
-            Some(self.1)
+            let header = self.1.first().and_then(|h| std::str::from_utf8(h).ok());
+            crate::adapter::request_host(header, self.0)
         }
         fn authority(&self) -> Option<&str> {
-            Some(self.0)
+            self.0
         }
-        fn header_value(&self, _: &str, _: usize) -> Option<&[u8]> {
-            None
+        fn header_value(&self, name: &str, index: usize) -> Option<&[u8]> {
+            self.1.get(index).copied().filter(|_| name == "host")
         }
     }
 
     #[test]
-    fn a_request_naming_two_hosts_is_refused_where_the_policy_reads_hosts() {
-        let guard = |rule: &str| {
+    fn a_request_with_an_ambiguous_host_is_refused_where_an_enforced_policy_reads_hosts() {
+        let guard = |spec: &str| {
             let yaml = format!(
-                "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p}}\nspec:\n  rules: [{{to: [{{operation: {{{rule}}}}}]}}]\n"
+                "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p}}\nspec: {spec}\n"
             );
             let set = crate::policy::PolicySet::from_yaml_str(&yaml, "p.yaml").unwrap();
             let policy = set.for_workload(&crate::policy::Workload::new("w", "default"));
+            let ext = crate::authz::ExternalAuthorizers::new().register(
+                "ext",
+                Vec::<String>::new(),
+                |_: crate::authz::CheckRequest| async { crate::authz::ExternalDecision::Allow },
+            );
             Guard::builder()
-                .access_policy_from(&policy, &Default::default())
+                .access_policy_from(&policy, &ext)
                 .unwrap()
                 .build()
                 .unwrap()
         };
-        let decided = |g: &Guard, req: &TwoHosts| {
+        let decided = |g: &Guard, req: &Hosts| {
             tokio::runtime::Builder::new_current_thread()
                 .build()
                 .unwrap()
                 .block_on(async { g.check(req).await })
         };
-        let hosts = guard("hosts: [shop.example]");
-        // Either host may be the allowed one: the request is refused.
-        for req in [
-            TwoHosts("shop.example", "admin.example"),
-            TwoHosts("admin.example", "shop.example"),
+        let ambiguous = [
+            // Either host may be the allowed one.
+            Hosts(Some("shop.example"), &[b"admin.example"]),
+            Hosts(Some("admin.example"), &[b"shop.example"]),
+            Hosts(Some("shop.example:8080"), &[b"shop.example"]),
+            Hosts(None, &[b"shop.example", b"admin.example"]),
+            Hosts(None, &[b"shop.ex\xe4mple"]),
+        ];
+        let plain = [
+            Hosts(Some("u@Shop.Example"), &[b"shop.example"]),
+            Hosts(Some("shop.example"), &[]),
+            Hosts(None, &[b"shop.example"]),
+        ];
+        for spec in [
+            "{rules: [{to: [{operation: {hosts: [shop.example]}}]}]}",
+            "{rules: [{to: [{operation: {notHosts: [admin.example]}}]}]}",
+            "{rules: [{when: [{key: \"request.headers[Host]\", values: [shop.example]}]}]}",
+            // An external authorizer is sent the host.
+            "{action: CUSTOM, provider: {name: ext}, rules: [{}]}",
         ] {
-            match decided(&hosts, &req) {
-                Decision::Deny(r) => {
-                    assert_eq!(r.status(), 400, "{r:?}");
-                    assert!(r.detail().contains("different hosts"), "{r:?}");
+            let g = guard(spec);
+            for req in &ambiguous {
+                match decided(&g, req) {
+                    Decision::Deny(r) => {
+                        assert_eq!(r.status(), 400, "{spec}: {r:?}");
+                        assert!(r.detail().contains("one host"), "{r:?}");
+                    }
+                    other => panic!("{spec}: an ambiguous host was decided on: {other:?}"),
                 }
-                other => panic!("two hosts were decided on: {other:?}"),
+            }
+            // A header condition needs the header (HTTP/2 may send none).
+            for req in plain
+                .iter()
+                .filter(|r| !(spec.contains("headers") && r.1.is_empty()))
+            {
+                assert!(
+                    matches!(decided(&g, req), Decision::Allow(_)),
+                    "{spec}: {:?} {:?}",
+                    req.0,
+                    req.1
+                );
             }
         }
-        // One host named twice (user information and case aside).
-        let one = TwoHosts("u@Shop.Example", "shop.example");
-        assert!(matches!(decided(&hosts, &one), Decision::Allow(_)));
-        // A policy that reads no host lets the request be decided.
-        let paths = guard("paths: [/p]");
-        let two = TwoHosts("shop.example", "admin.example");
-        assert!(matches!(decided(&paths, &two), Decision::Allow(_)));
+        // A policy that reads no host, or reads it in a dry run only (never
+        // in the way), lets the request be decided.
+        for spec in [
+            "{rules: [{to: [{operation: {paths: [/p]}}]}]}",
+            "{rules: [{to: [{operation: {paths: [/p]}}]}]}\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: dry, annotations: {istio.io/dry-run: \"true\"}}\nspec: {action: DENY, rules: [{to: [{operation: {hosts: [admin.example]}}]}]}",
+        ] {
+            let g = guard(spec);
+            for req in &ambiguous {
+                assert!(matches!(decided(&g, req), Decision::Allow(_)), "{spec}");
+            }
+        }
     }
 
     /// A session cookie: `user`, with a marker attachment, as a browser

@@ -379,9 +379,14 @@ impl Clause {
         matches!(self.test, Test::Path(_))
     }
 
-    /// Whether this clause reads the host (`hosts`, `notHosts`).
+    /// Whether this clause reads the host (`hosts`, `notHosts`,
+    /// `request.headers[host]`).
     pub(crate) fn reads_host(&self) -> bool {
-        matches!(self.test, Test::Host(_))
+        match &self.test {
+            Test::Host(_) => true,
+            Test::Str(StrAttr::Header(h), _) => &**h == "host",
+            _ => false,
+        }
     }
 
     /// Whether this clause reads the connection's remote address

@@ -560,9 +560,9 @@ struct Engine {
     /// candidate lists.
     allow_only: bool,
     reads_path: bool,
-    /// Whether some rule or external authorizer reads the host: a request
-    /// naming two ([`host_conflict`](crate::adapter::host_conflict)) is
-    /// refused.
+    /// Whether some enforced rule or external authorizer reads the host: a
+    /// request whose host is ambiguous
+    /// ([`ambiguous_host`](crate::adapter::ambiguous_host)) is refused.
     reads_host: bool,
     /// Whether some rule reads the connection's remote or local address:
     /// a request whose server gives none is refused rather than decided as
@@ -597,7 +597,7 @@ impl Engine {
         let mut headers: Vec<String> = Vec::new();
         let mut reads_path = false;
         // An external authorizer is sent the host.
-        let mut reads_host = policies.iter().any(|p| p.action == Action::Custom);
+        let mut reads_host = policies.iter().any(live(Action::Custom));
         let (mut reads_remote_addr, mut reads_local_addr, mut reads_forwarded) = (false, false, false);
         for p in &policies {
             if let Some((_, r)) = &p.provider {
@@ -608,7 +608,7 @@ impl Engine {
             let enforced = !p.dry_run && p.action != Action::Audit;
             for c in p.rules.iter().flat_map(CompiledRule::clauses) {
                 reads_path |= c.reads_path();
-                reads_host |= c.reads_host();
+                reads_host |= enforced && c.reads_host();
                 reads_remote_addr |= enforced && c.reads_remote_addr();
                 reads_local_addr |= enforced && c.reads_local_addr();
                 reads_forwarded |= enforced && c.reads_remote_ip();
@@ -1107,11 +1107,16 @@ impl AccessPolicy {
 
     /// Decides synchronously. A matching `CUSTOM` policy cannot be asked
     /// here and denies (fail closed): use [`AccessPolicy::check`] when the
-    /// policy may have one. A malformed path is denied.
+    /// policy may have one. A malformed path is denied, and so is an
+    /// [ambiguous](crate::adapter::ambiguous_host) host where the policy
+    /// reads hosts.
     pub fn evaluate(&self, req: &dyn RequestHead, identity: Option<&Identity>) -> AccessDecision {
         let Ok(path) = self.normalize_path(req.path()) else {
             return AccessDecision::no_allow_matched();
         };
+        if self.0.reads_host && crate::adapter::ambiguous_host(req) {
+            return AccessDecision::no_allow_matched();
+        }
         match self.check_normalized(req, identity, &path) {
             Check::Ready(d) => d,
             Check::Pending(_) => AccessDecision {
@@ -1121,8 +1126,14 @@ impl AccessPolicy {
         }
     }
 
-    /// Decides, asking an external authorizer when a `CUSTOM` policy matches.
+    /// Decides, asking an external authorizer when a `CUSTOM` policy
+    /// matches. A malformed path is denied, and so is a request whose host
+    /// is [ambiguous](crate::adapter::ambiguous_host) when the policy reads
+    /// hosts (a guard answers both with 400 before it asks).
     pub fn check(&self, req: &dyn RequestHead, identity: Option<&Identity>) -> Check<AccessDecision> {
+        if self.0.reads_host && crate::adapter::ambiguous_host(req) {
+            return Check::Ready(AccessDecision::no_allow_matched());
+        }
         match self.normalize_path(req.path()) {
             Ok(path) => self.check_normalized(req, identity, &path),
             Err(_) => Check::Ready(AccessDecision::no_allow_matched()),
