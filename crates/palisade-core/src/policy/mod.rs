@@ -198,7 +198,7 @@ pub struct Metadata {
     /// The document's name.
     #[serde(default)]
     pub name: String,
-    /// The namespace; absent means `default`.
+    /// The namespace; absent or empty means `default`, as for kubectl.
     #[serde(default)]
     pub namespace: Option<String>,
     /// Labels (not used for selection).
@@ -218,10 +218,14 @@ pub struct Metadata {
 }
 
 impl Metadata {
-    /// The namespace, `default` when absent.
+    /// The namespace, `default` when absent or empty (as kubectl reads
+    /// `namespace: ""`).
     #[must_use]
     pub fn namespace(&self) -> &str {
-        self.namespace.as_deref().unwrap_or("default")
+        self.namespace
+            .as_deref()
+            .filter(|n| !n.is_empty())
+            .unwrap_or("default")
     }
 }
 
@@ -639,6 +643,32 @@ impl PolicySet {
             document
                 .check()
                 .map_err(|(field, message)| document.error(source, &field, message))?;
+            if document.metadata.name.is_empty() {
+                return Err(document.error(
+                    source,
+                    "metadata.name",
+                    "missing: every document needs a name, as every Kubernetes object does".to_owned(),
+                ));
+            }
+            // Kubernetes keeps one object per kind, namespace and name: of
+            // two, one would be ignored there, and both apply here.
+            if let Some(first) = documents.iter().find(|d: &&Document| {
+                d.kind == document.kind
+                    && d.metadata.name == document.metadata.name
+                    && d.metadata.namespace() == document.metadata.namespace()
+            }) {
+                return Err(document.error(
+                    source,
+                    "metadata.name",
+                    format!(
+                        "document {} is already {} {}/{}: give each its own name (Kubernetes would keep only one)",
+                        first.index,
+                        first.kind,
+                        first.metadata.namespace(),
+                        first.metadata.name
+                    ),
+                ));
+            }
             for (field, message) in document.warnings() {
                 warn(&document, &field, message);
             }

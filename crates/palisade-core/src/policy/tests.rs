@@ -207,6 +207,44 @@ fn empty_documents_are_skipped_but_counted() {
 }
 
 #[test]
+fn a_document_needs_a_name_of_its_own() {
+    let doc = |meta: &str| {
+        format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {meta}\nspec: {{action: DENY, rules: [{{}}]}}\n"
+        )
+    };
+    for nameless in ["{}", "{name: \"\"}", "{namespace: prod}"] {
+        let err = load_err(&doc(nameless));
+        assert_eq!(err.field.as_deref(), Some("metadata.name"), "{nameless}: {err}");
+    }
+    let err = load_err(&format!(
+        "{}---\n{}",
+        doc("{name: a}"),
+        doc("{name: a, namespace: default}")
+    ));
+    assert_eq!(
+        (err.document, err.field.as_deref()),
+        (Some(2), Some("metadata.name"))
+    );
+    assert!(
+        err.to_string()
+            .contains("document 1 is already AuthorizationPolicy default/a"),
+        "{err}"
+    );
+    // One name in two namespaces, or for two kinds, is two objects.
+    let two = format!(
+        "{}---\n{}---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: a}}\nspec: {{}}\n",
+        doc("{name: a}"),
+        doc("{name: a, namespace: prod}")
+    );
+    assert_eq!(PolicySet::from_yaml_str(&two, "f").unwrap().documents().len(), 3);
+    // `namespace: ""` is `default`, as kubectl reads it: this DENY applies.
+    let set = PolicySet::from_yaml_str(&doc("{name: a, namespace: \"\"}"), "f").unwrap();
+    let w = set.for_workload(&Workload::new("details", "default"));
+    assert_eq!(w.documents().len(), 1);
+}
+
+#[test]
 fn unknown_kind_is_an_error() {
     let err = PolicySet::from_yaml_str(
         "apiVersion: security.istio.io/v1\nkind: AuthorisationPolicy\nmetadata: {name: a}\n",
