@@ -507,7 +507,9 @@ pub fn start_operations(args: &Args, setup: &Setup) {
                 );
             }
             Ok(guard)
-        });
+        })
+        // A change made since start-up read the file is loaded too.
+        .loaded_from(&setup.set);
         if let Err(e) = reloader.watch(std::time::Duration::from_millis(500)) {
             fail(&format!(
                 "--config {}: cannot watch the file: {e}",

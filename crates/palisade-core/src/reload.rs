@@ -49,7 +49,7 @@ use std::time::Duration;
 
 use crate::guard::{Guard, LOG_TARGET};
 use crate::metrics::CONFIG_RELOADS;
-use crate::policy::{PolicyError, PolicySet};
+use crate::policy::{PolicyError, PolicySet, digest};
 
 type Build = dyn Fn(&PolicySet) -> Result<Guard, PolicyError> + Send + Sync;
 
@@ -57,14 +57,14 @@ struct Inner {
     path: PathBuf,
     guard: Guard,
     build: Box<Build>,
-    /// The contents last loaded (or refused): a change is a difference.
-    /// Held while a reload runs, so one reload happens at a time and a
-    /// change is never loaded twice.
-    last: Mutex<Option<Vec<u8>>>,
+    /// The digest of the contents last loaded (or refused): a change is a
+    /// difference. Held while a reload runs, so one reload happens at a
+    /// time and a change is never loaded twice.
+    last: Mutex<Option<u64>>,
     /// What the watch saw change, not yet loaded: a change is loaded once
     /// two looks in a row see the same contents, so a file caught halfway
     /// through a rewrite in place is never put in force.
-    settling: Mutex<Option<Vec<u8>>>,
+    settling: Mutex<Option<u64>>,
 }
 
 /// Keeps a [`Guard`] in step with its policy file. Cloning shares it.
@@ -82,14 +82,16 @@ impl fmt::Debug for PolicyReloader {
 impl PolicyReloader {
     /// A reloader of `guard` from the file at `path`, with `build` making a
     /// guard from the loaded documents (the function the application built
-    /// `guard` with). The file as it is now counts as loaded.
+    /// `guard` with). The file as it is now counts as loaded; say what
+    /// `guard` was built from with [`loaded_from`](Self::loaded_from), and
+    /// a change made in between is loaded too.
     pub fn new(
         path: impl AsRef<Path>,
         guard: &Guard,
         build: impl Fn(&PolicySet) -> Result<Guard, PolicyError> + Send + Sync + 'static,
     ) -> Self {
         let path = path.as_ref().to_path_buf();
-        let last = std::fs::read(&path).ok();
+        let last = std::fs::read(&path).ok().map(|c| digest(&c));
         Self(Arc::new(Inner {
             path,
             guard: guard.clone(),
@@ -97,6 +99,15 @@ impl PolicyReloader {
             last: Mutex::new(last),
             settling: Mutex::new(None),
         }))
+    }
+
+    /// The documents the guard was built from (read from this file at
+    /// start-up): a file that changed since they were read, before this
+    /// reloader was made, is loaded at the watch's next looks.
+    #[must_use]
+    pub fn loaded_from(self, set: &PolicySet) -> Self {
+        *self.0.last.lock().unwrap_or_else(PoisonError::into_inner) = Some(set.digest());
+        self
     }
 
     /// The policy file.
@@ -115,6 +126,24 @@ impl PolicyReloader {
         self.load(&mut last, std::fs::read(&self.0.path))
     }
 
+    /// [`reload`](Self::reload) once the file reads the same twice `pause`
+    /// apart (a signal may come while it is still being written), looking
+    /// at most `looks` times; then as it reads last.
+    fn reload_settled(&self, pause: Duration, looks: usize) -> Result<(), PolicyError> {
+        let mut before = std::fs::read(&self.0.path);
+        for _ in 1..looks {
+            std::thread::sleep(pause);
+            let now = std::fs::read(&self.0.path);
+            let same = matches!((&before, &now), (Ok(a), Ok(b)) if a == b);
+            before = now;
+            if same {
+                break;
+            }
+        }
+        let mut last = self.0.last.lock().unwrap_or_else(PoisonError::into_inner);
+        self.load(&mut last, before)
+    }
+
     /// Reloads if the file's contents differ from those last loaded (or
     /// refused) and are the same as at the look before (a file being
     /// rewritten in place is read only once it stays the same); `None`
@@ -125,14 +154,15 @@ impl PolicyReloader {
     pub fn reload_if_changed(&self) -> Option<Result<(), PolicyError>> {
         // A file being replaced may be missing for a moment: not a change.
         let now = std::fs::read(&self.0.path).ok()?;
+        let seen = digest(&now);
         let mut last = self.0.last.lock().unwrap_or_else(PoisonError::into_inner);
         let mut settling = self.0.settling.lock().unwrap_or_else(PoisonError::into_inner);
-        if last.as_ref() == Some(&now) {
+        if *last == Some(seen) {
             *settling = None;
             return None;
         }
-        if settling.as_ref() != Some(&now) {
-            *settling = Some(now);
+        if *settling != Some(seen) {
+            *settling = Some(seen);
             return None;
         }
         *settling = None;
@@ -141,27 +171,32 @@ impl PolicyReloader {
     }
 
     /// Loads `contents` and puts it in force; `last` (held: one reload at
-    /// a time) becomes them.
-    fn load(
-        &self,
-        last: &mut Option<Vec<u8>>,
-        contents: std::io::Result<Vec<u8>>,
-    ) -> Result<(), PolicyError> {
+    /// a time) becomes their digest.
+    fn load(&self, last: &mut Option<u64>, contents: std::io::Result<Vec<u8>>) -> Result<(), PolicyError> {
         if let Ok(c) = &contents {
-            *last = Some(c.clone());
+            *last = Some(digest(c));
         }
         let name = self.0.path.display().to_string();
         let loaded = contents
             .map_err(|e| PolicyError::new(&name, format!("cannot read: {e}")))
             .and_then(|c| {
-                let text = String::from_utf8(c).map_err(|_| PolicyError::new(&name, "not UTF-8 text"))?;
-                PolicySet::from_yaml_str(&text, &name)
-            })
-            .and_then(|set| {
-                // The application's function may panic: that is a file
-                // that did not load, not the end of reloading.
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.0.build)(&set)))
-                    .unwrap_or_else(|_| Err(PolicyError::new(&name, "building the guard panicked")))
+                // Truncated by a writer that has not written yet, most
+                // likely (`> policy.yaml`): no documents would allow
+                // everything.
+                if c.iter().all(u8::is_ascii_whitespace) {
+                    return Err(PolicyError::new(
+                        &name,
+                        "the file is empty: taken for a file still being written, not for a policy; to run without policies, write a file holding a comment (`# none`)",
+                    ));
+                }
+                // A panic (the loader's, or the application's function) is
+                // a file that did not load, not the end of reloading.
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let text = String::from_utf8(c).map_err(|_| PolicyError::new(&name, "not UTF-8 text"))?;
+                    let set = PolicySet::from_yaml_str(&text, &name)?;
+                    (self.0.build)(&set)
+                }))
+                .unwrap_or_else(|_| Err(PolicyError::new(&name, "loading the file or building the guard panicked")))
             });
         match loaded {
             Ok(guard) => {
@@ -202,7 +237,8 @@ impl PolicyReloader {
     }
 
     /// Reloads on every `SIGHUP`, from a task on the current tokio runtime
-    /// (reading and compiling on its blocking pool). The task lives as long
+    /// (reading and compiling on its blocking pool), once the file reads
+    /// the same twice 200 ms apart (for at most 5 s). The task lives as long
     /// as the runtime and keeps this reloader: call it once, at start-up,
     /// not from a per-worker factory (each call adds a reload per signal).
     ///
@@ -218,7 +254,10 @@ impl PolicyReloader {
             while hup.recv().await.is_some() {
                 let reloader = this.clone();
                 // Reading and compiling are blocking work.
-                let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
+                let _ = tokio::task::spawn_blocking(move || {
+                    reloader.reload_settled(Duration::from_millis(200), 25)
+                })
+                .await;
             }
         });
         Ok(())
@@ -305,6 +344,69 @@ spec:
             reloader.reload_if_changed().is_none(),
             "loaded: no change any more"
         );
+    }
+
+    #[test]
+    fn an_emptied_file_keeps_the_policy_in_force_and_a_comment_is_no_policy() {
+        let (_dir, file) = scratch("empty");
+        std::fs::write(&file, CLOSED).unwrap();
+        let guard = build(&PolicySet::from_file(&file).unwrap()).unwrap();
+        let reloader = PolicyReloader::new(&file, &guard, build);
+        // A writer truncated it (`>`) and has not written for a while.
+        for empty in ["", " \n\n"] {
+            std::fs::write(&file, empty).unwrap();
+            let err = reloader.reload().unwrap_err().to_string();
+            assert!(err.contains("the file is empty"), "{err}");
+            assert!(
+                reloader.reload_if_changed().is_none(),
+                "refused: not loaded again"
+            );
+            assert!(!open(&guard), "the policy in force stays");
+        }
+        // Said on purpose: no policy, every request allowed.
+        std::fs::write(&file, "# none\n").unwrap();
+        reloader.reload().unwrap();
+        assert!(open(&guard));
+    }
+
+    #[test]
+    fn a_change_made_before_the_reloader_is_loaded_when_it_knows_what_was_loaded() {
+        let (_dir, file) = scratch("window");
+        std::fs::write(&file, CLOSED).unwrap();
+        let set = PolicySet::from_file(&file).unwrap();
+        let guard = build(&set).unwrap();
+        // The file changes between start-up's read and the reloader.
+        std::fs::write(&file, OPEN).unwrap();
+        let unaware = PolicyReloader::new(&file, &guard, build);
+        assert!(unaware.reload_if_changed().is_none());
+        assert!(
+            unaware.reload_if_changed().is_none(),
+            "the change is taken as loaded"
+        );
+        let reloader = PolicyReloader::new(&file, &guard, build).loaded_from(&set);
+        assert!(reloader.reload_if_changed().is_none(), "seen once");
+        assert!(matches!(reloader.reload_if_changed(), Some(Ok(()))));
+        assert!(open(&guard));
+    }
+
+    #[test]
+    fn a_signal_during_a_write_loads_the_file_once_it_stays_the_same() {
+        let (_dir, file) = scratch("signal");
+        std::fs::write(&file, CLOSED).unwrap();
+        let guard = build(&PolicySet::from_file(&file).unwrap()).unwrap();
+        let reloader = PolicyReloader::new(&file, &guard, build);
+        // Half written when the signal comes, whole 100 ms later.
+        std::fs::write(&file, &OPEN[..40]).unwrap();
+        let writer = {
+            let file = file.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                std::fs::write(&file, OPEN).unwrap();
+            })
+        };
+        reloader.reload_settled(Duration::from_millis(300), 10).unwrap();
+        writer.join().unwrap();
+        assert!(open(&guard));
     }
 
     #[test]

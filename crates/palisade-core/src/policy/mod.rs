@@ -455,6 +455,19 @@ pub struct PolicySet {
     source: String,
     documents: Vec<Document>,
     warnings: Vec<PolicyWarning>,
+    /// The text's [`digest`]: a reloader tells a change from it.
+    digest: u64,
+}
+
+/// A digest of a policy file's bytes, to tell a change (not a secret: the
+/// writer of the file is trusted).
+pub(crate) fn digest(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // Fixed keys: the same bytes give the same digest in this process,
+    // the only place digests are compared.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
 }
 
 /// The `JwtSettings` documents whose `issuer` no `jwtRules` entry and no
@@ -681,6 +694,7 @@ impl PolicySet {
             source: source.to_owned(),
             documents,
             warnings,
+            digest: digest(text.as_bytes()),
         })
     }
 
@@ -771,6 +785,8 @@ impl PolicySet {
             source: source.to_owned(),
             documents,
             warnings: Vec::new(),
+            // No text: the digest of none.
+            digest: digest(b""),
         }
     }
 
@@ -778,6 +794,11 @@ impl PolicySet {
     #[must_use]
     pub fn source(&self) -> &str {
         &self.source
+    }
+
+    /// The [`digest`] of the text the set was read from.
+    pub(crate) fn digest(&self) -> u64 {
+        self.digest
     }
 
     /// Every document, applicable or not.
