@@ -2,6 +2,9 @@
 //! document wins (a workload selector, then the workload's namespace, then
 //! the root namespace), `UNSET` inherits from the next, and
 //! `portLevelMtls` (only with a selector, as in Istio) overrides for its port.
+//! As Istio composes them (`ComposePeerAuthentication`), a selector
+//! without labels (`selector: {}`) is no selector, and a selector in the
+//! root namespace is ignored (with a warning).
 
 use palisade_core::policy::{Document, PeerAuthenticationSpec, PolicyError, WorkloadPolicy};
 
@@ -19,12 +22,14 @@ pub fn mode_for_port(w: &WorkloadPolicy<'_>, port: u16) -> Result<MtlsMode, Poli
     let root = &w.workload().root_namespace;
     let mut levels: [Option<(&Document, &PeerAuthenticationSpec)>; 3] = [None, None, None];
     for (doc, spec) in w.peer_authentications() {
-        let level = if spec.selector.is_some() {
-            0
-        } else if doc.metadata.namespace() == w.workload().namespace && doc.metadata.namespace() != root {
-            1
+        let in_root = doc.metadata.namespace() == root;
+        let level = if !spec.selects_workloads() {
+            if in_root { 2 } else { 1 }
+        } else if in_root {
+            tracing::warn!(target: crate::LOG_TARGET, "{}", w.error_at(doc, "spec.selector", "a workload selector in the root namespace is ignored, as Istio ignores it: put the document in the workload's namespace"));
+            continue;
         } else {
-            2
+            0
         };
         if let Some((prev, _)) = levels[level] {
             return Err(w.error_at(
@@ -74,6 +79,42 @@ mod tests {
         assert_eq!(mode(&unset, 443).unwrap(), MtlsMode::Permissive);
     }
 
+    /// As Istio's `ComposePeerAuthentication`: `selector: {}` is the
+    /// namespace's (or the mesh's) policy, and a selector in the root
+    /// namespace counts for nothing, so neither overrides the namespace.
+    #[test]
+    fn empty_selectors_are_namespace_wide_and_root_selectors_are_ignored() {
+        let ns = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: ns}\nspec: {mtls: {mode: STRICT}}\n";
+        let doc = |name: &str, namespace: &str, selector: &str| {
+            format!(
+                "---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec: {{selector: {selector}, mtls: {{mode: DISABLE}}}}\n"
+            )
+        };
+        let root_selector = format!(
+            "{ns}{}",
+            doc("w", "istio-system", "{matchLabels: {app: details}}")
+        );
+        assert_eq!(mode(&root_selector, 443).unwrap(), MtlsMode::Strict);
+        let root_empty = format!("{ns}{}", doc("mesh", "istio-system", "{}"));
+        assert_eq!(
+            mode(&root_empty, 443).unwrap(),
+            MtlsMode::Strict,
+            "the mesh's, under the namespace's"
+        );
+        assert_eq!(
+            mode(&doc("mesh", "istio-system", "{}")[4..], 443).unwrap(),
+            MtlsMode::Disable,
+            "alone, the mesh's applies"
+        );
+        // `selector: {}` in the namespace is the namespace's policy: a
+        // second one at that level.
+        let two = format!("{ns}{}", doc("empty", "default", "{}"));
+        assert!(mode(&two, 443).unwrap_err().to_string().contains("already sets"));
+        // And a selector with labels wins over the namespace.
+        let mine = format!("{ns}{}", doc("w", "default", "{matchLabels: {app: details}}"));
+        assert_eq!(mode(&mine, 443).unwrap(), MtlsMode::Disable);
+    }
+
     #[test]
     fn port_level_modes_override_for_their_port() {
         let yaml = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: w}\nspec:\n  selector: {matchLabels: {app: details}}\n  mtls: {mode: STRICT}\n  portLevelMtls:\n    9090: {mode: DISABLE}\n";
@@ -90,6 +131,11 @@ mod tests {
         let no_sel = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: w}\nspec: {portLevelMtls: {80: {mode: DISABLE}}}\n";
         assert_eq!(
             mode(no_sel, 80).unwrap_err().field.as_deref(),
+            Some("spec.portLevelMtls")
+        );
+        let empty_sel = no_sel.replace("spec: {", "spec: {selector: {}, ");
+        assert_eq!(
+            mode(&empty_sel, 80).unwrap_err().field.as_deref(),
             Some("spec.portLevelMtls")
         );
     }

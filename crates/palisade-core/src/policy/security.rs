@@ -359,11 +359,19 @@ pub struct PeerAuthenticationSpec {
 }
 
 impl PeerAuthenticationSpec {
+    /// Whether the document selects workloads by labels: a `selector`
+    /// with `matchLabels`. Without (`selector: {}` included), Istio takes
+    /// it for its namespace's policy, or the mesh's in the root namespace.
+    #[must_use]
+    pub fn selects_workloads(&self) -> bool {
+        self.selector.as_ref().is_some_and(|s| !s.match_labels.is_empty())
+    }
+
     pub(super) fn check(&self) -> Result<(), FieldError> {
-        if !self.port_level_mtls.is_empty() && self.selector.is_none() {
+        if !self.port_level_mtls.is_empty() && !self.selects_workloads() {
             return Err((
                 "spec.portLevelMtls".into(),
-                "portLevelMtls needs a selector (as in Istio)".into(),
+                "portLevelMtls needs a selector with matchLabels (as in Istio)".into(),
             ));
         }
         Ok(())
