@@ -176,7 +176,12 @@ pub async fn serve(default_name: &str, default_port: u16, make: impl FnOnce(Part
             }
             .kdc_timeout(args.upstream_timeout),
         ),
-        client: reqwest::Client::new(),
+        // No redirects: reqwest keeps `Authorization` on a redirect to
+        // the same host by another scheme (https to http).
+        client: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or_else(|e| common::fail(&format!("--backend: {e}"))),
     });
     let guard = (!args.no_guard).then(|| setup.guard.clone());
     let router = make(Parts {

@@ -161,9 +161,22 @@ impl TokenClient {
             token_type: Option<String>,
             #[serde(default, deserialize_with = "palisade_core::syntax::deserialize_expires_in")]
             expires_in: Option<f64>,
+            /// RFC 8693's, in a token exchange's answer.
+            #[serde(default)]
+            issued_token_type: Option<String>,
         }
         let t: TokenResponse = serde_json::from_slice(body)
             .map_err(|_| ClientError::Unavailable("the token response is not the expected JSON".into()))?;
+        // Only an access token is sent as one (an exchange may be answered
+        // with an ID or refresh token, or a SAML assertion).
+        if t.issued_token_type
+            .as_deref()
+            .is_some_and(|ty| ty != "urn:ietf:params:oauth:token-type:access_token")
+        {
+            return Err(ClientError::Unavailable(
+                "the issuer issued a token that is not an access token (issued_token_type)".into(),
+            ));
+        }
         // A DPoP-bound token when asked for one (an issuer may still grant
         // a bearer token: RFC 9449 §5), else a bearer token.
         let bound = match t.token_type.as_deref() {
@@ -433,6 +446,16 @@ async fn read_limited(mut res: reqwest::Response) -> Result<Vec<u8>, ClientError
     Ok(body)
 }
 
+/// Adds the audience asked for to a token request's `form`: `audience`
+/// (RFC 8693, and servers that read it for other grants), and RFC 8707's
+/// `resource` too when it is an absolute URI (oidc-provider reads that).
+pub(crate) fn push_audience<'a>(form: &mut Vec<(&'static str, &'a str)>, audience: &'a str) {
+    form.push(("audience", audience));
+    if audience.contains("://") {
+        form.push(("resource", audience));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -471,5 +494,34 @@ mod tests {
             Some(minute)
         );
         assert!(lifetime(r#"{"access_token":"t","expires_in":"later"}"#).is_err());
+        // An exchange answered with another kind of token: not sent.
+        let typed = |ty: &str| {
+            lifetime(&format!(
+                r#"{{"access_token":"t","issued_token_type":"urn:ietf:params:oauth:token-type:{ty}"}}"#
+            ))
+        };
+        assert!(typed("access_token").is_ok());
+        for other in ["id_token", "refresh_token", "saml2"] {
+            assert!(
+                matches!(typed(other), Err(ClientError::Unavailable(_))),
+                "{other}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_absolute_audience_is_asked_for_as_a_resource_too() {
+        let mut form = Vec::new();
+        push_audience(&mut form, "reviews");
+        assert_eq!(form, [("audience", "reviews")]);
+        let mut form = Vec::new();
+        push_audience(&mut form, "https://reviews.example/");
+        assert_eq!(
+            form,
+            [
+                ("audience", "https://reviews.example/"),
+                ("resource", "https://reviews.example/")
+            ]
+        );
     }
 }

@@ -143,7 +143,7 @@ impl TokenExchange {
             ("requested_token_type", ACCESS_TOKEN_TYPE),
         ];
         if let Some(audience) = &inner.audience {
-            form.push(("audience", audience));
+            crate::endpoint::push_audience(&mut form, audience);
         }
         if let Some(scope) = &inner.scope {
             form.push(("scope", scope));
@@ -159,7 +159,8 @@ impl TokenExchange {
                     failures.clear();
                 }
                 failures.insert(Arc::clone(caller), (Instant::now(), e.clone()));
-                return Err(e);
+                drop(failures);
+                return self.answered(caller).unwrap_or(Err(e));
             }
         };
         let mut cache = lock(&inner.cache);
@@ -174,17 +175,24 @@ impl TokenExchange {
 
     /// The answer an earlier exchange of `caller`'s token gave, while it
     /// holds: its token until it is due for renewal, its failure for
-    /// [`RETRY_AFTER`].
+    /// [`RETRY_AFTER`]. While a renewal fails, the token is used until it
+    /// expires, as the workload's own token is.
     fn answered(&self, caller: &str) -> Option<Result<Arc<Granted>, ClientError>> {
-        if let Some(g) = lock(&self.0.cache).get(caller)
-            && Instant::now() < g.renew_at
+        let now = Instant::now();
+        let cached = lock(&self.0.cache).get(caller).cloned();
+        if let Some(g) = &cached
+            && now < g.renew_at
         {
             return Some(Ok(Arc::clone(g)));
         }
-        lock(&self.0.failures)
+        let failed = lock(&self.0.failures)
             .get(caller)
             .filter(|(at, _)| at.elapsed() < RETRY_AFTER)
-            .map(|(_, e)| Err(e.clone()))
+            .map(|(_, e)| e.clone())?;
+        Some(match cached.filter(|g| g.expires > now) {
+            Some(g) => Ok(g),
+            None => Err(failed),
+        })
     }
 }
 

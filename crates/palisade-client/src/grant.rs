@@ -203,13 +203,8 @@ impl ClientCredentials {
             form.push(("scope", scope));
         }
         if let Some(audience) = &inner.audience {
-            // `audience` for servers that read it here; RFC 8707 servers
-            // (oidc-provider) read `resource`, an absolute URI. Keycloak
-            // sets a service account token's `aud` by its mappers.
-            form.push(("audience", audience));
-            if audience.contains("://") {
-                form.push(("resource", audience));
-            }
+            // Keycloak sets a service account token's `aud` by its mappers.
+            crate::endpoint::push_audience(&mut form, audience);
         }
         let granted = inner.client.request(form, inner.renew_before).await?;
         tracing::debug!(target: LOG_TARGET, issuer = %inner.client.shown, "the workload's token was granted");

@@ -43,7 +43,11 @@
 //!     .host("details.default.svc.cluster.local", Credentials::ClientCredentials(own))
 //!     .host("reviews.default.svc.cluster.local", Credentials::Caller)
 //!     .build();
-//! let client = reqwest::Client::new();
+//! // No redirects: reqwest keeps `Authorization` on a redirect to the same
+//! // host and port by another scheme (`https` to `http`: in clear).
+//! let client = reqwest::Client::builder()
+//!     .redirect(reqwest::redirect::Policy::none())
+//!     .build()?;
 //! let mut req = client.get("http://reviews.default.svc.cluster.local:9080/reviews/0").build()?;
 //! upstreams.apply(&mut req, CallerToken::from_headers(inbound).as_ref()).await?;
 //! let res = client.execute(req).await?;

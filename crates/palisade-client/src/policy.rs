@@ -106,7 +106,8 @@ fn hosts_of(policy: &WorkloadPolicy<'_>) -> Result<Option<HashMap<String, Creden
             }
         };
         for (i, host) in spec.hosts.iter().enumerate() {
-            let host = host.to_ascii_lowercase();
+            // As the map keys it: `reviews.` and `Reviews` are `reviews`.
+            let host = crate::upstreams::normalize(host);
             if hosts.insert(host.clone(), credentials.clone()).is_some() {
                 return Err(policy.error_at(
                     doc,

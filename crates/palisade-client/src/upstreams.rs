@@ -196,11 +196,16 @@ fn bearer(caller: Option<&CallerToken>) -> Result<&str, ClientError> {
 
 /// A host as entries and lookups compare it: lower case, an IPv6
 /// literal without brackets, no trailing dot.
-fn normalize(host: &str) -> String {
+pub(crate) fn normalize(host: &str) -> String {
     let host = host
         .strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
         .unwrap_or(host);
+    // An IP literal in its one standard form (`0:0::1` is `::1`), as
+    // reqwest's URLs write it and `http::Uri` does not.
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return ip.to_string();
+    }
     host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase()
 }
 
@@ -245,11 +250,8 @@ impl UpstreamsBuilder {
             hosts: self.0,
             warned: Mutex::default(),
         }));
-        if upstreams.relays_to_any_host() {
-            tracing::warn!(
-                target: LOG_TARGET,
-                "the `*` upstream entry sends a token of the caller's to every host without an entry of its own: name the hosts instead"
-            );
+        if let Some(warning) = upstreams.star_warning() {
+            tracing::warn!(target: LOG_TARGET, "{warning}");
         }
         upstreams
     }
@@ -272,9 +274,18 @@ impl Upstreams {
             .unwrap_or(&Credentials::None)
     }
 
-    /// Whether the `*` entry sends something of the caller's.
-    fn relays_to_any_host(&self) -> bool {
-        self.0.hosts.get("*").is_some_and(Credentials::of_the_caller)
+    /// What the `*` entry sends to every host not named, when it sends
+    /// anything.
+    fn star_warning(&self) -> Option<&'static str> {
+        match self.0.hosts.get("*")? {
+            Credentials::None => None,
+            c if c.of_the_caller() => Some(
+                "the `*` upstream entry sends a token of the caller's to every host without an entry of its own: name the hosts instead",
+            ),
+            _ => Some(
+                "the `*` upstream entry sends the workload's own token to every host without an entry of its own, outside ones too: name the hosts instead",
+            ),
+        }
     }
 
     /// The credentials of a call to `host` by `scheme`, the first call that
@@ -306,20 +317,29 @@ impl Upstreams {
     /// The `Authorization` header value for a call to `uri`.
     ///
     /// # Errors
-    /// As [`Credentials::authorization`].
+    /// As [`Credentials::authorization`]; [`ClientError::Config`] for a
+    /// URI that names no host (it would get the `*` entry's credential).
     pub async fn authorization(
         &self,
         uri: &http::Uri,
         caller: Option<&CallerToken>,
     ) -> Result<Option<Arc<str>>, ClientError> {
-        let host = uri.host();
-        self.for_host(host.unwrap_or_default())
-            .authorization_to(host, caller)
-            .await
+        let Some(host) = uri.host() else {
+            return Err(ClientError::Config(
+                "the upstream URI names no host: no credential is chosen for it".into(),
+            ));
+        };
+        self.for_host(host).authorization_to(Some(host), caller).await
     }
 
     /// Sets the `Authorization` header of a `reqwest` request for its
     /// host (replacing any), or removes it when the host gets nothing.
+    /// Send it with a client that follows no redirects
+    /// (`redirect::Policy::none()`): reqwest keeps the header on a
+    /// redirect to the same host and port by another scheme, so an
+    /// `https` upstream answering `302 http://…` would have the token sent
+    /// in clear, and a credential chosen for one host is never re-chosen
+    /// for the next.
     ///
     /// # Errors
     /// As [`Credentials::authorization`]: the request must then not be
@@ -339,12 +359,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_star_entry_with_the_callers_token_is_said_out_loud() {
-        let relays = |c: Credentials| Upstreams::builder().host("*", c).build().relays_to_any_host();
-        assert!(relays(Credentials::Caller));
-        assert!(!relays(Credentials::None));
+    fn a_star_entry_that_sends_a_token_is_said_out_loud() {
+        let said = |c: Credentials| Upstreams::builder().host("*", c).build().star_warning();
+        assert!(said(Credentials::Caller).is_some_and(|w| w.contains("the caller's")));
+        assert!(said(Credentials::None).is_none());
+        let own = ClientCredentials::builder("https://kc.example/realms/r", "app")
+            .client_secret("s")
+            .build()
+            .unwrap();
+        assert!(said(Credentials::ClientCredentials(own)).is_some_and(|w| w.contains("own token")));
         let named = Upstreams::builder().host("reviews", Credentials::Caller).build();
-        assert!(!named.relays_to_any_host(), "a named host is a choice");
+        assert!(named.star_warning().is_none(), "a named host is a choice");
+    }
+
+    #[test]
+    fn hosts_are_keyed_as_every_client_writes_them() {
+        let upstreams = Upstreams::builder()
+            .host("[0:0::1]", Credentials::Caller)
+            .host("Reviews.Default.", Credentials::Caller)
+            .build();
+        for host in [
+            "::1",
+            "[::1]",
+            "0000::0001",
+            "reviews.default",
+            "REVIEWS.default.",
+        ] {
+            assert!(matches!(upstreams.for_host(host), Credentials::Caller), "{host}");
+        }
+        assert!(matches!(upstreams.for_host("ratings"), Credentials::None));
     }
 
     #[test]

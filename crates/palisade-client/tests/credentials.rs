@@ -378,6 +378,11 @@ async fn upstreams_come_from_the_policy_file() {
             doc("a", "x", "    from: caller\n") + &doc("b", "x", "    from: none\n"),
             "spec.hosts[0]",
         ),
+        // One host, written two ways.
+        (
+            doc("a", "Reviews", "    from: caller\n") + &doc("b", "reviews.", "    from: none\n"),
+            "spec.hosts[0]",
+        ),
         (
             doc(
                 "a",
@@ -417,6 +422,45 @@ async fn upstreams_come_from_the_policy_file() {
     }
     check(&yaml).expect("the file that built checks");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// As the workload's own token: an exchanged token due for renewal is
+/// used while it is valid when the issuer cannot renew it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exchanged_token_is_kept_while_the_issuer_is_down_until_it_expires() {
+    let issuer = TestIssuer::builder()
+        .client("productpage", SECRET)
+        .token_lifetime(Duration::from_secs(8))
+        .start()
+        .unwrap();
+    let exchange = TokenExchange::builder(issuer.issuer(), "productpage")
+        .client_secret(SECRET)
+        .audience("reviews")
+        .renew_before(Duration::from_secs(4))
+        .build()
+        .unwrap();
+    let alice = CallerToken::new(&issuer.token().subject("alice").audience("productpage").sign());
+    let first = exchange.authorization(&alice).await.unwrap();
+    let granted = std::time::Instant::now();
+    drop(issuer);
+    // Due for renewal, and the issuer is gone: twice, the second within
+    // the failure's second.
+    tokio::time::sleep(Duration::from_millis(4_600)).await;
+    for _ in 0..2 {
+        assert_eq!(
+            exchange.authorization(&alice).await.unwrap(),
+            first,
+            "the issuer is down: the valid token is kept"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(8_500).saturating_sub(granted.elapsed())).await;
+    assert!(
+        matches!(
+            exchange.authorization(&alice).await,
+            Err(ClientError::Unavailable(_))
+        ),
+        "expired and nothing to renew it with"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -514,6 +558,13 @@ async fn a_callers_token_is_exchanged_once_for_the_upstreams_audience() {
             .authorization(&"http://reviews/".parse().unwrap(), None)
             .await,
         Err(ClientError::NoCallerToken)
+    ));
+    // A URI without a host gets nothing (not the `*` entry's).
+    assert!(matches!(
+        upstreams
+            .authorization(&"/reviews/0".parse().unwrap(), Some(&alice))
+            .await,
+        Err(ClientError::Config(_))
     ));
     assert_eq!(issuer.token_exchanges(), 2);
 }
