@@ -182,7 +182,11 @@ impl SpnegoAuthenticatorBuilder {
     }
 
     /// Accept clients of this realm (any number; none: every realm the KDC
-    /// trusts). The local name is the principal without this realm.
+    /// trusts). With one realm, a one-part principal's local name is the
+    /// principal without it (`alice@EXAMPLE.TEST` is `alice`; `alice/admin`
+    /// has none); with several, or none, krb5's `aname_to_localname` rules
+    /// decide, as mod_auth_gssapi's `GssapiLocalName`, so `alice@A` and
+    /// `alice@B` are not both `alice`.
     pub fn allowed_realm(mut self, realm: impl Into<String>) -> Self {
         self.allowed_realms.push(realm.into());
         self
@@ -343,7 +347,15 @@ impl SpnegoAuthenticatorBuilder {
                 self = self.max_header(n.get());
             }
             if let Some(c) = &s.session_cookie {
-                let mut cookie = SessionCookie::new(c.name.as_deref().unwrap_or("palisade_session"));
+                let name = c.name.as_deref().unwrap_or(DEFAULT_COOKIE);
+                if let Some(login) = sign_in_cookie_clash(w, name) {
+                    return Err(w.error_at(
+                        doc,
+                        "spec.sessionCookie.name",
+                        format!("`{name}` is also a cookie of browser sign-in ({login}): each would overwrite the other's session; name them apart"),
+                    ));
+                }
+                let mut cookie = SessionCookie::new(name);
                 for (i, k) in c.keys.iter().enumerate() {
                     let field = format!("spec.sessionCookie.keys[{i}].keyFile");
                     let bytes = std::fs::read(&k.key_file)
@@ -510,7 +522,15 @@ fn accept(
             info.mechanism
         ));
     }
-    let principal = info.source_name.to_string();
+    // libgssapi's `Display` shows a name it cannot read as a fixed text,
+    // which every such user would share: refused instead.
+    let principal = info
+        .source_name
+        .display_name()
+        .ok()
+        .and_then(|b| String::from_utf8(b.to_vec()).ok())
+        .ok_or("the client's name cannot be read as text")?;
+    plain_principal(&principal)?;
     acceptable(info.flags, &principal, &info.target_name.to_string(), http_only)?;
     // krb5's aname-to-localname rules, only when no realm list decides it.
     let local_name = local_names.and_then(|names| {
@@ -528,6 +548,60 @@ fn accept(
         lifetime: info.lifetime,
         delegated: ctx.take_delegated_cred(),
     })
+}
+
+/// The default name of the session cookie: not sign-in's `palisade_session`,
+/// which one browser may hold beside it.
+const DEFAULT_COOKIE: &str = "palisade_negotiate";
+
+/// The sign-in document of the workload whose cookies (`NAME`, `NAME_1`,
+/// …, `NAME_login_…`) include `name`, if any.
+fn sign_in_cookie_clash(w: &WorkloadPolicy<'_>, name: &str) -> Option<String> {
+    let logins = w.oidc_logins().map(|(d, s)| {
+        let cookie = s.session.cookie_name.as_deref().unwrap_or("palisade_session");
+        (d.resource(), cookie.to_owned())
+    });
+    let keycloak = w
+        .keycloak_adapters()
+        .filter(|(_, k)| {
+            k.bearer_only != Some(true) && (k.public_client == Some(true) || k.credentials.is_some())
+        })
+        .map(|(d, _)| (d.resource(), "palisade_session".to_owned()));
+    logins.chain(keycloak).find_map(|(doc, cookie)| {
+        let clash = name == cookie
+            || name
+                .strip_prefix(cookie.as_str())
+                .is_some_and(|rest| rest.starts_with('_'));
+        clash.then_some(doc)
+    })
+}
+
+/// The local name of `user` (a principal of an allowed realm, without
+/// it): with one allowed realm, the user of a one-part principal; else
+/// what krb5's rules gave (`krb5`, asked only then).
+fn local_name_of(allowed_realms: &[String], user: &str, krb5: Option<&str>) -> Option<String> {
+    if let [_] = allowed_realms {
+        (!user.contains('/')).then(|| user.to_owned())
+    } else {
+        krb5.map(str::to_owned)
+    }
+}
+
+/// Whether a client principal names its realm plainly: `user@REALM`
+/// with a realm, split at its last `@`, which must not be escaped (MIT
+/// writes an `@` inside a realm as `\@`: `alice@X\@EXAMPLE.TEST` would
+/// otherwise read as a user of `EXAMPLE.TEST`), and a realm without
+/// escapes. Every reading of the realm (the allowed realms, the `*@REALM`
+/// role entries) splits at the last `@`.
+fn plain_principal(principal: &str) -> Result<(), String> {
+    let Some((user, realm)) = principal.rsplit_once('@') else {
+        return Err("the client's name has no realm".into());
+    };
+    let escaped = user.bytes().rev().take_while(|&b| b == b'\\').count() % 2 == 1;
+    if user.is_empty() || realm.is_empty() || escaped || realm.contains('\\') {
+        return Err("the client's name does not name its realm plainly".into());
+    }
+    Ok(())
 }
 
 /// The anonymous client's name before its realm (RFC 8062: the realm is
@@ -587,11 +661,7 @@ impl SpnegoAuthenticator {
         let mut k = KerberosIdentity::default();
         principal.clone_into(&mut k.principal);
         k.realm = realm.to_owned();
-        k.local_name = if self.0.allowed_realms.is_empty() {
-            local_name.map(str::to_owned)
-        } else {
-            Some(user.to_owned())
-        };
+        k.local_name = local_name_of(&self.0.allowed_realms, user, local_name);
         if let Some(map) = &self.0.mapper {
             let (roles, groups) = map(&k);
             k.roles = roles;
@@ -857,7 +927,7 @@ impl Authenticator for SpnegoAuthenticator {
         );
         if here && let Ok(permit) = self.0.permits.clone().try_acquire_owned() {
             let started = Instant::now();
-            let local_names = self.0.allowed_realms.is_empty().then_some(&self.0.local_names);
+            let local_names = (self.0.allowed_realms.len() != 1).then_some(&self.0.local_names);
             let in_flight = InFlight::start();
             let result = accept(self.0.cred.clone(), &token, self.0.http_only, local_names);
             drop((in_flight, permit));
@@ -895,7 +965,7 @@ impl Authenticator for SpnegoAuthenticator {
             // GSSAPI call still runs on the blocking pool.
             let result = tokio::task::spawn_blocking(move || {
                 let _held = (in_flight, permit);
-                let local_names = inner.allowed_realms.is_empty().then_some(&inner.local_names);
+                let local_names = (inner.allowed_realms.len() != 1).then_some(&inner.local_names);
                 accept(inner.cred.clone(), &token, inner.http_only, local_names)
             })
             .await
@@ -970,6 +1040,94 @@ mod tests {
     }
 
     /// Checked before any Kerberos credential is looked for.
+    #[test]
+    fn a_principal_names_its_realm_plainly_or_is_refused() {
+        for ok in [
+            "alice@EXAMPLE.TEST",
+            "HTTP/www@EXAMPLE.TEST",
+            r"bob\@corp.example@CORP.EXAMPLE",
+        ] {
+            assert_eq!(plain_principal(ok), Ok(()), "{ok}");
+        }
+        // The last `@` escaped: the realm is `X\@EXAMPLE.TEST`, not
+        // `EXAMPLE.TEST`.
+        for bad in [
+            r"alice@X\@EXAMPLE.TEST",
+            r"alice@X\.EXAMPLE",
+            "alice",
+            "alice@",
+            "@EXAMPLE.TEST",
+            r"alice\\\@EXAMPLE.TEST",
+        ] {
+            assert!(plain_principal(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            plain_principal(r"alice\\@EXAMPLE.TEST"),
+            Ok(()),
+            "an escaped backslash"
+        );
+    }
+
+    #[test]
+    fn a_session_cookie_named_as_sign_ins_fails_to_load() {
+        use palisade_core::policy::{PolicySet, Workload};
+        let yaml = |cookie: &str, login: &str| {
+            format!(
+                "apiVersion: palisade.dev/v1alpha1\nkind: OidcLogin\nmetadata: {{name: login}}\nspec:\n  issuer: https://kc.example/realms/istio\n  clientId: productpage\n{login}---\napiVersion: palisade.dev/v1alpha1\nkind: SpnegoSettings\nmetadata: {{name: krb}}\nspec:\n  sessionCookie: {{{cookie}keys: [{{id: 1, keyFile: /nonexistent/key}}]}}\n"
+            )
+        };
+        let outcome = |cookie: &str, login: &str| {
+            let set = PolicySet::from_yaml_str(&yaml(cookie, login), "p.yaml").unwrap();
+            let w = set.for_workload(&Workload::new("productpage", "default"));
+            SpnegoAuthenticator::builder()
+                .from_policy(&w)
+                .map(|_| ())
+                .unwrap_err()
+        };
+        for (cookie, login) in [
+            ("", ""),
+            ("name: palisade_session, ", ""),
+            ("name: palisade_session_1, ", ""),
+            ("name: s, ", "  session: {cookieName: s}\n"),
+            ("name: s_login_x, ", "  session: {cookieName: s}\n"),
+        ] {
+            let err = outcome(cookie, login);
+            // The default name is no sign-in name.
+            let clash = !cookie.is_empty();
+            assert_eq!(
+                err.field.as_deref(),
+                Some(if clash {
+                    "spec.sessionCookie.name"
+                } else {
+                    "spec.sessionCookie.keys[0].keyFile"
+                }),
+                "{cookie} {login}: {err}"
+            );
+        }
+        // Names apart: the next error is the (missing) key file's.
+        let err = outcome("name: palisade_sessions, ", "");
+        assert_eq!(
+            err.field.as_deref(),
+            Some("spec.sessionCookie.keys[0].keyFile"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn local_names_come_from_one_realm_or_from_krb5() {
+        let one = ["A.TEST".to_owned()];
+        assert_eq!(local_name_of(&one, "alice", None).as_deref(), Some("alice"));
+        assert_eq!(local_name_of(&one, "alice/admin", Some("x")), None, "two parts");
+        // Two realms: `alice@A` and `alice@B` are not both `alice`.
+        let two = ["A.TEST".to_owned(), "B.TEST".to_owned()];
+        assert_eq!(local_name_of(&two, "alice", None), None);
+        assert_eq!(
+            local_name_of(&two, "alice", Some("alice")).as_deref(),
+            Some("alice")
+        );
+        assert_eq!(local_name_of(&[], "alice", Some("al")).as_deref(), Some("al"));
+    }
+
     #[test]
     fn a_session_cookie_name_that_could_add_an_attribute_is_refused() {
         for name in ["sid; Domain=evil.example", "a=b", ""] {

@@ -538,7 +538,7 @@ impl SpnegoSettingsSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[non_exhaustive]
 pub struct SessionCookieSpec {
-    /// The cookie name (default `palisade_session`).
+    /// The cookie name (default `palisade_negotiate`: not sign-in's `palisade_session`).
     pub name: Option<String>,
     /// The keys, newest first: new cookies use the first, all are read.
     pub keys: Vec<SessionKeySpec>,
