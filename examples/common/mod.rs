@@ -478,6 +478,18 @@ fn install_metrics() -> metrics_exporter_prometheus::PrometheusHandle {
     handle
 }
 
+/// The workload's documents that configure its calls to upstreams, which
+/// are read at start-up only: their names and specs, not where they stand
+/// in the file.
+fn outbound_documents(set: &PolicySet, workload: &Workload) -> Vec<(String, palisade::core::policy::Spec)> {
+    set.for_workload(workload)
+        .documents()
+        .iter()
+        .filter(|d| matches!(d.kind.as_str(), "UpstreamCredentials" | "DestinationRule"))
+        .map(|d| (d.resource(), d.spec.clone()))
+        .collect()
+}
+
 /// What runs beside the service once it listens, on the current tokio
 /// runtime: the policy file's reload (a change of `--config`, or SIGHUP)
 /// and the `--admin` listener. Exits with one line when either cannot start.
@@ -489,6 +501,8 @@ pub fn start_operations(args: &Args, setup: &Setup) {
         // The listener's mTLS mode is read at start-up: say so when a
         // reload changes it, rather than pretend it applies.
         let (port, mode) = (args.listen.port(), setup.tls.as_ref().map(ServerTls::mode));
+        // So are the calls it makes (`UpstreamCredentials`, `DestinationRule`).
+        let outbound = outbound_documents(&setup.set, &setup.workload);
         let reloader = palisade::core::reload::PolicyReloader::new(path, &setup.guard, move |set| {
             // Everything start-up reads from the file is checked, so a file
             // the service would refuse at its next start is refused now.
@@ -504,6 +518,11 @@ pub fn start_operations(args: &Args, setup: &Setup) {
                     ?running,
                     ?wanted,
                     "the PeerAuthentication mode changed; it takes effect at restart"
+                );
+            }
+            if outbound_documents(set, &workload) != outbound {
+                tracing::warn!(
+                    "the UpstreamCredentials or DestinationRule documents changed; calls to upstreams keep the settings read at start-up until restart"
                 );
             }
             Ok(guard)
