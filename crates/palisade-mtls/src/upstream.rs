@@ -429,6 +429,14 @@ mod tests {
         }
         let before = watcher_threads();
         tls.watch(std::time::Duration::from_millis(50));
+        // A thread takes its name once it runs: wait for the first, then
+        // long enough for any other to have named itself.
+        let named = (0..100).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            watcher_threads() > before
+        });
+        assert!(named, "no watcher thread");
+        std::thread::sleep(std::time::Duration::from_millis(300));
         assert_eq!(watcher_threads(), before + 1, "one watcher for three routes");
         // A file's stamp may keep its second: the change must differ in it.
         std::thread::sleep(std::time::Duration::from_millis(1100));
