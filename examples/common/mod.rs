@@ -479,14 +479,16 @@ fn install_metrics() -> metrics_exporter_prometheus::PrometheusHandle {
 }
 
 /// The workload's documents that configure its calls to upstreams, which
-/// are read at start-up only: their names and specs, not where they stand
-/// in the file.
+/// are read at start-up only: their names and specs, in name order, not
+/// where they stand in the file.
 fn outbound_documents(set: &PolicySet, workload: &Workload) -> Vec<(String, palisade::core::policy::Spec)> {
     set.for_workload(workload)
         .documents()
         .iter()
         .filter(|d| matches!(d.kind.as_str(), "UpstreamCredentials" | "DestinationRule"))
         .map(|d| (d.resource(), d.spec.clone()))
+        .collect::<std::collections::BTreeMap<_, _>>()
+        .into_iter()
         .collect()
 }
 

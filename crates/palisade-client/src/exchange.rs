@@ -47,11 +47,13 @@ struct Inner {
 /// upstream and whose `act` names the workload (RFC 8693 delegation; the
 /// testkit issuer adds it, Keycloak's standard token exchange V2 names the
 /// workload in `azp` only). Each caller token's exchange is made once
-/// (concurrent calls wait for it) and kept until
-/// [`renew_before`](GrantBuilder::renew_before) its expiry, in a bounded
-/// cache keyed by the caller's token. A failed exchange is the answer for
-/// that caller token during the next second, without asking the issuer
-/// again.
+/// (concurrent calls wait for it) and kept in a bounded cache keyed by the
+/// caller's token; from [`renew_before`](GrantBuilder::renew_before) its
+/// expiry it is renewed in the background, used meanwhile, and used to
+/// its end while the issuer cannot be reached; a renewal the issuer
+/// refuses ends it. A failed exchange is the answer for that caller token
+/// during the next second (when no valid token is at hand), without
+/// asking the issuer again.
 ///
 /// Cloning is an `Arc` clone. `Debug` prints no secret and no token.
 #[derive(Clone)]
@@ -114,6 +116,20 @@ impl TokenExchange {
         if let Some(answer) = self.answered(key) {
             return answer;
         }
+        // Due for renewal and still valid: renewed in the background (not
+        // again within a second of a failure), used meanwhile, as the
+        // workload's own token is; no request waits on the issuer.
+        let cached = lock(&inner.cache).get(&**key).cloned();
+        if let Some(g) = cached.filter(|g| Instant::now() < g.expires) {
+            if !self.failed_recently(key) {
+                let (this, caller) = (self.clone(), Arc::clone(key));
+                inner.flights.start(
+                    Arc::clone(key),
+                    move || async move { this.exchange(&caller).await },
+                );
+            }
+            return Ok(g);
+        }
         // A task of its own: a request that goes away (a client hanging up,
         // a timeout) neither cancels the exchange for the others waiting nor
         // makes the next request start a second one.
@@ -160,7 +176,13 @@ impl TokenExchange {
                 }
                 failures.insert(Arc::clone(caller), (Instant::now(), e.clone()));
                 drop(failures);
-                return self.answered(caller).unwrap_or(Err(e));
+                // Refused (the user disabled, the session revoked): the
+                // token exchanged before is not used any more. Unreachable:
+                // it is, while it lasts.
+                if matches!(e, ClientError::Refused(_)) {
+                    lock(&inner.cache).remove(&**caller);
+                }
+                return Err(e);
             }
         };
         let mut cache = lock(&inner.cache);
@@ -175,8 +197,7 @@ impl TokenExchange {
 
     /// The answer an earlier exchange of `caller`'s token gave, while it
     /// holds: its token until it is due for renewal, its failure for
-    /// [`RETRY_AFTER`]. While a renewal fails, the token is used until it
-    /// expires, as the workload's own token is.
+    /// [`RETRY_AFTER`] when no valid token is cached.
     fn answered(&self, caller: &str) -> Option<Result<Arc<Granted>, ClientError>> {
         let now = Instant::now();
         let cached = lock(&self.0.cache).get(caller).cloned();
@@ -185,14 +206,23 @@ impl TokenExchange {
         {
             return Some(Ok(Arc::clone(g)));
         }
-        let failed = lock(&self.0.failures)
+        if cached.is_some_and(|g| now < g.expires) {
+            return None;
+        }
+        self.recent_failure(caller).map(Err)
+    }
+
+    /// The failure of `caller`'s last exchange, within [`RETRY_AFTER`].
+    fn recent_failure(&self, caller: &str) -> Option<ClientError> {
+        lock(&self.0.failures)
             .get(caller)
             .filter(|(at, _)| at.elapsed() < RETRY_AFTER)
-            .map(|(_, e)| e.clone())?;
-        Some(match cached.filter(|g| g.expires > now) {
-            Some(g) => Ok(g),
-            None => Err(failed),
-        })
+            .map(|(_, e)| e.clone())
+    }
+
+    /// Whether `caller`'s last exchange failed within [`RETRY_AFTER`].
+    fn failed_recently(&self, caller: &str) -> bool {
+        self.recent_failure(caller).is_some()
     }
 }
 

@@ -206,7 +206,21 @@ pub(crate) fn normalize(host: &str) -> String {
     if let Ok(ip) = host.parse::<std::net::IpAddr>() {
         return ip.to_string();
     }
-    host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase()
+    let host = host.strip_suffix('.').unwrap_or(host);
+    // A last label of digits (or `0x…`) is an IPv4 address to a URL
+    // parser, in any of its forms (`010.0.0.1`, `0x7f.1`, `127.1`): the
+    // address reqwest connects to, dotted decimal.
+    let last = host.rsplit('.').next().unwrap_or(host);
+    let numeric = !last.is_empty()
+        && (last.bytes().all(|b| b.is_ascii_digit())
+            || last.get(..2).is_some_and(|p| p.eq_ignore_ascii_case("0x")));
+    if numeric
+        && let Ok(url) = reqwest::Url::parse(&format!("http://{host}/"))
+        && let Some(ip) = url.host_str().and_then(|h| h.parse::<std::net::Ipv4Addr>().ok())
+    {
+        return ip.to_string();
+    }
+    host.to_ascii_lowercase()
 }
 
 /// Credentials by host: what the workload sends to each host it calls. A
@@ -388,6 +402,16 @@ mod tests {
             assert!(matches!(upstreams.for_host(host), Credentials::Caller), "{host}");
         }
         assert!(matches!(upstreams.for_host("ratings"), Credentials::None));
+        // IPv4 as a URL parser reads it (and reqwest connects to it).
+        let v4 = Upstreams::builder()
+            .host("010.0.0.1", Credentials::Caller)
+            .build();
+        for host in ["8.0.0.1", "010.0.0.1", "0x8.0.0.1", "8.1"] {
+            assert!(matches!(v4.for_host(host), Credentials::Caller), "{host}");
+        }
+        assert_eq!(normalize("127.1"), "127.0.0.1");
+        assert_eq!(normalize("0x7f.1"), "127.0.0.1");
+        assert_eq!(normalize("v1.2"), "v1.2", "a name whose last label is a number");
     }
 
     #[test]

@@ -463,6 +463,51 @@ async fn an_exchanged_token_is_kept_while_the_issuer_is_down_until_it_expires() 
     );
 }
 
+/// A renewal the issuer refuses (here, the caller's token has expired
+/// since) ends the exchanged token: it is not used to its end, as it is
+/// when the issuer cannot be reached. The renewal keeps no call waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_renewal_ends_the_exchanged_token() {
+    let issuer = TestIssuer::builder()
+        .client("productpage", SECRET)
+        .token_lifetime(Duration::from_secs(8))
+        .start()
+        .unwrap();
+    let exchange = TokenExchange::builder(issuer.issuer(), "productpage")
+        .client_secret(SECRET)
+        .audience("reviews")
+        .renew_before(Duration::from_secs(4))
+        .build()
+        .unwrap();
+    let alice = CallerToken::new(
+        &issuer
+            .token()
+            .subject("alice")
+            .audience("productpage")
+            .expires_in(3)
+            .sign(),
+    );
+    let first = exchange.authorization(&alice).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(4_600)).await;
+    // Due: answered at once with the token it has, renewed meanwhile.
+    assert_eq!(exchange.authorization(&alice).await.unwrap(), first);
+    let refused = async {
+        loop {
+            match exchange.authorization(&alice).await {
+                Err(ClientError::Refused(code)) => return code,
+                Ok(t) => assert_eq!(t, first),
+                Err(e) => panic!("{e:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let code = tokio::time::timeout(Duration::from_secs(2), refused)
+        .await
+        .expect("the refused renewal still hands out the old token");
+    assert_eq!(code, "invalid_grant");
+    assert_eq!(issuer.token_exchanges(), 1, "the refusal is no exchange");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_callers_token_is_exchanged_once_for_the_upstreams_audience() {
     let issuer = TestIssuer::builder()

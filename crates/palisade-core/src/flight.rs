@@ -80,9 +80,30 @@ where
     where
         F: Future<Output = V> + Send + 'static,
     {
+        let mut answer = self.begin(key, call)?;
+        // An error: the task ended without an answer.
+        answer.wait_for(Option::is_some).await.ok()?.clone()
+    }
+
+    /// Starts `key`'s call unless one is under way, and returns at once: a
+    /// renewal in the background, whose answer the call leaves where
+    /// later callers look. `false` when no Tokio runtime is current.
+    pub fn start<F>(&self, key: K, call: impl FnOnce() -> F) -> bool
+    where
+        F: Future<Output = V> + Send + 'static,
+    {
+        self.begin(key, call).is_some()
+    }
+
+    /// The answer channel of `key`'s call, the one under way or one
+    /// `call` starts; `None` outside a Tokio runtime.
+    fn begin<F>(&self, key: K, call: impl FnOnce() -> F) -> Option<Answer<V>>
+    where
+        F: Future<Output = V> + Send + 'static,
+    {
         // Outside a runtime there is nowhere to run the call.
         let runtime = tokio::runtime::Handle::try_current().ok()?;
-        let (mut answer, started) = {
+        let (answer, started) = {
             let mut calls = self.0.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(under_way) = calls.get(&key) {
                 (under_way.clone(), None)
@@ -108,8 +129,7 @@ where
                 tx.send_replace(Some(out));
             });
         }
-        // An error: the task ended without an answer.
-        answer.wait_for(Option::is_some).await.ok()?.clone()
+        Some(answer)
     }
 
     /// How many calls are under way.
@@ -175,6 +195,26 @@ mod tests {
         assert_eq!(calls.under_way(), 0);
         // After the answer, a new call.
         assert_eq!(calls.run("k", call(Arc::clone(&made))).await, Some(2));
+    }
+
+    #[tokio::test]
+    async fn a_started_call_runs_without_its_caller_and_is_joined() {
+        let calls: SingleFlight<u8, u8> = SingleFlight::new();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        assert!(calls.start(1, || async move {
+            let _ = rx.await;
+            5
+        }));
+        assert_eq!(calls.under_way(), 1, "under way with no one waiting");
+        assert!(calls.start(1, || async { unreachable!("a second call") }));
+        tx.send(()).unwrap();
+        assert_eq!(calls.run(1, || async { unreachable!("joined") }).await, Some(5));
+        assert!(
+            !std::thread::spawn(move || calls.start(2, || async { 0 }))
+                .join()
+                .unwrap(),
+            "no runtime"
+        );
     }
 
     #[test]

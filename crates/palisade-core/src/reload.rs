@@ -21,7 +21,7 @@
 //! # let dir = std::env::temp_dir().join(format!("palisade-reload-doc-{}", std::process::id()));
 //! # std::fs::create_dir_all(&dir)?;
 //! let path = dir.join("policy.yaml");
-//! std::fs::write(&path, "")?;
+//! std::fs::write(&path, "# no policy yet\n")?;
 //! let workload = Workload::new("details", "default");
 //! let build = move |set: &PolicySet| -> Result<Guard, palisade_core::policy::PolicyError> {
 //!     Guard::builder()
@@ -128,7 +128,7 @@ impl PolicyReloader {
 
     /// [`reload`](Self::reload) once the file reads the same twice `pause`
     /// apart (a signal may come while it is still being written), looking
-    /// at most `looks` times; then as it reads last.
+    /// at most `looks` times; a file that never does is refused.
     fn reload_settled(&self, pause: Duration, looks: usize) -> Result<(), PolicyError> {
         let mut before = std::fs::read(&self.0.path);
         for _ in 1..looks {
@@ -136,12 +136,20 @@ impl PolicyReloader {
             let now = std::fs::read(&self.0.path);
             let same = matches!((&before, &now), (Ok(a), Ok(b)) if a == b);
             before = now;
-            if same {
-                break;
+            if same || before.is_err() {
+                let mut last = self.0.last.lock().unwrap_or_else(PoisonError::into_inner);
+                return self.load(&mut last, before);
             }
         }
-        let mut last = self.0.last.lock().unwrap_or_else(PoisonError::into_inner);
-        self.load(&mut last, before)
+        let e = PolicyError::new(
+            &self.0.path.display().to_string(),
+            format!(
+                "still changing after {looks} looks {pause:?} apart: not loaded; the policy in force stays"
+            ),
+        );
+        metrics::counter!(CONFIG_RELOADS, "result" => "failure").increment(1);
+        tracing::error!(target: LOG_TARGET, error = %e, "policy not reloaded; the previous one stays in force");
+        Err(e)
     }
 
     /// Reloads if the file's contents differ from those last loaded (or
@@ -184,10 +192,7 @@ impl PolicyReloader {
                 // likely (`> policy.yaml`): no documents would allow
                 // everything.
                 if c.iter().all(u8::is_ascii_whitespace) {
-                    return Err(PolicyError::new(
-                        &name,
-                        "the file is empty: taken for a file still being written, not for a policy; to run without policies, write a file holding a comment (`# none`)",
-                    ));
+                    return Err(PolicyError::new(&name, crate::policy::EMPTY_FILE));
                 }
                 // A panic (the loader's, or the application's function) is
                 // a file that did not load, not the end of reloading.
@@ -196,7 +201,12 @@ impl PolicyReloader {
                     let set = PolicySet::from_yaml_str(&text, &name)?;
                     (self.0.build)(&set)
                 }))
-                .unwrap_or_else(|_| Err(PolicyError::new(&name, "loading the file or building the guard panicked")))
+                .unwrap_or_else(|_| {
+                    Err(PolicyError::new(
+                        &name,
+                        "loading the file or building the guard panicked",
+                    ))
+                })
             });
         match loaded {
             Ok(guard) => {
@@ -395,6 +405,19 @@ spec:
         std::fs::write(&file, CLOSED).unwrap();
         let guard = build(&PolicySet::from_file(&file).unwrap()).unwrap();
         let reloader = PolicyReloader::new(&file, &guard, build);
+        // Never the same twice: refused.
+        let writer = {
+            let file = file.clone();
+            std::thread::spawn(move || {
+                for i in 0..100 {
+                    std::fs::write(&file, format!("# {i}\n{CLOSED}")).unwrap();
+                    std::thread::sleep(Duration::from_millis(3));
+                }
+            })
+        };
+        let err = reloader.reload_settled(Duration::from_millis(30), 4).unwrap_err();
+        writer.join().unwrap();
+        assert!(err.to_string().contains("still changing"), "{err}");
         // Half written when the signal comes, whole 100 ms later.
         std::fs::write(&file, &OPEN[..40]).unwrap();
         let writer = {

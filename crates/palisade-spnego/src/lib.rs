@@ -654,6 +654,10 @@ impl SpnegoAuthenticator {
     }
 
     fn identity(&self, principal: &str, local_name: Option<&str>) -> Result<Identity, &'static str> {
+        // Again for a session cookie's name (sealed by an earlier release).
+        if plain_principal(principal).is_err() {
+            return Err("the client's name does not name its realm plainly");
+        }
         let (user, realm) = principal.rsplit_once('@').unwrap_or((principal, ""));
         if !self.0.allowed_realms.is_empty() && !self.0.allowed_realms.iter().any(|r| r == realm) {
             return Err("the ticket's realm is not accepted");

@@ -450,7 +450,7 @@ impl Document {
 }
 
 /// Every document of a policy file, validated.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default)]
 pub struct PolicySet {
     source: String,
     documents: Vec<Document>,
@@ -458,6 +458,17 @@ pub struct PolicySet {
     /// The text's [`digest`]: a reloader tells a change from it.
     digest: u64,
 }
+
+/// Two sets are equal when their documents are, whatever text (comments,
+/// spacing) they were read from.
+impl PartialEq for PolicySet {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source && self.documents == other.documents && self.warnings == other.warnings
+    }
+}
+
+/// Why an empty policy file is refused (at start-up and on reload).
+pub(crate) const EMPTY_FILE: &str = "the file is empty: taken for a file still being written, not for a policy; to run without policies, write a file holding a comment (`# none`)";
 
 /// A digest of a policy file's bytes, to tell a change (not a secret: the
 /// writer of the file is trusted).
@@ -610,7 +621,11 @@ fn parse<T: DeserializeOwned>(chunk: &Chunk<'_>) -> Result<T, Located> {
 }
 
 impl PolicySet {
-    /// Reads and validates a policy file.
+    /// Reads and validates a policy file. An empty (or blank) file is
+    /// refused: no documents would allow every request, and an empty file
+    /// is more often one a writer has truncated and not yet written
+    /// (`> policy.yaml`) than a choice; a file holding only a comment
+    /// (`# none`) is one with no documents.
     ///
     /// # Errors
     /// A [`PolicyError`] naming the file, the document and the field.
@@ -618,6 +633,9 @@ impl PolicySet {
         let name = path.as_ref().display().to_string();
         let text = std::fs::read_to_string(path.as_ref())
             .map_err(|e| PolicyError::new(&name, format!("cannot read: {e}")))?;
+        if text.trim().is_empty() {
+            return Err(PolicyError::new(&name, EMPTY_FILE));
+        }
         Self::from_yaml_str(&text, &name)
     }
 

@@ -460,7 +460,9 @@ pub struct SpnegoSettingsSpec {
     /// Accept only for this host-based service (`HTTP@www.example.test`);
     /// without it, tickets for any `HTTP/…` principal of the keytab.
     pub service: Option<String>,
-    /// Accept clients of these realms only; the local name drops the realm.
+    /// Accept clients of these realms only; with one, a one-part
+    /// principal's local name drops it (with several or none, krb5's
+    /// `aname_to_localname` rules give it).
     #[serde(default)]
     pub allowed_realms: Vec<String>,
     /// At most this many GSSAPI calls at once.

@@ -207,6 +207,23 @@ fn empty_documents_are_skipped_but_counted() {
 }
 
 #[test]
+fn an_empty_file_is_refused_and_a_comment_is_no_policy() {
+    let dir = std::env::temp_dir().join(format!("palisade-empty-policy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("policy.yaml");
+    for empty in ["", "\n  \n"] {
+        std::fs::write(&file, empty).unwrap();
+        let err = PolicySet::from_file(&file).unwrap_err();
+        assert!(err.to_string().contains("the file is empty"), "{err}");
+    }
+    std::fs::write(&file, "# none\n").unwrap();
+    assert!(PolicySet::from_file(&file).unwrap().documents().is_empty());
+    // In code, no text is no documents.
+    assert!(PolicySet::from_yaml_str("", "f").unwrap().documents().is_empty());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn a_document_needs_a_name_of_its_own() {
     let doc = |meta: &str| {
         format!(
