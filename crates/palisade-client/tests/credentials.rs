@@ -424,10 +424,9 @@ async fn upstreams_come_from_the_policy_file() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// As the workload's own token: an exchanged token due for renewal is
-/// used while it is valid when the issuer cannot renew it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_exchanged_token_is_kept_while_the_issuer_is_down_until_it_expires() {
+/// An issuer of tokens that live 8 s, and exchanges for `reviews` renewed
+/// when less than 4 s are left.
+fn short_exchange() -> (TestIssuer, TokenExchange) {
     let issuer = TestIssuer::builder()
         .client("productpage", SECRET)
         .token_lifetime(Duration::from_secs(8))
@@ -439,6 +438,14 @@ async fn an_exchanged_token_is_kept_while_the_issuer_is_down_until_it_expires() 
         .renew_before(Duration::from_secs(4))
         .build()
         .unwrap();
+    (issuer, exchange)
+}
+
+/// As the workload's own token: an exchanged token due for renewal is
+/// used while it is valid when the issuer cannot renew it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exchanged_token_is_kept_while_the_issuer_is_down_until_it_expires() {
+    let (issuer, exchange) = short_exchange();
     let alice = CallerToken::new(&issuer.token().subject("alice").audience("productpage").sign());
     let first = exchange.authorization(&alice).await.unwrap();
     let granted = std::time::Instant::now();
@@ -468,17 +475,7 @@ async fn an_exchanged_token_is_kept_while_the_issuer_is_down_until_it_expires() 
 /// when the issuer cannot be reached. The renewal keeps no call waiting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_renewal_ends_the_exchanged_token() {
-    let issuer = TestIssuer::builder()
-        .client("productpage", SECRET)
-        .token_lifetime(Duration::from_secs(8))
-        .start()
-        .unwrap();
-    let exchange = TokenExchange::builder(issuer.issuer(), "productpage")
-        .client_secret(SECRET)
-        .audience("reviews")
-        .renew_before(Duration::from_secs(4))
-        .build()
-        .unwrap();
+    let (issuer, exchange) = short_exchange();
     let alice = CallerToken::new(
         &issuer
             .token()

@@ -327,6 +327,15 @@ spec:
         }
     }
 
+    /// A guard built from a file holding `text`, and its reloader.
+    fn started(tag: &str, text: &str) -> (Scratch, std::path::PathBuf, Guard, PolicyReloader) {
+        let (dir, file) = scratch(tag);
+        std::fs::write(&file, text).unwrap();
+        let guard = build(&PolicySet::from_file(&file).unwrap()).unwrap();
+        let reloader = PolicyReloader::new(&file, &guard, build);
+        (dir, file, guard, reloader)
+    }
+
     fn scratch(tag: &str) -> (Scratch, std::path::PathBuf) {
         let dir = std::env::temp_dir().join(format!("palisade-reload-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -336,10 +345,7 @@ spec:
 
     #[test]
     fn a_change_is_loaded_once_it_reads_the_same_twice() {
-        let (_dir, file) = scratch("settle");
-        std::fs::write(&file, CLOSED).unwrap();
-        let guard = build(&PolicySet::from_file(&file).unwrap()).unwrap();
-        let reloader = PolicyReloader::new(&file, &guard, build);
+        let (_dir, file, guard, reloader) = started("settle", CLOSED);
         assert!(reloader.reload_if_changed().is_none(), "nothing changed");
         // Caught halfway through a rewrite: not loaded, though it is a valid
         // (allow-everything) file.
@@ -358,10 +364,7 @@ spec:
 
     #[test]
     fn an_emptied_file_keeps_the_policy_in_force_and_a_comment_is_no_policy() {
-        let (_dir, file) = scratch("empty");
-        std::fs::write(&file, CLOSED).unwrap();
-        let guard = build(&PolicySet::from_file(&file).unwrap()).unwrap();
-        let reloader = PolicyReloader::new(&file, &guard, build);
+        let (_dir, file, guard, reloader) = started("empty", CLOSED);
         // A writer truncated it (`>`) and has not written for a while.
         for empty in ["", " \n\n"] {
             std::fs::write(&file, empty).unwrap();
@@ -401,10 +404,7 @@ spec:
 
     #[test]
     fn a_signal_during_a_write_loads_the_file_once_it_stays_the_same() {
-        let (_dir, file) = scratch("signal");
-        std::fs::write(&file, CLOSED).unwrap();
-        let guard = build(&PolicySet::from_file(&file).unwrap()).unwrap();
-        let reloader = PolicyReloader::new(&file, &guard, build);
+        let (_dir, file, guard, reloader) = started("signal", CLOSED);
         // Never the same twice: refused.
         let writer = {
             let file = file.clone();
@@ -434,10 +434,7 @@ spec:
 
     #[test]
     fn a_file_that_does_not_load_or_build_keeps_the_policy_in_force() {
-        let (_dir, file) = scratch("bad");
-        std::fs::write(&file, OPEN).unwrap();
-        let guard = build(&PolicySet::from_file(&file).unwrap()).unwrap();
-        let reloader = PolicyReloader::new(&file, &guard, build);
+        let (_dir, file, guard, reloader) = started("bad", OPEN);
         std::fs::write(&file, OPEN.replace("rules:", "action: ALOW\n  rules:")).unwrap();
         let err = reloader.reload().unwrap_err().to_string();
         assert!(
