@@ -338,6 +338,13 @@ async fn admin_listener(example: &str) {
         "{text}"
     );
     assert!(text.contains("# HELP palisade_decisions_total"), "{text}");
+    // The contract's reload counter is there before any reload, at zero.
+    for result in ["success", "failure"] {
+        assert!(
+            text.contains(&format!("palisade_config_reloads_total{{result=\"{result}\"}} 0")),
+            "{result}: {text}"
+        );
+    }
     // No token in the metrics.
     assert!(!text.contains(&token[..20]));
 

@@ -400,10 +400,6 @@ async fn upstreams_come_from_the_policy_file() {
             "spec.token.clientSecretFile",
         ),
         (
-            doc("a", "x", "    from: caller\n    audience: y\n"),
-            "spec.token.audience",
-        ),
-        (
             doc(
                 "a",
                 "x",

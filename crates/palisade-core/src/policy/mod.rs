@@ -443,6 +443,7 @@ impl Document {
             Spec::KeycloakAdapter(s) => out.extend(s.warnings()),
             Spec::DestinationRule(s) => out.extend(s.warnings(self.metadata.namespace())),
             Spec::SpnegoSettings(s) => out.extend(s.warnings()),
+            Spec::UpstreamCredentials(s) => out.extend(s.warnings()),
             _ => {}
         }
         out
@@ -467,8 +468,8 @@ impl PartialEq for PolicySet {
     }
 }
 
-/// Why an empty policy file is refused (at start-up and on reload).
-pub(crate) const EMPTY_FILE: &str = "the file is empty: taken for a file still being written, not for a policy; to run without policies, write a file holding a comment (`# none`)";
+/// What is said of an empty policy file (at start-up and on reload).
+pub(crate) const EMPTY_FILE: &str = "the policy file is empty: no policy, so every request is allowed; if a writer has not finished it, replace the file by renaming a complete one over it";
 
 /// A digest of a policy file's bytes, to tell a change (not a secret: the
 /// writer of the file is trusted).
@@ -621,11 +622,10 @@ fn parse<T: DeserializeOwned>(chunk: &Chunk<'_>) -> Result<T, Located> {
 }
 
 impl PolicySet {
-    /// Reads and validates a policy file. An empty (or blank) file is
-    /// refused: no documents would allow every request, and an empty file
-    /// is more often one a writer has truncated and not yet written
-    /// (`> policy.yaml`) than a choice; a file holding only a comment
-    /// (`# none`) is one with no documents.
+    /// Reads and validates a policy file. An empty (or blank) file is a
+    /// YAML stream of no documents, which allows every request: it loads,
+    /// with a warning, since it is as often a file a writer has truncated
+    /// and not yet written (`> policy.yaml`) as a choice.
     ///
     /// # Errors
     /// A [`PolicyError`] naming the file, the document and the field.
@@ -634,7 +634,7 @@ impl PolicySet {
         let text = std::fs::read_to_string(path.as_ref())
             .map_err(|e| PolicyError::new(&name, format!("cannot read: {e}")))?;
         if text.trim().is_empty() {
-            return Err(PolicyError::new(&name, EMPTY_FILE));
+            tracing::warn!(target: LOG_TARGET, file = %name, "{EMPTY_FILE}");
         }
         Self::from_yaml_str(&text, &name)
     }
@@ -674,16 +674,17 @@ impl PolicySet {
             document
                 .check()
                 .map_err(|(field, message)| document.error(source, &field, message))?;
-            if document.metadata.name.is_empty() {
-                return Err(document.error(
-                    source,
-                    "metadata.name",
-                    "missing: every document needs a name, as every Kubernetes object does".to_owned(),
-                ));
-            }
             // Kubernetes keeps one object per kind, namespace and name: of
-            // two, one would be ignored there, and both apply here.
-            if let Some(first) = documents.iter().find(|d: &&Document| {
+            // two, one would be ignored there, and both apply here. (A
+            // document without a name is accepted, as the contract asks
+            // only `apiVersion` and `kind`, and said to be nameless.)
+            if document.metadata.name.is_empty() {
+                warn(
+                    &document,
+                    "metadata.name",
+                    "missing: Kubernetes would refuse this document; logs and decisions name it by its kind alone".to_owned(),
+                );
+            } else if let Some(first) = documents.iter().find(|d: &&Document| {
                 d.kind == document.kind
                     && d.metadata.name == document.metadata.name
                     && d.metadata.namespace() == document.metadata.namespace()

@@ -784,6 +784,42 @@ pub enum TokenFrom {
 }
 
 impl UpstreamCredentialsSpec {
+    /// Whether the token is granted by an issuer (client credentials, a
+    /// token exchange).
+    fn asks_an_issuer(&self) -> bool {
+        matches!(
+            self.token.from,
+            TokenFrom::ClientCredentials | TokenFrom::TokenExchange
+        )
+    }
+
+    /// The grant's fields given to a token source that asks no issuer.
+    pub(super) fn warnings(&self) -> Vec<FieldError> {
+        if self.asks_an_issuer() {
+            return Vec::new();
+        }
+        let t = &self.token;
+        [
+            ("spec.token.issuer", t.issuer.is_some()),
+            ("spec.token.clientId", t.client_id.is_some()),
+            ("spec.token.clientSecretFile", t.client_secret_file.is_some()),
+            ("spec.token.clientSecret", t.client_secret.is_some()),
+            ("spec.token.clientAuthMethod", t.client_auth_method.is_some()),
+            ("spec.token.audience", t.audience.is_some()),
+            ("spec.token.scopes", t.scopes.is_some()),
+            ("spec.token.dpop", t.dpop.is_some()),
+        ]
+        .into_iter()
+        .filter(|(_, set)| *set)
+        .map(|(field, _)| {
+            (
+                field.to_owned(),
+                "unused: only clientCredentials and tokenExchange ask an issuer for a token".to_owned(),
+            )
+        })
+        .collect()
+    }
+
     pub(super) fn check(&self) -> Result<(), FieldError> {
         if self.hosts.is_empty() {
             return Err(("spec.hosts".into(), "name at least one host (or `*`)".into()));
@@ -809,24 +845,10 @@ impl UpstreamCredentialsSpec {
             }
         }
         let t = &self.token;
-        let grant = matches!(t.from, TokenFrom::ClientCredentials | TokenFrom::TokenExchange);
-        let given = [
-            ("spec.token.issuer", t.issuer.is_some()),
-            ("spec.token.clientId", t.client_id.is_some()),
-            ("spec.token.clientSecretFile", t.client_secret_file.is_some()),
-            ("spec.token.clientSecret", t.client_secret.is_some()),
-            ("spec.token.clientAuthMethod", t.client_auth_method.is_some()),
-            ("spec.token.audience", t.audience.is_some()),
-            ("spec.token.scopes", t.scopes.is_some()),
-            ("spec.token.dpop", t.dpop.is_some()),
-        ];
-        if !grant {
-            if let Some((field, _)) = given.iter().find(|(_, set)| *set) {
-                return Err((
-                    (*field).into(),
-                    "only clientCredentials and tokenExchange ask an issuer for a token".into(),
-                ));
-            }
+        // `caller` and `none` ask no issuer: what only a grant reads is
+        // said to be unused (`warnings`), as the contract's example is
+        // written with every field.
+        if !self.asks_an_issuer() {
             return Ok(());
         }
         match &t.issuer {

@@ -207,32 +207,62 @@ fn empty_documents_are_skipped_but_counted() {
 }
 
 #[test]
-fn an_empty_file_is_refused_and_a_comment_is_no_policy() {
+fn an_empty_file_is_a_stream_of_no_documents() {
     let dir = std::env::temp_dir().join(format!("palisade-empty-policy-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("policy.yaml");
-    for empty in ["", "\n  \n"] {
+    for empty in ["", "\n  \n", "# none\n"] {
         std::fs::write(&file, empty).unwrap();
-        let err = PolicySet::from_file(&file).unwrap_err();
-        assert!(err.to_string().contains("the file is empty"), "{err}");
+        assert!(
+            PolicySet::from_file(&file).unwrap().documents().is_empty(),
+            "{empty:?}"
+        );
     }
-    std::fs::write(&file, "# none\n").unwrap();
-    assert!(PolicySet::from_file(&file).unwrap().documents().is_empty());
-    // In code, no text is no documents.
-    assert!(PolicySet::from_yaml_str("", "f").unwrap().documents().is_empty());
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// The contract's `UpstreamCredentials` example lists every field; with
+/// `from: caller` (or `none`) the grant's are unused, and said so.
 #[test]
-fn a_document_needs_a_name_of_its_own() {
+fn a_grants_fields_beside_a_relayed_token_are_unused_not_refused() {
+    let yaml = "apiVersion: palisade.dev/v1alpha1\nkind: UpstreamCredentials\nmetadata: {name: to-reviews}\nspec:\n  selector: {matchLabels: {app: productpage}}\n  hosts: [reviews.default.svc.cluster.local]\n  token:\n    from: caller\n    issuer: https://kc.example/realms/istio\n    clientId: productpage\n    clientSecretFile: /nonexistent\n    audience: reviews\n    scopes: [reviews.read]\n";
+    let set = PolicySet::from_yaml_str(yaml, "f").unwrap();
+    let fields: Vec<_> = set.warnings().iter().map(ToString::to_string).collect();
+    for field in ["issuer", "clientId", "clientSecretFile", "audience", "scopes"] {
+        assert!(
+            fields
+                .iter()
+                .any(|w| w.contains(&format!("spec.token.{field}")) && w.contains("unused")),
+            "{field}: {fields:?}"
+        );
+    }
+    let granted = yaml.replace("from: caller", "from: clientCredentials");
+    assert!(
+        PolicySet::from_yaml_str(&granted, "f")
+            .unwrap()
+            .warnings()
+            .is_empty()
+    );
+}
+
+#[test]
+fn a_name_names_one_document_of_its_kind_and_namespace() {
     let doc = |meta: &str| {
         format!(
             "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {meta}\nspec: {{action: DENY, rules: [{{}}]}}\n"
         )
     };
+    // The contract asks only `apiVersion` and `kind`: a nameless document
+    // loads, with a warning, and two nameless ones are not duplicates.
     for nameless in ["{}", "{name: \"\"}", "{namespace: prod}"] {
-        let err = load_err(&doc(nameless));
-        assert_eq!(err.field.as_deref(), Some("metadata.name"), "{nameless}: {err}");
+        let set = PolicySet::from_yaml_str(&format!("{}---\n{}", doc(nameless), doc(nameless)), "f").unwrap();
+        assert_eq!(set.documents().len(), 2, "{nameless}");
+        assert!(
+            set.warnings()
+                .iter()
+                .any(|w| w.to_string().contains("metadata.name")),
+            "{nameless}"
+        );
     }
     let err = load_err(&format!(
         "{}---\n{}",
