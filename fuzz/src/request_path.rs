@@ -6,7 +6,8 @@
 //!   holds `\`, `%2F` or `%5C`;
 //! - otherwise the path the router is handed (the rewritten target, or the
 //!   request's own) is normal: it starts with `/`, has no `//`, no `.` or
-//!   `..` segment, no escape of an unreserved character and no lower-case
+//!   `..` segment, no escape of a character a segment holds raw (RFC
+//!   3986's `pchar`: unreserved, sub-delims, `:`, `@`) and no lower-case
 //!   hex digit in an escape; the query is handed on unchanged;
 //! - normalisation is a fixed point: the rewritten target, sent again, is
 //!   not rewritten, and it is decided as the original request was (the
@@ -125,8 +126,8 @@ fn assert_normal(path: &str) {
         let escape = &bytes[i + 1..i + 3];
         let value = u8::from_str_radix(std::str::from_utf8(escape).unwrap(), 16).unwrap();
         assert!(
-            !(value.is_ascii_alphanumeric() || b"-._~".contains(&value)),
-            "{path:?}: an escaped unreserved character"
+            !(value.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&value)),
+            "{path:?}: an escaped character a segment holds raw"
         );
         assert!(
             !escape.iter().any(u8::is_ascii_lowercase),

@@ -51,6 +51,22 @@ fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
+/// Whether an escape of `b` is decoded: the characters a path segment
+/// holds raw (RFC 3986's `pchar`: unreserved, sub-delims, `:` and `@`).
+/// Envoy decodes only unreserved ones; a router that decodes more before
+/// matching (actix-web decodes every escape but `%`, `/` and `+`) would
+/// route `/items/7%3Adelete` to `/items/{id}:delete` while a `DENY` on
+/// `*:delete` saw `%3A`. Decoded here, and handed to the router so, both
+/// read `:`. Escapes of other bytes (space, non-ASCII, `?`, `#`, `%`)
+/// stay, upper-cased.
+fn is_decoded(b: u8) -> bool {
+    is_unreserved(b)
+        || matches!(
+            b,
+            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' | b':' | b'@'
+        )
+}
+
 fn hex(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),
@@ -109,7 +125,7 @@ pub(crate) fn normalize(path: &str, escaped: EscapedSlashes) -> Result<Cow<'_, s
                 return Err(PathError::BadEscape);
             };
             let v = h * 16 + l;
-            if is_unreserved(v) {
+            if is_decoded(v) {
                 decoded.push(char::from(v));
             } else {
                 if escaped == EscapedSlashes::Reject && matches!(v, b'/' | b'\\') {
@@ -186,13 +202,18 @@ mod tests {
     }
 
     #[test]
-    fn unreserved_escapes_are_decoded_others_kept_upper_case() {
+    fn a_segments_own_escapes_are_decoded_others_kept_upper_case() {
         assert_eq!(n("/%61dmin"), "/admin");
         assert_eq!(n("/%2e%2e/admin"), "/admin");
         assert_eq!(n("/x/%2E%2E/admin"), "/admin");
         assert_eq!(n("/a%2fb"), "/a%2Fb");
         assert_eq!(n("/a%20b"), "/a%20b");
         assert_eq!(n("/caf%C3%A9"), "/caf%C3%A9");
+        // A segment's own characters, which routers may decode.
+        assert_eq!(n("/items/7%3adelete"), "/items/7:delete");
+        assert_eq!(n("/%21%24%26%27%28%29%2A%2B%2C%3B%3D%40"), "/!$&'()*+,;=@");
+        // Not those that end or split a path, nor `%` itself.
+        assert_eq!(n("/a%3Fb%23c%25d"), "/a%3Fb%23c%25d");
     }
 
     #[test]
