@@ -258,6 +258,13 @@ fn a_session_cookie_spares_the_negotiation_and_expires() {
         let cookie =
             set_cookie(&headers, "sess").unwrap_or_else(|| panic!("{name}: no session cookie: {headers}"));
         assert!(headers.contains("HttpOnly"), "{name}: {headers}");
+        // No shared cache keeps a response that sets it.
+        assert!(
+            headers
+                .lines()
+                .any(|l| l.eq_ignore_ascii_case("cache-control: private")),
+            "{name}: {headers}"
+        );
         // The cookie alone: no ticket, no GSSAPI.
         let (status, _, body, _) = curl(&["-H", &format!("Cookie: {cookie}"), &url], &[]);
         assert_eq!(status, 200, "{name}: {body}");

@@ -584,9 +584,16 @@ impl<B> ResponseBody<B> {
         }
     }
 
+    /// A refusal's body; an empty one (a gRPC refusal, HEAD) is ended
+    /// from the start, so hyper sends HTTP/2 headers that end the stream:
+    /// gRPC's trailers-only answer, whose `grpc-status` clients read only
+    /// there (grpc-go reports `INTERNAL` for headers followed by an empty
+    /// DATA frame).
     fn problem(bytes: Bytes) -> Self {
         Self {
-            inner: BodyKind::Problem { bytes: Some(bytes) },
+            inner: BodyKind::Problem {
+                bytes: (!bytes.is_empty()).then_some(bytes),
+            },
         }
     }
 }
@@ -628,6 +635,17 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_refusal_body_is_ended_from_the_start() {
+        use http_body::Body as _;
+        let empty = ResponseBody::<axum::body::Body>::problem(Bytes::new());
+        assert!(empty.is_end_stream(), "a trailers-only gRPC answer");
+        assert_eq!(empty.size_hint().exact(), Some(0));
+        let problem = ResponseBody::<axum::body::Body>::problem(Bytes::from_static(b"{}"));
+        assert!(!problem.is_end_stream());
+        assert_eq!(problem.size_hint().exact(), Some(2));
+    }
 
     #[test]
     fn the_host_is_the_one_the_application_sees() {

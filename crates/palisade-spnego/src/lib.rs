@@ -1013,7 +1013,11 @@ impl SpnegoAuthenticator {
                 accepted.lifetime,
             )
         }) {
-            ok = ok.with_response_header("set-cookie", set);
+            // The application's response carries the session cookie: no
+            // shared cache may keep it for others (as sign-in's renewals).
+            ok = ok
+                .with_response_header("set-cookie", set)
+                .with_response_header("cache-control", "private".to_owned());
         }
         if let Some(cred) = accepted.delegated.filter(|_| self.0.delegation) {
             ok = ok.with_attachment(DelegatedCredential(cred));

@@ -6,7 +6,7 @@ use serde::de::DeserializeOwned;
 
 use super::Authorized;
 use super::Claims;
-use super::common::{authorized_from, claims_from, identity_from};
+use super::common::{authorized_from, claims_from, identity_from, optional_identity_from};
 use crate::adapter::Reply;
 use crate::authz::Requires;
 use crate::error::Rejection;
@@ -31,10 +31,7 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for Identity {
     type Rejection = Rejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Option<Self>, Self::Rejection> {
-        Ok(parts
-            .extensions
-            .get::<RequestAuth>()
-            .and_then(|a| a.identity().cloned()))
+        Ok(optional_identity_from(parts.extensions.get::<RequestAuth>()))
     }
 }
 

@@ -66,6 +66,15 @@ mod common {
         }
     }
 
+    /// The identity for `Option<Identity>`: `None` for an anonymous
+    /// caller, and, with an error line as [`identity_from`] says it, on a
+    /// route no Palisade middleware guards (as actix-web's `Option`
+    /// extractor, which calls that one, does).
+    #[cfg_attr(not(feature = "axum"), allow(dead_code, reason = "axum's extractor only"))]
+    pub(super) fn optional_identity_from(auth: Option<&RequestAuth>) -> Option<Identity> {
+        identity_from(auth).ok()
+    }
+
     /// The identity, when it meets `R`'s requirement: 401 without one, 403 short of it.
     pub(super) fn authorized_from<R: crate::authz::Requires>(
         auth: Option<&RequestAuth>,
