@@ -600,6 +600,51 @@ async fn requirements_extractors_and_normalised_paths_behave_alike_in_both_frame
     }
 }
 
+/// Inside a router nested at a templated path, the full path cannot be
+/// known: a route policy that reads no path (a role) decides as anywhere,
+/// one that reads paths refuses with 400 rather than guess.
+#[tokio::test]
+async fn a_route_role_check_inside_a_templated_nest_decides() {
+    use palisade::core::authz::Rule;
+    let issuer = TestIssuer::builder().default_audience("details").start().unwrap();
+    let guard = routes_guard(&issuer, false);
+    let admin = issuer.token().subject("ada").realm_roles(&["admin"]).sign();
+    let plain = issuer.token().subject("bob").realm_roles(&["user"]).sign();
+    let by_path = AccessPolicy::builder()
+        .allow("paths", [Rule::new().paths(["/t/*"])])
+        .build()
+        .unwrap();
+    let tenant = axum::Router::new()
+        .route(
+            "/admin",
+            axum::routing::post(|| async { "admin" })
+                .route_layer(palisade::axum::require(realm_role("admin"))),
+        )
+        .route(
+            "/by-path",
+            axum::routing::get(|| async { "path" }).route_layer(palisade::axum::require(by_path)),
+        );
+    let app = palisade::axum::PalisadeLayer::new(guard.clone())
+        .layer(axum::Router::new().nest("/t/{tenant}", tenant));
+    assert_eq!(
+        call_axum(app.clone(), "POST", "/t/acme/admin", Some(&admin))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        call_axum(app.clone(), "POST", "/t/acme/admin", Some(&plain))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(call_axum(app.clone(), "POST", "/t/acme/admin", None).await.0, 401);
+    assert_eq!(
+        call_axum(app, "GET", "/t/acme/by-path", Some(&plain)).await.0,
+        400
+    );
+}
+
 /// A route policy on hosts, behind a guard whose policy reads none: a
 /// request whose target names another host than its `Host` is refused
 /// with 400 by the route, in both frameworks, whichever host is allowed.

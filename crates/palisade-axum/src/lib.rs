@@ -194,12 +194,16 @@ impl<'a, B> HttpHead<'a, B> {
     /// axum strips the prefix from the URI; policies match the full path
     /// (as actix-web's scopes show it, and Istio sees it), so a literal
     /// prefix is put back. A templated one (`/t/{tenant}`) cannot be:
-    /// `Err` with the refusal.
-    fn new(req: &'a Request<B>) -> Result<Self, Reply> {
+    /// `Err` with the refusal, unless the policy reads no path
+    /// (`reads_path` false: a role check decides the same anywhere).
+    fn new(req: &'a Request<B>, reads_path: bool) -> Result<Self, Reply> {
         let Some(nested) = req.extensions().get::<axum::extract::NestedPath>() else {
             return Ok(Self::as_sent(req));
         };
         let prefix = nested.as_str().trim_end_matches('/');
+        if prefix.contains('{') && !reads_path {
+            return Ok(Self::as_sent(req));
+        }
         if prefix.contains('{') {
             tracing::error!(
                 target: palisade_core::LOG_TARGET,
@@ -362,7 +366,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let check = match HttpHead::new(&req) {
+        let check = match HttpHead::new(&req, true) {
             Ok(head) => self.guard.check(&head),
             Err(reply) => return ResponseFuture::refused(reply, req),
         };

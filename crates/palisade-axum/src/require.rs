@@ -81,7 +81,7 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let auth = req.extensions().get::<RequestAuth>();
-        let check = match HttpHead::new(&req) {
+        let check = match HttpHead::new(&req, self.policy.reads_path()) {
             Ok(head) => authorize_route(&self.policy, auth, &head),
             Err(reply) => palisade_core::Check::Ready(Err(reply)),
         };

@@ -1058,9 +1058,11 @@ impl AccessPolicy {
     }
 
     /// Whether any rule reads the request path (then the path is normalised
-    /// and the normalised path is what the router sees).
+    /// and the normalised path is what the router sees): a route layer
+    /// that cannot know the full path (inside a templated nest) can still
+    /// decide a policy that reads none.
     #[must_use]
-    pub(crate) fn reads_path(&self) -> bool {
+    pub fn reads_path(&self) -> bool {
         self.0.reads_path
     }
 
