@@ -734,8 +734,12 @@ async fn a_layer_after_routing_refuses_paths_it_cannot_hand_to_the_router() {
         403
     );
     // Allowed as `/list`, but the router already chose `/public/{*rest}`: refused.
-    let (status, _, body) = call_axum(app, "GET", "/public/../list", Some(&t)).await;
+    let (status, _, body) = call_axum(app.clone(), "GET", "/public/../list", Some(&t)).await;
     assert_eq!(status, 400, "{body}");
+    // A segment's own escapes (an email address) are matched decoded and
+    // need no rewrite: taken after routing too.
+    let (status, _, body) = call_axum(app, "GET", "/public/a%40b.example%3A1", Some(&t)).await;
+    assert_eq!((status, body.as_str()), (200, "/public/a%40b.example%3A1"));
     // actix-web: middleware on a scope runs after the scope's prefix matched.
     let app = actix_web::test::init_service(
         App::new().service(
@@ -753,6 +757,12 @@ async fn a_layer_after_routing_refuses_paths_it_cannot_hand_to_the_router() {
     };
     assert_eq!(
         actix_web::test::call_service(&app, req("/public/x"))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        actix_web::test::call_service(&app, req("/public/a%40b.example"))
             .await
             .status(),
         200

@@ -712,7 +712,7 @@ impl Share<Compiled> {
             }
         }
         // Normalising may allocate without changing anything (`%20`).
-        let rewrite = matches!(&path, Cow::Owned(p) if p != req.path());
+        let rewrite = matches!(&path, Cow::Owned(p) if crate::authz::path::needs_rewrite(req.path(), p));
         if pending.is_empty() {
             return self.decide(&mut acc, req, &path, rewrite);
         }
@@ -732,7 +732,7 @@ impl Share<Compiled> {
         path: Cow<'_, str>,
     ) -> Check<Decision> {
         // Normalising may allocate without changing anything (`%20`).
-        let rewrite = matches!(&path, Cow::Owned(p) if p != req.path());
+        let rewrite = matches!(&path, Cow::Owned(p) if crate::authz::path::needs_rewrite(req.path(), p));
         let outcome = match only.authenticate(req) {
             Check::Ready(outcome) => outcome,
             Check::Pending(fut) => {

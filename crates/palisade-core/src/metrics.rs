@@ -102,6 +102,11 @@ pub fn describe() {
         "Kerberos tickets answered 503: no GSSAPI permit within the queue timeout"
     );
     metrics::describe_counter!(CONFIG_RELOADS, "Policy reloads, by result");
+    // On /metrics from the start, at zero, whether the file is reloaded
+    // or not (the example services' contract lists it).
+    for result in ["success", "failure"] {
+        metrics::counter!(CONFIG_RELOADS, "result" => result).increment(0);
+    }
 }
 
 /// One policy's decision counters.

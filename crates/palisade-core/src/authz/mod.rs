@@ -47,7 +47,7 @@ mod builder;
 pub(crate) mod compile;
 mod custom;
 mod matcher;
-mod path;
+pub(crate) mod path;
 pub(crate) mod rbac;
 mod require;
 
@@ -595,9 +595,9 @@ impl Engine {
         let live = |a: Action| move |p: &CompiledPolicy| p.action == a && !p.dry_run;
         let dry = |a: Action| move |p: &CompiledPolicy| p.action == a && p.dry_run;
         let mut headers: Vec<String> = Vec::new();
-        let mut reads_path = false;
-        // An external authorizer is sent the host.
+        // An external authorizer is sent the host and the path.
         let mut reads_host = policies.iter().any(live(Action::Custom));
+        let mut reads_path = reads_host;
         let (mut reads_remote_addr, mut reads_local_addr, mut reads_forwarded) = (false, false, false);
         for p in &policies {
             if let Some((_, r)) = &p.provider {

@@ -52,19 +52,56 @@ fn is_unreserved(b: u8) -> bool {
 }
 
 /// Whether an escape of `b` is decoded: the characters a path segment
-/// holds raw (RFC 3986's `pchar`: unreserved, sub-delims, `:` and `@`).
-/// Envoy decodes only unreserved ones; a router that decodes more before
-/// matching (actix-web decodes every escape but `%`, `/` and `+`) would
-/// route `/items/7%3Adelete` to `/items/{id}:delete` while a `DENY` on
-/// `*:delete` saw `%3A`. Decoded here, and handed to the router so, both
-/// read `:`. Escapes of other bytes (space, non-ASCII, `?`, `#`, `%`)
-/// stay, upper-cased.
+/// holds raw (RFC 3986's `pchar`: unreserved, sub-delims, `:` and `@`),
+/// but `+`, which actix-web keeps escaped. Envoy decodes only unreserved
+/// ones; a router that decodes more before matching (actix-web decodes
+/// every escape but `%`, `/` and `+`) would route `/items/7%3Adelete` to
+/// `/items/{id}:delete` while a `DENY` on `*:delete` saw `%3A`. Escapes
+/// of other bytes (space, non-ASCII, `?`, `#`, `%`) stay, upper-cased.
 fn is_decoded(b: u8) -> bool {
-    is_unreserved(b)
-        || matches!(
-            b,
-            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' | b':' | b'@'
-        )
+    is_unreserved(b) || is_segment_delim(b)
+}
+
+/// The characters [`is_decoded`] decodes beyond unreserved ones. Their
+/// decoding alone does not make the router need the normalised path
+/// ([`needs_rewrite`]): actix-web decodes them itself before routing, and
+/// axum's captures (the only way its routes meet them) decode them too.
+fn is_segment_delim(b: u8) -> bool {
+    matches!(
+        b,
+        b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b',' | b';' | b'=' | b':' | b'@'
+    )
+}
+
+/// Whether the router must be handed `normalized` rather than `raw`: it
+/// differs by more than escapes of [`is_segment_delim`] characters decoded
+/// (a merged slash, a dot segment, an unreserved character decoded, an
+/// escape upper-cased). A layer that runs after routing can take the rest
+/// as it is, and so no request of an email address (`%40`) in its path is
+/// refused there.
+pub(crate) fn needs_rewrite(raw: &str, normalized: &str) -> bool {
+    let (raw, norm) = (raw.as_bytes(), normalized.as_bytes());
+    let (mut i, mut j) = (0, 0);
+    while i < raw.len() && j < norm.len() {
+        if raw[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                raw.get(i + 1).copied().and_then(hex),
+                raw.get(i + 2).copied().and_then(hex),
+            )
+            && is_segment_delim(h * 16 + l)
+            && norm[j] == h * 16 + l
+        {
+            i += 3;
+            j += 1;
+            continue;
+        }
+        if raw[i] != norm[j] {
+            return true;
+        }
+        i += 1;
+        j += 1;
+    }
+    i != raw.len() || j != norm.len()
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -211,9 +248,22 @@ mod tests {
         assert_eq!(n("/caf%C3%A9"), "/caf%C3%A9");
         // A segment's own characters, which routers may decode.
         assert_eq!(n("/items/7%3adelete"), "/items/7:delete");
-        assert_eq!(n("/%21%24%26%27%28%29%2A%2B%2C%3B%3D%40"), "/!$&'()*+,;=@");
-        // Not those that end or split a path, nor `%` itself.
-        assert_eq!(n("/a%3Fb%23c%25d"), "/a%3Fb%23c%25d");
+        assert_eq!(n("/%21%24%26%27%28%29%2A%2C%3B%3D%40"), "/!$&'()*,;=@");
+        // Not those that end or split a path, nor `%` itself, nor `+`
+        // (actix-web keeps it escaped).
+        assert_eq!(n("/a%3Fb%23c%25d%2bx"), "/a%3Fb%23c%25d%2Bx");
+    }
+
+    #[test]
+    fn decoding_a_segments_own_escapes_alone_needs_no_rewrite() {
+        let needs = |raw: &str| needs_rewrite(raw, &n(raw));
+        assert!(!needs("/users/alice%40example.com"));
+        assert!(!needs("/items/7%3Adelete"));
+        assert!(!needs("/a%3a%2C"), "lower-case hex of a decoded escape");
+        assert!(needs("/items/7%3Adelete/../x"), "a dot segment too");
+        assert!(needs("/%61dmin"), "an unreserved character");
+        assert!(needs("/a%2fb"), "an escape upper-cased");
+        assert!(needs("//a%40b"), "a merged slash");
     }
 
     #[test]
