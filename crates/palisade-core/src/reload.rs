@@ -192,9 +192,10 @@ impl PolicyReloader {
         let loaded = contents
             .map_err(|e| PolicyError::new(&name, format!("cannot read: {e}")))
             .and_then(|c| {
-                // Truncated by a writer that has not written yet, most
-                // likely (`> policy.yaml`): no documents would allow
-                // everything.
+                // No documents: no policy, every request allowed, as the
+                // contract reads a YAML stream; said aloud, since a writer
+                // that truncated the file (`> policy.yaml`) and has not
+                // written yet makes one too.
                 if c.iter().all(u8::is_ascii_whitespace) {
                     tracing::warn!(target: LOG_TARGET, file = %name, "{}", crate::policy::EMPTY_FILE);
                 }
