@@ -25,14 +25,15 @@ struct Inner {
     current: ArcSwapOption<Granted>,
     /// The last failure to get a token, and when.
     failed: ArcSwapOption<(Instant, ClientError)>,
-    /// Held by the one renewal under way (`renew_detached`).
+    /// Held by the one renewal under way (in the background, or
+    /// `renew_detached`).
     renewing: Arc<Mutex<()>>,
 }
 
 /// The workload's own access token from the issuer's client-credentials
 /// grant (a Keycloak service account): fetched on first use and shared by
 /// every call; renewed when less than [`renew_before`](ClientCredentialsBuilder::renew_before)
-/// is left, by one request while the others keep the current token; kept
+/// is left, in the background while every call keeps the current token; kept
 /// while the issuer cannot be reached for as long as it is valid. After a
 /// failed grant the issuer is asked again a second later at the earliest:
 /// meanwhile the failure is every call's answer when no token is valid. The
@@ -101,9 +102,11 @@ impl ClientCredentials {
             if started < g.renew_at {
                 return Ok(Arc::clone(g));
             }
-            // Due for renewal but still valid: one request renews, the
-            // others keep using it meanwhile; after a failed renewal, the
-            // next try waits for RETRY_AFTER.
+            // Due for renewal but still valid: renewed in the background,
+            // used meanwhile by every request (the one that started the
+            // renewal too: none waits on the issuer while a token is
+            // valid); after a failed renewal, the next try waits for
+            // RETRY_AFTER.
             if started < g.expires {
                 if self.failed_since(recently).is_some() {
                     return Ok(Arc::clone(g));
@@ -118,9 +121,17 @@ impl ClientCredentials {
                 {
                     return Ok(Arc::clone(c));
                 }
-                return self
-                    .renew_detached(renewing, current.or_else(|| Some(Arc::clone(g))))
-                    .await;
+                let current = current.unwrap_or_else(|| Arc::clone(g));
+                let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                    return self.renew(Some(&current)).await;
+                };
+                let this = self.clone();
+                let keep = Arc::clone(&current);
+                runtime.spawn(async move {
+                    let _renewing = renewing;
+                    let _ = this.renew(Some(&keep)).await;
+                });
+                return Ok(current);
             }
         }
         // No valid token, and the last grant failed a moment ago: its
@@ -155,8 +166,11 @@ impl ClientCredentials {
         renewing: OwnedMutexGuard<()>,
         current: Option<Arc<Granted>>,
     ) -> Result<Arc<Granted>, ClientError> {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return self.renew(current.as_ref()).await;
+        };
         let this = self.clone();
-        let task = tokio::spawn(async move {
+        let task = runtime.spawn(async move {
             let _renewing = renewing;
             this.renew(current.as_ref()).await
         });
