@@ -22,7 +22,7 @@ use actix_web::rt::task::JoinHandle;
 use actix_web::rt::time::{Instant, sleep_until};
 use actix_web::web::Bytes;
 use actix_web::{Error, HttpMessage as _};
-use palisade_core::adapter::actix_response;
+use palisade_core::adapter::{Rendering, actix_response};
 use palisade_core::limits::{BodyTimer, ServerLimits};
 
 use crate::LocalFuture;
@@ -115,8 +115,10 @@ where
 
     fn call(&self, mut req: ServiceRequest) -> Self::Future {
         let declared = req.headers().get(CONTENT_LENGTH).map(|v| v.as_bytes());
+        // As a gRPC status to a gRPC call, as the guard's refusals are.
+        let rendering = Rendering::of(&crate::ActixHead(&req));
         if let Err(refusal) = self.limits.check_content_length(declared) {
-            let mut res = actix_response(refusal);
+            let mut res = actix_response(rendering.render(refusal));
             // actix-http writes the connection header from this, not from
             // the header map: close rather than read the body.
             res.head_mut()
@@ -145,7 +147,7 @@ where
             };
             // Whatever the app answered a body it could not read in time.
             let res = match why {
-                Cut::Late => res.into_response(actix_response(limits.body_too_slow())),
+                Cut::Late => res.into_response(actix_response(rendering.render(limits.body_too_slow()))),
                 Cut::Overflow => res.map_into_boxed_body(),
             };
             // The rest of the body is not read: actix-http would read it to
@@ -616,6 +618,19 @@ mod tests {
         );
         let problem = test::read_body(res).await;
         assert!(String::from_utf8_lossy(&problem).contains("larger than 100 bytes"));
+        // To a gRPC call, a gRPC status (RESOURCE_EXHAUSTED), as the
+        // guard's refusals are, and as under axum.
+        let req = test::TestRequest::post()
+            .uri("/echo")
+            .insert_header((CONTENT_LENGTH, "101"))
+            .insert_header(("content-type", "application/grpc"))
+            .to_request();
+        let res = test::call_service(&app, req).await;
+        assert_eq!(res.status(), 200, "gRPC answers 200 with its status");
+        assert_eq!(
+            res.headers().get("grpc-status").and_then(|v| v.to_str().ok()),
+            Some("8")
+        );
         // Not declared: cut off at the limit although the app allows more.
         for (size, status) in [(101, 413), (100, 200)] {
             let mut req = test::TestRequest::post()
