@@ -102,10 +102,7 @@ impl ServerLimits {
     /// from the end of its last answer. A client still reading a large
     /// answer is not idle while the answer's bytes keep leaving (under
     /// `palisade_axum::serve`; actix-web's keep-alive timer starts when
-    /// the answer's last chunk is in its write buffer). Under
-    /// `palisade_axum::serve` it also bounds how long a write may wait for
-    /// a client that reads nothing of its answer, request in progress or
-    /// not.
+    /// the answer's last chunk is in its write buffer).
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.idle_timeout = timeout.max(SHORTEST);
         self
