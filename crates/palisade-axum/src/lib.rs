@@ -201,10 +201,10 @@ impl<'a, B> HttpHead<'a, B> {
             return Ok(Self::as_sent(req));
         };
         let prefix = nested.as_str().trim_end_matches('/');
-        if prefix.contains('{') && !reads_path {
-            return Ok(Self::as_sent(req));
-        }
         if prefix.contains('{') {
+            if !reads_path {
+                return Ok(Self::as_sent(req));
+            }
             tracing::error!(
                 target: palisade_core::LOG_TARGET,
                 prefix,

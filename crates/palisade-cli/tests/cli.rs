@@ -280,6 +280,22 @@ fn summary(v: &Value) -> (String, u64, Value, Value) {
     )
 }
 
+/// Asserts that `v` is the refusal of a guard whose server cannot tell
+/// the connection's addresses, with a first note naming `flag`, the
+/// argument that gives them.
+fn refused_for_unknown_addresses(v: &Value, flag: &str) {
+    assert_eq!(
+        summary(v),
+        (
+            "deny".into(),
+            403,
+            Value::from("(the connection's addresses are unknown)"),
+            Value::Null
+        )
+    );
+    assert!(notes(v)[0].contains(flag), "{v}");
+}
+
 #[test]
 fn explain_gives_the_guards_decision_status_policy_and_rule() {
     let mesh = "examples/bookinfo/mesh.yaml";
@@ -617,16 +633,7 @@ spec:
     // guard whose server cannot tell it refuses.
     let proxy = "examples/policies/behind-proxy.yaml";
     let unknown = explain(&[proxy, "--request", "GET /list"]);
-    assert_eq!(
-        summary(&unknown),
-        (
-            "deny".into(),
-            403,
-            Value::from("(the connection's addresses are unknown)"),
-            Value::Null
-        )
-    );
-    assert!(notes(&unknown)[0].contains("--source-ip IP"), "{unknown}");
+    refused_for_unknown_addresses(&unknown, "--source-ip IP");
     let blocked = explain(&[proxy, "--request", "GET /list", "--source-ip", "203.0.113.5"]);
     assert_eq!(
         summary(&blocked),
@@ -653,16 +660,7 @@ spec:
 ",
     );
     let unknown = explain(&[&ports, "--request", "GET /list"]);
-    assert_eq!(
-        summary(&unknown),
-        (
-            "deny".into(),
-            403,
-            Value::from("(the connection's addresses are unknown)"),
-            Value::Null
-        )
-    );
-    assert!(notes(&unknown)[0].contains("--port N"), "{unknown}");
+    refused_for_unknown_addresses(&unknown, "--port N");
     let on = explain(&[&ports, "--request", "GET /list", "--port", "9080"]);
     assert_eq!(on["decision"], "allow");
     assert!(notes(&on).is_empty(), "{on}");

@@ -908,7 +908,7 @@ pub fn authorize_route(
         let reply = Reply::from(Rejection::missing_credential(Vec::new()));
         return Check::Ready(Err(Rendering::of(req).render(reply)));
     };
-    if policy.reads_host() && ambiguous_host(req) {
+    if policy.refuses_host(req) {
         let reply = Reply::from(ambiguous_host_refusal());
         return Check::Ready(Err(Rendering::of(req).render(reply)));
     }

@@ -674,7 +674,7 @@ impl Share<Compiled> {
     /// [`Guard::check`] with refusals rendered for HTTP.
     fn check_http(self: &Arc<Self>, req: &dyn RequestHead) -> Check<Decision> {
         let access = &self.access;
-        if access.reads_host() && crate::adapter::ambiguous_host(req) {
+        if access.refuses_host(req) {
             return Check::Ready(two_hosts(req));
         }
         let path = if access.reads_path() {
@@ -711,8 +711,7 @@ impl Share<Compiled> {
                 Check::Pending(fut) => pending.push((i, fut)),
             }
         }
-        // Normalising may allocate without changing anything (`%20`).
-        let rewrite = matches!(&path, Cow::Owned(p) if crate::authz::path::needs_rewrite(req.path(), p));
+        let rewrite = rewrite_needed(req, &path);
         if pending.is_empty() {
             return self.decide(&mut acc, req, &path, rewrite);
         }
@@ -731,8 +730,7 @@ impl Share<Compiled> {
         req: &dyn RequestHead,
         path: Cow<'_, str>,
     ) -> Check<Decision> {
-        // Normalising may allocate without changing anything (`%20`).
-        let rewrite = matches!(&path, Cow::Owned(p) if crate::authz::path::needs_rewrite(req.path(), p));
+        let rewrite = rewrite_needed(req, &path);
         let outcome = match only.authenticate(req) {
             Check::Ready(outcome) => outcome,
             Check::Pending(fut) => {
@@ -1017,6 +1015,17 @@ fn allowed_event(access: &AccessDecision) {
 fn malformed_path(req: &dyn RequestHead, e: &dyn fmt::Display) -> Decision {
     tracing::debug!(target: LOG_TARGET, method = req.method(), reason = %e, "malformed path refused");
     Decision::Deny(Rejection::malformed_path(e.to_string()))
+}
+
+/// Whether the router must be handed the normalised `path` rather than
+/// the request's own. Normalising may allocate without changing anything
+/// (`%20`), or change only what needs no rewrite (`%3A`).
+#[expect(
+    clippy::ptr_arg,
+    reason = "a borrowed path is the request's own, unchanged: no rewrite, without a scan"
+)]
+fn rewrite_needed(req: &dyn RequestHead, path: &Cow<'_, str>) -> bool {
+    matches!(path, Cow::Owned(p) if crate::authz::path::needs_rewrite(req.path(), p))
 }
 
 /// The refusal of a request whose host is ambiguous, where the policy

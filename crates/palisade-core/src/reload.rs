@@ -145,15 +145,12 @@ impl PolicyReloader {
                 return self.load(&mut last, before);
             }
         }
-        let e = PolicyError::new(
+        refused(PolicyError::new(
             &self.0.path.display().to_string(),
             format!(
                 "still changing after {looks} looks {pause:?} apart: not loaded; the policy in force stays"
             ),
-        );
-        metrics::counter!(CONFIG_RELOADS, "result" => "failure").increment(1);
-        tracing::error!(target: LOG_TARGET, error = %e, "policy not reloaded; the previous one stays in force");
-        Err(e)
+        ))
     }
 
     /// Reloads if the file's contents differ from those last loaded (or
@@ -192,18 +189,12 @@ impl PolicyReloader {
         let loaded = contents
             .map_err(|e| PolicyError::new(&name, format!("cannot read: {e}")))
             .and_then(|c| {
-                // No documents: no policy, every request allowed, as the
-                // contract reads a YAML stream; said aloud, since a writer
-                // that truncated the file (`> policy.yaml`) and has not
-                // written yet makes one too.
-                if c.iter().all(u8::is_ascii_whitespace) {
-                    tracing::warn!(target: LOG_TARGET, file = %name, "{}", crate::policy::EMPTY_FILE);
-                }
                 // A panic (the loader's, or the application's function) is
                 // a file that did not load, not the end of reloading.
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     let text = String::from_utf8(c).map_err(|_| PolicyError::new(&name, "not UTF-8 text"))?;
-                    let set = PolicySet::from_yaml_str(&text, &name)?;
+                    // As at start-up: an empty file is no policy, said aloud.
+                    let set = PolicySet::from_file_text(&text, &name)?;
                     (self.0.build)(&set)
                 }))
                 .unwrap_or_else(|_| {
@@ -220,11 +211,7 @@ impl PolicyReloader {
                 tracing::info!(target: LOG_TARGET, file = %name, "policy reloaded");
                 Ok(())
             }
-            Err(e) => {
-                metrics::counter!(CONFIG_RELOADS, "result" => "failure").increment(1);
-                tracing::error!(target: LOG_TARGET, error = %e, "policy not reloaded; the previous one stays in force");
-                Err(e)
-            }
+            Err(e) => refused(e),
         }
     }
 
@@ -277,6 +264,14 @@ impl PolicyReloader {
         });
         Ok(())
     }
+}
+
+/// A reload refused: counted, said in one error line, the policy in force
+/// kept.
+fn refused(e: PolicyError) -> Result<(), PolicyError> {
+    metrics::counter!(CONFIG_RELOADS, "result" => "failure").increment(1);
+    tracing::error!(target: LOG_TARGET, error = %e, "policy not reloaded; the previous one stays in force");
+    Err(e)
 }
 
 #[cfg(test)]

@@ -1066,11 +1066,14 @@ impl AccessPolicy {
         self.0.reads_path
     }
 
-    /// Whether any rule or external authorizer reads the host (then a
-    /// request naming two hosts is refused).
+    /// Whether `req` is refused for its host: the policy reads hosts and
+    /// the request does not name one plainly
+    /// ([`ambiguous_host`](crate::adapter::ambiguous_host)). The one test
+    /// of the guard, route policies, [`check`](Self::check) and
+    /// [`evaluate`](Self::evaluate).
     #[must_use]
-    pub(crate) fn reads_host(&self) -> bool {
-        self.0.reads_host
+    pub(crate) fn refuses_host(&self, req: &dyn RequestHead) -> bool {
+        self.0.reads_host && crate::adapter::ambiguous_host(req)
     }
 
     /// Per-policy counters since start-up.
@@ -1116,7 +1119,7 @@ impl AccessPolicy {
         let Ok(path) = self.normalize_path(req.path()) else {
             return AccessDecision::no_allow_matched();
         };
-        if self.0.reads_host && crate::adapter::ambiguous_host(req) {
+        if self.refuses_host(req) {
             return AccessDecision::no_allow_matched();
         }
         match self.check_normalized(req, identity, &path) {
@@ -1133,7 +1136,7 @@ impl AccessPolicy {
     /// is [ambiguous](crate::adapter::ambiguous_host) when the policy reads
     /// hosts (a guard answers both with 400 before it asks).
     pub fn check(&self, req: &dyn RequestHead, identity: Option<&Identity>) -> Check<AccessDecision> {
-        if self.0.reads_host && crate::adapter::ambiguous_host(req) {
+        if self.refuses_host(req) {
             return Check::Ready(AccessDecision::no_allow_matched());
         }
         match self.normalize_path(req.path()) {

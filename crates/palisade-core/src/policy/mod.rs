@@ -633,10 +633,16 @@ impl PolicySet {
         let name = path.as_ref().display().to_string();
         let text = std::fs::read_to_string(path.as_ref())
             .map_err(|e| PolicyError::new(&name, format!("cannot read: {e}")))?;
+        Self::from_file_text(&text, &name)
+    }
+
+    /// A policy file's text, read at start-up or on reload: an empty one
+    /// is said aloud ([`EMPTY_FILE`]), then parsed as any stream.
+    pub(crate) fn from_file_text(text: &str, name: &str) -> Result<Self, PolicyError> {
         if text.trim().is_empty() {
             tracing::warn!(target: LOG_TARGET, file = %name, "{EMPTY_FILE}");
         }
-        Self::from_yaml_str(&text, &name)
+        Self::from_yaml_str(text, name)
     }
 
     /// Parses and validates a YAML stream; `source` names it in errors.
