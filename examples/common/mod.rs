@@ -49,7 +49,7 @@ pub struct Args {
     pub upstream_timeout: std::time::Duration,
     /// `--admin ADDR`: `/metrics` and `/ready`, without authentication.
     pub admin: Option<SocketAddr>,
-    /// `--handshake-timeout`, `--header-read-timeout`, `--idle-timeout`,
+    /// `--handshake-timeout`, `--header-read-timeout`, `--idle-timeout`, `--write-timeout`,
     /// `--body-read-timeout` (seconds), `--body-min-rate` (bytes a second)
     /// and `--body-limit` (bytes): what a client is granted.
     pub limits: palisade::core::limits::ServerLimits,
@@ -192,6 +192,7 @@ fn parse(service: &str, port: u16, mut it: impl Iterator<Item = String>) -> Resu
                 args.limits = args.limits.header_read_timeout(seconds(&flag, &value()?)?);
             }
             "--idle-timeout" => args.limits = args.limits.idle_timeout(seconds(&flag, &value()?)?),
+            "--write-timeout" => args.limits = args.limits.write_timeout(seconds(&flag, &value()?)?),
             "--body-read-timeout" => args.limits = args.limits.body_read_timeout(seconds(&flag, &value()?)?),
             "--body-min-rate" => {
                 let v = value()?;
@@ -214,13 +215,14 @@ fn parse(service: &str, port: u16, mut it: impl Iterator<Item = String>) -> Resu
                      \x20      [--keytab FILE [--backend URL [--s4u-realm REALM --s4u-claim CLAIM [--s4u-issuer ISSUER]]]]\n\
                      \x20      [--upstream NAME=URL]... [--upstream-timeout SECONDS] (productpage)\n\
                      \x20      [--admin ADDR]\n\
-                     \x20      [--handshake-timeout S] [--header-read-timeout S] [--idle-timeout S] [--body-limit BYTES]\n\
-                     \x20      [--body-read-timeout S] [--body-min-rate BYTES]\n\
+                     \x20      [--handshake-timeout S] [--header-read-timeout S] [--idle-timeout S] [--write-timeout S]\n\
+                     \x20      [--body-limit BYTES] [--body-read-timeout S] [--body-min-rate BYTES]\n\
                      Without --config, a demo issuer is started and a ready-to-paste command is printed.\n\
                      The --config file is reloaded when it changes or on SIGHUP; a file that does not load\n\
                      keeps the policy in force. --admin serves GET /metrics (Prometheus) and GET /ready.\n\
                      A client has --handshake-timeout (default 10) seconds for its TLS handshake, --header-read-timeout\n\
-                     (10) for a request head, --idle-timeout (75) to begin its next request; a body over --body-limit\n\
+                     (10) for a request head, --idle-timeout (75) to begin its next request, --write-timeout (60; not\n\
+                     reviews, on actix-web) to take more of an answer or open an HTTP/2 window; a body over --body-limit\n\
                      (2097152) bytes is answered 413, one not received within --body-read-timeout (20) seconds plus\n\
                      one for every --body-min-rate (500) bytes that arrived is answered 408.\n\
                      --client-ca turns mutual TLS on; its mode comes from the policy file's PeerAuthentication\n\

@@ -13,6 +13,9 @@
 //!   closed (HTTP/2: the first request only, then the idle timeout);
 //! - a connection with no request in progress is closed when no new one
 //!   begins within the idle timeout;
+//! - a connection whose client takes none of an answer for the write
+//!   timeout is closed, and an HTTP/2 stream whose flow-control window
+//!   stays shut that long is reset;
 //! - request bodies pass [`BodyLimitLayer`], answered 413 beyond the limit;
 //! - [`Handshake`] (TLS, in `palisade-mtls`) is bounded by the handshake
 //!   timeout.
@@ -48,7 +51,7 @@ use axum::body::Body;
 use bytes::Bytes;
 use http::{Extensions, Request, Response, Version};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use palisade_core::authn::ConnectionInfo;
 use palisade_core::limits::{LOG_TARGET, ServerLimits};
@@ -224,15 +227,34 @@ where
 fn reason(e: &(dyn std::error::Error + 'static)) -> &'static str {
     let mut source = Some(e);
     while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && io.kind() == std::io::ErrorKind::TimedOut
-        {
-            return "no complete request head in time";
+        if let Some(Late(why)) = e.downcast_ref::<Late>() {
+            return why;
         }
         source = e.source();
     }
     "HTTP connection error"
 }
+
+/// A deadline the client missed: the error a connection's read or write
+/// ends with (`TimedOut`), which [`reason`] finds again.
+#[derive(Debug)]
+struct Late(&'static str);
+
+impl std::fmt::Display for Late {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for Late {}
+
+/// The error of a missed deadline.
+fn late(why: &'static str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, Late(why))
+}
+
+/// Why a connection whose client read nothing for the write timeout closed.
+const WRITE_LATE: &str = "the client took none of the answer for the write timeout";
 
 /// One connection's HTTP/1.1 or HTTP/2 (by its first bytes: the h2 preface,
 /// whether ALPN chose h2 or a plaintext caller has prior knowledge) with
@@ -256,6 +278,7 @@ where
     let io = Deadlines::new(io, activity.clone(), limits);
     let extensions = request_extensions(info);
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let h2 = req.version() == Version::HTTP_2;
         let in_flight = InFlight::enter(&activity, req.version());
         let mut req = req.map(Body::new);
         // The handshake's facts were read once.
@@ -263,10 +286,22 @@ where
         let response = service.clone().oneshot(req);
         async move {
             let res = response.await?;
-            Ok::<_, Infallible>(res.map(|body| Tracked { body, in_flight }))
+            // Polled in its stream's task, which `Streams` made.
+            let flow = if h2 {
+                STREAM.try_with(Arc::clone).ok()
+            } else {
+                None
+            };
+            Ok::<_, Infallible>(res.map(|body| Tracked {
+                body,
+                in_flight,
+                flow,
+            }))
         }
     });
-    let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut http = hyper_util::server::conn::auto::Builder::new(Streams {
+        write: limits.write(),
+    });
     // The deadlines are `Deadlines`': hyper's own header-read timer also
     // runs while the connection is idle, which would make it the idle
     // timeout too.
@@ -362,11 +397,14 @@ impl Drop for InFlight {
 }
 
 pin_project_lite::pin_project! {
-    /// A response body that keeps its request in progress.
+    /// A response body that keeps its request in progress and, on an
+    /// HTTP/2 stream, tells the stream's task when it waits for the
+    /// client's flow-control window.
     struct Tracked<B> {
         #[pin]
         body: B,
         in_flight: InFlight,
+        flow: Option<Arc<Flow>>,
     }
 }
 
@@ -378,7 +416,12 @@ impl<B: http_body::Body> http_body::Body for Tracked<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
-        self.project().body.poll_frame(cx)
+        let this = self.project();
+        let polled = this.body.poll_frame(cx);
+        if let Some(flow) = this.flow {
+            flow.handed(matches!(&polled, Poll::Ready(Some(Ok(frame))) if frame.is_data()));
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -387,6 +430,112 @@ impl<B: http_body::Body> http_body::Body for Tracked<B> {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.body.size_hint()
+    }
+}
+
+tokio::task_local! {
+    /// The flow of the HTTP/2 stream whose task is being polled.
+    static STREAM: Arc<Flow>;
+}
+
+/// What an HTTP/2 stream's answer body tells the stream's task: hyper
+/// polls the body for its next frame only once the client's flow-control
+/// window has room, so a body whose last poll handed over a frame, and
+/// that has not been polled since, waits for the client.
+#[derive(Debug, Default)]
+struct Flow {
+    /// Data frames handed over.
+    frames: AtomicU64,
+    /// Whether the last poll handed one over.
+    waiting: AtomicBool,
+}
+
+impl Flow {
+    fn handed(&self, data: bool) {
+        // Polled in the stream's task, as it reads them: no ordering.
+        self.waiting.store(data, Ordering::Relaxed);
+        if data {
+            self.frames.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The executor of a connection's HTTP/2 streams (hyper spawns a task for
+/// each): a stream whose answer waits for the client's flow-control window
+/// for the write timeout is dropped, which resets it (`CANCEL`), as nginx's
+/// `send_timeout` ends it. The connection's other streams go on, and its
+/// deadlines count again once no request is in progress.
+#[derive(Clone, Copy, Debug)]
+struct Streams {
+    write: Duration,
+}
+
+impl<F> hyper::rt::Executor<F> for Streams
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, stream: F) {
+        tokio::spawn(Watched {
+            stream,
+            flow: Arc::default(),
+            timeout: self.write,
+            seen: 0,
+            since: None,
+            timer: None,
+        });
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An HTTP/2 stream's task, with its flow's deadline.
+    struct Watched<F> {
+        #[pin]
+        stream: F,
+        flow: Arc<Flow>,
+        timeout: Duration,
+        // The frames handed over when the wait began, and since when it
+        // waits.
+        seen: u64,
+        since: Option<Instant>,
+        // Made the first time the stream waits.
+        timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    }
+}
+
+impl<F: Future<Output = ()>> Future for Watched<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        let stream = this.stream;
+        if STREAM
+            .sync_scope(Arc::clone(this.flow), || stream.poll(cx))
+            .is_ready()
+        {
+            return Poll::Ready(());
+        }
+        if !this.flow.waiting.load(Ordering::Relaxed) {
+            *this.since = None;
+            return Poll::Pending;
+        }
+        let frames = this.flow.frames.load(Ordering::Relaxed);
+        let since = match *this.since {
+            Some(since) if frames == *this.seen => since,
+            // A new wait, or one after progress.
+            _ => {
+                *this.seen = frames;
+                *this.since.insert(Instant::now())
+            }
+        };
+        let due = after(since, *this.timeout);
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        if past(timer, due, cx) {
+            tracing::debug!(target: LOG_TARGET, "an HTTP/2 stream's flow-control window stayed shut for the write timeout: stream reset");
+            return Poll::Ready(());
+        }
+        Poll::Pending
     }
 }
 
@@ -425,12 +574,7 @@ pin_project_lite::pin_project! {
         timer: Pin<Box<tokio::time::Sleep>>,
         header_read: Duration,
         idle: Duration,
-        // A write waited for the client to read; when one that waited
-        // went on. A response is done for hyper when its body is, which
-        // may be long before a slow reader has it all: while its bytes
-        // still leave, the connection is not idle.
-        write_waited: bool,
-        written: Option<Instant>,
+        writes: WriteClock,
     }
 }
 
@@ -445,35 +589,65 @@ impl<I> Deadlines<I> {
             timer: Box::pin(tokio::time::sleep_until(after(since, limits.header_read()))),
             header_read: limits.header_read(),
             idle: limits.idle(),
-            write_waited: false,
-            written: None,
+            writes: WriteClock {
+                waiting: None,
+                written: None,
+                timeout: limits.write(),
+                timer: None,
+            },
         }
     }
 }
 
-/// Notes a write's outcome: one that goes on after waiting is progress,
-/// from which an idle connection's time counts again. (A write that never
-/// waits costs no clock read.)
-fn wrote<T>(
-    result: Poll<std::io::Result<T>>,
-    waited: &mut bool,
-    written: &mut Option<Instant>,
-    phase: Phase,
-    since: &mut Instant,
-) -> Poll<std::io::Result<T>> {
-    match &result {
-        Poll::Pending => *waited = true,
-        Poll::Ready(_) if *waited => {
-            *waited = false;
-            let now = Instant::now();
-            *written = Some(now);
-            if phase == Phase::Idle {
-                *since = now;
+/// The writes' side of a connection's deadlines: a write that waits for the
+/// client to read for the write timeout fails (hyper closes the
+/// connection, whichever way it is busy), and one that goes on after
+/// waiting is progress. A response is done for hyper when its body is,
+/// which may be long before a slow reader has it all: while its bytes
+/// still leave, the connection is not idle.
+struct WriteClock {
+    /// Since when a write waits for the client.
+    waiting: Option<Instant>,
+    /// When a write that waited last went on.
+    written: Option<Instant>,
+    timeout: Duration,
+    /// Made the first time a write waits: most connections never do.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl WriteClock {
+    /// Notes a write's outcome (a write that never waits costs no clock
+    /// read), failing one that has waited for the write timeout; after
+    /// progress, an idle connection's time counts again.
+    fn note<T>(
+        &mut self,
+        result: Poll<std::io::Result<T>>,
+        cx: &mut Context<'_>,
+        phase: Phase,
+        since: &mut Instant,
+    ) -> Poll<std::io::Result<T>> {
+        match &result {
+            Poll::Pending => {
+                let due = after(*self.waiting.get_or_insert_with(Instant::now), self.timeout);
+                let timer = self
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+                if past(timer, due, cx) {
+                    return Poll::Ready(Err(late(WRITE_LATE)));
+                }
+            }
+            Poll::Ready(_) => {
+                if self.waiting.take().is_some() {
+                    let now = Instant::now();
+                    self.written = Some(now);
+                    if phase == Phase::Idle {
+                        *since = now;
+                    }
+                }
             }
         }
-        Poll::Ready(_) => {}
+        result
     }
-    result
 }
 
 /// `since` plus `timeout`, or about thirty years on for a timeout too long
@@ -516,7 +690,7 @@ impl<I: AsyncRead> AsyncRead for Deadlines<I> {
         {
             *this.phase = Phase::Idle;
             let ended = this.activity.ended();
-            *this.since = this.written.map_or(ended, |w| w.max(ended));
+            *this.since = this.writes.written.map_or(ended, |w| w.max(ended));
         }
         let before = buf.filled().len();
         match this.io.poll_read(cx, buf) {
@@ -549,10 +723,7 @@ impl<I: AsyncRead> AsyncRead for Deadlines<I> {
                     Poll::Pending
                 }
                 Phase::Head if past(this.timer, after(*this.since, *this.header_read), cx) => {
-                    Poll::Ready(Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "no complete request head in time",
-                    )))
+                    Poll::Ready(Err(late("no complete request head in time")))
                 }
                 // The end of the stream: hyper lets an idle connection go.
                 Phase::Idle if past(this.timer, after(*this.since, *this.idle), cx) => {
@@ -569,17 +740,20 @@ impl<I: AsyncWrite> AsyncWrite for Deadlines<I> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         let this = self.project();
         let result = this.io.poll_write(cx, buf);
-        wrote(result, this.write_waited, this.written, *this.phase, this.since)
+        this.writes.note(result, cx, *this.phase, this.since)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let this = self.project();
         let result = this.io.poll_flush(cx);
-        wrote(result, this.write_waited, this.written, *this.phase, this.since)
+        this.writes.note(result, cx, *this.phase, this.since)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.project().io.poll_shutdown(cx)
+        // TLS writes its close_notify.
+        let this = self.project();
+        let result = this.io.poll_shutdown(cx);
+        this.writes.note(result, cx, *this.phase, this.since)
     }
 
     fn poll_write_vectored(
@@ -589,7 +763,7 @@ impl<I: AsyncWrite> AsyncWrite for Deadlines<I> {
     ) -> Poll<std::io::Result<usize>> {
         let this = self.project();
         let result = this.io.poll_write_vectored(cx, bufs);
-        wrote(result, this.write_waited, this.written, *this.phase, this.since)
+        this.writes.note(result, cx, *this.phase, this.since)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -893,6 +1067,129 @@ mod tests {
             "not slow: {:?}",
             started.elapsed()
         );
+    }
+
+    /// An answer that never ends, 64 KiB at a time.
+    struct Endless;
+
+    impl http_body::Body for Endless {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+            static CHUNK: [u8; 64 * 1024] = [b'x'; 64 * 1024];
+            Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from_static(&CHUNK)))))
+        }
+    }
+
+    /// `/` and the endless `/endless`, with a write timeout of `write`.
+    async fn serve_endless(write: Duration) -> SocketAddr {
+        let app = Router::new()
+            .route("/", get(|| async { "hi" }))
+            .route("/endless", get(|| async { Body::new(Endless) }));
+        serve_app(app, ServerLimits::default().write_timeout(write)).await
+    }
+
+    /// Reads and drops what comes until the end of the stream (or a reset),
+    /// for at most `limit`; whether it came.
+    async fn drains_to_the_end(tcp: &mut TcpStream, limit: Duration) -> bool {
+        let mut chunk = vec![0u8; 1024 * 1024];
+        tokio::time::timeout(limit, async {
+            while let Ok(n) = tcp.read(&mut chunk).await
+                && n > 0
+            {}
+        })
+        .await
+        .is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_client_that_reads_nothing_is_let_go_after_the_write_timeout() {
+        let addr = serve_endless(Duration::from_secs(1)).await;
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        // A pipelined second request: hyper reads no more while it writes
+        // the first answer, so the deadline must not wait for a read.
+        tcp.write_all(b"GET /endless HTTP/1.1\r\nhost: x\r\n\r\nGET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        // What the buffers hold, then the end: the server gave up writing.
+        assert!(
+            drains_to_the_end(&mut tcp, Duration::from_secs(10)).await,
+            "the answer went on: the connection was kept"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_keeps_reading_is_not_cut_by_the_write_timeout() {
+        const SIZE: usize = 32 * 1024 * 1024;
+        let app = Router::new().route("/large", get(|| async { vec![b'x'; SIZE] }));
+        let addr = serve_app(app, ServerLimits::default().write_timeout(Duration::from_secs(2))).await;
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"GET /large HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        // At most 1 MiB every 100 ms: longer than the write timeout in all,
+        // so writes wait again and again, each for far less.
+        let mut got = 0usize;
+        let mut chunk = vec![0u8; 1024 * 1024];
+        let started = Instant::now();
+        while got < SIZE + 100 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut chunk))
+                .await
+                .expect("stalled")
+                .unwrap();
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        assert!(
+            got >= SIZE + 100,
+            "cut off after {got} bytes in {:?}",
+            started.elapsed()
+        );
+        assert!(
+            started.elapsed() > Duration::from_secs(2),
+            "not slow: {:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn an_http2_stream_whose_window_stays_shut_is_reset_after_the_write_timeout() {
+        let addr = serve_endless(Duration::from_secs(1)).await;
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(connection);
+        let get = |path: &str| Request::get(format!("http://x{path}")).body(()).unwrap();
+        let (answer, _) = client.send_request(get("/endless"), true).unwrap();
+        let answer = answer.await.unwrap();
+        assert_eq!(answer.status(), 200);
+        let mut body = answer.into_body();
+        // Its capacity is never released: the window shuts after 64 KiB.
+        let mut got = 0usize;
+        let end = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match body.data().await {
+                    Some(Ok(data)) => got += data.len(),
+                    Some(Err(e)) => break Some(e),
+                    None => break None,
+                }
+            }
+        })
+        .await
+        .expect("the stream was kept waiting");
+        assert_eq!(end.and_then(|e| e.reason()), Some(h2::Reason::CANCEL));
+        assert!(got <= 65_535, "{got}");
+        drop(body);
+        // The connection's other streams are served.
+        let (answer, _) = client.send_request(get("/"), true).unwrap();
+        assert_eq!(answer.await.unwrap().status(), 200);
     }
 
     #[tokio::test]

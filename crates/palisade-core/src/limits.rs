@@ -41,6 +41,7 @@ pub const LOG_TARGET: &str = "palisade::serve";
 /// | [`handshake_timeout`](Self::handshake_timeout) | 10 s | the TLS handshake (and, on a PERMISSIVE port, the first byte) is not done: the connection is closed |
 /// | [`header_read_timeout`](Self::header_read_timeout) | 10 s | a request head is not complete this long after the connection opened (after its TLS handshake) or after the request's first byte: closed (actix-web answers 408 first) |
 /// | [`idle_timeout`](Self::idle_timeout) | 75 s | a kept-alive connection has no request in progress and no new one begins: closed |
+/// | [`write_timeout`](Self::write_timeout) | 60 s | an answer's write waits this long for the client to read, or an HTTP/2 stream for the client to open its flow-control window: the connection is closed, the stream reset (nginx's `send_timeout`; under `palisade_axum::serve` only, actix-web has no such timer) |
 /// | [`body_limit`](Self::body_limit) | 2 MiB | a request body is larger: 413, a declared length before a byte of the body is read, a chunked one when it passes the limit |
 /// | [`body_read_timeout`](Self::body_read_timeout) and [`body_min_rate`](Self::body_min_rate) | 20 s, and 1 s more per 500 bytes | a request body being read is not complete by then (Apache's `RequestReadTimeout body=20,MinRate=500`): 408, and the connection closed |
 /// | [`max_connections`](Self::max_connections) | 25,000 | this many connections are open (handshakes included): no more are accepted until one closes; they wait in the listener's backlog (actix-web's own limit, per worker there) |
@@ -52,6 +53,7 @@ pub struct ServerLimits {
     handshake_timeout: Duration,
     header_read_timeout: Duration,
     idle_timeout: Duration,
+    write_timeout: Duration,
     body_limit: usize,
     body_read_timeout: Duration,
     body_min_rate: u32,
@@ -69,6 +71,8 @@ impl Default for ServerLimits {
             // Longer than the 60 s idle timeout of the usual load balancers,
             // so that they, not the service, close an idle connection.
             idle_timeout: Duration::from_secs(75),
+            // nginx's `send_timeout`.
+            write_timeout: Duration::from_secs(60),
             // axum's `DefaultBodyLimit` and actix-web's `JsonConfig`.
             body_limit: 2 * 1024 * 1024,
             // Apache's mod_reqtimeout: `body=20,MinRate=500`.
@@ -105,6 +109,23 @@ impl ServerLimits {
     /// the answer's last chunk is in its write buffer).
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.idle_timeout = timeout.max(SHORTEST);
+        self
+    }
+
+    /// How long an answer may wait for the client to take more of it
+    /// (default 60 s, nginx's `send_timeout`), counted from the last write
+    /// that went on: a client that stops reading a streamed or large
+    /// answer, or (HTTP/2) leaves a stream's flow-control window shut, no
+    /// longer holds its connection, or its stream, for good. The connection
+    /// is closed; an HTTP/2 stream alone is reset. A client that keeps
+    /// reading, however slowly, is not cut, with one caveat it shares with
+    /// nginx: Linux wakes a waiting writer when about a third of the
+    /// socket's send buffer has drained (up to a few megabytes), so a
+    /// reader must take that much within the timeout. Under
+    /// `palisade_axum::serve` (and `palisade_mtls::axum`); actix-web has no
+    /// such timer.
+    pub fn write_timeout(mut self, timeout: Duration) -> Self {
+        self.write_timeout = timeout.max(SHORTEST);
         self
     }
 
@@ -183,6 +204,12 @@ impl ServerLimits {
     #[must_use]
     pub fn idle(&self) -> Duration {
         self.idle_timeout
+    }
+
+    /// See [`ServerLimits::write_timeout`](Self::write_timeout).
+    #[must_use]
+    pub fn write(&self) -> Duration {
+        self.write_timeout
     }
 
     /// See [`ServerLimits::body_limit`](Self::body_limit).
