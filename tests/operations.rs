@@ -331,6 +331,13 @@ async fn admin_listener(example: &str) {
         1.0,
         "{text}"
     );
+    // The failures' series too, at zero since start-up.
+    assert!(
+        text.contains(&format!(
+            "palisade_jwks_fetches_total{{issuer=\"{issuer_label}\",result=\"failure\"}} 0"
+        )),
+        "{text}"
+    );
     assert_eq!(get("palisade_token_cache_total{result=\"hit\"}"), 2.0, "{text}");
     assert_eq!(get("palisade_check_duration_seconds_count"), 5.0, "{text}");
     assert!(

@@ -15,7 +15,7 @@
 //! | [`DECISIONS`] | counter | `decision` (`allow`, `deny`, `reply`), `policy`, `action` |
 //! | [`AUTHENTICATIONS`] | counter | `method` (`jwt`, `mtls`, `spnego`, `session`, `custom`), `result` (`success`, `failure`) |
 //! | [`CHECK_DURATION`] | histogram (seconds) | — |
-//! | [`JWKS_FETCHES`] | counter | `issuer`, `result` (`success`, `failure`) |
+//! | [`JWKS_FETCHES`] | counter | `issuer`, `result` (`success`, `failure`; both at zero from the start, for each issuer whose keys are fetched) |
 //! | [`TOKEN_CACHE`] | counter | `result` (`hit`, `miss`) |
 //! | [`INTROSPECTIONS`] | counter | `issuer`, `result` (`active`, `inactive`, `failure`) |
 //! | [`SPNEGO_BLOCKING`] | gauge | — |

@@ -555,6 +555,12 @@ pub(crate) fn fetched_store(
     }
     let mut store = KeyStore::new(issuer, settings.clone(), None);
     metric_issuer.clone_into(&mut store.metric_issuer);
+    // Both series from the start, at zero (the example services' contract
+    // lists the counter), not only once a fetch has ended.
+    for result in ["success", "failure"] {
+        metrics::counter!(JWKS_FETCHES, "issuer" => metric_issuer.to_owned(), "result" => result)
+            .increment(0);
+    }
     let store = Arc::new(store);
     let task = FetchTask(
         jwks_runtime()?
