@@ -398,6 +398,14 @@ async fn output_headers_a_client_sends_never_reach_the_handler() {
     }
 }
 
+/// Who the guard's record of a request names.
+fn recorded(auth: &palisade::core::RequestAuth) -> String {
+    auth.identity()
+        .and_then(Identity::subject)
+        .unwrap_or("anonymous")
+        .to_owned()
+}
+
 #[actix_web::test]
 async fn extractors_agree_on_identity_and_claims() {
     #[derive(serde::Deserialize)]
@@ -442,6 +450,10 @@ async fn extractors_agree_on_identity_and_claims() {
                 },
             ),
         )
+        .route(
+            "/record",
+            get(|auth: palisade::core::RequestAuth| async move { recorded(&auth) }),
+        )
         .layer(palisade::axum::PalisadeLayer::new(guard.clone()));
     let actix = actix_web::test::init_service(
         App::new()
@@ -457,10 +469,16 @@ async fn extractors_agree_on_identity_and_claims() {
                         format!("{}@{}", c.sub, c.tenant)
                     },
                 ),
+            )
+            .route(
+                "/record",
+                web::get().to(|auth: palisade::core::RequestAuth| async move { recorded(&auth) }),
             ),
     )
     .await;
     let cases = [
+        ("/record", None, 200, "anonymous"),
+        ("/record", Some(&with_tenant), 200, "carol"),
         ("/id", None, 401, ""),
         ("/id", Some(&with_tenant), 200, "carol"),
         ("/claims", Some(&with_tenant), 200, "carol@acme"),

@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 
 use super::Authorized;
 use super::Claims;
-use super::common::{authorized_from, claims_from, identity_from};
+use super::common::{authorized_from, claims_from, identity_from, request_auth_from};
 use crate::adapter::Reply;
 use crate::authz::Requires;
 use crate::error::Rejection;
@@ -55,5 +55,15 @@ impl<R: Requires> FromRequest for Authorized<R> {
     fn from_request(req: &HttpRequest, _payload: &mut Payload) -> Self::Future {
         let ext = req.extensions();
         ready(authorized_from(ext.get::<RequestAuth>()))
+    }
+}
+
+impl FromRequest for RequestAuth {
+    type Error = Rejection;
+    type Future = Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _payload: &mut Payload) -> Self::Future {
+        let ext = req.extensions();
+        ready(request_auth_from(ext.get::<RequestAuth>()))
     }
 }

@@ -6,7 +6,7 @@ use serde::de::DeserializeOwned;
 
 use super::Authorized;
 use super::Claims;
-use super::common::{authorized_from, claims_from, identity_from, optional_identity_from};
+use super::common::{authorized_from, claims_from, identity_from, optional_identity_from, request_auth_from};
 use crate::adapter::Reply;
 use crate::authz::Requires;
 use crate::error::Rejection;
@@ -49,5 +49,13 @@ impl<S: Send + Sync, R: Requires> FromRequestParts<S> for Authorized<R> {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         authorized_from(parts.extensions.get::<RequestAuth>())
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestAuth {
+    type Rejection = Rejection;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        request_auth_from(parts.extensions.get::<RequestAuth>())
     }
 }

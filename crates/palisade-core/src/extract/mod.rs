@@ -66,6 +66,16 @@ mod common {
         }
     }
 
+    /// The guard's record of the request, for the `RequestAuth`
+    /// extractor: on a route no Palisade middleware guards, 401 with the
+    /// error line [`identity_from`] says.
+    pub(super) fn request_auth_from(auth: Option<&RequestAuth>) -> Result<RequestAuth, Rejection> {
+        auth.cloned().ok_or_else(|| {
+            tracing::error!(target: crate::LOG_TARGET, "RequestAuth extracted on a route that no Palisade middleware guards");
+            Rejection::missing_credential(Vec::new())
+        })
+    }
+
     /// The identity for `Option<Identity>`: `None` for an anonymous
     /// caller, and, with an error line as [`identity_from`] says it, on a
     /// route no Palisade middleware guards (as actix-web's `Option`
