@@ -661,7 +661,10 @@ spec:
             async move {
                 let mut out = http.get(format!("{origin}{}", req.uri())).build()?;
                 *out.headers_mut() = req.headers().clone();
-                Ok::<_, reqwest::Error>(http.execute(out).await?.status())
+                let status = http.execute(out).await?.status();
+                let mut res = http::Response::new(());
+                *res.status_mut() = status;
+                Ok::<_, reqwest::Error>(res)
             }
         })
     };
@@ -669,12 +672,12 @@ spec:
         .layer(palisade::client::CredentialsLayer::fixed_at(own.clone(), &origin).unwrap())
         .service(forward);
     let req = http::Request::get("/whoami?call=3").body(()).unwrap();
-    assert_eq!(layered.oneshot(req).await.unwrap(), 200);
+    assert_eq!(layered.oneshot(req).await.unwrap().status(), 200);
     // Without the origin the proof cannot be made: refused, not sent bare.
     let bare = tower::ServiceBuilder::new()
         .layer(palisade::client::CredentialsLayer::fixed(own))
         .service(tower::service_fn(|_: http::Request<()>| async {
-            Ok::<_, std::io::Error>(())
+            Ok::<_, std::io::Error>(http::Response::new(()))
         }));
     let err = bare
         .oneshot(http::Request::get("/whoami").body(()).unwrap())

@@ -23,14 +23,15 @@ use paired::bench_paired;
 const SECRET: &str = "bench-secret";
 
 /// A client service that reads the header it would send.
-fn sink() -> impl Service<http::Request<()>, Response = usize, Error = Infallible, Future = impl Send> + Clone
-{
+fn sink()
+-> impl Service<http::Request<()>, Response = http::Response<usize>, Error = Infallible, Future = impl Send>
++ Clone {
     tower::service_fn(|req: http::Request<()>| async move {
-        Ok::<_, Infallible>(
+        Ok::<_, Infallible>(http::Response::new(
             req.headers()
                 .get(http::header::AUTHORIZATION)
                 .map_or(0, http::HeaderValue::len),
-        )
+        ))
     })
 }
 
@@ -89,7 +90,7 @@ fn client_benches(c: &mut Criterion) {
             name,
             &mut || {
                 let n = rt.block_on(layered.clone().oneshot(request())).unwrap();
-                assert!(n > 7);
+                assert!(*n.body() > 7);
             },
             &mut || {
                 let mut req = request();

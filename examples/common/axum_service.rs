@@ -61,7 +61,8 @@ async fn backend_whoami(backend: Arc<Backend>, auth: RequestAuth) -> axum::respo
         )
         .await
     {
-        Ok(()) => {}
+        // A Kerberos ticket: nothing cached to drop on a refusal.
+        Ok(_) => {}
         Err(ClientError::NoCallerToken) => return auth.missing_credential().into_response(),
         Err(e) => {
             tracing::warn!(error = %e, via, "cannot get a ticket for the back-end");

@@ -100,11 +100,11 @@ impl Backends {
         let Ok(mut req) = upstream.client.get(url).build() else {
             return Answer::failed(502, "bad path");
         };
-        match credentials
+        let sent = match credentials
             .apply_request(&mut req, Some(&upstream.host), caller.as_ref())
             .await
         {
-            Ok(()) => {}
+            Ok(sent) => sent,
             Err(ClientError::NoCallerToken) => {
                 return Answer::failed(401, "the caller has no token to send on its behalf");
             }
@@ -112,9 +112,11 @@ impl Backends {
                 tracing::warn!(upstream = name, error = %e, "no credential for the upstream");
                 return Answer::failed(502, "no credential for the upstream (see productpage's log)");
             }
-        }
+        };
         match upstream.client.execute(req).await {
             Ok(res) => {
+                // A cached token the upstream refuses is not sent again.
+                sent.answered_by(&res);
                 let status = res.status().as_u16();
                 let text = match res.text().await {
                     Ok(t) => t,

@@ -16,6 +16,9 @@ use crate::{ClientError, LOG_TARGET};
 /// The largest discovery or token answer read.
 const BODY_LIMIT: usize = 256 * 1024;
 
+/// How old a token must be for an upstream's refusal to drop it.
+pub(crate) const REFUSED_FRESH: Duration = Duration::from_secs(30);
+
 /// A granted access token as an `Authorization` value, and when to stop
 /// using it.
 pub(crate) struct Granted {
@@ -28,12 +31,25 @@ pub(crate) struct Granted {
     /// When to get a new one: `renew_before` ahead of `expires`, at most
     /// half the token's lifetime ahead (a short-lived token is still used).
     pub(crate) renew_at: Instant,
+    /// When it was asked for.
+    pub(crate) obtained: Instant,
     /// For a DPoP-bound token (RFC 9449): the key every call proves, and
     /// the token (each proof's `ath`).
     pub(crate) dpop: Option<(Arc<DpopKey>, Arc<str>)>,
 }
 
 impl Granted {
+    /// Whether an upstream's refusal of this token, sent as `sent`, drops
+    /// it: it is the one sent, and not so fresh that a new one would be
+    /// refused alike (an audience, a clock): past the first quarter of
+    /// its life, or [`REFUSED_FRESH`] when that is sooner. An upstream that
+    /// refuses every token so costs the issuer a grant per 30 s, or four
+    /// per lifetime of a short-lived token, at most.
+    pub(crate) fn dropped_by_refusal(&self, sent: &http::HeaderValue) -> bool {
+        let fresh = REFUSED_FRESH.min(self.expires.saturating_duration_since(self.obtained) / 4);
+        self.value == *sent && self.obtained.elapsed() >= fresh
+    }
+
     /// The `DPoP` proof for a call of `method` to `htu` (the URI without
     /// query or fragment), when the token is DPoP-bound.
     pub(crate) fn proof(&self, method: &str, htu: &str) -> Option<http::HeaderValue> {
@@ -222,6 +238,7 @@ impl TokenClient {
             value,
             expires,
             renew_at: expires - renew_before.min(lifetime / 2),
+            obtained: sent,
             dpop,
         })
     }

@@ -195,6 +195,18 @@ impl TokenExchange {
         Ok(granted)
     }
 
+    /// The upstream refused `sent`, exchanged for `caller`'s token: when it
+    /// is still the cached one (and not fresh), the next call exchanges
+    /// again.
+    pub(crate) fn refused(&self, caller: &str, sent: &http::HeaderValue) {
+        let mut cache = lock(&self.0.cache);
+        if cache.get(caller).is_some_and(|g| g.dropped_by_refusal(sent)) {
+            cache.remove(caller);
+            drop(cache);
+            tracing::info!(target: LOG_TARGET, issuer = %self.0.client.shown, "the upstream refused an exchanged token: the next call exchanges the caller's token again");
+        }
+    }
+
     /// The answer an earlier exchange of `caller`'s token gave, while it
     /// holds: its token until it is due for renewal, its failure for
     /// [`RETRY_AFTER`] when no valid token is cached.
@@ -269,6 +281,7 @@ mod tests {
                     now.checked_sub(Duration::from_secs(e)).unwrap_or(now)
                 }),
                 renew_at,
+                obtained: now,
                 dpop: None,
             })
         };

@@ -94,6 +94,20 @@ impl ClientCredentials {
         self.granted().await.map(|g| Arc::clone(&g.header))
     }
 
+    /// The upstream refused `sent`: when it is still the current token (and
+    /// not fresh), it is dropped, and the next call gets a new one.
+    pub(crate) fn refused(&self, sent: &http::HeaderValue) {
+        let current = self.0.current.load();
+        if !current.as_ref().is_some_and(|g| g.dropped_by_refusal(sent)) {
+            return;
+        }
+        // Not a token renewed meanwhile.
+        let before = self.0.current.compare_and_swap(&*current, None);
+        if before.as_ref().map(Arc::as_ptr) == current.as_ref().map(Arc::as_ptr) {
+            tracing::info!(target: LOG_TARGET, issuer = %self.0.client.shown, "the upstream refused the workload's token: the next call gets a new one");
+        }
+    }
+
     /// The current token, fetching or renewing it when needed.
     pub(crate) async fn granted(&self) -> Result<Arc<Granted>, ClientError> {
         let started = Instant::now();

@@ -16,8 +16,10 @@ use crate::{CallerToken, ClientError, Credentials, Upstreams};
 /// request's extensions. A request that cannot get its credential fails
 /// with the [`ClientError`] (boxed) and is never sent; so does one whose URI
 /// names no host (a `Host` header is not trusted: it need not be where the
-/// request goes). For a client bound to one upstream whose requests carry
-/// only a path (a tonic `Channel`), use [`CredentialsLayer::fixed`].
+/// request goes). A cached token the upstream refuses is not sent again
+/// ([`Sent`](crate::Sent)). For a client bound to one upstream whose
+/// requests carry only a path (a tonic `Channel`), use
+/// [`CredentialsLayer::fixed`].
 #[derive(Clone, Debug)]
 pub struct CredentialsLayer(Target);
 
@@ -98,9 +100,9 @@ pub struct CredentialsService<S> {
 /// [`ClientError`].
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-impl<S, B> Service<http::Request<B>> for CredentialsService<S>
+impl<S, B, R> Service<http::Request<B>> for CredentialsService<S>
 where
-    S: Service<http::Request<B>> + Clone + Send + 'static,
+    S: Service<http::Request<B>, Response = http::Response<R>> + Clone + Send + 'static,
     S::Future: Send,
     S::Error: Into<BoxError>,
     B: Send + 'static,
@@ -144,10 +146,12 @@ where
             };
             let method = req.method().as_str().to_owned();
             let call = htu.as_deref().map(|htu| (method.as_str(), htu));
-            credentials
+            let sent = credentials
                 .apply_call(req.headers_mut(), host.as_deref(), caller.as_ref(), call)
                 .await?;
-            inner.call(req).await.map_err(Into::into)
+            let res = inner.call(req).await.map_err(Into::into)?;
+            sent.answered(res.status(), res.headers());
+            Ok(res)
         })
     }
 }

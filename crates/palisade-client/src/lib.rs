@@ -49,9 +49,11 @@
 //!     .redirect(reqwest::redirect::Policy::none())
 //!     .build()?;
 //! let mut req = client.get("http://reviews.default.svc.cluster.local:9080/reviews/0").build()?;
-//! upstreams.apply(&mut req, CallerToken::from_headers(inbound).as_ref()).await?;
+//! let sent = upstreams.apply(&mut req, CallerToken::from_headers(inbound).as_ref()).await?;
 //! let res = client.execute(req).await?;
-//! # let _ = res; Ok(()) }
+//! // A cached token the upstream refuses is not sent again.
+//! sent.answered_by(&res);
+//! # Ok(()) }
 //! ```
 
 mod caller;
@@ -63,6 +65,7 @@ mod grant;
 mod kerberos;
 mod layer;
 mod policy;
+mod sent;
 mod upstreams;
 
 pub use caller::CallerToken;
@@ -73,6 +76,7 @@ pub use grant::{ClientCredentials, ClientCredentialsBuilder};
 #[cfg(feature = "spnego")]
 pub use kerberos::{Kerberos, KerberosCaller, S4uUsers};
 pub use layer::{CredentialsLayer, CredentialsService};
+pub use sent::Sent;
 pub use upstreams::{Credentials, Upstreams, UpstreamsBuilder};
 
 /// The `tracing` target of this crate's events.

@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::endpoint::Granted;
-use crate::{CallerToken, ClientCredentials, ClientError, LOG_TARGET, TokenExchange};
+use crate::{CallerToken, ClientCredentials, ClientError, LOG_TARGET, Sent, TokenExchange};
 
 /// What an outbound call to a host carries.
 #[derive(Clone, Debug, Default)]
@@ -44,7 +44,7 @@ impl Credentials {
         host: Option<&str>,
         caller: Option<&CallerToken>,
     ) -> Result<Option<Arc<str>>, ClientError> {
-        let Some((value, _)) = self.value(host, caller, None).await? else {
+        let Some((value, _, _)) = self.value(host, caller, None).await? else {
             return Ok(None);
         };
         // Every value was made from a string.
@@ -59,7 +59,8 @@ impl Credentials {
     /// this credential sends, marked sensitive, or removes it when nothing
     /// is to be sent: what [`CredentialsLayer`](crate::CredentialsLayer) and
     /// [`Upstreams::apply`] do, for a client that chose the credential
-    /// itself.
+    /// itself. Tell the returned [`Sent`] the upstream's answer, so a
+    /// cached token it refuses is not sent again.
     ///
     /// # Errors
     /// As [`authorization`](Self::authorization): the request must then
@@ -69,7 +70,7 @@ impl Credentials {
         headers: &mut http::HeaderMap,
         host: Option<&str>,
         caller: Option<&CallerToken>,
-    ) -> Result<(), ClientError> {
+    ) -> Result<Sent, ClientError> {
         self.apply_call(headers, host, caller, None).await
     }
 
@@ -89,7 +90,8 @@ impl Credentials {
     /// host), with the request's method and URL for the `DPoP` proof a
     /// DPoP-bound token needs: what a client that chose the credential
     /// itself calls when the URL's host is not the upstream's name (an
-    /// address the name resolves to, say).
+    /// address the name resolves to, say). Tell the returned [`Sent`] the
+    /// upstream's answer ([`Sent::answered_by`]).
     ///
     /// # Errors
     /// As [`authorization`](Self::authorization): the request must then
@@ -99,7 +101,7 @@ impl Credentials {
         req: &mut reqwest::Request,
         host: Option<&str>,
         caller: Option<&CallerToken>,
-    ) -> Result<(), ClientError> {
+    ) -> Result<Sent, ClientError> {
         let host = host
             .map(str::to_owned)
             .or_else(|| req.url().host_str().map(str::to_owned));
@@ -117,44 +119,45 @@ impl Credentials {
         host: Option<&str>,
         caller: Option<&CallerToken>,
         call: Option<(&str, &str)>,
-    ) -> Result<(), ClientError> {
+    ) -> Result<Sent, ClientError> {
         headers.remove("dpop");
         match self.value(host, caller, call).await? {
-            Some((value, proof)) => {
+            Some((value, proof, sent)) => {
                 headers.insert(http::header::AUTHORIZATION, value);
                 if let Some(proof) = proof {
                     headers.insert("dpop", proof);
                 }
+                Ok(sent)
             }
             None => {
                 headers.remove(http::header::AUTHORIZATION);
+                Ok(Sent::default())
             }
         }
-        Ok(())
     }
 
     /// The `Authorization` value for a call to `host`, marked sensitive
     /// (the grants' cached ones are cloned: a reference count), and the
-    /// `DPoP` proof of a DPoP-bound token for `call` (method, `htu`);
-    /// `None` when nothing is to be sent.
+    /// `DPoP` proof of a DPoP-bound token for `call` (method, `htu`), and
+    /// what to tell of the answer; `None` when nothing is to be sent.
     async fn value(
         &self,
         host: Option<&str>,
         caller: Option<&CallerToken>,
         call: Option<(&str, &str)>,
-    ) -> Result<Option<(http::HeaderValue, Option<http::HeaderValue>)>, ClientError> {
+    ) -> Result<Option<(http::HeaderValue, Option<http::HeaderValue>, Sent)>, ClientError> {
         let _ = host; // read by Kerberos only
         let made = |text: String, what: &str| {
             let mut value = http::HeaderValue::try_from(text)
                 .map_err(|_| ClientError::Config(format!("{what} cannot be sent in a header")))?;
             value.set_sensitive(true);
-            Ok::<_, ClientError>(Some((value, None)))
+            Ok::<_, ClientError>(Some((value, None, Sent::default())))
         };
         // A granted token, with its proof when it is DPoP-bound.
-        let granted = |g: &Granted| {
+        let granted = |g: &Granted, sent: Sent| {
             match (&g.dpop, call) {
-            (None, _) => Ok(Some((g.value.clone(), None))),
-            (Some(_), Some((method, htu))) => Ok(Some((g.value.clone(), g.proof(method, htu)))),
+            (None, _) => Ok(Some((g.value.clone(), None, sent))),
+            (Some(_), Some((method, htu))) => Ok(Some((g.value.clone(), g.proof(method, htu), sent))),
             (Some(_), None) => Err(ClientError::Config(
                 "a DPoP-bound token is sent with a proof of the call: use Credentials::apply_request, Upstreams::apply or CredentialsLayer, which know the call's method and URI".into(),
             )),
@@ -163,10 +166,15 @@ impl Credentials {
         match self {
             Credentials::None => Ok(None),
             Credentials::Caller => made(format!("Bearer {}", bearer(caller)?), "the caller's token"),
-            Credentials::ClientCredentials(c) => granted(&*c.granted().await?),
+            Credentials::ClientCredentials(c) => {
+                let g = c.granted().await?;
+                granted(&g, Sent::own(c, &g.value))
+            }
             Credentials::TokenExchange(x) => {
                 let token = caller.ok_or(ClientError::NoCallerToken)?;
-                granted(&*x.granted(token).await?)
+                let key = token.shared().ok_or(ClientError::NoCallerToken)?;
+                let g = x.granted(token).await?;
+                granted(&g, Sent::exchanged(x, key, &g.value))
             }
             #[cfg(feature = "spnego")]
             Credentials::Kerberos(k) => made(
@@ -353,7 +361,9 @@ impl Upstreams {
     /// redirect to the same host and port by another scheme, so an
     /// `https` upstream answering `302 http://…` would have the token sent
     /// in clear, and a credential chosen for one host is never re-chosen
-    /// for the next.
+    /// for the next. Tell the returned [`Sent`] the upstream's answer
+    /// ([`Sent::answered_by`]), so a cached token it refuses is not sent
+    /// again.
     ///
     /// # Errors
     /// As [`Credentials::authorization`]: the request must then not be
@@ -362,7 +372,7 @@ impl Upstreams {
         &self,
         req: &mut reqwest::Request,
         caller: Option<&CallerToken>,
-    ) -> Result<(), ClientError> {
+    ) -> Result<Sent, ClientError> {
         let credentials = self.for_call(Some(req.url().scheme()), req.url().host_str().unwrap_or_default());
         credentials.apply_request(req, None, caller).await
     }

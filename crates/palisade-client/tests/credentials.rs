@@ -173,7 +173,7 @@ type Seen = Arc<Mutex<Vec<Option<String>>>>;
 
 /// A client service that records the `Authorization` header it is sent.
 fn recorder() -> (
-    impl Service<http::Request<()>, Response = (), Error = Infallible, Future = impl Send>
+    impl Service<http::Request<()>, Response = http::Response<()>, Error = Infallible, Future = impl Send>
     + Clone
     + Send
     + 'static,
@@ -189,7 +189,7 @@ fn recorder() -> (
                 .get(http::header::AUTHORIZATION)
                 .map(|v| v.to_str().unwrap().to_owned());
             log.lock().unwrap().push(auth);
-            Ok::<_, Infallible>(())
+            Ok::<_, Infallible>(http::Response::new(()))
         }
     });
     (svc, seen)
@@ -261,6 +261,118 @@ async fn the_layer_attaches_what_each_host_gets_and_sends_nothing_without_a_need
         .insert(CallerToken::new("the-users-token"));
     fixed.oneshot(path_only).await.unwrap();
     assert_eq!(seen.lock().unwrap()[0].as_deref(), Some("Bearer the-users-token"));
+}
+
+/// What a refusing upstream answers: 401 with this challenge, or (`None`)
+/// 200.
+type Answer = Arc<Mutex<Option<&'static str>>>;
+
+/// An upstream that answers as its [`Answer`] says, and records each
+/// call's `Authorization`.
+fn refusing_upstream() -> (
+    impl Service<http::Request<()>, Response = http::Response<()>, Error = Infallible, Future = impl Send>
+    + Clone
+    + Send
+    + 'static,
+    Seen,
+    Answer,
+) {
+    let (seen, answer) = (Seen::default(), Answer::default());
+    let (log, says) = (Arc::clone(&seen), Arc::clone(&answer));
+    let svc = tower::service_fn(move |req: http::Request<()>| {
+        let (log, says) = (Arc::clone(&log), Arc::clone(&says));
+        async move {
+            let auth = req
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .map(|v| v.to_str().unwrap().to_owned());
+            log.lock().unwrap().push(auth);
+            let mut res = http::Response::new(());
+            if let Some(challenge) = *says.lock().unwrap() {
+                *res.status_mut() = http::StatusCode::UNAUTHORIZED;
+                res.headers_mut()
+                    .insert(http::header::WWW_AUTHENTICATE, challenge.parse().unwrap());
+            }
+            Ok::<_, Infallible>(res)
+        }
+    });
+    (svc, seen, answer)
+}
+
+/// Spring Security's answer to an upstream that refuses the workload's
+/// token (revoked, signed with a retired key): the layer drops it and the
+/// next call gets a new one; not a fresh one, which a new token would not
+/// mend, and not for a refusal that blames something else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_the_upstream_refuses_is_dropped_once_past_its_first_quarter() {
+    // Tokens that live 8 s: fresh for their first 2 s.
+    let issuer = issuer(Duration::from_secs(8));
+    let own = Credentials::ClientCredentials(grant(&issuer, Duration::from_secs(1)));
+    let (upstream, seen, answer) = refusing_upstream();
+    let svc = CredentialsLayer::new(Upstreams::builder().host("details", own).build()).layer(upstream);
+    let call = || {
+        svc.clone().oneshot(
+            http::Request::get("http://details:9080/details/0")
+                .body(())
+                .unwrap(),
+        )
+    };
+    let answers = |challenge: Option<&'static str>| *answer.lock().unwrap() = challenge;
+    answers(Some("Bearer error=\"invalid_token\""));
+    call().await.unwrap();
+    call().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    answers(Some("Bearer realm=\"details\", error=\"invalid_request\""));
+    call().await.unwrap();
+    call().await.unwrap();
+    answers(Some(
+        "Bearer realm=\"details\", error=\"invalid_token\", error_description=\"revoked\"",
+    ));
+    call().await.unwrap();
+    answers(None);
+    call().await.unwrap();
+    call().await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    let first = &seen[0];
+    assert!(
+        seen[..5].iter().all(|t| t == first),
+        "a fresh token, or one refused for the call's fault, is kept"
+    );
+    assert_ne!(&seen[5], first, "the refused token was sent again");
+    assert_eq!(seen[6], seen[5], "the new one is kept");
+    assert_eq!(issuer.client_credentials_grants(), 2);
+}
+
+/// The same for a token exchanged for the caller's, told by hand (as a
+/// `reqwest` client does): only that caller's exchange is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exchanged_token_the_upstream_refuses_is_exchanged_again() {
+    let (issuer, exchange) = short_exchange();
+    let upstreams = Upstreams::builder()
+        .host("reviews", Credentials::TokenExchange(exchange.clone()))
+        .build();
+    let alice = CallerToken::new(&issuer.token().subject("alice").audience("productpage").sign());
+    let bob = CallerToken::new(&issuer.token().subject("bob").audience("productpage").sign());
+    let client = reqwest::Client::new();
+    let apply = async |caller: &CallerToken| {
+        let mut req = client.get("http://reviews:9080/reviews/0").build().unwrap();
+        let sent = upstreams.apply(&mut req, Some(caller)).await.unwrap();
+        (req.headers()[http::header::AUTHORIZATION].clone(), sent)
+    };
+    let (alices, sent) = apply(&alice).await;
+    let (bobs, _) = apply(&bob).await;
+    let refused = http::StatusCode::UNAUTHORIZED;
+    sent.answered(refused, &http::HeaderMap::new());
+    assert_eq!(apply(&alice).await.0, alices, "fresh: kept");
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    sent.answered(http::StatusCode::FORBIDDEN, &http::HeaderMap::new());
+    assert_eq!(apply(&alice).await.0, alices, "403 is no refusal of the token");
+    sent.answered(refused, &http::HeaderMap::new());
+    let again = apply(&alice).await.0;
+    assert_ne!(again, alices, "exchanged again");
+    assert_eq!(apply(&bob).await.0, bobs, "another caller's exchange is kept");
+    assert_eq!(issuer.token_exchanges(), 3);
+    assert!(!format!("{sent:?}").contains("Bearer"), "{sent:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,191 @@
+//! What a call carried, to be told how the upstream answered: [`Sent`].
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::{ClientCredentials, TokenExchange};
+
+/// What [`Credentials::apply`](crate::Credentials::apply) (and
+/// [`Upstreams::apply`](crate::Upstreams::apply),
+/// [`Credentials::apply_request`](crate::Credentials::apply_request)) put
+/// on a call, to be told the upstream's answer with
+/// [`answered`](Self::answered): a cached token the upstream refuses (401,
+/// its challenge naming no error but `invalid_token`) is dropped, so the
+/// next call gets a new one, as Spring Security's OAuth2 client removes an
+/// authorized client an upstream refuses. A revoked token, or one signed
+/// with a key the issuer has since retired, so costs one refused call, not
+/// every call until it expires. A token in the first quarter of its life,
+/// or granted less than 30 s before, is kept: a new one would be refused
+/// alike (an audience, a clock), and an upstream that refuses every token
+/// so costs the issuer one grant per 30 s (four per lifetime of a token
+/// that lives less than two minutes) at most.
+/// [`CredentialsLayer`](crate::CredentialsLayer) does this itself. Only
+/// the grants' tokens are cached: for the others (the caller's token,
+/// Kerberos, nothing) the answer changes nothing.
+///
+/// `Debug` prints no token.
+#[derive(Clone, Default)]
+pub struct Sent(Option<Cached>);
+
+/// A cached token that went out, and where it is cached.
+#[derive(Clone)]
+enum Cached {
+    Own(ClientCredentials, http::HeaderValue),
+    Exchanged(TokenExchange, Arc<str>, http::HeaderValue),
+}
+
+impl Sent {
+    /// The workload's own token, sent as `value`.
+    pub(crate) fn own(grant: &ClientCredentials, value: &http::HeaderValue) -> Self {
+        Self(Some(Cached::Own(grant.clone(), value.clone())))
+    }
+
+    /// A token exchanged for `caller`'s, sent as `value`.
+    pub(crate) fn exchanged(exchange: &TokenExchange, caller: &Arc<str>, value: &http::HeaderValue) -> Self {
+        Self(Some(Cached::Exchanged(
+            exchange.clone(),
+            Arc::clone(caller),
+            value.clone(),
+        )))
+    }
+
+    /// Tells the credential how the upstream answered the call: its status
+    /// and headers (`WWW-Authenticate`).
+    pub fn answered(&self, status: http::StatusCode, headers: &http::HeaderMap) {
+        let Some(cached) = &self.0 else { return };
+        if !refuses_token(status, headers) {
+            return;
+        }
+        match cached {
+            Cached::Own(grant, value) => grant.refused(value),
+            Cached::Exchanged(exchange, caller, value) => exchange.refused(caller, value),
+        }
+    }
+
+    /// [`answered`](Self::answered) with a `reqwest` response.
+    pub fn answered_by(&self, response: &reqwest::Response) {
+        self.answered(response.status(), response.headers());
+    }
+}
+
+impl fmt::Debug for Sent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match &self.0 {
+            None => "nothing cached",
+            Some(Cached::Own(..)) => "the workload's token",
+            Some(Cached::Exchanged(..)) => "an exchanged token",
+        };
+        f.debug_tuple("Sent").field(&what).finish()
+    }
+}
+
+/// Whether an answer refuses the token it was sent: 401, unless a
+/// challenge names another error than `invalid_token` (RFC 6750 §3.1:
+/// `invalid_request` is the call's fault; RFC 9449's `use_dpop_nonce`
+/// asks for a nonce, the token is fine).
+fn refuses_token(status: http::StatusCode, headers: &http::HeaderMap) -> bool {
+    status == http::StatusCode::UNAUTHORIZED
+        && headers
+            .get_all(http::header::WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(errors)
+            .all(|e| e == "invalid_token")
+}
+
+/// The `error` parameters of a `WWW-Authenticate` value's challenges,
+/// read past quoted strings (an `error_description` may hold commas, or
+/// `error=`).
+fn errors(value: &str) -> Vec<&str> {
+    let b = value.as_bytes();
+    let is_token = |c: u8| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c);
+    let spaces = |mut i: usize| {
+        while b.get(i) == Some(&b' ') || b.get(i) == Some(&b'\t') {
+            i += 1;
+        }
+        i
+    };
+    // The end of a quoted string that opens at `i`, past its closing quote.
+    let quoted_end = |mut i: usize| {
+        i += 1;
+        while i < b.len() && b[i] != b'"' {
+            i += if b[i] == b'\\' { 2 } else { 1 };
+        }
+        (i + 1).min(b.len())
+    };
+    let mut found = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'"' {
+            i = quoted_end(i);
+            continue;
+        }
+        let start = i;
+        while i < b.len() && is_token(b[i]) {
+            i += 1;
+        }
+        if i == start {
+            i += 1;
+            continue;
+        }
+        let name = &value[start..i];
+        let eq = spaces(i);
+        if b.get(eq) != Some(&b'=') {
+            continue;
+        }
+        let at = spaces(eq + 1);
+        let (found_value, next) = if b.get(at) == Some(&b'"') {
+            let end = quoted_end(at);
+            (value.get(at + 1..end.saturating_sub(1)).unwrap_or(""), end)
+        } else {
+            let mut end = at;
+            while end < b.len() && is_token(b[end]) {
+                end += 1;
+            }
+            (&value[at..end], end.max(at + 1))
+        };
+        if name.eq_ignore_ascii_case("error") {
+            found.push(found_value);
+        }
+        i = next;
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16, challenges: &[&str]) -> bool {
+        let mut headers = http::HeaderMap::new();
+        for c in challenges {
+            headers.append(http::header::WWW_AUTHENTICATE, c.parse().unwrap());
+        }
+        refuses_token(http::StatusCode::from_u16(status).unwrap(), &headers)
+    }
+
+    #[test]
+    fn a_401_refuses_the_token_unless_its_challenge_blames_something_else() {
+        assert!(answer(401, &[]));
+        assert!(answer(401, &["Bearer realm=\"details\""]));
+        assert!(answer(
+            401,
+            &["Bearer realm=\"details\", error=\"invalid_token\", error_description=\"expired\""]
+        ));
+        assert!(answer(401, &["Bearer error=invalid_token", "Negotiate"]));
+        assert!(!answer(401, &["DPoP error=\"use_dpop_nonce\", algs=\"ES256\""]));
+        assert!(!answer(401, &["Bearer error=\"invalid_request\""]));
+        assert!(!answer(403, &["Bearer error=\"insufficient_scope\""]));
+        assert!(!answer(200, &[]));
+        assert!(!answer(500, &[]));
+        // A description that holds `error=` or commas is not a parameter.
+        assert!(answer(
+            401,
+            &["Bearer error_description=\"a, error=invalid_request\", error=\"invalid_token\""]
+        ));
+        assert!(!answer(
+            401,
+            &["Bearer error_description=\"say \\\"error=invalid_token\\\"\", error=\"invalid_request\""]
+        ));
+    }
+}
