@@ -15,7 +15,9 @@
 //!   begins within the idle timeout;
 //! - a connection whose client takes none of an answer for the write
 //!   timeout is closed, and an HTTP/2 stream whose flow-control window
-//!   stays shut that long is reset;
+//!   stays shut that long is reset (its answer is handed to hyper 16 KiB
+//!   at a time, so a window opened bit by bit is progress; the last piece
+//!   of an answer is the idle timeout's to bound);
 //! - request bodies pass [`BodyLimitLayer`], answered 413 beyond the limit;
 //! - [`Handshake`] (TLS, in `palisade-mtls`) is bounded by the handshake
 //!   timeout.
@@ -227,7 +229,17 @@ where
 fn reason(e: &(dyn std::error::Error + 'static)) -> &'static str {
     let mut source = Some(e);
     while let Some(e) = source {
-        if let Some(Late(why)) = e.downcast_ref::<Late>() {
+        let late = e.downcast_ref::<Late>().or_else(|| {
+            e.downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::get_ref)
+                .and_then(|inner| inner.downcast_ref::<Late>())
+        });
+        if let Some(Late(why)) = late {
+            return why;
+        }
+        // h2 keeps an I/O error's text only.
+        let text = e.to_string();
+        if let Some(why) = [HEAD_LATE, WRITE_LATE].into_iter().find(|why| text.contains(why)) {
             return why;
         }
         source = e.source();
@@ -255,6 +267,8 @@ fn late(why: &'static str) -> std::io::Error {
 
 /// Why a connection whose client read nothing for the write timeout closed.
 const WRITE_LATE: &str = "the client took none of the answer for the write timeout";
+/// Why a connection without a complete request head in time closed.
+const HEAD_LATE: &str = "no complete request head in time";
 
 /// One connection's HTTP/1.1 or HTTP/2 (by its first bytes: the h2 preface,
 /// whether ALPN chose h2 or a plaintext caller has prior knowledge) with
@@ -275,6 +289,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let activity = Arc::new(Activity::new());
+    let activity_of_streams = Arc::clone(&activity);
     let io = Deadlines::new(io, activity.clone(), limits);
     let extensions = request_extensions(info);
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -296,11 +311,13 @@ where
                 body,
                 in_flight,
                 flow,
+                rest: None,
             }))
         }
     });
     let mut http = hyper_util::server::conn::auto::Builder::new(Streams {
         write: limits.write(),
+        activity: activity_of_streams,
     });
     // The deadlines are `Deadlines`': hyper's own header-read timer also
     // runs while the connection is idle, which would make it the idle
@@ -351,6 +368,9 @@ struct Activity {
     h2: AtomicBool,
     /// When a request last ended, in nanoseconds after `opened`.
     ended: AtomicU64,
+    /// When a write that waited for the client last went on, likewise (0:
+    /// never).
+    written: AtomicU64,
     opened: Instant,
 }
 
@@ -360,7 +380,22 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             h2: AtomicBool::new(false),
             ended: AtomicU64::new(0),
+            written: AtomicU64::new(0),
             opened: Instant::now(),
+        }
+    }
+
+    /// Notes that a write that waited went on at `now`.
+    fn wrote(&self, now: Instant) {
+        let at = u64::try_from(now.saturating_duration_since(self.opened).as_nanos()).unwrap_or(u64::MAX);
+        self.written.store(at.max(1), Ordering::Release);
+    }
+
+    /// When a write that waited last went on.
+    fn written(&self) -> Option<Instant> {
+        match self.written.load(Ordering::Acquire) {
+            0 => None,
+            at => Some(self.opened + Duration::from_nanos(at)),
         }
     }
 
@@ -405,31 +440,78 @@ pin_project_lite::pin_project! {
         body: B,
         in_flight: InFlight,
         flow: Option<Arc<Flow>>,
+        // HTTP/2: what is left of a data frame handed over in pieces.
+        rest: Option<Bytes>,
     }
 }
 
-impl<B: http_body::Body> http_body::Body for Tracked<B> {
-    type Data = B::Data;
+/// The most of a data frame an HTTP/2 answer hands over at once (h2's
+/// default frame size): hyper asks for the next piece once the client's
+/// window has taken the last, so a client that keeps reading makes
+/// progress the write timeout sees, however large the application's
+/// chunks, and at most this much is left unwatched when the answer ends.
+const PIECE: usize = 16 * 1024;
+
+impl<B: http_body::Body<Data = Bytes>> http_body::Body for Tracked<B> {
+    type Data = Bytes;
     type Error = B::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, B::Error>>> {
         let this = self.project();
-        let polled = this.body.poll_frame(cx);
-        if let Some(flow) = this.flow {
-            flow.handed(matches!(&polled, Poll::Ready(Some(Ok(frame))) if frame.is_data()));
+        let Some(flow) = this.flow else {
+            return this.body.poll_frame(cx);
+        };
+        if let Some(rest) = this.rest {
+            let piece = if rest.len() > PIECE {
+                rest.split_to(PIECE)
+            } else {
+                std::mem::take(rest)
+            };
+            if rest.is_empty() {
+                *this.rest = None;
+            }
+            flow.handed(true);
+            return Poll::Ready(Some(Ok(http_body::Frame::data(piece))));
         }
-        polled
+        let polled = this.body.poll_frame(cx);
+        let Poll::Ready(Some(Ok(frame))) = polled else {
+            flow.handed(false);
+            return polled;
+        };
+        match frame.into_data() {
+            Ok(mut data) => {
+                if data.len() > PIECE {
+                    *this.rest = Some(data.split_off(PIECE));
+                }
+                flow.handed(true);
+                Poll::Ready(Some(Ok(http_body::Frame::data(data))))
+            }
+            Err(trailers) => {
+                flow.handed(false);
+                Poll::Ready(Some(Ok(trailers)))
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.rest.is_none() && self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
+        let inner = self.body.size_hint();
+        let Some(rest) = &self.rest else {
+            return inner;
+        };
+        let held = rest.len() as u64;
+        let mut hint = http_body::SizeHint::new();
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper.saturating_add(held));
+        }
+        hint.set_lower(inner.lower().saturating_add(held));
+        hint
     }
 }
 
@@ -439,9 +521,11 @@ tokio::task_local! {
 }
 
 /// What an HTTP/2 stream's answer body tells the stream's task: hyper
-/// polls the body for its next frame only once the client's flow-control
-/// window has room, so a body whose last poll handed over a frame, and
-/// that has not been polled since, waits for the client.
+/// polls the body for its next frame only once what it handed over last
+/// has room in the stream's send capacity (the client's flow-control
+/// windows, h2's send buffer), so a body whose last poll handed over a
+/// frame, and that has not been polled since, waits for the client, or
+/// for the connection's writes, which the connection times.
 #[derive(Debug, Default)]
 struct Flow {
     /// Data frames handed over.
@@ -462,12 +546,16 @@ impl Flow {
 
 /// The executor of a connection's HTTP/2 streams (hyper spawns a task for
 /// each): a stream whose answer waits for the client's flow-control window
-/// for the write timeout is dropped, which resets it (`CANCEL`), as nginx's
+/// for the write timeout, while the connection's writes do not wait
+/// either, is dropped, which resets it (`CANCEL`), as nginx's
 /// `send_timeout` ends it. The connection's other streams go on, and its
-/// deadlines count again once no request is in progress.
-#[derive(Clone, Copy, Debug)]
+/// deadlines count again once no request is in progress. (h2 resets a
+/// stream nobody holds: a handler that handed the request body to a task
+/// of its own keeps the stream until that task lets it go.)
+#[derive(Clone)]
 struct Streams {
     write: Duration,
+    activity: Arc<Activity>,
 }
 
 impl<F> hyper::rt::Executor<F> for Streams
@@ -478,6 +566,7 @@ where
         tokio::spawn(Watched {
             stream,
             flow: Arc::default(),
+            activity: Arc::clone(&self.activity),
             timeout: self.write,
             seen: 0,
             since: None,
@@ -492,6 +581,7 @@ pin_project_lite::pin_project! {
         #[pin]
         stream: F,
         flow: Arc<Flow>,
+        activity: Arc<Activity>,
         timeout: Duration,
         // The frames handed over when the wait began, and since when it
         // waits.
@@ -527,6 +617,9 @@ impl<F: Future<Output = ()>> Future for Watched<F> {
                 *this.since.insert(Instant::now())
             }
         };
+        // A stream held up by a connection whose writes wait is the
+        // connection's to time: while they go on, so may it.
+        let since = this.activity.written().map_or(since, |w| w.max(since));
         let due = after(since, *this.timeout);
         let timer = this
             .timer
@@ -591,7 +684,6 @@ impl<I> Deadlines<I> {
             idle: limits.idle(),
             writes: WriteClock {
                 waiting: None,
-                written: None,
                 timeout: limits.write(),
                 timer: None,
             },
@@ -608,8 +700,6 @@ impl<I> Deadlines<I> {
 struct WriteClock {
     /// Since when a write waits for the client.
     waiting: Option<Instant>,
-    /// When a write that waited last went on.
-    written: Option<Instant>,
     timeout: Duration,
     /// Made the first time a write waits: most connections never do.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -618,11 +708,13 @@ struct WriteClock {
 impl WriteClock {
     /// Notes a write's outcome (a write that never waits costs no clock
     /// read), failing one that has waited for the write timeout; after
-    /// progress, an idle connection's time counts again.
+    /// progress, noted in `activity`, an idle connection's time counts
+    /// again.
     fn note<T>(
         &mut self,
         result: Poll<std::io::Result<T>>,
         cx: &mut Context<'_>,
+        activity: &Activity,
         phase: Phase,
         since: &mut Instant,
     ) -> Poll<std::io::Result<T>> {
@@ -639,7 +731,7 @@ impl WriteClock {
             Poll::Ready(_) => {
                 if self.waiting.take().is_some() {
                     let now = Instant::now();
-                    self.written = Some(now);
+                    activity.wrote(now);
                     if phase == Phase::Idle {
                         *since = now;
                     }
@@ -690,7 +782,7 @@ impl<I: AsyncRead> AsyncRead for Deadlines<I> {
         {
             *this.phase = Phase::Idle;
             let ended = this.activity.ended();
-            *this.since = this.writes.written.map_or(ended, |w| w.max(ended));
+            *this.since = this.activity.written().map_or(ended, |w| w.max(ended));
         }
         let before = buf.filled().len();
         match this.io.poll_read(cx, buf) {
@@ -723,7 +815,7 @@ impl<I: AsyncRead> AsyncRead for Deadlines<I> {
                     Poll::Pending
                 }
                 Phase::Head if past(this.timer, after(*this.since, *this.header_read), cx) => {
-                    Poll::Ready(Err(late("no complete request head in time")))
+                    Poll::Ready(Err(late(HEAD_LATE)))
                 }
                 // The end of the stream: hyper lets an idle connection go.
                 Phase::Idle if past(this.timer, after(*this.since, *this.idle), cx) => {
@@ -740,20 +832,23 @@ impl<I: AsyncWrite> AsyncWrite for Deadlines<I> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         let this = self.project();
         let result = this.io.poll_write(cx, buf);
-        this.writes.note(result, cx, *this.phase, this.since)
+        this.writes
+            .note(result, cx, this.activity, *this.phase, this.since)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let this = self.project();
         let result = this.io.poll_flush(cx);
-        this.writes.note(result, cx, *this.phase, this.since)
+        this.writes
+            .note(result, cx, this.activity, *this.phase, this.since)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         // TLS writes its close_notify.
         let this = self.project();
         let result = this.io.poll_shutdown(cx);
-        this.writes.note(result, cx, *this.phase, this.since)
+        this.writes
+            .note(result, cx, this.activity, *this.phase, this.since)
     }
 
     fn poll_write_vectored(
@@ -763,7 +858,8 @@ impl<I: AsyncWrite> AsyncWrite for Deadlines<I> {
     ) -> Poll<std::io::Result<usize>> {
         let this = self.project();
         let result = this.io.poll_write_vectored(cx, bufs);
-        this.writes.note(result, cx, *this.phase, this.since)
+        this.writes
+            .note(result, cx, this.activity, *this.phase, this.since)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -1115,7 +1211,7 @@ mod tests {
         tcp.write_all(b"GET /endless HTTP/1.1\r\nhost: x\r\n\r\nGET / HTTP/1.1\r\nhost: x\r\n\r\n")
             .await
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(2500)).await;
+        tokio::time::sleep(Duration::from_secs(4)).await;
         // What the buffers hold, then the end: the server gave up writing.
         assert!(
             drains_to_the_end(&mut tcp, Duration::from_secs(10)).await,
@@ -1187,9 +1283,92 @@ mod tests {
         assert_eq!(end.and_then(|e| e.reason()), Some(h2::Reason::CANCEL));
         assert!(got <= 65_535, "{got}");
         drop(body);
-        // The connection's other streams are served.
+        // The connection's other streams are served, bodies included.
         let (answer, _) = client.send_request(get("/"), true).unwrap();
-        assert_eq!(answer.await.unwrap().status(), 200);
+        let mut body = answer.await.unwrap().into_body();
+        let hi = tokio::time::timeout(Duration::from_secs(5), body.data())
+            .await
+            .expect("no body")
+            .unwrap()
+            .unwrap();
+        assert_eq!(&hi[..], b"hi");
+    }
+
+    /// Two chunks of 256 KiB, then the end.
+    struct TwoLargeChunks(u8);
+
+    impl http_body::Body for TwoLargeChunks {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+            if self.0 == 2 {
+                return Poll::Ready(None);
+            }
+            self.0 += 1;
+            Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from(vec![
+                b'x';
+                256 * 1024
+            ])))))
+        }
+    }
+
+    #[tokio::test]
+    async fn an_http2_reader_that_keeps_opening_its_window_is_not_cut_for_large_chunks() {
+        let app = Router::new().route("/large", get(|| async { Body::new(TwoLargeChunks(0)) }));
+        let addr = serve_app(app, ServerLimits::default().write_timeout(Duration::from_secs(1))).await;
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(connection);
+        let request = Request::get("http://x/large").body(()).unwrap();
+        let (answer, _) = client.send_request(request, true).unwrap();
+        let mut body = answer.await.unwrap().into_body();
+        // 160 KiB a second: a chunk takes 1.6 s, longer than the write
+        // timeout, each 16 KiB a tenth of a second.
+        let started = Instant::now();
+        let mut got = 0usize;
+        while let Some(data) = body.data().await {
+            let data =
+                data.unwrap_or_else(|e| panic!("cut after {got} bytes in {:?}: {e}", started.elapsed()));
+            tokio::time::sleep(
+                Duration::from_millis(100) * u32::try_from(data.len().div_ceil(16 * 1024)).unwrap(),
+            )
+            .await;
+            got += data.len();
+            body.flow_control().release_capacity(data.len()).unwrap();
+        }
+        assert_eq!(got, 512 * 1024);
+        assert!(
+            started.elapsed() > Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn a_closed_connection_is_logged_with_the_deadline_it_missed() {
+        #[derive(Debug)]
+        struct Wrapped(std::io::Error);
+        impl std::fmt::Display for Wrapped {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("connection error")
+            }
+        }
+        impl std::error::Error for Wrapped {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        // hyper's HTTP/1 error holds the I/O error as its source.
+        assert_eq!(reason(&Wrapped(late(WRITE_LATE))), WRITE_LATE);
+        assert_eq!(reason(&late(HEAD_LATE)), HEAD_LATE);
+        // h2 keeps the I/O error's text only.
+        let h2 = std::io::Error::other(format!("stream error: {WRITE_LATE}"));
+        assert_eq!(reason(&h2), WRITE_LATE);
+        assert_eq!(reason(&std::io::Error::other("reset")), "HTTP connection error");
     }
 
     #[tokio::test]

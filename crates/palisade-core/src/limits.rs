@@ -117,11 +117,13 @@ impl ServerLimits {
     /// that went on: a client that stops reading a streamed or large
     /// answer, or (HTTP/2) leaves a stream's flow-control window shut, no
     /// longer holds its connection, or its stream, for good. The connection
-    /// is closed; an HTTP/2 stream alone is reset. A client that keeps
-    /// reading, however slowly, is not cut, with one caveat it shares with
-    /// nginx: Linux wakes a waiting writer when about a third of the
-    /// socket's send buffer has drained (up to a few megabytes), so a
-    /// reader must take that much within the timeout. Under
+    /// is closed; an HTTP/2 stream alone is reset (once the handler has let
+    /// go of its request body). A client that keeps reading, however
+    /// slowly, is not cut, with one caveat it shares with nginx: Linux
+    /// wakes a waiting writer when about a third of the socket's send
+    /// buffer has drained (up to a few megabytes), so a reader must take
+    /// that much within the timeout; an HTTP/2 stream's answer is handed
+    /// over 16 KiB at a time, so its window must open by that much. Under
     /// `palisade_axum::serve` (and `palisade_mtls::axum`); actix-web has no
     /// such timer.
     pub fn write_timeout(mut self, timeout: Duration) -> Self {
