@@ -331,13 +331,14 @@ async fn admin_listener(example: &str) {
         1.0,
         "{text}"
     );
-    // The failures' series too, at zero since start-up.
-    assert!(
-        text.contains(&format!(
-            "palisade_jwks_fetches_total{{issuer=\"{issuer_label}\",result=\"failure\"}} 0"
-        )),
-        "{text}"
-    );
+    // The failures' series too, at zero since start-up, and the series
+    // without an issuer (there whatever the file configures).
+    for series in [
+        format!("palisade_jwks_fetches_total{{issuer=\"{issuer_label}\",result=\"failure\"}} 0"),
+        "palisade_jwks_fetches_total{issuer=\"\",result=\"success\"} 0".to_owned(),
+    ] {
+        assert!(text.contains(&series), "{series}: {text}");
+    }
     assert_eq!(get("palisade_token_cache_total{result=\"hit\"}"), 2.0, "{text}");
     assert_eq!(get("palisade_check_duration_seconds_count"), 5.0, "{text}");
     assert!(

@@ -918,10 +918,13 @@ pub fn authorize_route(
         }
         tracing::debug!(target: LOG_TARGET, %access, "denied by route policy");
         let guard = auth.compiled();
-        match guard
+        let decision = guard
             .sign_in_or(req, guard.refusal(auth.identity(), access))
-            .for_request(Rendering::of(req))
-        {
+            .for_request(Rendering::of(req));
+        if !matches!(decision, Decision::Allow(_)) {
+            guard.tally(&decision);
+        }
+        match decision {
             Decision::Deny(r) => Err(Reply::from(r)),
             Decision::Reply(reply) => Err(reply),
             Decision::Allow(_) => Ok(()),

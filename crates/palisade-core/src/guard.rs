@@ -608,6 +608,12 @@ impl Compiled {
     /// Reports a decision and the time it took.
     fn count(&self, started: Option<quanta::Instant>, decision: &Decision) {
         self.metrics.finish(started);
+        self.tally(decision);
+    }
+
+    /// Counts a decision: the guard's, or a route policy's refusal of a
+    /// request the guard allowed (a refusal still, whoever made it).
+    pub(crate) fn tally(&self, decision: &Decision) {
         match decision {
             Decision::Allow(a) => self.metrics.decided(true, Some(a.auth().access())),
             Decision::Deny(r) => self.metrics.decided(false, r.access()),
@@ -1623,6 +1629,14 @@ spec:
             for t in [Some("Bearer good"), Some("Bearer good"), Some("Bearer bad"), None] {
                 let _ = guard.check(&req(t));
             }
+            // A route policy's refusal of a request the guard allowed is a
+            // deny too.
+            let Check::Ready(Decision::Allow(admitted)) = guard.check(&req(Some("Bearer good"))) else {
+                panic!("alice is allowed");
+            };
+            let admins = AccessPolicy::from(crate::authz::realm_role("admin"));
+            let refused = crate::adapter::authorize_route(&admins, Some(admitted.auth()), &req(None));
+            assert!(matches!(refused, Check::Ready(Err(r)) if r.status() == 403));
         });
         let mut counters = std::collections::BTreeMap::new();
         let mut durations = 0;
@@ -1643,19 +1657,20 @@ spec:
         let get = |k: &str| counters.get(k).copied().unwrap_or(0);
         assert_eq!(
             get("palisade_decisions_total{decision=allow,policy=default/only-alice,action=ALLOW}"),
-            2
+            3
         );
-        // The bad token and the missing one: refused before any policy decided.
-        assert_eq!(get("palisade_decisions_total{decision=deny,policy=,action=}"), 2);
+        // The bad token and the missing one, refused before any policy
+        // decided, and the route policy's refusal.
+        assert_eq!(get("palisade_decisions_total{decision=deny,policy=,action=}"), 3);
         assert_eq!(
             get("palisade_authentications_total{method=custom,result=success}"),
-            2
+            3
         );
         assert_eq!(
             get("palisade_authentications_total{method=custom,result=failure}"),
             1
         );
-        assert_eq!(durations, 4, "one duration per decision");
+        assert_eq!(durations, 5, "one duration per decision of the guard");
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //! | [`DECISIONS`] | counter | `decision` (`allow`, `deny`, `reply`), `policy`, `action` |
 //! | [`AUTHENTICATIONS`] | counter | `method` (`jwt`, `mtls`, `spnego`, `session`, `custom`), `result` (`success`, `failure`) |
 //! | [`CHECK_DURATION`] | histogram (seconds) | — |
-//! | [`JWKS_FETCHES`] | counter | `issuer`, `result` (`success`, `failure`; both at zero from the start, for each issuer whose keys are fetched) |
+//! | [`JWKS_FETCHES`] | counter | `issuer`, `result` (`success`, `failure`; both at zero from the start, for each issuer, and with an empty `issuer` from [`describe`]) |
 //! | [`TOKEN_CACHE`] | counter | `result` (`hit`, `miss`) |
 //! | [`INTROSPECTIONS`] | counter | `issuer`, `result` (`active`, `inactive`, `failure`) |
 //! | [`SPNEGO_BLOCKING`] | gauge | — |
@@ -27,7 +27,9 @@
 //! `reply` is any other answer Palisade gives in the application's place
 //! (a redirect to sign in, a sign-in callback). A route policy
 //! ([`adapter::authorize_route`](crate::adapter::authorize_route)) decides
-//! after the guard allowed: its refusals are not counted again. `policy` is the deciding policy (`NS/NAME`),
+//! after the guard allowed: its refusal (or redirect to sign in) is counted
+//! too, after the guard's `allow`, with `policy` and `action` empty.
+//! `policy` is the deciding policy (`NS/NAME`),
 //! empty when none decided (no policy applies, no `ALLOW` policy matched,
 //! a credential was refused); `action` is its action (`ALLOW`, `DENY`,
 //! `CUSTOM`), empty likewise.
@@ -73,8 +75,10 @@ pub const CHECK_DURATION_BUCKETS: &[f64] = &[
 ];
 
 /// Gives every metric above its description and unit in the installed
-/// recorder (the `# HELP` lines of Prometheus). Optional; call it once
-/// after installing the recorder.
+/// recorder (the `# HELP` lines of Prometheus), and puts the reload and
+/// key-fetch counters on it at zero (the fetches with an empty `issuer`),
+/// so that they are there before anything happened. Optional; call it
+/// once after installing the recorder.
 pub fn describe() {
     metrics::describe_counter!(DECISIONS, "Requests decided by the Palisade guard");
     metrics::describe_counter!(AUTHENTICATIONS, "Credentials checked, by method and result");
@@ -103,9 +107,12 @@ pub fn describe() {
     );
     metrics::describe_counter!(CONFIG_RELOADS, "Policy reloads, by result");
     // On /metrics from the start, at zero, whether the file is reloaded
-    // or not (the example services' contract lists it).
+    // or not, and whether any issuer's keys are fetched (the example
+    // services' contract lists both; an empty label is Prometheus's
+    // absent one).
     for result in ["success", "failure"] {
         metrics::counter!(CONFIG_RELOADS, "result" => result).increment(0);
+        metrics::counter!(JWKS_FETCHES, "issuer" => "", "result" => result).increment(0);
     }
 }
 

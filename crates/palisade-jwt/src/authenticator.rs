@@ -527,6 +527,9 @@ impl JwtAuthenticatorBuilder {
                     "no usable signature key".into(),
                 ));
             }
+            // The fetch counter's series from the start, at zero, whatever
+            // the keys' source (a tenant pattern's are labelled with it).
+            crate::jwks::count_no_fetches(&cfg.issuer);
             // A pattern whose tenants have keys of their own: those are
             // fetched per tenant; the provider's store stays empty.
             let per_tenant = cfg.tenants.is_some() && cfg.jwks.for_tenant(TENANT).is_some();

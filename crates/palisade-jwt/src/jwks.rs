@@ -533,6 +533,16 @@ pub(crate) struct Fetched {
     _task: FetchTask,
 }
 
+/// Puts both of `metric_issuer`'s fetch series on the recorder at zero (the
+/// example services' contract lists the counter), rather than only once a
+/// fetch has ended.
+pub(crate) fn count_no_fetches(metric_issuer: &str) {
+    for result in ["success", "failure"] {
+        metrics::counter!(JWKS_FETCHES, "issuer" => metric_issuer.to_owned(), "result" => result)
+            .increment(0);
+    }
+}
+
 type LiveStore = (String, JwksSource, FetchSettings, Weak<Fetched>);
 
 /// The store for `issuer` fetched from `source` with `settings`: a live
@@ -555,12 +565,7 @@ pub(crate) fn fetched_store(
     }
     let mut store = KeyStore::new(issuer, settings.clone(), None);
     metric_issuer.clone_into(&mut store.metric_issuer);
-    // Both series from the start, at zero (the example services' contract
-    // lists the counter), not only once a fetch has ended.
-    for result in ["success", "failure"] {
-        metrics::counter!(JWKS_FETCHES, "issuer" => metric_issuer.to_owned(), "result" => result)
-            .increment(0);
-    }
+    count_no_fetches(metric_issuer);
     let store = Arc::new(store);
     let task = FetchTask(
         jwks_runtime()?
