@@ -79,7 +79,10 @@ async fn main() {
         tokio::spawn(async move {
             health.set_serving::<RatingsServer<Arc<Store>>>().await;
         });
-        routes
+        // tonic answers an RPC sent with any method; gRPC's is POST, the one
+        // policies name (`methods: [POST]`): any other is 405 here, so a
+        // `PUT` cannot pass a DENY written for POST and run the RPC.
+        axum::Router::new().fallback_service(axum::routing::post_service(routes))
     })
     .await;
 }

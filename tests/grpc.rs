@@ -159,6 +159,24 @@ async fn ratings_over_h2c_answers_refusals_as_grpc_statuses_and_matches_grpc_pat
         .await
         .unwrap();
     assert_eq!(res.status(), 401);
+
+    // An RPC by another method than POST, which policies name, is not run
+    // (tonic would run it: a PUT would pass a DENY on POST).
+    let user = issuer.token().subject("alice").audience("ratings").sign();
+    let res = reqwest::Client::new()
+        .put(format!(
+            "http://{}/bookinfo.ratings.v1.Ratings/GetRatings",
+            svc.addr
+        ))
+        .bearer_auth(&user)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        // One uncompressed, empty message: product 0.
+        .body(vec![0u8; 5])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 405, "{:?}", res.headers());
 }
 
 #[tokio::test]

@@ -371,9 +371,10 @@ spec:
         } else {
             "/healthz"
         },
-        // gRPC health checks (POSTs) need no token either.
+        // gRPC health checks (POSTs) need no token either; `Watch`, a
+        // stream a caller may hold open, does.
         grpc_health = if workload.service == "ratings" {
-            "  - to: [{operation: {methods: [POST], paths: [/grpc.health.v1.Health/*]}}]\n"
+            "  - to: [{operation: {methods: [POST], paths: [/grpc.health.v1.Health/Check]}}]\n"
         } else {
             ""
         },

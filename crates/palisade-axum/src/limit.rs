@@ -27,7 +27,11 @@ use crate::{HttpHead, ResponseBody, answered, reply};
 /// too, and the request is answered 408 and its connection closed. The
 /// extractors' own default limit (`DefaultBodyLimit`) is set to the same
 /// number, so it is the one limit; a route's `DefaultBodyLimit` may lower
-/// it, not raise it.
+/// it, not raise it. A gRPC call is let through as it is: its body is its
+/// messages, for as long as the call lasts (a client stream may last
+/// hours and carry gigabytes), and tonic bounds each message
+/// (`max_decoding_message_size`, 4 MiB by default). A request without a
+/// body (most) needs neither limit nor clock.
 ///
 /// [`serve`](crate::serve()) adds it; with `axum::serve`, add it yourself
 /// around the whole router:
@@ -88,16 +92,9 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let declared = req.headers().get(CONTENT_LENGTH).map(http::HeaderValue::as_bytes);
-        if let Err(refusal) = self.limits.check_content_length(declared) {
-            return BodyLimitFuture {
-                kind: Kind::Refused {
-                    reply: Some(Rendering::of(&HttpHead::as_sent(&req)).render(refusal)),
-                },
-            };
-        }
-        // A request without a body (most) needs neither limit nor clock.
-        if req.body().is_end_stream() {
+        // A gRPC call's body is its messages, for as long as the call
+        // lasts (a stream may last hours); tonic bounds each message.
+        if req.body().is_end_stream() || palisade_core::adapter::is_grpc(&HttpHead::as_sent(&req)) {
             return BodyLimitFuture {
                 kind: Kind::Inner {
                     fut: self.inner.call(req.map(Body::new)),
@@ -107,8 +104,16 @@ where
                 },
             };
         }
+        let declared = req.headers().get(CONTENT_LENGTH).map(http::HeaderValue::as_bytes);
+        if let Err(refusal) = self.limits.check_content_length(declared) {
+            return BodyLimitFuture {
+                kind: Kind::Refused {
+                    reply: Some(Rendering::of(&HttpHead::as_sent(&req)).render(refusal)),
+                },
+            };
+        }
         // The 408 for a body too slow is the guard's kind of answer: none
-        // to a HEAD request, a gRPC status to a gRPC call.
+        // to a HEAD request.
         let rendering = Rendering::of(&HttpHead::as_sent(&req));
         let limit = self.limits.max_body();
         let late = Arc::new(AtomicBool::new(false));
@@ -286,7 +291,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn its_413_is_rendered_for_head_and_grpc_as_the_guard_renders_its_answers() {
+    async fn its_413_is_rendered_for_head_as_the_guard_renders_its_answers_and_not_for_grpc() {
         let declared = |method, content_type| {
             request(method, content_type)
                 .header("content-length", "11")
@@ -300,14 +305,14 @@ mod tests {
         assert_eq!(status, 413);
         assert!(body.is_empty(), "{body:?}");
         assert!(headers.get("grpc-status").is_none());
+        // A gRPC call's messages are tonic's to bound: let through.
         let (status, headers, body) = send(declared("POST", "application/grpc")).await;
-        assert_eq!(status, 200, "gRPC answers its errors with 200 and a grpc-status");
-        assert!(headers.get("grpc-status").is_some(), "{headers:?}");
-        assert!(body.is_empty(), "{body:?}");
+        assert_eq!((status, &body[..]), (200, &b"11"[..]));
+        assert!(headers.get("grpc-status").is_none(), "{headers:?}");
     }
 
     #[tokio::test]
-    async fn its_408_is_rendered_for_head_and_grpc_as_the_guard_renders_its_answers() {
+    async fn its_408_is_rendered_for_head_as_the_guard_renders_its_answers_and_not_for_grpc() {
         let stalled = |method, content_type| request(method, content_type).body(Stalled).unwrap();
         let (status, _, body) = send(stalled("POST", "text/plain")).await;
         assert_eq!(status, 408);
@@ -315,9 +320,12 @@ mod tests {
         let (status, _, body) = send(stalled("HEAD", "text/plain")).await;
         assert_eq!(status, 408);
         assert!(body.is_empty(), "{body:?}");
-        let (status, headers, body) = send(stalled("POST", "application/grpc")).await;
-        assert_eq!(status, 200);
-        assert!(headers.get("grpc-status").is_some(), "{headers:?}");
-        assert!(body.is_empty(), "{body:?}");
+        // A gRPC stream may be quiet for as long as the call lasts.
+        let waited = tokio::time::timeout(
+            Duration::from_millis(600),
+            send(stalled("POST", "application/grpc")),
+        )
+        .await;
+        assert!(waited.is_err(), "a quiet gRPC stream was cut: {waited:?}");
     }
 }

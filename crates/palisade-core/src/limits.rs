@@ -132,7 +132,10 @@ impl ServerLimits {
     }
 
     /// The largest request body, in bytes (default 2 MiB): a larger one is
-    /// answered 413.
+    /// answered 413. Neither this nor the body read timeout applies to a
+    /// gRPC call, whose body is its messages for as long as the call lasts
+    /// (the gRPC server bounds each message: tonic's
+    /// `max_decoding_message_size`).
     pub fn body_limit(mut self, bytes: usize) -> Self {
         self.body_limit = bytes;
         self
