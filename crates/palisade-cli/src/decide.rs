@@ -89,9 +89,34 @@ pub(crate) struct Outcome {
     pub(crate) reason: String,
     /// Refused for want of a credential.
     missing_credential: bool,
+    /// Who answered in the application's place (`Verdict::Reply`).
+    answered_by: Option<&'static str>,
 }
 
 impl Outcome {
+    /// Who answered an authenticator's reply: sign-in, for a path that is
+    /// one of its routes (`sign_in_route`, the route's reason), whatever its
+    /// status; otherwise a refusal (JWT's request for a DPoP nonce) is
+    /// one, and any other answer is JWT's own route (its protected-resource
+    /// metadata, the only other route an authenticator here answers).
+    fn answered(mut self, sign_in_route: Option<&str>) -> Self {
+        if self.verdict != Verdict::Reply {
+            return self;
+        }
+        match sign_in_route {
+            Some(reason) => {
+                reason.clone_into(&mut self.reason);
+                self.answered_by = Some("sign-in");
+            }
+            None if self.status >= 400 => self.verdict = Verdict::Deny,
+            None => {
+                self.answered_by = Some("jwt");
+                self.reason = "the JWT authenticator's protected-resource metadata (RFC 9728)".to_owned();
+            }
+        }
+        self
+    }
+
     /// `allow` or `deny`.
     pub(crate) fn decision(&self) -> &'static str {
         self.verdict.as_str()
@@ -103,7 +128,7 @@ impl Outcome {
         Explained {
             decision: self.decision(),
             status: self.status,
-            answered_by: (self.verdict == Verdict::Reply).then_some("sign-in"),
+            answered_by: self.answered_by,
             policy: access.and_then(AccessDecision::policy),
             rule: access.and_then(AccessDecision::rule),
             action: access.and_then(AccessDecision::action).map(Action::as_str),
@@ -222,13 +247,9 @@ impl Bench {
             Check::Ready(d) => d,
             Check::Pending(fut) => rt.block_on(fut),
         };
-        let mut outcome = outcome(decision);
+        let route = self.sign_in.as_ref().and_then(|s| s.route(head.path()));
+        let outcome = outcome(decision).answered(route.as_ref().map(|r| r.reason()));
         let w = label(&self.workload);
-        if outcome.verdict == Verdict::Reply
-            && let Some(route) = self.sign_in.as_ref().and_then(|s| s.route(head.path()))
-        {
-            outcome.reason = route.reason().to_owned();
-        }
         if outcome.access.as_ref().and_then(AccessDecision::action) == Some(Action::Custom) {
             notes.push(format!(
                 "{w}: a CUSTOM policy's external authorizer is not asked offline; it is taken to deny"
@@ -535,6 +556,7 @@ fn outcome(decision: Decision) -> Outcome {
             None => format!("answered {status} by an authenticator"),
         },
         missing_credential: rejection.is_some_and(|r| r.kind() == ErrorKind::MissingCredential),
+        answered_by: None,
     };
     match decision {
         Decision::Allow(admission) => {
@@ -546,6 +568,7 @@ fn outcome(decision: Decision) -> Outcome {
                 reason: access.to_string(),
                 access: Some(access),
                 missing_credential: false,
+                answered_by: None,
             }
         }
         Decision::Deny(rejection) => refused(rejection.status(), None, Some(&rejection)),
@@ -957,6 +980,37 @@ metadata: {name: users}
 spec:
   rules: [{from: [{source: {requestPrincipals: [\"*\"]}}]}]
 ";
+
+    #[test]
+    fn another_authenticators_answer_is_its_own_route_or_a_refusal_never_sign_ins() {
+        let metadata = format!(
+            "{SIGN_IN}---
+apiVersion: palisade.dev/v1alpha1
+kind: JwtSettings
+metadata: {{name: metadata}}
+spec:
+  resourceMetadata: {{resource: https://shop.example/details}}
+"
+        );
+        let o = decide_with(
+            &metadata,
+            request("GET /.well-known/oauth-protected-resource/details"),
+            &mut Vec::new(),
+        );
+        assert_eq!(
+            (o.verdict, o.status, o.answered_by),
+            (Verdict::Reply, 200, Some("jwt"))
+        );
+        // A refusal in an authenticator's own words (a DPoP nonce asked
+        // for) is a refusal, not an answer in the application's place.
+        let nonce = Reply::problem(401, "use-dpop-nonce", "DPoP nonce required", "a nonce is needed");
+        let o = outcome(Decision::Reply(nonce)).answered(None);
+        assert_eq!((o.verdict, o.status, o.answered_by), (Verdict::Deny, 401, None));
+        // Sign-in's routes are sign-in's, whatever their status.
+        let bad_callback = Reply::problem(400, "bad-callback", "Bad callback", "no state");
+        let o = outcome(Decision::Reply(bad_callback)).answered(Some("sign-in's callback"));
+        assert_eq!((o.verdict, o.answered_by), (Verdict::Reply, Some("sign-in")));
+    }
 
     #[test]
     fn sign_in_routes_are_answered_by_sign_in_whatever_the_policy_says() {

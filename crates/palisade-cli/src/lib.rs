@@ -25,7 +25,9 @@
 //!   back-channel logout), which a service with sign-in answers whatever
 //!   the policy says, are `allow` with `"answered_by": "sign-in"` and the
 //!   status sign-in answers with; a case expects them as `allow` (or,
-//!   stricter, `reply`).
+//!   stricter, `reply`). So is the JWT authenticator's protected-resource
+//!   metadata, with `"answered_by": "jwt"`; an authenticator's refusal in
+//!   its own words (a DPoP nonce asked for) is a `deny`.
 //!
 //!   `--claims` stands for a token with these claims, taken as signed and
 //!   current: the workload's JWT authenticator checks them as it checks a
@@ -45,7 +47,9 @@
 //!   malformed path or two tokens).
 //! - `test` runs a case file's cases through the same code and prints
 //!   each failed case, the rules no case reached, and `N passed, N failed`;
-//!   the exit status is 1 when a case failed or the case file is bad.
+//!   the exit status is 1 when a case failed or the case file is bad. A
+//!   case without `workload` is run for each workload the file names (one
+//!   case each, named `NAME (NS/APP)` when there are several).
 //!
 //! `--with FILE` (and a case file's `with:`) adds policy documents to
 //! FILE's, for a file that is a fragment: the issuer setup it leaves out.
