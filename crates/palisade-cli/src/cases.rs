@@ -182,7 +182,7 @@ fn try_run(args: &Test) -> Result<Report, Report> {
         .add_values(&file.with, &format!("{} `with`", cases_file.display()))
         .map_err(|e| unusable(&e, None))?;
     let named = workloads::named(&policy.set);
-    let cases = cases(file.cases, cases_file, &args.file, &named).map_err(bad)?;
+    let cases = cases(file.cases, cases_file, &named).map_err(bad)?;
     // Every workload of the file, so that their rules count too, and those
     // the cases name.
     let mut benches: Vec<Bench> = Vec::new();
@@ -303,12 +303,7 @@ fn read(path: &Path) -> Result<CaseFile, String> {
 
 /// Checks the cases of the case file at `path`; a problem is one line
 /// naming the file and the case.
-fn cases(
-    values: Vec<Value>,
-    path: &Path,
-    policy_file: &Path,
-    named: &[Workload],
-) -> Result<Vec<Case>, String> {
+fn cases(values: Vec<Value>, path: &Path, named: &[Workload]) -> Result<Vec<Case>, String> {
     let name = path.display();
     let mut cases = Vec::with_capacity(values.len());
     for (i, value) in values.into_iter().enumerate() {
@@ -393,7 +388,7 @@ fn cases(
                 },
                 expect: spec.expect,
                 status: spec.status,
-                dry_run: spec.dry_run.clone(),
+                dry_run: spec.dry_run,
                 notes: notes.clone(),
             });
         }
