@@ -15,7 +15,10 @@ ensure_pkg() { # ensure_pkg COMMAND PACKAGE... (COMMAND __x__: install, check no
   fi
   say "installing $* (for \`$cmd\`)"
   if [ -z "$apt_updated" ]; then need_root apt-get update -qq; apt_updated=1; fi
-  need_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  need_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null || {
+    echo "error: apt-get could not install $* (for \`$cmd\`): install \`$cmd\` by other means (README.md, Quick start) and run again" >&2
+    exit 1
+  }
   case "$cmd" in __*__) return 0 ;; esac
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || { echo "error: installing $* did not provide \`$cmd\`" >&2; exit 1; }
 }

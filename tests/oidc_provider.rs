@@ -25,7 +25,7 @@ fn start(port: u16, keys: &Path) -> OidcProvider {
 }
 
 fn new_key() -> Value {
-    let out = Command::new("node")
+    let out = Command::new(oidc_provider::node().expect("node is missing: run ./scripts/test"))
         .arg("gen-key.mjs")
         .current_dir(oidc_provider::dir())
         .output()

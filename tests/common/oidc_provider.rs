@@ -38,6 +38,16 @@ pub(crate) fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc-provider")
 }
 
+/// Node.js: the one ./scripts/test installed from the npm registry when
+/// the machine's is too old (scripts/node), else the machine's.
+pub(crate) fn node() -> Option<PathBuf> {
+    let ours = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/node/node_modules/.bin/node");
+    if ours.is_file() {
+        return Some(ours);
+    }
+    which("node")
+}
+
 fn which(cmd: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?
         .to_str()?
@@ -54,7 +64,7 @@ fn which(cmd: &str) -> Option<PathBuf> {
 /// When node or oidc-provider is not installed (with the line that installs
 /// them), or the provider exits before listening.
 pub(crate) fn start(port: u16, env: &[(&str, &str)]) -> OidcProvider {
-    let node = which("node").unwrap_or_else(|| {
+    let node = node().unwrap_or_else(|| {
         panic!("node is missing: run ./scripts/test (it installs nodejs with apt) or `apt-get install nodejs npm`")
     });
     assert!(
