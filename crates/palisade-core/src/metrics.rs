@@ -13,7 +13,7 @@
 //! | name | kind | labels |
 //! |---|---|---|
 //! | [`DECISIONS`] | counter | `decision` (`allow`, `deny`, `reply`), `policy`, `action` |
-//! | [`AUTHENTICATIONS`] | counter | `method` (`jwt`, `mtls`, `spnego`, `session`, `custom`), `result` (`success`, `failure`) |
+//! | [`AUTHENTICATIONS`] | counter | `method` (`jwt`, `mtls`, `spnego`, `session`, `custom`), `result` (`success`, `failure`; `mtls` failures are client certificates `palisade-mtls` refused in the handshake, its successes requests with a verified peer) |
 //! | [`CHECK_DURATION`] | histogram (seconds) | — |
 //! | [`JWKS_FETCHES`] | counter | `issuer`, `result` (`success`, `failure`; both at zero from the start, for each issuer, and with an empty `issuer` from [`describe`]) |
 //! | [`TOKEN_CACHE`] | counter | `result` (`hit`, `miss`) |

@@ -200,6 +200,11 @@ impl ServerTlsBuilder {
                 mode,
                 provider: provider.clone(),
                 trust_domains: self.trust_domains.into(),
+                refused: metrics::counter!(
+                    palisade_core::metrics::AUTHENTICATIONS,
+                    "method" => "mtls",
+                    "result" => "failure"
+                ),
             }))
             .with_cert_resolver(Arc::new(DynResolver(material.clone())));
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -485,6 +490,9 @@ struct DynVerifier {
     provider: Arc<CryptoProvider>,
     /// Empty: any the bundle signs for.
     trust_domains: Arc<[String]>,
+    /// Client certificates refused (`palisade_authentications_total`'s
+    /// mTLS failures; its successes are the guard's, per request).
+    refused: metrics::Counter,
 }
 
 impl fmt::Debug for DynVerifier {
@@ -492,6 +500,35 @@ impl fmt::Debug for DynVerifier {
         f.debug_struct("DynVerifier")
             .field("mode", &self.mode)
             .finish_non_exhaustive()
+    }
+}
+
+impl DynVerifier {
+    /// The client certificate checked against the material in use and the
+    /// trust domains.
+    fn verify(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = match &self.material.load().verifier {
+            Some(v) => v.verify_client_cert(end_entity, intermediates, now)?,
+            None => {
+                return Err(rustls::Error::General(
+                    "client certificates are not accepted".into(),
+                ));
+            }
+        };
+        if !self.trust_domains.is_empty() {
+            let id = crate::identity::spiffe_id_of(end_entity);
+            if !id.is_some_and(|id| self.trust_domains.iter().any(|d| d == id.trust_domain())) {
+                return Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::ApplicationVerificationFailure,
+                ));
+            }
+        }
+        Ok(verified)
     }
 }
 
@@ -516,23 +553,11 @@ impl ClientCertVerifier for DynVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let verified = match &self.material.load().verifier {
-            Some(v) => v.verify_client_cert(end_entity, intermediates, now)?,
-            None => {
-                return Err(rustls::Error::General(
-                    "client certificates are not accepted".into(),
-                ));
-            }
-        };
-        if !self.trust_domains.is_empty() {
-            let id = crate::identity::spiffe_id_of(end_entity);
-            if !id.is_some_and(|id| self.trust_domains.iter().any(|d| d == id.trust_domain())) {
-                return Err(rustls::Error::InvalidCertificate(
-                    rustls::CertificateError::ApplicationVerificationFailure,
-                ));
-            }
+        let verified = self.verify(end_entity, intermediates, now);
+        if verified.is_err() {
+            self.refused.increment(1);
         }
-        Ok(verified)
+        verified
     }
 
     fn verify_tls12_signature(
@@ -782,11 +807,32 @@ mod tests {
             Ok(true),
             "without client certificates, sessions resume"
         );
-        let mutual = ServerTls::builder(&cert, &key)
-            .client_ca(&ca)
-            .crl(&crl)
-            .build()
-            .unwrap();
+        let recorder = metrics_util::debugging::DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let mutual = metrics::with_local_recorder(&recorder, || {
+            ServerTls::builder(&cert, &key)
+                .client_ca(&ca)
+                .crl(&crl)
+                .build()
+                .unwrap()
+        });
+        let refusals = || {
+            snapshotter
+                .snapshot()
+                .into_vec()
+                .into_iter()
+                .find_map(|(key, _, _, value)| {
+                    let labels: Vec<_> = key
+                        .key()
+                        .labels()
+                        .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                        .collect();
+                    (key.key().name() == palisade_core::metrics::AUTHENTICATIONS
+                        && labels.contains(&("method".into(), "mtls".into()))
+                        && labels.contains(&("result".into(), "failure".into())))
+                    .then_some(value)
+                })
+        };
         for _ in 0..2 {
             assert_eq!(resumed(&config, &mutual), Ok(false), "a session resumed");
         }
@@ -797,6 +843,9 @@ mod tests {
             resumed(&config, &mutual).is_err(),
             "a revoked client connected after the CRL's reload"
         );
+        // The refused certificate is counted (the handshakes before were
+        // not refusals).
+        assert_eq!(refusals(), Some(metrics_util::debugging::DebugValue::Counter(1)));
     }
 
     #[test]
