@@ -185,6 +185,10 @@ pub fn policy_problems(
     if let Err(e) = palisade_signin::SignIn::check_policy(&policy) {
         errors.push(e);
     }
+    // What SPNEGO reads of the file needs no Kerberos library to check.
+    if let Err(e) = policy.spnego_settings_checked() {
+        errors.push(e);
+    }
     #[cfg(feature = "mtls")]
     {
         // Its one error (two documents at one level) does not depend on the port.

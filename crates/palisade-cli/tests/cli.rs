@@ -178,6 +178,38 @@ fn a_broken_file_fails_check_naming_the_field() {
         err.contains("(for default/details, default/productpage, default/ratings, default/reviews)"),
         "{err}"
     );
+
+    // SpnegoSettings, checked without a keytab or a Kerberos library: two
+    // for one workload, and a session cookie named as sign-in's.
+    let spnego = |name: &str, cookie: &str| {
+        format!(
+            "apiVersion: palisade.dev/v1alpha1
+kind: SpnegoSettings
+metadata: {{name: {name}}}
+spec: {{sessionCookie: {{name: {cookie}, keys: [{{id: 1, keyFile: /nonexistent}}]}}}}
+"
+        )
+    };
+    let login = "apiVersion: palisade.dev/v1alpha1
+kind: OidcLogin
+metadata: {name: login}
+spec: {selector: {matchLabels: {app: details}}, issuer: https://kc.example/realms/shop, clientId: details}
+";
+    for (file, field) in [
+        (
+            format!("{}---\n{}", spnego("a", "neg"), spnego("b", "neg2")),
+            "document 2 (SpnegoSettings default/b): field `kind`",
+        ),
+        (
+            format!("{}---\n{login}", spnego("a", "palisade_session_1")),
+            "field `spec.sessionCookie.name`: `palisade_session_1` is also a cookie of browser sign-in",
+        ),
+    ] {
+        let check = palisade(&["check", &dir.file("spnego.yaml", &file)]);
+        let err = text(&check.stderr);
+        assert_eq!(check.status.code(), Some(1), "{err}");
+        assert!(err.contains(field), "{err}");
+    }
 }
 
 #[test]

@@ -214,7 +214,7 @@ impl SignInBuilder {
                 logout_path: "/logout".into(),
                 backchannel_path: "/oauth2/backchannel-logout".into(),
                 post_logout_redirect: "/".into(),
-                cookie_name: "palisade_session".into(),
+                cookie_name: palisade_core::policy::SIGN_IN_COOKIE.into(),
                 idle_timeout: Duration::from_secs(30 * 60),
                 absolute_timeout: Duration::from_secs(8 * 3600),
                 refresh_before: Duration::from_secs(30),

@@ -66,7 +66,7 @@ use libgssapi::credential::{Cred, CredUsage};
 use libgssapi::name::Name;
 use libgssapi::oid::{GSS_MECH_KRB5, GSS_MECH_SPNEGO, GSS_NT_HOSTBASED_SERVICE, OidSet};
 use palisade_core::authn::{AuthOutcome, Authenticated, Authenticator, RequestHead};
-use palisade_core::policy::{FromPolicy, PolicyError, WorkloadPolicy};
+use palisade_core::policy::{FromPolicy, NEGOTIATE_COOKIE, PolicyError, WorkloadPolicy};
 use palisade_core::{Check, ErrorKind, Identity, KerberosIdentity, Rejection, Verification};
 use tokio::sync::Semaphore;
 
@@ -321,16 +321,7 @@ impl SpnegoAuthenticatorBuilder {
     /// A [`PolicyError`] naming the document and field of a bad value or an
     /// unreadable key file.
     pub fn from_policy(mut self, w: &WorkloadPolicy<'_>) -> Result<Self, PolicyError> {
-        let mut seen = None;
-        for (doc, s) in w.spnego_settings() {
-            if let Some(prev) = seen {
-                return Err(w.error_at(
-                    doc,
-                    "kind",
-                    format!("only one SpnegoSettings document may apply (document {prev} does)"),
-                ));
-            }
-            seen = Some(doc.index);
+        if let Some((doc, s)) = w.spnego_settings_checked()? {
             if let Some(svc) = &s.service {
                 self = self.service(svc.clone());
             }
@@ -347,14 +338,7 @@ impl SpnegoAuthenticatorBuilder {
                 self = self.max_header(n.get());
             }
             if let Some(c) = &s.session_cookie {
-                let name = c.name.as_deref().unwrap_or(DEFAULT_COOKIE);
-                if let Some(login) = sign_in_cookie_clash(w, name) {
-                    return Err(w.error_at(
-                        doc,
-                        "spec.sessionCookie.name",
-                        format!("`{name}` is also a cookie of browser sign-in ({login}): each would overwrite the other's session; name them apart"),
-                    ));
-                }
+                let name = c.name.as_deref().unwrap_or(NEGOTIATE_COOKIE);
                 let mut cookie = SessionCookie::new(name);
                 for (i, k) in c.keys.iter().enumerate() {
                     let field = format!("spec.sessionCookie.keys[{i}].keyFile");
@@ -547,32 +531,6 @@ fn accept(
         mutual: out.map(|b| b.to_vec()),
         lifetime: info.lifetime,
         delegated: ctx.take_delegated_cred(),
-    })
-}
-
-/// The default name of the session cookie: not sign-in's `palisade_session`,
-/// which one browser may hold beside it.
-const DEFAULT_COOKIE: &str = "palisade_negotiate";
-
-/// The sign-in document of the workload whose cookies (`NAME`, `NAME_1`,
-/// …, `NAME_login_…`) include `name`, if any.
-fn sign_in_cookie_clash(w: &WorkloadPolicy<'_>, name: &str) -> Option<String> {
-    let logins = w.oidc_logins().map(|(d, s)| {
-        let cookie = s.session.cookie_name.as_deref().unwrap_or("palisade_session");
-        (d.resource(), cookie.to_owned())
-    });
-    let keycloak = w
-        .keycloak_adapters()
-        .filter(|(_, k)| {
-            k.bearer_only != Some(true) && (k.public_client == Some(true) || k.credentials.is_some())
-        })
-        .map(|(d, _)| (d.resource(), "palisade_session".to_owned()));
-    logins.chain(keycloak).find_map(|(doc, cookie)| {
-        let clash = name == cookie
-            || name
-                .strip_prefix(cookie.as_str())
-                .is_some_and(|rest| rest.starts_with('_'));
-        clash.then_some(doc)
     })
 }
 

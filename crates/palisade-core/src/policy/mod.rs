@@ -90,9 +90,9 @@ pub use self::networking::{
 };
 pub use self::palisade::{
     AuthorizationSettingsSpec, ClientAuthMethod, DpopSpec, IntrospectionSpec, JwtSettingsSpec,
-    OidcClientKeySpec, OidcLoginSpec, OidcSessionKeySpec, OidcSessionSpec, ResourceMetadataSpec,
-    SessionCookieSpec, SessionKeySpec, SpnegoSettingsSpec, TokenFrom, UpstreamCredentialsSpec,
-    UpstreamTokenSpec,
+    NEGOTIATE_COOKIE, OidcClientKeySpec, OidcLoginSpec, OidcSessionKeySpec, OidcSessionSpec,
+    ResourceMetadataSpec, SIGN_IN_COOKIE, SessionCookieSpec, SessionKeySpec, SpnegoSettingsSpec, TokenFrom,
+    UpstreamCredentialsSpec, UpstreamTokenSpec,
 };
 pub use self::rbac::{
     AccessRuleSpec, ConstraintSpec, EnforcementMode, RbacConfigSpec, RbacMode, RbacTargetSpec, RoleRefSpec,
@@ -937,6 +937,67 @@ impl<'a> WorkloadPolicy<'a> {
         self.documents.iter().filter_map(|d| match &d.spec {
             Spec::SpnegoSettings(s) => Some((*d, s)),
             _ => None,
+        })
+    }
+
+    /// The one applicable `SpnegoSettings` document, checked as far as the
+    /// file alone allows (no keytab, no Kerberos library): at most one
+    /// applies, and its session cookie is not named as one of browser
+    /// sign-in's, each of which would overwrite the other's session. What
+    /// the SPNEGO authenticator and `palisade check` both ask.
+    ///
+    /// # Errors
+    /// A [`PolicyError`] naming the document and field.
+    pub fn spnego_settings_checked(
+        &self,
+    ) -> Result<Option<(&'a Document, &'a SpnegoSettingsSpec)>, PolicyError> {
+        let mut settings = self.spnego_settings();
+        let Some((doc, spec)) = settings.next() else {
+            return Ok(None);
+        };
+        if let Some((second, _)) = settings.next() {
+            return Err(self.error_at(
+                second,
+                "kind",
+                format!(
+                    "only one SpnegoSettings document may apply (document {} does)",
+                    doc.index
+                ),
+            ));
+        }
+        if let Some(cookie) = &spec.session_cookie {
+            let name = cookie.name.as_deref().unwrap_or(NEGOTIATE_COOKIE);
+            if let Some(login) = self.sign_in_cookie_of(name) {
+                return Err(self.error_at(
+                    doc,
+                    "spec.sessionCookie.name",
+                    format!("`{name}` is also a cookie of browser sign-in ({login}): each would overwrite the other's session; name them apart"),
+                ));
+            }
+        }
+        Ok(Some((doc, spec)))
+    }
+
+    /// The sign-in document (`OidcLogin`, or a `KeycloakAdapter` that signs
+    /// browsers in) whose session cookie is `name`, or its chunks'
+    /// (`NAME_1`, …).
+    fn sign_in_cookie_of(&self, name: &str) -> Option<String> {
+        let logins = self.oidc_logins().map(|(d, s)| {
+            let cookie = s.session.cookie_name.as_deref().unwrap_or(SIGN_IN_COOKIE);
+            (d.resource(), cookie.to_owned())
+        });
+        let keycloak = self
+            .keycloak_adapters()
+            .filter(|(_, k)| {
+                k.bearer_only != Some(true) && (k.public_client == Some(true) || k.credentials.is_some())
+            })
+            .map(|(d, _)| (d.resource(), SIGN_IN_COOKIE.to_owned()));
+        logins.chain(keycloak).find_map(|(doc, cookie)| {
+            let clash = name == cookie
+                || name
+                    .strip_prefix(cookie.as_str())
+                    .is_some_and(|rest| rest.starts_with('_'));
+            clash.then_some(doc)
         })
     }
 

@@ -451,6 +451,14 @@ pub struct AuthorizationSettingsSpec {
     pub explain_header: Option<bool>,
 }
 
+/// The Negotiate session cookie's default name
+/// (`SpnegoSettings.spec.sessionCookie.name`).
+pub const NEGOTIATE_COOKIE: &str = "palisade_negotiate";
+
+/// Browser sign-in's session cookie's default name
+/// (`OidcLogin.spec.session.cookieName`, and a `KeycloakAdapter`'s).
+pub const SIGN_IN_COOKIE: &str = "palisade_session";
+
 /// `SpnegoSettings.spec`: Kerberos (HTTP Negotiate) settings for a service
 /// started with a keytab.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
