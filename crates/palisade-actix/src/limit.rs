@@ -115,20 +115,8 @@ where
 
     fn call(&self, mut req: ServiceRequest) -> Self::Future {
         let declared = req.headers().get(CONTENT_LENGTH).map(|v| v.as_bytes());
-        // No body to a HEAD request, as the guard's refusals are.
+        // As a gRPC status to a gRPC call, as the guard's refusals are.
         let rendering = Rendering::of(&crate::ActixHead(&req));
-        // A gRPC call's body is its messages, for as long as the call
-        // lasts, as under axum.
-        if rendering == Rendering::Grpc {
-            let begun = begin(&req, &self.limits);
-            let service = Rc::clone(&self.service);
-            return Box::pin(async move {
-                let res = service.call(req).await?;
-                Ok(res
-                    .map_body(|_, body| Answer { body, begun })
-                    .map_into_left_body())
-            });
-        }
         if let Err(refusal) = self.limits.check_content_length(declared) {
             let mut res = actix_response(rendering.render(refusal));
             // actix-http writes the connection header from this, not from
@@ -630,17 +618,19 @@ mod tests {
         );
         let problem = test::read_body(res).await;
         assert!(String::from_utf8_lossy(&problem).contains("larger than 100 bytes"));
-        // A gRPC call's messages are the gRPC server's to bound, as under
-        // axum: let through.
+        // To a gRPC call, a gRPC status (RESOURCE_EXHAUSTED), as the
+        // guard's refusals are, and as under axum.
         let req = test::TestRequest::post()
             .uri("/echo")
+            .insert_header((CONTENT_LENGTH, "101"))
             .insert_header(("content-type", "application/grpc"))
-            .set_payload(vec![b'a'; 101])
             .to_request();
         let res = test::call_service(&app, req).await;
-        assert_eq!(res.status(), 200);
-        assert!(res.headers().get("grpc-status").is_none());
-        assert_eq!(test::read_body(res).await, "101");
+        assert_eq!(res.status(), 200, "gRPC answers 200 with its status");
+        assert_eq!(
+            res.headers().get("grpc-status").and_then(|v| v.to_str().ok()),
+            Some("8")
+        );
         // Not declared: cut off at the limit although the app allows more.
         for (size, status) in [(101, 413), (100, 200)] {
             let mut req = test::TestRequest::post()

@@ -97,7 +97,7 @@ mod limit;
 mod require;
 pub mod serve;
 
-pub use limit::{BodyLimit, BodyLimitFuture, BodyLimitLayer};
+pub use limit::{BodyLimit, BodyLimitFuture, BodyLimitLayer, GrpcStreams, GrpcStreamsLayer};
 pub use require::{Require, RequireLayer, require};
 pub use serve::{Handshake, Plain, serve, serve_with};
 

@@ -27,11 +27,10 @@ use crate::{HttpHead, ResponseBody, answered, reply};
 /// too, and the request is answered 408 and its connection closed. The
 /// extractors' own default limit (`DefaultBodyLimit`) is set to the same
 /// number, so it is the one limit; a route's `DefaultBodyLimit` may lower
-/// it, not raise it. A gRPC call is let through as it is: its body is its
-/// messages, for as long as the call lasts (a client stream may last
-/// hours and carry gigabytes), and tonic bounds each message
-/// (`max_decoding_message_size`, 4 MiB by default). A request without a
-/// body (most) needs neither limit nor clock.
+/// it, not raise it. A gRPC call's client stream may last hours: wrap the
+/// gRPC service in [`GrpcStreamsLayer`], which lifts both for the gRPC
+/// calls routed to it (and only there: a content type says nothing of
+/// where a request goes).
 ///
 /// [`serve`](crate::serve()) adds it; with `axum::serve`, add it yourself
 /// around the whole router:
@@ -92,9 +91,16 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        // A gRPC call's body is its messages, for as long as the call
-        // lasts (a stream may last hours); tonic bounds each message.
-        if req.body().is_end_stream() || palisade_core::adapter::is_grpc(&HttpHead::as_sent(&req)) {
+        let declared = req.headers().get(CONTENT_LENGTH).map(http::HeaderValue::as_bytes);
+        if let Err(refusal) = self.limits.check_content_length(declared) {
+            return BodyLimitFuture {
+                kind: Kind::Refused {
+                    reply: Some(Rendering::of(&HttpHead::as_sent(&req)).render(refusal)),
+                },
+            };
+        }
+        // A request without a body (most) needs neither limit nor clock.
+        if req.body().is_end_stream() {
             return BodyLimitFuture {
                 kind: Kind::Inner {
                     fut: self.inner.call(req.map(Body::new)),
@@ -104,26 +110,36 @@ where
                 },
             };
         }
-        let declared = req.headers().get(CONTENT_LENGTH).map(http::HeaderValue::as_bytes);
-        if let Err(refusal) = self.limits.check_content_length(declared) {
-            return BodyLimitFuture {
-                kind: Kind::Refused {
-                    reply: Some(Rendering::of(&HttpHead::as_sent(&req)).render(refusal)),
-                },
-            };
-        }
         // The 408 for a body too slow is the guard's kind of answer: none
-        // to a HEAD request.
+        // to a HEAD request, a gRPC status to a gRPC call.
         let rendering = Rendering::of(&HttpHead::as_sent(&req));
         let limit = self.limits.max_body();
         let late = Arc::new(AtomicBool::new(false));
-        let mut req = req.map(|body| {
-            Body::new(Timed {
-                inner: http_body_util::Limited::new(body, limit),
-                timer: BodyTimer::new(&self.limits),
-                late: Arc::clone(&late),
+        let timer = BodyTimer::new(&self.limits);
+        let mut req = if rendering == Rendering::Grpc {
+            // Limited and timed too, unless routed to a service that
+            // `GrpcStreamsLayer` wraps: a content type says nothing of where
+            // the request goes.
+            let lifted = Arc::new(AtomicBool::new(false));
+            let mut req = req.map(|body| {
+                Body::new(Liftable {
+                    body: Body::new(body),
+                    limits: Some((limit, timer)),
+                    lifted: Arc::clone(&lifted),
+                    late: Arc::clone(&late),
+                })
+            });
+            req.extensions_mut().insert(Lift(lifted));
+            req
+        } else {
+            req.map(|body| {
+                Body::new(Timed {
+                    inner: http_body_util::Limited::new(body, limit),
+                    timer,
+                    late: Arc::clone(&late),
+                })
             })
-        });
+        };
         DefaultBodyLimit::max(limit).apply(&mut req);
         BodyLimitFuture {
             kind: Kind::Inner {
@@ -133,6 +149,114 @@ where
                 rendering,
             },
         }
+    }
+}
+
+/// A gRPC call's body: limited and timed as any request's, unless, by the
+/// time it is first read, the service it was routed to (one
+/// [`GrpcStreamsLayer`] wraps) lifted both.
+struct Liftable {
+    body: Body,
+    /// The limit and clock, until the first read decides.
+    limits: Option<(usize, BodyTimer)>,
+    lifted: Arc<AtomicBool>,
+    late: Arc<AtomicBool>,
+}
+
+impl http_body::Body for Liftable {
+    type Data = bytes::Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        if let Some((limit, timer)) = this.limits.take()
+            && !this.lifted.load(Ordering::Acquire)
+        {
+            let raw = std::mem::take(&mut this.body);
+            this.body = Body::new(Timed {
+                inner: http_body_util::Limited::new(raw, limit),
+                timer,
+                late: Arc::clone(&this.late),
+            });
+        }
+        // The error itself, so that axum's extractors still tell the
+        // limit's (413) from others.
+        Pin::new(&mut this.body)
+            .poll_frame(cx)
+            .map(|frame| frame.map(|f| f.map_err(axum::Error::into_inner)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The switch a gRPC call's [`Liftable`] body reads.
+#[derive(Clone)]
+struct Lift(Arc<AtomicBool>);
+
+/// Lifts [`BodyLimitLayer`]'s limit and read timeout for the gRPC calls
+/// (`content-type: application/grpc`) of the service it wraps: a gRPC
+/// call's body is its messages, for as long as the call lasts (a client
+/// stream may last hours and carry gigabytes), and the gRPC server bounds
+/// each message (tonic's `max_decoding_message_size`, 4 MiB by default).
+/// Wrap the gRPC service only, not a router with other routes: whatever
+/// it takes that claims to be gRPC gets no limit.
+///
+/// ```
+/// use axum::Router;
+/// use palisade_axum::GrpcStreamsLayer;
+/// # fn f(grpc: Router) {
+/// // `grpc`: tonic's routes, `Routes::into_axum_router()`.
+/// let app: Router = Router::new().fallback_service(
+///     axum::routing::post_service(tower_layer::Layer::layer(&GrpcStreamsLayer, grpc)),
+/// );
+/// # let _ = app; }
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+#[must_use]
+pub struct GrpcStreamsLayer;
+
+impl<S> Layer<S> for GrpcStreamsLayer {
+    type Service = GrpcStreams<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcStreams { inner }
+    }
+}
+
+/// The service [`GrpcStreamsLayer`] produces.
+#[derive(Clone, Copy, Debug)]
+pub struct GrpcStreams<S> {
+    inner: S,
+}
+
+impl<S, B> Service<Request<B>> for GrpcStreams<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        if let Some(Lift(lifted)) = req.extensions().get::<Lift>() {
+            lifted.store(true, Ordering::Release);
+            // axum's extractors' limit, which `BodyLimit` set, too.
+            DefaultBodyLimit::disable().apply(&mut req);
+        }
+        self.inner.call(req)
     }
 }
 
@@ -291,7 +415,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn its_413_is_rendered_for_head_as_the_guard_renders_its_answers_and_not_for_grpc() {
+    async fn its_413_is_rendered_for_head_and_grpc_as_the_guard_renders_its_answers() {
         let declared = |method, content_type| {
             request(method, content_type)
                 .header("content-length", "11")
@@ -305,14 +429,14 @@ mod tests {
         assert_eq!(status, 413);
         assert!(body.is_empty(), "{body:?}");
         assert!(headers.get("grpc-status").is_none());
-        // A gRPC call's messages are tonic's to bound: let through.
         let (status, headers, body) = send(declared("POST", "application/grpc")).await;
-        assert_eq!((status, &body[..]), (200, &b"11"[..]));
-        assert!(headers.get("grpc-status").is_none(), "{headers:?}");
+        assert_eq!(status, 200, "gRPC answers its errors with 200 and a grpc-status");
+        assert!(headers.get("grpc-status").is_some(), "{headers:?}");
+        assert!(body.is_empty(), "{body:?}");
     }
 
     #[tokio::test]
-    async fn its_408_is_rendered_for_head_as_the_guard_renders_its_answers_and_not_for_grpc() {
+    async fn its_408_is_rendered_for_head_and_grpc_as_the_guard_renders_its_answers() {
         let stalled = |method, content_type| request(method, content_type).body(Stalled).unwrap();
         let (status, _, body) = send(stalled("POST", "text/plain")).await;
         assert_eq!(status, 408);
@@ -320,12 +444,38 @@ mod tests {
         let (status, _, body) = send(stalled("HEAD", "text/plain")).await;
         assert_eq!(status, 408);
         assert!(body.is_empty(), "{body:?}");
-        // A gRPC stream may be quiet for as long as the call lasts.
-        let waited = tokio::time::timeout(
-            Duration::from_millis(600),
-            send(stalled("POST", "application/grpc")),
-        )
-        .await;
-        assert!(waited.is_err(), "a quiet gRPC stream was cut: {waited:?}");
+        let (status, headers, body) = send(stalled("POST", "application/grpc")).await;
+        assert_eq!(status, 200);
+        assert!(headers.get("grpc-status").is_some(), "{headers:?}");
+        assert!(body.is_empty(), "{body:?}");
+    }
+
+    #[tokio::test]
+    async fn a_grpc_service_wrapped_in_grpc_streams_takes_long_and_large_calls_others_do_not() {
+        let limits = ServerLimits::default()
+            .body_limit(10)
+            .body_read_timeout(Duration::from_millis(200));
+        let echo = || any(|body: Bytes| async move { body.len().to_string() });
+        let app = Router::new()
+            .route("/grpc", echo().layer(GrpcStreamsLayer))
+            .route("/plain", echo());
+        let app = BodyLimitLayer::new(limits).layer(app);
+        let call = |path: &str, body: Body| {
+            let req = request("POST", "application/grpc").uri(path).body(body).unwrap();
+            app.clone().oneshot(req)
+        };
+        // Over the limit: taken by the gRPC service, refused elsewhere
+        // (the content type alone lifts nothing).
+        let big = || Body::from(vec![b'x'; 64]);
+        let res = call("/grpc", big()).await.unwrap();
+        assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "64");
+        // (axum's extractor answers the limit it was given: 413.)
+        let res = call("/plain", big()).await.unwrap();
+        assert_eq!(res.status(), 413);
+        // Quiet past the read timeout: waited for by the gRPC service.
+        let quiet = tokio::time::timeout(Duration::from_millis(600), call("/grpc", Body::new(Stalled))).await;
+        assert!(quiet.is_err(), "a quiet gRPC stream was cut");
+        let res = call("/plain", Body::new(Stalled)).await.unwrap();
+        assert!(res.headers().get("grpc-status").is_some());
     }
 }

@@ -132,10 +132,10 @@ impl ServerLimits {
     }
 
     /// The largest request body, in bytes (default 2 MiB): a larger one is
-    /// answered 413. Neither this nor the body read timeout applies to a
-    /// gRPC call, whose body is its messages for as long as the call lasts
-    /// (the gRPC server bounds each message: tonic's
-    /// `max_decoding_message_size`).
+    /// answered 413. A gRPC call's client stream may last hours and carry
+    /// gigabytes: `palisade_axum::GrpcStreamsLayer` around the gRPC service
+    /// lifts this and the body read timeout for the calls routed to it
+    /// (tonic bounds each message: `max_decoding_message_size`).
     pub fn body_limit(mut self, bytes: usize) -> Self {
         self.body_limit = bytes;
         self
