@@ -627,9 +627,10 @@ spec:
     let http = reqwest::Client::new();
     for _ in 0..3 {
         let mut req = http.get(format!("{url}?call=1")).build().unwrap();
-        upstreams.apply(&mut req, None).await.unwrap();
+        let sent = upstreams.apply(&mut req, None).await.unwrap();
         assert!(req.headers().contains_key("dpop"));
         let res = http.execute(req).await.unwrap();
+        sent.answered_by(&res);
         assert_eq!(res.status(), 200);
         let body: Value = res.json().await.unwrap();
         assert_eq!(body["claims"]["cnf"]["jkt"], thumbprint.as_str());
@@ -646,10 +647,12 @@ spec:
     // another name than its URL's host (the examples' way): the request
     // gives the proof its method and URI.
     let mut req = http.get(format!("{url}?call=2")).build().unwrap();
-    own.apply_request(&mut req, Some("details.default.svc.cluster.local"), None)
+    let sent = own
+        .apply_request(&mut req, Some("details.default.svc.cluster.local"), None)
         .await
         .unwrap();
     let res = http.execute(req).await.unwrap();
+    sent.answered_by(&res);
     assert_eq!(res.status(), 200, "{:?}", res.text().await);
     // A tower client whose requests carry a path only (a tonic channel's),
     // told where they go: the proof names that origin and the path.

@@ -39,8 +39,9 @@ spec:
 /// `GET base/whoami` with what `upstreams` attaches for the caller.
 async fn call(upstreams: &Upstreams, base: &str, caller: Option<&CallerToken>) -> (u16, Value) {
     let mut req = client().get(format!("{base}/whoami")).build().unwrap();
-    upstreams.apply(&mut req, caller).await.unwrap();
+    let sent = upstreams.apply(&mut req, caller).await.unwrap();
     let res = client().execute(req).await.unwrap();
+    sent.answered_by(&res);
     let status = res.status().as_u16();
     (status, res.json().await.unwrap_or(Value::Null))
 }

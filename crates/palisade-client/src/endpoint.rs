@@ -33,21 +33,31 @@ pub(crate) struct Granted {
     pub(crate) renew_at: Instant,
     /// When it was asked for.
     pub(crate) obtained: Instant,
+    /// An upstream refused it: due for renewal whatever `renew_at` says.
+    pub(crate) refused: std::sync::atomic::AtomicBool,
     /// For a DPoP-bound token (RFC 9449): the key every call proves, and
     /// the token (each proof's `ath`).
     pub(crate) dpop: Option<(Arc<DpopKey>, Arc<str>)>,
 }
 
 impl Granted {
-    /// Whether an upstream's refusal of this token, sent as `sent`, drops
-    /// it: it is the one sent, and not so fresh that a new one would be
-    /// refused alike (an audience, a clock): past the first quarter of
-    /// its life, or [`REFUSED_FRESH`] when that is sooner. An upstream that
-    /// refuses every token so costs the issuer a grant per 30 s, or four
-    /// per lifetime of a short-lived token, at most.
-    pub(crate) fn dropped_by_refusal(&self, sent: &http::HeaderValue) -> bool {
+    /// Notes an upstream's refusal of this token, sent as `sent`: when it
+    /// is the one sent, and not so fresh that a new one would be refused
+    /// alike (an audience, a clock), it is due for renewal at once; true
+    /// then. Fresh: younger than 30 s ([`REFUSED_FRESH`]) or, for a token
+    /// that lives less than two minutes, in its first quarter. An upstream
+    /// that refuses every token so costs the issuer a grant per 30 s (four
+    /// per lifetime of a short-lived token) at most.
+    pub(crate) fn refuse(&self, sent: &http::HeaderValue) -> bool {
         let fresh = REFUSED_FRESH.min(self.expires.saturating_duration_since(self.obtained) / 4);
-        self.value == *sent && self.obtained.elapsed() >= fresh
+        self.value == *sent
+            && self.obtained.elapsed() >= fresh
+            && !self.refused.swap(true, std::sync::atomic::Ordering::AcqRel)
+    }
+
+    /// Whether it is due for renewal at `now`.
+    pub(crate) fn due(&self, now: Instant) -> bool {
+        now >= self.renew_at || self.refused.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The `DPoP` proof for a call of `method` to `htu` (the URI without
@@ -239,6 +249,7 @@ impl TokenClient {
             expires,
             renew_at: expires - renew_before.min(lifetime / 2),
             obtained: sent,
+            refused: std::sync::atomic::AtomicBool::new(false),
             dpop,
         })
     }

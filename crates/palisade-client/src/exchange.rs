@@ -196,14 +196,12 @@ impl TokenExchange {
     }
 
     /// The upstream refused `sent`, exchanged for `caller`'s token: when it
-    /// is still the cached one (and not fresh), the next call exchanges
-    /// again.
+    /// is still the cached one (and not fresh), it is due for renewal, and
+    /// the next call starts one (used meanwhile, as a token due is).
     pub(crate) fn refused(&self, caller: &str, sent: &http::HeaderValue) {
-        let mut cache = lock(&self.0.cache);
-        if cache.get(caller).is_some_and(|g| g.dropped_by_refusal(sent)) {
-            cache.remove(caller);
-            drop(cache);
-            tracing::info!(target: LOG_TARGET, issuer = %self.0.client.shown, "the upstream refused an exchanged token: the next call exchanges the caller's token again");
+        let refused = lock(&self.0.cache).get(caller).is_some_and(|g| g.refuse(sent));
+        if refused {
+            tracing::info!(target: LOG_TARGET, issuer = %self.0.client.shown, "the upstream refused an exchanged token: it is exchanged again");
         }
     }
 
@@ -214,7 +212,7 @@ impl TokenExchange {
         let now = Instant::now();
         let cached = lock(&self.0.cache).get(caller).cloned();
         if let Some(g) = &cached
-            && now < g.renew_at
+            && !g.due(now)
         {
             return Some(Ok(Arc::clone(g)));
         }
@@ -282,6 +280,7 @@ mod tests {
                 }),
                 renew_at,
                 obtained: now,
+                refused: std::sync::atomic::AtomicBool::new(false),
                 dpop: None,
             })
         };

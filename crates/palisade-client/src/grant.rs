@@ -95,16 +95,12 @@ impl ClientCredentials {
     }
 
     /// The upstream refused `sent`: when it is still the current token (and
-    /// not fresh), it is dropped, and the next call gets a new one.
+    /// not fresh), it is due for renewal, and the next call starts one in
+    /// the background (using it meanwhile, and while the issuer cannot
+    /// be reached, as a token due is).
     pub(crate) fn refused(&self, sent: &http::HeaderValue) {
-        let current = self.0.current.load();
-        if !current.as_ref().is_some_and(|g| g.dropped_by_refusal(sent)) {
-            return;
-        }
-        // Not a token renewed meanwhile.
-        let before = self.0.current.compare_and_swap(&*current, None);
-        if before.as_ref().map(Arc::as_ptr) == current.as_ref().map(Arc::as_ptr) {
-            tracing::info!(target: LOG_TARGET, issuer = %self.0.client.shown, "the upstream refused the workload's token: the next call gets a new one");
+        if self.0.current.load().as_ref().is_some_and(|g| g.refuse(sent)) {
+            tracing::info!(target: LOG_TARGET, issuer = %self.0.client.shown, "the upstream refused the workload's token: it is renewed");
         }
     }
 
@@ -113,7 +109,7 @@ impl ClientCredentials {
         let started = Instant::now();
         let recently = started.checked_sub(RETRY_AFTER).unwrap_or(started);
         if let Some(g) = self.0.current.load().as_ref() {
-            if started < g.renew_at {
+            if !g.due(started) {
                 return Ok(Arc::clone(g));
             }
             // Due for renewal but still valid: renewed in the background,
@@ -131,7 +127,7 @@ impl ClientCredentials {
                 // Renewed by another request since the load above.
                 let current = self.0.current.load_full();
                 if let Some(c) = &current
-                    && Instant::now() < c.renew_at
+                    && !c.due(Instant::now())
                 {
                     return Ok(Arc::clone(c));
                 }
@@ -157,7 +153,7 @@ impl ClientCredentials {
         // Renewed while this request waited.
         let current = self.0.current.load_full();
         if let Some(g) = &current
-            && Instant::now() < g.renew_at
+            && !g.due(Instant::now())
         {
             return Ok(Arc::clone(g));
         }

@@ -10,21 +10,24 @@ use crate::{ClientCredentials, TokenExchange};
 /// [`Credentials::apply_request`](crate::Credentials::apply_request)) put
 /// on a call, to be told the upstream's answer with
 /// [`answered`](Self::answered): a cached token the upstream refuses (401,
-/// its challenge naming no error but `invalid_token`) is dropped, so the
-/// next call gets a new one, as Spring Security's OAuth2 client removes an
-/// authorized client an upstream refuses. A revoked token, or one signed
-/// with a key the issuer has since retired, so costs one refused call, not
-/// every call until it expires. A token in the first quarter of its life,
-/// or granted less than 30 s before, is kept: a new one would be refused
-/// alike (an audience, a clock), and an upstream that refuses every token
-/// so costs the issuer one grant per 30 s (four per lifetime of a token
-/// that lives less than two minutes) at most.
+/// or a gRPC `UNAUTHENTICATED`, its challenge naming no error but
+/// `invalid_token`) is renewed at once, in the background, as Spring
+/// Security's OAuth2 client replaces an authorized client an upstream
+/// refuses; calls use it meanwhile, and while the issuer cannot be
+/// reached, as a token due for renewal. A revoked token, or one signed with
+/// a key the issuer has since retired, so costs a few refused calls, not
+/// every call until it expires. A fresh token is kept: one younger than
+/// 30 s or, for a token that lives less than two minutes, in its first
+/// quarter; a new one would be refused alike (an audience, a clock), and
+/// an upstream that refuses every token so costs the issuer one grant per
+/// 30 s (four per lifetime of a short-lived token) at most.
 /// [`CredentialsLayer`](crate::CredentialsLayer) does this itself. Only
 /// the grants' tokens are cached: for the others (the caller's token,
 /// Kerberos, nothing) the answer changes nothing.
 ///
 /// `Debug` prints no token.
 #[derive(Clone, Default)]
+#[must_use = "tell it the upstream's answer (`answered`, `answered_by`), so that a token it refuses is renewed"]
 pub struct Sent(Option<Cached>);
 
 /// A cached token that went out, and where it is cached.
@@ -79,24 +82,31 @@ impl fmt::Debug for Sent {
     }
 }
 
-/// Whether an answer refuses the token it was sent: 401, unless a
+/// Whether an answer refuses the token it was sent: 401, or a gRPC
+/// answer's `UNAUTHENTICATED` (HTTP 200, `grpc-status: 16` in a
+/// trailers-only answer, as Palisade and Envoy refuse a call), unless a
 /// challenge names another error than `invalid_token` (RFC 6750 §3.1:
 /// `invalid_request` is the call's fault; RFC 9449's `use_dpop_nonce`
 /// asks for a nonce, the token is fine).
 fn refuses_token(status: http::StatusCode, headers: &http::HeaderMap) -> bool {
-    status == http::StatusCode::UNAUTHORIZED
+    let grpc_unauthenticated = || {
+        headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+            && headers.get("grpc-status").is_some_and(|v| v == "16")
+    };
+    (status == http::StatusCode::UNAUTHORIZED || grpc_unauthenticated())
         && headers
             .get_all(http::header::WWW_AUTHENTICATE)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(errors)
+            .flat_map(|v| errors(&String::from_utf8_lossy(v.as_bytes())))
             .all(|e| e == "invalid_token")
 }
 
 /// The `error` parameters of a `WWW-Authenticate` value's challenges,
 /// read past quoted strings (an `error_description` may hold commas, or
-/// `error=`).
-fn errors(value: &str) -> Vec<&str> {
+/// `error=`), a quoted one without its escapes.
+fn errors(value: &str) -> Vec<String> {
     let b = value.as_bytes();
     let is_token = |c: u8| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c);
     let spaces = |mut i: usize| {
@@ -145,7 +155,7 @@ fn errors(value: &str) -> Vec<&str> {
             (&value[at..end], end.max(at + 1))
         };
         if name.eq_ignore_ascii_case("error") {
-            found.push(found_value);
+            found.push(found_value.replace('\\', ""));
         }
         i = next;
     }
@@ -178,6 +188,27 @@ mod tests {
         assert!(!answer(403, &["Bearer error=\"insufficient_scope\""]));
         assert!(!answer(200, &[]));
         assert!(!answer(500, &[]));
+        // An escaped quoted value, and a description that is not ASCII.
+        assert!(answer(401, &["Bearer error=\"invalid\\_token\""]));
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_bytes(
+                "DPoP error=\"use_dpop_nonce\", error_description=\"donn\u{e9}es\"".as_bytes(),
+            )
+            .unwrap(),
+        );
+        assert!(!refuses_token(http::StatusCode::UNAUTHORIZED, &headers));
+        // gRPC's refusal: HTTP 200 with grpc-status 16.
+        let grpc = |status: &'static str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(http::header::CONTENT_TYPE, "application/grpc".parse().unwrap());
+            headers.insert("grpc-status", status.parse().unwrap());
+            refuses_token(http::StatusCode::OK, &headers)
+        };
+        assert!(grpc("16"));
+        assert!(!grpc("7"), "PERMISSION_DENIED is no refusal of the token");
+        assert!(!grpc("0"));
         // A description that holds `error=` or commas is not a parameter.
         assert!(answer(
             401,

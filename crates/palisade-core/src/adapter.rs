@@ -918,13 +918,12 @@ pub fn authorize_route(
         }
         tracing::debug!(target: LOG_TARGET, %access, "denied by route policy");
         let guard = auth.compiled();
-        let decision = guard
-            .sign_in_or(req, guard.refusal(auth.identity(), access))
-            .for_request(Rendering::of(req));
+        // Counted as decided, before a gRPC call's refusal becomes a 200.
+        let decision = guard.sign_in_or(req, guard.refusal(auth.identity(), access));
         if !matches!(decision, Decision::Allow(_)) {
             guard.tally(&decision);
         }
-        match decision {
+        match decision.for_request(Rendering::of(req)) {
             Decision::Deny(r) => Err(Reply::from(r)),
             Decision::Reply(reply) => Err(reply),
             Decision::Allow(_) => Ok(()),

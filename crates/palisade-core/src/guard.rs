@@ -1637,6 +1637,10 @@ spec:
             let admins = AccessPolicy::from(crate::authz::realm_role("admin"));
             let refused = crate::adapter::authorize_route(&admins, Some(admitted.auth()), &req(None));
             assert!(matches!(refused, Check::Ready(Err(r)) if r.status() == 403));
+            // A gRPC call's refusal too, though it is answered 200.
+            let grpc = OwnedRequest::new("POST", "/p.S/M").header("content-type", "application/grpc");
+            let refused = crate::adapter::authorize_route(&admins, Some(admitted.auth()), &grpc);
+            assert!(matches!(refused, Check::Ready(Err(r)) if r.status() == 200));
         });
         let mut counters = std::collections::BTreeMap::new();
         let mut durations = 0;
@@ -1660,8 +1664,9 @@ spec:
             3
         );
         // The bad token and the missing one, refused before any policy
-        // decided, and the route policy's refusal.
-        assert_eq!(get("palisade_decisions_total{decision=deny,policy=,action=}"), 3);
+        // decided, and the route policy's two refusals.
+        assert_eq!(get("palisade_decisions_total{decision=deny,policy=,action=}"), 4);
+        assert_eq!(get("palisade_decisions_total{decision=reply,policy=,action=}"), 0);
         assert_eq!(
             get("palisade_authentications_total{method=custom,result=success}"),
             3
