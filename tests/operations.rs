@@ -331,14 +331,14 @@ async fn admin_listener(example: &str) {
         1.0,
         "{text}"
     );
-    // The failures' series too, at zero since start-up, and the series
-    // without an issuer (there whatever the file configures).
-    for series in [
-        format!("palisade_jwks_fetches_total{{issuer=\"{issuer_label}\",result=\"failure\"}} 0"),
-        "palisade_jwks_fetches_total{issuer=\"\",result=\"success\"} 0".to_owned(),
-    ] {
-        assert!(text.contains(&series), "{series}: {text}");
-    }
+    // The failures' series too, at zero since start-up; none without an
+    // issuer, since the file configures one.
+    let failures = format!("palisade_jwks_fetches_total{{issuer=\"{issuer_label}\",result=\"failure\"}} 0");
+    assert!(text.contains(&failures), "{text}");
+    assert!(
+        !text.contains("palisade_jwks_fetches_total{issuer=\"\""),
+        "{text}"
+    );
     assert_eq!(get("palisade_token_cache_total{result=\"hit\"}"), 2.0, "{text}");
     assert_eq!(get("palisade_check_duration_seconds_count"), 5.0, "{text}");
     assert!(
@@ -369,6 +369,43 @@ async fn admin_listener(example: &str) {
     .await;
     assert_eq!(status(&url("/metrics"), &token).await, 404);
     assert_eq!(status(&url("/ready"), &token).await, 404);
+}
+
+/// The contract's counters are on /metrics from the start with a file
+/// that configures no issuer: the key fetches' without one, at zero.
+async fn contract_counters_without_an_issuer(example: &str) {
+    let dir = ScratchDir::new(&format!("metrics-no-issuer-{example}"));
+    let file = dir.write(
+        "policy.yaml",
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: open, namespace: default}
+spec:
+  rules: [{}]
+",
+    );
+    let (_svc, admin) = start_with_admin(example, &file);
+    let text = metrics(&admin).await;
+    for series in [
+        "palisade_jwks_fetches_total{issuer=\"\",result=\"success\"} 0",
+        "palisade_jwks_fetches_total{issuer=\"\",result=\"failure\"} 0",
+        "palisade_config_reloads_total{result=\"success\"} 0",
+    ] {
+        assert!(text.contains(series), "{example}: {series}: {text}");
+    }
+    for name in [
+        "palisade_decisions_total",
+        "palisade_authentications_total",
+        "palisade_check_duration_seconds",
+    ] {
+        assert!(text.contains(name), "{example}: {name}: {text}");
+    }
+}
+
+#[tokio::test]
+async fn the_contracts_counters_are_there_without_an_issuer_on_both_frameworks() {
+    contract_counters_without_an_issuer("details").await;
+    contract_counters_without_an_issuer("reviews").await;
 }
 
 #[tokio::test]

@@ -38,14 +38,23 @@ pub(crate) fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc-provider")
 }
 
-/// Node.js: the one ./scripts/test installed from the npm registry when
-/// the machine's is too old (scripts/node), else the machine's.
+/// Node.js: the machine's when it is 20 or newer (oidc-provider 9 needs
+/// it), else the one ./scripts/test then installed from the npm registry
+/// (scripts/node), else the machine's, whose failure says what is wrong.
 pub(crate) fn node() -> Option<PathBuf> {
-    let ours = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/node/node_modules/.bin/node");
-    if ours.is_file() {
-        return Some(ours);
+    let major = |node: &Path| {
+        let out = Command::new(node)
+            .args(["-p", "process.versions.node.split('.')[0]"])
+            .output()
+            .ok()?;
+        String::from_utf8(out.stdout).ok()?.trim().parse::<u32>().ok()
+    };
+    let machines = which("node");
+    if machines.as_deref().and_then(major).is_some_and(|m| m >= 20) {
+        return machines;
     }
-    which("node")
+    let ours = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/node/node_modules/.bin/node");
+    if ours.is_file() { Some(ours) } else { machines }
 }
 
 fn which(cmd: &str) -> Option<PathBuf> {

@@ -349,8 +349,9 @@ fn cases(values: Vec<Value>, path: &Path, named: &[Workload]) -> Result<Vec<Case
         }
         let mut notes = Vec::new();
         // Without `workload` (the contract needs only `request` and
-        // `expect`), the case is every workload's the file names: one
-        // case each, named after it when there are several.
+        // `expect`), the case is every workload's the file names, one case
+        // each (the FAILED line names it); a file that names none (an
+        // empty one) is decided for any workload of `default`.
         let workloads = match spec.workload.as_deref() {
             Some(w) => vec![workloads::resolve(
                 named,
@@ -361,21 +362,19 @@ fn cases(values: Vec<Value>, path: &Path, named: &[Workload]) -> Result<Vec<Case
             None if !spec.labels.is_empty() => {
                 return Err(at("labels", "needs `workload`".into()));
             }
-            None => {
-                for w in named {
-                    workloads::note_labels(w, &mut notes);
+            None => match named {
+                [] => vec![Workload::new(workloads::ANY, "default")],
+                [only] => {
+                    workloads::note_labels(only, &mut notes);
+                    vec![only.clone()]
                 }
-                named.to_vec()
-            }
+                several => several.to_vec(),
+            },
         };
         let case_name = spec.name.unwrap_or_else(|| format!("case {n}"));
         for workload in &workloads {
             cases.push(Case {
-                name: if workloads.len() > 1 {
-                    format!("{case_name} ({})", label(workload))
-                } else {
-                    case_name.clone()
-                },
+                name: case_name.clone(),
                 workload: workload.clone(),
                 request: Request {
                     method: method.clone(),
@@ -564,11 +563,17 @@ spec: {selector: {matchLabels: {app: reviews}}}
         assert_eq!(report.status, 1, "{report:?}");
         let out = report.out.join("\n");
         assert!(out.contains("1 passed, 1 failed"), "{out}");
-        assert!(out.contains("who (default/reviews)"), "{out}");
-        assert!(
-            !out.contains("who (default/details)"),
-            "passed: not listed: {out}"
+        assert!(out.contains("FAILED who (default/reviews):"), "{out}");
+        assert!(!out.contains("(default/details)"), "passed: not listed: {out}");
+        // A file that names no workload decides for any of `default`.
+        let empty = Files::new(
+            "none",
+            "",
+            "cases:\n- {name: open, request: GET /, expect: allow}\n",
         );
+        let report = empty.run();
+        assert_eq!(report.status, 0, "{report:?}");
+        assert!(report.out.join("\n").contains("1 passed, 0 failed"), "{report:?}");
     }
 
     const FRAGMENT: &str = "apiVersion: security.istio.io/v1

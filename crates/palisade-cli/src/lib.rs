@@ -48,8 +48,9 @@
 //! - `test` runs a case file's cases through the same code and prints
 //!   each failed case, the rules no case reached, and `N passed, N failed`;
 //!   the exit status is 1 when a case failed or the case file is bad. A
-//!   case without `workload` is run for each workload the file names (one
-//!   case each, named `NAME (NS/APP)` when there are several).
+//!   case without `workload` is run for each workload the file names, one
+//!   case each (a failed one's line names its workload); for any workload
+//!   of `default` when the file names none.
 //!
 //! `--with FILE` (and a case file's `with:`) adds policy documents to
 //! FILE's, for a file that is a fragment: the issuer setup it leaves out.

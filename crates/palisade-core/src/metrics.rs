@@ -15,7 +15,7 @@
 //! | [`DECISIONS`] | counter | `decision` (`allow`, `deny`, `reply`), `policy`, `action` |
 //! | [`AUTHENTICATIONS`] | counter | `method` (`jwt`, `mtls`, `spnego`, `session`, `custom`), `result` (`success`, `failure`; `mtls` failures are client certificates `palisade-mtls` refused in the handshake, its successes requests with a verified peer) |
 //! | [`CHECK_DURATION`] | histogram (seconds) | — |
-//! | [`JWKS_FETCHES`] | counter | `issuer`, `result` (`success`, `failure`; both at zero from the start, for each issuer, and with an empty `issuer` from [`describe`]) |
+//! | [`JWKS_FETCHES`] | counter | `issuer`, `result` (`success`, `failure`; both at zero from the start, for each issuer; with an empty `issuer` when a workload's policy file configures none) |
 //! | [`TOKEN_CACHE`] | counter | `result` (`hit`, `miss`) |
 //! | [`INTROSPECTIONS`] | counter | `issuer`, `result` (`active`, `inactive`, `failure`) |
 //! | [`SPNEGO_BLOCKING`] | gauge | — |
@@ -75,10 +75,9 @@ pub const CHECK_DURATION_BUCKETS: &[f64] = &[
 ];
 
 /// Gives every metric above its description and unit in the installed
-/// recorder (the `# HELP` lines of Prometheus), and puts the reload and
-/// key-fetch counters on it at zero (the fetches with an empty `issuer`),
-/// so that they are there before anything happened. Optional; call it
-/// once after installing the recorder.
+/// recorder (the `# HELP` lines of Prometheus), and puts the reload
+/// counter on it at zero, so that it is there before any reload. Optional;
+/// call it once after installing the recorder.
 pub fn describe() {
     metrics::describe_counter!(DECISIONS, "Requests decided by the Palisade guard");
     metrics::describe_counter!(AUTHENTICATIONS, "Credentials checked, by method and result");
@@ -107,12 +106,9 @@ pub fn describe() {
     );
     metrics::describe_counter!(CONFIG_RELOADS, "Policy reloads, by result");
     // On /metrics from the start, at zero, whether the file is reloaded
-    // or not, and whether any issuer's keys are fetched (the example
-    // services' contract lists both; an empty label is Prometheus's
-    // absent one).
+    // or not (the example services' contract lists it).
     for result in ["success", "failure"] {
         metrics::counter!(CONFIG_RELOADS, "result" => result).increment(0);
-        metrics::counter!(JWKS_FETCHES, "issuer" => "", "result" => result).increment(0);
     }
 }
 

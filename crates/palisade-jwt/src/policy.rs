@@ -29,7 +29,14 @@ impl FromPolicy for JwtAuthenticator {
     /// # Errors
     /// A [`PolicyError`] naming the file, document and field.
     fn from_policy(policy: &WorkloadPolicy<'_>) -> Result<Option<JwtAuthenticator>, PolicyError> {
-        from_policy(policy, false)
+        let built = from_policy(policy, false)?;
+        if built.is_none() {
+            // No issuer: the fetch counter is still on /metrics, at zero,
+            // without one (the example services' contract lists it; an
+            // empty label is Prometheus's absent one).
+            crate::jwks::count_no_fetches("");
+        }
+        Ok(built)
     }
 }
 
