@@ -81,11 +81,11 @@ async fn main() {
         });
         // tonic answers an RPC sent with any method; gRPC's is POST, the one
         // policies name (`methods: [POST]`): any other is 405 here, so a
-        // `PUT` cannot pass a DENY written for POST and run the RPC. Its
-        // calls' streams last as long as the calls: no body limit or
-        // read timeout (tonic bounds each message).
-        let grpc = tower_layer::Layer::layer(&palisade::axum::GrpcStreamsLayer, routes);
-        axum::Router::new().fallback_service(axum::routing::post_service(grpc))
+        // `PUT` cannot pass a DENY written for POST and run the RPC. (Its
+        // RPCs are unary: their bodies keep the limit and read timeout.
+        // A service with client-streaming RPCs lifts them for those with
+        // `palisade::axum::GrpcStreamsLayer`.)
+        axum::Router::new().fallback_service(axum::routing::post_service(routes))
     })
     .await;
 }

@@ -115,7 +115,7 @@ impl Backends {
         };
         match upstream.client.execute(req).await {
             Ok(res) => {
-                // A cached token the upstream refuses is not sent again.
+                // A cached token the upstream refuses is renewed.
                 sent.answered_by(&res);
                 let status = res.status().as_u16();
                 let text = match res.text().await {

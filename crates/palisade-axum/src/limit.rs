@@ -91,11 +91,18 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        // The 408 or 413 is the guard's kind of answer: none to a HEAD
+        // request, a gRPC status to a gRPC call.
+        let rendering = Rendering::of(&HttpHead::as_sent(&req));
         let declared = req.headers().get(CONTENT_LENGTH).map(http::HeaderValue::as_bytes);
-        if let Err(refusal) = self.limits.check_content_length(declared) {
+        // A gRPC call's declared length is checked as it is read, by the
+        // limit its service may lift.
+        if rendering != Rendering::Grpc
+            && let Err(refusal) = self.limits.check_content_length(declared)
+        {
             return BodyLimitFuture {
                 kind: Kind::Refused {
-                    reply: Some(Rendering::of(&HttpHead::as_sent(&req)).render(refusal)),
+                    reply: Some(rendering.render(refusal)),
                 },
             };
         }
@@ -110,17 +117,18 @@ where
                 },
             };
         }
-        // The 408 for a body too slow is the guard's kind of answer: none
-        // to a HEAD request, a gRPC status to a gRPC call.
-        let rendering = Rendering::of(&HttpHead::as_sent(&req));
         let limit = self.limits.max_body();
         let late = Arc::new(AtomicBool::new(false));
         let timer = BodyTimer::new(&self.limits);
         let mut req = if rendering == Rendering::Grpc {
             // Limited and timed too, unless routed to a service that
             // `GrpcStreamsLayer` wraps: a content type says nothing of where
-            // the request goes.
-            let lifted = Arc::new(AtomicBool::new(false));
+            // the request goes. One switch for every body limit the
+            // request passes (`serve`'s, and one of the application's).
+            let lifted = match req.extensions().get::<Lift>() {
+                Some(Lift(outer)) => Arc::clone(outer),
+                None => Arc::new(AtomicBool::new(false)),
+            };
             let mut req = req.map(|body| {
                 Body::new(Liftable {
                     body: Body::new(body),
@@ -182,11 +190,9 @@ impl http_body::Body for Liftable {
                 late: Arc::clone(&this.late),
             });
         }
-        // The error itself, so that axum's extractors still tell the
-        // limit's (413) from others.
         Pin::new(&mut this.body)
             .poll_frame(cx)
-            .map(|frame| frame.map(|f| f.map_err(axum::Error::into_inner)))
+            .map(|frame| frame.map(|f| f.map_err(|e| unwrapped(e.into()))))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -198,17 +204,31 @@ impl http_body::Body for Liftable {
     }
 }
 
+/// A body error without the `axum::Error`s around it (a body limit's body
+/// inside another's, or a [`Liftable`]): axum's extractors look one
+/// layer deep for the limit's `LengthLimitError`, to answer 413.
+fn unwrapped(mut e: axum::BoxError) -> axum::BoxError {
+    loop {
+        match e.downcast::<axum::Error>() {
+            Ok(wrapped) => e = wrapped.into_inner(),
+            Err(other) => return other,
+        }
+    }
+}
+
 /// The switch a gRPC call's [`Liftable`] body reads.
 #[derive(Clone)]
 struct Lift(Arc<AtomicBool>);
 
 /// Lifts [`BodyLimitLayer`]'s limit and read timeout for the gRPC calls
-/// (`content-type: application/grpc`) of the service it wraps: a gRPC
-/// call's body is its messages, for as long as the call lasts (a client
-/// stream may last hours and carry gigabytes), and the gRPC server bounds
-/// each message (tonic's `max_decoding_message_size`, 4 MiB by default).
-/// Wrap the gRPC service only, not a router with other routes: whatever
-/// it takes that claims to be gRPC gets no limit.
+/// (`content-type: application/grpc`) of the service it wraps: a
+/// client-streaming call's body is its messages, for as long as the call
+/// lasts (hours, gigabytes), and the gRPC server bounds each message
+/// (tonic's `max_decoding_message_size`, 4 MiB by default). Wrap only
+/// services with client-streaming (or bidirectional) RPCs, not a router
+/// with other routes: whatever it takes that claims to be gRPC gets no
+/// limit and no deadline, and a unary call's client could keep it waiting
+/// for a message that never comes.
 ///
 /// ```
 /// use axum::Router;
@@ -291,7 +311,7 @@ where
                 {
                     this.timer.received(data.len());
                 }
-                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+                Poll::Ready(frame.map(|f| f.map_err(|e| unwrapped(e.into()))))
             }
             Poll::Pending => match this.timer.poll_late(cx) {
                 Some(late) => {
@@ -352,6 +372,11 @@ where
                 // Whatever the app answered a body it could not read in time.
                 if late.as_ref().is_some_and(|l| l.load(Ordering::Relaxed)) {
                     return Poll::Ready(Ok(reply(rendering.render(limits.body_too_slow()))));
+                }
+                // A gRPC call's body over the limit (its declared length is
+                // checked as it is read): a gRPC status, not axum's 413.
+                if *rendering == Rendering::Grpc && res.status() == http::StatusCode::PAYLOAD_TOO_LARGE {
+                    return Poll::Ready(Ok(reply(rendering.render(limits.body_too_large()))));
                 }
                 Poll::Ready(Ok(res.map(ResponseBody::inner)))
             }
@@ -459,19 +484,33 @@ mod tests {
         let app = Router::new()
             .route("/grpc", echo().layer(GrpcStreamsLayer))
             .route("/plain", echo());
-        let app = BodyLimitLayer::new(limits).layer(app);
+        // Two body limits (`serve`'s and the application's): one switch.
+        let app = BodyLimitLayer::new(limits).layer(BodyLimitLayer::new(limits).layer(app));
         let call = |path: &str, body: Body| {
             let req = request("POST", "application/grpc").uri(path).body(body).unwrap();
             app.clone().oneshot(req)
         };
         // Over the limit: taken by the gRPC service, refused elsewhere
-        // (the content type alone lifts nothing).
+        // (the content type alone lifts nothing) with a gRPC status.
         let big = || Body::from(vec![b'x'; 64]);
         let res = call("/grpc", big()).await.unwrap();
         assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "64");
-        // (axum's extractor answers the limit it was given: 413.)
         let res = call("/plain", big()).await.unwrap();
-        assert_eq!(res.status(), 413);
+        assert_eq!(
+            res.headers().get("grpc-status").map(|v| v.to_str().unwrap()),
+            Some("8"),
+            "{:?} {:?}",
+            res.status(),
+            res.headers()
+        );
+        // A declared length over the limit too.
+        let declared = request("POST", "application/grpc")
+            .uri("/grpc")
+            .header("content-length", "64")
+            .body(big())
+            .unwrap();
+        let res = app.clone().oneshot(declared).await.unwrap();
+        assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "64");
         // Quiet past the read timeout: waited for by the gRPC service.
         let quiet = tokio::time::timeout(Duration::from_millis(600), call("/grpc", Body::new(Stalled))).await;
         assert!(quiet.is_err(), "a quiet gRPC stream was cut");

@@ -105,6 +105,10 @@ enum Expect {
 #[derive(Debug)]
 struct Case {
     name: String,
+    /// Its number in the case file.
+    number: usize,
+    /// Whether the file's case runs for several workloads, this one of them.
+    shared: bool,
     workload: Workload,
     request: Request,
     expect: Expect,
@@ -196,9 +200,9 @@ fn try_run(args: &Test) -> Result<Report, Report> {
     let rt = decide::runtime()?;
     let mut out = Vec::new();
     // Each note once, with the cases it was found for.
-    let mut notes: Vec<(String, Vec<&str>)> = Vec::new();
+    let mut notes: Vec<(String, Vec<String>)> = Vec::new();
     let (mut passed, mut failed) = (0, 0);
-    for (i, case) in cases.iter().enumerate() {
+    for case in &cases {
         let bench = benches
             .iter()
             .find(|b| b.workload == case.workload)
@@ -208,14 +212,19 @@ fn try_run(args: &Test) -> Result<Report, Report> {
             bad(format!(
                 "{}: case {} ({}): field `claims`: {e}",
                 cases_file.display(),
-                i + 1,
+                case.number,
                 case.name
             ))
         })?;
+        let named = if case.shared {
+            format!("{} ({})", case.name, label(&case.workload))
+        } else {
+            case.name.clone()
+        };
         for note in found {
             match notes.iter_mut().find(|(n, _)| *n == note) {
-                Some((_, names)) => names.push(&case.name),
-                None => notes.push((note, vec![&case.name])),
+                Some((_, names)) => names.push(named.clone()),
+                None => notes.push((note, vec![named.clone()])),
             }
         }
         if case.passes(&outcome) {
@@ -375,6 +384,8 @@ fn cases(values: Vec<Value>, path: &Path, named: &[Workload]) -> Result<Vec<Case
         for workload in &workloads {
             cases.push(Case {
                 name: case_name.clone(),
+                number: n,
+                shared: workloads.len() > 1,
                 workload: workload.clone(),
                 request: Request {
                     method: method.clone(),

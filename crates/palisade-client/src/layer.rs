@@ -16,8 +16,8 @@ use crate::{CallerToken, ClientError, Credentials, Upstreams};
 /// request's extensions. A request that cannot get its credential fails
 /// with the [`ClientError`] (boxed) and is never sent; so does one whose URI
 /// names no host (a `Host` header is not trusted: it need not be where the
-/// request goes). A cached token the upstream refuses is not sent again
-/// ([`Sent`](crate::Sent)). For a client bound to one upstream whose
+/// request goes). A cached token the upstream refuses is renewed in the
+/// background ([`Sent`](crate::Sent)). For a client bound to one upstream whose
 /// requests carry only a path (a tonic `Channel`), use
 /// [`CredentialsLayer::fixed`].
 #[derive(Clone, Debug)]

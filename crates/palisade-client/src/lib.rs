@@ -51,7 +51,7 @@
 //! let mut req = client.get("http://reviews.default.svc.cluster.local:9080/reviews/0").build()?;
 //! let sent = upstreams.apply(&mut req, CallerToken::from_headers(inbound).as_ref()).await?;
 //! let res = client.execute(req).await?;
-//! // A cached token the upstream refuses is not sent again.
+//! // A cached token the upstream refuses is renewed in the background.
 //! sent.answered_by(&res);
 //! # Ok(()) }
 //! ```

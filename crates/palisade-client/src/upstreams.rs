@@ -60,7 +60,7 @@ impl Credentials {
     /// is to be sent: what [`CredentialsLayer`](crate::CredentialsLayer) and
     /// [`Upstreams::apply`] do, for a client that chose the credential
     /// itself. Tell the returned [`Sent`] the upstream's answer, so a
-    /// cached token it refuses is not sent again.
+    /// cached token it refuses is renewed in the background.
     ///
     /// # Errors
     /// As [`authorization`](Self::authorization): the request must then
