@@ -34,7 +34,7 @@ impl Policy {
             added: Vec::new(),
         };
         for extra in with {
-            policy.add(&PolicySet::from_file(extra)?, true);
+            policy.add(&PolicySet::from_file(extra)?, true)?;
         }
         Ok(policy)
     }
@@ -55,13 +55,32 @@ impl Policy {
             (e.line, e.column) = (None, None);
             e
         })?;
-        self.add(&set, false);
-        Ok(())
+        self.add(&set, false)
     }
 
-    fn add(&mut self, other: &PolicySet, lines: bool) {
+    /// Adds `other`'s documents after those there are; `lines` keeps their
+    /// line numbers (a file's, not a case file's `with:`).
+    ///
+    /// # Errors
+    /// An added document of the kind, namespace and name of one there is,
+    /// as the loader refuses two in one file: both would apply here, where
+    /// Kubernetes keeps one.
+    fn add(&mut self, other: &PolicySet, lines: bool) -> Result<(), PolicyError> {
         let mut documents = self.set.documents().to_vec();
         for doc in other.documents() {
+            if !doc.metadata.name.is_empty()
+                && let Some(first) = documents.iter().find(|d| d.resource() == doc.resource())
+            {
+                let (file, at) = self.origin(first.index);
+                return Err(other.error_at(
+                    doc,
+                    "metadata.name",
+                    format!(
+                        "{} is already document {at} of {file}: give each its own name (Kubernetes would keep only one)",
+                        doc.resource()
+                    ),
+                ));
+            }
             let mut doc = doc.clone();
             self.added.push((
                 other.source().to_owned(),
@@ -74,6 +93,15 @@ impl Policy {
             documents.push(doc);
         }
         self.set = PolicySet::from_documents(self.set.source(), documents);
+        Ok(())
+    }
+
+    /// The file and index of the document at `index` of the stream.
+    fn origin(&self, index: usize) -> (String, usize) {
+        match index.checked_sub(self.own + 1).and_then(|i| self.added.get(i)) {
+            Some((source, at)) => (source.clone(), *at as usize),
+            None => (self.set.source().to_owned(), index),
+        }
     }
 
     /// `e`, found compiling the documents together, with the file and
@@ -82,9 +110,10 @@ impl Policy {
         let Some(index) = e.document.and_then(|d| usize::try_from(d).ok()) else {
             return e;
         };
-        if let Some((source, at)) = index.checked_sub(self.own + 1).and_then(|i| self.added.get(i)) {
-            e.file.clone_from(source);
-            e.document = Some(*at);
+        if index > self.own {
+            let (file, at) = self.origin(index);
+            e.file = file;
+            e.document = u32::try_from(at).ok();
         }
         e
     }
@@ -138,6 +167,23 @@ spec:
         let e = policy.locate(policy.set.error_at(first, "spec", "wrong"));
         assert_eq!(e.file, main.display().to_string());
 
+        // A document named as one there is, from the file or added: refused,
+        // as in one file.
+        for (name, file) in [
+            ("a", main.display().to_string()),
+            ("b", "c.yaml `with`".to_owned()),
+        ] {
+            let twice = policy
+                .add_values(&[json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy", "metadata": {"name": name}})], "d.yaml `with`")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                twice.contains(&format!(
+                    "AuthorizationPolicy default/{name} is already document "
+                )) && twice.contains(&file),
+                "{twice}"
+            );
+        }
         let bad = policy
             .add_values(&[json!({"apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication", "metadata": {"name": "x"}, "spec": {"jwtRulez": []}})], "c.yaml `with`")
             .unwrap_err();
