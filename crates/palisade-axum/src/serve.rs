@@ -12,7 +12,10 @@
 //!   header-read timeout of its first byte; otherwise the connection is
 //!   closed (HTTP/2: the first request only, then the idle timeout);
 //! - a connection with no request in progress is closed when no new one
-//!   begins within the idle timeout;
+//!   begins within the idle timeout (HTTP/2: with a GOAWAY first, so a
+//!   request sent meanwhile is retried elsewhere, not lost to a reset; the
+//!   connection is cut if the client has not closed it one more idle
+//!   timeout later);
 //! - a connection whose client takes none of an answer for the write
 //!   timeout is closed, and an HTTP/2 stream whose flow-control window
 //!   stays shut that long is reset (its answer is handed to hyper 16 KiB
@@ -54,7 +57,7 @@ use bytes::Bytes;
 use http::{Extensions, Request, Response, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::GracefulConnection;
 use palisade_core::authn::ConnectionInfo;
 use palisade_core::limits::{LOG_TARGET, ServerLimits};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -152,7 +155,9 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let service = BodyLimitLayer::new(limits).layer(service);
-    let graceful = GracefulShutdown::new();
+    // Told to every connection at shutdown: each finishes what is in
+    // progress (HTTP/2: with a GOAWAY) and closes.
+    let (stopping, stop) = tokio::sync::watch::channel(false);
     // Every connection's task, so that those still open after the drain
     // timeout can be ended.
     let mut connections = tokio::task::JoinSet::new();
@@ -194,7 +199,7 @@ where
             },
             () = &mut shutdown => break,
         };
-        let watcher = graceful.watcher();
+        let mut stop = stop.clone();
         let (handshake, service) = (handshake.clone(), service.clone());
         connections.spawn(async move {
             let _open = permit;
@@ -206,8 +211,19 @@ where
                 let io = tokio::time::timeout(limits.handshake(), handshake.handshake(tcp, &mut info))
                     .await
                     .map_err(|_| "handshake timed out")??;
-                let conn = connection(io, Arc::new(info), &limits, service);
-                watcher.watch(conn).await.map_err(|e| reason(&*e))
+                let activity = Arc::new(Activity::new());
+                let conn = connection(io, Arc::new(info), Arc::clone(&activity), &limits, service);
+                let stopped = Box::pin(async move {
+                    let _ = stop.wait_for(|stopping| *stopping).await;
+                });
+                Serving {
+                    conn,
+                    activity,
+                    stopped,
+                    closing: false,
+                }
+                .await
+                .map_err(|e| reason(&*e))
             };
             if let Err(reason) = served.await {
                 tracing::debug!(target: LOG_TARGET, %remote, reason, "connection closed");
@@ -215,9 +231,12 @@ where
         });
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-        .await
-        .is_err()
+    let _ = stopping.send(true);
+    if tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
     {
         connections.abort_all();
         tracing::warn!(target: LOG_TARGET, "connections still open after the drain timeout were closed");
@@ -276,6 +295,7 @@ const HEAD_LATE: &str = "no complete request head in time";
 fn connection<I, S, B>(
     io: I,
     info: Arc<ConnectionInfo>,
+    activity: Arc<Activity>,
     limits: &ServerLimits,
     service: S,
 ) -> impl hyper_util::server::graceful::GracefulConnection<Error = Box<dyn std::error::Error + Send + Sync>>
@@ -288,7 +308,6 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let activity = Arc::new(Activity::new());
     let activity_of_streams = Arc::clone(&activity);
     let io = Deadlines::new(io, activity.clone(), limits);
     let extensions = request_extensions(info);
@@ -331,6 +350,37 @@ where
     http.serve_connection(TokioIo::new(io), svc).into_owned()
 }
 
+pin_project_lite::pin_project! {
+    /// A connection served until it ends: at shutdown, or when its
+    /// deadlines ask for it (`Activity::closing`: an idle HTTP/2
+    /// connection), it is closed gracefully, with a GOAWAY on HTTP/2, so a
+    /// client that was about to send a request knows to send it on another
+    /// connection (grpc-go and tonic then retry it), rather than losing it
+    /// to a reset.
+    struct Serving<C> {
+        #[pin]
+        conn: C,
+        activity: Arc<Activity>,
+        stopped: Pin<Box<dyn Future<Output = ()> + Send>>,
+        closing: bool,
+    }
+}
+
+impl<C: GracefulConnection> Future for Serving<C> {
+    type Output = C::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
+        let mut this = self.project();
+        if !*this.closing
+            && (this.activity.closing.load(Ordering::Acquire) || this.stopped.as_mut().poll(cx).is_ready())
+        {
+            *this.closing = true;
+            this.conn.as_mut().graceful_shutdown();
+        }
+        this.conn.poll(cx)
+    }
+}
+
 /// The extensions each request of a connection starts with: the
 /// connection's facts (one `Arc`) in a table with room for seven, so that
 /// the ones that come after them (the guard's `RequestAuth`, axum's
@@ -371,6 +421,8 @@ struct Activity {
     /// When a write that waited for the client last went on, likewise (0:
     /// never).
     written: AtomicU64,
+    /// The deadlines ask for the connection to be closed gracefully.
+    closing: AtomicBool,
     opened: Instant,
 }
 
@@ -381,6 +433,7 @@ impl Activity {
             h2: AtomicBool::new(false),
             ended: AtomicU64::new(0),
             written: AtomicU64::new(0),
+            closing: AtomicBool::new(false),
             opened: Instant::now(),
         }
     }
@@ -817,8 +870,20 @@ impl<I: AsyncRead> AsyncRead for Deadlines<I> {
                 Phase::Head if past(this.timer, after(*this.since, *this.header_read), cx) => {
                     Poll::Ready(Err(late(HEAD_LATE)))
                 }
-                // The end of the stream: hyper lets an idle connection go.
                 Phase::Idle if past(this.timer, after(*this.since, *this.idle), cx) => {
+                    // HTTP/2: a GOAWAY first (`Serving`), and the end of the
+                    // stream only if the client does not close in another
+                    // idle timeout.
+                    if this.activity.h2.load(Ordering::Relaxed)
+                        && !this.activity.closing.swap(true, Ordering::AcqRel)
+                    {
+                        tracing::trace!(target: LOG_TARGET, "idle HTTP/2 connection: GOAWAY");
+                        *this.since = Instant::now();
+                        let _ = past(this.timer, after(*this.since, *this.idle), cx);
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                    // The end of the stream: hyper lets an idle connection go.
                     tracing::trace!(target: LOG_TARGET, "idle connection closed");
                     Poll::Ready(Ok(()))
                 }
@@ -1292,6 +1357,40 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(&hi[..], b"hi");
+    }
+
+    #[tokio::test]
+    async fn an_idle_http2_connection_is_told_goaway_before_it_is_closed() {
+        let app = Router::new().route("/", get(|| async { "hi" }));
+        let limits = ServerLimits::default().idle_timeout(Duration::from_millis(500));
+        let addr = serve_app(app, limits).await;
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+        let connection = tokio::spawn(connection);
+        let request = Request::get("http://x/").body(()).unwrap();
+        let (answer, _) = client
+            .clone()
+            .ready()
+            .await
+            .unwrap()
+            .send_request(request, true)
+            .unwrap();
+        assert_eq!(answer.await.unwrap().status(), 200);
+        // Idle past the timeout: a GOAWAY, so the client knows to open
+        // another connection rather than lose a request to a reset.
+        let ended = tokio::time::timeout(Duration::from_secs(10), connection)
+            .await
+            .expect("the idle connection was kept")
+            .unwrap();
+        let refused = client
+            .ready()
+            .await
+            .err()
+            .expect("the connection still takes requests");
+        assert!(
+            refused.is_go_away(),
+            "closed without a GOAWAY: {refused:?} ({ended:?})"
+        );
     }
 
     /// Two chunks of 256 KiB, then the end.
