@@ -1385,8 +1385,7 @@ mod tests {
         let refused = client
             .ready()
             .await
-            .err()
-            .expect("the connection still takes requests");
+            .expect_err("the connection still takes requests");
         assert!(
             refused.is_go_away(),
             "closed without a GOAWAY: {refused:?} ({ended:?})"
