@@ -137,7 +137,10 @@ impl ServerTlsBuilder {
         self
     }
 
-    /// Loads the files and builds the server.
+    /// Loads the files and builds the server. Its counter of refused client
+    /// certificates (`palisade_authentications_total{method="mtls",
+    /// result="failure"}`) reports to the `metrics` recorder installed
+    /// now: install it first, as before building the guard.
     ///
     /// # Errors
     /// A [`TlsError`] naming the file that cannot be read or used; one
