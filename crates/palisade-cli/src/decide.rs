@@ -982,6 +982,32 @@ spec:
 ";
 
     #[test]
+    fn two_host_headers_are_refused_where_a_policy_reads_hosts_as_the_service_refuses_them() {
+        let hosts = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: shop}
+spec:
+  selector: {matchLabels: {app: details}}
+  rules: [{to: [{operation: {hosts: [shop.example]}}]}]
+";
+        let with_hosts = |hosts: &[&str]| Request {
+            headers: hosts
+                .iter()
+                .map(|h| ("host".to_owned(), (*h).to_owned()))
+                .collect(),
+            ..request("GET /list")
+        };
+        let o = decide_with(hosts, with_hosts(&["shop.example"]), &mut Vec::new());
+        assert_eq!((o.verdict, o.status), (Verdict::Allow, 200));
+        let o = decide_with(
+            hosts,
+            with_hosts(&["shop.example", "evil.example"]),
+            &mut Vec::new(),
+        );
+        assert_eq!((o.verdict, o.status), (Verdict::Deny, 400), "{}", o.reason);
+    }
+
+    #[test]
     fn another_authenticators_answer_is_its_own_route_or_a_refusal_never_sign_ins() {
         let metadata = format!(
             "{SIGN_IN}---

@@ -152,15 +152,17 @@ impl OwnedRequest {
         Self::new("GET", target)
     }
 
-    /// Adds a header (the name is lower-cased).
+    /// Adds a header (the name is lower-cased). The first `Host` is the
+    /// request's host; a second makes it [ambiguous](crate::adapter::ambiguous_host),
+    /// as two sent to a server do.
     #[must_use]
     pub fn header(mut self, name: &str, value: impl Into<Vec<u8>>) -> Self {
         let name = name.to_ascii_lowercase();
-        if name == "host" {
-            self.host = String::from_utf8(value.into()).ok();
-            return self;
+        let value = value.into();
+        if name == "host" && self.header_value("host", 0).is_none() {
+            self.host = String::from_utf8(value.clone()).ok();
         }
-        self.headers.push((name, value.into()));
+        self.headers.push((name, value));
         self
     }
 
@@ -247,6 +249,19 @@ impl RequestHead for OwnedRequest {
 #[cfg(test)]
 mod tests {
     use super::OwnedRequest;
+    use super::RequestHead as _;
+
+    #[test]
+    fn a_second_host_header_makes_the_host_ambiguous_as_on_a_server() {
+        let one = OwnedRequest::get("/").header("Host", "a.example");
+        assert_eq!(one.host(), Some("a.example"));
+        assert!(!crate::adapter::ambiguous_host(&one));
+        let two = one.header("host", "b.example");
+        assert_eq!(two.host(), Some("a.example"), "the first");
+        assert!(crate::adapter::ambiguous_host(&two));
+        let not_text = OwnedRequest::get("/").header("host", b"a\xff".to_vec());
+        assert!(crate::adapter::ambiguous_host(&not_text));
+    }
 
     #[test]
     fn a_request_shows_names_not_values() {
@@ -259,7 +274,7 @@ mod tests {
         for part in [
             r#""/list""#,
             r#"["page", "access_token"]"#,
-            r#"["authorization", "cookie"]"#,
+            r#"["authorization", "cookie", "host"]"#,
             "shop.example",
         ] {
             assert!(shown.contains(part), "{part} in {shown}");
