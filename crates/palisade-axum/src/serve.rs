@@ -1192,22 +1192,20 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_large_answer_to_a_slow_reader_is_not_cut_by_the_idle_timeout() {
-        const SIZE: usize = 24 * 1024 * 1024;
-        let app = Router::new().route("/large", get(|| async { vec![b'x'; SIZE] }));
-        let addr = serve_app(app, half_second_limits()).await;
+    /// `size` bytes served with `limits` and read at most 1 MiB every
+    /// 100 ms; what was read (head included) and how long it took.
+    async fn read_slowly(limits: ServerLimits, size: usize) -> (usize, Duration) {
+        let app = Router::new().route("/large", get(move || async move { vec![b'x'; size] }));
+        let addr = serve_app(app, limits).await;
         let mut tcp = TcpStream::connect(addr).await.unwrap();
         tcp.write_all(b"GET /large HTTP/1.1\r\nhost: x\r\n\r\n")
             .await
             .unwrap();
-        // A reader slower than the whole body's handing over (which ends
-        // the request for hyper), never silent for the idle timeout.
         let mut got = 0usize;
         let mut chunk = vec![0u8; 1024 * 1024];
         let started = Instant::now();
         // The body and a head of more than 100 bytes.
-        while got < SIZE + 100 {
+        while got < size + 100 {
             tokio::time::sleep(Duration::from_millis(100)).await;
             let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut chunk))
                 .await
@@ -1218,16 +1216,17 @@ mod tests {
             }
             got += n;
         }
-        assert!(
-            got >= SIZE + 100,
-            "cut off after {got} bytes in {:?}",
-            started.elapsed()
-        );
-        assert!(
-            started.elapsed() > Duration::from_millis(500),
-            "not slow: {:?}",
-            started.elapsed()
-        );
+        (got, started.elapsed())
+    }
+
+    #[tokio::test]
+    async fn a_large_answer_to_a_slow_reader_is_not_cut_by_the_idle_timeout() {
+        // A reader slower than the whole body's handing over (which ends
+        // the request for hyper), never silent for the idle timeout.
+        const SIZE: usize = 24 * 1024 * 1024;
+        let (got, took) = read_slowly(half_second_limits(), SIZE).await;
+        assert!(got >= SIZE + 100, "cut off after {got} bytes in {took:?}");
+        assert!(took > Duration::from_millis(500), "not slow: {took:?}");
     }
 
     /// An answer that never ends, 64 KiB at a time.
@@ -1286,39 +1285,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_reader_that_keeps_reading_is_not_cut_by_the_write_timeout() {
-        const SIZE: usize = 32 * 1024 * 1024;
-        let app = Router::new().route("/large", get(|| async { vec![b'x'; SIZE] }));
-        let addr = serve_app(app, ServerLimits::default().write_timeout(Duration::from_secs(2))).await;
-        let mut tcp = TcpStream::connect(addr).await.unwrap();
-        tcp.write_all(b"GET /large HTTP/1.1\r\nhost: x\r\n\r\n")
-            .await
-            .unwrap();
         // At most 1 MiB every 100 ms: longer than the write timeout in all,
         // so writes wait again and again, each for far less.
-        let mut got = 0usize;
-        let mut chunk = vec![0u8; 1024 * 1024];
-        let started = Instant::now();
-        while got < SIZE + 100 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut chunk))
-                .await
-                .expect("stalled")
-                .unwrap();
-            if n == 0 {
-                break;
-            }
-            got += n;
-        }
-        assert!(
-            got >= SIZE + 100,
-            "cut off after {got} bytes in {:?}",
-            started.elapsed()
-        );
-        assert!(
-            started.elapsed() > Duration::from_secs(2),
-            "not slow: {:?}",
-            started.elapsed()
-        );
+        const SIZE: usize = 32 * 1024 * 1024;
+        let limits = ServerLimits::default().write_timeout(Duration::from_secs(2));
+        let (got, took) = read_slowly(limits, SIZE).await;
+        assert!(got >= SIZE + 100, "cut off after {got} bytes in {took:?}");
+        assert!(took > Duration::from_secs(2), "not slow: {took:?}");
     }
 
     #[tokio::test]
