@@ -114,20 +114,6 @@ impl CompiledRule {
         Self { from, to, when }
     }
 
-    /// A rule that matches nothing: one kept in place of a source rule that
-    /// does not apply to the workload, so that the others keep their
-    /// numbers in decisions and counters.
-    pub(crate) fn never() -> Self {
-        Self::new(
-            Vec::new(),
-            Vec::new(),
-            vec![Clause {
-                test: Test::Const(false),
-                negate: false,
-            }],
-        )
-    }
-
     #[inline]
     fn matches(&self, ctx: &Ctx<'_>) -> bool {
         let group = |g: &Vec<Clause>| g.iter().all(|c| c.holds(ctx));

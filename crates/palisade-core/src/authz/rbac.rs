@@ -118,15 +118,10 @@ pub(crate) fn compile(w: &WorkloadPolicy<'_>, out: &mut Vec<CompiledPolicy>) -> 
         } else {
             from
         };
-        // The role's rules that name other services stay, matching nothing,
-        // so that each keeps its number (`spec.rules[N]` of the role) in
-        // decisions and in `palisade test`'s list of rules not reached.
         let rules = rules
             .iter()
-            .map(|rule| match rule {
-                Some((to, when)) => CompiledRule::new(from.clone(), to.clone(), when.clone()),
-                None => CompiledRule::never(),
-            })
+            .flatten()
+            .map(|(to, when)| CompiledRule::new(from.clone(), to.clone(), when.clone()))
             .collect();
         out.push(CompiledPolicy::new(
             format!("{}/{}", d.metadata.namespace(), d.metadata.name),
