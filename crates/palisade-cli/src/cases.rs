@@ -187,28 +187,14 @@ fn try_run(args: &Test) -> Result<Report, Report> {
         .map_err(|e| unusable(&e, None))?;
     let named = workloads::named(&policy.set);
     let cases = cases(file.cases, cases_file, &named).map_err(bad)?;
-    // The workloads the cases name, which must compile, and every other
-    // of the file, so that their rules count too: one that does not compile
-    // (a secret file only its own host has) is said and left out.
+    // Every workload of the file, so that their rules count too, and those
+    // the cases name.
     let mut benches: Vec<Bench> = Vec::new();
-    let mut left_out = Vec::new();
-    for workload in cases.iter().map(|c| &c.workload) {
+    for workload in named.iter().chain(cases.iter().map(|c| &c.workload)) {
         if !benches.iter().any(|b| b.workload == *workload) {
             let bench = Bench::compile(&policy.set, workload.clone())
                 .map_err(|e| unusable(&policy.locate(e), Some(workload)))?;
             benches.push(bench);
-        }
-    }
-    for workload in &named {
-        if !benches.iter().any(|b| b.workload == *workload) {
-            match Bench::compile(&policy.set, workload.clone()) {
-                Ok(bench) => benches.push(bench),
-                Err(e) => left_out.push(format!(
-                    "note: {} is in no case and does not compile here, so its rules are not listed as reached or not: {}",
-                    label(workload),
-                    policy.locate(e)
-                )),
-            }
         }
     }
     let rt = decide::runtime()?;
@@ -266,12 +252,12 @@ fn try_run(args: &Test) -> Result<Report, Report> {
             .map(|r| format!("not reached: {r}")),
     );
     out.push(format!("{passed} passed, {failed} failed"));
-    let err = left_out
+    let err = notes
         .into_iter()
-        .chain(notes.into_iter().map(|(note, names)| {
+        .map(|(note, names)| {
             let which = if names.len() == 1 { "case" } else { "cases" };
             format!("note: {note} ({which}: {})", names.join("; "))
-        }))
+        })
         .collect();
     Ok(Report {
         out,
@@ -599,45 +585,6 @@ spec: {selector: {matchLabels: {app: reviews}}}
         let report = empty.run();
         assert_eq!(report.status, 0, "{report:?}");
         assert!(report.out.join("\n").contains("1 passed, 0 failed"), "{report:?}");
-    }
-
-    #[test]
-    fn a_workload_no_case_names_may_fail_to_compile_here_one_a_case_names_may_not() {
-        let policy = "apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: a}
-spec: {selector: {matchLabels: {app: details}}, action: ALLOW, rules: [{}]}
----
-apiVersion: palisade.dev/v1alpha1
-kind: OidcLogin
-metadata: {name: login}
-spec:
-  selector: {matchLabels: {app: reviews}}
-  issuer: https://kc.example/realms/shop
-  clientId: reviews
-  clientSecretFile: /nonexistent/reviews.secret
-";
-        let details = Files::new(
-            "secret-elsewhere",
-            policy,
-            "cases:\n- {name: d, workload: default/details, request: GET /, expect: allow}\n",
-        )
-        .run();
-        assert_eq!(details.status, 0, "{details:?}");
-        assert!(
-            details
-                .err
-                .iter()
-                .any(|l| l.contains("default/reviews is in no case") && l.contains("reviews.secret")),
-            "{details:?}"
-        );
-        let reviews = Files::new(
-            "secret-here",
-            policy,
-            "cases:\n- {name: r, workload: default/reviews, request: GET /, expect: allow}\n",
-        )
-        .run();
-        assert_eq!(reviews.status, 1, "{reviews:?}");
     }
 
     const FRAGMENT: &str = "apiVersion: security.istio.io/v1
