@@ -244,19 +244,12 @@ where
     Ok(())
 }
 
-/// Why hyper ended a connection, for the debug log: a limit, or the client.
+/// Why hyper ended a connection, for the debug log: a deadline the client
+/// missed, found by its text in the error or its sources (h2 keeps an I/O
+/// error's text only), or the client.
 fn reason(e: &(dyn std::error::Error + 'static)) -> &'static str {
     let mut source = Some(e);
     while let Some(e) = source {
-        let late = e.downcast_ref::<Late>().or_else(|| {
-            e.downcast_ref::<std::io::Error>()
-                .and_then(std::io::Error::get_ref)
-                .and_then(|inner| inner.downcast_ref::<Late>())
-        });
-        if let Some(Late(why)) = late {
-            return why;
-        }
-        // h2 keeps an I/O error's text only.
         let text = e.to_string();
         if let Some(why) = [HEAD_LATE, WRITE_LATE].into_iter().find(|why| text.contains(why)) {
             return why;
@@ -266,22 +259,10 @@ fn reason(e: &(dyn std::error::Error + 'static)) -> &'static str {
     "HTTP connection error"
 }
 
-/// A deadline the client missed: the error a connection's read or write
-/// ends with (`TimedOut`), which [`reason`] finds again.
-#[derive(Debug)]
-struct Late(&'static str);
-
-impl std::fmt::Display for Late {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.0)
-    }
-}
-
-impl std::error::Error for Late {}
-
-/// The error of a missed deadline.
+/// The error of a missed deadline: `TimedOut`, with the text [`reason`]
+/// finds again.
 fn late(why: &'static str) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::TimedOut, Late(why))
+    std::io::Error::new(std::io::ErrorKind::TimedOut, why)
 }
 
 /// Why a connection whose client read nothing for the write timeout closed.
@@ -714,8 +695,9 @@ pin_project_lite::pin_project! {
         activity: Arc<Activity>,
         phase: Phase,
         // Since when the phase is timed: the connection's opening, a
-        // request head's first byte, the last request's end or the last
-        // progress of its answer's writing.
+        // request head's first byte or the last request's end (idle time
+        // counts from its answer's last write, when that came later:
+        // `Activity::written`).
         since: Instant,
         timer: Pin<Box<tokio::time::Sleep>>,
         header_read: Duration,
@@ -760,16 +742,14 @@ struct WriteClock {
 
 impl WriteClock {
     /// Notes a write's outcome (a write that never waits costs no clock
-    /// read), failing one that has waited for the write timeout; after
-    /// progress, noted in `activity`, an idle connection's time counts
+    /// read), failing one that has waited for the write timeout; progress
+    /// is noted in `activity`, from which an idle connection's time counts
     /// again.
     fn note<T>(
         &mut self,
         result: Poll<std::io::Result<T>>,
         cx: &mut Context<'_>,
         activity: &Activity,
-        phase: Phase,
-        since: &mut Instant,
     ) -> Poll<std::io::Result<T>> {
         match &result {
             Poll::Pending => {
@@ -783,11 +763,7 @@ impl WriteClock {
             }
             Poll::Ready(_) => {
                 if self.waiting.take().is_some() {
-                    let now = Instant::now();
-                    activity.wrote(now);
-                    if phase == Phase::Idle {
-                        *since = now;
-                    }
+                    activity.wrote(Instant::now());
                 }
             }
         }
@@ -834,8 +810,7 @@ impl<I: AsyncRead> AsyncRead for Deadlines<I> {
             || (*this.phase == Phase::Head && this.activity.ended() > *this.since)
         {
             *this.phase = Phase::Idle;
-            let ended = this.activity.ended();
-            *this.since = this.activity.written().map_or(ended, |w| w.max(ended));
+            *this.since = this.activity.ended();
         }
         let before = buf.filled().len();
         match this.io.poll_read(cx, buf) {
@@ -870,7 +845,20 @@ impl<I: AsyncRead> AsyncRead for Deadlines<I> {
                 Phase::Head if past(this.timer, after(*this.since, *this.header_read), cx) => {
                     Poll::Ready(Err(late(HEAD_LATE)))
                 }
-                Phase::Idle if past(this.timer, after(*this.since, *this.idle), cx) => {
+                // Idle since the last request ended or, later, the last
+                // write of its answer that went on after waiting.
+                Phase::Idle
+                    if past(
+                        this.timer,
+                        after(
+                            this.activity
+                                .written()
+                                .map_or(*this.since, |w| w.max(*this.since)),
+                            *this.idle,
+                        ),
+                        cx,
+                    ) =>
+                {
                     // HTTP/2: a GOAWAY first (`Serving`), and the end of the
                     // stream only if the client does not close in another
                     // idle timeout.
@@ -897,23 +885,20 @@ impl<I: AsyncWrite> AsyncWrite for Deadlines<I> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         let this = self.project();
         let result = this.io.poll_write(cx, buf);
-        this.writes
-            .note(result, cx, this.activity, *this.phase, this.since)
+        this.writes.note(result, cx, this.activity)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let this = self.project();
         let result = this.io.poll_flush(cx);
-        this.writes
-            .note(result, cx, this.activity, *this.phase, this.since)
+        this.writes.note(result, cx, this.activity)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         // TLS writes its close_notify.
         let this = self.project();
         let result = this.io.poll_shutdown(cx);
-        this.writes
-            .note(result, cx, this.activity, *this.phase, this.since)
+        this.writes.note(result, cx, this.activity)
     }
 
     fn poll_write_vectored(
@@ -923,8 +908,7 @@ impl<I: AsyncWrite> AsyncWrite for Deadlines<I> {
     ) -> Poll<std::io::Result<usize>> {
         let this = self.project();
         let result = this.io.poll_write_vectored(cx, bufs);
-        this.writes
-            .note(result, cx, this.activity, *this.phase, this.since)
+        this.writes.note(result, cx, this.activity)
     }
 
     fn is_write_vectored(&self) -> bool {
