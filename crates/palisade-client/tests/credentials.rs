@@ -171,7 +171,8 @@ async fn a_wrong_secret_is_refused_by_the_issuer() {
 /// What a recorder saw: each request's `Authorization` header.
 type Seen = Arc<Mutex<Vec<Option<String>>>>;
 
-/// A client service that records the `Authorization` header it is sent.
+/// A client service that records the `Authorization` header it is sent
+/// and answers 200.
 fn recorder() -> (
     impl Service<http::Request<()>, Response = http::Response<()>, Error = Infallible, Future = impl Send>
     + Clone
@@ -179,19 +180,7 @@ fn recorder() -> (
     + 'static,
     Seen,
 ) {
-    let seen = Seen::default();
-    let log = Arc::clone(&seen);
-    let svc = tower::service_fn(move |req: http::Request<()>| {
-        let log = Arc::clone(&log);
-        async move {
-            let auth = req
-                .headers()
-                .get(http::header::AUTHORIZATION)
-                .map(|v| v.to_str().unwrap().to_owned());
-            log.lock().unwrap().push(auth);
-            Ok::<_, Infallible>(http::Response::new(()))
-        }
-    });
+    let (svc, seen, _) = refusing_upstream();
     (svc, seen)
 }
 
