@@ -91,22 +91,22 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        // The 408 or 413 is the guard's kind of answer: none to a HEAD
-        // request, a gRPC status to a gRPC call.
-        let rendering = Rendering::of(&HttpHead::as_sent(&req));
         let declared = req.headers().get(CONTENT_LENGTH).map(http::HeaderValue::as_bytes);
-        // A gRPC call's declared length is checked as it is read, by the
-        // limit its service may lift.
-        if rendering != Rendering::Grpc
-            && let Err(refusal) = self.limits.check_content_length(declared)
-        {
-            return BodyLimitFuture {
-                kind: Kind::Refused {
-                    reply: Some(rendering.render(refusal)),
-                },
-            };
+        if let Err(refusal) = self.limits.check_content_length(declared) {
+            // The 413 is the guard's kind of answer: none to a HEAD request.
+            // A gRPC call's declared length is checked as it is read, by
+            // the limit its service may lift.
+            let rendering = Rendering::of(&HttpHead::as_sent(&req));
+            if rendering != Rendering::Grpc {
+                return BodyLimitFuture {
+                    kind: Kind::Refused {
+                        reply: Some(rendering.render(refusal)),
+                    },
+                };
+            }
         }
-        // A request without a body (most) needs neither limit nor clock.
+        // A request without a body (most) needs neither limit nor clock, nor
+        // a look at its content type.
         if req.body().is_end_stream() {
             return BodyLimitFuture {
                 kind: Kind::Inner {
@@ -117,6 +117,9 @@ where
                 },
             };
         }
+        // The 408 or 413 is the guard's kind of answer: none to a HEAD
+        // request, a gRPC status to a gRPC call.
+        let rendering = Rendering::of(&HttpHead::as_sent(&req));
         let limit = self.limits.max_body();
         let late = Arc::new(AtomicBool::new(false));
         let timer = BodyTimer::new(&self.limits);
