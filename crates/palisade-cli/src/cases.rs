@@ -587,6 +587,49 @@ spec: {selector: {matchLabels: {app: reviews}}}
         assert!(report.out.join("\n").contains("1 passed, 0 failed"), "{report:?}");
     }
 
+    #[test]
+    fn a_role_rule_is_reported_by_its_index_in_the_role() {
+        // Each workload compiles only the role's rules that name it.
+        let rbac = "apiVersion: rbac.istio.io/v1alpha1
+kind: ClusterRbacConfig
+metadata: {name: default}
+spec: {mode: 'ON'}
+---
+apiVersion: rbac.istio.io/v1alpha1
+kind: ServiceRole
+metadata: {name: reader}
+spec:
+  rules:
+  - {services: [details.default.svc.cluster.local], methods: [GET]}
+  - {services: [reviews.default.svc.cluster.local], methods: [GET]}
+---
+apiVersion: rbac.istio.io/v1alpha1
+kind: ServiceRoleBinding
+metadata: {name: readers}
+spec:
+  subjects: [{user: '*'}]
+  roleRef: {kind: ServiceRole, name: reader}
+";
+        let details = "cases:
+- {name: details, workload: default/details, request: GET /list, expect: allow}
+";
+        let report = Files::new("role-details", rbac, details).run();
+        assert_eq!(
+            report.out,
+            ["not reached: default/readers rule 1", "1 passed, 0 failed"],
+            "{report:?}"
+        );
+        let reviews = "cases:
+- {name: reviews, workload: default/reviews, request: GET /list, expect: allow}
+";
+        let report = Files::new("role-reviews", rbac, reviews).run();
+        assert_eq!(
+            report.out,
+            ["not reached: default/readers rule 0", "1 passed, 0 failed"],
+            "{report:?}"
+        );
+    }
+
     const FRAGMENT: &str = "apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: users}

@@ -291,6 +291,11 @@ pub(crate) struct CompiledPolicy {
     provider: Option<(Arc<str>, Registered)>,
     /// The index of its first rule's counter in [`Engine::matched`].
     first_rule: usize,
+    /// Where its rules are written, when not one to one: each compiled
+    /// rule's index among the document's rules, and how many it writes. A
+    /// `ServiceRoleBinding` compiles only its role's rules that name the
+    /// workload; its decisions and counters still name the role's rules.
+    written: Option<(Box<[u32]>, usize)>,
 }
 
 /// `name`, kept for the process's life: each distinct policy name once,
@@ -335,7 +340,29 @@ impl CompiledPolicy {
             rules,
             provider,
             first_rule: 0,
+            written: None,
         }
+    }
+
+    /// `self`, whose rule `i` is rule `written[i]` of the `count` its
+    /// document writes.
+    pub(crate) fn written_as(mut self, written: Vec<u32>, count: usize) -> Self {
+        debug_assert_eq!(written.len(), self.rules.len());
+        self.written = Some((written.into(), count));
+        self
+    }
+
+    /// The index, as written, of compiled rule `rule`.
+    fn written_index(&self, rule: usize) -> usize {
+        match &self.written {
+            None => rule,
+            Some((written, _)) => written[rule] as usize,
+        }
+    }
+
+    /// How many rules its document writes.
+    fn written_count(&self) -> usize {
+        self.written.as_ref().map_or(self.rules.len(), |(_, n)| *n)
     }
 }
 
@@ -661,7 +688,7 @@ impl Engine {
     fn hit(&self, e: Entry) -> (&'static str, usize) {
         let p = &self.policies[e.0 as usize];
         self.matched.add(p.first_rule + e.1 as usize);
-        (p.name, e.1 as usize)
+        (p.name, p.written_index(e.1 as usize))
     }
 
     /// DENY, then ALLOW; CUSTOM has been handled by the caller.
@@ -713,7 +740,7 @@ impl Engine {
         let report = |allowed: bool, e: Option<Entry>| DryRunReport {
             allowed,
             policy: e.map(|e| self.policies[e.0 as usize].name),
-            rule: e.map(|e| e.1 as usize),
+            rule: e.map(|e| self.policies[e.0 as usize].written_index(e.1 as usize)),
         };
         let dry_deny = self.dry_deny.first(&self.policies, ctx);
         let dry_allow = self.dry_allow.first(&self.policies, ctx);
@@ -757,7 +784,7 @@ impl DryRunReport {
         self.policy
     }
 
-    /// Its matching rule.
+    /// Its matching rule, numbered as [`AccessDecision::rule`] numbers it.
     #[must_use]
     pub fn rule(&self) -> Option<usize> {
         self.rule
@@ -851,7 +878,9 @@ impl AccessDecision {
         self.policy
     }
 
-    /// The index of the rule that matched in that policy.
+    /// The index of the rule that matched in that policy, as written: in an
+    /// `AuthorizationPolicy`'s `spec.rules`; for a `ServiceRoleBinding`
+    /// (whose policy is the binding), in its role's `spec.rules`.
     #[must_use]
     pub fn rule(&self) -> Option<usize> {
         self.rule.and_then(|r| usize::try_from(r).ok())
@@ -911,7 +940,9 @@ pub struct PolicyMetric {
     /// How many evaluated requests one of its rules matched.
     pub matched: u64,
     /// How many of those each rule was the matching one of, by rule index
-    /// (its length is the policy's number of rules): a rule at 0 has not
+    /// as [`AccessDecision::rule`] gives it (its length is the number of
+    /// rules the document writes; a `ServiceRole` rule that does not name
+    /// this workload stays at 0): a rule at 0 has not
     /// decided, audited or shadowed any request yet, which is what
     /// `palisade test` reports as not reached.
     pub rules_matched: Vec<u64>,
@@ -1083,9 +1114,10 @@ impl AccessPolicy {
             .policies
             .iter()
             .map(|p| {
-                let rules_matched: Vec<u64> = (0..p.rules.len())
-                    .map(|r| self.0.matched.get(p.first_rule + r))
-                    .collect();
+                let mut rules_matched = vec![0; p.written_count()];
+                for r in 0..p.rules.len() {
+                    rules_matched[p.written_index(r)] += self.0.matched.get(p.first_rule + r);
+                }
                 PolicyMetric {
                     policy: p.name.to_string(),
                     action: p.action,

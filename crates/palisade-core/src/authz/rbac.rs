@@ -118,18 +118,29 @@ pub(crate) fn compile(w: &WorkloadPolicy<'_>, out: &mut Vec<CompiledPolicy>) -> 
         } else {
             from
         };
-        let rules = rules
+        // Only the role's rules that name the workload compile; decisions
+        // and counters still number them as the role writes them.
+        let (written, compiled): (Vec<u32>, Vec<CompiledRule>) = rules
             .iter()
-            .flatten()
-            .map(|(to, when)| CompiledRule::new(from.clone(), to.clone(), when.clone()))
-            .collect();
-        out.push(CompiledPolicy::new(
-            format!("{}/{}", d.metadata.namespace(), d.metadata.name),
-            Action::Allow,
-            dry_run,
-            rules,
-            None,
-        ));
+            .enumerate()
+            .filter_map(|(i, r)| {
+                let (to, when) = r.as_ref()?;
+                Some((
+                    u32::try_from(i).ok()?,
+                    CompiledRule::new(from.clone(), to.clone(), when.clone()),
+                ))
+            })
+            .unzip();
+        out.push(
+            CompiledPolicy::new(
+                format!("{}/{}", d.metadata.namespace(), d.metadata.name),
+                Action::Allow,
+                dry_run,
+                compiled,
+                None,
+            )
+            .written_as(written, rules.len()),
+        );
     }
     if config.is_none() && (bindings > 0 || !roles.is_empty()) {
         // An RbacConfig that leaves this workload out is a choice; none at

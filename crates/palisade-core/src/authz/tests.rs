@@ -759,6 +759,15 @@ fn rbac_roles_and_bindings_compile_into_the_engine() {
     ));
     let d = p.evaluate(&get, Some(&peer("cluster.local/ns/default/sa/productpage")));
     assert_eq!(d.policy(), Some("default/bind-details"));
+    assert_eq!(d.rule(), Some(0));
+    // reviews compiles only the role's second rule, and names it as written.
+    let reviews = AccessPolicy::compile(&set.for_workload(&Workload::new("reviews", "default"))).unwrap();
+    let d = reviews.evaluate(
+        &OwnedRequest::new("DELETE", "/reviews/1"),
+        Some(&peer("cluster.local/ns/default/sa/productpage")),
+    );
+    assert_eq!((d.policy(), d.rule()), (Some("default/bind-details"), Some(1)));
+    assert_eq!(reviews.metrics()[0].rules_matched, [0, 1]);
     // The version constraint is decided against the workload's labels.
     let v3 =
         AccessPolicy::compile(&set.for_workload(&Workload::new("details", "default").label("version", "v3")))
