@@ -155,6 +155,18 @@ struct Bookinfo {
 }
 
 fn start_bookinfo(dir: &ScratchDir, pki: &TestPki, mesh: &str, extra: &[&str]) -> Bookinfo {
+    start_bookinfo_with(dir, pki, mesh, extra, None)
+}
+
+/// [`start_bookinfo`], with reviews given `reviews_upstream` (`ratings=URL`
+/// and more arguments) in place of the started ratings.
+fn start_bookinfo_with(
+    dir: &ScratchDir,
+    pki: &TestPki,
+    mesh: &str,
+    extra: &[&str],
+    reviews_upstream: Option<&[&str]>,
+) -> Bookinfo {
     let file = dir.write("mesh.yaml", mesh);
     let ca = dir.write("ca.pem", &pki.ca_pem());
     let run = |name: &str, more: &[&str]| {
@@ -176,7 +188,10 @@ fn start_bookinfo(dir: &ScratchDir, pki: &TestPki, mesh: &str, extra: &[&str]) -
     let details = run("details", &[]);
     let ratings = run("ratings", &[]);
     let to_ratings = format!("ratings=https://127.0.0.1:{}", ratings.port);
-    let reviews = run("reviews", &["--upstream", &to_ratings]);
+    let reviews = run(
+        "reviews",
+        reviews_upstream.unwrap_or(&["--upstream", &to_ratings]),
+    );
     let d = format!("details=https://127.0.0.1:{}", details.port);
     let r = format!("reviews=https://127.0.0.1:{}", reviews.port);
     let mut args = vec!["--upstream", d.as_str(), "--upstream", r.as_str()];
@@ -295,6 +310,36 @@ async fn productpage_calls_with_its_own_token_and_exchanged_ones_over_istio_mutu
     assert_eq!(product["reviews"]["status"], 200, "{product}");
     assert_eq!(product["reviews"]["body"]["ratings"]["status"], 502, "{product}");
     drop((reviews, hang));
+}
+
+#[tokio::test]
+async fn a_grpc_upstream_that_does_not_answer_in_time_is_504() {
+    let issuer = issuer(Duration::from_secs(300));
+    let pki = TestPki::new();
+    let dir = ScratchDir::new("bookinfo-grpc-hang");
+    // reviews' ratings accepts connections and never answers (not even the
+    // TLS handshake).
+    let hang = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let to_hang = format!("ratings=https://{}", hang.local_addr().unwrap());
+    let mesh = mesh(&issuer, &credentials(&issuer, "caller", "caller", "caller"));
+    let reviews_args = ["--upstream", to_hang.as_str(), "--upstream-timeout", "2"];
+    let bookinfo = start_bookinfo_with(&dir, &pki, &mesh, &[], Some(&reviews_args));
+    let alice = issuer
+        .token()
+        .subject("alice")
+        .audience("productpage")
+        .audience("details")
+        .audience("reviews")
+        .audience("ratings")
+        .sign();
+    let (status, product) = get(&bookinfo.productpage, "/api/v1/products/0", Some(&alice)).await;
+    assert_eq!(status, 200, "{product}");
+    assert_eq!(product["reviews"]["status"], 200, "{product}");
+    assert_eq!(
+        product["reviews"]["body"]["ratings"]["status"], 504,
+        "tonic's own timeout reads CANCELLED, not a timeout: {product}"
+    );
+    let _ = (&bookinfo.details, &bookinfo.ratings, hang);
 }
 
 #[tokio::test]

@@ -34,6 +34,8 @@ pub struct Ratings {
     client: RatingsClient<CredentialsService<Channel>>,
     /// The credential is the caller's token, or made from it.
     needs_caller: bool,
+    /// `--upstream-timeout`: for the whole call, the credential included.
+    timeout: Duration,
 }
 
 impl Ratings {
@@ -76,7 +78,6 @@ impl Ratings {
         let _entered = outbound_runtime().enter();
         let channel = Endpoint::from_shared(format!("http://{name}:{port}"))
             .unwrap_or_else(|e| bad(&e.to_string()))
-            .timeout(args.upstream_timeout)
             .connect_timeout(Duration::from_secs(5))
             .connect_with_connector_lazy(connector);
         // The channel's requests carry a path only: the layer is told where
@@ -87,13 +88,20 @@ impl Ratings {
         Some(Self {
             client: RatingsClient::new(service),
             needs_caller,
+            timeout: args.upstream_timeout,
         })
     }
 
     /// The ratings of product `id`, as a section: `{"status": S, "body": …}`
-    /// (the gRPC outcome as the HTTP status it stands for).
+    /// (the gRPC outcome as the HTTP status it stands for; no answer within
+    /// `--upstream-timeout` 504, as productpage's HTTP upstreams).
     pub async fn get(&self, id: i32, caller: Option<CallerToken>) -> Value {
         let mut req = tonic::Request::new(GetRatingsRequest { product_id: id });
+        // Timed here, not by the channel (`Endpoint::timeout`): tonic reports
+        // its own timeout as `CANCELLED`, which reads as a failure (502)
+        // rather than as no answer in time. The deadline is also sent
+        // (`grpc-timeout`), so ratings can give up as well.
+        req.set_timeout(self.timeout);
         match caller {
             Some(caller) => {
                 req.extensions_mut().insert(caller);
@@ -104,7 +112,12 @@ impl Ratings {
             }
             None => {}
         }
-        match self.client.clone().get_ratings(req).await {
+        let mut client = self.client.clone();
+        let call = client.get_ratings(req);
+        let Ok(answer) = tokio::time::timeout(self.timeout, call).await else {
+            return json!({"status": 504, "body": {"error": "ratings did not answer in time"}});
+        };
+        match answer {
             Ok(res) => json!({"status": 200, "body": res.into_inner().ratings}),
             Err(status) => {
                 let http = match status.code() {
