@@ -190,11 +190,28 @@ fn try_run(args: &Test) -> Result<Report, Report> {
     // Every workload of the file, so that their rules count too, and those
     // the cases name.
     let mut benches: Vec<Bench> = Vec::new();
+    // Workloads left out, each with its note.
+    let mut elsewhere: Vec<(&Workload, String)> = Vec::new();
     for workload in named.iter().chain(cases.iter().map(|c| &c.workload)) {
-        if !benches.iter().any(|b| b.workload == *workload) {
-            let bench = Bench::compile(&policy.set, workload.clone())
-                .map_err(|e| unusable(&policy.locate(e), Some(workload)))?;
-            benches.push(bench);
+        if benches.iter().any(|b| b.workload == *workload) || elsewhere.iter().any(|(w, _)| *w == workload) {
+            continue;
+        }
+        match Bench::compile(&policy.set, workload.clone()) {
+            Ok(bench) => benches.push(bench),
+            // A file only that workload's host has (a secret, key or CA
+            // file) does not stop the cases of the others; any other error
+            // does, as does a case of that workload.
+            Err(e) if e.io_error().is_some() && !cases.iter().any(|c| c.workload == *workload) => {
+                let why = policy.locate(e);
+                elsewhere.push((
+                    workload,
+                    format!(
+                        "note: {} is not decided here, and its rules are not counted: {why} (no case names it)",
+                        label(workload)
+                    ),
+                ));
+            }
+            Err(e) => return Err(unusable(&policy.locate(e), Some(workload))),
         }
     }
     let rt = decide::runtime()?;
@@ -252,12 +269,13 @@ fn try_run(args: &Test) -> Result<Report, Report> {
             .map(|r| format!("not reached: {r}")),
     );
     out.push(format!("{passed} passed, {failed} failed"));
-    let err = notes
+    let err = elsewhere
         .into_iter()
-        .map(|(note, names)| {
+        .map(|(_, note)| note)
+        .chain(notes.into_iter().map(|(note, names)| {
             let which = if names.len() == 1 { "case" } else { "cases" };
             format!("note: {note} ({which}: {})", names.join("; "))
-        })
+        }))
         .collect();
     Ok(Report {
         out,
@@ -628,6 +646,60 @@ spec:
             ["not reached: default/readers rule 0", "1 passed, 0 failed"],
             "{report:?}"
         );
+    }
+
+    #[test]
+    fn a_workload_whose_files_are_elsewhere_does_not_stop_the_cases_of_others() {
+        let policy = |secret: &str| {
+            format!(
+                "apiVersion: palisade.dev/v1alpha1
+kind: OidcLogin
+metadata: {{name: login}}
+spec:
+  selector: {{matchLabels: {{app: productpage}}}}
+  issuer: https://kc.example/realms/shop
+  clientId: productpage
+  clientSecretFile: {secret}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: gets}}
+spec:
+  selector: {{matchLabels: {{app: details}}}}
+  rules: [{{to: [{{operation: {{methods: [GET]}}}}]}}]
+"
+            )
+        };
+        let details = "cases:
+- {name: details, workload: default/details, request: GET /list, expect: allow}
+";
+        // Only productpage's host has its secret.
+        let missing = "/nonexistent/palisade/productpage.secret";
+        let report = Files::new("elsewhere", &policy(missing), details).run();
+        assert_eq!(report.status, 0, "{report:?}");
+        assert_eq!(report.out, ["1 passed, 0 failed"], "{report:?}");
+        assert_eq!(report.err.len(), 1, "{report:?}");
+        assert!(
+            report.err[0].starts_with("note: default/productpage is not decided here")
+                && report.err[0].contains("spec.clientSecretFile")
+                && report.err[0].contains(missing),
+            "{report:?}"
+        );
+        // A case of that workload needs it.
+        let productpage = "cases:
+- {name: home, workload: default/productpage, request: GET /, expect: allow}
+";
+        let report = Files::new("elsewhere-named", &policy(missing), productpage).run();
+        assert_eq!(report.status, 1, "{report:?}");
+        assert!(report.err[0].contains("spec.clientSecretFile"), "{report:?}");
+        // A file that is there but wrong is the policy's problem.
+        let files = Files::new("elsewhere-empty", "", details);
+        let empty = files.0.join("empty.secret");
+        std::fs::write(&empty, "\n").unwrap();
+        std::fs::write(files.0.join("p.yaml"), policy(&empty.display().to_string())).unwrap();
+        let report = files.run();
+        assert_eq!(report.status, 1, "{report:?}");
+        assert!(report.err[0].contains("is empty"), "{report:?}");
     }
 
     const FRAGMENT: &str = "apiVersion: security.istio.io/v1

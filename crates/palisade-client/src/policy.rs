@@ -17,9 +17,11 @@ fn grant<K>(
     t: &UpstreamTokenSpec,
 ) -> Result<GrantBuilder<K>, PolicyError> {
     let secret = match (&t.client_secret_file, &t.client_secret) {
-        (Some(file), _) => {
-            read_secret_file(file).map_err(|m| policy.error_at(doc, "spec.token.clientSecretFile", m))?
-        }
+        (Some(file), _) => read_secret_file(file).map_err(|e| {
+            policy
+                .error_at(doc, "spec.token.clientSecretFile", e.to_string())
+                .with_source(e)
+        })?,
         (None, Some(secret)) => secret.clone(),
         (None, None) => {
             return Err(policy.error_at(doc, "spec.token.clientSecretFile", "the secret is required"));

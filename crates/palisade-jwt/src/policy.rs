@@ -338,10 +338,11 @@ fn fetch_settings(
             f.max_body = n.get();
         }
         if let Some(path) = &s.ca_file {
-            f.extra_ca_pem = Some(
-                std::fs::read(path)
-                    .map_err(|e| policy.error_at(doc, "spec.caFile", format!("cannot read {path}: {e}")))?,
-            );
+            f.extra_ca_pem = Some(std::fs::read(path).map_err(|e| {
+                policy
+                    .error_at(doc, "spec.caFile", format!("cannot read {path}: {e}"))
+                    .with_source(e)
+            })?);
         }
     }
     Ok(f)
@@ -392,7 +393,13 @@ fn tune(
             b = b.max_tenants(n.get());
         }
         if let Some(i) = &s.introspection {
-            b = b.introspection(introspection(i).map_err(|(field, m)| policy.error_at(doc, &field, m))?);
+            b = b.introspection(introspection(i).map_err(|(field, m, source)| {
+                let e = policy.error_at(doc, &field, m);
+                match source {
+                    Some(source) => e.with_source(source),
+                    None => e,
+                }
+            })?);
         }
     }
     Ok(b)
@@ -464,14 +471,21 @@ fn dpop(
     builder
 }
 
-/// `spec.introspection`, its secret read.
-fn introspection(spec: &IntrospectionSpec) -> Result<Introspection, (String, String)> {
+/// `spec.introspection`, its secret read; an error is its field, message and
+/// the secret file's error.
+fn introspection(
+    spec: &IntrospectionSpec,
+) -> Result<Introspection, (String, String, Option<palisade_core::policy::SecretFileError>)> {
     let secret = match (&spec.client_secret, &spec.client_secret_file) {
         (Some(s), _) => s.clone(),
-        (None, Some(file)) => {
-            read_secret_file(file).map_err(|m| ("spec.introspection.clientSecretFile".to_owned(), m))?
-        }
-        (None, None) => return Err(("spec.introspection".into(), "no client secret".into())),
+        (None, Some(file)) => read_secret_file(file).map_err(|e| {
+            (
+                "spec.introspection.clientSecretFile".to_owned(),
+                e.to_string(),
+                Some(e),
+            )
+        })?,
+        (None, None) => return Err(("spec.introspection".into(), "no client secret".into(), None)),
     };
     let mut i = match spec.client_auth_method {
         Some(ClientAuthMethod::ClientSecretPost) => {

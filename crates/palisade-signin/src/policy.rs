@@ -48,7 +48,8 @@ fn from_login(
     let err = |field: &str, message: String| policy.error_at(doc, field, message);
     let mut b = SignIn::builder(spec.issuer.clone(), spec.client_id.clone());
     if let Some(file) = &spec.client_secret_file {
-        let secret = read_secret_file(file).map_err(|m| err("spec.clientSecretFile", m))?;
+        let secret =
+            read_secret_file(file).map_err(|e| err("spec.clientSecretFile", e.to_string()).with_source(e))?;
         let method = match spec.client_auth_method {
             Some(ClientAuthMethod::ClientSecretPost) => SecretMethod::Post,
             _ => SecretMethod::Basic,
@@ -60,6 +61,7 @@ fn from_login(
                 "spec.clientKey.keyFile",
                 format!("cannot read `{}`: {e}", k.key_file),
             )
+            .with_source(e)
         })?;
         let key = ClientKey::from_pem(
             k.algorithm.as_deref().unwrap_or("RS256"),
@@ -91,8 +93,8 @@ fn from_login(
         b = b.external_origin(o.clone());
     }
     if let Some(file) = &spec.ca_file {
-        let pem =
-            std::fs::read(file).map_err(|e| err("spec.caFile", format!("cannot read `{file}`: {e}")))?;
+        let pem = std::fs::read(file)
+            .map_err(|e| err("spec.caFile", format!("cannot read `{file}`: {e}")).with_source(e))?;
         b = b.ca_pem(pem);
     }
     let s = &spec.session;
@@ -108,7 +110,7 @@ fn from_login(
     let mut keys = Vec::with_capacity(s.keys.len());
     for (i, k) in s.keys.iter().enumerate() {
         let key = CookieKey::from_file(&k.id, Path::new(&k.key_file))
-            .map_err(|e| err(&format!("spec.session.keys[{i}].keyFile"), e.to_string()))?;
+            .map_err(|e| err(&format!("spec.session.keys[{i}].keyFile"), e.to_string()).with_source(e))?;
         keys.push(key);
     }
     b = b.keys(keys);

@@ -19,7 +19,7 @@ const MAX_SECONDS: f64 = 10.0 * 365.0 * 86400.0;
 /// use palisade_core::policy::DurationSpec;
 /// let d: DurationSpec = "1m30s".parse()?;
 /// assert_eq!(d.get(), Duration::from_secs(90));
-/// # Ok::<(), String>(())
+/// # Ok::<(), palisade_core::policy::DurationError>(())
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct DurationSpec(Duration);
@@ -51,9 +51,9 @@ impl From<Duration> for DurationSpec {
 }
 
 impl std::str::FromStr for DurationSpec {
-    type Err = String;
+    type Err = DurationError;
 
-    fn from_str(text: &str) -> Result<Self, String> {
+    fn from_str(text: &str) -> Result<Self, DurationError> {
         parse_duration(text).map(Self)
     }
 }
@@ -71,12 +71,29 @@ impl<'de> Deserialize<'de> for DurationSpec {
     }
 }
 
+/// A text [`parse_duration`] refuses; displayed as a message saying what is
+/// accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DurationError(String);
+
+impl fmt::Display for DurationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for DurationError {}
+
 /// Parses a duration as Istio and Go write them: `500ms`, `5s`, `1.5s`,
 /// `10m`, `24h`, `1h30m`.
 ///
 /// # Errors
-/// A message saying what is accepted.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+/// [`DurationError`], saying what is accepted.
+pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
+    parse(text).map_err(DurationError)
+}
+
+fn parse(text: &str) -> Result<Duration, String> {
     let not_a_duration = || format!("`{text}` is not a duration such as 500ms, 5s, 10m, 1h30m or 24h");
     let t = text.trim();
     if t == "0" {

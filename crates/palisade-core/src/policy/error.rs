@@ -84,6 +84,23 @@ impl PolicyError {
         self
     }
 
+    /// The I/O error behind this one, when its cause is a file the
+    /// document names that could not be read here (a secret, key or CA
+    /// file): a problem of the host it is loaded on rather than of the
+    /// policy. Found anywhere in the [`source`](std::error::Error::source)
+    /// chain.
+    #[must_use]
+    pub fn io_error(&self) -> Option<&std::io::Error> {
+        let mut next = std::error::Error::source(self);
+        while let Some(e) = next {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                return Some(io);
+            }
+            next = e.source();
+        }
+        None
+    }
+
     /// The same error, located at a field of a document.
     #[must_use]
     pub fn at(mut self, document: usize, resource: Option<String>, field: impl Into<String>) -> Self {

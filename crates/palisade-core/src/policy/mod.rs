@@ -81,7 +81,7 @@ mod target;
 mod workloads;
 
 pub use self::assemble::FromPolicy;
-pub use self::duration::{DurationSpec, parse_duration};
+pub use self::duration::{DurationError, DurationSpec, parse_duration};
 pub use self::error::{PolicyError, PolicyWarning};
 pub use self::keycloak::KeycloakAdapterConfig;
 pub use self::networking::{
@@ -1047,18 +1047,43 @@ impl<'a> WorkloadPolicy<'a> {
 }
 
 /// The secret in a file a policy document names (`clientSecretFile`),
-/// without its trailing newline; the message for the field when it cannot
-/// be read or is empty.
+/// without its trailing newline.
 ///
 /// # Errors
-/// ``cannot read `FILE`: …`` or `` `FILE` is empty``.
-pub fn read_secret_file(file: &str) -> Result<String, String> {
-    let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read `{file}`: {e}"))?;
+/// [`SecretFileError`]: the file cannot be read, or is empty.
+pub fn read_secret_file(file: &str) -> Result<String, SecretFileError> {
+    let text = std::fs::read_to_string(file).map_err(|source| SecretFileError::Unreadable {
+        file: file.to_owned(),
+        source,
+    })?;
     let secret = text.trim_end_matches(['\r', '\n']).to_owned();
     if secret.is_empty() {
-        return Err(format!("`{file}` is empty"));
+        return Err(SecretFileError::Empty {
+            file: file.to_owned(),
+        });
     }
     Ok(secret)
+}
+
+/// Why [`read_secret_file`] has no secret; displayed as the message for
+/// the field that names the file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SecretFileError {
+    /// The file cannot be read (missing, or not readable by this process).
+    #[error("cannot read `{file}`: {source}")]
+    Unreadable {
+        /// The file, as the document names it.
+        file: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file holds nothing but line ends.
+    #[error("`{file}` is empty")]
+    Empty {
+        /// The file, as the document names it.
+        file: String,
+    },
 }
 
 #[cfg(test)]
