@@ -625,6 +625,26 @@ impl Compiled {
     }
 }
 
+/// A check that waits (for keys, an introspection, an authorizer, a ticket
+/// check): dropped undecided, when its request went away first, it is
+/// counted as cancelled, and the time it waited is recorded with the
+/// others, so an issuer that hangs shows in the histogram even when every
+/// client gives up first.
+struct Waiting {
+    share: Arc<Share<Compiled>>,
+    started: Option<quanta::Instant>,
+    decided: bool,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if !self.decided {
+            self.share.metrics.finish(self.started);
+            self.share.metrics.cancelled();
+        }
+    }
+}
+
 /// The pipeline, on a thread's share of a configuration: what it keeps
 /// for later (a `RequestAuth`, a future) keeps the share.
 ///
@@ -667,10 +687,15 @@ impl Share<Compiled> {
             }
             Check::Pending(fut) => {
                 let rendering = Rendering::of(req);
-                let this = self.clone();
+                let mut waiting = Waiting {
+                    share: self.clone(),
+                    started,
+                    decided: false,
+                };
                 Check::pending(async move {
                     let d = fut.await;
-                    this.count(started, &d);
+                    waiting.decided = true;
+                    waiting.share.count(waiting.started, &d);
                     d.for_request(rendering)
                 })
             }
@@ -1676,6 +1701,55 @@ spec:
             1
         );
         assert_eq!(durations, 5, "one duration per decision of the guard");
+    }
+
+    /// An authenticator whose check never ends: an issuer that hangs.
+    struct Hangs;
+
+    impl Authenticator for Hangs {
+        fn challenge(&self) -> Option<String> {
+            None
+        }
+        fn authenticate(&self, _: &dyn RequestHead) -> Check<AuthOutcome> {
+            Check::pending(std::future::pending())
+        }
+    }
+
+    #[test]
+    fn a_check_dropped_before_its_decision_is_counted_as_cancelled() {
+        use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        metrics::with_local_recorder(&recorder, || {
+            let hangs = Guard::builder().authenticator(Hangs).build().unwrap();
+            let Check::Pending(check) = hangs.check(&OwnedRequest::get("/")) else {
+                panic!("the check waits");
+            };
+            // The client goes away.
+            drop(check);
+            // A check that waits and ends is a decision, not a cancel.
+            let waits = Guard::builder()
+                .authenticator(Fixed(Some("alice"), true))
+                .access_policy(only_alice())
+                .build()
+                .unwrap();
+            let req = OwnedRequest::get("/").header("authorization", "Bearer good");
+            let d = rt.block_on(async { waits.check(&req).await });
+            assert!(matches!(d, Decision::Allow(_)));
+        });
+        let (mut cancelled, mut allowed, mut durations) = (0, 0, 0);
+        for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+            match (key.key().name(), value) {
+                ("palisade_checks_cancelled_total", DebugValue::Counter(n)) => cancelled += n,
+                ("palisade_decisions_total", DebugValue::Counter(n)) => allowed += n,
+                ("palisade_check_duration_seconds", DebugValue::Histogram(v)) => durations += v.len(),
+                _ => {}
+            }
+        }
+        assert_eq!(cancelled, 1);
+        assert_eq!(allowed, 1, "the cancelled check decided nothing");
+        assert_eq!(durations, 2, "the cancelled check's time is recorded too");
     }
 
     #[test]

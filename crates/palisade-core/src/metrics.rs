@@ -14,7 +14,8 @@
 //! |---|---|---|
 //! | [`DECISIONS`] | counter | `decision` (`allow`, `deny`, `reply`), `policy`, `action` |
 //! | [`AUTHENTICATIONS`] | counter | `method` (`jwt`, `mtls`, `spnego`, `session`, `custom`), `result` (`success`, `failure`; `mtls` failures are client certificates `palisade-mtls` refused in the handshake, its successes requests with a verified peer) |
-//! | [`CHECK_DURATION`] | histogram (seconds) | — |
+//! | [`CHECK_DURATION`] | histogram (seconds) | — (a cancelled check's time too, up to its cancelling) |
+//! | [`CHECKS_CANCELLED`] | counter | — |
 //! | [`JWKS_FETCHES`] | counter | `issuer`, `result` (`success`, `failure`; both at zero from the start, for each issuer; with an empty `issuer` when a workload's policy file configures none) |
 //! | [`TOKEN_CACHE`] | counter | `result` (`hit`, `miss`) |
 //! | [`INTROSPECTIONS`] | counter | `issuer`, `result` (`active`, `inactive`, `failure`) |
@@ -48,6 +49,12 @@ pub const DECISIONS: &str = "palisade_decisions_total";
 pub const AUTHENTICATIONS: &str = "palisade_authentications_total";
 /// Time from a request's arrival at the guard to its decision: histogram.
 pub const CHECK_DURATION: &str = "palisade_check_duration_seconds";
+/// Checks dropped before they were decided: counter. A check that waits
+/// (for an issuer's keys, an introspection, an external authorizer, a
+/// Kerberos ticket check) and whose request goes away first (the client
+/// closed the connection, a server's timeout dropped it) decides nothing,
+/// so it is in no `decision`; its time so far is in [`CHECK_DURATION`].
+pub const CHECKS_CANCELLED: &str = "palisade_checks_cancelled_total";
 /// Fetches of an issuer's JWKS: counter. A tenant's fetches are labelled
 /// with its provider's issuer pattern (`…/{tenant}`).
 pub const JWKS_FETCHES: &str = "palisade_jwks_fetches_total";
@@ -85,6 +92,10 @@ pub fn describe() {
         CHECK_DURATION,
         Unit::Seconds,
         "Time the guard took to decide a request"
+    );
+    metrics::describe_counter!(
+        CHECKS_CANCELLED,
+        "Checks whose request went away before they were decided"
     );
     metrics::describe_counter!(JWKS_FETCHES, "Fetches of an issuer's JSON Web Key Set");
     metrics::describe_counter!(TOKEN_CACHE, "Lookups in the verified-token cache");
@@ -151,6 +162,7 @@ pub(crate) struct GuardMetrics {
     allow: Counter,
     deny: Counter,
     reply: Counter,
+    cancelled: Counter,
     policies: Vec<PolicyCounters>,
     /// One per authenticator, in the guard's order.
     pub(crate) authenticators: Vec<AuthnCounters>,
@@ -231,6 +243,7 @@ impl GuardMetrics {
             allow: none("allow"),
             deny: none("deny"),
             reply: none("reply"),
+            cancelled: metrics::counter!(CHECKS_CANCELLED),
             policies,
             authenticators: authenticators
                 .iter()
@@ -262,5 +275,10 @@ impl GuardMetrics {
     /// Counts an answer Palisade gave in the application's place.
     pub(crate) fn replied(&self) {
         self.reply.increment(1);
+    }
+
+    /// Counts a check dropped before it was decided.
+    pub(crate) fn cancelled(&self) {
+        self.cancelled.increment(1);
     }
 }
