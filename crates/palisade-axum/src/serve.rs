@@ -21,6 +21,12 @@
 //!   stays shut that long is reset (its answer is handed to hyper 16 KiB
 //!   at a time, so a window opened bit by bit is progress; the last piece
 //!   of an answer is the idle timeout's to bound);
+//! - an HTTP/1.1 upgrade (a WebSocket, through axum's `WebSocketUpgrade`
+//!   or `hyper::upgrade::on`) hands the connection to the application once
+//!   the `101` is written: its reads then wait as long as the application
+//!   does (a WebSocket's idleness is its pings' to judge), its writes keep
+//!   the write timeout, and it holds its place under `max_connections`
+//!   until it closes;
 //! - request bodies pass [`BodyLimitLayer`], answered 413 beyond the limit;
 //! - [`Handshake`] (TLS, in `palisade-mtls`) is bounded by the handshake
 //!   timeout.
@@ -57,7 +63,6 @@ use bytes::Bytes;
 use http::{Extensions, Request, Response, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulConnection;
 use palisade_core::authn::ConnectionInfo;
 use palisade_core::limits::{LOG_TARGET, ServerLimits};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -202,7 +207,6 @@ where
         let mut stop = stop.clone();
         let (handshake, service) = (handshake.clone(), service.clone());
         connections.spawn(async move {
-            let _open = permit;
             let served = async {
                 let _ = tcp.set_nodelay(true);
                 let mut info = ConnectionInfo::default();
@@ -212,12 +216,23 @@ where
                     .await
                     .map_err(|_| "handshake timed out")??;
                 let activity = Arc::new(Activity::new());
-                let conn = connection(io, Arc::new(info), Arc::clone(&activity), &limits, service);
+                // The connection holds its place under the limit until its
+                // transport closes: after an upgrade (a WebSocket), that is
+                // when the application lets the upgraded stream go.
+                let Closable { conn, close } = connection(
+                    io,
+                    Arc::new(info),
+                    Arc::clone(&activity),
+                    &limits,
+                    service,
+                    permit,
+                );
                 let stopped = Box::pin(async move {
                     let _ = stop.wait_for(|stopping| *stopping).await;
                 });
                 Serving {
                     conn,
+                    close,
                     activity,
                     stopped,
                     closing: false,
@@ -270,18 +285,28 @@ const WRITE_LATE: &str = "the client took none of the answer for the write timeo
 /// Why a connection without a complete request head in time closed.
 const HEAD_LATE: &str = "no complete request head in time";
 
+/// A connection's future and how to ask it to close gracefully (hyper-util's
+/// `GracefulConnection` is sealed, and its connection with upgrades does
+/// not implement it).
+struct Closable<C> {
+    conn: C,
+    close: fn(Pin<&mut C>),
+}
+
 /// One connection's HTTP/1.1 or HTTP/2 (by its first bytes: the h2 preface,
 /// whether ALPN chose h2 or a plaintext caller has prior knowledge) with
-/// the limits' deadlines on its reads.
+/// the limits' deadlines on its reads, and HTTP/1.1 upgrades (WebSockets):
+/// an upgraded connection keeps the write timeout, and its reads wait as
+/// long as the application does. `open` is its place under the connection
+/// limit, held as long as its transport.
 fn connection<I, S, B>(
     io: I,
     info: Arc<ConnectionInfo>,
     activity: Arc<Activity>,
     limits: &ServerLimits,
     service: S,
-) -> impl hyper_util::server::graceful::GracefulConnection<Error = Box<dyn std::error::Error + Send + Sync>>
-+ Send
-+ use<I, S, B>
+    open: tokio::sync::OwnedSemaphorePermit,
+) -> Closable<impl Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + Send + use<I, S, B>>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<Body>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
@@ -290,7 +315,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let activity_of_streams = Arc::clone(&activity);
-    let io = Deadlines::new(io, activity.clone(), limits);
+    let io = Deadlines::new(io, activity.clone(), limits, open);
     let extensions = request_extensions(info);
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let h2 = req.version() == Version::HTTP_2;
@@ -301,6 +326,11 @@ where
         let response = service.clone().oneshot(req);
         async move {
             let res = response.await?;
+            if !h2 && res.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                // Hyper hands the transport to the application once this
+                // answer is written (an HTTP/1.1 upgrade: HTTP/2 has none).
+                in_flight.0.upgraded.store(true, Ordering::Release);
+            }
             // Polled in its stream's task, which `Streams` made.
             let flow = if h2 {
                 STREAM.try_with(Arc::clone).ok()
@@ -328,7 +358,12 @@ where
         .keep_alive_interval(Some(H2_KEEP_ALIVE))
         .keep_alive_timeout(H2_KEEP_ALIVE)
         .max_concurrent_streams(H2_MAX_STREAMS);
-    http.serve_connection(TokioIo::new(io), svc).into_owned()
+    Closable {
+        conn: http
+            .serve_connection_with_upgrades(TokioIo::new(io), svc)
+            .into_owned(),
+        close: |conn| conn.graceful_shutdown(),
+    }
 }
 
 pin_project_lite::pin_project! {
@@ -341,13 +376,14 @@ pin_project_lite::pin_project! {
     struct Serving<C> {
         #[pin]
         conn: C,
+        close: fn(Pin<&mut C>),
         activity: Arc<Activity>,
         stopped: Pin<Box<dyn Future<Output = ()> + Send>>,
         closing: bool,
     }
 }
 
-impl<C: GracefulConnection> Future for Serving<C> {
+impl<C: Future> Future for Serving<C> {
     type Output = C::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
@@ -356,7 +392,7 @@ impl<C: GracefulConnection> Future for Serving<C> {
             && (this.activity.closing.load(Ordering::Acquire) || this.stopped.as_mut().poll(cx).is_ready())
         {
             *this.closing = true;
-            this.conn.as_mut().graceful_shutdown();
+            (this.close)(this.conn.as_mut());
         }
         this.conn.poll(cx)
     }
@@ -404,6 +440,8 @@ struct Activity {
     written: AtomicU64,
     /// The deadlines ask for the connection to be closed gracefully.
     closing: AtomicBool,
+    /// An answer switched protocols: the transport is the application's.
+    upgraded: AtomicBool,
     opened: Instant,
 }
 
@@ -415,6 +453,7 @@ impl Activity {
             ended: AtomicU64::new(0),
             written: AtomicU64::new(0),
             closing: AtomicBool::new(false),
+            upgraded: AtomicBool::new(false),
             opened: Instant::now(),
         }
     }
@@ -703,11 +742,18 @@ pin_project_lite::pin_project! {
         header_read: Duration,
         idle: Duration,
         writes: WriteClock,
+        // The connection's place under the limit.
+        open: tokio::sync::OwnedSemaphorePermit,
     }
 }
 
 impl<I> Deadlines<I> {
-    fn new(io: I, activity: Arc<Activity>, limits: &ServerLimits) -> Self {
+    fn new(
+        io: I,
+        activity: Arc<Activity>,
+        limits: &ServerLimits,
+        open: tokio::sync::OwnedSemaphorePermit,
+    ) -> Self {
         let since = activity.opened;
         Self {
             io,
@@ -722,6 +768,7 @@ impl<I> Deadlines<I> {
                 timeout: limits.write(),
                 timer: None,
             },
+            open,
         }
     }
 }
@@ -802,6 +849,11 @@ impl<I: AsyncRead> AsyncRead for Deadlines<I> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.project();
+        if this.activity.upgraded.load(Ordering::Acquire) {
+            // An upgraded stream (a WebSocket): its reads are the
+            // application's to time (its pings); no HTTP deadline applies.
+            return this.io.poll_read(cx, buf);
+        }
         if this.activity.in_flight.load(Ordering::Acquire) > 0 {
             *this.phase = Phase::Busy;
         } else if *this.phase == Phase::Busy
@@ -1080,6 +1132,79 @@ mod tests {
             "{:?}",
             closed - started
         );
+    }
+
+    /// Switches to an echo protocol (as a WebSocket handshake switches):
+    /// the upgraded stream sends back what it reads until it ends.
+    async fn switch_to_echo(mut req: Request<Body>) -> Response<Body> {
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let Ok(upgraded) = upgrade.await else { return };
+            let mut io = TokioIo::new(upgraded);
+            let mut buf = [0u8; 64];
+            while let Ok(n @ 1..) = io.read(&mut buf).await {
+                if io.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Response::builder()
+            .status(http::StatusCode::SWITCHING_PROTOCOLS)
+            .header(http::header::CONNECTION, "upgrade")
+            .header(http::header::UPGRADE, "echo")
+            .body(Body::empty())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_upgraded_connection_is_the_applications_and_keeps_its_place() {
+        let app = Router::new()
+            .route("/", get(|| async { "hi" }))
+            .route("/echo", get(switch_to_echo));
+        let addr = serve_app(app, half_second_limits().max_connections(1)).await;
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"GET /echo HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            tcp.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        // Quiet for longer than the idle and header-read timeouts: still
+        // the application's.
+        for word in [&b"ping"[..], b"pong"] {
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+            tcp.write_all(word).await.unwrap();
+            let mut back = [0u8; 4];
+            tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut back))
+                .await
+                .expect("the upgraded stream was cut")
+                .unwrap();
+            assert_eq!(&back, word);
+        }
+        // It holds the one place under the limit until it closes.
+        let mut next = TcpStream::connect(addr).await.unwrap();
+        next.write_all(GET).await.unwrap();
+        let mut answer = [0u8; 15];
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), next.read_exact(&mut answer))
+                .await
+                .is_err(),
+            "answered while the upgraded connection holds the place"
+        );
+        drop(tcp);
+        tokio::time::timeout(Duration::from_secs(5), next.read_exact(&mut answer))
+            .await
+            .expect("not answered once the upgraded connection closed")
+            .unwrap();
+        assert_eq!(&answer, b"HTTP/1.1 200 OK");
     }
 
     #[tokio::test]
