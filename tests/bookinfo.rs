@@ -316,30 +316,38 @@ async fn productpage_calls_with_its_own_token_and_exchanged_ones_over_istio_mutu
 async fn a_grpc_upstream_that_does_not_answer_in_time_is_504() {
     let issuer = issuer(Duration::from_secs(300));
     let pki = TestPki::new();
-    let dir = ScratchDir::new("bookinfo-grpc-hang");
-    // reviews' ratings accepts connections and never answers (not even the
-    // TLS handshake).
-    let hang = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let to_hang = format!("ratings=https://{}", hang.local_addr().unwrap());
     let mesh = mesh(&issuer, &credentials(&issuer, "caller", "caller", "caller"));
-    let reviews_args = ["--upstream", to_hang.as_str(), "--upstream-timeout", "2"];
-    let bookinfo = start_bookinfo_with(&dir, &pki, &mesh, &[], Some(&reviews_args));
-    let alice = issuer
-        .token()
-        .subject("alice")
-        .audience("productpage")
-        .audience("details")
-        .audience("reviews")
-        .audience("ratings")
-        .sign();
-    let (status, product) = get(&bookinfo.productpage, "/api/v1/products/0", Some(&alice)).await;
-    assert_eq!(status, 200, "{product}");
-    assert_eq!(product["reviews"]["status"], 200, "{product}");
-    assert_eq!(
-        product["reviews"]["body"]["ratings"]["status"], 504,
-        "tonic's own timeout reads CANCELLED, not a timeout: {product}"
+    // reviews' ratings accepts connections and never answers: over
+    // ISTIO_MUTUAL not even the TLS handshake; in plaintext (the rule
+    // DISABLE) the call is sent, so tonic's channel times it too.
+    let plaintext = mesh.replace(
+        "mode: ISTIO_MUTUAL, subjectAltNames: [spiffe://cluster.local/ns/default/sa/ratings]",
+        "mode: DISABLE",
     );
-    let _ = (&bookinfo.details, &bookinfo.ratings, hang);
+    assert_ne!(plaintext, mesh);
+    for (mesh, scheme) in [(&mesh, "https"), (&plaintext, "http")] {
+        let dir = ScratchDir::new(&format!("bookinfo-grpc-hang-{scheme}"));
+        let hang = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let to_hang = format!("ratings={scheme}://{}", hang.local_addr().unwrap());
+        let reviews_args = ["--upstream", to_hang.as_str(), "--upstream-timeout", "2"];
+        let bookinfo = start_bookinfo_with(&dir, &pki, mesh, &[], Some(&reviews_args));
+        let alice = issuer
+            .token()
+            .subject("alice")
+            .audience("productpage")
+            .audience("details")
+            .audience("reviews")
+            .audience("ratings")
+            .sign();
+        let (status, product) = get(&bookinfo.productpage, "/api/v1/products/0", Some(&alice)).await;
+        assert_eq!(status, 200, "{scheme}: {product}");
+        assert_eq!(product["reviews"]["status"], 200, "{scheme}: {product}");
+        assert_eq!(
+            product["reviews"]["body"]["ratings"]["status"], 504,
+            "{scheme}: tonic reads its own timeouts as CANCELLED or UNKNOWN: {product}"
+        );
+        let _ = (&bookinfo.details, &bookinfo.ratings, hang);
+    }
 }
 
 #[tokio::test]

@@ -97,10 +97,12 @@ impl Ratings {
     /// `--upstream-timeout` 504, as productpage's HTTP upstreams).
     pub async fn get(&self, id: i32, caller: Option<CallerToken>) -> Value {
         let mut req = tonic::Request::new(GetRatingsRequest { product_id: id });
-        // Timed here, not by the channel (`Endpoint::timeout`): tonic reports
-        // its own timeout as `CANCELLED`, which reads as a failure (502)
-        // rather than as no answer in time. The deadline is also sent
-        // (`grpc-timeout`), so ratings can give up as well.
+        // Timed here, not by the channel (`Endpoint::timeout`), which does
+        // not time a connection that hangs before its first answer. The
+        // deadline is also sent (`grpc-timeout`), so ratings can give up as
+        // well; tonic's channel enforces that one too, and reports it as
+        // `CANCELLED` with `TimeoutExpired`'s text, read below as the
+        // timeout it is.
         req.set_timeout(self.timeout);
         match caller {
             Some(caller) => {
@@ -126,6 +128,9 @@ impl Ratings {
                     tonic::Code::InvalidArgument => 400,
                     tonic::Code::NotFound => 404,
                     tonic::Code::DeadlineExceeded => 504,
+                    tonic::Code::Cancelled if status.message() == tonic::TimeoutExpired(()).to_string() => {
+                        504
+                    }
                     _ => 502,
                 };
                 tracing::warn!(code = ?status.code(), message = status.message(), "the ratings call failed");
