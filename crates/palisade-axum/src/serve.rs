@@ -22,11 +22,14 @@
 //!   at a time, so a window opened bit by bit is progress; the last piece
 //!   of an answer is the idle timeout's to bound);
 //! - an HTTP/1.1 upgrade (a WebSocket, through axum's `WebSocketUpgrade`
-//!   or `hyper::upgrade::on`) hands the connection to the application once
-//!   the `101` is written: its reads then wait as long as the application
-//!   does (a WebSocket's idleness is its pings' to judge), its writes keep
-//!   the write timeout, and it holds its place under `max_connections`
-//!   until it closes;
+//!   or `hyper::upgrade::on`; a `CONNECT` tunnel) hands the connection to
+//!   the application once the `101` (or the `CONNECT`'s 2xx) is written:
+//!   its reads then wait as long as the application does, so a WebSocket's
+//!   idleness is for its pings to judge (one that never pings keeps a peer
+//!   that vanished, and its place, until the kernel gives up on the
+//!   connection); its writes keep the write timeout; it holds its place
+//!   under `max_connections` until it closes; and, as under `axum::serve`,
+//!   shutdown does not wait for it or end it: it is the application's;
 //! - request bodies pass [`BodyLimitLayer`], answered 413 beyond the limit;
 //! - [`Handshake`] (TLS, in `palisade-mtls`) is bounded by the handshake
 //!   timeout.
@@ -119,7 +122,8 @@ impl Handshake for Plain {
 
 /// Serves `service` in plaintext HTTP/1.1 and h2c on `listener` with the
 /// default [`ServerLimits`] until `shutdown` completes, then lets open
-/// connections finish (up to 10 s): `axum::serve` with limits. See the
+/// connections finish (up to 10 s; an upgraded one is the application's):
+/// `axum::serve` with limits. See the
 /// [module documentation](self).
 ///
 /// # Errors
@@ -139,7 +143,8 @@ where
 }
 
 /// Serves `service` on `listener` after `handshake`, with `limits`, until
-/// `shutdown` completes, then lets open connections finish (up to 10 s).
+/// `shutdown` completes, then lets open connections finish (up to 10 s; an
+/// upgraded one is the application's).
 /// See the [module documentation](self).
 ///
 /// # Errors
@@ -319,6 +324,7 @@ where
     let extensions = request_extensions(info);
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let h2 = req.version() == Version::HTTP_2;
+        let connect = req.method() == http::Method::CONNECT;
         let in_flight = InFlight::enter(&activity, req.version());
         let mut req = req.map(Body::new);
         // The handshake's facts were read once.
@@ -326,9 +332,13 @@ where
         let response = service.clone().oneshot(req);
         async move {
             let res = response.await?;
-            if !h2 && res.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            if !h2
+                && (res.status() == http::StatusCode::SWITCHING_PROTOCOLS
+                    || (connect && res.status().is_success()))
+            {
                 // Hyper hands the transport to the application once this
-                // answer is written (an HTTP/1.1 upgrade: HTTP/2 has none).
+                // answer is written: an HTTP/1.1 upgrade, or a tunnel
+                // (HTTP/2's CONNECT streams stay streams).
                 in_flight.0.upgraded.store(true, Ordering::Release);
             }
             // Polled in its stream's task, which `Streams` made.
@@ -1148,6 +1158,9 @@ mod tests {
                 }
             }
         });
+        if req.method() == http::Method::CONNECT {
+            return Response::new(Body::empty());
+        }
         Response::builder()
             .status(http::StatusCode::SWITCHING_PROTOCOLS)
             .header(http::header::CONNECTION, "upgrade")
@@ -1158,25 +1171,40 @@ mod tests {
 
     #[tokio::test]
     async fn an_upgraded_connection_is_the_applications_and_keeps_its_place() {
+        upgraded_and_kept(
+            b"GET /echo HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n",
+            b"HTTP/1.1 101",
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_connect_tunnel_is_the_applications_and_keeps_its_place() {
+        upgraded_and_kept(
+            b"CONNECT tunnel.example:443 HTTP/1.1\r\nhost: tunnel.example:443\r\n\r\n",
+            b"HTTP/1.1 200",
+        )
+        .await;
+    }
+
+    /// Sends `request` to a server that switches it to echo, expects
+    /// `answer`, then checks that the echo outlasts the HTTP deadlines and
+    /// holds the one place under the connection limit until it closes.
+    async fn upgraded_and_kept(request: &[u8], answer: &[u8]) {
         let app = Router::new()
             .route("/", get(|| async { "hi" }))
-            .route("/echo", get(switch_to_echo));
+            .route("/echo", get(switch_to_echo))
+            .fallback(switch_to_echo);
         let addr = serve_app(app, half_second_limits().max_connections(1)).await;
         let mut tcp = TcpStream::connect(addr).await.unwrap();
-        tcp.write_all(b"GET /echo HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n")
-            .await
-            .unwrap();
+        tcp.write_all(request).await.unwrap();
         let mut head = Vec::new();
         while !head.ends_with(b"\r\n\r\n") {
             let mut byte = [0u8; 1];
             tcp.read_exact(&mut byte).await.unwrap();
             head.push(byte[0]);
         }
-        assert!(
-            head.starts_with(b"HTTP/1.1 101"),
-            "{}",
-            String::from_utf8_lossy(&head)
-        );
+        assert!(head.starts_with(answer), "{}", String::from_utf8_lossy(&head));
         // Quiet for longer than the idle and header-read timeouts: still
         // the application's.
         for word in [&b"ping"[..], b"pong"] {
