@@ -199,9 +199,17 @@ fn try_run(args: &Test) -> Result<Report, Report> {
         match Bench::compile(&policy.set, workload.clone()) {
             Ok(bench) => benches.push(bench),
             // A file only that workload's host has (a secret, key or CA
-            // file) does not stop the cases of the others; any other error
-            // does, as does a case of that workload.
-            Err(e) if e.io_error().is_some() && !cases.iter().any(|c| c.workload == *workload) => {
+            // file missing or unreadable here) does not stop the cases of
+            // the others; any other error does (a file that is there but
+            // wrong, a directory), as does a case of that workload.
+            Err(e)
+                if e.io_error().is_some_and(|io| {
+                    matches!(
+                        io.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+                    )
+                }) && !cases.iter().any(|c| c.workload == *workload) =>
+            {
                 let why = policy.locate(e);
                 elsewhere.push((
                     workload,
@@ -692,14 +700,23 @@ spec:
         let report = Files::new("elsewhere-named", &policy(missing), productpage).run();
         assert_eq!(report.status, 1, "{report:?}");
         assert!(report.err[0].contains("spec.clientSecretFile"), "{report:?}");
-        // A file that is there but wrong is the policy's problem.
-        let files = Files::new("elsewhere-empty", "", details);
+        // A file that is there but wrong is the policy's problem: empty, not
+        // text, a directory.
+        let files = Files::new("elsewhere-there", "", details);
         let empty = files.0.join("empty.secret");
         std::fs::write(&empty, "\n").unwrap();
-        std::fs::write(files.0.join("p.yaml"), policy(&empty.display().to_string())).unwrap();
-        let report = files.run();
-        assert_eq!(report.status, 1, "{report:?}");
-        assert!(report.err[0].contains("is empty"), "{report:?}");
+        let binary = files.0.join("binary.secret");
+        std::fs::write(&binary, [0xff, 0xfe, 0x00]).unwrap();
+        for (file, says) in [
+            (&empty, "is empty"),
+            (&binary, "cannot read"),
+            (&files.0, "cannot read"),
+        ] {
+            std::fs::write(files.0.join("p.yaml"), policy(&file.display().to_string())).unwrap();
+            let report = files.run();
+            assert_eq!(report.status, 1, "{file:?}: {report:?}");
+            assert!(report.err[0].contains(says), "{file:?}: {report:?}");
+        }
     }
 
     const FRAGMENT: &str = "apiVersion: security.istio.io/v1

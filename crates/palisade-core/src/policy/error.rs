@@ -84,11 +84,13 @@ impl PolicyError {
         self
     }
 
-    /// The I/O error behind this one, when its cause is a file the
-    /// document names that could not be read here (a secret, key or CA
-    /// file): a problem of the host it is loaded on rather than of the
-    /// policy. Found anywhere in the [`source`](std::error::Error::source)
-    /// chain.
+    /// The first I/O error in this error's
+    /// [`source`](std::error::Error::source) chain. In the errors Palisade
+    /// makes, that is a file a document names (a secret, key or CA file)
+    /// that could not be read here; its [`kind`](std::io::Error::kind)
+    /// tells a file missing or unreadable on this host (`NotFound`,
+    /// `PermissionDenied`) from one that is there but wrong (`InvalidData`
+    /// for a secret that is not text, a directory).
     #[must_use]
     pub fn io_error(&self) -> Option<&std::io::Error> {
         let mut next = std::error::Error::source(self);
