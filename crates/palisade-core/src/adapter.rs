@@ -934,7 +934,13 @@ pub fn authorize_route(
         Check::Pending(fut) => {
             let auth = auth.clone();
             let snapshot = OwnedRequest::snapshot(req, crate::guard::SIGN_IN_HEADERS);
-            Check::pending(async move { verdict(&auth, fut.await, &snapshot) })
+            // Dropped undecided (the request gone), it is counted as such.
+            let mut waiting = auth.waiting();
+            Check::pending(async move {
+                let access = fut.await;
+                waiting.decided();
+                verdict(&auth, access, &snapshot)
+            })
         }
     }
 }

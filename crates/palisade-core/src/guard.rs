@@ -81,6 +81,16 @@ impl RequestAuth {
     pub(crate) fn compiled(&self) -> &Compiled {
         &self.compiled
     }
+
+    /// A watch on a route policy's check that waits: counted as cancelled
+    /// if dropped before [`Waiting::decided`].
+    pub(crate) fn waiting(&self) -> Waiting {
+        Waiting {
+            share: Arc::clone(&self.compiled),
+            started: None,
+            decided: false,
+        }
+    }
 }
 
 /// Configuration that cannot work.
@@ -630,10 +640,19 @@ impl Compiled {
 /// counted as cancelled, and the time it waited is recorded with the
 /// others, so an issuer that hangs shows in the histogram even when every
 /// client gives up first.
-struct Waiting {
+pub(crate) struct Waiting {
     share: Arc<Share<Compiled>>,
+    /// When the guard's check began (`None`: a route policy's check, whose
+    /// time the histogram does not hold).
     started: Option<quanta::Instant>,
     decided: bool,
+}
+
+impl Waiting {
+    /// The check was decided: nothing to count on drop.
+    pub(crate) fn decided(&mut self) {
+        self.decided = true;
+    }
 }
 
 impl Drop for Waiting {
@@ -1736,7 +1755,27 @@ spec:
                 .unwrap();
             let req = OwnedRequest::get("/").header("authorization", "Bearer good");
             let d = rt.block_on(async { waits.check(&req).await });
-            assert!(matches!(d, Decision::Allow(_)));
+            let Decision::Allow(admitted) = d else {
+                panic!("alice is allowed");
+            };
+            // A route policy's check that waits (an external authorizer)
+            // and is dropped: counted too.
+            let yaml = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: ask}\nspec: {action: CUSTOM, provider: {name: hangs}, rules: [{}]}\n";
+            let set = crate::policy::PolicySet::from_yaml_str(yaml, "route.yaml").unwrap();
+            let authorizers =
+                ExternalAuthorizers::new().register("hangs", [""; 0], |_: crate::authz::CheckRequest| {
+                    std::future::pending::<crate::authz::ExternalDecision>()
+                });
+            let route = AccessPolicy::compile_with(
+                &set.for_workload(&crate::policy::Workload::new("details", "default")),
+                &authorizers,
+            )
+            .unwrap();
+            let Check::Pending(check) = crate::adapter::authorize_route(&route, Some(admitted.auth()), &req)
+            else {
+                panic!("the route policy asks its authorizer");
+            };
+            drop(check);
         });
         let (mut cancelled, mut allowed, mut durations) = (0, 0, 0);
         for (key, _, _, value) in snapshotter.snapshot().into_vec() {
@@ -1747,9 +1786,9 @@ spec:
                 _ => {}
             }
         }
-        assert_eq!(cancelled, 1);
-        assert_eq!(allowed, 1, "the cancelled check decided nothing");
-        assert_eq!(durations, 2, "the cancelled check's time is recorded too");
+        assert_eq!(cancelled, 2, "the guard's and the route policy's");
+        assert_eq!(allowed, 1, "the cancelled checks decided nothing");
+        assert_eq!(durations, 2, "the cancelled guard check's time is recorded too");
     }
 
     #[test]

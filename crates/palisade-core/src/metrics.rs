@@ -53,7 +53,9 @@ pub const CHECK_DURATION: &str = "palisade_check_duration_seconds";
 /// (for an issuer's keys, an introspection, an external authorizer, a
 /// Kerberos ticket check) and whose request goes away first (the client
 /// closed the connection, a server's timeout dropped it) decides nothing,
-/// so it is in no `decision`; its time so far is in [`CHECK_DURATION`].
+/// so it is in no `decision`; a guard's check has its time so far in
+/// [`CHECK_DURATION`]. A route policy's check that waits (an external
+/// authorizer) is counted here too.
 pub const CHECKS_CANCELLED: &str = "palisade_checks_cancelled_total";
 /// Fetches of an issuer's JWKS: counter. A tenant's fetches are labelled
 /// with its provider's issuer pattern (`…/{tenant}`).
