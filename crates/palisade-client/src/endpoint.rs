@@ -64,7 +64,10 @@ impl Granted {
     /// query or fragment), when the token is DPoP-bound.
     pub(crate) fn proof(&self, method: &str, htu: &str) -> Option<http::HeaderValue> {
         let (key, token) = self.dpop.as_ref()?;
-        http::HeaderValue::try_from(key.proof(method, htu, Some(token), None)).ok()
+        let mut proof = http::HeaderValue::try_from(key.proof(method, htu, Some(token), None)).ok()?;
+        // A credential: kept out of `Debug` and of HTTP/2's header index.
+        proof.set_sensitive(true);
+        Some(proof)
     }
 }
 
@@ -117,8 +120,11 @@ impl TokenClient {
     ) -> Result<Granted, (Option<String>, ClientError)> {
         let mut form = form.to_vec();
         let mut req = self.http.post(endpoint);
-        if let Some(key) = &self.dpop {
-            req = req.header("dpop", key.proof("POST", endpoint, None, nonce));
+        if let Some(key) = &self.dpop
+            && let Ok(mut proof) = http::HeaderValue::try_from(key.proof("POST", endpoint, None, nonce))
+        {
+            proof.set_sensitive(true);
+            req = req.header("dpop", proof);
         }
         if self.post {
             form.push(("client_id", &self.client_id));
@@ -535,6 +541,23 @@ mod tests {
                 "{other}"
             );
         }
+    }
+
+    #[test]
+    fn a_dpop_proof_is_a_sensitive_header() {
+        let now = Instant::now();
+        let granted = Granted {
+            header: Arc::from("DPoP t"),
+            value: http::HeaderValue::from_static("DPoP t"),
+            expires: now + Duration::from_secs(60),
+            renew_at: now + Duration::from_secs(30),
+            obtained: now,
+            refused: std::sync::atomic::AtomicBool::new(false),
+            dpop: Some((Arc::new(DpopKey::generate().unwrap()), Arc::from("t"))),
+        };
+        let proof = granted.proof("GET", "https://reviews.example/r").unwrap();
+        assert!(proof.is_sensitive(), "kept out of Debug and of HTTP/2's index");
+        assert_eq!(format!("{proof:?}"), "Sensitive");
     }
 
     #[test]

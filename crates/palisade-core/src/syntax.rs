@@ -182,9 +182,9 @@ pub fn is_landing_uri(uri: &str) -> bool {
 
 /// `url` as it may be shown in a log line, a `Debug` output or an error:
 /// its user information (a user name, a password) replaced by `***`, and
-/// the values of query parameters that name a password (`pass=`,
-/// `password=`, as `redis+unix:///run/redis.sock?pass=…` carries one)
-/// likewise.
+/// the value of every query parameter likewise (a signed URL's `sig=`, an
+/// `api_key=`, `redis+unix:///run/redis.sock?pass=…`), but Redis's
+/// harmless `db` and `protocol`; a fragment is hidden whole.
 ///
 /// It does not parse the URL, so it also hides what a URL parser would
 /// refuse: everything between `://` and the last `@` counts as user
@@ -197,6 +197,7 @@ pub fn is_landing_uri(uri: &str) -> bool {
 /// assert_eq!(shown("rediss://:pa/ss#w@h/0"), "rediss://***@h/0");
 /// assert_eq!(shown("redis+unix:///run/redis.sock?db=1&pass=s3cret"), "redis+unix:///run/redis.sock?db=1&pass=***");
 /// assert_eq!(shown("redis://127.0.0.1:6379/0"), "redis://127.0.0.1:6379/0");
+/// assert_eq!(shown("https://keys.example/jwks.json?sv=1&sig=abc#k"), "https://keys.example/jwks.json?sv=***&sig=***#***");
 /// ```
 #[must_use]
 pub fn url_without_credentials(url: &str) -> String {
@@ -213,8 +214,13 @@ pub fn url_without_credentials(url: &str) -> String {
         }
         None => rest,
     };
+    let (rest, fragment) = match rest.split_once('#') {
+        Some((rest, _)) => (rest, "#***"),
+        None => (rest, ""),
+    };
     let Some((before, query)) = rest.split_once('?') else {
         shown.push_str(rest);
+        shown.push_str(fragment);
         return shown;
     };
     shown.push_str(before);
@@ -224,20 +230,20 @@ pub fn url_without_credentials(url: &str) -> String {
             shown.push('&');
         }
         match pair.split_once('=') {
-            Some((name, _)) if names_a_password(name) => {
+            Some((name, _)) if !harmless_parameter(name) => {
                 shown.push_str(name);
                 shown.push_str("=***");
             }
             _ => shown.push_str(pair),
         }
     }
+    shown.push_str(fragment);
     shown
 }
 
-/// A query parameter's name that says its value is a password.
-fn names_a_password(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    name.contains("pass") || name.contains("secret") || name.contains("token")
+/// A query parameter whose value [`url_without_credentials`] shows.
+fn harmless_parameter(name: &str) -> bool {
+    ["db", "protocol"].iter().any(|h| name.eq_ignore_ascii_case(h))
 }
 
 /// Whether `url` is plain `http://` to a host other than this one (not

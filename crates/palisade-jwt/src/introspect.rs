@@ -495,7 +495,12 @@ impl Introspector {
         match self.cfg.auth {
             IntrospectionAuth::ClientSecretBasic => {
                 let basic = STANDARD.encode(format!("{id}:{secret}"));
-                request = request.header(reqwest::header::AUTHORIZATION, format!("Basic {basic}"));
+                if let Ok(mut value) = reqwest::header::HeaderValue::try_from(format!("Basic {basic}")) {
+                    // The client's secret: kept out of `Debug` and of
+                    // HTTP/2's header index.
+                    value.set_sensitive(true);
+                    request = request.header(reqwest::header::AUTHORIZATION, value);
+                }
             }
             IntrospectionAuth::ClientSecretPost => {
                 body.push_str(&format!("&client_id={id}&client_secret={secret}"));
