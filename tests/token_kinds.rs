@@ -989,6 +989,61 @@ async fn the_least_recently_used_tenant_gives_way() {
     );
 }
 
+/// Forged tokens naming many tenants, faster than a tenant's first token
+/// needs to verify: they push out one tenant in use at most, each newcomer
+/// then taking the place of the last unproven one.
+#[tokio::test]
+async fn a_flood_of_forged_tenants_pushes_out_one_tenant_in_use_at_most() {
+    let issuers: Vec<TestIssuer> = (0..2)
+        .map(|_| {
+            TestIssuer::builder()
+                .realm("shop")
+                .default_audience("details")
+                .start()
+                .unwrap()
+        })
+        .collect();
+    let asked = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let jwt = JwtAuthenticator::builder()
+        .provider(
+            Provider::builder("http://127.0.0.1:{tenant}/realms/shop")
+                .audience("details")
+                // Any port is a tenant: the flood names ports nobody serves.
+                .tenant_resolver({
+                    let asked = Arc::clone(&asked);
+                    move |t| {
+                        asked.lock().unwrap().push(t.to_owned());
+                        t.parse::<u16>().is_ok()
+                    }
+                })
+                .max_tenants(2)
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let [a, b] = [&issuers[0], &issuers[1]];
+    jwt.verify(&a.token().sign()).await.unwrap();
+    jwt.verify(&b.token().sign()).await.unwrap();
+    // a's key, other tenants' names (ports below 1024 serve nothing here).
+    for port in 1..=5 {
+        let forged = a
+            .token()
+            .issuer(&format!("http://127.0.0.1:{port}/realms/shop"))
+            .sign();
+        assert!(jwt.verify(&forged).await.is_err());
+    }
+    let asks = |i: &TestIssuer| {
+        let port = i.base_url().rsplit(':').next().unwrap().to_owned();
+        asked.lock().unwrap().iter().filter(|t| **t == port).count()
+    };
+    // a, the least recently used, gave way to the first; b stayed.
+    jwt.verify(&b.token().sign()).await.unwrap();
+    assert_eq!(asks(b), 1, "b was kept through the flood");
+    jwt.verify(&a.token().sign()).await.unwrap();
+    assert_eq!(asks(a), 2, "a was pushed out by the first forged tenant");
+}
+
 #[test]
 fn introspection_settings_are_checked_when_the_file_loads() {
     let bad = |spec: &str| {

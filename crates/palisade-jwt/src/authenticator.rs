@@ -1260,16 +1260,21 @@ impl JwtAuthenticator {
         });
         if stores.order.len() >= cfg.max_tenants {
             // The oldest tenant no token has verified for since its keys
-            // could have been fetched, else the least recently used: tokens
-            // that name tenants without a valid signature do not push the
-            // tenants in use out, and a new tenant has the time its first
-            // token needs.
+            // could have been fetched; else the oldest no token has
+            // verified for yet; else (every tenant proven) the least
+            // recently used. So tokens that name tenants without a valid
+            // signature push out at most one tenant in use, however many
+            // names they give and however fast (each newcomer then takes
+            // the place of the last unproven one), and a new tenant has the
+            // time its first token needs unless such tokens keep coming.
             let live = &stores.live;
             let grace = cfg.fetch.timeout.saturating_mul(2);
-            let unproven = stores.order.iter().position(|n| {
-                live.get(n)
-                    .is_none_or(|t| !t.verified.load(Ordering::Relaxed) && t.created.elapsed() >= grace)
-            });
+            let proven = |n: &String| live.get(n).is_some_and(|t| t.verified.load(Ordering::Relaxed));
+            let unproven = stores
+                .order
+                .iter()
+                .position(|n| !proven(n) && live.get(n).is_none_or(|t| t.created.elapsed() >= grace))
+                .or_else(|| stores.order.iter().position(|n| !proven(n)));
             if let Some(oldest) = stores.order.remove(unproven.unwrap_or(0)) {
                 stores.live.remove(&oldest);
                 stores.allowed.remove(&oldest);
