@@ -42,6 +42,10 @@ impl Store {
     }
 }
 
+/// The most ratings kept (a reviewer's new stars for a product they rated
+/// replace the old ones): the store is memory.
+const MAX_RATINGS: usize = 10_000;
+
 #[tonic::async_trait]
 impl Ratings for Arc<Store> {
     async fn get_ratings(&self, req: Request<GetRatingsRequest>) -> Result<Response<ProductRatings>, Status> {
@@ -58,12 +62,17 @@ impl Ratings for Arc<Store> {
                 "stars must be 1 to 5 and reviewer a name of at most 64 bytes",
             ));
         }
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry(r.product_id)
-            .or_default()
-            .insert(r.reviewer, r.stars);
+        {
+            let mut all = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let known = all
+                .get(&r.product_id)
+                .is_some_and(|p| p.contains_key(&r.reviewer));
+            // Memory is bounded: a new rating past the limit is refused.
+            if !known && all.values().map(BTreeMap::len).sum::<usize>() >= MAX_RATINGS {
+                return Err(Status::resource_exhausted("the ratings store is full"));
+            }
+            all.entry(r.product_id).or_default().insert(r.reviewer, r.stars);
+        }
         Ok(Response::new(self.ratings(r.product_id)))
     }
 }

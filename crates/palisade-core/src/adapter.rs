@@ -897,7 +897,8 @@ pub fn actix_response(reply: Reply) -> actix_web::HttpResponse {
 /// Without the middleware in front (a wiring mistake), every request is
 /// refused with 401 and an error is logged. A route policy that reads
 /// hosts refuses a request whose host is [ambiguous](ambiguous_host) with
-/// 400, as the guard does.
+/// 400, and one that reads paths a malformed path (a bad escape, an
+/// escaped slash it rejects) with 400, as the guard does.
 pub fn authorize_route(
     policy: &AccessPolicy,
     auth: Option<&RequestAuth>,
@@ -912,6 +913,21 @@ pub fn authorize_route(
         let reply = Reply::from(ambiguous_host_refusal());
         return Check::Ready(Err(Rendering::of(req).render(reply)));
     }
+    // A path the policy cannot read is the request's fault (400), as the
+    // guard answers it, not a denial to be authenticated for; a policy
+    // that reads no path decides whatever the path holds, as the guard's.
+    let path = if policy.reads_path() {
+        match policy.normalize_path(req.path()) {
+            Ok(path) => path,
+            Err(e) => {
+                tracing::debug!(target: LOG_TARGET, method = req.method(), reason = %e, "malformed path refused by a route policy");
+                let reply = Reply::from(Rejection::malformed_path(e.to_string()));
+                return Check::Ready(Err(Rendering::of(req).render(reply)));
+            }
+        }
+    } else {
+        std::borrow::Cow::Borrowed(req.path())
+    };
     fn verdict(auth: &RequestAuth, access: AccessDecision, req: &dyn RequestHead) -> Result<(), Reply> {
         if access.is_allowed() {
             return Ok(());
@@ -929,7 +945,7 @@ pub fn authorize_route(
             Decision::Allow(_) => Ok(()),
         }
     }
-    match policy.check(req, auth.identity()) {
+    match policy.check_normalized(req, auth.identity(), &path) {
         Check::Ready(access) => Check::Ready(verdict(auth, access, req)),
         Check::Pending(fut) => {
             let auth = auth.clone();

@@ -23,7 +23,13 @@ pub const LOG_TARGET: &str = "palisade";
 
 /// The headers an interactive authenticator reads to tell a browser's
 /// navigation from an API call.
-pub(crate) const SIGN_IN_HEADERS: &[&str] = &["accept", "sec-fetch-mode", "sec-fetch-dest", "cookie"];
+pub(crate) const SIGN_IN_HEADERS: &[&str] = &[
+    "accept",
+    "sec-fetch-mode",
+    "sec-fetch-dest",
+    "x-requested-with",
+    "cookie",
+];
 
 /// What Palisade established for an allowed request. The adapters put it in
 /// the request's extensions (one extension, so the hot path allocates once);
@@ -1720,6 +1726,71 @@ spec:
             1
         );
         assert_eq!(durations, 5, "one duration per decision of the guard");
+    }
+
+    #[test]
+    fn a_route_policy_answers_a_path_it_cannot_read_400_as_the_guard_does() {
+        let guard = Guard::builder()
+            .authenticator(Fixed(Some("alice"), false))
+            .access_policy(AccessPolicy::allow_all())
+            .build()
+            .unwrap();
+        let req = |p: &str| OwnedRequest::get(p).header("authorization", "Bearer good");
+        let bad = req("/admin/%zz");
+        let Check::Ready(Decision::Allow(admitted)) = guard.check(&bad) else {
+            panic!("the guard's policy reads no path");
+        };
+        let yaml = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: admin}\nspec: {rules: [{to: [{operation: {paths: [/admin/*]}}]}]}\n";
+        let set = crate::policy::PolicySet::from_yaml_str(yaml, "route.yaml").unwrap();
+        let paths =
+            AccessPolicy::compile(&set.for_workload(&crate::policy::Workload::new("details", "default")))
+                .unwrap();
+        let answer = |policy: &AccessPolicy| match crate::adapter::authorize_route(
+            policy,
+            Some(admitted.auth()),
+            &bad,
+        ) {
+            Check::Ready(Ok(())) => 200,
+            Check::Ready(Err(reply)) => reply.status(),
+            Check::Pending(_) => panic!("nothing to wait for"),
+        };
+        assert_eq!(answer(&paths), 400, "not a denial to authenticate for");
+        // A policy that reads no path decides whatever the path holds.
+        assert_eq!(answer(&AccessPolicy::require_authenticated()), 200);
+    }
+
+    /// An authenticator that waits and finds no credential, and sends a
+    /// browser's navigation to sign in as `palisade_signin` tells one.
+    struct SignsIn;
+
+    impl Authenticator for SignsIn {
+        fn challenge(&self) -> Option<String> {
+            Some("Bearer realm=\"t\"".into())
+        }
+        fn authenticate(&self, _: &dyn RequestHead) -> Check<AuthOutcome> {
+            Check::pending(async { AuthOutcome::NoCredential })
+        }
+        fn sign_in(&self, req: &dyn RequestHead) -> Option<Reply> {
+            let navigation = req.header_str("x-requested-with").is_none()
+                && req.header_str("accept").is_some_and(|a| a.contains("text/html"));
+            navigation.then(|| Reply::redirect("/login"))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_check_that_waits_tells_a_scripts_request_from_a_navigation() {
+        let guard = Guard::builder().authenticator(SignsIn).build().unwrap();
+        let page = OwnedRequest::get("/").header("accept", "text/html");
+        let Check::Pending(check) = guard.check(&page) else {
+            panic!("the check waits");
+        };
+        assert!(matches!(check.await, Decision::Reply(r) if r.status() == 302));
+        // jQuery's marker travels with the request the check keeps.
+        let script = page.header("x-requested-with", "XMLHttpRequest");
+        match guard.check(&script).await {
+            Decision::Deny(r) => assert_eq!(r.status(), 401),
+            other => panic!("a script's request is not sent to sign in: {other:?}"),
+        }
     }
 
     /// An authenticator whose check never ends: an issuer that hangs.

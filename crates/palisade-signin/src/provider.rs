@@ -223,6 +223,12 @@ impl Issuer {
                 // The error code only: the description may echo input.
                 e.error.chars().filter(char::is_ascii_graphic).take(64).collect(),
             )),
+            // A refusal without OAuth's JSON, such as a proxy's 413 or 414
+            // for a code a browser made too long, refuses what was sent
+            // all the same; 408 and 429 say "later", as a 5xx does.
+            _ if status.is_client_error() && !matches!(status.as_u16(), 408 | 429) => {
+                Err(TokenError::Refused(format!("HTTP {}", status.as_u16())))
+            }
             _ => Err(TokenError::Unavailable(format!(
                 "the token endpoint answered {status}"
             ))),
@@ -239,9 +245,14 @@ async fn discover(client: &reqwest::Client, url: &str, issuer: &str) -> Result<M
     if !res.status().is_success() {
         return Err(format!("discovery answered {}", res.status()));
     }
-    let bytes = res.bytes().await.map_err(|e| e.without_url().to_string())?;
-    if bytes.len() > 1 << 20 {
-        return Err("the discovery document is larger than 1 MiB".into());
+    // Read up to the limit, not whole first.
+    let mut res = res;
+    let mut bytes = Vec::new();
+    while let Some(chunk) = res.chunk().await.map_err(|e| e.without_url().to_string())? {
+        if bytes.len() + chunk.len() > 1 << 20 {
+            return Err("the discovery document is larger than 1 MiB".into());
+        }
+        bytes.extend_from_slice(&chunk);
     }
     let m: Metadata =
         serde_json::from_slice(&bytes).map_err(|e| format!("the discovery document does not parse: {e}"))?;
@@ -293,6 +304,52 @@ mod tests {
         );
         assert_eq!(read(r#"{"access_token":"t"}"#).ok(), Some(1_300), "five minutes");
         assert!(read(r#"{"access_token":"t","expires_in":{}}"#).is_err());
+    }
+
+    /// The token endpoint's answer to one request: `status` with `body`.
+    async fn answering(status: &str, body: &'static str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}/token", listener.local_addr().unwrap());
+        let head = format!(
+            "HTTP/1.1 {status}\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        );
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 4096];
+            let _ = conn.read(&mut request).await;
+            conn.write_all(head.as_bytes()).await.unwrap();
+            conn.write_all(body.as_bytes()).await.unwrap();
+        });
+        endpoint
+    }
+
+    #[tokio::test]
+    async fn a_refusal_without_oauth_json_is_a_refusal_and_a_busy_issuer_is_not() {
+        let config = crate::SignIn::builder("http://127.0.0.1:9", "shop").config;
+        let issuer = Issuer::start(&config).unwrap();
+        let html = "<html><body>Request Entity Too Large</body></html>";
+        for (status, refused) in [
+            ("413 Payload Too Large", true),
+            ("400 Bad Request", true),
+            ("429 Too Many Requests", false),
+            ("503 Service Unavailable", false),
+        ] {
+            let endpoint = answering(status, html).await;
+            let answer = issuer
+                .token(
+                    &config,
+                    &endpoint,
+                    vec![("grant_type", "authorization_code".into())],
+                )
+                .await;
+            match answer {
+                Err(TokenError::Refused(e)) => assert!(refused, "{status}: refused ({e})"),
+                Err(TokenError::Unavailable(e)) => assert!(!refused, "{status}: unavailable ({e})"),
+                Ok(_) => panic!("{status}: answered"),
+            }
+        }
     }
 
     #[tokio::test]
