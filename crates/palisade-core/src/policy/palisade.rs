@@ -216,7 +216,7 @@ impl std::fmt::Debug for OidcSessionSpec {
 impl std::fmt::Debug for IntrospectionSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IntrospectionSpec")
-            .field("endpoint", &self.endpoint)
+            .field("endpoint", &self.endpoint.as_deref().map(url_without_credentials))
             .field("client_id", &self.client_id)
             .field("client_secret_file", &self.client_secret_file)
             .field(

@@ -117,8 +117,12 @@ impl RequestAuthenticationSpec {
     }
 }
 
-/// `RequestAuthentication.spec.jwtRules[]`, as Istio defines it.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+/// `RequestAuthentication.spec.jwtRules[]`, as Istio defines it. `Debug`
+/// shows `jwksUri` as logs do ([`url_without_credentials`]) and an inline
+/// JWKS by its length.
+///
+/// [`url_without_credentials`]: crate::syntax::url_without_credentials
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[non_exhaustive]
 pub struct JwtRuleSpec {
@@ -165,6 +169,34 @@ pub struct JwtRuleSpec {
     /// the nested `a` → `b`.
     #[serde(default)]
     pub space_delimited_claims: Vec<String>,
+}
+
+impl std::fmt::Debug for JwtRuleSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtRuleSpec")
+            .field("issuer", &self.issuer)
+            .field("audiences", &self.audiences)
+            .field(
+                "jwks_uri",
+                &self
+                    .jwks_uri
+                    .as_deref()
+                    .map(crate::syntax::url_without_credentials),
+            )
+            .field(
+                "jwks",
+                &self.jwks.as_ref().map(|j| format!("<{} bytes>", j.len())),
+            )
+            .field("from_headers", &self.from_headers)
+            .field("from_params", &self.from_params)
+            .field("from_cookies", &self.from_cookies)
+            .field("output_payload_to_header", &self.output_payload_to_header)
+            .field("forward_original_token", &self.forward_original_token)
+            .field("output_claim_to_headers", &self.output_claim_to_headers)
+            .field("timeout", &self.timeout)
+            .field("space_delimited_claims", &self.space_delimited_claims)
+            .finish()
+    }
 }
 
 /// `jwtRules[].fromHeaders[]`.

@@ -1160,3 +1160,28 @@ fn an_alias_bomb_is_refused_when_the_file_loads() {
         "{shown}"
     );
 }
+
+#[test]
+fn debug_shows_document_urls_as_logs_do() {
+    let yaml = "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt}
+spec:
+  jwtRules:
+  - issuer: https://kc.example/realms/shop
+    jwksUri: https://keys:s3cret@kc.example/jwks.json?sig=abc
+---
+apiVersion: palisade.dev/v1alpha1
+kind: JwtSettings
+metadata: {name: introspection}
+spec:
+  issuer: https://kc.example/realms/shop
+  introspection: {endpoint: 'https://kc.example/introspect?api_key=k3y', clientId: rs, clientSecret: x}
+";
+    let set = PolicySet::from_yaml_str(yaml, "urls.yaml").unwrap();
+    let shown = format!("{set:?}");
+    for secret in ["s3cret", "sig=abc", "k3y"] {
+        assert!(!shown.contains(secret), "{secret}: {shown}");
+    }
+    assert!(shown.contains("kc.example/jwks.json"), "{shown}");
+}
