@@ -46,8 +46,17 @@ pub(crate) fn run(file: &Path) -> Report {
     if problems.is_empty() {
         let names: Vec<String> = named.iter().map(label).collect();
         let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
-        // What loads but does nothing in process (a Gateway target).
+        // What loads but does nothing in process (a Gateway target), and
+        // what a workload ignores (each once).
         let mut out: Vec<String> = set.warnings().iter().map(|w| format!("note: {w}")).collect();
+        for workload in &named {
+            for w in set.for_workload(workload).warnings() {
+                let note = format!("note: {w}");
+                if !out.contains(&note) {
+                    out.push(note);
+                }
+            }
+        }
         out.push(format!(
             "{}: ok: {}, {}: {}",
             set.source(),
@@ -191,6 +200,33 @@ spec:
             report.out[0].contains("(PeerAuthentication default/legacy): field `spec.mtls.mode`: PERMISSIVE"),
             "{:?}",
             report.out
+        );
+    }
+
+    #[test]
+    fn a_selector_in_the_root_namespace_is_a_note_as_the_service_logs_it() {
+        let report = check(
+            "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: mesh, namespace: istio-system}
+spec:
+  selector: {matchLabels: {app: details}}
+  mtls: {mode: STRICT}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: details, namespace: default}
+spec:
+  selector: {matchLabels: {app: details}}
+  rules: [{}]
+",
+        );
+        assert_eq!(report.status, 0, "{report:?}");
+        let notes: Vec<&String> = report.out.iter().filter(|l| l.starts_with("note: ")).collect();
+        assert_eq!(notes.len(), 1, "once, whatever the workloads: {report:?}");
+        assert!(
+            notes[0].contains("(PeerAuthentication istio-system/mesh): field `spec.selector`: a workload selector in the root namespace is ignored"),
+            "{report:?}"
         );
     }
 }

@@ -20,13 +20,16 @@ use crate::server::MtlsMode;
 /// A [`PolicyError`] naming the document of two documents of the same level.
 pub fn mode_for_port(w: &WorkloadPolicy<'_>, port: u16) -> Result<MtlsMode, PolicyError> {
     let root = &w.workload().root_namespace;
+    for warning in w.warnings() {
+        tracing::warn!(target: crate::LOG_TARGET, "{warning}");
+    }
     let mut levels: [Option<(&Document, &PeerAuthenticationSpec)>; 3] = [None, None, None];
     for (doc, spec) in w.peer_authentications() {
         let in_root = doc.metadata.namespace() == root;
         let level = if !spec.selects_workloads() {
             if in_root { 2 } else { 1 }
         } else if in_root {
-            tracing::warn!(target: crate::LOG_TARGET, "{}", w.error_at(doc, "spec.selector", "a workload selector in the root namespace is ignored, as Istio ignores it: put the document in the workload's namespace"));
+            // Ignored, as `warnings` said.
             continue;
         } else {
             0

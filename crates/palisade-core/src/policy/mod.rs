@@ -906,6 +906,18 @@ impl<'a> WorkloadPolicy<'a> {
         })
     }
 
+    /// What this workload's documents say that it ignores, said aloud: a
+    /// `PeerAuthentication` with a workload selector in the root namespace
+    /// (Istio's `ComposePeerAuthentication` ignores it). The service logs
+    /// each when it composes its mTLS mode; `palisade check` prints them.
+    #[must_use]
+    pub fn warnings(&self) -> Vec<PolicyWarning> {
+        self.peer_authentications()
+            .filter(|(d, s)| d.metadata.namespace() == self.workload.root_namespace && s.selects_workloads())
+            .map(|(d, _)| PolicyWarning::new(self.error_at(d, "spec.selector", ROOT_SELECTOR_IGNORED)))
+            .collect()
+    }
+
     /// Applicable `PeerAuthentication` documents.
     pub fn peer_authentications(
         &self,
@@ -1045,6 +1057,9 @@ impl<'a> WorkloadPolicy<'a> {
         document.error(self.source, field, message)
     }
 }
+
+/// Why a `PeerAuthentication` selector in the root namespace does nothing.
+const ROOT_SELECTOR_IGNORED: &str = "a workload selector in the root namespace is ignored, as Istio ignores it: put the document in the workload's namespace";
 
 /// The secret in a file a policy document names (`clientSecretFile`),
 /// without its trailing newline.
