@@ -431,3 +431,70 @@ fn the_admin_listener_is_never_the_service_port() {
         "{err}"
     );
 }
+
+/// A reload that changes what the service reads only at start-up (its
+/// calls to upstreams) says so, once per such change; one that changes
+/// only what reloads apply says nothing of it.
+#[tokio::test]
+async fn a_reload_that_changes_the_outbound_documents_says_they_wait_for_a_restart() {
+    let issuer = TestIssuer::builder().default_audience("details").start().unwrap();
+    let dir = ScratchDir::new("reload-outbound");
+    let file = |whoami: bool, host: &str| {
+        format!(
+            "{}---
+apiVersion: palisade.dev/v1alpha1
+kind: UpstreamCredentials
+metadata: {{name: out, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: details}}}}
+  hosts: [{host}]
+  token: {{from: none}}
+",
+            policy(&issuer, "details", whoami)
+        )
+    };
+    let path = dir.write("policy.yaml", &file(true, "ratings.default.svc.cluster.local"));
+    let log = dir.path("stderr.log");
+    let svc = common::start_logged(
+        "details",
+        &[
+            "--config",
+            &path,
+            "--service",
+            "details",
+            "--admin",
+            "127.0.0.1:0",
+        ],
+        &[],
+        &log,
+    );
+    let admin = svc
+        .banner
+        .iter()
+        .find_map(|l| l.strip_prefix("admin listening on "))
+        .unwrap()
+        .to_owned();
+    const SAID: &str = "the UpstreamCredentials or DestinationRule documents changed";
+    let said = || std::fs::read_to_string(&log).unwrap().matches(SAID).count();
+    for (whoami, host, times) in [
+        (false, "ratings.default.svc.cluster.local", 0),
+        (false, "reviews.default.svc.cluster.local", 1),
+    ] {
+        let before = reloads(&metrics(&admin).await);
+        dir.write("policy.yaml", &file(whoami, host));
+        sighup(&svc);
+        wait_until("the reload", async || reloads(&metrics(&admin).await) > before).await;
+        let text = metrics(&admin).await;
+        assert_eq!(
+            sample(&text, "palisade_config_reloads_total{result=\"failure\"}"),
+            0.0,
+            "{text}"
+        );
+        assert_eq!(
+            said(),
+            times,
+            "{host}: {}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+    }
+}
