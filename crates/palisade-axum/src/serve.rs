@@ -29,7 +29,9 @@
 //!   that vanished, and its place, until the kernel gives up on the
 //!   connection); its writes keep the write timeout; it holds its place
 //!   under `max_connections` until it closes; and, as under `axum::serve`,
-//!   shutdown does not wait for it or end it: it is the application's;
+//!   shutdown does not wait for it or end it: it is the application's.
+//!   An HTTP/2 `CONNECT` tunnel is not supported: its connection counts as
+//!   idle while the tunnel runs, so the idle timeout closes it;
 //! - request bodies pass [`BodyLimitLayer`], answered 413 beyond the limit;
 //! - [`Handshake`] (TLS, in `palisade-mtls`) is bounded by the handshake
 //!   timeout.
@@ -337,8 +339,9 @@ where
                     || (connect && res.status().is_success()))
             {
                 // Hyper hands the transport to the application once this
-                // answer is written: an HTTP/1.1 upgrade, or a tunnel
-                // (HTTP/2's CONNECT streams stay streams).
+                // answer is written: an HTTP/1.1 upgrade, or a tunnel. (An
+                // HTTP/2 CONNECT's stream is not watched: see the module
+                // documentation.)
                 in_flight.0.upgraded.store(true, Ordering::Release);
             }
             // Polled in its stream's task, which `Streams` made.

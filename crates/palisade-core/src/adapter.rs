@@ -909,9 +909,13 @@ pub fn authorize_route(
         let reply = Reply::from(Rejection::missing_credential(Vec::new()));
         return Check::Ready(Err(Rendering::of(req).render(reply)));
     };
+    // A refusal before the policy decides, counted as its denials are.
+    let refused = |rejection: Rejection| {
+        auth.compiled().tally(&Decision::Deny(rejection.clone()));
+        Check::Ready(Err(Rendering::of(req).render(Reply::from(rejection))))
+    };
     if policy.refuses_host(req) {
-        let reply = Reply::from(ambiguous_host_refusal());
-        return Check::Ready(Err(Rendering::of(req).render(reply)));
+        return refused(ambiguous_host_refusal());
     }
     // A path the policy cannot read is the request's fault (400), as the
     // guard answers it, not a denial to be authenticated for; a policy
@@ -921,8 +925,7 @@ pub fn authorize_route(
             Ok(path) => path,
             Err(e) => {
                 tracing::debug!(target: LOG_TARGET, method = req.method(), reason = %e, "malformed path refused by a route policy");
-                let reply = Reply::from(Rejection::malformed_path(e.to_string()));
-                return Check::Ready(Err(Rendering::of(req).render(reply)));
+                return refused(Rejection::malformed_path(e.to_string()));
             }
         }
     } else {

@@ -648,8 +648,8 @@ impl Compiled {
 /// client gives up first.
 pub(crate) struct Waiting {
     share: Arc<Share<Compiled>>,
-    /// When the guard's check began (`None`: a route policy's check, whose
-    /// time the histogram does not hold).
+    /// When the guard's check began, when timed (`None` too for a route
+    /// policy's check, whose time the histogram does not hold).
     started: Option<quanta::Instant>,
     decided: bool,
 }
@@ -1691,6 +1691,14 @@ spec:
             let grpc = OwnedRequest::new("POST", "/p.S/M").header("content-type", "application/grpc");
             let refused = crate::adapter::authorize_route(&admins, Some(admitted.auth()), &grpc);
             assert!(matches!(refused, Check::Ready(Err(r)) if r.status() == 200));
+            // And one refused before it decides: a path it cannot read.
+            let paths = AccessPolicy::builder()
+                .allow("admin", [crate::authz::Rule::new().paths(["/admin/*"])])
+                .build()
+                .unwrap();
+            let bad = OwnedRequest::get("/admin/%zz");
+            let refused = crate::adapter::authorize_route(&paths, Some(admitted.auth()), &bad);
+            assert!(matches!(refused, Check::Ready(Err(r)) if r.status() == 400));
         });
         let mut counters = std::collections::BTreeMap::new();
         let mut durations = 0;
@@ -1714,8 +1722,8 @@ spec:
             3
         );
         // The bad token and the missing one, refused before any policy
-        // decided, and the route policy's two refusals.
-        assert_eq!(get("palisade_decisions_total{decision=deny,policy=,action=}"), 4);
+        // decided, and the route policy's three refusals.
+        assert_eq!(get("palisade_decisions_total{decision=deny,policy=,action=}"), 5);
         assert_eq!(get("palisade_decisions_total{decision=reply,policy=,action=}"), 0);
         assert_eq!(
             get("palisade_authentications_total{method=custom,result=success}"),

@@ -183,8 +183,9 @@ pub fn is_landing_uri(uri: &str) -> bool {
 /// `url` as it may be shown in a log line, a `Debug` output or an error:
 /// its user information (a user name, a password) replaced by `***`, and
 /// the value of every query parameter likewise (a signed URL's `sig=`, an
-/// `api_key=`, `redis+unix:///run/redis.sock?pass=…`), but Redis's
-/// harmless `db` and `protocol`; a fragment is hidden whole.
+/// `api_key=`, `redis+unix:///run/redis.sock?pass=…`, a bare `?value`),
+/// but Redis's harmless `db` and `protocol`; a fragment is hidden whole,
+/// but Redis's `#insecure`, which says that certificates go unchecked.
 ///
 /// It does not parse the URL, so it also hides what a URL parser would
 /// refuse: everything between `://` and the last `@` counts as user
@@ -198,6 +199,8 @@ pub fn is_landing_uri(uri: &str) -> bool {
 /// assert_eq!(shown("redis+unix:///run/redis.sock?db=1&pass=s3cret"), "redis+unix:///run/redis.sock?db=1&pass=***");
 /// assert_eq!(shown("redis://127.0.0.1:6379/0"), "redis://127.0.0.1:6379/0");
 /// assert_eq!(shown("https://keys.example/jwks.json?sv=1&sig=abc#k"), "https://keys.example/jwks.json?sv=***&sig=***#***");
+/// assert_eq!(shown("https://keys.example/jwks.json?s3cret"), "https://keys.example/jwks.json?***");
+/// assert_eq!(shown("rediss://:pw@redis.internal/0#insecure"), "rediss://***@redis.internal/0#insecure");
 /// ```
 #[must_use]
 pub fn url_without_credentials(url: &str) -> String {
@@ -215,6 +218,8 @@ pub fn url_without_credentials(url: &str) -> String {
         None => rest,
     };
     let (rest, fragment) = match rest.split_once('#') {
+        // Redis's `#insecure` (certificate checks off) is a setting to see.
+        Some((rest, "insecure")) => (rest, "#insecure"),
         Some((rest, _)) => (rest, "#***"),
         None => (rest, ""),
     };
@@ -234,7 +239,10 @@ pub fn url_without_credentials(url: &str) -> String {
                 shown.push_str(name);
                 shown.push_str("=***");
             }
-            _ => shown.push_str(pair),
+            Some(_) => shown.push_str(pair),
+            // A bare value may be a key too.
+            None if !pair.is_empty() => shown.push_str("***"),
+            None => {}
         }
     }
     shown.push_str(fragment);
@@ -386,7 +394,12 @@ mod tests {
             ("redis+unix:///sock?pass=s3cret", "redis+unix:///sock?pass=***"),
             (
                 "redis+unix:///sock?db=2&PASSWORD=s3cret&x",
-                "redis+unix:///sock?db=2&PASSWORD=***&x",
+                "redis+unix:///sock?db=2&PASSWORD=***&***",
+            ),
+            // Any value but Redis's harmless ones, and a fragment.
+            (
+                "https://k.example/j?sig=s3cret&Db=1#s3cret",
+                "https://k.example/j?sig=***&Db=1#***",
             ),
             ("user:s3cret@host", "***@host"),
             ("", ""),

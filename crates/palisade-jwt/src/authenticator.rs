@@ -1226,7 +1226,8 @@ impl JwtAuthenticator {
 
     /// A tenant met for the first time (or again after it was dropped):
     /// kept, with its own key store when the provider's keys are per tenant,
-    /// in place of the least recently used when there are `max_tenants`.
+    /// when there are `max_tenants` in place of one no token has verified
+    /// for, else of the least recently used.
     fn new_tenant(
         &self,
         cfg: &Provider,

@@ -602,8 +602,10 @@ impl ProviderBuilder {
     /// At most this many tenants' key stores kept at once (default 100);
     /// when another is needed, a tenant no token has verified for yet goes
     /// first (so tokens with forged signatures, naming many tenants, push
-    /// out at most one in use), else the one whose tokens were least
-    /// recently verified. A request with a token already verified and cached
+    /// out at most one in use; while they keep coming, a new tenant's first
+    /// tokens may find it pushed out before they verify, and fetch its keys
+    /// again), else the one whose tokens were least recently verified. A
+    /// request with a token already verified and cached
     /// does not count as a use, but a cached token is verified again once
     /// a minute (when its tenant's allowance is renewed), which does.
     pub fn max_tenants(mut self, max: usize) -> Self {

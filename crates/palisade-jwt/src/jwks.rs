@@ -777,6 +777,8 @@ async fn fetch_from(
                 store.issuer.trim_end_matches('/')
             );
             let (body, _) = get(client, &url, store.settings.max_body).await?;
+            // Said as every URL is said in logs and errors.
+            let url = palisade_core::syntax::url_without_credentials(&url);
             let doc: Value = serde_json::from_slice(&body).map_err(|_| format!("{url}: not JSON"))?;
             if doc.get("issuer").and_then(Value::as_str) != Some(store.issuer.as_str()) {
                 return Err(format!("{url}: `issuer` does not match the configured issuer"));

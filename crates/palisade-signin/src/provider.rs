@@ -218,17 +218,20 @@ impl Issuer {
         struct OAuthError {
             error: String,
         }
-        match serde_json::from_slice::<OAuthError>(&bytes) {
-            Ok(e) if status.is_client_error() => Err(TokenError::Refused(
+        match (serde_json::from_slice::<OAuthError>(&bytes), status.as_u16()) {
+            // "Later", whatever the body says, as a 5xx.
+            (_, 408 | 429) => Err(TokenError::Unavailable(format!(
+                "the token endpoint answered {status}"
+            ))),
+            (Ok(e), _) if status.is_client_error() => Err(TokenError::Refused(
                 // The error code only: the description may echo input.
                 e.error.chars().filter(char::is_ascii_graphic).take(64).collect(),
             )),
-            // A refusal without OAuth's JSON, such as a proxy's 413 or 414
-            // for a code a browser made too long, refuses what was sent
-            // all the same; 408 and 429 say "later", as a 5xx does.
-            _ if status.is_client_error() && !matches!(status.as_u16(), 408 | 429) => {
-                Err(TokenError::Refused(format!("HTTP {}", status.as_u16())))
-            }
+            // A refusal of what was sent without OAuth's JSON, such as a
+            // proxy's 413 or 414 for a code a browser made too long. Other
+            // statuses without it (401, 404: a gateway, a wrong endpoint)
+            // are the service's setup, said as the issuer unavailable.
+            (_, 400 | 413 | 414) => Err(TokenError::Refused(format!("HTTP {}", status.as_u16()))),
             _ => Err(TokenError::Unavailable(format!(
                 "the token endpoint answered {status}"
             ))),
@@ -332,7 +335,11 @@ mod tests {
         let html = "<html><body>Request Entity Too Large</body></html>";
         for (status, refused) in [
             ("413 Payload Too Large", true),
+            ("414 URI Too Long", true),
             ("400 Bad Request", true),
+            // A gateway's or a wrong endpoint's: the setup, not the code.
+            ("401 Unauthorized", false),
+            ("404 Not Found", false),
             ("429 Too Many Requests", false),
             ("503 Service Unavailable", false),
         ] {

@@ -90,7 +90,7 @@ impl PolicyError {
     /// that could not be read here; its [`kind`](std::io::Error::kind)
     /// tells a file missing or unreadable on this host (`NotFound`,
     /// `PermissionDenied`) from one that is there but wrong (`InvalidData`
-    /// for a secret that is not text, a directory).
+    /// for a secret that is not text, `IsADirectory`).
     #[must_use]
     pub fn io_error(&self) -> Option<&std::io::Error> {
         let mut next = std::error::Error::source(self);
