@@ -498,3 +498,73 @@ spec:
         );
     }
 }
+
+/// A reload that changes the listener's mTLS mode says that it waits for a
+/// restart (the listener is set up at start-up), once per such reload.
+#[tokio::test]
+async fn a_reload_that_changes_the_mtls_mode_says_it_waits_for_a_restart() {
+    let issuer = TestIssuer::builder().default_audience("details").start().unwrap();
+    let pki = palisade::testkit::TestPki::new();
+    let dir = ScratchDir::new("reload-mode");
+    let (cert, key) = dir.cert("details", &pki.workload("default", "details"));
+    let ca = dir.write("ca.pem", &pki.ca_pem());
+    let file = |mode: &str| {
+        format!(
+            "{}---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: details, namespace: default}}
+spec: {{selector: {{matchLabels: {{app: details}}}}, mtls: {{mode: {mode}}}}}
+",
+            policy(&issuer, "details", true)
+        )
+    };
+    let path = dir.write("policy.yaml", &file("STRICT"));
+    let log = dir.path("stderr.log");
+    let svc = common::start_logged(
+        "details",
+        &[
+            "--config",
+            &path,
+            "--service",
+            "details",
+            "--admin",
+            "127.0.0.1:0",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--client-ca",
+            &ca,
+        ],
+        &[],
+        &log,
+    );
+    let admin = svc
+        .banner
+        .iter()
+        .find_map(|l| l.strip_prefix("admin listening on "))
+        .unwrap()
+        .to_owned();
+    const SAID: &str = "the PeerAuthentication mode changed; it takes effect at restart";
+    let said = || std::fs::read_to_string(&log).unwrap().matches(SAID).count();
+    for (mode, times) in [("STRICT", 0), ("PERMISSIVE", 1)] {
+        let before = reloads(&metrics(&admin).await);
+        // A change besides the mode, so that each file is a new one.
+        dir.write("policy.yaml", &format!("{}# {mode}\n", file(mode)));
+        sighup(&svc);
+        wait_until("the reload", async || reloads(&metrics(&admin).await) > before).await;
+        let text = metrics(&admin).await;
+        assert_eq!(
+            sample(&text, "palisade_config_reloads_total{result=\"failure\"}"),
+            0.0,
+            "{text}"
+        );
+        assert_eq!(
+            said(),
+            times,
+            "{mode}: {}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+    }
+}
