@@ -205,6 +205,19 @@ fn start_bookinfo_with(
     }
 }
 
+/// `user`'s token for every service of the mesh: one productpage may relay
+/// to each back-end.
+fn relayable(issuer: &TestIssuer, user: &str) -> String {
+    issuer
+        .token()
+        .subject(user)
+        .audience("productpage")
+        .audience("details")
+        .audience("reviews")
+        .audience("ratings")
+        .sign()
+}
+
 /// `GET path` on productpage in plaintext (PERMISSIVE), with `token`.
 async fn get(pp: &Service, path: &str, token: Option<&str>) -> (u16, Value) {
     let mut req = reqwest::Client::new().get(format!("http://{}{path}", pp.addr));
@@ -331,14 +344,7 @@ async fn a_grpc_upstream_that_does_not_answer_in_time_is_504() {
         let to_hang = format!("ratings={scheme}://{}", hang.local_addr().unwrap());
         let reviews_args = ["--upstream", to_hang.as_str(), "--upstream-timeout", "2"];
         let bookinfo = start_bookinfo_with(&dir, &pki, mesh, &[], Some(&reviews_args));
-        let alice = issuer
-            .token()
-            .subject("alice")
-            .audience("productpage")
-            .audience("details")
-            .audience("reviews")
-            .audience("ratings")
-            .sign();
+        let alice = relayable(&issuer, "alice");
         let (status, product) = get(&bookinfo.productpage, "/api/v1/products/0", Some(&alice)).await;
         assert_eq!(status, 200, "{scheme}: {product}");
         assert_eq!(product["reviews"]["status"], 200, "{scheme}: {product}");
@@ -358,14 +364,7 @@ async fn productpage_relays_the_users_token_and_refuses_to_call_without_one() {
     let mesh = mesh(&issuer, &credentials(&issuer, "caller", "caller", "caller"));
     let bookinfo = start_bookinfo(&dir, &pki, &mesh, &[]);
     let pp = &bookinfo.productpage;
-    let alice = issuer
-        .token()
-        .subject("alice")
-        .audience("productpage")
-        .audience("details")
-        .audience("reviews")
-        .audience("ratings")
-        .sign();
+    let alice = relayable(&issuer, "alice");
     let (status, who) = get(pp, "/upstreams/whoami", Some(&alice)).await;
     assert_eq!(status, 200, "{who}");
     for svc in ["details", "reviews"] {
@@ -405,13 +404,7 @@ async fn an_upstream_failing_the_subject_alt_name_check_is_refused_at_the_handsh
         "subjectAltNames: [spiffe://cluster.local/ns/default/sa/details]",
     );
     let bookinfo = start_bookinfo(&dir, &pki, &mesh, &[]);
-    let alice = issuer
-        .token()
-        .subject("alice")
-        .audience("productpage")
-        .audience("details")
-        .audience("reviews")
-        .sign();
+    let alice = relayable(&issuer, "alice");
     let (status, product) = get(&bookinfo.productpage, "/api/v1/products/0", Some(&alice)).await;
     assert_eq!(status, 200, "{product}");
     assert_eq!(product["details"]["status"], 200, "{product}");

@@ -432,14 +432,61 @@ fn the_admin_listener_is_never_the_service_port() {
     );
 }
 
+/// details started with `--config` (`file(first)`) and the admin listener,
+/// its log kept; for each `(value, times)` of `steps`, the file rewritten as
+/// `file(value)` and reloaded (SIGHUP), which must succeed, after which its
+/// log must say `said` `times` times in all.
+async fn reloads_say(
+    tag: &str,
+    extra: &[&str],
+    file: impl Fn(&str) -> String,
+    first: &str,
+    steps: &[(&str, usize)],
+    said: &str,
+) {
+    let dir = ScratchDir::new(tag);
+    let path = dir.write("policy.yaml", &file(first));
+    let log = dir.path("stderr.log");
+    let mut args = vec![
+        "--config",
+        &path,
+        "--service",
+        "details",
+        "--admin",
+        "127.0.0.1:0",
+    ];
+    args.extend(extra);
+    let svc = common::start_logged("details", &args, &[], &log);
+    let admin = svc
+        .banner
+        .iter()
+        .find_map(|l| l.strip_prefix("admin listening on "))
+        .unwrap()
+        .to_owned();
+    let log = || std::fs::read_to_string(&log).unwrap();
+    for (value, times) in steps {
+        let before = reloads(&metrics(&admin).await);
+        // Each file a new one, whatever the value.
+        dir.write("policy.yaml", &format!("{}# {value}\n", file(value)));
+        sighup(&svc);
+        wait_until("the reload", async || reloads(&metrics(&admin).await) > before).await;
+        let text = metrics(&admin).await;
+        assert_eq!(
+            sample(&text, "palisade_config_reloads_total{result=\"failure\"}"),
+            0.0,
+            "{text}"
+        );
+        assert_eq!(log().matches(said).count(), *times, "{value}: {}", log());
+    }
+}
+
 /// A reload that changes what the service reads only at start-up (its
-/// calls to upstreams) says so, once per such change; one that changes
-/// only what reloads apply says nothing of it.
+/// calls to upstreams) says so; one that changes only what reloads apply
+/// says nothing of it.
 #[tokio::test]
 async fn a_reload_that_changes_the_outbound_documents_says_they_wait_for_a_restart() {
     let issuer = TestIssuer::builder().default_audience("details").start().unwrap();
-    let dir = ScratchDir::new("reload-outbound");
-    let file = |whoami: bool, host: &str| {
+    let file = |host: &str| {
         format!(
             "{}---
 apiVersion: palisade.dev/v1alpha1
@@ -450,64 +497,34 @@ spec:
   hosts: [{host}]
   token: {{from: none}}
 ",
-            policy(&issuer, "details", whoami)
+            // The routes differ from the first file's.
+            policy(&issuer, "details", host.is_empty())
         )
     };
-    let path = dir.write("policy.yaml", &file(true, "ratings.default.svc.cluster.local"));
-    let log = dir.path("stderr.log");
-    let svc = common::start_logged(
-        "details",
-        &[
-            "--config",
-            &path,
-            "--service",
-            "details",
-            "--admin",
-            "127.0.0.1:0",
-        ],
-        &[],
-        &log,
+    let (ratings, reviews) = (
+        "ratings.default.svc.cluster.local",
+        "reviews.default.svc.cluster.local",
     );
-    let admin = svc
-        .banner
-        .iter()
-        .find_map(|l| l.strip_prefix("admin listening on "))
-        .unwrap()
-        .to_owned();
-    const SAID: &str = "the UpstreamCredentials or DestinationRule documents changed";
-    let said = || std::fs::read_to_string(&log).unwrap().matches(SAID).count();
-    for (whoami, host, times) in [
-        (false, "ratings.default.svc.cluster.local", 0),
-        (false, "reviews.default.svc.cluster.local", 1),
-    ] {
-        let before = reloads(&metrics(&admin).await);
-        dir.write("policy.yaml", &file(whoami, host));
-        sighup(&svc);
-        wait_until("the reload", async || reloads(&metrics(&admin).await) > before).await;
-        let text = metrics(&admin).await;
-        assert_eq!(
-            sample(&text, "palisade_config_reloads_total{result=\"failure\"}"),
-            0.0,
-            "{text}"
-        );
-        assert_eq!(
-            said(),
-            times,
-            "{host}: {}",
-            std::fs::read_to_string(&log).unwrap()
-        );
-    }
+    reloads_say(
+        "reload-outbound",
+        &[],
+        |host| file(if host.is_empty() { ratings } else { host }),
+        "",
+        &[(ratings, 0), (reviews, 1)],
+        "the UpstreamCredentials or DestinationRule documents changed",
+    )
+    .await;
 }
 
 /// A reload that changes the listener's mTLS mode says that it waits for a
-/// restart (the listener is set up at start-up), once per such reload.
+/// restart (the listener is set up at start-up); one that keeps it does not.
 #[tokio::test]
 async fn a_reload_that_changes_the_mtls_mode_says_it_waits_for_a_restart() {
     let issuer = TestIssuer::builder().default_audience("details").start().unwrap();
     let pki = palisade::testkit::TestPki::new();
-    let dir = ScratchDir::new("reload-mode");
-    let (cert, key) = dir.cert("details", &pki.workload("default", "details"));
-    let ca = dir.write("ca.pem", &pki.ca_pem());
+    let certs = ScratchDir::new("reload-mode-certs");
+    let (cert, key) = certs.cert("details", &pki.workload("default", "details"));
+    let ca = certs.write("ca.pem", &pki.ca_pem());
     let file = |mode: &str| {
         format!(
             "{}---
@@ -519,52 +536,13 @@ spec: {{selector: {{matchLabels: {{app: details}}}}, mtls: {{mode: {mode}}}}}
             policy(&issuer, "details", true)
         )
     };
-    let path = dir.write("policy.yaml", &file("STRICT"));
-    let log = dir.path("stderr.log");
-    let svc = common::start_logged(
-        "details",
-        &[
-            "--config",
-            &path,
-            "--service",
-            "details",
-            "--admin",
-            "127.0.0.1:0",
-            "--tls-cert",
-            &cert,
-            "--tls-key",
-            &key,
-            "--client-ca",
-            &ca,
-        ],
-        &[],
-        &log,
-    );
-    let admin = svc
-        .banner
-        .iter()
-        .find_map(|l| l.strip_prefix("admin listening on "))
-        .unwrap()
-        .to_owned();
-    const SAID: &str = "the PeerAuthentication mode changed; it takes effect at restart";
-    let said = || std::fs::read_to_string(&log).unwrap().matches(SAID).count();
-    for (mode, times) in [("STRICT", 0), ("PERMISSIVE", 1)] {
-        let before = reloads(&metrics(&admin).await);
-        // A change besides the mode, so that each file is a new one.
-        dir.write("policy.yaml", &format!("{}# {mode}\n", file(mode)));
-        sighup(&svc);
-        wait_until("the reload", async || reloads(&metrics(&admin).await) > before).await;
-        let text = metrics(&admin).await;
-        assert_eq!(
-            sample(&text, "palisade_config_reloads_total{result=\"failure\"}"),
-            0.0,
-            "{text}"
-        );
-        assert_eq!(
-            said(),
-            times,
-            "{mode}: {}",
-            std::fs::read_to_string(&log).unwrap()
-        );
-    }
+    reloads_say(
+        "reload-mode",
+        &["--tls-cert", &cert, "--tls-key", &key, "--client-ca", &ca],
+        file,
+        "STRICT",
+        &[("STRICT", 0), ("PERMISSIVE", 1)],
+        "the PeerAuthentication mode changed; it takes effect at restart",
+    )
+    .await;
 }

@@ -907,15 +907,7 @@ async fn the_least_recently_used_tenant_gives_way() {
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .expect("the only recorder of this test binary");
-    let issuers: Vec<TestIssuer> = (0..3)
-        .map(|_| {
-            TestIssuer::builder()
-                .realm("shop")
-                .default_audience("details")
-                .start()
-                .unwrap()
-        })
-        .collect();
+    let issuers = shop_issuers(3);
     let port = |i: &TestIssuer| i.base_url().rsplit(':').next().unwrap().to_owned();
     let ports: Vec<String> = issuers.iter().map(port).collect();
     let asked = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
@@ -989,12 +981,10 @@ async fn the_least_recently_used_tenant_gives_way() {
     );
 }
 
-/// Forged tokens naming many tenants, faster than a tenant's first token
-/// needs to verify: they push out one tenant in use at most, each newcomer
-/// then taking the place of the last unproven one.
-#[tokio::test]
-async fn a_flood_of_forged_tenants_pushes_out_one_tenant_in_use_at_most() {
-    let issuers: Vec<TestIssuer> = (0..2)
+/// `n` issuers of realm `shop`, each a tenant of
+/// `http://127.0.0.1:{tenant}/realms/shop` by its port.
+fn shop_issuers(n: usize) -> Vec<TestIssuer> {
+    (0..n)
         .map(|_| {
             TestIssuer::builder()
                 .realm("shop")
@@ -1002,7 +992,15 @@ async fn a_flood_of_forged_tenants_pushes_out_one_tenant_in_use_at_most() {
                 .start()
                 .unwrap()
         })
-        .collect();
+        .collect()
+}
+
+/// Forged tokens naming many tenants, faster than a tenant's first token
+/// needs to verify: they push out one tenant in use at most, each newcomer
+/// then taking the place of the last unproven one.
+#[tokio::test]
+async fn a_flood_of_forged_tenants_pushes_out_one_tenant_in_use_at_most() {
+    let issuers = shop_issuers(2);
     let asked = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let jwt = JwtAuthenticator::builder()
         .provider(
