@@ -23,12 +23,19 @@ use crate::{ClientCredentials, TokenExchange};
 /// 30 s (four per lifetime of a short-lived token) at most.
 /// [`CredentialsLayer`](crate::CredentialsLayer) does this itself. Only
 /// the grants' tokens are cached: for the others (the caller's token,
-/// Kerberos, nothing) the answer changes nothing.
+/// Kerberos, nothing) the answer changes nothing. A `reqwest` answer from
+/// another origin than the request's ([`answered_by`](Self::answered_by),
+/// after [`Credentials::apply_request`](crate::Credentials::apply_request):
+/// a redirect followed elsewhere) changes nothing either.
 ///
 /// `Debug` prints no token.
 #[derive(Clone, Default)]
 #[must_use = "tell it the upstream's answer (`answered`, `answered_by`), so that a token it refuses is renewed"]
-pub struct Sent(Option<Cached>);
+pub struct Sent {
+    cached: Option<Cached>,
+    /// Where a `reqwest` request carried it, when known.
+    to: Option<reqwest::Url>,
+}
 
 /// A cached token that went out, and where it is cached.
 #[derive(Clone)]
@@ -40,22 +47,36 @@ enum Cached {
 impl Sent {
     /// The workload's own token, sent as `value`.
     pub(crate) fn own(grant: &ClientCredentials, value: &http::HeaderValue) -> Self {
-        Self(Some(Cached::Own(grant.clone(), value.clone())))
+        Self {
+            cached: Some(Cached::Own(grant.clone(), value.clone())),
+            to: None,
+        }
     }
 
     /// A token exchanged for `caller`'s, sent as `value`.
     pub(crate) fn exchanged(exchange: &TokenExchange, caller: &Arc<str>, value: &http::HeaderValue) -> Self {
-        Self(Some(Cached::Exchanged(
-            exchange.clone(),
-            Arc::clone(caller),
-            value.clone(),
-        )))
+        Self {
+            cached: Some(Cached::Exchanged(
+                exchange.clone(),
+                Arc::clone(caller),
+                value.clone(),
+            )),
+            to: None,
+        }
+    }
+
+    /// The same, sent to `url` (when a cached token was).
+    pub(crate) fn to(mut self, url: &reqwest::Url) -> Self {
+        if self.cached.is_some() {
+            self.to = Some(url.clone());
+        }
+        self
     }
 
     /// Tells the credential how the upstream answered the call: its status
     /// and headers (`WWW-Authenticate`).
     pub fn answered(&self, status: http::StatusCode, headers: &http::HeaderMap) {
-        let Some(cached) = &self.0 else { return };
+        let Some(cached) = &self.cached else { return };
         if !refuses_token(status, headers) {
             return;
         }
@@ -65,15 +86,24 @@ impl Sent {
         }
     }
 
-    /// [`answered`](Self::answered) with a `reqwest` response.
+    /// [`answered`](Self::answered) with a `reqwest` response; one from
+    /// another origin than the request's (a redirect followed elsewhere)
+    /// says nothing of the token.
     pub fn answered_by(&self, response: &reqwest::Response) {
+        if self
+            .to
+            .as_ref()
+            .is_some_and(|to| to.origin() != response.url().origin())
+        {
+            return;
+        }
         self.answered(response.status(), response.headers());
     }
 }
 
 impl fmt::Debug for Sent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let what = match &self.0 {
+        let what = match &self.cached {
             None => "nothing cached",
             Some(Cached::Own(..)) => "the workload's token",
             Some(Cached::Exchanged(..)) => "an exchanged token",

@@ -106,8 +106,10 @@ impl Credentials {
             .map(str::to_owned)
             .or_else(|| req.url().host_str().map(str::to_owned));
         let (method, htu) = call_of(req);
-        self.apply_call(req.headers_mut(), host.as_deref(), caller, Some((&method, &htu)))
-            .await
+        let sent = self
+            .apply_call(req.headers_mut(), host.as_deref(), caller, Some((&method, &htu)))
+            .await?;
+        Ok(sent.to(req.url()))
     }
 
     /// [`apply`](Self::apply) for a call of `method` to `htu` (its URI

@@ -439,6 +439,77 @@ async fn a_reqwest_request_gets_its_hosts_credentials() {
     ));
 }
 
+/// A loopback server answering every request with `answer` (a whole
+/// HTTP/1.1 response); its origin.
+async fn answering(answer: impl Fn(u16) -> String + Send + 'static) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let mut request = [0u8; 8192];
+            let _ = conn.read(&mut request).await;
+            let _ = conn.write_all(answer(port).as_bytes()).await;
+        }
+    });
+    format!("http://127.0.0.1:{port}")
+}
+
+/// A 401 from where a redirect led (another origin) says nothing of the
+/// token sent to the first; one from the request's own origin does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_from_where_a_redirect_led_keeps_the_token() {
+    let issuer = issuer(Duration::from_secs(8));
+    let upstreams = Upstreams::builder()
+        .host(
+            "*",
+            Credentials::ClientCredentials(grant(&issuer, Duration::from_secs(1))),
+        )
+        .build();
+    let refusing = answering(|_| {
+        "HTTP/1.1 401 Unauthorized\r\nwww-authenticate: Bearer error=\"invalid_token\"\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_owned()
+    })
+    .await;
+    let to = format!("{refusing}/x");
+    let redirecting = answering(move |_| {
+        format!("HTTP/1.1 302 Found\r\nlocation: {to}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+    })
+    .await;
+    // A client that follows redirects (the docs advise against it).
+    let client = reqwest::Client::new();
+    let call = |origin: &str| {
+        let (client, upstreams, url) = (client.clone(), upstreams.clone(), format!("{origin}/x"));
+        async move {
+            let mut req = client.get(url).build().unwrap();
+            let sent = upstreams.apply(&mut req, None).await.unwrap();
+            let res = client.execute(req).await.unwrap();
+            sent.answered_by(&res);
+            res.status().as_u16()
+        }
+    };
+    // Past the token's first quarter, when a refusal renews it.
+    call(&redirecting).await;
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    assert_eq!(call(&redirecting).await, 401, "the redirect was followed");
+    // A refused token is renewed when the next call finds it so.
+    call(&redirecting).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        issuer.client_credentials_grants(),
+        1,
+        "kept: another origin refused"
+    );
+    let renewed = async {
+        while issuer.client_credentials_grants() < 2 {
+            assert_eq!(call(&refusing).await, 401);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), renewed)
+        .await
+        .expect("its own origin's refusal renews it");
+}
+
 fn policy(yaml: &str) -> Result<Option<Upstreams>, palisade_core::policy::PolicyError> {
     let set = PolicySet::from_yaml_str(yaml, "upstreams.yaml")?;
     let workload = Workload::new("productpage", "default");
