@@ -247,6 +247,10 @@ pub(crate) fn parse_key(key: &str) -> Result<Key, String> {
                 Some([h]) if h.starts_with(':') => Err(format!(
                     "`{key}`: pseudo-headers are not request headers here; match `:path`, `:authority` and `:method` with `to.operation` `paths`, `hosts` and `methods`"
                 )),
+                // A name no request can carry: a condition that never holds.
+                Some([h]) if !crate::syntax::is_http_token(h) => {
+                    Err(format!("`{key}`: `{h}` is not an HTTP header name"))
+                }
                 Some([h]) => Ok(Key::Str(StrAttr::Header(h.to_ascii_lowercase().into()))),
                 _ => Err(format!("`{key}`: write request.headers[Name]")),
             };

@@ -127,6 +127,18 @@ impl KeycloakAdapterConfig {
         if self.auth_server_url.trim().is_empty() {
             return Err(("spec.auth-server-url".into(), "must not be empty".into()));
         }
+        // 0 would fetch the keys on every unknown key id, or again at once.
+        for (field, value) in [
+            (
+                "spec.min-time-between-jwks-requests",
+                self.min_time_between_jwks_requests,
+            ),
+            ("spec.public-key-cache-ttl", self.public_key_cache_ttl),
+        ] {
+            if value == Some(0) {
+                return Err((field.into(), "must be at least 1 (seconds)".into()));
+            }
+        }
         if self.verify_token_audience == Some(true) && self.resource.is_none() {
             return Err((
                 "spec.resource".into(),
@@ -176,11 +188,20 @@ impl KeycloakAdapterConfig {
                 "not applied: the issuer's certificate is always verified",
             ),
         ];
-        not_applied
+        let mut said: Vec<super::FieldError> = not_applied
             .into_iter()
             .filter(|(_, given, _)| *given)
             .map(|(key, _, why)| (format!("spec.{key}"), why.to_owned()))
-            .collect()
+            .collect();
+        // Keycloak's default, and a relaxation: said as the others are.
+        if self.verify_token_audience != Some(true) {
+            said.push((
+                "spec.verify-token-audience".into(),
+                "off: tokens the realm issued to any of its clients are accepted; set it (with `resource`) to accept only this client's"
+                    .into(),
+            ));
+        }
+        said
     }
 
     /// The issuer URL: `<auth-server-url>/realms/<realm>`.

@@ -428,11 +428,32 @@ impl Document {
             .filter_map(|(field, t)| target::not_a_workload(t).map(|m| (field, m)))
             .collect();
         match &self.spec {
-            Spec::AuthorizationPolicy(_) if crate::authz::compile::dry_run(&self.metadata) == Ok(true) => {
-                out.push((
-                    "metadata.annotations.istio.io/dry-run".into(),
-                    "a dry run: this policy's decisions are logged, not enforced".into(),
-                ));
+            Spec::AuthorizationPolicy(p) => {
+                if crate::authz::compile::dry_run(&self.metadata) == Ok(true) {
+                    out.push((
+                        "metadata.annotations.istio.io/dry-run".into(),
+                        "a dry run: this policy's decisions are logged, not enforced".into(),
+                    ));
+                }
+                for (ri, rule) in p.rules.iter().flatten().enumerate() {
+                    for (ti, to) in rule.to.iter().enumerate() {
+                        let o = &to.operation;
+                        out.extend(never_matching(
+                            &format!("spec.rules[{ri}].to[{ti}].operation"),
+                            [&o.methods, &o.not_methods],
+                            [&o.paths, &o.not_paths],
+                        ));
+                    }
+                }
+            }
+            Spec::ServiceRole(r) => {
+                for (ri, rule) in r.rules.iter().enumerate() {
+                    out.extend(never_matching(
+                        &format!("spec.rules[{ri}]"),
+                        [&rule.methods, &rule.not_methods],
+                        [&rule.paths, &rule.not_paths],
+                    ));
+                }
             }
             Spec::PeerAuthentication(s) => out.extend(s.warnings()),
             Spec::ServiceRoleBinding(s) if s.mode == EnforcementMode::Permissive => out.push((
@@ -1056,6 +1077,42 @@ impl<'a> WorkloadPolicy<'a> {
     pub fn error_at(&self, document: &Document, field: &str, message: impl Into<String>) -> PolicyError {
         document.error(self.source, field, message)
     }
+}
+
+/// Methods and paths, under `at` (`methods`/`notMethods`, then
+/// `paths`/`notPaths`), that no request can carry, said aloud: Istio takes
+/// them, and a rule with one then matches less than it reads (a `DENY`
+/// that never fires, a `notMethods` that excludes nothing).
+fn never_matching(
+    at: &str,
+    methods: [&Option<Vec<String>>; 2],
+    paths: [&Option<Vec<String>>; 2],
+) -> Vec<FieldError> {
+    let mut out = Vec::new();
+    for (field, values) in ["methods", "notMethods"].into_iter().zip(methods) {
+        for (i, m) in values.iter().flatten().enumerate() {
+            if m.bytes().any(|b| b.is_ascii_lowercase()) {
+                out.push((
+                    format!("{at}.{field}[{i}]"),
+                    format!(
+                        "`{m}` matches no request: methods are compared exactly, and clients send them in capitals (`{}`)",
+                        m.to_ascii_uppercase()
+                    ),
+                ));
+            }
+        }
+    }
+    for (field, values) in ["paths", "notPaths"].into_iter().zip(paths) {
+        for (i, p) in values.iter().flatten().enumerate() {
+            if !p.starts_with('/') && !p.starts_with('*') {
+                out.push((
+                    format!("{at}.{field}[{i}]"),
+                    format!("`{p}` matches no request: a request's path starts with `/`"),
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// Why a `PeerAuthentication` selector in the root namespace does nothing.

@@ -276,6 +276,8 @@ impl JwtSettingsSpec {
         for (field, d) in [
             ("spec.fetchTimeout", &self.fetch_timeout),
             ("spec.maxTokenLifetime", &self.max_token_lifetime),
+            // 0 would let every token with an unknown key id fetch the keys.
+            ("spec.minRefreshInterval", &self.min_refresh_interval),
         ] {
             if secs(d).is_some_and(|d| d.is_zero()) {
                 return Err((field.into(), "must be longer than 0s".into()));

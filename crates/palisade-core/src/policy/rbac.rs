@@ -126,6 +126,16 @@ impl RbacConfigSpec {
     /// `ON_WITH_INCLUSION` must include something: as written without, the
     /// older RBAC would be on nowhere, every binding unenforced.
     pub(super) fn check(&self) -> Result<(), FieldError> {
+        // A blank entry names nothing: an inclusion of only blanks would
+        // switch RBAC on nowhere, an exclusion's would exclude nothing.
+        for (list, target) in [("inclusion", &self.inclusion), ("exclusion", &self.exclusion)] {
+            let Some(t) = target else { continue };
+            for (field, names) in [("services", &t.services), ("namespaces", &t.namespaces)] {
+                if let Some(i) = names.iter().position(|n| n.trim().is_empty()) {
+                    return Err((format!("spec.{list}.{field}[{i}]"), "must not be empty".into()));
+                }
+            }
+        }
         let names_none = |t: &Option<RbacTargetSpec>| {
             t.as_ref()
                 .is_none_or(|t| t.services.is_empty() && t.namespaces.is_empty())

@@ -946,11 +946,16 @@ fn relaxations_and_fields_read_but_not_applied_are_warnings() {
         [
             (1, "spec.ssl-required".into()),
             (1, "spec.use-resource-role-mappings".into()),
-            (1, "spec.disable-trust-manager".into())
+            (1, "spec.disable-trust-manager".into()),
+            (1, "spec.verify-token-audience".into())
         ]
     );
-    // Keycloak's own export: `external` (its default) and port 0 change nothing.
-    assert!(warned(&kc.replace("all", "external").replace("true", "false")).is_empty());
+    // Keycloak's own export: `external` (its default) and port 0 change
+    // nothing; its default audience check (none) is said.
+    assert_eq!(
+        warned(&kc.replace("all", "external").replace("true", "false")),
+        [(1, "spec.verify-token-audience".into())]
+    );
     let json = r#"{"realm":"r","auth-server-url":"https://kc","allow-any-hostname":true}"#;
     assert!(KeycloakAdapterConfig::from_json_str(json, "keycloak.json").is_ok());
 
@@ -987,7 +992,7 @@ fn relaxations_and_fields_read_but_not_applied_are_warnings() {
     // Settings for an issuer the file never verifies; not for one it does.
     let settings = "apiVersion: palisade.dev/v1alpha1\nkind: JwtSettings\nmetadata: {name: s}\nspec: {issuer: 'https://idp.example/realms/a', leeway: 30s}\n\
                     ---\napiVersion: palisade.dev/v1alpha1\nkind: JwtSettings\nmetadata: {name: t}\nspec: {issuer: 'https://kc/realms/r', leeway: 30s}\n\
-                    ---\napiVersion: palisade.dev/v1alpha1\nkind: KeycloakAdapter\nmetadata: {name: kc}\nspec: {realm: r, auth-server-url: 'https://kc/'}\n";
+                    ---\napiVersion: palisade.dev/v1alpha1\nkind: KeycloakAdapter\nmetadata: {name: kc}\nspec: {realm: r, auth-server-url: 'https://kc/', resource: api, verify-token-audience: true}\n";
     assert_eq!(warned(settings), [(1, "spec.issuer".into())]);
     let ruled = format!(
         "{settings}---\napiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: j}}\nspec:\n  jwtRules: [{{issuer: 'https://idp.example/realms/a'}}]\n"
@@ -1184,4 +1189,55 @@ spec:
         assert!(!shown.contains(secret), "{secret}: {shown}");
     }
     assert!(shown.contains("kc.example/jwks.json"), "{shown}");
+}
+
+/// From an audit: values Istio takes that no request can match are said
+/// aloud; values that break a promise at once (a header name no request
+/// carries, an RBAC inclusion of blanks, a key fetch without a floor) are
+/// refused, naming the field.
+#[test]
+fn values_that_match_nothing_are_said_and_values_that_cannot_work_refused() {
+    let never = format!(
+        "{AUTHZ}metadata: {{name: d}}\nspec:\n  action: DENY\n  rules:\n  - to: [{{operation: {{methods: [delete, GET], notPaths: [\"admin/*\", \"/ok\", \"*.png\"]}}}}]\n---\n\
+         apiVersion: rbac.istio.io/v1alpha1\nkind: ServiceRole\nmetadata: {{name: r}}\nspec:\n  rules: [{{services: [\"*\"], notMethods: [Post]}}]\n"
+    );
+    assert_eq!(
+        warned(&never),
+        [
+            (1, "spec.rules[0].to[0].operation.methods[0]".into()),
+            (1, "spec.rules[0].to[0].operation.notPaths[0]".into()),
+            (2, "spec.rules[0].notMethods[0]".into()),
+        ]
+    );
+    let header = format!(
+        "{AUTHZ}metadata: {{name: h}}\nspec:\n  action: DENY\n  rules: [{{when: [{{key: \"request.headers[X Team]\", values: [\"*\"]}}]}}]\n"
+    );
+    let e = load_err(&header);
+    assert_eq!(e.field.as_deref(), Some("spec.rules[0].when[0].key"), "{e}");
+    assert!(e.message.contains("not an HTTP header name"), "{e}");
+    let blank = "apiVersion: rbac.istio.io/v1alpha1\nkind: ClusterRbacConfig\nmetadata: {name: default}\nspec: {mode: ON_WITH_INCLUSION, inclusion: {namespaces: [\"\"]}}\n";
+    assert_eq!(
+        load_err(blank).field.as_deref(),
+        Some("spec.inclusion.namespaces[0]")
+    );
+    let floor = "apiVersion: palisade.dev/v1alpha1\nkind: JwtSettings\nmetadata: {name: s}\nspec: {minRefreshInterval: 0s}\n";
+    assert_eq!(load_err(floor).field.as_deref(), Some("spec.minRefreshInterval"));
+    let keycloak = |extra: &str| {
+        format!(
+            "apiVersion: palisade.dev/v1alpha1\nkind: KeycloakAdapter\nmetadata: {{name: kc}}\nspec: {{realm: r, auth-server-url: \"https://kc.example\", resource: api{extra}}}\n"
+        )
+    };
+    assert_eq!(
+        load_err(&keycloak(", min-time-between-jwks-requests: 0"))
+            .field
+            .as_deref(),
+        Some("spec.min-time-between-jwks-requests")
+    );
+    assert_eq!(
+        load_err(&keycloak(", public-key-cache-ttl: 0")).field.as_deref(),
+        Some("spec.public-key-cache-ttl")
+    );
+    // Keycloak's default accepts any of the realm's tokens: said.
+    assert_eq!(warned(&keycloak("")), [(1, "spec.verify-token-audience".into())]);
+    assert!(warned(&keycloak(", verify-token-audience: true")).is_empty());
 }
