@@ -592,8 +592,9 @@ spec:
             (Some(1), Some("spec.jwtRules[0].jwks")),
             "{err}"
         );
+        // Refused when the file loads, whatever workload it names.
         let timeout = ra("a", "    timeout: 0s\n");
-        let err = compile(&timeout);
+        let err = PolicySet::from_yaml_str(&timeout, "jwt.yaml").unwrap_err();
         assert_eq!(err.field.as_deref(), Some("spec.jwtRules[0].timeout"), "{err}");
     }
 

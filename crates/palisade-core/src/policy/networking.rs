@@ -393,6 +393,30 @@ impl ClientTlsSettingsSpec {
                     .into(),
             ));
         }
+        // What no calling workload could use, refused for every document
+        // (a workload that applies the rule refuses it the same way).
+        if self.insecure_skip_verify {
+            return Err((
+                at("insecureSkipVerify"),
+                "not supported: Palisade always verifies the upstream's certificate (name a `caCertificates` bundle instead)".into(),
+            ));
+        }
+        if self.mode == ClientTlsMode::Simple
+            && self.ca_certificates.is_none()
+            && !self.subject_alt_names.is_empty()
+        {
+            return Err((
+                at("subjectAltNames"),
+                "checked only against a `caCertificates` bundle: name one (the system's trust anchors are checked against the dialled host name)".into(),
+            ));
+        }
+        if self.mode == ClientTlsMode::Mutual && self.ca_certificates.is_none() {
+            return Err((
+                at("caCertificates"),
+                "MUTUAL needs `caCertificates`: the bundle the upstream's certificate is checked against"
+                    .into(),
+            ));
+        }
         Ok(())
     }
 }

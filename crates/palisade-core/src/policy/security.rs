@@ -62,6 +62,9 @@ impl RequestAuthenticationSpec {
                     ),
                 ));
             }
+            if rule.timeout.is_some_and(|t| t.get().is_zero()) {
+                return Err((at("timeout"), "must be longer than 0s".into()));
+            }
             if let Some(uri) = &rule.jwks_uri
                 && !crate::syntax::is_http_url_pattern(uri)
             {

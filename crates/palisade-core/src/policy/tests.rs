@@ -1240,4 +1240,26 @@ fn values_that_match_nothing_are_said_and_values_that_cannot_work_refused() {
     // Keycloak's default accepts any of the realm's tokens: said.
     assert_eq!(warned(&keycloak("")), [(1, "spec.verify-token-audience".into())]);
     assert!(warned(&keycloak(", verify-token-audience: true")).is_empty());
+    let jwt = "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: j}\nspec:\n  selector: {matchLabels: {app: nobody}}\n  jwtRules: [{issuer: 'https://kc.example/realms/r', timeout: 0s}]\n";
+    assert_eq!(load_err(jwt).field.as_deref(), Some("spec.jwtRules[0].timeout"));
+    // A rule no workload here applies, refused all the same.
+    let dr = |tls: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: d, namespace: default}}\nspec:\n  host: ratings\n  workloadSelector: {{matchLabels: {{app: nobody}}}}\n  trafficPolicy: {{tls: {tls}}}\n"
+        )
+    };
+    for (tls, field) in [
+        ("{mode: SIMPLE, insecureSkipVerify: true}", "insecureSkipVerify"),
+        ("{mode: SIMPLE, subjectAltNames: [ratings]}", "subjectAltNames"),
+        (
+            "{mode: MUTUAL, clientCertificate: /c, privateKey: /k}",
+            "caCertificates",
+        ),
+    ] {
+        assert_eq!(
+            load_err(&dr(tls)).field.as_deref(),
+            Some(format!("spec.trafficPolicy.tls.{field}").as_str()),
+            "{tls}"
+        );
+    }
 }
