@@ -583,7 +583,9 @@ spec:
         );
         let unusable = format!(
             "{}---\n{}",
-            ra("a", "    jwks: '{\"keys\": 7}'\n"),
+            // A JWKS in shape (checked when the file loads), with a key
+            // only building the authenticator reads.
+            ra("a", "    jwks: '{\"keys\": [{\"kty\": \"nope\"}]}'\n"),
             ra("b", "").replace("idp.example", "other.example")
         );
         let err = compile(&unusable);

@@ -65,6 +65,24 @@ impl RequestAuthenticationSpec {
             if rule.timeout.is_some_and(|t| t.get().is_zero()) {
                 return Err((at("timeout"), "must be longer than 0s".into()));
             }
+            // Discovery, for a rule that names no keys, needs an http(s) issuer.
+            if rule.jwks_uri.is_none()
+                && rule.jwks.is_none()
+                && !crate::syntax::is_http_url_pattern(&rule.issuer)
+            {
+                let shown = crate::syntax::url_without_credentials(&rule.issuer);
+                return Err((
+                    at("issuer"),
+                    format!(
+                        "`{shown}` is not an http(s) URL, so its keys cannot be discovered: give jwksUri or jwks"
+                    ),
+                ));
+            }
+            if let Some(jwks) = &rule.jwks
+                && !serde_json::from_str::<serde_json::Value>(jwks).is_ok_and(|v| v["keys"].is_array())
+            {
+                return Err((at("jwks"), "not a JWKS: a JSON object with a `keys` array".into()));
+            }
             if let Some(uri) = &rule.jwks_uri
                 && !crate::syntax::is_http_url_pattern(uri)
             {

@@ -1242,6 +1242,28 @@ fn values_that_match_nothing_are_said_and_values_that_cannot_work_refused() {
     assert!(warned(&keycloak(", verify-token-audience: true")).is_empty());
     let jwt = "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: j}\nspec:\n  selector: {matchLabels: {app: nobody}}\n  jwtRules: [{issuer: 'https://kc.example/realms/r', timeout: 0s}]\n";
     assert_eq!(load_err(jwt).field.as_deref(), Some("spec.jwtRules[0].timeout"));
+    for (rule, field) in [
+        ("{issuer: kc-realm-r}", "issuer"),
+        (
+            "{issuer: 'https://kc.example/realms/r', jwks: '{\"keys\": 7}'}",
+            "jwks",
+        ),
+        ("{issuer: 'https://kc.example/realms/r', jwks: 'keys'}", "jwks"),
+    ] {
+        let yaml = jwt.replace("{issuer: 'https://kc.example/realms/r', timeout: 0s}", rule);
+        assert_ne!(yaml, jwt);
+        assert_eq!(
+            load_err(&yaml).field,
+            Some(format!("spec.jwtRules[0].{field}")),
+            "{rule}"
+        );
+    }
+    // Not a URL, with its keys given: fine (no discovery).
+    let named = jwt.replace(
+        "{issuer: 'https://kc.example/realms/r', timeout: 0s}",
+        "{issuer: kc-realm-r, jwks: '{\"keys\": []}'}",
+    );
+    assert!(PolicySet::from_yaml_str(&named, "j.yaml").is_ok());
     // A rule no workload here applies, refused all the same.
     let dr = |tls: &str| {
         format!(
