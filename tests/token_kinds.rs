@@ -1330,7 +1330,7 @@ fn a_reload_keeps_a_dpop_authenticator_configured_the_same() {
 }
 
 /// A problem that only compiling a workload's documents shows (here an
-/// inline key set that does not parse) is found by the whole-file check
+/// inline key set in shape whose key does not build) is found by the whole-file check
 /// for every workload, while a service compiles its own part only (a file
 /// shared by services that each have only their own secrets must not stop
 /// the others).
@@ -1354,7 +1354,7 @@ spec:
   selector: {{matchLabels: {{app: reviews}}}}
   jwtRules:
   - issuer: {issuer}
-    jwks: '{{\"keys\": 7}}'
+    jwks: '{{\"keys\": [{{\"kty\": \"nope\"}}]}}'
 ",
         issuer = idp.issuer(),
         jwks = idp.jwks()
@@ -1376,7 +1376,11 @@ spec:
         "{own}"
     );
 
-    let fixed = yaml.replace("'{\"keys\": 7}'", &format!("'{}'", idp.jwks()));
+    let fixed = yaml.replace(
+        "'{\"keys\": [{\"kty\": \"nope\"}]}'",
+        &format!("'{}'", idp.jwks()),
+    );
+    assert_ne!(fixed, yaml);
     let set = PolicySet::from_yaml_str(&fixed, "shop.yaml").unwrap();
     palisade::check_policy(&set).unwrap();
     palisade::guard_from_policy(&set, &Workload::new("details", "default")).unwrap();
