@@ -909,13 +909,11 @@ pub fn authorize_route(
         let reply = Reply::from(Rejection::missing_credential(Vec::new()));
         return Check::Ready(Err(Rendering::of(req).render(reply)));
     };
-    // A refusal before the policy decides, counted as its denials are.
-    let refused = |rejection: Rejection| {
-        auth.compiled().tally(&Decision::Deny(rejection.clone()));
-        Check::Ready(Err(Rendering::of(req).render(Reply::from(rejection))))
-    };
+    // A refusal before the policy decides, counted and answered as its
+    // denials are.
+    let early = |rejection: Rejection| Check::Ready(refused(auth, Decision::Deny(rejection), req));
     if policy.refuses_host(req) {
-        return refused(ambiguous_host_refusal());
+        return early(ambiguous_host_refusal());
     }
     // A path the policy cannot read is the request's fault (400), as the
     // guard answers it, not a denial to be authenticated for; a policy
@@ -925,7 +923,7 @@ pub fn authorize_route(
             Ok(path) => path,
             Err(e) => {
                 tracing::debug!(target: LOG_TARGET, method = req.method(), reason = %e, "malformed path refused by a route policy");
-                return refused(Rejection::malformed_path(e.to_string()));
+                return early(Rejection::malformed_path(e.to_string()));
             }
         }
     } else {
@@ -937,10 +935,17 @@ pub fn authorize_route(
         }
         tracing::debug!(target: LOG_TARGET, %access, "denied by route policy");
         let guard = auth.compiled();
-        // Counted as decided, before a gRPC call's refusal becomes a 200.
-        let decision = guard.sign_in_or(req, guard.refusal(auth.identity(), access));
+        refused(
+            auth,
+            guard.sign_in_or(req, guard.refusal(auth.identity(), access)),
+            req,
+        )
+    }
+    /// A route's refusal (or sign-in's answer in its place), counted as
+    /// decided before a gRPC call's refusal becomes a 200, then rendered.
+    fn refused(auth: &RequestAuth, decision: Decision, req: &dyn RequestHead) -> Result<(), Reply> {
         if !matches!(decision, Decision::Allow(_)) {
-            guard.tally(&decision);
+            auth.compiled().tally(&decision);
         }
         match decision.for_request(Rendering::of(req)) {
             Decision::Deny(r) => Err(Reply::from(r)),

@@ -91,11 +91,7 @@ impl RequestAuth {
     /// A watch on a route policy's check that waits: counted as cancelled
     /// if dropped before [`Waiting::decided`].
     pub(crate) fn waiting(&self) -> Waiting {
-        Waiting {
-            share: Arc::clone(&self.compiled),
-            started: None,
-            decided: false,
-        }
+        Waiting::new(Arc::clone(&self.compiled), None)
     }
 }
 
@@ -655,6 +651,14 @@ pub(crate) struct Waiting {
 }
 
 impl Waiting {
+    fn new(share: Arc<Share<Compiled>>, started: Option<quanta::Instant>) -> Self {
+        Self {
+            share,
+            started,
+            decided: false,
+        }
+    }
+
     /// The check was decided: nothing to count on drop.
     pub(crate) fn decided(&mut self) {
         self.decided = true;
@@ -712,14 +716,10 @@ impl Share<Compiled> {
             }
             Check::Pending(fut) => {
                 let rendering = Rendering::of(req);
-                let mut waiting = Waiting {
-                    share: self.clone(),
-                    started,
-                    decided: false,
-                };
+                let mut waiting = Waiting::new(self.clone(), started);
                 Check::pending(async move {
                     let d = fut.await;
-                    waiting.decided = true;
+                    waiting.decided();
                     waiting.share.count(waiting.started, &d);
                     d.for_request(rendering)
                 })
