@@ -222,30 +222,15 @@ where
                 let io = tokio::time::timeout(limits.handshake(), handshake.handshake(tcp, &mut info))
                     .await
                     .map_err(|_| "handshake timed out")??;
-                let activity = Arc::new(Activity::new());
-                // The connection holds its place under the limit until its
-                // transport closes: after an upgrade (a WebSocket), that is
-                // when the application lets the upgraded stream go.
-                let Closable { conn, close } = connection(
-                    io,
-                    Arc::new(info),
-                    Arc::clone(&activity),
-                    &limits,
-                    service,
-                    permit,
-                );
                 let stopped = Box::pin(async move {
                     let _ = stop.wait_for(|stopping| *stopping).await;
                 });
-                Serving {
-                    conn,
-                    close,
-                    activity,
-                    stopped,
-                    closing: false,
-                }
-                .await
-                .map_err(|e| reason(&*e))
+                // The connection holds its place under the limit until its
+                // transport closes: after an upgrade (a WebSocket), that is
+                // when the application lets the upgraded stream go.
+                connection(io, Arc::new(info), &limits, service, permit, stopped)
+                    .await
+                    .map_err(|e| reason(&*e))
             };
             if let Err(reason) = served.await {
                 tracing::debug!(target: LOG_TARGET, %remote, reason, "connection closed");
@@ -292,28 +277,20 @@ const WRITE_LATE: &str = "the client took none of the answer for the write timeo
 /// Why a connection without a complete request head in time closed.
 const HEAD_LATE: &str = "no complete request head in time";
 
-/// A connection's future and how to ask it to close gracefully (hyper-util's
-/// `GracefulConnection` is sealed, and its connection with upgrades does
-/// not implement it).
-struct Closable<C> {
-    conn: C,
-    close: fn(Pin<&mut C>),
-}
-
 /// One connection's HTTP/1.1 or HTTP/2 (by its first bytes: the h2 preface,
 /// whether ALPN chose h2 or a plaintext caller has prior knowledge) with
 /// the limits' deadlines on its reads, and HTTP/1.1 upgrades (WebSockets):
 /// an upgraded connection keeps the write timeout, and its reads wait as
 /// long as the application does. `open` is its place under the connection
-/// limit, held as long as its transport.
+/// limit, held as long as its transport; `stopped` completes at shutdown.
 fn connection<I, S, B>(
     io: I,
     info: Arc<ConnectionInfo>,
-    activity: Arc<Activity>,
     limits: &ServerLimits,
     service: S,
     open: tokio::sync::OwnedSemaphorePermit,
-) -> Closable<impl Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + Send + use<I, S, B>>
+    stopped: Pin<Box<dyn Future<Output = ()> + Send>>,
+) -> Serving<impl Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + Send + use<I, S, B>>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<Body>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
@@ -321,8 +298,10 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let activity = Arc::new(Activity::new());
     let activity_of_streams = Arc::clone(&activity);
     let io = Deadlines::new(io, activity.clone(), limits, open);
+    let watched = Arc::clone(&activity);
     let extensions = request_extensions(info);
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let h2 = req.version() == Version::HTTP_2;
@@ -371,11 +350,16 @@ where
         .keep_alive_interval(Some(H2_KEEP_ALIVE))
         .keep_alive_timeout(H2_KEEP_ALIVE)
         .max_concurrent_streams(H2_MAX_STREAMS);
-    Closable {
+    Serving {
         conn: http
             .serve_connection_with_upgrades(TokioIo::new(io), svc)
             .into_owned(),
+        // hyper-util's `GracefulConnection` is sealed, and its connection
+        // with upgrades does not implement it.
         close: |conn| conn.graceful_shutdown(),
+        activity: watched,
+        stopped,
+        closing: false,
     }
 }
 
