@@ -64,11 +64,16 @@ impl Granted {
     /// query or fragment), when the token is DPoP-bound.
     pub(crate) fn proof(&self, method: &str, htu: &str) -> Option<http::HeaderValue> {
         let (key, token) = self.dpop.as_ref()?;
-        let mut proof = http::HeaderValue::try_from(key.proof(method, htu, Some(token), None)).ok()?;
-        // A credential: kept out of `Debug` and of HTTP/2's header index.
-        proof.set_sensitive(true);
-        Some(proof)
+        sensitive(key.proof(method, htu, Some(token), None))
     }
+}
+
+/// A credential as a header value: kept out of `Debug` and of HTTP/2's
+/// header index.
+fn sensitive(value: String) -> Option<http::HeaderValue> {
+    let mut value = http::HeaderValue::try_from(value).ok()?;
+    value.set_sensitive(true);
+    Some(value)
 }
 
 /// A confidential client of one issuer: the token endpoint (by discovery,
@@ -121,9 +126,8 @@ impl TokenClient {
         let mut form = form.to_vec();
         let mut req = self.http.post(endpoint);
         if let Some(key) = &self.dpop
-            && let Ok(mut proof) = http::HeaderValue::try_from(key.proof("POST", endpoint, None, nonce))
+            && let Some(proof) = sensitive(key.proof("POST", endpoint, None, nonce))
         {
-            proof.set_sensitive(true);
             req = req.header("dpop", proof);
         }
         if self.post {

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use aws_lc_rs::digest;
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use palisade_core::authn::HeaderEdits;
 use palisade_core::metrics::INTROSPECTIONS;
 use palisade_core::syntax::url_without_credentials;
@@ -493,15 +493,9 @@ impl Introspector {
             .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded");
         let (id, secret) = (form::encode(&self.cfg.client_id), form::encode(&self.cfg.secret));
         match self.cfg.auth {
-            IntrospectionAuth::ClientSecretBasic => {
-                let basic = STANDARD.encode(format!("{id}:{secret}"));
-                if let Ok(mut value) = reqwest::header::HeaderValue::try_from(format!("Basic {basic}")) {
-                    // The client's secret: kept out of `Debug` and of
-                    // HTTP/2's header index.
-                    value.set_sensitive(true);
-                    request = request.header(reqwest::header::AUTHORIZATION, value);
-                }
-            }
+            // reqwest marks the header sensitive (kept out of `Debug` and
+            // of HTTP/2's header index), as sign-in's token requests do.
+            IntrospectionAuth::ClientSecretBasic => request = request.basic_auth(id, Some(secret)),
             IntrospectionAuth::ClientSecretPost => {
                 body.push_str(&format!("&client_id={id}&client_secret={secret}"));
             }
