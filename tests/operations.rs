@@ -14,13 +14,17 @@ fn start_with_admin(example: &str, file: &str) -> (Service, String) {
         example,
         &["--config", file, "--service", example, "--admin", "127.0.0.1:0"],
     );
-    let admin = svc
-        .banner
+    let admin = admin_of(&svc);
+    (svc, admin)
+}
+
+/// The admin listener's address, from `svc`'s banner.
+fn admin_of(svc: &Service) -> String {
+    svc.banner
         .iter()
         .find_map(|l| l.strip_prefix("admin listening on "))
         .unwrap_or_else(|| panic!("no admin address in {:?}", svc.banner))
-        .to_owned();
-    (svc, admin)
+        .to_owned()
 }
 
 /// Waits until the issuer's keys are in: a request that came while they
@@ -457,12 +461,7 @@ async fn reloads_say(
     ];
     args.extend(extra);
     let svc = common::start_logged("details", &args, &[], &log);
-    let admin = svc
-        .banner
-        .iter()
-        .find_map(|l| l.strip_prefix("admin listening on "))
-        .unwrap()
-        .to_owned();
+    let admin = admin_of(&svc);
     let log = || std::fs::read_to_string(&log).unwrap();
     for (value, times) in steps {
         let before = reloads(&metrics(&admin).await);
