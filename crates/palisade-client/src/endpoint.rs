@@ -467,21 +467,11 @@ async fn discover(http: &reqwest::Client, issuer: &str) -> Result<String, Client
     Ok(m.token_endpoint)
 }
 
-async fn read_limited(mut res: reqwest::Response) -> Result<Vec<u8>, ClientError> {
-    let mut body = Vec::new();
-    while let Some(chunk) = res
-        .chunk()
+async fn read_limited(res: reqwest::Response) -> Result<Vec<u8>, ClientError> {
+    palisade_jwt::body_up_to(res, BODY_LIMIT)
         .await
         .map_err(|e| ClientError::Unavailable(e.without_url().to_string()))?
-    {
-        if body.len() + chunk.len() > BODY_LIMIT {
-            return Err(ClientError::Unavailable(
-                "the issuer's answer is too large".into(),
-            ));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
+        .ok_or_else(|| ClientError::Unavailable("the issuer's answer is too large".into()))
 }
 
 /// Adds the audience asked for to a token request's `form`: `audience`

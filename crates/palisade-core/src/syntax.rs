@@ -10,6 +10,11 @@
 /// (`https://login.microsoftonline.com/{tenant}/v2.0`) and its URLs.
 pub const TENANT: &str = "{tenant}";
 
+/// The algorithms a client's private key signs its assertions with
+/// (`private_key_jwt`: `OidcLogin.spec.clientKey.algorithm` and the
+/// sign-in builder's client key), the default first.
+pub const CLIENT_KEY_ALGORITHMS: [&str; 7] = ["RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"];
+
 /// An RFC 9110 `token` (one or more of letters, digits and
 /// ``!#$%&'*+-.^_`|~``): what an HTTP header name, or a cookie name in
 /// `Set-Cookie`, is made of.

@@ -505,26 +505,17 @@ impl Introspector {
             .acquire()
             .await
             .map_err(|_| "shutting down".to_owned())?;
-        let mut response = request
+        let response = request
             .body(body)
             .send()
             .await
             .map_err(|e| format!("{shown}: {}", describe(&e)))?;
         let status = response.status().as_u16();
-        let mut bytes = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
+        let max = self.fetch.max_body;
+        let bytes = crate::body_up_to(response, max)
             .await
             .map_err(|e| format!("{shown}: {}", describe(&e)))?
-        {
-            if bytes.len() + chunk.len() > self.fetch.max_body {
-                return Err(format!(
-                    "{shown}: answer larger than {} bytes",
-                    self.fetch.max_body
-                ));
-            }
-            bytes.extend_from_slice(&chunk);
-        }
+            .ok_or_else(|| format!("{shown}: answer larger than {max} bytes"))?;
         if status != 200 {
             // An OAuth error answer names its error code (RFC 6749 §5.2).
             let code = serde_json::from_slice::<Value>(&bytes)

@@ -818,7 +818,7 @@ pub(crate) async fn get(
 ) -> Result<(Vec<u8>, Option<Duration>), String> {
     // What errors (and so the logs) say of it: no user information.
     let shown = palisade_core::syntax::url_without_credentials(url);
-    let mut resp = client
+    let resp = client
         .get(url)
         .header(reqwest::header::ACCEPT, "application/json")
         .send()
@@ -844,17 +844,10 @@ pub(crate) async fn get(
         .get(reqwest::header::CACHE_CONTROL)
         .and_then(|v| v.to_str().ok())
         .and_then(max_age);
-    let mut body = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
+    let body = crate::body_up_to(resp, max_body)
         .await
         .map_err(|e| format!("{shown}: {}", describe(&e)))?
-    {
-        if body.len() + chunk.len() > max_body {
-            return Err(format!("{shown}: body larger than {max_body} bytes"));
-        }
-        body.extend_from_slice(&chunk);
-    }
+        .ok_or_else(|| format!("{shown}: body larger than {max_body} bytes"))?;
     Ok((body, max_age))
 }
 

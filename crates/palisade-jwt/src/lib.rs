@@ -33,6 +33,7 @@
 //! ```
 
 mod authenticator;
+mod body;
 mod cache;
 mod config;
 pub mod dpop;
@@ -46,6 +47,7 @@ mod resource;
 mod token;
 
 pub use authenticator::{JwtAuthenticator, JwtAuthenticatorBuilder};
+pub use body::body_up_to;
 pub use config::{
     ConfigError, DangerousProviderBuilder, FetchSettings, JwksSource, Provider, ProviderBuilder, Tenants,
     TokenSource,

@@ -186,6 +186,9 @@ impl UpstreamTls {
     fn build(policy: &WorkloadPolicy<'_>, mesh: Mesh<'_>) -> Result<Self, PolicyError> {
         let mut rules = Vec::new();
         for (doc, spec) in policy.destination_rules() {
+            // What a file's loading refused already; documents built in
+            // code are checked here.
+            doc.check(policy.source())?;
             let host = qualify(&spec.host, doc.metadata.namespace());
             let Some(traffic) = &spec.traffic_policy else {
                 rules.push(Rule {
@@ -278,13 +281,9 @@ fn route(
     tls: &ClientTlsSettingsSpec,
     mesh: Mesh<'_>,
 ) -> Result<UpstreamRoute, PolicyError> {
+    // `Document::check` refused what cannot be built (`insecureSkipVerify`,
+    // `MUTUAL` without its files, names without the bundle to check them).
     let error = |name: &str, message: String| policy.error_at(doc, &format!("{field}{name}"), message);
-    if tls.insecure_skip_verify {
-        return Err(error(
-            ".insecureSkipVerify",
-            "not supported: Palisade always verifies the upstream's certificate (name a `caCertificates` bundle instead)".into(),
-        ));
-    }
     let built = |b: crate::ClientTlsBuilder| {
         let b = tls
             .subject_alt_names
@@ -296,27 +295,13 @@ fn route(
         ClientTlsMode::Disable => UpstreamTransport::Plaintext,
         ClientTlsMode::Simple => match &tls.ca_certificates {
             Some(ca) => UpstreamTransport::Tls(built(ClientTls::server_only(ca))?),
-            None if !tls.subject_alt_names.is_empty() => {
-                return Err(error(
-                    ".subjectAltNames",
-                    "checked only against a `caCertificates` bundle: name one (the system's trust anchors are checked against the dialled host name)".into(),
-                ));
-            }
             None => UpstreamTransport::SystemTls,
         },
         ClientTlsMode::Mutual => {
-            let (Some(cert), Some(key)) = (&tls.client_certificate, &tls.private_key) else {
-                return Err(error(
-                    ".clientCertificate",
-                    "MUTUAL needs `clientCertificate` and `privateKey`".into(),
-                ));
-            };
-            let Some(ca) = &tls.ca_certificates else {
-                return Err(error(
-                    ".caCertificates",
-                    "required with MUTUAL here: the bundle the upstream's certificate is checked against"
-                        .into(),
-                ));
+            let (Some(cert), Some(key), Some(ca)) =
+                (&tls.client_certificate, &tls.private_key, &tls.ca_certificates)
+            else {
+                return Err(error("", "MUTUAL names its three files".into()));
             };
             UpstreamTransport::Tls(built(ClientTls::builder(cert, key, ca))?)
         }
@@ -382,6 +367,42 @@ mod tests {
         let err = UpstreamTls::check_policy(&files.for_workload(&Workload::new("productpage", "default")))
             .unwrap_err();
         assert_eq!(err.field.as_deref(), Some("spec.trafficPolicy.tls"), "{err}");
+    }
+
+    #[test]
+    fn a_rule_built_in_code_is_checked_as_a_file_would_be() {
+        let yaml = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r}\nspec:\n  host: reviews\n  trafficPolicy:\n    tls: {mode: SIMPLE}\n";
+        let loaded = PolicySet::from_yaml_str(yaml, "dr.yaml").unwrap();
+        let workload = Workload::new("productpage", "default");
+        // What a file cannot say, put into a document by code.
+        for (relax, field) in [
+            (
+                (|t: &mut ClientTlsSettingsSpec| t.insecure_skip_verify = true)
+                    as fn(&mut ClientTlsSettingsSpec),
+                "insecureSkipVerify",
+            ),
+            (
+                |t| t.subject_alt_names.push("reviews.example".into()),
+                "subjectAltNames",
+            ),
+            (|t| t.mode = ClientTlsMode::Mutual, "clientCertificate"),
+        ] {
+            let mut documents = loaded.documents().to_vec();
+            let palisade_core::policy::Spec::DestinationRule(spec) = &mut documents[0].spec else {
+                panic!("a DestinationRule");
+            };
+            relax(spec.traffic_policy.as_mut().unwrap().tls.as_mut().unwrap());
+            let set = PolicySet::from_documents("code", documents);
+            let policy = set.for_workload(&workload);
+            let err = UpstreamTls::from_policy(&policy, None).unwrap_err();
+            assert_eq!(
+                err.field,
+                Some(format!("spec.trafficPolicy.tls.{field}")),
+                "{err}"
+            );
+            assert!(err.to_string().starts_with("code: document 1"), "{err}");
+        }
+        UpstreamTls::from_policy(&loaded.for_workload(&workload), None).unwrap();
     }
 
     /// The threads of this process named as the TLS file watcher (Linux:

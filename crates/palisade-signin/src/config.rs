@@ -36,17 +36,6 @@ pub(crate) enum ClientAuth {
     PrivateKeyJwt(Arc<ClientKey>),
 }
 
-/// The algorithms a [`ClientKey`] can sign with.
-const CLIENT_KEY_ALGORITHMS: [(&str, jsonwebtoken::Algorithm); 7] = [
-    ("RS256", jsonwebtoken::Algorithm::RS256),
-    ("RS384", jsonwebtoken::Algorithm::RS384),
-    ("RS512", jsonwebtoken::Algorithm::RS512),
-    ("PS256", jsonwebtoken::Algorithm::PS256),
-    ("ES256", jsonwebtoken::Algorithm::ES256),
-    ("ES384", jsonwebtoken::Algorithm::ES384),
-    ("EdDSA", jsonwebtoken::Algorithm::EdDSA),
-];
-
 /// The client's private key for `private_key_jwt` (OpenID Connect Core 9,
 /// RFC 7523): the client proves itself at the token endpoint with a short
 /// JWT it signs, instead of a shared secret. Register the public key (or a
@@ -79,12 +68,15 @@ impl ClientKey {
     /// fails (a key of another curve). The message never holds the key.
     pub fn from_pem(algorithm: &str, pem: &[u8], kid: Option<&str>) -> Result<Self, SignInError> {
         use jsonwebtoken::{Algorithm, EncodingKey};
-        let Some(&(_, alg)) = CLIENT_KEY_ALGORITHMS.iter().find(|(name, _)| *name == algorithm) else {
-            let names: Vec<&str> = CLIENT_KEY_ALGORITHMS.iter().map(|(n, _)| *n).collect();
-            return Err(SignInError::Config(format!(
-                "the client key's algorithm `{algorithm}` is not one of {}",
-                names.join(", ")
-            )));
+        use palisade_core::syntax::CLIENT_KEY_ALGORITHMS;
+        let alg = match algorithm.parse::<Algorithm>() {
+            Ok(alg) if CLIENT_KEY_ALGORITHMS.contains(&algorithm) => alg,
+            _ => {
+                return Err(SignInError::Config(format!(
+                    "the client key's algorithm `{algorithm}` is not one of {}",
+                    CLIENT_KEY_ALGORITHMS.join(", ")
+                )));
+            }
         };
         let key = match alg {
             Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(pem),

@@ -196,9 +196,9 @@ impl Issuer {
             .await
             .map_err(|e| TokenError::Unavailable(e.without_url().to_string()))?;
         let status = res.status();
-        let bytes = body_up_to(res, TOKEN_RESPONSE_LIMIT)
+        let bytes = palisade_jwt::body_up_to(res, TOKEN_RESPONSE_LIMIT)
             .await
-            .map_err(TokenError::Unavailable)?
+            .map_err(|e| TokenError::Unavailable(e.without_url().to_string()))?
             .ok_or_else(|| TokenError::Unavailable("the token response is too large".into()))?;
         if status.is_success() {
             return serde_json::from_slice(&bytes)
@@ -229,20 +229,6 @@ impl Issuer {
     }
 }
 
-/// `res`'s body, read up to `limit` bytes rather than whole first (an
-/// issuer that sends without end fills no memory): `None` when it is
-/// longer; the error of a read that failed.
-async fn body_up_to(mut res: reqwest::Response, limit: usize) -> Result<Option<Vec<u8>>, String> {
-    let mut bytes = Vec::new();
-    while let Some(chunk) = res.chunk().await.map_err(|e| e.without_url().to_string())? {
-        if bytes.len() + chunk.len() > limit {
-            return Ok(None);
-        }
-        bytes.extend_from_slice(&chunk);
-    }
-    Ok(Some(bytes))
-}
-
 async fn discover(client: &reqwest::Client, url: &str, issuer: &str) -> Result<Metadata, String> {
     let res = client
         .get(url)
@@ -252,8 +238,9 @@ async fn discover(client: &reqwest::Client, url: &str, issuer: &str) -> Result<M
     if !res.status().is_success() {
         return Err(format!("discovery answered {}", res.status()));
     }
-    let bytes = body_up_to(res, 1 << 20)
-        .await?
+    let bytes = palisade_jwt::body_up_to(res, 1 << 20)
+        .await
+        .map_err(|e| e.without_url().to_string())?
         .ok_or("the discovery document is larger than 1 MiB")?;
     let m: Metadata =
         serde_json::from_slice(&bytes).map_err(|e| format!("the discovery document does not parse: {e}"))?;

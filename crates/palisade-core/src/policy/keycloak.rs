@@ -127,6 +127,16 @@ impl KeycloakAdapterConfig {
         if self.auth_server_url.trim().is_empty() {
             return Err(("spec.auth-server-url".into(), "must not be empty".into()));
         }
+        // The issuer is made of it (`<auth-server-url>/realms/<realm>`).
+        if !crate::syntax::is_http_url(&self.auth_server_url) {
+            return Err((
+                "spec.auth-server-url".into(),
+                format!(
+                    "`{}` is not an http(s) URL",
+                    crate::syntax::url_without_credentials(&self.auth_server_url)
+                ),
+            ));
+        }
         // 0 would fetch the keys on every unknown key id, or again at once.
         for (field, value) in [
             (
@@ -234,5 +244,11 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("bearer-onli"), "{err}");
+        let err = KeycloakAdapterConfig::from_json_str(
+            r#"{"realm":"demo","auth-server-url":"/auth"}"#,
+            "keycloak.json",
+        )
+        .unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("auth-server-url"), "{err}");
     }
 }

@@ -364,8 +364,19 @@ impl Document {
             .at_line(self.line, None)
     }
 
-    /// The checks of one document that need no workload.
-    fn check(&self) -> Result<(), FieldError> {
+    /// The checks of this document that need no workload, as loading a
+    /// file makes them: for documents built in code, whose set
+    /// ([`PolicySet::from_documents`]) checks nothing, by what compiles
+    /// them.
+    ///
+    /// # Errors
+    /// A [`PolicyError`] naming `source`, this document and the field.
+    pub fn check(&self, source: &str) -> Result<(), PolicyError> {
+        self.check_fields()
+            .map_err(|(field, message)| self.error(source, &field, message))
+    }
+
+    fn check_fields(&self) -> Result<(), FieldError> {
         match &self.spec {
             Spec::RequestAuthentication(s) => s.check(),
             Spec::AuthorizationPolicy(s) => crate::authz::compile::check_policy(&self.metadata, s),
@@ -698,9 +709,7 @@ impl PolicySet {
             // An empty document (a stray `---`) is allowed, as kubectl allows it.
             let Some(header) = header else { continue };
             let document = Self::document(&chunk, header, index, source, located)?;
-            document
-                .check()
-                .map_err(|(field, message)| document.error(source, &field, message))?;
+            document.check(source)?;
             // Kubernetes keeps one object per kind, namespace and name: of
             // two, one would be ignored there, and both apply here. (A
             // document without a name is accepted, as the contract asks

@@ -15,7 +15,8 @@ use serde::Deserialize;
 use super::{DurationSpec, FieldError, SelectorSpec};
 use crate::authz::EscapedSlashes;
 use crate::syntax::{
-    COOKIE_NAME_RULE, is_cookie_name, is_http_url, is_landing_uri, is_service_path, url_without_credentials,
+    CLIENT_KEY_ALGORITHMS, COOKIE_NAME_RULE, is_cookie_name, is_http_url, is_landing_uri, is_service_path,
+    url_without_credentials,
 };
 
 /// JWS algorithms a `JwtSettings` document may name.
@@ -970,6 +971,17 @@ impl OidcLoginSpec {
                 ));
             }
             _ => {}
+        }
+        if let Some(a) = self.client_key.as_ref().and_then(|k| k.algorithm.as_deref())
+            && !CLIENT_KEY_ALGORITHMS.contains(&a)
+        {
+            return Err((
+                "spec.clientKey.algorithm".into(),
+                format!(
+                    "`{a}` is not a client key's algorithm, expected one of {}",
+                    CLIENT_KEY_ALGORITHMS.join(", ")
+                ),
+            ));
         }
         if let Some(scopes) = &self.scopes
             && let Some(i) = scopes.iter().position(|s| s.is_empty() || s.contains(' '))

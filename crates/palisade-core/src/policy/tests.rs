@@ -564,6 +564,16 @@ fn an_oidc_login_names_one_way_for_the_client_to_authenticate() {
             "spec.clientKey.alg",
             "unknown field",
         ),
+        (
+            "  clientKey: {keyFile: /k, algorithm: HS256}\n",
+            "spec.clientKey.algorithm",
+            "expected one of RS256, RS384",
+        ),
+        (
+            "  clientKey: {keyFile: /k, algorithm: PS384}\n",
+            "spec.clientKey.algorithm",
+            "not a client key's algorithm",
+        ),
     ] {
         let err = load_err(&login(extra));
         assert_eq!(err.field.as_deref(), Some(field), "{extra}: {err}");
@@ -1236,6 +1246,15 @@ fn values_that_match_nothing_are_said_and_values_that_cannot_work_refused() {
     assert_eq!(
         load_err(&keycloak(", public-key-cache-ttl: 0")).field.as_deref(),
         Some("spec.public-key-cache-ttl")
+    );
+    // The issuer is made of it: a host without a scheme is no issuer.
+    let no_scheme = keycloak("").replace("\"https://kc.example\"", "kc.example:8443");
+    let err = load_err(&no_scheme);
+    assert_eq!(err.field.as_deref(), Some("spec.auth-server-url"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("`kc.example:8443` is not an http(s) URL"),
+        "{err}"
     );
     // Keycloak's default accepts any of the realm's tokens: said.
     assert_eq!(warned(&keycloak("")), [(1, "spec.verify-token-audience".into())]);
