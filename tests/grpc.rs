@@ -232,3 +232,84 @@ async fn ratings_over_mutual_tls_knows_the_calling_workload() {
         .unwrap_err();
     assert_eq!(productpage.code(), Code::Unauthenticated, "{productpage:?}");
 }
+
+#[tokio::test]
+async fn ratings_keeps_at_most_ten_thousand_and_still_takes_a_known_reviewers_new_stars() {
+    const CAP: usize = 10_000;
+    let issuer = TestIssuer::start().unwrap();
+    let dir = common::ScratchDir::new("grpc-cap");
+    let file = dir.write("policy.yaml", &policy(&issuer));
+    let svc = common::start("ratings", &["--config", &file]);
+    let channel = Endpoint::from_shared(format!("http://{}", svc.addr))
+        .unwrap()
+        .timeout(Duration::from_secs(30))
+        .connect()
+        .await
+        .unwrap();
+    let admin = issuer
+        .token()
+        .subject("bob")
+        .audience("ratings")
+        .realm_roles(&["admin"])
+        .sign();
+    // Spread over 100 products, so that no answer (a product's ratings)
+    // grows large.
+    let rate = |i: usize, stars: i32| RateProductRequest {
+        product_id: i32::try_from(i % 100).unwrap(),
+        reviewer: format!("r{i}"),
+        stars,
+    };
+    // One more than the store keeps, sixteen at a time.
+    let mut workers = tokio::task::JoinSet::new();
+    for first in 0..16 {
+        let (channel, admin) = (channel.clone(), admin.clone());
+        workers.spawn(async move {
+            let mut ratings = RatingsClient::new(channel);
+            let (mut kept, mut full) = (0, 0);
+            for i in (first..=CAP).step_by(16) {
+                match ratings.rate_product(with_token(rate(i, 3), Some(&admin))).await {
+                    Ok(_) => kept += 1,
+                    Err(e) if e.code() == Code::ResourceExhausted => full += 1,
+                    Err(e) => panic!("rating {i}: {e:?}"),
+                }
+            }
+            (kept, full)
+        });
+    }
+    let (mut kept, mut full) = (0, 0);
+    while let Some(done) = workers.join_next().await {
+        let (k, f) = done.unwrap();
+        (kept, full) = (kept + k, full + f);
+    }
+    assert_eq!((kept, full), (CAP, 1));
+    let mut ratings = RatingsClient::new(channel);
+    // A new reviewer is refused, whichever product; a known one's new
+    // stars replace the old ones.
+    let refused = ratings
+        .rate_product(with_token(rate(CAP + 1, 4), Some(&admin)))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("full"), "{refused:?}");
+    let product = ratings
+        .get_ratings(with_token(GetRatingsRequest { product_id: 7 }, Some(&admin)))
+        .await
+        .unwrap();
+    let reviewer = product
+        .get_ref()
+        .ratings
+        .keys()
+        .find(|r| r.starts_with('r'))
+        .unwrap()
+        .clone();
+    let known = RateProductRequest {
+        product_id: 7,
+        reviewer: reviewer.clone(),
+        stars: 1,
+    };
+    let rated = ratings
+        .rate_product(with_token(known, Some(&admin)))
+        .await
+        .unwrap();
+    assert_eq!(rated.get_ref().ratings.get(&reviewer), Some(&1));
+}
