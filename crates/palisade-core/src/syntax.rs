@@ -10,6 +10,24 @@
 /// (`https://login.microsoftonline.com/{tenant}/v2.0`) and its URLs.
 pub const TENANT: &str = "{tenant}";
 
+/// Whether `tenant` may stand for [`TENANT`] in an issuer pattern: 1 to
+/// 128 letters, digits, `.`, `-` and `_` (a GUID, a domain name), not
+/// starting with `.`, so that it stays one path segment or host label.
+///
+/// ```
+/// use palisade_core::syntax::is_tenant;
+/// assert!(is_tenant("9188040d-6c67-4c5b-b112-36a304b66dad") && is_tenant("contoso.example"));
+/// assert!(!is_tenant("") && !is_tenant("a/b") && !is_tenant("..") && !is_tenant("x?y"));
+/// ```
+#[must_use]
+pub fn is_tenant(tenant: &str) -> bool {
+    (1..=128).contains(&tenant.len())
+        && tenant
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+        && !tenant.starts_with('.')
+}
+
 /// The algorithms a client's private key signs its assertions with
 /// (`private_key_jwt`: `OidcLogin.spec.clientKey.algorithm` and the
 /// sign-in builder's client key), the default first.

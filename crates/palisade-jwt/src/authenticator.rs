@@ -21,7 +21,7 @@ use palisade_core::{AuthMethod, Check, Identity, TokenClaims, Verification};
 use serde_json::{Map, Value};
 
 use crate::cache::TokenCache;
-use crate::config::{ConfigError, JwksSource, Provider, Tenants, TokenSource, valid_tenant};
+use crate::config::{ConfigError, JwksSource, Provider, Tenants, TokenSource};
 use crate::dpop::{
     DpopError, DpopSettings, DpopVerifier, ProofRequest, VerifiedProof, bound_token_matches, sha256,
 };
@@ -212,7 +212,7 @@ fn tenant_name<'i, 's>(state: &'s ProviderState, iss: &'i str) -> Option<(&'s Te
 fn fits_pattern<'i>(pattern: &str, iss: &'i str) -> Option<&'i str> {
     let (prefix, suffix) = pattern.split_once(TENANT)?;
     let name = iss.strip_prefix(prefix)?.strip_suffix(suffix)?;
-    valid_tenant(name).then_some(name)
+    palisade_core::syntax::is_tenant(name).then_some(name)
 }
 
 /// One tenant of an issuer pattern.

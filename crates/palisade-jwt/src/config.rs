@@ -83,16 +83,6 @@ impl fmt::Debug for Tenants {
     }
 }
 
-/// Whether `tenant` may stand for `{tenant}`: a path segment or host label
-/// of letters, digits, `.`, `-` and `_` (a GUID, a domain name).
-pub(crate) fn valid_tenant(tenant: &str) -> bool {
-    (1..=128).contains(&tenant.len())
-        && tenant
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
-        && !tenant.starts_with('.')
-}
-
 /// Configuration that cannot work, found when it is built.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -703,7 +693,7 @@ impl ProviderBuilder {
             )));
         }
         if let Some(Tenants::List(list)) = &self.tenants
-            && let Some(bad) = list.iter().find(|t| !valid_tenant(t))
+            && let Some(bad) = list.iter().find(|t| !palisade_core::syntax::is_tenant(t))
         {
             return Err(ConfigError::OutOfRange(format!(
                 "issuer `{}`: `{bad}` is not a tenant (letters, digits, `.`, `-`, `_`)",

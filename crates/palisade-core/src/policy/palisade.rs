@@ -245,6 +245,16 @@ impl JwtSettingsSpec {
                 "must not be empty: an issuer pattern with no tenant accepts no token".into(),
             ));
         }
+        if self
+            .issuer
+            .as_deref()
+            .is_some_and(|i| i.matches(crate::syntax::TENANT).count() > 1)
+        {
+            return Err((
+                "spec.issuer".into(),
+                "an issuer pattern has one `{tenant}`".into(),
+            ));
+        }
         // What one authenticator has once, whichever issuer: read from a
         // document without `issuer` only, so refused in one with it rather
         // than dropped.
@@ -285,13 +295,7 @@ impl JwtSettingsSpec {
             }
         }
         for (i, t) in self.tenants.iter().flatten().enumerate() {
-            if t.is_empty()
-                || t.len() > 128
-                || t.starts_with('.')
-                || !t
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
-            {
+            if !crate::syntax::is_tenant(t) {
                 return Err((
                     format!("spec.tenants[{i}]"),
                     format!("`{t}` is not a tenant (letters, digits, `.`, `-`, `_`)"),
