@@ -73,11 +73,24 @@ async fn replicas(
 
 /// Signs in through `base` as the issuer's chosen user; answers the jar.
 async fn sign_in(base: &str, issuer: &TestIssuer) -> Jar {
+    let (jar, to_issuer) = start_sign_in(base).await;
+    let _ = issuer;
+    finish_sign_in(base, jar, &to_issuer).await
+}
+
+/// A navigation to `/page?x=1` without a session: the jar with the login
+/// state, and where the browser is sent to sign in.
+async fn start_sign_in(base: &str) -> (Jar, String) {
     let mut jar = Jar::default();
     let first = get(&format!("{base}/page?x=1"), &jar, true).await;
     assert_eq!(first.status, 302, "{first:?}");
     jar.take(&first);
-    let to_issuer = first.location.unwrap();
+    (jar, first.location.unwrap())
+}
+
+/// The sign-in [`start_sign_in`] began, through the issuer and back to
+/// `/page?x=1` with a session.
+async fn finish_sign_in(base: &str, mut jar: Jar, to_issuer: &str) -> Jar {
     let at_issuer = get(&to_issuer, &Jar::default(), true).await;
     assert_eq!(
         at_issuer.status, 302,
@@ -101,8 +114,58 @@ async fn sign_in(base: &str, issuer: &TestIssuer) -> Jar {
         !jar.0.keys().any(|k| k.starts_with("palisade_session_login")),
         "the login state is cleared"
     );
-    let _ = issuer;
     jar
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_sessions_and_sign_ins_in_progress() {
+    let f = fixture(Duration::from_secs(300));
+    // No session keys: sessions live as long as the process, not the
+    // configuration.
+    let with_keys = policy(&f.issuer, &f.key_file, "");
+    let keyless = with_keys.replace(
+        &format!("  session:\n    keys: [{{id: k1, keyFile: {}}}]\n", f.key_file),
+        "",
+    );
+    assert_ne!(keyless, with_keys);
+    let rescoped = keyless.replace(
+        "  clientId: productpage\n",
+        "  clientId: productpage\n  scopes: [openid, email]\n",
+    );
+    assert_ne!(rescoped, keyless);
+    let guards = std::sync::Mutex::new(Vec::new());
+    let (axum_base, actix_base) = serve_both(|| {
+        let guard = guard_from(&keyless);
+        guards.lock().unwrap().push(guard.clone());
+        guard
+    });
+    let guards = guards.into_inner().unwrap();
+    for base in [&axum_base, &actix_base] {
+        ready(base).await;
+        let session = sign_in(base, &f.issuer).await;
+        let (pending, to_issuer) = start_sign_in(base).await;
+        // The same file again (a SIGHUP for a new certificate), then a
+        // changed sign-in document, while the issuer's discovery is down.
+        f.issuer.set_fault(palisade::testkit::Fault::Unavailable);
+        for (what, yaml) in [("the same file", &keyless), ("another scope", &rescoped)] {
+            for guard in &guards {
+                guard.replace(guard_from(yaml));
+            }
+            let who = get(&format!("{base}/whoami"), &session, false).await;
+            assert_eq!(
+                who.status, 200,
+                "{base}, {what}: the session still opens: {who:?}"
+            );
+            // Sign-in is still ready: the issuer's discovery document is
+            // not loaded again.
+            let nav = get(&format!("{base}/page"), &Jar::default(), true).await;
+            assert_eq!(nav.status, 302, "{base}, {what}: {nav:?}");
+        }
+        f.issuer.set_fault(palisade::testkit::Fault::None);
+        // Begun before both reloads, finished after them.
+        let finished = finish_sign_in(base, pending, &to_issuer).await;
+        assert_eq!(get(&format!("{base}/whoami"), &finished, false).await.status, 200);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -45,6 +45,8 @@ pub struct ClientKey {
     pub(crate) algorithm: jsonwebtoken::Algorithm,
     pub(crate) kid: Option<String>,
     pub(crate) key: jsonwebtoken::EncodingKey,
+    /// SHA-256 of the PEM: two keys are told apart without the key.
+    pub(crate) digest: [u8; 32],
 }
 
 impl fmt::Debug for ClientKey {
@@ -86,10 +88,13 @@ impl ClientKey {
         .map_err(|_| {
             SignInError::Config(format!("the client key is not a PEM private key for {algorithm}"))
         })?;
+        let mut digest = [0u8; 32];
+        digest.copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, pem).as_ref());
         let key = Self {
             algorithm: alg,
             kid: kid.map(str::to_owned),
             key,
+            digest,
         };
         key.assertion("test", "test", "test", 0)
             .map_err(|()| SignInError::Config(format!("the client key cannot sign with {algorithm}")))?;
@@ -151,6 +156,78 @@ pub(crate) struct Config {
     /// `scheme://host[:port]` browsers reach this service at, when a
     /// proxy in front of it ends TLS or rewrites `Host`.
     pub(crate) external_origin: Option<String>,
+}
+
+impl ClientAuth {
+    /// The same way with the same secret or key.
+    fn same_as(&self, other: &ClientAuth) -> bool {
+        match (self, other) {
+            (ClientAuth::None, ClientAuth::None) => true,
+            (ClientAuth::Basic(a), ClientAuth::Basic(b)) | (ClientAuth::Post(a), ClientAuth::Post(b)) => {
+                a.expose() == b.expose()
+            }
+            (ClientAuth::PrivateKeyJwt(a), ClientAuth::PrivateKeyJwt(b)) => {
+                (a.algorithm, &a.kid, a.digest) == (b.algorithm, &b.kid, b.digest)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Config {
+    /// Every setting the same (secrets and keys compared too).
+    pub(crate) fn same_as(&self, other: &Config) -> bool {
+        // Destructured, so that a setting added later is compared too.
+        let Config {
+            issuer: _,
+            client_id,
+            client_auth,
+            scope,
+            callback_path,
+            login_path,
+            logout_path,
+            backchannel_path,
+            post_logout_redirect,
+            cookie_name,
+            idle_timeout,
+            absolute_timeout,
+            refresh_before,
+            timeout: _,
+            ca_pem: _,
+            external_origin,
+        } = self;
+        self.calls_issuer_as(other)
+            && client_auth.same_as(&other.client_auth)
+            && (
+                client_id,
+                scope,
+                callback_path,
+                login_path,
+                logout_path,
+                backchannel_path,
+                post_logout_redirect,
+                cookie_name,
+                external_origin,
+            ) == (
+                &other.client_id,
+                &other.scope,
+                &other.callback_path,
+                &other.login_path,
+                &other.logout_path,
+                &other.backchannel_path,
+                &other.post_logout_redirect,
+                &other.cookie_name,
+                &other.external_origin,
+            )
+            && (*idle_timeout, *absolute_timeout, *refresh_before)
+                == (other.idle_timeout, other.absolute_timeout, other.refresh_before)
+    }
+
+    /// The same issuer, reached the same way (timeout, trust anchors): what
+    /// its discovery document was loaded with.
+    pub(crate) fn calls_issuer_as(&self, other: &Config) -> bool {
+        (&self.issuer, self.timeout, &self.ca_pem) == (&other.issuer, other.timeout, &other.ca_pem)
+    }
 }
 
 /// Why a [`SignIn`](crate::SignIn) cannot be built.

@@ -197,6 +197,9 @@ pub enum InvalidCookie {
 pub struct CookieKey {
     id: String,
     key: Arc<RandomizedNonceKey>,
+    /// SHA-256 of the key's bytes: two keys are told apart (a reload that
+    /// changed a key file) without keeping the bytes.
+    digest: [u8; 32],
 }
 
 impl fmt::Debug for CookieKey {
@@ -224,6 +227,8 @@ impl CookieKey {
                 len: key.len(),
             });
         }
+        let mut digest = [0u8; 32];
+        digest.copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key).as_ref());
         let key = RandomizedNonceKey::new(&AES_256_GCM, key).map_err(|_| KeyError::WrongLength {
             id: id.to_owned(),
             len: key.len(),
@@ -231,6 +236,7 @@ impl CookieKey {
         Ok(Self {
             id: id.to_owned(),
             key: Arc::new(key),
+            digest,
         })
     }
 
@@ -311,6 +317,11 @@ impl CookieKey {
     #[must_use]
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The same id and the same key bytes.
+    pub(crate) fn same_as(&self, other: &CookieKey) -> bool {
+        self.id == other.id && self.digest == other.digest
     }
 }
 

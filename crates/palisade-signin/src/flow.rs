@@ -57,6 +57,9 @@ const MAX_LOGINS: usize = 4;
 /// How many leading characters of `state` name its login-state cookie
 /// (`NAME_login_<tag>`): 72 random bits, so tabs do not collide.
 const STATE_TAG_LEN: usize = 12;
+/// The most sessions kept opened in memory (each seen again is compared in
+/// place rather than opened).
+const SESSION_CACHE: usize = 10_000;
 /// The largest back-channel logout request body.
 const BACKCHANNEL_BODY_LIMIT: usize = 64 * 1024;
 /// The event a back-channel logout token must carry.
@@ -78,7 +81,9 @@ struct LoginState {
 
 struct Inner {
     config: Config,
-    issuer: Issuer,
+    /// Shared with the relying party a hot reload replaced, when it calls
+    /// the issuer alike: its discovery document is not loaded again.
+    issuer: Arc<Issuer>,
     /// ID and logout tokens: the issuer's keys, `aud` = the client id.
     verifier: JwtAuthenticator,
     /// Session cookies for requests over TLS (`Secure`) and over plain HTTP
@@ -267,6 +272,22 @@ fn shared_memory_store(issuer: &str, client_id: &str) -> Arc<dyn SessionStore> {
     store
 }
 
+/// The random session key of the client `client_id` at `issuer`, for a
+/// relying party given no keys: made once per process, so that a hot
+/// reload (a new [`SignIn`]) still opens the sessions and sign-ins sealed
+/// before it. They end with the process, as the warning says.
+fn ephemeral_key(issuer: &str, client_id: &str) -> Result<CookieKey, SignInError> {
+    static MADE: Mutex<Vec<(String, String, CookieKey)>> = Mutex::new(Vec::new());
+    let mut made = MADE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((.., key)) = made.iter().find(|(i, c, _)| i == issuer && c == client_id) {
+        return Ok(key.clone());
+    }
+    tracing::warn!(target: LOG_TARGET, "no session keys configured: a random key was made; sessions end with this process and replicas cannot share them");
+    let key = CookieKey::generate("ephemeral")?;
+    made.push((issuer.to_owned(), client_id.to_owned(), key.clone()));
+    Ok(key)
+}
+
 impl SignInBuilder {
     /// Builds the relying party: starts loading the issuer's discovery
     /// document and keys in the background (requests before they arrive
@@ -289,7 +310,7 @@ impl SignInBuilder {
             .provider(provider)
             .build()
             .map_err(|e| SignInError::Config(format!("the issuer: {e}")))?;
-        let issuer = Issuer::start(&config).map_err(SignInError::Config)?;
+        let issuer = Arc::new(Issuer::start(&config).map_err(SignInError::Config)?);
         let store = store.unwrap_or_else(|| shared_memory_store(&config.issuer, &config.client_id));
         Ok(SignIn(Arc::new(Inner {
             config,
@@ -300,7 +321,7 @@ impl SignInBuilder {
             keys,
             state_prefix,
             store,
-            cache: Cache::new(10_000),
+            cache: Cache::new(SESSION_CACHE),
             successors: Successors::new(),
             refreshing: SingleFlight::new(),
             rng: SystemRandom::new(),
@@ -384,8 +405,7 @@ impl SignInBuilder {
             (Some((s, SecretMethod::Post)), None) => ClientAuth::Post(s),
         };
         let keys = if self.keys.is_empty() {
-            tracing::warn!(target: LOG_TARGET, "no session keys configured: a random key was made; sessions end with this process and replicas cannot share them");
-            vec![CookieKey::generate("ephemeral")?]
+            vec![ephemeral_key(&config.issuer, &config.client_id)?]
         } else {
             self.keys
         };
@@ -1648,6 +1668,42 @@ impl Authenticator for SignIn {
         None
     }
 
+    /// Hot reload. Configured alike (every setting, secret, session key
+    /// and store the same), the previous relying party itself, with its
+    /// sessions seen and the refreshes it made. Otherwise, for the same
+    /// issuer reached alike, this one with the previous one's discovery
+    /// document, rather than loading it again (a reload while the issuer
+    /// is down would leave sign-in unavailable until it is back). Sessions
+    /// and sign-ins in progress open after a reload either way, whenever
+    /// the keys that sealed them are still configured: a relying party
+    /// given no keys uses one random key for the whole process.
+    fn take_over(&self, previous: &dyn Authenticator) -> Option<Arc<dyn Authenticator>> {
+        let previous = (previous as &dyn std::any::Any).downcast_ref::<SignIn>()?;
+        let (new, old) = (&*self.0, &*previous.0);
+        let same_keys =
+            new.keys.len() == old.keys.len() && new.keys.iter().zip(&old.keys).all(|(a, b)| a.same_as(b));
+        if new.config.same_as(&old.config) && same_keys && Arc::ptr_eq(&new.store, &old.store) {
+            return Some(Arc::new(previous.clone()));
+        }
+        if !new.config.calls_issuer_as(&old.config) {
+            return None;
+        }
+        Some(Arc::new(SignIn(Arc::new(Inner {
+            config: new.config.clone(),
+            issuer: Arc::clone(&old.issuer),
+            verifier: new.verifier.clone(),
+            sessions: new.sessions.clone(),
+            secure_only: new.secure_only,
+            keys: new.keys.clone(),
+            state_prefix: new.state_prefix.clone(),
+            store: Arc::clone(&new.store),
+            cache: Cache::new(SESSION_CACHE),
+            successors: Successors::new(),
+            refreshing: SingleFlight::new(),
+            rng: SystemRandom::new(),
+        }))))
+    }
+
     fn method(&self) -> Option<palisade_core::AuthMethod> {
         Some(palisade_core::AuthMethod::Session)
     }
@@ -1731,6 +1787,49 @@ mod tests {
             .keys(vec![key.clone()])
             .build()
             .unwrap()
+    }
+
+    #[test]
+    fn a_reload_takes_over_the_relying_party_configured_alike_only() {
+        let key = CookieKey::new("k1", &[7; 32]).unwrap();
+        let build = |f: &dyn Fn(SignInBuilder) -> SignInBuilder| {
+            f(SignIn::builder("http://127.0.0.1:9", "shop")
+                .client_secret("s1", SecretMethod::Basic)
+                .keys(vec![key.clone()]))
+            .build()
+            .unwrap()
+        };
+        let old = build(&|b| b);
+        let taken = |new: &SignIn| {
+            let next = new.take_over(&old)?;
+            let next = (next.as_ref() as &dyn std::any::Any)
+                .downcast_ref::<SignIn>()
+                .unwrap();
+            Some((
+                Arc::ptr_eq(&next.0, &old.0),
+                Arc::ptr_eq(&next.0.issuer, &old.0.issuer),
+            ))
+        };
+        // Alike: the old one itself, with what it has seen.
+        assert_eq!(taken(&build(&|b| b)), Some((true, true)));
+        // Else the old discovery document, when the issuer is reached alike.
+        for (what, change) in [
+            (
+                "a secret",
+                (|b| b.client_secret("s2", SecretMethod::Basic)) as fn(SignInBuilder) -> SignInBuilder,
+            ),
+            ("a key", |b| b.keys(vec![CookieKey::new("k1", &[8; 32]).unwrap()])),
+            ("a scope", |b| b.scopes(["openid", "email"])),
+            ("the idle timeout", |b| b.idle_timeout(Duration::from_secs(60))),
+        ] {
+            assert_eq!(taken(&build(&change)), Some((false, true)), "{what}");
+        }
+        assert_eq!(taken(&build(&|b| b.timeout(Duration::from_secs(2)))), None);
+        let other = SignIn::builder("http://127.0.0.1:9/realms/other", "shop")
+            .keys(vec![key.clone()])
+            .build()
+            .unwrap();
+        assert_eq!(taken(&other), None);
     }
 
     /// Waits for `sign_in`'s discovery, which runs on a thread of its own

@@ -17,18 +17,38 @@ use crate::store::SessionStore;
 
 /// The session store at `url`, connected; `None` for `memory` or when
 /// only checking (`connect` false: the URL was checked when the file loaded).
+///
+/// One Redis store per URL for the whole process while a relying party
+/// uses it: a hot reload builds a new [`SignIn`], which must keep what the
+/// store it replaces holds in memory (the revocations it has seen, those
+/// Redis has not taken yet), as the in-memory store and the DPoP replay
+/// store are kept.
 fn store(url: &str, connect: bool) -> Result<Option<Arc<dyn SessionStore>>, String> {
     if url == "memory" || !connect {
         return Ok(None);
     }
     #[cfg(feature = "redis")]
     {
+        type Live = (String, std::sync::Weak<crate::store::RedisStore>);
+        static LIVE: std::sync::Mutex<Vec<Live>> = std::sync::Mutex::new(Vec::new());
+        let mut live = LIVE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        live.retain(|(_, weak)| weak.strong_count() > 0);
+        if let Some(store) = live
+            .iter()
+            .filter(|(u, _)| u == url)
+            .find_map(|(_, weak)| weak.upgrade())
+        {
+            return Ok(Some(store));
+        }
         // Start-up code, perhaps inside a runtime: the store runs on a
         // thread of its own.
-        let store = crate::store::RedisStore::builder(url)
-            .connect_blocking()
-            .map_err(|e| e.to_string())?;
-        Ok(Some(Arc::new(store)))
+        let store = Arc::new(
+            crate::store::RedisStore::builder(url)
+                .connect_blocking()
+                .map_err(|e| e.to_string())?,
+        );
+        live.push((url.to_owned(), Arc::downgrade(&store)));
+        Ok(Some(store))
     }
     #[cfg(not(feature = "redis"))]
     {
