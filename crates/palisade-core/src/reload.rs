@@ -8,6 +8,11 @@
 //! survives (an unchanged JWT issuer keeps its keys and verified tokens).
 //! A file that does not load or compile changes nothing: the old policy
 //! stays in force and one error line names the file, document and field.
+//! A file emptied (white space only, as a writer that truncated it leaves
+//! it) is not loaded; one of comments only is a policy of no documents.
+//! The watch tries again, every 30 s, contents that loaded but could not
+//! be built for what lies outside them (a key file they name not there yet,
+//! a store that did not answer), until they are in force or change.
 //!
 //! It reloads when told ([`PolicyReloader::reload`]), when the file's
 //! contents change ([`PolicyReloader::watch`]) and on `SIGHUP`
@@ -45,7 +50,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::guard::{Guard, LOG_TARGET};
 use crate::metrics::CONFIG_RELOADS;
@@ -53,18 +58,35 @@ use crate::policy::{PolicyError, PolicySet, digest};
 
 type Build = dyn Fn(&PolicySet) -> Result<Guard, PolicyError> + Send + Sync;
 
+/// How long the watch waits before loading again contents refused for
+/// what lies outside them ([`PolicyReloader::watch`]).
+const RETRY_AFTER: Duration = Duration::from_secs(30);
+
 struct Inner {
     path: PathBuf,
     guard: Guard,
     build: Box<Build>,
-    /// The digest of the contents last loaded (or refused): a change is a
-    /// difference. Held while a reload runs, so one reload happens at a
-    /// time and a change is never loaded twice.
-    last: Mutex<Option<u64>>,
+    /// What was last loaded or refused. Held while a reload runs, so one
+    /// reload happens at a time and a change is never loaded twice.
+    last: Mutex<Last>,
+    retry_after: Duration,
     /// What the watch saw change, not yet loaded: a change is loaded once
     /// two looks in a row see the same contents, so a file caught halfway
     /// through a rewrite in place is never put in force.
     settling: Mutex<Option<u64>>,
+}
+
+/// What a reloader last did.
+#[derive(Default)]
+struct Last {
+    /// The digest of the contents last loaded (or refused): a change is a
+    /// difference.
+    digest: Option<u64>,
+    /// Contents that loaded but could not be built for what lies outside
+    /// them (a secret or key file they name not there yet, a store that
+    /// did not answer): when the watch loads them again, until they are
+    /// put in force or change; and the refusal's message, logged once.
+    retry: Option<(Instant, String)>,
 }
 
 /// Keeps a [`Guard`] in step with its policy file. Cloning shares it.
@@ -91,7 +113,10 @@ impl PolicyReloader {
         build: impl Fn(&PolicySet) -> Result<Guard, PolicyError> + Send + Sync + 'static,
     ) -> Self {
         let path = path.as_ref().to_path_buf();
-        let last = std::fs::read(&path).ok().map(|c| digest(&c));
+        let last = Last {
+            digest: std::fs::read(&path).ok().map(|c| digest(&c)),
+            retry: None,
+        };
         // Both results on /metrics from the start, at zero.
         for result in ["success", "failure"] {
             metrics::counter!(CONFIG_RELOADS, "result" => result).increment(0);
@@ -101,8 +126,17 @@ impl PolicyReloader {
             guard: guard.clone(),
             build: Box::new(build),
             last: Mutex::new(last),
+            retry_after: RETRY_AFTER,
             settling: Mutex::new(None),
         }))
+    }
+
+    #[cfg(test)]
+    fn retrying_after(mut self, pause: Duration) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.0) {
+            inner.retry_after = pause;
+        }
+        self
     }
 
     /// The documents the guard was built from (read from this file at
@@ -110,7 +144,7 @@ impl PolicyReloader {
     /// reloader was made, is loaded at the watch's next looks.
     #[must_use]
     pub fn loaded_from(self, set: &PolicySet) -> Self {
-        *self.0.last.lock().unwrap_or_else(PoisonError::into_inner) = Some(set.digest());
+        self.0.last.lock().unwrap_or_else(PoisonError::into_inner).digest = Some(set.digest());
         self
     }
 
@@ -134,10 +168,20 @@ impl PolicyReloader {
     /// apart (a signal may come while it is still being written), looking
     /// at most `looks` times; a file that never does is refused.
     fn reload_settled(&self, pause: Duration, looks: usize) -> Result<(), PolicyError> {
-        let mut before = std::fs::read(&self.0.path);
+        self.settle(pause, looks, || std::fs::read(&self.0.path))
+    }
+
+    /// [`reload_settled`](Self::reload_settled) with the file read by `read`.
+    fn settle(
+        &self,
+        pause: Duration,
+        looks: usize,
+        mut read: impl FnMut() -> std::io::Result<Vec<u8>>,
+    ) -> Result<(), PolicyError> {
+        let mut before = read();
         for _ in 1..looks {
             std::thread::sleep(pause);
-            let now = std::fs::read(&self.0.path);
+            let now = read();
             let same = matches!((&before, &now), (Ok(a), Ok(b)) if a == b);
             before = now;
             if same || before.is_err() {
@@ -145,18 +189,22 @@ impl PolicyReloader {
                 return self.load(&mut last, before);
             }
         }
-        refused(PolicyError::new(
-            &self.0.path.display().to_string(),
-            format!(
-                "still changing after {looks} looks {pause:?} apart: not loaded; the policy in force stays"
+        refused(
+            PolicyError::new(
+                &self.0.path.display().to_string(),
+                format!(
+                    "still changing after {looks} looks {pause:?} apart: not loaded; the policy in force stays"
+                ),
             ),
-        ))
+            false,
+        )
     }
 
     /// Reloads if the file's contents differ from those last loaded (or
     /// refused) and are the same as at the look before (a file being
-    /// rewritten in place is read only once it stays the same); `None`
-    /// when there is nothing to load yet.
+    /// rewritten in place is read only once it stays the same), or if they
+    /// were refused for what lies outside them (a file they name, a store)
+    /// 30 s ago or more; `None` when there is nothing to load yet.
     ///
     /// # Errors
     /// As [`PolicyReloader::reload`].
@@ -166,9 +214,11 @@ impl PolicyReloader {
         let seen = digest(&now);
         let mut last = self.0.last.lock().unwrap_or_else(PoisonError::into_inner);
         let mut settling = self.0.settling.lock().unwrap_or_else(PoisonError::into_inner);
-        if *last == Some(seen) {
+        if last.digest == Some(seen) {
             *settling = None;
-            return None;
+            let due = last.retry.as_ref().is_some_and(|(at, _)| Instant::now() >= *at);
+            drop(settling);
+            return due.then(|| self.load(&mut last, Ok(now)));
         }
         if *settling != Some(seen) {
             *settling = Some(seen);
@@ -180,12 +230,16 @@ impl PolicyReloader {
     }
 
     /// Loads `contents` and puts it in force; `last` (held: one reload at
-    /// a time) becomes their digest.
-    fn load(&self, last: &mut Option<u64>, contents: std::io::Result<Vec<u8>>) -> Result<(), PolicyError> {
+    /// a time) becomes what was done.
+    fn load(&self, last: &mut Last, contents: std::io::Result<Vec<u8>>) -> Result<(), PolicyError> {
         if let Ok(c) = &contents {
-            *last = Some(digest(c));
+            last.digest = Some(digest(c));
         }
+        let refused_before = last.retry.take().map(|(_, message)| message);
         let name = self.0.path.display().to_string();
+        // Whether the documents loaded and the guard could not be built
+        // from them: what lies outside the file may change.
+        let mut outside = false;
         let loaded = contents
             .map_err(|e| PolicyError::new(&name, format!("cannot read: {e}")))
             .and_then(|c| {
@@ -193,9 +247,18 @@ impl PolicyReloader {
                 // a file that did not load, not the end of reloading.
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     let text = String::from_utf8(c).map_err(|_| PolicyError::new(&name, "not UTF-8 text"))?;
-                    // As at start-up: an empty file is no policy, said aloud.
+                    // No byte but white space: most likely a file truncated
+                    // by a writer that has not written yet (`> policy.yaml`),
+                    // not a wish to allow everything. (A file of comments
+                    // is a stream of no documents: no policy, as at start-up.)
+                    if text.trim().is_empty() {
+                        return Err(PolicyError::new(
+                            &name,
+                            "empty (a file being written?): not loaded; to remove every policy, write a file of comments (`# no policy`)",
+                        ));
+                    }
                     let set = PolicySet::from_file_text(&text, &name)?;
-                    (self.0.build)(&set)
+                    (self.0.build)(&set).inspect_err(|_| outside = true)
                 }))
                 .unwrap_or_else(|_| {
                     Err(PolicyError::new(
@@ -211,7 +274,14 @@ impl PolicyReloader {
                 tracing::info!(target: LOG_TARGET, file = %name, "policy reloaded");
                 Ok(())
             }
-            Err(e) => refused(e),
+            Err(e) => {
+                let message = e.to_string();
+                let again = refused_before.as_deref() == Some(message.as_str());
+                if outside {
+                    last.retry = Some((Instant::now() + self.0.retry_after, message));
+                }
+                refused(e, again)
+            }
         }
     }
 
@@ -266,11 +336,16 @@ impl PolicyReloader {
     }
 }
 
-/// A reload refused: counted, said in one error line, the policy in force
+/// A reload refused: counted, said in one error line (`again`, the same
+/// refusal as the last attempt's: at debug level), the policy in force
 /// kept.
-fn refused(e: PolicyError) -> Result<(), PolicyError> {
+fn refused(e: PolicyError, again: bool) -> Result<(), PolicyError> {
     metrics::counter!(CONFIG_RELOADS, "result" => "failure").increment(1);
-    tracing::error!(target: LOG_TARGET, error = %e, "policy not reloaded; the previous one stays in force");
+    if again {
+        tracing::debug!(target: LOG_TARGET, error = %e, "policy still not reloaded; the previous one stays in force");
+    } else {
+        tracing::error!(target: LOG_TARGET, error = %e, "policy not reloaded; the previous one stays in force");
+    }
     Err(e)
 }
 
@@ -349,7 +424,7 @@ spec:
         assert!(reloader.reload_if_changed().is_none(), "nothing changed");
         // Caught halfway through a rewrite: not loaded, though it is a valid
         // (allow-everything) file.
-        std::fs::write(&file, "").unwrap();
+        std::fs::write(&file, "# being written\n").unwrap();
         assert!(reloader.reload_if_changed().is_none());
         std::fs::write(&file, OPEN).unwrap();
         assert!(reloader.reload_if_changed().is_none(), "seen once");
@@ -363,18 +438,64 @@ spec:
     }
 
     #[test]
-    fn an_emptied_file_is_no_policy_as_the_contract_reads_a_yaml_stream() {
+    fn an_emptied_file_is_kept_out_and_a_file_of_comments_is_no_policy() {
         let (_dir, file, guard, reloader) = started("empty", CLOSED);
-        // No documents: no ALLOW policy, every request allowed (said in a
-        // warning line), however the file came to be empty.
-        for empty in ["", " \n\n", "# none\n"] {
-            std::fs::write(&file, CLOSED).unwrap();
-            reloader.reload().unwrap();
-            assert!(!open(&guard));
+        // Truncated by a writer that has not written yet: the policy in
+        // force stays, whichever way the reload comes.
+        for empty in ["", " \n\n"] {
             std::fs::write(&file, empty).unwrap();
-            reloader.reload().unwrap();
-            assert!(open(&guard), "{empty:?}");
+            let err = reloader.reload().unwrap_err();
+            assert!(err.to_string().contains("empty"), "{err}");
+            assert!(reloader.reload_if_changed().is_none());
+            assert!(reloader.reload_if_changed().is_none());
+            assert!(!open(&guard), "{empty:?}");
         }
+        // A stream of no documents, written so: no ALLOW policy, every
+        // request allowed (said in a warning line), as at start-up.
+        std::fs::write(&file, "# none\n").unwrap();
+        reloader.reload().unwrap();
+        assert!(open(&guard));
+    }
+
+    #[test]
+    fn contents_refused_for_a_file_they_name_are_loaded_again_until_it_is_there() {
+        let (dir, file) = scratch("outside");
+        let secret = dir.0.join("secret");
+        let needs_secret = {
+            let secret = secret.clone();
+            move |set: &PolicySet| {
+                if !secret.exists() {
+                    return Err(PolicyError::new(set.source(), "cannot read the secret"));
+                }
+                build(set)
+            }
+        };
+        std::fs::write(&secret, "s").unwrap();
+        std::fs::write(&file, CLOSED).unwrap();
+        let guard = needs_secret(&PolicySet::from_file(&file).unwrap()).unwrap();
+        let reloader =
+            PolicyReloader::new(&file, &guard, needs_secret).retrying_after(Duration::from_millis(100));
+        // The new file lands before the secret it needs.
+        std::fs::remove_file(&secret).unwrap();
+        std::fs::write(&file, OPEN).unwrap();
+        assert!(reloader.reload_if_changed().is_none(), "seen once");
+        assert!(matches!(reloader.reload_if_changed(), Some(Err(_))));
+        assert!(reloader.reload_if_changed().is_none(), "not before the pause");
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(matches!(reloader.reload_if_changed(), Some(Err(_))), "again");
+        std::fs::write(&secret, "s").unwrap();
+        assert!(reloader.reload_if_changed().is_none(), "not before the pause");
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(matches!(reloader.reload_if_changed(), Some(Ok(()))));
+        assert!(open(&guard));
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(reloader.reload_if_changed().is_none(), "in force: nothing to retry");
+        // What the file's text alone refuses is not loaded again.
+        std::fs::write(&file, OPEN.replace("rules:", "action: ALOW\n  rules:")).unwrap();
+        assert!(reloader.reload_if_changed().is_none(), "seen once");
+        assert!(matches!(reloader.reload_if_changed(), Some(Err(_))));
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(reloader.reload_if_changed().is_none());
     }
 
     #[test]
@@ -401,18 +522,16 @@ spec:
     fn a_signal_during_a_write_loads_the_file_once_it_stays_the_same() {
         let (_dir, file, guard, reloader) = started("signal", CLOSED);
         // Never the same twice: refused.
-        let writer = {
-            let file = file.clone();
-            std::thread::spawn(move || {
-                for i in 0..100 {
-                    std::fs::write(&file, format!("# {i}\n{CLOSED}")).unwrap();
-                    std::thread::sleep(Duration::from_millis(3));
-                }
+        let mut i = 0;
+        let err = reloader
+            .settle(Duration::from_millis(1), 4, || {
+                i += 1;
+                Ok(format!("# {i}\n{OPEN}").into_bytes())
             })
-        };
-        let err = reloader.reload_settled(Duration::from_millis(30), 4).unwrap_err();
-        writer.join().unwrap();
+            .unwrap_err();
         assert!(err.to_string().contains("still changing"), "{err}");
+        assert_eq!(i, 4, "looked four times");
+        assert!(!open(&guard));
         // Half written when the signal comes, whole 100 ms later.
         std::fs::write(&file, &OPEN[..40]).unwrap();
         let writer = {
