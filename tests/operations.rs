@@ -544,4 +544,15 @@ spec: {{selector: {{matchLabels: {{app: details}}}}, mtls: {{mode: {mode}}}}}
         "the PeerAuthentication mode changed; it takes effect at restart",
     )
     .await;
+    // Without --client-ca the listener takes no client certificate, now or
+    // after a restart: no mode to wait for.
+    reloads_say(
+        "reload-mode-no-ca",
+        &["--tls-cert", &cert, "--tls-key", &key],
+        file,
+        "STRICT",
+        &[("STRICT", 0), ("PERMISSIVE", 0)],
+        "the PeerAuthentication mode changed",
+    )
+    .await;
 }

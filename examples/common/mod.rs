@@ -504,8 +504,15 @@ pub fn start_operations(args: &Args, setup: &Setup) {
         let keytab = args.keytab.clone();
         let delegation = args.backend.is_some();
         // The listener's mTLS mode is read at start-up: say so when a
-        // reload changes it, rather than pretend it applies.
-        let (port, mode) = (args.listen.port(), setup.tls.as_ref().map(ServerTls::mode));
+        // reload changes it, rather than pretend it applies. (Without
+        // --client-ca the listener takes no client certificate whatever the
+        // file says, and no restart changes that: nothing to say.)
+        let port = args.listen.port();
+        let mode = args
+            .client_ca
+            .as_ref()
+            .and(setup.tls.as_ref())
+            .map(ServerTls::mode);
         // So are the calls it makes (`UpstreamCredentials`, `DestinationRule`).
         let outbound = outbound_documents(&setup.set, &setup.workload);
         let reloader = palisade::core::reload::PolicyReloader::new(path, &setup.guard, move |set| {

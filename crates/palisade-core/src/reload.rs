@@ -489,7 +489,10 @@ spec:
         assert!(matches!(reloader.reload_if_changed(), Some(Ok(()))));
         assert!(open(&guard));
         std::thread::sleep(Duration::from_millis(150));
-        assert!(reloader.reload_if_changed().is_none(), "in force: nothing to retry");
+        assert!(
+            reloader.reload_if_changed().is_none(),
+            "in force: nothing to retry"
+        );
         // What the file's text alone refuses is not loaded again.
         std::fs::write(&file, OPEN.replace("rules:", "action: ALOW\n  rules:")).unwrap();
         assert!(reloader.reload_if_changed().is_none(), "seen once");

@@ -205,14 +205,7 @@ impl ClientTls {
     /// # Errors
     /// A [`TlsError`] naming the bad file; the old material stays in use.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let loaded = load(&self.0.files, &self.0.provider);
-        let files = &self.0.files;
-        let named = files.identity.as_ref().map_or(&files.ca, |(cert, _)| cert);
-        files::install(&self.0.material, loaded, named, "client TLS material")?;
-        // A resumed session presents the old certificate and skips the
-        // server's verification: none outlives the material it began with.
-        self.0.sessions.forget();
-        Ok(())
+        files::reload(self)
     }
 
     /// Whether `other` is this very client TLS (a clone of it), whose
@@ -253,8 +246,15 @@ impl files::Reload for ClientTls {
         paths
     }
 
-    fn reload(&self) -> Result<(), TlsError> {
-        ClientTls::reload(self)
+    fn read_again(&self) -> Result<(), TlsError> {
+        let loaded = load(&self.0.files, &self.0.provider);
+        let files = &self.0.files;
+        let named = files.identity.as_ref().map_or(&files.ca, |(cert, _)| cert);
+        files::install(&self.0.material, loaded, named, "client TLS material")?;
+        // A resumed session presents the old certificate and skips the
+        // server's verification: none outlives the material it began with.
+        self.0.sessions.forget();
+        Ok(())
     }
 
     fn last_stamp(&self) -> &Mutex<Option<files::Stamp>> {

@@ -74,8 +74,9 @@ pub(crate) type Stamp = Vec<Option<(SystemTime, u64)>>;
 pub(crate) trait Reload: Clone + Send + Sync + 'static {
     /// The files, in a fixed order.
     fn paths(&self) -> Vec<PathBuf>;
-    /// Reads them again; on error the old material stays.
-    fn reload(&self) -> Result<(), TlsError>;
+    /// Reads them again and puts them in use; on error the old material
+    /// stays. Only through [`reload`] (one reload at a time).
+    fn read_again(&self) -> Result<(), TlsError>;
     /// The last stamp seen.
     fn last_stamp(&self) -> &Mutex<Option<Stamp>>;
 }
@@ -91,11 +92,23 @@ fn stamp(paths: &[PathBuf]) -> Stamp {
         .collect()
 }
 
+/// Reads `r`'s files again and puts them in use, one reload of `r` at a
+/// time whoever asks (the watch, `SIGHUP`, a call). The files' stamp taken
+/// before they are read becomes the last one seen: a reload that read older
+/// files than the watch last put in use (a `SIGHUP` that began before they
+/// were replaced) leaves the watch a stamp that differs from the files', so
+/// it loads the newer ones again rather than keeping the older.
+pub(crate) fn reload<R: Reload>(r: &R) -> Result<(), TlsError> {
+    let mut last = r.last_stamp().lock().unwrap_or_else(PoisonError::into_inner);
+    *last = Some(stamp(&r.paths()));
+    r.read_again()
+}
+
 /// Reloads when a file's modification time or size changed since the last
 /// look; `true` when new material is in use.
 pub(crate) fn reload_if_changed<R: Reload>(r: &R) -> bool {
-    let now = stamp(&r.paths());
     let mut last = r.last_stamp().lock().unwrap_or_else(PoisonError::into_inner);
+    let now = stamp(&r.paths());
     match last.as_ref() {
         None => {
             *last = Some(now);
@@ -104,8 +117,7 @@ pub(crate) fn reload_if_changed<R: Reload>(r: &R) -> bool {
         Some(prev) if *prev == now => false,
         Some(_) => {
             *last = Some(now);
-            drop(last);
-            r.reload().is_ok()
+            r.read_again().is_ok()
         }
     }
 }
@@ -156,11 +168,91 @@ pub(crate) fn reload_all_on_sighup<R: Reload>(all: Vec<R>) -> std::io::Result<()
             let reloaders = all.clone();
             let _ = tokio::task::spawn_blocking(move || {
                 for r in reloaders.iter() {
-                    let _ = r.reload();
+                    let _ = reload(r);
                 }
             })
             .await;
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, mpsc};
+
+    use super::*;
+
+    /// Material read from one file: the first read waits to be told to go
+    /// on (a slow reload, begun before the file is replaced).
+    #[derive(Clone)]
+    struct Slow {
+        file: PathBuf,
+        in_use: Arc<Mutex<String>>,
+        stamp: Arc<Mutex<Option<Stamp>>>,
+        first: Arc<AtomicBool>,
+        read: mpsc::SyncSender<()>,
+        go: Arc<Mutex<mpsc::Receiver<()>>>,
+    }
+
+    impl Reload for Slow {
+        fn paths(&self) -> Vec<PathBuf> {
+            vec![self.file.clone()]
+        }
+
+        fn read_again(&self) -> Result<(), TlsError> {
+            let text = std::fs::read_to_string(&self.file).unwrap();
+            if self.first.swap(false, Ordering::SeqCst) {
+                self.read.send(()).unwrap();
+                self.go.lock().unwrap().recv().unwrap();
+            }
+            *self.in_use.lock().unwrap() = text;
+            Ok(())
+        }
+
+        fn last_stamp(&self) -> &Mutex<Option<Stamp>> {
+            &self.stamp
+        }
+    }
+
+    #[test]
+    fn a_slow_reload_of_older_files_does_not_outlast_the_newer_ones() {
+        let dir = std::env::temp_dir().join(format!("palisade-files-race-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("cert.pem");
+        std::fs::write(&file, "old").unwrap();
+        let (read, was_read) = mpsc::sync_channel(1);
+        let (go_on, go) = mpsc::channel();
+        let r = Slow {
+            file: file.clone(),
+            in_use: Arc::new(Mutex::new(String::new())),
+            stamp: Arc::new(Mutex::new(None)),
+            first: Arc::new(AtomicBool::new(true)),
+            read,
+            go: Arc::new(Mutex::new(go)),
+        };
+        assert!(!reload_if_changed(&r), "the first look only notes the stamp");
+        // A SIGHUP's reload reads the old file and is slow to put it in use.
+        let signal = std::thread::spawn({
+            let r = r.clone();
+            move || reload(&r)
+        });
+        was_read.recv().unwrap();
+        // Replaced meanwhile (another size: another stamp), and the watch
+        // looks.
+        std::fs::write(&file, "new material").unwrap();
+        let watch = std::thread::spawn({
+            let r = r.clone();
+            move || reload_if_changed(&r)
+        });
+        go_on.send(()).unwrap();
+        signal.join().unwrap().unwrap();
+        watch.join().unwrap();
+        // Whichever finished last, the watch has the newer file in use, or
+        // sees at its next look that it must read it.
+        reload_if_changed(&r);
+        assert_eq!(*r.in_use.lock().unwrap(), "new material");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

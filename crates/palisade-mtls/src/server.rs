@@ -422,13 +422,7 @@ impl ServerTls {
     /// # Errors
     /// A [`TlsError`] naming the bad file; the old material stays in use.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let loaded = self.0.files.load(&self.0.provider, self.0.mode);
-        files::install(
-            &self.0.material,
-            loaded,
-            &self.0.files.cert,
-            "server TLS material (certificate, key, trust bundle, CRLs)",
-        )
+        files::reload(self)
     }
 
     /// Reloads when a file's modification time or size changed since the
@@ -461,8 +455,14 @@ impl files::Reload for ServerTls {
         self.0.files.paths().cloned().collect()
     }
 
-    fn reload(&self) -> Result<(), TlsError> {
-        ServerTls::reload(self)
+    fn read_again(&self) -> Result<(), TlsError> {
+        let loaded = self.0.files.load(&self.0.provider, self.0.mode);
+        files::install(
+            &self.0.material,
+            loaded,
+            &self.0.files.cert,
+            "server TLS material (certificate, key, trust bundle, CRLs)",
+        )
     }
 
     fn last_stamp(&self) -> &std::sync::Mutex<Option<files::Stamp>> {
