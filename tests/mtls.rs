@@ -11,7 +11,7 @@ use std::time::Duration;
 use palisade::testkit::{TestIssuer, TestPki};
 
 mod common;
-use common::{ScratchDir, start};
+use common::{ScratchDir, start, start_logged};
 use serde_json::Value;
 
 fn need(tool: &str, package: &str) {
@@ -288,7 +288,8 @@ fn a_new_crl_refuses_a_revoked_client_at_its_next_handshake() {
         let victim = pki.workload("default", "victim");
         let victim_files = dir.cert("victim", &victim);
         let crl = dir.write("crl.pem", &pki.crl_pem());
-        let svc = start(name, &mtls_args(&["--client-crl", &crl], &server, &ca));
+        let log = dir.path(&format!("{name}.log"));
+        let svc = start_logged(name, &mtls_args(&["--client-crl", &crl], &server, &ca), &[], &log);
         assert_eq!(
             curl(svc.port, "/healthz", &ca, Some(&victim_files), &[]).1,
             200,
@@ -316,7 +317,19 @@ fn a_new_crl_refuses_a_revoked_client_at_its_next_handshake() {
             "crl.pem",
             "-----BEGIN X509 CRL-----\nbm90IGEgQ1JM\n-----END X509 CRL-----\n",
         );
-        std::thread::sleep(Duration::from_millis(1500));
+        // Once the watch has read it and said so.
+        let said = || {
+            std::fs::read_to_string(&log)
+                .unwrap()
+                .contains("refused; the previous stays in use")
+        };
+        for _ in 0..100 {
+            if said() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(said(), "{name}: the broken CRL was never refused");
         let (code, status, _) = curl(svc.port, "/healthz", &ca, Some(&victim_files), &[]);
         assert!(
             code != 0 && status == 0,

@@ -125,13 +125,13 @@ async fn signs_in(base: &str, issuer: &TestIssuer, what: &str) -> Jar {
     jar
 }
 
-/// The callback refuses what the issuer sends now: a 4xx, no session
+/// The callback refuses what the issuer sends now: a 400, no session
 /// cookie, and the next requests are still without a session.
 async fn refused(base: &str, issuer: &TestIssuer, what: &str) {
     let (mut jar, back) = through_the_callback(base, issuer, what).await;
-    assert!(
-        (400..500).contains(&back.status),
-        "{base} {what}: a 4xx, never a sign-in or a 5xx: {back:?}"
+    assert_eq!(
+        back.status, 400,
+        "{base} {what}: a 400 (docs/signin.md), never a sign-in or a 5xx: {back:?}"
     );
     assert!(
         !back.set_cookies.iter().any(|c| sets_session(c)),

@@ -43,7 +43,7 @@ pub struct Args {
     /// behind a floor instead (`floor.rs`: the token's header removed, a
     /// record of the caller inserted, nothing checked). Sets `no_guard`.
     pub floor: bool,
-    /// `--upstream NAME=URL` (productpage): the back-ends it calls.
+    /// `--upstream NAME=URL` (productpage, reviews): the back-ends it calls.
     pub upstreams: Vec<(String, String)>,
     /// `--upstream-timeout SECONDS`: how long an upstream has to answer.
     pub upstream_timeout: std::time::Duration,
@@ -213,7 +213,7 @@ fn parse(service: &str, port: u16, mut it: impl Iterator<Item = String>) -> Resu
                     "usage: {service} [--listen ADDR] [--config FILE] [--service NAME] [--namespace NS]\n\
                      \x20      [--tls-cert FILE --tls-key FILE [--client-ca FILE [--client-crl FILE]...]]\n\
                      \x20      [--keytab FILE [--backend URL [--s4u-realm REALM --s4u-claim CLAIM [--s4u-issuer ISSUER]]]]\n\
-                     \x20      [--upstream NAME=URL]... [--upstream-timeout SECONDS] (productpage)\n\
+                     \x20      [--upstream NAME=URL]... [--upstream-timeout SECONDS] (productpage, reviews)\n\
                      \x20      [--admin ADDR]\n\
                      \x20      [--handshake-timeout S] [--header-read-timeout S] [--idle-timeout S] [--write-timeout S]\n\
                      \x20      [--body-limit BYTES] [--body-read-timeout S] [--body-min-rate BYTES]\n\

@@ -42,9 +42,9 @@ explain  decides one request as the workload's guard would and prints
          destination.port; destination.ip is then 0.0.0.0); --source-ip:
          the caller's address (ipBlocks, source.ip; remoteIpBlocks without
          a trusted X-Forwarded-For). Without them both are unknown, as to a
-         guard whose server cannot tell: ports and ipBlocks match nothing,
-         notPorts and notIpBlocks everything, and a note says when a rule
-         read one.
+         guard whose server cannot tell: a policy whose rules read the one
+         not given refuses the request (403), as such a guard does, and a
+         note says so.
          --with: more policy documents, read after FILE's (the issuer setup
          of a fragment: a RequestAuthentication).
 test     runs the decision cases of CASES.yaml; prints each failed case, the

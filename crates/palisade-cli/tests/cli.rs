@@ -128,6 +128,12 @@ fn the_bookinfo_cases_reach_every_rule_of_the_mesh() {
         "examples/bookinfo/mesh.cases.yaml",
     ]);
     let out = text(&test.stdout);
+    let n = std::fs::read_to_string(root().join("examples/bookinfo/mesh.cases.yaml"))
+        .unwrap()
+        .matches("expect:")
+        .count();
+    assert_eq!(test.status.code(), Some(0), "{out}{}", text(&test.stderr));
+    assert!(out.ends_with(&format!("{n} passed, 0 failed\n")), "{out}");
     assert!(!out.contains("not reached"), "{out}");
 }
 

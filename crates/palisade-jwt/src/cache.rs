@@ -158,12 +158,23 @@ mod tests {
 
     #[test]
     fn the_cache_stays_bounded_and_evicts_expired_entries_first() {
-        let c = TokenCache::new(64);
-        for i in 0..10_000 {
-            c.insert(format!("token-{i}").as_bytes(), i, |v| *v < 5_000);
+        // Room for 32 entries a shard; two live entries a shard on average,
+        // then a flood of entries that have expired (values from 1,000 on).
+        let c = TokenCache::new(SHARDS as u64 * 32);
+        let expired = |v: &usize| *v >= 1_000;
+        let live: Vec<String> = (0..2 * SHARDS).map(|i| format!("live-{i}")).collect();
+        for (i, t) in live.iter().enumerate() {
+            c.insert(t.as_bytes(), i, expired);
         }
-        assert!(c.len() <= 64, "{}", c.len());
-        assert_eq!(c.get(b"token-9999"), Some(9999));
+        for i in 0..20_000 {
+            c.insert(format!("token-{i}").as_bytes(), 1_000 + i, expired);
+        }
+        assert!(c.len() <= SHARDS * 32, "{}", c.len());
+        assert!(
+            live.iter().all(|t| c.get(t.as_bytes()).is_some()),
+            "expired entries went first: no live one was evicted"
+        );
+        assert_eq!(c.get(b"token-19999"), Some(20_999));
     }
 
     #[test]

@@ -51,10 +51,12 @@ async fn a_proof_used_at_one_replica_is_refused_at_another() {
 async fn records_expire_by_themselves() {
     let redis = RedisServer::start().unwrap();
     let a = store(&redis);
-    let until = now() + 1;
+    // Whole seconds (`EXAT`): 3 from now leaves at least 2 for the two
+    // uses, however late in its second `now()` is read.
+    let until = now() + 3;
     assert_eq!(first_use(&a, 3, until).await, Ok(true));
     assert_eq!(first_use(&a, 3, until).await, Ok(false));
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tokio::time::sleep(Duration::from_millis(4500)).await;
     assert_eq!(first_use(&a, 3, now() + 60).await, Ok(true), "expired at {until}");
 }
 

@@ -299,11 +299,12 @@ async fn session_data_is_shared_replaced_removed_and_expires() {
         assert_eq!(a.get("s1").await.unwrap().as_deref(), Some(&b"replaced"[..]));
         a.remove("s1").await.unwrap();
         assert_eq!(b.get("s1").await.unwrap(), None);
-        a.put("s2", b"brief".to_vec(), Duration::from_millis(100))
+        // Long enough for the other replica to read it on a busy machine.
+        a.put("s2", b"brief".to_vec(), Duration::from_secs(2))
             .await
             .unwrap();
         assert_eq!(b.get("s2").await.unwrap().as_deref(), Some(&b"brief"[..]));
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(2500)).await;
         assert_eq!(b.get("s2").await.unwrap(), None);
         b.remove("never-there").await.unwrap();
     })

@@ -389,7 +389,10 @@ mod tests {
 
         block_on(store.put("d1", vec![1], HOUR)).unwrap();
         block_on(store.put("d2", vec![2], HOUR)).unwrap();
-        assert!(block_on(store.put("d3", vec![3], HOUR)).is_err());
+        assert!(matches!(
+            block_on(store.put("d3", vec![3], HOUR)),
+            Err(StoreError::Full { max: 2 })
+        ));
         // Replacing an existing entry is not growth.
         block_on(store.put("d2", vec![22], HOUR)).unwrap();
     }
