@@ -72,9 +72,8 @@ async fn replicas(
 }
 
 /// Signs in through `base` as the issuer's chosen user; answers the jar.
-async fn sign_in(base: &str, issuer: &TestIssuer) -> Jar {
+async fn sign_in(base: &str) -> Jar {
     let (jar, to_issuer) = start_sign_in(base).await;
-    let _ = issuer;
     finish_sign_in(base, jar, &to_issuer).await
 }
 
@@ -142,7 +141,7 @@ async fn a_reload_keeps_sessions_and_sign_ins_in_progress() {
     let guards = guards.into_inner().unwrap();
     for base in [&axum_base, &actix_base] {
         ready(base).await;
-        let session = sign_in(base, &f.issuer).await;
+        let session = sign_in(base).await;
         let (pending, to_issuer) = start_sign_in(base).await;
         // The same file again (a SIGHUP for a new certificate), then a
         // changed sign-in document, while the issuer's discovery is down.
@@ -165,6 +164,35 @@ async fn a_reload_keeps_sessions_and_sign_ins_in_progress() {
         // Begun before both reloads, finished after them.
         let finished = finish_sign_in(base, pending, &to_issuer).await;
         assert_eq!(get(&format!("{base}/whoami"), &finished, false).await.status, 200);
+        // Logged out, then sign-in turned off and on by two reloads: the
+        // store that knew of the logout went with the relying party, and
+        // so did its key, so the saved cookie does not open again.
+        let out = answer(
+            client()
+                .post(format!("{base}/logout"))
+                .header("origin", base.as_str())
+                .header("cookie", finished.header().unwrap())
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(out.status, 302, "{base}: {out:?}");
+        assert_eq!(get(&format!("{base}/whoami"), &finished, false).await.status, 401);
+        let (without, _) = keyless
+            .split_once("---\napiVersion: palisade.dev/v1alpha1\nkind: OidcLogin")
+            .unwrap();
+        for yaml in [without, keyless.as_str()] {
+            for guard in &guards {
+                guard.replace(guard_from(yaml));
+            }
+        }
+        ready(base).await;
+        let saved = get(&format!("{base}/whoami"), &finished, false).await;
+        assert_eq!(
+            saved.status, 401,
+            "{base}: a logged-out session opened again: {saved:?}"
+        );
     }
 }
 
@@ -223,7 +251,7 @@ async fn a_browser_signs_in_uses_the_session_and_logs_out_on_both_frameworks() {
         );
 
         // Sign in; the session speaks for alice with her roles.
-        let jar = sign_in(base, &f.issuer).await;
+        let jar = sign_in(base).await;
         let who = get(&format!("{base}/whoami"), &jar, false).await;
         assert_eq!(who.status, 200, "{base}: {who:?}");
         let who = who.json();
@@ -288,7 +316,7 @@ async fn a_browser_signs_in_uses_the_session_and_logs_out_on_both_frameworks() {
         .await;
         assert_eq!(own.status, 302, "{base}: {own:?}");
         assert_eq!(get(&format!("{base}/whoami"), &jar, false).await.status, 401);
-        let jar = sign_in(base, &f.issuer).await;
+        let jar = sign_in(base).await;
         let confirmed = answer(
             client()
                 .post(format!("{base}/logout"))
@@ -303,7 +331,7 @@ async fn a_browser_signs_in_uses_the_session_and_logs_out_on_both_frameworks() {
         assert_eq!(get(&format!("{base}/whoami"), &jar, false).await.status, 401);
 
         // Logout: here, then at the issuer with the hint and an absolute return.
-        let jar = sign_in(base, &f.issuer).await;
+        let jar = sign_in(base).await;
         let out = get(&format!("{base}/logout"), &jar, true).await;
         assert_eq!(out.status, 302, "{out:?}");
         let end = out.location.clone().unwrap();
@@ -396,7 +424,7 @@ async fn refusals_are_400_without_a_session() {
         assert_eq!(odd_host.status(), 400, "{base}");
 
         // Tampered, foreign-key and oversized session cookies are no session.
-        let jar = sign_in(base, &f.issuer).await;
+        let jar = sign_in(base).await;
         let value = jar.session().unwrap().clone();
         let mut bytes = value.into_bytes();
         let last = bytes.len() - 3;
@@ -567,7 +595,7 @@ async fn tokens_are_refreshed_once_per_session_and_a_refused_refresh_ends_it() {
     let (axum_base, actix_base) = serve_both(|| guard_from(&yaml));
     for base in [&axum_base, &actix_base] {
         ready(base).await;
-        let mut jar = sign_in(base, &f.issuer).await;
+        let mut jar = sign_in(base).await;
         tokio::time::sleep(Duration::from_millis(5_100)).await;
         let before = f.issuer.refreshes();
         let answers = futures_join(base, &jar, 8).await;
@@ -612,7 +640,7 @@ async fn a_refresh_outlives_the_requests_that_waited_for_it() {
     let (axum_base, actix_base) = serve_both(|| guard_from(&yaml));
     for base in [&axum_base, &actix_base] {
         ready(base).await;
-        let jar = sign_in(base, &f.issuer).await;
+        let jar = sign_in(base).await;
         tokio::time::sleep(Duration::from_millis(5_100)).await;
         let before = f.issuer.refreshes();
         f.issuer.delay_refresh_answers(Duration::from_millis(1_500));
@@ -659,7 +687,7 @@ async fn at_once_on_both(lifetime: Duration, wait: Duration, pad: usize) -> AtOn
     let redis = redis();
     let f = fixture(lifetime);
     let (a, b) = replicas(&f, &redis, "").await;
-    let jar = sign_in(&a, &f.issuer).await;
+    let jar = sign_in(&a).await;
     tokio::time::sleep(wait).await;
     if pad > 0 {
         f.issuer.pad_access_tokens(pad);
@@ -830,7 +858,7 @@ async fn back_channel_logout_ends_every_session_of_the_sid_and_refuses_bad_token
     let (axum_base, actix_base) = serve_both(|| guard_from(&yaml));
     for base in [&axum_base, &actix_base] {
         ready(base).await;
-        let jar = sign_in(base, &f.issuer).await;
+        let jar = sign_in(base).await;
         let who = get(&format!("{base}/whoami"), &jar, false).await.json();
         let sid = who["claims"]["sid"]
             .as_str()
@@ -899,7 +927,7 @@ async fn back_channel_logout_ends_every_session_of_the_sid_and_refuses_bad_token
 
         // A token naming only the user ends every session the user had,
         // and none begun after it, even within the same second.
-        let before = sign_in(base, &f.issuer).await;
+        let before = sign_in(base).await;
         let by_sub = f.issuer.logout_token().audience("productpage").subject("alice");
         assert_eq!(post(token(by_sub)).await.status, 200);
         assert_eq!(
@@ -907,7 +935,7 @@ async fn back_channel_logout_ends_every_session_of_the_sid_and_refuses_bad_token
             401,
             "{base}: the logout by sub ended the session"
         );
-        let after = sign_in(base, &f.issuer).await;
+        let after = sign_in(base).await;
         assert_eq!(
             get(&format!("{base}/whoami"), &after, false).await.status,
             200,
@@ -994,7 +1022,7 @@ async fn an_idle_session_ends() {
     let yaml = policy(&f.issuer, &f.key_file, "    idleTimeout: 2s\n");
     let (axum_base, _) = serve_both(|| guard_from(&yaml));
     ready(&axum_base).await;
-    let jar = sign_in(&axum_base, &f.issuer).await;
+    let jar = sign_in(&axum_base).await;
     assert_eq!(get(&format!("{axum_base}/whoami"), &jar, false).await.status, 200);
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     assert_eq!(get(&format!("{axum_base}/whoami"), &jar, false).await.status, 401);
@@ -1023,7 +1051,7 @@ async fn replicas_sharing_redis_end_sessions_together_and_fail_closed_without_it
     };
 
     // Logout on one replica ends the session on the other.
-    let jar = sign_in(&a, &f.issuer).await;
+    let jar = sign_in(&a).await;
     assert_eq!(
         get(&format!("{b}/whoami"), &jar, false).await.status,
         200,
@@ -1037,7 +1065,7 @@ async fn replicas_sharing_redis_end_sessions_together_and_fail_closed_without_it
 
     // A back-channel logout at one replica ends the session on both; its
     // token cannot be used again at the other.
-    let jar = sign_in(&a, &f.issuer).await;
+    let jar = sign_in(&a).await;
     let sid = get(&format!("{a}/whoami"), &jar, false).await.json()["claims"]["sid"]
         .as_str()
         .unwrap()
@@ -1073,7 +1101,7 @@ async fn replicas_sharing_redis_end_sessions_together_and_fail_closed_without_it
 
     // Redis gone: sessions fail closed once the mirrors are stale; bearer
     // tokens are not affected; a navigation is asked to come back.
-    let jar = sign_in(&a, &f.issuer).await;
+    let jar = sign_in(&a).await;
     let bearer = f.issuer.token().subject("bob").sign();
     redis.kill().unwrap();
     let mut closed = [false, false];
@@ -1151,7 +1179,7 @@ async fn a_client_authenticating_with_private_key_jwt_signs_in_and_refreshes_on_
     let (axum_base, actix_base) = serve_both(|| guard_from(&yaml));
     for base in [&axum_base, &actix_base] {
         ready(base).await;
-        let jar = sign_in(base, &issuer).await;
+        let jar = sign_in(base).await;
         let refreshes = issuer.refreshes();
         assert_eq!(get(&format!("{base}/whoami"), &jar, false).await.status, 200);
         assert!(
@@ -1203,7 +1231,7 @@ async fn a_session_too_large_for_cookies_is_stored_sealed() {
         .unwrap();
     f.issuer.sign_in_as(Some("alice"));
     let (a, b) = replicas(&f, &redis, "    idleTimeout: 4s\n").await;
-    let first = sign_in(&a, &f.issuer).await;
+    let first = sign_in(&a).await;
     assert!(
         first.session().is_some_and(|c| c.len() < 1_000),
         "the cookie holds a reference: {:?}",
@@ -1266,7 +1294,7 @@ async fn a_session_that_outgrows_its_cookies_at_a_refresh_is_stored_under_one_ke
     // Tokens live 30 s, the refresh margin: every request refreshes.
     let f = fixture(Duration::from_secs(30));
     let (a, b) = replicas(&f, &redis, "").await;
-    let small = sign_in(&a, &f.issuer).await;
+    let small = sign_in(&a).await;
     assert!(
         small.session().is_some_and(|c| c.len() > 1_000),
         "inline at first"

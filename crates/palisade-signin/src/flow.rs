@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use aws_lc_rs::digest;
@@ -26,6 +26,7 @@ use crate::session::{
     Cache, Live, Payload, Session, Successors, at, new_store_key, now, now_ms, now_us, open_stored,
     open_successor, refresh_claim, seal_stored, seal_successor, successor_key, unverified_claims,
 };
+use crate::shared::Registry;
 use crate::store::{MemoryStore, Revocation, SessionRef, SessionStore};
 
 /// How long a refreshed session stays in the store for the other replicas
@@ -95,6 +96,10 @@ struct Inner {
     secure_only: bool,
     /// The session keys, which also seal the login-state cookies.
     keys: Vec<CookieKey>,
+    /// Given no keys, the random one in `keys`, held so that a relying
+    /// party a reload builds with the same store finds it
+    /// ([`ephemeral_key`]).
+    keyless: Option<Arc<CookieKey>>,
     /// `NAME_login_`: the login-state cookies' names begin so.
     state_prefix: String,
     store: Arc<dyn SessionStore>,
@@ -256,36 +261,36 @@ impl SignIn {
 /// new `SignIn`: the sessions ended before it, and the logout tokens and
 /// codes already used, must stay so. It lives while one of them does.
 fn shared_memory_store(issuer: &str, client_id: &str) -> Arc<dyn SessionStore> {
-    type Live = (String, String, std::sync::Weak<MemoryStore>);
-    static LIVE: Mutex<Vec<Live>> = Mutex::new(Vec::new());
-    let mut live = LIVE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    live.retain(|(.., weak)| weak.strong_count() > 0);
-    if let Some(store) = live
-        .iter()
-        .filter(|(i, c, _)| i == issuer && c == client_id)
-        .find_map(|(.., weak)| weak.upgrade())
-    {
-        return store;
+    static LIVE: Registry<(String, String), MemoryStore> = Registry::new();
+    let made = LIVE.get_or_make((issuer.to_owned(), client_id.to_owned()), || {
+        Ok::<_, std::convert::Infallible>(Arc::new(MemoryStore::new()))
+    });
+    match made {
+        Ok(store) => store,
+        Err(never) => match never {},
     }
-    let store = Arc::new(MemoryStore::new());
-    live.push((issuer.to_owned(), client_id.to_owned(), Arc::downgrade(&store)));
-    store
 }
 
-/// The random session key of the client `client_id` at `issuer`, for a
-/// relying party given no keys: made once per process, so that a hot
-/// reload (a new [`SignIn`]) still opens the sessions and sign-ins sealed
-/// before it. They end with the process, as the warning says.
-fn ephemeral_key(issuer: &str, client_id: &str) -> Result<CookieKey, SignInError> {
-    static MADE: Mutex<Vec<(String, String, CookieKey)>> = Mutex::new(Vec::new());
-    let mut made = MADE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some((.., key)) = made.iter().find(|(i, c, _)| i == issuer && c == client_id) {
-        return Ok(key.clone());
-    }
-    tracing::warn!(target: LOG_TARGET, "no session keys configured: a random key was made; sessions end with this process and replicas cannot share them");
-    let key = CookieKey::generate("ephemeral")?;
-    made.push((issuer.to_owned(), client_id.to_owned(), key.clone()));
-    Ok(key)
+/// The random session key of the client `client_id` at `issuer` keeping
+/// its sessions in `store`, for a relying party given no keys: one for the
+/// process, while a relying party uses it, so that a hot reload (a new
+/// [`SignIn`] with the same store) still opens the sessions and sign-ins
+/// sealed before it. It never outlives the store: a key that did would
+/// open again a session the store's end of it went with (sign-in turned
+/// off and on again by two reloads, say).
+fn ephemeral_key(
+    issuer: &str,
+    client_id: &str,
+    store: &Arc<dyn SessionStore>,
+) -> Result<Arc<CookieKey>, SignInError> {
+    static LIVE: Registry<(String, String, usize), CookieKey> = Registry::new();
+    // The store by its address: a key alive means a relying party holding
+    // it and the store alive, so no other store has that address.
+    let store = Arc::as_ptr(store).cast::<()>() as usize;
+    LIVE.get_or_make((issuer.to_owned(), client_id.to_owned(), store), || {
+        tracing::warn!(target: LOG_TARGET, "no session keys configured: a random key was made; sessions end with this process and replicas cannot share them");
+        Ok(Arc::new(CookieKey::generate("ephemeral")?))
+    })
 }
 
 impl SignInBuilder {
@@ -304,6 +309,7 @@ impl SignInBuilder {
             state_prefix,
             provider,
             store,
+            keyless,
         } = self.checked()?;
         let verifier = JwtAuthenticator::builder()
             .realm(config.client_id.clone())
@@ -311,7 +317,6 @@ impl SignInBuilder {
             .build()
             .map_err(|e| SignInError::Config(format!("the issuer: {e}")))?;
         let issuer = Arc::new(Issuer::start(&config).map_err(SignInError::Config)?);
-        let store = store.unwrap_or_else(|| shared_memory_store(&config.issuer, &config.client_id));
         Ok(SignIn(Arc::new(Inner {
             config,
             issuer,
@@ -319,6 +324,7 @@ impl SignInBuilder {
             sessions,
             secure_only,
             keys,
+            keyless,
             state_prefix,
             store,
             cache: Cache::new(SESSION_CACHE),
@@ -404,10 +410,17 @@ impl SignInBuilder {
             (Some((s, SecretMethod::Basic)), None) => ClientAuth::Basic(s),
             (Some((s, SecretMethod::Post)), None) => ClientAuth::Post(s),
         };
-        let keys = if self.keys.is_empty() {
-            vec![ephemeral_key(&config.issuer, &config.client_id)?]
+        let store = self
+            .store
+            .unwrap_or_else(|| shared_memory_store(&config.issuer, &config.client_id));
+        let keyless = if self.keys.is_empty() {
+            Some(ephemeral_key(&config.issuer, &config.client_id, &store)?)
         } else {
-            self.keys
+            None
+        };
+        let keys = match &keyless {
+            Some(key) => vec![CookieKey::clone(key)],
+            None => self.keys,
         };
         let sealer = |name: &str, secure: bool, chunks: usize| -> Result<CookieSealer, SignInError> {
             Ok(CookieSealer::builder(name, keys.clone())
@@ -455,7 +468,8 @@ impl SignInBuilder {
             secure_only,
             state_prefix,
             provider,
-            store: self.store,
+            store,
+            keyless,
         })
     }
 }
@@ -470,7 +484,9 @@ pub(crate) struct Checked {
     secure_only: bool,
     state_prefix: String,
     provider: Provider,
-    store: Option<Arc<dyn SessionStore>>,
+    store: Arc<dyn SessionStore>,
+    /// The random key of a relying party given none, with the store.
+    keyless: Option<Arc<CookieKey>>,
 }
 
 /// The page that asks to confirm a logout another site started: a form
@@ -1695,6 +1711,7 @@ impl Authenticator for SignIn {
             sessions: new.sessions.clone(),
             secure_only: new.secure_only,
             keys: new.keys.clone(),
+            keyless: new.keyless.clone(),
             state_prefix: new.state_prefix.clone(),
             store: Arc::clone(&new.store),
             cache: Cache::new(SESSION_CACHE),

@@ -53,6 +53,7 @@ mod flow;
 mod policy;
 mod provider;
 mod session;
+mod shared;
 pub mod store;
 
 pub use config::{ClientKey, SecretMethod, SignInBuilder, SignInError};

@@ -29,25 +29,16 @@ fn store(url: &str, connect: bool) -> Result<Option<Arc<dyn SessionStore>>, Stri
     }
     #[cfg(feature = "redis")]
     {
-        type Live = (String, std::sync::Weak<crate::store::RedisStore>);
-        static LIVE: std::sync::Mutex<Vec<Live>> = std::sync::Mutex::new(Vec::new());
-        let mut live = LIVE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        live.retain(|(_, weak)| weak.strong_count() > 0);
-        if let Some(store) = live
-            .iter()
-            .filter(|(u, _)| u == url)
-            .find_map(|(_, weak)| weak.upgrade())
-        {
-            return Ok(Some(store));
-        }
-        // Start-up code, perhaps inside a runtime: the store runs on a
-        // thread of its own.
-        let store = Arc::new(
+        static LIVE: crate::shared::Registry<String, crate::store::RedisStore> =
+            crate::shared::Registry::new();
+        let store = LIVE.get_or_make(url.to_owned(), || {
+            // Start-up code, perhaps inside a runtime: the store runs on a
+            // thread of its own.
             crate::store::RedisStore::builder(url)
                 .connect_blocking()
-                .map_err(|e| e.to_string())?,
-        );
-        live.push((url.to_owned(), Arc::downgrade(&store)));
+                .map(Arc::new)
+                .map_err(|e| e.to_string())
+        })?;
         Ok(Some(store))
     }
     #[cfg(not(feature = "redis"))]
