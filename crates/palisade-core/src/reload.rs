@@ -10,9 +10,10 @@
 //! stays in force and one error line names the file, document and field.
 //! A file emptied (white space only, as a writer that truncated it leaves
 //! it) is not loaded; one of comments only is a policy of no documents.
-//! The watch tries again, every 30 s, contents that loaded but could not
-//! be built for what lies outside them (a key file they name not there yet,
-//! a store that did not answer), until they are in force or change.
+//! The watch tries again, every 30 s, contents refused for what lies
+//! outside them (a refusal that carries an I/O error: a key file they name
+//! not there yet, a store that did not answer), until they are in force or
+//! change.
 //!
 //! It reloads when told ([`PolicyReloader::reload`]), when the file's
 //! contents change ([`PolicyReloader::watch`]) and on `SIGHUP`
@@ -82,10 +83,10 @@ struct Last {
     /// The digest of the contents last loaded (or refused): a change is a
     /// difference.
     digest: Option<u64>,
-    /// Contents that loaded but could not be built for what lies outside
-    /// them (a secret or key file they name not there yet, a store that
-    /// did not answer): when the watch loads them again, until they are
-    /// put in force or change; and the refusal's message, logged once.
+    /// Contents refused for what lies outside them (a refusal that carries
+    /// an I/O error: a secret or key file they name not there yet, a store
+    /// that did not answer): when the watch loads them again, until they
+    /// are put in force or change; and the refusal's message, logged once.
     retry: Option<(Instant, String)>,
 }
 
@@ -158,10 +159,11 @@ impl PolicyReloader {
     ///
     /// # Errors
     /// The [`PolicyError`] naming the file, document and field that cannot
-    /// be used; the policy in force stays, and the error is logged.
+    /// be used; the policy in force stays, and the error is logged (at
+    /// `ERROR`).
     pub fn reload(&self) -> Result<(), PolicyError> {
         let mut last = self.0.last.lock().unwrap_or_else(PoisonError::into_inner);
-        self.load(&mut last, std::fs::read(&self.0.path))
+        self.load(&mut last, std::fs::read(&self.0.path), false)
     }
 
     /// [`reload`](Self::reload) once the file reads the same twice `pause`
@@ -186,7 +188,7 @@ impl PolicyReloader {
             before = now;
             if same || before.is_err() {
                 let mut last = self.0.last.lock().unwrap_or_else(PoisonError::into_inner);
-                return self.load(&mut last, before);
+                return self.load(&mut last, before, false);
             }
         }
         refused(
@@ -218,7 +220,7 @@ impl PolicyReloader {
             *settling = None;
             let due = last.retry.as_ref().is_some_and(|(at, _)| Instant::now() >= *at);
             drop(settling);
-            return due.then(|| self.load(&mut last, Ok(now)));
+            return due.then(|| self.load(&mut last, Ok(now), true));
         }
         if *settling != Some(seen) {
             *settling = Some(seen);
@@ -226,20 +228,28 @@ impl PolicyReloader {
         }
         *settling = None;
         drop(settling);
-        Some(self.load(&mut last, Ok(now)))
+        Some(self.load(&mut last, Ok(now), false))
     }
 
     /// Loads `contents` and puts it in force; `last` (held: one reload at
-    /// a time) becomes what was done.
-    fn load(&self, last: &mut Last, contents: std::io::Result<Vec<u8>>) -> Result<(), PolicyError> {
-        if let Ok(c) = &contents {
-            last.digest = Some(digest(c));
-        }
-        let refused_before = last.retry.take().map(|(_, message)| message);
+    /// a time) becomes what was done. `retrying`: the watch loading again
+    /// contents refused for what lies outside them, whose refusal, the same
+    /// again, is not logged again at error level.
+    fn load(
+        &self,
+        last: &mut Last,
+        contents: std::io::Result<Vec<u8>>,
+        retrying: bool,
+    ) -> Result<(), PolicyError> {
+        // A file that cannot be read leaves a pending retry pending.
+        let refused_before = match &contents {
+            Ok(c) => {
+                last.digest = Some(digest(c));
+                last.retry.take().map(|(_, message)| message)
+            }
+            Err(_) => None,
+        };
         let name = self.0.path.display().to_string();
-        // Whether the documents loaded and the guard could not be built
-        // from them: what lies outside the file may change.
-        let mut outside = false;
         let loaded = contents
             .map_err(|e| PolicyError::new(&name, format!("cannot read: {e}")))
             .and_then(|c| {
@@ -258,7 +268,7 @@ impl PolicyReloader {
                         ));
                     }
                     let set = PolicySet::from_file_text(&text, &name)?;
-                    (self.0.build)(&set).inspect_err(|_| outside = true)
+                    (self.0.build)(&set)
                 }))
                 .unwrap_or_else(|_| {
                     Err(PolicyError::new(
@@ -276,8 +286,12 @@ impl PolicyReloader {
             }
             Err(e) => {
                 let message = e.to_string();
-                let again = refused_before.as_deref() == Some(message.as_str());
-                if outside {
+                let again = retrying && refused_before.as_deref() == Some(message.as_str());
+                // What lies outside the file, which may change by itself:
+                // a file a document names that cannot be read here, a
+                // store that did not answer (refusals that carry an I/O
+                // error). The file's text alone gives the same answer again.
+                if e.io_error().is_some() {
                     last.retry = Some((Instant::now() + self.0.retry_after, message));
                 }
                 refused(e, again)
@@ -465,7 +479,10 @@ spec:
             let secret = secret.clone();
             move |set: &PolicySet| {
                 if !secret.exists() {
-                    return Err(PolicyError::new(set.source(), "cannot read the secret"));
+                    // As a file a document names is refused: with its
+                    // I/O error.
+                    return Err(PolicyError::new(set.source(), "cannot read the secret")
+                        .with_source(std::io::Error::from(std::io::ErrorKind::NotFound)));
                 }
                 build(set)
             }
@@ -493,12 +510,33 @@ spec:
             reloader.reload_if_changed().is_none(),
             "in force: nothing to retry"
         );
-        // What the file's text alone refuses is not loaded again.
-        std::fs::write(&file, OPEN.replace("rules:", "action: ALOW\n  rules:")).unwrap();
+        // What the file's text alone refuses is not loaded again, whether
+        // the loader refuses it or the application's function does.
+        for refused in [
+            OPEN.replace("rules:", "action: ALOW\n  rules:"),
+            CLOSED.replace("name: closed", "name: panics"),
+        ] {
+            std::fs::write(&file, refused).unwrap();
+            assert!(reloader.reload_if_changed().is_none(), "seen once");
+            assert!(matches!(reloader.reload_if_changed(), Some(Err(_))));
+            std::thread::sleep(Duration::from_millis(150));
+            assert!(reloader.reload_if_changed().is_none());
+        }
+        // A refusal for want of a file, and the file cannot be read at the
+        // next look: tried again once it can.
+        std::fs::remove_file(&secret).unwrap();
+        std::fs::write(&file, OPEN.replace("open", "reopened")).unwrap();
         assert!(reloader.reload_if_changed().is_none(), "seen once");
         assert!(matches!(reloader.reload_if_changed(), Some(Err(_))));
+        std::fs::remove_file(&file).unwrap();
+        assert!(reloader.reload().is_err(), "cannot read the file");
+        std::fs::write(&secret, "s").unwrap();
+        std::fs::write(&file, OPEN.replace("open", "reopened")).unwrap();
         std::thread::sleep(Duration::from_millis(150));
-        assert!(reloader.reload_if_changed().is_none());
+        assert!(
+            matches!(reloader.reload_if_changed(), Some(Ok(()))),
+            "still pending"
+        );
     }
 
     #[test]

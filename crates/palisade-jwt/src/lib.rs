@@ -47,6 +47,9 @@ mod resource;
 mod token;
 
 pub use authenticator::{JwtAuthenticator, JwtAuthenticatorBuilder};
+// For the workspace's crates that call an issuer (sign-in, the outbound
+// client): not part of the API, which exposes no reqwest type.
+#[doc(hidden)]
 pub use body::body_up_to;
 pub use config::{
     ConfigError, DangerousProviderBuilder, FetchSettings, JwksSource, Provider, ProviderBuilder, Tenants,

@@ -73,8 +73,9 @@ fn from_policy(policy: &WorkloadPolicy<'_>, offline: bool) -> Result<Option<JwtA
             builder = builder.cache_entries(n);
         }
         if let Some(d) = &s.dpop {
-            let store = replay_store(d.replay_store.as_deref(), offline)
-                .map_err(|m| policy.error_at(doc, "spec.dpop.replayStore", m))?;
+            let store = replay_store(d.replay_store.as_deref(), offline, |m| {
+                policy.error_at(doc, "spec.dpop.replayStore", m)
+            })?;
             builder = dpop(builder, d, store);
         }
         if let Some(r) = &s.resource_metadata {
@@ -408,8 +409,14 @@ fn tune(
 /// The replay store `spec.dpop.replayStore` names. Every authenticator
 /// built from a policy file with the same store shares one, so a proof
 /// accepted just before a reload cannot be replayed just after it; a Redis
-/// store is reached once, when first named (not offline).
-fn replay_store(url: Option<&str>, offline: bool) -> Result<Arc<dyn ReplayStore>, String> {
+/// store is reached once, when first named (not offline). `err` locates
+/// a refusal; one that did not reach the store carries the I/O error
+/// (a hot reload tries such a file again).
+fn replay_store(
+    url: Option<&str>,
+    offline: bool,
+    err: impl Fn(String) -> PolicyError,
+) -> Result<Arc<dyn ReplayStore>, PolicyError> {
     static MEMORY: OnceLock<Arc<MemoryReplayStore>> = OnceLock::new();
     let url = match url {
         // Offline nothing is served: the URL was checked when the file loaded.
@@ -426,9 +433,10 @@ fn replay_store(url: Option<&str>, offline: bool) -> Result<Arc<dyn ReplayStore>
         if let Some((_, store)) = stores.iter().find(|(u, _)| u == url) {
             return Ok(store.clone());
         }
-        let store = RedisReplayStore::builder(url)
-            .connect_blocking()
-            .map_err(|e| e.to_string())?;
+        let store = RedisReplayStore::builder(url).connect_blocking().map_err(|e| {
+            let message = e.to_string();
+            err(message.clone()).with_source(std::io::Error::other(message))
+        })?;
         let store = Arc::new(store);
         stores.push((url.to_owned(), store.clone()));
         Ok(store)
@@ -436,7 +444,9 @@ fn replay_store(url: Option<&str>, offline: bool) -> Result<Arc<dyn ReplayStore>
     #[cfg(not(feature = "redis"))]
     {
         let _ = url;
-        Err("a Redis replay store needs palisade-jwt's `redis` feature".into())
+        Err(err(
+            "a Redis replay store needs palisade-jwt's `redis` feature".into()
+        ))
     }
 }
 

@@ -246,6 +246,9 @@ mod tests {
             let r = r.clone();
             move || reload_if_changed(&r)
         });
+        // The watch's look comes before the slow reload ends (unless one
+        // waits for the other): the order in which the older files won.
+        std::thread::sleep(Duration::from_millis(200));
         go_on.send(()).unwrap();
         signal.join().unwrap().unwrap();
         watch.join().unwrap();

@@ -17,13 +17,19 @@ use crate::store::SessionStore;
 
 /// The session store at `url`, connected; `None` for `memory` or when
 /// only checking (`connect` false: the URL was checked when the file loaded).
+/// `err` locates a refusal; one that did not reach the store carries the
+/// I/O error (a hot reload tries such a file again).
 ///
 /// One Redis store per URL for the whole process while a relying party
 /// uses it: a hot reload builds a new [`SignIn`], which must keep what the
 /// store it replaces holds in memory (the revocations it has seen, those
 /// Redis has not taken yet), as the in-memory store and the DPoP replay
 /// store are kept.
-fn store(url: &str, connect: bool) -> Result<Option<Arc<dyn SessionStore>>, String> {
+fn store(
+    url: &str,
+    connect: bool,
+    err: impl Fn(String) -> PolicyError,
+) -> Result<Option<Arc<dyn SessionStore>>, PolicyError> {
     if url == "memory" || !connect {
         return Ok(None);
     }
@@ -37,14 +43,17 @@ fn store(url: &str, connect: bool) -> Result<Option<Arc<dyn SessionStore>>, Stri
             crate::store::RedisStore::builder(url)
                 .connect_blocking()
                 .map(Arc::new)
-                .map_err(|e| e.to_string())
+                .map_err(|e| {
+                    let message = e.to_string();
+                    err(message.clone()).with_source(std::io::Error::other(message))
+                })
         })?;
         Ok(Some(store))
     }
     #[cfg(not(feature = "redis"))]
     {
         let _ = url;
-        Err("a Redis store needs palisade-signin's `redis` feature".into())
+        Err(err("a Redis store needs palisade-signin's `redis` feature".into()))
     }
 }
 
@@ -126,7 +135,7 @@ fn from_login(
     }
     b = b.keys(keys);
     if let Some(url) = &s.store
-        && let Some(st) = store(url, connect).map_err(|m| err("spec.session.store", m))?
+        && let Some(st) = store(url, connect, |m| err("spec.session.store", m))?
     {
         b = b.store(st);
     }

@@ -514,37 +514,6 @@ pub(crate) fn digest(bytes: &[u8]) -> u64 {
     h.finish()
 }
 
-/// The first `jwtRules` issuer pattern (`…/{tenant}/…`) for which no
-/// `JwtSettings` document of the file names its tenants (`issuer` the
-/// pattern, with `tenants`): every workload it applies to would refuse to
-/// start, so the file is refused. (A `JwtSettings` that selects other
-/// workloads than the rule's is found when they are built.)
-fn pattern_without_tenants(documents: &[Document]) -> Option<(&Document, String, String)> {
-    let named = |pattern: &str| {
-        documents.iter().any(|d| {
-            matches!(&d.spec, Spec::JwtSettings(JwtSettingsSpec { issuer: Some(i), tenants: Some(_), .. }) if i == pattern)
-        })
-    };
-    documents.iter().find_map(|d| {
-        let Spec::RequestAuthentication(s) = &d.spec else {
-            return None;
-        };
-        let (i, rule) = s
-            .jwt_rules
-            .iter()
-            .enumerate()
-            .find(|(_, r)| r.issuer.contains(crate::syntax::TENANT) && !named(&r.issuer))?;
-        Some((
-            d,
-            format!("spec.jwtRules[{i}].issuer"),
-            format!(
-                "the issuer pattern `{}` needs its tenants: a JwtSettings document with this `issuer` and `tenants`",
-                rule.issuer
-            ),
-        ))
-    })
-}
-
 /// The `JwtSettings` documents whose `issuer` no `jwtRules` entry and no
 /// `KeycloakAdapter` of the file has: their settings apply to no provider.
 fn settings_for_no_issuer(documents: &[Document]) -> Vec<(&Document, &'static str, String)> {
@@ -772,9 +741,6 @@ impl PolicySet {
                 warn(&document, &field, message);
             }
             documents.push(document);
-        }
-        if let Some((document, field, message)) = pattern_without_tenants(&documents) {
-            return Err(document.error(source, &field, message));
         }
         for (document, field, message) in settings_for_no_issuer(&documents) {
             warn(document, field, message);
