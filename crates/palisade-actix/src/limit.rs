@@ -365,7 +365,12 @@ pub(crate) fn watch(tcp: &TcpStream, data: &mut Extensions) {
     let socket = match socket2::SockRef::from(tcp).try_clone() {
         Ok(socket) => socket,
         Err(error) => {
-            tracing::warn!(target: palisade_core::limits::LOG_TARGET, %error, "cannot watch a connection: its later request heads are not timed");
+            // Out of file descriptors, for every connection while it lasts:
+            // said once a minute.
+            static UNWATCHED: palisade_core::logging::Sparse = palisade_core::logging::Sparse::new();
+            if UNWATCHED.due(std::time::Duration::from_secs(60)) {
+                tracing::warn!(target: palisade_core::limits::LOG_TARGET, %error, "cannot watch a connection: its later request heads are not timed (said once a minute)");
+            }
             return;
         }
     };

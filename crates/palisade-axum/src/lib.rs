@@ -205,11 +205,14 @@ impl<'a, B> HttpHead<'a, B> {
             if !reads_path {
                 return Ok(Self::as_sent(req));
             }
-            tracing::error!(
-                target: palisade_core::LOG_TARGET,
-                prefix,
-                "Palisade runs inside a router nested at a templated path: the full path cannot be known, refused with 400. Add the layer outside the nest"
-            );
+            static TEMPLATED: palisade_core::logging::Sparse = palisade_core::logging::Sparse::new();
+            if TEMPLATED.due(std::time::Duration::from_secs(60)) {
+                tracing::error!(
+                    target: palisade_core::LOG_TARGET,
+                    prefix,
+                    "Palisade runs inside a router nested at a templated path: the full path cannot be known, refused with 400. Add the layer outside the nest"
+                );
+            }
             let reply = Reply::from(palisade_core::Rejection::malformed_path(
                 "the request path cannot be checked here",
             ));

@@ -203,8 +203,12 @@ where
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
-                    // Out of file descriptors and the like: wait, don't spin.
-                    tracing::warn!(target: LOG_TARGET, error = %e, "accept failed");
+                    // Out of file descriptors and the like: wait, don't spin,
+                    // and say it once a minute.
+                    static FAILING: palisade_core::logging::Sparse = palisade_core::logging::Sparse::new();
+                    if FAILING.due(Duration::from_secs(60)) {
+                        tracing::warn!(target: LOG_TARGET, error = %e, "accept failed (said once a minute while it fails)");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }

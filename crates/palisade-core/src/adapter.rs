@@ -308,7 +308,11 @@ impl Admission {
     #[cold]
     #[inline(never)]
     fn rewrite_refused(&self, e: TargetRewrite) -> Reply {
-        if let TargetRewrite::AlreadyRouted { advice } = e {
+        static AFTER_ROUTING: crate::logging::Sparse = crate::logging::Sparse::new();
+        // Any client can send such a path: said once a minute.
+        if let TargetRewrite::AlreadyRouted { advice } = e
+            && AFTER_ROUTING.due(std::time::Duration::from_secs(60))
+        {
             tracing::error!(
                 target: LOG_TARGET,
                 "a path that is not in normal form reached Palisade after routing: refused with 400. {advice}, so that the router sees the path the policy matched"
@@ -905,7 +909,10 @@ pub fn authorize_route(
     req: &dyn RequestHead,
 ) -> Check<Result<(), Reply>> {
     let Some(auth) = auth else {
-        tracing::error!(target: LOG_TARGET, "a route policy runs on a request that no Palisade middleware checked: refused");
+        static UNCHECKED: crate::logging::Sparse = crate::logging::Sparse::new();
+        if UNCHECKED.due(std::time::Duration::from_secs(60)) {
+            tracing::error!(target: LOG_TARGET, "a route policy runs on a request that no Palisade middleware checked: refused");
+        }
         let reply = Reply::from(Rejection::missing_credential(Vec::new()));
         return Check::Ready(Err(Rendering::of(req).render(reply)));
     };

@@ -37,6 +37,7 @@ pub mod authn;
 pub mod authz;
 pub mod form;
 pub mod limits;
+pub mod logging;
 pub mod metrics;
 pub mod policy;
 pub mod reload;

@@ -2276,11 +2276,11 @@ impl JwtAuthenticator {
     fn outcome_for(&self, r: Result<Authenticated, JwtError>, dpop: bool) -> AuthOutcome {
         match (&self.0.dpop, r) {
             (Some(d), Err(e)) if dpop => {
-                if matches!(e, JwtError::KeysUnavailable | JwtError::IntrospectionUnavailable) {
-                    tracing::warn!(target: LOG, reason = %e, "DPoP request refused");
-                } else {
-                    tracing::debug!(target: LOG, reason = %e, "DPoP request refused");
-                }
+                // At `DEBUG` whatever the reason: an issuer's keys or
+                // introspection that cannot be had are said where they are
+                // fetched, once (a line per request would let any client
+                // fill the logs while they are down).
+                tracing::debug!(target: LOG, reason = %e, "DPoP request refused");
                 let code = match &e {
                     JwtError::DpopProof(p) => p.error_code(),
                     _ => "invalid_token",
@@ -2303,11 +2303,8 @@ impl JwtAuthenticator {
         match r {
             Ok(a) => AuthOutcome::Authenticated(a),
             Err(e) => {
-                if matches!(e, JwtError::KeysUnavailable | JwtError::IntrospectionUnavailable) {
-                    tracing::warn!(target: LOG, reason = %e, "bearer token refused");
-                } else {
-                    tracing::debug!(target: LOG, reason = %e, "bearer token refused");
-                }
+                // As in `outcome_for`: said where the keys are fetched.
+                tracing::debug!(target: LOG, reason = %e, "bearer token refused");
                 let rejection = e.rejection(&self.0.realm);
                 AuthOutcome::Rejected(match &self.0.resource {
                     Some(r) => rejection.with_bearer_param("resource_metadata", &r.url),

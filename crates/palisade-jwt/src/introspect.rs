@@ -275,6 +275,9 @@ pub(crate) struct Introspector {
     active: metrics::Counter,
     inactive: metrics::Counter,
     failure: metrics::Counter,
+    /// The last call failed: the failures after the first are said at
+    /// `DEBUG` (each is counted), until a call is answered again.
+    failing: std::sync::atomic::AtomicBool,
 }
 
 /// Removes a call from the calls in flight when dropped.
@@ -352,6 +355,7 @@ impl Introspector {
             active: counter("active"),
             inactive: counter("inactive"),
             failure: counter("failure"),
+            failing: std::sync::atomic::AtomicBool::new(false),
             cfg,
             fetch,
             runtime,
@@ -389,8 +393,10 @@ impl Introspector {
             } else if in_flight.len() >= self.cfg.max_concurrent_calls.saturating_mul(8) {
                 // A flood of distinct unknown tokens: refuse at once rather
                 // than queue calls without bound.
+                // The metric counts it; a line per refused token would let
+                // the flood fill the logs too.
                 self.failure.increment(1);
-                tracing::warn!(target: LOG, issuer = %self.issuer, "token introspection refused: too many calls waiting");
+                tracing::debug!(target: LOG, issuer = %self.issuer, "token introspection refused: too many calls waiting");
                 return Err(JwtError::IntrospectionUnavailable);
             } else {
                 let (tx, rx) = watch::channel(None);
@@ -426,19 +432,35 @@ impl Introspector {
             Ok(members) => members,
             Err(reason) => {
                 self.failure.increment(1);
+                // Said when the endpoint starts failing, and when it answers
+                // again; in between each failure is counted, and said at
+                // `DEBUG`.
+                let first = !self.failing.swap(true, std::sync::atomic::Ordering::Relaxed);
                 let now = now_secs();
-                if self.cfg.stale_for.is_some()
-                    && let Some(old) = self.cache.get(key)
-                    && now < old.keep_until
-                    && old.outcome.is_ok()
-                {
-                    tracing::warn!(target: LOG, issuer = %self.issuer, error = %reason, "token introspection failed: serving the last answer (serve_stale_when_unreachable)");
+                let stale = self
+                    .cfg
+                    .stale_for
+                    .and_then(|_| self.cache.get(key))
+                    .filter(|old| now < old.keep_until && old.outcome.is_ok());
+                if let Some(old) = stale {
+                    if first {
+                        tracing::warn!(target: LOG, issuer = %self.issuer, error = %reason, "token introspection failed: serving the last answers (serve_stale_when_unreachable)");
+                    } else {
+                        tracing::debug!(target: LOG, issuer = %self.issuer, error = %reason, "token introspection failed: serving the last answer");
+                    }
                     return old.outcome.clone();
                 }
-                tracing::warn!(target: LOG, issuer = %self.issuer, error = %reason, "token introspection failed: token refused");
+                if first {
+                    tracing::warn!(target: LOG, issuer = %self.issuer, error = %reason, "token introspection failed: tokens refused until it answers again");
+                } else {
+                    tracing::debug!(target: LOG, issuer = %self.issuer, error = %reason, "token introspection failed: token refused");
+                }
                 return Err(JwtError::IntrospectionUnavailable);
             }
         };
+        if self.failing.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            tracing::info!(target: LOG, issuer = %self.issuer, "token introspection answers again");
+        }
         let now = now_secs();
         let outcome = convert(answer).map(Arc::new);
         let answer = match &outcome {

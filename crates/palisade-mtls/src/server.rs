@@ -253,8 +253,7 @@ struct Material {
 /// `nextUpdate`, which fails every client until a fresh CRL is loaded.
 #[cfg(any(feature = "axum", feature = "actix"))]
 pub(crate) fn handshake_failed(error: &(dyn std::error::Error + 'static)) -> &'static str {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static WARNED_AT: AtomicU64 = AtomicU64::new(0);
+    static EXPIRED_CRL: palisade_core::logging::Sparse = palisade_core::logging::Sparse::new();
     let mut source = Some(error);
     let mut expired_crl = false;
     while let Some(e) = source {
@@ -275,15 +274,7 @@ pub(crate) fn handshake_failed(error: &(dyn std::error::Error + 'static)) -> &'s
         };
     }
     if expired_crl {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let last = WARNED_AT.load(Ordering::Relaxed);
-        if now >= last + 60
-            && WARNED_AT
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        if EXPIRED_CRL.due(Duration::from_secs(60)) {
             tracing::warn!(target: LOG_TARGET, "a client certificate was refused because a CRL is past its nextUpdate: every mutual TLS client is, until a fresh CRL is loaded");
         }
         return "TLS handshake failed: a CRL is past its nextUpdate";

@@ -58,6 +58,9 @@ const MAX_LOGINS: usize = 4;
 /// How many leading characters of `state` name its login-state cookie
 /// (`NAME_login_<tag>`): 72 random bits, so tabs do not collide.
 const STATE_TAG_LEN: usize = 12;
+/// Said of an issuer whose token endpoint does not answer: once a minute,
+/// whatever the requests that meet it.
+static ISSUER_DOWN: palisade_core::logging::Sparse = palisade_core::logging::Sparse::new();
 /// The most sessions kept opened in memory (each seen again is compared in
 /// place rather than opened).
 const SESSION_CACHE: usize = 10_000;
@@ -830,7 +833,9 @@ impl SignIn {
             _ => {}
         }
         if let Some(error) = param(query, "error") {
-            tracing::info!(target: LOG_TARGET, error = %error.chars().filter(char::is_ascii_graphic).take(64).collect::<String>(), "the issuer refused a sign-in");
+            // What the callback's URL says, which any client can write:
+            // at `DEBUG`, as every refusal a client can cause.
+            tracing::debug!(target: LOG_TARGET, error = %error.chars().filter(char::is_ascii_graphic).take(64).collect::<String>(), "the issuer refused a sign-in");
             return refuse(403, "the issuer did not sign the user in");
         }
         let Some(code) = param(query, "code").filter(|c| !c.is_empty()) else {
@@ -869,11 +874,15 @@ impl SignIn {
         let mut tokens = match self.0.issuer.token(c, &metadata.token_endpoint, form).await {
             Ok(t) => t,
             Err(TokenError::Refused(error)) => {
-                tracing::info!(target: LOG_TARGET, %error, "the issuer refused an authorization code");
+                tracing::debug!(target: LOG_TARGET, %error, "the issuer refused an authorization code");
                 return Err((400, "the issuer refused the authorization code: start again"));
             }
             Err(TokenError::Unavailable(e)) => {
-                tracing::warn!(target: LOG_TARGET, error = %e, "the token endpoint cannot be reached");
+                if ISSUER_DOWN.due(Duration::from_secs(60)) {
+                    tracing::warn!(target: LOG_TARGET, error = %e, "the token endpoint cannot be reached (said once a minute while it lasts)");
+                } else {
+                    tracing::debug!(target: LOG_TARGET, error = %e, "the token endpoint cannot be reached");
+                }
                 return Err((502, "the issuer cannot be reached: try again later"));
             }
         };
@@ -906,7 +915,7 @@ impl SignIn {
             .seal(&session, previous_chunks, secure)
             .await
             .map_err(|()| (502, "the session cannot be stored: try again later"))?;
-        tracing::info!(target: LOG_TARGET, subject = %session.sub, "signed in");
+        tracing::info!(target: LOG_TARGET, subject = ?session.sub, "signed in");
         // Checked again: a login-state cookie of an earlier release may
         // hold its target decoded.
         let target = local_target(&state.return_to).map_or_else(|| "/".to_owned(), Cow::into_owned);
@@ -1060,7 +1069,8 @@ impl SignIn {
                         Ok(Some(d)) => d,
                         Ok(None) => return None,
                         Err(e) => {
-                            tracing::warn!(target: LOG_TARGET, error = %e, "a stored session cannot be read");
+                            // The store says when it stops answering.
+                            tracing::debug!(target: LOG_TARGET, error = %e, "a stored session cannot be read");
                             return None;
                         }
                     };
@@ -1136,7 +1146,8 @@ impl SignIn {
         match self.0.store.is_revoked(&r) {
             Ok(revoked) => !revoked,
             Err(e) => {
-                tracing::warn!(target: LOG_TARGET, error = %e, "session revocations cannot be checked: the session is not accepted");
+                // The store says when it stops answering.
+                tracing::debug!(target: LOG_TARGET, error = %e, "session revocations cannot be checked: the session is not accepted");
                 false
             }
         }
@@ -1319,7 +1330,7 @@ impl SignIn {
                         // spend a rotated refresh token for nothing.
                         Err(None) => {}
                         Err(Some(why)) => {
-                            tracing::warn!(target: LOG_TARGET, reason = why, subject = %s.sub, "the issuer refreshed a session with an ID token that is not valid: the session ends");
+                            tracing::warn!(target: LOG_TARGET, reason = why, subject = ?s.sub, "the issuer refreshed a session with an ID token that is not valid: the session ends");
                             if let Err(e) = self.end(s).await {
                                 tracing::warn!(target: LOG_TARGET, error = %e, "an ended session cannot be recorded");
                             }
@@ -1335,7 +1346,7 @@ impl SignIn {
                 if next.store_key.is_none() {
                     next.store_key = new_store_key();
                 }
-                tracing::debug!(target: LOG_TARGET, subject = %next.sub, "session tokens refreshed");
+                tracing::debug!(target: LOG_TARGET, subject = ?next.sub, "session tokens refreshed");
                 if claim.is_some() {
                     self.hand_on(s, &next).await;
                 }
@@ -1348,14 +1359,18 @@ impl SignIn {
             // after a secret's rotation) is the issuer's trouble, not the
             // session's.
             Err(TokenError::Refused(error)) if error == "invalid_grant" => {
-                tracing::info!(target: LOG_TARGET, %error, subject = %s.sub, "the issuer refused to refresh a session: it ends");
+                tracing::info!(target: LOG_TARGET, %error, subject = ?s.sub, "the issuer refused to refresh a session: it ends");
                 if let Err(e) = self.end(s).await {
                     tracing::warn!(target: LOG_TARGET, error = %e, "an ended session cannot be recorded");
                 }
                 None
             }
             Err(TokenError::Refused(e) | TokenError::Unavailable(e)) => {
-                tracing::warn!(target: LOG_TARGET, error = %e, "the issuer cannot refresh a session now");
+                if ISSUER_DOWN.due(Duration::from_secs(60)) {
+                    tracing::warn!(target: LOG_TARGET, error = %e, "the issuer cannot refresh sessions now (said once a minute while it lasts)");
+                } else {
+                    tracing::debug!(target: LOG_TARGET, error = %e, "the issuer cannot refresh a session now");
+                }
                 // The next request, on any replica, may try again.
                 if let Some(claim) = claim
                     && let Err(e) = self.0.store.release(claim).await
@@ -1450,7 +1465,7 @@ impl SignIn {
                 return self.ask_issuer(live, metadata, Some(claim)).await;
             }
         }
-        tracing::info!(target: LOG_TARGET, subject = %live.session.sub, "another replica claimed a session's refresh and handed on no tokens in time: the session ends for this request");
+        tracing::info!(target: LOG_TARGET, subject = ?live.session.sub, "another replica claimed a session's refresh and handed on no tokens in time: the session ends for this request");
         None
     }
 
@@ -1530,7 +1545,7 @@ impl SignIn {
             }
             let id_token = live.as_ref().and_then(|l| l.session.it.as_deref());
             match &live {
-                Some(live) => tracing::info!(target: LOG_TARGET, subject = %live.session.sub, "logged out"),
+                Some(live) => tracing::info!(target: LOG_TARGET, subject = ?live.session.sub, "logged out"),
                 None => {
                     tracing::info!(target: LOG_TARGET, "logged out of a stored session that could not be read")
                 }
@@ -1573,7 +1588,7 @@ impl SignIn {
                     Ok(()) => return Reply::new(200).header("cache-control", "no-store"),
                     Err(description) => description,
                 };
-                tracing::info!(target: LOG_TARGET, reason = answer, "a back-channel logout was refused");
+                tracing::debug!(target: LOG_TARGET, reason = answer, "a back-channel logout was refused");
                 let body = serde_json::json!({"error": "invalid_request", "error_description": answer});
                 Reply::new(400)
                     .header("cache-control", "no-store")

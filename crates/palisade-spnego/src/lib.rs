@@ -909,7 +909,14 @@ impl Authenticator for SpnegoAuthenticator {
                 Ok(Err(_)) => return refused("the Negotiate token is not acceptable"),
                 Err(_) => {
                     metrics::counter!(palisade_core::metrics::SPNEGO_SHED).increment(1);
-                    tracing::warn!(target: LOG_TARGET, waited = ?this.0.queue_timeout, "a Negotiate ticket found no GSSAPI permit in time: answered 503");
+                    // Each is counted; said once a minute (a flood of
+                    // tickets would fill the logs).
+                    static SHED: palisade_core::logging::Sparse = palisade_core::logging::Sparse::new();
+                    if SHED.due(std::time::Duration::from_secs(60)) {
+                        tracing::warn!(target: LOG_TARGET, waited = ?this.0.queue_timeout, "Negotiate tickets found no GSSAPI permit in time: answered 503 (palisade_spnego_shed_total counts them; said once a minute)");
+                    } else {
+                        tracing::debug!(target: LOG_TARGET, "a Negotiate ticket found no GSSAPI permit in time: answered 503");
+                    }
                     return AuthOutcome::Respond(
                         palisade_core::adapter::Reply::problem(
                             503,

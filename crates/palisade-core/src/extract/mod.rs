@@ -55,12 +55,18 @@ mod common {
     use crate::guard::RequestAuth;
     use crate::identity::Identity;
 
+    /// Said of a route no Palisade middleware guards.
+    static UNGUARDED: crate::logging::Sparse = crate::logging::Sparse::new();
+
     /// The identity the middleware left in the request, or the 401 to answer.
     pub(super) fn identity_from(auth: Option<&RequestAuth>) -> Result<Identity, Rejection> {
         match auth {
             Some(a) => a.identity().cloned().ok_or_else(|| a.missing_credential()),
             None => {
-                tracing::error!(target: crate::LOG_TARGET, "Identity extracted on a route that no Palisade middleware guards");
+                // Every request to that route: said once a minute.
+                if UNGUARDED.due(std::time::Duration::from_secs(60)) {
+                    tracing::error!(target: crate::LOG_TARGET, "Identity extracted on a route that no Palisade middleware guards");
+                }
                 Err(Rejection::missing_credential(Vec::new()))
             }
         }
@@ -71,7 +77,9 @@ mod common {
     /// error line [`identity_from`] says.
     pub(super) fn request_auth_from(auth: Option<&RequestAuth>) -> Result<RequestAuth, Rejection> {
         auth.cloned().ok_or_else(|| {
-            tracing::error!(target: crate::LOG_TARGET, "RequestAuth extracted on a route that no Palisade middleware guards");
+            if UNGUARDED.due(std::time::Duration::from_secs(60)) {
+                tracing::error!(target: crate::LOG_TARGET, "RequestAuth extracted on a route that no Palisade middleware guards");
+            }
             Rejection::missing_credential(Vec::new())
         })
     }
