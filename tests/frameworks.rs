@@ -1089,3 +1089,154 @@ async fn the_layer_around_the_router_answers_head_without_a_body() {
         );
     }
 }
+
+/// What a browser on another origin gets: `(status, access-control-allow-origin,
+/// www-authenticate)` for a preflight, a call without a token and one with.
+type CorsAnswers = [(u16, Option<String>, Option<String>); 3];
+
+/// The three requests of [`CorsAnswers`] to `/whoami` from `https://app.example`.
+fn cors_requests(token: &str) -> [Vec<(&'static str, String)>; 3] {
+    let origin = ("origin", "https://app.example".to_owned());
+    [
+        vec![
+            origin.clone(),
+            ("access-control-request-method", "GET".to_owned()),
+            ("access-control-request-headers", "authorization".to_owned()),
+        ],
+        vec![origin.clone()],
+        vec![origin, ("authorization", format!("Bearer {token}"))],
+    ]
+}
+
+fn header_of(headers: &http::HeaderMap, name: &str) -> Option<String> {
+    headers.get(name).map(|v| v.to_str().unwrap().to_owned())
+}
+
+async fn cors_axum<S, B>(app: S, token: &str) -> CorsAnswers
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<B>> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    let mut answers = Vec::new();
+    for (i, headers) in cors_requests(token).into_iter().enumerate() {
+        let method = if i == 0 {
+            http::Method::OPTIONS
+        } else {
+            http::Method::GET
+        };
+        let mut req = http::Request::builder().method(method).uri("/whoami");
+        for (k, v) in &headers {
+            req = req.header(*k, v.as_str());
+        }
+        let res = app
+            .clone()
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let h = res.headers();
+        answers.push((
+            res.status().as_u16(),
+            header_of(h, "access-control-allow-origin"),
+            header_of(h, "www-authenticate"),
+        ));
+    }
+    answers.try_into().unwrap()
+}
+
+/// The CORS layer in front of the guard answers preflights (which carry
+/// no credential) itself, as Envoy's CORS filter runs before `jwt_authn`,
+/// and puts its headers on every answer, refusals included (a browser
+/// shows a script a 401 only with them). Behind the guard, a preflight
+/// meets a policy that requires a user, and the browser gives up.
+#[actix_web::test]
+async fn a_cors_layer_in_front_of_the_guard_answers_preflights_on_both_frameworks() {
+    use tower_layer::Layer as _;
+    let issuer = TestIssuer::builder().default_audience("details").start().unwrap();
+    let guard = guard(&issuer);
+    let token = issuer.token().subject("alice").sign();
+    let bearer = |a: &Option<String>| a.as_deref().is_some_and(|c| c.starts_with("Bearer"));
+    let app_origin = Some("https://app.example".to_owned());
+    let router = || axum::Router::new().route("/whoami", get(whoami_axum));
+    let cors = tower_http::cors::CorsLayer::new()
+        .allow_origin(http::HeaderValue::from_static("https://app.example"))
+        .allow_methods([http::Method::GET])
+        .allow_headers([http::header::AUTHORIZATION])
+        .expose_headers([http::header::WWW_AUTHENTICATE]);
+    let in_front = cors
+        .clone()
+        .layer(palisade::axum::PalisadeLayer::new(guard.clone()).layer(router()));
+    let [preflight, anonymous, user] = cors_axum(in_front, &token).await;
+    assert_eq!(
+        (preflight.0, &preflight.1),
+        (200, &app_origin),
+        "axum: {preflight:?}"
+    );
+    assert_eq!(
+        (anonymous.0, &anonymous.1),
+        (401, &app_origin),
+        "axum: {anonymous:?}"
+    );
+    assert!(bearer(&anonymous.2), "axum: {anonymous:?}");
+    assert_eq!((user.0, &user.1), (200, &app_origin), "axum: {user:?}");
+    // The wrong way round: the guard refuses the preflight.
+    let behind = router()
+        .layer(cors.clone())
+        .layer(palisade::axum::PalisadeLayer::new(guard.clone()));
+    let [preflight, ..] = cors_axum(behind, &token).await;
+    assert_eq!(
+        (preflight.0, preflight.1),
+        (401, None),
+        "axum, CORS behind the guard"
+    );
+
+    let app = actix_web::test::init_service(
+        App::new()
+            .wrap(palisade::actix::Palisade::new(guard.clone()))
+            // The last `wrap` is the outermost.
+            .wrap(
+                actix_cors::Cors::default()
+                    .allowed_origin("https://app.example")
+                    .allowed_methods(["GET"])
+                    .allowed_header(actix_web::http::header::AUTHORIZATION)
+                    .expose_headers([actix_web::http::header::WWW_AUTHENTICATE]),
+            )
+            .route(
+                "/whoami",
+                web::get().to(|id: Option<Identity>| async move {
+                    HttpResponse::Ok().json(palisade::core::whoami(id.as_ref()))
+                }),
+            ),
+    )
+    .await;
+    let mut answers = Vec::new();
+    for (i, headers) in cors_requests(&token).into_iter().enumerate() {
+        let mut req = actix_web::test::TestRequest::get().uri("/whoami");
+        if i == 0 {
+            req = req.method(actix_web::http::Method::OPTIONS);
+        }
+        for (k, v) in &headers {
+            req = req.insert_header((*k, v.as_str()));
+        }
+        let res = actix_web::test::call_service(&app, req.to_request()).await;
+        let h = res.headers();
+        let get = |name: &str| h.get(name).map(|v| v.to_str().unwrap().to_owned());
+        answers.push((
+            res.status().as_u16(),
+            get("access-control-allow-origin"),
+            get("www-authenticate"),
+        ));
+    }
+    let [preflight, anonymous, user]: CorsAnswers = answers.try_into().unwrap();
+    assert_eq!(
+        (preflight.0, &preflight.1),
+        (200, &app_origin),
+        "actix-web: {preflight:?}"
+    );
+    assert_eq!(
+        (anonymous.0, &anonymous.1),
+        (401, &app_origin),
+        "actix-web: {anonymous:?}"
+    );
+    assert!(bearer(&anonymous.2), "actix-web: {anonymous:?}");
+    assert_eq!((user.0, &user.1), (200, &app_origin), "actix-web: {user:?}");
+}

@@ -605,6 +605,15 @@ impl<B> ResponseBody<B> {
     }
 }
 
+/// An empty body, ended from the start: what a layer in front of the
+/// guard that answers by itself needs (tower-http's `CorsLayer` answers a
+/// preflight with one).
+impl<B> Default for ResponseBody<B> {
+    fn default() -> Self {
+        Self::problem(Bytes::new())
+    }
+}
+
 impl<B> http_body::Body for ResponseBody<B>
 where
     B: http_body::Body<Data = Bytes>,
