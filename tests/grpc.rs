@@ -135,18 +135,28 @@ async fn check_contract(channel: Channel, issuer: &TestIssuer, what: &str) {
     assert_eq!(rated.get_ref().ratings.get("alice"), Some(&3), "{what}");
 }
 
-#[tokio::test]
-async fn ratings_over_h2c_answers_refusals_as_grpc_statuses_and_matches_grpc_paths() {
+/// ratings over h2c with [`policy`]: the issuer, the service (and its
+/// directory) and a channel whose calls have `timeout` each.
+async fn h2c_ratings(
+    tag: &str,
+    timeout: Duration,
+) -> (TestIssuer, common::ScratchDir, common::Service, Channel) {
     let issuer = TestIssuer::start().unwrap();
-    let dir = common::ScratchDir::new("grpc");
+    let dir = common::ScratchDir::new(tag);
     let file = dir.write("policy.yaml", &policy(&issuer));
     let svc = common::start("ratings", &["--config", &file]);
     let channel = Endpoint::from_shared(format!("http://{}", svc.addr))
         .unwrap()
-        .timeout(Duration::from_secs(10))
+        .timeout(timeout)
         .connect()
         .await
         .unwrap();
+    (issuer, dir, svc, channel)
+}
+
+#[tokio::test]
+async fn ratings_over_h2c_answers_refusals_as_grpc_statuses_and_matches_grpc_paths() {
+    let (issuer, _dir, svc, channel) = h2c_ratings("grpc", Duration::from_secs(10)).await;
     check_contract(channel.clone(), &issuer, "h2c").await;
 
     // A plain HTTP/1.1 client is not a gRPC client: it gets HTTP statuses.
@@ -236,16 +246,7 @@ async fn ratings_over_mutual_tls_knows_the_calling_workload() {
 #[tokio::test]
 async fn ratings_keeps_at_most_ten_thousand_and_still_takes_a_known_reviewers_new_stars() {
     const CAP: usize = 10_000;
-    let issuer = TestIssuer::start().unwrap();
-    let dir = common::ScratchDir::new("grpc-cap");
-    let file = dir.write("policy.yaml", &policy(&issuer));
-    let svc = common::start("ratings", &["--config", &file]);
-    let channel = Endpoint::from_shared(format!("http://{}", svc.addr))
-        .unwrap()
-        .timeout(Duration::from_secs(30))
-        .connect()
-        .await
-        .unwrap();
+    let (issuer, _dir, _svc, channel) = h2c_ratings("grpc-cap", Duration::from_secs(30)).await;
     let admin = issuer
         .token()
         .subject("bob")
