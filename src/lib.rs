@@ -210,3 +210,8 @@ pub fn policy_problems(
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
+
+/// docs/signin.md's code, compiled as a doc test too.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/signin.md")]
+struct SigninDoctests;

@@ -62,6 +62,10 @@ pub struct KeycloakAdapterConfig {
     pub allow_any_hostname: Option<bool>,
     #[serde(default)]
     pub disable_trust_manager: Option<bool>,
+    /// Keycloak's Authorization Services (what its export writes for a
+    /// client with them on): not evaluated, said when the file loads.
+    #[serde(default)]
+    pub policy_enforcer: Option<serde_json::Value>,
 }
 
 impl fmt::Debug for KeycloakAdapterConfig {
@@ -196,6 +200,11 @@ impl KeycloakAdapterConfig {
                 "disable-trust-manager",
                 self.disable_trust_manager == Some(true),
                 "not applied: the issuer's certificate is always verified",
+            ),
+            (
+                "policy-enforcer",
+                self.policy_enforcer.is_some(),
+                "not applied: Keycloak's Authorization Services are not asked; write the permissions as AuthorizationPolicy documents (or a CUSTOM provider)",
             ),
         ];
         let mut said: Vec<super::FieldError> = not_applied

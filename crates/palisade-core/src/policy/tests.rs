@@ -1276,6 +1276,12 @@ fn values_that_match_nothing_are_said_and_values_that_cannot_work_refused() {
     // Keycloak's default accepts any of the realm's tokens: said.
     assert_eq!(warned(&keycloak("")), [(1, "spec.verify-token-audience".into())]);
     assert!(warned(&keycloak(", verify-token-audience: true")).is_empty());
+    // What Keycloak's export writes for a client with Authorization
+    // Services on: loads, and is said not to be applied.
+    assert_eq!(
+        warned(&keycloak(", verify-token-audience: true, policy-enforcer: {}")),
+        [(1, "spec.policy-enforcer".into())]
+    );
     let jwt = "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: j}\nspec:\n  selector: {matchLabels: {app: nobody}}\n  jwtRules: [{issuer: 'https://kc.example/realms/r', timeout: 0s}]\n";
     assert_eq!(load_err(jwt).field.as_deref(), Some("spec.jwtRules[0].timeout"));
     for (rule, field) in [
