@@ -175,3 +175,49 @@ spec:
     );
     assert!(warned[0].contains("apply to no issuer"), "{warned:?}");
 }
+
+/// An introspection endpoint that does not answer is said once, at warn
+/// level, when it starts failing; the tokens refused meanwhile (any client
+/// can send as many as it likes) are not each a warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_introspection_outage_is_said_once_not_per_token() {
+    use palisade::core::Check;
+    use palisade::core::adapter::Decision;
+    use palisade::core::authn::OwnedRequest;
+    capture();
+    // A port nothing listens on: every call is refused at once.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let provider = Provider::builder("https://introspection-outage.example")
+        .audience("api")
+        .introspection(
+            Introspection::client_secret_basic("rs", "s")
+                .endpoint(format!("http://127.0.0.1:{port}/introspect")),
+        )
+        .build()
+        .unwrap();
+    let jwt = JwtAuthenticator::builder().provider(provider).build().unwrap();
+    let guard = palisade::core::Guard::builder()
+        .authenticator(jwt)
+        .build()
+        .unwrap();
+    for i in 0..5 {
+        let req = OwnedRequest::get("/").header("authorization", format!("Bearer opaque-token-{i}"));
+        let decision = match guard.check(&req) {
+            Check::Ready(d) => d,
+            Check::Pending(f) => f.await,
+        };
+        assert!(!matches!(decision, Decision::Allow(_)), "token {i}");
+    }
+    // (Its keys cannot be fetched either: said once by the key fetcher.)
+    let warned: Vec<String> = logs::lines("introspection-outage.example")
+        .into_iter()
+        .filter(|l| l.contains("token introspection"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert!(warned[0].contains("token introspection failed"), "{warned:?}");
+    assert!(logs::lines("bearer token refused").is_empty());
+}
