@@ -4,11 +4,14 @@
 //! time would let one client, or one outage, fill the logs. What a client
 //! causes is logged at `DEBUG` and counted in the metrics instead.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// At most one log line per interval: the first occurrence is said, the
-/// next ones within the interval are not (their metrics count them).
+/// next ones within the interval are not (their metrics count them). The
+/// interval is measured on the monotonic clock, so a step of the wall
+/// clock neither silences a line nor repeats it.
 ///
 /// ```
 /// use std::time::Duration;
@@ -20,7 +23,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// ```
 #[derive(Debug, Default)]
 pub struct Sparse {
-    /// When the last line was said, in seconds since the epoch (0: never).
+    /// When the last line was said, in milliseconds since the process's
+    /// first look, plus one (0: never).
     said_at: AtomicU64,
 }
 
@@ -33,14 +37,17 @@ impl Sparse {
         }
     }
 
-    /// Whether to say the line now: `true` at most once per `every`
-    /// (whole seconds), whichever thread asks.
+    /// Whether to say the line now: `true` at most once per `every`,
+    /// whichever thread asks.
     pub fn due(&self, every: Duration) -> bool {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(1, |d| d.as_secs().max(1));
+        static START: OnceLock<Instant> = OnceLock::new();
+        let since = START.get_or_init(Instant::now).elapsed();
+        let now = u64::try_from(since.as_millis())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1);
+        let every = u64::try_from(every.as_millis()).unwrap_or(u64::MAX);
         let last = self.said_at.load(Ordering::Relaxed);
-        (last == 0 || now >= last.saturating_add(every.as_secs()))
+        (last == 0 || now >= last.saturating_add(every))
             && self
                 .said_at
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
@@ -65,8 +72,13 @@ mod tests {
             .map(|t| t.join().unwrap())
             .sum();
         assert_eq!(said, 1);
-        // An interval of zero: every time.
+        // An interval of zero: every time; a short one, again once it passed.
         let every = Sparse::new();
         assert!(every.due(Duration::ZERO) && every.due(Duration::ZERO));
+        let short = Sparse::new();
+        assert!(short.due(Duration::from_millis(50)));
+        assert!(!short.due(Duration::from_millis(50)));
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(short.due(Duration::from_millis(50)));
     }
 }

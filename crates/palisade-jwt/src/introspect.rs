@@ -278,6 +278,12 @@ pub(crate) struct Introspector {
     /// The last call failed: the failures after the first are said at
     /// `DEBUG` (each is counted), until a call is answered again.
     failing: std::sync::atomic::AtomicBool,
+    /// A warning was said since the endpoint last answered: its coming
+    /// back is said too.
+    warned: std::sync::atomic::AtomicBool,
+    /// An endpoint that fails and answers in turn (one bad replica behind
+    /// a balancer) is warned of once a minute, not at each turn.
+    failing_said: palisade_core::logging::Sparse,
 }
 
 /// Removes a call from the calls in flight when dropped.
@@ -356,6 +362,8 @@ impl Introspector {
             inactive: counter("inactive"),
             failure: counter("failure"),
             failing: std::sync::atomic::AtomicBool::new(false),
+            warned: std::sync::atomic::AtomicBool::new(false),
+            failing_said: palisade_core::logging::Sparse::new(),
             cfg,
             fetch,
             runtime,
@@ -435,7 +443,11 @@ impl Introspector {
                 // Said when the endpoint starts failing, and when it answers
                 // again; in between each failure is counted, and said at
                 // `DEBUG`.
-                let first = !self.failing.swap(true, std::sync::atomic::Ordering::Relaxed);
+                let first = !self.failing.swap(true, std::sync::atomic::Ordering::Relaxed)
+                    && self.failing_said.due(Duration::from_secs(60));
+                if first {
+                    self.warned.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
                 let now = now_secs();
                 let stale = self
                     .cfg
@@ -458,7 +470,9 @@ impl Introspector {
                 return Err(JwtError::IntrospectionUnavailable);
             }
         };
-        if self.failing.swap(false, std::sync::atomic::Ordering::Relaxed) {
+        if self.failing.swap(false, std::sync::atomic::Ordering::Relaxed)
+            && self.warned.swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
             tracing::info!(target: LOG, issuer = %self.issuer, "token introspection answers again");
         }
         let now = now_secs();

@@ -433,6 +433,8 @@ fn replay_store(
         if let Some((_, store)) = stores.iter().find(|(u, _)| u == url) {
             return Ok(store.clone());
         }
+        // The URL was checked when the file loaded: what fails here is
+        // reaching the store, which may answer later.
         let store = RedisReplayStore::builder(url).connect_blocking().map_err(|e| {
             let message = e.to_string();
             err(message.clone()).with_source(std::io::Error::other(message))

@@ -16,7 +16,7 @@ use crate::server::{LOG_TARGET, TlsError};
 pub(crate) fn chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
         .and_then(Iterator::collect)
-        .map_err(|e| TlsError::new(path, format!("cannot read the certificates: {e}")))?;
+        .map_err(|e| TlsError::reading(path, format!("cannot read the certificates: {e}"), e))?;
     if chain.is_empty() {
         return Err(TlsError::new(path, "no certificate in the file"));
     }
@@ -30,7 +30,7 @@ pub(crate) fn certified_key(
 ) -> Result<CertifiedKey, TlsError> {
     let chain = chain(cert)?;
     let der = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| TlsError::new(key, format!("cannot read the private key: {e}")))?;
+        .map_err(|e| TlsError::reading(key, format!("cannot read the private key: {e}"), e))?;
     CertifiedKey::from_der(chain, der, provider)
         .map_err(|e| TlsError::new(key, format!("the key does not fit the certificate: {e}")))
 }

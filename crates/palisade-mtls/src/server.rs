@@ -51,6 +51,11 @@ pub struct TlsError {
     pub file: String,
     /// What is wrong.
     pub message: String,
+    /// The I/O error of a file that could not be read (missing, not
+    /// allowed): one that may be there later, as a hot reload that waits
+    /// for it tells from the others.
+    #[source]
+    io: Option<std::io::Error>,
 }
 
 impl TlsError {
@@ -58,7 +63,18 @@ impl TlsError {
         Self {
             file: file.display().to_string(),
             message: message.to_string(),
+            io: None,
         }
+    }
+
+    /// A file that could not be read or parsed: with its I/O error as the
+    /// source when there is one.
+    pub(crate) fn reading(file: &Path, message: impl fmt::Display, e: rustls::pki_types::pem::Error) -> Self {
+        let mut err = Self::new(file, message);
+        if let rustls::pki_types::pem::Error::Io(io) = e {
+            err.io = Some(io);
+        }
+        err
     }
 }
 
@@ -302,7 +318,7 @@ impl Files {
                     let list: Vec<CertificateRevocationListDer<'static>> =
                         CertificateRevocationListDer::pem_file_iter(path)
                             .and_then(Iterator::collect)
-                            .map_err(|e| TlsError::new(path, format!("cannot read the CRLs: {e}")))?;
+                            .map_err(|e| TlsError::reading(path, format!("cannot read the CRLs: {e}"), e))?;
                     if list.is_empty() {
                         return Err(TlsError::new(path, "no CRL in the file"));
                     }

@@ -289,7 +289,8 @@ fn route(
             .subject_alt_names
             .iter()
             .fold(b, |b, name| b.expect_subject_alt_name(name.clone()));
-        b.build().map_err(|e| error("", e.to_string()))
+        // A file that cannot be read keeps its I/O error as the source.
+        b.build().map_err(|e| error("", e.to_string()).with_source(e))
     };
     let transport = match tls.mode {
         ClientTlsMode::Disable => UpstreamTransport::Plaintext,
@@ -367,6 +368,12 @@ mod tests {
         let err = UpstreamTls::check_policy(&files.for_workload(&Workload::new("productpage", "default")))
             .unwrap_err();
         assert_eq!(err.field.as_deref(), Some("spec.trafficPolicy.tls"), "{err}");
+        // Missing here: an I/O error, which a hot reload waits out.
+        assert_eq!(
+            err.io_error().map(std::io::Error::kind),
+            Some(std::io::ErrorKind::NotFound),
+            "{err}"
+        );
     }
 
     #[test]

@@ -58,9 +58,6 @@ const MAX_LOGINS: usize = 4;
 /// How many leading characters of `state` name its login-state cookie
 /// (`NAME_login_<tag>`): 72 random bits, so tabs do not collide.
 const STATE_TAG_LEN: usize = 12;
-/// Said of an issuer whose token endpoint does not answer: once a minute,
-/// whatever the requests that meet it.
-static ISSUER_DOWN: palisade_core::logging::Sparse = palisade_core::logging::Sparse::new();
 /// The most sessions kept opened in memory (each seen again is compared in
 /// place rather than opened).
 const SESSION_CACHE: usize = 10_000;
@@ -110,6 +107,9 @@ struct Inner {
     successors: Successors,
     refreshing: SingleFlight<String, Option<Arc<Live>>>,
     rng: SystemRandom,
+    /// What this relying party's issuer fails to do (its token endpoint
+    /// unreachable, refusing this client) is said once a minute.
+    issuer_down: palisade_core::logging::Sparse,
 }
 
 /// Browser sign-in: an OpenID Connect relying party, as an
@@ -334,6 +334,7 @@ impl SignInBuilder {
             successors: Successors::new(),
             refreshing: SingleFlight::new(),
             rng: SystemRandom::new(),
+            issuer_down: palisade_core::logging::Sparse::new(),
         })))
     }
 
@@ -874,11 +875,19 @@ impl SignIn {
         let mut tokens = match self.0.issuer.token(c, &metadata.token_endpoint, form).await {
             Ok(t) => t,
             Err(TokenError::Refused(error)) => {
-                tracing::debug!(target: LOG_TARGET, %error, "the issuer refused an authorization code");
+                // A code a client made up or replayed is its own doing; the
+                // issuer refusing this client (a secret rotated on one side
+                // only) fails every sign-in, and is said once a minute.
+                let client = error.starts_with("invalid_client") || error.starts_with("unauthorized_client");
+                if client && self.0.issuer_down.due(Duration::from_secs(60)) {
+                    tracing::warn!(target: LOG_TARGET, %error, "the issuer refuses this client at its token endpoint: every sign-in fails (said once a minute)");
+                } else {
+                    tracing::debug!(target: LOG_TARGET, %error, "the issuer refused an authorization code");
+                }
                 return Err((400, "the issuer refused the authorization code: start again"));
             }
             Err(TokenError::Unavailable(e)) => {
-                if ISSUER_DOWN.due(Duration::from_secs(60)) {
+                if self.0.issuer_down.due(Duration::from_secs(60)) {
                     tracing::warn!(target: LOG_TARGET, error = %e, "the token endpoint cannot be reached (said once a minute while it lasts)");
                 } else {
                     tracing::debug!(target: LOG_TARGET, error = %e, "the token endpoint cannot be reached");
@@ -931,7 +940,13 @@ impl SignIn {
         nonce: &str,
     ) -> Result<Map<String, Value>, (u16, &'static str)> {
         let identity = self.0.verifier.verify(token).await.map_err(|e| {
-            tracing::info!(target: LOG_TARGET, error = %e, "an ID token was refused");
+            // The issuer's doing (or its keys' outage), never a client's:
+            // every sign-in fails meanwhile, said once a minute.
+            if self.0.issuer_down.due(Duration::from_secs(60)) {
+                tracing::warn!(target: LOG_TARGET, error = %e, "an ID token from the token endpoint was refused (said once a minute)");
+            } else {
+                tracing::debug!(target: LOG_TARGET, error = %e, "an ID token was refused");
+            }
             (400, "the ID token is not valid")
         })?;
         let claims = identity.claims().cloned().unwrap_or_default();
@@ -1366,7 +1381,7 @@ impl SignIn {
                 None
             }
             Err(TokenError::Refused(e) | TokenError::Unavailable(e)) => {
-                if ISSUER_DOWN.due(Duration::from_secs(60)) {
+                if self.0.issuer_down.due(Duration::from_secs(60)) {
                     tracing::warn!(target: LOG_TARGET, error = %e, "the issuer cannot refresh sessions now (said once a minute while it lasts)");
                 } else {
                     tracing::debug!(target: LOG_TARGET, error = %e, "the issuer cannot refresh a session now");
@@ -1547,7 +1562,7 @@ impl SignIn {
             match &live {
                 Some(live) => tracing::info!(target: LOG_TARGET, subject = ?live.session.sub, "logged out"),
                 None => {
-                    tracing::info!(target: LOG_TARGET, "logged out of a stored session that could not be read")
+                    tracing::debug!(target: LOG_TARGET, "logged out of a stored session that could not be read (or was ended before)")
                 }
             }
             let location = match metadata.as_ref().and_then(|m| m.end_session_endpoint.as_deref()) {
@@ -1733,6 +1748,7 @@ impl Authenticator for SignIn {
             successors: Successors::new(),
             refreshing: SingleFlight::new(),
             rng: SystemRandom::new(),
+            issuer_down: palisade_core::logging::Sparse::new(),
         }))))
     }
 

@@ -45,7 +45,14 @@ fn store(
                 .map(Arc::new)
                 .map_err(|e| {
                     let message = e.to_string();
-                    err(message.clone()).with_source(std::io::Error::other(message))
+                    match e {
+                        // Not reached: what may answer later.
+                        crate::store::StoreError::Connect { .. } | crate::store::StoreError::Unavailable => {
+                            err(message.clone()).with_source(std::io::Error::other(message))
+                        }
+                        // What the file says, which only an edit changes.
+                        _ => err(message),
+                    }
                 })
         })?;
         Ok(Some(store))
