@@ -275,15 +275,20 @@ pub(crate) struct Introspector {
     active: metrics::Counter,
     inactive: metrics::Counter,
     failure: metrics::Counter,
-    /// The last call failed: the failures after the first are said at
-    /// `DEBUG` (each is counted), until a call is answered again.
-    failing: std::sync::atomic::AtomicBool,
-    /// A warning was said since the endpoint last answered: its coming
-    /// back is said too.
-    warned: std::sync::atomic::AtomicBool,
-    /// An endpoint that fails and answers in turn (one bad replica behind
-    /// a balancer) is warned of once a minute, not at each turn.
+    /// Whether the endpoint is failing, and whether that was said: one
+    /// warning per outage (at most one a minute, for an endpoint that
+    /// fails and answers in turn), its end said after it.
+    health: Mutex<Health>,
     failing_said: palisade_core::logging::Sparse,
+}
+
+/// What the introspection client has said of its endpoint.
+#[derive(Default)]
+struct Health {
+    /// The last call failed.
+    failing: bool,
+    /// A warning was said since the endpoint last answered.
+    warned: bool,
 }
 
 /// Removes a call from the calls in flight when dropped.
@@ -361,8 +366,7 @@ impl Introspector {
             active: counter("active"),
             inactive: counter("inactive"),
             failure: counter("failure"),
-            failing: std::sync::atomic::AtomicBool::new(false),
-            warned: std::sync::atomic::AtomicBool::new(false),
+            health: Mutex::new(Health::default()),
             failing_said: palisade_core::logging::Sparse::new(),
             cfg,
             fetch,
@@ -443,11 +447,13 @@ impl Introspector {
                 // Said when the endpoint starts failing, and when it answers
                 // again; in between each failure is counted, and said at
                 // `DEBUG`.
-                let first = !self.failing.swap(true, std::sync::atomic::Ordering::Relaxed)
-                    && self.failing_said.due(Duration::from_secs(60));
-                if first {
-                    self.warned.store(true, std::sync::atomic::Ordering::Relaxed);
-                }
+                let first = {
+                    let mut health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+                    health.failing = true;
+                    let say = !health.warned && self.failing_said.due(Duration::from_secs(60));
+                    health.warned |= say;
+                    say
+                };
                 let now = now_secs();
                 let stale = self
                     .cfg
@@ -470,9 +476,13 @@ impl Introspector {
                 return Err(JwtError::IntrospectionUnavailable);
             }
         };
-        if self.failing.swap(false, std::sync::atomic::Ordering::Relaxed)
-            && self.warned.swap(false, std::sync::atomic::Ordering::Relaxed)
-        {
+        let recovered = {
+            let mut health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+            let warned = health.failing && health.warned;
+            *health = Health::default();
+            warned
+        };
+        if recovered {
             tracing::info!(target: LOG, issuer = %self.issuer, "token introspection answers again");
         }
         let now = now_secs();

@@ -433,8 +433,11 @@ fn replay_store(
         if let Some((_, store)) = stores.iter().find(|(u, _)| u == url) {
             return Ok(store.clone());
         }
-        // The URL was checked when the file loaded: what fails here is
-        // reaching the store, which may answer later.
+        // What the file says (a URL Redis's client refuses) only an edit
+        // changes; not reaching the store may change by itself.
+        RedisReplayStore::builder(url)
+            .build()
+            .map_err(|e| err(e.to_string()))?;
         let store = RedisReplayStore::builder(url).connect_blocking().map_err(|e| {
             let message = e.to_string();
             err(message.clone()).with_source(std::io::Error::other(message))

@@ -108,8 +108,11 @@ struct Inner {
     refreshing: SingleFlight<String, Option<Arc<Live>>>,
     rng: SystemRandom,
     /// What this relying party's issuer fails to do (its token endpoint
-    /// unreachable, refusing this client) is said once a minute.
+    /// unreachable, its ID tokens refused) is said once a minute.
     issuer_down: palisade_core::logging::Sparse,
+    /// The token endpoint refusing this client itself (a secret rotated
+    /// on one side only): said once a minute, apart from the rest.
+    client_refused: palisade_core::logging::Sparse,
 }
 
 /// Browser sign-in: an OpenID Connect relying party, as an
@@ -335,6 +338,7 @@ impl SignInBuilder {
             refreshing: SingleFlight::new(),
             rng: SystemRandom::new(),
             issuer_down: palisade_core::logging::Sparse::new(),
+            client_refused: palisade_core::logging::Sparse::new(),
         })))
     }
 
@@ -878,8 +882,11 @@ impl SignIn {
                 // A code a client made up or replayed is its own doing; the
                 // issuer refusing this client (a secret rotated on one side
                 // only) fails every sign-in, and is said once a minute.
-                let client = error.starts_with("invalid_client") || error.starts_with("unauthorized_client");
-                if client && self.0.issuer_down.due(Duration::from_secs(60)) {
+                let code = error
+                    .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .next();
+                let client = matches!(code, Some("invalid_client" | "unauthorized_client"));
+                if client && self.0.client_refused.due(Duration::from_secs(60)) {
                     tracing::warn!(target: LOG_TARGET, %error, "the issuer refuses this client at its token endpoint: every sign-in fails (said once a minute)");
                 } else {
                     tracing::debug!(target: LOG_TARGET, %error, "the issuer refused an authorization code");
@@ -1749,6 +1756,7 @@ impl Authenticator for SignIn {
             refreshing: SingleFlight::new(),
             rng: SystemRandom::new(),
             issuer_down: palisade_core::logging::Sparse::new(),
+            client_refused: palisade_core::logging::Sparse::new(),
         }))))
     }
 
