@@ -50,6 +50,16 @@ spec:
     )
 }
 
+/// A token of a realm `admin`, who may rate.
+fn admin(issuer: &TestIssuer) -> String {
+    issuer
+        .token()
+        .subject("bob")
+        .audience("ratings")
+        .realm_roles(&["admin"])
+        .sign()
+}
+
 fn with_token<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
     let mut req = tonic::Request::new(message);
     if let Some(t) = token {
@@ -122,12 +132,7 @@ async fn check_contract(channel: Channel, issuer: &TestIssuer, what: &str) {
         "{what}: a user without the admin role: {denied:?}"
     );
 
-    let admin = issuer
-        .token()
-        .subject("bob")
-        .audience("ratings")
-        .realm_roles(&["admin"])
-        .sign();
+    let admin = admin(issuer);
     let rated = ratings
         .rate_product(with_token(rate(), Some(&admin)))
         .await
@@ -247,12 +252,7 @@ async fn ratings_over_mutual_tls_knows_the_calling_workload() {
 async fn ratings_keeps_at_most_ten_thousand_and_still_takes_a_known_reviewers_new_stars() {
     const CAP: usize = 10_000;
     let (issuer, _dir, _svc, channel) = h2c_ratings("grpc-cap", Duration::from_secs(30)).await;
-    let admin = issuer
-        .token()
-        .subject("bob")
-        .audience("ratings")
-        .realm_roles(&["admin"])
-        .sign();
+    let admin = admin(&issuer);
     // Spread over 100 products, so that no answer (a product's ratings)
     // grows large.
     let rate = |i: usize, stars: i32| RateProductRequest {

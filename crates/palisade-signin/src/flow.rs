@@ -115,6 +115,53 @@ struct Inner {
     client_refused: palisade_core::logging::Sparse,
 }
 
+/// What a relying party is built from: its settings and the parts made of
+/// them (the issuer's discovery runs apart, and may be taken over).
+struct Built {
+    config: Config,
+    verifier: JwtAuthenticator,
+    sessions: [CookieSealer; 2],
+    secure_only: bool,
+    keys: Vec<CookieKey>,
+    keyless: Option<Arc<CookieKey>>,
+    state_prefix: String,
+    store: Arc<dyn SessionStore>,
+}
+
+impl Inner {
+    /// A relying party with nothing seen yet: no session opened, no
+    /// refresh made, nothing said.
+    fn new(built: Built, issuer: Arc<Issuer>) -> Self {
+        let Built {
+            config,
+            verifier,
+            sessions,
+            secure_only,
+            keys,
+            keyless,
+            state_prefix,
+            store,
+        } = built;
+        Self {
+            config,
+            issuer,
+            verifier,
+            sessions,
+            secure_only,
+            keys,
+            keyless,
+            state_prefix,
+            store,
+            cache: Cache::new(SESSION_CACHE),
+            successors: Successors::new(),
+            refreshing: SingleFlight::new(),
+            rng: SystemRandom::new(),
+            issuer_down: palisade_core::logging::Sparse::new(),
+            client_refused: palisade_core::logging::Sparse::new(),
+        }
+    }
+}
+
 /// Browser sign-in: an OpenID Connect relying party, as an
 /// [`Authenticator`] of the guard. See the [crate] documentation.
 ///
@@ -323,23 +370,19 @@ impl SignInBuilder {
             .build()
             .map_err(|e| SignInError::Config(format!("the issuer: {e}")))?;
         let issuer = Arc::new(Issuer::start(&config).map_err(SignInError::Config)?);
-        Ok(SignIn(Arc::new(Inner {
-            config,
+        Ok(SignIn(Arc::new(Inner::new(
+            Built {
+                config,
+                verifier,
+                sessions,
+                secure_only,
+                keys,
+                keyless,
+                state_prefix,
+                store,
+            },
             issuer,
-            verifier,
-            sessions,
-            secure_only,
-            keys,
-            keyless,
-            state_prefix,
-            store,
-            cache: Cache::new(SESSION_CACHE),
-            successors: Successors::new(),
-            refreshing: SingleFlight::new(),
-            rng: SystemRandom::new(),
-            issuer_down: palisade_core::logging::Sparse::new(),
-            client_refused: palisade_core::logging::Sparse::new(),
-        })))
+        ))))
     }
 
     /// Every check of [`build`](Self::build), starting nothing: no
@@ -1741,9 +1784,8 @@ impl Authenticator for SignIn {
         if !new.config.calls_issuer_as(&old.config) {
             return None;
         }
-        Some(Arc::new(SignIn(Arc::new(Inner {
+        let built = Built {
             config: new.config.clone(),
-            issuer: Arc::clone(&old.issuer),
             verifier: new.verifier.clone(),
             sessions: new.sessions.clone(),
             secure_only: new.secure_only,
@@ -1751,13 +1793,11 @@ impl Authenticator for SignIn {
             keyless: new.keyless.clone(),
             state_prefix: new.state_prefix.clone(),
             store: Arc::clone(&new.store),
-            cache: Cache::new(SESSION_CACHE),
-            successors: Successors::new(),
-            refreshing: SingleFlight::new(),
-            rng: SystemRandom::new(),
-            issuer_down: palisade_core::logging::Sparse::new(),
-            client_refused: palisade_core::logging::Sparse::new(),
-        }))))
+        };
+        Some(Arc::new(SignIn(Arc::new(Inner::new(
+            built,
+            Arc::clone(&old.issuer),
+        )))))
     }
 
     fn method(&self) -> Option<palisade_core::AuthMethod> {
