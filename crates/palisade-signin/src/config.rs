@@ -8,7 +8,7 @@ use crate::cookie::CookieKey;
 use crate::store::SessionStore;
 
 /// A client secret: never printed.
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub(crate) struct Secret(Arc<str>);
 
 impl Secret {
@@ -24,7 +24,7 @@ impl fmt::Debug for Secret {
 }
 
 /// How the client authenticates at the token endpoint.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub(crate) enum ClientAuth {
     /// A public client: PKCE alone.
     None,
@@ -47,6 +47,13 @@ pub struct ClientKey {
     pub(crate) key: jsonwebtoken::EncodingKey,
     /// SHA-256 of the PEM: two keys are told apart without the key.
     pub(crate) digest: [u8; 32],
+}
+
+/// The same algorithm, key id and key (its PEM's digest).
+impl PartialEq for ClientKey {
+    fn eq(&self, other: &Self) -> bool {
+        (self.algorithm, &self.kid, self.digest) == (other.algorithm, &other.kid, other.digest)
+    }
 }
 
 impl fmt::Debug for ClientKey {
@@ -135,8 +142,10 @@ pub enum SecretMethod {
     Post,
 }
 
-/// Everything the flow reads, fixed at build.
-#[derive(Clone, Debug)]
+/// Everything the flow reads, fixed at build. Equal when every setting is,
+/// secrets and keys included (a hot reload keeps a relying party
+/// configured alike).
+#[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Config {
     pub(crate) issuer: String,
     pub(crate) client_id: String,
@@ -156,78 +165,6 @@ pub(crate) struct Config {
     /// `scheme://host[:port]` browsers reach this service at, when a
     /// proxy in front of it ends TLS or rewrites `Host`.
     pub(crate) external_origin: Option<String>,
-}
-
-impl ClientAuth {
-    /// The same way with the same secret or key.
-    fn same_as(&self, other: &ClientAuth) -> bool {
-        match (self, other) {
-            (ClientAuth::None, ClientAuth::None) => true,
-            (ClientAuth::Basic(a), ClientAuth::Basic(b)) | (ClientAuth::Post(a), ClientAuth::Post(b)) => {
-                a.expose() == b.expose()
-            }
-            (ClientAuth::PrivateKeyJwt(a), ClientAuth::PrivateKeyJwt(b)) => {
-                (a.algorithm, &a.kid, a.digest) == (b.algorithm, &b.kid, b.digest)
-            }
-            _ => false,
-        }
-    }
-}
-
-impl Config {
-    /// Every setting the same (secrets and keys compared too).
-    pub(crate) fn same_as(&self, other: &Config) -> bool {
-        // Destructured, so that a setting added later is compared too.
-        let Config {
-            issuer: _,
-            client_id,
-            client_auth,
-            scope,
-            callback_path,
-            login_path,
-            logout_path,
-            backchannel_path,
-            post_logout_redirect,
-            cookie_name,
-            idle_timeout,
-            absolute_timeout,
-            refresh_before,
-            timeout: _,
-            ca_pem: _,
-            external_origin,
-        } = self;
-        self.calls_issuer_as(other)
-            && client_auth.same_as(&other.client_auth)
-            && (
-                client_id,
-                scope,
-                callback_path,
-                login_path,
-                logout_path,
-                backchannel_path,
-                post_logout_redirect,
-                cookie_name,
-                external_origin,
-            ) == (
-                &other.client_id,
-                &other.scope,
-                &other.callback_path,
-                &other.login_path,
-                &other.logout_path,
-                &other.backchannel_path,
-                &other.post_logout_redirect,
-                &other.cookie_name,
-                &other.external_origin,
-            )
-            && (*idle_timeout, *absolute_timeout, *refresh_before)
-                == (other.idle_timeout, other.absolute_timeout, other.refresh_before)
-    }
-
-    /// The same issuer, reached the same way (timeout, trust anchors): what
-    /// its discovery document was loaded with.
-    pub(crate) fn calls_issuer_as(&self, other: &Config) -> bool {
-        (&self.issuer, self.timeout, &self.ca_pem) == (&other.issuer, other.timeout, &other.ca_pem)
-    }
 }
 
 /// Why a [`SignIn`](crate::SignIn) cannot be built.

@@ -318,9 +318,11 @@ impl CookieKey {
     pub fn id(&self) -> &str {
         &self.id
     }
+}
 
-    /// The same id and the same key bytes.
-    pub(crate) fn same_as(&self, other: &CookieKey) -> bool {
+/// The same id and the same key bytes.
+impl PartialEq for CookieKey {
+    fn eq(&self, other: &Self) -> bool {
         self.id == other.id && self.digest == other.digest
     }
 }

@@ -82,8 +82,9 @@ struct LoginState {
 
 struct Inner {
     config: Config,
-    /// Shared with the relying party a hot reload replaced, when it calls
-    /// the issuer alike: its discovery document is not loaded again.
+    /// Shared by the relying parties that call the issuer alike
+    /// ([`shared_issuer`]): a hot reload does not load its discovery
+    /// document again.
     issuer: Arc<Issuer>,
     /// ID and logout tokens: the issuer's keys, `aud` = the client id.
     verifier: JwtAuthenticator,
@@ -96,10 +97,10 @@ struct Inner {
     secure_only: bool,
     /// The session keys, which also seal the login-state cookies.
     keys: Vec<CookieKey>,
-    /// Given no keys, the random one in `keys`, held so that a relying
-    /// party a reload builds with the same store finds it
+    /// Given no keys, the random one in `keys`, held (never read) so that
+    /// a relying party a reload builds with the same store finds it
     /// ([`ephemeral_key`]).
-    keyless: Option<Arc<CookieKey>>,
+    _keyless: Option<Arc<CookieKey>>,
     /// `NAME_login_`: the login-state cookies' names begin so.
     state_prefix: String,
     store: Arc<dyn SessionStore>,
@@ -113,53 +114,6 @@ struct Inner {
     /// The token endpoint refusing this client itself (a secret rotated
     /// on one side only): said once a minute, apart from the rest.
     client_refused: palisade_core::logging::Sparse,
-}
-
-/// What a relying party is built from: its settings and the parts made of
-/// them (the issuer's discovery runs apart, and may be taken over).
-struct Built {
-    config: Config,
-    verifier: JwtAuthenticator,
-    sessions: [CookieSealer; 2],
-    secure_only: bool,
-    keys: Vec<CookieKey>,
-    keyless: Option<Arc<CookieKey>>,
-    state_prefix: String,
-    store: Arc<dyn SessionStore>,
-}
-
-impl Inner {
-    /// A relying party with nothing seen yet: no session opened, no
-    /// refresh made, nothing said.
-    fn new(built: Built, issuer: Arc<Issuer>) -> Self {
-        let Built {
-            config,
-            verifier,
-            sessions,
-            secure_only,
-            keys,
-            keyless,
-            state_prefix,
-            store,
-        } = built;
-        Self {
-            config,
-            issuer,
-            verifier,
-            sessions,
-            secure_only,
-            keys,
-            keyless,
-            state_prefix,
-            store,
-            cache: Cache::new(SESSION_CACHE),
-            successors: Successors::new(),
-            refreshing: SingleFlight::new(),
-            rng: SystemRandom::new(),
-            issuer_down: palisade_core::logging::Sparse::new(),
-            client_refused: palisade_core::logging::Sparse::new(),
-        }
-    }
 }
 
 /// Browser sign-in: an OpenID Connect relying party, as an
@@ -324,6 +278,18 @@ fn shared_memory_store(issuer: &str, client_id: &str) -> Arc<dyn SessionStore> {
     }
 }
 
+/// The issuer as `config` calls it (its URL, timeout and trust anchors),
+/// shared by every [`SignIn`] of the process that calls it alike while one
+/// does: a hot reload builds a new `SignIn` while the old one lives, so the
+/// discovery document already loaded carries over, even while the issuer
+/// is down.
+fn shared_issuer(config: &Config) -> Result<Arc<Issuer>, SignInError> {
+    static LIVE: Registry<(String, Duration, Option<Vec<u8>>), Issuer> = Registry::new();
+    let key = (config.issuer.clone(), config.timeout, config.ca_pem.clone());
+    LIVE.get_or_make(key, || Issuer::start(config).map(Arc::new))
+        .map_err(SignInError::Config)
+}
+
 /// The random session key of the client `client_id` at `issuer` keeping
 /// its sessions in `store`, for a relying party given no keys: one for the
 /// process, while a relying party uses it, so that a hot reload (a new
@@ -369,20 +335,24 @@ impl SignInBuilder {
             .provider(provider)
             .build()
             .map_err(|e| SignInError::Config(format!("the issuer: {e}")))?;
-        let issuer = Arc::new(Issuer::start(&config).map_err(SignInError::Config)?);
-        Ok(SignIn(Arc::new(Inner::new(
-            Built {
-                config,
-                verifier,
-                sessions,
-                secure_only,
-                keys,
-                keyless,
-                state_prefix,
-                store,
-            },
+        let issuer = shared_issuer(&config)?;
+        Ok(SignIn(Arc::new(Inner {
+            config,
             issuer,
-        ))))
+            verifier,
+            sessions,
+            secure_only,
+            keys,
+            _keyless: keyless,
+            state_prefix,
+            store,
+            cache: Cache::new(SESSION_CACHE),
+            successors: Successors::new(),
+            refreshing: SingleFlight::new(),
+            rng: SystemRandom::new(),
+            issuer_down: palisade_core::logging::Sparse::new(),
+            client_refused: palisade_core::logging::Sparse::new(),
+        })))
     }
 
     /// Every check of [`build`](Self::build), starting nothing: no
@@ -1766,38 +1736,15 @@ impl Authenticator for SignIn {
 
     /// Hot reload. Configured alike (every setting, secret, session key
     /// and store the same), the previous relying party itself, with its
-    /// sessions seen and the refreshes it made. Otherwise, for the same
-    /// issuer reached alike, this one with the previous one's discovery
-    /// document, rather than loading it again (a reload while the issuer
-    /// is down would leave sign-in unavailable until it is back). Sessions
-    /// and sign-ins in progress open after a reload either way, whenever
-    /// the keys that sealed them are still configured: a relying party
-    /// given no keys uses one random key for the whole process.
+    /// sessions seen and the refreshes it made. (Sessions and sign-ins in
+    /// progress open after any reload whose keys still hold theirs, and the
+    /// issuer's discovery document is shared by relying parties that call
+    /// it alike: neither needs taking over.)
     fn take_over(&self, previous: &dyn Authenticator) -> Option<Arc<dyn Authenticator>> {
         let previous = (previous as &dyn std::any::Any).downcast_ref::<SignIn>()?;
         let (new, old) = (&*self.0, &*previous.0);
-        let same_keys =
-            new.keys.len() == old.keys.len() && new.keys.iter().zip(&old.keys).all(|(a, b)| a.same_as(b));
-        if new.config.same_as(&old.config) && same_keys && Arc::ptr_eq(&new.store, &old.store) {
-            return Some(Arc::new(previous.clone()));
-        }
-        if !new.config.calls_issuer_as(&old.config) {
-            return None;
-        }
-        let built = Built {
-            config: new.config.clone(),
-            verifier: new.verifier.clone(),
-            sessions: new.sessions.clone(),
-            secure_only: new.secure_only,
-            keys: new.keys.clone(),
-            keyless: new.keyless.clone(),
-            state_prefix: new.state_prefix.clone(),
-            store: Arc::clone(&new.store),
-        };
-        Some(Arc::new(SignIn(Arc::new(Inner::new(
-            built,
-            Arc::clone(&old.issuer),
-        )))))
+        (new.config == old.config && new.keys == old.keys && Arc::ptr_eq(&new.store, &old.store))
+            .then(|| Arc::new(previous.clone()) as Arc<dyn Authenticator>)
     }
 
     fn method(&self) -> Option<palisade_core::AuthMethod> {
@@ -1896,18 +1843,18 @@ mod tests {
             .unwrap()
         };
         let old = build(&|b| b);
+        // Whether a reload to `new` keeps the old relying party itself, and
+        // whether `new` calls the issuer through the old one's discovery.
         let taken = |new: &SignIn| {
-            let next = new.take_over(&old)?;
-            let next = (next.as_ref() as &dyn std::any::Any)
-                .downcast_ref::<SignIn>()
-                .unwrap();
-            Some((
-                Arc::ptr_eq(&next.0, &old.0),
-                Arc::ptr_eq(&next.0.issuer, &old.0.issuer),
-            ))
+            let kept = new.take_over(&old).is_some_and(|next| {
+                (next.as_ref() as &dyn std::any::Any)
+                    .downcast_ref::<SignIn>()
+                    .is_some_and(|next| Arc::ptr_eq(&next.0, &old.0))
+            });
+            (kept, Arc::ptr_eq(&new.0.issuer, &old.0.issuer))
         };
         // Alike: the old one itself, with what it has seen.
-        assert_eq!(taken(&build(&|b| b)), Some((true, true)));
+        assert_eq!(taken(&build(&|b| b)), (true, true));
         // Else the old discovery document, when the issuer is reached alike.
         for (what, change) in [
             (
@@ -1918,14 +1865,17 @@ mod tests {
             ("a scope", |b| b.scopes(["openid", "email"])),
             ("the idle timeout", |b| b.idle_timeout(Duration::from_secs(60))),
         ] {
-            assert_eq!(taken(&build(&change)), Some((false, true)), "{what}");
+            assert_eq!(taken(&build(&change)), (false, true), "{what}");
         }
-        assert_eq!(taken(&build(&|b| b.timeout(Duration::from_secs(2)))), None);
+        assert_eq!(
+            taken(&build(&|b| b.timeout(Duration::from_secs(2)))),
+            (false, false)
+        );
         let other = SignIn::builder("http://127.0.0.1:9/realms/other", "shop")
             .keys(vec![key.clone()])
             .build()
             .unwrap();
-        assert_eq!(taken(&other), None);
+        assert_eq!(taken(&other), (false, false));
     }
 
     /// Waits for `sign_in`'s discovery, which runs on a thread of its own
