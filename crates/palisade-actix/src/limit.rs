@@ -367,8 +367,8 @@ pub(crate) fn watch(tcp: &TcpStream, data: &mut Extensions) {
         Err(error) => {
             // Out of file descriptors, for every connection while it lasts:
             // said once a minute.
-            static UNWATCHED: palisade_core::logging::Sparse = palisade_core::logging::Sparse::new();
-            if UNWATCHED.due(std::time::Duration::from_secs(60)) {
+            static UNWATCHED: palisade_core::logging::Sparse = palisade_core::logging::Sparse::per_minute();
+            if UNWATCHED.due() {
                 tracing::warn!(target: palisade_core::limits::LOG_TARGET, %error, "cannot watch a connection: its later request heads are not timed (said once a minute)");
             }
             return;

@@ -205,8 +205,8 @@ impl<'a, B> HttpHead<'a, B> {
             if !reads_path {
                 return Ok(Self::as_sent(req));
             }
-            static TEMPLATED: palisade_core::logging::Sparse = palisade_core::logging::Sparse::new();
-            if TEMPLATED.due(std::time::Duration::from_secs(60)) {
+            static TEMPLATED: palisade_core::logging::Sparse = palisade_core::logging::Sparse::per_minute();
+            if TEMPLATED.due() {
                 tracing::error!(
                     target: palisade_core::LOG_TARGET,
                     prefix,

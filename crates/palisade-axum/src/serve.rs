@@ -205,8 +205,8 @@ where
                 Err(e) => {
                     // Out of file descriptors and the like: wait, don't spin,
                     // and say it once a minute.
-                    static FAILING: palisade_core::logging::Sparse = palisade_core::logging::Sparse::new();
-                    if FAILING.due(Duration::from_secs(60)) {
+                    static FAILING: palisade_core::logging::Sparse = palisade_core::logging::Sparse::per_minute();
+                    if FAILING.due() {
                         tracing::warn!(target: LOG_TARGET, error = %e, "accept failed (said once a minute while it fails)");
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;

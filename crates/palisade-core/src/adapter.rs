@@ -308,10 +308,10 @@ impl Admission {
     #[cold]
     #[inline(never)]
     fn rewrite_refused(&self, e: TargetRewrite) -> Reply {
-        static AFTER_ROUTING: crate::logging::Sparse = crate::logging::Sparse::new();
+        static AFTER_ROUTING: crate::logging::Sparse = crate::logging::Sparse::per_minute();
         // Any client can send such a path: said once a minute.
         if let TargetRewrite::AlreadyRouted { advice } = e
-            && AFTER_ROUTING.due(std::time::Duration::from_secs(60))
+            && AFTER_ROUTING.due()
         {
             tracing::error!(
                 target: LOG_TARGET,
@@ -909,8 +909,8 @@ pub fn authorize_route(
     req: &dyn RequestHead,
 ) -> Check<Result<(), Reply>> {
     let Some(auth) = auth else {
-        static UNCHECKED: crate::logging::Sparse = crate::logging::Sparse::new();
-        if UNCHECKED.due(std::time::Duration::from_secs(60)) {
+        static UNCHECKED: crate::logging::Sparse = crate::logging::Sparse::per_minute();
+        if UNCHECKED.due() {
             tracing::error!(target: LOG_TARGET, "a route policy runs on a request that no Palisade middleware checked: refused");
         }
         let reply = Reply::from(Rejection::missing_credential(Vec::new()));

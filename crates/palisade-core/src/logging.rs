@@ -14,44 +14,65 @@ use std::time::{Duration, Instant};
 /// clock neither silences a line nor repeats it.
 ///
 /// ```
-/// use std::time::Duration;
 /// use palisade_core::logging::Sparse;
 ///
-/// static FULL: Sparse = Sparse::new();
-/// assert!(FULL.due(Duration::from_secs(60)));
-/// assert!(!FULL.due(Duration::from_secs(60)), "once a minute");
+/// static FULL: Sparse = Sparse::per_minute();
+/// assert!(FULL.due());
+/// assert!(!FULL.due(), "once a minute");
 /// ```
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Sparse {
+    /// The interval, in milliseconds.
+    every: u64,
     /// When the last line was said, in milliseconds since the process's
     /// first look, plus one (0: never).
     said_at: AtomicU64,
 }
 
 impl Sparse {
-    /// Nothing said yet.
+    /// At most once a minute, Palisade's interval for every line it says
+    /// sparingly; nothing said yet.
     #[must_use]
-    pub const fn new() -> Self {
+    pub const fn per_minute() -> Self {
+        Self::every(Duration::from_secs(60))
+    }
+
+    /// At most once per `interval` (an interval of zero: every time);
+    /// nothing said yet.
+    #[must_use]
+    pub const fn every(interval: Duration) -> Self {
+        let millis = interval.as_millis();
         Self {
+            every: if millis > u64::MAX as u128 {
+                u64::MAX
+            } else {
+                millis as u64
+            },
             said_at: AtomicU64::new(0),
         }
     }
 
-    /// Whether to say the line now: `true` at most once per `every`,
+    /// Whether to say the line now: `true` at most once per interval,
     /// whichever thread asks.
-    pub fn due(&self, every: Duration) -> bool {
+    pub fn due(&self) -> bool {
         static START: OnceLock<Instant> = OnceLock::new();
         let since = START.get_or_init(Instant::now).elapsed();
         let now = u64::try_from(since.as_millis())
             .unwrap_or(u64::MAX)
             .saturating_add(1);
-        let every = u64::try_from(every.as_millis()).unwrap_or(u64::MAX);
         let last = self.said_at.load(Ordering::Relaxed);
-        (last == 0 || now >= last.saturating_add(every))
+        (last == 0 || now >= last.saturating_add(self.every))
             && self
                 .said_at
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
+    }
+}
+
+/// Once a minute ([`Sparse::per_minute`]).
+impl Default for Sparse {
+    fn default() -> Self {
+        Self::per_minute()
     }
 }
 
@@ -61,11 +82,11 @@ mod tests {
 
     #[test]
     fn one_line_per_interval_among_threads() {
-        let sparse = std::sync::Arc::new(Sparse::new());
+        let sparse = std::sync::Arc::new(Sparse::per_minute());
         let said: usize = (0..8)
             .map(|_| {
                 let sparse = std::sync::Arc::clone(&sparse);
-                std::thread::spawn(move || (0..1000).filter(|_| sparse.due(Duration::from_secs(60))).count())
+                std::thread::spawn(move || (0..1000).filter(|_| sparse.due()).count())
             })
             .collect::<Vec<_>>()
             .into_iter()
@@ -73,12 +94,18 @@ mod tests {
             .sum();
         assert_eq!(said, 1);
         // An interval of zero: every time; a short one, again once it passed.
-        let every = Sparse::new();
-        assert!(every.due(Duration::ZERO) && every.due(Duration::ZERO));
-        let short = Sparse::new();
-        assert!(short.due(Duration::from_millis(50)));
-        assert!(!short.due(Duration::from_millis(50)));
+        let every = Sparse::every(Duration::ZERO);
+        assert!(every.due() && every.due());
+        let short = Sparse::every(Duration::from_millis(50));
+        assert!(short.due());
+        assert!(!short.due());
         std::thread::sleep(Duration::from_millis(60));
-        assert!(short.due(Duration::from_millis(50)));
+        assert!(short.due());
+        // The default: once a minute.
+        let default = Sparse::default();
+        assert!(default.due() && !default.due());
+        // An interval beyond u64's milliseconds: once.
+        let forever = Sparse::every(Duration::MAX);
+        assert!(forever.due() && !forever.due());
     }
 }

@@ -367,7 +367,7 @@ impl Introspector {
             inactive: counter("inactive"),
             failure: counter("failure"),
             health: Mutex::new(Health::default()),
-            failing_said: palisade_core::logging::Sparse::new(),
+            failing_said: palisade_core::logging::Sparse::per_minute(),
             cfg,
             fetch,
             runtime,
@@ -450,7 +450,7 @@ impl Introspector {
                 let first = {
                     let mut health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
                     health.failing = true;
-                    let say = !health.warned && self.failing_said.due(Duration::from_secs(60));
+                    let say = !health.warned && self.failing_said.due();
                     health.warned |= say;
                     say
                 };

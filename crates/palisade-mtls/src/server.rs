@@ -269,7 +269,7 @@ struct Material {
 /// `nextUpdate`, which fails every client until a fresh CRL is loaded.
 #[cfg(any(feature = "axum", feature = "actix"))]
 pub(crate) fn handshake_failed(error: &(dyn std::error::Error + 'static)) -> &'static str {
-    static EXPIRED_CRL: palisade_core::logging::Sparse = palisade_core::logging::Sparse::new();
+    static EXPIRED_CRL: palisade_core::logging::Sparse = palisade_core::logging::Sparse::per_minute();
     let mut source = Some(error);
     let mut expired_crl = false;
     while let Some(e) = source {
@@ -290,7 +290,7 @@ pub(crate) fn handshake_failed(error: &(dyn std::error::Error + 'static)) -> &'s
         };
     }
     if expired_crl {
-        if EXPIRED_CRL.due(Duration::from_secs(60)) {
+        if EXPIRED_CRL.due() {
             tracing::warn!(target: LOG_TARGET, "a client certificate was refused because a CRL is past its nextUpdate: every mutual TLS client is, until a fresh CRL is loaded");
         }
         return "TLS handshake failed: a CRL is past its nextUpdate";

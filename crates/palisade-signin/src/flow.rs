@@ -350,8 +350,8 @@ impl SignInBuilder {
             successors: Successors::new(),
             refreshing: SingleFlight::new(),
             rng: SystemRandom::new(),
-            issuer_down: palisade_core::logging::Sparse::new(),
-            client_refused: palisade_core::logging::Sparse::new(),
+            issuer_down: palisade_core::logging::Sparse::per_minute(),
+            client_refused: palisade_core::logging::Sparse::per_minute(),
         })))
     }
 
@@ -899,7 +899,7 @@ impl SignIn {
                     .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
                     .next();
                 let client = matches!(code, Some("invalid_client" | "unauthorized_client"));
-                if client && self.0.client_refused.due(Duration::from_secs(60)) {
+                if client && self.0.client_refused.due() {
                     tracing::warn!(target: LOG_TARGET, %error, "the issuer refuses this client at its token endpoint: every sign-in fails (said once a minute)");
                 } else {
                     tracing::debug!(target: LOG_TARGET, %error, "the issuer refused an authorization code");
@@ -907,7 +907,7 @@ impl SignIn {
                 return Err((400, "the issuer refused the authorization code: start again"));
             }
             Err(TokenError::Unavailable(e)) => {
-                if self.0.issuer_down.due(Duration::from_secs(60)) {
+                if self.0.issuer_down.due() {
                     tracing::warn!(target: LOG_TARGET, error = %e, "the token endpoint cannot be reached (said once a minute while it lasts)");
                 } else {
                     tracing::debug!(target: LOG_TARGET, error = %e, "the token endpoint cannot be reached");
@@ -962,7 +962,7 @@ impl SignIn {
         let identity = self.0.verifier.verify(token).await.map_err(|e| {
             // The issuer's doing (or its keys' outage), never a client's:
             // every sign-in fails meanwhile, said once a minute.
-            if self.0.issuer_down.due(Duration::from_secs(60)) {
+            if self.0.issuer_down.due() {
                 tracing::warn!(target: LOG_TARGET, error = %e, "an ID token from the token endpoint was refused (said once a minute)");
             } else {
                 tracing::debug!(target: LOG_TARGET, error = %e, "an ID token was refused");
@@ -1401,7 +1401,7 @@ impl SignIn {
                 None
             }
             Err(TokenError::Refused(e) | TokenError::Unavailable(e)) => {
-                if self.0.issuer_down.due(Duration::from_secs(60)) {
+                if self.0.issuer_down.due() {
                     tracing::warn!(target: LOG_TARGET, error = %e, "the issuer cannot refresh sessions now (said once a minute while it lasts)");
                 } else {
                     tracing::debug!(target: LOG_TARGET, error = %e, "the issuer cannot refresh a session now");

@@ -911,8 +911,9 @@ impl Authenticator for SpnegoAuthenticator {
                     metrics::counter!(palisade_core::metrics::SPNEGO_SHED).increment(1);
                     // Each is counted; said once a minute (a flood of
                     // tickets would fill the logs).
-                    static SHED: palisade_core::logging::Sparse = palisade_core::logging::Sparse::new();
-                    if SHED.due(std::time::Duration::from_secs(60)) {
+                    static SHED: palisade_core::logging::Sparse =
+                        palisade_core::logging::Sparse::per_minute();
+                    if SHED.due() {
                         tracing::warn!(target: LOG_TARGET, waited = ?this.0.queue_timeout, "Negotiate tickets found no GSSAPI permit in time: answered 503 (palisade_spnego_shed_total counts them; said once a minute)");
                     } else {
                         tracing::debug!(target: LOG_TARGET, "a Negotiate ticket found no GSSAPI permit in time: answered 503");

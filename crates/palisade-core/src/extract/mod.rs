@@ -56,7 +56,7 @@ mod common {
     use crate::identity::Identity;
 
     /// Said of a route no Palisade middleware guards.
-    static UNGUARDED: crate::logging::Sparse = crate::logging::Sparse::new();
+    static UNGUARDED: crate::logging::Sparse = crate::logging::Sparse::per_minute();
 
     /// The identity the middleware left in the request, or the 401 to answer.
     pub(super) fn identity_from(auth: Option<&RequestAuth>) -> Result<Identity, Rejection> {
@@ -64,7 +64,7 @@ mod common {
             Some(a) => a.identity().cloned().ok_or_else(|| a.missing_credential()),
             None => {
                 // Every request to that route: said once a minute.
-                if UNGUARDED.due(std::time::Duration::from_secs(60)) {
+                if UNGUARDED.due() {
                     tracing::error!(target: crate::LOG_TARGET, "Identity extracted on a route that no Palisade middleware guards");
                 }
                 Err(Rejection::missing_credential(Vec::new()))
@@ -77,7 +77,7 @@ mod common {
     /// error line [`identity_from`] says.
     pub(super) fn request_auth_from(auth: Option<&RequestAuth>) -> Result<RequestAuth, Rejection> {
         auth.cloned().ok_or_else(|| {
-            if UNGUARDED.due(std::time::Duration::from_secs(60)) {
+            if UNGUARDED.due() {
                 tracing::error!(target: crate::LOG_TARGET, "RequestAuth extracted on a route that no Palisade middleware guards");
             }
             Rejection::missing_credential(Vec::new())
