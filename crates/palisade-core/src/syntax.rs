@@ -10,6 +10,24 @@
 /// (`https://login.microsoftonline.com/{tenant}/v2.0`) and its URLs.
 pub const TENANT: &str = "{tenant}";
 
+/// Whether `issuer` is an issuer pattern: `Ok(true)` when it holds
+/// [`TENANT`] once, `Ok(false)` when it does not; more than once is no
+/// issuer, and the error says so.
+///
+/// ```
+/// use palisade_core::syntax::issuer_pattern;
+/// assert_eq!(issuer_pattern("https://login.example/{tenant}/v2.0"), Ok(true));
+/// assert_eq!(issuer_pattern("https://login.example/realms/shop"), Ok(false));
+/// assert!(issuer_pattern("https://{tenant}.example/{tenant}").is_err());
+/// ```
+pub fn issuer_pattern(issuer: &str) -> Result<bool, &'static str> {
+    match issuer.matches(TENANT).count() {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => Err("an issuer pattern has one `{tenant}`"),
+    }
+}
+
 /// Whether `tenant` may stand for [`TENANT`] in an issuer pattern: 1 to
 /// 128 letters, digits, `.`, `-` and `_` (a GUID, a domain name), not
 /// starting with `.`, so that it stays one path segment or host label.

@@ -679,8 +679,9 @@ impl ProviderBuilder {
                 "fetch settings: need min_ttl <= max_ttl, a non-zero timeout and max_body".into(),
             ));
         }
-        let pattern = self.issuer.contains(TENANT);
-        if pattern != self.tenants.is_some() || self.issuer.matches(TENANT).count() > 1 {
+        // A pattern exactly when there are tenants, and no broken pattern.
+        let pattern = self.tenants.is_some();
+        if palisade_core::syntax::issuer_pattern(&self.issuer) != Ok(pattern) {
             return Err(ConfigError::OutOfRange(format!(
                 "issuer `{}`: an issuer pattern has exactly one `{{tenant}}` and needs tenants (or a tenant resolver), and only it",
                 self.issuer
@@ -767,6 +768,32 @@ mod tests {
                 .build()
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn an_issuer_pattern_has_one_tenant_and_tenants_exactly_when_a_pattern() {
+        let build = |issuer: &str, tenants: Option<&[&str]>| {
+            let b = Provider::builder(issuer).audience("a");
+            match tenants {
+                Some(t) => b.tenants(t.iter().copied()),
+                None => b,
+            }
+            .build()
+        };
+        let one = "https://login.example/{tenant}/v2.0";
+        assert!(build(one, Some(&["t1"])).is_ok());
+        assert!(build("https://login.example/t1/v2.0", None).is_ok());
+        for (issuer, tenants) in [
+            ("https://{tenant}.example/{tenant}/v2.0", Some(&["t1"][..])),
+            (one, None),
+            ("https://login.example/t1/v2.0", Some(&["t1"][..])),
+        ] {
+            let err = build(issuer, tenants).unwrap_err();
+            assert!(
+                matches!(&err, ConfigError::OutOfRange(m) if m.contains("exactly one `{tenant}`")),
+                "{issuer} {tenants:?}: {err}"
+            );
+        }
     }
 
     #[test]

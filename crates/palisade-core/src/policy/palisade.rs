@@ -232,7 +232,11 @@ impl std::fmt::Debug for IntrospectionSpec {
 
 impl JwtSettingsSpec {
     pub(super) fn check(&self) -> Result<(), FieldError> {
-        let pattern = self.issuer.as_deref().is_some_and(|i| i.contains("{tenant}"));
+        let pattern = match self.issuer.as_deref().map(crate::syntax::issuer_pattern) {
+            Some(Err(e)) => return Err(("spec.issuer".into(), e.into())),
+            Some(Ok(pattern)) => pattern,
+            None => false,
+        };
         if (self.tenants.is_some() || self.max_tenants.is_some()) && !pattern {
             return Err((
                 "spec.tenants".into(),
@@ -243,16 +247,6 @@ impl JwtSettingsSpec {
             return Err((
                 "spec.tenants".into(),
                 "must not be empty: an issuer pattern with no tenant accepts no token".into(),
-            ));
-        }
-        if self
-            .issuer
-            .as_deref()
-            .is_some_and(|i| i.matches(crate::syntax::TENANT).count() > 1)
-        {
-            return Err((
-                "spec.issuer".into(),
-                "an issuer pattern has one `{tenant}`".into(),
             ));
         }
         // What one authenticator has once, whichever issuer: read from a

@@ -65,9 +65,7 @@ impl RequestAuthenticationSpec {
             if rule.timeout.is_some_and(|t| t.get().is_zero()) {
                 return Err((at("timeout"), "must be longer than 0s".into()));
             }
-            if rule.issuer.matches(crate::syntax::TENANT).count() > 1 {
-                return Err((at("issuer"), "an issuer pattern has one `{tenant}`".into()));
-            }
+            crate::syntax::issuer_pattern(&rule.issuer).map_err(|e| (at("issuer"), e.into()))?;
             // Discovery, for a rule that names no keys, needs an http(s) issuer.
             if rule.jwks_uri.is_none()
                 && rule.jwks.is_none()
