@@ -348,11 +348,14 @@ pub enum DpopConfigError {
     /// The system's random generator failed.
     #[error("the system random generator failed")]
     Random,
-    /// A shared replay store that cannot be used: a bad URL or setting, or
-    /// (when connecting at start-up) no answer. The URL is shown without
-    /// credentials.
+    /// A shared replay store that cannot be used: a bad URL or setting.
+    /// The URL is shown without credentials.
     #[error("DPoP replay store {0}")]
     ReplayStore(String),
+    /// A shared replay store that did not answer when connecting at
+    /// start-up (it may later). The URL is shown without credentials.
+    #[error("DPoP replay store {0}")]
+    ReplayStoreUnreachable(String),
 }
 
 /// How proofs are checked. Defaults follow RFC 9449 §11.1 (accept a proof

@@ -433,15 +433,15 @@ fn replay_store(
         if let Some((_, store)) = stores.iter().find(|(u, _)| u == url) {
             return Ok(store.clone());
         }
-        // What the file says (a URL Redis's client refuses) only an edit
-        // changes; not reaching the store may change by itself.
-        RedisReplayStore::builder(url)
-            .build()
-            .map_err(|e| err(e.to_string()))?;
-        let store = RedisReplayStore::builder(url).connect_blocking().map_err(|e| {
-            let message = e.to_string();
-            err(message.clone()).with_source(std::io::Error::other(message))
-        })?;
+        let store = RedisReplayStore::builder(url)
+            .connect_blocking()
+            .map_err(|e| match e {
+                // Not reached: what may answer later.
+                crate::dpop::DpopConfigError::ReplayStoreUnreachable(_) => err(e.to_string()).unreachable(e),
+                // What the file says (a URL Redis's client refuses), which
+                // only an edit changes.
+                _ => err(e.to_string()).with_source(e),
+            })?;
         let store = Arc::new(store);
         stores.push((url.to_owned(), store.clone()));
         Ok(store)

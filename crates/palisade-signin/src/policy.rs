@@ -43,16 +43,13 @@ fn store(
             crate::store::RedisStore::builder(url)
                 .connect_blocking()
                 .map(Arc::new)
-                .map_err(|e| {
-                    let message = e.to_string();
-                    match e {
-                        // Not reached: what may answer later.
-                        crate::store::StoreError::Connect { .. } | crate::store::StoreError::Unavailable => {
-                            err(message.clone()).with_source(std::io::Error::other(message))
-                        }
-                        // What the file says, which only an edit changes.
-                        _ => err(message),
+                .map_err(|e| match e {
+                    // Not reached: what may answer later.
+                    crate::store::StoreError::Connect { .. } | crate::store::StoreError::Unavailable => {
+                        err(e.to_string()).unreachable(e)
                     }
+                    // What the file says, which only an edit changes.
+                    _ => err(e.to_string()).with_source(e),
                 })
         })?;
         Ok(Some(store))
@@ -285,6 +282,31 @@ spec:
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// A Redis store that does not answer stops the start-up, naming the
+    /// field, as an error a hot reload tries again (it may answer later).
+    #[cfg(feature = "redis")]
+    #[test]
+    fn a_session_store_that_does_not_answer_is_refused_to_be_tried_again() {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let set = login(
+            "https://kc.example/realms/istio",
+            &format!("{{store: \"redis://:hunter2@127.0.0.1:{port}/0\"}}"),
+        );
+        let err =
+            SignIn::from_policy(&set.for_workload(&Workload::new("productpage", "default"))).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("spec.session.store"), "{err}");
+        assert_eq!(
+            err.io_error().map(std::io::Error::kind),
+            Some(std::io::ErrorKind::NotConnected),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("hunter2"), "{err}");
     }
 
     #[test]

@@ -84,13 +84,26 @@ impl PolicyError {
         self
     }
 
+    /// The same error, caused by a service a document names (a shared
+    /// store) that did not answer: `source` kept inside an I/O error of
+    /// kind [`NotConnected`](std::io::ErrorKind::NotConnected), so that
+    /// [`io_error`](Self::io_error) finds it and a hot reload tries the
+    /// file again, as it does for a file that cannot be read here.
+    #[must_use]
+    pub fn unreachable(self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.with_source(std::io::Error::new(std::io::ErrorKind::NotConnected, source))
+    }
+
     /// The first I/O error in this error's
     /// [`source`](std::error::Error::source) chain. In the errors Palisade
-    /// makes, that is a file a document names (a secret, key or CA file)
-    /// that could not be read here; its [`kind`](std::io::Error::kind)
-    /// tells a file missing or unreadable on this host (`NotFound`,
-    /// `PermissionDenied`) from one that is there but wrong (`InvalidData`
-    /// for a secret that is not text, `IsADirectory`).
+    /// makes, that is what lies outside the file and may change by itself:
+    /// a file a document names (a secret, key or CA file) that could not
+    /// be read here, or a service it names that did not answer
+    /// ([`unreachable`](Self::unreachable): `NotConnected`). Its
+    /// [`kind`](std::io::Error::kind) tells a file missing or unreadable on
+    /// this host (`NotFound`, `PermissionDenied`) from one that is there
+    /// but wrong (`InvalidData` for a secret that is not text,
+    /// `IsADirectory`).
     #[must_use]
     pub fn io_error(&self) -> Option<&std::io::Error> {
         let mut next = std::error::Error::source(self);

@@ -157,8 +157,9 @@ impl RedisReplayStoreBuilder {
     /// the calling thread for at most twice the command timeout.
     ///
     /// # Errors
-    /// As [`build`](Self::build), and [`DpopConfigError::ReplayStore`] when
-    /// Redis does not answer.
+    /// As [`build`](Self::build), and
+    /// [`DpopConfigError::ReplayStoreUnreachable`] when Redis does not
+    /// answer.
     pub fn connect_blocking(self) -> Result<RedisReplayStore, DpopConfigError> {
         let store = self.build()?;
         let shared = store.shared.clone();
@@ -172,11 +173,11 @@ impl RedisReplayStoreBuilder {
         });
         match rx.recv_timeout(store.shared.timeout * 2) {
             Ok(Ok(_)) => Ok(store),
-            Ok(Err(why)) => Err(DpopConfigError::ReplayStore(format!(
+            Ok(Err(why)) => Err(DpopConfigError::ReplayStoreUnreachable(format!(
                 "{}: {why}",
                 store.shared.shown
             ))),
-            Err(_) => Err(DpopConfigError::ReplayStore(format!(
+            Err(_) => Err(DpopConfigError::ReplayStoreUnreachable(format!(
                 "{}: no answer in time",
                 store.shared.shown
             ))),
