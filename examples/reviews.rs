@@ -4,7 +4,7 @@
 //! policy file gives (`UpstreamCredentials`, `DestinationRule`).
 //!
 //! ```text
-//! cargo run --release --example reviews -- [--listen 127.0.0.1:9081] [--config policy.yaml]
+//! cargo run --release --features full --example reviews -- [--listen 127.0.0.1:9081] [--config policy.yaml]
 //! ```
 
 mod common;

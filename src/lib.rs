@@ -16,7 +16,7 @@
 //! | `testkit` | [`testkit`] | an in-process OpenID issuer for tests and demos |
 //! | `signin` | [`signin`] | browser sign-in as an OpenID Connect relying party (turns on `jwt`) |
 //! | `redis` | (features of `signin` and `jwt`) | session and revocation stores, DPoP replay cache in Redis (turns on `signin`) |
-//! | `client` | [`client`] | outbound credentials: token relay, client credentials, token exchange, mTLS |
+//! | `client` | [`client`] | outbound credentials: token relay, client credentials, token exchange (upstream TLS is `mtls`'s `UpstreamTls`) |
 //! | `full` | all of the above | |
 //!
 //! An application imports what it needs from [`prelude`]:
@@ -121,8 +121,8 @@ pub fn guard_builder_from_policy(
 /// ([`policy_problems`]), offline; what `palisade check` runs. A file loads
 /// only when each of its documents is valid on its own; this also finds
 /// what only compiling a workload's documents together shows (two
-/// documents of one kind for one workload, a JWT rule whose keys cannot be
-/// parsed, a sign-in whose timeouts contradict each other), for every
+/// documents of one kind for one workload, a JWT rule whose inline key
+/// cannot be used, a sign-in whose timeouts contradict each other), for every
 /// workload.
 ///
 /// It reads the files every workload's documents name (client secrets,

@@ -8,8 +8,10 @@
 //!   is sent ([`ClientError::NoCallerToken`]).
 //! - [`Credentials::TokenExchange`]: a token for the upstream's audience on
 //!   behalf of the caller ([`TokenExchange`], RFC 8693 as Keycloak's
-//!   standard token exchange): its `act` claim names the workload; each
-//!   caller token is exchanged once and kept until shortly before expiry.
+//!   standard token exchange): it names the workload in `azp` (Keycloak's
+//!   V2) or in an `act` claim (issuers that add it, as the testkit's);
+//!   each caller token is exchanged once and kept until shortly before
+//!   expiry.
 //! - [`Credentials::ClientCredentials`]: the workload's own token from a
 //!   client-credentials grant ([`ClientCredentials`]): fetched once and
 //!   shared by every call, renewed before it expires by one request while

@@ -289,7 +289,8 @@ pub struct ClientTlsSettingsSpec {
     /// `MUTUAL`; not with `ISTIO_MUTUAL`.
     #[serde(default)]
     pub private_key: Option<String>,
-    /// PEM trust anchors for the server's certificate; absent: the system's.
+    /// PEM trust anchors for the server's certificate; absent: the system's
+    /// (under `SIMPLE` without `subjectAltNames`; required with `MUTUAL`).
     /// Not with `ISTIO_MUTUAL`.
     #[serde(default)]
     pub ca_certificates: Option<String>,
@@ -301,10 +302,9 @@ pub struct ClientTlsSettingsSpec {
     #[serde(default)]
     pub sni: Option<String>,
     /// Istio's switch that turns off every check of the server's
-    /// certificate. Read so that a file written for Istio loads, but
-    /// `true` is refused when the workload's upstream TLS is built
-    /// (`palisade_mtls::UpstreamTls::from_policy`): Palisade always
-    /// verifies the server's chain and names. Default `false`; not together
+    /// certificate. `true` is refused when the file loads, whichever
+    /// workload the document names: Palisade always verifies the server's
+    /// chain and names. Default `false`; not together
     /// with `caCertificates` or `subjectAltNames` (as in Istio), nor with
     /// `ISTIO_MUTUAL`.
     #[serde(default)]
