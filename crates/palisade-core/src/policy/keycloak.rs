@@ -63,7 +63,9 @@ pub struct KeycloakAdapterConfig {
     #[serde(default)]
     pub disable_trust_manager: Option<bool>,
     /// Keycloak's Authorization Services (what its export writes for a
-    /// client with them on): not evaluated, said when the file loads.
+    /// client with them on): Palisade does not ask them, so only
+    /// `enforcement-mode: DISABLED` loads (any other mode, Keycloak's
+    /// default `ENFORCING` included, would deny what they do not permit).
     #[serde(default)]
     pub policy_enforcer: Option<serde_json::Value>,
 }
@@ -153,6 +155,25 @@ impl KeycloakAdapterConfig {
                 return Err((field.into(), "must be at least 1 (seconds)".into()));
             }
         }
+        // Keycloak's enforcer denies what its permissions do not allow
+        // unless told DISABLED; loading one that Palisade does not ask would
+        // allow all of that.
+        if let Some(enforcer) = &self.policy_enforcer {
+            let mode = match enforcer.get("enforcement-mode") {
+                None => "ENFORCING, the default",
+                Some(serde_json::Value::String(mode)) if mode.eq_ignore_ascii_case("DISABLED") => "",
+                Some(serde_json::Value::String(mode)) => mode,
+                Some(_) => "not a mode",
+            };
+            if !mode.is_empty() {
+                return Err((
+                    "spec.policy-enforcer".into(),
+                    format!(
+                        "Keycloak's Authorization Services (enforcement mode {mode}) are not asked by Palisade, which would allow what they deny: write the permissions as AuthorizationPolicy documents, then set `enforcement-mode: DISABLED` or remove `policy-enforcer`"
+                    ),
+                ));
+            }
+        }
         if self.verify_token_audience == Some(true) && self.resource.is_none() {
             return Err((
                 "spec.resource".into(),
@@ -200,11 +221,6 @@ impl KeycloakAdapterConfig {
                 "disable-trust-manager",
                 self.disable_trust_manager == Some(true),
                 "not applied: the issuer's certificate is always verified",
-            ),
-            (
-                "policy-enforcer",
-                self.policy_enforcer.is_some(),
-                "not applied: Keycloak's Authorization Services are not asked; write the permissions as AuthorizationPolicy documents (or a CUSTOM provider)",
             ),
         ];
         let mut said: Vec<super::FieldError> = not_applied

@@ -1277,10 +1277,25 @@ fn values_that_match_nothing_are_said_and_values_that_cannot_work_refused() {
     assert_eq!(warned(&keycloak("")), [(1, "spec.verify-token-audience".into())]);
     assert!(warned(&keycloak(", verify-token-audience: true")).is_empty());
     // What Keycloak's export writes for a client with Authorization
-    // Services on: loads, and is said not to be applied.
-    assert_eq!(
-        warned(&keycloak(", verify-token-audience: true, policy-enforcer: {}")),
-        [(1, "spec.policy-enforcer".into())]
+    // Services on enforces them (ENFORCING by default, or as written):
+    // refused, since Palisade does not ask them. Turned off, it loads.
+    for enforcer in [
+        "{}",
+        "{enforcement-mode: ENFORCING}",
+        "{enforcement-mode: PERMISSIVE, paths: []}",
+        "{enforcement-mode: 7}",
+    ] {
+        let err = load_err(&keycloak(&format!(
+            ", verify-token-audience: true, policy-enforcer: {enforcer}"
+        )));
+        assert_eq!(err.field.as_deref(), Some("spec.policy-enforcer"), "{enforcer}: {err}");
+        assert!(err.to_string().contains("enforcement-mode: DISABLED"), "{err}");
+    }
+    assert!(
+        warned(&keycloak(
+            ", verify-token-audience: true, policy-enforcer: {enforcement-mode: DISABLED}"
+        ))
+        .is_empty()
     );
     let jwt = "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: j}\nspec:\n  selector: {matchLabels: {app: nobody}}\n  jwtRules: [{issuer: 'https://kc.example/realms/r', timeout: 0s}]\n";
     assert_eq!(load_err(jwt).field.as_deref(), Some("spec.jwtRules[0].timeout"));
