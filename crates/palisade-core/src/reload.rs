@@ -267,7 +267,7 @@ impl PolicyReloader {
                             "empty (a file being written?): not loaded; to remove every policy, write a file of comments (`# no policy`)",
                         ));
                     }
-                    let set = PolicySet::from_file_text(&text, &name)?;
+                    let set = PolicySet::from_file_text(&text, &name, retrying)?;
                     (self.0.build)(&set)
                 }))
                 .unwrap_or_else(|_| {
@@ -370,6 +370,7 @@ mod tests {
     use crate::authn::OwnedRequest;
     use crate::authz::AccessPolicy;
     use crate::check::Check;
+    use crate::policy::EMPTY_FILE;
     use crate::policy::Workload;
 
     /// `GET /open` is allowed by the file `open` and by no other.
@@ -471,22 +472,78 @@ spec:
         assert!(open(&guard));
     }
 
+    /// [`build`], refused as a file a document names is (with its I/O
+    /// error) while `secret` is not there.
+    fn needing(secret: &std::path::Path) -> impl Fn(&PolicySet) -> Result<Guard, PolicyError> + use<> {
+        let secret = secret.to_owned();
+        move |set: &PolicySet| {
+            if !secret.exists() {
+                return Err(PolicyError::new(set.source(), "cannot read the secret")
+                    .with_source(std::io::Error::from(std::io::ErrorKind::NotFound)));
+            }
+            build(set)
+        }
+    }
+
+    /// What the contents say aloud (here: no document, every request
+    /// allowed) is said once at warn level: a retry of the same contents
+    /// says it at debug level, or it would repeat every 30 s.
+    #[test]
+    fn a_retry_does_not_warn_again_of_what_it_said() {
+        #[derive(Clone, Default)]
+        struct Lines(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let lines = Lines::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_writer({
+                let lines = lines.clone();
+                move || lines.clone()
+            })
+            .finish();
+        let warned = || {
+            String::from_utf8_lossy(&lines.0.lock().unwrap())
+                .matches(EMPTY_FILE)
+                .count()
+        };
+        let (dir, file) = scratch("warned");
+        let secret = dir.0.join("secret");
+        std::fs::write(&file, CLOSED).unwrap();
+        let guard = build(&PolicySet::from_file(&file).unwrap()).unwrap();
+        let reloader =
+            PolicyReloader::new(&file, &guard, needing(&secret)).retrying_after(Duration::from_millis(100));
+        tracing::subscriber::with_default(subscriber, || {
+            std::fs::write(&file, "# no policy\n").unwrap();
+            assert!(reloader.reload_if_changed().is_none(), "seen once");
+            assert!(matches!(reloader.reload_if_changed(), Some(Err(_))));
+            assert_eq!(warned(), 1, "said when first read");
+            std::thread::sleep(Duration::from_millis(150));
+            assert!(matches!(reloader.reload_if_changed(), Some(Err(_))), "again");
+            std::fs::write(&secret, "s").unwrap();
+            std::thread::sleep(Duration::from_millis(150));
+            assert!(matches!(reloader.reload_if_changed(), Some(Ok(()))));
+            assert!(open(&guard));
+            assert_eq!(warned(), 1, "not said again by the retries");
+            // New contents are said again, though they warn alike.
+            std::fs::write(&file, "# none at all\n").unwrap();
+            reloader.reload().unwrap();
+            assert_eq!(warned(), 2);
+        });
+    }
+
     #[test]
     fn contents_refused_for_a_file_they_name_are_loaded_again_until_it_is_there() {
         let (dir, file) = scratch("outside");
         let secret = dir.0.join("secret");
-        let needs_secret = {
-            let secret = secret.clone();
-            move |set: &PolicySet| {
-                if !secret.exists() {
-                    // As a file a document names is refused: with its
-                    // I/O error.
-                    return Err(PolicyError::new(set.source(), "cannot read the secret")
-                        .with_source(std::io::Error::from(std::io::ErrorKind::NotFound)));
-                }
-                build(set)
-            }
-        };
+        let needs_secret = needing(&secret);
         std::fs::write(&secret, "s").unwrap();
         std::fs::write(&file, CLOSED).unwrap();
         let guard = needs_secret(&PolicySet::from_file(&file).unwrap()).unwrap();

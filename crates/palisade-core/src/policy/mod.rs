@@ -500,8 +500,9 @@ impl PartialEq for PolicySet {
     }
 }
 
-/// What is said of an empty policy file (at start-up and on reload).
-pub(crate) const EMPTY_FILE: &str = "the policy file is empty: no policy, so every request is allowed; if a writer has not finished it, replace the file by renaming a complete one over it";
+/// What is said of a policy file that holds no document (empty, or
+/// comments only), at start-up and on reload.
+pub(crate) const EMPTY_FILE: &str = "the policy file holds no document: no policy, so every request is allowed; if a writer has not finished it, replace the file by renaming a complete one over it";
 
 /// A digest of a policy file's bytes, to tell a change (not a secret: the
 /// writer of the file is trusted).
@@ -665,16 +666,33 @@ impl PolicySet {
         let name = path.as_ref().display().to_string();
         let text = std::fs::read_to_string(path.as_ref())
             .map_err(|e| PolicyError::new(&name, format!("cannot read: {e}")))?;
-        Self::from_file_text(&text, &name)
+        Self::from_file_text(&text, &name, false)
     }
 
-    /// A policy file's text, read at start-up or on reload: an empty one
-    /// is said aloud ([`EMPTY_FILE`]), then parsed as any stream.
-    pub(crate) fn from_file_text(text: &str, name: &str) -> Result<Self, PolicyError> {
-        if text.trim().is_empty() {
-            tracing::warn!(target: LOG_TARGET, file = %name, "{EMPTY_FILE}");
+    /// A policy file's text, read at start-up or on reload: parsed as any
+    /// stream, and one that holds no document is warned of too
+    /// ([`EMPTY_FILE`]). The warnings are logged at warn level, or at debug
+    /// level when `again` (a reload trying again contents refused for what
+    /// lies outside them, whose warnings were said the first time).
+    pub(crate) fn from_file_text(text: &str, name: &str, again: bool) -> Result<Self, PolicyError> {
+        let mut set = Self::parse(text, name)?;
+        if set.documents.is_empty() {
+            set.warnings
+                .push(PolicyWarning::new(PolicyError::new(name, EMPTY_FILE)));
         }
-        Self::from_yaml_str(text, name)
+        set.say_warnings(again);
+        Ok(set)
+    }
+
+    /// Logs each warning at warn level, or at debug level when `again`.
+    fn say_warnings(&self, again: bool) {
+        for warning in &self.warnings {
+            if again {
+                tracing::debug!(target: LOG_TARGET, "{warning}");
+            } else {
+                tracing::warn!(target: LOG_TARGET, "{warning}");
+            }
+        }
     }
 
     /// Parses and validates a YAML stream; `source` names it in errors.
@@ -685,12 +703,17 @@ impl PolicySet {
     /// A [`PolicyError`] naming the source, the document, the field, and the
     /// line and column when the YAML parser knows them.
     pub fn from_yaml_str(text: &str, source: &str) -> Result<Self, PolicyError> {
+        let set = Self::parse(text, source)?;
+        set.say_warnings(false);
+        Ok(set)
+    }
+
+    /// [`from_yaml_str`](Self::from_yaml_str) without logging its warnings.
+    fn parse(text: &str, source: &str) -> Result<Self, PolicyError> {
         let mut documents = Vec::new();
         let mut warnings = Vec::new();
         let mut warn = |document: &Document, field: &str, message: String| {
-            let warning = PolicyWarning::new(document.error(source, field, message));
-            tracing::warn!(target: LOG_TARGET, "{warning}");
-            warnings.push(warning);
+            warnings.push(PolicyWarning::new(document.error(source, field, message)));
         };
         let mut count = 0;
         for chunk in split_documents(text) {

@@ -1288,7 +1288,11 @@ fn values_that_match_nothing_are_said_and_values_that_cannot_work_refused() {
         let err = load_err(&keycloak(&format!(
             ", verify-token-audience: true, policy-enforcer: {enforcer}"
         )));
-        assert_eq!(err.field.as_deref(), Some("spec.policy-enforcer"), "{enforcer}: {err}");
+        assert_eq!(
+            err.field.as_deref(),
+            Some("spec.policy-enforcer"),
+            "{enforcer}: {err}"
+        );
         assert!(err.to_string().contains("enforcement-mode: DISABLED"), "{err}");
     }
     assert!(
@@ -1341,4 +1345,23 @@ fn values_that_match_nothing_are_said_and_values_that_cannot_work_refused() {
             "{tls}"
         );
     }
+}
+
+/// A policy file of no document (empty, or comments only) allows every
+/// request: a warning of the file says so, which `palisade check` prints
+/// too. A stream given in code is not a file, and is not warned of.
+#[test]
+fn a_file_of_no_document_is_warned_of() {
+    let dir = std::env::temp_dir().join(format!("palisade-no-document-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, text) in [("comments.yaml", "# no policy\n"), ("empty.yaml", "")] {
+        let file = dir.join(name);
+        std::fs::write(&file, text).unwrap();
+        let set = PolicySet::from_file(&file).unwrap();
+        let said: Vec<String> = set.warnings().iter().map(ToString::to_string).collect();
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(said[0].contains(name) && said[0].contains(super::EMPTY_FILE), "{said:?}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(PolicySet::from_yaml_str("# none\n", "inline").unwrap().warnings().is_empty());
 }
