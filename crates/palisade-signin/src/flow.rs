@@ -114,6 +114,9 @@ struct Inner {
     /// The token endpoint refusing this client itself (a secret rotated
     /// on one side only): said once a minute, apart from the rest.
     client_refused: palisade_core::logging::Sparse,
+    /// A session store that fails writes: said once a minute
+    /// ([`SignIn::store_failed`]).
+    store_down: palisade_core::logging::Sparse,
 }
 
 /// Browser sign-in: an OpenID Connect relying party, as an
@@ -352,6 +355,7 @@ impl SignInBuilder {
             rng: SystemRandom::new(),
             issuer_down: palisade_core::logging::Sparse::per_minute(),
             client_refused: palisade_core::logging::Sparse::per_minute(),
+            store_down: palisade_core::logging::Sparse::per_minute(),
         })))
     }
 
@@ -1021,7 +1025,11 @@ impl SignIn {
             // a verdict. A key the fetched set lacks (`UnknownKey`, after
             // the bounded re-fetch for rotations) is one.
             if matches!(e, palisade_jwt::JwtError::KeysUnavailable) {
-                tracing::warn!(target: LOG_TARGET, error = %e, "the ID token of a refresh cannot be checked now");
+                if self.0.issuer_down.due() {
+                    tracing::warn!(target: LOG_TARGET, error = %e, "the ID tokens of refreshes cannot be checked now: the issuer's keys cannot be had (said once a minute while it lasts)");
+                } else {
+                    tracing::debug!(target: LOG_TARGET, error = %e, "the ID token of a refresh cannot be checked now");
+                }
                 return None;
             }
             tracing::info!(target: LOG_TARGET, error = %e, "the ID token of a refresh was refused");
@@ -1367,7 +1375,7 @@ impl SignIn {
                         Err(Some(why)) => {
                             tracing::warn!(target: LOG_TARGET, reason = why, subject = ?s.sub, "the issuer refreshed a session with an ID token that is not valid: the session ends");
                             if let Err(e) = self.end(s).await {
-                                tracing::warn!(target: LOG_TARGET, error = %e, "an ended session cannot be recorded");
+                                self.store_failed(&e, false, "an ended session cannot be recorded");
                             }
                             return None;
                         }
@@ -1396,7 +1404,7 @@ impl SignIn {
             Err(TokenError::Refused(error)) if error == "invalid_grant" => {
                 tracing::info!(target: LOG_TARGET, %error, subject = ?s.sub, "the issuer refused to refresh a session: it ends");
                 if let Err(e) = self.end(s).await {
-                    tracing::warn!(target: LOG_TARGET, error = %e, "an ended session cannot be recorded");
+                    self.store_failed(&e, false, "an ended session cannot be recorded");
                 }
                 None
             }
@@ -1443,7 +1451,11 @@ impl SignIn {
             .put(&successor_key(previous), sealed, SUCCESSOR_TTL)
             .await
         {
-            tracing::warn!(target: LOG_TARGET, error = %e, "a refreshed session cannot be handed to the other replicas: until the browser brings the new cookie, their requests use the old tokens while those last, then wait and end");
+            self.store_failed(
+                &e,
+                false,
+                "a refreshed session cannot be handed to the other replicas: until the browser brings the new cookie, their requests use the old tokens while those last, then wait and end",
+            );
         }
     }
 
@@ -1506,6 +1518,20 @@ impl SignIn {
 
     /// Ends a session here: forgotten by this process at once, recorded as
     /// ended in the store (for every replica) until its absolute timeout.
+    /// A session store's failure to record `what`, said at warn level
+    /// (`severe`: error level) at most once a minute while the store fails,
+    /// at debug level otherwise: in an outage every refresh or logout
+    /// would say it, and a client can send logouts.
+    fn store_failed(&self, e: &crate::store::StoreError, severe: bool, what: &str) {
+        if !self.0.store_down.due() {
+            tracing::debug!(target: LOG_TARGET, error = %e, "{what}");
+        } else if severe {
+            tracing::error!(target: LOG_TARGET, error = %e, "{what} (said once a minute while the store fails)");
+        } else {
+            tracing::warn!(target: LOG_TARGET, error = %e, "{what} (said once a minute while the store fails)");
+        }
+    }
+
     async fn end(&self, s: &Session) -> Result<(), crate::store::StoreError> {
         let until = at(s.created_secs() + self.0.config.absolute_timeout.as_secs());
         self.end_id(s.id.clone(), until).await
@@ -1576,7 +1602,11 @@ impl SignIn {
                 },
             };
             if let Err(e) = ended {
-                tracing::error!(target: LOG_TARGET, error = %e, "a logged-out session cannot be recorded as ended now: other replicas accept a saved copy of its cookie until the store records it (the Redis store writes it when Redis answers again, unless it stops first or is at its cap) or it times out");
+                this.store_failed(
+                    &e,
+                    true,
+                    "a logged-out session cannot be recorded as ended now: other replicas accept a saved copy of its cookie until the store records it (the Redis store writes it when Redis answers again, unless it stops first or is at its cap) or it times out",
+                );
             }
             let id_token = live.as_ref().and_then(|l| l.session.it.as_deref());
             match &live {
@@ -1719,7 +1749,11 @@ impl SignIn {
             return Err(match self.0.store.release(&used).await {
                 Ok(()) => "the logout cannot be recorded now: send it again",
                 Err(e) => {
-                    tracing::warn!(target: LOG_TARGET, error = %e, "a logout token that could not be recorded cannot be released either: the issuer's retry will be refused as a replay");
+                    self.store_failed(
+                        &e,
+                        false,
+                        "a logout token that could not be recorded cannot be released either: the issuer's retry will be refused as a replay",
+                    );
                     "the logout cannot be recorded now"
                 }
             });
@@ -1950,11 +1984,12 @@ mod tests {
     }
 
     /// A memory store that fails as a shared one that is briefly
-    /// unreachable does: its first revocation, or every read of session
+    /// unreachable does: its first revocations, or every read of session
     /// data.
     struct Flaky {
         store: MemoryStore,
-        first_revocation_fails: std::sync::atomic::AtomicBool,
+        /// How many revocations fail, from the first.
+        revocations_failing: std::sync::atomic::AtomicUsize,
         reads_fail: bool,
         revocations_unknown: bool,
     }
@@ -1964,8 +1999,13 @@ mod tests {
     impl SessionStore for Flaky {
         fn revoke(&self, revocation: Revocation) -> StoreResult<()> {
             if self
-                .first_revocation_fails
-                .swap(false, std::sync::atomic::Ordering::SeqCst)
+                .revocations_failing
+                .fetch_update(
+                    std::sync::atomic::Ordering::SeqCst,
+                    std::sync::atomic::Ordering::SeqCst,
+                    |n| n.checked_sub(1),
+                )
+                .is_ok()
             {
                 return Box::pin(std::future::ready(Err(crate::store::StoreError::Unavailable)));
             }
@@ -1997,13 +2037,79 @@ mod tests {
         }
     }
 
+    /// A store that cannot record logouts is said at error level once a
+    /// minute, not once per logout: any client with a session cookie can
+    /// send one.
+    #[tokio::test]
+    async fn logouts_the_store_cannot_record_are_said_once_a_minute() {
+        #[derive(Clone, Default)]
+        struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let lines = Lines::default();
+        let _subscriber = tracing::subscriber::set_default(
+            tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::DEBUG)
+                .with_ansi(false)
+                .with_writer({
+                    let lines = lines.clone();
+                    move || lines.clone()
+                })
+                .finish(),
+        );
+        let issuer = palisade_testkit::TestIssuer::start().unwrap();
+        let key = CookieKey::new("k1", &[1; 32]).unwrap();
+        let store = Arc::new(Flaky {
+            store: MemoryStore::default(),
+            revocations_failing: std::sync::atomic::AtomicUsize::new(3),
+            reads_fail: false,
+            revocations_unknown: false,
+        });
+        let sign_in = SignIn::builder(issuer.issuer(), "shop")
+            .keys(vec![key.clone()])
+            .store(store)
+            .build()
+            .unwrap();
+        discovered(&sign_in).await;
+        let cookie = session_cookie(key, &Payload::Inline(alice()));
+        for _ in 0..3 {
+            let logout = OwnedRequest::new("POST", "/logout")
+                .header("host", "app.test")
+                .header("sec-fetch-site", "same-origin")
+                .header("cookie", cookie.clone());
+            let reply = match sign_in.logout(&logout) {
+                Check::Ready(r) => r,
+                Check::Pending(f) => f.await,
+            };
+            assert_eq!(reply.status(), 302);
+        }
+        let said = String::from_utf8_lossy(&lines.0.lock().unwrap()).into_owned();
+        let unrecorded: Vec<&str> = said
+            .lines()
+            .filter(|l| l.contains("a logged-out session cannot be recorded as ended now"))
+            .collect();
+        assert_eq!(unrecorded.len(), 3, "{said}");
+        assert!(
+            unrecorded[0].contains("ERROR") && unrecorded[0].contains("once a minute"),
+            "{said}"
+        );
+        assert!(unrecorded[1..].iter().all(|l| l.contains("DEBUG")), "{said}");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_logout_of_a_stored_session_the_store_cannot_read_still_ends_it_here_and_at_the_issuer() {
         let issuer = palisade_testkit::TestIssuer::start().unwrap();
         let key = CookieKey::new("k1", &[1; 32]).unwrap();
         let store = Arc::new(Flaky {
             store: MemoryStore::default(),
-            first_revocation_fails: std::sync::atomic::AtomicBool::new(false),
+            revocations_failing: std::sync::atomic::AtomicUsize::new(0),
             reads_fail: true,
             revocations_unknown: false,
         });
@@ -2101,7 +2207,7 @@ mod tests {
         let relying_party = |revocations_unknown: bool| {
             let store = Flaky {
                 store: MemoryStore::default(),
-                first_revocation_fails: std::sync::atomic::AtomicBool::new(false),
+                revocations_failing: std::sync::atomic::AtomicUsize::new(0),
                 reads_fail: false,
                 revocations_unknown,
             };
@@ -2143,7 +2249,7 @@ mod tests {
         let issuer = palisade_testkit::TestIssuer::start().unwrap();
         let store = Flaky {
             store: MemoryStore::default(),
-            first_revocation_fails: std::sync::atomic::AtomicBool::new(true),
+            revocations_failing: std::sync::atomic::AtomicUsize::new(1),
             reads_fail: false,
             revocations_unknown: false,
         };

@@ -1360,8 +1360,16 @@ fn a_file_of_no_document_is_warned_of() {
         let set = PolicySet::from_file(&file).unwrap();
         let said: Vec<String> = set.warnings().iter().map(ToString::to_string).collect();
         assert_eq!(said.len(), 1, "{said:?}");
-        assert!(said[0].contains(name) && said[0].contains(super::EMPTY_FILE), "{said:?}");
+        assert!(
+            said[0].contains(name) && said[0].contains(super::EMPTY_FILE),
+            "{said:?}"
+        );
     }
     std::fs::remove_dir_all(&dir).unwrap();
-    assert!(PolicySet::from_yaml_str("# none\n", "inline").unwrap().warnings().is_empty());
+    assert!(
+        PolicySet::from_yaml_str("# none\n", "inline")
+            .unwrap()
+            .warnings()
+            .is_empty()
+    );
 }
