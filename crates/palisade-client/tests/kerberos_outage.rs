@@ -9,14 +9,13 @@
 //! realm's configuration at a port that never answers, and runs itself
 //! again with that environment.
 
-// Without the feature this test cannot run: said, not skipped in silence.
+// Without the feature this test cannot run: listed as ignored with the
+// reason (not skipped in silence, and not a failure of a build that did
+// not ask for Kerberos). CI runs every feature.
 #[cfg(not(feature = "spnego"))]
 #[test]
-fn a_silent_kdc_holds_at_most_the_limit_of_threads_and_is_not_asked_again_at_once() {
-    panic!(
-        "outbound Kerberos needs palisade-client's `spnego` feature: run with --features spnego (or --all-features)"
-    );
-}
+#[ignore = "outbound Kerberos needs palisade-client's `spnego` feature: run with --features spnego (or --all-features)"]
+fn a_silent_kdc_holds_at_most_the_limit_of_threads_and_is_not_asked_again_at_once() {}
 
 #[cfg(feature = "spnego")]
 mod with_spnego {
