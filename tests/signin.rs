@@ -371,7 +371,7 @@ async fn refusals_are_400_without_a_session() {
             (jar, at_issuer.location.unwrap())
         };
         let refused = |a: &Answer, what: &str| {
-            // docs/signin.md: every callback refusal is a 400.
+            // docs/signin.md: what the browser brought is refused with a 400.
             assert_eq!(a.status, 400, "{base} {what}: {a:?}");
             assert!(
                 !a.set_cookies

@@ -131,7 +131,7 @@ async fn refused(base: &str, issuer: &TestIssuer, what: &str) {
     let (mut jar, back) = through_the_callback(base, issuer, what).await;
     assert_eq!(
         back.status, 400,
-        "{base} {what}: a 400 (docs/signin.md), never a sign-in or a 5xx: {back:?}"
+        "{base} {what}: a 400 for what the browser brought (docs/signin.md), never a sign-in or a 5xx: {back:?}"
     );
     assert!(
         !back.set_cookies.iter().any(|c| sets_session(c)),
