@@ -284,6 +284,27 @@ spec:
         }
     }
 
+    /// A hot reload keeps the Redis store of a URL (with the revocations it
+    /// holds in memory) while a relying party uses it, and connects anew
+    /// once none does.
+    #[cfg(feature = "redis")]
+    #[test]
+    fn one_redis_store_per_url_while_it_is_used() {
+        let redis = palisade_testkit::redis::RedisServer::start().unwrap();
+        let err = |m: String| PolicyError::new("login.yaml", m);
+        let first = store(&redis.url(), true, err).unwrap().unwrap();
+        let again = store(&redis.url(), true, err).unwrap().unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "a reload finds the store in use");
+        let weak = Arc::downgrade(&first);
+        drop((first, again));
+        assert!(weak.upgrade().is_none(), "not kept once unused");
+        let anew = store(&redis.url(), true, err).unwrap().unwrap();
+        assert_eq!(Arc::strong_count(&anew), 1);
+        // Offline (`palisade check`) or `memory`: no Redis store at all.
+        assert!(store(&redis.url(), false, err).unwrap().is_none());
+        assert!(store("memory", true, err).unwrap().is_none());
+    }
+
     /// A Redis store that does not answer stops the start-up, naming the
     /// field, as an error a hot reload tries again (it may answer later).
     #[cfg(feature = "redis")]
