@@ -95,8 +95,7 @@ impl ClientKey {
         .map_err(|_| {
             SignInError::Config(format!("the client key is not a PEM private key for {algorithm}"))
         })?;
-        let mut digest = [0u8; 32];
-        digest.copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, pem).as_ref());
+        let digest = crate::cookie::sha256(pem);
         let key = Self {
             algorithm: alg,
             kid: kid.map(str::to_owned),

@@ -227,8 +227,7 @@ impl CookieKey {
                 len: key.len(),
             });
         }
-        let mut digest = [0u8; 32];
-        digest.copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key).as_ref());
+        let digest = sha256(key);
         let key = RandomizedNonceKey::new(&AES_256_GCM, key).map_err(|_| KeyError::WrongLength {
             id: id.to_owned(),
             len: key.len(),
@@ -1115,6 +1114,14 @@ fn name_prefix(name: &str) -> Option<NamePrefix> {
 /// (a `__Host-` or `__Secure-` prefix).
 pub(crate) fn prefix_requires_secure(name: &str) -> bool {
     name_prefix(name).is_some()
+}
+
+/// The SHA-256 of `secret`: how a key is compared (a reload keeping one
+/// configured alike) without keeping its bytes twice.
+pub(crate) fn sha256(secret: &[u8]) -> [u8; 32] {
+    let mut digest = [0u8; 32];
+    digest.copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, secret).as_ref());
+    digest
 }
 
 #[cfg(test)]
