@@ -605,8 +605,8 @@ async fn an_idle_kept_alive_connection_is_closed_after_the_idle_timeout_on_both_
 /// key fetches of a process share one thread, and starting these stores
 /// would shift the timings tests/jwks.rs measures.)
 mod identity_provider {
+    use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::{Arc, Mutex, OnceLock};
     use std::time::{Duration, Instant};
 
     use base64::Engine as _;
@@ -617,39 +617,13 @@ mod identity_provider {
 
     /// Every log line of this test binary, for the tests to look for theirs
     /// (the key fetches run on a thread of their own).
-    fn logs() -> &'static Mutex<Vec<u8>> {
-        static LOGS: OnceLock<&'static Mutex<Vec<u8>>> = OnceLock::new();
-        LOGS.get_or_init(|| {
-            let logs: &'static Mutex<Vec<u8>> = Box::leak(Box::new(Mutex::new(Vec::new())));
-            let _ = tracing_subscriber::fmt()
-                .with_env_filter("palisade=warn")
-                .with_ansi(false)
-                .with_writer(move || Capture(logs))
-                .try_init();
-            logs
-        })
-    }
-
-    struct Capture(&'static Mutex<Vec<u8>>);
-
-    impl std::io::Write for Capture {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
+    fn logs() {
+        crate::common::logs::capture("palisade=warn");
     }
 
     /// The log lines that mention `needle`.
     fn lines_with(needle: &str) -> Vec<String> {
-        let logs = logs().lock().unwrap();
-        String::from_utf8_lossy(&logs)
-            .lines()
-            .filter(|l| l.contains(needle))
-            .map(str::to_owned)
-            .collect()
+        crate::common::logs::lines(needle)
     }
 
     /// A server that misbehaves by its path's first segment: `slow` (a

@@ -2042,28 +2042,8 @@ mod tests {
     /// send one.
     #[tokio::test]
     async fn logouts_the_store_cannot_record_are_said_once_a_minute() {
-        #[derive(Clone, Default)]
-        struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
-        impl std::io::Write for Lines {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(buf);
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let lines = Lines::default();
-        let _subscriber = tracing::subscriber::set_default(
-            tracing_subscriber::fmt()
-                .with_max_level(tracing::Level::DEBUG)
-                .with_ansi(false)
-                .with_writer({
-                    let lines = lines.clone();
-                    move || lines.clone()
-                })
-                .finish(),
-        );
+        let (lines, subscriber) = palisade_testkit::logs::Lines::subscriber("debug");
+        let _subscriber = tracing::subscriber::set_default(subscriber);
         let issuer = palisade_testkit::TestIssuer::start().unwrap();
         let key = CookieKey::new("k1", &[1; 32]).unwrap();
         let store = Arc::new(Flaky {
@@ -2090,17 +2070,16 @@ mod tests {
             };
             assert_eq!(reply.status(), 302);
         }
-        let said = String::from_utf8_lossy(&lines.0.lock().unwrap()).into_owned();
-        let unrecorded: Vec<&str> = said
-            .lines()
-            .filter(|l| l.contains("a logged-out session cannot be recorded as ended now"))
-            .collect();
-        assert_eq!(unrecorded.len(), 3, "{said}");
+        let unrecorded = lines.containing("a logged-out session cannot be recorded as ended now");
+        assert_eq!(unrecorded.len(), 3, "{unrecorded:?}");
         assert!(
             unrecorded[0].contains("ERROR") && unrecorded[0].contains("once a minute"),
-            "{said}"
+            "{unrecorded:?}"
         );
-        assert!(unrecorded[1..].iter().all(|l| l.contains("DEBUG")), "{said}");
+        assert!(
+            unrecorded[1..].iter().all(|l| l.contains("DEBUG")),
+            "{unrecorded:?}"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

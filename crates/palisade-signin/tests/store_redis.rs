@@ -2,10 +2,10 @@
 //! stores on one server play two replicas of a service.
 
 use std::future::Future;
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use palisade_signin::store::{RedisStore, Revocation, SessionRef, SessionStore, StoreError};
+use palisade_testkit::logs::Lines;
 use palisade_testkit::redis::RedisServer;
 
 const ISSUER: &str = "https://idp.example";
@@ -20,40 +20,16 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Every log line of the process, captured once for all tests (the stores
 /// log from their own threads, so the subscriber is global).
-fn logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buffer = Arc::new(Mutex::new(Vec::new()));
-        let writer = buffer.clone();
-        tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::DEBUG)
-            .with_ansi(false)
-            .with_writer(move || Capture(writer.clone()))
-            .init();
-        buffer
-    })
-    .clone()
-}
-
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+fn logs() -> Lines {
+    Lines::of_process("debug")
 }
 
 /// The captured lines at `level` that mention `url`.
 fn lines(level: &str, url: &str) -> Vec<String> {
-    let logs = logs();
-    let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
-    text.lines()
-        .filter(|l| l.contains(level) && l.contains(url))
-        .map(str::to_owned)
+    logs()
+        .containing(url)
+        .into_iter()
+        .filter(|l| l.contains(level))
         .collect()
 }
 

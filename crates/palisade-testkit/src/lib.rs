@@ -71,6 +71,7 @@ use tokio::net::TcpListener;
 pub mod apache;
 pub mod browser;
 pub mod kerberos;
+pub mod logs;
 pub mod pki;
 pub mod redis;
 #[cfg(unix)]
