@@ -59,7 +59,12 @@ impl JwtAuthenticator {
 }
 
 fn from_policy(policy: &WorkloadPolicy<'_>, offline: bool) -> Result<Option<JwtAuthenticator>, PolicyError> {
-    let settings: Vec<(&Document, &JwtSettingsSpec)> = policy.jwt_settings().collect();
+    // In the order they take effect, each setting the last one's: the root
+    // namespace's, then the workload's own namespace's (as a namespace's
+    // Istio documents override the mesh's); see also `for_issuer`. Within
+    // a namespace a setting is given once (checked when the file loads).
+    let mut settings: Vec<(&Document, &JwtSettingsSpec)> = policy.jwt_settings().collect();
+    settings.sort_by_key(|(d, _)| d.metadata.namespace() == policy.workload().namespace);
     let mut builder = JwtAuthenticator::builder().realm(policy.workload().service.clone());
     builder.offline = offline;
     for (doc, s) in settings.iter().filter(|(_, s)| s.issuer.is_none()) {
@@ -295,7 +300,8 @@ fn keycloak_fetch(kc: &KeycloakAdapterConfig, f: &mut FetchSettings) {
 
 /// The `JwtSettings` documents that apply to `issuer`, in the order they
 /// take effect: global ones first, then the issuer's own (which therefore
-/// win), each group in file order.
+/// win), each group in the order of `settings` (the root namespace's, then
+/// the workload's namespace's).
 fn for_issuer<'s, 'd>(
     settings: &'s [(&'d Document, &'d JwtSettingsSpec)],
     issuer: &str,
@@ -706,6 +712,54 @@ spec:
             .unwrap_err(),
             JwtError::MissingClaim("iss")
         );
+    }
+
+    /// A setting of the workload's own namespace overrides the root
+    /// namespace's, whichever comes first in the file (as Istio's
+    /// namespace-wide documents override the mesh's).
+    #[test]
+    fn the_workloads_namespace_overrides_the_root_namespace_whatever_the_order() {
+        let rule = "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: default}
+spec:
+  jwtRules: [{issuer: https://kc.example/realms/shop, audiences: [details]}]
+";
+        let settings = |name: &str, namespace: &str, claim: &str| {
+            format!(
+                "apiVersion: palisade.dev/v1alpha1
+kind: JwtSettings
+metadata: {{name: {name}, namespace: {namespace}}}
+spec: {{principalClaim: {claim}}}
+"
+            )
+        };
+        let own = settings("own", "default", "email");
+        let mesh = settings("mesh", "istio-system", "nickname");
+        for (first, second) in [(&own, &mesh), (&mesh, &own)] {
+            let yaml = format!("{rule}---\n{first}---\n{second}");
+            let set = PolicySet::from_yaml_str(&yaml, "jwt.yaml").unwrap();
+            let jwt = JwtAuthenticator::from_policy_offline(
+                &set.for_workload(&Workload::new("details", "default")),
+            )
+            .unwrap()
+            .unwrap();
+            let claims = serde_json::json!({
+                "iss": "https://kc.example/realms/shop",
+                "sub": "u1",
+                "aud": "details",
+                "email": "alice@example.com",
+                "nickname": "al",
+            });
+            let id = jwt
+                .identity_for_verified_claims(claims.as_object().unwrap().clone(), Verification::assertion())
+                .unwrap();
+            assert_eq!(
+                id.token().unwrap().preferred_username.as_deref(),
+                Some("alice@example.com"),
+                "{yaml}"
+            );
+        }
     }
 
     #[test]

@@ -515,6 +515,34 @@ pub(crate) fn digest(bytes: &[u8]) -> u64 {
     h.finish()
 }
 
+/// A setting `document` (a `JwtSettings`) gives that an earlier one of
+/// the same level gives too: the same namespace and the same `issuer` (or
+/// neither names one), so the same workloads and issuers. Which would win
+/// is not for the file's order to say.
+fn given_twice(earlier: &[Document], document: &Document, source: &str) -> Option<PolicyError> {
+    let Spec::JwtSettings(spec) = &document.spec else {
+        return None;
+    };
+    let given = spec.given();
+    earlier.iter().find_map(|d| match &d.spec {
+        Spec::JwtSettings(other)
+            if other.issuer == spec.issuer && d.metadata.namespace() == document.metadata.namespace() =>
+        {
+            let field = other.given().into_iter().find(|f| given.contains(f))?;
+            Some(document.error(
+                source,
+                &format!("spec.{field}"),
+                format!(
+                    "also given by document {} ({}) for the same namespace and issuer: give each setting once",
+                    d.index,
+                    d.resource()
+                ),
+            ))
+        }
+        _ => None,
+    })
+}
+
 /// The `JwtSettings` documents whose `issuer` no `jwtRules` entry and no
 /// `KeycloakAdapter` of the file has: their settings apply to no provider.
 fn settings_for_no_issuer(documents: &[Document]) -> Vec<(&Document, &'static str, String)> {
@@ -759,6 +787,9 @@ impl PolicySet {
                         first.metadata.name
                     ),
                 ));
+            }
+            if let Some(e) = given_twice(&documents, &document, source) {
+                return Err(e);
             }
             for (field, message) in document.warnings() {
                 warn(&document, &field, message);

@@ -231,6 +231,59 @@ impl std::fmt::Debug for IntrospectionSpec {
 }
 
 impl JwtSettingsSpec {
+    /// The fields this document gives (without `spec.`). Destructured, so
+    /// that a field added later is listed too.
+    pub(super) fn given(&self) -> Vec<&'static str> {
+        let Self {
+            issuer: _,
+            realm,
+            leeway,
+            max_token_lifetime,
+            max_token_size,
+            required_type,
+            algorithms,
+            jwks_cache_ttl,
+            min_refresh_interval,
+            unknown_kid_wait,
+            max_stale,
+            fetch_timeout,
+            max_jwks_size,
+            verified_token_cache,
+            principal_claim,
+            ca_file,
+            introspection,
+            resource_metadata,
+            dpop,
+            tenants,
+            max_tenants,
+        } = self;
+        [
+            ("realm", realm.is_some()),
+            ("leeway", leeway.is_some()),
+            ("maxTokenLifetime", max_token_lifetime.is_some()),
+            ("maxTokenSize", max_token_size.is_some()),
+            ("requiredType", required_type.is_some()),
+            ("algorithms", algorithms.is_some()),
+            ("jwksCacheTtl", jwks_cache_ttl.is_some()),
+            ("minRefreshInterval", min_refresh_interval.is_some()),
+            ("unknownKidWait", unknown_kid_wait.is_some()),
+            ("maxStale", max_stale.is_some()),
+            ("fetchTimeout", fetch_timeout.is_some()),
+            ("maxJwksSize", max_jwks_size.is_some()),
+            ("verifiedTokenCache", verified_token_cache.is_some()),
+            ("principalClaim", principal_claim.is_some()),
+            ("caFile", ca_file.is_some()),
+            ("introspection", introspection.is_some()),
+            ("resourceMetadata", resource_metadata.is_some()),
+            ("dpop", dpop.is_some()),
+            ("tenants", tenants.is_some()),
+            ("maxTenants", max_tenants.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(field, given)| given.then_some(field))
+        .collect()
+    }
+
     pub(super) fn check(&self) -> Result<(), FieldError> {
         let pattern = match self.issuer.as_deref().map(crate::syntax::issuer_pattern) {
             Some(Err(e)) => return Err(("spec.issuer".into(), e.into())),

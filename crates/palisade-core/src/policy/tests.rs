@@ -1373,3 +1373,53 @@ fn a_file_of_no_document_is_warned_of() {
             .is_empty()
     );
 }
+
+/// Two `JwtSettings` documents of one level (one namespace, one issuer or
+/// none) may not both give a setting: which would win is not for the
+/// file's order to say. Other fields, another issuer or another namespace
+/// (the workload's own overrides the root's) are fine.
+#[test]
+fn a_jwt_setting_is_given_once_per_namespace_and_issuer() {
+    let doc = |name: &str, namespace: &str, spec: &str| {
+        format!(
+            "apiVersion: palisade.dev/v1alpha1\nkind: JwtSettings\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec: {spec}\n"
+        )
+    };
+    let file = |a: String, b: String| format!("{a}---\n{b}");
+    let err = load_err(&file(
+        doc("a", "default", "{leeway: 10s, realm: shop}"),
+        doc("b", "default", "{maxStale: 1h, leeway: 30s}"),
+    ));
+    assert_eq!(
+        (err.document, err.field.as_deref()),
+        (Some(2), Some("spec.leeway")),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("document 1 (JwtSettings default/a)"),
+        "{err}"
+    );
+    let issuer = "https://kc.example/realms/r";
+    let err = load_err(&file(
+        doc("a", "default", &format!("{{issuer: '{issuer}', caFile: /a.pem}}")),
+        doc("b", "default", &format!("{{issuer: '{issuer}', caFile: /b.pem}}")),
+    ));
+    assert_eq!(err.field.as_deref(), Some("spec.caFile"), "{err}");
+    for (a, b) in [
+        (
+            doc("a", "default", "{leeway: 10s}"),
+            doc("b", "default", "{maxStale: 1h}"),
+        ),
+        (
+            doc("a", "default", "{leeway: 10s}"),
+            doc("b", "istio-system", "{leeway: 30s}"),
+        ),
+        (
+            doc("a", "default", "{leeway: 10s}"),
+            doc("b", "default", &format!("{{issuer: '{issuer}', leeway: 30s}}")),
+        ),
+    ] {
+        let yaml = file(a, b);
+        PolicySet::from_yaml_str(&yaml, "policy.yaml").unwrap_or_else(|e| panic!("{yaml}: {e}"));
+    }
+}
