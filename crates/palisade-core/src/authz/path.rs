@@ -8,10 +8,14 @@
 //! 2. runs of `/` are merged into one;
 //! 3. `.` and `..` segments are resolved (`..` never climbs above `/`).
 //!
-//! `%2F` (`/`), `%5C` (`\`) and a raw `\` are not path separators for
-//! Palisade, axum's router or actix-web's: they are kept as they are, so a
-//! policy sees the same segments as the router. [`EscapedSlashes::Reject`]
-//! refuses such paths with 400 instead.
+//! `%2F` (`/`), `%5C` (`\`) and a raw `\` are refused with 400 by default
+//! ([`EscapedSlashes::Reject`], as Spring Security's firewall and Apache
+//! httpd's `AllowEncodedSlashes Off` do): routers match them as ordinary
+//! characters, but a wildcard capture (axum's `{*path}`, actix-web's
+//! `{tail:.*}`) decodes them, so a handler of `/files/{*path}` would be
+//! given `private/key` for `/files/private%2Fkey`, which a `DENY` on
+//! `/files/private/*` did not see. [`EscapedSlashes::Keep`] keeps them as
+//! they are, as Istio does by default.
 //!
 //! The adapters hand the normalised path to the router (the request's URI is
 //! rewritten), so the path a rule matched is the path that is routed.
@@ -19,15 +23,17 @@
 use std::borrow::Cow;
 
 /// What to do with `%2F`, `%5C` and `\` in a path (`escapedSlashes` of
-/// `AuthorizationSettings`: `KEEP` or `REJECT`).
+/// `AuthorizationSettings`: `REJECT`, the default, or `KEEP`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 #[non_exhaustive]
 pub enum EscapedSlashes {
-    /// Keep them: they are ordinary characters of a segment (the default).
-    #[default]
+    /// Keep them: ordinary characters of a segment, as Istio keeps them. A
+    /// relaxation: a route's wildcard capture decodes them into segments
+    /// that path rules did not see (warned of when a file sets it).
     Keep,
-    /// Refuse the request with 400.
+    /// Refuse the request with 400 (the default).
+    #[default]
     Reject,
 }
 

@@ -112,6 +112,37 @@ fn paths_are_normalised_before_matching() {
     );
 }
 
+/// Escaped slashes are refused by default: a wildcard capture decodes
+/// them into segments a path rule did not see. `KEEP` serves them, and is
+/// warned of.
+#[test]
+fn escaped_slashes_are_refused_unless_kept() {
+    let deny = format!(
+        "{HEAD}spec:\n  action: DENY\n  rules: [{{to: [{{operation: {{paths: [\"/files/private/*\"]}}}}]}}]\n"
+    );
+    let keep = "---\napiVersion: palisade.dev/v1alpha1\nkind: AuthorizationSettings\nmetadata: {name: s}\nspec: {escapedSlashes: KEEP}\n";
+    let strict = policy(&deny).unwrap();
+    let kept = policy(&format!("{deny}{keep}")).unwrap();
+    for path in [
+        "/files/private%2Fkey",
+        "/files/private%5ckey",
+        "/files/private\\key",
+    ] {
+        assert!(!allowed(&strict, &OwnedRequest::get(path), None), "{path}");
+        assert!(allowed(&kept, &OwnedRequest::get(path), None), "{path} (KEEP)");
+    }
+    assert!(allowed(&strict, &OwnedRequest::get("/files/public/key"), None));
+    let warned = PolicySet::from_yaml_str(&format!("{deny}{keep}"), "p.yaml").unwrap();
+    let warned: Vec<_> = warned.warnings().iter().filter_map(|w| w.field()).collect();
+    assert_eq!(warned, ["spec.escapedSlashes"]);
+    assert!(
+        PolicySet::from_yaml_str(&deny, "p.yaml")
+            .unwrap()
+            .warnings()
+            .is_empty()
+    );
+}
+
 #[test]
 fn templates_and_suffixes_match_paths() {
     let p = policy(&format!(

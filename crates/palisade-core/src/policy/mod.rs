@@ -476,6 +476,7 @@ impl Document {
             Spec::DestinationRule(s) => out.extend(s.warnings(self.metadata.namespace())),
             Spec::SpnegoSettings(s) => out.extend(s.warnings()),
             Spec::UpstreamCredentials(s) => out.extend(s.warnings()),
+            Spec::AuthorizationSettings(s) => out.extend(s.warnings()),
             _ => {}
         }
         out

@@ -495,14 +495,28 @@ pub struct AuthorizationSettingsSpec {
     /// Default 0: `remote.ip` is the connection's address.
     #[serde(default)]
     pub num_trusted_proxies: Option<usize>,
-    /// What `%2F`, `%5C` and `\` in a path do: `KEEP` (the default) or
-    /// `REJECT` (400).
+    /// What `%2F`, `%5C` and `\` in a path do: `REJECT` (400, the
+    /// default) or `KEEP` (a relaxation, warned of when the file loads).
     #[serde(default)]
     pub escaped_slashes: EscapedSlashes,
     /// Debug switch: add an `x-palisade-authz` header saying which policy and
     /// rule decided. Off by default; never on in production.
     #[serde(default)]
     pub explain_header: Option<bool>,
+}
+
+impl AuthorizationSettingsSpec {
+    /// The relaxation it asks for, said aloud when the file loads.
+    pub(super) fn warnings(&self) -> Vec<FieldError> {
+        let mut out = Vec::new();
+        if self.escaped_slashes == EscapedSlashes::Keep {
+            out.push((
+                "spec.escapedSlashes".into(),
+                "KEEP: paths with `%2F`, `%5C` or `\\` are served, and a route's wildcard capture (axum's `{*path}`, actix-web's `{tail:.*}`) decodes them into segments path rules did not see (a DENY on `/files/private/*` does not refuse `/files/private%2Fkey`)".into(),
+            ));
+        }
+        out
+    }
 }
 
 /// The Negotiate session cookie's default name
