@@ -38,7 +38,9 @@ fn paths(values: &[String], field: &str) -> Result<Box<[PathMatch]>, FieldError>
     nonempty(values, field)?
         .iter()
         .enumerate()
-        .map(|(i, v)| PathMatch::parse(v).map_err(|m| (format!("{field}[{i}]"), m)))
+        .map(|(i, v)| {
+            PathMatch::parse(&super::path::pattern_escapes(v)).map_err(|m| (format!("{field}[{i}]"), m))
+        })
         .collect()
 }
 

@@ -149,6 +149,48 @@ fn is_normal(path: &[u8], escaped: EscapedSlashes) -> bool {
     true
 }
 
+/// A path pattern's escapes as a request path's are once normalised
+/// ([`normalize`]): escapes of the characters it decodes decoded, but `*`
+/// (a pattern's wildcard: `%2A` stays as written), the others' hex digits
+/// upper-cased, anything else as written. A policy written for Envoy,
+/// which keeps `%40`, then matches as meant: `/users/admin%40corp.example`
+/// matches the request `/users/admin%40corp.example`, which is matched as
+/// `/users/admin@corp.example`.
+pub(crate) fn pattern_escapes(pattern: &str) -> Cow<'_, str> {
+    if !pattern.contains('%') {
+        return Cow::Borrowed(pattern);
+    }
+    let bytes = pattern.as_bytes();
+    let mut out = String::with_capacity(pattern.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            )
+        {
+            let v = h * 16 + l;
+            if is_decoded(v) && v != b'*' {
+                out.push(char::from(v));
+            } else {
+                out.push('%');
+                out.push(char::from(bytes[i + 1].to_ascii_uppercase()));
+                out.push(char::from(bytes[i + 2].to_ascii_uppercase()));
+            }
+            i += 3;
+            continue;
+        }
+        let end = bytes[i + 1..]
+            .iter()
+            .position(|&c| c == b'%')
+            .map_or(bytes.len(), |p| i + 1 + p);
+        out.push_str(&pattern[i..end]);
+        i = end;
+    }
+    Cow::Owned(out)
+}
+
 /// Normalises a request path (without its query).
 pub(crate) fn normalize(path: &str, escaped: EscapedSlashes) -> Result<Cow<'_, str>, PathError> {
     let bytes = path.as_bytes();
@@ -221,6 +263,27 @@ mod tests {
 
     fn n(p: &str) -> String {
         normalize(p, EscapedSlashes::Keep).unwrap().into_owned()
+    }
+
+    #[test]
+    fn a_patterns_escapes_are_those_of_a_normalised_path() {
+        for (pattern, as_matched) in [
+            ("/users/admin%40corp.example", "/users/admin@corp.example"),
+            ("*%3adelete", "*:delete"),
+            ("/%61dmin/*", "/admin/*"),
+            ("/a%2fb", "/a%2Fb"),
+            ("/a%e2%82%ac", "/a%E2%82%AC"),
+            ("/a%2A", "/a%2A"),
+            ("/bad%zz", "/bad%zz"),
+            ("/x%", "/x%"),
+            ("/plain/{*}", "/plain/{*}"),
+        ] {
+            assert_eq!(pattern_escapes(pattern), as_matched, "{pattern}");
+        }
+        // A request path and a pattern written alike are matched alike.
+        for p in ["/users/admin%40corp.example", "/a%3A%3a/b", "/%7Euser/x%2c"] {
+            assert_eq!(pattern_escapes(p), n(p), "{p}");
+        }
     }
 
     #[test]

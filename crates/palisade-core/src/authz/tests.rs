@@ -143,6 +143,30 @@ fn escaped_slashes_are_refused_unless_kept() {
     );
 }
 
+/// A pattern written with escapes, as a policy for Envoy (which keeps
+/// `%40` and `%3A`) writes it, matches the requests it names: its escapes
+/// are normalised as the requests' are.
+#[test]
+fn escapes_in_patterns_match_as_the_requests_do() {
+    let p = policy(&format!(
+        "{HEAD}spec:\n  action: DENY\n  rules: [{{to: [{{operation: {{paths: [\"/users/admin%40corp.example\", \"*%3adelete\"]}}}}]}}]\n"
+    ))
+    .unwrap();
+    for path in [
+        "/users/admin%40corp.example",
+        "/users/admin@corp.example",
+        "/users/admin%40corp%2Eexample",
+        "/items/7%3Adelete",
+        "/items/7:delete",
+    ] {
+        assert!(
+            !allowed(&p, &OwnedRequest::get(path), None),
+            "{path} slipped past the DENY rule"
+        );
+    }
+    assert!(allowed(&p, &OwnedRequest::get("/users/bob@corp.example"), None));
+}
+
 #[test]
 fn templates_and_suffixes_match_paths() {
     let p = policy(&format!(

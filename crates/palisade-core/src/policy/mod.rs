@@ -1168,10 +1168,18 @@ fn never_matching(
     }
     for (field, values) in ["paths", "notPaths"].into_iter().zip(paths) {
         for (i, p) in values.iter().flatten().enumerate() {
+            let segments = || p.split('/').skip(1);
             if !p.starts_with('/') && !p.starts_with('*') {
                 out.push((
                     format!("{at}.{field}[{i}]"),
                     format!("`{p}` matches no request: a request's path starts with `/`"),
+                ));
+            } else if p.contains("//") || segments().any(|s| s == "." || s == "..") {
+                out.push((
+                    format!("{at}.{field}[{i}]"),
+                    format!(
+                        "`{p}` matches no request: paths are matched with runs of `/` merged and `.` and `..` segments resolved"
+                    ),
                 ));
             }
         }

@@ -1423,3 +1423,26 @@ fn a_jwt_setting_is_given_once_per_namespace_and_issuer() {
         PolicySet::from_yaml_str(&yaml, "policy.yaml").unwrap_or_else(|e| panic!("{yaml}: {e}"));
     }
 }
+
+/// A path pattern with `//` or a dot segment matches no request (requests
+/// are matched normalised): said when the file loads.
+#[test]
+fn path_patterns_that_normalisation_removes_are_warnings() {
+    let policy = |paths: &str| {
+        format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p}}\nspec:\n  action: DENY\n  rules: [{{to: [{{operation: {{paths: {paths}}}}}]}}]\n"
+        )
+    };
+    assert_eq!(
+        warned(&policy(
+            "[\"/a//b\", \"/a/./b\", \"/a/../b\", \"*/../x\", \"/a.b/..c\"]"
+        )),
+        [
+            (1, "spec.rules[0].to[0].operation.paths[0]".into()),
+            (1, "spec.rules[0].to[0].operation.paths[1]".into()),
+            (1, "spec.rules[0].to[0].operation.paths[2]".into()),
+            (1, "spec.rules[0].to[0].operation.paths[3]".into()),
+        ]
+    );
+    assert!(warned(&policy("[\"/a/b/\", \"/a/*\", \"*.bak\"]")).is_empty());
+}
