@@ -89,6 +89,9 @@ pub(crate) enum StrAttr {
     /// `source.namespace`.
     PeerNamespace,
     Header(Box<str>),
+    /// `request.headers[host]`: the `Host` header or, without one (HTTP/2),
+    /// the `:authority`, as Envoy's header map keeps both as `:authority`.
+    Host,
     Audiences,
     Presenter,
     /// `request.auth.tenant` (Palisade's): the tenant of an issuer pattern.
@@ -253,6 +256,7 @@ pub(crate) fn any_value(attr: &StrAttr, ctx: &Ctx<'_>, f: &mut dyn FnMut(&str) -
             value.is_some_and(|v| claim_values(v, split, f))
         }
         StrAttr::Sni => ctx.req.connection().and_then(|c| c.sni.as_deref()).is_some_and(f),
+        StrAttr::Host => ctx.req.host().is_some_and(f),
     }
 }
 
@@ -382,11 +386,7 @@ impl Clause {
     /// Whether this clause reads the host (`hosts`, `notHosts`,
     /// `request.headers[host]`).
     pub(crate) fn reads_host(&self) -> bool {
-        match &self.test {
-            Test::Host(_) => true,
-            Test::Str(StrAttr::Header(h), _) => &**h == "host",
-            _ => false,
-        }
+        matches!(&self.test, Test::Host(_) | Test::Str(StrAttr::Host, _))
     }
 
     /// Whether this clause reads the connection's remote address

@@ -253,6 +253,9 @@ pub(crate) fn parse_key(key: &str) -> Result<Key, String> {
                 Some([h]) if !crate::syntax::is_http_token(h) => {
                     Err(format!("`{key}`: `{h}` is not an HTTP header name"))
                 }
+                // What an HTTP/2 request carries as `:authority` (no
+                // `Host` header), which Envoy reads under this name too.
+                Some([h]) if h.eq_ignore_ascii_case("host") => Ok(Key::Str(StrAttr::Host)),
                 Some([h]) => Ok(Key::Str(StrAttr::Header(h.to_ascii_lowercase().into()))),
                 _ => Err(format!("`{key}`: write request.headers[Name]")),
             };

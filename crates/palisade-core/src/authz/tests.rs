@@ -167,6 +167,51 @@ fn escapes_in_patterns_match_as_the_requests_do() {
     assert!(allowed(&p, &OwnedRequest::get("/users/bob@corp.example"), None));
 }
 
+/// `request.headers[host]` reads the host an HTTP/2 request gives as its
+/// `:authority` (it has no `Host` header), as Envoy reads it: a DENY on it
+/// fires over HTTP/2 too.
+#[test]
+fn a_condition_on_the_host_header_reads_an_http2_authority() {
+    struct Http2(OwnedRequest);
+    impl RequestHead for Http2 {
+        fn method(&self) -> &str {
+            self.0.method()
+        }
+        fn path(&self) -> &str {
+            self.0.path()
+        }
+        fn query(&self) -> Option<&str> {
+            self.0.query()
+        }
+        fn host(&self) -> Option<&str> {
+            self.0.host()
+        }
+        fn authority(&self) -> Option<&str> {
+            self.0.host()
+        }
+        fn header_value(&self, name: &str, index: usize) -> Option<&[u8]> {
+            (name != "host")
+                .then(|| self.0.header_value(name, index))
+                .flatten()
+        }
+    }
+    let p = policy(&format!(
+        "{HEAD}spec:\n  action: DENY\n  rules: [{{when: [{{key: 'request.headers[Host]', values: [admin.example]}}]}}]\n"
+    ))
+    .unwrap();
+    let to = |host: &str| OwnedRequest::get("/").header("host", host);
+    for (req, what) in [
+        (&to("admin.example") as &dyn RequestHead, "HTTP/1.1"),
+        (&Http2(to("admin.example")), "HTTP/2"),
+    ] {
+        assert!(
+            matches!(p.check(req, None), Check::Ready(d) if !d.allowed),
+            "{what}"
+        );
+    }
+    assert!(matches!(p.check(&Http2(to("shop.example")), None), Check::Ready(d) if d.allowed));
+}
+
 #[test]
 fn templates_and_suffixes_match_paths() {
     let p = policy(&format!(
