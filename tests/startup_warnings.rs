@@ -221,3 +221,37 @@ async fn an_introspection_outage_is_said_once_not_per_token() {
     assert!(warned[0].contains("token introspection failed"), "{warned:?}");
     assert!(logs::lines("bearer token refused").is_empty());
 }
+
+/// A policy file that authenticates a workload but requires nothing of it
+/// (no ALLOW policy, no RBAC) lets requests without a credential through,
+/// as Istio's RequestAuthentication alone does: said at start-up, where a
+/// Keycloak adapter's user would expect a 401. With an ALLOW policy,
+/// nothing is said.
+#[test]
+fn authentication_that_nothing_requires_is_a_warning() {
+    capture();
+    let authn = |name: &str| {
+        format!(
+            "apiVersion: palisade.dev/v1alpha1
+kind: KeycloakAdapter
+metadata: {{name: kc, namespace: default}}
+spec: {{realm: shop, auth-server-url: 'https://{name}.example', resource: {name}, bearer-only: true, verify-token-audience: true}}
+"
+        )
+    };
+    let require_user = "---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: users, namespace: default}
+spec:
+  rules: [{from: [{source: {requestPrincipals: ['*']}}]}]
+";
+    let workload = palisade::core::policy::Workload::new("details", "default");
+    let open = PolicySet::from_yaml_str(&authn("open-kc"), "open.yaml").unwrap();
+    palisade::guard_from_policy(&open, &workload).unwrap();
+    let closed = PolicySet::from_yaml_str(&format!("{}{require_user}", authn("closed-kc")), "closed.yaml").unwrap();
+    palisade::guard_from_policy(&closed, &workload).unwrap();
+    let said = logs::lines("requests without credentials are allowed: the policy file");
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(said[0].contains(" WARN "), "{said:?}");
+}

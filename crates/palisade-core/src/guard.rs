@@ -247,6 +247,8 @@ impl fmt::Debug for Compiled {
 pub struct GuardBuilder {
     authenticators: Vec<Arc<dyn Authenticator>>,
     access: Option<AccessPolicy>,
+    /// The access policy is a policy file's ([`access_policy_from`](Self::access_policy_from)).
+    access_from_file: bool,
     explain: bool,
 }
 
@@ -319,7 +321,9 @@ impl GuardBuilder {
         policy: &WorkloadPolicy<'_>,
         authorizers: &ExternalAuthorizers,
     ) -> Result<Self, PolicyError> {
-        Ok(self.access_policy(AccessPolicy::compile_with(policy, authorizers)?))
+        let mut builder = self.access_policy(AccessPolicy::compile_with(policy, authorizers)?);
+        builder.access_from_file = true;
+        Ok(builder)
     }
 
     /// Adds a shared authenticator.
@@ -331,6 +335,7 @@ impl GuardBuilder {
     /// Sets the access policy (default: [`AccessPolicy::require_authenticated`]).
     pub fn access_policy(mut self, policy: AccessPolicy) -> Self {
         self.access = Some(policy);
+        self.access_from_file = false;
         self
     }
 
@@ -364,6 +369,11 @@ impl GuardBuilder {
             return Err(GuardError::NoAuthenticator);
         }
         let access = self.access.unwrap_or_else(AccessPolicy::require_authenticated);
+        // Said as `allow_unauthenticated` says it in code: a Keycloak
+        // adapter's or a sign-in's user would expect a 401 or a redirect.
+        if self.access_from_file && !self.authenticators.is_empty() && access.requires_nothing() {
+            tracing::warn!(target: LOG_TARGET, "requests without credentials are allowed: the policy file configures authentication for this workload, but no AuthorizationPolicy ALLOW (or RBAC) applies to it, so nothing requires a credential (as with Istio's RequestAuthentication alone); to require a user, add an AuthorizationPolicy with `from: [{{source: {{requestPrincipals: [\"*\"]}}}}]`");
+        }
         let challenges = self.authenticators.iter().filter_map(|a| a.challenge()).collect();
         let explain = self.explain || access.settings().explain_header;
         let mut snapshot_headers = access.headers_read().to_vec();

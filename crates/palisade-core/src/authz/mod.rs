@@ -1076,6 +1076,14 @@ impl AccessPolicy {
         Ok(Self(Arc::new(engine)))
     }
 
+    /// Whether it requires nothing of any request: no enforced `ALLOW`
+    /// policy, no RBAC and no external authorizer, so a request without a
+    /// credential is allowed unless a `DENY` refuses it (Istio's
+    /// `RequestAuthentication` alone).
+    pub(crate) fn requires_nothing(&self) -> bool {
+        !self.0.has_allow && self.0.custom.is_empty()
+    }
+
     /// The engine settings.
     #[must_use]
     pub fn settings(&self) -> AuthzSettings {
