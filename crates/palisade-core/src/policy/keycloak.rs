@@ -210,7 +210,7 @@ impl KeycloakAdapterConfig {
             (
                 "enable-cors",
                 self.enable_cors == Some(true),
-                "not applied: Palisade does not answer CORS; add a CORS layer to the application",
+                "not applied: Palisade neither answers CORS nor refuses, as Keycloak's adapter does, a token whose `allowed-origins` lacks the request's `Origin`; add a CORS layer in front of the guard (README: CORS) to answer preflights and limit which origins' scripts may read answers",
             ),
             (
                 "allow-any-hostname",
