@@ -166,6 +166,21 @@ impl RbacConfigSpec {
                 "ignored: only the mode ON_WITH_EXCLUSION reads it".into(),
             ));
         }
+        // Istio matches fully qualified names only; a short one here names
+        // the service of every namespace, which an exclusion turns RBAC
+        // off for.
+        for (field, target) in [("inclusion", &self.inclusion), ("exclusion", &self.exclusion)] {
+            for (i, service) in target.iter().flat_map(|t| t.services.iter()).enumerate() {
+                if !service.contains('.') && service != "*" {
+                    out.push((
+                        format!("spec.{field}.services[{i}]"),
+                        format!(
+                            "`{service}` is the service `{service}` of every namespace here, and no service for Istio, which matches fully qualified names: write `{service}.NAMESPACE.svc.cluster.local`"
+                        ),
+                    ));
+                }
+            }
+        }
         if self.enforcement_mode == EnforcementMode::Permissive && self.mode != RbacMode::Off {
             out.push((
                 "spec.enforcementMode".into(),

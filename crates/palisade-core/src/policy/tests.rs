@@ -1446,3 +1446,19 @@ fn path_patterns_that_normalisation_removes_are_warnings() {
     );
     assert!(warned(&policy("[\"/a/b/\", \"/a/*\", \"*.bak\"]")).is_empty());
 }
+
+/// An `RbacConfig` service named short (`details`) is that service of every
+/// namespace here, and no service for Istio: said when the file loads (an
+/// exclusion so turns RBAC off in every namespace).
+#[test]
+fn a_short_rbac_service_name_is_a_warning() {
+    let rbac = |services: &str| {
+        format!(
+            "apiVersion: rbac.istio.io/v1alpha1\nkind: RbacConfig\nmetadata: {{name: default}}\nspec:\n  mode: ON_WITH_EXCLUSION\n  exclusion: {{services: {services}}}\n"
+        )
+    };
+    assert_eq!(
+        warned(&rbac("[details, 'reviews.default.svc.cluster.local', '*', 'ratings.*']")),
+        [(1, "spec.exclusion.services[0]".into())]
+    );
+}
