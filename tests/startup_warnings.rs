@@ -249,7 +249,8 @@ spec:
     let workload = palisade::core::policy::Workload::new("details", "default");
     let open = PolicySet::from_yaml_str(&authn("open-kc"), "open.yaml").unwrap();
     palisade::guard_from_policy(&open, &workload).unwrap();
-    let closed = PolicySet::from_yaml_str(&format!("{}{require_user}", authn("closed-kc")), "closed.yaml").unwrap();
+    let closed =
+        PolicySet::from_yaml_str(&format!("{}{require_user}", authn("closed-kc")), "closed.yaml").unwrap();
     palisade::guard_from_policy(&closed, &workload).unwrap();
     let said = logs::lines("requests without credentials are allowed: the policy file");
     assert_eq!(said.len(), 1, "{said:?}");

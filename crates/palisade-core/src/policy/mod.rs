@@ -449,11 +449,24 @@ impl Document {
                 for (ri, rule) in p.rules.iter().flatten().enumerate() {
                     for (ti, to) in rule.to.iter().enumerate() {
                         let o = &to.operation;
+                        let at = format!("spec.rules[{ri}].to[{ti}].operation");
                         out.extend(never_matching(
-                            &format!("spec.rules[{ri}].to[{ti}].operation"),
+                            &at,
                             [&o.methods, &o.not_methods],
                             [&o.paths, &o.not_paths],
                         ));
+                        // Methods are compared exactly, as in Istio; the
+                        // frameworks answer HEAD with the GET handler.
+                        let methods = o.methods.iter().flatten();
+                        if p.action == crate::authz::Action::Deny
+                            && methods.clone().any(|m| m == "GET")
+                            && !methods.clone().any(|m| m == "HEAD")
+                        {
+                            out.push((
+                                format!("{at}.methods"),
+                                "refuses GET and not HEAD, which axum and actix-web answer with the GET handler (without its body): add HEAD".into(),
+                            ));
+                        }
                     }
                 }
             }

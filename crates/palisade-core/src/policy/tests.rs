@@ -1225,7 +1225,7 @@ spec:
 #[test]
 fn values_that_match_nothing_are_said_and_values_that_cannot_work_refused() {
     let never = format!(
-        "{AUTHZ}metadata: {{name: d}}\nspec:\n  action: DENY\n  rules:\n  - to: [{{operation: {{methods: [delete, GET], notPaths: [\"admin/*\", \"/ok\", \"*.png\"]}}}}]\n---\n\
+        "{AUTHZ}metadata: {{name: d}}\nspec:\n  action: DENY\n  rules:\n  - to: [{{operation: {{methods: [delete, GET, HEAD], notPaths: [\"admin/*\", \"/ok\", \"*.png\"]}}}}]\n---\n\
          apiVersion: rbac.istio.io/v1alpha1\nkind: ServiceRole\nmetadata: {{name: r}}\nspec:\n  rules: [{{services: [\"*\"], notMethods: [Post]}}]\n"
     );
     assert_eq!(
@@ -1458,7 +1458,26 @@ fn a_short_rbac_service_name_is_a_warning() {
         )
     };
     assert_eq!(
-        warned(&rbac("[details, 'reviews.default.svc.cluster.local', '*', 'ratings.*']")),
+        warned(&rbac(
+            "[details, 'reviews.default.svc.cluster.local', '*', 'ratings.*']"
+        )),
         [(1, "spec.exclusion.services[0]".into())]
     );
+}
+
+/// A `DENY` on `GET` without `HEAD` leaves HEAD to the GET handler (the
+/// frameworks answer it so): said when the file loads.
+#[test]
+fn a_deny_of_get_without_head_is_a_warning() {
+    let policy = |action: &str, methods: &str| {
+        format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p}}\nspec:\n  action: {action}\n  rules: [{{to: [{{operation: {{methods: {methods}, paths: ['/admin/*']}}}}]}}]\n"
+        )
+    };
+    assert_eq!(
+        warned(&policy("DENY", "[GET, POST]")),
+        [(1, "spec.rules[0].to[0].operation.methods".into())]
+    );
+    assert!(warned(&policy("DENY", "[GET, HEAD]")).is_empty());
+    assert!(warned(&policy("ALLOW", "[GET]")).is_empty());
 }
