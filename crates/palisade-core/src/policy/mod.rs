@@ -447,6 +447,25 @@ impl Document {
                     ));
                 }
                 for (ri, rule) in p.rules.iter().flatten().enumerate() {
+                    // Keycloak's roles are nested (`realm_access.roles`),
+                    // and a dotted name is read as one claim, as Envoy
+                    // reads it: such a condition never holds. (A URL,
+                    // as namespaced claims are named, is one claim.)
+                    for (wi, condition) in rule.when.iter().enumerate() {
+                        if let Some(name) = condition.key.strip_prefix("request.auth.claims[")
+                            && let Some(name) = name.strip_suffix(']')
+                            && !name.contains(['[', ']', '/', ':'])
+                            && name.contains('.')
+                        {
+                            out.push((
+                                format!("spec.rules[{ri}].when[{wi}].key"),
+                                format!(
+                                    "reads the top-level claim named `{name}`, as Envoy does; for a nested claim write request.auth.claims[{}]",
+                                    name.split('.').collect::<Vec<_>>().join("][")
+                                ),
+                            ));
+                        }
+                    }
                     for (ti, to) in rule.to.iter().enumerate() {
                         let o = &to.operation;
                         let at = format!("spec.rules[{ri}].to[{ti}].operation");

@@ -1481,3 +1481,25 @@ fn a_deny_of_get_without_head_is_a_warning() {
     assert!(warned(&policy("DENY", "[GET, HEAD]")).is_empty());
     assert!(warned(&policy("ALLOW", "[GET]")).is_empty());
 }
+
+/// `request.auth.claims[realm_access.roles]` reads a top-level claim of
+/// that name (as Envoy does), not Keycloak's nested roles: said when the
+/// file loads, with the form that reads them.
+#[test]
+fn a_dotted_claim_name_is_a_warning() {
+    let policy = |key: &str| {
+        format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p}}\nspec:\n  rules: [{{when: [{{key: '{key}', values: [admin]}}]}}]\n"
+        )
+    };
+    let set = PolicySet::from_yaml_str(&policy("request.auth.claims[realm_access.roles]"), "p.yaml").unwrap();
+    let said: Vec<String> = set.warnings().iter().map(ToString::to_string).collect();
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(
+        said[0].contains("request.auth.claims[realm_access][roles]"),
+        "{said:?}"
+    );
+    assert!(warned(&policy("request.auth.claims[realm_access][roles]")).is_empty());
+    assert!(warned(&policy("request.auth.claims[groups]")).is_empty());
+    assert!(warned(&policy("request.auth.claims[https://shop.example/roles]")).is_empty());
+}
