@@ -37,7 +37,12 @@ pub enum Requirement {
     All(Vec<Requirement>),
 }
 
-/// Any authenticated caller.
+/// Any authenticated caller: an end user (a token, a sign-in session, a
+/// Kerberos ticket) or a workload known by its mutual-TLS certificate
+/// alone, as Spring Security's `authenticated()` admits an X.509 client.
+/// For an end user only, ask for a role or scope, or use the guard's
+/// default ([`AccessPolicy::require_authenticated`](super::AccessPolicy::require_authenticated),
+/// a request principal).
 #[must_use]
 pub fn authenticated() -> Requirement {
     Requirement::Authenticated
