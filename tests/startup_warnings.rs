@@ -252,6 +252,18 @@ spec:
     let closed =
         PolicySet::from_yaml_str(&format!("{}{require_user}", authn("closed-kc")), "closed.yaml").unwrap();
     palisade::guard_from_policy(&closed, &workload).unwrap();
+    // Istio's other way to require a token: a DENY of requests without one.
+    let deny_anonymous = "---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-anonymous, namespace: default}
+spec:
+  action: DENY
+  rules: [{from: [{source: {notRequestPrincipals: ['*']}}]}]
+";
+    let denied =
+        PolicySet::from_yaml_str(&format!("{}{deny_anonymous}", authn("deny-kc")), "deny.yaml").unwrap();
+    palisade::guard_from_policy(&denied, &workload).unwrap();
     let said = logs::lines("requests without credentials are allowed: the policy file");
     assert_eq!(said.len(), 1, "{said:?}");
     assert!(said[0].contains(" WARN "), "{said:?}");

@@ -117,6 +117,8 @@ struct Inner {
     /// A session store that fails writes: said once a minute
     /// ([`SignIn::store_failed`]).
     store_down: palisade_core::logging::Sparse,
+    /// A logout the store cannot record: said once a minute, apart.
+    logout_unrecorded: palisade_core::logging::Sparse,
 }
 
 /// Browser sign-in: an OpenID Connect relying party, as an
@@ -356,6 +358,7 @@ impl SignInBuilder {
             issuer_down: palisade_core::logging::Sparse::per_minute(),
             client_refused: palisade_core::logging::Sparse::per_minute(),
             store_down: palisade_core::logging::Sparse::per_minute(),
+            logout_unrecorded: palisade_core::logging::Sparse::per_minute(),
         })))
     }
 
@@ -1516,14 +1519,18 @@ impl SignIn {
         None
     }
 
-    /// Ends a session here: forgotten by this process at once, recorded as
-    /// ended in the store (for every replica) until its absolute timeout.
-    /// A session store's failure to record `what`, said at warn level
-    /// (`severe`: error level) at most once a minute while the store fails,
-    /// at debug level otherwise: in an outage every refresh or logout
-    /// would say it, and a client can send logouts.
+    /// A session store's failure to record `what`, said at warn level at
+    /// most once a minute while the store fails, at debug level otherwise:
+    /// in an outage every refresh or logout would say it, and a client can
+    /// send logouts. A `severe` one (a logout not recorded) is said at
+    /// error level, once a minute of its own, whatever else was said.
     fn store_failed(&self, e: &crate::store::StoreError, severe: bool, what: &str) {
-        if !self.0.store_down.due() {
+        let said = if severe {
+            &self.0.logout_unrecorded
+        } else {
+            &self.0.store_down
+        };
+        if !said.due() {
             tracing::debug!(target: LOG_TARGET, error = %e, "{what}");
         } else if severe {
             tracing::error!(target: LOG_TARGET, error = %e, "{what} (said once a minute while the store fails)");
@@ -1532,6 +1539,8 @@ impl SignIn {
         }
     }
 
+    /// Ends a session here: forgotten by this process at once, recorded as
+    /// ended in the store (for every replica) until its absolute timeout.
     async fn end(&self, s: &Session) -> Result<(), crate::store::StoreError> {
         let until = at(s.created_secs() + self.0.config.absolute_timeout.as_secs());
         self.end_id(s.id.clone(), until).await

@@ -90,7 +90,8 @@ pub(crate) enum StrAttr {
     PeerNamespace,
     Header(Box<str>),
     /// `request.headers[host]`: the `Host` header or, without one (HTTP/2),
-    /// the `:authority`, as Envoy's header map keeps both as `:authority`.
+    /// the `:authority`, as Envoy's header map keeps both as `:authority`;
+    /// compared without case, as `hosts` is.
     Host,
     Audiences,
     Presenter,
@@ -256,7 +257,14 @@ pub(crate) fn any_value(attr: &StrAttr, ctx: &Ctx<'_>, f: &mut dyn FnMut(&str) -
             value.is_some_and(|v| claim_values(v, split, f))
         }
         StrAttr::Sni => ctx.req.connection().and_then(|c| c.sni.as_deref()).is_some_and(f),
-        StrAttr::Host => ctx.req.host().is_some_and(f),
+        // Without case: the values were lower-cased when compiled.
+        StrAttr::Host => ctx.req.host().is_some_and(|h| {
+            if h.bytes().any(|b| b.is_ascii_uppercase()) {
+                f(&h.to_ascii_lowercase())
+            } else {
+                f(h)
+            }
+        }),
     }
 }
 

@@ -35,11 +35,32 @@ fn strs(values: &[String], field: &str) -> Result<Box<[StrMatch]>, FieldError> {
 }
 
 fn paths(values: &[String], field: &str) -> Result<Box<[PathMatch]>, FieldError> {
-    nonempty(values, field)?
+    path_patterns(nonempty(values, field)?, field)
+}
+
+/// Path patterns (`AuthorizationPolicy` and `ServiceRole` `paths`,
+/// `notPaths`), their escapes read as a request path's are once
+/// normalised ([`pattern_escapes`](super::path::pattern_escapes)). An
+/// escape no normalised path holds is refused: a `%` without two hex
+/// digits (such a request is refused as malformed), and `%2A`, which a
+/// request's normalisation decodes to `*`, the patterns' wildcard.
+pub(crate) fn path_patterns(values: &[String], field: &str) -> Result<Box<[PathMatch]>, FieldError> {
+    values
         .iter()
         .enumerate()
         .map(|(i, v)| {
-            PathMatch::parse(&super::path::pattern_escapes(v)).map_err(|m| (format!("{field}[{i}]"), m))
+            let at = || format!("{field}[{i}]");
+            if let Some(why) = super::path::unmatchable_escape(v) {
+                return Err((at(), format!("`{v}` {why}")));
+            }
+            PathMatch::parse(&super::path::pattern_escapes(v)).map_err(|_| {
+                (
+                    at(),
+                    PathMatch::parse(v)
+                        .err()
+                        .unwrap_or_else(|| format!("`{v}` is not a path pattern")),
+                )
+            })
         })
         .collect()
 }
@@ -281,6 +302,11 @@ pub(crate) fn key_test(
     namespace: &str,
 ) -> Result<Test, FieldError> {
     Ok(match key {
+        // A host is compared without case, as `hosts` compares it.
+        Key::Str(StrAttr::Host) => {
+            let lower: Vec<String> = values.iter().map(|v| v.to_ascii_lowercase()).collect();
+            Test::Str(StrAttr::Host, strs(&lower, field)?)
+        }
         Key::Str(attr) => Test::Str(attr.clone(), strs(values, field)?),
         Key::Ip(attr) => Test::Ip(*attr, ips(values, field)?),
         Key::Port => Test::Port(ports(values, field)?),

@@ -581,6 +581,9 @@ struct Engine {
     has_dry_allow: bool,
     /// Whether some enforced ALLOW rule reads the end-user credential.
     allow_reads_end_user: bool,
+    /// Whether an enforced DENY rule reads the end user (Istio's other way
+    /// to require a token: `notRequestPrincipals: ["*"]`).
+    deny_reads_end_user: bool,
     /// Whether the enforced ALLOW rules, none indexed, are all there is
     /// (no CUSTOM, DENY, AUDIT or dry-run policy): the common small policy
     /// (`require_authenticated`, one role), decided without the indexes'
@@ -669,6 +672,11 @@ impl Engine {
             allow_reads_end_user: policies
                 .iter()
                 .filter(|p| live(Action::Allow)(p))
+                .flat_map(|p| &p.rules)
+                .any(CompiledRule::reads_end_user),
+            deny_reads_end_user: policies
+                .iter()
+                .filter(|p| live(Action::Deny)(p))
                 .flat_map(|p| &p.rules)
                 .any(CompiledRule::reads_end_user),
             reads_path,
@@ -1077,11 +1085,11 @@ impl AccessPolicy {
     }
 
     /// Whether it requires nothing of any request: no enforced `ALLOW`
-    /// policy, no RBAC and no external authorizer, so a request without a
-    /// credential is allowed unless a `DENY` refuses it (Istio's
-    /// `RequestAuthentication` alone).
+    /// policy, no RBAC, no external authorizer and no `DENY` that reads the
+    /// end user (`notRequestPrincipals: ["*"]`), so a request without a
+    /// credential is allowed (Istio's `RequestAuthentication` alone).
     pub(crate) fn requires_nothing(&self) -> bool {
-        !self.0.has_allow && self.0.custom.is_empty()
+        !self.0.has_allow && self.0.custom.is_empty() && !self.0.deny_reads_end_user
     }
 
     /// The engine settings.

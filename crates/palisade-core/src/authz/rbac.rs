@@ -15,7 +15,7 @@
 
 use super::attr::{Clause, StrAttr, Test};
 use super::compile::{FieldError, Key, key_test, parse_key};
-use super::matcher::{PathMatch, StrMatch};
+use super::matcher::StrMatch;
 use super::{Action, CompiledPolicy, CompiledRule};
 use crate::policy::{
     AccessRuleSpec, Document, EnforcementMode, PolicyError, RbacConfigSpec, RbacMode, RbacTargetSpec,
@@ -230,11 +230,7 @@ fn role_rule(wl: &Workload, rule: &AccessRuleSpec) -> Result<RoleRule, FieldErro
     }
     for (values, negate, field) in [(&rule.paths, false, "paths"), (&rule.not_paths, true, "notPaths")] {
         if let Some(v) = values {
-            let ms = v
-                .iter()
-                .enumerate()
-                .map(|(i, p)| PathMatch::parse(p).map_err(|e| (format!("{field}[{i}]"), e)))
-                .collect::<Result<Box<[_]>, _>>()?;
+            let ms = super::compile::path_patterns(v, field)?;
             op.push(Clause {
                 test: Test::Path(ms),
                 negate,
@@ -280,7 +276,7 @@ fn role_rule(wl: &Workload, rule: &AccessRuleSpec) -> Result<RoleRule, FieldErro
             Test::Const(any(&wl.namespace)?)
         } else {
             match parse_key(&c.key) {
-                Ok(k @ (Key::Port | Key::Ip(_) | Key::Str(StrAttr::Header(_)))) => {
+                Ok(k @ (Key::Port | Key::Ip(_) | Key::Str(StrAttr::Header(_) | StrAttr::Host))) => {
                     key_test(&k, &c.values, &format!("{field}.values"), &wl.namespace)?
                 }
                 _ => {

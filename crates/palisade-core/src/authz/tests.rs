@@ -195,11 +195,17 @@ fn a_condition_on_the_host_header_reads_an_http2_authority() {
                 .flatten()
         }
     }
+    // Four rules and more: the rules are indexed by the host's value.
     let p = policy(&format!(
-        "{HEAD}spec:\n  action: DENY\n  rules: [{{when: [{{key: 'request.headers[Host]', values: [admin.example]}}]}}]\n"
+        "{HEAD}spec:\n  action: DENY\n  rules:\n{}",
+        ["admin.example", "ops.example", "db.example", "vault.example"]
+            .map(|h| format!("  - when: [{{key: 'request.headers[Host]', values: [{h}]}}]\n"))
+            .concat()
     ))
     .unwrap();
     let to = |host: &str| OwnedRequest::get("/").header("host", host);
+    // Without case, as `hosts`.
+    assert!(matches!(p.check(&to("Admin.EXAMPLE"), None), Check::Ready(d) if !d.allowed));
     for (req, what) in [
         (&to("admin.example") as &dyn RequestHead, "HTTP/1.1"),
         (&Http2(to("admin.example")), "HTTP/2"),
@@ -893,6 +899,35 @@ fn rbac_roles_and_bindings_compile_into_the_engine() {
     // RBAC is not on for another namespace: everything passes, as in Istio.
     let other = AccessPolicy::compile(&set.for_workload(&Workload::new("details", "prod"))).unwrap();
     assert!(allowed(&other, &get, None));
+}
+
+/// A `ServiceRole`'s `notPaths` are read as a request's path is (an
+/// escape of `@` matches the request that sends it either way), and a
+/// constraint on `request.headers[host]` loads and reads the host.
+#[test]
+fn rbac_paths_read_escapes_and_constraints_read_the_host() {
+    let yaml = RBAC
+        .replace(
+            "    paths: [\"/details/*\"]\n",
+            "    paths: [\"/details/*\"]\n    notPaths: [\"/details/admin%40corp/*\"]\n",
+        )
+        .replace(
+            "\"destination.labels[version]\", values: [v1, v2]}]",
+            "\"request.headers[host]\", values: [details.example]}]",
+        );
+    assert_ne!(yaml, RBAC);
+    let set = PolicySet::from_yaml_str(&yaml, "rbac.yaml").unwrap();
+    let p = AccessPolicy::compile(&set.for_workload(&Workload::new("details", "default"))).unwrap();
+    let caller = peer("cluster.local/ns/default/sa/productpage");
+    let get = |path: &str, host: &str| OwnedRequest::get(path).header("host", host);
+    assert!(allowed(&p, &get("/details/1", "details.example"), Some(&caller)));
+    assert!(!allowed(&p, &get("/details/1", "other.example"), Some(&caller)));
+    for excluded in ["/details/admin@corp/x", "/details/admin%40corp/x"] {
+        assert!(
+            !allowed(&p, &get(excluded, "details.example"), Some(&caller)),
+            "{excluded}"
+        );
+    }
 }
 
 /// Istio (1.4 on): where `AuthorizationPolicy` documents apply to a

@@ -474,19 +474,8 @@ impl Document {
                             [&o.methods, &o.not_methods],
                             [&o.paths, &o.not_paths],
                         ));
-                        // Methods are compared exactly, as in Istio; the
-                        // frameworks answer HEAD with the GET handler.
-                        let methods = o.methods.iter().flatten();
-                        if p.action == crate::authz::Action::Deny
-                            && methods.clone().any(|m| m == "GET")
-                            && !methods.clone().any(|m| m == "HEAD")
-                        {
-                            out.push((
-                                format!("{at}.methods"),
-                                "refuses GET and not HEAD, which axum and actix-web answer with the GET handler (without its body): add HEAD".into(),
-                            ));
-                        }
                     }
+                    out.extend(head_left_out(p.action, ri, &rule.to));
                 }
             }
             Spec::ServiceRole(r) => {
@@ -1200,13 +1189,15 @@ fn never_matching(
     }
     for (field, values) in ["paths", "notPaths"].into_iter().zip(paths) {
         for (i, p) in values.iter().flatten().enumerate() {
-            let segments = || p.split('/').skip(1);
+            // As matched: `%2e%2e` is a `..` segment there.
+            let matched = crate::authz::path::pattern_escapes(p);
+            let segments = || matched.split('/').skip(1);
             if !p.starts_with('/') && !p.starts_with('*') {
                 out.push((
                     format!("{at}.{field}[{i}]"),
                     format!("`{p}` matches no request: a request's path starts with `/`"),
                 ));
-            } else if p.contains("//") || segments().any(|s| s == "." || s == "..") {
+            } else if matched.contains("//") || segments().any(|s| s == "." || s == "..") {
                 out.push((
                     format!("{at}.{field}[{i}]"),
                     format!(
@@ -1217,6 +1208,34 @@ fn never_matching(
         }
     }
     out
+}
+
+/// A rule that treats `GET` and not `HEAD`: methods are compared exactly,
+/// as in Istio, and axum and actix-web answer `HEAD` with the `GET`
+/// handler (without its body). A `DENY` (or a `CUSTOM` check) of `GET`
+/// leaves `HEAD` to it, as does an `ALLOW` of every method but `GET`.
+fn head_left_out(action: crate::authz::Action, ri: usize, to: &[security::ToSpec]) -> Option<FieldError> {
+    use crate::authz::Action;
+    type List = fn(&security::OperationSpec) -> Option<&Vec<String>>;
+    let (field, why, list): (&str, &str, List) = match action {
+        Action::Deny | Action::Custom => ("methods", "refuses GET and not HEAD", |o| o.methods.as_ref()),
+        Action::Allow => ("notMethods", "allows every method but GET, HEAD included", |o| {
+            o.not_methods.as_ref()
+        }),
+        _ => return None,
+    };
+    let lists_it =
+        |t: &security::ToSpec, m: &str| list(&t.operation).is_some_and(|l| l.iter().any(|x| x == m));
+    if to.iter().any(|t| lists_it(t, "HEAD")) {
+        return None;
+    }
+    let ti = to.iter().position(|t| lists_it(t, "GET"))?;
+    Some((
+        format!("spec.rules[{ri}].to[{ti}].operation.{field}"),
+        format!(
+            "{why}, which axum and actix-web answer with the GET handler (without its body): list HEAD with GET"
+        ),
+    ))
 }
 
 /// Why a `PeerAuthentication` selector in the root namespace does nothing.

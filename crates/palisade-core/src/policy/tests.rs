@@ -1435,13 +1435,14 @@ fn path_patterns_that_normalisation_removes_are_warnings() {
     };
     assert_eq!(
         warned(&policy(
-            "[\"/a//b\", \"/a/./b\", \"/a/../b\", \"*/../x\", \"/a.b/..c\"]"
+            "[\"/a//b\", \"/a/./b\", \"/a/../b\", \"*/../x\", \"/a.b/..c\", \"/a/%2e%2E/b\"]"
         )),
         [
             (1, "spec.rules[0].to[0].operation.paths[0]".into()),
             (1, "spec.rules[0].to[0].operation.paths[1]".into()),
             (1, "spec.rules[0].to[0].operation.paths[2]".into()),
             (1, "spec.rules[0].to[0].operation.paths[3]".into()),
+            (1, "spec.rules[0].to[0].operation.paths[5]".into()),
         ]
     );
     assert!(warned(&policy("[\"/a/b/\", \"/a/*\", \"*.bak\"]")).is_empty());
@@ -1480,6 +1481,24 @@ fn a_deny_of_get_without_head_is_a_warning() {
     );
     assert!(warned(&policy("DENY", "[GET, HEAD]")).is_empty());
     assert!(warned(&policy("ALLOW", "[GET]")).is_empty());
+    // A CUSTOM check of GET alone, an ALLOW of every method but GET.
+    let custom = policy("CUSTOM", "[GET]").replace("  rules:", "  provider: {name: ext}\n  rules:");
+    assert_eq!(
+        warned(&custom),
+        [(1, "spec.rules[0].to[0].operation.methods".into())]
+    );
+    let but_get = policy("ALLOW", "[POST]").replace("methods: [POST]", "notMethods: [GET]");
+    assert_eq!(
+        warned(&but_get),
+        [(1, "spec.rules[0].to[0].operation.notMethods".into())]
+    );
+    // HEAD in another `to` of the rule covers it.
+    let two = policy("DENY", "[GET]").replace(
+        "paths: ['/admin/*']}}]",
+        "paths: ['/admin/*']}}, {operation: {methods: [HEAD]}}]",
+    );
+    assert_ne!(two, policy("DENY", "[GET]"));
+    assert!(warned(&two).is_empty());
 }
 
 /// `request.auth.claims[realm_access.roles]` reads a top-level claim of
@@ -1502,4 +1521,26 @@ fn a_dotted_claim_name_is_a_warning() {
     assert!(warned(&policy("request.auth.claims[realm_access][roles]")).is_empty());
     assert!(warned(&policy("request.auth.claims[groups]")).is_empty());
     assert!(warned(&policy("request.auth.claims[https://shop.example/roles]")).is_empty());
+}
+
+/// A path pattern with an escape no normalised path holds (`%2A`, read as
+/// the wildcard `*`; a `%` without two hex digits) is refused at load, in
+/// an `AuthorizationPolicy` and in a `ServiceRole`, whose `notPaths` would
+/// otherwise always hold; their escapes are read as a request's are.
+#[test]
+fn path_patterns_with_escapes_no_request_has_are_refused() {
+    for (doc, field) in [
+        (
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec:\n  action: DENY\n  rules: [{to: [{operation: {paths: ['/files/%2A']}}]}]\n",
+            "spec.rules[0].to[0].operation.paths[0]",
+        ),
+        (
+            "apiVersion: rbac.istio.io/v1alpha1\nkind: ServiceRole\nmetadata: {name: r}\nspec:\n  rules: [{services: ['*'], notPaths: ['/ok', '/private%zz/*']}]\n",
+            "spec.rules[0].notPaths[1]",
+        ),
+    ] {
+        let err = load_err(doc);
+        assert_eq!(err.field.as_deref(), Some(field), "{err}");
+        assert!(err.to_string().contains("matches no request"), "{err}");
+    }
 }
