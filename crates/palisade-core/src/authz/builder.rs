@@ -207,6 +207,41 @@ impl AccessPolicyBuilder {
         )
     }
 
+    /// What `%2F`, `%5C` and `\` in a request path do where a rule reads
+    /// the path: [`EscapedSlashes::Reject`] (400, the default, as in a
+    /// policy file) or [`EscapedSlashes::Keep`] (a relaxation, said at warn
+    /// level: a route's wildcard capture decodes them into segments the
+    /// path rules did not see). An `AuthorizationSettings` document's
+    /// `escapedSlashes`.
+    pub fn escaped_slashes(mut self, escaped: super::EscapedSlashes) -> Self {
+        if escaped == super::EscapedSlashes::Keep {
+            tracing::warn!(target: crate::guard::LOG_TARGET, "escaped slashes are kept (escaped_slashes(Keep)): a route's wildcard capture decodes them into segments the path rules did not see");
+        }
+        let spec = crate::policy::AuthorizationSettingsSpec {
+            escaped_slashes: escaped,
+            ..Default::default()
+        };
+        if let Some(d) = self
+            .documents
+            .iter_mut()
+            .find(|d| matches!(d.spec, Spec::AuthorizationSettings(_)))
+        {
+            d.spec = Spec::AuthorizationSettings(spec);
+            return self;
+        }
+        let mut metadata = Metadata::default();
+        "settings".clone_into(&mut metadata.name);
+        self.documents.push(Document {
+            index: self.documents.len() + 1,
+            api_version: "palisade.dev/v1alpha1".to_owned(),
+            kind: "AuthorizationSettings".to_owned(),
+            metadata,
+            spec: Spec::AuthorizationSettings(spec),
+            line: None,
+        });
+        self
+    }
+
     /// The external authorizers CUSTOM policies name.
     pub fn authorizers(mut self, authorizers: ExternalAuthorizers) -> Self {
         self.authorizers = authorizers;

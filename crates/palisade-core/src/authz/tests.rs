@@ -141,6 +141,20 @@ fn escaped_slashes_are_refused_unless_kept() {
             .warnings()
             .is_empty()
     );
+    // In code: the same default, and the same switch.
+    let code = |escaped: Option<EscapedSlashes>| {
+        let b = AccessPolicy::builder().deny("d", [Rule::new().paths(["/files/private/*"])]);
+        match escaped {
+            Some(e) => b.escaped_slashes(e),
+            None => b,
+        }
+        .build()
+        .unwrap()
+    };
+    let escaped = OwnedRequest::get("/files/private%2Fkey");
+    assert!(!allowed(&code(None), &escaped, None));
+    assert!(allowed(&code(Some(EscapedSlashes::Keep)), &escaped, None));
+    assert!(!allowed(&code(Some(EscapedSlashes::Reject)), &escaped, None));
 }
 
 /// A pattern written with escapes, as a policy for Envoy (which keeps
