@@ -3,16 +3,26 @@
 //! (the `palisade-jwks` thread loads key sets) logs there, so a
 //! thread-local subscriber would miss it.
 
+use std::sync::OnceLock;
+
 use palisade_testkit::logs::Lines;
+
+static LINES: OnceLock<Lines> = OnceLock::new();
 
 /// Keeps the lines `filter` (an `EnvFilter` directive, such as
 /// `palisade::jwks=warn`) lets through; the first call of the binary sets
 /// the filter.
 pub(crate) fn capture(filter: &str) {
-    let _ = Lines::of_process(filter);
+    LINES.get_or_init(|| Lines::of_process(filter));
 }
 
 /// The captured lines that mention `needle`.
+///
+/// # Panics
+/// Before [`capture`]: no line was kept.
 pub(crate) fn lines(needle: &str) -> Vec<String> {
-    Lines::of_process("").containing(needle)
+    LINES
+        .get()
+        .expect("logs::capture is called before logs::lines")
+        .containing(needle)
 }

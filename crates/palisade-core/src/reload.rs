@@ -490,30 +490,8 @@ spec:
     /// says it at debug level, or it would repeat every 30 s.
     #[test]
     fn a_retry_does_not_warn_again_of_what_it_said() {
-        #[derive(Clone, Default)]
-        struct Lines(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Lines {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(buf);
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let lines = Lines::default();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::WARN)
-            .with_writer({
-                let lines = lines.clone();
-                move || lines.clone()
-            })
-            .finish();
-        let warned = || {
-            String::from_utf8_lossy(&lines.0.lock().unwrap())
-                .matches(EMPTY_FILE)
-                .count()
-        };
+        let (lines, subscriber) = palisade_testkit::logs::Lines::subscriber("warn");
+        let warned = || lines.containing(EMPTY_FILE).len();
         let (dir, file) = scratch("warned");
         let secret = dir.0.join("secret");
         std::fs::write(&file, CLOSED).unwrap();

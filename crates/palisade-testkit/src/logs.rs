@@ -23,15 +23,21 @@ impl Lines {
     /// directive, such as `palisade=warn`) lets through, for work on other
     /// threads (key fetches, stores) to be seen too. The first call of the
     /// process installs the global subscriber with its filter; the later
-    /// ones return the same lines, whatever their filter. A test binary
-    /// whose global subscriber something else installed keeps nothing.
+    /// ones return the same lines, whatever their filter.
+    ///
+    /// # Panics
+    /// When something else installed the process's global subscriber:
+    /// nothing could be kept, and a test that looks for no line would
+    /// pass without looking.
     #[must_use]
     pub fn of_process(filter: &str) -> Lines {
         static PROCESS: OnceLock<Lines> = OnceLock::new();
         PROCESS
             .get_or_init(|| {
                 let (lines, subscriber) = Lines::subscriber(filter);
-                let _ = tracing::subscriber::set_global_default(subscriber);
+                if tracing::subscriber::set_global_default(subscriber).is_err() {
+                    panic!("another global tracing subscriber is installed: this process's log lines cannot be kept");
+                }
                 lines
             })
             .clone()
