@@ -17,7 +17,9 @@
 #[test]
 #[ignore = "outbound Kerberos needs palisade-client's `spnego` feature: run with --features spnego (or --all-features)"]
 fn a_silent_kdc_holds_at_most_the_limit_of_threads_and_is_not_asked_again_at_once() {
-    panic!("outbound Kerberos needs palisade-client's `spnego` feature: run with --features spnego (or --all-features)");
+    panic!(
+        "outbound Kerberos needs palisade-client's `spnego` feature: run with --features spnego (or --all-features)"
+    );
 }
 
 #[cfg(feature = "spnego")]

@@ -411,21 +411,23 @@ fn compile_rules(spec: &AuthorizationPolicySpec, namespace: &str) -> Result<Vec<
 }
 
 /// Istio's exact host match includes the port: a DENY on `admin.example`
-/// misses `Host: admin.example:443`. Legal, as in Istio, but said loudly.
-fn warn_hosts_without_port(doc: &Document, rule: &RuleSpec) {
-    for t in &rule.to {
-        for h in t.operation.hosts.iter().flatten() {
+/// misses `Host: admin.example:443`. Legal, as in Istio, but said when the
+/// file loads ((field, message) of each such host of a DENY rule).
+pub(crate) fn hosts_without_port(ri: usize, rule: &RuleSpec) -> Vec<FieldError> {
+    let mut out = Vec::new();
+    for (ti, t) in rule.to.iter().enumerate() {
+        for (hi, h) in t.operation.hosts.iter().flatten().enumerate() {
             if let Ok(m) = StrMatch::parse(h)
                 && let Some(h) = super::matcher::host_without_port(&m)
             {
-                tracing::warn!(
-                    target: super::LOG_TARGET,
-                    policy = %doc.resource(),
-                    "DENY rule host `{h}` does not match `{h}:PORT` (Istio matches the port too); add `{h}:*` to deny every port"
-                );
+                out.push((
+                    format!("spec.rules[{ri}].to[{ti}].operation.hosts[{hi}]"),
+                    format!("a DENY of `{h}` does not match `{h}:PORT` (Istio matches the port too); add `{h}:*` to deny every port"),
+                ));
             }
         }
     }
+    out
 }
 
 pub(crate) fn compile_policy(
@@ -456,11 +458,6 @@ pub(crate) fn compile_policy(
     };
     let rules =
         compile_rules(spec, doc.metadata.namespace()).map_err(|(field, msg)| w.error_at(doc, &field, msg))?;
-    if action == Action::Deny {
-        for rule in spec.rules.iter().flatten() {
-            warn_hosts_without_port(doc, rule);
-        }
-    }
     Ok(CompiledPolicy::new(
         format!("{}/{}", doc.metadata.namespace(), doc.metadata.name),
         action,

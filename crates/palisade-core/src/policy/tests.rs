@@ -1544,3 +1544,20 @@ fn path_patterns_with_escapes_no_request_has_are_refused() {
         assert!(err.to_string().contains("matches no request"), "{err}");
     }
 }
+
+/// A `DENY` of a host without a port misses the requests that name the
+/// port (Istio compares it too): said when the file loads, so `palisade
+/// check` prints it, and not for an `ALLOW`.
+#[test]
+fn a_deny_of_a_host_without_its_port_is_a_warning() {
+    let policy = |action: &str| {
+        format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p}}\nspec:\n  action: {action}\n  rules: [{{to: [{{operation: {{hosts: [admin.example, 'api.example:*', 'db.example:5432']}}}}]}}]\n"
+        )
+    };
+    assert_eq!(
+        warned(&policy("DENY")),
+        [(1, "spec.rules[0].to[0].operation.hosts[0]".into())]
+    );
+    assert!(warned(&policy("ALLOW")).is_empty());
+}
