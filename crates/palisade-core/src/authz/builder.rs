@@ -161,21 +161,31 @@ pub struct AccessPolicyBuilder {
 }
 
 impl AccessPolicyBuilder {
-    fn push(mut self, name: &str, action: Action, rules: Option<Vec<Rule>>, provider: Option<&str>) -> Self {
+    fn push(self, name: &str, action: Action, rules: Option<Vec<Rule>>, provider: Option<&str>) -> Self {
         let spec = AuthorizationPolicySpec {
             action,
             rules: rules.map(|r| r.into_iter().map(Rule::into_rule).collect()),
             provider: provider.map(|p| ExtensionProviderSpec { name: p.to_owned() }),
             ..AuthorizationPolicySpec::default()
         };
+        self.add(
+            name,
+            "security.istio.io/v1",
+            "AuthorizationPolicy",
+            Spec::AuthorizationPolicy(spec),
+        )
+    }
+
+    /// Adds the document `name` of `kind`, as a file's would be.
+    fn add(mut self, name: &str, api_version: &str, kind: &str, spec: Spec) -> Self {
         let mut metadata = Metadata::default();
         name.clone_into(&mut metadata.name);
         self.documents.push(Document {
             index: self.documents.len() + 1,
-            api_version: "security.istio.io/v1".to_owned(),
-            kind: "AuthorizationPolicy".to_owned(),
+            api_version: api_version.to_owned(),
+            kind: kind.to_owned(),
             metadata,
-            spec: Spec::AuthorizationPolicy(spec),
+            spec,
             line: None,
         });
         self
@@ -229,17 +239,12 @@ impl AccessPolicyBuilder {
             d.spec = Spec::AuthorizationSettings(spec);
             return self;
         }
-        let mut metadata = Metadata::default();
-        "settings".clone_into(&mut metadata.name);
-        self.documents.push(Document {
-            index: self.documents.len() + 1,
-            api_version: "palisade.dev/v1alpha1".to_owned(),
-            kind: "AuthorizationSettings".to_owned(),
-            metadata,
-            spec: Spec::AuthorizationSettings(spec),
-            line: None,
-        });
-        self
+        self.add(
+            "settings",
+            "palisade.dev/v1alpha1",
+            "AuthorizationSettings",
+            Spec::AuthorizationSettings(spec),
+        )
     }
 
     /// The external authorizers CUSTOM policies name.
