@@ -363,6 +363,70 @@ fn refused(e: PolicyError, again: bool) -> Result<(), PolicyError> {
     Err(e)
 }
 
+/// What a hot reload must not lose: one value per key for the whole
+/// process, kept while something uses it. An authenticator that a reload
+/// builds anew (from the new file, while the old one still serves) finds
+/// the value the old one made for the same key (a connected store, a
+/// random key, a discovery document) instead of making another and losing
+/// what the first holds in memory; once no one uses it, it goes, and the
+/// next one is made anew.
+///
+/// ```
+/// use std::sync::Arc;
+/// use palisade_core::reload::Registry;
+///
+/// static STORES: Registry<String, Vec<u8>> = Registry::new();
+/// let first = STORES.get_or_make("redis://a".into(), || Ok::<_, ()>(Arc::new(vec![1]))).unwrap();
+/// let again = STORES.get_or_make("redis://a".into(), || Ok::<_, ()>(Arc::new(vec![2]))).unwrap();
+/// assert!(Arc::ptr_eq(&first, &again), "the live one");
+/// drop((first, again));
+/// let anew = STORES.get_or_make("redis://a".into(), || Ok::<_, ()>(Arc::new(vec![3]))).unwrap();
+/// assert_eq!(*anew, [3], "made anew once unused");
+/// ```
+pub struct Registry<K, T>(Mutex<Vec<(K, Weak<T>)>>);
+
+impl<K: PartialEq, T> Registry<K, T> {
+    /// An empty registry (`const`: for a `static`).
+    #[must_use]
+    pub const fn new() -> Self {
+        Self(Mutex::new(Vec::new()))
+    }
+
+    /// The live value of `key`, or the one `make` makes, then kept for
+    /// `key` while it is used. `make` runs under the registry's lock: two
+    /// callers never make two values for one key.
+    ///
+    /// # Errors
+    /// `make`'s.
+    pub fn get_or_make<E>(&self, key: K, make: impl FnOnce() -> Result<Arc<T>, E>) -> Result<Arc<T>, E> {
+        let mut live = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        live.retain(|(_, weak)| weak.strong_count() > 0);
+        if let Some(value) = live
+            .iter()
+            .filter(|(k, _)| *k == key)
+            .find_map(|(_, weak)| weak.upgrade())
+        {
+            return Ok(value);
+        }
+        let value = make()?;
+        live.push((key, Arc::downgrade(&value)));
+        Ok(value)
+    }
+}
+
+impl<K: PartialEq, T> Default for Registry<K, T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<K, T> fmt::Debug for Registry<K, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let live = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        f.debug_struct("Registry").field("values", &live.len()).finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -431,6 +495,29 @@ spec:
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("policy.yaml");
         (Scratch(dir), file)
+    }
+
+    #[test]
+    fn a_registry_value_is_shared_while_used_and_made_again_after() {
+        let registry: Registry<&str, u32> = Registry::new();
+        let made = std::cell::Cell::new(0);
+        let make = |n| {
+            made.set(made.get() + 1);
+            Ok::<_, ()>(Arc::new(n))
+        };
+        let first = registry.get_or_make("a", || make(1)).unwrap();
+        let again = registry.get_or_make("a", || make(2)).unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        let other = registry.get_or_make("b", || make(3)).unwrap();
+        assert_eq!((*other, made.get()), (3, 2));
+        drop((first, again));
+        assert_eq!(
+            *registry.get_or_make("a", || make(4)).unwrap(),
+            4,
+            "made anew once unused"
+        );
+        assert_eq!(made.get(), 3);
+        assert_eq!(registry.get_or_make("c", || Err::<Arc<u32>, _>(())), Err(()));
     }
 
     #[test]

@@ -415,7 +415,8 @@ fn tune(
 /// The replay store `spec.dpop.replayStore` names. Every authenticator
 /// built from a policy file with the same store shares one, so a proof
 /// accepted just before a reload cannot be replayed just after it; a Redis
-/// store is reached once, when first named (not offline). `err` locates
+/// store is reached when first named (not offline), and kept while an
+/// authenticator uses it ([`Registry`](palisade_core::reload::Registry)). `err` locates
 /// a refusal; one that did not reach the store carries the I/O error
 /// (a hot reload tries such a file again).
 fn replay_store(
@@ -431,25 +432,25 @@ fn replay_store(
     };
     #[cfg(feature = "redis")]
     {
-        use std::sync::{Mutex, PoisonError};
-
         use crate::dpop::RedisReplayStore;
-        static REDIS: Mutex<Vec<(String, Arc<RedisReplayStore>)>> = Mutex::new(Vec::new());
-        let mut stores = REDIS.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((_, store)) = stores.iter().find(|(u, _)| u == url) {
-            return Ok(store.clone());
-        }
-        let store = RedisReplayStore::builder(url)
-            .connect_blocking()
-            .map_err(|e| match e {
-                // Not reached: what may answer later.
-                crate::dpop::DpopConfigError::ReplayStoreUnreachable(_) => err(e.to_string()).unreachable(e),
-                // What the file says (a URL Redis's client refuses), which
-                // only an edit changes.
-                _ => err(e.to_string()).with_source(e),
-            })?;
-        let store = Arc::new(store);
-        stores.push((url.to_owned(), store.clone()));
+        // While an authenticator uses it (the old one serves while a
+        // reload builds the new one).
+        static REDIS: palisade_core::reload::Registry<String, RedisReplayStore> =
+            palisade_core::reload::Registry::new();
+        let store = REDIS.get_or_make(url.to_owned(), || {
+            RedisReplayStore::builder(url)
+                .connect_blocking()
+                .map(Arc::new)
+                .map_err(|e| match e {
+                    // Not reached: what may answer later.
+                    crate::dpop::DpopConfigError::ReplayStoreUnreachable(_) => {
+                        err(e.to_string()).unreachable(e)
+                    }
+                    // What the file says (a URL Redis's client refuses),
+                    // which only an edit changes.
+                    _ => err(e.to_string()).with_source(e),
+                })
+        })?;
         Ok(store)
     }
     #[cfg(not(feature = "redis"))]
@@ -712,6 +713,23 @@ spec:
             .unwrap_err(),
             JwtError::MissingClaim("iss")
         );
+    }
+
+    /// A Redis replay store is shared by the authenticators that name it
+    /// (a reload's new one and the old), kept while one uses it and
+    /// connected anew once none does.
+    #[cfg(feature = "redis")]
+    #[test]
+    fn one_redis_replay_store_per_url_while_it_is_used() {
+        let redis = palisade_testkit::redis::RedisServer::start().unwrap();
+        let err = |m: String| PolicyError::new("dpop.yaml", m);
+        let first = replay_store(Some(&redis.url()), false, err).unwrap();
+        let again = replay_store(Some(&redis.url()), false, err).unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "a reload finds the store in use");
+        let weak = Arc::downgrade(&first);
+        drop((first, again));
+        assert!(weak.upgrade().is_none(), "not kept once unused");
+        assert!(replay_store(Some(&redis.url()), false, err).is_ok());
     }
 
     /// A setting of the workload's own namespace overrides the root

@@ -26,8 +26,8 @@ use crate::session::{
     Cache, Live, Payload, Session, Successors, at, new_store_key, now, now_ms, now_us, open_stored,
     open_successor, refresh_claim, seal_stored, seal_successor, successor_key, unverified_claims,
 };
-use crate::shared::Registry;
 use crate::store::{MemoryStore, Revocation, SessionRef, SessionStore};
+use palisade_core::reload::Registry;
 
 /// How long a refreshed session stays in the store for the other replicas
 /// (requests that still carry the cookie it replaces).

@@ -53,7 +53,6 @@ mod flow;
 mod policy;
 mod provider;
 mod session;
-mod shared;
 pub mod store;
 
 pub use config::{ClientKey, SecretMethod, SignInBuilder, SignInError};

@@ -35,8 +35,8 @@ fn store(
     }
     #[cfg(feature = "redis")]
     {
-        static LIVE: crate::shared::Registry<String, crate::store::RedisStore> =
-            crate::shared::Registry::new();
+        static LIVE: palisade_core::reload::Registry<String, crate::store::RedisStore> =
+            palisade_core::reload::Registry::new();
         let store = LIVE.get_or_make(url.to_owned(), || {
             // Start-up code, perhaps inside a runtime: the store runs on a
             // thread of its own.
