@@ -15,7 +15,7 @@
 //! # Ok::<(), palisade_core::policy::PolicyError>(())
 //! ```
 
-use super::{AccessPolicy, Action, ExternalAuthorizers};
+use super::{AccessPolicy, Action, EscapedSlashes, ExternalAuthorizers};
 use crate::policy::{
     AuthorizationPolicySpec, ConditionSpec, Document, ExtensionProviderSpec, FromSpec, Metadata,
     OperationSpec, PolicyError, PolicySet, RuleSpec, SourceSpec, Spec, ToSpec, Workload,
@@ -223,8 +223,8 @@ impl AccessPolicyBuilder {
     /// level: a route's wildcard capture decodes them into segments the
     /// path rules did not see). An `AuthorizationSettings` document's
     /// `escapedSlashes`.
-    pub fn escaped_slashes(mut self, escaped: super::EscapedSlashes) -> Self {
-        if escaped == super::EscapedSlashes::Keep {
+    pub fn escaped_slashes(mut self, escaped: EscapedSlashes) -> Self {
+        if escaped == EscapedSlashes::Keep {
             tracing::warn!(target: crate::guard::LOG_TARGET, "escaped slashes are kept (escaped_slashes(Keep)): a route's wildcard capture decodes them into segments the path rules did not see");
         }
         let spec = crate::policy::AuthorizationSettingsSpec {
