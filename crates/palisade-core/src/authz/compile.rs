@@ -411,18 +411,34 @@ fn compile_rules(spec: &AuthorizationPolicySpec, namespace: &str) -> Result<Vec<
 }
 
 /// Istio's exact host match includes the port: a DENY on `admin.example`
-/// misses `Host: admin.example:443`. Legal, as in Istio, but said when the
-/// file loads ((field, message) of each such host of a DENY rule).
-pub(crate) fn hosts_without_port(ri: usize, rule: &RuleSpec) -> Vec<FieldError> {
+/// misses `Host: admin.example:443`, and an ALLOW of every host but it
+/// (`notHosts`) admits that. Legal, as in Istio, but said when the file
+/// loads ((field, message) of each such host of the rule).
+pub(crate) fn hosts_without_port(action: Action, ri: usize, rule: &RuleSpec) -> Vec<FieldError> {
+    let (field, what): (&str, fn(&str) -> String) = match action {
+        Action::Deny => ("hosts", |h| format!("a DENY of `{h}` does not match `{h}:PORT`")),
+        Action::Allow => ("notHosts", |h| {
+            format!("an ALLOW of every host but `{h}` admits `{h}:PORT`")
+        }),
+        _ => return Vec::new(),
+    };
     let mut out = Vec::new();
     for (ti, t) in rule.to.iter().enumerate() {
-        for (hi, h) in t.operation.hosts.iter().flatten().enumerate() {
+        let hosts = if action == Action::Deny {
+            &t.operation.hosts
+        } else {
+            &t.operation.not_hosts
+        };
+        for (hi, h) in hosts.iter().flatten().enumerate() {
             if let Ok(m) = StrMatch::parse(h)
                 && let Some(h) = super::matcher::host_without_port(&m)
             {
                 out.push((
-                    format!("spec.rules[{ri}].to[{ti}].operation.hosts[{hi}]"),
-                    format!("a DENY of `{h}` does not match `{h}:PORT` (Istio matches the port too); add `{h}:*` to deny every port"),
+                    format!("spec.rules[{ri}].to[{ti}].operation.{field}[{hi}]"),
+                    format!(
+                        "{} (Istio matches the port too); add `{h}:*` for every port",
+                        what(h)
+                    ),
                 ));
             }
         }

@@ -476,9 +476,7 @@ impl Document {
                         ));
                     }
                     out.extend(head_left_out(p.action, ri, &rule.to));
-                    if p.action == crate::authz::Action::Deny {
-                        out.extend(crate::authz::compile::hosts_without_port(ri, rule));
-                    }
+                    out.extend(crate::authz::compile::hosts_without_port(p.action, ri, rule));
                 }
             }
             Spec::ServiceRole(r) => {

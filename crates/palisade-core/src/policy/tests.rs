@@ -1560,4 +1560,10 @@ fn a_deny_of_a_host_without_its_port_is_a_warning() {
         [(1, "spec.rules[0].to[0].operation.hosts[0]".into())]
     );
     assert!(warned(&policy("ALLOW")).is_empty());
+    // An ALLOW of every host but one admits it with a port.
+    let but = policy("ALLOW").replace("hosts:", "notHosts:");
+    assert_eq!(
+        warned(&but),
+        [(1, "spec.rules[0].to[0].operation.notHosts[0]".into())]
+    );
 }
