@@ -167,54 +167,28 @@ pub(crate) fn unmatchable_escape(pattern: &str) -> Option<&'static str> {
 }
 
 /// A path pattern's escapes as a request path's are once normalised
-/// ([`normalize`]): escapes of the characters it decodes decoded, but `*`
-/// (a pattern's wildcard: `%2A` stays as written), the others' hex digits
-/// upper-cased, anything else as written. A policy written for Envoy,
-/// which keeps `%40`, then matches as meant: `/users/admin%40corp.example`
-/// matches the request `/users/admin%40corp.example`, which is matched as
-/// `/users/admin@corp.example`.
+/// ([`normalize`]'s first step, [`decode_escapes`]): escapes of the
+/// characters it decodes decoded, the others' hex digits upper-cased. A
+/// policy written for Envoy, which keeps `%40`, then matches as meant:
+/// `/users/admin%40corp.example` matches the request
+/// `/users/admin%40corp.example`, which is matched as
+/// `/users/admin@corp.example`. A pattern with an escape no request has
+/// ([`unmatchable_escape`], refused before it is compiled) is left as
+/// written.
 pub(crate) fn pattern_escapes(pattern: &str) -> Cow<'_, str> {
-    if !pattern.contains('%') {
+    if !pattern.contains('%') || unmatchable_escape(pattern).is_some() {
         return Cow::Borrowed(pattern);
     }
-    let bytes = pattern.as_bytes();
-    let mut out = String::with_capacity(pattern.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let (Some(h), Some(l)) = (
-                bytes.get(i + 1).copied().and_then(hex),
-                bytes.get(i + 2).copied().and_then(hex),
-            )
-        {
-            let v = h * 16 + l;
-            if is_decoded(v) && v != b'*' {
-                out.push(char::from(v));
-            } else {
-                out.push('%');
-                out.push(char::from(bytes[i + 1].to_ascii_uppercase()));
-                out.push(char::from(bytes[i + 2].to_ascii_uppercase()));
-            }
-            i += 3;
-            continue;
-        }
-        let end = bytes[i + 1..]
-            .iter()
-            .position(|&c| c == b'%')
-            .map_or(bytes.len(), |p| i + 1 + p);
-        out.push_str(&pattern[i..end]);
-        i = end;
-    }
-    Cow::Owned(out)
+    decode_escapes(pattern, EscapedSlashes::Keep).map_or(Cow::Borrowed(pattern), Cow::Owned)
 }
 
-/// Normalises a request path (without its query).
-pub(crate) fn normalize(path: &str, escaped: EscapedSlashes) -> Result<Cow<'_, str>, PathError> {
+/// Step 1 of [`normalize`]: escapes of the characters [`is_decoded`]
+/// decodes decoded, the others' hex digits upper-cased; a `%` without two
+/// hex digits is [`PathError::BadEscape`], and with
+/// [`EscapedSlashes::Reject`] a `%2F`, a `%5C` or a raw `\` is
+/// [`PathError::EscapedSlash`].
+fn decode_escapes(path: &str, escaped: EscapedSlashes) -> Result<String, PathError> {
     let bytes = path.as_bytes();
-    if !bytes.starts_with(b"/") || is_normal(bytes, escaped) {
-        return Ok(Cow::Borrowed(path));
-    }
-    // 1. Percent-decoding of unreserved characters.
     let mut decoded = String::with_capacity(path.len());
     let mut i = 0;
     while i < bytes.len() {
@@ -251,6 +225,16 @@ pub(crate) fn normalize(path: &str, escaped: EscapedSlashes) -> Result<Cow<'_, s
         decoded.push_str(&path[i..end]);
         i = end;
     }
+    Ok(decoded)
+}
+
+/// Normalises a request path (without its query).
+pub(crate) fn normalize(path: &str, escaped: EscapedSlashes) -> Result<Cow<'_, str>, PathError> {
+    let bytes = path.as_bytes();
+    if !bytes.starts_with(b"/") || is_normal(bytes, escaped) {
+        return Ok(Cow::Borrowed(path));
+    }
+    let decoded = decode_escapes(path, escaped)?;
     // 2 and 3. Merge slashes, resolve dot segments.
     let trailing = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
     let mut out: Vec<&str> = Vec::new();
