@@ -274,13 +274,10 @@ impl SignIn {
 /// codes already used, must stay so. It lives while one of them does.
 fn shared_memory_store(issuer: &str, client_id: &str) -> Arc<dyn SessionStore> {
     static LIVE: Registry<(String, String), MemoryStore> = Registry::new();
-    let made = LIVE.get_or_make((issuer.to_owned(), client_id.to_owned()), || {
+    LIVE.get_or_make((issuer.to_owned(), client_id.to_owned()), || {
         Ok::<_, std::convert::Infallible>(Arc::new(MemoryStore::new()))
-    });
-    match made {
-        Ok(store) => store,
-        Err(never) => match never {},
-    }
+    })
+    .unwrap_or_else(|never| match never {})
 }
 
 /// The issuer as `config` calls it (its URL, timeout and trust anchors),
