@@ -1154,30 +1154,38 @@ async fn a_cors_layer_in_front_of_the_guard_answers_preflights_on_both_framework
     let issuer = TestIssuer::builder().default_audience("details").start().unwrap();
     let guard = guard(&issuer);
     let token = issuer.token().subject("alice").sign();
-    let bearer = |a: &Option<String>| a.as_deref().is_some_and(|c| c.starts_with("Bearer"));
     let app_origin = Some("https://app.example".to_owned());
+    // What each framework answers with the CORS layer in front: the
+    // preflight by the layer, the refusal and the admission with its
+    // headers, the refusal with its challenge.
+    let in_front = |answers: CorsAnswers, framework: &str| {
+        let [preflight, anonymous, user] = answers;
+        assert_eq!(
+            (preflight.0, &preflight.1),
+            (200, &app_origin),
+            "{framework}: {preflight:?}"
+        );
+        assert_eq!(
+            (anonymous.0, &anonymous.1),
+            (401, &app_origin),
+            "{framework}: {anonymous:?}"
+        );
+        assert!(
+            anonymous.2.as_deref().is_some_and(|c| c.starts_with("Bearer")),
+            "{framework}: {anonymous:?}"
+        );
+        assert_eq!((user.0, &user.1), (200, &app_origin), "{framework}: {user:?}");
+    };
     let router = || axum::Router::new().route("/whoami", get(whoami_axum));
     let cors = tower_http::cors::CorsLayer::new()
         .allow_origin(http::HeaderValue::from_static("https://app.example"))
         .allow_methods([http::Method::GET])
         .allow_headers([http::header::AUTHORIZATION])
         .expose_headers([http::header::WWW_AUTHENTICATE]);
-    let in_front = cors
+    let app = cors
         .clone()
         .layer(palisade::axum::PalisadeLayer::new(guard.clone()).layer(router()));
-    let [preflight, anonymous, user] = cors_axum(in_front, &token).await;
-    assert_eq!(
-        (preflight.0, &preflight.1),
-        (200, &app_origin),
-        "axum: {preflight:?}"
-    );
-    assert_eq!(
-        (anonymous.0, &anonymous.1),
-        (401, &app_origin),
-        "axum: {anonymous:?}"
-    );
-    assert!(bearer(&anonymous.2), "axum: {anonymous:?}");
-    assert_eq!((user.0, &user.1), (200, &app_origin), "axum: {user:?}");
+    in_front(cors_axum(app, &token).await, "axum");
     // The wrong way round: the guard refuses the preflight.
     let behind = router()
         .layer(cors.clone())
@@ -1226,17 +1234,5 @@ async fn a_cors_layer_in_front_of_the_guard_answers_preflights_on_both_framework
             get("www-authenticate"),
         ));
     }
-    let [preflight, anonymous, user]: CorsAnswers = answers.try_into().unwrap();
-    assert_eq!(
-        (preflight.0, &preflight.1),
-        (200, &app_origin),
-        "actix-web: {preflight:?}"
-    );
-    assert_eq!(
-        (anonymous.0, &anonymous.1),
-        (401, &app_origin),
-        "actix-web: {anonymous:?}"
-    );
-    assert!(bearer(&anonymous.2), "actix-web: {anonymous:?}");
-    assert_eq!((user.0, &user.1), (200, &app_origin), "actix-web: {user:?}");
+    in_front(answers.try_into().unwrap(), "actix-web");
 }

@@ -71,6 +71,22 @@ async fn replicas(
     (a, b)
 }
 
+/// A logout form posted to `base` with the session of `jar`, the browser
+/// saying where it comes from with the header `(name, value)` (`origin`,
+/// or `sec-fetch-site`).
+async fn post_logout(base: &str, jar: &Jar, (name, value): (&str, &str)) -> Answer {
+    answer(
+        client()
+            .post(format!("{base}/logout"))
+            .header(name, value)
+            .header("cookie", jar.header().unwrap())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
 /// Signs in through `base` as the issuer's chosen user; answers the jar.
 async fn sign_in(base: &str) -> Jar {
     let (jar, to_issuer) = start_sign_in(base).await;
@@ -167,16 +183,7 @@ async fn a_reload_keeps_sessions_and_sign_ins_in_progress() {
         // Logged out, then sign-in turned off and on by two reloads: the
         // store that knew of the logout went with the relying party, and
         // so did its key, so the saved cookie does not open again.
-        let out = answer(
-            client()
-                .post(format!("{base}/logout"))
-                .header("origin", base.as_str())
-                .header("cookie", finished.header().unwrap())
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let out = post_logout(base, &finished, ("origin", base)).await;
         assert_eq!(out.status, 302, "{base}: {out:?}");
         assert_eq!(get(&format!("{base}/whoami"), &finished, false).await.status, 401);
         let (without, _) = keyless
@@ -304,29 +311,11 @@ async fn a_browser_signs_in_uses_the_session_and_logs_out_on_both_frameworks() {
         }
         // The confirmation's own post; an old browser's same-origin post
         // (its Origin names this host, over whichever scheme) logs out too.
-        let own = answer(
-            client()
-                .post(format!("{base}/logout"))
-                .header("origin", base.replacen("http://", "https://", 1))
-                .header("cookie", jar.header().unwrap())
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let own = post_logout(base, &jar, ("origin", &base.replacen("http://", "https://", 1))).await;
         assert_eq!(own.status, 302, "{base}: {own:?}");
         assert_eq!(get(&format!("{base}/whoami"), &jar, false).await.status, 401);
         let jar = sign_in(base).await;
-        let confirmed = answer(
-            client()
-                .post(format!("{base}/logout"))
-                .header("sec-fetch-site", "same-origin")
-                .header("cookie", jar.header().unwrap())
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let confirmed = post_logout(base, &jar, ("sec-fetch-site", "same-origin")).await;
         assert_eq!(confirmed.status, 302, "{base}: {confirmed:?}");
         assert_eq!(get(&format!("{base}/whoami"), &jar, false).await.status, 401);
 
@@ -563,16 +552,7 @@ async fn an_external_origin_stands_for_the_proxy_in_front() {
         // A form of this service's own address (not the proxy's) is another
         // origin; the proxy's logs out and returns to the proxy's address.
         for (origin, status) in [(base.as_str(), 200), (shop, 302)] {
-            let out = answer(
-                client()
-                    .post(format!("{base}/logout"))
-                    .header("origin", origin)
-                    .header("cookie", jar.header().unwrap())
-                    .send()
-                    .await
-                    .unwrap(),
-            )
-            .await;
+            let out = post_logout(base, &jar, ("origin", origin)).await;
             assert_eq!(out.status, status, "{base}: Origin {origin}: {out:?}");
             if status == 302 {
                 let end = out.location.unwrap();
