@@ -723,7 +723,7 @@ kind: AuthorizationPolicy
 metadata: {{name: no-admin}}
 spec:
   action: DENY
-  rules: [{{to: [{{operation: {{paths: [\"/admin*\", \"*:delete\"]}}}}]}}]
+  rules: [{{to: [{{operation: {{paths: [\"/admin*\", \"*:delete\", /public/privé/*, \"/public/secr%C3%A8t/*\"]}}}}]}}]
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -864,6 +864,24 @@ spec:
             ("malformed escape", "/public/%zz", vec![], 400, None),
             // actix-web decodes `%3A` before routing: so does the policy.
             ("an escaped colon", "/public/7%3Adelete", vec![], 403, None),
+            // A path written raw and escaped reaches one handler (actix-web
+            // decodes escapes before routing, axum's captures do): a rule
+            // written raw sees the escapes (and raw requests, below).
+            (
+                "escapes of a path denied raw",
+                "/public/priv%C3%A9/x",
+                vec![],
+                403,
+                None,
+            ),
+            ("in lower case", "/public/priv%c3%a9/x", vec![], 403, None),
+            (
+                "rewritten, non-ASCII escaped",
+                "/public/./caf%c3%a9",
+                vec![],
+                200,
+                Some(seen("/public/caf%C3%A9", None, false, None)),
+            ),
             (
                 "rewritten for the router",
                 "/public/./a//b?q=1&r",
@@ -968,6 +986,36 @@ spec:
                     "{name}: {a:?}"
                 );
             }
+        }
+        // Raw non-ASCII bytes in the target: hyper takes them, actix-web's
+        // parser refuses them (400) before any middleware. Through axum, a
+        // rule written either way sees them, and an allowed path is routed
+        // as sent (axum's literal routes match only the raw form).
+        for (name, target, status, handler_saw) in [
+            ("a path denied raw", "/public/privé/x", 403, None),
+            ("a path denied escaped", "/public/secrèt/x", 403, None),
+            (
+                "an allowed path",
+                "/public/café",
+                200,
+                Some(seen("/public/café", None, false, None)),
+            ),
+            // Rewritten, it is handed on escaped (actix-web's `http` takes
+            // no raw non-ASCII in a target).
+            (
+                "an allowed path rewritten",
+                "/public/x/../café",
+                200,
+                Some(seen("/public/caf%C3%A9", None, false, None)),
+            ),
+        ] {
+            let a = send(axum_addr, target, &[]).await;
+            assert_eq!(a.status, status, "{name}: {a:?}");
+            if let Some(v) = handler_saw {
+                assert_eq!(a.body, seen_with(v, None, None), "{name}");
+            }
+            let b = send(actix_addr, target, &[]).await;
+            assert!(b == a || b.status == 400, "{name}: actix-web: {b:?}");
         }
         // A refusal to HEAD: the GET's status and headers, no body, and no
         // `content-length` but the GET's (RFC 9110 §8.6).

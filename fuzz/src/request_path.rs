@@ -13,7 +13,10 @@
 //! - normalisation is a fixed point: the rewritten target, sent again, is
 //!   not rewritten, and it is decided as the original request was (the
 //!   policy matched the path the router routes);
-//! - a normalised path under `/admin` or ending in `.bak` is never allowed.
+//! - a path with its non-ASCII bytes escaped is decided as the raw one
+//!   (routers serve both from one route);
+//! - a normalised path under `/admin` or `/public/privé` or ending in
+//!   `.bak` is never allowed.
 //!
 //! (An earlier version fed `/admin/..?` as a path: normalisation keeps a
 //! `?` as path data, while a request target splits at it, so the oracle
@@ -33,7 +36,7 @@ kind: AuthorizationPolicy
 metadata: {name: deny}
 spec:
   action: DENY
-  rules: [{to: [{operation: {paths: ["/admin", "/admin/*", "/api/{*}/secret/{**}", "*.bak"]}}]}]
+  rules: [{to: [{operation: {paths: ["/admin", "/admin/*", "/api/{*}/secret/{**}", "*.bak", "/public/privé/*"]}}]}]
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -200,8 +203,22 @@ pub fn run(data: &[u8]) {
         "{target:?} and {routed:?} decided apart"
     );
 
+    // Raw and escaped, decided alike.
+    if target.bytes().any(|b| b >= 0x80) {
+        let escaped: String = target
+            .bytes()
+            .map(|b| if b >= 0x80 { format!("%{b:02X}") } else { char::from(b).to_string() })
+            .collect();
+        assert_eq!(
+            first,
+            verdict(&decide(&g.policy, &OwnedRequest::get(&escaped))),
+            "{target:?} and {escaped:?} decided apart"
+        );
+    }
+
     // What the policy denies is never allowed.
-    if normal == "/admin" || normal.starts_with("/admin/") || normal.ends_with(".bak") {
+    let private = normal.starts_with("/public/priv%C3%A9/") || normal.starts_with("/public/privé/");
+    if normal == "/admin" || normal.starts_with("/admin/") || normal.ends_with(".bak") || private {
         assert!(!first.0, "{target:?} ({normal:?}) allowed");
     }
 }

@@ -4,7 +4,10 @@
 //! The steps, in order (RFC 3986 §6.2.2 plus Istio's `MERGE_SLASHES`):
 //! 1. percent-encoded *unreserved* characters (`A-Z a-z 0-9 - . _ ~`) are
 //!    decoded; other escapes are kept, their hex digits upper-cased; a `%` not
-//!    followed by two hex digits makes the request malformed (400);
+//!    followed by two hex digits makes the request malformed (400); bytes a
+//!    URI holds only escaped but clients send raw (non-ASCII, `"`, `{`, `|`)
+//!    are escaped, so `/café` and `/caf%C3%A9`, which one route serves, meet
+//!    one rule;
 //! 2. runs of `/` are merged into one;
 //! 3. `.` and `..` segments are resolved (`..` never climbs above `/`).
 //!
@@ -68,6 +71,26 @@ fn is_decoded(b: u8) -> bool {
     is_unreserved(b) || is_segment_delim(b)
 }
 
+/// Whether a raw byte of a path is matched escaped (`%XX`, upper-case):
+/// a byte RFC 3986 allows in a path only escaped, which clients and the
+/// `http` crate let through raw: non-ASCII (UTF-8), space and controls,
+/// and `"` `<` `>` `^` `` ` `` `{` `|` `}`. Routers read both forms as one
+/// (actix-web decodes escapes before matching, axum's captures decode
+/// them), so `/files/privé/x` and `/files/priv%C3%A9/x` reach one handler,
+/// and a rule written with either form must see both.
+const fn is_escaped_raw(b: u8) -> bool {
+    b >= 0x7F || b <= b' ' || matches!(b, b'"' | b'<' | b'>' | b'^' | b'`' | b'{' | b'|' | b'}')
+}
+
+/// The upper-case hex digits of a byte's escape.
+fn escape_digits(b: u8) -> [char; 2] {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    [
+        char::from(HEX[usize::from(b >> 4)]),
+        char::from(HEX[usize::from(b & 0xF)]),
+    ]
+}
+
 /// The characters [`is_decoded`] decodes beyond unreserved ones. Their
 /// decoding alone does not make the router need the normalised path
 /// ([`needs_rewrite`]): actix-web decodes them itself before routing, and
@@ -81,8 +104,10 @@ fn is_segment_delim(b: u8) -> bool {
 
 /// Whether the router must be handed `normalized` rather than `raw`: it
 /// differs by more than escapes of [`is_segment_delim`] characters decoded
-/// (a merged slash, a dot segment, an unreserved character decoded, an
-/// escape upper-cased). A layer that runs after routing can take the rest
+/// and raw bytes escaped ([`is_escaped_raw`]; a router reads `é` and
+/// `%C3%A9` alike, and axum's literal routes match only the raw form), such
+/// as a merged slash, a dot segment, an unreserved character decoded, an
+/// escape upper-cased. A layer that runs after routing can take the rest
 /// as it is, and so no request of an email address (`%40`) in its path is
 /// refused there.
 pub(crate) fn needs_rewrite(raw: &str, normalized: &str) -> bool {
@@ -100,6 +125,14 @@ pub(crate) fn needs_rewrite(raw: &str, normalized: &str) -> bool {
             i += 3;
             j += 1;
             continue;
+        }
+        if is_escaped_raw(raw[i]) && norm[j] == b'%' {
+            let [h, l] = escape_digits(raw[i]);
+            if norm.get(j + 1) == Some(&(h as u8)) && norm.get(j + 2) == Some(&(l as u8)) {
+                i += 1;
+                j += 3;
+                continue;
+            }
         }
         if raw[i] != norm[j] {
             return true;
@@ -119,22 +152,32 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
-/// Whether the path can be used as it is (the common case: one scan).
-/// Most bytes of a path (letters, digits, `_`, `~`) sort after `/` and
-/// cannot start a form to normalise: each costs one comparison (and `\`,
-/// which sorts after it too, one more). `%` and `.` sort before it.
+/// The bytes that cannot start a form to normalise: most of a path's
+/// (letters, digits, `-`, `_`, `~`, `:`, `@`...), one load each.
+const QUIET: [bool; 256] = {
+    let mut quiet = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        #[expect(clippy::cast_possible_truncation, reason = "b < 256")]
+        let byte = b as u8;
+        quiet[b] = !is_escaped_raw(byte) && !matches!(byte, b'%' | b'/' | b'.' | b'\\');
+        b += 1;
+    }
+    quiet
+};
+
+/// Whether the path can be used as it is (the common case: one scan, one
+/// table load per byte).
 fn is_normal(path: &[u8], escaped: EscapedSlashes) -> bool {
-    let reject_backslash = escaped == EscapedSlashes::Reject;
     for (i, &b) in path.iter().enumerate() {
-        if b > b'/' {
-            if b == b'\\' && reject_backslash {
-                return false;
-            }
+        if QUIET[usize::from(b)] {
             continue;
         }
         let after_slash = i > 0 && path[i - 1] == b'/';
         match b {
             b'%' => return false,
+            b'\\' if escaped == EscapedSlashes::Reject => return false,
+            b if is_escaped_raw(b) => return false,
             b'/' if after_slash => return false,
             b'.' if after_slash => {
                 // `/.` or `/..` followed by `/` or the end.
@@ -168,23 +211,39 @@ pub(crate) fn unmatchable_escape(pattern: &str) -> Option<&'static str> {
 
 /// A path pattern's escapes as a request path's are once normalised
 /// ([`normalize`]'s first step, [`decode_escapes`]): escapes of the
-/// characters it decodes decoded, the others' hex digits upper-cased. A
-/// policy written for Envoy, which keeps `%40`, then matches as meant:
-/// `/users/admin%40corp.example` matches the request
-/// `/users/admin%40corp.example`, which is matched as
-/// `/users/admin@corp.example`. A pattern with an escape no request has
-/// ([`unmatchable_escape`], refused before it is compiled) is left as
-/// written.
+/// characters it decodes decoded, the others' hex digits upper-cased, raw
+/// bytes a URI holds only escaped escaped. A policy written for Envoy,
+/// which keeps `%40`, then matches as meant: `/users/admin%40corp.example`
+/// matches the request `/users/admin%40corp.example`, which is matched as
+/// `/users/admin@corp.example`; and `/files/privé/*` matches
+/// `/files/priv%C3%A9/x` as well as `/files/privé/x`. The segments `{*}`
+/// and `{**}` (templates) are left as they are, and so is a pattern with
+/// an escape no request has ([`unmatchable_escape`], refused before it is
+/// compiled).
 pub(crate) fn pattern_escapes(pattern: &str) -> Cow<'_, str> {
-    if !pattern.contains('%') || unmatchable_escape(pattern).is_some() {
+    if !pattern.bytes().any(|b| b == b'%' || is_escaped_raw(b)) || unmatchable_escape(pattern).is_some() {
         return Cow::Borrowed(pattern);
     }
-    decode_escapes(pattern, EscapedSlashes::Keep).map_or(Cow::Borrowed(pattern), Cow::Owned)
+    let mut out = String::with_capacity(pattern.len() + 8);
+    for (i, segment) in pattern.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        match segment {
+            "{*}" | "{**}" => out.push_str(segment),
+            s => match decode_escapes(s, EscapedSlashes::Keep) {
+                Ok(d) => out.push_str(&d),
+                Err(_) => return Cow::Borrowed(pattern),
+            },
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// Step 1 of [`normalize`]: escapes of the characters [`is_decoded`]
-/// decodes decoded, the others' hex digits upper-cased; a `%` without two
-/// hex digits is [`PathError::BadEscape`], and with
+/// decodes decoded, the others' hex digits upper-cased, raw bytes of
+/// [`is_escaped_raw`] escaped; a `%` without two hex digits is
+/// [`PathError::BadEscape`], and with
 /// [`EscapedSlashes::Reject`] a `%2F`, a `%5C` or a raw `\` is
 /// [`PathError::EscapedSlash`].
 fn decode_escapes(path: &str, escaped: EscapedSlashes) -> Result<String, PathError> {
@@ -214,10 +273,17 @@ fn decode_escapes(path: &str, escaped: EscapedSlashes) -> Result<String, PathErr
             i += 3;
             continue;
         }
-        // Copy the whole UTF-8 run up to the next `%` at once.
+        if is_escaped_raw(b) {
+            decoded.push('%');
+            decoded.extend(escape_digits(b));
+            i += 1;
+            continue;
+        }
+        // Copy the whole run of plain ASCII up to the next `%` or byte to
+        // escape at once.
         let end = bytes[i..]
             .iter()
-            .position(|&c| c == b'%')
+            .position(|&c| c == b'%' || is_escaped_raw(c))
             .map_or(bytes.len(), |p| i + p);
         if escaped == EscapedSlashes::Reject && bytes[i..end].contains(&b'\\') {
             return Err(PathError::EscapedSlash);
@@ -323,12 +389,40 @@ mod tests {
         assert_eq!(n("/a%2fb"), "/a%2Fb");
         assert_eq!(n("/a%20b"), "/a%20b");
         assert_eq!(n("/caf%C3%A9"), "/caf%C3%A9");
+        assert_eq!(n("/caf%c3%a9"), "/caf%C3%A9");
         // A segment's own characters, which routers may decode.
         assert_eq!(n("/items/7%3adelete"), "/items/7:delete");
         assert_eq!(n("/%21%24%26%27%28%29%2A%2C%3B%3D%40"), "/!$&'()*,;=@");
         // Not those that end or split a path, nor `%` itself, nor `+`
         // (actix-web keeps it escaped).
         assert_eq!(n("/a%3Fb%23c%25d%2bx"), "/a%3Fb%23c%25d%2Bx");
+    }
+
+    #[test]
+    fn raw_bytes_a_uri_holds_only_escaped_are_matched_escaped() {
+        assert_eq!(n("/files/privé/x"), "/files/priv%C3%A9/x");
+        assert_eq!(n("/files/privé/x"), n("/files/priv%c3%a9/x"));
+        assert_eq!(n("/a{b}|c\"d"), "/a%7Bb%7D%7Cc%22d");
+        assert_eq!(n("/a%7bb"), "/a%7Bb");
+        assert_eq!(n("/x/../€"), "/%E2%82%AC");
+        assert_eq!(
+            normalize("/é\\", EscapedSlashes::Reject),
+            Err(PathError::EscapedSlash)
+        );
+        // Patterns alike; templates are left as they are.
+        assert_eq!(pattern_escapes("/files/privé/*"), "/files/priv%C3%A9/*");
+        assert_eq!(pattern_escapes("/files/priv%c3%a9/*"), "/files/priv%C3%A9/*");
+        assert_eq!(pattern_escapes("/é/{*}/x/{**}"), "/%C3%A9/{*}/x/{**}");
+        assert_eq!(pattern_escapes("/{*}/{**}"), "/{*}/{**}");
+    }
+
+    #[test]
+    fn escaping_raw_bytes_alone_needs_no_rewrite() {
+        let needs = |raw: &str| needs_rewrite(raw, &n(raw));
+        assert!(!needs("/café"), "axum's literal routes match the raw form");
+        assert!(!needs("/a{b}|c/é%40x"));
+        assert!(needs("/café/../x"), "a dot segment too");
+        assert!(needs("/caf%c3%a9"), "an escape upper-cased");
     }
 
     #[test]
@@ -382,6 +476,7 @@ mod tests {
             match b {
                 b'%' => return false,
                 b'\\' if escaped == EscapedSlashes::Reject => return false,
+                b'"' | b'<' | b'>' | b'^' | b'`' | b'{' | b'|' | b'}' | 0..=b' ' | 0x7F.. => return false,
                 b'/' if prev == b'/' => return false,
                 b'.' if prev == b'/' => {
                     let rest = &path[i..];
