@@ -91,8 +91,27 @@ struct Rule {
     /// The host, fully qualified (a short name is in the rule's namespace),
     /// lower case; `*.suffix` or `*` for wildcards.
     host: String,
+    /// The document is in the workload's own namespace (not the root one).
+    local: bool,
     default: Option<UpstreamRoute>,
     ports: Vec<(u16, UpstreamRoute)>,
+}
+
+impl Rule {
+    /// Whether the rule says anything of TLS (a `trafficPolicy` with `tls`
+    /// or a port's).
+    fn has_tls(&self) -> bool {
+        self.default.is_some() || !self.ports.is_empty()
+    }
+
+    /// Whether `self` is taken over `other`, a rule for a host as specific:
+    /// as Istio looks rules up and merges them, the workload's own
+    /// namespace before the root namespace, then a rule that sets TLS
+    /// before one that does not (Istio merges a host's rules, taking the
+    /// first top-level traffic policy), then the first document.
+    fn before(&self, other: &Rule) -> bool {
+        (self.local, self.has_tls()) > (other.local, other.has_tls())
+    }
 }
 
 /// The TLS of every upstream the workload's `DestinationRule` documents
@@ -100,8 +119,11 @@ struct Rule {
 /// then, naming the document and field). Cloning is an `Arc` clone.
 ///
 /// Host lookup follows Istio: an exact host before wildcards, the longest
-/// wildcard first (`*.default.svc.cluster.local` before `*`), and between
-/// equals the first document. A short host (`reviews`) is in the rule's
+/// wildcard first (`*.default.svc.cluster.local` before `*`); between rules
+/// of one host, the workload's namespace before the root namespace, then a
+/// rule that sets TLS before one that does not (Istio merges them), then
+/// the first document (two that set TLS for one host are warned of when
+/// the file loads). A short host (`reviews`) is in the rule's
 /// namespace (`reviews.NS.svc.cluster.local`). A port's
 /// `portLevelSettings` override the rule's `tls`. Subsets' policies apply
 /// to traffic a `VirtualService` routes to a subset, which Palisade does
@@ -189,10 +211,12 @@ impl UpstreamTls {
             // What a file's loading refused already; documents built in
             // code are checked here.
             doc.check(policy.source())?;
-            let host = qualify(&spec.host, doc.metadata.namespace());
+            let host = spec.qualified_host(doc.metadata.namespace());
+            let local = doc.metadata.namespace() == policy.workload().namespace;
             let Some(traffic) = &spec.traffic_policy else {
                 rules.push(Rule {
                     host,
+                    local,
                     default: None,
                     ports: Vec::new(),
                 });
@@ -210,7 +234,12 @@ impl UpstreamTls {
                     ports.push((p.port.number, route(policy, doc, &field, t, mesh)?));
                 }
             }
-            rules.push(Rule { host, default, ports });
+            rules.push(Rule {
+                host,
+                local,
+                default,
+                ports,
+            });
         }
         Ok(Self(Arc::new(rules)))
     }
@@ -224,9 +253,9 @@ impl UpstreamTls {
             .0
             .iter()
             .filter_map(|r| specificity(&r.host, &host).map(|s| (s, r)))
-            // The most specific; the first document among equals.
+            // The most specific; among equals, as `Rule::before` says.
             .fold(None::<(usize, &Rule)>, |best, (s, r)| match best {
-                Some((b, _)) if b >= s => best,
+                Some((b, br)) if b > s || (b == s && !r.before(br)) => best,
                 _ => Some((s, r)),
             });
         let Some((_, rule)) = rule else {
@@ -238,16 +267,6 @@ impl UpstreamTls {
             .map(|(_, r)| r)
             .or(rule.default.as_ref())
             .unwrap_or(&PLAINTEXT)
-    }
-}
-
-/// A rule's host as lookups compare it.
-fn qualify(host: &str, namespace: &str) -> String {
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
-    if host.contains('.') || host == "*" {
-        host
-    } else {
-        format!("{host}.{namespace}.svc.cluster.local")
     }
 }
 
@@ -479,6 +498,83 @@ mod tests {
     }
 
     #[test]
+    fn of_one_hosts_rules_the_workloads_namespace_and_then_tls_come_first() {
+        let rule = |name: &str, namespace: &str, host: &str, tls: Option<&str>| {
+            let policy = tls.map_or(String::new(), |t| {
+                format!("\n  trafficPolicy:\n    tls: {{mode: {t}}}")
+            });
+            format!(
+                "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  host: {host}{policy}\n---\n"
+            )
+        };
+        let transport = |yaml: String| {
+            let set = PolicySet::from_yaml_str(&yaml, "dr.yaml").unwrap();
+            let tls =
+                UpstreamTls::from_policy(&set.for_workload(&Workload::new("productpage", "default")), None)
+                    .unwrap();
+            match tls
+                .for_host("reviews.default.svc.cluster.local", 9080)
+                .transport()
+            {
+                UpstreamTransport::Plaintext => "plaintext",
+                UpstreamTransport::SystemTls => "tls",
+                _ => "other",
+            }
+        };
+        // A rule without TLS (subsets only, say) first, by its short name:
+        // Istio merges the host's rules, and the TLS applies.
+        let merged = [
+            rule("subsets", "default", "reviews", None),
+            rule(
+                "tls",
+                "default",
+                "reviews.default.svc.cluster.local",
+                Some("SIMPLE"),
+            ),
+        ];
+        assert_eq!(transport(merged.concat()), "tls");
+        // The root namespace's rule first: the workload's namespace wins.
+        let scoped = [
+            rule(
+                "mesh",
+                "istio-system",
+                "reviews.default.svc.cluster.local",
+                Some("SIMPLE"),
+            ),
+            rule("local", "default", "reviews", Some("DISABLE")),
+        ];
+        assert_eq!(transport(scoped.concat()), "plaintext");
+        assert_eq!(transport(scoped[0].clone()), "tls");
+        // Two that set TLS: the first, with a warning when the file loads.
+        let twice = [
+            rule("a", "default", "reviews", Some("SIMPLE")),
+            rule(
+                "b",
+                "default",
+                "Reviews.default.svc.cluster.local.",
+                Some("DISABLE"),
+            ),
+        ];
+        assert_eq!(transport(twice.concat()), "tls");
+        let set = PolicySet::from_yaml_str(&twice.concat(), "dr.yaml").unwrap();
+        let warned: Vec<String> = set.warnings().iter().map(ToString::to_string).collect();
+        assert!(
+            warned
+                .iter()
+                .any(|w| w.contains("document 2") && w.contains("spec.host") && w.contains("document 1")),
+            "{warned:?}"
+        );
+        // Rules of other selectors or namespaces are not warned of.
+        let apart = [
+            rule("a", "default", "reviews", Some("SIMPLE")),
+            rule("b", "prod", "reviews", Some("SIMPLE")),
+            rule("c", "default", "reviews.prod.svc.cluster.local", Some("DISABLE")),
+        ];
+        let set = PolicySet::from_yaml_str(&apart.concat(), "dr.yaml").unwrap();
+        assert!(set.warnings().is_empty(), "{:?}", set.warnings());
+    }
+
+    #[test]
     fn hosts_match_exactly_before_the_longest_wildcard() {
         assert_eq!(specificity("a.b.c", "a.b.c"), Some(usize::MAX));
         assert_eq!(specificity("*.b.c", "a.b.c"), Some(4));
@@ -486,10 +582,5 @@ mod tests {
         assert_eq!(specificity("*", "a.b.c"), Some(0));
         assert_eq!(specificity("*.b.c", "b.c"), None);
         assert_eq!(specificity("x.b.c", "a.b.c"), None);
-        assert_eq!(qualify("Reviews", "prod"), "reviews.prod.svc.cluster.local");
-        assert_eq!(
-            qualify("reviews.prod.svc.cluster.local.", "x"),
-            "reviews.prod.svc.cluster.local"
-        );
     }
 }

@@ -590,6 +590,45 @@ fn settings_for_no_issuer(documents: &[Document]) -> Vec<(&Document, &'static st
         .collect()
 }
 
+/// `DestinationRule`s that set TLS for a host an earlier one of the same
+/// namespace and `workloadSelector` sets it for (`reviews` and
+/// `reviews.NS.svc.cluster.local` are one host): only the first applies,
+/// as Istio merges a host's rules keeping the first traffic policy, which
+/// a reader of the file cannot tell from the file.
+fn tls_set_twice(documents: &[Document]) -> Vec<(&Document, &'static str, String)> {
+    let rules: Vec<(&Document, &networking::DestinationRuleSpec)> = documents
+        .iter()
+        .filter_map(|d| match &d.spec {
+            Spec::DestinationRule(s) if s.sets_tls() => Some((d, s)),
+            _ => None,
+        })
+        .collect();
+    rules
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (d, s))| {
+            let namespace = d.metadata.namespace();
+            let host = s.qualified_host(namespace);
+            let (first, _) = rules[..i].iter().find(|(e, es)| {
+                e.metadata.namespace() == namespace
+                    && es.workload_selector == s.workload_selector
+                    && es.qualified_host(namespace) == host
+            })?;
+            Some((
+                *d,
+                "spec.host",
+                format!(
+                    "document {} ({} {}/{}) sets TLS for `{host}` too: only the first document's applies (as Istio keeps the first traffic policy of a host's rules); give the host one rule",
+                    first.index,
+                    first.kind,
+                    first.metadata.namespace(),
+                    first.metadata.name
+                ),
+            ))
+        })
+        .collect()
+}
+
 /// What the loader reads first of every document: enough to name it in
 /// errors and to know which schema its `spec` has.
 #[derive(Deserialize)]
@@ -820,6 +859,9 @@ impl PolicySet {
             documents.push(document);
         }
         for (document, field, message) in settings_for_no_issuer(&documents) {
+            warn(document, field, message);
+        }
+        for (document, field, message) in tls_set_twice(&documents) {
             warn(document, field, message);
         }
         Ok(Self {

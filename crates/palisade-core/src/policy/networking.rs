@@ -77,6 +77,28 @@ pub struct DestinationRuleSpec {
 }
 
 impl DestinationRuleSpec {
+    /// The host as lookups compare it, for a document in `namespace`: lower
+    /// case, without a final `.`, a short name (`reviews`) qualified in the
+    /// namespace (`reviews.NS.svc.cluster.local`).
+    #[must_use]
+    pub fn qualified_host(&self, namespace: &str) -> String {
+        let host = self.host.trim_end_matches('.').to_ascii_lowercase();
+        if host.contains('.') || host == "*" {
+            host
+        } else {
+            format!("{host}.{namespace}.svc.cluster.local")
+        }
+    }
+
+    /// Whether the rule sets TLS for calls to the host (its traffic
+    /// policy's `tls`, or a port's).
+    #[must_use]
+    pub fn sets_tls(&self) -> bool {
+        self.traffic_policy
+            .as_ref()
+            .is_some_and(|p| p.tls.is_some() || p.port_level_settings.iter().any(|port| port.tls.is_some()))
+    }
+
     /// What is read and checked but not applied, said aloud when the file
     /// loads; `namespace` is the document's.
     ///
