@@ -542,12 +542,16 @@ pub(crate) fn digest(bytes: &[u8]) -> u64 {
 /// the same level gives too: the same namespace and the same `issuer` (or
 /// neither names one), so the same workloads and issuers. Which would win
 /// is not for the file's order to say.
-fn given_twice(earlier: &[Document], document: &Document, source: &str) -> Option<PolicyError> {
+fn given_twice<'d>(
+    earlier: impl IntoIterator<Item = &'d Document>,
+    document: &Document,
+    source: &str,
+) -> Option<PolicyError> {
     let Spec::JwtSettings(spec) = &document.spec else {
         return None;
     };
     let given = spec.given();
-    earlier.iter().find_map(|d| match &d.spec {
+    earlier.into_iter().find_map(|d| match &d.spec {
         Spec::JwtSettings(other)
             if other.issuer == spec.issuer && d.metadata.namespace() == document.metadata.namespace() =>
         {
@@ -1204,6 +1208,22 @@ impl<'a> WorkloadPolicy<'a> {
     #[must_use]
     pub fn error_at(&self, document: &Document, field: &str, message: impl Into<String>) -> PolicyError {
         document.error(self.source, field, message)
+    }
+
+    /// The check a file's loading makes of its `JwtSettings`, for
+    /// documents built in code ([`PolicySet::from_documents`]): two of one
+    /// namespace and issuer that give one setting are refused, as which
+    /// would win is not for the documents' order to say.
+    ///
+    /// # Errors
+    /// A [`PolicyError`] naming the later document and the setting.
+    pub fn check_jwt_settings(&self) -> Result<(), PolicyError> {
+        let settings: Vec<&Document> = self.jwt_settings().map(|(d, _)| d).collect();
+        settings
+            .iter()
+            .enumerate()
+            .find_map(|(i, d)| given_twice(settings[..i].iter().copied(), d, self.source))
+            .map_or(Ok(()), Err)
     }
 }
 
