@@ -1436,7 +1436,7 @@ fn a_jwt_setting_is_given_once_per_namespace_and_issuer() {
     let Spec::JwtSettings(first) = &documents[0].spec else {
         panic!("a JwtSettings")
     };
-    let leeway = first.leeway.clone();
+    let leeway = first.leeway;
     let Spec::JwtSettings(second) = &mut documents[1].spec else {
         panic!("a JwtSettings")
     };
