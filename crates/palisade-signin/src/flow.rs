@@ -1235,9 +1235,11 @@ impl SignIn {
                         // The same tokens (the issuer cannot be asked now,
                         // another replica is refreshing them): the cookie
                         // stays, so it never replaces a newer one, unless
-                        // it is older than this replica's successor.
+                        // it is older than this replica's successor. Told
+                        // by generation, not by copy: a request that joined
+                        // another's refresh gets that request's copy.
                         Some(next) => {
-                            let renew = renew || !Arc::ptr_eq(&next, &before);
+                            let renew = renew || next.session.newer_than(&before.session);
                             this.authenticated(next, renew, chunks, secure).await
                         }
                         None => AuthOutcome::NoCredential,
@@ -2383,6 +2385,51 @@ mod tests {
                 other if !ends => panic!("{status}: the session ended: {other:?}"),
                 _ => {}
             }
+        }
+    }
+
+    /// Two requests of one session whose refresh brings no new tokens (the
+    /// issuer cannot answer now; another replica holds the claim), each
+    /// with its own copy of the session (two cookies of it, or one opened
+    /// twice at once on a replica that had not seen it): neither renews
+    /// the cookie. Before, the request that joined the other's refresh
+    /// took its copy for new tokens and set a cookie of the old ones,
+    /// which could replace the browser's newer cookie.
+    #[tokio::test]
+    async fn a_refresh_that_brings_no_new_tokens_renews_no_cookie() {
+        let issuer = issuer_answering_tokens("503 Service Unavailable", "").await;
+        let key = CookieKey::new("k1", &[1; 32]).unwrap();
+        let sign_in = SignIn::builder(&issuer, "shop")
+            .keys(vec![key.clone()])
+            .build()
+            .unwrap();
+        discovered(&sign_in).await;
+        let session = Session {
+            at_exp: now() + 10,
+            rt: Some("refresh-0".into()),
+            ..alice()
+        };
+        // Sealed twice: two cookie values, two copies once opened.
+        let pending = || {
+            let req = OwnedRequest::get("/page").header(
+                "cookie",
+                session_cookie(key.clone(), &Payload::Inline(session.clone())),
+            );
+            let Check::Pending(renewal) = sign_in.authenticate(&req) else {
+                panic!("the session is not refreshed")
+            };
+            renewal
+        };
+        let (first, second) = tokio::join!(pending(), pending());
+        for (which, outcome) in [("first", first), ("second", second)] {
+            let AuthOutcome::Authenticated(a) = outcome else {
+                panic!("{which}: the session ended: {outcome:?}")
+            };
+            assert!(
+                !a.response_headers.iter().any(|(n, _)| n == "set-cookie"),
+                "{which}: a cookie of the old tokens: {:?}",
+                a.response_headers
+            );
         }
     }
 
