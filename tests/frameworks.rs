@@ -723,7 +723,7 @@ kind: AuthorizationPolicy
 metadata: {{name: no-admin}}
 spec:
   action: DENY
-  rules: [{{to: [{{operation: {{paths: [\"/admin*\", \"*:delete\", /public/privé/*, \"/public/secr%C3%A8t/*\"]}}}}]}}]
+  rules: [{{to: [{{operation: {{paths: [\"/admin*\", \"*:delete\", /public/privé/*, \"/public/secr%C3%A8t/*\", \"/public/[draft]/*\", /public/a+b]}}}}]}}]
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -875,6 +875,10 @@ spec:
                 None,
             ),
             ("in lower case", "/public/priv%c3%a9/x", vec![], 403, None),
+            ("brackets raw", "/public/[draft]/x", vec![], 403, None),
+            ("brackets escaped", "/public/%5Bdraft%5d/x", vec![], 403, None),
+            // axum's captures decode `%2B`, as they decode every escape.
+            ("a plus escaped", "/public/a%2Bb", vec![], 403, None),
             (
                 "rewritten, non-ASCII escaped",
                 "/public/./caf%c3%a9",

@@ -8,15 +8,16 @@
 //!   request's own) is normal: it starts with `/`, has no `//`, no `.` or
 //!   `..` segment, no escape of an unreserved character and no lower-case
 //!   hex digit in an escape (but of a segment's own delimiters, `:`, `@`
-//!   and sub-delims but `+`, which are matched decoded and may reach the
-//!   router as sent); the query is handed on unchanged;
+//!   and sub-delims, which are matched decoded and may reach the router as
+//!   sent); the query is handed on unchanged;
 //! - normalisation is a fixed point: the rewritten target, sent again, is
 //!   not rewritten, and it is decided as the original request was (the
 //!   policy matched the path the router routes);
-//! - a path with its non-ASCII bytes escaped is decided as the raw one
+//! - a path with its bytes a URI holds only escaped (non-ASCII, `"`,
+//!   `[`, `]`, `^`, `{`, `|`, `}`) escaped is decided as the raw one
 //!   (routers serve both from one route);
-//! - a normalised path under `/admin` or `/public/privé` or ending in
-//!   `.bak` is never allowed.
+//! - a normalised path under `/admin`, `/public/privé` or
+//!   `/public/[private]`, or ending in `.bak`, is never allowed.
 //!
 //! (An earlier version fed `/admin/..?` as a path: normalisation keeps a
 //! `?` as path data, while a request target splits at it, so the oracle
@@ -36,7 +37,7 @@ kind: AuthorizationPolicy
 metadata: {name: deny}
 spec:
   action: DENY
-  rules: [{to: [{operation: {paths: ["/admin", "/admin/*", "/api/{*}/secret/{**}", "*.bak", "/public/privé/*"]}}]}]
+  rules: [{to: [{operation: {paths: ["/admin", "/admin/*", "/api/{*}/secret/{**}", "*.bak", "/public/privé/*", "/public/[private]/*"]}}]}]
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -137,7 +138,7 @@ fn assert_normal(path: &str) {
         // A segment's own delimiters (`:`, `@`, sub-delims but `+`) are
         // matched decoded and may reach the router as sent, in either case:
         // decoding them alone rewrites nothing.
-        let delimiter = b"!$&'()*,;=:@".contains(&value);
+        let delimiter = b"!$&'()*+,;=:@".contains(&value);
         assert!(
             delimiter || !escape.iter().any(u8::is_ascii_lowercase),
             "{path:?}: a lower-case escape"
@@ -204,11 +205,16 @@ pub fn run(data: &[u8]) {
     );
 
     // Raw and escaped, decided alike.
-    if target.bytes().any(|b| b >= 0x80) {
-        let escaped: String = target
+    let raw_only_escaped = |b: u8| b >= 0x80 || b"\"[]^{|}".contains(&b);
+    if path.bytes().any(raw_only_escaped) {
+        let escaped: String = path
             .bytes()
-            .map(|b| if b >= 0x80 { format!("%{b:02X}") } else { char::from(b).to_string() })
+            .map(|b| if raw_only_escaped(b) { format!("%{b:02X}") } else { char::from(b).to_string() })
             .collect();
+        let escaped = match &query {
+            Some(q) => format!("{escaped}?{q}"),
+            None => escaped,
+        };
         assert_eq!(
             first,
             verdict(&decide(&g.policy, &OwnedRequest::get(&escaped))),
@@ -217,7 +223,9 @@ pub fn run(data: &[u8]) {
     }
 
     // What the policy denies is never allowed.
-    let private = normal.starts_with("/public/priv%C3%A9/") || normal.starts_with("/public/privé/");
+    let private = ["/public/priv%C3%A9/", "/public/privé/", "/public/%5Bprivate%5D/", "/public/[private]/"]
+        .iter()
+        .any(|p| normal.starts_with(p));
     if normal == "/admin" || normal.starts_with("/admin/") || normal.ends_with(".bak") || private {
         assert!(!first.0, "{target:?} ({normal:?}) allowed");
     }

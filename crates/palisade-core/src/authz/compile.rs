@@ -53,14 +53,12 @@ pub(crate) fn path_patterns(values: &[String], field: &str) -> Result<Box<[PathM
             if let Some(why) = super::path::unmatchable_escape(v) {
                 return Err((at(), format!("`{v}` {why}")));
             }
-            PathMatch::parse(&super::path::pattern_escapes(v)).map_err(|_| {
-                (
-                    at(),
-                    PathMatch::parse(v)
-                        .err()
-                        .unwrap_or_else(|| format!("`{v}` is not a path pattern")),
-                )
-            })
+            // As written first: its escapes read, `{version}` would be
+            // `%7Bversion%7D`, a literal no request has, not a template
+            // that is refused.
+            PathMatch::parse(v).map_err(|e| (at(), e))?;
+            PathMatch::parse(&super::path::pattern_escapes(v))
+                .map_err(|_| (at(), format!("`{v}` is not a path pattern")))
         })
         .collect()
 }

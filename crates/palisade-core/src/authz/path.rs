@@ -61,25 +61,33 @@ fn is_unreserved(b: u8) -> bool {
 }
 
 /// Whether an escape of `b` is decoded: the characters a path segment
-/// holds raw (RFC 3986's `pchar`: unreserved, sub-delims, `:` and `@`),
-/// but `+`, which actix-web keeps escaped. Envoy decodes only unreserved
-/// ones; a router that decodes more before matching (actix-web decodes
-/// every escape but `%`, `/` and `+`) would route `/items/7%3Adelete` to
-/// `/items/{id}:delete` while a `DENY` on `*:delete` saw `%3A`. Escapes
-/// of other bytes (space, non-ASCII, `?`, `#`, `%`) stay, upper-cased.
+/// holds raw (RFC 3986's `pchar`: unreserved, sub-delims, `:` and `@`).
+/// Envoy decodes only unreserved ones; a router that decodes more before
+/// matching (actix-web decodes every escape but `%`, `/` and `+`) would
+/// route `/items/7%3Adelete` to `/items/{id}:delete` while a `DENY` on
+/// `*:delete` saw `%3A`, and captures decode them all (axum's `%2B` too:
+/// `/items/a%2Bb` is `a+b` to a handler of `/items/{id}`). Escapes of other
+/// bytes (space, non-ASCII, `?`, `#`, `%`) stay, upper-cased.
 fn is_decoded(b: u8) -> bool {
     is_unreserved(b) || is_segment_delim(b)
 }
 
-/// Whether a raw byte of a path is matched escaped (`%XX`, upper-case):
-/// a byte RFC 3986 allows in a path only escaped, which clients and the
-/// `http` crate let through raw: non-ASCII (UTF-8), space and controls,
-/// and `"` `<` `>` `^` `` ` `` `{` `|` `}`. Routers read both forms as one
-/// (actix-web decodes escapes before matching, axum's captures decode
-/// them), so `/files/privé/x` and `/files/priv%C3%A9/x` reach one handler,
-/// and a rule written with either form must see both.
+/// Whether a raw byte of a path is matched escaped (`%XX`, upper-case): a
+/// byte RFC 3986 allows in a path only escaped. The `http` crate lets some
+/// through raw (non-ASCII UTF-8 in axum's, `"` `[` `\` `]` `^` `{` `|` `}`
+/// in both frameworks'), and routers read them as their escapes
+/// (actix-web decodes escapes before matching, captures decode them), so
+/// `/files/privé/x` and `/files/priv%C3%A9/x` reach one handler, and a
+/// rule written with either form must see both. Space, controls, `<`, `>`
+/// and `` ` ``, which it refuses raw, are escaped too, for a request made
+/// in code. A raw `\` is refused before, unless `escapedSlashes: KEEP`.
 const fn is_escaped_raw(b: u8) -> bool {
-    b >= 0x7F || b <= b' ' || matches!(b, b'"' | b'<' | b'>' | b'^' | b'`' | b'{' | b'|' | b'}')
+    b >= 0x7F
+        || b <= b' '
+        || matches!(
+            b,
+            b'"' | b'<' | b'>' | b'[' | b'\\' | b']' | b'^' | b'`' | b'{' | b'|' | b'}'
+        )
 }
 
 /// The upper-case hex digits of a byte's escape.
@@ -93,12 +101,13 @@ fn escape_digits(b: u8) -> [char; 2] {
 
 /// The characters [`is_decoded`] decodes beyond unreserved ones. Their
 /// decoding alone does not make the router need the normalised path
-/// ([`needs_rewrite`]): actix-web decodes them itself before routing, and
-/// axum's captures (the only way its routes meet them) decode them too.
+/// ([`needs_rewrite`]): actix-web decodes them itself before routing (but
+/// `+`, which a route then matches escaped), and captures (the only way
+/// axum's routes meet them) decode them too.
 fn is_segment_delim(b: u8) -> bool {
     matches!(
         b,
-        b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b',' | b';' | b'=' | b':' | b'@'
+        b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' | b':' | b'@'
     )
 }
 
@@ -274,6 +283,9 @@ fn decode_escapes(path: &str, escaped: EscapedSlashes) -> Result<String, PathErr
             continue;
         }
         if is_escaped_raw(b) {
+            if b == b'\\' && escaped == EscapedSlashes::Reject {
+                return Err(PathError::EscapedSlash);
+            }
             decoded.push('%');
             decoded.extend(escape_digits(b));
             i += 1;
@@ -285,9 +297,6 @@ fn decode_escapes(path: &str, escaped: EscapedSlashes) -> Result<String, PathErr
             .iter()
             .position(|&c| c == b'%' || is_escaped_raw(c))
             .map_or(bytes.len(), |p| i + p);
-        if escaped == EscapedSlashes::Reject && bytes[i..end].contains(&b'\\') {
-            return Err(PathError::EscapedSlash);
-        }
         decoded.push_str(&path[i..end]);
         i = end;
     }
@@ -392,10 +401,9 @@ mod tests {
         assert_eq!(n("/caf%c3%a9"), "/caf%C3%A9");
         // A segment's own characters, which routers may decode.
         assert_eq!(n("/items/7%3adelete"), "/items/7:delete");
-        assert_eq!(n("/%21%24%26%27%28%29%2A%2C%3B%3D%40"), "/!$&'()*,;=@");
-        // Not those that end or split a path, nor `%` itself, nor `+`
-        // (actix-web keeps it escaped).
-        assert_eq!(n("/a%3Fb%23c%25d%2bx"), "/a%3Fb%23c%25d%2Bx");
+        assert_eq!(n("/%21%24%26%27%28%29%2A%2B%2C%3B%3D%40"), "/!$&'()*+,;=@");
+        // Not those that end or split a path, nor `%` itself.
+        assert_eq!(n("/a%3Fb%23c%25dx"), "/a%3Fb%23c%25dx");
     }
 
     #[test]
@@ -403,6 +411,8 @@ mod tests {
         assert_eq!(n("/files/privé/x"), "/files/priv%C3%A9/x");
         assert_eq!(n("/files/privé/x"), n("/files/priv%c3%a9/x"));
         assert_eq!(n("/a{b}|c\"d"), "/a%7Bb%7D%7Cc%22d");
+        assert_eq!(n("/files/[private]/x"), n("/files/%5bprivate%5D/x"));
+        assert_eq!(n("/a\\b"), n("/a%5cb"), "with escapedSlashes: KEEP");
         assert_eq!(n("/a%7bb"), "/a%7Bb");
         assert_eq!(n("/x/../€"), "/%E2%82%AC");
         assert_eq!(
@@ -420,7 +430,8 @@ mod tests {
     fn escaping_raw_bytes_alone_needs_no_rewrite() {
         let needs = |raw: &str| needs_rewrite(raw, &n(raw));
         assert!(!needs("/café"), "axum's literal routes match the raw form");
-        assert!(!needs("/a{b}|c/é%40x"));
+        assert!(!needs("/a{b}|c/é%40x[\\]"));
+        assert!(!needs("/items/a%2Bb"), "a `+` decoded");
         assert!(needs("/café/../x"), "a dot segment too");
         assert!(needs("/caf%c3%a9"), "an escape upper-cased");
     }
@@ -448,7 +459,7 @@ mod tests {
 
     #[test]
     fn escaped_slashes_can_be_rejected() {
-        assert_eq!(n("/a\\b"), "/a\\b");
+        assert_eq!(n("/a\\b"), "/a%5Cb");
         assert_eq!(
             normalize("/a%2Fb", EscapedSlashes::Reject),
             Err(PathError::EscapedSlash)
@@ -476,7 +487,21 @@ mod tests {
             match b {
                 b'%' => return false,
                 b'\\' if escaped == EscapedSlashes::Reject => return false,
-                b'"' | b'<' | b'>' | b'^' | b'`' | b'{' | b'|' | b'}' | 0..=b' ' | 0x7F.. => return false,
+                b'"'
+                | b'<'
+                | b'>'
+                | b'['
+                | b'\\'
+                | b']'
+                | b'^'
+                | b'`'
+                | b'{'
+                | b'|'
+                | b'}'
+                | 0..=b' '
+                | 0x7F.. => {
+                    return false;
+                }
                 b'/' if prev == b'/' => return false,
                 b'.' if prev == b'/' => {
                     let rest = &path[i..];
@@ -504,12 +529,16 @@ mod tests {
         }
 
         #[test]
-        fn normalised_paths_are_fixed_points(raw in "(/|\\.|\\.\\.|%2[eEfF]|%6[01]|%zz|a|b|\\\\){0,12}") {
+        fn normalised_paths_are_fixed_points(raw in "(/|\\.|\\.\\.|%2[eEfF]|%6[01]|%zz|%c3|%7b|%5b|%2b|a|b|\\\\|é|\\{|\\[|\\^| |\\x7f){0,12}") {
             let path = format!("/{raw}");
             if let Ok(n) = normalize(&path, EscapedSlashes::Keep) {
                 proptest::prop_assert!(!n.contains("//"), "{n}");
                 proptest::prop_assert!(!n.split('/').any(|s| s == "." || s == ".."), "{n}");
                 proptest::prop_assert_eq!(normalize(&n, EscapedSlashes::Keep).unwrap(), n.clone());
+                proptest::prop_assert_eq!(pattern_escapes(&n), n.clone(), "a pattern written normalised");
+            }
+            if is_normal(path.as_bytes(), EscapedSlashes::Keep) {
+                proptest::prop_assert_eq!(decode_escapes(&path, EscapedSlashes::Keep).unwrap(), path.clone());
             }
         }
     }

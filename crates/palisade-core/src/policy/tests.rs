@@ -1571,6 +1571,19 @@ fn path_patterns_with_escapes_no_request_has_are_refused() {
         assert_eq!(err.field.as_deref(), Some(field), "{err}");
         assert!(err.to_string().contains("matches no request"), "{err}");
     }
+    // A brace outside a whole `{*}` or `{**}` segment is refused as it is
+    // written, not read as the escapes `%7B`, `%7D` (a literal no request
+    // has: a DENY that never fires).
+    for pattern in ["/api/{version}/admin", "/a/{id}/*", "*}", "/a/é{*}"] {
+        let err = load_err(&format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p}}\nspec:\n  action: DENY\n  rules: [{{to: [{{operation: {{paths: ['{pattern}']}}}}]}}]\n"
+        ));
+        assert_eq!(
+            err.field.as_deref(),
+            Some("spec.rules[0].to[0].operation.paths[0]"),
+            "{pattern}: {err}"
+        );
+    }
 }
 
 /// A `DENY` of a host without a port misses the requests that name the
