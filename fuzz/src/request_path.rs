@@ -209,7 +209,13 @@ pub fn run(data: &[u8]) {
     if path.bytes().any(raw_only_escaped) {
         let escaped: String = path
             .bytes()
-            .map(|b| if raw_only_escaped(b) { format!("%{b:02X}") } else { char::from(b).to_string() })
+            .map(|b| {
+                if raw_only_escaped(b) {
+                    format!("%{b:02X}")
+                } else {
+                    char::from(b).to_string()
+                }
+            })
             .collect();
         let escaped = match &query {
             Some(q) => format!("{escaped}?{q}"),
@@ -223,9 +229,14 @@ pub fn run(data: &[u8]) {
     }
 
     // What the policy denies is never allowed.
-    let private = ["/public/priv%C3%A9/", "/public/privé/", "/public/%5Bprivate%5D/", "/public/[private]/"]
-        .iter()
-        .any(|p| normal.starts_with(p));
+    let private = [
+        "/public/priv%C3%A9/",
+        "/public/privé/",
+        "/public/%5Bprivate%5D/",
+        "/public/[private]/",
+    ]
+    .iter()
+    .any(|p| normal.starts_with(p));
     if normal == "/admin" || normal.starts_with("/admin/") || normal.ends_with(".bak") || private {
         assert!(!first.0, "{target:?} ({normal:?}) allowed");
     }
