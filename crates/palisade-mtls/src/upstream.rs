@@ -93,6 +93,9 @@ struct Rule {
     host: String,
     /// The document is in the workload's own namespace (not the root one).
     local: bool,
+    /// The document has a `workloadSelector` (which selects the workload:
+    /// the others do not apply).
+    selected: bool,
     default: Option<UpstreamRoute>,
     ports: Vec<(u16, UpstreamRoute)>,
 }
@@ -104,13 +107,17 @@ impl Rule {
         self.default.is_some() || !self.ports.is_empty()
     }
 
-    /// Whether `self` is taken over `other`, a rule for a host as specific:
-    /// as Istio looks rules up and merges them, the workload's own
-    /// namespace before the root namespace, then a rule that sets TLS
-    /// before one that does not (Istio merges a host's rules, taking the
-    /// first top-level traffic policy), then the first document.
-    fn before(&self, other: &Rule) -> bool {
-        (self.local, self.has_tls()) > (other.local, other.has_tls())
+    /// The rule's rank for a host it matches with `specificity`; the
+    /// highest is taken, the first document among equals. As Istio looks
+    /// rules up: the workload's own namespace before the root namespace,
+    /// then within it the most specific host, then a rule whose
+    /// `workloadSelector` selects the workload before one for every
+    /// workload. Then, stricter than Istio's merge of a host's rules (which
+    /// keeps the first `trafficPolicy`, whatever it sets), a rule that sets
+    /// TLS before one that does not: a rule of subsets only does not hide
+    /// its host's TLS.
+    fn rank(&self, specificity: usize) -> (bool, usize, bool, bool) {
+        (self.local, specificity, self.selected, self.has_tls())
     }
 }
 
@@ -118,13 +125,16 @@ impl Rule {
 /// name, built when the policy loads (a file that cannot be read fails
 /// then, naming the document and field). Cloning is an `Arc` clone.
 ///
-/// Host lookup follows Istio: an exact host before wildcards, the longest
-/// wildcard first (`*.default.svc.cluster.local` before `*`); between rules
-/// of one host, the workload's namespace before the root namespace, then a
-/// rule that sets TLS before one that does not (Istio merges them), then
-/// the first document (two that set TLS for one host are warned of when
-/// the file loads). A short host (`reviews`) is in the rule's
-/// namespace (`reviews.NS.svc.cluster.local`). A port's
+/// Rule lookup follows Istio: the workload's namespace before the root
+/// namespace; within it, an exact host before wildcards, the longest
+/// wildcard first (`*.default.svc.cluster.local` before `*`); then a rule
+/// whose `workloadSelector` selects the workload before one for every
+/// workload; then one that sets TLS before one that does not; then the
+/// first document. Two that set TLS for one host are warned of when the
+/// file loads, and so is a rule of the workload's namespace without TLS
+/// that hides the root namespace's TLS for its host (Istio would then use
+/// its automatic mutual TLS; Palisade calls in plaintext). A short host
+/// (`reviews`) is in the rule's namespace (`reviews.NS.svc.cluster.local`). A port's
 /// `portLevelSettings` override the rule's `tls`. Subsets' policies apply
 /// to traffic a `VirtualService` routes to a subset, which Palisade does
 /// not do: they are read and checked, not applied.
@@ -213,10 +223,12 @@ impl UpstreamTls {
             doc.check(policy.source())?;
             let host = spec.qualified_host(doc.metadata.namespace());
             let local = doc.metadata.namespace() == policy.workload().namespace;
+            let selected = spec.workload_selector.is_some();
             let Some(traffic) = &spec.traffic_policy else {
                 rules.push(Rule {
                     host,
                     local,
+                    selected,
                     default: None,
                     ports: Vec::new(),
                 });
@@ -237,6 +249,7 @@ impl UpstreamTls {
             rules.push(Rule {
                 host,
                 local,
+                selected,
                 default,
                 ports,
             });
@@ -252,11 +265,11 @@ impl UpstreamTls {
         let rule = self
             .0
             .iter()
-            .filter_map(|r| specificity(&r.host, &host).map(|s| (s, r)))
-            // The most specific; among equals, as `Rule::before` says.
-            .fold(None::<(usize, &Rule)>, |best, (s, r)| match best {
-                Some((b, br)) if b > s || (b == s && !r.before(br)) => best,
-                _ => Some((s, r)),
+            .filter_map(|r| specificity(&r.host, &host).map(|s| (r.rank(s), r)))
+            // The highest rank; the first document among equals.
+            .fold(None, |best, (rank, r)| match best {
+                Some((b, _)) if b >= rank => best,
+                _ => Some((rank, r)),
             });
         let Some((_, rule)) = rule else {
             return &PLAINTEXT;
@@ -498,7 +511,7 @@ mod tests {
     }
 
     #[test]
-    fn of_one_hosts_rules_the_workloads_namespace_and_then_tls_come_first() {
+    fn rules_are_taken_by_namespace_host_selector_and_then_tls() {
         let rule = |name: &str, namespace: &str, host: &str, tls: Option<&str>| {
             let policy = tls.map_or(String::new(), |t| {
                 format!("\n  trafficPolicy:\n    tls: {{mode: {t}}}")
@@ -506,6 +519,16 @@ mod tests {
             format!(
                 "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  host: {host}{policy}\n---\n"
             )
+        };
+        let selecting = |name: &str, tls: &str| {
+            rule(name, "default", "reviews", Some(tls)).replace(
+                "  host: reviews",
+                "  host: reviews\n  workloadSelector: {matchLabels: {app: productpage}}",
+            )
+        };
+        let warnings = |yaml: String| {
+            let set = PolicySet::from_yaml_str(&yaml, "dr.yaml").unwrap();
+            set.warnings().iter().map(ToString::to_string).collect::<Vec<_>>()
         };
         let transport = |yaml: String| {
             let set = PolicySet::from_yaml_str(&yaml, "dr.yaml").unwrap();
@@ -564,11 +587,59 @@ mod tests {
                 .any(|w| w.contains("document 2") && w.contains("spec.host") && w.contains("document 1")),
             "{warned:?}"
         );
+        // A rule whose selector selects the workload, before one for all.
+        let selected = [
+            rule("all", "default", "reviews", Some("DISABLE")),
+            selecting("mine", "SIMPLE"),
+        ];
+        assert_eq!(transport(selected.concat()), "tls");
+        // The workload's namespace first, then the most specific host in it.
+        let namespace_first = [
+            rule(
+                "exact",
+                "istio-system",
+                "reviews.default.svc.cluster.local",
+                Some("DISABLE"),
+            ),
+            rule(
+                "wildcard",
+                "default",
+                "'*.default.svc.cluster.local'",
+                Some("SIMPLE"),
+            ),
+        ];
+        assert_eq!(transport(namespace_first.concat()), "tls");
+        // A rule of the workload's namespace without TLS hides the root
+        // namespace's: plaintext, as warned when the file loads.
+        let hidden = [
+            rule(
+                "mesh",
+                "istio-system",
+                "reviews.default.svc.cluster.local",
+                Some("SIMPLE"),
+            ),
+            rule("subsets", "default", "reviews", None),
+        ];
+        assert_eq!(transport(hidden.concat()), "plaintext");
+        let warned = warnings(hidden.concat());
+        assert!(
+            warned
+                .iter()
+                .any(|w| w.contains("document 2") && w.contains("hides the TLS document 1")),
+            "{warned:?}"
+        );
         // Rules of other selectors or namespaces are not warned of.
         let apart = [
             rule("a", "default", "reviews", Some("SIMPLE")),
             rule("b", "prod", "reviews", Some("SIMPLE")),
             rule("c", "default", "reviews.prod.svc.cluster.local", Some("DISABLE")),
+            selecting("d", "DISABLE"),
+            rule(
+                "e",
+                "istio-system",
+                "reviews.default.svc.cluster.local",
+                Some("SIMPLE"),
+            ),
         ];
         let set = PolicySet::from_yaml_str(&apart.concat(), "dr.yaml").unwrap();
         assert!(set.warnings().is_empty(), "{:?}", set.warnings());

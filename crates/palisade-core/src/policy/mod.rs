@@ -594,43 +594,70 @@ fn settings_for_no_issuer(documents: &[Document]) -> Vec<(&Document, &'static st
         .collect()
 }
 
-/// `DestinationRule`s that set TLS for a host an earlier one of the same
-/// namespace and `workloadSelector` sets it for (`reviews` and
-/// `reviews.NS.svc.cluster.local` are one host): only the first applies,
-/// as Istio merges a host's rules keeping the first traffic policy, which
-/// a reader of the file cannot tell from the file.
-fn tls_set_twice(documents: &[Document]) -> Vec<(&Document, &'static str, String)> {
-    let rules: Vec<(&Document, &networking::DestinationRuleSpec)> = documents
+/// What a file's `DestinationRule`s make of one another, said aloud:
+/// - one that sets TLS for a host an earlier one of the same namespace and
+///   `workloadSelector` sets it for (`reviews` and
+///   `reviews.NS.svc.cluster.local` are one host): only the first applies,
+///   as Istio merges a host's rules keeping the first traffic policy, which
+///   a reader of the file cannot tell from the file;
+/// - one of another namespace than the root one that sets no TLS for a host
+///   a root-namespace rule sets it for: that namespace's workloads take
+///   their own namespace's rule, as Istio's do, and call in plaintext
+///   (Istio's would use its automatic mutual TLS).
+fn destination_rule_warnings(documents: &[Document]) -> Vec<(&Document, &'static str, String)> {
+    let rules: Vec<(&Document, &networking::DestinationRuleSpec, String)> = documents
         .iter()
         .filter_map(|d| match &d.spec {
-            Spec::DestinationRule(s) if s.sets_tls() => Some((d, s)),
+            Spec::DestinationRule(s) => Some((d, s, s.qualified_host(d.metadata.namespace()))),
             _ => None,
         })
         .collect();
-    rules
-        .iter()
-        .enumerate()
-        .filter_map(|(i, (d, s))| {
-            let namespace = d.metadata.namespace();
-            let host = s.qualified_host(namespace);
-            let (first, _) = rules[..i].iter().find(|(e, es)| {
-                e.metadata.namespace() == namespace
+    let mut out = Vec::new();
+    for (i, (d, s, host)) in rules.iter().enumerate() {
+        let namespace = d.metadata.namespace();
+        let named = |e: &Document| {
+            format!(
+                "document {} ({} {}/{})",
+                e.index,
+                e.kind,
+                e.metadata.namespace(),
+                e.metadata.name
+            )
+        };
+        if s.sets_tls() {
+            let first = rules[..i].iter().find(|(e, es, eh)| {
+                es.sets_tls()
+                    && e.metadata.namespace() == namespace
                     && es.workload_selector == s.workload_selector
-                    && es.qualified_host(namespace) == host
-            })?;
-            Some((
-                *d,
-                "spec.host",
-                format!(
-                    "document {} ({} {}/{}) sets TLS for `{host}` too: only the first document's applies (as Istio keeps the first traffic policy of a host's rules); give the host one rule",
-                    first.index,
-                    first.kind,
-                    first.metadata.namespace(),
-                    first.metadata.name
-                ),
-            ))
-        })
-        .collect()
+                    && eh == host
+            });
+            if let Some((first, ..)) = first {
+                out.push((
+                    *d,
+                    "spec.host",
+                    format!(
+                        "{} sets TLS for `{host}` too: only the first document's applies (as Istio keeps the first traffic policy of a host's rules); give the host one rule",
+                        named(first)
+                    ),
+                ));
+            }
+        } else if namespace != DEFAULT_ROOT_NAMESPACE {
+            let root = rules.iter().find(|(e, es, eh)| {
+                es.sets_tls() && e.metadata.namespace() == DEFAULT_ROOT_NAMESPACE && eh == host
+            });
+            if let Some((root, ..)) = root {
+                out.push((
+                    *d,
+                    "spec.host",
+                    format!(
+                        "sets no TLS for `{host}`, and hides the TLS {} sets for it from the workloads of `{namespace}`, which take their own namespace's rule and call in plaintext (Istio's would use its automatic mutual TLS): set the TLS here too",
+                        named(root)
+                    ),
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// What the loader reads first of every document: enough to name it in
@@ -865,7 +892,7 @@ impl PolicySet {
         for (document, field, message) in settings_for_no_issuer(&documents) {
             warn(document, field, message);
         }
-        for (document, field, message) in tls_set_twice(&documents) {
+        for (document, field, message) in destination_rule_warnings(&documents) {
             warn(document, field, message);
         }
         Ok(Self {
