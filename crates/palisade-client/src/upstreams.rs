@@ -275,7 +275,7 @@ impl UpstreamsBuilder {
             warned: Mutex::default(),
         }));
         if let Some(warning) = upstreams.star_warning() {
-            tracing::warn!(target: LOG_TARGET, "{warning}");
+            palisade_core::config_warning!(target: LOG_TARGET, "{warning}");
         }
         upstreams
     }

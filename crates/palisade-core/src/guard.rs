@@ -345,7 +345,7 @@ impl GuardBuilder {
     /// [`AccessPolicy::allow_all`]): one set before it is replaced, one set
     /// after it replaces it.
     pub fn allow_unauthenticated(self) -> Self {
-        tracing::warn!(target: LOG_TARGET, "requests without credentials are allowed (allow_unauthenticated)");
+        crate::config_warning!(target: LOG_TARGET, "requests without credentials are allowed (allow_unauthenticated)");
         self.access_policy(AccessPolicy::allow_all())
     }
 
@@ -354,7 +354,7 @@ impl GuardBuilder {
     /// how the policy is built); also set by `explainHeader` in a policy
     /// file's `AuthorizationSettings`.
     pub fn explain_decisions_in_header(mut self) -> Self {
-        tracing::warn!(target: LOG_TARGET, "authorization decisions are explained in an x-palisade-authz response header: a debug switch, not for production");
+        crate::config_warning!(target: LOG_TARGET, "authorization decisions are explained in an x-palisade-authz response header: a debug switch, not for production");
         self.explain = true;
         self
     }
@@ -372,7 +372,7 @@ impl GuardBuilder {
         // Said as `allow_unauthenticated` says it in code: a Keycloak
         // adapter's or a sign-in's user would expect a 401 or a redirect.
         if self.access_from_file && !self.authenticators.is_empty() && access.requires_nothing() {
-            tracing::warn!(target: LOG_TARGET, "requests without credentials are allowed: the policy file configures authentication for this workload, but no AuthorizationPolicy ALLOW (or RBAC) applies to it, so nothing requires a credential (as with Istio's RequestAuthentication alone); to require a user, add an AuthorizationPolicy with `from: [{{source: {{requestPrincipals: [\"*\"]}}}}]`");
+            crate::config_warning!(target: LOG_TARGET, "requests without credentials are allowed: the policy file configures authentication for this workload, but no AuthorizationPolicy ALLOW (or RBAC) applies to it, so nothing requires a credential (as with Istio's RequestAuthentication alone); to require a user, add an AuthorizationPolicy with `from: [{{source: {{requestPrincipals: [\"*\"]}}}}]`");
         }
         let challenges = self.authenticators.iter().filter_map(|a| a.challenge()).collect();
         let explain = self.explain || access.settings().explain_header;

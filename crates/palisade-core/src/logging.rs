@@ -4,9 +4,71 @@
 //! time would let one client, or one outage, fill the logs. What a client
 //! causes is logged at `DEBUG` and counted in the metrics instead.
 
+//!
+//! What a configuration says of itself as it is built (a relaxation, a
+//! document not enforced) is said once at `WARN` with
+//! [`config_warning!`](crate::config_warning): a hot reload that builds the
+//! same contents again (every 30 s while a file they name is missing) says
+//! it at `DEBUG` ([`saying_again`]).
+
+use std::cell::Cell;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+#[doc(hidden)]
+pub use tracing as __tracing;
+
+thread_local! {
+    static SAID_BEFORE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f`, a configuration's build on this thread, with what it says of
+/// itself through [`config_warning!`](crate::config_warning) said at
+/// `DEBUG` when `again`: contents built once already, whose warnings were
+/// said then (a hot reload trying them again).
+///
+/// ```
+/// use palisade_core::logging::{said_before, saying_again};
+/// assert!(saying_again(true, said_before));
+/// assert!(!said_before(), "only within");
+/// ```
+pub fn saying_again<R>(again: bool, f: impl FnOnce() -> R) -> R {
+    /// Puts the previous value back, even if `f` panics.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SAID_BEFORE.set(self.0);
+        }
+    }
+    let _restore = Restore(SAID_BEFORE.replace(again));
+    f()
+}
+
+/// Whether the configuration being built on this thread said its
+/// warnings before ([`saying_again`]).
+#[must_use]
+pub fn said_before() -> bool {
+    SAID_BEFORE.get()
+}
+
+/// Logs what a configuration says of itself as it is built: at `WARN`, or
+/// at `DEBUG` when its contents said it before ([`saying_again`]). Takes
+/// `target:` and what [`tracing::warn!`] takes.
+///
+/// ```
+/// palisade_core::config_warning!(target: "palisade", "a debug switch is on: {}", "explainHeader");
+/// ```
+#[macro_export]
+macro_rules! config_warning {
+    (target: $target:expr, $($arg:tt)+) => {
+        if $crate::logging::said_before() {
+            $crate::logging::__tracing::debug!(target: $target, $($arg)+)
+        } else {
+            $crate::logging::__tracing::warn!(target: $target, $($arg)+)
+        }
+    };
+}
 
 /// At most one log line per interval: the first occurrence is said, the
 /// next ones within the interval are not (their metrics count them). The

@@ -255,7 +255,9 @@ impl PolicyReloader {
             .and_then(|c| {
                 // A panic (the loader's, or the application's function) is
                 // a file that did not load, not the end of reloading.
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                // What the contents say of themselves, said at the first
+                // try, is said at debug level by the retries.
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| crate::logging::saying_again(retrying, || {
                     let text = String::from_utf8(c).map_err(|_| PolicyError::new(&name, "not UTF-8 text"))?;
                     // No byte but white space: most likely a file truncated
                     // by a writer that has not written yet (`> policy.yaml`),
@@ -267,9 +269,9 @@ impl PolicyReloader {
                             "empty (a file being written?): not loaded; to remove every policy, write a file of comments (`# no policy`)",
                         ));
                     }
-                    let set = PolicySet::from_file_text(&text, &name, retrying)?;
+                    let set = PolicySet::from_file_text(&text, &name)?;
                     (self.0.build)(&set)
-                }))
+                })))
                 .unwrap_or_else(|_| {
                     Err(PolicyError::new(
                         &name,
@@ -601,6 +603,48 @@ spec:
             std::fs::write(&file, "# none at all\n").unwrap();
             reloader.reload().unwrap();
             assert_eq!(warned(), 2);
+        });
+    }
+
+    /// So is what a workload's configuration says of itself as it is built
+    /// (here: a debug switch on), and a retry's own ways are put back.
+    #[test]
+    fn a_retry_does_not_warn_again_of_what_the_build_said() {
+        let (lines, subscriber) = palisade_testkit::logs::Lines::subscriber("warn");
+        let warned = || lines.containing("explainHeader").len();
+        let (dir, file) = scratch("built");
+        let secret = dir.0.join("secret");
+        std::fs::write(&file, CLOSED).unwrap();
+        let guard = build(&PolicySet::from_file(&file).unwrap()).unwrap();
+        // The secret is read after the guard is built, so each try says
+        // what the build says.
+        let needed = secret.clone();
+        let built_then_needing = move |set: &PolicySet| {
+            let guard = build(set)?;
+            if !needed.exists() {
+                return Err(PolicyError::new(set.source(), "cannot read the secret")
+                    .with_source(std::io::Error::from(std::io::ErrorKind::NotFound)));
+            }
+            Ok(guard)
+        };
+        let reloader =
+            PolicyReloader::new(&file, &guard, built_then_needing).retrying_after(Duration::from_millis(100));
+        let explained = format!(
+            "{CLOSED}---\napiVersion: palisade.dev/v1alpha1\nkind: AuthorizationSettings\nmetadata: {{name: s, namespace: default}}\nspec: {{explainHeader: true}}\n"
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            std::fs::write(&file, &explained).unwrap();
+            assert!(reloader.reload_if_changed().is_none(), "seen once");
+            assert!(matches!(reloader.reload_if_changed(), Some(Err(_))));
+            for _ in 0..2 {
+                std::thread::sleep(Duration::from_millis(150));
+                assert!(matches!(reloader.reload_if_changed(), Some(Err(_))), "again");
+            }
+            std::fs::write(&secret, "s").unwrap();
+            std::thread::sleep(Duration::from_millis(150));
+            assert!(matches!(reloader.reload_if_changed(), Some(Ok(()))));
+            assert_eq!(warned(), 1, "said once, by the first try");
+            assert!(!crate::logging::said_before(), "put back");
         });
     }
 

@@ -159,7 +159,7 @@ fn from_policy(policy: &WorkloadPolicy<'_>, offline: bool) -> Result<Option<JwtA
             .filter(|(_, s)| s.dpop.is_some() || s.resource_metadata.is_some());
         for (doc, _) in lonely {
             let why = "dpop and resourceMetadata apply to no issuer: no RequestAuthentication or KeycloakAdapter applies to this workload";
-            tracing::warn!(target: "palisade::jwt", "{}", policy.error_at(doc, "spec", why));
+            palisade_core::config_warning!(target: "palisade::jwt", "{}", policy.error_at(doc, "spec", why));
         }
         return Ok(None);
     };

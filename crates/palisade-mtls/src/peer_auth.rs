@@ -21,7 +21,7 @@ use crate::server::MtlsMode;
 pub fn mode_for_port(w: &WorkloadPolicy<'_>, port: u16) -> Result<MtlsMode, PolicyError> {
     let root = &w.workload().root_namespace;
     for warning in w.warnings() {
-        tracing::warn!(target: crate::LOG_TARGET, "{warning}");
+        palisade_core::config_warning!(target: crate::LOG_TARGET, "{warning}");
     }
     let mut levels: [Option<(&Document, &PeerAuthenticationSpec)>; 3] = [None, None, None];
     for (doc, spec) in w.peer_authentications() {

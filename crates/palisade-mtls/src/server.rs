@@ -122,7 +122,7 @@ impl ServerTlsBuilder {
     /// Accept client certificates whose revocation status the CRLs do not
     /// cover (by default, with CRLs configured, such a certificate is refused).
     pub fn allow_unknown_revocation_status(mut self) -> Self {
-        tracing::warn!(target: LOG_TARGET, "client certificates with an unknown revocation status are accepted");
+        palisade_core::config_warning!(target: LOG_TARGET, "client certificates with an unknown revocation status are accepted");
         self.allow_unknown_revocation = true;
         self
     }
@@ -148,7 +148,7 @@ impl ServerTlsBuilder {
     /// the CRL's publication would otherwise freeze revocation where it
     /// stands. Publish CRLs in time rather than turn this on.
     pub fn allow_expired_crls(mut self) -> Self {
-        tracing::warn!(target: LOG_TARGET, "CRLs past their nextUpdate are used");
+        palisade_core::config_warning!(target: LOG_TARGET, "CRLs past their nextUpdate are used");
         self.allow_expired_crls = true;
         self
     }
@@ -199,7 +199,7 @@ impl ServerTlsBuilder {
         if mode == MtlsMode::Disable && !(self.trust_domains.is_empty() && self.crls.is_empty()) {
             // A policy file's PeerAuthentication may turn mutual TLS off
             // under code that set these: loud, not fatal.
-            tracing::warn!(target: LOG_TARGET, "mutual TLS is off (mode DISABLE): no client certificate is asked for, so the trust domains and CRLs configured check nothing");
+            palisade_core::config_warning!(target: LOG_TARGET, "mutual TLS is off (mode DISABLE): no client certificate is asked for, so the trust domains and CRLs configured check nothing");
         }
         let files = Files {
             cert: self.cert,

@@ -355,7 +355,7 @@ fn route(
             // Istio's service-account names.
             let b = ClientTls::builder(&mesh.cert, &mesh.key, &mesh.ca);
             let b = if tls.subject_alt_names.is_empty() {
-                tracing::warn!(
+                palisade_core::config_warning!(
                     target: crate::LOG_TARGET,
                     document = %doc.resource(),
                     field,

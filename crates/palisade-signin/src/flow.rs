@@ -309,7 +309,7 @@ fn ephemeral_key(
     // it and the store alive, so no other store has that address.
     let store = Arc::as_ptr(store).cast::<()>() as usize;
     LIVE.get_or_make((issuer.to_owned(), client_id.to_owned(), store), || {
-        tracing::warn!(target: LOG_TARGET, "no session keys configured: a random key was made; sessions end with this process and replicas cannot share them");
+        palisade_core::config_warning!(target: LOG_TARGET, "no session keys configured: a random key was made; sessions end with this process and replicas cannot share them");
         Ok(Arc::new(CookieKey::generate("ephemeral")?))
     })
 }

@@ -121,7 +121,7 @@ impl SessionCookie {
     /// for development: the cookie is a credential.
     #[must_use]
     pub fn insecure_over_http(mut self) -> Self {
-        tracing::warn!(target: crate::LOG_TARGET, "the session cookie is sent without the Secure attribute");
+        palisade_core::config_warning!(target: crate::LOG_TARGET, "the session cookie is sent without the Secure attribute");
         self.secure = false;
         self
     }

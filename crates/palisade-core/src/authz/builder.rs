@@ -225,7 +225,7 @@ impl AccessPolicyBuilder {
     /// `escapedSlashes`.
     pub fn escaped_slashes(mut self, escaped: EscapedSlashes) -> Self {
         if escaped == EscapedSlashes::Keep {
-            tracing::warn!(target: crate::guard::LOG_TARGET, "escaped slashes are kept (escaped_slashes(Keep)): a route's wildcard capture decodes them into segments the path rules did not see");
+            crate::config_warning!(target: crate::guard::LOG_TARGET, "escaped slashes are kept (escaped_slashes(Keep)): a route's wildcard capture decodes them into segments the path rules did not see");
         }
         let spec = crate::policy::AuthorizationSettingsSpec {
             escaped_slashes: escaped,

@@ -1063,7 +1063,7 @@ impl AccessPolicy {
             let mut ignored = Vec::new();
             let on = rbac::compile(workload, &mut ignored)?;
             if on || !ignored.is_empty() {
-                tracing::warn!(
+                crate::config_warning!(
                     target: LOG_TARGET,
                     "ALLOW AuthorizationPolicy documents apply to this workload and take precedence over its ServiceRole/ServiceRoleBinding/RbacConfig documents, which are not enforced for it (as in Istio)"
                 );
@@ -1292,7 +1292,7 @@ fn settings(w: &WorkloadPolicy<'_>) -> Result<AuthzSettings, PolicyError> {
         }
         out.escaped_slashes = s.escaped_slashes;
         if s.explain_header == Some(true) {
-            tracing::warn!(target: LOG_TARGET, "authorization decisions are explained in an x-palisade-authz response header (explainHeader): a debug switch, not for production");
+            crate::config_warning!(target: LOG_TARGET, "authorization decisions are explained in an x-palisade-authz response header (explainHeader): a debug switch, not for production");
             out.explain_header = true;
         }
     }

@@ -154,7 +154,7 @@ pub(crate) fn compile(w: &WorkloadPolicy<'_>, out: &mut Vec<CompiledPolicy>) -> 
                 "the RbacConfig does not include this workload: its ServiceRole/ServiceRoleBinding documents are not enforced"
             );
         } else {
-            tracing::warn!(
+            crate::config_warning!(
                 target: super::LOG_TARGET,
                 "ServiceRole/ServiceRoleBinding documents apply to this workload but no RbacConfig switches RBAC on for it: they are not enforced (as in Istio)"
             );

@@ -120,7 +120,7 @@ impl KeycloakAdapterConfig {
         };
         config.check().map_err(located)?;
         for warning in config.warnings() {
-            tracing::warn!(target: super::LOG_TARGET, "{}", located(warning));
+            crate::config_warning!(target: super::LOG_TARGET, "{}", located(warning));
         }
         Ok(config)
     }

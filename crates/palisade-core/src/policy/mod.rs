@@ -787,32 +787,29 @@ impl PolicySet {
         let name = path.as_ref().display().to_string();
         let text = std::fs::read_to_string(path.as_ref())
             .map_err(|e| PolicyError::new(&name, format!("cannot read: {e}")))?;
-        Self::from_file_text(&text, &name, false)
+        Self::from_file_text(&text, &name)
     }
 
     /// A policy file's text, read at start-up or on reload: parsed as any
     /// stream, and one that holds no document is warned of too
-    /// ([`EMPTY_FILE`]). The warnings are logged at warn level, or at debug
-    /// level when `again` (a reload trying again contents refused for what
-    /// lies outside them, whose warnings were said the first time).
-    pub(crate) fn from_file_text(text: &str, name: &str, again: bool) -> Result<Self, PolicyError> {
+    /// ([`EMPTY_FILE`]). The warnings are logged as a configuration's
+    /// ([`config_warning!`](crate::config_warning): at debug level for a
+    /// reload trying again contents refused for what lies outside them,
+    /// whose warnings were said the first time).
+    pub(crate) fn from_file_text(text: &str, name: &str) -> Result<Self, PolicyError> {
         let mut set = Self::parse(text, name)?;
         if set.documents.is_empty() {
             set.warnings
                 .push(PolicyWarning::new(PolicyError::new(name, EMPTY_FILE)));
         }
-        set.say_warnings(again);
+        set.say_warnings();
         Ok(set)
     }
 
-    /// Logs each warning at warn level, or at debug level when `again`.
-    fn say_warnings(&self, again: bool) {
+    /// Logs each warning ([`config_warning!`](crate::config_warning)).
+    fn say_warnings(&self) {
         for warning in &self.warnings {
-            if again {
-                tracing::debug!(target: LOG_TARGET, "{warning}");
-            } else {
-                tracing::warn!(target: LOG_TARGET, "{warning}");
-            }
+            crate::config_warning!(target: LOG_TARGET, "{warning}");
         }
     }
 
@@ -825,7 +822,7 @@ impl PolicySet {
     /// line and column when the YAML parser knows them.
     pub fn from_yaml_str(text: &str, source: &str) -> Result<Self, PolicyError> {
         let set = Self::parse(text, source)?;
-        set.say_warnings(false);
+        set.say_warnings();
         Ok(set)
     }
 
