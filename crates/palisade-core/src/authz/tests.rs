@@ -478,6 +478,32 @@ fn ip_blocks_read_the_connection_and_remote_ip_the_trusted_hop() {
         .header("x-forwarded-for", "203.0.113.7, 198.51.100.1")
         .connection(conn("192.0.2.1:5000", "127.0.0.1:80"));
     assert!(!allowed(&p, &spoofed, None), "only the trusted hop counts");
+    // Two trusted proxies: the second hop from the right, across repeated
+    // headers (read as one list, the last line last); too few hops or a bad
+    // one: the connection's address.
+    let two = policy(&yaml.replace("numTrustedProxies: 1", "numTrustedProxies: 2")).unwrap();
+    let from_proxy = || OwnedRequest::get("/").connection(conn("192.0.2.1:5000", "127.0.0.1:80"));
+    for (lines, remote_allowed) in [
+        (&["203.0.113.7, 10.9.9.9"][..], true),
+        (&["198.51.100.1, 203.0.113.7", "10.9.9.9"][..], true),
+        (&["203.0.113.7", "10.9.9.9"][..], true),
+        (&["203.0.113.7", "198.51.100.1, 10.9.9.9"][..], false),
+        (&["10.9.9.9"][..], false),
+        (&["not-an-ip, 10.9.9.9"][..], false),
+    ] {
+        let req = lines
+            .iter()
+            .fold(from_proxy(), |r, l| r.header("x-forwarded-for", *l));
+        assert_eq!(allowed(&two, &req, None), remote_allowed, "{lines:?}");
+    }
+    let not_text = from_proxy()
+        .header("x-forwarded-for", "203.0.113.7")
+        .header("x-forwarded-for", b"\xff".to_vec())
+        .header("x-forwarded-for", "10.9.9.9");
+    assert!(allowed(&two, &not_text, None), "a value not UTF-8 holds no hop");
+    // A header of many commas is a scan: decided, the connection's address.
+    let commas = from_proxy().header("x-forwarded-for", ",".repeat(200_000));
+    assert!(!allowed(&two, &commas, None));
 }
 
 #[test]
