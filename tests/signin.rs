@@ -329,6 +329,7 @@ async fn a_browser_signs_in_uses_the_session_and_logs_out_on_both_frameworks() {
             "{end}"
         );
         assert!(query_param(&end, "id_token_hint").is_some(), "{end}");
+        assert_eq!(out.referrer_policy, ["no-referrer"], "the hint is not sent on");
         assert_eq!(
             query_param(&end, "post_logout_redirect_uri"),
             Some(format!("{base}/"))

@@ -55,6 +55,7 @@ pub(crate) struct Answer {
     pub(crate) set_cookies: Vec<String>,
     pub(crate) www_authenticate: Vec<String>,
     pub(crate) cache_control: Vec<String>,
+    pub(crate) referrer_policy: Vec<String>,
     pub(crate) body: String,
 }
 
@@ -98,6 +99,7 @@ pub(crate) async fn answer(res: reqwest::Response) -> Answer {
     let set_cookies = all("set-cookie");
     let www_authenticate = all("www-authenticate");
     let cache_control = all("cache-control");
+    let referrer_policy = all("referrer-policy");
     let status = res.status().as_u16();
     let body = res.text().await.unwrap();
     Answer {
@@ -106,6 +108,7 @@ pub(crate) async fn answer(res: reqwest::Response) -> Answer {
         set_cookies,
         www_authenticate,
         cache_control,
+        referrer_policy,
         body,
     }
 }

@@ -58,14 +58,17 @@ impl CredentialsLayer {
     /// # Errors
     /// [`ClientError::Config`] when `origin` is not `http(s)://host[:port]`.
     pub fn fixed_at(credentials: Credentials, origin: &str) -> Result<Self, ClientError> {
+        let shown = palisade_core::syntax::url_without_credentials(origin);
         let not_origin =
-            || ClientError::Config(format!("`{origin}` is not an origin such as http://ratings:9080"));
+            || ClientError::Config(format!("`{shown}` is not an origin such as http://ratings:9080"));
         let uri: http::Uri = origin
             .parse()
-            .map_err(|_| ClientError::Config(format!("`{origin}` is not a URI")))?;
+            .map_err(|_| ClientError::Config(format!("`{shown}` is not a URI")))?;
+        // No credentials in it (`user:pass@`): an origin has none, and
+        // they would be kept and shown.
         let (Some(scheme @ ("http" | "https")), Some(authority), Some(host), "" | "/", None) = (
             uri.scheme_str(),
-            uri.authority(),
+            uri.authority().filter(|a| !a.as_str().contains('@')),
             uri.host(),
             uri.path(),
             uri.query(),

@@ -236,12 +236,28 @@ pub struct Admission {
 }
 
 /// What few admitted requests carry.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub(crate) struct Rare {
     pub(crate) target: Option<String>,
     pub(crate) response: ResponseEdits,
     /// How a refused rewrite's 400 is rendered (HEAD, gRPC).
     pub(crate) rendering: Rendering,
+}
+
+/// The rewritten target's query shows its parameters' names only, as an
+/// [`OwnedRequest`](crate::authn::OwnedRequest)'s does (`?access_token=`).
+impl std::fmt::Debug for Rare {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let target = self.target.as_deref().map(|t| match t.split_once('?') {
+            Some((path, query)) => format!("{path}?{}", crate::request::query_names(query).join("&")),
+            None => t.to_owned(),
+        });
+        f.debug_struct("Rare")
+            .field("target", &target)
+            .field("response", &self.response)
+            .field("rendering", &self.rendering)
+            .finish()
+    }
 }
 
 /// The edits of a response that gets none.

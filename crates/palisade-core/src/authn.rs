@@ -35,7 +35,7 @@ use crate::check::Check;
 use crate::error::Rejection;
 use crate::identity::{AuthMethod, Identity};
 
-pub use crate::error::bearer_challenge;
+pub use crate::error::{bearer_challenge, cookie_challenge};
 pub use crate::flight::SingleFlight;
 pub use crate::request::{ConnectionInfo, OwnedRequest, RequestHead};
 
@@ -441,6 +441,15 @@ pub trait Authenticator: Any + Send + Sync {
 
     /// Authenticates a request.
     fn authenticate(&self, request: &dyn RequestHead) -> Check<AuthOutcome>;
+
+    /// The challenge of a guard none of whose authenticators has one
+    /// ([`challenge`](Self::challenge)): a 401 must carry one (RFC 9110
+    /// §11.6.1). Browser sign-in, whose credential is a cookie, gives its
+    /// `Cookie` challenge here ([`cookie_challenge`]), so that it is not
+    /// added beside a `Bearer` one. `None` (the default): none.
+    fn fallback_challenge(&self) -> Option<String> {
+        None
+    }
 
     /// For an interactive authenticator (browser sign-in): the answer to a
     /// request the policy refuses for want of a credential, in place of the

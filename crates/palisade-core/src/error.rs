@@ -270,6 +270,20 @@ fn bearer_error_challenge(realm: &str, error: &str, detail: &str) -> String {
     )
 }
 
+/// `Cookie realm="…", form-action="…", cookie-name="…"`, the challenge of
+/// a browser sign-in whose credential is a session cookie (the scheme of
+/// draft-broyer-http-cookie-auth): where to sign in, and the cookie that
+/// signing in sets.
+#[must_use]
+pub fn cookie_challenge(realm: &str, form_action: &str, cookie_name: &str) -> String {
+    format!(
+        "Cookie realm=\"{}\", form-action=\"{}\", cookie-name=\"{}\"",
+        quote_safe(realm),
+        quote_safe(form_action),
+        quote_safe(cookie_name)
+    )
+}
+
 /// Keeps a value inside a quoted-string: printable ASCII without `"` and `\`
 /// (RFC 6750 §3 limits `error_description` to that set anyway).
 fn quote_safe(s: &str) -> String {

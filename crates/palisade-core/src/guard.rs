@@ -374,7 +374,14 @@ impl GuardBuilder {
         if self.access_from_file && !self.authenticators.is_empty() && access.requires_nothing() {
             crate::config_warning!(target: LOG_TARGET, "requests without credentials are allowed: the policy file configures authentication for this workload, but no AuthorizationPolicy ALLOW (or RBAC) applies to it, so nothing requires a credential (as with Istio's RequestAuthentication alone); to require a user, add an AuthorizationPolicy with `from: [{{source: {{requestPrincipals: [\"*\"]}}}}]`");
         }
-        let challenges = self.authenticators.iter().filter_map(|a| a.challenge()).collect();
+        let mut challenges: Vec<String> = self.authenticators.iter().filter_map(|a| a.challenge()).collect();
+        if challenges.is_empty() {
+            challenges = self
+                .authenticators
+                .iter()
+                .filter_map(|a| a.fallback_challenge())
+                .collect();
+        }
         let explain = self.explain || access.settings().explain_header;
         let mut snapshot_headers = access.headers_read().to_vec();
         for h in SIGN_IN_HEADERS {

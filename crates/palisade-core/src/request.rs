@@ -108,18 +108,23 @@ pub struct OwnedRequest {
     connection: Option<ConnectionInfo>,
 }
 
+/// A query as `Debug` output shows it: the parameters' names, never their
+/// values (`?access_token=`, `?code=`); an item without `=`, which may be
+/// a value alone, as `***`.
+pub(crate) fn query_names(query: &str) -> Vec<&str> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').map_or("***", |(n, _)| n))
+        .collect()
+}
+
 impl std::fmt::Debug for OwnedRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names = |q: &str| -> Vec<String> {
-            q.split('&')
-                .filter(|p| !p.is_empty())
-                .map(|p| p.split_once('=').map_or(p, |(n, _)| n).to_owned())
-                .collect()
-        };
         f.debug_struct("OwnedRequest")
             .field("method", &self.method)
             .field("path", &self.path)
-            .field("query", &self.query.as_deref().map(names))
+            .field("query", &self.query.as_deref().map(query_names))
             .field("host", &self.host)
             .field(
                 "headers",
@@ -265,7 +270,7 @@ mod tests {
 
     #[test]
     fn a_request_shows_names_not_values() {
-        let req = OwnedRequest::get("/list?page=2&access_token=s3cret-q")
+        let req = OwnedRequest::get("/list?page=2&access_token=s3cret-q&s3cret-alone")
             .header("Authorization", "Bearer s3cret-token")
             .header("cookie", "palisade_session=s3cret-cookie")
             .header("host", "shop.example");
@@ -273,11 +278,30 @@ mod tests {
         assert!(!shown.contains("s3cret"), "{shown}");
         for part in [
             r#""/list""#,
-            r#"["page", "access_token"]"#,
+            r#"["page", "access_token", "***"]"#,
             r#"["authorization", "cookie", "host"]"#,
             "shop.example",
         ] {
             assert!(shown.contains(part), "{part} in {shown}");
         }
+        // Nor does a decision to rewrite it (its target carries the query).
+        let set = crate::policy::PolicySet::from_yaml_str(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec:\n  rules: [{to: [{operation: {paths: ['*']}}]}]\n",
+            "p.yaml",
+        )
+        .unwrap();
+        let access = crate::authz::AccessPolicy::compile(
+            &set.for_workload(&crate::policy::Workload::new("details", "default")),
+        )
+        .unwrap();
+        let guard = crate::Guard::builder().access_policy(access).build().unwrap();
+        let crate::Check::Ready(decision) =
+            guard.check(&OwnedRequest::get("//list?access_token=s3cret-q&s3cret"))
+        else {
+            panic!("decided at once")
+        };
+        let shown = format!("{decision:?}");
+        assert!(shown.contains(r#"Some("/list?access_token&***")"#), "{shown}");
+        assert!(!shown.contains("s3cret"), "{shown}");
     }
 }

@@ -627,7 +627,8 @@ impl JwtAuthenticatorBuilder {
                     && !crate::resource::is_origin(o)
                 {
                     return Err(ConfigError::OutOfRange(format!(
-                        "DPoP origin `{o}` is not scheme://host[:port]"
+                        "DPoP origin `{}` is not scheme://host[:port]",
+                        palisade_core::syntax::url_without_credentials(o)
                     )));
                 }
                 if origin.is_none() {

@@ -101,8 +101,12 @@ impl Served {
         bearer_methods: &[&str],
         dpop_algs: &[String],
     ) -> Result<Self, ConfigError> {
-        let bad =
-            |why: &str| ConfigError::OutOfRange(format!("resource metadata: `{}` {why}", meta.resource));
+        let bad = |why: &str| {
+            ConfigError::OutOfRange(format!(
+                "resource metadata: `{}` {why}",
+                palisade_core::syntax::url_without_credentials(&meta.resource)
+            ))
+        };
         let rest = meta
             .resource
             .strip_prefix("https://")
@@ -121,6 +125,10 @@ impl Served {
         let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
         if authority.is_empty() {
             return Err(bad("has no host"));
+        }
+        // Published in every 401 and the metadata document.
+        if authority.contains('@') {
+            return Err(bad("must have no credentials (`user:pass@`)"));
         }
         let scheme = &meta.resource[..meta.resource.len() - rest.len()];
         let path = path.trim_end_matches('/');
@@ -237,11 +245,10 @@ mod tests {
             "https://api.example/#f",
             "https://api.example/a b",
             "https://api.example/\"x",
+            "https://user:s3cret@api.example/x",
         ] {
-            assert!(
-                Served::new(&ResourceMetadata::new(bad), &[], &[], &[]).is_err(),
-                "{bad}"
-            );
+            let err = Served::new(&ResourceMetadata::new(bad), &[], &[], &[]).unwrap_err();
+            assert!(!err.to_string().contains("s3cret"), "{err}");
         }
     }
 }

@@ -394,13 +394,14 @@ impl SignInBuilder {
         if !palisade_core::syntax::is_landing_uri(&config.post_logout_redirect) {
             return Err(SignInError::Config(format!(
                 "postLogoutRedirectUri `{}` is neither a path of this service nor an absolute http(s) URL",
-                config.post_logout_redirect
+                palisade_core::syntax::url_without_credentials(&config.post_logout_redirect)
             )));
         }
         if let Some(o) = &mut config.external_origin {
             if !palisade_core::syntax::is_origin(o) {
                 return Err(SignInError::Config(format!(
-                    "externalOrigin `{o}` is not an http(s) origin (scheme, host and port only)"
+                    "externalOrigin `{}` is not an http(s) origin (scheme, host and port only)",
+                    palisade_core::syntax::url_without_credentials(o)
                 )));
             }
             // As a browser writes it in `Origin`: lower case, without
@@ -773,18 +774,24 @@ impl SignIn {
         let Some(target) = local_target(&target) else {
             return problem(400, "return_to must be a path of this service");
         };
-        // The callback's address is made from `Host`: without a plain one
-        // there is none to give the issuer (the client's fault, not ours).
-        if own.is_none() {
+        self.start_sign_in(req, &target, false)
+            .unwrap_or_else(|| self.not_started(req))
+    }
+
+    /// Why a sign-in could not start: the callback's address is made from
+    /// `Host`, and without a plain one there is none to give the issuer
+    /// (400: the client's fault, not ours); else the issuer's discovery
+    /// document has not loaded yet (503, to try again).
+    #[cold]
+    fn not_started(&self, req: &dyn RequestHead) -> Reply {
+        if self.origin(req).is_none() {
             return problem(400, "the request's Host header is missing or not a host name");
         }
-        self.start_sign_in(req, &target, false).unwrap_or_else(|| {
-            problem(
-                503,
-                "sign-in is not ready: the issuer's discovery document has not loaded yet",
-            )
-            .header("retry-after", "5")
-        })
+        problem(
+            503,
+            "sign-in is not ready: the issuer's discovery document has not loaded yet",
+        )
+        .header("retry-after", "5")
     }
 
     /// The callback: checks the state, exchanges the code, validates the
@@ -1639,7 +1646,9 @@ impl SignIn {
                 }
                 None => after,
             };
-            with_cookies(Reply::redirect(location), clear)
+            // The issuer's logout URL carries the ID token as its hint:
+            // not sent on as a `Referer` by the page it leads to.
+            with_cookies(Reply::redirect(location), clear).header("referrer-policy", "no-referrer")
         };
         match opened {
             None => Check::pending(finish(None)),
@@ -1772,8 +1781,22 @@ impl SignIn {
 }
 
 impl Authenticator for SignIn {
+    /// None beside another authenticator's: an API call of a guard that
+    /// also takes bearer tokens is told `Bearer` ([`fallback_challenge`](Self::fallback_challenge)).
     fn challenge(&self) -> Option<String> {
         None
+    }
+
+    /// `Cookie realm="CLIENT", form-action="LOGIN PATH", cookie-name="…"`:
+    /// the 401 of a guard that signs browsers in and takes no other
+    /// credential (an API call without a session) says where to sign in.
+    fn fallback_challenge(&self) -> Option<String> {
+        let c = &self.0.config;
+        Some(palisade_core::authn::cookie_challenge(
+            &c.client_id,
+            &c.login_path,
+            &c.cookie_name,
+        ))
     }
 
     /// Hot reload. Configured alike (every setting, secret, session key
@@ -1857,7 +1880,10 @@ impl Authenticator for SignIn {
             Some(q) => format!("{}?{q}", req.path()),
             None => req.path().to_owned(),
         };
-        self.start_sign_in(req, local_target(&target).as_deref().unwrap_or("/"), true)
+        Some(
+            self.start_sign_in(req, local_target(&target).as_deref().unwrap_or("/"), true)
+                .unwrap_or_else(|| self.not_started(req)),
+        )
     }
 }
 
@@ -2433,6 +2459,49 @@ mod tests {
         }
     }
 
+    /// A guard that signs browsers in and takes nothing else: an API call
+    /// without a session gets a 401 that says where to sign in (a 401
+    /// carries a challenge), and a navigation that cannot be sent to sign
+    /// in is told why, as `loginPath` would tell it.
+    #[test]
+    fn a_sign_in_only_guard_challenges_and_says_why_it_cannot_sign_in() {
+        use palisade_core::adapter::Decision;
+        let sign_in = offline(&CookieKey::new("k1", &[1; 32]).unwrap());
+        let guard = palisade_core::Guard::builder()
+            .authenticator(sign_in)
+            .build()
+            .unwrap();
+        let refused = |req: &OwnedRequest| match guard.check(req) {
+            Check::Ready(Decision::Deny(r)) => (r.status(), r.challenges().to_vec()),
+            Check::Ready(Decision::Reply(r)) => (r.status(), Vec::new()),
+            other => panic!("not refused at once: {other:?}"),
+        };
+        let api = OwnedRequest::get("/api/x")
+            .header("accept", "application/json")
+            .header("host", "shop.example");
+        assert_eq!(
+            refused(&api),
+            (
+                401,
+                vec![
+                    r#"Cookie realm="shop", form-action="/login", cookie-name="palisade_session""#.to_owned()
+                ]
+            )
+        );
+        let page = |host: &str| {
+            OwnedRequest::get("/page")
+                .header("sec-fetch-mode", "navigate")
+                .header("host", host)
+        };
+        // The issuer never answers: no discovery document yet.
+        assert_eq!(refused(&page("shop.example")).0, 503);
+        assert_eq!(
+            refused(&page("a b")).0,
+            400,
+            "no host to make the callback's address from"
+        );
+    }
+
     #[test]
     fn the_callback_takes_get_only_so_a_head_spends_no_code() {
         let sign_in = offline(&CookieKey::new("k1", &[1; 32]).unwrap());
@@ -2563,7 +2632,7 @@ mod tests {
         };
         // Discovery happens on a thread of its own.
         let start = std::time::Instant::now();
-        while sign_in.sign_in(&page("/")).is_none() {
+        while sign_in.0.issuer.metadata().is_none() {
             assert!(start.elapsed() < Duration::from_secs(10), "no discovery");
             std::thread::sleep(Duration::from_millis(20));
         }

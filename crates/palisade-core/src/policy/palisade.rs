@@ -389,7 +389,10 @@ impl JwtSettingsSpec {
                 }) {
                     return Err((
                         "spec.dpop.origin".into(),
-                        format!("`{o}` is not scheme://host[:port]"),
+                        format!(
+                            "`{}` is not scheme://host[:port]",
+                            crate::syntax::url_without_credentials(o)
+                        ),
                     ));
                 }
             }
@@ -413,7 +416,11 @@ impl JwtSettingsSpec {
                 .resource
                 .strip_prefix("https://")
                 .or_else(|| r.resource.strip_prefix("http://"));
+            // Published in every 401 and the metadata document: no
+            // credentials (`user:pass@`) in its authority.
+            let authority = rest.map(|h| h.split('/').next().unwrap_or_default());
             if !rest.is_some_and(|h| !h.is_empty() && !h.starts_with('/'))
+                || authority.is_some_and(|a| a.contains('@'))
                 || r.resource.contains(['?', '#'])
                 || r.resource
                     .bytes()
@@ -421,7 +428,10 @@ impl JwtSettingsSpec {
             {
                 return Err((
                     "spec.resourceMetadata.resource".into(),
-                    format!("`{}` is not an http(s) URL without query or fragment", r.resource),
+                    format!(
+                        "`{}` is not an http(s) URL without credentials, query or fragment",
+                        crate::syntax::url_without_credentials(&r.resource)
+                    ),
                 ));
             }
         }
@@ -995,7 +1005,10 @@ impl OidcLoginSpec {
         {
             return Err((
                 "spec.externalOrigin".into(),
-                format!("`{origin}` is not an http(s) origin (scheme, host and port only)"),
+                format!(
+                    "`{}` is not an http(s) origin (scheme, host and port only)",
+                    crate::syntax::url_without_credentials(origin)
+                ),
             ));
         }
         if let Some(uri) = &self.post_logout_redirect_uri
@@ -1003,7 +1016,10 @@ impl OidcLoginSpec {
         {
             return Err((
                 "spec.postLogoutRedirectUri".into(),
-                format!("`{uri}` is neither a path of this service nor an absolute http(s) URL"),
+                format!(
+                    "`{}` is neither a path of this service nor an absolute http(s) URL",
+                    crate::syntax::url_without_credentials(uri)
+                ),
             ));
         }
         match (

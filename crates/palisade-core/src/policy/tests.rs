@@ -1112,12 +1112,14 @@ fn an_external_origin_is_a_scheme_a_host_and_a_port() {
         "shop.example",
         "https://shop.example/app",
         "https://user@shop.example",
+        "https://user:s3cret@shop.example",
         "https://shop.example?x=1",
         "ftp://shop.example",
         "HTTPS://shop.example",
     ] {
         let err = load_err(&login(bad));
         assert_eq!(err.field.as_deref(), Some("spec.externalOrigin"), "{bad}: {err}");
+        assert!(!err.to_string().contains("s3cret"), "{err}");
     }
 }
 
@@ -1152,6 +1154,7 @@ fn a_post_logout_redirect_is_a_path_here_or_an_absolute_url() {
         "HTTPS://shop.example/",
         "https://[.]/",
         "https://user@evil.example/",
+        "https://user:s3cret@evil.example/",
         "/a\\b",
         "/a b",
     ] {
@@ -1161,6 +1164,7 @@ fn a_post_logout_redirect_is_a_path_here_or_an_absolute_url() {
             Some("spec.postLogoutRedirectUri"),
             "{bad}: {err}"
         );
+        assert!(!err.to_string().contains("s3cret"), "{err}");
         assert!(!is_landing_uri(bad), "{bad}");
     }
     assert!(!is_landing_uri("/a\r\nSet-Cookie: x=1"));
