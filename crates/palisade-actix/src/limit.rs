@@ -547,6 +547,18 @@ mod tests {
         String::from_utf8(seen).unwrap()
     }
 
+    /// A timeout of "no limit" (`Duration::MAX`), which actix-http and the
+    /// watch would add to the time of day, is a long one (ten years), not
+    /// a panic: the connection serves a request, and another after it.
+    #[actix_web::test]
+    async fn an_endless_idle_timeout_is_no_panic() {
+        let (mut tcp, handle) = connected(ServerLimits::default().idle_timeout(Duration::MAX)).await;
+        for _ in 0..2 {
+            assert!(get(&mut tcp, "/ok", "ok").await.starts_with("HTTP/1.1 200"));
+        }
+        handle.stop(false).await;
+    }
+
     /// actix-http times only a connection's first head; the watch ends a
     /// connection whose second head drips, within the idle and the
     /// header-read timeout of the first answer, not before the header-read

@@ -46,7 +46,9 @@ pub const LOG_TARGET: &str = "palisade::serve";
 /// | [`body_read_timeout`](Self::body_read_timeout) and [`body_min_rate`](Self::body_min_rate) | 20 s, and 1 s more per 500 bytes | a request body being read is not complete by then (Apache's `RequestReadTimeout body=20,MinRate=500`): 408, and the connection closed |
 /// | [`max_connections`](Self::max_connections) | 25,000 | this many connections are open (handshakes included): no more are accepted until one closes; they wait in the listener's backlog (actix-web's own limit, per worker there) |
 ///
-/// A zero duration closes at once (1 ms): it never turns a timeout off.
+/// A zero duration closes at once (1 ms): it never turns a timeout off. The
+/// longest is ten years (`Duration::MAX` is taken as that, not as an
+/// overflow where it is added to the time of day).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[must_use]
 pub struct ServerLimits {
@@ -62,6 +64,16 @@ pub struct ServerLimits {
 
 /// The shortest timeout: frameworks read zero as "no timeout".
 const SHORTEST: Duration = Duration::from_millis(1);
+
+/// The longest timeout, ten years: a longer one (`Duration::MAX` for "no
+/// limit") would overflow where it is added to the time of day (actix-http
+/// panics on it).
+const LONGEST: Duration = Duration::from_secs(10 * 365 * 86_400);
+
+/// A timeout as set: at least [`SHORTEST`], at most [`LONGEST`].
+fn bounded(timeout: Duration) -> Duration {
+    timeout.clamp(SHORTEST, LONGEST)
+}
 
 impl Default for ServerLimits {
     fn default() -> Self {
@@ -88,7 +100,7 @@ impl ServerLimits {
     /// How long a client has to finish its TLS handshake and, on a
     /// PERMISSIVE port, to send its first byte (default 10 s).
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
-        self.handshake_timeout = timeout.max(SHORTEST);
+        self.handshake_timeout = bounded(timeout);
         self
     }
 
@@ -97,7 +109,7 @@ impl ServerLimits {
     /// handshake), a later one from its first byte. A client that sends
     /// nothing, or drips its head, is let go when it runs out.
     pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
-        self.header_read_timeout = timeout.max(SHORTEST);
+        self.header_read_timeout = bounded(timeout);
         self
     }
 
@@ -108,7 +120,7 @@ impl ServerLimits {
     /// `palisade_axum::serve`; actix-web's keep-alive timer starts when
     /// the answer's last chunk is in its write buffer).
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
-        self.idle_timeout = timeout.max(SHORTEST);
+        self.idle_timeout = bounded(timeout);
         self
     }
 
@@ -127,7 +139,7 @@ impl ServerLimits {
     /// `palisade_axum::serve` (and `palisade_mtls::axum`); actix-web has no
     /// such timer.
     pub fn write_timeout(mut self, timeout: Duration) -> Self {
-        self.write_timeout = timeout.max(SHORTEST);
+        self.write_timeout = bounded(timeout);
         self
     }
 
@@ -147,7 +159,7 @@ impl ServerLimits {
     /// not complete by then is answered 408 and its connection closed: a
     /// client that stalls or drips its body is let go.
     pub fn body_read_timeout(mut self, timeout: Duration) -> Self {
-        self.body_read_timeout = timeout.max(SHORTEST);
+        self.body_read_timeout = bounded(timeout);
         self
     }
 
@@ -389,6 +401,21 @@ mod tests {
         assert_eq!(limits.header_read(), SHORTEST);
         assert_eq!(limits.idle(), SHORTEST);
         assert_eq!(limits.body_read(), SHORTEST);
+        let endless = ServerLimits::default()
+            .handshake_timeout(Duration::MAX)
+            .header_read_timeout(Duration::MAX)
+            .idle_timeout(Duration::MAX)
+            .write_timeout(Duration::MAX)
+            .body_read_timeout(Duration::MAX);
+        for d in [
+            endless.handshake(),
+            endless.header_read(),
+            endless.idle(),
+            endless.write(),
+            endless.body_read(),
+        ] {
+            assert_eq!(d, LONGEST);
+        }
     }
 
     async fn late(timer: &mut BodyTimer) -> bool {

@@ -315,25 +315,29 @@ impl SignInBuilder {
         self
     }
 
-    /// A session unused this long ends (default 30 minutes).
+    /// A session unused this long ends (default 30 minutes; at most ten
+    /// years, as in a policy file).
     pub fn idle_timeout(mut self, d: Duration) -> Self {
         self.config.idle_timeout = d;
         self
     }
 
-    /// A session ends this long after sign-in (default 8 hours).
+    /// A session ends this long after sign-in (default 8 hours; at most
+    /// ten years, as in a policy file).
     pub fn absolute_timeout(mut self, d: Duration) -> Self {
         self.config.absolute_timeout = d;
         self
     }
 
-    /// Refresh the access token when it has less than this left (default 30 s).
+    /// Refresh the access token when it has less than this left (default
+    /// 30 s; at most ten years).
     pub fn refresh_before(mut self, d: Duration) -> Self {
         self.config.refresh_before = d;
         self
     }
 
-    /// Timeout of each call to the issuer (default 5 s).
+    /// Timeout of each call to the issuer (default 5 s; more than zero, at
+    /// most ten years).
     pub fn timeout(mut self, d: Duration) -> Self {
         self.config.timeout = d;
         self

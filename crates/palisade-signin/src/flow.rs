@@ -391,6 +391,19 @@ impl SignInBuilder {
                 "the timeout of calls to the issuer is zero: every call would fail".into(),
             ));
         }
+        // Added to the time of day on every request: bounded, as a policy
+        // file's durations are, so the sums cannot overflow.
+        const TEN_YEARS: Duration = Duration::from_secs(10 * 365 * 86_400);
+        for (what, d) in [
+            ("the idle timeout", config.idle_timeout),
+            ("the absolute timeout", config.absolute_timeout),
+            ("refresh_before", config.refresh_before),
+            ("the timeout of calls to the issuer", config.timeout),
+        ] {
+            if d > TEN_YEARS {
+                return Err(SignInError::Config(format!("{what} is longer than ten years")));
+            }
+        }
         if !palisade_core::syntax::is_landing_uri(&config.post_logout_redirect) {
             return Err(SignInError::Config(format!(
                 "postLogoutRedirectUri `{}` is neither a path of this service nor an absolute http(s) URL",
@@ -2304,6 +2317,18 @@ mod tests {
         }
         let err = build(rp().timeout(Duration::ZERO));
         assert!(err.contains("timeout of calls to the issuer is zero"), "{err}");
+        for (what, rp) in [
+            ("the absolute timeout", rp().absolute_timeout(Duration::MAX)),
+            (
+                "the idle timeout",
+                rp().idle_timeout(Duration::MAX).absolute_timeout(Duration::MAX),
+            ),
+            ("refresh_before", rp().refresh_before(Duration::MAX)),
+            ("the timeout of calls", rp().timeout(Duration::MAX)),
+        ] {
+            let err = build(rp);
+            assert!(err.contains(what) && err.contains("ten years"), "{err}");
+        }
         let err = build(rp().callback_path("/cb x"));
         assert!(err.contains("callbackPath"), "{err}");
     }

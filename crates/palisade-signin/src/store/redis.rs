@@ -263,7 +263,7 @@ impl RedisStoreBuilder {
     }
 
     /// How long a command (and connecting) may take before it fails with
-    /// [`StoreError::Unavailable`]. Default 1 s; at least 10 ms.
+    /// [`StoreError::Unavailable`]. Default 1 s; between 10 ms and 60 s.
     pub fn command_timeout(mut self, timeout: Duration) -> Self {
         self.command_timeout = timeout;
         self
@@ -316,9 +316,9 @@ impl RedisStoreBuilder {
         if self.max_staleness < Duration::from_millis(40) {
             return Err(StoreError::Config("max_staleness must be at least 40 ms".into()));
         }
-        if self.command_timeout < Duration::from_millis(10) {
+        if !(Duration::from_millis(10)..=Duration::from_secs(60)).contains(&self.command_timeout) {
             return Err(StoreError::Config(
-                "command_timeout must be at least 10 ms".into(),
+                "command_timeout must be between 10 ms and 60 s".into(),
             ));
         }
         // Errors from `open` may quote the URL: they are not passed on.
@@ -1110,6 +1110,13 @@ mod tests {
             .connect()
             .await;
         assert!(matches!(staleness, Err(StoreError::Config(_))));
+        for timeout in [Duration::from_millis(1), Duration::MAX] {
+            let commands = RedisStore::builder("redis://127.0.0.1:1/0")
+                .command_timeout(timeout)
+                .connect()
+                .await;
+            assert!(matches!(commands, Err(StoreError::Config(_))), "{timeout:?}");
+        }
         let url = RedisStore::connect("http://user:pw@example/").await;
         match url {
             Err(StoreError::Config(m)) => assert!(!m.contains("pw@"), "{m}"),
