@@ -386,7 +386,11 @@ impl<K> GrantBuilder<K> {
             return Err(ClientError::Config("the client id is empty".into()));
         }
         if palisade_core::syntax::plain_http_elsewhere(&self.issuer) {
-            palisade_core::config_warning!(target: LOG_TARGET, issuer = %palisade_core::syntax::url_without_credentials(&self.issuer), "the token issuer uses plain http: the client's credentials and the tokens it gets can be read in transit");
+            palisade_core::config_warning!(
+                target: LOG_TARGET,
+                "the token issuer {} uses plain http: the client's credentials and the tokens it gets can be read in transit",
+                palisade_core::syntax::url_without_credentials(&self.issuer)
+            );
         }
         let Some(secret) = self.secret.clone().filter(|s| !s.is_empty()) else {
             return Err(ClientError::Config(format!("a {grant} needs the client secret")));

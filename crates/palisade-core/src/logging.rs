@@ -6,12 +6,13 @@
 
 //!
 //! What a configuration says of itself as it is built (a relaxation, a
-//! document not enforced) is said once at `WARN` with
+//! document not enforced) is said at `WARN` with
 //! [`config_warning!`](crate::config_warning): a hot reload that builds the
-//! same contents again (every 30 s while a file they name is missing) says
-//! it at `DEBUG` ([`saying_again`]).
+//! same contents again (every 30 s while a file they name is missing)
+//! says at `DEBUG` what an earlier try of them said ([`saying_again`]).
 
-use std::cell::Cell;
+use std::cell::RefCell;
+use std::collections::HashSet;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -20,54 +21,71 @@ use std::time::{Duration, Instant};
 pub use tracing as __tracing;
 
 thread_local! {
-    static SAID_BEFORE: Cell<bool> = const { Cell::new(false) };
+    /// While [`saying_again`] runs: what the tries of the contents said.
+    static SAID: RefCell<Option<HashSet<String>>> = const { RefCell::new(None) };
 }
 
-/// Runs `f`, a configuration's build on this thread, with what it says of
-/// itself through [`config_warning!`](crate::config_warning) said at
-/// `DEBUG` when `again`: contents built once already, whose warnings were
-/// said then (a hot reload trying them again).
+/// Runs `f`, one try of a configuration's build on this thread: what it
+/// says of itself through [`config_warning!`](crate::config_warning) is
+/// said at `WARN` the first time, at `DEBUG` when `said` (what the earlier
+/// tries of the same contents said, kept by the caller) holds it. What is
+/// said at `WARN` is added to `said`, so a warning that an earlier try did
+/// not reach (it failed before) is still said once at `WARN`.
 ///
 /// ```
-/// use palisade_core::logging::{said_before, saying_again};
-/// assert!(saying_again(true, said_before));
-/// assert!(!said_before(), "only within");
+/// use std::collections::HashSet;
+/// use palisade_core::logging::{first_said, saying_again};
+/// let mut said = HashSet::new();
+/// assert!(saying_again(&mut said, || first_said("a debug switch is on")));
+/// assert!(!saying_again(&mut said, || first_said("a debug switch is on")), "said before");
+/// assert!(first_said("a debug switch is on"), "outside: always");
 /// ```
-pub fn saying_again<R>(again: bool, f: impl FnOnce() -> R) -> R {
-    /// Puts the previous value back, even if `f` panics.
-    struct Restore(bool);
-    impl Drop for Restore {
+pub fn saying_again<R>(said: &mut HashSet<String>, f: impl FnOnce() -> R) -> R {
+    /// Hands the set back, even if `f` panics.
+    struct Restore<'s> {
+        said: &'s mut HashSet<String>,
+        outer: Option<HashSet<String>>,
+    }
+    impl Drop for Restore<'_> {
         fn drop(&mut self) {
-            SAID_BEFORE.set(self.0);
+            let inner = SAID.with(|s| s.replace(self.outer.take()));
+            *self.said = inner.unwrap_or_default();
         }
     }
-    let _restore = Restore(SAID_BEFORE.replace(again));
+    let outer = SAID.with(|s| s.replace(Some(std::mem::take(said))));
+    let _restore = Restore { said, outer };
     f()
 }
 
-/// Whether the configuration being built on this thread said its
-/// warnings before ([`saying_again`]).
+/// Whether `message`, a configuration's warning, is said at `WARN`: always
+/// outside [`saying_again`]; within it, when no try of the same contents
+/// said it before (and it is now recorded as said).
 #[must_use]
-pub fn said_before() -> bool {
-    SAID_BEFORE.get()
+pub fn first_said(message: &str) -> bool {
+    SAID.with(|s| match s.borrow_mut().as_mut() {
+        None => true,
+        Some(said) => said.insert(message.to_owned()),
+    })
 }
 
 /// Logs what a configuration says of itself as it is built: at `WARN`, or
-/// at `DEBUG` when its contents said it before ([`saying_again`]). Takes
-/// `target:` and what [`tracing::warn!`] takes.
+/// at `DEBUG` when an earlier try of the same contents said it
+/// ([`saying_again`]). Takes `target:` and a format string with its
+/// arguments.
 ///
 /// ```
 /// palisade_core::config_warning!(target: "palisade", "a debug switch is on: {}", "explainHeader");
 /// ```
 #[macro_export]
 macro_rules! config_warning {
-    (target: $target:expr, $($arg:tt)+) => {
-        if $crate::logging::said_before() {
-            $crate::logging::__tracing::debug!(target: $target, $($arg)+)
+    (target: $target:expr, $($arg:tt)+) => {{
+        let message = ::std::format!($($arg)+);
+        if $crate::logging::first_said(&message) {
+            $crate::logging::__tracing::warn!(target: $target, "{message}")
         } else {
-            $crate::logging::__tracing::warn!(target: $target, $($arg)+)
+            $crate::logging::__tracing::debug!(target: $target, "{message}")
         }
-    };
+    }};
 }
 
 /// At most one log line per interval: the first occurrence is said, the

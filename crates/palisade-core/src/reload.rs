@@ -48,6 +48,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -88,6 +89,10 @@ struct Last {
     /// that did not answer): when the watch loads them again, until they
     /// are put in force or change; and the refusal's message, logged once.
     retry: Option<(Instant, String)>,
+    /// What the tries of the contents last loaded said of themselves at
+    /// `WARN` ([`crate::logging::saying_again`]): a retry says it at
+    /// `DEBUG`, and what no earlier try reached at `WARN`.
+    said: HashSet<String>,
 }
 
 /// Keeps a [`Guard`] in step with its policy file. Cloning shares it.
@@ -116,7 +121,7 @@ impl PolicyReloader {
         let path = path.as_ref().to_path_buf();
         let last = Last {
             digest: std::fs::read(&path).ok().map(|c| digest(&c)),
-            retry: None,
+            ..Last::default()
         };
         // Both results on /metrics from the start, at zero.
         for result in ["success", "failure"] {
@@ -250,14 +255,19 @@ impl PolicyReloader {
             Err(_) => None,
         };
         let name = self.0.path.display().to_string();
+        // New contents (or a reload asked for) say all they say again.
+        if !retrying {
+            last.said.clear();
+        }
+        let said = &mut last.said;
         let loaded = contents
             .map_err(|e| PolicyError::new(&name, format!("cannot read: {e}")))
             .and_then(|c| {
                 // A panic (the loader's, or the application's function) is
                 // a file that did not load, not the end of reloading.
-                // What the contents say of themselves, said at the first
+                // What the contents say of themselves, said by an earlier
                 // try, is said at debug level by the retries.
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| crate::logging::saying_again(retrying, || {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| crate::logging::saying_again(said, || {
                     let text = String::from_utf8(c).map_err(|_| PolicyError::new(&name, "not UTF-8 text"))?;
                     // No byte but white space: most likely a file truncated
                     // by a writer that has not written yet (`> policy.yaml`),
@@ -644,7 +654,35 @@ spec:
             std::thread::sleep(Duration::from_millis(150));
             assert!(matches!(reloader.reload_if_changed(), Some(Ok(()))));
             assert_eq!(warned(), 1, "said once, by the first try");
-            assert!(!crate::logging::said_before(), "put back");
+            assert!(crate::logging::first_said("outside a reload"), "put back");
+        });
+    }
+
+    /// What the first try did not reach (it failed before building the
+    /// guard) is said at warn level by the retry that reaches it.
+    #[test]
+    fn a_retry_says_what_no_earlier_try_reached() {
+        let (lines, subscriber) = palisade_testkit::logs::Lines::subscriber("warn");
+        let warned = || lines.containing("explainHeader").len();
+        let (dir, file) = scratch("unreached");
+        let secret = dir.0.join("secret");
+        std::fs::write(&file, CLOSED).unwrap();
+        let guard = build(&PolicySet::from_file(&file).unwrap()).unwrap();
+        // The secret is read before the guard is built.
+        let reloader =
+            PolicyReloader::new(&file, &guard, needing(&secret)).retrying_after(Duration::from_millis(100));
+        let explained = format!(
+            "{CLOSED}---\napiVersion: palisade.dev/v1alpha1\nkind: AuthorizationSettings\nmetadata: {{name: s, namespace: default}}\nspec: {{explainHeader: true}}\n"
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            std::fs::write(&file, &explained).unwrap();
+            assert!(reloader.reload_if_changed().is_none(), "seen once");
+            assert!(matches!(reloader.reload_if_changed(), Some(Err(_))));
+            assert_eq!(warned(), 0, "not built");
+            std::fs::write(&secret, "s").unwrap();
+            std::thread::sleep(Duration::from_millis(150));
+            assert!(matches!(reloader.reload_if_changed(), Some(Ok(()))));
+            assert_eq!(warned(), 1, "said by the try that built it");
         });
     }
 

@@ -93,8 +93,8 @@ struct Rule {
     host: String,
     /// The document is in the workload's own namespace (not the root one).
     local: bool,
-    /// The document has a `workloadSelector` (which selects the workload:
-    /// the others do not apply).
+    /// The document, of the workload's namespace, has a `workloadSelector`
+    /// (which selects the workload: the others do not apply).
     selected: bool,
     default: Option<UpstreamRoute>,
     ports: Vec<(u16, UpstreamRoute)>,
@@ -110,14 +110,14 @@ impl Rule {
     /// The rule's rank for a host it matches with `specificity`; the
     /// highest is taken, the first document among equals. As Istio looks
     /// rules up: the workload's own namespace before the root namespace,
-    /// then within it the most specific host, then a rule whose
-    /// `workloadSelector` selects the workload before one for every
-    /// workload. Then, stricter than Istio's merge of a host's rules (which
-    /// keeps the first `trafficPolicy`, whatever it sets), a rule that sets
-    /// TLS before one that does not: a rule of subsets only does not hide
-    /// its host's TLS.
+    /// then within it the most specific host. Then a rule that sets TLS
+    /// before one that does not, so that a rule of subsets only never
+    /// hides its host's TLS (Istio merges a host's rules, and falls back
+    /// to its automatic mutual TLS, where Palisade would call in
+    /// plaintext); then a rule whose `workloadSelector` selects the
+    /// workload before one for every workload.
     fn rank(&self, specificity: usize) -> (bool, usize, bool, bool) {
-        (self.local, specificity, self.selected, self.has_tls())
+        (self.local, specificity, self.has_tls(), self.selected)
     }
 }
 
@@ -127,14 +127,15 @@ impl Rule {
 ///
 /// Rule lookup follows Istio: the workload's namespace before the root
 /// namespace; within it, an exact host before wildcards, the longest
-/// wildcard first (`*.default.svc.cluster.local` before `*`); then a rule
-/// whose `workloadSelector` selects the workload before one for every
-/// workload; then one that sets TLS before one that does not; then the
+/// wildcard first (`*.default.svc.cluster.local` before `*`); then one
+/// that sets TLS before one that does not; then a rule whose
+/// `workloadSelector` selects the workload before one for every workload
+/// (a rule with a selector applies in its own namespace only); then the
 /// first document. Two that set TLS for one host are warned of when the
-/// file loads, and so is a rule of the workload's namespace without TLS
-/// that hides the root namespace's TLS for its host (Istio would then use
-/// its automatic mutual TLS; Palisade calls in plaintext). A short host
-/// (`reviews`) is in the rule's namespace (`reviews.NS.svc.cluster.local`). A port's
+/// file loads, and so is a rule without TLS that hides the root
+/// namespace's TLS for its host (Istio would then use its automatic mutual
+/// TLS; Palisade calls in plaintext). A short host (`reviews`) is in the
+/// rule's namespace (`reviews.NS.svc.cluster.local`). A port's
 /// `portLevelSettings` override the rule's `tls`. Subsets' policies apply
 /// to traffic a `VirtualService` routes to a subset, which Palisade does
 /// not do: they are read and checked, not applied.
@@ -223,7 +224,12 @@ impl UpstreamTls {
             doc.check(policy.source())?;
             let host = spec.qualified_host(doc.metadata.namespace());
             let local = doc.metadata.namespace() == policy.workload().namespace;
+            // Istio reads a rule with a selector only in the workload's own
+            // namespace: a root-namespace one applies to no other.
             let selected = spec.workload_selector.is_some();
+            if selected && !local {
+                continue;
+            }
             let Some(traffic) = &spec.traffic_policy else {
                 rules.push(Rule {
                     host,
@@ -357,9 +363,8 @@ fn route(
             let b = if tls.subject_alt_names.is_empty() {
                 palisade_core::config_warning!(
                     target: crate::LOG_TARGET,
-                    document = %doc.resource(),
-                    field,
-                    "ISTIO_MUTUAL without subjectAltNames: any workload certificate of the mesh CA is accepted for this host; name the upstream's SPIFFE ID to pin it"
+                    "{}: {field}: ISTIO_MUTUAL without subjectAltNames: any workload certificate of the mesh CA is accepted for this host; name the upstream's SPIFFE ID to pin it",
+                    doc.resource()
                 );
                 b.accept_any_name_in_bundle()
             } else {
@@ -511,7 +516,7 @@ mod tests {
     }
 
     #[test]
-    fn rules_are_taken_by_namespace_host_selector_and_then_tls() {
+    fn rules_are_taken_by_namespace_host_tls_and_then_selector() {
         let rule = |name: &str, namespace: &str, host: &str, tls: Option<&str>| {
             let policy = tls.map_or(String::new(), |t| {
                 format!("\n  trafficPolicy:\n    tls: {{mode: {t}}}")
@@ -579,8 +584,7 @@ mod tests {
             ),
         ];
         assert_eq!(transport(twice.concat()), "tls");
-        let set = PolicySet::from_yaml_str(&twice.concat(), "dr.yaml").unwrap();
-        let warned: Vec<String> = set.warnings().iter().map(ToString::to_string).collect();
+        let warned = warnings(twice.concat());
         assert!(
             warned
                 .iter()
@@ -593,6 +597,27 @@ mod tests {
             selecting("mine", "SIMPLE"),
         ];
         assert_eq!(transport(selected.concat()), "tls");
+        // One without TLS (a canary's subsets) does not hide the TLS of
+        // the rule for all.
+        let canary = [
+            rule("all", "default", "reviews", Some("SIMPLE")),
+            selecting("canary", "SIMPLE").replace("  trafficPolicy:\n    tls: {mode: SIMPLE}\n", ""),
+        ];
+        assert!(!canary[1].contains("trafficPolicy"), "{}", canary[1]);
+        assert_eq!(transport(canary.concat()), "tls");
+        // A rule with a selector in the root namespace applies to no other
+        // namespace's workload (as in Istio), whatever the file's order.
+        let root_selector = selecting("mine", "DISABLE")
+            .replace("namespace: default", "namespace: istio-system")
+            .replace("host: reviews", "host: reviews.default.svc.cluster.local");
+        let mesh = rule(
+            "mesh",
+            "istio-system",
+            "reviews.default.svc.cluster.local",
+            Some("SIMPLE"),
+        );
+        assert_eq!(transport(format!("{root_selector}{mesh}")), "tls");
+        assert_eq!(transport(root_selector), "plaintext", "no rule applies");
         // The workload's namespace first, then the most specific host in it.
         let namespace_first = [
             rule(
@@ -628,6 +653,15 @@ mod tests {
                 .any(|w| w.contains("document 2") && w.contains("hides the TLS document 1")),
             "{warned:?}"
         );
+        // Nor when a rule of the namespace sets the host's TLS (it is taken).
+        let covered = [
+            hidden[0].clone(),
+            hidden[1].clone(),
+            rule("tls", "default", "reviews", Some("SIMPLE")),
+        ];
+        assert_eq!(transport(covered.concat()), "tls");
+        let warned = warnings(covered.concat());
+        assert!(!warned.iter().any(|w| w.contains("hides")), "{warned:?}");
         // Rules of other selectors or namespaces are not warned of.
         let apart = [
             rule("a", "default", "reviews", Some("SIMPLE")),
@@ -641,8 +675,8 @@ mod tests {
                 Some("SIMPLE"),
             ),
         ];
-        let set = PolicySet::from_yaml_str(&apart.concat(), "dr.yaml").unwrap();
-        assert!(set.warnings().is_empty(), "{:?}", set.warnings());
+        let warned = warnings(apart.concat());
+        assert!(warned.is_empty(), "{warned:?}");
     }
 
     #[test]

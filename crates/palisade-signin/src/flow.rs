@@ -791,7 +791,7 @@ impl SignIn {
             .unwrap_or_else(|| self.not_started(req))
     }
 
-    /// Why a sign-in could not start: the callback's address is made from
+    /// Why `loginPath` could not start a sign-in: the callback's address is made from
     /// `Host`, and without a plain one there is none to give the issuer
     /// (400: the client's fault, not ours); else the issuer's discovery
     /// document has not loaded yet (503, to try again).
@@ -1258,6 +1258,11 @@ impl SignIn {
                         // it is older than this replica's successor. Told
                         // by generation, not by copy: a request that joined
                         // another's refresh gets that request's copy.
+                        // A request that joined a refresh of an older copy
+                        // (another cookie of the session) keeps its own.
+                        Some(next) if before.session.newer_than(&next.session) => {
+                            this.authenticated(before, renew, chunks, secure).await
+                        }
                         Some(next) => {
                             let renew = renew || next.session.newer_than(&before.session);
                             this.authenticated(next, renew, chunks, secure).await
@@ -1893,10 +1898,11 @@ impl Authenticator for SignIn {
             Some(q) => format!("{}?{q}", req.path()),
             None => req.path().to_owned(),
         };
-        Some(
-            self.start_sign_in(req, local_target(&target).as_deref().unwrap_or("/"), true)
-                .unwrap_or_else(|| self.not_started(req)),
-        )
+        // When no sign-in can start (no discovery document yet, a `Host`
+        // that is no host name), the guard's 401 and its challenges: a
+        // guard that also takes bearer tokens answers as it would without
+        // sign-in (`loginPath` says why with 503 or 400).
+        self.start_sign_in(req, local_target(&target).as_deref().unwrap_or("/"), true)
     }
 }
 
@@ -2396,6 +2402,29 @@ mod tests {
         issuer
     }
 
+    /// A relying party, discovered, of an issuer whose token endpoint
+    /// answers `status` and `body`; and its session key.
+    async fn refreshing_at(status: &'static str, body: &'static str) -> (SignIn, CookieKey) {
+        let issuer = issuer_answering_tokens(status, body).await;
+        let key = CookieKey::new("k1", &[1; 32]).unwrap();
+        let sign_in = SignIn::builder(&issuer, "shop")
+            .keys(vec![key.clone()])
+            .build()
+            .unwrap();
+        discovered(&sign_in).await;
+        (sign_in, key)
+    }
+
+    /// Alice's session, due for a refresh (within `refresh_before`) and
+    /// still valid.
+    fn due() -> Session {
+        Session {
+            at_exp: now() + 10,
+            rt: Some("refresh-0".into()),
+            ..alice()
+        }
+    }
+
     #[tokio::test]
     async fn only_a_dead_grant_ends_a_session_at_its_refresh() {
         for (status, body, ends) in [
@@ -2404,20 +2433,8 @@ mod tests {
             ("503 Service Unavailable", "", false),
             ("400 Bad Request", r#"{"error":"invalid_grant"}"#, true),
         ] {
-            let issuer = issuer_answering_tokens(status, body).await;
-            let key = CookieKey::new("k1", &[1; 32]).unwrap();
-            let sign_in = SignIn::builder(&issuer, "shop")
-                .keys(vec![key.clone()])
-                .build()
-                .unwrap();
-            discovered(&sign_in).await;
-            let t = now();
-            // Due for a refresh (within `refresh_before`), still valid.
-            let session = Session {
-                at_exp: t + 10,
-                rt: Some("refresh-0".into()),
-                ..alice()
-            };
+            let (sign_in, key) = refreshing_at(status, body).await;
+            let session = due();
             let req =
                 OwnedRequest::get("/page").header("cookie", session_cookie(key, &Payload::Inline(session)));
             let Check::Pending(renewal) = sign_in.authenticate(&req) else {
@@ -2448,18 +2465,8 @@ mod tests {
     /// which could replace the browser's newer cookie.
     #[tokio::test]
     async fn a_refresh_that_brings_no_new_tokens_renews_no_cookie() {
-        let issuer = issuer_answering_tokens("503 Service Unavailable", "").await;
-        let key = CookieKey::new("k1", &[1; 32]).unwrap();
-        let sign_in = SignIn::builder(&issuer, "shop")
-            .keys(vec![key.clone()])
-            .build()
-            .unwrap();
-        discovered(&sign_in).await;
-        let session = Session {
-            at_exp: now() + 10,
-            rt: Some("refresh-0".into()),
-            ..alice()
-        };
+        let (sign_in, key) = refreshing_at("503 Service Unavailable", "").await;
+        let session = due();
         // Sealed twice: two cookie values, two copies once opened.
         let pending = || {
             let req = OwnedRequest::get("/page").header(
@@ -2485,11 +2492,11 @@ mod tests {
     }
 
     /// A guard that signs browsers in and takes nothing else: an API call
-    /// without a session gets a 401 that says where to sign in (a 401
-    /// carries a challenge), and a navigation that cannot be sent to sign
-    /// in is told why, as `loginPath` would tell it.
+    /// without a session, or a navigation that cannot be sent to sign in
+    /// yet, gets a 401 that says where to sign in (a 401 carries a
+    /// challenge); `loginPath` says why it cannot start.
     #[test]
-    fn a_sign_in_only_guard_challenges_and_says_why_it_cannot_sign_in() {
+    fn a_sign_in_only_guard_challenges_where_it_cannot_sign_in() {
         use palisade_core::adapter::Decision;
         let sign_in = offline(&CookieKey::new("k1", &[1; 32]).unwrap());
         let guard = palisade_core::Guard::builder()
@@ -2519,12 +2526,52 @@ mod tests {
                 .header("host", host)
         };
         // The issuer never answers: no discovery document yet.
-        assert_eq!(refused(&page("shop.example")).0, 503);
+        let challenged = refused(&api);
+        assert_eq!(refused(&page("shop.example")), challenged);
+        assert_eq!(refused(&page("a b")), challenged);
+        let login = |host: &str| {
+            OwnedRequest::get("/login?return_to=/page")
+                .header("host", host)
+                .header("sec-fetch-mode", "navigate")
+        };
+        assert_eq!(refused(&login("shop.example")).0, 503);
         assert_eq!(
-            refused(&page("a b")).0,
+            refused(&login("a b")).0,
             400,
             "no host to make the callback's address from"
         );
+    }
+
+    /// A request that joins a refresh started for an older copy of its
+    /// session (another cookie of it, older) keeps its own, newer tokens.
+    #[tokio::test]
+    async fn a_request_that_joins_an_older_copys_refresh_keeps_its_newer_tokens() {
+        let (sign_in, key) = refreshing_at("503 Service Unavailable", "").await;
+        let copy = |at: &str, generation: u32| Session {
+            at: at.into(),
+            generation,
+            ..due()
+        };
+        let pending = |s: Session| {
+            let req =
+                OwnedRequest::get("/page").header("cookie", session_cookie(key.clone(), &Payload::Inline(s)));
+            let Check::Pending(renewal) = sign_in.authenticate(&req) else {
+                panic!("the session is not refreshed")
+            };
+            renewal
+        };
+        let (older, newer) = tokio::join!(pending(copy("at-0", 0)), pending(copy("at-1", 1)));
+        let token = |outcome: AuthOutcome| match outcome {
+            AuthOutcome::Authenticated(a) => a
+                .attachments
+                .get::<palisade_core::authn::BearerToken>()
+                .unwrap()
+                .as_str()
+                .to_owned(),
+            other => panic!("the session ended: {other:?}"),
+        };
+        assert_eq!(token(older), "at-0");
+        assert_eq!(token(newer), "at-1", "its own tokens, not the older copy's");
     }
 
     #[test]

@@ -641,9 +641,18 @@ fn destination_rule_warnings(documents: &[Document]) -> Vec<(&Document, &'static
                     ),
                 ));
             }
-        } else if namespace != DEFAULT_ROOT_NAMESPACE {
+        } else if namespace != DEFAULT_ROOT_NAMESPACE
+            // A rule of its namespace that sets TLS for the host is taken
+            // before it.
+            && !rules
+                .iter()
+                .any(|(e, es, eh)| es.sets_tls() && e.metadata.namespace() == namespace && eh == host)
+        {
             let root = rules.iter().find(|(e, es, eh)| {
-                es.sets_tls() && e.metadata.namespace() == DEFAULT_ROOT_NAMESPACE && eh == host
+                es.sets_tls()
+                    && e.metadata.namespace() == DEFAULT_ROOT_NAMESPACE
+                    && es.workload_selector.is_none()
+                    && eh == host
             });
             if let Some((root, ..)) = root {
                 out.push((
