@@ -131,9 +131,10 @@ impl Rule {
 /// that sets TLS before one that does not; then a rule whose
 /// `workloadSelector` selects the workload before one for every workload
 /// (a rule with a selector applies in its own namespace only); then the
-/// first document. Two that set TLS for one host are warned of when the
-/// file loads, and so is a rule without TLS that hides the root
-/// namespace's TLS for its host (Istio would then use its automatic mutual
+/// first document. Two of one namespace and selector that set TLS for one
+/// host are warned of when the file loads, and so is a rule without TLS
+/// that hides the root namespace's TLS for its host when no rule of its
+/// namespace sets it (Istio would then use its automatic mutual
 /// TLS; Palisade calls in plaintext). A short host (`reviews`) is in the
 /// rule's namespace (`reviews.NS.svc.cluster.local`). A port's
 /// `portLevelSettings` override the rule's `tls`. Subsets' policies apply
@@ -224,12 +225,9 @@ impl UpstreamTls {
             doc.check(policy.source())?;
             let host = spec.qualified_host(doc.metadata.namespace());
             let local = doc.metadata.namespace() == policy.workload().namespace;
-            // Istio reads a rule with a selector only in the workload's own
-            // namespace: a root-namespace one applies to no other.
+            // A rule with a selector is the workload's namespace's
+            // (`destination_rules` leaves out the root namespace's).
             let selected = spec.workload_selector.is_some();
-            if selected && !local {
-                continue;
-            }
             let Some(traffic) = &spec.traffic_policy else {
                 rules.push(Rule {
                     host,
@@ -607,17 +605,27 @@ mod tests {
         assert_eq!(transport(canary.concat()), "tls");
         // A rule with a selector in the root namespace applies to no other
         // namespace's workload (as in Istio), whatever the file's order.
-        let root_selector = selecting("mine", "DISABLE")
-            .replace("namespace: default", "namespace: istio-system")
-            .replace("host: reviews", "host: reviews.default.svc.cluster.local");
+        let root_selector = |tls: &str| {
+            selecting("mine", tls)
+                .replace("namespace: default", "namespace: istio-system")
+                .replace("host: reviews", "host: reviews.default.svc.cluster.local")
+        };
         let mesh = rule(
             "mesh",
             "istio-system",
             "reviews.default.svc.cluster.local",
             Some("SIMPLE"),
         );
-        assert_eq!(transport(format!("{root_selector}{mesh}")), "tls");
-        assert_eq!(transport(root_selector), "plaintext", "no rule applies");
+        assert_eq!(transport(format!("{}{mesh}", root_selector("DISABLE"))), "tls");
+        assert_eq!(transport(format!("{mesh}{}", root_selector("DISABLE"))), "tls");
+        assert_eq!(transport(root_selector("SIMPLE")), "plaintext", "no rule applies");
+        let warned = warnings(root_selector("SIMPLE"));
+        assert!(
+            warned
+                .iter()
+                .any(|w| w.contains("spec.workloadSelector") && w.contains("own namespace")),
+            "{warned:?}"
+        );
         // The workload's namespace first, then the most specific host in it.
         let namespace_first = [
             rule(
@@ -653,7 +661,16 @@ mod tests {
                 .any(|w| w.contains("document 2") && w.contains("hides the TLS document 1")),
             "{warned:?}"
         );
-        // Nor when a rule of the namespace sets the host's TLS (it is taken).
+        // Said when the namespace's rule that sets it selects other workloads.
+        let canary_only = [
+            hidden[0].clone(),
+            hidden[1].clone(),
+            selecting("canary", "SIMPLE").replace("app: productpage", "app: canary"),
+        ];
+        assert_eq!(transport(canary_only.concat()), "plaintext");
+        let warned = warnings(canary_only.concat());
+        assert!(warned.iter().any(|w| w.contains("hides")), "{warned:?}");
+        // Not when a rule of the namespace sets the host's TLS (it is taken).
         let covered = [
             hidden[0].clone(),
             hidden[1].clone(),

@@ -644,9 +644,12 @@ fn destination_rule_warnings(documents: &[Document]) -> Vec<(&Document, &'static
         } else if namespace != DEFAULT_ROOT_NAMESPACE
             // A rule of its namespace that sets TLS for the host is taken
             // before it.
-            && !rules
-                .iter()
-                .any(|(e, es, eh)| es.sets_tls() && e.metadata.namespace() == namespace && eh == host)
+            && !rules.iter().any(|(e, es, eh)| {
+                es.sets_tls()
+                    && e.metadata.namespace() == namespace
+                    && (es.workload_selector.is_none() || es.workload_selector == s.workload_selector)
+                    && eh == host
+            })
         {
             let root = rules.iter().find(|(e, es, eh)| {
                 es.sets_tls()
@@ -1229,10 +1232,17 @@ impl<'a> WorkloadPolicy<'a> {
     }
 
     /// Applicable `DestinationRule` documents: those whose `workloadSelector`
-    /// selects this workload as the caller.
+    /// selects this workload as the caller. A rule with a selector applies
+    /// only in its own namespace, as Istio reads it: a root-namespace one
+    /// applies to no workload of another namespace (warned of when the file
+    /// loads).
     pub fn destination_rules(&self) -> impl Iterator<Item = (&'a Document, &'a DestinationRuleSpec)> + '_ {
         self.documents.iter().filter_map(|d| match &d.spec {
-            Spec::DestinationRule(s) => Some((*d, s)),
+            Spec::DestinationRule(s)
+                if s.workload_selector.is_none() || d.metadata.namespace() == self.workload.namespace =>
+            {
+                Some((*d, s))
+            }
             _ => None,
         })
     }

@@ -104,8 +104,8 @@ impl DestinationRuleSpec {
     ///
     /// `exportTo` is warned about where Palisade's selection differs from
     /// it: `~` (Istio applies the rule to no caller), a list in the root
-    /// namespace (Palisade applies a root-namespace rule to every
-    /// namespace), and another namespace named elsewhere (Palisade applies
+    /// namespace (Palisade applies a root-namespace rule without a selector
+    /// to every namespace), and another namespace named elsewhere (Palisade applies
     /// the rule to its own namespace's callers only). The root namespace is
     /// the default one, `istio-system`: a file loads before any workload,
     /// whose root namespace may be another, is known. `.`, `*` and the
@@ -123,7 +123,16 @@ impl DestinationRuleSpec {
             (
                 format!("spec.exportTo[{i}]"),
                 "not applied: the rule applies to the calling workloads its namespace and \
-                 workloadSelector choose (a root-namespace rule to every namespace)"
+                 workloadSelector choose (a root-namespace rule without a selector to every namespace)"
+                    .to_owned(),
+            )
+        });
+        let selector = (root && self.workload_selector.is_some()).then(|| {
+            (
+                "spec.workloadSelector".to_owned(),
+                "applies to the selected workloads of this namespace only: a rule with a selector \
+                 is read in the calling workload's own namespace, as in Istio (drop the selector to \
+                 apply it to every namespace)"
                     .to_owned(),
             )
         });
@@ -138,7 +147,7 @@ impl DestinationRuleSpec {
                     "not applied: Palisade does not route calls to subsets (no VirtualService)".to_owned(),
                 )
             });
-        export.into_iter().chain(subsets).collect()
+        export.into_iter().chain(selector).chain(subsets).collect()
     }
 
     pub(super) fn check(&self) -> Result<(), FieldError> {
