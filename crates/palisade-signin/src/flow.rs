@@ -2534,6 +2534,31 @@ mod tests {
                 .header("host", host)
                 .header("sec-fetch-mode", "navigate")
         };
+        // Beside an authenticator with a challenge (a JWT one): its 401
+        // alone, for the API call and the navigation alike.
+        struct Bearer;
+        impl Authenticator for Bearer {
+            fn challenge(&self) -> Option<String> {
+                Some(palisade_core::authn::bearer_challenge("shop"))
+            }
+            fn authenticate(&self, _: &dyn RequestHead) -> Check<AuthOutcome> {
+                Check::Ready(AuthOutcome::NoCredential)
+            }
+        }
+        let both = palisade_core::Guard::builder()
+            .authenticator(Bearer)
+            .authenticator(offline(&CookieKey::new("k1", &[1; 32]).unwrap()))
+            .build()
+            .unwrap();
+        for req in [&api, &page("shop.example")] {
+            let Check::Ready(Decision::Deny(r)) = both.check(req) else {
+                panic!("not refused at once")
+            };
+            assert_eq!(
+                (r.status(), r.challenges()),
+                (401, &[r#"Bearer realm="shop""#.to_owned()][..])
+            );
+        }
         assert_eq!(refused(&login("shop.example")).0, 503);
         assert_eq!(
             refused(&login("a b")).0,
