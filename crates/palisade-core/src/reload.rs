@@ -623,29 +623,40 @@ spec:
         });
     }
 
-    /// So is what a workload's configuration says of itself as it is built
-    /// (here: a debug switch on), and a retry's own ways are put back.
-    #[test]
-    fn a_retry_does_not_warn_again_of_what_the_build_said() {
-        let (lines, subscriber) = palisade_testkit::logs::Lines::subscriber("warn");
-        let warned = || lines.containing("explainHeader").len();
-        let (dir, file) = scratch("built");
-        let secret = dir.0.join("secret");
-        std::fs::write(&file, CLOSED).unwrap();
-        let guard = build(&PolicySet::from_file(&file).unwrap()).unwrap();
-        // The secret is read after the guard is built, so each try says
-        // what the build says.
-        let needed = secret.clone();
-        let built_then_needing = move |set: &PolicySet| {
+    /// [`needing`], with the secret read after the guard is built, so that
+    /// each try says what the build says.
+    fn needing_after_build(
+        secret: &std::path::Path,
+    ) -> impl Fn(&PolicySet) -> Result<Guard, PolicyError> + use<> {
+        let secret = secret.to_owned();
+        move |set: &PolicySet| {
             let guard = build(set)?;
-            if !needed.exists() {
+            if !secret.exists() {
                 return Err(PolicyError::new(set.source(), "cannot read the secret")
                     .with_source(std::io::Error::from(std::io::ErrorKind::NotFound)));
             }
             Ok(guard)
-        };
+        }
+    }
+
+    /// A reloader of `CLOSED`, built by `builder` of a secret not there
+    /// yet, given contents whose build says its debug switch is on; a
+    /// count of what was said of it at warn level while `tried` runs.
+    fn explain_header_said<B>(
+        tag: &str,
+        builder: fn(&std::path::Path) -> B,
+        tried: impl FnOnce(&PolicyReloader, &std::path::Path),
+    ) -> usize
+    where
+        B: Fn(&PolicySet) -> Result<Guard, PolicyError> + Send + Sync + 'static,
+    {
+        let (lines, subscriber) = palisade_testkit::logs::Lines::subscriber("warn");
+        let (dir, file) = scratch(tag);
+        let secret = dir.0.join("secret");
+        std::fs::write(&file, CLOSED).unwrap();
+        let guard = build(&PolicySet::from_file(&file).unwrap()).unwrap();
         let reloader =
-            PolicyReloader::new(&file, &guard, built_then_needing).retrying_after(Duration::from_millis(100));
+            PolicyReloader::new(&file, &guard, builder(&secret)).retrying_after(Duration::from_millis(100));
         let explained = format!(
             "{CLOSED}---\napiVersion: palisade.dev/v1alpha1\nkind: AuthorizationSettings\nmetadata: {{name: s, namespace: default}}\nspec: {{explainHeader: true}}\n"
         );
@@ -653,46 +664,40 @@ spec:
             std::fs::write(&file, &explained).unwrap();
             assert!(reloader.reload_if_changed().is_none(), "seen once");
             assert!(matches!(reloader.reload_if_changed(), Some(Err(_))));
+            tried(&reloader, &secret);
+        });
+        lines.containing("explainHeader").len()
+    }
+
+    /// So is what a workload's configuration says of itself as it is built
+    /// (here: a debug switch on), and a retry's own ways are put back.
+    #[test]
+    fn a_retry_does_not_warn_again_of_what_the_build_said() {
+        let warned = explain_header_said("built", needing_after_build, |reloader, secret| {
             for _ in 0..2 {
                 std::thread::sleep(Duration::from_millis(150));
                 assert!(matches!(reloader.reload_if_changed(), Some(Err(_))), "again");
             }
-            std::fs::write(&secret, "s").unwrap();
+            std::fs::write(secret, "s").unwrap();
             std::thread::sleep(Duration::from_millis(150));
             assert!(matches!(reloader.reload_if_changed(), Some(Ok(()))));
-            assert_eq!(warned(), 1, "said once, by the first try");
             for _ in 0..2 {
                 assert!(crate::logging::first_said("outside a reload"), "put back");
             }
         });
+        assert_eq!(warned, 1, "said once, by the first try");
     }
 
     /// What the first try did not reach (it failed before building the
     /// guard) is said at warn level by the retry that reaches it.
     #[test]
     fn a_retry_says_what_no_earlier_try_reached() {
-        let (lines, subscriber) = palisade_testkit::logs::Lines::subscriber("warn");
-        let warned = || lines.containing("explainHeader").len();
-        let (dir, file) = scratch("unreached");
-        let secret = dir.0.join("secret");
-        std::fs::write(&file, CLOSED).unwrap();
-        let guard = build(&PolicySet::from_file(&file).unwrap()).unwrap();
-        // The secret is read before the guard is built.
-        let reloader =
-            PolicyReloader::new(&file, &guard, needing(&secret)).retrying_after(Duration::from_millis(100));
-        let explained = format!(
-            "{CLOSED}---\napiVersion: palisade.dev/v1alpha1\nkind: AuthorizationSettings\nmetadata: {{name: s, namespace: default}}\nspec: {{explainHeader: true}}\n"
-        );
-        tracing::subscriber::with_default(subscriber, || {
-            std::fs::write(&file, &explained).unwrap();
-            assert!(reloader.reload_if_changed().is_none(), "seen once");
-            assert!(matches!(reloader.reload_if_changed(), Some(Err(_))));
-            assert_eq!(warned(), 0, "not built");
-            std::fs::write(&secret, "s").unwrap();
+        let warned = explain_header_said("unreached", needing, |reloader, secret| {
+            std::fs::write(secret, "s").unwrap();
             std::thread::sleep(Duration::from_millis(150));
             assert!(matches!(reloader.reload_if_changed(), Some(Ok(()))));
-            assert_eq!(warned(), 1, "said by the try that built it");
         });
+        assert_eq!(warned, 1, "said by the try that built it");
     }
 
     #[test]
