@@ -32,7 +32,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use palisade_core::policy::{ClientTlsMode, ClientTlsSettingsSpec, Document, PolicyError, WorkloadPolicy};
+use palisade_core::policy::{
+    ClientTlsMode, ClientTlsSettingsSpec, Document, PolicyError, WorkloadPolicy, host_specificity,
+};
 
 use crate::ClientTls;
 
@@ -269,7 +271,7 @@ impl UpstreamTls {
         let rule = self
             .0
             .iter()
-            .filter_map(|r| specificity(&r.host, &host).map(|s| (r.rank(s), r)))
+            .filter_map(|r| host_specificity(&r.host, &host).map(|s| (r.rank(s), r)))
             // The highest rank; the first document among equals.
             .fold(None, |best, (rank, r)| match best {
                 Some((b, _)) if b >= rank => best,
@@ -285,19 +287,6 @@ impl UpstreamTls {
             .or(rule.default.as_ref())
             .unwrap_or(&PLAINTEXT)
     }
-}
-
-/// How well `pattern` matches `host`: `None` not at all; an exact match
-/// beats any wildcard, a longer wildcard a shorter one.
-fn specificity(pattern: &str, host: &str) -> Option<usize> {
-    if pattern == host {
-        return Some(usize::MAX);
-    }
-    if pattern == "*" {
-        return Some(0);
-    }
-    let suffix = pattern.strip_prefix('*')?;
-    (host.len() > suffix.len() && host.ends_with(suffix)).then_some(suffix.len())
 }
 
 /// The mesh identity `ISTIO_MUTUAL` uses.
@@ -661,6 +650,20 @@ mod tests {
                 .any(|w| w.contains("document 2") && w.contains("hides the TLS document 1")),
             "{warned:?}"
         );
+        // And by a mesh-wide wildcard of the root namespace.
+        let mesh_wide = [
+            rule("mesh", "istio-system", "'*.local'", Some("SIMPLE")),
+            rule("subsets", "default", "reviews", None),
+        ];
+        assert_eq!(transport(mesh_wide.concat()), "plaintext");
+        let warned = warnings(mesh_wide.concat());
+        assert!(
+            warned
+                .iter()
+                .any(|w| w.contains("document 2") && w.contains("for `*.local`")),
+            "{warned:?}"
+        );
+        assert_eq!(transport(mesh_wide[0].clone()), "tls");
         // Said when the namespace's rule that sets it selects other workloads.
         let canary_only = [
             hidden[0].clone(),
@@ -698,11 +701,11 @@ mod tests {
 
     #[test]
     fn hosts_match_exactly_before_the_longest_wildcard() {
-        assert_eq!(specificity("a.b.c", "a.b.c"), Some(usize::MAX));
-        assert_eq!(specificity("*.b.c", "a.b.c"), Some(4));
-        assert_eq!(specificity("*.c", "a.b.c"), Some(2));
-        assert_eq!(specificity("*", "a.b.c"), Some(0));
-        assert_eq!(specificity("*.b.c", "b.c"), None);
-        assert_eq!(specificity("x.b.c", "a.b.c"), None);
+        assert_eq!(host_specificity("a.b.c", "a.b.c"), Some(usize::MAX));
+        assert_eq!(host_specificity("*.b.c", "a.b.c"), Some(4));
+        assert_eq!(host_specificity("*.c", "a.b.c"), Some(2));
+        assert_eq!(host_specificity("*", "a.b.c"), Some(0));
+        assert_eq!(host_specificity("*.b.c", "b.c"), None);
+        assert_eq!(host_specificity("x.b.c", "a.b.c"), None);
     }
 }

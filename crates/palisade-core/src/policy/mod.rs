@@ -86,7 +86,7 @@ pub use self::error::{PolicyError, PolicyWarning};
 pub use self::keycloak::KeycloakAdapterConfig;
 pub use self::networking::{
     ClientTlsMode, ClientTlsSettingsSpec, DestinationRuleSpec, PortSelectorSpec, PortTrafficPolicySpec,
-    SubsetSpec, TrafficPolicySpec,
+    SubsetSpec, TrafficPolicySpec, host_specificity,
 };
 pub use self::palisade::{
     AuthorizationSettingsSpec, ClientAuthMethod, DpopSpec, IntrospectionSpec, JwtSettingsSpec,
@@ -651,18 +651,20 @@ fn destination_rule_warnings(documents: &[Document]) -> Vec<(&Document, &'static
                     && eh == host
             })
         {
+            // The root namespace's rule for the host, or a wildcard over
+            // it (`*.local`, the usual mesh-wide rule).
             let root = rules.iter().find(|(e, es, eh)| {
                 es.sets_tls()
                     && e.metadata.namespace() == DEFAULT_ROOT_NAMESPACE
                     && es.workload_selector.is_none()
-                    && eh == host
+                    && networking::host_specificity(eh, host).is_some()
             });
-            if let Some((root, ..)) = root {
+            if let Some((root, _, root_host)) = root {
                 out.push((
                     *d,
                     "spec.host",
                     format!(
-                        "sets no TLS for `{host}`, and hides the TLS {} sets for it from the workloads of `{namespace}`, which take their own namespace's rule and call in plaintext (Istio's would use its automatic mutual TLS): set the TLS here too",
+                        "sets no TLS for `{host}`, and hides the TLS {} sets for `{root_host}` from the workloads of `{namespace}`, which take their own namespace's rule and call in plaintext (Istio's would use its automatic mutual TLS): set the TLS here too",
                         named(root)
                     ),
                 ));

@@ -76,6 +76,31 @@ pub struct DestinationRuleSpec {
     pub subsets: Vec<SubsetSpec>,
 }
 
+/// How well a `DestinationRule`'s host `pattern` (qualified, lower case:
+/// [`DestinationRuleSpec::qualified_host`]) matches `host`: `None` not at
+/// all; else the larger, the more specific, as Istio picks: an exact
+/// match beats any wildcard, a longer wildcard (`*.default.svc.cluster.local`)
+/// a shorter one (`*.local`, then `*`).
+///
+/// ```
+/// use palisade_core::policy::host_specificity;
+/// let host = "reviews.default.svc.cluster.local";
+/// assert!(host_specificity(host, host) > host_specificity("*.svc.cluster.local", host));
+/// assert!(host_specificity("*.local", host) > host_specificity("*", host));
+/// assert_eq!(host_specificity("*.prod.svc.cluster.local", host), None);
+/// ```
+#[must_use]
+pub fn host_specificity(pattern: &str, host: &str) -> Option<usize> {
+    if pattern == host {
+        return Some(usize::MAX);
+    }
+    if pattern == "*" {
+        return Some(0);
+    }
+    let suffix = pattern.strip_prefix('*')?;
+    (host.len() > suffix.len() && host.ends_with(suffix)).then_some(suffix.len())
+}
+
 impl DestinationRuleSpec {
     /// The host as lookups compare it, for a document in `namespace`: lower
     /// case, without a final `.`, a short name (`reviews`) qualified in the
