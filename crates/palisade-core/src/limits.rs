@@ -68,7 +68,7 @@ const SHORTEST: Duration = Duration::from_millis(1);
 /// The longest timeout, ten years: a longer one (`Duration::MAX` for "no
 /// limit") would overflow where it is added to the time of day (actix-http
 /// panics on it).
-const LONGEST: Duration = Duration::from_secs(10 * 365 * 86_400);
+const LONGEST: Duration = crate::syntax::LONGEST_DURATION;
 
 /// A timeout as set: at least [`SHORTEST`], at most [`LONGEST`].
 fn bounded(timeout: Duration) -> Duration {

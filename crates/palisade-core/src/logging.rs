@@ -3,7 +3,6 @@
 //! limit reached, a dependency that does not answer), where a line each
 //! time would let one client, or one outage, fill the logs. What a client
 //! causes is logged at `DEBUG` and counted in the metrics instead.
-
 //!
 //! What a configuration says of itself as it is built (a relaxation, a
 //! document not enforced) is said at `WARN` with

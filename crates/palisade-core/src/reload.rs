@@ -291,10 +291,8 @@ impl PolicyReloader {
                     ))
                 })
             });
-        match loaded {
+        let result = match loaded {
             Ok(guard) => {
-                // In force: no retry follows.
-                last.said = HashSet::new();
                 self.0.guard.replace(guard);
                 metrics::counter!(CONFIG_RELOADS, "result" => "success").increment(1);
                 tracing::info!(target: LOG_TARGET, file = %name, "policy reloaded");
@@ -309,13 +307,17 @@ impl PolicyReloader {
                 // error). The file's text alone gives the same answer again.
                 if e.io_error().is_some() {
                     last.retry = Some((Instant::now() + self.0.retry_after, message));
-                } else {
-                    // No retry follows: nothing to say again.
-                    last.said = HashSet::new();
                 }
                 refused(e, again)
             }
+        };
+        // What the tries said matters while a retry is pending: kept while
+        // one is (the file could not be read, or a file it names), else
+        // let go.
+        if last.retry.is_none() {
+            last.said = HashSet::new();
         }
+        result
     }
 
     /// Looks at the file every `interval` on a background thread and

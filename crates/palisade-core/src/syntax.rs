@@ -6,6 +6,12 @@
 //! here, so a file and code that builds the same setting meet the same
 //! rule.
 
+/// The longest duration a configuration takes, ten years: in a policy
+/// file (a longer one is refused when it loads) and in code (a longer
+/// timeout is refused or taken as this), so that no sum of a duration and
+/// the time of day overflows.
+pub const LONGEST_DURATION: std::time::Duration = std::time::Duration::from_secs(10 * 365 * 86_400);
+
 /// What stands for the tenant in an issuer pattern
 /// (`https://login.microsoftonline.com/{tenant}/v2.0`) and its URLs.
 pub const TENANT: &str = "{tenant}";

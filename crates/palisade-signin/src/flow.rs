@@ -393,14 +393,13 @@ impl SignInBuilder {
         }
         // Added to the time of day on every request: bounded, as a policy
         // file's durations are, so the sums cannot overflow.
-        const TEN_YEARS: Duration = Duration::from_secs(10 * 365 * 86_400);
         for (what, d) in [
             ("the idle timeout", config.idle_timeout),
             ("the absolute timeout", config.absolute_timeout),
             ("refresh_before", config.refresh_before),
             ("the timeout of calls to the issuer", config.timeout),
         ] {
-            if d > TEN_YEARS {
+            if d > palisade_core::syntax::LONGEST_DURATION {
                 return Err(SignInError::Config(format!("{what} is longer than ten years")));
             }
         }
@@ -1257,15 +1256,17 @@ impl SignIn {
                         // stays, so it never replaces a newer one, unless
                         // it is older than this replica's successor. Told
                         // by generation, not by copy: a request that joined
-                        // another's refresh gets that request's copy.
-                        // A request that joined a refresh of an older copy
-                        // (another cookie of the session) keeps its own.
-                        Some(next) if before.session.newer_than(&next.session) => {
-                            this.authenticated(before, renew, chunks, secure).await
-                        }
+                        // another's refresh gets that request's copy, and
+                        // keeps its own when that copy is older (another
+                        // cookie of the session).
                         Some(next) => {
                             let renew = renew || next.session.newer_than(&before.session);
-                            this.authenticated(next, renew, chunks, secure).await
+                            let newest = if before.session.newer_than(&next.session) {
+                                before
+                            } else {
+                                next
+                            };
+                            this.authenticated(newest, renew, chunks, secure).await
                         }
                         None => AuthOutcome::NoCredential,
                     }

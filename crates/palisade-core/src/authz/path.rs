@@ -91,12 +91,9 @@ const fn is_escaped_raw(b: u8) -> bool {
 }
 
 /// The upper-case hex digits of a byte's escape.
-fn escape_digits(b: u8) -> [char; 2] {
+fn escape_digits(b: u8) -> [u8; 2] {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    [
-        char::from(HEX[usize::from(b >> 4)]),
-        char::from(HEX[usize::from(b & 0xF)]),
-    ]
+    [HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xF)]]
 }
 
 /// The characters [`is_decoded`] decodes beyond unreserved ones. Their
@@ -135,13 +132,13 @@ pub(crate) fn needs_rewrite(raw: &str, normalized: &str) -> bool {
             j += 1;
             continue;
         }
-        if is_escaped_raw(raw[i]) && norm[j] == b'%' {
-            let [h, l] = escape_digits(raw[i]);
-            if norm.get(j + 1) == Some(&(h as u8)) && norm.get(j + 2) == Some(&(l as u8)) {
-                i += 1;
-                j += 3;
-                continue;
-            }
+        if is_escaped_raw(raw[i])
+            && norm[j] == b'%'
+            && norm.get(j + 1..j + 3) == Some(&escape_digits(raw[i])[..])
+        {
+            i += 1;
+            j += 3;
+            continue;
         }
         if raw[i] != norm[j] {
             return true;
@@ -176,8 +173,9 @@ const QUIET: [bool; 256] = {
 };
 
 /// Whether the path can be used as it is (the common case: one scan, one
-/// table load per byte).
-fn is_normal(path: &[u8], escaped: EscapedSlashes) -> bool {
+/// table load per byte). A `\` is never (escaped, or refused with
+/// [`EscapedSlashes::Reject`]), whatever the setting.
+fn is_normal(path: &[u8]) -> bool {
     for (i, &b) in path.iter().enumerate() {
         if QUIET[usize::from(b)] {
             continue;
@@ -185,7 +183,6 @@ fn is_normal(path: &[u8], escaped: EscapedSlashes) -> bool {
         let after_slash = i > 0 && path[i - 1] == b'/';
         match b {
             b'%' => return false,
-            b'\\' if escaped == EscapedSlashes::Reject => return false,
             b if is_escaped_raw(b) => return false,
             b'/' if after_slash => return false,
             b'.' if after_slash => {
@@ -287,7 +284,7 @@ fn decode_escapes(path: &str, escaped: EscapedSlashes) -> Result<String, PathErr
                 return Err(PathError::EscapedSlash);
             }
             decoded.push('%');
-            decoded.extend(escape_digits(b));
+            decoded.extend(escape_digits(b).map(char::from));
             i += 1;
             continue;
         }
@@ -306,7 +303,7 @@ fn decode_escapes(path: &str, escaped: EscapedSlashes) -> Result<String, PathErr
 /// Normalises a request path (without its query).
 pub(crate) fn normalize(path: &str, escaped: EscapedSlashes) -> Result<Cow<'_, str>, PathError> {
     let bytes = path.as_bytes();
-    if !bytes.starts_with(b"/") || is_normal(bytes, escaped) {
+    if !bytes.starts_with(b"/") || is_normal(bytes) {
         return Ok(Cow::Borrowed(path));
     }
     let decoded = decode_escapes(path, escaped)?;
@@ -481,12 +478,11 @@ mod tests {
 
     /// [`is_normal`] as first written: every byte matched, the one before
     /// it carried along.
-    fn is_normal_reference(path: &[u8], escaped: EscapedSlashes) -> bool {
+    fn is_normal_reference(path: &[u8]) -> bool {
         let mut prev = 0u8;
         for (i, &b) in path.iter().enumerate() {
             match b {
                 b'%' => return false,
-                b'\\' if escaped == EscapedSlashes::Reject => return false,
                 b'"'
                 | b'<'
                 | b'>'
@@ -519,13 +515,11 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn the_quick_scan_answers_as_the_byte_by_byte_one(raw in "(/|\\.|%|\\\\|a|-|~|0|9|Z|\\[|\\]|\\^|\\x00|\\x7f|é){0,16}") {
-            for escaped in [EscapedSlashes::Keep, EscapedSlashes::Reject] {
-                proptest::prop_assert_eq!(
-                    is_normal(raw.as_bytes(), escaped),
-                    is_normal_reference(raw.as_bytes(), escaped),
-                    "{:?}", raw
-                );
-            }
+            proptest::prop_assert_eq!(
+                is_normal(raw.as_bytes()),
+                is_normal_reference(raw.as_bytes()),
+                "{:?}", raw
+            );
         }
 
         #[test]
@@ -537,7 +531,7 @@ mod tests {
                 proptest::prop_assert_eq!(normalize(&n, EscapedSlashes::Keep).unwrap(), n.clone());
                 proptest::prop_assert_eq!(pattern_escapes(&n), n.clone(), "a pattern written normalised");
             }
-            if is_normal(path.as_bytes(), EscapedSlashes::Keep) {
+            if is_normal(path.as_bytes()) {
                 proptest::prop_assert_eq!(decode_escapes(&path, EscapedSlashes::Keep).unwrap(), path.clone());
             }
         }

@@ -5,9 +5,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-/// The longest duration a policy file may give: ten years.
-const MAX_SECONDS: f64 = 10.0 * 365.0 * 86400.0;
-
 /// A duration field of a policy document, checked when the file loads.
 ///
 /// Written as Go's `time.ParseDuration` writes them, without a sign: a
@@ -130,7 +127,7 @@ fn parse(text: &str) -> Result<Duration, String> {
         seconds += value * scale;
         rest = next;
     }
-    if !seconds.is_finite() || !(0.0..=MAX_SECONDS).contains(&seconds) {
+    if !seconds.is_finite() || !(0.0..=crate::syntax::LONGEST_DURATION.as_secs_f64()).contains(&seconds) {
         return Err(format!("`{text}` is out of range"));
     }
     Ok(Duration::from_secs_f64(seconds))

@@ -615,15 +615,7 @@ fn destination_rule_warnings(documents: &[Document]) -> Vec<(&Document, &'static
     let mut out = Vec::new();
     for (i, (d, s, host)) in rules.iter().enumerate() {
         let namespace = d.metadata.namespace();
-        let named = |e: &Document| {
-            format!(
-                "document {} ({} {}/{})",
-                e.index,
-                e.kind,
-                e.metadata.namespace(),
-                e.metadata.name
-            )
-        };
+        let named = |e: &Document| format!("document {} ({})", e.index, e.resource());
         if s.sets_tls() {
             let first = rules[..i].iter().find(|(e, es, eh)| {
                 es.sets_tls()

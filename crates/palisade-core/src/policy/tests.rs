@@ -1612,3 +1612,28 @@ fn a_deny_of_a_host_without_its_port_is_a_warning() {
         [(1, "spec.rules[0].to[0].operation.notHosts[0]".into())]
     );
 }
+
+/// A `DestinationRule`'s host as lookups compare it, and how well it
+/// matches: exactly before the longest wildcard.
+#[test]
+fn destination_rule_hosts_are_qualified_and_match_exactly_before_the_longest_wildcard() {
+    let qualified = |host: &str, namespace: &str| {
+        DestinationRuleSpec {
+            host: host.into(),
+            ..DestinationRuleSpec::default()
+        }
+        .qualified_host(namespace)
+    };
+    assert_eq!(qualified("Reviews", "prod"), "reviews.prod.svc.cluster.local");
+    assert_eq!(
+        qualified("reviews.prod.svc.cluster.local.", "x"),
+        "reviews.prod.svc.cluster.local"
+    );
+    assert_eq!(qualified("*", "x"), "*");
+    assert_eq!(host_specificity("a.b.c", "a.b.c"), Some(usize::MAX));
+    assert_eq!(host_specificity("*.b.c", "a.b.c"), Some(4));
+    assert_eq!(host_specificity("*.c", "a.b.c"), Some(2));
+    assert_eq!(host_specificity("*", "a.b.c"), Some(0));
+    assert_eq!(host_specificity("*.b.c", "b.c"), None);
+    assert_eq!(host_specificity("x.b.c", "a.b.c"), None);
+}
