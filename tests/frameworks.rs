@@ -1004,13 +1004,13 @@ spec:
                 200,
                 Some(seen("/public/café", None, false, None)),
             ),
-            // Rewritten, it is handed on escaped (actix-web's `http` takes
-            // no raw non-ASCII in a target).
+            // Rewritten, it is handed on as it was sent, raw, and so
+            // reaches the literal route it would have without the dots.
             (
                 "an allowed path rewritten",
                 "/public/x/../café",
                 200,
-                Some(seen("/public/caf%C3%A9", None, false, None)),
+                Some(seen("/public/café", None, false, None)),
             ),
         ] {
             let a = send(axum_addr, target, &[]).await;
@@ -1287,4 +1287,66 @@ async fn a_cors_layer_in_front_of_the_guard_answers_preflights_on_both_framework
         ));
     }
     in_front(answers.try_into().unwrap(), "actix-web");
+}
+
+/// A `CUSTOM` policy whose authorizer hangs or panics denies the request
+/// with 403 on both frameworks, once the authorizer's timeout has passed
+/// (or at once, for the panic), and the next request is served: a broken
+/// authorizer neither holds requests nor drops connections.
+#[tokio::test]
+async fn a_hanging_or_panicking_external_authorizer_denies_on_both_frameworks() {
+    use palisade::core::authn::RequestHead as _;
+    use palisade::core::authz::{AccessPolicy, CheckRequest, ExternalAuthorizers, ExternalDecision};
+    let yaml = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ext-authz, namespace: default}
+spec:
+  action: CUSTOM
+  provider: {name: ext}
+  rules: [{to: [{operation: {paths: [/whoami]}}]}]
+";
+    let set = PolicySet::from_yaml_str(yaml, "custom.yaml").unwrap();
+    let authorizers = ExternalAuthorizers::new()
+        .timeout(Duration::from_millis(300))
+        .register("ext", ["x-ext-authz"], |c: CheckRequest| async move {
+            match c.request.header_str("x-ext-authz") {
+                Some("allow") => ExternalDecision::Allow,
+                Some("hang") => std::future::pending().await,
+                Some("panic") => panic!("the authorizer's own bug"),
+                _ => ExternalDecision::Deny,
+            }
+        });
+    let access = AccessPolicy::compile_with(
+        &set.for_workload(&Workload::new("details", "default")),
+        &authorizers,
+    )
+    .unwrap();
+    let guard = palisade::prelude::Guard::builder()
+        .access_policy(access)
+        .build()
+        .unwrap();
+    let asked = |v: &str| vec![("x-ext-authz", v.to_owned())];
+    for (name, headers, status) in [
+        ("allowed", asked("allow"), 200),
+        ("denied", asked("deny"), 403),
+        ("hangs", asked("hang"), 403),
+        ("panics", asked("panic"), 403),
+        ("allowed after", asked("allow"), 200),
+    ] {
+        let started = std::time::Instant::now();
+        let axum = tokio::time::timeout(Duration::from_secs(10), call_axum(&guard, &headers, "/whoami"))
+            .await
+            .unwrap_or_else(|_| panic!("{name}: axum did not answer"));
+        let actix = tokio::time::timeout(Duration::from_secs(10), call_actix(&guard, &headers, "/whoami"))
+            .await
+            .unwrap_or_else(|_| panic!("{name}: actix-web did not answer"));
+        assert_eq!(axum.status, status, "{name}: axum");
+        assert_eq!(axum, actix, "{name}: the frameworks differ");
+        if name == "hangs" {
+            assert!(
+                started.elapsed() >= Duration::from_millis(600),
+                "{name}: waited for the timeout"
+            );
+        }
+    }
 }

@@ -887,7 +887,10 @@ impl Share<Compiled> {
         path: &str,
         rewrite: bool,
     ) -> Check<Decision> {
-        let snapshot = OwnedRequest::snapshot(req, &self.snapshot_headers).with_path(path);
+        // The request's own path stays in the snapshot: a rewrite's target
+        // is made from it.
+        let snapshot = OwnedRequest::snapshot(req, &self.snapshot_headers);
+        let path = path.to_owned();
         let guard = self.clone();
         Check::pending(async move {
             for (i, fut) in pending {
@@ -895,8 +898,23 @@ impl Share<Compiled> {
                 guard.metrics.authenticators[i].count(&outcome);
                 acc.add(i, outcome);
             }
-            guard.decide(&mut acc, &snapshot, snapshot.path(), rewrite).await
+            guard.decide(&mut acc, &snapshot, &path, rewrite).await
         })
+    }
+
+    /// The normalised target a rewritten request is served at: `path`
+    /// as the router reads it (raw bytes kept raw), with the query.
+    #[cold]
+    #[inline(never)]
+    fn target_of(&self, req: &dyn RequestHead, path: &str) -> String {
+        let path = self
+            .access
+            .router_path(req.path())
+            .unwrap_or_else(|| path.to_owned());
+        match req.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        }
     }
 
     /// Authorizes; `rewrite` says the normalised `path` differs from the
@@ -931,7 +949,11 @@ impl Share<Compiled> {
             };
             &edited
         };
-        let target = if rewrite { Some(target_of(req, path)) } else { None };
+        let target = if rewrite {
+            Some(self.target_of(req, path))
+        } else {
+            None
+        };
         match self.access.check_normalized(req, acc.identity.as_ref(), path) {
             Check::Ready(access) => Check::Ready(self.finish(acc, access, target, req, path)),
             Check::Pending(fut) => self.authorized_later(std::mem::take(acc), fut, target, req, path),
@@ -1122,16 +1144,6 @@ fn credential_refused(rejection: Box<Rejection>, req: &dyn RequestHead) -> Decis
     Decision::Deny(*rejection)
 }
 
-/// The normalised target a rewritten request is served at.
-#[cold]
-#[inline(never)]
-fn target_of(req: &dyn RequestHead, path: &str) -> String {
-    match req.query() {
-        Some(q) => format!("{path}?{q}"),
-        None => path.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1250,7 +1262,9 @@ mod tests {
                 .unwrap()
         };
         let decided = |g: &Guard, req: &Hosts| {
+            // With the timer a CUSTOM authorizer's timeout runs on.
             tokio::runtime::Builder::new_current_thread()
+                .enable_time()
                 .build()
                 .unwrap()
                 .block_on(async { g.check(req).await })

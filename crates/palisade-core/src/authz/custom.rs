@@ -17,13 +17,23 @@
 //! );
 //! assert_eq!(authorizers.names().collect::<Vec<_>>(), ["ext-authz"]);
 //! ```
+//!
+//! An authorizer that does not answer within its [timeout](ExternalAuthorizers::timeout)
+//! (10 s unless set), or that panics, is taken to deny: the request gets a
+//! 403, as Istio answers when its external authorizer fails and `failOpen`
+//! is off, and a warning says so (at most once a minute).
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use crate::check::BoxFuture;
-use std::sync::Arc;
+use crate::logging::Sparse;
 
 use crate::identity::Identity;
 use crate::request::OwnedRequest;
@@ -53,7 +63,9 @@ pub enum ExternalDecision {
 /// The authorizer behind a `CUSTOM` policy. Closures
 /// `Fn(CheckRequest) -> impl Future<Output = ExternalDecision>` implement it.
 /// An authorizer that cannot decide (its service is down) should answer
-/// [`ExternalDecision::Deny`]: fail closed, as Istio's default.
+/// [`ExternalDecision::Deny`]: fail closed, as Istio's default. One that
+/// takes longer than its [timeout](ExternalAuthorizers::timeout), or
+/// panics, is taken to have answered that.
 pub trait ExternalAuthorizer: Send + Sync + 'static {
     /// Decides one request.
     fn authorize(&self, request: CheckRequest) -> BoxFuture<ExternalDecision>;
@@ -71,27 +83,114 @@ where
 
 #[derive(Clone)]
 pub(crate) struct Registered {
+    pub(crate) name: Arc<str>,
     pub(crate) authorizer: Arc<dyn ExternalAuthorizer>,
     pub(crate) headers: Arc<[String]>,
+    pub(crate) timeout: Duration,
+}
+
+impl Registered {
+    /// The authorizer's verdict on `request`: [`ExternalDecision::Deny`]
+    /// when it does not answer within the timeout or panics (said at WARN,
+    /// at most once a minute).
+    pub(crate) async fn ask(&self, request: CheckRequest) -> ExternalDecision {
+        static SAID: Sparse = Sparse::per_minute();
+        let asked = CatchUnwind(self.authorizer.authorize(request));
+        let failure = match tokio::time::timeout(self.timeout, asked).await {
+            Ok(Ok(verdict)) => return verdict,
+            Ok(Err(())) => "panicked",
+            Err(_) => "did not answer in time",
+        };
+        if SAID.due() {
+            tracing::warn!(
+                target: super::LOG_TARGET,
+                provider = %self.name,
+                timeout = ?self.timeout,
+                "the external authorizer `{}` {failure}: requests it was asked about are denied \
+                 (said at most once a minute)",
+                self.name
+            );
+        }
+        ExternalDecision::Deny
+    }
+}
+
+/// A future whose panic is its output's `Err`, so that a panicking
+/// authorizer denies a request rather than dropping its connection.
+struct CatchUnwind(BoxFuture<ExternalDecision>);
+
+impl Future for CatchUnwind {
+    type Output = Result<ExternalDecision, ()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = &mut self.0;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.as_mut().poll(cx))) {
+            Ok(Poll::Ready(verdict)) => Poll::Ready(Ok(verdict)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(_) => Poll::Ready(Err(())),
+        }
+    }
 }
 
 /// The external authorizers a policy file's `CUSTOM` policies may name.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct ExternalAuthorizers {
     map: BTreeMap<String, Registered>,
+    timeout: Duration,
+}
+
+impl Default for ExternalAuthorizers {
+    fn default() -> Self {
+        Self {
+            map: BTreeMap::new(),
+            timeout: Self::DEFAULT_TIMEOUT,
+        }
+    }
 }
 
 impl fmt::Debug for ExternalAuthorizers {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_set().entries(self.map.keys()).finish()
+        f.debug_struct("ExternalAuthorizers")
+            .field("names", &self.map.keys())
+            .field("timeout", &self.timeout)
+            .finish()
     }
 }
 
 impl ExternalAuthorizers {
+    /// How long an authorizer may take unless [`timeout`](Self::timeout)
+    /// says otherwise.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
     /// No authorizers.
     #[must_use]
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// How long each authorizer may take to answer (Istio's
+    /// `extensionProviders[].envoyExtAuthzHttp.timeout`) before the request
+    /// is denied, whatever it answers later: 10 s unless set
+    /// ([`DEFAULT_TIMEOUT`](Self::DEFAULT_TIMEOUT); Istio's proxy waits 600 s, which holds a
+    /// request and its connection for ten minutes when an authorizer
+    /// hangs). At least 1 ms, at most ten years. The timeout runs on
+    /// Tokio's timer, which the runtime deciding the request must have
+    /// enabled, as axum's, actix-web's and `#[tokio::main]`'s have.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use palisade_core::authz::{CheckRequest, ExternalAuthorizers, ExternalDecision};
+    /// let authorizers = ExternalAuthorizers::new()
+    ///     .timeout(Duration::from_millis(500))
+    ///     .register("ext-authz", [""; 0], |_: CheckRequest| async { ExternalDecision::Allow });
+    /// # let _ = authorizers;
+    /// ```
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout.clamp(Duration::from_millis(1), crate::syntax::LONGEST_DURATION);
+        for registered in self.map.values_mut() {
+            registered.timeout = self.timeout;
+        }
+        self
     }
 
     /// Registers `authorizer` under `name`, to be sent the request headers
@@ -109,8 +208,10 @@ impl ExternalAuthorizers {
         self.map.insert(
             name.to_owned(),
             Registered {
+                name: name.into(),
                 authorizer: Arc::new(authorizer),
                 headers: headers.into(),
+                timeout: self.timeout,
             },
         );
         self

@@ -1158,6 +1158,13 @@ impl AccessPolicy {
         path::normalize(path, self.0.settings.escaped_slashes).map_err(|e| MalformedPath(e.detail()))
     }
 
+    /// The path a router is handed for `raw`, a request path that
+    /// [`normalize_path`](Self::normalize_path) accepted and changed:
+    /// normalised, with raw bytes kept raw (`path::router_form`).
+    pub(crate) fn router_path(&self, raw: &str) -> Option<String> {
+        path::router_form(raw, self.0.settings.escaped_slashes).ok()
+    }
+
     /// Decides synchronously. A matching `CUSTOM` policy cannot be asked
     /// here and denies (fail closed): use [`AccessPolicy::check`] when the
     /// policy may have one. A malformed path is denied, and so is an
@@ -1237,8 +1244,7 @@ impl AccessPolicy {
         let this = self.clone();
         Check::pending(async move {
             let verdict = registered
-                .authorizer
-                .authorize(CheckRequest {
+                .ask(CheckRequest {
                     request: snapshot.clone(),
                     identity: identity.clone(),
                 })

@@ -21,7 +21,9 @@
 //! they are, as Istio does by default.
 //!
 //! The adapters hand the normalised path to the router (the request's URI is
-//! rewritten), so the path a rule matched is the path that is routed.
+//! rewritten), so the path a rule matched is the path that is routed; bytes
+//! a URI holds only escaped are handed on as the client sent them, raw or
+//! escaped, which the router reads alike but for axum's literal routes.
 
 use std::borrow::Cow;
 
@@ -237,7 +239,7 @@ pub(crate) fn pattern_escapes(pattern: &str) -> Cow<'_, str> {
         }
         match segment {
             "{*}" | "{**}" => out.push_str(segment),
-            s => match decode_escapes(s, EscapedSlashes::Keep) {
+            s => match decode_escapes(s, EscapedSlashes::Keep, Raw::Escaped) {
                 Ok(d) => out.push_str(&d),
                 Err(_) => return Cow::Borrowed(pattern),
             },
@@ -246,13 +248,22 @@ pub(crate) fn pattern_escapes(pattern: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// What [`decode_escapes`] does with a raw byte of [`is_escaped_raw`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Raw {
+    /// Escapes it: the form rules match.
+    Escaped,
+    /// Keeps it as sent: the form a router is handed ([`router_form`]).
+    Kept,
+}
+
 /// Step 1 of [`normalize`]: escapes of the characters [`is_decoded`]
 /// decodes decoded, the others' hex digits upper-cased, raw bytes of
 /// [`is_escaped_raw`] escaped; a `%` without two hex digits is
 /// [`PathError::BadEscape`], and with
 /// [`EscapedSlashes::Reject`] a `%2F`, a `%5C` or a raw `\` is
 /// [`PathError::EscapedSlash`].
-fn decode_escapes(path: &str, escaped: EscapedSlashes) -> Result<String, PathError> {
+fn decode_escapes(path: &str, escaped: EscapedSlashes, raw: Raw) -> Result<String, PathError> {
     let bytes = path.as_bytes();
     let mut decoded = String::with_capacity(path.len());
     let mut i = 0;
@@ -283,6 +294,16 @@ fn decode_escapes(path: &str, escaped: EscapedSlashes) -> Result<String, PathErr
             if b == b'\\' && escaped == EscapedSlashes::Reject {
                 return Err(PathError::EscapedSlash);
             }
+            if raw == Raw::Kept {
+                // A whole UTF-8 sequence at once (the path is a `str`).
+                let end = bytes[i..]
+                    .iter()
+                    .position(|&c| c == b'%' || !is_escaped_raw(c))
+                    .map_or(bytes.len(), |p| i + p);
+                decoded.push_str(&path[i..end]);
+                i = end;
+                continue;
+            }
             decoded.push('%');
             decoded.extend(escape_digits(b).map(char::from));
             i += 1;
@@ -306,7 +327,21 @@ pub(crate) fn normalize(path: &str, escaped: EscapedSlashes) -> Result<Cow<'_, s
     if !bytes.starts_with(b"/") || is_normal(bytes) {
         return Ok(Cow::Borrowed(path));
     }
-    let decoded = decode_escapes(path, escaped)?;
+    Ok(Cow::Owned(resolve(&decode_escapes(path, escaped, Raw::Escaped)?)))
+}
+
+/// The normalised path a router is handed when [`needs_rewrite`] says it
+/// must be: [`normalize`]'s steps, but bytes a URI holds only escaped are
+/// kept as the client sent them, raw or escaped, as the router would have
+/// read them. axum's literal routes match only the raw form: `/x/../café`
+/// reaches the route `/café`, which its matching form `/caf%C3%A9` would
+/// not.
+pub(crate) fn router_form(path: &str, escaped: EscapedSlashes) -> Result<String, PathError> {
+    Ok(resolve(&decode_escapes(path, escaped, Raw::Kept)?))
+}
+
+/// Steps 2 and 3 of [`normalize`] on a decoded path.
+fn resolve(decoded: &str) -> String {
     // 2 and 3. Merge slashes, resolve dot segments.
     let trailing = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
     let mut out: Vec<&str> = Vec::new();
@@ -327,7 +362,7 @@ pub(crate) fn normalize(path: &str, escaped: EscapedSlashes) -> Result<Cow<'_, s
     if result.is_empty() || trailing {
         result.push('/');
     }
-    Ok(Cow::Owned(result))
+    result
 }
 
 #[cfg(test)]
@@ -434,6 +469,23 @@ mod tests {
     }
 
     #[test]
+    fn the_router_is_handed_raw_bytes_as_they_were_sent() {
+        let r = |raw: &str| router_form(raw, EscapedSlashes::Keep).unwrap();
+        assert_eq!(r("/x/../café"), "/café", "raw stays raw");
+        assert_eq!(r("/x/../caf%c3%a9"), "/caf%C3%A9", "escaped stays escaped");
+        assert_eq!(r("//[a]/./é|b/..//%61"), "/[a]/a");
+        assert_eq!(r("/é\\x/./ü/"), "/é\\x/ü/", "a `\\` kept");
+        // The segments are the matching form's, byte for byte once escaped.
+        for raw in ["/x/../café", "//[a]/./é|b/..//%61", "/a/{b}/../ü%2B/"] {
+            assert_eq!(n(&r(raw)), n(raw), "{raw}");
+        }
+        assert_eq!(
+            router_form("/a\\b", EscapedSlashes::Reject),
+            Err(PathError::EscapedSlash)
+        );
+    }
+
+    #[test]
     fn decoding_a_segments_own_escapes_alone_needs_no_rewrite() {
         let needs = |raw: &str| needs_rewrite(raw, &n(raw));
         assert!(!needs("/users/alice%40example.com"));
@@ -532,7 +584,16 @@ mod tests {
                 proptest::prop_assert_eq!(pattern_escapes(&n), n.clone(), "a pattern written normalised");
             }
             if is_normal(path.as_bytes()) {
-                proptest::prop_assert_eq!(decode_escapes(&path, EscapedSlashes::Keep).unwrap(), path.clone());
+                proptest::prop_assert_eq!(decode_escapes(&path, EscapedSlashes::Keep, Raw::Escaped).unwrap(), path.clone());
+            }
+        }
+
+        #[test]
+        fn the_routers_form_is_matched_as_the_request_is(raw in "(/|\\.|\\.\\.|%2[eEfF]|%6[01]|%c3%a9|%7b|%5b|%2b|a|\\\\|é|\\{|\\[|\\^| ){0,12}") {
+            let path = format!("/{raw}");
+            if let Ok(matched) = normalize(&path, EscapedSlashes::Keep) {
+                let routed = router_form(&path, EscapedSlashes::Keep).unwrap();
+                proptest::prop_assert_eq!(normalize(&routed, EscapedSlashes::Keep).unwrap(), matched, "{}", routed);
             }
         }
     }
