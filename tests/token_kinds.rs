@@ -1086,6 +1086,9 @@ spec:
     assert!(e.contains("spec.dpop.maxAge"), "{e}");
     let e = bad("  resourceMetadata: {resource: 'shop.example/details'}\n");
     assert!(e.contains("spec.resourceMetadata.resource"), "{e}");
+    assert!(e.contains("is not an http(s) URL"), "{e}");
+    let e = bad("  resourceMetadata: {resource: 'https://shop.example/?v=1'}\n");
+    assert!(e.contains("must have no query or fragment"), "{e}");
     let e = bad("  issuer: https://i\n  resourceMetadata: {resource: 'https://shop.example'}\n");
     assert!(e.contains("spec.resourceMetadata"), "{e}");
     // A secret file that cannot be read: named when the guard is built.

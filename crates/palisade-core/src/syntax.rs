@@ -227,6 +227,65 @@ pub fn is_landing_uri(uri: &str) -> bool {
     http_authority(uri).is_some_and(|a| !a.contains('@'))
 }
 
+/// Why `timeout` cannot be a Redis store's command timeout (the sign-in
+/// session store's, the DPoP replay store's), if it cannot: at least
+/// 10 ms, which a round trip on a network may take, at most 60 s, after
+/// which the request that waits on it has long been given up.
+///
+/// ```
+/// use std::time::Duration;
+/// use palisade_core::syntax::redis_command_timeout_problem as problem;
+/// assert_eq!(problem(Duration::from_millis(500)), None);
+/// assert_eq!(problem(Duration::ZERO), Some("must be between 10 ms and 60 s"));
+/// ```
+#[must_use]
+pub fn redis_command_timeout_problem(timeout: std::time::Duration) -> Option<&'static str> {
+    use std::time::Duration;
+    (!(Duration::from_millis(10)..=Duration::from_secs(60)).contains(&timeout))
+        .then_some("must be between 10 ms and 60 s")
+}
+
+/// Why `resource` cannot be a protected resource's identifier (RFC 9728
+/// §1.2), if it cannot: an http(s) URL with a host, printable and without
+/// quotes (it is quoted in every `WWW-Authenticate`), without a query or
+/// fragment, and without credentials (`user:pass@`; it is published in
+/// every 401 and the metadata document). The words follow the URL in an
+/// error (shown with [`url_without_credentials`]).
+///
+/// ```
+/// use palisade_core::syntax::resource_identifier_problem as problem;
+/// assert_eq!(problem("https://shop.example/details"), None);
+/// assert_eq!(problem("https://shop.example/?page=1"), Some("must have no query or fragment (RFC 9728 §1.2)"));
+/// assert_eq!(problem("https://app:pw@shop.example"), Some("must have no credentials (`user:pass@`)"));
+/// assert_eq!(problem("ftp://shop.example"), Some("is not an http(s) URL"));
+/// ```
+#[must_use]
+pub fn resource_identifier_problem(resource: &str) -> Option<&'static str> {
+    let Some(rest) = resource
+        .strip_prefix("https://")
+        .or_else(|| resource.strip_prefix("http://"))
+    else {
+        return Some("is not an http(s) URL");
+    };
+    if resource
+        .bytes()
+        .any(|b| !b.is_ascii_graphic() || b == b'"' || b == b'\\')
+    {
+        return Some("must be a URL of printable characters without quotes");
+    }
+    if resource.contains(['?', '#']) {
+        return Some("must have no query or fragment (RFC 9728 §1.2)");
+    }
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.is_empty() {
+        return Some("has no host");
+    }
+    if authority.contains('@') {
+        return Some("must have no credentials (`user:pass@`)");
+    }
+    None
+}
+
 /// `url` as it may be shown in a log line, a `Debug` output or an error:
 /// its user information (a user name, a password) replaced by `***`, and
 /// the value of every query parameter likewise (a signed URL's `sig=`, an

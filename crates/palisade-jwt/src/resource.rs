@@ -107,29 +107,15 @@ impl Served {
                 palisade_core::syntax::url_without_credentials(&meta.resource)
             ))
         };
+        if let Some(why) = palisade_core::syntax::resource_identifier_problem(&meta.resource) {
+            return Err(bad(why));
+        }
         let rest = meta
             .resource
             .strip_prefix("https://")
             .or_else(|| meta.resource.strip_prefix("http://"))
-            .ok_or_else(|| bad("is not an http(s) URL"))?;
-        if meta
-            .resource
-            .bytes()
-            .any(|b| !b.is_ascii_graphic() || b == b'"' || b == b'\\')
-        {
-            return Err(bad("must be a URL of printable characters without quotes"));
-        }
-        if meta.resource.contains(['?', '#']) {
-            return Err(bad("must have no query or fragment (RFC 9728 §1.2)"));
-        }
+            .unwrap_or_default();
         let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-        if authority.is_empty() {
-            return Err(bad("has no host"));
-        }
-        // Published in every 401 and the metadata document.
-        if authority.contains('@') {
-            return Err(bad("must have no credentials (`user:pass@`)"));
-        }
         let scheme = &meta.resource[..meta.resource.len() - rest.len()];
         let path = path.trim_end_matches('/');
         let served_path = format!("/.well-known/oauth-protected-resource{path}");

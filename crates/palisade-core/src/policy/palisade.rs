@@ -412,26 +412,10 @@ impl JwtSettingsSpec {
                     "describes the whole service: put it in a document without `issuer`".into(),
                 ));
             }
-            let rest = r
-                .resource
-                .strip_prefix("https://")
-                .or_else(|| r.resource.strip_prefix("http://"));
-            // Published in every 401 and the metadata document: no
-            // credentials (`user:pass@`) in its authority.
-            let authority = rest.map(|h| h.split('/').next().unwrap_or_default());
-            if !rest.is_some_and(|h| !h.is_empty() && !h.starts_with('/'))
-                || authority.is_some_and(|a| a.contains('@'))
-                || r.resource.contains(['?', '#'])
-                || r.resource
-                    .bytes()
-                    .any(|b| !b.is_ascii_graphic() || b == b'"' || b == b'\\')
-            {
+            if let Some(why) = crate::syntax::resource_identifier_problem(&r.resource) {
                 return Err((
                     "spec.resourceMetadata.resource".into(),
-                    format!(
-                        "`{}` is not an http(s) URL without credentials, query or fragment",
-                        crate::syntax::url_without_credentials(&r.resource)
-                    ),
+                    format!("`{}` {why}", crate::syntax::url_without_credentials(&r.resource)),
                 ));
             }
         }

@@ -131,9 +131,9 @@ impl RedisReplayStoreBuilder {
     /// or a timeout out of range.
     pub fn build(self) -> Result<RedisReplayStore, DpopConfigError> {
         let shown = url_without_credentials(&self.url);
-        if !(Duration::from_millis(10)..=Duration::from_secs(60)).contains(&self.timeout) {
+        if let Some(why) = palisade_core::syntax::redis_command_timeout_problem(self.timeout) {
             return Err(DpopConfigError::ReplayStore(format!(
-                "{shown}: the command timeout must be between 10 ms and 60 s"
+                "{shown}: the command timeout {why}"
             )));
         }
         let client = Client::open(self.url.as_str()).map_err(|e| {

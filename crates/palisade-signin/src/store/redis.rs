@@ -316,10 +316,8 @@ impl RedisStoreBuilder {
         if self.max_staleness < Duration::from_millis(40) {
             return Err(StoreError::Config("max_staleness must be at least 40 ms".into()));
         }
-        if !(Duration::from_millis(10)..=Duration::from_secs(60)).contains(&self.command_timeout) {
-            return Err(StoreError::Config(
-                "command_timeout must be between 10 ms and 60 s".into(),
-            ));
+        if let Some(why) = palisade_core::syntax::redis_command_timeout_problem(self.command_timeout) {
+            return Err(StoreError::Config(format!("command_timeout {why}")));
         }
         // Errors from `open` may quote the URL: they are not passed on.
         let client = Client::open(self.url.as_str())
