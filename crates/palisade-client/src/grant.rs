@@ -150,10 +150,13 @@ impl ClientCredentials {
             return Err(e);
         }
         let renewing = Arc::clone(&self.0.renewing).lock_owned().await;
-        // Renewed while this request waited.
+        // Renewed while this request waited: a token asked for after it
+        // arrived is its answer, even one the issuer grants for so short a
+        // time that it is due at once (else each waiting request would ask
+        // for one more in turn, one round trip after another).
         let current = self.0.current.load_full();
         if let Some(g) = &current
-            && !g.due(Instant::now())
+            && (!g.due(Instant::now()) || g.obtained >= started)
         {
             return Ok(Arc::clone(g));
         }

@@ -101,6 +101,29 @@ async fn a_grant_outlives_the_request_that_started_it() {
     assert_eq!(issuer.client_credentials_grants(), 1);
 }
 
+/// An issuer that grants tokens for less time than it takes to answer:
+/// each token is due for renewal as it arrives. The calls that waited for
+/// it still share it, rather than each asking for one more in turn, one
+/// round trip after another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_waiting_for_a_token_due_on_arrival_share_it() {
+    let issuer = issuer(Duration::from_secs(1));
+    issuer.delay_client_credentials_answers(Duration::from_millis(600));
+    let own = grant(&issuer, Duration::from_secs(30));
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let own = own.clone();
+            tokio::spawn(async move { own.authorization().await })
+        })
+        .collect();
+    for t in tasks {
+        assert!(t.await.unwrap().unwrap().starts_with("Bearer "));
+    }
+    // One grant, or two when a call arrived after the first was sent.
+    let grants = issuer.client_credentials_grants();
+    assert!(grants <= 2, "{grants} grants for eight calls waiting together");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_token_is_renewed_before_it_expires_and_kept_while_the_issuer_is_down() {
     // Tokens live 8 s and are renewed when less than 4 s are left: seconds
