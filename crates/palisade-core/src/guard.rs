@@ -29,6 +29,9 @@ pub(crate) const SIGN_IN_HEADERS: &[&str] = &[
     "sec-fetch-dest",
     "x-requested-with",
     "cookie",
+    // Whether another origin started the request (a cookie's authority).
+    "sec-fetch-site",
+    "origin",
 ];
 
 /// What Palisade established for an allowed request. The adapters put it in
@@ -102,6 +105,10 @@ pub enum GuardError {
     /// The policy needs authenticated callers but no authenticator is configured.
     #[error("the access policy needs authenticated callers but no authenticator is configured")]
     NoAuthenticator,
+    /// A trusted origin ([`GuardBuilder::trusted_origin`]) that is not
+    /// `scheme://host[:port]`.
+    #[error("`{0}` is not an origin (scheme://host[:port])")]
+    NotAnOrigin(String),
 }
 
 /// One configuration of a guard, compiled: what a request is checked
@@ -121,6 +128,9 @@ pub(crate) struct Compiled {
     /// ([`Authenticator::reserved_headers`]): the first edits of every
     /// request; none for most configurations.
     reserved: HeaderEdits,
+    /// Origins whose requests of any method a cookie authenticates
+    /// ([`GuardBuilder::trusted_origin`]).
+    trusted_origins: Box<[String]>,
 }
 
 /// A request whose reserved headers are as the handler will see them: a
@@ -250,6 +260,7 @@ pub struct GuardBuilder {
     /// The access policy is a policy file's ([`access_policy_from`](Self::access_policy_from)).
     access_from_file: bool,
     explain: bool,
+    trusted_origins: Vec<String>,
 }
 
 impl fmt::Debug for GuardBuilder {
@@ -323,6 +334,11 @@ impl GuardBuilder {
     ) -> Result<Self, PolicyError> {
         let mut builder = self.access_policy(AccessPolicy::compile_with(policy, authorizers)?);
         builder.access_from_file = true;
+        for (_, settings) in policy.authorization_settings() {
+            builder
+                .trusted_origins
+                .extend(settings.trusted_origins.iter().cloned());
+        }
         Ok(builder)
     }
 
@@ -359,15 +375,48 @@ impl GuardBuilder {
         self
     }
 
+    /// Lets requests that `origin` (`https://app.shop.example`) starts
+    /// use this service's cookies whatever their method: a relaxation, for
+    /// a site of your own on another origin that calls this service with
+    /// the browser's credentials (`fetch(…, {credentials: "include"})`).
+    ///
+    /// By default a cookie (a sign-in session, a Negotiate session, a JWT
+    /// read from a cookie) authenticates a request other than `GET`,
+    /// `HEAD` and `OPTIONS` only when the browser says this origin started
+    /// it ([`started_elsewhere`](crate::authn::started_elsewhere), as Go's
+    /// `CrossOriginProtection` reads `Sec-Fetch-Site` and `Origin`).
+    /// `SameSite=Lax` keeps other sites' forms from sending the cookie, but
+    /// a sibling subdomain counts as the same site; a request another origin
+    /// started is served as though it carried no cookie. Also set by
+    /// `trustedOrigins` in a policy file's `AuthorizationSettings`.
+    pub fn trusted_origin(mut self, origin: impl Into<String>) -> Self {
+        let origin = origin.into();
+        crate::config_warning!(target: LOG_TARGET, "requests that {} starts may use this service's cookies whatever their method (trusted origin)", crate::syntax::url_without_credentials(&origin));
+        self.trusted_origins.push(origin);
+        self
+    }
+
     /// Builds the guard.
     ///
     /// # Errors
     /// [`GuardError::NoAuthenticator`] when no authenticator and no access
-    /// policy were given: the default policy would refuse every request.
+    /// policy were given: the default policy would refuse every request;
+    /// [`GuardError::NotAnOrigin`] for a [trusted origin](Self::trusted_origin)
+    /// that is not `scheme://host[:port]`.
     pub fn build(self) -> Result<Guard, GuardError> {
         if self.authenticators.is_empty() && self.access.is_none() {
             return Err(GuardError::NoAuthenticator);
         }
+        if let Some(bad) = self.trusted_origins.iter().find(|o| !crate::syntax::is_origin(o)) {
+            return Err(GuardError::NotAnOrigin(crate::syntax::url_without_credentials(
+                bad,
+            )));
+        }
+        let trusted_origins = self
+            .trusted_origins
+            .iter()
+            .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
+            .collect();
         let access = self.access.unwrap_or_else(AccessPolicy::require_authenticated);
         // Said as `allow_unauthenticated` says it in code: a Keycloak
         // adapter's or a sign-in's user would expect a 401 or a redirect.
@@ -397,6 +446,7 @@ impl GuardBuilder {
             snapshot_headers,
             challenges,
             explain,
+            trusted_origins,
         })))))
     }
 }
@@ -594,12 +644,27 @@ impl Guard {
                 snapshot_headers: next.snapshot_headers.clone(),
                 challenges: next.challenges.clone(),
                 explain: next.explain,
+                trusted_origins: next.trusted_origins.clone(),
             })
         });
     }
 }
 
 impl Compiled {
+    /// Whether a request's cookies may not authenticate it: a method that
+    /// may change state, started by another origin than this one or the
+    /// trusted ones ([`GuardBuilder::trusted_origin`]).
+    #[inline]
+    fn cookies_refused(&self, req: &dyn RequestHead) -> bool {
+        !matches!(req.method(), "GET" | "HEAD" | "OPTIONS")
+            && crate::request::started_elsewhere(req, None)
+            && !req.header_str("origin").is_some_and(|o| {
+                self.trusted_origins
+                    .iter()
+                    .any(|t| o.trim_end_matches('/').eq_ignore_ascii_case(t))
+            })
+    }
+
     /// The rejection for a request that needs a credential and has none.
     pub(crate) fn missing_credential(&self) -> Rejection {
         Rejection::missing_credential(self.challenges.clone())
@@ -812,7 +877,9 @@ impl Share<Compiled> {
         };
         self.metrics.authenticators[0].count(&outcome);
         match outcome {
-            AuthOutcome::Authenticated(a) if !rewrite && a.response_headers.is_empty() => {
+            AuthOutcome::Authenticated(a)
+                if !rewrite && a.response_headers.is_empty() && !(a.ambient && self.cookies_refused(req)) =>
+            {
                 self.decide_authenticated(a, req, &path)
             }
             outcome => {
@@ -907,10 +974,9 @@ impl Share<Compiled> {
     #[cold]
     #[inline(never)]
     fn target_of(&self, req: &dyn RequestHead, path: &str) -> String {
-        let path = self
-            .access
-            .router_path(req.path())
-            .unwrap_or_else(|| path.to_owned());
+        let routed = self.access.router_path(req.path());
+        debug_assert!(routed.is_some(), "a path normalised once is routed");
+        let path = routed.unwrap_or_else(|| path.to_owned());
         match req.query() {
             Some(q) => format!("{path}?{q}"),
             None => path,
@@ -927,6 +993,9 @@ impl Share<Compiled> {
         path: &str,
         rewrite: bool,
     ) -> Check<Decision> {
+        if !acc.ambient.is_empty() && self.cookies_refused(req) {
+            cookies_left_aside(acc, req);
+        }
         acc.settle();
         if let Some(reply) = acc.respond.take() {
             return Check::Ready(Decision::Reply(reply));
@@ -1102,6 +1171,20 @@ fn trace_may_be_wanted() -> bool {
 #[inline(never)]
 fn allowed_event(access: &AccessDecision) {
     tracing::trace!(target: LOG_TARGET, %access, "allowed");
+}
+
+/// A request another origin started does not use its cookies
+/// ([`Compiled::cookies_refused`]): it is decided as though it carried none.
+#[cold]
+#[inline(never)]
+fn cookies_left_aside(acc: &mut Acc, req: &dyn RequestHead) {
+    acc.ambient.clear();
+    tracing::debug!(
+        target: LOG_TARGET,
+        method = req.method(),
+        path = req.path(),
+        "another origin started this request: its cookies do not authenticate it"
+    );
 }
 
 /// The refusal of a path that cannot be normalised.

@@ -251,6 +251,47 @@ impl RequestHead for OwnedRequest {
     }
 }
 
+/// Whether a browser says another origin started this request, as Go's
+/// `net/http.CrossOriginProtection` reads it: its `Sec-Fetch-Site` is
+/// `cross-site` or `same-site` (a sibling subdomain is another origin);
+/// without that header (browsers before Fetch Metadata, such as Safari
+/// before 16.4), an `Origin` whose host is not the request's `Host`
+/// (`null` included). `none` (a typed address, a bookmark) and
+/// `same-origin` are this origin's own, and so is a request with neither
+/// header (not a browser's, or a browser's own navigation). The scheme is
+/// not compared: behind a proxy that ends TLS the request arrives over
+/// plain HTTP from an `https` origin. With `own_origin` given (a service's
+/// external origin, `https://shop.example`), `Origin` must be that one.
+///
+/// ```
+/// use palisade_core::authn::{OwnedRequest, started_elsewhere};
+/// let post = |h: &str, v: &str| OwnedRequest::new("POST", "/orders").header("host", "shop.example").header(h, v);
+/// assert!(started_elsewhere(&post("sec-fetch-site", "same-site"), None));
+/// assert!(!started_elsewhere(&post("sec-fetch-site", "same-origin"), None));
+/// assert!(started_elsewhere(&post("origin", "https://evil.example"), None));
+/// assert!(!started_elsewhere(&post("origin", "https://shop.example"), None));
+/// assert!(!started_elsewhere(&OwnedRequest::new("POST", "/orders"), None));
+/// ```
+#[must_use]
+pub fn started_elsewhere(req: &dyn RequestHead, own_origin: Option<&str>) -> bool {
+    if let Some(site) = req.header_str("sec-fetch-site") {
+        return site.eq_ignore_ascii_case("cross-site") || site.eq_ignore_ascii_case("same-site");
+    }
+    let Some(from) = req.header_str("origin") else {
+        return false;
+    };
+    if let Some(own) = own_origin {
+        return !from.eq_ignore_ascii_case(own.trim_end_matches('/'));
+    }
+    let from_host = from
+        .strip_prefix("https://")
+        .or_else(|| from.strip_prefix("http://"));
+    match (from_host, req.host()) {
+        (Some(o), Some(h)) => !o.eq_ignore_ascii_case(h),
+        _ => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::OwnedRequest;

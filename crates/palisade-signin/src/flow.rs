@@ -549,33 +549,6 @@ fn confirm_logout(path: &str) -> Reply {
         )
 }
 
-/// Whether a browser says another site started this request: its
-/// `Sec-Fetch-Site` is `cross-site` or `same-site`; without that header
-/// (browsers before Fetch Metadata, such as Safari before 16.4), an
-/// `Origin` whose host is not the request's `Host` (`null` included).
-/// The scheme is not compared: behind a proxy that ends TLS the request
-/// arrives over plain HTTP from an `https` origin. `none` (a typed
-/// address, a bookmark) and `same-origin` are this site's own.
-/// With an `external` origin configured, `Origin` must be that one.
-fn started_elsewhere(req: &dyn RequestHead, external: Option<&str>) -> bool {
-    if let Some(site) = req.header_str("sec-fetch-site") {
-        return matches!(site, "cross-site" | "same-site");
-    }
-    let Some(from) = req.header_str("origin") else {
-        return false;
-    };
-    if let Some(own) = external {
-        return !from.eq_ignore_ascii_case(own);
-    }
-    let from_host = from
-        .strip_prefix("https://")
-        .or_else(|| from.strip_prefix("http://"));
-    match (from_host, req.host()) {
-        (Some(o), Some(h)) => !o.eq_ignore_ascii_case(h),
-        _ => true,
-    }
-}
-
 /// The sealer of the login-state cookie `prefix` + `tag`.
 fn state_sealer(
     prefix: &str,
@@ -1596,7 +1569,7 @@ impl SignIn {
         // Started by another site (a link, an image, a form: logout CSRF),
         // as the browser says: asked to confirm, as Spring Security and
         // Keycloak do. The page's form posts from this origin.
-        if started_elsewhere(req, self.0.config.external_origin.as_deref()) {
+        if palisade_core::authn::started_elsewhere(req, self.0.config.external_origin.as_deref()) {
             return Check::Ready(confirm_logout(&self.0.config.logout_path));
         }
         let secure = self.secure(req);

@@ -87,21 +87,31 @@ pub(crate) struct Registered {
     pub(crate) authorizer: Arc<dyn ExternalAuthorizer>,
     pub(crate) headers: Arc<[String]>,
     pub(crate) timeout: Duration,
+    /// When its failure was last said.
+    said: Arc<Sparse>,
 }
+
+/// Set once a request was decided on a runtime without Tokio's timer:
+/// authorizers are then asked without a timeout (said once), rather than
+/// each request trying, and failing, to start one.
+static TIMERLESS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 impl Registered {
     /// The authorizer's verdict on `request`: [`ExternalDecision::Deny`]
     /// when it does not answer within the timeout or panics (said at WARN,
     /// at most once a minute).
     pub(crate) async fn ask(&self, request: CheckRequest) -> ExternalDecision {
-        static SAID: Sparse = Sparse::per_minute();
-        let asked = CatchUnwind(self.authorizer.authorize(request));
-        let failure = match tokio::time::timeout(self.timeout, asked).await {
-            Ok(Ok(verdict)) => return verdict,
-            Ok(Err(())) => "panicked",
-            Err(_) => "did not answer in time",
+        let asked = Asked {
+            asked: CatchUnwind(self.authorizer.authorize(request)),
+            deadline: deadline(self.timeout),
         };
-        if SAID.due() {
+        let Err(failure) = asked.await else {
+            return ExternalDecision::Allow;
+        };
+        if failure.is_empty() {
+            return ExternalDecision::Deny;
+        }
+        if self.said.due() {
             tracing::warn!(
                 target: super::LOG_TARGET,
                 provider = %self.name,
@@ -112,6 +122,58 @@ impl Registered {
             );
         }
         ExternalDecision::Deny
+    }
+}
+
+/// The timer of an authorizer's timeout: `None` outside a Tokio runtime
+/// or on one built without its timer (`enable_time`), said at WARN once.
+fn deadline(timeout: Duration) -> Option<Pin<Box<tokio::time::Sleep>>> {
+    use std::sync::atomic::Ordering;
+    if !TIMERLESS.load(Ordering::Relaxed) && tokio::runtime::Handle::try_current().is_ok() {
+        // Tokio panics when the runtime has no timer (its message is
+        // printed once, by the first request that tries).
+        if let Ok(sleep) = std::panic::catch_unwind(|| tokio::time::sleep(timeout)) {
+            return Some(Box::pin(sleep));
+        }
+    }
+    if !TIMERLESS.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            target: super::LOG_TARGET,
+            "external authorizers are asked without a timeout: the runtime deciding requests has no \
+             Tokio timer (build it with `enable_time`, as axum's, actix-web's and #[tokio::main]'s are)"
+        );
+    }
+    None
+}
+
+/// An authorizer's answer: its verdict; `Err` with why it has none
+/// (`panicked`, `did not answer in time`), or with nothing for a plain
+/// denial.
+struct Asked {
+    asked: CatchUnwind,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Future for Asked {
+    type Output = Result<(), &'static str>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Poll::Ready(answer) = Pin::new(&mut self.asked).poll(cx) {
+            return Poll::Ready(match answer {
+                Ok(ExternalDecision::Allow) => Ok(()),
+                Ok(ExternalDecision::Deny) => Err(""),
+                Err(()) => Err("panicked"),
+            });
+        }
+        let expired = self
+            .deadline
+            .as_mut()
+            .is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready());
+        if expired {
+            Poll::Ready(Err("did not answer in time"))
+        } else {
+            Poll::Pending
+        }
     }
 }
 
@@ -174,8 +236,11 @@ impl ExternalAuthorizers {
     /// ([`DEFAULT_TIMEOUT`](Self::DEFAULT_TIMEOUT); Istio's proxy waits 600 s, which holds a
     /// request and its connection for ten minutes when an authorizer
     /// hangs). At least 1 ms, at most ten years. The timeout runs on
-    /// Tokio's timer, which the runtime deciding the request must have
-    /// enabled, as axum's, actix-web's and `#[tokio::main]`'s have.
+    /// Tokio's timer, which axum's, actix-web's and `#[tokio::main]`'s
+    /// runtimes have; outside a Tokio runtime, or on one built without
+    /// `enable_time`, authorizers are asked without it (said once at WARN).
+    /// A panic is caught only where panics unwind (not with `panic =
+    /// "abort"`).
     ///
     /// ```
     /// use std::time::Duration;
@@ -185,6 +250,7 @@ impl ExternalAuthorizers {
     ///     .register("ext-authz", [""; 0], |_: CheckRequest| async { ExternalDecision::Allow });
     /// # let _ = authorizers;
     /// ```
+    #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout.clamp(Duration::from_millis(1), crate::syntax::LONGEST_DURATION);
         for registered in self.map.values_mut() {
@@ -212,6 +278,7 @@ impl ExternalAuthorizers {
                 authorizer: Arc::new(authorizer),
                 headers: headers.into(),
                 timeout: self.timeout,
+                said: Arc::new(Sparse::per_minute()),
             },
         );
         self

@@ -295,11 +295,13 @@ fn decode_escapes(path: &str, escaped: EscapedSlashes, raw: Raw) -> Result<Strin
                 return Err(PathError::EscapedSlash);
             }
             if raw == Raw::Kept {
-                // A whole UTF-8 sequence at once (the path is a `str`).
-                let end = bytes[i..]
+                // A whole UTF-8 sequence at once (the path is a `str`): the
+                // run ends at an ASCII byte, a `\\` included (refused above
+                // with `Reject`).
+                let end = bytes[i + 1..]
                     .iter()
-                    .position(|&c| c == b'%' || !is_escaped_raw(c))
-                    .map_or(bytes.len(), |p| i + p);
+                    .position(|&c| c == b'%' || c == b'\\' || !is_escaped_raw(c))
+                    .map_or(bytes.len(), |p| i + 1 + p);
                 decoded.push_str(&path[i..end]);
                 i = end;
                 continue;
@@ -479,10 +481,13 @@ mod tests {
         for raw in ["/x/../café", "//[a]/./é|b/..//%61", "/a/{b}/../ü%2B/"] {
             assert_eq!(n(&r(raw)), n(raw), "{raw}");
         }
-        assert_eq!(
-            router_form("/a\\b", EscapedSlashes::Reject),
-            Err(PathError::EscapedSlash)
-        );
+        for raw in ["/a\\b", "/é\\b", "/[\\b", "/x/../é|\\"] {
+            assert_eq!(
+                router_form(raw, EscapedSlashes::Reject),
+                Err(PathError::EscapedSlash),
+                "{raw}"
+            );
+        }
     }
 
     #[test]
@@ -591,9 +596,14 @@ mod tests {
         #[test]
         fn the_routers_form_is_matched_as_the_request_is(raw in "(/|\\.|\\.\\.|%2[eEfF]|%6[01]|%c3%a9|%7b|%5b|%2b|a|\\\\|é|\\{|\\[|\\^| ){0,12}") {
             let path = format!("/{raw}");
-            if let Ok(matched) = normalize(&path, EscapedSlashes::Keep) {
-                let routed = router_form(&path, EscapedSlashes::Keep).unwrap();
-                proptest::prop_assert_eq!(normalize(&routed, EscapedSlashes::Keep).unwrap(), matched, "{}", routed);
+            for mode in [EscapedSlashes::Keep, EscapedSlashes::Reject] {
+                match normalize(&path, mode) {
+                    Ok(matched) => {
+                        let routed = router_form(&path, mode).unwrap();
+                        proptest::prop_assert_eq!(normalize(&routed, mode).unwrap(), matched, "{}", routed);
+                    }
+                    Err(e) => proptest::prop_assert_eq!(router_form(&path, mode), Err(e)),
+                }
             }
         }
     }

@@ -849,6 +849,36 @@ async fn custom_policy_asks_its_authorizer_first() {
     assert_eq!(other.unwrap_err().field.as_deref(), Some("spec.provider.name"));
 }
 
+/// A runtime without Tokio's timer (or none at all) cannot time an
+/// authorizer: it is asked without a timeout, and its answer counts, where
+/// starting the timer would have panicked in the request's future.
+#[test]
+fn custom_policy_is_decided_on_a_runtime_without_a_timer() {
+    let yaml = format!("{HEAD}spec:\n  action: CUSTOM\n  provider: {{name: ext}}\n  rules: [{{}}]\n");
+    let set = PolicySet::from_yaml_str(&yaml, "t.yaml").unwrap();
+    let authorizers =
+        ExternalAuthorizers::new().register("ext", ["x-ext-authz"], |c: CheckRequest| async move {
+            if c.request.header_str("x-ext-authz") == Some("allow") {
+                ExternalDecision::Allow
+            } else {
+                ExternalDecision::Deny
+            }
+        });
+    let p = AccessPolicy::compile_with(
+        &set.for_workload(&Workload::new("details", "default")),
+        &authorizers,
+    )
+    .unwrap();
+    let timerless = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    for (header, allowed) in [("allow", true), ("deny", false), ("allow", true)] {
+        let req = OwnedRequest::get("/x").header("x-ext-authz", header);
+        let crate::Check::Pending(f) = p.check(&req, None) else {
+            panic!("the authorizer is asked")
+        };
+        assert_eq!(timerless.block_on(f).is_allowed(), allowed, "{header}");
+    }
+}
+
 const RBAC: &str = "
 apiVersion: rbac.istio.io/v1alpha1
 kind: ClusterRbacConfig

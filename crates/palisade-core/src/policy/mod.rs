@@ -390,7 +390,7 @@ impl Document {
             Spec::ServiceRoleBinding(s) => crate::authz::rbac::check_binding(s, self.metadata.namespace()),
             Spec::DestinationRule(s) => s.check(),
             Spec::RbacConfig(s) => s.check(),
-            Spec::AuthorizationSettings(_) => Ok(()),
+            Spec::AuthorizationSettings(s) => s.check(),
         }
     }
 

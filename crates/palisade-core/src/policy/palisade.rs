@@ -497,12 +497,45 @@ pub struct AuthorizationSettingsSpec {
     /// rule decided. Off by default; never on in production.
     #[serde(default)]
     pub explain_header: Option<bool>,
+    /// Origins (`https://app.shop.example`) whose requests may use this
+    /// service's cookies whatever their method (a relaxation, warned of
+    /// when the file loads): by default a request other than `GET`, `HEAD`
+    /// and `OPTIONS` that another origin started is served as though it
+    /// carried no cookie (`GuardBuilder::trusted_origin`).
+    #[serde(default)]
+    pub trusted_origins: Vec<String>,
 }
 
 impl AuthorizationSettingsSpec {
+    pub(super) fn check(&self) -> Result<(), FieldError> {
+        match self
+            .trusted_origins
+            .iter()
+            .position(|o| !crate::syntax::is_origin(o))
+        {
+            Some(i) => Err((
+                format!("spec.trustedOrigins[{i}]"),
+                format!(
+                    "`{}` is not an origin (scheme://host[:port])",
+                    crate::syntax::url_without_credentials(&self.trusted_origins[i])
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// The relaxation it asks for, said aloud when the file loads.
     pub(super) fn warnings(&self) -> Vec<FieldError> {
         let mut out = Vec::new();
+        for (i, origin) in self.trusted_origins.iter().enumerate() {
+            out.push((
+                format!("spec.trustedOrigins[{i}]"),
+                format!(
+                    "requests that {} starts may use this service's cookies whatever their method",
+                    crate::syntax::url_without_credentials(origin)
+                ),
+            ));
+        }
         if self.escaped_slashes == EscapedSlashes::Keep {
             out.push((
                 "spec.escapedSlashes".into(),
