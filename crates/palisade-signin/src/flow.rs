@@ -55,6 +55,12 @@ const LOGOUT_JTI_TTL: u64 = 3600;
 /// without a session), each with its own login-state cookie; one more
 /// removes the oldest's.
 const MAX_LOGINS: usize = 4;
+/// The longest page to return to after sign-in that its login-state
+/// cookie keeps (a longer one returns to `/`): any site can send a browser
+/// to `loginPath?return_to=…` or a long URL, and [`MAX_LOGINS`] cookies of
+/// about 4 KiB each would make every request of the site too large for a
+/// proxy's 8 KiB header limit (nginx's default) for ten minutes.
+const MAX_RETURN_TO: usize = 1024;
 /// How many leading characters of `state` name its login-state cookie
 /// (`NAME_login_<tag>`): 72 random bits, so tabs do not collide.
 const STATE_TAG_LEN: usize = 12;
@@ -249,6 +255,7 @@ impl SignIn {
             seen: t,
             at: access_token.to_owned(),
             at_exp: t + expires_in.as_secs(),
+            at_got: t,
             rt: None,
             it: None,
             generation: 0,
@@ -688,7 +695,12 @@ impl SignIn {
             state: self.random(32),
             nonce: self.random(32),
             verifier: self.random(32),
-            return_to: return_to.to_owned(),
+            return_to: if return_to.len() <= MAX_RETURN_TO {
+                return_to.to_owned()
+            } else {
+                tracing::debug!(target: LOG_TARGET, length = return_to.len(), "the page to return to after sign-in is too long to keep: returning to /");
+                "/".to_owned()
+            },
             redirect_uri: format!("{origin}{}", c.callback_path),
             created_us: now_us(),
         };
@@ -931,6 +943,7 @@ impl SignIn {
             seen: t,
             at: tokens.access_token,
             at_exp,
+            at_got: t,
             rt: tokens.refresh_token,
             it: Some(id_token),
             generation: 0,
@@ -962,6 +975,11 @@ impl SignIn {
                 tracing::warn!(target: LOG_TARGET, error = %e, "an ID token from the token endpoint was refused (said once a minute)");
             } else {
                 tracing::debug!(target: LOG_TARGET, error = %e, "an ID token was refused");
+            }
+            // No key set at all: the issuer's outage, as an unreachable
+            // token endpoint is (the browser may try again).
+            if matches!(e, palisade_jwt::JwtError::KeysUnavailable) {
+                return (502, "the issuer's keys cannot be had: try again later");
             }
             (400, "the ID token is not valid")
         })?;
@@ -1218,7 +1236,7 @@ impl SignIn {
         if !self.usable(&live.session, t) {
             return Check::Ready(AuthOutcome::NoCredential);
         }
-        if live.session.at_exp <= t + c.refresh_before.as_secs() {
+        if live.session.at_exp <= t + live.session.refresh_lead(c.refresh_before.as_secs()) {
             if live.session.rt.is_some() {
                 let this = self.clone();
                 return Check::pending(async move {
@@ -1361,6 +1379,7 @@ impl SignIn {
                 let mut next = s.clone();
                 next.generation = s.generation.saturating_add(1);
                 next.at_exp = tokens.access_token_expiry(t);
+                next.at_got = t;
                 next.at = tokens.access_token;
                 if tokens.refresh_token.is_some() {
                     next.rt = tokens.refresh_token;
@@ -1962,6 +1981,7 @@ mod tests {
             seen: t,
             at: "at-0".into(),
             at_exp: t + 3600,
+            at_got: 0,
             rt: None,
             it: None,
             generation: 0,
@@ -2347,23 +2367,38 @@ mod tests {
     /// An issuer on loopback whose discovery document points at its own
     /// token endpoint, which answers every request `status` with `body`.
     async fn issuer_answering_tokens(status: &'static str, body: &'static str) -> String {
+        issuer_answering(status, move |_: &str| body.to_owned(), None).await
+    }
+
+    /// [`issuer_answering_tokens`], with the token endpoint's body made
+    /// from the issuer's URL, and `jwks` (a status line and a body) as its
+    /// key set's answer when given.
+    async fn issuer_answering(
+        status: &'static str,
+        body: impl Fn(&str) -> String + Send + Sync + 'static,
+        jwks: Option<(&'static str, &'static str)>,
+    ) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let issuer = format!("http://{}", listener.local_addr().unwrap());
         let discovery = format!(
             r#"{{"issuer":"{issuer}","authorization_endpoint":"{issuer}/auth","token_endpoint":"{issuer}/token","jwks_uri":"{issuer}/jwks"}}"#
         );
+        let tokens = body(&issuer);
         tokio::spawn(async move {
             loop {
                 let (mut conn, _) = listener.accept().await.unwrap();
                 let discovery = discovery.clone();
+                let tokens = tokens.clone();
                 tokio::spawn(async move {
                     let mut head = vec![0; 8192];
                     let n = conn.read(&mut head).await.unwrap_or(0);
                     let (status, body) = if head[..n].starts_with(b"GET /.well-known/openid-configuration") {
                         ("200 OK", discovery.as_str())
+                    } else if let (true, Some(jwks)) = (head[..n].starts_with(b"GET /jwks"), jwks) {
+                        jwks
                     } else {
-                        (status, body)
+                        (status, tokens.as_str())
                     };
                     let answer = format!(
                         "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
@@ -2397,6 +2432,107 @@ mod tests {
             rt: Some("refresh-0".into()),
             ..alice()
         }
+    }
+
+    /// The issuer's keys cannot be had when a sign-in comes back: the
+    /// callback answers 502 (the issuer's outage, as an unreachable token
+    /// endpoint is), not 400, which blames the browser.
+    #[tokio::test]
+    async fn a_key_outage_at_the_callback_is_the_issuers_failure() {
+        // An ID token whose claims would pass: only its key is missing.
+        let id_token = |issuer: &str| {
+            use base64::Engine as _;
+            let b64 = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+            let t = now();
+            let claims =
+                serde_json::json!({"iss": issuer, "aud": "shop", "sub": "a", "iat": t, "exp": t + 300});
+            let jwt = format!(
+                "{}.{}.c2ln",
+                b64(serde_json::json!({"alg": "RS256", "kid": "k1"})),
+                b64(claims)
+            );
+            format!(r#"{{"access_token":"at","id_token":"{jwt}","expires_in":300}}"#)
+        };
+        let issuer = issuer_answering("200 OK", id_token, Some(("503 Service Unavailable", ""))).await;
+        let key = CookieKey::new("k1", &[1; 32]).unwrap();
+        let sign_in = SignIn::builder(&issuer, "shop").keys(vec![key]).build().unwrap();
+        discovered(&sign_in).await;
+        let login = sign_in.login(&OwnedRequest::get("/login?return_to=%2Fp").header("host", "app.test"));
+        assert_eq!(login.status(), 302);
+        let location = login
+            .headers()
+            .find(|(n, _)| *n == "location")
+            .unwrap()
+            .1
+            .to_owned();
+        let state = location
+            .split("state=")
+            .nth(1)
+            .unwrap()
+            .split('&')
+            .next()
+            .unwrap()
+            .to_owned();
+        let cookie = login
+            .headers()
+            .filter(|(n, v)| *n == "set-cookie" && v.starts_with("palisade_session_login_"))
+            .map(|(_, v)| v.split(';').next().unwrap().to_owned())
+            .collect::<Vec<_>>()
+            .join("; ");
+        let callback = OwnedRequest::get(&format!("/oauth2/callback?code=c&state={state}"))
+            .header("host", "app.test")
+            .header("cookie", cookie);
+        let reply = match sign_in.callback(&callback) {
+            Check::Ready(r) => r,
+            Check::Pending(f) => f.await,
+        };
+        assert_eq!(reply.status(), 502, "{reply:?}");
+    }
+
+    /// An issuer that grants access tokens for less than `refresh_before`
+    /// (20 s against 30 s): a session is refreshed once half its token's
+    /// lifetime has passed, not by every request (each a call to the token
+    /// endpoint and a new cookie).
+    #[tokio::test]
+    async fn a_short_lived_token_is_refreshed_at_half_its_lifetime_not_at_every_request() {
+        let (sign_in, key) = refreshing_at(
+            "200 OK",
+            r#"{"access_token":"at-1","expires_in":20,"refresh_token":"refresh-1"}"#,
+        )
+        .await;
+        let t = now();
+        let fresh = Session {
+            at_got: t,
+            at_exp: t + 20,
+            rt: Some("refresh-0".into()),
+            ..alice()
+        };
+        let req =
+            OwnedRequest::get("/page").header("cookie", session_cookie(key.clone(), &Payload::Inline(fresh)));
+        let Check::Ready(AuthOutcome::Authenticated(a)) = sign_in.authenticate(&req) else {
+            panic!("a token obtained now is used as it is")
+        };
+        assert!(a.response_headers.is_empty(), "no new cookie");
+        let half = Session {
+            at_got: t - 11,
+            at_exp: t + 9,
+            rt: Some("refresh-0".into()),
+            ..alice()
+        };
+        let req = OwnedRequest::get("/page").header("cookie", session_cookie(key, &Payload::Inline(half)));
+        let Check::Pending(renewal) = sign_in.authenticate(&req) else {
+            panic!("past half its lifetime, the token is refreshed")
+        };
+        let AuthOutcome::Authenticated(a) = renewal.await else {
+            panic!("refreshed")
+        };
+        assert_eq!(
+            a.attachments
+                .get::<palisade_core::authn::BearerToken>()
+                .map(|t| t.as_str().to_owned())
+                .as_deref(),
+            Some("at-1")
+        );
     }
 
     #[tokio::test]
@@ -2707,29 +2843,44 @@ mod tests {
             assert!(start.elapsed() < Duration::from_secs(10), "no discovery");
             std::thread::sleep(Duration::from_millis(20));
         }
-        let long = "a".repeat(4000);
-        let login = OwnedRequest::get(&format!("/login?return_to=%2F{long}")).header("host", "app.test");
-        for reply in [
-            sign_in.sign_in(&page(&format!("/{long}"))).unwrap(),
-            sign_in.login(&login),
+        // Up to MAX_RETURN_TO kept; beyond it (2.5 KiB fitted a cookie,
+        // and four such cookies at once were more than a proxy takes), and
+        // beyond what a cookie holds, the root.
+        for (length, kept) in [
+            (MAX_RETURN_TO - 1, true),
+            (MAX_RETURN_TO, false),
+            (2500, false),
+            (4000, false),
         ] {
-            assert_eq!(reply.status(), 302);
-            let (_, cookie) = reply
-                .headers()
-                .find(|(n, v)| *n == "set-cookie" && v.starts_with("palisade_session_login_"))
-                .unwrap();
-            let pair = cookie.split(';').next().unwrap();
-            let sealer = CookieSealer::builder(pair.split('=').next().unwrap(), keys.clone())
-                .secure(false)
-                .max_chunks(1)
-                .build()
-                .unwrap();
-            let Opened::Valid { plaintext, .. } = sealer.open(&OwnedRequest::get("/").header("cookie", pair))
-            else {
-                panic!("the login-state cookie does not open")
-            };
-            let state: LoginState = serde_json::from_slice(&plaintext).unwrap();
-            assert_eq!(state.return_to, "/");
+            let long = "a".repeat(length);
+            let login = OwnedRequest::get(&format!("/login?return_to=%2F{long}")).header("host", "app.test");
+            for reply in [
+                sign_in.sign_in(&page(&format!("/{long}"))).unwrap(),
+                sign_in.login(&login),
+            ] {
+                assert_eq!(reply.status(), 302);
+                let (_, cookie) = reply
+                    .headers()
+                    .find(|(n, v)| *n == "set-cookie" && v.starts_with("palisade_session_login_"))
+                    .unwrap();
+                let pair = cookie.split(';').next().unwrap();
+                let sealer = CookieSealer::builder(pair.split('=').next().unwrap(), keys.clone())
+                    .secure(false)
+                    .max_chunks(1)
+                    .build()
+                    .unwrap();
+                let Opened::Valid { plaintext, .. } =
+                    sealer.open(&OwnedRequest::get("/").header("cookie", pair))
+                else {
+                    panic!("the login-state cookie does not open")
+                };
+                let state: LoginState = serde_json::from_slice(&plaintext).unwrap();
+                if kept {
+                    assert_eq!(state.return_to, format!("/{long}"));
+                } else {
+                    assert_eq!(state.return_to, "/", "{length}");
+                }
+            }
         }
     }
 

@@ -67,6 +67,11 @@ pub(crate) struct Session {
     pub(crate) at: String,
     /// When the access token expires.
     pub(crate) at_exp: u64,
+    /// When the access token was obtained: it is refreshed once half its
+    /// lifetime has passed when that comes later than `refresh_before`
+    /// ahead of its expiry. Absent (0) in cookies of earlier releases.
+    #[serde(default, rename = "ag", skip_serializing_if = "is_zero_u64")]
+    pub(crate) at_got: u64,
     /// The refresh token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) rt: Option<String>,
@@ -95,7 +100,27 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
+/// Whether a time is zero (left out of the cookie).
+#[allow(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's skip_serializing_if passes a reference"
+)]
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
+}
+
 impl Session {
+    /// How long before its expiry the access token is refreshed:
+    /// `refresh_before`, or half its lifetime when that is shorter, so
+    /// that a token granted for less than `refresh_before` is not
+    /// refreshed again by every request.
+    pub(crate) fn refresh_lead(&self, refresh_before: u64) -> u64 {
+        if self.at_got == 0 {
+            return refresh_before;
+        }
+        refresh_before.min(self.at_exp.saturating_sub(self.at_got) / 2)
+    }
+
     /// Whether this copy's tokens are newer than `other`'s, a copy of the
     /// same session: refreshed more often.
     pub(crate) fn newer_than(&self, other: &Session) -> bool {
@@ -113,6 +138,7 @@ impl fmt::Debug for Session {
         f.debug_struct("Session")
             .field("sub", &self.sub)
             .field("created_ms", &self.created_ms)
+            .field("at_got", &self.at_got)
             .field("seen", &self.seen)
             .field("at_exp", &self.at_exp)
             .finish_non_exhaustive()
@@ -582,6 +608,7 @@ mod tests {
             seen: 1,
             at: at.into(),
             at_exp: 2,
+            at_got: 1,
             rt: Some("refresh-secret-of-the-session".into()),
             it: None,
             generation: 0,
