@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use palisade_core::policy::ClientAuthMethod;
 use palisade_jwt::dpop::DpopKey;
 use serde::Deserialize;
-use tokio::sync::OnceCell;
 
 use crate::{ClientError, LOG_TARGET};
 
@@ -88,7 +87,11 @@ pub(crate) struct TokenClient {
     /// The secret goes in the form (`client_secret_post`), not in Basic.
     post: bool,
     http: reqwest::Client,
-    token_endpoint: OnceCell<String>,
+    /// The token endpoint, once discovered; forgotten when it fails to
+    /// answer as one, so that an issuer that fixes or moves it is found
+    /// again without a restart. Held while discovering: concurrent calls
+    /// share one discovery.
+    token_endpoint: tokio::sync::Mutex<Option<Arc<str>>>,
     /// The key to ask for DPoP-bound tokens with.
     dpop: Option<Arc<DpopKey>>,
 }
@@ -101,18 +104,35 @@ impl TokenClient {
         form: Vec<(&str, &str)>,
         renew_before: Duration,
     ) -> Result<Granted, ClientError> {
-        let endpoint = self
-            .token_endpoint
-            .get_or_try_init(|| discover(&self.http, &self.issuer))
-            .await?;
-        match self.post_form(endpoint, &form, None, renew_before).await {
+        let endpoint = self.endpoint().await?;
+        let granted = match self.post_form(&endpoint, &form, None, renew_before).await {
             // The issuer wants a nonce in the proof (RFC 9449 §8): once more with it.
             Err((Some(nonce), _)) => self
-                .post_form(endpoint, &form, Some(&nonce), renew_before)
+                .post_form(&endpoint, &form, Some(&nonce), renew_before)
                 .await
                 .map_err(|(_, e)| e),
             other => other.map_err(|(_, e)| e),
+        };
+        if let Err(ClientError::Unavailable(_)) = &granted {
+            // Discovered again by the next call: the issuer may have
+            // fixed or moved its endpoint (a refusal is an answer, kept).
+            let mut cached = self.token_endpoint.lock().await;
+            if cached.as_ref().is_some_and(|c| Arc::ptr_eq(c, &endpoint)) {
+                *cached = None;
+            }
         }
+        granted
+    }
+
+    /// The token endpoint, discovered when not known.
+    async fn endpoint(&self) -> Result<Arc<str>, ClientError> {
+        let mut cached = self.token_endpoint.lock().await;
+        if let Some(endpoint) = &*cached {
+            return Ok(Arc::clone(endpoint));
+        }
+        let endpoint: Arc<str> = discover(&self.http, &self.issuer).await?.into();
+        *cached = Some(Arc::clone(&endpoint));
+        Ok(endpoint)
     }
 
     /// One token request; a refusal that asks for a DPoP nonce names it.
@@ -425,7 +445,7 @@ impl<K> GrantBuilder<K> {
             secret,
             post,
             http,
-            token_endpoint: OnceCell::new(),
+            token_endpoint: tokio::sync::Mutex::new(None),
             dpop: self.dpop.clone(),
         })
     }
@@ -501,7 +521,7 @@ mod tests {
             secret: "s".into(),
             post: false,
             http: reqwest::Client::new(),
-            token_endpoint: OnceCell::new(),
+            token_endpoint: tokio::sync::Mutex::new(None),
             dpop: None,
         };
         let sent = Instant::now();

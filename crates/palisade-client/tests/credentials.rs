@@ -833,3 +833,45 @@ async fn a_callers_token_is_exchanged_once_for_the_upstreams_audience() {
     ));
     assert_eq!(issuer.token_exchanges(), 2);
 }
+
+/// An issuer whose discovery document names a token endpoint that does
+/// not answer as one (a wrong path, a port since closed), then the right
+/// one: the grant fails, and a later one finds the endpoint again
+/// without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_endpoint_that_fails_is_discovered_again() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let real = issuer(Duration::from_secs(300));
+    let fixed = Arc::new(AtomicBool::new(false));
+    let token_endpoint = real.token_endpoint();
+    let switch = Arc::clone(&fixed);
+    let origin = answering(move |port| {
+        let endpoint = if switch.load(Ordering::SeqCst) {
+            token_endpoint.clone()
+        } else {
+            format!("http://127.0.0.1:{port}/no-such-endpoint")
+        };
+        // Discovery is the one GET; the wrong endpoint's POST gets the
+        // same document, which no token response is.
+        let body = format!(r#"{{"issuer":"http://127.0.0.1:{port}","token_endpoint":"{endpoint}"}}"#);
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    })
+    .await;
+    let own = ClientCredentials::builder(origin, "productpage")
+        .client_secret(SECRET)
+        .build()
+        .unwrap();
+    assert!(matches!(
+        own.authorization().await,
+        Err(ClientError::Unavailable(_))
+    ));
+    fixed.store(true, Ordering::SeqCst);
+    // Past the wait after a failed grant.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let header = own.authorization().await.expect("the endpoint found again");
+    assert!(header.starts_with("Bearer "), "{header}");
+    assert_eq!(real.client_credentials_grants(), 1);
+}
