@@ -67,9 +67,10 @@ pub(crate) struct Session {
     pub(crate) at: String,
     /// When the access token expires.
     pub(crate) at_exp: u64,
-    /// When the access token was obtained: it is refreshed once half its
-    /// lifetime has passed when that comes later than `refresh_before`
-    /// ahead of its expiry. Absent (0) in cookies of earlier releases.
+    /// When the access token was obtained: one granted for less than
+    /// `refresh_before` is refreshed once half its lifetime has passed
+    /// ([`Session::refresh_lead`]). Absent (0) in cookies of earlier
+    /// releases.
     #[serde(default, rename = "ag", skip_serializing_if = "is_zero_u64")]
     pub(crate) at_got: u64,
     /// The refresh token.
@@ -111,14 +112,15 @@ fn is_zero_u64(n: &u64) -> bool {
 
 impl Session {
     /// How long before its expiry the access token is refreshed:
-    /// `refresh_before`, or half its lifetime when that is shorter, so
-    /// that a token granted for less than `refresh_before` is not
-    /// refreshed again by every request.
+    /// `refresh_before`; for a token granted for less than that, half its
+    /// lifetime, so that it is not refreshed again by every request (it
+    /// would be due as soon as it came).
     pub(crate) fn refresh_lead(&self, refresh_before: u64) -> u64 {
-        if self.at_got == 0 {
+        let lifetime = self.at_exp.saturating_sub(self.at_got);
+        if self.at_got == 0 || lifetime >= refresh_before {
             return refresh_before;
         }
-        refresh_before.min(self.at_exp.saturating_sub(self.at_got) / 2)
+        lifetime / 2
     }
 
     /// Whether this copy's tokens are newer than `other`'s, a copy of the
