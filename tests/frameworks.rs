@@ -1447,6 +1447,16 @@ async fn a_cookie_does_not_authenticate_a_state_changing_request_another_origin_
         ("POST", with(&[("origin", "https://evil.example")]), 401),
         ("POST", with(&[("origin", "null")]), 401),
         ("POST", with(&[("origin", "https://details.shop.example")]), 200),
+        // As Go reads them: an empty `Sec-Fetch-Site` is none (`Origin`
+        // decides), a value other than `same-origin` and `none` another
+        // origin's.
+        (
+            "POST",
+            with(&[("sec-fetch-site", ""), ("origin", "https://evil.example")]),
+            401,
+        ),
+        ("POST", with(&[("sec-fetch-site", "")]), 200),
+        ("POST", with(&[("sec-fetch-site", "some-future-value")]), 401),
         ("GET", with(&[("sec-fetch-site", "cross-site")]), 200),
         (
             "POST",
@@ -1475,6 +1485,31 @@ async fn a_cookie_does_not_authenticate_a_state_changing_request_another_origin_
         ("origin", "https://blog.shop.example"),
     ]);
     assert_eq!(whoami_both(&trusting, "POST", &other).await[0].0, 401);
+    // Set in code, with the default port written out (which browsers
+    // leave out of `Origin`); and the file's, on a guard whose access
+    // policy was compiled apart from the builder.
+    let set = PolicySet::from_yaml_str(&yaml(""), "t.yaml").unwrap();
+    let workload = Workload::new("details", "default");
+    let in_code = palisade::guard_builder_from_policy(&set, &workload, &Default::default())
+        .unwrap()
+        .trusted_origin("https://APP.shop.example:443/")
+        .build()
+        .unwrap();
+    assert_eq!(
+        whoami_both(&in_code, "POST", &trusted).await[0],
+        (200, erin.clone())
+    );
+    assert_eq!(whoami_both(&in_code, "POST", &other).await[0].0, 401);
+    let set = PolicySet::from_yaml_str(&yaml("'https://app.shop.example'"), "t.yaml").unwrap();
+    let compiled_apart = palisade::guard_builder_from_policy(&set, &workload, &Default::default())
+        .unwrap()
+        .access_policy(palisade::core::authz::AccessPolicy::compile(&set.for_workload(&workload)).unwrap())
+        .build()
+        .unwrap();
+    assert_eq!(
+        whoami_both(&compiled_apart, "POST", &trusted).await[0],
+        (200, erin.clone())
+    );
     // An origin that is not one is refused when the file loads.
     let e = PolicySet::from_yaml_str(&yaml("'https://app.shop.example/path'"), "t.yaml").unwrap_err();
     assert!(e.to_string().contains("spec.trustedOrigins[0]"), "{e}");

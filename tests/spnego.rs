@@ -475,3 +475,37 @@ async fn a_kdc_that_does_not_answer_costs_a_bounded_wait_and_a_clear_error() {
     let (status, _, _, _) = curl(&["--negotiate", "-u", ":", &whoami], &client);
     assert_eq!(status, 200);
 }
+
+/// A browser answers `401 Negotiate` with a ticket by itself, whatever page
+/// started the request: a ticket authenticates a `POST` that another origin
+/// started no more than a cookie does (the answer stays 401), while the
+/// same `POST` of this origin's, or of a client that is no browser, is
+/// served.
+#[test]
+fn a_ticket_does_not_authenticate_a_post_another_origin_started() {
+    let r = realm();
+    let client = r.realm.client_env(&r.ccache);
+    for name in ["details", "reviews"] {
+        let svc = start(name, &["--keytab", &keytab(&r)], &server_env(&r, true));
+        let url = format!("http://localhost:{}/list", svc.port);
+        let post = |site: Option<&str>| {
+            let mut args = vec!["--negotiate", "-u", ":", "-X", "POST", "--data", "{}"];
+            args.extend(["-H", "content-type: application/json"]);
+            let header = site.map(|s| format!("sec-fetch-site: {s}"));
+            if let Some(h) = &header {
+                args.extend(["-H", h.as_str()]);
+            }
+            args.push(&url);
+            curl(&args, &client)
+        };
+        for (site, status) in [
+            (None, 201),
+            (Some("same-origin"), 201),
+            (Some("same-site"), 401),
+            (Some("cross-site"), 401),
+        ] {
+            let (got, headers, _, log) = post(site);
+            assert_eq!(got, status, "{name}, {site:?}: {headers}\n{log}");
+        }
+    }
+}

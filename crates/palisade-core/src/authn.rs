@@ -332,6 +332,10 @@ pub struct Authenticated {
     /// The credential came from a cookie, which a browser sends by itself
     /// ([`ambient`](Self::ambient)).
     pub ambient: bool,
+    /// A browser sends the credential by itself whenever the server asks
+    /// (a Negotiate ticket), whatever page started the request
+    /// ([`browser_sent`](Self::browser_sent)); cookies are, being ambient.
+    pub browser_sent: bool,
 }
 
 impl fmt::Debug for Authenticated {
@@ -348,6 +352,7 @@ impl fmt::Debug for Authenticated {
             )
             .field("attachments", &self.attachments)
             .field("ambient", &self.ambient)
+            .field("browser_sent", &self.browser_sent)
             .finish()
     }
 }
@@ -363,6 +368,7 @@ impl Authenticated {
             response_headers: Vec::new(),
             attachments: Attachments::default(),
             ambient: false,
+            browser_sent: false,
         }
     }
 
@@ -377,6 +383,26 @@ impl Authenticated {
     pub fn ambient(mut self) -> Self {
         self.ambient = true;
         self
+    }
+
+    /// Marks the credential as one a browser sends by itself when the
+    /// server asks, whatever page started the request (HTTP Negotiate: the
+    /// browser answers a `401 Negotiate` with a ticket for any host its
+    /// settings allow). Like a cookie ([`ambient`](Self::ambient)), it then
+    /// does not authenticate a request that may change state and that
+    /// another origin started (see `GuardBuilder::trusted_origin`); unlike
+    /// a cookie, it is a credential of the request's own otherwise.
+    #[must_use]
+    pub fn browser_sent(mut self) -> Self {
+        self.browser_sent = true;
+        self
+    }
+
+    /// Whether a browser may have sent the credential by itself: a cookie's
+    /// or one [`browser_sent`](Self::browser_sent).
+    #[must_use]
+    pub fn sent_unasked(&self) -> bool {
+        self.ambient || self.browser_sent
     }
 
     /// Attaches a value for the handler.
@@ -441,6 +467,16 @@ pub trait Authenticator: Any + Send + Sync {
 
     /// Authenticates a request.
     fn authenticate(&self, request: &dyn RequestHead) -> Check<AuthOutcome>;
+
+    /// The origin this authenticator knows the service by, when it is
+    /// configured (a browser sign-in's external origin,
+    /// `https://shop.example`): requests it starts are the service's own
+    /// wherever a guard compares origins (see `GuardBuilder::trusted_origin`),
+    /// even behind a proxy that gives the service another `Host`. `None`
+    /// (the default): the request's `Host` says it.
+    fn own_origin(&self) -> Option<&str> {
+        None
+    }
 
     /// The challenge of a guard none of whose authenticators has one
     /// ([`challenge`](Self::challenge)): a 401 must carry one (RFC 9110

@@ -334,11 +334,6 @@ impl GuardBuilder {
     ) -> Result<Self, PolicyError> {
         let mut builder = self.access_policy(AccessPolicy::compile_with(policy, authorizers)?);
         builder.access_from_file = true;
-        for (_, settings) in policy.authorization_settings() {
-            builder
-                .trusted_origins
-                .extend(settings.trusted_origins.iter().cloned());
-        }
         Ok(builder)
     }
 
@@ -412,11 +407,6 @@ impl GuardBuilder {
                 bad,
             )));
         }
-        let trusted_origins = self
-            .trusted_origins
-            .iter()
-            .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
-            .collect();
         let access = self.access.unwrap_or_else(AccessPolicy::require_authenticated);
         // Said as `allow_unauthenticated` says it in code: a Keycloak
         // adapter's or a sign-in's user would expect a 401 or a redirect.
@@ -432,6 +422,23 @@ impl GuardBuilder {
                 .collect();
         }
         let explain = self.explain || access.settings().explain_header;
+        // Trusted: those set in code and in the file, and the origins the
+        // authenticators know the service by (a sign-in's external origin).
+        let mut trusted_origins: Vec<String> = self
+            .trusted_origins
+            .iter()
+            .chain(&access.settings().trusted_origins)
+            .map(|o| origin_key(o))
+            .chain(
+                self.authenticators
+                    .iter()
+                    .filter_map(|a| a.own_origin())
+                    .map(origin_key),
+            )
+            .collect();
+        trusted_origins.sort_unstable();
+        trusted_origins.dedup();
+        let trusted_origins = trusted_origins.into_boxed_slice();
         let mut snapshot_headers = access.headers_read().to_vec();
         for h in SIGN_IN_HEADERS {
             if !snapshot_headers.iter().any(|n| n == h) {
@@ -468,6 +475,10 @@ pub(crate) struct Acc {
     /// The identity's request principal came with a credential the request
     /// carries itself (a header), not with a cookie.
     explicit: bool,
+    /// Another origin started the request, which may change state: the
+    /// credentials a browser sends unasked ([`Authenticated::sent_unasked`])
+    /// do not authenticate it ([`Compiled::unasked_refused`]).
+    refuse_unasked: bool,
 }
 
 impl Acc {
@@ -475,6 +486,7 @@ impl Acc {
     /// configuration's order).
     fn add(&mut self, at: usize, outcome: AuthOutcome) {
         match outcome {
+            AuthOutcome::Authenticated(a) if self.refuse_unasked && a.sent_unasked() => self.left_aside(a),
             AuthOutcome::Authenticated(a) if a.ambient => self.ambient.push((at, a)),
             AuthOutcome::Authenticated(a) => {
                 // Two end users (a bearer token and a Kerberos ticket of
@@ -534,6 +546,24 @@ impl Acc {
                 continue;
             }
             self.take_in(a);
+        }
+    }
+
+    /// An authentication a browser sent unasked, for a request another
+    /// origin started: the request is decided as though it carried none.
+    /// Its renewal of the user's own cookie (a refreshed session, whose
+    /// refresh token the issuer has spent) still reaches the browser.
+    #[cold]
+    #[inline(never)]
+    fn left_aside(&mut self, a: Authenticated) {
+        tracing::debug!(
+            target: LOG_TARGET,
+            "another origin started this request: a credential the browser sent by itself does not authenticate it"
+        );
+        for (name, value) in a.response_headers {
+            if name == "set-cookie" || name == "cache-control" {
+                self.response_headers.push((Cow::Owned(name), value));
+            }
         }
     }
 
@@ -651,17 +681,16 @@ impl Guard {
 }
 
 impl Compiled {
-    /// Whether a request's cookies may not authenticate it: a method that
-    /// may change state, started by another origin than this one or the
-    /// trusted ones ([`GuardBuilder::trusted_origin`]).
+    /// Whether the credentials a browser sends unasked (cookies, Negotiate
+    /// tickets) may not authenticate a request: a method that may change
+    /// state, started by another origin than this one or the trusted ones
+    /// ([`GuardBuilder::trusted_origin`]).
     #[inline]
-    fn cookies_refused(&self, req: &dyn RequestHead) -> bool {
+    fn unasked_refused(&self, req: &dyn RequestHead) -> bool {
         !matches!(req.method(), "GET" | "HEAD" | "OPTIONS")
             && crate::request::started_elsewhere(req, None)
             && !req.header_str("origin").is_some_and(|o| {
-                self.trusted_origins
-                    .iter()
-                    .any(|t| o.trim_end_matches('/').eq_ignore_ascii_case(t))
+                !self.trusted_origins.is_empty() && self.trusted_origins.contains(&origin_key(o))
             })
     }
 
@@ -837,6 +866,7 @@ impl Share<Compiled> {
         let mut acc = Acc {
             identity: peer,
             edits: self.reserved.clone(),
+            refuse_unasked: self.unasked_refused(req),
             ..Acc::default()
         };
         let mut pending = Vec::new();
@@ -872,18 +902,27 @@ impl Share<Compiled> {
         let outcome = match only.authenticate(req) {
             Check::Ready(outcome) => outcome,
             Check::Pending(fut) => {
-                return self.authenticated_later(Acc::default(), vec![(0, fut)], req, &path, rewrite);
+                let acc = Acc {
+                    refuse_unasked: self.unasked_refused(req),
+                    ..Acc::default()
+                };
+                return self.authenticated_later(acc, vec![(0, fut)], req, &path, rewrite);
             }
         };
         self.metrics.authenticators[0].count(&outcome);
         match outcome {
             AuthOutcome::Authenticated(a)
-                if !rewrite && a.response_headers.is_empty() && !(a.ambient && self.cookies_refused(req)) =>
+                if !rewrite
+                    && a.response_headers.is_empty()
+                    && !(a.sent_unasked() && self.unasked_refused(req)) =>
             {
                 self.decide_authenticated(a, req, &path)
             }
             outcome => {
-                let mut acc = Acc::default();
+                let mut acc = Acc {
+                    refuse_unasked: self.unasked_refused(req),
+                    ..Acc::default()
+                };
                 acc.add(0, outcome);
                 self.decide(&mut acc, req, &path, rewrite)
             }
@@ -993,9 +1032,6 @@ impl Share<Compiled> {
         path: &str,
         rewrite: bool,
     ) -> Check<Decision> {
-        if !acc.ambient.is_empty() && self.cookies_refused(req) {
-            cookies_left_aside(acc, req);
-        }
         acc.settle();
         if let Some(reply) = acc.respond.take() {
             return Check::Ready(Decision::Reply(reply));
@@ -1173,18 +1209,16 @@ fn allowed_event(access: &AccessDecision) {
     tracing::trace!(target: LOG_TARGET, %access, "allowed");
 }
 
-/// A request another origin started does not use its cookies
-/// ([`Compiled::cookies_refused`]): it is decided as though it carried none.
-#[cold]
-#[inline(never)]
-fn cookies_left_aside(acc: &mut Acc, req: &dyn RequestHead) {
-    acc.ambient.clear();
-    tracing::debug!(
-        target: LOG_TARGET,
-        method = req.method(),
-        path = req.path(),
-        "another origin started this request: its cookies do not authenticate it"
-    );
+/// An origin as trusted origins are compared: lower case, without a final
+/// `/` or its scheme's default port (browsers send `https://shop.example`
+/// for `https://shop.example:443`).
+fn origin_key(origin: &str) -> String {
+    let o = origin.trim_end_matches('/').to_ascii_lowercase();
+    let default = if o.starts_with("https://") { ":443" } else { ":80" };
+    match o.strip_suffix(default) {
+        Some(bare) => bare.to_owned(),
+        None => o,
+    }
 }
 
 /// The refusal of a path that cannot be normalised.
@@ -1232,6 +1266,83 @@ mod tests {
     use super::*;
     use crate::error::ErrorKind;
     use crate::identity::{TokenClaims, Verification};
+
+    /// A session cookie's authenticator that knows the service's external
+    /// origin, as a sign-in does, and renews the cookie at every request.
+    struct Session(bool);
+
+    impl Authenticator for Session {
+        fn challenge(&self) -> Option<String> {
+            None
+        }
+        fn own_origin(&self) -> Option<&str> {
+            Some("https://shop.example")
+        }
+        fn authenticate(&self, req: &dyn RequestHead) -> Check<AuthOutcome> {
+            if req.header_str("cookie") != Some("session=alice") {
+                return Check::Ready(AuthOutcome::NoCredential);
+            }
+            let t = TokenClaims {
+                issuer: "i".into(),
+                subject: "alice".into(),
+                ..TokenClaims::default()
+            };
+            let outcome = AuthOutcome::Authenticated(
+                Authenticated::new(Identity::from_token(t, Verification::assertion()))
+                    .with_response_header("set-cookie", "session=alice; renewed".to_owned())
+                    .ambient(),
+            );
+            if self.0 {
+                Check::pending(async move { outcome })
+            } else {
+                Check::Ready(outcome)
+            }
+        }
+    }
+
+    /// Behind a proxy that gives the service another `Host`, a browser
+    /// without Fetch Metadata names the sign-in's external origin in
+    /// `Origin`: the request is the service's own. Another origin's `POST`
+    /// is decided without the cookie, whose renewal still reaches the
+    /// browser; with an authentication that waits too.
+    #[test]
+    fn the_sign_ins_own_origin_is_trusted_and_a_left_aside_renewal_is_kept() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        for waits in [false, true] {
+            let guard = Guard::builder()
+                .authenticator(Session(waits))
+                .access_policy(AccessPolicy::allow_all())
+                .build()
+                .unwrap();
+            let post = |origin: &str| {
+                OwnedRequest::new("POST", "/orders")
+                    .header("host", "backend:8080")
+                    .header("cookie", "session=alice")
+                    .header("origin", origin)
+            };
+            for (origin, signed_in) in [("https://shop.example", true), ("https://evil.example", false)] {
+                let Decision::Allow(admission) = rt.block_on(async { guard.check(&post(origin)).await })
+                else {
+                    panic!("{origin}: allowed")
+                };
+                assert_eq!(
+                    admission.auth().identity().is_some(),
+                    signed_in,
+                    "{origin}, waits: {waits}"
+                );
+                let renewed: Vec<_> = admission
+                    .response()
+                    .headers()
+                    .filter(|(n, _)| *n == "set-cookie")
+                    .collect();
+                assert_eq!(
+                    renewed.len(),
+                    1,
+                    "{origin}, waits: {waits}: the renewal reaches the browser"
+                );
+            }
+        }
+    }
 
     struct Fixed(Option<&'static str>, bool);
 

@@ -253,7 +253,8 @@ impl RequestHead for OwnedRequest {
 
 /// Whether a browser says another origin started this request, as Go's
 /// `net/http.CrossOriginProtection` reads it: its `Sec-Fetch-Site` is
-/// `cross-site` or `same-site` (a sibling subdomain is another origin);
+/// anything but `same-origin` and `none` (`cross-site`, `same-site`: a
+/// sibling subdomain is another origin);
 /// without that header (browsers before Fetch Metadata, such as Safari
 /// before 16.4), an `Origin` whose host is not the request's `Host`
 /// (`null` included). `none` (a typed address, a bookmark) and
@@ -274,8 +275,12 @@ impl RequestHead for OwnedRequest {
 /// ```
 #[must_use]
 pub fn started_elsewhere(req: &dyn RequestHead, own_origin: Option<&str>) -> bool {
-    if let Some(site) = req.header_str("sec-fetch-site") {
-        return site.eq_ignore_ascii_case("cross-site") || site.eq_ignore_ascii_case("same-site");
+    match req.header_str("sec-fetch-site") {
+        // Empty: as though it were not sent (Go reads it so).
+        None | Some("") => {}
+        Some(site) => {
+            return !(site.eq_ignore_ascii_case("same-origin") || site.eq_ignore_ascii_case("none"));
+        }
     }
     let Some(from) = req.header_str("origin") else {
         return false;

@@ -1801,6 +1801,10 @@ impl Authenticator for SignIn {
     /// `Cookie realm="CLIENT", form-action="LOGIN PATH", cookie-name="…"`:
     /// the 401 of a guard that signs browsers in and takes no other
     /// credential (an API call without a session) says where to sign in.
+    fn own_origin(&self) -> Option<&str> {
+        self.0.config.external_origin.as_deref()
+    }
+
     fn fallback_challenge(&self) -> Option<String> {
         let c = &self.0.config;
         Some(palisade_core::authn::cookie_challenge(

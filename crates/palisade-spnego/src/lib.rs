@@ -970,7 +970,9 @@ impl SpnegoAuthenticator {
                 return refused(detail);
             }
         };
-        let mut ok = Authenticated::new(identity);
+        // A browser answers a `401 Negotiate` with a ticket by itself,
+        // whatever page started the request.
+        let mut ok = Authenticated::new(identity).browser_sent();
         if let Some(m) = accepted.mutual.filter(|m| !m.is_empty()) {
             ok = ok.with_response_header("www-authenticate", format!("Negotiate {}", STANDARD.encode(m)));
         }

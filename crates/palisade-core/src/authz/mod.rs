@@ -556,7 +556,7 @@ impl Index {
 }
 
 /// Engine-wide settings (Palisade's `AuthorizationSettings` document).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct AuthzSettings {
     /// Istio's `numTrustedProxies` for `remote.ip`.
@@ -566,6 +566,10 @@ pub struct AuthzSettings {
     /// Say which policy decided in an `x-palisade-authz` response header
     /// (a debug switch).
     pub explain_header: bool,
+    /// Origins whose requests may use the credentials a browser sends by
+    /// itself whatever their method (`trustedOrigins`; see
+    /// `GuardBuilder::trusted_origin`), as given.
+    pub trusted_origins: Vec<String>,
 }
 
 #[derive(Debug, Default)]
@@ -1095,7 +1099,7 @@ impl AccessPolicy {
     /// The engine settings.
     #[must_use]
     pub fn settings(&self) -> AuthzSettings {
-        self.0.settings
+        self.0.settings.clone()
     }
 
     /// The request headers the rules and external authorizers read (lower case).
@@ -1301,6 +1305,7 @@ fn settings(w: &WorkloadPolicy<'_>) -> Result<AuthzSettings, PolicyError> {
             crate::config_warning!(target: LOG_TARGET, "authorization decisions are explained in an x-palisade-authz response header (explainHeader): a debug switch, not for production");
             out.explain_header = true;
         }
+        out.trusted_origins.clone_from(&s.trusted_origins);
     }
     Ok(out)
 }
