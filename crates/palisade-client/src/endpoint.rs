@@ -87,14 +87,27 @@ pub(crate) struct TokenClient {
     /// The secret goes in the form (`client_secret_post`), not in Basic.
     post: bool,
     http: reqwest::Client,
-    /// The token endpoint, once discovered; forgotten when it fails to
-    /// answer as one, so that an issuer that fixes or moves it is found
-    /// again without a restart. Held while discovering: concurrent calls
-    /// share one discovery.
-    token_endpoint: tokio::sync::Mutex<Option<Arc<str>>>,
+    /// The token endpoint, as discovered. Held while discovering:
+    /// concurrent calls share one discovery.
+    token_endpoint: tokio::sync::Mutex<Discovered>,
     /// The key to ask for DPoP-bound tokens with.
     dpop: Option<Arc<DpopKey>>,
 }
+
+/// What discovery found of the token endpoint.
+#[derive(Default)]
+struct Discovered {
+    endpoint: Option<Arc<str>>,
+    /// The endpoint failed to answer as one: discovered again by the next
+    /// call, and used meanwhile when discovery fails (it may be the
+    /// discovery document that cannot be had).
+    stale: bool,
+    /// When discovery last failed, and why.
+    failed: Option<(Instant, ClientError)>,
+}
+
+/// How long a failed discovery is every call's answer.
+const DISCOVERY_RETRY: Duration = Duration::from_secs(1);
 
 impl TokenClient {
     /// Posts `form` with the client's authentication; the granted bearer
@@ -116,23 +129,42 @@ impl TokenClient {
         if let Err(ClientError::Unavailable(_)) = &granted {
             // Discovered again by the next call: the issuer may have
             // fixed or moved its endpoint (a refusal is an answer, kept).
-            let mut cached = self.token_endpoint.lock().await;
-            if cached.as_ref().is_some_and(|c| Arc::ptr_eq(c, &endpoint)) {
-                *cached = None;
+            let mut known = self.token_endpoint.lock().await;
+            if known.endpoint.as_ref().is_some_and(|c| Arc::ptr_eq(c, &endpoint)) {
+                known.stale = true;
             }
         }
         granted
     }
 
-    /// The token endpoint, discovered when not known.
+    /// The token endpoint: discovered when not known, or when the one
+    /// known failed; a discovery that fails is every call's answer for a
+    /// second (the endpoint known before, when there is one), rather than
+    /// each waiting call's own discovery in turn.
     async fn endpoint(&self) -> Result<Arc<str>, ClientError> {
-        let mut cached = self.token_endpoint.lock().await;
-        if let Some(endpoint) = &*cached {
+        let mut known = self.token_endpoint.lock().await;
+        if let (Some(endpoint), false) = (&known.endpoint, known.stale) {
             return Ok(Arc::clone(endpoint));
         }
-        let endpoint: Arc<str> = discover(&self.http, &self.issuer).await?.into();
-        *cached = Some(Arc::clone(&endpoint));
-        Ok(endpoint)
+        if let Some((at, e)) = &known.failed
+            && at.elapsed() < DISCOVERY_RETRY
+        {
+            return known.endpoint.clone().ok_or_else(|| e.clone());
+        }
+        match discover(&self.http, &self.issuer).await {
+            Ok(endpoint) => {
+                let endpoint: Arc<str> = endpoint.into();
+                *known = Discovered {
+                    endpoint: Some(Arc::clone(&endpoint)),
+                    ..Discovered::default()
+                };
+                Ok(endpoint)
+            }
+            Err(e) => {
+                known.failed = Some((Instant::now(), e.clone()));
+                known.endpoint.clone().ok_or(e)
+            }
+        }
     }
 
     /// One token request; a refusal that asks for a DPoP nonce names it.
@@ -445,7 +477,7 @@ impl<K> GrantBuilder<K> {
             secret,
             post,
             http,
-            token_endpoint: tokio::sync::Mutex::new(None),
+            token_endpoint: tokio::sync::Mutex::new(Discovered::default()),
             dpop: self.dpop.clone(),
         })
     }
@@ -521,7 +553,7 @@ mod tests {
             secret: "s".into(),
             post: false,
             http: reqwest::Client::new(),
-            token_endpoint: tokio::sync::Mutex::new(None),
+            token_endpoint: tokio::sync::Mutex::new(Discovered::default()),
             dpop: None,
         };
         let sent = Instant::now();

@@ -875,3 +875,43 @@ async fn a_token_endpoint_that_fails_is_discovered_again() {
     assert!(header.starts_with("Bearer "), "{header}");
     assert_eq!(real.client_credentials_grants(), 1);
 }
+
+/// An issuer whose discovery document cannot be had (500): token
+/// exchanges for several callers at once share one failed discovery,
+/// rather than each discovering in turn, one round trip (or timeout)
+/// after another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_at_once_share_a_failed_discovery() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let asked = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&asked);
+    let origin = answering(move |_| {
+        count.fetch_add(1, Ordering::SeqCst);
+        "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_owned()
+    })
+    .await;
+    let exchange = TokenExchange::builder(origin, "productpage")
+        .client_secret(SECRET)
+        .audience("reviews")
+        .build()
+        .unwrap();
+    let calls: Vec<_> = ["alice", "bob", "carol", "dave"]
+        .into_iter()
+        .map(|user| {
+            let exchange = exchange.clone();
+            tokio::spawn(async move {
+                exchange
+                    .authorization(&CallerToken::new(&format!("token-of-{user}")))
+                    .await
+            })
+        })
+        .collect();
+    for call in calls {
+        assert!(matches!(call.await.unwrap(), Err(ClientError::Unavailable(_))));
+    }
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        1,
+        "one discovery for four calls at once"
+    );
+}

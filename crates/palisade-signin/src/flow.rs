@@ -977,7 +977,9 @@ impl SignIn {
                 tracing::debug!(target: LOG_TARGET, error = %e, "an ID token was refused");
             }
             // No key set at all: the issuer's outage, as an unreachable
-            // token endpoint is (the browser may try again).
+            // token endpoint is (the browser may try again). A key the
+            // fetched set lacks is a verdict on the token (400, as
+            // docs/signin.md says of a bad ID token).
             if matches!(e, palisade_jwt::JwtError::KeysUnavailable) {
                 return (502, "the issuer's keys cannot be had: try again later");
             }
