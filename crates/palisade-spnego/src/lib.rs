@@ -55,7 +55,7 @@ pub fn inspect_token(token: &[u8]) -> TokenKind {
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -296,6 +296,7 @@ impl SpnegoAuthenticatorBuilder {
             queue_timeout: self.queue_timeout,
             http_only: self.service.is_none(),
             permits: Arc::new(Semaphore::new(self.concurrency)),
+            in_place: AtomicUsize::new(0),
             allowed_realms: self.allowed_realms,
             max_header: self.max_header,
             mapper: self.mapper,
@@ -415,6 +416,8 @@ struct Inner {
     /// No service named: only tickets for `HTTP/…` principals.
     http_only: bool,
     permits: Arc<Semaphore>,
+    /// The accepts running on a runtime's worker thread now ([`InPlace`]).
+    in_place: AtomicUsize,
     allowed_realms: Vec<String>,
     max_header: usize,
     mapper: Option<Mapper>,
@@ -857,6 +860,31 @@ impl Drop for InFlight {
     }
 }
 
+/// A worker thread's turn at an accept in place, counted while it runs.
+struct InPlace<'a>(&'a AtomicUsize);
+
+impl<'a> InPlace<'a> {
+    /// A turn, when fewer than `most` accepts run in place now.
+    fn take(count: &'a AtomicUsize, most: usize) -> Option<Self> {
+        let mut now = count.load(Ordering::Relaxed);
+        loop {
+            if now >= most {
+                return None;
+            }
+            match count.compare_exchange_weak(now, now + 1, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return Some(Self(count)),
+                Err(seen) => now = seen,
+            }
+        }
+    }
+}
+
+impl Drop for InPlace<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl Authenticator for SpnegoAuthenticator {
     fn challenge(&self) -> Option<String> {
         Some("Negotiate".into())
@@ -883,18 +911,27 @@ impl Authenticator for SpnegoAuthenticator {
         // On a multi-threaded runtime (axum's) the accept, CPU work of a few
         // hundred microseconds, runs right here: a hand-off to another
         // thread (the blocking pool, or `block_in_place`'s) costs a thread
-        // wake-up of about as much on a small machine. On a single-threaded
-        // one (actix-web's), on the blocking pool.
-        let here = matches!(
-            tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()),
-            Ok(tokio::runtime::RuntimeFlavor::MultiThread) | Err(_)
-        );
-        if here && let Ok(permit) = self.0.permits.clone().try_acquire_owned() {
+        // wake-up of about as much on a small machine. On all of its
+        // workers but one at most: an accept that stalls (the replay
+        // cache's lock held by another process, a slow disk) must leave
+        // one to serve every other connection. On a single-threaded
+        // runtime (actix-web's), on the blocking pool.
+        let most_here = match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                h.metrics().num_workers().saturating_sub(1)
+            }
+            Ok(_) => 0,
+            // No runtime: the caller's own thread.
+            Err(_) => usize::MAX,
+        };
+        if let Some(here) = InPlace::take(&self.0.in_place, most_here)
+            && let Ok(permit) = self.0.permits.clone().try_acquire_owned()
+        {
             let started = Instant::now();
             let local_names = (self.0.allowed_realms.len() != 1).then_some(&self.0.local_names);
             let in_flight = InFlight::start();
             let result = accept(self.0.cred.clone(), &token, self.0.http_only, local_names);
-            drop((in_flight, permit));
+            drop((in_flight, permit, here));
             return Check::Ready(self.accepted(result, started));
         }
         let this = self.clone();
