@@ -312,7 +312,7 @@ impl Files {
         let verifier = match (&self.client_ca, mode) {
             (None, _) | (_, MtlsMode::Disable) => None,
             (Some(ca), _) => {
-                let roots = files::roots(ca)?;
+                let roots = Arc::new(files::roots(ca)?);
                 let mut crls = Vec::new();
                 for path in &self.crls {
                     let list: Vec<CertificateRevocationListDer<'static>> =
@@ -322,10 +322,16 @@ impl Files {
                     if list.is_empty() {
                         return Err(TlsError::new(path, "no CRL in the file"));
                     }
+                    // Parsed when a verifier is built: each file's on its
+                    // own, so that an error names the file it is in.
+                    WebPkiClientVerifier::builder_with_provider(Arc::clone(&roots), provider.clone())
+                        .with_crls(list.clone())
+                        .build()
+                        .map_err(|e| TlsError::new(path, format!("cannot use the CRLs: {e}")))?;
                     crls.extend(list);
                 }
-                let mut b = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                    .with_crls(crls);
+                let mut b =
+                    WebPkiClientVerifier::builder_with_provider(roots, provider.clone()).with_crls(crls);
                 if mode == MtlsMode::Permissive {
                     b = b.allow_unauthenticated();
                 }
@@ -705,6 +711,31 @@ mod tests {
         }
         let allowed = server(&expired).allow_expired_crls().build().unwrap();
         assert!(handshake(config(), allowed.server_config()).is_ok());
+    }
+
+    /// A CRL that cannot be parsed is named by its own file, not by the
+    /// first of the files given.
+    #[test]
+    fn a_crl_that_cannot_be_used_is_named_by_its_file() {
+        let dir = palisade_testkit::TempDir::new("palisade-mtls-bad-crl");
+        let pki = TestPki::new();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, pki.ca_pem()).unwrap();
+        let (cert, key) = pki.server(&["localhost"]).write_to(dir.path(), "server").unwrap();
+        let (good, bad) = (dir.path().join("good-crl.pem"), dir.path().join("bad-crl.pem"));
+        std::fs::write(&good, pki.crl_pem()).unwrap();
+        std::fs::write(
+            &bad,
+            "-----BEGIN X509 CRL-----\nMAMCAQE=\n-----END X509 CRL-----\n",
+        )
+        .unwrap();
+        let e = ServerTls::builder(&cert, &key)
+            .client_ca(&ca)
+            .crl(&good)
+            .crl(&bad)
+            .build()
+            .unwrap_err();
+        assert_eq!(e.file, bad.display().to_string(), "{e}");
     }
 
     #[test]
