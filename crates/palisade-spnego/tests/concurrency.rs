@@ -10,16 +10,12 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
-use libgssapi::context::{ClientCtx, CtxFlags};
-use libgssapi::name::Name;
-use libgssapi::oid::{GSS_MECH_KRB5, GSS_MECH_SPNEGO, GSS_NT_HOSTBASED_SERVICE};
 use metrics::{Counter, Gauge, GaugeFn, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
 use palisade_core::authn::{AuthOutcome, Authenticator as _, OwnedRequest};
 use palisade_core::metrics::SPNEGO_BLOCKING;
 use palisade_spnego::SpnegoAuthenticator;
-use palisade_testkit::KerberosRealm;
+
+mod common;
 
 /// Set in the run that measures.
 const CHILD: &str = "PALISADE_SPNEGO_CONCURRENCY_CHILD";
@@ -34,12 +30,7 @@ fn a_crowd_of_negotiate_requests_runs_at_most_the_limit_of_accepts_at_once() {
         crowd();
         return;
     }
-    let realm = KerberosRealm::start().unwrap_or_else(|e| panic!("{e}"));
-    realm.add_user("alice", "alice-password").unwrap();
-    let keytab = realm.add_service("HTTP/localhost").unwrap();
-    let ccache = realm.kinit("alice", "alice-password").unwrap();
-    palisade_testkit::run_test_again(TEST, CHILD, &realm.server_and_client_env(&keytab, &ccache));
-    drop(realm);
+    common::run_again_in_a_realm(TEST, CHILD);
 }
 
 /// In the run with the realm's environment: `CROWD` requests at once
@@ -50,14 +41,7 @@ fn crowd() {
     let auth = SpnegoAuthenticator::builder().concurrency(LIMIT).build().unwrap();
     // Made before the crowd: a client context per request, each a new
     // authenticator that no acceptor has seen (no replay).
-    let requests: Vec<OwnedRequest> = (0..CROWD)
-        .map(|_| {
-            OwnedRequest::get("/").header(
-                "authorization",
-                format!("Negotiate {}", STANDARD.encode(fresh_token())),
-            )
-        })
-        .collect();
+    let requests: Vec<OwnedRequest> = (0..CROWD).map(|_| common::fresh_request()).collect();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .enable_all()
@@ -106,13 +90,6 @@ fn crowd() {
 }
 
 /// A Negotiate token for `HTTP@localhost` from alice's credential cache.
-fn fresh_token() -> Vec<u8> {
-    let target = Name::new(b"HTTP@localhost", Some(GSS_NT_HOSTBASED_SERVICE))
-        .and_then(|n| n.canonicalize(Some(GSS_MECH_KRB5)))
-        .unwrap();
-    let mut ctx = ClientCtx::new(None, target, CtxFlags::GSS_C_MUTUAL_FLAG, Some(GSS_MECH_SPNEGO));
-    ctx.step(None, None).unwrap().expect("an initial token").to_vec()
-}
 
 /// The accepts in flight (the authenticator's own gauge), now and at most.
 #[derive(Default)]

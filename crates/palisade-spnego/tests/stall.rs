@@ -15,14 +15,11 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
-use libgssapi::context::{ClientCtx, CtxFlags};
-use libgssapi::name::Name;
-use libgssapi::oid::{GSS_MECH_KRB5, GSS_MECH_SPNEGO, GSS_NT_HOSTBASED_SERVICE};
-use palisade_core::authn::{AuthOutcome, Authenticator as _, OwnedRequest};
+use palisade_core::authn::{AuthOutcome, Authenticator as _};
 use palisade_spnego::SpnegoAuthenticator;
-use palisade_testkit::KerberosRealm;
+
+mod common;
+use common::fresh_request;
 
 /// Set in the run with the realm's environment.
 const CHILD: &str = "PALISADE_SPNEGO_STALL_CHILD";
@@ -42,12 +39,7 @@ fn a_stalled_accept_leaves_a_worker_to_serve_every_other_task() {
         stall();
         return;
     }
-    let realm = KerberosRealm::start().unwrap_or_else(|e| panic!("{e}"));
-    realm.add_user("alice", "alice-password").unwrap();
-    let keytab = realm.add_service("HTTP/localhost").unwrap();
-    let ccache = realm.kinit("alice", "alice-password").unwrap();
-    palisade_testkit::run_test_again(TEST, CHILD, &realm.server_and_client_env(&keytab, &ccache));
-    drop(realm);
+    common::run_again_in_a_realm(TEST, CHILD);
 }
 
 /// In the locking run: the replay cache locked as MIT locks it, for `STALL`.
@@ -60,15 +52,6 @@ fn hold_lock(file: &std::ffi::OsStr) {
     rustix::fs::fcntl_lock(&f, rustix::fs::FlockOperation::LockExclusive).unwrap();
     println!("locked");
     std::thread::sleep(STALL);
-}
-
-fn fresh_request() -> OwnedRequest {
-    let target = Name::new(b"HTTP@localhost", Some(GSS_NT_HOSTBASED_SERVICE))
-        .and_then(|n| n.canonicalize(Some(GSS_MECH_KRB5)))
-        .unwrap();
-    let mut ctx = ClientCtx::new(None, target, CtxFlags::GSS_C_MUTUAL_FLAG, Some(GSS_MECH_SPNEGO));
-    let token = ctx.step(None, None).unwrap().expect("an initial token");
-    OwnedRequest::get("/").header("authorization", format!("Negotiate {}", STANDARD.encode(&*token)))
 }
 
 /// In the run with the realm's environment: two tickets arrive while the
