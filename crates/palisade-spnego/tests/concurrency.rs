@@ -89,8 +89,6 @@ fn crowd() {
     );
 }
 
-/// A Negotiate token for `HTTP@localhost` from alice's credential cache.
-
 /// The accepts in flight (the authenticator's own gauge), now and at most.
 #[derive(Default)]
 struct InFlight {
