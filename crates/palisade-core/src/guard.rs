@@ -1173,7 +1173,7 @@ impl Share<Compiled> {
             // the caller found it.
             drop(_entered);
             drop(span);
-            return self.sign_in_or(req, rejection);
+            return with_renewals(self.sign_in_or(req, rejection), acc.response_headers);
         }
         allowed_event(&access);
         let mut headers = std::mem::take(&mut acc.response_headers);
@@ -1207,6 +1207,30 @@ fn trace_may_be_wanted() -> bool {
 #[inline(never)]
 fn allowed_event(access: &AccessDecision) {
     tracing::trace!(target: LOG_TARGET, %access, "allowed");
+}
+
+/// A refusal with the renewal of the user's own cookie its authentication
+/// made (a refreshed sign-in session, whose refresh token the issuer has
+/// spent; a new Negotiate session): the browser must have it whatever the
+/// policy answers, or its next request brings the spent token. Other
+/// response headers (a mutual-authentication token) are an admission's.
+fn with_renewals(decision: Decision, headers: Vec<(Cow<'static, str>, String)>) -> Decision {
+    let mut renewals = headers
+        .into_iter()
+        .filter_map(|(name, value)| match &*name {
+            "set-cookie" => Some(("set-cookie", value)),
+            "cache-control" => Some(("cache-control", value)),
+            _ => None,
+        })
+        .peekable();
+    match decision {
+        Decision::Deny(rejection) if renewals.peek().is_some() => {
+            Decision::Reply(renewals.fold(Reply::from(rejection), |reply, (name, value)| {
+                reply.header(name, value)
+            }))
+        }
+        decision => decision,
+    }
 }
 
 /// An origin as trusted origins are compared: lower case, without a final
@@ -1297,6 +1321,42 @@ mod tests {
             } else {
                 Check::Ready(outcome)
             }
+        }
+    }
+
+    /// A refusal keeps the renewal of the user's cookie its authentication
+    /// made (a refreshed session, whose refresh token the issuer spent):
+    /// the browser gets it with the 403, with an authentication that waits
+    /// too.
+    #[test]
+    fn a_refusal_keeps_the_cookie_renewal_of_its_authentication() {
+        let set = crate::policy::PolicySet::from_yaml_str(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no, namespace: default}\nspec: {action: DENY, rules: [{}]}\n",
+            "t.yaml",
+        )
+        .unwrap();
+        let deny =
+            AccessPolicy::compile(&set.for_workload(&crate::policy::Workload::new("details", "default")))
+                .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        for waits in [false, true] {
+            let guard = Guard::builder()
+                .authenticator(Session(waits))
+                .access_policy(deny.clone())
+                .build()
+                .unwrap();
+            let req = OwnedRequest::get("/orders").header("cookie", "session=alice");
+            let Decision::Reply(reply) = rt.block_on(async { guard.check(&req).await }) else {
+                panic!("a refusal that renews the cookie is a reply")
+            };
+            assert_eq!(reply.status(), 403, "waits: {waits}");
+            assert!(reply.rejection().is_some(), "still a refusal");
+            assert!(
+                reply
+                    .headers()
+                    .any(|(n, v)| n == "set-cookie" && v == "session=alice; renewed"),
+                "waits: {waits}: {reply:?}"
+            );
         }
     }
 
