@@ -1037,7 +1037,8 @@ impl Share<Compiled> {
             return Check::Ready(Decision::Reply(reply));
         }
         if let Some(rejection) = acc.rejection.take() {
-            return Check::Ready(credential_refused(rejection, req));
+            let renewals = std::mem::take(&mut acc.response_headers);
+            return Check::Ready(with_renewals(credential_refused(rejection, req), renewals));
         }
         // Where headers are reserved, the policy (and a CUSTOM authorizer)
         // reads them as the handler will get them: a client's own value
@@ -1355,6 +1356,22 @@ mod tests {
                 reply
                     .headers()
                     .any(|(n, v)| n == "set-cookie" && v == "session=alice; renewed"),
+                "waits: {waits}: {reply:?}"
+            );
+            // A credential refused beside it (a bad bearer token): 401,
+            // with the renewal too.
+            let guard = Guard::builder()
+                .authenticator(Session(waits))
+                .authenticator(Fixed(None, false))
+                .build()
+                .unwrap();
+            let req = req.header("authorization", "Bearer bad");
+            let Decision::Reply(reply) = rt.block_on(async { guard.check(&req).await }) else {
+                panic!("a refusal that renews the cookie is a reply")
+            };
+            assert_eq!(reply.status(), 401, "waits: {waits}");
+            assert!(
+                reply.headers().any(|(n, _)| n == "set-cookie"),
                 "waits: {waits}: {reply:?}"
             );
         }
