@@ -126,13 +126,15 @@ impl TokenClient {
                 .map_err(|(_, e)| e),
             other => other.map_err(|(_, e)| e),
         };
-        if let Err(ClientError::Unavailable(_)) = &granted {
-            // Discovered again by the next call: the issuer may have
-            // fixed or moved its endpoint (a refusal is an answer, kept).
-            let mut known = self.token_endpoint.lock().await;
-            if known.endpoint.as_ref().is_some_and(|c| Arc::ptr_eq(c, &endpoint)) {
-                known.stale = true;
-            }
+        // Discovered again by the next call when it did not answer as a
+        // token endpoint (the issuer may have fixed or moved it; a refusal
+        // is an answer, kept); trusted again once it answers. Not waited
+        // for: while another call discovers, its answer is the one to keep.
+        let unanswered = matches!(&granted, Err(ClientError::Unavailable(_)));
+        if let Ok(mut known) = self.token_endpoint.try_lock()
+            && known.endpoint.as_ref().is_some_and(|c| Arc::ptr_eq(c, &endpoint))
+        {
+            known.stale = unanswered;
         }
         granted
     }

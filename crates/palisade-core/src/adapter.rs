@@ -109,9 +109,11 @@ pub trait ResponseTarget {
 ///
 /// Adapters should not match on it but call [`Decision::apply`]: a refusal,
 /// a redirect or an authenticator's own answer is rendered by the core
-/// either way. A refusal of a gRPC call or of a HEAD request comes as a
-/// [`Decision::Reply`] already rendered for it ([`Reply::grpc`],
-/// [`Reply::without_body`]), its [`Rejection`] inside.
+/// either way. A refusal of a gRPC call or of a HEAD request, and one that
+/// carries the renewal of the user's cookie its authentication made, comes
+/// as a [`Decision::Reply`] already rendered ([`Reply::grpc`],
+/// [`Reply::without_body`]), its [`Rejection`] inside
+/// ([`Reply::rejection`]).
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum Decision {

@@ -740,6 +740,11 @@ impl Compiled {
         match decision {
             Decision::Allow(a) => self.metrics.decided(true, Some(a.auth().access())),
             Decision::Deny(r) => self.metrics.decided(false, r.access()),
+            // A refusal rendered (with a cookie's renewal, for gRPC, for
+            // HEAD) is counted as the refusal it holds.
+            Decision::Reply(r) if let Some(rejection) = r.rejection() => {
+                self.metrics.decided(false, rejection.access());
+            }
             // A refusal in the authenticator's words (sign-in's 403) is a
             // refusal still.
             Decision::Reply(r) if matches!(r.status(), 401 | 403) => self.metrics.decided(false, None),
@@ -1375,6 +1380,47 @@ mod tests {
                 "waits: {waits}: {reply:?}"
             );
         }
+    }
+
+    /// A refusal that carries a cookie's renewal (a reply) is counted as
+    /// the refusal it holds: under the policy that decided.
+    #[test]
+    fn a_refusal_with_a_renewal_is_counted_under_its_policy() {
+        use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+        let set = crate::policy::PolicySet::from_yaml_str(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no, namespace: default}\nspec: {action: DENY, rules: [{}]}\n",
+            "t.yaml",
+        )
+        .unwrap();
+        let deny =
+            AccessPolicy::compile(&set.for_workload(&crate::policy::Workload::new("details", "default")))
+                .unwrap();
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            let guard = Guard::builder()
+                .authenticator(Session(false))
+                .access_policy(deny)
+                .build()
+                .unwrap();
+            let req = OwnedRequest::get("/orders").header("cookie", "session=alice");
+            assert!(matches!(guard.check(&req), Check::Ready(Decision::Reply(_))));
+        });
+        let denied = snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .find_map(|(key, _, _, value)| {
+                let labels: Vec<String> = key
+                    .key()
+                    .labels()
+                    .map(|l| format!("{}={}", l.key(), l.value()))
+                    .collect();
+                (key.key().name() == "palisade_decisions_total"
+                    && labels.join(",") == "decision=deny,policy=default/no,action=DENY")
+                    .then_some(value)
+            });
+        assert!(matches!(denied, Some(DebugValue::Counter(1))), "{denied:?}");
     }
 
     /// Behind a proxy that gives the service another `Host`, a browser

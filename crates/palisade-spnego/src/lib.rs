@@ -296,7 +296,6 @@ impl SpnegoAuthenticatorBuilder {
             queue_timeout: self.queue_timeout,
             http_only: self.service.is_none(),
             permits: Arc::new(Semaphore::new(self.concurrency)),
-            in_place: AtomicUsize::new(0),
             allowed_realms: self.allowed_realms,
             max_header: self.max_header,
             mapper: self.mapper,
@@ -416,8 +415,6 @@ struct Inner {
     /// No service named: only tickets for `HTTP/…` principals.
     http_only: bool,
     permits: Arc<Semaphore>,
-    /// The accepts running on a runtime's worker thread now ([`InPlace`]).
-    in_place: AtomicUsize,
     allowed_realms: Vec<String>,
     max_header: usize,
     mapper: Option<Mapper>,
@@ -860,6 +857,11 @@ impl Drop for InFlight {
     }
 }
 
+/// The accepts running on a runtime's worker thread now, whichever
+/// authenticator runs them: a reload's new one, or a second one, must not
+/// add its own workers' worth ([`InPlace`]).
+static IN_PLACE: AtomicUsize = AtomicUsize::new(0);
+
 /// A worker thread's turn at an accept in place, counted while it runs.
 struct InPlace<'a>(&'a AtomicUsize);
 
@@ -924,7 +926,7 @@ impl Authenticator for SpnegoAuthenticator {
             // No runtime: the caller's own thread.
             Err(_) => usize::MAX,
         };
-        if let Some(here) = InPlace::take(&self.0.in_place, most_here)
+        if let Some(here) = InPlace::take(&IN_PLACE, most_here)
             && let Ok(permit) = self.0.permits.clone().try_acquire_owned()
         {
             let started = Instant::now();
