@@ -106,8 +106,10 @@ struct Discovered {
     failed: Option<(Instant, ClientError)>,
 }
 
-/// How long a failed discovery is every call's answer.
-const DISCOVERY_RETRY: Duration = Duration::from_secs(1);
+/// How long a failure to reach the issuer (a grant, an exchange, a
+/// discovery) is the answer of every call it concerns: an issuer that is
+/// down, or refuses, is asked once a second, not once a request.
+pub(crate) const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 impl TokenClient {
     /// Posts `form` with the client's authentication; the granted bearer
@@ -149,7 +151,7 @@ impl TokenClient {
             return Ok(Arc::clone(endpoint));
         }
         if let Some((at, e)) = &known.failed
-            && at.elapsed() < DISCOVERY_RETRY
+            && at.elapsed() < RETRY_AFTER
         {
             return known.endpoint.clone().ok_or_else(|| e.clone());
         }

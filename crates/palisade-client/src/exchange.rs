@@ -8,7 +8,11 @@ use std::time::{Duration, Instant};
 
 use palisade_core::authn::SingleFlight;
 
-use crate::endpoint::{GrantBuilder, Granted, TokenClient};
+// A failed exchange is every answer for its caller token for
+// `RETRY_AFTER`: a token the issuer refuses (expired, foreign, not to be
+// exchanged) is not asked about again at each request, and an issuer that
+// is down is asked once a second per caller token.
+use crate::endpoint::{GrantBuilder, Granted, RETRY_AFTER, TokenClient};
 use crate::{CallerToken, ClientError, LOG_TARGET};
 
 /// RFC 8693's grant type and its token type of an access token.
@@ -16,11 +20,6 @@ const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 /// The most exchanged tokens kept, and the most failures.
 const CAPACITY: usize = 10_000;
-/// How long a failed exchange is every answer for its caller token: a
-/// token the issuer refuses (expired, foreign, not to be exchanged) is not
-/// asked about again at each request, and an issuer that is down is asked
-/// once a second per caller token.
-const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// The cache key: the caller's token itself (shared with its
 /// [`CallerToken`]), compared in full, so a hash collision cannot hand one

@@ -8,14 +8,11 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwapOption;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
-use crate::endpoint::{GrantBuilder, Granted, TokenClient};
+// After a failed grant, the next is tried `RETRY_AFTER` later: meanwhile
+// the current token is used while it is valid, and the failure is the
+// answer when none is.
+use crate::endpoint::{GrantBuilder, Granted, RETRY_AFTER, TokenClient};
 use crate::{ClientError, LOG_TARGET};
-
-/// How long after a failed grant the next one is tried: meanwhile the
-/// current token is used while it is valid, and the failure is the answer
-/// when none is, so a refused secret or an issuer that is down is asked
-/// once a second, not once a request.
-const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 struct Inner {
     client: TokenClient,

@@ -421,13 +421,14 @@ impl GuardBuilder {
                 .filter_map(|a| a.fallback_challenge())
                 .collect();
         }
-        let explain = self.explain || access.settings().explain_header;
+        let settings = access.settings();
+        let explain = self.explain || settings.explain_header;
         // Trusted: those set in code and in the file, and the origins the
         // authenticators know the service by (a sign-in's external origin).
         let mut trusted_origins: Vec<String> = self
             .trusted_origins
             .iter()
-            .chain(&access.settings().trusted_origins)
+            .chain(&settings.trusted_origins)
             .map(|o| origin_key(o))
             .chain(
                 self.authenticators
@@ -560,11 +561,11 @@ impl Acc {
             target: LOG_TARGET,
             "another origin started this request: a credential the browser sent by itself does not authenticate it"
         );
-        for (name, value) in a.response_headers {
-            if name == "set-cookie" || name == "cache-control" {
-                self.response_headers.push((Cow::Owned(name), value));
-            }
-        }
+        self.response_headers.extend(
+            a.response_headers
+                .into_iter()
+                .filter_map(|(name, value)| renewal(&name).map(|name| (Cow::Borrowed(name), value))),
+        );
     }
 
     /// Combines an authentication with what has accumulated.
@@ -1223,11 +1224,7 @@ fn allowed_event(access: &AccessDecision) {
 fn with_renewals(decision: Decision, headers: Vec<(Cow<'static, str>, String)>) -> Decision {
     let mut renewals = headers
         .into_iter()
-        .filter_map(|(name, value)| match &*name {
-            "set-cookie" => Some(("set-cookie", value)),
-            "cache-control" => Some(("cache-control", value)),
-            _ => None,
-        })
+        .filter_map(|(name, value)| renewal(&name).map(|name| (name, value)))
         .peekable();
     match decision {
         Decision::Deny(rejection) if renewals.peek().is_some() => {
@@ -1236,6 +1233,17 @@ fn with_renewals(decision: Decision, headers: Vec<(Cow<'static, str>, String)>) 
             }))
         }
         decision => decision,
+    }
+}
+
+/// `name` (a response header's) when it belongs to the renewal of a
+/// cookie, which reaches the browser whatever becomes of the request
+/// ([`with_renewals`], [`Acc::left_aside`]).
+fn renewal(name: &str) -> Option<&'static str> {
+    match name {
+        "set-cookie" => Some("set-cookie"),
+        "cache-control" => Some("cache-control"),
+        _ => None,
     }
 }
 
@@ -1330,20 +1338,23 @@ mod tests {
         }
     }
 
+    /// A file's `DENY` policy `default/no` that refuses every request.
+    fn deny_everything() -> AccessPolicy {
+        let set = crate::policy::PolicySet::from_yaml_str(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no, namespace: default}\nspec: {action: DENY, rules: [{}]}\n",
+            "t.yaml",
+        )
+        .unwrap();
+        AccessPolicy::compile(&set.for_workload(&crate::policy::Workload::new("details", "default"))).unwrap()
+    }
+
     /// A refusal keeps the renewal of the user's cookie its authentication
     /// made (a refreshed session, whose refresh token the issuer spent):
     /// the browser gets it with the 403, with an authentication that waits
     /// too.
     #[test]
     fn a_refusal_keeps_the_cookie_renewal_of_its_authentication() {
-        let set = crate::policy::PolicySet::from_yaml_str(
-            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no, namespace: default}\nspec: {action: DENY, rules: [{}]}\n",
-            "t.yaml",
-        )
-        .unwrap();
-        let deny =
-            AccessPolicy::compile(&set.for_workload(&crate::policy::Workload::new("details", "default")))
-                .unwrap();
+        let deny = deny_everything();
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         for waits in [false, true] {
             let guard = Guard::builder()
@@ -1387,14 +1398,7 @@ mod tests {
     #[test]
     fn a_refusal_with_a_renewal_is_counted_under_its_policy() {
         use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-        let set = crate::policy::PolicySet::from_yaml_str(
-            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no, namespace: default}\nspec: {action: DENY, rules: [{}]}\n",
-            "t.yaml",
-        )
-        .unwrap();
-        let deny =
-            AccessPolicy::compile(&set.for_workload(&crate::policy::Workload::new("details", "default")))
-                .unwrap();
+        let deny = deny_everything();
         let recorder = DebuggingRecorder::new();
         let snapshotter = recorder.snapshotter();
         metrics::with_local_recorder(&recorder, || {

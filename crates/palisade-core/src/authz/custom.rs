@@ -86,6 +86,7 @@ pub(crate) struct Registered {
     pub(crate) name: Arc<str>,
     pub(crate) authorizer: Arc<dyn ExternalAuthorizer>,
     pub(crate) headers: Arc<[String]>,
+    /// How long it may take: its set's ([`ExternalAuthorizers::get`]).
     pub(crate) timeout: Duration,
     /// When its failure was last said.
     said: Arc<Sparse>,
@@ -105,12 +106,10 @@ impl Registered {
             asked: CatchUnwind(self.authorizer.authorize(request)),
             deadline: deadline(self.timeout),
         };
-        let Err(failure) = asked.await else {
-            return ExternalDecision::Allow;
+        let failure = match asked.await {
+            Ok(verdict) => return verdict,
+            Err(failure) => failure,
         };
-        if failure.is_empty() {
-            return ExternalDecision::Deny;
-        }
         if self.said.due() {
             tracing::warn!(
                 target: super::LOG_TARGET,
@@ -146,24 +145,19 @@ fn deadline(timeout: Duration) -> Option<Pin<Box<tokio::time::Sleep>>> {
     None
 }
 
-/// An authorizer's answer: its verdict; `Err` with why it has none
-/// (`panicked`, `did not answer in time`), or with nothing for a plain
-/// denial.
+/// An authorizer's answer: its verdict, or why it has none (`panicked`,
+/// `did not answer in time`).
 struct Asked {
     asked: CatchUnwind,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Future for Asked {
-    type Output = Result<(), &'static str>;
+    type Output = Result<ExternalDecision, &'static str>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         if let Poll::Ready(answer) = Pin::new(&mut self.asked).poll(cx) {
-            return Poll::Ready(match answer {
-                Ok(ExternalDecision::Allow) => Ok(()),
-                Ok(ExternalDecision::Deny) => Err(""),
-                Err(()) => Err("panicked"),
-            });
+            return Poll::Ready(answer.map_err(|()| "panicked"));
         }
         let expired = self
             .deadline
@@ -253,9 +247,6 @@ impl ExternalAuthorizers {
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout.clamp(Duration::from_millis(1), crate::syntax::LONGEST_DURATION);
-        for registered in self.map.values_mut() {
-            registered.timeout = self.timeout;
-        }
         self
     }
 
@@ -277,7 +268,7 @@ impl ExternalAuthorizers {
                 name: name.into(),
                 authorizer: Arc::new(authorizer),
                 headers: headers.into(),
-                timeout: self.timeout,
+                timeout: Self::DEFAULT_TIMEOUT,
                 said: Arc::new(Sparse::per_minute()),
             },
         );
@@ -307,7 +298,12 @@ impl ExternalAuthorizers {
         self.map.keys().map(String::as_str)
     }
 
+    /// The authorizer registered under `name`, with the set's timeout
+    /// (whenever [`timeout`](Self::timeout) was set).
     pub(crate) fn get(&self, name: &str) -> Option<Registered> {
-        self.map.get(name).cloned()
+        self.map.get(name).map(|r| Registered {
+            timeout: self.timeout,
+            ..r.clone()
+        })
     }
 }
