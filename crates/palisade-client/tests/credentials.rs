@@ -876,6 +876,64 @@ async fn a_token_endpoint_that_fails_is_discovered_again() {
     assert_eq!(real.client_credentials_grants(), 1);
 }
 
+/// A token endpoint that failed once (503), then answers while discovery
+/// fails: it is trusted again from its first answer, not discovered again
+/// by every call once a failed discovery's second is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_token_endpoint_is_trusted_again_once_it_answers() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let posts = Arc::new(AtomicUsize::new(0));
+    let answered = Arc::clone(&posts);
+    let endpoint = answering(move |_| {
+        if answered.fetch_add(1, Ordering::SeqCst) == 0 {
+            return "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_owned();
+        }
+        let body = r#"{"access_token":"exchanged","token_type":"Bearer","expires_in":300}"#;
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    })
+    .await;
+    let discoveries = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&discoveries);
+    let origin = answering(move |port| {
+        if count.fetch_add(1, Ordering::SeqCst) > 0 {
+            return "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_owned();
+        }
+        let body = format!(r#"{{"issuer":"http://127.0.0.1:{port}","token_endpoint":"{endpoint}/token"}}"#);
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    })
+    .await;
+    let exchange = TokenExchange::builder(origin, "productpage")
+        .client_secret(SECRET)
+        .audience("reviews")
+        .build()
+        .unwrap();
+    let call = |user: &str| {
+        let (exchange, caller) = (exchange.clone(), CallerToken::new(&format!("token-of-{user}")));
+        async move { exchange.authorization(&caller).await }
+    };
+    // Discovered, then the endpoint fails: stale.
+    assert!(matches!(call("alice").await, Err(ClientError::Unavailable(_))));
+    // Discovered again, which fails: the stale endpoint is used, and answers.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(&*call("bob").await.unwrap(), "Bearer exchanged");
+    assert_eq!(discoveries.load(Ordering::SeqCst), 2);
+    // Past the failed discovery's second: the endpoint is trusted as it is.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(&*call("carol").await.unwrap(), "Bearer exchanged");
+    assert_eq!(
+        discoveries.load(Ordering::SeqCst),
+        2,
+        "an endpoint that answered is not discovered again"
+    );
+    assert_eq!(posts.load(Ordering::SeqCst), 3);
+}
+
 /// An issuer whose discovery document cannot be had (500): token
 /// exchanges for several callers at once share one failed discovery,
 /// rather than each discovering in turn, one round trip (or timeout)

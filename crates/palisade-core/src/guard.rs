@@ -15,7 +15,7 @@ use crate::error::Rejection;
 use crate::identity::Identity;
 use crate::metrics::GuardMetrics;
 use crate::policy::{PolicyError, WorkloadPolicy};
-use crate::request::{ConnectionInfo, OwnedRequest, RequestHead};
+use crate::request::{ConnectionInfo, OwnedRequest, RequestHead, origin_key};
 use crate::striped::{Share, Shares};
 
 /// Log target of every decision.
@@ -386,7 +386,7 @@ impl GuardBuilder {
     /// `trustedOrigins` in a policy file's `AuthorizationSettings`.
     pub fn trusted_origin(mut self, origin: impl Into<String>) -> Self {
         let origin = origin.into();
-        crate::config_warning!(target: LOG_TARGET, "requests that {} starts may use this service's cookies whatever their method (trusted origin)", crate::syntax::url_without_credentials(&origin));
+        crate::config_warning!(target: LOG_TARGET, "{} (trusted origin)", trusted_origin_warning(&origin));
         self.trusted_origins.push(origin);
         self
     }
@@ -544,6 +544,9 @@ impl Acc {
                     target: LOG_TARGET,
                     "a session cookie of another user than the request's credential is left aside"
                 );
+                // The cookie is still the browser's: its renewal (a spent
+                // refresh token replaced) must reach it.
+                self.keep_renewals(a.response_headers);
                 continue;
             }
             self.take_in(a);
@@ -561,8 +564,14 @@ impl Acc {
             target: LOG_TARGET,
             "another origin started this request: a credential the browser sent by itself does not authenticate it"
         );
+        self.keep_renewals(a.response_headers);
+    }
+
+    /// Keeps, of the response headers of an authentication that does not
+    /// count, its renewal of the user's cookie ([`renewal`]).
+    fn keep_renewals(&mut self, headers: Vec<(String, String)>) {
         self.response_headers.extend(
-            a.response_headers
+            headers
                 .into_iter()
                 .filter_map(|(name, value)| renewal(&name).map(|name| (Cow::Borrowed(name), value))),
         );
@@ -1040,7 +1049,10 @@ impl Share<Compiled> {
     ) -> Check<Decision> {
         acc.settle();
         if let Some(reply) = acc.respond.take() {
-            return Check::Ready(Decision::Reply(reply));
+            // An authenticator's own answer (SPNEGO's 503 when busy) keeps
+            // another's renewal of its cookie, as a refusal does.
+            let renewals = std::mem::take(&mut acc.response_headers);
+            return Check::Ready(with_renewals(Decision::Reply(reply), renewals));
         }
         if let Some(rejection) = acc.rejection.take() {
             let renewals = std::mem::take(&mut acc.response_headers);
@@ -1216,24 +1228,32 @@ fn allowed_event(access: &AccessDecision) {
     tracing::trace!(target: LOG_TARGET, %access, "allowed");
 }
 
-/// A refusal with the renewal of the user's own cookie its authentication
+/// A refusal or a reply (a redirect to sign in, an authenticator's own
+/// answer) with the renewal of the user's own cookie an authentication
 /// made (a refreshed sign-in session, whose refresh token the issuer has
 /// spent; a new Negotiate session): the browser must have it whatever the
-/// policy answers, or its next request brings the spent token. Other
+/// request's answer, or its next request brings the spent token. Other
 /// response headers (a mutual-authentication token) are an admission's.
+/// A reply that says how it is cached already keeps its word.
 fn with_renewals(decision: Decision, headers: Vec<(Cow<'static, str>, String)>) -> Decision {
     let mut renewals = headers
         .into_iter()
         .filter_map(|(name, value)| renewal(&name).map(|name| (name, value)))
         .peekable();
-    match decision {
-        Decision::Deny(rejection) if renewals.peek().is_some() => {
-            Decision::Reply(renewals.fold(Reply::from(rejection), |reply, (name, value)| {
-                reply.header(name, value)
-            }))
-        }
-        decision => decision,
+    if renewals.peek().is_none() {
+        return decision;
     }
+    let reply = match decision {
+        Decision::Deny(rejection) => Reply::from(rejection),
+        Decision::Reply(reply) => reply,
+        allowed @ Decision::Allow(_) => return allowed,
+    };
+    let cached = reply.headers().any(|(name, _)| name == "cache-control");
+    Decision::Reply(
+        renewals
+            .filter(|(name, _)| !(cached && *name == "cache-control"))
+            .fold(reply, |reply, (name, value)| reply.header(name, value)),
+    )
 }
 
 /// `name` (a response header's) when it belongs to the renewal of a
@@ -1247,16 +1267,13 @@ fn renewal(name: &str) -> Option<&'static str> {
     }
 }
 
-/// An origin as trusted origins are compared: lower case, without a final
-/// `/` or its scheme's default port (browsers send `https://shop.example`
-/// for `https://shop.example:443`).
-fn origin_key(origin: &str) -> String {
-    let o = origin.trim_end_matches('/').to_ascii_lowercase();
-    let default = if o.starts_with("https://") { ":443" } else { ":80" };
-    match o.strip_suffix(default) {
-        Some(bare) => bare.to_owned(),
-        None => o,
-    }
+/// What a trusted origin relaxes, said when it is configured (in code or
+/// in a policy file's `trustedOrigins`).
+pub(crate) fn trusted_origin_warning(origin: &str) -> String {
+    format!(
+        "requests that {} starts may use this service's cookies whatever their method",
+        crate::syntax::url_without_credentials(origin)
+    )
 }
 
 /// The refusal of a path that cannot be normalised.
@@ -1389,6 +1406,78 @@ mod tests {
             assert!(
                 reply.headers().any(|(n, _)| n == "set-cookie"),
                 "waits: {waits}: {reply:?}"
+            );
+        }
+    }
+
+    /// An authenticator that answers every request itself, as SPNEGO's
+    /// 503 does when all its workers are busy.
+    struct Busy;
+
+    impl Authenticator for Busy {
+        fn challenge(&self) -> Option<String> {
+            None
+        }
+        fn authenticate(&self, _: &dyn RequestHead) -> Check<AuthOutcome> {
+            Check::Ready(AuthOutcome::Respond(
+                Reply::new(503).header("cache-control", "no-cache"),
+            ))
+        }
+    }
+
+    /// The renewal of the user's cookie reaches the browser when the answer
+    /// is not the policy's: an authenticator's own reply, and when the
+    /// cookie is set aside for a bearer token of another user; with an
+    /// authentication that waits too.
+    #[test]
+    fn an_authenticators_reply_and_another_users_credential_keep_the_renewal() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let renewed = |headers: Vec<(&str, &str)>| {
+            headers
+                .iter()
+                .filter(|(n, v)| *n == "set-cookie" && *v == "session=alice; renewed")
+                .count()
+        };
+        for waits in [false, true] {
+            let guard = Guard::builder()
+                .authenticator(Session(waits))
+                .authenticator(Busy)
+                .build()
+                .unwrap();
+            let req = OwnedRequest::get("/orders").header("cookie", "session=alice");
+            let Decision::Reply(reply) = rt.block_on(async { guard.check(&req).await }) else {
+                panic!("the authenticator's reply")
+            };
+            assert_eq!(reply.status(), 503, "waits: {waits}");
+            assert_eq!(renewed(reply.headers().collect()), 1, "waits: {waits}: {reply:?}");
+            assert_eq!(
+                reply.headers().filter(|(n, _)| *n == "cache-control").count(),
+                1,
+                "waits: {waits}: the reply's own word on caching stands alone: {reply:?}"
+            );
+
+            let guard = Guard::builder()
+                .authenticator(Session(waits))
+                .authenticator(Fixed(Some("bob"), false))
+                .access_policy(AccessPolicy::allow_all())
+                .build()
+                .unwrap();
+            let req = req.header("authorization", "Bearer good");
+            let Decision::Allow(admission) = rt.block_on(async { guard.check(&req).await }) else {
+                panic!("bob is let in")
+            };
+            assert_eq!(
+                admission
+                    .auth()
+                    .identity()
+                    .and_then(Identity::request_principal_str),
+                Some("i/bob"),
+                "waits: {waits}"
+            );
+            assert_eq!(
+                renewed(admission.response().headers().collect()),
+                1,
+                "waits: {waits}: alice's renewed cookie still reaches the browser"
             );
         }
     }

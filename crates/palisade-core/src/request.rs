@@ -262,7 +262,8 @@ impl RequestHead for OwnedRequest {
 /// header (not a browser's, or a browser's own navigation). The scheme is
 /// not compared: behind a proxy that ends TLS the request arrives over
 /// plain HTTP from an `https` origin. With `own_origin` given (a service's
-/// external origin, `https://shop.example`), `Origin` must be that one.
+/// external origin, `https://shop.example`), `Origin` must be that one
+/// (`https://shop.example:443` is the same origin).
 ///
 /// ```
 /// use palisade_core::authn::{OwnedRequest, started_elsewhere};
@@ -272,6 +273,9 @@ impl RequestHead for OwnedRequest {
 /// assert!(started_elsewhere(&post("origin", "https://evil.example"), None));
 /// assert!(!started_elsewhere(&post("origin", "https://shop.example"), None));
 /// assert!(!started_elsewhere(&OwnedRequest::new("POST", "/orders"), None));
+/// let mine = Some("https://shop.example:443");
+/// assert!(!started_elsewhere(&post("origin", "https://shop.example"), mine));
+/// assert!(started_elsewhere(&post("origin", "https://shop.example:8443"), mine));
 /// ```
 #[must_use]
 pub fn started_elsewhere(req: &dyn RequestHead, own_origin: Option<&str>) -> bool {
@@ -286,7 +290,7 @@ pub fn started_elsewhere(req: &dyn RequestHead, own_origin: Option<&str>) -> boo
         return false;
     };
     if let Some(own) = own_origin {
-        return !from.eq_ignore_ascii_case(own.trim_end_matches('/'));
+        return origin_key(from) != origin_key(own);
     }
     let from_host = from
         .strip_prefix("https://")
@@ -294,6 +298,18 @@ pub fn started_elsewhere(req: &dyn RequestHead, own_origin: Option<&str>) -> boo
     match (from_host, req.host()) {
         (Some(o), Some(h)) => !o.eq_ignore_ascii_case(h),
         _ => true,
+    }
+}
+
+/// An origin as origins are compared (a service's own, the trusted ones):
+/// lower case, without a final `/` or its scheme's default port (browsers
+/// send `https://shop.example` for `https://shop.example:443`).
+pub(crate) fn origin_key(origin: &str) -> String {
+    let o = origin.trim_end_matches('/').to_ascii_lowercase();
+    let default = if o.starts_with("https://") { ":443" } else { ":80" };
+    match o.strip_suffix(default) {
+        Some(bare) => bare.to_owned(),
+        None => o,
     }
 }
 

@@ -515,10 +515,10 @@ impl AuthorizationSettingsSpec {
         {
             Some(i) => Err((
                 format!("spec.trustedOrigins[{i}]"),
-                format!(
-                    "`{}` is not an origin (scheme://host[:port])",
-                    crate::syntax::url_without_credentials(&self.trusted_origins[i])
-                ),
+                crate::GuardError::NotAnOrigin(crate::syntax::url_without_credentials(
+                    &self.trusted_origins[i],
+                ))
+                .to_string(),
             )),
             None => Ok(()),
         }
@@ -530,10 +530,7 @@ impl AuthorizationSettingsSpec {
         for (i, origin) in self.trusted_origins.iter().enumerate() {
             out.push((
                 format!("spec.trustedOrigins[{i}]"),
-                format!(
-                    "requests that {} starts may use this service's cookies whatever their method",
-                    crate::syntax::url_without_credentials(origin)
-                ),
+                crate::guard::trusted_origin_warning(origin),
             ));
         }
         if self.escaped_slashes == EscapedSlashes::Keep {
