@@ -1514,3 +1514,119 @@ async fn a_cookie_does_not_authenticate_a_state_changing_request_another_origin_
     let e = PolicySet::from_yaml_str(&yaml("'https://app.shop.example/path'"), "t.yaml").unwrap_err();
     assert!(e.to_string().contains("spec.trustedOrigins[0]"), "{e}");
 }
+
+/// A session whose every use renews its cookie, as a sign-in's refresh
+/// does: `session=alice` is alice.
+struct Renewing;
+
+impl palisade::core::authn::Authenticator for Renewing {
+    fn challenge(&self) -> Option<String> {
+        Some("Session".into())
+    }
+    fn authenticate(
+        &self,
+        req: &dyn palisade::core::authn::RequestHead,
+    ) -> palisade::core::Check<palisade::core::authn::AuthOutcome> {
+        use palisade::core::authn::{AuthOutcome, Authenticated};
+        use palisade::core::{TokenClaims, Verification};
+        palisade::core::Check::Ready(match req.header_str("cookie") {
+            Some("session=alice") => AuthOutcome::Authenticated(
+                Authenticated::new(Identity::from_token(
+                    {
+                        let mut claims = TokenClaims::default();
+                        claims.issuer = "https://idp.example".into();
+                        claims.subject = "alice".into();
+                        claims
+                    },
+                    Verification::assertion(),
+                ))
+                .with_response_header("set-cookie", "session=alice; renewed".to_owned()),
+            ),
+            _ => AuthOutcome::NoCredential,
+        })
+    }
+}
+
+/// The response headers Palisade sets that may carry a credential (a
+/// session cookie, a challenge that may hold a Negotiate token, a
+/// redirect's target) are marked sensitive, kept out of `Debug` output and
+/// of HTTP/2's header index, on both frameworks: on an admission's edits,
+/// on a refusal, and on a refusal that carries a renewal.
+#[tokio::test]
+async fn headers_that_may_carry_a_credential_are_marked_sensitive_on_both_frameworks() {
+    let allow_all = palisade::prelude::Guard::builder()
+        .authenticator(Renewing)
+        .access_policy(palisade::core::authz::AccessPolicy::allow_all())
+        .build()
+        .unwrap();
+    let set = PolicySet::from_yaml_str(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no, namespace: default}\nspec: {action: DENY, rules: [{to: [{operation: {paths: [/admin]}}]}]}\n",
+        "t.yaml",
+    )
+    .unwrap();
+    let deny_admin = palisade::prelude::Guard::builder()
+        .authenticator(Renewing)
+        .access_policy(
+            palisade::core::authz::AccessPolicy::compile(
+                &set.for_workload(&Workload::new("details", "default")),
+            )
+            .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let required = palisade::prelude::Guard::builder()
+        .authenticator(Renewing)
+        .build()
+        .unwrap();
+    let alice: &[(&str, &str)] = &[("cookie", "session=alice")];
+    // (guard, path, cookie, status, the header that must be sensitive)
+    let cases = [
+        (&allow_all, "/whoami", alice, 200, "set-cookie"),
+        (&deny_admin, "/admin", alice, 403, "set-cookie"),
+        (&required, "/whoami", &[], 401, "www-authenticate"),
+    ];
+    for (guard, path, headers, status, sensitive) in cases {
+        let app = axum::Router::new()
+            .route("/whoami", get(whoami_axum))
+            .route("/admin", get(|| async { "admin" }))
+            .layer(palisade::axum::PalisadeLayer::new(guard.clone()));
+        let mut req = http::Request::builder().uri(path);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let res = app.oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(res.status().as_u16(), status, "axum {path}");
+        let value = res.headers().get(sensitive).expect(sensitive);
+        assert!(value.is_sensitive(), "axum {path}: {sensitive}");
+        assert!(!res.headers()["content-type"].is_sensitive(), "axum {path}");
+
+        let app = actix_web::test::init_service(
+            App::new()
+                .wrap(palisade::actix::Palisade::new(guard.clone()))
+                .route(
+                    "/whoami",
+                    web::get().to(|| async { HttpResponse::Ok().json("me") }),
+                )
+                .route(
+                    "/admin",
+                    web::get().to(|| async { HttpResponse::Ok().json("admin") }),
+                ),
+        )
+        .await;
+        let mut req = actix_web::test::TestRequest::get().uri(path);
+        for (k, v) in headers {
+            req = req.append_header((*k, *v));
+        }
+        let res = actix_web::test::call_service(&app, req.to_request()).await;
+        assert_eq!(res.status().as_u16(), status, "actix-web {path}");
+        let value = res.headers().get(sensitive).expect(sensitive);
+        assert!(value.is_sensitive(), "actix-web {path}: {sensitive}");
+        assert!(
+            !res.headers()
+                .get("content-type")
+                .expect("a content type")
+                .is_sensitive(),
+            "actix-web {path}"
+        );
+    }
+}

@@ -80,7 +80,7 @@ async fn backend_whoami(backend: Arc<Backend>, auth: RequestAuth) -> axum::respo
             Json(serde_json::json!({"via": via, "status": status, "backend": body})).into_response()
         }
         Err(e) => {
-            tracing::warn!(error = %e, "back-end call failed");
+            tracing::warn!(error = %e.without_url(), "back-end call failed");
             (
                 StatusCode::BAD_GATEWAY,
                 Json(serde_json::json!({"via": via, "error": "back-end unreachable"})),

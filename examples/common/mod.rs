@@ -179,7 +179,10 @@ fn parse(service: &str, port: u16, mut it: impl Iterator<Item = String>) -> Resu
                     .split_once('=')
                     .filter(|(n, u)| !n.is_empty() && (u.starts_with("http://") || u.starts_with("https://")))
                     .ok_or_else(|| {
-                        format!("--upstream {v}: write NAME=URL, as details=https://127.0.0.1:9080")
+                        format!(
+                            "--upstream {}: write NAME=URL, as details=https://127.0.0.1:9080",
+                            palisade::core::syntax::url_without_credentials(&v)
+                        )
                     })?;
                 if args.upstreams.iter().any(|(n, _)| n == name) {
                     return Err(format!("--upstream {name} is given twice"));
@@ -700,7 +703,8 @@ pub fn outbound(args: &Args, setup: &Setup) -> (palisade::client::Upstreams, pal
 /// exits naming the argument when one cannot be had.
 pub fn upstream_target(name: &str, url: &str) -> (reqwest::Url, u16, SocketAddr) {
     use std::net::ToSocketAddrs as _;
-    let bad = |why: &str| -> ! { fail(&format!("--upstream {name}={url}: {why}")) };
+    let shown = palisade::core::syntax::url_without_credentials(url);
+    let bad = |why: &str| -> ! { fail(&format!("--upstream {name}={shown}: {why}")) };
     let parsed = reqwest::Url::parse(url).unwrap_or_else(|e| bad(&e.to_string()));
     let port = parsed.port_or_known_default().unwrap_or_else(|| bad("no port"));
     let addr = (parsed.host_str().unwrap_or_else(|| bad("no host")), port)

@@ -43,7 +43,8 @@ impl Ratings {
     /// naming what cannot be used.
     pub fn new(args: &Args, setup: &Setup) -> Option<Self> {
         let (_, url) = args.upstreams.iter().find(|(n, _)| n == "ratings")?;
-        let bad = |why: &str| -> ! { common::fail(&format!("--upstream ratings={url}: {why}")) };
+        let shown = palisade::core::syntax::url_without_credentials(url);
+        let bad = |why: &str| -> ! { common::fail(&format!("--upstream ratings={shown}: {why}")) };
         let host = format!("ratings.{}.svc.cluster.local", setup.workload.namespace);
         let (credentials, tls) = common::outbound(args, setup);
         let credentials = credentials.for_host(&host).clone();

@@ -130,7 +130,7 @@ impl Backends {
             }
             Err(e) if e.is_timeout() => Answer::failed(504, "the upstream did not answer in time"),
             Err(e) => {
-                tracing::warn!(upstream = name, error = %e, "upstream unreachable");
+                tracing::warn!(upstream = name, error = %e.without_url(), "upstream unreachable");
                 Answer::failed(502, "the upstream cannot be reached or failed the TLS checks")
             }
         }
@@ -139,7 +139,8 @@ impl Backends {
 
 /// One `--upstream NAME=URL` built, or exit naming it.
 fn upstream(name: &str, url: &str, namespace: &str, tls: &UpstreamTls, args: &Args) -> Upstream {
-    let bad = |why: &str| -> ! { common::fail(&format!("--upstream {name}={url}: {why}")) };
+    let shown = palisade::core::syntax::url_without_credentials(url);
+    let bad = |why: &str| -> ! { common::fail(&format!("--upstream {name}={shown}: {why}")) };
     let (parsed, port, addr) = common::upstream_target(name, url);
     let host = format!("{name}.{namespace}.svc.cluster.local");
     let route = tls.for_host(&host, port);

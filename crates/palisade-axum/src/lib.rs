@@ -341,10 +341,11 @@ struct HttpResponse<'a, B>(&'a mut Response<B>);
 
 impl<B> ResponseTarget for HttpResponse<'_, B> {
     fn append_header(&mut self, name: &str, value: &str) {
-        if let (Ok(n), Ok(v)) = (
+        if let (Ok(n), Ok(mut v)) = (
             HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_str(value),
         ) {
+            v.set_sensitive(palisade_core::adapter::is_sensitive_header(name));
             self.0.headers_mut().append(n, v);
         }
     }

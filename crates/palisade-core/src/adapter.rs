@@ -862,6 +862,15 @@ fn without_user_info(authority: &str) -> &str {
     &authority[authority.rfind('@').map_or(0, |at| at + 1)..]
 }
 
+/// Whether a response header Palisade sets may carry a credential, and is
+/// marked sensitive (`HeaderValue::set_sensitive`: left out of `Debug`
+/// output, never indexed by HTTP/2's HPACK): a session cookie, a
+/// redirect's target (a logout's `id_token_hint`), a Negotiate token.
+#[must_use]
+pub fn is_sensitive_header(name: &str) -> bool {
+    matches!(name, "set-cookie" | "location" | "www-authenticate")
+}
+
 /// A [`Reply`] as an `http` 1 response (axum, hyper, tonic), with the body
 /// made by `body`; the rejection and its access decision travel in the
 /// response extensions.
@@ -871,7 +880,8 @@ pub fn http_response<B>(reply: Reply, body: impl FnOnce(String) -> B) -> http::R
     let mut res = http::Response::new(body(text));
     *res.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::UNAUTHORIZED);
     for (name, value) in headers {
-        if let Ok(v) = http::HeaderValue::from_str(&value) {
+        if let Ok(mut v) = http::HeaderValue::from_str(&value) {
+            v.set_sensitive(is_sensitive_header(name));
             res.headers_mut().append(name, v);
         }
     }
@@ -897,7 +907,8 @@ pub fn actix_response(reply: Reply) -> actix_web::HttpResponse {
     let mut builder =
         actix_web::HttpResponse::build(StatusCode::from_u16(status).unwrap_or(StatusCode::UNAUTHORIZED));
     for (name, value) in headers {
-        if let Ok(v) = HeaderValue::from_str(&value) {
+        if let Ok(mut v) = HeaderValue::from_str(&value) {
+            v.set_sensitive(is_sensitive_header(name));
             builder.append_header((name, v));
         }
     }
@@ -998,6 +1009,30 @@ pub fn authorize_route(
 mod tests {
     use super::*;
     use crate::request::OwnedRequest;
+
+    /// A reply's headers that may carry a credential are marked sensitive
+    /// by both renderers; the others are not.
+    #[cfg(all(feature = "axum", feature = "actix"))]
+    #[test]
+    fn both_renderers_mark_the_headers_that_may_carry_a_credential() {
+        let reply = || {
+            Reply::redirect("https://idp.example/logout?id_token_hint=eyJ")
+                .header("set-cookie", "s=1")
+                .header("www-authenticate", "Negotiate oRQw")
+        };
+        let http = http_response(reply(), |_| ());
+        let actix = actix_response(reply());
+        for name in ["location", "set-cookie", "www-authenticate", "cache-control"] {
+            let sensitive = is_sensitive_header(name);
+            assert_eq!(sensitive, name != "cache-control", "{name}");
+            assert_eq!(http.headers()[name].is_sensitive(), sensitive, "http: {name}");
+            assert_eq!(
+                actix.headers().get(name).map(|v| v.is_sensitive()),
+                Some(sensitive),
+                "actix: {name}"
+            );
+        }
+    }
 
     #[test]
     fn grpc_calls_are_told_by_their_content_type() {

@@ -15,8 +15,9 @@ use crate::error::Rejection;
 use crate::identity::Identity;
 use crate::metrics::GuardMetrics;
 use crate::policy::{PolicyError, WorkloadPolicy};
-use crate::request::{ConnectionInfo, OwnedRequest, RequestHead, origin_key};
+use crate::request::{ConnectionInfo, OwnedRequest, RequestHead};
 use crate::striped::{Share, Shares};
+use crate::syntax::origin_key;
 
 /// Log target of every decision.
 pub const LOG_TARGET: &str = "palisade";
@@ -527,9 +528,10 @@ impl Acc {
     }
 
     /// Takes in the cookies' authentications, once every authenticator has
-    /// answered, in the configuration's order: each is dropped whole when a
-    /// credential the request carries itself, or an earlier cookie, named
-    /// another user, else combined as any other. (Cookies of two users, a
+    /// answered, in the configuration's order: each is set aside (all but
+    /// its renewal of the cookie) when a credential the request carries
+    /// itself, or an earlier cookie, named another user, else combined as
+    /// any other. (Cookies of two users, a
     /// Negotiate session's and a sign-in's, say, are never one identity:
     /// the first configured speaks, whichever answered first.)
     fn settle(&mut self) {
@@ -1234,7 +1236,8 @@ fn allowed_event(access: &AccessDecision) {
 /// spent; a new Negotiate session): the browser must have it whatever the
 /// request's answer, or its next request brings the spent token. Other
 /// response headers (a mutual-authentication token) are an admission's.
-/// A reply that says how it is cached already keeps its word.
+/// A renewal's `Cache-Control: private` is added unless the reply already
+/// keeps itself out of shared caches (`no-store`, `private`).
 fn with_renewals(decision: Decision, headers: Vec<(Cow<'static, str>, String)>) -> Decision {
     let mut renewals = headers
         .into_iter()
@@ -1246,19 +1249,25 @@ fn with_renewals(decision: Decision, headers: Vec<(Cow<'static, str>, String)>) 
     let reply = match decision {
         Decision::Deny(rejection) => Reply::from(rejection),
         Decision::Reply(reply) => reply,
+        // An admission carries its renewals as response edits.
         allowed @ Decision::Allow(_) => return allowed,
     };
-    let cached = reply.headers().any(|(name, _)| name == "cache-control");
+    let unshared = reply.headers().any(|(name, value)| {
+        name == "cache-control"
+            && value
+                .split(',')
+                .any(|d| matches!(d.trim().to_ascii_lowercase().as_str(), "no-store" | "private"))
+    });
     Decision::Reply(
         renewals
-            .filter(|(name, _)| !(cached && *name == "cache-control"))
+            .filter(|(name, _)| !(unshared && *name == "cache-control"))
             .fold(reply, |reply, (name, value)| reply.header(name, value)),
     )
 }
 
 /// `name` (a response header's) when it belongs to the renewal of a
 /// cookie, which reaches the browser whatever becomes of the request
-/// ([`with_renewals`], [`Acc::left_aside`]).
+/// ([`with_renewals`], [`Acc::keep_renewals`]).
 fn renewal(name: &str) -> Option<&'static str> {
     match name {
         "set-cookie" => Some("set-cookie"),
@@ -1345,6 +1354,7 @@ mod tests {
             let outcome = AuthOutcome::Authenticated(
                 Authenticated::new(Identity::from_token(t, Verification::assertion()))
                     .with_response_header("set-cookie", "session=alice; renewed".to_owned())
+                    .with_response_header("cache-control", "private".to_owned())
                     .ambient(),
             );
             if self.0 {
@@ -1450,10 +1460,15 @@ mod tests {
             };
             assert_eq!(reply.status(), 503, "waits: {waits}");
             assert_eq!(renewed(reply.headers().collect()), 1, "waits: {waits}: {reply:?}");
+            // `no-cache` lets a shared cache keep it: the renewal's
+            // `private` is added.
             assert_eq!(
-                reply.headers().filter(|(n, _)| *n == "cache-control").count(),
-                1,
-                "waits: {waits}: the reply's own word on caching stands alone: {reply:?}"
+                reply
+                    .headers()
+                    .filter(|(n, _)| *n == "cache-control")
+                    .collect::<Vec<_>>(),
+                [("cache-control", "no-cache"), ("cache-control", "private")],
+                "waits: {waits}"
             );
 
             let guard = Guard::builder()
@@ -1478,6 +1493,59 @@ mod tests {
                 renewed(admission.response().headers().collect()),
                 1,
                 "waits: {waits}: alice's renewed cookie still reaches the browser"
+            );
+        }
+    }
+
+    /// An interactive authenticator: a redirect to sign in for a request
+    /// refused for want of a credential.
+    struct Login;
+
+    impl Authenticator for Login {
+        fn challenge(&self) -> Option<String> {
+            None
+        }
+        fn authenticate(&self, _: &dyn RequestHead) -> Check<AuthOutcome> {
+            Check::Ready(AuthOutcome::NoCredential)
+        }
+        fn sign_in(&self, _: &dyn RequestHead) -> Option<Reply> {
+            Some(Reply::redirect("https://idp.example/auth"))
+        }
+    }
+
+    /// A request another origin started is decided without the cookie, so
+    /// a policy that wants a user sends it to sign in: the redirect carries
+    /// the cookie's renewal too; its `no-store` is enough, without the
+    /// renewal's `private`.
+    #[test]
+    fn a_redirect_to_sign_in_keeps_a_left_aside_renewal() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        for waits in [false, true] {
+            let guard = Guard::builder()
+                .authenticator(Session(waits))
+                .authenticator(Login)
+                .build()
+                .unwrap();
+            let req = OwnedRequest::new("POST", "/orders")
+                .header("host", "backend:8080")
+                .header("cookie", "session=alice")
+                .header("origin", "https://evil.example");
+            let Decision::Reply(reply) = rt.block_on(async { guard.check(&req).await }) else {
+                panic!("sent to sign in")
+            };
+            assert_eq!(reply.status(), 302, "waits: {waits}");
+            let headers: Vec<_> = reply.headers().collect();
+            assert!(
+                headers.contains(&("set-cookie", "session=alice; renewed")),
+                "waits: {waits}: {headers:?}"
+            );
+            assert_eq!(
+                headers
+                    .iter()
+                    .filter(|(n, _)| *n == "cache-control")
+                    .collect::<Vec<_>>(),
+                [&("cache-control", "no-store")],
+                "waits: {waits}"
             );
         }
     }
@@ -1931,6 +1999,10 @@ mod tests {
             .unwrap();
         let seen = Arc::new(Seen::default());
         tracing::subscriber::with_default(seen.clone(), || {
+            // Another test's thread may have registered these callsites,
+            // without a subscriber, while this one was being set: their
+            // interest is asked again, of this subscriber too.
+            tracing::callsite::rebuild_interest_cache();
             assert!(matches!(
                 ready(guard.check(&OwnedRequest::get("/"))),
                 Decision::Allow(_)

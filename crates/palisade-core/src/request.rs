@@ -290,7 +290,7 @@ pub fn started_elsewhere(req: &dyn RequestHead, own_origin: Option<&str>) -> boo
         return false;
     };
     if let Some(own) = own_origin {
-        return origin_key(from) != origin_key(own);
+        return crate::syntax::origin_key(from) != crate::syntax::origin_key(own);
     }
     let from_host = from
         .strip_prefix("https://")
@@ -298,18 +298,6 @@ pub fn started_elsewhere(req: &dyn RequestHead, own_origin: Option<&str>) -> boo
     match (from_host, req.host()) {
         (Some(o), Some(h)) => !o.eq_ignore_ascii_case(h),
         _ => true,
-    }
-}
-
-/// An origin as origins are compared (a service's own, the trusted ones):
-/// lower case, without a final `/` or its scheme's default port (browsers
-/// send `https://shop.example` for `https://shop.example:443`).
-pub(crate) fn origin_key(origin: &str) -> String {
-    let o = origin.trim_end_matches('/').to_ascii_lowercase();
-    let default = if o.starts_with("https://") { ":443" } else { ":80" };
-    match o.strip_suffix(default) {
-        Some(bare) => bare.to_owned(),
-        None => o,
     }
 }
 

@@ -208,6 +208,26 @@ pub fn is_origin(origin: &str) -> bool {
         && (rest.is_empty() || rest == "/")
 }
 
+/// An origin as a browser writes it in `Origin`, and as origins are
+/// compared (a service's own, the trusted ones): lower case, without a
+/// final `/` or its scheme's default port (`https://shop.example` for
+/// `https://shop.example:443`).
+///
+/// ```
+/// use palisade_core::syntax::origin_key;
+/// assert_eq!(origin_key("HTTPS://Shop.example:443/"), "https://shop.example");
+/// assert_eq!(origin_key("http://shop.example:443"), "http://shop.example:443");
+/// ```
+#[must_use]
+pub fn origin_key(origin: &str) -> String {
+    let o = origin.trim_end_matches('/').to_ascii_lowercase();
+    let default = if o.starts_with("https://") { ":443" } else { ":80" };
+    match o.strip_suffix(default) {
+        Some(bare) => bare.to_owned(),
+        None => o,
+    }
+}
+
 /// Where a browser may be sent (sign-in's `postLogoutRedirectUri`): a path
 /// of this service (`/`, `/bye?x=1`: a query is allowed, made absolute on
 /// the request's origin), or an absolute http(s) URL with a host and no

@@ -1031,7 +1031,7 @@ impl DpopVerifier {
         let header_json = URL_SAFE_NO_PAD.decode(h).map_err(|_| DpopError::Malformed)?;
         let header: Header<'_> = members::parse(&header_json).ok_or(DpopError::Malformed)?;
         let alg = self.check_header(&header)?;
-        let key = proof_key(&header, alg, &self.keys)?;
+        let (key, unknown) = proof_key(&header, alg, &self.keys)?;
         let claims_json = URL_SAFE_NO_PAD.decode(p).map_err(|_| DpopError::Malformed)?;
         let claims: Claims<'_> = members::parse(&claims_json).ok_or(DpopError::Malformed)?;
         let checked = self.check_claims(&claims, req, now_unix)?;
@@ -1039,7 +1039,12 @@ impl DpopVerifier {
         if !jsonwebtoken::crypto::verify(signature, message.as_bytes(), &key.key, alg).unwrap_or(false) {
             return Err(DpopError::BadSignature);
         }
-        // Recorded last, and only for a signed proof: junk never fills the store.
+        // Kept, and recorded last, only for a signed proof: junk never fills
+        // the key cache (emptying it of the keys of clients in use) or the
+        // replay store.
+        if let Some(id) = unknown {
+            self.keys.insert(id, Arc::clone(&key));
+        }
         let replay_key = sha256(&[key.jkt.as_bytes(), checked.jti.as_bytes()]);
         let expires_at = checked
             .iat
@@ -1156,8 +1161,14 @@ struct ProofKey {
     jkt: String,
 }
 
-/// The header's `jwk`: a public key of a supported type that fits `alg`.
-fn proof_key(header: &Header<'_>, alg: Algorithm, keys: &KeyCache) -> Result<Arc<ProofKey>, DpopError> {
+/// The header's `jwk`: a public key of a supported type that fits `alg`;
+/// with its cache id when it was built now, to be kept once the proof is
+/// found signed with it.
+fn proof_key(
+    header: &Header<'_>,
+    alg: Algorithm,
+    keys: &KeyCache,
+) -> Result<(Arc<ProofKey>, Option<String>), DpopError> {
     let Some(JwkMember::Object(jwk)) = &header.jwk else {
         return Err(DpopError::InvalidKey);
     };
@@ -1184,7 +1195,7 @@ fn proof_key(header: &Header<'_>, alg: Algorithm, keys: &KeyCache) -> Result<Arc
     if name.is_some()
         && let Some(known) = keys.get(&id)
     {
-        return Ok(known);
+        return Ok((known, None));
     }
     let key = match kty {
         "RSA" => {
@@ -1193,12 +1204,12 @@ fn proof_key(header: &Header<'_>, alg: Algorithm, keys: &KeyCache) -> Result<Arc
             }
             let n = unsigned(string_member(jwk, "n")?)?;
             let e = unsigned(string_member(jwk, "e")?)?;
+            if n.len() > MAX_RSA_OCTETS || e.len() > MAX_RSA_EXPONENT_OCTETS {
+                return Err(DpopError::InvalidKey);
+            }
             // Under 2048 bits, or made by the library of ROCA (CVE-2017-15361).
             if crate::key_quality::check_rsa_modulus(&n).is_err() {
                 return Err(DpopError::WeakKey);
-            }
-            if n.len() > MAX_RSA_OCTETS || e.len() > MAX_RSA_EXPONENT_OCTETS {
-                return Err(DpopError::InvalidKey);
             }
             DecodingKey::from_rsa_raw_components(&n, &e)
         }
@@ -1237,10 +1248,8 @@ fn proof_key(header: &Header<'_>, alg: Algorithm, keys: &KeyCache) -> Result<Arc
         key,
         jkt: URL_SAFE_NO_PAD.encode(sha256(&[&id.as_bytes()[members..]])),
     });
-    if name.is_some() {
-        keys.insert(id, key.clone());
-    }
-    Ok(key)
+    // Kept once the proof's signature is checked ([`DpopVerifier::check`]).
+    Ok((key, name.is_some().then_some(id)))
 }
 
 /// The name of a JWS algorithm, as a key of [`KeyCache`] (none for one
@@ -2080,6 +2089,27 @@ mod tests {
         let kept = ProofRequest::new("GET", HTU).with_hashed_access_token(TOKEN, sha256(&[TOKEN.as_bytes()]));
         v.verify_now(&key.proof().signed_by(&key), &kept, now())
             .expect("the kept hash is the token's");
+    }
+
+    /// Proofs whose signature is not their key's (junk with a fresh key
+    /// each) are refused without keeping their keys, which would empty
+    /// the cache of the keys of clients in use; a signed proof's key is
+    /// kept.
+    #[test]
+    fn only_the_key_of_a_signed_proof_is_kept() {
+        let v = verifier();
+        let signer = TestKey::ec(Algorithm::ES256);
+        for _ in 0..3 {
+            let junk = TestKey::ec(Algorithm::ES256).proof().signed_by(&signer);
+            assert_eq!(
+                v.verify_now(&junk, &request(), now()).unwrap_err(),
+                DpopError::BadSignature
+            );
+        }
+        assert_eq!(v.keys.0.lock().expect("keys").len(), 0);
+        v.verify_now(&signer.proof().signed_by(&signer), &request(), now())
+            .expect("accepted");
+        assert_eq!(v.keys.0.lock().expect("keys").len(), 1);
     }
 
     #[test]

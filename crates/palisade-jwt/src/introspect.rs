@@ -593,7 +593,10 @@ impl Introspector {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             if failed.is_some_and(|t| t.elapsed() < self.fetch.min_refresh_interval) {
-                return Err(format!("{}: discovery failed moments ago", self.issuer));
+                return Err(format!(
+                    "{}: discovery failed moments ago",
+                    palisade_core::syntax::url_without_credentials(&self.issuer)
+                ));
             }
             let found = self.discover(client).await;
             if found.is_err() {
@@ -614,6 +617,8 @@ impl Introspector {
             self.issuer.trim_end_matches('/')
         );
         let (body, _) = get(client, &url, self.fetch.max_body).await?;
+        // Said as every URL is said in logs.
+        let url = palisade_core::syntax::url_without_credentials(&url);
         let doc: Value = serde_json::from_slice(&body).map_err(|_| format!("{url}: not JSON"))?;
         if doc.get("issuer").and_then(Value::as_str) != Some(self.issuer.as_str()) {
             return Err(format!("{url}: `issuer` does not match the configured issuer"));

@@ -799,7 +799,7 @@ async fn fetch_from(
                 ));
             }
             if palisade_core::syntax::plain_http_elsewhere(u) {
-                tracing::warn!(target: LOG, issuer = %store.issuer, jwks_uri = %palisade_core::syntax::url_without_credentials(u), "the discovery document's JWKS URI uses plain http: keys can be tampered with in transit");
+                tracing::warn!(target: LOG, issuer = %palisade_core::syntax::url_without_credentials(&store.issuer), jwks_uri = %palisade_core::syntax::url_without_credentials(u), "the discovery document's JWKS URI uses plain http: keys can be tampered with in transit");
             }
             *jwks_uri = Some(u.to_owned());
             u.to_owned()

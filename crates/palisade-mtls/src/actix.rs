@@ -141,21 +141,24 @@ impl HttpSettings {
 
     /// Keep-alive (default 75 s, the idle timeout), as `HttpServer::keep_alive`.
     pub fn keep_alive(mut self, keep_alive: impl Into<KeepAlive>) -> Self {
-        self.keep_alive = keep_alive.into();
+        self.keep_alive = match keep_alive.into() {
+            KeepAlive::Timeout(d) => KeepAlive::Timeout(at_most_longest(d)),
+            other => other,
+        };
         self
     }
 
     /// How long a client has to send its first request's head (default
     /// 10 s, the header-read timeout), as `HttpServer::client_request_timeout`.
     pub fn client_request_timeout(mut self, timeout: Duration) -> Self {
-        self.client_request_timeout = timeout;
+        self.client_request_timeout = at_most_longest(timeout);
         self
     }
 
     /// How long a client has to close after the server did (default 1 s),
     /// as `HttpServer::client_disconnect_timeout`.
     pub fn client_disconnect_timeout(mut self, timeout: Duration) -> Self {
-        self.client_disconnect_timeout = timeout;
+        self.client_disconnect_timeout = at_most_longest(timeout);
         self
     }
 
@@ -170,9 +173,18 @@ impl HttpSettings {
     /// How long a client has for the TLS handshake and, in PERMISSIVE, for
     /// its first byte (default 10 s).
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
-        self.handshake_timeout = timeout;
+        self.handshake_timeout = at_most_longest(timeout);
         self
     }
+}
+
+/// A timeout of [`HttpSettings`]: at most ten years
+/// ([`LONGEST_DURATION`](palisade_core::syntax::LONGEST_DURATION)), as
+/// [`ServerLimits`] takes them. A longer one (`Duration::MAX` for "no
+/// limit") overflows where actix-http adds it to the time of day, and
+/// panics there at the first connection rather than at start-up.
+fn at_most_longest(timeout: Duration) -> Duration {
+    timeout.min(palisade_core::syntax::LONGEST_DURATION)
 }
 
 /// An actix-web server for the `App`s `factory` makes, on `listener`, with
@@ -591,5 +603,27 @@ mod tests {
         let res = f.mtls.get(url).send().await.unwrap();
         assert_eq!(res.headers()["connection"], "close");
         f.handle.stop(true).await;
+    }
+
+    /// Timeouts of `Duration::MAX` ("no limit") serve requests, over TLS
+    /// and in plaintext, as ten years: actix-http adds them to the time of
+    /// day.
+    #[actix_web::test]
+    async fn timeouts_without_a_limit_serve_requests() {
+        let settings = HttpSettings::default()
+            .keep_alive(Duration::MAX)
+            .client_request_timeout(Duration::MAX)
+            .client_disconnect_timeout(Duration::MAX)
+            .handshake_timeout(Duration::MAX);
+        let f = Fixture::start("unlimited", settings);
+        let plain = reqwest::get(format!("http://127.0.0.1:{}/", f.port))
+            .await
+            .unwrap();
+        assert_eq!(plain.text().await.unwrap(), "http -");
+        assert_eq!(
+            f.mtls_get().await.unwrap(),
+            "https spiffe://cluster.local/ns/default/sa/productpage"
+        );
+        f.handle.stop(false).await;
     }
 }

@@ -195,7 +195,10 @@ pub struct SignInBuilder {
 impl fmt::Debug for SignInBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SignInBuilder")
-            .field("issuer", &self.config.issuer)
+            .field(
+                "issuer",
+                &palisade_core::syntax::url_without_credentials(&self.config.issuer),
+            )
             .field("client_id", &self.config.client_id)
             .field(
                 "confidential",

@@ -137,7 +137,10 @@ pub struct SignIn(Arc<Inner>);
 impl fmt::Debug for SignIn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SignIn")
-            .field("issuer", &self.0.config.issuer)
+            .field(
+                "issuer",
+                &palisade_core::syntax::url_without_credentials(&self.0.config.issuer),
+            )
             .field("client_id", &self.0.config.client_id)
             .field(
                 "confidential",
@@ -423,16 +426,8 @@ impl SignInBuilder {
                     palisade_core::syntax::url_without_credentials(o)
                 )));
             }
-            // As a browser writes it in `Origin`: lower case, without
-            // its scheme's default port or a trailing `/`.
-            if o.ends_with('/') {
-                o.pop();
-            }
-            o.make_ascii_lowercase();
-            let default_port = if o.starts_with("https://") { ":443" } else { ":80" };
-            if let Some(short) = o.strip_suffix(default_port) {
-                *o = short.to_owned();
-            }
+            // As a browser writes it in `Origin`.
+            *o = palisade_core::syntax::origin_key(o);
         }
         if config.idle_timeout > config.absolute_timeout {
             return Err(SignInError::Config(

@@ -106,6 +106,8 @@ impl Issuer {
             config.issuer.trim_end_matches('/')
         );
         let issuer = config.issuer.clone();
+        // As every URL is said in logs: without credentials or a query's values.
+        let shown = palisade_core::syntax::url_without_credentials(&issuer);
         let (client, slot) = (http.clone(), Arc::clone(&metadata));
         std::thread::Builder::new()
             .name("palisade-signin-discovery".into())
@@ -116,14 +118,14 @@ impl Issuer {
                         let next = match discover(&client, &url, &issuer).await {
                             Ok(m) => {
                                 if slot.load().is_none() {
-                                    tracing::info!(target: LOG_TARGET, %issuer, "sign-in ready: the issuer's discovery document is loaded");
+                                    tracing::info!(target: LOG_TARGET, issuer = %shown, "sign-in ready: the issuer's discovery document is loaded");
                                 }
                                 slot.store(Some(Arc::new(m)));
                                 wait = Duration::from_millis(200);
                                 Duration::from_secs(3600)
                             }
                             Err(e) => {
-                                tracing::warn!(target: LOG_TARGET, %issuer, error = %e, "cannot load the issuer's discovery document; retrying");
+                                tracing::warn!(target: LOG_TARGET, issuer = %shown, error = %e, "cannot load the issuer's discovery document; retrying");
                                 wait = (wait * 2).min(Duration::from_secs(30));
                                 wait
                             }
@@ -246,8 +248,9 @@ async fn discover(client: &reqwest::Client, url: &str, issuer: &str) -> Result<M
         serde_json::from_slice(&bytes).map_err(|e| format!("the discovery document does not parse: {e}"))?;
     if m.issuer != issuer {
         return Err(format!(
-            "the discovery document names the issuer `{}`, not `{issuer}`",
-            m.issuer
+            "the discovery document names the issuer `{}`, not `{}`",
+            palisade_core::syntax::url_without_credentials(&m.issuer),
+            palisade_core::syntax::url_without_credentials(issuer)
         ));
     }
     if let Some(methods) = &m.code_challenge_methods_supported

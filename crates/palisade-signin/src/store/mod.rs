@@ -153,8 +153,9 @@ pub trait SessionStore: Send + Sync + 'static {
     }
 }
 
-/// The facts about a session that revocations match against.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The facts about a session that revocations match against. Its `Debug`
+/// output leaves out the two session ids.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct SessionRef<'a> {
     /// The session's own id (the relying party's).
     pub id: &'a str,
@@ -171,8 +172,9 @@ pub struct SessionRef<'a> {
 
 /// What a logout revokes. `until` is when the entry may be forgotten: the
 /// caller passes now plus the absolute session timeout, after which every
-/// session it matches has expired anyway.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// session it matches has expired anyway. Its `Debug` output leaves out
+/// the session ids.
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Revocation {
     /// One session (a logout here).
@@ -204,6 +206,50 @@ pub enum Revocation {
         /// When the entry may be forgotten.
         until: SystemTime,
     },
+}
+
+// Session ids name a signed-in user's session (the `Session`'s own `Debug`
+// leaves its id out): shown as `***`.
+impl std::fmt::Debug for SessionRef<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionRef")
+            .field("id", &"***")
+            .field("issuer", &self.issuer)
+            .field("subject", &self.subject)
+            .field("sid", &self.sid.map(|_| "***"))
+            .field("created", &self.created)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Revocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Revocation::Session { until, .. } => f
+                .debug_struct("Session")
+                .field("id", &"***")
+                .field("until", until)
+                .finish(),
+            Revocation::Sid { issuer, until, .. } => f
+                .debug_struct("Sid")
+                .field("issuer", issuer)
+                .field("sid", &"***")
+                .field("until", until)
+                .finish(),
+            Revocation::Subject {
+                issuer,
+                subject,
+                before,
+                until,
+            } => f
+                .debug_struct("Subject")
+                .field("issuer", issuer)
+                .field("subject", subject)
+                .field("before", before)
+                .field("until", until)
+                .finish(),
+        }
+    }
 }
 
 impl Revocation {

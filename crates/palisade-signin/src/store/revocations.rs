@@ -20,7 +20,6 @@ const FIRST_PURGE: usize = 1024;
 /// Revocations with the time each may be forgotten. Looking up an entry
 /// whose `until` has passed still answers revoked until it is purged: the
 /// sessions it matches have expired anyway.
-#[derive(Debug)]
 pub(super) struct RevocationSet {
     sessions: HashMap<String, SystemTime>,
     /// issuer → sid → until.
@@ -30,6 +29,15 @@ pub(super) struct RevocationSet {
     len: usize,
     /// The entry count at which the next insertion purges.
     next_purge: usize,
+}
+
+// Its keys are session ids: counts only.
+impl std::fmt::Debug for RevocationSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RevocationSet")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Whether an insertion was kept.
@@ -206,6 +214,38 @@ mod tests {
             sid: None,
             created: at(created),
         }
+    }
+
+    /// Session ids (the relying party's, the identity provider's `sid`)
+    /// stay out of `Debug` output; the rest shows.
+    #[test]
+    fn debug_output_shows_no_session_id() {
+        let session = SessionRef {
+            id: "rp-session-7f3a",
+            sid: Some("idp-session-91c2"),
+            ..alice(0)
+        };
+        let mut set = RevocationSet::new();
+        let revocations = [
+            Revocation::Session {
+                id: "rp-session-7f3a".into(),
+                until: at(100),
+            },
+            Revocation::Sid {
+                issuer: "iss".into(),
+                sid: "idp-session-91c2".into(),
+                until: at(100),
+            },
+        ];
+        for r in &revocations {
+            assert_eq!(set.insert(r, at(0), 10), Inserted::Yes);
+        }
+        let shown = format!("{session:?} {revocations:?} {set:?}");
+        assert!(
+            !shown.contains("rp-session") && !shown.contains("idp-session"),
+            "{shown}"
+        );
+        assert!(shown.contains("alice") && shown.contains("iss"), "{shown}");
     }
 
     #[test]
