@@ -336,9 +336,15 @@ impl Admission {
                 "a path that is not in normal form reached Palisade after routing: refused with 400. {advice}, so that the router sees the path the policy matched"
             );
         }
-        let reply = Reply::from(Rejection::malformed_path(
+        let mut reply = Reply::from(Rejection::malformed_path(
             "the request path is not in normal form",
         ));
+        // A renewal of the user's cookie reaches the browser with it.
+        for (name, value) in self.response().headers() {
+            if let Some(name) = crate::guard::renewal(name) {
+                reply = reply.header(name, value);
+            }
+        }
         let rendering = self.rare.as_ref().map_or(Rendering::Http, |r| r.rendering);
         rendering.render(reply)
     }
@@ -868,7 +874,9 @@ fn without_user_info(authority: &str) -> &str {
 /// redirect's target (a logout's `id_token_hint`), a Negotiate token.
 #[must_use]
 pub fn is_sensitive_header(name: &str) -> bool {
-    matches!(name, "set-cookie" | "location" | "www-authenticate")
+    ["set-cookie", "location", "www-authenticate"]
+        .iter()
+        .any(|n| name.eq_ignore_ascii_case(n))
 }
 
 /// A [`Reply`] as an `http` 1 response (axum, hyper, tonic), with the body

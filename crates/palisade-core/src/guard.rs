@@ -1267,8 +1267,9 @@ fn with_renewals(decision: Decision, headers: Vec<(Cow<'static, str>, String)>) 
 
 /// `name` (a response header's) when it belongs to the renewal of a
 /// cookie, which reaches the browser whatever becomes of the request
-/// ([`with_renewals`], [`Acc::keep_renewals`]).
-fn renewal(name: &str) -> Option<&'static str> {
+/// ([`with_renewals`], [`Acc::keep_renewals`], an admission whose path the
+/// framework refuses).
+pub(crate) fn renewal(name: &str) -> Option<&'static str> {
     match name {
         "set-cookie" => Some("set-cookie"),
         "cache-control" => Some("cache-control"),
@@ -1548,6 +1549,50 @@ mod tests {
                 "waits: {waits}"
             );
         }
+    }
+
+    /// A framework that cannot take the normalised path (the layer runs
+    /// after routing) refuses the admission with 400: the cookie's renewal
+    /// goes with it.
+    #[test]
+    fn a_path_the_framework_refuses_keeps_the_renewal() {
+        struct Routed;
+        impl crate::adapter::RequestTarget for Routed {
+            fn remove_header(&mut self, _: &str) {}
+            fn set_header(&mut self, _: &str, _: &str) {}
+            fn rewrite_target(&mut self, _: &str) -> Result<(), crate::adapter::TargetRewrite> {
+                Err(crate::adapter::TargetRewrite::Invalid)
+            }
+            fn insert_auth(&mut self, _: RequestAuth) {}
+        }
+        let set = crate::policy::PolicySet::from_yaml_str(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: orders, namespace: default}\nspec: {rules: [{to: [{operation: {paths: [/orders]}}]}]}\n",
+            "t.yaml",
+        )
+        .unwrap();
+        let orders =
+            AccessPolicy::compile(&set.for_workload(&crate::policy::Workload::new("details", "default")))
+                .unwrap();
+        let guard = Guard::builder()
+            .authenticator(Session(false))
+            .access_policy(orders)
+            .build()
+            .unwrap();
+        let req = OwnedRequest::get("/a/../orders").header("cookie", "session=alice");
+        let Check::Ready(Decision::Allow(admission)) = guard.check(&req) else {
+            panic!("allowed")
+        };
+        assert_eq!(admission.rewritten_target(), Some("/orders"));
+        let Err(reply) = admission.apply(&mut Routed) else {
+            panic!("refused by the framework")
+        };
+        assert_eq!(reply.status(), 400);
+        let headers: Vec<_> = reply.headers().collect();
+        assert!(
+            headers.contains(&("set-cookie", "session=alice; renewed"))
+                && headers.contains(&("cache-control", "private")),
+            "{headers:?}"
+        );
     }
 
     /// A refusal that carries a cookie's renewal (a reply) is counted as

@@ -181,7 +181,7 @@ impl HttpSettings {
 /// A timeout of [`HttpSettings`]: at most ten years
 /// ([`LONGEST_DURATION`](palisade_core::syntax::LONGEST_DURATION)), as
 /// [`ServerLimits`] takes them. A longer one (`Duration::MAX` for "no
-/// limit") overflows where actix-http adds it to the time of day, and
+/// limit") overflows where actix-http adds it to the current instant, and
 /// panics there at the first connection rather than at start-up.
 fn at_most_longest(timeout: Duration) -> Duration {
     timeout.min(palisade_core::syntax::LONGEST_DURATION)
@@ -606,8 +606,8 @@ mod tests {
     }
 
     /// Timeouts of `Duration::MAX` ("no limit") serve requests, over TLS
-    /// and in plaintext, as ten years: actix-http adds them to the time of
-    /// day.
+    /// and in plaintext, as ten years: actix-http adds them to the current
+    /// instant.
     #[actix_web::test]
     async fn timeouts_without_a_limit_serve_requests() {
         let settings = HttpSettings::default()
