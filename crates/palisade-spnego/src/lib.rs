@@ -203,7 +203,10 @@ impl SpnegoAuthenticatorBuilder {
         self
     }
 
-    /// At most this many GSSAPI calls at once (default: 4 × the CPUs).
+    /// At most this many GSSAPI calls at once (default: 4 × the CPUs),
+    /// counted across the authenticators of the same concurrency alive in
+    /// the process: a reload's new authenticator shares them with the one
+    /// it replaces, whose stalled calls still hold theirs.
     pub fn concurrency(mut self, n: usize) -> Self {
         self.concurrency = n.max(1);
         self
@@ -295,7 +298,7 @@ impl SpnegoAuthenticatorBuilder {
             delegation: self.delegation,
             queue_timeout: self.queue_timeout,
             http_only: self.service.is_none(),
-            permits: Arc::new(Semaphore::new(self.concurrency)),
+            permits: shared_permits(self.concurrency),
             allowed_realms: self.allowed_realms,
             max_header: self.max_header,
             mapper: self.mapper,
@@ -857,6 +860,26 @@ impl Drop for InFlight {
     }
 }
 
+/// The permits of authenticators of one `concurrency`, shared by every
+/// such authenticator alive in the process: a reload's new one takes the
+/// permits its predecessor's stalled accepts still hold, rather than
+/// admitting another `concurrency` of them to the blocking pool.
+fn shared_permits(concurrency: usize) -> Arc<Semaphore> {
+    static POOLS: Mutex<Vec<(usize, std::sync::Weak<Semaphore>)>> = Mutex::new(Vec::new());
+    let mut pools = POOLS.lock().unwrap_or_else(PoisonError::into_inner);
+    pools.retain(|(_, p)| p.strong_count() > 0);
+    if let Some(alive) = pools
+        .iter()
+        .find(|(n, _)| *n == concurrency)
+        .and_then(|(_, p)| p.upgrade())
+    {
+        return alive;
+    }
+    let permits = Arc::new(Semaphore::new(concurrency));
+    pools.push((concurrency, Arc::downgrade(&permits)));
+    permits
+}
+
 /// The accepts running on a runtime's worker thread now, whichever
 /// authenticator runs them: a reload's new one, or a second one, must not
 /// add its own workers' worth ([`InPlace`]).
@@ -1038,6 +1061,23 @@ impl SpnegoAuthenticator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Authenticators of one concurrency share their permits while one is
+    /// alive (a reload's new one and the one it replaces); another
+    /// concurrency has its own; once none is alive, the next starts anew.
+    #[test]
+    fn authenticators_of_one_concurrency_share_their_permits() {
+        // A concurrency no other test builds with.
+        let (n, m) = (9_901, 9_902);
+        let old = shared_permits(n);
+        let held = Arc::clone(&old).try_acquire_owned().unwrap();
+        let new = shared_permits(n);
+        assert!(Arc::ptr_eq(&old, &new));
+        assert_eq!(new.available_permits(), n - 1, "the stalled accept's permit");
+        assert!(!Arc::ptr_eq(&new, &shared_permits(m)));
+        drop((held, old, new));
+        assert_eq!(shared_permits(n).available_permits(), n);
+    }
 
     #[test]
     fn anonymous_clients_and_other_services_tickets_are_not_acceptable() {

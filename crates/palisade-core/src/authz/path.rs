@@ -1,5 +1,6 @@
-//! Path normalisation before matching, as Istio does by default, so that
-//! `/admin/../x`, `//admin` and `/%61dmin` cannot slip past a rule.
+//! Path normalisation before matching, as Istio's `MERGE_SLASHES` option
+//! does (its default, `BASE`, keeps runs of `/`), so that `/admin/../x`,
+//! `//admin` and `/%61dmin` cannot slip past a rule.
 //!
 //! The steps, in order (RFC 3986 §6.2.2 plus Istio's `MERGE_SLASHES`):
 //! 1. percent-encoded *unreserved* characters (`A-Z a-z 0-9 - . _ ~`) are

@@ -208,8 +208,31 @@ impl ReplayStore for RedisReplayStore {
             set.map(|reply| reply.is_some())
                 .map_err(|_| ReplayStoreError::Unavailable)
         });
-        Check::pending(async move { join.await.unwrap_or(Err(ReplayStoreError::Unavailable)) })
+        let bound = self.shared.timeout * 2 + Duration::from_secs(1);
+        Check::pending(answered(join, bound))
     }
+}
+
+/// A command's answer as the request waits for it: for at most `bound`
+/// (the command's own timeout starts only once the JWKS thread runs it,
+/// which a busy thread may not do soon), the command abandoned when the
+/// request stops waiting, or goes away, so that commands nobody waits for
+/// do not queue up on that thread.
+async fn answered(
+    join: tokio::task::JoinHandle<Result<bool, ReplayStoreError>>,
+    bound: Duration,
+) -> Result<bool, ReplayStoreError> {
+    struct Abandoned(tokio::task::JoinHandle<Result<bool, ReplayStoreError>>);
+    impl Drop for Abandoned {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let mut join = Abandoned(join);
+    crate::jwks::within(bound, &mut join.0)
+        .await
+        .and_then(Result::ok)
+        .unwrap_or(Err(ReplayStoreError::Unavailable))
 }
 
 impl Shared {
@@ -319,6 +342,40 @@ mod tests {
             .build()
             .unwrap_err();
         assert!(matches!(err, DpopConfigError::ReplayStore(_)), "{err}");
+    }
+
+    /// A command the JWKS thread does not run in time (a busy thread) is
+    /// answered as unavailable once the request's bound is over, and
+    /// abandoned: it does not stay queued.
+    #[test]
+    fn a_command_not_run_in_time_is_unavailable_and_abandoned() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let held = std::sync::Arc::new(());
+        let kept = std::sync::Arc::clone(&held);
+        rt.block_on(async {
+            let join = tokio::spawn(async move {
+                let _kept = kept;
+                std::future::pending::<()>().await;
+                Ok(true)
+            });
+            let started = Instant::now();
+            let answer = answered(join, Duration::from_millis(100)).await;
+            assert!(matches!(answer, Err(ReplayStoreError::Unavailable)), "{answer:?}");
+            assert!(started.elapsed() < Duration::from_secs(5));
+            tokio::task::yield_now().await;
+        });
+        assert_eq!(
+            std::sync::Arc::strong_count(&held),
+            1,
+            "the command was abandoned"
+        );
+        // One that answers in time is its answer.
+        let answer =
+            rt.block_on(async { answered(tokio::spawn(async { Ok(false) }), Duration::from_secs(5)).await });
+        assert!(matches!(answer, Ok(false)));
     }
 
     #[test]
