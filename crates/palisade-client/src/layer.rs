@@ -114,15 +114,16 @@ where
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
+    /// Always ready: the inner service is asked once a call's credential
+    /// is known, so that a call waiting for its token (an issuer or a KDC
+    /// that is slow) holds no place another call needs in the inner
+    /// service (a tonic `Channel`'s buffer, a concurrency limit).
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        // The service polled ready is the one that is called; a clone takes
-        // its place for the next request.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = self.inner.clone();
         let target = self.target.clone();
         Box::pin(async move {
             let caller = req.extensions().get::<CallerToken>().cloned();
@@ -152,6 +153,9 @@ where
             let sent = credentials
                 .apply_call(req.headers_mut(), host.as_deref(), caller.as_ref(), call)
                 .await?;
+            std::future::poll_fn(|cx| inner.poll_ready(cx))
+                .await
+                .map_err(Into::into)?;
             let res = inner.call(req).await.map_err(Into::into)?;
             sent.answered(res.status(), res.headers());
             Ok(res)

@@ -207,6 +207,52 @@ fn recorder() -> (
     (svc, seen)
 }
 
+/// The inner service is asked to be ready once the call's token is had,
+/// not while it is being granted: a call waiting for the issuer holds no
+/// place in the inner service (a tonic channel's buffer, a concurrency
+/// limit) that other calls need.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inner_service_is_made_ready_once_the_token_is_had() {
+    #[derive(Clone)]
+    struct Inner {
+        issuer: Arc<TestIssuer>,
+        grants_when_ready: Arc<Mutex<Vec<usize>>>,
+    }
+    impl Service<http::Request<()>> for Inner {
+        type Response = http::Response<()>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<http::Response<()>, Infallible>>;
+        fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
+            self.grants_when_ready
+                .lock()
+                .unwrap()
+                .push(self.issuer.client_credentials_grants());
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: http::Request<()>) -> Self::Future {
+            std::future::ready(Ok(http::Response::new(())))
+        }
+    }
+    let issuer = Arc::new(issuer(Duration::from_secs(300)));
+    let grants_when_ready = Arc::new(Mutex::new(Vec::new()));
+    let inner = Inner {
+        issuer: Arc::clone(&issuer),
+        grants_when_ready: Arc::clone(&grants_when_ready),
+    };
+    let own = Credentials::ClientCredentials(grant(&issuer, Duration::from_secs(30)));
+    let svc = CredentialsLayer::fixed(own).layer(inner);
+    let res = svc
+        .oneshot(http::Request::get("http://details:9080/").body(()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        *grants_when_ready.lock().unwrap(),
+        [1],
+        "asked once, after the grant"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_layer_attaches_what_each_host_gets_and_sends_nothing_without_a_needed_token() {
     let issuer = issuer(Duration::from_secs(300));
