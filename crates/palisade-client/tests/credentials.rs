@@ -510,6 +510,14 @@ async fn a_reqwest_request_gets_its_hosts_credentials() {
 
 /// A loopback server answering every request with `answer` (a whole
 /// HTTP/1.1 response); its origin.
+/// A `200` answer of `body` as JSON, closing the connection.
+fn json_answer(body: &str) -> String {
+    format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
 async fn answering(answer: impl Fn(u16) -> String + Send + 'static) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -900,10 +908,7 @@ async fn a_token_endpoint_that_fails_is_discovered_again() {
         // Discovery is the one GET; the wrong endpoint's POST gets the
         // same document, which no token response is.
         let body = format!(r#"{{"issuer":"http://127.0.0.1:{port}","token_endpoint":"{endpoint}"}}"#);
-        format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        )
+        json_answer(&body)
     })
     .await;
     let own = ClientCredentials::builder(origin, "productpage")
@@ -932,26 +937,22 @@ async fn a_stale_token_endpoint_is_trusted_again_once_it_answers() {
     let answered = Arc::clone(&posts);
     let endpoint = answering(move |_| {
         if answered.fetch_add(1, Ordering::SeqCst) == 0 {
-            return "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_owned();
+            return "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                .to_owned();
         }
         let body = r#"{"access_token":"exchanged","token_type":"Bearer","expires_in":300}"#;
-        format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        )
+        json_answer(&body)
     })
     .await;
     let discoveries = Arc::new(AtomicUsize::new(0));
     let count = Arc::clone(&discoveries);
     let origin = answering(move |port| {
         if count.fetch_add(1, Ordering::SeqCst) > 0 {
-            return "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_owned();
+            return "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                .to_owned();
         }
         let body = format!(r#"{{"issuer":"http://127.0.0.1:{port}","token_endpoint":"{endpoint}/token"}}"#);
-        format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        )
+        json_answer(&body)
     })
     .await;
     let exchange = TokenExchange::builder(origin, "productpage")

@@ -524,6 +524,19 @@ mod tests {
             }
         }
 
+        /// A plaintext caller is served without a peer, an mTLS one as
+        /// its workload.
+        async fn serves_plaintext_and_mtls(&self) {
+            let plain = reqwest::get(format!("http://127.0.0.1:{}/", self.port))
+                .await
+                .unwrap();
+            assert_eq!(plain.text().await.unwrap(), "http -");
+            assert_eq!(
+                self.mtls_get().await.unwrap(),
+                "https spiffe://cluster.local/ns/default/sa/productpage"
+            );
+        }
+
         async fn mtls_get(&self) -> reqwest::Result<String> {
             let url = format!("https://localhost:{}/", self.port);
             self.mtls.get(url).send().await?.text().await
@@ -533,14 +546,7 @@ mod tests {
     #[actix_web::test]
     async fn permissive_listener_serves_plaintext_and_mtls_on_one_port_from_one_app() {
         let f = Fixture::start("permissive", HttpSettings::default());
-        let plain = reqwest::get(format!("http://127.0.0.1:{}/", f.port))
-            .await
-            .unwrap();
-        assert_eq!(plain.text().await.unwrap(), "http -");
-        assert_eq!(
-            f.mtls_get().await.unwrap(),
-            "https spiffe://cluster.local/ns/default/sa/productpage"
-        );
+        f.serves_plaintext_and_mtls().await;
         f.handle.stop(true).await;
     }
 
@@ -616,14 +622,7 @@ mod tests {
             .client_disconnect_timeout(Duration::MAX)
             .handshake_timeout(Duration::MAX);
         let f = Fixture::start("unlimited", settings);
-        let plain = reqwest::get(format!("http://127.0.0.1:{}/", f.port))
-            .await
-            .unwrap();
-        assert_eq!(plain.text().await.unwrap(), "http -");
-        assert_eq!(
-            f.mtls_get().await.unwrap(),
-            "https spiffe://cluster.local/ns/default/sa/productpage"
-        );
+        f.serves_plaintext_and_mtls().await;
         f.handle.stop(false).await;
     }
 }
