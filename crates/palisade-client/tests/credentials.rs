@@ -941,7 +941,7 @@ async fn a_stale_token_endpoint_is_trusted_again_once_it_answers() {
                 .to_owned();
         }
         let body = r#"{"access_token":"exchanged","token_type":"Bearer","expires_in":300}"#;
-        json_answer(body)
+        json_answer(&body)
     })
     .await;
     let discoveries = Arc::new(AtomicUsize::new(0));

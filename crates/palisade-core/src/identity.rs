@@ -191,16 +191,6 @@ pub struct PeerIdentity {
     pub subject: String,
     /// SHA-256 of the leaf certificate, lower-case hex.
     pub fingerprint_sha256: String,
-    /// The principal as a policy names a workload of this mesh:
-    /// `cluster.local` and the SPIFFE ID's path
-    /// (`cluster.local/ns/default/sa/sleep` for
-    /// `spiffe://prod.example/ns/default/sa/sleep`), when the server
-    /// accepts client certificates of its mesh's trust domains only
-    /// (`palisade_mtls::ServerTlsBuilder::trust_domains`: the mesh's own
-    /// and its aliases). As Istio reads `cluster.local` in a policy as the
-    /// mesh's trust domain and its aliases, `principals` and
-    /// `source.principal` match it as well as [`principal`](Self::principal).
-    pub mesh_principal: Option<String>,
 }
 
 /// A Kerberos client principal.

@@ -52,7 +52,6 @@ use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -82,17 +81,7 @@ pub use actix_server::ServerBuilder;
 /// parsed once) in the connection data, where Palisade's middleware finds it,
 /// with the watch `palisade_actix::BodyLimit` times later request heads by
 /// (as `palisade_actix::on_connect` does for plaintext connections).
-///
-/// A peer's [`mesh_principal`](palisade_core::PeerIdentity::mesh_principal)
-/// needs the configuration's trust domains: use
-/// [`ServerTls::actix_on_connect`] for that.
 pub fn on_connect(conn: &dyn Any, data: &mut Extensions) {
-    connected(conn, data, &[]);
-}
-
-/// [`on_connect`] for connections whose client certificates were held to
-/// `trust_domains`.
-fn connected(conn: &dyn Any, data: &mut Extensions, trust_domains: &[String]) {
     let Some(tls) = conn.downcast_ref::<TlsStream<TcpStream>>() else {
         // Plaintext: its addresses and the watch.
         palisade_actix::on_connect(conn, data);
@@ -102,7 +91,7 @@ fn connected(conn: &dyn Any, data: &mut Extensions, trust_domains: &[String]) {
     // The TCP facts and the watch, then what the TLS session adds.
     palisade_actix::on_connect(tcp, data);
     if let Some(info) = data.get_mut::<ConnectionInfo>() {
-        fill_from_session(info, session, trust_domains);
+        fill_from_session(info, session);
     }
 }
 
@@ -255,7 +244,7 @@ where
     };
     builder.listen(format!("palisade-{addr}"), listener, move || {
         let secure = tls.as_ref().map(|tls| {
-            http(&shutdown, addr, &settings, Arc::clone(tls.trust_domains()))
+            http(&shutdown, addr, &settings)
                 .finish(app(&factory, true, &host, addr))
                 .rustls_0_23_with_config(
                     tls.actix_config(),
@@ -263,7 +252,7 @@ where
                 )
         });
         let plain = with_plain.then(|| {
-            http(&shutdown, addr, &settings, Arc::from([]))
+            http(&shutdown, addr, &settings)
                 .finish(app(&factory, false, &host, addr))
                 .tcp_auto_h2c()
         });
@@ -382,7 +371,6 @@ fn http<T: 'static, S>(
     shutdown: &GracefulShutdownSignal,
     addr: SocketAddr,
     settings: &HttpSettings,
-    trust_domains: Arc<[String]>,
 ) -> HttpServiceBuilder<T, S>
 where
     S: ServiceFactory<Request, Config = ()>,
@@ -400,7 +388,7 @@ where
         .client_request_timeout(settings.client_request_timeout)
         .client_disconnect_timeout(settings.client_disconnect_timeout)
         .local_addr(addr)
-        .on_connect_ext(move |io: &T, data: &mut Extensions| connected(io, data, &trust_domains))
+        .on_connect_ext(|io: &T, data: &mut Extensions| on_connect(io, data))
 }
 
 /// The application for one listener flavour: `secure` and `host` are what
@@ -449,19 +437,6 @@ impl ServerTls {
         config.alpn_protocols.clear();
         config
     }
-
-    /// [`on_connect`] for the connections of this configuration's
-    /// listener (`HttpServer::on_connect(tls.actix_on_connect())` with
-    /// `bind_rustls_0_23(…, tls.actix_config())`): with the
-    /// [trust domains](crate::ServerTlsBuilder::trust_domains) set, a
-    /// peer also has its
-    /// [`mesh_principal`](palisade_core::PeerIdentity::mesh_principal),
-    /// which a policy's `cluster.local/…` principals match, as in Istio.
-    /// ([`server`] does this itself.)
-    pub fn actix_on_connect(&self) -> impl Fn(&dyn Any, &mut Extensions) + Send + Sync + 'static {
-        let trust_domains = Arc::clone(self.trust_domains());
-        move |conn, data| connected(conn, data, &trust_domains)
-    }
 }
 
 #[cfg(test)]
@@ -504,14 +479,9 @@ mod tests {
 
     impl Fixture {
         fn start(name: &str, settings: HttpSettings) -> Fixture {
-            Self::start_in(name, settings, &TestPki::new(), &[])
-        }
-
-        /// [`start`](Self::start) with the workloads of `pki`, whose
-        /// certificates the server holds to `trust_domains`.
-        fn start_in(name: &str, settings: HttpSettings, pki: &TestPki, trust_domains: &[&str]) -> Fixture {
             let dir = std::env::temp_dir().join(format!("palisade-mtls-{name}-{}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();
+            let pki = TestPki::new();
             let ca = dir.join("ca.pem");
             std::fs::write(&ca, pki.ca_pem()).unwrap();
             let (cert, key) = pki.server(&["localhost"]).write_to(&dir, "server").unwrap();
@@ -522,27 +492,15 @@ mod tests {
             let tls = ServerTls::builder(&cert, &key)
                 .client_ca(&ca)
                 .mode(MtlsMode::Permissive)
-                .trust_domains(trust_domains.iter().copied())
                 .build()
                 .unwrap();
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let port = listener.local_addr().unwrap().port();
             let app = || {
-                App::new()
-                    .route("/", web::get().to(seen))
-                    .route(
-                        "/host",
-                        web::get()
-                            .to(|req: HttpRequest| async move { req.connection_info().host().to_owned() }),
-                    )
-                    .route(
-                        "/mesh",
-                        web::get().to(|req: HttpRequest| async move {
-                            req.conn_data::<ConnectionInfo>()
-                                .and_then(|c| c.peer.as_ref()?.peer()?.mesh_principal.clone())
-                                .unwrap_or_else(|| "-".to_owned())
-                        }),
-                    )
+                App::new().route("/", web::get().to(seen)).route(
+                    "/host",
+                    web::get().to(|req: HttpRequest| async move { req.connection_info().host().to_owned() }),
+                )
             };
             let server = server(listener, tls, settings, app)
                 .unwrap()
@@ -651,28 +609,6 @@ mod tests {
         let res = f.mtls.get(url).send().await.unwrap();
         assert_eq!(res.headers()["connection"], "close");
         f.handle.stop(true).await;
-    }
-
-    /// A peer of the trust domain the server holds its callers to has the
-    /// name a policy's `cluster.local/…` gives it; without trust domains,
-    /// none (any domain the bundle signs for could be a stranger's).
-    #[actix_web::test]
-    async fn a_peer_of_the_meshs_trust_domain_has_its_mesh_principal() {
-        let pki = TestPki::with_trust_domain("prod.example");
-        for (name, domains, mesh) in [
-            (
-                "mesh",
-                &["prod.example", "old.example"][..],
-                "cluster.local/ns/default/sa/productpage",
-            ),
-            ("mesh-open", &[][..], "-"),
-        ] {
-            let f = Fixture::start_in(name, HttpSettings::default(), &pki, domains);
-            let url = format!("https://localhost:{}/mesh", f.port);
-            let seen = f.mtls.get(url).send().await.unwrap().text().await.unwrap();
-            assert_eq!(seen, mesh, "{domains:?}");
-            f.handle.stop(false).await;
-        }
     }
 
     /// Timeouts of `Duration::MAX` ("no limit") serve requests, over TLS

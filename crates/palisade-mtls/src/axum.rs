@@ -102,7 +102,6 @@ where
     let handshake = Tls {
         acceptor: tokio_rustls::TlsAcceptor::from(config),
         mode: tls.mode(),
-        trust_domains: Arc::clone(tls.trust_domains()),
     };
     palisade_axum::serve_with(listener, handshake, limits, service, shutdown).await
 }
@@ -115,7 +114,6 @@ where
 struct Tls {
     acceptor: tokio_rustls::TlsAcceptor,
     mode: MtlsMode,
-    trust_domains: Arc<[String]>,
 }
 
 /// A connection as HTTP sees it: TLS, or plaintext in PERMISSIVE.
@@ -143,67 +141,7 @@ impl Handshake for Tls {
             .accept(tcp)
             .await
             .map_err(|e| handshake_failed(&e))?;
-        fill_from_session(info, stream.get_ref().1, &self.trust_domains);
+        fill_from_session(info, stream.get_ref().1);
         Ok(Box::new(stream) as Stream)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use palisade_testkit::TestPki;
-
-    use super::*;
-    use crate::ClientTls;
-
-    /// Over `serve`, a peer of the trust domain the server holds its
-    /// callers to has the name a policy's `cluster.local/…` gives it;
-    /// without trust domains, none.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_peer_of_the_meshs_trust_domain_has_its_mesh_principal() {
-        let pki = TestPki::with_trust_domain("prod.example");
-        let dir = std::env::temp_dir().join(format!("palisade-mtls-axum-mesh-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let ca = dir.join("ca.pem");
-        std::fs::write(&ca, pki.ca_pem()).unwrap();
-        let (cert, key) = pki.server(&["localhost"]).write_to(&dir, "server").unwrap();
-        let (client_cert, client_key) = pki.workload("default", "sleep").write_to(&dir, "sleep").unwrap();
-        let client = ClientTls::builder(&client_cert, &client_key, &ca)
-            .build()
-            .unwrap();
-        let mtls = reqwest::Client::builder()
-            .use_preconfigured_tls((*client.client_config()).clone())
-            .build()
-            .unwrap();
-        let mesh = |req: Request<Body>| async move {
-            req.extensions()
-                .get::<Arc<ConnectionInfo>>()
-                .and_then(|c| c.peer.as_ref()?.peer()?.mesh_principal.clone())
-                .unwrap_or_else(|| "-".into())
-        };
-        let app = axum::Router::new().route("/", axum::routing::get(mesh));
-        for (domains, expected) in [
-            (&["prod.example"][..], "cluster.local/ns/default/sa/sleep"),
-            (&[][..], "-"),
-        ] {
-            let tls = ServerTls::builder(&cert, &key)
-                .client_ca(&ca)
-                .trust_domains(domains.iter().copied())
-                .build()
-                .unwrap();
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let port = listener.local_addr().unwrap().port();
-            let served = tokio::spawn(serve(listener, tls, app.clone(), std::future::pending()));
-            let seen = mtls
-                .get(format!("https://localhost:{port}/"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            assert_eq!(seen, expected, "{domains:?}");
-            served.abort();
-        }
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

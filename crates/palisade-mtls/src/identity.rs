@@ -226,42 +226,22 @@ pub(crate) fn spiffe_id_of(leaf_der: &[u8]) -> Option<SpiffeId> {
 }
 
 /// The verified `Identity` of a peer: only code that has verified the
-/// chain (this crate's acceptors) calls this. `trust_domains`: those the
-/// verifier held the peer's SPIFFE ID to (none: any); with some, the peer
-/// is of this mesh and has its [`mesh_principal`](PeerIdentity::mesh_principal).
+/// chain (this crate's acceptors) calls this.
 #[cfg(any(feature = "axum", feature = "actix"))]
-fn verified_identity(leaf_der: &[u8], trust_domains: &[String]) -> Option<Identity> {
-    let mut peer = peer_identity(leaf_der)?;
-    if !trust_domains.is_empty() {
-        peer.mesh_principal = peer.principal.as_deref().map(mesh_principal);
-    }
-    Some(Identity::from_peer(peer, Verification::assertion()))
-}
-
-/// `principal` (`prod.example/ns/a/sa/b`) with `cluster.local` for its
-/// trust domain, as a policy names a workload of this mesh.
-fn mesh_principal(principal: &str) -> String {
-    let path = principal.find('/').map_or("", |i| &principal[i..]);
-    format!("cluster.local{path}")
+fn verified_identity(leaf_der: &[u8]) -> Option<Identity> {
+    peer_identity(leaf_der).map(|p| Identity::from_peer(p, Verification::assertion()))
 }
 
 /// Fills in what a completed rustls handshake tells about the connection:
 /// the SNI and, for a client certificate rustls verified, the peer identity
 /// (parsed here, once per connection) and its chain. Both acceptors (axum,
-/// actix-web) call this, with the trust domains of the [`ServerTls`](crate::ServerTls)
-/// whose verifier checked the chain (none where it is not known).
+/// actix-web) call this.
 #[cfg(any(feature = "axum", feature = "actix"))]
-pub(crate) fn fill_from_session(
-    info: &mut ConnectionInfo,
-    session: &rustls::ServerConnection,
-    trust_domains: &[String],
-) {
+pub(crate) fn fill_from_session(info: &mut ConnectionInfo, session: &rustls::ServerConnection) {
     info.tls = true;
     info.sni = session.server_name().map(str::to_owned);
     if let Some(chain) = session.peer_certificates() {
-        info.peer = chain
-            .first()
-            .and_then(|leaf| verified_identity(leaf, trust_domains));
+        info.peer = chain.first().and_then(|leaf| verified_identity(leaf));
         info.peer_certificates = chain.iter().map(|c| c.to_vec()).collect();
     }
 }

@@ -138,12 +138,6 @@ impl ServerTlsBuilder {
     /// bundle's CAs sign for is accepted. Under [`MtlsMode::Disable`] no
     /// client certificate is asked for, and a warning says these (and
     /// CRLs) check nothing.
-    ///
-    /// With them, a policy's `cluster.local/…` principals name a peer of
-    /// any of these domains, as Istio reads `cluster.local` as the mesh's
-    /// trust domain and its aliases
-    /// ([`PeerIdentity::mesh_principal`](palisade_core::PeerIdentity::mesh_principal);
-    /// with `axum::serve`, `actix::server`, or `ServerTls::actix_on_connect`).
     pub fn trust_domains<S: Into<String>>(mut self, domains: impl IntoIterator<Item = S>) -> Self {
         self.trust_domains = domains.into_iter().map(Into::into).collect();
         self
@@ -217,7 +211,6 @@ impl ServerTlsBuilder {
         };
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let material = Arc::new(ArcSwap::from_pointee(files.load(&provider, mode)?));
-        let trust_domains: Arc<[String]> = self.trust_domains.into();
         let mut config = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::new(&files.cert, e))?
@@ -225,7 +218,7 @@ impl ServerTlsBuilder {
                 material: material.clone(),
                 mode,
                 provider: provider.clone(),
-                trust_domains: Arc::clone(&trust_domains),
+                trust_domains: self.trust_domains.into(),
                 refused: metrics::counter!(
                     palisade_core::metrics::AUTHENTICATIONS,
                     "method" => "mtls",
@@ -247,7 +240,6 @@ impl ServerTlsBuilder {
         Ok(ServerTls(Arc::new(Inner {
             files,
             mode,
-            trust_domains,
             provider,
             material,
             config: Arc::new(config),
@@ -372,8 +364,6 @@ impl Files {
 struct Inner {
     files: Files,
     mode: MtlsMode,
-    /// The verifier's ([`ServerTlsBuilder::trust_domains`]).
-    trust_domains: Arc<[String]>,
     provider: Arc<CryptoProvider>,
     material: Arc<ArcSwap<Material>>,
     config: Arc<ServerConfig>,
@@ -436,13 +426,6 @@ impl ServerTls {
     #[must_use]
     pub fn mode(&self) -> MtlsMode {
         self.0.mode
-    }
-
-    /// The trust domains a client certificate may belong to (none: any the
-    /// bundle signs for).
-    #[cfg(any(feature = "axum", feature = "actix"))]
-    pub(crate) fn trust_domains(&self) -> &Arc<[String]> {
-        &self.0.trust_domains
     }
 
     /// Reads the files again and uses them for new handshakes (a server

@@ -231,11 +231,10 @@ pub(crate) fn any_value(attr: &StrAttr, ctx: &Ctx<'_>, f: &mut dyn FnMut(&str) -
     match attr {
         StrAttr::Method => f(ctx.req.method()),
         StrAttr::RequestPrincipal => id.and_then(Identity::request_principal_str).is_some_and(f),
-        // As Istio reads `cluster.local` in a policy: the mesh's trust
-        // domain, and its aliases ([`PeerIdentity::mesh_principal`]).
-        StrAttr::PeerPrincipal => id.and_then(Identity::peer).is_some_and(|p| {
-            p.principal.as_deref().is_some_and(&mut *f) || p.mesh_principal.as_deref().is_some_and(f)
-        }),
+        StrAttr::PeerPrincipal => id
+            .and_then(Identity::peer)
+            .and_then(|p| p.principal.as_deref())
+            .is_some_and(f),
         StrAttr::PeerNamespace => id
             .and_then(Identity::peer)
             .is_some_and(|p| match p.principal.as_deref() {

@@ -385,44 +385,6 @@ fn pseudo_header_conditions_are_refused() {
     }
 }
 
-/// `cluster.local` in a policy is the mesh's trust domain and its aliases,
-/// as in Istio: a peer of another trust domain the server accepts as its
-/// mesh's (its `mesh_principal`) matches `cluster.local/…`, in
-/// `principals`, `notPrincipals` and `source.principal`; one the server
-/// does not vouch for (no `mesh_principal`) matches only its own name.
-#[test]
-fn cluster_local_in_a_policy_is_the_meshs_trust_domain() {
-    let mesh_peer = |principal: &str, mesh: Option<&str>| {
-        let p = PeerIdentity {
-            principal: Some(principal.into()),
-            mesh_principal: mesh.map(str::to_owned),
-            ..PeerIdentity::default()
-        };
-        Identity::from_peer(p, Verification::assertion())
-    };
-    let sleep = mesh_peer(
-        "prod.example/ns/default/sa/sleep",
-        Some("cluster.local/ns/default/sa/sleep"),
-    );
-    let stranger = mesh_peer("partner.example/ns/default/sa/sleep", None);
-    let req = OwnedRequest::get("/");
-    for rule in [
-        "{from: [{source: {principals: [cluster.local/ns/default/sa/sleep]}}]}",
-        "{when: [{key: source.principal, values: [\"cluster.local/ns/default/*\"]}]}",
-        "{from: [{source: {principals: [prod.example/ns/default/sa/sleep]}}]}",
-    ] {
-        let p = policy(&format!("{HEAD}spec:\n  rules: [{rule}]\n")).unwrap();
-        assert!(allowed(&p, &req, Some(&sleep)), "{rule}");
-        assert!(!allowed(&p, &req, Some(&stranger)), "{rule}");
-    }
-    let not = policy(&format!(
-        "{HEAD}spec:\n  action: DENY\n  rules: [{{from: [{{source: {{notPrincipals: [cluster.local/ns/default/sa/sleep]}}}}]}}]\n"
-    ))
-    .unwrap();
-    assert!(allowed(&not, &req, Some(&sleep)), "excluded by its mesh name");
-    assert!(!allowed(&not, &req, Some(&stranger)));
-}
-
 #[test]
 fn principals_and_namespaces_come_from_the_peer() {
     let p = policy(&format!(
