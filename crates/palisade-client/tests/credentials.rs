@@ -508,8 +508,6 @@ async fn a_reqwest_request_gets_its_hosts_credentials() {
     ));
 }
 
-/// A loopback server answering every request with `answer` (a whole
-/// HTTP/1.1 response); its origin.
 /// A `200` answer of `body` as JSON, closing the connection.
 fn json_answer(body: &str) -> String {
     format!(
@@ -518,6 +516,8 @@ fn json_answer(body: &str) -> String {
     )
 }
 
+/// A loopback server answering every request with `answer` (a whole
+/// HTTP/1.1 response); its origin.
 async fn answering(answer: impl Fn(u16) -> String + Send + 'static) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -941,7 +941,7 @@ async fn a_stale_token_endpoint_is_trusted_again_once_it_answers() {
                 .to_owned();
         }
         let body = r#"{"access_token":"exchanged","token_type":"Bearer","expires_in":300}"#;
-        json_answer(&body)
+        json_answer(body)
     })
     .await;
     let discoveries = Arc::new(AtomicUsize::new(0));

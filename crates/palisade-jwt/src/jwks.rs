@@ -661,8 +661,11 @@ fn client_with(settings: &FetchSettings, redirects: Redirects) -> Result<reqwest
     b.build().map_err(|e| format!("cannot build HTTP client: {e}"))
 }
 
-/// The clients [`store_client`] made, by timeout and CA bundle.
-static STORE_CLIENTS: Mutex<Vec<(Duration, Option<Vec<u8>>, reqwest::Client)>> = Mutex::new(Vec::new());
+/// A client [`store_client`] made, with the timeout and CA bundle it has.
+type StoreClient = (Duration, Option<Vec<u8>>, reqwest::Client);
+
+/// The clients [`store_client`] made.
+static STORE_CLIENTS: Mutex<Vec<StoreClient>> = Mutex::new(Vec::new());
 
 /// The client of a key store: one per timeout and CA bundle, shared by
 /// every store, since building one reads and parses the system's trust

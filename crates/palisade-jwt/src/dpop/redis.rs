@@ -2,6 +2,7 @@
 //! Redis (feature `redis`).
 
 use std::fmt;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -216,23 +217,28 @@ impl ReplayStore for RedisReplayStore {
 /// A command's answer as the request waits for it: for at most `bound`
 /// (the command's own timeout starts only once the JWKS thread runs it,
 /// which a busy thread may not do soon), the command abandoned when the
-/// request stops waiting, or goes away, so that commands nobody waits for
-/// do not queue up on that thread.
-async fn answered(
+/// request stops waiting, or goes away (before its first poll too), so
+/// that commands nobody waits for do not queue up on that thread.
+fn answered(
     join: tokio::task::JoinHandle<Result<bool, ReplayStoreError>>,
     bound: Duration,
-) -> Result<bool, ReplayStoreError> {
-    struct Abandoned(tokio::task::JoinHandle<Result<bool, ReplayStoreError>>);
-    impl Drop for Abandoned {
-        fn drop(&mut self) {
-            self.0.abort();
-        }
-    }
+) -> impl Future<Output = Result<bool, ReplayStoreError>> + Send + 'static {
     let mut join = Abandoned(join);
-    crate::jwks::within(bound, &mut join.0)
-        .await
-        .and_then(Result::ok)
-        .unwrap_or(Err(ReplayStoreError::Unavailable))
+    async move {
+        crate::jwks::within(bound, &mut join.0)
+            .await
+            .and_then(Result::ok)
+            .unwrap_or(Err(ReplayStoreError::Unavailable))
+    }
+}
+
+/// A command's task, aborted when dropped.
+struct Abandoned(tokio::task::JoinHandle<Result<bool, ReplayStoreError>>);
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Shared {
@@ -372,6 +378,20 @@ mod tests {
             1,
             "the command was abandoned"
         );
+        // A request that goes away before it is first polled abandons its
+        // command too.
+        let held = std::sync::Arc::new(());
+        let kept = std::sync::Arc::clone(&held);
+        rt.block_on(async {
+            let join = tokio::spawn(async move {
+                let _kept = kept;
+                std::future::pending::<()>().await;
+                Ok(true)
+            });
+            drop(answered(join, Duration::from_secs(60)));
+            tokio::task::yield_now().await;
+        });
+        assert_eq!(std::sync::Arc::strong_count(&held), 1, "abandoned unpolled");
         // One that answers in time is its answer.
         let answer =
             rt.block_on(async { answered(tokio::spawn(async { Ok(false) }), Duration::from_secs(5)).await });
