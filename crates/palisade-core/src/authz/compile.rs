@@ -2,6 +2,7 @@
 //! cannot be enforced exactly as written is an error naming the document and
 //! the field: never a silently wider ALLOW or narrower DENY.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use super::attr::{Clause, IpAttr, StrAttr, Test};
@@ -101,14 +102,56 @@ fn pair(
     Ok(())
 }
 
+/// `values` of a peer principal (`principals`, `source.principal`, an
+/// RBAC `user`) as Istio reads them against the mesh's trust domains
+/// (`domains`: its own, then its aliases; `AuthorizationSettings`'
+/// `trustDomain` and `trustDomainAliases`): a principal of five
+/// `/`-separated parts whose trust domain is `cluster.local` or one of
+/// `domains` names that workload in each of `domains` (Istio's
+/// `ReplaceTrustDomainAliases`); other principals (`*`, `cluster.local/*`,
+/// another domain's), and every principal without such settings, as
+/// written.
+pub(crate) fn principals_in_mesh<'v>(values: &'v [String], domains: &[String]) -> Cow<'v, [String]> {
+    if domains.is_empty() {
+        return Cow::Borrowed(values);
+    }
+    let mut out: Vec<String> = Vec::with_capacity(values.len() * domains.len());
+    let mut keep = |p: String| {
+        if !out.contains(&p) {
+            out.push(p);
+        }
+    };
+    for v in values {
+        let mut parts = v.split('/');
+        let domain = parts.next().unwrap_or_default();
+        let in_mesh = v.split('/').count() == 5
+            && domain != "*"
+            && (domain == "cluster.local" || domains.iter().any(|d| d == domain));
+        if in_mesh {
+            let rest = &v[domain.len()..];
+            for d in domains {
+                keep(format!("{d}{rest}"));
+            }
+        } else {
+            keep(v.clone());
+        }
+    }
+    Cow::Owned(out)
+}
+
 fn service_accounts(values: &[String], field: &str, namespace: &str) -> Result<Test, FieldError> {
     let accounts = ServiceAccount::parse_all(nonempty(values, field)?, namespace, field)?;
     Ok(Test::ServiceAccount(accounts))
 }
 
 /// The clauses of a source; `namespace` is the policy's, the namespace of a
-/// service account written without one.
-pub(crate) fn source_clauses(s: &SourceSpec, namespace: &str) -> Result<Vec<Clause>, FieldError> {
+/// service account written without one; `domains` the mesh's trust
+/// domains ([`principals_in_mesh`]).
+pub(crate) fn source_clauses(
+    s: &SourceSpec,
+    namespace: &str,
+    domains: &[String],
+) -> Result<Vec<Clause>, FieldError> {
     if s.principals.is_some()
         || s.not_principals.is_some()
         || s.namespaces.is_some()
@@ -133,7 +176,12 @@ pub(crate) fn source_clauses(s: &SourceSpec, namespace: &str) -> Result<Vec<Clau
         &mut out,
         (s.principals.as_ref(), "principals"),
         (s.not_principals.as_ref(), "notPrincipals"),
-        str_attr(StrAttr::PeerPrincipal),
+        |v, f| {
+            Ok(Test::Str(
+                StrAttr::PeerPrincipal,
+                strs(&principals_in_mesh(v, domains), f)?,
+            ))
+        },
     )?;
     pair(
         &mut out,
@@ -298,8 +346,13 @@ pub(crate) fn key_test(
     values: &[String],
     field: &str,
     namespace: &str,
+    domains: &[String],
 ) -> Result<Test, FieldError> {
     Ok(match key {
+        Key::Str(StrAttr::PeerPrincipal) => Test::Str(
+            StrAttr::PeerPrincipal,
+            strs(&principals_in_mesh(values, domains), field)?,
+        ),
         // A host is compared without case, as `hosts` compares it.
         Key::Str(StrAttr::Host) => {
             let lower: Vec<String> = values.iter().map(|v| v.to_ascii_lowercase()).collect();
@@ -314,7 +367,11 @@ pub(crate) fn key_test(
 
 /// The clauses of a condition: `values`, `notValues`, or both (then both
 /// must hold, as in Istio).
-pub(crate) fn condition_clauses(c: &ConditionSpec, namespace: &str) -> Result<Vec<Clause>, FieldError> {
+pub(crate) fn condition_clauses(
+    c: &ConditionSpec,
+    namespace: &str,
+    domains: &[String],
+) -> Result<Vec<Clause>, FieldError> {
     let key = parse_key(&c.key).map_err(|m| ("key".to_owned(), m))?;
     if c.values.is_none() && c.not_values.is_none() {
         return Err((
@@ -327,7 +384,7 @@ pub(crate) fn condition_clauses(c: &ConditionSpec, namespace: &str) -> Result<Ve
         &mut out,
         (c.values.as_ref(), "values"),
         (c.not_values.as_ref(), "notValues"),
-        |v, f| key_test(&key, v, f, namespace),
+        |v, f| key_test(&key, v, f, namespace, domains),
     )?;
     Ok(out)
 }
@@ -371,12 +428,16 @@ pub(crate) fn check_policy(metadata: &Metadata, spec: &AuthorizationPolicySpec) 
             ));
         }
     }
-    compile_rules(spec, metadata.namespace()).map(drop)
+    compile_rules(spec, metadata.namespace(), &[]).map(drop)
 }
 
 /// The rules of a policy in `namespace`, compiled; errors name the field
 /// below `spec`.
-fn compile_rules(spec: &AuthorizationPolicySpec, namespace: &str) -> Result<Vec<CompiledRule>, FieldError> {
+fn compile_rules(
+    spec: &AuthorizationPolicySpec,
+    namespace: &str,
+    domains: &[String],
+) -> Result<Vec<CompiledRule>, FieldError> {
     let mut rules = Vec::new();
     // `spec: {}` (no rules) under ALLOW matches nothing: deny all. Under DENY
     // it matches nothing either: no effect. Both are Istio's semantics.
@@ -392,7 +453,8 @@ fn compile_rules(spec: &AuthorizationPolicySpec, namespace: &str) -> Result<Vec<
         let mut from = Vec::new();
         for (fi, f) in rule.from.iter().enumerate() {
             from.push(
-                source_clauses(&f.source, namespace).map_err(|e| join(format!("from[{fi}].source"), e))?,
+                source_clauses(&f.source, namespace, domains)
+                    .map_err(|e| join(format!("from[{fi}].source"), e))?,
             );
         }
         let mut to = Vec::new();
@@ -401,7 +463,9 @@ fn compile_rules(spec: &AuthorizationPolicySpec, namespace: &str) -> Result<Vec<
         }
         let mut when = Vec::new();
         for (ci, c) in rule.when.iter().enumerate() {
-            when.extend(condition_clauses(c, namespace).map_err(|e| join(format!("when[{ci}]"), e))?);
+            when.extend(
+                condition_clauses(c, namespace, domains).map_err(|e| join(format!("when[{ci}]"), e))?,
+            );
         }
         rules.push(CompiledRule::new(from, to, when));
     }
@@ -449,6 +513,7 @@ pub(crate) fn compile_policy(
     doc: &Document,
     spec: &AuthorizationPolicySpec,
     authorizers: &ExternalAuthorizers,
+    domains: &[String],
 ) -> Result<CompiledPolicy, PolicyError> {
     // Already checked when a file loads; documents built in code are checked here.
     check_policy(&doc.metadata, spec).map_err(|(field, msg)| w.error_at(doc, &field, msg))?;
@@ -470,8 +535,8 @@ pub(crate) fn compile_policy(
         }
         _ => None,
     };
-    let rules =
-        compile_rules(spec, doc.metadata.namespace()).map_err(|(field, msg)| w.error_at(doc, &field, msg))?;
+    let rules = compile_rules(spec, doc.metadata.namespace(), domains)
+        .map_err(|(field, msg)| w.error_at(doc, &field, msg))?;
     Ok(CompiledPolicy::new(
         format!("{}/{}", doc.metadata.namespace(), doc.metadata.name),
         action,

@@ -570,6 +570,11 @@ pub struct AuthzSettings {
     /// itself whatever their method (`trustedOrigins`; see
     /// `GuardBuilder::trusted_origin`), as given.
     pub trusted_origins: Vec<String>,
+    /// The mesh's trust domains, its own first, then its aliases
+    /// (`trustDomain`, `trustDomainAliases`), which a policy's
+    /// `cluster.local/ns/NS/sa/SA` principals name as in Istio; empty
+    /// (neither set): principals as written.
+    pub trust_domains: Vec<String>,
 }
 
 #[derive(Debug, Default)]
@@ -1038,10 +1043,11 @@ impl AccessPolicy {
         workload: &WorkloadPolicy<'_>,
         authorizers: &ExternalAuthorizers,
     ) -> Result<Self, PolicyError> {
+        let settings = settings(workload)?;
         let mut policies = Vec::new();
         let mut provider: Option<Arc<str>> = None;
         for (doc, spec) in workload.authorization_policies() {
-            let p = compile::compile_policy(workload, doc, spec, authorizers)?;
+            let p = compile::compile_policy(workload, doc, spec, authorizers, &settings.trust_domains)?;
             if let Some((name, _)) = &p.provider {
                 match &provider {
                     Some(prev) if prev != name => {
@@ -1065,7 +1071,7 @@ impl AccessPolicy {
         let supersedes = policies.iter().any(|p| p.action == Action::Allow && !p.dry_run);
         let rbac_on = if supersedes {
             let mut ignored = Vec::new();
-            let on = rbac::compile(workload, &mut ignored)?;
+            let on = rbac::compile(workload, &mut ignored, &settings.trust_domains)?;
             if on || !ignored.is_empty() {
                 crate::config_warning!(
                     target: LOG_TARGET,
@@ -1074,9 +1080,8 @@ impl AccessPolicy {
             }
             false
         } else {
-            rbac::compile(workload, &mut policies)?
+            rbac::compile(workload, &mut policies, &settings.trust_domains)?
         };
-        let settings = settings(workload)?;
         let mut engine = Engine::new(policies, rbac_on, settings);
         for (_, ra) in workload.request_authentications() {
             for rule in &ra.jwt_rules {
@@ -1306,6 +1311,14 @@ fn settings(w: &WorkloadPolicy<'_>) -> Result<AuthzSettings, PolicyError> {
             out.explain_header = true;
         }
         out.trusted_origins.clone_from(&s.trusted_origins);
+        if s.trust_domain.is_some() || !s.trust_domain_aliases.is_empty() {
+            let own = s.trust_domain.as_deref().unwrap_or("cluster.local");
+            for d in std::iter::once(own).chain(s.trust_domain_aliases.iter().map(String::as_str)) {
+                if !out.trust_domains.iter().any(|t| t == d) {
+                    out.trust_domains.push(d.to_owned());
+                }
+            }
+        }
     }
     Ok(out)
 }

@@ -61,7 +61,11 @@ fn rbac_on<'a>(w: &WorkloadPolicy<'a>) -> Result<Option<(&'a Document, &'a RbacC
 
 /// Compiles the RBAC documents into `out`; returns whether RBAC is on and
 /// enforced for the workload (deny by default).
-pub(crate) fn compile(w: &WorkloadPolicy<'_>, out: &mut Vec<CompiledPolicy>) -> Result<bool, PolicyError> {
+pub(crate) fn compile(
+    w: &WorkloadPolicy<'_>,
+    out: &mut Vec<CompiledPolicy>,
+    domains: &[String],
+) -> Result<bool, PolicyError> {
     let roles: Vec<(&Document, &ServiceRoleSpec)> = w
         .documents()
         .iter()
@@ -105,7 +109,7 @@ pub(crate) fn compile(w: &WorkloadPolicy<'_>, out: &mut Vec<CompiledPolicy>) -> 
         let mut from = Vec::new();
         for (si, s) in b.subjects.iter().enumerate() {
             from.push(
-                subject(s, d.metadata.namespace())
+                subject(s, d.metadata.namespace(), domains)
                     .map_err(|(f, m)| w.error_at(d, &format!("spec.subjects[{si}].{f}"), m))?,
             );
         }
@@ -189,7 +193,7 @@ pub(crate) fn check_binding(b: &ServiceRoleBindingSpec, namespace: &str) -> Resu
         ));
     }
     for (si, s) in b.subjects.iter().enumerate() {
-        subject(s, namespace).map_err(|(f, m)| (format!("spec.subjects[{si}].{f}"), m))?;
+        subject(s, namespace, &[]).map_err(|(f, m)| (format!("spec.subjects[{si}].{f}"), m))?;
     }
     Ok(())
 }
@@ -277,7 +281,7 @@ fn role_rule(wl: &Workload, rule: &AccessRuleSpec) -> Result<RoleRule, FieldErro
         } else {
             match parse_key(&c.key) {
                 Ok(k @ (Key::Port | Key::Ip(_) | Key::Str(StrAttr::Header(_) | StrAttr::Host))) => {
-                    key_test(&k, &c.values, &format!("{field}.values"), &wl.namespace)?
+                    key_test(&k, &c.values, &format!("{field}.values"), &wl.namespace, &[])?
                 }
                 _ => {
                     return Err((
@@ -296,17 +300,19 @@ fn role_rule(wl: &Workload, rule: &AccessRuleSpec) -> Result<RoleRule, FieldErro
 }
 
 /// A subject's clauses (all must hold; empty: anyone); `namespace` is the
-/// binding's.
-fn subject(s: &SubjectSpec, namespace: &str) -> Result<Vec<Clause>, FieldError> {
+/// binding's, `domains` the mesh's trust domains
+/// ([`principals_in_mesh`](super::compile::principals_in_mesh)).
+fn subject(s: &SubjectSpec, namespace: &str, domains: &[String]) -> Result<Vec<Clause>, FieldError> {
     let mut out = Vec::new();
     if let Some(user) = &s.user
         && user != "*"
     {
+        let users = super::compile::principals_in_mesh(std::slice::from_ref(user), domains)
+            .iter()
+            .map(|u| StrMatch::parse(u).map_err(|e| ("user".to_owned(), e)))
+            .collect::<Result<Vec<_>, _>>()?;
         out.push(Clause {
-            test: Test::Str(
-                StrAttr::PeerPrincipal,
-                vec![StrMatch::parse(user).map_err(|e| ("user".to_owned(), e))?].into(),
-            ),
+            test: Test::Str(StrAttr::PeerPrincipal, users.into()),
             negate: false,
         });
     }
@@ -323,7 +329,7 @@ fn subject(s: &SubjectSpec, namespace: &str) -> Result<Vec<Clause>, FieldError> 
         let field = format!("properties.{key}");
         let k = parse_key(key).map_err(|m| (field.clone(), m))?;
         out.push(Clause {
-            test: key_test(&k, std::slice::from_ref(value), &field, namespace)?,
+            test: key_test(&k, std::slice::from_ref(value), &field, namespace, domains)?,
             negate: false,
         });
     }

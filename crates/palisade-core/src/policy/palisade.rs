@@ -504,10 +504,48 @@ pub struct AuthorizationSettingsSpec {
     /// carried no cookie (`GuardBuilder::trusted_origin`).
     #[serde(default)]
     pub trusted_origins: Vec<String>,
+    /// Istio's `meshConfig.trustDomain`: the trust domain of this mesh's
+    /// workloads (`prod.example`), which a policy's
+    /// `cluster.local/ns/NS/sa/SA` principals name, as in Istio. Unset:
+    /// `cluster.local`.
+    #[serde(default)]
+    pub trust_domain: Option<String>,
+    /// Istio's `meshConfig.trustDomainAliases`: former or other names of
+    /// the mesh's trust domain; a principal naming the mesh's domain, an
+    /// alias or `cluster.local` names the workload in each of them.
+    #[serde(default)]
+    pub trust_domain_aliases: Vec<String>,
+}
+
+/// Whether `domain` is a SPIFFE trust domain name: lower-case letters,
+/// digits, `.`, `-` and `_`.
+fn is_trust_domain(domain: &str) -> bool {
+    !domain.is_empty()
+        && domain
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_'))
 }
 
 impl AuthorizationSettingsSpec {
     pub(super) fn check(&self) -> Result<(), FieldError> {
+        let domains = self
+            .trust_domain
+            .iter()
+            .map(|d| ("spec.trustDomain".to_owned(), d))
+            .chain(
+                self.trust_domain_aliases
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| (format!("spec.trustDomainAliases[{i}]"), d)),
+            );
+        for (field, domain) in domains {
+            if !is_trust_domain(domain) {
+                return Err((
+                    field,
+                    format!("`{domain}` is not a trust domain (lower-case letters, digits, `.`, `-`, `_`)"),
+                ));
+            }
+        }
         match self
             .trusted_origins
             .iter()
