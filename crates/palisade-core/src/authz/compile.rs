@@ -103,11 +103,13 @@ fn pair(
 }
 
 /// `values` of a peer principal (`principals`, `source.principal`, an
-/// RBAC `user`) as Istio reads them against the mesh's trust domains
-/// (`domains`: its own, then its aliases; `AuthorizationSettings`'
-/// `trustDomain` and `trustDomainAliases`): a principal of five
-/// `/`-separated parts whose trust domain is `cluster.local` or one of
-/// `domains` names that workload in each of `domains` (Istio's
+/// RBAC `user` or `source.principal` property) as Istio reads them against
+/// the mesh's trust domains (`domains`: its own, then its aliases;
+/// `AuthorizationSettings`' `trustDomain` and `trustDomainAliases`): a
+/// principal of five `/`-separated parts whose trust domain is
+/// `cluster.local`, one of `domains`, or a `*`-led pattern covering one
+/// (`*-td`), names that workload in each of `domains`, the pattern kept
+/// as written for the domains it covers (Istio's
 /// `ReplaceTrustDomainAliases`); other principals (`*`, `cluster.local/*`,
 /// another domain's), and every principal without such settings, as
 /// written.
@@ -124,13 +126,19 @@ pub(crate) fn principals_in_mesh<'v>(values: &'v [String], domains: &[String]) -
     for v in values {
         let mut parts = v.split('/');
         let domain = parts.next().unwrap_or_default();
+        // A `*`-led domain (`*-td`) covers the domains that end as it does.
+        let covers = |d: &str| d == domain || domain.strip_prefix('*').is_some_and(|tail| d.ends_with(tail));
         let in_mesh = v.split('/').count() == 5
             && domain != "*"
-            && (domain == "cluster.local" || domains.iter().any(|d| d == domain));
+            && (domain == "cluster.local" || domains.iter().any(|d| covers(d)));
         if in_mesh {
             let rest = &v[domain.len()..];
             for d in domains {
-                keep(format!("{d}{rest}"));
+                keep(if covers(d) {
+                    v.clone()
+                } else {
+                    format!("{d}{rest}")
+                });
             }
         } else {
             keep(v.clone());

@@ -387,88 +387,137 @@ fn pseudo_header_conditions_are_refused() {
 
 /// Istio's reading of the mesh's trust domains (`trustDomain`,
 /// `trustDomainAliases`): a 5-part principal of `cluster.local`, the
-/// mesh's domain or an alias names the workload in the mesh's domain and
-/// each alias, in `principals`, `notPrincipals`, `source.principal` and an
-/// RBAC `user`; other shapes and other domains stay as written; without
-/// the settings nothing changes.
+/// mesh's domain, an alias or a `*`-led pattern covering one names the
+/// workload in the mesh's domain and each alias, in `principals`,
+/// `notPrincipals`, `source.principal` (`values`, `notValues`) and RBAC
+/// `user` and `source.principal` properties; other shapes and other
+/// domains stay as written; without the settings nothing changes.
 #[test]
 fn cluster_local_names_the_meshs_trust_domain_and_its_aliases() {
     const MESH: &str = "---\napiVersion: palisade.dev/v1alpha1\nkind: AuthorizationSettings\nmetadata: {name: s}\nspec: {trustDomain: prod.example, trustDomainAliases: [old.example]}\n";
     let req = OwnedRequest::get("/");
-    let (prod, old, local, partner) = (
+    let peers = [
         peer("prod.example/ns/default/sa/sleep"),
         peer("old.example/ns/default/sa/sleep"),
         peer("cluster.local/ns/default/sa/sleep"),
         peer("partner.example/ns/default/sa/sleep"),
-    );
-    let rbac = "apiVersion: rbac.istio.io/v1alpha1\nkind: ClusterRbacConfig\nmetadata: {name: default}\nspec: {mode: 'ON'}\n---\napiVersion: rbac.istio.io/v1alpha1\nkind: ServiceRole\nmetadata: {name: r, namespace: default}\nspec: {rules: [{services: ['*'], methods: ['*']}]}\n---\napiVersion: rbac.istio.io/v1alpha1\nkind: ServiceRoleBinding\nmetadata: {name: b, namespace: default}\nspec: {subjects: [{user: cluster.local/ns/default/sa/sleep}], roleRef: {kind: ServiceRole, name: r}}\n".to_owned();
-    // (documents, then who is let in with the settings: prod, old, local, partner)
+    ];
+    let allow = |principal: &str| {
+        format!("{HEAD}spec:\n  rules: [{{from: [{{source: {{principals: [\"{principal}\"]}}}}]}}]\n")
+    };
+    let rbac = |subject: &str| {
+        format!(
+            "apiVersion: rbac.istio.io/v1alpha1\nkind: ClusterRbacConfig\nmetadata: {{name: default}}\nspec: {{mode: 'ON'}}\n---\napiVersion: rbac.istio.io/v1alpha1\nkind: ServiceRole\nmetadata: {{name: r, namespace: default}}\nspec: {{rules: [{{services: ['*'], methods: ['*']}}]}}\n---\napiVersion: rbac.istio.io/v1alpha1\nkind: ServiceRoleBinding\nmetadata: {{name: b, namespace: default}}\nspec: {{subjects: [{subject}], roleRef: {{kind: ServiceRole, name: r}}}}\n"
+        )
+    };
+    // Who is let in (prod, old, local, partner): with the settings, without.
     let cases = [
         (
-            format!(
-                "{HEAD}spec:\n  rules: [{{from: [{{source: {{principals: [cluster.local/ns/default/sa/sleep]}}}}]}}]\n"
-            ),
+            allow("cluster.local/ns/default/sa/sleep"),
             [true, true, false, false],
+            [false, false, true, false],
         ),
         (
-            format!(
-                "{HEAD}spec:\n  rules: [{{from: [{{source: {{principals: [old.example/ns/default/sa/sleep]}}}}]}}]\n"
-            ),
+            allow("old.example/ns/default/sa/sleep"),
             [true, true, false, false],
+            [false, true, false, false],
+        ),
+        (
+            allow("cluster.local/ns/default/sa/*"),
+            [true, true, false, false],
+            [false, false, true, false],
+        ),
+        // A `*`-led domain kept where it covers a mesh domain (old), the
+        // others named.
+        (
+            allow("*ld.example/ns/default/sa/sleep"),
+            [true, true, false, false],
+            [false, true, false, false],
+        ),
+        // Not five parts, any domain, or another domain: as written.
+        (
+            allow("cluster.local/*"),
+            [false, false, true, false],
+            [false, false, true, false],
+        ),
+        (
+            allow("*/ns/default/sa/sleep"),
+            [true, true, true, true],
+            [true, true, true, true],
+        ),
+        (
+            allow("partner.example/ns/default/sa/sleep"),
+            [false, false, false, true],
+            [false, false, false, true],
         ),
         (
             format!(
                 "{HEAD}spec:\n  rules: [{{when: [{{key: source.principal, values: [cluster.local/ns/default/sa/sleep]}}]}}]\n"
             ),
             [true, true, false, false],
-        ),
-        // Not five parts, or another domain: as written.
-        (
-            format!("{HEAD}spec:\n  rules: [{{from: [{{source: {{principals: [cluster.local/*]}}}}]}}]\n"),
             [false, false, true, false],
         ),
         (
             format!(
-                "{HEAD}spec:\n  rules: [{{from: [{{source: {{principals: [partner.example/ns/default/sa/sleep]}}}}]}}]\n"
+                "{HEAD}spec:\n  action: DENY\n  rules: [{{when: [{{key: source.principal, notValues: [cluster.local/ns/default/sa/sleep]}}]}}]\n"
             ),
-            [false, false, false, true],
+            [true, true, false, false],
+            [false, false, true, false],
         ),
         (
             format!(
                 "{HEAD}spec:\n  action: DENY\n  rules: [{{from: [{{source: {{notPrincipals: [cluster.local/ns/default/sa/sleep]}}}}]}}]\n"
             ),
             [true, true, false, false],
+            [false, false, true, false],
         ),
-        (rbac, [true, true, false, false]),
+        (
+            rbac("{user: cluster.local/ns/default/sa/sleep}"),
+            [true, true, false, false],
+            [false, false, true, false],
+        ),
+        (
+            rbac("{properties: {source.principal: cluster.local/ns/default/sa/sleep}}"),
+            [true, true, false, false],
+            [false, false, true, false],
+        ),
     ];
-    for (docs, with_settings) in cases {
+    for (docs, with_settings, without) in cases {
         let mesh = policy(&format!("{docs}{MESH}")).unwrap();
         let plain = policy(&docs).unwrap();
-        for (i, id) in [&prod, &old, &local, &partner].into_iter().enumerate() {
+        for (i, id) in peers.iter().enumerate() {
             assert_eq!(
                 allowed(&mesh, &req, Some(id)),
                 with_settings[i],
                 "{docs}: peer {i}"
             );
-            // Without the settings, each principal is only itself.
-            let literal = docs.contains("cluster.local/ns") && i == 2
-                || docs.contains("old.example") && i == 1
-                || docs.contains("partner") && i == 3
-                || docs.contains("cluster.local/*") && i == 2;
             assert_eq!(
                 allowed(&plain, &req, Some(id)),
-                literal,
+                without[i],
                 "{docs}: peer {i}, no settings"
             );
         }
     }
-    let bad = policy(&format!("{HEAD}spec: {{}}\n---\napiVersion: palisade.dev/v1alpha1\nkind: AuthorizationSettings\nmetadata: {{name: s}}\nspec: {{trustDomain: Prod.Example}}\n"))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        bad.contains("spec.trustDomain") && bad.contains("not a trust domain"),
-        "{bad}"
-    );
+    // Aliases alone: the mesh's own domain is `cluster.local`.
+    let aliases = policy(&format!(
+        "{}---\napiVersion: palisade.dev/v1alpha1\nkind: AuthorizationSettings\nmetadata: {{name: s}}\nspec: {{trustDomainAliases: [old.example]}}\n",
+        allow("cluster.local/ns/default/sa/sleep")
+    ))
+    .unwrap();
+    let let_in: Vec<bool> = peers.iter().map(|id| allowed(&aliases, &req, Some(id))).collect();
+    assert_eq!(let_in, [false, true, true, false]);
+    for (spec, field) in [
+        ("{trustDomain: Prod.Example}", "spec.trustDomain"),
+        (
+            "{trustDomainAliases: [old.example, '*.example']}",
+            "spec.trustDomainAliases[1]",
+        ),
+    ] {
+        let bad = policy(&format!("{HEAD}spec: {{}}\n---\napiVersion: palisade.dev/v1alpha1\nkind: AuthorizationSettings\nmetadata: {{name: s}}\nspec: {spec}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains(field) && bad.contains("not a trust domain"), "{bad}");
+    }
 }
 
 #[test]
