@@ -69,6 +69,17 @@ async fn whoami_axum(id: Option<Identity>) -> axum::Json<Value> {
     axum::Json(palisade::core::whoami(id.as_ref()))
 }
 
+/// The names of the headers marked sensitive, sorted: (name, sensitive)
+/// pairs of either framework's header map.
+fn sensitive_names<'h>(headers: impl Iterator<Item = (&'h str, bool)>) -> Vec<String> {
+    let mut names: Vec<String> = headers
+        .filter(|(_, sensitive)| *sensitive)
+        .map(|(n, _)| n.to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
 async fn call_axum(guard: &palisade::prelude::Guard, headers: &[(&str, String)], path: &str) -> Answer {
     let app = axum::Router::new()
         .route("/whoami", get(whoami_axum))
@@ -91,13 +102,7 @@ async fn call_axum(guard: &palisade::prelude::Guard, headers: &[(&str, String)],
         .headers()
         .get("content-type")
         .map(|v| v.to_str().unwrap().to_owned());
-    let mut sensitive: Vec<String> = res
-        .headers()
-        .iter()
-        .filter(|(_, v)| v.is_sensitive())
-        .map(|(n, _)| n.to_string())
-        .collect();
-    sensitive.sort();
+    let sensitive = sensitive_names(res.headers().iter().map(|(n, v)| (n.as_str(), v.is_sensitive())));
     let bytes = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
     Answer {
         status,
@@ -143,13 +148,7 @@ async fn call_actix(guard: &palisade::prelude::Guard, headers: &[(&str, String)]
         .headers()
         .get("content-type")
         .map(|v| v.to_str().unwrap().to_owned());
-    let mut sensitive: Vec<String> = res
-        .headers()
-        .iter()
-        .filter(|(_, v)| v.is_sensitive())
-        .map(|(n, _)| n.to_string())
-        .collect();
-    sensitive.sort();
+    let sensitive = sensitive_names(res.headers().iter().map(|(n, v)| (n.as_str(), v.is_sensitive())));
     let bytes = actix_web::test::read_body(res).await;
     Answer {
         status,

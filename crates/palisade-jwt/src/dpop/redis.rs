@@ -359,14 +359,18 @@ mod tests {
             .enable_time()
             .build()
             .unwrap();
-        let held = std::sync::Arc::new(());
-        let kept = std::sync::Arc::clone(&held);
-        rt.block_on(async {
-            let join = tokio::spawn(async move {
+        // A command the thread never gets to, holding `kept` while queued.
+        let stuck = |kept: std::sync::Arc<()>| {
+            tokio::spawn(async move {
                 let _kept = kept;
                 std::future::pending::<()>().await;
                 Ok(true)
-            });
+            })
+        };
+        let held = std::sync::Arc::new(());
+        let kept = std::sync::Arc::clone(&held);
+        rt.block_on(async {
+            let join = stuck(kept);
             let started = Instant::now();
             let answer = answered(join, Duration::from_millis(100)).await;
             assert!(matches!(answer, Err(ReplayStoreError::Unavailable)), "{answer:?}");
@@ -383,12 +387,7 @@ mod tests {
         let held = std::sync::Arc::new(());
         let kept = std::sync::Arc::clone(&held);
         rt.block_on(async {
-            let join = tokio::spawn(async move {
-                let _kept = kept;
-                std::future::pending::<()>().await;
-                Ok(true)
-            });
-            drop(answered(join, Duration::from_secs(60)));
+            drop(answered(stuck(kept), Duration::from_secs(60)));
             tokio::task::yield_now().await;
         });
         assert_eq!(std::sync::Arc::strong_count(&held), 1, "abandoned unpolled");
