@@ -661,38 +661,8 @@ fn client_with(settings: &FetchSettings, redirects: Redirects) -> Result<reqwest
     b.build().map_err(|e| format!("cannot build HTTP client: {e}"))
 }
 
-/// A client [`store_client`] made, with the timeout and CA bundle it has.
-type StoreClient = (Duration, Option<Vec<u8>>, reqwest::Client);
-
-/// The clients [`store_client`] made.
-static STORE_CLIENTS: Mutex<Vec<StoreClient>> = Mutex::new(Vec::new());
-
-/// The client of a key store: one per timeout and CA bundle, shared by
-/// every store, since building one reads and parses the system's trust
-/// store on the JWKS thread, which every store's refreshes share (a new
-/// tenant's store, one per token of a tenant not seen before, would stall
-/// them all). Only stores ask for it, on the JWKS runtime, whose
-/// connections its pool keeps.
-fn store_client(settings: &FetchSettings) -> Result<reqwest::Client, String> {
-    /// The most kept: one per distinct setting is the usual count.
-    const KEPT: usize = 16;
-    let mut clients = STORE_CLIENTS.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some((.., client)) = clients
-        .iter()
-        .find(|(timeout, pem, _)| *timeout == settings.timeout && *pem == settings.extra_ca_pem)
-    {
-        return Ok(client.clone());
-    }
-    let client = http_client(settings)?;
-    if clients.len() >= KEPT {
-        clients.remove(0);
-    }
-    clients.push((settings.timeout, settings.extra_ca_pem.clone(), client.clone()));
-    Ok(client)
-}
-
 async fn run_store(store: Arc<KeyStore>, source: JwksSource) {
-    let client = match store_client(&store.settings) {
+    let client = match http_client(&store.settings) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(target: LOG, issuer = %store.issuer, error = %e, "JWKS fetching disabled");
@@ -913,34 +883,6 @@ pub(crate) fn max_age(value: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Key stores of one timeout and CA bundle share one client (a new
-    /// tenant's store builds none); another bundle has its own.
-    #[test]
-    fn key_stores_of_one_setting_share_a_client() {
-        // A timeout no other test uses.
-        let settings = FetchSettings {
-            timeout: Duration::from_millis(12_345),
-            ..FetchSettings::default()
-        };
-        let other = FetchSettings {
-            extra_ca_pem: Some(b"# no certificate".to_vec()),
-            ..settings.clone()
-        };
-        let kept = || {
-            STORE_CLIENTS
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|(t, ..)| *t == settings.timeout)
-                .count()
-        };
-        store_client(&settings).unwrap();
-        store_client(&settings).unwrap();
-        assert_eq!(kept(), 1);
-        store_client(&other).unwrap();
-        assert_eq!(kept(), 2);
-    }
 
     const RSA_N: &str = "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw";
 
