@@ -227,24 +227,51 @@ impl AccessPolicyBuilder {
         if escaped == EscapedSlashes::Keep {
             crate::config_warning!(target: crate::guard::LOG_TARGET, "escaped slashes are kept (escaped_slashes(Keep)): a route's wildcard capture decodes them into segments the path rules did not see");
         }
-        let spec = crate::policy::AuthorizationSettingsSpec {
-            escaped_slashes: escaped,
-            ..Default::default()
-        };
-        if let Some(d) = self
+        self.settings().escaped_slashes = escaped;
+        self
+    }
+
+    /// The mesh's trust domain and its aliases, as Istio's
+    /// `meshConfig.trustDomain` and `trustDomainAliases`: a 5-part
+    /// principal (`cluster.local/ns/NS/sa/SA`) of `cluster.local`, the
+    /// domain or an alias names the workload in the domain and each alias.
+    /// An `AuthorizationSettings` document's `trustDomain` and
+    /// `trustDomainAliases`.
+    pub fn trust_domain<A: Into<String>>(
+        mut self,
+        domain: impl Into<String>,
+        aliases: impl IntoIterator<Item = A>,
+    ) -> Self {
+        let settings = self.settings();
+        settings.trust_domain = Some(domain.into());
+        settings.trust_domain_aliases = aliases.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The policy's `AuthorizationSettings`, added when there is none yet:
+    /// each setter changes its own fields.
+    fn settings(&mut self) -> &mut crate::policy::AuthorizationSettingsSpec {
+        let at = match self
             .documents
-            .iter_mut()
-            .find(|d| matches!(d.spec, Spec::AuthorizationSettings(_)))
+            .iter()
+            .position(|d| matches!(d.spec, Spec::AuthorizationSettings(_)))
         {
-            d.spec = Spec::AuthorizationSettings(spec);
-            return self;
+            Some(at) => at,
+            None => {
+                let taken = std::mem::take(self);
+                *self = taken.add(
+                    "settings",
+                    "palisade.dev/v1alpha1",
+                    "AuthorizationSettings",
+                    Spec::AuthorizationSettings(crate::policy::AuthorizationSettingsSpec::default()),
+                );
+                self.documents.len() - 1
+            }
+        };
+        match &mut self.documents[at].spec {
+            Spec::AuthorizationSettings(s) => s,
+            _ => unreachable!("the settings document was found or added at `at`"),
         }
-        self.add(
-            "settings",
-            "palisade.dev/v1alpha1",
-            "AuthorizationSettings",
-            Spec::AuthorizationSettings(spec),
-        )
     }
 
     /// The external authorizers CUSTOM policies name.

@@ -520,6 +520,39 @@ fn cluster_local_names_the_meshs_trust_domain_and_its_aliases() {
     }
 }
 
+/// In code, `trust_domain` is the settings' `trustDomain` and
+/// `trustDomainAliases`; `escaped_slashes` set after it keeps it; a name
+/// that is no trust domain fails the build naming the field.
+#[test]
+fn the_builders_trust_domain_is_the_settings_one() {
+    let sleep = || Rule::new().principals(["cluster.local/ns/default/sa/sleep"]);
+    let p = AccessPolicy::builder()
+        .trust_domain("prod.example", ["old.example"])
+        .escaped_slashes(EscapedSlashes::Keep)
+        .allow("sleep", [sleep()])
+        .build()
+        .unwrap();
+    assert_eq!(p.settings().trust_domains, ["prod.example", "old.example"]);
+    assert_eq!(p.settings().escaped_slashes, EscapedSlashes::Keep);
+    let req = OwnedRequest::get("/");
+    assert!(allowed(&p, &req, Some(&peer("old.example/ns/default/sa/sleep"))));
+    assert!(!allowed(
+        &p,
+        &req,
+        Some(&peer("cluster.local/ns/default/sa/sleep"))
+    ));
+    let err = AccessPolicy::builder()
+        .trust_domain("Prod.Example", Vec::<String>::new())
+        .allow("sleep", [sleep()])
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("spec.trustDomain") && err.contains("not a trust domain"),
+        "{err}"
+    );
+}
+
 #[test]
 fn principals_and_namespaces_come_from_the_peer() {
     let p = policy(&format!(

@@ -527,7 +527,7 @@ fn is_trust_domain(domain: &str) -> bool {
 }
 
 impl AuthorizationSettingsSpec {
-    pub(super) fn check(&self) -> Result<(), FieldError> {
+    pub(crate) fn check(&self) -> Result<(), FieldError> {
         let domains = self
             .trust_domain
             .iter()
