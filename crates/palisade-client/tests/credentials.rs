@@ -508,6 +508,19 @@ async fn a_reqwest_request_gets_its_hosts_credentials() {
     ));
 }
 
+/// productpage's exchange of its callers' tokens for reviews at `issuer`.
+fn exchange_for_reviews(issuer: &str) -> TokenExchange {
+    TokenExchange::builder(issuer, "productpage")
+        .client_secret(SECRET)
+        .audience("reviews")
+        .build()
+        .unwrap()
+}
+
+/// A `500` answer without a body, closing the connection.
+const SERVER_ERROR: &str =
+    "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+
 /// A `200` answer of `body` as JSON, closing the connection.
 fn json_answer(body: &str) -> String {
     format!(
@@ -789,11 +802,7 @@ async fn a_callers_token_is_exchanged_once_for_the_upstreams_audience() {
         .user("alice", "alice-password", &["reader"])
         .start()
         .unwrap();
-    let exchange = TokenExchange::builder(issuer.issuer(), "productpage")
-        .client_secret(SECRET)
-        .audience("reviews")
-        .build()
-        .unwrap();
+    let exchange = exchange_for_reviews(issuer.issuer());
     let alice = CallerToken::new(
         &issuer
             .token()
@@ -948,18 +957,13 @@ async fn a_stale_token_endpoint_is_trusted_again_once_it_answers() {
     let count = Arc::clone(&discoveries);
     let origin = answering(move |port| {
         if count.fetch_add(1, Ordering::SeqCst) > 0 {
-            return "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-                .to_owned();
+            return SERVER_ERROR.to_owned();
         }
         let body = format!(r#"{{"issuer":"http://127.0.0.1:{port}","token_endpoint":"{endpoint}/token"}}"#);
         json_answer(&body)
     })
     .await;
-    let exchange = TokenExchange::builder(origin, "productpage")
-        .client_secret(SECRET)
-        .audience("reviews")
-        .build()
-        .unwrap();
+    let exchange = exchange_for_reviews(&origin);
     let call = |user: &str| {
         let (exchange, caller) = (exchange.clone(), CallerToken::new(&format!("token-of-{user}")));
         async move { exchange.authorization(&caller).await }
@@ -992,14 +996,10 @@ async fn calls_at_once_share_a_failed_discovery() {
     let count = Arc::clone(&asked);
     let origin = answering(move |_| {
         count.fetch_add(1, Ordering::SeqCst);
-        "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_owned()
+        SERVER_ERROR.to_owned()
     })
     .await;
-    let exchange = TokenExchange::builder(origin, "productpage")
-        .client_secret(SECRET)
-        .audience("reviews")
-        .build()
-        .unwrap();
+    let exchange = exchange_for_reviews(&origin);
     let calls: Vec<_> = ["alice", "bob", "carol", "dave"]
         .into_iter()
         .map(|user| {

@@ -336,15 +336,13 @@ impl Admission {
                 "a path that is not in normal form reached Palisade after routing: refused with 400. {advice}, so that the router sees the path the policy matched"
             );
         }
-        let mut reply = Reply::from(Rejection::malformed_path(
-            "the request path is not in normal form",
-        ));
         // A renewal of the user's cookie reaches the browser with it.
-        for (name, value) in self.response().headers() {
-            if let Some(name) = crate::guard::renewal(name) {
-                reply = reply.header(name, value);
-            }
-        }
+        let reply = crate::guard::renewed(
+            Reply::from(Rejection::malformed_path(
+                "the request path is not in normal form",
+            )),
+            self.response().headers(),
+        );
         let rendering = self.rare.as_ref().map_or(Rendering::Http, |r| r.rendering);
         rendering.render(reply)
     }

@@ -1236,40 +1236,43 @@ fn allowed_event(access: &AccessDecision) {
 /// spent; a new Negotiate session): the browser must have it whatever the
 /// request's answer, or its next request brings the spent token. Other
 /// response headers (a mutual-authentication token) are an admission's.
-/// A renewal's `Cache-Control: private` is added unless the reply already
-/// keeps itself out of shared caches (`no-store`, `private`).
 fn with_renewals(decision: Decision, headers: Vec<(Cow<'static, str>, String)>) -> Decision {
-    let mut renewals = headers
-        .into_iter()
-        .filter_map(|(name, value)| renewal(&name).map(|name| (name, value)))
-        .peekable();
-    if renewals.peek().is_none() {
+    if !headers.iter().any(|(name, _)| renewal(name).is_some()) {
         return decision;
     }
-    let reply = match decision {
-        Decision::Deny(rejection) => Reply::from(rejection),
-        Decision::Reply(reply) => reply,
+    let headers = headers
+        .iter()
+        .map(|(name, value)| (name.as_ref(), value.as_str()));
+    match decision {
+        Decision::Deny(rejection) => Decision::Reply(renewed(Reply::from(rejection), headers)),
+        Decision::Reply(reply) => Decision::Reply(renewed(reply, headers)),
         // An admission carries its renewals as response edits.
-        allowed @ Decision::Allow(_) => return allowed,
-    };
+        allowed @ Decision::Allow(_) => allowed,
+    }
+}
+
+/// `reply` with the renewal of the user's cookie among `headers` (a
+/// refusal's, a reply's, and an admission's whose path the framework
+/// refuses): a renewal's `Cache-Control: private` is added unless the
+/// reply already keeps itself out of shared caches (`no-store`,
+/// `private`).
+pub(crate) fn renewed<'h>(reply: Reply, headers: impl Iterator<Item = (&'h str, &'h str)>) -> Reply {
     let unshared = reply.headers().any(|(name, value)| {
         name == "cache-control"
             && value
                 .split(',')
                 .any(|d| matches!(d.trim().to_ascii_lowercase().as_str(), "no-store" | "private"))
     });
-    Decision::Reply(
-        renewals
-            .filter(|(name, _)| !(unshared && *name == "cache-control"))
-            .fold(reply, |reply, (name, value)| reply.header(name, value)),
-    )
+    headers
+        .filter_map(|(name, value)| renewal(name).map(|name| (name, value)))
+        .filter(|(name, _)| !(unshared && *name == "cache-control"))
+        .fold(reply, |reply, (name, value)| reply.header(name, value))
 }
 
 /// `name` (a response header's) when it belongs to the renewal of a
 /// cookie, which reaches the browser whatever becomes of the request
-/// ([`with_renewals`], [`Acc::keep_renewals`], an admission whose path the
-/// framework refuses).
-pub(crate) fn renewal(name: &str) -> Option<&'static str> {
+/// ([`renewed`], [`Acc::keep_renewals`]).
+fn renewal(name: &str) -> Option<&'static str> {
     match name {
         "set-cookie" => Some("set-cookie"),
         "cache-control" => Some("cache-control"),

@@ -71,7 +71,7 @@ pub(crate) struct Session {
     /// `refresh_before` is refreshed once half its lifetime has passed
     /// ([`Session::refresh_lead`]). Absent (0) in cookies of earlier
     /// releases.
-    #[serde(default, rename = "ag", skip_serializing_if = "is_zero_u64")]
+    #[serde(default, rename = "ag", skip_serializing_if = "is_zero")]
     pub(crate) at_got: u64,
     /// The refresh token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -92,22 +92,9 @@ pub(crate) struct Session {
     pub(crate) store_key: Option<Arc<str>>,
 }
 
-/// Whether a count is zero (left out of the cookie).
-#[allow(
-    clippy::trivially_copy_pass_by_ref,
-    reason = "serde's skip_serializing_if passes a reference"
-)]
-fn is_zero(n: &u32) -> bool {
-    *n == 0
-}
-
-/// Whether a time is zero (left out of the cookie).
-#[allow(
-    clippy::trivially_copy_pass_by_ref,
-    reason = "serde's skip_serializing_if passes a reference"
-)]
-fn is_zero_u64(n: &u64) -> bool {
-    *n == 0
+/// Whether a count or a time is zero (left out of the cookie).
+fn is_zero<N: Default + PartialEq>(n: &N) -> bool {
+    *n == N::default()
 }
 
 impl Session {

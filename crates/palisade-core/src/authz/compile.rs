@@ -124,8 +124,7 @@ pub(crate) fn principals_in_mesh<'v>(values: &'v [String], domains: &[String]) -
         }
     };
     for v in values {
-        let mut parts = v.split('/');
-        let domain = parts.next().unwrap_or_default();
+        let domain = v.split('/').next().unwrap_or_default();
         // A `*`-led domain (`*-td`) covers the domains that end as it does.
         let covers = |d: &str| d == domain || domain.strip_prefix('*').is_some_and(|tail| d.ends_with(tail));
         let in_mesh = v.split('/').count() == 5
@@ -184,12 +183,7 @@ pub(crate) fn source_clauses(
         &mut out,
         (s.principals.as_ref(), "principals"),
         (s.not_principals.as_ref(), "notPrincipals"),
-        |v, f| {
-            Ok(Test::Str(
-                StrAttr::PeerPrincipal,
-                strs(&principals_in_mesh(v, domains), f)?,
-            ))
-        },
+        |v, f| key_test(&Key::Str(StrAttr::PeerPrincipal), v, f, namespace, domains),
     )?;
     pair(
         &mut out,
