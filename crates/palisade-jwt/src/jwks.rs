@@ -661,8 +661,29 @@ fn client_with(settings: &FetchSettings, redirects: Redirects) -> Result<reqwest
     b.build().map_err(|e| format!("cannot build HTTP client: {e}"))
 }
 
+/// Runs `build` on Tokio's blocking pool, one such build at a time
+/// process-wide, and waits for it: for work too slow for the JWKS thread,
+/// whose every store's refreshes (and introspection's and DPoP's Redis
+/// checks) it would hold up. Building an HTTP client is such work: it
+/// reads and parses the system's trust store (about 2 ms in a release
+/// build, 13 in a debug one), once per key store, so once per tenant an
+/// issuer pattern admits, which tokens not yet verified can name. One at
+/// a time, a flood of new tenants takes one blocking thread at most; a
+/// store dropped while it waits for its turn gives it up.
+async fn off_the_jwks_thread<T: Send + 'static>(
+    build: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    static BUILDING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+    // Never closed, so `acquire` always gives a permit.
+    let _turn = BUILDING.acquire().await;
+    tokio::task::spawn_blocking(build)
+        .await
+        .unwrap_or_else(|e| Err(format!("the build stopped: {e}")))
+}
+
 async fn run_store(store: Arc<KeyStore>, source: JwksSource) {
-    let client = match http_client(&store.settings) {
+    let settings = store.settings.clone();
+    let client = match off_the_jwks_thread(move || http_client(&settings)).await {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(target: LOG, issuer = %store.issuer, error = %e, "JWKS fetching disabled");
@@ -883,6 +904,33 @@ pub(crate) fn max_age(value: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Slow builds (a key store's HTTP client) run off the JWKS thread, one
+    /// at a time.
+    #[test]
+    fn slow_builds_run_off_the_jwks_thread_one_at_a_time() {
+        use std::sync::atomic::AtomicUsize;
+        static RUNNING: AtomicUsize = AtomicUsize::new(0);
+        static MOST: AtomicUsize = AtomicUsize::new(0);
+        let jwks = jwks_runtime().unwrap();
+        let builds: Vec<_> = (0..3)
+            .map(|_| {
+                jwks.spawn(off_the_jwks_thread(|| {
+                    let running = RUNNING.fetch_add(1, Ordering::SeqCst) + 1;
+                    MOST.fetch_max(running, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(30));
+                    RUNNING.fetch_sub(1, Ordering::SeqCst);
+                    Ok(std::thread::current().name().map(str::to_owned))
+                }))
+            })
+            .collect();
+        let waiter = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        for build in builds {
+            let thread = waiter.block_on(build).unwrap().unwrap();
+            assert_ne!(thread.as_deref(), Some("palisade-jwks"));
+        }
+        assert_eq!(MOST.load(Ordering::SeqCst), 1, "builds ran at once");
+    }
 
     const RSA_N: &str = "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw";
 
