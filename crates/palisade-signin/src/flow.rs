@@ -111,8 +111,9 @@ struct Inner {
     state_prefix: String,
     store: Arc<dyn SessionStore>,
     cache: Cache,
-    successors: Successors,
-    refreshing: SingleFlight<String, Option<Arc<Live>>>,
+    /// Shared with every relying party of this client at this issuer
+    /// keeping its sessions in this store ([`shared_refreshes`]).
+    refreshes: Arc<Refreshes>,
     rng: SystemRandom,
     /// What this relying party's issuer fails to do (its token endpoint
     /// unreachable, its ID tokens refused) is said once a minute.
@@ -290,6 +291,34 @@ fn shared_memory_store(issuer: &str, client_id: &str) -> Arc<dyn SessionStore> {
     .unwrap_or_else(|never| match never {})
 }
 
+/// What the relying parties of one client at one issuer, keeping their
+/// sessions in one store, know of the sessions they refresh: each
+/// session's latest refresh, for requests that still carry the cookie it
+/// replaced, and the refreshes under way, which other requests of the
+/// session join. The issuer spends a refresh token when it answers
+/// (Keycloak's "revoke refresh token" ends the session when a spent one
+/// comes again), so a hot reload must not lose them, whatever else it
+/// changes (a secret, a scope, a cookie's settings).
+struct Refreshes {
+    successors: Successors,
+    refreshing: SingleFlight<String, Option<Arc<Live>>>,
+}
+
+/// The [`Refreshes`] of the client `client_id` at `issuer` keeping its
+/// sessions in `store`: one for the process while a relying party uses it.
+fn shared_refreshes(issuer: &str, client_id: &str, store: &Arc<dyn SessionStore>) -> Arc<Refreshes> {
+    static LIVE: Registry<(String, String, usize), Refreshes> = Registry::new();
+    // The store by its address, as in `ephemeral_key`.
+    let store = Arc::as_ptr(store).cast::<()>() as usize;
+    LIVE.get_or_make((issuer.to_owned(), client_id.to_owned(), store), || {
+        Ok::<_, std::convert::Infallible>(Arc::new(Refreshes {
+            successors: Successors::new(),
+            refreshing: SingleFlight::new(),
+        }))
+    })
+    .unwrap_or_else(|never| match never {})
+}
+
 /// The issuer as `config` calls it (its URL, timeout and trust anchors),
 /// shared by every [`SignIn`] of the process that calls it alike while one
 /// does: a hot reload builds a new `SignIn` while the old one lives, so the
@@ -348,6 +377,7 @@ impl SignInBuilder {
             .build()
             .map_err(|e| SignInError::Config(format!("the issuer: {e}")))?;
         let issuer = shared_issuer(&config)?;
+        let refreshes = shared_refreshes(&config.issuer, &config.client_id, &store);
         Ok(SignIn(Arc::new(Inner {
             config,
             issuer,
@@ -359,8 +389,7 @@ impl SignInBuilder {
             state_prefix,
             store,
             cache: Cache::new(SESSION_CACHE),
-            successors: Successors::new(),
-            refreshing: SingleFlight::new(),
+            refreshes,
             rng: SystemRandom::new(),
             issuer_down: palisade_core::logging::Sparse::per_minute(),
             client_refused: palisade_core::logging::Sparse::per_minute(),
@@ -1226,7 +1255,7 @@ impl SignIn {
         // Only a newer one: another replica may have refreshed the session
         // since, and this one's successor would send the browser (and the
         // issuer, at the next refresh) tokens it already replaced.
-        let (live, mut renew) = match self.0.successors.get(&live.session.id) {
+        let (live, mut renew) = match self.0.refreshes.successors.get(&live.session.id) {
             Some(next) if next.session.newer_than(&live.session) => (next, true),
             _ => (live, false),
         };
@@ -1318,12 +1347,12 @@ impl SignIn {
         let id = live.session.id.clone();
         // After the answer, a request finds the successor (`refresh_once`).
         let call = move || async move { this.refresh_once(live).await };
-        self.0.refreshing.run(id, call).await.flatten()
+        self.0.refreshes.refreshing.run(id, call).await.flatten()
     }
 
     async fn refresh_once(&self, live: Arc<Live>) -> Option<Arc<Live>> {
         // Another request refreshed it meanwhile.
-        if let Some(next) = self.0.successors.get(&live.session.id)
+        if let Some(next) = self.0.refreshes.successors.get(&live.session.id)
             && next.session.newer_than(&live.session)
         {
             return Some(next);
@@ -1411,7 +1440,7 @@ impl SignIn {
                     self.hand_on(s, &next).await;
                 }
                 let next = Arc::new(Live::new(next, &c.issuer, None));
-                self.0.successors.insert(Arc::clone(&next));
+                self.0.refreshes.successors.insert(Arc::clone(&next));
                 Some(next)
             }
             // Only a dead grant ends the session (RFC 6749 §5.2): a
@@ -1498,7 +1527,7 @@ impl SignIn {
             latest = Some(Arc::new(Live::new(next, &self.0.config.issuer, None)));
         }
         if let Some(next) = &latest {
-            self.0.successors.insert(Arc::clone(next));
+            self.0.refreshes.successors.insert(Arc::clone(next));
         }
         latest
     }
@@ -1562,7 +1591,7 @@ impl SignIn {
 
     /// [`end`](Self::end) for the session of this id, recorded until `until`.
     async fn end_id(&self, id: String, until: std::time::SystemTime) -> Result<(), crate::store::StoreError> {
-        self.0.successors.remove(&id);
+        self.0.refreshes.successors.remove(&id);
         self.0.cache.remove_session(&id);
         self.0.store.revoke(Revocation::Session { id, until }).await
     }
@@ -1957,6 +1986,63 @@ mod tests {
             .build()
             .unwrap();
         assert_eq!(taken(&other), (false, false));
+    }
+
+    /// A hot reload that changes a setting builds a new relying party,
+    /// which still knows the refreshes the old one made: a request with
+    /// the cookie a refresh replaced is renewed with its tokens rather
+    /// than sending the issuer the spent refresh token again. Another
+    /// client's relying party knows none.
+    #[tokio::test]
+    async fn a_reload_that_changes_a_setting_keeps_the_refreshes_made() {
+        // An issuer that never answers, of this test only: a refresh
+        // tried is refused.
+        const ISSUER: &str = "http://127.0.0.1:9/realms/reloaded";
+        let key = CookieKey::new("k1", &[1; 32]).unwrap();
+        let build = |client: &str, scope: &str| {
+            SignIn::builder(ISSUER, client)
+                .keys(vec![key.clone()])
+                .scopes(["openid", scope])
+                .build()
+                .unwrap()
+        };
+        let old = build("shop", "email");
+        let refreshed = Session {
+            at: "at-1".into(),
+            rt: Some("refresh-1".into()),
+            generation: 1,
+            ..alice()
+        };
+        old.0
+            .refreshes
+            .successors
+            .insert(Arc::new(Live::new(refreshed, ISSUER, None)));
+        let replaced = Session {
+            rt: Some("refresh-0".into()),
+            ..due()
+        };
+        let renewed = async |sign_in: &SignIn| {
+            let req = OwnedRequest::get("/page").header(
+                "cookie",
+                session_cookie(key.clone(), &Payload::Inline(replaced.clone())),
+            );
+            let outcome = match sign_in.authenticate(&req) {
+                Check::Ready(outcome) => outcome,
+                Check::Pending(renewal) => renewal.await,
+            };
+            match outcome {
+                AuthOutcome::Authenticated(a) => a
+                    .attachments
+                    .get::<palisade_core::authn::BearerToken>()
+                    .map(|t| t.as_str().to_owned()),
+                _ => None,
+            }
+        };
+        let new = build("shop", "profile");
+        assert_eq!(renewed(&new).await.as_deref(), Some("at-1"));
+        let another_client = build("kiosk", "profile");
+        assert_ne!(renewed(&another_client).await.as_deref(), Some("at-1"));
+        drop(old);
     }
 
     /// Waits for `sign_in`'s discovery, which runs on a thread of its own
@@ -2769,7 +2855,12 @@ mod tests {
     #[tokio::test]
     async fn an_older_refresh_of_this_replica_never_replaces_a_cookies_newer_tokens() {
         let key = CookieKey::new("k1", &[1; 32]).unwrap();
-        let sign_in = offline(&key);
+        // An issuer of its own: the refresh recorded below is shared with
+        // the relying parties of the same client, issuer and store.
+        let sign_in = SignIn::builder("http://127.0.0.1:9/realms/newer", "shop")
+            .keys(vec![key.clone()])
+            .build()
+            .unwrap();
         let session = |at: &str, generation: u32| Session {
             at: at.into(),
             rt: Some(format!("refresh-{generation}")),
@@ -2804,7 +2895,7 @@ mod tests {
         };
         // This replica refreshed the session once; another replica has
         // refreshed it again since, and the browser carries that cookie.
-        sign_in.0.successors.insert(Arc::new(Live::new(
+        sign_in.0.refreshes.successors.insert(Arc::new(Live::new(
             session("at-1", 1),
             "http://127.0.0.1:9",
             None,
