@@ -488,43 +488,17 @@ impl<K> GrantBuilder<K> {
 }
 
 /// The token endpoint from the issuer's discovery document, whose `issuer`
-/// must be the one configured.
+/// must be the one configured, and which must be `https` when the document
+/// is: the client's secret goes there.
 async fn discover(http: &reqwest::Client, issuer: &str) -> Result<String, ClientError> {
-    #[derive(Deserialize)]
-    struct Metadata {
-        issuer: String,
-        token_endpoint: String,
-    }
-    let url = format!(
-        "{}/.well-known/openid-configuration",
-        issuer.trim_end_matches('/')
-    );
-    let res = http
-        .get(url)
-        .send()
+    let unavailable = |e: palisade_jwt::DiscoveryError| ClientError::Unavailable(e.to_string());
+    let discovery = palisade_jwt::Discovery::fetch(http, issuer, BODY_LIMIT)
         .await
-        .map_err(|e| ClientError::Unavailable(e.without_url().to_string()))?;
-    if !res.status().is_success() {
-        return Err(ClientError::Unavailable(format!(
-            "discovery answered {}",
-            res.status()
-        )));
-    }
-    let body = read_limited(res).await?;
-    let m: Metadata = serde_json::from_slice(&body)
-        .map_err(|_| ClientError::Unavailable("the discovery document does not parse".into()))?;
-    if issuer.starts_with("https://") && !m.token_endpoint.starts_with("https://") {
-        return Err(ClientError::Unavailable(
-            "the discovery document's token endpoint is not https: the secret would go in clear".into(),
-        ));
-    }
-    if m.issuer != issuer {
-        return Err(ClientError::Unavailable(format!(
-            "the discovery document names another issuer than `{}`",
-            palisade_core::syntax::url_without_credentials(issuer)
-        )));
-    }
-    Ok(m.token_endpoint)
+        .map_err(unavailable)?;
+    Ok(discovery
+        .required_endpoint("token_endpoint")
+        .map_err(unavailable)?
+        .to_owned())
 }
 
 async fn read_limited(res: reqwest::Response) -> Result<Vec<u8>, ClientError> {

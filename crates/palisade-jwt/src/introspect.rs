@@ -27,7 +27,7 @@ use tokio::sync::{Semaphore, watch};
 use crate::cache::TokenCache;
 use crate::config::{ConfigError, FetchSettings};
 use crate::error::JwtError;
-use crate::jwks::{describe, get, jwks_runtime, same_origin_client, within};
+use crate::jwks::{describe, jwks_runtime, same_origin_client, within};
 
 const LOG: &str = "palisade::jwt";
 
@@ -612,25 +612,13 @@ impl Introspector {
 
     /// The endpoint the issuer's discovery document names.
     async fn discover(&self, client: &reqwest::Client) -> Result<Arc<str>, String> {
-        let url = format!(
-            "{}/.well-known/openid-configuration",
-            self.issuer.trim_end_matches('/')
-        );
-        let (body, _) = get(client, &url, self.fetch.max_body).await?;
-        // Said as every URL is said in logs.
-        let url = palisade_core::syntax::url_without_credentials(&url);
-        let doc: Value = serde_json::from_slice(&body).map_err(|_| format!("{url}: not JSON"))?;
-        if doc.get("issuer").and_then(Value::as_str) != Some(self.issuer.as_str()) {
-            return Err(format!("{url}: `issuer` does not match the configured issuer"));
-        }
-        let Some(e) = doc
-            .get("introspection_endpoint")
-            .and_then(Value::as_str)
-            .filter(|e| palisade_core::syntax::is_http_url(e))
-        else {
-            return Err(format!("{url}: no http(s) `introspection_endpoint`"));
-        };
-        Ok(e.into())
+        let discovery = crate::Discovery::fetch(client, &self.issuer, self.fetch.max_body)
+            .await
+            .map_err(|e| e.to_string())?;
+        let endpoint = discovery
+            .required_endpoint("introspection_endpoint")
+            .map_err(|e| e.to_string())?;
+        Ok(endpoint.into())
     }
 }
 

@@ -793,32 +793,13 @@ async fn fetch_from(
     let uri = match jwks_uri {
         Some(u) => u.clone(),
         None => {
-            let url = format!(
-                "{}/.well-known/openid-configuration",
-                store.issuer.trim_end_matches('/')
-            );
-            let (body, _) = get(client, &url, store.settings.max_body).await?;
-            // Said as every URL is said in logs and errors.
-            let url = palisade_core::syntax::url_without_credentials(&url);
-            let doc: Value = serde_json::from_slice(&body).map_err(|_| format!("{url}: not JSON"))?;
-            if doc.get("issuer").and_then(Value::as_str) != Some(store.issuer.as_str()) {
-                return Err(format!("{url}: `issuer` does not match the configured issuer"));
-            }
-            let Some(u) = doc.get("jwks_uri").and_then(Value::as_str) else {
-                return Err(format!("{url}: no `jwks_uri`"));
-            };
-            // The keys come over TLS when the document did: a plain-http
-            // `jwks_uri` in an https issuer's document is refused.
-            let shown = || palisade_core::syntax::url_without_credentials(u);
-            if !palisade_core::syntax::is_http_url(u) {
-                return Err(format!("{url}: `jwks_uri` `{}` is not an http(s) URL", shown()));
-            }
-            if url.starts_with("https://") && !u.starts_with("https://") {
-                return Err(format!(
-                    "{url}: `jwks_uri` `{}` is plain http in a document served over https",
-                    shown()
-                ));
-            }
+            let discovery = crate::Discovery::fetch(client, &store.issuer, store.settings.max_body)
+                .await
+                .map_err(|e| e.to_string())?;
+            // The keys come over TLS when the document did.
+            let u = discovery
+                .required_endpoint("jwks_uri")
+                .map_err(|e| e.to_string())?;
             if palisade_core::syntax::plain_http_elsewhere(u) {
                 tracing::warn!(target: LOG, issuer = %palisade_core::syntax::url_without_credentials(&store.issuer), jwks_uri = %palisade_core::syntax::url_without_credentials(u), "the discovery document's JWKS URI uses plain http: keys can be tampered with in transit");
             }

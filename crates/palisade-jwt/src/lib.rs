@@ -36,6 +36,7 @@ mod authenticator;
 mod body;
 mod cache;
 mod config;
+mod discovery;
 pub mod dpop;
 mod error;
 mod front;
@@ -51,10 +52,13 @@ pub use authenticator::{JwtAuthenticator, JwtAuthenticatorBuilder};
 // client): not part of the API, which exposes no reqwest type.
 #[doc(hidden)]
 pub use body::body_up_to;
+// For the same crates: an issuer's discovery document, read and checked once.
 pub use config::{
     ConfigError, DangerousProviderBuilder, FetchSettings, JwksSource, Provider, ProviderBuilder, Tenants,
     TokenSource,
 };
+#[doc(hidden)]
+pub use discovery::{Discovery, DiscoveryError};
 pub use error::JwtError;
 pub use introspect::{Introspection, IntrospectionAuth};
 pub use jsonwebtoken::Algorithm;

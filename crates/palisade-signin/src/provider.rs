@@ -101,10 +101,6 @@ impl Issuer {
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start a runtime: {e}"))?;
-        let url = format!(
-            "{}/.well-known/openid-configuration",
-            config.issuer.trim_end_matches('/')
-        );
         let issuer = config.issuer.clone();
         // As every URL is said in logs: without credentials or a query's values.
         let shown = palisade_core::syntax::url_without_credentials(&issuer);
@@ -115,7 +111,7 @@ impl Issuer {
                 rt.block_on(async move {
                     let mut wait = Duration::from_millis(200);
                     loop {
-                        let next = match discover(&client, &url, &issuer).await {
+                        let next = match discover(&client, &issuer).await {
                             Ok(m) => {
                                 if slot.load().is_none() {
                                     tracing::info!(target: LOG_TARGET, issuer = %shown, "sign-in ready: the issuer's discovery document is loaded");
@@ -231,28 +227,21 @@ impl Issuer {
     }
 }
 
-async fn discover(client: &reqwest::Client, url: &str, issuer: &str) -> Result<Metadata, String> {
-    let res = client
-        .get(url)
-        .send()
+async fn discover(client: &reqwest::Client, issuer: &str) -> Result<Metadata, String> {
+    let discovery = palisade_jwt::Discovery::fetch(client, issuer, 1 << 20)
         .await
-        .map_err(|e| e.without_url().to_string())?;
-    if !res.status().is_success() {
-        return Err(format!("discovery answered {}", res.status()));
+        .map_err(|e| e.to_string())?;
+    // The browser is sent to the first, the code and the client's
+    // credentials to the second, the ID token as a hint to the third: each
+    // an http(s) URL, and over TLS when the document came over TLS.
+    for member in ["authorization_endpoint", "token_endpoint"] {
+        discovery.required_endpoint(member).map_err(|e| e.to_string())?;
     }
-    let bytes = palisade_jwt::body_up_to(res, 1 << 20)
-        .await
-        .map_err(|e| e.without_url().to_string())?
-        .ok_or("the discovery document is larger than 1 MiB")?;
-    let m: Metadata =
-        serde_json::from_slice(&bytes).map_err(|e| format!("the discovery document does not parse: {e}"))?;
-    if m.issuer != issuer {
-        return Err(format!(
-            "the discovery document names the issuer `{}`, not `{}`",
-            palisade_core::syntax::url_without_credentials(&m.issuer),
-            palisade_core::syntax::url_without_credentials(issuer)
-        ));
-    }
+    discovery
+        .endpoint("end_session_endpoint")
+        .map_err(|e| e.to_string())?;
+    let m =
+        Metadata::deserialize(discovery.document()).map_err(|e| format!("{}: {e}", discovery.shown_url()))?;
     if let Some(methods) = &m.code_challenge_methods_supported
         && !methods.iter().any(|m| m == "S256")
     {
