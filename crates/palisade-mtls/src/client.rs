@@ -411,9 +411,14 @@ mod tests {
         for uris in [
             &[id, "spiffe://cluster.local/ns/x/sa/y"][..],
             &["spiffe://Bad Domain/x"][..],
+            &["spiffe://cluster.local"][..],
         ] {
             assert!(!has_spiffe_id(&pki.client_with_uris(uris).cert_der()), "{uris:?}");
         }
+        // Nor is a leaf that may sign certificates.
+        assert!(!has_spiffe_id(
+            &pki.signing_workload("default", "reviews").cert_der()
+        ));
     }
 
     /// The client side of certificate rotation: `SIGHUP` (and `reload`)

@@ -198,8 +198,9 @@ pub fn peer_identity(leaf_der: &[u8]) -> Option<PeerIdentity> {
     Some(peer)
 }
 
-/// A certificate's SPIFFE ID (its one URI SAN, when that is a valid one)
-/// and its DNS names.
+/// A certificate's SPIFFE ID (its one URI SAN, when that is a valid one
+/// and the certificate may be an X509-SVID's leaf: [`svid_leaf`]) and its
+/// DNS names.
 fn names(cert: &X509Certificate<'_>) -> (Option<SpiffeId>, Vec<String>) {
     let mut uris = Vec::new();
     let mut dns_names = Vec::new();
@@ -213,10 +214,29 @@ fn names(cert: &X509Certificate<'_>) -> (Option<SpiffeId>, Vec<String>) {
         }
     }
     let spiffe = match uris.as_slice() {
-        [one] => SpiffeId::parse(one).ok(),
+        [one] => SpiffeId::parse(one).ok().filter(|id| svid_leaf(cert, id)),
         _ => None,
     };
     (spiffe, dns_names)
+}
+
+/// Whether `cert`, naming `id`, may be the leaf of an X509-SVID (the
+/// SPIFFE X509-SVID specification, §3 and §5.2, as go-spiffe checks it):
+/// `id` names a workload, not a trust domain alone (`spiffe://td` has no
+/// path), and the certificate is no CA: not `CA:TRUE`, and its key usage,
+/// if it says one, has neither keyCertSign nor cRLSign. rustls refuses a
+/// CA as a peer's leaf, but not the key usage, and [`peer_identity`] may
+/// be given a chain nobody verified.
+fn svid_leaf(cert: &X509Certificate<'_>, id: &SpiffeId) -> bool {
+    let not_ca = match cert.basic_constraints() {
+        Ok(constraints) => constraints.is_none_or(|c| !c.value.ca),
+        Err(_) => false,
+    };
+    let signs_nothing = match cert.key_usage() {
+        Ok(usage) => usage.is_none_or(|u| !u.value.key_cert_sign() && !u.value.crl_sign()),
+        Err(_) => false,
+    };
+    !id.path().is_empty() && not_ca && signs_nothing
 }
 
 /// The SPIFFE ID of a certificate, as [`peer_identity`] reads it.
@@ -319,6 +339,16 @@ mod tests {
         );
         let bad = pki.client_with_uris(&["spiffe://Cluster.Local/ns/a/sa/b"]);
         assert_eq!(peer_identity(&bad.cert_der()).unwrap().principal, None);
+        // An ID that names a trust domain alone, or a leaf that may sign
+        // certificates or CRLs, is no X509-SVID.
+        for no_svid in [
+            pki.client_with_uris(&["spiffe://cluster.local"]),
+            pki.signing_workload("default", "productpage"),
+        ] {
+            let peer = peer_identity(&no_svid.cert_der()).unwrap();
+            assert_eq!((peer.principal, peer.spiffe_id), (None, None), "{no_svid:?}");
+        }
+        assert!(peer_identity(&pki.ca_der()).unwrap().principal.is_none());
         let server = pki.server(&["details.default.svc"]);
         let peer = peer_identity(&server.cert_der()).unwrap();
         assert_eq!(

@@ -295,6 +295,34 @@ impl TestPki {
         )
     }
 
+    /// A workload certificate (as [`TestPki::workload`]) whose key usage
+    /// also has keyCertSign and cRLSign, though it is no CA (`CA:FALSE`):
+    /// no X509-SVID, which a SPIFFE verifier must refuse as an identity.
+    /// Its [`TestCert::spiffe_id`] is still the URI SAN it carries.
+    ///
+    /// # Panics
+    /// As [`TestPki::workload`].
+    #[must_use]
+    pub fn signing_workload(&self, namespace: &str, sa: &str) -> TestCert {
+        let id = format!("spiffe://{}/ns/{namespace}/sa/{sa}", self.trust_domain);
+        let now = now();
+        self.issue_with(
+            sa,
+            vec![SanType::URI(ia5(&id, "a SPIFFE ID"))],
+            &[
+                ExtendedKeyUsagePurpose::ClientAuth,
+                ExtendedKeyUsagePurpose::ServerAuth,
+            ],
+            (now - Duration::hours(1), now + Duration::days(1)),
+            Some(id),
+            &[
+                KeyUsagePurpose::DigitalSignature,
+                KeyUsagePurpose::KeyCertSign,
+                KeyUsagePurpose::CrlSign,
+            ],
+        )
+    }
+
     /// Revokes `cert`: its serial is listed by every CRL issued from now on
     /// ([`TestPki::crl_pem`]). Revoking a certificate twice lists it once.
     ///
@@ -398,8 +426,27 @@ impl TestPki {
         common_name: &str,
         subject_alt_names: Vec<SanType>,
         ekus: &[ExtendedKeyUsagePurpose],
+        validity: (OffsetDateTime, OffsetDateTime),
+        spiffe_id: Option<String>,
+    ) -> TestCert {
+        self.issue_with(
+            common_name,
+            subject_alt_names,
+            ekus,
+            validity,
+            spiffe_id,
+            &[KeyUsagePurpose::DigitalSignature],
+        )
+    }
+
+    fn issue_with(
+        &self,
+        common_name: &str,
+        subject_alt_names: Vec<SanType>,
+        ekus: &[ExtendedKeyUsagePurpose],
         (not_before, not_after): (OffsetDateTime, OffsetDateTime),
         spiffe_id: Option<String>,
+        key_usages: &[KeyUsagePurpose],
     ) -> TestCert {
         let serial = random_serial();
         let mut params = CertificateParams::default();
@@ -411,7 +458,7 @@ impl TestPki {
         params.subject_alt_names = subject_alt_names;
         // Explicitly not a CA: writes `CA:FALSE` and the SubjectKeyIdentifier.
         params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.key_usages = key_usages.to_vec();
         params.extended_key_usages = ekus.to_vec();
         params.use_authority_key_identifier_extension = true;
         params.key_identifier_method = KeyIdMethod::Sha256;
