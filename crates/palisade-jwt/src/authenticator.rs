@@ -646,7 +646,19 @@ impl JwtAuthenticatorBuilder {
         let resource = match &self.resource_metadata {
             None => None,
             Some(meta) => {
-                let issuers: Vec<&str> = providers.iter().map(|p| p.cfg.issuer.as_str()).collect();
+                // An issuer pattern is no issuer: its listed tenants are
+                // (a resolver's are not known in advance).
+                let issuers: Vec<String> = providers
+                    .iter()
+                    .flat_map(|p| match &p.cfg.tenants {
+                        None => vec![p.cfg.issuer.clone()],
+                        Some(crate::Tenants::List(names)) => names
+                            .iter()
+                            .map(|name| p.cfg.issuer.replace(palisade_core::syntax::TENANT, name))
+                            .collect(),
+                        Some(crate::Tenants::Resolver(_)) => Vec::new(),
+                    })
+                    .collect();
                 let mut methods = Vec::new();
                 for (source, _) in &sources {
                     let method = match source {
@@ -2319,6 +2331,49 @@ impl JwtAuthenticator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The protected resource metadata (RFC 9728) names issuers: a fixed
+    /// one, and each listed tenant of an issuer pattern, never the pattern
+    /// itself (no issuer, and no URL); a resolver's tenants are unknown.
+    #[test]
+    fn the_resource_metadata_names_issuers_never_a_pattern() {
+        let keys = palisade_testkit::TestIssuer::start().unwrap().jwks().to_string();
+        let provider = |issuer: &str, tenants: Option<Tenants>| {
+            let b = Provider::builder(issuer)
+                .audience("api")
+                .jwks_inline(keys.clone());
+            match tenants {
+                None => b,
+                Some(Tenants::List(names)) => b.tenants(names),
+                Some(Tenants::Resolver(_)) => b.tenant_resolver(|_| true),
+            }
+            .build()
+            .unwrap()
+        };
+        let jwt = JwtAuthenticator::builder()
+            .provider(provider("https://kc.example/realms/shop", None))
+            .provider(provider(
+                "https://login.example/{tenant}/v2.0",
+                Some(Tenants::List(vec!["a".into(), "b".into()])),
+            ))
+            .provider(provider(
+                "https://idp.example/{tenant}",
+                Some(Tenants::Resolver(Arc::new(|_| true))),
+            ))
+            .resource_metadata(ResourceMetadata::new("https://api.example"))
+            .build()
+            .unwrap();
+        let served = jwt.0.resource.as_ref().unwrap();
+        let doc: Value = serde_json::from_str(&served.body).unwrap();
+        assert_eq!(
+            doc["authorization_servers"],
+            serde_json::json!([
+                "https://kc.example/realms/shop",
+                "https://login.example/a/v2.0",
+                "https://login.example/b/v2.0"
+            ])
+        );
+    }
 
     #[test]
     fn the_cached_window_is_the_precise_clocks_near_its_edges() {

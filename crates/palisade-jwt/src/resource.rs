@@ -97,7 +97,7 @@ impl Served {
     /// Checks `meta` and renders its document for `issuers` and `bearer_methods`.
     pub(crate) fn new(
         meta: &ResourceMetadata,
-        issuers: &[&str],
+        issuers: &[String],
         bearer_methods: &[&str],
         dpop_algs: &[String],
     ) -> Result<Self, ConfigError> {
@@ -204,7 +204,10 @@ mod tests {
             .documentation("https://docs.example/details");
         let s = Served::new(
             &meta,
-            &["https://kc.example/realms/shop", "testing@secure.istio.io"],
+            &[
+                "https://kc.example/realms/shop".to_owned(),
+                "testing@secure.istio.io".to_owned(),
+            ],
             &["header"],
             &["ES256".to_owned()],
         )

@@ -101,13 +101,17 @@ pub(crate) fn parse_jws(token: &str, max_len: usize) -> Result<Jws<'_>, JwtError
 }
 
 /// Whether the media type `typ` (a JOSE header's `typ`) is `want`:
-/// case-insensitive, `application/` optional (RFC 7515 §4.1.9).
+/// case-insensitive, `application/` optional on either side (RFC 7515
+/// §4.1.9; RFC 9068 registers `application/at+jwt`, which a configured
+/// `requiredType` may spell out).
 pub(crate) fn typ_is(typ: &str, want: &str) -> bool {
-    let typ = match typ.get(..12) {
-        Some(prefix) if prefix.eq_ignore_ascii_case("application/") => &typ[12..],
-        _ => typ,
-    };
-    typ.eq_ignore_ascii_case(want)
+    fn subtype(media_type: &str) -> &str {
+        match media_type.get(..12) {
+            Some(prefix) if prefix.eq_ignore_ascii_case("application/") => &media_type[12..],
+            _ => media_type,
+        }
+    }
+    subtype(typ).eq_ignore_ascii_case(subtype(want))
 }
 
 /// The header `typ`s of JWTs that are not access tokens: back-channel
@@ -267,6 +271,27 @@ mod tests {
 
     fn b64(s: &str) -> String {
         URL_SAFE_NO_PAD.encode(s)
+    }
+
+    /// A `typ` and a configured `requiredType` are media types, each with
+    /// `application/` or without it, in any case.
+    #[test]
+    fn a_typ_matches_the_media_type_however_either_side_spells_it() {
+        for (typ, want) in [
+            ("at+jwt", "at+jwt"),
+            ("application/at+jwt", "at+jwt"),
+            ("at+jwt", "application/at+jwt"),
+            ("Application/AT+JWT", "application/at+jwt"),
+        ] {
+            assert!(typ_is(typ, want), "{typ} is {want}");
+        }
+        for (typ, want) in [
+            ("JWT", "at+jwt"),
+            ("application/jwt", "application/at+jwt"),
+            ("", "at+jwt"),
+        ] {
+            assert!(!typ_is(typ, want), "{typ} is not {want}");
+        }
     }
 
     fn token(header: &str, payload: &str) -> String {

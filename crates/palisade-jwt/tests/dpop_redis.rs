@@ -51,13 +51,28 @@ async fn a_proof_used_at_one_replica_is_refused_at_another() {
 async fn records_expire_by_themselves() {
     let redis = RedisServer::start().unwrap();
     let a = store(&redis);
-    // Whole seconds (`EXAT`): 3 from now leaves at least 2 for the two
-    // uses, however late in its second `now()` is read.
+    // Kept to the end of the second `until`: at most 4 s from the uses.
     let until = now() + 3;
     assert_eq!(first_use(&a, 3, until).await, Ok(true));
     assert_eq!(first_use(&a, 3, until).await, Ok(false));
-    tokio::time::sleep(Duration::from_millis(4500)).await;
+    tokio::time::sleep(Duration::from_millis(5500)).await;
     assert_eq!(first_use(&a, 3, now() + 60).await, Ok(true), "expired at {until}");
+}
+
+/// A proof is accepted to the end of its last second (`expires_at` is
+/// inclusive), so its record lasts as long: a replay in that second is
+/// refused.
+#[tokio::test]
+async fn a_record_lasts_to_the_end_of_its_last_second() {
+    let redis = RedisServer::start().unwrap();
+    let a = store(&redis);
+    let until = now();
+    assert_eq!(first_use(&a, 7, until).await, Ok(true));
+    assert_eq!(
+        first_use(&a, 7, until).await,
+        Ok(false),
+        "replayed in its last second"
+    );
 }
 
 #[tokio::test]

@@ -193,6 +193,13 @@ impl ReplayStore for RedisReplayStore {
         };
         let shared = self.shared.clone();
         let name = format!("{}{}", shared.prefix, hex(key));
+        // For as long as from now to the end of the second `expires_at`
+        // (inclusive), on this host's clock: an `EXAT` would end the record
+        // as that second begins, and earlier still on a Redis whose clock
+        // runs ahead, while the proof is still accepted here.
+        let ttl = expires_at
+            .saturating_sub(crate::dpop::unix_now())
+            .saturating_add(1);
         let join = runtime.spawn(async move {
             let set = shared
                 .run(|mut c| async move {
@@ -200,8 +207,8 @@ impl ReplayStore for RedisReplayStore {
                         .arg(&name)
                         .arg(1)
                         .arg("NX")
-                        .arg("EXAT")
-                        .arg(expires_at)
+                        .arg("EX")
+                        .arg(ttl)
                         .query_async::<Option<String>>(&mut c)
                         .await
                 })
