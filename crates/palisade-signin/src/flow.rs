@@ -2,8 +2,9 @@
 //! cookies, sends browsers to sign in, and answers its own endpoints.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, UNIX_EPOCH};
 
 use aws_lc_rs::digest;
@@ -114,6 +115,8 @@ struct Inner {
     /// Shared with every relying party of this client at this issuer
     /// keeping its sessions in this store ([`shared_refreshes`]).
     refreshes: Arc<Refreshes>,
+    /// How many sessions each subject has had ended one by one lately.
+    endings: Endings,
     rng: SystemRandom,
     /// What this relying party's issuer fails to do (its token endpoint
     /// unreachable, its ID tokens refused) is said once a minute.
@@ -319,6 +322,49 @@ fn shared_refreshes(issuer: &str, client_id: &str, store: &Arc<dyn SessionStore>
     .unwrap_or_else(|never| match never {})
 }
 
+/// How many sessions of one subject are ended one by one (each a
+/// revocation the store keeps until the session's absolute timeout)
+/// within an absolute timeout, before each further ending ends every
+/// session of the subject begun before it (one revocation in place of
+/// many). Without it, a user who signs in and out in a loop fills an
+/// in-memory store's revocations (100,000 by default), after which no
+/// logout of anyone is recorded, and grows every replica's mirror of a
+/// Redis store's.
+const ENDINGS_PER_SUBJECT: u32 = 16;
+
+/// The most subjects whose endings are counted at once: past it, the
+/// counts whose window has passed go, then all (a subject forgotten
+/// counts from zero again).
+const COUNTED_SUBJECTS: usize = 10_000;
+
+/// The sessions ended one by one, per subject: how many, and when the
+/// count's window ends (Unix seconds).
+#[derive(Default)]
+struct Endings(Mutex<HashMap<String, (u32, u64)>>);
+
+impl Endings {
+    /// Counts one more ending of `subject`'s sessions at `now`, in a window
+    /// of `window` seconds from its first; whether it is past
+    /// [`ENDINGS_PER_SUBJECT`].
+    fn one_more(&self, subject: &str, now: u64, window: u64) -> bool {
+        let mut counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if counts.len() >= COUNTED_SUBJECTS && !counts.contains_key(subject) {
+            counts.retain(|_, (_, end)| *end > now);
+            if counts.len() >= COUNTED_SUBJECTS {
+                counts.clear();
+            }
+        }
+        let (count, end) = counts
+            .entry(subject.to_owned())
+            .or_insert((0, now.saturating_add(window)));
+        if *end <= now {
+            (*count, *end) = (0, now.saturating_add(window));
+        }
+        *count += 1;
+        *count > ENDINGS_PER_SUBJECT
+    }
+}
+
 /// The issuer as `config` calls it (its URL, timeout and trust anchors),
 /// shared by every [`SignIn`] of the process that calls it alike while one
 /// does: a hot reload builds a new `SignIn` while the old one lives, so the
@@ -390,6 +436,7 @@ impl SignInBuilder {
             store,
             cache: Cache::new(SESSION_CACHE),
             refreshes,
+            endings: Endings::default(),
             rng: SystemRandom::new(),
             issuer_down: palisade_core::logging::Sparse::per_minute(),
             client_refused: palisade_core::logging::Sparse::per_minute(),
@@ -1584,9 +1631,37 @@ impl SignIn {
 
     /// Ends a session here: forgotten by this process at once, recorded as
     /// ended in the store (for every replica) until its absolute timeout.
+    /// Past [`ENDINGS_PER_SUBJECT`] of its subject, every session of the
+    /// subject begun before now is ended instead ([`subject_ended`](Self::subject_ended)).
     async fn end(&self, s: &Session) -> Result<(), crate::store::StoreError> {
-        let until = at(s.created_secs() + self.0.config.absolute_timeout.as_secs());
+        let c = &self.0.config;
+        if self
+            .0
+            .endings
+            .one_more(&s.sub, now(), c.absolute_timeout.as_secs())
+        {
+            self.0.refreshes.successors.remove(&s.id);
+            self.0.cache.remove_session(&s.id);
+            return self.0.store.revoke(self.subject_ended(&s.sub)).await;
+        }
+        let until = at(s.created_secs() + c.absolute_timeout.as_secs());
         self.end_id(s.id.clone(), until).await
+    }
+
+    /// The revocation of every session of `subject` begun before now, kept
+    /// while one of them may live.
+    fn subject_ended(&self, subject: &str) -> Revocation {
+        let c = &self.0.config;
+        Revocation::Subject {
+            issuer: c.issuer.clone(),
+            subject: subject.to_owned(),
+            // Sessions created from the next millisecond on are not the
+            // ones ended (creation times are whole milliseconds; one
+            // created in this very millisecond ends too: closed rather
+            // than open). Replicas' clocks must agree to better than that.
+            before: UNIX_EPOCH + Duration::from_millis(now_ms() + 1),
+            until: at(now() + c.absolute_timeout.as_secs()),
+        }
     }
 
     /// [`end`](Self::end) for the session of this id, recorded until `until`.
@@ -1775,24 +1850,20 @@ impl SignIn {
             return Err("the logout token was already used");
         }
         let until = at(t + c.absolute_timeout.as_secs());
+        // A session of the issuer's ended by its `sid`, one by one, while
+        // its subject's endings are few ([`ENDINGS_PER_SUBJECT`]); else
+        // every session of the subject begun before now.
+        let one_by_one = |sub: Option<&str>| {
+            sub.is_none_or(|sub| !self.0.endings.one_more(sub, now(), c.absolute_timeout.as_secs()))
+        };
         let revocation = match (sid, sub) {
-            (Some(sid), _) => Revocation::Sid {
+            (Some(sid), sub) if one_by_one(sub) => Revocation::Sid {
                 issuer: c.issuer.clone(),
                 sid: sid.to_owned(),
                 until,
             },
-            (None, Some(sub)) => Revocation::Subject {
-                issuer: c.issuer.clone(),
-                subject: sub.to_owned(),
-                // Sessions created from the next millisecond on are not
-                // the ones the issuer ended (creation times are whole
-                // milliseconds; one created in this very millisecond
-                // ends too: closed rather than open). Replicas' clocks
-                // must agree to better than that.
-                before: UNIX_EPOCH + Duration::from_millis(now_ms() + 1),
-                until,
-            },
-            (None, None) => return Err("the logout token names neither sid nor sub"),
+            (_, Some(sub)) => self.subject_ended(sub),
+            (_, None) => return Err("the logout token names neither sid nor sub"),
         };
         if self.0.store.revoke(revocation).await.is_err() {
             // Not recorded for every replica: the token may be sent again
@@ -1986,6 +2057,50 @@ mod tests {
             .build()
             .unwrap();
         assert_eq!(taken(&other), (false, false));
+    }
+
+    /// A user who signs in and out in a loop has sessions ended one by one
+    /// only up to [`ENDINGS_PER_SUBJECT`]; then each ending ends all the
+    /// user's sessions begun before it, in one revocation. So the loop
+    /// cannot fill the store's revocations, and others' logouts are still
+    /// recorded; every session ended stays ended.
+    #[tokio::test]
+    async fn a_sign_in_and_out_loop_cannot_fill_the_stores_revocations() {
+        let key = CookieKey::new("k1", &[1; 32]).unwrap();
+        let store = Arc::new(crate::store::MemoryStore::with_max_entries(20));
+        let sign_in = SignIn::builder("http://127.0.0.1:9/realms/loop", "shop")
+            .keys(vec![key])
+            .store(store.clone())
+            .build()
+            .unwrap();
+        let session = |sub: &str, n: u64| Session {
+            id: format!("{sub}-{n}"),
+            sub: sub.into(),
+            created_ms: now_ms() - 1000 + n,
+            ..alice()
+        };
+        let revoked = |s: &Session| {
+            let r = crate::store::SessionRef {
+                id: &s.id,
+                issuer: "http://127.0.0.1:9/realms/loop",
+                subject: &s.sub,
+                sid: None,
+                created: UNIX_EPOCH + Duration::from_millis(s.created_ms),
+            };
+            store.is_revoked(&r).unwrap()
+        };
+        let ended: Vec<Session> = (0..100).map(|n| session("mallory", n)).collect();
+        for s in &ended {
+            sign_in.end(s).await.expect("recorded");
+        }
+        assert!(ended.iter().all(revoked), "every session ended stays ended");
+        let bob = session("bob", 0);
+        assert!(!revoked(&bob));
+        sign_in
+            .end(&bob)
+            .await
+            .expect("another user's logout is recorded");
+        assert!(revoked(&bob));
     }
 
     /// A hot reload that changes a setting builds a new relying party,
