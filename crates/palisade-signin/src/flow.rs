@@ -322,6 +322,21 @@ fn shared_refreshes(issuer: &str, client_id: &str, store: &Arc<dyn SessionStore>
     .unwrap_or_else(|never| match never {})
 }
 
+/// Whether `e`, refusing an ID token, says that the issuer's keys cannot
+/// be had now rather than that the token is bad: no key set at all (the
+/// issuer's JWKS cannot be fetched), or none of the token's `kid` in the
+/// set fetched. An ID token comes from the token endpoint itself, never
+/// from the browser, so a key it names that the set lacks is the issuer's
+/// rotation racing the fetch of its keys (the verifier fetches at most
+/// once per `min_refresh_interval`), not a forgery: a refresh then keeps
+/// the session rather than end it, and a sign-in is the issuer's failure.
+fn keys_not_had(e: &palisade_jwt::JwtError) -> bool {
+    matches!(
+        e,
+        palisade_jwt::JwtError::KeysUnavailable | palisade_jwt::JwtError::UnknownKey
+    )
+}
+
 /// How many sessions of one subject are ended one by one (each a
 /// revocation the store keeps until the session's absolute timeout)
 /// within an absolute timeout, before each further ending ends every
@@ -1047,11 +1062,9 @@ impl SignIn {
             } else {
                 tracing::debug!(target: LOG_TARGET, error = %e, "an ID token was refused");
             }
-            // No key set at all: the issuer's outage, as an unreachable
-            // token endpoint is (the browser may try again). A key the
-            // fetched set lacks is a verdict on the token (400, as
-            // docs/signin.md says of a bad ID token).
-            if matches!(e, palisade_jwt::JwtError::KeysUnavailable) {
+            // The issuer's keys not had: its outage, as an unreachable
+            // token endpoint is (the browser may try again).
+            if keys_not_had(&e) {
                 return (502, "the issuer's keys cannot be had: try again later");
             }
             (400, "the ID token is not valid")
@@ -1104,10 +1117,8 @@ impl SignIn {
     /// neither good nor bad yet), `Err(Some(why))` when it is not valid.
     async fn verify_refreshed_id_token(&self, token: &str, s: &Session) -> Result<(), Option<&'static str>> {
         let identity = self.0.verifier.verify(token).await.map_err(|e| {
-            // No key set at all (the issuer's JWKS cannot be fetched): not
-            // a verdict. A key the fetched set lacks (`UnknownKey`, after
-            // the bounded re-fetch for rotations) is one.
-            if matches!(e, palisade_jwt::JwtError::KeysUnavailable) {
+            // The issuer's keys not had: not a verdict.
+            if keys_not_had(&e) {
                 if self.0.issuer_down.due() {
                     tracing::warn!(target: LOG_TARGET, error = %e, "the ID tokens of refreshes cannot be checked now: the issuer's keys cannot be had (said once a minute while it lasts)");
                 } else {
@@ -2636,9 +2647,11 @@ mod tests {
         }
     }
 
-    /// The issuer's keys cannot be had when a sign-in comes back: the
-    /// callback answers 502 (the issuer's outage, as an unreachable token
-    /// endpoint is), not 400, which blames the browser.
+    /// The issuer's keys cannot be had when a sign-in comes back (no key
+    /// set, or none of the ID token's `kid` in it: a rotation the key
+    /// fetch has not seen yet): the callback answers 502 (the issuer's
+    /// outage, as an unreachable token endpoint is), not 400, which blames
+    /// the browser.
     #[tokio::test]
     async fn a_key_outage_at_the_callback_is_the_issuers_failure() {
         // An ID token whose claims would pass: only its key is missing.
@@ -2655,40 +2668,50 @@ mod tests {
             );
             format!(r#"{{"access_token":"at","id_token":"{jwt}","expires_in":300}}"#)
         };
-        let issuer = issuer_answering("200 OK", id_token, Some(("503 Service Unavailable", ""))).await;
-        let key = CookieKey::new("k1", &[1; 32]).unwrap();
-        let sign_in = SignIn::builder(&issuer, "shop").keys(vec![key]).build().unwrap();
-        discovered(&sign_in).await;
-        let login = sign_in.login(&OwnedRequest::get("/login?return_to=%2Fp").header("host", "app.test"));
-        assert_eq!(login.status(), 302);
-        let location = login
-            .headers()
-            .find(|(n, _)| *n == "location")
-            .unwrap()
-            .1
-            .to_owned();
-        let state = location
-            .split("state=")
-            .nth(1)
-            .unwrap()
-            .split('&')
-            .next()
-            .unwrap()
-            .to_owned();
-        let cookie = login
-            .headers()
-            .filter(|(n, v)| *n == "set-cookie" && v.starts_with("palisade_session_login_"))
-            .map(|(_, v)| v.split(';').next().unwrap().to_owned())
-            .collect::<Vec<_>>()
-            .join("; ");
-        let callback = OwnedRequest::get(&format!("/oauth2/callback?code=c&state={state}"))
-            .header("host", "app.test")
-            .header("cookie", cookie);
-        let reply = match sign_in.callback(&callback) {
-            Check::Ready(r) => r,
-            Check::Pending(f) => f.await,
-        };
-        assert_eq!(reply.status(), 502, "{reply:?}");
+        // Another key than `k1`.
+        let other_keys: &'static str = Box::leak(
+            palisade_testkit::TestIssuer::start()
+                .unwrap()
+                .jwks()
+                .to_string()
+                .into_boxed_str(),
+        );
+        for jwks in [("503 Service Unavailable", ""), ("200 OK", other_keys)] {
+            let issuer = issuer_answering("200 OK", id_token, Some(jwks)).await;
+            let key = CookieKey::new("k1", &[1; 32]).unwrap();
+            let sign_in = SignIn::builder(&issuer, "shop").keys(vec![key]).build().unwrap();
+            discovered(&sign_in).await;
+            let login = sign_in.login(&OwnedRequest::get("/login?return_to=%2Fp").header("host", "app.test"));
+            assert_eq!(login.status(), 302);
+            let location = login
+                .headers()
+                .find(|(n, _)| *n == "location")
+                .unwrap()
+                .1
+                .to_owned();
+            let state = location
+                .split("state=")
+                .nth(1)
+                .unwrap()
+                .split('&')
+                .next()
+                .unwrap()
+                .to_owned();
+            let cookie = login
+                .headers()
+                .filter(|(n, v)| *n == "set-cookie" && v.starts_with("palisade_session_login_"))
+                .map(|(_, v)| v.split(';').next().unwrap().to_owned())
+                .collect::<Vec<_>>()
+                .join("; ");
+            let callback = OwnedRequest::get(&format!("/oauth2/callback?code=c&state={state}"))
+                .header("host", "app.test")
+                .header("cookie", cookie);
+            let reply = match sign_in.callback(&callback) {
+                Check::Ready(r) => r,
+                Check::Pending(f) => f.await,
+            };
+            assert_eq!(reply.status(), 502, "{jwks:?}: {reply:?}");
+        }
     }
 
     /// An issuer that grants access tokens for less than `refresh_before`
