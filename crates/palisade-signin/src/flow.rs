@@ -337,6 +337,15 @@ fn keys_not_had(e: &palisade_jwt::JwtError) -> bool {
     )
 }
 
+/// A JWT's NumericDate (RFC 7519 §2: seconds since the epoch, which may
+/// have a fraction), in whole seconds; `None` for anything else or before
+/// the epoch.
+fn numeric_date(value: &Value) -> Option<u64> {
+    let seconds = value.as_f64()?;
+    // Whole seconds, far beyond any date (`as` saturates).
+    (seconds.is_finite() && seconds >= 0.0).then(|| seconds.floor() as u64)
+}
+
 /// How many sessions of one subject are ended one by one (each a
 /// revocation the store keeps until the session's absolute timeout)
 /// within an absolute timeout, before each further ending ends every
@@ -1102,7 +1111,7 @@ impl SignIn {
             None => {}
         }
         let t = now();
-        match claims.get("iat").and_then(Value::as_u64) {
+        match claims.get("iat").and_then(numeric_date) {
             Some(iat) if iat <= t + 60 && t.saturating_sub(iat) <= LOGIN_STATE_TTL => Ok(()),
             _ => Err("the ID token's iat is missing or out of range"),
         }
@@ -1826,7 +1835,7 @@ impl SignIn {
             return Err("the logout token has no back-channel logout event");
         }
         let t = now();
-        match claims.get("iat").and_then(Value::as_u64) {
+        match claims.get("iat").and_then(numeric_date) {
             Some(iat) if iat > t + 60 => return Err("the logout token's iat is in the future"),
             // Older than its `jti` is remembered, it could be replayed.
             Some(iat) if iat + LOGOUT_TOKEN_MAX_AGE < t => return Err("the logout token is too old"),
@@ -2068,6 +2077,35 @@ mod tests {
             .build()
             .unwrap();
         assert_eq!(taken(&other), (false, false));
+    }
+
+    /// `iat` is a NumericDate, which may have a fraction (as the JWT
+    /// verifier reads it): an ID token's and a logout token's are read so.
+    #[test]
+    fn an_iat_with_a_fraction_is_a_date() {
+        let sign_in = offline(&CookieKey::new("k1", &[1; 32]).unwrap());
+        let claims = |iat: Value| {
+            let mut claims = Map::new();
+            claims.insert("iat".into(), iat);
+            claims
+        };
+        let t = now();
+        assert_eq!(
+            sign_in.check_id_claims(&claims(serde_json::json!(t as f64 + 0.5)), 1),
+            Ok(())
+        );
+        assert_eq!(sign_in.check_id_claims(&claims(serde_json::json!(t)), 1), Ok(()));
+        for bad in [
+            serde_json::json!(-1.5),
+            serde_json::json!("1700000000"),
+            serde_json::json!(null),
+        ] {
+            assert!(sign_in.check_id_claims(&claims(bad.clone()), 1).is_err(), "{bad}");
+        }
+        assert_eq!(
+            numeric_date(&serde_json::json!(1_700_000_000.9)),
+            Some(1_700_000_000)
+        );
     }
 
     /// A user who signs in and out in a loop has sessions ended one by one
