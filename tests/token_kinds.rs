@@ -1047,6 +1047,57 @@ async fn a_flood_of_forged_tenants_pushes_out_one_tenant_in_use_at_most() {
     assert_eq!(asks(a), 2, "a was pushed out by the first forged tenant");
 }
 
+/// Tenants' key stores start at a bounded rate (twenty at once, then ten
+/// a second, per issuer pattern): tokens naming a new tenant each, which a
+/// rule allowing every name lets through, cannot have the service call
+/// the issuer once per token. A real tenant met meanwhile is refused (its
+/// keys cannot be had yet), then accepted once the rate allows.
+#[tokio::test]
+async fn tenants_key_stores_start_at_a_bounded_rate() {
+    let issuers = shop_issuers(2);
+    let jwt = JwtAuthenticator::builder()
+        .provider(
+            Provider::builder("http://127.0.0.1:{tenant}/realms/shop")
+                .audience("details")
+                // Any port is a tenant: the flood names ports nobody serves.
+                .tenant_resolver(|t| t.parse::<u16>().is_ok())
+                .max_tenants(100)
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let [a, c] = [&issuers[0], &issuers[1]];
+    // a's key, thirty other tenants' names (ports below 1024 serve
+    // nothing here), all at once.
+    let flood: Vec<_> = (1..=30)
+        .map(|port| {
+            let forged = a
+                .token()
+                .issuer(&format!("http://127.0.0.1:{port}/realms/shop"))
+                .sign();
+            let jwt = jwt.clone();
+            tokio::spawn(async move { jwt.verify(&forged).await.is_err() })
+        })
+        .collect();
+    // Each has met its tenant (their first polls run now).
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let token = c.token().sign();
+    assert_eq!(
+        jwt.verify(&token).await.unwrap_err(),
+        JwtError::KeysUnavailable,
+        "no start left for c"
+    );
+    assert_eq!(c.discovery_fetches(), 0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    jwt.verify(&token)
+        .await
+        .expect("c's keys fetched once the rate allows");
+    for forged in flood {
+        assert!(forged.await.unwrap(), "a forged token was refused");
+    }
+}
+
 #[test]
 fn introspection_settings_are_checked_when_the_file_loads() {
     let bad = |spec: &str| {

@@ -64,6 +64,51 @@ struct TenantStores {
     /// Names the rule is being asked about now, by one request: the others
     /// take its last answer meanwhile, if there is one.
     asking: std::collections::HashSet<String>,
+    /// What is left of the rate at which tenants' key stores start.
+    starts: StartBudget,
+    /// Tenants refused for that rate: said once a minute.
+    throttled: palisade_core::logging::Sparse,
+}
+
+/// How many tenants' key stores may start fetching keys per second, on
+/// average, for one issuer pattern, and how many at once
+/// ([`StartBudget`]). Each start is a discovery request and a key set
+/// request to the issuer, asked for by a token whose signature cannot be
+/// checked yet: without a bound, tokens naming a new tenant each, which a
+/// rule that allows many names (a directory, every tenant) lets through,
+/// have the service send the issuer two requests per token (and log a
+/// warning per tenant when it does not answer).
+const TENANT_STARTS_PER_SECOND: f64 = 10.0;
+const TENANT_STARTS_AT_ONCE: f64 = 20.0;
+
+/// A token bucket of tenant key store starts.
+struct StartBudget {
+    left: f64,
+    at: std::time::Instant,
+}
+
+impl Default for StartBudget {
+    fn default() -> Self {
+        Self {
+            left: TENANT_STARTS_AT_ONCE,
+            at: std::time::Instant::now(),
+        }
+    }
+}
+
+impl StartBudget {
+    /// Takes one start, if there is one left at `now`.
+    fn take(&mut self, now: std::time::Instant) -> bool {
+        let refill = now.saturating_duration_since(self.at).as_secs_f64() * TENANT_STARTS_PER_SECOND;
+        self.left = (self.left + refill).min(TENANT_STARTS_AT_ONCE);
+        self.at = now;
+        if self.left >= 1.0 {
+            self.left -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl TenantStores {
@@ -1009,7 +1054,7 @@ impl JwtAuthenticator {
         let (provider, tenant) = match self.0.by_issuer.get(issuer) {
             Some(&p) => (p, None),
             None => {
-                let (p, t) = self.tenant(issuer).ok_or(JwtError::UnknownIssuer)?;
+                let (p, t) = self.tenant(issuer)?;
                 (p, Some(t))
             }
         };
@@ -1143,8 +1188,8 @@ impl JwtAuthenticator {
             Ok(iss) => match shared.by_issuer.get(iss) {
                 Some(&p) => (p, None),
                 None => match self.tenant(iss) {
-                    Some((p, t)) => (p, Some(t)),
-                    None => return Step::Done(Err(JwtError::UnknownIssuer)),
+                    Ok((p, t)) => (p, Some(t)),
+                    Err(e) => return Step::Done(Err(e)),
                 },
             },
             Err(e) => return Step::Done(Err(e)),
@@ -1198,33 +1243,51 @@ impl JwtAuthenticator {
     /// verified again, and so counts, once its tenant's allowance is
     /// [`TENANT_ANSWER_TTL_MS`] old). Called for a token not yet verified, so
     /// before its signature is checked.
-    fn tenant(&self, iss: &str) -> Option<(usize, Arc<Tenant>)> {
-        self.0.providers.iter().enumerate().find_map(|(i, state)| {
-            let (tenants, name) = tenant_name(state, iss)?;
-            let stores = state.tenants.as_ref()?;
-            let allowed_at = rule_answer(stores, tenants, name)?;
-            let mut stores = stores.lock().unwrap_or_else(PoisonError::into_inner);
-            // Refused by a request that asked meanwhile (a name is in one
-            // of `refused` and `allowed` at most): not brought back.
-            if stores.refused.contains_key(name) {
-                return None;
+    ///
+    /// # Errors
+    /// [`JwtError::UnknownIssuer`] when `iss` is no allowed tenant of a
+    /// pattern; [`JwtError::KeysUnavailable`] when it is one whose keys
+    /// cannot be fetched now (a store not started: [`StartBudget`]).
+    fn tenant(&self, iss: &str) -> Result<(usize, Arc<Tenant>), JwtError> {
+        let mut outcome = Err(JwtError::UnknownIssuer);
+        for (i, state) in self.0.providers.iter().enumerate() {
+            let Some(found) = self.tenant_in(state, iss) else {
+                continue;
+            };
+            outcome = found.map(|t| (i, t));
+            if outcome.is_ok() {
+                break;
             }
-            if let Some(t) = stores.live.get(name).map(Arc::clone) {
-                // Kept fresh only by the use of a tenant whose tokens
-                // verify: forged tokens naming it do not keep it.
-                if t.verified.load(Ordering::Relaxed)
-                    && let Some(at) = stores.order.iter().position(|n| n == name)
-                {
-                    let used = stores.order.remove(at);
-                    stores.order.extend(used);
-                }
-                return Some((i, t));
+        }
+        outcome
+    }
+
+    /// [`tenant`](Self::tenant) among the tenants of `state`'s pattern:
+    /// `None` when `iss` is no allowed tenant of it.
+    fn tenant_in(&self, state: &ProviderState, iss: &str) -> Option<Result<Arc<Tenant>, JwtError>> {
+        let (tenants, name) = tenant_name(state, iss)?;
+        let stores = state.tenants.as_ref()?;
+        let allowed_at = rule_answer(stores, tenants, name)?;
+        let mut stores = stores.lock().unwrap_or_else(PoisonError::into_inner);
+        // Refused by a request that asked meanwhile (a name is in one
+        // of `refused` and `allowed` at most): not brought back.
+        if stores.refused.contains_key(name) {
+            return None;
+        }
+        if let Some(t) = stores.live.get(name).map(Arc::clone) {
+            // Kept fresh only by the use of a tenant whose tokens
+            // verify: forged tokens naming it do not keep it.
+            if t.verified.load(Ordering::Relaxed)
+                && let Some(at) = stores.order.iter().position(|n| n == name)
+            {
+                let used = stores.order.remove(at);
+                stores.order.extend(used);
             }
-            // The latest allowance, if one was recorded meanwhile.
-            let allowed_at = stores.allowed.get(name).copied().unwrap_or(allowed_at);
-            self.new_tenant(&state.cfg, &mut stores, name, iss, allowed_at)
-                .map(|t| (i, t))
-        })
+            return Some(Ok(t));
+        }
+        // The latest allowance, if one was recorded meanwhile.
+        let allowed_at = stores.allowed.get(name).copied().unwrap_or(allowed_at);
+        Some(self.new_tenant(&state.cfg, &mut stores, name, iss, allowed_at))
     }
 
     /// The issuer pattern a verified `iss` is a tenant of, and the tenant,
@@ -1248,18 +1311,24 @@ impl JwtAuthenticator {
         name: &str,
         iss: &str,
         allowed_at: u64,
-    ) -> Option<Arc<Tenant>> {
+    ) -> Result<Arc<Tenant>, JwtError> {
         let (store, fetched) = match cfg.jwks.for_tenant(name) {
             None => (None, None),
             Some(_) if self.0.offline => (
                 Some(Arc::new(KeyStore::never_fetched(iss, cfg.fetch.clone()))),
                 None,
             ),
+            Some(_) if !stores.starts.take(std::time::Instant::now()) => {
+                if stores.throttled.due() {
+                    tracing::warn!(target: LOG, issuer = %cfg.issuer, per_second = TENANT_STARTS_PER_SECOND, "tokens name new tenants faster than their keys may be fetched: theirs are refused until the rate allows (said once a minute)");
+                }
+                return Err(JwtError::KeysUnavailable);
+            }
             Some(source) => match fetched_store(iss, &cfg.issuer, &source, &cfg.fetch) {
                 Ok(f) => (Some(Arc::clone(&f.store)), Some(f)),
                 Err(e) => {
                     tracing::error!(target: LOG, issuer = iss, error = %e, "cannot fetch the tenant's keys");
-                    return None;
+                    return Err(JwtError::KeysUnavailable);
                 }
             },
         };
@@ -1296,7 +1365,7 @@ impl JwtAuthenticator {
         }
         stores.order.push_back(name.to_owned());
         stores.live.insert(name.to_owned(), Arc::clone(&tenant));
-        Some(tenant)
+        Ok(tenant)
     }
 
     /// A fresh cached answer of one of `providers`, or the step that asks them.

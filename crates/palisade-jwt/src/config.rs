@@ -575,6 +575,10 @@ impl ProviderBuilder {
     /// issuer is the tenant's (so request principals are
     /// `https://login.microsoftonline.com/<tenant>/v2.0/<sub>`), and
     /// [`TokenClaims::tenant`](palisade_core::TokenClaims::tenant) names it.
+    /// Tenants' own keys start to be fetched at most twenty at once and
+    /// ten a second on average: a token of a tenant met beyond that is
+    /// refused ([`JwtError::KeysUnavailable`](crate::JwtError::KeysUnavailable))
+    /// until the rate allows.
     pub fn tenants<S: Into<String>>(mut self, tenants: impl IntoIterator<Item = S>) -> Self {
         self.tenants = Some(Tenants::List(tenants.into_iter().map(Into::into).collect()));
         self
