@@ -1350,6 +1350,9 @@ impl SignIn {
                             } else {
                                 next
                             };
+                            // Its idle timeout renewed as any request's is,
+                            // while the refresh brings nothing new.
+                            let renew = renew || this.idle_renewal_due(&newest.session, now());
                             this.authenticated(newest, renew, chunks, secure).await
                         }
                         None => AuthOutcome::NoCredential,
@@ -1360,8 +1363,7 @@ impl SignIn {
                 return Check::Ready(AuthOutcome::NoCredential);
             }
         }
-        // Idle timeout: the cookie says when the session was last seen.
-        renew |= t.saturating_sub(live.session.seen) >= (c.idle_timeout.as_secs() / 4).max(1);
+        renew |= self.idle_renewal_due(&live.session, t);
         if !renew {
             return Check::Ready(AuthOutcome::Authenticated(
                 Authenticated::new(live.identity.clone())
@@ -1372,6 +1374,13 @@ impl SignIn {
         }
         let this = self.clone();
         Check::pending(async move { this.authenticated(live, true, chunks, secure).await })
+    }
+
+    /// Whether the cookie of `session` is to be sealed again at `t` to renew
+    /// its idle timeout: the cookie says when the session was last seen,
+    /// renewed once a quarter of the timeout has passed.
+    fn idle_renewal_due(&self, session: &Session, t: u64) -> bool {
+        t.saturating_sub(session.seen) >= (self.0.config.idle_timeout.as_secs() / 4).max(1)
     }
 
     /// An authentication by `live`, with a new cookie when `renew`.
@@ -2862,6 +2871,40 @@ mod tests {
                 a.response_headers
             );
         }
+    }
+
+    /// A session due for a refresh the issuer cannot answer now still has
+    /// its idle timeout renewed, as any request's is: an active user is
+    /// not signed out for idling while the issuer is down.
+    #[tokio::test]
+    async fn a_refresh_that_brings_nothing_still_renews_the_idle_timeout() {
+        let (sign_in, key) = refreshing_at("503 Service Unavailable", "").await;
+        // Last seen ten minutes ago: a quarter of the idle timeout (30
+        // minutes) has passed.
+        let session = Session {
+            seen: now() - 600,
+            ..due()
+        };
+        let req = OwnedRequest::get("/page")
+            .header("cookie", session_cookie(key.clone(), &Payload::Inline(session)));
+        let Check::Pending(renewal) = sign_in.authenticate(&req) else {
+            panic!("the session is not refreshed")
+        };
+        let AuthOutcome::Authenticated(a) = renewal.await else {
+            panic!("the session ended")
+        };
+        let cookie = a
+            .response_headers
+            .iter()
+            .find(|(n, _)| n == "set-cookie")
+            .map(|(_, v)| v.split(';').next().unwrap().split_once('=').unwrap().1.to_owned())
+            .expect("a renewed cookie");
+        let opened = sign_in.sealer(false).open_raw(&cookie).unwrap();
+        let Ok(Payload::Inline(renewed)) = serde_json::from_slice::<Payload>(&opened.plaintext) else {
+            panic!("not a session")
+        };
+        assert!(renewed.seen + 5 >= now(), "seen now: {}", renewed.seen);
+        assert_eq!(renewed.at, due().at, "the same tokens");
     }
 
     /// A guard that signs browsers in and takes nothing else: an API call
