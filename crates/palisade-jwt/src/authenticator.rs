@@ -28,7 +28,9 @@ use crate::dpop::{
 use crate::error::JwtError;
 use crate::front::Front;
 use crate::introspect::{Active, Convert, Introspector, TokenKey, looks_like_jws};
-use crate::jwks::{Fetched, KeySet, KeyStore, VerifyKey, fetched_store, hmac_key, parse_jwks, pem_key};
+use crate::jwks::{
+    Fetched, KeySet, KeyStore, VerifyKey, fetched_store, fetched_store_if, hmac_key, parse_jwks, pem_key,
+};
 use crate::resource::{ResourceMetadata, Served};
 use crate::token::{Parsed, is_other_kind, parse, parse_jws, peek_issuer, typ_is};
 use palisade_core::syntax::TENANT;
@@ -66,6 +68,12 @@ struct TenantStores {
     asking: std::collections::HashSet<String>,
     /// What is left of the rate at which tenants' key stores start.
     starts: StartBudget,
+    /// Tenants a token has verified for lately (at most
+    /// [`PROVEN_TENANTS`]): their stores start whatever the rate says, so
+    /// that forged tokens naming new tenants, which use it up, keep no
+    /// tenant in use out (one dropped as the least recently used, or met
+    /// again after a reload).
+    proven: std::collections::HashSet<String>,
     /// Tenants refused for that rate: said once a minute.
     throttled: palisade_core::logging::Sparse,
 }
@@ -79,6 +87,9 @@ struct TenantStores {
 /// have the service send the issuer two requests per token (and log a
 /// warning per tenant when it does not answer).
 const TENANT_STARTS_PER_SECOND: f64 = 10.0;
+/// The most tenant names kept as proven ([`TenantStores::proven`]):
+/// forgotten all at once when full.
+const PROVEN_TENANTS: usize = 4096;
 const TENANT_STARTS_AT_ONCE: f64 = 20.0;
 
 /// A token bucket of tenant key store starts.
@@ -1318,19 +1329,24 @@ impl JwtAuthenticator {
                 Some(Arc::new(KeyStore::never_fetched(iss, cfg.fetch.clone()))),
                 None,
             ),
-            Some(_) if !stores.starts.take(std::time::Instant::now()) => {
-                if stores.throttled.due() {
-                    tracing::warn!(target: LOG, issuer = %cfg.issuer, per_second = TENANT_STARTS_PER_SECOND, "tokens name new tenants faster than their keys may be fetched: theirs are refused until the rate allows (said once a minute)");
+            Some(source) => {
+                // Only a store not live yet costs the issuer requests.
+                let may_start =
+                    || stores.proven.contains(name) || stores.starts.take(std::time::Instant::now());
+                match fetched_store_if(iss, &cfg.issuer, &source, &cfg.fetch, may_start) {
+                    Ok(Some(f)) => (Some(Arc::clone(&f.store)), Some(f)),
+                    Ok(None) => {
+                        if stores.throttled.due() {
+                            tracing::warn!(target: LOG, issuer = %cfg.issuer, per_second = TENANT_STARTS_PER_SECOND, "tokens name new tenants faster than their keys may be fetched: theirs are refused until the rate allows (said once a minute)");
+                        }
+                        return Err(JwtError::KeysUnavailable);
+                    }
+                    Err(e) => {
+                        tracing::error!(target: LOG, issuer = iss, error = %e, "cannot fetch the tenant's keys");
+                        return Err(JwtError::KeysUnavailable);
+                    }
                 }
-                return Err(JwtError::KeysUnavailable);
             }
-            Some(source) => match fetched_store(iss, &cfg.issuer, &source, &cfg.fetch) {
-                Ok(f) => (Some(Arc::clone(&f.store)), Some(f)),
-                Err(e) => {
-                    tracing::error!(target: LOG, issuer = iss, error = %e, "cannot fetch the tenant's keys");
-                    return Err(JwtError::KeysUnavailable);
-                }
-            },
         };
         let tenant = Arc::new(Tenant {
             name: name.to_owned(),
@@ -1761,6 +1777,13 @@ impl JwtAuthenticator {
             && !t.verified.load(Ordering::Relaxed)
         {
             t.verified.store(true, Ordering::Relaxed);
+            if let Some(stores) = &self.0.providers[provider].tenants {
+                let mut stores = stores.lock().unwrap_or_else(PoisonError::into_inner);
+                if stores.proven.len() >= PROVEN_TENANTS {
+                    stores.proven.clear();
+                }
+                stores.proven.insert(t.name.clone());
+            }
         }
         let mut claims = token_claims(cfg, parsed.claims);
         if let Some(t) = tenant {
@@ -2400,6 +2423,67 @@ impl JwtAuthenticator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Tenants' key stores start twenty at once, then ten a second.
+    #[test]
+    fn tenant_stores_start_at_a_bounded_rate() {
+        let t0 = std::time::Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut budget = StartBudget {
+            left: TENANT_STARTS_AT_ONCE,
+            at: t0,
+        };
+        for _ in 0..20 {
+            assert!(budget.take(t0));
+        }
+        assert!(!budget.take(t0), "twenty at once");
+        assert!(!budget.take(at(50)));
+        assert!(budget.take(at(150)), "ten a second");
+        assert!(!budget.take(at(150)));
+        // A long pause gives twenty again, not more.
+        for _ in 0..20 {
+            assert!(budget.take(at(60_000)));
+        }
+        assert!(!budget.take(at(60_000)));
+    }
+
+    /// With no start left, a tenant a token has verified for still gets its
+    /// key store, and so does one whose store is live (another
+    /// authenticator's: the one a reload replaces); a new one does not.
+    #[test]
+    fn a_proven_or_live_tenant_starts_whatever_the_rate() {
+        let build = || {
+            JwtAuthenticator::builder()
+                .provider(
+                    Provider::builder("http://127.0.0.1:9/realms/{tenant}")
+                        .audience("api")
+                        .jwks_uri("http://127.0.0.1:9/realms/{tenant}/certs")
+                        .tenant_resolver(|_| true)
+                        .build()
+                        .unwrap(),
+                )
+                .build()
+                .unwrap()
+        };
+        let (old, jwt) = (build(), build());
+        assert!(old.tenant("http://127.0.0.1:9/realms/live").is_ok());
+        {
+            let mut stores = jwt.0.providers[0].tenants.as_ref().unwrap().lock().unwrap();
+            stores.starts = StartBudget {
+                left: 0.0,
+                at: std::time::Instant::now(),
+            };
+            stores.proven.insert("known".into());
+        }
+        assert!(matches!(
+            jwt.tenant("http://127.0.0.1:9/realms/new"),
+            Err(JwtError::KeysUnavailable)
+        ));
+        let known = jwt.tenant("http://127.0.0.1:9/realms/known");
+        assert!(known.is_ok_and(|(_, t)| t.store.is_some()));
+        let live = jwt.tenant("http://127.0.0.1:9/realms/live");
+        assert!(live.is_ok_and(|(_, t)| t.store.is_some()));
+    }
 
     /// The protected resource metadata (RFC 9728) names issuers: a fixed
     /// one, and each listed tenant of an issuer pattern, never the pattern

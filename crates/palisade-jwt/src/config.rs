@@ -576,9 +576,10 @@ impl ProviderBuilder {
     /// `https://login.microsoftonline.com/<tenant>/v2.0/<sub>`), and
     /// [`TokenClaims::tenant`](palisade_core::TokenClaims::tenant) names it.
     /// Tenants' own keys start to be fetched at most twenty at once and
-    /// ten a second on average: a token of a tenant met beyond that is
+    /// ten a second on average: a token of a new tenant met beyond that is
     /// refused ([`JwtError::KeysUnavailable`](crate::JwtError::KeysUnavailable))
-    /// until the rate allows.
+    /// until the rate allows (a tenant whose tokens have verified lately,
+    /// or whose keys the process holds already, is not held to it).
     pub fn tenants<S: Into<String>>(mut self, tenants: impl IntoIterator<Item = S>) -> Self {
         self.tenants = Some(Tenants::List(tenants.into_iter().map(Into::into).collect()));
         self
@@ -587,7 +588,8 @@ impl ProviderBuilder {
     /// As [`tenants`](Self::tenants), the tenants decided by `resolver`
     /// (a directory lookup, say), asked about a name at most once a minute
     /// ([`Tenants::Resolver`]): keep it cheap, it runs on the request path,
-    /// for names taken from tokens not yet verified.
+    /// for names taken from tokens not yet verified. Tenants' keys start to
+    /// be fetched at the rate [`tenants`](Self::tenants) says.
     pub fn tenant_resolver(mut self, resolver: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
         self.tenants = Some(Tenants::Resolver(Arc::new(resolver)));
         self

@@ -553,6 +553,20 @@ pub(crate) fn fetched_store(
     source: &JwksSource,
     settings: &FetchSettings,
 ) -> std::io::Result<Arc<Fetched>> {
+    fetched_store_if(issuer, metric_issuer, source, settings, || true)?
+        .ok_or_else(|| std::io::Error::other("a key store that may start did not"))
+}
+
+/// [`fetched_store`], starting a new store only when `may_start` says so
+/// (asked only then: a live store costs the issuer nothing); `None` when
+/// it does not.
+pub(crate) fn fetched_store_if(
+    issuer: &str,
+    metric_issuer: &str,
+    source: &JwksSource,
+    settings: &FetchSettings,
+    may_start: impl FnOnce() -> bool,
+) -> std::io::Result<Option<Arc<Fetched>>> {
     static LIVE: Mutex<Vec<LiveStore>> = Mutex::new(Vec::new());
     let mut live = LIVE.lock().unwrap_or_else(PoisonError::into_inner);
     live.retain(|(.., weak)| weak.strong_count() > 0);
@@ -561,7 +575,10 @@ pub(crate) fn fetched_store(
         .filter(|(i, src, set, _)| i == issuer && src == source && set == settings)
         .find_map(|(.., weak)| weak.upgrade());
     if let Some(shared) = found {
-        return Ok(shared);
+        return Ok(Some(shared));
+    }
+    if !may_start() {
+        return Ok(None);
     }
     let mut store = KeyStore::new(issuer, settings.clone(), None);
     metric_issuer.clone_into(&mut store.metric_issuer);
@@ -579,7 +596,7 @@ pub(crate) fn fetched_store(
         settings.clone(),
         Arc::downgrade(&fetched),
     ));
-    Ok(fetched)
+    Ok(Some(fetched))
 }
 
 /// The runtime of the one `palisade-jwks` thread, started on first use:
