@@ -1351,8 +1351,13 @@ impl SignIn {
                                 next
                             };
                             // Its idle timeout renewed as any request's is,
-                            // while the refresh brings nothing new.
-                            let renew = renew || this.idle_renewal_due(&newest.session, now());
+                            // while the refresh brings nothing new (the
+                            // issuer cannot answer): by a lone replica only.
+                            // With a shared store, another replica may be
+                            // refreshing the session, and this cookie of the
+                            // old tokens could land after its new one.
+                            let renew = renew
+                                || (!this.0.store.shared() && this.idle_renewal_due(&newest.session, now()));
                             this.authenticated(newest, renew, chunks, secure).await
                         }
                         None => AuthOutcome::NoCredential,
