@@ -81,7 +81,8 @@ impl Discovery {
     /// A [`DiscoveryError`] naming `member`: not a string, not an http(s)
     /// URL, or plain `http` in a document read over `https`.
     pub fn endpoint(&self, member: &str) -> Result<Option<&str>, DiscoveryError> {
-        let Some(value) = self.document.get(member) else {
+        // `null` is no endpoint, as an absent member.
+        let Some(value) = self.document.get(member).filter(|v| !v.is_null()) else {
             return Ok(None);
         };
         let shown = &self.shown;
@@ -138,7 +139,7 @@ mod tests {
     #[test]
     fn an_https_document_names_https_endpoints_only() {
         let doc = format!(
-            r#"{{"issuer":"{ISSUER}","token_endpoint":"http://idp.example/token","jwks_uri":"https://idp.example/certs","x":7}}"#
+            r#"{{"issuer":"{ISSUER}","token_endpoint":"http://idp.example/token","jwks_uri":"https://idp.example/certs","x":7,"nothing":null}}"#
         );
         let over_tls = read(URL, &doc).unwrap();
         let err = over_tls.endpoint("token_endpoint").unwrap_err().to_string();
@@ -151,6 +152,7 @@ mod tests {
             "https://idp.example/certs"
         );
         assert_eq!(over_tls.endpoint("end_session_endpoint").unwrap(), None);
+        assert_eq!(over_tls.endpoint("nothing").unwrap(), None, "null is none");
         let err = over_tls.required_endpoint("introspection_endpoint").unwrap_err();
         assert!(err.to_string().ends_with("no `introspection_endpoint`"), "{err}");
         let err = over_tls.endpoint("x").unwrap_err().to_string();

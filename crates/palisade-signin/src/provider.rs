@@ -237,11 +237,20 @@ async fn discover(client: &reqwest::Client, issuer: &str) -> Result<Metadata, St
     for member in ["authorization_endpoint", "token_endpoint"] {
         discovery.required_endpoint(member).map_err(|e| e.to_string())?;
     }
-    discovery
-        .endpoint("end_session_endpoint")
-        .map_err(|e| e.to_string())?;
-    let m =
-        Metadata::deserialize(discovery.document()).map_err(|e| format!("{}: {e}", discovery.shown_url()))?;
+    // A logout endpoint that cannot be used costs the logout at the issuer
+    // only (the session still ends here), not every sign-in.
+    let mut document = discovery.document().clone();
+    if let Some(members) = document.as_object_mut() {
+        members.remove("end_session_endpoint");
+    }
+    let mut m = Metadata::deserialize(&document).map_err(|e| format!("{}: {e}", discovery.shown_url()))?;
+    m.end_session_endpoint = match discovery.endpoint("end_session_endpoint") {
+        Ok(endpoint) => endpoint.map(str::to_owned),
+        Err(e) => {
+            tracing::warn!(target: LOG_TARGET, error = %e, "the issuer's logout endpoint is not used: a logout ends the session here only");
+            None
+        }
+    };
     if let Some(methods) = &m.code_challenge_methods_supported
         && !methods.iter().any(|m| m == "S256")
     {
@@ -263,6 +272,35 @@ pub(crate) fn param_count(query: &str, name: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A logout endpoint that cannot be used (`null`, not a URL) is none:
+    /// sign-in works, and a logout ends the session here only.
+    #[tokio::test]
+    async fn a_logout_endpoint_that_cannot_be_used_is_none_and_sign_in_works() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        for logout in ["null", "42", r#""not a url""#, r#""http://127.0.0.1:1/logout""#] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let issuer = format!("http://{}", listener.local_addr().unwrap());
+            let body = format!(
+                r#"{{"issuer":"{issuer}","authorization_endpoint":"{issuer}/auth","token_endpoint":"{issuer}/token","end_session_endpoint":{logout}}}"#
+            );
+            tokio::spawn(async move {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                let mut head = vec![0; 4096];
+                let _ = conn.read(&mut head).await;
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(answer.as_bytes()).await;
+            });
+            let m = discover(&reqwest::Client::new(), &issuer).await.unwrap();
+            let expected =
+                (logout == r#""http://127.0.0.1:1/logout""#).then_some("http://127.0.0.1:1/logout");
+            assert_eq!(m.end_session_endpoint.as_deref(), expected, "{logout}");
+            assert_eq!(m.token_endpoint, format!("{issuer}/token"));
+        }
+    }
 
     #[test]
     fn params_are_found_by_exact_name() {
