@@ -346,11 +346,11 @@ fn numeric_date(value: &Value) -> Option<u64> {
     (seconds.is_finite() && seconds >= 0.0).then(|| seconds.floor() as u64)
 }
 
-/// How many sessions of one subject are ended one by one (each a
+/// How many sessions of one subject are logged out one by one (each a
 /// revocation the store keeps until the session's absolute timeout)
-/// within an absolute timeout, before each further ending ends every
-/// session of the subject begun before it (one revocation in place of
-/// many). Without it, a user who signs in and out in a loop fills an
+/// within an absolute timeout, by a logout here or a back-channel logout
+/// naming its `sid` and `sub`, before each further one ends every session
+/// of the subject begun before it (one revocation in place of many). Without it, a user who signs in and out in a loop fills an
 /// in-memory store's revocations (100,000 by default), after which no
 /// logout of anyone is recorded, and grows every replica's mirror of a
 /// Redis store's.
@@ -384,7 +384,7 @@ impl Endings {
         if *end <= now {
             (*count, *end) = (0, now.saturating_add(window));
         }
-        *count += 1;
+        *count = count.saturating_add(1);
         *count > ENDINGS_PER_SUBJECT
     }
 }
@@ -1665,21 +1665,32 @@ impl SignIn {
 
     /// Ends a session here: forgotten by this process at once, recorded as
     /// ended in the store (for every replica) until its absolute timeout.
-    /// Past [`ENDINGS_PER_SUBJECT`] of its subject, every session of the
-    /// subject begun before now is ended instead ([`subject_ended`](Self::subject_ended)).
     async fn end(&self, s: &Session) -> Result<(), crate::store::StoreError> {
+        let until = at(s.created_secs() + self.0.config.absolute_timeout.as_secs());
+        self.end_id(s.id.clone(), until).await
+    }
+
+    /// [`end`](Self::end) for a logout: past [`ENDINGS_PER_SUBJECT`] of its
+    /// user's, every session of the user begun before now is ended
+    /// instead ([`subject_ended`](Self::subject_ended)), in one revocation.
+    async fn log_out(&self, s: &Session) -> Result<(), crate::store::StoreError> {
         let c = &self.0.config;
-        if self
+        if !self
             .0
             .endings
             .one_more(&s.sub, now(), c.absolute_timeout.as_secs())
         {
-            self.0.refreshes.successors.remove(&s.id);
-            self.0.cache.remove_session(&s.id);
-            return self.0.store.revoke(self.subject_ended(&s.sub)).await;
+            return self.end(s).await;
         }
-        let until = at(s.created_secs() + c.absolute_timeout.as_secs());
-        self.end_id(s.id.clone(), until).await
+        self.forget_here(&s.id);
+        self.0.store.revoke(self.subject_ended(&s.sub)).await
+    }
+
+    /// Forgets the session of this id in this process: its cached copy and
+    /// its latest refresh.
+    fn forget_here(&self, id: &str) {
+        self.0.refreshes.successors.remove(id);
+        self.0.cache.remove_session(id);
     }
 
     /// The revocation of every session of `subject` begun before now, kept
@@ -1700,8 +1711,7 @@ impl SignIn {
 
     /// [`end`](Self::end) for the session of this id, recorded until `until`.
     async fn end_id(&self, id: String, until: std::time::SystemTime) -> Result<(), crate::store::StoreError> {
-        self.0.refreshes.successors.remove(&id);
-        self.0.cache.remove_session(&id);
+        self.forget_here(&id);
         self.0.store.revoke(Revocation::Session { id, until }).await
     }
 
@@ -1753,7 +1763,7 @@ impl SignIn {
             // the data) and at the issuer.
             let stored = || value.as_deref().and_then(|v| this.stored_id(v, secure));
             let ended = match &live {
-                Some(live) => this.end(&live.session).await,
+                Some(live) => this.log_out(&live.session).await,
                 None => match stored() {
                     Some(id) => {
                         let until = at(now() + this.0.config.absolute_timeout.as_secs());
@@ -2154,13 +2164,13 @@ mod tests {
         };
         let ended: Vec<Session> = (0..100).map(|n| session("mallory", n)).collect();
         for s in &ended {
-            sign_in.end(s).await.expect("recorded");
+            sign_in.log_out(s).await.expect("recorded");
         }
         assert!(ended.iter().all(revoked), "every session ended stays ended");
         let bob = session("bob", 0);
         assert!(!revoked(&bob));
         sign_in
-            .end(&bob)
+            .log_out(&bob)
             .await
             .expect("another user's logout is recorded");
         assert!(revoked(&bob));
