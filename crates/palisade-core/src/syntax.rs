@@ -464,6 +464,28 @@ pub fn html_escape(text: &str) -> String {
     out
 }
 
+/// A JWT NumericDate (RFC 7519 §2: seconds since the epoch, perhaps with
+/// a fraction) in whole seconds; `None` before the epoch or for what is no
+/// number of seconds. Far-future dates saturate (and are refused as such).
+///
+/// ```
+/// use palisade_core::syntax::numeric_date;
+/// let n = |v: serde_json::Value| v.as_number().and_then(numeric_date);
+/// assert_eq!(n(serde_json::json!(1_700_000_000)), Some(1_700_000_000));
+/// assert_eq!(n(serde_json::json!(1_700_000_000.9)), Some(1_700_000_000));
+/// assert_eq!(n(serde_json::json!(-1.5)), None);
+/// ```
+#[must_use]
+pub fn numeric_date(n: &serde_json::Number) -> Option<u64> {
+    if let Some(seconds) = n.as_u64() {
+        return Some(seconds);
+    }
+    // `as` saturates and truncates: whole seconds.
+    n.as_f64()
+        .filter(|f| f.is_finite() && *f >= 0.0)
+        .map(|f| f as u64)
+}
+
 /// Reads a token endpoint's `expires_in` (RFC 6749 §5.1: seconds, a JSON
 /// number) for `#[serde(default, deserialize_with = "…")]`: a number, or a
 /// string holding one, as some issuers send it (`"3600"`: Azure AD's v1

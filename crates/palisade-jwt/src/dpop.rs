@@ -1112,7 +1112,9 @@ impl DpopVerifier {
         }
         let iat = match &claims.iat {
             None => return Err(DpopError::MissingClaim("iat")),
-            Some(Member::Num(n)) => unix_seconds(n).ok_or(DpopError::InvalidClaim("iat"))?,
+            Some(Member::Num(n)) => {
+                palisade_core::syntax::numeric_date(n).ok_or(DpopError::InvalidClaim("iat"))?
+            }
             Some(_) => return Err(DpopError::InvalidClaim("iat")),
         };
         if iat.saturating_add(self.max_age) < now {
@@ -1318,16 +1320,6 @@ fn string_member<'k>(jwk: &'k Jwk<'_>, name: &str) -> Result<&'k str, DpopError>
 
 /// A NumericDate as whole Unix seconds: a non-negative integer, or a finite
 /// non-negative number whose fraction is dropped.
-fn unix_seconds(n: &serde_json::Number) -> Option<u64> {
-    if let Some(secs) = n.as_u64() {
-        return Some(secs);
-    }
-    // `as` saturates; a date past u64 seconds is refused as in the future anyway.
-    n.as_f64()
-        .filter(|f| f.is_finite() && *f >= 0.0)
-        .map(|f| f as u64)
-}
-
 pub(crate) fn sha256(parts: &[&[u8]]) -> [u8; 32] {
     let mut ctx = digest::Context::new(&digest::SHA256);
     for part in parts {

@@ -337,13 +337,10 @@ fn keys_not_had(e: &palisade_jwt::JwtError) -> bool {
     )
 }
 
-/// A JWT's NumericDate (RFC 7519 §2: seconds since the epoch, which may
-/// have a fraction), in whole seconds; `None` for anything else or before
-/// the epoch.
+/// A claim's NumericDate in whole seconds
+/// ([`numeric_date`](palisade_core::syntax::numeric_date)).
 fn numeric_date(value: &Value) -> Option<u64> {
-    let seconds = value.as_f64()?;
-    // Whole seconds, far beyond any date (`as` saturates).
-    (seconds.is_finite() && seconds >= 0.0).then(|| seconds.floor() as u64)
+    value.as_number().and_then(palisade_core::syntax::numeric_date)
 }
 
 /// How many sessions of one subject are logged out one by one (each a

@@ -53,7 +53,8 @@ impl TokenResponse {
             .or_else(|| {
                 crate::session::unverified_claims(&self.access_token)?
                     .get("exp")?
-                    .as_u64()
+                    .as_number()
+                    .and_then(palisade_core::syntax::numeric_date)
             })
             .unwrap_or(now + 300)
     }
@@ -322,6 +323,19 @@ mod tests {
         );
         assert_eq!(read(r#"{"access_token":"t"}"#).ok(), Some(1_300), "five minutes");
         assert!(read(r#"{"access_token":"t","expires_in":{}}"#).is_err());
+        // Without `expires_in`, the access token's own `exp`, a fraction
+        // or not.
+        let jwt = |claims: &str| {
+            use base64::Engine as _;
+            let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+            format!(
+                r#"{{"access_token":"{}.{}.c2ln"}}"#,
+                b64(r#"{"alg":"RS256"}"#),
+                b64(claims)
+            )
+        };
+        assert_eq!(read(&jwt(r#"{"exp":1600}"#)).ok(), Some(1_600));
+        assert_eq!(read(&jwt(r#"{"exp":1600.5}"#)).ok(), Some(1_600));
     }
 
     /// The token endpoint's answer to one request: `status` with `body`.
