@@ -140,12 +140,12 @@ impl Rule {
     fn into_rule(self) -> RuleSpec {
         let mut r = RuleSpec::default();
         if self.source != SourceSpec::default() {
-            r.from.push(FromSpec { source: self.source });
+            r.from = Some(vec![FromSpec { source: self.source }]);
         }
         if self.operation != OperationSpec::default() {
-            r.to.push(ToSpec {
+            r.to = Some(vec![ToSpec {
                 operation: self.operation,
-            });
+            }]);
         }
         r.when = self.when;
         r

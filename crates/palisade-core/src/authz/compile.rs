@@ -441,8 +441,15 @@ fn compile_rules(
     domains: &[String],
 ) -> Result<Vec<CompiledRule>, FieldError> {
     let mut rules = Vec::new();
-    // `spec: {}` (no rules) under ALLOW matches nothing: deny all. Under DENY
-    // it matches nothing either: no effect. Both are Istio's semantics.
+    // `spec: {}` (no rules) under ALLOW matches nothing: deny all. Under
+    // DENY it would match nothing either, which Istio refuses as
+    // meaningless (a DENY of everything is `rules: [{}]`).
+    if spec.action == Action::Deny && spec.rules.as_ref().is_none_or(Vec::is_empty) {
+        return Err((
+            "spec.rules".into(),
+            "a DENY policy without rules denies nothing (as Istio says, it is refused): write `rules: [{}]` to deny every request".into(),
+        ));
+    }
     for (ri, rule) in spec.rules.iter().flatten().enumerate() {
         let join = |base: String, (sub, msg): FieldError| {
             let field = if sub.is_empty() {
@@ -452,15 +459,26 @@ fn compile_rules(
             };
             (field, msg)
         };
+        for (field, empty) in [
+            ("from", rule.from.as_ref().is_some_and(Vec::is_empty)),
+            ("to", rule.to.as_ref().is_some_and(Vec::is_empty)),
+        ] {
+            if empty {
+                return Err((
+                    format!("spec.rules[{ri}].{field}"),
+                    "must not be empty (leave the field out instead)".into(),
+                ));
+            }
+        }
         let mut from = Vec::new();
-        for (fi, f) in rule.from.iter().enumerate() {
+        for (fi, f) in rule.from.iter().flatten().enumerate() {
             from.push(
                 source_clauses(&f.source, namespace, domains)
                     .map_err(|e| join(format!("from[{fi}].source"), e))?,
             );
         }
         let mut to = Vec::new();
-        for (ti, t) in rule.to.iter().enumerate() {
+        for (ti, t) in rule.to.iter().flatten().enumerate() {
             to.push(operation_clauses(&t.operation).map_err(|e| join(format!("to[{ti}].operation"), e))?);
         }
         let mut when = Vec::new();
@@ -487,7 +505,7 @@ pub(crate) fn hosts_without_port(action: Action, ri: usize, rule: &RuleSpec) -> 
         _ => return Vec::new(),
     };
     let mut out = Vec::new();
-    for (ti, t) in rule.to.iter().enumerate() {
+    for (ti, t) in rule.to.iter().flatten().enumerate() {
         let hosts = if action == Action::Deny {
             &t.operation.hosts
         } else {

@@ -466,7 +466,7 @@ impl Document {
                             ));
                         }
                     }
-                    for (ti, to) in rule.to.iter().enumerate() {
+                    for (ti, to) in rule.to.iter().flatten().enumerate() {
                         let o = &to.operation;
                         let at = format!("spec.rules[{ri}].to[{ti}].operation");
                         out.extend(never_matching(
@@ -475,7 +475,7 @@ impl Document {
                             [&o.paths, &o.not_paths],
                         ));
                     }
-                    out.extend(head_left_out(p.action, ri, &rule.to));
+                    out.extend(head_left_out(p.action, ri, rule.to.as_deref().unwrap_or_default()));
                     out.extend(crate::authz::compile::hosts_without_port(p.action, ri, rule));
                 }
             }

@@ -307,12 +307,14 @@ pub struct ExtensionProviderSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[non_exhaustive]
 pub struct RuleSpec {
-    /// Sources; any may match.
+    /// Sources; any may match. Absent: any source; present, not empty
+    /// (as Istio validates it: `from: []` is refused, not read as any).
     #[serde(default)]
-    pub from: Vec<FromSpec>,
-    /// Operations; any may match.
+    pub from: Option<Vec<FromSpec>>,
+    /// Operations; any may match. Absent: any operation; present, not
+    /// empty (`to: []` is refused).
     #[serde(default)]
-    pub to: Vec<ToSpec>,
+    pub to: Option<Vec<ToSpec>>,
     /// Conditions; all must match.
     #[serde(default)]
     pub when: Vec<ConditionSpec>,

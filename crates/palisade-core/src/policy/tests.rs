@@ -53,6 +53,37 @@ fn a_misspelt_action_for_another_workload_fails_to_load() {
     );
 }
 
+/// What Istio's validation refuses in a rule, refused when the file loads
+/// (for another workload too), never read as "any": `from: []` and
+/// `to: []` (an ALLOW of `/admin` to every caller otherwise), and a DENY
+/// without rules, which denies nothing.
+#[test]
+fn empty_from_or_to_and_a_deny_without_rules_fail_to_load() {
+    for (spec, field) in [
+        (
+            "  rules: [{from: [], to: [{operation: {paths: [\"/admin*\"]}}]}]\n",
+            "spec.rules[0].from",
+        ),
+        ("  rules: [{}, {to: []}]\n", "spec.rules[1].to"),
+        ("  action: DENY\n", "spec.rules"),
+        ("  action: DENY\n  rules: []\n", "spec.rules"),
+    ] {
+        let yaml = reviews(
+            "AuthorizationPolicy",
+            "security.istio.io/v1",
+            &format!("  selector: {{matchLabels: {{app: reviews}}}}\n{spec}"),
+        );
+        let err = load_err(&yaml);
+        assert_eq!(err.field.as_deref(), Some(field), "{spec}: {err}");
+    }
+    let deny_all = reviews(
+        "AuthorizationPolicy",
+        "security.istio.io/v1",
+        "  selector: {matchLabels: {app: reviews}}\n  action: DENY\n  rules: [{}]\n",
+    );
+    PolicySet::from_yaml_str(&deny_all, "policy.yaml").unwrap();
+}
+
 #[test]
 fn a_bad_mtls_mode_for_another_workload_fails_to_load() {
     let yaml = reviews(
@@ -198,7 +229,7 @@ fn empty_documents_are_skipped_but_counted() {
     let err = load_err(yaml);
     assert_eq!(err.document, Some(3));
     assert_eq!(at(&err).0, Some(11));
-    let ok = PolicySet::from_yaml_str(&yaml.replace("DENIE", "DENY"), "f").unwrap();
+    let ok = PolicySet::from_yaml_str(&yaml.replace("DENIE", "DENY, rules: [{}]"), "f").unwrap();
     let indexes: Vec<_> = ok.documents().iter().map(|d| (d.index, d.line)).collect();
     assert_eq!(indexes, [(1, Some(2)), (3, Some(7))]);
     assert!(PolicySet::from_yaml_str("", "f").unwrap().documents().is_empty());
