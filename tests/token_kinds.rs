@@ -700,6 +700,60 @@ spec:
     }
 }
 
+/// The client side against an upstream that requires DPoP nonces (RFC
+/// 9449 §9): the first call, without one, is refused with
+/// `use_dpop_nonce` and the upstream's nonce; told the answer, the
+/// credential puts that nonce in its next proofs to it, which pass, and
+/// keeps the token (a nonce refusal is no refusal of the token).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workloads_proofs_carry_the_upstreams_nonce_once_it_gave_one() {
+    use palisade::client::{ClientCredentials, Credentials, Upstreams};
+    let op = start();
+    let dpop = "---
+apiVersion: palisade.dev/v1alpha1
+kind: JwtSettings
+metadata: {name: dpop, namespace: default}
+spec:
+  dpop: {requireNonce: true}";
+    let guard = guard(&op, JWT_AUDIENCE, &format!("    cacheTime: 1s\n{dpop}"));
+    let app = axum::Router::new()
+        .route("/whoami", axum::routing::get(whoami_axum))
+        .layer(palisade::axum::PalisadeLayer::new(guard));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/whoami", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let own = ClientCredentials::builder(op.issuer.clone(), "palisade-test")
+        .client_secret("palisade-secret")
+        .audience(JWT_AUDIENCE)
+        .scopes(["read"])
+        .dpop(DpopKey::generate().unwrap())
+        .build()
+        .unwrap();
+    let upstreams = Upstreams::builder()
+        .host("127.0.0.1", Credentials::ClientCredentials(own.clone()))
+        .build();
+    let http = reqwest::Client::new();
+    let mut answers = Vec::new();
+    let mut tokens = Vec::new();
+    for _ in 0..3 {
+        let mut req = http.get(&url).build().unwrap();
+        let sent = upstreams.apply(&mut req, None).await.unwrap();
+        tokens.push(req.headers()["authorization"].clone());
+        let res = http.execute(req).await.unwrap();
+        sent.answered_by(&res);
+        let challenge = res
+            .headers()
+            .get("www-authenticate")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        answers.push((res.status().as_u16(), challenge));
+    }
+    assert_eq!(answers[0].0, 401, "{answers:?}");
+    assert!(answers[0].1.contains("use_dpop_nonce"), "{answers:?}");
+    assert_eq!((answers[1].0, answers[2].0), (200, 200), "{answers:?}");
+    assert!(tokens.windows(2).all(|t| t[0] == t[1]), "the token was kept");
+}
+
 #[actix_web::test]
 async fn a_dpop_nonce_is_asked_for_when_required() {
     let op = start();

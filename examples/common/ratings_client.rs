@@ -59,6 +59,7 @@ impl Ratings {
                 "gRPC over TLS needs a DestinationRule with a trust bundle (SIMPLE with caCertificates, MUTUAL or ISTIO_MUTUAL)",
             ),
         };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let server_name = rustls_name(&name).unwrap_or_else(|| bad("not a host name"));
         // Every connection goes to the URL's address, as the mesh's DNS
         // would send the name there.
@@ -82,8 +83,9 @@ impl Ratings {
             .connect_timeout(Duration::from_secs(5))
             .connect_with_connector_lazy(connector);
         // The channel's requests carry a path only: the layer is told where
-        // they go (a DPoP proof names the URI).
-        let credentials = CredentialsLayer::fixed_at(credentials, &format!("http://{name}:{port}"))
+        // they go as the server sees it (a DPoP proof names the URI): over
+        // TLS, `https`, whatever the channel's own endpoint says.
+        let credentials = CredentialsLayer::fixed_at(credentials, &format!("{scheme}://{name}:{port}"))
             .unwrap_or_else(|e| bad(&e.to_string()));
         let service = tower::ServiceBuilder::new().layer(credentials).service(channel);
         Some(Self {

@@ -18,6 +18,59 @@ const BODY_LIMIT: usize = 256 * 1024;
 /// How old a token must be for an upstream's refusal to drop it.
 pub(crate) const REFUSED_FRESH: Duration = Duration::from_secs(30);
 
+/// The most origins whose DPoP nonce one key keeps ([`DpopNonces`]).
+const NONCES_KEPT: usize = 256;
+
+/// The latest `DPoP-Nonce` each server gave a client's key, by origin, put
+/// in the key's next proofs to that server: the token endpoint's (RFC 9449
+/// §8) and each resource server's (§9), which may send a new one in any
+/// answer. A server that requires nonces refuses a first call without one
+/// (`use_dpop_nonce`); the calls after it carry its nonce. At most
+/// [`NONCES_KEPT`] origins, all forgotten when one more comes (each server
+/// then asks again).
+#[derive(Default)]
+pub(crate) struct DpopNonces(std::sync::Mutex<std::collections::HashMap<String, String>>);
+
+impl DpopNonces {
+    /// The nonce to put in a proof of a call to `htu`.
+    pub(crate) fn for_htu(&self, htu: &str) -> Option<String> {
+        let nonces = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        nonces.get(&origin_of(htu)).cloned()
+    }
+
+    /// Keeps the nonce of `headers` (an answer to a call to `htu`), if they
+    /// carry one that can go in a proof (RFC 9449 §8.1: `NQCHAR`s, here at
+    /// most 512).
+    pub(crate) fn keep(&self, htu: &str, headers: &http::HeaderMap) {
+        let Some(nonce) = headers.get("dpop-nonce").and_then(|v| v.to_str().ok()) else {
+            return;
+        };
+        let nqchar = |b: u8| b == b'!' || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b);
+        if nonce.is_empty() || nonce.len() > 512 || !nonce.bytes().all(nqchar) {
+            return;
+        }
+        let mut nonces = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let origin = origin_of(htu);
+        if nonces.get(&origin).is_some_and(|n| n == nonce) {
+            return;
+        }
+        if nonces.len() >= NONCES_KEPT && !nonces.contains_key(&origin) {
+            nonces.clear();
+        }
+        nonces.insert(origin, nonce.to_owned());
+    }
+}
+
+/// The origin of `htu` (`https://reviews.example:8443`) in lower case, as
+/// nonces are kept by.
+fn origin_of(htu: &str) -> String {
+    let start = htu.find("://").map_or(0, |i| i + 3);
+    let end = htu[start..]
+        .find(['/', '?', '#'])
+        .map_or(htu.len(), |i| start + i);
+    htu[..end].to_ascii_lowercase()
+}
+
 /// A granted access token as an `Authorization` value, and when to stop
 /// using it.
 pub(crate) struct Granted {
@@ -34,9 +87,9 @@ pub(crate) struct Granted {
     pub(crate) obtained: Instant,
     /// An upstream refused it: due for renewal whatever `renew_at` says.
     pub(crate) refused: std::sync::atomic::AtomicBool,
-    /// For a DPoP-bound token (RFC 9449): the key every call proves, and
-    /// the token (each proof's `ath`).
-    pub(crate) dpop: Option<(Arc<DpopKey>, Arc<str>)>,
+    /// For a DPoP-bound token (RFC 9449): the key every call proves, the
+    /// token (each proof's `ath`), and the servers' nonces for the key.
+    pub(crate) dpop: Option<(Arc<DpopKey>, Arc<str>, Arc<DpopNonces>)>,
 }
 
 impl Granted {
@@ -60,10 +113,17 @@ impl Granted {
     }
 
     /// The `DPoP` proof for a call of `method` to `htu` (the URI without
-    /// query or fragment), when the token is DPoP-bound.
+    /// query or fragment), when the token is DPoP-bound: with the server's
+    /// latest nonce, if it gave one.
     pub(crate) fn proof(&self, method: &str, htu: &str) -> Option<http::HeaderValue> {
-        let (key, token) = self.dpop.as_ref()?;
-        sensitive(key.proof(method, htu, Some(token), None))
+        let (key, token, nonces) = self.dpop.as_ref()?;
+        let nonce = nonces.for_htu(htu);
+        sensitive(key.proof(method, htu, Some(token), nonce.as_deref()))
+    }
+
+    /// The nonces of its key, for a DPoP-bound token.
+    pub(crate) fn nonces(&self) -> Option<&Arc<DpopNonces>> {
+        self.dpop.as_ref().map(|(_, _, nonces)| nonces)
     }
 }
 
@@ -92,6 +152,9 @@ pub(crate) struct TokenClient {
     token_endpoint: tokio::sync::Mutex<Discovered>,
     /// The key to ask for DPoP-bound tokens with.
     dpop: Option<Arc<DpopKey>>,
+    /// The servers' nonces for that key: the token endpoint's, and the
+    /// upstreams' its tokens are sent to.
+    nonces: Arc<DpopNonces>,
 }
 
 /// What discovery found of the token endpoint.
@@ -120,8 +183,13 @@ impl TokenClient {
         renew_before: Duration,
     ) -> Result<Granted, ClientError> {
         let endpoint = self.endpoint().await?;
-        let granted = match self.post_form(&endpoint, &form, None, renew_before).await {
-            // The issuer wants a nonce in the proof (RFC 9449 §8): once more with it.
+        let nonce = self.nonces.for_htu(&endpoint);
+        let granted = match self
+            .post_form(&endpoint, &form, nonce.as_deref(), renew_before)
+            .await
+        {
+            // The issuer wants a nonce in the proof (RFC 9449 §8), another
+            // than the one sent, if any: once more with it.
             Err((Some(nonce), _)) => self
                 .post_form(&endpoint, &form, Some(&nonce), renew_before)
                 .await
@@ -181,8 +249,11 @@ impl TokenClient {
     ) -> Result<Granted, (Option<String>, ClientError)> {
         let mut form = form.to_vec();
         let mut req = self.http.post(endpoint);
+        // The proof's `htu`: the endpoint without query or fragment (RFC
+        // 9449 §4.2), as an issuer that advertises one with a query sees it.
+        let htu = endpoint.split(['?', '#']).next().unwrap_or(endpoint);
         if let Some(key) = &self.dpop
-            && let Some(proof) = sensitive(key.proof("POST", endpoint, None, nonce))
+            && let Some(proof) = sensitive(key.proof("POST", htu, None, nonce))
         {
             req = req.header("dpop", proof);
         }
@@ -209,6 +280,9 @@ impl TokenClient {
             .await
             .map_err(|e| (None, ClientError::Unavailable(e.without_url().to_string())))?;
         let status = res.status();
+        if self.dpop.is_some() {
+            self.nonces.keep(htu, res.headers());
+        }
         let dpop_nonce = res
             .headers()
             .get("dpop-nonce")
@@ -222,9 +296,10 @@ impl TokenClient {
             }
             return Err(match serde_json::from_slice::<OAuthError>(&body) {
                 Ok(e) if status.is_client_error() => {
-                    let retry = (e.error == "use_dpop_nonce" && nonce.is_none() && self.dpop.is_some())
+                    let retry = (e.error == "use_dpop_nonce" && self.dpop.is_some())
                         .then_some(dpop_nonce)
-                        .flatten();
+                        .flatten()
+                        .filter(|new| nonce != Some(new.as_str()));
                     // The error code only: the description may echo input.
                     let code = e.error.chars().filter(char::is_ascii_graphic).take(64).collect();
                     (retry, ClientError::Refused(code))
@@ -305,7 +380,9 @@ impl TokenClient {
         })?;
         value.set_sensitive(true);
         let dpop = if bound {
-            self.dpop.clone().map(|k| (k, Arc::from(t.access_token)))
+            self.dpop
+                .clone()
+                .map(|k| (k, Arc::from(t.access_token), Arc::clone(&self.nonces)))
         } else {
             None
         };
@@ -483,6 +560,7 @@ impl<K> GrantBuilder<K> {
             http,
             token_endpoint: tokio::sync::Mutex::new(Discovered::default()),
             dpop: self.dpop.clone(),
+            nonces: Arc::default(),
         })
     }
 }
@@ -533,6 +611,7 @@ mod tests {
             http: reqwest::Client::new(),
             token_endpoint: tokio::sync::Mutex::new(Discovered::default()),
             dpop: None,
+            nonces: Arc::default(),
         };
         let sent = Instant::now();
         let lifetime = |body: &str| {
@@ -571,6 +650,42 @@ mod tests {
         }
     }
 
+    /// Nonces are kept by origin (in any case, whatever the path), only
+    /// when they can go in a proof, and bounded.
+    #[test]
+    fn dpop_nonces_are_kept_by_origin_and_only_when_usable() {
+        let nonces = DpopNonces::default();
+        let answer = |nonce: &str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("dpop-nonce", http::HeaderValue::from_str(nonce).unwrap());
+            headers
+        };
+        nonces.keep("https://Reviews.example:8443/a?q=1", &answer("n-1"));
+        assert_eq!(
+            nonces.for_htu("https://reviews.example:8443/b").as_deref(),
+            Some("n-1")
+        );
+        assert_eq!(nonces.for_htu("https://reviews.example/b"), None, "another port");
+        assert_eq!(
+            nonces.for_htu("http://reviews.example:8443/b"),
+            None,
+            "another scheme"
+        );
+        // One that cannot go in a proof (a quote, a space) is not kept.
+        for bad in ["a\"b", "a b", ""] {
+            nonces.keep("https://reviews.example:8443/", &answer(bad));
+        }
+        assert_eq!(
+            nonces.for_htu("https://reviews.example:8443/").as_deref(),
+            Some("n-1")
+        );
+        for i in 0..=NONCES_KEPT {
+            nonces.keep(&format!("https://h{i}.example/"), &answer("n"));
+        }
+        let kept = nonces.0.lock().unwrap().len();
+        assert!(kept <= NONCES_KEPT, "{kept}");
+    }
+
     #[test]
     fn a_dpop_proof_is_a_sensitive_header() {
         let now = Instant::now();
@@ -581,7 +696,11 @@ mod tests {
             renew_at: now + Duration::from_secs(30),
             obtained: now,
             refused: std::sync::atomic::AtomicBool::new(false),
-            dpop: Some((Arc::new(DpopKey::generate().unwrap()), Arc::from("t"))),
+            dpop: Some((
+                Arc::new(DpopKey::generate().unwrap()),
+                Arc::from("t"),
+                Arc::default(),
+            )),
         };
         let proof = granted.proof("GET", "https://reviews.example/r").unwrap();
         assert!(proof.is_sensitive(), "kept out of Debug and of HTTP/2's index");

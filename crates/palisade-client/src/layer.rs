@@ -50,10 +50,13 @@ impl CredentialsLayer {
     }
 
     /// [`fixed`](Self::fixed) for a client whose requests go to `origin`
-    /// (`http://ratings.default.svc.cluster.local:9080`, the channel's
-    /// endpoint) and carry a path only: a DPoP proof names
-    /// `origin` + the path, a Kerberos ticket is for `HTTP@` its host. A
-    /// request whose URI names its own scheme and host keeps them.
+    /// (`https://ratings.default.svc.cluster.local:9080`) and carry a path
+    /// only: a DPoP proof names `origin` + the path, a Kerberos ticket is
+    /// for `HTTP@` its host. Give the origin as the server sees it: `https`
+    /// over TLS, even where the channel's own endpoint says `http` (a
+    /// tonic `Channel` with a TLS connector of its own), or the server
+    /// refuses every proof. A request whose URI names its own scheme and
+    /// host keeps them.
     ///
     /// # Errors
     /// [`ClientError::Config`] when `origin` is not `http(s)://host[:port]`.

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::endpoint::DpopNonces;
 use crate::{ClientCredentials, TokenExchange};
 
 /// What [`Credentials::apply`](crate::Credentials::apply) (and
@@ -35,6 +36,9 @@ pub struct Sent {
     cached: Option<Cached>,
     /// Where a `reqwest` request carried it, when known.
     to: Option<reqwest::Url>,
+    /// A DPoP proof went with it, of a call to this `htu`: the server's
+    /// nonce in the answer goes in the key's next proofs to it.
+    proved: Option<(Arc<DpopNonces>, String)>,
 }
 
 /// A cached token that went out, and where it is cached.
@@ -49,7 +53,7 @@ impl Sent {
     pub(crate) fn own(grant: &ClientCredentials, value: &http::HeaderValue) -> Self {
         Self {
             cached: Some(Cached::Own(grant.clone(), value.clone())),
-            to: None,
+            ..Self::default()
         }
     }
 
@@ -61,8 +65,15 @@ impl Sent {
                 Arc::clone(caller),
                 value.clone(),
             )),
-            to: None,
+            ..Self::default()
         }
+    }
+
+    /// The same, with a DPoP proof of a call to `htu` made with the key
+    /// whose servers' nonces are `nonces`.
+    pub(crate) fn proved(mut self, nonces: &Arc<DpopNonces>, htu: &str) -> Self {
+        self.proved = Some((Arc::clone(nonces), htu.to_owned()));
+        self
     }
 
     /// The same, sent to `url` (when a cached token was).
@@ -74,8 +85,12 @@ impl Sent {
     }
 
     /// Tells the credential how the upstream answered the call: its status
-    /// and headers (`WWW-Authenticate`).
+    /// and headers (`WWW-Authenticate`; a `DPoP-Nonce`, which the key's
+    /// next proofs to that server carry).
     pub fn answered(&self, status: http::StatusCode, headers: &http::HeaderMap) {
+        if let Some((nonces, htu)) = &self.proved {
+            nonces.keep(htu, headers);
+        }
         let Some(cached) = &self.cached else { return };
         if !refuses_token(status, headers) {
             return;

@@ -159,7 +159,13 @@ impl Credentials {
         let granted = |g: &Granted, sent: Sent| {
             match (&g.dpop, call) {
             (None, _) => Ok(Some((g.value.clone(), None, sent))),
-            (Some(_), Some((method, htu))) => Ok(Some((g.value.clone(), g.proof(method, htu), sent))),
+            (Some(_), Some((method, htu))) => {
+                let sent = match g.nonces() {
+                    Some(nonces) => sent.proved(nonces, htu),
+                    None => sent,
+                };
+                Ok(Some((g.value.clone(), g.proof(method, htu), sent)))
+            }
             (Some(_), None) => Err(ClientError::Config(
                 "a DPoP-bound token is sent with a proof of the call: use Credentials::apply_request, Upstreams::apply or CredentialsLayer, which know the call's method and URI".into(),
             )),

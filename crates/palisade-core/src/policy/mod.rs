@@ -475,7 +475,11 @@ impl Document {
                             [&o.paths, &o.not_paths],
                         ));
                     }
-                    out.extend(head_left_out(p.action, ri, rule.to.as_deref().unwrap_or_default()));
+                    out.extend(head_left_out(
+                        p.action,
+                        ri,
+                        rule.to.as_deref().unwrap_or_default(),
+                    ));
                     out.extend(crate::authz::compile::hosts_without_port(p.action, ri, rule));
                 }
             }
