@@ -282,6 +282,13 @@ impl Kerberos {
                 "the KDC did not answer a moment ago: no Kerberos ticket is asked for now".into(),
             ));
         }
+        // A blocking thread and a timer need a Tokio runtime with its time
+        // driver: without one, an error rather than a panic.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return Err(ClientError::Config(
+                "a Kerberos ticket is asked for inside a Tokio runtime only".into(),
+            ));
+        };
         let deadline = tokio::time::Instant::now() + self.kdc_timeout;
         let calls = self.calls.clone();
         // Whether the call got its turn: a timeout before it is a queue's,
@@ -294,12 +301,13 @@ impl Kerberos {
                 // this future by far.
                 let permit = calls.acquire_owned().await.ok()?;
                 started.store(true, Ordering::Relaxed);
-                tokio::task::spawn_blocking(move || {
-                    let _held = permit;
-                    work()
-                })
-                .await
-                .ok()
+                runtime
+                    .spawn_blocking(move || {
+                        let _held = permit;
+                        work()
+                    })
+                    .await
+                    .ok()
             }
         };
         match tokio::time::timeout_at(deadline, ticket).await {

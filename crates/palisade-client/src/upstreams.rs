@@ -381,7 +381,12 @@ impl Upstreams {
         req: &mut reqwest::Request,
         caller: Option<&CallerToken>,
     ) -> Result<Sent, ClientError> {
-        let credentials = self.for_call(Some(req.url().scheme()), req.url().host_str().unwrap_or_default());
+        // A URL without a host gets nothing, as `authorization` refuses it.
+        let host = req
+            .url()
+            .host_str()
+            .ok_or_else(|| ClientError::Config("the request's URL names no host".into()))?;
+        let credentials = self.for_call(Some(req.url().scheme()), host);
         credentials.apply_request(req, None, caller).await
     }
 }
@@ -389,6 +394,29 @@ impl Upstreams {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A URL without a host gets no credential, not the `*` entry's.
+    #[tokio::test]
+    async fn a_url_without_a_host_gets_nothing() {
+        let upstreams = Upstreams::builder().host("*", Credentials::Caller).build();
+        let caller = CallerToken::from_headers(&{
+            let mut h = http::HeaderMap::new();
+            h.insert(http::header::AUTHORIZATION, "Bearer t".parse().unwrap());
+            h
+        });
+        let client = reqwest::Client::new();
+        // reqwest builds none, and sends none; made by hand.
+        let mut req = reqwest::Request::new(
+            reqwest::Method::GET,
+            reqwest::Url::parse("file:///etc/hosts").unwrap(),
+        );
+        let err = upstreams.apply(&mut req, caller.as_ref()).await.unwrap_err();
+        assert!(matches!(err, ClientError::Config(_)), "{err}");
+        assert!(!req.headers().contains_key(http::header::AUTHORIZATION));
+        let mut req = client.get("http://api.example/x").build().unwrap();
+        upstreams.apply(&mut req, caller.as_ref()).await.unwrap();
+        assert!(req.headers().contains_key(http::header::AUTHORIZATION));
+    }
 
     #[test]
     fn a_star_entry_that_sends_a_token_is_said_out_loud() {

@@ -714,12 +714,12 @@ impl ProviderBuilder {
             i.check(&self.issuer)?;
         }
         if plain_http_elsewhere(&self.issuer) {
-            tracing::warn!(target: "palisade::jwt", issuer = %self.issuer, "issuer uses plain http: keys can be tampered with in transit");
+            tracing::warn!(target: "palisade::jwt", issuer = %url_without_credentials(&self.issuer), "issuer uses plain http: keys can be tampered with in transit");
         }
         if let JwksSource::Uri(uri) = &self.jwks
             && plain_http_elsewhere(uri)
         {
-            tracing::warn!(target: "palisade::jwt", issuer = %self.issuer, jwks_uri = %url_without_credentials(uri), "JWKS URI uses plain http: keys can be tampered with in transit");
+            tracing::warn!(target: "palisade::jwt", issuer = %url_without_credentials(&self.issuer), jwks_uri = %url_without_credentials(uri), "JWKS URI uses plain http: keys can be tampered with in transit");
         }
         Ok(Provider {
             issuer: self.issuer,

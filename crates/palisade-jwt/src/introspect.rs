@@ -214,7 +214,7 @@ impl Introspection {
                 )));
             }
             if palisade_core::syntax::plain_http_elsewhere(e) {
-                tracing::warn!(target: LOG, issuer, endpoint = %url_without_credentials(e), "introspection over plain http: the client secret and tokens cross the network in clear");
+                tracing::warn!(target: LOG, issuer = %url_without_credentials(issuer), endpoint = %url_without_credentials(e), "introspection over plain http: the client secret and tokens cross the network in clear");
             }
         }
         if self.max_concurrent_calls == 0 {
