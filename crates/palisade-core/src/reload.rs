@@ -76,7 +76,18 @@ struct Inner {
     /// two looks in a row see the same contents, so a file caught halfway
     /// through a rewrite in place is never put in force.
     settling: Mutex<Option<u64>>,
+    /// Since when the watch has not been able to read the file, if it has
+    /// not; said once it has failed for [`UNREADABLE_AFTER`], then once a
+    /// minute while it lasts.
+    unreadable: Mutex<Option<Instant>>,
+    unreadable_said: crate::logging::Sparse,
+    unreadable_after: Duration,
 }
+
+/// How long the watch finds the file unreadable (missing, not allowed, a
+/// directory) before saying so: a file replaced by a rename is missing for
+/// a moment, which is no change.
+const UNREADABLE_AFTER: Duration = Duration::from_secs(5);
 
 /// What a reloader last did.
 #[derive(Default)]
@@ -134,7 +145,18 @@ impl PolicyReloader {
             last: Mutex::new(last),
             retry_after: RETRY_AFTER,
             settling: Mutex::new(None),
+            unreadable: Mutex::new(None),
+            unreadable_said: crate::logging::Sparse::per_minute(),
+            unreadable_after: UNREADABLE_AFTER,
         }))
+    }
+
+    #[cfg(test)]
+    fn unreadable_after(mut self, pause: Duration) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.0) {
+            inner.unreadable_after = pause;
+        }
+        self
     }
 
     #[cfg(test)]
@@ -193,7 +215,13 @@ impl PolicyReloader {
             before = now;
             if same || before.is_err() {
                 let mut last = self.0.last.lock().unwrap_or_else(PoisonError::into_inner);
-                return self.load(&mut last, before, false);
+                // Read again under the lock: contents another reload put in
+                // force meanwhile are not replaced by these older ones.
+                let held = read();
+                if before.is_err() || matches!((&before, &held), (Ok(a), Ok(b)) if a == b) {
+                    return self.load(&mut last, held, false);
+                }
+                before = held;
             }
         }
         refused(
@@ -216,8 +244,26 @@ impl PolicyReloader {
     /// # Errors
     /// As [`PolicyReloader::reload`].
     pub fn reload_if_changed(&self) -> Option<Result<(), PolicyError>> {
-        // A file being replaced may be missing for a moment: not a change.
-        let now = std::fs::read(&self.0.path).ok()?;
+        // A file being replaced may be missing for a moment: not a change;
+        // one that stays unreadable is said.
+        let now = match std::fs::read(&self.0.path) {
+            Ok(now) => {
+                *self.0.unreadable.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                now
+            }
+            Err(e) => {
+                let since = *self
+                    .0
+                    .unreadable
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .get_or_insert_with(Instant::now);
+                if since.elapsed() >= self.0.unreadable_after && self.0.unreadable_said.due() {
+                    tracing::error!(target: LOG_TARGET, file = %self.0.path.display(), error = %e, "the policy file cannot be read: the policy in force stays (said once a minute while it lasts)");
+                }
+                return None;
+            }
+        };
         let seen = digest(&now);
         let mut last = self.0.last.lock().unwrap_or_else(PoisonError::into_inner);
         let mut settling = self.0.settling.lock().unwrap_or_else(PoisonError::into_inner);
@@ -805,6 +851,44 @@ spec:
         reloader.reload_settled(Duration::from_millis(300), 10).unwrap();
         writer.join().unwrap();
         assert!(open(&guard));
+    }
+
+    /// A signal's reload, its contents settled, reads the file again once
+    /// it holds the reload lock: contents another reload put in force
+    /// meanwhile are not replaced by the older ones it read.
+    #[test]
+    fn a_signal_never_puts_back_contents_older_than_those_in_force() {
+        let (_dir, _file, guard, reloader) = started("older", CLOSED);
+        // Read twice the same (OPEN), then, under the lock, newer (CLOSED).
+        let mut reads = [OPEN, OPEN, CLOSED, CLOSED, CLOSED].into_iter();
+        reloader
+            .settle(Duration::from_millis(1), 5, || {
+                Ok(reads.next().unwrap_or(CLOSED).as_bytes().to_vec())
+            })
+            .unwrap();
+        assert!(!open(&guard), "the older contents were put in force");
+    }
+
+    /// A file the watch cannot read (removed, not allowed) is no change for
+    /// a moment (a rename replacing it), then said at error level, once a
+    /// minute; the policy in force stays.
+    #[test]
+    fn a_file_that_stays_unreadable_is_said() {
+        let (lines, subscriber) = palisade_testkit::logs::Lines::subscriber("warn");
+        let said = || lines.containing("cannot be read").len();
+        let (_dir, file, guard, reloader) = started("unreadable", OPEN);
+        let reloader = reloader.unreadable_after(Duration::from_millis(50));
+        tracing::subscriber::with_default(subscriber, || {
+            std::fs::remove_file(&file).unwrap();
+            assert!(reloader.reload_if_changed().is_none());
+            assert_eq!(said(), 0, "a moment is no change");
+            std::thread::sleep(Duration::from_millis(80));
+            assert!(reloader.reload_if_changed().is_none());
+            assert_eq!(said(), 1);
+            assert!(reloader.reload_if_changed().is_none());
+            assert_eq!(said(), 1, "once a minute");
+            assert!(open(&guard), "the policy in force stays");
+        });
     }
 
     #[test]
