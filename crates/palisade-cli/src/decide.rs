@@ -501,12 +501,7 @@ impl SignInRoutes {
                 spec.logout_path.as_ref(),
                 spec.backchannel_logout_path.as_ref(),
             ),
-            None if policy.keycloak_adapters().any(|(_, k)| {
-                k.bearer_only != Some(true) && (k.public_client == Some(true) || k.credentials.is_some())
-            }) =>
-            {
-                (None, None, None, None)
-            }
+            None if policy.keycloak_adapters().any(|(_, k)| k.signs_in()) => (None, None, None, None),
             None => return None,
         };
         Some(Self(vec![

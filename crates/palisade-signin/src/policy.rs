@@ -153,9 +153,7 @@ fn builder<'a>(
     connect: bool,
 ) -> Result<Option<(SignInBuilder, &'a Document)>, PolicyError> {
     let mut logins = policy.oidc_logins();
-    let keycloak = policy.keycloak_adapters().find(|(_, k)| {
-        k.bearer_only != Some(true) && (k.public_client == Some(true) || k.credentials.is_some())
-    });
+    let keycloak = policy.keycloak_adapters().find(|(_, k)| k.signs_in());
     match (logins.next(), keycloak) {
         (Some((doc, _)), _) if logins.next().is_some() => Err(policy.error_at(
             doc,

@@ -180,7 +180,36 @@ impl KeycloakAdapterConfig {
                 "verify-token-audience needs `resource`".into(),
             ));
         }
+        // Browser sign-in, which such a document turns on, needs the client
+        // id and, for a confidential client, its secret: checked for every
+        // document, whichever workload it names.
+        if self.signs_in() {
+            if self.resource.as_deref().is_none_or(|r| r.trim().is_empty()) {
+                return Err((
+                    "spec.resource".into(),
+                    "sign-in needs the client id (`resource`)".into(),
+                ));
+            }
+            let secret = self.credentials.as_ref().and_then(|c| c.get("secret"));
+            if self.public_client != Some(true)
+                && !secret
+                    .and_then(serde_json::Value::as_str)
+                    .is_some_and(|s| !s.is_empty())
+            {
+                return Err((
+                    "spec.credentials.secret".into(),
+                    "a confidential client needs its secret (Palisade takes `secret` only, not Keycloak's `jwt` client authentication)".into(),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// Whether it turns browser sign-in on, as Keycloak's adapter does: not
+    /// `bearer-only`, and a public client or one with `credentials`.
+    #[must_use]
+    pub fn signs_in(&self) -> bool {
+        self.bearer_only != Some(true) && (self.public_client == Some(true) || self.credentials.is_some())
     }
 
     /// The keys given that Palisade reads and does not apply, said aloud

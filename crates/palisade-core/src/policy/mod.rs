@@ -1187,9 +1187,7 @@ impl<'a> WorkloadPolicy<'a> {
         });
         let keycloak = self
             .keycloak_adapters()
-            .filter(|(_, k)| {
-                k.bearer_only != Some(true) && (k.public_client == Some(true) || k.credentials.is_some())
-            })
+            .filter(|(_, k)| k.signs_in())
             .map(|(d, _)| (d.resource(), SIGN_IN_COOKIE.to_owned()));
         logins.chain(keycloak).find_map(|(doc, cookie)| {
             let clash = name == cookie

@@ -1299,6 +1299,32 @@ fn values_that_match_nothing_are_said_and_values_that_cannot_work_refused() {
         load_err(&keycloak(", public-key-cache-ttl: 0")).field.as_deref(),
         Some("spec.public-key-cache-ttl")
     );
+    // Sign-in, which a document that is not bearer-only turns on, needs the
+    // client id and a confidential client's secret: checked when the file
+    // loads, whichever workload the document names.
+    for (extra, field) in [
+        (", credentials: {secrte: x}", "spec.credentials.secret"),
+        (
+            ", credentials: {jwt: {client-keystore-file: k.jks}}",
+            "spec.credentials.secret",
+        ),
+        (", credentials: {secret: 42}", "spec.credentials.secret"),
+    ] {
+        assert_eq!(
+            load_err(&keycloak(extra)).field.as_deref(),
+            Some(field),
+            "{extra}"
+        );
+    }
+    let no_resource = keycloak(", public-client: true").replace(", resource: api", "");
+    assert_eq!(load_err(&no_resource).field.as_deref(), Some("spec.resource"));
+    for fine in [
+        ", public-client: true",
+        ", credentials: {secret: s}",
+        ", bearer-only: true, credentials: {}",
+    ] {
+        PolicySet::from_yaml_str(&keycloak(fine), "f").unwrap();
+    }
     // The issuer is made of it: a host without a scheme is no issuer.
     let no_scheme = keycloak("").replace("\"https://kc.example\"", "kc.example:8443");
     let err = load_err(&no_scheme);
