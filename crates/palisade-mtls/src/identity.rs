@@ -344,11 +344,11 @@ mod tests {
         for no_svid in [
             pki.client_with_uris(&["spiffe://cluster.local"]),
             pki.signing_workload("default", "productpage"),
+            pki.ca_naming_a_workload("default", "productpage"),
         ] {
             let peer = peer_identity(&no_svid.cert_der()).unwrap();
             assert_eq!((peer.principal, peer.spiffe_id), (None, None), "{no_svid:?}");
         }
-        assert!(peer_identity(&pki.ca_der()).unwrap().principal.is_none());
         let server = pki.server(&["details.default.svc"]);
         let peer = peer_identity(&server.cert_der()).unwrap();
         assert_eq!(

@@ -323,6 +323,29 @@ impl TestPki {
         )
     }
 
+    /// A certificate naming a workload's SPIFFE ID (as
+    /// [`TestPki::workload`]) that says it is a CA (`CA:TRUE`; its key
+    /// usage digitalSignature only): no X509-SVID leaf, which a SPIFFE
+    /// verifier must refuse as an identity. Its [`TestCert::spiffe_id`]
+    /// is still the URI SAN it carries.
+    ///
+    /// # Panics
+    /// As [`TestPki::workload`].
+    #[must_use]
+    pub fn ca_naming_a_workload(&self, namespace: &str, sa: &str) -> TestCert {
+        let id = format!("spiffe://{}/ns/{namespace}/sa/{sa}", self.trust_domain);
+        let now = now();
+        self.issue_as(
+            sa,
+            vec![SanType::URI(ia5(&id, "a SPIFFE ID"))],
+            &[ExtendedKeyUsagePurpose::ClientAuth],
+            (now - Duration::hours(1), now + Duration::days(1)),
+            Some(id),
+            &[KeyUsagePurpose::DigitalSignature],
+            IsCa::Ca(BasicConstraints::Unconstrained),
+        )
+    }
+
     /// Revokes `cert`: its serial is listed by every CRL issued from now on
     /// ([`TestPki::crl_pem`]). Revoking a certificate twice lists it once.
     ///
@@ -448,6 +471,32 @@ impl TestPki {
         spiffe_id: Option<String>,
         key_usages: &[KeyUsagePurpose],
     ) -> TestCert {
+        // Explicitly not a CA: writes `CA:FALSE` and the SubjectKeyIdentifier.
+        self.issue_as(
+            common_name,
+            subject_alt_names,
+            ekus,
+            (not_before, not_after),
+            spiffe_id,
+            key_usages,
+            IsCa::ExplicitNoCa,
+        )
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the one place every test certificate is made"
+    )]
+    fn issue_as(
+        &self,
+        common_name: &str,
+        subject_alt_names: Vec<SanType>,
+        ekus: &[ExtendedKeyUsagePurpose],
+        (not_before, not_after): (OffsetDateTime, OffsetDateTime),
+        spiffe_id: Option<String>,
+        key_usages: &[KeyUsagePurpose],
+        is_ca: IsCa,
+    ) -> TestCert {
         let serial = random_serial();
         let mut params = CertificateParams::default();
         params.not_before = not_before;
@@ -456,8 +505,7 @@ impl TestPki {
         params.distinguished_name = DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, common_name);
         params.subject_alt_names = subject_alt_names;
-        // Explicitly not a CA: writes `CA:FALSE` and the SubjectKeyIdentifier.
-        params.is_ca = IsCa::ExplicitNoCa;
+        params.is_ca = is_ca;
         params.key_usages = key_usages.to_vec();
         params.extended_key_usages = ekus.to_vec();
         params.use_authority_key_identifier_extension = true;
