@@ -414,7 +414,7 @@ mod tests {
         assert!(matches!(err, ClientError::Config(_)), "{err}");
         assert!(!req.headers().contains_key(http::header::AUTHORIZATION));
         let mut req = client.get("http://api.example/x").build().unwrap();
-        upstreams.apply(&mut req, caller.as_ref()).await.unwrap();
+        let _nothing_cached = upstreams.apply(&mut req, caller.as_ref()).await.unwrap();
         assert!(req.headers().contains_key(http::header::AUTHORIZATION));
     }
 

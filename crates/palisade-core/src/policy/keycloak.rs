@@ -190,12 +190,12 @@ impl KeycloakAdapterConfig {
                     "sign-in needs the client id (`resource`)".into(),
                 ));
             }
-            let secret = self.credentials.as_ref().and_then(|c| c.get("secret"));
-            if self.public_client != Some(true)
-                && !secret
-                    .and_then(serde_json::Value::as_str)
-                    .is_some_and(|s| !s.is_empty())
-            {
+            let secret = self
+                .credentials
+                .as_ref()
+                .and_then(|c| c.get("secret"))
+                .and_then(serde_json::Value::as_str);
+            if self.public_client != Some(true) && secret.is_none_or(str::is_empty) {
                 return Err((
                     "spec.credentials.secret".into(),
                     "a confidential client needs its secret (Palisade takes `secret` only, not Keycloak's `jwt` client authentication)".into(),
