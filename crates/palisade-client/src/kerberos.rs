@@ -282,8 +282,8 @@ impl Kerberos {
                 "the KDC did not answer a moment ago: no Kerberos ticket is asked for now".into(),
             ));
         }
-        // A blocking thread and a timer need a Tokio runtime with its time
-        // driver: without one, an error rather than a panic.
+        // A blocking thread and a timer need a Tokio runtime (with its time
+        // driver): without a runtime, an error rather than a panic.
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return Err(ClientError::Config(
                 "a Kerberos ticket is asked for inside a Tokio runtime only".into(),

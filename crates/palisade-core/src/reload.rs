@@ -217,8 +217,11 @@ impl PolicyReloader {
                 let mut last = self.0.last.lock().unwrap_or_else(PoisonError::into_inner);
                 // Read again under the lock: contents another reload put in
                 // force meanwhile are not replaced by these older ones.
+                if before.is_err() {
+                    return self.load(&mut last, before, false);
+                }
                 let held = read();
-                if before.is_err() || matches!((&before, &held), (Ok(a), Ok(b)) if a == b) {
+                if matches!((&before, &held), (Ok(a), Ok(b)) if a == b) {
                     return self.load(&mut last, held, false);
                 }
                 before = held;

@@ -343,11 +343,12 @@ fn numeric_date(value: &Value) -> Option<u64> {
     value.as_number().and_then(palisade_core::syntax::numeric_date)
 }
 
-/// How many sessions of one subject are logged out one by one (each a
+/// How many sessions of one subject are ended one by one (each a
 /// revocation the store keeps until the session's absolute timeout)
-/// within an absolute timeout, by a logout here or a back-channel logout
-/// naming its `sid` and `sub`, before each further one ends every session
-/// of the subject begun before it (one revocation in place of many). Without it, a user who signs in and out in a loop fills an
+/// within an absolute timeout, by a logout here, a back-channel logout
+/// naming its `sid` and `sub` or a refresh the issuer refuses, before each
+/// further one ends every session of the subject begun before it (one
+/// revocation in place of many). Without it, a user who signs in and out in a loop fills an
 /// in-memory store's revocations (100,000 by default), after which no
 /// logout of anyone is recorded, and grows every replica's mirror of a
 /// Redis store's.
@@ -1662,25 +1663,23 @@ impl SignIn {
 
     /// Ends a session here: forgotten by this process at once, recorded as
     /// ended in the store (for every replica) until its absolute timeout.
+    /// Past [`ENDINGS_PER_SUBJECT`] of its user's, every session of the
+    /// user begun before now is ended instead
+    /// ([`subject_ended`](Self::subject_ended)), in one revocation: a
+    /// logout, or a refresh the issuer refuses (which a user can bring about
+    /// as cheaply, signed in many times, then signed out at the issuer).
     async fn end(&self, s: &Session) -> Result<(), crate::store::StoreError> {
-        let until = at(s.created_secs() + self.0.config.absolute_timeout.as_secs());
-        self.end_id(s.id.clone(), until).await
-    }
-
-    /// [`end`](Self::end) for a logout: past [`ENDINGS_PER_SUBJECT`] of its
-    /// user's, every session of the user begun before now is ended
-    /// instead ([`subject_ended`](Self::subject_ended)), in one revocation.
-    async fn log_out(&self, s: &Session) -> Result<(), crate::store::StoreError> {
         let c = &self.0.config;
-        if !self
+        if self
             .0
             .endings
             .one_more(&s.sub, now(), c.absolute_timeout.as_secs())
         {
-            return self.end(s).await;
+            self.forget_here(&s.id);
+            return self.0.store.revoke(self.subject_ended(&s.sub)).await;
         }
-        self.forget_here(&s.id);
-        self.0.store.revoke(self.subject_ended(&s.sub)).await
+        let until = at(s.created_secs() + c.absolute_timeout.as_secs());
+        self.end_id(s.id.clone(), until).await
     }
 
     /// Forgets the session of this id in this process: its cached copy and
@@ -1760,7 +1759,7 @@ impl SignIn {
             // the data) and at the issuer.
             let stored = || value.as_deref().and_then(|v| this.stored_id(v, secure));
             let ended = match &live {
-                Some(live) => this.log_out(&live.session).await,
+                Some(live) => this.end(&live.session).await,
                 None => match stored() {
                     Some(id) => {
                         let until = at(now() + this.0.config.absolute_timeout.as_secs());
@@ -2161,13 +2160,13 @@ mod tests {
         };
         let ended: Vec<Session> = (0..100).map(|n| session("mallory", n)).collect();
         for s in &ended {
-            sign_in.log_out(s).await.expect("recorded");
+            sign_in.end(s).await.expect("recorded");
         }
         assert!(ended.iter().all(revoked), "every session ended stays ended");
         let bob = session("bob", 0);
         assert!(!revoked(&bob));
         sign_in
-            .log_out(&bob)
+            .end(&bob)
             .await
             .expect("another user's logout is recorded");
         assert!(revoked(&bob));

@@ -196,7 +196,10 @@ impl AccessPolicyBuilder {
         self.push(name, Action::Allow, Some(rules.into_iter().collect()), None)
     }
 
-    /// A DENY policy with these rules.
+    /// A DENY policy with these rules: at least one, or
+    /// [`build`](Self::build) refuses it (it would deny nothing; Istio's
+    /// validation refuses it too); [`Rule::new`] alone matches every
+    /// request.
     pub fn deny(self, name: &str, rules: impl IntoIterator<Item = Rule>) -> Self {
         self.push(name, Action::Deny, Some(rules.into_iter().collect()), None)
     }
@@ -207,7 +210,8 @@ impl AccessPolicyBuilder {
     }
 
     /// A CUSTOM policy: requests its rules match are first sent to the
-    /// authorizer registered as `provider` (see [`Self::authorizers`]).
+    /// authorizer registered as `provider` (see [`Self::authorizers`]). At
+    /// least one rule, or [`build`](Self::build) refuses it.
     pub fn custom(self, name: &str, provider: &str, rules: impl IntoIterator<Item = Rule>) -> Self {
         self.push(
             name,

@@ -442,12 +442,17 @@ fn compile_rules(
 ) -> Result<Vec<CompiledRule>, FieldError> {
     let mut rules = Vec::new();
     // `spec: {}` (no rules) under ALLOW matches nothing: deny all. Under
-    // DENY it would match nothing either, which Istio refuses as
-    // meaningless (a DENY of everything is `rules: [{}]`).
-    if spec.action == Action::Deny && spec.rules.as_ref().is_none_or(Vec::is_empty) {
+    // DENY or CUSTOM it would match nothing either, which Istio's
+    // validation refuses as meaningless (`rules: [{}]` matches everything).
+    if matches!(spec.action, Action::Deny | Action::Custom) && spec.rules.as_ref().is_none_or(Vec::is_empty) {
+        let what = if spec.action == Action::Deny {
+            "a DENY policy without rules denies nothing"
+        } else {
+            "a CUSTOM policy without rules asks its authorizer nothing"
+        };
         return Err((
             "spec.rules".into(),
-            "a DENY policy without rules denies nothing (as Istio says, it is refused): write `rules: [{}]` to deny every request".into(),
+            format!("{what} (Istio's validation refuses it): write `rules: [{{}}]` for every request"),
         ));
     }
     for (ri, rule) in spec.rules.iter().flatten().enumerate() {

@@ -180,9 +180,14 @@ impl KeycloakAdapterConfig {
                 "verify-token-audience needs `resource`".into(),
             ));
         }
-        // Browser sign-in, which such a document turns on, needs the client
-        // id and, for a confidential client, its secret: checked for every
-        // document, whichever workload it names.
+        Ok(())
+    }
+
+    /// What browser sign-in needs of a document that turns it on (a policy
+    /// file's; `keycloak.json` read for bearer tokens alone needs none of
+    /// it): the client id and, for a confidential client, its secret.
+    /// Checked for every document of a file, whichever workload it names.
+    pub(super) fn check_sign_in(&self) -> Result<(), super::FieldError> {
         if self.signs_in() {
             if self.resource.as_deref().is_none_or(|r| r.trim().is_empty()) {
                 return Err((

@@ -382,7 +382,7 @@ impl Document {
             Spec::AuthorizationPolicy(s) => crate::authz::compile::check_policy(&self.metadata, s),
             Spec::PeerAuthentication(s) => s.check(),
             Spec::JwtSettings(s) => s.check(),
-            Spec::KeycloakAdapter(s) => s.check(),
+            Spec::KeycloakAdapter(s) => s.check().and_then(|()| s.check_sign_in()),
             Spec::SpnegoSettings(s) => s.check(),
             Spec::OidcLogin(s) => s.check(),
             Spec::UpstreamCredentials(s) => s.check(),

@@ -67,6 +67,7 @@ fn empty_from_or_to_and_a_deny_without_rules_fail_to_load() {
         ("  rules: [{}, {to: []}]\n", "spec.rules[1].to"),
         ("  action: DENY\n", "spec.rules"),
         ("  action: DENY\n  rules: []\n", "spec.rules"),
+        ("  action: CUSTOM\n  provider: {name: ext}\n", "spec.rules"),
     ] {
         let yaml = reviews(
             "AuthorizationPolicy",
@@ -1325,6 +1326,9 @@ fn values_that_match_nothing_are_said_and_values_that_cannot_work_refused() {
     ] {
         PolicySet::from_yaml_str(&keycloak(fine), "f").unwrap();
     }
+    // A `keycloak.json` read for bearer tokens alone needs none of it.
+    let export = r#"{"realm": "r", "auth-server-url": "https://kc.example", "resource": "api", "credentials": {"jwt": {"client-keystore-file": "k.jks"}}}"#;
+    KeycloakAdapterConfig::from_json_str(export, "keycloak.json").unwrap();
     // The issuer is made of it: a host without a scheme is no issuer.
     let no_scheme = keycloak("").replace("\"https://kc.example\"", "kc.example:8443");
     let err = load_err(&no_scheme);
