@@ -591,35 +591,48 @@ spec:
     assert_eq!(a.status, 401);
 }
 
-/// The client side: the workload's own token, asked for DPoP-bound from
-/// the issuer, proved on each call it makes (a real server on loopback).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_workloads_dpop_bound_token_is_proved_on_every_call() {
-    use palisade::client::{ClientCredentials, Credentials, Upstreams};
-    let op = start();
-    let dpop = "---
+/// A service on loopback that takes `op`'s tokens, DPoP-bound ones with
+/// the `JwtSettings.spec.dpop` given: the URL of its `/whoami`.
+async fn dpop_upstream(op: &OidcProvider, dpop: &str) -> String {
+    let dpop = format!(
+        "---
 apiVersion: palisade.dev/v1alpha1
 kind: JwtSettings
-metadata: {name: dpop, namespace: default}
+metadata: {{name: dpop, namespace: default}}
 spec:
-  dpop: {}";
-    let guard = guard(&op, JWT_AUDIENCE, &format!("    cacheTime: 1s\n{dpop}"));
+  dpop: {dpop}"
+    );
+    let guard = guard(op, JWT_AUDIENCE, &format!("    cacheTime: 1s\n{dpop}"));
     let app = axum::Router::new()
         .route("/whoami", axum::routing::get(whoami_axum))
         .layer(palisade::axum::PalisadeLayer::new(guard));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/whoami", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
 
-    let key = DpopKey::generate().unwrap();
-    let thumbprint = key.thumbprint().to_owned();
-    let own = ClientCredentials::builder(op.issuer.clone(), "palisade-test")
+/// The workload's own credential at `op`, its tokens bound to `key`.
+fn dpop_workload(op: &OidcProvider, key: DpopKey) -> palisade::client::ClientCredentials {
+    palisade::client::ClientCredentials::builder(op.issuer.clone(), "palisade-test")
         .client_secret("palisade-secret")
         .audience(JWT_AUDIENCE)
         .scopes(["read"])
         .dpop(key)
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+/// The client side: the workload's own token, asked for DPoP-bound from
+/// the issuer, proved on each call it makes (a real server on loopback).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workloads_dpop_bound_token_is_proved_on_every_call() {
+    use palisade::client::{Credentials, Upstreams};
+    let op = start();
+    let url = dpop_upstream(&op, "{}").await;
+    let key = DpopKey::generate().unwrap();
+    let thumbprint = key.thumbprint().to_owned();
+    let own = dpop_workload(&op, key);
     assert!(own.authorization().await.unwrap().starts_with("DPoP "));
     let upstreams = Upstreams::builder()
         .host("127.0.0.1", Credentials::ClientCredentials(own.clone()))
@@ -707,28 +720,10 @@ spec:
 /// keeps the token (a nonce refusal is no refusal of the token).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_workloads_proofs_carry_the_upstreams_nonce_once_it_gave_one() {
-    use palisade::client::{ClientCredentials, Credentials, Upstreams};
+    use palisade::client::{Credentials, Upstreams};
     let op = start();
-    let dpop = "---
-apiVersion: palisade.dev/v1alpha1
-kind: JwtSettings
-metadata: {name: dpop, namespace: default}
-spec:
-  dpop: {requireNonce: true}";
-    let guard = guard(&op, JWT_AUDIENCE, &format!("    cacheTime: 1s\n{dpop}"));
-    let app = axum::Router::new()
-        .route("/whoami", axum::routing::get(whoami_axum))
-        .layer(palisade::axum::PalisadeLayer::new(guard));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/whoami", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let own = ClientCredentials::builder(op.issuer.clone(), "palisade-test")
-        .client_secret("palisade-secret")
-        .audience(JWT_AUDIENCE)
-        .scopes(["read"])
-        .dpop(DpopKey::generate().unwrap())
-        .build()
-        .unwrap();
+    let url = dpop_upstream(&op, "{requireNonce: true}").await;
+    let own = dpop_workload(&op, DpopKey::generate().unwrap());
     let upstreams = Upstreams::builder()
         .host("127.0.0.1", Credentials::ClientCredentials(own.clone()))
         .build();

@@ -304,22 +304,15 @@ impl TestPki {
     /// As [`TestPki::workload`].
     #[must_use]
     pub fn signing_workload(&self, namespace: &str, sa: &str) -> TestCert {
-        let id = format!("spiffe://{}/ns/{namespace}/sa/{sa}", self.trust_domain);
-        let now = now();
-        self.issue_with(
+        self.workload_as(
+            namespace,
             sa,
-            vec![SanType::URI(ia5(&id, "a SPIFFE ID"))],
-            &[
-                ExtendedKeyUsagePurpose::ClientAuth,
-                ExtendedKeyUsagePurpose::ServerAuth,
-            ],
-            (now - Duration::hours(1), now + Duration::days(1)),
-            Some(id),
             &[
                 KeyUsagePurpose::DigitalSignature,
                 KeyUsagePurpose::KeyCertSign,
                 KeyUsagePurpose::CrlSign,
             ],
+            IsCa::ExplicitNoCa,
         )
     }
 
@@ -333,16 +326,36 @@ impl TestPki {
     /// As [`TestPki::workload`].
     #[must_use]
     pub fn ca_naming_a_workload(&self, namespace: &str, sa: &str) -> TestCert {
+        self.workload_as(
+            namespace,
+            sa,
+            &[KeyUsagePurpose::DigitalSignature],
+            IsCa::Ca(BasicConstraints::Unconstrained),
+        )
+    }
+
+    /// A workload certificate as [`TestPki::workload`]'s, with these key
+    /// usages and basic constraints.
+    fn workload_as(
+        &self,
+        namespace: &str,
+        sa: &str,
+        key_usages: &[KeyUsagePurpose],
+        is_ca: IsCa,
+    ) -> TestCert {
         let id = format!("spiffe://{}/ns/{namespace}/sa/{sa}", self.trust_domain);
         let now = now();
         self.issue_as(
             sa,
             vec![SanType::URI(ia5(&id, "a SPIFFE ID"))],
-            &[ExtendedKeyUsagePurpose::ClientAuth],
+            &[
+                ExtendedKeyUsagePurpose::ClientAuth,
+                ExtendedKeyUsagePurpose::ServerAuth,
+            ],
             (now - Duration::hours(1), now + Duration::days(1)),
             Some(id),
-            &[KeyUsagePurpose::DigitalSignature],
-            IsCa::Ca(BasicConstraints::Unconstrained),
+            key_usages,
+            is_ca,
         )
     }
 
@@ -444,6 +457,8 @@ impl TestPki {
         )
     }
 
+    /// A leaf certificate of the CA, explicitly not a CA itself (`CA:FALSE`
+    /// and the SubjectKeyIdentifier), key usage digitalSignature.
     fn issue(
         &self,
         common_name: &str,
@@ -452,33 +467,13 @@ impl TestPki {
         validity: (OffsetDateTime, OffsetDateTime),
         spiffe_id: Option<String>,
     ) -> TestCert {
-        self.issue_with(
+        self.issue_as(
             common_name,
             subject_alt_names,
             ekus,
             validity,
             spiffe_id,
             &[KeyUsagePurpose::DigitalSignature],
-        )
-    }
-
-    fn issue_with(
-        &self,
-        common_name: &str,
-        subject_alt_names: Vec<SanType>,
-        ekus: &[ExtendedKeyUsagePurpose],
-        (not_before, not_after): (OffsetDateTime, OffsetDateTime),
-        spiffe_id: Option<String>,
-        key_usages: &[KeyUsagePurpose],
-    ) -> TestCert {
-        // Explicitly not a CA: writes `CA:FALSE` and the SubjectKeyIdentifier.
-        self.issue_as(
-            common_name,
-            subject_alt_names,
-            ekus,
-            (not_before, not_after),
-            spiffe_id,
-            key_usages,
             IsCa::ExplicitNoCa,
         )
     }
