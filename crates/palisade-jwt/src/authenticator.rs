@@ -1337,12 +1337,12 @@ impl JwtAuthenticator {
                     Ok(Some(f)) => (Some(Arc::clone(&f.store)), Some(f)),
                     Ok(None) => {
                         if stores.throttled.due() {
-                            tracing::warn!(target: LOG, issuer = %cfg.issuer, per_second = TENANT_STARTS_PER_SECOND, "tokens name new tenants faster than their keys may be fetched: theirs are refused until the rate allows (said once a minute)");
+                            tracing::warn!(target: LOG, issuer = %palisade_core::syntax::url_without_credentials(&cfg.issuer), per_second = TENANT_STARTS_PER_SECOND, "tokens name new tenants faster than their keys may be fetched: theirs are refused until the rate allows (said once a minute)");
                         }
                         return Err(JwtError::KeysUnavailable);
                     }
                     Err(e) => {
-                        tracing::error!(target: LOG, issuer = iss, error = %e, "cannot fetch the tenant's keys");
+                        tracing::error!(target: LOG, issuer = %palisade_core::syntax::url_without_credentials(iss), error = %e, "cannot fetch the tenant's keys");
                         return Err(JwtError::KeysUnavailable);
                     }
                 }

@@ -394,7 +394,7 @@ impl DangerousProviderBuilder {
     /// `verify-token-audience: false`). Any service of the realm can then
     /// replay its tokens here.
     pub fn accept_any_audience(mut self) -> ProviderBuilder {
-        tracing::warn!(target: "palisade::jwt", issuer = %self.0.issuer, "token audience is NOT verified (accept_any_audience)");
+        tracing::warn!(target: "palisade::jwt", issuer = %url_without_credentials(&self.0.issuer), "token audience is NOT verified (accept_any_audience)");
         self.0.any_audience = true;
         self.0
     }
@@ -405,7 +405,7 @@ impl DangerousProviderBuilder {
     /// Connect Back-Channel Logout tokens, which may carry only `sid`:
     /// check what such a token must name yourself.
     pub fn subject_optional(mut self) -> ProviderBuilder {
-        tracing::info!(target: "palisade::jwt", issuer = %self.0.issuer, "tokens without a subject are accepted (subject_optional)");
+        tracing::info!(target: "palisade::jwt", issuer = %url_without_credentials(&self.0.issuer), "tokens without a subject are accepted (subject_optional)");
         self.0.require_subject = false;
         self.0
     }
@@ -418,7 +418,7 @@ impl DangerousProviderBuilder {
     /// default (RFC 8725 §3.11: an ID token is no access token). Only for
     /// verifiers of those tokens, which check their own claims.
     pub fn any_token_kind(mut self) -> ProviderBuilder {
-        tracing::info!(target: "palisade::jwt", issuer = %self.0.issuer, "tokens of any kind are accepted, ID and logout tokens too (any_token_kind)");
+        tracing::info!(target: "palisade::jwt", issuer = %url_without_credentials(&self.0.issuer), "tokens of any kind are accepted, ID and logout tokens too (any_token_kind)");
         self.0.any_token_kind = true;
         self.0
     }
@@ -437,7 +437,7 @@ impl DangerousProviderBuilder {
     /// than 32 bytes, with [`ConfigError::WeakHmacSecret`]. Using a secret
     /// is logged at warn level (the issuer, never the secret).
     pub fn hmac_secret(mut self, secret: impl Into<Vec<u8>>) -> ProviderBuilder {
-        tracing::warn!(target: "palisade::jwt", issuer = %self.0.issuer, "tokens are verified with a shared HMAC secret (hmac_secret)");
+        tracing::warn!(target: "palisade::jwt", issuer = %url_without_credentials(&self.0.issuer), "tokens are verified with a shared HMAC secret (hmac_secret)");
         let secret = secret.into();
         let fits: Vec<Algorithm> = HMAC
             .into_iter()

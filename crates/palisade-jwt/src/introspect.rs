@@ -223,7 +223,7 @@ impl Introspection {
             )));
         }
         if let Some(stale) = self.stale_for {
-            tracing::warn!(target: LOG, issuer, stale_for = ?stale, "introspection answers are served stale while the endpoint is unreachable: revoked tokens stay accepted meanwhile");
+            tracing::warn!(target: LOG, issuer = %url_without_credentials(issuer), stale_for = ?stale, "introspection answers are served stale while the endpoint is unreachable: revoked tokens stay accepted meanwhile");
         }
         Ok(())
     }
@@ -408,7 +408,7 @@ impl Introspector {
                 // The metric counts it; a line per refused token would let
                 // the flood fill the logs too.
                 self.failure.increment(1);
-                tracing::debug!(target: LOG, issuer = %self.issuer, "token introspection refused: too many calls waiting");
+                tracing::debug!(target: LOG, issuer = %palisade_core::syntax::url_without_credentials(&self.issuer), "token introspection refused: too many calls waiting");
                 return Err(JwtError::IntrospectionUnavailable);
             } else {
                 let (tx, rx) = watch::channel(None);
@@ -462,16 +462,16 @@ impl Introspector {
                     .filter(|old| now < old.keep_until && old.outcome.is_ok());
                 if let Some(old) = stale {
                     if first {
-                        tracing::warn!(target: LOG, issuer = %self.issuer, error = %reason, "token introspection failed: serving the last answers (serve_stale_when_unreachable)");
+                        tracing::warn!(target: LOG, issuer = %palisade_core::syntax::url_without_credentials(&self.issuer), error = %reason, "token introspection failed: serving the last answers (serve_stale_when_unreachable)");
                     } else {
-                        tracing::debug!(target: LOG, issuer = %self.issuer, error = %reason, "token introspection failed: serving the last answer");
+                        tracing::debug!(target: LOG, issuer = %palisade_core::syntax::url_without_credentials(&self.issuer), error = %reason, "token introspection failed: serving the last answer");
                     }
                     return old.outcome.clone();
                 }
                 if first {
-                    tracing::warn!(target: LOG, issuer = %self.issuer, error = %reason, "token introspection failed: tokens refused until it answers again");
+                    tracing::warn!(target: LOG, issuer = %palisade_core::syntax::url_without_credentials(&self.issuer), error = %reason, "token introspection failed: tokens refused until it answers again");
                 } else {
-                    tracing::debug!(target: LOG, issuer = %self.issuer, error = %reason, "token introspection failed: token refused");
+                    tracing::debug!(target: LOG, issuer = %palisade_core::syntax::url_without_credentials(&self.issuer), error = %reason, "token introspection failed: token refused");
                 }
                 return Err(JwtError::IntrospectionUnavailable);
             }
@@ -483,7 +483,7 @@ impl Introspector {
             warned
         };
         if recovered {
-            tracing::info!(target: LOG, issuer = %self.issuer, "token introspection answers again");
+            tracing::info!(target: LOG, issuer = %palisade_core::syntax::url_without_credentials(&self.issuer), "token introspection answers again");
         }
         let now = now_secs();
         let outcome = convert(answer).map(Arc::new);
@@ -504,7 +504,7 @@ impl Introspector {
             }
             Err(e) => {
                 self.inactive.increment(1);
-                tracing::debug!(target: LOG, issuer = %self.issuer, reason = %e, "introspected token refused");
+                tracing::debug!(target: LOG, issuer = %palisade_core::syntax::url_without_credentials(&self.issuer), reason = %e, "introspected token refused");
                 let until = now + self.cfg.negative_cache_time.as_secs_f64();
                 Answer {
                     outcome: outcome.clone(),

@@ -176,7 +176,7 @@ pub(crate) fn parse_jwks(issuer: &str, bytes: &[u8]) -> Result<KeySet, String> {
             Ok(k) => out.push(k),
             Err(Skip::Unusable(why)) => {
                 let kid = jwk.get("kid").and_then(|k| k.as_str()).unwrap_or("");
-                tracing::debug!(target: LOG, issuer, index = i, kid, why, "JWK skipped");
+                tracing::debug!(target: LOG, issuer = %palisade_core::syntax::url_without_credentials(issuer), index = i, kid, why, "JWK skipped");
             }
             Err(Skip::Weak(weakness)) => {
                 let kid = jwk.get("kid").and_then(|k| k.as_str()).unwrap_or("");
@@ -207,9 +207,9 @@ fn warn_weak_key(issuer: &str, kid: &str, material: &str, weakness: RsaWeakness)
     };
     let why = weakness.reason();
     if first {
-        tracing::warn!(target: LOG, issuer, kid, why, "weak signing key refused: tokens it signs are refused as signed by an unknown key");
+        tracing::warn!(target: LOG, issuer = %palisade_core::syntax::url_without_credentials(issuer), kid, why, "weak signing key refused: tokens it signs are refused as signed by an unknown key");
     } else {
-        tracing::debug!(target: LOG, issuer, kid, why, "weak signing key refused");
+        tracing::debug!(target: LOG, issuer = %palisade_core::syntax::url_without_credentials(issuer), kid, why, "weak signing key refused");
     }
 }
 
@@ -703,7 +703,7 @@ async fn run_store(store: Arc<KeyStore>, source: JwksSource) {
     let client = match off_the_jwks_thread(move || http_client(&settings)).await {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!(target: LOG, issuer = %store.issuer, error = %e, "JWKS fetching disabled");
+            tracing::error!(target: LOG, issuer = %palisade_core::syntax::url_without_credentials(&store.issuer), error = %e, "JWKS fetching disabled");
             return;
         }
     };
@@ -753,7 +753,7 @@ async fn run_store(store: Arc<KeyStore>, source: JwksSource) {
                 next_refresh = tokio::time::Instant::now() + ttl.mul_f64(0.75);
                 backoff = Duration::from_secs(1);
                 if healthy != Some(true) {
-                    tracing::info!(target: LOG, issuer = %store.issuer, keys = count, "JWKS loaded");
+                    tracing::info!(target: LOG, issuer = %palisade_core::syntax::url_without_credentials(&store.issuer), keys = count, "JWKS loaded");
                 }
                 healthy = Some(true);
                 last_good = Some(Instant::now());
@@ -761,11 +761,11 @@ async fn run_store(store: Arc<KeyStore>, source: JwksSource) {
             Err(e) => {
                 let cached = store.current.load().keys.len();
                 if healthy != Some(false) {
-                    tracing::warn!(target: LOG, issuer = %store.issuer, error = %e, cached_keys = cached, "JWKS fetch failed; keeping the last good keys and retrying with backoff");
+                    tracing::warn!(target: LOG, issuer = %palisade_core::syntax::url_without_credentials(&store.issuer), error = %e, cached_keys = cached, "JWKS fetch failed; keeping the last good keys and retrying with backoff");
                 }
                 healthy = Some(false);
                 if last_good.is_none_or(|t| t.elapsed() > s.max_stale) && cached > 0 {
-                    tracing::error!(target: LOG, issuer = %store.issuer, "cached JWKS older than max_stale dropped: tokens of this issuer now fail");
+                    tracing::error!(target: LOG, issuer = %palisade_core::syntax::url_without_credentials(&store.issuer), "cached JWKS older than max_stale dropped: tokens of this issuer now fail");
                     store.replace(KeySet::default());
                 }
                 next_refresh = tokio::time::Instant::now() + backoff;
