@@ -32,29 +32,33 @@ pub(crate) fn run(file: &Path) -> Report {
     };
     let named = workloads::named(&set);
     let authorizers = ExternalAuthorizers::stand_ins(&set);
-    // Each problem once, with the workloads it was found for.
+    // Each problem once, with the workloads it was found for; what building
+    // the workloads' guards says aloud (a relaxation), each once.
     let mut problems: Vec<(String, Vec<String>)> = Vec::new();
-    for workload in &named {
-        for e in palisade::policy_problems(&set, workload, &authorizers) {
-            let line = e.to_string();
-            match problems.iter_mut().find(|(l, _)| *l == line) {
-                Some((_, ws)) => ws.push(label(workload)),
-                None => problems.push((line, vec![label(workload)])),
+    let ((), said) = said_while(|| {
+        for workload in &named {
+            for e in palisade::policy_problems(&set, workload, &authorizers) {
+                let line = e.to_string();
+                match problems.iter_mut().find(|(l, _)| *l == line) {
+                    Some((_, ws)) => ws.push(label(workload)),
+                    None => problems.push((line, vec![label(workload)])),
+                }
             }
         }
-    }
+    });
     if problems.is_empty() {
         let names: Vec<String> = named.iter().map(label).collect();
         let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
         // What loads but does nothing in process (a Gateway target), and
         // what a workload ignores (each once).
         let mut out: Vec<String> = set.warnings().iter().map(|w| format!("note: {w}")).collect();
-        for workload in &named {
-            for w in set.for_workload(workload).warnings() {
-                let note = format!("note: {w}");
-                if !out.contains(&note) {
-                    out.push(note);
-                }
+        let workloads = named.iter().flat_map(|w| set.for_workload(w).warnings());
+        for note in workloads
+            .map(|w| format!("note: {w}"))
+            .chain(said.iter().map(|w| format!("note: {w}")))
+        {
+            if !out.contains(&note) {
+                out.push(note);
             }
         }
         out.push(format!(
@@ -77,6 +81,63 @@ pub(crate) fn run(file: &Path) -> Report {
 }
 
 /// Whether `file` is a case file of `palisade test` (a top-level
+/// What Palisade says at `WARN` or above on this thread while `f` runs:
+/// the relaxations a service logs when it builds its guard (keys fetched
+/// over plain http, an explain header, a token relayed to every host), which
+/// `check` shows as notes as it shows the file's own. Each line once, its
+/// fields after the message.
+fn said_while<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    let said = Said::default();
+    let subscriber = tracing_subscriber::registry().with(said.clone());
+    let out = tracing::subscriber::with_default(subscriber, f);
+    let lines = std::mem::take(&mut *said.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    (out, lines)
+}
+
+/// The lines [`said_while`] gathers.
+#[derive(Clone, Default)]
+struct Said(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Said {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        /// The message, then `name=value` of the other fields.
+        #[derive(Default)]
+        struct Line(String, Vec<String>);
+        impl tracing::field::Visit for Line {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 = format!("{value:?}");
+                } else {
+                    self.1.push(format!("{}={value:?}", field.name()));
+                }
+            }
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                if field.name() == "message" {
+                    value.clone_into(&mut self.0);
+                } else {
+                    self.1.push(format!("{}={value}", field.name()));
+                }
+            }
+        }
+        // ERROR is the least verbose level, WARN the next.
+        if *event.metadata().level() > tracing::Level::WARN {
+            return;
+        }
+        let mut line = Line::default();
+        event.record(&mut line);
+        let text = if line.1.is_empty() {
+            line.0
+        } else {
+            format!("{} ({})", line.0, line.1.join(", "))
+        };
+        let mut said = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !said.contains(&text) {
+            said.push(text);
+        }
+    }
+}
+
 /// `cases:` key) rather than a policy file: given to `check` by mistake.
 fn looks_like_cases(file: &Path) -> bool {
     std::fs::read_to_string(file).is_ok_and(|text| text.lines().any(|l| l.starts_with("cases:")))
@@ -174,6 +235,30 @@ spec:
         assert_eq!((report.status, report.err.len()), (0, 0), "{report:?}");
         assert!(
             report.out[0].ends_with("ok: 2 documents, 1 workload: default/details"),
+            "{:?}",
+            report.out
+        );
+    }
+
+    /// What a service says aloud when it builds its guard (here: keys
+    /// fetched over plain http from another machine) is a note too.
+    #[test]
+    fn a_relaxation_said_when_a_guard_is_built_is_a_note() {
+        let report = check(
+            "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: default}
+spec:
+  jwtRules: [{issuer: https://kc.example/realms/notes, jwksUri: http://kc.example/realms/notes/certs}]
+",
+        );
+        assert_eq!((report.status, report.err.len()), (0, 0), "{report:?}");
+        assert!(
+            report
+                .out
+                .iter()
+                .any(|l| l.starts_with("note: JWKS URI uses plain http")
+                    && l.contains("jwks_uri=http://kc.example/realms/notes/certs")),
             "{:?}",
             report.out
         );
