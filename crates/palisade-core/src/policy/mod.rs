@@ -389,6 +389,15 @@ impl Document {
             Spec::ServiceRole(s) => crate::authz::rbac::check_role(s),
             Spec::ServiceRoleBinding(s) => crate::authz::rbac::check_binding(s, self.metadata.namespace()),
             Spec::DestinationRule(s) => s.check(),
+            // One per mesh, as Istio's validation has it: a team's
+            // `PERMISSIVE` one of another name would switch RBAC for all.
+            Spec::RbacConfig(_) if self.metadata.name != "default" => Err((
+                "metadata.name".into(),
+                format!(
+                    "must be `default`, not `{}` (Istio refuses any other name: one per mesh)",
+                    self.metadata.name
+                ),
+            )),
             Spec::RbacConfig(s) => s.check(),
             Spec::AuthorizationSettings(s) => s.check(),
         }

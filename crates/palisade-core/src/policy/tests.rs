@@ -1278,6 +1278,13 @@ fn values_that_match_nothing_are_said_and_values_that_cannot_work_refused() {
     let e = load_err(&header);
     assert_eq!(e.field.as_deref(), Some("spec.rules[0].when[0].key"), "{e}");
     assert!(e.message.contains("not an HTTP header name"), "{e}");
+    // One per mesh: named `default`, as Istio's validation has it.
+    for kind in ["ClusterRbacConfig", "RbacConfig"] {
+        let named = format!(
+            "apiVersion: rbac.istio.io/v1alpha1\nkind: {kind}\nmetadata: {{name: team, namespace: shop}}\nspec: {{mode: 'ON', enforcementMode: PERMISSIVE}}\n"
+        );
+        assert_eq!(load_err(&named).field.as_deref(), Some("metadata.name"), "{kind}");
+    }
     let blank = "apiVersion: rbac.istio.io/v1alpha1\nkind: ClusterRbacConfig\nmetadata: {name: default}\nspec: {mode: ON_WITH_INCLUSION, inclusion: {namespaces: [\"\"]}}\n";
     assert_eq!(
         load_err(blank).field.as_deref(),
