@@ -645,6 +645,33 @@ impl SpnegoSettingsSpec {
     }
 
     pub(super) fn check(&self) -> Result<(), FieldError> {
+        // A key that names no principal, or a realm not allowed, never
+        // matches: a typo would grant nothing without a word.
+        for (field, table) in [("roles", &self.roles), ("groups", &self.groups)] {
+            for key in table.keys() {
+                let at = format!("spec.{field}[{key}]");
+                let Some((local, realm)) = key
+                    .rsplit_once('@')
+                    .filter(|(l, r)| !l.is_empty() && !r.is_empty())
+                else {
+                    return Err((
+                        at,
+                        "must be a principal, `name@REALM`, or `*@REALM` for a whole realm".into(),
+                    ));
+                };
+                if local.contains('*') && local != "*" {
+                    return Err((at, "`*` stands for a whole realm only (`*@REALM`)".into()));
+                }
+                if !self.allowed_realms.is_empty() && !self.allowed_realms.iter().any(|r| r == realm) {
+                    return Err((
+                        at,
+                        format!(
+                            "realm `{realm}` is not among allowedRealms: it would never match (realms are compared exactly, case too)"
+                        ),
+                    ));
+                }
+            }
+        }
         if let Some(c) = &self.session_cookie {
             if c.keys.is_empty() {
                 return Err(("spec.sessionCookie.keys".into(), "give at least one key".into()));

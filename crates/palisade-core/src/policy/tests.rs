@@ -919,6 +919,40 @@ fn an_issuer_pattern_has_one_tenant() {
     assert!(err.to_string().contains("one `{tenant}`"), "{err}");
 }
 
+/// A role or group key that names no principal, or a realm the settings
+/// do not allow, never matches: refused when the file loads.
+#[test]
+fn spnego_role_keys_name_principals_of_allowed_realms() {
+    let doc = |tables: &str| {
+        format!(
+            "apiVersion: palisade.dev/v1alpha1\nkind: SpnegoSettings\nmetadata: {{name: krb}}\nspec:\n  allowedRealms: [EXAMPLE.TEST]\n{tables}"
+        )
+    };
+    for (tables, field) in [
+        ("  roles: {alice: [admin]}\n", "spec.roles[alice]"),
+        ("  roles: {'*': [admin]}\n", "spec.roles[*]"),
+        (
+            "  groups: {'@EXAMPLE.TEST': [ops]}\n",
+            "spec.groups[@EXAMPLE.TEST]",
+        ),
+        (
+            "  roles: {'a*@EXAMPLE.TEST': [admin]}\n",
+            "spec.roles[a*@EXAMPLE.TEST]",
+        ),
+        (
+            "  roles: {alice@example.test: [admin]}\n",
+            "spec.roles[alice@example.test]",
+        ),
+    ] {
+        assert_eq!(load_err(&doc(tables)).field.as_deref(), Some(field), "{tables}");
+    }
+    PolicySet::from_yaml_str(
+        &doc("  roles: {alice@EXAMPLE.TEST: [admin], '*@EXAMPLE.TEST': [user]}\n  groups: {bob@EXAMPLE.TEST: [ops]}\n"),
+        "policy.yaml",
+    )
+    .unwrap();
+}
+
 #[test]
 fn a_spnego_session_cookie_name_cannot_add_attributes() {
     let doc = |cookie: &str| {
