@@ -1466,6 +1466,20 @@ impl JwtAuthenticator {
                 return Err(JwtError::WrongType);
             }
         }
+        // A token the server calls DPoP-bound names its key (RFC 9449 §6.2:
+        // `cnf.jkt`); without one its binding cannot be checked, and it is
+        // not taken for a bearer token.
+        if claims
+            .get("token_type")
+            .and_then(Value::as_str)
+            .is_some_and(|t| t.eq_ignore_ascii_case("dpop"))
+            && !claims
+                .get("cnf")
+                .and_then(|c| c.get("jkt"))
+                .is_some_and(Value::is_string)
+        {
+            return Err(JwtError::InvalidClaim("cnf"));
+        }
         // Ory Hydra (fosite) names no `token_type` for a refresh token and
         // says what it is in `token_use`, which Ory tells resource servers
         // to check; Cognito's claims say `access` or `id` there.

@@ -771,6 +771,11 @@ mod tests {
                 JwtError::WrongType,
             ),
             (r#"[{"active":true}]"#, JwtError::IntrospectionUnavailable),
+            // DPoP-bound, its key unnamed: no bearer token.
+            (
+                r#"{"active":true,"sub":"a","aud":"api","exp":4102444800,"token_type":"DPoP"}"#,
+                JwtError::InvalidClaim("cnf"),
+            ),
         ] {
             assert_eq!(answer(body).unwrap_err(), refusal, "{body}");
         }
