@@ -348,11 +348,14 @@ fn numeric_date(value: &Value) -> Option<u64> {
 /// within an absolute timeout, by a logout here, a back-channel logout
 /// naming its `sid` and `sub` or a refresh the issuer refuses, before each
 /// further one ends every session of the subject begun before it (one
-/// revocation in place of many). Without it, a user who signs in and out in a loop fills an
-/// in-memory store's revocations (100,000 by default), after which no
-/// logout of anyone is recorded, and grows every replica's mirror of a
-/// Redis store's.
-const ENDINGS_PER_SUBJECT: u32 = 16;
+/// revocation in place of many). Without it, a user who signs in and out
+/// in a loop fills an in-memory store's revocations (100,000 by default),
+/// after which no logout of anyone is recorded, and grows every replica's
+/// mirror of a Redis store's. A thousand: far more than a person signs out
+/// in a working day (until then a logout ends its own session only, as
+/// the example services' contract says), a hundredth of the memory
+/// store's room.
+const ENDINGS_PER_SUBJECT: u32 = 1000;
 
 /// The most subjects whose endings are counted at once: past it, the
 /// counts whose window has passed go, then all (a subject forgotten
@@ -361,15 +364,27 @@ const COUNTED_SUBJECTS: usize = 10_000;
 
 /// The sessions ended one by one, per subject: how many, and when the
 /// count's window ends (Unix seconds).
-#[derive(Default)]
-struct Endings(Mutex<HashMap<String, (u32, u64)>>);
+struct Endings {
+    counts: Mutex<HashMap<String, (u32, u64)>>,
+    /// [`ENDINGS_PER_SUBJECT`], but in tests.
+    budget: std::sync::atomic::AtomicU32,
+}
+
+impl Default for Endings {
+    fn default() -> Self {
+        Self {
+            counts: Mutex::default(),
+            budget: std::sync::atomic::AtomicU32::new(ENDINGS_PER_SUBJECT),
+        }
+    }
+}
 
 impl Endings {
     /// Counts one more ending of `subject`'s sessions at `now`, in a window
     /// of `window` seconds from its first; whether it is past
     /// [`ENDINGS_PER_SUBJECT`].
     fn one_more(&self, subject: &str, now: u64, window: u64) -> bool {
-        let mut counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
         if counts.len() >= COUNTED_SUBJECTS && !counts.contains_key(subject) {
             counts.retain(|_, (_, end)| *end > now);
             if counts.len() >= COUNTED_SUBJECTS {
@@ -383,7 +398,7 @@ impl Endings {
             (*count, *end) = (0, now.saturating_add(window));
         }
         *count = count.saturating_add(1);
-        *count > ENDINGS_PER_SUBJECT
+        *count > self.budget.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -2142,6 +2157,12 @@ mod tests {
             .store(store.clone())
             .build()
             .unwrap();
+        // A budget the store's 20 can show.
+        sign_in
+            .0
+            .endings
+            .budget
+            .store(16, std::sync::atomic::Ordering::Relaxed);
         let session = |sub: &str, n: u64| Session {
             id: format!("{sub}-{n}"),
             sub: sub.into(),
