@@ -22,7 +22,7 @@ use actix_web::rt::task::JoinHandle;
 use actix_web::rt::time::{Instant, sleep_until};
 use actix_web::web::Bytes;
 use actix_web::{Error, HttpMessage as _};
-use palisade_core::adapter::{Rendering, actix_response};
+use palisade_core::adapter::{Rendering, actix_response, keeping_cookies};
 use palisade_core::limits::{BodyTimer, ServerLimits};
 
 use crate::LocalFuture;
@@ -147,7 +147,15 @@ where
             };
             // Whatever the app answered a body it could not read in time.
             let res = match why {
-                Cut::Late => res.into_response(actix_response(rendering.render(limits.body_too_slow()))),
+                Cut::Late => {
+                    // In place of the app's answer, with the cookies it set
+                    // (a session's renewal).
+                    let cookies = res.headers().get_all(actix_web::http::header::SET_COOKIE);
+                    let kept =
+                        keeping_cookies(limits.body_too_slow(), cookies.filter_map(|v| v.to_str().ok()));
+                    let instead = actix_response(rendering.render(kept));
+                    res.into_response(instead)
+                }
                 Cut::Overflow => res.map_into_boxed_body(),
             };
             // The rest of the body is not read: actix-http would read it to
@@ -545,6 +553,57 @@ mod tests {
             }
         }
         String::from_utf8(seen).unwrap()
+    }
+
+    /// A request body that never sends a byte.
+    struct Stalled;
+
+    impl futures_core::Stream for Stalled {
+        type Item = Result<actix_web::web::Bytes, actix_web::error::PayloadError>;
+
+        fn poll_next(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
+            std::task::Poll::Pending
+        }
+    }
+
+    /// The 408 in place of an answer that renewed a session cookie carries
+    /// it (the issuer has spent the refresh token the old cookie holds).
+    #[actix_web::test]
+    async fn a_late_bodys_408_keeps_the_cookies_the_answer_set() {
+        use actix_web::dev::Service as _;
+        let limits = ServerLimits::default().body_read_timeout(Duration::from_millis(100));
+        let app = test::init_service(
+            App::new()
+                .route(
+                    "/",
+                    web::post().to(|body: web::Bytes| async move { body.len().to_string() }),
+                )
+                .wrap_fn(|req, srv| {
+                    let answer = srv.call(req);
+                    async move {
+                        let mut res = answer.await?;
+                        res.headers_mut().append(
+                            actix_web::http::header::SET_COOKIE,
+                            actix_web::http::header::HeaderValue::from_static("s=new; Path=/; HttpOnly"),
+                        );
+                        Ok(res)
+                    }
+                })
+                .wrap(BodyLimit::new(limits)),
+        )
+        .await;
+        let mut req = test::TestRequest::post().uri("/").to_request();
+        *req.payload() = Payload::Stream {
+            payload: Box::pin(Stalled),
+        };
+        let res = test::call_service(&app, req).await;
+        assert_eq!(res.status().as_u16(), 408);
+        let header = |name: &str| res.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(header("set-cookie").as_deref(), Some("s=new; Path=/; HttpOnly"));
+        assert_eq!(header("cache-control").as_deref(), Some("private"));
     }
 
     /// A timeout of "no limit" (`Duration::MAX`), which actix-http and the

@@ -10,7 +10,7 @@ use axum::body::Body;
 use axum::extract::DefaultBodyLimit;
 use http::header::CONTENT_LENGTH;
 use http::{Request, Response};
-use palisade_core::adapter::{Rendering, Reply};
+use palisade_core::adapter::{Rendering, Reply, keeping_cookies};
 use palisade_core::limits::{BodyTimer, ServerLimits};
 use tower_layer::Layer;
 use tower_service::Service;
@@ -372,14 +372,21 @@ where
                 rendering,
             } => {
                 let res = ready!(fut.poll(cx))?;
+                // In place of the app's answer, with the cookies it set (a
+                // session's renewal).
+                let instead = |limit: Reply| {
+                    let cookies = res.headers().get_all(http::header::SET_COOKIE);
+                    let cookies = cookies.iter().filter_map(|v| v.to_str().ok());
+                    reply(rendering.render(keeping_cookies(limit, cookies)))
+                };
                 // Whatever the app answered a body it could not read in time.
                 if late.as_ref().is_some_and(|l| l.load(Ordering::Relaxed)) {
-                    return Poll::Ready(Ok(reply(rendering.render(limits.body_too_slow()))));
+                    return Poll::Ready(Ok(instead(limits.body_too_slow())));
                 }
                 // A gRPC call's body over the limit (its declared length is
                 // checked as it is read): a gRPC status, not axum's 413.
                 if *rendering == Rendering::Grpc && res.status() == http::StatusCode::PAYLOAD_TOO_LARGE {
-                    return Poll::Ready(Ok(reply(rendering.render(limits.body_too_large()))));
+                    return Poll::Ready(Ok(instead(limits.body_too_large())));
                 }
                 Poll::Ready(Ok(res.map(ResponseBody::inner)))
             }
@@ -476,6 +483,29 @@ mod tests {
         assert_eq!(status, 200);
         assert!(headers.get("grpc-status").is_some(), "{headers:?}");
         assert!(body.is_empty(), "{body:?}");
+    }
+
+    /// The 408 in place of an answer that renewed a session cookie carries
+    /// it (the issuer has spent the refresh token the old cookie holds).
+    #[tokio::test]
+    async fn a_late_bodys_408_keeps_the_cookies_the_answer_set() {
+        let limits = ServerLimits::default().body_read_timeout(Duration::from_millis(100));
+        let app = Router::new()
+            .route("/", any(|body: Bytes| async move { body.len().to_string() }))
+            .layer(axum::middleware::map_response(
+                |mut res: axum::response::Response| async move {
+                    res.headers_mut().append(
+                        http::header::SET_COOKIE,
+                        "s=new; Path=/; HttpOnly".parse().unwrap(),
+                    );
+                    res
+                },
+            ));
+        let req = request("POST", "text/plain").body(Body::new(Stalled)).unwrap();
+        let res = BodyLimitLayer::new(limits).layer(app).oneshot(req).await.unwrap();
+        assert_eq!(res.status(), 408);
+        assert_eq!(res.headers()["set-cookie"], "s=new; Path=/; HttpOnly");
+        assert_eq!(res.headers()["cache-control"], "private");
     }
 
     #[tokio::test]

@@ -877,6 +877,29 @@ pub fn is_sensitive_header(name: &str) -> bool {
         .any(|n| name.eq_ignore_ascii_case(n))
 }
 
+/// `reply` in place of an answer that set the cookies `replaced_cookies`
+/// (its `Set-Cookie` values), as a server's limit answers 408 or 413 after
+/// the application answered: with those cookies, and `Cache-Control:
+/// private` with them unless `reply` says `no-store` or `private`. A
+/// session's renewal must reach the browser whatever the answer: the
+/// issuer has spent the refresh token the old cookie holds.
+///
+/// ```
+/// use palisade_core::Reply;
+/// use palisade_core::adapter::keeping_cookies;
+/// let limit = Reply::problem(408, "body-timeout", "Request body timeout", "late");
+/// let kept = keeping_cookies(limit, ["s=new; Path=/; HttpOnly"]);
+/// let headers: Vec<_> = kept.headers().collect();
+/// assert!(headers.contains(&("set-cookie", "s=new; Path=/; HttpOnly")));
+/// assert!(headers.contains(&("cache-control", "private")));
+/// ```
+#[must_use]
+pub fn keeping_cookies<'h>(reply: Reply, replaced_cookies: impl IntoIterator<Item = &'h str>) -> Reply {
+    let mut cookies = replaced_cookies.into_iter().map(|c| ("set-cookie", c)).peekable();
+    let private = cookies.peek().is_some().then_some(("cache-control", "private"));
+    crate::guard::renewed(reply, cookies.chain(private))
+}
+
 /// A [`Reply`] as an `http` 1 response (axum, hyper, tonic), with the body
 /// made by `body`; the rejection and its access decision travel in the
 /// response extensions.
