@@ -1614,3 +1614,48 @@ async fn headers_that_may_carry_a_credential_are_marked_sensitive_on_both_framew
         assert_eq!(axum, actix, "{path}");
     }
 }
+
+/// An application middleware inside Palisade that answers `Err` (a
+/// validator, a rate limiter): the response actix-web makes of the error
+/// still carries Palisade's response edits (here the explain header; a
+/// renewed session cookie or a Negotiate token the same way).
+#[actix_web::test]
+async fn an_inner_error_keeps_palisades_response_edits_on_actix() {
+    use actix_web::dev::Service as _;
+    let guard = palisade::prelude::Guard::builder()
+        .allow_unauthenticated()
+        .explain_decisions_in_header()
+        .build()
+        .unwrap();
+    let app = actix_web::test::init_service(
+        App::new()
+            .route("/", web::get().to(|| async { HttpResponse::Ok().finish() }))
+            .wrap_fn(|req, srv| {
+                let refused = req.path() == "/";
+                let answer = srv.call(req);
+                async move {
+                    if refused {
+                        drop(answer);
+                        return Err(actix_web::error::ErrorTooManyRequests("slow down"));
+                    }
+                    answer.await
+                }
+            })
+            .wrap(palisade::actix::Palisade::new(guard)),
+    )
+    .await;
+    // Still an `Err` to the middlewares outside; its response, as actix-web
+    // sends it, carries the edits.
+    let err = app
+        .call(actix_web::test::TestRequest::get().uri("/").to_request())
+        .await
+        .map(drop)
+        .unwrap_err();
+    let res = err.error_response();
+    assert_eq!(res.status().as_u16(), 429);
+    assert!(
+        res.headers().contains_key("x-palisade-authz"),
+        "{:?}",
+        res.headers()
+    );
+}

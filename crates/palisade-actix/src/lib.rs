@@ -229,17 +229,17 @@ impl RequestTarget for ActixRequest<'_> {
     }
 }
 
-/// An actix-web response, as the core edits it.
-struct ActixResponse<'a, B>(&'a mut ServiceResponse<B>);
+/// An actix-web response's headers, as the core edits them.
+struct ActixResponse<'a>(&'a mut actix_web::http::header::HeaderMap);
 
-impl<B> ResponseTarget for ActixResponse<'_, B> {
+impl ResponseTarget for ActixResponse<'_> {
     fn append_header(&mut self, name: &str, value: &str) {
         if let (Ok(n), Ok(mut v)) = (
             HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_str(value),
         ) {
             v.set_sensitive(palisade_core::adapter::is_sensitive_header(name));
-            self.0.headers_mut().append(n, v);
+            self.0.append(n, v);
         }
     }
 }
@@ -293,13 +293,10 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
         use std::task::Poll;
         match self.project().kind.project() {
-            KindProj::Inner { fut, edits } => {
-                let res = match fut.poll(cx) {
-                    Poll::Ready(res) => res?,
-                    Poll::Pending => return Poll::Pending,
-                };
-                Poll::Ready(Ok(edited(res, edits.take())))
-            }
+            KindProj::Inner { fut, edits } => match fut.poll(cx) {
+                Poll::Ready(res) => Poll::Ready(answered(res, edits.take())),
+                Poll::Pending => Poll::Pending,
+            },
             KindProj::Replied { res } => match res.take() {
                 Some(res) => Poll::Ready(Ok(res)),
                 None => Poll::Ready(Err(actix_web::error::ErrorInternalServerError(
@@ -344,7 +341,7 @@ where
             Kind::Waiting {
                 fut: Box::pin(async move {
                     match admit(check.await, &mut req) {
-                        Ok(edits) => Ok(edited(service.call(req).await?, edits)),
+                        Ok(edits) => answered(service.call(req).await, edits),
                         Err(reply) => refuse(req, reply).await,
                     }
                 }),
@@ -354,10 +351,25 @@ where
     ResponseFuture { kind }
 }
 
+/// The app's answer with the core's edits: an `Err` stays one, its
+/// response (what actix-web answers it with) carrying them (a renewed
+/// session cookie, a Negotiate token) rather than lose them.
+fn answered<B>(res: Result<ServiceResponse<B>, Error>, edits: Option<ResponseEdits>) -> Answered<B> {
+    match (res, edits) {
+        (Ok(res), edits) => Ok(edited(res, edits)),
+        (Err(e), Some(edits)) => {
+            let mut response = e.error_response();
+            edits.apply(&mut ActixResponse(response.headers_mut()));
+            Err(actix_web::error::InternalError::from_response(e, response).into())
+        }
+        (Err(e), None) => Err(e),
+    }
+}
+
 /// The app's response with the core's edits, as the middlewares answer it.
 fn edited<B>(mut res: ServiceResponse<B>, edits: Option<ResponseEdits>) -> ServiceResponse<EitherBody<B>> {
     if let Some(edits) = edits {
-        edits.apply(&mut ActixResponse(&mut res));
+        edits.apply(&mut ActixResponse(res.headers_mut()));
     }
     res.map_into_left_body()
 }
