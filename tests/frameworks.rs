@@ -1659,3 +1659,40 @@ async fn an_inner_error_keeps_palisades_response_edits_on_actix() {
         res.headers()
     );
 }
+
+/// actix-web: a refused request whose body is left unread closes its
+/// connection once answered, as hyper does (actix-http would read a
+/// dropped chunked body to its end, past every limit); one without a body
+/// keeps it.
+#[actix_web::test]
+async fn a_refused_body_is_not_read_on_actix() {
+    let issuer = TestIssuer::builder().default_audience("details").start().unwrap();
+    let app = actix_web::test::init_service(
+        App::new()
+            .wrap(palisade::actix::Palisade::new(guard(&issuer)))
+            .route(
+                "/whoami",
+                web::post().to(|| async { HttpResponse::Ok().finish() }),
+            )
+            .route("/whoami", web::get().to(|| async { HttpResponse::Ok().finish() })),
+    )
+    .await;
+    let answer = |req: actix_web::test::TestRequest| {
+        let app = &app;
+        async move {
+            let res = actix_web::test::call_service(app, req.uri("/whoami").to_request()).await;
+            (res.status().as_u16(), res.response().head().connection_type())
+        }
+    };
+    let close = actix_web::http::ConnectionType::Close;
+    for req in [
+        actix_web::test::TestRequest::post().insert_header(("transfer-encoding", "chunked")),
+        actix_web::test::TestRequest::post().set_payload("a body not read"),
+    ] {
+        let (status, connection) = answer(req).await;
+        assert_eq!((status, connection), (401, close));
+    }
+    let (status, connection) = answer(actix_web::test::TestRequest::get()).await;
+    assert_eq!(status, 401);
+    assert_ne!(connection, close, "no body: the connection is kept");
+}

@@ -330,7 +330,7 @@ where
                 edits,
             },
             Err(reply) if reply.body_wanted().is_none() => Kind::Replied {
-                res: Some(req.into_response(actix_response(reply)).map_into_right_body()),
+                res: Some(refused(req, actix_response(reply))),
             },
             Err(reply) => Kind::Waiting {
                 fut: Box::pin(refuse(req, reply)),
@@ -385,7 +385,35 @@ async fn refuse<B>(mut req: ServiceRequest, reply: Reply) -> Answered<B> {
             futures_core::Stream::poll_next(Pin::new(&mut payload), cx).map(|c| c.map(|c| c.map(Some)))
         })
         .await;
-    Ok(req.into_response(actix_response(reply)).map_into_right_body())
+    req.set_payload(payload);
+    Ok(refused(req, actix_response(reply)))
+}
+
+/// `req` answered with `response`, a refusal: a request body left unread
+/// is not read after it either. It is held until the answer is sent, and
+/// the connection then closes, as hyper does; actix-http would otherwise
+/// read a dropped chunked body to its end, past every limit.
+fn refused<B>(mut req: ServiceRequest, response: actix_web::HttpResponse) -> ServiceResponse<EitherBody<B>> {
+    let headers = req.headers();
+    let has_body = headers.contains_key(actix_web::http::header::TRANSFER_ENCODING)
+        || headers
+            .get(actix_web::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|n| n > 0);
+    if !has_body {
+        return req.into_response(response).map_into_right_body();
+    }
+    let unread = req.take_payload();
+    req.into_response(response)
+        .map_body(|head, body| {
+            head.set_connection_type(actix_web::http::ConnectionType::Close);
+            actix_web::body::BoxBody::new(limit::Holding {
+                body: actix_web::body::BoxBody::new(body),
+                _unread: unread,
+            })
+        })
+        .map_into_right_body()
 }
 
 impl<S, B> Service<ServiceRequest> for PalisadeMiddleware<S>

@@ -177,9 +177,9 @@ where
 
 /// A response body that keeps the request's unread payload until it is
 /// sent.
-struct Holding {
-    body: BoxBody,
-    _unread: Payload,
+pub(crate) struct Holding {
+    pub(crate) body: BoxBody,
+    pub(crate) _unread: Payload,
 }
 
 impl MessageBody for Holding {
