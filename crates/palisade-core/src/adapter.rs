@@ -885,8 +885,7 @@ pub fn is_sensitive_header(name: &str) -> bool {
 /// issuer has spent the refresh token the old cookie holds.
 ///
 /// ```
-/// use palisade_core::Reply;
-/// use palisade_core::adapter::keeping_cookies;
+/// use palisade_core::adapter::{Reply, keeping_cookies};
 /// let limit = Reply::problem(408, "body-timeout", "Request body timeout", "late");
 /// let kept = keeping_cookies(limit, ["s=new; Path=/; HttpOnly"]);
 /// let headers: Vec<_> = kept.headers().collect();
