@@ -908,9 +908,15 @@ pub fn http_response<B>(reply: Reply, body: impl FnOnce(String) -> B) -> http::R
     let mut res = http::Response::new(body(text));
     *res.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::UNAUTHORIZED);
     for (name, value) in headers {
-        if let Ok(mut v) = http::HeaderValue::from_str(&value) {
+        // As actix-web's adapter does: a name in capitals is lowered, one
+        // or a value that HTTP cannot carry is skipped (never a panic, for
+        // a reply a third party's authenticator made).
+        if let (Ok(n), Ok(mut v)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            http::HeaderValue::from_str(&value),
+        ) {
             v.set_sensitive(is_sensitive_header(name));
-            res.headers_mut().append(name, v);
+            res.headers_mut().append(n, v);
         }
     }
     if let Some(rejection) = rejection {
@@ -1036,6 +1042,18 @@ pub fn authorize_route(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reply's header name in capitals (a third party's authenticator
+    /// may write one) is lowered on axum as on actix-web, never a panic;
+    /// one HTTP cannot carry is skipped.
+    #[cfg(feature = "axum")]
+    #[test]
+    fn a_header_name_in_capitals_is_lowered_not_a_panic() {
+        let reply = Reply::new(200).header("X-Custom", "1").header("bad name", "2");
+        let res = http_response(reply, |_| ());
+        assert_eq!(res.headers()["x-custom"], "1");
+        assert_eq!(res.headers().len(), 1, "{:?}", res.headers());
+    }
     use crate::request::OwnedRequest;
 
     /// A reply's headers that may carry a credential are marked sensitive
