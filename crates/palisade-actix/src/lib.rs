@@ -390,9 +390,7 @@ async fn refuse<B>(mut req: ServiceRequest, reply: Reply) -> Answered<B> {
 }
 
 /// `req` answered with `response`, a refusal: a request body left unread
-/// is not read after it either. It is held until the answer is sent, and
-/// the connection then closes, as hyper does; actix-http would otherwise
-/// read a dropped chunked body to its end, past every limit.
+/// is not read after it either ([`limit::closing_unread`]).
 fn refused<B>(mut req: ServiceRequest, response: actix_web::HttpResponse) -> ServiceResponse<EitherBody<B>> {
     let headers = req.headers();
     let has_body = headers.contains_key(actix_web::http::header::TRANSFER_ENCODING)
@@ -405,15 +403,7 @@ fn refused<B>(mut req: ServiceRequest, response: actix_web::HttpResponse) -> Ser
         return req.into_response(response).map_into_right_body();
     }
     let unread = req.take_payload();
-    req.into_response(response)
-        .map_body(|head, body| {
-            head.set_connection_type(actix_web::http::ConnectionType::Close);
-            actix_web::body::BoxBody::new(limit::Holding {
-                body: actix_web::body::BoxBody::new(body),
-                _unread: unread,
-            })
-        })
-        .map_into_right_body()
+    limit::closing_unread(req.into_response(response), unread).map_into_right_body()
 }
 
 impl<S, B> Service<ServiceRequest> for PalisadeMiddleware<S>

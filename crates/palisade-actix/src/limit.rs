@@ -158,28 +158,33 @@ where
                 }
                 Cut::Overflow => res.map_into_boxed_body(),
             };
-            // The rest of the body is not read: actix-http would read it to
-            // its end (a dropped chunked payload is drained) unless the
-            // payload outlives the response, which then closes the
-            // connection, as hyper does.
-            Ok(res
-                .map_body(|head, body| {
-                    head.set_connection_type(actix_web::http::ConnectionType::Close);
-                    BoxBody::new(Holding {
-                        body: BoxBody::new(body),
-                        _unread: unread,
-                    })
-                })
-                .map_into_right_body())
+            Ok(closing_unread(res, unread).map_into_right_body())
         })
     }
 }
 
+/// `res` with the request's `unread` payload held until it is sent, and
+/// the connection then closed: the rest of the body is not read. actix-http
+/// would read a dropped payload to its end (a chunked one is drained),
+/// past every limit; hyper closes the connection the same way.
+pub(crate) fn closing_unread<B: MessageBody + 'static>(
+    res: ServiceResponse<B>,
+    unread: Payload,
+) -> ServiceResponse<BoxBody> {
+    res.map_body(|head, body| {
+        head.set_connection_type(actix_web::http::ConnectionType::Close);
+        BoxBody::new(Holding {
+            body: BoxBody::new(body),
+            _unread: unread,
+        })
+    })
+}
+
 /// A response body that keeps the request's unread payload until it is
 /// sent.
-pub(crate) struct Holding {
-    pub(crate) body: BoxBody,
-    pub(crate) _unread: Payload,
+struct Holding {
+    body: BoxBody,
+    _unread: Payload,
 }
 
 impl MessageBody for Holding {

@@ -570,13 +570,9 @@ impl<K> GrantBuilder<K> {
 /// is: the client's secret goes there.
 async fn discover(http: &reqwest::Client, issuer: &str) -> Result<String, ClientError> {
     let unavailable = |e: palisade_jwt::DiscoveryError| ClientError::Unavailable(e.to_string());
-    let discovery = palisade_jwt::Discovery::fetch(http, issuer, BODY_LIMIT)
+    palisade_jwt::Discovery::fetch_endpoint(http, issuer, BODY_LIMIT, "token_endpoint")
         .await
-        .map_err(unavailable)?;
-    Ok(discovery
-        .required_endpoint("token_endpoint")
-        .map_err(unavailable)?
-        .to_owned())
+        .map_err(unavailable)
 }
 
 async fn read_limited(res: reqwest::Response) -> Result<Vec<u8>, ClientError> {

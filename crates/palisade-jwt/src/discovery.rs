@@ -71,6 +71,21 @@ impl Discovery {
         })
     }
 
+    /// [`fetch`](Self::fetch), then [`required_endpoint`](Self::required_endpoint)
+    /// `member`: for a caller that needs one endpoint of the document.
+    ///
+    /// # Errors
+    /// Those of both.
+    pub async fn fetch_endpoint(
+        client: &reqwest::Client,
+        issuer: &str,
+        max_body: usize,
+        member: &str,
+    ) -> Result<String, DiscoveryError> {
+        let discovery = Self::fetch(client, issuer, max_body).await?;
+        discovery.required_endpoint(member).map(str::to_owned)
+    }
+
     /// The endpoint the document names in `member`, if it names one: an
     /// http(s) URL, and an `https` one when the document came over `https`
     /// (a token, a code or a client's secret sent there must not leave TLS

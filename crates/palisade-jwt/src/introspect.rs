@@ -612,13 +612,15 @@ impl Introspector {
 
     /// The endpoint the issuer's discovery document names.
     async fn discover(&self, client: &reqwest::Client) -> Result<Arc<str>, String> {
-        let discovery = crate::Discovery::fetch(client, &self.issuer, self.fetch.max_body)
-            .await
-            .map_err(|e| e.to_string())?;
-        let endpoint = discovery
-            .required_endpoint("introspection_endpoint")
-            .map_err(|e| e.to_string())?;
-        Ok(endpoint.into())
+        crate::Discovery::fetch_endpoint(
+            client,
+            &self.issuer,
+            self.fetch.max_body,
+            "introspection_endpoint",
+        )
+        .await
+        .map(Into::into)
+        .map_err(|e| e.to_string())
     }
 }
 

@@ -810,18 +810,16 @@ async fn fetch_from(
     let uri = match jwks_uri {
         Some(u) => u.clone(),
         None => {
-            let discovery = crate::Discovery::fetch(client, &store.issuer, store.settings.max_body)
-                .await
-                .map_err(|e| e.to_string())?;
             // The keys come over TLS when the document did.
-            let u = discovery
-                .required_endpoint("jwks_uri")
-                .map_err(|e| e.to_string())?;
-            if palisade_core::syntax::plain_http_elsewhere(u) {
-                tracing::warn!(target: LOG, issuer = %palisade_core::syntax::url_without_credentials(&store.issuer), jwks_uri = %palisade_core::syntax::url_without_credentials(u), "the discovery document's JWKS URI uses plain http: keys can be tampered with in transit");
+            let u =
+                crate::Discovery::fetch_endpoint(client, &store.issuer, store.settings.max_body, "jwks_uri")
+                    .await
+                    .map_err(|e| e.to_string())?;
+            if palisade_core::syntax::plain_http_elsewhere(&u) {
+                tracing::warn!(target: LOG, issuer = %palisade_core::syntax::url_without_credentials(&store.issuer), jwks_uri = %palisade_core::syntax::url_without_credentials(&u), "the discovery document's JWKS URI uses plain http: keys can be tampered with in transit");
             }
-            *jwks_uri = Some(u.to_owned());
-            u.to_owned()
+            *jwks_uri = Some(u.clone());
+            u
         }
     };
     let (body, max_age) = get(client, &uri, store.settings.max_body).await?;
