@@ -584,7 +584,8 @@ fn given_twice<'d>(
 }
 
 /// The `JwtSettings` documents whose `issuer` no `jwtRules` entry and no
-/// `KeycloakAdapter` of the file has: their settings apply to no provider.
+/// `KeycloakAdapter` of the file has: their settings would apply to no
+/// provider, so the file is refused.
 fn settings_for_no_issuer(documents: &[Document]) -> Vec<(&Document, &'static str, String)> {
     let issuers: Vec<String> = documents
         .iter()
@@ -600,7 +601,7 @@ fn settings_for_no_issuer(documents: &[Document]) -> Vec<(&Document, &'static st
             Spec::JwtSettings(JwtSettingsSpec { issuer: Some(i), .. }) if !issuers.contains(i) => Some((
                 d,
                 "spec.issuer",
-                format!("no jwtRules entry or KeycloakAdapter of this file has the issuer `{i}`: these settings apply to no provider"),
+                format!("no jwtRules entry or KeycloakAdapter of this file has the issuer `{i}`: these settings would apply to no provider (is the issuer spelled as in the rule?)"),
             )),
             _ => None,
         })
@@ -905,8 +906,11 @@ impl PolicySet {
             }
             documents.push(document);
         }
-        for (document, field, message) in settings_for_no_issuer(&documents) {
-            warn(document, field, message);
+        // Settings for an issuer no rule has are a typo of one (or a rule
+        // taken out): the settings it meant to apply, some of them checks
+        // (`requiredType`, DPoP), would silently apply to nothing.
+        if let Some((document, field, message)) = settings_for_no_issuer(&documents).into_iter().next() {
+            return Err(document.error(source, field, message));
         }
         for (document, field, message) in destination_rule_warnings(&documents) {
             warn(document, field, message);

@@ -30,7 +30,9 @@ const ASYMMETRIC_ALGORITHMS: [&str; 9] = [
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[non_exhaustive]
 pub struct JwtSettingsSpec {
-    /// The issuer these settings are for; absent means every issuer.
+    /// The issuer these settings are for; absent means every issuer. A
+    /// `jwtRules` entry or `KeycloakAdapter` of the file must have this
+    /// issuer, spelled alike, or the file is refused.
     pub issuer: Option<String>,
     /// The `realm` of the `WWW-Authenticate: Bearer` challenge (a document
     /// without `issuer`).

@@ -902,7 +902,12 @@ fn jwt_settings_refuse_what_they_would_drop_or_clamp() {
         "  issuer: https://kc.example/realms/x\n  leeway: 10m\n  jwksCacheTtl: 24h\n",
         "  jwksCacheTtl: 1m\n  fetchTimeout: 1s\n  maxTokenLifetime: 1h\n",
     ] {
-        PolicySet::from_yaml_str(&doc(fine), "policy.yaml").unwrap_or_else(|e| panic!("{fine}: {e}"));
+        // With the rule the issuer's settings are for.
+        let yaml = format!(
+            "{}---\napiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: j}}\nspec:\n  jwtRules: [{{issuer: 'https://kc.example/realms/x'}}]\n",
+            doc(fine)
+        );
+        PolicySet::from_yaml_str(&yaml, "policy.yaml").unwrap_or_else(|e| panic!("{fine}: {e}"));
     }
 }
 
@@ -1082,15 +1087,29 @@ fn relaxations_and_fields_read_but_not_applied_are_warnings() {
     );
     assert!(warned(&spnego.replace("true", "false")).is_empty());
 
-    // Settings for an issuer the file never verifies; not for one it does.
+    // Settings for an issuer the file never verifies are refused (a typo
+    // would leave its checks out); for one it does, nothing is said.
     let settings = "apiVersion: palisade.dev/v1alpha1\nkind: JwtSettings\nmetadata: {name: s}\nspec: {issuer: 'https://idp.example/realms/a', leeway: 30s}\n\
                     ---\napiVersion: palisade.dev/v1alpha1\nkind: JwtSettings\nmetadata: {name: t}\nspec: {issuer: 'https://kc/realms/r', leeway: 30s}\n\
                     ---\napiVersion: palisade.dev/v1alpha1\nkind: KeycloakAdapter\nmetadata: {name: kc}\nspec: {realm: r, auth-server-url: 'https://kc/', resource: api, verify-token-audience: true}\n";
-    assert_eq!(warned(settings), [(1, "spec.issuer".into())]);
-    let ruled = format!(
-        "{settings}---\napiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: j}}\nspec:\n  jwtRules: [{{issuer: 'https://idp.example/realms/a'}}]\n"
+    let err = load_err(settings);
+    assert_eq!(
+        (err.document, err.field.as_deref()),
+        (Some(1), Some("spec.issuer")),
+        "{err}"
     );
-    assert!(warned(&ruled).is_empty());
+    assert!(err.to_string().contains("https://idp.example/realms/a"), "{err}");
+    // A trailing `/` is another issuer: a typo as much as any.
+    let ruled = |issuer: &str| {
+        format!(
+            "{settings}---\napiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: j}}\nspec:\n  jwtRules: [{{issuer: '{issuer}'}}]\n"
+        )
+    };
+    assert_eq!(
+        load_err(&ruled("https://idp.example/realms/a/")).field.as_deref(),
+        Some("spec.issuer")
+    );
+    assert!(warned(&ruled("https://idp.example/realms/a")).is_empty());
 }
 
 #[test]
@@ -1491,7 +1510,12 @@ fn a_jwt_setting_is_given_once_per_namespace_and_issuer() {
             "apiVersion: palisade.dev/v1alpha1\nkind: JwtSettings\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec: {spec}\n"
         )
     };
-    let file = |a: String, b: String| format!("{a}---\n{b}");
+    // With the rule the issuer's settings are for, last.
+    let file = |a: String, b: String| {
+        format!(
+            "{a}---\n{b}---\napiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: j}}\nspec:\n  jwtRules: [{{issuer: 'https://kc.example/realms/r'}}]\n"
+        )
+    };
     let err = load_err(&file(
         doc("a", "default", "{leeway: 10s, realm: shop}"),
         doc("b", "default", "{maxStale: 1h, leeway: 30s}"),
