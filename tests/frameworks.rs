@@ -972,6 +972,11 @@ spec:
                 400,
                 None,
             ),
+            // An escaped slash where rules read the path: a router's
+            // capture would decode it into a segment no rule saw.
+            ("an escaped slash", "/public/a%2Fb", vec![], 400, None),
+            ("an escaped slash in lower case", "/admin%2fx", auth(), 400, None),
+            ("an escaped backslash", "/public/a%5Cb", vec![], 400, None),
         ];
         for (name, target, headers, status, handler_saw) in cases {
             let a = send(axum_addr, target, &headers).await;
@@ -1007,6 +1012,9 @@ spec:
                     | "malformed escape"
                     | "the host in the target, another in Host"
                     | "another host in the target, the host in Host"
+                    | "an escaped slash"
+                    | "an escaped slash in lower case"
+                    | "an escaped backslash"
             );
             assert_eq!(explain(&a).is_some(), decided, "{name}: {a:?}");
             if status == 401 {
@@ -1046,6 +1054,21 @@ spec:
                 assert_eq!(a.body, seen_with(v, None, None), "{name}");
             }
             let b = send(actix_addr, target, &[]).await;
+            assert!(b == a || b.status == 400, "{name}: actix-web: {b:?}");
+        }
+        // Two `Host` lines (RFC 9112 §3.2: a 400), whichever comes first:
+        // the policy and the router could each read another. actix-web's
+        // parser refuses them itself (a 400 without a body), before any
+        // middleware; through axum, Palisade does.
+        for (name, hosts) in [
+            ("the allowed host first", ["public.example", "127.0.0.1"]),
+            ("the allowed host last", ["127.0.0.1", "public.example"]),
+        ] {
+            let headers: Vec<(&str, String)> = hosts.iter().map(|h| ("host", (*h).to_owned())).collect();
+            let a = send(axum_addr, "/hosted/x", &headers).await;
+            assert_eq!(a.status, 400, "{name}: {a:?}");
+            assert_eq!(a.body["status"], 400, "{name}: a problem document: {a:?}");
+            let b = send(actix_addr, "/hosted/x", &headers).await;
             assert!(b == a || b.status == 400, "{name}: actix-web: {b:?}");
         }
         // A refusal to HEAD: the GET's status and headers, no body, and no
