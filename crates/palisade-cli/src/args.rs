@@ -270,9 +270,15 @@ pub(crate) fn header(text: &str) -> Result<(String, String), String> {
         Some((name, value)) if palisade_core::syntax::is_http_token(name.trim()) => {
             Ok((name.trim().to_owned(), value.trim().to_owned()))
         }
-        _ => Err(format!(
-            "`{text}`: write NAME:VALUE, as \"x-forwarded-for: 203.0.113.9\""
+        // Not echoed: a header is where a token goes (`Bearer eyJ…` with
+        // its name left out), and this line lands in CI logs.
+        Some((name, _)) if name.len() <= 64 && !name.contains(char::is_whitespace) => Err(format!(
+            "`{name}` is not a header name: write NAME:VALUE, as \"x-forwarded-for: 203.0.113.9\""
         )),
+        _ => Err(
+            "has no header name (it is not shown: it may hold a credential): write NAME:VALUE, as \"x-forwarded-for: 203.0.113.9\""
+                .into(),
+        ),
     }
 }
 
@@ -426,6 +432,29 @@ mod tests {
                 .unwrap_err()
                 .contains("--header needs a value")
         );
+        // A header without its name is most often a credential: not shown.
+        let err = args(&[
+            "explain",
+            "f",
+            "--request",
+            "GET /",
+            "--header",
+            "Bearer eyJhbGci.e30.c2ln",
+        ])
+        .unwrap_err();
+        assert!(err.starts_with("--header has no header name"), "{err}");
+        assert!(!err.contains("eyJ"), "{err}");
+        let err = args(&[
+            "explain",
+            "f",
+            "--request",
+            "GET /",
+            "--header",
+            "x@y: secret-value",
+        ])
+        .unwrap_err();
+        assert!(err.contains("`x@y` is not a header name"), "{err}");
+        assert!(!err.contains("secret-value"), "{err}");
     }
 
     #[test]
