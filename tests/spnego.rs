@@ -350,6 +350,120 @@ async fn a_front_end_calls_a_back_end_as_the_user_by_delegation_and_by_s4u() {
     assert_eq!(status, 401);
 }
 
+/// A back-end that answers without proving it holds the service's key (RFC
+/// 4559 §5's mutual authentication): an impostor on the name the ticket is
+/// for. Its answer is not used, whatever it sends: no token, a token that
+/// is not one, or the real back-end's token replayed from another call.
+#[test]
+fn a_back_end_that_does_not_prove_itself_is_not_believed() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::{Arc, Mutex};
+    let r = realm();
+    r.realm.allow_protocol_transition("HTTP/localhost").unwrap();
+    let client = r.realm.client_env(&r.ccache);
+    let env = server_env(&r, true);
+    // The real back-end's mutual-authentication token, from a call of its own.
+    let backend = start("details", &["--keytab", &keytab(&r)], &env);
+    let (status, headers, _, _) = curl(
+        &[
+            "--negotiate",
+            "-u",
+            ":",
+            &format!("http://localhost:{}/whoami", backend.port),
+        ],
+        &client,
+    );
+    assert_eq!(status, 200);
+    let replayed = headers
+        .lines()
+        .find_map(|l| l.strip_prefix("www-authenticate: Negotiate "))
+        .expect("the back-end proves itself to curl")
+        .trim()
+        .to_owned();
+    drop(backend);
+    // The impostor answers every call 200 with what the user would be shown,
+    // and the `WWW-Authenticate` of the case under way.
+    let impostor = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = impostor.local_addr().unwrap().port();
+    let challenge: Arc<Mutex<(u16, Option<String>)>> = Arc::new(Mutex::new((200, None)));
+    let calls = Arc::new(Mutex::new(0_usize));
+    {
+        let (challenge, calls) = (challenge.clone(), calls.clone());
+        std::thread::spawn(move || {
+            for stream in impostor.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                    line.clear();
+                }
+                *calls.lock().unwrap() += 1;
+                let body = r#"{"kerberos":{"principal":"alice@EXAMPLE.TEST"}}"#;
+                let (status, extra) = {
+                    let c = challenge.lock().unwrap();
+                    let extra = c.1.as_ref().map(|c| format!("www-authenticate: {c}\r\n"));
+                    (c.0, extra.unwrap_or_default())
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n{extra}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+    }
+    let front = start(
+        "productpage",
+        &[
+            "--keytab",
+            &keytab(&r),
+            "--backend",
+            &format!("http://localhost:{port}"),
+            "--s4u-realm",
+            "EXAMPLE.TEST",
+            "--s4u-claim",
+            "preferred_username",
+        ],
+        &env,
+    );
+    let url = format!("http://localhost:{}/backend/whoami", front.port);
+    for (name, sent) in [
+        ("no token", None),
+        ("a challenge only", Some("Negotiate".to_owned())),
+        ("not a token", Some("Negotiate YWJj".to_owned())),
+        (
+            "the real back-end's token, replayed",
+            Some(format!("Negotiate {replayed}")),
+        ),
+    ] {
+        *challenge.lock().unwrap() = (200, sent);
+        let before = *calls.lock().unwrap();
+        let (status, _, body, _) = curl(&["--negotiate", "-u", ":", &url], &client);
+        assert_eq!(
+            *calls.lock().unwrap(),
+            before + 1,
+            "{name}: the impostor was called"
+        );
+        assert_eq!(status, 502, "{name}: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            v["error"], "the back-end did not prove its identity",
+            "{name}: {v}"
+        );
+        assert_eq!(v["via"], "s4u", "{name}: {v}");
+    }
+    // A failed answer need not prove anything: the caller is shown it.
+    *challenge.lock().unwrap() = (403, None);
+    let (status, _, body, _) = curl(&["--negotiate", "-u", ":", &url], &client);
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["status"], 403, "{v}");
+    // One it carries is checked all the same.
+    *challenge.lock().unwrap() = (403, Some("Negotiate YWJj".to_owned()));
+    let (status, _, body, _) = curl(&["--negotiate", "-u", ":", &url], &client);
+    assert_eq!(status, 502, "{body}");
+}
+
 #[test]
 fn mapped_roles_and_groups_reach_the_authorization_engine() {
     let r = realm();

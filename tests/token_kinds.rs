@@ -643,7 +643,7 @@ async fn the_workloads_dpop_bound_token_is_proved_on_every_call() {
         let sent = upstreams.apply(&mut req, None).await.unwrap();
         assert!(req.headers().contains_key("dpop"));
         let res = http.execute(req).await.unwrap();
-        sent.answered_by(&res);
+        sent.answered_by(&res).unwrap();
         assert_eq!(res.status(), 200);
         let body: Value = res.json().await.unwrap();
         assert_eq!(body["claims"]["cnf"]["jkt"], thumbprint.as_str());
@@ -665,7 +665,7 @@ async fn the_workloads_dpop_bound_token_is_proved_on_every_call() {
         .await
         .unwrap();
     let res = http.execute(req).await.unwrap();
-    sent.answered_by(&res);
+    sent.answered_by(&res).unwrap();
     assert_eq!(res.status(), 200, "{:?}", res.text().await);
     // A tower client whose requests carry a path only (a tonic channel's),
     // told where they go: the proof names that origin and the path.
@@ -735,7 +735,7 @@ async fn the_workloads_proofs_carry_the_upstreams_nonce_once_it_gave_one() {
         let sent = upstreams.apply(&mut req, None).await.unwrap();
         tokens.push(req.headers()["authorization"].clone());
         let res = http.execute(req).await.unwrap();
-        sent.answered_by(&res);
+        sent.answered_by(&res).unwrap();
         let challenge = res
             .headers()
             .get("www-authenticate")

@@ -41,7 +41,7 @@ async fn call(upstreams: &Upstreams, base: &str, caller: Option<&CallerToken>) -
     let mut req = client().get(format!("{base}/whoami")).build().unwrap();
     let sent = upstreams.apply(&mut req, caller).await.unwrap();
     let res = client().execute(req).await.unwrap();
-    sent.answered_by(&res);
+    sent.answered_by(&res).unwrap();
     let status = res.status().as_u16();
     (status, res.json().await.unwrap_or(Value::Null))
 }

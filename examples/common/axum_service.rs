@@ -52,7 +52,7 @@ async fn backend_whoami(backend: Arc<Backend>, auth: RequestAuth) -> axum::respo
         Err(_) => return (StatusCode::BAD_GATEWAY, "bad --backend").into_response(),
     };
     let host = req.url().host_str().map(str::to_owned);
-    match backend
+    let sent = match backend
         .credentials
         .apply(
             req.headers_mut(),
@@ -61,8 +61,8 @@ async fn backend_whoami(backend: Arc<Backend>, auth: RequestAuth) -> axum::respo
         )
         .await
     {
-        // A Kerberos ticket: nothing cached to drop on a refusal.
-        Ok(_) => {}
+        // A Kerberos ticket: the answer must prove the back-end.
+        Ok(sent) => sent,
         Err(ClientError::NoCallerToken) => return auth.missing_credential().into_response(),
         Err(e) => {
             tracing::warn!(error = %e, via, "cannot get a ticket for the back-end");
@@ -72,9 +72,17 @@ async fn backend_whoami(backend: Arc<Backend>, auth: RequestAuth) -> axum::respo
             )
                 .into_response();
         }
-    }
+    };
     match backend.client.execute(req).await {
         Ok(res) => {
+            if let Err(e) = sent.answered_by(&res) {
+                tracing::warn!(error = %e, via, "the back-end's answer is not used");
+                return (
+                    StatusCode::BAD_GATEWAY,
+                    Json(serde_json::json!({"via": via, "error": "the back-end did not prove its identity"})),
+                )
+                    .into_response();
+            }
             let status = res.status().as_u16();
             let body: serde_json::Value = res.json().await.unwrap_or(serde_json::Value::Null);
             Json(serde_json::json!({"via": via, "status": status, "backend": body})).into_response()

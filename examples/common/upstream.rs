@@ -115,8 +115,15 @@ impl Backends {
         };
         match upstream.client.execute(req).await {
             Ok(res) => {
-                // A cached token the upstream refuses is renewed.
-                sent.answered_by(&res);
+                // A cached token the upstream refuses is renewed; a
+                // Kerberos call's answer must prove the upstream.
+                if let Err(e) = sent.answered_by(&res) {
+                    tracing::warn!(upstream = name, error = %e, "the upstream's answer is not used");
+                    return Answer::failed(
+                        502,
+                        "the upstream did not prove its identity (see productpage's log)",
+                    );
+                }
                 let status = res.status().as_u16();
                 let text = match res.text().await {
                     Ok(t) => t,

@@ -1,7 +1,7 @@
-//! Why no credential could be attached.
+//! Why no credential could be attached, or an answer is not to be used.
 
-/// Why an outbound call got no credential. Messages never hold a token or
-/// a secret.
+/// Why an outbound call got no credential, or its answer is not to be
+/// used. Messages never hold a token or a secret.
 #[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
@@ -19,4 +19,9 @@ pub enum ClientError {
     /// A setting that cannot work; the message names it.
     #[error("outbound credentials: {0}")]
     Config(String),
+    /// The upstream did not prove its identity as a Kerberos call asks it
+    /// to (no mutual-authentication token, or one that does not check):
+    /// its answer must not be used.
+    #[error("the upstream's answer is not authenticated: {0}")]
+    Unproven(String),
 }

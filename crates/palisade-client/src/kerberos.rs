@@ -245,12 +245,13 @@ impl Kerberos {
         self
     }
 
-    /// The `Negotiate` value for a call to `host` as `caller`.
+    /// The Negotiate exchange of a call to `host` as `caller`: its
+    /// `Authorization` value, and the check of the upstream's answer.
     pub(crate) async fn authorization(
         &self,
         host: Option<&str>,
         caller: Option<&KerberosCaller>,
-    ) -> Result<String, ClientError> {
+    ) -> Result<palisade_spnego::Negotiation, ClientError> {
         let service = match (&self.service, host) {
             (Some(s), _) => s.clone(),
             (None, Some(h)) => format!("HTTP@{}", h.trim_start_matches('[').trim_end_matches(']')),
@@ -261,18 +262,19 @@ impl Kerberos {
             }
         };
         let caller = caller.ok_or(ClientError::NoCallerToken)?;
-        let work: Box<dyn FnOnce() -> Result<String, palisade_spnego::SpnegoError> + Send> =
-            match (&caller.delegated, &caller.principal, &self.impersonator) {
-                (Some(d), _, _) => {
-                    let (d, service) = (d.clone(), service.clone());
-                    Box::new(move || d.negotiate_header(&service))
-                }
-                (None, Some(user), Some(imp)) => {
-                    let (imp, user, service) = (imp.clone(), user.clone(), service.clone());
-                    Box::new(move || imp.negotiate_header(&user, &service))
-                }
-                _ => return Err(ClientError::NoCallerToken),
-            };
+        let work: Box<
+            dyn FnOnce() -> Result<palisade_spnego::Negotiation, palisade_spnego::SpnegoError> + Send,
+        > = match (&caller.delegated, &caller.principal, &self.impersonator) {
+            (Some(d), _, _) => {
+                let (d, service) = (d.clone(), service.clone());
+                Box::new(move || d.negotiate(&service))
+            }
+            (None, Some(user), Some(imp)) => {
+                let (imp, user, service) = (imp.clone(), user.clone(), service.clone());
+                Box::new(move || imp.negotiate(&user, &service))
+            }
+            _ => return Err(ClientError::NoCallerToken),
+        };
         let resting = || self.resting.lock().unwrap_or_else(PoisonError::into_inner);
         if resting()
             .get(&service)
@@ -401,7 +403,9 @@ mod tests {
     #[tokio::test]
     async fn a_caller_without_a_ticket_or_a_principal_s4u_can_use_is_refused_before_any_call() {
         let delegation = Kerberos::delegation();
-        let refused = |r: Result<String, ClientError>| matches!(r, Err(ClientError::NoCallerToken));
+        let refused = |r: Result<palisade_spnego::Negotiation, ClientError>| {
+            matches!(r, Err(ClientError::NoCallerToken))
+        };
         assert!(refused(delegation.authorization(Some("b.example"), None).await));
         // A principal needs S4U, which delegation-only credentials lack.
         let alice = KerberosCaller::principal("alice@EXAMPLE.TEST");

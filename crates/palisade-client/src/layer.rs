@@ -17,7 +17,9 @@ use crate::{CallerToken, ClientError, Credentials, Upstreams};
 /// with the [`ClientError`] (boxed) and is never sent; so does one whose URI
 /// names no host (a `Host` header is not trusted: it need not be where the
 /// request goes). A cached token the upstream refuses is renewed in the
-/// background ([`Sent`](crate::Sent)). For a client bound to one upstream whose
+/// background ([`Sent`](crate::Sent)); a Kerberos call's answer that does not
+/// prove the upstream's identity becomes [`ClientError::Unproven`]. For a
+/// client bound to one upstream whose
 /// requests carry only a path (a tonic `Channel`), use
 /// [`CredentialsLayer::fixed`].
 #[derive(Clone, Debug)]
@@ -160,7 +162,7 @@ where
                 .await
                 .map_err(Into::into)?;
             let res = inner.call(req).await.map_err(Into::into)?;
-            sent.answered(res.status(), res.headers());
+            sent.answered(res.status(), res.headers())?;
             Ok(res)
         })
     }

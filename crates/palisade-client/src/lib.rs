@@ -53,8 +53,9 @@
 //! let mut req = client.get("http://reviews.default.svc.cluster.local:9080/reviews/0").build()?;
 //! let sent = upstreams.apply(&mut req, CallerToken::from_headers(inbound).as_ref()).await?;
 //! let res = client.execute(req).await?;
-//! // A cached token the upstream refuses is renewed in the background.
-//! sent.answered_by(&res);
+//! // A cached token the upstream refuses is renewed in the background; a
+//! // Kerberos call's answer must prove the upstream (an error if not).
+//! sent.answered_by(&res)?;
 //! # Ok(()) }
 //! ```
 

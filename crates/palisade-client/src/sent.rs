@@ -2,9 +2,11 @@
 
 use std::fmt;
 use std::sync::Arc;
+#[cfg(feature = "spnego")]
+use std::sync::Mutex;
 
 use crate::endpoint::DpopNonces;
-use crate::{ClientCredentials, TokenExchange};
+use crate::{ClientCredentials, ClientError, TokenExchange};
 
 /// What [`Credentials::apply`](crate::Credentials::apply) (and
 /// [`Upstreams::apply`](crate::Upstreams::apply),
@@ -29,6 +31,16 @@ use crate::{ClientCredentials, TokenExchange};
 /// after [`Credentials::apply_request`](crate::Credentials::apply_request):
 /// a redirect followed elsewhere) changes nothing either.
 ///
+/// A Kerberos ticket asks the upstream to prove that it is the service the
+/// ticket is for (mutual authentication, RFC 4559 §5), and `answered`
+/// checks the proof: an answer that accepted the ticket (any status but
+/// `401` and gRPC's `UNAUTHENTICATED`) must carry `WWW-Authenticate:
+/// Negotiate <token>` made with the service's key, or `answered` returns
+/// [`ClientError::Unproven`] and the answer must not be used: over plain
+/// `http`, anyone on the path could have made it.
+/// [`CredentialsLayer`](crate::CredentialsLayer) returns that error in
+/// place of the answer. For the other credentials `answered` never fails.
+///
 /// `Debug` prints no token.
 #[derive(Clone, Default)]
 #[must_use = "tell it the upstream's answer (`answered`, `answered_by`), so that a token it refuses is renewed"]
@@ -39,6 +51,18 @@ pub struct Sent {
     /// A DPoP proof went with it, of a call to this `htu`: the server's
     /// nonce in the answer goes in the key's next proofs to it.
     proved: Option<(Arc<DpopNonces>, String)>,
+    /// A Kerberos ticket went with it: the answer must prove the service.
+    #[cfg(feature = "spnego")]
+    negotiated: Option<Arc<Mutex<Mutual>>>,
+}
+
+/// Where the check of a Kerberos call's answer stands.
+#[cfg(feature = "spnego")]
+enum Mutual {
+    /// Not yet told the answer.
+    Pending(palisade_spnego::Negotiation),
+    /// Told; the result, for a second telling.
+    Checked(Result<(), ClientError>),
 }
 
 /// A cached token that went out, and where it is cached.
@@ -69,6 +93,15 @@ impl Sent {
         }
     }
 
+    /// A Kerberos ticket sent, whose answer must complete `negotiation`.
+    #[cfg(feature = "spnego")]
+    pub(crate) fn negotiated(negotiation: palisade_spnego::Negotiation) -> Self {
+        Self {
+            negotiated: Some(Arc::new(Mutex::new(Mutual::Pending(negotiation)))),
+            ..Self::default()
+        }
+    }
+
     /// The same, with a DPoP proof of a call to `htu` made with the key
     /// whose servers' nonces are `nonces`.
     pub(crate) fn proved(mut self, nonces: &Arc<DpopNonces>, htu: &str) -> Self {
@@ -87,33 +120,93 @@ impl Sent {
     /// Tells the credential how the upstream answered the call: its status
     /// and headers (`WWW-Authenticate`; a `DPoP-Nonce`, which the key's
     /// next proofs to that server carry).
-    pub fn answered(&self, status: http::StatusCode, headers: &http::HeaderMap) {
+    ///
+    /// # Errors
+    /// [`ClientError::Unproven`] when a Kerberos call's answer does not
+    /// prove the upstream's identity (above): do not use the answer.
+    pub fn answered(&self, status: http::StatusCode, headers: &http::HeaderMap) -> Result<(), ClientError> {
         if let Some((nonces, htu)) = &self.proved {
             nonces.keep(htu, headers);
         }
-        let Some(cached) = &self.cached else { return };
-        if !refuses_token(status, headers) {
-            return;
+        #[cfg(feature = "spnego")]
+        if let Some(mutual) = &self.negotiated {
+            return mutual_checked(mutual, status, headers);
         }
-        match cached {
-            Cached::Own(grant, value) => grant.refused(value),
-            Cached::Exchanged(exchange, caller, value) => exchange.refused(caller, value),
+        let Some(cached) = &self.cached else { return Ok(()) };
+        if refuses_token(status, headers) {
+            match cached {
+                Cached::Own(grant, value) => grant.refused(value),
+                Cached::Exchanged(exchange, caller, value) => exchange.refused(caller, value),
+            }
         }
+        Ok(())
     }
 
     /// [`answered`](Self::answered) with a `reqwest` response; one from
     /// another origin than the request's (a redirect followed elsewhere)
     /// says nothing of the token.
-    pub fn answered_by(&self, response: &reqwest::Response) {
+    ///
+    /// # Errors
+    /// As [`answered`](Self::answered).
+    pub fn answered_by(&self, response: &reqwest::Response) -> Result<(), ClientError> {
         if self
             .to
             .as_ref()
             .is_some_and(|to| to.origin() != response.url().origin())
         {
-            return;
+            return Ok(());
         }
-        self.answered(response.status(), response.headers());
+        self.answered(response.status(), response.headers())
     }
+}
+
+/// The check of a Kerberos call's answer (once; a second telling gets the
+/// first's result): an answer that did not refuse the ticket must complete
+/// the exchange.
+#[cfg(feature = "spnego")]
+fn mutual_checked(
+    mutual: &Mutex<Mutual>,
+    status: http::StatusCode,
+    headers: &http::HeaderMap,
+) -> Result<(), ClientError> {
+    let mut mutual = mutual.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Mutual::Checked(result) = &*mutual {
+        return result.clone();
+    }
+    // A failed call (an HTTP error, a gRPC status other than OK in a
+    // trailers-only answer) need not prove anything: its token, when it
+    // has one, is checked all the same. A successful one must.
+    let negotiate_token = headers.get_all(http::header::WWW_AUTHENTICATE).iter().any(|v| {
+        v.as_bytes()
+            .get(..10)
+            .is_some_and(|s| s.eq_ignore_ascii_case(b"negotiate "))
+    });
+    if failed(status, headers) && !negotiate_token {
+        return Ok(());
+    }
+    let Mutual::Pending(negotiation) = std::mem::replace(&mut *mutual, Mutual::Checked(Ok(()))) else {
+        unreachable!("checked above")
+    };
+    let result = negotiation
+        .verify(
+            headers
+                .get_all(http::header::WWW_AUTHENTICATE)
+                .iter()
+                .map(http::HeaderValue::as_bytes),
+        )
+        .map_err(|e| ClientError::Unproven(e.to_string()));
+    *mutual = Mutual::Checked(result.clone());
+    result
+}
+
+/// Whether an answer is a failure: an HTTP error status, or a gRPC call's
+/// trailers-only answer with a status other than `OK` (how Palisade and
+/// Envoy refuse a call).
+#[cfg(feature = "spnego")]
+fn failed(status: http::StatusCode, headers: &http::HeaderMap) -> bool {
+    status.is_client_error()
+        || status.is_server_error()
+        || headers.get("grpc-status").is_some_and(|v| v != "0")
 }
 
 impl fmt::Debug for Sent {

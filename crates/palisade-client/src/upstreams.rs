@@ -29,7 +29,9 @@ impl Credentials {
     /// The `Authorization` header value for a call made while serving a
     /// request whose token is `caller`; `None` when nothing is to be sent.
     /// (`Kerberos` needs the upstream's host unless it names its service:
-    /// use [`Credentials::apply`] or [`Upstreams::authorization`].)
+    /// use [`Credentials::apply`] or [`Upstreams::authorization`]. A value
+    /// alone cannot check the upstream's mutual-authentication answer:
+    /// [`Credentials::apply`] returns what checks it, [`Sent`].)
     ///
     /// # Errors
     /// [`ClientError::NoCallerToken`] when the caller's token is needed and
@@ -149,11 +151,11 @@ impl Credentials {
         call: Option<(&str, &str)>,
     ) -> Result<Option<(http::HeaderValue, Option<http::HeaderValue>, Sent)>, ClientError> {
         let _ = host; // read by Kerberos only
-        let made = |text: String, what: &str| {
+        let made = |text: String, what: &str, sent: Sent| {
             let mut value = http::HeaderValue::try_from(text)
                 .map_err(|_| ClientError::Config(format!("{what} cannot be sent in a header")))?;
             value.set_sensitive(true);
-            Ok::<_, ClientError>(Some((value, None, Sent::default())))
+            Ok::<_, ClientError>(Some((value, None, sent)))
         };
         // A granted token, with its proof when it is DPoP-bound.
         let granted = |g: &Granted, sent: Sent| {
@@ -173,7 +175,11 @@ impl Credentials {
         };
         match self {
             Credentials::None => Ok(None),
-            Credentials::Caller => made(format!("Bearer {}", bearer(caller)?), "the caller's token"),
+            Credentials::Caller => made(
+                format!("Bearer {}", bearer(caller)?),
+                "the caller's token",
+                Sent::default(),
+            ),
             Credentials::ClientCredentials(c) => {
                 let g = c.granted().await?;
                 granted(&g, Sent::own(c, &g.value))
@@ -185,11 +191,16 @@ impl Credentials {
                 granted(&g, Sent::exchanged(x, key, &g.value))
             }
             #[cfg(feature = "spnego")]
-            Credentials::Kerberos(k) => made(
-                k.authorization(host, caller.and_then(CallerToken::kerberos))
-                    .await?,
-                "the Kerberos ticket",
-            ),
+            Credentials::Kerberos(k) => {
+                let negotiation = k
+                    .authorization(host, caller.and_then(CallerToken::kerberos))
+                    .await?;
+                made(
+                    negotiation.header().to_owned(),
+                    "the Kerberos ticket",
+                    Sent::negotiated(negotiation),
+                )
+            }
         }
     }
 }

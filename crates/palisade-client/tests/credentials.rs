@@ -432,12 +432,13 @@ async fn an_exchanged_token_the_upstream_refuses_is_exchanged_again() {
     let (alices, sent) = apply(&alice).await;
     let (bobs, _) = apply(&bob).await;
     let refused = http::StatusCode::UNAUTHORIZED;
-    sent.answered(refused, &http::HeaderMap::new());
+    sent.answered(refused, &http::HeaderMap::new()).unwrap();
     assert_eq!(apply(&alice).await.0, alices, "fresh: kept");
     tokio::time::sleep(Duration::from_millis(2_200)).await;
-    sent.answered(http::StatusCode::FORBIDDEN, &http::HeaderMap::new());
+    sent.answered(http::StatusCode::FORBIDDEN, &http::HeaderMap::new())
+        .unwrap();
     assert_eq!(apply(&alice).await.0, alices, "403 is no refusal of the token");
-    sent.answered(refused, &http::HeaderMap::new());
+    sent.answered(refused, &http::HeaderMap::new()).unwrap();
     let again = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             let now = apply(&alice).await.0;
@@ -573,7 +574,7 @@ async fn a_refusal_from_where_a_redirect_led_keeps_the_token() {
             let mut req = client.get(url).build().unwrap();
             let sent = upstreams.apply(&mut req, None).await.unwrap();
             let res = client.execute(req).await.unwrap();
-            sent.answered_by(&res);
+            sent.answered_by(&res).unwrap();
             res.status().as_u16()
         }
     };

@@ -118,6 +118,16 @@ pub enum SpnegoError {
         #[source]
         source: libgssapi::error::Error,
     },
+    /// An upstream called with a Kerberos ticket did not prove that it is
+    /// the service the ticket is for (RFC 4559 §5: its answer carries no
+    /// mutual-authentication token, or one that does not check).
+    #[error("{service} did not prove its identity: {reason}")]
+    Unproven {
+        /// The host-based service the ticket was for.
+        service: String,
+        /// What was wrong with the answer.
+        reason: String,
+    },
 }
 
 type Mapper = Arc<dyn Fn(&KerberosIdentity) -> (Vec<String>, Vec<String>) + Send + Sync>;
@@ -702,7 +712,7 @@ impl SpnegoAuthenticator {
 /// client delegated it (`curl --delegation always`, a browser on a trusted
 /// host) and the authenticator keeps such tickets
 /// ([`SpnegoAuthenticatorBuilder::accept_delegation`]): a front-end can call back-ends as the user with
-/// [`DelegatedCredential::negotiate_header`]. Handlers find it with
+/// [`DelegatedCredential::negotiate`]. Handlers find it with
 /// `RequestAuth::attachment::<DelegatedCredential>()`.
 #[derive(Clone)]
 pub struct DelegatedCredential(Cred);
@@ -720,39 +730,131 @@ impl DelegatedCredential {
         &self.0
     }
 
-    /// An `Authorization: Negotiate …` value for a request to the
-    /// host-based service `service` (`HTTP@backend.example.test`) as the
-    /// user. Blocking (it may ask the KDC for a ticket): call it from
-    /// `spawn_blocking`.
+    /// A Negotiate exchange with the host-based service `service`
+    /// (`HTTP@backend.example.test`) as the user: the `Authorization`
+    /// value to send ([`Negotiation::header`]) and the check of the
+    /// answer ([`Negotiation::verify`]). Blocking (it may ask the KDC for a
+    /// ticket): call it from `spawn_blocking`.
     ///
     /// # Errors
     /// [`SpnegoError::Initiate`] with GSSAPI's error.
-    pub fn negotiate_header(&self, service: &str) -> Result<String, SpnegoError> {
-        negotiate_header(self.0.clone(), service)
+    pub fn negotiate(&self, service: &str) -> Result<Negotiation, SpnegoError> {
+        Negotiation::start(self.0.clone(), service)
     }
 }
 
-/// `Negotiate <token>` for `service` with credential `cred`.
-pub(crate) fn negotiate_header(cred: Cred, service: &str) -> Result<String, SpnegoError> {
-    let err = |source| SpnegoError::Initiate {
-        service: service.to_owned(),
-        source,
-    };
-    let target = Name::new(service.as_bytes(), Some(GSS_NT_HOSTBASED_SERVICE))
-        .and_then(|n| n.canonicalize(Some(GSS_MECH_KRB5)))
-        .map_err(err)?;
-    let mut ctx = libgssapi::context::ClientCtx::new(
-        Some(cred),
-        target,
-        CtxFlags::GSS_C_MUTUAL_FLAG,
-        // A Kerberos initial token (what SPNEGO would carry inside):
-        // credentials obtained by delegation or S4U are Kerberos ones.
-        Some(GSS_MECH_KRB5),
-    );
-    // A first step that asks for no token cannot happen for Kerberos; an
-    // empty header would be refused by the back-end, which says so.
-    let token = ctx.step(None, None).map_err(err)?.map(|t| STANDARD.encode(&*t));
-    Ok(format!("Negotiate {}", token.unwrap_or_default()))
+/// A Negotiate exchange an outbound call begins: the `Authorization` value
+/// it sends, and the check that the answer comes from the service the
+/// ticket is for. The ticket asks for mutual authentication, so the
+/// upstream's successful answer carries `WWW-Authenticate: Negotiate
+/// <token>` (as Palisade, mod_auth_gssapi and IIS send it), which only the
+/// holder of the service's key can make; RFC 4559 §5 says to check it
+/// before using the answer. Without [`verify`](Self::verify), the call
+/// authenticates the user to the upstream but not the upstream to the
+/// caller: over plain `http`, anyone on the path could answer.
+///
+/// `Debug` prints the service only.
+pub struct Negotiation {
+    header: String,
+    service: String,
+    context: libgssapi::context::ClientCtx,
+}
+
+impl fmt::Debug for Negotiation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Negotiation")
+            .field("service", &self.service)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Negotiation {
+    /// The first leg for `service` with credential `cred`: a Kerberos
+    /// initial token asking for mutual authentication.
+    pub(crate) fn start(cred: Cred, service: &str) -> Result<Self, SpnegoError> {
+        let err = |source| SpnegoError::Initiate {
+            service: service.to_owned(),
+            source,
+        };
+        let target = Name::new(service.as_bytes(), Some(GSS_NT_HOSTBASED_SERVICE))
+            .and_then(|n| n.canonicalize(Some(GSS_MECH_KRB5)))
+            .map_err(err)?;
+        let mut context = libgssapi::context::ClientCtx::new(
+            Some(cred),
+            target,
+            CtxFlags::GSS_C_MUTUAL_FLAG,
+            // A Kerberos initial token (what SPNEGO would carry inside):
+            // credentials obtained by delegation or S4U are Kerberos ones.
+            Some(GSS_MECH_KRB5),
+        );
+        // A first step that asks for no token cannot happen for Kerberos; an
+        // empty header would be refused by the back-end, which says so.
+        let token = context
+            .step(None, None)
+            .map_err(err)?
+            .map(|t| STANDARD.encode(&*t));
+        Ok(Self {
+            header: format!("Negotiate {}", token.unwrap_or_default()),
+            service: service.to_owned(),
+            context,
+        })
+    }
+
+    /// The `Authorization` value: `Negotiate <token>`.
+    #[must_use]
+    pub fn header(&self) -> &str {
+        &self.header
+    }
+
+    /// The host-based service the ticket is for.
+    #[must_use]
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// Checks the upstream's answer to the call, given the values of its
+    /// `WWW-Authenticate` headers: the `Negotiate` token among them must
+    /// complete the exchange (the service's AP-REP). Call it for an answer
+    /// the call's credential was accepted with (not a `401`); it does no
+    /// I/O (the token is checked with the session key the ticket holds).
+    ///
+    /// # Errors
+    /// [`SpnegoError::Unproven`] when the answer carries no Negotiate
+    /// token, more than one, one that is not base64, or one GSSAPI refuses
+    /// (another service's, a replayed or forged one).
+    pub fn verify<'a>(
+        mut self,
+        www_authenticate: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<(), SpnegoError> {
+        let unproven = |reason: &str| SpnegoError::Unproven {
+            service: self.service.clone(),
+            reason: reason.to_owned(),
+        };
+        let mut tokens = www_authenticate.into_iter().filter_map(|v| {
+            let v = v.trim_ascii();
+            let scheme = v.get(..9).filter(|s| s.eq_ignore_ascii_case(b"negotiate"))?;
+            let rest = &v[scheme.len()..];
+            // `Negotiate` alone is a challenge, not a token.
+            (rest.first() == Some(&b' ') && !rest.trim_ascii().is_empty()).then(|| rest.trim_ascii())
+        });
+        let token = match (tokens.next(), tokens.next()) {
+            (Some(t), None) => t,
+            (None, _) => {
+                return Err(unproven(
+                    "its answer carries no mutual-authentication token (`WWW-Authenticate: Negotiate <token>`)",
+                ));
+            }
+            (Some(_), Some(_)) => return Err(unproven("its answer carries more than one Negotiate token")),
+        };
+        let token = STANDARD
+            .decode(token)
+            .map_err(|_| unproven("its Negotiate token is not base64"))?;
+        match self.context.step(Some(&token), None) {
+            Ok(None) if self.context.is_complete() => Ok(()),
+            Ok(_) => Err(unproven("its Negotiate token does not complete the exchange")),
+            Err(e) => Err(unproven(&format!("its Negotiate token is refused: {e}"))),
+        }
+    }
 }
 
 #[cfg(feature = "s4u")]
@@ -798,13 +900,15 @@ impl Impersonator {
         Ok(Self { cred })
     }
 
-    /// `Negotiate <token>` for the host-based service `service` as `user`
-    /// (`alice@EXAMPLE.TEST`). Blocking: call it from `spawn_blocking`.
+    /// A Negotiate exchange with the host-based service `service` as
+    /// `user` (`alice@EXAMPLE.TEST`): the `Authorization` value and the
+    /// check of the answer ([`Negotiation`]). Blocking: call it from
+    /// `spawn_blocking`.
     ///
     /// # Errors
     /// [`SpnegoError::Initiate`] with GSSAPI's error (the KDC refused the
     /// impersonation or the delegation).
-    pub fn negotiate_header(&self, user: &str, service: &str) -> Result<String, SpnegoError> {
+    pub fn negotiate(&self, user: &str, service: &str) -> Result<Negotiation, SpnegoError> {
         let err = |source| SpnegoError::Initiate {
             service: service.to_owned(),
             source,
@@ -816,7 +920,7 @@ impl Impersonator {
             .cred
             .impersonate(&name, None, CredUsage::Initiate, Some(&mechs))
             .map_err(err)?;
-        negotiate_header(cred, service)
+        Negotiation::start(cred, service)
     }
 }
 
