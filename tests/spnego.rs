@@ -54,6 +54,26 @@ fn keytab(r: &Realm) -> String {
     r.keytab.to_str().unwrap().to_owned()
 }
 
+/// The productpage example as a front-end calling `backend` on its users'
+/// behalf: their delegated tickets, else S4U for Kerberos users and for
+/// JWT users by `preferred_username`.
+fn start_front(r: &Realm, backend: &str, env: &[(String, String)]) -> common::Service {
+    start(
+        "productpage",
+        &[
+            "--keytab",
+            &keytab(r),
+            "--backend",
+            backend,
+            "--s4u-realm",
+            "EXAMPLE.TEST",
+            "--s4u-claim",
+            "preferred_username",
+        ],
+        env,
+    )
+}
+
 #[test]
 fn curl_negotiate_authenticates_a_kerberos_user_in_both_examples() {
     let r = realm();
@@ -297,20 +317,7 @@ async fn a_front_end_calls_a_back_end_as_the_user_by_delegation_and_by_s4u() {
     let env = server_env(&r, true);
     let backend = start("details", &["--keytab", &keytab(&r)], &env);
     let backend_url = format!("http://localhost:{}", backend.port);
-    let front = start(
-        "productpage",
-        &[
-            "--keytab",
-            &keytab(&r),
-            "--backend",
-            &backend_url,
-            "--s4u-realm",
-            "EXAMPLE.TEST",
-            "--s4u-claim",
-            "preferred_username",
-        ],
-        &env,
-    );
+    let front = start_front(&r, &backend_url, &env);
     let url = format!("http://localhost:{}/backend/whoami", front.port);
     // The client forwards its ticket-granting ticket: the front-end uses it.
     let (status, _, body, log) = curl(
@@ -412,20 +419,7 @@ fn a_back_end_that_does_not_prove_itself_is_not_believed() {
             }
         });
     }
-    let front = start(
-        "productpage",
-        &[
-            "--keytab",
-            &keytab(&r),
-            "--backend",
-            &format!("http://localhost:{port}"),
-            "--s4u-realm",
-            "EXAMPLE.TEST",
-            "--s4u-claim",
-            "preferred_username",
-        ],
-        &env,
-    );
+    let front = start_front(&r, &format!("http://localhost:{port}"), &env);
     let url = format!("http://localhost:{}/backend/whoami", front.port);
     for (name, sent) in [
         ("no token", None),
