@@ -157,7 +157,8 @@ where
             let call = htu.as_deref().map(|htu| (method.as_str(), htu));
             let sent = credentials
                 .apply_call(req.headers_mut(), host.as_deref(), caller.as_ref(), call)
-                .await?;
+                .await?
+                .of_request(req.headers());
             std::future::poll_fn(|cx| inner.poll_ready(cx))
                 .await
                 .map_err(Into::into)?;

@@ -25,25 +25,29 @@ use crate::{ClientCredentials, ClientError, TokenExchange};
 /// an upstream that refuses every token so costs the issuer one grant per
 /// 30 s (four per lifetime of a short-lived token) at most.
 /// [`CredentialsLayer`](crate::CredentialsLayer) does this itself. Only
-/// the grants' tokens are cached: for the others (the caller's token,
-/// Kerberos, nothing) the answer changes nothing. A `reqwest` answer from
-/// another origin than the request's ([`answered_by`](Self::answered_by),
-/// after [`Credentials::apply_request`](crate::Credentials::apply_request):
-/// a redirect followed elsewhere) changes nothing either.
+/// the grants' tokens are cached: for the caller's token and nothing, the
+/// answer changes nothing. A `reqwest` answer from another origin than the
+/// request's ([`answered_by`](Self::answered_by), after
+/// [`Credentials::apply_request`](crate::Credentials::apply_request): a
+/// redirect followed elsewhere) says nothing of the token either.
 ///
 /// A Kerberos ticket asks the upstream to prove that it is the service the
 /// ticket is for (mutual authentication, RFC 4559 §5), and `answered`
-/// checks the proof: an answer that accepted the ticket (any status but
-/// `401` and gRPC's `UNAUTHENTICATED`) must carry `WWW-Authenticate:
+/// checks the proof: a successful answer (not an HTTP 4xx or 5xx, not a
+/// gRPC call's trailers-only error) must carry `WWW-Authenticate:
 /// Negotiate <token>` made with the service's key, or `answered` returns
-/// [`ClientError::Unproven`] and the answer must not be used: over plain
-/// `http`, anyone on the path could have made it.
-/// [`CredentialsLayer`](crate::CredentialsLayer) returns that error in
+/// [`ClientError::Unproven`] and the answer must not be used; so must a
+/// `reqwest` answer from another origin (a redirect followed elsewhere).
+/// An error answer need not prove anything: use it as a failure, never its
+/// body as the upstream's word. This stops an impostor on the upstream's
+/// name over plain `http`; a machine in the middle can still relay the
+/// real upstream's proof and change the body: use TLS for that.
+/// [`CredentialsLayer`](crate::CredentialsLayer) returns the error in
 /// place of the answer. For the other credentials `answered` never fails.
 ///
 /// `Debug` prints no token.
 #[derive(Clone, Default)]
-#[must_use = "tell it the upstream's answer (`answered`, `answered_by`), so that a token it refuses is renewed"]
+#[must_use = "tell it the upstream's answer (`answered`, `answered_by`), so that a token it refuses is renewed and a Kerberos upstream's proof of identity is checked"]
 pub struct Sent {
     cached: Option<Cached>,
     /// Where a `reqwest` request carried it, when known.
@@ -54,6 +58,9 @@ pub struct Sent {
     /// A Kerberos ticket went with it: the answer must prove the service.
     #[cfg(feature = "spnego")]
     negotiated: Option<Arc<Mutex<Mutual>>>,
+    /// The call is a gRPC one (`content-type: application/grpc…`), whose
+    /// errors come as a trailers-only answer with HTTP status 200.
+    grpc: bool,
 }
 
 /// Where the check of a Kerberos call's answer stands.
@@ -109,11 +116,23 @@ impl Sent {
         self
     }
 
-    /// The same, sent to `url` (when a cached token was).
+    /// The same, sent to `url` (when a cached token or a Kerberos ticket
+    /// was).
     pub(crate) fn to(mut self, url: &reqwest::Url) -> Self {
-        if self.cached.is_some() {
+        #[cfg(feature = "spnego")]
+        let negotiated = self.negotiated.is_some();
+        #[cfg(not(feature = "spnego"))]
+        let negotiated = false;
+        if self.cached.is_some() || negotiated {
             self.to = Some(url.clone());
         }
+        self
+    }
+
+    /// The same, for a call whose request headers are `headers`: a gRPC
+    /// call's errors are trailers-only answers.
+    pub(crate) fn of_request(mut self, headers: &http::HeaderMap) -> Self {
+        self.grpc = is_grpc(headers);
         self
     }
 
@@ -130,7 +149,7 @@ impl Sent {
         }
         #[cfg(feature = "spnego")]
         if let Some(mutual) = &self.negotiated {
-            return mutual_checked(mutual, status, headers);
+            return mutual_checked(mutual, status, headers, self.grpc);
         }
         let Some(cached) = &self.cached else { return Ok(()) };
         if refuses_token(status, headers) {
@@ -154,6 +173,12 @@ impl Sent {
             .as_ref()
             .is_some_and(|to| to.origin() != response.url().origin())
         {
+            #[cfg(feature = "spnego")]
+            if self.negotiated.is_some() {
+                return Err(ClientError::Unproven(
+                    "the answer comes from another origin than the request's (a redirect followed), which the ticket does not prove".into(),
+                ));
+            }
             return Ok(());
         }
         self.answered(response.status(), response.headers())
@@ -161,27 +186,22 @@ impl Sent {
 }
 
 /// The check of a Kerberos call's answer (once; a second telling gets the
-/// first's result): an answer that did not refuse the ticket must complete
-/// the exchange.
+/// first's result): a successful answer must complete the exchange.
 #[cfg(feature = "spnego")]
 fn mutual_checked(
     mutual: &Mutex<Mutual>,
     status: http::StatusCode,
     headers: &http::HeaderMap,
+    grpc: bool,
 ) -> Result<(), ClientError> {
     let mut mutual = mutual.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Mutual::Checked(result) = &*mutual {
         return result.clone();
     }
-    // A failed call (an HTTP error, a gRPC status other than OK in a
-    // trailers-only answer) need not prove anything: its token, when it
-    // has one, is checked all the same. A successful one must.
-    let negotiate_token = headers.get_all(http::header::WWW_AUTHENTICATE).iter().any(|v| {
-        v.as_bytes()
-            .get(..10)
-            .is_some_and(|s| s.eq_ignore_ascii_case(b"negotiate "))
-    });
-    if failed(status, headers) && !negotiate_token {
+    // A failed call (an HTTP error, a gRPC call's error) need not prove
+    // anything, and is not checked: an impostor would leave the token
+    // out, and an upstream's refusal may carry a Kerberos error token.
+    if failed(status, headers, grpc) {
         return Ok(());
     }
     let Mutual::Pending(negotiation) = std::mem::replace(&mut *mutual, Mutual::Checked(Ok(()))) else {
@@ -199,14 +219,26 @@ fn mutual_checked(
     result
 }
 
-/// Whether an answer is a failure: an HTTP error status, or a gRPC call's
-/// trailers-only answer with a status other than `OK` (how Palisade and
-/// Envoy refuse a call).
+/// Whether an answer is a failure: an HTTP error status, or for a gRPC
+/// call (`grpc`: a gRPC client reads no body from it) a trailers-only
+/// answer with a status other than `OK` (how Palisade and Envoy refuse a
+/// call).
 #[cfg(feature = "spnego")]
-fn failed(status: http::StatusCode, headers: &http::HeaderMap) -> bool {
+fn failed(status: http::StatusCode, headers: &http::HeaderMap, grpc: bool) -> bool {
     status.is_client_error()
         || status.is_server_error()
-        || headers.get("grpc-status").is_some_and(|v| v != "0")
+        || (grpc
+            && status == http::StatusCode::OK
+            && is_grpc(headers)
+            && headers.get("grpc-status").is_some_and(|v| v != "0"))
+}
+
+/// Whether a message says it is gRPC (`content-type: application/grpc`,
+/// `application/grpc+proto`, …).
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
 impl fmt::Debug for Sent {
@@ -227,12 +259,7 @@ impl fmt::Debug for Sent {
 /// `invalid_request` is the call's fault; RFC 9449's `use_dpop_nonce`
 /// asks for a nonce, the token is fine).
 fn refuses_token(status: http::StatusCode, headers: &http::HeaderMap) -> bool {
-    let grpc_unauthenticated = || {
-        headers
-            .get(http::header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-            && headers.get("grpc-status").is_some_and(|v| v == "16")
-    };
+    let grpc_unauthenticated = || is_grpc(headers) && headers.get("grpc-status").is_some_and(|v| v == "16");
     (status == http::StatusCode::UNAUTHORIZED || grpc_unauthenticated())
         && headers
             .get_all(http::header::WWW_AUTHENTICATE)

@@ -830,22 +830,7 @@ impl Negotiation {
             service: self.service.clone(),
             reason: reason.to_owned(),
         };
-        let mut tokens = www_authenticate.into_iter().filter_map(|v| {
-            let v = v.trim_ascii();
-            let scheme = v.get(..9).filter(|s| s.eq_ignore_ascii_case(b"negotiate"))?;
-            let rest = &v[scheme.len()..];
-            // `Negotiate` alone is a challenge, not a token.
-            (rest.first() == Some(&b' ') && !rest.trim_ascii().is_empty()).then(|| rest.trim_ascii())
-        });
-        let token = match (tokens.next(), tokens.next()) {
-            (Some(t), None) => t,
-            (None, _) => {
-                return Err(unproven(
-                    "its answer carries no mutual-authentication token (`WWW-Authenticate: Negotiate <token>`)",
-                ));
-            }
-            (Some(_), Some(_)) => return Err(unproven("its answer carries more than one Negotiate token")),
-        };
+        let token = negotiate_token(www_authenticate).map_err(unproven)?;
         let token = STANDARD
             .decode(token)
             .map_err(|_| unproven("its Negotiate token is not base64"))?;
@@ -854,6 +839,35 @@ impl Negotiation {
             Ok(_) => Err(unproven("its Negotiate token does not complete the exchange")),
             Err(e) => Err(unproven(&format!("its Negotiate token is refused: {e}"))),
         }
+    }
+}
+
+/// The one Negotiate token among an answer's `WWW-Authenticate` values,
+/// still base64, or why there is none. A value may hold several
+/// challenges, comma-separated (`Negotiate abc, Bearer realm="x"`): a
+/// Negotiate token is a token68, which holds no comma, so its element is
+/// whole.
+fn negotiate_token<'a>(
+    www_authenticate: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<&'a [u8], &'static str> {
+    let mut tokens = www_authenticate
+        .into_iter()
+        .flat_map(|v| v.split(|&b| b == b','))
+        .filter_map(|element| {
+            let element = element.trim_ascii();
+            let scheme = element
+                .get(..9)
+                .filter(|s| s.eq_ignore_ascii_case(b"negotiate"))?;
+            let rest = &element[scheme.len()..];
+            // `Negotiate` alone is a challenge, not a token.
+            (rest.first() == Some(&b' ') && !rest.trim_ascii().is_empty()).then(|| rest.trim_ascii())
+        });
+    match (tokens.next(), tokens.next()) {
+        (Some(t), None) => Ok(t),
+        (None, _) => {
+            Err("its answer carries no mutual-authentication token (`WWW-Authenticate: Negotiate <token>`)")
+        }
+        (Some(_), Some(_)) => Err("its answer carries more than one Negotiate token"),
     }
 }
 
@@ -1165,6 +1179,40 @@ impl SpnegoAuthenticator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_one_negotiate_token_is_found_among_an_answers_challenges() {
+        let token = |values: &[&'static str]| negotiate_token(values.iter().map(|v| v.as_bytes()));
+        for (values, want) in [
+            (&["Negotiate YWJj"][..], "YWJj"),
+            (&["negotiate   YWJj  "], "YWJj"),
+            (&["NEGOTIATE YWJj"], "YWJj"),
+            (&["Negotiate YWJj, Bearer realm=\"x\""], "YWJj"),
+            (
+                &["Bearer realm=\"x\", error=\"invalid_token\", Negotiate YWJj"],
+                "YWJj",
+            ),
+            (&["Bearer realm=\"x\"", "Negotiate YWJj"], "YWJj"),
+            (&["Negotiate", "Negotiate YWJj"], "YWJj"),
+        ] {
+            assert_eq!(token(values), Ok(want.as_bytes()), "{values:?}");
+        }
+        for (values, why) in [
+            (&[][..], "no mutual-authentication token"),
+            (&["Negotiate"], "no mutual-authentication token"),
+            (&["Negotiate ,Bearer"], "no mutual-authentication token"),
+            (&["NegotiateYWJj"], "no mutual-authentication token"),
+            (
+                &["Bearer realm=\"Negotiate YWJj\""],
+                "no mutual-authentication token",
+            ),
+            (&["Negotiate YWJj", "Negotiate ZGVm"], "more than one"),
+            (&["Negotiate YWJj, Negotiate ZGVm"], "more than one"),
+        ] {
+            let err = token(values).unwrap_err();
+            assert!(err.contains(why), "{values:?}: {err}");
+        }
+    }
 
     /// Authenticators of one concurrency share their permits while one is
     /// alive (a reload's new one and the one it replaces); another
