@@ -137,7 +137,7 @@ where
                 .workers(2)
                 .shutdown_timeout(5)
                 .disable_signals()
-                .on_connect(palisade::mtls::actix::on_connect)
+                .on_connect(tls.actix_on_connect())
                 .bind_rustls_0_23(args.listen, tls.actix_config())
                 .unwrap_or_else(|e| common::fail(&listen_error(e)));
             let addr = server.addrs().first().copied().unwrap_or(args.listen);

@@ -347,6 +347,80 @@ fn a_new_crl_refuses_a_revoked_client_at_its_next_handshake() {
     }
 }
 
+/// A connection made before its client certificate was revoked: the
+/// handshake verified it, and the guard checks it again at the next request
+/// after the CRL's reload, so the connection's requests are refused from
+/// then on (Envoy would keep serving it until it closed).
+#[tokio::test]
+async fn a_revoked_clients_open_connection_is_refused_after_the_crls_reload() {
+    need("curl", "curl");
+    let dir = ScratchDir::new("mtls-crl-open");
+    let mut pki = TestPki::new();
+    let ca = dir.write("ca.pem", &pki.ca_pem());
+    let server = dir.cert("server", &pki.server(&["localhost"]));
+    let policy = dir.write(
+        "policy.yaml",
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: strict}\nspec: {mtls: {mode: STRICT}}\n",
+    );
+    for name in ["details", "reviews"] {
+        let victim = pki.workload("default", "victim");
+        let victim_files = dir.cert("victim", &victim);
+        let other = dir.cert("other", &pki.workload("default", "other"));
+        let crl = dir.write("crl.pem", &pki.crl_pem());
+        let svc = start(
+            name,
+            &mtls_args(&["--config", &policy, "--client-crl", &crl], &server, &ca),
+        );
+        let url = format!("https://localhost:{}/whoami", svc.port);
+        let tls = |files: &(String, String)| {
+            palisade::mtls::ClientTls::builder(&files.0, &files.1, &ca)
+                .build()
+                .unwrap()
+        };
+        // One client, one kept-alive connection.
+        let open = client(&tls(&victim_files), false);
+        let res = open.get(&url).send().await.unwrap();
+        assert_eq!(res.status(), 200, "{name}: before revocation");
+        let who: Value = res.json().await.unwrap();
+        assert_eq!(
+            who["peer"]["principal"], "cluster.local/ns/default/sa/victim",
+            "{name}"
+        );
+        pki.revoke(&victim);
+        dir.write("crl.pem", &pki.crl_pem());
+        // Once the watch has reloaded it, a new connection is refused.
+        let mut reloaded = false;
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let (code, status, _) = curl(svc.port, "/healthz", &ca, Some(&victim_files), &[]);
+            if code != 0 && status == 0 {
+                reloaded = true;
+                break;
+            }
+        }
+        assert!(reloaded, "{name}: the CRL was never reloaded");
+        // The connection made before: its requests are refused now.
+        let res = open
+            .get(&url)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{name}: not the open connection (a new one was refused): {e}"));
+        assert_eq!(res.status(), 403, "{name}");
+        let problem: Value = res.json().await.unwrap();
+        assert!(
+            problem["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("no longer trusted")),
+            "{name}: {problem}"
+        );
+        // And stay refused.
+        assert_eq!(open.get(&url).send().await.unwrap().status(), 403, "{name}");
+        // Another client is served.
+        let res = client(&tls(&other), false).get(&url).send().await.unwrap();
+        assert_eq!(res.status(), 200, "{name}: another client");
+    }
+}
+
 fn client(tls: &palisade::mtls::ClientTls, fresh_connections: bool) -> reqwest::Client {
     let mut b = reqwest::Client::builder()
         .use_preconfigured_tls((*tls.client_config()).clone())

@@ -38,7 +38,7 @@
 //! # Connection facts
 //! Istio's `ports`, `destination.ip` and `source.ip` read the connection's
 //! addresses: add [`on_connect`] to the `HttpServer`
-//! (`palisade_mtls::actix::on_connect` for TLS listeners).
+//! (`palisade_mtls::ServerTls::actix_on_connect` for TLS listeners).
 //!
 //! # Names in the two adapters
 //! | actix-web | axum / tower | what |

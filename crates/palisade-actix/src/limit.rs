@@ -39,7 +39,7 @@ use crate::LocalFuture;
 /// It also times the heads of a kept-alive connection's later requests,
 /// which actix-http does not: where the connection was recorded by
 /// [`on_connect`](crate::on_connect) (set by [`with_limits`]) or
-/// `palisade_mtls::actix::on_connect`, an HTTP/1 connection whose next
+/// `palisade_mtls::ServerTls::actix_on_connect`, an HTTP/1 connection whose next
 /// request has not begun within the [idle](ServerLimits::idle) plus the
 /// [header-read](ServerLimits::header_read) timeout of the end of its last
 /// answer is closed. (Without that record, which a custom `on_connect` in
@@ -267,7 +267,7 @@ impl Limited {
 /// lets [`BodyLimit`] time the later heads of a connection. (A TLS
 /// listener's handshake timeout is
 /// `HttpServer::tls_handshake_timeout(limits.handshake())`, and its
-/// `on_connect` is `palisade_mtls::actix::on_connect`, which records the
+/// `on_connect` is `palisade_mtls::ServerTls::actix_on_connect`, which records the
 /// connection the same way.)
 ///
 /// actix-http times the head of a connection's first request only: on a
@@ -419,7 +419,7 @@ fn begin(req: &ServiceRequest, limits: &ServerLimits) -> Option<Begun> {
         ONCE.call_once(|| {
             tracing::warn!(
                 target: palisade_core::limits::LOG_TARGET,
-                "the connection has no watch (neither palisade_actix::on_connect nor palisade_mtls::actix::on_connect ran): \
+                "the connection has no watch (neither palisade_actix::on_connect nor palisade_mtls::ServerTls::actix_on_connect ran): \
                  heads of kept-alive connections' later requests are not timed"
             );
         });

@@ -869,9 +869,19 @@ impl Share<Compiled> {
         } else {
             Cow::Borrowed(req.path())
         };
-        // The mTLS peer, verified at the handshake, comes with the connection.
-        let peer = req.connection().and_then(|c| c.peer.clone());
+        // The mTLS peer, verified at the handshake, comes with the
+        // connection, and is checked again if the trust material changed
+        // or its certificate expired since.
+        let connection = req.connection();
+        let peer = connection.and_then(|c| c.peer.clone());
         if peer.is_some() {
+            if connection
+                .and_then(|c| c.peer_recheck.as_deref())
+                .is_some_and(|r| !r.still_trusted())
+            {
+                self.metrics.mtls.failure.increment(1);
+                return Check::Ready(peer_no_longer_trusted(req));
+            }
             self.metrics.mtls.success.increment(1);
         }
         if let [only] = &self.authenticators[..]
@@ -1315,6 +1325,17 @@ fn rewrite_needed(req: &dyn RequestHead, path: &Cow<'_, str>) -> bool {
 fn two_hosts(req: &dyn RequestHead) -> Decision {
     tracing::debug!(target: LOG_TARGET, method = req.method(), "a request with an ambiguous host refused");
     Decision::Deny(crate::adapter::ambiguous_host_refusal())
+}
+
+/// The refusal of a request on a connection whose mTLS peer is no longer
+/// trusted ([`PeerRecheck`](crate::authn::PeerRecheck)).
+#[cold]
+#[inline(never)]
+fn peer_no_longer_trusted(req: &dyn RequestHead) -> Decision {
+    tracing::debug!(target: LOG_TARGET, method = req.method(), path = req.path(), "the connection's peer certificate is no longer trusted");
+    Decision::Deny(Rejection::forbidden(
+        "the connection's client certificate is no longer trusted (revoked or expired since the connection began): connect again",
+    ))
 }
 
 /// The refusal of a credential an authenticator refused.

@@ -27,6 +27,26 @@ pub struct ConnectionInfo {
     pub peer: Option<Identity>,
     /// The DER certificate chain the peer presented, leaf first.
     pub peer_certificates: Arc<[Vec<u8>]>,
+    /// Asked at every request that carries [`peer`](Self::peer): whether
+    /// the peer's certificate would still be accepted. The handshake
+    /// verified it once; a connection lives on through a reload of the
+    /// trust bundle or CRLs (a revocation) and past the certificate's
+    /// expiry, and a request on it whose peer is no longer trusted is
+    /// refused (`403`). Palisade's TLS servers set it; `None` trusts the
+    /// handshake's verdict for the connection's life.
+    pub peer_recheck: Option<Arc<dyn PeerRecheck>>,
+}
+
+/// Whether a connection's verified peer is still trusted
+/// ([`ConnectionInfo::peer_recheck`]): its certificate checked again
+/// against the trust material in use now, and the clock. Called on every
+/// request of the connection, so the answer for unchanged material and a
+/// certificate not yet expired is expected to be cheap (a comparison).
+pub trait PeerRecheck: Send + Sync + std::fmt::Debug {
+    /// `false` when the certificate the peer presented at the handshake
+    /// would be refused now (revoked by a CRL loaded since, expired, its
+    /// issuer no longer in the trust bundle).
+    fn still_trusted(&self) -> bool;
 }
 
 /// Read access to the parts of a request that authentication and

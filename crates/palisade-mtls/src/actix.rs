@@ -2,7 +2,7 @@
 //! on it.
 //!
 //! For STRICT and DISABLE, actix-web's own rustls listener and the
-//! [`on_connect`] callback are enough:
+//! [`ServerTls::actix_on_connect`] callback are enough:
 //!
 //! ```no_run
 //! use actix_web::{App, HttpServer, web};
@@ -10,7 +10,7 @@
 //! # async fn run(guard: palisade_core::Guard) -> Result<(), Box<dyn std::error::Error>> {
 //! let tls = ServerTls::builder("server.crt", "server.key").client_ca("mesh-ca.pem").build()?;
 //! HttpServer::new(move || App::new().wrap(palisade_actix::Palisade::new(guard.clone())).route("/", web::get().to(|| async { "hi" })))
-//!     .on_connect(palisade_mtls::actix::on_connect)
+//!     .on_connect(tls.actix_on_connect())
 //!     .bind_rustls_0_23("127.0.0.1:8443", tls.actix_config())?
 //!     .run()
 //!     .await?;
@@ -76,22 +76,23 @@ use crate::server::{LOG_TARGET, MtlsMode, ServerTls, handshake_failed, starts_wi
 /// actix-server's builder, which [`server`] returns.
 pub use actix_server::ServerBuilder;
 
-/// The `on_connect` callback: puts the connection's [`ConnectionInfo`]
-/// (addresses, SNI, and for a client certificate the verified peer identity,
-/// parsed once) in the connection data, where Palisade's middleware finds it,
-/// with the watch `palisade_actix::BodyLimit` times later request heads by
-/// (as `palisade_actix::on_connect` does for plaintext connections).
-pub fn on_connect(conn: &dyn Any, data: &mut Extensions) {
-    let Some(tls) = conn.downcast_ref::<TlsStream<TcpStream>>() else {
+/// What a connection's `on_connect` records: its [`ConnectionInfo`]
+/// (addresses, and for a TLS connection of `tls` the SNI and the verified
+/// peer identity, parsed once, with its check at every request), in the
+/// connection data where Palisade's middleware finds it, with the watch
+/// `palisade_actix::BodyLimit` times later request heads by (as
+/// `palisade_actix::on_connect` does for plaintext connections).
+fn connected(conn: &dyn Any, data: &mut Extensions, tls: Option<&ServerTls>) {
+    let (Some(stream), Some(tls)) = (conn.downcast_ref::<TlsStream<TcpStream>>(), tls) else {
         // Plaintext: its addresses and the watch.
         palisade_actix::on_connect(conn, data);
         return;
     };
-    let (tcp, session) = tls.get_ref();
+    let (tcp, session) = stream.get_ref();
     // The TCP facts and the watch, then what the TLS session adds.
     palisade_actix::on_connect(tcp, data);
     if let Some(info) = data.get_mut::<ConnectionInfo>() {
-        fill_from_session(info, session);
+        fill_from_session(info, session, tls);
     }
 }
 
@@ -192,7 +193,7 @@ fn at_most_longest(timeout: Duration) -> Duration {
 /// PERMISSIVE the first byte of each connection tells TLS (a handshake
 /// record, `0x16`) from plaintext HTTP, as Istio's sidecar does, and
 /// plaintext callers have no peer identity. Every request finds its
-/// [`ConnectionInfo`] where [`on_connect`] would put it. `settings` are
+/// [`ConnectionInfo`] where [`ServerTls::actix_on_connect`] would put it. `settings` are
 /// `HttpServer`'s HTTP settings ([`HttpSettings::from_limits`]; the default
 /// is [`ServerLimits`]'s).
 ///
@@ -244,7 +245,7 @@ where
     };
     builder.listen(format!("palisade-{addr}"), listener, move || {
         let secure = tls.as_ref().map(|tls| {
-            http(&shutdown, addr, &settings)
+            http(&shutdown, addr, &settings, Some(tls.clone()))
                 .finish(app(&factory, true, &host, addr))
                 .rustls_0_23_with_config(
                     tls.actix_config(),
@@ -252,7 +253,7 @@ where
                 )
         });
         let plain = with_plain.then(|| {
-            http(&shutdown, addr, &settings)
+            http(&shutdown, addr, &settings, None)
                 .finish(app(&factory, false, &host, addr))
                 .tcp_auto_h2c()
         });
@@ -371,6 +372,7 @@ fn http<T: 'static, S>(
     shutdown: &GracefulShutdownSignal,
     addr: SocketAddr,
     settings: &HttpSettings,
+    tls: Option<ServerTls>,
 ) -> HttpServiceBuilder<T, S>
 where
     S: ServiceFactory<Request, Config = ()>,
@@ -388,7 +390,7 @@ where
         .client_request_timeout(settings.client_request_timeout)
         .client_disconnect_timeout(settings.client_disconnect_timeout)
         .local_addr(addr)
-        .on_connect_ext(|io: &T, data: &mut Extensions| on_connect(io, data))
+        .on_connect_ext(move |io: &T, data: &mut Extensions| connected(io, data, tls.as_ref()))
 }
 
 /// The application for one listener flavour: `secure` and `host` are what
@@ -426,6 +428,20 @@ where
 }
 
 impl ServerTls {
+    /// The `on_connect` callback of an `HttpServer` listening with
+    /// [`actix_config`](Self::actix_config): the connection's
+    /// [`ConnectionInfo`] (addresses, SNI, and for a client certificate
+    /// the verified peer identity, parsed once) in the connection data,
+    /// where Palisade's middleware finds it, with the check of the peer at
+    /// every request against this server's material (a CRL reloaded since
+    /// the handshake refuses the connection's later requests, as does the
+    /// certificate's expiry). Plaintext connections get what
+    /// `palisade_actix::on_connect` records.
+    pub fn actix_on_connect(&self) -> impl Fn(&dyn Any, &mut Extensions) + Send + Sync + 'static {
+        let tls = self.clone();
+        move |conn, data| connected(conn, data, Some(&tls))
+    }
+
     /// The rustls configuration by value, as `HttpServer::bind_rustls_0_23`
     /// takes it; it shares this server's rotating material. Its ALPN list is
     /// empty: actix-http offers `h2` (with its `http2` feature, which

@@ -102,6 +102,7 @@ where
     let handshake = Tls {
         acceptor: tokio_rustls::TlsAcceptor::from(config),
         mode: tls.mode(),
+        tls,
     };
     palisade_axum::serve_with(listener, handshake, limits, service, shutdown).await
 }
@@ -114,6 +115,8 @@ where
 struct Tls {
     acceptor: tokio_rustls::TlsAcceptor,
     mode: MtlsMode,
+    /// Whose material checks each connection's peer again.
+    tls: ServerTls,
 }
 
 /// A connection as HTTP sees it: TLS, or plaintext in PERMISSIVE.
@@ -141,7 +144,7 @@ impl Handshake for Tls {
             .accept(tcp)
             .await
             .map_err(|e| handshake_failed(&e))?;
-        fill_from_session(info, stream.get_ref().1);
+        fill_from_session(info, stream.get_ref().1, &self.tls);
         Ok(Box::new(stream) as Stream)
     }
 }

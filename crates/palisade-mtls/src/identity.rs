@@ -245,6 +245,14 @@ pub(crate) fn spiffe_id_of(leaf_der: &[u8]) -> Option<SpiffeId> {
     names(&cert).0
 }
 
+/// A certificate's `notAfter`, in seconds since the epoch (`None` when it
+/// does not parse, or is before the epoch).
+#[cfg(any(feature = "axum", feature = "actix"))]
+pub(crate) fn not_after(der: &[u8]) -> Option<u64> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    u64::try_from(cert.validity().not_after.timestamp()).ok()
+}
+
 /// The verified `Identity` of a peer: only code that has verified the
 /// chain (this crate's acceptors) calls this.
 #[cfg(any(feature = "axum", feature = "actix"))]
@@ -256,13 +264,23 @@ fn verified_identity(leaf_der: &[u8]) -> Option<Identity> {
 /// the SNI and, for a client certificate rustls verified, the peer identity
 /// (parsed here, once per connection) and its chain. Both acceptors (axum,
 /// actix-web) call this.
+/// With the peer, the check of it at every request `tls` makes
+/// ([`ConnectionInfo::peer_recheck`]): a reload or the chain's expiry
+/// after the handshake refuses the connection's later requests.
 #[cfg(any(feature = "axum", feature = "actix"))]
-pub(crate) fn fill_from_session(info: &mut ConnectionInfo, session: &rustls::ServerConnection) {
+pub(crate) fn fill_from_session(
+    info: &mut ConnectionInfo,
+    session: &rustls::ServerConnection,
+    tls: &crate::ServerTls,
+) {
     info.tls = true;
     info.sni = session.server_name().map(str::to_owned);
     if let Some(chain) = session.peer_certificates() {
         info.peer = chain.first().and_then(|leaf| verified_identity(leaf));
         info.peer_certificates = chain.iter().map(|c| c.to_vec()).collect();
+        if info.peer.is_some() {
+            info.peer_recheck = Some(tls.recheck(info.peer_certificates.clone()));
+        }
     }
 }
 

@@ -8,8 +8,8 @@
 //!   and rotation without restart ([`ServerTls::reload`], [`ServerTls::watch`],
 //!   [`ServerTls::reload_on_sighup`]).
 //! - [`axum::serve`] (feature `axum`): the accept loop for axum, hyper and
-//!   tower services; [`actix::on_connect`] (feature `actix`): the same facts
-//!   for actix-web's rustls listener, and [`actix::server`] for PERMISSIVE
+//!   tower services; [`ServerTls::actix_on_connect`] (feature `actix`): the
+//!   same facts for actix-web's rustls listener, and [`actix::server`] for PERMISSIVE
 //!   (plaintext and TLS on one port) under actix-web.
 //! - [`peer_identity`] and [`SpiffeId`]: the identity parsed once per
 //!   connection from the verified chain, never from the common name.

@@ -18,6 +18,9 @@ use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
 
+#[cfg(any(feature = "axum", feature = "actix"))]
+use palisade_core::authn::PeerRecheck;
+
 use crate::files;
 use crate::identity::SpiffeId;
 
@@ -211,20 +214,21 @@ impl ServerTlsBuilder {
         };
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let material = Arc::new(ArcSwap::from_pointee(files.load(&provider, mode)?));
+        let verifier = Arc::new(DynVerifier {
+            material: material.clone(),
+            mode,
+            provider: provider.clone(),
+            trust_domains: self.trust_domains.into(),
+            refused: metrics::counter!(
+                palisade_core::metrics::AUTHENTICATIONS,
+                "method" => "mtls",
+                "result" => "failure"
+            ),
+        });
         let mut config = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::new(&files.cert, e))?
-            .with_client_cert_verifier(Arc::new(DynVerifier {
-                material: material.clone(),
-                mode,
-                provider: provider.clone(),
-                trust_domains: self.trust_domains.into(),
-                refused: metrics::counter!(
-                    palisade_core::metrics::AUTHENTICATIONS,
-                    "method" => "mtls",
-                    "result" => "failure"
-                ),
-            }))
+            .with_client_cert_verifier(verifier.clone())
             .with_cert_resolver(Arc::new(DynResolver(material.clone())));
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         // A resumed session is not verified again: a client certificate
@@ -242,6 +246,8 @@ impl ServerTlsBuilder {
             mode,
             provider,
             material,
+            #[cfg(any(feature = "axum", feature = "actix"))]
+            verifier,
             config: Arc::new(config),
             stamp: std::sync::Mutex::new(None),
         })))
@@ -366,6 +372,10 @@ struct Inner {
     mode: MtlsMode,
     provider: Arc<CryptoProvider>,
     material: Arc<ArcSwap<Material>>,
+    /// The client certificates' verifier the config uses, for checking a
+    /// connection's peer again ([`Recheck`]).
+    #[cfg(any(feature = "axum", feature = "actix"))]
+    verifier: Arc<DynVerifier>,
     config: Arc<ServerConfig>,
     stamp: std::sync::Mutex<Option<files::Stamp>>,
 }
@@ -460,6 +470,90 @@ impl ServerTls {
     /// When the signal handler cannot be installed.
     pub fn reload_on_sighup(&self) -> std::io::Result<()> {
         files::reload_on_sighup(self)
+    }
+}
+
+#[cfg(any(feature = "axum", feature = "actix"))]
+impl ServerTls {
+    /// The check, per request, of a connection's peer that presented
+    /// `chain` (leaf first) and was verified against the material in use
+    /// now (the handshake's).
+    pub(crate) fn recheck(&self, chain: Arc<[Vec<u8>]>) -> Arc<dyn PeerRecheck> {
+        let not_after = chain
+            .iter()
+            .filter_map(|der| crate::identity::not_after(der))
+            .min()
+            .unwrap_or(u64::MAX);
+        Arc::new(Recheck {
+            verifier: self.0.verifier.clone(),
+            verified_with: ArcSwap::new(self.0.material.load_full()),
+            chain,
+            not_after,
+            refused: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+}
+
+/// A connection's peer, checked again when the material changed (a reload:
+/// a CRL that revokes it, a bundle without its issuer) or its chain's
+/// first certificate to expire has: the verifier's whole check, as at a
+/// handshake. Once refused, refused for the connection's life.
+#[cfg(any(feature = "axum", feature = "actix"))]
+struct Recheck {
+    verifier: Arc<DynVerifier>,
+    /// The material the chain was last verified against.
+    verified_with: ArcSwap<Material>,
+    /// The chain the peer presented, leaf first.
+    chain: Arc<[Vec<u8>]>,
+    /// The earliest `notAfter` of the chain, in seconds since the epoch.
+    not_after: u64,
+    refused: std::sync::atomic::AtomicBool,
+}
+
+#[cfg(any(feature = "axum", feature = "actix"))]
+impl fmt::Debug for Recheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Recheck")
+            .field("not_after", &self.not_after)
+            .field("refused", &self.refused)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(any(feature = "axum", feature = "actix"))]
+impl PeerRecheck for Recheck {
+    fn still_trusted(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.refused.load(Relaxed) {
+            return false;
+        }
+        let now = UnixTime::now();
+        let current = self.verifier.material.load();
+        if Arc::ptr_eq(&*current, &*self.verified_with.load()) && now.as_secs() <= self.not_after {
+            return true;
+        }
+        let Some((leaf, intermediates)) = self.chain.split_first() else {
+            return false;
+        };
+        let intermediates: Vec<CertificateDer<'_>> = intermediates
+            .iter()
+            .map(|c| CertificateDer::from(c.as_slice()))
+            .collect();
+        match self
+            .verifier
+            .verify(&CertificateDer::from(leaf.as_slice()), &intermediates, now)
+        {
+            Ok(_) => {
+                self.verified_with.store(Arc::clone(&*current));
+                true
+            }
+            Err(error) => {
+                // Counted by the guard, once per request refused.
+                self.refused.store(true, Relaxed);
+                tracing::info!(target: LOG_TARGET, %error, "a connection's client certificate is no longer trusted: its requests are refused");
+                false
+            }
+        }
     }
 }
 
