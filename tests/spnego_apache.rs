@@ -367,3 +367,40 @@ fn palisade_and_apache_mod_auth_gssapi_decide_the_same_requests_alike() {
     assert_eq!(p[9].0.status, 401, "Palisade: {}", ctx(9));
     assert!(p[9].0.negotiate, "Palisade: {}", ctx(9));
 }
+
+/// Palisade's outbound Kerberos against mod_auth_gssapi as the back-end:
+/// the `productpage` example calls Apache's `/whoami` as alice (S4U), and
+/// Apache's mutual-authentication token in its `200` is checked and
+/// accepted (an answer without one is refused: `tests/spnego.rs`).
+#[test]
+fn palisade_checks_apache_mod_auth_gssapis_proof_of_identity() {
+    ApacheGssapi::check_installed().unwrap_or_else(|e| panic!("{e}"));
+    let r = realm();
+    r.realm.allow_protocol_transition("HTTP/localhost").unwrap();
+    let client = r.realm.client_env(&r.ccache);
+    let env = r.realm.server_env(&r.keytab);
+    let apache = ApacheGssapi::start(&r.keytab, &env).unwrap_or_else(|e| panic!("{e}"));
+    let keytab = r.keytab.to_str().unwrap().to_owned();
+    let backend = format!("http://localhost:{}", apache.port());
+    let front = start(
+        "productpage",
+        &[
+            "--keytab",
+            &keytab,
+            "--backend",
+            &backend,
+            "--s4u-realm",
+            "EXAMPLE.TEST",
+            "--s4u-claim",
+            "preferred_username",
+        ],
+        &env,
+    );
+    let url = format!("http://localhost:{}/backend/whoami", front.port);
+    let reply = curl(&["--negotiate", "-u", ":", &url], &client);
+    assert_eq!(reply.status, 200, "{}\n{}", reply.body, apache.error_log());
+    let v: Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(v["via"], "s4u", "{v}");
+    // Apache's own answer, whose token the front-end checked.
+    assert_eq!(v["status"], 200, "{v}\n{}", apache.error_log());
+}

@@ -1334,7 +1334,7 @@ fn two_hosts(req: &dyn RequestHead) -> Decision {
 fn peer_no_longer_trusted(req: &dyn RequestHead) -> Decision {
     tracing::debug!(target: LOG_TARGET, method = req.method(), path = req.path(), "the connection's peer certificate is no longer trusted");
     Decision::Deny(Rejection::forbidden(
-        "the connection's client certificate is no longer trusted (revoked or expired since the connection began): connect again",
+        "the connection's client certificate is no longer trusted (revoked or expired since the connection began, or refused by the trust material in use now): connect again",
     ))
 }
 

@@ -13,7 +13,7 @@
 //! | name | kind | labels |
 //! |---|---|---|
 //! | [`DECISIONS`] | counter | `decision` (`allow`, `deny`, `reply`), `policy`, `action` |
-//! | [`AUTHENTICATIONS`] | counter | `method` (`jwt`, `mtls`, `spnego`, `session`, `custom`), `result` (`success`, `failure`; `mtls` failures are client certificates `palisade-mtls` refused in the handshake, its successes requests with a verified peer) |
+//! | [`AUTHENTICATIONS`] | counter | `method` (`jwt`, `mtls`, `spnego`, `session`, `custom`), `result` (`success`, `failure`; `mtls` failures are client certificates `palisade-mtls` refused in the handshake and requests refused because their connection's certificate is refused now, its successes requests with a verified peer) |
 //! | [`CHECK_DURATION`] | histogram (seconds) | — (a cancelled check's time too, up to its cancelling) |
 //! | [`CHECKS_CANCELLED`] | counter | — |
 //! | [`JWKS_FETCHES`] | counter | `issuer`, `result` (`success`, `failure`; both at zero from the start, for each issuer; with an empty `issuer` when a workload's policy file configures none) |

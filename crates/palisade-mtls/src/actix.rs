@@ -436,7 +436,10 @@ impl ServerTls {
     /// every request against this server's material (a CRL reloaded since
     /// the handshake refuses the connection's later requests, as does the
     /// certificate's expiry). Plaintext connections get what
-    /// `palisade_actix::on_connect` records.
+    /// `palisade_actix::on_connect` records. An `HttpServer` has one
+    /// `on_connect` for all its listeners: give each `ServerTls` its own
+    /// `HttpServer` (or [`server`]), or its peers are checked against the
+    /// other's material.
     pub fn actix_on_connect(&self) -> impl Fn(&dyn Any, &mut Extensions) + Send + Sync + 'static {
         let tls = self.clone();
         move |conn, data| connected(conn, data, Some(&tls))

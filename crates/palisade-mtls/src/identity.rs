@@ -247,7 +247,6 @@ pub(crate) fn spiffe_id_of(leaf_der: &[u8]) -> Option<SpiffeId> {
 
 /// A certificate's `notAfter`, in seconds since the epoch (`None` when it
 /// does not parse, or is before the epoch).
-#[cfg(any(feature = "axum", feature = "actix"))]
 pub(crate) fn not_after(der: &[u8]) -> Option<u64> {
     let (_, cert) = X509Certificate::from_der(der).ok()?;
     u64::try_from(cert.validity().not_after.timestamp()).ok()
@@ -279,7 +278,7 @@ pub(crate) fn fill_from_session(
         info.peer = chain.first().and_then(|leaf| verified_identity(leaf));
         info.peer_certificates = chain.iter().map(|c| c.to_vec()).collect();
         if info.peer.is_some() {
-            info.peer_recheck = Some(tls.recheck(info.peer_certificates.clone()));
+            info.peer_recheck = Some(tls.peer_recheck(info.peer_certificates.clone()));
         }
     }
 }

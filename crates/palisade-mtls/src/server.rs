@@ -1,11 +1,15 @@
 //! The server side: a rustls `ServerConfig` whose certificate, key, client
 //! trust bundle and CRLs can be replaced while it serves. New handshakes use
-//! the new material; open connections finish with the old; a bad new file
-//! keeps the old material and logs one error naming the file.
+//! the new material; an open connection's client certificate is verified
+//! against it at its next request ([`ServerTls::peer_recheck`]); a bad new
+//! file keeps the old material and logs one error naming the file.
 
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -18,7 +22,6 @@ use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
 
-#[cfg(any(feature = "axum", feature = "actix"))]
 use palisade_core::authn::PeerRecheck;
 
 use crate::files;
@@ -246,7 +249,6 @@ impl ServerTlsBuilder {
             mode,
             provider,
             material,
-            #[cfg(any(feature = "axum", feature = "actix"))]
             verifier,
             config: Arc::new(config),
             stamp: std::sync::Mutex::new(None),
@@ -267,6 +269,13 @@ struct Files {
 struct Material {
     key: Arc<CertifiedKey>,
     verifier: Option<Arc<dyn ClientCertVerifier>>,
+    /// A digest of what client certificates are verified with (the
+    /// bundle's anchors, the CRLs, the settings): a reload that leaves it
+    /// as it was (the server's own certificate rotating) has open
+    /// connections' peers not verified again.
+    clients: u64,
+    /// When this material was put in use.
+    installed: std::time::Instant,
 }
 
 /// Reports a failed handshake and gives the reason the connection's log
@@ -315,10 +324,19 @@ impl Files {
 
     fn load(&self, provider: &Arc<CryptoProvider>, mode: MtlsMode) -> Result<Material, TlsError> {
         let key = files::certified_key(&self.cert, &self.key, provider)?;
+        let mut clients = std::collections::hash_map::DefaultHasher::new();
+        (mode, self.allow_unknown_revocation, self.allow_expired_crls).hash(&mut clients);
         let verifier = match (&self.client_ca, mode) {
             (None, _) | (_, MtlsMode::Disable) => None,
             (Some(ca), _) => {
                 let roots = Arc::new(files::roots(ca)?);
+                for anchor in &roots.roots {
+                    clients.write(anchor.subject.as_ref());
+                    clients.write(anchor.subject_public_key_info.as_ref());
+                    if let Some(constraints) = &anchor.name_constraints {
+                        clients.write(constraints.as_ref());
+                    }
+                }
                 let mut crls = Vec::new();
                 for path in &self.crls {
                     let list: Vec<CertificateRevocationListDer<'static>> =
@@ -334,6 +352,9 @@ impl Files {
                         .with_crls(list.clone())
                         .build()
                         .map_err(|e| TlsError::new(path, format!("cannot use the CRLs: {e}")))?;
+                    for crl in &list {
+                        clients.write(crl.as_ref());
+                    }
                     crls.extend(list);
                 }
                 let mut b =
@@ -363,6 +384,8 @@ impl Files {
         Ok(Material {
             key: Arc::new(key),
             verifier,
+            clients: clients.finish(),
+            installed: std::time::Instant::now(),
         })
     }
 }
@@ -374,7 +397,6 @@ struct Inner {
     material: Arc<ArcSwap<Material>>,
     /// The client certificates' verifier the config uses, for checking a
     /// connection's peer again ([`Recheck`]).
-    #[cfg(any(feature = "axum", feature = "actix"))]
     verifier: Arc<DynVerifier>,
     config: Arc<ServerConfig>,
     stamp: std::sync::Mutex<Option<files::Stamp>>,
@@ -440,7 +462,9 @@ impl ServerTls {
 
     /// Reads the files again and uses them for new handshakes (a server
     /// that takes client certificates resumes no TLS session, so every
-    /// new connection's certificate is checked against them).
+    /// new connection's certificate is checked against them), and, when
+    /// the client bundle or CRLs changed, for open connections' next
+    /// requests ([`peer_recheck`](Self::peer_recheck)).
     ///
     /// # Errors
     /// A [`TlsError`] naming the bad file; the old material stays in use.
@@ -473,64 +497,93 @@ impl ServerTls {
     }
 }
 
-#[cfg(any(feature = "axum", feature = "actix"))]
 impl ServerTls {
     /// The check, per request, of a connection's peer that presented
-    /// `chain` (leaf first) and was verified against the material in use
-    /// now (the handshake's).
-    pub(crate) fn recheck(&self, chain: Arc<[Vec<u8>]>) -> Arc<dyn PeerRecheck> {
+    /// `chain` (DER, leaf first) and that this server's handshake verified:
+    /// what [`ConnectionInfo::peer_recheck`](palisade_core::authn::ConnectionInfo::peer_recheck)
+    /// holds. `palisade_mtls::axum::serve`, [`actix::server`](crate::actix::server)
+    /// and [`actix_on_connect`](Self::actix_on_connect) set it; an accept
+    /// loop of one's own sets it with this, next to the peer's
+    /// [`peer_identity`](crate::peer_identity).
+    ///
+    /// The chain is verified again, as at a handshake (the trust bundle,
+    /// the CRLs, the trust domains, the clock), when the client
+    /// verification material changed since (a reload that changed the
+    /// bundle or the CRLs; the server's own certificate rotating does not
+    /// count), and when the first of the chain's certificates to expire has
+    /// (then at most once a minute). Otherwise the answer is a comparison.
+    /// A connection made while a reload was at most a minute old is
+    /// verified again at its first request: its handshake may have used
+    /// the material before.
+    #[must_use]
+    pub fn peer_recheck(&self, chain: Arc<[Vec<u8>]>) -> Arc<dyn PeerRecheck> {
         let not_after = chain
             .iter()
             .filter_map(|der| crate::identity::not_after(der))
             .min()
             .unwrap_or(u64::MAX);
+        let current = self.0.material.load();
+        let verified = if current.installed.elapsed() < RECHECK_EVERY {
+            UNVERIFIED
+        } else {
+            current.clients
+        };
         Arc::new(Recheck {
             verifier: self.0.verifier.clone(),
-            verified_with: ArcSwap::new(self.0.material.load_full()),
             chain,
             not_after,
-            refused: std::sync::atomic::AtomicBool::new(false),
+            verified: AtomicU64::new(verified),
+            next_check: AtomicU64::new(not_after),
+            trusted: AtomicBool::new(true),
         })
     }
 }
 
-/// A connection's peer, checked again when the material changed (a reload:
-/// a CRL that revokes it, a bundle without its issuer) or its chain's
-/// first certificate to expire has: the verifier's whole check, as at a
-/// handshake. Once refused, refused for the connection's life.
-#[cfg(any(feature = "axum", feature = "actix"))]
+/// How often a chain whose first certificate has expired is verified
+/// again; and how recent a reload makes a connection's handshake
+/// uncertain.
+const RECHECK_EVERY: Duration = Duration::from_secs(60);
+
+/// [`Recheck::verified`] when the material the handshake used is not
+/// known.
+const UNVERIFIED: u64 = u64::MAX;
+
+/// A connection's peer, checked again when the client verification
+/// material changed (a reload: a CRL that revokes it, a bundle without its
+/// issuer) or its chain's first certificate to expire has: the verifier's
+/// whole check, as at a handshake. Refused, it is checked again after a
+/// reload of that material, or a minute later (a CRL past its
+/// `nextUpdate` refuses every peer until a fresh one comes).
 struct Recheck {
     verifier: Arc<DynVerifier>,
-    /// The material the chain was last verified against.
-    verified_with: ArcSwap<Material>,
     /// The chain the peer presented, leaf first.
     chain: Arc<[Vec<u8>]>,
     /// The earliest `notAfter` of the chain, in seconds since the epoch.
     not_after: u64,
-    refused: std::sync::atomic::AtomicBool,
+    /// [`Material::clients`] of the material last verified against.
+    verified: AtomicU64,
+    /// When to verify again whatever the material (seconds since the
+    /// epoch).
+    next_check: AtomicU64,
+    /// The last verdict.
+    trusted: AtomicBool,
 }
 
-#[cfg(any(feature = "axum", feature = "actix"))]
 impl fmt::Debug for Recheck {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Recheck")
             .field("not_after", &self.not_after)
-            .field("refused", &self.refused)
+            .field("trusted", &self.trusted)
             .finish_non_exhaustive()
     }
 }
 
-#[cfg(any(feature = "axum", feature = "actix"))]
 impl PeerRecheck for Recheck {
     fn still_trusted(&self) -> bool {
-        use std::sync::atomic::Ordering::Relaxed;
-        if self.refused.load(Relaxed) {
-            return false;
-        }
-        let now = UnixTime::now();
         let current = self.verifier.material.load();
-        if Arc::ptr_eq(&*current, &*self.verified_with.load()) && now.as_secs() <= self.not_after {
-            return true;
+        let now = UnixTime::now();
+        if current.clients == self.verified.load(Relaxed) && now.as_secs() < self.next_check.load(Relaxed) {
+            return self.trusted.load(Relaxed);
         }
         let Some((leaf, intermediates)) = self.chain.split_first() else {
             return false;
@@ -539,21 +592,25 @@ impl PeerRecheck for Recheck {
             .iter()
             .map(|c| CertificateDer::from(c.as_slice()))
             .collect();
-        match self
+        let verdict = self
             .verifier
-            .verify(&CertificateDer::from(leaf.as_slice()), &intermediates, now)
-        {
-            Ok(_) => {
-                self.verified_with.store(Arc::clone(&*current));
-                true
-            }
-            Err(error) => {
-                // Counted by the guard, once per request refused.
-                self.refused.store(true, Relaxed);
-                tracing::info!(target: LOG_TARGET, %error, "a connection's client certificate is no longer trusted: its requests are refused");
-                false
+            .verify(&CertificateDer::from(leaf.as_slice()), &intermediates, now);
+        if let Err(error) = &verdict {
+            static REFUSED: palisade_core::logging::Sparse = palisade_core::logging::Sparse::per_minute();
+            if REFUSED.due() {
+                tracing::warn!(target: LOG_TARGET, %error, "a connection's client certificate is refused now (its requests are answered 403; at most one such line a minute)");
             }
         }
+        let trusted = verdict.is_ok();
+        self.trusted.store(trusted, Relaxed);
+        self.verified.store(current.clients, Relaxed);
+        let next = if trusted && now.as_secs() < self.not_after {
+            self.not_after
+        } else {
+            now.as_secs().saturating_add(RECHECK_EVERY.as_secs())
+        };
+        self.next_check.store(next, Relaxed);
+        trusted
     }
 }
 
@@ -981,6 +1038,63 @@ mod tests {
         // The refused certificate is counted (the handshakes before were
         // not refusals).
         assert_eq!(refusals(), Some(metrics_util::debugging::DebugValue::Counter(1)));
+    }
+
+    /// An open connection's peer ([`ServerTls::peer_recheck`]) is refused
+    /// once a reloaded CRL revokes it or its certificate has expired, and
+    /// trusted again when the server's own fault (a CRL past its
+    /// `nextUpdate`) is mended; others' connections are not refused.
+    #[test]
+    fn an_open_connections_peer_is_checked_again_when_the_client_material_changes() {
+        let dir = palisade_testkit::TempDir::new("palisade-mtls-recheck");
+        let mut pki = TestPki::new();
+        let client = pki.workload("default", "productpage");
+        let other = pki.workload("default", "reviews");
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, pki.ca_pem()).unwrap();
+        let crl = dir.path().join("crl.pem");
+        std::fs::write(&crl, pki.crl_pem()).unwrap();
+        let (cert, key) = pki.server(&["localhost"]).write_to(dir.path(), "server").unwrap();
+        let tls = ServerTls::builder(&cert, &key)
+            .client_ca(&ca)
+            .crl(&crl)
+            .build()
+            .unwrap();
+        let chain = |certs: &[&palisade_testkit::TestCert]| -> Arc<[Vec<u8>]> {
+            certs.iter().map(|c| c.cert_der()).collect()
+        };
+        let open = tls.peer_recheck(chain(&[&client]));
+        assert!(open.still_trusted());
+        // The server's own certificate rotates: still trusted.
+        pki.server(&["localhost"]).write_to(dir.path(), "server").unwrap();
+        tls.reload().unwrap();
+        assert!(open.still_trusted());
+        // A CRL past its nextUpdate (the server's fault) refuses every
+        // peer, until a fresh one comes.
+        std::fs::write(&crl, pki.expired_crl_pem()).unwrap();
+        tls.reload().unwrap();
+        assert!(!open.still_trusted(), "a CRL past its nextUpdate");
+        std::fs::write(&crl, pki.crl_pem()).unwrap();
+        tls.reload().unwrap();
+        assert!(open.still_trusted(), "a fresh CRL again");
+        // A CRL that revokes it: refused, and stays so.
+        pki.revoke(&client);
+        std::fs::write(&crl, pki.crl_pem()).unwrap();
+        tls.reload().unwrap();
+        assert!(!open.still_trusted(), "revoked");
+        assert!(!open.still_trusted(), "still revoked");
+        assert!(tls.peer_recheck(chain(&[&other])).still_trusted(), "another peer");
+        // A leaf that has expired (since the handshake): refused. An
+        // expired certificate sent along with a good chain, which the
+        // handshake ignores: verified again, and trusted.
+        assert!(
+            !tls.peer_recheck(chain(&[&pki.expired("default", "late")]))
+                .still_trusted()
+        );
+        let extra = pki.expired("default", "extra");
+        let padded = tls.peer_recheck(chain(&[&other, &extra]));
+        assert!(padded.still_trusted());
+        assert!(padded.still_trusted());
     }
 
     #[test]
