@@ -358,17 +358,28 @@ async fn a_revoked_clients_open_connection_is_refused_after_the_crls_reload() {
     let mut pki = TestPki::new();
     let ca = dir.write("ca.pem", &pki.ca_pem());
     let server = dir.cert("server", &pki.server(&["localhost"]));
-    let policy = dir.write(
-        "policy.yaml",
-        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: strict}\nspec: {mtls: {mode: STRICT}}\n",
-    );
-    for name in ["details", "reviews"] {
+    // Both frameworks, and both ways each serves TLS: STRICT (reviews:
+    // actix-web's own listener with `actix_on_connect`) and PERMISSIVE
+    // (reviews: `palisade_mtls::actix::server`).
+    for (example, mode) in [
+        ("details", "STRICT"),
+        ("reviews", "STRICT"),
+        ("details", "PERMISSIVE"),
+        ("reviews", "PERMISSIVE"),
+    ] {
+        let policy = dir.write(
+            &format!("{mode}.yaml"),
+            &format!(
+                "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: mesh}}\nspec: {{mtls: {{mode: {mode}}}}}\n"
+            ),
+        );
+        let name = format!("{example} {mode}");
         let victim = pki.workload("default", "victim");
         let victim_files = dir.cert("victim", &victim);
         let other = dir.cert("other", &pki.workload("default", "other"));
         let crl = dir.write("crl.pem", &pki.crl_pem());
         let svc = start(
-            name,
+            example,
             &mtls_args(&["--config", &policy, "--client-crl", &crl], &server, &ca),
         );
         let url = format!("https://localhost:{}/whoami", svc.port);

@@ -157,8 +157,7 @@ where
             let call = htu.as_deref().map(|htu| (method.as_str(), htu));
             let sent = credentials
                 .apply_call(req.headers_mut(), host.as_deref(), caller.as_ref(), call)
-                .await?
-                .of_request(req.headers());
+                .await?;
             std::future::poll_fn(|cx| inner.poll_ready(cx))
                 .await
                 .map_err(Into::into)?;

@@ -131,7 +131,7 @@ impl Credentials {
                 if let Some(proof) = proof {
                     headers.insert("dpop", proof);
                 }
-                Ok(sent)
+                Ok(sent.of_request(headers))
             }
             None => {
                 headers.remove(http::header::AUTHORIZATION);

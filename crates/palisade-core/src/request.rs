@@ -43,9 +43,10 @@ pub struct ConnectionInfo {
 /// request of the connection, so the answer for unchanged material and a
 /// certificate not yet expired is expected to be cheap (a comparison).
 pub trait PeerRecheck: Send + Sync + std::fmt::Debug {
-    /// `false` when the certificate the peer presented at the handshake
-    /// would be refused now (revoked by a CRL loaded since, expired, its
-    /// issuer no longer in the trust bundle).
+    /// `false` when the certificate the peer presented at the handshake is
+    /// refused now, as far as the implementation checks (palisade-mtls's:
+    /// revoked by a CRL loaded since, expired, its issuer no longer in the
+    /// trust bundle, or the server's CRLs past their `nextUpdate`).
     fn still_trusted(&self) -> bool;
 }
 

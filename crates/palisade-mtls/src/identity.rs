@@ -252,6 +252,13 @@ pub(crate) fn not_after(der: &[u8]) -> Option<u64> {
     u64::try_from(cert.validity().not_after.timestamp()).ok()
 }
 
+/// A CRL's `nextUpdate`, in seconds since the epoch (`None` when it does
+/// not parse or has none).
+pub(crate) fn crl_next_update(der: &[u8]) -> Option<u64> {
+    let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(der).ok()?;
+    u64::try_from(crl.next_update()?.timestamp()).ok()
+}
+
 /// The verified `Identity` of a peer: only code that has verified the
 /// chain (this crate's acceptors) calls this.
 #[cfg(any(feature = "axum", feature = "actix"))]

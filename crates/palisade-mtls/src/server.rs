@@ -1,15 +1,14 @@
 //! The server side: a rustls `ServerConfig` whose certificate, key, client
 //! trust bundle and CRLs can be replaced while it serves. New handshakes use
 //! the new material; an open connection's client certificate is verified
-//! against it at its next request ([`ServerTls::peer_recheck`]); a bad new
-//! file keeps the old material and logs one error naming the file.
+//! against it at its next request when the client bundle or CRLs changed
+//! ([`ServerTls::peer_recheck`]); a bad new file keeps the old material and
+//! logs one error naming the file.
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -274,8 +273,10 @@ struct Material {
     /// as it was (the server's own certificate rotating) has open
     /// connections' peers not verified again.
     clients: u64,
-    /// When this material was put in use.
-    installed: std::time::Instant,
+    /// The earliest `nextUpdate` of the CRLs (seconds since the epoch),
+    /// past which they refuse every peer; `u64::MAX` without CRLs, or
+    /// when expired CRLs are allowed.
+    crls_expire: u64,
 }
 
 /// Reports a failed handshake and gives the reason the connection's log
@@ -326,16 +327,19 @@ impl Files {
         let key = files::certified_key(&self.cert, &self.key, provider)?;
         let mut clients = std::collections::hash_map::DefaultHasher::new();
         (mode, self.allow_unknown_revocation, self.allow_expired_crls).hash(&mut clients);
+        let mut crls_expire = u64::MAX;
         let verifier = match (&self.client_ca, mode) {
             (None, _) | (_, MtlsMode::Disable) => None,
             (Some(ca), _) => {
                 let roots = Arc::new(files::roots(ca)?);
                 for anchor in &roots.roots {
-                    clients.write(anchor.subject.as_ref());
-                    clients.write(anchor.subject_public_key_info.as_ref());
-                    if let Some(constraints) = &anchor.name_constraints {
-                        clients.write(constraints.as_ref());
-                    }
+                    anchor.subject.as_ref().hash(&mut clients);
+                    anchor.subject_public_key_info.as_ref().hash(&mut clients);
+                    anchor
+                        .name_constraints
+                        .as_ref()
+                        .map(AsRef::<[u8]>::as_ref)
+                        .hash(&mut clients);
                 }
                 let mut crls = Vec::new();
                 for path in &self.crls {
@@ -353,7 +357,12 @@ impl Files {
                         .build()
                         .map_err(|e| TlsError::new(path, format!("cannot use the CRLs: {e}")))?;
                     for crl in &list {
-                        clients.write(crl.as_ref());
+                        crl.as_ref().hash(&mut clients);
+                        if !self.allow_expired_crls
+                            && let Some(next) = crate::identity::crl_next_update(crl.as_ref())
+                        {
+                            crls_expire = crls_expire.min(next);
+                        }
                     }
                     crls.extend(list);
                 }
@@ -385,7 +394,7 @@ impl Files {
             key: Arc::new(key),
             verifier,
             clients: clients.finish(),
-            installed: std::time::Instant::now(),
+            crls_expire,
         })
     }
 }
@@ -506,15 +515,19 @@ impl ServerTls {
     /// loop of one's own sets it with this, next to the peer's
     /// [`peer_identity`](crate::peer_identity).
     ///
-    /// The chain is verified again, as at a handshake (the trust bundle,
-    /// the CRLs, the trust domains, the clock), when the client
-    /// verification material changed since (a reload that changed the
-    /// bundle or the CRLs; the server's own certificate rotating does not
-    /// count), and when the first of the chain's certificates to expire has
-    /// (then at most once a minute). Otherwise the answer is a comparison.
-    /// A connection made while a reload was at most a minute old is
-    /// verified again at its first request: its handshake may have used
-    /// the material before.
+    /// The chain is verified again, as a handshake verifies it (the trust
+    /// bundle, the CRLs, the trust domains, the time of day):
+    /// - at the connection's first request (the handshake may have used
+    ///   material a reload has replaced since);
+    /// - after a reload that changed the client bundle or CRLs (the
+    ///   server's own certificate rotating does not count);
+    /// - once the first of the chain's certificates to expire has, or the
+    ///   first of the CRLs to pass its `nextUpdate` has (unless
+    ///   [`allow_expired_crls`](ServerTlsBuilder::allow_expired_crls));
+    /// - for a peer refused, at most once a minute (a CRL past its
+    ///   `nextUpdate` refuses every peer until a fresh one comes).
+    ///
+    /// Otherwise the answer is a comparison.
     #[must_use]
     pub fn peer_recheck(&self, chain: Arc<[Vec<u8>]>) -> Arc<dyn PeerRecheck> {
         let not_after = chain
@@ -522,94 +535,100 @@ impl ServerTls {
             .filter_map(|der| crate::identity::not_after(der))
             .min()
             .unwrap_or(u64::MAX);
-        let current = self.0.material.load();
-        let verified = if current.installed.elapsed() < RECHECK_EVERY {
-            UNVERIFIED
-        } else {
-            current.clients
-        };
         Arc::new(Recheck {
             verifier: self.0.verifier.clone(),
             chain,
             not_after,
-            verified: AtomicU64::new(verified),
-            next_check: AtomicU64::new(not_after),
-            trusted: AtomicBool::new(true),
+            verdict: ArcSwap::from_pointee(Verdict {
+                verified: None,
+                next_check: 0,
+                trusted: false,
+            }),
         })
     }
 }
 
-/// How often a chain whose first certificate has expired is verified
-/// again; and how recent a reload makes a connection's handshake
-/// uncertain.
+/// How often a refused peer, or a chain one of whose certificates has
+/// expired, is verified again.
 const RECHECK_EVERY: Duration = Duration::from_secs(60);
-
-/// [`Recheck::verified`] when the material the handshake used is not
-/// known.
-const UNVERIFIED: u64 = u64::MAX;
 
 /// A connection's peer, checked again when the client verification
 /// material changed (a reload: a CRL that revokes it, a bundle without its
-/// issuer) or its chain's first certificate to expire has: the verifier's
-/// whole check, as at a handshake. Refused, it is checked again after a
-/// reload of that material, or a minute later (a CRL past its
-/// `nextUpdate` refuses every peer until a fresh one comes).
+/// issuer), or time has (a certificate's expiry, a CRL's `nextUpdate`):
+/// the verifier's whole check, as at a handshake
+/// ([`ServerTls::peer_recheck`]).
 struct Recheck {
     verifier: Arc<DynVerifier>,
     /// The chain the peer presented, leaf first.
     chain: Arc<[Vec<u8>]>,
     /// The earliest `notAfter` of the chain, in seconds since the epoch.
     not_after: u64,
-    /// [`Material::clients`] of the material last verified against.
-    verified: AtomicU64,
-    /// When to verify again whatever the material (seconds since the
-    /// epoch).
-    next_check: AtomicU64,
-    /// The last verdict.
-    trusted: AtomicBool,
+    /// The last verdict, with what it holds for: one record, so that
+    /// requests checking at once leave a verdict with its own material.
+    verdict: ArcSwap<Verdict>,
+}
+
+/// A verdict on a connection's peer.
+struct Verdict {
+    /// [`Material::clients`] of the material it was reached with; `None`
+    /// before the first.
+    verified: Option<u64>,
+    /// Until when (seconds since the epoch) it stands for that material.
+    next_check: u64,
+    trusted: bool,
 }
 
 impl fmt::Debug for Recheck {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Recheck")
             .field("not_after", &self.not_after)
-            .field("trusted", &self.trusted)
+            .field("trusted", &self.verdict.load().trusted)
             .finish_non_exhaustive()
     }
 }
 
 impl PeerRecheck for Recheck {
     fn still_trusted(&self) -> bool {
-        let current = self.verifier.material.load();
-        let now = UnixTime::now();
-        if current.clients == self.verified.load(Relaxed) && now.as_secs() < self.next_check.load(Relaxed) {
-            return self.trusted.load(Relaxed);
+        let material = self.verifier.material.load_full();
+        let now = UnixTime::now().as_secs();
+        let last = self.verdict.load();
+        if last.verified == Some(material.clients) && now < last.next_check {
+            return last.trusted;
         }
-        let Some((leaf, intermediates)) = self.chain.split_first() else {
-            return false;
-        };
-        let intermediates: Vec<CertificateDer<'_>> = intermediates
-            .iter()
-            .map(|c| CertificateDer::from(c.as_slice()))
-            .collect();
-        let verdict = self
-            .verifier
-            .verify(&CertificateDer::from(leaf.as_slice()), &intermediates, now);
-        if let Err(error) = &verdict {
-            static REFUSED: palisade_core::logging::Sparse = palisade_core::logging::Sparse::per_minute();
-            if REFUSED.due() {
-                tracing::warn!(target: LOG_TARGET, %error, "a connection's client certificate is refused now (its requests are answered 403; at most one such line a minute)");
+        let trusted = match self.chain.split_first() {
+            Some((leaf, intermediates)) => {
+                let intermediates: Vec<CertificateDer<'_>> = intermediates
+                    .iter()
+                    .map(|c| CertificateDer::from(c.as_slice()))
+                    .collect();
+                let verdict = self.verifier.verify_with(
+                    &material,
+                    &CertificateDer::from(leaf.as_slice()),
+                    &intermediates,
+                    UnixTime::since_unix_epoch(Duration::from_secs(now)),
+                );
+                if let Err(error) = &verdict {
+                    static REFUSED: palisade_core::logging::Sparse =
+                        palisade_core::logging::Sparse::per_minute();
+                    if REFUSED.due() {
+                        tracing::warn!(target: LOG_TARGET, %error, "a connection's client certificate is refused now (its requests are answered 403; at most one such line a minute)");
+                    }
+                }
+                verdict.is_ok()
             }
-        }
-        let trusted = verdict.is_ok();
-        self.trusted.store(trusted, Relaxed);
-        self.verified.store(current.clients, Relaxed);
-        let next = if trusted && now.as_secs() < self.not_after {
-            self.not_after
-        } else {
-            now.as_secs().saturating_add(RECHECK_EVERY.as_secs())
+            None => false,
         };
-        self.next_check.store(next, Relaxed);
+        let until = self.not_after.min(material.crls_expire);
+        let next_check = if trusted && now < until {
+            until
+        } else {
+            now.saturating_add(RECHECK_EVERY.as_secs())
+        };
+        self.verdict.store(Arc::new(Verdict {
+            verified: Some(material.clients),
+            next_check,
+            trusted,
+        }));
         trusted
     }
 }
@@ -679,7 +698,18 @@ impl DynVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let verified = match &self.material.load().verifier {
+        self.verify_with(&self.material.load(), end_entity, intermediates, now)
+    }
+
+    /// [`verify`](Self::verify) with `material`.
+    fn verify_with(
+        &self,
+        material: &Material,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = match &material.verifier {
             Some(v) => v.verify_client_cert(end_entity, intermediates, now)?,
             None => {
                 return Err(rustls::Error::General(
@@ -1065,6 +1095,10 @@ mod tests {
         };
         let open = tls.peer_recheck(chain(&[&client]));
         assert!(open.still_trusted());
+        // The first request verifies the chain: one the handshake's
+        // material may not have seen (another CA's) is refused.
+        let stranger = TestPki::new().workload("default", "productpage");
+        assert!(!tls.peer_recheck(chain(&[&stranger])).still_trusted());
         // The server's own certificate rotates: still trusted.
         pki.server(&["localhost"]).write_to(dir.path(), "server").unwrap();
         tls.reload().unwrap();
