@@ -62,7 +62,11 @@ impl Credentials {
     /// is to be sent: what [`CredentialsLayer`](crate::CredentialsLayer) and
     /// [`Upstreams::apply`] do, for a client that chose the credential
     /// itself. Tell the returned [`Sent`] the upstream's answer, so a
-    /// cached token it refuses is renewed in the background.
+    /// cached token it refuses is renewed in the background (and a
+    /// Kerberos upstream's proof checked). Set the request's
+    /// `content-type` in `headers` first: for a gRPC call
+    /// (`application/grpc`), a trailers-only error answer counts as an
+    /// error, which need not prove the upstream.
     ///
     /// # Errors
     /// As [`authorization`](Self::authorization): the request must then

@@ -1,9 +1,10 @@
 //! The server side: a rustls `ServerConfig` whose certificate, key, client
 //! trust bundle and CRLs can be replaced while it serves. New handshakes use
 //! the new material; an open connection's client certificate is verified
-//! against it at its next request when the client bundle or CRLs changed
-//! ([`ServerTls::peer_recheck`]); a bad new file keeps the old material and
-//! logs one error naming the file.
+//! again at its first request, at its next request when the client bundle
+//! or CRLs changed, and when a certificate of its chain expires or a CRL
+//! passes its `nextUpdate` ([`ServerTls::peer_recheck`]); a bad new file
+//! keeps the old material and logs one error naming the file.
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -148,8 +149,8 @@ impl ServerTlsBuilder {
         self
     }
 
-    /// Use CRLs past their `nextUpdate`. By default such a CRL fails every
-    /// client's handshake, as in OpenSSL (and so Envoy): whoever can stall
+    /// Use CRLs past their `nextUpdate`. By default such a CRL fails the
+    /// handshake of every client whose chain it covers, as in OpenSSL (and so Envoy): whoever can stall
     /// the CRL's publication would otherwise freeze revocation where it
     /// stands. Publish CRLs in time rather than turn this on.
     pub fn allow_expired_crls(mut self) -> Self {
@@ -274,8 +275,10 @@ struct Material {
     /// connections' peers not verified again.
     clients: u64,
     /// The earliest `nextUpdate` of the CRLs (seconds since the epoch),
-    /// past which they refuse every peer; `u64::MAX` without CRLs, or
-    /// when expired CRLs are allowed.
+    /// from which that CRL refuses every peer whose chain it covers;
+    /// `u64::MAX` without CRLs, or when expired CRLs are allowed; `0` for
+    /// one x509-parser cannot read (open connections are then checked
+    /// once a minute).
     crls_expire: u64,
 }
 
@@ -307,7 +310,7 @@ pub(crate) fn handshake_failed(error: &(dyn std::error::Error + 'static)) -> &'s
     }
     if expired_crl {
         if EXPIRED_CRL.due() {
-            tracing::warn!(target: LOG_TARGET, "a client certificate was refused because a CRL is past its nextUpdate: every mutual TLS client is, until a fresh CRL is loaded");
+            tracing::warn!(target: LOG_TARGET, "a client certificate was refused because a CRL is past its nextUpdate: every mutual TLS client whose chain it covers is, until a fresh CRL is loaded");
         }
         return "TLS handshake failed: a CRL is past its nextUpdate";
     }
@@ -358,9 +361,10 @@ impl Files {
                         .map_err(|e| TlsError::new(path, format!("cannot use the CRLs: {e}")))?;
                     for crl in &list {
                         crl.as_ref().hash(&mut clients);
-                        if !self.allow_expired_crls
-                            && let Some(next) = crate::identity::crl_next_update(crl.as_ref())
-                        {
+                        if !self.allow_expired_crls {
+                            // One x509-parser cannot read (webpki took it):
+                            // open connections are checked once a minute.
+                            let next = crate::identity::crl_next_update(crl.as_ref()).unwrap_or(0);
                             crls_expire = crls_expire.min(next);
                         }
                     }
@@ -525,7 +529,8 @@ impl ServerTls {
     ///   first of the CRLs to pass its `nextUpdate` has (unless
     ///   [`allow_expired_crls`](ServerTlsBuilder::allow_expired_crls));
     /// - for a peer refused, at most once a minute (a CRL past its
-    ///   `nextUpdate` refuses every peer until a fresh one comes).
+    ///   `nextUpdate` refuses every peer whose chain it covers until a
+    ///   fresh one comes).
     ///
     /// Otherwise the answer is a comparison.
     #[must_use]
@@ -618,7 +623,9 @@ impl PeerRecheck for Recheck {
             }
             None => false,
         };
-        let until = self.not_after.min(material.crls_expire);
+        // A certificate is expired once the time is past its `notAfter`
+        // (webpki's reading); a CRL from its `nextUpdate` on.
+        let until = self.not_after.saturating_add(1).min(material.crls_expire);
         let next_check = if trusted && now < until {
             until
         } else {
