@@ -855,6 +855,20 @@ impl Share<Compiled> {
         }
     }
 
+    /// The refusal of a request whose connection's mTLS peer is not
+    /// trusted now ([`ConnectionInfo::peer_recheck`](crate::authn::ConnectionInfo::peer_recheck)),
+    /// counted as an mTLS failure. Out of line: only requests with a peer
+    /// call it, and a bearer token's path stays as it was.
+    #[inline(never)]
+    fn peer_refused(&self, req: &dyn RequestHead) -> Option<Decision> {
+        let recheck = req.connection()?.peer_recheck.as_deref()?;
+        if recheck.still_trusted() {
+            return None;
+        }
+        self.metrics.mtls.failure.increment(1);
+        Some(peer_no_longer_trusted(req))
+    }
+
     /// [`Guard::check`] with refusals rendered for HTTP.
     fn check_http(self: &Arc<Self>, req: &dyn RequestHead) -> Check<Decision> {
         let access = &self.access;
@@ -872,15 +886,10 @@ impl Share<Compiled> {
         // The mTLS peer, verified at the handshake, comes with the
         // connection, and is checked again if the trust material changed
         // or its certificate expired since.
-        let connection = req.connection();
-        let peer = connection.and_then(|c| c.peer.clone());
+        let peer = req.connection().and_then(|c| c.peer.clone());
         if peer.is_some() {
-            if connection
-                .and_then(|c| c.peer_recheck.as_deref())
-                .is_some_and(|r| !r.still_trusted())
-            {
-                self.metrics.mtls.failure.increment(1);
-                return Check::Ready(peer_no_longer_trusted(req));
+            if let Some(refused) = self.peer_refused(req) {
+                return Check::Ready(refused);
             }
             self.metrics.mtls.success.increment(1);
         }
