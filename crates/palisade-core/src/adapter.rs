@@ -1042,6 +1042,7 @@ pub fn authorize_route(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::request::OwnedRequest;
 
     /// A reply's header name in capitals (a third party's authenticator
     /// may write one) is lowered on axum as on actix-web, never a panic;
@@ -1054,7 +1055,6 @@ mod tests {
         assert_eq!(res.headers()["x-custom"], "1");
         assert_eq!(res.headers().len(), 1, "{:?}", res.headers());
     }
-    use crate::request::OwnedRequest;
 
     /// A reply's headers that may carry a credential are marked sensitive
     /// by both renderers; the others are not.

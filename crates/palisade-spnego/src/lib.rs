@@ -655,11 +655,7 @@ impl SpnegoAuthenticator {
         req.for_each_header("authorization", &mut |v| {
             // Another scheme's header (a large `Bearer` token) is its
             // authenticator's to judge, whatever its size.
-            let Some(rest) = v
-                .get(..10)
-                .filter(|scheme| scheme.eq_ignore_ascii_case(b"negotiate "))
-                .map(|_| &v[10..])
-            else {
+            let Some(rest) = after_scheme(v) else {
                 return;
             };
             count += 1;
@@ -842,6 +838,16 @@ impl Negotiation {
     }
 }
 
+/// What follows `Negotiate ` (the scheme in any case, and a space) in an
+/// `Authorization` value or a challenge; `None` for another scheme, or
+/// the scheme alone.
+fn after_scheme(value: &[u8]) -> Option<&[u8]> {
+    value
+        .get(..10)
+        .filter(|scheme| scheme.eq_ignore_ascii_case(b"negotiate "))
+        .map(|_| &value[10..])
+}
+
 /// The one Negotiate token among an answer's `WWW-Authenticate` values,
 /// still base64, or why there is none. A value may hold several
 /// challenges, comma-separated (`Negotiate abc, Bearer realm="x"`): a
@@ -853,15 +859,9 @@ fn negotiate_token<'a>(
     let mut tokens = www_authenticate
         .into_iter()
         .flat_map(|v| v.split(|&b| b == b','))
-        .filter_map(|element| {
-            let element = element.trim_ascii();
-            let scheme = element
-                .get(..9)
-                .filter(|s| s.eq_ignore_ascii_case(b"negotiate"))?;
-            let rest = &element[scheme.len()..];
-            // `Negotiate` alone is a challenge, not a token.
-            (rest.first() == Some(&b' ') && !rest.trim_ascii().is_empty()).then(|| rest.trim_ascii())
-        });
+        // `Negotiate` alone is a challenge, not a token.
+        .filter_map(|element| after_scheme(element.trim_ascii()).map(<[u8]>::trim_ascii))
+        .filter(|token| !token.is_empty());
     match (tokens.next(), tokens.next()) {
         (Some(t), None) => Ok(t),
         (None, _) => {

@@ -583,10 +583,11 @@ fn given_twice<'d>(
     })
 }
 
-/// The `JwtSettings` documents whose `issuer` no `jwtRules` entry and no
-/// `KeycloakAdapter` of the file has: their settings would apply to no
-/// provider, so the file is refused.
-fn settings_for_no_issuer(documents: &[Document]) -> Vec<(&Document, &'static str, String)> {
+/// Refuses a `JwtSettings` document whose `issuer` no `jwtRules` entry
+/// and no `KeycloakAdapter` of the file has: a typo of one (or a rule
+/// taken out), whose settings, some of them checks (`requiredType`,
+/// DPoP), would silently apply to no provider.
+fn settings_for_no_issuer(documents: &[Document], source: &str) -> Result<(), PolicyError> {
     let issuers: Vec<String> = documents
         .iter()
         .flat_map(|d| match &d.spec {
@@ -595,17 +596,18 @@ fn settings_for_no_issuer(documents: &[Document]) -> Vec<(&Document, &'static st
             _ => Vec::new(),
         })
         .collect();
-    documents
-        .iter()
-        .filter_map(|d| match &d.spec {
-            Spec::JwtSettings(JwtSettingsSpec { issuer: Some(i), .. }) if !issuers.contains(i) => Some((
-                d,
-                "spec.issuer",
-                format!("no jwtRules entry or KeycloakAdapter of this file has the issuer `{i}`: these settings would apply to no provider (is the issuer spelled as in the rule?)"),
-            )),
-            _ => None,
-        })
-        .collect()
+    let unruled = documents.iter().find_map(|d| match &d.spec {
+        Spec::JwtSettings(JwtSettingsSpec { issuer: Some(i), .. }) if !issuers.contains(i) => Some((d, i)),
+        _ => None,
+    });
+    match unruled {
+        Some((document, issuer)) => Err(document.error(
+            source,
+            "spec.issuer",
+            format!("no jwtRules entry or KeycloakAdapter of this file has the issuer `{issuer}`: these settings would apply to no provider (is the issuer spelled as in the rule?)"),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// What a file's `DestinationRule`s make of one another, said aloud:
@@ -906,12 +908,7 @@ impl PolicySet {
             }
             documents.push(document);
         }
-        // Settings for an issuer no rule has are a typo of one (or a rule
-        // taken out): the settings it meant to apply, some of them checks
-        // (`requiredType`, DPoP), would silently apply to nothing.
-        if let Some((document, field, message)) = settings_for_no_issuer(&documents).into_iter().next() {
-            return Err(document.error(source, field, message));
-        }
+        settings_for_no_issuer(&documents, source)?;
         for (document, field, message) in destination_rule_warnings(&documents) {
             warn(document, field, message);
         }
