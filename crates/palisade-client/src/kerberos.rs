@@ -154,6 +154,27 @@ impl KerberosCaller {
     }
 }
 
+/// How much a Kerberos call's successful answer must prove of the
+/// upstream's identity ([`Kerberos::mutual_authentication`]), named as
+/// Python's `requests-kerberos` names its settings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MutualAuthentication {
+    /// The answer must carry `WWW-Authenticate: Negotiate <token>` made
+    /// with the service's key (as Palisade, Apache's mod_auth_gssapi and
+    /// IIS send it), or [`Sent::answered`](crate::Sent::answered) fails
+    /// with [`ClientError::Unproven`]. The default.
+    #[default]
+    Required,
+    /// For an upstream that never sends the token: an answer without any
+    /// Negotiate token (or from another origin, after a redirect) is used
+    /// unproven, and said in a warning once a minute; one that carries a
+    /// token must still prove, since a token that does not is an
+    /// impostor's or a fault. Over plain `http` anyone on the path can then
+    /// answer as the upstream: use TLS to the upstream with it.
+    Optional,
+}
+
 /// [`Credentials::Kerberos`](crate::Credentials::Kerberos): an
 /// `Authorization: Negotiate …` ticket for the upstream's host-based service
 /// (`HTTP@<host>`, or the one [`Kerberos::service`] names) as the caller:
@@ -173,9 +194,15 @@ impl KerberosCaller {
 /// so), and after a call to a service that timed out in the library,
 /// calls to that service fail at once with [`ClientError::Unavailable`]
 /// for as long again, asking the KDC nothing. Clones share both.
+///
+/// The ticket asks the upstream to prove its identity, and a successful
+/// answer without that proof is an error ([`Sent`](crate::Sent)), unless
+/// [`mutual_authentication`](Self::mutual_authentication) relaxes it for an
+/// upstream that never sends one.
 #[derive(Clone, Debug)]
 pub struct Kerberos {
     service: Option<String>,
+    mutual: MutualAuthentication,
     impersonator: Option<Impersonator>,
     kdc_timeout: Duration,
     calls: Arc<tokio::sync::Semaphore>,
@@ -189,6 +216,7 @@ impl Default for Kerberos {
     fn default() -> Self {
         Self {
             service: None,
+            mutual: MutualAuthentication::Required,
             impersonator: None,
             kdc_timeout: Duration::from_secs(5),
             calls: Arc::new(tokio::sync::Semaphore::new(16)),
@@ -235,6 +263,36 @@ impl Kerberos {
         self.concurrency = calls.max(1);
         self.calls = Arc::new(tokio::sync::Semaphore::new(self.concurrency));
         self
+    }
+
+    /// Whether the upstream's answers must prove its identity (RFC 4559
+    /// §5's mutual authentication): [`MutualAuthentication::Required`] by
+    /// default.
+    ///
+    /// ```
+    /// use palisade_client::{Kerberos, MutualAuthentication};
+    /// // A back-end that never sends `WWW-Authenticate: Negotiate <token>`
+    /// // with its answers: they are used without proof, with a warning.
+    /// let legacy = Kerberos::delegation().mutual_authentication(MutualAuthentication::Optional);
+    /// # let _ = legacy;
+    /// ```
+    #[must_use]
+    pub fn mutual_authentication(mut self, mutual: MutualAuthentication) -> Self {
+        if mutual == MutualAuthentication::Optional {
+            tracing::warn!(
+                target: crate::LOG_TARGET,
+                service = self.service.as_deref().unwrap_or("HTTP@<the upstream's host>"),
+                "Kerberos calls accept answers without the upstream's proof of identity (MutualAuthentication::Optional): over plain http, anyone on the path can answer them"
+            );
+        }
+        self.mutual = mutual;
+        self
+    }
+
+    /// Whether the upstream's answers must prove its identity.
+    #[must_use]
+    pub fn mutual(&self) -> MutualAuthentication {
+        self.mutual
     }
 
     /// The upstream's service name (`HTTP@backend.example.test`), when it

@@ -77,7 +77,7 @@ pub use error::ClientError;
 pub use exchange::{TokenExchange, TokenExchangeBuilder};
 pub use grant::{ClientCredentials, ClientCredentialsBuilder};
 #[cfg(feature = "spnego")]
-pub use kerberos::{Kerberos, KerberosCaller, S4uUsers};
+pub use kerberos::{Kerberos, KerberosCaller, MutualAuthentication, S4uUsers};
 pub use layer::{CredentialsLayer, CredentialsService};
 pub use sent::Sent;
 pub use upstreams::{Credentials, Upstreams, UpstreamsBuilder};

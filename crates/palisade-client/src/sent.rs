@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::sync::Mutex;
 
 use crate::endpoint::DpopNonces;
+#[cfg(feature = "spnego")]
+use crate::kerberos::MutualAuthentication;
 use crate::{ClientCredentials, ClientError, TokenExchange};
 
 /// What [`Credentials::apply`](crate::Credentials::apply) (and
@@ -38,6 +40,9 @@ use crate::{ClientCredentials, ClientError, TokenExchange};
 /// Negotiate <token>` made with the service's key, or `answered` returns
 /// [`ClientError::Unproven`] and the answer must not be used; so must a
 /// `reqwest` answer from another origin (a redirect followed elsewhere).
+/// ([`MutualAuthentication::Optional`](crate::MutualAuthentication::Optional)
+/// relaxes this for an upstream that never proves itself: an answer with
+/// no token at all is then used, one with a token still checked.)
 /// An error answer need not prove anything: use it as a failure, never its
 /// body as the upstream's word. This stops an impostor on the upstream's
 /// name over plain `http`; a machine in the middle can still relay the
@@ -66,8 +71,8 @@ pub struct Sent {
 /// Where the check of a Kerberos call's answer stands.
 #[cfg(feature = "spnego")]
 enum Mutual {
-    /// Not yet told the answer.
-    Pending(palisade_spnego::Negotiation),
+    /// Not yet told the answer; how much proof it must carry.
+    Pending(palisade_spnego::Negotiation, MutualAuthentication),
     /// Told; the result, for a second telling.
     Checked(Result<(), ClientError>),
 }
@@ -100,11 +105,15 @@ impl Sent {
         }
     }
 
-    /// A Kerberos ticket sent, whose answer must complete `negotiation`.
+    /// A Kerberos ticket sent, whose answer must complete `negotiation`
+    /// (or, as `mutual` allows, may carry no proof at all).
     #[cfg(feature = "spnego")]
-    pub(crate) fn negotiated(negotiation: palisade_spnego::Negotiation) -> Self {
+    pub(crate) fn negotiated(
+        negotiation: palisade_spnego::Negotiation,
+        mutual: MutualAuthentication,
+    ) -> Self {
         Self {
-            negotiated: Some(Arc::new(Mutex::new(Mutual::Pending(negotiation)))),
+            negotiated: Some(Arc::new(Mutex::new(Mutual::Pending(negotiation, mutual)))),
             ..Self::default()
         }
     }
@@ -174,10 +183,8 @@ impl Sent {
             .is_some_and(|to| to.origin() != response.url().origin())
         {
             #[cfg(feature = "spnego")]
-            if self.negotiated.is_some() {
-                return Err(ClientError::Unproven(
-                    "the answer comes from another origin than the request's (a redirect followed), which the ticket does not prove".into(),
-                ));
+            if let Some(mutual) = &self.negotiated {
+                return elsewhere(mutual);
             }
             return Ok(());
         }
@@ -204,19 +211,63 @@ fn mutual_checked(
     if failed(status, headers, grpc) {
         return Ok(());
     }
-    let Mutual::Pending(negotiation) = std::mem::replace(&mut *mutual, Mutual::Checked(Ok(()))) else {
+    let Mutual::Pending(negotiation, required) = std::mem::replace(&mut *mutual, Mutual::Checked(Ok(())))
+    else {
         unreachable!("checked above")
     };
-    let result = negotiation
-        .verify(
-            headers
-                .get_all(http::header::WWW_AUTHENTICATE)
-                .iter()
-                .map(http::HeaderValue::as_bytes),
-        )
-        .map_err(|e| ClientError::Unproven(e.to_string()));
+    let service = negotiation.service().to_owned();
+    let challenges = headers
+        .get_all(http::header::WWW_AUTHENTICATE)
+        .iter()
+        .map(http::HeaderValue::as_bytes);
+    let proven = match required {
+        MutualAuthentication::Required => negotiation.verify(challenges).map(|()| true),
+        MutualAuthentication::Optional => negotiation.verify_if_sent(challenges),
+    };
+    let result = match proven {
+        Ok(true) => Ok(()),
+        Ok(false) => {
+            unproven_accepted(&service, "it carries no mutual-authentication token");
+            Ok(())
+        }
+        Err(e) => Err(ClientError::Unproven(e.to_string())),
+    };
     *mutual = Mutual::Checked(result.clone());
     result
+}
+
+/// The check of a Kerberos call's answer from another origin than the
+/// request's (a redirect followed elsewhere), which the ticket cannot
+/// prove: refused, unless proof is optional.
+#[cfg(feature = "spnego")]
+fn elsewhere(mutual: &Mutex<Mutual>) -> Result<(), ClientError> {
+    let mutual = mutual.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    match &*mutual {
+        Mutual::Pending(negotiation, MutualAuthentication::Optional) => {
+            unproven_accepted(negotiation.service(), "it comes from another origin (a redirect followed)");
+            Ok(())
+        }
+        _ => Err(ClientError::Unproven(
+            "the answer comes from another origin than the request's (a redirect followed), which the ticket does not prove".into(),
+        )),
+    }
+}
+
+/// Says, once a minute, that an answer was used without the upstream's
+/// proof of identity, as [`MutualAuthentication::Optional`] allows.
+#[cfg(feature = "spnego")]
+#[cold]
+fn unproven_accepted(service: &str, why: &str) {
+    static SAID: palisade_core::logging::Sparse = palisade_core::logging::Sparse::per_minute();
+    if SAID.due() {
+        tracing::warn!(
+            target: crate::LOG_TARGET,
+            service,
+            "a Kerberos upstream's answer is used without proof of its identity ({why}): mutual authentication is optional for it, so anyone on the path could have answered (said once a minute)"
+        );
+    } else {
+        tracing::debug!(target: crate::LOG_TARGET, service, "a Kerberos upstream's answer is used without proof of its identity ({why})");
+    }
 }
 
 /// Whether an answer is a failure: an HTTP error status, or for a gRPC

@@ -202,7 +202,7 @@ impl Credentials {
                 made(
                     negotiation.header().to_owned(),
                     "the Kerberos ticket",
-                    Sent::negotiated(negotiation),
+                    Sent::negotiated(negotiation, k.mutual()),
                 )
             }
         }

@@ -818,15 +818,40 @@ impl Negotiation {
     /// [`SpnegoError::Unproven`] when the answer carries no Negotiate
     /// token, more than one, one that is not base64, or one GSSAPI refuses
     /// (another service's, a replayed or forged one).
-    pub fn verify<'a>(
-        mut self,
+    pub fn verify<'a>(self, www_authenticate: impl IntoIterator<Item = &'a [u8]>) -> Result<(), SpnegoError> {
+        let token = negotiate_token(www_authenticate).and_then(|t| t.ok_or(NO_PROOF));
+        self.complete(token)
+    }
+
+    /// [`verify`](Self::verify) for an upstream that may not prove itself
+    /// (a relaxation, for servers that never send the token): an answer
+    /// that carries no Negotiate token at all is `Ok(false)`, unproven;
+    /// one that carries a token is checked as `verify` checks it
+    /// (`Ok(true)`, proven), since a token that does not complete the
+    /// exchange is an impostor's or a fault, never a server's way of
+    /// saying nothing.
+    ///
+    /// # Errors
+    /// As [`verify`](Self::verify), but for an answer without a token.
+    pub fn verify_if_sent<'a>(
+        self,
         www_authenticate: impl IntoIterator<Item = &'a [u8]>,
-    ) -> Result<(), SpnegoError> {
+    ) -> Result<bool, SpnegoError> {
+        match negotiate_token(www_authenticate) {
+            Ok(None) => Ok(false),
+            Ok(Some(token)) => self.complete(Ok(token)).map(|()| true),
+            Err(e) => self.complete(Err(e)).map(|()| true),
+        }
+    }
+
+    /// The exchange completed with the answer's `token` (or refused for
+    /// the reason it could not be had).
+    fn complete(mut self, token: Result<&[u8], &'static str>) -> Result<(), SpnegoError> {
         let unproven = |reason: &str| SpnegoError::Unproven {
             service: self.service.clone(),
             reason: reason.to_owned(),
         };
-        let token = negotiate_token(www_authenticate).map_err(unproven)?;
+        let token = token.map_err(unproven)?;
         let token = STANDARD
             .decode(token)
             .map_err(|_| unproven("its Negotiate token is not base64"))?;
@@ -849,13 +874,13 @@ fn after_scheme(value: &[u8]) -> Option<&[u8]> {
 }
 
 /// The one Negotiate token among an answer's `WWW-Authenticate` values,
-/// still base64, or why there is none. A value may hold several
+/// still base64 (`None`: there is none), or why it cannot be had. A value may hold several
 /// challenges, comma-separated (`Negotiate abc, Bearer realm="x"`): a
 /// Negotiate token is a token68, which holds no comma, so its element is
 /// whole.
 fn negotiate_token<'a>(
     www_authenticate: impl IntoIterator<Item = &'a [u8]>,
-) -> Result<&'a [u8], &'static str> {
+) -> Result<Option<&'a [u8]>, &'static str> {
     let mut tokens = www_authenticate
         .into_iter()
         .flat_map(|v| v.split(|&b| b == b','))
@@ -863,13 +888,15 @@ fn negotiate_token<'a>(
         .filter_map(|element| after_scheme(element.trim_ascii()).map(<[u8]>::trim_ascii))
         .filter(|token| !token.is_empty());
     match (tokens.next(), tokens.next()) {
-        (Some(t), None) => Ok(t),
-        (None, _) => {
-            Err("its answer carries no mutual-authentication token (`WWW-Authenticate: Negotiate <token>`)")
-        }
+        (Some(t), None) => Ok(Some(t)),
+        (None, _) => Ok(None),
         (Some(_), Some(_)) => Err("its answer carries more than one Negotiate token"),
     }
 }
+
+/// Why an answer without a Negotiate token proves nothing.
+const NO_PROOF: &str =
+    "its answer carries no mutual-authentication token (`WWW-Authenticate: Negotiate <token>`)";
 
 #[cfg(feature = "s4u")]
 /// Protocol transition and constrained delegation (S4U2Self, S4U2Proxy):
@@ -1182,7 +1209,9 @@ mod tests {
 
     #[test]
     fn the_one_negotiate_token_is_found_among_an_answers_challenges() {
-        let token = |values: &[&'static str]| negotiate_token(values.iter().map(|v| v.as_bytes()));
+        let token = |values: &[&'static str]| {
+            negotiate_token(values.iter().map(|v| v.as_bytes())).and_then(|t| t.ok_or(NO_PROOF))
+        };
         for (values, want) in [
             (&["Negotiate YWJj"][..], "YWJj"),
             (&["negotiate   YWJj  "], "YWJj"),
