@@ -360,12 +360,15 @@ async fn a_revoked_clients_open_connection_is_refused_after_the_crls_reload() {
     let server = dir.cert("server", &pki.server(&["localhost"]));
     // Both frameworks, and both ways each serves TLS: STRICT (reviews:
     // actix-web's own listener with `actix_on_connect`) and PERMISSIVE
-    // (reviews: `palisade_mtls::actix::server`).
-    for (example, mode) in [
-        ("details", "STRICT"),
-        ("reviews", "STRICT"),
-        ("details", "PERMISSIVE"),
-        ("reviews", "PERMISSIVE"),
+    // (reviews: `palisade_mtls::actix::server`); over HTTP/1.1, and over
+    // HTTP/2 where the server can close a connection with a GOAWAY
+    // (`palisade_mtls::axum::serve`).
+    for (example, mode, h2) in [
+        ("details", "STRICT", false),
+        ("reviews", "STRICT", false),
+        ("details", "PERMISSIVE", false),
+        ("reviews", "PERMISSIVE", false),
+        ("details", "STRICT", true),
     ] {
         let policy = dir.write(
             &format!("{mode}.yaml"),
@@ -373,7 +376,7 @@ async fn a_revoked_clients_open_connection_is_refused_after_the_crls_reload() {
                 "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: mesh}}\nspec: {{mtls: {{mode: {mode}}}}}\n"
             ),
         );
-        let name = format!("{example} {mode}");
+        let name = format!("{example} {mode}{}", if h2 { " HTTP/2" } else { "" });
         let victim = pki.workload("default", "victim");
         let victim_files = dir.cert("victim", &victim);
         let other = dir.cert("other", &pki.workload("default", "other"));
@@ -389,9 +392,25 @@ async fn a_revoked_clients_open_connection_is_refused_after_the_crls_reload() {
                 .unwrap()
         };
         // One client, one kept-alive connection.
-        let open = client(&tls(&victim_files), false);
+        let open = if h2 {
+            let mut config = (*tls(&victim_files).client_config()).clone();
+            config.alpn_protocols = vec![b"h2".to_vec()];
+            reqwest::Client::builder()
+                .use_preconfigured_tls(config)
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap()
+        } else {
+            client(&tls(&victim_files), false)
+        };
         let res = open.get(&url).send().await.unwrap();
         assert_eq!(res.status(), 200, "{name}: before revocation");
+        let version = if h2 {
+            reqwest::Version::HTTP_2
+        } else {
+            reqwest::Version::HTTP_11
+        };
+        assert_eq!(res.version(), version, "{name}");
         let who: Value = res.json().await.unwrap();
         assert_eq!(
             who["peer"]["principal"], "cluster.local/ns/default/sa/victim",
@@ -424,8 +443,17 @@ async fn a_revoked_clients_open_connection_is_refused_after_the_crls_reload() {
                 .is_some_and(|d| d.contains("no longer trusted")),
             "{name}: {problem}"
         );
-        // And stay refused.
-        assert_eq!(open.get(&url).send().await.unwrap().status(), 403, "{name}");
+        // And closed once that answer is sent (`Connection: close`; on
+        // HTTP/2 a GOAWAY), so a client connects again (with a renewed
+        // certificate, say) rather than be refused on it as long as it
+        // keeps it: the next request's new connection fails its
+        // handshake with this certificate.
+        let next = open.get(&url).send().await;
+        assert!(
+            next.is_err(),
+            "{name}: the refused connection was kept: {:?}",
+            next.map(|r| r.status())
+        );
         // Another client is served.
         let res = client(&tls(&other), false).get(&url).send().await.unwrap();
         assert_eq!(res.status(), 200, "{name}: another client");

@@ -33,6 +33,11 @@
 //!   An HTTP/2 `CONNECT` tunnel is not supported: its connection counts as
 //!   idle while the tunnel runs, so the idle timeout closes it;
 //! - request bodies pass [`BodyLimitLayer`], answered 413 beyond the limit;
+//! - a response with `Connection: close` closes its connection once it is
+//!   sent: hyper does so on HTTP/1.1, and on HTTP/2, where the header has
+//!   no place, the connection gets a GOAWAY (the guard's refusal of a
+//!   client certificate no longer trusted asks for it:
+//!   `Reply::closing_connection`);
 //! - [`Handshake`] (TLS, in `palisade-mtls`) is bounded by the handshake
 //!   timeout.
 //!
@@ -317,6 +322,11 @@ where
         let response = service.clone().oneshot(req);
         async move {
             let res = response.await?;
+            if h2 && closes(&res) {
+                // HTTP/2 has no `Connection` header (hyper drops it): the
+                // answer's wish to close the connection is a GOAWAY.
+                in_flight.0.closing.store(true, Ordering::Release);
+            }
             if !h2
                 && (res.status() == http::StatusCode::SWITCHING_PROTOCOLS
                     || (connect && res.status().is_success()))
@@ -397,6 +407,16 @@ impl<C: Future> Future for Serving<C> {
         }
         this.conn.poll(cx)
     }
+}
+
+/// Whether a response asks for its connection to be closed once it is
+/// sent (`Connection: close`, as `Reply::closing_connection` says it).
+fn closes<B>(res: &Response<B>) -> bool {
+    res.headers().get_all(http::header::CONNECTION).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|o| o.trim_ascii().eq_ignore_ascii_case(b"close"))
+    })
 }
 
 /// The extensions each request of a connection starts with: the

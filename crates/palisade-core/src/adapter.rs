@@ -515,6 +515,31 @@ impl Reply {
         self
     }
 
+    /// The same, closing the connection once it is sent: `Connection:
+    /// close`, which hyper's HTTP/1 server obeys, and which actix-web's
+    /// adapter ([`actix_response`]) turns into actix-http's way of saying
+    /// it. On HTTP/2, where the header has no place, Palisade's own
+    /// servers (`palisade_axum::serve`, hence `palisade_mtls::axum::serve`)
+    /// send a GOAWAY instead; other HTTP/2 servers drop the header and keep
+    /// the connection.
+    #[must_use]
+    pub fn closing_connection(self) -> Self {
+        if self.closes_connection() {
+            return self;
+        }
+        self.header("connection", "close")
+    }
+
+    /// Whether the connection is closed once this reply is sent
+    /// ([`closing_connection`](Self::closing_connection)).
+    #[must_use]
+    pub fn closes_connection(&self) -> bool {
+        self.0
+            .headers
+            .iter()
+            .any(|(n, v)| *n == "connection" && v.eq_ignore_ascii_case("close"))
+    }
+
     /// An answer of `status` with an RFC 9457 problem body
     /// (`application/problem+json`) of type `urn:palisade:problem:<kind>`,
     /// as the guard's own refusals have: for an authenticator's endpoints
@@ -688,11 +713,12 @@ impl Reply {
         if let Some(ms) = pushback {
             headers.push(("grpc-retry-pushback-ms", ms));
         }
-        headers.extend(
-            r.headers
-                .into_iter()
-                .filter(|(n, _)| matches!(*n, "www-authenticate" | EXPLAIN_HEADER | "set-cookie")),
-        );
+        headers.extend(r.headers.into_iter().filter(|(n, _)| {
+            matches!(
+                *n,
+                "www-authenticate" | EXPLAIN_HEADER | "set-cookie" | "connection"
+            )
+        }));
         Self(Box::new(Rendered {
             status: 200,
             headers,
@@ -941,6 +967,14 @@ pub fn actix_response(reply: Reply) -> actix_web::HttpResponse {
     let mut builder =
         actix_web::HttpResponse::build(StatusCode::from_u16(status).unwrap_or(StatusCode::UNAUTHORIZED));
     for (name, value) in headers {
+        // actix-http writes its own `Connection` header from the
+        // response's connection type, and drops one among the headers.
+        if name == "connection" {
+            if value.eq_ignore_ascii_case("close") {
+                builder.force_close();
+            }
+            continue;
+        }
         if let Ok(mut v) = HeaderValue::from_str(&value) {
             v.set_sensitive(is_sensitive_header(name));
             builder.append_header((name, v));
@@ -1077,6 +1111,37 @@ mod tests {
                 Some(sensitive),
                 "actix: {name}"
             );
+        }
+    }
+
+    /// A reply that closes its connection says so on either framework, in
+    /// its way, and still does once rendered for gRPC or HEAD; saying it
+    /// twice writes one header.
+    #[cfg(all(feature = "axum", feature = "actix"))]
+    #[test]
+    fn a_closing_reply_closes_on_both_frameworks_however_rendered() {
+        let reply = || {
+            Reply::from(Rejection::forbidden("no"))
+                .closing_connection()
+                .closing_connection()
+        };
+        assert!(!Reply::from(Rejection::forbidden("no")).closes_connection());
+        for (name, reply) in [
+            ("http", reply()),
+            ("grpc", reply().grpc()),
+            ("head", reply().without_body()),
+        ] {
+            assert!(reply.closes_connection(), "{name}");
+            let http = http_response(reply.clone(), |_| ());
+            let values: Vec<_> = http.headers().get_all("connection").iter().collect();
+            assert_eq!(values, ["close"], "{name}");
+            let actix = actix_response(reply);
+            assert_eq!(
+                actix.head().connection_type(),
+                actix_web::http::ConnectionType::Close,
+                "{name}"
+            );
+            assert!(actix.headers().get("connection").is_none(), "{name}");
         }
     }
 

@@ -1342,9 +1342,14 @@ fn two_hosts(req: &dyn RequestHead) -> Decision {
 #[inline(never)]
 fn peer_no_longer_trusted(req: &dyn RequestHead) -> Decision {
     tracing::debug!(target: LOG_TARGET, method = req.method(), path = req.path(), "the connection's peer certificate is no longer trusted");
-    Decision::Deny(Rejection::forbidden(
+    let refusal = Rejection::forbidden(
         "the connection's client certificate is no longer trusted (revoked or expired since the connection began, or refused by the trust material in use now): connect again",
-    ))
+    );
+    // The connection is closed after the answer (a GOAWAY on HTTP/2
+    // where the server can send one: `Reply::closes_connection`), so a
+    // client that has renewed its certificate, or a pool, connects again
+    // rather than be refused on it for as long as it keeps it.
+    Decision::Reply(Reply::from(refusal).closing_connection())
 }
 
 /// The refusal of a credential an authenticator refused.
