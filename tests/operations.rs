@@ -22,7 +22,7 @@ fn start_with_admin(example: &str, file: &str) -> (Service, String) {
 fn admin_of(svc: &Service) -> String {
     svc.banner
         .iter()
-        .find_map(|l| l.strip_prefix("admin listening on "))
+        .find_map(|l| l.strip_prefix("admin address "))
         .unwrap_or_else(|| panic!("no admin address in {:?}", svc.banner))
         .to_owned()
 }

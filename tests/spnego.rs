@@ -103,7 +103,7 @@ fn curl_negotiate_authenticates_a_kerberos_user_in_both_examples() {
         let admin = svc
             .banner
             .iter()
-            .find_map(|l| l.strip_prefix("admin listening on "))
+            .find_map(|l| l.strip_prefix("admin address "))
             .expect("the admin address");
         let (status, _, metrics, _) = curl(&[&format!("http://{admin}/metrics")], &[]);
         assert_eq!(status, 200);

@@ -558,8 +558,11 @@ pub fn start_operations(args: &Args, setup: &Setup) {
         let listener = std::net::TcpListener::bind(addr)
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .unwrap_or_else(|e| fail(&format!("--admin {addr}: {e}")));
-        // Said before `listening on`, with the port `:0` was given.
-        println!("admin listening on {}", listener.local_addr().unwrap_or(addr));
+        // Said before `listening on`, with the port `:0` was given; in
+        // words that do not contain `listening on`, the service's own
+        // readiness line (CONTRACT.md), which a reader may look for
+        // anywhere in a line.
+        println!("admin address {}", listener.local_addr().unwrap_or(addr));
         std::thread::Builder::new()
             .name("admin".into())
             .spawn(move || admin(listener, handle))
