@@ -34,10 +34,13 @@
 //!   idle while the tunnel runs, so the idle timeout closes it;
 //! - request bodies pass [`BodyLimitLayer`], answered 413 beyond the limit;
 //! - a response with `Connection: close` closes its connection once it is
-//!   sent: hyper does so on HTTP/1.1, and on HTTP/2, where the header has
-//!   no place, the connection gets a GOAWAY (the guard's refusal of a
-//!   client certificate no longer trusted asks for it:
-//!   `Reply::closing_connection`);
+//!   sent, as hyper does on HTTP/1.1; on HTTP/2, where the header has no
+//!   place, a response with the extension
+//!   [`palisade_core::adapter::CloseConnection`] gets the
+//!   connection a GOAWAY (the guard's refusal of a client certificate no
+//!   longer trusted carries both: `Reply::closing_connection`). A
+//!   `Connection: close` alone, copied from an HTTP/1.1 upstream by a
+//!   proxying handler, does not end an HTTP/2 connection;
 //! - [`Handshake`] (TLS, in `palisade-mtls`) is bounded by the handshake
 //!   timeout.
 //!
@@ -73,6 +76,7 @@ use bytes::Bytes;
 use http::{Extensions, Request, Response, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use palisade_core::adapter::CloseConnection;
 use palisade_core::authn::ConnectionInfo;
 use palisade_core::limits::{LOG_TARGET, ServerLimits};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -322,7 +326,7 @@ where
         let response = service.clone().oneshot(req);
         async move {
             let res = response.await?;
-            if h2 && closes(&res) {
+            if h2 && res.extensions().get::<CloseConnection>().is_some() {
                 // HTTP/2 has no `Connection` header (hyper drops it): the
                 // answer's wish to close the connection is a GOAWAY.
                 in_flight.0.closing.store(true, Ordering::Release);
@@ -407,16 +411,6 @@ impl<C: Future> Future for Serving<C> {
         }
         this.conn.poll(cx)
     }
-}
-
-/// Whether a response asks for its connection to be closed once it is
-/// sent (`Connection: close`, as `Reply::closing_connection` says it).
-fn closes<B>(res: &Response<B>) -> bool {
-    res.headers().get_all(http::header::CONNECTION).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .any(|o| o.trim_ascii().eq_ignore_ascii_case(b"close"))
-    })
 }
 
 /// The extensions each request of a connection starts with: the

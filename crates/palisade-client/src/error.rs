@@ -20,8 +20,11 @@ pub enum ClientError {
     #[error("outbound credentials: {0}")]
     Config(String),
     /// The upstream did not prove its identity as a Kerberos call asks it
-    /// to (no mutual-authentication token, or one that does not check):
-    /// its answer must not be used.
+    /// to (no mutual-authentication token, or one that does not check; an
+    /// answer from another origin, after a redirect): its answer must not
+    /// be used. (`MutualAuthentication::Optional` allows an answer with no
+    /// token, or from another origin; a token that does not check is this
+    /// error still.)
     #[error("the upstream's answer is not authenticated: {0}")]
     Unproven(String),
 }

@@ -279,11 +279,15 @@ impl Kerberos {
     #[must_use]
     pub fn mutual_authentication(mut self, mutual: MutualAuthentication) -> Self {
         if mutual == MutualAuthentication::Optional {
-            tracing::warn!(
-                target: crate::LOG_TARGET,
-                service = self.service.as_deref().unwrap_or("HTTP@<the upstream's host>"),
-                "Kerberos calls accept answers without the upstream's proof of identity (MutualAuthentication::Optional): over plain http, anyone on the path can answer them"
-            );
+            // Said once a process; each answer used unproven is said too
+            // (once a minute).
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                tracing::warn!(
+                    target: crate::LOG_TARGET,
+                    "Kerberos calls made with MutualAuthentication::Optional use answers without the upstream's proof of identity (none sent, or a redirect followed elsewhere): over plain http, anyone on the path can answer them"
+                );
+            });
         }
         self.mutual = mutual;
         self

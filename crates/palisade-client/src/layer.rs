@@ -18,7 +18,9 @@ use crate::{CallerToken, ClientError, Credentials, Upstreams};
 /// names no host (a `Host` header is not trusted: it need not be where the
 /// request goes). A cached token the upstream refuses is renewed in the
 /// background ([`Sent`](crate::Sent)); a Kerberos call's answer that does not
-/// prove the upstream's identity becomes [`ClientError::Unproven`]. For a
+/// prove the upstream's identity becomes [`ClientError::Unproven`] (unless
+/// [`MutualAuthentication::Optional`](crate::MutualAuthentication::Optional)
+/// allows an answer without proof). For a
 /// client bound to one upstream whose
 /// requests carry only a path (a tonic `Channel`), use
 /// [`CredentialsLayer::fixed`].

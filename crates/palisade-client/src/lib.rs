@@ -54,7 +54,8 @@
 //! let sent = upstreams.apply(&mut req, CallerToken::from_headers(inbound).as_ref()).await?;
 //! let res = client.execute(req).await?;
 //! // A cached token the upstream refuses is renewed in the background; a
-//! // Kerberos call's answer must prove the upstream (an error if not).
+//! // Kerberos call's answer must prove the upstream (an error if not,
+//! // unless `MutualAuthentication::Optional` allows it).
 //! sent.answered_by(&res)?;
 //! # Ok(()) }
 //! ```

@@ -42,7 +42,8 @@ use crate::{ClientCredentials, ClientError, TokenExchange};
 /// `reqwest` answer from another origin (a redirect followed elsewhere).
 /// ([`MutualAuthentication::Optional`](crate::MutualAuthentication::Optional)
 /// relaxes this for an upstream that never proves itself: an answer with
-/// no token at all is then used, one with a token still checked.)
+/// no token at all, or from another origin, is then used; one with a token
+/// is still checked.)
 /// An error answer need not prove anything: use it as a failure, never its
 /// body as the upstream's word. This stops an impostor on the upstream's
 /// name over plain `http`; a machine in the middle can still relay the
@@ -158,7 +159,7 @@ impl Sent {
         }
         #[cfg(feature = "spnego")]
         if let Some(mutual) = &self.negotiated {
-            return mutual_checked(mutual, status, headers, self.grpc);
+            return mutual_checked(mutual, status, headers, self.grpc, false);
         }
         let Some(cached) = &self.cached else { return Ok(()) };
         if refuses_token(status, headers) {
@@ -172,7 +173,8 @@ impl Sent {
 
     /// [`answered`](Self::answered) with a `reqwest` response; one from
     /// another origin than the request's (a redirect followed elsewhere)
-    /// says nothing of the token.
+    /// says nothing of the token, and proves nothing of a Kerberos
+    /// upstream (unless it is an error answer, which need not).
     ///
     /// # Errors
     /// As [`answered`](Self::answered).
@@ -184,7 +186,7 @@ impl Sent {
         {
             #[cfg(feature = "spnego")]
             if let Some(mutual) = &self.negotiated {
-                return elsewhere(mutual);
+                return mutual_checked(mutual, response.status(), response.headers(), self.grpc, true);
             }
             return Ok(());
         }
@@ -193,13 +195,16 @@ impl Sent {
 }
 
 /// The check of a Kerberos call's answer (once; a second telling gets the
-/// first's result): a successful answer must complete the exchange.
+/// first's result): a successful answer must complete the exchange; one
+/// from another origin than the request's (`elsewhere`: a redirect
+/// followed) cannot.
 #[cfg(feature = "spnego")]
 fn mutual_checked(
     mutual: &Mutex<Mutual>,
     status: http::StatusCode,
     headers: &http::HeaderMap,
     grpc: bool,
+    elsewhere: bool,
 ) -> Result<(), ClientError> {
     let mut mutual = mutual.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Mutual::Checked(result) = &*mutual {
@@ -216,6 +221,19 @@ fn mutual_checked(
         unreachable!("checked above")
     };
     let service = negotiation.service().to_owned();
+    if elsewhere {
+        let result = match required {
+            MutualAuthentication::Required => Err(ClientError::Unproven(
+                "the answer comes from another origin than the request's (a redirect followed), which the ticket does not prove".into(),
+            )),
+            MutualAuthentication::Optional => {
+                unproven_accepted(&service, "it comes from another origin (a redirect followed)");
+                Ok(())
+            }
+        };
+        *mutual = Mutual::Checked(result.clone());
+        return result;
+    }
     let challenges = headers
         .get_all(http::header::WWW_AUTHENTICATE)
         .iter()
@@ -236,25 +254,10 @@ fn mutual_checked(
     result
 }
 
-/// The check of a Kerberos call's answer from another origin than the
-/// request's (a redirect followed elsewhere), which the ticket cannot
-/// prove: refused, unless proof is optional.
-#[cfg(feature = "spnego")]
-fn elsewhere(mutual: &Mutex<Mutual>) -> Result<(), ClientError> {
-    let mutual = mutual.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    match &*mutual {
-        Mutual::Pending(negotiation, MutualAuthentication::Optional) => {
-            unproven_accepted(negotiation.service(), "it comes from another origin (a redirect followed)");
-            Ok(())
-        }
-        _ => Err(ClientError::Unproven(
-            "the answer comes from another origin than the request's (a redirect followed), which the ticket does not prove".into(),
-        )),
-    }
-}
-
-/// Says, once a minute, that an answer was used without the upstream's
-/// proof of identity, as [`MutualAuthentication::Optional`] allows.
+/// Says, once a minute (for all upstreams: the first of a minute is a
+/// warning, the others debug lines), that an answer was used without the
+/// upstream's proof of identity, as [`MutualAuthentication::Optional`]
+/// allows.
 #[cfg(feature = "spnego")]
 #[cold]
 fn unproven_accepted(service: &str, why: &str) {

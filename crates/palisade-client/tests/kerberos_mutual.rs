@@ -157,20 +157,40 @@ mod with_spnego {
         );
 
         // An answer from another origin (a redirect followed) proves
-        // nothing: refused, unless proof is optional.
-        for (mutual, used) in [
-            (MutualAuthentication::Required, false),
-            (MutualAuthentication::Optional, true),
-        ] {
+        // nothing: refused, unless proof is optional or it is an error
+        // answer; and a second telling gets the first's result.
+        let request = async |mutual| {
             let mut req =
                 reqwest::Request::new(http::Method::GET, "http://localhost:1/details".parse().unwrap());
             let sent = kerberos(mutual)
                 .apply_request(&mut req, None, Some(&caller))
                 .await
                 .unwrap();
-            let elsewhere = reqwest::Response::from(http::Response::new(""));
-            assert_ne!(elsewhere.url().origin(), req.url().origin());
-            assert_eq!(sent.answered_by(&elsewhere).is_ok(), used, "{mutual:?}");
+            (sent, req)
+        };
+        let elsewhere =
+            |status: u16| reqwest::Response::from(http::Response::builder().status(status).body("").unwrap());
+        for (mutual, used) in [
+            (MutualAuthentication::Required, false),
+            (MutualAuthentication::Optional, true),
+        ] {
+            let (sent, req) = request(mutual).await;
+            assert_ne!(elsewhere(200).url().origin(), req.url().origin());
+            assert_eq!(sent.answered_by(&elsewhere(200)).is_ok(), used, "{mutual:?}");
+            assert_eq!(
+                sent.answered(ok, &answer(&["Negotiate YWJj"])).is_ok(),
+                used,
+                "{mutual:?}: told again"
+            );
+            let (sent, _) = request(mutual).await;
+            sent.answered_by(&elsewhere(403))
+                .unwrap_or_else(|e| panic!("{mutual:?}: an error answer: {e}"));
         }
+        let (sent, _) = request(MutualAuthentication::Optional).await;
+        assert!(unproven(sent.answered(ok, &answer(&["Negotiate YWJj"]))));
+        assert!(
+            unproven(sent.answered_by(&elsewhere(200))),
+            "told again, from another origin"
+        );
     }
 }

@@ -109,11 +109,12 @@ pub trait ResponseTarget {
 ///
 /// Adapters should not match on it but call [`Decision::apply`]: a refusal,
 /// a redirect or an authenticator's own answer is rendered by the core
-/// either way. A refusal of a gRPC call or of a HEAD request, and one that
-/// carries the renewal of the user's cookie its authentication made, comes
-/// as a [`Decision::Reply`] already rendered ([`Reply::grpc`],
-/// [`Reply::without_body`]), its [`Rejection`] inside
-/// ([`Reply::rejection`]).
+/// either way. A refusal of a gRPC call or of a HEAD request, one that
+/// carries the renewal of the user's cookie its authentication made, and
+/// one that closes its connection (an mTLS peer no longer trusted:
+/// [`Reply::closing_connection`]) comes as a [`Decision::Reply`] already
+/// rendered ([`Reply::grpc`], [`Reply::without_body`]), its [`Rejection`]
+/// inside ([`Reply::rejection`]).
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum Decision {
@@ -515,13 +516,14 @@ impl Reply {
         self
     }
 
-    /// The same, closing the connection once it is sent: `Connection:
-    /// close`, which hyper's HTTP/1 server obeys, and which actix-web's
-    /// adapter ([`actix_response`]) turns into actix-http's way of saying
-    /// it. On HTTP/2, where the header has no place, Palisade's own
-    /// servers (`palisade_axum::serve`, hence `palisade_mtls::axum::serve`)
-    /// send a GOAWAY instead; other HTTP/2 servers drop the header and keep
-    /// the connection.
+    /// The same, asking for the connection to be closed once it is sent:
+    /// `Connection: close`, which hyper's HTTP/1 server obeys, and which
+    /// actix-web's adapter ([`actix_response`]) turns into actix-http's way
+    /// of saying it. On HTTP/2, where the header has no place,
+    /// [`http_response`] marks the response with [`CloseConnection`], for
+    /// which Palisade's own server (`palisade_axum::serve`, hence
+    /// `palisade_mtls::axum::serve`) sends a GOAWAY; other HTTP/2 servers
+    /// (actix-web's among them) drop the header and keep the connection.
     #[must_use]
     pub fn closing_connection(self) -> Self {
         if self.closes_connection() {
@@ -530,14 +532,15 @@ impl Reply {
         self.header("connection", "close")
     }
 
-    /// Whether the connection is closed once this reply is sent
+    /// Whether the reply asks for its connection to be closed once it is
+    /// sent: a `connection` header with the option `close`
     /// ([`closing_connection`](Self::closing_connection)).
     #[must_use]
     pub fn closes_connection(&self) -> bool {
         self.0
             .headers
             .iter()
-            .any(|(n, v)| *n == "connection" && v.eq_ignore_ascii_case("close"))
+            .any(|(n, v)| n.eq_ignore_ascii_case("connection") && has_close(v))
     }
 
     /// An answer of `status` with an RFC 9457 problem body
@@ -925,11 +928,26 @@ pub fn keeping_cookies<'h>(reply: Reply, replaced_cookies: impl IntoIterator<Ite
     crate::guard::renewed(reply, cookies.chain(private))
 }
 
+/// Whether a `Connection` header's value has the option `close`.
+fn has_close(value: &str) -> bool {
+    value.split(',').any(|o| o.trim().eq_ignore_ascii_case("close"))
+}
+
+/// A response extension: the connection is to be closed once this
+/// response is sent, on HTTP/2 too, where no `Connection` header says it
+/// ([`Reply::closing_connection`]). `palisade_axum::serve` sends the
+/// connection a GOAWAY for it; an application's own response may carry it
+/// too.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CloseConnection;
+
 /// A [`Reply`] as an `http` 1 response (axum, hyper, tonic), with the body
 /// made by `body`; the rejection and its access decision travel in the
-/// response extensions.
+/// response extensions, and so does [`CloseConnection`] when the reply
+/// closes its connection.
 #[cfg(feature = "axum")]
 pub fn http_response<B>(reply: Reply, body: impl FnOnce(String) -> B) -> http::Response<B> {
+    let closes = reply.closes_connection();
     let (status, headers, text, rejection) = reply.into_parts();
     let mut res = http::Response::new(body(text));
     *res.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::UNAUTHORIZED);
@@ -951,6 +969,9 @@ pub fn http_response<B>(reply: Reply, body: impl FnOnce(String) -> B) -> http::R
         }
         res.extensions_mut().insert(rejection);
     }
+    if closes {
+        res.extensions_mut().insert(CloseConnection);
+    }
     res
 }
 
@@ -968,9 +989,10 @@ pub fn actix_response(reply: Reply) -> actix_web::HttpResponse {
         actix_web::HttpResponse::build(StatusCode::from_u16(status).unwrap_or(StatusCode::UNAUTHORIZED));
     for (name, value) in headers {
         // actix-http writes its own `Connection` header from the
-        // response's connection type, and drops one among the headers.
-        if name == "connection" {
-            if value.eq_ignore_ascii_case("close") {
+        // response's connection type, and drops one among the headers
+        // (its other options are hop-by-hop, no reply's to set).
+        if name.eq_ignore_ascii_case("connection") {
+            if has_close(&value) {
                 builder.force_close();
             }
             continue;
@@ -1125,7 +1147,26 @@ mod tests {
                 .closing_connection()
                 .closing_connection()
         };
-        assert!(!Reply::from(Rejection::forbidden("no")).closes_connection());
+        let plain = Reply::from(Rejection::forbidden("no"));
+        assert!(!plain.closes_connection());
+        assert!(
+            http_response(plain, |_| ())
+                .extensions()
+                .get::<CloseConnection>()
+                .is_none()
+        );
+        // A third party's spelling: an option among others.
+        let listed = Reply::new(200).header("connection", "keep-alive, Close");
+        assert!(listed.closes_connection());
+        let actix = actix_response(listed.clone().closing_connection());
+        assert_eq!(
+            actix.head().connection_type(),
+            actix_web::http::ConnectionType::Close
+        );
+        assert_eq!(
+            http_response(listed.closing_connection(), |_| ()).headers().len(),
+            1
+        );
         for (name, reply) in [
             ("http", reply()),
             ("grpc", reply().grpc()),
@@ -1135,6 +1176,7 @@ mod tests {
             let http = http_response(reply.clone(), |_| ());
             let values: Vec<_> = http.headers().get_all("connection").iter().collect();
             assert_eq!(values, ["close"], "{name}");
+            assert!(http.extensions().get::<CloseConnection>().is_some(), "{name}");
             let actix = actix_response(reply);
             assert_eq!(
                 actix.head().connection_type(),
