@@ -33,6 +33,8 @@
 //!   An HTTP/2 `CONNECT` tunnel is not supported: its connection counts as
 //!   idle while the tunnel runs, so the idle timeout closes it;
 //! - request bodies pass [`BodyLimitLayer`], answered 413 beyond the limit;
+//! - a connection older than the maximum connection age, when one is set,
+//!   is closed gracefully (HTTP/2: with a GOAWAY);
 //! - a response with `Connection: close` closes its connection once it is
 //!   sent, as hyper does on HTTP/1.1; on HTTP/2, where the header has no
 //!   place, a response with the extension
@@ -377,14 +379,34 @@ where
         close: |conn| conn.graceful_shutdown(),
         activity: watched,
         stopped,
+        aged: limits
+            .connection_age()
+            .map(|age| Box::pin(tokio::time::sleep(spread(age)))),
         closing: false,
     }
 }
 
+/// `age` give or take a tenth, at random, as gRPC spreads its
+/// `MAX_CONNECTION_AGE`: connections opened together (a client's pool, a
+/// fleet after a deploy) do not all close together.
+fn spread(age: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    // A fresh random key each time: randomness enough for a spread.
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let tenth = age / 10;
+    let nanos = u64::try_from(tenth.as_nanos())
+        .unwrap_or(u64::MAX)
+        .saturating_mul(2);
+    age - tenth + Duration::from_nanos(random.checked_rem(nanos).unwrap_or(0))
+}
+
 pin_project_lite::pin_project! {
-    /// A connection served until it ends: at shutdown, or when its
-    /// deadlines ask for it (`Activity::closing`: an idle HTTP/2
-    /// connection), it is closed gracefully, with a GOAWAY on HTTP/2, so a
+    /// A connection served until it ends: at shutdown, when its deadlines
+    /// ask for it (`Activity::closing`: an idle HTTP/2 connection, an
+    /// answer that closes it) or when it reaches its maximum age (`aged`),
+    /// it is closed gracefully, with a GOAWAY on HTTP/2, so a
     /// client that was about to send a request knows to send it on another
     /// connection (grpc-go and tonic then retry it), rather than losing it
     /// to a reset.
@@ -394,6 +416,9 @@ pin_project_lite::pin_project! {
         close: fn(Pin<&mut C>),
         activity: Arc<Activity>,
         stopped: Pin<Box<dyn Future<Output = ()> + Send>>,
+        // When the connection is old enough to close
+        // (`ServerLimits::max_connection_age`).
+        aged: Option<Pin<Box<tokio::time::Sleep>>>,
         closing: bool,
     }
 }
@@ -404,7 +429,12 @@ impl<C: Future> Future for Serving<C> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
         let mut this = self.project();
         if !*this.closing
-            && (this.activity.closing.load(Ordering::Acquire) || this.stopped.as_mut().poll(cx).is_ready())
+            && (this.activity.closing.load(Ordering::Acquire)
+                || this.stopped.as_mut().poll(cx).is_ready()
+                || this
+                    .aged
+                    .as_mut()
+                    .is_some_and(|aged| aged.as_mut().poll(cx).is_ready()))
         {
             *this.closing = true;
             (this.close)(this.conn.as_mut());
@@ -1501,6 +1531,105 @@ mod tests {
             .ready()
             .await
             .expect_err("the connection still takes requests");
+        assert!(
+            refused.is_go_away(),
+            "closed without a GOAWAY: {refused:?} ({ended:?})"
+        );
+    }
+
+    /// A router with `/` and `/slow` (answered after 600 ms), served with
+    /// a maximum connection age of 300 ms; its address.
+    async fn start_aging() -> SocketAddr {
+        let app = Router::new().route("/", get(|| async { "hi" })).route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(600)).await;
+                "slow"
+            }),
+        );
+        serve_app(
+            app,
+            ServerLimits::default().max_connection_age(Duration::from_millis(300)),
+        )
+        .await
+    }
+
+    #[test]
+    fn connection_ages_are_spread_by_a_tenth() {
+        let age = Duration::from_secs(100);
+        let ages: std::collections::BTreeSet<Duration> = (0..200).map(|_| spread(age)).collect();
+        assert!(ages.len() > 150, "{} distinct ages of 200", ages.len());
+        let (first, last) = (ages.first().unwrap(), ages.last().unwrap());
+        assert!(
+            *first >= Duration::from_secs(90) && *last < Duration::from_secs(110),
+            "{first:?}..{last:?}"
+        );
+        // Spread over the whole range, not a corner of it.
+        assert!(
+            *first < Duration::from_secs(92) && *last > Duration::from_secs(108),
+            "{first:?}..{last:?}"
+        );
+        assert_eq!(spread(Duration::ZERO), Duration::ZERO);
+    }
+
+    #[tokio::test]
+    async fn an_http1_connection_past_its_maximum_age_is_closed_after_its_answer() {
+        let addr = start_aging().await;
+        // Kept alive and idle: closed once old, well before the idle timeout.
+        let opened = Instant::now();
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(GET).await.unwrap();
+        let mut first = [0u8; 15];
+        tcp.read_exact(&mut first).await.unwrap();
+        assert_eq!(&first, b"HTTP/1.1 200 OK");
+        let (_, closed) = until_closed(&mut tcp).await;
+        let lived = closed - opened;
+        assert!(
+            lived >= Duration::from_millis(260) && lived < Duration::from_secs(5),
+            "{lived:?}"
+        );
+        // A request in progress at that age is answered in full first.
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let (seen, _) = until_closed(&mut tcp).await;
+        assert!(seen.starts_with("HTTP/1.1 200 OK"), "{seen}");
+        assert!(seen.ends_with("slow"), "{seen}");
+    }
+
+    #[tokio::test]
+    async fn an_http2_connection_past_its_maximum_age_is_told_goaway_and_finishes_its_streams() {
+        let addr = start_aging().await;
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+        let connection = tokio::spawn(connection);
+        let request = Request::get("http://x/slow").body(()).unwrap();
+        let (answer, _) = client
+            .clone()
+            .ready()
+            .await
+            .unwrap()
+            .send_request(request, true)
+            .unwrap();
+        // The GOAWAY comes while the stream is in progress; the stream ends
+        // with its whole answer.
+        let answer = answer.await.unwrap();
+        assert_eq!(answer.status(), 200);
+        let mut body = answer.into_body();
+        let mut text = Vec::new();
+        while let Some(chunk) = body.data().await {
+            text.extend_from_slice(&chunk.unwrap());
+        }
+        assert_eq!(text, b"slow");
+        let ended = tokio::time::timeout(Duration::from_secs(10), connection)
+            .await
+            .expect("the old connection was kept")
+            .unwrap();
+        let refused = client
+            .ready()
+            .await
+            .expect_err("the old connection still takes requests");
         assert!(
             refused.is_go_away(),
             "closed without a GOAWAY: {refused:?} ({ended:?})"

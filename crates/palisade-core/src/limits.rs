@@ -45,6 +45,7 @@ pub const LOG_TARGET: &str = "palisade::serve";
 /// | [`body_limit`](Self::body_limit) | 2 MiB | a request body is larger: 413, a declared length before a byte of the body is read, a chunked one when it passes the limit |
 /// | [`body_read_timeout`](Self::body_read_timeout) and [`body_min_rate`](Self::body_min_rate) | 20 s, and 1 s more per 500 bytes | a request body being read is not complete by then (Apache's `RequestReadTimeout body=20,MinRate=500`): 408, and the connection closed |
 /// | [`max_connections`](Self::max_connections) | 25,000 | this many connections are open (handshakes included): no more are accepted until one closes; they wait in the listener's backlog (actix-web's own limit, per worker there) |
+/// | [`max_connection_age`](Self::max_connection_age) | none | a connection is this old, give or take a tenth: closed gracefully, after the request in progress (HTTP/1.1) or with a GOAWAY (HTTP/2), as Envoy's `max_connection_duration` and gRPC's `MAX_CONNECTION_AGE` do (under `palisade_axum::serve` only, actix-web has no such timer) |
 ///
 /// A zero duration closes at once (1 ms): it never turns a timeout off. The
 /// longest is ten years (`Duration::MAX` is taken as that, not as an
@@ -60,6 +61,7 @@ pub struct ServerLimits {
     body_read_timeout: Duration,
     body_min_rate: u32,
     max_connections: usize,
+    max_connection_age: Option<Duration>,
 }
 
 /// The shortest timeout: frameworks read zero as "no timeout".
@@ -92,6 +94,9 @@ impl Default for ServerLimits {
             body_min_rate: 500,
             // actix-web's `max_connections` default.
             max_connections: 25_000,
+            // Envoy's and gRPC's default: connections live as long as
+            // their clients keep them.
+            max_connection_age: None,
         }
     }
 }
@@ -191,6 +196,36 @@ impl ServerLimits {
     #[must_use]
     pub fn connections(&self) -> usize {
         self.max_connections
+    }
+
+    /// The longest a connection is kept (none by default): once it is this
+    /// old, give or take a tenth (so that connections opened together do
+    /// not all close together, as gRPC spreads its `MAX_CONNECTION_AGE`),
+    /// it is closed gracefully: an HTTP/1.1 connection once the request in
+    /// progress is answered (at once when idle), an HTTP/2 one with a
+    /// GOAWAY, after which its streams in progress finish and the client
+    /// opens a new connection for its next request. So long-lived
+    /// connections (HTTP/2, gRPC) spread again over the replicas behind a
+    /// balancer, and pick up a rotated server certificate. As Envoy's
+    /// `max_connection_duration`. Under `palisade_axum::serve` and
+    /// `palisade_mtls::axum::serve` only: actix-web has no such timer.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use palisade_core::limits::ServerLimits;
+    /// let limits = ServerLimits::default().max_connection_age(Duration::from_secs(30 * 60));
+    /// assert_eq!(limits.connection_age(), Some(Duration::from_secs(1800)));
+    /// assert_eq!(ServerLimits::default().connection_age(), None);
+    /// ```
+    pub fn max_connection_age(mut self, age: Duration) -> Self {
+        self.max_connection_age = Some(bounded(age));
+        self
+    }
+
+    /// See [`ServerLimits::max_connection_age`](Self::max_connection_age).
+    #[must_use]
+    pub fn connection_age(&self) -> Option<Duration> {
+        self.max_connection_age
     }
 
     /// See [`ServerLimits::body_read_timeout`](Self::body_read_timeout).
