@@ -42,8 +42,11 @@ use crate::LocalFuture;
 /// `palisade_mtls::ServerTls::actix_on_connect`, an HTTP/1 connection whose next
 /// request has not begun within the [idle](ServerLimits::idle) plus the
 /// [header-read](ServerLimits::header_read) timeout of the end of its last
-/// answer is closed. (Without that record, which a custom `on_connect` in
-/// their place leaves out, one warning says so.)
+/// answer is closed, and with a
+/// [maximum connection age](ServerLimits::max_connection_age) one past it
+/// is closed: idle, at once; busy, by its answer (`Connection: close`).
+/// (Without that record, which a custom `on_connect` in their place leaves
+/// out, one warning says so.)
 ///
 /// actix-web's extractors keep their own limits on top (`web::Bytes` and
 /// `String` 256 KiB, `web::Json` 2 MiB): give the app the same number so
@@ -142,7 +145,13 @@ where
             let res = service.call(req).await?;
             let Some((unread, why)) = cut.borrow_mut().take() else {
                 return Ok(res
-                    .map_body(|_, body| Answer { body, begun })
+                    .map_body(|head, body| {
+                        // Past its maximum age: closed once this is sent.
+                        if begun.as_ref().is_some_and(|b| b.0.past_age()) {
+                            head.set_connection_type(actix_web::http::ConnectionType::Close);
+                        }
+                        Answer { body, begun }
+                    })
                     .map_into_left_body());
             };
             // Whatever the app answered a body it could not read in time.
@@ -363,6 +372,22 @@ struct Connection {
     ended: Cell<Instant>,
     /// The task that ends the connection, once a first request started it.
     watchdog: OnceCell<JoinHandle<()>>,
+    /// When it opened.
+    opened: Instant,
+    /// When it is old enough to close (`ServerLimits::max_connection_age`),
+    /// drawn at its first request.
+    aged: OnceCell<Option<Instant>>,
+}
+
+impl Connection {
+    /// Whether the connection is past its maximum age.
+    fn past_age(&self) -> bool {
+        self.aged
+            .get()
+            .copied()
+            .flatten()
+            .is_some_and(|at| Instant::now() >= at)
+    }
 }
 
 impl Drop for Connection {
@@ -392,6 +417,8 @@ pub(crate) fn watch(tcp: &TcpStream, data: &mut Extensions) {
         open: Cell::new(0),
         ended: Cell::new(Instant::now()),
         watchdog: OnceCell::new(),
+        opened: Instant::now(),
+        aged: OnceCell::new(),
     })));
 }
 
@@ -427,23 +454,40 @@ fn begin(req: &ServiceRequest, limits: &ServerLimits) -> Option<Begun> {
     };
     conn.open.set(conn.open.get() + 1);
     conn.watchdog.get_or_init(|| {
+        let aged = *conn.aged.get_or_init(|| {
+            limits
+                .connection_lifetime()
+                .map(|lifetime| conn.opened + lifetime)
+        });
         let limit = limits.idle().saturating_add(limits.header_read());
-        actix_web::rt::spawn(watchdog(Rc::downgrade(conn), limit))
+        actix_web::rt::spawn(watchdog(Rc::downgrade(conn), limit, aged))
     });
     Some(Begun(Rc::clone(conn)))
 }
 
 /// Ends the connection once no request has begun within `limit` of the end
-/// of its last answer. It wakes at most once per `limit` while requests are
-/// open, and holds the connection only while awake.
-async fn watchdog(conn: Weak<Connection>, limit: Duration) {
+/// of its last answer, or once it is idle past `aged` (its maximum age; a
+/// request in progress then has its answer close the connection). It
+/// wakes at most once per `limit` while requests are open, and holds the
+/// connection only while awake.
+async fn watchdog(conn: Weak<Connection>, limit: Duration, mut aged: Option<Instant>) {
     let mut at = Instant::now() + limit;
     loop {
-        sleep_until(at).await;
+        sleep_until(aged.map_or(at, |aged| aged.min(at))).await;
         let Some(conn) = conn.upgrade() else {
             return;
         };
         let now = Instant::now();
+        if aged.is_some_and(|aged| now >= aged) {
+            if conn.open.get() == 0 {
+                tracing::debug!(target: palisade_core::limits::LOG_TARGET, "connection closed: past its maximum age");
+                let _ = conn.socket.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+            // Busy: its answer closes it (`Answer`), or, should it be
+            // kept, the idle timeout then does.
+            aged = None;
+        }
         at = if conn.open.get() > 0 {
             now + limit
         } else {
@@ -669,6 +713,42 @@ mod tests {
         let stream = get(&mut tcp, "/stream", "0\r\n\r\n").await;
         assert_eq!(stream.matches("tick").count(), 10, "{stream}");
         assert!(get(&mut tcp, "/ok", "ok").await.starts_with("HTTP/1.1 200"));
+        handle.stop(false).await;
+    }
+
+    /// Past its maximum age (here 1 s, give or take a tenth) a connection
+    /// is closed: an idle one by the watch, a busy one once its answer is
+    /// sent whole, as `palisade_axum::serve` closes them.
+    #[actix_web::test]
+    async fn a_connection_past_its_maximum_age_is_closed_idle_or_after_its_answer() {
+        let limits = ServerLimits::default().max_connection_age(Duration::from_secs(1));
+        // Idle after an answer: closed at its age, long before the idle
+        // timeout (75 s).
+        let opened = std::time::Instant::now();
+        let (mut tcp, handle) = connected(limits).await;
+        let answer = get(&mut tcp, "/ok", "ok").await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(!answer.contains("connection: close"), "{answer}");
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut rest)).await;
+        let lived = opened.elapsed();
+        assert!(closed.is_ok(), "the old connection is still open after {lived:?}");
+        assert!(
+            (Duration::from_millis(850)..Duration::from_secs(5)).contains(&lived),
+            "closed after {lived:?}"
+        );
+        handle.stop(false).await;
+        // Busy at its age (`/slow` takes 3 s): the answer comes whole, says
+        // it closes, and the connection then closes.
+        let (mut tcp, handle) = connected(limits).await;
+        let answer = get(&mut tcp, "/slow", "slow").await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains("connection: close"), "{answer}");
+        let closed = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut rest)).await;
+        assert!(
+            closed.is_ok(),
+            "the old connection is still open after its answer"
+        );
         handle.stop(false).await;
     }
 

@@ -380,26 +380,10 @@ where
         activity: watched,
         stopped,
         aged: limits
-            .connection_age()
-            .map(|age| Box::pin(tokio::time::sleep(spread(age)))),
+            .connection_lifetime()
+            .map(|age| Box::pin(tokio::time::sleep(age))),
         closing: false,
     }
-}
-
-/// `age` give or take a tenth, at random, as gRPC spreads its
-/// `MAX_CONNECTION_AGE`: connections opened together (a client's pool, a
-/// fleet after a deploy) do not all close together.
-fn spread(age: Duration) -> Duration {
-    use std::hash::{BuildHasher, Hasher};
-    // A fresh random key each time: randomness enough for a spread.
-    let random = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    let tenth = age / 10;
-    let nanos = u64::try_from(tenth.as_nanos())
-        .unwrap_or(u64::MAX)
-        .saturating_mul(2);
-    age - tenth + Duration::from_nanos(random.checked_rem(nanos).unwrap_or(0))
 }
 
 pin_project_lite::pin_project! {
@@ -1552,24 +1536,6 @@ mod tests {
             ServerLimits::default().max_connection_age(Duration::from_millis(300)),
         )
         .await
-    }
-
-    #[test]
-    fn connection_ages_are_spread_by_a_tenth() {
-        let age = Duration::from_secs(100);
-        let ages: std::collections::BTreeSet<Duration> = (0..200).map(|_| spread(age)).collect();
-        assert!(ages.len() > 150, "{} distinct ages of 200", ages.len());
-        let (first, last) = (ages.first().unwrap(), ages.last().unwrap());
-        assert!(
-            *first >= Duration::from_secs(90) && *last < Duration::from_secs(110),
-            "{first:?}..{last:?}"
-        );
-        // Spread over the whole range, not a corner of it.
-        assert!(
-            *first < Duration::from_secs(92) && *last > Duration::from_secs(108),
-            "{first:?}..{last:?}"
-        );
-        assert_eq!(spread(Duration::ZERO), Duration::ZERO);
     }
 
     #[tokio::test]

@@ -45,7 +45,7 @@ pub const LOG_TARGET: &str = "palisade::serve";
 /// | [`body_limit`](Self::body_limit) | 2 MiB | a request body is larger: 413, a declared length before a byte of the body is read, a chunked one when it passes the limit |
 /// | [`body_read_timeout`](Self::body_read_timeout) and [`body_min_rate`](Self::body_min_rate) | 20 s, and 1 s more per 500 bytes | a request body being read is not complete by then (Apache's `RequestReadTimeout body=20,MinRate=500`): 408, and the connection closed |
 /// | [`max_connections`](Self::max_connections) | 25,000 | this many connections are open (handshakes included): no more are accepted until one closes; they wait in the listener's backlog (actix-web's own limit, per worker there) |
-/// | [`max_connection_age`](Self::max_connection_age) | none | a connection is this old, give or take a tenth: closed gracefully, after the request in progress (HTTP/1.1) or with a GOAWAY (HTTP/2), as Envoy's `max_connection_duration` and gRPC's `MAX_CONNECTION_AGE` do (under `palisade_axum::serve` only, actix-web has no such timer) |
+/// | [`max_connection_age`](Self::max_connection_age) | none | a connection is this old, give or take a tenth: closed gracefully, after the request in progress (HTTP/1.1) or with a GOAWAY (HTTP/2), as Envoy's `max_connection_duration` and gRPC's `MAX_CONNECTION_AGE` do (actix-web: HTTP/1.1 connections only, through `palisade_actix::BodyLimit`'s watch) |
 ///
 /// A zero duration closes at once (1 ms): it never turns a timeout off. The
 /// longest is ten years (`Duration::MAX` is taken as that, not as an
@@ -71,6 +71,23 @@ const SHORTEST: Duration = Duration::from_millis(1);
 /// limit") would overflow where it is added to the time of day (actix-http
 /// panics on it).
 const LONGEST: Duration = crate::syntax::LONGEST_DURATION;
+
+/// `age` give or take a tenth, by `random`.
+fn spread(age: Duration, random: u64) -> Duration {
+    let tenth = age / 10;
+    let range = u64::try_from(tenth.as_nanos())
+        .unwrap_or(u64::MAX)
+        .saturating_mul(2);
+    age - tenth + Duration::from_nanos(random.checked_rem(range).unwrap_or(0))
+}
+
+/// A random number: the standard library's hasher with a fresh random key.
+fn random() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+}
 
 /// A timeout as set: at least [`SHORTEST`], at most [`LONGEST`].
 fn bounded(timeout: Duration) -> Duration {
@@ -208,7 +225,11 @@ impl ServerLimits {
     /// connections (HTTP/2, gRPC) spread again over the replicas behind a
     /// balancer, and pick up a rotated server certificate. As Envoy's
     /// `max_connection_duration`. Under `palisade_axum::serve` and
-    /// `palisade_mtls::axum::serve` only: actix-web has no such timer.
+    /// `palisade_mtls::axum::serve`; under actix-web, HTTP/1.1 connections
+    /// watched by `palisade_actix::BodyLimit` (`palisade_actix::with_limits`
+    /// or `palisade_mtls`'s actix-web server): an idle one closed at its
+    /// age, a busy one by its answer (`Connection: close`). actix-web's
+    /// HTTP/2 connections, which it cannot send a GOAWAY on, are kept.
     ///
     /// ```
     /// use std::time::Duration;
@@ -226,6 +247,17 @@ impl ServerLimits {
     #[must_use]
     pub fn connection_age(&self) -> Option<Duration> {
         self.max_connection_age
+    }
+
+    /// How long one connection lives under
+    /// [`max_connection_age`](Self::max_connection_age): the age give or
+    /// take a tenth, drawn at random at each call (once per connection),
+    /// as gRPC spreads its `MAX_CONNECTION_AGE`, so that connections opened
+    /// together (a client's pool, a fleet after a deploy) do not all close
+    /// together. `None` without a maximum age.
+    #[must_use]
+    pub fn connection_lifetime(&self) -> Option<Duration> {
+        self.max_connection_age.map(|age| spread(age, random()))
     }
 
     /// See [`ServerLimits::body_read_timeout`](Self::body_read_timeout).
@@ -407,6 +439,26 @@ fn far_future() -> tokio::time::Instant {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_lifetimes_are_spread_by_a_tenth() {
+        let limits = ServerLimits::default().max_connection_age(Duration::from_secs(100));
+        let ages: std::collections::BTreeSet<Duration> =
+            (0..200).filter_map(|_| limits.connection_lifetime()).collect();
+        assert!(ages.len() > 150, "{} distinct lifetimes of 200", ages.len());
+        let (first, last) = (ages.first().unwrap(), ages.last().unwrap());
+        assert!(
+            *first >= Duration::from_secs(90) && *last < Duration::from_secs(110),
+            "{first:?}..{last:?}"
+        );
+        // Spread over the whole range, not a corner of it.
+        assert!(
+            *first < Duration::from_secs(92) && *last > Duration::from_secs(108),
+            "{first:?}..{last:?}"
+        );
+        assert_eq!(ServerLimits::default().connection_lifetime(), None);
+        assert_eq!(spread(Duration::ZERO, 7), Duration::ZERO);
+    }
 
     #[test]
     fn a_declared_length_over_the_limit_is_refused_with_413() {
