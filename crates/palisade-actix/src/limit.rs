@@ -146,8 +146,11 @@ where
             let Some((unread, why)) = cut.borrow_mut().take() else {
                 return Ok(res
                     .map_body(|head, body| {
-                        // Past its maximum age: closed once this is sent.
-                        if begun.as_ref().is_some_and(|b| b.0.past_age()) {
+                        // Past its maximum age: closed once this is sent
+                        // (an upgrade's connection is the application's).
+                        if head.status != actix_web::http::StatusCode::SWITCHING_PROTOCOLS
+                            && begun.as_ref().is_some_and(|b| b.0.past_age())
+                        {
                             head.set_connection_type(actix_web::http::ConnectionType::Close);
                         }
                         Answer { body, begun }
@@ -465,28 +468,36 @@ fn begin(req: &ServiceRequest, limits: &ServerLimits) -> Option<Begun> {
     Some(Begun(Rc::clone(conn)))
 }
 
+/// How often a connection past its maximum age but busy is looked at again.
+const AGED_POLL: Duration = Duration::from_millis(200);
+
+/// How long after its last answer ended an old connection is closed: the
+/// answer's tail written meanwhile.
+const FLUSHED: Duration = Duration::from_millis(100);
+
 /// Ends the connection once no request has begun within `limit` of the end
 /// of its last answer, or once it is idle past `aged` (its maximum age; a
 /// request in progress then has its answer close the connection). It
 /// wakes at most once per `limit` while requests are open, and holds the
 /// connection only while awake.
-async fn watchdog(conn: Weak<Connection>, limit: Duration, mut aged: Option<Instant>) {
+async fn watchdog(conn: Weak<Connection>, limit: Duration, aged: Option<Instant>) {
     let mut at = Instant::now() + limit;
+    if let Some(aged) = aged {
+        at = at.min(aged);
+    }
     loop {
-        sleep_until(aged.map_or(at, |aged| aged.min(at))).await;
+        sleep_until(at).await;
         let Some(conn) = conn.upgrade() else {
             return;
         };
         let now = Instant::now();
-        if aged.is_some_and(|aged| now >= aged) {
-            if conn.open.get() == 0 {
-                tracing::debug!(target: palisade_core::limits::LOG_TARGET, "connection closed: past its maximum age");
-                let _ = conn.socket.shutdown(std::net::Shutdown::Both);
-                return;
-            }
-            // Busy: its answer closes it (`Answer`), or, should it be
-            // kept, the idle timeout then does.
-            aged = None;
+        let past_age = aged.is_some_and(|aged| now >= aged);
+        // Past its age and idle since the last answer left (a moment for
+        // actix-http to write its tail): closed.
+        if past_age && conn.open.get() == 0 && now >= conn.ended.get() + FLUSHED {
+            tracing::debug!(target: palisade_core::limits::LOG_TARGET, "connection closed: past its maximum age");
+            let _ = conn.socket.shutdown(std::net::Shutdown::Both);
+            return;
         }
         at = if conn.open.get() > 0 {
             now + limit
@@ -500,6 +511,16 @@ async fn watchdog(conn: Weak<Connection>, limit: Duration, mut aged: Option<Inst
             );
             let _ = conn.socket.shutdown(std::net::Shutdown::Both);
             return;
+        }
+        match aged {
+            // Woken at its age too.
+            Some(aged) if !past_age => at = at.min(aged),
+            // Busy past its age: a request begun before it may have had its
+            // answer's head sent before it too, without `Connection:
+            // close`; looked at again until it is idle. (Always later than
+            // now: no spinning.)
+            Some(_) => at = at.min(now.max(conn.ended.get() + FLUSHED) + AGED_POLL),
+            None => {}
         }
     }
 }
@@ -749,6 +770,19 @@ mod tests {
             closed.is_ok(),
             "the old connection is still open after its answer"
         );
+        handle.stop(false).await;
+        // A streamed answer whose head went out before the age (3 s of
+        // ticks): sent whole, without `Connection: close`, and the
+        // connection closed soon after it ends, not after the idle timeout.
+        let opened = std::time::Instant::now();
+        let (mut tcp, handle) = connected(limits).await;
+        let stream = get(&mut tcp, "/stream", "0\r\n\r\n").await;
+        assert_eq!(stream.matches("tick").count(), 10, "{stream}");
+        assert!(!stream.contains("connection: close"), "{stream}");
+        let closed = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut rest)).await;
+        let lived = opened.elapsed();
+        assert!(closed.is_ok(), "the old connection is still open after {lived:?}");
+        assert!(lived < Duration::from_secs(6), "closed after {lived:?}");
         handle.stop(false).await;
     }
 

@@ -415,15 +415,32 @@ impl<C: Future> Future for Serving<C> {
         if !*this.closing
             && (this.activity.closing.load(Ordering::Acquire)
                 || this.stopped.as_mut().poll(cx).is_ready()
-                || this
+                || (this
                     .aged
                     .as_mut()
-                    .is_some_and(|aged| aged.as_mut().poll(cx).is_ready()))
+                    .is_some_and(|aged| aged.as_mut().poll(cx).is_ready())
+                    && this.activity.has_begun()))
         {
             *this.closing = true;
             (this.close)(this.conn.as_mut());
         }
-        this.conn.poll(cx)
+        let polled = this.conn.as_mut().poll(cx);
+        // A first request served within that poll on a connection already
+        // past its age: closed now, not at the next wake-up (the next
+        // request head's deadline).
+        if polled.is_pending()
+            && !*this.closing
+            && this.activity.has_begun()
+            && this
+                .aged
+                .as_mut()
+                .is_some_and(|aged| aged.as_mut().poll(cx).is_ready())
+        {
+            *this.closing = true;
+            (this.close)(this.conn.as_mut());
+            return this.conn.poll(cx);
+        }
+        polled
     }
 }
 
@@ -499,6 +516,14 @@ impl Activity {
             0 => None,
             at => Some(self.opened + Duration::from_nanos(at)),
         }
+    }
+
+    /// Whether a request has begun on the connection: one past its maximum
+    /// age is closed once it has served one (as actix-web's watch closes
+    /// it), so that even an age shorter than a client takes to send its
+    /// first request answers that request.
+    fn has_begun(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) > 0 || self.ended.load(Ordering::Acquire) > 0
     }
 
     /// When a request last ended.
@@ -1562,6 +1587,25 @@ mod tests {
         let (seen, _) = until_closed(&mut tcp).await;
         assert!(seen.starts_with("HTTP/1.1 200 OK"), "{seen}");
         assert!(seen.ends_with("slow"), "{seen}");
+    }
+
+    /// An age shorter than the client takes to send its first request:
+    /// that request is answered, then the connection closed (as on
+    /// actix-web), not the connection dropped unanswered.
+    #[tokio::test]
+    async fn a_connection_past_its_age_before_its_first_request_answers_it() {
+        let app = Router::new().route("/", get(|| async { "hi" }));
+        let limits = ServerLimits::default().max_connection_age(Duration::ZERO);
+        let addr = serve_app(app, limits).await;
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        tcp.write_all(GET).await.unwrap();
+        let sent = Instant::now();
+        let (seen, closed) = until_closed(&mut tcp).await;
+        assert!(seen.starts_with("HTTP/1.1 200 OK"), "{seen:?}");
+        assert!(seen.ends_with("hi"), "{seen:?}");
+        // At once, not at the next head's deadline (10 s).
+        assert!(closed - sent < Duration::from_secs(5), "{:?}", closed - sent);
     }
 
     #[tokio::test]

@@ -218,18 +218,24 @@ impl ServerLimits {
     /// The longest a connection is kept (none by default): once it is this
     /// old, give or take a tenth (so that connections opened together do
     /// not all close together, as gRPC spreads its `MAX_CONNECTION_AGE`),
-    /// it is closed gracefully: an HTTP/1.1 connection once the request in
-    /// progress is answered (at once when idle), an HTTP/2 one with a
-    /// GOAWAY, after which its streams in progress finish and the client
-    /// opens a new connection for its next request. So long-lived
+    /// and has served a request, it is closed: an HTTP/1.1 connection once
+    /// the request in progress is answered (`Connection: close`; at once
+    /// when idle), an HTTP/2 one with a GOAWAY, after which its streams in
+    /// progress finish (with no time limit, as gRPC's default) and the
+    /// client opens a new connection for its next request. So long-lived
     /// connections (HTTP/2, gRPC) spread again over the replicas behind a
     /// balancer, and pick up a rotated server certificate. As Envoy's
     /// `max_connection_duration`. Under `palisade_axum::serve` and
     /// `palisade_mtls::axum::serve`; under actix-web, HTTP/1.1 connections
     /// watched by `palisade_actix::BodyLimit` (`palisade_actix::with_limits`
     /// or `palisade_mtls`'s actix-web server): an idle one closed at its
-    /// age, a busy one by its answer (`Connection: close`). actix-web's
-    /// HTTP/2 connections, which it cannot send a GOAWAY on, are kept.
+    /// age (its socket shut, without TLS's `close_notify`), a busy one by
+    /// its answer. actix-web's HTTP/2 connections, which it cannot send a
+    /// GOAWAY on, are kept. An upgraded connection (a WebSocket) is the
+    /// application's, on both frameworks, and is not closed. A request
+    /// whose head is still arriving when an idle HTTP/1.1 connection is
+    /// closed is lost, as at any close of an idle connection: its client
+    /// sends it again on a new one.
     ///
     /// ```
     /// use std::time::Duration;
