@@ -50,7 +50,7 @@ pub struct Args {
     /// `--admin ADDR`: `/metrics` and `/ready`, without authentication.
     pub admin: Option<SocketAddr>,
     /// `--handshake-timeout`, `--header-read-timeout`, `--idle-timeout`, `--write-timeout`,
-    /// `--body-read-timeout` (seconds), `--body-min-rate` (bytes a second)
+    /// `--max-connection-age`, `--body-read-timeout` (seconds), `--body-min-rate` (bytes a second)
     /// and `--body-limit` (bytes): what a client is granted.
     pub limits: palisade::core::limits::ServerLimits,
 }
@@ -196,6 +196,18 @@ fn parse(service: &str, port: u16, mut it: impl Iterator<Item = String>) -> Resu
             }
             "--idle-timeout" => args.limits = args.limits.idle_timeout(seconds(&flag, &value()?)?),
             "--write-timeout" => args.limits = args.limits.write_timeout(seconds(&flag, &value()?)?),
+            "--max-connection-age" => {
+                let v = value()?;
+                let age = v
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| s.is_finite() && *s > 0.0 && *s <= 30.0 * 86_400.0)
+                    .map(std::time::Duration::from_secs_f64)
+                    .ok_or_else(|| {
+                        format!("{flag} {v}: a number of seconds, more than 0, at most 30 days")
+                    })?;
+                args.limits = args.limits.max_connection_age(age);
+            }
             "--body-read-timeout" => args.limits = args.limits.body_read_timeout(seconds(&flag, &value()?)?),
             "--body-min-rate" => {
                 let v = value()?;
@@ -219,7 +231,7 @@ fn parse(service: &str, port: u16, mut it: impl Iterator<Item = String>) -> Resu
                      \x20      [--upstream NAME=URL]... [--upstream-timeout SECONDS] (productpage, reviews)\n\
                      \x20      [--admin ADDR]\n\
                      \x20      [--handshake-timeout S] [--header-read-timeout S] [--idle-timeout S] [--write-timeout S]\n\
-                     \x20      [--body-limit BYTES] [--body-read-timeout S] [--body-min-rate BYTES]\n\
+                     \x20      [--body-limit BYTES] [--body-read-timeout S] [--body-min-rate BYTES] [--max-connection-age S]\n\
                      Without --config, a demo issuer is started and a ready-to-paste command is printed.\n\
                      The --config file is reloaded when it changes or on SIGHUP; a file that does not load\n\
                      keeps the policy in force. --admin serves GET /metrics (Prometheus) and GET /ready.\n\
@@ -227,7 +239,9 @@ fn parse(service: &str, port: u16, mut it: impl Iterator<Item = String>) -> Resu
                      (10) for a request head, --idle-timeout (75) to begin its next request, --write-timeout (60; not\n\
                      reviews, on actix-web) to take more of an answer or open an HTTP/2 window; a body over --body-limit\n\
                      (2097152) bytes is answered 413, one not received within --body-read-timeout (20) seconds plus\n\
-                     one for every --body-min-rate (500) bytes that arrived is answered 408.\n\
+                     one for every --body-min-rate (500) bytes that arrived is answered 408. A connection older than\n\
+                     --max-connection-age (none by default), give or take a tenth, is closed after its answer in\n\
+                     progress (HTTP/2: a GOAWAY; reviews, on actix-web: HTTP/1.1 only).\n\
                      --client-ca turns mutual TLS on; its mode comes from the policy file's PeerAuthentication\n\
                      (default STRICT). Certificates, keys, CA and CRL files are reloaded when they change or on SIGHUP.\n\
                      --no-guard (benchmarking only) serves the same routes without Palisade: no authentication,\n\
