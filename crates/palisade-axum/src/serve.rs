@@ -1518,10 +1518,27 @@ mod tests {
         let app = Router::new().route("/", get(|| async { "hi" }));
         let limits = ServerLimits::default().idle_timeout(Duration::from_millis(500));
         let addr = serve_app(app, limits).await;
+        let (client, connection, answer) = h2_get(addr, "/").await;
+        assert_eq!(answer.await.unwrap().status(), 200);
+        // Idle past the timeout: a GOAWAY, so the client knows to open
+        // another connection rather than lose a request to a reset.
+        ends_with_goaway(client, connection, "the idle connection").await;
+    }
+
+    /// An HTTP/2 connection to `addr` with `GET path` sent on it: the
+    /// client, the connection's task and the answer to come.
+    async fn h2_get(
+        addr: SocketAddr,
+        path: &str,
+    ) -> (
+        h2::client::SendRequest<Bytes>,
+        tokio::task::JoinHandle<Result<(), h2::Error>>,
+        h2::client::ResponseFuture,
+    ) {
         let tcp = TcpStream::connect(addr).await.unwrap();
         let (client, connection) = h2::client::handshake(tcp).await.unwrap();
         let connection = tokio::spawn(connection);
-        let request = Request::get("http://x/").body(()).unwrap();
+        let request = Request::get(format!("http://x{path}")).body(()).unwrap();
         let (answer, _) = client
             .clone()
             .ready()
@@ -1529,12 +1546,19 @@ mod tests {
             .unwrap()
             .send_request(request, true)
             .unwrap();
-        assert_eq!(answer.await.unwrap().status(), 200);
-        // Idle past the timeout: a GOAWAY, so the client knows to open
-        // another connection rather than lose a request to a reset.
+        (client, connection, answer)
+    }
+
+    /// Waits for `connection` (`what`) to end, and checks that the server
+    /// ended it with a GOAWAY.
+    async fn ends_with_goaway(
+        client: h2::client::SendRequest<Bytes>,
+        connection: tokio::task::JoinHandle<Result<(), h2::Error>>,
+        what: &str,
+    ) {
         let ended = tokio::time::timeout(Duration::from_secs(10), connection)
             .await
-            .expect("the idle connection was kept")
+            .unwrap_or_else(|_| panic!("{what} was kept"))
             .unwrap();
         let refused = client
             .ready()
@@ -1542,7 +1566,7 @@ mod tests {
             .expect_err("the connection still takes requests");
         assert!(
             refused.is_go_away(),
-            "closed without a GOAWAY: {refused:?} ({ended:?})"
+            "{what}: closed without a GOAWAY: {refused:?} ({ended:?})"
         );
     }
 
@@ -1611,17 +1635,7 @@ mod tests {
     #[tokio::test]
     async fn an_http2_connection_past_its_maximum_age_is_told_goaway_and_finishes_its_streams() {
         let addr = start_aging().await;
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
-        let connection = tokio::spawn(connection);
-        let request = Request::get("http://x/slow").body(()).unwrap();
-        let (answer, _) = client
-            .clone()
-            .ready()
-            .await
-            .unwrap()
-            .send_request(request, true)
-            .unwrap();
+        let (client, connection, answer) = h2_get(addr, "/slow").await;
         // The GOAWAY comes while the stream is in progress; the stream ends
         // with its whole answer.
         let answer = answer.await.unwrap();
@@ -1632,18 +1646,7 @@ mod tests {
             text.extend_from_slice(&chunk.unwrap());
         }
         assert_eq!(text, b"slow");
-        let ended = tokio::time::timeout(Duration::from_secs(10), connection)
-            .await
-            .expect("the old connection was kept")
-            .unwrap();
-        let refused = client
-            .ready()
-            .await
-            .expect_err("the old connection still takes requests");
-        assert!(
-            refused.is_go_away(),
-            "closed without a GOAWAY: {refused:?} ({ended:?})"
-        );
+        ends_with_goaway(client, connection, "the old connection").await;
     }
 
     /// Two chunks of 256 KiB, then the end.
