@@ -240,8 +240,9 @@ fn parse(service: &str, port: u16, mut it: impl Iterator<Item = String>) -> Resu
                      reviews, on actix-web) to take more of an answer or open an HTTP/2 window; a body over --body-limit\n\
                      (2097152) bytes is answered 413, one not received within --body-read-timeout (20) seconds plus\n\
                      one for every --body-min-rate (500) bytes that arrived is answered 408. A connection older than\n\
-                     --max-connection-age (none by default), give or take a tenth, is closed after its answer in\n\
-                     progress (HTTP/2: a GOAWAY; reviews, on actix-web: HTTP/1.1 only).\n\
+                     --max-connection-age (none by default, at most 30 days), give or take a tenth, is closed once it\n\
+                     has served a request, after its answer in progress (HTTP/2: a GOAWAY; reviews, on actix-web:\n\
+                     HTTP/1.1 only).\n\
                      --client-ca turns mutual TLS on; its mode comes from the policy file's PeerAuthentication\n\
                      (default STRICT). Certificates, keys, CA and CRL files are reloaded when they change or on SIGHUP.\n\
                      --no-guard (benchmarking only) serves the same routes without Palisade: no authentication,\n\

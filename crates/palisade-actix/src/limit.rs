@@ -44,7 +44,8 @@ use crate::LocalFuture;
 /// [header-read](ServerLimits::header_read) timeout of the end of its last
 /// answer is closed, and with a
 /// [maximum connection age](ServerLimits::max_connection_age) one past it
-/// is closed: idle, at once; busy, by its answer (`Connection: close`).
+/// is closed: idle, at once; busy, by its answer (`Connection: close`), or
+/// a second after that answer ends when its head went out before the age.
 /// (Without that record, which a custom `on_connect` in their place leaves
 /// out, one warning says so.)
 ///
@@ -149,9 +150,10 @@ where
                         // Past its maximum age: closed once this is sent
                         // (an upgrade's connection is the application's).
                         if head.status != actix_web::http::StatusCode::SWITCHING_PROTOCOLS
-                            && begun.as_ref().is_some_and(|b| b.0.past_age())
+                            && let Some(b) = begun.as_ref().filter(|b| b.0.past_age())
                         {
                             head.set_connection_type(actix_web::http::ConnectionType::Close);
+                            b.0.closing.set(true);
                         }
                         Answer { body, begun }
                     })
@@ -380,6 +382,12 @@ struct Connection {
     /// When it is old enough to close (`ServerLimits::max_connection_age`),
     /// drawn at its first request.
     aged: OnceCell<Option<Instant>>,
+    /// An answer past its age said `Connection: close`: actix-http closes
+    /// the connection itself once that answer is written.
+    closing: Cell<bool>,
+    /// Told when a request ends on a connection past its age, for the
+    /// watchdog to close it once it is idle.
+    idle: Rc<tokio::sync::Notify>,
 }
 
 impl Connection {
@@ -422,6 +430,8 @@ pub(crate) fn watch(tcp: &TcpStream, data: &mut Extensions) {
         watchdog: OnceCell::new(),
         opened: Instant::now(),
         aged: OnceCell::new(),
+        closing: Cell::new(false),
+        idle: Rc::new(tokio::sync::Notify::new()),
     })));
 }
 
@@ -433,6 +443,9 @@ impl Drop for Begun {
     fn drop(&mut self) {
         self.0.open.set(self.0.open.get() - 1);
         self.0.ended.set(Instant::now());
+        if self.0.open.get() == 0 && self.0.past_age() {
+            self.0.idle.notify_one();
+        }
     }
 }
 
@@ -468,32 +481,52 @@ fn begin(req: &ServiceRequest, limits: &ServerLimits) -> Option<Begun> {
     Some(Begun(Rc::clone(conn)))
 }
 
-/// How often a connection past its maximum age but busy is looked at again.
-const AGED_POLL: Duration = Duration::from_millis(200);
-
-/// How long after its last answer ended an old connection is closed: the
-/// answer's tail written meanwhile.
-const FLUSHED: Duration = Duration::from_millis(100);
+/// How long after its last answer ended an idle connection past its age is
+/// closed, when that answer did not close it itself (its head was sent
+/// before the age): time for actix-http to write the answer's tail, which
+/// it may still hold after the answer's body is done.
+const FLUSHED: Duration = Duration::from_secs(1);
 
 /// Ends the connection once no request has begun within `limit` of the end
-/// of its last answer, or once it is idle past `aged` (its maximum age; a
-/// request in progress then has its answer close the connection). It
-/// wakes at most once per `limit` while requests are open, and holds the
-/// connection only while awake.
+/// of its last answer, or once it is idle past `aged`, its maximum age (a
+/// request in progress then has its answer close the connection, or, when
+/// that answer's head went out before the age, the watchdog closes it
+/// [`FLUSHED`] after it ends). It wakes at most once per `limit` while
+/// requests are open, and when the last of them ends past the age; it
+/// holds the connection only while awake.
 async fn watchdog(conn: Weak<Connection>, limit: Duration, aged: Option<Instant>) {
     let mut at = Instant::now() + limit;
     if let Some(aged) = aged {
         at = at.min(aged);
     }
     loop {
-        sleep_until(at).await;
+        let woken = {
+            let Some(conn) = conn.upgrade() else {
+                return;
+            };
+            let idle = aged.is_some_and(|aged| at >= aged);
+            // Past its age and busy: woken when the last request ends too.
+            if idle && conn.open.get() > 0 {
+                let told = Rc::clone(&conn.idle);
+                drop(conn);
+                tokio::time::timeout_at(at, told.notified()).await.is_ok()
+            } else {
+                drop(conn);
+                sleep_until(at).await;
+                false
+            }
+        };
         let Some(conn) = conn.upgrade() else {
             return;
         };
         let now = Instant::now();
         let past_age = aged.is_some_and(|aged| now >= aged);
-        // Past its age and idle since the last answer left (a moment for
-        // actix-http to write its tail): closed.
+        if past_age && conn.closing.get() {
+            // Its answer said `Connection: close`: actix-http closes it.
+            return;
+        }
+        // Past its age and idle since its last answer had time to leave:
+        // closed.
         if past_age && conn.open.get() == 0 && now >= conn.ended.get() + FLUSHED {
             tracing::debug!(target: palisade_core::limits::LOG_TARGET, "connection closed: past its maximum age");
             let _ = conn.socket.shutdown(std::net::Shutdown::Both);
@@ -515,12 +548,10 @@ async fn watchdog(conn: Weak<Connection>, limit: Duration, aged: Option<Instant>
         match aged {
             // Woken at its age too.
             Some(aged) if !past_age => at = at.min(aged),
-            // Busy past its age: a request begun before it may have had its
-            // answer's head sent before it too, without `Connection:
-            // close`; looked at again until it is idle. (Always later than
-            // now: no spinning.)
-            Some(_) => at = at.min(now.max(conn.ended.get() + FLUSHED) + AGED_POLL),
-            None => {}
+            // Idle past its age (or just woken by its last request's end):
+            // closed once its last answer had time to leave.
+            Some(_) if conn.open.get() == 0 || woken => at = at.min(conn.ended.get() + FLUSHED),
+            _ => {}
         }
     }
 }

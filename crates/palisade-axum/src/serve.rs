@@ -412,14 +412,17 @@ impl<C: Future> Future for Serving<C> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
         let mut this = self.project();
+        // The age's timer, polled once a wake-up (a finished `Sleep` stays
+        // ready).
+        let aged = !*this.closing
+            && this
+                .aged
+                .as_mut()
+                .is_some_and(|aged| aged.as_mut().poll(cx).is_ready());
         if !*this.closing
             && (this.activity.closing.load(Ordering::Acquire)
                 || this.stopped.as_mut().poll(cx).is_ready()
-                || (this
-                    .aged
-                    .as_mut()
-                    .is_some_and(|aged| aged.as_mut().poll(cx).is_ready())
-                    && this.activity.has_begun()))
+                || (aged && this.activity.has_begun()))
         {
             *this.closing = true;
             (this.close)(this.conn.as_mut());
@@ -428,14 +431,7 @@ impl<C: Future> Future for Serving<C> {
         // A first request served within that poll on a connection already
         // past its age: closed now, not at the next wake-up (the next
         // request head's deadline).
-        if polled.is_pending()
-            && !*this.closing
-            && this.activity.has_begun()
-            && this
-                .aged
-                .as_mut()
-                .is_some_and(|aged| aged.as_mut().poll(cx).is_ready())
-        {
+        if polled.is_pending() && !*this.closing && aged && this.activity.has_begun() {
             *this.closing = true;
             (this.close)(this.conn.as_mut());
             return this.conn.poll(cx);

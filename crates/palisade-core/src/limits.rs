@@ -45,7 +45,7 @@ pub const LOG_TARGET: &str = "palisade::serve";
 /// | [`body_limit`](Self::body_limit) | 2 MiB | a request body is larger: 413, a declared length before a byte of the body is read, a chunked one when it passes the limit |
 /// | [`body_read_timeout`](Self::body_read_timeout) and [`body_min_rate`](Self::body_min_rate) | 20 s, and 1 s more per 500 bytes | a request body being read is not complete by then (Apache's `RequestReadTimeout body=20,MinRate=500`): 408, and the connection closed |
 /// | [`max_connections`](Self::max_connections) | 25,000 | this many connections are open (handshakes included): no more are accepted until one closes; they wait in the listener's backlog (actix-web's own limit, per worker there) |
-/// | [`max_connection_age`](Self::max_connection_age) | none | a connection is this old, give or take a tenth: closed gracefully, after the request in progress (HTTP/1.1) or with a GOAWAY (HTTP/2), as Envoy's `max_connection_duration` and gRPC's `MAX_CONNECTION_AGE` do (actix-web: HTTP/1.1 connections only, through `palisade_actix::BodyLimit`'s watch) |
+/// | [`max_connection_age`](Self::max_connection_age) | none | a connection is this old, give or take a tenth, and has served a request: closed, after the request in progress (HTTP/1.1) or with a GOAWAY (HTTP/2), as Envoy's `max_connection_duration` and gRPC's `MAX_CONNECTION_AGE` do (actix-web: HTTP/1.1 connections only, through `palisade_actix::BodyLimit`'s watch) |
 ///
 /// A zero duration closes at once (1 ms): it never turns a timeout off. The
 /// longest is ten years (`Duration::MAX` is taken as that, not as an
@@ -230,9 +230,12 @@ impl ServerLimits {
     /// watched by `palisade_actix::BodyLimit` (`palisade_actix::with_limits`
     /// or `palisade_mtls`'s actix-web server): an idle one closed at its
     /// age (its socket shut, without TLS's `close_notify`), a busy one by
-    /// its answer. actix-web's HTTP/2 connections, which it cannot send a
-    /// GOAWAY on, are kept. An upgraded connection (a WebSocket) is the
-    /// application's, on both frameworks, and is not closed. A request
+    /// its answer, or, when that answer's head went out before the age (a
+    /// stream), a second after it ends. actix-web's HTTP/2 connections,
+    /// which it cannot send a GOAWAY on, are kept. An upgraded connection
+    /// (a WebSocket) is the application's, on both frameworks, and is not
+    /// closed (under axum the `101` of an upgrade asked for past the age
+    /// says `Connection: close, upgrade`; the upgrade still happens). A request
     /// whose head is still arriving when an idle HTTP/1.1 connection is
     /// closed is lost, as at any close of an idle connection: its client
     /// sends it again on a new one.
