@@ -198,14 +198,9 @@ fn parse(service: &str, port: u16, mut it: impl Iterator<Item = String>) -> Resu
             "--write-timeout" => args.limits = args.limits.write_timeout(seconds(&flag, &value()?)?),
             "--max-connection-age" => {
                 let v = value()?;
-                let age = v
-                    .parse()
-                    .ok()
-                    .filter(|s: &f64| s.is_finite() && *s > 0.0 && *s <= 30.0 * 86_400.0)
-                    .map(std::time::Duration::from_secs_f64)
-                    .ok_or_else(|| {
-                        format!("{flag} {v}: a number of seconds, more than 0, at most 30 days")
-                    })?;
+                let age = seconds_up_to(&v, 30.0 * 86_400.0).ok_or_else(|| {
+                    format!("{flag} {v}: a number of seconds, more than 0, at most 30 days")
+                })?;
                 args.limits = args.limits.max_connection_age(age);
             }
             "--body-read-timeout" => args.limits = args.limits.body_read_timeout(seconds(&flag, &value()?)?),
@@ -322,11 +317,15 @@ fn parse(service: &str, port: u16, mut it: impl Iterator<Item = String>) -> Resu
 
 /// A `--…-timeout` value: seconds, more than 0, at most an hour.
 fn seconds(flag: &str, v: &str) -> Result<std::time::Duration, String> {
+    seconds_up_to(v, 3600.0).ok_or_else(|| format!("{flag} {v}: a number of seconds, more than 0"))
+}
+
+/// `v` as seconds, more than 0, at most `most`.
+fn seconds_up_to(v: &str, most: f64) -> Option<std::time::Duration> {
     v.parse()
         .ok()
-        .filter(|s: &f64| s.is_finite() && *s > 0.0 && *s <= 3600.0)
+        .filter(|s: &f64| s.is_finite() && *s > 0.0 && *s <= most)
         .map(std::time::Duration::from_secs_f64)
-        .ok_or_else(|| format!("{flag} {v}: a number of seconds, more than 0"))
 }
 
 /// Logging on stderr, filtered by `RUST_LOG` (default `info`).

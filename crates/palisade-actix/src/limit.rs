@@ -504,9 +504,9 @@ async fn watchdog(conn: Weak<Connection>, limit: Duration, aged: Option<Instant>
             let Some(conn) = conn.upgrade() else {
                 return;
             };
-            let idle = aged.is_some_and(|aged| at >= aged);
+            let aged_by_then = aged.is_some_and(|aged| at >= aged);
             // Past its age and busy: woken when the last request ends too.
-            if idle && conn.open.get() > 0 {
+            if aged_by_then && conn.open.get() > 0 {
                 let told = Rc::clone(&conn.idle);
                 drop(conn);
                 tokio::time::timeout_at(at, told.notified()).await.is_ok()

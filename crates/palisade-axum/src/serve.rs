@@ -34,7 +34,8 @@
 //!   idle while the tunnel runs, so the idle timeout closes it;
 //! - request bodies pass [`BodyLimitLayer`], answered 413 beyond the limit;
 //! - a connection older than the maximum connection age, when one is set,
-//!   is closed gracefully (HTTP/2: with a GOAWAY);
+//!   is closed gracefully once it has served a request (HTTP/2: with a
+//!   GOAWAY);
 //! - a response with `Connection: close` closes its connection once it is
 //!   sent, as hyper does on HTTP/1.1; on HTTP/2, where the header has no
 //!   place, a response with the extension
@@ -419,24 +420,24 @@ impl<C: Future> Future for Serving<C> {
                 .aged
                 .as_mut()
                 .is_some_and(|aged| aged.as_mut().poll(cx).is_ready());
-        if !*this.closing
-            && (this.activity.closing.load(Ordering::Acquire)
-                || this.stopped.as_mut().poll(cx).is_ready()
-                || (aged && this.activity.has_begun()))
-        {
-            *this.closing = true;
-            (this.close)(this.conn.as_mut());
+        loop {
+            if !*this.closing
+                && (this.activity.closing.load(Ordering::Acquire)
+                    || this.stopped.as_mut().poll(cx).is_ready()
+                    || (aged && this.activity.has_begun()))
+            {
+                *this.closing = true;
+                (this.close)(this.conn.as_mut());
+            }
+            let polled = this.conn.as_mut().poll(cx);
+            // A first request served within that poll on a connection
+            // already past its age: closed now (once more round), not at
+            // the next wake-up (the next request head's deadline).
+            if polled.is_pending() && !*this.closing && aged && this.activity.has_begun() {
+                continue;
+            }
+            return polled;
         }
-        let polled = this.conn.as_mut().poll(cx);
-        // A first request served within that poll on a connection already
-        // past its age: closed now, not at the next wake-up (the next
-        // request head's deadline).
-        if polled.is_pending() && !*this.closing && aged && this.activity.has_begun() {
-            *this.closing = true;
-            (this.close)(this.conn.as_mut());
-            return this.conn.poll(cx);
-        }
-        polled
     }
 }
 

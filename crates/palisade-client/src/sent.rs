@@ -221,35 +221,32 @@ fn mutual_checked(
         unreachable!("checked above")
     };
     let service = negotiation.service().to_owned();
-    if elsewhere {
-        let result = match required {
+    // `Ok(Some(why))`: used without proof, as `Optional` allows.
+    let proven = if elsewhere {
+        match required {
             MutualAuthentication::Required => Err(ClientError::Unproven(
                 "the answer comes from another origin than the request's (a redirect followed), which the ticket does not prove".into(),
             )),
-            MutualAuthentication::Optional => {
-                unproven_accepted(&service, "it comes from another origin (a redirect followed)");
-                Ok(())
-            }
-        };
-        *mutual = Mutual::Checked(result.clone());
-        return result;
-    }
-    let challenges = headers
-        .get_all(http::header::WWW_AUTHENTICATE)
-        .iter()
-        .map(http::HeaderValue::as_bytes);
-    let proven = match required {
-        MutualAuthentication::Required => negotiation.verify(challenges).map(|()| true),
-        MutualAuthentication::Optional => negotiation.verify_if_sent(challenges),
-    };
-    let result = match proven {
-        Ok(true) => Ok(()),
-        Ok(false) => {
-            unproven_accepted(&service, "it carries no mutual-authentication token");
-            Ok(())
+            MutualAuthentication::Optional => Ok(Some("it comes from another origin (a redirect followed)")),
         }
-        Err(e) => Err(ClientError::Unproven(e.to_string())),
+    } else {
+        let challenges = headers
+            .get_all(http::header::WWW_AUTHENTICATE)
+            .iter()
+            .map(http::HeaderValue::as_bytes);
+        match required {
+            MutualAuthentication::Required => negotiation.verify(challenges).map(|()| None),
+            MutualAuthentication::Optional => negotiation
+                .verify_if_sent(challenges)
+                .map(|sent| (!sent).then_some("it carries no mutual-authentication token")),
+        }
+        .map_err(|e| ClientError::Unproven(e.to_string()))
     };
+    let result = proven.map(|unproven| {
+        if let Some(why) = unproven {
+            unproven_accepted(&service, why);
+        }
+    });
     *mutual = Mutual::Checked(result.clone());
     result
 }

@@ -947,11 +947,14 @@ pub struct CloseConnection;
 /// closes its connection.
 #[cfg(feature = "axum")]
 pub fn http_response<B>(reply: Reply, body: impl FnOnce(String) -> B) -> http::Response<B> {
-    let closes = reply.closes_connection();
     let (status, headers, text, rejection) = reply.into_parts();
     let mut res = http::Response::new(body(text));
     *res.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::UNAUTHORIZED);
+    let mut closes = false;
     for (name, value) in headers {
+        // Read as `Reply::closes_connection` reads it; hyper obeys the
+        // header on HTTP/1.1, the extension below stands for it on HTTP/2.
+        closes |= name.eq_ignore_ascii_case("connection") && has_close(&value);
         // As actix-web's adapter does: a name in capitals is lowered, one
         // or a value that HTTP cannot carry is skipped (never a panic, for
         // a reply a third party's authenticator made).

@@ -1346,7 +1346,7 @@ fn peer_no_longer_trusted(req: &dyn RequestHead) -> Decision {
         "the connection's client certificate is no longer trusted (revoked or expired since the connection began, or refused by the trust material in use now): connect again",
     );
     // The connection is closed after the answer (a GOAWAY on HTTP/2
-    // where the server can send one: `Reply::closes_connection`), so a
+    // where the server can send one: `Reply::closing_connection`), so a
     // client that has renewed its certificate, or a pool, connects again
     // rather than be refused on it for as long as it keeps it.
     Decision::Reply(Reply::from(refusal).closing_connection())

@@ -837,10 +837,9 @@ impl Negotiation {
         self,
         www_authenticate: impl IntoIterator<Item = &'a [u8]>,
     ) -> Result<bool, SpnegoError> {
-        match negotiate_token(www_authenticate) {
-            Ok(None) => Ok(false),
-            Ok(Some(token)) => self.complete(Ok(token)).map(|()| true),
-            Err(e) => self.complete(Err(e)).map(|()| true),
+        match negotiate_token(www_authenticate).transpose() {
+            None => Ok(false),
+            Some(token) => self.complete(token).map(|()| true),
         }
     }
 
