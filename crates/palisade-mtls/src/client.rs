@@ -60,7 +60,10 @@ pub struct ClientTlsBuilder {
 impl ClientTlsBuilder {
     /// Accept a server whose certificate has this subject alternative name:
     /// a SPIFFE ID (`spiffe://cluster.local/ns/default/sa/details`, matched
-    /// against URI SANs) or a DNS name (matched case-insensitively). Any one
+    /// against the certificate's SPIFFE ID: its one URI SAN, as a server
+    /// reads a client's, so a certificate with several URI SANs names no
+    /// workload), another URI (matched among the URI SANs) or a DNS name
+    /// (matched case-insensitively). Any one
     /// of the expected names will do; none expected: the dialled host name
     /// must be in the certificate, as for any HTTPS client.
     pub fn expect_subject_alt_name(mut self, name: impl Into<String>) -> Self {
@@ -302,10 +305,12 @@ fn has_spiffe_id(der: &[u8]) -> bool {
     crate::identity::spiffe_id_of(der).is_some()
 }
 
-/// Whether the certificate names one of `expected`: a URI (`spiffe://…`)
-/// among its URI SANs exactly, a host name among its DNS SANs without
-/// regard to case, each only among SANs of its own type (Istio's typed
-/// matchers).
+/// Whether the certificate names one of `expected`, each only among SANs
+/// of its own type (Istio's typed matchers): a SPIFFE ID (`spiffe://…`)
+/// as the certificate's SPIFFE ID, exactly (an X509-SVID has one URI SAN:
+/// a certificate with several names no workload, as a server reads a
+/// client's), another URI among its URI SANs exactly, a host name among
+/// its DNS SANs without regard to case.
 fn names_one_of(der: &[u8], expected: &[String]) -> bool {
     let Ok((_, cert)) = X509Certificate::from_der(der) else {
         return false;
@@ -314,8 +319,13 @@ fn names_one_of(der: &[u8], expected: &[String]) -> bool {
         return false;
     };
     let is_uri = |e: &str| e.contains("://");
+    let is_spiffe = |e: &str| e.get(..9).is_some_and(|s| s.eq_ignore_ascii_case("spiffe://"));
+    let spiffe = crate::identity::spiffe_id_from(&cert);
+    if spiffe.is_some_and(|id| expected.iter().any(|e| e == id.as_str())) {
+        return true;
+    }
     san.value.general_names.iter().any(|n| match n {
-        GeneralName::URI(u) => expected.iter().any(|e| is_uri(e) && e == u),
+        GeneralName::URI(u) => expected.iter().any(|e| is_uri(e) && !is_spiffe(e) && e == u),
         GeneralName::DNSName(d) => expected.iter().any(|e| !is_uri(e) && e.eq_ignore_ascii_case(d)),
         _ => false,
     })
@@ -407,14 +417,22 @@ mod tests {
         assert!(!has_spiffe_id(&dns));
         let host = pki.server(&["Reviews.Default.svc"]).cert_der();
         assert!(names_one_of(&host, &["reviews.default.svc".to_owned()]));
-        // Two URIs, or one that is not a SPIFFE ID, are none.
+        // Two URIs, or one that is not a SPIFFE ID, are none, even when
+        // one of the two is the expected ID.
         for uris in [
             &[id, "spiffe://cluster.local/ns/x/sa/y"][..],
+            &["spiffe://cluster.local/ns/x/sa/y", id][..],
             &["spiffe://Bad Domain/x"][..],
             &["spiffe://cluster.local"][..],
         ] {
-            assert!(!has_spiffe_id(&pki.client_with_uris(uris).cert_der()), "{uris:?}");
+            let cert = pki.client_with_uris(uris).cert_der();
+            assert!(!has_spiffe_id(&cert), "{uris:?}");
+            assert!(!names_one_of(&cert, &[id.to_owned()]), "{uris:?}");
         }
+        // A URI of another scheme is matched among several.
+        let other = "https://reviews.example/workload";
+        let cert = pki.client_with_uris(&[id, other]).cert_der();
+        assert!(names_one_of(&cert, &[other.to_owned()]));
         // Nor is a leaf that may sign certificates.
         assert!(!has_spiffe_id(
             &pki.signing_workload("default", "reviews").cert_der()

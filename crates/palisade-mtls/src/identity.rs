@@ -242,7 +242,12 @@ fn svid_leaf(cert: &X509Certificate<'_>, id: &SpiffeId) -> bool {
 /// The SPIFFE ID of a certificate, as [`peer_identity`] reads it.
 pub(crate) fn spiffe_id_of(leaf_der: &[u8]) -> Option<SpiffeId> {
     let (_, cert) = X509Certificate::from_der(leaf_der).ok()?;
-    names(&cert).0
+    spiffe_id_from(&cert)
+}
+
+/// The SPIFFE ID of a parsed certificate, as [`peer_identity`] reads it.
+pub(crate) fn spiffe_id_from(cert: &X509Certificate<'_>) -> Option<SpiffeId> {
+    names(cert).0
 }
 
 /// A certificate's `notAfter`, in seconds since the epoch (`None` when it
