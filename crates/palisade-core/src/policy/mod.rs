@@ -512,6 +512,7 @@ impl Document {
             Spec::SpnegoSettings(s) => out.extend(s.warnings()),
             Spec::UpstreamCredentials(s) => out.extend(s.warnings()),
             Spec::AuthorizationSettings(s) => out.extend(s.warnings()),
+            Spec::JwtSettings(s) => out.extend(s.warnings()),
             _ => {}
         }
         out

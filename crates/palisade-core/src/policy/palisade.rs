@@ -171,7 +171,8 @@ pub struct IntrospectionSpec {
     pub client_id: String,
     /// A file holding the client's secret (read without its trailing newline).
     pub client_secret_file: Option<String>,
-    /// The client's secret, inline (prefer `clientSecretFile`).
+    /// The client's secret, inline (prefer `clientSecretFile`: an inline
+    /// secret loads with a warning).
     pub client_secret: Option<String>,
     /// `client_secret_basic` (the default) or `client_secret_post`.
     pub client_auth_method: Option<ClientAuthMethod>,
@@ -232,7 +233,25 @@ impl std::fmt::Debug for IntrospectionSpec {
     }
 }
 
+/// Said of a client secret written in the policy file itself.
+const INLINE_SECRET: &str = "the client's secret is written in the policy file: whoever can read the file, or a copy of it (a repository, a backup, a ConfigMap), holds it; give it in a file of its own with clientSecretFile";
+
 impl JwtSettingsSpec {
+    /// A secret written inline, said aloud when the file loads.
+    pub(super) fn warnings(&self) -> Vec<FieldError> {
+        self.introspection
+            .as_ref()
+            .filter(|i| i.client_secret.is_some())
+            .map(|_| {
+                (
+                    "spec.introspection.clientSecret".to_owned(),
+                    INLINE_SECRET.to_owned(),
+                )
+            })
+            .into_iter()
+            .collect()
+    }
+
     /// The fields this document gives (without `spec.`). Destructured, so
     /// that a field added later is listed too.
     pub(super) fn given(&self) -> Vec<&'static str> {
@@ -899,7 +918,8 @@ pub struct UpstreamTokenSpec {
     /// A file holding the client's secret (read without its trailing
     /// newline).
     pub client_secret_file: Option<String>,
-    /// The client's secret, inline (prefer `clientSecretFile`).
+    /// The client's secret, inline (prefer `clientSecretFile`: an inline
+    /// secret loads with a warning).
     pub client_secret: Option<String>,
     /// How the secret is sent: `client_secret_basic` (the default) or
     /// `client_secret_post`.
@@ -960,12 +980,18 @@ impl UpstreamCredentialsSpec {
         )
     }
 
-    /// The grant's fields given to a token source that asks no issuer.
+    /// The grant's fields given to a token source that asks no issuer, and
+    /// a secret written inline.
     pub(super) fn warnings(&self) -> Vec<FieldError> {
-        if self.asks_an_issuer() {
-            return Vec::new();
-        }
         let t = &self.token;
+        if self.asks_an_issuer() {
+            return t
+                .client_secret
+                .is_some()
+                .then(|| ("spec.token.clientSecret".to_owned(), INLINE_SECRET.to_owned()))
+                .into_iter()
+                .collect();
+        }
         [
             ("spec.token.issuer", t.issuer.is_some()),
             ("spec.token.clientId", t.client_id.is_some()),

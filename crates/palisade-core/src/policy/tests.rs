@@ -275,6 +275,38 @@ fn a_grants_fields_beside_a_relayed_token_are_unused_not_refused() {
             .warnings()
             .is_empty()
     );
+    // A secret written in the file is said aloud, and not printed.
+    let inline = granted.replace("clientSecretFile: /nonexistent", "clientSecret: s3cret-inline");
+    let set = PolicySet::from_yaml_str(&inline, "f").unwrap();
+    let [warning] = set.warnings() else {
+        panic!("{:?}", set.warnings())
+    };
+    let text = warning.to_string();
+    assert!(
+        text.contains("spec.token.clientSecret")
+            && text.contains("clientSecretFile")
+            && !text.contains("s3cret"),
+        "{text}"
+    );
+}
+
+/// An introspection client's secret written in the file is said aloud; one
+/// in a file of its own is not.
+#[test]
+fn an_inline_introspection_secret_is_warned_of() {
+    let yaml = |secret: &str| {
+        format!(
+            "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt}}\nspec:\n  jwtRules:\n  - issuer: https://kc.example/realms/istio\n    jwksUri: https://kc.example/jwks.json\n---\napiVersion: palisade.dev/v1alpha1\nkind: JwtSettings\nmetadata: {{name: opaque}}\nspec:\n  issuer: https://kc.example/realms/istio\n  introspection:\n    clientId: details\n    {secret}\n"
+        )
+    };
+    let set = PolicySet::from_yaml_str(&yaml("clientSecret: s3cret-inline"), "f").unwrap();
+    let text: Vec<_> = set.warnings().iter().map(ToString::to_string).collect();
+    assert!(
+        matches!(&text[..], [one] if one.contains("spec.introspection.clientSecret") && !one.contains("s3cret")),
+        "{text:?}"
+    );
+    let set = PolicySet::from_yaml_str(&yaml("clientSecretFile: /etc/palisade/details.secret"), "f").unwrap();
+    assert!(set.warnings().is_empty(), "{:?}", set.warnings());
 }
 
 #[test]
