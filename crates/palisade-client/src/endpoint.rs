@@ -61,14 +61,15 @@ impl DpopNonces {
     }
 }
 
-/// The origin of `htu` (`https://reviews.example:8443`) in lower case, as
-/// nonces are kept by.
+/// The origin of `htu` (`https://reviews.example:8443`) as nonces are kept
+/// by: in lower case, without its scheme's default port (one server's
+/// nonce, however a call spells its origin).
 fn origin_of(htu: &str) -> String {
     let start = htu.find("://").map_or(0, |i| i + 3);
     let end = htu[start..]
         .find(['/', '?', '#'])
         .map_or(htu.len(), |i| start + i);
-    htu[..end].to_ascii_lowercase()
+    palisade_core::syntax::origin_key(&htu[..end])
 }
 
 /// A granted access token as an `Authorization` value, and when to stop
@@ -662,6 +663,22 @@ mod tests {
             Some("n-1")
         );
         assert_eq!(nonces.for_htu("https://reviews.example/b"), None, "another port");
+        // The scheme's default port written out is the same origin.
+        nonces.keep("https://ratings.example:443/", &answer("n-2"));
+        assert_eq!(
+            nonces.for_htu("https://RATINGS.example/x").as_deref(),
+            Some("n-2")
+        );
+        nonces.keep("http://ratings.example/", &answer("n-3"));
+        assert_eq!(
+            nonces.for_htu("http://ratings.example:80/x").as_deref(),
+            Some("n-3")
+        );
+        assert_eq!(
+            nonces.for_htu("https://ratings.example:443/").as_deref(),
+            Some("n-2"),
+            "another scheme's is its own"
+        );
         assert_eq!(
             nonces.for_htu("http://reviews.example:8443/b"),
             None,
