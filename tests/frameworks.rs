@@ -472,6 +472,16 @@ async fn extractors_agree_on_identity_and_claims() {
             "/record",
             get(|auth: palisade::core::RequestAuth| async move { recorded(&auth) }),
         )
+        .route(
+            "/any",
+            axum::routing::any(|id: Identity| async move { id.subject().unwrap_or_default().to_owned() }),
+        )
+        .route(
+            "/any-claims",
+            axum::routing::any(
+                |palisade::prelude::Claims(c): palisade::prelude::Claims<Mine>| async move { c.sub },
+            ),
+        )
         .layer(palisade::axum::PalisadeLayer::new(guard.clone()));
     let actix = actix_web::test::init_service(
         App::new()
@@ -491,6 +501,15 @@ async fn extractors_agree_on_identity_and_claims() {
             .route(
                 "/record",
                 web::get().to(|auth: palisade::core::RequestAuth| async move { recorded(&auth) }),
+            )
+            .route(
+                "/any",
+                web::route().to(|id: Identity| async move { id.subject().unwrap_or_default().to_owned() }),
+            )
+            .route(
+                "/any-claims",
+                web::route()
+                    .to(|palisade::prelude::Claims(c): palisade::prelude::Claims<Mine>| async move { c.sub }),
             ),
     )
     .await;
@@ -533,6 +552,94 @@ async fn extractors_agree_on_identity_and_claims() {
             assert_eq!(b, body);
             let b = actix_web::test::read_body(ares).await;
             assert_eq!(b, body);
+        }
+    }
+    // An extractor's refusal is rendered as its request asks, as the
+    // guard's own are: a gRPC call's as a trailers-only answer with its
+    // `grpc-status`, a HEAD request's without a body.
+    let grpc = "application/grpc+proto";
+    let cases = [
+        // (method, path, content-type, token, status, grpc-status, body's start)
+        ("POST", "/any", grpc, None, 200, Some("16"), ""),
+        ("POST", "/any-claims", grpc, Some(&without), 200, Some("7"), ""),
+        (
+            "POST",
+            "/any-claims",
+            grpc,
+            Some(&with_tenant),
+            200,
+            None,
+            "carol",
+        ),
+        ("HEAD", "/any", "", None, 401, None, ""),
+        ("POST", "/any", "application/json", None, 401, None, "{"),
+        (
+            "POST",
+            "/any-claims",
+            "application/grpc-web",
+            Some(&without),
+            403,
+            None,
+            "{",
+        ),
+    ];
+    for (method, path, content_type, token, status, grpc_status, body) in cases {
+        let what = format!("{method} {path} {content_type}");
+        let mut req = http::Request::builder().method(method).uri(path);
+        let mut areq = actix_web::test::TestRequest::default()
+            .method(method.parse().unwrap())
+            .uri(path);
+        if !content_type.is_empty() {
+            req = req.header("content-type", content_type);
+            areq = areq.insert_header(("content-type", content_type));
+        }
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+            areq = areq.append_header(("authorization", format!("Bearer {t}")));
+        }
+        let res = app
+            .clone()
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let ares = actix_web::test::call_service(&actix, areq.to_request()).await;
+        let header = |h: &http::HeaderMap, n: &str| h.get(n).map(|v| v.to_str().unwrap().to_owned());
+        let aheader = |h: &actix_web::http::header::HeaderMap, n: &str| {
+            h.get(n).map(|v| v.to_str().unwrap().to_owned())
+        };
+        assert_eq!(res.status().as_u16(), status, "axum {what}");
+        assert_eq!(ares.status().as_u16(), status, "actix-web {what}");
+        assert_eq!(
+            header(res.headers(), "grpc-status").as_deref(),
+            grpc_status,
+            "axum {what}"
+        );
+        assert_eq!(
+            aheader(ares.headers(), "grpc-status").as_deref(),
+            grpc_status,
+            "actix-web {what}"
+        );
+        if grpc_status.is_some() {
+            assert_eq!(
+                header(res.headers(), "content-type").as_deref(),
+                Some("application/grpc")
+            );
+            assert_eq!(
+                aheader(ares.headers(), "content-type").as_deref(),
+                Some("application/grpc")
+            );
+        }
+        let b = axum::body::to_bytes(res.into_body(), 4096).await.unwrap();
+        let ab = actix_web::test::read_body(ares).await;
+        // actix-http drops a HEAD answer's body itself, on the wire
+        // (keeping the length a GET would get): its test service has it.
+        let ab = if method == "HEAD" { b.clone() } else { ab };
+        for (who, b) in [("axum", &b[..]), ("actix-web", &ab[..])] {
+            let text = std::str::from_utf8(b).unwrap();
+            assert!(
+                text.starts_with(body) && (body.is_empty() == text.is_empty()),
+                "{who} {what}: {text}"
+            );
         }
     }
     tokio::time::sleep(Duration::from_millis(1)).await;

@@ -175,6 +175,19 @@ impl Rendering {
         }
     }
 
+    /// [`Rendering::of`] from a request's method and first `content-type`
+    /// value: for the extractors, which see a framework's request.
+    #[cfg(any(feature = "axum", feature = "actix"))]
+    pub(crate) fn of_parts(method: &str, content_type: Option<&[u8]>) -> Self {
+        if method == "HEAD" {
+            Rendering::Head
+        } else if is_grpc_call(method, content_type) {
+            Rendering::Grpc
+        } else {
+            Rendering::Http
+        }
+    }
+
     /// `reply` rendered so.
     #[must_use]
     pub fn render(self, reply: Reply) -> Reply {
@@ -803,8 +816,13 @@ fn grpc_percent_encode(message: &str) -> String {
 /// parameters): its refusals are then rendered with [`Reply::grpc`].
 #[must_use]
 pub fn is_grpc(req: &dyn RequestHead) -> bool {
-    req.method() == "POST"
-        && req.header_value("content-type", 0).is_some_and(|v| {
+    is_grpc_call(req.method(), req.header_value("content-type", 0))
+}
+
+/// [`is_grpc`] from a request's method and first `content-type` value.
+fn is_grpc_call(method: &str, content_type: Option<&[u8]>) -> bool {
+    method == "POST"
+        && content_type.is_some_and(|v| {
             v.len() >= 16
                 && v[..16].eq_ignore_ascii_case(b"application/grpc")
                 && matches!(v.get(16), None | Some(b'+' | b';'))

@@ -77,6 +77,10 @@ pub struct Rejection {
     challenges: Vec<String>,
     access: Option<AccessDecision>,
     explain: bool,
+    /// How a handler's extractor renders it as a response: as its request
+    /// asks (a gRPC call, a HEAD request), which the guard's own refusals
+    /// are rendered as by [`Decision`](crate::adapter::Decision).
+    rendering: crate::adapter::Rendering,
 }
 
 /// The media type of [`Rejection::problem_json`].
@@ -92,7 +96,23 @@ impl Rejection {
             challenges,
             access: None,
             explain: false,
+            rendering: crate::adapter::Rendering::Http,
         }
+    }
+
+    /// The rejection rendered as `rendering` when a handler's extractor
+    /// answers with it (`IntoResponse`, actix-web's `ResponseError`).
+    #[cfg(any(feature = "axum", feature = "actix"))]
+    pub(crate) fn rendered_as(mut self, rendering: crate::adapter::Rendering) -> Self {
+        self.rendering = rendering;
+        self
+    }
+
+    /// The response a handler's extractor answers with.
+    #[cfg(any(feature = "axum", feature = "actix"))]
+    pub(crate) fn reply(self) -> crate::adapter::Reply {
+        let rendering = self.rendering;
+        rendering.render(crate::adapter::Reply::from(self))
     }
 
     /// 401 for a bearer token that is not valid (RFC 6750 `invalid_token`).

@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use super::Authorized;
 use super::Claims;
 use super::common::{authorized_from, claims_from, identity_from, request_auth_from};
-use crate::adapter::Reply;
+use crate::adapter::Rendering;
 use crate::authz::Requires;
 use crate::error::Rejection;
 use crate::guard::RequestAuth;
@@ -21,8 +21,20 @@ impl ResponseError for Rejection {
     }
 
     fn error_response(&self) -> HttpResponse<BoxBody> {
-        crate::adapter::actix_response(Reply::from(self.clone()))
+        crate::adapter::actix_response(self.clone().reply())
     }
+}
+
+/// An extractor's refusal, to be rendered as its request asks (a gRPC
+/// call's, a HEAD request's).
+fn for_request(req: &HttpRequest) -> impl Fn(Rejection) -> Rejection {
+    let rendering = Rendering::of_parts(
+        req.method().as_str(),
+        req.headers()
+            .get(actix_web::http::header::CONTENT_TYPE)
+            .map(actix_web::http::header::HeaderValue::as_bytes),
+    );
+    move |r| r.rendered_as(rendering)
 }
 
 fn identity(req: &HttpRequest) -> Result<Identity, Rejection> {
@@ -35,7 +47,7 @@ impl FromRequest for Identity {
     type Future = Ready<Result<Self, Self::Error>>;
 
     fn from_request(req: &HttpRequest, _payload: &mut Payload) -> Self::Future {
-        ready(identity(req))
+        ready(identity(req).map_err(for_request(req)))
     }
 }
 
@@ -44,7 +56,11 @@ impl<T: DeserializeOwned> FromRequest for Claims<T> {
     type Future = Ready<Result<Self, Self::Error>>;
 
     fn from_request(req: &HttpRequest, _payload: &mut Payload) -> Self::Future {
-        ready(identity(req).and_then(|id| claims_from(&id)))
+        ready(
+            identity(req)
+                .and_then(|id| claims_from(&id))
+                .map_err(for_request(req)),
+        )
     }
 }
 
@@ -54,7 +70,7 @@ impl<R: Requires> FromRequest for Authorized<R> {
 
     fn from_request(req: &HttpRequest, _payload: &mut Payload) -> Self::Future {
         let ext = req.extensions();
-        ready(authorized_from(ext.get::<RequestAuth>()))
+        ready(authorized_from(ext.get::<RequestAuth>()).map_err(for_request(req)))
     }
 }
 
@@ -64,6 +80,6 @@ impl FromRequest for RequestAuth {
 
     fn from_request(req: &HttpRequest, _payload: &mut Payload) -> Self::Future {
         let ext = req.extensions();
-        ready(request_auth_from(ext.get::<RequestAuth>()))
+        ready(request_auth_from(ext.get::<RequestAuth>()).map_err(for_request(req)))
     }
 }

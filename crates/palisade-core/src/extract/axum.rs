@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 use super::Authorized;
 use super::Claims;
 use super::common::{authorized_from, claims_from, identity_from, optional_identity_from, request_auth_from};
-use crate::adapter::Reply;
+use crate::adapter::Rendering;
 use crate::authz::Requires;
 use crate::error::Rejection;
 use crate::guard::RequestAuth;
@@ -15,15 +15,28 @@ use crate::identity::Identity;
 
 impl IntoResponse for Rejection {
     fn into_response(self) -> Response {
-        crate::adapter::http_response(Reply::from(self), Body::from)
+        crate::adapter::http_response(self.reply(), Body::from)
     }
+}
+
+/// An extractor's refusal, to be rendered as its request asks (a gRPC
+/// call's, a HEAD request's).
+fn for_request(parts: &Parts) -> impl Fn(Rejection) -> Rejection {
+    let rendering = Rendering::of_parts(
+        parts.method.as_str(),
+        parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .map(http::HeaderValue::as_bytes),
+    );
+    move |r| r.rendered_as(rendering)
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Identity {
     type Rejection = Rejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        identity_from(parts.extensions.get::<RequestAuth>())
+        identity_from(parts.extensions.get::<RequestAuth>()).map_err(for_request(parts))
     }
 }
 
@@ -39,8 +52,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Claims<T> {
     type Rejection = Rejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let identity = identity_from(parts.extensions.get::<RequestAuth>())?;
-        claims_from(&identity)
+        identity_from(parts.extensions.get::<RequestAuth>())
+            .and_then(|identity| claims_from(&identity))
+            .map_err(for_request(parts))
     }
 }
 
@@ -48,7 +62,7 @@ impl<S: Send + Sync, R: Requires> FromRequestParts<S> for Authorized<R> {
     type Rejection = Rejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        authorized_from(parts.extensions.get::<RequestAuth>())
+        authorized_from(parts.extensions.get::<RequestAuth>()).map_err(for_request(parts))
     }
 }
 
@@ -56,6 +70,6 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestAuth {
     type Rejection = Rejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        request_auth_from(parts.extensions.get::<RequestAuth>())
+        request_auth_from(parts.extensions.get::<RequestAuth>()).map_err(for_request(parts))
     }
 }

@@ -5,7 +5,9 @@
 //! `OptionalFromRequestParts`); with the `actix` feature they implement
 //! actix-web's `FromRequest` (`Option<T>` comes with actix-web). The meaning is
 //! the same in both: the identity the Palisade middleware established, a 401
-//! with the configured challenges when there is none.
+//! with the configured challenges when there is none. A refusal is rendered
+//! as the guard's own are for the request: a gRPC call's as a trailers-only
+//! answer (`grpc-status` 16 or 7), a HEAD request's without a body.
 
 #[cfg(feature = "actix")]
 mod actix;
