@@ -1688,7 +1688,8 @@ impl palisade::core::authn::Authenticator for Renewing {
                     },
                     Verification::assertion(),
                 ))
-                .with_response_header("set-cookie", "session=alice; renewed".to_owned()),
+                .with_response_header("set-cookie", "session=alice; renewed".to_owned())
+                .with_response_header("cache-control", "private".to_owned()),
             ),
             _ => AuthOutcome::NoCredential,
         })
@@ -1742,6 +1743,97 @@ async fn headers_that_may_carry_a_credential_are_marked_sensitive_on_both_framew
         );
         let actix = call_actix(guard, &headers, path).await;
         assert_eq!(axum, actix, "{path}");
+    }
+}
+
+/// A renewal's `Cache-Control: private` is merged into the application's
+/// own directives on both frameworks: a `public` is dropped (a response
+/// with a user's cookie must not be stored by a shared cache), the rest
+/// kept, and a response that already says `no-store` keeps its own.
+#[actix_web::test]
+async fn a_renewal_makes_the_applications_cache_control_private_on_both_frameworks() {
+    let guard = palisade::prelude::Guard::builder()
+        .authenticator(Renewing)
+        .access_policy(palisade::core::authz::AccessPolicy::allow_all())
+        .build()
+        .unwrap();
+    // (path, the application's Cache-Control lines, what the client gets)
+    let cases: [(&str, &[&str], &[&str]); 5] = [
+        ("/public", &["public, max-age=600"], &["private, max-age=600"]),
+        ("/split", &["Public", "max-age=5"], &["private, max-age=5"]),
+        (
+            "/fields",
+            &["private=\"x-user\", s-maxage=60"],
+            &["private, s-maxage=60"],
+        ),
+        ("/no-store", &["no-store, public"], &["no-store, public"]),
+        ("/none", &[], &["private"]),
+    ];
+    let mut axum_app = axum::Router::new();
+    let mut actix_app = App::new();
+    for (path, lines, _) in cases {
+        let lines: Vec<String> = lines.iter().map(|l| (*l).to_owned()).collect();
+        let theirs = lines.clone();
+        axum_app = axum_app.route(
+            path,
+            get(move || {
+                let lines = theirs.clone();
+                async move {
+                    let mut res = axum::response::Response::new(Body::from("ok"));
+                    for l in lines {
+                        res.headers_mut().append("cache-control", l.parse().unwrap());
+                    }
+                    res
+                }
+            }),
+        );
+        actix_app = actix_app.route(
+            path,
+            web::get().to(move || {
+                let lines = lines.clone();
+                async move {
+                    let mut res = HttpResponse::Ok();
+                    for l in lines {
+                        res.append_header(("cache-control", l));
+                    }
+                    res.body("ok")
+                }
+            }),
+        );
+    }
+    let axum_app = axum_app.layer(palisade::axum::PalisadeLayer::new(guard.clone()));
+    let actix = actix_web::test::init_service(actix_app.wrap(palisade::actix::Palisade::new(guard))).await;
+    for (path, _, want) in cases {
+        let req = http::Request::get(path)
+            .header("cookie", "session=alice")
+            .body(Body::empty())
+            .unwrap();
+        let res = axum_app.clone().oneshot(req).await.unwrap();
+        assert_eq!(res.status(), 200, "axum {path}");
+        let got: Vec<_> = res
+            .headers()
+            .get_all("cache-control")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(got, want, "axum {path}");
+        assert_eq!(
+            res.headers()["set-cookie"],
+            "session=alice; renewed",
+            "axum {path}"
+        );
+        let req = actix_web::test::TestRequest::get()
+            .uri(path)
+            .insert_header(("cookie", "session=alice"))
+            .to_request();
+        let res = actix_web::test::call_service(&actix, req).await;
+        assert_eq!(res.status().as_u16(), 200, "actix-web {path}");
+        let got: Vec<_> = res
+            .headers()
+            .get_all("cache-control")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(got, want, "actix-web {path}");
     }
 }
 

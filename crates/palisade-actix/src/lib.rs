@@ -242,6 +242,19 @@ impl ResponseTarget for ActixResponse<'_> {
             self.0.append(n, v);
         }
     }
+
+    fn header_values(&self, name: &str) -> Vec<&str> {
+        self.0.get_all(name).filter_map(|v| v.to_str().ok()).collect()
+    }
+
+    fn replace_header(&mut self, name: &str, value: &str) {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            self.0.insert(n, v);
+        }
+    }
 }
 
 /// The answer of the middlewares, from the core's verdict on a request.

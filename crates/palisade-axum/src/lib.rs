@@ -349,6 +349,24 @@ impl<B> ResponseTarget for HttpResponse<'_, B> {
             self.0.headers_mut().append(n, v);
         }
     }
+
+    fn header_values(&self, name: &str) -> Vec<&str> {
+        self.0
+            .headers()
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect()
+    }
+
+    fn replace_header(&mut self, name: &str, value: &str) {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            self.0.headers_mut().insert(n, v);
+        }
+    }
 }
 
 /// A reply of the core as a response of the layer.

@@ -103,6 +103,22 @@ pub trait ResponseTarget {
     /// Appends a header (lower-case name); a name or value that HTTP cannot
     /// carry is skipped.
     fn append_header(&mut self, name: &str, value: &str);
+
+    /// The values of the header `name` (lower case) that are text, in
+    /// order: the core reads the application's `Cache-Control` to merge a
+    /// renewal's `private` into it. The default reads none, and the edit is
+    /// then appended as it is; implement it together with
+    /// [`replace_header`](Self::replace_header).
+    fn header_values(&self, _name: &str) -> Vec<&str> {
+        Vec::new()
+    }
+
+    /// Sets the header `name` (lower case) to `value` alone, in place of
+    /// all its values; a name or value that HTTP cannot carry leaves the
+    /// header as it was. The default appends.
+    fn replace_header(&mut self, name: &str, value: &str) {
+        self.append_header(name, value);
+    }
 }
 
 /// The guard's verdict on one request: [`Guard::check`](crate::Guard::check).
@@ -394,12 +410,87 @@ impl ResponseEdits {
         self.headers.is_empty()
     }
 
-    /// Applies the edits to the handler's response.
+    /// Applies the edits to the handler's response. A renewal's
+    /// `Cache-Control: private` is merged into the application's own
+    /// directives ([`private_cache_control`]) rather than added beside a
+    /// `public` that contradicts it.
     pub fn apply(self, res: &mut dyn ResponseTarget) {
         for (name, value) in &self.headers {
+            if name == "cache-control" && value == "private" {
+                let existing = res.header_values("cache-control");
+                if !existing.is_empty() {
+                    if let Some(merged) = private_cache_control(&existing) {
+                        res.replace_header(name, &merged);
+                    }
+                    continue;
+                }
+            }
             res.append_header(name, value);
         }
     }
+}
+
+/// A response's `Cache-Control` (its values, in order) made `private`,
+/// for a response that carries a user's cookie: `None` when it already
+/// keeps out of shared caches (`no-store`, or `private` for the whole
+/// response), else `private` followed by its other directives, without
+/// `public` (which RFC 9111 §5.2.2.9 lets a shared cache read as leave to
+/// store) and without a `private` limited to named fields (§5.2.2.7, which
+/// leaves the rest to shared caches).
+///
+/// ```
+/// use palisade_core::adapter::private_cache_control;
+/// assert_eq!(private_cache_control(&["public, max-age=600"]).as_deref(), Some("private, max-age=600"));
+/// assert_eq!(private_cache_control(&["no-cache=\"a, b\"", "Public"]).as_deref(), Some("private, no-cache=\"a, b\""));
+/// assert_eq!(private_cache_control(&["private=\"x\", max-age=5"]).as_deref(), Some("private, max-age=5"));
+/// assert_eq!(private_cache_control(&["max-age=0, No-Store"]), None);
+/// assert_eq!(private_cache_control(&["PRIVATE"]), None);
+/// ```
+#[must_use]
+pub fn private_cache_control(values: &[&str]) -> Option<String> {
+    let directives: Vec<&str> = values.iter().flat_map(|v| split_directives(v)).collect();
+    let name = |d: &str| {
+        d.split_once('=')
+            .map_or(d, |(n, _)| n)
+            .trim()
+            .to_ascii_lowercase()
+    };
+    if directives
+        .iter()
+        .any(|d| name(d) == "no-store" || d.eq_ignore_ascii_case("private"))
+    {
+        return None;
+    }
+    let kept = directives
+        .into_iter()
+        .filter(|d| !matches!(name(d).as_str(), "public" | "private"));
+    Some(
+        std::iter::once("private")
+            .chain(kept)
+            .collect::<Vec<_>>()
+            .join(", "),
+    )
+}
+
+/// A `Cache-Control` value's directives, trimmed, without empty ones; a
+/// comma inside a quoted string is part of its directive.
+fn split_directives(value: &str) -> Vec<&str> {
+    let (mut out, mut start, mut quoted, mut escaped) = (Vec::new(), 0, false, false);
+    for (i, b) in value.bytes().enumerate() {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            b',' if !quoted => {
+                out.push(value[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(value[start..].trim());
+    out.retain(|d| !d.is_empty());
+    out
 }
 
 /// A response the core renders for the adapter to send instead of calling
