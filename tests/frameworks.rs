@@ -386,22 +386,11 @@ async fn output_headers_a_client_sends_never_reach_the_handler() {
         (Some(&bob), "Some(\"bob\") true"),
         (Some(&admin), "403"),
     ] {
-        let mut req = http::Request::get("/")
-            .header("x-user", "admin")
-            .header("x-jwt-payload", "eyJzdWIiOiJhZG1pbiJ9");
-        let mut actix_req = actix_web::test::TestRequest::get()
-            .uri("/")
-            .append_header(("x-user", "admin"))
-            .append_header(("x-jwt-payload", "eyJzdWIiOiJhZG1pbiJ9"));
-        if let Some(t) = token {
-            req = req.header("authorization", format!("Bearer {t}"));
-            actix_req = actix_req.append_header(("authorization", format!("Bearer {t}")));
-        }
-        let res = axum_app
-            .clone()
-            .oneshot(req.body(Body::empty()).unwrap())
-            .await
-            .unwrap();
+        let mut headers = token.map(|t| bearer(t)).unwrap_or_default();
+        headers.push(("x-user", "admin".to_owned()));
+        headers.push(("x-jwt-payload", "eyJzdWIiOiJhZG1pbiJ9".to_owned()));
+        let (req, actix_req) = both_requests("GET", "/", &headers);
+        let res = axum_app.clone().oneshot(req).await.unwrap();
         if want == "403" {
             assert_eq!(res.status(), 403, "axum");
             let res = actix_web::test::call_service(&actix, actix_req.to_request()).await;
@@ -523,17 +512,8 @@ async fn extractors_agree_on_identity_and_claims() {
         ("/claims", None, 401, ""),
     ];
     for (path, token, status, body) in cases {
-        let mut req = http::Request::get(path);
-        let mut areq = actix_web::test::TestRequest::get().uri(path);
-        if let Some(t) = token {
-            req = req.header("authorization", format!("Bearer {t}"));
-            areq = areq.append_header(("authorization", format!("Bearer {t}")));
-        }
-        let res = app
-            .clone()
-            .oneshot(req.body(Body::empty()).unwrap())
-            .await
-            .unwrap();
+        let (req, areq) = both_requests("GET", path, &token.map(|t| bearer(t)).unwrap_or_default());
+        let res = app.clone().oneshot(req).await.unwrap();
         assert_eq!(res.status().as_u16(), status, "axum {path} {token:?}");
         let ares = actix_web::test::call_service(&actix, areq.to_request()).await;
         assert_eq!(ares.status().as_u16(), status, "actix {path}");
@@ -585,49 +565,28 @@ async fn extractors_agree_on_identity_and_claims() {
     ];
     for (method, path, content_type, token, status, grpc_status, body) in cases {
         let what = format!("{method} {path} {content_type}");
-        let mut req = http::Request::builder().method(method).uri(path);
-        let mut areq = actix_web::test::TestRequest::default()
-            .method(method.parse().unwrap())
-            .uri(path);
+        let mut headers = token.map(|t| bearer(t)).unwrap_or_default();
         if !content_type.is_empty() {
-            req = req.header("content-type", content_type);
-            areq = areq.insert_header(("content-type", content_type));
+            headers.push(("content-type", content_type.to_owned()));
         }
-        if let Some(t) = token {
-            req = req.header("authorization", format!("Bearer {t}"));
-            areq = areq.append_header(("authorization", format!("Bearer {t}")));
-        }
-        let res = app
-            .clone()
-            .oneshot(req.body(Body::empty()).unwrap())
-            .await
-            .unwrap();
+        let (req, areq) = both_requests(method, path, &headers);
+        let res = app.clone().oneshot(req).await.unwrap();
         let ares = actix_web::test::call_service(&actix, areq.to_request()).await;
-        let header = |h: &http::HeaderMap, n: &str| h.get(n).map(|v| v.to_str().unwrap().to_owned());
-        let aheader = |h: &actix_web::http::header::HeaderMap, n: &str| {
-            h.get(n).map(|v| v.to_str().unwrap().to_owned())
-        };
-        assert_eq!(res.status().as_u16(), status, "axum {what}");
-        assert_eq!(ares.status().as_u16(), status, "actix-web {what}");
-        assert_eq!(
-            header(res.headers(), "grpc-status").as_deref(),
-            grpc_status,
-            "axum {what}"
-        );
-        assert_eq!(
-            aheader(ares.headers(), "grpc-status").as_deref(),
-            grpc_status,
-            "actix-web {what}"
-        );
-        if grpc_status.is_some() {
+        let aheaders = http_headers(ares.headers());
+        for (who, got, headers) in [
+            ("axum", res.status().as_u16(), res.headers()),
+            ("actix-web", ares.status().as_u16(), &aheaders),
+        ] {
+            assert_eq!(got, status, "{who} {what}");
             assert_eq!(
-                header(res.headers(), "content-type").as_deref(),
-                Some("application/grpc")
+                header_of(headers, "grpc-status").as_deref(),
+                grpc_status,
+                "{who} {what}"
             );
-            assert_eq!(
-                aheader(ares.headers(), "content-type").as_deref(),
-                Some("application/grpc")
-            );
+            if grpc_status.is_some() {
+                let content_type = header_of(headers, "content-type");
+                assert_eq!(content_type.as_deref(), Some("application/grpc"), "{who} {what}");
+            }
         }
         let b = axum::body::to_bytes(res.into_body(), 4096).await.unwrap();
         let ab = actix_web::test::read_body(ares).await;
@@ -1321,6 +1280,31 @@ fn header_of(headers: &http::HeaderMap, name: &str) -> Option<String> {
     headers.get(name).map(|v| v.to_str().unwrap().to_owned())
 }
 
+/// One request for both frameworks: axum's and actix-web's test request.
+fn both_requests(
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+) -> (http::Request<Body>, actix_web::test::TestRequest) {
+    let mut req = http::Request::builder().method(method).uri(path);
+    let mut areq = actix_web::test::TestRequest::default()
+        .method(method.parse().unwrap())
+        .uri(path);
+    for (name, value) in headers {
+        req = req.header(*name, value);
+        areq = areq.append_header((*name, value.as_str()));
+    }
+    (req.body(Body::empty()).unwrap(), areq)
+}
+
+/// actix-web's response headers as an `http::HeaderMap`, as axum's.
+fn http_headers(headers: &actix_web::http::header::HeaderMap) -> http::HeaderMap {
+    headers
+        .iter()
+        .map(|(n, v)| (n.as_str().parse().unwrap(), v.as_bytes().try_into().unwrap()))
+        .collect()
+}
+
 async fn cors_axum<S, B>(app: S, token: &str) -> CorsAnswers
 where
     S: tower::Service<http::Request<Body>, Response = http::Response<B>> + Clone,
@@ -1804,36 +1788,23 @@ async fn a_renewal_makes_the_applications_cache_control_private_on_both_framewor
     let axum_app = axum_app.layer(palisade::axum::PalisadeLayer::new(guard.clone()));
     let actix = actix_web::test::init_service(actix_app.wrap(palisade::actix::Palisade::new(guard))).await;
     for (path, _, want) in cases {
-        let req = http::Request::get(path)
-            .header("cookie", "session=alice")
-            .body(Body::empty())
-            .unwrap();
+        let (req, areq) = both_requests("GET", path, &[("cookie", "session=alice".to_owned())]);
         let res = axum_app.clone().oneshot(req).await.unwrap();
-        assert_eq!(res.status(), 200, "axum {path}");
-        let got: Vec<_> = res
-            .headers()
-            .get_all("cache-control")
-            .iter()
-            .map(|v| v.to_str().unwrap().to_owned())
-            .collect();
-        assert_eq!(got, want, "axum {path}");
-        assert_eq!(
-            res.headers()["set-cookie"],
-            "session=alice; renewed",
-            "axum {path}"
-        );
-        let req = actix_web::test::TestRequest::get()
-            .uri(path)
-            .insert_header(("cookie", "session=alice"))
-            .to_request();
-        let res = actix_web::test::call_service(&actix, req).await;
-        assert_eq!(res.status().as_u16(), 200, "actix-web {path}");
-        let got: Vec<_> = res
-            .headers()
-            .get_all("cache-control")
-            .map(|v| v.to_str().unwrap().to_owned())
-            .collect();
-        assert_eq!(got, want, "actix-web {path}");
+        let ares = actix_web::test::call_service(&actix, areq.to_request()).await;
+        let aheaders = http_headers(ares.headers());
+        for (who, got, headers) in [
+            ("axum", res.status().as_u16(), res.headers()),
+            ("actix-web", ares.status().as_u16(), &aheaders),
+        ] {
+            assert_eq!(got, 200, "{who} {path}");
+            let values: Vec<_> = headers
+                .get_all("cache-control")
+                .iter()
+                .map(|v| v.to_str().unwrap())
+                .collect();
+            assert_eq!(values, want, "{who} {path}");
+            assert_eq!(headers["set-cookie"], "session=alice; renewed", "{who} {path}");
+        }
     }
 }
 
