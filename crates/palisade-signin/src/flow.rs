@@ -302,9 +302,21 @@ fn shared_memory_store(issuer: &str, client_id: &str) -> Arc<dyn SessionStore> {
 /// (Keycloak's "revoke refresh token" ends the session when a spent one
 /// comes again), so a hot reload must not lose them, whatever else it
 /// changes (a secret, a scope, a cookie's settings).
+/// Why a refresh gives a request no tokens of its session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Unusable {
+    /// The session has ended (the issuer refused its refresh token, or
+    /// refreshed it with an ID token that is not valid; it timed out).
+    Ended,
+    /// Not now: its access token has expired and no fresh one can be had
+    /// (the issuer does not answer, or the replica refreshing it handed on
+    /// nothing in time). The session itself is whole.
+    NotNow,
+}
+
 struct Refreshes {
     successors: Successors,
-    refreshing: SingleFlight<String, Option<Arc<Live>>>,
+    refreshing: SingleFlight<String, Result<Arc<Live>, Unusable>>,
 }
 
 /// The [`Refreshes`] of the client `client_id` at `issuer` keeping its
@@ -763,6 +775,15 @@ fn local_target(target: &str) -> Option<Cow<'_, str>> {
         }
     }
     Some(Cow::Owned(encoded))
+}
+
+/// A session whose refresh brought nothing: its tokens while they last.
+fn while_valid(live: Arc<Live>) -> Result<Arc<Live>, Unusable> {
+    if live.session.at_exp > now() {
+        Ok(live)
+    } else {
+        Err(Unusable::NotNow)
+    }
 }
 
 fn problem(status: u16, detail: &'static str) -> Reply {
@@ -1328,7 +1349,7 @@ impl SignIn {
     }
 
     /// The outcome for a request carrying this session.
-    fn admit(&self, live: Arc<Live>, chunks: usize, secure: bool) -> Check<AuthOutcome> {
+    fn admit(&self, live: Arc<Live>, chunks: usize, secure: bool, navigation: bool) -> Check<AuthOutcome> {
         let t = now();
         let c = &self.0.config;
         // A session refreshed by an earlier request: use its new tokens.
@@ -1356,7 +1377,7 @@ impl SignIn {
                         // another's refresh gets that request's copy, and
                         // keeps its own when that copy is older (another
                         // cookie of the session).
-                        Some(next) => {
+                        Ok(next) => {
                             let renew = renew || next.session.newer_than(&before.session);
                             let newest = if before.session.newer_than(&next.session) {
                                 before
@@ -1373,7 +1394,19 @@ impl SignIn {
                                 || (!this.0.store.shared() && this.idle_renewal_due(&newest.session, now()));
                             this.authenticated(newest, renew, chunks, secure).await
                         }
-                        None => AuthOutcome::NoCredential,
+                        // A page whose session cannot be renewed now keeps
+                        // its cookie and is asked to come back, as when the
+                        // store cannot vouch for sessions: sent to sign in,
+                        // it would lose the cookie, and the refresh token
+                        // with it, for an outage of the issuer.
+                        Err(Unusable::NotNow) if navigation => AuthOutcome::Respond(
+                            problem(
+                                503,
+                                "the session cannot be renewed now (the issuer does not answer); try again",
+                            )
+                            .header("retry-after", "5"),
+                        ),
+                        Err(_) => AuthOutcome::NoCredential,
                     }
                 });
             }
@@ -1428,36 +1461,42 @@ impl SignIn {
     /// Refreshes a session's tokens, once for all concurrent requests of
     /// the session, and once for every replica sharing the store (the
     /// first to claim it asks the issuer and hands the result on through
-    /// the store). `None` ends the session for this request (refused:
-    /// for good).
+    /// the store). [`Unusable::Ended`] ends the session for good;
+    /// [`Unusable::NotNow`] leaves it whole, without tokens for now.
     ///
     /// The refresh runs as a task of its own, not in a request: once the
     /// issuer has rotated the refresh token, the new one must be kept even
     /// if every request that waited has gone (a client hung up, a timeout
     /// layer fired). Sent again, the old one would be refused and end the
     /// session, and an issuer that detects reuse revokes the whole family.
-    async fn refresh(&self, live: Arc<Live>) -> Option<Arc<Live>> {
+    async fn refresh(&self, live: Arc<Live>) -> Result<Arc<Live>, Unusable> {
         let this = self.clone();
         let id = live.session.id.clone();
         // After the answer, a request finds the successor (`refresh_once`).
         let call = move || async move { this.refresh_once(live).await };
-        self.0.refreshes.refreshing.run(id, call).await.flatten()
+        // No answer: the refresh's task ended without one.
+        let answer = self.0.refreshes.refreshing.run(id, call).await;
+        answer.unwrap_or(Err(Unusable::NotNow))
     }
 
-    async fn refresh_once(&self, live: Arc<Live>) -> Option<Arc<Live>> {
+    async fn refresh_once(&self, live: Arc<Live>) -> Result<Arc<Live>, Unusable> {
         // Another request refreshed it meanwhile.
         if let Some(next) = self.0.refreshes.successors.get(&live.session.id)
             && next.session.newer_than(&live.session)
         {
-            return Some(next);
+            return Ok(next);
         }
-        let metadata = self.0.issuer.metadata()?;
+        // No discovery document yet (the issuer down since start-up, a
+        // reload's new client): the tokens while they last.
+        let Some(metadata) = self.0.issuer.metadata() else {
+            return while_valid(live);
+        };
         if !self.0.store.shared() {
             return self.ask_issuer(live, &metadata, None).await;
         }
         // Another replica did (a shared store).
         if let Some(next) = self.adopt(&live.session).await {
-            return Some(next);
+            return Ok(next);
         }
         // One replica asks the issuer: the refresh token works once. The
         // claim outlives the successor it leads to, so a replica that gets
@@ -1470,7 +1509,7 @@ impl SignIn {
             // the old tokens while they last, rather than risk sending a
             // spent refresh token; once they expired, refreshed here, as a
             // lone replica would.
-            Err(_) if live.session.at_exp > now() => Some(live),
+            Err(_) if live.session.at_exp > now() => Ok(live),
             Err(e) => {
                 tracing::debug!(target: LOG_TARGET, error = %e, "the store cannot say whether another replica refreshes a session: refreshing here");
                 self.ask_issuer(live, &metadata, None).await
@@ -1486,7 +1525,7 @@ impl SignIn {
         live: Arc<Live>,
         metadata: &Metadata,
         claim: Option<&str>,
-    ) -> Option<Arc<Live>> {
+    ) -> Result<Arc<Live>, Unusable> {
         let c = &self.0.config;
         let s = &live.session;
         let form = vec![
@@ -1517,7 +1556,7 @@ impl SignIn {
                             if let Err(e) = self.end(s).await {
                                 self.store_failed(&e, false, "an ended session cannot be recorded");
                             }
-                            return None;
+                            return Err(Unusable::Ended);
                         }
                     }
                 }
@@ -1535,7 +1574,7 @@ impl SignIn {
                 }
                 let next = Arc::new(Live::new(next, &c.issuer, None));
                 self.0.refreshes.successors.insert(Arc::clone(&next));
-                Some(next)
+                Ok(next)
             }
             // Only a dead grant ends the session (RFC 6749 §5.2): a
             // throttled (`429`) or misconfigured client (`invalid_client`
@@ -1546,7 +1585,7 @@ impl SignIn {
                 if let Err(e) = self.end(s).await {
                     self.store_failed(&e, false, "an ended session cannot be recorded");
                 }
-                None
+                Err(Unusable::Ended)
             }
             Err(TokenError::Refused(e) | TokenError::Unavailable(e)) => {
                 if self.0.issuer_down.due() {
@@ -1560,7 +1599,7 @@ impl SignIn {
                 {
                     tracing::debug!(target: LOG_TARGET, error = %e, "a refresh's claim cannot be released: the other replicas wait for it to expire");
                 }
-                (s.at_exp > t).then_some(live)
+                while_valid(live)
             }
         }
     }
@@ -1630,11 +1669,17 @@ impl SignIn {
     /// while they last (the cookie is left as it is); once they have
     /// expired, the successor that replica hands on, for as long as it may
     /// take to make one, or a refresh here when that replica gives up its
-    /// claim (the issuer could not answer it). `None` when nothing comes,
-    /// or the session ends meanwhile (the issuer refused that replica).
-    async fn await_successor(&self, live: Arc<Live>, metadata: &Metadata, claim: &str) -> Option<Arc<Live>> {
+    /// claim (the issuer could not answer it). [`Unusable::NotNow`] when
+    /// nothing comes, [`Unusable::Ended`] when the session ends meanwhile
+    /// (the issuer refused that replica).
+    async fn await_successor(
+        &self,
+        live: Arc<Live>,
+        metadata: &Metadata,
+        claim: &str,
+    ) -> Result<Arc<Live>, Unusable> {
         if live.session.at_exp > now() {
-            return Some(live);
+            return Ok(live);
         }
         let started = tokio::time::Instant::now();
         let wait = self.successor_wait();
@@ -1643,17 +1688,17 @@ impl SignIn {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(SUCCESSOR_POLL);
             if let Some(next) = self.adopt(&live.session).await {
-                return Some(next);
+                return Ok(next);
             }
             if !self.usable(&live.session, now()) {
-                return None;
+                return Err(Unusable::Ended);
             }
             if let Ok(true) = self.0.store.use_once(claim, CLAIM_TTL).await {
                 return self.ask_issuer(live, metadata, Some(claim)).await;
             }
         }
-        tracing::info!(target: LOG_TARGET, subject = ?live.session.sub, "another replica claimed a session's refresh and handed on no tokens in time: the session ends for this request");
-        None
+        tracing::info!(target: LOG_TARGET, subject = ?live.session.sub, "another replica claimed a session's refresh and handed on no tokens in time: this request goes without the session");
+        Err(Unusable::NotNow)
     }
 
     /// A session store's failure to record `what`, said at warn level at
@@ -2003,21 +2048,22 @@ impl Authenticator for SignIn {
             return Check::Ready(AuthOutcome::NoCredential);
         };
         let chunks = parts.chunks;
+        let navigation = is_navigation(req);
         // A session seen before: compared in place, nothing joined.
         if let Some(live) = self.0.cache.get_parts(parts.len(), parts.iter()) {
-            return self.admit(live, chunks, secure);
+            return self.admit(live, chunks, secure, navigation);
         }
         let Ok(value) = parts.join() else {
             return Check::Ready(AuthOutcome::NoCredential);
         };
         match self.open_session(&value, secure) {
-            Check::Ready(Some(live)) => self.admit(live, chunks, secure),
+            Check::Ready(Some(live)) => self.admit(live, chunks, secure, navigation),
             Check::Ready(None) => Check::Ready(AuthOutcome::NoCredential),
             Check::Pending(fut) => {
                 let this = self.clone();
                 Check::pending(async move {
                     match fut.await {
-                        Some(live) => this.admit(live, chunks, secure).await,
+                        Some(live) => this.admit(live, chunks, secure, navigation).await,
                         None => AuthOutcome::NoCredential,
                     }
                 })
@@ -2868,6 +2914,89 @@ mod tests {
                 _ => {}
             }
         }
+    }
+
+    /// A session whose access token has expired while the issuer cannot
+    /// refresh it (down, throttling, a rotated client secret) is whole: a
+    /// page is answered 503 and keeps its cookie (sent to sign in, the
+    /// browser would lose it and its refresh token for the outage); an API
+    /// call goes without the session (401), its cookie untouched too. A
+    /// dead grant still ends it. Before, every one of them lost the
+    /// session at the next page.
+    #[tokio::test]
+    async fn an_issuer_outage_after_the_token_expired_keeps_the_session_whole() {
+        for (status, body, ends) in [
+            ("503 Service Unavailable", "", false),
+            ("429 Too Many Requests", r#"{"error":"too_many_requests"}"#, false),
+            ("400 Bad Request", r#"{"error":"invalid_grant"}"#, true),
+        ] {
+            let (sign_in, key) = refreshing_at(status, body).await;
+            let expired = Session {
+                at_exp: now() - 1,
+                ..due()
+            };
+            let cookie = session_cookie(key, &Payload::Inline(expired));
+            let page = OwnedRequest::get("/page")
+                .header("host", "app.test")
+                .header("sec-fetch-mode", "navigate")
+                .header("cookie", cookie.clone());
+            let api = OwnedRequest::get("/api")
+                .header("host", "app.test")
+                .header("sec-fetch-mode", "cors")
+                .header("cookie", cookie);
+            // (Once ended, a session is refused at once.)
+            let outcome = async |req: &OwnedRequest| match sign_in.authenticate(req) {
+                Check::Pending(f) => f.await,
+                Check::Ready(o) if ends => o,
+                Check::Ready(o) => panic!("{status}: not refreshed: {o:?}"),
+            };
+            match outcome(&page).await {
+                AuthOutcome::Respond(reply) if !ends => {
+                    assert_eq!(reply.status(), 503, "{status}");
+                    assert!(reply.headers().any(|(n, v)| n == "retry-after" && v == "5"));
+                    assert!(!reply.headers().any(|(n, _)| n == "set-cookie"), "{status}");
+                }
+                AuthOutcome::NoCredential if ends => {}
+                other => panic!("{status}: {other:?}"),
+            }
+            let AuthOutcome::NoCredential = outcome(&api).await else {
+                panic!("{status}: an API call with an expired session")
+            };
+        }
+    }
+
+    /// Before the issuer's discovery document is had (the issuer down
+    /// since start-up), a session due for a refresh is used while its
+    /// access token lasts, and a page of one whose token has expired is
+    /// answered 503 with its cookie kept.
+    #[tokio::test]
+    async fn without_discovery_a_due_session_is_used_while_its_token_lasts() {
+        let key = CookieKey::new("k1", &[1; 32]).unwrap();
+        let sign_in = offline(&key);
+        let page = |session: Session| {
+            OwnedRequest::get("/page")
+                .header("host", "app.test")
+                .header("sec-fetch-mode", "navigate")
+                .header("cookie", session_cookie(key.clone(), &Payload::Inline(session)))
+        };
+        let sign_in = &sign_in;
+        let outcome = |req: OwnedRequest| async move {
+            match sign_in.authenticate(&req) {
+                Check::Pending(f) => f.await,
+                Check::Ready(o) => o,
+            }
+        };
+        let AuthOutcome::Authenticated(_) = outcome(page(due())).await else {
+            panic!("a valid session refused for want of discovery")
+        };
+        let expired = Session {
+            at_exp: now() - 1,
+            ..due()
+        };
+        let AuthOutcome::Respond(reply) = outcome(page(expired)).await else {
+            panic!("an expired session without discovery is not answered 503")
+        };
+        assert_eq!(reply.status(), 503);
     }
 
     /// Two requests of one session whose refresh brings no new tokens (the
