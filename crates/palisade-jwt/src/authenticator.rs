@@ -2601,6 +2601,105 @@ mod tests {
         }
     }
 
+    /// A fixed PEM key (Keycloak's `realm-public-key`, whole or its bare
+    /// base64 body) verifies tokens whatever `kid` they name, as
+    /// Keycloak's adapters and Envoy take a key without `kid`: Keycloak
+    /// names one in every token. So does an inline key set whose keys name
+    /// none; a set that names its keys still refuses a `kid` it lacks.
+    #[test]
+    fn a_key_without_kid_verifies_tokens_that_name_one() {
+        use palisade_core::authn::OwnedRequest;
+        let issuer = palisade_testkit::TestIssuer::builder()
+            .default_audience("api")
+            .start()
+            .unwrap();
+        let pem = issuer.public_key_pem();
+        let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        let mut kidless = issuer.jwks();
+        for key in kidless["keys"].as_array_mut().unwrap() {
+            key.as_object_mut().unwrap().remove("kid");
+        }
+        let token = issuer.token().subject("alice").sign();
+        let unknown_kid = issuer
+            .token()
+            .subject("alice")
+            .header("kid", serde_json::json!("not-a-kid"))
+            .sign();
+        let with = |keys: &dyn Fn(crate::config::ProviderBuilder) -> crate::config::ProviderBuilder| {
+            JwtAuthenticator::builder()
+                .provider(
+                    keys(Provider::builder(issuer.issuer()).audience("api"))
+                        .build()
+                        .unwrap(),
+                )
+                .build()
+                .unwrap()
+        };
+        let outcome = |jwt: &JwtAuthenticator, token: &str| {
+            let req = OwnedRequest::get("/").header("authorization", format!("Bearer {token}"));
+            // (A `kid` a fixed set lacks waits for no fetch, but is
+            // answered as any unknown key is: later.)
+            let outcome = match jwt.authenticate(&req) {
+                Check::Ready(o) => o,
+                Check::Pending(f) => tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(f),
+            };
+            matches!(outcome, AuthOutcome::Authenticated(_))
+        };
+        for (what, jwt) in [
+            ("PEM", with(&|p| p.public_key_pem(pem.clone()))),
+            ("realm-public-key", with(&|p| p.public_key_pem(body.clone()))),
+            (
+                "key set without kid",
+                with(&|p| p.jwks_inline(kidless.to_string())),
+            ),
+        ] {
+            assert!(outcome(&jwt, &token), "{what}");
+            assert!(outcome(&jwt, &unknown_kid), "{what}");
+        }
+        let named = with(&|p| p.jwks_inline(issuer.jwks().to_string()));
+        assert!(outcome(&named, &token));
+        assert!(!outcome(&named, &unknown_kid), "a kid the named set lacks");
+    }
+
+    /// An RSA key published with a zero octet before its modulus or
+    /// exponent (as Java's `BigInteger.toByteArray` writes a modulus whose
+    /// top bit is set) is the same key: it verifies its tokens.
+    #[test]
+    fn an_rsa_key_written_with_leading_zero_octets_verifies() {
+        use palisade_core::authn::OwnedRequest;
+        let issuer = palisade_testkit::TestIssuer::builder()
+            .default_audience("api")
+            .start()
+            .unwrap();
+        let mut keys = issuer.jwks();
+        for key in keys["keys"].as_array_mut().unwrap() {
+            for member in ["n", "e"] {
+                let bytes = URL_SAFE_NO_PAD.decode(key[member].as_str().unwrap()).unwrap();
+                let padded = [&[0u8][..], &bytes].concat();
+                key[member] = Value::String(URL_SAFE_NO_PAD.encode(padded));
+            }
+        }
+        let jwt = JwtAuthenticator::builder()
+            .provider(
+                Provider::builder(issuer.issuer())
+                    .audience("api")
+                    .jwks_inline(keys.to_string())
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        let token = issuer.token().subject("alice").sign();
+        let req = OwnedRequest::get("/").header("authorization", format!("Bearer {token}"));
+        let Check::Ready(AuthOutcome::Authenticated(_)) = jwt.authenticate(&req) else {
+            panic!("a token of a key written with a leading zero octet is refused")
+        };
+    }
+
     /// A tenant the rule stops allowing loses its cached tokens within
     /// the time its answers are kept, and the rule is asked no more often
     /// than that; one it allows again regains them. (The answers are aged

@@ -116,19 +116,23 @@ impl KeySet {
     }
 
     /// The key for a token: by `kid`, or the only key that fits `alg` when
-    /// the token names none.
+    /// the token names none or the set names none (a fixed PEM key, as
+    /// Keycloak's `realm-public-key`, or a key set without `kid`s: as
+    /// Keycloak and Envoy, which try a key without `kid` for any token).
     pub(crate) fn find(&self, kid: Option<&str>, alg: Algorithm) -> Option<&Arc<VerifyKey>> {
+        let only_fit = || {
+            let mut fits = self.keys.iter().filter(|k| k.allows(alg));
+            let first = fits.next()?;
+            fits.next().is_none().then_some(first)
+        };
         match kid {
+            Some(_) if self.by_kid.is_empty() && self.any_kid.is_none() => only_fit(),
             Some(kid) => self
                 .by_kid
                 .get(kid)
                 .or(self.any_kid.as_ref())
                 .map(|&i| &self.keys[i]),
-            None => {
-                let mut fits = self.keys.iter().filter(|k| k.allows(alg));
-                let first = fits.next()?;
-                fits.next().is_none().then_some(first)
-            }
+            None => only_fit(),
         }
     }
 
@@ -243,12 +247,22 @@ fn parse_jwk(jwk: &Value) -> Result<VerifyKey, Skip> {
             let (Some(n), Some(e)) = (s("n"), s("e")) else {
                 return Err(Skip::Unusable("RSA key without n or e"));
             };
-            let modulus = URL_SAFE_NO_PAD
-                .decode(n.trim_end_matches('='))
-                .map_err(|_| Skip::Unusable("bad RSA components"))?;
+            let component = |c: &str| {
+                URL_SAFE_NO_PAD
+                    .decode(c.trim_end_matches('='))
+                    .map_err(|_| Skip::Unusable("bad RSA components"))
+            };
+            let (modulus, exponent) = (component(n)?, component(e)?);
             check_rsa_modulus(&modulus).map_err(Skip::Weak)?;
-            let key =
-                DecodingKey::from_rsa_components(n, e).map_err(|_| Skip::Unusable("bad RSA components"))?;
+            // Without leading zero octets, which some issuers write (Java's
+            // `BigInteger.toByteArray`) and aws-lc refuses at each check:
+            // the key would load and never verify.
+            let significant = |c: &[u8]| c[c.iter().position(|&b| b != 0).unwrap_or(c.len())..].to_vec();
+            let exponent = significant(&exponent);
+            if exponent.is_empty() {
+                return Err(Skip::Unusable("bad RSA components"));
+            }
+            let key = DecodingKey::from_rsa_raw_components(&significant(&modulus), &exponent);
             (Family::Rsa, key, fingerprint(&["RSA", n, e]))
         }
         Some("EC") => {

@@ -241,6 +241,26 @@ impl SigningKey {
         pem
     }
 
+    /// The public key as a PEM `SubjectPublicKeyInfo`.
+    fn public_key_pem(&self) -> String {
+        use aws_lc_rs::encoding::AsDer;
+        use aws_lc_rs::signature::KeyPair as _;
+        let der = match &self.material {
+            Material::Rsa(k) => k.public_key().as_der().map(|d| d.as_ref().to_vec()),
+            Material::Ec(k) => k.public_key().as_der().map(|d| d.as_ref().to_vec()),
+            Material::Ed(k) => k.public_key().as_der().map(|d| d.as_ref().to_vec()),
+        }
+        .expect("a generated key's public key exports as DER");
+        let text = STANDARD.encode(der);
+        let mut pem = String::from("-----BEGIN PUBLIC KEY-----\n");
+        for line in text.as_bytes().chunks(64) {
+            pem.push_str(std::str::from_utf8(line).unwrap_or_default());
+            pem.push('\n');
+        }
+        pem.push_str("-----END PUBLIC KEY-----\n");
+        pem
+    }
+
     /// The JWS `alg` this key signs with.
     fn alg(&self) -> &str {
         self.jwk["alg"].as_str().unwrap_or_default()
@@ -872,6 +892,14 @@ impl TestIssuer {
     #[must_use]
     pub fn current_kid(&self) -> String {
         self.state.signing_key().kid.clone()
+    }
+
+    /// The public key of the key that signs now, as a PEM
+    /// `SubjectPublicKeyInfo`: a fixed key for a verifier (Keycloak's
+    /// `realm-public-key` is its base64 body), which knows no `kid`.
+    #[must_use]
+    pub fn public_key_pem(&self) -> String {
+        self.state.signing_key().public_key_pem()
     }
 
     /// Starts minting a token signed by the current key.
