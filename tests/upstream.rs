@@ -204,6 +204,82 @@ spec:
     assert_eq!(std::str::from_utf8(&body).unwrap(), token);
 }
 
+/// A caller token bound to its holder's key (`cnf`: a DPoP key, a client
+/// certificate) is not relayed: without the key's proof an upstream that
+/// checks would refuse it, and one that does not would take a copy anyone
+/// could send. A token without `cnf` is relayed as ever.
+#[tokio::test]
+async fn a_sender_bound_caller_token_is_not_relayed() {
+    use palisade::core::authn::{AuthOutcome, Authenticated, Authenticator, BearerToken, RequestHead};
+    use palisade::core::{Check, Identity, TokenClaims, Verification};
+    use tower::ServiceExt as _;
+    /// `x-token: T` is a verified token; `x-cnf` gives it a `cnf` claim.
+    struct Given;
+    impl Authenticator for Given {
+        fn challenge(&self) -> Option<String> {
+            None
+        }
+        fn authenticate(&self, req: &dyn RequestHead) -> Check<AuthOutcome> {
+            let Some(token) = req.header_str("x-token") else {
+                return Check::Ready(AuthOutcome::NoCredential);
+            };
+            let mut claims = TokenClaims::default();
+            claims.issuer = "https://idp.example".into();
+            claims.subject = "alice".into();
+            if let Some(jkt) = req.header_str("x-cnf") {
+                claims
+                    .claims
+                    .insert("cnf".into(), serde_json::json!({"jkt": jkt}));
+            }
+            Check::Ready(AuthOutcome::Authenticated(
+                Authenticated::new(Identity::from_token(claims, Verification::assertion()))
+                    .with_attachment(BearerToken::new(token)),
+            ))
+        }
+    }
+    let guard = palisade::prelude::Guard::builder()
+        .authenticator(Given)
+        .access_policy(palisade::core::authz::AccessPolicy::allow_all())
+        .build()
+        .unwrap();
+    let app = palisade::axum::PalisadeLayer::new(guard).wrap(axum::Router::new().route(
+        "/",
+        axum::routing::get(
+            |axum::Extension(auth): axum::Extension<palisade::core::RequestAuth>| async move {
+                let caller = CallerToken::from_request(&auth);
+                let mut headers = http::HeaderMap::new();
+                match Credentials::Caller
+                    .apply(&mut headers, Some("details"), caller.as_ref())
+                    .await
+                {
+                    Ok(_) => headers["authorization"].to_str().unwrap().to_owned(),
+                    Err(e) => format!("{e:?}"),
+                }
+            },
+        ),
+    ));
+    for (cnf, want) in [
+        (None, "Bearer plain.token.here"),
+        (
+            Some("0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"),
+            "CallerTokenBound",
+        ),
+    ] {
+        let mut req = http::Request::get("/").header("x-token", "plain.token.here");
+        if let Some(jkt) = cnf {
+            req = req.header("x-cnf", jkt);
+        }
+        let res = app
+            .clone()
+            .oneshot(req.body(axum::body::Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let body = axum::body::to_bytes(res.into_body(), 1 << 16).await.unwrap();
+        assert_eq!(std::str::from_utf8(&body).unwrap(), want, "{cnf:?}");
+    }
+}
+
 /// One exchange per caller token, even when the request that started it
 /// goes away before the issuer answers (a client hanging up, a timeout
 /// layer): the others waiting keep it, and a request that comes meanwhile

@@ -14,6 +14,9 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct CallerToken {
     bearer: Option<Arc<str>>,
+    /// The token is bound to its holder's key (a `cnf` claim: a DPoP key,
+    /// a client certificate): relayed, it would go without the proof.
+    bound: bool,
     #[cfg(feature = "spnego")]
     kerberos: Option<Arc<crate::KerberosCaller>>,
 }
@@ -24,6 +27,7 @@ impl CallerToken {
     pub fn new(token: &str) -> Self {
         Self {
             bearer: Some(token.into()),
+            bound: false,
             #[cfg(feature = "spnego")]
             kerberos: None,
         }
@@ -34,12 +38,19 @@ impl CallerToken {
     /// (the [`BearerToken`](palisade_core::authn::BearerToken) attachment).
     /// The one to relay: it is the token that was checked, whether or not
     /// the `Authorization` header was kept for the handler. `None` when no
-    /// bearer token authenticated the request.
+    /// bearer token authenticated the request. A token bound to its
+    /// holder's key (its claims have `cnf`: a DPoP key, an mTLS client
+    /// certificate) is not relayed ([`Credentials::Caller`](crate::Credentials::Caller)
+    /// refuses it): sent without the key's proof, an upstream that checks
+    /// the binding refuses it, and one that does not would take a copy
+    /// anyone could send. It may be exchanged.
     #[must_use]
     pub fn from_request(auth: &palisade_core::RequestAuth) -> Option<Self> {
+        let bound = auth.identity().is_some_and(|i| i.claim("cnf").is_some());
         auth.attachment::<palisade_core::authn::BearerToken>()
             .map(|t| Self {
                 bearer: Some(Arc::clone(t.shared())),
+                bound,
                 #[cfg(feature = "spnego")]
                 kerberos: None,
             })
@@ -51,6 +62,7 @@ impl CallerToken {
     pub fn from_kerberos(kerberos: crate::KerberosCaller) -> Self {
         Self {
             bearer: None,
+            bound: false,
             kerberos: Some(Arc::new(kerberos)),
         }
     }
@@ -97,6 +109,12 @@ impl CallerToken {
     /// The bearer token, shared.
     pub(crate) fn shared(&self) -> Option<&Arc<str>> {
         self.bearer.as_ref()
+    }
+
+    /// Whether the token is bound to its holder's key
+    /// ([`from_request`](Self::from_request)).
+    pub(crate) fn is_bound(&self) -> bool {
+        self.bound
     }
 }
 

@@ -295,8 +295,14 @@ impl TokenClient {
             struct OAuthError {
                 error: String,
             }
+            // The issuer's refusal is an OAuth error with a status RFC
+            // 6749 §5.2 gives it (400, 401 for the client's credentials;
+            // Keycloak refuses a token exchange with 403). Another (`429`
+            // throttling, a `404` of a moved endpoint), whatever its body
+            // says, is an issuer that cannot grant now: a token still
+            // valid is kept, and the endpoint is looked up again.
             return Err(match serde_json::from_slice::<OAuthError>(&body) {
-                Ok(e) if status.is_client_error() => {
+                Ok(e) if matches!(status.as_u16(), 400 | 401 | 403) => {
                     let retry = (e.error == "use_dpop_nonce" && self.dpop.is_some())
                         .then_some(dpop_nonce)
                         .flatten()
@@ -367,11 +373,14 @@ impl TokenClient {
                 "the granted token is empty or cannot be sent as a bearer token".into(),
             ));
         }
+        // Missing, zero or negative (an issuer that does not say): a
+        // minute. Said: a second at least (a token due at once would be
+        // asked for again by every call), a day at most.
         let lifetime = t
             .expires_in
             .filter(|e| e.is_finite() && *e > 0.0)
             .map_or(Duration::from_secs(60), |e| {
-                Duration::from_secs_f64(e.min(86_400.0))
+                Duration::from_secs_f64(e.clamp(1.0, 86_400.0))
             });
         let expires = sent + lifetime;
         let scheme = if bound { "DPoP" } else { "Bearer" };
@@ -632,6 +641,20 @@ mod tests {
             Some(minute)
         );
         assert!(lifetime(r#"{"access_token":"t","expires_in":"later"}"#).is_err());
+        // Zero or less says nothing: the guess; a sliver, a second; more
+        // than a day, a day.
+        for nothing in ["0", "-5"] {
+            let body = format!(r#"{{"access_token":"t","expires_in":{nothing}}}"#);
+            assert_eq!(lifetime(&body).ok(), Some(minute), "{nothing}");
+        }
+        assert_eq!(
+            lifetime(r#"{"access_token":"t","expires_in":0.001}"#).ok(),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(
+            lifetime(r#"{"access_token":"t","expires_in":1e9}"#).ok(),
+            Some(Duration::from_secs(86_400))
+        );
         // An exchange answered with another kind of token: not sent.
         let typed = |ty: &str| {
             lifetime(&format!(

@@ -9,6 +9,14 @@ pub enum ClientError {
     /// has none: nothing was sent.
     #[error("the upstream needs the caller's token, and there is none")]
     NoCallerToken,
+    /// The upstream is to get the caller's token as it is
+    /// (`Credentials::Caller`), and that token is bound to the caller's
+    /// key (a `cnf` claim: DPoP, an mTLS client certificate): relayed
+    /// without the key's proof it would be refused, or taken as a bearer
+    /// token anyone holding a copy could send. Nothing was sent; exchange
+    /// the token (`Credentials::TokenExchange`) for such callers.
+    #[error("the caller's token is bound to the caller's key and cannot be relayed; exchange it instead")]
+    CallerTokenBound,
     /// The issuer refused to grant a token (its OAuth error code).
     #[error("the issuer refused the token request: {0}")]
     Refused(String),

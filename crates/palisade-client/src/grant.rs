@@ -31,7 +31,9 @@ struct Inner {
 /// grant (a Keycloak service account): fetched on first use and shared by
 /// every call; renewed when less than [`renew_before`](ClientCredentialsBuilder::renew_before)
 /// is left, in the background while every call keeps the current token; kept
-/// while the issuer cannot be reached for as long as it is valid. After a
+/// for as long as it is valid when a renewal fails (the issuer cannot be
+/// reached, or refuses: a token it issued stays valid where upstreams check
+/// tokens themselves, as Spring Security uses one until it expires). After a
 /// failed grant the issuer is asked again a second later at the earliest:
 /// meanwhile the failure is every call's answer when no token is valid. The
 /// client authenticates with its secret (`client_secret_basic` or

@@ -15,8 +15,9 @@
 //! - [`Credentials::ClientCredentials`]: the workload's own token from a
 //!   client-credentials grant ([`ClientCredentials`]): fetched once and
 //!   shared by every call, renewed before it expires by one request while
-//!   the others keep using the current token, and kept while the issuer is
-//!   down for as long as it is valid.
+//!   the others keep using the current token, and kept for as long as it
+//!   is valid when a renewal fails (the issuer is down, or refuses it:
+//!   tokens it issued stay valid where upstreams check them themselves).
 //! - `Credentials::Kerberos` (feature `spnego`): a Kerberos ticket for the
 //!   upstream (`Authorization: Negotiate`) as the caller, from the ticket it
 //!   delegated or by S4U with the service's own key (`Kerberos`,

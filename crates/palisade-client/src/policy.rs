@@ -111,10 +111,19 @@ fn hosts_of(policy: &WorkloadPolicy<'_>) -> Result<Option<HashMap<String, Creden
             // As the map keys it: `reviews.` and `Reviews` are `reviews`.
             let host = crate::upstreams::normalize(host);
             if hosts.insert(host.clone(), credentials.clone()).is_some() {
+                // Named earlier in this document's own list, or by another
+                // document's.
+                let here = spec.hosts[..i]
+                    .iter()
+                    .position(|h| crate::upstreams::normalize(h) == host);
+                let by = match here {
+                    Some(j) => format!("spec.hosts[{j}] of this document"),
+                    None => "another UpstreamCredentials document of this workload".to_owned(),
+                };
                 return Err(policy.error_at(
                     doc,
                     &format!("spec.hosts[{i}]"),
-                    format!("`{host}` is named by another UpstreamCredentials document of this workload"),
+                    format!("`{host}` is named by {by} too"),
                 ));
             }
         }

@@ -220,6 +220,9 @@ fn call_of(req: &reqwest::Request) -> (String, String) {
 
 /// The caller's bearer token, or why there is none.
 fn bearer(caller: Option<&CallerToken>) -> Result<&str, ClientError> {
+    if caller.is_some_and(CallerToken::is_bound) {
+        return Err(ClientError::CallerTokenBound);
+    }
     caller
         .and_then(CallerToken::bearer)
         .ok_or(ClientError::NoCallerToken)
@@ -234,8 +237,10 @@ pub(crate) fn normalize(host: &str) -> String {
         .unwrap_or(host);
     // An IP literal in its one standard form (`0:0::1` is `::1`), as
     // reqwest's URLs write it and `http::Uri` does not.
+    // An IPv4 address written as IPv6 (`::ffff:203.0.113.7`) is that
+    // address: a socket to it reaches the IPv4 host.
     if let Ok(ip) = host.parse::<std::net::IpAddr>() {
-        return ip.to_string();
+        return ip.to_canonical().to_string();
     }
     let host = host.strip_suffix('.').unwrap_or(host);
     // A last label of digits (or `0x…`) is an IPv4 address to a URL
@@ -471,6 +476,10 @@ mod tests {
             assert!(matches!(v4.for_host(host), Credentials::Caller), "{host}");
         }
         assert_eq!(normalize("127.1"), "127.0.0.1");
+        // An IPv4 address written as IPv6 is that address.
+        assert_eq!(normalize("[::ffff:203.0.113.7]"), "203.0.113.7");
+        assert_eq!(normalize("::FFFF:cb00:7107"), "203.0.113.7");
+        assert_eq!(normalize("[::1]"), "::1");
         assert_eq!(normalize("0x7f.1"), "127.0.0.1");
         assert_eq!(normalize("v1.2"), "v1.2", "a name whose last label is a number");
     }

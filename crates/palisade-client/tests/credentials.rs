@@ -546,6 +546,53 @@ async fn answering(answer: impl Fn(u16) -> String + Send + 'static) -> String {
     format!("http://127.0.0.1:{port}")
 }
 
+/// A token endpoint's error answer is the issuer's refusal only with the
+/// statuses RFC 6749 §5.2 gives one (`400`, `401`; Keycloak refuses a
+/// token exchange with `403`): a `429` or a `404` with an `error` member
+/// (Auth0's throttling, Keycloak's unknown realm) is an issuer that cannot
+/// grant now, whose token endpoint is looked up again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_an_oauth_error_status_is_the_issuers_refusal() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for (status, refused) in [
+        ("400 Bad Request", true),
+        ("401 Unauthorized", true),
+        ("403 Forbidden", true),
+        ("404 Not Found", false),
+        ("429 Too Many Requests", false),
+    ] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut request = [0u8; 8192];
+                let n = conn.read(&mut request).await.unwrap_or(0);
+                let answer = if request[..n].starts_with(b"GET ") {
+                    json_answer(&format!(
+                        r#"{{"issuer":"http://127.0.0.1:{port}","token_endpoint":"http://127.0.0.1:{port}/token"}}"#
+                    ))
+                } else {
+                    let body = r#"{"error":"too_many_requests"}"#;
+                    format!(
+                        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                };
+                let _ = conn.write_all(answer.as_bytes()).await;
+            }
+        });
+        let own = ClientCredentials::builder(format!("http://127.0.0.1:{port}"), "productpage")
+            .client_secret(SECRET)
+            .build()
+            .unwrap();
+        match own.authorization().await {
+            Err(ClientError::Refused(code)) if refused => assert_eq!(code, "too_many_requests"),
+            Err(ClientError::Unavailable(why)) if !refused => assert!(why.contains(status), "{why}"),
+            other => panic!("{status}: {other:?}"),
+        }
+    }
+}
+
 /// A 401 from where a redirect led (another origin) says nothing of the
 /// token sent to the first; one from the request's own origin does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -702,6 +749,11 @@ async fn upstreams_come_from_the_policy_file() {
             ),
             "spec.token.clientSecretFile",
         ),
+        // Twice in one document's list.
+        (
+            doc("a", "Reviews, reviews.", "    from: caller\n"),
+            "spec.hosts[1]",
+        ),
         (doc("a", "x y", "    from: caller\n"), "spec.hosts[0]"),
         (doc("a", "reviews:9080", "    from: caller\n"), "spec.hosts[0]"),
     ] {
@@ -711,6 +763,22 @@ async fn upstreams_come_from_the_policy_file() {
         // A reload's check finds what building finds.
         assert_eq!(check(&yaml).unwrap_err().to_string(), err.to_string());
     }
+    let twice = policy(&doc("a", "Reviews, reviews.", "    from: caller\n"))
+        .map(|_| ())
+        .unwrap_err();
+    assert!(
+        twice.to_string().contains("spec.hosts[0] of this document"),
+        "{twice}"
+    );
+    let elsewhere = policy(&(doc("a", "x", "    from: caller\n") + &doc("b", "x", "    from: none\n")))
+        .map(|_| ())
+        .unwrap_err();
+    assert!(
+        elsewhere
+            .to_string()
+            .contains("another UpstreamCredentials document"),
+        "{elsewhere}"
+    );
     check(&yaml).expect("the file that built checks");
     let _ = std::fs::remove_dir_all(&dir);
 }
