@@ -349,6 +349,34 @@ fn keys_not_had(e: &palisade_jwt::JwtError) -> bool {
     )
 }
 
+/// The `typ` of a compact JWS's header, when it has one (the token's
+/// signature checked before).
+fn jws_typ(token: &str) -> Option<String> {
+    let header = token.split('.').next()?;
+    let json = URL_SAFE_NO_PAD.decode(header).ok()?;
+    let header: Value = serde_json::from_slice(&json).ok()?;
+    header.get("typ")?.as_str().map(str::to_owned)
+}
+
+/// Whether a JWS `typ` may be a logout token's: `logout+jwt` (with or
+/// without `application/`, RFC 7515 4.1.9), or the generic `JWT`.
+fn is_logout_typ(typ: &str) -> bool {
+    let typ = typ.to_ascii_lowercase();
+    let typ = typ.strip_prefix("application/").unwrap_or(&typ);
+    matches!(typ, "logout+jwt" | "jwt")
+}
+
+/// Why a back-channel logout was refused (answered `400` either way).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LogoutRefused {
+    /// The token's fault (not valid, replayed, not a logout token).
+    Token(&'static str),
+    /// This side's: the token could not be checked or the logout recorded
+    /// now (the issuer's keys, the store). Lost unless the issuer sends it
+    /// again, so said aloud.
+    Here(&'static str),
+}
+
 /// A claim's NumericDate in whole seconds
 /// ([`numeric_date`](palisade_core::syntax::numeric_date)).
 fn numeric_date(value: &Value) -> Option<u64> {
@@ -1310,26 +1338,42 @@ impl SignIn {
 
     /// Whether a session may still be used: not ended, not timed out.
     fn usable(&self, s: &Session, t: u64) -> bool {
-        let c = &self.0.config;
-        // Saturating: a cookie's times are whatever was sealed in it.
-        let idle_end = s.seen.saturating_add(c.idle_timeout.as_secs());
-        if t >= s.created_secs() + c.absolute_timeout.as_secs() || t >= idle_end {
+        if self.timed_out(s, t) {
             return false;
         }
-        let r = SessionRef {
-            id: &s.id,
-            issuer: &c.issuer,
-            subject: &s.sub,
-            sid: s.sid.as_deref(),
-            created: UNIX_EPOCH + Duration::from_millis(s.created_ms),
-        };
-        match self.0.store.is_revoked(&r) {
+        match self.0.store.is_revoked(&self.session_ref(s)) {
             Ok(revoked) => !revoked,
             Err(e) => {
                 // The store says when it stops answering.
                 tracing::debug!(target: LOG_TARGET, error = %e, "session revocations cannot be checked: the session is not accepted");
                 false
             }
+        }
+    }
+
+    /// Whether a session has ended already: timed out, or recorded as
+    /// ended. (A store that cannot say is taken for one that has not: a
+    /// logout of it is recorded again.)
+    fn ended_already(&self, s: &Session, t: u64) -> bool {
+        self.timed_out(s, t) || matches!(self.0.store.is_revoked(&self.session_ref(s)), Ok(true))
+    }
+
+    /// Whether a session is past its idle or absolute timeout at `t`.
+    fn timed_out(&self, s: &Session, t: u64) -> bool {
+        let c = &self.0.config;
+        // Saturating: a cookie's times are whatever was sealed in it.
+        let idle_end = s.seen.saturating_add(c.idle_timeout.as_secs());
+        t >= s.created_secs() + c.absolute_timeout.as_secs() || t >= idle_end
+    }
+
+    /// A session as the store's revocations name it.
+    fn session_ref<'s>(&'s self, s: &'s Session) -> SessionRef<'s> {
+        SessionRef {
+            id: &s.id,
+            issuer: &self.0.config.issuer,
+            subject: &s.sub,
+            sid: s.sid.as_deref(),
+            created: UNIX_EPOCH + Duration::from_millis(s.created_ms),
         }
     }
 
@@ -1819,6 +1863,11 @@ impl SignIn {
             // the data) and at the issuer.
             let stored = || value.as_deref().and_then(|v| this.stored_id(v, secure));
             let ended = match &live {
+                // Ended before (a saved copy of its cookie logged out
+                // again): nothing more to record, and no more of its
+                // user's endings counted, which past their limit end every
+                // session of theirs.
+                Some(live) if this.ended_already(&live.session, now()) => Ok(()),
                 Some(live) => this.end(&live.session).await,
                 None => match stored() {
                     Some(id) => {
@@ -1880,9 +1929,21 @@ impl SignIn {
             Check::pending(async move {
                 let answer = match this.backchannel_logout(&body).await {
                     Ok(()) => return Reply::new(200).header("cache-control", "no-store"),
-                    Err(description) => description,
+                    Err(LogoutRefused::Token(description)) => {
+                        tracing::debug!(target: LOG_TARGET, reason = description, "a back-channel logout was refused");
+                        description
+                    }
+                    // The issuer's logout is lost unless it sends it again
+                    // (Keycloak does not): said aloud, once a minute.
+                    Err(LogoutRefused::Here(description)) => {
+                        if this.0.logout_unrecorded.due() {
+                            tracing::error!(target: LOG_TARGET, reason = description, "a back-channel logout could not be taken now: the user's sessions here stay valid unless the issuer sends it again (said once a minute while it lasts)");
+                        } else {
+                            tracing::debug!(target: LOG_TARGET, reason = description, "a back-channel logout could not be taken now");
+                        }
+                        description
+                    }
                 };
-                tracing::debug!(target: LOG_TARGET, reason = answer, "a back-channel logout was refused");
                 let body = serde_json::json!({"error": "invalid_request", "error_description": answer});
                 Reply::new(400)
                     .header("cache-control", "no-store")
@@ -1891,42 +1952,52 @@ impl SignIn {
         })
     }
 
-    async fn backchannel_logout(&self, body: &[u8]) -> Result<(), &'static str> {
-        let form = std::str::from_utf8(body).map_err(|_| "the body is not a form")?;
+    async fn backchannel_logout(&self, body: &[u8]) -> Result<(), LogoutRefused> {
+        use LogoutRefused::{Here, Token};
+        let form = std::str::from_utf8(body).map_err(|_| Token("the body is not a form"))?;
         if param_count(form, "logout_token") != 1 {
-            return Err("give exactly one logout_token");
+            return Err(Token("give exactly one logout_token"));
         }
-        let token = param(form, "logout_token").ok_or("the logout_token does not decode")?;
-        let identity = self
-            .0
-            .verifier
-            .verify(&token)
-            .await
-            .map_err(|_| "the logout token is not valid")?;
-        let claims = identity.claims().ok_or("the logout token has no claims")?;
+        let token = param(form, "logout_token").ok_or(Token("the logout_token does not decode"))?;
+        let identity = self.0.verifier.verify(&token).await.map_err(|e| {
+            // The issuer's keys not had: no verdict on the token.
+            if keys_not_had(&e) {
+                Here("the issuer's keys cannot be had now: send it again")
+            } else {
+                Token("the logout token is not valid")
+            }
+        })?;
+        // Typed as another kind of token (an access token's `at+jwt`),
+        // it is not a logout token, whatever its claims (Back-Channel
+        // Logout 1.0, 2.4: `logout+jwt`; an untyped one, or Keycloak's
+        // older `JWT`, is taken).
+        if jws_typ(&token).is_some_and(|typ| !is_logout_typ(&typ)) {
+            return Err(Token("the token is typed as another kind than a logout token"));
+        }
+        let claims = identity.claims().ok_or(Token("the logout token has no claims"))?;
         if claims.contains_key("nonce") {
-            return Err("a logout token must not have a nonce");
+            return Err(Token("a logout token must not have a nonce"));
         }
         if !claims
             .get("events")
             .and_then(|e| e.get(BACKCHANNEL_EVENT))
             .is_some_and(Value::is_object)
         {
-            return Err("the logout token has no back-channel logout event");
+            return Err(Token("the logout token has no back-channel logout event"));
         }
         let t = now();
         match claims.get("iat").and_then(numeric_date) {
-            Some(iat) if iat > t + 60 => return Err("the logout token's iat is in the future"),
+            Some(iat) if iat > t + 60 => return Err(Token("the logout token's iat is in the future")),
             // Older than its `jti` is remembered, it could be replayed.
-            Some(iat) if iat + LOGOUT_TOKEN_MAX_AGE < t => return Err("the logout token is too old"),
+            Some(iat) if iat + LOGOUT_TOKEN_MAX_AGE < t => return Err(Token("the logout token is too old")),
             Some(_) => {}
-            None => return Err("the logout token has no iat"),
+            None => return Err(Token("the logout token has no iat")),
         }
         let jti = claims
             .get("jti")
             .and_then(Value::as_str)
             .filter(|j| !j.is_empty())
-            .ok_or("the logout token has no jti")?;
+            .ok_or(Token("the logout token has no jti"))?;
         let sid = claims
             .get("sid")
             .and_then(Value::as_str)
@@ -1936,7 +2007,7 @@ impl SignIn {
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty());
         if sid.is_none() && sub.is_none() {
-            return Err("the logout token names neither sid nor sub");
+            return Err(Token("the logout token names neither sid nor sub"));
         }
         let c = &self.0.config;
         let used = format!("logout-jti:{}:{jti}", c.issuer);
@@ -1945,9 +2016,9 @@ impl SignIn {
             .store
             .use_once(&used, Duration::from_secs(LOGOUT_JTI_TTL))
             .await
-            .map_err(|_| "logout tokens cannot be checked for replay now")?;
+            .map_err(|_| Here("logout tokens cannot be checked for replay now"))?;
         if !fresh {
-            return Err("the logout token was already used");
+            return Err(Token("the logout token was already used"));
         }
         let until = at(t + c.absolute_timeout.as_secs());
         // A session of the issuer's ended by its `sid`, one by one, while
@@ -1963,7 +2034,7 @@ impl SignIn {
                 until,
             },
             (_, Some(sub)) => self.subject_ended(sub),
-            (_, None) => return Err("the logout token names neither sid nor sub"),
+            (_, None) => return Err(Token("the logout token names neither sid nor sub")),
         };
         if self.0.store.revoke(revocation).await.is_err() {
             // Not recorded for every replica: the token may be sent again
@@ -1971,7 +2042,7 @@ impl SignIn {
             // token naming only `sub` then ends the sessions begun before
             // its second delivery: the safe side, as the issuer meant the
             // user's sessions to end.
-            return Err(match self.0.store.release(&used).await {
+            return Err(Here(match self.0.store.release(&used).await {
                 Ok(()) => "the logout cannot be recorded now: send it again",
                 Err(e) => {
                     self.store_failed(
@@ -1981,7 +2052,7 @@ impl SignIn {
                     );
                     "the logout cannot be recorded now"
                 }
-            });
+            }));
         }
         tracing::info!(target: LOG_TARGET, by_sid = sid.is_some(), "sessions ended by back-channel logout");
         Ok(())
@@ -2237,6 +2308,72 @@ mod tests {
             .await
             .expect("another user's logout is recorded");
         assert!(revoked(&bob));
+    }
+
+    /// One copy of a user's cookie logged out again and again (by anyone
+    /// holding it) counts as one ending of that user's sessions, not one
+    /// per logout: past the budget, an ending ends every session of the
+    /// user, which would log them out on every device. Each logout still
+    /// clears the cookie and goes to the issuer.
+    #[tokio::test]
+    async fn one_cookie_logged_out_again_and_again_ends_no_other_session() {
+        let key = CookieKey::new("k1", &[1; 32]).unwrap();
+        let store = Arc::new(crate::store::MemoryStore::default());
+        let sign_in = SignIn::builder("http://127.0.0.1:9/realms/again", "shop")
+            .keys(vec![key.clone()])
+            .store(store.clone())
+            .build()
+            .unwrap();
+        sign_in
+            .0
+            .endings
+            .budget
+            .store(3, std::sync::atomic::Ordering::Relaxed);
+        let phone = Session {
+            id: "phone".into(),
+            created_ms: now_ms() - 5_000,
+            ..alice()
+        };
+        let laptop = Session {
+            id: "laptop".into(),
+            created_ms: now_ms() - 4_000,
+            ..alice()
+        };
+        let cookie = session_cookie(key, &Payload::Inline(laptop));
+        for _ in 0..10 {
+            let logout = OwnedRequest::new("POST", "/logout")
+                .header("host", "app.test")
+                .header("sec-fetch-site", "same-origin")
+                .header("cookie", cookie.clone());
+            let reply = match sign_in.logout(&logout) {
+                Check::Ready(r) => r,
+                Check::Pending(f) => f.await,
+            };
+            assert_eq!(reply.status(), 302);
+            assert!(
+                reply.headers().any(|(n, _)| n == "set-cookie"),
+                "the cookie is cleared"
+            );
+        }
+        let revoked = |id: &str, created_ms: u64| {
+            store
+                .is_revoked(&crate::store::SessionRef {
+                    id,
+                    issuer: "http://127.0.0.1:9/realms/again",
+                    subject: "alice",
+                    sid: None,
+                    created: UNIX_EPOCH + Duration::from_millis(created_ms),
+                })
+                .unwrap()
+        };
+        assert!(
+            revoked("laptop", now_ms() - 4_000),
+            "the session logged out is ended"
+        );
+        assert!(
+            !revoked(&phone.id, phone.created_ms),
+            "the user's other session lives"
+        );
     }
 
     /// A hot reload that changes a setting builds a new relying party,
@@ -2628,12 +2765,85 @@ mod tests {
         );
         assert_eq!(
             sign_in.backchannel_logout(body.as_bytes()).await,
-            Err("the logout cannot be recorded now: send it again")
+            Err(LogoutRefused::Here(
+                "the logout cannot be recorded now: send it again"
+            ))
         );
         assert_eq!(sign_in.backchannel_logout(body.as_bytes()).await, Ok(()));
         assert_eq!(
             sign_in.backchannel_logout(body.as_bytes()).await,
-            Err("the logout token was already used")
+            Err(LogoutRefused::Token("the logout token was already used"))
+        );
+        // Typed as another kind of token: refused, whatever its claims;
+        // `JWT` and `application/logout+jwt` are taken (and no `typ`).
+        let typed = |typ: &str| {
+            let token = issuer.logout_token().audience("shop").subject("bob");
+            format!(
+                "logout_token={}",
+                token.header("typ", serde_json::json!(typ)).sign()
+            )
+        };
+        assert_eq!(
+            sign_in.backchannel_logout(typed("at+jwt").as_bytes()).await,
+            Err(LogoutRefused::Token(
+                "the token is typed as another kind than a logout token"
+            ))
+        );
+        for typ in ["JWT", "application/Logout+JWT"] {
+            assert_eq!(
+                sign_in.backchannel_logout(typed(typ).as_bytes()).await,
+                Ok(()),
+                "{typ:?}"
+            );
+        }
+    }
+
+    /// A back-channel logout this side could not take (the store did not
+    /// record it) is lost unless the issuer sends it again: said at error
+    /// level, once a minute; a bad token only at debug level.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_back_channel_logout_lost_here_is_said_aloud_a_bad_token_is_not() {
+        let (lines, subscriber) = palisade_testkit::logs::Lines::subscriber("debug");
+        let _subscriber = tracing::subscriber::set_default(subscriber);
+        let issuer = palisade_testkit::TestIssuer::start().unwrap();
+        let store = Flaky {
+            store: MemoryStore::default(),
+            revocations_failing: std::sync::atomic::AtomicUsize::new(2),
+            reads_fail: false,
+            revocations_unknown: false,
+        };
+        let sign_in = SignIn::builder(issuer.issuer(), "shop")
+            .keys(vec![CookieKey::new("k1", &[1; 32]).unwrap()])
+            .store(Arc::new(store))
+            .build()
+            .unwrap();
+        let deliver = |body: String| {
+            let reply = sign_in.backchannel(&OwnedRequest::new("POST", "/oauth2/backchannel-logout"));
+            let mut body = Some(body.into_bytes());
+            async move {
+                reply
+                    .finish_from_body(|_| {
+                        std::task::Poll::Ready(body.take().map(|b| Ok::<_, std::io::Error>(Some(b))))
+                    })
+                    .await
+            }
+        };
+        let token = || issuer.logout_token().audience("shop").subject("alice").sign();
+        for _ in 0..2 {
+            assert_eq!(deliver(format!("logout_token={}", token())).await.status(), 400);
+        }
+        assert_eq!(deliver("logout_token=not.a.token".into()).await.status(), 400);
+        let lost = lines.containing("could not be taken now");
+        assert_eq!(lost.len(), 2, "{lost:?}");
+        assert!(
+            lost[0].contains("ERROR") && lost[0].contains("once a minute"),
+            "{lost:?}"
+        );
+        assert!(lost[1].contains("DEBUG"), "{lost:?}");
+        let refused = lines.containing("a back-channel logout was refused");
+        assert!(
+            matches!(&refused[..], [one] if one.contains("DEBUG") && one.contains("not valid")),
+            "{refused:?}"
         );
     }
 
