@@ -411,6 +411,9 @@ struct Shared {
     offline: bool,
     /// Every source any provider reads, with the providers that accept it.
     sources: Vec<(TokenSource, Vec<usize>)>,
+    /// For each of `sources`, the earlier ones that read the same header
+    /// (mostly none): a header value they read is counted there, once.
+    read_before: Vec<Vec<usize>>,
     /// Every provider's output headers (`outputPayloadToHeader`,
     /// `outputClaimToHeaders`), each once.
     output_headers: Vec<String>,
@@ -646,7 +649,7 @@ impl JwtAuthenticatorBuilder {
         let mut sources: Vec<(TokenSource, Vec<usize>)> = Vec::new();
         for (i, p) in providers.iter().enumerate() {
             for s in &p.cfg.sources {
-                match sources.iter_mut().find(|(t, _)| t == s) {
+                match sources.iter_mut().find(|(t, _)| t.reads_as(s)) {
                     Some((_, ps)) => ps.push(i),
                     None => sources.push((s.clone(), vec![i])),
                 }
@@ -661,7 +664,7 @@ impl JwtAuthenticatorBuilder {
                 };
                 let bearer: Vec<usize> = sources
                     .iter()
-                    .find(|(s, _)| *s == TokenSource::authorization_bearer())
+                    .find(|(s, _)| s.reads_as(&TokenSource::authorization_bearer()))
                     .map(|(_, ps)| ps.clone())
                     .unwrap_or_default();
                 if bearer.is_empty() {
@@ -774,6 +777,21 @@ impl JwtAuthenticatorBuilder {
             opaque,
             opaque_by_source,
             offline: self.offline,
+            read_before: sources
+                .iter()
+                .enumerate()
+                .map(|(i, (s, _))| {
+                    let TokenSource::Header { name, .. } = s else {
+                        return Vec::new();
+                    };
+                    sources[..i]
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, (t, _))| matches!(t, TokenSource::Header { name: n, .. } if n.eq_ignore_ascii_case(name)))
+                        .map(|(j, _)| j)
+                        .collect()
+                })
+                .collect(),
             sources,
             output_headers,
             max_token_size: self.max_token_size,
@@ -1018,14 +1036,17 @@ impl JwtAuthenticator {
     /// when no Tokio runtime polls it.
     ///
     /// # Errors
-    /// The [`JwtError`] that refused it.
+    /// The [`JwtError`] that refused it; [`JwtError::WrongLocation`] when no
+    /// provider reads tokens from `Authorization: Bearer`.
     pub async fn verify(&self, token: &str) -> Result<Identity, JwtError> {
+        // No provider reads `Authorization: Bearer`: none takes the token
+        // from there (not whichever reads the first location).
         let source = self
             .0
             .sources
             .iter()
-            .position(|(s, _)| *s == TokenSource::authorization_bearer())
-            .unwrap_or(0);
+            .position(|(s, _)| s.reads_as(&TokenSource::authorization_bearer()))
+            .ok_or(JwtError::WrongLocation)?;
         let found = Found {
             token: Cow::Borrowed(token),
             source,
@@ -1114,23 +1135,23 @@ impl JwtAuthenticator {
         for (i, (source, _)) in self.0.sources.iter().enumerate() {
             match source {
                 TokenSource::Header { name, prefix } => {
+                    let before = &self.0.read_before[i];
                     req.for_each_header(name, &mut |v| {
-                        let token = match prefix {
-                            None => Some(v),
-                            // The scheme as configured (`Bearer `) first: a
-                            // compare of a few words, not a loop over bytes.
-                            Some(p)
-                                if v.starts_with(p.as_bytes())
-                                    || v.len() >= p.len()
-                                        && v[..p.len()].eq_ignore_ascii_case(p.as_bytes()) =>
-                            {
-                                Some(&v[p.len()..])
+                        if let Some(t) = TokenSource::header_token(prefix.as_deref(), v) {
+                            // One header value is one token, however many
+                            // sources read it (a rule's `Authorization`
+                            // without a prefix, another's `Bearer `): the
+                            // first that reads it has it.
+                            let read = before.iter().any(|&j| match &self.0.sources[j].0 {
+                                TokenSource::Header { prefix, .. } => {
+                                    TokenSource::header_token(prefix.as_deref(), v).is_some()
+                                }
+                                _ => false,
+                            });
+                            if !read {
+                                count += 1;
+                                first.get_or_insert((i, t, false));
                             }
-                            Some(_) => None,
-                        };
-                        if let Some(t) = token {
-                            count += 1;
-                            first.get_or_insert((i, t, false));
                         }
                     });
                 }
@@ -2663,6 +2684,72 @@ mod tests {
         let named = with(&|p| p.jwks_inline(issuer.jwks().to_string()));
         assert!(outcome(&named, &token));
         assert!(!outcome(&named, &unknown_kid), "a kid the named set lacks");
+    }
+
+    /// One header value is one token, however many rules' sources read
+    /// it: a rule reading `Authorization` with `bearer ` (or without a
+    /// prefix) beside one with the default `Bearer ` does not make every
+    /// request carry "two tokens" (`400`). Two headers are still two.
+    /// And `verify`, with no provider reading `Authorization: Bearer`,
+    /// refuses as from the wrong place rather than pick the first
+    /// provider's place.
+    #[test]
+    fn a_header_read_by_two_sources_is_one_token() {
+        use palisade_core::authn::OwnedRequest;
+        let first = palisade_testkit::TestIssuer::builder()
+            .default_audience("api")
+            .start()
+            .unwrap();
+        let second = palisade_testkit::TestIssuer::builder()
+            .default_audience("api")
+            .start()
+            .unwrap();
+        let provider = |issuer: &palisade_testkit::TestIssuer, source: TokenSource| {
+            Provider::builder(issuer.issuer())
+                .audience("api")
+                .jwks_inline(issuer.jwks().to_string())
+                .source(source)
+                .build()
+                .unwrap()
+        };
+        let header = |prefix: Option<&str>| TokenSource::Header {
+            name: "authorization".into(),
+            prefix: prefix.map(str::to_owned),
+        };
+        for other in [header(Some("bearer ")), header(None)] {
+            let jwt = JwtAuthenticator::builder()
+                .provider(provider(&first, TokenSource::authorization_bearer()))
+                .provider(provider(&second, other.clone()))
+                .build()
+                .unwrap();
+            let token = first.token().subject("alice").sign();
+            let one = OwnedRequest::get("/").header("authorization", format!("Bearer {token}"));
+            let Check::Ready(AuthOutcome::Authenticated(_)) = jwt.authenticate(&one) else {
+                panic!("{other:?}: one header refused")
+            };
+            let two = one.clone().header("authorization", format!("Bearer {token}"));
+            let Check::Ready(AuthOutcome::Rejected(r)) = jwt.authenticate(&two) else {
+                panic!("{other:?}: two headers taken")
+            };
+            assert_eq!(r.status(), 400, "{other:?}");
+        }
+        let elsewhere = JwtAuthenticator::builder()
+            .provider(provider(
+                &first,
+                TokenSource::Header {
+                    name: "x-token".into(),
+                    prefix: None,
+                },
+            ))
+            .build()
+            .unwrap();
+        let token = first.token().subject("alice").sign();
+        let verified = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(elsewhere.verify(&token));
+        assert!(matches!(verified, Err(JwtError::WrongLocation)), "{verified:?}");
     }
 
     /// An RSA key published with a zero octet before its modulus or

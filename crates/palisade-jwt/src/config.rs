@@ -202,6 +202,40 @@ pub enum TokenSource {
 }
 
 impl TokenSource {
+    /// Whether two sources read the same tokens: a header named alike
+    /// without regard to case, with the same prefix without regard to case
+    /// (as it is matched); a cookie or a query parameter of the same name.
+    pub(crate) fn reads_as(&self, other: &TokenSource) -> bool {
+        match (self, other) {
+            (TokenSource::Header { name: a, prefix: p }, TokenSource::Header { name: b, prefix: q }) => {
+                a.eq_ignore_ascii_case(b)
+                    && match (p, q) {
+                        (Some(p), Some(q)) => p.eq_ignore_ascii_case(q),
+                        (None, None) => true,
+                        _ => false,
+                    }
+            }
+            _ => self == other,
+        }
+    }
+
+    /// The token in a value of this source's header, when the value has
+    /// the prefix (compared without regard to case).
+    pub(crate) fn header_token<'v>(prefix: Option<&str>, v: &'v [u8]) -> Option<&'v [u8]> {
+        match prefix {
+            None => Some(v),
+            // The scheme as configured (`Bearer `) first: a compare of a
+            // few words, not a loop over bytes.
+            Some(p)
+                if v.starts_with(p.as_bytes())
+                    || v.len() >= p.len() && v[..p.len()].eq_ignore_ascii_case(p.as_bytes()) =>
+            {
+                Some(&v[p.len()..])
+            }
+            Some(_) => None,
+        }
+    }
+
     /// `Authorization: Bearer <token>`.
     #[must_use]
     pub fn authorization_bearer() -> Self {
