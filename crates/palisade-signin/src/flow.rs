@@ -1884,6 +1884,15 @@ impl SignIn {
                     "a logged-out session cannot be recorded as ended now: other replicas accept a saved copy of its cookie until the store records it (the Redis store writes it when Redis answers again, unless it stops first or is at its cap) or it times out",
                 );
             }
+            // A session kept in the store: its data (its refresh token
+            // among them, sealed) goes too, rather than wait out its
+            // absolute timeout there. Its revocation is what ends it; a
+            // failure here leaves only data no cookie opens any longer.
+            if let Some(id) = stored()
+                && let Err(e) = this.0.store.remove(&id).await
+            {
+                tracing::debug!(target: LOG_TARGET, error = %e, "a logged-out session's data cannot be removed from the store now: it expires with the session");
+            }
             let id_token = live.as_ref().and_then(|l| l.session.it.as_deref());
             match &live {
                 Some(live) => tracing::info!(target: LOG_TARGET, subject = ?live.session.sub, "logged out"),
@@ -2627,6 +2636,11 @@ mod tests {
                 key: Some("not-read".into()),
             },
         );
+        store
+            .store
+            .put("stored-1", b"sealed".to_vec(), Duration::from_secs(600))
+            .await
+            .unwrap();
         let logout = OwnedRequest::new("POST", "/logout")
             .header("host", "app.test")
             .header("sec-fetch-site", "same-origin")
@@ -2654,6 +2668,11 @@ mod tests {
             created: std::time::SystemTime::now(),
         };
         assert!(matches!(store.is_revoked(&session), Ok(true)), "ended by its id");
+        assert_eq!(
+            store.store.get("stored-1").await.unwrap(),
+            None,
+            "its data is removed from the store"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
