@@ -312,8 +312,11 @@ struct CacheEntry {
     fingerprint: u64,
     exp: f64,
     nbf: Option<f64>,
-    /// The tenant, for an issuer pattern (its keys, when its own).
-    tenant: Option<Arc<Tenant>>,
+    /// The tenant, for an issuer pattern (its keys, when its own): not
+    /// kept alive by its cached tokens, so that `max_tenants` bounds the
+    /// tenants' key stores (and their refreshes) held at once. A token of
+    /// a tenant no longer held is verified again.
+    tenant: Option<std::sync::Weak<Tenant>>,
     /// Claims copied to headers.
     edits: Vec<HeaderEdit>,
     /// The token's location when it was verified, and every edit for a
@@ -1745,12 +1748,17 @@ impl JwtAuthenticator {
         if !self.0.sources[source].1.contains(&entry.provider) {
             return Some(Err(JwtError::WrongLocation));
         }
-        // A tenant's token whose allowance is older than the rule's
-        // answers are kept: verified again, asking the rule again.
-        if entry.tenant.as_ref().is_some_and(|t| !t.allowance_holds()) {
+        // A tenant's token whose tenant has gone (past `max_tenants`), or
+        // whose allowance is older than the rule's answers are kept:
+        // verified again, asking the rule again.
+        let tenant = match &entry.tenant {
+            Some(t) => Some(t.upgrade()?),
+            None => None,
+        };
+        if tenant.as_ref().is_some_and(|t| !t.allowance_holds()) {
             return None;
         }
-        let store = self.store_of(entry.provider, entry.tenant.as_deref());
+        let store = self.store_of(entry.provider, tenant.as_deref());
         if store.generation() != entry.keys_generation
             && !store.keys().still_has(entry.kid.as_deref(), entry.fingerprint)
         {
@@ -1843,7 +1851,7 @@ impl JwtAuthenticator {
                 identity: identity.clone(),
                 bearer: Arc::clone(&bearer),
                 provider,
-                tenant: tenant.cloned(),
+                tenant: tenant.map(Arc::downgrade),
                 kid: key.kid.clone(),
                 fingerprint: key.fingerprint,
                 exp: times.exp,
@@ -2785,6 +2793,54 @@ mod tests {
         let Check::Ready(AuthOutcome::Authenticated(_)) = jwt.authenticate(&req) else {
             panic!("a token of a key written with a leading zero octet is refused")
         };
+    }
+
+    /// `max_tenants` bounds the tenants held at once, their cached tokens
+    /// notwithstanding: a tenant let go for another is dropped (its key
+    /// store and refreshes with it), and its token, cached, is verified
+    /// again the next time.
+    #[test]
+    fn cached_tokens_do_not_keep_a_tenant_past_max_tenants() {
+        use palisade_core::authn::OwnedRequest;
+        let issuer = palisade_testkit::TestIssuer::builder()
+            .default_audience("api")
+            .start()
+            .unwrap();
+        let base = issuer.base_url().to_owned();
+        let jwt = JwtAuthenticator::builder()
+            .provider(
+                Provider::builder(format!("{base}/realms/{{tenant}}"))
+                    .audience("api")
+                    .jwks_inline(issuer.jwks().to_string())
+                    .tenant_resolver(|_| true)
+                    .max_tenants(1)
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        let authenticated = |token: &str| {
+            let req = OwnedRequest::get("/").header("authorization", format!("Bearer {token}"));
+            matches!(
+                jwt.authenticate(&req),
+                Check::Ready(AuthOutcome::Authenticated(_))
+            )
+        };
+        let held = |name: &str| {
+            let stores = jwt.0.providers[0].tenants.as_ref().unwrap().lock().unwrap();
+            stores.live.get(name).map(Arc::downgrade)
+        };
+        let first = issuer.token().issuer(&format!("{base}/realms/first")).sign();
+        let second = issuer.token().issuer(&format!("{base}/realms/second")).sign();
+        assert!(authenticated(&first));
+        let first_tenant = held("first").expect("the first tenant is held");
+        assert!(authenticated(&second));
+        assert!(held("first").is_none(), "let go for the second");
+        assert!(
+            first_tenant.upgrade().is_none(),
+            "no cached token keeps the first tenant alive"
+        );
+        assert!(authenticated(&first), "verified again");
     }
 
     /// A tenant the rule stops allowing loses its cached tokens within
