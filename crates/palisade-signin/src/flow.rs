@@ -302,18 +302,6 @@ fn shared_memory_store(issuer: &str, client_id: &str) -> Arc<dyn SessionStore> {
 /// (Keycloak's "revoke refresh token" ends the session when a spent one
 /// comes again), so a hot reload must not lose them, whatever else it
 /// changes (a secret, a scope, a cookie's settings).
-/// Why a refresh gives a request no tokens of its session.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Unusable {
-    /// The session has ended (the issuer refused its refresh token, or
-    /// refreshed it with an ID token that is not valid; it timed out).
-    Ended,
-    /// Not now: its access token has expired and no fresh one can be had
-    /// (the issuer does not answer, or the replica refreshing it handed on
-    /// nothing in time). The session itself is whole.
-    NotNow,
-}
-
 struct Refreshes {
     successors: Successors,
     refreshing: SingleFlight<String, Result<Arc<Live>, Unusable>>,
@@ -803,6 +791,19 @@ fn local_target(target: &str) -> Option<Cow<'_, str>> {
         }
     }
     Some(Cow::Owned(encoded))
+}
+
+/// Why a refresh gives a request no tokens of its session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Unusable {
+    /// The session has ended (the issuer refused its refresh token, or
+    /// refreshed it with an ID token that is not valid; it timed out).
+    Ended,
+    /// Not now: its access token has expired and no fresh one can be had
+    /// (the issuer does not answer, or the replica refreshing it handed on
+    /// nothing in time). The session itself is whole: a page the policy
+    /// would send to sign in is answered 503 instead (`SignIn::sign_in`).
+    NotNow,
 }
 
 /// A session whose refresh brought nothing: its tokens while they last.
@@ -1377,6 +1378,22 @@ impl SignIn {
         }
     }
 
+    /// Whether `req` carries a session this process has seen that is
+    /// whole (not ended, not timed out) but without a valid access token:
+    /// its refresh has just failed for now ([`Unusable::NotNow`]; one that
+    /// ended the session forgot it here).
+    fn renewal_not_now(&self, req: &dyn RequestHead) -> bool {
+        let Ok(parts) = self.sealer(self.secure(req)).parts(req) else {
+            return false;
+        };
+        let Some(live) = self.0.cache.get_parts(parts.len(), parts.iter()) else {
+            return false;
+        };
+        let t = now();
+        let s = &live.session;
+        s.rt.is_some() && s.at_exp <= t && self.usable(s, t)
+    }
+
     /// Whether `req` carries a session cookie and the store cannot say now
     /// whether any session was ended (a shared store out of reach, its
     /// copy of the revocations too old to trust).
@@ -1393,7 +1410,7 @@ impl SignIn {
     }
 
     /// The outcome for a request carrying this session.
-    fn admit(&self, live: Arc<Live>, chunks: usize, secure: bool, navigation: bool) -> Check<AuthOutcome> {
+    fn admit(&self, live: Arc<Live>, chunks: usize, secure: bool) -> Check<AuthOutcome> {
         let t = now();
         let c = &self.0.config;
         // A session refreshed by an earlier request: use its new tokens.
@@ -1438,19 +1455,11 @@ impl SignIn {
                                 || (!this.0.store.shared() && this.idle_renewal_due(&newest.session, now()));
                             this.authenticated(newest, renew, chunks, secure).await
                         }
-                        // A page whose session cannot be renewed now keeps
-                        // its cookie and is asked to come back, as when the
-                        // store cannot vouch for sessions: sent to sign in,
-                        // it would lose the cookie, and the refresh token
-                        // with it, for an outage of the issuer.
-                        Err(Unusable::NotNow) if navigation => AuthOutcome::Respond(
-                            problem(
-                                503,
-                                "the session cannot be renewed now (the issuer does not answer); try again",
-                            )
-                            .header("retry-after", "5"),
-                        ),
-                        Err(_) => AuthOutcome::NoCredential,
+                        // Ended, or without a token for now: the request
+                        // goes as one without a session. (A page the policy
+                        // would then send to sign in keeps a whole
+                        // session's cookie: `sign_in`.)
+                        Err(Unusable::Ended | Unusable::NotNow) => AuthOutcome::NoCredential,
                     }
                 });
             }
@@ -1969,8 +1978,10 @@ impl SignIn {
         }
         let token = param(form, "logout_token").ok_or(Token("the logout_token does not decode"))?;
         let identity = self.0.verifier.verify(&token).await.map_err(|e| {
-            // The issuer's keys not had: no verdict on the token.
-            if keys_not_had(&e) {
+            // The issuer's keys not had: no verdict on the token. (A `kid`
+            // the key set still lacks after the verifier fetched it again
+            // is the token's: anyone can send one.)
+            if matches!(e, palisade_jwt::JwtError::KeysUnavailable) {
                 Here("the issuer's keys cannot be had now: send it again")
             } else {
                 Token("the logout token is not valid")
@@ -2128,22 +2139,21 @@ impl Authenticator for SignIn {
             return Check::Ready(AuthOutcome::NoCredential);
         };
         let chunks = parts.chunks;
-        let navigation = is_navigation(req);
         // A session seen before: compared in place, nothing joined.
         if let Some(live) = self.0.cache.get_parts(parts.len(), parts.iter()) {
-            return self.admit(live, chunks, secure, navigation);
+            return self.admit(live, chunks, secure);
         }
         let Ok(value) = parts.join() else {
             return Check::Ready(AuthOutcome::NoCredential);
         };
         match self.open_session(&value, secure) {
-            Check::Ready(Some(live)) => self.admit(live, chunks, secure, navigation),
+            Check::Ready(Some(live)) => self.admit(live, chunks, secure),
             Check::Ready(None) => Check::Ready(AuthOutcome::NoCredential),
             Check::Pending(fut) => {
                 let this = self.clone();
                 Check::pending(async move {
                     match fut.await {
-                        Some(live) => this.admit(live, chunks, secure, navigation).await,
+                        Some(live) => this.admit(live, chunks, secure).await,
                         None => AuthOutcome::NoCredential,
                     }
                 })
@@ -2165,6 +2175,19 @@ impl Authenticator for SignIn {
                 problem(
                     503,
                     "sessions cannot be checked now (the session store does not answer); try again",
+                )
+                .header("retry-after", "5"),
+            );
+        }
+        // A whole session whose access token has expired and could not be
+        // refreshed now (the issuer down or throttling, the replica that
+        // claimed the refresh silent): sent to sign in, the browser would
+        // lose its cookie, and the refresh token in it, for the outage.
+        if self.renewal_not_now(req) {
+            return Some(
+                problem(
+                    503,
+                    "the session cannot be renewed now (the issuer does not answer); try again",
                 )
                 .header("retry-after", "5"),
             );
@@ -3145,21 +3168,40 @@ mod tests {
         }
     }
 
+    /// What a guard answers a request: its decision, awaited.
+    async fn decided(guard: &palisade_core::Guard, req: &OwnedRequest) -> palisade_core::adapter::Decision {
+        match guard.check(req) {
+            Check::Ready(d) => d,
+            Check::Pending(f) => f.await,
+        }
+    }
+
     /// A session whose access token has expired while the issuer cannot
     /// refresh it (down, throttling, a rotated client secret) is whole: a
-    /// page is answered 503 and keeps its cookie (sent to sign in, the
-    /// browser would lose it and its refresh token for the outage); an API
-    /// call goes without the session (401), its cookie untouched too. A
-    /// dead grant still ends it. Before, every one of them lost the
-    /// session at the next page.
+    /// page the policy would send to sign in is answered 503 and keeps its
+    /// cookie (sent to sign in, the browser would lose it and its refresh
+    /// token for the outage); a page anyone may see is served, as to a
+    /// caller without a session; an API call gets the 401. A dead grant
+    /// still ends the session: its page goes to sign in. Before, every
+    /// page lost the session.
     #[tokio::test]
     async fn an_issuer_outage_after_the_token_expired_keeps_the_session_whole() {
+        use palisade_core::adapter::Decision;
         for (status, body, ends) in [
             ("503 Service Unavailable", "", false),
             ("429 Too Many Requests", r#"{"error":"too_many_requests"}"#, false),
             ("400 Bad Request", r#"{"error":"invalid_grant"}"#, true),
         ] {
             let (sign_in, key) = refreshing_at(status, body).await;
+            let required = palisade_core::Guard::builder()
+                .authenticator(sign_in.clone())
+                .build()
+                .unwrap();
+            let public = palisade_core::Guard::builder()
+                .authenticator(sign_in.clone())
+                .access_policy(palisade_core::authz::AccessPolicy::allow_all())
+                .build()
+                .unwrap();
             let expired = Session {
                 at_exp: now() - 1,
                 ..due()
@@ -3173,24 +3215,22 @@ mod tests {
                 .header("host", "app.test")
                 .header("sec-fetch-mode", "cors")
                 .header("cookie", cookie);
-            // (Once ended, a session is refused at once.)
-            let outcome = async |req: &OwnedRequest| match sign_in.authenticate(req) {
-                Check::Pending(f) => f.await,
-                Check::Ready(o) if ends => o,
-                Check::Ready(o) => panic!("{status}: not refreshed: {o:?}"),
-            };
-            match outcome(&page).await {
-                AuthOutcome::Respond(reply) if !ends => {
+            match decided(&required, &page).await {
+                Decision::Reply(reply) if !ends => {
                     assert_eq!(reply.status(), 503, "{status}");
                     assert!(reply.headers().any(|(n, v)| n == "retry-after" && v == "5"));
                     assert!(!reply.headers().any(|(n, _)| n == "set-cookie"), "{status}");
                 }
-                AuthOutcome::NoCredential if ends => {}
+                Decision::Reply(reply) if ends => assert_eq!(reply.status(), 302, "{status}"),
                 other => panic!("{status}: {other:?}"),
             }
-            let AuthOutcome::NoCredential = outcome(&api).await else {
+            let Decision::Allow(_) = decided(&public, &page).await else {
+                panic!("{status}: a page anyone may see is refused")
+            };
+            let Decision::Deny(r) = decided(&required, &api).await else {
                 panic!("{status}: an API call with an expired session")
             };
+            assert_eq!(r.status(), 401, "{status}");
         }
     }
 
@@ -3200,30 +3240,27 @@ mod tests {
     /// answered 503 with its cookie kept.
     #[tokio::test]
     async fn without_discovery_a_due_session_is_used_while_its_token_lasts() {
+        use palisade_core::adapter::Decision;
         let key = CookieKey::new("k1", &[1; 32]).unwrap();
-        let sign_in = offline(&key);
+        let guard = palisade_core::Guard::builder()
+            .authenticator(offline(&key))
+            .build()
+            .unwrap();
         let page = |session: Session| {
             OwnedRequest::get("/page")
                 .header("host", "app.test")
                 .header("sec-fetch-mode", "navigate")
                 .header("cookie", session_cookie(key.clone(), &Payload::Inline(session)))
         };
-        let sign_in = &sign_in;
-        let outcome = |req: OwnedRequest| async move {
-            match sign_in.authenticate(&req) {
-                Check::Pending(f) => f.await,
-                Check::Ready(o) => o,
-            }
-        };
-        let AuthOutcome::Authenticated(_) = outcome(page(due())).await else {
+        let Decision::Allow(_) = decided(&guard, &page(due())).await else {
             panic!("a valid session refused for want of discovery")
         };
         let expired = Session {
             at_exp: now() - 1,
             ..due()
         };
-        let AuthOutcome::Respond(reply) = outcome(page(expired)).await else {
-            panic!("an expired session without discovery is not answered 503")
+        let Decision::Reply(reply) = decided(&guard, &page(expired)).await else {
+            panic!("an expired session without discovery is not answered")
         };
         assert_eq!(reply.status(), 503);
     }
