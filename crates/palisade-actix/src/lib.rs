@@ -243,8 +243,8 @@ impl ResponseTarget for ActixResponse<'_> {
         }
     }
 
-    fn header_values(&self, name: &str) -> Vec<&str> {
-        self.0.get_all(name).filter_map(|v| v.to_str().ok()).collect()
+    fn header_values(&self, name: &str) -> Option<Vec<&str>> {
+        self.0.get_all(name).map(|v| v.to_str().ok()).collect()
     }
 
     fn replace_header(&mut self, name: &str, value: &str) {

@@ -350,12 +350,12 @@ impl<B> ResponseTarget for HttpResponse<'_, B> {
         }
     }
 
-    fn header_values(&self, name: &str) -> Vec<&str> {
+    fn header_values(&self, name: &str) -> Option<Vec<&str>> {
         self.0
             .headers()
             .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
+            .into_iter()
+            .map(|v| v.to_str().ok())
             .collect()
     }
 

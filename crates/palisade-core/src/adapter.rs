@@ -104,13 +104,14 @@ pub trait ResponseTarget {
     /// carry is skipped.
     fn append_header(&mut self, name: &str, value: &str);
 
-    /// The values of the header `name` (lower case) that are text, in
-    /// order: the core reads the application's `Cache-Control` to merge a
-    /// renewal's `private` into it. The default reads none, and the edit is
-    /// then appended as it is; implement it together with
+    /// The values of the header `name` (lower case), in order, or `None`
+    /// when one of them is not text: the core reads the application's
+    /// `Cache-Control` to merge a renewal's `private` into it (and appends
+    /// the edit as it is to values it cannot read). The default reads
+    /// none, and the edit is appended; implement it together with
     /// [`replace_header`](Self::replace_header).
-    fn header_values(&self, _name: &str) -> Vec<&str> {
-        Vec::new()
+    fn header_values(&self, _name: &str) -> Option<Vec<&str>> {
+        Some(Vec::new())
     }
 
     /// Sets the header `name` (lower case) to `value` alone, in place of
@@ -416,14 +417,15 @@ impl ResponseEdits {
     /// `public` that contradicts it.
     pub fn apply(self, res: &mut dyn ResponseTarget) {
         for (name, value) in &self.headers {
-            if name == "cache-control" && value == "private" {
-                let existing = res.header_values("cache-control");
-                if !existing.is_empty() {
-                    if let Some(merged) = private_cache_control(&existing) {
-                        res.replace_header(name, &merged);
-                    }
-                    continue;
+            if name == "cache-control"
+                && value == "private"
+                && let Some(existing) = res.header_values("cache-control")
+                && !existing.is_empty()
+            {
+                if let Some(merged) = private_cache_control(&existing) {
+                    res.replace_header(name, &merged);
                 }
+                continue;
             }
             res.append_header(name, value);
         }
@@ -1211,6 +1213,47 @@ pub fn authorize_route(
 mod tests {
     use super::*;
     use crate::request::OwnedRequest;
+
+    /// A renewal's `private` is merged into the application's
+    /// `Cache-Control` it can read, and appended beside one it cannot (a
+    /// value that is not text is never lost to the merge).
+    #[test]
+    fn a_renewals_private_is_merged_into_text_and_appended_beside_the_rest() {
+        /// A response's headers; `None` for a value that is not text.
+        struct Res(Vec<(String, Option<String>)>);
+        impl ResponseTarget for Res {
+            fn append_header(&mut self, name: &str, value: &str) {
+                self.0.push((name.to_owned(), Some(value.to_owned())));
+            }
+            fn header_values(&self, name: &str) -> Option<Vec<&str>> {
+                self.0
+                    .iter()
+                    .filter(|(n, _)| n == name)
+                    .map(|(_, v)| v.as_deref())
+                    .collect()
+            }
+            fn replace_header(&mut self, name: &str, value: &str) {
+                self.0.retain(|(n, _)| n != name);
+                self.append_header(name, value);
+            }
+        }
+        let edits = || ResponseEdits {
+            headers: vec![(Cow::Borrowed("cache-control"), "private".to_owned())],
+        };
+        let cache_control = |res: &Res| -> Vec<Option<String>> {
+            res.0
+                .iter()
+                .filter(|(n, _)| n == "cache-control")
+                .map(|(_, v)| v.clone())
+                .collect()
+        };
+        let mut text = Res(vec![("cache-control".into(), Some("public, max-age=60".into()))]);
+        edits().apply(&mut text);
+        assert_eq!(cache_control(&text), [Some("private, max-age=60".to_owned())]);
+        let mut unread = Res(vec![("cache-control".into(), None)]);
+        edits().apply(&mut unread);
+        assert_eq!(cache_control(&unread), [None, Some("private".to_owned())]);
+    }
 
     /// A reply's header name in capitals (a third party's authenticator
     /// may write one) is lowered on axum as on actix-web, never a panic;

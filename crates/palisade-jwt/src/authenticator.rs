@@ -414,9 +414,10 @@ struct Shared {
     offline: bool,
     /// Every source any provider reads, with the providers that accept it.
     sources: Vec<(TokenSource, Vec<usize>)>,
-    /// For each of `sources`, the earlier ones that read the same header
-    /// (mostly none): a header value they read is counted there, once.
-    read_before: Vec<Vec<usize>>,
+    /// For each of `sources`, the others that read the same header (mostly
+    /// none): a header value several read is counted once, by the one
+    /// that reads it most specifically ([`reads_first`]).
+    same_header: Vec<Vec<usize>>,
     /// Every provider's output headers (`outputPayloadToHeader`,
     /// `outputClaimToHeaders`), each once.
     output_headers: Vec<String>,
@@ -780,17 +781,20 @@ impl JwtAuthenticatorBuilder {
             opaque,
             opaque_by_source,
             offline: self.offline,
-            read_before: sources
+            same_header: sources
                 .iter()
                 .enumerate()
                 .map(|(i, (s, _))| {
                     let TokenSource::Header { name, .. } = s else {
                         return Vec::new();
                     };
-                    sources[..i]
+                    sources
                         .iter()
                         .enumerate()
-                        .filter(|(_, (t, _))| matches!(t, TokenSource::Header { name: n, .. } if n.eq_ignore_ascii_case(name)))
+                        .filter(|(j, (t, _))| {
+                            *j != i
+                                && matches!(t, TokenSource::Header { name: n, .. } if n.eq_ignore_ascii_case(name))
+                        })
                         .map(|(j, _)| j)
                         .collect()
                 })
@@ -877,6 +881,25 @@ fn coarse_now_secs() -> f64 {
 #[cfg(not(target_os = "linux"))]
 fn coarse_now_secs() -> f64 {
     now_secs()
+}
+
+/// Whether source `i`, which reads the header value `v`, is the one of
+/// `others` (sources of the same header) that has it: the longest prefix
+/// that `v` has (`Bearer ` before none, so `Bearer x` is the token `x`),
+/// the first configured among equals.
+fn reads_first(sources: &[(TokenSource, Vec<usize>)], i: usize, others: &[usize], v: &[u8]) -> bool {
+    let prefix_len = |k: usize| match &sources[k].0 {
+        TokenSource::Header { prefix, .. } => TokenSource::header_token(prefix.as_deref(), v)
+            .is_some()
+            .then(|| prefix.as_ref().map_or(0, String::len)),
+        _ => None,
+    };
+    let Some(mine) = prefix_len(i) else {
+        return false;
+    };
+    !others
+        .iter()
+        .any(|&j| prefix_len(j).is_some_and(|theirs| theirs > mine || theirs == mine && j < i))
 }
 
 /// Where a token was found: the index into `Shared::sources`.
@@ -1138,20 +1161,14 @@ impl JwtAuthenticator {
         for (i, (source, _)) in self.0.sources.iter().enumerate() {
             match source {
                 TokenSource::Header { name, prefix } => {
-                    let before = &self.0.read_before[i];
+                    let others = &self.0.same_header[i];
                     req.for_each_header(name, &mut |v| {
                         if let Some(t) = TokenSource::header_token(prefix.as_deref(), v) {
                             // One header value is one token, however many
                             // sources read it (a rule's `Authorization`
                             // without a prefix, another's `Bearer `): the
-                            // first that reads it has it.
-                            let read = before.iter().any(|&j| match &self.0.sources[j].0 {
-                                TokenSource::Header { prefix, .. } => {
-                                    TokenSource::header_token(prefix.as_deref(), v).is_some()
-                                }
-                                _ => false,
-                            });
-                            if !read {
+                            // one that reads it most specifically has it.
+                            if others.is_empty() || reads_first(&self.0.sources, i, others, v) {
                                 count += 1;
                                 first.get_or_insert((i, t, false));
                             }
@@ -2724,12 +2741,24 @@ mod tests {
             name: "authorization".into(),
             prefix: prefix.map(str::to_owned),
         };
-        for other in [header(Some("bearer ")), header(None)] {
-            let jwt = JwtAuthenticator::builder()
-                .provider(provider(&first, TokenSource::authorization_bearer()))
-                .provider(provider(&second, other.clone()))
-                .build()
-                .unwrap();
+        // In either order of the rules: a value is the token of the source
+        // with the longest prefix it has.
+        for (other, bearer_first) in [
+            (header(Some("bearer ")), true),
+            (header(None), true),
+            (header(None), false),
+        ] {
+            let (a, b) = (
+                provider(&first, TokenSource::authorization_bearer()),
+                provider(&second, other.clone()),
+            );
+            let jwt = if bearer_first {
+                JwtAuthenticator::builder().provider(a).provider(b)
+            } else {
+                JwtAuthenticator::builder().provider(b).provider(a)
+            }
+            .build()
+            .unwrap();
             let token = first.token().subject("alice").sign();
             let one = OwnedRequest::get("/").header("authorization", format!("Bearer {token}"));
             let Check::Ready(AuthOutcome::Authenticated(_)) = jwt.authenticate(&one) else {

@@ -319,13 +319,15 @@ fn names_one_of(der: &[u8], expected: &[String]) -> bool {
         return false;
     };
     let is_uri = |e: &str| e.contains("://");
-    let is_spiffe = |e: &str| e.get(..9).is_some_and(|s| s.eq_ignore_ascii_case("spiffe://"));
+    // A workload's SPIFFE ID; any other URI (`spiffe://td` alone, which
+    // names no workload, too) is matched among the URI SANs.
+    let names_workload = |e: &str| crate::SpiffeId::parse(e).is_ok_and(|id| !id.path().is_empty());
     let spiffe = crate::identity::spiffe_id_from(&cert);
     if spiffe.is_some_and(|id| expected.iter().any(|e| e == id.as_str())) {
         return true;
     }
     san.value.general_names.iter().any(|n| match n {
-        GeneralName::URI(u) => expected.iter().any(|e| is_uri(e) && !is_spiffe(e) && e == u),
+        GeneralName::URI(u) => expected.iter().any(|e| is_uri(e) && !names_workload(e) && e == u),
         GeneralName::DNSName(d) => expected.iter().any(|e| !is_uri(e) && e.eq_ignore_ascii_case(d)),
         _ => false,
     })
@@ -429,10 +431,14 @@ mod tests {
             assert!(!has_spiffe_id(&cert), "{uris:?}");
             assert!(!names_one_of(&cert, &[id.to_owned()]), "{uris:?}");
         }
-        // A URI of another scheme is matched among several.
+        // A URI of another scheme is matched among several, and so is a
+        // trust domain alone (no workload's ID).
         let other = "https://reviews.example/workload";
         let cert = pki.client_with_uris(&[id, other]).cert_der();
         assert!(names_one_of(&cert, &[other.to_owned()]));
+        let domain = "spiffe://cluster.local";
+        let cert = pki.client_with_uris(&[domain]).cert_der();
+        assert!(names_one_of(&cert, &[domain.to_owned()]));
         // Nor is a leaf that may sign certificates.
         assert!(!has_spiffe_id(
             &pki.signing_workload("default", "reviews").cert_der()

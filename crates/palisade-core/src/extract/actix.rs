@@ -26,15 +26,15 @@ impl ResponseError for Rejection {
 }
 
 /// An extractor's refusal, to be rendered as its request asks (a gRPC
-/// call's, a HEAD request's).
+/// call's, a HEAD request's): the request is read only for a refusal.
 fn for_request(req: &HttpRequest) -> impl Fn(Rejection) -> Rejection {
-    let rendering = Rendering::of_parts(
-        req.method().as_str(),
-        req.headers()
-            .get(actix_web::http::header::CONTENT_TYPE)
-            .map(actix_web::http::header::HeaderValue::as_bytes),
-    );
-    move |r| r.rendered_as(rendering)
+    move |r| {
+        let content_type = req.headers().get(actix_web::http::header::CONTENT_TYPE);
+        r.rendered_as(Rendering::of_parts(
+            req.method().as_str(),
+            content_type.map(actix_web::http::header::HeaderValue::as_bytes),
+        ))
+    }
 }
 
 fn identity(req: &HttpRequest) -> Result<Identity, Rejection> {

@@ -20,16 +20,15 @@ impl IntoResponse for Rejection {
 }
 
 /// An extractor's refusal, to be rendered as its request asks (a gRPC
-/// call's, a HEAD request's).
+/// call's, a HEAD request's): the request is read only for a refusal.
 fn for_request(parts: &Parts) -> impl Fn(Rejection) -> Rejection {
-    let rendering = Rendering::of_parts(
-        parts.method.as_str(),
-        parts
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .map(http::HeaderValue::as_bytes),
-    );
-    move |r| r.rendered_as(rendering)
+    move |r| {
+        let content_type = parts.headers.get(http::header::CONTENT_TYPE);
+        r.rendered_as(Rendering::of_parts(
+            parts.method.as_str(),
+            content_type.map(http::HeaderValue::as_bytes),
+        ))
+    }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Identity {
