@@ -42,12 +42,33 @@ impl SplitClaims {
         set.extend(claims.into_iter().map(|c| Box::from(c.as_str())));
     }
 
-    /// Whether the top-level `claim` of a token from `issuer` is split on spaces.
-    fn splits(&self, issuer: Option<&str>, claim: &str) -> bool {
-        Self::ALWAYS.contains(&claim)
-            || issuer
-                .and_then(|i| self.by_issuer.get(i))
-                .is_some_and(|set| set.contains(claim))
+    /// Whether the top-level `claim` of a token from `issuer` is split on
+    /// spaces; a tenant's token (`tenant`) takes its issuer pattern's
+    /// claims (`https://login.example/{tenant}/v2.0`, written so in the
+    /// rule, its `{tenant}` filled in for the token's issuer).
+    fn splits(&self, issuer: Option<&str>, tenant: Option<&str>, claim: &str) -> bool {
+        if Self::ALWAYS.contains(&claim) {
+            return true;
+        }
+        let Some(issuer) = issuer else {
+            return false;
+        };
+        if let Some(set) = self.by_issuer.get(issuer) {
+            return set.contains(claim);
+        }
+        tenant.is_some_and(|tenant| {
+            self.by_issuer.iter().any(|(pattern, set)| {
+                set.contains(claim)
+                    && pattern
+                        .split_once(crate::syntax::TENANT)
+                        .is_some_and(|(before, after)| {
+                            issuer.len() == before.len() + tenant.len() + after.len()
+                                && issuer.starts_with(before)
+                                && issuer.ends_with(after)
+                                && &issuer[before.len()..issuer.len() - after.len()] == tenant
+                        })
+            })
+        })
     }
 }
 
@@ -263,7 +284,11 @@ pub(crate) fn any_value(attr: &StrAttr, ctx: &Ctx<'_>, f: &mut dyn FnMut(&str) -
             for key in &path[1..] {
                 value = value.and_then(|v| v.get(key));
             }
-            let split = path.len() == 1 && ctx.split_claims.splits(id.and_then(Identity::issuer), &path[0]);
+            let tenant = id.and_then(Identity::token).and_then(|t| t.tenant.as_deref());
+            let split = path.len() == 1
+                && ctx
+                    .split_claims
+                    .splits(id.and_then(Identity::issuer), tenant, &path[0]);
             value.is_some_and(|v| claim_values(v, split, f))
         }
         StrAttr::Sni => ctx.req.connection().and_then(|c| c.sni.as_deref()).is_some_and(f),

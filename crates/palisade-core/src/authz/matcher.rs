@@ -162,8 +162,10 @@ impl PathMatch {
                 };
                 for (i, seg) in segs.iter().enumerate() {
                     let last = i + 1 == segs.len();
+                    // Envoy's template segments take every path character
+                    // but `*` (RFC 3986's sub-delims without it).
                     match seg {
-                        Segment::Rest => return true,
+                        Segment::Rest => return !rest.contains('*'),
                         Segment::One | Segment::Literal(_) => {
                             let (head, tail) = match rest.split_once('/') {
                                 Some((h, t)) => (h, Some(t)),
@@ -171,7 +173,7 @@ impl PathMatch {
                             };
                             let ok = match seg {
                                 Segment::Literal(l) => head == &**l,
-                                _ => !head.is_empty(),
+                                _ => !head.is_empty() && !head.contains('*'),
                             };
                             if !ok {
                                 return false;
@@ -408,6 +410,10 @@ mod tests {
         assert!(r.matches("/foo/a/b/c") && r.matches("/foo/") && !r.matches("/foo") && !r.matches("/food/a"));
         let both = PathMatch::parse("/api/{*}/items/{**}").unwrap();
         assert!(both.matches("/api/v1/items/3/x") && !both.matches("/api/v1/other/3"));
+        // A raw `*` is in no template segment (Envoy's character class).
+        assert!(!t.matches("/foo/*/bar") && !t.matches("/foo/a*/bar"));
+        assert!(!r.matches("/foo/a/*") && !both.matches("/api/*/items/3"));
+        assert!(t.matches("/foo/%2A/bar"), "encoded, it is a character like any");
         assert!(PathMatch::parse("/foo/{**}/bar").is_err());
         assert!(PathMatch::parse("/foo{*}").is_err());
         assert!(PathMatch::parse("/foo/{*}*").is_err());

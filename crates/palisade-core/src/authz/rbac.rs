@@ -220,6 +220,23 @@ fn role_rule(wl: &Workload, rule: &AccessRuleSpec) -> Result<RoleRule, FieldErro
             .map(|(i, s)| StrMatch::parse(s).map_err(|e| (format!("{f}[{i}]"), e)))
             .collect()
     };
+    // An empty list is refused, as in an AuthorizationPolicy: Istio reads
+    // it as unset (any), and as written it would match nothing here.
+    for (empty, field) in [
+        (rule.methods.as_ref().is_some_and(Vec::is_empty), "methods"),
+        (rule.not_methods.as_ref().is_some_and(Vec::is_empty), "notMethods"),
+        (rule.paths.as_ref().is_some_and(Vec::is_empty), "paths"),
+        (rule.not_paths.as_ref().is_some_and(Vec::is_empty), "notPaths"),
+        (rule.ports.as_ref().is_some_and(Vec::is_empty), "ports"),
+        (rule.not_ports.as_ref().is_some_and(Vec::is_empty), "notPorts"),
+    ] {
+        if empty {
+            return Err((
+                field.into(),
+                "must not be empty (leave it out to match any)".into(),
+            ));
+        }
+    }
     let mut op = Vec::new();
     for (values, negate, field) in [
         (&rule.methods, false, "methods"),

@@ -1168,6 +1168,34 @@ fn rbac_paths_read_escapes_and_constraints_read_the_host() {
     }
 }
 
+/// A `ServiceRole` rule's empty list (`methods: []`) is refused, naming
+/// it, as in an `AuthorizationPolicy`: Istio reads it as unset (any), and
+/// as written it would match nothing.
+#[test]
+fn an_empty_list_in_a_service_role_is_refused() {
+    for field in ["methods", "notMethods", "paths", "notPaths", "ports", "notPorts"] {
+        let yaml = RBAC
+            .replace(
+                "    methods: [\"*\"]\n",
+                &format!("    methods: [\"*\"]\n    {field}: []\n"),
+            )
+            .replace("    methods: [\"*\"]\n    methods: []\n", "    methods: []\n");
+        assert_ne!(yaml, RBAC, "{field}");
+        let refused = PolicySet::from_yaml_str(&yaml, "rbac.yaml")
+            .map_err(|e| e.to_string())
+            .and_then(|set| {
+                AccessPolicy::compile(&set.for_workload(&Workload::new("reviews", "default")))
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            })
+            .unwrap_err();
+        assert!(
+            refused.contains(field) && refused.contains("must not be empty"),
+            "{field}: {refused}"
+        );
+    }
+}
+
 /// Istio (1.4 on): where `AuthorizationPolicy` documents apply to a
 /// workload, its older RBAC is not enforced; it is still checked.
 #[test]
@@ -1794,6 +1822,39 @@ fn space_delimited_claims_are_split_for_their_issuer_only() {
         !allowed(&split, &req, Some(&nested)),
         "a nested claim is never split"
     );
+}
+
+/// An issuer pattern's `spaceDelimitedClaims` split its tenants' tokens
+/// (their issuer is the pattern with `{tenant}` filled in): before, the
+/// claim was matched whole, and a DENY on one of its words never fired.
+#[test]
+fn space_delimited_claims_of_an_issuer_pattern_split_its_tenants_tokens() {
+    let yaml = format!(
+        "{HEAD}spec:\n  action: DENY\n  rules:\n  - when: [{{key: \"request.auth.claims[roles]\", values: [suspended]}}]\n---\napiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt}}\nspec:\n  jwtRules:\n  - {{issuer: \"https://login.example/{{tenant}}/v2.0\", spaceDelimitedClaims: [roles]}}\n"
+    );
+    let p = policy(&yaml).unwrap();
+    let tenant_user = |tenant: &str, issuer: &str| {
+        let t = TokenClaims {
+            issuer: issuer.into(),
+            subject: "u".into(),
+            claims: serde_json::json!({"roles": "user suspended"})
+                .as_object()
+                .cloned()
+                .unwrap(),
+            tenant: Some(tenant.into()),
+            ..TokenClaims::default()
+        };
+        Identity::from_token(t, Verification::assertion())
+    };
+    let req = OwnedRequest::get("/");
+    let acme = tenant_user("acme", "https://login.example/acme/v2.0");
+    assert!(
+        !allowed(&p, &req, Some(&acme)),
+        "the DENY on a word of the claim fires"
+    );
+    // Another issuer's token, whatever tenant it names, is not split.
+    let elsewhere = tenant_user("acme", "https://elsewhere.example/acme/v2.0");
+    assert!(allowed(&p, &req, Some(&elsewhere)));
 }
 
 #[test]
