@@ -58,6 +58,15 @@ pub struct ClientTlsBuilder {
 }
 
 impl ClientTlsBuilder {
+    /// The files, in the order their stamp is taken.
+    fn paths(&self) -> Vec<PathBuf> {
+        let mut paths = vec![self.ca.clone()];
+        if let Some((cert, key)) = &self.identity {
+            paths.extend([cert.clone(), key.clone()]);
+        }
+        paths
+    }
+
     /// Accept a server whose certificate has this subject alternative name:
     /// a SPIFFE ID (`spiffe://cluster.local/ns/default/sa/details`, matched
     /// against the certificate's SPIFFE ID: its one URI SAN, as a server
@@ -90,6 +99,7 @@ impl ClientTlsBuilder {
     /// A [`TlsError`] naming the file that cannot be read or used.
     pub fn build(self) -> Result<ClientTls, TlsError> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let stamp = files::stamp(&self.paths());
         let material = Arc::new(ArcSwap::from_pointee(load(&self, &provider)?));
         let expected: Arc<[String]> = self.expected.clone().into();
         let mut config = ClientConfig::builder_with_provider(provider.clone())
@@ -110,7 +120,7 @@ impl ClientTlsBuilder {
             material,
             config: Arc::new(config),
             sessions,
-            stamp: Mutex::new(None),
+            stamp: Mutex::new(files::Stamps::built(stamp)),
         })))
     }
 }
@@ -139,7 +149,7 @@ struct Inner {
     config: Arc<ClientConfig>,
     /// Forgotten at each reload (`resumption`).
     sessions: Arc<ClientSessions>,
-    stamp: Mutex<Option<files::Stamp>>,
+    stamp: Mutex<files::Stamps>,
 }
 
 /// A TLS client configuration with this service's certificate, rotating
@@ -241,12 +251,7 @@ impl ClientTls {
 
 impl files::Reload for ClientTls {
     fn paths(&self) -> Vec<PathBuf> {
-        let f = &self.0.files;
-        let mut paths = vec![f.ca.clone()];
-        if let Some((cert, key)) = &f.identity {
-            paths.extend([cert.clone(), key.clone()]);
-        }
-        paths
+        self.0.files.paths()
     }
 
     fn read_again(&self) -> Result<(), TlsError> {
@@ -260,7 +265,7 @@ impl files::Reload for ClientTls {
         Ok(())
     }
 
-    fn last_stamp(&self) -> &Mutex<Option<files::Stamp>> {
+    fn last_stamp(&self) -> &Mutex<files::Stamps> {
         &self.0.stamp
     }
 }

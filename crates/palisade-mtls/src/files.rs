@@ -70,6 +70,30 @@ pub(crate) fn install<T>(
 /// Each file's modification time and size.
 pub(crate) type Stamp = Vec<Option<(SystemTime, u64)>>;
 
+/// How often the watch tries again files whose reload was refused and
+/// that have not changed since (a `chmod` that makes one readable leaves
+/// its stamp as it was).
+const RETRY_REFUSED: Duration = Duration::from_secs(60);
+
+/// What the files looked like when read: the stamp of the material in use
+/// (taken before its files were read), and that of a reload refused, with
+/// when it was.
+#[derive(Debug, Default)]
+pub(crate) struct Stamps {
+    in_use: Option<Stamp>,
+    refused: Option<(Stamp, std::time::Instant)>,
+}
+
+impl Stamps {
+    /// The stamps of material just built from files whose stamp was `in_use`.
+    pub(crate) fn built(in_use: Stamp) -> Self {
+        Self {
+            in_use: Some(in_use),
+            refused: None,
+        }
+    }
+}
+
 /// Something whose material comes from files and can be read again.
 pub(crate) trait Reload: Clone + Send + Sync + 'static {
     /// The files, in a fixed order.
@@ -77,11 +101,14 @@ pub(crate) trait Reload: Clone + Send + Sync + 'static {
     /// Reads them again and puts them in use; on error the old material
     /// stays. Only through [`reload`] (one reload at a time).
     fn read_again(&self) -> Result<(), TlsError>;
-    /// The last stamp seen.
-    fn last_stamp(&self) -> &Mutex<Option<Stamp>>;
+    /// The stamps seen.
+    fn last_stamp(&self) -> &Mutex<Stamps>;
 }
 
-fn stamp(paths: &[PathBuf]) -> Stamp {
+/// The files' stamp now: taken when material is built, before its files
+/// are read, so that a change made while they are read, or before the
+/// watch's first look, is loaded by it.
+pub(crate) fn stamp(paths: &[PathBuf]) -> Stamp {
     paths
         .iter()
         .map(|p| {
@@ -100,26 +127,44 @@ fn stamp(paths: &[PathBuf]) -> Stamp {
 /// it loads the newer ones again rather than keeping the older.
 pub(crate) fn reload<R: Reload>(r: &R) -> Result<(), TlsError> {
     let mut last = r.last_stamp().lock().unwrap_or_else(PoisonError::into_inner);
-    *last = Some(stamp(&r.paths()));
-    r.read_again()
+    let now = stamp(&r.paths());
+    let read = r.read_again();
+    settle(&mut last, now, read.is_ok());
+    read
 }
 
-/// Reloads when a file's modification time or size changed since the last
-/// look; `true` when new material is in use.
+/// Records a reload of files stamped `now`: in use, or refused now.
+fn settle(last: &mut Stamps, now: Stamp, loaded: bool) {
+    if loaded {
+        *last = Stamps::built(now);
+    } else {
+        last.refused = Some((now, std::time::Instant::now()));
+    }
+}
+
+/// Reloads when a file's modification time or size changed since the
+/// material in use was read; `true` when new material is in use. A reload
+/// that fails (a file unreadable now, half written) is tried again when
+/// the files change, and once a minute if they do not (a `chmod` leaves
+/// their stamp as it is).
 pub(crate) fn reload_if_changed<R: Reload>(r: &R) -> bool {
     let mut last = r.last_stamp().lock().unwrap_or_else(PoisonError::into_inner);
     let now = stamp(&r.paths());
-    match last.as_ref() {
-        None => {
-            *last = Some(now);
-            false
-        }
-        Some(prev) if *prev == now => false,
-        Some(_) => {
-            *last = Some(now);
-            r.read_again().is_ok()
-        }
+    if last.in_use.as_ref() == Some(&now) {
+        return false;
     }
+    // Refused as they are now: tried again once a minute (each refusal
+    // is an error line).
+    if last
+        .refused
+        .as_ref()
+        .is_some_and(|(refused, at)| *refused == now && at.elapsed() < RETRY_REFUSED)
+    {
+        return false;
+    }
+    let loaded = r.read_again().is_ok();
+    settle(&mut last, now, loaded);
+    loaded
 }
 
 pub(crate) fn watch<R: Reload>(r: &R, interval: Duration) {
@@ -190,7 +235,7 @@ mod tests {
     struct Slow {
         file: PathBuf,
         in_use: Arc<Mutex<String>>,
-        stamp: Arc<Mutex<Option<Stamp>>>,
+        stamp: Arc<Mutex<Stamps>>,
         first: Arc<AtomicBool>,
         read: mpsc::SyncSender<()>,
         go: Arc<Mutex<mpsc::Receiver<()>>>,
@@ -211,9 +256,72 @@ mod tests {
             Ok(())
         }
 
-        fn last_stamp(&self) -> &Mutex<Option<Stamp>> {
+        fn last_stamp(&self) -> &Mutex<Stamps> {
             &self.stamp
         }
+    }
+
+    /// Material that fails to load while `broken` is set.
+    #[derive(Clone)]
+    struct Flaky {
+        file: PathBuf,
+        broken: Arc<AtomicBool>,
+        reads: Arc<std::sync::atomic::AtomicUsize>,
+        stamp: Arc<Mutex<Stamps>>,
+    }
+
+    impl Reload for Flaky {
+        fn paths(&self) -> Vec<PathBuf> {
+            vec![self.file.clone()]
+        }
+
+        fn read_again(&self) -> Result<(), TlsError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            if self.broken.load(Ordering::SeqCst) {
+                return Err(TlsError::new(&self.file, "unreadable"));
+            }
+            Ok(())
+        }
+
+        fn last_stamp(&self) -> &Mutex<Stamps> {
+            &self.stamp
+        }
+    }
+
+    /// Files changed after the material was built, before the watch's first
+    /// look, are loaded at that look; a refused reload is tried again when
+    /// the files change, and once a minute when they do not (a `chmod`
+    /// that makes a file readable changes no stamp).
+    #[test]
+    fn changes_before_the_first_look_load_and_a_refused_reload_is_tried_again() {
+        let dir = std::env::temp_dir().join(format!("palisade-files-retry-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("crl.pem");
+        std::fs::write(&file, "built").unwrap();
+        let r = Flaky {
+            file: file.clone(),
+            broken: Arc::new(AtomicBool::new(false)),
+            reads: Arc::default(),
+            stamp: Arc::new(Mutex::new(Stamps::built(stamp(std::slice::from_ref(&file))))),
+        };
+        assert!(!reload_if_changed(&r), "unchanged since it was built");
+        std::fs::write(&file, "rotated before the first look").unwrap();
+        assert!(reload_if_changed(&r), "loaded at the first look");
+        // Written now unreadable: refused, then not read at every look.
+        r.broken.store(true, Ordering::SeqCst);
+        std::fs::write(&file, "a new CRL, unreadable").unwrap();
+        assert!(!reload_if_changed(&r));
+        let reads = r.reads.load(Ordering::SeqCst);
+        assert!(!reload_if_changed(&r));
+        assert_eq!(r.reads.load(Ordering::SeqCst), reads, "not read again at once");
+        // Made readable in place: loaded at the next try, a minute on.
+        r.broken.store(false, Ordering::SeqCst);
+        if let Some((_, at)) = &mut r.stamp.lock().unwrap().refused {
+            *at = at.checked_sub(RETRY_REFUSED).unwrap();
+        }
+        assert!(reload_if_changed(&r), "tried again and loaded");
+        assert!(!reload_if_changed(&r), "in use now");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -227,12 +335,12 @@ mod tests {
         let r = Slow {
             file: file.clone(),
             in_use: Arc::new(Mutex::new(String::new())),
-            stamp: Arc::new(Mutex::new(None)),
+            stamp: Arc::new(Mutex::new(Stamps::built(stamp(std::slice::from_ref(&file))))),
             first: Arc::new(AtomicBool::new(true)),
             read,
             go: Arc::new(Mutex::new(go)),
         };
-        assert!(!reload_if_changed(&r), "the first look only notes the stamp");
+        assert!(!reload_if_changed(&r), "nothing changed since it was built");
         // A SIGHUP's reload reads the old file and is slow to put it in use.
         let signal = std::thread::spawn({
             let r = r.clone();

@@ -224,7 +224,8 @@ fn names(cert: &X509Certificate<'_>) -> (Option<SpiffeId>, Vec<String>) {
 /// SPIFFE X509-SVID specification, §3 and §5.2, as go-spiffe checks it):
 /// `id` names a workload, not a trust domain alone (`spiffe://td` has no
 /// path), and the certificate is no CA: not `CA:TRUE`, and its key usage,
-/// if it says one, has neither keyCertSign nor cRLSign. rustls refuses a
+/// if it says one, has digitalSignature and neither keyCertSign nor
+/// cRLSign. rustls refuses a
 /// CA as a peer's leaf, but not the key usage, and [`peer_identity`] may
 /// be given a chain nobody verified.
 fn svid_leaf(cert: &X509Certificate<'_>, id: &SpiffeId) -> bool {
@@ -232,11 +233,14 @@ fn svid_leaf(cert: &X509Certificate<'_>, id: &SpiffeId) -> bool {
         Ok(constraints) => constraints.is_none_or(|c| !c.value.ca),
         Err(_) => false,
     };
-    let signs_nothing = match cert.key_usage() {
-        Ok(usage) => usage.is_none_or(|u| !u.value.key_cert_sign() && !u.value.crl_sign()),
+    // A key usage, when said, must allow signing (an SVID's key proves
+    // possession by a signature: §4.3, digitalSignature) and no CA's.
+    let usage_fits = match cert.key_usage() {
+        Ok(usage) => usage
+            .is_none_or(|u| u.value.digital_signature() && !u.value.key_cert_sign() && !u.value.crl_sign()),
         Err(_) => false,
     };
-    !id.path().is_empty() && not_ca && signs_nothing
+    !id.path().is_empty() && not_ca && usage_fits
 }
 
 /// The SPIFFE ID of a certificate, as [`peer_identity`] reads it.
@@ -368,11 +372,13 @@ mod tests {
         );
         let bad = pki.client_with_uris(&["spiffe://Cluster.Local/ns/a/sa/b"]);
         assert_eq!(peer_identity(&bad.cert_der()).unwrap().principal, None);
-        // An ID that names a trust domain alone, or a leaf that may sign
-        // certificates or CRLs, is no X509-SVID.
+        // An ID that names a trust domain alone, a leaf that may sign
+        // certificates or CRLs, or one whose key usage does not allow
+        // signatures, is no X509-SVID.
         for no_svid in [
             pki.client_with_uris(&["spiffe://cluster.local"]),
             pki.signing_workload("default", "productpage"),
+            pki.unsigning_workload("default", "productpage"),
             pki.ca_naming_a_workload("default", "productpage"),
         ] {
             let peer = peer_identity(&no_svid.cert_der()).unwrap();

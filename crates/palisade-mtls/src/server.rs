@@ -216,6 +216,7 @@ impl ServerTlsBuilder {
             allow_expired_crls: self.allow_expired_crls,
         };
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let stamp = files::stamp(&files.paths().cloned().collect::<Vec<_>>());
         let material = Arc::new(ArcSwap::from_pointee(files.load(&provider, mode)?));
         let verifier = Arc::new(DynVerifier {
             material: material.clone(),
@@ -251,7 +252,7 @@ impl ServerTlsBuilder {
             material,
             verifier,
             config: Arc::new(config),
-            stamp: std::sync::Mutex::new(None),
+            stamp: std::sync::Mutex::new(files::Stamps::built(stamp)),
         })))
     }
 }
@@ -412,7 +413,7 @@ struct Inner {
     /// connection's peer again ([`Recheck`]).
     verifier: Arc<DynVerifier>,
     config: Arc<ServerConfig>,
-    stamp: std::sync::Mutex<Option<files::Stamp>>,
+    stamp: std::sync::Mutex<files::Stamps>,
 }
 
 /// A TLS server's configuration with hot rotation. Cloning is an `Arc` clone.
@@ -655,7 +656,7 @@ impl files::Reload for ServerTls {
         )
     }
 
-    fn last_stamp(&self) -> &std::sync::Mutex<Option<files::Stamp>> {
+    fn last_stamp(&self) -> &std::sync::Mutex<files::Stamps> {
         &self.0.stamp
     }
 }

@@ -296,6 +296,23 @@ impl TestPki {
     }
 
     /// A workload certificate (as [`TestPki::workload`]) whose key usage
+    /// is keyEncipherment alone, without digitalSignature: no X509-SVID
+    /// (its key cannot prove itself by a signature), which a SPIFFE
+    /// verifier must refuse as an identity.
+    ///
+    /// # Panics
+    /// As [`TestPki::workload`].
+    #[must_use]
+    pub fn unsigning_workload(&self, namespace: &str, sa: &str) -> TestCert {
+        self.workload_as(
+            namespace,
+            sa,
+            &[KeyUsagePurpose::KeyEncipherment],
+            IsCa::ExplicitNoCa,
+        )
+    }
+
+    /// A workload certificate (as [`TestPki::workload`]) whose key usage
     /// also has keyCertSign and cRLSign, though it is no CA (`CA:FALSE`):
     /// no X509-SVID, which a SPIFFE verifier must refuse as an identity.
     /// Its [`TestCert::spiffe_id`] is still the URI SAN it carries.
