@@ -144,6 +144,15 @@ impl ServerTlsBuilder {
     /// bundle's CAs sign for is accepted. Under [`MtlsMode::Disable`] no
     /// client certificate is asked for, and a warning says these (and
     /// CRLs) check nothing.
+    ///
+    /// The bundle is one trust store: every CA in it may issue IDs of every
+    /// listed domain. So listing another domain to accept its workloads
+    /// (the partner of a federation, whose CA is in the bundle) lets that
+    /// domain's CA issue IDs of yours as well; the certificate's domain is
+    /// not tied to the CA that signed it (SPIFFE's per-domain bundles are
+    /// not supported yet). A warning at start-up says so when two or more
+    /// domains are listed over a bundle of two or more CAs. Aliases of one
+    /// mesh under one CA (Istio's `trustDomainAliases`) are not affected.
     pub fn trust_domains<S: Into<String>>(mut self, domains: impl IntoIterator<Item = S>) -> Self {
         self.trust_domains = domains.into_iter().map(Into::into).collect();
         self
@@ -206,6 +215,18 @@ impl ServerTlsBuilder {
             // A policy file's PeerAuthentication may turn mutual TLS off
             // under code that set these: loud, not fatal.
             palisade_core::config_warning!(target: LOG_TARGET, "mutual TLS is off (mode DISABLE): no client certificate is asked for, so the trust domains and CRLs configured check nothing");
+        }
+        if mode != MtlsMode::Disable
+            && self.trust_domains.len() >= 2
+            && let Some(ca) = &self.client_ca
+            && files::roots(ca).is_ok_and(|r| r.roots.len() >= 2)
+        {
+            palisade_core::config_warning!(
+                target: LOG_TARGET,
+                "the client CA bundle {} holds several CAs and the trust domains {} are accepted: any of its CAs may issue IDs of any of them (a federated partner's CA could issue IDs of this mesh); per-domain bundles are not supported",
+                ca.display(),
+                self.trust_domains.join(", ")
+            );
         }
         let files = Files {
             cert: self.cert,
@@ -1009,6 +1030,34 @@ mod tests {
         assert_eq!(warnings(disabled().trust_domains(["cluster.local"])), 1);
         assert_eq!(warnings(disabled().crl(&crl)), 1);
         assert_eq!(warnings(disabled()), 0, "nothing unused, nothing said");
+    }
+
+    /// Several trust domains over a bundle of several CAs: any of the CAs
+    /// may issue IDs of any of the domains, which a warning says; one
+    /// domain, or one CA with its aliases, is nothing to say.
+    #[test]
+    fn several_domains_over_several_cas_are_warned_about() {
+        let dir = palisade_testkit::TempDir::new("palisade-mtls-federation-warn");
+        let (mesh, partner) = (TestPki::new(), TestPki::new());
+        let (cert, key) = mesh
+            .server(&["localhost"])
+            .write_to(dir.path(), "server")
+            .unwrap();
+        let one = dir.path().join("one.pem");
+        std::fs::write(&one, mesh.ca_pem()).unwrap();
+        let both = dir.path().join("both.pem");
+        std::fs::write(&both, mesh.ca_pem() + &partner.ca_pem()).unwrap();
+        let warnings = |ca: &std::path::Path, domains: &[&str]| {
+            let seen = std::sync::Arc::new(Warnings::default());
+            let b = ServerTls::builder(&cert, &key)
+                .client_ca(ca)
+                .trust_domains(domains.to_vec());
+            tracing::subscriber::with_default(seen.clone(), || b.build().unwrap());
+            seen.0.load(std::sync::atomic::Ordering::Relaxed)
+        };
+        assert_eq!(warnings(&both, &["cluster.local", "partner.example"]), 1);
+        assert_eq!(warnings(&both, &["cluster.local"]), 0);
+        assert_eq!(warnings(&one, &["cluster.local", "old.local"]), 0);
     }
 
     /// A server that takes client certificates resumes no session (a
