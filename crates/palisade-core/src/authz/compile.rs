@@ -195,7 +195,7 @@ pub(crate) fn source_clauses(
         &mut out,
         (s.namespaces.as_ref(), "namespaces"),
         (s.not_namespaces.as_ref(), "notNamespaces"),
-        str_attr(StrAttr::PeerNamespace),
+        |v, f| key_test(&Key::Str(StrAttr::PeerNamespace), v, f, namespace, domains),
     )?;
     pair(
         &mut out,
@@ -359,6 +359,14 @@ pub(crate) fn key_test(
         Key::Str(StrAttr::Host) => {
             let lower: Vec<String> = values.iter().map(|v| v.to_ascii_lowercase()).collect();
             Test::Str(StrAttr::Host, strs(&lower, field)?)
+        }
+        // A namespace is one segment of a principal (`td/ns/NS/sa/SA`): a
+        // value with a `/` would match or not by how the rules are indexed.
+        Key::Str(StrAttr::PeerNamespace) => {
+            if let Some(i) = values.iter().position(|v| v.contains('/')) {
+                return Err((format!("{field}[{i}]"), "a namespace name has no `/`".into()));
+            }
+            Test::Str(StrAttr::PeerNamespace, strs(values, field)?)
         }
         Key::Str(attr) => Test::Str(attr.clone(), strs(values, field)?),
         Key::Ip(attr) => Test::Ip(*attr, ips(values, field)?),

@@ -1168,6 +1168,29 @@ fn rbac_paths_read_escapes_and_constraints_read_the_host() {
     }
 }
 
+/// A namespace value with a `/` names no namespace (one segment of a
+/// principal): refused at load, in `namespaces` and in a
+/// `source.namespace` condition, rather than match or not by how many
+/// rules the policy has.
+#[test]
+fn a_namespace_with_a_slash_is_refused() {
+    for (rule, field) in [
+        (
+            "from: [{source: {namespaces: [prod, \"prod/sa\"]}}]",
+            "namespaces[1]",
+        ),
+        ("from: [{source: {notNamespaces: [\"a/b\"]}}]", "notNamespaces[0]"),
+        (
+            "when: [{key: source.namespace, values: [\"prod/sa\"]}]",
+            "values[0]",
+        ),
+    ] {
+        let yaml = format!("{HEAD}spec:\n  action: DENY\n  rules:\n  - {rule}\n");
+        let err = policy(&yaml).unwrap_err().to_string();
+        assert!(err.contains(field) && err.contains("no `/`"), "{rule}: {err}");
+    }
+}
+
 /// A `ServiceRole` rule's empty list (`methods: []`) is refused, naming
 /// it, as in an `AuthorizationPolicy`: Istio reads it as unset (any), and
 /// as written it would match nothing.
