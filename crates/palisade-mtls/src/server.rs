@@ -97,6 +97,8 @@ pub struct ServerTlsBuilder {
     allow_unknown_revocation: bool,
     allow_expired_crls: bool,
     trust_domains: Vec<String>,
+    /// Federated trust domains' bundles ([`ServerTlsBuilder::federated_bundle`]).
+    federated: Vec<(String, PathBuf)>,
 }
 
 impl ServerTlsBuilder {
@@ -149,12 +151,28 @@ impl ServerTlsBuilder {
     /// listed domain. So listing another domain to accept its workloads
     /// (the partner of a federation, whose CA is in the bundle) lets that
     /// domain's CA issue IDs of yours as well; the certificate's domain is
-    /// not tied to the CA that signed it (SPIFFE's per-domain bundles are
-    /// not supported yet). A warning at start-up says so when two or more
-    /// domains are listed over a bundle of two or more CAs. Aliases of one
-    /// mesh under one CA (Istio's `trustDomainAliases`) are not affected.
+    /// not tied to the CA that signed it. Give a partner's CA as its
+    /// domain's own bundle instead ([`federated_bundle`](Self::federated_bundle)).
+    /// A warning at start-up says so when two or more domains share a
+    /// bundle of two or more CAs. Aliases of one mesh under one CA
+    /// (Istio's `trustDomainAliases`) are not affected.
     pub fn trust_domains<S: Into<String>>(mut self, domains: impl IntoIterator<Item = S>) -> Self {
         self.trust_domains = domains.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The CA bundle (PEM) of a federated trust domain (SPIFFE federation,
+    /// the bundle of each domain its own): a client certificate whose
+    /// SPIFFE ID names `domain` is verified against this bundle only, never
+    /// against [`client_ca`](Self::client_ca)'s, and one naming another
+    /// domain never against this one. So the partner's CA cannot issue this
+    /// mesh's IDs, nor this mesh's CA the partner's. `domain` is accepted
+    /// beside [`trust_domains`](Self::trust_domains) when those are listed.
+    /// Needs a client CA (this mesh's own); the CRLs and revocation
+    /// settings apply to every bundle, and the files are watched and
+    /// reloaded with the others.
+    pub fn federated_bundle(mut self, domain: impl Into<String>, ca: impl Into<PathBuf>) -> Self {
+        self.federated.push((domain.into(), ca.into()));
         self
     }
 
@@ -180,8 +198,34 @@ impl ServerTlsBuilder {
     /// without a [`client_ca`](Self::client_ca) to check callers with, and
     /// for a [`trust_domains`](Self::trust_domains) entry that is not a
     /// SPIFFE trust domain.
-    pub fn build(self) -> Result<ServerTls, TlsError> {
-        for domain in &self.trust_domains {
+    pub fn build(mut self) -> Result<ServerTls, TlsError> {
+        if !self.federated.is_empty() && self.client_ca.is_none() {
+            return Err(TlsError::new(
+                &self.cert,
+                "a federated trust domain's bundle needs a client CA for this mesh's own callers",
+            ));
+        }
+        for (domain, _) in &self.federated {
+            if self.federated.iter().filter(|(d, _)| d == domain).count() > 1 {
+                return Err(TlsError::new(
+                    &self.cert,
+                    format!("the federated trust domain `{domain}` is given two bundles"),
+                ));
+            }
+        }
+        // A federated domain is accepted as a listed one is.
+        if !self.trust_domains.is_empty() {
+            for (domain, _) in &self.federated {
+                if !self.trust_domains.contains(domain) {
+                    self.trust_domains.push(domain.clone());
+                }
+            }
+        }
+        for domain in self
+            .trust_domains
+            .iter()
+            .chain(self.federated.iter().map(|(d, _)| d))
+        {
             if SpiffeId::parse(&format!("spiffe://{domain}/x")).map_or(true, |id| id.trust_domain() != domain)
             {
                 return Err(TlsError::new(
@@ -216,14 +260,21 @@ impl ServerTlsBuilder {
             // under code that set these: loud, not fatal.
             palisade_core::config_warning!(target: LOG_TARGET, "mutual TLS is off (mode DISABLE): no client certificate is asked for, so the trust domains and CRLs configured check nothing");
         }
+        // Domains the main bundle answers for: the listed ones a
+        // federated bundle does not.
+        let main_domains = self
+            .trust_domains
+            .iter()
+            .filter(|d| !self.federated.iter().any(|(f, _)| f == *d))
+            .count();
         if mode != MtlsMode::Disable
-            && self.trust_domains.len() >= 2
+            && main_domains >= 2
             && let Some(ca) = &self.client_ca
             && files::roots(ca).is_ok_and(|r| r.roots.len() >= 2)
         {
             palisade_core::config_warning!(
                 target: LOG_TARGET,
-                "the client CA bundle {} holds several CAs and the trust domains {} are accepted: any of its CAs may issue IDs of any of them (a federated partner's CA could issue IDs of this mesh); per-domain bundles are not supported",
+                "the client CA bundle {} holds several CAs and the trust domains {} are accepted with it: any of its CAs may issue IDs of any of them (a federated partner's CA could issue IDs of this mesh); give a partner's CA as its domain's own bundle (federated_bundle)",
                 ca.display(),
                 self.trust_domains.join(", ")
             );
@@ -235,6 +286,7 @@ impl ServerTlsBuilder {
             crls: self.crls,
             allow_unknown_revocation: self.allow_unknown_revocation,
             allow_expired_crls: self.allow_expired_crls,
+            federated: self.federated,
         };
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let stamp = files::stamp(&files.paths().cloned().collect::<Vec<_>>());
@@ -286,11 +338,16 @@ struct Files {
     crls: Vec<PathBuf>,
     allow_unknown_revocation: bool,
     allow_expired_crls: bool,
+    /// Federated trust domains and their bundles.
+    federated: Vec<(String, PathBuf)>,
 }
 
 struct Material {
     key: Arc<CertifiedKey>,
     verifier: Option<Arc<dyn ClientCertVerifier>>,
+    /// Each federated trust domain's verifier: its certificates are
+    /// verified with it, and with it only.
+    federated: Vec<(String, Arc<dyn ClientCertVerifier>)>,
     /// A digest of what client certificates are verified with (the
     /// bundle's anchors, the CRLs, the settings): a reload that leaves it
     /// as it was (the server's own certificate rotating) has open
@@ -346,6 +403,7 @@ impl Files {
             .into_iter()
             .chain(&self.client_ca)
             .chain(&self.crls)
+            .chain(self.federated.iter().map(|(_, ca)| ca))
     }
 
     fn load(&self, provider: &Arc<CryptoProvider>, mode: MtlsMode) -> Result<Material, TlsError> {
@@ -353,19 +411,24 @@ impl Files {
         let mut clients = std::collections::hash_map::DefaultHasher::new();
         (mode, self.allow_unknown_revocation, self.allow_expired_crls).hash(&mut clients);
         let mut crls_expire = u64::MAX;
-        let verifier = match (&self.client_ca, mode) {
-            (None, _) | (_, MtlsMode::Disable) => None,
-            (Some(ca), _) => {
-                let roots = Arc::new(files::roots(ca)?);
+        let hash_anchors =
+            |roots: &rustls::RootCertStore, clients: &mut std::collections::hash_map::DefaultHasher| {
                 for anchor in &roots.roots {
-                    anchor.subject.as_ref().hash(&mut clients);
-                    anchor.subject_public_key_info.as_ref().hash(&mut clients);
+                    anchor.subject.as_ref().hash(clients);
+                    anchor.subject_public_key_info.as_ref().hash(clients);
                     anchor
                         .name_constraints
                         .as_ref()
                         .map(AsRef::<[u8]>::as_ref)
-                        .hash(&mut clients);
+                        .hash(clients);
                 }
+            };
+        let mut federated = Vec::new();
+        let verifier = match (&self.client_ca, mode) {
+            (None, _) | (_, MtlsMode::Disable) => None,
+            (Some(ca), _) => {
+                let roots = Arc::new(files::roots(ca)?);
+                hash_anchors(&roots, &mut clients);
                 let mut crls = Vec::new();
                 for path in &self.crls {
                     let list: Vec<CertificateRevocationListDer<'static>> =
@@ -392,33 +455,38 @@ impl Files {
                     }
                     crls.extend(list);
                 }
-                let mut b =
-                    WebPkiClientVerifier::builder_with_provider(roots, provider.clone()).with_crls(crls);
-                if mode == MtlsMode::Permissive {
-                    b = b.allow_unauthenticated();
+                // Every bundle's verifier alike: the CRLs, the mode and the
+                // revocation settings.
+                let verifier_of = |roots: Arc<rustls::RootCertStore>, named: &Path| {
+                    let mut b = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+                        .with_crls(crls.clone());
+                    if mode == MtlsMode::Permissive {
+                        b = b.allow_unauthenticated();
+                    }
+                    if self.allow_unknown_revocation {
+                        b = b.allow_unknown_revocation_status();
+                    }
+                    if !self.allow_expired_crls {
+                        b = b.enforce_revocation_expiration();
+                    }
+                    b.build()
+                        .map(|v| -> Arc<dyn ClientCertVerifier> { v })
+                        .map_err(|e| TlsError::new(named, format!("cannot build the client verifier: {e}")))
+                };
+                for (domain, bundle) in &self.federated {
+                    let roots = Arc::new(files::roots(bundle)?);
+                    domain.hash(&mut clients);
+                    hash_anchors(&roots, &mut clients);
+                    federated.push((domain.clone(), verifier_of(roots, bundle)?));
                 }
-                if self.allow_unknown_revocation {
-                    b = b.allow_unknown_revocation_status();
-                }
-                if !self.allow_expired_crls {
-                    b = b.enforce_revocation_expiration();
-                }
-                let first = self
-                    .crls
-                    .first()
-                    .or(self.client_ca.as_ref())
-                    .cloned()
-                    .unwrap_or_default();
-                Some(
-                    b.build().map_err(|e| {
-                        TlsError::new(&first, format!("cannot build the client verifier: {e}"))
-                    })?,
-                )
+                let first = self.crls.first().unwrap_or(ca);
+                Some(verifier_of(roots, first)?)
             }
         };
         Ok(Material {
             key: Arc::new(key),
             verifier,
+            federated,
             clients: clients.finish(),
             crls_expire,
         })
@@ -478,6 +546,7 @@ impl ServerTls {
             allow_unknown_revocation: false,
             allow_expired_crls: false,
             trust_domains: Vec::new(),
+            federated: Vec::new(),
         }
     }
 
@@ -738,7 +807,20 @@ impl DynVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let verified = match &material.verifier {
+        // A federated domain's certificate is verified with its bundle
+        // alone; any other with the main bundle (SPIFFE: the bundle of the
+        // leaf's own trust domain).
+        let own_bundle = (!material.federated.is_empty())
+            .then(|| crate::identity::spiffe_id_of(end_entity))
+            .flatten()
+            .and_then(|id| {
+                material
+                    .federated
+                    .iter()
+                    .find(|(d, _)| d == id.trust_domain())
+                    .map(|(_, v)| v)
+            });
+        let verified = match own_bundle.or(material.verifier.as_ref()) {
             Some(v) => v.verify_client_cert(end_entity, intermediates, now)?,
             None => {
                 return Err(rustls::Error::General(
@@ -1030,6 +1112,60 @@ mod tests {
         assert_eq!(warnings(disabled().trust_domains(["cluster.local"])), 1);
         assert_eq!(warnings(disabled().crl(&crl)), 1);
         assert_eq!(warnings(disabled()), 0, "nothing unused, nothing said");
+    }
+
+    /// A federated trust domain's bundle (SPIFFE federation): its CA's
+    /// certificates of its own domain pass, and neither CA can issue the
+    /// other's IDs, whichever is listed; a domain given two bundles, or a
+    /// federated bundle without a client CA, is refused at build.
+    #[test]
+    fn a_federated_bundle_verifies_its_own_domain_only() {
+        let dir = palisade_testkit::TempDir::new("palisade-mtls-federation");
+        let (mesh, partner) = (TestPki::new(), TestPki::with_trust_domain("partner.example"));
+        let (mesh_ca, partner_ca) = (dir.path().join("mesh.pem"), dir.path().join("partner.pem"));
+        std::fs::write(&mesh_ca, mesh.ca_pem()).unwrap();
+        std::fs::write(&partner_ca, partner.ca_pem()).unwrap();
+        let (cert, key) = mesh
+            .server(&["localhost"])
+            .write_to(dir.path(), "server")
+            .unwrap();
+        let local = mesh.workload("prod", "admin");
+        let theirs = partner.workload("shop", "checkout");
+        // Each CA minting the other's IDs.
+        let forged_local = partner.client_with_uris(&["spiffe://cluster.local/ns/prod/sa/admin"]);
+        let forged_theirs = mesh.client_with_uris(&["spiffe://partner.example/ns/shop/sa/checkout"]);
+        for listed in [&[][..], &["cluster.local"][..]] {
+            let server = ServerTls::builder(&cert, &key)
+                .client_ca(&mesh_ca)
+                .trust_domains(listed.iter().copied())
+                .federated_bundle("partner.example", &partner_ca)
+                .build()
+                .unwrap();
+            for (client, passes) in [
+                (&local, true),
+                (&theirs, true),
+                (&forged_local, false),
+                (&forged_theirs, false),
+            ] {
+                let answer = handshake(client_config(&mesh.ca_pem(), client), server.server_config());
+                assert_eq!(answer.is_ok(), passes, "{listed:?} {client:?}: {answer:?}");
+            }
+        }
+        let twice = ServerTls::builder(&cert, &key)
+            .client_ca(&mesh_ca)
+            .federated_bundle("partner.example", &partner_ca)
+            .federated_bundle("partner.example", &mesh_ca)
+            .build();
+        assert!(twice.unwrap_err().message.contains("two bundles"));
+        let without_ca = ServerTls::builder(&cert, &key)
+            .federated_bundle("partner.example", &partner_ca)
+            .build();
+        assert!(without_ca.unwrap_err().message.contains("needs a client CA"));
+        let bad = ServerTls::builder(&cert, &key)
+            .client_ca(&mesh_ca)
+            .federated_bundle("Partner.Example", &partner_ca)
+            .build();
+        assert!(bad.unwrap_err().message.contains("not a SPIFFE trust domain"));
     }
 
     /// Several trust domains over a bundle of several CAs: any of the CAs
