@@ -1120,7 +1120,15 @@ impl JwtAuthenticator {
             return Err(JwtError::AlgorithmNotAllowed);
         }
         let store = self.store_of(provider, tenant.as_deref());
-        let found = store.keys().find(parsed.kid.as_deref(), parsed.alg).cloned();
+        let keys = store.keys();
+        let found = keys
+            .find(parsed.kid.as_deref(), parsed.alg)
+            .or_else(|| {
+                keys.signer(parsed.kid.as_deref(), parsed.alg, |k| {
+                    check_signature(parsed.message, parsed.signature, parsed.alg, k).is_ok()
+                })
+            })
+            .cloned();
         let key = match found {
             Some(k) => k,
             None => store.wait_for_key(parsed.kid.as_deref(), parsed.alg).await?,
@@ -1262,7 +1270,13 @@ impl JwtAuthenticator {
             return Step::Done(Err(JwtError::AlgorithmNotAllowed));
         }
         let keys = self.store_of(provider, tenant.as_deref()).keys();
-        match keys.find(parsed.jws.kid.as_deref(), parsed.jws.alg) {
+        let (kid, alg) = (parsed.jws.kid.as_deref(), parsed.jws.alg);
+        let key = keys.find(kid, alg).or_else(|| {
+            keys.signer(kid, alg, |k| {
+                check_signature(parsed.jws.message, parsed.jws.signature, alg, k).is_ok()
+            })
+        });
+        match key {
             Some(key) => {
                 let key = key.clone();
                 Step::Done(self.verify_with(&found, parsed, &key, provider, tenant.as_ref()))
@@ -2787,6 +2801,57 @@ mod tests {
             .unwrap()
             .block_on(elsewhere.verify(&token));
         assert!(matches!(verified, Err(JwtError::WrongLocation)), "{verified:?}");
+    }
+
+    /// Two keys fit a token that names no `kid` (an issuer rotating keys
+    /// without naming them): the one that signed it verifies it, as Envoy
+    /// tries each; before, such a token was refused as of an unknown key.
+    /// A token no key signed is still refused.
+    #[test]
+    fn a_token_without_kid_is_verified_by_whichever_fitting_key_signed_it() {
+        use palisade_core::authn::OwnedRequest;
+        let issuer = palisade_testkit::TestIssuer::builder()
+            .default_audience("api")
+            .start()
+            .unwrap();
+        issuer.rotate_key();
+        let jwt = JwtAuthenticator::builder()
+            .provider(
+                Provider::builder(issuer.issuer())
+                    .audience("api")
+                    .jwks_inline(issuer.jwks().to_string())
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        let outcome = |token: &str| {
+            let req = OwnedRequest::get("/").header("authorization", format!("Bearer {token}"));
+            let outcome = match jwt.authenticate(&req) {
+                Check::Ready(o) => o,
+                Check::Pending(f) => tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(f),
+            };
+            matches!(outcome, AuthOutcome::Authenticated(_))
+        };
+        // Signed by the second key of the set (the first is tried first).
+        let unnamed = issuer.token().subject("alice").kid(None).sign();
+        assert!(outcome(&unnamed));
+        assert!(outcome(&unnamed), "from the cache");
+        let other = palisade_testkit::TestIssuer::builder()
+            .default_audience("api")
+            .start()
+            .unwrap();
+        let forged = other
+            .token()
+            .issuer(issuer.issuer())
+            .subject("mallory")
+            .kid(None)
+            .sign();
+        assert!(!outcome(&forged), "no key of the set signed it");
     }
 
     /// An RSA key published with a zero octet before its modulus or

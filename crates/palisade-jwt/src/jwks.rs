@@ -136,6 +136,25 @@ impl KeySet {
         }
     }
 
+    /// Where several keys fit a token that names no `kid` (or a set that
+    /// names none: an issuer rotating keys without `kid`s), the first of
+    /// them that `signed` the token, as Envoy tries each; `None` where
+    /// [`find`](Self::find) answers, or none signed it.
+    pub(crate) fn signer(
+        &self,
+        kid: Option<&str>,
+        alg: Algorithm,
+        signed: impl Fn(&VerifyKey) -> bool,
+    ) -> Option<&Arc<VerifyKey>> {
+        let unnamed = kid.is_none() || self.by_kid.is_empty() && self.any_kid.is_none();
+        if !unnamed {
+            return None;
+        }
+        let mut fits = self.keys.iter().filter(|k| k.allows(alg));
+        let (first, second) = (fits.next()?, fits.next()?);
+        [first, second].into_iter().chain(fits).find(|k| signed(k))
+    }
+
     /// Whether this exact key (kid and material) is still in the set.
     pub(crate) fn still_has(&self, kid: Option<&str>, fingerprint: u64) -> bool {
         match kid {
