@@ -221,8 +221,13 @@ impl Drop for ScratchDir {
 }
 
 impl ScratchDir {
+    /// A new directory of its own: two tests of one process that ask for
+    /// the same `tag` at once (each a service of the same name) get two,
+    /// so that neither's end removes the other's files.
     pub(crate) fn new(tag: &str) -> Self {
-        let d = std::env::temp_dir().join(format!("palisade-{tag}-{}", std::process::id()));
+        static MADE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let d = std::env::temp_dir().join(format!("palisade-{tag}-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();
         Self(d)
     }

@@ -393,11 +393,18 @@ fn edited<B>(mut res: ServiceResponse<B>, edits: Option<ResponseEdits>) -> Servi
 /// core's read time ([`Reply::finish_from_body`]).
 async fn refuse<B>(mut req: ServiceRequest, reply: Reply) -> Answered<B> {
     let mut payload = req.take_payload();
+    // Read to its end: the connection is kept, as hyper keeps it.
+    let mut ended = false;
     let reply = reply
         .finish_from_body(|cx| {
-            futures_core::Stream::poll_next(Pin::new(&mut payload), cx).map(|c| c.map(|c| c.map(Some)))
+            let next = futures_core::Stream::poll_next(Pin::new(&mut payload), cx);
+            ended |= matches!(next, std::task::Poll::Ready(None));
+            next.map(|c| c.map(|c| c.map(Some)))
         })
         .await;
+    if ended {
+        return Ok(req.into_response(actix_response(reply)).map_into_right_body());
+    }
     req.set_payload(payload);
     Ok(refused(req, actix_response(reply)))
 }
@@ -443,6 +450,57 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An authenticator answering every request from its body (as a
+    /// back-channel logout does): the body's length, at most 64 bytes.
+    struct Echo;
+
+    impl palisade_core::authn::Authenticator for Echo {
+        fn challenge(&self) -> Option<String> {
+            None
+        }
+        fn authenticate(
+            &self,
+            _: &dyn palisade_core::authn::RequestHead,
+        ) -> Check<palisade_core::authn::AuthOutcome> {
+            Check::Ready(palisade_core::authn::AuthOutcome::Respond(Reply::after_body(
+                64,
+                |body| Check::Ready(Reply::new(200).with_body("text/plain", body.len().to_string())),
+            )))
+        }
+    }
+
+    /// A reply made from a body read to its end keeps the connection, as
+    /// hyper keeps it; one whose body was left unread (past the limit)
+    /// closes it, so that the rest is not read.
+    #[actix_web::test]
+    async fn a_body_read_to_its_end_keeps_the_connection() {
+        let guard = Guard::builder().authenticator(Echo).build().unwrap();
+        let app = actix_web::test::init_service(
+            actix_web::App::new()
+                .wrap(Palisade::new(guard))
+                .default_service(actix_web::web::to(actix_web::HttpResponse::Ok)),
+        )
+        .await;
+        let post = |body: Vec<u8>| {
+            actix_web::test::TestRequest::post()
+                .uri("/")
+                .set_payload(body)
+                .to_request()
+        };
+        let res = actix_web::test::call_service(&app, post(b"hello".to_vec())).await;
+        assert_eq!(res.status().as_u16(), 200);
+        assert_ne!(
+            res.response().head().connection_type(),
+            actix_web::http::ConnectionType::Close
+        );
+        let res = actix_web::test::call_service(&app, post(vec![b'x'; 500])).await;
+        assert_eq!(res.status().as_u16(), 413);
+        assert_eq!(
+            res.response().head().connection_type(),
+            actix_web::http::ConnectionType::Close
+        );
+    }
 
     #[test]
     fn the_host_is_the_one_the_application_sees() {

@@ -1646,6 +1646,46 @@ mod tests {
         ends_with_goaway(client, connection, "the old connection").await;
     }
 
+    /// A body over the limit on an HTTP/2 connection is refused (413) on
+    /// its stream only: the connection, which other requests may share (a
+    /// gRPC channel, a proxy's pool), takes the next request. (Its
+    /// `Connection: close` is for HTTP/1.1, where the rest of the body
+    /// would otherwise be read.)
+    #[tokio::test]
+    async fn a_body_over_the_limit_ends_its_http2_stream_not_the_connection() {
+        let app = Router::new().route(
+            "/",
+            get(|| async { "hi" }).post(|body: Bytes| async move { body.len().to_string() }),
+        );
+        let addr = serve_app(app, ServerLimits::default().body_limit(10)).await;
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+        let connection = tokio::spawn(connection);
+        let post = Request::post("http://x/")
+            .header("content-length", "100")
+            .body(())
+            .unwrap();
+        let (answer, mut body) = client
+            .clone()
+            .ready()
+            .await
+            .unwrap()
+            .send_request(post, false)
+            .unwrap();
+        body.send_data(Bytes::from(vec![b'x'; 100]), true).unwrap();
+        assert_eq!(answer.await.unwrap().status(), 413);
+        let get = Request::get("http://x/").body(()).unwrap();
+        let (answer, _) = client
+            .clone()
+            .ready()
+            .await
+            .expect("the connection takes the next request")
+            .send_request(get, true)
+            .unwrap();
+        assert_eq!(answer.await.unwrap().status(), 200);
+        assert!(!connection.is_finished(), "the connection is kept");
+    }
+
     /// Two chunks of 256 KiB, then the end.
     struct TwoLargeChunks(u8);
 

@@ -530,6 +530,10 @@ struct Rendered {
     /// An answer to a HEAD request: `body` is what a GET would get, and
     /// is not sent.
     head: bool,
+    /// The connection is to end once the reply is sent, on HTTP/2 too
+    /// ([`Reply::closing_connection`]); a bare `Connection: close` header
+    /// (a body left unread) ends an HTTP/1.1 connection only.
+    ends_connection: bool,
     rejection: Option<Rejection>,
     body_wanted: Option<BodyWanted>,
 }
@@ -588,6 +592,7 @@ impl From<Rejection> for Reply {
             body: rejection.problem_json(),
             rejection: Some(rejection),
             head: false,
+            ends_connection: false,
             body_wanted: None,
         }))
     }
@@ -603,6 +608,7 @@ impl Reply {
             body: String::new(),
             rejection: None,
             head: false,
+            ends_connection: false,
             body_wanted: None,
         }))
     }
@@ -631,7 +637,8 @@ impl Reply {
     /// `palisade_mtls::axum::serve`) sends a GOAWAY; other HTTP/2 servers
     /// (actix-web's among them) drop the header and keep the connection.
     #[must_use]
-    pub fn closing_connection(self) -> Self {
+    pub fn closing_connection(mut self) -> Self {
+        self.0.ends_connection = true;
         if self.closes_connection() {
             return self;
         }
@@ -834,6 +841,7 @@ impl Reply {
             body: String::new(),
             rejection: r.rejection,
             head: false,
+            ends_connection: r.ends_connection,
             body_wanted: None,
         }))
     }
@@ -1058,14 +1066,16 @@ pub struct CloseConnection;
 /// closes its connection.
 #[cfg(feature = "axum")]
 pub fn http_response<B>(reply: Reply, body: impl FnOnce(String) -> B) -> http::Response<B> {
+    // Only a reply that ends its connection (`Reply::closing_connection`:
+    // a peer no longer trusted) ends an HTTP/2 one; a limit's 413 or 408
+    // says `Connection: close` for HTTP/1.1, where the rest of the body
+    // would otherwise be read, and ends only its stream on HTTP/2 (one
+    // client's oversized upload must not end a shared connection).
+    let closes = reply.0.ends_connection;
     let (status, headers, text, rejection) = reply.into_parts();
     let mut res = http::Response::new(body(text));
     *res.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::UNAUTHORIZED);
-    let mut closes = false;
     for (name, value) in headers {
-        // Read as `Reply::closes_connection` reads it; hyper obeys the
-        // header on HTTP/1.1, the extension below stands for it on HTTP/2.
-        closes |= name.eq_ignore_ascii_case("connection") && has_close(&value);
         // As actix-web's adapter does: a name in capitals is lowered, one
         // or a value that HTTP cannot carry is skipped (never a panic, for
         // a reply a third party's authenticator made).
@@ -1111,9 +1121,14 @@ pub fn actix_response(reply: Reply) -> actix_web::HttpResponse {
             }
             continue;
         }
-        if let Ok(mut v) = HeaderValue::from_str(&value) {
+        // A name or value HTTP cannot carry is skipped, as `http_response`
+        // skips it: the builder would turn it into a 500.
+        if let (Ok(n), Ok(mut v)) = (
+            actix_web::http::header::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
             v.set_sensitive(is_sensitive_header(name));
-            builder.append_header((name, v));
+            builder.append_header((n, v));
         }
     }
     let mut res = builder.body(text);
@@ -1267,6 +1282,17 @@ mod tests {
         assert_eq!(res.headers().len(), 1, "{:?}", res.headers());
     }
 
+    /// The same on actix-web: the header is skipped, never a 500.
+    #[cfg(feature = "actix")]
+    #[test]
+    fn a_header_actix_cannot_carry_is_skipped_not_a_500() {
+        let reply = Reply::new(200).header("X-Custom", "1").header("bad name", "2");
+        let res = actix_response(reply);
+        assert_eq!(res.status().as_u16(), 200);
+        assert_eq!(res.headers().get("x-custom").unwrap(), "1");
+        assert_eq!(res.headers().len(), 1, "{:?}", res.headers());
+    }
+
     /// A reply's headers that may carry a credential are marked sensitive
     /// by both renderers; the others are not.
     #[cfg(all(feature = "axum", feature = "actix"))]
@@ -1313,6 +1339,18 @@ mod tests {
         // A third party's spelling: an option among others.
         let listed = Reply::new(200).header("connection", "keep-alive, Close");
         assert!(listed.closes_connection());
+        // A bare header (a limit's 413 or 408, for HTTP/1.1) ends no
+        // HTTP/2 connection: only a closing reply does.
+        for bare in [
+            listed.clone(),
+            crate::limits::body_too_large(10),
+            crate::limits::body_too_slow(),
+        ] {
+            assert!(bare.closes_connection());
+            let http = http_response(bare, |_| ());
+            assert!(http.extensions().get::<CloseConnection>().is_none());
+            assert!(http.headers().contains_key("connection"), "kept for HTTP/1.1");
+        }
         let actix = actix_response(listed.clone().closing_connection());
         assert_eq!(
             actix.head().connection_type(),

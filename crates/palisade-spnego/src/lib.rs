@@ -265,6 +265,14 @@ impl SpnegoAuthenticatorBuilder {
     /// [`SpnegoError::SessionCookieName`] for one whose name is not a
     /// cookie name.
     pub fn build(self) -> Result<SpnegoAuthenticator, SpnegoError> {
+        if self.delegation && self.session.is_some() {
+            // The cookie stands for the ticket on later requests, and
+            // carries no forwarded ticket.
+            palisade_core::config_warning!(
+                target: LOG_TARGET,
+                "a Negotiate session cookie and delegation together: only the request that brought the ticket carries the delegated credential; requests authenticated by the cookie have none (calls on the user's behalf then fail, or use S4U)"
+            );
+        }
         if let Some(s) = &self.session {
             if !s.has_keys() {
                 return Err(SpnegoError::SessionKeys);
@@ -459,6 +467,18 @@ fn refused(detail: &'static str) -> AuthOutcome {
     ))
 }
 
+/// MIT's clock skew (`clockskew`, five minutes unless `krb5.conf` says
+/// otherwise), which its acceptor adds to a context's lifetime.
+const ACCEPTOR_SKEW: Duration = Duration::from_secs(300);
+
+/// How long the ticket behind an accepted context has left: the context's
+/// lifetime less the clock skew MIT's acceptor adds to it
+/// (`krb5_gss_inquire_context`), so that a session cookie sealed with it
+/// never outlives the ticket.
+fn ticket_left(context_lifetime: Duration) -> Duration {
+    context_lifetime.saturating_sub(ACCEPTOR_SKEW)
+}
+
 struct Accepted {
     principal: String,
     local_name: Option<String>,
@@ -544,7 +564,7 @@ fn accept(
         principal,
         local_name,
         mutual: out.map(|b| b.to_vec()),
-        lifetime: info.lifetime,
+        lifetime: ticket_left(info.lifetime),
         delegated: ctx.take_delegated_cred(),
     })
 }
@@ -1205,6 +1225,27 @@ impl SpnegoAuthenticator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// MIT's acceptor reports a context's lifetime with its clock skew
+    /// added: the ticket has that much less, and a session cookie sealed
+    /// with it must not outlive the ticket. A ticket inside the skew's
+    /// grace has nothing left to seal a cookie with.
+    #[test]
+    fn the_ticket_left_is_the_context_lifetime_without_the_acceptors_skew() {
+        assert_eq!(
+            ticket_left(Duration::from_secs(36_000)),
+            Duration::from_secs(35_700)
+        );
+        assert_eq!(ticket_left(Duration::from_secs(300)), Duration::ZERO);
+        assert_eq!(ticket_left(Duration::from_secs(120)), Duration::ZERO);
+        let cookie = SessionCookie::new("palisade_negotiate").key(1, &[7; 32]).unwrap();
+        assert!(
+            cookie
+                .seal("alice@EXAMPLE.TEST", None, ticket_left(Duration::from_secs(200)))
+                .is_none(),
+            "no cookie for a ticket within the skew's grace"
+        );
+    }
 
     #[test]
     fn the_one_negotiate_token_is_found_among_an_answers_challenges() {
