@@ -2661,6 +2661,23 @@ mod tests {
         }
     }
 
+    /// Whether `jwt` authenticates a request with `token` in
+    /// `Authorization: Bearer`, an answer that is not ready awaited on a
+    /// runtime of its own.
+    fn accepts(jwt: &JwtAuthenticator, token: &str) -> bool {
+        use palisade_core::authn::OwnedRequest;
+        let req = OwnedRequest::get("/").header("authorization", format!("Bearer {token}"));
+        let outcome = match jwt.authenticate(&req) {
+            Check::Ready(o) => o,
+            Check::Pending(f) => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(f),
+        };
+        matches!(outcome, AuthOutcome::Authenticated(_))
+    }
+
     /// A fixed PEM key (Keycloak's `realm-public-key`, whole or its bare
     /// base64 body) verifies tokens whatever `kid` they name, as
     /// Keycloak's adapters and Envoy take a key without `kid`: Keycloak
@@ -2668,7 +2685,6 @@ mod tests {
     /// none; a set that names its keys still refuses a `kid` it lacks.
     #[test]
     fn a_key_without_kid_verifies_tokens_that_name_one() {
-        use palisade_core::authn::OwnedRequest;
         let issuer = palisade_testkit::TestIssuer::builder()
             .default_audience("api")
             .start()
@@ -2695,20 +2711,9 @@ mod tests {
                 .build()
                 .unwrap()
         };
-        let outcome = |jwt: &JwtAuthenticator, token: &str| {
-            let req = OwnedRequest::get("/").header("authorization", format!("Bearer {token}"));
-            // (A `kid` a fixed set lacks waits for no fetch, but is
-            // answered as any unknown key is: later.)
-            let outcome = match jwt.authenticate(&req) {
-                Check::Ready(o) => o,
-                Check::Pending(f) => tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap()
-                    .block_on(f),
-            };
-            matches!(outcome, AuthOutcome::Authenticated(_))
-        };
+        // (A `kid` a fixed set lacks waits for no fetch, but is answered
+        // as any unknown key is: later.)
+        let outcome = accepts;
         for (what, jwt) in [
             ("PEM", with(&|p| p.public_key_pem(pem.clone()))),
             ("realm-public-key", with(&|p| p.public_key_pem(body.clone()))),
@@ -2809,7 +2814,6 @@ mod tests {
     /// A token no key signed is still refused.
     #[test]
     fn a_token_without_kid_is_verified_by_whichever_fitting_key_signed_it() {
-        use palisade_core::authn::OwnedRequest;
         let issuer = palisade_testkit::TestIssuer::builder()
             .default_audience("api")
             .start()
@@ -2825,18 +2829,7 @@ mod tests {
             )
             .build()
             .unwrap();
-        let outcome = |token: &str| {
-            let req = OwnedRequest::get("/").header("authorization", format!("Bearer {token}"));
-            let outcome = match jwt.authenticate(&req) {
-                Check::Ready(o) => o,
-                Check::Pending(f) => tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap()
-                    .block_on(f),
-            };
-            matches!(outcome, AuthOutcome::Authenticated(_))
-        };
+        let outcome = |token: &str| accepts(&jwt, token);
         // Signed by the second key of the set (the first is tried first).
         let unnamed = issuer.token().subject("alice").kid(None).sign();
         assert!(outcome(&unnamed));

@@ -2787,20 +2787,26 @@ mod tests {
         };
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_logout_the_store_could_not_record_may_be_sent_again_and_then_only_once() {
-        let issuer = palisade_testkit::TestIssuer::start().unwrap();
+    /// A relying party of `issuer` whose store fails its first `failing`
+    /// revocations.
+    fn failing_revocations(issuer: &palisade_testkit::TestIssuer, failing: usize) -> SignIn {
         let store = Flaky {
             store: MemoryStore::default(),
-            revocations_failing: std::sync::atomic::AtomicUsize::new(1),
+            revocations_failing: std::sync::atomic::AtomicUsize::new(failing),
             reads_fail: false,
             revocations_unknown: false,
         };
-        let sign_in = SignIn::builder(issuer.issuer(), "shop")
+        SignIn::builder(issuer.issuer(), "shop")
             .keys(vec![CookieKey::new("k1", &[1; 32]).unwrap()])
             .store(Arc::new(store))
             .build()
-            .unwrap();
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_logout_the_store_could_not_record_may_be_sent_again_and_then_only_once() {
+        let issuer = palisade_testkit::TestIssuer::start().unwrap();
+        let sign_in = failing_revocations(&issuer, 1);
         let body = format!(
             "logout_token={}",
             issuer.logout_token().audience("shop").subject("alice").sign()
@@ -2848,17 +2854,7 @@ mod tests {
         let (lines, subscriber) = palisade_testkit::logs::Lines::subscriber("debug");
         let _subscriber = tracing::subscriber::set_default(subscriber);
         let issuer = palisade_testkit::TestIssuer::start().unwrap();
-        let store = Flaky {
-            store: MemoryStore::default(),
-            revocations_failing: std::sync::atomic::AtomicUsize::new(2),
-            reads_fail: false,
-            revocations_unknown: false,
-        };
-        let sign_in = SignIn::builder(issuer.issuer(), "shop")
-            .keys(vec![CookieKey::new("k1", &[1; 32]).unwrap()])
-            .store(Arc::new(store))
-            .build()
-            .unwrap();
+        let sign_in = failing_revocations(&issuer, 2);
         let deliver = |body: String| {
             let reply = sign_in.backchannel(&OwnedRequest::new("POST", "/oauth2/backchannel-logout"));
             let mut body = Some(body.into_bytes());
