@@ -1131,7 +1131,18 @@ impl JwtAuthenticator {
             .cloned();
         let key = match found {
             Some(k) => k,
-            None => store.wait_for_key(parsed.kid.as_deref(), parsed.alg).await?,
+            None => match store.wait_for_key(parsed.kid.as_deref(), parsed.alg).await {
+                Ok(k) => k,
+                // Several keys of the set fetched meanwhile fit: the signer.
+                Err(JwtError::UnknownKey) => store
+                    .keys()
+                    .signer(parsed.kid.as_deref(), parsed.alg, |k| {
+                        check_signature(parsed.message, parsed.signature, parsed.alg, k).is_ok()
+                    })
+                    .cloned()
+                    .ok_or(JwtError::UnknownKey)?,
+                Err(e) => return Err(e),
+            },
         };
         check_signature(parsed.message, parsed.signature, parsed.alg, &key)?;
         URL_SAFE_NO_PAD
@@ -1625,11 +1636,22 @@ impl JwtAuthenticator {
         provider: usize,
         tenant: Option<Arc<Tenant>>,
     ) -> Result<Authenticated, JwtError> {
-        let key = self
-            .store_of(provider, tenant.as_deref())
-            .wait_for_key(kid.as_deref(), alg)
-            .await?;
+        let store = self.store_of(provider, tenant.as_deref());
+        let waited = store.wait_for_key(kid.as_deref(), alg).await;
         let parsed = parse(&found.token, self.0.max_token_size)?;
+        // Several keys of the set fetched meanwhile fit a token that names
+        // none: the one that signed it.
+        let key = match waited {
+            Ok(key) => key,
+            Err(JwtError::UnknownKey) => store
+                .keys()
+                .signer(kid.as_deref(), alg, |k| {
+                    check_signature(parsed.jws.message, parsed.jws.signature, alg, k).is_ok()
+                })
+                .cloned()
+                .ok_or(JwtError::UnknownKey)?,
+            Err(e) => return Err(e),
+        };
         self.verify_with(&found, parsed, &key, provider, tenant.as_ref())
     }
 
@@ -2845,6 +2867,19 @@ mod tests {
             .kid(None)
             .sign();
         assert!(!outcome(&forged), "no key of the set signed it");
+        // The same when the keys are fetched for the token (the first
+        // token after start-up, a new tenant's): after the fetch.
+        let fetched = JwtAuthenticator::builder()
+            .provider(
+                Provider::builder(issuer.issuer())
+                    .audience("api")
+                    .jwks_uri(issuer.jwks_uri())
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        assert!(accepts(&fetched, &unnamed), "verified once the keys are fetched");
     }
 
     /// An RSA key published with a zero octet before its modulus or

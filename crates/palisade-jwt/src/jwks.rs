@@ -81,6 +81,10 @@ pub(crate) struct KeySet {
     pub(crate) loaded: bool,
 }
 
+/// The most keys one token naming no `kid` is checked against
+/// ([`KeySet::signer`]).
+const MAX_SIGNERS_TRIED: usize = 4;
+
 impl KeySet {
     pub(crate) fn new(keys: Vec<VerifyKey>) -> Self {
         let mut by_kid = HashMap::default();
@@ -152,7 +156,13 @@ impl KeySet {
         }
         let mut fits = self.keys.iter().filter(|k| k.allows(alg));
         let (first, second) = (fits.next()?, fits.next()?);
-        [first, second].into_iter().chain(fits).find(|k| signed(k))
+        // At most a few signature checks for one token: a set of many keys
+        // that fit is no rotation, and each check a forged token costs.
+        [first, second]
+            .into_iter()
+            .chain(fits)
+            .take(MAX_SIGNERS_TRIED)
+            .find(|k| signed(k))
     }
 
     /// Whether this exact key (kid and material) is still in the set.

@@ -162,10 +162,12 @@ impl PathMatch {
                 };
                 for (i, seg) in segs.iter().enumerate() {
                     let last = i + 1 == segs.len();
-                    // Envoy's template segments take every path character
-                    // but `*` (RFC 3986's sub-delims without it).
+                    // A `*` is taken as any character: Envoy's segments
+                    // exclude a raw `*`, but the path here is normalised,
+                    // `%2A` decoded, and excluding it would let
+                    // `/admin/x%2A` past a DENY on `/admin/{*}`.
                     match seg {
-                        Segment::Rest => return !rest.contains('*'),
+                        Segment::Rest => return true,
                         Segment::One | Segment::Literal(_) => {
                             let (head, tail) = match rest.split_once('/') {
                                 Some((h, t)) => (h, Some(t)),
@@ -173,7 +175,7 @@ impl PathMatch {
                             };
                             let ok = match seg {
                                 Segment::Literal(l) => head == &**l,
-                                _ => !head.is_empty() && !head.contains('*'),
+                                _ => !head.is_empty(),
                             };
                             if !ok {
                                 return false;
@@ -410,10 +412,9 @@ mod tests {
         assert!(r.matches("/foo/a/b/c") && r.matches("/foo/") && !r.matches("/foo") && !r.matches("/food/a"));
         let both = PathMatch::parse("/api/{*}/items/{**}").unwrap();
         assert!(both.matches("/api/v1/items/3/x") && !both.matches("/api/v1/other/3"));
-        // A raw `*` is in no template segment (Envoy's character class).
-        assert!(!t.matches("/foo/*/bar") && !t.matches("/foo/a*/bar"));
-        assert!(!r.matches("/foo/a/*") && !both.matches("/api/*/items/3"));
-        assert!(t.matches("/foo/%2A/bar"), "encoded, it is a character like any");
+        // A `*` (a normalised `%2A`) is a character like any: a DENY on a
+        // template is not passed by writing one.
+        assert!(t.matches("/foo/*/bar") && r.matches("/foo/a/*") && both.matches("/api/*/items/3"));
         assert!(PathMatch::parse("/foo/{**}/bar").is_err());
         assert!(PathMatch::parse("/foo{*}").is_err());
         assert!(PathMatch::parse("/foo/{*}*").is_err());
