@@ -77,7 +77,7 @@ const RETRY_REFUSED: Duration = Duration::from_secs(60);
 
 /// What the files looked like when read: the stamp of the material in use
 /// (taken before its files were read), and that of a reload refused, with
-/// when it was.
+/// when to try them again.
 #[derive(Debug, Default)]
 pub(crate) struct Stamps {
     in_use: Option<Stamp>,
@@ -138,7 +138,7 @@ fn settle(last: &mut Stamps, now: Stamp, loaded: bool) {
     if loaded {
         *last = Stamps::built(now);
     } else {
-        last.refused = Some((now, std::time::Instant::now()));
+        last.refused = Some((now, std::time::Instant::now() + RETRY_REFUSED));
     }
 }
 
@@ -158,7 +158,7 @@ pub(crate) fn reload_if_changed<R: Reload>(r: &R) -> bool {
     if last
         .refused
         .as_ref()
-        .is_some_and(|(refused, at)| *refused == now && at.elapsed() < RETRY_REFUSED)
+        .is_some_and(|(refused, retry)| *refused == now && std::time::Instant::now() < *retry)
     {
         return false;
     }
@@ -316,8 +316,8 @@ mod tests {
         assert_eq!(r.reads.load(Ordering::SeqCst), reads, "not read again at once");
         // Made readable in place: loaded at the next try, a minute on.
         r.broken.store(false, Ordering::SeqCst);
-        if let Some((_, at)) = &mut r.stamp.lock().unwrap().refused {
-            *at = at.checked_sub(RETRY_REFUSED).unwrap();
+        if let Some((_, retry)) = &mut r.stamp.lock().unwrap().refused {
+            *retry = std::time::Instant::now();
         }
         assert!(reload_if_changed(&r), "tried again and loaded");
         assert!(!reload_if_changed(&r), "in use now");

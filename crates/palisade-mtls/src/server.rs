@@ -168,9 +168,11 @@ impl ServerTlsBuilder {
     /// domain never against this one. So the partner's CA cannot issue this
     /// mesh's IDs, nor this mesh's CA the partner's. `domain` is accepted
     /// beside [`trust_domains`](Self::trust_domains) when those are listed.
-    /// Needs a client CA (this mesh's own); the CRLs and revocation
-    /// settings apply to every bundle, and the files are watched and
-    /// reloaded with the others.
+    /// Needs a client CA (this mesh's own), which must not hold the
+    /// partner's CA (refused at build and reload, naming it). The CRLs
+    /// apply to every bundle; a partner's chain no CRL covers is accepted
+    /// (its CRLs are seldom at hand), while this mesh's own stay
+    /// fail-closed. The files are watched and reloaded with the others.
     pub fn federated_bundle(mut self, domain: impl Into<String>, ca: impl Into<PathBuf>) -> Self {
         self.federated.push((domain.into(), ca.into()));
         self
@@ -456,14 +458,16 @@ impl Files {
                     crls.extend(list);
                 }
                 // Every bundle's verifier alike: the CRLs, the mode and the
-                // revocation settings.
-                let verifier_of = |roots: Arc<rustls::RootCertStore>, named: &Path| {
+                // revocation settings; a federated one takes a chain no CRL
+                // covers (a partner's CRLs are seldom at hand), and still
+                // refuses one a CRL revokes.
+                let verifier_of = |roots: Arc<rustls::RootCertStore>, named: &Path, federated: bool| {
                     let mut b = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
                         .with_crls(crls.clone());
                     if mode == MtlsMode::Permissive {
                         b = b.allow_unauthenticated();
                     }
-                    if self.allow_unknown_revocation {
+                    if self.allow_unknown_revocation || federated {
                         b = b.allow_unknown_revocation_status();
                     }
                     if !self.allow_expired_crls {
@@ -474,13 +478,29 @@ impl Files {
                         .map_err(|e| TlsError::new(named, format!("cannot build the client verifier: {e}")))
                 };
                 for (domain, bundle) in &self.federated {
-                    let roots = Arc::new(files::roots(bundle)?);
+                    let theirs = Arc::new(files::roots(bundle)?);
+                    // A partner's CA left in this mesh's bundle could still
+                    // mint this mesh's IDs: refused, naming it.
+                    if theirs.roots.iter().any(|t| {
+                        roots
+                            .roots
+                            .iter()
+                            .any(|o| o.subject_public_key_info == t.subject_public_key_info)
+                    }) {
+                        return Err(TlsError::new(
+                            ca,
+                            format!(
+                                "holds a CA of the federated trust domain `{domain}` ({}): remove it from this bundle, where it could issue this mesh's IDs",
+                                bundle.display()
+                            ),
+                        ));
+                    }
                     domain.hash(&mut clients);
-                    hash_anchors(&roots, &mut clients);
-                    federated.push((domain.clone(), verifier_of(roots, bundle)?));
+                    hash_anchors(&theirs, &mut clients);
+                    federated.push((domain.clone(), verifier_of(theirs, bundle, true)?));
                 }
                 let first = self.crls.first().unwrap_or(ca);
-                Some(verifier_of(roots, first)?)
+                Some(verifier_of(roots, first, false)?)
             }
         };
         Ok(Material {
@@ -1150,6 +1170,33 @@ mod tests {
                 let answer = handshake(client_config(&mesh.ca_pem(), client), server.server_config());
                 assert_eq!(answer.is_ok(), passes, "{listed:?} {client:?}: {answer:?}");
             }
+        }
+        // The partner's CA left in the mesh's bundle: refused, naming it.
+        let both = dir.path().join("both.pem");
+        std::fs::write(&both, mesh.ca_pem() + &partner.ca_pem()).unwrap();
+        let shared = ServerTls::builder(&cert, &key)
+            .client_ca(&both)
+            .federated_bundle("partner.example", &partner_ca)
+            .build();
+        assert!(
+            shared
+                .unwrap_err()
+                .message
+                .contains("federated trust domain `partner.example`")
+        );
+        // With a CRL of the mesh's CA: the partner's chains, which no CRL
+        // covers, still pass; the mesh's own stay fail-closed.
+        let crl = dir.path().join("crl.pem");
+        std::fs::write(&crl, mesh.crl_pem()).unwrap();
+        let with_crl = ServerTls::builder(&cert, &key)
+            .client_ca(&mesh_ca)
+            .crl(&crl)
+            .federated_bundle("partner.example", &partner_ca)
+            .build()
+            .unwrap();
+        for client in [&local, &theirs] {
+            let answer = handshake(client_config(&mesh.ca_pem(), client), with_crl.server_config());
+            assert!(answer.is_ok(), "{client:?}: {answer:?}");
         }
         let twice = ServerTls::builder(&cert, &key)
             .client_ca(&mesh_ca)
