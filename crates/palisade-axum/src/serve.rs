@@ -795,6 +795,8 @@ pin_project_lite::pin_project! {
         writes: WriteClock,
         // The connection's place under the limit.
         open: tokio::sync::OwnedSemaphorePermit,
+        // Its first bytes were looked at for the HTTP/2 preface.
+        sniffed: bool,
     }
 }
 
@@ -820,9 +822,13 @@ impl<I> Deadlines<I> {
                 timer: None,
             },
             open,
+            sniffed: false,
         }
     }
 }
+
+/// The start of the HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
 /// The writes' side of a connection's deadlines: a write that waits for the
 /// client to read for the write timeout fails (hyper closes the
@@ -918,6 +924,14 @@ impl<I: AsyncRead> AsyncRead for Deadlines<I> {
         let before = buf.filled().len();
         match this.io.poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
+                // An HTTP/2 connection is known by its preface before its
+                // first request (a channel opened ahead of its calls).
+                if !*this.sniffed && buf.filled().len() > before {
+                    *this.sniffed = true;
+                    if buf.filled()[before..].starts_with(H2_PREFACE) {
+                        this.activity.h2.store(true, Ordering::Relaxed);
+                    }
+                }
                 // A new request's first bytes (HTTP/1: HTTP/2 sends pings
                 // and window updates while idle).
                 if *this.phase == Phase::Idle
@@ -946,6 +960,20 @@ impl<I: AsyncRead> AsyncRead for Deadlines<I> {
                     Poll::Pending
                 }
                 Phase::Head if past(this.timer, after(*this.since, *this.header_read), cx) => {
+                    // HTTP/2 with no request yet: a GOAWAY first, as to an
+                    // idle connection, so that a call sent at that moment
+                    // is retried elsewhere rather than lost to a reset;
+                    // the end only if the client does not close in another
+                    // idle timeout.
+                    if this.activity.h2.load(Ordering::Relaxed)
+                        && !this.activity.closing.swap(true, Ordering::AcqRel)
+                    {
+                        tracing::trace!(target: LOG_TARGET, "HTTP/2 connection without a request: GOAWAY");
+                        *this.since = Instant::now();
+                        let _ = past(this.timer, after(*this.since, *this.idle), cx);
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
                     Poll::Ready(Err(late(HEAD_LATE)))
                 }
                 // Idle since the last request ended or, later, the last
@@ -1508,6 +1536,19 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(&hi[..], b"hi");
+    }
+
+    /// An HTTP/2 connection that sends no request within the head's time
+    /// (a client that opens its channel ahead of its calls) is told GOAWAY,
+    /// as an idle one is, rather than cut.
+    #[tokio::test]
+    async fn an_http2_connection_without_a_request_is_told_goaway() {
+        let app = Router::new().route("/", get(|| async { "hi" }));
+        let addr = serve_app(app, half_second_limits()).await;
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+        let connection = tokio::spawn(connection);
+        ends_with_goaway(client, connection, "the connection without a request").await;
     }
 
     #[tokio::test]
