@@ -310,9 +310,17 @@ impl SpnegoAuthenticatorBuilder {
             // first that decrypts.)
             None => Name::new(b"HTTP@", Some(GSS_NT_HOSTBASED_SERVICE)).map_err(err)?,
         };
-        let cred = Cred::acquire(Some(&name), None, CredUsage::Accept, Some(&mechs)).map_err(err)?;
+        // One credential per GSSAPI call at once (up to a bound): MIT holds
+        // a credential's lock for a whole accept (`kg_cred_resolve`), so
+        // calls sharing one would run one at a time.
+        let acquire = || Cred::acquire(Some(&name), None, CredUsage::Accept, Some(&mechs)).map_err(err);
+        let first = acquire()?;
+        let mut creds = vec![first.clone()];
+        for _ in 1..self.concurrency.min(MAX_ACCEPTOR_CREDS) {
+            creds.push(acquire()?);
+        }
         Ok(SpnegoAuthenticator(Arc::new(Inner {
-            cred,
+            cred: Pool::new(first, creds),
             delegation: self.delegation,
             queue_timeout: self.queue_timeout,
             http_only: self.service.is_none(),
@@ -428,7 +436,8 @@ pub struct SpnegoStats {
 }
 
 struct Inner {
-    cred: Cred,
+    /// The acceptor credentials, one per call at once.
+    cred: Pool<Cred>,
     /// How long a ticket waits for a permit.
     queue_timeout: Duration,
     /// Keep forwarded tickets ([`SpnegoAuthenticatorBuilder::accept_delegation`]).
@@ -477,6 +486,43 @@ const ACCEPTOR_SKEW: Duration = Duration::from_secs(300);
 /// never outlives the ticket.
 fn ticket_left(context_lifetime: Duration) -> Duration {
     context_lifetime.saturating_sub(ACCEPTOR_SKEW)
+}
+
+/// The most acceptor credentials an authenticator holds (one per GSSAPI
+/// call at once, up to this; beyond, calls share them).
+const MAX_ACCEPTOR_CREDS: usize = 64;
+
+/// Values lent one call at a time: a call takes one that no other call
+/// holds, when there is one, and gives it back; when all are lent it
+/// shares `spare`.
+struct Pool<T: Clone> {
+    idle: std::sync::Mutex<Vec<T>>,
+    spare: T,
+}
+
+impl<T: Clone> Pool<T> {
+    fn new(spare: T, all: Vec<T>) -> Self {
+        Self {
+            idle: std::sync::Mutex::new(all),
+            spare,
+        }
+    }
+
+    /// One for a call: give it back with [`give`](Self::give).
+    fn take(&self) -> T {
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        idle.pop().unwrap_or_else(|| self.spare.clone())
+    }
+
+    fn give(&self, value: T) {
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(value);
+    }
 }
 
 struct Accepted {
@@ -1119,7 +1165,9 @@ impl Authenticator for SpnegoAuthenticator {
             let started = Instant::now();
             let local_names = (self.0.allowed_realms.len() != 1).then_some(&self.0.local_names);
             let in_flight = InFlight::start();
-            let result = accept(self.0.cred.clone(), &token, self.0.http_only, local_names);
+            let cred = self.0.cred.take();
+            let result = accept(cred.clone(), &token, self.0.http_only, local_names);
+            self.0.cred.give(cred);
             drop((in_flight, permit, here));
             return Check::Ready(self.accepted(result, started));
         }
@@ -1164,7 +1212,10 @@ impl Authenticator for SpnegoAuthenticator {
             let result = tokio::task::spawn_blocking(move || {
                 let _held = (in_flight, permit);
                 let local_names = (inner.allowed_realms.len() != 1).then_some(&inner.local_names);
-                accept(inner.cred.clone(), &token, inner.http_only, local_names)
+                let cred = inner.cred.take();
+                let result = accept(cred.clone(), &token, inner.http_only, local_names);
+                inner.cred.give(cred);
+                result
             })
             .await
             .unwrap_or_else(|_| Err("the GSSAPI call panicked".into()));
@@ -1225,6 +1276,19 @@ impl SpnegoAuthenticator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Calls at once each take a credential no other holds (MIT locks a
+    /// credential for a whole accept), share the spare past the pool's
+    /// size, and give theirs back for the next.
+    #[test]
+    fn calls_at_once_take_credentials_of_their_own() {
+        let pool = Pool::new(0, vec![1, 2]);
+        let (a, b) = (pool.take(), pool.take());
+        assert_ne!(a, b);
+        assert_eq!(pool.take(), 0, "all lent: the spare, shared");
+        pool.give(a);
+        assert_eq!(pool.take(), a, "given back, lent again");
+    }
 
     /// MIT's acceptor reports a context's lifetime with its clock skew
     /// added: the ticket has that much less, and a session cookie sealed
