@@ -2683,6 +2683,22 @@ mod tests {
         }
     }
 
+    /// An authenticator of `issuer`'s tokens for the audience `api`, its
+    /// keys as `keys` says.
+    fn for_api(
+        issuer: &palisade_testkit::TestIssuer,
+        keys: impl FnOnce(crate::config::ProviderBuilder) -> crate::config::ProviderBuilder,
+    ) -> JwtAuthenticator {
+        JwtAuthenticator::builder()
+            .provider(
+                keys(Provider::builder(issuer.issuer()).audience("api"))
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap()
+    }
+
     /// Whether `jwt` authenticates a request with `token` in
     /// `Authorization: Bearer`, an answer that is not ready awaited on a
     /// runtime of its own.
@@ -2723,31 +2739,24 @@ mod tests {
             .subject("alice")
             .header("kid", serde_json::json!("not-a-kid"))
             .sign();
-        let with = |keys: &dyn Fn(crate::config::ProviderBuilder) -> crate::config::ProviderBuilder| {
-            JwtAuthenticator::builder()
-                .provider(
-                    keys(Provider::builder(issuer.issuer()).audience("api"))
-                        .build()
-                        .unwrap(),
-                )
-                .build()
-                .unwrap()
-        };
         // (A `kid` a fixed set lacks waits for no fetch, but is answered
         // as any unknown key is: later.)
         let outcome = accepts;
         for (what, jwt) in [
-            ("PEM", with(&|p| p.public_key_pem(pem.clone()))),
-            ("realm-public-key", with(&|p| p.public_key_pem(body.clone()))),
+            ("PEM", for_api(&issuer, |p| p.public_key_pem(pem.clone()))),
+            (
+                "realm-public-key",
+                for_api(&issuer, |p| p.public_key_pem(body.clone())),
+            ),
             (
                 "key set without kid",
-                with(&|p| p.jwks_inline(kidless.to_string())),
+                for_api(&issuer, |p| p.jwks_inline(kidless.to_string())),
             ),
         ] {
             assert!(outcome(&jwt, &token), "{what}");
             assert!(outcome(&jwt, &unknown_kid), "{what}");
         }
-        let named = with(&|p| p.jwks_inline(issuer.jwks().to_string()));
+        let named = for_api(&issuer, |p| p.jwks_inline(issuer.jwks().to_string()));
         assert!(outcome(&named, &token));
         assert!(!outcome(&named, &unknown_kid), "a kid the named set lacks");
     }
@@ -2841,16 +2850,7 @@ mod tests {
             .start()
             .unwrap();
         issuer.rotate_key();
-        let jwt = JwtAuthenticator::builder()
-            .provider(
-                Provider::builder(issuer.issuer())
-                    .audience("api")
-                    .jwks_inline(issuer.jwks().to_string())
-                    .build()
-                    .unwrap(),
-            )
-            .build()
-            .unwrap();
+        let jwt = for_api(&issuer, |p| p.jwks_inline(issuer.jwks().to_string()));
         let outcome = |token: &str| accepts(&jwt, token);
         // Signed by the second key of the set (the first is tried first).
         let unnamed = issuer.token().subject("alice").kid(None).sign();
@@ -2869,16 +2869,7 @@ mod tests {
         assert!(!outcome(&forged), "no key of the set signed it");
         // The same when the keys are fetched for the token (the first
         // token after start-up, a new tenant's): after the fetch.
-        let fetched = JwtAuthenticator::builder()
-            .provider(
-                Provider::builder(issuer.issuer())
-                    .audience("api")
-                    .jwks_uri(issuer.jwks_uri())
-                    .build()
-                    .unwrap(),
-            )
-            .build()
-            .unwrap();
+        let fetched = for_api(&issuer, |p| p.jwks_uri(issuer.jwks_uri()));
         assert!(accepts(&fetched, &unnamed), "verified once the keys are fetched");
     }
 
@@ -2900,16 +2891,7 @@ mod tests {
                 key[member] = Value::String(URL_SAFE_NO_PAD.encode(padded));
             }
         }
-        let jwt = JwtAuthenticator::builder()
-            .provider(
-                Provider::builder(issuer.issuer())
-                    .audience("api")
-                    .jwks_inline(keys.to_string())
-                    .build()
-                    .unwrap(),
-            )
-            .build()
-            .unwrap();
+        let jwt = for_api(&issuer, |p| p.jwks_inline(keys.to_string()));
         let token = issuer.token().subject("alice").sign();
         let req = OwnedRequest::get("/").header("authorization", format!("Bearer {token}"));
         let Check::Ready(AuthOutcome::Authenticated(_)) = jwt.authenticate(&req) else {

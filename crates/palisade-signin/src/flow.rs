@@ -2373,14 +2373,7 @@ mod tests {
         };
         let cookie = session_cookie(key, &Payload::Inline(laptop));
         for _ in 0..10 {
-            let logout = OwnedRequest::new("POST", "/logout")
-                .header("host", "app.test")
-                .header("sec-fetch-site", "same-origin")
-                .header("cookie", cookie.clone());
-            let reply = match sign_in.logout(&logout) {
-                Check::Ready(r) => r,
-                Check::Pending(f) => f.await,
-            };
+            let reply = logged_out(&sign_in, &cookie).await;
             assert_eq!(reply.status(), 302);
             assert!(
                 reply.headers().any(|(n, _)| n == "set-cookie"),
@@ -2614,15 +2607,7 @@ mod tests {
         discovered(&sign_in).await;
         let cookie = session_cookie(key, &Payload::Inline(alice()));
         for _ in 0..3 {
-            let logout = OwnedRequest::new("POST", "/logout")
-                .header("host", "app.test")
-                .header("sec-fetch-site", "same-origin")
-                .header("cookie", cookie.clone());
-            let reply = match sign_in.logout(&logout) {
-                Check::Ready(r) => r,
-                Check::Pending(f) => f.await,
-            };
-            assert_eq!(reply.status(), 302);
+            assert_eq!(logged_out(&sign_in, &cookie).await.status(), 302);
         }
         let unrecorded = lines.containing("a logged-out session cannot be recorded as ended now");
         assert_eq!(unrecorded.len(), 3, "{unrecorded:?}");
@@ -2664,14 +2649,7 @@ mod tests {
             .put("stored-1", b"sealed".to_vec(), Duration::from_secs(600))
             .await
             .unwrap();
-        let logout = OwnedRequest::new("POST", "/logout")
-            .header("host", "app.test")
-            .header("sec-fetch-site", "same-origin")
-            .header("cookie", cookie);
-        let reply = match sign_in.logout(&logout) {
-            Check::Ready(r) => r,
-            Check::Pending(f) => f.await,
-        };
+        let reply = logged_out(&sign_in, &cookie).await;
         assert_eq!(reply.status(), 302);
         let location = reply
             .headers()
@@ -2785,6 +2763,18 @@ mod tests {
         let Check::Ready(AuthOutcome::Authenticated(_)) = up.authenticate(&with_cookie) else {
             panic!("the session is refused by a store that answers")
         };
+    }
+
+    /// The answer to a logout this origin started, with `cookie`.
+    async fn logged_out(sign_in: &SignIn, cookie: &str) -> Reply {
+        let logout = OwnedRequest::new("POST", "/logout")
+            .header("host", "app.test")
+            .header("sec-fetch-site", "same-origin")
+            .header("cookie", cookie);
+        match sign_in.logout(&logout) {
+            Check::Ready(r) => r,
+            Check::Pending(f) => f.await,
+        }
     }
 
     /// A relying party of `issuer` whose store fails its first `failing`
