@@ -234,11 +234,7 @@ struct ActixResponse<'a>(&'a mut actix_web::http::header::HeaderMap);
 
 impl ResponseTarget for ActixResponse<'_> {
     fn append_header(&mut self, name: &str, value: &str) {
-        if let (Ok(n), Ok(mut v)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            v.set_sensitive(palisade_core::adapter::is_sensitive_header(name));
+        if let Some((n, v)) = palisade_core::adapter::actix_header(name, value) {
             self.0.append(n, v);
         }
     }
@@ -248,10 +244,7 @@ impl ResponseTarget for ActixResponse<'_> {
     }
 
     fn replace_header(&mut self, name: &str, value: &str) {
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
+        if let Some((n, v)) = palisade_core::adapter::actix_header(name, value) {
             self.0.insert(n, v);
         }
     }

@@ -341,11 +341,7 @@ struct HttpResponse<'a, B>(&'a mut Response<B>);
 
 impl<B> ResponseTarget for HttpResponse<'_, B> {
     fn append_header(&mut self, name: &str, value: &str) {
-        if let (Ok(n), Ok(mut v)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            v.set_sensitive(palisade_core::adapter::is_sensitive_header(name));
+        if let Some((n, v)) = palisade_core::adapter::http_header(name, value) {
             self.0.headers_mut().append(n, v);
         }
     }
@@ -360,10 +356,7 @@ impl<B> ResponseTarget for HttpResponse<'_, B> {
     }
 
     fn replace_header(&mut self, name: &str, value: &str) {
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
+        if let Some((n, v)) = palisade_core::adapter::http_header(name, value) {
             self.0.headers_mut().insert(n, v);
         }
     }

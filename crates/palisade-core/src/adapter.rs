@@ -1060,6 +1060,36 @@ fn has_close(value: &str) -> bool {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CloseConnection;
 
+/// A response header as `http` 1 carries it (axum, hyper, tonic), marked
+/// sensitive when it may carry a credential ([`is_sensitive_header`]); a
+/// name in capitals is lowered, and `None` stands for a name or value HTTP
+/// cannot carry, which the renderers and adapters skip (never a panic, for
+/// a reply a third party's authenticator made).
+#[cfg(feature = "axum")]
+#[must_use]
+pub fn http_header(name: &str, value: &str) -> Option<(http::HeaderName, http::HeaderValue)> {
+    let n = http::HeaderName::from_bytes(name.as_bytes()).ok()?;
+    let mut v = http::HeaderValue::from_str(value).ok()?;
+    v.set_sensitive(is_sensitive_header(name));
+    Some((n, v))
+}
+
+/// [`http_header`] for actix-web's header types.
+#[cfg(feature = "actix")]
+#[must_use]
+pub fn actix_header(
+    name: &str,
+    value: &str,
+) -> Option<(
+    actix_web::http::header::HeaderName,
+    actix_web::http::header::HeaderValue,
+)> {
+    let n = actix_web::http::header::HeaderName::from_bytes(name.as_bytes()).ok()?;
+    let mut v = actix_web::http::header::HeaderValue::from_str(value).ok()?;
+    v.set_sensitive(is_sensitive_header(name));
+    Some((n, v))
+}
+
 /// A [`Reply`] as an `http` 1 response (axum, hyper, tonic), with the body
 /// made by `body`; the rejection and its access decision travel in the
 /// response extensions, and so does [`CloseConnection`] when the reply
@@ -1076,14 +1106,7 @@ pub fn http_response<B>(reply: Reply, body: impl FnOnce(String) -> B) -> http::R
     let mut res = http::Response::new(body(text));
     *res.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::UNAUTHORIZED);
     for (name, value) in headers {
-        // As actix-web's adapter does: a name in capitals is lowered, one
-        // or a value that HTTP cannot carry is skipped (never a panic, for
-        // a reply a third party's authenticator made).
-        if let (Ok(n), Ok(mut v)) = (
-            http::HeaderName::from_bytes(name.as_bytes()),
-            http::HeaderValue::from_str(&value),
-        ) {
-            v.set_sensitive(is_sensitive_header(name));
+        if let Some((n, v)) = http_header(name, &value) {
             res.headers_mut().append(n, v);
         }
     }
@@ -1104,7 +1127,6 @@ pub fn http_response<B>(reply: Reply, body: impl FnOnce(String) -> B) -> http::R
 #[cfg(feature = "actix")]
 pub fn actix_response(reply: Reply) -> actix_web::HttpResponse {
     use actix_web::http::StatusCode;
-    use actix_web::http::header::HeaderValue;
     // actix-http drops a HEAD response's body itself, after sending the
     // length a GET would get: the body stays.
     let r = *reply.0;
@@ -1121,14 +1143,10 @@ pub fn actix_response(reply: Reply) -> actix_web::HttpResponse {
             }
             continue;
         }
-        // A name or value HTTP cannot carry is skipped, as `http_response`
-        // skips it: the builder would turn it into a 500.
-        if let (Ok(n), Ok(mut v)) = (
-            actix_web::http::header::HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(&value),
-        ) {
-            v.set_sensitive(is_sensitive_header(name));
-            builder.append_header((n, v));
+        // Skipped when HTTP cannot carry it: the builder would turn it
+        // into a 500.
+        if let Some(pair) = actix_header(name, &value) {
+            builder.append_header(pair);
         }
     }
     let mut res = builder.body(text);
