@@ -556,6 +556,20 @@ spec:
         let a = send_axum(&guard, "/whoami", &refs(&wrong)).await;
         assert_eq!(a.status, 401);
         assert!(a.challenge.contains("another URI"), "{}", a.challenge);
+
+        // A token that fails, with a proof made for it: refused for the
+        // token, its proof never recorded (sent again, it is no replay),
+        // so a caller without a token cannot fill the replay store.
+        let mut forged = token.clone().into_bytes();
+        let i = forged.len() - 10;
+        forged[i] = if forged[i] == b'A' { b'B' } else { b'A' };
+        let forged = String::from_utf8(forged).unwrap();
+        let h = dpop_headers(&key, &forged, "/whoami");
+        for _ in 0..2 {
+            let a = send_axum(&guard, "/whoami", &refs(&h)).await;
+            assert_eq!(a.status, 401);
+            assert!(a.challenge.contains("error=\"invalid_token\""), "{}", a.challenge);
+        }
     }
 
     // Outside HTTP (`verify`, for gRPC metadata or a WebSocket message)

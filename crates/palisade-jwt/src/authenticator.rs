@@ -908,6 +908,25 @@ struct Found<'r> {
     source: usize,
 }
 
+/// A request's DPoP proof and what it must name.
+struct ProofOf<'r> {
+    proof: Cow<'r, str>,
+    method: Cow<'r, str>,
+    /// The request's URI without its query, as `htu` must name it.
+    htu: String,
+}
+
+impl ProofOf<'_> {
+    /// The proof copied out of the request, to outlive it.
+    fn into_owned(self) -> ProofOf<'static> {
+        ProofOf {
+            proof: Cow::Owned(self.proof.into_owned()),
+            method: Cow::Owned(self.method.into_owned()),
+            htu: self.htu,
+        }
+    }
+}
+
 /// A token as the request holds it, not yet checked to be text.
 struct Located<'r> {
     bytes: &'r [u8],
@@ -2356,40 +2375,85 @@ impl JwtAuthenticator {
     /// token checked and verified, its DPoP proof, a key to fetch. Out of
     /// line, so that a cached token's path holds none of its code (a
     /// server runs that path with its instruction cache emptied).
+    ///
+    /// The token is verified before its DPoP proof: a proof is checked
+    /// (its key cached, its `jti` recorded in the replay store, which may
+    /// be shared) only for a token that passed, so a caller without one
+    /// cannot fill either. A request without exactly one `DPoP` header is
+    /// refused first, which costs nothing.
     #[cold]
     #[inline(never)]
     fn authenticate_fully(&self, req: &dyn RequestHead, located: Located<'_>) -> Check<AuthOutcome> {
         let found = located.found();
-        let (dpop, proof) = match &self.0.dpop {
-            Some(d) if d.source == found.source => match self.check_proof(d, req, &found.token) {
-                Check::Ready(Err(outcome)) => return Check::Ready(outcome),
-                proof => (true, proof),
-            },
-            _ => (false, Check::Ready(Ok(None))),
+        let d = match &self.0.dpop {
+            Some(d) if d.source == found.source => d,
+            _ => {
+                return match self.start(found) {
+                    // Nothing to bind, and no proof that would need a binding.
+                    Step::Unbound(r) => Check::Ready(self.outcome_for(r, false)),
+                    Step::Done(r) => Check::Ready(
+                        self.outcome_for(r.and_then(|a| bound_to(a, peer_thumbprint(req), None)), false),
+                    ),
+                    step => {
+                        let this = self.clone();
+                        let step = step.into_owned();
+                        let thumbprint = peer_thumbprint(req).map(str::to_owned);
+                        Check::pending(async move {
+                            let r = this.complete(step).await;
+                            this.outcome_for(r.and_then(|a| bound_to(a, thumbprint.as_deref(), None)), false)
+                        })
+                    }
+                };
+            }
         };
-        match (self.start(found), proof) {
-            // Nothing to bind, and no proof that would need a binding.
-            (Step::Unbound(r), Check::Ready(Ok(None))) => Check::Ready(self.outcome_for(r, dpop)),
-            (Step::Done(r) | Step::Unbound(r), Check::Ready(Ok(proof))) => Check::Ready(self.outcome_for(
-                r.and_then(|a| bound_to(a, peer_thumbprint(req), proof.as_ref())),
-                dpop,
-            )),
-            (step, proof) => {
+        let proof = match self.proof_of(d, req) {
+            Ok(proof) => proof,
+            Err(outcome) => return Check::Ready(outcome),
+        };
+        let token = found.token.clone();
+        match self.start(found) {
+            Step::Done(Err(e)) | Step::Unbound(Err(e)) => Check::Ready(self.outcome_for(Err(e), true)),
+            Step::Done(Ok(a)) | Step::Unbound(Ok(a)) => {
+                let thumbprint = peer_thumbprint(req);
+                match self.check_proof(d, &proof, &token) {
+                    Check::Ready(Ok(p)) => {
+                        Check::Ready(self.outcome_for(bound_to(a, thumbprint, Some(&p)), true))
+                    }
+                    Check::Ready(Err(outcome)) => Check::Ready(outcome),
+                    Check::Pending(p) => {
+                        let this = self.clone();
+                        let thumbprint = thumbprint.map(str::to_owned);
+                        Check::pending(async move {
+                            match p.await {
+                                Ok(p) => this.outcome_for(bound_to(a, thumbprint.as_deref(), Some(&p)), true),
+                                Err(outcome) => outcome,
+                            }
+                        })
+                    }
+                }
+            }
+            step => {
                 let this = self.clone();
                 let step = step.into_owned();
+                let token = token.into_owned();
                 let thumbprint = peer_thumbprint(req).map(str::to_owned);
+                let proof = proof.into_owned();
                 Check::pending(async move {
-                    // A shared replay store's answer first: a replayed
-                    // proof is refused as such, whatever its token.
-                    let proof = match proof.await {
-                        Ok(proof) => proof,
-                        Err(outcome) => return outcome,
+                    let a = match this.complete(step).await {
+                        Ok(a) => a,
+                        Err(e) => return this.outcome_for(Err(e), true),
                     };
-                    let r = this.complete(step).await;
-                    this.outcome_for(
-                        r.and_then(|a| bound_to(a, thumbprint.as_deref(), proof.as_ref())),
-                        dpop,
-                    )
+                    let Some(d) = &this.0.dpop else {
+                        return this.outcome_for(Err(JwtError::DpopProof(DpopError::MissingProof)), true);
+                    };
+                    let p = match this.check_proof(d, &proof, &token) {
+                        Check::Ready(p) => p,
+                        Check::Pending(p) => p.await,
+                    };
+                    match p {
+                        Ok(p) => this.outcome_for(bound_to(a, thumbprint.as_deref(), Some(&p)), true),
+                        Err(outcome) => outcome,
+                    }
                 })
             }
         }
@@ -2418,22 +2482,15 @@ impl JwtAuthenticator {
         self.outcome_for(Err(JwtError::DpopProof(e)), true)
     }
 
-    /// Checks the request's one `DPoP` proof for `token`: the proof, or the
-    /// outcome refusing the request; pending while a shared replay store
-    /// answers.
-    fn check_proof(
-        &self,
-        d: &Dpop,
-        req: &dyn RequestHead,
-        token: &str,
-    ) -> Check<Result<Option<VerifiedProof>, AuthOutcome>> {
-        let refuse = |e: DpopError| Check::Ready(Err(self.refuse_proof(d, e)));
+    /// The request's one `DPoP` proof and the URI it must name, or the
+    /// outcome refusing a request without exactly one.
+    fn proof_of<'r>(&self, d: &Dpop, req: &'r dyn RequestHead) -> Result<ProofOf<'r>, AuthOutcome> {
         let mut proofs = 0;
         req.for_each_header("dpop", &mut |_| proofs += 1);
         let proof = match (proofs, req.header_str("dpop")) {
             (1, Some(p)) => p.trim(),
-            (0, _) => return refuse(DpopError::MissingProof),
-            _ => return refuse(DpopError::Malformed),
+            (0, _) => return Err(self.refuse_proof(d, DpopError::MissingProof)),
+            _ => return Err(self.refuse_proof(d, DpopError::Malformed)),
         };
         let path = req.path();
         let mut htu = String::with_capacity(64 + path.len());
@@ -2446,24 +2503,40 @@ impl JwtAuthenticator {
             }
         }
         htu.push_str(path);
+        Ok(ProofOf {
+            proof: Cow::Borrowed(proof),
+            method: Cow::Borrowed(req.method()),
+            htu,
+        })
+    }
+
+    /// Checks a request's DPoP proof for `token`, a token that passed: the
+    /// proof, or the outcome refusing the request; pending while a shared
+    /// replay store answers.
+    fn check_proof(
+        &self,
+        d: &Dpop,
+        proof: &ProofOf<'_>,
+        token: &str,
+    ) -> Check<Result<VerifiedProof, AuthOutcome>> {
         // A cached token's hash is kept with it.
         let cached = self.0.cache.as_ref().and_then(|c| c.get(token.as_bytes()));
         let request = match &cached {
-            Some(entry) => ProofRequest::new(req.method(), &htu)
+            Some(entry) => ProofRequest::new(&proof.method, &proof.htu)
                 .with_hashed_access_token(token, *entry.sha256.get_or_init(|| sha256(&[token.as_bytes()]))),
-            None => ProofRequest::new(req.method(), &htu).with_access_token(token),
+            None => ProofRequest::new(&proof.method, &proof.htu).with_access_token(token),
         };
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |t| t.as_secs());
-        match d.verifier.verify(proof, &request, now) {
-            Check::Ready(Ok(p)) => Check::Ready(Ok(Some(p))),
-            Check::Ready(Err(e)) => refuse(e),
+        match d.verifier.verify(&proof.proof, &request, now) {
+            Check::Ready(Ok(p)) => Check::Ready(Ok(p)),
+            Check::Ready(Err(e)) => Check::Ready(Err(self.refuse_proof(d, e))),
             Check::Pending(verified) => {
                 let this = self.clone();
                 Check::pending(async move {
                     match (verified.await, &this.0.dpop) {
-                        (Ok(p), _) => Ok(Some(p)),
+                        (Ok(p), _) => Ok(p),
                         (Err(e), Some(d)) => Err(this.refuse_proof(d, e)),
                         (Err(e), None) => Err(this.outcome_for(Err(JwtError::DpopProof(e)), true)),
                     }
