@@ -31,9 +31,11 @@ explain  decides one request as the workload's guard would and prints
          It may be left out when FILE names one workload.
          --claims: the claims of a token, taken as signed and current: the
          workload's JWT authenticator checks them as it checks a bearer
-         token's (issuer, audience, subject) and maps them, but not the
-         signature, the header or the time claims (exp, nbf, iat, and so
-         the maximum lifetime, are not read). `iss` may be left out when the
+         token's (issuer, audience, subject, another kind of token's typ)
+         and maps them, with the headers its rule sets from them
+         (outputClaimToHeaders), but the signature, the token's header and
+         the time claims (exp, nbf, iat, and so the maximum lifetime) are
+         not read. `iss` may be left out when the
          workload trusts one issuer. Without a RequestAuthentication or
          KeycloakAdapter for the workload the service reads no token: the
          claims are ignored (a note says so).

@@ -736,16 +736,19 @@ spec:
 
     #[test]
     fn a_case_file_adds_the_issuer_setup_a_fragment_leaves_out() {
-        // Without an issuer the service reads no token: the claims are ignored.
+        // Without an issuer the service reads no token: the claims are
+        // ignored, and no token could help (403, with no challenge to give).
         let files = Files::new("fragment", FRAGMENT, USERS);
         let report = files.run();
         assert_eq!(report.status, 1, "{report:?}");
         assert_eq!(
             report.out,
             [
-                "FAILED a user (default/details): expected allow, got deny 401 (denied: no ALLOW rule matched)",
+                "FAILED a user (default/details): expected allow, got deny 403 (denied: no ALLOW rule matched)",
+                "FAILED another audience (default/details): expected deny 401, got deny 403 (denied: no ALLOW rule matched)",
+                "FAILED nobody (default/details): expected deny 401, got deny 403 (denied: no ALLOW rule matched)",
                 "not reached: default/users rule 0",
-                "2 passed, 1 failed"
+                "0 passed, 3 failed"
             ]
         );
         assert_eq!(report.err.len(), 1, "{report:?}");

@@ -86,7 +86,7 @@ pub(crate) fn run(file: &Path) -> Report {
 /// over plain http, an explain header, a token relayed to every host), which
 /// `check` shows as notes as it shows the file's own. Each line once, its
 /// fields after the message.
-fn said_while<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
+pub(crate) fn said_while<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
     use tracing_subscriber::layer::SubscriberExt as _;
     let said = Said::default();
     let subscriber = tracing_subscriber::registry().with(said.clone());

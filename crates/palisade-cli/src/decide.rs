@@ -312,13 +312,13 @@ impl Bench {
         }
         if claims.contains_key("cnf") {
             notes.push(format!(
-                "{}: the claims bind the token to a client certificate (`cnf`); that binding is not checked offline",
+                "{}: the claims bind the token to a key (`cnf`: a client certificate or a DPoP key); that binding is not checked offline",
                 label(&self.workload)
             ));
         }
         // Signed and current: that is what the caller described.
         Ok(Some(
-            jwt.identity_for_verified_claims(claims, Verification::assertion())
+            jwt.authenticated_for_verified_claims(claims, Verification::assertion())
                 .map_err(|e: JwtError| e.rejection(jwt.realm())),
         ))
     }
@@ -416,8 +416,9 @@ fn reads_destination_ip(policy: &WorkloadPolicy<'_>) -> bool {
     })
 }
 
-/// What a caller's claims came to: an identity, or the refusal of them.
-type Caller = Result<Identity, Rejection>;
+/// What a caller's claims came to: the authenticator's answer (the
+/// identity, the headers set from its claims), or the refusal of them.
+type Caller = Result<Authenticated, Rejection>;
 
 /// The authenticator of a caller described on the command line: it
 /// answers every request with that caller.
@@ -430,7 +431,7 @@ impl Authenticator for Presented {
 
     fn authenticate(&self, _: &dyn RequestHead) -> Check<AuthOutcome> {
         Check::Ready(match &self.0 {
-            Ok(identity) => AuthOutcome::Authenticated(Authenticated::new(identity.clone())),
+            Ok(authenticated) => AuthOutcome::Authenticated(authenticated.clone()),
             Err(rejection) => AuthOutcome::Rejected(rejection.clone()),
         })
     }
@@ -637,12 +638,30 @@ fn try_explain(args: &Explain) -> Result<Report, Report> {
             }
         },
     };
-    let bench =
-        Bench::compile(set, workload.clone()).map_err(|e| unusable(&policy.locate(e), Some(&workload)))?;
     let rt = runtime()?;
-    let outcome = bench
-        .decide(&args.request, &rt, &mut notes)
-        .map_err(|e| Report::usage(format!("--claims: {e}")))?;
+    // What the file and the workload's guard say aloud as it is built (an
+    // empty file allowing everything, a claim key that never matches, a
+    // relaxation), as `check` shows them: notes, each once.
+    let (decided, said) = crate::check::said_while(|| {
+        let bench = Bench::compile(set, workload.clone())
+            .map_err(|e| unusable(&policy.locate(e), Some(&workload)))?;
+        let outcome = bench
+            .decide(&args.request, &rt, &mut notes)
+            .map_err(|e| Report::usage(format!("--claims: {e}")))?;
+        Ok::<_, Report>((bench, outcome))
+    });
+    let (bench, outcome) = decided?;
+    let file = set.warnings().iter().map(ToString::to_string);
+    let workload_notes = set
+        .for_workload(&workload)
+        .warnings()
+        .into_iter()
+        .map(|w| w.to_string());
+    for note in file.chain(workload_notes).chain(said) {
+        if !notes.contains(&note) {
+            notes.push(note);
+        }
+    }
     let json = serde_json::to_string_pretty(&outcome.explained(&bench.workload, &notes))
         .map_err(|e| Report::failure(format!("cannot write the answer: {e}")))?;
     Ok(Report::ok(vec![json]))
@@ -755,6 +774,45 @@ spec:
         assert_eq!(o.reason, "the token's issuer is not accepted");
     }
 
+    /// The claims reach the policy as a token's would: through the
+    /// headers the rule sets from them, and refused when they are
+    /// another kind of token's.
+    #[test]
+    fn claims_set_the_rules_headers_and_another_kinds_are_refused() {
+        let file = "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt}
+spec:
+  jwtRules:
+  - issuer: https://kc.example/realms/shop
+    jwksUri: https://kc.example/certs
+    outputClaimToHeaders: [{header: x-tier, claim: tier}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-free}
+spec:
+  action: DENY
+  rules:
+  - when: [{key: 'request.headers[x-tier]', values: [free]}]
+";
+        let as_tier = |tier: &str| Request {
+            claims: claims(json!({"sub": "alice", "aud": "details", "tier": tier})),
+            ..request("GET /list")
+        };
+        let o = decide_with(file, as_tier("free"), &mut Vec::new());
+        assert_eq!((o.verdict, o.status), (Verdict::Deny, 403), "{}", o.reason);
+        assert_eq!(o.access.unwrap().policy(), Some("default/no-free"));
+        let o = decide_with(file, as_tier("gold"), &mut Vec::new());
+        assert_eq!(o.verdict, Verdict::Allow, "{}", o.reason);
+        let id_token = Request {
+            claims: claims(json!({"sub": "alice", "aud": "details", "typ": "ID"})),
+            ..request("GET /list")
+        };
+        let o = decide_with(file, id_token, &mut Vec::new());
+        assert_eq!((o.verdict, o.status), (Verdict::Deny, 401), "{}", o.reason);
+    }
+
     #[test]
     fn the_peer_comes_with_the_connection() {
         let peer = Request {
@@ -845,8 +903,9 @@ spec:
             },
             &mut notes,
         );
-        // Anonymous, as the service, which reads no token, sees the caller.
-        assert_eq!((o.verdict, o.status), (Verdict::Deny, 401));
+        // Anonymous, as the service, which reads no token, sees the caller;
+        // and no credential could help it there: 403.
+        assert_eq!((o.verdict, o.status), (Verdict::Deny, 403));
         assert_eq!(notes.len(), 1, "{notes:?}");
         assert!(
             notes[0].starts_with(

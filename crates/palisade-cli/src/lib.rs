@@ -31,9 +31,11 @@
 //!
 //!   `--claims` stands for a token with these claims, taken as signed and
 //!   current: the workload's JWT authenticator checks them as it checks a
-//!   bearer token's (issuer, audience, subject; not the signature, the
-//!   header or the time claims, which are not read) and maps them to an
-//!   identity (`palisade_jwt::JwtAuthenticator::identity_for_verified_claims`):
+//!   bearer token's (issuer, audience, subject, the claims of another kind
+//!   of token; not the signature, the token's header or the time claims,
+//!   which are not read) and maps them to an identity, with the headers its
+//!   rule sets from them
+//!   (`palisade_jwt::JwtAuthenticator::authenticated_for_verified_claims`):
 //!   the request principal is `ISS/SUB`, roles and scopes as for a bearer
 //!   token, and claims it refuses are the service's 401. A workload
 //!   without a `RequestAuthentication` or `KeycloakAdapter` reads no token:

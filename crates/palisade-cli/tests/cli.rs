@@ -616,7 +616,8 @@ fn explain_says_what_it_takes_for_granted() {
     let fragment = "examples/policies/allow-by-role.yaml";
     let bob = r#"{"iss": "https://keycloak.example/realms/bookinfo", "sub": "bob", "aud": "reviews"}"#;
     let ignored = explain(&[fragment, "--request", "GET /list", "--claims", bob]);
-    assert_eq!(ignored["status"], 401);
+    // No authenticator to name in a challenge: no credential could help.
+    assert_eq!(ignored["status"], 403);
     let n = notes(&ignored);
     assert!(
         n.len() == 1
@@ -713,6 +714,22 @@ spec:
             Value::from("default/only-9080"),
             Value::from(0)
         )
+    );
+}
+
+/// What the file says aloud when it loads (`check`'s notes) is said by
+/// `explain` too: an empty file allows everything.
+#[test]
+fn explain_notes_what_the_file_says_as_it_loads() {
+    let dir = Scratch::new("explain-warnings");
+    let empty = dir.file("empty.yaml", "");
+    let v = explain(&[&empty, "--workload", "default/details", "--request", "GET /"]);
+    assert_eq!(v["decision"], "allow");
+    assert!(
+        notes(&v)
+            .iter()
+            .any(|n| n.contains("holds no document") && n.contains("every request is allowed")),
+        "{v}"
     );
 }
 

@@ -463,6 +463,13 @@ pub enum AuthOutcome {
 pub trait Authenticator: Any + Send + Sync {
     /// The `WWW-Authenticate` challenge this authenticator adds when a
     /// credential is required and missing (`Bearer realm="…"`, `Negotiate`).
+    /// `None` for a credential no challenge asks for (a peer's
+    /// certificate). A 401 names how to authenticate (RFC 9110 §11.6.1), so
+    /// where no authenticator of the guard offers a challenge (nor a
+    /// [`fallback_challenge`](Self::fallback_challenge), nor a
+    /// [`sign_in`](Self::sign_in) for the request) a request refused for
+    /// want of a credential is answered 403, as Spring Security's
+    /// `Http403ForbiddenEntryPoint` answers for certificates.
     fn challenge(&self) -> Option<String>;
 
     /// Authenticates a request.

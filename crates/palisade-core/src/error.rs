@@ -173,6 +173,15 @@ impl Rejection {
         Self::new(ErrorKind::InvalidRequest, detail, Vec::new())
     }
 
+    /// The same refusal as a 403: for a request no credential could
+    /// change, asked for one by no challenge.
+    #[must_use]
+    pub(crate) fn refused_outright(mut self) -> Self {
+        self.kind = ErrorKind::Forbidden;
+        self.detail = Cow::Borrowed("access denied by policy");
+        self
+    }
+
     /// The same rejection, with the access decision that caused it.
     #[must_use]
     pub fn with_access(mut self, access: AccessDecision) -> Self {

@@ -48,7 +48,8 @@ pub(crate) const SIGN_IN_HEADERS: &[&str] = &[
 /// let Check::Ready(Decision::Allow(admission)) = guard.check(&OwnedRequest::get("/")) else { panic!() };
 /// let auth = admission.auth();
 /// assert!(auth.identity().is_none());
-/// assert_eq!(auth.missing_credential().status(), 401);
+/// // No authenticator here offers a challenge: no credential would help.
+/// assert_eq!(auth.missing_credential().status(), 403);
 /// # Ok::<(), palisade_core::GuardError>(())
 /// ```
 #[derive(Clone, Debug)]
@@ -81,10 +82,16 @@ impl RequestAuth {
         &self.access
     }
 
-    /// The 401 for a handler that needs an identity the request lacks.
+    /// The refusal for a handler that needs an identity the request lacks:
+    /// 401 with the guard's challenges, or 403 where no authenticator
+    /// offers one (a 401 names how to authenticate, RFC 9110 §11.6.1).
     #[must_use]
     pub fn missing_credential(&self) -> Rejection {
-        self.compiled.missing_credential()
+        let rejection = self.compiled.missing_credential();
+        if rejection.challenges().is_empty() {
+            return rejection.refused_outright();
+        }
+        rejection
     }
 
     /// The configuration that checked this request.
@@ -713,13 +720,21 @@ impl Compiled {
 
     /// The sign-in answer for a request refused for want of a credential:
     /// the first interactive authenticator's (a redirect to sign in), else
-    /// the refusal itself.
+    /// the refusal itself (a 403 where no authenticator offers a challenge).
     pub(crate) fn sign_in_or(&self, req: &dyn RequestHead, rejection: Rejection) -> Decision {
         if rejection.kind() == crate::error::ErrorKind::MissingCredential
             && let Some(reply) = self.authenticators.iter().find_map(|a| a.sign_in(req))
         {
             tracing::debug!(target: LOG_TARGET, method = req.method(), path = req.path(), "sent to sign in");
             return Decision::Reply(reply);
+        }
+        // A 401 names how to authenticate (RFC 9110 §11.6.1); where no
+        // authenticator offers a scheme (a peer certificate's alone) and
+        // none sends this request to sign in, no credential could change
+        // the answer: a 403, as Istio answers.
+        if rejection.kind() == crate::error::ErrorKind::MissingCredential && rejection.challenges().is_empty()
+        {
+            return Decision::Deny(rejection.refused_outright());
         }
         Decision::Deny(rejection)
     }
@@ -2004,6 +2019,68 @@ mod tests {
         fn authenticate(&self, _: &dyn RequestHead) -> Check<AuthOutcome> {
             Check::Ready(AuthOutcome::NoCredential)
         }
+    }
+
+    /// An authenticator of transport peers: it offers no challenge.
+    struct PeerOnly;
+
+    impl Authenticator for PeerOnly {
+        fn challenge(&self) -> Option<String> {
+            None
+        }
+        fn authenticate(&self, _: &dyn RequestHead) -> Check<AuthOutcome> {
+            Check::Ready(AuthOutcome::NoCredential)
+        }
+    }
+
+    /// A 401 names how to authenticate: a guard whose authenticators
+    /// offer no challenge refuses a caller without a user with a 403, as
+    /// does a handler's need for an identity; with a challenge, the 401.
+    #[test]
+    fn a_refusal_no_challenge_could_answer_is_a_403() {
+        let needs_user = || {
+            AccessPolicy::builder()
+                .allow("users", [crate::authz::Rule::new().request_principals(["*"])])
+                .build()
+                .unwrap()
+        };
+        let peers = Guard::builder()
+            .authenticator(PeerOnly)
+            .access_policy(needs_user())
+            .build()
+            .unwrap();
+        let Decision::Deny(r) = ready(peers.check(&OwnedRequest::get("/"))) else {
+            panic!("refused")
+        };
+        assert_eq!((r.status(), r.challenges()), (403, &[][..]));
+        assert!(r.access().is_some(), "the decision stays with it");
+        let users = Guard::builder()
+            .authenticator(PeerOnly)
+            .authenticator(Alive(Arc::new(())))
+            .access_policy(needs_user())
+            .build()
+            .unwrap();
+        let Decision::Deny(r) = ready(users.check(&OwnedRequest::get("/"))) else {
+            panic!("refused")
+        };
+        assert_eq!((r.status(), r.challenges()), (401, &["Alive".to_owned()][..]));
+        // A handler's need for an identity, on a request the guard let in.
+        let open = |a: Guard| match ready(a.check(&OwnedRequest::get("/"))) {
+            Decision::Allow(a) => a.auth().missing_credential(),
+            other => panic!("{other:?}"),
+        };
+        let peers = Guard::builder()
+            .authenticator(PeerOnly)
+            .access_policy(AccessPolicy::allow_all())
+            .build()
+            .unwrap();
+        assert_eq!(open(peers).status(), 403);
+        let users = Guard::builder()
+            .authenticator(Alive(Arc::new(())))
+            .access_policy(AccessPolicy::allow_all())
+            .build()
+            .unwrap();
+        assert_eq!(open(users).status(), 401);
     }
 
     #[test]

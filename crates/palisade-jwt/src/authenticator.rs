@@ -1043,6 +1043,45 @@ impl JwtAuthenticator {
         claims: Map<String, Value>,
         proof: Verification,
     ) -> Result<Identity, JwtError> {
+        self.authenticated_for_verified_claims(claims, proof)
+            .map(|a| a.identity)
+    }
+
+    /// [`identity_for_verified_claims`](Self::identity_for_verified_claims)
+    /// with what the authenticator hands the request besides the identity:
+    /// the headers its providers set from the claims (`outputClaimToHeaders`,
+    /// `outputPayloadToHeader`, the payload as these claims' JSON), which an
+    /// access policy may read. The token's own header is not removed: there
+    /// is none.
+    ///
+    /// ```
+    /// use palisade_core::Verification;
+    /// use palisade_core::authn::HeaderEdit;
+    /// use palisade_jwt::{JwtAuthenticator, Provider};
+    /// let jwt = JwtAuthenticator::builder()
+    ///     .provider(
+    ///         Provider::builder("https://kc.example/realms/shop")
+    ///             .audience("details")
+    ///             .output_claim_to_header("tier", "x-tier")
+    ///             .build()?,
+    ///     )
+    ///     .build()?;
+    /// let claims = serde_json::json!({
+    ///     "iss": "https://kc.example/realms/shop", "sub": "alice", "aud": "details", "tier": "free",
+    /// });
+    /// let claims = claims.as_object().unwrap().clone();
+    /// let a = jwt.authenticated_for_verified_claims(claims, Verification::assertion())?;
+    /// assert_eq!(a.edits.as_slice(), [HeaderEdit::Set("x-tier".into(), "free".into())]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`identity_for_verified_claims`](Self::identity_for_verified_claims).
+    pub fn authenticated_for_verified_claims(
+        &self,
+        claims: Map<String, Value>,
+        proof: Verification,
+    ) -> Result<Authenticated, JwtError> {
         let issuer = peek_issuer(&claims)?;
         let (provider, tenant) = match self.0.by_issuer.get(issuer) {
             Some(&p) => (p, None),
@@ -1052,13 +1091,23 @@ impl JwtAuthenticator {
                 .ok_or(JwtError::UnknownIssuer)?,
         };
         let cfg = &self.0.providers[provider].cfg;
+        // A token's kind as its claims tell it (an ID, refresh or logout
+        // token); the header's `typ` is not there to read.
+        if !cfg.any_token_kind && is_other_kind(None, &claims) {
+            return Err(JwtError::WrongType);
+        }
         check_subject_and_audience(cfg, &claims)?;
+        let payload = cfg
+            .output_payload_to_header
+            .is_some()
+            .then(|| URL_SAFE_NO_PAD.encode(Value::Object(claims.clone()).to_string()));
         let mut claims = token_claims(cfg, claims);
         if let Some((name, issuer)) = tenant {
             claims.issuer = issuer;
             claims.tenant = Some(name);
         }
-        Ok(Identity::from_token(claims, proof))
+        let edits = output_edits(cfg, &claims.claims, payload.as_deref());
+        Ok(Authenticated::new(Identity::from_token(claims, proof)).with_edits(HeaderEdits::from(edits)))
     }
 
     /// The `WWW-Authenticate` realm.
