@@ -82,7 +82,14 @@ struct Inner {
     unreadable: Mutex<Option<Instant>>,
     unreadable_said: crate::logging::Sparse,
     unreadable_after: Duration,
+    /// Whether a watch thread runs: a second one would share `settling`
+    /// and defeat it.
+    watching: std::sync::atomic::AtomicBool,
 }
+
+/// The shortest interval between a watch's looks: two looks a moment
+/// apart would put in force a file its writer paused in.
+const MIN_WATCH_INTERVAL: Duration = Duration::from_millis(100);
 
 /// How long the watch finds the file unreadable (missing, not allowed, a
 /// directory) before saying so: a file replaced by a rename is missing for
@@ -148,6 +155,7 @@ impl PolicyReloader {
             unreadable: Mutex::new(None),
             unreadable_said: crate::logging::Sparse::per_minute(),
             unreadable_after: UNREADABLE_AFTER,
+            watching: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -211,9 +219,16 @@ impl PolicyReloader {
         for _ in 1..looks {
             std::thread::sleep(pause);
             let now = read();
-            let same = matches!((&before, &now), (Ok(a), Ok(b)) if a == b);
+            // A file that cannot be read twice in a row is refused as such;
+            // once is an editor's save under way (the file renamed away
+            // before the new one is written), and the looks go on.
+            let same = match (&before, &now) {
+                (Ok(a), Ok(b)) => a == b,
+                (Err(_), Err(_)) => true,
+                _ => false,
+            };
             before = now;
-            if same || before.is_err() {
+            if same {
                 let mut last = self.0.last.lock().unwrap_or_else(PoisonError::into_inner);
                 // Read again under the lock: contents another reload put in
                 // force meanwhile are not replaced by these older ones.
@@ -374,11 +389,18 @@ impl PolicyReloader {
     /// ([`PolicyReloader::reload_if_changed`]); the thread ends when the
     /// last clone of this reloader is dropped. Write the file by renaming
     /// a complete one over it, as Kubernetes does for a mounted ConfigMap,
-    /// and no reader ever sees it half written.
+    /// and no reader ever sees it half written. An `interval` under 100 ms
+    /// is taken as 100 ms; a reloader has one watch (a second call, on it
+    /// or a clone, does nothing).
     ///
     /// # Errors
     /// When the thread cannot be started.
     pub fn watch(&self, interval: Duration) -> std::io::Result<()> {
+        use std::sync::atomic::Ordering;
+        if self.0.watching.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let interval = interval.max(MIN_WATCH_INTERVAL);
         let weak: Weak<Inner> = Arc::downgrade(&self.0);
         std::thread::Builder::new()
             .name("palisade-policy-watch".into())
@@ -388,6 +410,10 @@ impl PolicyReloader {
                     let Some(inner) = weak.upgrade() else { return };
                     let _ = PolicyReloader(inner).reload_if_changed();
                 }
+            })
+            .map_err(|e| {
+                self.0.watching.store(false, Ordering::Release);
+                e
             })?;
         Ok(())
     }
@@ -854,6 +880,27 @@ spec:
         reloader.reload_settled(Duration::from_millis(300), 10).unwrap();
         writer.join().unwrap();
         assert!(open(&guard));
+        // Missing at one look (an editor's save: the file renamed away, the
+        // new one not yet written): the looks go on, and the file loads.
+        let (_dir, _file, guard, reloader) = started("signal-missing", CLOSED);
+        let mut reads = 0;
+        reloader
+            .settle(Duration::from_millis(1), 5, || {
+                reads += 1;
+                match reads {
+                    2 => Err(std::io::ErrorKind::NotFound.into()),
+                    _ => Ok(OPEN.as_bytes().to_vec()),
+                }
+            })
+            .unwrap();
+        assert!(open(&guard), "loaded after {reads} reads");
+        // Missing at two looks in a row: refused as unreadable.
+        let err = reloader
+            .settle(Duration::from_millis(1), 5, || {
+                Err(std::io::ErrorKind::NotFound.into())
+            })
+            .unwrap_err();
+        assert!(open(&guard), "{err}: the policy in force stays");
     }
 
     /// A signal's reload, its contents settled, reads the file again once
