@@ -23,7 +23,7 @@ use palisade_core::authz::{AccessDecision, AccessPolicy, Action, ExternalAuthori
 use palisade_core::policy::{PolicyError, PolicySet, Spec, Workload, WorkloadPolicy};
 use palisade_core::{AuthMethod, Check, ErrorKind, Guard, Identity, Rejection, Verification};
 use palisade_jwt::{JwtAuthenticator, JwtError};
-use palisade_mtls::SpiffeId;
+use palisade_mtls::{MtlsMode, SpiffeId};
 use palisade_signin::{SignIn, is_navigation};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -187,6 +187,9 @@ pub(crate) struct Bench {
     sign_in: Option<SignInRoutes>,
     /// A document for the workload reads `destination.ip`.
     reads_destination_ip: bool,
+    /// The workload's mTLS mode when a `PeerAuthentication` sets it, and
+    /// the ports its `portLevelMtls` set otherwise.
+    mtls: Option<(MtlsMode, Vec<(u16, MtlsMode)>)>,
     /// The workload is a stand-in (the file names none) and one of its JWT
     /// rules gives no audiences: Istio's default, the workload's own host
     /// and service name, is unknown.
@@ -206,6 +209,21 @@ impl Bench {
         SignIn::check_policy(&policy)?;
         let sign_in = SignInRoutes::from_policy(&policy);
         let reads_destination_ip = reads_destination_ip(&policy);
+        let mtls = match policy.peer_authentications().next() {
+            None => None,
+            Some(_) => {
+                let ports: std::collections::BTreeSet<u16> = policy
+                    .peer_authentications()
+                    .flat_map(|(_, pa)| pa.port_level_mtls.keys().copied())
+                    .collect();
+                let modes = ports
+                    .into_iter()
+                    .map(|port| palisade_mtls::mode_for_port(&policy, port).map(|m| (port, m)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                // No port is 0: the workload's own mode.
+                Some((palisade_mtls::mode_for_port(&policy, 0)?, modes))
+            }
+        };
         let unknown_audience = workload.service == workloads::ANY
             && policy
                 .request_authentications()
@@ -216,6 +234,7 @@ impl Bench {
             jwt,
             sign_in,
             reads_destination_ip,
+            mtls,
             unknown_audience,
         })
     }
@@ -264,6 +283,21 @@ impl Bench {
                     "{w}: destination.ip is read, and it is taken as 0.0.0.0 offline"
                 )),
                 Some(_) => {}
+            }
+        }
+        if let Some((workload_mode, ports)) = &self.mtls {
+            let mode = req
+                .port
+                .and_then(|p| ports.iter().find(|(q, _)| *q == p))
+                .map_or(*workload_mode, |(_, m)| *m);
+            match (mode, &req.peer) {
+                (MtlsMode::Strict, None) => notes.push(format!(
+                    "{w}: its PeerAuthentication makes the port STRICT: a caller without a client certificate is refused at the TLS handshake, before any policy (the answer is the policy's, for a request that reached it); give the caller's with --peer PRINCIPAL (`peer:` in a case)"
+                )),
+                (MtlsMode::Disable, Some(_)) => notes.push(format!(
+                    "{w}: its PeerAuthentication turns mutual TLS off (DISABLE) for the port: no client certificate is asked for, so no request there has the peer --peer gives"
+                )),
+                _ => {}
             }
         }
         if head.read_remote.get() && req.source_ip.is_none() {
@@ -811,6 +845,58 @@ spec:
         };
         let o = decide_with(file, id_token, &mut Vec::new());
         assert_eq!((o.verdict, o.status), (Verdict::Deny, 401), "{}", o.reason);
+    }
+
+    /// What the workload's `PeerAuthentication` does before any policy is
+    /// said: no answer is given for a caller the handshake refuses.
+    #[test]
+    fn the_mtls_mode_is_noted_where_it_refuses_first() {
+        let file = format!(
+            "{FILE}---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: strict}}
+spec:
+  selector: {{matchLabels: {{app: details}}}}
+  mtls: {{mode: STRICT}}
+  portLevelMtls: {{9090: {{mode: DISABLE}}}}
+"
+        );
+        let said = |req: Request| {
+            let mut notes = Vec::new();
+            decide_with(&file, req, &mut notes);
+            notes
+        };
+        let anonymous = said(request("GET /healthz"));
+        assert!(
+            anonymous
+                .iter()
+                .any(|n| n.contains("STRICT") && n.contains("--peer")),
+            "{anonymous:?}"
+        );
+        let peer = || Some(crate::args::peer_principal("cluster.local/ns/default/sa/productpage").unwrap());
+        let with_peer = said(Request {
+            peer: peer(),
+            ..request("GET /healthz")
+        });
+        assert!(
+            !with_peer.iter().any(|n| n.contains("PeerAuthentication")),
+            "{with_peer:?}"
+        );
+        let off = said(Request {
+            peer: peer(),
+            port: Some(9090),
+            ..request("GET /healthz")
+        });
+        assert!(off.iter().any(|n| n.contains("DISABLE")), "{off:?}");
+        let plain = said(Request {
+            port: Some(9090),
+            ..request("GET /healthz")
+        });
+        assert!(
+            !plain.iter().any(|n| n.contains("PeerAuthentication")),
+            "{plain:?}"
+        );
     }
 
     #[test]

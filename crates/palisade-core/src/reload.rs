@@ -411,10 +411,7 @@ impl PolicyReloader {
                     let _ = PolicyReloader(inner).reload_if_changed();
                 }
             })
-            .map_err(|e| {
-                self.0.watching.store(false, Ordering::Release);
-                e
-            })?;
+            .inspect_err(|_| self.0.watching.store(false, Ordering::Release))?;
         Ok(())
     }
 
