@@ -234,18 +234,26 @@ fn try_run(args: &Test) -> Result<Report, Report> {
             .find(|b| b.workload == case.workload)
             .ok_or_else(|| Report::failure(format!("no guard for {}", label(&case.workload))))?;
         let mut found = case.notes.clone();
-        let outcome = bench.decide(&case.request, &rt, &mut found).map_err(|e| {
-            bad(format!(
-                "{}: case {} ({}): field `claims`: {e}",
-                cases_file.display(),
-                case.number,
-                case.name
-            ))
-        })?;
         let named = if case.shared {
             format!("{} ({})", case.name, label(&case.workload))
         } else {
             case.name.clone()
+        };
+        // Claims that cannot stand for a token of this workload fail this
+        // case (for this workload), not the run: the others are decided.
+        let outcome = match bench.decide(&case.request, &rt, &mut found) {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                failed += 1;
+                out.push(format!(
+                    "FAILED {} ({}): {}: case {}: field `claims`: {e}",
+                    case.name,
+                    label(&case.workload),
+                    cases_file.display(),
+                    case.number
+                ));
+                continue;
+            }
         };
         for note in found {
             match notes.iter_mut().find(|(n, _)| *n == note) {
@@ -718,6 +726,34 @@ spec:
             assert_eq!(report.status, 1, "{file:?}: {report:?}");
             assert!(report.err[0].contains(says), "{file:?}: {report:?}");
         }
+    }
+
+    /// Claims one case cannot stand for (no `iss`, two issuers trusted)
+    /// fail that case; the others are decided.
+    #[test]
+    fn claims_a_case_cannot_give_fail_that_case_alone() {
+        let policy = "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt}
+spec:
+  selector: {matchLabels: {app: details}}
+  jwtRules:
+  - {issuer: https://a.example, jwksUri: https://a.example/certs}
+  - {issuer: https://b.example, jwksUri: https://b.example/certs}
+";
+        let cases = "cases:
+- {name: no issuer, workload: default/details, request: GET /, claims: {sub: alice, aud: details}, expect: allow}
+- {name: anyone, workload: default/details, request: GET /, expect: allow}
+";
+        let report = Files::new("claims-one-case", policy, cases).run();
+        assert_eq!(report.status, 1, "{report:?}");
+        assert_eq!(report.out.len(), 2, "{report:?}");
+        assert!(
+            report.out[0].starts_with("FAILED no issuer (default/details): ")
+                && report.out[0].contains("case 1: field `claims`: the claims have no `iss`"),
+            "{report:?}"
+        );
+        assert_eq!(report.out[1], "1 passed, 1 failed");
     }
 
     const FRAGMENT: &str = "apiVersion: security.istio.io/v1
