@@ -342,6 +342,12 @@ impl Bench {
                     issuers.join(", ")
                 ));
             };
+            if issuer.contains(palisade_core::syntax::TENANT) {
+                return Err(format!(
+                    "the claims have no `iss`, and {} trusts the issuer pattern {issuer}: name one of its tenants' issuers",
+                    label(&self.workload)
+                ));
+            }
             claims.insert("iss".into(), Value::from(*issuer));
         }
         if claims.contains_key("cnf") {
@@ -897,6 +903,42 @@ spec:
             !plain.iter().any(|n| n.contains("PeerAuthentication")),
             "{plain:?}"
         );
+    }
+
+    /// Without `iss`, a pattern's text is no issuer: the caller is told
+    /// to name a tenant's.
+    #[test]
+    fn claims_without_iss_under_an_issuer_pattern_are_asked_for_one() {
+        let file = "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt}
+spec:
+  jwtRules:
+  - {issuer: 'https://login.example/{tenant}/v2.0', jwksUri: 'https://login.example/{tenant}/keys', audiences: [details]}
+---
+apiVersion: palisade.dev/v1alpha1
+kind: JwtSettings
+metadata: {name: tenants}
+spec: {issuer: 'https://login.example/{tenant}/v2.0', tenants: [t1]}
+";
+        let set = PolicySet::from_yaml_str(file, "p.yaml").unwrap();
+        let bench = Bench::compile(&set, Workload::new("details", "default")).unwrap();
+        let rt = runtime().unwrap();
+        let req = Request {
+            claims: claims(json!({"sub": "alice", "aud": "details"})),
+            ..request("GET /list")
+        };
+        let e = bench.decide(&req, &rt, &mut Vec::new()).unwrap_err();
+        assert!(
+            e.contains("the issuer pattern") && e.contains("name one of its tenants' issuers"),
+            "{e}"
+        );
+        let named = Request {
+            claims: claims(json!({"iss": "https://login.example/t1/v2.0", "sub": "alice", "aud": "details"})),
+            ..request("GET /list")
+        };
+        let o = bench.decide(&named, &rt, &mut Vec::new()).unwrap();
+        assert_eq!(o.verdict, Verdict::Allow, "{}", o.reason);
     }
 
     #[test]
