@@ -285,6 +285,19 @@ impl Bench {
                 Some(_) => {}
             }
         }
+        // A signed token (three parts): a malformed one is refused here as
+        // the service refuses it.
+        let bearer = req.headers.iter().any(|(name, value)| {
+            let (scheme, token) = value.trim().split_once(' ').unwrap_or_default();
+            name.eq_ignore_ascii_case("authorization")
+                && (scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("dpop"))
+                && token.trim().split('.').count() == 3
+        });
+        if bearer && self.jwt.is_some() {
+            notes.push(format!(
+                "{w}: the token in --header authorization is read as the service reads it, but no key is fetched offline, so a signed token cannot pass here: give its claims with --claims JSON (`claims:` in a case)"
+            ));
+        }
         if let Some((workload_mode, ports)) = &self.mtls {
             let mode = req
                 .port
@@ -964,9 +977,27 @@ spec: {issuer: 'https://login.example/{tenant}/v2.0', tenants: [t1]}
             headers: vec![("authorization".into(), "Bearer not-a-token".into())],
             ..request("GET /healthz")
         };
-        let o = decide(garbage);
+        let mut notes = Vec::new();
+        let o = decide_with(FILE, garbage, &mut notes);
         assert_eq!((o.verdict, o.status), (Verdict::Deny, 401));
         assert_eq!(o.reason, "the token is malformed");
+        assert!(notes.is_empty(), "judged as the service judges it: {notes:?}");
+        // A signed token: no key is had offline to judge it; said so.
+        let signed = Request {
+            headers: vec![(
+                "authorization".into(),
+                "Bearer eyJhbGciOiJSUzI1NiJ9.e30.c2ln".into(),
+            )],
+            ..request("GET /healthz")
+        };
+        let mut notes = Vec::new();
+        decide_with(FILE, signed, &mut notes);
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.contains("no key is fetched offline") && n.contains("--claims")),
+            "{notes:?}"
+        );
     }
 
     #[test]
