@@ -163,6 +163,16 @@ fn test(args: Vec<String>) -> Result<Test, String> {
     Ok(Test { file, cases, with })
 }
 
+/// `value` into `slot`, which a flag given twice would fill twice: the
+/// second is refused rather than silently kept.
+fn once<T>(slot: &mut Option<T>, flag: &str, value: T) -> Result<(), String> {
+    if slot.is_some() {
+        return Err(format!("{flag} is given twice (see --help)"));
+    }
+    *slot = Some(value);
+    Ok(())
+}
+
 fn explain(args: Vec<String>) -> Result<Explain, String> {
     let mut file = None;
     let mut with = Vec::new();
@@ -175,17 +185,20 @@ fn explain(args: Vec<String>) -> Result<Explain, String> {
         let mut value = || it.next().ok_or_else(|| format!("{arg} needs a value"));
         let named = |e: String| format!("{arg} {e}");
         match arg.as_str() {
-            "--workload" => workload = Some(workload_name(&value()?).map_err(named)?),
+            "--workload" => once(&mut workload, &arg, workload_name(&value()?).map_err(named)?)?,
             "--label" => {
                 let (k, v) = label(&value()?).map_err(named)?;
+                if labels.contains_key(&k) {
+                    return Err(format!("{arg} {k} is given twice (see --help)"));
+                }
                 labels.insert(k, v);
             }
-            "--request" => request = Some(request_line(&value()?).map_err(named)?),
+            "--request" => once(&mut request, &arg, request_line(&value()?).map_err(named)?)?,
             "--header" => req.headers.push(header(&value()?).map_err(named)?),
-            "--claims" => req.claims = Some(claims_json(&value()?).map_err(named)?),
-            "--peer" => req.peer = Some(peer_principal(&value()?).map_err(named)?),
-            "--port" => req.port = Some(port(&value()?).map_err(named)?),
-            "--source-ip" => req.source_ip = Some(ip(&value()?).map_err(named)?),
+            "--claims" => once(&mut req.claims, &arg, claims_json(&value()?).map_err(named)?)?,
+            "--peer" => once(&mut req.peer, &arg, peer_principal(&value()?).map_err(named)?)?,
+            "--port" => once(&mut req.port, &arg, port(&value()?).map_err(named)?)?,
+            "--source-ip" => once(&mut req.source_ip, &arg, ip(&value()?).map_err(named)?)?,
             "--with" => with.push(PathBuf::from(value()?)),
             flag if flag.starts_with("--") => {
                 return Err(format!("explain: unknown argument `{flag}` (see --help)"));
@@ -367,7 +380,7 @@ mod tests {
 
     #[test]
     fn mistakes_name_the_argument() {
-        let cases: [(&[&str], &str); 15] = [
+        let cases: [(&[&str], &str); 17] = [
             (&[], "a subcommand is needed"),
             (&["lint", "f"], "unknown subcommand `lint`"),
             (&["check"], "check takes FILE"),
@@ -411,6 +424,14 @@ mod tests {
                 &["explain", "f", "--request", "GET /", "--label", "version=v2"],
                 "--label needs --workload",
             ),
+            (
+                &["explain", "f", "--request", "GET /", "--request", "POST /"],
+                "--request is given twice",
+            ),
+            (
+                &["explain", "f", "--request", "GET /", "--port", "1", "--port", "2"],
+                "--port is given twice",
+            ),
             (&["test", "a", "b", "--with"], "--with needs a value"),
             (
                 &["test", "a", "b", "--frob", "x"],
@@ -422,6 +443,9 @@ mod tests {
             assert!(err.contains(want), "{line:?}: {err}");
         }
         assert!(args(&["explain", "f"]).unwrap_err().contains("needs --request"));
+        let labels = ["--workload", "a/b", "--label", "v=1", "--label", "v=2"];
+        let twice = args(&[&["explain", "f", "--request", "GET /"][..], &labels[..]].concat()).unwrap_err();
+        assert!(twice.contains("--label v is given twice"), "{twice}");
         assert!(
             args(&["explain", "--request", "GET /"])
                 .unwrap_err()
