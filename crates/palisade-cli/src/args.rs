@@ -257,6 +257,14 @@ pub(crate) fn ip(text: &str) -> Result<IpAddr, String> {
 
 /// `NS/NAME`.
 pub(crate) fn workload_name(text: &str) -> Result<WorkloadName, String> {
+    // `check` prints a labelled variant as `NS/NAME[k=v]`: its labels are
+    // given apart.
+    if let Some((name, labels)) = text.split_once('[') {
+        let labels = labels.trim_end_matches(']').replace(',', " --label ");
+        return Err(format!(
+            "`{text}`: write NAMESPACE/NAME and the labels apart: --workload {name} --label {labels} (`labels:` in a case)"
+        ));
+    }
     match text.split_once('/') {
         Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => Ok(WorkloadName {
             namespace: ns.to_owned(),
@@ -380,7 +388,7 @@ mod tests {
 
     #[test]
     fn mistakes_name_the_argument() {
-        let cases: [(&[&str], &str); 17] = [
+        let cases: [(&[&str], &str); 18] = [
             (&[], "a subcommand is needed"),
             (&["lint", "f"], "unknown subcommand `lint`"),
             (&["check"], "check takes FILE"),
@@ -431,6 +439,17 @@ mod tests {
             (
                 &["explain", "f", "--request", "GET /", "--port", "1", "--port", "2"],
                 "--port is given twice",
+            ),
+            (
+                &[
+                    "explain",
+                    "f",
+                    "--request",
+                    "GET /",
+                    "--workload",
+                    "prod/details[version=v2]",
+                ],
+                "--workload prod/details --label version=v2",
             ),
             (&["test", "a", "b", "--with"], "--with needs a value"),
             (
