@@ -125,13 +125,14 @@ where
 {
     let limits = args.limits;
     let listen_error = |e: std::io::Error| format!("--listen {}: {e}", args.listen);
-    // Plaintext and PERMISSIVE (plaintext and mTLS on one port) take
-    // Palisade's listener, which waits for a caller's first byte with a
-    // timeout (actix-web's `bind_auto_h2c` waits without end) and in
-    // PERMISSIVE tells the two apart by it; STRICT and DISABLE take
-    // actix-web's own rustls listener.
+    // Plaintext and mutual TLS take Palisade's listener, which waits for a
+    // caller's first byte with a timeout (actix-web's `bind_auto_h2c` waits
+    // without end) and, while the mode in force is PERMISSIVE (plaintext
+    // and mTLS on one port), tells the two apart by it: a policy reload
+    // may change the mode (`ServerTls::set_mode`). TLS without a client CA
+    // takes actix-web's own rustls listener.
     let (server, addr) = match &setup.tls {
-        Some(tls) if tls.mode() != palisade::mtls::MtlsMode::Permissive => {
+        Some(tls) if !tls.takes_client_certificates() => {
             let server = palisade::actix::with_limits(HttpServer::new(app), &limits)
                 .tls_handshake_timeout(limits.handshake())
                 .workers(2)

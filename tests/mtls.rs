@@ -276,6 +276,67 @@ fn permissive_mode_serves_plaintext_without_and_mtls_with_an_identity() {
     }
 }
 
+/// A reloaded `PeerAuthentication` changes the mode for new connections,
+/// as Istio applies one: PERMISSIVE to STRICT refuses plaintext and TLS
+/// without a certificate from then on, and back again serves them.
+#[test]
+fn a_reloaded_peer_authentication_changes_the_mode_of_new_connections() {
+    need("curl", "curl");
+    let dir = ScratchDir::new("mtls-mode-reload");
+    let pki = TestPki::new();
+    let ca = dir.write("ca.pem", &pki.ca_pem());
+    let server = dir.cert("server", &pki.server(&["localhost"]));
+    let productpage = dir.cert("productpage", &pki.workload("default", "productpage"));
+    let mode = |mode: &str| {
+        format!(
+            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: default, namespace: istio-system}}\nspec: {{mtls: {{mode: {mode}}}}}\n"
+        )
+    };
+    // Plaintext served (HTTP status 200), or the connection refused (0).
+    let plain = |port: u16| {
+        let out = Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10"])
+            .arg(format!("http://127.0.0.1:{port}/whoami"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse::<u16>()
+            .unwrap_or(0)
+    };
+    // Polled: the reload follows the file within a second or two.
+    let until = |what: &str, f: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !f() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    for name in ["details", "reviews"] {
+        let policy = dir.write(&format!("{name}.yaml"), &mode("PERMISSIVE"));
+        let svc = start(name, &mtls_args(&["--config", &policy], &server, &ca));
+        let port = svc.port;
+        assert_eq!(plain(port), 200, "{name}: PERMISSIVE serves plaintext");
+        assert_eq!(curl(port, "/whoami", &ca, None, &[]).1, 200, "{name}");
+        dir.write(&format!("{name}.yaml"), &mode("STRICT"));
+        until(&format!("{name}: plaintext refused once STRICT"), &|| {
+            plain(port) == 0
+        });
+        let (code, status, _) = curl(port, "/whoami", &ca, None, &[]);
+        assert!(code != 0 && status == 0, "{name}: STRICT needs a certificate");
+        let (_, status, body) = curl(port, "/whoami", &ca, Some(&productpage), &[]);
+        assert_eq!(status, 200, "{name}: {body}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&body).unwrap()["peer"]["principal"],
+            "cluster.local/ns/default/sa/productpage",
+            "{name}"
+        );
+        dir.write(&format!("{name}.yaml"), &mode("PERMISSIVE"));
+        until(&format!("{name}: plaintext served again"), &|| plain(port) == 200);
+        assert_eq!(curl(port, "/whoami", &ca, None, &[]).1, 200, "{name}");
+    }
+}
+
 #[test]
 fn a_new_crl_refuses_a_revoked_client_at_its_next_handshake() {
     need("curl", "curl");

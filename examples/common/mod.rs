@@ -520,16 +520,12 @@ pub fn start_operations(args: &Args, setup: &Setup) {
         let workload = setup.workload.clone();
         let keytab = args.keytab.clone();
         let delegation = args.backend.is_some();
-        // The listener's mTLS mode is read at start-up: say so when a
-        // reload changes it, rather than pretend it applies. (Without
+        // The listener's mTLS mode follows the file, for new connections,
+        // as a reloaded PeerAuthentication does in Istio. (Without
         // --client-ca the listener takes no client certificate whatever the
-        // file says, and no restart changes that: nothing to say.)
+        // file says, as start-up warned.)
         let port = args.listen.port();
-        let mode = args
-            .client_ca
-            .as_ref()
-            .and(setup.tls.as_ref())
-            .map(ServerTls::mode);
+        let tls = args.client_ca.as_ref().and(setup.tls.clone());
         // So are the calls it makes (`UpstreamCredentials`, `DestinationRule`).
         let outbound = outbound_documents(&setup.set, &setup.workload);
         let reloader = palisade::core::reload::PolicyReloader::new(path, &setup.guard, move |set| {
@@ -540,14 +536,11 @@ pub fn start_operations(args: &Args, setup: &Setup) {
             palisade::mtls::UpstreamTls::check_policy(&policy)?;
             let wanted = palisade::mtls::mode_for_port(&policy, port)?;
             let guard = build_guard(set, &workload, keytab.as_deref(), delegation)?;
-            if let Some(running) = mode
-                && wanted != running
-            {
-                tracing::warn!(
-                    ?running,
-                    ?wanted,
-                    "the PeerAuthentication mode changed; it takes effect at restart"
-                );
+            // Put in force with the guard (the reloader swaps it in next):
+            // a server with a client CA takes every mode.
+            if let Some(tls) = &tls {
+                tls.set_mode(wanted)
+                    .map_err(|e| palisade::core::policy::PolicyError::new(set.source(), e.to_string()))?;
             }
             if outbound_documents(set, &workload) != outbound {
                 tracing::warn!(
@@ -628,11 +621,21 @@ fn admin(listener: std::net::TcpListener, handle: metrics_exporter_prometheus::P
 /// `--tls-cert`, `--tls-key`, `--client-ca`, `--client-crl`: the mode comes
 /// from the policy file's PeerAuthentication for the listening port.
 fn tls(args: &Args, policy: &WorkloadPolicy<'_>) -> Option<ServerTls> {
+    // Checked whatever the flags, as every reload checks it.
+    let mode =
+        palisade::mtls::mode_for_port(policy, args.listen.port()).unwrap_or_else(|e| fail(&e.to_string()));
+    if args.client_ca.is_none()
+        && mode != palisade::mtls::MtlsMode::Disable
+        && policy.peer_authentications().next().is_some()
+    {
+        tracing::warn!(
+            ?mode,
+            "the policy file's PeerAuthentication asks for mutual TLS on this port, but without --client-ca no client certificate is asked for: callers are not told apart by one"
+        );
+    }
     let (cert, key) = (args.tls_cert.as_ref()?, args.tls_key.as_ref()?);
     let mut b = ServerTls::builder(cert, key);
     if let Some(ca) = &args.client_ca {
-        let mode = palisade::mtls::mode_for_port(policy, args.listen.port())
-            .unwrap_or_else(|e| fail(&e.to_string()));
         b = b.client_ca(ca).mode(mode);
         for crl in &args.client_crls {
             b = b.crl(crl);

@@ -235,7 +235,12 @@ where
     let shutdown = builder.graceful_shutdown_signal();
     let addr = listener.local_addr()?;
     let host = settings.host.clone().unwrap_or_else(|| addr.to_string());
-    let with_plain = tls.as_ref().is_none_or(|t| t.mode() == MtlsMode::Permissive);
+    // Plaintext is served without TLS, and with it while the mode in force
+    // is PERMISSIVE: a server with a client CA may be put in that mode
+    // later ([`ServerTls::set_mode`]), so it has the plaintext service too.
+    let with_plain = tls
+        .as_ref()
+        .is_none_or(|t| t.mode() == MtlsMode::Permissive || t.takes_client_certificates());
     // Before a plaintext caller's first byte: the handshake timeout where
     // it may be TLS, the request timeout where it is HTTP.
     let first_byte_timeout = if tls.is_some() {
@@ -258,10 +263,12 @@ where
                 .tcp_auto_h2c()
         });
         let shutdown = shutdown.clone();
+        let mode = tls.clone();
         fn_factory(move || {
             let secure = secure.as_ref().map(|s| s.new_service(()));
             let plain = plain.as_ref().map(|p| p.new_service(()));
             let shutdown = shutdown.clone();
+            let mode = mode.clone();
             async move {
                 let secure = match secure {
                     Some(secure) => Some(Rc::new(secure.await?)),
@@ -274,6 +281,7 @@ where
                 Ok::<_, ()>(FirstByte {
                     secure,
                     plain,
+                    mode,
                     shutdown,
                     first_byte_timeout,
                     lifetime: PhantomData,
@@ -294,8 +302,12 @@ where
 struct FirstByte<'a, T, P> {
     /// The TLS service, unless the listener is plaintext only.
     secure: Option<Rc<T>>,
-    /// The plaintext service, in PERMISSIVE and without TLS.
+    /// The plaintext service, without TLS and where the mode may be
+    /// PERMISSIVE.
     plain: Option<Rc<P>>,
+    /// The server whose mode in force says whether a plaintext caller is
+    /// served (PERMISSIVE); `None` without TLS.
+    mode: Option<ServerTls>,
     shutdown: GracefulShutdownSignal,
     first_byte_timeout: Duration,
     lifetime: PhantomData<&'a ()>,
@@ -329,6 +341,11 @@ where
 
     fn call(&self, tcp: TcpStream) -> Self::Future {
         let (secure, plain) = (self.secure.clone(), self.plain.clone());
+        // The mode in force when the connection is accepted.
+        let permissive = self
+            .mode
+            .as_ref()
+            .is_none_or(|t| t.mode() == MtlsMode::Permissive);
         let shutdown = self.shutdown.clone();
         let first_byte_timeout = self.first_byte_timeout;
         Box::pin(async move {
@@ -340,6 +357,11 @@ where
                 Some(plain) => tokio::select! {
                     first = tokio::time::timeout(first_byte_timeout, starts_with_tls(&tcp)) => match first {
                         Ok(Ok(true)) if secure.is_some() => Ok(None),
+                        Ok(Ok(_)) if permissive => Ok(Some(plain)),
+                        // STRICT or DISABLE: TLS only. Given to the TLS
+                        // service, which fails its handshake as it would
+                        // without the plaintext service beside it.
+                        Ok(Ok(_)) if secure.is_some() => Ok(None),
                         Ok(Ok(_)) => Ok(Some(plain)),
                         Ok(Err(reason)) => Err(reason),
                         Err(_) => Err("no first byte in time"),

@@ -101,7 +101,6 @@ where
     };
     let handshake = Tls {
         acceptor: tokio_rustls::TlsAcceptor::from(config),
-        mode: tls.mode(),
         tls,
     };
     palisade_axum::serve_with(listener, handshake, limits, service, shutdown).await
@@ -114,8 +113,8 @@ where
 #[derive(Clone)]
 struct Tls {
     acceptor: tokio_rustls::TlsAcceptor,
-    mode: MtlsMode,
-    /// Whose material checks each connection's peer again.
+    /// Whose material checks each connection's peer again, and whose mode
+    /// in force ([`ServerTls::set_mode`]) each new connection meets.
     tls: ServerTls,
 }
 
@@ -131,7 +130,7 @@ impl Handshake for Tls {
     type Io = Stream;
 
     async fn handshake(&self, tcp: TcpStream, info: &mut ConnectionInfo) -> Result<Stream, &'static str> {
-        let tls_first = match self.mode {
+        let tls_first = match self.tls.mode() {
             // No timeout of its own: the loop's bounds the whole handshake.
             MtlsMode::Permissive => starts_with_tls(&tcp).await?,
             MtlsMode::Strict | MtlsMode::Disable => true,

@@ -48,6 +48,36 @@ pub(crate) async fn starts_with_tls(tcp: &tokio::net::TcpStream) -> Result<bool,
 /// mode read from a policy file is the mode the listener takes.
 pub use palisade_core::policy::MtlsMode;
 
+/// The mode in force, shared by a server's configuration, its verifier and
+/// its listeners: [`ServerTls::set_mode`] changes it for new connections.
+#[derive(Debug, Default)]
+struct LiveMode(std::sync::atomic::AtomicU8);
+
+impl LiveMode {
+    fn new(mode: MtlsMode) -> Self {
+        let live = Self::default();
+        live.set(mode);
+        live
+    }
+
+    fn get(&self) -> MtlsMode {
+        match self.0.load(std::sync::atomic::Ordering::Acquire) {
+            0 => MtlsMode::Strict,
+            1 => MtlsMode::Permissive,
+            _ => MtlsMode::Disable,
+        }
+    }
+
+    fn set(&self, mode: MtlsMode) {
+        let code = match mode {
+            MtlsMode::Strict => 0,
+            MtlsMode::Permissive => 1,
+            MtlsMode::Disable => 2,
+        };
+        self.0.store(code, std::sync::atomic::Ordering::Release);
+    }
+}
+
 /// A TLS file that cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[error("{file}: {message}")]
@@ -292,10 +322,11 @@ impl ServerTlsBuilder {
         };
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let stamp = files::stamp(&files.paths().cloned().collect::<Vec<_>>());
-        let material = Arc::new(ArcSwap::from_pointee(files.load(&provider, mode)?));
+        let material = Arc::new(ArcSwap::from_pointee(files.load(&provider)?));
+        let mode = Arc::new(LiveMode::new(mode));
         let verifier = Arc::new(DynVerifier {
             material: material.clone(),
-            mode,
+            mode: mode.clone(),
             provider: provider.clone(),
             trust_domains: self.trust_domains.into(),
             refused: metrics::counter!(
@@ -315,8 +346,9 @@ impl ServerTlsBuilder {
         // a store forgotten at each reload still takes the sessions of
         // handshakes under way. So a server that takes client
         // certificates resumes none: every connection's certificate is
-        // checked against the material in use.
-        if mode != MtlsMode::Disable {
+        // checked against the material in use. (Whatever its mode, which
+        // may change to one that takes them.)
+        if files.client_ca.is_some() {
             config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
             config.send_tls13_tickets = 0;
         }
@@ -408,10 +440,13 @@ impl Files {
             .chain(self.federated.iter().map(|(_, ca)| ca))
     }
 
-    fn load(&self, provider: &Arc<CryptoProvider>, mode: MtlsMode) -> Result<Material, TlsError> {
+    /// The material: the client bundle's verifiers are built whatever
+    /// the mode (a mode that takes no certificate may change to one that
+    /// does); the mode decides whether they are asked.
+    fn load(&self, provider: &Arc<CryptoProvider>) -> Result<Material, TlsError> {
         let key = files::certified_key(&self.cert, &self.key, provider)?;
         let mut clients = std::collections::hash_map::DefaultHasher::new();
-        (mode, self.allow_unknown_revocation, self.allow_expired_crls).hash(&mut clients);
+        (self.allow_unknown_revocation, self.allow_expired_crls).hash(&mut clients);
         let mut crls_expire = u64::MAX;
         let hash_anchors =
             |roots: &rustls::RootCertStore, clients: &mut std::collections::hash_map::DefaultHasher| {
@@ -426,9 +461,9 @@ impl Files {
                 }
             };
         let mut federated = Vec::new();
-        let verifier = match (&self.client_ca, mode) {
-            (None, _) | (_, MtlsMode::Disable) => None,
-            (Some(ca), _) => {
+        let verifier = match &self.client_ca {
+            None => None,
+            Some(ca) => {
                 let roots = Arc::new(files::roots(ca)?);
                 hash_anchors(&roots, &mut clients);
                 let mut crls = Vec::new();
@@ -457,16 +492,14 @@ impl Files {
                     }
                     crls.extend(list);
                 }
-                // Every bundle's verifier alike: the CRLs, the mode and the
-                // revocation settings; a federated one takes a chain no CRL
-                // covers (a partner's CRLs are seldom at hand), and still
-                // refuses one a CRL revokes.
+                // Every bundle's verifier alike: the CRLs and the revocation
+                // settings; a federated one takes a chain no CRL covers (a
+                // partner's CRLs are seldom at hand), and still refuses one
+                // a CRL revokes. (Whether a certificate is required is the
+                // mode's, which `DynVerifier` answers.)
                 let verifier_of = |roots: Arc<rustls::RootCertStore>, named: &Path, federated: bool| {
                     let mut b = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
                         .with_crls(crls.clone());
-                    if mode == MtlsMode::Permissive {
-                        b = b.allow_unauthenticated();
-                    }
                     if self.allow_unknown_revocation || federated {
                         b = b.allow_unknown_revocation_status();
                     }
@@ -515,7 +548,7 @@ impl Files {
 
 struct Inner {
     files: Files,
-    mode: MtlsMode,
+    mode: Arc<LiveMode>,
     provider: Arc<CryptoProvider>,
     material: Arc<ArcSwap<Material>>,
     /// The client certificates' verifier the config uses, for checking a
@@ -549,7 +582,7 @@ impl fmt::Debug for ServerTls {
             .field("key", &"<file>")
             .field("client_ca", &self.0.files.client_ca)
             .field("crls", &self.0.files.crls)
-            .field("mode", &self.0.mode)
+            .field("mode", &self.0.mode.get())
             .finish()
     }
 }
@@ -578,10 +611,55 @@ impl ServerTls {
         self.0.config.clone()
     }
 
-    /// The mode.
+    /// The mode in force for new connections.
     #[must_use]
     pub fn mode(&self) -> MtlsMode {
-        self.0.mode
+        self.0.mode.get()
+    }
+
+    /// Whether it was built with a [`client_ca`](ServerTlsBuilder::client_ca):
+    /// a mode that takes client certificates may be put in force.
+    #[must_use]
+    pub fn takes_client_certificates(&self) -> bool {
+        self.0.files.client_ca.is_some()
+    }
+
+    /// Puts `mode` in force for the connections accepted from now on, as
+    /// a reloaded `PeerAuthentication` does in Istio (the examples' policy
+    /// reload calls it): their handshakes ask for a client certificate, or
+    /// require one, as it says; under the serving helpers
+    /// ([`axum::serve_with`](crate::axum::serve_with),
+    /// [`actix::server`](crate::actix::server)) a plaintext caller is
+    /// served in [`Permissive`](MtlsMode::Permissive) only. Connections
+    /// already open keep what they were accepted with.
+    ///
+    /// # Errors
+    /// [`Strict`](MtlsMode::Strict) or [`Permissive`](MtlsMode::Permissive)
+    /// on a server built without a [`client_ca`](ServerTlsBuilder::client_ca),
+    /// which has nothing to check certificates with: the mode in force
+    /// stays.
+    pub fn set_mode(&self, mode: MtlsMode) -> Result<(), TlsError> {
+        if mode != MtlsMode::Disable && self.0.files.client_ca.is_none() {
+            return Err(TlsError::new(
+                &self.0.files.cert,
+                format!("mode {mode:?} asks for mutual TLS, which needs a client CA to check callers with"),
+            ));
+        }
+        let was = self.0.mode.get();
+        self.0.mode.set(mode);
+        // How much each mode takes in: a change to one that takes more is
+        // a relaxation, said loudly.
+        let lax = |m: MtlsMode| match m {
+            MtlsMode::Strict => 0,
+            MtlsMode::Permissive => 1,
+            MtlsMode::Disable => 2,
+        };
+        if lax(mode) > lax(was) {
+            tracing::warn!(target: LOG_TARGET, from = ?was, to = ?mode, "mutual TLS mode relaxed for new connections");
+        } else if was != mode {
+            tracing::info!(target: LOG_TARGET, from = ?was, to = ?mode, "mutual TLS mode tightened for new connections");
+        }
+        Ok(())
     }
 
     /// Reads the files again and uses them for new handshakes (a server
@@ -757,7 +835,7 @@ impl files::Reload for ServerTls {
     }
 
     fn read_again(&self) -> Result<(), TlsError> {
-        let loaded = self.0.files.load(&self.0.provider, self.0.mode);
+        let loaded = self.0.files.load(&self.0.provider);
         files::install(
             &self.0.material,
             loaded,
@@ -790,7 +868,7 @@ impl ResolvesServerCert for DynResolver {
 
 struct DynVerifier {
     material: Arc<ArcSwap<Material>>,
-    mode: MtlsMode,
+    mode: Arc<LiveMode>,
     provider: Arc<CryptoProvider>,
     /// Empty: any the bundle signs for.
     trust_domains: Arc<[String]>,
@@ -802,7 +880,7 @@ struct DynVerifier {
 impl fmt::Debug for DynVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DynVerifier")
-            .field("mode", &self.mode)
+            .field("mode", &self.mode.get())
             .finish_non_exhaustive()
     }
 }
@@ -862,11 +940,11 @@ impl DynVerifier {
 
 impl ClientCertVerifier for DynVerifier {
     fn offer_client_auth(&self) -> bool {
-        self.mode != MtlsMode::Disable && self.material.load().verifier.is_some()
+        self.mode.get() != MtlsMode::Disable && self.material.load().verifier.is_some()
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        self.mode == MtlsMode::Strict && self.offer_client_auth()
+        self.mode.get() == MtlsMode::Strict && self.offer_client_auth()
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
@@ -1105,6 +1183,41 @@ mod tests {
         }
         fn enter(&self, _: &tracing::span::Id) {}
         fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    /// The mode follows `set_mode` (a reloaded PeerAuthentication), a
+    /// relaxation said at WARN; a server without a client CA takes no mode
+    /// that asks for certificates.
+    #[test]
+    fn the_mode_in_force_changes_and_a_relaxation_is_warned_about() {
+        let dir = palisade_testkit::TempDir::new("palisade-mtls-set-mode");
+        let pki = TestPki::new();
+        let (cert, key) = pki.server(&["localhost"]).write_to(dir.path(), "server").unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, pki.ca_pem()).unwrap();
+        let tls = ServerTls::builder(&cert, &key).client_ca(&ca).build().unwrap();
+        let verifier = tls.0.verifier.clone();
+        assert!(tls.takes_client_certificates());
+        assert!(verifier.client_auth_mandatory(), "STRICT by default");
+        let seen = std::sync::Arc::new(Warnings::default());
+        tracing::subscriber::with_default(seen.clone(), || {
+            tls.set_mode(MtlsMode::Permissive).unwrap();
+            assert_eq!(tls.mode(), MtlsMode::Permissive);
+            assert!(verifier.offer_client_auth() && !verifier.client_auth_mandatory());
+            tls.set_mode(MtlsMode::Disable).unwrap();
+            assert!(!verifier.offer_client_auth());
+            tls.set_mode(MtlsMode::Strict).unwrap();
+            assert!(verifier.client_auth_mandatory());
+        });
+        assert_eq!(
+            seen.0.load(std::sync::atomic::Ordering::Relaxed),
+            2,
+            "two relaxations"
+        );
+        let plain = ServerTls::builder(&cert, &key).build().unwrap();
+        assert!(!plain.takes_client_certificates());
+        assert!(plain.set_mode(MtlsMode::Strict).is_err());
+        assert_eq!(plain.mode(), MtlsMode::Disable, "the mode in force stays");
     }
 
     /// A policy file may turn mutual TLS off under code that set trust
