@@ -787,11 +787,16 @@ spec:
                 "0 passed, 3 failed"
             ]
         );
-        assert_eq!(report.err.len(), 1, "{report:?}");
+        assert_eq!(report.err.len(), 2, "{report:?}");
         assert!(
             report.err[0]
                 .starts_with("note: default/details: the claims are ignored: no RequestAuthentication")
                 && report.err[0].ends_with("(cases: a user; another audience)"),
+            "{report:?}"
+        );
+        assert!(
+            report.err[1].contains("no credential could change the answer")
+                && report.err[1].ends_with("(case: nobody)"),
             "{report:?}"
         );
         let with = format!(

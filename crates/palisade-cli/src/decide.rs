@@ -295,7 +295,7 @@ impl Bench {
         });
         if bearer && self.jwt.is_some() {
             notes.push(format!(
-                "{w}: the token in --header authorization is read as the service reads it, but no key is fetched offline, so a signed token cannot pass here: give its claims with --claims JSON (`claims:` in a case)"
+                "{w}: the token in --header authorization is read as the service reads it, but no key is fetched offline (only keys written in the file, a rule's `jwks`, are had), so a token signed by a key fetched from `jwksUri` cannot pass here: give its claims with --claims JSON (`claims:` in a case)"
             ));
         }
         if let Some((workload_mode, ports)) = &self.mtls {
@@ -316,6 +316,19 @@ impl Bench {
         if head.read_remote.get() && req.source_ip.is_none() {
             notes.push(format!(
                 "{w}: a rule read the caller's address (ipBlocks, notIpBlocks, source.ip, or remoteIpBlocks without a trusted X-Forwarded-For), and none was given: it is unknown, as to a guard whose server cannot tell it, and the request is refused as such a guard refuses it; give it with --source-ip IP (`source_ip:` in a case)"
+            ));
+        }
+        if outcome.status == 403
+            && self.jwt.is_none()
+            && self.sign_in.is_none()
+            && req.claims.is_none()
+            && outcome
+                .access
+                .as_ref()
+                .is_some_and(AccessDecision::end_user_could_help)
+        {
+            notes.push(format!(
+                "{w}: the rules want an end user, and no RequestAuthentication, KeycloakAdapter or sign-in applies, so no credential could change the answer: 403, as the service answers; a service with SPNEGO on (`--keytab` in the examples) answers 401 with `Negotiate` instead"
             ));
         }
         if outcome.missing_credential && self.sign_in.is_some() && is_navigation(&head) {
@@ -541,42 +554,67 @@ impl Route {
 /// (it loads the issuer's discovery document), so this stand-in answers
 /// them, with [`Route::answer`]'s status, and reads no session.
 #[derive(Clone, Debug)]
-pub(crate) struct SignInRoutes(Vec<(String, Route)>);
+pub(crate) struct SignInRoutes {
+    routes: Vec<(String, Route)>,
+    /// Sign-in's `Cookie` challenge, which a guard whose other
+    /// authenticators have none answers a request without a credential
+    /// with (a 401, not a 403).
+    challenge: String,
+}
 
 impl SignInRoutes {
     /// The routes of the workload's sign-in document, with sign-in's
     /// default paths; `None` when no document turns sign-in on.
     fn from_policy(policy: &WorkloadPolicy<'_>) -> Option<Self> {
         let path = |set: Option<&String>, default: &str| set.map_or_else(|| default.to_owned(), Clone::clone);
-        let (callback, login, logout, backchannel) = match policy.oidc_logins().next() {
+        let (client, cookie, (callback, login, logout, backchannel)) = match policy.oidc_logins().next() {
             Some((_, spec)) => (
-                spec.callback_path.as_ref(),
-                spec.login_path.as_ref(),
-                spec.logout_path.as_ref(),
-                spec.backchannel_logout_path.as_ref(),
+                Some(&spec.client_id),
+                spec.session.cookie_name.as_ref(),
+                (
+                    spec.callback_path.as_ref(),
+                    spec.login_path.as_ref(),
+                    spec.logout_path.as_ref(),
+                    spec.backchannel_logout_path.as_ref(),
+                ),
             ),
-            None if policy.keycloak_adapters().any(|(_, k)| k.signs_in()) => (None, None, None, None),
-            None => return None,
+            None => match policy.keycloak_adapters().find(|(_, k)| k.signs_in()) {
+                Some((_, k)) => (k.resource.as_ref(), None, (None, None, None, None)),
+                None => return None,
+            },
         };
-        Some(Self(vec![
-            (path(callback, "/oauth2/callback"), Route::Callback),
-            (path(login, "/login"), Route::Login),
-            (path(logout, "/logout"), Route::Logout),
-            (
-                path(backchannel, "/oauth2/backchannel-logout"),
-                Route::Backchannel,
-            ),
-        ]))
+        let login = path(login, "/login");
+        let challenge = palisade_core::authn::cookie_challenge(
+            client.map_or("", String::as_str),
+            &login,
+            cookie.map_or(palisade_core::policy::SIGN_IN_COOKIE, String::as_str),
+        );
+        Some(Self {
+            routes: vec![
+                (path(callback, "/oauth2/callback"), Route::Callback),
+                (login, Route::Login),
+                (path(logout, "/logout"), Route::Logout),
+                (
+                    path(backchannel, "/oauth2/backchannel-logout"),
+                    Route::Backchannel,
+                ),
+            ],
+            challenge,
+        })
     }
 
     fn route(&self, path: &str) -> Option<Route> {
-        self.0.iter().find(|(p, _)| p == path).map(|(_, r)| *r)
+        self.routes.iter().find(|(p, _)| p == path).map(|(_, r)| *r)
     }
 }
 
 impl Authenticator for SignInRoutes {
     fn challenge(&self) -> Option<String> {
         None
+    }
+
+    fn fallback_challenge(&self) -> Option<String> {
+        Some(self.challenge.clone())
     }
 
     fn method(&self) -> Option<AuthMethod> {
@@ -1072,6 +1110,16 @@ spec:
             ),
             "{notes:?}"
         );
+        // Without claims: the 403 is said, and the 401 SPNEGO would give.
+        let mut notes = Vec::new();
+        let o = decide_with(file, request("GET /list"), &mut notes);
+        assert_eq!(o.status, 403);
+        assert!(
+            notes.len() == 1
+                && notes[0].contains("no credential could change the answer")
+                && notes[0].contains("Negotiate"),
+            "{notes:?}"
+        );
     }
 
     const ADDRESSES: &str = "apiVersion: security.istio.io/v1
@@ -1193,6 +1241,29 @@ metadata: {name: users}
 spec:
   rules: [{from: [{source: {requestPrincipals: [\"*\"]}}]}]
 ";
+
+    /// Sign-in alone (no JWT rule): the service's 401 with sign-in's
+    /// `Cookie` challenge, and its redirect for a browser, as the guard
+    /// answers with the real sign-in; not the 403 of a guard no challenge
+    /// names.
+    #[test]
+    fn sign_in_alone_answers_401_and_notes_the_redirect() {
+        let (login, rest) = SIGN_IN
+            .split_once("---\napiVersion: security.istio.io/v1\nkind: RequestAuthentication")
+            .unwrap();
+        let policy = rest.split_once("---\n").unwrap().1;
+        let file = format!("{login}---\n{policy}");
+        let o = decide_with(&file, request("GET /list"), &mut Vec::new());
+        assert_eq!((o.verdict, o.status), (Verdict::Deny, 401), "{}", o.reason);
+        let mut notes = Vec::new();
+        let browser = Request {
+            headers: vec![("accept".into(), "text/html".into())],
+            ..request("GET /list")
+        };
+        let o = decide_with(&file, browser, &mut notes);
+        assert_eq!(o.status, 401);
+        assert!(notes.iter().any(|n| n.contains("sign-in is on")), "{notes:?}");
+    }
 
     #[test]
     fn two_host_headers_are_refused_where_a_policy_reads_hosts_as_the_service_refuses_them() {

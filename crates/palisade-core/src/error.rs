@@ -173,12 +173,22 @@ impl Rejection {
         Self::new(ErrorKind::InvalidRequest, detail, Vec::new())
     }
 
-    /// The same refusal as a 403: for a request no credential could
-    /// change, asked for one by no challenge.
+    /// A request without a credential where a handler needs one: asked
+    /// for one (401) when a challenge says how, else refused (403).
     #[must_use]
-    pub(crate) fn refused_outright(mut self) -> Self {
+    pub(crate) fn or_outright(self) -> Self {
+        if self.kind == ErrorKind::MissingCredential && self.challenges.is_empty() {
+            return self.refused_outright("this resource needs an authenticated caller, and none of the authenticators here could give one");
+        }
+        self
+    }
+
+    /// The same refusal as a 403 saying `detail`: for a request no
+    /// credential could change, asked for one by no challenge.
+    #[must_use]
+    pub(crate) fn refused_outright(mut self, detail: &'static str) -> Self {
         self.kind = ErrorKind::Forbidden;
-        self.detail = Cow::Borrowed("access denied by policy");
+        self.detail = Cow::Borrowed(detail);
         self
     }
 

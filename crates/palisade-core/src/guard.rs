@@ -87,11 +87,7 @@ impl RequestAuth {
     /// offers one (a 401 names how to authenticate, RFC 9110 §11.6.1).
     #[must_use]
     pub fn missing_credential(&self) -> Rejection {
-        let rejection = self.compiled.missing_credential();
-        if rejection.challenges().is_empty() {
-            return rejection.refused_outright();
-        }
-        rejection
+        self.compiled.missing_credential().or_outright()
     }
 
     /// The configuration that checked this request.
@@ -627,10 +623,12 @@ impl Guard {
         self.0.load().value().challenges.clone()
     }
 
-    /// The rejection for a request that needs a credential and has none.
+    /// The rejection for a request that needs a credential and has none:
+    /// 401 with the challenges, or 403 where no authenticator offers one
+    /// (as [`RequestAuth::missing_credential`]).
     #[must_use]
     pub fn missing_credential(&self) -> Rejection {
-        self.0.load().value().missing_credential()
+        self.0.load().value().missing_credential().or_outright()
     }
 
     /// The access policy in force.
@@ -734,7 +732,7 @@ impl Compiled {
         // the answer: a 403, as Istio answers.
         if rejection.kind() == crate::error::ErrorKind::MissingCredential && rejection.challenges().is_empty()
         {
-            return Decision::Deny(rejection.refused_outright());
+            return Decision::Deny(rejection.refused_outright("access denied by policy"));
         }
         Decision::Deny(rejection)
     }

@@ -1037,7 +1037,9 @@ impl JwtAuthenticator {
     /// has that issuer, [`JwtError::MissingClaim`] or
     /// [`JwtError::InvalidClaim`] for `sub` or `aud`,
     /// [`JwtError::InvalidAudience`] when `aud` names none of the provider's
-    /// audiences.
+    /// audiences, [`JwtError::WrongType`] for the claims of another kind of
+    /// token (`typ` `ID`, `Refresh` or `Logout`, a logout token's `events`)
+    /// unless the provider takes any kind.
     pub fn identity_for_verified_claims(
         &self,
         claims: Map<String, Value>,

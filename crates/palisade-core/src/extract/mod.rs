@@ -5,7 +5,9 @@
 //! `OptionalFromRequestParts`); with the `actix` feature they implement
 //! actix-web's `FromRequest` (`Option<T>` comes with actix-web). The meaning is
 //! the same in both: the identity the Palisade middleware established, a 401
-//! with the configured challenges when there is none. A refusal is rendered
+//! with the configured challenges when there is none (a 403 where no
+//! authenticator offers a challenge, as mTLS alone: no credential could
+//! give one). A refusal is rendered
 //! as the guard's own are for the request: a gRPC call's as a trailers-only
 //! answer (`grpc-status` 16 or 7), a HEAD request's without a body.
 
@@ -29,7 +31,8 @@ mod axum;
 pub struct Claims<T>(pub T);
 
 /// The verified identity of a caller who meets the requirement `R`, as
-/// Spring's `@PreAuthorize`: 401 without an identity, 403 when it falls short.
+/// Spring's `@PreAuthorize`: 401 without an identity (403 where no
+/// authenticator offers a challenge), 403 when it falls short.
 ///
 /// ```
 /// use palisade_core::Authorized;
