@@ -112,7 +112,29 @@ pub fn guard_builder_from_policy(
         .authenticator_from::<palisade_jwt::JwtAuthenticator>(&policy)?;
     #[cfg(feature = "signin")]
     let builder = builder.authenticator_from::<palisade_signin::SignIn>(&policy)?;
+    #[cfg(not(feature = "signin"))]
+    sign_in_unbuilt(&policy)?;
     Ok(builder)
+}
+
+/// Without the `signin` feature, a document that turns browser sign-in on
+/// for the workload is an error naming it, not a sign-in silently left out
+/// (browsers would get 401s where the file promises a redirect).
+#[cfg(all(feature = "jwt", not(feature = "signin")))]
+fn sign_in_unbuilt(policy: &palisade_core::policy::WorkloadPolicy<'_>) -> Result<(), PolicyError> {
+    let login = policy.oidc_logins().map(|(doc, _)| doc);
+    let adapter = policy
+        .keycloak_adapters()
+        .filter(|(_, k)| k.signs_in())
+        .map(|(doc, _)| doc);
+    match login.chain(adapter).next() {
+        Some(doc) => Err(policy.error_at(
+            doc,
+            "spec",
+            "turns browser sign-in on, which needs palisade's `signin` feature (or make a KeycloakAdapter `bearer-only`)",
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Checks a whole policy file as each service checks its own part of it
@@ -185,6 +207,10 @@ pub fn policy_problems(
     if let Err(e) = palisade_signin::SignIn::check_policy(&policy) {
         errors.push(e);
     }
+    #[cfg(not(feature = "signin"))]
+    if let Err(e) = sign_in_unbuilt(&policy) {
+        errors.push(e);
+    }
     // What SPNEGO reads of the file needs no Kerberos library to check.
     if let Err(e) = policy.spnego_settings_checked() {
         errors.push(e);
@@ -215,3 +241,38 @@ struct ReadmeDoctests;
 #[cfg(doctest)]
 #[doc = include_str!("../docs/signin.md")]
 struct SigninDoctests;
+
+/// The facade built without the `signin` feature (`cargo test -p palisade
+/// --no-default-features --features jwt --lib`, a step of `scripts/test`).
+#[cfg(all(test, feature = "jwt", not(feature = "signin")))]
+mod without_sign_in {
+    use super::*;
+
+    /// A document that turns sign-in on is an error naming it, in the
+    /// guard's assembly and in the file's check, not left out.
+    #[test]
+    fn a_sign_in_document_is_refused_not_dropped() {
+        let yaml = "apiVersion: palisade.dev/v1alpha1
+kind: OidcLogin
+metadata: {name: login, namespace: default}
+spec: {issuer: 'https://kc.example/realms/shop', clientId: shop}
+";
+        let set = PolicySet::from_yaml_str(yaml, "login.yaml").unwrap();
+        let workload = Workload::new("shop", "default");
+        let err = guard_from_policy(&set, &workload).unwrap_err();
+        assert_eq!(
+            (err.document, err.field.as_deref()),
+            (Some(1), Some("spec")),
+            "{err}"
+        );
+        assert!(err.to_string().contains("`signin` feature"), "{err}");
+        assert!(check_policy(&set).is_err());
+        let bearer = "apiVersion: palisade.dev/v1alpha1
+kind: KeycloakAdapter
+metadata: {name: kc, namespace: default}
+spec: {realm: shop, auth-server-url: 'https://kc.example', resource: shop, bearer-only: true}
+";
+        let set = PolicySet::from_yaml_str(bearer, "kc.yaml").unwrap();
+        guard_from_policy(&set, &workload).unwrap();
+    }
+}

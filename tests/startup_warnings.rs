@@ -235,7 +235,7 @@ fn authentication_that_nothing_requires_is_a_warning() {
             "apiVersion: palisade.dev/v1alpha1
 kind: KeycloakAdapter
 metadata: {{name: kc, namespace: default}}
-spec: {{realm: shop, auth-server-url: 'https://{name}.example', resource: {name}, bearer-only: true, verify-token-audience: true}}
+spec: {{selector: {{matchLabels: {{app: details}}}}, realm: shop, auth-server-url: 'https://{name}.example', resource: {name}, bearer-only: true, verify-token-audience: true}}
 "
         )
     };

@@ -153,7 +153,15 @@ fn builder<'a>(
     connect: bool,
 ) -> Result<Option<(SignInBuilder, &'a Document)>, PolicyError> {
     let mut logins = policy.oidc_logins();
-    let keycloak = policy.keycloak_adapters().find(|(_, k)| k.signs_in());
+    let mut signing_in = policy.keycloak_adapters().filter(|(_, k)| k.signs_in());
+    let keycloak = signing_in.next();
+    if let Some((doc, _)) = signing_in.next() {
+        return Err(policy.error_at(
+            doc,
+            "spec",
+            "a second KeycloakAdapter that is not bearer-only turns sign-in on for this workload: keep one (or make the others `bearer-only`)",
+        ));
+    }
     match (logins.next(), keycloak) {
         (Some((doc, _)), _) if logins.next().is_some() => Err(policy.error_at(
             doc,
@@ -280,6 +288,34 @@ spec:
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Two adapters that sign in for one workload: refused, naming the
+    /// second, rather than the first kept and the other realm's sign-in
+    /// silently dropped.
+    #[test]
+    fn two_keycloak_adapters_that_sign_in_are_refused() {
+        let adapter = |name: &str, realm: &str| {
+            format!(
+                "apiVersion: palisade.dev/v1alpha1
+kind: KeycloakAdapter
+metadata: {{name: {name}}}
+spec: {{realm: {realm}, auth-server-url: 'https://kc.example', resource: productpage, public-client: true}}
+"
+            )
+        };
+        let yaml = format!("{}---\n{}", adapter("a", "one"), adapter("b", "two"));
+        let set = PolicySet::from_yaml_str(&yaml, "kc.yaml").unwrap();
+        let err =
+            SignIn::check_policy(&set.for_workload(&Workload::new("productpage", "default"))).unwrap_err();
+        assert_eq!(
+            (err.document, err.field.as_deref()),
+            (Some(2), Some("spec")),
+            "{err}"
+        );
+        let bearer = yaml.replacen("public-client: true", "bearer-only: true", 1);
+        let set = PolicySet::from_yaml_str(&bearer, "kc.yaml").unwrap();
+        SignIn::check_policy(&set.for_workload(&Workload::new("productpage", "default"))).unwrap();
     }
 
     /// A hot reload keeps the Redis store of a URL (with the revocations it

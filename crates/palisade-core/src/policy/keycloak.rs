@@ -68,6 +68,12 @@ pub struct KeycloakAdapterConfig {
     /// default `ENFORCING` included, would deny what they do not permit).
     #[serde(default)]
     pub policy_enforcer: Option<serde_json::Value>,
+    /// The workloads a `KeycloakAdapter` document applies to, as an
+    /// `OidcLogin`'s `selector` (absent: every workload of its namespace,
+    /// and of the mesh from the root namespace). Palisade's, not a
+    /// `keycloak.json` option: refused in one.
+    #[serde(default)]
+    pub selector: Option<super::SelectorSpec>,
 }
 
 impl fmt::Debug for KeycloakAdapterConfig {
@@ -118,6 +124,12 @@ impl KeycloakAdapterConfig {
             err.field = Some(field.trim_start_matches("spec.").to_owned());
             err
         };
+        if config.selector.is_some() {
+            return Err(located((
+                "selector".into(),
+                "not a keycloak.json option: a KeycloakAdapter document's spec takes it".into(),
+            )));
+        }
         config.check().map_err(located)?;
         for warning in config.warnings() {
             crate::config_warning!(target: super::LOG_TARGET, "{}", located(warning));

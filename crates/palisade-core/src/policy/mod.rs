@@ -311,11 +311,11 @@ impl Spec {
             Spec::AuthorizationPolicy(s) => return s.scope(),
             Spec::PeerAuthentication(s) => s.selector.as_ref(),
             Spec::OidcLogin(s) => s.selector.as_ref(),
+            Spec::KeycloakAdapter(s) => s.selector.as_ref(),
             // Select the calling workload.
             Spec::UpstreamCredentials(s) => s.selector.as_ref(),
             Spec::DestinationRule(s) => s.workload_selector.as_ref(),
             Spec::JwtSettings(_)
-            | Spec::KeycloakAdapter(_)
             | Spec::AuthorizationSettings(_)
             | Spec::SpnegoSettings(_)
             | Spec::ServiceRole(_)
@@ -507,7 +507,24 @@ impl Document {
                 "a dry run: this binding's decisions are logged, not enforced".into(),
             )),
             Spec::RbacConfig(s) => out.extend(s.warnings()),
-            Spec::KeycloakAdapter(s) => out.extend(s.warnings()),
+            Spec::KeycloakAdapter(s) => {
+                out.extend(s.warnings());
+                // A keycloak.json is one application's: its audience check
+                // or its sign-in, namespace-wide, is every workload's.
+                if s.selector.is_none()
+                    && s.resource.is_some()
+                    && (s.verify_token_audience == Some(true) || s.signs_in())
+                {
+                    out.push((
+                        "spec.selector".into(),
+                        format!(
+                            "absent: this adapter of the client `{}` applies to every workload of namespace {} (its audience check or its sign-in too); give it `selector: {{matchLabels: {{app: …}}}}`",
+                            s.resource.as_deref().unwrap_or_default(),
+                            self.metadata.namespace()
+                        ),
+                    ));
+                }
+            }
             Spec::DestinationRule(s) => out.extend(s.warnings(self.metadata.namespace())),
             Spec::SpnegoSettings(s) => out.extend(s.warnings()),
             Spec::UpstreamCredentials(s) => out.extend(s.warnings()),

@@ -1088,6 +1088,28 @@ fn relaxations_and_fields_read_but_not_applied_are_warnings() {
     );
     let json = r#"{"realm":"r","auth-server-url":"https://kc","allow-any-hostname":true}"#;
     assert!(KeycloakAdapterConfig::from_json_str(json, "keycloak.json").is_ok());
+    // One application's adapter (`resource`, an audience check or sign-in)
+    // without a selector applies namespace-wide: said; with one, it
+    // applies to the workloads it selects only.
+    let app = "apiVersion: palisade.dev/v1alpha1\nkind: KeycloakAdapter\nmetadata: {name: kc, namespace: default}\nspec: {realm: r, auth-server-url: 'https://kc', resource: reviews, bearer-only: true, verify-token-audience: true}\n";
+    assert_eq!(warned(app), [(1, "spec.selector".into())]);
+    let selected = app.replace("spec: {", "spec: {selector: {matchLabels: {app: reviews}}, ");
+    assert!(warned(&selected).is_empty());
+    let set = PolicySet::from_yaml_str(&selected, "kc.yaml").unwrap();
+    let adapters = |name: &str| {
+        set.for_workload(&Workload::new(name, "default"))
+            .keycloak_adapters()
+            .count()
+    };
+    assert_eq!((adapters("reviews"), adapters("details")), (1, 0));
+    let realm_wide = app
+        .replace("resource: reviews, ", "")
+        .replace(", verify-token-audience: true", "");
+    assert!(warned(&realm_wide).iter().all(|(_, f)| f != "spec.selector"));
+    // A keycloak.json is one application's own file: no selector there.
+    let json = r#"{"realm":"r","auth-server-url":"https://kc","selector":{"matchLabels":{"app":"x"}}}"#;
+    let err = KeycloakAdapterConfig::from_json_str(json, "keycloak.json").unwrap_err();
+    assert_eq!(err.field.as_deref(), Some("selector"), "{err}");
 
     let dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r, namespace: default}\nspec:\n  host: ratings\n  exportTo: [.]\n  subsets:\n  - {name: v1, labels: {version: v1}}\n  - name: v2\n    labels: {version: v2}\n    trafficPolicy: {tls: {mode: SIMPLE}}\n";
     // `.`, `*` and its own namespace are what Palisade does with a rule
@@ -1123,7 +1145,7 @@ fn relaxations_and_fields_read_but_not_applied_are_warnings() {
     // would leave its checks out); for one it does, nothing is said.
     let settings = "apiVersion: palisade.dev/v1alpha1\nkind: JwtSettings\nmetadata: {name: s}\nspec: {issuer: 'https://idp.example/realms/a', leeway: 30s}\n\
                     ---\napiVersion: palisade.dev/v1alpha1\nkind: JwtSettings\nmetadata: {name: t}\nspec: {issuer: 'https://kc/realms/r', leeway: 30s}\n\
-                    ---\napiVersion: palisade.dev/v1alpha1\nkind: KeycloakAdapter\nmetadata: {name: kc}\nspec: {realm: r, auth-server-url: 'https://kc/', resource: api, verify-token-audience: true}\n";
+                    ---\napiVersion: palisade.dev/v1alpha1\nkind: KeycloakAdapter\nmetadata: {name: kc}\nspec: {selector: {matchLabels: {app: api}}, realm: r, auth-server-url: 'https://kc/', resource: api, verify-token-audience: true}\n";
     let err = load_err(settings);
     assert_eq!(
         (err.document, err.field.as_deref()),
@@ -1379,7 +1401,7 @@ fn values_that_match_nothing_are_said_and_values_that_cannot_work_refused() {
     assert_eq!(load_err(floor).field.as_deref(), Some("spec.minRefreshInterval"));
     let keycloak = |extra: &str| {
         format!(
-            "apiVersion: palisade.dev/v1alpha1\nkind: KeycloakAdapter\nmetadata: {{name: kc}}\nspec: {{realm: r, auth-server-url: \"https://kc.example\", resource: api{extra}}}\n"
+            "apiVersion: palisade.dev/v1alpha1\nkind: KeycloakAdapter\nmetadata: {{name: kc}}\nspec: {{selector: {{matchLabels: {{app: api}}}}, realm: r, auth-server-url: \"https://kc.example\", resource: api{extra}}}\n"
         )
     };
     assert_eq!(
