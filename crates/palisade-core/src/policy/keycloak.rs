@@ -155,16 +155,32 @@ impl KeycloakAdapterConfig {
                 ),
             ));
         }
-        // 0 would fetch the keys on every unknown key id, or again at once.
-        for (field, value) in [
+        // 0 would fetch the keys on every unknown key id, or again at once;
+        // a few seconds of cache would have every replica fetch them that
+        // often whether tokens come or not; beyond 30 days, keys removed
+        // from the realm would be trusted that long (and the instant of the
+        // next fetch could overflow).
+        for (field, value, least, most) in [
             (
                 "spec.min-time-between-jwks-requests",
                 self.min_time_between_jwks_requests,
+                1,
+                86_400,
             ),
-            ("spec.public-key-cache-ttl", self.public_key_cache_ttl),
+            (
+                "spec.public-key-cache-ttl",
+                self.public_key_cache_ttl,
+                10,
+                2_592_000,
+            ),
         ] {
-            if value == Some(0) {
-                return Err((field.into(), "must be at least 1 (seconds)".into()));
+            if let Some(v) = value
+                && !(least..=most).contains(&v)
+            {
+                return Err((
+                    field.into(),
+                    format!("{v}: must be from {least} to {most} (seconds)"),
+                ));
             }
         }
         // Keycloak's enforcer denies what its permissions do not allow

@@ -1410,10 +1410,26 @@ fn values_that_match_nothing_are_said_and_values_that_cannot_work_refused() {
             .as_deref(),
         Some("spec.min-time-between-jwks-requests")
     );
+    for ttl in ["0", "9", "2592001", "18446744073709551615"] {
+        assert_eq!(
+            load_err(&keycloak(&format!(", public-key-cache-ttl: {ttl}")))
+                .field
+                .as_deref(),
+            Some("spec.public-key-cache-ttl"),
+            "{ttl}"
+        );
+    }
     assert_eq!(
-        load_err(&keycloak(", public-key-cache-ttl: 0")).field.as_deref(),
-        Some("spec.public-key-cache-ttl")
+        load_err(&keycloak(", min-time-between-jwks-requests: 86401"))
+            .field
+            .as_deref(),
+        Some("spec.min-time-between-jwks-requests")
     );
+    PolicySet::from_yaml_str(
+        &keycloak(", public-key-cache-ttl: 10, min-time-between-jwks-requests: 86400"),
+        "kc.yaml",
+    )
+    .unwrap();
     // Sign-in, which a document that is not bearer-only turns on, needs the
     // client id and a confidential client's secret: checked when the file
     // loads, whichever workload the document names.
