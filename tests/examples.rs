@@ -540,3 +540,45 @@ async fn benchmarking_modes_serve_without_authentication_and_say_so() {
         }
     }
 }
+
+/// What the policy file asks for and the flags leave off is said at
+/// start-up: SPNEGO settings without `--keytab`, mutual TLS without
+/// `--client-ca`.
+#[test]
+fn file_settings_the_flags_leave_off_are_said_at_start_up() {
+    let dir = palisade::testkit::TempDir::new("examples-flags-off");
+    let file = dir.path().join("policy.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: palisade.dev/v1alpha1
+kind: SpnegoSettings
+metadata: {name: kerberos, namespace: default}
+spec: {}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec: {mtls: {mode: STRICT}}
+",
+    )
+    .unwrap();
+    for name in ["details", "reviews"] {
+        let log = dir.path().join(format!("{name}.log"));
+        let svc = common::start_logged(
+            name,
+            &["--config", file.to_str().unwrap()],
+            &[],
+            log.to_str().unwrap(),
+        );
+        drop(svc);
+        let stderr = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            stderr.contains("SpnegoSettings apply to this workload, but SPNEGO is off: --keytab turns it on"),
+            "{name}: {stderr}"
+        );
+        assert!(
+            stderr.contains("PeerAuthentication asks for mutual TLS on this port, but without --client-ca"),
+            "{name}: {stderr}"
+        );
+    }
+}

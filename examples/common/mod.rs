@@ -440,6 +440,14 @@ pub fn setup(args: &Args) -> Setup {
     };
     let guard = build_guard(&set, &workload, args.keytab.as_deref(), args.backend.is_some())
         .unwrap_or_else(|e| fail(&e.to_string()));
+    if args.keytab.is_none()
+        && let Some((doc, _)) = set.for_workload(&workload).spnego_settings().next()
+    {
+        tracing::warn!(
+            document = %doc.resource(),
+            "the policy file's SpnegoSettings apply to this workload, but SPNEGO is off: --keytab turns it on"
+        );
+    }
     let tls = tls(args, &set.for_workload(&workload));
     Setup {
         set,
