@@ -123,11 +123,17 @@ fn from_policy(policy: &WorkloadPolicy<'_>, offline: bool) -> Result<Option<JwtA
                 format!("{field}.issuer"),
                 format!("{field}.jwks"),
             )?;
-            let mut fetch = fetch_settings(policy, &settings, &rule.issuer)?;
+            let mut fetch = fetch_settings(policy, &settings, &rule.issuer, None)?;
             if let Some(t) = rule.timeout {
                 fetch.timeout = t.get();
             }
-            let b = tune(istio_provider(policy, rule), policy, &settings, &rule.issuer)?;
+            let b = tune(
+                istio_provider(policy, rule),
+                policy,
+                &settings,
+                &rule.issuer,
+                None,
+            )?;
             let provider = b.fetch_settings(fetch).build().map_err(|e| {
                 let at = format!("{field}{}", rule_field(rule, &e));
                 policy.error_at(doc, &at, e.to_string()).with_source(e)
@@ -143,9 +149,10 @@ fn from_policy(policy: &WorkloadPolicy<'_>, offline: bool) -> Result<Option<JwtA
             "spec.realm-public-key".into(),
         )?;
         let b = keycloak_provider(kc).map_err(|e| policy.error_at(doc, "spec", e))?;
-        let mut fetch = fetch_settings(policy, &settings, &kc.issuer())?;
-        keycloak_fetch(kc, &mut fetch);
-        let b = tune(b, policy, &settings, &kc.issuer())?;
+        // Its settings between the mesh's JwtSettings and its issuer's own:
+        // the more particular wins.
+        let fetch = fetch_settings(policy, &settings, &kc.issuer(), Some(kc))?;
+        let b = tune(b, policy, &settings, &kc.issuer(), Some(kc))?;
         let provider = b
             .fetch_settings(fetch)
             .build()
@@ -325,9 +332,15 @@ fn fetch_settings(
     policy: &WorkloadPolicy<'_>,
     settings: &[(&Document, &JwtSettingsSpec)],
     issuer: &str,
+    mut adapter: Option<&KeycloakAdapterConfig>,
 ) -> Result<FetchSettings, PolicyError> {
     let mut f = FetchSettings::default();
     for (doc, s) in for_issuer(settings, issuer) {
+        if s.issuer.is_some()
+            && let Some(kc) = adapter.take()
+        {
+            keycloak_fetch(kc, &mut f);
+        }
         if let Some(d) = duration(s.jwks_cache_ttl) {
             f.default_ttl = d;
         }
@@ -354,17 +367,29 @@ fn fetch_settings(
             })?);
         }
     }
+    if let Some(kc) = adapter {
+        keycloak_fetch(kc, &mut f);
+    }
     Ok(f)
 }
 
-/// Applies the verification settings of the documents of [`for_issuer`].
+/// Applies the verification settings of the documents of [`for_issuer`],
+/// and a Keycloak adapter's `principal-attribute` after the mesh's
+/// settings and before its issuer's own.
 fn tune(
     mut b: ProviderBuilder,
     policy: &WorkloadPolicy<'_>,
     settings: &[(&Document, &JwtSettingsSpec)],
     issuer: &str,
+    adapter: Option<&KeycloakAdapterConfig>,
 ) -> Result<ProviderBuilder, PolicyError> {
+    let mut principal = adapter.and_then(|kc| kc.principal_attribute.as_ref());
     for (doc, s) in for_issuer(settings, issuer) {
+        if s.issuer.is_some()
+            && let Some(attr) = principal.take()
+        {
+            b = b.principal_claim(attr.clone());
+        }
         if let Some(d) = duration(s.leeway) {
             b = b.leeway(d);
         }
@@ -410,6 +435,9 @@ fn tune(
                 }
             })?);
         }
+    }
+    if let Some(attr) = principal {
+        b = b.principal_claim(attr.clone());
     }
     Ok(b)
 }
@@ -715,6 +743,50 @@ spec:
             .unwrap_err(),
             JwtError::MissingClaim("iss")
         );
+    }
+
+    /// A Keycloak adapter's settings stand between the mesh's `JwtSettings`
+    /// (no `issuer`) and its issuer's own: the more particular wins.
+    #[test]
+    fn an_adapters_settings_win_over_the_meshs_and_lose_to_its_issuers() {
+        let adapter = "apiVersion: palisade.dev/v1alpha1
+kind: KeycloakAdapter
+metadata: {name: kc}
+spec: {realm: shop, auth-server-url: 'https://kc.example/', resource: details, bearer-only: true, principal-attribute: email}
+";
+        let settings = |issuer: &str| {
+            format!(
+                "---
+apiVersion: palisade.dev/v1alpha1
+kind: JwtSettings
+metadata: {{name: s}}
+spec: {{{issuer}principalClaim: nickname}}
+"
+            )
+        };
+        let principal = |yaml: &str| {
+            let set = PolicySet::from_yaml_str(yaml, "kc.yaml").unwrap();
+            let jwt = JwtAuthenticator::from_policy_offline(
+                &set.for_workload(&Workload::new("details", "default")),
+            )
+            .unwrap()
+            .unwrap();
+            let claims = serde_json::json!({
+                "iss": "https://kc.example/realms/shop", "sub": "u1",
+                "email": "alice@example.com", "nickname": "al",
+            });
+            let id = jwt
+                .identity_for_verified_claims(claims.as_object().unwrap().clone(), Verification::assertion())
+                .unwrap();
+            id.token().unwrap().preferred_username.clone()
+        };
+        let mesh = format!("{adapter}{}", settings(""));
+        assert_eq!(principal(&mesh).as_deref(), Some("alice@example.com"));
+        let own = format!(
+            "{adapter}{}",
+            settings("issuer: 'https://kc.example/realms/shop', ")
+        );
+        assert_eq!(principal(&own).as_deref(), Some("al"));
     }
 
     /// A Redis replay store is shared by the authenticators that name it
