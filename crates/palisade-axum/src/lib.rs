@@ -148,6 +148,14 @@ impl<S> Layer<S> for PalisadeLayer {
 }
 
 /// The service [`PalisadeLayer`] produces.
+///
+/// The response's edits (a renewed session cookie, a Negotiate
+/// mutual-authentication token, `Cache-Control: private`) are made to the
+/// inner service's response; when it answers with an `Err` (a fallible
+/// tower stack, not axum's `Router`, whose error is `Infallible`) there is
+/// no response to make them to, and the error is passed on as it is: turn
+/// errors into responses inside the layer (`HandleErrorLayer`) to keep
+/// them.
 #[derive(Clone, Debug)]
 pub struct Palisade<S> {
     inner: S,
