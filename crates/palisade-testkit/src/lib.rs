@@ -231,14 +231,7 @@ impl SigningKey {
             Material::Ed(k) => k.to_pkcs8v1().map(|d| d.as_ref().to_vec()),
         }
         .expect("a generated key exports as PKCS#8");
-        let text = STANDARD.encode(der);
-        let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
-        for line in text.as_bytes().chunks(64) {
-            pem.push_str(std::str::from_utf8(line).unwrap_or_default());
-            pem.push('\n');
-        }
-        pem.push_str("-----END PRIVATE KEY-----\n");
-        pem
+        pem("PRIVATE KEY", &der)
     }
 
     /// The public key as a PEM `SubjectPublicKeyInfo`.
@@ -251,14 +244,7 @@ impl SigningKey {
             Material::Ed(k) => k.public_key().as_der().map(|d| d.as_ref().to_vec()),
         }
         .expect("a generated key's public key exports as DER");
-        let text = STANDARD.encode(der);
-        let mut pem = String::from("-----BEGIN PUBLIC KEY-----\n");
-        for line in text.as_bytes().chunks(64) {
-            pem.push_str(std::str::from_utf8(line).unwrap_or_default());
-            pem.push('\n');
-        }
-        pem.push_str("-----END PUBLIC KEY-----\n");
-        pem
+        pem("PUBLIC KEY", &der)
     }
 
     /// The JWS `alg` this key signs with.
@@ -1696,6 +1682,18 @@ fn password_grant(
             "invalid user credentials",
         )),
     }
+}
+
+/// `der` as PEM of `label`, in lines of 64 characters.
+fn pem(label: &str, der: &[u8]) -> String {
+    let text = STANDARD.encode(der);
+    let mut pem = format!("-----BEGIN {label}-----\n");
+    for line in text.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(line).unwrap_or_default());
+        pem.push('\n');
+    }
+    pem.push_str(&format!("-----END {label}-----\n"));
+    pem
 }
 
 #[cfg(test)]
