@@ -276,9 +276,38 @@ fn permissive_mode_serves_plaintext_without_and_mtls_with_an_identity() {
     }
 }
 
-/// A reloaded `PeerAuthentication` changes the mode for new connections,
-/// as Istio applies one: PERMISSIVE to STRICT refuses plaintext and TLS
-/// without a certificate from then on, and back again serves them.
+/// One `GET /whoami` on a plaintext HTTP/1.1 connection: the status, and
+/// whether the answer closes the connection.
+fn http1(tcp: &mut std::net::TcpStream) -> (u16, bool) {
+    use std::io::{BufRead, BufReader, Read};
+    tcp.write_all(b"GET /whoami HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut reader = BufReader::new(tcp);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    let status = line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let (mut length, mut close) = (0, false);
+    loop {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        let header = line.trim_end().to_ascii_lowercase();
+        if header.is_empty() {
+            break;
+        }
+        if let Some(v) = header.strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap();
+        }
+        close |= header == "connection: close";
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).unwrap();
+    (status, close)
+}
+
+/// A reloaded `PeerAuthentication` changes the mode, as Istio applies one:
+/// PERMISSIVE to STRICT refuses plaintext and TLS without a certificate
+/// from then on, on new connections and at the next request of open ones,
+/// and back again serves them.
 #[test]
 fn a_reloaded_peer_authentication_changes_the_mode_of_new_connections() {
     need("curl", "curl");
@@ -318,10 +347,16 @@ fn a_reloaded_peer_authentication_changes_the_mode_of_new_connections() {
         let port = svc.port;
         assert_eq!(plain(port), 200, "{name}: PERMISSIVE serves plaintext");
         assert_eq!(curl(port, "/whoami", &ca, None, &[]).1, 200, "{name}");
+        // A plaintext connection kept open across the switch.
+        let mut kept = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        kept.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        assert_eq!(http1(&mut kept).0, 200, "{name}");
         dir.write(&format!("{name}.yaml"), &mode("STRICT"));
         until(&format!("{name}: plaintext refused once STRICT"), &|| {
             plain(port) == 0
         });
+        // Its next request is refused, and the connection closed.
+        assert_eq!(http1(&mut kept), (403, true), "{name}: the kept connection");
         let (code, status, _) = curl(port, "/whoami", &ca, None, &[]);
         assert!(code != 0 && status == 0, "{name}: STRICT needs a certificate");
         let (_, status, body) = curl(port, "/whoami", &ca, Some(&productpage), &[]);

@@ -899,12 +899,18 @@ impl Share<Compiled> {
         // The mTLS peer, verified at the handshake, comes with the
         // connection, and is checked again if the trust material changed
         // or its certificate expired since.
-        let peer = req.connection().and_then(|c| c.peer.clone());
+        let connection = req.connection();
+        let peer = connection.and_then(|c| c.peer.clone());
         if peer.is_some() {
             if let Some(refused) = self.peer_refused(req) {
                 return Check::Ready(refused);
             }
             self.metrics.mtls.success.increment(1);
+        } else if connection.is_some_and(|c| c.peer_recheck.is_some())
+            && let Some(refused) = self.peer_refused(req)
+        {
+            // Accepted without a certificate, in a mode no longer in force.
+            return Check::Ready(refused);
         }
         if let [only] = &self.authenticators[..]
             && peer.is_none()
@@ -1355,9 +1361,11 @@ fn two_hosts(req: &dyn RequestHead) -> Decision {
 #[inline(never)]
 fn peer_no_longer_trusted(req: &dyn RequestHead) -> Decision {
     tracing::debug!(target: LOG_TARGET, method = req.method(), path = req.path(), "the connection's peer certificate is no longer trusted");
-    let refusal = Rejection::forbidden(
-        "the connection's client certificate is no longer trusted (revoked or expired since the connection began, or refused by the trust material in use now): connect again",
-    );
+    let refusal = Rejection::forbidden(if req.connection().is_some_and(|c| c.peer.is_some()) {
+        "the connection's client certificate is no longer trusted (revoked or expired since the connection began, or refused by the trust material in use now): connect again"
+    } else {
+        "the connection was made without a client certificate, which mutual TLS no longer allows here: connect again with one"
+    });
     // The connection is closed after the answer (a GOAWAY on HTTP/2
     // where the server can send one: `Reply::closing_connection`), so a
     // client that has renewed its certificate, or a pool, connects again

@@ -27,13 +27,16 @@ pub struct ConnectionInfo {
     pub peer: Option<Identity>,
     /// The DER certificate chain the peer presented, leaf first.
     pub peer_certificates: Arc<[Vec<u8>]>,
-    /// Asked at every request that carries [`peer`](Self::peer): whether
-    /// the peer's certificate would still be accepted. The handshake
-    /// verified it once; a connection lives on through a reload of the
-    /// trust bundle or CRLs (a revocation) and past the certificate's
-    /// expiry, and a request on it whose peer is no longer trusted is
-    /// refused (`403`). Palisade's TLS servers set it; `None` trusts the
-    /// handshake's verdict for the connection's life.
+    /// Asked at every request: whether the connection would still be
+    /// accepted as it was made. With a [`peer`](Self::peer), whether its
+    /// certificate would: the handshake verified it once, and a connection
+    /// lives on through a reload of the trust bundle or CRLs (a
+    /// revocation) and past the certificate's expiry. Without one, whether
+    /// the mutual TLS mode in force still takes a connection without a
+    /// certificate (palisade-mtls's `ServerTls::set_mode`: a switch to
+    /// STRICT). A request on a connection no longer accepted is refused
+    /// (`403`) and the connection closed. Palisade's TLS servers set it;
+    /// `None` trusts the handshake's verdict for the connection's life.
     pub peer_recheck: Option<Arc<dyn PeerRecheck>>,
 }
 

@@ -84,8 +84,14 @@ pub use actix_server::ServerBuilder;
 /// `palisade_actix::on_connect` does for plaintext connections).
 fn connected(conn: &dyn Any, data: &mut Extensions, tls: Option<&ServerTls>) {
     let (Some(stream), Some(tls)) = (conn.downcast_ref::<TlsStream<TcpStream>>(), tls) else {
-        // Plaintext: its addresses and the watch.
+        // Plaintext: its addresses and the watch; on a listener with TLS
+        // (PERMISSIVE), served while the mode stays so.
         palisade_actix::on_connect(conn, data);
+        if let Some(tls) = tls
+            && let Some(info) = data.get_mut::<ConnectionInfo>()
+        {
+            info.peer_recheck = tls.mode_recheck(true);
+        }
         return;
     };
     let (tcp, session) = stream.get_ref();
@@ -171,8 +177,9 @@ impl HttpSettings {
         self
     }
 
-    /// How long a client has for the TLS handshake and, in PERMISSIVE, for
-    /// its first byte (default 10 s).
+    /// How long a client has for the TLS handshake and, before it where
+    /// the first byte tells TLS from plaintext (PERMISSIVE, or a server
+    /// with a client CA in any mode), for its first byte (default 10 s).
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = at_most_longest(timeout);
         self
@@ -192,7 +199,11 @@ fn at_most_longest(timeout: Duration) -> Duration {
 /// `tls` in any mode, PERMISSIVE included, or without TLS (`None`): in
 /// PERMISSIVE the first byte of each connection tells TLS (a handshake
 /// record, `0x16`) from plaintext HTTP, as Istio's sidecar does, and
-/// plaintext callers have no peer identity. Every request finds its
+/// plaintext callers have no peer identity. A server with a client CA
+/// looks at the first byte in every mode, since its mode may change
+/// ([`ServerTls::set_mode`]): plaintext is served while the mode in force
+/// is PERMISSIVE, and a plaintext connection is refused at its next
+/// request once it is not. Every request finds its
 /// [`ConnectionInfo`] where [`ServerTls::actix_on_connect`] would put it. `settings` are
 /// `HttpServer`'s HTTP settings ([`HttpSettings::from_limits`]; the default
 /// is [`ServerLimits`]'s).
@@ -200,7 +211,7 @@ fn at_most_longest(timeout: Duration) -> Duration {
 /// Plaintext is HTTP/1.1 or h2c with prior knowledge, as
 /// `HttpServer::bind_auto_h2c` serves it, except that a caller's first byte
 /// is waited for up to the `client_request_timeout` (the handshake timeout
-/// in PERMISSIVE): `bind_auto_h2c` waits for it without end.
+/// with TLS): `bind_auto_h2c` waits for it without end.
 ///
 /// The result is actix-server's builder: set workers, the shutdown timeout
 /// or signal handling there, then `run()` it. Requests over TLS see the
@@ -258,7 +269,7 @@ where
                 )
         });
         let plain = with_plain.then(|| {
-            http(&shutdown, addr, &settings, None)
+            http(&shutdown, addr, &settings, tls.clone())
                 .finish(app(&factory, false, &host, addr))
                 .tcp_auto_h2c()
         });

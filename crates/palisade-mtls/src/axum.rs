@@ -136,6 +136,8 @@ impl Handshake for Tls {
             MtlsMode::Strict | MtlsMode::Disable => true,
         };
         if !tls_first {
+            // Plaintext, in PERMISSIVE: served while the mode stays so.
+            info.peer_recheck = self.tls.mode_recheck(true);
             return Ok(Box::new(tcp) as Stream);
         }
         let stream = self

@@ -281,7 +281,8 @@ fn verified_identity(leaf_der: &[u8]) -> Option<Identity> {
 /// actix-web) call this.
 /// With the peer, the check of it at every request `tls` makes
 /// ([`ConnectionInfo::peer_recheck`]): a reload or the chain's expiry
-/// after the handshake refuses the connection's later requests.
+/// after the handshake refuses the connection's later requests; without
+/// one, the check of the mode in force (a switch to STRICT refuses them).
 #[cfg(any(feature = "axum", feature = "actix"))]
 pub(crate) fn fill_from_session(
     info: &mut ConnectionInfo,
@@ -296,6 +297,11 @@ pub(crate) fn fill_from_session(
         if info.peer.is_some() {
             info.peer_recheck = Some(tls.peer_recheck(info.peer_certificates.clone()));
         }
+    }
+    // Without a peer: still accepted while the mode in force takes TLS
+    // without a client certificate.
+    if info.peer.is_none() {
+        info.peer_recheck = tls.mode_recheck(false);
     }
 }
 

@@ -647,17 +647,13 @@ impl ServerTls {
         }
         let was = self.0.mode.get();
         self.0.mode.set(mode);
-        // How much each mode takes in: a change to one that takes more is
-        // a relaxation, said loudly.
-        let lax = |m: MtlsMode| match m {
-            MtlsMode::Strict => 0,
-            MtlsMode::Permissive => 1,
-            MtlsMode::Disable => 2,
-        };
-        if lax(mode) > lax(was) {
+        // Any change to a mode other than STRICT takes in what the one
+        // before did not (PERMISSIVE plaintext, DISABLE callers without an
+        // identity): a relaxation, said loudly.
+        if was != mode && mode != MtlsMode::Strict {
             tracing::warn!(target: LOG_TARGET, from = ?was, to = ?mode, "mutual TLS mode relaxed for new connections");
         } else if was != mode {
-            tracing::info!(target: LOG_TARGET, from = ?was, to = ?mode, "mutual TLS mode tightened for new connections");
+            tracing::info!(target: LOG_TARGET, from = ?was, to = ?mode, "mutual TLS mode tightened: connections without a client certificate are closed at their next request");
         }
         Ok(())
     }
@@ -738,6 +734,45 @@ impl ServerTls {
                 next_check: 0,
                 trusted: false,
             }),
+        })
+    }
+}
+
+/// A connection accepted without a client certificate (plaintext in
+/// PERMISSIVE, or TLS without one): still accepted while the mode in force
+/// would accept it now ([`ServerTls::set_mode`]), so a switch to STRICT
+/// ends such connections at their next request rather than leave them open
+/// for as long as their callers keep them.
+#[cfg(any(feature = "axum", feature = "actix", test))]
+#[derive(Debug)]
+struct ModeRecheck {
+    mode: Arc<LiveMode>,
+    plaintext: bool,
+}
+
+#[cfg(any(feature = "axum", feature = "actix", test))]
+impl PeerRecheck for ModeRecheck {
+    fn still_trusted(&self) -> bool {
+        match self.mode.get() {
+            MtlsMode::Permissive => true,
+            MtlsMode::Disable => !self.plaintext,
+            MtlsMode::Strict => false,
+        }
+    }
+}
+
+impl ServerTls {
+    /// The check, at each request, of a connection accepted without a
+    /// client certificate (`plaintext`: not TLS at all) against the mode in
+    /// force; `None` for a server whose mode cannot change to one that
+    /// refuses it (no client CA).
+    #[cfg(any(feature = "axum", feature = "actix", test))]
+    pub(crate) fn mode_recheck(&self, plaintext: bool) -> Option<Arc<dyn PeerRecheck>> {
+        self.takes_client_certificates().then(|| {
+            Arc::new(ModeRecheck {
+                mode: self.0.mode.clone(),
+                plaintext,
+            }) as Arc<dyn PeerRecheck>
         })
     }
 }
@@ -1214,6 +1249,22 @@ mod tests {
             2,
             "two relaxations"
         );
+        // Connections accepted without a certificate, at their requests:
+        // plaintext while PERMISSIVE, TLS while not STRICT.
+        let plaintext = tls.mode_recheck(true).unwrap();
+        let no_cert = tls.mode_recheck(false).unwrap();
+        for (mode, served) in [
+            (MtlsMode::Permissive, (true, true)),
+            (MtlsMode::Disable, (false, true)),
+            (MtlsMode::Strict, (false, false)),
+        ] {
+            tls.set_mode(mode).unwrap();
+            assert_eq!(
+                (plaintext.still_trusted(), no_cert.still_trusted()),
+                served,
+                "{mode:?}"
+            );
+        }
         let plain = ServerTls::builder(&cert, &key).build().unwrap();
         assert!(!plain.takes_client_certificates());
         assert!(plain.set_mode(MtlsMode::Strict).is_err());
