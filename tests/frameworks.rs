@@ -591,9 +591,14 @@ async fn extractors_agree_on_identity_and_claims() {
         let b = axum::body::to_bytes(res.into_body(), 4096).await.unwrap();
         let ab = actix_web::test::read_body(ares).await;
         // actix-http drops a HEAD answer's body itself, on the wire
-        // (keeping the length a GET would get): its test service has it.
-        let ab = if method == "HEAD" { b.clone() } else { ab };
-        for (who, b) in [("axum", &b[..]), ("actix-web", &ab[..])] {
+        // (keeping the length a GET would get): its test service has it,
+        // so actix-web's HEAD refusals are checked on the wire (`send_as`,
+        // "A refusal to HEAD" below), not here.
+        let mut bodies = vec![("axum", &b[..])];
+        if method != "HEAD" {
+            bodies.push(("actix-web", &ab[..]));
+        }
+        for (who, b) in bodies {
             let text = std::str::from_utf8(b).unwrap();
             assert!(
                 text.starts_with(body) && (body.is_empty() == text.is_empty()),
@@ -1119,8 +1124,10 @@ spec:
             if let Some(v) = handler_saw {
                 assert_eq!(a.body, seen_with(v, None, None), "{name}");
             }
+            // actix-web's parser: a 400 without a body, which Palisade's
+            // refusals (problem documents) never are.
             let b = send(actix_addr, target, &[]).await;
-            assert!(b == a || b.status == 400, "{name}: actix-web: {b:?}");
+            assert!(b.status == 400 && b.body.is_null(), "{name}: actix-web: {b:?}");
         }
         // Two `Host` lines (RFC 9112 §3.2: a 400), whichever comes first:
         // the policy and the router could each read another. actix-web's
@@ -1135,7 +1142,10 @@ spec:
             assert_eq!(a.status, 400, "{name}: {a:?}");
             assert_eq!(a.body["status"], 400, "{name}: a problem document: {a:?}");
             let b = send(actix_addr, "/hosted/x", &headers).await;
-            assert!(b == a || b.status == 400, "{name}: actix-web: {b:?}");
+            assert!(
+                b.status == 400 && b.body.is_null(),
+                "{name}: actix-web's parser: {b:?}"
+            );
         }
         // A refusal to HEAD: the GET's status and headers, no body, and no
         // `content-length` but the GET's (RFC 9110 §8.6).

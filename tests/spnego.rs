@@ -17,7 +17,9 @@ fn curl(args: &[&str], env: &[(String, String)]) -> (u16, String, String, String
         .args(args)
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .output()
-        .expect("curl runs");
+        .unwrap_or_else(|e| {
+            panic!("curl cannot run ({e}): run ./scripts/test (it installs it) or `apt-get install curl`")
+        });
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (rest, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
     // With -D - the headers of every response come first; the body after the last blank line.

@@ -98,14 +98,30 @@ impl Output {
     }
 }
 
-/// The path of an example binary built by `cargo test`.
+/// The path of an example binary built by `cargo test`. A binary older
+/// than a source file it is built from (as its dep-info file, `NAME.d`,
+/// lists them) fails the test: `cargo test --test X` builds no example,
+/// and a test would run the code of before.
 pub(crate) fn example(name: &str) -> std::path::PathBuf {
     let mut p = std::env::current_exe().unwrap();
     p.pop();
     if p.ends_with("deps") {
         p.pop();
     }
-    p.join("examples").join(name)
+    let binary = p.join("examples").join(name);
+    let built = std::fs::metadata(&binary).and_then(|m| m.modified());
+    let deps = std::fs::read_to_string(p.join("examples").join(format!("{name}.d")));
+    if let (Ok(built), Ok(deps)) = (built, deps) {
+        let sources = deps.split_once(": ").map_or("", |(_, s)| s).replace("\\ ", "\0");
+        for source in sources.split_whitespace().map(|s| s.replace('\0', " ")) {
+            let changed = std::fs::metadata(&source).and_then(|m| m.modified());
+            assert!(
+                changed.is_ok_and(|t| t <= built),
+                "the example {name} is older than {source}: build it first (`cargo build --examples --all-features`, or `cargo test --all-features`, which builds them)"
+            );
+        }
+    }
+    binary
 }
 
 /// An example service started as a process; killed and reaped on drop.
