@@ -303,7 +303,16 @@ async fn an_exchange_outlives_the_request_that_started_it() {
         tokio::spawn(async move { exchange.authorization(&user).await })
     };
     let first = ask();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The first request has reached the issuer (which answers 400 ms
+    // later) before it is abandoned: the exchange under way is its.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while issuer.token_exchanges() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first exchange was never asked"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let second = ask();
     tokio::time::sleep(Duration::from_millis(50)).await;
     first.abort();

@@ -85,7 +85,16 @@ async fn a_grant_outlives_the_request_that_started_it() {
         tokio::spawn(async move { own.authorization().await })
     };
     let first = ask();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The first request has reached the issuer (which answers 400 ms
+    // later) before it is abandoned: the grant under way is its.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while issuer.client_credentials_grants() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first grant was never asked"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let second = ask();
     tokio::time::sleep(Duration::from_millis(50)).await;
     first.abort();
