@@ -528,8 +528,8 @@ pub fn start_operations(args: &Args, setup: &Setup) {
         let workload = setup.workload.clone();
         let keytab = args.keytab.clone();
         let delegation = args.backend.is_some();
-        // The listener's mTLS mode follows the file, for new connections,
-        // as a reloaded PeerAuthentication does in Istio. (Without
+        // The listener's mTLS mode follows the file, as a reloaded
+        // PeerAuthentication does in Istio. (Without
         // --client-ca the listener takes no client certificate whatever the
         // file says, as start-up warned.)
         let port = args.listen.port();

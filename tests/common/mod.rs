@@ -117,7 +117,7 @@ pub(crate) fn example(name: &str) -> std::path::PathBuf {
             let changed = std::fs::metadata(&source).and_then(|m| m.modified());
             assert!(
                 changed.is_ok_and(|t| t <= built),
-                "the example {name} is older than {source}: build it first (`cargo build --examples --all-features`, or `cargo test --all-features`, which builds them)"
+                "the example {name} is older than {source} (or it is gone): build it first (`cargo build --examples --all-features`, or `cargo test --all-features`, which builds them)"
             );
         }
     }

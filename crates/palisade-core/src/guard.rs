@@ -868,18 +868,21 @@ impl Share<Compiled> {
         }
     }
 
-    /// The refusal of a request whose connection's mTLS peer is not
-    /// trusted now ([`ConnectionInfo::peer_recheck`](crate::authn::ConnectionInfo::peer_recheck)),
-    /// counted as an mTLS failure. Out of line: only requests with a peer
-    /// call it, and a bearer token's path stays as it was.
+    /// The refusal of a request whose connection would not be accepted
+    /// now ([`ConnectionInfo::peer_recheck`](crate::authn::ConnectionInfo::peer_recheck)):
+    /// its mTLS peer no longer trusted (counted as an mTLS failure), or,
+    /// made without a certificate, no longer in the mode in force. Out of
+    /// line: only requests on connections that carry a check call it.
     #[inline(never)]
-    fn peer_refused(&self, req: &dyn RequestHead) -> Option<Decision> {
-        let recheck = req.connection()?.peer_recheck.as_deref()?;
+    fn peer_refused(&self, req: &dyn RequestHead, connection: &ConnectionInfo) -> Option<Decision> {
+        let recheck = connection.peer_recheck.as_deref()?;
         if recheck.still_trusted() {
             return None;
         }
-        self.metrics.mtls.failure.increment(1);
-        Some(peer_no_longer_trusted(req))
+        if connection.peer.is_some() {
+            self.metrics.mtls.failure.increment(1);
+        }
+        Some(peer_no_longer_trusted(req, connection.peer.is_some()))
     }
 
     /// [`Guard::check`] with refusals rendered for HTTP.
@@ -901,16 +904,14 @@ impl Share<Compiled> {
         // or its certificate expired since.
         let connection = req.connection();
         let peer = connection.and_then(|c| c.peer.clone());
-        if peer.is_some() {
-            if let Some(refused) = self.peer_refused(req) {
-                return Check::Ready(refused);
-            }
-            self.metrics.mtls.success.increment(1);
-        } else if connection.is_some_and(|c| c.peer_recheck.is_some())
-            && let Some(refused) = self.peer_refused(req)
+        if let Some(c) = connection
+            && c.peer_recheck.is_some()
+            && let Some(refused) = self.peer_refused(req, c)
         {
-            // Accepted without a certificate, in a mode no longer in force.
             return Check::Ready(refused);
+        }
+        if peer.is_some() {
+            self.metrics.mtls.success.increment(1);
         }
         if let [only] = &self.authenticators[..]
             && peer.is_none()
@@ -1359,9 +1360,14 @@ fn two_hosts(req: &dyn RequestHead) -> Decision {
 /// trusted ([`PeerRecheck`](crate::authn::PeerRecheck)).
 #[cold]
 #[inline(never)]
-fn peer_no_longer_trusted(req: &dyn RequestHead) -> Decision {
-    tracing::debug!(target: LOG_TARGET, method = req.method(), path = req.path(), "the connection's peer certificate is no longer trusted");
-    let refusal = Rejection::forbidden(if req.connection().is_some_and(|c| c.peer.is_some()) {
+fn peer_no_longer_trusted(req: &dyn RequestHead, with_peer: bool) -> Decision {
+    let why = if with_peer {
+        "the connection's peer certificate is no longer trusted"
+    } else {
+        "the connection has no client certificate, which the mutual TLS mode in force requires"
+    };
+    tracing::debug!(target: LOG_TARGET, method = req.method(), path = req.path(), "{why}");
+    let refusal = Rejection::forbidden(if with_peer {
         "the connection's client certificate is no longer trusted (revoked or expired since the connection began, or refused by the trust material in use now): connect again"
     } else {
         "the connection was made without a client certificate, which mutual TLS no longer allows here: connect again with one"

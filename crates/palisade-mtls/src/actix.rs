@@ -82,12 +82,19 @@ pub use actix_server::ServerBuilder;
 /// connection data where Palisade's middleware finds it, with the watch
 /// `palisade_actix::BodyLimit` times later request heads by (as
 /// `palisade_actix::on_connect` does for plaintext connections).
-fn connected(conn: &dyn Any, data: &mut Extensions, tls: Option<&ServerTls>) {
+/// `plaintext_of`: the server whose plaintext side this is ([`server`]'s,
+/// which serves plaintext while the mode in force is PERMISSIVE).
+fn connected(
+    conn: &dyn Any,
+    data: &mut Extensions,
+    tls: Option<&ServerTls>,
+    plaintext_of: Option<&ServerTls>,
+) {
     let (Some(stream), Some(tls)) = (conn.downcast_ref::<TlsStream<TcpStream>>(), tls) else {
-        // Plaintext: its addresses and the watch; on a listener with TLS
-        // (PERMISSIVE), served while the mode stays so.
+        // Plaintext: its addresses and the watch; on the plaintext side
+        // of a listener with TLS, served while the mode stays PERMISSIVE.
         palisade_actix::on_connect(conn, data);
-        if let Some(tls) = tls
+        if let Some(tls) = plaintext_of
             && let Some(info) = data.get_mut::<ConnectionInfo>()
         {
             info.peer_recheck = tls.mode_recheck(true);
@@ -261,7 +268,7 @@ where
     };
     builder.listen(format!("palisade-{addr}"), listener, move || {
         let secure = tls.as_ref().map(|tls| {
-            http(&shutdown, addr, &settings, Some(tls.clone()))
+            http(&shutdown, addr, &settings, Some(tls.clone()), None)
                 .finish(app(&factory, true, &host, addr))
                 .rustls_0_23_with_config(
                     tls.actix_config(),
@@ -269,7 +276,7 @@ where
                 )
         });
         let plain = with_plain.then(|| {
-            http(&shutdown, addr, &settings, tls.clone())
+            http(&shutdown, addr, &settings, None, tls.clone())
                 .finish(app(&factory, false, &host, addr))
                 .tcp_auto_h2c()
         });
@@ -406,6 +413,7 @@ fn http<T: 'static, S>(
     addr: SocketAddr,
     settings: &HttpSettings,
     tls: Option<ServerTls>,
+    plaintext_of: Option<ServerTls>,
 ) -> HttpServiceBuilder<T, S>
 where
     S: ServiceFactory<Request, Config = ()>,
@@ -423,7 +431,9 @@ where
         .client_request_timeout(settings.client_request_timeout)
         .client_disconnect_timeout(settings.client_disconnect_timeout)
         .local_addr(addr)
-        .on_connect_ext(move |io: &T, data: &mut Extensions| connected(io, data, tls.as_ref()))
+        .on_connect_ext(move |io: &T, data: &mut Extensions| {
+            connected(io, data, tls.as_ref(), plaintext_of.as_ref())
+        })
 }
 
 /// The application for one listener flavour: `secure` and `host` are what
@@ -475,7 +485,7 @@ impl ServerTls {
     /// other's material.
     pub fn actix_on_connect(&self) -> impl Fn(&dyn Any, &mut Extensions) + Send + Sync + 'static {
         let tls = self.clone();
-        move |conn, data| connected(conn, data, Some(&tls))
+        move |conn, data| connected(conn, data, Some(&tls), None)
     }
 
     /// The rustls configuration by value, as `HttpServer::bind_rustls_0_23`
@@ -600,6 +610,55 @@ mod tests {
         let f = Fixture::start("permissive", HttpSettings::default());
         f.serves_plaintext_and_mtls().await;
         f.handle.stop(true).await;
+    }
+
+    /// A plain listener beside a STRICT server's `actix_on_connect` (one
+    /// `HttpServer`, a health port) is no plaintext side of it: its
+    /// connections carry no check of the mode, which would refuse them;
+    /// [`server`]'s plaintext side does.
+    #[actix_web::test]
+    async fn only_the_plaintext_side_of_a_tls_listener_is_checked_against_the_mode() {
+        let dir = std::env::temp_dir().join(format!("palisade-mtls-plain-beside-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pki = TestPki::new();
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, pki.ca_pem()).unwrap();
+        let (cert, key) = pki.server(&["localhost"]).write_to(&dir, "server").unwrap();
+        let tls = ServerTls::builder(&cert, &key).client_ca(&ca).build().unwrap();
+        let checked = |req: HttpRequest| async move {
+            let info = req.conn_data::<ConnectionInfo>();
+            format!("{}", info.is_some_and(|c| c.peer_recheck.is_some()))
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let beside = actix_web::HttpServer::new(move || App::new().route("/", web::get().to(checked)))
+            .workers(1)
+            .disable_signals()
+            .on_connect(tls.actix_on_connect())
+            .listen(listener)
+            .unwrap()
+            .run();
+        let handle = beside.handle();
+        actix_web::rt::spawn(beside);
+        let beside = reqwest::get(format!("http://127.0.0.1:{port}/")).await.unwrap();
+        assert_eq!(beside.text().await.unwrap(), "false");
+        handle.stop(true).await;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tls.set_mode(MtlsMode::Permissive).unwrap();
+        let own = server(listener, tls, HttpSettings::default(), move || {
+            App::new().route("/", web::get().to(checked))
+        })
+        .unwrap()
+        .workers(1)
+        .disable_signals()
+        .run();
+        let handle = own.handle();
+        actix_web::rt::spawn(own);
+        let side = reqwest::get(format!("http://127.0.0.1:{port}/")).await.unwrap();
+        assert_eq!(side.text().await.unwrap(), "true");
+        handle.stop(true).await;
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// Callers stalled in their handshakes hold actix-tls's handshake slots;

@@ -298,9 +298,9 @@ pub(crate) fn fill_from_session(
             info.peer_recheck = Some(tls.peer_recheck(info.peer_certificates.clone()));
         }
     }
-    // Without a peer: still accepted while the mode in force takes TLS
-    // without a client certificate.
-    if info.peer.is_none() {
+    // Without a certificate: still accepted while the mode in force takes
+    // TLS without one.
+    if session.peer_certificates().is_none_or(<[_]>::is_empty) {
         info.peer_recheck = tls.mode_recheck(false);
     }
 }

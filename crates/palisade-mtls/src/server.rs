@@ -49,7 +49,7 @@ pub(crate) async fn starts_with_tls(tcp: &tokio::net::TcpStream) -> Result<bool,
 pub use palisade_core::policy::MtlsMode;
 
 /// The mode in force, shared by a server's configuration, its verifier and
-/// its listeners: [`ServerTls::set_mode`] changes it for new connections.
+/// its listeners: [`ServerTls::set_mode`] changes it.
 #[derive(Debug, Default)]
 struct LiveMode(std::sync::atomic::AtomicU8);
 
@@ -624,14 +624,18 @@ impl ServerTls {
         self.0.files.client_ca.is_some()
     }
 
-    /// Puts `mode` in force for the connections accepted from now on, as
-    /// a reloaded `PeerAuthentication` does in Istio (the examples' policy
-    /// reload calls it): their handshakes ask for a client certificate, or
-    /// require one, as it says; under the serving helpers
-    /// ([`axum::serve_with`](crate::axum::serve_with),
+    /// Puts `mode` in force, as a reloaded `PeerAuthentication` does in
+    /// Istio (the examples' policy reload calls it): new handshakes ask for
+    /// a client certificate, or require one, as it says; under the serving
+    /// helpers ([`axum::serve_with`](crate::axum::serve_with),
     /// [`actix::server`](crate::actix::server)) a plaintext caller is
-    /// served in [`Permissive`](MtlsMode::Permissive) only. Connections
-    /// already open keep what they were accepted with.
+    /// served in [`Permissive`](MtlsMode::Permissive) only, and a
+    /// connection already open that the mode would not take now
+    /// (plaintext once it is not PERMISSIVE, TLS without a certificate
+    /// once it is STRICT) is refused (`403`) at its next request, closed
+    /// after the answer (HTTP/1.1; HTTP/2 with a GOAWAY under axum, while
+    /// actix-web keeps an HTTP/2 connection and refuses each request on
+    /// it). Connections with a verified peer keep it.
     ///
     /// # Errors
     /// [`Strict`](MtlsMode::Strict) or [`Permissive`](MtlsMode::Permissive)
