@@ -511,16 +511,22 @@ impl Document {
                 out.extend(s.warnings());
                 // A keycloak.json is one application's: its audience check
                 // or its sign-in, namespace-wide, is every workload's.
-                if s.selector.is_none()
+                // (An empty `matchLabels` selects as much as none.)
+                if s.selector.as_ref().is_none_or(|sel| sel.match_labels.is_empty())
                     && s.resource.is_some()
                     && (s.verify_token_audience == Some(true) || s.signs_in())
                 {
+                    let ns = self.metadata.namespace();
+                    let scope = if ns == DEFAULT_ROOT_NAMESPACE {
+                        format!("every workload of the mesh ({ns} is the root namespace)")
+                    } else {
+                        format!("every workload of namespace {ns}")
+                    };
                     out.push((
                         "spec.selector".into(),
                         format!(
-                            "absent: this adapter of the client `{}` applies to every workload of namespace {} (its audience check or its sign-in too); give it `selector: {{matchLabels: {{app: …}}}}`",
+                            "selects no workload in particular: this adapter of the client `{}` applies to {scope} (its audience check or its sign-in too); give it `selector: {{matchLabels: {{app: …}}}}`",
                             s.resource.as_deref().unwrap_or_default(),
-                            self.metadata.namespace()
                         ),
                     ));
                 }

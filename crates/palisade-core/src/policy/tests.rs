@@ -1095,6 +1095,8 @@ fn relaxations_and_fields_read_but_not_applied_are_warnings() {
     assert_eq!(warned(app), [(1, "spec.selector".into())]);
     let selected = app.replace("spec: {", "spec: {selector: {matchLabels: {app: reviews}}, ");
     assert!(warned(&selected).is_empty());
+    let empty = app.replace("spec: {", "spec: {selector: {matchLabels: {}}, ");
+    assert_eq!(warned(&empty), [(1, "spec.selector".into())]);
     let set = PolicySet::from_yaml_str(&selected, "kc.yaml").unwrap();
     let adapters = |name: &str| {
         set.for_workload(&Workload::new(name, "default"))
