@@ -173,22 +173,15 @@ impl Rejection {
         Self::new(ErrorKind::InvalidRequest, detail, Vec::new())
     }
 
-    /// A request without a credential where a handler needs one: asked
-    /// for one (401) when a challenge says how, else refused (403).
+    /// A refusal for want of a credential: asked for one (401) when a
+    /// challenge says how (RFC 9110 §11.6.1), else, as no credential could
+    /// change it, a 403 saying `detail`. Any other refusal as it is.
     #[must_use]
-    pub(crate) fn or_outright(self) -> Self {
+    pub(crate) fn or_outright(mut self, detail: &'static str) -> Self {
         if self.kind == ErrorKind::MissingCredential && self.challenges.is_empty() {
-            return self.refused_outright("this resource needs an authenticated caller, and none of the authenticators here could give one");
+            self.kind = ErrorKind::Forbidden;
+            self.detail = Cow::Borrowed(detail);
         }
-        self
-    }
-
-    /// The same refusal as a 403 saying `detail`: for a request no
-    /// credential could change, asked for one by no challenge.
-    #[must_use]
-    pub(crate) fn refused_outright(mut self, detail: &'static str) -> Self {
-        self.kind = ErrorKind::Forbidden;
-        self.detail = Cow::Borrowed(detail);
         self
     }
 

@@ -22,6 +22,11 @@ use crate::syntax::origin_key;
 /// Log target of every decision.
 pub const LOG_TARGET: &str = "palisade";
 
+/// Why a handler's need for an identity is a 403 where no authenticator
+/// offers a challenge.
+const NO_AUTHENTICATOR: &str =
+    "this resource needs an authenticated caller, and none of the authenticators here could give one";
+
 /// The headers an interactive authenticator reads to tell a browser's
 /// navigation from an API call.
 pub(crate) const SIGN_IN_HEADERS: &[&str] = &[
@@ -87,7 +92,7 @@ impl RequestAuth {
     /// offers one (a 401 names how to authenticate, RFC 9110 §11.6.1).
     #[must_use]
     pub fn missing_credential(&self) -> Rejection {
-        self.compiled.missing_credential().or_outright()
+        self.compiled.missing_credential().or_outright(NO_AUTHENTICATOR)
     }
 
     /// The configuration that checked this request.
@@ -628,7 +633,11 @@ impl Guard {
     /// (as [`RequestAuth::missing_credential`]).
     #[must_use]
     pub fn missing_credential(&self) -> Rejection {
-        self.0.load().value().missing_credential().or_outright()
+        self.0
+            .load()
+            .value()
+            .missing_credential()
+            .or_outright(NO_AUTHENTICATOR)
     }
 
     /// The access policy in force.
@@ -730,11 +739,7 @@ impl Compiled {
         // authenticator offers a scheme (a peer certificate's alone) and
         // none sends this request to sign in, no credential could change
         // the answer: a 403, as Istio answers.
-        if rejection.kind() == crate::error::ErrorKind::MissingCredential && rejection.challenges().is_empty()
-        {
-            return Decision::Deny(rejection.refused_outright("access denied by policy"));
-        }
-        Decision::Deny(rejection)
+        Decision::Deny(rejection.or_outright("access denied by policy"))
     }
 
     /// The answer to a request the access policy denied, the same for the
@@ -1361,17 +1366,19 @@ fn two_hosts(req: &dyn RequestHead) -> Decision {
 #[cold]
 #[inline(never)]
 fn peer_no_longer_trusted(req: &dyn RequestHead, with_peer: bool) -> Decision {
-    let why = if with_peer {
-        "the connection's peer certificate is no longer trusted"
+    let (why, detail) = if with_peer {
+        (
+            "the connection's peer certificate is no longer trusted",
+            "the connection's client certificate is no longer trusted (revoked or expired since the connection began, or refused by the trust material in use now): connect again",
+        )
     } else {
-        "the connection has no client certificate, which the mutual TLS mode in force requires"
+        (
+            "the connection has no client certificate, which the mutual TLS mode in force requires",
+            "the connection was made without a client certificate, which mutual TLS no longer allows here: connect again with one",
+        )
     };
     tracing::debug!(target: LOG_TARGET, method = req.method(), path = req.path(), "{why}");
-    let refusal = Rejection::forbidden(if with_peer {
-        "the connection's client certificate is no longer trusted (revoked or expired since the connection began, or refused by the trust material in use now): connect again"
-    } else {
-        "the connection was made without a client certificate, which mutual TLS no longer allows here: connect again with one"
-    });
+    let refusal = Rejection::forbidden(detail);
     // The connection is closed after the answer (a GOAWAY on HTTP/2
     // where the server can send one: `Reply::closing_connection`), so a
     // client that has renewed its certificate, or a pool, connects again

@@ -256,9 +256,8 @@ where
     // Plaintext is served without TLS, and with it while the mode in force
     // is PERMISSIVE: a server with a client CA may be put in that mode
     // later ([`ServerTls::set_mode`]), so it has the plaintext service too.
-    let with_plain = tls
-        .as_ref()
-        .is_none_or(|t| t.mode() == MtlsMode::Permissive || t.takes_client_certificates());
+    // (PERMISSIVE needs a client CA, so such a server is one.)
+    let with_plain = tls.as_ref().is_none_or(ServerTls::takes_client_certificates);
     // Before a plaintext caller's first byte: the handshake timeout where
     // it may be TLS, the request timeout where it is HTTP.
     let first_byte_timeout = if tls.is_some() {
@@ -374,12 +373,10 @@ where
                 // or at shutdown.
                 Some(plain) => tokio::select! {
                     first = tokio::time::timeout(first_byte_timeout, starts_with_tls(&tcp)) => match first {
-                        Ok(Ok(true)) if secure.is_some() => Ok(None),
-                        Ok(Ok(_)) if permissive => Ok(Some(plain)),
-                        // STRICT or DISABLE: TLS only. Given to the TLS
-                        // service, which fails its handshake as it would
-                        // without the plaintext service beside it.
-                        Ok(Ok(_)) if secure.is_some() => Ok(None),
+                        // TLS; or, in STRICT or DISABLE, plaintext given to
+                        // the TLS service, which fails its handshake as it
+                        // would without the plaintext service beside it.
+                        Ok(Ok(tls)) if secure.is_some() && (tls || !permissive) => Ok(None),
                         Ok(Ok(_)) => Ok(Some(plain)),
                         Ok(Err(reason)) => Err(reason),
                         Err(_) => Err("no first byte in time"),

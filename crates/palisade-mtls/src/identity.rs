@@ -291,17 +291,17 @@ pub(crate) fn fill_from_session(
 ) {
     info.tls = true;
     info.sni = session.server_name().map(str::to_owned);
-    if let Some(chain) = session.peer_certificates() {
-        info.peer = chain.first().and_then(|leaf| verified_identity(leaf));
-        info.peer_certificates = chain.iter().map(|c| c.to_vec()).collect();
-        if info.peer.is_some() {
-            info.peer_recheck = Some(tls.peer_recheck(info.peer_certificates.clone()));
+    match session.peer_certificates() {
+        Some(chain) if !chain.is_empty() => {
+            info.peer = chain.first().and_then(|leaf| verified_identity(leaf));
+            info.peer_certificates = chain.iter().map(|c| c.to_vec()).collect();
+            if info.peer.is_some() {
+                info.peer_recheck = Some(tls.peer_recheck(info.peer_certificates.clone()));
+            }
         }
-    }
-    // Without a certificate: still accepted while the mode in force takes
-    // TLS without one.
-    if session.peer_certificates().is_none_or(<[_]>::is_empty) {
-        info.peer_recheck = tls.mode_recheck(false);
+        // Without a certificate: still accepted while the mode in force
+        // takes TLS without one.
+        _ => info.peer_recheck = tls.mode_recheck(false),
     }
 }
 

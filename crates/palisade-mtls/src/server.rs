@@ -78,6 +78,15 @@ impl LiveMode {
     }
 }
 
+/// The refusal of `asked` (a mode, a CRL, a trust domain) on a server
+/// whose certificate is `cert` and that has no client CA.
+fn needs_client_ca(cert: &Path, asked: &str) -> TlsError {
+    TlsError::new(
+        cert,
+        format!("{asked} asks for mutual TLS, which needs a client CA to check callers with"),
+    )
+}
+
 /// A TLS file that cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[error("{file}: {message}")]
@@ -281,10 +290,7 @@ impl ServerTlsBuilder {
                     _ if !self.crls.is_empty() => "a CRL".to_owned(),
                     _ => "a trust domain".to_owned(),
                 };
-                return Err(TlsError::new(
-                    &self.cert,
-                    format!("{asked} asks for mutual TLS, which needs a client CA to check callers with"),
-                ));
+                return Err(needs_client_ca(&self.cert, &asked));
             }
         };
         if mode == MtlsMode::Disable && !(self.trust_domains.is_empty() && self.crls.is_empty()) {
@@ -323,10 +329,9 @@ impl ServerTlsBuilder {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let stamp = files::stamp(&files.paths().cloned().collect::<Vec<_>>());
         let material = Arc::new(ArcSwap::from_pointee(files.load(&provider)?));
-        let mode = Arc::new(LiveMode::new(mode));
         let verifier = Arc::new(DynVerifier {
             material: material.clone(),
-            mode: mode.clone(),
+            mode: Arc::new(LiveMode::new(mode)),
             provider: provider.clone(),
             trust_domains: self.trust_domains.into(),
             refused: metrics::counter!(
@@ -354,7 +359,6 @@ impl ServerTlsBuilder {
         }
         Ok(ServerTls(Arc::new(Inner {
             files,
-            mode,
             provider,
             material,
             verifier,
@@ -548,11 +552,10 @@ impl Files {
 
 struct Inner {
     files: Files,
-    mode: Arc<LiveMode>,
     provider: Arc<CryptoProvider>,
     material: Arc<ArcSwap<Material>>,
     /// The client certificates' verifier the config uses, for checking a
-    /// connection's peer again ([`Recheck`]).
+    /// connection's peer again ([`Recheck`]); it holds the mode in force.
     verifier: Arc<DynVerifier>,
     config: Arc<ServerConfig>,
     stamp: std::sync::Mutex<files::Stamps>,
@@ -582,7 +585,7 @@ impl fmt::Debug for ServerTls {
             .field("key", &"<file>")
             .field("client_ca", &self.0.files.client_ca)
             .field("crls", &self.0.files.crls)
-            .field("mode", &self.0.mode.get())
+            .field("mode", &self.mode())
             .finish()
     }
 }
@@ -614,7 +617,7 @@ impl ServerTls {
     /// The mode in force for new connections.
     #[must_use]
     pub fn mode(&self) -> MtlsMode {
-        self.0.mode.get()
+        self.0.verifier.mode.get()
     }
 
     /// Whether it was built with a [`client_ca`](ServerTlsBuilder::client_ca):
@@ -643,21 +646,21 @@ impl ServerTls {
     /// which has nothing to check certificates with: the mode in force
     /// stays.
     pub fn set_mode(&self, mode: MtlsMode) -> Result<(), TlsError> {
-        if mode != MtlsMode::Disable && self.0.files.client_ca.is_none() {
-            return Err(TlsError::new(
-                &self.0.files.cert,
-                format!("mode {mode:?} asks for mutual TLS, which needs a client CA to check callers with"),
-            ));
+        if mode != MtlsMode::Disable && !self.takes_client_certificates() {
+            return Err(needs_client_ca(&self.0.files.cert, &format!("mode {mode:?}")));
         }
-        let was = self.0.mode.get();
-        self.0.mode.set(mode);
+        let was = self.mode();
+        if was == mode {
+            return Ok(());
+        }
+        self.0.verifier.mode.set(mode);
         // Any change to a mode other than STRICT takes in what the one
         // before did not (PERMISSIVE plaintext, DISABLE callers without an
         // identity): a relaxation, said loudly.
-        if was != mode && mode != MtlsMode::Strict {
-            tracing::warn!(target: LOG_TARGET, from = ?was, to = ?mode, "mutual TLS mode relaxed for new connections");
-        } else if was != mode {
+        if mode == MtlsMode::Strict {
             tracing::info!(target: LOG_TARGET, from = ?was, to = ?mode, "mutual TLS mode tightened: connections without a client certificate are closed at their next request");
+        } else {
+            tracing::warn!(target: LOG_TARGET, from = ?was, to = ?mode, "mutual TLS mode relaxed for new connections");
         }
         Ok(())
     }
@@ -774,7 +777,7 @@ impl ServerTls {
     pub(crate) fn mode_recheck(&self, plaintext: bool) -> Option<Arc<dyn PeerRecheck>> {
         self.takes_client_certificates().then(|| {
             Arc::new(ModeRecheck {
-                mode: self.0.mode.clone(),
+                mode: self.0.verifier.mode.clone(),
                 plaintext,
             }) as Arc<dyn PeerRecheck>
         })
