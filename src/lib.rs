@@ -122,14 +122,9 @@ pub fn guard_builder_from_policy(
 /// (browsers would get 401s where the file promises a redirect).
 #[cfg(all(feature = "jwt", not(feature = "signin")))]
 fn sign_in_unbuilt(policy: &palisade_core::policy::WorkloadPolicy<'_>) -> Result<(), PolicyError> {
-    let login = policy.oidc_logins().map(|(doc, _)| doc);
-    let adapter = policy
-        .keycloak_adapters()
-        .filter(|(_, k)| k.signs_in())
-        .map(|(doc, _)| doc);
-    match login.chain(adapter).next() {
-        Some(doc) => Err(policy.error_at(
-            doc,
+    match policy.sign_in()? {
+        Some(sign_in) => Err(policy.error_at(
+            sign_in.document(),
             "spec",
             "turns browser sign-in on, which needs palisade's `signin` feature (or make a KeycloakAdapter `bearer-only`)",
         )),

@@ -570,6 +570,22 @@ spec:
             assert_eq!(a.status, 401);
             assert!(a.challenge.contains("error=\"invalid_token\""), "{}", a.challenge);
         }
+
+        // A valid token bound to no DPoP key, on the DPoP scheme with a
+        // proof made for it: refused for the binding before the proof is
+        // read, so the proof is never recorded either.
+        let bearer = crate::token(&op, resource).await;
+        let h = dpop_headers(&key, &bearer, "/whoami");
+        for _ in 0..2 {
+            let a = send_axum(&guard, "/whoami", &refs(&h)).await;
+            assert_eq!(a.status, 401);
+            assert!(
+                a.challenge.contains("error=\"invalid_token\"")
+                    && a.challenge.contains("not bound to the DPoP proof"),
+                "{}",
+                a.challenge
+            );
+        }
     }
 
     // Outside HTTP (`verify`, for gRPC metadata or a WebSocket message)

@@ -563,43 +563,25 @@ pub(crate) struct SignInRoutes {
 }
 
 impl SignInRoutes {
-    /// The routes of the workload's sign-in document, with sign-in's
-    /// default paths; `None` when no document turns sign-in on.
+    /// The routes of the workload's sign-in document
+    /// ([`WorkloadPolicy::sign_in`]); `None` when no document turns
+    /// sign-in on, or when the workload's sign-in documents cannot be used
+    /// (which the service's start-up and `check` refuse).
     fn from_policy(policy: &WorkloadPolicy<'_>) -> Option<Self> {
-        let path = |set: Option<&String>, default: &str| set.map_or_else(|| default.to_owned(), Clone::clone);
-        let (client, cookie, (callback, login, logout, backchannel)) = match policy.oidc_logins().next() {
-            Some((_, spec)) => (
-                Some(&spec.client_id),
-                spec.session.cookie_name.as_ref(),
-                (
-                    spec.callback_path.as_ref(),
-                    spec.login_path.as_ref(),
-                    spec.logout_path.as_ref(),
-                    spec.backchannel_logout_path.as_ref(),
-                ),
-            ),
-            None => match policy.keycloak_adapters().find(|(_, k)| k.signs_in()) {
-                Some((_, k)) => (k.resource.as_ref(), None, (None, None, None, None)),
-                None => return None,
-            },
-        };
-        let login = path(login, "/login");
-        let challenge = palisade_core::authn::cookie_challenge(
-            client.map_or("", String::as_str),
-            &login,
-            cookie.map_or(palisade_core::policy::SIGN_IN_COOKIE, String::as_str),
-        );
+        let sign_in = policy.sign_in().ok()??;
+        let paths = sign_in.paths();
         Some(Self {
             routes: vec![
-                (path(callback, "/oauth2/callback"), Route::Callback),
-                (login, Route::Login),
-                (path(logout, "/logout"), Route::Logout),
-                (
-                    path(backchannel, "/oauth2/backchannel-logout"),
-                    Route::Backchannel,
-                ),
+                (paths.callback.to_owned(), Route::Callback),
+                (paths.login.to_owned(), Route::Login),
+                (paths.logout.to_owned(), Route::Logout),
+                (paths.backchannel_logout.to_owned(), Route::Backchannel),
             ],
-            challenge,
+            challenge: palisade_core::authn::cookie_challenge(
+                sign_in.client_id(),
+                paths.login,
+                sign_in.cookie_name(),
+            ),
         })
     }
 
@@ -742,7 +724,7 @@ fn try_explain(args: &Explain) -> Result<Report, Report> {
         Ok::<_, Report>((bench, outcome))
     });
     let (bench, outcome) = decided?;
-    let file = set.warnings().iter().map(ToString::to_string);
+    let file = policy.warnings.iter().cloned();
     let workload_notes = set
         .for_workload(&workload)
         .warnings()

@@ -19,6 +19,9 @@ pub(crate) struct Policy {
     own: usize,
     /// Where each added document comes from: its source and its index there.
     added: Vec<(String, u32)>,
+    /// What each file said as it loaded ([`PolicySet::warnings`]), naming
+    /// its own file and document.
+    pub(crate) warnings: Vec<String>,
 }
 
 impl Policy {
@@ -30,6 +33,7 @@ impl Policy {
         let set = PolicySet::from_file(file)?;
         let mut policy = Self {
             own: set.documents().len(),
+            warnings: set.warnings().iter().map(ToString::to_string).collect(),
             set,
             added: Vec::new(),
         };
@@ -92,7 +96,9 @@ impl Policy {
             }
             documents.push(doc);
         }
-        self.set = PolicySet::from_documents(self.set.source(), documents);
+        self.set = PolicySet::from_documents(self.set.source(), documents).map_err(|e| self.locate(e))?;
+        self.warnings
+            .extend(other.warnings().iter().map(ToString::to_string));
         Ok(())
     }
 

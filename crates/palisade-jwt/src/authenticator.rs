@@ -2258,6 +2258,18 @@ fn peer_thumbprint(req: &dyn RequestHead) -> Option<&str> {
         .map(|p| p.fingerprint_sha256.as_str())
 }
 
+/// Why a token that passed, sent with `Authorization: DPoP`, cannot be
+/// bound to any proof: it names no DPoP key (`cnf.jkt`). Asked before the
+/// proof is checked, so such a request records no proof in the replay
+/// store; the same answer [`bound_to`] gives after it.
+fn unprovable(a: &Authenticated) -> Option<JwtError> {
+    match a.identity.claim("cnf") {
+        Some(c) if c.get("jkt").is_some() => None,
+        Some(c) if c.get("x5t#S256").is_none() => Some(JwtError::InvalidClaim("cnf")),
+        _ => Some(JwtError::DpopKeyMismatch),
+    }
+}
+
 /// RFC 8705 certificate-bound tokens: a token with `cnf.x5t#S256` is
 /// accepted only over a connection whose client certificate has that
 /// SHA-256 thumbprint (base64url, no padding). A token with a `cnf` that
@@ -2465,6 +2477,9 @@ impl JwtAuthenticator {
         match self.start(found) {
             Step::Done(Err(e)) | Step::Unbound(Err(e)) => Check::Ready(self.outcome_for(Err(e), true)),
             Step::Done(Ok(a)) | Step::Unbound(Ok(a)) => {
+                if let Some(e) = unprovable(&a) {
+                    return Check::Ready(self.outcome_for(Err(e), true));
+                }
                 let thumbprint = peer_thumbprint(req);
                 match self.check_proof(d, &proof, &token) {
                     Check::Ready(Ok(p)) => {
@@ -2490,7 +2505,10 @@ impl JwtAuthenticator {
                 let thumbprint = peer_thumbprint(req).map(str::to_owned);
                 let proof = proof.into_owned();
                 Check::pending(async move {
-                    let a = match this.complete(step).await {
+                    let a = match this.complete(step).await.and_then(|a| match unprovable(&a) {
+                        Some(e) => Err(e),
+                        None => Ok(a),
+                    }) {
                         Ok(a) => a,
                         Err(e) => return this.outcome_for(Err(e), true),
                     };

@@ -62,9 +62,7 @@ fn from_policy(policy: &WorkloadPolicy<'_>, offline: bool) -> Result<Option<JwtA
     // In the order they take effect, each setting the last one's: the root
     // namespace's, then the workload's own namespace's (as a namespace's
     // Istio documents override the mesh's); see also `for_issuer`. Within
-    // a namespace a setting is given once (checked when the file loads,
-    // and here for documents built in code).
-    policy.check_jwt_settings()?;
+    // a namespace a setting is given once (every `PolicySet` is checked).
     let mut settings: Vec<(&Document, &JwtSettingsSpec)> = policy.jwt_settings().collect();
     settings.sort_by_key(|(d, _)| d.metadata.namespace() == policy.workload().namespace);
     let mut builder = JwtAuthenticator::builder().realm(policy.workload().service.clone());
@@ -852,16 +850,12 @@ spec: {{principalClaim: {claim}}}
                 "{yaml}"
             );
         }
-        // Two of one namespace giving the setting, built in code (a file
-        // with them is refused when it loads): refused here.
+        // Two of one namespace giving the setting, built in code: refused
+        // as a file with them is.
         let set = PolicySet::from_yaml_str(&format!("{rule}---\n{own}---\n{mesh}"), "jwt.yaml").unwrap();
         let mut documents = set.documents().to_vec();
         documents[2].metadata.namespace = Some("default".into());
-        let built = PolicySet::from_documents("code", documents);
-        let err =
-            JwtAuthenticator::from_policy_offline(&built.for_workload(&Workload::new("details", "default")))
-                .map(drop)
-                .unwrap_err();
+        let err = PolicySet::from_documents("code", documents).unwrap_err();
         assert_eq!(err.field.as_deref(), Some("spec.principalClaim"), "{err}");
     }
 

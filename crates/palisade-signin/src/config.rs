@@ -4,6 +4,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use palisade_core::policy::SignInPaths;
+
 use crate::cookie::CookieKey;
 use crate::store::SessionStore;
 
@@ -217,10 +219,10 @@ impl SignInBuilder {
                 client_id,
                 client_auth: ClientAuth::None,
                 scope: String::new(),
-                callback_path: "/oauth2/callback".into(),
-                login_path: "/login".into(),
-                logout_path: "/logout".into(),
-                backchannel_path: "/oauth2/backchannel-logout".into(),
+                callback_path: SignInPaths::DEFAULT.callback.into(),
+                login_path: SignInPaths::DEFAULT.login.into(),
+                logout_path: SignInPaths::DEFAULT.logout.into(),
+                backchannel_path: SignInPaths::DEFAULT.backchannel_logout.into(),
                 post_logout_redirect: "/".into(),
                 cookie_name: palisade_core::policy::SIGN_IN_COOKIE.into(),
                 idle_timeout: Duration::from_secs(30 * 60),

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use palisade_core::policy::{
-    ClientAuthMethod, Document, FromPolicy, OidcLoginSpec, PolicyError, WorkloadPolicy, read_secret_file,
+    ClientAuthMethod, Document, FromPolicy, OidcLoginSpec, PolicyError, SignInDocument, WorkloadPolicy,
+    read_secret_file,
 };
 
 use crate::config::{ClientKey, SecretMethod, SignInBuilder};
@@ -146,43 +147,17 @@ fn from_login(
     Ok(b)
 }
 
-/// The builder of the workload's sign-in document, and that document;
-/// `None` when no document turns sign-in on.
+/// The builder of the workload's sign-in document
+/// ([`WorkloadPolicy::sign_in`]), and that document; `None` when no document
+/// turns sign-in on.
 fn builder<'a>(
     policy: &WorkloadPolicy<'a>,
     connect: bool,
 ) -> Result<Option<(SignInBuilder, &'a Document)>, PolicyError> {
-    let mut logins = policy.oidc_logins();
-    let mut signing_in = policy.keycloak_adapters().filter(|(_, k)| k.signs_in());
-    let keycloak = signing_in.next();
-    if let Some((doc, _)) = signing_in.next() {
-        return Err(policy.error_at(
-            doc,
-            "spec",
-            "a second KeycloakAdapter that is not bearer-only turns sign-in on for this workload: keep one (or make the others `bearer-only`)",
-        ));
-    }
-    match (logins.next(), keycloak) {
-        (Some((doc, _)), _) if logins.next().is_some() => Err(policy.error_at(
-            doc,
-            "spec.selector",
-            "two OidcLogin documents select this workload",
-        )),
-        (Some((doc, spec)), None) => Ok(Some((from_login(policy, doc, spec, connect)?, doc))),
-        (Some((doc, _)), Some(_)) => Err(policy.error_at(
-            doc,
-            "spec",
-            "a KeycloakAdapter that is not bearer-only already turns sign-in on for this workload: keep one",
-        )),
-        (None, Some((doc, k))) => {
-            let Some(client) = k.resource.clone() else {
-                return Err(policy.error_at(
-                    doc,
-                    "spec.resource",
-                    "sign-in needs the client id (`resource`)",
-                ));
-            };
-            let mut b = SignIn::builder(k.issuer(), client);
+    Ok(match policy.sign_in()? {
+        Some(SignInDocument::OidcLogin(doc, spec)) => Some((from_login(policy, doc, spec, connect)?, doc)),
+        Some(SignInDocument::KeycloakAdapter(doc, k, client)) => {
+            let mut b = SignIn::builder(k.issuer(), client.to_owned());
             if k.public_client != Some(true) {
                 let secret = k
                     .credentials
@@ -198,10 +173,10 @@ fn builder<'a>(
                     })?;
                 b = b.client_secret(secret, SecretMethod::Basic);
             }
-            Ok(Some((b, doc)))
+            Some((b, doc))
         }
-        (None, None) => Ok(None),
-    }
+        Some(_) | None => None,
+    })
 }
 
 impl SignIn {

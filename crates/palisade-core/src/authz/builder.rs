@@ -290,7 +290,7 @@ impl AccessPolicyBuilder {
     /// A [`PolicyError`] (source `code`) naming the policy and field of
     /// anything that cannot be enforced exactly as written.
     pub fn build(self) -> Result<AccessPolicy, PolicyError> {
-        let set = PolicySet::from_documents("code", self.documents);
+        let set = PolicySet::from_documents("code", self.documents)?;
         let workload = Workload::new("code", "default");
         AccessPolicy::compile_with(&set.for_workload(&workload), &self.authorizers)
     }

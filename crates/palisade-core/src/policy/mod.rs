@@ -91,8 +91,8 @@ pub use self::networking::{
 pub use self::palisade::{
     AuthorizationSettingsSpec, ClientAuthMethod, DpopSpec, IntrospectionSpec, JwtSettingsSpec,
     NEGOTIATE_COOKIE, OidcClientKeySpec, OidcLoginSpec, OidcSessionKeySpec, OidcSessionSpec,
-    ResourceMetadataSpec, SIGN_IN_COOKIE, SessionCookieSpec, SessionKeySpec, SpnegoSettingsSpec, TokenFrom,
-    UpstreamCredentialsSpec, UpstreamTokenSpec,
+    ResourceMetadataSpec, SIGN_IN_COOKIE, SessionCookieSpec, SessionKeySpec, SignInPaths, SpnegoSettingsSpec,
+    TokenFrom, UpstreamCredentialsSpec, UpstreamTokenSpec,
 };
 pub use self::rbac::{
     AccessRuleSpec, ConstraintSpec, EnforcementMode, RbacConfigSpec, RbacMode, RbacTargetSpec, RoleRefSpec,
@@ -575,6 +575,69 @@ pub(crate) fn digest(bytes: &[u8]) -> u64 {
     h.finish()
 }
 
+/// Checks `document` as loading a file checks it, alone and against the
+/// documents before it, and adds it (and its warnings).
+fn admit(
+    documents: &mut Vec<Document>,
+    warnings: &mut Vec<PolicyWarning>,
+    document: Document,
+    source: &str,
+) -> Result<(), PolicyError> {
+    document.check(source)?;
+    let mut warn = |document: &Document, field: &str, message: String| {
+        warnings.push(PolicyWarning::new(document.error(source, field, message)));
+    };
+    // Kubernetes keeps one object per kind, namespace and name: of
+    // two, one would be ignored there, and both apply here. (A
+    // document without a name is accepted, as the contract asks
+    // only `apiVersion` and `kind`, and said to be nameless.)
+    if document.metadata.name.is_empty() {
+        warn(
+            &document,
+            "metadata.name",
+            "missing: Kubernetes would refuse this document; logs and decisions name it by its kind alone"
+                .to_owned(),
+        );
+    } else if let Some(first) = documents.iter().find(|d: &&Document| {
+        d.kind == document.kind
+            && d.metadata.name == document.metadata.name
+            && d.metadata.namespace() == document.metadata.namespace()
+    }) {
+        return Err(document.error(
+            source,
+            "metadata.name",
+            format!(
+                "document {} is already {} {}/{}: give each its own name (Kubernetes would keep only one)",
+                first.index,
+                first.kind,
+                first.metadata.namespace(),
+                first.metadata.name
+            ),
+        ));
+    }
+    if let Some(e) = given_twice(documents.iter(), &document, source) {
+        return Err(e);
+    }
+    for (field, message) in document.warnings() {
+        warn(&document, &field, message);
+    }
+    documents.push(document);
+    Ok(())
+}
+
+/// The checks of a whole set, once each document is admitted.
+fn finish(
+    documents: &[Document],
+    warnings: &mut Vec<PolicyWarning>,
+    source: &str,
+) -> Result<(), PolicyError> {
+    settings_for_no_issuer(documents, source)?;
+    for (document, field, message) in destination_rule_warnings(documents) {
+        warnings.push(PolicyWarning::new(document.error(source, field, message)));
+    }
+    Ok(())
+}
+
 /// A setting `document` (a `JwtSettings`) gives that an earlier one of
 /// the same level gives too: the same namespace and the same `issuer` (or
 /// neither names one), so the same workloads and issuers. Which would win
@@ -876,9 +939,6 @@ impl PolicySet {
     fn parse(text: &str, source: &str) -> Result<Self, PolicyError> {
         let mut documents = Vec::new();
         let mut warnings = Vec::new();
-        let mut warn = |document: &Document, field: &str, message: String| {
-            warnings.push(PolicyWarning::new(document.error(source, field, message)));
-        };
         let mut count = 0;
         for chunk in split_documents(text) {
             let index = count + 1;
@@ -896,46 +956,9 @@ impl PolicySet {
             // An empty document (a stray `---`) is allowed, as kubectl allows it.
             let Some(header) = header else { continue };
             let document = Self::document(&chunk, header, index, source, located)?;
-            document.check(source)?;
-            // Kubernetes keeps one object per kind, namespace and name: of
-            // two, one would be ignored there, and both apply here. (A
-            // document without a name is accepted, as the contract asks
-            // only `apiVersion` and `kind`, and said to be nameless.)
-            if document.metadata.name.is_empty() {
-                warn(
-                    &document,
-                    "metadata.name",
-                    "missing: Kubernetes would refuse this document; logs and decisions name it by its kind alone".to_owned(),
-                );
-            } else if let Some(first) = documents.iter().find(|d: &&Document| {
-                d.kind == document.kind
-                    && d.metadata.name == document.metadata.name
-                    && d.metadata.namespace() == document.metadata.namespace()
-            }) {
-                return Err(document.error(
-                    source,
-                    "metadata.name",
-                    format!(
-                        "document {} is already {} {}/{}: give each its own name (Kubernetes would keep only one)",
-                        first.index,
-                        first.kind,
-                        first.metadata.namespace(),
-                        first.metadata.name
-                    ),
-                ));
-            }
-            if let Some(e) = given_twice(&documents, &document, source) {
-                return Err(e);
-            }
-            for (field, message) in document.warnings() {
-                warn(&document, &field, message);
-            }
-            documents.push(document);
+            admit(&mut documents, &mut warnings, document, source)?;
         }
-        settings_for_no_issuer(&documents, source)?;
-        for (document, field, message) in destination_rule_warnings(&documents) {
-            warn(document, field, message);
-        }
+        finish(&documents, &mut warnings, source)?;
         Ok(Self {
             source: source.to_owned(),
             documents,
@@ -1024,16 +1047,29 @@ impl PolicySet {
     }
 
     /// A set of documents built in memory (by code); `source` names it in
-    /// errors. The documents are not checked here, only when compiled.
-    #[must_use]
-    pub fn from_documents(source: &str, documents: Vec<Document>) -> Self {
-        Self {
+    /// errors. Each document is checked as loading a file checks it, alone
+    /// and with the others (two of one name, a setting given twice, a
+    /// `JwtSettings` for no issuer), so every [`PolicySet`] holds only
+    /// documents that passed; [`warnings`](Self::warnings) are kept, not
+    /// logged.
+    ///
+    /// # Errors
+    /// A [`PolicyError`] naming `source`, the document (its `index`) and
+    /// the field.
+    pub fn from_documents(source: &str, documents: Vec<Document>) -> Result<Self, PolicyError> {
+        let mut checked = Vec::with_capacity(documents.len());
+        let mut warnings = Vec::new();
+        for document in documents {
+            admit(&mut checked, &mut warnings, document, source)?;
+        }
+        finish(&checked, &mut warnings, source)?;
+        Ok(Self {
             source: source.to_owned(),
-            documents,
-            warnings: Vec::new(),
+            documents: checked,
+            warnings,
             // No text: the digest of none.
             digest: digest(b""),
-        }
+        })
     }
 
     /// The name of the file or source this set was read from.
@@ -1077,6 +1113,55 @@ impl PolicySet {
     #[must_use]
     pub fn error_at(&self, document: &Document, field: &str, message: impl Into<String>) -> PolicyError {
         document.error(&self.source, field, message)
+    }
+}
+
+/// The one document that turns browser sign-in on for a workload
+/// ([`WorkloadPolicy::sign_in`]).
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub enum SignInDocument<'a> {
+    /// An `OidcLogin` document.
+    OidcLogin(&'a Document, &'a OidcLoginSpec),
+    /// A `KeycloakAdapter` that is not bearer-only, and its client id
+    /// (`resource`): sign-in with the default paths and cookie.
+    KeycloakAdapter(&'a Document, &'a KeycloakAdapterConfig, &'a str),
+}
+
+impl<'a> SignInDocument<'a> {
+    /// The document.
+    #[must_use]
+    pub fn document(self) -> &'a Document {
+        match self {
+            Self::OidcLogin(doc, _) | Self::KeycloakAdapter(doc, _, _) => doc,
+        }
+    }
+
+    /// The client id the service signs browsers in as.
+    #[must_use]
+    pub fn client_id(self) -> &'a str {
+        match self {
+            Self::OidcLogin(_, spec) => &spec.client_id,
+            Self::KeycloakAdapter(_, _, client) => client,
+        }
+    }
+
+    /// The session cookie's name.
+    #[must_use]
+    pub fn cookie_name(self) -> &'a str {
+        match self {
+            Self::OidcLogin(_, spec) => spec.cookie_name(),
+            Self::KeycloakAdapter(..) => SIGN_IN_COOKIE,
+        }
+    }
+
+    /// The paths of sign-in's own routes.
+    #[must_use]
+    pub fn paths(self) -> SignInPaths<'a> {
+        match self {
+            Self::OidcLogin(_, spec) => spec.paths(),
+            Self::KeycloakAdapter(..) => SignInPaths::DEFAULT,
+        }
     }
 }
 
@@ -1211,25 +1296,63 @@ impl<'a> WorkloadPolicy<'a> {
         Ok(Some((doc, spec)))
     }
 
-    /// The sign-in document (`OidcLogin`, or a `KeycloakAdapter` that signs
-    /// browsers in) whose session cookie is `name`, or its chunks'
-    /// (`NAME_1`, …).
+    /// The sign-in document whose session cookie is `name`, or its chunks'
+    /// (`NAME_1`, …). A workload with two sign-in documents has none here:
+    /// [`sign_in`](Self::sign_in) refuses it.
     fn sign_in_cookie_of(&self, name: &str) -> Option<String> {
-        let logins = self.oidc_logins().map(|(d, s)| {
-            let cookie = s.session.cookie_name.as_deref().unwrap_or(SIGN_IN_COOKIE);
-            (d.resource(), cookie.to_owned())
-        });
-        let keycloak = self
-            .keycloak_adapters()
-            .filter(|(_, k)| k.signs_in())
-            .map(|(d, _)| (d.resource(), SIGN_IN_COOKIE.to_owned()));
-        logins.chain(keycloak).find_map(|(doc, cookie)| {
-            let clash = name == cookie
-                || name
-                    .strip_prefix(cookie.as_str())
-                    .is_some_and(|rest| rest.starts_with('_'));
-            clash.then_some(doc)
-        })
+        let sign_in = self.sign_in().ok().flatten()?;
+        let cookie = sign_in.cookie_name();
+        let clash = name == cookie
+            || name
+                .strip_prefix(cookie)
+                .is_some_and(|rest| rest.starts_with('_'));
+        clash.then(|| sign_in.document().resource())
+    }
+
+    /// The one document that turns browser sign-in on for the workload: an
+    /// `OidcLogin`, or a `KeycloakAdapter` that is not bearer-only
+    /// ([`KeycloakAdapterConfig::signs_in`]); `None` when none does. Every
+    /// part that reads sign-in (the relying party, a build without it, the
+    /// `palisade` command's stand-in) asks here, so they agree on which
+    /// document it is.
+    ///
+    /// # Errors
+    /// A [`PolicyError`] naming the document when two turn sign-in on for
+    /// the workload, or when a `KeycloakAdapter` that signs in names no
+    /// client (`resource`).
+    pub fn sign_in(&self) -> Result<Option<SignInDocument<'a>>, PolicyError> {
+        let mut logins = self.oidc_logins();
+        let mut adapters = self.keycloak_adapters().filter(|(_, k)| k.signs_in());
+        let adapter = adapters.next();
+        if let Some((doc, _)) = adapters.next() {
+            return Err(self.error_at(
+                doc,
+                "spec",
+                "a second KeycloakAdapter that is not bearer-only turns sign-in on for this workload: keep one (or make the others `bearer-only`)",
+            ));
+        }
+        match (logins.next(), adapter) {
+            (Some((doc, _)), _) if logins.next().is_some() => Err(self.error_at(
+                doc,
+                "spec.selector",
+                "two OidcLogin documents select this workload",
+            )),
+            (Some((doc, spec)), None) => Ok(Some(SignInDocument::OidcLogin(doc, spec))),
+            (Some((doc, _)), Some(_)) => Err(self.error_at(
+                doc,
+                "spec",
+                "a KeycloakAdapter that is not bearer-only already turns sign-in on for this workload: keep one",
+            )),
+            (None, Some((doc, k))) => match k.resource.as_deref() {
+                Some(client) => Ok(Some(SignInDocument::KeycloakAdapter(doc, k, client))),
+                None => Err(self.error_at(
+                    doc,
+                    "spec.resource",
+                    "sign-in needs the client id (`resource`)",
+                )),
+            },
+            (None, None) => Ok(None),
+        }
     }
 
     /// Applicable `OidcLogin` documents.
@@ -1281,22 +1404,6 @@ impl<'a> WorkloadPolicy<'a> {
     #[must_use]
     pub fn error_at(&self, document: &Document, field: &str, message: impl Into<String>) -> PolicyError {
         document.error(self.source, field, message)
-    }
-
-    /// The check a file's loading makes of its `JwtSettings`, for
-    /// documents built in code ([`PolicySet::from_documents`]): two of one
-    /// namespace and issuer that give one setting are refused, as which
-    /// would win is not for the documents' order to say.
-    ///
-    /// # Errors
-    /// A [`PolicyError`] naming the later document and the setting.
-    pub fn check_jwt_settings(&self) -> Result<(), PolicyError> {
-        let settings: Vec<&Document> = self.jwt_settings().map(|(d, _)| d).collect();
-        settings
-            .iter()
-            .enumerate()
-            .find_map(|(i, d)| given_twice(settings[..i].iter().copied(), d, self.source))
-            .map_or(Ok(()), Err)
     }
 }
 

@@ -610,6 +610,58 @@ pub const NEGOTIATE_COOKIE: &str = "palisade_negotiate";
 /// (`OidcLogin.spec.session.cookieName`, and a `KeycloakAdapter`'s).
 pub const SIGN_IN_COOKIE: &str = "palisade_session";
 
+/// The paths of browser sign-in's own routes, which the service answers
+/// whatever its access policy says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SignInPaths<'a> {
+    /// Where the issuer sends the browser back
+    /// (`OidcLogin.spec.callbackPath`).
+    pub callback: &'a str,
+    /// Starts a sign-in (`OidcLogin.spec.loginPath`).
+    pub login: &'a str,
+    /// Ends the session (`OidcLogin.spec.logoutPath`).
+    pub logout: &'a str,
+    /// Receives back-channel logout tokens
+    /// (`OidcLogin.spec.backchannelLogoutPath`).
+    pub backchannel_logout: &'a str,
+}
+
+impl SignInPaths<'static> {
+    /// The defaults: `/oauth2/callback`, `/login`, `/logout` and
+    /// `/oauth2/backchannel-logout` (a `KeycloakAdapter` that signs in
+    /// always uses them).
+    pub const DEFAULT: Self = Self {
+        callback: "/oauth2/callback",
+        login: "/login",
+        logout: "/logout",
+        backchannel_logout: "/oauth2/backchannel-logout",
+    };
+}
+
+impl OidcLoginSpec {
+    /// The document's paths, each defaulting to [`SignInPaths::DEFAULT`]'s.
+    #[must_use]
+    pub fn paths(&self) -> SignInPaths<'_> {
+        let d = SignInPaths::DEFAULT;
+        SignInPaths {
+            callback: self.callback_path.as_deref().unwrap_or(d.callback),
+            login: self.login_path.as_deref().unwrap_or(d.login),
+            logout: self.logout_path.as_deref().unwrap_or(d.logout),
+            backchannel_logout: self
+                .backchannel_logout_path
+                .as_deref()
+                .unwrap_or(d.backchannel_logout),
+        }
+    }
+
+    /// The session cookie's name ([`SIGN_IN_COOKIE`] by default).
+    #[must_use]
+    pub fn cookie_name(&self) -> &str {
+        self.session.cookie_name.as_deref().unwrap_or(SIGN_IN_COOKIE)
+    }
+}
+
 /// `SpnegoSettings.spec`: Kerberos (HTTP Negotiate) settings for a service
 /// started with a keytab.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]

@@ -1624,8 +1624,7 @@ fn a_jwt_setting_is_given_once_per_namespace_and_issuer() {
         let yaml = file(a, b);
         PolicySet::from_yaml_str(&yaml, "policy.yaml").unwrap_or_else(|e| panic!("{yaml}: {e}"));
     }
-    // Documents built in code are checked when a workload's settings are
-    // read (`check_jwt_settings`, which the JWT authenticator calls).
+    // Documents built in code are checked when their set is made.
     let fine = PolicySet::from_yaml_str(
         &file(
             doc("a", "default", "{leeway: 10s}"),
@@ -1643,15 +1642,13 @@ fn a_jwt_setting_is_given_once_per_namespace_and_issuer() {
         panic!("a JwtSettings")
     };
     second.leeway = leeway;
-    let built = PolicySet::from_documents("code", documents);
-    let workload = Workload::new("details", "default");
-    let err = built.for_workload(&workload).check_jwt_settings().unwrap_err();
+    let err = PolicySet::from_documents("code", documents).unwrap_err();
     assert_eq!(
         (err.document, err.field.as_deref()),
         (Some(2), Some("spec.leeway")),
         "{err}"
     );
-    fine.for_workload(&workload).check_jwt_settings().unwrap();
+    PolicySet::from_documents("code", fine.documents().to_vec()).unwrap();
 }
 
 /// A path pattern with `//` or a dot segment matches no request (requests
