@@ -200,5 +200,19 @@ spec:
             "{bad}"
         );
         assert_eq!(bad.line, None);
+
+        // What an added file says as it loads is kept, naming that file.
+        assert!(policy.warnings.is_empty(), "{:?}", policy.warnings);
+        policy
+            .add_values(
+                &[json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy", "metadata": {}})],
+                "e.yaml `with`",
+            )
+            .unwrap();
+        assert!(
+            matches!(&policy.warnings[..], [w] if w.starts_with("e.yaml `with`: document 1") && w.contains("metadata.name")),
+            "{:?}",
+            policy.warnings
+        );
     }
 }

@@ -1318,8 +1318,8 @@ impl<'a> WorkloadPolicy<'a> {
     ///
     /// # Errors
     /// A [`PolicyError`] naming the document when two turn sign-in on for
-    /// the workload, or when a `KeycloakAdapter` that signs in names no
-    /// client (`resource`).
+    /// the workload. (A `KeycloakAdapter` that signs in without a client,
+    /// `resource`, is refused already when its set is made.)
     pub fn sign_in(&self) -> Result<Option<SignInDocument<'a>>, PolicyError> {
         let mut logins = self.oidc_logins();
         let mut adapters = self.keycloak_adapters().filter(|(_, k)| k.signs_in());

@@ -1832,3 +1832,119 @@ fn destination_rule_hosts_are_qualified_and_match_exactly_before_the_longest_wil
     assert_eq!(host_specificity("*.b.c", "b.c"), None);
     assert_eq!(host_specificity("x.b.c", "a.b.c"), None);
 }
+
+/// Documents built in code pass the checks a file's documents pass when
+/// their set is made, whichever part later reads them (a `KeycloakAdapter`'s
+/// bounds were read by nothing that checked them).
+#[test]
+fn documents_built_in_code_are_checked_as_a_files() {
+    let kc = "apiVersion: palisade.dev/v1alpha1\nkind: KeycloakAdapter\nmetadata: {name: kc}\nspec: {realm: r, auth-server-url: 'https://kc', resource: api, bearer-only: true, public-key-cache-ttl: 60}\n";
+    let loaded = PolicySet::from_yaml_str(kc, "kc.yaml").unwrap();
+    let mut documents = loaded.documents().to_vec();
+    let Spec::KeycloakAdapter(k) = &mut documents[0].spec else {
+        panic!("a KeycloakAdapter")
+    };
+    k.public_key_cache_ttl = Some(1);
+    let err = PolicySet::from_documents("code", documents.clone()).unwrap_err();
+    assert_eq!(err.field.as_deref(), Some("spec.public-key-cache-ttl"), "{err}");
+    assert!(err.to_string().starts_with("code: document 1"), "{err}");
+    // Two of one kind and name, as a file's loading refuses them.
+    let twice = [loaded.documents(), loaded.documents()].concat();
+    let err = PolicySet::from_documents("code", twice).unwrap_err();
+    assert_eq!(err.field.as_deref(), Some("metadata.name"), "{err}");
+    let fine = PolicySet::from_documents("code", loaded.documents().to_vec()).unwrap();
+    assert_eq!(fine.documents().len(), 1);
+}
+
+/// One document turns sign-in on; every reader of it asks
+/// `WorkloadPolicy::sign_in`, which names the second of two.
+#[test]
+fn the_sign_in_document_is_chosen_once() {
+    let login = |name: &str, extra: &str| {
+        format!(
+            "apiVersion: palisade.dev/v1alpha1\nkind: OidcLogin\nmetadata: {{name: {name}}}\nspec:\n  issuer: https://idp\n  clientId: shop\n{extra}"
+        )
+    };
+    let adapter = |name: &str, spec: &str| {
+        format!(
+            "apiVersion: palisade.dev/v1alpha1\nkind: KeycloakAdapter\nmetadata: {{name: {name}}}\nspec: {{realm: r, auth-server-url: 'https://kc', {spec}}}\n"
+        )
+    };
+    let workload = Workload::new("shop", "default");
+    let sign_in = |yaml: &str| {
+        let set = PolicySet::from_yaml_str(yaml, "p.yaml").unwrap_or_else(|e| panic!("{yaml}: {e}"));
+        set.for_workload(&workload).sign_in().map(|s| {
+            s.map(|s| {
+                (
+                    s.document().metadata.name.clone(),
+                    s.client_id().to_owned(),
+                    s.cookie_name().to_owned(),
+                    s.paths().login.to_owned(),
+                    s.paths().callback.to_owned(),
+                )
+            })
+        })
+    };
+    let own = |s: &str| s.to_owned();
+    assert_eq!(
+        sign_in(&login(
+            "l",
+            "  loginPath: /signin\n  session: {cookieName: shop_session}\n"
+        ))
+        .unwrap(),
+        Some((
+            own("l"),
+            own("shop"),
+            own("shop_session"),
+            own("/signin"),
+            own("/oauth2/callback")
+        ))
+    );
+    assert_eq!(
+        sign_in(&adapter("kc", "resource: web, public-client: true")).unwrap(),
+        Some((
+            own("kc"),
+            own("web"),
+            own(SIGN_IN_COOKIE),
+            own("/login"),
+            own("/oauth2/callback")
+        ))
+    );
+    // Bearer-only adapters sign nobody in.
+    assert_eq!(
+        sign_in(&adapter("kc", "resource: web, bearer-only: true")).unwrap(),
+        None
+    );
+    for (yaml, document, field) in [
+        (
+            format!("{}---\n{}", login("a", ""), login("b", "")),
+            1,
+            "spec.selector",
+        ),
+        (
+            format!(
+                "{}---\n{}",
+                login("a", ""),
+                adapter("kc", "resource: web, public-client: true")
+            ),
+            1,
+            "spec",
+        ),
+        (
+            format!(
+                "{}---\n{}",
+                adapter("a", "resource: web, public-client: true"),
+                adapter("b", "resource: web, public-client: true")
+            ),
+            2,
+            "spec",
+        ),
+    ] {
+        let err = sign_in(&yaml).unwrap_err();
+        assert_eq!(
+            (err.document, err.field.as_deref()),
+            (Some(document), Some(field)),
+            "{yaml}: {err}"
+        );
+    }
+}
