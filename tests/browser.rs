@@ -8,6 +8,10 @@
 //!   pages; tests/oidc-provider/server.mjs with `BROWSER_REDIRECT_URIS` set
 //!   to productpage's callback), there as a client authenticating with
 //!   `private_key_jwt`.
+//! - A session outlives its access token by refreshing it at oidc-provider
+//!   (refresh tokens bound to the provider's session and rotated at every
+//!   use, `BROWSER_SESSION_REFRESH_TOKENS`), until alice signs out there and
+//!   the refused refresh sends her browser to sign in again.
 //! - oidc-provider's own login and consent pages take a browser to a
 //!   loopback redirect URI with `code` and `state`.
 //! - The whole bookinfo system (`examples/bookinfo.rs`): signed in, alice's
@@ -479,6 +483,108 @@ async fn a_browser_signs_in_at_oidc_provider() {
         run.wait_for_url("oidc-provider's login page again", |u| u.starts_with(&issuer));
         run.wait_for("input[name=login]");
         run.shot("login-again");
+    });
+    drop(svc);
+    drop(op);
+}
+
+/// A session outlives its access token by refreshing it at oidc-provider,
+/// whose refresh tokens are bound to the user's session there and rotated
+/// at every use (as Keycloak's with "Revoke Refresh Token"): each refresh
+/// must use the token the last one returned, or the provider refuses it
+/// and ends the grant. Once the user's session at the provider ends, the
+/// next refresh is refused and the browser is sent to sign in again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_is_refreshed_at_oidc_provider_until_the_provider_ends_it() {
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    // Access tokens for 8 s: sign-in refreshes a token granted for less
+    // than its lead (30 s) once half its lifetime has passed.
+    let op = oidc_provider::start(
+        free_port(),
+        &[
+            ("BROWSER_REDIRECT_URIS", &format!("{base}/oauth2/callback")),
+            ("BROWSER_SESSION_REFRESH_TOKENS", "1"),
+            ("ACCESS_TOKEN_TTL", "8"),
+        ],
+    );
+    let dir = TempDir::new("oidc-provider-refresh");
+    let secret = dir.write("client-secret", CLIENT_SECRET);
+    let config = write_policy(
+        &dir,
+        &op.issuer,
+        OIDC_PROVIDER_AUDIENCE,
+        CLIENT_ID,
+        &format!("  clientSecretFile: {secret}\n  scopes: [openid]\n"),
+    );
+    let listen = format!("127.0.0.1:{port}");
+    let svc = common::start("productpage", &["--config", &config, "--listen", &listen]);
+    assert_eq!(svc.port, port);
+    wait_for_sign_in(&base).await;
+    let issuer = op.issuer.clone();
+    let rt = tokio::runtime::Handle::current();
+    // (succeeded, failed) refresh_token grants at the provider.
+    let refreshes = || {
+        rt.block_on(async {
+            let v: Value = reqwest::get(format!("{issuer}/test/refreshes"))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            (v["succeeded"].as_u64().unwrap(), v["failed"].as_u64().unwrap())
+        })
+    };
+    let half_a_token = || std::thread::sleep(Duration::from_secs(5));
+
+    tokio::task::block_in_place(|| {
+        let run = Run::start("productpage-oidc-provider-refresh");
+        run.goto(&format!("{base}/productpage"));
+        run.click("#sign-in");
+        run.wait_for_url("oidc-provider's login page", |u| u.starts_with(&issuer));
+        run.type_into("input[name=login]", "alice");
+        run.type_into("input[name=password]", "any password");
+        run.click("button[type=submit]");
+        run.wait_for("input[name=prompt][value=consent]");
+        run.click("button[type=submit]");
+        run.wait_for_url("back at /productpage", |u| u == format!("{base}/productpage"));
+        run.check(run.text("#user") == "alice", || "alice is not shown".into());
+        run.shot("signed-in");
+        assert_eq!(refreshes(), (0, 0), "nothing to refresh yet");
+
+        // Past half the access token's life: the next request refreshes it,
+        // then again with the token that refresh returned.
+        for n in 1..=2 {
+            half_a_token();
+            run.goto(&format!("{base}/whoami"));
+            let me = run.json();
+            run.check(me["methods"] == json!(["session"]), || {
+                format!("refresh {n}: {me}")
+            });
+            run.check(me["request_principal"] == format!("{issuer}/alice"), || {
+                format!("refresh {n}: {me}")
+            });
+            assert_eq!(refreshes(), (n, 0), "refresh {n}");
+        }
+        run.shot("refreshed");
+
+        // alice signs out at the provider alone: the refresh token ends
+        // with her session there.
+        run.goto(&format!("{issuer}/session/end"));
+        run.click("button[name=logout][value=yes]");
+        run.wait_for_url("the provider's signed-out page", |u| u.ends_with("/session/end/success"));
+        run.shot("signed-out-at-the-provider");
+        half_a_token();
+        run.goto(&format!("{base}/whoami"));
+        run.wait_for_url("oidc-provider's login page again", |u| u.starts_with(&issuer));
+        run.wait_for("input[name=login]");
+        run.shot("sign-in-again");
+        assert_eq!(
+            refreshes(),
+            (2, 1),
+            "the refresh after the provider's logout is refused"
+        );
+        expect_no_session_cookie(&run);
     });
     drop(svc);
     drop(op);

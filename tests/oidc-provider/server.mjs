@@ -27,6 +27,16 @@
 //              of its sign-ins are oidc-provider's opaque ones (for
 //              userinfo) rather than JWTs for AUDIENCE: a relying party
 //              then knows the user from the ID token alone
+//   BROWSER_SESSION_REFRESH_TOKENS  opt-in (unset: off): `1` issues the
+//              browser client a refresh token with every authorization code,
+//              bound to the user's session at the provider (it ends when
+//              that session ends) and rotated at every use, as Keycloak's
+//              are with "Revoke Refresh Token" on (oidc-provider's defaults
+//              issue them for offline_access only, which needs
+//              prompt=consent); `GET /test/refreshes` answers how many
+//              refresh_token grants succeeded and failed
+//   ACCESS_TOKEN_TTL  seconds, default 300: the lifetime of the JWT access
+//              tokens for AUDIENCE
 //   INTROSPECTION  opt-in (unset: off): `1` turns on token introspection
 //              (RFC 7662) and revocation (RFC 7009), registers the resource
 //              server client `palisade-rs` / `palisade-rs-secret`
@@ -101,6 +111,8 @@ if (introspection) {
   });
 }
 
+const sessionRefreshTokens = process.env.BROWSER_SESSION_REFRESH_TOKENS === '1';
+const accessTokenTTL = Number(process.env.ACCESS_TOKEN_TTL || 300);
 const backchannelLogout = process.env.BROWSER_BACKCHANNEL_LOGOUT === '1';
 const opaqueBrowserTokens = process.env.BROWSER_OPAQUE_ACCESS_TOKENS === '1';
 const provider = new Provider(issuer, {
@@ -111,6 +123,10 @@ const provider = new Provider(issuer, {
   // receivers of these tests are on loopback.
   ...(backchannelLogout && {
     fetch: (url, { dispatcher: _ssrfProtection, ...options }) => globalThis.fetch(url, options),
+  }),
+  ...(sessionRefreshTokens && {
+    issueRefreshToken: async (_ctx, client) => client.grantTypeAllowed('refresh_token'),
+    rotateRefreshToken: () => true,
   }),
   // offline_access lets the browser client have refresh tokens.
   scopes: browser ? ['openid', 'offline_access', 'read', 'write'] : ['read', 'write'],
@@ -137,7 +153,7 @@ const provider = new Provider(issuer, {
         return {
           scope: 'read write',
           audience,
-          accessTokenTTL: 300,
+          accessTokenTTL,
           accessTokenFormat: 'jwt',
           jwt: { sign: { alg: 'RS256' } },
         };
@@ -152,6 +168,23 @@ if (backchannelLogout) {
   });
   provider.on('backchannel.error', (_ctx, err, client) => {
     console.log(`backchannel logout to ${client.clientId} failed: ${err.message}`);
+  });
+}
+
+if (sessionRefreshTokens) {
+  const refreshes = { succeeded: 0, failed: 0 };
+  provider.on('grant.success', (ctx) => {
+    if (ctx.oidc.params.grant_type === 'refresh_token') refreshes.succeeded += 1;
+  });
+  provider.on('grant.error', (ctx) => {
+    if (ctx.oidc.params?.grant_type === 'refresh_token') refreshes.failed += 1;
+  });
+  provider.use(async (ctx, next) => {
+    if (ctx.method === 'GET' && ctx.path === '/test/refreshes') {
+      ctx.body = refreshes;
+      return;
+    }
+    await next();
   });
 }
 
