@@ -572,7 +572,9 @@ async fn a_session_is_refreshed_at_oidc_provider_until_the_provider_ends_it() {
         // with her session there.
         run.goto(&format!("{issuer}/session/end"));
         run.click("button[name=logout][value=yes]");
-        run.wait_for_url("the provider's signed-out page", |u| u.ends_with("/session/end/success"));
+        run.wait_for_url("the provider's signed-out page", |u| {
+            u.ends_with("/session/end/success")
+        });
         run.shot("signed-out-at-the-provider");
         half_a_token();
         run.goto(&format!("{base}/whoami"));

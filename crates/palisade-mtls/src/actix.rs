@@ -72,7 +72,7 @@ use crate::identity::fill_from_session;
 
 use palisade_core::limits::ServerLimits;
 
-use crate::server::{LOG_TARGET, MtlsMode, ServerTls, handshake_failed, starts_with_tls};
+use crate::server::{LOG_TARGET, ServerTls, handshake_failed, starts_with_tls};
 /// actix-server's builder, which [`server`] returns.
 pub use actix_server::ServerBuilder;
 
@@ -359,10 +359,7 @@ where
     fn call(&self, tcp: TcpStream) -> Self::Future {
         let (secure, plain) = (self.secure.clone(), self.plain.clone());
         // The mode in force when the connection is accepted.
-        let permissive = self
-            .mode
-            .as_ref()
-            .is_none_or(|t| t.mode() == MtlsMode::Permissive);
+        let permissive = self.mode.as_ref().is_none_or(ServerTls::serves_plaintext);
         let shutdown = self.shutdown.clone();
         let first_byte_timeout = self.first_byte_timeout;
         Box::pin(async move {
@@ -511,6 +508,7 @@ mod tests {
 
     use super::*;
     use crate::ClientTls;
+    use crate::server::MtlsMode;
 
     /// What a handler sees of its connection: scheme and peer principal.
     async fn seen(req: HttpRequest) -> String {

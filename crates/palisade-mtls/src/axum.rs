@@ -42,7 +42,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tower_service::Service;
 
 use crate::identity::fill_from_session;
-use crate::server::{MtlsMode, ServerTls, handshake_failed, starts_with_tls};
+use crate::server::{ServerTls, handshake_failed, starts_with_tls};
 
 /// Serves `service` on `listener` with `tls` and the default
 /// [`ServerLimits`] until `shutdown` completes, then lets open connections
@@ -130,11 +130,8 @@ impl Handshake for Tls {
     type Io = Stream;
 
     async fn handshake(&self, tcp: TcpStream, info: &mut ConnectionInfo) -> Result<Stream, &'static str> {
-        let tls_first = match self.tls.mode() {
-            // No timeout of its own: the loop's bounds the whole handshake.
-            MtlsMode::Permissive => starts_with_tls(&tcp).await?,
-            MtlsMode::Strict | MtlsMode::Disable => true,
-        };
+        // No timeout of its own: the loop's bounds the whole handshake.
+        let tls_first = !self.tls.serves_plaintext() || starts_with_tls(&tcp).await?;
         if !tls_first {
             // Plaintext, in PERMISSIVE: served while the mode stays so.
             info.peer_recheck = self.tls.mode_recheck(true);

@@ -620,6 +620,14 @@ impl ServerTls {
         self.0.verifier.mode.get()
     }
 
+    /// Whether a new connection that is not TLS is served, in plaintext:
+    /// in [`Permissive`](MtlsMode::Permissive) only (the serving helpers
+    /// ask it of each connection).
+    #[must_use]
+    pub fn serves_plaintext(&self) -> bool {
+        self.mode() == MtlsMode::Permissive
+    }
+
     /// Whether it was built with a [`client_ca`](ServerTlsBuilder::client_ca):
     /// a mode that takes client certificates may be put in force.
     #[must_use]
