@@ -67,6 +67,9 @@ test     runs the decision cases of CASES.yaml; prints each failed case, the
              dry_run: allow|deny  # optional: what dry-run policies would decide
          (request and expect required; the rest as for explain).
 
+-h or --help where a flag may stand prints this; `--` ends the flags (a
+file named like one: `palisade check -- --odd.yaml`).
+
 Exit status: 0 success; 1 problems (check), failed cases or a bad case file
 (test), or a policy file that does not load (all three: one line naming the
 file, the document and the field); 2 a usage error (bad arguments).
@@ -116,51 +119,96 @@ pub(crate) fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, 
     let Some(sub) = it.next() else {
         return Err("a subcommand is needed: check, explain or test (see --help)".into());
     };
-    let rest: Vec<String> = it.collect();
-    if rest.iter().any(|a| a == "-h" || a == "--help") {
-        return Ok(Command::Help);
-    }
+    let rest = Words::new(it.collect());
     match sub.as_str() {
         "-h" | "--help" | "help" => Ok(Command::Help),
         "-V" | "--version" => Ok(Command::Version),
-        "check" => match no_flags(&sub, &rest)? {
-            [file] => Ok(Command::Check { file: file.into() }),
-            _ => Err("check takes FILE (see --help)".into()),
-        },
-        "test" => test(rest).map(Command::Test),
-        "explain" => explain(rest).map(|e| Command::Explain(Box::new(e))),
+        "check" => check(rest),
+        "test" => test(rest),
+        "explain" => explain(rest),
         other => Err(format!(
             "unknown subcommand `{other}`: check, explain or test (see --help)"
         )),
     }
 }
 
-/// The arguments, when none of them is a flag.
-fn no_flags<'a>(sub: &str, args: &'a [String]) -> Result<&'a [String], String> {
-    match args.iter().find(|a| a.starts_with("--")) {
-        Some(flag) => Err(format!("{sub}: unknown argument `{flag}` (see --help)")),
-        None => Ok(args),
+/// A subcommand's arguments, read in turn: `-h`, `--help` and `--NAME` are
+/// flags where a flag may stand (not as a flag's value, not after `--`,
+/// which ends the flags: `-- --odd-file-name.yaml`).
+struct Words {
+    it: std::vec::IntoIter<String>,
+    flags_ended: bool,
+}
+
+/// One argument of [`Words`].
+enum Word {
+    /// `-h` or `--help`.
+    Help,
+    /// `--NAME`, whose value (if it takes one) is [`Words::value`].
+    Flag(String),
+    /// Anything else: a file.
+    Positional(String),
+}
+
+impl Words {
+    fn new(args: Vec<String>) -> Self {
+        Self {
+            it: args.into_iter(),
+            flags_ended: false,
+        }
+    }
+
+    fn next(&mut self) -> Option<Word> {
+        let arg = self.it.next()?;
+        if self.flags_ended {
+            return Some(Word::Positional(arg));
+        }
+        Some(match arg.as_str() {
+            "--" => {
+                self.flags_ended = true;
+                return self.next();
+            }
+            "-h" | "--help" => Word::Help,
+            flag if flag.starts_with("--") => Word::Flag(arg),
+            _ => Word::Positional(arg),
+        })
+    }
+
+    /// The value of `flag`: the next argument, whatever it looks like.
+    fn value(&mut self, flag: &str) -> Result<String, String> {
+        self.it.next().ok_or_else(|| format!("{flag} needs a value"))
     }
 }
 
-fn test(args: Vec<String>) -> Result<Test, String> {
+fn check(mut args: Words) -> Result<Command, String> {
+    let mut files = Vec::new();
+    while let Some(word) = args.next() {
+        match word {
+            Word::Help => return Ok(Command::Help),
+            Word::Flag(flag) => return Err(format!("check: unknown argument `{flag}` (see --help)")),
+            Word::Positional(path) => files.push(path),
+        }
+    }
+    match <[String; 1]>::try_from(files) {
+        Ok([file]) => Ok(Command::Check { file: file.into() }),
+        Err(_) => Err("check takes FILE (see --help)".into()),
+    }
+}
+
+fn test(mut args: Words) -> Result<Command, String> {
     let mut files = Vec::new();
     let mut with = Vec::new();
-    let mut it = args.into_iter();
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--with" => with.push(PathBuf::from(
-                it.next().ok_or_else(|| format!("{arg} needs a value"))?,
-            )),
-            flag if flag.starts_with("--") => {
-                return Err(format!("test: unknown argument `{flag}` (see --help)"));
-            }
-            path => files.push(PathBuf::from(path)),
+    while let Some(word) = args.next() {
+        match word {
+            Word::Help => return Ok(Command::Help),
+            Word::Flag(flag) if flag == "--with" => with.push(PathBuf::from(args.value(&flag)?)),
+            Word::Flag(flag) => return Err(format!("test: unknown argument `{flag}` (see --help)")),
+            Word::Positional(path) => files.push(PathBuf::from(path)),
         }
     }
     let [file, cases] =
         <[PathBuf; 2]>::try_from(files).map_err(|_| "test takes FILE CASES.yaml (see --help)".to_owned())?;
-    Ok(Test { file, cases, with })
+    Ok(Command::Test(Test { file, cases, with }))
 }
 
 /// `value` into `slot`, which a flag given twice would fill twice: the
@@ -173,16 +221,26 @@ fn once<T>(slot: &mut Option<T>, flag: &str, value: T) -> Result<(), String> {
     Ok(())
 }
 
-fn explain(args: Vec<String>) -> Result<Explain, String> {
+fn explain(mut args: Words) -> Result<Command, String> {
     let mut file = None;
     let mut with = Vec::new();
     let mut workload = None;
     let mut labels = BTreeMap::new();
     let mut request = None;
     let mut req = Request::default();
-    let mut it = args.into_iter();
-    while let Some(arg) = it.next() {
-        let mut value = || it.next().ok_or_else(|| format!("{arg} needs a value"));
+    while let Some(word) = args.next() {
+        let arg = match word {
+            Word::Help => return Ok(Command::Help),
+            Word::Positional(path) if file.is_none() => {
+                file = Some(PathBuf::from(path));
+                continue;
+            }
+            Word::Positional(extra) => {
+                return Err(format!("explain: unexpected argument `{extra}` (see --help)"));
+            }
+            Word::Flag(flag) => flag,
+        };
+        let mut value = || args.value(&arg);
         let named = |e: String| format!("{arg} {e}");
         match arg.as_str() {
             "--workload" => once(&mut workload, &arg, workload_name(&value()?).map_err(named)?)?,
@@ -200,11 +258,7 @@ fn explain(args: Vec<String>) -> Result<Explain, String> {
             "--port" => once(&mut req.port, &arg, port(&value()?).map_err(named)?)?,
             "--source-ip" => once(&mut req.source_ip, &arg, ip(&value()?).map_err(named)?)?,
             "--with" => with.push(PathBuf::from(value()?)),
-            flag if flag.starts_with("--") => {
-                return Err(format!("explain: unknown argument `{flag}` (see --help)"));
-            }
-            path if file.is_none() => file = Some(PathBuf::from(path)),
-            extra => return Err(format!("explain: unexpected argument `{extra}` (see --help)")),
+            flag => return Err(format!("explain: unknown argument `{flag}` (see --help)")),
         }
     }
     let file = file.ok_or("explain needs the policy FILE (see --help)")?;
@@ -212,13 +266,13 @@ fn explain(args: Vec<String>) -> Result<Explain, String> {
     if workload.is_none() && !labels.is_empty() {
         return Err("explain: --label needs --workload NS/NAME (see --help)".into());
     }
-    Ok(Explain {
+    Ok(Command::Explain(Box::new(Explain {
         file,
         with,
         workload,
         labels,
         request: req,
-    })
+    })))
 }
 
 /// `KEY=VALUE`, a workload label other than `app` (the workload's NAME).
@@ -514,6 +568,51 @@ mod tests {
     fn help_and_version() {
         assert!(matches!(args(&["--help"]), Ok(Command::Help)));
         assert!(matches!(args(&["check", "--help"]), Ok(Command::Help)));
+        assert!(matches!(args(&["check", "p.yaml", "-h"]), Ok(Command::Help)));
+        assert!(matches!(args(&["test", "-h"]), Ok(Command::Help)));
+        assert!(matches!(
+            args(&["explain", "p.yaml", "--help", "--request", "GET /"]),
+            Ok(Command::Help)
+        ));
         assert!(matches!(args(&["--version"]), Ok(Command::Version)));
+    }
+
+    /// `-h` as a flag's value is that value, not a request for help; `--`
+    /// ends the flags, so a file may be named like one.
+    #[test]
+    fn flags_are_read_where_a_flag_may_stand() {
+        let Ok(Command::Explain(e)) = args(&["explain", "--request", "GET /", "--with", "-h", "p.yaml"])
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (e.file, e.with),
+            (PathBuf::from("p.yaml"), vec![PathBuf::from("-h")])
+        );
+        let e = args(&["explain", "p.yaml", "--request", "GET /", "--header", "-h"]).unwrap_err();
+        assert!(e.starts_with("--header has no header name"), "{e}");
+
+        let Ok(Command::Check { file }) = args(&["check", "--", "--odd.yaml"]) else {
+            panic!()
+        };
+        assert_eq!(file, PathBuf::from("--odd.yaml"));
+        let Ok(Command::Test(t)) = args(&["test", "--with", "r.yaml", "--", "-h", "--c.yaml"]) else {
+            panic!()
+        };
+        assert_eq!(
+            (t.file, t.cases, t.with),
+            (
+                PathBuf::from("-h"),
+                PathBuf::from("--c.yaml"),
+                vec![PathBuf::from("r.yaml")]
+            )
+        );
+        let Ok(Command::Explain(e)) = args(&["explain", "--request", "GET /", "--", "--help"]) else {
+            panic!()
+        };
+        assert_eq!(e.file, PathBuf::from("--help"));
+        // Before `--`, an unknown flag is still refused.
+        let e = args(&["check", "--odd.yaml"]).unwrap_err();
+        assert!(e.contains("unknown argument `--odd.yaml`"), "{e}");
     }
 }
