@@ -1112,6 +1112,11 @@ fn relaxations_and_fields_read_but_not_applied_are_warnings() {
     let json = r#"{"realm":"r","auth-server-url":"https://kc","selector":{"matchLabels":{"app":"x"}}}"#;
     let err = KeycloakAdapterConfig::from_json_str(json, "keycloak.json").unwrap_err();
     assert_eq!(err.field.as_deref(), Some("selector"), "{err}");
+    let json = r#"{"realm":"r","auth-server-url":"https://kc","selector":null}"#;
+    let err = KeycloakAdapterConfig::from_json_str(json, "keycloak.json").unwrap_err();
+    assert_eq!(err.field.as_deref(), Some("selector"), "{err}");
+    KeycloakAdapterConfig::from_json_str(r#"{"realm":"r","auth-server-url":"https://kc"}"#, "keycloak.json")
+        .unwrap();
 
     let dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r, namespace: default}\nspec:\n  host: ratings\n  exportTo: [.]\n  subsets:\n  - {name: v1, labels: {version: v1}}\n  - name: v2\n    labels: {version: v2}\n    trafficPolicy: {tls: {mode: SIMPLE}}\n";
     // `.`, `*` and its own namespace are what Palisade does with a rule
