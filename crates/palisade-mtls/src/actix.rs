@@ -185,8 +185,8 @@ impl HttpSettings {
     }
 
     /// How long a client has for the TLS handshake and, before it where
-    /// the first byte tells TLS from plaintext (PERMISSIVE, or a server
-    /// with a client CA in any mode), for its first byte (default 10 s).
+    /// the first byte tells TLS from plaintext (the mode in force is
+    /// PERMISSIVE), for its first byte (default 10 s).
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = at_most_longest(timeout);
         self
@@ -207,10 +207,11 @@ fn at_most_longest(timeout: Duration) -> Duration {
 /// PERMISSIVE the first byte of each connection tells TLS (a handshake
 /// record, `0x16`) from plaintext HTTP, as Istio's sidecar does, and
 /// plaintext callers have no peer identity. A server with a client CA
-/// looks at the first byte in every mode, since its mode may change
-/// ([`ServerTls::set_mode`]): plaintext is served while the mode in force
-/// is PERMISSIVE, and a plaintext connection is refused at its next
-/// request once it is not. Every request finds its
+/// keeps its plaintext side in every mode, since its mode may change
+/// ([`ServerTls::set_mode`]): the first byte is looked at while the mode in
+/// force is PERMISSIVE (in the others every caller goes to TLS at once),
+/// and a plaintext connection is refused at its next request once the mode
+/// is not. Every request finds its
 /// [`ConnectionInfo`] where [`ServerTls::actix_on_connect`] would put it. `settings` are
 /// `HttpServer`'s HTTP settings ([`HttpSettings::from_limits`]; the default
 /// is [`ServerLimits`]'s).
@@ -309,7 +310,7 @@ where
 }
 
 /// One worker's connection service: the first byte awaited where there is
-/// plaintext (telling TLS from plaintext in PERMISSIVE), then the TLS or
+/// plaintext and the mode is PERMISSIVE (telling TLS from plaintext), then the TLS or
 /// the plaintext HTTP service. Its readiness is theirs, so a worker at
 /// actix-tls's limit of concurrent handshakes stops accepting (connections
 /// wait in the listen backlog), as under `HttpServer`.
@@ -366,14 +367,17 @@ where
             let remote = tcp.peer_addr().ok();
             // `Ok(Some(plain))`: a plaintext caller; `Ok(None)`: TLS.
             let plain = match plain {
+                // Outside PERMISSIVE every caller goes to TLS, whatever its
+                // first byte (plaintext fails the handshake as it would
+                // without the plaintext service beside it): nothing to wait
+                // for, so the handshake's timeout and actix-tls's cap on
+                // concurrent handshakes hold from the start.
+                Some(_) if secure.is_some() && !permissive => Ok(None),
                 // A caller that sends nothing is let go after the timeout,
                 // or at shutdown.
                 Some(plain) => tokio::select! {
                     first = tokio::time::timeout(first_byte_timeout, starts_with_tls(&tcp)) => match first {
-                        // TLS; or, in STRICT or DISABLE, plaintext given to
-                        // the TLS service, which fails its handshake as it
-                        // would without the plaintext service beside it.
-                        Ok(Ok(tls)) if secure.is_some() && (tls || !permissive) => Ok(None),
+                        Ok(Ok(true)) if secure.is_some() => Ok(None),
                         Ok(Ok(_)) => Ok(Some(plain)),
                         Ok(Err(reason)) => Err(reason),
                         Err(_) => Err("no first byte in time"),
@@ -524,6 +528,7 @@ mod tests {
     struct Fixture {
         dir: PathBuf,
         port: u16,
+        tls: ServerTls,
         handle: actix_web::dev::ServerHandle,
         mtls: reqwest::Client,
     }
@@ -559,7 +564,7 @@ mod tests {
                     web::get().to(|req: HttpRequest| async move { req.connection_info().host().to_owned() }),
                 )
             };
-            let server = server(listener, tls, settings, app)
+            let server = server(listener, tls.clone(), settings, app)
                 .unwrap()
                 .workers(1)
                 .disable_signals()
@@ -576,6 +581,7 @@ mod tests {
             Fixture {
                 dir,
                 port,
+                tls,
                 handle,
                 mtls,
             }
@@ -690,6 +696,33 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(served, "https spiffe://cluster.local/ns/default/sa/productpage");
+        f.handle.stop(false).await;
+    }
+
+    /// Outside PERMISSIVE a caller is handed to TLS at once, its first
+    /// byte not awaited: one that sends a byte just before the handshake
+    /// timeout and then nothing is let go after that timeout, not after
+    /// the first byte's wait and a whole handshake timeout more.
+    #[actix_web::test]
+    async fn outside_permissive_a_slow_caller_has_one_handshake_timeout() {
+        let timeout = Duration::from_secs(3);
+        let f = Fixture::start("strict-slow", HttpSettings::default().handshake_timeout(timeout));
+        f.tls.set_mode(MtlsMode::Strict).unwrap();
+        let started = std::time::Instant::now();
+        let mut tcp = TcpStream::connect(("127.0.0.1", f.port)).await.unwrap();
+        actix_web::rt::time::sleep(Duration::from_secs(2)).await;
+        // A handshake record's first byte, and nothing more.
+        tcp.write_all(&[0x16]).await.unwrap();
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(20), tcp.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "never closed");
+        let waited = started.elapsed();
+        // Closed by the handshake's timeout (3 s after the connection),
+        // not 5 s (2 s to the first byte, then 3 s of handshake).
+        assert!(
+            waited >= timeout - Duration::from_millis(500) && waited < Duration::from_millis(4300),
+            "closed after {waited:?}"
+        );
         f.handle.stop(false).await;
     }
 
