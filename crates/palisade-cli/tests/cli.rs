@@ -735,6 +735,26 @@ fn explain_notes_what_the_file_says_as_it_loads() {
             .any(|n| n.contains("holds no document") && n.contains("every request is allowed")),
         "{v}"
     );
+    // And what a `--with` file says, naming that file.
+    let with = dir.file(
+        "with.yaml",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {namespace: default}\nspec: {}\n",
+    );
+    let v = explain(&[
+        &empty,
+        "--with",
+        &with,
+        "--workload",
+        "default/details",
+        "--request",
+        "GET /",
+    ]);
+    assert!(
+        notes(&v)
+            .iter()
+            .any(|n| n.starts_with(&format!("{with}: document 1")) && n.contains("metadata.name")),
+        "{v}"
+    );
 }
 
 #[test]

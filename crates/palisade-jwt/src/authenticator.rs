@@ -2264,8 +2264,10 @@ fn peer_thumbprint(req: &dyn RequestHead) -> Option<&str> {
 /// store; the same answer [`bound_to`] gives after it.
 fn unprovable(a: &Authenticated) -> Option<JwtError> {
     match a.identity.claim("cnf") {
-        Some(c) if c.get("jkt").is_some() => None,
-        Some(c) if c.get("x5t#S256").is_none() => Some(JwtError::InvalidClaim("cnf")),
+        Some(c) if c.get("jkt").is_some_and(Value::is_string) => None,
+        Some(c) if c.get("jkt").is_none() && c.get("x5t#S256").is_none() => {
+            Some(JwtError::InvalidClaim("cnf"))
+        }
         _ => Some(JwtError::DpopKeyMismatch),
     }
 }
@@ -2660,7 +2662,53 @@ impl JwtAuthenticator {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
+
+    /// `unprovable`, asked before a DPoP proof is checked, refuses exactly
+    /// the tokens `bound_to` refuses after it with a matching proof, for
+    /// every shape of `cnf`, and with the same error.
+    #[test]
+    fn a_token_unprovable_before_its_proof_is_refused_by_the_binding_after_it() {
+        let proof = VerifiedProof {
+            jkt: "key-thumbprint".into(),
+            jti: "j".into(),
+            iat: 0,
+        };
+        for cnf in [
+            None,
+            Some(json!({})),
+            Some(json!("jkt")),
+            Some(json!(["key-thumbprint"])),
+            Some(Value::Null),
+            Some(json!({"jkt": "key-thumbprint"})),
+            Some(json!({"jkt": null})),
+            Some(json!({"jkt": 7})),
+            Some(json!({"x5t#S256": "abc"})),
+            Some(json!({"jkt": "key-thumbprint", "x5t#S256": "abc"})),
+            Some(json!({"jwk": {}})),
+        ] {
+            let mut claims = Map::new();
+            claims.insert("sub".into(), json!("alice"));
+            if let Some(c) = &cnf {
+                claims.insert("cnf".into(), c.clone());
+            }
+            let a = || {
+                Authenticated::new(Identity::from_token(
+                    TokenClaims::from_claims(claims.clone()),
+                    Verification::assertion(),
+                ))
+            };
+            let before = unprovable(&a()).map(|e| e.to_string());
+            // The certificate binding aside: a peer with that thumbprint.
+            let after = bound_to(a(), Some("69b7"), Some(&proof))
+                .err()
+                .map(|e| e.to_string());
+            let after = after.filter(|e| !e.contains("certificate"));
+            assert_eq!(before, after, "cnf {cnf:?}");
+        }
+    }
 
     /// Tenants' key stores start twenty at once, then ten a second.
     #[test]

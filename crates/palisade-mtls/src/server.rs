@@ -623,8 +623,9 @@ impl ServerTls {
     /// Whether a new connection that is not TLS is served, in plaintext:
     /// in [`Permissive`](MtlsMode::Permissive) only (the serving helpers
     /// ask it of each connection).
+    #[cfg(any(feature = "axum", feature = "actix"))]
     #[must_use]
-    pub fn serves_plaintext(&self) -> bool {
+    pub(crate) fn serves_plaintext(&self) -> bool {
         self.mode() == MtlsMode::Permissive
     }
 

@@ -175,7 +175,7 @@ fn builder<'a>(
             }
             Some((b, doc))
         }
-        Some(_) | None => None,
+        None => None,
     })
 }
 

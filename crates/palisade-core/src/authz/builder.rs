@@ -288,7 +288,9 @@ impl AccessPolicyBuilder {
     ///
     /// # Errors
     /// A [`PolicyError`] (source `code`) naming the policy and field of
-    /// anything that cannot be enforced exactly as written.
+    /// anything that cannot be enforced exactly as written, and two
+    /// policies of one name (decisions, logs and metrics name the policy
+    /// that decided).
     pub fn build(self) -> Result<AccessPolicy, PolicyError> {
         let set = PolicySet::from_documents("code", self.documents)?;
         let workload = Workload::new("code", "default");

@@ -548,8 +548,7 @@ pub(crate) fn compile_policy(
     authorizers: &ExternalAuthorizers,
     domains: &[String],
 ) -> Result<CompiledPolicy, PolicyError> {
-    // Already checked when a file loads; documents built in code are checked here.
-    check_policy(&doc.metadata, spec).map_err(|(field, msg)| w.error_at(doc, &field, msg))?;
+    // `check_policy` ran when the document's set was made.
     let action = spec.action;
     let dry_run = dry_run(&doc.metadata).map_err(|(field, msg)| w.error_at(doc, &field, msg))?;
     let provider = match &spec.provider {

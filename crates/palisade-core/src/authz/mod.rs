@@ -1302,9 +1302,7 @@ fn settings(w: &WorkloadPolicy<'_>) -> Result<AuthzSettings, PolicyError> {
             ));
         }
         seen = Some(doc.index);
-        // Already checked when a file loads; documents built in code are
-        // checked here.
-        s.check().map_err(|(field, msg)| w.error_at(doc, &field, msg))?;
+        // Checked when the document's set was made.
         if let Some(n) = s.num_trusted_proxies {
             out.trusted_proxies = n;
         }

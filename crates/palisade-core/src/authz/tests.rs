@@ -1896,3 +1896,27 @@ fn target_refs_decide_which_workload_a_policy_governs() {
     let reviews = AccessPolicy::compile(&set.for_workload(&Workload::new("reviews", "default"))).unwrap();
     assert!(allowed(&reviews, &OwnedRequest::get("/admin"), None));
 }
+
+/// Policies built in code are checked as a file's: two of one name are
+/// refused (decisions and metrics name the one that decided), as is a rule
+/// a file's loading refuses.
+#[test]
+fn policies_built_in_code_are_checked_as_a_files() {
+    let err = AccessPolicy::builder()
+        .allow("p", [Rule::new().paths(["/a"])])
+        .deny("p", [Rule::new().paths(["/b"])])
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        (err.document, err.field.as_deref()),
+        (Some(2), Some("metadata.name")),
+        "{err}"
+    );
+    let err = AccessPolicy::builder().deny("d", []).build().unwrap_err();
+    assert!(err.to_string().starts_with("code: document 1"), "{err}");
+    AccessPolicy::builder()
+        .allow("a", [Rule::new().paths(["/a"])])
+        .deny("d", [Rule::new().paths(["/b"])])
+        .build()
+        .unwrap();
+}

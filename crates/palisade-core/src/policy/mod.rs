@@ -365,9 +365,8 @@ impl Document {
     }
 
     /// The checks of this document that need no workload, as loading a
-    /// file makes them: for documents built in code, whose set
-    /// ([`PolicySet::from_documents`]) checks nothing, by what compiles
-    /// them.
+    /// file makes them (and [`PolicySet::from_documents`] for documents
+    /// built in code).
     ///
     /// # Errors
     /// A [`PolicyError`] naming `source`, this document and the field.
@@ -660,8 +659,7 @@ fn given_twice<'d>(
                 source,
                 &format!("spec.{field}"),
                 format!(
-                    "also given by document {} ({}) for the same namespace and issuer: give each setting once",
-                    d.index,
+                    "also given by {} for the same namespace and issuer: give each setting once",
                     d.resource()
                 ),
             ))
@@ -1053,6 +1051,12 @@ impl PolicySet {
     /// documents that passed; [`warnings`](Self::warnings) are kept, not
     /// logged.
     ///
+    /// Two documents of one kind, namespace and name are refused here too:
+    /// decisions, logs and metrics name a policy by them, so two would be
+    /// told apart by nothing (so the policies of an
+    /// [`AccessPolicy`](crate::authz::AccessPolicy) built in code need
+    /// names of their own too).
+    ///
     /// # Errors
     /// A [`PolicyError`] naming `source`, the document (its `index`) and
     /// the field.
@@ -1119,7 +1123,6 @@ impl PolicySet {
 /// The one document that turns browser sign-in on for a workload
 /// ([`WorkloadPolicy::sign_in`]).
 #[derive(Clone, Copy, Debug)]
-#[non_exhaustive]
 pub enum SignInDocument<'a> {
     /// An `OidcLogin` document.
     OidcLogin(&'a Document, &'a OidcLoginSpec),
@@ -1297,16 +1300,23 @@ impl<'a> WorkloadPolicy<'a> {
     }
 
     /// The sign-in document whose session cookie is `name`, or its chunks'
-    /// (`NAME_1`, …). A workload with two sign-in documents has none here:
-    /// [`sign_in`](Self::sign_in) refuses it.
+    /// (`NAME_1`, …).
     fn sign_in_cookie_of(&self, name: &str) -> Option<String> {
-        let sign_in = self.sign_in().ok().flatten()?;
-        let cookie = sign_in.cookie_name();
-        let clash = name == cookie
-            || name
-                .strip_prefix(cookie)
-                .is_some_and(|rest| rest.starts_with('_'));
-        clash.then(|| sign_in.document().resource())
+        // Every such document, not only the one `sign_in` would choose: a
+        // file with two is refused there, and this clash is said as well.
+        let logins = self.oidc_logins().map(|(d, s)| SignInDocument::OidcLogin(d, s));
+        let adapters = self
+            .keycloak_adapters()
+            .filter(|(_, k)| k.signs_in())
+            .map(|(d, k)| SignInDocument::KeycloakAdapter(d, k, k.resource.as_deref().unwrap_or_default()));
+        logins.chain(adapters).find_map(|sign_in| {
+            let cookie = sign_in.cookie_name();
+            let clash = name == cookie
+                || name
+                    .strip_prefix(cookie)
+                    .is_some_and(|rest| rest.starts_with('_'));
+            clash.then(|| sign_in.document().resource())
+        })
     }
 
     /// The one document that turns browser sign-in on for the workload: an
@@ -1317,9 +1327,11 @@ impl<'a> WorkloadPolicy<'a> {
     /// document it is.
     ///
     /// # Errors
-    /// A [`PolicyError`] naming the document when two turn sign-in on for
-    /// the workload. (A `KeycloakAdapter` that signs in without a client,
-    /// `resource`, is refused already when its set is made.)
+    /// A [`PolicyError`] when two documents turn sign-in on for the
+    /// workload, naming the first `OidcLogin` (of two, or beside a
+    /// `KeycloakAdapter`) or the second `KeycloakAdapter`. (A
+    /// `KeycloakAdapter` that signs in without a client, `resource`, is
+    /// refused already when its set is made.)
     pub fn sign_in(&self) -> Result<Option<SignInDocument<'a>>, PolicyError> {
         let mut logins = self.oidc_logins();
         let mut adapters = self.keycloak_adapters().filter(|(_, k)| k.signs_in());

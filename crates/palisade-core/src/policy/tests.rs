@@ -1603,7 +1603,8 @@ fn a_jwt_setting_is_given_once_per_namespace_and_issuer() {
         "{err}"
     );
     assert!(
-        err.to_string().contains("document 1 (JwtSettings default/a)"),
+        err.to_string()
+            .contains("also given by JwtSettings default/a for"),
         "{err}"
     );
     let issuer = "https://kc.example/realms/r";
@@ -1862,7 +1863,7 @@ fn documents_built_in_code_are_checked_as_a_files() {
 }
 
 /// One document turns sign-in on; every reader of it asks
-/// `WorkloadPolicy::sign_in`, which names the second of two.
+/// `WorkloadPolicy::sign_in`, which refuses two.
 #[test]
 fn the_sign_in_document_is_chosen_once() {
     let login = |name: &str, extra: &str| {
