@@ -17,6 +17,8 @@ pub struct CallerToken {
     /// The token is bound to its holder's key (a `cnf` claim: a DPoP key,
     /// a client certificate): relayed, it would go without the proof.
     bound: bool,
+    /// The issuer (`iss`) of a token a guard verified.
+    issuer: Option<Arc<str>>,
     #[cfg(feature = "spnego")]
     kerberos: Option<Arc<crate::KerberosCaller>>,
 }
@@ -28,6 +30,7 @@ impl CallerToken {
         Self {
             bearer: Some(token.into()),
             bound: false,
+            issuer: None,
             #[cfg(feature = "spnego")]
             kerberos: None,
         }
@@ -47,10 +50,15 @@ impl CallerToken {
     #[must_use]
     pub fn from_request(auth: &palisade_core::RequestAuth) -> Option<Self> {
         let bound = auth.identity().is_some_and(|i| i.claim("cnf").is_some());
+        let issuer = auth
+            .identity()
+            .and_then(|i| i.token())
+            .map(|t| Arc::from(t.issuer.as_str()));
         auth.attachment::<palisade_core::authn::BearerToken>()
             .map(|t| Self {
                 bearer: Some(Arc::clone(t.shared())),
                 bound,
+                issuer,
                 #[cfg(feature = "spnego")]
                 kerberos: None,
             })
@@ -63,6 +71,7 @@ impl CallerToken {
         Self {
             bearer: None,
             bound: false,
+            issuer: None,
             kerberos: Some(Arc::new(kerberos)),
         }
     }
@@ -104,6 +113,24 @@ impl CallerToken {
     #[must_use]
     pub fn bearer(&self) -> Option<&str> {
         self.bearer.as_deref()
+    }
+
+    /// The issuer (`iss`) of the token, when a guard verified it
+    /// ([`from_request`](Self::from_request)); a token taken as it is
+    /// ([`new`](Self::new), [`from_headers`](Self::from_headers)) has none
+    /// known.
+    #[must_use]
+    pub fn issuer(&self) -> Option<&str> {
+        self.issuer.as_deref()
+    }
+
+    /// A token as a guard verified it, from `issuer`.
+    #[cfg(test)]
+    pub(crate) fn verified(token: &str, issuer: &str) -> Self {
+        Self {
+            issuer: Some(issuer.into()),
+            ..Self::new(token)
+        }
     }
 
     /// The bearer token, shared.

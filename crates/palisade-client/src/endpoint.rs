@@ -423,6 +423,8 @@ pub struct GrantBuilder<K> {
     timeout: Duration,
     ca_pem: Option<Vec<u8>>,
     dpop: Option<Arc<DpopKey>>,
+    /// A token exchange's other issuers of callers' tokens.
+    pub(crate) subject_issuers: Vec<String>,
     kind: PhantomData<fn() -> K>,
 }
 
@@ -451,6 +453,7 @@ impl<K> GrantBuilder<K> {
             timeout: Duration::from_secs(5),
             ca_pem: None,
             dpop: None,
+            subject_issuers: Vec::new(),
             kind: PhantomData,
         }
     }

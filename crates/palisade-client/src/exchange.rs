@@ -29,6 +29,10 @@ type Map<V> = HashMap<Key, V, foldhash::fast::RandomState>;
 
 struct Inner {
     client: TokenClient,
+    /// The issuers of the callers' tokens it sends: its own, and those
+    /// [`subject_issuer`](GrantBuilder::subject_issuer) adds (no trailing
+    /// `/`).
+    subject_issuers: Vec<String>,
     audience: Option<String>,
     scope: Option<String>,
     renew_before: Duration,
@@ -54,6 +58,12 @@ struct Inner {
 /// during the next second (when no valid token is at hand), without
 /// asking the issuer again.
 ///
+/// A caller's token verified by a Palisade guard
+/// ([`CallerToken::from_request`]) is sent only when its issuer (`iss`) is
+/// this exchange's issuer or one [`subject_issuer`](GrantBuilder::subject_issuer)
+/// names: a service that trusts several issuers does not hand one's
+/// users' tokens to another, whose operator could use them at the service.
+///
 /// Cloning is an `Arc` clone. `Debug` prints no secret and no token.
 #[derive(Clone)]
 pub struct TokenExchange(Arc<Inner>);
@@ -72,14 +82,29 @@ impl fmt::Debug for TokenExchange {
 }
 
 impl GrantBuilder<TokenExchange> {
+    /// Sends the tokens of callers from `issuer` for exchange too (the
+    /// issuer's own callers' always are): an issuer that brokers another's
+    /// tokens (Keycloak's external-to-internal exchange), or the issuer's
+    /// own name in its tokens when the service reaches it by another URL
+    /// (Keycloak's frontend URL).
+    pub fn subject_issuer(mut self, issuer: impl Into<String>) -> Self {
+        self.subject_issuers.push(issuer.into());
+        self
+    }
+
     /// Builds it; nothing is fetched before the first call.
     ///
     /// # Errors
     /// [`ClientError::Config`] naming the setting that cannot work.
     pub fn build(self) -> Result<TokenExchange, ClientError> {
         let client = self.client("token exchange")?;
+        let subject_issuers = std::iter::once(&self.issuer)
+            .chain(&self.subject_issuers)
+            .map(|i| i.trim_end_matches('/').to_owned())
+            .collect();
         Ok(TokenExchange(Arc::new(Inner {
             client,
+            subject_issuers,
             scope: self.scope(),
             audience: self.audience,
             renew_before: self.renew_before,
@@ -112,6 +137,18 @@ impl TokenExchange {
     pub(crate) async fn granted(&self, caller: &CallerToken) -> Result<Arc<Granted>, ClientError> {
         let inner = &*self.0;
         let key = caller.shared().ok_or(ClientError::NoCallerToken)?;
+        if let Some(iss) = caller.issuer()
+            && !inner
+                .subject_issuers
+                .iter()
+                .any(|i| i == iss.trim_end_matches('/'))
+        {
+            return Err(ClientError::Config(format!(
+                "the caller's token is from `{}`, whose tokens this exchange does not send to `{}` (add it with `subject_issuer` if it should)",
+                palisade_core::syntax::url_without_credentials(iss),
+                inner.client.shown
+            )));
+        }
         if let Some(answer) = self.answered(key) {
             return answer;
         }
@@ -265,6 +302,48 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A caller's token verified from another issuer is not sent to this
+    /// one (refused before any call); its own issuer's is (here to an
+    /// issuer that does not answer), with or without a trailing `/`, and
+    /// so is a named subject issuer's.
+    #[tokio::test]
+    async fn callers_tokens_go_only_to_their_own_or_a_named_issuer() {
+        // A port nothing listens on: a call there fails at once.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let issuer = format!("http://{closed}/realms/shop");
+        let exchange = |named: Option<&str>| {
+            let b = TokenExchange::builder(issuer.clone(), "app").client_secret("s");
+            match named {
+                Some(n) => b.subject_issuer(n),
+                None => b,
+            }
+            .build()
+            .unwrap()
+        };
+        let other = "https://other.example/realms/partners";
+        let err = exchange(None)
+            .authorization(&CallerToken::verified("t1", other))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Config(m) if m.contains("is from `https://other.example/realms/partners`")),
+            "{err}"
+        );
+        for (caller, named) in [
+            (CallerToken::verified("t2", &issuer), None),
+            (CallerToken::verified("t3", &format!("{issuer}/")), None),
+            (CallerToken::verified("t4", other), Some(other)),
+            // Taken as it is: no issuer known.
+            (CallerToken::new("t5"), None),
+        ] {
+            let err = exchange(named).authorization(&caller).await.unwrap_err();
+            assert!(matches!(err, ClientError::Unavailable(_)), "{err}");
+        }
+    }
 
     #[test]
     fn a_full_cache_sheds_its_expired_then_an_eighth_due_soonest_not_everything() {

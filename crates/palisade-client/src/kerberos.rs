@@ -247,11 +247,12 @@ impl Kerberos {
     }
 
     /// How long getting a ticket may take, KDC round trips included
-    /// (default 5 s); then the call fails with [`ClientError::Unavailable`]
-    /// and is not sent.
+    /// (default 5 s; at most ten years, which `Duration::MAX` is taken
+    /// as); then the call fails with [`ClientError::Unavailable`] and is
+    /// not sent.
     #[must_use]
     pub fn kdc_timeout(mut self, timeout: Duration) -> Self {
-        self.kdc_timeout = timeout;
+        self.kdc_timeout = timeout.min(palisade_core::syntax::LONGEST_DURATION);
         self
     }
 
@@ -305,6 +306,11 @@ impl Kerberos {
     pub fn service(mut self, name: impl Into<String>) -> Self {
         self.service = Some(name.into());
         self
+    }
+
+    /// The service it names, if it does.
+    pub(crate) fn named_service(&self) -> Option<&str> {
+        self.service.as_deref()
     }
 
     /// The Negotiate exchange of a call to `host` as `caller`: its

@@ -141,7 +141,7 @@ where
                         .uri()
                         .host()
                         .ok_or_else(|| ClientError::Config("the request's URI names no host".into()))?;
-                    (upstreams.for_call(req.uri().scheme_str(), host), None)
+                    (upstreams.for_call(req.uri().scheme_str(), host)?, None)
                 }
             };
             let path = req.uri().path();

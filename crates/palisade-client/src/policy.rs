@@ -101,7 +101,13 @@ fn hosts_of(policy: &WorkloadPolicy<'_>) -> Result<Option<HashMap<String, Creden
                     .map_err(built)?,
             ),
             TokenFrom::TokenExchange => {
-                Credentials::TokenExchange(grant::<TokenExchange>(policy, doc, t)?.build().map_err(built)?)
+                let b = grant::<TokenExchange>(policy, doc, t)?;
+                let b = t
+                    .subject_issuers
+                    .iter()
+                    .flatten()
+                    .fold(b, |b, i| b.subject_issuer(i.clone()));
+                Credentials::TokenExchange(b.build().map_err(built)?)
             }
             _ => {
                 return Err(policy.error_at(doc, "spec.token.from", "this token source is not supported"));

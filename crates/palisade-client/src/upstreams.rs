@@ -329,6 +329,10 @@ impl Upstreams {
     fn star_warning(&self) -> Option<&'static str> {
         match self.0.hosts.get("*")? {
             Credentials::None => None,
+            #[cfg(feature = "spnego")]
+            Credentials::Kerberos(k) if k.named_service().is_some() => Some(
+                "the `*` upstream entry's Kerberos credential names its service: calls to a host without an entry of its own are refused (that host would get a ticket for the service, as the caller): name the hosts instead",
+            ),
             c if c.of_the_caller() => Some(
                 "the `*` upstream entry sends a token of the caller's to every host without an entry of its own: name the hosts instead",
             ),
@@ -340,8 +344,8 @@ impl Upstreams {
 
     /// The credentials of a call to `host` by `scheme`, the first call that
     /// sends one over plain `http` to a host that is not loopback warned of.
-    pub(crate) fn for_call(&self, scheme: Option<&str>, host: &str) -> &Credentials {
-        let credentials = self.for_host(host);
+    pub(crate) fn for_call(&self, scheme: Option<&str>, host: &str) -> Result<&Credentials, ClientError> {
+        let credentials = self.chosen(host)?;
         if self.first_in_clear(scheme, host, credentials) {
             tracing::warn!(
                 target: LOG_TARGET,
@@ -349,7 +353,29 @@ impl Upstreams {
                 "a credential goes to this host over plain http: it can be read in transit (use https, or palisade-mtls's UpstreamTls)"
             );
         }
-        credentials
+        Ok(credentials)
+    }
+
+    /// [`for_host`](Self::for_host) for a call, refusing the one choice
+    /// that would hand a credential to a host it is not for: the `*`
+    /// entry's Kerberos credential that names its service
+    /// ([`Kerberos::service`](crate::Kerberos::service)), for a host with no
+    /// entry of its own. Every such host would get a ticket for that one
+    /// service, made as the caller, which it could present there as the
+    /// caller.
+    fn chosen(&self, host: &str) -> Result<&Credentials, ClientError> {
+        let credentials = self.for_host(host);
+        #[cfg(feature = "spnego")]
+        if let Credentials::Kerberos(k) = credentials
+            && let Some(service) = k.named_service()
+            && !self.0.hosts.contains_key(&normalize(host))
+        {
+            return Err(ClientError::Config(format!(
+                "the `*` upstream entry's Kerberos credential names its service ({service}): a ticket for it goes only to hosts named for it, and `{}` is not",
+                normalize(host)
+            )));
+        }
+        Ok(credentials)
     }
 
     /// Whether this is the first call (of the first [`WARNED_MAX`] hosts)
@@ -379,7 +405,7 @@ impl Upstreams {
                 "the upstream URI names no host: no credential is chosen for it".into(),
             ));
         };
-        self.for_host(host).authorization_to(Some(host), caller).await
+        self.chosen(host)?.authorization_to(Some(host), caller).await
     }
 
     /// Sets the `Authorization` header of a `reqwest` request for its
@@ -406,7 +432,7 @@ impl Upstreams {
             .url()
             .host_str()
             .ok_or_else(|| ClientError::Config("the request's URL names no host".into()))?;
-        let credentials = self.for_call(Some(req.url().scheme()), host);
+        let credentials = self.for_call(Some(req.url().scheme()), host)?;
         credentials.apply_request(req, None, caller).await
     }
 }
@@ -450,6 +476,49 @@ mod tests {
         assert!(said(Credentials::ClientCredentials(own)).is_some_and(|w| w.contains("own token")));
         let named = Upstreams::builder().host("reviews", Credentials::Caller).build();
         assert!(named.star_warning().is_none(), "a named host is a choice");
+    }
+
+    /// A `*` entry's Kerberos credential naming one service does not hand
+    /// a ticket for it to every host: a host without an entry is refused
+    /// before any ticket is asked for; a named host goes on (here to want
+    /// a caller).
+    #[cfg(feature = "spnego")]
+    #[tokio::test]
+    async fn a_star_kerberos_credential_for_one_service_goes_to_no_other_host() {
+        let kerberos =
+            || Credentials::Kerberos(crate::Kerberos::delegation().service("HTTP@backend.example"));
+        let upstreams = Upstreams::builder()
+            .host("*", kerberos())
+            .host("backend.example", kerberos())
+            .build();
+        assert!(
+            upstreams
+                .star_warning()
+                .is_some_and(|w| w.contains("are refused"))
+        );
+        let uri = |u: &str| u.parse::<http::Uri>().unwrap();
+        let err = upstreams
+            .authorization(&uri("http://elsewhere.example/"), None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Config(m) if m.contains("HTTP@backend.example") && m.contains("`elsewhere.example` is not")),
+            "{err}"
+        );
+        let err = upstreams
+            .authorization(&uri("http://backend.example/"), None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ClientError::NoCallerToken), "{err}");
+        // Without a named service, each host's own ticket (`HTTP@host`).
+        let own = Upstreams::builder()
+            .host("*", Credentials::Kerberos(crate::Kerberos::delegation()))
+            .build();
+        let err = own
+            .authorization(&uri("http://elsewhere.example/"), None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ClientError::NoCallerToken), "{err}");
     }
 
     #[test]

@@ -984,6 +984,11 @@ pub struct UpstreamTokenSpec {
     /// Ask for DPoP-bound tokens (RFC 9449), proved on every call with a
     /// key made at start-up (`clientCredentials` and `tokenExchange`).
     pub dpop: Option<bool>,
+    /// `tokenExchange` only: the issuers (`iss`) whose callers' tokens are
+    /// sent to `issuer` for exchange, besides `issuer` itself (default:
+    /// none besides it). A caller's token from another issuer the service
+    /// trusts is not handed to this one: its operator could use it here.
+    pub subject_issuers: Option<Vec<String>>,
 }
 
 impl std::fmt::Debug for UpstreamTokenSpec {
@@ -1001,6 +1006,7 @@ impl std::fmt::Debug for UpstreamTokenSpec {
             .field("audience", &self.audience)
             .field("scopes", &self.scopes)
             .field("dpop", &self.dpop)
+            .field("subject_issuers", &self.subject_issuers)
             .finish()
     }
 }
@@ -1053,6 +1059,7 @@ impl UpstreamCredentialsSpec {
             ("spec.token.audience", t.audience.is_some()),
             ("spec.token.scopes", t.scopes.is_some()),
             ("spec.token.dpop", t.dpop.is_some()),
+            ("spec.token.subjectIssuers", t.subject_issuers.is_some()),
         ]
         .into_iter()
         .filter(|(_, set)| *set)
@@ -1111,6 +1118,20 @@ impl UpstreamCredentialsSpec {
                 "spec.token.clientId".into(),
                 "the workload's client id is required".into(),
             ));
+        }
+        if t.subject_issuers.is_some() && t.from != TokenFrom::TokenExchange {
+            return Err((
+                "spec.token.subjectIssuers".into(),
+                "only a tokenExchange sends callers' tokens to an issuer".into(),
+            ));
+        }
+        for (i, issuer) in t.subject_issuers.iter().flatten().enumerate() {
+            if !is_http_url(issuer) {
+                return Err((
+                    format!("spec.token.subjectIssuers[{i}]"),
+                    "must be an http(s) URL".into(),
+                ));
+            }
         }
         if t.client_auth_method == Some(ClientAuthMethod::PrivateKeyJwt) {
             return Err((

@@ -288,6 +288,35 @@ fn a_grants_fields_beside_a_relayed_token_are_unused_not_refused() {
             && !text.contains("s3cret"),
         "{text}"
     );
+    // The other issuers of callers' tokens: an exchange's only.
+    let with = |from: &str, issuers: &str| {
+        yaml.replace("from: caller", &format!("from: {from}")).replace(
+            "    scopes:",
+            &format!("    subjectIssuers: {issuers}\n    scopes:"),
+        )
+    };
+    PolicySet::from_yaml_str(&with("tokenExchange", "[https://sso.example/realms/istio]"), "f").unwrap();
+    for (from, issuers, field) in [
+        (
+            "clientCredentials",
+            "[https://sso.example/realms/istio]",
+            "spec.token.subjectIssuers",
+        ),
+        ("tokenExchange", "[sso.example]", "spec.token.subjectIssuers[0]"),
+    ] {
+        let err = PolicySet::from_yaml_str(&with(from, issuers), "f").unwrap_err();
+        assert_eq!(err.field.as_deref(), Some(field), "{err}");
+    }
+    let relayed =
+        PolicySet::from_yaml_str(&with("caller", "[https://sso.example/realms/istio]"), "f").unwrap();
+    assert!(
+        relayed
+            .warnings()
+            .iter()
+            .any(|w| w.to_string().contains("spec.token.subjectIssuers")),
+        "{:?}",
+        relayed.warnings()
+    );
 }
 
 /// An introspection client's secret written in the file is said aloud; one
