@@ -2051,6 +2051,9 @@ impl SignIn {
             (Some(sid), sub) if one_by_one(sub) => Revocation::Sid {
                 issuer: c.issuer.clone(),
                 sid: sid.to_owned(),
+                // As a subject's ending: from the next millisecond on,
+                // sessions of that `sid` are new ones.
+                before: UNIX_EPOCH + Duration::from_millis(now_ms() + 1),
                 until,
             },
             (_, Some(sub)) => self.subject_ended(sub),

@@ -156,6 +156,7 @@ async fn sid_and_subject_revocations_match_the_right_sessions_only() {
         a.revoke(Revocation::Sid {
             issuer: ISSUER.into(),
             sid: "idp-1".into(),
+            before: now + Duration::from_millis(1),
             until: now + HOUR,
         })
         .await
@@ -198,6 +199,12 @@ async fn sid_and_subject_revocations_match_the_right_sessions_only() {
                 ..session("x4", "alice", Some("idp-1"), now)
             };
             assert!(!store.is_revoked(&other_issuer).unwrap());
+            // A session the identity provider's session began after it.
+            assert!(
+                !store
+                    .is_revoked(&session("x5", "alice", Some("idp-1"), later))
+                    .unwrap()
+            );
             assert!(store.is_revoked(&session("y1", "bob", None, earlier)).unwrap());
             assert!(!store.is_revoked(&session("y2", "bob", None, later)).unwrap());
             assert!(!store.is_revoked(&session("y3", "alice", None, earlier)).unwrap());

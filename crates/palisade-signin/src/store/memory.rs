@@ -272,6 +272,7 @@ mod tests {
         block_on(store.revoke(Revocation::Sid {
             issuer: "https://idp".into(),
             sid: "idp-1".into(),
+            before: now + Duration::from_millis(1),
             until: now + HOUR,
         }))
         .unwrap();

@@ -20,12 +20,16 @@
 //!     created: now,
 //! };
 //! assert!(!store.is_revoked(&session)?);
-//! // A back-channel logout for the identity provider's session.
+//! // A back-channel logout for the identity provider's session: its
+//! // sessions begun until now end.
 //! let until = now + Duration::from_secs(8 * 3600);
+//! let before = now + Duration::from_millis(1);
 //! store
-//!     .revoke(Revocation::Sid { issuer: "https://idp.example".into(), sid: "idp-session-7".into(), until })
+//!     .revoke(Revocation::Sid { issuer: "https://idp.example".into(), sid: "idp-session-7".into(), before, until })
 //!     .await?;
 //! assert!(store.is_revoked(&session)?);
+//! let later = SessionRef { id: "s-2", created: before, ..session };
+//! assert!(!store.is_revoked(&later)?);
 //! // A logout token is used once.
 //! assert!(store.use_once("jti-42", Duration::from_secs(300)).await?);
 //! assert!(!store.use_once("jti-42", Duration::from_secs(300)).await?);
@@ -184,13 +188,18 @@ pub enum Revocation {
         /// When the entry may be forgotten.
         until: SystemTime,
     },
-    /// Every session of the identity provider's session (a back-channel
-    /// logout with `sid`).
+    /// Every session of the identity provider's session created before
+    /// `before` (a back-channel logout with `sid`): the identity provider
+    /// may go on with that session (Keycloak logs a user out of one client
+    /// only and keeps her `sid`), and a session it then signs her in to is
+    /// not the one ended.
     Sid {
         /// The identity provider's issuer.
         issuer: String,
         /// Its session id.
         sid: String,
+        /// Sessions created at or after this instant are not revoked.
+        before: SystemTime,
         /// When the entry may be forgotten.
         until: SystemTime,
     },
@@ -230,10 +239,16 @@ impl std::fmt::Debug for Revocation {
                 .field("id", &"***")
                 .field("until", until)
                 .finish(),
-            Revocation::Sid { issuer, until, .. } => f
+            Revocation::Sid {
+                issuer,
+                before,
+                until,
+                ..
+            } => f
                 .debug_struct("Sid")
                 .field("issuer", issuer)
                 .field("sid", &"***")
+                .field("before", before)
                 .field("until", until)
                 .finish(),
             Revocation::Subject {

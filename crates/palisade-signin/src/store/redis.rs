@@ -916,7 +916,9 @@ fn keep(waiting: &mut Vec<Revocation>, revocations: impl IntoIterator<Item = Rev
 fn encode(revocation: &Revocation) -> String {
     let json = match revocation {
         Revocation::Session { id, .. } => serde_json::json!(["session", id]),
-        Revocation::Sid { issuer, sid, .. } => serde_json::json!(["sid", issuer, sid]),
+        Revocation::Sid {
+            issuer, sid, before, ..
+        } => serde_json::json!(["sid", issuer, sid, unix_ms(*before)]),
         Revocation::Subject {
             issuer,
             subject,
@@ -937,9 +939,18 @@ fn decode(member: &str, until_ms: u64) -> Option<Revocation> {
     let text = |i: usize| parts.get(i).and_then(Json::as_str).map(str::to_owned);
     match (parts.first()?.as_str()?, parts.len()) {
         ("session", 2) => Some(Revocation::Session { id: text(1)?, until }),
+        ("sid", 4) => Some(Revocation::Sid {
+            issuer: text(1)?,
+            sid: text(2)?,
+            before: SystemTime::UNIX_EPOCH + Duration::from_millis(parts[3].as_u64()?),
+            until,
+        }),
+        // Written by a version whose `sid` revocations had no `before`:
+        // every session of the `sid`, as that version meant.
         ("sid", 3) => Some(Revocation::Sid {
             issuer: text(1)?,
             sid: text(2)?,
+            before: until,
             until,
         }),
         ("subject", 4) => Some(Revocation::Subject {
@@ -1054,6 +1065,7 @@ mod tests {
             Revocation::Sid {
                 issuer: "https://idp".into(),
                 sid: "x".into(),
+                before,
                 until,
             },
             Revocation::Subject {

@@ -6,8 +6,8 @@ use std::time::SystemTime;
 
 use super::{Revocation, SessionRef};
 
-/// A window of a subject revocation: sessions created before `before` are
-/// revoked; the entry may be forgotten at `until`.
+/// A window of a subject or `sid` revocation: sessions created before
+/// `before` are revoked; the entry may be forgotten at `until`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Window {
     before: SystemTime,
@@ -22,8 +22,9 @@ const FIRST_PURGE: usize = 1024;
 /// sessions it matches have expired anyway.
 pub(super) struct RevocationSet {
     sessions: HashMap<String, SystemTime>,
-    /// issuer → sid → until.
-    sids: HashMap<String, HashMap<String, SystemTime>>,
+    /// issuer → sid → its window (of two, the later `before` and the later
+    /// `until`: a later logout of a `sid` revokes what an earlier one did).
+    sids: HashMap<String, HashMap<String, Window>>,
     /// issuer → subject → windows, none covering another.
     subjects: HashMap<String, HashMap<String, Vec<Window>>>,
     len: usize,
@@ -83,9 +84,19 @@ impl RevocationSet {
         }
         let added = match revocation {
             Revocation::Session { id, until } => extend(&mut self.sessions, id, *until),
-            Revocation::Sid { issuer, sid, until } => {
-                extend(self.sids.entry(issuer.clone()).or_default(), sid, *until)
-            }
+            Revocation::Sid {
+                issuer,
+                sid,
+                before,
+                until,
+            } => widen(
+                self.sids.entry(issuer.clone()).or_default(),
+                sid,
+                Window {
+                    before: *before,
+                    until: *until,
+                },
+            ),
             Revocation::Subject {
                 issuer,
                 subject,
@@ -120,7 +131,8 @@ impl RevocationSet {
             && self
                 .sids
                 .get(session.issuer)
-                .is_some_and(|sids| sids.contains_key(sid))
+                .and_then(|sids| sids.get(sid))
+                .is_some_and(|w| session.created < w.before)
         {
             return true;
         }
@@ -134,7 +146,7 @@ impl RevocationSet {
     pub(super) fn purge(&mut self, now: SystemTime) {
         self.sessions.retain(|_, until| *until > now);
         for sids in self.sids.values_mut() {
-            sids.retain(|_, until| *until > now);
+            sids.retain(|_, w| w.until > now);
         }
         self.sids.retain(|_, sids| !sids.is_empty());
         for subjects in self.subjects.values_mut() {
@@ -166,6 +178,22 @@ fn extend(map: &mut HashMap<String, SystemTime>, key: &str, until: SystemTime) -
         }
         None => {
             map.insert(key.to_owned(), until);
+            1
+        }
+    }
+}
+
+/// `key`'s window widened to cover `new` too (the later `before`, the
+/// later `until`), or `new` for a key without one; the change in count.
+fn widen(map: &mut HashMap<String, Window>, key: &str, new: Window) -> isize {
+    match map.get_mut(key) {
+        Some(w) => {
+            w.before = w.before.max(new.before);
+            w.until = w.until.max(new.until);
+            0
+        }
+        None => {
+            map.insert(key.to_owned(), new);
             1
         }
     }
@@ -234,6 +262,7 @@ mod tests {
             Revocation::Sid {
                 issuer: "iss".into(),
                 sid: "idp-session-91c2".into(),
+                before: at(1),
                 until: at(100),
             },
         ];
@@ -263,6 +292,35 @@ mod tests {
         set.purge(at(250));
         assert_eq!(set.len(), 0);
         assert!(!set.contains(&alice(0)));
+    }
+
+    /// A back-channel logout by `sid` ends that session's sessions begun
+    /// before it, not one the identity provider's session starts later
+    /// (Keycloak keeps the `sid` when it logs a user out of one client
+    /// only, and signs her in to it again at once).
+    #[test]
+    fn a_sid_revocation_ends_the_sessions_begun_before_it() {
+        let sid = |before, until| Revocation::Sid {
+            issuer: "iss".into(),
+            sid: "idp-1".into(),
+            before: at(before),
+            until: at(until),
+        };
+        let with_sid = |created| SessionRef {
+            sid: Some("idp-1"),
+            ..alice(created)
+        };
+        let mut set = RevocationSet::new();
+        assert_eq!(set.insert(&sid(10, 100), at(0), 10), Inserted::Yes);
+        assert!(set.contains(&with_sid(9)) && !set.contains(&with_sid(10)));
+        // A later logout of the same `sid`: one entry, ending both.
+        assert_eq!(set.insert(&sid(20, 90), at(0), 10), Inserted::Yes);
+        assert_eq!(set.len(), 1);
+        assert!(set.contains(&with_sid(19)) && !set.contains(&with_sid(20)));
+        set.purge(at(95));
+        assert!(set.contains(&with_sid(19)), "kept to the later until");
+        set.purge(at(100));
+        assert_eq!(set.len(), 0);
     }
 
     #[test]
