@@ -1092,9 +1092,16 @@ impl SignIn {
             .unwrap_or_default()
             .to_owned();
         let at_exp = tokens.access_token_expiry(t);
+        // Empty only when the system generator failed (said at error
+        // level): every such session would share one id, and with it its
+        // revocations and refreshed tokens.
+        let id = self.random(16);
+        if id.is_empty() {
+            return Err((503, "no session can be started now"));
+        }
         let session = Session {
             v: 1,
-            id: self.random(16),
+            id,
             sub,
             sid: claims.get("sid").and_then(Value::as_str).map(str::to_owned),
             created_ms: now_ms(),
@@ -1792,7 +1799,17 @@ impl SignIn {
             return self.0.store.revoke(self.subject_ended(&s.sub)).await;
         }
         let until = at(s.created_secs() + c.absolute_timeout.as_secs());
-        self.end_id(s.id.clone(), until).await
+        match self.end_id(s.id.clone(), until).await {
+            // An in-memory store full of sessions' endings (kept for their
+            // absolute timeout: many users signing in and out): every
+            // session of the user begun before now, which the store keeps
+            // room for, rather than a logout that ends nothing elsewhere.
+            Err(crate::store::StoreError::Full { .. }) => {
+                tracing::warn!(target: LOG_TARGET, "the session store's revocations are full of single sessions: a logout ends every session of its user begun before it");
+                self.0.store.revoke(self.subject_ended(&s.sub)).await
+            }
+            ended => ended,
+        }
     }
 
     /// Forgets the session of this id in this process: its cached copy and
@@ -2059,7 +2076,13 @@ impl SignIn {
             (_, Some(sub)) => self.subject_ended(sub),
             (_, None) => return Err(Token("the logout token names neither sid nor sub")),
         };
-        if self.0.store.revoke(revocation).await.is_err() {
+        let mut recorded = self.0.store.revoke(revocation).await;
+        // A store full of single sessions' endings keeps room for a
+        // subject's: the user's sessions begun before now (see `end`).
+        if let (Err(crate::store::StoreError::Full { .. }), Some(sub)) = (&recorded, sub) {
+            recorded = self.0.store.revoke(self.subject_ended(sub)).await;
+        }
+        if recorded.is_err() {
             // Not recorded for every replica: the token may be sent again
             // (its `jti` released) rather than be refused as a replay. A
             // token naming only `sub` then ends the sessions begun before
@@ -2343,6 +2366,44 @@ mod tests {
             .await
             .expect("another user's logout is recorded");
         assert!(revoked(&bob));
+    }
+
+    /// Many users' logouts, each within its budget, fill an in-memory
+    /// store's single-session endings: a later logout still ends its
+    /// session, as every session of its user begun before it (the room the
+    /// store keeps for that), rather than failing and ending nothing
+    /// elsewhere.
+    #[tokio::test]
+    async fn a_logout_still_ends_its_session_when_the_store_is_full_of_others() {
+        let key = CookieKey::new("k1", &[1; 32]).unwrap();
+        let store = Arc::new(crate::store::MemoryStore::with_max_entries(20));
+        let sign_in = SignIn::builder("http://127.0.0.1:9/realms/full", "shop")
+            .keys(vec![key])
+            .store(store.clone())
+            .build()
+            .unwrap();
+        let session = |sub: String| Session {
+            id: format!("{sub}-1"),
+            sub,
+            created_ms: now_ms() - 1000,
+            ..alice()
+        };
+        let revoked = |s: &Session| {
+            let r = crate::store::SessionRef {
+                id: &s.id,
+                issuer: "http://127.0.0.1:9/realms/full",
+                subject: &s.sub,
+                sid: None,
+                created: UNIX_EPOCH + Duration::from_millis(s.created_ms),
+            };
+            store.is_revoked(&r).unwrap()
+        };
+        for n in 0..18 {
+            sign_in.end(&session(format!("user{n}"))).await.expect("recorded");
+        }
+        let late = session("late".into());
+        sign_in.end(&late).await.expect("recorded as its user's ending");
+        assert!(revoked(&late));
     }
 
     /// One copy of a user's cookie logged out again and again (by anyone

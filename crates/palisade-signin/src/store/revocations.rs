@@ -69,16 +69,24 @@ impl RevocationSet {
     }
 
     /// Records `revocation` unless it has expired or the set holds `max`
-    /// live entries. Purges expired entries now and then, so the set stays
-    /// within twice its live entries.
+    /// live entries; session and `sid` entries fill nine tenths at most,
+    /// the rest kept for subject windows: what a logout falls back to when
+    /// the set is full of the former (one window per user, however many
+    /// sessions one user ended), so a flood of one kind cannot make every
+    /// later logout fail. Purges expired entries now and then, so the set
+    /// stays within twice its live entries.
     pub(super) fn insert(&mut self, revocation: &Revocation, now: SystemTime, max: usize) -> Inserted {
         let until = revocation.until();
         if until <= now {
             return Inserted::Expired;
         }
-        if self.len >= self.next_purge.min(max) {
+        let cap = match revocation {
+            Revocation::Subject { .. } => max,
+            Revocation::Session { .. } | Revocation::Sid { .. } => max - max / 10,
+        };
+        if self.len >= self.next_purge.min(cap) {
             self.purge(now);
-            if self.len >= max {
+            if self.len >= cap {
                 return Inserted::Full;
             }
         }
@@ -337,5 +345,33 @@ mod tests {
         assert_eq!(set.insert(&session("c", 100), at(20), 2), Inserted::Yes);
         assert_eq!(set.insert(&session("d", 10), at(20), 2), Inserted::Expired);
         assert_eq!(set.len(), 2);
+    }
+
+    /// Sessions fill nine tenths of the set: the last tenth takes subject
+    /// windows, which a logout falls back to, after the sessions are full.
+    #[test]
+    fn a_set_full_of_sessions_keeps_room_for_subjects() {
+        let mut set = RevocationSet::new();
+        for i in 0..9 {
+            let r = Revocation::Session {
+                id: format!("s{i}"),
+                until: at(100),
+            };
+            assert_eq!(set.insert(&r, at(0), 10), Inserted::Yes);
+        }
+        let tenth = Revocation::Session {
+            id: "s9".into(),
+            until: at(100),
+        };
+        assert_eq!(set.insert(&tenth, at(0), 10), Inserted::Full);
+        assert_eq!(set.insert(&subject(10, 100), at(0), 10), Inserted::Yes);
+        assert!(set.contains(&alice(5)));
+        let bob = Revocation::Subject {
+            issuer: "iss".into(),
+            subject: "bob".into(),
+            before: at(10),
+            until: at(100),
+        };
+        assert_eq!(set.insert(&bob, at(0), 10), Inserted::Full);
     }
 }
