@@ -60,8 +60,10 @@ const MAX_LOGINS: usize = 4;
 /// cookie keeps (a longer one returns to `/`): any site can send a browser
 /// to `loginPath?return_to=…` or a long URL, and [`MAX_LOGINS`] cookies of
 /// about 4 KiB each would make every request of the site too large for a
-/// proxy's 8 KiB header limit (nginx's default) for ten minutes.
-const MAX_RETURN_TO: usize = 1024;
+/// proxy's 8 KiB header limit (nginx's default) for ten minutes: at this
+/// length the four take about 3 KiB, leaving the rest of the line to the
+/// session cookie.
+const MAX_RETURN_TO: usize = 256;
 /// How many leading characters of `state` name its login-state cookie
 /// (`NAME_login_<tag>`): 72 random bits, so tabs do not collide.
 const STATE_TAG_LEN: usize = 12;
@@ -3631,9 +3633,10 @@ mod tests {
             assert!(start.elapsed() < Duration::from_secs(10), "no discovery");
             std::thread::sleep(Duration::from_millis(20));
         }
-        // Up to MAX_RETURN_TO kept; beyond it (2.5 KiB fitted a cookie,
-        // and four such cookies at once were more than a proxy takes), and
-        // beyond what a cookie holds, the root.
+        // Up to MAX_RETURN_TO kept; beyond it (2.5 KiB, even 1 KiB, fitted
+        // a cookie, and four such cookies at once left too little of a
+        // proxy's header line for the session cookie), and beyond what a
+        // cookie holds, the root.
         for (length, kept) in [
             (MAX_RETURN_TO - 1, true),
             (MAX_RETURN_TO, false),
@@ -3652,6 +3655,8 @@ mod tests {
                     .find(|(n, v)| *n == "set-cookie" && v.starts_with("palisade_session_login_"))
                     .unwrap();
                 let pair = cookie.split(';').next().unwrap();
+                // What a browser sends back of it, MAX_LOGINS at once.
+                assert!(pair.len() * MAX_LOGINS < 3584, "{length}: {} bytes", pair.len());
                 let sealer = CookieSealer::builder(pair.split('=').next().unwrap(), keys.clone())
                     .secure(false)
                     .max_chunks(1)

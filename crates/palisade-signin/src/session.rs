@@ -455,6 +455,11 @@ impl Cache {
 /// serves every request of the session.
 pub(crate) struct Successors(RwLock<HashMap<String, Arc<Live>>>);
 
+/// The most successors kept: each holds a session's tokens and claims
+/// (kilobytes), and sessions refreshed in a loop must not hold the
+/// process's memory. Past it, the eighth due to expire soonest go.
+const MAX_SUCCESSORS: usize = 10_000;
+
 impl Successors {
     pub(crate) fn new() -> Self {
         Self(RwLock::new(HashMap::new()))
@@ -480,6 +485,14 @@ impl Successors {
         {
             return;
         }
+        if map.len() >= MAX_SUCCESSORS && !map.contains_key(&live.session.id) {
+            let mut due: Vec<(u64, String)> =
+                map.iter().map(|(id, l)| (l.session.at_exp, id.clone())).collect();
+            due.sort_unstable();
+            for (_, id) in due.into_iter().take(MAX_SUCCESSORS / 8) {
+                map.remove(&id);
+            }
+        }
         map.insert(live.session.id.clone(), live);
     }
 
@@ -493,6 +506,39 @@ impl Successors {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Successors of sessions refreshed in a loop stay bounded: past the
+    /// cap, those due to expire soonest go, the newest is kept.
+    #[test]
+    fn successors_are_bounded() {
+        let successors = Successors::new();
+        let t = now();
+        let live = |n: usize| {
+            let session = Session {
+                v: 1,
+                id: format!("s{n}"),
+                sub: "alice".into(),
+                sid: None,
+                created_ms: 0,
+                seen: t,
+                at: "at".into(),
+                at_exp: t + 600 + n as u64,
+                at_got: 0,
+                rt: None,
+                it: None,
+                generation: 0,
+                store_key: None,
+            };
+            Arc::new(Live::new(session, "https://idp", None))
+        };
+        for n in 0..MAX_SUCCESSORS + 10 {
+            successors.insert(live(n));
+        }
+        let kept = successors.0.read().unwrap().len();
+        assert!(kept <= MAX_SUCCESSORS, "{kept}");
+        assert!(successors.get(&format!("s{}", MAX_SUCCESSORS + 9)).is_some());
+        assert!(successors.get("s0").is_none(), "the soonest due went first");
+    }
 
     #[test]
     fn a_stored_session_opens_with_its_key_for_its_id_only() {
