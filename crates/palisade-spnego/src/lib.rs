@@ -328,7 +328,9 @@ impl SpnegoAuthenticatorBuilder {
             allowed_realms: self.allowed_realms,
             max_header: self.max_header,
             mapper: self.mapper,
-            session: self.session,
+            session: self
+                .session
+                .map(|s| s.bound_to(self.service.as_deref().unwrap_or("HTTP@"))),
             stats: Stats::default(),
             local_names: LocalNames::default(),
         })))

@@ -24,6 +24,10 @@ pub struct SessionKeyError {
 /// The session cookie's settings. `Debug` never prints a key.
 pub struct SessionCookie {
     pub(crate) name: String,
+    /// What a cookie is sealed for (AES-GCM's associated data): its name,
+    /// and once built into an authenticator the service it accepts as
+    /// ([`bound_to`](Self::bound_to)).
+    aad: Vec<u8>,
     keys: Vec<(u8, LessSafeKey)>,
     max_age: Duration,
     secure: bool,
@@ -78,6 +82,7 @@ impl SessionCookie {
     pub fn new(name: &str) -> Self {
         Self {
             name: name.to_owned(),
+            aad: name.as_bytes().to_vec(),
             keys: Vec::new(),
             max_age: Duration::from_secs(3600),
             secure: true,
@@ -126,6 +131,15 @@ impl SessionCookie {
         self
     }
 
+    /// Seals and opens cookies for `service` (the acceptor's name,
+    /// `HTTP@` for any of the keytab's): a cookie one service made opens
+    /// at no other sharing its name and key (two services behind one host,
+    /// routed by path, where a browser sends both the same cookies).
+    pub(crate) fn bound_to(mut self, service: &str) -> Self {
+        self.aad = [self.name.as_bytes(), b"\0", service.as_bytes()].concat();
+        self
+    }
+
     pub(crate) fn has_keys(&self) -> bool {
         !self.keys.is_empty()
     }
@@ -150,7 +164,7 @@ impl SessionCookie {
         let mut data = plain.into_bytes();
         key.seal_in_place_append_tag(
             Nonce::assume_unique_for_key(nonce),
-            Aad::from(self.name.as_bytes()),
+            Aad::from(self.aad.as_slice()),
             &mut data,
         )
         .ok()?;
@@ -181,7 +195,7 @@ impl SessionCookie {
         let (_, key) = self.keys.iter().find(|(k, _)| *k == id)?;
         let nonce = Nonce::try_assume_unique_for_key(&raw[1..=NONCE_LEN]).ok()?;
         let plain = key
-            .open_in_place(nonce, Aad::from(self.name.as_bytes()), &mut raw[1 + NONCE_LEN..])
+            .open_in_place(nonce, Aad::from(self.aad.as_slice()), &mut raw[1 + NONCE_LEN..])
             .ok()?;
         let v: serde_json::Value = serde_json::from_slice(plain).ok()?;
         let expires = v["e"].as_u64()?;
@@ -229,6 +243,34 @@ mod tests {
         assert!(other.open(value(&set)).is_none(), "another key cannot open it");
         let renamed = SessionCookie::new("t").key(1, &[7; 32]).unwrap();
         assert!(renamed.open(value(&set)).is_none(), "the name is authenticated");
+    }
+
+    /// A cookie is sealed for the service that accepted the ticket: one
+    /// that shares its name and key but accepts as another service (or as
+    /// any of the keytab's) does not open it.
+    #[test]
+    fn a_cookie_opens_only_at_the_service_it_was_sealed_for() {
+        let for_b = cookie().bound_to("HTTP@b.example");
+        let set = for_b
+            .seal("alice@EXAMPLE.TEST", None, Duration::from_secs(600))
+            .unwrap();
+        assert!(for_b.open(value(&set)).is_some());
+        assert!(cookie().bound_to("HTTP@b.example").open(value(&set)).is_some());
+        for other in [
+            cookie().bound_to("HTTP@"),
+            cookie().bound_to("HTTP@a.example"),
+            cookie(),
+        ] {
+            assert!(other.open(value(&set)).is_none());
+        }
+        let any = cookie().bound_to("HTTP@");
+        let set = any
+            .seal("alice@EXAMPLE.TEST", None, Duration::from_secs(600))
+            .unwrap();
+        assert!(
+            for_b.open(value(&set)).is_none(),
+            "a service-wide cookie is not b's"
+        );
     }
 
     #[test]
