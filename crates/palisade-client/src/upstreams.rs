@@ -262,8 +262,10 @@ pub(crate) fn normalize(host: &str) -> String {
 /// Credentials by host: what the workload sends to each host it calls. A
 /// host no entry names gets the `*` entry, else nothing.
 ///
-/// Two settings are allowed and said out loud (a `warn` line of
-/// `palisade::client`): a `*` entry that sends something of the caller's
+/// A `*` entry whose Kerberos credential names its service is refused for
+/// hosts without an entry of their own, at each call (every such host
+/// would get a ticket for that service, made as the caller). Two settings
+/// are allowed and said out loud (a `warn` line of `palisade::client`): a `*` entry that sends something of the caller's
 /// (every host not named gets it: name the hosts instead), when built; and
 /// a credential sent over plain `http` to a host that is not loopback (it
 /// can be read in transit), once per host, at its first call.
@@ -314,7 +316,10 @@ impl Upstreams {
     }
 
     /// The credentials of calls to `host` (compared without case, an IPv6
-    /// literal with or without brackets, a trailing dot or not; no port).
+    /// literal with or without brackets, a trailing dot or not; no port):
+    /// the entry's, as written. Send through [`apply`](Self::apply) or
+    /// [`authorization`](Self::authorization), which also refuse a `*`
+    /// entry's Kerberos ticket for a named service to another host.
     #[must_use]
     pub fn for_host(&self, host: &str) -> &Credentials {
         self.0

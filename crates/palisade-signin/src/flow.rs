@@ -255,9 +255,15 @@ impl SignIn {
         expires_in: Duration,
     ) -> Result<String, SignInError> {
         let t = now();
+        let id = self.random(16);
+        if id.is_empty() {
+            return Err(SignInError::Config(
+                "no session id: the system random generator failed".into(),
+            ));
+        }
         let session = Session {
             v: 1,
-            id: self.random(16),
+            id,
             sub: subject.to_owned(),
             sid: None,
             created_ms: now_ms(),
@@ -379,8 +385,9 @@ fn numeric_date(value: &Value) -> Option<u64> {
 /// naming its `sid` and `sub` or a refresh the issuer refuses, before each
 /// further one ends every session of the subject begun before it (one
 /// revocation in place of many). Without it, a user who signs in and out
-/// in a loop fills an in-memory store's revocations (100,000 by default),
-/// after which no logout of anyone is recorded, and grows every replica's
+/// in a loop fills an in-memory store's single-session revocations (nine
+/// tenths of 100,000 by default; then every session's ending falls back to
+/// its user's, in the tenth kept for those), and grows every replica's
 /// mirror of a Redis store's. A thousand: far more than a person signs out
 /// in a working day (until then a logout ends its own session only, as
 /// the example services' contract says), a hundredth of the memory
@@ -1807,7 +1814,7 @@ impl SignIn {
             // session of the user begun before now, which the store keeps
             // room for, rather than a logout that ends nothing elsewhere.
             Err(crate::store::StoreError::Full { .. }) => {
-                tracing::warn!(target: LOG_TARGET, "the session store's revocations are full of single sessions: a logout ends every session of its user begun before it");
+                tracing::warn!(target: LOG_TARGET, "the session store's revocations are full of single sessions: a session's ending (a logout, a refresh the issuer refused) ends every session of its user begun before it");
                 self.0.store.revoke(self.subject_ended(&s.sub)).await
             }
             ended => ended,

@@ -1042,12 +1042,20 @@ impl UpstreamCredentialsSpec {
     /// a secret written inline.
     pub(super) fn warnings(&self) -> Vec<FieldError> {
         let t = &self.token;
+        let subject_issuers =
+            (t.subject_issuers.is_some() && t.from != TokenFrom::TokenExchange).then(|| {
+                (
+                    "spec.token.subjectIssuers".to_owned(),
+                    "unused: only tokenExchange sends callers' tokens to an issuer".to_owned(),
+                )
+            });
         if self.asks_an_issuer() {
             return t
                 .client_secret
                 .is_some()
                 .then(|| ("spec.token.clientSecret".to_owned(), INLINE_SECRET.to_owned()))
                 .into_iter()
+                .chain(subject_issuers)
                 .collect();
         }
         [
@@ -1059,7 +1067,6 @@ impl UpstreamCredentialsSpec {
             ("spec.token.audience", t.audience.is_some()),
             ("spec.token.scopes", t.scopes.is_some()),
             ("spec.token.dpop", t.dpop.is_some()),
-            ("spec.token.subjectIssuers", t.subject_issuers.is_some()),
         ]
         .into_iter()
         .filter(|(_, set)| *set)
@@ -1069,6 +1076,7 @@ impl UpstreamCredentialsSpec {
                 "unused: only clientCredentials and tokenExchange ask an issuer for a token".to_owned(),
             )
         })
+        .chain(subject_issuers)
         .collect()
     }
 
@@ -1117,12 +1125,6 @@ impl UpstreamCredentialsSpec {
             return Err((
                 "spec.token.clientId".into(),
                 "the workload's client id is required".into(),
-            ));
-        }
-        if t.subject_issuers.is_some() && t.from != TokenFrom::TokenExchange {
-            return Err((
-                "spec.token.subjectIssuers".into(),
-                "only a tokenExchange sends callers' tokens to an issuer".into(),
             ));
         }
         for (i, issuer) in t.subject_issuers.iter().flatten().enumerate() {

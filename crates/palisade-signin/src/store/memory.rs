@@ -21,7 +21,9 @@ const DEFAULT_MAX_ENTRIES: usize = 100_000;
 /// entries (100 000 by default; [`with_max_entries`](Self::with_max_entries)).
 /// Expired entries are purged when a map grows, and an insertion into a map
 /// still full of live entries fails with [`StoreError::Full`] rather than
-/// forgetting a revocation or a used value early. Session data is bounded
+/// forgetting a revocation or a used value early (single sessions' and
+/// `sid`s' revocations fill nine tenths of theirs: the rest is kept for
+/// subjects', which sign-in falls back to). Session data is bounded
 /// in count, not in bytes: the caller bounds each value.
 ///
 /// Replicas do not share it: with more than one, use a shared store

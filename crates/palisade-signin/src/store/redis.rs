@@ -1077,6 +1077,17 @@ mod tests {
         ] {
             assert_eq!(decode(&encode(&r), unix_ms(until)), Some(r));
         }
+        // A `sid` member of the form an earlier release wrote: every
+        // session of the `sid` until it may be forgotten.
+        assert_eq!(
+            decode(r#"["sid","https://idp","x"]"#, unix_ms(until)),
+            Some(Revocation::Sid {
+                issuer: "https://idp".into(),
+                sid: "x".into(),
+                before: until,
+                until,
+            })
+        );
         for unknown in [
             "",
             "{}",

@@ -84,7 +84,13 @@ impl RevocationSet {
             Revocation::Subject { .. } => max,
             Revocation::Session { .. } | Revocation::Sid { .. } => max - max / 10,
         };
-        if self.len >= self.next_purge.min(cap) {
+        // An entry already there is widened in place: it adds nothing.
+        let present = match revocation {
+            Revocation::Session { id, .. } => self.sessions.contains_key(id),
+            Revocation::Sid { issuer, sid, .. } => self.sids.get(issuer).is_some_and(|s| s.contains_key(sid)),
+            Revocation::Subject { .. } => false,
+        };
+        if !present && self.len >= self.next_purge.min(cap) {
             self.purge(now);
             if self.len >= cap {
                 return Inserted::Full;
@@ -373,5 +379,14 @@ mod tests {
             until: at(100),
         };
         assert_eq!(set.insert(&bob, at(0), 10), Inserted::Full);
+        // A session already ended, ended again: widened in place, not
+        // refused.
+        let again = Revocation::Session {
+            id: "s3".into(),
+            until: at(200),
+        };
+        assert_eq!(set.insert(&again, at(0), 10), Inserted::Yes);
+        set.purge(at(150));
+        assert_eq!(set.len(), 1, "only s3, widened, is left");
     }
 }
