@@ -24,7 +24,7 @@
 //! [`serve_with`] takes the [`ServerLimits`] (timeouts and body limit)
 //! instead of their defaults.
 //!
-//! In [`MtlsMode::Permissive`] the first byte of each connection tells TLS
+//! In [`MtlsMode::Permissive`](crate::MtlsMode::Permissive) the first byte of each connection tells TLS
 //! (a handshake record, `0x16`) from plaintext HTTP, as Istio's sidecar does;
 //! plaintext callers have no peer identity.
 
