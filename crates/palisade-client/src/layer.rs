@@ -24,6 +24,12 @@ use crate::{CallerToken, ClientError, Credentials, Upstreams};
 /// client bound to one upstream whose
 /// requests carry only a path (a tonic `Channel`), use
 /// [`CredentialsLayer::fixed`].
+///
+/// Put no service that follows redirects inside it (tower-http's
+/// `FollowRedirect`): the credential chosen for the first host would go on
+/// to the next, and that host's answer (a refusal, a `DPoP-Nonce`) would be
+/// taken for the first host's. Follow redirects outside it, where each hop
+/// is a request of its own.
 #[derive(Clone, Debug)]
 pub struct CredentialsLayer(Target);
 
