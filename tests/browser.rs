@@ -429,22 +429,8 @@ async fn a_browser_signs_in_at_oidc_provider() {
         expect_signed_out_page(&run);
         run.shot("before-sign-in");
 
-        // oidc-provider's development login page: any login and password.
-        run.click("#sign-in");
-        run.wait_for_url("oidc-provider's login page", |u| u.starts_with(&issuer));
-        run.type_into("input[name=login]", "alice");
-        run.type_into("input[name=password]", "any password");
-        run.shot("login");
-        run.click("button[type=submit]");
-
-        // Its consent page.
-        run.wait_for("input[name=prompt][value=consent]");
-        run.shot("consent");
-        run.click("button[type=submit]");
-
-        // Back on the product page as alice: the ID token's subject (the
-        // access token is opaque).
-        run.wait_for_url("back at /productpage", |u| u == format!("{base}/productpage"));
+        sign_in_at_oidc_provider(&run, &issuer, &base);
+        // As alice: the ID token's subject (the access token is opaque).
         let user = run.text("#user");
         run.check(user == "alice", || format!("#user shows {user:?}"));
         run.shot("signed-in");
@@ -486,6 +472,22 @@ async fn a_browser_signs_in_at_oidc_provider() {
     });
     drop(svc);
     drop(op);
+}
+
+/// From productpage's sign-in link, alice signs in at oidc-provider's
+/// development login page (any login and password) and its consent page,
+/// and is back on the product page.
+fn sign_in_at_oidc_provider(run: &Run, issuer: &str, base: &str) {
+    run.click("#sign-in");
+    run.wait_for_url("oidc-provider's login page", |u| u.starts_with(issuer));
+    run.type_into("input[name=login]", "alice");
+    run.type_into("input[name=password]", "any password");
+    run.shot("login");
+    run.click("button[type=submit]");
+    run.wait_for("input[name=prompt][value=consent]");
+    run.shot("consent");
+    run.click("button[type=submit]");
+    run.wait_for_url("back at /productpage", |u| u == format!("{base}/productpage"));
 }
 
 /// A session outlives its access token by refreshing it at oidc-provider,
@@ -540,14 +542,7 @@ async fn a_session_is_refreshed_at_oidc_provider_until_the_provider_ends_it() {
     tokio::task::block_in_place(|| {
         let run = Run::start("productpage-oidc-provider-refresh");
         run.goto(&format!("{base}/productpage"));
-        run.click("#sign-in");
-        run.wait_for_url("oidc-provider's login page", |u| u.starts_with(&issuer));
-        run.type_into("input[name=login]", "alice");
-        run.type_into("input[name=password]", "any password");
-        run.click("button[type=submit]");
-        run.wait_for("input[name=prompt][value=consent]");
-        run.click("button[type=submit]");
-        run.wait_for_url("back at /productpage", |u| u == format!("{base}/productpage"));
+        sign_in_at_oidc_provider(&run, &issuer, &base);
         run.check(run.text("#user") == "alice", || "alice is not shown".into());
         run.shot("signed-in");
         assert_eq!(refreshes(), (0, 0), "nothing to refresh yet");
