@@ -2866,6 +2866,49 @@ mod tests {
             .unwrap()
     }
 
+    /// A back-channel logout naming `sid` and `sub`, with the store's
+    /// single endings full: recorded as the user's ending (every session of
+    /// theirs begun before it), not refused for the issuer to send again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_back_channel_logout_falls_back_to_the_users_ending_when_the_store_is_full() {
+        let issuer = palisade_testkit::TestIssuer::start().unwrap();
+        let store = Arc::new(MemoryStore::with_max_entries(20));
+        let sign_in = SignIn::builder(issuer.issuer(), "shop")
+            .keys(vec![CookieKey::new("k1", &[1; 32]).unwrap()])
+            .store(store.clone())
+            .build()
+            .unwrap();
+        for n in 0..18 {
+            let other = Session {
+                id: format!("user{n}-1"),
+                sub: format!("user{n}"),
+                ..alice()
+            };
+            sign_in.end(&other).await.expect("recorded");
+        }
+        let body = format!(
+            "logout_token={}",
+            issuer
+                .logout_token()
+                .audience("shop")
+                .subject("alice")
+                .claim("sid", serde_json::json!("idp-7"))
+                .sign()
+        );
+        assert_eq!(sign_in.backchannel_logout(body.as_bytes()).await, Ok(()));
+        let alices = crate::store::SessionRef {
+            id: "s1",
+            issuer: issuer.issuer(),
+            subject: "alice",
+            sid: Some("another-sid"),
+            created: UNIX_EPOCH + Duration::from_millis(now_ms() - 1000),
+        };
+        assert!(
+            store.is_revoked(&alices).unwrap(),
+            "every session of alice's begun before it"
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_logout_the_store_could_not_record_may_be_sent_again_and_then_only_once() {
         let issuer = palisade_testkit::TestIssuer::start().unwrap();
