@@ -287,13 +287,15 @@ async fn a_browser_signs_in_uses_the_session_and_logs_out_on_both_frameworks() {
         // A logout another site starts (logout CSRF: a link, an image, a
         // form) is asked to be confirmed, and ends nothing; the page's form
         // posts from this origin.
-        // A browser without Fetch Metadata is judged by its Origin.
+        // A browser without Fetch Metadata is judged by its Origin, and
+        // without that either (a top-level GET) by its Referer.
         for (method, header, value) in [
             ("GET", "sec-fetch-site", "cross-site"),
             ("GET", "sec-fetch-site", "same-site"),
             ("POST", "sec-fetch-site", "cross-site"),
             ("POST", "origin", "https://elsewhere.example"),
             ("POST", "origin", "null"),
+            ("GET", "referer", "https://elsewhere.example/page"),
         ] {
             let mut req = client()
                 .request(method.parse().unwrap(), format!("{base}/logout"))
@@ -317,6 +319,16 @@ async fn a_browser_signs_in_uses_the_session_and_logs_out_on_both_frameworks() {
         let jar = sign_in(base).await;
         let confirmed = post_logout(base, &jar, ("sec-fetch-site", "same-origin")).await;
         assert_eq!(confirmed.status, 302, "{base}: {confirmed:?}");
+        assert_eq!(get(&format!("{base}/whoami"), &jar, false).await.status, 401);
+        // A link on one of this origin's own pages, from such a browser.
+        let jar = sign_in(base).await;
+        let mut req = client()
+            .get(format!("{base}/logout"))
+            .header("referer", format!("{base}/productpage"))
+            .header("cookie", jar.header().unwrap());
+        req = req.header("accept", "text/html");
+        let linked = answer(req.send().await.unwrap()).await;
+        assert_eq!(linked.status, 302, "{base}: {linked:?}");
         assert_eq!(get(&format!("{base}/whoami"), &jar, false).await.status, 401);
 
         // Logout: here, then at the issuer with the hint and an absolute return.

@@ -281,9 +281,11 @@ impl RequestHead for OwnedRequest {
 /// sibling subdomain is another origin);
 /// without that header (browsers before Fetch Metadata, such as Safari
 /// before 16.4), an `Origin` whose host is not the request's `Host`
-/// (`null` included). `none` (a typed address, a bookmark) and
-/// `same-origin` are this origin's own, and so is a request with neither
-/// header (not a browser's, or a browser's own navigation). The scheme is
+/// (`null` included), or, without `Origin` either (such a browser's
+/// top-level GET), a `Referer` whose origin is not this one, as Django's
+/// CSRF check reads it. `none` (a typed address, a bookmark) and
+/// `same-origin` are this origin's own, and so is a request with none of
+/// the three (not a browser's, or a browser's own navigation). The scheme is
 /// not compared: behind a proxy that ends TLS the request arrives over
 /// plain HTTP from an `https` origin. With `own_origin` given (a service's
 /// external origin, `https://shop.example`), `Origin` must be that one
@@ -297,6 +299,10 @@ impl RequestHead for OwnedRequest {
 /// assert!(started_elsewhere(&post("origin", "https://evil.example"), None));
 /// assert!(!started_elsewhere(&post("origin", "https://shop.example"), None));
 /// assert!(!started_elsewhere(&OwnedRequest::new("POST", "/orders"), None));
+/// let get = |referer: &str| OwnedRequest::new("GET", "/logout").header("host", "shop.example").header("referer", referer);
+/// assert!(started_elsewhere(&get("https://evil.example/page?x=1"), None));
+/// assert!(!started_elsewhere(&get("https://shop.example/cart"), None));
+/// assert!(started_elsewhere(&get("android-app://com.example/"), None));
 /// let mine = Some("https://shop.example:443");
 /// assert!(!started_elsewhere(&post("origin", "https://shop.example"), mine));
 /// assert!(started_elsewhere(&post("origin", "https://shop.example:8443"), mine));
@@ -310,7 +316,12 @@ pub fn started_elsewhere(req: &dyn RequestHead, own_origin: Option<&str>) -> boo
             return !(site.eq_ignore_ascii_case("same-origin") || site.eq_ignore_ascii_case("none"));
         }
     }
-    let Some(from) = req.header_str("origin") else {
+    // A `Referer`'s origin: up to the path, query or fragment after `://`
+    // (a value that is not an absolute URL is no browser's: none).
+    let Some(from) = req
+        .header_str("origin")
+        .or_else(|| req.header_str("referer").and_then(origin_of_url))
+    else {
         return false;
     };
     if let Some(own) = own_origin {
@@ -323,6 +334,17 @@ pub fn started_elsewhere(req: &dyn RequestHead, own_origin: Option<&str>) -> boo
         (Some(o), Some(h)) => !o.eq_ignore_ascii_case(h),
         _ => true,
     }
+}
+
+/// The origin part of an absolute URL (`https://shop.example:8443` of
+/// `https://shop.example:8443/cart?x`): up to the path, query or fragment
+/// after `://`; `None` for a value that is not one.
+fn origin_of_url(url: &str) -> Option<&str> {
+    let authority = url.find("://")? + 3;
+    let end = url[authority..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |end| authority + end);
+    Some(&url[..end])
 }
 
 #[cfg(test)]
