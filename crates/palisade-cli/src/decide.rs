@@ -725,11 +725,12 @@ fn try_explain(args: &Explain) -> Result<Report, Report> {
     });
     let (bench, outcome) = decided?;
     let file = policy.warnings.iter().cloned();
+    // Located as errors are: a document `--with` added names its own file.
     let workload_notes = set
         .for_workload(&workload)
         .warnings()
         .into_iter()
-        .map(|w| w.to_string());
+        .map(|w| policy.locate(w.into()).to_string());
     for note in file.chain(workload_notes).chain(said) {
         if !notes.contains(&note) {
             notes.push(note);

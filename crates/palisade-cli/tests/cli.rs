@@ -755,6 +755,27 @@ fn explain_notes_what_the_file_says_as_it_loads() {
             .any(|n| n.starts_with(&format!("{with}: document 1")) && n.contains("metadata.name")),
         "{v}"
     );
+    // What the workload's documents say together, for one `--with` added:
+    // named by that file too, not by its place after the policy file's.
+    let mesh = dir.file(
+        "mesh.yaml",
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {selector: {matchLabels: {app: details}}, mtls: {mode: STRICT}}\n",
+    );
+    let v = explain(&[
+        &empty,
+        "--with",
+        &mesh,
+        "--workload",
+        "default/details",
+        "--request",
+        "GET /",
+    ]);
+    assert!(
+        notes(&v)
+            .iter()
+            .any(|n| n.starts_with(&format!("{mesh}: document 1")) && n.contains("spec.selector")),
+        "{v}"
+    );
 }
 
 #[test]

@@ -223,6 +223,15 @@ impl PolicyWarning {
     }
 }
 
+/// The warning as an error, at the same place with the same message: for
+/// a tool that locates documents itself (a stream made of several files)
+/// or refuses what others only warn of.
+impl From<PolicyWarning> for PolicyError {
+    fn from(warning: PolicyWarning) -> Self {
+        warning.0
+    }
+}
+
 impl fmt::Display for PolicyWarning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
