@@ -527,15 +527,8 @@ async fn a_session_is_refreshed_at_oidc_provider_until_the_provider_ends_it() {
     let rt = tokio::runtime::Handle::current();
     // (succeeded, failed) refresh_token grants at the provider.
     let refreshes = || {
-        rt.block_on(async {
-            let v: Value = reqwest::get(format!("{issuer}/test/refreshes"))
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            (v["succeeded"].as_u64().unwrap(), v["failed"].as_u64().unwrap())
-        })
+        let v = rt.block_on(op.counted("refreshes"));
+        (v["succeeded"].as_u64().unwrap(), v["failed"].as_u64().unwrap())
     };
     let half_a_token = || std::thread::sleep(Duration::from_secs(5));
 

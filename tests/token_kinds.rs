@@ -45,13 +45,7 @@ async fn token(op: &OidcProvider, resource: &str) -> String {
 }
 
 async fn introspections(op: &OidcProvider) -> u64 {
-    let v: Value = reqwest::get(format!("{}/test/introspections", op.issuer))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["count"].as_u64().unwrap()
+    op.counted("introspections").await["count"].as_u64().unwrap()
 }
 
 async fn revoke(op: &OidcProvider, token: &str) {

@@ -24,6 +24,20 @@ impl Drop for OidcProvider {
     }
 }
 
+impl OidcProvider {
+    /// What server.mjs has counted (`GET /test/WHAT`: `introspections`
+    /// with `INTROSPECTION`, `refreshes` with
+    /// `BROWSER_SESSION_REFRESH_TOKENS`).
+    pub(crate) async fn counted(&self, what: &str) -> serde_json::Value {
+        reqwest::get(format!("{}/test/{what}", self.issuer))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
 /// A loopback port that was free a moment ago.
 pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -735,47 +735,38 @@ fn explain_notes_what_the_file_says_as_it_loads() {
             .any(|n| n.contains("holds no document") && n.contains("every request is allowed")),
         "{v}"
     );
-    // And what a `--with` file says, naming that file.
-    let with = dir.file(
-        "with.yaml",
-        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {namespace: default}\nspec: {}\n",
-    );
-    let v = explain(&[
-        &empty,
-        "--with",
-        &with,
-        "--workload",
-        "default/details",
-        "--request",
-        "GET /",
-    ]);
-    assert!(
-        notes(&v)
-            .iter()
-            .any(|n| n.starts_with(&format!("{with}: document 1")) && n.contains("metadata.name")),
-        "{v}"
-    );
-    // What the workload's documents say together, for one `--with` added:
-    // named by that file too, not by its place after the policy file's.
-    let mesh = dir.file(
-        "mesh.yaml",
-        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {selector: {matchLabels: {app: details}}, mtls: {mode: STRICT}}\n",
-    );
-    let v = explain(&[
-        &empty,
-        "--with",
-        &mesh,
-        "--workload",
-        "default/details",
-        "--request",
-        "GET /",
-    ]);
-    assert!(
-        notes(&v)
-            .iter()
-            .any(|n| n.starts_with(&format!("{mesh}: document 1")) && n.contains("spec.selector")),
-        "{v}"
-    );
+    // What a `--with` file says as it loads, and what the workload's
+    // documents say together of one it added: each named by that file,
+    // not by its place after the policy file's.
+    for (name, document, field) in [
+        (
+            "with.yaml",
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {namespace: default}\nspec: {}\n",
+            "metadata.name",
+        ),
+        (
+            "mesh.yaml",
+            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {selector: {matchLabels: {app: details}}, mtls: {mode: STRICT}}\n",
+            "spec.selector",
+        ),
+    ] {
+        let with = dir.file(name, document);
+        let v = explain(&[
+            &empty,
+            "--with",
+            &with,
+            "--workload",
+            "default/details",
+            "--request",
+            "GET /",
+        ]);
+        assert!(
+            notes(&v)
+                .iter()
+                .any(|n| n.starts_with(&format!("{with}: document 1")) && n.contains(field)),
+            "{v}"
+        );
+    }
 }
 
 #[test]

@@ -65,11 +65,8 @@ impl DpopNonces {
 /// by: in lower case, without its scheme's default port (one server's
 /// nonce, however a call spells its origin).
 fn origin_of(htu: &str) -> String {
-    let start = htu.find("://").map_or(0, |i| i + 3);
-    let end = htu[start..]
-        .find(['/', '?', '#'])
-        .map_or(htu.len(), |i| start + i);
-    palisade_core::syntax::origin_key(&htu[..end])
+    // A proof's `htu` is absolute: the layer and `apply` make it so.
+    palisade_core::syntax::origin_key(palisade_core::syntax::url_origin(htu).unwrap_or(htu))
 }
 
 /// A granted access token as an `Authorization` value, and when to stop

@@ -280,19 +280,7 @@ impl TokenExchange {
 fn make_room(cache: &mut Map<Arc<Granted>>, now: Instant) {
     cache.retain(|_, g| g.expires > now);
     let excess = cache.len().saturating_sub(CAPACITY - CAPACITY / 8);
-    if excess == 0 {
-        return;
-    }
-    let mut due: Vec<Instant> = cache.values().map(|g| g.renew_at).collect();
-    let (_, &mut last, _) = due.select_nth_unstable(excess - 1);
-    let mut left = excess;
-    cache.retain(|_, g| {
-        let keep = left == 0 || g.renew_at > last;
-        if !keep {
-            left -= 1;
-        }
-        keep
-    });
+    palisade_core::authn::shed_soonest(cache, excess, |g| g.renew_at);
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

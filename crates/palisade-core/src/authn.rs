@@ -38,6 +38,7 @@ use crate::identity::{AuthMethod, Identity};
 pub use crate::error::{bearer_challenge, cookie_challenge};
 pub use crate::flight::SingleFlight;
 pub use crate::request::{ConnectionInfo, OwnedRequest, PeerRecheck, RequestHead, started_elsewhere};
+pub use crate::shed::shed_soonest;
 
 /// A change to the request's headers that an authenticator asks for before the
 /// handler sees the request (Istio's `forwardOriginalToken: false`,

@@ -50,6 +50,7 @@ mod flight;
 mod guard;
 mod identity;
 mod request;
+mod shed;
 mod striped;
 
 pub use check::{BoxFuture, Check, CheckFuture};

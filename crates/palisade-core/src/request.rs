@@ -316,11 +316,10 @@ pub fn started_elsewhere(req: &dyn RequestHead, own_origin: Option<&str>) -> boo
             return !(site.eq_ignore_ascii_case("same-origin") || site.eq_ignore_ascii_case("none"));
         }
     }
-    // A `Referer`'s origin: up to the path, query or fragment after `://`
-    // (a value that is not an absolute URL is no browser's: none).
+    // A `Referer` that is not an absolute URL is no browser's: none.
     let Some(from) = req
         .header_str("origin")
-        .or_else(|| req.header_str("referer").and_then(origin_of_url))
+        .or_else(|| req.header_str("referer").and_then(crate::syntax::url_origin))
     else {
         return false;
     };
@@ -334,17 +333,6 @@ pub fn started_elsewhere(req: &dyn RequestHead, own_origin: Option<&str>) -> boo
         (Some(o), Some(h)) => !o.eq_ignore_ascii_case(h),
         _ => true,
     }
-}
-
-/// The origin part of an absolute URL (`https://shop.example:8443` of
-/// `https://shop.example:8443/cart?x`): up to the path, query or fragment
-/// after `://`; `None` for a value that is not one.
-fn origin_of_url(url: &str) -> Option<&str> {
-    let authority = url.find("://")? + 3;
-    let end = url[authority..]
-        .find(['/', '?', '#'])
-        .map_or(url.len(), |end| authority + end);
-    Some(&url[..end])
 }
 
 #[cfg(test)]

@@ -228,6 +228,26 @@ pub fn origin_key(origin: &str) -> String {
     }
 }
 
+/// The origin part of an absolute URL, of any scheme: its scheme and
+/// authority, up to the path, query or fragment; `None` for a value
+/// without `://`. As written: compare it with [`origin_key`].
+///
+/// ```
+/// use palisade_core::syntax::url_origin;
+/// assert_eq!(url_origin("https://Shop.example:8443/cart?x#y"), Some("https://Shop.example:8443"));
+/// assert_eq!(url_origin("https://shop.example?x"), Some("https://shop.example"));
+/// assert_eq!(url_origin("android-app://com.example/"), Some("android-app://com.example"));
+/// assert_eq!(url_origin("/cart"), None);
+/// ```
+#[must_use]
+pub fn url_origin(url: &str) -> Option<&str> {
+    let authority = url.find("://")? + 3;
+    let end = url[authority..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |end| authority + end);
+    Some(&url[..end])
+}
+
 /// Where a browser may be sent (sign-in's `postLogoutRedirectUri`): a path
 /// of this service (`/`, `/bye?x=1`: a query is allowed, made absolute on
 /// the request's origin), or an absolute http(s) URL with a host and no

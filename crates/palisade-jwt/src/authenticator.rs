@@ -2507,10 +2507,11 @@ impl JwtAuthenticator {
                 let thumbprint = peer_thumbprint(req).map(str::to_owned);
                 let proof = proof.into_owned();
                 Check::pending(async move {
-                    let a = match this.complete(step).await.and_then(|a| match unprovable(&a) {
-                        Some(e) => Err(e),
-                        None => Ok(a),
-                    }) {
+                    let a = match this
+                        .complete(step)
+                        .await
+                        .and_then(|a| unprovable(&a).map_or(Ok(a), Err))
+                    {
                         Ok(a) => a,
                         Err(e) => return this.outcome_for(Err(e), true),
                     };

@@ -229,16 +229,17 @@ impl SignIn {
         removals
     }
 
-    fn random(&self, bytes: usize) -> String {
+    /// `bytes` random bytes, base64url. `None` when the system generator
+    /// fails (it does not on supported platforms; said at error level): a
+    /// failure leaves zeros, and a state, nonce or session id of them would
+    /// be shared by every sign-in, so the caller refuses instead.
+    fn random(&self, bytes: usize) -> Option<String> {
         let mut buf = vec![0u8; bytes];
-        // The system generator does not fail on supported platforms; a
-        // failure leaves zeros, which the length of the value cannot hide,
-        // so refuse loudly instead.
         if self.0.rng.fill(&mut buf).is_err() {
             tracing::error!(target: LOG_TARGET, "the system random generator failed");
-            return String::new();
+            return None;
         }
-        URL_SAFE_NO_PAD.encode(buf)
+        Some(URL_SAFE_NO_PAD.encode(buf))
     }
 
     /// A `Cookie` request header value holding a session for a user signed
@@ -255,12 +256,9 @@ impl SignIn {
         expires_in: Duration,
     ) -> Result<String, SignInError> {
         let t = now();
-        let id = self.random(16);
-        if id.is_empty() {
-            return Err(SignInError::Config(
-                "no session id: the system random generator failed".into(),
-            ));
-        }
+        let id = self
+            .random(16)
+            .ok_or_else(|| SignInError::Config("no session id: the system random generator failed".into()))?;
         let session = Session {
             v: 1,
             id,
@@ -859,9 +857,9 @@ impl SignIn {
         let c = &self.0.config;
         let secure = self.secure(req);
         let state = LoginState {
-            state: self.random(32),
-            nonce: self.random(32),
-            verifier: self.random(32),
+            state: self.random(32)?,
+            nonce: self.random(32)?,
+            verifier: self.random(32)?,
             return_to: if return_to.len() <= MAX_RETURN_TO {
                 return_to.to_owned()
             } else {
@@ -871,9 +869,6 @@ impl SignIn {
             redirect_uri: format!("{origin}{}", c.callback_path),
             created_us: now_us(),
         };
-        if state.state.is_empty() {
-            return None;
-        }
         let challenge = URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, state.verifier.as_bytes()));
         let sep = if metadata.authorization_endpoint.contains('?') {
             '&'
@@ -1101,13 +1096,7 @@ impl SignIn {
             .unwrap_or_default()
             .to_owned();
         let at_exp = tokens.access_token_expiry(t);
-        // Empty only when the system generator failed (said at error
-        // level): every such session would share one id, and with it its
-        // revocations and refreshed tokens.
-        let id = self.random(16);
-        if id.is_empty() {
-            return Err((503, "no session can be started now"));
-        }
+        let id = self.random(16).ok_or((503, "no session can be started now"))?;
         let session = Session {
             v: 1,
             id,

@@ -486,12 +486,7 @@ impl Successors {
             return;
         }
         if map.len() >= MAX_SUCCESSORS && !map.contains_key(&live.session.id) {
-            let mut due: Vec<(u64, String)> =
-                map.iter().map(|(id, l)| (l.session.at_exp, id.clone())).collect();
-            due.sort_unstable();
-            for (_, id) in due.into_iter().take(MAX_SUCCESSORS / 8) {
-                map.remove(&id);
-            }
+            palisade_core::authn::shed_soonest(&mut map, MAX_SUCCESSORS / 8, |l| l.session.at_exp);
         }
         map.insert(live.session.id.clone(), live);
     }

@@ -124,10 +124,11 @@ impl KeycloakAdapterConfig {
             err.field = Some(field.trim_start_matches("spec.").to_owned());
             err
         };
-        // `"selector": null` too: a file written for a document's spec.
+        // A `selector` key, even `null`: a file written for a document's
+        // spec.
         let keys: Result<std::collections::BTreeMap<String, serde::de::IgnoredAny>, _> =
             serde_json::from_str(text);
-        if config.selector.is_some() || keys.is_ok_and(|k| k.contains_key("selector")) {
+        if keys.is_ok_and(|k| k.contains_key("selector")) {
             return Err(located((
                 "selector".into(),
                 "not a keycloak.json option: a KeycloakAdapter document's spec takes it".into(),

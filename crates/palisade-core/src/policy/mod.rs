@@ -1304,18 +1304,17 @@ impl<'a> WorkloadPolicy<'a> {
     fn sign_in_cookie_of(&self, name: &str) -> Option<String> {
         // Every such document, not only the one `sign_in` would choose: a
         // file with two is refused there, and this clash is said as well.
-        let logins = self.oidc_logins().map(|(d, s)| SignInDocument::OidcLogin(d, s));
+        let logins = self.oidc_logins().map(|(d, s)| (d, s.cookie_name()));
         let adapters = self
             .keycloak_adapters()
             .filter(|(_, k)| k.signs_in())
-            .map(|(d, k)| SignInDocument::KeycloakAdapter(d, k, k.resource.as_deref().unwrap_or_default()));
-        logins.chain(adapters).find_map(|sign_in| {
-            let cookie = sign_in.cookie_name();
+            .map(|(d, _)| (d, SIGN_IN_COOKIE));
+        logins.chain(adapters).find_map(|(doc, cookie)| {
             let clash = name == cookie
                 || name
                     .strip_prefix(cookie)
                     .is_some_and(|rest| rest.starts_with('_'));
-            clash.then(|| sign_in.document().resource())
+            clash.then(|| doc.resource())
         })
     }
 

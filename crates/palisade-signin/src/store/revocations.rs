@@ -97,18 +97,24 @@ impl RevocationSet {
             }
         }
         let added = match revocation {
-            Revocation::Session { id, until } => extend(&mut self.sessions, id, *until),
+            Revocation::Session { id, until } => record(&mut self.sessions, id, *until, |kept, until| {
+                *kept = (*kept).max(until)
+            }),
             Revocation::Sid {
                 issuer,
                 sid,
                 before,
                 until,
-            } => widen(
+            } => record(
                 self.sids.entry(issuer.clone()).or_default(),
                 sid,
                 Window {
                     before: *before,
                     until: *until,
+                },
+                |kept, new| {
+                    kept.before = kept.before.max(new.before);
+                    kept.until = kept.until.max(new.until);
                 },
             ),
             Revocation::Subject {
@@ -182,28 +188,13 @@ impl RevocationSet {
     }
 }
 
-/// Records `key` until `until`, keeping the later time when it is there;
-/// 1 when it was not.
-fn extend(map: &mut HashMap<String, SystemTime>, key: &str, until: SystemTime) -> isize {
+/// Records `new` under `key`, or `join`s it into the entry there (a later
+/// time, a wider window: it revokes at least what both did); the change
+/// in count, 1 when the key was not there.
+fn record<V>(map: &mut HashMap<String, V>, key: &str, new: V, join: impl FnOnce(&mut V, V)) -> isize {
     match map.get_mut(key) {
-        Some(existing) => {
-            *existing = (*existing).max(until);
-            0
-        }
-        None => {
-            map.insert(key.to_owned(), until);
-            1
-        }
-    }
-}
-
-/// `key`'s window widened to cover `new` too (the later `before`, the
-/// later `until`), or `new` for a key without one; the change in count.
-fn widen(map: &mut HashMap<String, Window>, key: &str, new: Window) -> isize {
-    match map.get_mut(key) {
-        Some(w) => {
-            w.before = w.before.max(new.before);
-            w.until = w.until.max(new.until);
+        Some(kept) => {
+            join(kept, new);
             0
         }
         None => {
