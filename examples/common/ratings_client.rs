@@ -47,7 +47,10 @@ impl Ratings {
         let bad = |why: &str| -> ! { common::fail(&format!("--upstream ratings={shown}: {why}")) };
         let host = format!("ratings.{}.svc.cluster.local", setup.workload.namespace);
         let (credentials, tls) = common::outbound(args, setup);
-        let credentials = credentials.for_host(&host).clone();
+        let credentials = credentials
+            .for_host(&host)
+            .unwrap_or_else(|e| bad(&e.to_string()))
+            .clone();
         let needs_caller = matches!(credentials, Credentials::Caller | Credentials::TokenExchange(_));
         let (parsed, port, addr) = common::upstream_target("ratings", url);
         let route = tls.for_host(&host, port);

@@ -96,13 +96,16 @@ impl Backends {
             return Answer::failed(502, "bad path");
         };
         let caller = auth.and_then(CallerToken::from_request);
-        let credentials = self.0.credentials.for_host(&upstream.host);
         let Ok(mut req) = upstream.client.get(url).build() else {
             return Answer::failed(502, "bad path");
         };
-        let sent = match credentials
-            .apply_request(&mut req, Some(&upstream.host), caller.as_ref())
-            .await
+        let sent = match async {
+            let credentials = self.0.credentials.for_host(&upstream.host)?;
+            credentials
+                .apply_request(&mut req, Some(&upstream.host), caller.as_ref())
+                .await
+        }
+        .await
         {
             Ok(sent) => sent,
             Err(ClientError::NoCallerToken) => {

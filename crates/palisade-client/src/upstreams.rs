@@ -263,12 +263,14 @@ pub(crate) fn normalize(host: &str) -> String {
 /// host no entry names gets the `*` entry, else nothing.
 ///
 /// A `*` entry whose Kerberos credential names its service is refused for
-/// hosts without an entry of their own, at each call (every such host
-/// would get a ticket for that service, made as the caller). Two settings
-/// are allowed and said out loud (a `warn` line of `palisade::client`): a `*` entry that sends something of the caller's
-/// (every host not named gets it: name the hosts instead), when built; and
-/// a credential sent over plain `http` to a host that is not loopback (it
-/// can be read in transit), once per host, at its first call.
+/// hosts without an entry of their own, by [`for_host`](Self::for_host)
+/// and so at each call (every such host would get a ticket for that
+/// service, made as the caller). Two settings are allowed and said out
+/// loud (a `warn` line of `palisade::client`): a `*` entry that sends
+/// something of the caller's (every host not named gets it: name the hosts
+/// instead), when built; and a credential sent over plain `http` to a host
+/// that is not loopback (it can be read in transit), once per host, at its
+/// first call.
 #[derive(Clone, Debug, Default)]
 pub struct Upstreams(Arc<Inner>);
 
@@ -317,16 +319,37 @@ impl Upstreams {
 
     /// The credentials of calls to `host` (compared without case, an IPv6
     /// literal with or without brackets, a trailing dot or not; no port):
-    /// the entry's, as written. Send through [`apply`](Self::apply) or
-    /// [`authorization`](Self::authorization), which also refuse a `*`
-    /// entry's Kerberos ticket for a named service to another host.
-    #[must_use]
-    pub fn for_host(&self, host: &str) -> &Credentials {
-        self.0
-            .hosts
-            .get(&normalize(host))
-            .or_else(|| self.0.hosts.get("*"))
-            .unwrap_or(&Credentials::None)
+    /// its entry's, else the `*` entry's, else [`Credentials::None`].
+    ///
+    /// # Errors
+    /// [`ClientError::Config`] for the one choice that would hand a
+    /// credential to a host it is not for: the `*` entry's Kerberos
+    /// credential that names its service
+    /// ([`Kerberos::service`](crate::Kerberos::service)), for a host with no
+    /// entry of its own. Every such host would get a ticket for that one
+    /// service, made as the caller, which it could present there as the
+    /// caller.
+    pub fn for_host(&self, host: &str) -> Result<&Credentials, ClientError> {
+        let key = normalize(host);
+        let Some(credentials) = self.0.hosts.get(&key) else {
+            return self.star(&key);
+        };
+        Ok(credentials)
+    }
+
+    /// The `*` entry's credentials for `host` (normalized), which has no
+    /// entry of its own.
+    fn star(&self, host: &str) -> Result<&Credentials, ClientError> {
+        let credentials = self.0.hosts.get("*").unwrap_or(&Credentials::None);
+        #[cfg(feature = "spnego")]
+        if let Credentials::Kerberos(k) = credentials
+            && let Some(service) = k.named_service()
+        {
+            return Err(ClientError::Config(format!(
+                "the `*` upstream entry's Kerberos credential names its service ({service}): a ticket for it goes only to hosts named for it, and `{host}` is not"
+            )));
+        }
+        Ok(credentials)
     }
 
     /// What the `*` entry sends to every host not named, when it sends
@@ -350,35 +373,13 @@ impl Upstreams {
     /// The credentials of a call to `host` by `scheme`, the first call that
     /// sends one over plain `http` to a host that is not loopback warned of.
     pub(crate) fn for_call(&self, scheme: Option<&str>, host: &str) -> Result<&Credentials, ClientError> {
-        let credentials = self.chosen(host)?;
+        let credentials = self.for_host(host)?;
         if self.first_in_clear(scheme, host, credentials) {
             tracing::warn!(
                 target: LOG_TARGET,
                 host = %normalize(host),
                 "a credential goes to this host over plain http: it can be read in transit (use https, or palisade-mtls's UpstreamTls)"
             );
-        }
-        Ok(credentials)
-    }
-
-    /// [`for_host`](Self::for_host) for a call, refusing the one choice
-    /// that would hand a credential to a host it is not for: the `*`
-    /// entry's Kerberos credential that names its service
-    /// ([`Kerberos::service`](crate::Kerberos::service)), for a host with no
-    /// entry of its own. Every such host would get a ticket for that one
-    /// service, made as the caller, which it could present there as the
-    /// caller.
-    fn chosen(&self, host: &str) -> Result<&Credentials, ClientError> {
-        let credentials = self.for_host(host);
-        #[cfg(feature = "spnego")]
-        if let Credentials::Kerberos(k) = credentials
-            && let Some(service) = k.named_service()
-            && !self.0.hosts.contains_key(&normalize(host))
-        {
-            return Err(ClientError::Config(format!(
-                "the `*` upstream entry's Kerberos credential names its service ({service}): a ticket for it goes only to hosts named for it, and `{}` is not",
-                normalize(host)
-            )));
         }
         Ok(credentials)
     }
@@ -410,7 +411,7 @@ impl Upstreams {
                 "the upstream URI names no host: no credential is chosen for it".into(),
             ));
         };
-        self.chosen(host)?.authorization_to(Some(host), caller).await
+        self.for_host(host)?.authorization_to(Some(host), caller).await
     }
 
     /// Sets the `Authorization` header of a `reqwest` request for its
@@ -515,6 +516,15 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, ClientError::NoCallerToken), "{err}");
+        // Looked up by hand, as when sent by hand.
+        assert!(matches!(
+            upstreams.for_host("elsewhere.example"),
+            Err(ClientError::Config(_))
+        ));
+        assert!(matches!(
+            upstreams.for_host("BACKEND.example."),
+            Ok(Credentials::Kerberos(_))
+        ));
         // Without a named service, each host's own ticket (`HTTP@host`).
         let own = Upstreams::builder()
             .host("*", Credentials::Kerberos(crate::Kerberos::delegation()))
@@ -539,15 +549,18 @@ mod tests {
             "reviews.default",
             "REVIEWS.default.",
         ] {
-            assert!(matches!(upstreams.for_host(host), Credentials::Caller), "{host}");
+            assert!(
+                matches!(upstreams.for_host(host), Ok(Credentials::Caller)),
+                "{host}"
+            );
         }
-        assert!(matches!(upstreams.for_host("ratings"), Credentials::None));
+        assert!(matches!(upstreams.for_host("ratings"), Ok(Credentials::None)));
         // IPv4 as a URL parser reads it (and reqwest connects to it).
         let v4 = Upstreams::builder()
             .host("010.0.0.1", Credentials::Caller)
             .build();
         for host in ["8.0.0.1", "010.0.0.1", "0x8.0.0.1", "8.1"] {
-            assert!(matches!(v4.for_host(host), Credentials::Caller), "{host}");
+            assert!(matches!(v4.for_host(host), Ok(Credentials::Caller)), "{host}");
         }
         assert_eq!(normalize("127.1"), "127.0.0.1");
         // An IPv4 address written as IPv6 is that address.
@@ -564,8 +577,9 @@ mod tests {
             .host("*", Credentials::Caller)
             .host("public.example", Credentials::None)
             .build();
-        let first =
-            |scheme: &str, host: &str| upstreams.first_in_clear(Some(scheme), host, upstreams.for_host(host));
+        let first = |scheme: &str, host: &str| {
+            upstreams.first_in_clear(Some(scheme), host, upstreams.for_host(host).unwrap())
+        };
         assert!(first("http", "reviews.example"));
         assert!(!first("http", "REVIEWS.example."), "the same host, once");
         assert!(first("HTTP", "ratings.example"));

@@ -715,9 +715,9 @@ async fn upstreams_come_from_the_policy_file() {
     assert_eq!(claims(&details)["aud"], "details");
     assert!(matches!(
         upstreams.for_host("REVIEWS.default.svc.cluster.local"),
-        Credentials::Caller
+        Ok(Credentials::Caller)
     ));
-    assert!(matches!(upstreams.for_host("reviews"), Credentials::None));
+    assert!(matches!(upstreams.for_host("reviews"), Ok(Credentials::None)));
     assert!(
         policy("apiVersion: palisade.dev/v1alpha1\nkind: JwtSettings\nmetadata: {name: j}\nspec: {}\n")
             .unwrap()
