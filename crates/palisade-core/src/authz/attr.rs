@@ -82,8 +82,10 @@ impl Ctx<'_> {
     /// connection's address when `n` is 0 or the header is shorter or bad.
     ///
     /// Read from the right, hop by hop, without copying: a header of many
-    /// commas costs a scan, not an allocation per hop. (A value that is
-    /// not UTF-8 holds no hop.)
+    /// commas costs a scan, not an allocation per hop. Hops are split as
+    /// bytes, as Envoy does: a byte that is not UTF-8 makes its own hop bad
+    /// (the connection's address, when it is the one taken), never the
+    /// hops a proxy appended after it on the same line.
     pub(crate) fn remote_ip(&self) -> Option<IpAddr> {
         const XFF: &str = "x-forwarded-for";
         let n = self.trusted_proxies;
@@ -94,13 +96,16 @@ impl Ctx<'_> {
             }
             let mut left = n;
             for i in (0..values).rev() {
-                let Some(Ok(value)) = self.req.header_value(XFF, i).map(std::str::from_utf8) else {
+                let Some(value) = self.req.header_value(XFF, i) else {
                     continue;
                 };
-                for hop in value.rsplit(',') {
+                for hop in value.rsplit(|&b| b == b',') {
                     left -= 1;
                     if left == 0 {
-                        return hop.trim().parse::<IpAddr>().ok().or_else(|| self.source_ip());
+                        return std::str::from_utf8(hop)
+                            .ok()
+                            .and_then(|hop| hop.trim().parse::<IpAddr>().ok())
+                            .or_else(|| self.source_ip());
                     }
                 }
             }

@@ -668,7 +668,22 @@ fn ip_blocks_read_the_connection_and_remote_ip_the_trusted_hop() {
         .header("x-forwarded-for", "203.0.113.7")
         .header("x-forwarded-for", b"\xff".to_vec())
         .header("x-forwarded-for", "10.9.9.9");
-    assert!(allowed(&two, &not_text, None), "a value not UTF-8 holds no hop");
+    assert!(
+        !allowed(&two, &not_text, None),
+        "a value not UTF-8 is a bad hop: the connection's address"
+    );
+    // A client's byte that is not UTF-8 on the line its proxy appended to
+    // hides none of the proxy's hops (it made the whole line unread, and a
+    // DENY of the client's address missed).
+    let appended = OwnedRequest::get("/")
+        .header("x-forwarded-for", b"\xff, 203.0.113.7".to_vec())
+        .connection(conn("192.0.2.1:5000", "127.0.0.1:80"));
+    assert!(allowed(&p, &appended, None), "the trusted hop, after a bad one");
+    let bad_trusted = from_proxy().header("x-forwarded-for", b"203.0.113.7, \xff, 10.9.9.9".to_vec());
+    assert!(
+        !allowed(&two, &bad_trusted, None),
+        "the trusted hop is the bad one"
+    );
     // A header of many commas is a scan: decided, the connection's address.
     let commas = from_proxy().header("x-forwarded-for", ",".repeat(200_000));
     assert!(!allowed(&two, &commas, None));
