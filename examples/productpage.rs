@@ -20,6 +20,7 @@ use axum::response::Html;
 use axum::routing::get;
 use axum::{Extension, Json, Router};
 use palisade::core::RequestAuth;
+use palisade::core::policy::{PolicyError, SignInDocument, SignInPaths, WorkloadPolicy};
 use palisade::core::syntax::html_escape;
 use palisade::prelude::Identity;
 use serde_json::{Map, Value, json};
@@ -51,11 +52,40 @@ fn section(what: &str, answer: Option<&Answer>, fallback: &str) -> String {
     }
 }
 
+/// What the pages read: the back-ends, and where the sign-in and sign-out
+/// links go.
+#[derive(Clone)]
+struct Page {
+    backends: Backends,
+    /// `loginPath` and `logoutPath` of the policy file's sign-in document
+    /// (the defaults without one), as reloaded.
+    links: common::Reloaded<SignInLinks>,
+}
+
+/// The paths the page links to.
+struct SignInLinks {
+    login: String,
+    logout: String,
+}
+
+impl SignInLinks {
+    /// The sign-in document's paths (the defaults without one).
+    fn of(policy: &WorkloadPolicy<'_>) -> Result<Self, PolicyError> {
+        let paths = policy
+            .sign_in()?
+            .map_or(SignInPaths::DEFAULT, SignInDocument::paths);
+        Ok(Self {
+            login: paths.login.to_owned(),
+            logout: paths.logout.to_owned(),
+        })
+    }
+}
+
 /// `GET /productpage`: the product, with who is signed in and the links to
 /// sign in or out; with `--upstream details=… --upstream reviews=…`, their
 /// sections come from those services.
 async fn productpage(
-    State(backends): State<Backends>,
+    State(Page { backends, links }): State<Page>,
     id: Option<Identity>,
     auth: Option<Extension<RequestAuth>>,
 ) -> Html<String> {
@@ -86,12 +116,17 @@ async fn productpage(
             .or_else(|| t.preferred_username.clone())
             .or_else(|| Some(t.subject.clone()))
     });
+    let links = links.current();
     let account = match &name {
         Some(name) => format!(
-            r#"Signed in as <span id="user">{}</span> · <a id="sign-out" href="/logout">Sign out</a>"#,
-            html_escape(name)
+            r#"Signed in as <span id="user">{}</span> · <a id="sign-out" href="{}">Sign out</a>"#,
+            html_escape(name),
+            html_escape(&links.logout)
         ),
-        None => r#"<a id="sign-in" href="/login?return_to=/productpage">Sign in</a>"#.to_owned(),
+        None => format!(
+            r#"<a id="sign-in" href="{}?return_to=/productpage">Sign in</a>"#,
+            html_escape(&links.login)
+        ),
     };
     Html(format!(
         r#"<!doctype html>
@@ -110,7 +145,7 @@ async fn productpage(
 /// `GET /api/v1/products/{id}`: the product's details and reviews, each
 /// as its upstream answered (or 401, 502, 504 for why it could not).
 async fn product(
-    State(backends): State<Backends>,
+    State(Page { backends, .. }): State<Page>,
     Path(id): Path<u32>,
     auth: Option<Extension<RequestAuth>>,
 ) -> Json<Value> {
@@ -125,7 +160,7 @@ async fn product(
 
 /// `GET /upstreams/whoami`: each upstream's `/whoami`, as it saw this call.
 async fn upstreams_whoami(
-    State(backends): State<Backends>,
+    State(Page { backends, .. }): State<Page>,
     auth: Option<Extension<RequestAuth>>,
 ) -> Json<Value> {
     let auth = auth.map(|Extension(a)| a);
@@ -149,19 +184,22 @@ async fn upstreams_whoami(
     Json(Value::Object(all))
 }
 
-fn pages(backends: Backends) -> Router {
+fn pages(page: Page) -> Router {
     Router::new()
         .route("/productpage", get(productpage))
         .route("/api/v1/products/{id}", get(product))
         .route("/upstreams/whoami", get(upstreams_whoami))
-        .with_state(backends)
+        .with_state(page)
 }
 
 #[tokio::main]
 async fn main() {
     axum_service::serve("productpage", 9082, |parts| {
-        let backends = Backends::new(parts.args, parts.setup);
-        axum_service::app(parts.service, parts.backend, pages(backends))
+        let page = Page {
+            backends: Backends::new(parts.args, parts.setup),
+            links: common::reloaded(parts.setup, SignInLinks::of),
+        };
+        axum_service::app(parts.service, parts.backend, pages(page))
     })
     .await;
 }

@@ -513,3 +513,116 @@ async fn the_bookinfo_command_starts_the_whole_system_as_its_policy_file_says() 
     assert_eq!(page.status(), 200);
     assert!(page.text().await.unwrap().contains("id=\"sign-in\""));
 }
+
+/// A reload of the mesh file puts what it says of the calls the services
+/// make in force for the next calls (CONTRACT.md: the file is loaded and
+/// swapped in), as Istio applies a changed `DestinationRule` at once:
+/// productpage's `UpstreamCredentials` (relay → its own token),
+/// reviews' to ratings (relay → exchange), a `DestinationRule` (details'
+/// identity no longer accepted: 502), and the sign-in document's paths in
+/// the page's links. An upstream whose name does not resolve is that
+/// section's 502, not a failed start-up.
+#[tokio::test]
+async fn a_reload_puts_the_calls_the_file_describes_in_force() {
+    let issuer = issuer(Duration::from_secs(300));
+    let pki = TestPki::new();
+    let dir = ScratchDir::new("bookinfo-reload");
+    let key = dir.write("session.key", &"ab".repeat(32));
+    let login = |path: &str| {
+        format!(
+            "---
+apiVersion: palisade.dev/v1alpha1
+kind: OidcLogin
+metadata: {{name: login, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: productpage}}}}
+  issuer: {}
+  clientId: productpage
+  loginPath: {path}
+  session:
+    keys: [{{id: k1, keyFile: {key}}}]
+",
+            issuer.issuer()
+        )
+    };
+    let relay = mesh(&issuer, &credentials(&issuer, "caller", "caller", "caller"));
+    let bookinfo = start_bookinfo(
+        &dir,
+        &pki,
+        &format!("{relay}{}", login("/sign-in-here")),
+        &["--upstream", "nowhere=http://nowhere.invalid:9080"],
+    );
+    let pp = &bookinfo.productpage;
+    let iss = issuer.issuer();
+    let alice = relayable(&issuer, "alice");
+    let page = || async {
+        reqwest::get(format!("http://{}/productpage", pp.addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let (status, who) = get(pp, "/upstreams/whoami", Some(&alice)).await;
+    assert_eq!(status, 200, "{who}");
+    assert_eq!(
+        who["details"]["body"]["request_principal"],
+        format!("{iss}/alice"),
+        "{who}"
+    );
+    assert_eq!(
+        who["nowhere"]["status"], 502,
+        "a name that does not resolve: {who}"
+    );
+    assert!(
+        page()
+            .await
+            .contains("href=\"/sign-in-here?return_to=/productpage\"")
+    );
+
+    // productpage sends its own token to details; reviews exchanges the
+    // user's for ratings; the page links to the new path.
+    let changed = mesh(
+        &issuer,
+        &credentials(&issuer, "clientCredentials", "caller", "tokenExchange"),
+    );
+    dir.write("mesh.yaml", &format!("{changed}{}", login("/sign-in-there")));
+    common::wait_until("productpage's reload", async || {
+        let (_, who) = get(pp, "/upstreams/whoami", Some(&alice)).await;
+        who["details"]["body"]["request_principal"] == format!("{iss}/productpage")
+    })
+    .await;
+    let (_, who) = get(pp, "/upstreams/whoami", Some(&alice)).await;
+    assert_eq!(
+        who["reviews"]["body"]["request_principal"],
+        format!("{iss}/alice"),
+        "{who}"
+    );
+    assert!(
+        page()
+            .await
+            .contains("href=\"/sign-in-there?return_to=/productpage\"")
+    );
+    common::wait_until("reviews' reload", async || {
+        let (_, product) = get(pp, "/api/v1/products/0", Some(&alice)).await;
+        product["reviews"]["body"]["ratings"]["status"] == 200 && issuer.token_exchanges() > 0
+    })
+    .await;
+
+    // details' certificate no longer passes productpage's check: refused
+    // at the handshake.
+    let pinned = changed.replace(
+        "subjectAltNames: [spiffe://cluster.local/ns/default/sa/details]",
+        "subjectAltNames: [spiffe://cluster.local/ns/default/sa/reviews]",
+    );
+    assert_ne!(pinned, changed);
+    dir.write("mesh.yaml", &format!("{pinned}{}", login("/sign-in-there")));
+    common::wait_until("the DestinationRule's reload", async || {
+        let (_, product) = get(pp, "/api/v1/products/0", Some(&alice)).await;
+        product["details"]["status"] == 502
+    })
+    .await;
+    let (_, product) = get(pp, "/api/v1/products/0", Some(&alice)).await;
+    assert_eq!(product["reviews"]["status"], 200, "{product}");
+    let _ = (&bookinfo.details, &bookinfo.reviews, &bookinfo.ratings);
+}

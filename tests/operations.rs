@@ -479,42 +479,6 @@ async fn reloads_say(
     }
 }
 
-/// A reload that changes what the service reads only at start-up (its
-/// calls to upstreams) says so; one that changes only what reloads apply
-/// says nothing of it.
-#[tokio::test]
-async fn a_reload_that_changes_the_outbound_documents_says_they_wait_for_a_restart() {
-    let issuer = TestIssuer::builder().default_audience("details").start().unwrap();
-    let file = |host: &str| {
-        format!(
-            "{}---
-apiVersion: palisade.dev/v1alpha1
-kind: UpstreamCredentials
-metadata: {{name: out, namespace: default}}
-spec:
-  selector: {{matchLabels: {{app: details}}}}
-  hosts: [{host}]
-  token: {{from: none}}
-",
-            // The routes differ from the first file's.
-            policy(&issuer, "details", host.is_empty())
-        )
-    };
-    let (ratings, reviews) = (
-        "ratings.default.svc.cluster.local",
-        "reviews.default.svc.cluster.local",
-    );
-    reloads_say(
-        "reload-outbound",
-        &[],
-        |host| file(if host.is_empty() { ratings } else { host }),
-        "",
-        &[(ratings, 0), (reviews, 1)],
-        "the UpstreamCredentials or DestinationRule documents changed",
-    )
-    .await;
-}
-
 /// A reload that relaxes the listener's mTLS mode (in force for new
 /// connections at once: `tests/mtls.rs`) says so at `WARN`; one that keeps
 /// or tightens it does not.

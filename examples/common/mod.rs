@@ -13,12 +13,13 @@ use std::path::PathBuf;
 
 use palisade::core::authn::RequestHead;
 use palisade::core::authz::{CheckRequest, ExternalAuthorizers, ExternalDecision};
-use palisade::core::policy::{PolicySet, Workload, WorkloadPolicy};
+use palisade::core::policy::{PolicyError, PolicySet, Workload, WorkloadPolicy};
 use palisade::mtls::ServerTls;
 use palisade::prelude::Guard;
 use palisade::testkit::TestIssuer;
 
 /// The command line of every example.
+#[derive(Clone)]
 pub struct Args {
     pub listen: SocketAddr,
     pub config: Option<PathBuf>,
@@ -351,6 +352,46 @@ pub struct Setup {
     pub tls: Option<ServerTls>,
     /// The Prometheus recorder, with `--admin`.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// What else reads the file, told of each reload.
+    pub reloads: Reloads,
+}
+
+/// Puts a reloaded file's settings in force (run once the whole file is
+/// accepted).
+pub type Commit = Box<dyn FnOnce() + Send>;
+
+type Hook = Box<dyn Fn(&WorkloadPolicy<'_>) -> Result<Option<Commit>, PolicyError> + Send + Sync>;
+
+/// The parts of a service that read the policy file beside its guard (the
+/// calls it makes to upstreams, productpage's sign-in links). Each is
+/// asked, at every reload of `--config`, what it would put in force;
+/// one refusal keeps the whole file out (the old policy stays, as for the
+/// guard), and the rest are put in force with the guard.
+#[derive(Clone, Default)]
+pub struct Reloads(std::sync::Arc<std::sync::Mutex<Vec<Hook>>>);
+
+impl Reloads {
+    /// `prepare` reads a reloaded file's documents for this workload and
+    /// answers what to put in force, if anything changed, or why the file
+    /// cannot be used (naming the document and field).
+    pub fn on_reload(
+        &self,
+        prepare: impl Fn(&WorkloadPolicy<'_>) -> Result<Option<Commit>, PolicyError> + Send + Sync + 'static,
+    ) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Box::new(prepare));
+    }
+
+    /// Every part's commit for `policy`, or the first refusal.
+    fn prepare(&self, policy: &WorkloadPolicy<'_>) -> Result<Vec<Commit>, PolicyError> {
+        let hooks = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        hooks
+            .iter()
+            .filter_map(|prepare| prepare(policy).transpose())
+            .collect()
+    }
 }
 
 /// The demo policy: tokens of the embedded issuer for this service; every
@@ -456,6 +497,7 @@ pub fn setup(args: &Args) -> Setup {
         workload,
         tls,
         metrics,
+        reloads: Reloads::default(),
     }
 }
 
@@ -506,20 +548,6 @@ fn install_metrics() -> metrics_exporter_prometheus::PrometheusHandle {
     handle
 }
 
-/// The workload's documents that configure its calls to upstreams, which
-/// are read at start-up only: their names and specs, in name order, not
-/// where they stand in the file.
-fn outbound_documents(set: &PolicySet, workload: &Workload) -> Vec<(String, palisade::core::policy::Spec)> {
-    set.for_workload(workload)
-        .documents()
-        .iter()
-        .filter(|d| matches!(d.kind.as_str(), "UpstreamCredentials" | "DestinationRule"))
-        .map(|d| (d.resource(), d.spec.clone()))
-        .collect::<std::collections::BTreeMap<_, _>>()
-        .into_iter()
-        .collect()
-}
-
 /// What runs beside the service once it listens, on the current tokio
 /// runtime: the policy file's reload (a change of `--config`, or SIGHUP)
 /// and the `--admin` listener. Exits with one line when either cannot start.
@@ -534,8 +562,7 @@ pub fn start_operations(args: &Args, setup: &Setup) {
         // file says, as start-up warned.)
         let port = args.listen.port();
         let tls = args.client_ca.as_ref().and(setup.tls.clone());
-        // So are the calls it makes (`UpstreamCredentials`, `DestinationRule`).
-        let outbound = outbound_documents(&setup.set, &setup.workload);
+        let reloads = setup.reloads.clone();
         let reloader = palisade::core::reload::PolicyReloader::new(path, &setup.guard, move |set| {
             // Everything start-up reads from the file is checked, so a file
             // the service would refuse at its next start is refused now.
@@ -544,16 +571,17 @@ pub fn start_operations(args: &Args, setup: &Setup) {
             palisade::mtls::UpstreamTls::check_policy(&policy)?;
             let wanted = palisade::mtls::mode_for_port(&policy, port)?;
             let guard = build_guard(set, &workload, keytab.as_deref(), delegation)?;
+            // The calls it makes (`UpstreamCredentials`, `DestinationRule`)
+            // and the rest follow the file too, once all of it is accepted.
+            let commits = reloads.prepare(&policy)?;
             // Put in force with the guard (the reloader swaps it in next):
             // a server with a client CA takes every mode.
             if let Some(tls) = &tls {
                 tls.set_mode(wanted)
                     .map_err(|e| palisade::core::policy::PolicyError::new(set.source(), e.to_string()))?;
             }
-            if outbound_documents(set, &workload) != outbound {
-                tracing::warn!(
-                    "the UpstreamCredentials or DestinationRule documents changed; calls to upstreams keep the settings read at start-up until restart"
-                );
+            for commit in commits {
+                commit();
             }
             Ok(guard)
         })
@@ -701,17 +729,21 @@ pub fn item_json(service: &str, id: &str) -> serde_json::Value {
     serde_json::json!({"id": id, "service": service, "title": "The Comedy of Errors"})
 }
 
-/// The workload's outbound setup from its policy: what each upstream host
-/// is sent (`UpstreamCredentials`) and how it is reached (`DestinationRule`;
-/// `ISTIO_MUTUAL` with the workload's own `--tls-cert`, `--tls-key` and
-/// `--client-ca`). Exits naming the file, document and field that cannot be
-/// used.
-pub fn outbound(args: &Args, setup: &Setup) -> (palisade::client::Upstreams, palisade::mtls::UpstreamTls) {
+/// The workload's calls to upstreams as its policy says: the credential
+/// of each host (`UpstreamCredentials`) and the TLS of each host and port
+/// (`DestinationRule`; `ISTIO_MUTUAL` with the workload's own
+/// `--tls-cert`, `--tls-key` and `--client-ca`), whose files are watched
+/// while it is in use, so the workload's rotated certificate reaches the
+/// calls it makes too.
+///
+/// # Errors
+/// A document that cannot be used, naming its field.
+pub fn outbound_for(
+    args: &Args,
+    policy: &WorkloadPolicy<'_>,
+) -> Result<(palisade::client::Upstreams, palisade::mtls::UpstreamTls), PolicyError> {
     use palisade::core::policy::FromPolicy as _;
-    let policy = setup.set.for_workload(&setup.workload);
-    let credentials = palisade::client::Upstreams::from_policy(&policy)
-        .unwrap_or_else(|e| fail(&e.to_string()))
-        .unwrap_or_default();
+    let credentials = palisade::client::Upstreams::from_policy(policy)?.unwrap_or_default();
     let mesh = match (&args.tls_cert, &args.tls_key, &args.client_ca) {
         (Some(cert), Some(key), Some(ca)) => Some(palisade::mtls::MeshIdentity {
             cert: cert.clone(),
@@ -720,25 +752,158 @@ pub fn outbound(args: &Args, setup: &Setup) -> (palisade::client::Upstreams, pal
         }),
         _ => None,
     };
-    let tls = palisade::mtls::UpstreamTls::from_policy(&policy, mesh.as_ref())
-        .unwrap_or_else(|e| fail(&e.to_string()));
-    // Rotated certificates reach the calls this service makes too.
+    let tls = palisade::mtls::UpstreamTls::from_policy(policy, mesh.as_ref())?;
     tls.watch(std::time::Duration::from_secs(1));
-    (credentials, tls)
+    Ok((credentials, tls))
 }
 
-/// `--upstream NAME=URL`'s URL, its port and the address it resolves to;
-/// exits naming the argument when one cannot be had.
-pub fn upstream_target(name: &str, url: &str) -> (reqwest::Url, u16, SocketAddr) {
-    use std::net::ToSocketAddrs as _;
+/// The workload's documents that configure its calls to upstreams: their
+/// names and specs, in name order, not where they stand in the file.
+fn outbound_documents(policy: &WorkloadPolicy<'_>) -> Vec<(String, palisade::core::policy::Spec)> {
+    policy
+        .documents()
+        .iter()
+        .filter(|d| matches!(d.kind.as_str(), "UpstreamCredentials" | "DestinationRule"))
+        .map(|d| (d.resource(), d.spec.clone()))
+        .collect::<std::collections::BTreeMap<_, _>>()
+        .into_iter()
+        .collect()
+}
+
+/// A value made from `setup`'s file by `build`, and made again at each
+/// reload of `--config`, put in force with the reload's guard (a file
+/// `build` refuses keeps the old value, as it keeps the old policy). Exits
+/// with one line when the file cannot be used at start-up.
+pub fn reloaded<T: Send + Sync + 'static>(
+    setup: &Setup,
+    build: impl Fn(&WorkloadPolicy<'_>) -> Result<T, PolicyError> + Send + Sync + 'static,
+) -> Reloaded<T> {
+    let first = build(&setup.set.for_workload(&setup.workload)).unwrap_or_else(|e| fail(&e.to_string()));
+    let current = Reloaded(std::sync::Arc::new(std::sync::RwLock::new(std::sync::Arc::new(
+        first,
+    ))));
+    let swapped = current.clone();
+    setup.reloads.on_reload(move |policy| {
+        let built = std::sync::Arc::new(build(policy)?);
+        let swapped = swapped.clone();
+        Ok(Some(Box::new(move || swapped.replace(built))))
+    });
+    current
+}
+
+/// The calls to upstreams of `setup`'s file, built by `build`, and built
+/// again at each reload of `--config` that changes the workload's
+/// `UpstreamCredentials` or `DestinationRule` documents (a reload that
+/// does not keeps the calls, and their cached tokens), put in force with
+/// the reload's guard (so that a file whose new documents cannot be used
+/// keeps the old calls, as it keeps the old policy). Calls begun before
+/// finish as they began. Exits with one line when the file's documents
+/// cannot be used at start-up.
+pub fn outbound_reloaded<T: Send + Sync + 'static>(
+    args: &Args,
+    setup: &Setup,
+    build: impl Fn(&Args, &WorkloadPolicy<'_>) -> Result<T, PolicyError> + Send + Sync + 'static,
+) -> Reloaded<T> {
+    use std::sync::{Arc, Mutex, PoisonError};
+    let policy = setup.set.for_workload(&setup.workload);
+    let first = build(args, &policy).unwrap_or_else(|e| fail(&e.to_string()));
+    let current = Reloaded(Arc::new(std::sync::RwLock::new(Arc::new(first))));
+    let last = Arc::new(Mutex::new(outbound_documents(&policy)));
+    let (args, swapped) = (args.clone(), current.clone());
+    setup.reloads.on_reload(move |policy| {
+        let documents = outbound_documents(policy);
+        if *last.lock().unwrap_or_else(PoisonError::into_inner) == documents {
+            return Ok(None);
+        }
+        let built = Arc::new(build(&args, policy)?);
+        let (last, swapped) = (last.clone(), swapped.clone());
+        Ok(Some(Box::new(move || {
+            swapped.replace(built);
+            *last.lock().unwrap_or_else(PoisonError::into_inner) = documents;
+            tracing::info!(
+                "calls to upstreams follow the reloaded UpstreamCredentials and DestinationRule documents"
+            );
+        })))
+    });
+    current
+}
+
+/// A value a reload of `--config` may replace ([`reloaded`],
+/// [`outbound_reloaded`]).
+pub struct Reloaded<T>(std::sync::Arc<std::sync::RwLock<std::sync::Arc<T>>>);
+
+impl<T> Clone for Reloaded<T> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<T> Reloaded<T> {
+    /// The value in force now.
+    pub fn current(&self) -> std::sync::Arc<T> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn replace(&self, value: std::sync::Arc<T>) {
+        *self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = value;
+    }
+}
+
+/// `--upstream NAME=URL`'s URL, its port and where its connections go;
+/// exits naming the argument when the URL cannot be used.
+pub fn upstream_target(name: &str, url: &str) -> (reqwest::Url, u16, Target) {
     let shown = palisade::core::syntax::url_without_credentials(url);
     let bad = |why: &str| -> ! { fail(&format!("--upstream {name}={shown}: {why}")) };
     let parsed = reqwest::Url::parse(url).unwrap_or_else(|e| bad(&e.to_string()));
     let port = parsed.port_or_known_default().unwrap_or_else(|| bad("no port"));
-    let addr = (parsed.host_str().unwrap_or_else(|| bad("no host")), port)
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .unwrap_or_else(|| bad("the host cannot be resolved"));
-    (parsed, port, addr)
+    let host = parsed.host_str().unwrap_or_else(|| bad("no host"));
+    // An IPv6 literal is written in brackets.
+    let host = match host.trim_start_matches('[').trim_end_matches(']').parse() {
+        Ok(ip) => Host::Addr(ip),
+        Err(_) => Host::Name(host.to_owned()),
+    };
+    (parsed, port, Target { host, port })
+}
+
+/// Where an upstream's connections go: the `--upstream` URL's host and
+/// port, whatever name the request carries (as a mesh's DNS sends
+/// `NAME.<namespace>.svc.cluster.local` there). A name is resolved at each
+/// new connection, so one that does not resolve (yet) makes that call
+/// fail, as an upstream that cannot be reached: 502 in its section.
+#[derive(Clone, Debug)]
+pub struct Target {
+    host: Host,
+    port: u16,
+}
+
+#[derive(Clone, Debug)]
+enum Host {
+    Addr(std::net::IpAddr),
+    Name(String),
+}
+
+impl Target {
+    /// The addresses to connect to now.
+    pub async fn addrs(&self) -> std::io::Result<Vec<SocketAddr>> {
+        match &self.host {
+            Host::Addr(ip) => Ok(vec![SocketAddr::new(*ip, self.port)]),
+            Host::Name(name) => Ok(tokio::net::lookup_host((name.as_str(), self.port))
+                .await?
+                .collect()),
+        }
+    }
+}
+
+/// For reqwest: every name the client connects to is this target.
+impl reqwest::dns::Resolve for Target {
+    fn resolve(&self, _name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let target = self.clone();
+        Box::pin(async move {
+            let addrs = target.addrs().await?;
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
 }

@@ -15,7 +15,8 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use palisade::client::{CallerToken, Credentials, CredentialsLayer, CredentialsService};
-use palisade::mtls::UpstreamTransport;
+use palisade::core::policy::PolicyError;
+use palisade::mtls::{UpstreamTls, UpstreamTransport};
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tonic::transport::{Channel, Endpoint};
@@ -28,14 +29,23 @@ use super::proto::ratings::ratings_client::RatingsClient;
 trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
-/// The ratings service, as reviews calls it.
+/// The ratings service, as reviews calls it: as the policy file says now
+/// (a reload that changes its `UpstreamCredentials` or `DestinationRule`
+/// documents builds the channel again).
 #[derive(Clone)]
 pub struct Ratings {
+    current: common::Reloaded<RatingsChannel>,
+    /// `--upstream-timeout`: for the whole call, the credential included.
+    timeout: Duration,
+}
+
+/// The channel to ratings and what it is sent.
+struct RatingsChannel {
     client: RatingsClient<CredentialsService<Channel>>,
     /// The credential is the caller's token, or made from it.
     needs_caller: bool,
-    /// `--upstream-timeout`: for the whole call, the credential included.
-    timeout: Duration,
+    /// Its files watched while this channel is in force.
+    _tls: UpstreamTls,
 }
 
 impl Ratings {
@@ -44,56 +54,66 @@ impl Ratings {
     pub fn new(args: &Args, setup: &Setup) -> Option<Self> {
         let (_, url) = args.upstreams.iter().find(|(n, _)| n == "ratings")?;
         let shown = palisade::core::syntax::url_without_credentials(url);
-        let bad = |why: &str| -> ! { common::fail(&format!("--upstream ratings={shown}: {why}")) };
         let host = format!("ratings.{}.svc.cluster.local", setup.workload.namespace);
-        let (credentials, tls) = common::outbound(args, setup);
-        let credentials = credentials
-            .for_host(&host)
-            .unwrap_or_else(|e| bad(&e.to_string()))
-            .clone();
-        let needs_caller = matches!(credentials, Credentials::Caller | Credentials::TokenExchange(_));
-        let (parsed, port, addr) = common::upstream_target("ratings", url);
-        let route = tls.for_host(&host, port);
-        let name = route.sni().unwrap_or(&host).to_owned();
-        let tls = match route.transport() {
-            UpstreamTransport::Tls(tls) => Some(tls.connector()),
-            UpstreamTransport::Plaintext if parsed.scheme() == "http" => None,
-            _ => bad(
-                "gRPC over TLS needs a DestinationRule with a trust bundle (SIMPLE with caCertificates, MUTUAL or ISTIO_MUTUAL)",
-            ),
-        };
-        let scheme = if tls.is_some() { "https" } else { "http" };
-        let server_name = rustls_name(&name).unwrap_or_else(|| bad("not a host name"));
-        // Every connection goes to the URL's address, as the mesh's DNS
-        // would send the name there.
-        let connector = tower::service_fn(move |_: tonic::transport::Uri| {
-            let (tls, server_name) = (tls.clone(), server_name.clone());
-            async move {
-                let tcp = tokio::net::TcpStream::connect(addr).await?;
-                let _ = tcp.set_nodelay(true);
-                let io: Pin<Box<dyn Io>> = match tls {
-                    Some(tls) => Box::pin(tls.connect(server_name, tcp).await?),
-                    None => Box::pin(tcp),
-                };
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(io))
-            }
+        let (parsed, port, target) = common::upstream_target("ratings", url);
+        let current = common::outbound_reloaded(args, setup, move |args, policy| {
+            let bad = |why: &dyn std::fmt::Display| {
+                PolicyError::new(policy.source(), format!("--upstream ratings={shown}: {why}"))
+            };
+            let (credentials, tls) = common::outbound_for(args, policy)?;
+            let credentials = credentials.for_host(&host).map_err(|e| bad(&e))?.clone();
+            let needs_caller = matches!(credentials, Credentials::Caller | Credentials::TokenExchange(_));
+            let route = tls.for_host(&host, port);
+            let name = route.sni().unwrap_or(&host).to_owned();
+            let connector_tls = match route.transport() {
+                UpstreamTransport::Tls(tls) => Some(tls.connector()),
+                UpstreamTransport::Plaintext if parsed.scheme() == "http" => None,
+                _ => {
+                    return Err(bad(
+                        &"gRPC over TLS needs a DestinationRule with a trust bundle (SIMPLE with caCertificates, MUTUAL or ISTIO_MUTUAL)",
+                    ));
+                }
+            };
+            let scheme = if connector_tls.is_some() { "https" } else { "http" };
+            let server_name = rustls_name(&name).ok_or_else(|| bad(&"not a host name"))?;
+            // Every connection goes to the URL's host, as the mesh's DNS
+            // would send the name there.
+            let target = target.clone();
+            let connector = tower::service_fn(move |_: tonic::transport::Uri| {
+                let (tls, server_name, target) = (connector_tls.clone(), server_name.clone(), target.clone());
+                async move {
+                    let tcp = tokio::net::TcpStream::connect(&target.addrs().await?[..]).await?;
+                    let _ = tcp.set_nodelay(true);
+                    let io: Pin<Box<dyn Io>> = match tls {
+                        Some(tls) => Box::pin(tls.connect(server_name, tcp).await?),
+                        None => Box::pin(tcp),
+                    };
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(io))
+                }
+            });
+            // The channel's connections run on a runtime of their own:
+            // actix-web has one per worker thread, and every worker shares
+            // the channel.
+            let _entered = outbound_runtime().enter();
+            let channel = Endpoint::from_shared(format!("http://{name}:{port}"))
+                .map_err(|e| bad(&e))?
+                .connect_timeout(Duration::from_secs(5))
+                .connect_with_connector_lazy(connector);
+            // The channel's requests carry a path only: the layer is told
+            // where they go as the server sees it (a DPoP proof names the
+            // URI): over TLS, `https`, whatever the channel's own endpoint
+            // says.
+            let credentials = CredentialsLayer::fixed_at(credentials, &format!("{scheme}://{name}:{port}"))
+                .map_err(|e| bad(&e))?;
+            let service = tower::ServiceBuilder::new().layer(credentials).service(channel);
+            Ok(RatingsChannel {
+                client: RatingsClient::new(service),
+                needs_caller,
+                _tls: tls,
+            })
         });
-        // The channel's connections run on a runtime of their own: actix-web
-        // has one per worker thread, and every worker shares the channel.
-        let _entered = outbound_runtime().enter();
-        let channel = Endpoint::from_shared(format!("http://{name}:{port}"))
-            .unwrap_or_else(|e| bad(&e.to_string()))
-            .connect_timeout(Duration::from_secs(5))
-            .connect_with_connector_lazy(connector);
-        // The channel's requests carry a path only: the layer is told where
-        // they go as the server sees it (a DPoP proof names the URI): over
-        // TLS, `https`, whatever the channel's own endpoint says.
-        let credentials = CredentialsLayer::fixed_at(credentials, &format!("{scheme}://{name}:{port}"))
-            .unwrap_or_else(|e| bad(&e.to_string()));
-        let service = tower::ServiceBuilder::new().layer(credentials).service(channel);
         Some(Self {
-            client: RatingsClient::new(service),
-            needs_caller,
+            current,
             timeout: args.upstream_timeout,
         })
     }
@@ -110,17 +130,18 @@ impl Ratings {
         // `CANCELLED` with `TimeoutExpired`'s text, read below as the
         // timeout it is.
         req.set_timeout(self.timeout);
+        let channel = self.current.current();
         match caller {
             Some(caller) => {
                 req.extensions_mut().insert(caller);
             }
             // Nothing is sent.
-            None if self.needs_caller => {
+            None if channel.needs_caller => {
                 return json!({"status": 401, "body": {"error": "the caller has no token to send on its behalf"}});
             }
             None => {}
         }
-        let mut client = self.client.clone();
+        let mut client = channel.client.clone();
         let call = client.get_ratings(req);
         let Ok(answer) = tokio::time::timeout(self.timeout, call).await else {
             return json!({"status": 504, "body": {"error": "ratings did not answer in time"}});

@@ -21,10 +21,19 @@ use std::sync::Arc;
 
 use palisade::client::{CallerToken, ClientError, Upstreams};
 use palisade::core::RequestAuth;
+use palisade::core::policy::PolicyError;
 use palisade::mtls::{UpstreamTls, UpstreamTransport};
 use serde_json::{Value, json};
 
 use super::common::{self, Args, Setup};
+
+/// An `--upstream NAME=URL`, as the command line gives it.
+struct Wanted {
+    name: String,
+    url: reqwest::Url,
+    port: u16,
+    target: common::Target,
+}
 
 /// One back-end.
 struct Upstream {
@@ -36,13 +45,20 @@ struct Upstream {
     client: reqwest::Client,
 }
 
-/// Every `--upstream`, and what each is sent.
+/// Every `--upstream`, and what each is sent: as the policy file says
+/// now (a reload that changes its `UpstreamCredentials` or
+/// `DestinationRule` documents builds them again).
 #[derive(Clone)]
-pub struct Backends(Arc<Inner>);
+pub struct Backends {
+    names: Arc<[String]>,
+    current: common::Reloaded<Inner>,
+}
 
 struct Inner {
     upstreams: Vec<Upstream>,
     credentials: Upstreams,
+    /// Its files watched while these calls are in force.
+    _tls: UpstreamTls,
 }
 
 /// What one call answered: the upstream's status and body, or the status
@@ -70,26 +86,46 @@ impl Backends {
     /// and `DestinationRule` documents; exits with one line naming the
     /// argument, or the file, document and field, that cannot be used.
     pub fn new(args: &Args, setup: &Setup) -> Self {
-        let (credentials, tls) = common::outbound(args, setup);
-        let upstreams = args
+        let wanted: Arc<[Wanted]> = args
             .upstreams
             .iter()
-            .map(|(name, url)| upstream(name, url, &setup.workload.namespace, &tls, args))
+            .map(|(name, url)| {
+                let (url, port, target) = common::upstream_target(name, url);
+                Wanted {
+                    name: name.clone(),
+                    url,
+                    port,
+                    target,
+                }
+            })
             .collect();
-        Self(Arc::new(Inner {
-            upstreams,
-            credentials,
-        }))
+        let namespace = setup.workload.namespace.clone();
+        let names = wanted.iter().map(|w| w.name.clone()).collect();
+        let current = common::outbound_reloaded(args, setup, move |args, policy| {
+            let (credentials, tls) = common::outbound_for(args, policy)?;
+            let upstreams = wanted
+                .iter()
+                .map(|w| upstream(w, &namespace, &tls, args))
+                .collect::<Result<_, String>>()
+                .map_err(|e| PolicyError::new(policy.source(), e))?;
+            Ok(Inner {
+                upstreams,
+                credentials,
+                _tls: tls,
+            })
+        });
+        Self { names, current }
     }
 
     /// The names of the upstreams, in `--upstream` order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.0.upstreams.iter().map(|u| u.name.as_str())
+        self.names.iter().map(String::as_str)
     }
 
     /// `GET path` on upstream `name`, made while serving `auth`'s request.
     pub async fn get(&self, name: &str, path: &str, auth: Option<&RequestAuth>) -> Answer {
-        let Some(upstream) = self.0.upstreams.iter().find(|u| u.name == name) else {
+        let current = self.current.current();
+        let Some(upstream) = current.upstreams.iter().find(|u| u.name == name) else {
             return Answer::failed(502, format!("no --upstream {name}"));
         };
         let Ok(url) = upstream.base.join(path) else {
@@ -100,7 +136,7 @@ impl Backends {
             return Answer::failed(502, "bad path");
         };
         let sent = match async {
-            let credentials = self.0.credentials.for_host(&upstream.host)?;
+            let credentials = current.credentials.for_host(&upstream.host)?;
             credentials
                 .apply_request(&mut req, Some(&upstream.host), caller.as_ref())
                 .await
@@ -147,23 +183,27 @@ impl Backends {
     }
 }
 
-/// One `--upstream NAME=URL` built, or exit naming it.
-fn upstream(name: &str, url: &str, namespace: &str, tls: &UpstreamTls, args: &Args) -> Upstream {
-    let shown = palisade::core::syntax::url_without_credentials(url);
-    let bad = |why: &str| -> ! { common::fail(&format!("--upstream {name}={shown}: {why}")) };
-    let (parsed, port, addr) = common::upstream_target(name, url);
+/// One `--upstream NAME=URL` built, or why it cannot be.
+fn upstream(wanted: &Wanted, namespace: &str, tls: &UpstreamTls, args: &Args) -> Result<Upstream, String> {
+    let name = &wanted.name;
+    let bad = |why: &dyn std::fmt::Display| {
+        let shown = palisade::core::syntax::url_without_credentials(wanted.url.as_str());
+        format!("--upstream {name}={shown}: {why}")
+    };
+    let port = wanted.port;
     let host = format!("{name}.{namespace}.svc.cluster.local");
     let route = tls.for_host(&host, port);
     let sent_name = route.sni().unwrap_or(&host).to_owned();
-    // The address is fixed: no proxy from the environment.
+    // Every connection goes to the URL's host: no proxy from the
+    // environment.
     let mut client = reqwest::Client::builder()
         .no_proxy()
         .timeout(args.upstream_timeout)
         .redirect(reqwest::redirect::Policy::none())
-        .resolve(&sent_name, addr);
+        .dns_resolver(Arc::new(wanted.target.clone()));
     // The rule decides; without one (or with DISABLE) the URL's scheme
     // does, an https URL getting TLS checked against the system's anchors.
-    let scheme = match (route.transport(), parsed.scheme()) {
+    let scheme = match (route.transport(), wanted.url.scheme()) {
         (UpstreamTransport::Tls(tls), _) => {
             client = client.use_preconfigured_tls((*tls.client_config()).clone());
             "https"
@@ -171,12 +211,11 @@ fn upstream(name: &str, url: &str, namespace: &str, tls: &UpstreamTls, args: &Ar
         (UpstreamTransport::Plaintext, "http") => "http",
         _ => "https",
     };
-    let base = reqwest::Url::parse(&format!("{scheme}://{sent_name}:{port}/"))
-        .unwrap_or_else(|e| bad(&e.to_string()));
-    Upstream {
-        name: name.to_owned(),
+    let base = reqwest::Url::parse(&format!("{scheme}://{sent_name}:{port}/")).map_err(|e| bad(&e))?;
+    Ok(Upstream {
+        name: name.clone(),
         host,
         base,
-        client: client.build().unwrap_or_else(|e| bad(&e.to_string())),
-    }
+        client: client.build().map_err(|e| bad(&e))?,
+    })
 }

@@ -232,8 +232,9 @@ impl ClientTls {
         files::reload_if_changed(self)
     }
 
-    /// Watches the files every `interval` from a background thread, which
-    /// lives as long as the process: call it once per `ClientTls`.
+    /// Watches the files every `interval` from a background thread, until
+    /// neither this `ClientTls` (nor a clone) nor a configuration or
+    /// connector made from it is in use: call it once per `ClientTls`.
     pub fn watch(&self, interval: Duration) {
         files::watch(self, interval);
     }
@@ -252,6 +253,12 @@ impl ClientTls {
 impl files::Reload for ClientTls {
     fn paths(&self) -> Vec<PathBuf> {
         self.0.files.paths()
+    }
+
+    /// Another clone, or a configuration or connector made from it (its
+    /// clients and their connections hold those).
+    fn in_use_elsewhere(&self) -> bool {
+        Arc::strong_count(&self.0) > 1 || Arc::strong_count(&self.0.config) > 1
     }
 
     fn read_again(&self) -> Result<(), TlsError> {
@@ -448,6 +455,23 @@ mod tests {
         assert!(!has_spiffe_id(
             &pki.signing_workload("default", "reviews").cert_der()
         ));
+    }
+
+    /// A watch's clone is in use elsewhere while another clone, or a
+    /// configuration made from it, lives.
+    #[test]
+    fn a_watched_client_is_in_use_while_a_clone_or_its_configuration_lives() {
+        use crate::files::Reload as _;
+        let dir = palisade_testkit::TempDir::new("palisade-mtls-client-in-use");
+        let r = Rotation::new(dir.path());
+        let client = ClientTls::builder(&r.cert, &r.key, &r.ca).build().unwrap();
+        let watched = client.clone();
+        assert!(watched.in_use_elsewhere());
+        let connector = client.connector();
+        drop(client);
+        assert!(watched.in_use_elsewhere(), "its connector");
+        drop(connector);
+        assert!(!watched.in_use_elsewhere());
     }
 
     /// The client side of certificate rotation: `SIGHUP` (and `reload`)

@@ -103,6 +103,11 @@ pub(crate) trait Reload: Clone + Send + Sync + 'static {
     fn read_again(&self) -> Result<(), TlsError>;
     /// The stamps seen.
     fn last_stamp(&self) -> &Mutex<Stamps>;
+    /// Whether anything but the watch that holds this clone still uses the
+    /// material: when nothing does, its watch ends.
+    fn in_use_elsewhere(&self) -> bool {
+        true
+    }
 }
 
 /// The files' stamp now: taken when material is built, before its files
@@ -168,14 +173,16 @@ pub(crate) fn reload_if_changed<R: Reload>(r: &R) -> bool {
 }
 
 pub(crate) fn watch<R: Reload>(r: &R, interval: Duration) {
-    watch_all(vec![r.clone()], interval);
+    let _detached = watch_all(vec![r.clone()], interval);
 }
 
-/// Watches every one of `all` from one thread, which lives as long as the
-/// process (nothing when `all` is empty).
-pub(crate) fn watch_all<R: Reload>(all: Vec<R>, interval: Duration) {
+/// Watches every one of `all` from one thread, until none of them is in
+/// use elsewhere ([`Reload::in_use_elsewhere`]): a configuration replaced
+/// (a reloaded `DestinationRule`) stops being watched once its last
+/// connection is gone. Nothing when `all` is empty.
+pub(crate) fn watch_all<R: Reload>(all: Vec<R>, interval: Duration) -> Option<std::thread::JoinHandle<()>> {
     if all.is_empty() {
-        return;
+        return None;
     }
     for r in &all {
         reload_if_changed(r);
@@ -183,16 +190,23 @@ pub(crate) fn watch_all<R: Reload>(all: Vec<R>, interval: Duration) {
     let spawned = std::thread::Builder::new()
         .name("palisade-tls-watch".into())
         .spawn(move || {
+            let mut all = all;
             loop {
                 std::thread::sleep(interval);
+                all.retain(Reload::in_use_elsewhere);
+                if all.is_empty() {
+                    return;
+                }
                 for r in &all {
                     reload_if_changed(r);
                 }
             }
         });
-    if let Err(e) = spawned {
-        tracing::error!(target: LOG_TARGET, error = %e, "cannot start the TLS file watcher; reload with SIGHUP or reload()");
-    }
+    spawned
+        .inspect_err(|e| {
+            tracing::error!(target: LOG_TARGET, error = %e, "cannot start the TLS file watcher; reload with SIGHUP or reload()");
+        })
+        .ok()
 }
 
 pub(crate) fn reload_on_sighup<R: Reload>(r: &R) -> std::io::Result<()> {
@@ -286,6 +300,10 @@ mod tests {
         fn last_stamp(&self) -> &Mutex<Stamps> {
             &self.stamp
         }
+
+        fn in_use_elsewhere(&self) -> bool {
+            Arc::strong_count(&self.broken) > 1
+        }
     }
 
     /// Files changed after the material was built, before the watch's first
@@ -321,6 +339,35 @@ mod tests {
         }
         assert!(reload_if_changed(&r), "tried again and loaded");
         assert!(!reload_if_changed(&r), "in use now");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A watch ends once nothing else uses what it watches.
+    #[test]
+    fn a_watch_ends_when_its_material_is_no_longer_used() {
+        let dir = std::env::temp_dir().join(format!("palisade-files-unused-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("cert.pem");
+        std::fs::write(&file, "built").unwrap();
+        let r = Flaky {
+            file: file.clone(),
+            broken: Arc::new(AtomicBool::new(false)),
+            reads: Arc::default(),
+            stamp: Arc::new(Mutex::new(Stamps::built(stamp(std::slice::from_ref(&file))))),
+        };
+        let watch = watch_all(vec![r.clone()], Duration::from_millis(10)).unwrap();
+        // In use (this clone lives): the watch reads a change.
+        std::fs::write(&file, "rotated, longer").unwrap();
+        while r.reads.load(Ordering::SeqCst) == 0 {
+            assert!(!watch.is_finished(), "ended while in use");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(r);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !watch.is_finished() {
+            assert!(std::time::Instant::now() < deadline, "still watching");
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 

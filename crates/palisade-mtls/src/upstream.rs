@@ -167,8 +167,12 @@ impl UpstreamTls {
     /// background thread for all routes, so the workload's certificate
     /// rotates in the calls it makes as in the ones it takes
     /// (`ISTIO_MUTUAL` reads the same files as the listener). Call it once.
+    /// The thread ends once nothing uses these routes' TLS any more (this
+    /// `UpstreamTls` and its clones, and the configurations and connectors
+    /// made from it, dropped): an `UpstreamTls` built again at a reload of
+    /// the policy file, and watched, replaces the old one's watch.
     pub fn watch(&self, interval: std::time::Duration) {
-        crate::files::watch_all(self.distinct_clients(), interval);
+        let _detached = crate::files::watch_all(self.distinct_clients(), interval);
     }
 
     /// Reloads every route's client TLS on `SIGHUP`, as
