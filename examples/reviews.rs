@@ -182,6 +182,7 @@ where
             handle.stop(true).await;
         });
         common::start_operations(args, &setup);
+        common::started();
         common::announce(&setup, addr);
         println!("listening on {addr}");
         server.await

@@ -203,6 +203,27 @@ fn bad_configuration_exits_with_one_line_naming_file_document_and_field() {
         );
         assert!(out.stdout.is_empty());
     }
+    // A file start-up warns of (a RequestAuthentication alone: requests
+    // without credentials allowed), then a TLS file that is not there:
+    // the error alone.
+    let warned = dir.join("warned.yaml");
+    std::fs::write(
+        &warned,
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt}\nspec:\n  jwtRules: [{issuer: https://issuer.example, jwksUri: 'http://127.0.0.1:9/jwks'}]\n",
+    )
+    .unwrap();
+    let warned = warned.to_str().unwrap();
+    for name in ["details", "reviews"] {
+        let out = Command::new(example(name))
+            .args(["--config", warned])
+            .args(["--tls-cert", "/no/such/cert.pem", "--tls-key", "/no/such/key.pem"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{name}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{name}: {stderr}");
+        assert!(stderr.contains("/no/such/cert.pem"), "{name}: {stderr}");
+    }
     for args in [
         &["--listen", "nowhere"][..],
         &["--bogus"],

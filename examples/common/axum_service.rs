@@ -202,6 +202,7 @@ pub async fn serve(default_name: &str, default_port: u16, make: impl FnOnce(Part
     .with_state(());
     let stop = shutdown_signal();
     common::start_operations(&args, &setup);
+    common::started();
     common::announce(&setup, addr);
     println!("listening on {addr}");
     let limits = args.limits;

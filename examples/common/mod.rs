@@ -101,6 +101,13 @@ pub fn warn_floor() {
 }
 
 pub fn fail(msg: &str) -> ! {
+    // The warnings of a start-up that fails are of a configuration that
+    // will not run: the error is said alone.
+    drop(
+        HELD.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take(),
+    );
     eprintln!("error: {msg}");
     std::process::exit(2)
 }
@@ -330,14 +337,63 @@ fn seconds_up_to(v: &str, most: f64) -> Option<std::time::Duration> {
 }
 
 /// Logging on stderr, filtered by `RUST_LOG` (default `info`).
+///
+/// Until [`started`], the lines are held: a start-up that fails prints its
+/// one error line alone (CONTRACT.md), not the warnings of a configuration
+/// that will not run before it.
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| Stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+}
+
+/// Log lines written before the service started (`None` once it has).
+static HELD: std::sync::Mutex<Option<Vec<u8>>> = std::sync::Mutex::new(Some(Vec::new()));
+
+/// The most start-up log held (a `RUST_LOG=trace` start-up): past it, the
+/// lines go out as they come.
+const HELD_MAX: usize = 1 << 20;
+
+/// Standard error, holding lines until the service starts.
+struct Stderr;
+
+impl std::io::Write for Stderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut held = HELD.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match held.as_mut() {
+            Some(lines) if lines.len() + buf.len() <= HELD_MAX => {
+                lines.extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            Some(_) => {
+                let lines = held.take().unwrap_or_default();
+                std::io::stderr().write_all(&lines)?;
+                std::io::stderr().write(buf)
+            }
+            None => std::io::stderr().write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+/// The service has started: the start-up's log lines go out, and the
+/// next ones as they come.
+pub fn started() {
+    use std::io::Write as _;
+    let held = HELD
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    if let Some(lines) = held {
+        let _ = std::io::stderr().write_all(&lines);
+    }
 }
 
 /// What a running example needs: its guard and, in demo mode, the issuer
