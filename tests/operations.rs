@@ -521,3 +521,46 @@ spec: {{selector: {{matchLabels: {{app: details}}}}, mtls: {{mode: {mode}}}}}
     )
     .await;
 }
+
+/// A reload of a file that does not load keeps the policy in force and
+/// logs one `ERROR` line naming the file, the document and the field
+/// (CONTRACT.md), on both frameworks.
+#[tokio::test]
+async fn a_file_that_does_not_load_is_one_error_line_naming_document_and_field() {
+    for example in ["details", "reviews"] {
+        let issuer = TestIssuer::builder().default_audience(example).start().unwrap();
+        let dir = ScratchDir::new(&format!("reload-error-{example}"));
+        let path = dir.write("policy.yaml", &policy(&issuer, example, false));
+        let log = dir.path("stderr.log");
+        let svc = common::start_logged(
+            example,
+            &["--config", &path, "--service", example, "--admin", "127.0.0.1:0"],
+            &[],
+            &log,
+        );
+        let admin = admin_of(&svc);
+        let failures = || async {
+            sample(
+                &metrics(&admin).await,
+                "palisade_config_reloads_total{result=\"failure\"}",
+            )
+        };
+        dir.write("policy.yaml", BROKEN);
+        sighup(&svc);
+        wait_until("the refused reload", async || failures().await >= 1.0).await;
+        let text = std::fs::read_to_string(&log).unwrap();
+        let errors: Vec<_> = text.lines().filter(|l| l.contains("ERROR")).collect();
+        assert_eq!(errors.len(), 1, "{example}: {text}");
+        for part in [
+            path.as_str(),
+            "document 1",
+            "AuthorizationPolicy default/broken",
+            "spec.action",
+        ] {
+            assert!(errors[0].contains(part), "{example}: {part}: {}", errors[0]);
+        }
+        // The policy in force stays: /list without a token is still 401.
+        let res = reqwest::get(format!("http://{}/list", svc.addr)).await.unwrap();
+        assert_eq!(res.status(), 401, "{example}");
+    }
+}
