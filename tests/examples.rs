@@ -293,28 +293,31 @@ fn bad_configuration_exits_with_one_line_naming_file_document_and_field() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// SIGTERM and SIGINT stop every program, exiting 0 (CONTRACT.md).
 #[test]
-fn sigterm_shuts_down_gracefully() {
-    for name in ["details", "reviews"] {
-        let mut svc = start(name, &[]);
-        let pid = svc.child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-        let mut exited = None;
-        for _ in 0..100 {
-            if let Some(status) = svc.child.try_wait().unwrap() {
-                exited = Some(status);
-                break;
+fn sigterm_and_sigint_shut_down_gracefully() {
+    for name in ["details", "reviews", "productpage", "ratings"] {
+        for signal in ["-TERM", "-INT"] {
+            let mut svc = start(name, &[]);
+            let pid = svc.child.id().to_string();
+            assert!(
+                Command::new("kill")
+                    .args([signal, &pid])
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+            let mut exited = None;
+            for _ in 0..100 {
+                if let Some(status) = svc.child.try_wait().unwrap() {
+                    exited = Some(status);
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
             }
-            std::thread::sleep(Duration::from_millis(50));
+            let status = exited.unwrap_or_else(|| panic!("{name} did not stop on {signal}"));
+            assert!(status.success(), "{name} {signal}: {status:?}");
         }
-        let status = exited.unwrap_or_else(|| panic!("{name} did not stop on SIGTERM"));
-        assert!(status.success(), "{name}: {status:?}");
     }
 }
 
