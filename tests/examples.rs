@@ -217,12 +217,27 @@ fn bad_configuration_exits_with_one_line_naming_file_document_and_field() {
         let out = Command::new(example(name))
             .args(["--config", warned])
             .args(["--tls-cert", "/no/such/cert.pem", "--tls-key", "/no/such/key.pem"])
+            .env("RUST_LOG", "info")
             .output()
             .unwrap();
         assert!(!out.status.success(), "{name}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(stderr.lines().count(), 1, "{name}: {stderr}");
         assert!(stderr.contains("/no/such/cert.pem"), "{name}: {stderr}");
+        // Started, the same file's warning is said.
+        let log = dir.join(format!("{name}.log"));
+        let svc = common::start_logged(
+            name,
+            &["--config", warned],
+            &[("RUST_LOG".to_owned(), "info".to_owned())],
+            log.to_str().unwrap(),
+        );
+        let said = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            said.contains("requests without credentials are allowed"),
+            "{name}: {said}"
+        );
+        drop(svc);
     }
     for args in [
         &["--listen", "nowhere"][..],

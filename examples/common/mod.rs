@@ -349,6 +349,18 @@ pub fn init_logging() {
         .with_writer(|| Stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // A panic in start-up says what was held before it (without waiting
+    // for a lock a panicking log write may hold).
+    let panicked = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        use std::io::Write as _;
+        if let Ok(mut held) = HELD.try_lock()
+            && let Some(lines) = held.take()
+        {
+            let _ = std::io::stderr().write_all(&lines);
+        }
+        panicked(info);
+    }));
 }
 
 /// Log lines written before the service started (`None` once it has).
@@ -387,11 +399,10 @@ impl std::io::Write for Stderr {
 /// next ones as they come.
 pub fn started() {
     use std::io::Write as _;
-    let held = HELD
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .take();
-    if let Some(lines) = held {
+    // Written under the lock, so no line of a thread already running goes
+    // out before them.
+    let mut held = HELD.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(lines) = held.take() {
         let _ = std::io::stderr().write_all(&lines);
     }
 }

@@ -103,6 +103,13 @@ impl Backends {
         let names = wanted.iter().map(|w| w.name.clone()).collect();
         let current = common::outbound_reloaded(args, setup, move |args, policy| {
             let (credentials, tls) = common::outbound_for(args, policy)?;
+            // A credential that may not go to an upstream's host refuses
+            // the file, not each call.
+            for w in wanted.iter() {
+                credentials
+                    .for_host(&format!("{}.{namespace}.svc.cluster.local", w.name))
+                    .map_err(|e| PolicyError::new(policy.source(), format!("--upstream {}: {e}", w.name)))?;
+            }
             let upstreams = wanted
                 .iter()
                 .map(|w| upstream(w, &namespace, &tls, args))

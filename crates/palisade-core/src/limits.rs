@@ -43,7 +43,7 @@ pub const LOG_TARGET: &str = "palisade::serve";
 /// | [`idle_timeout`](Self::idle_timeout) | 75 s | a kept-alive connection has no request in progress and no new one begins: closed |
 /// | [`write_timeout`](Self::write_timeout) | 60 s | an answer's write waits this long for the client to read, or an HTTP/2 stream for the client to open its flow-control window: the connection is closed, the stream reset (nginx's `send_timeout`; under `palisade_axum::serve` only, actix-web has no such timer) |
 /// | [`body_limit`](Self::body_limit) | 2 MiB | a request body is larger: 413, a declared length before a byte of the body is read, a chunked one when it passes the limit |
-/// | [`body_read_timeout`](Self::body_read_timeout) and [`body_min_rate`](Self::body_min_rate) | 20 s, and 1 s more per 500 bytes | a request body being read is not complete by then (Apache's `RequestReadTimeout body=20,MinRate=500`): 408, and the connection closed |
+/// | [`body_read_timeout`](Self::body_read_timeout) and [`body_min_rate`](Self::body_min_rate) | 20 s, and 1 s more per 500 bytes, at most 20 s between two pieces | a request body being read is not complete by then (Apache's `RequestReadTimeout body=20,MinRate=500`), or pauses longer than the timeout (nginx's `client_body_timeout`): 408, and the connection closed |
 /// | [`max_connections`](Self::max_connections) | 25,000 | this many connections are open (handshakes included): no more are accepted until one closes; they wait in the listener's backlog (actix-web's own limit, per worker there) |
 /// | [`max_connection_age`](Self::max_connection_age) | none | a connection is this old, give or take a tenth, and has served a request: closed, after the request in progress (HTTP/1.1) or with a GOAWAY (HTTP/2), as Envoy's `max_connection_duration` and gRPC's `MAX_CONNECTION_AGE` do (actix-web: HTTP/1.1 connections only, through `palisade_actix::BodyLimit`'s watch) |
 ///
@@ -177,9 +177,12 @@ impl ServerLimits {
 
     /// How long a request body may take, from the moment the application
     /// first waits for it (default 20 s), before the time that
-    /// [`body_min_rate`](Self::body_min_rate) adds for what arrived. A body
-    /// not complete by then is answered 408 and its connection closed: a
-    /// client that stalls or drips its body is let go.
+    /// [`body_min_rate`](Self::body_min_rate) adds for what arrived; and
+    /// the longest pause between two pieces of it, whatever was earned. A
+    /// body not complete by then is answered 408 and its connection closed:
+    /// a client that stalls or drips its body is let go (one that sent most
+    /// of a large body at once cannot then hold its connection for the
+    /// hour its bytes earned).
     pub fn body_read_timeout(mut self, timeout: Duration) -> Self {
         self.body_read_timeout = bounded(timeout);
         self
@@ -370,7 +373,10 @@ const BODY_LATE: &str = "the request body did not arrive in time";
 /// The clock of one request body, as both frameworks' body limits run it:
 /// it starts the first time the body is waited for, with
 /// [`ServerLimits::body_read_timeout`] to go, and each piece received moves
-/// the end later by one second per [`ServerLimits::body_min_rate`] bytes.
+/// the end later by one second per [`ServerLimits::body_min_rate`] bytes,
+/// but never more than the timeout past that piece (nor, before any piece,
+/// past the start): a pause longer than the timeout is late, whatever
+/// the bytes before it earned.
 /// Needs a Tokio runtime with time (both frameworks run on one).
 ///
 /// ```
@@ -392,6 +398,10 @@ pub struct BodyTimer {
     rate: u32,
     /// Time earned by what arrived before the clock started.
     earned: Duration,
+    /// Once started, the end the rate allows (the start, the timeout and
+    /// every piece's time); the clock's end is never later than the
+    /// timeout past the last piece.
+    rate_end: Option<tokio::time::Instant>,
 }
 
 impl BodyTimer {
@@ -403,6 +413,7 @@ impl BodyTimer {
             timeout: limits.body_read(),
             rate: limits.body_rate(),
             earned: Duration::ZERO,
+            rate_end: None,
         }
     }
 
@@ -413,12 +424,13 @@ impl BodyTimer {
         }
         let nanos = u64::try_from(len as u128 * 1_000_000_000 / u128::from(self.rate)).unwrap_or(u64::MAX);
         let more = Duration::from_nanos(nanos);
-        match &mut self.sleep {
-            Some(sleep) => {
-                let end = sleep.deadline().checked_add(more).unwrap_or_else(far_future);
-                sleep.as_mut().reset(end);
+        match (&mut self.sleep, self.rate_end) {
+            (Some(sleep), Some(rate_end)) => {
+                let rate_end = rate_end.checked_add(more).unwrap_or_else(far_future);
+                self.rate_end = Some(rate_end);
+                sleep.as_mut().reset(rate_end.min(after(self.timeout)));
             }
-            None => self.earned = self.earned.saturating_add(more),
+            _ => self.earned = self.earned.saturating_add(more),
         }
     }
 
@@ -427,10 +439,9 @@ impl BodyTimer {
     /// the end, `cx` is woken when it comes.
     pub fn poll_late(&mut self, cx: &mut Context<'_>) -> Option<std::io::Error> {
         let sleep = self.sleep.get_or_insert_with(|| {
-            let end = tokio::time::Instant::now()
-                .checked_add(self.timeout.saturating_add(self.earned))
-                .unwrap_or_else(far_future);
-            Box::pin(tokio::time::sleep_until(end))
+            let rate_end = after(self.timeout.saturating_add(self.earned));
+            self.rate_end = Some(rate_end);
+            Box::pin(tokio::time::sleep_until(rate_end.min(after(self.timeout))))
         });
         if sleep.as_mut().poll(cx).is_pending() {
             return None;
@@ -438,6 +449,13 @@ impl BodyTimer {
         tracing::debug!(target: LOG_TARGET, "request body too slow: 408");
         Some(std::io::Error::new(std::io::ErrorKind::TimedOut, BODY_LATE))
     }
+}
+
+/// `d` from now (never, past thirty years).
+fn after(d: Duration) -> tokio::time::Instant {
+    tokio::time::Instant::now()
+        .checked_add(d)
+        .unwrap_or_else(far_future)
 }
 
 /// About thirty years from now: what Tokio itself takes for "never".
@@ -529,10 +547,34 @@ mod tests {
         // What arrives before the clock starts counts too.
         timer.received(1000);
         assert!(!late(&mut timer).await);
-        tokio::time::advance(Duration::from_secs(21)).await;
+        tokio::time::advance(Duration::from_secs(19)).await;
+        timer.received(1);
+        tokio::time::advance(Duration::from_secs(2)).await;
         assert!(!late(&mut timer).await, "2 s were earned by 1,000 bytes");
         tokio::time::advance(Duration::from_millis(1100)).await;
         assert!(late(&mut timer).await);
+
+        // Earned time is no licence to pause: a body sent almost whole at
+        // once (an hour earned) that then stops is late the timeout after
+        // its last piece, before the clock started or after.
+        for before_start in [true, false] {
+            let mut timer = BodyTimer::new(&limits);
+            if before_start {
+                timer.received(2 << 20);
+            }
+            assert!(!late(&mut timer).await);
+            tokio::time::advance(Duration::from_secs(5)).await;
+            if !before_start {
+                timer.received(2 << 20);
+            }
+            tokio::time::advance(Duration::from_secs(14)).await;
+            assert!(!late(&mut timer).await, "{before_start}");
+            timer.received(100);
+            tokio::time::advance(Duration::from_secs(19)).await;
+            assert!(!late(&mut timer).await, "{before_start}: a piece came 19 s ago");
+            tokio::time::advance(Duration::from_millis(1100)).await;
+            assert!(late(&mut timer).await, "{before_start}: 20 s without a piece");
+        }
 
         // A drip earns little: one byte a second is cut off after about 20 s.
         let mut timer = BodyTimer::new(&limits);

@@ -234,7 +234,9 @@ impl ClientTls {
 
     /// Watches the files every `interval` from a background thread, until
     /// neither this `ClientTls` (nor a clone) nor a configuration or
-    /// connector made from it is in use: call it once per `ClientTls`.
+    /// connector made from it (or a copy of that configuration) is in use:
+    /// call it once per `ClientTls`. ([`reload_on_sighup`](Self::reload_on_sighup)
+    /// keeps a clone for the runtime's life, and with it the watch.)
     pub fn watch(&self, interval: Duration) {
         files::watch(self, interval);
     }
@@ -256,9 +258,14 @@ impl files::Reload for ClientTls {
     }
 
     /// Another clone, or a configuration or connector made from it (its
-    /// clients and their connections hold those).
+    /// clients and their connections hold those), a copy of the
+    /// configuration (`(*client_config()).clone()`, as reqwest's
+    /// `use_preconfigured_tls` takes it) included: every copy holds the
+    /// session store, which the configuration in `Inner` holds once.
     fn in_use_elsewhere(&self) -> bool {
-        Arc::strong_count(&self.0) > 1 || Arc::strong_count(&self.0.config) > 1
+        Arc::strong_count(&self.0) > 1
+            || Arc::strong_count(&self.0.config) > 1
+            || Arc::strong_count(&self.0.sessions) > 2
     }
 
     fn read_again(&self) -> Result<(), TlsError> {
@@ -457,8 +464,8 @@ mod tests {
         ));
     }
 
-    /// A watch's clone is in use elsewhere while another clone, or a
-    /// configuration made from it, lives.
+    /// A watch's clone is in use elsewhere while another clone, a
+    /// configuration made from it, or a copy of one, lives.
     #[test]
     fn a_watched_client_is_in_use_while_a_clone_or_its_configuration_lives() {
         use crate::files::Reload as _;
@@ -468,9 +475,12 @@ mod tests {
         let watched = client.clone();
         assert!(watched.in_use_elsewhere());
         let connector = client.connector();
+        let copy = (*client.client_config()).clone();
         drop(client);
         assert!(watched.in_use_elsewhere(), "its connector");
         drop(connector);
+        assert!(watched.in_use_elsewhere(), "a copy of its configuration");
+        drop(copy);
         assert!(!watched.in_use_elsewhere());
     }
 

@@ -168,9 +168,11 @@ impl UpstreamTls {
     /// rotates in the calls it makes as in the ones it takes
     /// (`ISTIO_MUTUAL` reads the same files as the listener). Call it once.
     /// The thread ends once nothing uses these routes' TLS any more (this
-    /// `UpstreamTls` and its clones, and the configurations and connectors
-    /// made from it, dropped): an `UpstreamTls` built again at a reload of
-    /// the policy file, and watched, replaces the old one's watch.
+    /// `UpstreamTls` and its clones, and the configurations, copies of
+    /// them and connectors made from it, dropped): an `UpstreamTls` built
+    /// again at a reload of the policy file, and watched, replaces the old
+    /// one's watch. ([`reload_on_sighup`](Self::reload_on_sighup) keeps
+    /// its clients for the runtime's life, and with them the watch.)
     pub fn watch(&self, interval: std::time::Duration) {
         let _detached = crate::files::watch_all(self.distinct_clients(), interval);
     }
