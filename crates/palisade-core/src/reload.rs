@@ -102,6 +102,11 @@ struct Last {
     /// The digest of the contents last loaded (or refused): a change is a
     /// difference.
     digest: Option<u64>,
+    /// The files those contents name (secrets, keys, CA bundles), and the
+    /// digest of what they held before the load read them: a change of
+    /// one (a rotated secret) is a change too.
+    named: Vec<PathBuf>,
+    named_digest: u64,
     /// Contents refused for what lies outside them (a refusal that carries
     /// an I/O error: a secret or key file they name not there yet, a store
     /// that did not answer): when the watch loads them again, until they
@@ -177,10 +182,16 @@ impl PolicyReloader {
 
     /// The documents the guard was built from (read from this file at
     /// start-up): a file that changed since they were read, before this
-    /// reloader was made, is loaded at the watch's next looks.
+    /// reloader was made, is loaded at the watch's next looks; the files
+    /// they name are watched from now on (without it, from the first
+    /// reload).
     #[must_use]
     pub fn loaded_from(self, set: &PolicySet) -> Self {
-        self.0.last.lock().unwrap_or_else(PoisonError::into_inner).digest = Some(set.digest());
+        let mut last = self.0.last.lock().unwrap_or_else(PoisonError::into_inner);
+        last.digest = Some(set.digest());
+        last.named = set.files_named();
+        last.named_digest = files_digest(&last.named);
+        drop(last);
         self
     }
 
@@ -255,7 +266,9 @@ impl PolicyReloader {
 
     /// Reloads if the file's contents differ from those last loaded (or
     /// refused) and are the same as at the look before (a file being
-    /// rewritten in place is read only once it stays the same), or if they
+    /// rewritten in place is read only once it stays the same), or the
+    /// files they name (secrets, keys, CA bundles; not a
+    /// `DestinationRule`'s, which its TLS watches) do so, or if they
     /// were refused for what lies outside them (a file they name, a store)
     /// 30 s ago or more; `None` when there is nothing to load yet.
     ///
@@ -286,6 +299,20 @@ impl PolicyReloader {
         let mut last = self.0.last.lock().unwrap_or_else(PoisonError::into_inner);
         let mut settling = self.0.settling.lock().unwrap_or_else(PoisonError::into_inner);
         if last.digest == Some(seen) {
+            // A file it names changed (a secret rotated, a key file that
+            // was missing written): loaded once two looks agree, as the
+            // file itself.
+            let named = files_digest(&last.named);
+            if named != last.named_digest {
+                let both = seen.rotate_left(1) ^ named;
+                if *settling != Some(both) {
+                    *settling = Some(both);
+                    return None;
+                }
+                *settling = None;
+                drop(settling);
+                return Some(self.load(&mut last, Ok(now), false));
+            }
             *settling = None;
             let due = last.retry.as_ref().is_some_and(|(at, _)| Instant::now() >= *at);
             drop(settling);
@@ -325,6 +352,7 @@ impl PolicyReloader {
         if !retrying && contents.is_ok() {
             last.said.clear();
         }
+        let mut last_named = (std::mem::take(&mut last.named), last.named_digest);
         let said = &mut last.said;
         let loaded = contents
             .map_err(|e| PolicyError::new(&name, format!("cannot read: {e}")))
@@ -346,6 +374,9 @@ impl PolicyReloader {
                         ));
                     }
                     let set = PolicySet::from_file_text(&text, &name)?;
+                    // What the files it names hold as they are read now.
+                    last_named.0 = set.files_named();
+                    last_named.1 = files_digest(&last_named.0);
                     (self.0.build)(&set)
                 })))
                 .unwrap_or_else(|_| {
@@ -355,6 +386,7 @@ impl PolicyReloader {
                     ))
                 })
             });
+        (last.named, last.named_digest) = last_named;
         let result = match loaded {
             Ok(guard) => {
                 self.0.guard.replace(guard);
@@ -386,7 +418,9 @@ impl PolicyReloader {
 
     /// Looks at the file every `interval` on a background thread and
     /// reloads when its contents changed and stayed so for one more look
-    /// ([`PolicyReloader::reload_if_changed`]); the thread ends when the
+    /// ([`PolicyReloader::reload_if_changed`]), or a file they name did
+    /// (a `clientSecretFile`, a session or client key, a `caFile`: a
+    /// Kubernetes Secret updated in place); the thread ends when the
     /// last clone of this reloader is dropped. Write the file by renaming
     /// a complete one over it, as Kubernetes does for a mounted ConfigMap,
     /// and no reader ever sees it half written. An `interval` under 100 ms
@@ -454,6 +488,23 @@ fn refused(e: PolicyError, again: bool) -> Result<(), PolicyError> {
         tracing::error!(target: LOG_TARGET, error = %e, "policy not reloaded; the previous one stays in force");
     }
     Err(e)
+}
+
+/// The digest of what `files` hold now (a file that cannot be read counts
+/// as such): a change of one is a change of the digest; 0 for none.
+fn files_digest(files: &[PathBuf]) -> u64 {
+    if files.is_empty() {
+        return 0;
+    }
+    let mut all = Vec::new();
+    for file in files {
+        match std::fs::read(file) {
+            Ok(contents) => all.extend_from_slice(&digest(&contents).to_le_bytes()),
+            Err(e) => all.extend_from_slice(format!("{:?}", e.kind()).as_bytes()),
+        }
+        all.push(0);
+    }
+    digest(&all)
 }
 
 /// What a hot reload must not lose: one value per key for the whole
@@ -588,6 +639,58 @@ spec:
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("policy.yaml");
         (Scratch(dir), file)
+    }
+
+    /// A file the policy names (a client secret here) that changes is a
+    /// change of the policy: loaded once two looks agree, as the file
+    /// itself is.
+    #[test]
+    fn a_rotated_file_the_policy_names_is_loaded() {
+        let (dir, file) = scratch("named");
+        let secret = dir.0.join("client.secret");
+        std::fs::write(&secret, "closed\n").unwrap();
+        let text = format!(
+            "{OPEN}---
+apiVersion: palisade.dev/v1alpha1
+kind: UpstreamCredentials
+metadata: {{name: out, namespace: default}}
+spec:
+  hosts: [reviews]
+  token: {{from: clientCredentials, issuer: https://kc.example/realms/r, clientId: details, clientSecretFile: {}}}
+",
+            secret.display()
+        );
+        std::fs::write(&file, &text).unwrap();
+        // The application's guard follows the secret: "open" allows /open.
+        let read = secret.clone();
+        let build_from_secret = move |set: &PolicySet| {
+            let said =
+                std::fs::read_to_string(&read).map_err(|e| PolicyError::new(set.source(), e.to_string()))?;
+            let text = if said.trim() == "open" { OPEN } else { CLOSED };
+            build(&PolicySet::from_yaml_str(text, "test").unwrap())
+        };
+        let set = PolicySet::from_file(&file).unwrap();
+        assert_eq!(set.files_named(), std::slice::from_ref(&secret));
+        let guard = build_from_secret(&set).unwrap();
+        let reloader = PolicyReloader::new(&file, &guard, build_from_secret).loaded_from(&set);
+        assert!(!open(&guard));
+        assert!(reloader.reload_if_changed().is_none(), "nothing changed");
+        std::fs::write(&secret, "open\n").unwrap();
+        assert!(reloader.reload_if_changed().is_none(), "seen once");
+        assert!(matches!(reloader.reload_if_changed(), Some(Ok(()))));
+        assert!(open(&guard), "the rotated secret is in force");
+        assert!(reloader.reload_if_changed().is_none(), "loaded once");
+        // A file that does not load leaves the files it names watched.
+        std::fs::write(&file, "kind: [").unwrap();
+        reloader.reload_if_changed();
+        assert!(matches!(reloader.reload_if_changed(), Some(Err(_))));
+        std::fs::write(&file, &text).unwrap();
+        reloader.reload_if_changed();
+        assert!(matches!(reloader.reload_if_changed(), Some(Ok(()))));
+        std::fs::write(&secret, "closed\n").unwrap();
+        reloader.reload_if_changed();
+        assert!(matches!(reloader.reload_if_changed(), Some(Ok(()))));
+        assert!(!open(&guard));
     }
 
     #[test]

@@ -64,7 +64,7 @@
 //! ([`KeycloakAdapterConfig`]).
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Deserializer};
@@ -283,6 +283,50 @@ pub enum Spec {
 }
 
 impl Spec {
+    /// The files the document names that its parts read when they are
+    /// built (secrets, keys, CA bundles), as written; not a
+    /// `DestinationRule`'s, whose TLS watches its own files.
+    fn files(&self) -> Vec<&str> {
+        let mut files: Vec<&Option<String>> = Vec::new();
+        let mut keys: Vec<&str> = Vec::new();
+        match self {
+            Self::JwtSettings(s) => {
+                files.push(&s.ca_file);
+                if let Some(i) = &s.introspection {
+                    files.push(&i.client_secret_file);
+                }
+            }
+            Self::SpnegoSettings(s) => {
+                keys.extend(
+                    s.session_cookie
+                        .iter()
+                        .flat_map(|c| c.keys.iter().map(|k| k.key_file.as_str())),
+                );
+            }
+            Self::OidcLogin(s) => {
+                files.extend([&s.client_secret_file, &s.ca_file]);
+                keys.extend(s.client_key.iter().map(|k| k.key_file.as_str()));
+                keys.extend(s.session.keys.iter().map(|k| k.key_file.as_str()));
+            }
+            Self::UpstreamCredentials(s) => files.push(&s.token.client_secret_file),
+            Self::RequestAuthentication(_)
+            | Self::AuthorizationPolicy(_)
+            | Self::PeerAuthentication(_)
+            | Self::KeycloakAdapter(_)
+            | Self::AuthorizationSettings(_)
+            | Self::ServiceRole(_)
+            | Self::ServiceRoleBinding(_)
+            | Self::RbacConfig(_)
+            | Self::DestinationRule(_) => {}
+        }
+        files
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+            .chain(keys)
+            .collect()
+    }
+
     /// The document's workload selector: `spec.selector` (for a
     /// `DestinationRule`, `spec.workloadSelector`: the calling workload).
     /// `None` for kinds that select by namespace alone, by target
@@ -883,6 +927,20 @@ fn parse<T: DeserializeOwned>(chunk: &Chunk<'_>) -> Result<T, Located> {
 }
 
 impl PolicySet {
+    /// Every file the documents name that is read when a part is built
+    /// (secrets, session and client keys, CA bundles), once each, in the
+    /// order they are named: a reloader watches them with the file.
+    pub(crate) fn files_named(&self) -> Vec<PathBuf> {
+        let mut out: Vec<PathBuf> = Vec::new();
+        for file in self.documents.iter().flat_map(|d| d.spec.files()) {
+            let file = PathBuf::from(file);
+            if !out.contains(&file) {
+                out.push(file);
+            }
+        }
+        out
+    }
+
     /// Reads and validates a policy file. An empty (or blank) file is a
     /// YAML stream of no documents, which allows every request: it loads,
     /// with a warning, since it is as often a file a writer has truncated
