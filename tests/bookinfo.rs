@@ -626,3 +626,45 @@ spec:
     assert_eq!(product["reviews"]["status"], 200, "{product}");
     let _ = (&bookinfo.details, &bookinfo.reviews, &bookinfo.ratings);
 }
+
+/// A client secret rotated in the file the policy names is used for the
+/// next grant: the file is watched with the policy file, and productpage's
+/// calls are built again with it.
+#[tokio::test]
+async fn a_client_secret_rotated_in_its_file_reaches_the_next_grant() {
+    let issuer = issuer(Duration::from_secs(300));
+    let pki = TestPki::new();
+    let dir = ScratchDir::new("bookinfo-secret");
+    let secret = dir.write("details.secret", "not-the-secret\n");
+    let inline = format!("clientId: productpage\n    clientSecret: {SECRET}\n    audience: details");
+    let relay = mesh(
+        &issuer,
+        &credentials(&issuer, "clientCredentials", "caller", "caller"),
+    );
+    let mesh = relay.replace(
+        &inline,
+        &format!("clientId: productpage\n    clientSecretFile: {secret}\n    audience: details"),
+    );
+    assert_ne!(mesh, relay);
+    let bookinfo = start_bookinfo(&dir, &pki, &mesh, &[]);
+    let pp = &bookinfo.productpage;
+    let (status, product) = get(pp, "/api/v1/products/0", None).await;
+    assert_eq!(status, 200, "{product}");
+    assert_eq!(
+        product["details"]["status"], 502,
+        "the issuer refuses the secret: {product}"
+    );
+    dir.write("details.secret", &format!("{SECRET}\n"));
+    common::wait_until("the rotated secret", async || {
+        let (_, product) = get(pp, "/api/v1/products/0", None).await;
+        product["details"]["status"] == 200
+    })
+    .await;
+    let (_, who) = get(pp, "/upstreams/whoami", None).await;
+    assert_eq!(
+        who["details"]["body"]["request_principal"],
+        format!("{}/productpage", issuer.issuer()),
+        "{who}"
+    );
+    let _ = (&bookinfo.details, &bookinfo.reviews, &bookinfo.ratings);
+}

@@ -824,17 +824,31 @@ pub fn outbound_for(
     Ok((credentials, tls))
 }
 
-/// The workload's documents that configure its calls to upstreams: their
-/// names and specs, in name order, not where they stand in the file.
-fn outbound_documents(policy: &WorkloadPolicy<'_>) -> Vec<(String, palisade::core::policy::Spec)> {
-    policy
+/// What the workload's calls to upstreams are built from: the documents
+/// that configure them (names and specs, in name order, not where they
+/// stand in the file), and a digest of the client secrets their files hold
+/// (a secret rotated in its file is a change; a `DestinationRule`'s TLS
+/// files reload on their own).
+fn outbound_documents(policy: &WorkloadPolicy<'_>) -> (Vec<(String, palisade::core::policy::Spec)>, u64) {
+    use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
+    static KEY: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
+    let documents: Vec<_> = policy
         .documents()
         .iter()
         .filter(|d| matches!(d.kind.as_str(), "UpstreamCredentials" | "DestinationRule"))
         .map(|d| (d.resource(), d.spec.clone()))
         .collect::<std::collections::BTreeMap<_, _>>()
         .into_iter()
-        .collect()
+        .collect();
+    let mut secrets = KEY.get_or_init(Default::default).build_hasher();
+    for (_, spec) in &documents {
+        if let palisade::core::policy::Spec::UpstreamCredentials(s) = spec
+            && let Some(file) = &s.token.client_secret_file
+        {
+            std::fs::read(file).ok().hash(&mut secrets);
+        }
+    }
+    (documents, secrets.finish())
 }
 
 /// A value made from `setup`'s file by `build`, and made again at each
@@ -860,8 +874,9 @@ pub fn reloaded<T: Send + Sync + 'static>(
 
 /// The calls to upstreams of `setup`'s file, built by `build`, and built
 /// again at each reload of `--config` that changes the workload's
-/// `UpstreamCredentials` or `DestinationRule` documents (a reload that
-/// does not keeps the calls, and their cached tokens), put in force with
+/// `UpstreamCredentials` or `DestinationRule` documents or a client secret
+/// their files hold (a reload that does not keeps the calls, and their
+/// cached tokens), put in force with
 /// the reload's guard (so that a file whose new documents cannot be used
 /// keeps the old calls, as it keeps the old policy). Calls begun before
 /// finish as they began. Exits with one line when the file's documents

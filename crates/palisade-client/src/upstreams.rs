@@ -349,6 +349,8 @@ impl Upstreams {
                 "the `*` upstream entry's Kerberos credential names its service ({service}): a ticket for it goes only to hosts named for it, and `{host}` is not"
             )));
         }
+        #[cfg(not(feature = "spnego"))]
+        let _ = host;
         Ok(credentials)
     }
 

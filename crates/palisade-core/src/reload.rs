@@ -190,7 +190,7 @@ impl PolicyReloader {
         let mut last = self.0.last.lock().unwrap_or_else(PoisonError::into_inner);
         last.digest = Some(set.digest());
         last.named = set.files_named();
-        last.named_digest = files_digest(&last.named);
+        last.named_digest = set.named_digest().unwrap_or_else(|| files_digest(&last.named));
         drop(last);
         self
     }
@@ -296,14 +296,23 @@ impl PolicyReloader {
             }
         };
         let seen = digest(&now);
+        // The files it names, read outside the locks (a reload or a signal
+        // does not wait on them).
+        let named_files = self
+            .0
+            .last
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .named
+            .clone();
+        let named = files_digest(&named_files);
         let mut last = self.0.last.lock().unwrap_or_else(PoisonError::into_inner);
         let mut settling = self.0.settling.lock().unwrap_or_else(PoisonError::into_inner);
         if last.digest == Some(seen) {
             // A file it names changed (a secret rotated, a key file that
             // was missing written): loaded once two looks agree, as the
             // file itself.
-            let named = files_digest(&last.named);
-            if named != last.named_digest {
+            if last.named == named_files && named != last.named_digest {
                 let both = seen.rotate_left(1) ^ named;
                 if *settling != Some(both) {
                     *settling = Some(both);
@@ -311,6 +320,10 @@ impl PolicyReloader {
                 }
                 *settling = None;
                 drop(settling);
+                // Taken as seen whatever the load does: contents that do
+                // not load keep the files of those in force, and are not
+                // loaded again at every look for their change.
+                last.named_digest = named;
                 return Some(self.load(&mut last, Ok(now), false));
             }
             *settling = None;
@@ -491,21 +504,31 @@ fn refused(e: PolicyError, again: bool) -> Result<(), PolicyError> {
 }
 
 /// The digest of what `files` hold now (a file that cannot be read counts
-/// as such): a change of one is a change of the digest; 0 for none.
-fn files_digest(files: &[PathBuf]) -> u64 {
+/// as such): a change of one is a change of the digest; 0 for none. Keyed
+/// at random for the process, so it is no lasting fingerprint of a
+/// secret; a file over [`NAMED_READ_MAX`] (no secret, key or bundle is) is
+/// told by its length and time of change instead of read whole.
+pub(crate) fn files_digest(files: &[PathBuf]) -> u64 {
+    use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
+    static KEY: std::sync::OnceLock<std::collections::hash_map::RandomState> = std::sync::OnceLock::new();
     if files.is_empty() {
         return 0;
     }
-    let mut all = Vec::new();
+    let mut h = KEY.get_or_init(Default::default).build_hasher();
     for file in files {
-        match std::fs::read(file) {
-            Ok(contents) => all.extend_from_slice(&digest(&contents).to_le_bytes()),
-            Err(e) => all.extend_from_slice(format!("{:?}", e.kind()).as_bytes()),
+        match std::fs::metadata(file) {
+            Ok(m) if m.len() > NAMED_READ_MAX => (m.len(), m.modified().ok()).hash(&mut h),
+            _ => match std::fs::read(file) {
+                Ok(contents) => contents.hash(&mut h),
+                Err(e) => format!("{:?}", e.kind()).hash(&mut h),
+            },
         }
-        all.push(0);
     }
-    digest(&all)
+    h.finish()
 }
+
+/// The largest file a reloader reads whole to tell a change of it.
+const NAMED_READ_MAX: u64 = 1 << 20;
 
 /// What a hot reload must not lose: one value per key for the whole
 /// process, kept while something uses it. An authenticator that a reload
@@ -672,10 +695,10 @@ spec:
         let set = PolicySet::from_file(&file).unwrap();
         assert_eq!(set.files_named(), std::slice::from_ref(&secret));
         let guard = build_from_secret(&set).unwrap();
+        // Rotated after the file was read, before the reloader was made.
+        std::fs::write(&secret, "open\n").unwrap();
         let reloader = PolicyReloader::new(&file, &guard, build_from_secret).loaded_from(&set);
         assert!(!open(&guard));
-        assert!(reloader.reload_if_changed().is_none(), "nothing changed");
-        std::fs::write(&secret, "open\n").unwrap();
         assert!(reloader.reload_if_changed().is_none(), "seen once");
         assert!(matches!(reloader.reload_if_changed(), Some(Ok(()))));
         assert!(open(&guard), "the rotated secret is in force");
@@ -684,6 +707,13 @@ spec:
         std::fs::write(&file, "kind: [").unwrap();
         reloader.reload_if_changed();
         assert!(matches!(reloader.reload_if_changed(), Some(Err(_))));
+        // A file it names rotated while the contents do not load: tried
+        // once, not at every look.
+        std::fs::write(&secret, "rotated while broken\n").unwrap();
+        reloader.reload_if_changed();
+        assert!(matches!(reloader.reload_if_changed(), Some(Err(_))));
+        assert!(reloader.reload_if_changed().is_none(), "not again");
+        assert!(reloader.reload_if_changed().is_none(), "not again");
         std::fs::write(&file, &text).unwrap();
         reloader.reload_if_changed();
         assert!(matches!(reloader.reload_if_changed(), Some(Ok(()))));

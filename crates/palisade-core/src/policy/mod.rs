@@ -593,6 +593,10 @@ pub struct PolicySet {
     warnings: Vec<PolicyWarning>,
     /// The text's [`digest`]: a reloader tells a change from it.
     digest: u64,
+    /// Read from a file: what the files it names held just after it was
+    /// read (`reload::files_digest`), so a reloader also loads a change
+    /// of them made before it was made.
+    named_digest: Option<u64>,
 }
 
 /// Two sets are equal when their documents are, whatever text (comments,
@@ -952,7 +956,9 @@ impl PolicySet {
         let name = path.as_ref().display().to_string();
         let text = std::fs::read_to_string(path.as_ref())
             .map_err(|e| PolicyError::new(&name, format!("cannot read: {e}")))?;
-        Self::from_file_text(&text, &name)
+        let mut set = Self::from_file_text(&text, &name)?;
+        set.named_digest = Some(crate::reload::files_digest(&set.files_named()));
+        Ok(set)
     }
 
     /// A policy file's text, read at start-up or on reload: parsed as any
@@ -1020,6 +1026,7 @@ impl PolicySet {
             documents,
             warnings,
             digest: digest(text.as_bytes()),
+            named_digest: None,
         })
     }
 
@@ -1131,6 +1138,7 @@ impl PolicySet {
             warnings,
             // No text: the digest of none.
             digest: digest(b""),
+            named_digest: None,
         })
     }
 
@@ -1143,6 +1151,11 @@ impl PolicySet {
     /// The [`digest`] of the text the set was read from.
     pub(crate) fn digest(&self) -> u64 {
         self.digest
+    }
+
+    /// What the files it names held when it was read from a file.
+    pub(crate) fn named_digest(&self) -> Option<u64> {
+        self.named_digest
     }
 
     /// Every document, applicable or not.
