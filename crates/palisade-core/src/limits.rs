@@ -182,7 +182,10 @@ impl ServerLimits {
     /// body not complete by then is answered 408 and its connection closed:
     /// a client that stalls or drips its body is let go (one that sent most
     /// of a large body at once cannot then hold its connection for the
-    /// hour its bytes earned).
+    /// hour its bytes earned). Under HTTP/2 a stream held back by flow
+    /// control (the connection's window taken by other streams' bodies
+    /// their handlers have not read) pauses too: read bodies promptly, or
+    /// lift the limits for long-lived streams (`GrpcStreamsLayer`).
     pub fn body_read_timeout(mut self, timeout: Duration) -> Self {
         self.body_read_timeout = bounded(timeout);
         self

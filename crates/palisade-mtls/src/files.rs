@@ -284,6 +284,24 @@ mod tests {
         stamp: Arc<Mutex<Stamps>>,
     }
 
+    impl Flaky {
+        /// Material of the file `name`, written "built" in a directory of
+        /// its own for `tag`: the directory, the file and the material.
+        fn built(tag: &str, name: &str) -> (PathBuf, PathBuf, Self) {
+            let dir = std::env::temp_dir().join(format!("palisade-files-{tag}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let file = dir.join(name);
+            std::fs::write(&file, "built").unwrap();
+            let r = Self {
+                file: file.clone(),
+                broken: Arc::new(AtomicBool::new(false)),
+                reads: Arc::default(),
+                stamp: Arc::new(Mutex::new(Stamps::built(stamp(std::slice::from_ref(&file))))),
+            };
+            (dir, file, r)
+        }
+    }
+
     impl Reload for Flaky {
         fn paths(&self) -> Vec<PathBuf> {
             vec![self.file.clone()]
@@ -312,16 +330,7 @@ mod tests {
     /// that makes a file readable changes no stamp).
     #[test]
     fn changes_before_the_first_look_load_and_a_refused_reload_is_tried_again() {
-        let dir = std::env::temp_dir().join(format!("palisade-files-retry-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("crl.pem");
-        std::fs::write(&file, "built").unwrap();
-        let r = Flaky {
-            file: file.clone(),
-            broken: Arc::new(AtomicBool::new(false)),
-            reads: Arc::default(),
-            stamp: Arc::new(Mutex::new(Stamps::built(stamp(std::slice::from_ref(&file))))),
-        };
+        let (dir, file, r) = Flaky::built("retry", "crl.pem");
         assert!(!reload_if_changed(&r), "unchanged since it was built");
         std::fs::write(&file, "rotated before the first look").unwrap();
         assert!(reload_if_changed(&r), "loaded at the first look");
@@ -345,16 +354,7 @@ mod tests {
     /// A watch ends once nothing else uses what it watches.
     #[test]
     fn a_watch_ends_when_its_material_is_no_longer_used() {
-        let dir = std::env::temp_dir().join(format!("palisade-files-unused-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("cert.pem");
-        std::fs::write(&file, "built").unwrap();
-        let r = Flaky {
-            file: file.clone(),
-            broken: Arc::new(AtomicBool::new(false)),
-            reads: Arc::default(),
-            stamp: Arc::new(Mutex::new(Stamps::built(stamp(std::slice::from_ref(&file))))),
-        };
+        let (dir, file, r) = Flaky::built("unused", "cert.pem");
         let watch = watch_all(vec![r.clone()], Duration::from_millis(10)).unwrap();
         // In use (this clone lives): the watch reads a change.
         std::fs::write(&file, "rotated, longer").unwrap();
