@@ -15,7 +15,14 @@ pub(crate) fn run(file: &Path) -> Report {
     let set = match PolicySet::from_file(file) {
         Ok(set) => set,
         Err(e) => {
-            let mut err = vec![e.to_string()];
+            // Every document that does not load, not only the first.
+            let mut err: Vec<String> = PolicySet::problems_in_file(file)
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            if err.is_empty() {
+                err.push(e.to_string());
+            }
             if looks_like_cases(file) {
                 err.push(format!(
                     "hint: {} is a case file: `palisade test POLICY.yaml {}` decides its cases with a policy file",

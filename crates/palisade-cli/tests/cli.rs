@@ -145,13 +145,35 @@ fn the_bookinfo_cases_reach_every_rule_of_the_mesh() {
 fn a_broken_file_fails_check_naming_the_field() {
     let dir = Scratch::new("broken");
     let sample = std::fs::read_to_string(root().join("examples/policies/deny-admin.yaml")).unwrap();
-    let typo = dir.file("typo.yaml", &sample.replace("action: DENY", "action: DENNY"));
+    let typo = dir.file("typo.yaml", &sample.replacen("action: DENY", "action: DENNY", 1));
     let check = palisade(&["check", &typo]);
     let err = text(&check.stderr);
     assert_eq!(check.status.code(), Some(1), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(
         err.contains("document 2 (AuthorizationPolicy default/admin-needs-role): field `spec.action`"),
+        "{err}"
+    );
+
+    // Every document that does not load is a line of its own, in file
+    // order: here a second typo, two documents on, and one in between
+    // that loads.
+    let mesh = std::fs::read_to_string(root().join("examples/bookinfo/mesh.yaml")).unwrap();
+    let two = dir.file(
+        "two.yaml",
+        &format!(
+            "{}---\n{mesh}---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: p}}\nspec: {{mtls: {{mode: STRICTT}}}}\n",
+            sample.replacen("action: DENY", "action: DENNY", 1)
+        ),
+    );
+    let check = palisade(&["check", &two]);
+    let err = text(&check.stderr);
+    assert_eq!(check.status.code(), Some(1), "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(lines[0].contains("field `spec.action`"), "{err}");
+    assert!(
+        lines[1].contains("(PeerAuthentication default/p): field `spec.mtls.mode`"),
         "{err}"
     );
 
@@ -168,7 +190,6 @@ fn a_broken_file_fails_check_naming_the_field() {
     );
 
     // Wrong only for the workloads it applies to, when compiled for them.
-    let mesh = std::fs::read_to_string(root().join("examples/bookinfo/mesh.yaml")).unwrap();
     let unbound = dir.file(
         "unbound.yaml",
         &mesh.replace(
@@ -538,7 +559,7 @@ spec:
 fn a_policy_file_that_does_not_load_exits_1_with_one_line_for_every_subcommand() {
     let dir = Scratch::new("unloadable");
     let sample = std::fs::read_to_string(root().join("examples/policies/deny-admin.yaml")).unwrap();
-    let typo = dir.file("typo.yaml", &sample.replace("action: DENY", "action: DENNY"));
+    let typo = dir.file("typo.yaml", &sample.replacen("action: DENY", "action: DENNY", 1));
     let cases = "examples/policies/deny-admin.cases.yaml";
     let want = "document 2 (AuthorizationPolicy default/admin-needs-role): field `spec.action`";
     let mut lines = Vec::new();

@@ -961,6 +961,21 @@ impl PolicySet {
         Ok(set)
     }
 
+    /// Every problem of the policy file at `path` that keeps it from
+    /// loading, one per document that does not load, in file order (what
+    /// [`from_file`](Self::from_file) stops at the first of; the checks
+    /// across documents, such as two of one name, run once every document
+    /// loads): `palisade check`'s one line per problem. Empty when the file
+    /// loads. Nothing is logged.
+    #[must_use]
+    pub fn problems_in_file(path: impl AsRef<Path>) -> Vec<PolicyError> {
+        let name = path.as_ref().display().to_string();
+        match std::fs::read_to_string(path.as_ref()) {
+            Ok(text) => Self::parse_all(&text, &name, false).err().unwrap_or_default(),
+            Err(e) => vec![PolicyError::new(&name, format!("cannot read: {e}"))],
+        }
+    }
+
     /// A policy file's text, read at start-up or on reload: parsed as any
     /// stream, and one that holds no document is warned of too
     /// ([`EMPTY_FILE`]). The warnings are logged as a configuration's
@@ -999,8 +1014,16 @@ impl PolicySet {
 
     /// [`from_yaml_str`](Self::from_yaml_str) without logging its warnings.
     fn parse(text: &str, source: &str) -> Result<Self, PolicyError> {
+        Self::parse_all(text, source, true).map_err(|mut problems| problems.swap_remove(0))
+    }
+
+    /// [`parse`](Self::parse), going on past a document that does not load
+    /// unless `first_only`: every such document's problem, in file order
+    /// (the checks across documents run once each of them loads).
+    fn parse_all(text: &str, source: &str, first_only: bool) -> Result<Self, Vec<PolicyError>> {
         let mut documents = Vec::new();
         let mut warnings = Vec::new();
+        let mut problems = Vec::new();
         let mut count = 0;
         for chunk in split_documents(text) {
             let index = count + 1;
@@ -1009,7 +1032,17 @@ impl PolicySet {
                     .at(index, resource, e.field)
                     .at_line(e.line, e.column)
             };
-            let header: Option<Header> = parse(&chunk).map_err(|e| located(None, e))?;
+            let header: Option<Header> = match parse(&chunk) {
+                Ok(header) => header,
+                Err(e) => {
+                    problems.push(located(None, e));
+                    count = index;
+                    if first_only {
+                        break;
+                    }
+                    continue;
+                }
+            };
             // Text before the first `---` that holds no document is not one.
             if header.is_none() && chunk.first_line == 1 && !chunk.marked {
                 continue;
@@ -1017,10 +1050,23 @@ impl PolicySet {
             count = index;
             // An empty document (a stray `---`) is allowed, as kubectl allows it.
             let Some(header) = header else { continue };
-            let document = Self::document(&chunk, header, index, source, located)?;
-            admit(&mut documents, &mut warnings, document, source)?;
+            let admitted = Self::document(&chunk, header, index, source, located)
+                .and_then(|document| admit(&mut documents, &mut warnings, document, source));
+            if let Err(e) = admitted {
+                problems.push(e);
+                if first_only {
+                    break;
+                }
+            }
         }
-        finish(&documents, &mut warnings, source)?;
+        if problems.is_empty()
+            && let Err(e) = finish(&documents, &mut warnings, source)
+        {
+            problems.push(e);
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
         Ok(Self {
             source: source.to_owned(),
             documents,

@@ -1980,3 +1980,37 @@ fn the_sign_in_document_is_chosen_once() {
         );
     }
 }
+
+/// `problems_in_file`: every document that does not load, in file order;
+/// nothing for a file that loads; the read error for one that cannot be
+/// read.
+#[test]
+fn every_document_that_does_not_load_is_a_problem_of_its_own() {
+    let dir = std::env::temp_dir().join(format!("palisade-problems-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("policy.yaml");
+    let ok = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: ok}\nspec: {}\n";
+    std::fs::write(
+        &file,
+        format!(
+            "{}---\n{ok}---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: p}}\nspec: {{mtls: {{mode: STRICTT}}}}\n",
+            ok.replace("spec: {}", "spec: {action: ALOW}").replace("name: ok", "name: first")
+        ),
+    )
+    .unwrap();
+    let first = PolicySet::from_file(&file).unwrap_err();
+    let problems = PolicySet::problems_in_file(&file);
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert_eq!(problems[0].to_string(), first.to_string());
+    assert_eq!((problems[0].document, problems[1].document), (Some(1), Some(3)));
+    assert_eq!(problems[1].field.as_deref(), Some("spec.mtls.mode"));
+    std::fs::write(&file, ok).unwrap();
+    assert!(PolicySet::problems_in_file(&file).is_empty());
+    std::fs::remove_file(&file).unwrap();
+    let problems = PolicySet::problems_in_file(&file);
+    assert!(
+        problems.len() == 1 && problems[0].to_string().contains("cannot read"),
+        "{problems:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
