@@ -5,7 +5,8 @@
 //! An upstream named `NAME` is, for policy, the host
 //! `NAME.<namespace>.svc.cluster.local`: requests are sent to that name
 //! (as `Host`, and as SNI over TLS, unless the rule names another `sni`),
-//! resolved to the URL's address, as a mesh's DNS would. Every failure is an
+//! connected to the URL's host (resolved at each new connection), as a
+//! mesh's DNS would. Every failure is an
 //! answer of the section, never an error of productpage: no caller token
 //! when one is needed 401, no connection or a failed TLS check 502, no
 //! answer in time 504.

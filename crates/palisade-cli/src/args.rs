@@ -71,8 +71,9 @@ test     runs the decision cases of CASES.yaml; prints each failed case, the
 file named like one: `palisade check -- --odd.yaml`).
 
 Exit status: 0 success; 1 problems (check), failed cases or a bad case file
-(test), or a policy file that does not load (all three: one line naming the
-file, the document and the field); 2 a usage error (bad arguments).
+(test), or a policy file that does not load (a line naming the file, the
+document and the field; check gives one for each document that does not
+load); 2 a usage error (bad arguments).
 ";
 
 /// A workload named on the command line or in a case: `NS/NAME`.

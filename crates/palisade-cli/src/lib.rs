@@ -67,9 +67,10 @@
 //! the workload labelled `app: NAME` alone, and `--label`'s.
 //!
 //! Exit status: 1 also when the policy file does not load (or does not
-//! compile for the workload), for every subcommand, with one line naming
-//! the file, the document and the field; 2 for a usage error (bad
-//! arguments), with one line on stderr.
+//! compile for the workload), for every subcommand, with a line naming
+//! the file, the document and the field (`check`: one for each document
+//! that does not load); 2 for a usage error (bad arguments), with one line
+//! on stderr.
 
 mod args;
 mod cases;

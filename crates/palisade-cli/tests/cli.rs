@@ -156,8 +156,7 @@ fn a_broken_file_fails_check_naming_the_field() {
     );
 
     // Every document that does not load is a line of its own, in file
-    // order: here a second typo, two documents on, and one in between
-    // that loads.
+    // order: here a second typo after sixteen documents that load.
     let mesh = std::fs::read_to_string(root().join("examples/bookinfo/mesh.yaml")).unwrap();
     let two = dir.file(
         "two.yaml",

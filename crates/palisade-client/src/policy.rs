@@ -73,8 +73,8 @@ impl Upstreams {
     /// [`from_policy`](FromPolicy::from_policy) reads them (the secret
     /// files too), without building the map: nothing is said about what it
     /// would send (the `*` entry's warning), for a reload that checks a
-    /// file whose credentials take effect at restart, or a tool that checks
-    /// a policy file.
+    /// file before it builds anything, or a tool that checks a policy
+    /// file.
     ///
     /// # Errors
     /// As [`from_policy`](FromPolicy::from_policy).

@@ -16,7 +16,8 @@
 //! change.
 //!
 //! It reloads when told ([`PolicyReloader::reload`]), when the file's
-//! contents change ([`PolicyReloader::watch`]) and on `SIGHUP`
+//! contents, or those of a file it names (a secret, a key, a CA bundle),
+//! change ([`PolicyReloader::watch`]) and on `SIGHUP`
 //! ([`PolicyReloader::reload_on_sighup`]). Every attempt is counted in
 //! [`CONFIG_RELOADS`].
 //!

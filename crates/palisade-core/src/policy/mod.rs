@@ -950,6 +950,11 @@ impl PolicySet {
     /// with a warning, since it is as often a file a writer has truncated
     /// and not yet written (`> policy.yaml`) as a choice.
     ///
+    /// The files the documents name (secrets, keys, CA bundles) are read
+    /// too, for their digest only, so that a reloader told of this set
+    /// ([`PolicyReloader::loaded_from`](crate::reload::PolicyReloader::loaded_from))
+    /// sees a change made after it was read.
+    ///
     /// # Errors
     /// A [`PolicyError`] naming the file, the document and the field.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, PolicyError> {
@@ -963,10 +968,12 @@ impl PolicySet {
 
     /// Every problem of the policy file at `path` that keeps it from
     /// loading, one per document that does not load, in file order (what
-    /// [`from_file`](Self::from_file) stops at the first of; the checks
-    /// across documents, such as two of one name, run once every document
-    /// loads): `palisade check`'s one line per problem. Empty when the file
-    /// loads. Nothing is logged.
+    /// [`from_file`](Self::from_file) stops at the first of; two documents
+    /// of one name, or a setting given twice, are found against the
+    /// documents before them that loaded, and settings naming no issuer
+    /// once every document loads): `palisade
+    /// check`'s one line per problem. Empty when the file loads. Nothing is
+    /// logged.
     #[must_use]
     pub fn problems_in_file(path: impl AsRef<Path>) -> Vec<PolicyError> {
         let name = path.as_ref().display().to_string();
