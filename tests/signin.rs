@@ -1371,3 +1371,40 @@ async fn the_timeout_of_calls_to_the_issuer_bounds_the_fetch_of_its_keys() {
         "{back:?}"
     );
 }
+
+/// Sign-in alone (no `RequestAuthentication`): an API call without a
+/// session is CONTRACT.md's 401, its `Bearer` challenge first, then where
+/// to sign in; on both frameworks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_alone_answers_an_api_call_with_the_bearer_challenge_first() {
+    let f = fixture(Duration::from_secs(300));
+    let with_jwt = policy(&f.issuer, &f.key_file, "");
+    let (_, alone) = with_jwt
+        .split_once("---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy")
+        .unwrap();
+    let alone = format!("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy{alone}");
+    let (a, b) = serve_both(|| guard_from(&alone));
+    for base in [&a, &b] {
+        ready(base).await;
+        let res = client()
+            .get(format!("{base}/whoami"))
+            .header("accept", "application/json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 401, "{base}");
+        let challenges: Vec<&str> = res
+            .headers()
+            .get_all("www-authenticate")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(
+            challenges,
+            [
+                r#"Bearer realm="productpage", Cookie realm="productpage", form-action="/login", cookie-name="palisade_session""#
+            ],
+            "{base}"
+        );
+    }
+}

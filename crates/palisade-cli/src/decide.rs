@@ -556,7 +556,7 @@ impl Route {
 #[derive(Clone, Debug)]
 pub(crate) struct SignInRoutes {
     routes: Vec<(String, Route)>,
-    /// Sign-in's `Cookie` challenge, which a guard whose other
+    /// Sign-in's challenges (`Bearer`, then `Cookie`), which a guard whose other
     /// authenticators have none answers a request without a credential
     /// with (a 401, not a 403).
     challenge: String,
@@ -577,7 +577,7 @@ impl SignInRoutes {
                 (paths.logout.to_owned(), Route::Logout),
                 (paths.backchannel_logout.to_owned(), Route::Backchannel),
             ],
-            challenge: palisade_core::authn::cookie_challenge(
+            challenge: palisade_core::authn::sign_in_challenge(
                 sign_in.client_id(),
                 paths.login,
                 sign_in.cookie_name(),
@@ -1226,7 +1226,7 @@ spec:
 ";
 
     /// Sign-in alone (no JWT rule): the service's 401 with sign-in's
-    /// `Cookie` challenge, and its redirect for a browser, as the guard
+    /// challenges (`Bearer`, then `Cookie`), and its redirect for a browser, as the guard
     /// answers with the real sign-in; not the 403 of a guard no challenge
     /// names.
     #[test]

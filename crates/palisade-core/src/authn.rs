@@ -35,7 +35,7 @@ use crate::check::Check;
 use crate::error::Rejection;
 use crate::identity::{AuthMethod, Identity};
 
-pub use crate::error::{bearer_challenge, cookie_challenge};
+pub use crate::error::{bearer_challenge, cookie_challenge, sign_in_challenge};
 pub use crate::flight::SingleFlight;
 pub use crate::request::{ConnectionInfo, OwnedRequest, PeerRecheck, RequestHead, started_elsewhere};
 pub use crate::shed::shed_soonest;
@@ -489,8 +489,9 @@ pub trait Authenticator: Any + Send + Sync {
     /// The challenge of a guard none of whose authenticators has one
     /// ([`challenge`](Self::challenge)): a 401 must carry one (RFC 9110
     /// §11.6.1). Browser sign-in, whose credential is a cookie, gives its
-    /// `Cookie` challenge here ([`cookie_challenge`]), so that it is not
-    /// added beside a `Bearer` one. `None` (the default): none.
+    /// challenges here ([`sign_in_challenge`]: `Bearer`, then the `Cookie`
+    /// one saying where to sign in), so that they are not added beside
+    /// another authenticator's `Bearer`. `None` (the default): none.
     fn fallback_challenge(&self) -> Option<String> {
         None
     }

@@ -316,6 +316,20 @@ pub fn cookie_challenge(realm: &str, form_action: &str, cookie_name: &str) -> St
     )
 }
 
+/// The challenges of a guard that signs browsers in and takes no other
+/// credential, for a request without one that is not sent to sign in (an
+/// API call): `Bearer realm="REALM"` first, the challenge a client reads
+/// for a request without a credential (CONTRACT.md's 401), then the
+/// [`cookie_challenge`] saying where to sign in.
+#[must_use]
+pub fn sign_in_challenge(realm: &str, form_action: &str, cookie_name: &str) -> String {
+    format!(
+        "{}, {}",
+        bearer_challenge(realm),
+        cookie_challenge(realm, form_action, cookie_name)
+    )
+}
+
 /// Keeps a value inside a quoted-string: printable ASCII without `"` and `\`
 /// (RFC 6750 §3 limits `error_description` to that set anyway).
 fn quote_safe(s: &str) -> String {

@@ -2110,16 +2110,20 @@ impl Authenticator for SignIn {
         None
     }
 
-    /// `Cookie realm="CLIENT", form-action="LOGIN PATH", cookie-name="…"`:
-    /// the 401 of a guard that signs browsers in and takes no other
-    /// credential (an API call without a session) says where to sign in.
+    /// `externalOrigin`, when configured: the origin the service is
+    /// reached by.
     fn own_origin(&self) -> Option<&str> {
         self.0.config.external_origin.as_deref()
     }
 
+    /// `Bearer realm="CLIENT", Cookie realm="CLIENT", form-action="LOGIN
+    /// PATH", cookie-name="…"` ([`sign_in_challenge`](palisade_core::authn::sign_in_challenge)):
+    /// the 401 of a guard that signs browsers in and takes no other
+    /// credential (an API call without a session) carries the contract's
+    /// `Bearer` challenge and says where to sign in.
     fn fallback_challenge(&self) -> Option<String> {
         let c = &self.0.config;
-        Some(palisade_core::authn::cookie_challenge(
+        Some(palisade_core::authn::sign_in_challenge(
             &c.client_id,
             &c.login_path,
             &c.cookie_name,
@@ -3450,7 +3454,7 @@ mod tests {
             (
                 401,
                 vec![
-                    r#"Cookie realm="shop", form-action="/login", cookie-name="palisade_session""#.to_owned()
+                    r#"Bearer realm="shop", Cookie realm="shop", form-action="/login", cookie-name="palisade_session""#.to_owned()
                 ]
             )
         );
