@@ -515,7 +515,7 @@ async fn the_bookinfo_command_starts_the_whole_system_as_its_policy_file_says() 
 }
 
 /// A reload of the mesh file puts what it says of the calls the services
-/// make in force for the next calls (CONTRACT.md: the file is loaded and
+/// make in force for the next calls (docs/examples.md: the file is loaded and
 /// swapped in), as Istio applies a changed `DestinationRule` at once:
 /// productpage's `UpstreamCredentials` (relay → its own token),
 /// reviews' to ratings (relay → exchange), a `DestinationRule` (details'

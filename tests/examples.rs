@@ -308,7 +308,7 @@ fn bad_configuration_exits_with_one_line_naming_file_document_and_field() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-/// SIGTERM and SIGINT stop every program, exiting 0 (CONTRACT.md).
+/// SIGTERM and SIGINT stop every program, exiting 0 (docs/examples.md).
 #[test]
 fn sigterm_and_sigint_shut_down_gracefully() {
     for name in ["details", "reviews", "productpage", "ratings"] {

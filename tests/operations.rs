@@ -524,7 +524,7 @@ spec: {{selector: {{matchLabels: {{app: details}}}}, mtls: {{mode: {mode}}}}}
 
 /// A reload of a file that does not load keeps the policy in force and
 /// logs one `ERROR` line naming the file, the document and the field
-/// (CONTRACT.md), on both frameworks.
+/// (docs/examples.md), on both frameworks.
 #[tokio::test]
 async fn a_file_that_does_not_load_is_one_error_line_naming_document_and_field() {
     for example in ["details", "reviews"] {

@@ -1373,7 +1373,7 @@ async fn the_timeout_of_calls_to_the_issuer_bounds_the_fetch_of_its_keys() {
 }
 
 /// Sign-in alone (no `RequestAuthentication`): an API call without a
-/// session is CONTRACT.md's 401, its `Bearer` challenge first, then where
+/// session is docs/examples.md's 401, its `Bearer` challenge first, then where
 /// to sign in; on both frameworks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_in_alone_answers_an_api_call_with_the_bearer_challenge_first() {

@@ -339,7 +339,7 @@ fn seconds_up_to(v: &str, most: f64) -> Option<std::time::Duration> {
 /// Logging on stderr, filtered by `RUST_LOG` (default `info`).
 ///
 /// Until [`started`], the lines are held: a start-up that fails prints its
-/// one error line alone (CONTRACT.md), not the warnings of a configuration
+/// one error line alone (docs/examples.md), not the warnings of a configuration
 /// that will not run before it.
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -670,7 +670,7 @@ pub fn start_operations(args: &Args, setup: &Setup) {
             .unwrap_or_else(|e| fail(&format!("--admin {addr}: {e}")));
         // Said before `listening on`, with the port `:0` was given; in
         // words that do not contain `listening on`, the service's own
-        // readiness line (CONTRACT.md), which a reader may look for
+        // readiness line (docs/examples.md), which a reader may look for
         // anywhere in a line.
         println!("admin address {}", listener.local_addr().unwrap_or(addr));
         std::thread::Builder::new()

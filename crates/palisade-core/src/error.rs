@@ -319,7 +319,7 @@ pub fn cookie_challenge(realm: &str, form_action: &str, cookie_name: &str) -> St
 /// The challenges of a guard that signs browsers in and takes no other
 /// credential, for a request without one that is not sent to sign in (an
 /// API call): `Bearer realm="REALM"` first, the challenge a client reads
-/// for a request without a credential (CONTRACT.md's 401), then the
+/// for a request without a credential (docs/examples.md's 401), then the
 /// [`cookie_challenge`] saying where to sign in.
 #[must_use]
 pub fn sign_in_challenge(realm: &str, form_action: &str, cookie_name: &str) -> String {

@@ -2119,8 +2119,9 @@ impl Authenticator for SignIn {
     /// `Bearer realm="CLIENT", Cookie realm="CLIENT", form-action="LOGIN
     /// PATH", cookie-name="…"` ([`sign_in_challenge`](palisade_core::authn::sign_in_challenge)):
     /// the 401 of a guard that signs browsers in and takes no other
-    /// credential (an API call without a session) carries the contract's
-    /// `Bearer` challenge and says where to sign in.
+    /// credential (an API call without a session) carries the `Bearer`
+    /// challenge of a request without a credential and says where to sign
+    /// in (sign-in takes no bearer token: one sent gets the same answer).
     fn fallback_challenge(&self) -> Option<String> {
         let c = &self.0.config;
         Some(palisade_core::authn::sign_in_challenge(
