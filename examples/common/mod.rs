@@ -830,8 +830,6 @@ pub fn outbound_for(
 /// (a secret rotated in its file is a change; a `DestinationRule`'s TLS
 /// files reload on their own).
 fn outbound_documents(policy: &WorkloadPolicy<'_>) -> (Vec<(String, palisade::core::policy::Spec)>, u64) {
-    use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
-    static KEY: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
     let documents: Vec<_> = policy
         .documents()
         .iter()
@@ -840,15 +838,16 @@ fn outbound_documents(policy: &WorkloadPolicy<'_>) -> (Vec<(String, palisade::co
         .collect::<std::collections::BTreeMap<_, _>>()
         .into_iter()
         .collect();
-    let mut secrets = KEY.get_or_init(Default::default).build_hasher();
-    for (_, spec) in &documents {
-        if let palisade::core::policy::Spec::UpstreamCredentials(s) = spec
-            && let Some(file) = &s.token.client_secret_file
-        {
-            std::fs::read(file).ok().hash(&mut secrets);
-        }
-    }
-    (documents, secrets.finish())
+    let secrets: Vec<PathBuf> = documents
+        .iter()
+        .filter_map(|(_, spec)| match spec {
+            palisade::core::policy::Spec::UpstreamCredentials(s) => {
+                s.token.client_secret_file.as_ref().map(PathBuf::from)
+            }
+            _ => None,
+        })
+        .collect();
+    (documents, palisade::core::reload::files_digest(&secrets))
 }
 
 /// A value made from `setup`'s file by `build`, and made again at each

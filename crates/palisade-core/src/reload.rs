@@ -507,9 +507,12 @@ fn refused(e: PolicyError, again: bool) -> Result<(), PolicyError> {
 /// The digest of what `files` hold now (a file that cannot be read counts
 /// as such): a change of one is a change of the digest; 0 for none. Keyed
 /// at random for the process, so it is no lasting fingerprint of a
-/// secret; a file over [`NAMED_READ_MAX`] (no secret, key or bundle is) is
-/// told by its length and time of change instead of read whole.
-pub(crate) fn files_digest(files: &[PathBuf]) -> u64 {
+/// secret; a file over 1 MiB (no secret, key or bundle is) is told by its
+/// length and time of change instead of read whole. How the reloader tells
+/// that a file the policy names changed; for an application that keeps
+/// state made from such files (a client secret) beside its guard.
+#[must_use]
+pub fn files_digest(files: &[PathBuf]) -> u64 {
     use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
     static KEY: std::sync::OnceLock<std::collections::hash_map::RandomState> = std::sync::OnceLock::new();
     if files.is_empty() {
