@@ -385,6 +385,11 @@ impl Kerberos {
                 resting().remove(&service);
                 Ok(h)
             }
+            // No KDC reachable (refused at once, its name not resolved): an
+            // outage, as a KDC that does not answer in time is.
+            Ok(Some(Err(e))) if e.is_kdc_unreachable() => Err(ClientError::Unavailable(format!(
+                "no Kerberos ticket for the upstream: {e}"
+            ))),
             Ok(Some(Err(e))) => Err(ClientError::Refused(format!(
                 "no Kerberos ticket for the upstream: {e}"
             ))),

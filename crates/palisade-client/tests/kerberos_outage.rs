@@ -64,6 +64,62 @@ mod with_spnego {
         palisade_testkit::run_test_again(TEST, CHILD, &env);
     }
 
+    const REFUSING_CHILD: &str = "PALISADE_CLIENT_KERBEROS_REFUSING_CHILD";
+    const REFUSING_TEST: &str = "with_spnego::a_kdc_that_refuses_connections_is_unavailable_not_a_refusal";
+
+    /// A KDC whose port is closed (its host up, the service down): MIT
+    /// fails at once with "Cannot contact any KDC", which is an outage
+    /// (`Unavailable`, what an application answers 503 for), not the KDC's
+    /// refusal of the user (`Refused`).
+    #[test]
+    fn a_kdc_that_refuses_connections_is_unavailable_not_a_refusal() {
+        if std::env::var_os(REFUSING_CHILD).is_some() {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let imp = Impersonator::new().expect("the service's own credentials from its client keytab");
+                let kerberos = Credentials::Kerberos(Kerberos::s4u(imp).kdc_timeout(Duration::from_secs(20)));
+                let caller = CallerToken::from_kerberos(KerberosCaller::principal("alice@EXAMPLE.TEST"));
+                let mut headers = http::HeaderMap::new();
+                match kerberos
+                    .apply(&mut headers, Some("localhost"), Some(&caller))
+                    .await
+                {
+                    Err(ClientError::Unavailable(why)) => {
+                        assert!(why.contains("Cannot contact any KDC"), "{why}");
+                    }
+                    other => panic!("not unavailable: {other:?}"),
+                }
+                assert!(headers.is_empty());
+            });
+            return;
+        }
+        let realm = KerberosRealm::start().unwrap_or_else(|e| panic!("{e}"));
+        let keytab = realm.add_service("HTTP/localhost").unwrap();
+        realm.allow_protocol_transition("HTTP/localhost").unwrap();
+        // A port nobody listens on: bound, then let go.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let refusing_conf = realm.krb5_conf_with_kdc(closed).unwrap();
+        let mut env = realm.server_env(&keytab);
+        for (k, v) in &mut env {
+            if k == "KRB5_CONFIG" {
+                *v = refusing_conf.display().to_string();
+            }
+        }
+        env.push(("KRB5_CLIENT_KTNAME".into(), format!("FILE:{}", keytab.display())));
+        env.push((
+            "KRB5CCNAME".into(),
+            format!("FILE:{}", realm.dir().join("service.cc").display()),
+        ));
+        palisade_testkit::run_test_again(REFUSING_TEST, REFUSING_CHILD, &env);
+    }
+
     /// In the run with the silent KDC.
     async fn outage() {
         let imp = Impersonator::new().expect("the service's own credentials from its client keytab");

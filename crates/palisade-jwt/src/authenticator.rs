@@ -57,7 +57,8 @@ struct TenantStores {
     live: HashMap<String, Arc<Tenant>>,
     order: std::collections::VecDeque<String>,
     /// When the rule last allowed each name ([`mono_ms`]): the live
-    /// tenants, and names whose tenant could not be set up.
+    /// tenants, and names whose tenant could not be set up (at most
+    /// [`REFUSED_TENANTS`] of those, forgotten all at once when full).
     allowed: HashMap<String, u64>,
     /// Names the rule refused, and when ([`mono_ms`]), so a resolver is not
     /// asked again for each token that names one; forgotten all at once
@@ -152,6 +153,15 @@ impl TenantStores {
     fn record(&mut self, name: &str, allowed: bool, at: u64) {
         if allowed {
             self.refused.remove(name);
+            // Names allowed but not live (their tenant could not be set
+            // up: the start rate used up, the issuer unreachable) are
+            // forgotten all at once when there are as many as refused
+            // names are kept, so tokens naming a new tenant each, which a
+            // rule allowing every name lets through, cannot grow the map.
+            if !self.allowed.contains_key(name) && self.allowed.len() >= self.live.len() + REFUSED_TENANTS {
+                let live = &self.live;
+                self.allowed.retain(|n, _| live.contains_key(n));
+            }
             self.allowed.insert(name.to_owned(), at);
             if let Some(live) = self.live.get(name) {
                 live.allowed_at.store(at, Ordering::Relaxed);
@@ -195,7 +205,8 @@ fn mono_ms() -> u64 {
 /// [`mono_ms`]' offset: a day.
 const MONO_OFFSET_MS: u64 = 86_400_000;
 
-/// How many refused tenant names are remembered ([`TenantStores::refused`]).
+/// How many refused tenant names are remembered ([`TenantStores::refused`]),
+/// and allowed ones without a tenant ([`TenantStores::allowed`]).
 const REFUSED_TENANTS: usize = 1024;
 
 /// How long the tenants' rule's answer about a name is kept: a tenant the
@@ -2770,6 +2781,43 @@ mod tests {
         assert!(known.is_ok_and(|(_, t)| t.store.is_some()));
         let live = jwt.tenant("http://127.0.0.1:9/realms/live");
         assert!(live.is_ok_and(|(_, t)| t.store.is_some()));
+    }
+
+    /// Tokens naming a new tenant each, allowed by the rule but refused
+    /// for the start rate, leave no memory behind: the rule's allowances
+    /// of names without a tenant are bounded, and a live tenant keeps its.
+    #[test]
+    fn allowed_tenants_that_cannot_start_are_bounded() {
+        let jwt = JwtAuthenticator::builder()
+            .provider(
+                Provider::builder("http://127.0.0.1:9/realms/{tenant}")
+                    .audience("api")
+                    .jwks_uri("http://127.0.0.1:9/realms/{tenant}/certs")
+                    .tenant_resolver(|_| true)
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        assert!(jwt.tenant("http://127.0.0.1:9/realms/live").is_ok());
+        let stores = jwt.0.providers[0].tenants.as_ref().unwrap();
+        stores.lock().unwrap().starts = StartBudget {
+            left: 0.0,
+            at: std::time::Instant::now(),
+        };
+        for i in 0..3 * REFUSED_TENANTS {
+            assert!(matches!(
+                jwt.tenant(&format!("http://127.0.0.1:9/realms/forged{i}")),
+                Err(JwtError::KeysUnavailable)
+            ));
+        }
+        let stores = stores.lock().unwrap();
+        assert!(
+            stores.allowed.len() <= REFUSED_TENANTS + stores.live.len(),
+            "{}",
+            stores.allowed.len()
+        );
+        assert!(stores.allowed.contains_key("live"));
     }
 
     /// The protected resource metadata (RFC 9728) names issuers: a fixed

@@ -134,8 +134,9 @@ pub enum ConfigError {
     /// No provider at all.
     #[error("no JWT provider is configured")]
     NoProvider,
-    /// A CA file that cannot be read or parsed.
-    #[error("CA certificates `{0}`: {1}")]
+    /// Extra trust anchors ([`FetchSettings::extra_ca_pem`]) without a
+    /// usable certificate: the issuer, and why.
+    #[error("issuer `{0}`: the CA certificates are not usable: {1}")]
     InvalidCa(String, String),
     /// A setting out of its range.
     #[error("{0}")]
@@ -269,7 +270,9 @@ pub struct FetchSettings {
     pub timeout: Duration,
     /// Largest body accepted (1 MiB).
     pub max_body: usize,
-    /// Extra PEM trust anchors for the issuer's TLS certificate.
+    /// Extra PEM trust anchors for the issuer's TLS certificate: at least
+    /// one certificate, or [`ProviderBuilder::build`] refuses them
+    /// ([`ConfigError::InvalidCa`]).
     pub extra_ca_pem: Option<Vec<u8>>,
 }
 
@@ -719,6 +722,8 @@ impl ProviderBuilder {
                 "fetch settings: need min_ttl <= max_ttl, a non-zero timeout and max_body".into(),
             ));
         }
+        crate::jwks::check_ca_bundle(f)
+            .map_err(|e| ConfigError::InvalidCa(url_without_credentials(&self.issuer), e))?;
         // A pattern exactly when there are tenants, and no broken pattern.
         let pattern = self.tenants.is_some();
         if palisade_core::syntax::issuer_pattern(&self.issuer) != Ok(pattern) {
@@ -794,6 +799,41 @@ fn check_header_name(name: &str) -> Result<(), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Extra CA certificates the issuer's HTTP client could not use (none
+    /// in the text, a PEM block that is not base64 or not a certificate)
+    /// are a configuration error, not a key store that never fetches.
+    #[test]
+    fn ca_certificates_without_a_usable_one_are_refused() {
+        let build = |pem: &[u8]| {
+            let f = FetchSettings {
+                extra_ca_pem: Some(pem.to_vec()),
+                ..FetchSettings::default()
+            };
+            Provider::builder("https://i")
+                .audience("a")
+                .fetch_settings(f)
+                .build()
+        };
+        let block = |body: &str| format!("-----BEGIN CERTIFICATE-----\n{body}\n-----END CERTIFICATE-----\n");
+        for pem in [
+            String::new(),
+            "not a certificate\n".into(),
+            block("!!!!"),
+            block("AAAAAAAA"),
+        ] {
+            let err = build(pem.as_bytes()).unwrap_err();
+            assert!(matches!(err, ConfigError::InvalidCa(..)), "{pem:?}: {err}");
+            assert!(
+                err.to_string()
+                    .starts_with("issuer `https://i`: the CA certificates"),
+                "{err}"
+            );
+        }
+        let ca = palisade_testkit::TestPki::new().ca_pem();
+        assert!(build(ca.as_bytes()).is_ok());
+        assert!(build(format!("{ca}{}", palisade_testkit::TestPki::new().ca_pem()).as_bytes()).is_ok());
+    }
 
     #[test]
     fn audience_is_required_unless_dangerously_waived() {

@@ -702,6 +702,21 @@ pub(crate) fn http_client(settings: &FetchSettings) -> Result<reqwest::Client, S
     client_with(settings, Redirects::NoDowngrade)
 }
 
+/// Checks that the issuer's HTTP client can be built with `settings`' extra
+/// trust anchors, which hold at least one certificate: at configuration,
+/// so that a bad CA file is an error there, not a key store that never
+/// fetches.
+pub(crate) fn check_ca_bundle(settings: &FetchSettings) -> Result<(), String> {
+    let Some(pem) = &settings.extra_ca_pem else {
+        return Ok(());
+    };
+    let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("bad CA bundle: {e}"))?;
+    if certs.is_empty() {
+        return Err("no PEM certificate in it".into());
+    }
+    http_client(settings).map(drop)
+}
+
 /// [`http_client`] whose redirects stay on the first request's origin
 /// ([`Redirects::SameOrigin`]): for token introspection.
 pub(crate) fn same_origin_client(settings: &FetchSettings) -> Result<reqwest::Client, String> {
@@ -718,7 +733,11 @@ fn client_with(settings: &FetchSettings, redirects: Redirects) -> Result<reqwest
         let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("bad CA bundle: {e}"))?;
         b = b.tls_certs_merge(certs);
     }
-    b.build().map_err(|e| format!("cannot build HTTP client: {e}"))
+    b.build().map_err(|e| {
+        // reqwest's own text is "builder error"; what went wrong is its source.
+        let why = std::error::Error::source(&e).map_or_else(|| e.to_string(), ToString::to_string);
+        format!("cannot build HTTP client: {why}")
+    })
 }
 
 /// Runs `build` on Tokio's blocking pool, one such build at a time

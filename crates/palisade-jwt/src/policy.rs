@@ -363,6 +363,8 @@ fn fetch_settings(
                     .error_at(doc, "spec.caFile", format!("cannot read {path}: {e}"))
                     .with_source(e)
             })?);
+            crate::jwks::check_ca_bundle(&f)
+                .map_err(|e| policy.error_at(doc, "spec.caFile", format!("{path}: {e}")))?;
         }
     }
     if let Some(kc) = adapter {
@@ -857,6 +859,45 @@ spec: {{principalClaim: {claim}}}
         documents[2].metadata.namespace = Some("default".into());
         let err = PolicySet::from_documents("code", documents).unwrap_err();
         assert_eq!(err.field.as_deref(), Some("spec.principalClaim"), "{err}");
+    }
+
+    /// A `caFile` that holds no usable certificate is refused at load,
+    /// naming the document and the field.
+    #[test]
+    fn a_ca_file_without_a_certificate_is_refused_at_its_field() {
+        let dir = std::env::temp_dir().join(format!("palisade-jwt-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (bad, good) = (dir.join("bad.pem"), dir.join("good.pem"));
+        std::fs::write(
+            &bad,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        std::fs::write(&good, palisade_testkit::TestPki::new().ca_pem()).unwrap();
+        let load = |file: &std::path::Path| {
+            let yaml = format!(
+                "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt}}
+spec:
+  jwtRules: [{{issuer: https://kc.example/realms/shop, audiences: [details]}}]
+---
+apiVersion: palisade.dev/v1alpha1
+kind: JwtSettings
+metadata: {{name: tls}}
+spec: {{caFile: '{}'}}
+",
+                file.display()
+            );
+            let set = PolicySet::from_yaml_str(&yaml, "jwt.yaml").unwrap();
+            JwtAuthenticator::from_policy_offline(&set.for_workload(&Workload::new("details", "default")))
+                .map(|jwt| jwt.is_some())
+        };
+        let err = load(&bad).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("spec.caFile"), "{err}");
+        assert!(err.to_string().contains("tls"), "{err}");
+        assert_eq!(load(&good).ok(), Some(true));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

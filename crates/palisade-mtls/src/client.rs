@@ -102,6 +102,7 @@ impl ClientTlsBuilder {
         let stamp = files::stamp(&self.paths());
         let material = Arc::new(ArcSwap::from_pointee(load(&self, &provider)?));
         let expected: Arc<[String]> = self.expected.clone().into();
+        let sessions = ClientSessions::new();
         let mut config = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::new(&self.ca, e))?
@@ -110,9 +111,9 @@ impl ClientTlsBuilder {
                 material: material.clone(),
                 expected,
                 any_name: self.any_name,
+                sessions: sessions.clone(),
             }))
             .with_client_cert_resolver(Arc::new(ClientCert(material.clone())));
-        let sessions = ClientSessions::new();
         config.resumption = rustls::client::Resumption::store(sessions.clone());
         Ok(ClientTls(Arc::new(Inner {
             files: self,
@@ -261,11 +262,12 @@ impl files::Reload for ClientTls {
     /// clients and their connections hold those), a copy of the
     /// configuration (`(*client_config()).clone()`, as reqwest's
     /// `use_preconfigured_tls` takes it) included: every copy holds the
-    /// session store, which the configuration in `Inner` holds once.
+    /// session store, which `Inner`, its configuration and the
+    /// configuration's verifier hold once each.
     fn in_use_elsewhere(&self) -> bool {
         Arc::strong_count(&self.0) > 1
             || Arc::strong_count(&self.0.config) > 1
-            || Arc::strong_count(&self.0.sessions) > 2
+            || Arc::strong_count(&self.0.sessions) > 3
     }
 
     fn read_again(&self) -> Result<(), TlsError> {
@@ -307,6 +309,8 @@ struct SanVerifier {
     material: Arc<ArcSwap<Material>>,
     expected: Arc<[String]>,
     any_name: bool,
+    /// Told which servers it verified, and with which reload's material.
+    sessions: Arc<ClientSessions>,
 }
 
 impl fmt::Debug for SanVerifier {
@@ -352,16 +356,17 @@ fn names_one_of(der: &[u8], expected: &[String]) -> bool {
     })
 }
 
-impl ServerCertVerifier for SanVerifier {
-    fn verify_server_cert(
+impl SanVerifier {
+    /// The check of [`ServerCertVerifier::verify_server_cert`], with `verifier`.
+    fn verify_with(
         &self,
+        verifier: &WebPkiServerVerifier,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         server_name: &ServerName<'_>,
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let verifier = self.material.load().verifier.clone();
         match verifier.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             // The chain is good and the dialled name is in the certificate.
             Ok(v) if self.expected.is_empty() || names_one_of(end_entity, &self.expected) => Ok(v),
@@ -387,6 +392,27 @@ impl ServerCertVerifier for SanVerifier {
             )),
             Err(e) => Err(e),
         }
+    }
+}
+
+impl ServerCertVerifier for SanVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        // Read before the material: a reload in between makes this
+        // handshake's sessions unkept, never an old handshake's kept.
+        let generation = self.sessions.generation();
+        let verifier = self.material.load().verifier.clone();
+        let verified = self.verify_with(&verifier, end_entity, intermediates, server_name, ocsp, now);
+        if verified.is_ok() {
+            self.sessions.verified_as(generation, server_name);
+        }
+        verified
     }
 
     fn verify_tls12_signature(
@@ -462,6 +488,72 @@ mod tests {
         assert!(!has_spiffe_id(
             &pki.signing_workload("default", "reviews").cert_der()
         ));
+    }
+
+    /// A connection opened before a reload can receive its server's
+    /// session tickets after it (rustls puts them in the store the
+    /// configuration has then): they are not kept, so the next connection
+    /// does not resume a session whose server the new bundle no longer
+    /// trusts (nor present the old certificate). Without a reload, the same
+    /// late tickets are resumed (the test's control).
+    #[test]
+    fn tickets_a_connection_from_before_a_reload_receives_are_not_resumed() {
+        use rustls::{ClientConnection, HandshakeKind, ServerConnection};
+
+        use crate::test_support::handshake;
+        let dir = palisade_testkit::TempDir::new("palisade-mtls-client-late-tickets");
+        let (old, new) = (TestPki::new(), TestPki::new());
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, old.ca_pem()).unwrap();
+        let (cert, key) = old.server(&["localhost"]).write_to(dir.path(), "server").unwrap();
+        // Without a client CA, a server that gives session tickets.
+        let server = crate::ServerTls::builder(&cert, &key).build().unwrap();
+        for reload in [false, true] {
+            let client = ClientTls::server_only(&ca).build().unwrap();
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let mut c = ClientConnection::new(client.client_config(), name).unwrap();
+            let mut s = ServerConnection::new(server.server_config()).unwrap();
+            // The handshake, holding back what the server sends after the
+            // client's `Finished`: its tickets.
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                c.write_tls(&mut buf).unwrap();
+                s.read_tls(&mut &buf[..]).unwrap();
+                s.process_new_packets().unwrap();
+                buf.clear();
+                s.write_tls(&mut buf).unwrap();
+                if !c.is_handshaking() && !s.is_handshaking() {
+                    break;
+                }
+                c.read_tls(&mut &buf[..]).unwrap();
+                c.process_new_packets().unwrap();
+            }
+            assert!(!buf.is_empty(), "the server sent no tickets");
+            if reload {
+                std::fs::write(&ca, new.ca_pem()).unwrap();
+                client.reload().unwrap();
+            }
+            c.read_tls(&mut &buf[..]).unwrap();
+            c.process_new_packets().unwrap();
+            let next = handshake(client.client_config(), server.server_config());
+            if reload {
+                let Err(e) = next else {
+                    panic!("a session from before the reload resumed");
+                };
+                assert!(
+                    matches!(
+                        e,
+                        rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)
+                    ),
+                    "{e}"
+                );
+            } else {
+                let (c, _) = next.unwrap();
+                assert_eq!(c.handshake_kind(), Some(HandshakeKind::Resumed));
+            }
+            std::fs::write(&ca, old.ca_pem()).unwrap();
+        }
     }
 
     /// A watch's clone is in use elsewhere while another clone, a

@@ -3,11 +3,16 @@
 //! that began it: after a rotation, a connection that resumed would still
 //! present the old client certificate, and one to a server the new bundle
 //! no longer trusts would not check it again. Every successful reload of
-//! a `ClientTls` starts its store afresh. (The server side resumes nothing
-//! when it takes client certificates: `ServerTls::builder`.)
+//! a `ClientTls` starts its store afresh, and keeps the sessions a server
+//! gives afterwards only for a server name a handshake has verified since
+//! (a connection opened before the reload may receive its tickets after
+//! it: rustls puts them in the store the configuration has then). (The
+//! server side resumes nothing when it takes client certificates:
+//! `ServerTls::builder`.)
 
+use std::collections::HashSet;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
 use rustls::NamedGroup;
@@ -19,21 +24,77 @@ use rustls::pki_types::ServerName;
 /// Sessions kept for resumption, as rustls keeps them by default.
 const SESSIONS: usize = 256;
 
+/// Server names remembered as verified since the last reload; past it,
+/// forgotten all at once (their servers' next sessions are not kept until
+/// a handshake verifies them again).
+const VERIFIED_NAMES: usize = 1024;
+
 /// A client's sessions with the servers it called, forgotten at each
 /// reload: a new connection then presents the new certificate and checks
 /// the server against the new bundle.
-pub(crate) struct ClientSessions(ArcSwap<ClientSessionMemoryCache>);
+pub(crate) struct ClientSessions {
+    cache: ArcSwap<ClientSessionMemoryCache>,
+    verified: Mutex<Verified>,
+}
+
+/// The server names a handshake has verified since the last reload.
+struct Verified {
+    /// Counts the reloads.
+    generation: u64,
+    names: HashSet<ServerName<'static>>,
+}
 
 impl ClientSessions {
     pub(crate) fn new() -> Arc<Self> {
-        Arc::new(Self(ArcSwap::from_pointee(ClientSessionMemoryCache::new(
-            SESSIONS,
-        ))))
+        Arc::new(Self {
+            cache: ArcSwap::from_pointee(ClientSessionMemoryCache::new(SESSIONS)),
+            verified: Mutex::new(Verified {
+                generation: 0,
+                names: HashSet::new(),
+            }),
+        })
     }
 
-    /// Forgets every session.
+    fn verified(&self) -> std::sync::MutexGuard<'_, Verified> {
+        self.verified.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The reloads so far: read before the material a handshake is
+    /// verified with is loaded ([`verified_as`](Self::verified_as)).
+    pub(crate) fn generation(&self) -> u64 {
+        self.verified().generation
+    }
+
+    /// A handshake verified the server of `name` with the material of
+    /// `generation`: its sessions are kept, unless a reload came since.
+    pub(crate) fn verified_as(&self, generation: u64, name: &ServerName<'_>) {
+        let mut v = self.verified();
+        if v.generation == generation && !v.names.contains(name) {
+            if v.names.len() >= VERIFIED_NAMES {
+                v.names.clear();
+            }
+            v.names.insert(name.to_owned());
+        }
+    }
+
+    /// Forgets every session, and which servers were verified. Called
+    /// after the new material is in place.
     pub(crate) fn forget(&self) {
-        self.0.store(Arc::new(ClientSessionMemoryCache::new(SESSIONS)));
+        let mut v = self.verified();
+        v.generation += 1;
+        v.names.clear();
+        self.cache
+            .store(Arc::new(ClientSessionMemoryCache::new(SESSIONS)));
+    }
+
+    /// The store a new session with `name`'s server goes into: none when
+    /// no handshake has verified that server since the last reload (the
+    /// session may be of a connection opened before it).
+    fn keeping(&self, name: &ServerName<'_>) -> Option<Arc<ClientSessionMemoryCache>> {
+        // Under the lock, so that the store is the one of the generation
+        // whose names were read.
+        let v = self.verified();
+        v.names.contains(name).then(|| self.cache.load_full())
     }
 }
 
@@ -45,30 +106,34 @@ impl fmt::Debug for ClientSessions {
 
 impl ClientSessionStore for ClientSessions {
     fn set_kx_hint(&self, server_name: ServerName<'static>, group: NamedGroup) {
-        self.0.load().set_kx_hint(server_name, group);
+        self.cache.load().set_kx_hint(server_name, group);
     }
 
     fn kx_hint(&self, server_name: &ServerName<'_>) -> Option<NamedGroup> {
-        self.0.load().kx_hint(server_name)
+        self.cache.load().kx_hint(server_name)
     }
 
     fn set_tls12_session(&self, server_name: ServerName<'static>, value: Tls12ClientSessionValue) {
-        self.0.load().set_tls12_session(server_name, value);
+        if let Some(cache) = self.keeping(&server_name) {
+            cache.set_tls12_session(server_name, value);
+        }
     }
 
     fn tls12_session(&self, server_name: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
-        self.0.load().tls12_session(server_name)
+        self.cache.load().tls12_session(server_name)
     }
 
     fn remove_tls12_session(&self, server_name: &ServerName<'static>) {
-        self.0.load().remove_tls12_session(server_name);
+        self.cache.load().remove_tls12_session(server_name);
     }
 
     fn insert_tls13_ticket(&self, server_name: ServerName<'static>, value: Tls13ClientSessionValue) {
-        self.0.load().insert_tls13_ticket(server_name, value);
+        if let Some(cache) = self.keeping(&server_name) {
+            cache.insert_tls13_ticket(server_name, value);
+        }
     }
 
     fn take_tls13_ticket(&self, server_name: &ServerName<'static>) -> Option<Tls13ClientSessionValue> {
-        self.0.load().take_tls13_ticket(server_name)
+        self.cache.load().take_tls13_ticket(server_name)
     }
 }

@@ -181,6 +181,10 @@ pub enum SignInError {
     /// The session store cannot be reached.
     #[error("sign-in: {0}")]
     Store(#[from] crate::store::StoreError),
+    /// The issuer's settings cannot be used to check its tokens (its CA
+    /// certificates, [`SignInBuilder::ca_pem`], hold none that is usable).
+    #[error("sign-in: {0}")]
+    Issuer(#[from] palisade_jwt::ConfigError),
 }
 
 /// Builds a [`SignIn`](crate::SignIn): [`SignIn::builder`](crate::SignIn::builder).

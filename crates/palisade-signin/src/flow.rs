@@ -492,8 +492,7 @@ impl SignInBuilder {
         let verifier = JwtAuthenticator::builder()
             .realm(config.client_id.clone())
             .provider(provider)
-            .build()
-            .map_err(|e| SignInError::Config(format!("the issuer: {e}")))?;
+            .build()?;
         let issuer = shared_issuer(&config)?;
         let refreshes = shared_refreshes(&config.issuer, &config.client_id, &store);
         Ok(SignIn(Arc::new(Inner {
@@ -647,8 +646,7 @@ impl SignInBuilder {
             .dangerous()
             .any_token_kind()
             .fetch_settings(fetch)
-            .build()
-            .map_err(|e| SignInError::Config(format!("the issuer: {e}")))?;
+            .build()?;
         Ok(Checked {
             config,
             keys,
@@ -1429,12 +1427,25 @@ impl SignIn {
         if !self.usable(&live.session, t) {
             return Check::Ready(AuthOutcome::NoCredential);
         }
-        if live.session.at_exp <= t + live.session.refresh_lead(c.refresh_before.as_secs()) {
+        // Tokens older than the store's knowledge of ended sessions (a
+        // memory store after a restart): the session may have ended
+        // meanwhile, so the issuer is asked before it is taken.
+        let unknown = self
+            .0
+            .store
+            .endings_since()
+            .is_some_and(|since| live.session.tokens_before(since));
+        if unknown || live.session.at_exp <= t + live.session.refresh_lead(c.refresh_before.as_secs()) {
             if live.session.rt.is_some() {
                 let this = self.clone();
                 return Check::pending(async move {
                     let before = Arc::clone(&live);
                     match this.refresh(live).await {
+                        // Not refreshed (the issuer cannot be asked now):
+                        // whether it ended is still unknown.
+                        Ok(next) if unknown && !next.session.newer_than(&before.session) => {
+                            AuthOutcome::NoCredential
+                        }
                         // The same tokens (the issuer cannot be asked now,
                         // another replica is refreshing them): the cookie
                         // stays, so it never replaces a newer one, unless
@@ -1468,7 +1479,7 @@ impl SignIn {
                     }
                 });
             }
-            if live.session.at_exp <= t {
+            if unknown || live.session.at_exp <= t {
                 return Check::Ready(AuthOutcome::NoCredential);
             }
         }
@@ -2548,7 +2559,7 @@ mod tests {
             seen: t,
             at: "at-0".into(),
             at_exp: t + 3600,
-            at_got: 0,
+            at_got: t,
             rt: None,
             it: None,
             generation: 0,
@@ -3102,8 +3113,12 @@ mod tests {
     async fn refreshing_at(status: &'static str, body: &'static str) -> (SignIn, CookieKey) {
         let issuer = issuer_answering_tokens(status, body).await;
         let key = CookieKey::new("k1", &[1; 32]).unwrap();
+        // A store that knows every session's ending (as Redis does), so
+        // that the sessions' tokens are refreshed when they are due only.
+        let store = MemoryStore::new().began_at(UNIX_EPOCH);
         let sign_in = SignIn::builder(&issuer, "shop")
             .keys(vec![key.clone()])
+            .store(Arc::new(store))
             .build()
             .unwrap();
         discovered(&sign_in).await;
@@ -3115,8 +3130,80 @@ mod tests {
     fn due() -> Session {
         Session {
             at_exp: now() + 10,
+            at_got: now() - 3590,
             rt: Some("refresh-0".into()),
             ..alice()
+        }
+    }
+
+    /// A session whose tokens are older than the in-memory store (sealed
+    /// with a configured key before a restart, or before two reloads
+    /// turned sign-in off and on): its ending may have gone with the old
+    /// store, so it is taken only once the issuer has refreshed it (which
+    /// an ended issuer session refuses); one that cannot be refreshed now,
+    /// or has no refresh token, is not taken. A session whose tokens came
+    /// since is taken as it is.
+    #[tokio::test]
+    async fn a_session_older_than_the_memory_store_is_refreshed_before_it_is_taken() {
+        for (status, body, taken) in [
+            (
+                "200 OK",
+                r#"{"access_token":"at-1","expires_in":300,"refresh_token":"refresh-1"}"#,
+                true,
+            ),
+            ("400 Bad Request", r#"{"error":"invalid_grant"}"#, false),
+            ("503 Service Unavailable", "", false),
+        ] {
+            let issuer = issuer_answering_tokens(status, body).await;
+            let key = CookieKey::new("k1", &[1; 32]).unwrap();
+            let sign_in = SignIn::builder(&issuer, "shop")
+                .keys(vec![key.clone()])
+                .store(Arc::new(MemoryStore::new()))
+                .build()
+                .unwrap();
+            discovered(&sign_in).await;
+            let t = now();
+            let cookie = |s: Session| {
+                OwnedRequest::get("/page").header("cookie", session_cookie(key.clone(), &Payload::Inline(s)))
+            };
+            let since = Session {
+                rt: Some("refresh-0".into()),
+                ..alice()
+            };
+            let Check::Ready(AuthOutcome::Authenticated(_)) = sign_in.authenticate(&cookie(since)) else {
+                panic!("{status}: tokens obtained since the store began are taken as they are")
+            };
+            let before = Session {
+                at_got: t - 10,
+                rt: Some("refresh-0".into()),
+                ..alice()
+            };
+            let Check::Pending(refresh) = sign_in.authenticate(&cookie(before.clone())) else {
+                panic!("{status}: older tokens are refreshed first")
+            };
+            match (refresh.await, taken) {
+                (AuthOutcome::Authenticated(a), true) => assert_eq!(
+                    a.attachments
+                        .get::<palisade_core::authn::BearerToken>()
+                        .map(|t| t.as_str().to_owned())
+                        .as_deref(),
+                    Some("at-1")
+                ),
+                (AuthOutcome::NoCredential, false) => {}
+                (other, _) => panic!("{status}: {other:?}"),
+            }
+            let without_refresh_token = Session {
+                rt: None,
+                id: "s2".into(),
+                ..before
+            };
+            assert!(
+                matches!(
+                    sign_in.authenticate(&cookie(without_refresh_token)),
+                    Check::Ready(AuthOutcome::NoCredential)
+                ),
+                "{status}: older tokens that cannot be refreshed are not taken"
+            );
         }
     }
 
@@ -3338,8 +3425,13 @@ mod tests {
     async fn without_discovery_a_due_session_is_used_while_its_token_lasts() {
         use palisade_core::adapter::Decision;
         let key = CookieKey::new("k1", &[1; 32]).unwrap();
+        let sign_in = SignIn::builder("http://127.0.0.1:9", "shop")
+            .keys(vec![key.clone()])
+            .store(Arc::new(MemoryStore::new().began_at(UNIX_EPOCH)))
+            .build()
+            .unwrap();
         let guard = palisade_core::Guard::builder()
-            .authenticator(offline(&key))
+            .authenticator(sign_in)
             .build()
             .unwrap();
         let page = |session: Session| {

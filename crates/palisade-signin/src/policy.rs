@@ -11,7 +11,7 @@ use palisade_core::policy::{
     read_secret_file,
 };
 
-use crate::config::{ClientKey, SecretMethod, SignInBuilder};
+use crate::config::{ClientKey, SecretMethod, SignInBuilder, SignInError};
 use crate::cookie::CookieKey;
 use crate::flow::SignIn;
 use crate::store::SessionStore;
@@ -194,9 +194,18 @@ impl SignIn {
             Some((b, doc)) => b
                 .checked()
                 .map(drop)
-                .map_err(|e| policy.error_at(doc, "spec", e.to_string()).with_source(e)),
+                .map_err(|e| policy.error_at(doc, field_of(&e), e.to_string()).with_source(e)),
             None => Ok(()),
         }
+    }
+}
+
+/// The field of the sign-in document a build error is about: the CA file,
+/// or the document as a whole (the message names the setting).
+fn field_of(e: &SignInError) -> &'static str {
+    match e {
+        SignInError::Issuer(palisade_jwt::ConfigError::InvalidCa(..)) => "spec.caFile",
+        _ => "spec",
     }
 }
 
@@ -214,7 +223,7 @@ impl FromPolicy for SignIn {
             Some((b, doc)) => b
                 .build()
                 .map(Some)
-                .map_err(|e| policy.error_at(doc, "spec", e.to_string()).with_source(e)),
+                .map_err(|e| policy.error_at(doc, field_of(&e), e.to_string()).with_source(e)),
             None => Ok(None),
         }
     }
@@ -263,6 +272,43 @@ spec:
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// A `caFile` holding no usable certificate is refused naming that
+    /// field, offline (`palisade check`) as at start-up.
+    #[test]
+    fn a_ca_file_without_a_certificate_is_refused_at_its_field() {
+        let dir = std::env::temp_dir().join(format!("palisade-signin-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (bad, good) = (dir.join("bad.pem"), dir.join("good.pem"));
+        std::fs::write(
+            &bad,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        std::fs::write(&good, palisade_testkit::TestPki::new().ca_pem()).unwrap();
+        let set = |file: &Path| {
+            let yaml = format!(
+                "apiVersion: palisade.dev/v1alpha1
+kind: OidcLogin
+metadata: {{name: login}}
+spec:
+  selector: {{matchLabels: {{app: productpage}}}}
+  issuer: https://kc.example/realms/istio
+  clientId: productpage
+  caFile: '{}'
+",
+                file.display()
+            );
+            PolicySet::from_yaml_str(&yaml, "login.yaml").unwrap()
+        };
+        let workload = Workload::new("productpage", "default");
+        let bad = set(&bad);
+        let err = SignIn::check_policy(&bad.for_workload(&workload)).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("spec.caFile"), "{err}");
+        assert!(err.to_string().contains("CA certificates"), "{err}");
+        SignIn::check_policy(&set(&good).for_workload(&workload)).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// Two adapters that sign in for one workload: refused, naming the

@@ -110,6 +110,13 @@ impl Session {
         lifetime / 2
     }
 
+    /// Whether the session's tokens were obtained before `since`, to the
+    /// second (a cookie of an earlier release, which does not say when,
+    /// counts as before).
+    pub(crate) fn tokens_before(&self, since: SystemTime) -> bool {
+        self.at_got < since.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    }
+
     /// Whether this copy's tokens are newer than `other`'s, a copy of the
     /// same session: refreshed more often.
     pub(crate) fn newer_than(&self, other: &Session) -> bool {

@@ -130,6 +130,28 @@ pub enum SpnegoError {
     },
 }
 
+impl SpnegoError {
+    /// Whether no KDC of the realm could be reached for an outbound token
+    /// ([`Initiate`](Self::Initiate) with MIT's `KRB5_KDC_UNREACH`, "Cannot
+    /// contact any KDC for requested realm", or `KRB5_REALM_CANT_RESOLVE`,
+    /// its addresses not resolved): an outage, where the KDC's refusal (no
+    /// such principal, delegation not allowed) is an answer.
+    #[must_use]
+    pub fn is_kdc_unreachable(&self) -> bool {
+        /// MIT's error codes (`krb5.h`), as GSSAPI's minor status carries them.
+        const KRB5_KDC_UNREACH: i32 = -1_765_328_228;
+        const KRB5_REALM_CANT_RESOLVE: i32 = -1_765_328_164;
+        match self {
+            Self::Initiate { source, .. } => {
+                // The minor status is an `OM_uint32` holding the `krb5_error_code`'s bits.
+                let code = i32::from_ne_bytes(source.minor.to_ne_bytes());
+                code == KRB5_KDC_UNREACH || code == KRB5_REALM_CANT_RESOLVE
+            }
+            _ => false,
+        }
+    }
+}
+
 type Mapper = Arc<dyn Fn(&KerberosIdentity) -> (Vec<String>, Vec<String>) + Send + Sync>;
 
 /// Builds a [`SpnegoAuthenticator`].

@@ -309,19 +309,28 @@ impl KerberosRealm {
                 };
             }
         };
+        let path = self.krb5_conf_with_kdc(silent.port)?;
+        Ok((path, silent))
+    }
+
+    /// A copy of the realm's `krb5.conf` whose KDC is `127.0.0.1:port`
+    /// (which the test keeps silent, closed, or answering as it likes): its
+    /// path.
+    ///
+    /// # Errors
+    /// When the file cannot be read or written.
+    pub fn krb5_conf_with_kdc(&self, port: u16) -> io::Result<PathBuf> {
         let conf = std::fs::read_to_string(self.krb5_conf())?
             .lines()
             .map(|l| match l.trim_start().strip_prefix("kdc") {
-                Some(rest) if rest.trim_start().starts_with('=') => {
-                    format!("    kdc = 127.0.0.1:{}", silent.port)
-                }
+                Some(rest) if rest.trim_start().starts_with('=') => format!("    kdc = 127.0.0.1:{port}"),
                 _ => l.to_owned(),
             })
             .collect::<Vec<_>>()
             .join("\n");
-        let path = self.dir.join(format!("silent-{}-krb5.conf", silent.port));
+        let path = self.dir.join(format!("kdc-{port}-krb5.conf"));
         std::fs::write(&path, conf)?;
-        Ok((path, silent))
+        Ok(path)
     }
 
     /// Runs the realm's tool `name` with `args`, `input` on its standard

@@ -35,6 +35,8 @@ pub struct MemoryStore {
 }
 
 struct Inner {
+    /// When the store was made: it knows the sessions ended since.
+    began: SystemTime,
     max_entries: usize,
     revocations: RwLock<RevocationSet>,
     used: Mutex<Expiring<()>>,
@@ -80,12 +82,22 @@ impl MemoryStore {
         let max_entries = max.max(1);
         Self {
             inner: Arc::new(Inner {
+                began: SystemTime::now(),
                 max_entries,
                 revocations: RwLock::new(RevocationSet::new()),
                 used: Mutex::new(Expiring::new()),
                 data: Mutex::new(Expiring::new()),
             }),
         }
+    }
+
+    /// The store, as if made at `began` (tests of sessions older than it).
+    #[cfg(test)]
+    pub(crate) fn began_at(mut self, began: SystemTime) -> Self {
+        Arc::get_mut(&mut self.inner)
+            .expect("a store not shared yet")
+            .began = began;
+        self
     }
 
     fn revoke_now(&self, revocation: &Revocation) -> Result<(), StoreError> {
@@ -121,6 +133,11 @@ impl SessionStore for MemoryStore {
     /// One process: its refreshes need no claim.
     fn shared(&self) -> bool {
         false
+    }
+
+    /// Since it was made: it begins empty.
+    fn endings_since(&self) -> Option<SystemTime> {
+        Some(self.inner.began)
     }
 
     fn revoke(&self, revocation: Revocation) -> BoxFuture<Result<(), StoreError>> {

@@ -155,6 +155,18 @@ pub trait SessionStore: Send + Sync + 'static {
     fn shared(&self) -> bool {
         true
     }
+
+    /// Since when the store holds every session's ending: a session whose
+    /// tokens were obtained before then may have ended where the store
+    /// cannot say (a [`MemoryStore`] begins empty with its process, and a
+    /// saved cookie outlives it when the session keys are configured). The
+    /// sign-in then asks the issuer for new tokens (a refresh, which an
+    /// ended issuer session refuses) before it takes such a session, and
+    /// refuses one it cannot refresh. The default, `None`: since ever (a
+    /// store that outlives processes, as Redis does).
+    fn endings_since(&self) -> Option<SystemTime> {
+        None
+    }
 }
 
 /// The facts about a session that revocations match against. Its `Debug`
