@@ -522,14 +522,40 @@ const MAX_ACCEPTOR_CREDS: usize = 64;
 struct Pool<T: Clone> {
     idle: std::sync::Mutex<Vec<T>>,
     spare: T,
+    /// How many there are, lent or idle, the spare not counted unless
+    /// among them.
+    made: AtomicUsize,
 }
 
 impl<T: Clone> Pool<T> {
     fn new(spare: T, all: Vec<T>) -> Self {
         Self {
+            made: AtomicUsize::new(all.len()),
             idle: std::sync::Mutex::new(all),
             spare,
         }
+    }
+
+    /// One for a call, as [`take`](Self::take), but made with `make` when
+    /// none is idle and fewer than `max` were made (the spare when `make`
+    /// fails): a pool that grows with the calls at once.
+    #[cfg(feature = "s4u")]
+    fn take_or_make(&self, max: usize, make: impl FnOnce() -> Option<T>) -> T {
+        if let Some(idle) = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop()
+        {
+            return idle;
+        }
+        if self.made.fetch_add(1, Ordering::Relaxed) < max
+            && let Some(made) = make()
+        {
+            return made;
+        }
+        self.made.fetch_sub(1, Ordering::Relaxed);
+        self.spare.clone()
     }
 
     /// One for a call: give it back with [`give`](Self::give).
@@ -1001,10 +1027,20 @@ const NO_PROOF: &str =
 /// service itself; S4U2Proxy to another service needs the LDAP database
 /// module (`krbAllowedToDelegateTo`) or Active Directory. See
 /// `docs/spnego.md`.
+///
+/// MIT holds a credential's lock for a whole impersonation, the requests
+/// to the KDC included, so calls sharing one credential would run one at
+/// a time (one slow realm's KDC holding up every user's): each call at
+/// once takes a credential of its own, acquired when first needed, up to
+/// 64 (beyond, calls share one). Clones share them.
 #[derive(Clone)]
 pub struct Impersonator {
-    cred: Cred,
+    creds: Arc<Pool<Cred>>,
 }
+
+/// The most initiator credentials an [`Impersonator`] holds.
+#[cfg(feature = "s4u")]
+const MAX_IMPERSONATOR_CREDS: usize = 64;
 
 #[cfg(feature = "s4u")]
 impl fmt::Debug for Impersonator {
@@ -1024,10 +1060,18 @@ impl Impersonator {
             principal: None,
             message: e.to_string(),
         };
+        let cred = Self::acquire().map_err(err)?;
+        Ok(Self {
+            creds: Arc::new(Pool::new(cred.clone(), vec![cred])),
+        })
+    }
+
+    /// The service's initiator credentials, from the client keytab: no KDC
+    /// is asked until they are used.
+    fn acquire() -> Result<Cred, libgssapi::error::Error> {
         let mut mechs = OidSet::new();
-        mechs.add(GSS_MECH_KRB5).map_err(err)?;
-        let cred = Cred::acquire(None, None, CredUsage::Both, Some(&mechs)).map_err(err)?;
-        Ok(Self { cred })
+        mechs.add(GSS_MECH_KRB5)?;
+        Cred::acquire(None, None, CredUsage::Both, Some(&mechs))
     }
 
     /// A Negotiate exchange with the host-based service `service` as
@@ -1046,11 +1090,12 @@ impl Impersonator {
         let name = Name::new(user.as_bytes(), Some(libgssapi::oid::GSS_NT_KRB5_PRINCIPAL)).map_err(err)?;
         let mut mechs = OidSet::new();
         mechs.add(GSS_MECH_KRB5).map_err(err)?;
-        let cred = self
-            .cred
-            .impersonate(&name, None, CredUsage::Initiate, Some(&mechs))
-            .map_err(err)?;
-        Negotiation::start(cred, service)
+        let own = self
+            .creds
+            .take_or_make(MAX_IMPERSONATOR_CREDS, || Self::acquire().ok());
+        let cred = own.impersonate(&name, None, CredUsage::Initiate, Some(&mechs));
+        self.creds.give(own);
+        Negotiation::start(cred.map_err(err)?, service)
     }
 }
 
