@@ -187,7 +187,10 @@ pub enum MutualAuthentication {
 /// [`Kerberos::kdc_timeout`] (default 5 s) with
 /// [`ClientError::Unavailable`]: MIT Kerberos waits about 27 s for a KDC
 /// that does not answer, and that wait is the library's, on its blocking
-/// thread, not the request's. So that an outage cannot fill the blocking
+/// thread, not the request's. A KDC that refuses the connection, or whose
+/// address does not resolve, is [`ClientError::Unavailable`] at once (an
+/// outage), where the KDC's refusal of the user or of the delegation is
+/// [`ClientError::Refused`]. So that an outage cannot fill the blocking
 /// pool with such waits, at most [`Kerberos::concurrency`] calls run at
 /// once (16 by default; a call waits for its turn within the same time,
 /// and one that gets none fails with [`ClientError::Unavailable`] saying

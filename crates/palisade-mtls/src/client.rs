@@ -405,12 +405,14 @@ impl ServerCertVerifier for SanVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         // Read before the material: a reload in between makes this
-        // handshake's sessions unkept, never an old handshake's kept.
+        // handshake's sessions unkept, never an old handshake's kept. The
+        // name counts as verified once the server's signature checks too
+        // (`verify_tls1x_signature`, which rustls calls after this).
         let generation = self.sessions.generation();
         let verifier = self.material.load().verifier.clone();
         let verified = self.verify_with(&verifier, end_entity, intermediates, server_name, ocsp, now);
         if verified.is_ok() {
-            self.sessions.verified_as(generation, server_name);
+            self.sessions.chain_verified(generation, end_entity, server_name);
         }
         verified
     }
@@ -421,10 +423,15 @@ impl ServerCertVerifier for SanVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.material
+        let signed = self
+            .material
             .load()
             .verifier
-            .verify_tls12_signature(message, cert, dss)
+            .verify_tls12_signature(message, cert, dss);
+        if signed.is_ok() {
+            self.sessions.signed(cert);
+        }
+        signed
     }
 
     fn verify_tls13_signature(
@@ -433,10 +440,17 @@ impl ServerCertVerifier for SanVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.material
+        let signed = self
+            .material
             .load()
             .verifier
-            .verify_tls13_signature(message, cert, dss)
+            .verify_tls13_signature(message, cert, dss);
+        if signed.is_ok() {
+            // The server holds the key of the certificate whose chain was
+            // verified: its sessions are kept from now.
+            self.sessions.signed(cert);
+        }
+        signed
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -554,6 +568,93 @@ mod tests {
             }
             std::fs::write(&ca, old.ca_pem()).unwrap();
         }
+    }
+
+    /// After a reload, a handshake whose server shows a chain the new
+    /// bundle trusts but cannot sign with its key (an impostor replaying
+    /// another server's certificate) does not make that name's sessions
+    /// kept: the late tickets of a connection from before the reload, to a
+    /// server the new bundle no longer trusts, are still not resumed.
+    #[test]
+    fn a_chain_shown_without_its_key_does_not_make_late_tickets_kept() {
+        use rustls::server::{ClientHello, ResolvesServerCert};
+        use rustls::sign::CertifiedKey;
+        use rustls::{ClientConnection, ServerConfig, ServerConnection};
+
+        use crate::test_support::handshake;
+
+        #[derive(Debug)]
+        struct Impostor(Arc<CertifiedKey>);
+        impl ResolvesServerCert for Impostor {
+            fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+                Some(self.0.clone())
+            }
+        }
+
+        let dir = palisade_testkit::TempDir::new("palisade-mtls-client-impostor");
+        let (old, new) = (TestPki::new(), TestPki::new());
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, old.ca_pem()).unwrap();
+        let (cert, key) = old.server(&["localhost"]).write_to(dir.path(), "server").unwrap();
+        let rotated_out = crate::ServerTls::builder(&cert, &key).build().unwrap();
+        // The new bundle's server certificate, shown with another key.
+        let provider = rustls::crypto::aws_lc_rs::default_provider();
+        let trusted = new.server(&["localhost"]);
+        let other_key = new.server(&["localhost"]);
+        let key = rustls::pki_types::PrivateKeyDer::try_from(other_key.key_der()).unwrap();
+        let signing = provider.key_provider.load_private_key(key).unwrap();
+        let shown = CertifiedKey::new(vec![CertificateDer::from(trusted.cert_der())], signing);
+        let impostor = Arc::new(
+            ServerConfig::builder_with_provider(Arc::new(provider))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_cert_resolver(Arc::new(Impostor(Arc::new(shown)))),
+        );
+
+        let client = ClientTls::server_only(&ca).build().unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut c = ClientConnection::new(client.client_config(), name).unwrap();
+        let mut s = ServerConnection::new(rotated_out.server_config()).unwrap();
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            c.write_tls(&mut buf).unwrap();
+            s.read_tls(&mut &buf[..]).unwrap();
+            s.process_new_packets().unwrap();
+            buf.clear();
+            s.write_tls(&mut buf).unwrap();
+            if !c.is_handshaking() && !s.is_handshaking() {
+                break;
+            }
+            c.read_tls(&mut &buf[..]).unwrap();
+            c.process_new_packets().unwrap();
+        }
+        assert!(!buf.is_empty(), "the server sent no tickets");
+        std::fs::write(&ca, new.ca_pem()).unwrap();
+        client.reload().unwrap();
+        let Err(e) = handshake(client.client_config(), impostor) else {
+            panic!("the impostor passed")
+        };
+        assert!(
+            matches!(
+                e,
+                rustls::Error::InvalidCertificate(rustls::CertificateError::BadSignature)
+            ),
+            "{e}"
+        );
+        c.read_tls(&mut &buf[..]).unwrap();
+        c.process_new_packets().unwrap();
+        let Err(e) = handshake(client.client_config(), rotated_out.server_config()) else {
+            panic!("a session from before the reload resumed")
+        };
+        assert!(
+            matches!(
+                e,
+                rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)
+            ),
+            "{e}"
+        );
     }
 
     /// A watch's clone is in use elsewhere while another clone, a

@@ -4,13 +4,18 @@
 //! present the old client certificate, and one to a server the new bundle
 //! no longer trusts would not check it again. Every successful reload of
 //! a `ClientTls` starts its store afresh, and keeps the sessions a server
-//! gives afterwards only for a server name a handshake has verified since
-//! (a connection opened before the reload may receive its tickets after
-//! it: rustls puts them in the store the configuration has then). (The
-//! server side resumes nothing when it takes client certificates:
-//! `ServerTls::builder`.)
+//! gives afterwards only for a server name a handshake has verified since,
+//! its chain and its signature (a connection opened before the reload may
+//! receive its tickets after it: rustls puts them in the store the
+//! configuration has then, and says nothing of the connection they came
+//! on). What that leaves: once a handshake has verified a name, a late
+//! ticket from an older connection to that name is kept too, so a server
+//! that shares its name with one the new bundle trusts (a fleet rotated
+//! in part), or the old client certificate on such a connection, can
+//! still be resumed with. (The server side resumes nothing when it takes
+//! client certificates: `ServerTls::builder`.)
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -29,6 +34,11 @@ const SESSIONS: usize = 256;
 /// a handshake verifies them again).
 const VERIFIED_NAMES: usize = 1024;
 
+/// Handshakes whose chain is verified and whose signature is still to
+/// check, remembered at once; past it, forgotten all at once (those
+/// handshakes' sessions are then not kept).
+const PENDING_HANDSHAKES: usize = 256;
+
 /// A client's sessions with the servers it called, forgotten at each
 /// reload: a new connection then presents the new certificate and checks
 /// the server against the new bundle.
@@ -42,6 +52,10 @@ struct Verified {
     /// Counts the reloads.
     generation: u64,
     names: HashSet<ServerName<'static>>,
+    /// Handshakes whose chain is verified, by the server's certificate:
+    /// its name and the reload it was verified after, until the server's
+    /// signature proves it holds the certificate's key.
+    pending: HashMap<Vec<u8>, (ServerName<'static>, u64)>,
 }
 
 impl ClientSessions {
@@ -51,6 +65,7 @@ impl ClientSessions {
             verified: Mutex::new(Verified {
                 generation: 0,
                 names: HashSet::new(),
+                pending: HashMap::new(),
             }),
         })
     }
@@ -65,15 +80,33 @@ impl ClientSessions {
         self.verified().generation
     }
 
-    /// A handshake verified the server of `name` with the material of
-    /// `generation`: its sessions are kept, unless a reload came since.
-    pub(crate) fn verified_as(&self, generation: u64, name: &ServerName<'_>) {
+    /// A handshake verified the chain of `certificate`, the server of
+    /// `name`, with the material of `generation`: its name counts as
+    /// verified once the server's signature is checked ([`signed`](Self::signed)).
+    pub(crate) fn chain_verified(&self, generation: u64, certificate: &[u8], name: &ServerName<'_>) {
         let mut v = self.verified();
-        if v.generation == generation && !v.names.contains(name) {
+        if v.generation == generation {
+            if v.pending.len() >= PENDING_HANDSHAKES {
+                v.pending.clear();
+            }
+            v.pending
+                .insert(certificate.to_vec(), (name.to_owned(), generation));
+        }
+    }
+
+    /// A handshake checked the signature of the server holding
+    /// `certificate`: the name its chain was verified for counts as
+    /// verified (its sessions are kept), unless a reload came since.
+    pub(crate) fn signed(&self, certificate: &[u8]) {
+        let mut v = self.verified();
+        let Some((name, generation)) = v.pending.remove(certificate) else {
+            return;
+        };
+        if v.generation == generation && !v.names.contains(&name) {
             if v.names.len() >= VERIFIED_NAMES {
                 v.names.clear();
             }
-            v.names.insert(name.to_owned());
+            v.names.insert(name);
         }
     }
 
@@ -83,6 +116,7 @@ impl ClientSessions {
         let mut v = self.verified();
         v.generation += 1;
         v.names.clear();
+        v.pending.clear();
         self.cache
             .store(Arc::new(ClientSessionMemoryCache::new(SESSIONS)));
     }

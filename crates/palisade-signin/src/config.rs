@@ -181,8 +181,9 @@ pub enum SignInError {
     /// The session store cannot be reached.
     #[error("sign-in: {0}")]
     Store(#[from] crate::store::StoreError),
-    /// The issuer's settings cannot be used to check its tokens (its CA
-    /// certificates, [`SignInBuilder::ca_pem`], hold none that is usable).
+    /// The issuer's settings cannot be used to check its ID tokens (its
+    /// URL, or its CA certificates, [`SignInBuilder::ca_pem`], holding none
+    /// that is usable: [`palisade_jwt::ConfigError::InvalidCa`]).
     #[error("sign-in: {0}")]
     Issuer(#[from] palisade_jwt::ConfigError),
 }

@@ -245,7 +245,10 @@ impl SignIn {
     /// A `Cookie` request header value holding a session for a user signed
     /// in with these tokens: for tests of an application's signed-in pages
     /// without a browser. The access token's claims (a JWT of this issuer)
-    /// give the identity.
+    /// give the identity. The session has no refresh token, so with the
+    /// in-memory store it is for this relying party (or one sharing its
+    /// store) made before it: another's store, made later, does not know
+    /// whether it ended ([`SessionStore::endings_since`]).
     ///
     /// # Errors
     /// [`SignInError::Config`] when the session does not fit in cookies.
@@ -1440,6 +1443,11 @@ impl SignIn {
                 let this = self.clone();
                 return Check::pending(async move {
                     let before = Arc::clone(&live);
+                    if unknown {
+                        // Right after a start, the issuer's discovery may
+                        // still be under way: the refresh waits for it.
+                        this.0.issuer.metadata_within(this.0.config.timeout).await;
+                    }
                     match this.refresh(live).await {
                         // Not refreshed (the issuer cannot be asked now):
                         // whether it ended is still unknown.
@@ -3067,6 +3075,16 @@ mod tests {
         issuer_answering(status, move |_: &str| body.to_owned(), None).await
     }
 
+    /// [`issuer_answering_tokens`] whose discovery document is answered
+    /// `delay` late (a start while the issuer is slow).
+    async fn issuer_answering_tokens_late(
+        status: &'static str,
+        body: &'static str,
+        delay: Duration,
+    ) -> String {
+        issuer_answering_late(status, move |_: &str| body.to_owned(), None, delay).await
+    }
+
     /// [`issuer_answering_tokens`], with the token endpoint's body made
     /// from the issuer's URL, and `jwks` (a status line and a body) as its
     /// key set's answer when given.
@@ -3074,6 +3092,16 @@ mod tests {
         status: &'static str,
         body: impl Fn(&str) -> String + Send + Sync + 'static,
         jwks: Option<(&'static str, &'static str)>,
+    ) -> String {
+        issuer_answering_late(status, body, jwks, Duration::ZERO).await
+    }
+
+    /// [`issuer_answering`], its discovery document answered `delay` late.
+    async fn issuer_answering_late(
+        status: &'static str,
+        body: impl Fn(&str) -> String + Send + Sync + 'static,
+        jwks: Option<(&'static str, &'static str)>,
+        delay: Duration,
     ) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -3091,6 +3119,7 @@ mod tests {
                     let mut head = vec![0; 8192];
                     let n = conn.read(&mut head).await.unwrap_or(0);
                     let (status, body) = if head[..n].starts_with(b"GET /.well-known/openid-configuration") {
+                        tokio::time::sleep(delay).await;
                         ("200 OK", discovery.as_str())
                     } else if let (true, Some(jwks)) = (head[..n].starts_with(b"GET /jwks"), jwks) {
                         jwks
@@ -3154,14 +3183,15 @@ mod tests {
             ("400 Bad Request", r#"{"error":"invalid_grant"}"#, false),
             ("503 Service Unavailable", "", false),
         ] {
-            let issuer = issuer_answering_tokens(status, body).await;
+            // The discovery document comes late: the first session's
+            // refresh waits for it rather than refuse the session.
+            let issuer = issuer_answering_tokens_late(status, body, Duration::from_millis(300)).await;
             let key = CookieKey::new("k1", &[1; 32]).unwrap();
             let sign_in = SignIn::builder(&issuer, "shop")
                 .keys(vec![key.clone()])
                 .store(Arc::new(MemoryStore::new()))
                 .build()
                 .unwrap();
-            discovered(&sign_in).await;
             let t = now();
             let cookie = |s: Session| {
                 OwnedRequest::get("/page").header("cookie", session_cookie(key.clone(), &Payload::Inline(s)))

@@ -75,6 +75,8 @@ pub(crate) enum TokenError {
 pub(crate) struct Issuer {
     pub(crate) http: reqwest::Client,
     metadata: Arc<ArcSwapOption<Metadata>>,
+    /// Told each time the metadata is loaded.
+    loaded: Arc<tokio::sync::Notify>,
     _stop: oneshot::Sender<()>,
 }
 
@@ -105,7 +107,8 @@ impl Issuer {
         let issuer = config.issuer.clone();
         // As every URL is said in logs: without credentials or a query's values.
         let shown = palisade_core::syntax::url_without_credentials(&issuer);
-        let (client, slot) = (http.clone(), Arc::clone(&metadata));
+        let loaded = Arc::new(tokio::sync::Notify::new());
+        let (client, slot, told) = (http.clone(), Arc::clone(&metadata), Arc::clone(&loaded));
         std::thread::Builder::new()
             .name("palisade-signin-discovery".into())
             .spawn(move || {
@@ -118,6 +121,7 @@ impl Issuer {
                                     tracing::info!(target: LOG_TARGET, issuer = %shown, "sign-in ready: the issuer's discovery document is loaded");
                                 }
                                 slot.store(Some(Arc::new(m)));
+                                told.notify_waiters();
                                 wait = Duration::from_millis(200);
                                 Duration::from_secs(3600)
                             }
@@ -138,6 +142,7 @@ impl Issuer {
         Ok(Self {
             http,
             metadata,
+            loaded,
             _stop: stop,
         })
     }
@@ -145,6 +150,19 @@ impl Issuer {
     /// The metadata, once loaded.
     pub(crate) fn metadata(&self) -> Option<Arc<Metadata>> {
         self.metadata.load_full()
+    }
+
+    /// The metadata, waiting up to `wait` for it to load.
+    pub(crate) async fn metadata_within(&self, wait: Duration) -> Option<Arc<Metadata>> {
+        let loaded = self.loaded.notified();
+        tokio::pin!(loaded);
+        // Listening before the look, so that a load in between is heard.
+        loaded.as_mut().enable();
+        if let Some(m) = self.metadata() {
+            return Some(m);
+        }
+        let _ = tokio::time::timeout(wait, loaded).await;
+        self.metadata()
     }
 
     /// Calls the token endpoint with `form` and the client's authentication.

@@ -27,7 +27,11 @@ const DEFAULT_MAX_ENTRIES: usize = 100_000;
 /// in count, not in bytes: the caller bounds each value.
 ///
 /// Replicas do not share it: with more than one, use a shared store
-/// (`RedisStore`, feature `redis`). Cheap to clone (the clones share the
+/// (`RedisStore`, feature `redis`). It begins empty, so it knows of the
+/// sessions ended since it was made only
+/// ([`SessionStore::endings_since`]): a session whose tokens are older (a
+/// cookie sealed with configured keys before a restart) is refreshed at
+/// the issuer before it is taken. Cheap to clone (the clones share the
 /// maps). `Debug` prints counts only.
 #[derive(Clone)]
 pub struct MemoryStore {

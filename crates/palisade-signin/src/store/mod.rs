@@ -163,7 +163,9 @@ pub trait SessionStore: Send + Sync + 'static {
     /// sign-in then asks the issuer for new tokens (a refresh, which an
     /// ended issuer session refuses) before it takes such a session, and
     /// refuses one it cannot refresh. The default, `None`: since ever (a
-    /// store that outlives processes, as Redis does).
+    /// store that outlives processes, as Redis does). A store that wraps
+    /// another forwards it (and [`shared`](Self::shared)), or says when it
+    /// began itself if it can forget.
     fn endings_since(&self) -> Option<SystemTime> {
         None
     }
