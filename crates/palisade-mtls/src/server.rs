@@ -4,7 +4,11 @@
 //! again at its first request, at its next request when the client bundle
 //! or CRLs changed, and when a certificate of its chain expires or a CRL
 //! passes its `nextUpdate` ([`ServerTls::peer_recheck`]); a bad new file
-//! keeps the old material and logs one error naming the file.
+//! keeps the old material and logs one error naming the file. The checks
+//! are per request: an upgraded connection (a WebSocket, a `CONNECT`
+//! tunnel) or one long streaming call is one request, and goes on after
+//! its peer's certificate is revoked until it ends, as under Envoy. Bound
+//! such streams' life where a revocation must reach them.
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
