@@ -102,17 +102,7 @@ mod with_spnego {
         let seen = Arc::new(Seen::default());
         let proxy = holding_proxy(realm.kdc_port(), seen.clone());
         let conf = realm.krb5_conf_with_kdc(proxy).unwrap();
-        let mut env = realm.server_env(&keytab);
-        for (k, v) in &mut env {
-            if k == "KRB5_CONFIG" {
-                *v = conf.display().to_string();
-            }
-        }
-        env.push(("KRB5_CLIENT_KTNAME".into(), format!("FILE:{}", keytab.display())));
-        env.push((
-            "KRB5CCNAME".into(),
-            format!("FILE:{}", realm.dir().join("service.cc").display()),
-        ));
+        let env = realm.impersonating_env(&keytab, &conf);
         palisade_testkit::run_test_again(TEST, CHILD, &env);
         assert!(
             seen.most.load(Ordering::SeqCst) >= 2,

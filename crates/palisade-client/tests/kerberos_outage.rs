@@ -50,17 +50,7 @@ mod with_spnego {
         let keytab = realm.add_service("HTTP/localhost").unwrap();
         realm.allow_protocol_transition("HTTP/localhost").unwrap();
         let (silent_conf, _silent) = realm.silent_krb5_conf().unwrap();
-        let mut env = realm.server_env(&keytab);
-        for (k, v) in &mut env {
-            if k == "KRB5_CONFIG" {
-                *v = silent_conf.display().to_string();
-            }
-        }
-        env.push(("KRB5_CLIENT_KTNAME".into(), format!("FILE:{}", keytab.display())));
-        env.push((
-            "KRB5CCNAME".into(),
-            format!("FILE:{}", realm.dir().join("service.cc").display()),
-        ));
+        let env = realm.impersonating_env(&keytab, &silent_conf);
         palisade_testkit::run_test_again(TEST, CHILD, &env);
     }
 
@@ -106,17 +96,7 @@ mod with_spnego {
             .unwrap()
             .port();
         let refusing_conf = realm.krb5_conf_with_kdc(closed).unwrap();
-        let mut env = realm.server_env(&keytab);
-        for (k, v) in &mut env {
-            if k == "KRB5_CONFIG" {
-                *v = refusing_conf.display().to_string();
-            }
-        }
-        env.push(("KRB5_CLIENT_KTNAME".into(), format!("FILE:{}", keytab.display())));
-        env.push((
-            "KRB5CCNAME".into(),
-            format!("FILE:{}", realm.dir().join("service.cc").display()),
-        ));
+        let env = realm.impersonating_env(&keytab, &refusing_conf);
         palisade_testkit::run_test_again(REFUSING_TEST, REFUSING_CHILD, &env);
     }
 

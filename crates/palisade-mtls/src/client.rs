@@ -512,9 +512,9 @@ mod tests {
     /// late tickets are resumed (the test's control).
     #[test]
     fn tickets_a_connection_from_before_a_reload_receives_are_not_resumed() {
-        use rustls::{ClientConnection, HandshakeKind, ServerConnection};
+        use rustls::HandshakeKind;
 
-        use crate::test_support::handshake;
+        use crate::test_support::{handshake, handshake_holding_tickets};
         let dir = palisade_testkit::TempDir::new("palisade-mtls-client-late-tickets");
         let (old, new) = (TestPki::new(), TestPki::new());
         let ca = dir.path().join("ca.pem");
@@ -524,31 +524,12 @@ mod tests {
         let server = crate::ServerTls::builder(&cert, &key).build().unwrap();
         for reload in [false, true] {
             let client = ClientTls::server_only(&ca).build().unwrap();
-            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-            let mut c = ClientConnection::new(client.client_config(), name).unwrap();
-            let mut s = ServerConnection::new(server.server_config()).unwrap();
-            // The handshake, holding back what the server sends after the
-            // client's `Finished`: its tickets.
-            let mut buf = Vec::new();
-            loop {
-                buf.clear();
-                c.write_tls(&mut buf).unwrap();
-                s.read_tls(&mut &buf[..]).unwrap();
-                s.process_new_packets().unwrap();
-                buf.clear();
-                s.write_tls(&mut buf).unwrap();
-                if !c.is_handshaking() && !s.is_handshaking() {
-                    break;
-                }
-                c.read_tls(&mut &buf[..]).unwrap();
-                c.process_new_packets().unwrap();
-            }
-            assert!(!buf.is_empty(), "the server sent no tickets");
+            let (mut c, tickets) = handshake_holding_tickets(client.client_config(), server.server_config());
             if reload {
                 std::fs::write(&ca, new.ca_pem()).unwrap();
                 client.reload().unwrap();
             }
-            c.read_tls(&mut &buf[..]).unwrap();
+            c.read_tls(&mut &tickets[..]).unwrap();
             c.process_new_packets().unwrap();
             let next = handshake(client.client_config(), server.server_config());
             if reload {
@@ -577,11 +558,11 @@ mod tests {
     /// server the new bundle no longer trusts, are still not resumed.
     #[test]
     fn a_chain_shown_without_its_key_does_not_make_late_tickets_kept() {
+        use rustls::ServerConfig;
         use rustls::server::{ClientHello, ResolvesServerCert};
         use rustls::sign::CertifiedKey;
-        use rustls::{ClientConnection, ServerConfig, ServerConnection};
 
-        use crate::test_support::handshake;
+        use crate::test_support::{handshake, handshake_holding_tickets};
 
         #[derive(Debug)]
         struct Impostor(Arc<CertifiedKey>);
@@ -613,24 +594,7 @@ mod tests {
         );
 
         let client = ClientTls::server_only(&ca).build().unwrap();
-        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let mut c = ClientConnection::new(client.client_config(), name).unwrap();
-        let mut s = ServerConnection::new(rotated_out.server_config()).unwrap();
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            c.write_tls(&mut buf).unwrap();
-            s.read_tls(&mut &buf[..]).unwrap();
-            s.process_new_packets().unwrap();
-            buf.clear();
-            s.write_tls(&mut buf).unwrap();
-            if !c.is_handshaking() && !s.is_handshaking() {
-                break;
-            }
-            c.read_tls(&mut &buf[..]).unwrap();
-            c.process_new_packets().unwrap();
-        }
-        assert!(!buf.is_empty(), "the server sent no tickets");
+        let (mut c, tickets) = handshake_holding_tickets(client.client_config(), rotated_out.server_config());
         std::fs::write(&ca, new.ca_pem()).unwrap();
         client.reload().unwrap();
         let Err(e) = handshake(client.client_config(), impostor) else {
@@ -643,7 +607,7 @@ mod tests {
             ),
             "{e}"
         );
-        c.read_tls(&mut &buf[..]).unwrap();
+        c.read_tls(&mut &tickets[..]).unwrap();
         c.process_new_packets().unwrap();
         let Err(e) = handshake(client.client_config(), rotated_out.server_config()) else {
             panic!("a session from before the reload resumed")

@@ -49,6 +49,33 @@ pub(crate) fn handshake(
     }
 }
 
+/// A handshake between `client` (dialling `localhost`) and `server` with
+/// what the server sends after the client's `Finished` (its session
+/// tickets) held back: the client's end, and those bytes, for the test to
+/// give it ([`ClientConnection::read_tls`]) when it likes.
+pub(crate) fn handshake_holding_tickets(
+    client: Arc<ClientConfig>,
+    server: Arc<ServerConfig>,
+) -> (ClientConnection, Vec<u8>) {
+    let mut c = ClientConnection::new(client, ServerName::try_from("localhost").unwrap()).unwrap();
+    let mut s = ServerConnection::new(server).unwrap();
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        c.write_tls(&mut buf).unwrap();
+        s.read_tls(&mut &buf[..]).unwrap();
+        s.process_new_packets().unwrap();
+        buf.clear();
+        s.write_tls(&mut buf).unwrap();
+        if !c.is_handshaking() && !s.is_handshaking() {
+            assert!(!buf.is_empty(), "the server sent no tickets");
+            return (c, buf);
+        }
+        c.read_tls(&mut &buf[..]).unwrap();
+        c.process_new_packets().unwrap();
+    }
+}
+
 /// A client certificate about to rotate, in `dir`: a server of
 /// `localhost` that asks the mesh CA's workloads for one, and two
 /// certificates of one workload, the first written as `client.pem` and

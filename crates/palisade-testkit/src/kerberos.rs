@@ -372,6 +372,27 @@ impl KerberosRealm {
         env
     }
 
+    /// The environment of a service that impersonates its users (S4U) with
+    /// the key of `keytab`, its client keytab, under the Kerberos
+    /// configuration `krb5_conf` (the realm's, or a copy naming another
+    /// KDC: [`krb5_conf_with_kdc`](Self::krb5_conf_with_kdc)), its own
+    /// ticket cache in the realm's directory.
+    #[must_use]
+    pub fn impersonating_env(&self, keytab: &Path, krb5_conf: &Path) -> Vec<(String, String)> {
+        let mut env = self.server_env(keytab);
+        for (k, v) in &mut env {
+            if k == "KRB5_CONFIG" {
+                *v = krb5_conf.display().to_string();
+            }
+        }
+        env.push(("KRB5_CLIENT_KTNAME".into(), format!("FILE:{}", keytab.display())));
+        env.push((
+            "KRB5CCNAME".into(),
+            format!("FILE:{}", self.dir.join("service.cc").display()),
+        ));
+        env
+    }
+
     /// The environment of one process that both accepts with `keytab` and
     /// initiates with the ticket cache `ccache` (a test or bench that
     /// makes its own Negotiate tokens): [`server_env`](Self::server_env)
