@@ -630,6 +630,117 @@ async fn a_connection_past_its_maximum_age_is_closed_on_both_frameworks() {
     }
 }
 
+/// An HTTP/2 frame: its type, flags, stream and payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+    let mut frame = vec![len[1], len[2], len[3], kind, flags];
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// An HTTP/2 frame header read off `r`, and its payload: its type, flags,
+/// stream and payload; `None` at the end.
+async fn h2_read_frame(r: &mut (impl AsyncRead + Unpin)) -> Option<(u8, u8, u32, Vec<u8>)> {
+    let mut head = [0u8; 9];
+    r.read_exact(&mut head).await.ok()?;
+    let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+    let stream = u32::from_be_bytes([head[5] & 0x7f, head[6], head[7], head[8]]);
+    let mut payload = vec![0; len];
+    r.read_exact(&mut payload).await.ok()?;
+    Some((head[3], head[4], stream, payload))
+}
+
+/// Opens an HTTP/2 connection by prior knowledge (`h2c`, frames by hand: no
+/// client stays silent on purpose), sends `requests` times `GET /healthz`
+/// on it, `IDLE - 1 s` apart, then says nothing more but the
+/// acknowledgements any client sends (of the server's settings and pings,
+/// which keep a connection alive under actix-http): how long after the
+/// last answer's end (or the opening) the server closed it, and how many
+/// requests were answered.
+async fn http2_then_nothing(fx: &Fixture, requests: u32) -> (Duration, u32) {
+    let (mut rd, mut wr) = fx.tcp().await.into_split();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(h2_frame(4, 0, 0, &[]));
+    wr.write_all(&out).await.unwrap();
+    // HPACK: :method GET, :scheme http (static table), :path and
+    // :authority as literals with indexed names.
+    let mut block = vec![0x82, 0x86, 0x04, 8];
+    block.extend_from_slice(b"/healthz");
+    block.extend_from_slice(&[0x01, 9]);
+    block.extend_from_slice(b"localhost");
+    let mut since = Instant::now();
+    let (mut sent, mut answered) = (0, 0);
+    let mut next = tokio::time::Instant::now();
+    let read = async {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(next), if sent < requests => {
+                    // HEADERS, END_STREAM | END_HEADERS, on streams 1, 3, 5…
+                    let frame = h2_frame(1, 0x5, 2 * sent + 1, &block);
+                    if wr.write_all(&frame).await.is_err() {
+                        break;
+                    }
+                    sent += 1;
+                    next += IDLE - Duration::from_secs(1);
+                }
+                frame = h2_read_frame(&mut rd) => {
+                    let Some((kind, flags, stream, payload)) = frame else {
+                        break;
+                    };
+                    let ack = match kind {
+                        // SETTINGS and PING, not acknowledgements themselves.
+                        4 if flags & 1 == 0 => Some(h2_frame(4, 1, 0, &[])),
+                        6 if flags & 1 == 0 => Some(h2_frame(6, 1, 0, &payload)),
+                        // DATA or HEADERS ending a request's stream: an answer.
+                        0 | 1 if stream % 2 == 1 && flags & 1 == 1 => {
+                            answered += 1;
+                            since = Instant::now();
+                            None
+                        }
+                        _ => None,
+                    };
+                    if let Some(ack) = ack
+                        && wr.write_all(&ack).await.is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+    };
+    tokio::time::timeout(BY + IDLE * requests, read)
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "{}: an HTTP/2 connection after {requests} requests still open",
+                fx.name
+            )
+        });
+    (since.elapsed(), answered)
+}
+
+/// An HTTP/2 connection that says nothing after its preface, or nothing
+/// after its last answer, is closed however well it answers the server's
+/// pings (actix-http took those for life: the connection stayed open for
+/// good); one in use is not, past the time a silent one gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_or_idle_http2_connection_is_closed_on_both_frameworks() {
+    for name in ["details", "reviews"] {
+        let fx = fixture(name, Mode::Plain);
+        let (after, _) = http2_then_nothing(&fx, 0).await;
+        assert!(after >= NOT_BEFORE, "{name}: silent, closed after only {after:?}");
+        // Used every 2 s for 6 s: past the idle plus header-read timeouts
+        // (5 s) of its opening, which a silent one gets.
+        let (after, answered) = http2_then_nothing(&fx, 4).await;
+        assert_eq!(answered, 4, "{name}: requests on HTTP/2 unanswered");
+        assert!(
+            after >= IDLE - Duration::from_millis(500),
+            "{name}: idle, closed after only {after:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_kept_alive_connection_is_closed_after_the_idle_timeout_on_both_frameworks() {
     idle_keep_alive_is_bounded("details").await;

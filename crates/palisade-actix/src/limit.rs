@@ -36,13 +36,14 @@ use crate::LocalFuture;
 /// and [`body_min_rate`](ServerLimits::body_min_rate)) ends with an error
 /// too, and the request is answered 408 and its connection closed.
 ///
-/// It also times the heads of a kept-alive connection's later requests,
-/// which actix-http does not: where the connection was recorded by
-/// [`on_connect`](crate::on_connect) (set by [`with_limits`]) or
-/// `palisade_mtls::ServerTls::actix_on_connect`, an HTTP/1 connection whose next
+/// It also times what actix-http does not: where the connection was
+/// recorded by [`on_connect`](crate::on_connect) (set by [`with_limits`])
+/// or `palisade_mtls::ServerTls::actix_on_connect`, a connection whose next
 /// request has not begun within the [idle](ServerLimits::idle) plus the
 /// [header-read](ServerLimits::header_read) timeout of the end of its last
-/// answer is closed, and with a
+/// answer (HTTP/1's later heads, an idle HTTP/2 connection, whose pings
+/// actix-http takes for life) or of its opening (an HTTP/2 connection that
+/// says nothing after its preface) is closed, and with a
 /// [maximum connection age](ServerLimits::max_connection_age) one past it
 /// is closed: idle, at once; busy, by its answer (`Connection: close`), or
 /// a second after that answer ends when its head went out before the age.
@@ -92,6 +93,7 @@ where
     type Future = Ready<Result<Self::Transform, Self::InitError>>;
 
     fn new_transform(&self, service: S) -> Self::Future {
+        sweep_silent_connections(&self.limits);
         ready(Ok(BodyLimitMiddleware {
             service: Rc::new(service),
             limits: self.limits,
@@ -142,6 +144,9 @@ where
         });
         let service = Rc::clone(&self.service);
         let limits = self.limits;
+        // `Connection: close` is HTTP/1's: an HTTP/2 connection past its
+        // age is closed by its watchdog once idle.
+        let http1 = req.version() <= Version::HTTP_11;
         Box::pin(async move {
             let res = service.call(req).await?;
             let Some((unread, why)) = cut.borrow_mut().take() else {
@@ -149,7 +154,8 @@ where
                     .map_body(|head, body| {
                         // Past its maximum age: closed once this is sent
                         // (an upgrade's connection is the application's).
-                        if head.status != actix_web::http::StatusCode::SWITCHING_PROTOCOLS
+                        if http1
+                            && head.status != actix_web::http::StatusCode::SWITCHING_PROTOCOLS
                             && let Some(b) = begun.as_ref().filter(|b| b.0.past_age())
                         {
                             head.set_connection_type(actix_web::http::ConnectionType::Close);
@@ -409,6 +415,65 @@ impl Drop for Connection {
     }
 }
 
+thread_local! {
+    /// This worker's connections no request has begun on yet, while a
+    /// [`BodyLimit`] on it sweeps them ([`sweep_silent_connections`]).
+    static FRESH: RefCell<Option<Vec<Weak<Connection>>>> = const { RefCell::new(None) };
+}
+
+/// How often a worker's fresh connections are looked at.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// On this worker (once, by the first [`BodyLimit`] made on it): closes
+/// every watched connection on which no request has begun within the idle
+/// plus the header-read timeout of its opening. actix-http times an HTTP/1
+/// connection's first head itself, but an HTTP/2 connection's preface only:
+/// one that then says nothing (its pings answered) would be kept for good.
+/// Only a worker with a [`BodyLimit`], which marks requests begun, sweeps:
+/// without one, no connection could be told busy.
+fn sweep_silent_connections(limits: &ServerLimits) {
+    // Not on an actix runtime (a middleware built outside one), where no
+    // task can be spawned: no connection of it to sweep either.
+    if actix_web::rt::System::try_current().is_none() {
+        return;
+    }
+    let started = FRESH.with(|fresh| {
+        let mut fresh = fresh.borrow_mut();
+        fresh.is_none().then(|| *fresh = Some(Vec::new())).is_some()
+    });
+    if !started {
+        return;
+    }
+    let silent = limits.idle().saturating_add(limits.header_read());
+    actix_web::rt::spawn(async move {
+        loop {
+            actix_web::rt::time::sleep(SWEEP_EVERY).await;
+            let now = Instant::now();
+            FRESH.with(|fresh| {
+                let mut fresh = fresh.borrow_mut();
+                let Some(fresh) = fresh.as_mut() else {
+                    return;
+                };
+                fresh.retain(|conn| {
+                    let Some(conn) = conn.upgrade() else {
+                        return false;
+                    };
+                    if conn.watchdog.get().is_some() {
+                        // A request began: its watchdog times it from now.
+                        return false;
+                    }
+                    if now.saturating_duration_since(conn.opened) < silent {
+                        return true;
+                    }
+                    tracing::debug!(target: palisade_core::limits::LOG_TARGET, "connection closed: no request began within the idle and header-read timeouts of its opening");
+                    let _ = conn.socket.shutdown(std::net::Shutdown::Both);
+                    false
+                });
+            });
+        }
+    });
+}
+
 /// Puts a watch on `tcp` in its connection data (see [`BodyLimit`]).
 pub(crate) fn watch(tcp: &TcpStream, data: &mut Extensions) {
     let socket = match socket2::SockRef::from(tcp).try_clone() {
@@ -423,7 +488,7 @@ pub(crate) fn watch(tcp: &TcpStream, data: &mut Extensions) {
             return;
         }
     };
-    data.insert(Watch(Rc::new(Connection {
+    let conn = Rc::new(Connection {
         socket,
         open: Cell::new(0),
         ended: Cell::new(Instant::now()),
@@ -432,7 +497,13 @@ pub(crate) fn watch(tcp: &TcpStream, data: &mut Extensions) {
         aged: OnceCell::new(),
         closing: Cell::new(false),
         idle: Rc::new(tokio::sync::Notify::new()),
-    })));
+    });
+    FRESH.with(|fresh| {
+        if let Some(fresh) = fresh.borrow_mut().as_mut() {
+            fresh.push(Rc::downgrade(&conn));
+        }
+    });
+    data.insert(Watch(conn));
 }
 
 /// A request's part in its connection's watch: while it lives, the
@@ -450,13 +521,11 @@ impl Drop for Begun {
 }
 
 /// Marks the start of `req` in its connection's watch, and starts the
-/// watchdog on the connection's first request. HTTP/2 has no heads to
-/// drip (its frames are timed by the h2 dispatcher's keep-alive), and
-/// connections without a watch are told of once.
+/// watchdog on the connection's first request: HTTP/1's, whose later heads
+/// actix-http does not time, and HTTP/2's, whose idle connections it keeps
+/// while they answer its pings (each of its streams counts as a request
+/// begun). Connections without a watch are told of once.
 fn begin(req: &ServiceRequest, limits: &ServerLimits) -> Option<Begun> {
-    if req.version() > Version::HTTP_11 {
-        return None;
-    }
     let Some(Watch(conn)) = req.conn_data::<Watch>() else {
         static ONCE: Once = Once::new();
         ONCE.call_once(|| {

@@ -238,7 +238,8 @@ impl ServerLimits {
     /// age (its socket shut, without TLS's `close_notify`), a busy one by
     /// its answer, or, when that answer's head went out before the age (a
     /// stream), a second after it ends. actix-web's HTTP/2 connections,
-    /// which it cannot send a GOAWAY on, are kept. An upgraded connection
+    /// which it cannot send a GOAWAY on, are closed a second after they are
+    /// idle past their age; a busy one is kept. An upgraded connection
     /// (a WebSocket) is the application's, on both frameworks, and is not
     /// closed (under axum the `101` of an upgrade asked for past the age
     /// says `Connection: close, upgrade`; the upgrade still happens). A request
