@@ -322,13 +322,15 @@ impl ServerLimits {
     /// `None` without one) before any of its body is read.
     ///
     /// # Errors
-    /// The 413 [`Reply`] for a length over the limit. A value that is not a
-    /// number is left to the HTTP parser, which refuses it before this is
-    /// asked.
+    /// The 413 [`Reply`] for a length over the limit. A list of one length
+    /// repeated (`3000000, 3000000`), which hyper takes as that length
+    /// (RFC 9110, 8.6), is read as it. A value that is not a number is left
+    /// to the HTTP parser, which refuses it before this is asked.
     pub fn check_content_length(&self, value: Option<&[u8]>) -> Result<(), Reply> {
+        // The largest of a list: the parser refuses a list of two lengths.
         let declared = value
             .and_then(|v| std::str::from_utf8(v).ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
+            .and_then(|v| v.split(',').map(|n| n.trim().parse::<u64>().ok()).max().flatten());
         match declared {
             Some(length) if length > self.body_limit as u64 => {
                 tracing::debug!(target: LOG_TARGET, length, limit = self.body_limit, "request body refused by its declared length");
@@ -500,6 +502,15 @@ mod tests {
         assert_eq!(reply.status(), 413);
         assert!(reply.body().contains("larger than 10 bytes"), "{}", reply.body());
         assert!(reply.headers().any(|h| h == ("connection", "close")));
+        // One length repeated, which hyper takes as that length (and
+        // would answer `100 Continue` to): read as it.
+        assert_eq!(
+            limits
+                .check_content_length(Some(b"11, 11"))
+                .map_err(|r| r.status()),
+            Err(413)
+        );
+        assert!(limits.check_content_length(Some(b"10,10")).is_ok());
         // Past u64: not a number here, refused by the HTTP parser.
         assert!(
             limits

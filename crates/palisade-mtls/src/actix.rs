@@ -129,6 +129,7 @@ pub struct HttpSettings {
     client_disconnect_timeout: Duration,
     host: Option<String>,
     handshake_timeout: Duration,
+    max_connections: usize,
 }
 
 impl Default for HttpSettings {
@@ -141,7 +142,8 @@ impl HttpSettings {
     /// The settings that enforce `limits`' timeouts (their body limit is the
     /// app's: `palisade_actix::BodyLimit`): `client_request_timeout` is the
     /// header-read timeout, keep-alive the idle timeout, the TLS handshake
-    /// and PERMISSIVE's first byte get the handshake timeout; a client has
+    /// and PERMISSIVE's first byte get the handshake timeout, and each
+    /// worker takes at most the limit's connections at once; a client has
     /// 1 s to close after the server did.
     pub fn from_limits(limits: &ServerLimits) -> Self {
         HttpSettings {
@@ -150,7 +152,18 @@ impl HttpSettings {
             client_disconnect_timeout: Duration::from_secs(1),
             host: None,
             handshake_timeout: limits.handshake(),
+            max_connections: limits.connections(),
         }
+    }
+
+    /// How many connections each worker takes at once (default 25,000, the
+    /// limit's [`max_connections`](ServerLimits::max_connections); at least
+    /// 1), those in their TLS handshake included, as
+    /// `HttpServer::max_connections`: past it, new ones wait in the
+    /// listener's backlog.
+    pub fn max_connections(mut self, connections: usize) -> Self {
+        self.max_connections = connections.max(1);
+        self
     }
 
     /// Keep-alive (default 75 s, the idle timeout), as `HttpServer::keep_alive`.
@@ -250,7 +263,7 @@ where
     B: MessageBody + 'static,
 {
     let tls: Option<ServerTls> = tls.into();
-    let builder = ServerBuilder::default();
+    let builder = ServerBuilder::default().max_concurrent_connections(settings.max_connections);
     let shutdown = builder.graceful_shutdown_signal();
     let addr = listener.local_addr()?;
     let host = settings.host.clone().unwrap_or_else(|| addr.to_string());
@@ -748,6 +761,44 @@ mod tests {
         let res = f.mtls.get(url).send().await.unwrap();
         assert_eq!(res.headers()["connection"], "close");
         f.handle.stop(true).await;
+    }
+
+    /// At the limit of connections (from the limits, as `with_limits`
+    /// gives an `HttpServer`), a new connection waits in the backlog until
+    /// one closes, then is served.
+    #[actix_web::test]
+    async fn at_the_connection_limit_new_connections_wait_for_one_to_close() {
+        let settings = HttpSettings::from_limits(&ServerLimits::default().max_connections(1));
+        let f = Fixture::start("connection-limit", settings);
+        let idle = tokio::net::TcpStream::connect(("127.0.0.1", f.port))
+            .await
+            .unwrap();
+        // Past the limit: the kernel takes it into the backlog; the server does not.
+        let mut second = tokio::net::TcpStream::connect(("127.0.0.1", f.port))
+            .await
+            .unwrap();
+        second
+            .write_all(b"GET /host HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = vec![0; 1024];
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), second.read(&mut answer))
+                .await
+                .is_err(),
+            "answered past the limit"
+        );
+        drop(idle);
+        let n = tokio::time::timeout(Duration::from_secs(5), second.read(&mut answer))
+            .await
+            .expect("not answered once a connection closed")
+            .unwrap();
+        assert!(
+            answer[..n].starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&answer[..n])
+        );
+        f.handle.stop(false).await;
     }
 
     /// Timeouts of `Duration::MAX` ("no limit") serve requests, over TLS
