@@ -331,7 +331,8 @@ fn not_reached(benches: &[Bench]) -> Vec<String> {
 /// Reads the case file; a problem is one line naming the file.
 fn read(path: &Path) -> Result<CaseFile, String> {
     let name = path.display();
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{name}: cannot read: {e}"))?;
+    let text =
+        palisade_core::policy::read_policy_text(path).map_err(|e| format!("{name}: cannot read: {e}"))?;
     let options = serde_saphyr::options! { with_snippet: false };
     let file: CaseFile = serde_saphyr::from_str_with_options(&text, options).map_err(|e| {
         let message = e.render_with_options(serde_saphyr::render_options! {

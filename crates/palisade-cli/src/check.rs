@@ -147,7 +147,8 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Said {
 
 /// `cases:` key) rather than a policy file: given to `check` by mistake.
 fn looks_like_cases(file: &Path) -> bool {
-    std::fs::read_to_string(file).is_ok_and(|text| text.lines().any(|l| l.starts_with("cases:")))
+    palisade_core::policy::read_policy_text(file)
+        .is_ok_and(|text| text.lines().any(|l| l.starts_with("cases:")))
 }
 
 #[cfg(test)]

@@ -584,6 +584,11 @@ impl SignInBuilder {
                 "the idle timeout is longer than the absolute timeout".into(),
             ));
         }
+        if config.idle_timeout.is_zero() || config.absolute_timeout.is_zero() {
+            return Err(SignInError::Config(
+                "a session timeout of zero would end every session at once".into(),
+            ));
+        }
         let mut scopes = self.scopes;
         if !scopes.iter().any(|s| s == "openid") {
             scopes.insert(0, "openid".into());

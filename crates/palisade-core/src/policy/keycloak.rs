@@ -95,7 +95,7 @@ impl KeycloakAdapterConfig {
     /// does not have the adapter's shape.
     pub fn from_json_file(path: impl AsRef<Path>) -> Result<Self, PolicyError> {
         let name = path.as_ref().display().to_string();
-        let text = std::fs::read_to_string(path.as_ref())
+        let text = super::read_policy_text(path.as_ref())
             .map_err(|e| PolicyError::new(&name, format!("cannot read: {e}")))?;
         Self::from_json_str(&text, &name)
     }

@@ -420,6 +420,7 @@ impl Document {
     }
 
     fn check_fields(&self) -> Result<(), FieldError> {
+        self.check_selector()?;
         match &self.spec {
             Spec::RequestAuthentication(s) => s.check(),
             Spec::AuthorizationPolicy(s) => crate::authz::compile::check_policy(&self.metadata, s),
@@ -444,6 +445,34 @@ impl Document {
             Spec::RbacConfig(s) => s.check(),
             Spec::AuthorizationSettings(s) => s.check(),
         }
+    }
+
+    /// The selector's labels, as Istio validates them: no empty key and no
+    /// wildcard (a `*` would match no workload's label here, where a reader
+    /// may take it for "every workload").
+    fn check_selector(&self) -> Result<(), FieldError> {
+        let Some(selector) = self.spec.selector() else {
+            return Ok(());
+        };
+        let at = match self.spec {
+            Spec::DestinationRule(_) => "spec.workloadSelector.matchLabels",
+            _ => "spec.selector.matchLabels",
+        };
+        for (key, value) in &selector.match_labels {
+            if key.trim().is_empty() {
+                return Err((
+                    at.into(),
+                    "an empty label key is not supported in a selector".into(),
+                ));
+            }
+            if key.contains('*') || value.contains('*') {
+                return Err((
+                    format!("{at}.{key}"),
+                    "a wildcard is not supported in a selector (Istio refuses it): leave the selector out to select every workload of the namespace".into(),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Whether this document applies to the workload.
@@ -930,6 +959,54 @@ fn parse<T: DeserializeOwned>(chunk: &Chunk<'_>) -> Result<T, Located> {
     })
 }
 
+/// The largest policy file read (16 MiB; a mesh's policies are kilobytes).
+pub const MAX_POLICY_FILE: u64 = 16 << 20;
+
+/// Reads a policy file, or a file of its kind (a Keycloak adapter's JSON,
+/// `palisade test`'s cases): a regular file (a symbolic link to one, as a
+/// Kubernetes volume gives, included) of at most [`MAX_POLICY_FILE`]
+/// bytes, so that a device (`/dev/zero`), a named pipe or a file without
+/// end is an error, not a read that never ends or fills the memory.
+///
+/// # Errors
+/// The file's own error, or [`std::io::ErrorKind::InvalidInput`] for
+/// another kind of file or a larger one, saying so.
+pub fn read_policy_file(path: impl AsRef<Path>) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let path = path.as_ref();
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_POLICY_FILE + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_POLICY_FILE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("larger than {} MiB", MAX_POLICY_FILE >> 20),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// [`read_policy_file`] as text: UTF-8, as `std::fs::read_to_string` reads it.
+///
+/// # Errors
+/// As [`read_policy_file`], and [`std::io::ErrorKind::InvalidData`] for a
+/// file that is not UTF-8.
+pub fn read_policy_text(path: impl AsRef<Path>) -> std::io::Result<String> {
+    String::from_utf8(read_policy_file(path)?).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "stream did not contain valid UTF-8",
+        )
+    })
+}
+
 impl PolicySet {
     /// Every file the documents name that is read when a part is built
     /// (secrets, session and client keys, CA bundles), once each, in the
@@ -959,7 +1036,7 @@ impl PolicySet {
     /// A [`PolicyError`] naming the file, the document and the field.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, PolicyError> {
         let name = path.as_ref().display().to_string();
-        let text = std::fs::read_to_string(path.as_ref())
+        let text = read_policy_text(path.as_ref())
             .map_err(|e| PolicyError::new(&name, format!("cannot read: {e}")))?;
         let mut set = Self::from_file_text(&text, &name)?;
         set.named_digest = Some(crate::reload::files_digest(&set.files_named()));
@@ -977,7 +1054,7 @@ impl PolicySet {
     #[must_use]
     pub fn problems_in_file(path: impl AsRef<Path>) -> Vec<PolicyError> {
         let name = path.as_ref().display().to_string();
-        match std::fs::read_to_string(path.as_ref()) {
+        match read_policy_text(path.as_ref()) {
             Ok(text) => Self::parse_all(&text, &name, false).err().unwrap_or_default(),
             Err(e) => vec![PolicyError::new(&name, format!("cannot read: {e}"))],
         }

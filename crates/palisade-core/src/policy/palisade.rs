@@ -627,6 +627,13 @@ pub struct SignInPaths<'a> {
     pub backchannel_logout: &'a str,
 }
 
+impl OidcSessionSpec {
+    /// The idle timeout without `idleTimeout`: 30 minutes.
+    pub const DEFAULT_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+    /// The absolute timeout without `absoluteTimeout`: 8 hours.
+    pub const DEFAULT_ABSOLUTE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(8 * 3600);
+}
+
 impl SignInPaths<'static> {
     /// The defaults: `/oauth2/callback`, `/login`, `/logout` and
     /// `/oauth2/backchannel-logout` (a `KeycloakAdapter` that signs in
@@ -718,6 +725,23 @@ impl SpnegoSettingsSpec {
     }
 
     pub(super) fn check(&self) -> Result<(), FieldError> {
+        // A host-based service name, as GSSAPI takes it: a principal's form
+        // (`HTTP/host`) would name a service of no host.
+        if let Some(service) = &self.service
+            && !service
+                .split_once('@')
+                .is_some_and(|(s, h)| !s.is_empty() && !h.is_empty() && !service.contains(['/', ' ']))
+        {
+            return Err((
+                "spec.service".into(),
+                format!(
+                    "`{service}` is not a host-based service name, `SERVICE@HOST` (`HTTP@www.example.test`)"
+                ),
+            ));
+        }
+        if let Some(i) = self.allowed_realms.iter().position(|r| r.trim().is_empty()) {
+            return Err((format!("spec.allowedRealms[{i}]"), "must not be empty".into()));
+        }
         // A key that names no principal, or a realm not allowed, never
         // matches: a typo would grant nothing without a word.
         for (field, table) in [("roles", &self.roles), ("groups", &self.groups)] {
@@ -899,9 +923,11 @@ pub struct OidcSessionSpec {
     /// The cookie name (default `palisade_session`; large sessions add
     /// `NAME_1`, `NAME_2`, …).
     pub cookie_name: Option<String>,
-    /// A session unused this long ends (default `30m`).
+    /// A session unused this long ends (default `30m`,
+    /// [`DEFAULT_IDLE_TIMEOUT`](Self::DEFAULT_IDLE_TIMEOUT)).
     pub idle_timeout: Option<DurationSpec>,
-    /// A session ends this long after sign-in whatever happens (default `8h`).
+    /// A session ends this long after sign-in whatever happens (default
+    /// `8h`, [`DEFAULT_ABSOLUTE_TIMEOUT`](Self::DEFAULT_ABSOLUTE_TIMEOUT)).
     pub absolute_timeout: Option<DurationSpec>,
     /// The AES-256-GCM keys, newest first: new cookies use the first, all
     /// are read. Shared by every replica. Absent: a random key made at
@@ -1283,13 +1309,41 @@ impl OidcLoginSpec {
                 "`memory` or a `redis://HOST:PORT/DB` URL".into(),
             ));
         }
-        if let (Some(idle), Some(absolute)) = (s.idle_timeout, s.absolute_timeout)
-            && std::time::Duration::from(idle) > std::time::Duration::from(absolute)
-        {
-            return Err((
-                "spec.session.idleTimeout".into(),
-                "longer than absoluteTimeout".into(),
-            ));
+        // Each as written or its default: a session cannot outlive its
+        // absolute timeout, and one of zero would end every session at once.
+        let idle = s
+            .idle_timeout
+            .map_or(OidcSessionSpec::DEFAULT_IDLE_TIMEOUT, Into::into);
+        let absolute = s
+            .absolute_timeout
+            .map_or(OidcSessionSpec::DEFAULT_ABSOLUTE_TIMEOUT, Into::into);
+        for (field, d) in [
+            ("spec.session.idleTimeout", idle),
+            ("spec.session.absoluteTimeout", absolute),
+        ] {
+            if d.is_zero() {
+                return Err((field.into(), "zero: every session would end at once".into()));
+            }
+        }
+        if idle > absolute {
+            let (field, message) = match (s.idle_timeout, s.absolute_timeout) {
+                (Some(_), Some(_)) => (
+                    "spec.session.idleTimeout",
+                    "longer than absoluteTimeout".to_owned(),
+                ),
+                (Some(_), None) => (
+                    "spec.session.idleTimeout",
+                    format!(
+                        "longer than the default absoluteTimeout ({}h)",
+                        absolute.as_secs() / 3600
+                    ),
+                ),
+                _ => (
+                    "spec.session.absoluteTimeout",
+                    format!("shorter than the default idleTimeout ({}m)", idle.as_secs() / 60),
+                ),
+            };
+            return Err((field.into(), message));
         }
         if let Some(name) = &s.cookie_name
             && !is_cookie_name(name)

@@ -111,10 +111,23 @@ impl RequestAuthenticationSpec {
                     return Err((at(&field), format!("`{name}` is not an HTTP header name")));
                 }
             }
+            // As Istio's validation: an empty audience or claim name would
+            // match nothing, or set no header, without a word.
             let named = [
                 ("fromParams", &rule.from_params),
                 ("fromCookies", &rule.from_cookies),
+                ("audiences", &rule.audiences),
             ];
+            if let Some(k) = rule
+                .output_claim_to_headers
+                .iter()
+                .position(|c| c.claim.trim().is_empty())
+            {
+                return Err((
+                    at(&format!("outputClaimToHeaders[{k}].claim")),
+                    "must not be empty".into(),
+                ));
+            }
             for (field, names) in named {
                 if let Some(k) = names.iter().position(|n| n.is_empty()) {
                     return Err((at(&format!("{field}[{k}]")), "must not be empty".into()));
@@ -424,6 +437,12 @@ impl PeerAuthenticationSpec {
     }
 
     pub(super) fn check(&self) -> Result<(), FieldError> {
+        if self.port_level_mtls.contains_key(&0) {
+            return Err((
+                "spec.portLevelMtls.0".into(),
+                "port 0 is no port (1 to 65535, as in Istio)".into(),
+            ));
+        }
         if !self.port_level_mtls.is_empty() && !self.selects_workloads() {
             return Err((
                 "spec.portLevelMtls".into(),

@@ -2014,3 +2014,131 @@ fn every_document_that_does_not_load_is_a_problem_of_its_own() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// What Istio's validation refuses, refused when the file loads, for
+/// another workload too, naming the field: a wildcard or an empty key in
+/// a selector (which would select no workload here, where a reader may
+/// take it for "every workload"), port 0 in `portLevelMtls`, an empty
+/// audience or output claim; and what would only fail when the service
+/// starts: an `OidcLogin` session timeout of zero or one that contradicts
+/// the other's default, a SPNEGO service named as a principal, an empty
+/// allowed realm.
+#[test]
+fn values_that_would_select_match_or_set_nothing_fail_to_load() {
+    let cases = [
+        (
+            "AuthorizationPolicy",
+            "security.istio.io/v1",
+            "  selector: {matchLabels: {app: \"*\"}}\n  action: DENY\n  rules: [{}]\n",
+            "spec.selector.matchLabels.app",
+        ),
+        (
+            "AuthorizationPolicy",
+            "security.istio.io/v1",
+            "  selector: {matchLabels: {\"\": x}}\n",
+            "spec.selector.matchLabels",
+        ),
+        (
+            "DestinationRule",
+            "networking.istio.io/v1",
+            "  host: ratings.default.svc.cluster.local\n  workloadSelector: {matchLabels: {\"app*\": x}}\n",
+            "spec.workloadSelector.matchLabels.app*",
+        ),
+        (
+            "PeerAuthentication",
+            "security.istio.io/v1",
+            "  selector: {matchLabels: {app: reviews}}\n  mtls: {mode: STRICT}\n  portLevelMtls: {0: {mode: DISABLE}}\n",
+            "spec.portLevelMtls.0",
+        ),
+        (
+            "RequestAuthentication",
+            "security.istio.io/v1",
+            "  jwtRules: [{issuer: https://kc.example/realms/x, audiences: [\"\"]}]\n",
+            "spec.jwtRules[0].audiences[0]",
+        ),
+        (
+            "RequestAuthentication",
+            "security.istio.io/v1",
+            "  jwtRules: [{issuer: https://kc.example/realms/x, outputClaimToHeaders: [{header: x-user, claim: \"\"}]}]\n",
+            "spec.jwtRules[0].outputClaimToHeaders[0].claim",
+        ),
+        (
+            "OidcLogin",
+            "palisade.dev/v1alpha1",
+            "  issuer: https://kc.example/realms/x\n  clientId: shop\n  session: {absoluteTimeout: 10m}\n",
+            "spec.session.absoluteTimeout",
+        ),
+        (
+            "OidcLogin",
+            "palisade.dev/v1alpha1",
+            "  issuer: https://kc.example/realms/x\n  clientId: shop\n  session: {idleTimeout: 9h}\n",
+            "spec.session.idleTimeout",
+        ),
+        (
+            "OidcLogin",
+            "palisade.dev/v1alpha1",
+            "  issuer: https://kc.example/realms/x\n  clientId: shop\n  session: {idleTimeout: 0s}\n",
+            "spec.session.idleTimeout",
+        ),
+        (
+            "SpnegoSettings",
+            "palisade.dev/v1alpha1",
+            "  service: HTTP/www.example.test\n",
+            "spec.service",
+        ),
+        (
+            "SpnegoSettings",
+            "palisade.dev/v1alpha1",
+            "  allowedRealms: [EXAMPLE.TEST, \"\"]\n",
+            "spec.allowedRealms[1]",
+        ),
+    ];
+    for (kind, api_version, spec, field) in cases {
+        let err = load_err(&reviews(kind, api_version, spec));
+        assert_eq!(err.document, Some(2), "{kind}: {err}");
+        assert_eq!(err.field.as_deref(), Some(field), "{kind}: {err}");
+    }
+    // Within the defaults, and a service named as GSSAPI takes it: loaded.
+    for (kind, api_version, spec) in [
+        (
+            "OidcLogin",
+            "palisade.dev/v1alpha1",
+            "  issuer: https://kc.example/realms/x\n  clientId: shop\n  session: {idleTimeout: 1h, absoluteTimeout: 2h}\n",
+        ),
+        (
+            "SpnegoSettings",
+            "palisade.dev/v1alpha1",
+            "  service: HTTP@www.example.test\n",
+        ),
+        (
+            "PeerAuthentication",
+            "security.istio.io/v1",
+            "  selector: {matchLabels: {app: reviews}}\n  portLevelMtls: {8080: {mode: DISABLE}}\n",
+        ),
+    ] {
+        PolicySet::from_yaml_str(&reviews(kind, api_version, spec), "policy.yaml")
+            .unwrap_or_else(|e| panic!("{kind}: {e}"));
+    }
+}
+
+/// A policy file that is a device, a named pipe or too large is refused
+/// saying so, rather than read without end (or blocked on).
+#[test]
+fn a_device_a_pipe_or_a_huge_file_is_refused_not_read_without_end() {
+    let err = PolicySet::from_file("/dev/zero").unwrap_err();
+    assert!(err.to_string().contains("not a regular file"), "{err}");
+    let dir = std::env::temp_dir().join(format!("palisade-policy-read-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("fifo.yaml");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let err = PolicySet::from_file(&fifo).unwrap_err();
+    assert!(err.to_string().contains("not a regular file"), "{err}");
+    let huge = dir.join("huge.yaml");
+    let file = std::fs::File::create(&huge).unwrap();
+    file.set_len(MAX_POLICY_FILE + 1).unwrap();
+    let err = PolicySet::from_file(&huge).unwrap_err();
+    assert!(err.to_string().contains("larger than 16 MiB"), "{err}");
+    assert_eq!(PolicySet::problems_in_file(&huge).len(), 1);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
