@@ -133,11 +133,22 @@ where
         }
         let begun = begin(&req, &self.limits);
         let cut = Rc::new(RefCell::new(None));
+        // A chunked HTTP/1 body left unread when the answer is made (a
+        // handler that does not read it, a 404): actix-http would read it
+        // to its end, as long as it lasts, to keep the connection.
+        let chunked = req.version() <= Version::HTTP_11
+            && req
+                .headers()
+                .get(actix_web::http::header::TRANSFER_ENCODING)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
         let payload = Limited {
             inner: Some(req.take_payload()),
             left: self.limits.max_body(),
             timer: BodyTimer::new(&self.limits),
             cut: Rc::clone(&cut),
+            keep_unread: chunked,
+            ended: false,
         };
         req.set_payload(Payload::Stream {
             payload: Box::pin(payload),
@@ -167,6 +178,8 @@ where
             };
             // Whatever the app answered a body it could not read in time.
             let res = match why {
+                // Answered without reading it all: sent as it is.
+                Cut::Unread => res.map_into_boxed_body(),
                 Cut::Late => {
                     // In place of the app's answer, with the cookies it set
                     // (a session's renewal).
@@ -228,8 +241,13 @@ struct Limited {
     left: usize,
     timer: BodyTimer,
     /// Where the unread payload goes when it passed the limit or was late,
-    /// and whether it was late.
+    /// or was dropped unfinished, and why.
     cut: Rc<RefCell<Option<(Payload, Cut)>>>,
+    /// Whether a payload dropped before its end goes to `cut`, for the
+    /// connection to be closed rather than the rest read.
+    keep_unread: bool,
+    /// Whether the payload has ended.
+    ended: bool,
 }
 
 /// Why a payload was cut off.
@@ -237,6 +255,16 @@ struct Limited {
 enum Cut {
     Overflow,
     Late,
+    /// Dropped before its end.
+    Unread,
+}
+
+impl Drop for Limited {
+    fn drop(&mut self) {
+        if self.keep_unread && !self.ended {
+            self.cut_off(Cut::Unread);
+        }
+    }
 }
 
 impl futures_core::Stream for Limited {
@@ -267,6 +295,10 @@ impl futures_core::Stream for Limited {
                 }
                 None => Poll::Pending,
             },
+            Poll::Ready(None) => {
+                self.ended = true;
+                Poll::Ready(None)
+            }
             other => other,
         }
     }
@@ -723,6 +755,50 @@ mod tests {
             }
         }
         String::from_utf8(seen).unwrap()
+    }
+
+    /// A chunked body the app answers without reading (here `/ok`'s
+    /// handler, which takes none) is not read on to its end: the
+    /// connection is closed once the answer is sent, as hyper does, rather
+    /// than kept reading whatever the client sends.
+    #[actix_web::test]
+    async fn an_unread_chunked_body_closes_the_connection_rather_than_drain() {
+        let limits = ServerLimits::default()
+            .header_read_timeout(Duration::from_secs(5))
+            .idle_timeout(Duration::from_secs(5));
+        let (mut tcp, handle) = connected(limits).await;
+        tcp.write_all(
+            b"GET /ok HTTP/1.1\r\nhost: localhost\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        )
+        .await
+        .unwrap();
+        let (mut rd, mut wr) = tcp.into_split();
+        // The client goes on sending chunks, as fast as it likes.
+        let sender = actix_web::rt::spawn(async move {
+            while wr.write_all(b"5\r\nhello\r\n").await.is_ok() {
+                actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        let closed = tokio::time::timeout(Duration::from_secs(3), async {
+            while let Ok(n) = rd.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                seen.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await;
+        let seen = String::from_utf8_lossy(&seen);
+        assert!(closed.is_ok(), "still reading the body after 3 s: {seen:?}");
+        assert!(seen.starts_with("HTTP/1.1 200"), "{seen:?}");
+        assert!(
+            seen.to_ascii_lowercase().contains("connection: close"),
+            "{seen:?}"
+        );
+        sender.abort();
+        handle.stop(false).await;
     }
 
     /// A request body that never sends a byte.
