@@ -206,12 +206,12 @@ impl ServerLimits {
     /// one closes, so a flood of idle connections cannot use up the
     /// process's file descriptors. Per worker under actix-web (its own
     /// `max_connections`), per listener under `palisade_axum::serve`. Keep
-    /// it below the process's open-file limit (under actix-web half of it:
-    /// `palisade_actix`'s watch holds a second descriptor of each
-    /// connection) (`ulimit -n`, often 1,024
+    /// it below the process's open-file limit (`ulimit -n`, often 1,024
     /// for a shell's processes, far more under systemd or Kubernetes),
     /// which the default is not fitted to: past that limit, accepting
-    /// fails, and is retried every 50 ms, until a connection closes.
+    /// fails, and is retried every 50 ms, until a connection closes. Under
+    /// actix-web, below half of it: `palisade_actix`'s watch holds a second
+    /// descriptor of each connection.
     pub fn max_connections(mut self, connections: usize) -> Self {
         self.max_connections = connections.max(1);
         self
