@@ -53,10 +53,10 @@ struct CaseSpec {
     name: Option<String>,
     #[serde(default)]
     workload: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "scalars_as_text")]
     labels: BTreeMap<String, String>,
     request: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "scalars_as_text")]
     headers: BTreeMap<String, String>,
     #[serde(default)]
     claims: Option<Map<String, Value>>,
@@ -71,6 +71,23 @@ struct CaseSpec {
     status: Option<u16>,
     #[serde(default)]
     dry_run: Option<Shadow>,
+}
+
+/// A map of scalars, each as its text (YAML's unquoted `1` or `true` as
+/// `"1"`, `"true"`), as a policy file's label and header values are read.
+fn scalars_as_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    use serde::de::Error as _;
+    BTreeMap::<String, Value>::deserialize(d)?
+        .into_iter()
+        .map(|(k, v)| match v {
+            Value::String(s) => Ok((k, s)),
+            Value::Number(n) => Ok((k, n.to_string())),
+            Value::Bool(b) => Ok((k, b.to_string())),
+            other => Err(D::Error::custom(format!(
+                "`{k}`: a string, number or boolean, not {other}"
+            ))),
+        })
+        .collect()
 }
 
 /// What a case expects dry-run policies to decide.
@@ -504,6 +521,39 @@ spec:
                 "1 passed, 1 failed",
             ]
         );
+    }
+
+    /// Unquoted numbers and booleans in `headers` and `labels` are their
+    /// text, as in a policy file (`x-ok: yes` would be a string anyway).
+    #[test]
+    fn unquoted_scalar_header_and_label_values_are_text() {
+        let policy = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: p}
+spec:
+  selector: {matchLabels: {version: \"2\"}}
+  rules:
+  - when:
+    - key: request.headers[x-n]
+      values: [\"1\"]
+";
+        let files = Files::new(
+            "scalars",
+            policy,
+            "cases:
+- {name: number, workload: default/reviews, labels: {version: 2}, request: GET /a, headers: {x-n: 1}, expect: allow}
+- {name: other, workload: default/reviews, labels: {version: 2}, request: GET /a, headers: {x-n: true}, expect: deny}
+",
+        );
+        let report = files.run();
+        assert_eq!(
+            report.out.last().map(String::as_str),
+            Some("2 passed, 0 failed"),
+            "{:?} {:?}",
+            report.out,
+            report.err
+        );
+        assert_eq!(report.status, 0);
     }
 
     #[test]
