@@ -15,7 +15,9 @@ use serde_json::Value;
 /// The policy file's documents and those added to them.
 pub(crate) struct Policy {
     pub(crate) set: PolicySet,
-    /// The number of the policy file's own documents.
+    /// The last index of the policy file's own documents in its stream
+    /// (empty documents counted, as errors count them); added documents
+    /// follow it.
     own: usize,
     /// Where each added document comes from: its source and its index there.
     added: Vec<(String, u32)>,
@@ -32,7 +34,7 @@ impl Policy {
     pub(crate) fn load(file: &Path, with: &[PathBuf]) -> Result<Self, PolicyError> {
         let set = PolicySet::from_file(file)?;
         let mut policy = Self {
-            own: set.documents().len(),
+            own: set.documents().iter().map(|d| d.index).max().unwrap_or(0),
             warnings: set.warnings().iter().map(ToString::to_string).collect(),
             set,
             added: Vec::new(),
@@ -90,7 +92,7 @@ impl Policy {
                 other.source().to_owned(),
                 u32::try_from(doc.index).unwrap_or(u32::MAX),
             ));
-            doc.index = documents.len() + 1;
+            doc.index = self.own + self.added.len();
             if !lines {
                 doc.line = None;
             }
@@ -144,17 +146,25 @@ spec:
         std::fs::create_dir_all(&dir).unwrap();
         let main = dir.join("main.yaml");
         let realm = dir.join("realm.yaml");
+        // An empty document (commented out) between two of the file's own:
+        // the second is document 3, as errors count.
         std::fs::write(
             &main,
-            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a}\nspec: {}\n",
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a}\nspec: {}\n---\n# off\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: z}\nspec: {}\n",
         )
         .unwrap();
         std::fs::write(&realm, REALM).unwrap();
         let mut policy = Policy::load(&main, std::slice::from_ref(&realm)).unwrap();
         let _ = std::fs::remove_dir_all(&dir);
-        assert_eq!(policy.set.documents().len(), 2);
-        let second = &policy.set.documents()[1];
-        let e = policy.locate(policy.set.error_at(second, "spec.jwtRules[0]", "wrong"));
+        assert_eq!(policy.set.documents().len(), 3);
+        let own = &policy.set.documents()[1];
+        let e = policy.locate(policy.set.error_at(own, "spec", "wrong"));
+        assert_eq!(
+            (e.file.as_str(), e.document),
+            (main.display().to_string().as_str(), Some(3))
+        );
+        let added = &policy.set.documents()[2];
+        let e = policy.locate(policy.set.error_at(added, "spec.jwtRules[0]", "wrong"));
         assert_eq!(e.file, realm.display().to_string());
         assert_eq!(e.document, Some(1));
         assert_eq!(e.line.map(|l| l.get()), Some(1), "{e}");
@@ -162,7 +172,7 @@ spec:
         policy
             .add_values(&[json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy", "metadata": {"name": "b"}})], "c.yaml `with`")
             .unwrap();
-        let third = &policy.set.documents()[2];
+        let third = &policy.set.documents()[3];
         let e = policy.locate(policy.set.error_at(third, "spec", "wrong"));
         assert_eq!(
             e.to_string(),
