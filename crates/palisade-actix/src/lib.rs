@@ -68,7 +68,7 @@ use palisade_core::{Check, Guard, RequestAuth};
 mod limit;
 mod require;
 
-pub use limit::{Answer, BodyLimit, BodyLimitMiddleware, with_limits};
+pub use limit::{Answer, BodyLimit, BodyLimitMiddleware, speaks_http2, with_limits};
 pub use require::{Require, RequireMiddleware};
 
 /// Records a plain TCP connection's addresses for Istio's `ports`,

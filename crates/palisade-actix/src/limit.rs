@@ -48,7 +48,11 @@ use crate::LocalFuture;
 /// is closed: idle, at once; busy, by its answer (`Connection: close`), or
 /// a second after that answer ends when its head went out before the age.
 /// (Without that record, which a custom `on_connect` in their place leaves
-/// out, one warning says so.)
+/// out, one warning says so.) A request counts once it reaches this
+/// middleware, so wrap the whole `App` with it: requests of a connection
+/// that go around it (a scope it does not wrap) leave the connection idle
+/// in its eyes. An HTTP/2 connection is told by its TLS session's ALPN, or
+/// on plaintext by the preface that came with the connection.
 ///
 /// actix-web's extractors keep their own limits on top (`web::Bytes` and
 /// `String` 256 KiB, `web::Json` 2 MiB): give the app the same number so
@@ -93,7 +97,7 @@ where
     type Future = Ready<Result<Self::Transform, Self::InitError>>;
 
     fn new_transform(&self, service: S) -> Self::Future {
-        sweep_silent_connections(&self.limits);
+        enable_sweep(&self.limits);
         ready(Ok(BodyLimitMiddleware {
             service: Rc::new(service),
             limits: self.limits,
@@ -447,63 +451,115 @@ impl Drop for Connection {
     }
 }
 
-thread_local! {
-    /// This worker's connections no request has begun on yet, while a
-    /// [`BodyLimit`] on it sweeps them ([`sweep_silent_connections`]).
-    static FRESH: RefCell<Option<Vec<Weak<Connection>>>> = const { RefCell::new(None) };
+/// This worker's sweep of silent HTTP/2 connections: how long one may go
+/// without a request from its opening, the connections to look at, and
+/// whether its task runs.
+struct Sweep {
+    silent: Duration,
+    fresh: Vec<Weak<Connection>>,
+    running: bool,
 }
 
-/// How often a worker's fresh connections are looked at.
+thread_local! {
+    /// Set by the first [`BodyLimit`] made on this worker (which marks
+    /// requests begun: without one, no connection could be told busy).
+    static SWEEP: RefCell<Option<Sweep>> = const { RefCell::new(None) };
+}
+
+/// How often a worker's fresh HTTP/2 connections are looked at.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
-/// On this worker (once, by the first [`BodyLimit`] made on it): closes
-/// every watched connection on which no request has begun within the idle
-/// plus the header-read timeout of its opening. actix-http times an HTTP/1
-/// connection's first head itself, but an HTTP/2 connection's preface only:
-/// one that then says nothing (its pings answered) would be kept for good.
-/// Only a worker with a [`BodyLimit`], which marks requests begun, sweeps:
-/// without one, no connection could be told busy.
-fn sweep_silent_connections(limits: &ServerLimits) {
-    // Not on an actix runtime (a middleware built outside one), where no
-    // task can be spawned: no connection of it to sweep either.
-    if actix_web::rt::System::try_current().is_none() {
-        return;
-    }
-    let started = FRESH.with(|fresh| {
-        let mut fresh = fresh.borrow_mut();
-        fresh.is_none().then(|| *fresh = Some(Vec::new())).is_some()
-    });
-    if !started {
-        return;
-    }
-    let silent = limits.idle().saturating_add(limits.header_read());
-    actix_web::rt::spawn(async move {
-        loop {
-            actix_web::rt::time::sleep(SWEEP_EVERY).await;
-            let now = Instant::now();
-            FRESH.with(|fresh| {
-                let mut fresh = fresh.borrow_mut();
-                let Some(fresh) = fresh.as_mut() else {
-                    return;
-                };
-                fresh.retain(|conn| {
-                    let Some(conn) = conn.upgrade() else {
-                        return false;
-                    };
-                    if conn.watchdog.get().is_some() {
-                        // A request began: its watchdog times it from now.
-                        return false;
-                    }
-                    if now.saturating_duration_since(conn.opened) < silent {
-                        return true;
-                    }
-                    tracing::debug!(target: palisade_core::limits::LOG_TARGET, "connection closed: no request began within the idle and header-read timeouts of its opening");
-                    let _ = conn.socket.shutdown(std::net::Shutdown::Both);
-                    false
-                });
+/// Turns on, for this worker, the closing of HTTP/2 connections on which no
+/// request has begun within the idle plus the header-read timeout of their
+/// opening ([`sweep`]): actix-http times an HTTP/2 connection's preface
+/// only, and one that then says nothing (its pings answered) would be kept
+/// for good. (An HTTP/1 connection's first head it times itself.)
+fn enable_sweep(limits: &ServerLimits) {
+    SWEEP.with(|sweep| {
+        let mut sweep = sweep.borrow_mut();
+        if sweep.is_none() {
+            *sweep = Some(Sweep {
+                silent: limits.idle().saturating_add(limits.header_read()),
+                fresh: Vec::new(),
+                running: false,
             });
         }
     });
+}
+
+/// Puts an HTTP/2 connection in this worker's sweep, when it has one, and
+/// starts the sweep's task (on the worker's runtime, where the connection
+/// is served) if it is not running.
+fn sweep(conn: &Rc<Connection>) {
+    SWEEP.with(|sweep| {
+        let mut sweep = sweep.borrow_mut();
+        let Some(sweep) = sweep.as_mut() else {
+            return;
+        };
+        sweep.fresh.push(Rc::downgrade(conn));
+        if !sweep.running {
+            sweep.running = true;
+            actix_web::rt::spawn(sweeping(sweep.silent));
+        }
+    });
+}
+
+/// The sweep's task: every [`SWEEP_EVERY`], closes the connections of the
+/// sweep silent for `silent` since their opening and forgets those gone or
+/// begun (their watchdog times them); ends when none is left.
+async fn sweeping(silent: Duration) {
+    loop {
+        actix_web::rt::time::sleep(SWEEP_EVERY).await;
+        let now = Instant::now();
+        let left = SWEEP.with(|sweep| {
+            let mut sweep = sweep.borrow_mut();
+            let Some(sweep) = sweep.as_mut() else {
+                return false;
+            };
+            sweep.fresh.retain(|conn| {
+                let Some(conn) = conn.upgrade() else {
+                    return false;
+                };
+                if conn.watchdog.get().is_some() {
+                    // A request began: its watchdog times it from now.
+                    return false;
+                }
+                if now.saturating_duration_since(conn.opened) < silent {
+                    return true;
+                }
+                tracing::debug!(target: palisade_core::limits::LOG_TARGET, "HTTP/2 connection closed: no request began within the idle and header-read timeouts of its opening");
+                let _ = conn.socket.shutdown(std::net::Shutdown::Both);
+                false
+            });
+            sweep.running = !sweep.fresh.is_empty();
+            sweep.running
+        });
+        if !left {
+            return;
+        }
+    }
+}
+
+/// Marks the connection `data` records (by [`on_connect`](crate::on_connect))
+/// as one that speaks HTTP/2, told by its TLS session's ALPN (`h2`):
+/// `palisade_mtls`'s `on_connect` calls it. A plaintext connection's
+/// `on_connect` tells HTTP/2 by its preface itself. Such a connection on
+/// which no request has begun within the idle plus the header-read timeout
+/// of its opening is closed, where a [`BodyLimit`] runs.
+pub fn speaks_http2(data: &Extensions) {
+    if let Some(Watch(conn)) = data.get::<Watch>() {
+        sweep(conn);
+    }
+}
+
+/// Whether a plaintext connection begins with the HTTP/2 preface
+/// (`PRI * HTTP/2.0`, h2c by prior knowledge), by what has arrived of it,
+/// without waiting.
+fn begins_h2c(tcp: &TcpStream) -> bool {
+    let mut buf = [0u8; 3];
+    let mut read = tokio::io::ReadBuf::new(&mut buf);
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    matches!(tcp.poll_peek(&mut cx, &mut read), Poll::Ready(Ok(3))) && read.filled() == b"PRI"
 }
 
 /// Puts a watch on `tcp` in its connection data (see [`BodyLimit`]).
@@ -530,11 +586,9 @@ pub(crate) fn watch(tcp: &TcpStream, data: &mut Extensions) {
         closing: Cell::new(false),
         idle: Rc::new(tokio::sync::Notify::new()),
     });
-    FRESH.with(|fresh| {
-        if let Some(fresh) = fresh.borrow_mut().as_mut() {
-            fresh.push(Rc::downgrade(&conn));
-        }
-    });
+    if begins_h2c(tcp) {
+        sweep(&conn);
+    }
     data.insert(Watch(conn));
 }
 

@@ -104,6 +104,9 @@ fn connected(
     let (tcp, session) = stream.get_ref();
     // The TCP facts and the watch, then what the TLS session adds.
     palisade_actix::on_connect(tcp, data);
+    if session.alpn_protocol() == Some(b"h2") {
+        palisade_actix::speaks_http2(data);
+    }
     if let Some(info) = data.get_mut::<ConnectionInfo>() {
         fill_from_session(info, session, tls);
     }

@@ -53,9 +53,10 @@ struct Verified {
     generation: u64,
     names: HashSet<ServerName<'static>>,
     /// Handshakes whose chain is verified, by the server's certificate:
-    /// its name and the reload it was verified after, until the server's
+    /// the names it was verified for (one certificate may serve several at
+    /// once) and the reload each was verified after, until the server's
     /// signature proves it holds the certificate's key.
-    pending: HashMap<Vec<u8>, (ServerName<'static>, u64)>,
+    pending: HashMap<Vec<u8>, Vec<(ServerName<'static>, u64)>>,
 }
 
 impl ClientSessions {
@@ -86,27 +87,31 @@ impl ClientSessions {
     pub(crate) fn chain_verified(&self, generation: u64, certificate: &[u8], name: &ServerName<'_>) {
         let mut v = self.verified();
         if v.generation == generation {
-            if v.pending.len() >= PENDING_HANDSHAKES {
+            if v.pending.len() >= PENDING_HANDSHAKES && !v.pending.contains_key(certificate) {
                 v.pending.clear();
             }
-            v.pending
-                .insert(certificate.to_vec(), (name.to_owned(), generation));
+            let names = v.pending.entry(certificate.to_vec()).or_default();
+            if !names.iter().any(|(n, _)| n == name) {
+                names.push((name.to_owned(), generation));
+            }
         }
     }
 
     /// A handshake checked the signature of the server holding
-    /// `certificate`: the name its chain was verified for counts as
-    /// verified (its sessions are kept), unless a reload came since.
+    /// `certificate`: the names its chain was verified for count as
+    /// verified (their sessions are kept), unless a reload came since.
     pub(crate) fn signed(&self, certificate: &[u8]) {
         let mut v = self.verified();
-        let Some((name, generation)) = v.pending.remove(certificate) else {
+        let Some(names) = v.pending.remove(certificate) else {
             return;
         };
-        if v.generation == generation && !v.names.contains(&name) {
-            if v.names.len() >= VERIFIED_NAMES {
-                v.names.clear();
+        for (name, generation) in names {
+            if v.generation == generation && !v.names.contains(&name) {
+                if v.names.len() >= VERIFIED_NAMES {
+                    v.names.clear();
+                }
+                v.names.insert(name);
             }
-            v.names.insert(name);
         }
     }
 

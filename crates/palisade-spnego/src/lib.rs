@@ -519,6 +519,15 @@ const MAX_ACCEPTOR_CREDS: usize = 64;
 /// Values lent one call at a time: a call takes one that no other call
 /// holds, when there is one, and gives it back; when all are lent it
 /// shares `spare`.
+/// What a [`Pool`] lent a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lent {
+    /// One no other call holds.
+    Own,
+    /// The spare, shared by the calls past the pool's size.
+    Spare,
+}
+
 struct Pool<T: Clone> {
     idle: std::sync::Mutex<Vec<T>>,
     spare: T,
@@ -540,38 +549,45 @@ impl<T: Clone> Pool<T> {
     /// none is idle and fewer than `max` were made (the spare when `make`
     /// fails): a pool that grows with the calls at once.
     #[cfg(feature = "s4u")]
-    fn take_or_make(&self, max: usize, make: impl FnOnce() -> Option<T>) -> T {
+    fn take_or_make(&self, max: usize, make: impl FnOnce() -> Option<T>) -> (T, Lent) {
         if let Some(idle) = self
             .idle
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .pop()
         {
-            return idle;
+            return (idle, Lent::Own);
         }
         if self.made.fetch_add(1, Ordering::Relaxed) < max
             && let Some(made) = make()
         {
-            return made;
+            return (made, Lent::Own);
         }
         self.made.fetch_sub(1, Ordering::Relaxed);
-        self.spare.clone()
+        (self.spare.clone(), Lent::Spare)
     }
 
-    /// One for a call: give it back with [`give`](Self::give).
-    fn take(&self) -> T {
+    /// One for a call, and whether it is its own or the shared spare: give
+    /// it back with [`give`](Self::give).
+    fn take(&self) -> (T, Lent) {
         let mut idle = self
             .idle
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        idle.pop().unwrap_or_else(|| self.spare.clone())
+        idle.pop()
+            .map_or_else(|| (self.spare.clone(), Lent::Spare), |own| (own, Lent::Own))
     }
 
-    fn give(&self, value: T) {
-        self.idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(value);
+    /// Gives back what [`take`](Self::take) lent: the spare stays shared,
+    /// not idle (a copy of it there would be lent as a call's own, and two
+    /// calls would share a credential while others are free).
+    fn give(&self, value: T, lent: Lent) {
+        if lent == Lent::Own {
+            self.idle
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(value);
+        }
     }
 }
 
@@ -1090,11 +1106,11 @@ impl Impersonator {
         let name = Name::new(user.as_bytes(), Some(libgssapi::oid::GSS_NT_KRB5_PRINCIPAL)).map_err(err)?;
         let mut mechs = OidSet::new();
         mechs.add(GSS_MECH_KRB5).map_err(err)?;
-        let own = self
+        let (own, lent) = self
             .creds
             .take_or_make(MAX_IMPERSONATOR_CREDS, || Self::acquire().ok());
         let cred = own.impersonate(&name, None, CredUsage::Initiate, Some(&mechs));
-        self.creds.give(own);
+        self.creds.give(own, lent);
         Negotiation::start(cred.map_err(err)?, service)
     }
 }
@@ -1234,9 +1250,9 @@ impl Authenticator for SpnegoAuthenticator {
             let started = Instant::now();
             let local_names = (self.0.allowed_realms.len() != 1).then_some(&self.0.local_names);
             let in_flight = InFlight::start();
-            let cred = self.0.cred.take();
+            let (cred, lent) = self.0.cred.take();
             let result = accept(cred.clone(), &token, self.0.http_only, local_names);
-            self.0.cred.give(cred);
+            self.0.cred.give(cred, lent);
             drop((in_flight, permit, here));
             return Check::Ready(self.accepted(result, started));
         }
@@ -1281,9 +1297,9 @@ impl Authenticator for SpnegoAuthenticator {
             let result = tokio::task::spawn_blocking(move || {
                 let _held = (in_flight, permit);
                 let local_names = (inner.allowed_realms.len() != 1).then_some(&inner.local_names);
-                let cred = inner.cred.take();
+                let (cred, lent) = inner.cred.take();
                 let result = accept(cred.clone(), &token, inner.http_only, local_names);
-                inner.cred.give(cred);
+                inner.cred.give(cred, lent);
                 result
             })
             .await
@@ -1353,10 +1369,15 @@ mod tests {
     fn calls_at_once_take_credentials_of_their_own() {
         let pool = Pool::new(0, vec![1, 2]);
         let (a, b) = (pool.take(), pool.take());
-        assert_ne!(a, b);
-        assert_eq!(pool.take(), 0, "all lent: the spare, shared");
-        pool.give(a);
+        assert_ne!(a.0, b.0);
+        assert_eq!((a.1, b.1), (Lent::Own, Lent::Own));
+        let spare = pool.take();
+        assert_eq!(spare, (0, Lent::Spare), "all lent: the spare, shared");
+        pool.give(spare.0, spare.1);
+        pool.give(a.0, a.1);
         assert_eq!(pool.take(), a, "given back, lent again");
+        // The spare given back is not lent as a call's own.
+        assert_eq!(pool.take(), (0, Lent::Spare));
     }
 
     /// MIT's acceptor reports a context's lifetime with its clock skew

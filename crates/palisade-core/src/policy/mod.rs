@@ -963,23 +963,17 @@ fn parse<T: DeserializeOwned>(chunk: &Chunk<'_>) -> Result<T, Located> {
 pub const MAX_POLICY_FILE: u64 = 16 << 20;
 
 /// Reads a policy file, or a file of its kind (a Keycloak adapter's JSON,
-/// `palisade test`'s cases): a regular file (a symbolic link to one, as a
-/// Kubernetes volume gives, included) of at most [`MAX_POLICY_FILE`]
-/// bytes, so that a device (`/dev/zero`), a named pipe or a file without
-/// end is an error, not a read that never ends or fills the memory.
+/// `palisade test`'s cases), of at most [`MAX_POLICY_FILE`] bytes, so that
+/// a device without end (`/dev/zero`) is an error rather than a read that
+/// fills the memory. A pipe (`/dev/stdin`, a shell's `<(…)`) is read as
+/// its writer writes it.
 ///
 /// # Errors
-/// The file's own error, or [`std::io::ErrorKind::InvalidInput`] for
-/// another kind of file or a larger one, saying so.
+/// The file's own error, or [`std::io::ErrorKind::InvalidInput`] for a
+/// larger one, saying so.
 pub fn read_policy_file(path: impl AsRef<Path>) -> std::io::Result<Vec<u8>> {
     use std::io::Read as _;
     let path = path.as_ref();
-    if !std::fs::metadata(path)?.is_file() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "not a regular file",
-        ));
-    }
     let mut bytes = Vec::new();
     std::fs::File::open(path)?
         .take(MAX_POLICY_FILE + 1)
