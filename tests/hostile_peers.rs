@@ -165,6 +165,28 @@ impl Fixture {
         Box::new(connector.connect(name, tcp).await.unwrap())
     }
 
+    /// A connection that speaks HTTP/2 once open: TLS with ALPN `h2` when
+    /// `tls`, else plaintext (h2c by prior knowledge, its preface the
+    /// caller's).
+    async fn open_h2(&self, tls: bool) -> Box<dyn Io> {
+        let tcp = self.tcp().await;
+        if !tls {
+            return Box::new(tcp);
+        }
+        let mut config = (*self.tls).clone();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let stream = connector.connect(name, tcp).await.unwrap();
+        assert_eq!(
+            stream.get_ref().1.alpn_protocol(),
+            Some(&b"h2"[..]),
+            "{}: no h2",
+            self.name
+        );
+        Box::new(stream)
+    }
+
     /// What a well-behaved client gets for `GET /list`, and how long it took.
     async fn normal_request(&self, tls: bool) -> u16 {
         let mut client = reqwest::Client::builder().timeout(BY);
@@ -658,14 +680,14 @@ async fn h2_read_frame(r: &mut (impl AsyncRead + Unpin)) -> Option<(u8, u8, u32,
 /// which keep a connection alive under actix-http): how long after the
 /// last answer's end (or the opening) the server closed it, and how many
 /// requests were answered.
-async fn http2_then_nothing(fx: &Fixture, requests: u32) -> (Duration, u32) {
-    let (mut rd, mut wr) = fx.tcp().await.into_split();
+async fn http2_then_nothing(fx: &Fixture, tls: bool, requests: u32) -> (Duration, u32) {
+    let (mut rd, mut wr) = tokio::io::split(fx.open_h2(tls).await);
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     out.extend(h2_frame(4, 0, 0, &[]));
     wr.write_all(&out).await.unwrap();
-    // HPACK: :method GET, :scheme http (static table), :path and
+    // HPACK: :method GET, :scheme http or https (static table), :path and
     // :authority as literals with indexed names.
-    let mut block = vec![0x82, 0x86, 0x04, 8];
+    let mut block = vec![0x82, if tls { 0x87 } else { 0x86 }, 0x04, 8];
     block.extend_from_slice(b"/healthz");
     block.extend_from_slice(&[0x01, 9]);
     block.extend_from_slice(b"localhost");
@@ -726,19 +748,28 @@ async fn http2_then_nothing(fx: &Fixture, requests: u32) -> (Duration, u32) {
 /// good); one in use is not, past the time a silent one gets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_or_idle_http2_connection_is_closed_on_both_frameworks() {
-    for name in ["details", "reviews"] {
-        let fx = fixture(name, Mode::Plain);
-        let (after, _) = http2_then_nothing(&fx, 0).await;
+    // Plaintext (h2c, told by its preface) and TLS (h2, told by ALPN; on
+    // reviews actix-web's own rustls listener).
+    for (name, mode) in [
+        ("details", Mode::Plain),
+        ("reviews", Mode::Plain),
+        ("details", Mode::Tls),
+        ("reviews", Mode::Tls),
+    ] {
+        let fx = fixture(name, mode);
+        let tls = mode != Mode::Plain;
+        let name = format!("{name} {mode:?}");
+        let (after, _) = http2_then_nothing(&fx, tls, 0).await;
         // axum: the header-read timeout of its opening; actix-web: the idle
         // plus the header-read timeout (its watch's, by the second).
-        let silent = match name {
+        let silent = match fx.name {
             "details" => NOT_BEFORE,
             _ => IDLE + TIMEOUT - Duration::from_millis(500),
         };
         assert!(after >= silent, "{name}: silent, closed after only {after:?}");
         // Used every 2 s for 6 s: past the idle plus header-read timeouts
         // (5 s) of its opening, which a silent one gets.
-        let (after, answered) = http2_then_nothing(&fx, 4).await;
+        let (after, answered) = http2_then_nothing(&fx, tls, 4).await;
         assert_eq!(answered, 4, "{name}: requests on HTTP/2 unanswered");
         assert!(
             after >= IDLE - Duration::from_millis(500),

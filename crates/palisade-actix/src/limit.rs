@@ -498,8 +498,8 @@ fn sweep(conn: &Rc<Connection>) {
         };
         sweep.fresh.push(Rc::downgrade(conn));
         if !sweep.running {
-            sweep.running = true;
             actix_web::rt::spawn(sweeping(sweep.silent));
+            sweep.running = true;
         }
     });
 }

@@ -144,7 +144,7 @@ impl PolicyReloader {
     ) -> Self {
         let path = path.as_ref().to_path_buf();
         let last = Last {
-            digest: crate::policy::read_policy_file(&path).ok().map(|c| digest(&c)),
+            digest: read_watched(&path).ok().map(|c| digest(&c)),
             ..Last::default()
         };
         // Both results on /metrics from the start, at zero.
@@ -210,14 +210,14 @@ impl PolicyReloader {
     /// `ERROR`).
     pub fn reload(&self) -> Result<(), PolicyError> {
         let mut last = self.0.last.lock().unwrap_or_else(PoisonError::into_inner);
-        self.load(&mut last, crate::policy::read_policy_file(&self.0.path), false)
+        self.load(&mut last, read_watched(&self.0.path), false)
     }
 
     /// [`reload`](Self::reload) once the file reads the same twice `pause`
     /// apart (a signal may come while it is still being written), looking
     /// at most `looks` times; a file that never does is refused.
     fn reload_settled(&self, pause: Duration, looks: usize) -> Result<(), PolicyError> {
-        self.settle(pause, looks, || crate::policy::read_policy_file(&self.0.path))
+        self.settle(pause, looks, || read_watched(&self.0.path))
     }
 
     /// [`reload_settled`](Self::reload_settled) with the file read by `read`.
@@ -278,7 +278,7 @@ impl PolicyReloader {
     pub fn reload_if_changed(&self) -> Option<Result<(), PolicyError>> {
         // A file being replaced may be missing for a moment: not a change;
         // one that stays unreadable is said.
-        let now = match crate::policy::read_policy_file(&self.0.path) {
+        let now = match read_watched(&self.0.path) {
             Ok(now) => {
                 *self.0.unreadable.lock().unwrap_or_else(PoisonError::into_inner) = None;
                 now
@@ -529,6 +529,20 @@ pub fn files_digest(files: &[PathBuf]) -> u64 {
         }
     }
     h.finish()
+}
+
+/// The policy file as a reloader reads it, again and again: a regular
+/// file (or a link to one) only ([`crate::policy::read_policy_file`]
+/// otherwise): a named pipe read again would block until another writer
+/// came, and `/dev/stdin` would be empty.
+fn read_watched(path: &Path) -> std::io::Result<Vec<u8>> {
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file: read at start-up, not reloaded",
+        ));
+    }
+    crate::policy::read_policy_file(path)
 }
 
 /// The largest file a reloader reads whole to tell a change of it.

@@ -516,9 +516,6 @@ fn ticket_left(context_lifetime: Duration) -> Duration {
 /// call at once, up to this; beyond, calls share them).
 const MAX_ACCEPTOR_CREDS: usize = 64;
 
-/// Values lent one call at a time: a call takes one that no other call
-/// holds, when there is one, and gives it back; when all are lent it
-/// shares `spare`.
 /// What a [`Pool`] lent a call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Lent {
@@ -528,6 +525,9 @@ enum Lent {
     Spare,
 }
 
+/// Values lent one call at a time: a call takes one that no other call
+/// holds, when there is one, and gives it back; when all are lent it
+/// shares `spare`.
 struct Pool<T: Clone> {
     idle: std::sync::Mutex<Vec<T>>,
     spare: T,
