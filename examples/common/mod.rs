@@ -840,12 +840,8 @@ fn outbound_documents(policy: &WorkloadPolicy<'_>) -> (Vec<(String, palisade::co
         .collect();
     let secrets: Vec<PathBuf> = documents
         .iter()
-        .filter_map(|(_, spec)| match spec {
-            palisade::core::policy::Spec::UpstreamCredentials(s) => {
-                s.token.client_secret_file.as_ref().map(PathBuf::from)
-            }
-            _ => None,
-        })
+        .flat_map(|(_, spec)| spec.files())
+        .map(PathBuf::from)
         .collect();
     (documents, palisade::core::reload::files_digest(&secrets))
 }

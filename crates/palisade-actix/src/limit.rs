@@ -137,15 +137,14 @@ where
         }
         let begun = begin(&req, &self.limits);
         let cut = Rc::new(RefCell::new(None));
+        // `Connection: close` is HTTP/1's: an HTTP/2 connection past its
+        // age is closed by its watchdog once idle.
+        let http1 = req.version() <= Version::HTTP_11;
         // A chunked HTTP/1 body left unread when the answer is made (a
         // handler that does not read it, a 404): actix-http would read it
-        // to its end, as long as it lasts, to keep the connection.
-        let chunked = req.version() <= Version::HTTP_11
-            && req
-                .headers()
-                .get(actix_web::http::header::TRANSFER_ENCODING)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+        // to its end, as long as it lasts, to keep the connection (the
+        // bodies it drains are those its own `chunked` tells).
+        let chunked = http1 && req.chunked().unwrap_or(false);
         let payload = Limited {
             inner: Some(req.take_payload()),
             left: self.limits.max_body(),
@@ -159,9 +158,6 @@ where
         });
         let service = Rc::clone(&self.service);
         let limits = self.limits;
-        // `Connection: close` is HTTP/1's: an HTTP/2 connection past its
-        // age is closed by its watchdog once idle.
-        let http1 = req.version() <= Version::HTTP_11;
         Box::pin(async move {
             let res = service.call(req).await?;
             let Some((unread, why)) = cut.borrow_mut().take() else {

@@ -2745,25 +2745,29 @@ mod tests {
         assert!(!budget.take(at(60_000)));
     }
 
+    /// An authenticator for the issuer pattern
+    /// `http://127.0.0.1:9/realms/{tenant}`, every tenant allowed, each
+    /// with its own key store (at an address that never answers).
+    fn every_tenant_with_own_keys() -> JwtAuthenticator {
+        JwtAuthenticator::builder()
+            .provider(
+                Provider::builder("http://127.0.0.1:9/realms/{tenant}")
+                    .audience("api")
+                    .jwks_uri("http://127.0.0.1:9/realms/{tenant}/certs")
+                    .tenant_resolver(|_| true)
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap()
+    }
+
     /// With no start left, a tenant a token has verified for still gets its
     /// key store, and so does one whose store is live (another
     /// authenticator's: the one a reload replaces); a new one does not.
     #[test]
     fn a_proven_or_live_tenant_starts_whatever_the_rate() {
-        let build = || {
-            JwtAuthenticator::builder()
-                .provider(
-                    Provider::builder("http://127.0.0.1:9/realms/{tenant}")
-                        .audience("api")
-                        .jwks_uri("http://127.0.0.1:9/realms/{tenant}/certs")
-                        .tenant_resolver(|_| true)
-                        .build()
-                        .unwrap(),
-                )
-                .build()
-                .unwrap()
-        };
-        let (old, jwt) = (build(), build());
+        let (old, jwt) = (every_tenant_with_own_keys(), every_tenant_with_own_keys());
         assert!(old.tenant("http://127.0.0.1:9/realms/live").is_ok());
         {
             let mut stores = jwt.0.providers[0].tenants.as_ref().unwrap().lock().unwrap();
@@ -2788,17 +2792,7 @@ mod tests {
     /// of names without a tenant are bounded, and a live tenant keeps its.
     #[test]
     fn allowed_tenants_that_cannot_start_are_bounded() {
-        let jwt = JwtAuthenticator::builder()
-            .provider(
-                Provider::builder("http://127.0.0.1:9/realms/{tenant}")
-                    .audience("api")
-                    .jwks_uri("http://127.0.0.1:9/realms/{tenant}/certs")
-                    .tenant_resolver(|_| true)
-                    .build()
-                    .unwrap(),
-            )
-            .build()
-            .unwrap();
+        let jwt = every_tenant_with_own_keys();
         assert!(jwt.tenant("http://127.0.0.1:9/realms/live").is_ok());
         let stores = jwt.0.providers[0].tenants.as_ref().unwrap();
         stores.lock().unwrap().starts = StartBudget {

@@ -865,9 +865,8 @@ spec: {{principalClaim: {claim}}}
     /// naming the document and the field.
     #[test]
     fn a_ca_file_without_a_certificate_is_refused_at_its_field() {
-        let dir = std::env::temp_dir().join(format!("palisade-jwt-ca-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let (bad, good) = (dir.join("bad.pem"), dir.join("good.pem"));
+        let dir = palisade_testkit::TempDir::new("palisade-jwt-ca");
+        let (bad, good) = (dir.path().join("bad.pem"), dir.path().join("good.pem"));
         std::fs::write(
             &bad,
             "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
@@ -897,7 +896,6 @@ spec: {{caFile: '{}'}}
         assert_eq!(err.field.as_deref(), Some("spec.caFile"), "{err}");
         assert!(err.to_string().contains("tls"), "{err}");
         assert_eq!(load(&good).ok(), Some(true));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

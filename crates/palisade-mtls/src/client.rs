@@ -504,6 +504,16 @@ mod tests {
         ));
     }
 
+    /// In `dir`: `ca.pem` with `old`'s CA, and a server of `localhost`
+    /// that CA vouches for, asking for no client certificate (so it gives
+    /// session tickets): the bundle's path, and the server.
+    fn trusted_until_rotated(dir: &std::path::Path, old: &TestPki) -> (PathBuf, crate::ServerTls) {
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, old.ca_pem()).unwrap();
+        let (cert, key) = old.server(&["localhost"]).write_to(dir, "server").unwrap();
+        (ca, crate::ServerTls::builder(&cert, &key).build().unwrap())
+    }
+
     /// A connection opened before a reload can receive its server's
     /// session tickets after it (rustls puts them in the store the
     /// configuration has then): they are not kept, so the next connection
@@ -517,11 +527,7 @@ mod tests {
         use crate::test_support::{handshake, handshake_holding_tickets};
         let dir = palisade_testkit::TempDir::new("palisade-mtls-client-late-tickets");
         let (old, new) = (TestPki::new(), TestPki::new());
-        let ca = dir.path().join("ca.pem");
-        std::fs::write(&ca, old.ca_pem()).unwrap();
-        let (cert, key) = old.server(&["localhost"]).write_to(dir.path(), "server").unwrap();
-        // Without a client CA, a server that gives session tickets.
-        let server = crate::ServerTls::builder(&cert, &key).build().unwrap();
+        let (ca, server) = trusted_until_rotated(dir.path(), &old);
         for reload in [false, true] {
             let client = ClientTls::server_only(&ca).build().unwrap();
             let (mut c, tickets) = handshake_holding_tickets(client.client_config(), server.server_config());
@@ -574,10 +580,7 @@ mod tests {
 
         let dir = palisade_testkit::TempDir::new("palisade-mtls-client-impostor");
         let (old, new) = (TestPki::new(), TestPki::new());
-        let ca = dir.path().join("ca.pem");
-        std::fs::write(&ca, old.ca_pem()).unwrap();
-        let (cert, key) = old.server(&["localhost"]).write_to(dir.path(), "server").unwrap();
-        let rotated_out = crate::ServerTls::builder(&cert, &key).build().unwrap();
+        let (ca, rotated_out) = trusted_until_rotated(dir.path(), &old);
         // The new bundle's server certificate, shown with another key.
         let provider = rustls::crypto::aws_lc_rs::default_provider();
         let trusted = new.server(&["localhost"]);

@@ -52,11 +52,12 @@ struct Verified {
     /// Counts the reloads.
     generation: u64,
     names: HashSet<ServerName<'static>>,
-    /// Handshakes whose chain is verified, by the server's certificate:
-    /// the names it was verified for (one certificate may serve several at
-    /// once) and the reload each was verified after, until the server's
-    /// signature proves it holds the certificate's key.
-    pending: HashMap<Vec<u8>, Vec<(ServerName<'static>, u64)>>,
+    /// Handshakes of this generation whose chain is verified, by the
+    /// server's certificate: the names it was verified for (one
+    /// certificate may serve several at once), until the server's
+    /// signature proves it holds the certificate's key. Emptied at each
+    /// reload, with `names`.
+    pending: HashMap<Vec<u8>, Vec<ServerName<'static>>>,
 }
 
 impl ClientSessions {
@@ -91,22 +92,23 @@ impl ClientSessions {
                 v.pending.clear();
             }
             let names = v.pending.entry(certificate.to_vec()).or_default();
-            if !names.iter().any(|(n, _)| n == name) {
-                names.push((name.to_owned(), generation));
+            if !names.iter().any(|n| n == name) {
+                names.push(name.to_owned());
             }
         }
     }
 
     /// A handshake checked the signature of the server holding
     /// `certificate`: the names its chain was verified for count as
-    /// verified (their sessions are kept), unless a reload came since.
+    /// verified (their sessions are kept). A reload since emptied
+    /// `pending`, so none of an older generation is found.
     pub(crate) fn signed(&self, certificate: &[u8]) {
         let mut v = self.verified();
         let Some(names) = v.pending.remove(certificate) else {
             return;
         };
-        for (name, generation) in names {
-            if v.generation == generation && !v.names.contains(&name) {
+        for name in names {
+            if !v.names.contains(&name) {
                 if v.names.len() >= VERIFIED_NAMES {
                     v.names.clear();
                 }

@@ -278,9 +278,8 @@ spec:
     /// field, offline (`palisade check`) as at start-up.
     #[test]
     fn a_ca_file_without_a_certificate_is_refused_at_its_field() {
-        let dir = std::env::temp_dir().join(format!("palisade-signin-ca-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let (bad, good) = (dir.join("bad.pem"), dir.join("good.pem"));
+        let dir = palisade_testkit::TempDir::new("palisade-signin-ca");
+        let (bad, good) = (dir.path().join("bad.pem"), dir.path().join("good.pem"));
         std::fs::write(
             &bad,
             "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
@@ -308,7 +307,6 @@ spec:
         assert_eq!(err.field.as_deref(), Some("spec.caFile"), "{err}");
         assert!(err.to_string().contains("CA certificates"), "{err}");
         SignIn::check_policy(&set(&good).for_workload(&workload)).unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// Two adapters that sign in for one workload: refused, naming the

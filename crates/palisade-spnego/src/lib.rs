@@ -550,12 +550,7 @@ impl<T: Clone> Pool<T> {
     /// fails): a pool that grows with the calls at once.
     #[cfg(feature = "s4u")]
     fn take_or_make(&self, max: usize, make: impl FnOnce() -> Option<T>) -> (T, Lent) {
-        if let Some(idle) = self
-            .idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .pop()
-        {
+        if let Some(idle) = self.idle() {
             return (idle, Lent::Own);
         }
         if self.made.fetch_add(1, Ordering::Relaxed) < max
@@ -570,12 +565,16 @@ impl<T: Clone> Pool<T> {
     /// One for a call, and whether it is its own or the shared spare: give
     /// it back with [`give`](Self::give).
     fn take(&self) -> (T, Lent) {
-        let mut idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        idle.pop()
+        self.idle()
             .map_or_else(|| (self.spare.clone(), Lent::Spare), |own| (own, Lent::Own))
+    }
+
+    /// One of the idle ones, if any.
+    fn idle(&self) -> Option<T> {
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop()
     }
 
     /// Gives back what [`take`](Self::take) lent: the spare stays shared,

@@ -284,31 +284,30 @@ pub enum Spec {
 
 impl Spec {
     /// The files the document names that its parts read when they are
-    /// built (secrets, keys, CA bundles), as written; not a
-    /// `DestinationRule`'s, whose TLS watches its own files.
-    fn files(&self) -> Vec<&str> {
-        let mut files: Vec<&Option<String>> = Vec::new();
-        let mut keys: Vec<&str> = Vec::new();
+    /// built (secrets, keys, CA bundles), as written, in the order they
+    /// are named; not a `DestinationRule`'s, whose TLS watches its own
+    /// files. What a reloader watches with the policy file.
+    #[must_use]
+    pub fn files(&self) -> Vec<&str> {
+        let mut files: Vec<&str> = Vec::new();
         match self {
             Self::JwtSettings(s) => {
-                files.push(&s.ca_file);
+                files.extend(s.ca_file.as_deref());
                 if let Some(i) = &s.introspection {
-                    files.push(&i.client_secret_file);
+                    files.extend(i.client_secret_file.as_deref());
                 }
             }
             Self::SpnegoSettings(s) => {
-                keys.extend(
-                    s.session_cookie
-                        .iter()
-                        .flat_map(|c| c.keys.iter().map(|k| k.key_file.as_str())),
-                );
+                let cookie_keys = s.session_cookie.iter().flat_map(|c| &c.keys);
+                files.extend(cookie_keys.map(|k| k.key_file.as_str()));
             }
             Self::OidcLogin(s) => {
-                files.extend([&s.client_secret_file, &s.ca_file]);
-                keys.extend(s.client_key.iter().map(|k| k.key_file.as_str()));
-                keys.extend(s.session.keys.iter().map(|k| k.key_file.as_str()));
+                files.extend(s.client_secret_file.as_deref());
+                files.extend(s.ca_file.as_deref());
+                files.extend(s.client_key.iter().map(|k| k.key_file.as_str()));
+                files.extend(s.session.keys.iter().map(|k| k.key_file.as_str()));
             }
-            Self::UpstreamCredentials(s) => files.push(&s.token.client_secret_file),
+            Self::UpstreamCredentials(s) => files.extend(s.token.client_secret_file.as_deref()),
             Self::RequestAuthentication(_)
             | Self::AuthorizationPolicy(_)
             | Self::PeerAuthentication(_)
@@ -320,11 +319,6 @@ impl Spec {
             | Self::DestinationRule(_) => {}
         }
         files
-            .into_iter()
-            .flatten()
-            .map(String::as_str)
-            .chain(keys)
-            .collect()
     }
 
     /// The document's workload selector: `spec.selector` (for a

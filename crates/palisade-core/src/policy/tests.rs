@@ -2127,13 +2127,11 @@ fn values_that_would_select_match_or_set_nothing_fail_to_load() {
 fn a_device_without_end_or_a_huge_file_is_refused_not_read_without_end() {
     let err = PolicySet::from_file("/dev/zero").unwrap_err();
     assert!(err.to_string().contains("larger than 16 MiB"), "{err}");
-    let dir = std::env::temp_dir().join(format!("palisade-policy-read-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let huge = dir.join("huge.yaml");
+    let dir = palisade_testkit::TempDir::new("palisade-policy-read");
+    let huge = dir.path().join("huge.yaml");
     let file = std::fs::File::create(&huge).unwrap();
     file.set_len(MAX_POLICY_FILE + 1).unwrap();
     let err = PolicySet::from_file(&huge).unwrap_err();
     assert!(err.to_string().contains("larger than 16 MiB"), "{err}");
     assert_eq!(PolicySet::problems_in_file(&huge).len(), 1);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
