@@ -252,6 +252,11 @@ spec:
     /// fetched over plain http from another machine) is a note too.
     #[test]
     fn a_relaxation_said_when_a_guard_is_built_is_a_note() {
+        if !palisade_testkit::in_a_process_of_its_own(
+            "check::tests::a_relaxation_said_when_a_guard_is_built_is_a_note",
+        ) {
+            return;
+        }
         let report = check(
             "apiVersion: security.istio.io/v1
 kind: RequestAuthentication

@@ -821,6 +821,11 @@ spec:
     /// says it at debug level, or it would repeat every 30 s.
     #[test]
     fn a_retry_does_not_warn_again_of_what_it_said() {
+        if !palisade_testkit::in_a_process_of_its_own(
+            "reload::tests::a_retry_does_not_warn_again_of_what_it_said",
+        ) {
+            return;
+        }
         let (lines, subscriber) = palisade_testkit::logs::Lines::subscriber("warn");
         let warned = || lines.containing(EMPTY_FILE).len();
         let (dir, file) = scratch("warned");
@@ -898,6 +903,11 @@ spec:
     /// (here: a debug switch on), and a retry's own ways are put back.
     #[test]
     fn a_retry_does_not_warn_again_of_what_the_build_said() {
+        if !palisade_testkit::in_a_process_of_its_own(
+            "reload::tests::a_retry_does_not_warn_again_of_what_the_build_said",
+        ) {
+            return;
+        }
         let warned = explain_header_said("built", needing_after_build, |reloader, secret| {
             for _ in 0..2 {
                 std::thread::sleep(Duration::from_millis(150));
@@ -917,6 +927,11 @@ spec:
     /// guard) is said at warn level by the retry that reaches it.
     #[test]
     fn a_retry_says_what_no_earlier_try_reached() {
+        if !palisade_testkit::in_a_process_of_its_own(
+            "reload::tests::a_retry_says_what_no_earlier_try_reached",
+        ) {
+            return;
+        }
         let warned = explain_header_said("unreached", needing, |reloader, secret| {
             std::fs::write(secret, "s").unwrap();
             std::thread::sleep(Duration::from_millis(150));
@@ -1072,6 +1087,9 @@ spec:
     /// minute; the policy in force stays.
     #[test]
     fn a_file_that_stays_unreadable_is_said() {
+        if !palisade_testkit::in_a_process_of_its_own("reload::tests::a_file_that_stays_unreadable_is_said") {
+            return;
+        }
         let (lines, subscriber) = palisade_testkit::logs::Lines::subscriber("warn");
         let said = || lines.containing("cannot be read").len();
         let (_dir, file, guard, reloader) = started("unreadable", OPEN);

@@ -1245,6 +1245,11 @@ mod tests {
     /// that asks for certificates.
     #[test]
     fn the_mode_in_force_changes_and_a_relaxation_is_warned_about() {
+        if !palisade_testkit::in_a_process_of_its_own(
+            "server::tests::the_mode_in_force_changes_and_a_relaxation_is_warned_about",
+        ) {
+            return;
+        }
         let dir = palisade_testkit::TempDir::new("palisade-mtls-set-mode");
         let pki = TestPki::new();
         let (cert, key) = pki.server(&["localhost"]).write_to(dir.path(), "server").unwrap();
@@ -1295,6 +1300,11 @@ mod tests {
     /// domains or CRLs: the server starts, plain, and says what is unused.
     #[test]
     fn trust_domains_and_crls_under_mode_disable_are_warned_about() {
+        if !palisade_testkit::in_a_process_of_its_own(
+            "server::tests::trust_domains_and_crls_under_mode_disable_are_warned_about",
+        ) {
+            return;
+        }
         let dir = palisade_testkit::TempDir::new("palisade-mtls-disable-warn");
         let pki = TestPki::new();
         let (cert, key) = pki.server(&["localhost"]).write_to(dir.path(), "server").unwrap();
@@ -1404,6 +1414,11 @@ mod tests {
     /// domain, or one CA with its aliases, is nothing to say.
     #[test]
     fn several_domains_over_several_cas_are_warned_about() {
+        if !palisade_testkit::in_a_process_of_its_own(
+            "server::tests::several_domains_over_several_cas_are_warned_about",
+        ) {
+            return;
+        }
         let dir = palisade_testkit::TempDir::new("palisade-mtls-federation-warn");
         let (mesh, partner) = (TestPki::new(), TestPki::new());
         let (cert, key) = mesh

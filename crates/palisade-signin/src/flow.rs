@@ -2680,6 +2680,11 @@ mod tests {
     /// send one.
     #[tokio::test]
     async fn logouts_the_store_cannot_record_are_said_once_a_minute() {
+        if !palisade_testkit::in_a_process_of_its_own(
+            "flow::tests::logouts_the_store_cannot_record_are_said_once_a_minute",
+        ) {
+            return;
+        }
         let (lines, subscriber) = palisade_testkit::logs::Lines::subscriber("debug");
         let _subscriber = tracing::subscriber::set_default(subscriber);
         let issuer = palisade_testkit::TestIssuer::start().unwrap();
@@ -2975,6 +2980,11 @@ mod tests {
     /// level, once a minute; a bad token only at debug level.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_back_channel_logout_lost_here_is_said_aloud_a_bad_token_is_not() {
+        if !palisade_testkit::in_a_process_of_its_own(
+            "flow::tests::a_back_channel_logout_lost_here_is_said_aloud_a_bad_token_is_not",
+        ) {
+            return;
+        }
         let (lines, subscriber) = palisade_testkit::logs::Lines::subscriber("debug");
         let _subscriber = tracing::subscriber::set_default(subscriber);
         let issuer = palisade_testkit::TestIssuer::start().unwrap();

@@ -339,6 +339,42 @@ pub fn run_test_again(name: &str, marker: &str, env: &[(String, String)]) {
     );
 }
 
+/// Whether the calling test, `name` (its path in the test binary, as
+/// `--exact` takes it), runs its body here: `true` in a process of its
+/// own, started by this call; `false` in the harness's process, once that
+/// run has passed (it panics otherwise, as [`run_test_again`]).
+///
+/// For a test that installs a tracing subscriber for its thread
+/// (`with_default`, `set_default`) and asserts on what it kept. tracing
+/// caches whether each callsite is wanted, process-wide, when the
+/// callsite is first reached; while a single subscriber is installed, it
+/// asks the reaching thread's own subscriber, so a callsite another
+/// test's thread reaches first keeps "not wanted" (tracing-core's
+/// single-dispatcher path), and the test misses its event now and then.
+/// Alone in its process, no other test reaches it first.
+///
+/// ```no_run
+/// #[test]
+/// fn says_it_once() {
+///     if !palisade_testkit::in_a_process_of_its_own("tests::says_it_once") {
+///         return;
+///     }
+///     // … the subscriber, the work, the assertions on what it kept …
+/// }
+/// ```
+///
+/// # Panics
+/// As [`run_test_again`].
+#[must_use]
+pub fn in_a_process_of_its_own(name: &str) -> bool {
+    const MARKER: &str = "PALISADE_TEST_IN_A_PROCESS_OF_ITS_OWN";
+    if std::env::var_os(MARKER).is_some() {
+        return true;
+    }
+    run_test_again(name, MARKER, &[]);
+    false
+}
+
 /// A free port on 127.0.0.1, for a server started as a process.
 fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
