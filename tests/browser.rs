@@ -11,7 +11,8 @@
 //! - A session outlives its access token by refreshing it at oidc-provider
 //!   (refresh tokens bound to the provider's session and rotated at every
 //!   use, `BROWSER_SESSION_REFRESH_TOKENS`), until alice signs out there and
-//!   the refused refresh sends her browser to sign in again.
+//!   the refused refresh sends her browser to sign in again; a logout at
+//!   productpage revokes the refresh token at the provider.
 //! - oidc-provider's own login and consent pages take a browser to a
 //!   loopback redirect URI with `code` and `state`.
 //! - The whole bookinfo system (`examples/bookinfo.rs`): signed in, alice's
@@ -495,7 +496,10 @@ fn sign_in_at_oidc_provider(run: &Run, issuer: &str, base: &str) {
 /// at every use (as Keycloak's with "Revoke Refresh Token"): each refresh
 /// must use the token the last one returned, or the provider refuses it
 /// and ends the grant. Once the user's session at the provider ends, the
-/// next refresh is refused and the browser is sent to sign in again.
+/// next refresh is refused and the browser is sent to sign in again. A
+/// logout at the service revokes the session's refresh token at the
+/// provider (RFC 7009), whether or not the user confirms the provider's
+/// own logout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_is_refreshed_at_oidc_provider_until_the_provider_ends_it() {
     let port = free_port();
@@ -531,6 +535,12 @@ async fn a_session_is_refreshed_at_oidc_provider_until_the_provider_ends_it() {
         (v["succeeded"].as_u64().unwrap(), v["failed"].as_u64().unwrap())
     };
     let half_a_token = || std::thread::sleep(Duration::from_secs(5));
+    // Refresh tokens the provider's revocation endpoint ended.
+    let revoked = || {
+        rt.block_on(op.counted("revocations"))["refresh_tokens"]
+            .as_u64()
+            .unwrap()
+    };
 
     tokio::task::block_in_place(|| {
         let run = Run::start("productpage-oidc-provider-refresh");
@@ -575,6 +585,20 @@ async fn a_session_is_refreshed_at_oidc_provider_until_the_provider_ends_it() {
             "the refresh after the provider's logout is refused"
         );
         expect_no_session_cookie(&run);
+
+        // Signed in again, alice signs out at productpage, and her logout
+        // at the provider does not happen (this client registered no
+        // post-logout URI: the provider's error page): productpage revoked
+        // the session's refresh token at the provider all the same.
+        run.goto(&format!("{base}/productpage"));
+        sign_in_at_oidc_provider(&run, &issuer, &base);
+        assert_eq!(revoked(), 0, "nothing revoked yet");
+        run.click("#sign-out");
+        run.wait_for_url("the provider's logout", |u| {
+            u.starts_with(&format!("{issuer}/session/end"))
+        });
+        run.shot("at-the-providers-logout");
+        assert_eq!(revoked(), 1, "the refresh token is revoked at the provider");
     });
     drop(svc);
     drop(op);

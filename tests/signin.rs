@@ -358,6 +358,72 @@ async fn a_browser_signs_in_uses_the_session_and_logs_out_on_both_frameworks() {
     }
 }
 
+/// A logout revokes the session's refresh token at the issuer (RFC 7009)
+/// when the browser never finishes the issuer's logout: after a restart,
+/// whose in-memory store forgot the ending, a saved copy of the cookie
+/// (sealed with the configured key) is refreshed before it is taken, and
+/// the issuer refuses. Without the revocation the refresh succeeds and the
+/// ended session lives again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_revokes_the_refresh_token_so_a_restart_does_not_bring_the_session_back() {
+    let f = fixture(Duration::from_secs(300));
+    let yaml = policy(&f.issuer, &f.key_file, "");
+    let (axum_base, actix_base) = serve_both(|| guard_from(&yaml));
+    let mut saved = Vec::new();
+    for base in [&axum_base, &actix_base] {
+        ready(base).await;
+        let jar = sign_in(base).await;
+        assert_eq!(get(&format!("{base}/whoami"), &jar, false).await.status, 200);
+        let revoked = f.issuer.revoked_refresh_tokens();
+        // The issuer's logout page it is sent to is not visited: its
+        // session there lives.
+        let out = get(&format!("{base}/logout"), &jar, true).await;
+        assert_eq!(out.status, 302, "{base}: {out:?}");
+        assert_eq!(
+            f.issuer.revoked_refresh_tokens(),
+            revoked + 1,
+            "{base}: the session's refresh token is revoked"
+        );
+        let again = get(&format!("{base}/logout"), &jar, true).await;
+        assert_eq!(again.status, 302, "{base}: {again:?}");
+        assert_eq!(
+            f.issuer.revoked_refresh_tokens(),
+            revoked + 1,
+            "{base}: a saved copy logged out again revokes nothing more"
+        );
+        saved.push((base.clone(), jar));
+    }
+    // Both restarted, in a later second than the sign-ins (a session's
+    // tokens are dated to the second): the same key, a new store each (in
+    // one process, the policy's memory store is shared while a relying
+    // party of the client lives, as a reload needs).
+    let signed_in = now_secs();
+    while now_secs() <= signed_in {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let key_file = f.key_file.clone();
+    let (axum_after, actix_after) = serve_both(|| {
+        let sign_in = SignIn::builder(f.issuer.issuer(), "productpage")
+            .keys(vec![
+                CookieKey::from_file("k1", std::path::Path::new(&key_file)).unwrap(),
+            ])
+            .store(std::sync::Arc::new(palisade::signin::store::MemoryStore::new()))
+            .build()
+            .unwrap();
+        palisade::prelude::Guard::builder()
+            .authenticator(sign_in)
+            .build()
+            .unwrap()
+    });
+    for after in [&axum_after, &actix_after] {
+        ready(after).await;
+        for (base, jar) in &saved {
+            let who = get(&format!("{after}/whoami"), jar, false).await;
+            assert_eq!(who.status, 401, "logged out at {base}, then {after}: {who:?}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_are_400_without_a_session() {
     let f = fixture(Duration::from_secs(300));

@@ -11,9 +11,11 @@
 //              redirect URIs of the client `palisade-browser` /
 //              `palisade-browser-secret` (authorization_code and refresh_token
 //              grants, response type code, client_secret_basic; scopes openid,
-//              offline_access, read, write), and
+//              offline_access, read, write),
 //              oidc-provider's development login and consent pages
-//              (devInteractions: any login and password sign in).
+//              (devInteractions: any login and password sign in), and
+//              revocation (RFC 7009); `GET /test/revocations` answers how
+//              many refresh tokens the revocation endpoint ended.
 //   BROWSER_CLIENT  JSON client metadata merged over that client's, e.g.
 //              {"post_logout_redirect_uris":["http://127.0.0.1:8080/"]}
 //   BROWSER_BACKCHANNEL_LOGOUT  opt-in (unset: off): `1` turns on
@@ -135,7 +137,7 @@ const provider = new Provider(issuer, {
     backchannelLogout: { enabled: backchannelLogout },
     clientCredentials: { enabled: true },
     introspection: { enabled: introspection },
-    revocation: { enabled: introspection },
+    revocation: { enabled: introspection || browser },
     // DPoP-bound tokens for a client that sends a proof to /token (RFC 9449).
     dPoP: { enabled: true },
     resourceIndicators: {
@@ -182,6 +184,22 @@ if (sessionRefreshTokens) {
   provider.use(async (ctx, next) => {
     if (ctx.method === 'GET' && ctx.path === '/test/refreshes') {
       ctx.body = refreshes;
+      return;
+    }
+    await next();
+  });
+}
+
+if (browser) {
+  // Destroyed by the revocation endpoint only: a rotation consumes the old
+  // token, and the end of a session revokes its grant's tokens at once.
+  const revocations = { refresh_tokens: 0 };
+  provider.on('refresh_token.destroyed', () => {
+    revocations.refresh_tokens += 1;
+  });
+  provider.use(async (ctx, next) => {
+    if (ctx.method === 'GET' && ctx.path === '/test/revocations') {
+      ctx.body = revocations;
       return;
     }
     await next();

@@ -1910,12 +1910,15 @@ impl SignIn {
             // longest a session can live from now: its creation time is in
             // the data) and at the issuer.
             let stored = || value.as_deref().and_then(|v| this.stored_id(v, secure));
+            let ended_before = live
+                .as_ref()
+                .is_some_and(|l| this.ended_already(&l.session, now()));
             let ended = match &live {
                 // Ended before (a saved copy of its cookie logged out
                 // again): nothing more to record, and no more of its
                 // user's endings counted, which past their limit end every
                 // session of theirs.
-                Some(live) if this.ended_already(&live.session, now()) => Ok(()),
+                Some(_) if ended_before => Ok(()),
                 Some(live) => this.end(&live.session).await,
                 None => match stored() {
                     Some(id) => {
@@ -1940,6 +1943,29 @@ impl SignIn {
                 && let Err(e) = this.0.store.remove(&id).await
             {
                 tracing::debug!(target: LOG_TARGET, error = %e, "a logged-out session's data cannot be removed from the store now: it expires with the session");
+            }
+            // Its refresh token is revoked at the issuer (RFC 7009) when
+            // the issuer says where: the grant then ends even if the
+            // browser never finishes the issuer's logout (its confirmation
+            // page left), so a saved copy of the cookie cannot be
+            // refreshed back to life where the store forgot its ending (a
+            // memory store after a restart). Not again for a session ended
+            // before: its first logout did.
+            let revocation = metadata.as_ref().and_then(|m| m.revocation_endpoint.as_deref());
+            if let (Some(endpoint), Some(live)) = (revocation, &live)
+                && let Some(refresh_token) = live.session.rt.as_deref()
+                && !ended_before
+                && let Err(TokenError::Refused(e) | TokenError::Unavailable(e)) = this
+                    .0
+                    .issuer
+                    .revoke(&this.0.config, endpoint, refresh_token)
+                    .await
+            {
+                if this.0.issuer_down.due() {
+                    tracing::warn!(target: LOG_TARGET, error = %e, "a logged-out session's refresh token cannot be revoked at the issuer: it ends here, and at the issuer when its session there ends or the token expires (said once a minute while it lasts)");
+                } else {
+                    tracing::debug!(target: LOG_TARGET, error = %e, "a logged-out session's refresh token cannot be revoked at the issuer");
+                }
             }
             let id_token = live.as_ref().and_then(|l| l.session.it.as_deref());
             match &live {
@@ -3085,7 +3111,8 @@ mod tests {
     }
 
     /// An issuer on loopback whose discovery document points at its own
-    /// token endpoint, which answers every request `status` with `body`.
+    /// token and revocation endpoints, which answer every request `status`
+    /// with `body`.
     async fn issuer_answering_tokens(status: &'static str, body: &'static str) -> String {
         issuer_answering(status, move |_: &str| body.to_owned(), None).await
     }
@@ -3122,7 +3149,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let issuer = format!("http://{}", listener.local_addr().unwrap());
         let discovery = format!(
-            r#"{{"issuer":"{issuer}","authorization_endpoint":"{issuer}/auth","token_endpoint":"{issuer}/token","jwks_uri":"{issuer}/jwks"}}"#
+            r#"{{"issuer":"{issuer}","authorization_endpoint":"{issuer}/auth","token_endpoint":"{issuer}/token","revocation_endpoint":"{issuer}/revoke","jwks_uri":"{issuer}/jwks"}}"#
         );
         let tokens = body(&issuer);
         tokio::spawn(async move {
@@ -3248,6 +3275,41 @@ mod tests {
                     Check::Ready(AuthOutcome::NoCredential)
                 ),
                 "{status}: older tokens that cannot be refreshed are not taken"
+            );
+        }
+    }
+
+    /// A logout whose refresh token the issuer cannot revoke now (its
+    /// revocation endpoint answers 503, or refuses) still ends the session
+    /// here and answers the redirect: the revocation is the issuer's half.
+    #[tokio::test]
+    async fn a_logout_the_issuer_cannot_revoke_still_ends_the_session() {
+        for (status, body) in [
+            ("503 Service Unavailable", ""),
+            ("400 Bad Request", r#"{"error":"unsupported_token_type"}"#),
+        ] {
+            let (sign_in, key) = refreshing_at(status, body).await;
+            let session = Session {
+                rt: Some("refresh-0".into()),
+                ..alice()
+            };
+            let cookie = session_cookie(key, &Payload::Inline(session));
+            let page = OwnedRequest::get("/page").header("cookie", cookie.clone());
+            assert!(
+                matches!(
+                    sign_in.authenticate(&page),
+                    Check::Ready(AuthOutcome::Authenticated(_))
+                ),
+                "{status}"
+            );
+            let reply = logged_out(&sign_in, &cookie).await;
+            assert_eq!(reply.status(), 302, "{status}: {reply:?}");
+            assert!(
+                matches!(
+                    sign_in.authenticate(&page),
+                    Check::Ready(AuthOutcome::NoCredential)
+                ),
+                "{status}: ended here"
             );
         }
     }

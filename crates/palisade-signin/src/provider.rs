@@ -23,6 +23,9 @@ pub(crate) struct Metadata {
     pub(crate) token_endpoint: String,
     #[serde(default)]
     pub(crate) end_session_endpoint: Option<String>,
+    /// RFC 7009: where a logout revokes the session's refresh token.
+    #[serde(default)]
+    pub(crate) revocation_endpoint: Option<String>,
     /// RFC 9207: the issuer names itself in authorization responses.
     #[serde(default)]
     pub(crate) authorization_response_iss_parameter_supported: bool,
@@ -170,8 +173,44 @@ impl Issuer {
         &self,
         config: &Config,
         endpoint: &str,
-        mut form: Vec<(&'static str, String)>,
+        form: Vec<(&'static str, String)>,
     ) -> Result<TokenResponse, TokenError> {
+        let (status, bytes) = self.post(config, endpoint, form).await?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes)
+                .map_err(|_| TokenError::Unavailable("the token response is not the expected JSON".into()));
+        }
+        Err(refusal(status, &bytes, "the token endpoint"))
+    }
+
+    /// Revokes `refresh_token` at the issuer's revocation `endpoint`
+    /// (RFC 7009), with the client's authentication. `200` is success,
+    /// whether or not the issuer still knew the token.
+    pub(crate) async fn revoke(
+        &self,
+        config: &Config,
+        endpoint: &str,
+        refresh_token: &str,
+    ) -> Result<(), TokenError> {
+        let form = vec![
+            ("token", refresh_token.to_owned()),
+            ("token_type_hint", "refresh_token".to_owned()),
+        ];
+        let (status, bytes) = self.post(config, endpoint, form).await?;
+        if status.is_success() {
+            return Ok(());
+        }
+        Err(refusal(status, &bytes, "the revocation endpoint"))
+    }
+
+    /// POSTs `form` to `endpoint` with the client's authentication: the
+    /// answer's status and its body, up to [`TOKEN_RESPONSE_LIMIT`].
+    async fn post(
+        &self,
+        config: &Config,
+        endpoint: &str,
+        mut form: Vec<(&'static str, String)>,
+    ) -> Result<(reqwest::StatusCode, Vec<u8>), TokenError> {
         let mut req = self.http.post(endpoint).header("accept", "application/json");
         match &config.client_auth {
             ClientAuth::None => form.push(("client_id", config.client_id.clone())),
@@ -216,33 +255,31 @@ impl Issuer {
         let bytes = palisade_jwt::body_up_to(res, TOKEN_RESPONSE_LIMIT)
             .await
             .map_err(|e| TokenError::Unavailable(e.without_url().to_string()))?
-            .ok_or_else(|| TokenError::Unavailable("the token response is too large".into()))?;
-        if status.is_success() {
-            return serde_json::from_slice(&bytes)
-                .map_err(|_| TokenError::Unavailable("the token response is not the expected JSON".into()));
-        }
-        #[derive(Deserialize)]
-        struct OAuthError {
-            error: String,
-        }
-        match (serde_json::from_slice::<OAuthError>(&bytes), status.as_u16()) {
-            // "Later", whatever the body says, as a 5xx.
-            (_, 408 | 429) => Err(TokenError::Unavailable(format!(
-                "the token endpoint answered {status}"
-            ))),
-            (Ok(e), _) if status.is_client_error() => Err(TokenError::Refused(
-                // The error code only: the description may echo input.
-                e.error.chars().filter(char::is_ascii_graphic).take(64).collect(),
-            )),
-            // A refusal of what was sent without OAuth's JSON, such as a
-            // proxy's 413 or 414 for a code a browser made too long. Other
-            // statuses without it (401, 404: a gateway, a wrong endpoint)
-            // are the service's setup, said as the issuer unavailable.
-            (_, 400 | 413 | 414) => Err(TokenError::Refused(format!("HTTP {}", status.as_u16()))),
-            _ => Err(TokenError::Unavailable(format!(
-                "the token endpoint answered {status}"
-            ))),
-        }
+            .ok_or_else(|| TokenError::Unavailable("the issuer's response is too large".into()))?;
+        Ok((status, bytes))
+    }
+}
+
+/// Why `endpoint` (named in the error) answered `status` with `body`, not
+/// a success.
+fn refusal(status: reqwest::StatusCode, body: &[u8], endpoint: &str) -> TokenError {
+    #[derive(Deserialize)]
+    struct OAuthError {
+        error: String,
+    }
+    match (serde_json::from_slice::<OAuthError>(body), status.as_u16()) {
+        // "Later", whatever the body says, as a 5xx.
+        (_, 408 | 429) => TokenError::Unavailable(format!("{endpoint} answered {status}")),
+        (Ok(e), _) if status.is_client_error() => TokenError::Refused(
+            // The error code only: the description may echo input.
+            e.error.chars().filter(char::is_ascii_graphic).take(64).collect(),
+        ),
+        // A refusal of what was sent without OAuth's JSON, such as a
+        // proxy's 413 or 414 for a code a browser made too long. Other
+        // statuses without it (401, 404: a gateway, a wrong endpoint)
+        // are the service's setup, said as the issuer unavailable.
+        (_, 400 | 413 | 414) => TokenError::Refused(format!("HTTP {}", status.as_u16())),
+        _ => TokenError::Unavailable(format!("{endpoint} answered {status}")),
     }
 }
 
@@ -258,15 +295,25 @@ async fn discover(client: &reqwest::Client, issuer: &str) -> Result<Metadata, St
     }
     // A logout endpoint that cannot be used costs the logout at the issuer
     // only (the session still ends here), not every sign-in.
+    // So is a revocation endpoint, the refresh token's revocation at a
+    // logout.
     let mut document = discovery.document().clone();
     if let Some(members) = document.as_object_mut() {
         members.remove("end_session_endpoint");
+        members.remove("revocation_endpoint");
     }
     let mut m = Metadata::deserialize(&document).map_err(|e| format!("{}: {e}", discovery.shown_url()))?;
     m.end_session_endpoint = match discovery.endpoint("end_session_endpoint") {
         Ok(endpoint) => endpoint.map(str::to_owned),
         Err(e) => {
             tracing::warn!(target: LOG_TARGET, error = %e, "the issuer's logout endpoint is not used: a logout ends the session here only");
+            None
+        }
+    };
+    m.revocation_endpoint = match discovery.endpoint("revocation_endpoint") {
+        Ok(endpoint) => endpoint.map(str::to_owned),
+        Err(e) => {
+            tracing::warn!(target: LOG_TARGET, error = %e, "the issuer's revocation endpoint is not used: a logout does not revoke the session's refresh token");
             None
         }
     };
@@ -434,7 +481,7 @@ mod tests {
         .await
         .expect("the answer came before the client's own timeout");
         assert!(
-            matches!(&answer, Err(TokenError::Unavailable(e)) if e == "the token response is too large"),
+            matches!(&answer, Err(TokenError::Unavailable(e)) if e == "the issuer's response is too large"),
             "{:?}",
             answer.err().map(|e| match e {
                 TokenError::Refused(e) | TokenError::Unavailable(e) => e,

@@ -1401,6 +1401,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, state: Arc<Stat
                 "token_endpoint": endpoint("token"),
                 "userinfo_endpoint": endpoint("userinfo"),
                 "end_session_endpoint": endpoint("logout"),
+                "revocation_endpoint": endpoint("revoke"),
                 "jwks_uri": state.advertised_jwks_uri.clone().unwrap_or_else(|| endpoint("certs")),
                 "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials", "password", TOKEN_EXCHANGE_GRANT],
                 "response_types_supported": ["code"],
@@ -1433,6 +1434,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, state: Arc<Stat
         ("GET" | "POST", "protocol/openid-connect/auth") => {
             signin::authorize(&mut stream, &state, &req).await
         }
+        ("POST", "protocol/openid-connect/revoke") => signin::revoke(&mut stream, &state, &req).await,
         ("GET" | "POST", "protocol/openid-connect/logout") => {
             signin::end_session(&mut stream, &state, &req).await;
         }

@@ -132,6 +132,8 @@ pub(crate) struct SignIn {
     authorization_requests: usize,
     code_exchanges: usize,
     refreshes: usize,
+    /// Refresh tokens ended by the revocation endpoint.
+    revoked_refresh_tokens: usize,
     /// What [`TestIssuer::tamper_id_tokens`] set.
     id_token_tamper: Option<IdTokenTamper>,
     /// The `jti`s of the client assertions seen (each works once).
@@ -500,6 +502,14 @@ impl TestIssuer {
     #[must_use]
     pub fn code_exchanges(&self) -> usize {
         lock(&self.state.signin).code_exchanges
+    }
+
+    /// Refresh tokens the revocation endpoint (RFC 7009,
+    /// `protocol/openid-connect/revoke`, in the discovery document as
+    /// `revocation_endpoint`) ended: each then answers `invalid_grant`.
+    #[must_use]
+    pub fn revoked_refresh_tokens(&self) -> usize {
+        lock(&self.state.signin).revoked_refresh_tokens
     }
 
     /// Successful `refresh_token` grants.
@@ -1293,6 +1303,42 @@ fn client_of(claims: &Map<String, Value>) -> Option<&str> {
             Some(Value::Array(auds)) if auds.len() == 1 => auds[0].as_str(),
             _ => None,
         })
+}
+
+/// `POST protocol/openid-connect/revoke` (RFC 7009): the client
+/// authenticates as at the token endpoint; a refresh token of its own ends
+/// (it works no more), and any other token, or none known, is `200` all
+/// the same, as the RFC has it. Access tokens are not revoked here.
+pub(crate) async fn revoke<S: AsyncWrite + Unpin>(stream: &mut S, state: &State, req: &HttpRequest) {
+    let f = form(&req.body);
+    let client_id = match authenticate(state, req, &f) {
+        Ok((id, _)) => id.clone(),
+        Err(e) => return e.answer(stream, state).await,
+    };
+    let Some(token) = f.get("token") else {
+        return TokenError::bad_request("invalid_request", "token is missing")
+            .answer(stream, state)
+            .await;
+    };
+    {
+        let mut guard = lock(&state.signin);
+        let signin = &mut *guard;
+        if let Some(r) = signin.refresh_tokens.get_mut(token)
+            && r.grant.client_id == client_id
+            && !r.used
+        {
+            r.used = true;
+            signin.revoked_refresh_tokens += 1;
+        }
+    }
+    respond(
+        stream,
+        "200 OK",
+        &[("cache-control", "no-store".to_owned())],
+        "application/json",
+        b"",
+    )
+    .await;
 }
 
 /// `GET` or `POST` `protocol/openid-connect/logout`.
