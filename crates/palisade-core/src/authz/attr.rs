@@ -437,6 +437,12 @@ impl Clause {
         matches!(&self.test, Test::Host(_) | Test::Str(StrAttr::Host, _))
     }
 
+    /// Whether this clause reads the TLS server name the client asked for
+    /// (`connection.sni`).
+    pub(crate) fn reads_sni(&self) -> bool {
+        matches!(&self.test, Test::Str(StrAttr::Sni, _))
+    }
+
     /// Whether this clause reads the connection's remote address
     /// (`source.ip`, `ipBlocks`).
     pub(crate) fn reads_remote_addr(&self) -> bool {

@@ -612,6 +612,12 @@ struct Engine {
     /// `remote.ip` read behind trusted proxies: unknown only when neither
     /// `X-Forwarded-For` nor the connection gives it.
     reads_forwarded: bool,
+    /// Whether some enforced rule reads `connection.sni`: a request whose
+    /// server gives no connection facts is refused, as for addresses (a
+    /// TLS listener Palisade cannot see into would let a DENY on the name
+    /// never fire); a plain connection Palisade's servers describe has
+    /// none, as in Istio.
+    reads_sni: bool,
     headers: Vec<String>,
     settings: AuthzSettings,
     /// The claims `request.auth.claims[…]` splits on spaces, per issuer.
@@ -623,6 +629,8 @@ struct Engine {
 
 /// The policy name of [`AccessDecision::addresses_unknown`]'s refusal.
 const ADDRESSES_UNKNOWN: &str = "(the connection's addresses are unknown)";
+/// The policy name of [`AccessDecision::server_name_unknown`]'s refusal.
+const SERVER_NAME_UNKNOWN: &str = "(the connection's server name is unknown)";
 
 impl Engine {
     fn new(mut policies: Vec<CompiledPolicy>, allow_by_rbac: bool, settings: AuthzSettings) -> Self {
@@ -638,6 +646,7 @@ impl Engine {
         let mut reads_host = policies.iter().any(live(Action::Custom));
         let mut reads_path = reads_host;
         let (mut reads_remote_addr, mut reads_local_addr, mut reads_forwarded) = (false, false, false);
+        let mut reads_sni = false;
         for p in &policies {
             if let Some((_, r)) = &p.provider {
                 headers.extend(r.headers.iter().cloned());
@@ -651,6 +660,7 @@ impl Engine {
                 reads_remote_addr |= enforced && c.reads_remote_addr();
                 reads_local_addr |= enforced && c.reads_local_addr();
                 reads_forwarded |= enforced && c.reads_remote_ip();
+                reads_sni |= enforced && c.reads_sni();
                 if let Some(h) = c.header() {
                     headers.push(h.to_owned());
                 }
@@ -694,6 +704,7 @@ impl Engine {
             reads_remote_addr: reads_remote_addr || (reads_forwarded && settings.trusted_proxies == 0),
             reads_local_addr,
             reads_forwarded: reads_forwarded && settings.trusted_proxies > 0,
+            reads_sni,
             headers,
             settings,
             policies,
@@ -864,6 +875,27 @@ impl AccessDecision {
         }
     }
 
+    /// The refusal of a request whose server gives no connection facts,
+    /// when the policy reads `connection.sni`; said once, as an error,
+    /// with the fix.
+    #[cold]
+    #[inline(never)]
+    fn server_name_unknown() -> Self {
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| {
+            tracing::error!(
+                target: LOG_TARGET,
+                "the access policy reads connection.sni and the server gives no connection facts (a TLS listener Palisade cannot see into, or none recorded): such requests are refused. Serve TLS with palisade_mtls's servers (with actix-web's own TLS listener, add ServerTls::actix_on_connect); a plain listener with palisade::axum::serve, or palisade::actix::on_connect on the HttpServer"
+            );
+        });
+        Self {
+            allowed: false,
+            action: Some(Action::Deny),
+            policy: Some(SERVER_NAME_UNKNOWN),
+            ..Self::default_allow()
+        }
+    }
+
     fn no_allow_matched() -> Self {
         Self {
             allowed: false,
@@ -928,6 +960,12 @@ impl fmt::Display for AccessDecision {
                 write!(
                     f,
                     "{verdict}: the connection's addresses, which the policy reads, are unknown"
+                )?;
+            }
+            (Some(p), None, _) if *p == SERVER_NAME_UNKNOWN => {
+                write!(
+                    f,
+                    "{verdict}: the connection's TLS server name, which the policy reads, is unknown"
                 )?;
             }
             (_, _, _) if self.allowed => write!(f, "{verdict}: no ALLOW policy applies")?,
@@ -1235,6 +1273,9 @@ impl AccessPolicy {
             if remote || local || forwarded {
                 return Check::Ready(AccessDecision::addresses_unknown());
             }
+        }
+        if engine.reads_sni && req.connection().is_none() {
+            return Check::Ready(AccessDecision::server_name_unknown());
         }
         let custom = if engine.custom.is_empty() {
             None

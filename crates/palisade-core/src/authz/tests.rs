@@ -764,6 +764,37 @@ fn a_rule_on_addresses_the_server_does_not_give_refuses_rather_than_never_matchi
     );
 }
 
+/// A DENY on `connection.sni` refuses a request whose server gives no
+/// connection facts (a TLS listener Palisade cannot see into), rather than
+/// never fire; a plain connection Palisade's servers describe has no
+/// server name, as in Istio, and is decided.
+#[test]
+fn a_rule_on_the_server_name_the_server_does_not_give_refuses_rather_than_never_matching() {
+    let deny = policy(&format!(
+        "{HEAD}spec:\n  action: DENY\n  rules: [{{when: [{{key: connection.sni, values: [admin.internal]}}]}}]\n"
+    ))
+    .unwrap();
+    let plain = OwnedRequest::get("/").connection(conn("198.51.100.1:1", "127.0.0.1:9080"));
+    assert!(allowed(&deny, &plain, None), "a plain connection has no server name");
+    let mut named = conn("198.51.100.1:1", "127.0.0.1:9080");
+    named.tls = true;
+    named.sni = Some("admin.internal".into());
+    assert!(!allowed(&deny, &OwnedRequest::get("/").connection(named), None));
+    let d = deny.evaluate(&OwnedRequest::get("/"), None);
+    assert!(!d.is_allowed(), "unknown: the DENY could apply");
+    assert_eq!(d.policy(), Some(SERVER_NAME_UNKNOWN));
+    assert_eq!(
+        d.to_string(),
+        "denied: the connection's TLS server name, which the policy reads, is unknown"
+    );
+    // Reported only (AUDIT), it is never in the way.
+    let audit = policy(&format!(
+        "{HEAD}spec:\n  action: AUDIT\n  rules: [{{when: [{{key: connection.sni, values: [admin.internal]}}]}}]\n"
+    ))
+    .unwrap();
+    assert!(allowed(&audit, &OwnedRequest::get("/"), None));
+}
+
 #[test]
 fn claims_conditions_read_nested_array_and_scope_claims() {
     let p = policy(&format!(
