@@ -1184,7 +1184,10 @@ pub fn authorize_route(
     };
     // A refusal before the policy decides, counted and answered as its
     // denials are.
-    let early = |rejection: Rejection| Check::Ready(refused(auth, Decision::Deny(rejection), req));
+    // Told from the request itself: a decision that waits keeps a copy of
+    // the headers sign-in reads only (no `content-type`).
+    let rendering = Rendering::of(req);
+    let early = |rejection: Rejection| Check::Ready(refused(auth, Decision::Deny(rejection), rendering));
     if policy.refuses_host(req) {
         return early(ambiguous_host_refusal());
     }
@@ -1202,7 +1205,12 @@ pub fn authorize_route(
     } else {
         std::borrow::Cow::Borrowed(req.path())
     };
-    fn verdict(auth: &RequestAuth, access: AccessDecision, req: &dyn RequestHead) -> Result<(), Reply> {
+    fn verdict(
+        auth: &RequestAuth,
+        access: AccessDecision,
+        req: &dyn RequestHead,
+        rendering: Rendering,
+    ) -> Result<(), Reply> {
         if access.is_allowed() {
             return Ok(());
         }
@@ -1211,23 +1219,23 @@ pub fn authorize_route(
         refused(
             auth,
             guard.sign_in_or(req, guard.refusal(auth.identity(), access)),
-            req,
+            rendering,
         )
     }
     /// A route's refusal (or sign-in's answer in its place), counted as
     /// decided before a gRPC call's refusal becomes a 200, then rendered.
-    fn refused(auth: &RequestAuth, decision: Decision, req: &dyn RequestHead) -> Result<(), Reply> {
+    fn refused(auth: &RequestAuth, decision: Decision, rendering: Rendering) -> Result<(), Reply> {
         if !matches!(decision, Decision::Allow(_)) {
             auth.compiled().tally(&decision);
         }
-        match decision.for_request(Rendering::of(req)) {
+        match decision.for_request(rendering) {
             Decision::Deny(r) => Err(Reply::from(r)),
             Decision::Reply(reply) => Err(reply),
             Decision::Allow(_) => Ok(()),
         }
     }
     match policy.check_normalized(req, auth.identity(), &path) {
-        Check::Ready(access) => Check::Ready(verdict(auth, access, req)),
+        Check::Ready(access) => Check::Ready(verdict(auth, access, req, rendering)),
         Check::Pending(fut) => {
             let auth = auth.clone();
             let snapshot = OwnedRequest::snapshot(req, crate::guard::SIGN_IN_HEADERS);
@@ -1236,7 +1244,7 @@ pub fn authorize_route(
             Check::pending(async move {
                 let access = fut.await;
                 waiting.decided();
-                verdict(&auth, access, &snapshot)
+                verdict(&auth, access, &snapshot, rendering)
             })
         }
     }

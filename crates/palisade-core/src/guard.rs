@@ -2460,6 +2460,61 @@ spec:
         assert_eq!(answer(&AccessPolicy::require_authenticated()), 200);
     }
 
+    /// A route policy's refusal that waits (a `CUSTOM` policy asking its
+    /// authorizer) is rendered for the request as one decided at once: a
+    /// gRPC call's as a `grpc-status` (the request's copy kept while it
+    /// waits has no `content-type`), a HEAD request's without a body.
+    #[tokio::test]
+    async fn a_route_policys_refusal_that_waits_is_rendered_for_the_request() {
+        use crate::authz::{CheckRequest, ExternalAuthorizers, ExternalDecision};
+        let guard = Guard::builder()
+            .authenticator(Fixed(Some("alice"), false))
+            .access_policy(AccessPolicy::allow_all())
+            .build()
+            .unwrap();
+        let yaml = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: ext}\nspec: {action: CUSTOM, provider: {name: ext}, rules: [{}]}\n";
+        let set = crate::policy::PolicySet::from_yaml_str(yaml, "route.yaml").unwrap();
+        let authorizers =
+            ExternalAuthorizers::new().register("ext", Vec::<String>::new(), |_: CheckRequest| async {
+                ExternalDecision::Deny
+            });
+        let refusing = AccessPolicy::compile_with(
+            &set.for_workload(&crate::policy::Workload::new("details", "default")),
+            &authorizers,
+        )
+        .unwrap();
+        for (req, status, grpc_status, body) in [
+            (
+                OwnedRequest::new("POST", "/p.S/M").header("content-type", "application/grpc"),
+                200,
+                Some("7"),
+                false,
+            ),
+            (OwnedRequest::new("HEAD", "/"), 403, None, false),
+            (OwnedRequest::get("/"), 403, None, true),
+        ] {
+            let req = req.header("authorization", "Bearer good");
+            let Check::Ready(Decision::Allow(admitted)) = guard.check(&req) else {
+                panic!("the guard allows alice");
+            };
+            let Check::Pending(refusal) = crate::adapter::authorize_route(&refusing, Some(admitted.auth()), &req)
+            else {
+                panic!("the authorizer is asked");
+            };
+            let Err(reply) = refusal.await else {
+                panic!("refused")
+            };
+            let header = |name: &str| reply.headers().find(|(n, _)| *n == name).map(|(_, v)| v.to_owned());
+            assert_eq!(
+                (reply.status(), header("grpc-status").as_deref(), !reply.body().is_empty()),
+                (status, grpc_status, body),
+                "{} {}: {reply:?}",
+                req.method(),
+                req.path()
+            );
+        }
+    }
+
     /// An authenticator that waits and finds no credential, and sends a
     /// browser's navigation to sign in as `palisade_signin` tells one.
     struct SignsIn;
