@@ -155,21 +155,23 @@ struct Bookinfo {
 }
 
 fn start_bookinfo(dir: &ScratchDir, pki: &TestPki, mesh: &str, extra: &[&str]) -> Bookinfo {
-    start_bookinfo_with(dir, pki, mesh, extra, None)
+    start_bookinfo_with(dir, pki, mesh, extra, None, None)
 }
 
 /// [`start_bookinfo`], with reviews given `reviews_upstream` (`ratings=URL`
-/// and more arguments) in place of the started ratings.
+/// and more arguments) in place of the started ratings, and its log
+/// (stderr) written to the file `reviews_log`.
 fn start_bookinfo_with(
     dir: &ScratchDir,
     pki: &TestPki,
     mesh: &str,
     extra: &[&str],
     reviews_upstream: Option<&[&str]>,
+    reviews_log: Option<&str>,
 ) -> Bookinfo {
     let file = dir.write("mesh.yaml", mesh);
     let ca = dir.write("ca.pem", &pki.ca_pem());
-    let run = |name: &str, more: &[&str]| {
+    let run = |name: &str, more: &[&str], log: Option<&str>| {
         let c = pki.workload("default", name);
         let (cert, key) = dir.cert(name, &c);
         let mut args = vec![
@@ -183,20 +185,24 @@ fn start_bookinfo_with(
             &ca,
         ];
         args.extend(more);
-        start(name, &args)
+        match log {
+            Some(log) => common::start_logged(name, &args, &[], log),
+            None => start(name, &args),
+        }
     };
-    let details = run("details", &[]);
-    let ratings = run("ratings", &[]);
+    let details = run("details", &[], None);
+    let ratings = run("ratings", &[], None);
     let to_ratings = format!("ratings=https://127.0.0.1:{}", ratings.port);
     let reviews = run(
         "reviews",
         reviews_upstream.unwrap_or(&["--upstream", &to_ratings]),
+        reviews_log,
     );
     let d = format!("details=https://127.0.0.1:{}", details.port);
     let r = format!("reviews=https://127.0.0.1:{}", reviews.port);
     let mut args = vec!["--upstream", d.as_str(), "--upstream", r.as_str()];
     args.extend(extra);
-    let productpage = run("productpage", &args);
+    let productpage = run("productpage", &args, None);
     Bookinfo {
         productpage,
         details,
@@ -343,7 +349,7 @@ async fn a_grpc_upstream_that_does_not_answer_in_time_is_504() {
         let hang = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let to_hang = format!("ratings={scheme}://{}", hang.local_addr().unwrap());
         let reviews_args = ["--upstream", to_hang.as_str(), "--upstream-timeout", "2"];
-        let bookinfo = start_bookinfo_with(&dir, &pki, mesh, &[], Some(&reviews_args));
+        let bookinfo = start_bookinfo_with(&dir, &pki, mesh, &[], Some(&reviews_args), None);
         let alice = relayable(&issuer, "alice");
         let (status, product) = get(&bookinfo.productpage, "/api/v1/products/0", Some(&alice)).await;
         assert_eq!(status, 200, "{scheme}: {product}");
@@ -362,7 +368,8 @@ async fn productpage_relays_the_users_token_and_refuses_to_call_without_one() {
     let pki = TestPki::new();
     let dir = ScratchDir::new("bookinfo-relay");
     let mesh = mesh(&issuer, &credentials(&issuer, "caller", "caller", "caller"));
-    let bookinfo = start_bookinfo(&dir, &pki, &mesh, &[]);
+    let reviews_log = dir.path("reviews.log");
+    let bookinfo = start_bookinfo_with(&dir, &pki, &mesh, &[], None, Some(&reviews_log));
     let pp = &bookinfo.productpage;
     let alice = relayable(&issuer, "alice");
     let (status, who) = get(pp, "/upstreams/whoami", Some(&alice)).await;
@@ -391,6 +398,42 @@ async fn productpage_relays_the_users_token_and_refuses_to_call_without_one() {
     assert_eq!(product["details"]["status"], 401, "{product}");
     assert_eq!(product["reviews"]["status"], 401, "{product}");
     assert_eq!(issuer.client_credentials_grants() + issuer.token_exchanges(), 0);
+
+    // A token ratings refuses (not for its audience), relayed by reviews:
+    // each call's 401 is the user's doing, not a line of reviews' log at
+    // warn level; ratings gone, its failure is said once a minute.
+    let said = || {
+        std::fs::read_to_string(&reviews_log)
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("WARN") && l.contains("ratings"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let not_for_ratings = issuer
+        .token()
+        .subject("alice")
+        .audience("productpage")
+        .audience("reviews")
+        .sign();
+    for _ in 0..3 {
+        let (_, product) = get(pp, "/api/v1/products/0", Some(&not_for_ratings)).await;
+        assert_eq!(product["reviews"]["body"]["ratings"]["status"], 401, "{product}");
+    }
+    assert_eq!(said(), Vec::<String>::new(), "refusals a user earns");
+    let Bookinfo {
+        productpage,
+        details,
+        reviews,
+        ratings,
+    } = bookinfo;
+    drop(ratings);
+    for _ in 0..2 {
+        let (_, product) = get(&productpage, "/api/v1/products/0", Some(&alice)).await;
+        assert_eq!(product["reviews"]["body"]["ratings"]["status"], 502, "{product}");
+    }
+    assert_eq!(said().len(), 1, "once a minute: {:?}", said());
+    drop((productpage, details, reviews));
 }
 
 #[tokio::test]

@@ -2497,16 +2497,26 @@ spec:
             let Check::Ready(Decision::Allow(admitted)) = guard.check(&req) else {
                 panic!("the guard allows alice");
             };
-            let Check::Pending(refusal) = crate::adapter::authorize_route(&refusing, Some(admitted.auth()), &req)
+            let Check::Pending(refusal) =
+                crate::adapter::authorize_route(&refusing, Some(admitted.auth()), &req)
             else {
                 panic!("the authorizer is asked");
             };
             let Err(reply) = refusal.await else {
                 panic!("refused")
             };
-            let header = |name: &str| reply.headers().find(|(n, _)| *n == name).map(|(_, v)| v.to_owned());
+            let header = |name: &str| {
+                reply
+                    .headers()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| v.to_owned())
+            };
             assert_eq!(
-                (reply.status(), header("grpc-status").as_deref(), !reply.body().is_empty()),
+                (
+                    reply.status(),
+                    header("grpc-status").as_deref(),
+                    !reply.body().is_empty()
+                ),
                 (status, grpc_status, body),
                 "{} {}: {reply:?}",
                 req.method(),

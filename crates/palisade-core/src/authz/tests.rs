@@ -775,7 +775,10 @@ fn a_rule_on_the_server_name_the_server_does_not_give_refuses_rather_than_never_
     ))
     .unwrap();
     let plain = OwnedRequest::get("/").connection(conn("198.51.100.1:1", "127.0.0.1:9080"));
-    assert!(allowed(&deny, &plain, None), "a plain connection has no server name");
+    assert!(
+        allowed(&deny, &plain, None),
+        "a plain connection has no server name"
+    );
     let mut named = conn("198.51.100.1:1", "127.0.0.1:9080");
     named.tls = true;
     named.sni = Some("admin.internal".into());
