@@ -238,6 +238,18 @@ impl IpBlock {
                 .filter(|p| *p <= max)
                 .ok_or_else(bad)?,
         };
+        // An IPv4-mapped block (`::ffff:203.0.113.0/120`) is its IPv4 block:
+        // requests' mapped addresses are read as IPv4, so as written it
+        // would never match.
+        if let IpAddr::V6(v6) = addr
+            && let Some(v4) = v6.to_ipv4_mapped()
+            && prefix >= 96
+        {
+            return Ok(Self {
+                addr: IpAddr::V4(v4),
+                prefix: prefix - 96,
+            });
+        }
         Ok(Self { addr, prefix })
     }
 
@@ -484,5 +496,24 @@ mod tests {
         assert!(IpBlock::parse("::1").unwrap().contains("::1".parse().unwrap()));
         assert!(IpBlock::parse("10.0.0.0/33").is_err());
         assert!(IpBlock::parse("ten").is_err());
+    }
+
+    /// An IPv4-mapped block is its IPv4 block, matching an address however
+    /// written (a request's mapped address is read as IPv4); other IPv6
+    /// blocks match no IPv4 address.
+    #[test]
+    fn an_ipv4_mapped_block_is_its_ipv4_block() {
+        let b = IpBlock::parse("::ffff:203.0.113.0/120").unwrap();
+        assert_eq!(b, IpBlock::parse("203.0.113.0/24").unwrap());
+        for ip in ["203.0.113.9", "::ffff:203.0.113.9"] {
+            assert!(b.contains(ip.parse().unwrap()), "{ip}");
+        }
+        assert!(!b.contains("203.0.114.9".parse().unwrap()));
+        assert!(
+            IpBlock::parse("::ffff:10.0.0.1")
+                .unwrap()
+                .contains("10.0.0.1".parse().unwrap())
+        );
+        assert!(!IpBlock::parse("::/0").unwrap().contains("10.0.0.1".parse().unwrap()));
     }
 }
