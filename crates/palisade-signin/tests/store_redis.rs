@@ -751,10 +751,66 @@ fn revoked(store: &RedisStore, i: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// A Redis that answers reads and refuses every write (here
+/// `min-replicas-to-write` unmet, as a read-only replica after a failover
+/// or an out-of-memory Redis refuse them): a logout on one replica cannot
+/// reach the others, so every replica refuses sessions once that has
+/// lasted `max_staleness`, and takes them again, with the logout written,
+/// once Redis takes writes.
+#[tokio::test]
+async fn a_redis_that_refuses_writes_fails_closed_on_every_replica() {
+    bounded(async {
+        let server = RedisServer::start().unwrap();
+        let (a, b) = (replica(&server).await, replica(&server).await);
+        let mut admin = admin(&server).await;
+        let now = SystemTime::now();
+        let alice = session("alice-1", "alice", None, now);
+        assert!(!b.is_revoked(&alice).unwrap());
+        let refuse = |n: u32| {
+            redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("min-replicas-to-write")
+                .arg(n)
+                .to_owned()
+        };
+        let _: () = refuse(1).query_async(&mut admin).await.unwrap();
+        let revoked = a
+            .revoke(Revocation::Session {
+                id: "alice-1".into(),
+                until: now + HOUR,
+            })
+            .await;
+        assert!(matches!(revoked, Err(StoreError::Unavailable)), "{revoked:?}");
+        for (name, store) in [("a", &a), ("b", &b)] {
+            assert!(
+                eventually(MAX_STALENESS * 3, || store.is_revoked(&alice).is_err())
+                    .await
+                    .is_some(),
+                "{name} still answers while no logout can be recorded"
+            );
+        }
+        assert!(
+            lines("WARN", &server.url())
+                .iter()
+                .any(|l| l.contains("refuses writes")),
+            "said"
+        );
+        let _: () = refuse(0).query_async(&mut admin).await.unwrap();
+        assert!(
+            eventually(MAX_STALENESS * 3, || matches!(b.is_revoked(&alice), Ok(true)))
+                .await
+                .is_some(),
+            "b answers again, and knows the logout written late"
+        );
+        assert!(matches!(a.is_revoked(&alice), Ok(true)));
+    })
+    .await;
+}
+
 /// Redis refuses the revocation's write while it answers reads (here an
-/// ACL that takes `ZADD` away, as a read-only replica after a failover
-/// would refuse every write): the revoking replica honours it, keeps it,
-/// tries again with a growing pause, and writes it once writes work; the
+/// ACL that takes `ZADD` away from one replica's user): the revoking
+/// replica honours it, keeps it, refuses sessions while writes are refused
+/// (its mirror's write probe is), and writes it once writes work; the
 /// other replica learns it from the stream, without a reload.
 #[tokio::test]
 async fn a_revocation_whose_write_is_refused_is_written_once_writes_work() {
@@ -775,10 +831,19 @@ async fn a_revocation_whose_write_is_refused_is_written_once_writes_work() {
         assert!(matches!(revoked, Err(StoreError::Unavailable)), "{revoked:?}");
         assert!(a.is_revoked(&refused).unwrap(), "the revoking replica honours it");
         let execs = calls(&server, "exec").await;
+        let probes = command_stat(&server, "zadd", "rejected_calls").await;
         tokio::time::sleep(Duration::from_secs(3)).await;
-        // Tried again, but not at every read (four a second here).
-        let tries = calls(&server, "exec").await - execs;
-        assert!((1..=9).contains(&tries), "{tries} tries in 3 s");
+        // Not written again while a write that changes nothing (the
+        // mirror's probe, at most one per read: four a second here) is
+        // refused too; that replica meanwhile refuses sessions.
+        assert_eq!(
+            calls(&server, "exec").await,
+            execs,
+            "tried while writes are refused"
+        );
+        let probed = command_stat(&server, "zadd", "rejected_calls").await - probes;
+        assert!((4..=16).contains(&probed), "{probed} probes in 3 s");
+        assert!(a.is_revoked(&refused).is_err(), "a fails closed");
         assert!(
             !b.is_revoked(&refused).unwrap(),
             "written while writes were refused"
@@ -791,7 +856,17 @@ async fn a_revocation_whose_write_is_refused_is_written_once_writes_work() {
                 .is_some(),
             "the other replica did not learn it once writes worked"
         );
-        // Both mirrors stayed fresh throughout: no reload.
+        assert!(
+            eventually(Duration::from_secs(3), || matches!(
+                a.is_revoked(&refused),
+                Ok(true)
+            ))
+            .await
+            .is_some(),
+            "a answers again"
+        );
+        // Neither mirror reloaded: b stayed fresh throughout, a followed
+        // the stream while it refused sessions.
         assert_eq!(calls(&server, "zrangebyscore").await, loads);
     })
     .await;

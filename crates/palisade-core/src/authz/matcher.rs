@@ -514,6 +514,10 @@ mod tests {
                 .unwrap()
                 .contains("10.0.0.1".parse().unwrap())
         );
-        assert!(!IpBlock::parse("::/0").unwrap().contains("10.0.0.1".parse().unwrap()));
+        assert!(
+            !IpBlock::parse("::/0")
+                .unwrap()
+                .contains("10.0.0.1".parse().unwrap())
+        );
     }
 }

@@ -32,15 +32,22 @@
 //! learn it then. [`SessionStore::revoke`]
 //! answers [`StoreError::Unavailable`] meanwhile, as it did. The writes
 //! run on a task of their own, so the mirror's reads go on; after a write
-//! that fails while reads work (a read-only replica after a failover), the
-//! next waits, from 50 ms doubling to 30 s. A replica keeps at most 1 000
+//! that fails while reads work, the next waits, from 50 ms doubling to
+//! 30 s. A replica keeps at most 1 000
 //! such revocations, each once; one `info` line says how many were written
 //! late, one `warn` line when some could not be kept. They live in that
 //! replica's memory only: a replica that stops first loses them.
 //!
 //! Each `XREAD` returns at least every quarter of `max_staleness`, so a
-//! replica knows when it last heard from Redis. When that was longer ago
-//! than `max_staleness` (5 s by default), [`SessionStore::is_revoked`]
+//! replica knows when it last heard from Redis. After a read, at most once
+//! per such quarter, the mirror writes something that changes nothing
+//! (`ZADD … XX` of a member never added): a Redis that answers reads and
+//! refuses writes (a read-only replica after a failover, out of memory,
+//! `min-replicas-to-write` unmet) can record no logout for any replica,
+//! so the mirror counts as heard from only while Redis takes writes too,
+//! and every replica fails closed together; one `warn` line says so, one
+//! `info` line when writes work again. When the mirror last heard from
+//! Redis longer ago than `max_staleness` (5 s by default), [`SessionStore::is_revoked`]
 //! answers [`StoreError::Unavailable`] (fail closed) until the mirror has
 //! reconnected and reloaded. One `warn` line is logged when the mirror goes
 //! stale and one `info` line when it is back; reconnection backs off from
@@ -729,6 +736,10 @@ async fn follow(shared: Arc<Shared>, connection: MultiplexedConnection, mut last
     // A gap was found and no read has caught up since: another gap then
     // waits before its reload, and is not logged again.
     let mut behind = false;
+    // When Redis last took a write (`probe`), and whether it refused the
+    // last one.
+    let mut wrote: Option<Instant> = None;
+    let mut writes_refused = false;
     loop {
         let Some(c) = connection.as_mut() else {
             match shared.open_mirror().await {
@@ -804,6 +815,35 @@ async fn follow(shared: Arc<Shared>, connection: MultiplexedConnection, mut last
                 if count < READ_COUNT as usize {
                     behind = false;
                 }
+                // A Redis that answers reads and refuses writes (a
+                // read-only replica after a failover, out of memory,
+                // `min-replicas-to-write` unmet) cannot record a logout on
+                // any replica, and the others would go on reading a mirror
+                // that looks complete: the mirror is synced only while
+                // writes are taken too, so every replica fails closed
+                // after `max_staleness`, together.
+                if wrote.is_none_or(|at| at.elapsed() >= shared.block) {
+                    match probe(c, &shared.keys.revoked).await {
+                        Ok(()) => {
+                            wrote = Some(Instant::now());
+                            if std::mem::take(&mut writes_refused) {
+                                tracing::info!(target: LOG_TARGET, url = %shared.url, "session store: Redis takes writes again");
+                            }
+                        }
+                        Err(e) if e.code().is_some() => {
+                            if !std::mem::replace(&mut writes_refused, true) {
+                                tracing::warn!(target: LOG_TARGET, url = %shared.url, reason = %described(&e), "session store: Redis answers reads but refuses writes: logouts cannot be recorded, so sessions are refused once that has lasted max_staleness, until it takes writes again");
+                            }
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::debug!(target: LOG_TARGET, url = %shared.url, reason = %described(&e), "session store: the revocation mirror lost its connection");
+                            connection = None;
+                            back_off(&mut backoff, MAX_BACKOFF).await;
+                            continue;
+                        }
+                    }
+                }
                 shared.mark_synced();
                 backoff = MIN_BACKOFF;
                 if shared.has_unrecorded() {
@@ -820,6 +860,19 @@ async fn follow(shared: Arc<Shared>, connection: MultiplexedConnection, mut last
             }
         }
     }
+}
+
+/// A write that changes nothing (`ZADD … XX` of a member never added),
+/// refused as a revocation's write would be: whether Redis takes writes.
+async fn probe(c: &mut MultiplexedConnection, revoked: &str) -> Result<(), RedisError> {
+    let _: i64 = redis::cmd("ZADD")
+        .arg(revoked)
+        .arg("XX")
+        .arg(0)
+        .arg("(write probe)")
+        .query_async(c)
+        .await?;
+    Ok(())
 }
 
 /// Waits `backoff`, then doubles it, up to `max`.
