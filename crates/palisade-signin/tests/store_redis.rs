@@ -751,6 +751,31 @@ fn revoked(store: &RedisStore, i: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// A command connection that died while idle (a proxy's idle timeout, a
+/// NAT's, a Redis restarted or told to close it) fails the next command
+/// on it; that command is sent again once on a new connection rather than
+/// fail: the first back-channel logout after a quiet night would be lost.
+#[tokio::test]
+async fn a_command_on_a_connection_that_died_idle_is_sent_again_once() {
+    bounded(async {
+        let server = RedisServer::start().unwrap();
+        let store = replica(&server).await;
+        assert!(store.use_once("jti-1", HOUR).await.unwrap());
+        let mut admin = admin(&server).await;
+        let killed: i64 = redis::cmd("CLIENT")
+            .arg(&["KILL", "TYPE", "normal", "SKIPME", "yes"][..])
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        assert!(killed >= 2, "the store's connections: {killed}");
+        let sent = store.use_once("jti-2", HOUR).await;
+        assert!(matches!(sent, Ok(true)), "{sent:?}");
+        let again = store.use_once("jti-1", HOUR).await;
+        assert!(matches!(again, Ok(false)), "remembered: {again:?}");
+    })
+    .await;
+}
+
 /// A Redis that answers reads and refuses every write (here
 /// `min-replicas-to-write` unmet, as a read-only replica after a failover
 /// or an out-of-memory Redis refuse them): a logout on one replica cannot

@@ -496,17 +496,17 @@ impl Shared {
             .set_response_timeout(Some(response_timeout))
     }
 
-    /// The commands' connection, opened when there is none. Callers that
-    /// waited while another one failed to open it share that failure
-    /// rather than queue one attempt each.
-    async fn connection(&self) -> Result<MultiplexedConnection, RedisError> {
+    /// The commands' connection, opened when there is none, and whether
+    /// it was open before. Callers that waited while another one failed to
+    /// open it share that failure rather than queue one attempt each.
+    async fn connection(&self) -> Result<(MultiplexedConnection, bool), RedisError> {
         if let Some(c) = self
             .connection
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
         {
-            return Ok(c);
+            return Ok((c, true));
         }
         let waiting_since = Instant::now();
         let mut last_failure = self.connecting.lock().await;
@@ -516,7 +516,7 @@ impl Shared {
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
         {
-            return Ok(c);
+            return Ok((c, true));
         }
         if last_failure.is_some_and(|at| at >= waiting_since) {
             return Err(RedisError::from(std::io::Error::new(
@@ -532,7 +532,7 @@ impl Shared {
             Ok(c) => {
                 *last_failure = None;
                 *self.connection.lock().unwrap_or_else(PoisonError::into_inner) = Some(c.clone());
-                Ok(c)
+                Ok((c, false))
             }
             Err(e) => {
                 *last_failure = Some(Instant::now());
@@ -543,14 +543,29 @@ impl Shared {
 
     /// Runs `f` on the commands' connection within the command timeout;
     /// drops the connection after a failure so the next command opens a
-    /// new one.
-    async fn run<T, F>(&self, f: impl FnOnce(MultiplexedConnection) -> F) -> Result<T, StoreError>
+    /// new one. A connection open before that turns out dead (it died
+    /// while idle: a proxy's or a NAT's timeout, a Redis restarted) is
+    /// replaced at once and `f` sent again on the new one, once, within
+    /// the same timeout: else the first command after a quiet spell fails
+    /// (a back-channel logout lost). A command whose answer alone was lost
+    /// is thus sent twice: each of this store's is safe to repeat, but for
+    /// `use_once`, whose second try then answers "used".
+    async fn run<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
     where
-        F: Future<Output = Result<T, RedisError>>,
+        F: Fn(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
     {
         let attempt = async {
-            let c = self.connection().await?;
-            f(c).await
+            let (c, reused) = self.connection().await?;
+            match f(c).await {
+                Err(e) if reused && (e.is_io_error() || e.is_connection_dropped()) && !e.is_timeout() => {
+                    tracing::debug!(target: LOG_TARGET, url = %self.url, reason = %described(&e), "session store: the commands' connection was closed; sending the command again on a new one");
+                    *self.connection.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                    let (c, _) = self.connection().await?;
+                    f(c).await
+                }
+                done => done,
+            }
         };
         let failure = match tokio::time::timeout(self.command_timeout, attempt).await {
             Ok(Ok(v)) => return Ok(v),
@@ -639,6 +654,7 @@ impl Shared {
             .arg("-inf")
             .arg(format!("({}", unix_ms(now)))
             .ignore();
+        let tx = &tx;
         self.run(|mut c| async move { tx.query_async::<()>(&mut c).await })
             .await
     }
