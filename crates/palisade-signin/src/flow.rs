@@ -1662,6 +1662,20 @@ impl SignIn {
             // throttled (`429`) or misconfigured client (`invalid_client`
             // after a secret's rotation) is the issuer's trouble, not the
             // session's.
+            // Asked without a claim, though the store is shared (it could
+            // not give one): another replica may have spent this refresh
+            // token a moment before (a rotation), its successor on the way.
+            // Not ended on that say, but left without tokens for now; a
+            // later request, with the store back, claims and knows.
+            Err(TokenError::Refused(error))
+                if error == "invalid_grant" && claim.is_none() && self.0.store.shared() =>
+            {
+                if let Some(next) = self.adopt(s).await {
+                    return Ok(next);
+                }
+                tracing::debug!(target: LOG_TARGET, %error, subject = ?s.sub, "the issuer refused a refresh made without the store's claim: another replica may have made it; not ended");
+                Err(Unusable::NotNow)
+            }
             Err(TokenError::Refused(error)) if error == "invalid_grant" => {
                 tracing::info!(target: LOG_TARGET, %error, subject = ?s.sub, "the issuer refused to refresh a session: it ends");
                 if let Err(e) = self.end(s).await {
@@ -2656,6 +2670,8 @@ mod tests {
         revocations_failing: std::sync::atomic::AtomicUsize,
         reads_fail: bool,
         revocations_unknown: bool,
+        /// Whether `use_once` (a refresh's claim) fails.
+        claims_fail: bool,
     }
 
     type StoreResult<T> = palisade_core::BoxFuture<Result<T, crate::store::StoreError>>;
@@ -2682,6 +2698,9 @@ mod tests {
             self.store.is_revoked(session)
         }
         fn use_once(&self, key: &str, ttl: Duration) -> StoreResult<bool> {
+            if self.claims_fail {
+                return Box::pin(std::future::ready(Err(crate::store::StoreError::Unavailable)));
+            }
             self.store.use_once(key, ttl)
         }
         fn put(&self, id: &str, data: Vec<u8>, ttl: Duration) -> StoreResult<()> {
@@ -2720,6 +2739,7 @@ mod tests {
             revocations_failing: std::sync::atomic::AtomicUsize::new(3),
             reads_fail: false,
             revocations_unknown: false,
+            claims_fail: false,
         });
         let sign_in = SignIn::builder(issuer.issuer(), "shop")
             .keys(vec![key.clone()])
@@ -2752,6 +2772,7 @@ mod tests {
             revocations_failing: std::sync::atomic::AtomicUsize::new(0),
             reads_fail: true,
             revocations_unknown: false,
+            claims_fail: false,
         });
         let sign_in = SignIn::builder(issuer.issuer(), "shop")
             .keys(vec![key.clone()])
@@ -2853,6 +2874,7 @@ mod tests {
                 revocations_failing: std::sync::atomic::AtomicUsize::new(0),
                 reads_fail: false,
                 revocations_unknown,
+                claims_fail: false,
             };
             SignIn::builder(issuer.issuer(), "shop")
                 .keys(vec![key.clone()])
@@ -2907,6 +2929,7 @@ mod tests {
             revocations_failing: std::sync::atomic::AtomicUsize::new(failing),
             reads_fail: false,
             revocations_unknown: false,
+            claims_fail: false,
         };
         SignIn::builder(issuer.issuer(), "shop")
             .keys(vec![CookieKey::new("k1", &[1; 32]).unwrap()])
@@ -3310,6 +3333,60 @@ mod tests {
                     Check::Ready(AuthOutcome::NoCredential)
                 ),
                 "{status}: ended here"
+            );
+        }
+    }
+
+    /// With a shared store that cannot give a refresh's claim, an expired
+    /// session is refreshed here without one; the issuer's `invalid_grant`
+    /// may then answer another replica's rotation of the same refresh
+    /// token a moment before, so the session is left without tokens for
+    /// now, not ended; with claims, a refused refresh ends it.
+    #[tokio::test]
+    async fn a_refresh_refused_without_the_stores_claim_does_not_end_the_session() {
+        let issuer = issuer_answering_tokens("400 Bad Request", r#"{"error":"invalid_grant"}"#).await;
+        for claims_fail in [true, false] {
+            let key = CookieKey::new("k1", &[1; 32]).unwrap();
+            let store = Arc::new(Flaky {
+                store: MemoryStore::new().began_at(UNIX_EPOCH),
+                revocations_failing: std::sync::atomic::AtomicUsize::new(0),
+                reads_fail: false,
+                revocations_unknown: false,
+                claims_fail,
+            });
+            let sign_in = SignIn::builder(&issuer, "shop")
+                .keys(vec![key.clone()])
+                .store(store.clone())
+                .build()
+                .unwrap();
+            discovered(&sign_in).await;
+            let expired = Session {
+                at_exp: now() - 10,
+                at_got: now() - 3600,
+                rt: Some("refresh-0".into()),
+                ..alice()
+            };
+            let created = expired.created_ms;
+            let req =
+                OwnedRequest::get("/page").header("cookie", session_cookie(key, &Payload::Inline(expired)));
+            let Check::Pending(refresh) = sign_in.authenticate(&req) else {
+                panic!("an expired session is refreshed first")
+            };
+            assert!(
+                matches!(refresh.await, AuthOutcome::NoCredential),
+                "{claims_fail}"
+            );
+            let session = SessionRef {
+                id: "s1",
+                issuer: &issuer,
+                subject: "alice",
+                sid: None,
+                created: UNIX_EPOCH + Duration::from_millis(created),
+            };
+            assert_eq!(
+                store.store.is_revoked(&session).unwrap(),
+                !claims_fail,
+                "ended only when refused under the claim (claims fail: {claims_fail})"
             );
         }
     }
