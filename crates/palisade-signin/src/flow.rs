@@ -1370,6 +1370,19 @@ impl SignIn {
         self.timed_out(s, t) || matches!(self.0.store.is_revoked(&self.session_ref(s)), Ok(true))
     }
 
+    /// Whether the store holds the ending of the session `id` itself
+    /// ([`end_id`](Self::end_id)), whoever its user.
+    fn ended_by_id(&self, id: &str) -> bool {
+        let by_id = SessionRef {
+            id,
+            issuer: &self.0.config.issuer,
+            subject: "",
+            sid: None,
+            created: std::time::SystemTime::now(),
+        };
+        matches!(self.0.store.is_revoked(&by_id), Ok(true))
+    }
+
     /// Whether a session is past its idle or absolute timeout at `t`.
     fn timed_out(&self, s: &Session, t: u64) -> bool {
         let c = &self.0.config;
@@ -1935,6 +1948,13 @@ impl SignIn {
                 Some(_) if ended_before => Ok(()),
                 Some(live) => this.end(&live.session).await,
                 None => match stored() {
+                    // Ended before by its id (a saved copy of its cookie
+                    // logged out again, its data gone with the first
+                    // logout): nothing more to record, so replaying one
+                    // cookie writes no revocation per request (with Redis,
+                    // an announcement each, pushing replicas that lag past
+                    // what the stream keeps into a reload).
+                    Some(id) if this.ended_by_id(&id) => Ok(()),
                     Some(id) => {
                         let until = at(now() + this.0.config.absolute_timeout.as_secs());
                         this.end_id(id, until).await
@@ -2672,12 +2692,15 @@ mod tests {
         revocations_unknown: bool,
         /// Whether `use_once` (a refresh's claim) fails.
         claims_fail: bool,
+        /// How many revocations were asked for.
+        revokes: std::sync::atomic::AtomicUsize,
     }
 
     type StoreResult<T> = palisade_core::BoxFuture<Result<T, crate::store::StoreError>>;
 
     impl SessionStore for Flaky {
         fn revoke(&self, revocation: Revocation) -> StoreResult<()> {
+            self.revokes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             if self
                 .revocations_failing
                 .fetch_update(
@@ -2740,6 +2763,7 @@ mod tests {
             reads_fail: false,
             revocations_unknown: false,
             claims_fail: false,
+            revokes: std::sync::atomic::AtomicUsize::new(0),
         });
         let sign_in = SignIn::builder(issuer.issuer(), "shop")
             .keys(vec![key.clone()])
@@ -2773,6 +2797,7 @@ mod tests {
             reads_fail: true,
             revocations_unknown: false,
             claims_fail: false,
+            revokes: std::sync::atomic::AtomicUsize::new(0),
         });
         let sign_in = SignIn::builder(issuer.issuer(), "shop")
             .keys(vec![key.clone()])
@@ -2817,6 +2842,40 @@ mod tests {
             None,
             "its data is removed from the store"
         );
+    }
+
+    /// A stored session's cookie logged out again and again, its data
+    /// gone with the first logout: its ending is recorded once, not once
+    /// per logout (with Redis, a stream announcement each).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stored_sessions_cookie_logged_out_again_records_its_ending_once() {
+        let issuer = palisade_testkit::TestIssuer::start().unwrap();
+        let key = CookieKey::new("k1", &[1; 32]).unwrap();
+        let store = Arc::new(Flaky {
+            store: MemoryStore::default(),
+            revocations_failing: std::sync::atomic::AtomicUsize::new(0),
+            reads_fail: false,
+            revocations_unknown: false,
+            claims_fail: false,
+            revokes: std::sync::atomic::AtomicUsize::new(0),
+        });
+        let sign_in = SignIn::builder(issuer.issuer(), "shop")
+            .keys(vec![key.clone()])
+            .store(store.clone())
+            .build()
+            .unwrap();
+        discovered(&sign_in).await;
+        let cookie = session_cookie(
+            key,
+            &Payload::Stored {
+                id: "stored-1".into(),
+                key: Some("gone".into()),
+            },
+        );
+        for _ in 0..5 {
+            assert_eq!(logged_out(&sign_in, &cookie).await.status(), 302);
+        }
+        assert_eq!(store.revokes.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2875,6 +2934,7 @@ mod tests {
                 reads_fail: false,
                 revocations_unknown,
                 claims_fail: false,
+                revokes: std::sync::atomic::AtomicUsize::new(0),
             };
             SignIn::builder(issuer.issuer(), "shop")
                 .keys(vec![key.clone()])
@@ -2930,6 +2990,7 @@ mod tests {
             reads_fail: false,
             revocations_unknown: false,
             claims_fail: false,
+            revokes: std::sync::atomic::AtomicUsize::new(0),
         };
         SignIn::builder(issuer.issuer(), "shop")
             .keys(vec![CookieKey::new("k1", &[1; 32]).unwrap()])
@@ -3353,6 +3414,7 @@ mod tests {
                 reads_fail: false,
                 revocations_unknown: false,
                 claims_fail,
+                revokes: std::sync::atomic::AtomicUsize::new(0),
             });
             let sign_in = SignIn::builder(&issuer, "shop")
                 .keys(vec![key.clone()])
