@@ -534,20 +534,39 @@ spec:
         assert_eq!(a.status, 401);
         assert!(a.challenge.contains("bound to a DPoP key"), "{}", a.challenge);
 
-        // A proof of another key.
+        // A proof of another key, refused before it is recorded (sent
+        // again, it is no replay): a thief of the token, signing with keys
+        // of their own, cannot fill the replay store.
         let other = DpopKey::generate().unwrap();
-        let a = send_axum(&guard, "/whoami", &refs(&dpop_headers(&other, &token, "/whoami"))).await;
-        assert_eq!(a.status, 401);
-        assert!(a.challenge.contains("error=\"invalid_token\""), "{}", a.challenge);
-        assert!(
-            a.challenge.contains("not bound to the DPoP proof"),
-            "{}",
-            a.challenge
-        );
+        let h = dpop_headers(&other, &token, "/whoami");
+        for _ in 0..2 {
+            let a = send_axum(&guard, "/whoami", &refs(&h)).await;
+            assert_eq!(a.status, 401);
+            assert!(a.challenge.contains("error=\"invalid_token\""), "{}", a.challenge);
+            assert!(
+                a.challenge.contains("not bound to the DPoP proof"),
+                "{}",
+                a.challenge
+            );
+        }
 
         // A proof for another URI.
         let wrong = dpop_headers(&key, &token, "/elsewhere");
         let a = send_axum(&guard, "/whoami", &refs(&wrong)).await;
+        assert_eq!(a.status, 401);
+        assert!(a.challenge.contains("another URI"), "{}", a.challenge);
+
+        // A Host that is no plain `host[:port]` (here with a path) does
+        // not move the URI a proof is compared with.
+        let moved = [
+            ("host", "details.test/api"),
+            ("authorization", &format!("DPoP {token}")),
+            (
+                "dpop",
+                &key.proof("GET", "http://details.test/api/whoami", Some(&token), None),
+            ),
+        ];
+        let a = send_axum(&guard, "/whoami", &moved).await;
         assert_eq!(a.status, 401);
         assert!(a.challenge.contains("another URI"), "{}", a.challenge);
 

@@ -2283,6 +2283,12 @@ fn unprovable(a: &Authenticated) -> Option<JwtError> {
     }
 }
 
+/// The DPoP key a token is bound to (`cnf.jkt`), which its proof must be
+/// signed with.
+fn bound_jkt(a: &Authenticated) -> Option<&str> {
+    a.identity.claim("cnf")?.get("jkt")?.as_str()
+}
+
 /// RFC 8705 certificate-bound tokens: a token with `cnf.x5t#S256` is
 /// accepted only over a connection whose client certificate has that
 /// SHA-256 thumbprint (base64url, no padding). A token with a `cnf` that
@@ -2454,9 +2460,11 @@ impl JwtAuthenticator {
     ///
     /// The token is verified before its DPoP proof: a proof is checked
     /// (its key cached, its `jti` recorded in the replay store, which may
-    /// be shared) only for a token that passed, so a caller without one
-    /// cannot fill either. A request without exactly one `DPoP` header is
-    /// refused first, which costs nothing.
+    /// be shared) only for a token that passed, and recorded only when it
+    /// is signed with the key the token is bound to, so neither a caller
+    /// without a token nor one holding another's token without its key can
+    /// fill either. A request without exactly one `DPoP` header is refused
+    /// first, which costs nothing.
     #[cold]
     #[inline(never)]
     fn authenticate_fully(&self, req: &dyn RequestHead, located: Located<'_>) -> Check<AuthOutcome> {
@@ -2494,7 +2502,7 @@ impl JwtAuthenticator {
                     return Check::Ready(self.outcome_for(Err(e), true));
                 }
                 let thumbprint = peer_thumbprint(req);
-                match self.check_proof(d, &proof, &token) {
+                match self.check_proof(d, &proof, &token, bound_jkt(&a)) {
                     Check::Ready(Ok(p)) => {
                         Check::Ready(self.outcome_for(bound_to(a, thumbprint, Some(&p)), true))
                     }
@@ -2529,7 +2537,7 @@ impl JwtAuthenticator {
                     let Some(d) = &this.0.dpop else {
                         return this.outcome_for(Err(JwtError::DpopProof(DpopError::MissingProof)), true);
                     };
-                    let p = match this.check_proof(d, &proof, &token) {
+                    let p = match this.check_proof(d, &proof, &token, bound_jkt(&a)) {
                         Check::Ready(p) => p,
                         Check::Pending(p) => p.await,
                     };
@@ -2580,9 +2588,20 @@ impl JwtAuthenticator {
         match &d.origin {
             Some(o) => htu.push_str(o),
             None => {
+                // The client's own `Host` (warned about at start-up): a
+                // plain `host[:port]` only, so that it cannot move the path
+                // a proof is compared with (`b.example/api`) or add to it.
+                let host = req.host().unwrap_or_default();
+                if host.is_empty()
+                    || !host.bytes().all(|b| {
+                        b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']')
+                    })
+                {
+                    return Err(self.refuse_proof(d, DpopError::UriMismatch));
+                }
                 let tls = req.connection().is_some_and(|c| c.tls);
                 htu.push_str(if tls { "https://" } else { "http://" });
-                htu.push_str(req.host().unwrap_or_default());
+                htu.push_str(host);
             }
         }
         htu.push_str(path);
@@ -2601,19 +2620,27 @@ impl JwtAuthenticator {
         d: &Dpop,
         proof: &ProofOf<'_>,
         token: &str,
+        jkt: Option<&str>,
     ) -> Check<Result<VerifiedProof, AuthOutcome>> {
         // A cached token's hash is kept with it.
         let cached = self.0.cache.as_ref().and_then(|c| c.get(token.as_bytes()));
-        let request = match &cached {
+        let mut request = match &cached {
             Some(entry) => ProofRequest::new(&proof.method, &proof.htu)
                 .with_hashed_access_token(token, *entry.sha256.get_or_init(|| sha256(&[token.as_bytes()]))),
             None => ProofRequest::new(&proof.method, &proof.htu).with_access_token(token),
         };
+        if let Some(jkt) = jkt {
+            request = request.bound_to(jkt);
+        }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |t| t.as_secs());
         match d.verifier.verify(&proof.proof, &request, now) {
             Check::Ready(Ok(p)) => Check::Ready(Ok(p)),
+            // The answer `bound_to` gives a proof of another key.
+            Check::Ready(Err(DpopError::OtherKey)) => {
+                Check::Ready(Err(self.outcome_for(Err(JwtError::DpopKeyMismatch), true)))
+            }
             Check::Ready(Err(e)) => Check::Ready(Err(self.refuse_proof(d, e))),
             Check::Pending(verified) => {
                 let this = self.clone();

@@ -190,6 +190,10 @@ pub enum DpopError {
     /// The proof was accepted before: its `jti` was seen with this key.
     #[error("the DPoP proof has already been used")]
     Replayed,
+    /// The proof is signed with another key than the one the access token
+    /// is bound to ([`ProofRequest::bound_to`]); not recorded.
+    #[error("the DPoP proof's key is not the one the access token is bound to")]
+    OtherKey,
     /// The [`ReplayStore`] could not say whether the proof was used before
     /// (a shared store that is unreachable): refused, since it may be a
     /// replay. The store logs why.
@@ -738,6 +742,9 @@ pub struct ProofRequest<'a> {
     /// The SHA-256 of `access_token`, when the caller keeps it (a cached
     /// token's).
     access_token_sha256: Option<[u8; 32]>,
+    /// The thumbprint the access token is bound to (`cnf.jkt`), when the
+    /// caller knows it.
+    bound_jkt: Option<&'a str>,
 }
 
 impl<'a> ProofRequest<'a> {
@@ -749,7 +756,20 @@ impl<'a> ProofRequest<'a> {
             htu,
             access_token: None,
             access_token_sha256: None,
+            bound_jkt: None,
         }
+    }
+
+    /// The same request, for an access token bound to the key of
+    /// thumbprint `jkt` (its `cnf.jkt`): a proof signed with another key is
+    /// refused ([`DpopError::OtherKey`]) before it is recorded, so that a
+    /// holder of the token without its key, signing proofs with keys of
+    /// their own, cannot fill the replay store (evicting others' records)
+    /// or the key cache.
+    #[must_use]
+    pub fn bound_to(mut self, jkt: &'a str) -> Self {
+        self.bound_jkt = Some(jkt);
+        self
     }
 
     /// The same request, presenting `access_token`.
@@ -1039,9 +1059,15 @@ impl DpopVerifier {
         if !jsonwebtoken::crypto::verify(signature, message.as_bytes(), &key.key, alg).unwrap_or(false) {
             return Err(DpopError::BadSignature);
         }
-        // Kept, and recorded last, only for a signed proof: junk never fills
-        // the key cache (emptying it of the keys of clients in use) or the
-        // replay store.
+        // Kept, and recorded last, only for a signed proof of the key the
+        // token is bound to: junk, or proofs of keys of a token's thief,
+        // never fill the key cache (emptying it of the keys of clients in
+        // use) or the replay store.
+        if let Some(jkt) = req.bound_jkt
+            && constant_time::verify_slices_are_equal(jkt.as_bytes(), key.jkt.as_bytes()).is_err()
+        {
+            return Err(DpopError::OtherKey);
+        }
         if let Some(id) = unknown {
             self.keys.insert(id, Arc::clone(&key));
         }
@@ -2520,6 +2546,30 @@ mod tests {
             verifier.clone().verify_now(&signed, &request(), now()),
             Err(DpopError::Replayed)
         );
+    }
+
+    /// A proof for a token bound to another key is refused before it is
+    /// recorded: a thief of the token, signing with keys of their own,
+    /// cannot fill the replay store (evicting others' records).
+    #[test]
+    fn a_proof_of_another_key_than_the_tokens_is_refused_unrecorded() {
+        let (thief, owner) = (TestKey::ed25519(), TestKey::ed25519());
+        let jkt = |key: &TestKey| {
+            verifier()
+                .verify_now(&key.proof().signed_by(key), &request(), now())
+                .expect("a proof of its own")
+                .jkt
+        };
+        let (thiefs, owners) = (jkt(&thief), jkt(&owner));
+        let verifier = verifier();
+        let signed = thief.proof().signed_by(&thief);
+        assert_eq!(
+            verifier.verify_now(&signed, &request().bound_to(&owners), now()),
+            Err(DpopError::OtherKey)
+        );
+        // Not recorded: for a token bound to its own key, its first use.
+        let first = verifier.verify_now(&signed, &request().bound_to(&thiefs), now());
+        assert_eq!(first.map(|p| p.jkt), Ok(thiefs));
     }
 
     #[test]
