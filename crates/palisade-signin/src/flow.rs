@@ -131,7 +131,19 @@ struct Inner {
     store_down: palisade_core::logging::Sparse,
     /// A logout the store cannot record: said once a minute, apart.
     logout_unrecorded: palisade_core::logging::Sparse,
+    /// A refresh token the issuer cannot revoke at a logout: said once a
+    /// minute, apart from the refreshes' outage.
+    revocation_failing: palisade_core::logging::Sparse,
+    /// The SHA-256 of each refresh token a logout here revoked at the
+    /// issuer (or tried to): revoked once, however often a saved copy of a
+    /// cookie logs out again (while the store cannot say it ended, every
+    /// such logout would call the issuer). Forgotten all at once at
+    /// [`MAX_REVOKED_TOKENS`].
+    revoked_tokens: std::sync::Mutex<std::collections::HashSet<[u8; 32]>>,
 }
+
+/// The most refresh tokens [`Inner::revoked_tokens`] remembers.
+const MAX_REVOKED_TOKENS: usize = 10_000;
 
 /// Browser sign-in: an OpenID Connect relying party, as an
 /// [`Authenticator`] of the guard. See the [crate] documentation.
@@ -516,6 +528,8 @@ impl SignInBuilder {
             client_refused: palisade_core::logging::Sparse::per_minute(),
             store_down: palisade_core::logging::Sparse::per_minute(),
             logout_unrecorded: palisade_core::logging::Sparse::per_minute(),
+            revocation_failing: palisade_core::logging::Sparse::per_minute(),
+            revoked_tokens: std::sync::Mutex::default(),
         })))
     }
 
@@ -1370,6 +1384,23 @@ impl SignIn {
         self.timed_out(s, t) || matches!(self.0.store.is_revoked(&self.session_ref(s)), Ok(true))
     }
 
+    /// Whether `refresh_token` is revoked by no logout here yet; marks it
+    /// as revoked.
+    fn first_revocation(&self, refresh_token: &str) -> bool {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, refresh_token.as_bytes());
+        let mut hash = [0; 32];
+        hash.copy_from_slice(digest.as_ref());
+        let mut revoked = self
+            .0
+            .revoked_tokens
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if revoked.len() >= MAX_REVOKED_TOKENS {
+            revoked.clear();
+        }
+        revoked.insert(hash)
+    }
+
     /// Whether the store holds the ending of the session `id` itself
     /// ([`end_id`](Self::end_id)), whoever its user.
     fn ended_by_id(&self, id: &str) -> bool {
@@ -1940,6 +1971,15 @@ impl SignIn {
             let ended_before = live
                 .as_ref()
                 .is_some_and(|l| this.ended_already(&l.session, now()));
+            // The refresh token to revoke: the newest copy's this process
+            // knows (a refresh a request made since the cookie was
+            // sealed), before the ending forgets it.
+            let refresh_token =
+                live.as_ref()
+                    .and_then(|l| match this.0.refreshes.successors.get(&l.session.id) {
+                        Some(next) if next.session.newer_than(&l.session) => next.session.rt.clone(),
+                        _ => l.session.rt.clone(),
+                    });
             let ended = match &live {
                 // Ended before (a saved copy of its cookie logged out
                 // again): nothing more to record, and no more of its
@@ -1983,19 +2023,17 @@ impl SignIn {
             // browser never finishes the issuer's logout (its confirmation
             // page left), so a saved copy of the cookie cannot be
             // refreshed back to life where the store forgot its ending (a
-            // memory store after a restart). Not again for a session ended
-            // before: its first logout did.
+            // memory store after a restart). Once per token here.
             let revocation = metadata.as_ref().and_then(|m| m.revocation_endpoint.as_deref());
-            if let (Some(endpoint), Some(live)) = (revocation, &live)
-                && let Some(refresh_token) = live.session.rt.as_deref()
-                && !ended_before
+            if let (Some(endpoint), Some(refresh_token)) = (revocation, refresh_token.as_deref())
+                && this.first_revocation(refresh_token)
                 && let Err(TokenError::Refused(e) | TokenError::Unavailable(e)) = this
                     .0
                     .issuer
                     .revoke(&this.0.config, endpoint, refresh_token)
                     .await
             {
-                if this.0.issuer_down.due() {
+                if this.0.revocation_failing.due() {
                     tracing::warn!(target: LOG_TARGET, error = %e, "a logged-out session's refresh token cannot be revoked at the issuer: it ends here, and at the issuer when its session there ends or the token expires (said once a minute while it lasts)");
                 } else {
                     tracing::debug!(target: LOG_TARGET, error = %e, "a logged-out session's refresh token cannot be revoked at the issuer");
@@ -2684,6 +2722,7 @@ mod tests {
     /// A memory store that fails as a shared one that is briefly
     /// unreachable does: its first revocations, or every read of session
     /// data.
+    #[derive(Default)]
     struct Flaky {
         store: MemoryStore,
         /// How many revocations fail, from the first.
@@ -2758,12 +2797,8 @@ mod tests {
         let issuer = palisade_testkit::TestIssuer::start().unwrap();
         let key = CookieKey::new("k1", &[1; 32]).unwrap();
         let store = Arc::new(Flaky {
-            store: MemoryStore::default(),
             revocations_failing: std::sync::atomic::AtomicUsize::new(3),
-            reads_fail: false,
-            revocations_unknown: false,
-            claims_fail: false,
-            revokes: std::sync::atomic::AtomicUsize::new(0),
+            ..Flaky::default()
         });
         let sign_in = SignIn::builder(issuer.issuer(), "shop")
             .keys(vec![key.clone()])
@@ -2792,12 +2827,8 @@ mod tests {
         let issuer = palisade_testkit::TestIssuer::start().unwrap();
         let key = CookieKey::new("k1", &[1; 32]).unwrap();
         let store = Arc::new(Flaky {
-            store: MemoryStore::default(),
-            revocations_failing: std::sync::atomic::AtomicUsize::new(0),
             reads_fail: true,
-            revocations_unknown: false,
-            claims_fail: false,
-            revokes: std::sync::atomic::AtomicUsize::new(0),
+            ..Flaky::default()
         });
         let sign_in = SignIn::builder(issuer.issuer(), "shop")
             .keys(vec![key.clone()])
@@ -2851,14 +2882,7 @@ mod tests {
     async fn a_stored_sessions_cookie_logged_out_again_records_its_ending_once() {
         let issuer = palisade_testkit::TestIssuer::start().unwrap();
         let key = CookieKey::new("k1", &[1; 32]).unwrap();
-        let store = Arc::new(Flaky {
-            store: MemoryStore::default(),
-            revocations_failing: std::sync::atomic::AtomicUsize::new(0),
-            reads_fail: false,
-            revocations_unknown: false,
-            claims_fail: false,
-            revokes: std::sync::atomic::AtomicUsize::new(0),
-        });
+        let store = Arc::new(Flaky::default());
         let sign_in = SignIn::builder(issuer.issuer(), "shop")
             .keys(vec![key.clone()])
             .store(store.clone())
@@ -2929,12 +2953,8 @@ mod tests {
         let key = CookieKey::new("k1", &[1; 32]).unwrap();
         let relying_party = |revocations_unknown: bool| {
             let store = Flaky {
-                store: MemoryStore::default(),
-                revocations_failing: std::sync::atomic::AtomicUsize::new(0),
-                reads_fail: false,
                 revocations_unknown,
-                claims_fail: false,
-                revokes: std::sync::atomic::AtomicUsize::new(0),
+                ..Flaky::default()
             };
             SignIn::builder(issuer.issuer(), "shop")
                 .keys(vec![key.clone()])
@@ -2985,12 +3005,8 @@ mod tests {
     /// revocations.
     fn failing_revocations(issuer: &palisade_testkit::TestIssuer, failing: usize) -> SignIn {
         let store = Flaky {
-            store: MemoryStore::default(),
             revocations_failing: std::sync::atomic::AtomicUsize::new(failing),
-            reads_fail: false,
-            revocations_unknown: false,
-            claims_fail: false,
-            revokes: std::sync::atomic::AtomicUsize::new(0),
+            ..Flaky::default()
         };
         SignIn::builder(issuer.issuer(), "shop")
             .keys(vec![CookieKey::new("k1", &[1; 32]).unwrap()])
@@ -3365,36 +3381,58 @@ mod tests {
 
     /// A logout whose refresh token the issuer cannot revoke now (its
     /// revocation endpoint answers 503, or refuses) still ends the session
-    /// here and answers the redirect: the revocation is the issuer's half.
+    /// here and answers the redirect, and says so at warn level once a
+    /// minute; the same token is not sent again by a saved copy of the
+    /// cookie logged out again (each would call the issuer).
     #[tokio::test]
     async fn a_logout_the_issuer_cannot_revoke_still_ends_the_session() {
+        if !palisade_testkit::in_a_process_of_its_own(
+            "flow::tests::a_logout_the_issuer_cannot_revoke_still_ends_the_session",
+        ) {
+            return;
+        }
+        let (lines, subscriber) = palisade_testkit::logs::Lines::subscriber("debug");
+        let _subscriber = tracing::subscriber::set_default(subscriber);
+        let said = || lines.containing("cannot be revoked");
         for (status, body) in [
             ("503 Service Unavailable", ""),
             ("400 Bad Request", r#"{"error":"unsupported_token_type"}"#),
         ] {
             let (sign_in, key) = refreshing_at(status, body).await;
-            let session = Session {
-                rt: Some("refresh-0".into()),
-                ..alice()
-            };
-            let cookie = session_cookie(key, &Payload::Inline(session));
-            let page = OwnedRequest::get("/page").header("cookie", cookie.clone());
-            assert!(
-                matches!(
-                    sign_in.authenticate(&page),
-                    Check::Ready(AuthOutcome::Authenticated(_))
-                ),
-                "{status}"
-            );
-            let reply = logged_out(&sign_in, &cookie).await;
-            assert_eq!(reply.status(), 302, "{status}: {reply:?}");
-            assert!(
-                matches!(
-                    sign_in.authenticate(&page),
-                    Check::Ready(AuthOutcome::NoCredential)
-                ),
-                "{status}: ended here"
-            );
+            for (n, level) in [(1, "WARN"), (2, "DEBUG")] {
+                let session = Session {
+                    id: format!("s{n}"),
+                    rt: Some(format!("refresh-{n}")),
+                    ..alice()
+                };
+                let cookie = session_cookie(key.clone(), &Payload::Inline(session));
+                let page = OwnedRequest::get("/page").header("cookie", cookie.clone());
+                assert!(
+                    matches!(
+                        sign_in.authenticate(&page),
+                        Check::Ready(AuthOutcome::Authenticated(_))
+                    ),
+                    "{status}"
+                );
+                let before = said().len();
+                for _ in 0..3 {
+                    let reply = logged_out(&sign_in, &cookie).await;
+                    assert_eq!(reply.status(), 302, "{status}: {reply:?}");
+                }
+                let now_said = said();
+                assert_eq!(now_said.len(), before + 1, "{status}: tried once: {now_said:?}");
+                assert!(
+                    now_said.last().is_some_and(|l| l.contains(level)),
+                    "{status}: session {n} at {level} level (once a minute at warn): {now_said:?}"
+                );
+                assert!(
+                    matches!(
+                        sign_in.authenticate(&page),
+                        Check::Ready(AuthOutcome::NoCredential)
+                    ),
+                    "{status}: ended here"
+                );
+            }
         }
     }
 
@@ -3402,23 +3440,31 @@ mod tests {
     /// session is refreshed here without one; the issuer's `invalid_grant`
     /// may then answer another replica's rotation of the same refresh
     /// token a moment before, so the session is left without tokens for
-    /// now, not ended; with claims, a refused refresh ends it.
+    /// now, not ended. Refused under the claim, or by a store that serves
+    /// this process alone (which claims nothing), it ends.
     #[tokio::test]
     async fn a_refresh_refused_without_the_stores_claim_does_not_end_the_session() {
         let issuer = issuer_answering_tokens("400 Bad Request", r#"{"error":"invalid_grant"}"#).await;
-        for claims_fail in [true, false] {
+        for (what, store, ended) in [
+            (
+                "shared, no claim",
+                Arc::new(Flaky {
+                    claims_fail: true,
+                    ..Flaky::default()
+                }) as Arc<dyn SessionStore>,
+                false,
+            ),
+            ("shared, claimed", Arc::new(Flaky::default()), true),
+            (
+                "this process's",
+                Arc::new(MemoryStore::new().began_at(UNIX_EPOCH)),
+                true,
+            ),
+        ] {
             let key = CookieKey::new("k1", &[1; 32]).unwrap();
-            let store = Arc::new(Flaky {
-                store: MemoryStore::new().began_at(UNIX_EPOCH),
-                revocations_failing: std::sync::atomic::AtomicUsize::new(0),
-                reads_fail: false,
-                revocations_unknown: false,
-                claims_fail,
-                revokes: std::sync::atomic::AtomicUsize::new(0),
-            });
             let sign_in = SignIn::builder(&issuer, "shop")
                 .keys(vec![key.clone()])
-                .store(store.clone())
+                .store(Arc::clone(&store))
                 .build()
                 .unwrap();
             discovered(&sign_in).await;
@@ -3434,10 +3480,7 @@ mod tests {
             let Check::Pending(refresh) = sign_in.authenticate(&req) else {
                 panic!("an expired session is refreshed first")
             };
-            assert!(
-                matches!(refresh.await, AuthOutcome::NoCredential),
-                "{claims_fail}"
-            );
+            assert!(matches!(refresh.await, AuthOutcome::NoCredential), "{what}");
             let session = SessionRef {
                 id: "s1",
                 issuer: &issuer,
@@ -3445,11 +3488,7 @@ mod tests {
                 sid: None,
                 created: UNIX_EPOCH + Duration::from_millis(created),
             };
-            assert_eq!(
-                store.store.is_revoked(&session).unwrap(),
-                !claims_fail,
-                "ended only when refused under the claim (claims fail: {claims_fail})"
-            );
+            assert_eq!(store.is_revoked(&session).unwrap(), ended, "{what}");
         }
     }
 

@@ -776,6 +776,82 @@ async fn a_command_on_a_connection_that_died_idle_is_sent_again_once() {
     .await;
 }
 
+/// A TCP proxy on loopback to Redis on `port`: once `armed`, the client
+/// bytes that contain `needle` reach Redis, and then that connection is
+/// closed without Redis's answer (a reply lost in a connection that died).
+async fn lossy_proxy(
+    port: u16,
+    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    needle: &'static [u8],
+) -> u16 {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((client, _)) = listener.accept().await else {
+                return;
+            };
+            let upstream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            let (mut client_in, mut client_out) = client.into_split();
+            let (mut server_in, mut server_out) = upstream.into_split();
+            let armed = std::sync::Arc::clone(&armed);
+            let answers = tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut server_in, &mut client_out).await;
+            });
+            tokio::spawn(async move {
+                let mut buf = vec![0; 64 * 1024];
+                loop {
+                    let Ok(n) = client_in.read(&mut buf).await else {
+                        break;
+                    };
+                    let hit = buf[..n].windows(needle.len()).any(|w| w == needle);
+                    let lose = hit && armed.swap(false, Ordering::SeqCst);
+                    if lose {
+                        // No answer goes back from here on.
+                        answers.abort();
+                    }
+                    if n == 0 || server_out.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    if lose {
+                        // Redis takes it; then the connection dies.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    proxy
+}
+
+/// A `use_once` whose answer was lost with its connection, sent again on
+/// a new one, is still this call's first use (the key holds its own
+/// mark), not a replay: else a back-channel logout would be refused as
+/// one, and lost.
+#[tokio::test]
+async fn a_first_use_whose_answer_was_lost_is_still_the_first() {
+    bounded(async {
+        let server = RedisServer::start().unwrap();
+        let armed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let proxy = lossy_proxy(server.port(), std::sync::Arc::clone(&armed), b"jti-lost").await;
+        let store = replica_at(&format!("redis://127.0.0.1:{proxy}/0")).await;
+        assert!(store.use_once("jti-warm", HOUR).await.unwrap());
+        armed.store(true, std::sync::atomic::Ordering::SeqCst);
+        let first = store.use_once("jti-lost", HOUR).await;
+        assert!(
+            !armed.load(std::sync::atomic::Ordering::SeqCst),
+            "the answer was lost"
+        );
+        assert!(matches!(first, Ok(true)), "{first:?}");
+        let again = store.use_once("jti-lost", HOUR).await;
+        assert!(matches!(again, Ok(false)), "{again:?}");
+    })
+    .await;
+}
+
 /// A Redis that answers reads and refuses every write (here
 /// `min-replicas-to-write` unmet, as a read-only replica after a failover
 /// or an out-of-memory Redis refuse them): a logout on one replica cannot

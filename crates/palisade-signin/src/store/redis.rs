@@ -451,14 +451,26 @@ impl SessionStore for RedisStore {
     }
 
     fn use_once(&self, key: &str, ttl: Duration) -> BoxFuture<Result<bool, StoreError>> {
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(format!("{}{key}", self.handle.shared.keys.used))
-            .arg(1)
-            .arg("NX")
-            .arg("PX")
-            .arg(ttl_ms(ttl));
-        let set = self.command::<Value>(cmd);
-        Box::pin(async move { Ok(!matches!(set.await?, Value::Nil)) })
+        // A value of this call's own: when the command is sent again on a
+        // new connection (`Shared::run`) after Redis took it and the answer
+        // was lost, the key holds it, and the use is still this call's.
+        let mut mark = [0u8; 16];
+        if aws_lc_rs::rand::fill(&mut mark).is_err() {
+            return Box::pin(std::future::ready(Err(StoreError::Unavailable)));
+        }
+        let mark = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, mark);
+        let key = format!("{}{key}", self.handle.shared.keys.used);
+        let mut set = redis::cmd("SET");
+        set.arg(&key).arg(&mark).arg("NX").arg("PX").arg(ttl_ms(ttl));
+        let mut get = redis::cmd("GET");
+        get.arg(&key);
+        self.spawn(|shared| async move {
+            if !matches!(shared.query::<Value>(&set).await?, Value::Nil) {
+                return Ok(true);
+            }
+            let held: Option<String> = shared.query(&get).await?;
+            Ok(held.as_deref() == Some(mark.as_str()))
+        })
     }
 
     fn put(&self, id: &str, data: Vec<u8>, ttl: Duration) -> BoxFuture<Result<(), StoreError>> {
@@ -543,13 +555,13 @@ impl Shared {
 
     /// Runs `f` on the commands' connection within the command timeout;
     /// drops the connection after a failure so the next command opens a
-    /// new one. A connection open before that turns out dead (it died
-    /// while idle: a proxy's or a NAT's timeout, a Redis restarted) is
-    /// replaced at once and `f` sent again on the new one, once, within
-    /// the same timeout: else the first command after a quiet spell fails
-    /// (a back-channel logout lost). A command whose answer alone was lost
-    /// is thus sent twice: each of this store's is safe to repeat, but for
-    /// `use_once`, whose second try then answers "used".
+    /// new one. A connection open before that turns out closed (while
+    /// idle: a proxy's timeout, a Redis restarted) is replaced at once and
+    /// `f` sent again on the new one, once, within the same timeout: else
+    /// the first command after a quiet spell fails (a back-channel logout
+    /// lost). A command whose answer alone was lost is thus sent twice:
+    /// each of this store's is safe to repeat (`use_once` recognises its
+    /// own mark).
     async fn run<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
     where
         F: Fn(MultiplexedConnection) -> Fut,
@@ -762,8 +774,12 @@ async fn follow(shared: Arc<Shared>, connection: MultiplexedConnection, mut last
                 Ok((c, id)) => {
                     connection = Some(c);
                     last_id = id;
-                    shared.mark_synced();
-                    shared.answered.notify_one();
+                    // Not while Redis refuses writes: a reconnection would
+                    // grant another `max_staleness`; the next probe says.
+                    if !writes_refused {
+                        shared.mark_synced();
+                        shared.answered.notify_one();
+                    }
                 }
                 Err(e) => {
                     tracing::debug!(target: LOG_TARGET, url = %shared.url, reason = %described(&e), "session store: reconnecting the revocation mirror failed");
