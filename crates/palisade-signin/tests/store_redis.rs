@@ -789,10 +789,7 @@ async fn lossy_proxy(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
-        loop {
-            let Ok((client, _)) = listener.accept().await else {
-                return;
-            };
+        while let Ok((client, _)) = listener.accept().await {
             let upstream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
             let (mut client_in, mut client_out) = client.into_split();
             let (mut server_in, mut server_out) = upstream.into_split();
@@ -802,10 +799,7 @@ async fn lossy_proxy(
             });
             tokio::spawn(async move {
                 let mut buf = vec![0; 64 * 1024];
-                loop {
-                    let Ok(n) = client_in.read(&mut buf).await else {
-                        break;
-                    };
+                while let Ok(n) = client_in.read(&mut buf).await {
                     let hit = buf[..n].windows(needle.len()).any(|w| w == needle);
                     let lose = hit && armed.swap(false, Ordering::SeqCst);
                     if lose {
