@@ -529,10 +529,15 @@ spec:
         assert_eq!(a.status, 401);
         assert!(a.challenge.contains("invalid_dpop_proof"), "{}", a.challenge);
 
-        // As a bearer token.
+        // As a bearer token: told to use DPoP.
         let a = request_axum(&guard, "/whoami", Some(&token)).await;
         assert_eq!(a.status, 401);
         assert!(a.challenge.contains("bound to a DPoP key"), "{}", a.challenge);
+        assert!(
+            a.challenge.starts_with("DPoP algs=") && a.challenge.contains("error=\"invalid_token\""),
+            "{}",
+            a.challenge
+        );
 
         // A proof of another key, refused before it is recorded (sent
         // again, it is no replay): a thief of the token, signing with keys

@@ -1613,17 +1613,19 @@ impl JwtAuthenticator {
                 return Err(JwtError::WrongType);
             }
         }
-        // A token the server calls DPoP-bound names its key (RFC 9449 §6.2:
-        // `cnf.jkt`); without one its binding cannot be checked, and it is
-        // not taken for a bearer token.
-        if claims
-            .get("token_type")
-            .and_then(Value::as_str)
-            .is_some_and(|t| t.eq_ignore_ascii_case("dpop"))
-            && !claims
-                .get("cnf")
-                .and_then(|c| c.get("jkt"))
-                .is_some_and(Value::is_string)
+        // A token the server calls DPoP-bound (RFC 7662's `token_type`,
+        // Keycloak's `typ`) names its key (RFC 9449 §6.2: `cnf.jkt`);
+        // without one its binding cannot be checked, and it is not taken
+        // for a bearer token.
+        if ["token_type", "typ"].iter().any(|member| {
+            claims
+                .get(*member)
+                .and_then(Value::as_str)
+                .is_some_and(|t| t.eq_ignore_ascii_case("dpop"))
+        }) && !claims
+            .get("cnf")
+            .and_then(|c| c.get("jkt"))
+            .is_some_and(Value::is_string)
         {
             return Err(JwtError::InvalidClaim("cnf"));
         }
@@ -2659,7 +2661,9 @@ impl JwtAuthenticator {
     /// carries the `DPoP` challenge (RFC 9449 §7.1).
     fn outcome_for(&self, r: Result<Authenticated, JwtError>, dpop: bool) -> AuthOutcome {
         match (&self.0.dpop, r) {
-            (Some(d), Err(e)) if dpop => {
+            // A DPoP-bound token sent as a bearer token is told the scheme
+            // to use too (RFC 9449 §7.1).
+            (Some(d), Err(e)) if dpop || e == JwtError::DpopBound => {
                 // At `DEBUG` whatever the reason: an issuer's keys or
                 // introspection that cannot be had are said where they are
                 // fetched, once (a line per request would let any client

@@ -778,6 +778,11 @@ mod tests {
                 r#"{"active":true,"sub":"a","aud":"api","exp":4102444800,"token_type":"DPoP"}"#,
                 JwtError::InvalidClaim("cnf"),
             ),
+            // So as Keycloak says it.
+            (
+                r#"{"active":true,"sub":"a","aud":"api","exp":4102444800,"typ":"DPoP"}"#,
+                JwtError::InvalidClaim("cnf"),
+            ),
         ] {
             assert_eq!(answer(body).unwrap_err(), refusal, "{body}");
         }
