@@ -2825,24 +2825,11 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_logout_of_a_stored_session_the_store_cannot_read_still_ends_it_here_and_at_the_issuer() {
         let issuer = palisade_testkit::TestIssuer::start().unwrap();
-        let key = CookieKey::new("k1", &[1; 32]).unwrap();
         let store = Arc::new(Flaky {
             reads_fail: true,
             ..Flaky::default()
         });
-        let sign_in = SignIn::builder(issuer.issuer(), "shop")
-            .keys(vec![key.clone()])
-            .store(store.clone())
-            .build()
-            .unwrap();
-        discovered(&sign_in).await;
-        let cookie = session_cookie(
-            key,
-            &Payload::Stored {
-                id: "stored-1".into(),
-                key: Some("not-read".into()),
-            },
-        );
+        let (sign_in, cookie) = with_a_stored_session(&issuer, &store).await;
         store
             .store
             .put("stored-1", b"sealed".to_vec(), Duration::from_secs(600))
@@ -2881,21 +2868,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_stored_sessions_cookie_logged_out_again_records_its_ending_once() {
         let issuer = palisade_testkit::TestIssuer::start().unwrap();
-        let key = CookieKey::new("k1", &[1; 32]).unwrap();
         let store = Arc::new(Flaky::default());
-        let sign_in = SignIn::builder(issuer.issuer(), "shop")
-            .keys(vec![key.clone()])
-            .store(store.clone())
-            .build()
-            .unwrap();
-        discovered(&sign_in).await;
-        let cookie = session_cookie(
-            key,
-            &Payload::Stored {
-                id: "stored-1".into(),
-                key: Some("gone".into()),
-            },
-        );
+        let (sign_in, cookie) = with_a_stored_session(&issuer, &store).await;
         for _ in 0..5 {
             assert_eq!(logged_out(&sign_in, &cookie).await.status(), 302);
         }
@@ -2987,6 +2961,29 @@ mod tests {
         let Check::Ready(AuthOutcome::Authenticated(_)) = up.authenticate(&with_cookie) else {
             panic!("the session is refused by a store that answers")
         };
+    }
+
+    /// A relying party of `issuer` keeping its sessions in `store`,
+    /// discovered, and the cookie of a session it stored (`stored-1`).
+    async fn with_a_stored_session(
+        issuer: &palisade_testkit::TestIssuer,
+        store: &Arc<Flaky>,
+    ) -> (SignIn, String) {
+        let key = CookieKey::new("k1", &[1; 32]).unwrap();
+        let sign_in = SignIn::builder(issuer.issuer(), "shop")
+            .keys(vec![key.clone()])
+            .store(Arc::clone(store) as Arc<dyn SessionStore>)
+            .build()
+            .unwrap();
+        discovered(&sign_in).await;
+        let cookie = session_cookie(
+            key,
+            &Payload::Stored {
+                id: "stored-1".into(),
+                key: Some("its key".into()),
+            },
+        );
+        (sign_in, cookie)
     }
 
     /// The answer to a logout this origin started, with `cookie`.

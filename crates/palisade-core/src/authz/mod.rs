@@ -867,12 +867,7 @@ impl AccessDecision {
                 "the access policy reads connection addresses (ipBlocks, ports, source.ip, destination.*) and the server gives none: such requests are refused. With axum, serve with palisade::axum::serve or into_make_service_with_connect_info::<palisade::axum::ConnectAddrs>(); with actix-web bound to an unspecified address (0.0.0.0), add palisade::actix::on_connect to the HttpServer"
             );
         });
-        Self {
-            allowed: false,
-            action: Some(Action::Deny),
-            policy: Some(ADDRESSES_UNKNOWN),
-            ..Self::default_allow()
-        }
+        Self::refused_unknown(ADDRESSES_UNKNOWN)
     }
 
     /// The refusal of a request whose server gives no connection facts,
@@ -888,10 +883,15 @@ impl AccessDecision {
                 "the access policy reads connection.sni and the server gives no connection facts (a TLS listener Palisade cannot see into, or none recorded): such requests are refused. Serve TLS with palisade_mtls's servers (with actix-web's own TLS listener, add ServerTls::actix_on_connect); a plain listener with palisade::axum::serve, or palisade::actix::on_connect on the HttpServer"
             );
         });
+        Self::refused_unknown(SERVER_NAME_UNKNOWN)
+    }
+
+    /// A refusal for want of a fact the policy reads, named `policy`.
+    fn refused_unknown(policy: &'static str) -> Self {
         Self {
             allowed: false,
             action: Some(Action::Deny),
-            policy: Some(SERVER_NAME_UNKNOWN),
+            policy: Some(policy),
             ..Self::default_allow()
         }
     }
