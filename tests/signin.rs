@@ -424,6 +424,32 @@ async fn a_logout_revokes_the_refresh_token_so_a_restart_does_not_bring_the_sess
     }
 }
 
+/// A logout with a cookie older than the session's last refresh (a tab
+/// that never got the renewed cookie) revokes the refresh token that
+/// refresh brought, the live one, not the spent one its cookie holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_with_an_older_cookie_revokes_the_refreshed_token() {
+    // Tokens live 35 s and are refreshed when less than 30 s are left.
+    let f = fixture(Duration::from_secs(35));
+    let yaml = policy(&f.issuer, &f.key_file, "");
+    let (base, _) = serve_both(|| guard_from(&yaml));
+    ready(&base).await;
+    let old = sign_in(&base).await;
+    tokio::time::sleep(Duration::from_millis(5_100)).await;
+    let refreshes = f.issuer.refreshes();
+    let renewed = get(&format!("{base}/whoami"), &old, false).await;
+    assert_eq!(renewed.status, 200, "{renewed:?}");
+    assert_eq!(f.issuer.refreshes(), refreshes + 1, "refreshed");
+    let revoked = f.issuer.revoked_refresh_tokens();
+    let out = get(&format!("{base}/logout"), &old, true).await;
+    assert_eq!(out.status, 302, "{out:?}");
+    assert_eq!(
+        f.issuer.revoked_refresh_tokens(),
+        revoked + 1,
+        "the live refresh token is revoked (the spent one would revoke nothing)"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_are_400_without_a_session() {
     let f = fixture(Duration::from_secs(300));

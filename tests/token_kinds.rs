@@ -538,6 +538,13 @@ spec:
             "{}",
             a.challenge
         );
+        assert!(
+            a.challenge
+                .split(" | ")
+                .any(|c| c.starts_with("Bearer realm=") && c.contains("error=\"invalid_token\"")),
+            "the Bearer challenge keeps its error: {}",
+            a.challenge
+        );
 
         // A proof of another key, refused before it is recorded (sent
         // again, it is no replay): a thief of the token, signing with keys

@@ -2676,12 +2676,16 @@ impl JwtAuthenticator {
                 let base = e.rejection(&self.0.realm);
                 let detail = base.detail().to_owned();
                 let challenge = d.error_challenge(code, &detail);
-                // The bearer challenge stays offered (RFC 9449 §7.1).
-                AuthOutcome::Rejected(palisade_core::Rejection::new(
-                    base.kind(),
-                    detail,
-                    vec![challenge, self.bearer_challenge()],
-                ))
+                // The bearer challenge stays offered (RFC 9449 §7.1): for a
+                // token sent as a bearer token, with its error, as
+                // without DPoP.
+                let mut challenges = vec![challenge];
+                if dpop {
+                    challenges.push(self.bearer_challenge());
+                } else if let AuthOutcome::Rejected(bearer) = self.outcome(Err(e)) {
+                    challenges.extend(bearer.challenges().iter().cloned());
+                }
+                AuthOutcome::Rejected(palisade_core::Rejection::new(base.kind(), detail, challenges))
             }
             (_, r) => self.outcome(r),
         }

@@ -2567,9 +2567,15 @@ mod tests {
             verifier.verify_now(&signed, &request().bound_to(&owners), now()),
             Err(DpopError::OtherKey)
         );
+        assert_eq!(
+            verifier.keys.0.lock().unwrap().len(),
+            0,
+            "its key is not kept either"
+        );
         // Not recorded: for a token bound to its own key, its first use.
         let first = verifier.verify_now(&signed, &request().bound_to(&thiefs), now());
         assert_eq!(first.map(|p| p.jkt), Ok(thiefs));
+        assert_eq!(verifier.keys.0.lock().unwrap().len(), 1);
     }
 
     #[test]

@@ -73,7 +73,7 @@ use palisade_core::BoxFuture;
 use palisade_core::syntax::url_without_credentials;
 use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamRangeReply, StreamReadReply};
-use redis::{AsyncConnectionConfig, Client, Cmd, FromRedisValue, RedisError, Value};
+use redis::{AsyncConnectionConfig, Client, Cmd, FromRedisValue, RedisError};
 use serde_json::Value as Json;
 
 use super::revocations::RevocationSet;
@@ -454,23 +454,23 @@ impl SessionStore for RedisStore {
         // A value of this call's own: when the command is sent again on a
         // new connection (`Shared::run`) after Redis took it and the answer
         // was lost, the key holds it, and the use is still this call's.
+        // Set and read back in one script, so that one answer says.
+        const USE_ONCE: &str = "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end \
+             if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 end \
+             return 0";
         let mut mark = [0u8; 16];
         if aws_lc_rs::rand::fill(&mut mark).is_err() {
             return Box::pin(std::future::ready(Err(StoreError::Unavailable)));
         }
         let mark = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, mark);
-        let key = format!("{}{key}", self.handle.shared.keys.used);
-        let mut set = redis::cmd("SET");
-        set.arg(&key).arg(&mark).arg("NX").arg("PX").arg(ttl_ms(ttl));
-        let mut get = redis::cmd("GET");
-        get.arg(&key);
-        self.spawn(|shared| async move {
-            if !matches!(shared.query::<Value>(&set).await?, Value::Nil) {
-                return Ok(true);
-            }
-            let held: Option<String> = shared.query(&get).await?;
-            Ok(held.as_deref() == Some(mark.as_str()))
-        })
+        let mut eval = redis::cmd("EVAL");
+        eval.arg(USE_ONCE)
+            .arg(1)
+            .arg(format!("{}{key}", self.handle.shared.keys.used))
+            .arg(mark)
+            .arg(ttl_ms(ttl));
+        let first = self.command::<i64>(eval);
+        Box::pin(async move { Ok(first.await? == 1) })
     }
 
     fn put(&self, id: &str, data: Vec<u8>, ttl: Duration) -> BoxFuture<Result<(), StoreError>> {
