@@ -140,7 +140,16 @@ struct Inner {
     /// such logout would call the issuer). Forgotten all at once at
     /// [`MAX_REVOKED_TOKENS`].
     revoked_tokens: std::sync::Mutex<std::collections::HashSet<[u8; 32]>>,
+    /// The SHA-256 of each stored session's cookie whose data the store
+    /// could not give back lately, and when: a navigation carrying it is
+    /// asked to come back ([`UNREADABLE_FOR`]) rather than be sent to sign
+    /// in. Forgotten all at once at [`MAX_REVOKED_TOKENS`] entries.
+    unreadable: std::sync::Mutex<std::collections::HashMap<[u8; 32], std::time::Instant>>,
 }
+
+/// How long a stored session that could not be read counts as unreadable
+/// for the navigations that carry it.
+const UNREADABLE_FOR: Duration = Duration::from_secs(5);
 
 /// The most refresh tokens [`Inner::revoked_tokens`] remembers.
 const MAX_REVOKED_TOKENS: usize = 10_000;
@@ -530,6 +539,7 @@ impl SignInBuilder {
             logout_unrecorded: palisade_core::logging::Sparse::per_minute(),
             revocation_failing: palisade_core::logging::Sparse::per_minute(),
             revoked_tokens: std::sync::Mutex::default(),
+            unreadable: std::sync::Mutex::default(),
         })))
     }
 
@@ -831,6 +841,14 @@ enum Unusable {
     /// nothing in time). The session itself is whole: a page the policy
     /// would send to sign in is answered 503 instead (`SignIn::sign_in`).
     NotNow,
+}
+
+/// The SHA-256 of `text`.
+fn sha256_of(text: &str) -> [u8; 32] {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
+    let mut hash = [0; 32];
+    hash.copy_from_slice(digest.as_ref());
+    hash
 }
 
 /// A session whose refresh brought nothing: its tokens while they last.
@@ -1305,6 +1323,7 @@ impl SignIn {
                         Err(e) => {
                             // The store says when it stops answering.
                             tracing::debug!(target: LOG_TARGET, error = %e, "a stored session cannot be read");
+                            this.note_unreadable(&raw);
                             return None;
                         }
                     };
@@ -1384,12 +1403,38 @@ impl SignIn {
         self.timed_out(s, t) || matches!(self.0.store.is_revoked(&self.session_ref(s)), Ok(true))
     }
 
+    /// Notes that the stored session of the cookie value `raw` could not be
+    /// read now.
+    fn note_unreadable(&self, raw: &str) {
+        let mut unreadable = self
+            .0
+            .unreadable
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if unreadable.len() >= MAX_REVOKED_TOKENS {
+            unreadable.clear();
+        }
+        unreadable.insert(sha256_of(raw), std::time::Instant::now());
+    }
+
+    /// Whether `req` carries a stored session's cookie whose data the store
+    /// could not give back within [`UNREADABLE_FOR`].
+    fn unreadable_now(&self, req: &dyn RequestHead) -> bool {
+        let RawCookie::Present { value, .. } = self.sealer(self.secure(req)).raw(req) else {
+            return false;
+        };
+        self.0
+            .unreadable
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&sha256_of(&value))
+            .is_some_and(|at| at.elapsed() < UNREADABLE_FOR)
+    }
+
     /// Whether `refresh_token` is revoked by no logout here yet; marks it
     /// as revoked.
     fn first_revocation(&self, refresh_token: &str) -> bool {
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, refresh_token.as_bytes());
-        let mut hash = [0; 32];
-        hash.copy_from_slice(digest.as_ref());
+        let hash = sha256_of(refresh_token);
         let mut revoked = self
             .0
             .revoked_tokens
@@ -2330,6 +2375,17 @@ impl Authenticator for SignIn {
                 .header("retry-after", "5"),
             );
         }
+        // A stored session whose data the store could not give back now:
+        // sent to sign in, the browser would lose its cookie for a blip.
+        if self.unreadable_now(req) {
+            return Some(
+                problem(
+                    503,
+                    "the session cannot be read now (the session store does not answer); try again",
+                )
+                .header("retry-after", "5"),
+            );
+        }
         // A whole session whose access token has expired and could not be
         // refreshed now (the issuer down or throttling, the replica that
         // claimed the refresh silent): sent to sign in, the browser would
@@ -2961,6 +3017,40 @@ mod tests {
         let Check::Ready(AuthOutcome::Authenticated(_)) = up.authenticate(&with_cookie) else {
             panic!("the session is refused by a store that answers")
         };
+    }
+
+    /// A navigation with a stored session's cookie whose data the store
+    /// cannot give back now (a Redis command that failed) is answered 503
+    /// with `Retry-After`, keeping its cookie, rather than sent to sign in
+    /// (which would replace the session for a blip).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stored_session_the_store_cannot_read_now_is_answered_503() {
+        let issuer = palisade_testkit::TestIssuer::start().unwrap();
+        let store = Arc::new(Flaky {
+            reads_fail: true,
+            ..Flaky::default()
+        });
+        let (sign_in, cookie) = with_a_stored_session(&issuer, &store).await;
+        let page = OwnedRequest::get("/page")
+            .header("host", "app.test")
+            .header("sec-fetch-mode", "navigate");
+        let with_cookie = page.clone().header("cookie", cookie);
+        let Check::Pending(read) = sign_in.authenticate(&with_cookie) else {
+            panic!("a stored session is read")
+        };
+        assert!(matches!(read.await, AuthOutcome::NoCredential));
+        let reply = sign_in.sign_in(&with_cookie).expect("an answer");
+        assert_eq!(reply.status(), 503, "{reply:?}");
+        assert!(reply.headers().any(|(n, v)| n == "retry-after" && v == "5"));
+        assert!(
+            !reply.headers().any(|(n, _)| n == "set-cookie"),
+            "the cookie is kept"
+        );
+        assert_eq!(
+            sign_in.sign_in(&page).expect("a redirect").status(),
+            302,
+            "without it, sign-in"
+        );
     }
 
     /// A relying party of `issuer` keeping its sessions in `store`,
