@@ -498,8 +498,8 @@ fn sign_in_at_oidc_provider(run: &Run, issuer: &str, base: &str) {
 /// and ends the grant. Once the user's session at the provider ends, the
 /// next refresh is refused and the browser is sent to sign in again. A
 /// logout at the service revokes the session's refresh token at the
-/// provider (RFC 7009), whether or not the user confirms the provider's
-/// own logout.
+/// provider (RFC 7009, `revokeOnLogout`), whether or not the user
+/// confirms the provider's own logout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_is_refreshed_at_oidc_provider_until_the_provider_ends_it() {
     let port = free_port();
@@ -521,7 +521,7 @@ async fn a_session_is_refreshed_at_oidc_provider_until_the_provider_ends_it() {
         &op.issuer,
         OIDC_PROVIDER_AUDIENCE,
         CLIENT_ID,
-        &format!("  clientSecretFile: {secret}\n  scopes: [openid]\n"),
+        &format!("  clientSecretFile: {secret}\n  scopes: [openid]\n  revokeOnLogout: true\n"),
     );
     let listen = format!("127.0.0.1:{port}");
     let svc = common::start("productpage", &["--config", &config, "--listen", &listen]);

@@ -358,16 +358,30 @@ async fn a_browser_signs_in_uses_the_session_and_logs_out_on_both_frameworks() {
     }
 }
 
-/// A logout revokes the session's refresh token at the issuer (RFC 7009)
-/// when the browser never finishes the issuer's logout: after a restart,
-/// whose in-memory store forgot the ending, a saved copy of the cookie
-/// (sealed with the configured key) is refreshed before it is taken, and
-/// the issuer refuses. Without the revocation the refresh succeeds and the
-/// ended session lives again.
+/// The policy of [`policy`] with `revokeOnLogout: true`.
+fn revoking_policy(f: &Fixture) -> String {
+    policy(&f.issuer, &f.key_file, "").replacen(
+        "  clientId: productpage\n",
+        "  clientId: productpage\n  revokeOnLogout: true\n",
+        1,
+    )
+}
+
+/// With `revokeOnLogout`, a logout revokes the session's refresh token at
+/// the issuer (RFC 7009) when the browser never finishes the issuer's
+/// logout: after a restart, whose in-memory store forgot the ending, a
+/// saved copy of the cookie (sealed with the configured key) is refreshed
+/// before it is taken, and the issuer refuses. Without the revocation the
+/// refresh succeeds and the ended session lives again. Off by default.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_logout_revokes_the_refresh_token_so_a_restart_does_not_bring_the_session_back() {
     let f = fixture(Duration::from_secs(300));
-    let yaml = policy(&f.issuer, &f.key_file, "");
+    let (default, _) = serve_both(|| guard_from(&policy(&f.issuer, &f.key_file, "")));
+    ready(&default).await;
+    let jar = sign_in(&default).await;
+    assert_eq!(get(&format!("{default}/logout"), &jar, true).await.status, 302);
+    assert_eq!(f.issuer.revoked_refresh_tokens(), 0, "off by default");
+    let yaml = revoking_policy(&f);
     let (axum_base, actix_base) = serve_both(|| guard_from(&yaml));
     let mut saved = Vec::new();
     for base in [&axum_base, &actix_base] {
@@ -431,7 +445,7 @@ async fn a_logout_revokes_the_refresh_token_so_a_restart_does_not_bring_the_sess
 async fn a_logout_with_an_older_cookie_revokes_the_refreshed_token() {
     // Tokens live 35 s and are refreshed when less than 30 s are left.
     let f = fixture(Duration::from_secs(35));
-    let yaml = policy(&f.issuer, &f.key_file, "");
+    let yaml = revoking_policy(&f);
     let (base, _) = serve_both(|| guard_from(&yaml));
     ready(&base).await;
     let old = sign_in(&base).await;

@@ -2676,15 +2676,20 @@ impl JwtAuthenticator {
                 let base = e.rejection(&self.0.realm);
                 let detail = base.detail().to_owned();
                 let challenge = d.error_challenge(code, &detail);
-                // The bearer challenge stays offered (RFC 9449 §7.1): for a
-                // token sent as a bearer token, with its error, as
-                // without DPoP.
-                let mut challenges = vec![challenge];
-                if dpop {
-                    challenges.push(self.bearer_challenge());
-                } else if let AuthOutcome::Rejected(bearer) = self.outcome(Err(e)) {
-                    challenges.extend(bearer.challenges().iter().cloned());
-                }
+                // The bearer challenge stays offered (RFC 9449 §7.1). For a
+                // token sent as a bearer token, first and with its error,
+                // as without DPoP (a client reading one challenge reads
+                // the scheme it used), then the DPoP one.
+                let challenges = if dpop {
+                    vec![challenge, self.bearer_challenge()]
+                } else {
+                    let mut bearer = match self.outcome(Err(e)) {
+                        AuthOutcome::Rejected(r) => r.challenges().to_vec(),
+                        _ => Vec::new(),
+                    };
+                    bearer.push(challenge);
+                    bearer
+                };
                 AuthOutcome::Rejected(palisade_core::Rejection::new(base.kind(), detail, challenges))
             }
             (_, r) => self.outcome(r),

@@ -157,6 +157,7 @@ pub(crate) struct Config {
     pub(crate) logout_path: String,
     pub(crate) backchannel_path: String,
     pub(crate) post_logout_redirect: String,
+    pub(crate) revoke_on_logout: bool,
     pub(crate) cookie_name: String,
     pub(crate) idle_timeout: Duration,
     pub(crate) absolute_timeout: Duration,
@@ -229,6 +230,7 @@ impl SignInBuilder {
                 logout_path: SignInPaths::DEFAULT.logout.into(),
                 backchannel_path: SignInPaths::DEFAULT.backchannel_logout.into(),
                 post_logout_redirect: "/".into(),
+                revoke_on_logout: false,
                 cookie_name: palisade_core::policy::SIGN_IN_COOKIE.into(),
                 idle_timeout: palisade_core::policy::OidcSessionSpec::DEFAULT_IDLE_TIMEOUT,
                 absolute_timeout: palisade_core::policy::OidcSessionSpec::DEFAULT_ABSOLUTE_TIMEOUT,
@@ -298,6 +300,24 @@ impl SignInBuilder {
     /// [`is_landing_uri`](palisade_core::syntax::is_landing_uri)).
     pub fn post_logout_redirect_uri(mut self, uri: impl Into<String>) -> Self {
         self.config.post_logout_redirect = uri.into();
+        self
+    }
+
+    /// Whether a logout revokes the session's refresh token at the
+    /// issuer's `revocation_endpoint` (RFC 7009), when its discovery
+    /// document names one (default `false`). The grant then ends even when
+    /// the user leaves the issuer's logout unfinished, so that, with an
+    /// in-memory store and configured keys, a saved copy of the cookie
+    /// cannot be refreshed back to life after a restart (a shared store
+    /// keeps the ending without it). Off by default because Keycloak
+    /// before the fix of its issue 35486 (26.1, and backports to 24 and
+    /// 26.0) also ends this client's sessions in the user's other
+    /// sessions (other browsers) and the user's consent to the client.
+    /// The newest refresh token this process knows for the session is
+    /// revoked, once per process, waited for up to the issuer timeout; a
+    /// failure is logged and the logout goes on.
+    pub fn revoke_on_logout(mut self, revoke: bool) -> Self {
+        self.config.revoke_on_logout = revoke;
         self
     }
 

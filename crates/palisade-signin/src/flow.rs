@@ -2063,13 +2063,17 @@ impl SignIn {
             {
                 tracing::debug!(target: LOG_TARGET, error = %e, "a logged-out session's data cannot be removed from the store now: it expires with the session");
             }
-            // Its refresh token is revoked at the issuer (RFC 7009) when
-            // the issuer says where: the grant then ends even if the
+            // With `revoke_on_logout`, its refresh token is revoked at the
+            // issuer (RFC 7009) when the issuer says where: the grant then
+            // ends even if the
             // browser never finishes the issuer's logout (its confirmation
             // page left), so a saved copy of the cookie cannot be
             // refreshed back to life where the store forgot its ending (a
             // memory store after a restart). Once per token here.
-            let revocation = metadata.as_ref().and_then(|m| m.revocation_endpoint.as_deref());
+            let revocation = metadata
+                .as_ref()
+                .and_then(|m| m.revocation_endpoint.as_deref())
+                .filter(|_| this.0.config.revoke_on_logout);
             if let (Some(endpoint), Some(refresh_token)) = (revocation, refresh_token.as_deref())
                 && this.first_revocation(refresh_token)
                 && let Err(TokenError::Refused(e) | TokenError::Unavailable(e)) = this
@@ -3369,16 +3373,27 @@ mod tests {
     /// A relying party, discovered, of an issuer whose token endpoint
     /// answers `status` and `body`; and its session key.
     async fn refreshing_at(status: &'static str, body: &'static str) -> (SignIn, CookieKey) {
+        refreshing_at_with(status, body, |b| b).await
+    }
+
+    /// [`refreshing_at`], its builder finished by `more`.
+    async fn refreshing_at_with(
+        status: &'static str,
+        body: &'static str,
+        more: impl FnOnce(SignInBuilder) -> SignInBuilder,
+    ) -> (SignIn, CookieKey) {
         let issuer = issuer_answering_tokens(status, body).await;
         let key = CookieKey::new("k1", &[1; 32]).unwrap();
         // A store that knows every session's ending (as Redis does), so
         // that the sessions' tokens are refreshed when they are due only.
         let store = MemoryStore::new().began_at(UNIX_EPOCH);
-        let sign_in = SignIn::builder(&issuer, "shop")
-            .keys(vec![key.clone()])
-            .store(Arc::new(store))
-            .build()
-            .unwrap();
+        let sign_in = more(
+            SignIn::builder(&issuer, "shop")
+                .keys(vec![key.clone()])
+                .store(Arc::new(store)),
+        )
+        .build()
+        .unwrap();
         discovered(&sign_in).await;
         (sign_in, key)
     }
@@ -3485,7 +3500,7 @@ mod tests {
             ("503 Service Unavailable", ""),
             ("400 Bad Request", r#"{"error":"unsupported_token_type"}"#),
         ] {
-            let (sign_in, key) = refreshing_at(status, body).await;
+            let (sign_in, key) = refreshing_at_with(status, body, |b| b.revoke_on_logout(true)).await;
             for (n, level) in [(1, "WARN"), (2, "DEBUG")] {
                 let session = Session {
                     id: format!("s{n}"),

@@ -114,6 +114,9 @@ fn from_login(
     if let Some(p) = &spec.post_logout_redirect_uri {
         b = b.post_logout_redirect_uri(p.clone());
     }
+    if let Some(revoke) = spec.revoke_on_logout {
+        b = b.revoke_on_logout(revoke);
+    }
     if let Some(o) = &spec.external_origin {
         b = b.external_origin(o.clone());
     }

@@ -874,6 +874,13 @@ pub struct OidcLoginSpec {
     /// service or an absolute http(s) URL (default `/`; see
     /// [`is_landing_uri`]).
     pub post_logout_redirect_uri: Option<String>,
+    /// Whether a logout revokes the session's refresh token at the
+    /// issuer's `revocation_endpoint` (RFC 7009; default `false`): its
+    /// grant ends even when the user leaves the issuer's logout
+    /// unfinished. Off by default: Keycloak before the fix of its issue
+    /// 35486 (26.1, and backports) also ends the client's sessions of the
+    /// user's other sessions and the user's consent.
+    pub revoke_on_logout: Option<bool>,
     /// A PEM file of extra trust anchors for the issuer's TLS certificate.
     pub ca_file: Option<String>,
     /// The origin browsers reach this service at (`https://shop.example`),
