@@ -2065,11 +2065,10 @@ impl SignIn {
             }
             // With `revoke_on_logout`, its refresh token is revoked at the
             // issuer (RFC 7009) when the issuer says where: the grant then
-            // ends even if the
-            // browser never finishes the issuer's logout (its confirmation
-            // page left), so a saved copy of the cookie cannot be
-            // refreshed back to life where the store forgot its ending (a
-            // memory store after a restart). Once per token here.
+            // ends even if the browser never finishes the issuer's logout
+            // (its confirmation page left), so a saved copy of the cookie
+            // cannot be refreshed back to life where the store forgot its
+            // ending (a memory store after a restart). Once per token here.
             let revocation = metadata
                 .as_ref()
                 .and_then(|m| m.revocation_endpoint.as_deref())
