@@ -1068,31 +1068,11 @@ mod tests {
         let app: Router = Router::new().route("/", get(|| async { "hi" }));
         let limits = ServerLimits::default().max_connections(2);
         tokio::spawn(serve_with(listener, Plain, limits, app, std::future::pending()));
-        let idle = TcpStream::connect(addr).await.unwrap();
-        let _idle_too = TcpStream::connect(addr).await.unwrap();
-        // The kernel takes it into the backlog; the server does not.
-        let mut third = TcpStream::connect(addr).await.unwrap();
-        third
-            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut answer = vec![0; 1024];
-        assert!(
-            tokio::time::timeout(Duration::from_millis(300), third.read(&mut answer))
-                .await
-                .is_err(),
-            "answered past the limit"
-        );
-        drop(idle);
-        let n = tokio::time::timeout(Duration::from_secs(5), third.read(&mut answer))
-            .await
-            .expect("not answered once a connection closed")
-            .unwrap();
-        assert!(
-            answer[..n].starts_with(b"HTTP/1.1 200"),
-            "{}",
-            String::from_utf8_lossy(&answer[..n])
-        );
+        let held = vec![
+            TcpStream::connect(addr).await.unwrap(),
+            TcpStream::connect(addr).await.unwrap(),
+        ];
+        palisade_testkit::past_the_connection_limit_a_connection_waits(addr, held, "/").await;
     }
 
     #[test]

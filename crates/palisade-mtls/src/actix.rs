@@ -773,34 +773,9 @@ mod tests {
     async fn at_the_connection_limit_new_connections_wait_for_one_to_close() {
         let settings = HttpSettings::from_limits(&ServerLimits::default().max_connections(1));
         let f = Fixture::start("connection-limit", settings);
-        let idle = tokio::net::TcpStream::connect(("127.0.0.1", f.port))
-            .await
-            .unwrap();
-        // Past the limit: the kernel takes it into the backlog; the server does not.
-        let mut second = tokio::net::TcpStream::connect(("127.0.0.1", f.port))
-            .await
-            .unwrap();
-        second
-            .write_all(b"GET /host HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut answer = vec![0; 1024];
-        assert!(
-            tokio::time::timeout(Duration::from_millis(300), second.read(&mut answer))
-                .await
-                .is_err(),
-            "answered past the limit"
-        );
-        drop(idle);
-        let n = tokio::time::timeout(Duration::from_secs(5), second.read(&mut answer))
-            .await
-            .expect("not answered once a connection closed")
-            .unwrap();
-        assert!(
-            answer[..n].starts_with(b"HTTP/1.1 200"),
-            "{}",
-            String::from_utf8_lossy(&answer[..n])
-        );
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], f.port));
+        let idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+        palisade_testkit::past_the_connection_limit_a_connection_waits(addr, vec![idle], "/host").await;
         f.handle.stop(false).await;
     }
 

@@ -375,6 +375,45 @@ pub fn in_a_process_of_its_own(name: &str) -> bool {
     false
 }
 
+/// Checks a server at its limit of connections, `held` being the
+/// connections that make it: a new connection to `addr`, its request for
+/// `path` sent, is not answered while they stay open (the kernel takes it
+/// into the backlog, the server does not), and is answered `200` once the
+/// first of them closes.
+///
+/// # Panics
+/// When the new connection is answered within 300 ms, or not within 5 s
+/// of the first held connection closing, or not with `200`.
+pub async fn past_the_connection_limit_a_connection_waits(
+    addr: SocketAddr,
+    mut held: Vec<tokio::net::TcpStream>,
+    path: &str,
+) {
+    let mut next = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("the connection");
+    next.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("the request sent");
+    let mut answer = vec![0; 1024];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), next.read(&mut answer))
+            .await
+            .is_err(),
+        "answered past the limit"
+    );
+    drop(held.remove(0));
+    let n = tokio::time::timeout(Duration::from_secs(5), next.read(&mut answer))
+        .await
+        .expect("not answered once a connection closed")
+        .expect("the answer read");
+    assert!(
+        answer[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer[..n])
+    );
+}
+
 /// A free port on 127.0.0.1, for a server started as a process.
 fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
