@@ -134,25 +134,50 @@ struct Inner {
     /// A refresh token the issuer cannot revoke at a logout: said once a
     /// minute, apart from the refreshes' outage.
     revocation_failing: palisade_core::logging::Sparse,
-    /// The SHA-256 of each refresh token a logout here revoked at the
-    /// issuer (or tried to): revoked once, however often a saved copy of a
-    /// cookie logs out again (while the store cannot say it ended, every
-    /// such logout would call the issuer). Forgotten all at once at
-    /// [`MAX_REVOKED_TOKENS`].
-    revoked_tokens: std::sync::Mutex<std::collections::HashSet<[u8; 32]>>,
-    /// The SHA-256 of each stored session's cookie whose data the store
-    /// could not give back lately, and when: a navigation carrying it is
-    /// asked to come back ([`UNREADABLE_FOR`]) rather than be sent to sign
-    /// in. Forgotten all at once at [`MAX_REVOKED_TOKENS`] entries.
-    unreadable: std::sync::Mutex<std::collections::HashMap<[u8; 32], std::time::Instant>>,
+    /// The refresh tokens a logout here revoked at the issuer (or tried
+    /// to): revoked once, however often a saved copy of a cookie logs out
+    /// again (while the store cannot say it ended, every such logout would
+    /// call the issuer).
+    revoked_tokens: Noted,
+    /// The stored sessions' cookies whose data the store could not give
+    /// back lately: a navigation carrying one is asked to come back
+    /// ([`UNREADABLE_FOR`]) rather than be sent to sign in.
+    unreadable: Noted,
 }
 
 /// How long a stored session that could not be read counts as unreadable
 /// for the navigations that carry it.
 const UNREADABLE_FOR: Duration = Duration::from_secs(5);
 
-/// The most refresh tokens [`Inner::revoked_tokens`] remembers.
-const MAX_REVOKED_TOKENS: usize = 10_000;
+/// Secrets (refresh tokens, cookie values) this process noted, by their
+/// SHA-256, with when; forgotten all at once at [`Noted::MAX`].
+#[derive(Default)]
+struct Noted(std::sync::Mutex<std::collections::HashMap<[u8; 32], std::time::Instant>>);
+
+impl Noted {
+    /// The most secrets noted.
+    const MAX: usize = 10_000;
+
+    /// Notes `secret` now; whether it was not noted before.
+    fn note(&self, secret: &str) -> bool {
+        let mut noted = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if noted.len() >= Self::MAX {
+            noted.clear();
+        }
+        noted
+            .insert(sha256_of(secret), std::time::Instant::now())
+            .is_none()
+    }
+
+    /// Whether `secret` was noted within `within`.
+    fn noted_within(&self, secret: &str, within: Duration) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&sha256_of(secret))
+            .is_some_and(|at| at.elapsed() < within)
+    }
+}
 
 /// Browser sign-in: an OpenID Connect relying party, as an
 /// [`Authenticator`] of the guard. See the [crate] documentation.
@@ -538,8 +563,8 @@ impl SignInBuilder {
             store_down: palisade_core::logging::Sparse::per_minute(),
             logout_unrecorded: palisade_core::logging::Sparse::per_minute(),
             revocation_failing: palisade_core::logging::Sparse::per_minute(),
-            revoked_tokens: std::sync::Mutex::default(),
-            unreadable: std::sync::Mutex::default(),
+            revoked_tokens: Noted::default(),
+            unreadable: Noted::default(),
         })))
     }
 
@@ -1323,7 +1348,7 @@ impl SignIn {
                         Err(e) => {
                             // The store says when it stops answering.
                             tracing::debug!(target: LOG_TARGET, error = %e, "a stored session cannot be read");
-                            this.note_unreadable(&raw);
+                            this.0.unreadable.note(&raw);
                             return None;
                         }
                     };
@@ -1403,47 +1428,13 @@ impl SignIn {
         self.timed_out(s, t) || matches!(self.0.store.is_revoked(&self.session_ref(s)), Ok(true))
     }
 
-    /// Notes that the stored session of the cookie value `raw` could not be
-    /// read now.
-    fn note_unreadable(&self, raw: &str) {
-        let mut unreadable = self
-            .0
-            .unreadable
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if unreadable.len() >= MAX_REVOKED_TOKENS {
-            unreadable.clear();
-        }
-        unreadable.insert(sha256_of(raw), std::time::Instant::now());
-    }
-
     /// Whether `req` carries a stored session's cookie whose data the store
     /// could not give back within [`UNREADABLE_FOR`].
     fn unreadable_now(&self, req: &dyn RequestHead) -> bool {
         let RawCookie::Present { value, .. } = self.sealer(self.secure(req)).raw(req) else {
             return false;
         };
-        self.0
-            .unreadable
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&sha256_of(&value))
-            .is_some_and(|at| at.elapsed() < UNREADABLE_FOR)
-    }
-
-    /// Whether `refresh_token` is revoked by no logout here yet; marks it
-    /// as revoked.
-    fn first_revocation(&self, refresh_token: &str) -> bool {
-        let hash = sha256_of(refresh_token);
-        let mut revoked = self
-            .0
-            .revoked_tokens
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if revoked.len() >= MAX_REVOKED_TOKENS {
-            revoked.clear();
-        }
-        revoked.insert(hash)
+        self.0.unreadable.noted_within(&value, UNREADABLE_FOR)
     }
 
     /// Whether the store holds the ending of the session `id` itself
@@ -2074,7 +2065,7 @@ impl SignIn {
                 .and_then(|m| m.revocation_endpoint.as_deref())
                 .filter(|_| this.0.config.revoke_on_logout);
             if let (Some(endpoint), Some(refresh_token)) = (revocation, refresh_token.as_deref())
-                && this.first_revocation(refresh_token)
+                && this.0.revoked_tokens.note(refresh_token)
                 && let Err(TokenError::Refused(e) | TokenError::Unavailable(e)) = this
                     .0
                     .issuer
