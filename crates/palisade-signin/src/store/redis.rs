@@ -837,9 +837,14 @@ async fn follow(shared: Arc<Shared>, connection: MultiplexedConnection, mut last
                             continue;
                         }
                         Err(e) => {
-                            tracing::debug!(target: LOG_TARGET, url = %shared.url, reason = %described(&e), "session store: the revocation mirror cannot check the stream");
-                            connection = None;
-                            back_off(&mut backoff, MAX_BACKOFF).await;
+                            lose(
+                                &shared,
+                                &mut connection,
+                                &mut backoff,
+                                &e,
+                                "cannot check the stream",
+                            )
+                            .await;
                             continue;
                         }
                     }
@@ -869,9 +874,7 @@ async fn follow(shared: Arc<Shared>, connection: MultiplexedConnection, mut last
                             continue;
                         }
                         Err(e) => {
-                            tracing::debug!(target: LOG_TARGET, url = %shared.url, reason = %described(&e), "session store: the revocation mirror lost its connection");
-                            connection = None;
-                            back_off(&mut backoff, MAX_BACKOFF).await;
+                            lose(&shared, &mut connection, &mut backoff, &e, "lost its connection").await;
                             continue;
                         }
                     }
@@ -882,16 +885,26 @@ async fn follow(shared: Arc<Shared>, connection: MultiplexedConnection, mut last
                     shared.answered.notify_one();
                 }
             }
-            Err(e) => {
-                tracing::debug!(target: LOG_TARGET, url = %shared.url, reason = %described(&e), "session store: the revocation mirror lost its connection");
-                connection = None;
-                // Not at once: a read that fails every time (an ACL that
-                // refuses `XREAD`, a proxy that cannot block) would reload
-                // the whole mirror in a loop. Reset by a read that works.
-                back_off(&mut backoff, MAX_BACKOFF).await;
-            }
+            Err(e) => lose(&shared, &mut connection, &mut backoff, &e, "lost its connection").await,
         }
     }
+}
+
+/// The mirror's connection failed with `e` (the mirror `what`): said at
+/// debug level, the connection dropped for a new one and its reload, after
+/// the backoff. Not at once: a command that fails every time (an ACL that
+/// refuses `XREAD`, a proxy that cannot block) would reload the whole
+/// mirror in a loop. A read that works resets the backoff.
+async fn lose(
+    shared: &Shared,
+    connection: &mut Option<MultiplexedConnection>,
+    backoff: &mut Duration,
+    e: &RedisError,
+    what: &str,
+) {
+    tracing::debug!(target: LOG_TARGET, url = %shared.url, reason = %described(e), "session store: the revocation mirror {what}");
+    *connection = None;
+    back_off(backoff, MAX_BACKOFF).await;
 }
 
 /// A write that changes nothing (`ZADD … XX` of a member never added),
