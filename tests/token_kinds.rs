@@ -1429,6 +1429,111 @@ async fn replicas_sharing_a_redis_replay_store_refuse_each_others_used_proofs() 
     assert_eq!(send_axum(&two, "/whoami", &refs(&h)).await.status, 200);
 }
 
+/// Replicas given one `nonceSecretFile` accept each other's DPoP nonces
+/// (a client a load balancer sends to each in turn is not asked for a new
+/// nonce at every other request); a replica with another secret does not.
+/// A proof whose nonce is of the window before gets the current one with
+/// its answer; a secret that is short, missing or without `requireNonce`
+/// stops the start-up naming the field.
+#[actix_web::test]
+async fn replicas_given_one_nonce_secret_file_accept_each_others_nonces() {
+    use palisade::jwt::dpop::NonceSource;
+    let dir = std::env::temp_dir().join(format!("palisade-nonce-secret-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = |name: &str, secret: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("{secret}\n")).unwrap();
+        path.display().to_string()
+    };
+    let (secret_a, secret_b) = ("a".repeat(48), "b".repeat(48));
+    let (a, b, short) = (
+        file("a", &secret_a),
+        file("b", &secret_b),
+        file("short", &"c".repeat(31)),
+    );
+    let idp = TestIssuer::builder().default_audience("details").start().unwrap();
+    let key = DpopKey::generate().unwrap();
+    let token = idp
+        .token()
+        .subject("alice")
+        .claim("cnf", serde_json::json!({"jkt": key.thumbprint()}))
+        .sign();
+    let yaml = |dpop: &str| dpop_policy(&idp, "details", dpop);
+    let replica = |secret_file: &str| {
+        let yaml = yaml(&format!(
+            "{{requireNonce: true, nonceSecretFile: '{secret_file}'}}"
+        ));
+        let set = PolicySet::from_yaml_str(&yaml, "replicas.yaml").unwrap();
+        palisade::guard_from_policy(&set, &Workload::new("details", "default"))
+    };
+    let (one, two, other) = (replica(&a).unwrap(), replica(&a).unwrap(), replica(&b).unwrap());
+    let with_nonce = |nonce: &str| {
+        let htu = format!("http://{HOST}/whoami");
+        vec![
+            ("host".to_owned(), HOST.to_owned()),
+            ("authorization".to_owned(), format!("DPoP {token}")),
+            (
+                "dpop".to_owned(),
+                key.proof("GET", &htu, Some(&token), Some(nonce)),
+            ),
+        ]
+    };
+
+    let asked = send_axum(&one, "/whoami", &refs(&dpop_headers(&key, &token, "/whoami"))).await;
+    assert!(asked.challenge.contains("use_dpop_nonce"), "{}", asked.challenge);
+    let nonce = asked.nonce.expect("a DPoP-Nonce header");
+    for answer in [
+        send_axum(&two, "/whoami", &refs(&with_nonce(&nonce))).await,
+        send_actix(&two, "/whoami", &refs(&with_nonce(&nonce))).await,
+    ] {
+        assert_eq!(answer.status, 200, "{}", answer.challenge);
+        assert_eq!(answer.nonce, None, "a current nonce is not replaced");
+    }
+    let refused = send_actix(&other, "/whoami", &refs(&with_nonce(&nonce))).await;
+    assert!(
+        refused.challenge.contains("use_dpop_nonce"),
+        "{}",
+        refused.challenge
+    );
+    assert_ne!(refused.nonce.as_deref(), Some(nonce.as_str()));
+
+    // A nonce of the window before: accepted, the current one handed out.
+    let source = NonceSource::from_secret(secret_a.as_bytes(), NonceSource::DEFAULT_WINDOW).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let old = source.current_at(now - NonceSource::DEFAULT_WINDOW.as_secs());
+    for answer in [
+        send_axum(&one, "/whoami", &refs(&with_nonce(&old))).await,
+        send_actix(&two, "/whoami", &refs(&with_nonce(&old))).await,
+    ] {
+        assert_eq!(answer.status, 200, "{}", answer.challenge);
+        let next = answer.nonce.expect("the next nonce with the answer");
+        assert!(next != old && source.check(&next), "{next}");
+    }
+
+    let err = replica(&short).unwrap_err().to_string();
+    assert!(
+        err.contains("spec.dpop.nonceSecretFile") && err.contains("32 bytes"),
+        "{err}"
+    );
+    let missing = dir.join("missing").display().to_string();
+    let err = replica(&missing).unwrap_err().to_string();
+    assert!(
+        err.contains("spec.dpop.nonceSecretFile") && err.contains("cannot read"),
+        "{err}"
+    );
+    let err = PolicySet::from_yaml_str(&yaml(&format!("{{nonceSecretFile: '{a}'}}")), "alone.yaml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("alone.yaml") && err.contains("spec.dpop.nonceSecretFile"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn a_replay_store_that_is_not_a_store_url_is_refused_when_the_file_loads() {
     let yaml = "apiVersion: palisade.dev/v1alpha1
@@ -1497,6 +1602,21 @@ fn a_reload_keeps_a_dpop_authenticator_configured_the_same() {
             .is_none()
     );
     assert!(build("{maxAge: 20s}").take_over(&before).is_none());
+    // Nonces keyed by a file: the same secret (read again) keeps them, another does not.
+    let dir = std::env::temp_dir().join(format!("palisade-nonce-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let keyed = |secret: &str| {
+        let file = dir.join("secret");
+        std::fs::write(&file, secret).unwrap();
+        build(&format!(
+            "{{maxAge: 30s, requireNonce: true, nonceSecretFile: '{}'}}",
+            file.display()
+        ))
+    };
+    let before_keyed = keyed(&"s".repeat(32));
+    assert!(keyed(&"s".repeat(32)).take_over(&before_keyed).is_some());
+    assert!(keyed(&"t".repeat(32)).take_over(&before_keyed).is_none());
+    std::fs::remove_dir_all(&dir).unwrap();
     assert!(
         build("{maxAge: 30s, origin: 'https://shop.example'}")
             .take_over(&before)

@@ -2339,6 +2339,20 @@ fn bound_to(
     }
 }
 
+/// [`bound_to`] the key of `proof`, which passed: the answer carries the
+/// next DPoP nonce when the proof's is about to expire.
+fn proven(
+    a: Authenticated,
+    peer_hex: Option<&str>,
+    proof: &VerifiedProof,
+) -> Result<Authenticated, JwtError> {
+    let a = bound_to(a, peer_hex, Some(proof))?;
+    Ok(match &proof.next_nonce {
+        Some(nonce) => a.with_response_header("dpop-nonce", nonce.clone()),
+        None => a,
+    })
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -2505,16 +2519,14 @@ impl JwtAuthenticator {
                 }
                 let thumbprint = peer_thumbprint(req);
                 match self.check_proof(d, &proof, &token, bound_jkt(&a)) {
-                    Check::Ready(Ok(p)) => {
-                        Check::Ready(self.outcome_for(bound_to(a, thumbprint, Some(&p)), true))
-                    }
+                    Check::Ready(Ok(p)) => Check::Ready(self.outcome_for(proven(a, thumbprint, &p), true)),
                     Check::Ready(Err(outcome)) => Check::Ready(outcome),
                     Check::Pending(p) => {
                         let this = self.clone();
                         let thumbprint = thumbprint.map(str::to_owned);
                         Check::pending(async move {
                             match p.await {
-                                Ok(p) => this.outcome_for(bound_to(a, thumbprint.as_deref(), Some(&p)), true),
+                                Ok(p) => this.outcome_for(proven(a, thumbprint.as_deref(), &p), true),
                                 Err(outcome) => outcome,
                             }
                         })
@@ -2544,7 +2556,7 @@ impl JwtAuthenticator {
                         Check::Pending(p) => p.await,
                     };
                     match p {
-                        Ok(p) => this.outcome_for(bound_to(a, thumbprint.as_deref(), Some(&p)), true),
+                        Ok(p) => this.outcome_for(proven(a, thumbprint.as_deref(), &p), true),
                         Err(outcome) => outcome,
                     }
                 })
@@ -2727,6 +2739,7 @@ mod tests {
             jkt: "key-thumbprint".into(),
             jti: "j".into(),
             iat: 0,
+            next_nonce: None,
         };
         for cnf in [
             None,

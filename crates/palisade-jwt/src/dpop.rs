@@ -600,6 +600,9 @@ impl ReplayStore for MemoryReplayStore {
 #[derive(Clone)]
 pub struct NonceSource {
     key: Arc<hmac::Key>,
+    /// Names the key without showing it (a tag under it of a context of
+    /// its own): two sources with the same secret have the same `id`.
+    id: [u8; TAG_LEN],
     window: u64,
 }
 
@@ -610,6 +613,8 @@ const TAG_LEN: usize = 16;
 const NONCE_CHARS: usize = (WINDOW_LEN + TAG_LEN) * 4 / 3;
 /// Binds the tags to this use of the secret.
 const NONCE_CONTEXT: &[u8] = b"palisade dpop nonce v1\0";
+/// The context of a source's `id`.
+const ID_CONTEXT: &[u8] = b"palisade dpop nonce key id v1\0";
 
 impl NonceSource {
     /// 5 minutes: a nonce is valid for 5 to 10 minutes, long enough that a
@@ -627,10 +632,17 @@ impl NonceSource {
         let window = window_secs(window)?;
         let key = hmac::Key::generate(hmac::HMAC_SHA256, &rand::SystemRandom::new())
             .map_err(|_| DpopConfigError::Random)?;
-        Ok(Self {
+        Ok(Self::with_key(key, window))
+    }
+
+    fn with_key(key: hmac::Key, window: u64) -> Self {
+        let mut id = [0; TAG_LEN];
+        id.copy_from_slice(&hmac::sign(&key, ID_CONTEXT).as_ref()[..TAG_LEN]);
+        Self {
             key: Arc::new(key),
+            id,
             window,
-        })
+        }
     }
 
     /// A source whose nonces every process with the same `secret` (random,
@@ -644,10 +656,7 @@ impl NonceSource {
             return Err(DpopConfigError::WeakNonceSecret);
         }
         let window = window_secs(window)?;
-        Ok(Self {
-            key: Arc::new(hmac::Key::new(hmac::HMAC_SHA256, secret)),
-            window,
-        })
+        Ok(Self::with_key(hmac::Key::new(hmac::HMAC_SHA256, secret), window))
     }
 
     /// The nonce to hand out now (the `DPoP-Nonce` header).
@@ -677,21 +686,30 @@ impl NonceSource {
     /// compared in constant time.
     #[must_use]
     pub fn check_at(&self, nonce: &str, now_unix: u64) -> bool {
+        self.age_at(nonce, now_unix).is_some()
+    }
+
+    /// For a valid `nonce` at `now_unix`, whether it is of the window
+    /// before the current one (valid for less than one more window);
+    /// `None` for a nonce that is not valid.
+    fn age_at(&self, nonce: &str, now_unix: u64) -> Option<NonceAge> {
         if nonce.len() != NONCE_CHARS {
-            return false;
+            return None;
         }
-        let Ok(bytes) = URL_SAFE_NO_PAD.decode(nonce) else {
-            return false;
-        };
-        let Some((window, tag)) = bytes.split_first_chunk::<WINDOW_LEN>() else {
-            return false;
-        };
+        let bytes = URL_SAFE_NO_PAD.decode(nonce).ok()?;
+        let (window, tag) = bytes.split_first_chunk::<WINDOW_LEN>()?;
         let window = u64::from_be_bytes(*window);
         let current = now_unix / self.window;
-        if window != current && window.checked_add(1) != Some(current) {
-            return false;
-        }
-        constant_time::verify_slices_are_equal(&self.tag(window), tag).is_ok()
+        let age = if window == current {
+            NonceAge::Current
+        } else if window.checked_add(1) == Some(current) {
+            NonceAge::Previous
+        } else {
+            return None;
+        };
+        constant_time::verify_slices_are_equal(&self.tag(window), tag)
+            .is_ok()
+            .then_some(age)
     }
 
     fn tag(&self, window: u64) -> [u8; TAG_LEN] {
@@ -703,6 +721,13 @@ impl NonceSource {
         tag.copy_from_slice(&full.as_ref()[..TAG_LEN]);
         tag
     }
+}
+
+/// Of which window a valid nonce is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum NonceAge {
+    Current,
+    Previous,
 }
 
 impl fmt::Debug for NonceSource {
@@ -812,6 +837,12 @@ pub struct VerifiedProof {
     pub jti: String,
     /// When the client made the proof (Unix seconds, a fraction dropped).
     pub iat: u64,
+    /// When nonces are required and the proof's nonce is of the window
+    /// before the current one (valid for less than one more window): the
+    /// current nonce, for the answer's `DPoP-Nonce` header (RFC 9449
+    /// §8.2), so that the client moves on to it before its own stops
+    /// working, without a `use_dpop_nonce` refusal and a retry.
+    pub next_nonce: Option<String>,
 }
 
 impl fmt::Debug for VerifiedProof {
@@ -978,7 +1009,7 @@ impl DpopVerifier {
             && Arc::ptr_eq(&a.replay_store, &b.replay_store)
             && match (&self.nonces, &other.nonces) {
                 (None, None) => true,
-                (Some(x), Some(y)) => Arc::ptr_eq(&x.key, &y.key) && x.window == y.window,
+                (Some(x), Some(y)) => x.id == y.id && x.window == y.window,
                 _ => false,
             }
     }
@@ -1083,6 +1114,7 @@ impl DpopVerifier {
                 jkt: key.jkt.clone(),
                 jti: checked.jti,
                 iat: checked.iat,
+                next_nonce: checked.next_nonce,
             },
         ))
     }
@@ -1165,15 +1197,21 @@ impl DpopVerifier {
                 Some(_) => return Err(DpopError::InvalidClaim("ath")),
             }
         }
+        let mut next_nonce = None;
         if let Some(nonces) = &self.nonces {
             match &claims.nonce {
-                Some(Member::Str(nonce)) if nonces.check_at(nonce, now) => {}
+                Some(Member::Str(nonce)) => match nonces.age_at(nonce, now) {
+                    Some(NonceAge::Current) => {}
+                    Some(NonceAge::Previous) => next_nonce = Some(nonces.current_at(now)),
+                    None => return Err(DpopError::UseNonce),
+                },
                 _ => return Err(DpopError::UseNonce),
             }
         }
         Ok(CheckedClaims {
             jti: jti.clone().into_owned(),
             iat,
+            next_nonce,
         })
     }
 }
@@ -1181,6 +1219,7 @@ impl DpopVerifier {
 struct CheckedClaims {
     jti: String,
     iat: u64,
+    next_nonce: Option<String>,
 }
 
 /// The proof's public key, checked for its algorithm, and its thumbprint.
@@ -2750,11 +2789,14 @@ mod tests {
         let key = TestKey::ed25519();
         let now = now();
         let previous = nonces.current_at(now - NonceSource::DEFAULT_WINDOW.as_secs());
-        for nonce in [nonces.current(), previous] {
+        let current = nonces.current_at(now);
+        // The current nonce stands; one of the window before is replaced.
+        for (nonce, next) in [(current.clone(), None), (previous, Some(current))] {
             let proof = key.proof().claim("nonce", json!(nonce)).signed_by(&key);
-            verifier
+            let verified = verifier
                 .verify_now(&proof, &request(), now)
                 .expect("a current nonce");
+            assert_eq!(verified.next_nonce, next);
         }
     }
 

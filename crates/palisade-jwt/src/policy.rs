@@ -81,7 +81,13 @@ fn from_policy(policy: &WorkloadPolicy<'_>, offline: bool) -> Result<Option<JwtA
             let store = replay_store(d.replay_store.as_deref(), offline, |m| {
                 policy.error_at(doc, "spec.dpop.replayStore", m)
             })?;
-            builder = dpop(builder, d, store);
+            builder = dpop(builder, d, store).map_err(|(m, source)| {
+                let e = policy.error_at(doc, "spec.dpop.nonceSecretFile", m);
+                match source {
+                    Some(source) => e.with_source(source),
+                    None => e,
+                }
+            })?;
         }
         if let Some(r) = &s.resource_metadata {
             let mut meta =
@@ -492,12 +498,13 @@ fn replay_store(
     }
 }
 
-/// `spec.dpop` (checked when the file loaded), with its replay store.
+/// `spec.dpop` (checked when the file loaded), with its replay store; an
+/// error is `nonceSecretFile`'s message and the secret file's error.
 fn dpop(
     mut builder: crate::JwtAuthenticatorBuilder,
     spec: &DpopSpec,
     replay_store: Arc<dyn ReplayStore>,
-) -> crate::JwtAuthenticatorBuilder {
+) -> Result<crate::JwtAuthenticatorBuilder, (String, Option<palisade_core::policy::SecretFileError>)> {
     let mut settings = DpopSettings {
         replay_store,
         ..DpopSettings::default()
@@ -510,17 +517,30 @@ fn dpop(
     }
     settings.require_nonce = spec.require_nonce.unwrap_or(false);
     if settings.require_nonce {
-        // One nonce key per process: a reload keeps the nonces handed out valid.
-        static NONCES: OnceLock<Option<NonceSource>> = OnceLock::new();
-        settings.nonce_source = NONCES
-            .get_or_init(|| NonceSource::generate(NonceSource::DEFAULT_WINDOW).ok())
-            .clone();
+        settings.nonce_source = match &spec.nonce_secret_file {
+            // Every replica given the file accepts the others' nonces; a
+            // reload of the same file keeps the nonces handed out valid.
+            Some(file) => {
+                let secret = read_secret_file(file).map_err(|e| (e.to_string(), Some(e)))?;
+                Some(
+                    NonceSource::from_secret(secret.as_bytes(), NonceSource::DEFAULT_WINDOW)
+                        .map_err(|e| (format!("`{file}`: {e}"), None))?,
+                )
+            }
+            None => {
+                // One nonce key per process: a reload keeps the nonces handed out valid.
+                static NONCES: OnceLock<Option<NonceSource>> = OnceLock::new();
+                NONCES
+                    .get_or_init(|| NonceSource::generate(NonceSource::DEFAULT_WINDOW).ok())
+                    .clone()
+            }
+        };
     }
     builder = builder.dpop(settings);
     if let Some(o) = &spec.origin {
         builder = builder.dpop_origin(o.clone());
     }
-    builder
+    Ok(builder)
 }
 
 /// `spec.introspection`, its secret read; an error is its field, message and

@@ -296,6 +296,9 @@ impl Spec {
                 if let Some(i) = &s.introspection {
                     files.extend(i.client_secret_file.as_deref());
                 }
+                if let Some(d) = &s.dpop {
+                    files.extend(d.nonce_secret_file.as_deref());
+                }
             }
             Self::SpnegoSettings(s) => {
                 let cookie_keys = s.session_cookie.iter().flat_map(|c| &c.keys);

@@ -111,6 +111,12 @@ pub struct DpopSpec {
     pub max_age: Option<DurationSpec>,
     /// Require a server nonce in every proof (default `false`).
     pub require_nonce: Option<bool>,
+    /// With `requireNonce`: a file holding the key nonces are made with (at
+    /// least 32 bytes of text, such as `openssl rand -base64 48`), so that
+    /// every replica given the same file accepts the others' nonces
+    /// (default: a random key per process, so replicas behind one load
+    /// balancer refuse each other's nonces).
+    pub nonce_secret_file: Option<String>,
     /// `scheme://host[:port]` clients use to reach the service, when TLS is
     /// terminated in front of it (default: from the connection and `Host`).
     pub origin: Option<String>,
@@ -196,6 +202,7 @@ impl std::fmt::Debug for DpopSpec {
             .field("algorithms", &self.algorithms)
             .field("max_age", &self.max_age)
             .field("require_nonce", &self.require_nonce)
+            .field("nonce_secret_file", &self.nonce_secret_file)
             .field("origin", &self.origin)
             .field(
                 "replay_store",
@@ -398,6 +405,12 @@ impl JwtSettingsSpec {
                 .is_some_and(|m| m.get().is_zero() || m.get().as_secs() > 300)
             {
                 return Err(("spec.dpop.maxAge".into(), "must be between 1s and 5m".into()));
+            }
+            if d.nonce_secret_file.is_some() && d.require_nonce != Some(true) {
+                return Err((
+                    "spec.dpop.nonceSecretFile".into(),
+                    "keys the nonces `requireNonce: true` asks for: set that too, or leave this out".into(),
+                ));
             }
             if let Some(o) = &d.origin {
                 let rest = o.strip_prefix("https://").or_else(|| o.strip_prefix("http://"));

@@ -2135,3 +2135,24 @@ fn a_device_without_end_or_a_huge_file_is_refused_not_read_without_end() {
     assert!(err.to_string().contains("larger than 16 MiB"), "{err}");
     assert_eq!(PolicySet::problems_in_file(&huge).len(), 1);
 }
+
+/// The files a `JwtSettings` document reads when built are watched with the
+/// policy file: a rotated DPoP nonce secret is a reload like a rotated
+/// client secret.
+#[test]
+fn the_files_a_jwt_settings_document_reads_are_named_for_the_reloader() {
+    let yaml = "apiVersion: palisade.dev/v1alpha1
+kind: JwtSettings
+metadata: {name: dpop, namespace: default}
+spec:
+  caFile: /etc/palisade/ca.pem
+  dpop: {requireNonce: true, nonceSecretFile: /etc/palisade/nonce.secret}
+";
+    let set = PolicySet::from_yaml_str(yaml, "files.yaml").unwrap();
+    let named: Vec<_> = set
+        .files_named()
+        .into_iter()
+        .map(|f| f.display().to_string())
+        .collect();
+    assert_eq!(named, ["/etc/palisade/ca.pem", "/etc/palisade/nonce.secret"]);
+}
