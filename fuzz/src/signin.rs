@@ -86,6 +86,17 @@ impl SessionStore for Store {
         self.current().put(id, data, ttl)
     }
 
+    fn put_session(
+        &self,
+        id: &str,
+        generation: u32,
+        data: Vec<u8>,
+        ttl: Duration,
+    ) -> BoxFuture<Result<bool, StoreError>> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.current().put_session(id, generation, data, ttl)
+    }
+
     fn get(&self, id: &str) -> BoxFuture<Result<Option<Vec<u8>>, StoreError>> {
         self.current().get(id)
     }

@@ -1308,9 +1308,19 @@ impl SignIn {
         // gets its key now; sessions refreshed here have theirs already.
         let key = session.store_key.clone().or_else(new_store_key).ok_or(())?;
         let sealed = seal_stored(&session.id, &inline, &key).ok_or(())?;
-        self.0.store.put(&session.id, sealed, ttl).await.map_err(|e| {
-            tracing::warn!(target: LOG_TARGET, error = %e, "a session too large for cookies cannot be stored");
-        })?;
+        let written = self
+            .0
+            .store
+            .put_session(&session.id, session.generation, sealed, ttl)
+            .await
+            .map_err(|e| {
+                tracing::warn!(target: LOG_TARGET, error = %e, "a session too large for cookies cannot be stored");
+            })?;
+        if !written {
+            // Another replica refreshed the session since this one read it:
+            // the store keeps that newer copy, which the same cookie names.
+            tracing::debug!(target: LOG_TARGET, subject = ?session.sub, "a stored session was not written back: the store holds a later refresh of it");
+        }
         let reference = serde_json::to_vec(&Payload::Stored {
             id: session.id.clone(),
             key: Some(key.to_string()),
@@ -1352,24 +1362,7 @@ impl SignIn {
                             return None;
                         }
                     };
-                    // Without a key: stored in clear by an earlier release.
-                    let data = match &key {
-                        Some(key) => {
-                            let opened = open_stored(&id, key, data);
-                            if opened.is_none() {
-                                tracing::debug!(target: LOG_TARGET, "a stored session does not open with its cookie's key");
-                            }
-                            opened?
-                        }
-                        None => data,
-                    };
-                    let Ok(Payload::Inline(mut session)) = serde_json::from_slice(&data) else {
-                        return None;
-                    };
-                    if !this.made_here(&session) {
-                        return None;
-                    }
-                    session.store_key = key.map(Arc::from);
+                    let session = this.stored_session(&id, key.as_deref(), data)?;
                     let live = Arc::new(Live::new(session, &this.0.config.issuer, None));
                     this.0
                         .cache
@@ -1379,6 +1372,52 @@ impl SignIn {
             }
             Err(_) => Check::Ready(None),
         }
+    }
+
+    /// The session in `data`, stored under `id` and sealed with `key` (its
+    /// cookie's), when it opens and was made here.
+    fn stored_session(&self, id: &str, key: Option<&str>, data: Vec<u8>) -> Option<Session> {
+        // Without a key: stored in clear by an earlier release.
+        let data = match key {
+            Some(key) => {
+                let opened = open_stored(id, key, data);
+                if opened.is_none() {
+                    tracing::debug!(target: LOG_TARGET, "a stored session does not open with its cookie's key");
+                }
+                opened?
+            }
+            None => data,
+        };
+        let Ok(Payload::Inline(mut session)) = serde_json::from_slice(&data) else {
+            return None;
+        };
+        if !self.made_here(&session) {
+            return None;
+        }
+        session.store_key = key.map(Arc::from);
+        Some(session)
+    }
+
+    /// The copy of `previous`, a session kept in the store, that the store
+    /// holds when it is a later refresh (another replica's, written back
+    /// under the id the cookie names, its successor gone from the store
+    /// since): this replica read the session before that refresh.
+    async fn stored_later(&self, previous: &Session) -> Option<Arc<Live>> {
+        let key = previous.store_key.as_deref()?;
+        let data = match self.0.store.get(&previous.id).await {
+            Ok(data) => data?,
+            Err(e) => {
+                tracing::debug!(target: LOG_TARGET, error = %e, "the store cannot say whether another replica refreshed a stored session");
+                return None;
+            }
+        };
+        let stored = self.stored_session(&previous.id, Some(key), data)?;
+        if !stored.newer_than(previous) {
+            return None;
+        }
+        let next = Arc::new(Live::new(stored, &self.0.config.issuer, None));
+        self.0.refreshes.successors.insert(Arc::clone(&next));
+        Some(next)
     }
 
     /// Whether a session was made by this relying party: its ID token (as
@@ -1656,8 +1695,12 @@ impl SignIn {
         if !self.0.store.shared() {
             return self.ask_issuer(live, &metadata, None).await;
         }
-        // Another replica did (a shared store).
+        // Another replica did (a shared store): its successor, or the
+        // session it wrote back to the store.
         if let Some(next) = self.adopt(&live.session).await {
+            return Ok(next);
+        }
+        if let Some(next) = self.stored_later(&live.session).await {
             return Ok(next);
         }
         // One replica asks the issuer: the refresh token works once. The
@@ -2818,6 +2861,9 @@ mod tests {
         fn put(&self, id: &str, data: Vec<u8>, ttl: Duration) -> StoreResult<()> {
             self.store.put(id, data, ttl)
         }
+        fn put_session(&self, id: &str, generation: u32, data: Vec<u8>, ttl: Duration) -> StoreResult<bool> {
+            self.store.put_session(id, generation, data, ttl)
+        }
         fn get(&self, id: &str) -> StoreResult<Option<Vec<u8>>> {
             if self.reads_fail {
                 return Box::pin(std::future::ready(Err(crate::store::StoreError::Unavailable)));
@@ -3045,6 +3091,91 @@ mod tests {
             302,
             "without it, sign-in"
         );
+    }
+
+    /// Alice's session `stored-1` at `generation`, its access token
+    /// `at-GENERATION-…` (too large for cookies) expired `expired` (else
+    /// good for an hour), sealed as the store keeps it with `key`.
+    fn stored_generation(generation: u32, expired: bool, key: &str) -> (Session, Vec<u8>) {
+        let session = Session {
+            id: "stored-1".into(),
+            at: format!("at-{generation}-{}", "x".repeat(40_000)),
+            at_exp: if expired { now() - 1 } else { now() + 3600 },
+            rt: Some(format!("refresh-{generation}")),
+            generation,
+            ..alice()
+        };
+        let inline = serde_json::to_vec(&Payload::Inline(session.clone())).unwrap();
+        let sealed = seal_stored("stored-1", &inline, key).unwrap();
+        (session, sealed)
+    }
+
+    /// The generation of the session the store holds under `stored-1`.
+    async fn stored_generation_held(store: &Flaky, key: &str) -> u32 {
+        let data = store.store.get("stored-1").await.unwrap().expect("stored");
+        let Ok(Payload::Inline(held)) = serde_json::from_slice(&open_stored("stored-1", key, data).unwrap())
+        else {
+            panic!("a session")
+        };
+        held.generation
+    }
+
+    /// Replicas sharing a store, a session too large for cookies in it
+    /// (its cookie names the stored data, not a generation): a replica
+    /// that read the session before another refreshed it never writes the
+    /// older copy back (renewing its idle timeout, say), which would send
+    /// every replica back to a refresh token the issuer had rotated; and
+    /// once its own copy's tokens expired, it takes the later one the store
+    /// holds rather than refresh with its spent token (which would end the
+    /// session), though the successor handed on is gone from the store.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replica_never_puts_back_or_refreshes_an_older_copy_of_a_stored_session() {
+        let issuer = palisade_testkit::TestIssuer::start().unwrap();
+        let store = Arc::new(Flaky::default());
+        let (sign_in, _) = with_a_stored_session(&issuer, &store).await;
+        let store_key = new_store_key().unwrap();
+        let (first, _) = stored_generation(1, true, &store_key);
+        let (_, later) = stored_generation(2, false, &store_key);
+        store
+            .put_session("stored-1", 2, later, Duration::from_secs(600))
+            .await
+            .unwrap();
+        let mut first = Session {
+            store_key: Some(Arc::clone(&store_key)),
+            ..first
+        };
+        first.seen = now();
+        let key = CookieKey::new("k1", &[1; 32]).unwrap();
+        let reference = sign_in.seal(&first, 0, false).await.expect("sealed");
+        assert_eq!(reference.len(), 1, "a reference to the store");
+        assert_eq!(
+            stored_generation_held(&store, &store_key).await,
+            2,
+            "not put back"
+        );
+
+        // This replica's cache holds generation 1, its token expired.
+        let cookie = session_cookie(
+            key,
+            &Payload::Stored {
+                id: "stored-1".into(),
+                key: Some(store_key.to_string()),
+            },
+        );
+        let raw = cookie.strip_prefix("palisade_session=").unwrap();
+        let live = Arc::new(Live::new(first, issuer.issuer(), None));
+        sign_in.0.cache.insert(raw, live, Duration::from_secs(600));
+        let request = OwnedRequest::get("/page")
+            .header("host", "app.test")
+            .header("cookie", cookie);
+        let Check::Pending(renewal) = sign_in.authenticate(&request) else {
+            panic!("an expired token is refreshed")
+        };
+        let AuthOutcome::Authenticated(a) = renewal.await else {
+            panic!("the session ended")
+        };
+        let token = a.attachments.get::<palisade_core::authn::BearerToken>().unwrap();
+        assert!(token.as_str().starts_with("at-2-"), "the store's later copy");
     }
 
     /// A relying party of `issuer` keeping its sessions in `store`,

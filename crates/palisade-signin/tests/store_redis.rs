@@ -294,6 +294,48 @@ async fn session_data_is_shared_replaced_removed_and_expires() {
     .await;
 }
 
+/// A session's data written with its generation is not replaced by an
+/// older generation from another replica (which read it before a refresh);
+/// the same or a later one replaces it; data an earlier release wrote
+/// without a generation is replaced; a removal forgets the generation too.
+#[tokio::test]
+async fn a_stored_session_is_never_replaced_by_an_older_generation() {
+    bounded(async {
+        let server = RedisServer::start().unwrap();
+        let (a, b) = (replica(&server).await, replica(&server).await);
+        // An earlier release's write: no generation beside it.
+        a.put("s1", b"release-before".to_vec(), HOUR).await.unwrap();
+        assert!(b.put_session("s1", 1, b"gen-1".to_vec(), HOUR).await.unwrap());
+        assert!(a.put_session("s1", 3, b"gen-3".to_vec(), HOUR).await.unwrap());
+        assert!(!b.put_session("s1", 2, b"gen-2".to_vec(), HOUR).await.unwrap());
+        assert_eq!(b.get("s1").await.unwrap().as_deref(), Some(&b"gen-3"[..]));
+        assert!(
+            b.put_session("s1", 3, b"gen-3-seen".to_vec(), HOUR)
+                .await
+                .unwrap()
+        );
+        assert_eq!(a.get("s1").await.unwrap().as_deref(), Some(&b"gen-3-seen"[..]));
+        let mut c = admin(&server).await;
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg("palisade:session-generation:s1")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert!(ttl > 0 && ttl <= 3_600_000, "expires with the data: {ttl}");
+        a.remove("s1").await.unwrap();
+        let left: i64 = redis::cmd("EXISTS")
+            .arg("palisade:session:s1")
+            .arg("palisade:session-generation:s1")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(left, 0);
+        // A session begun again under the id starts from nothing.
+        assert!(b.put_session("s1", 0, b"new".to_vec(), HOUR).await.unwrap());
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn an_outage_fails_closed_quickly_and_recovery_keeps_earlier_revocations() {
     logs();

@@ -44,7 +44,14 @@ struct Inner {
     max_entries: usize,
     revocations: RwLock<RevocationSet>,
     used: Mutex<Expiring<()>>,
-    data: Mutex<Expiring<Vec<u8>>>,
+    data: Mutex<Expiring<Data>>,
+}
+
+/// Session data, with the session's generation when it was written as one
+/// ([`SessionStore::put_session`]).
+struct Data {
+    generation: Option<u32>,
+    bytes: Vec<u8>,
 }
 
 impl fmt::Debug for MemoryStore {
@@ -127,9 +134,26 @@ impl MemoryStore {
         Ok(true)
     }
 
-    fn put_now(&self, id: &str, data: Vec<u8>, ttl: Duration) -> Result<(), StoreError> {
+    fn put_now(
+        &self,
+        id: &str,
+        generation: Option<u32>,
+        bytes: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
         let now = Instant::now();
-        lock(&self.inner.data).insert(id, data, deadline(now, ttl), now, self.inner.max_entries)
+        let mut data = lock(&self.inner.data);
+        let later = |held: &Data| {
+            held.generation
+                .zip(generation)
+                .is_some_and(|(held, new)| held > new)
+        };
+        if data.get(id, now).is_some_and(later) {
+            return Ok(false);
+        }
+        let value = Data { generation, bytes };
+        data.insert(id, value, deadline(now, ttl), now, self.inner.max_entries)?;
+        Ok(true)
     }
 }
 
@@ -162,11 +186,23 @@ impl SessionStore for MemoryStore {
     }
 
     fn put(&self, id: &str, data: Vec<u8>, ttl: Duration) -> BoxFuture<Result<(), StoreError>> {
-        Box::pin(std::future::ready(self.put_now(id, data, ttl)))
+        Box::pin(std::future::ready(self.put_now(id, None, data, ttl).map(drop)))
+    }
+
+    fn put_session(
+        &self,
+        id: &str,
+        generation: u32,
+        data: Vec<u8>,
+        ttl: Duration,
+    ) -> BoxFuture<Result<bool, StoreError>> {
+        Box::pin(std::future::ready(self.put_now(id, Some(generation), data, ttl)))
     }
 
     fn get(&self, id: &str) -> BoxFuture<Result<Option<Vec<u8>>, StoreError>> {
-        let data = lock(&self.inner.data).get(id, Instant::now()).cloned();
+        let data = lock(&self.inner.data)
+            .get(id, Instant::now())
+            .map(|d| d.bytes.clone());
         Box::pin(std::future::ready(Ok(data)))
     }
 

@@ -113,6 +113,34 @@ pub trait SessionStore: Send + Sync + 'static {
     /// [`StoreError::Unavailable`], [`StoreError::Full`].
     fn put(&self, id: &str, data: Vec<u8>, ttl: Duration) -> BoxFuture<Result<(), StoreError>>;
 
+    /// Stores a session's data under its `id` as [`put`](Self::put) does,
+    /// unless the store holds a later `generation` of it (a replica that
+    /// refreshed the session since this one read it wrote its successor):
+    /// then nothing is written and the answer is `Ok(false)`. Sessions
+    /// too large for cookies are written so: their cookie names the stored
+    /// data, not a generation, so an older copy written last (a replica
+    /// renewing its idle timeout from what it read before the refresh)
+    /// would send every replica back to a refresh token the issuer has
+    /// already rotated, and the session would end at the next refresh.
+    ///
+    /// The default writes whatever the store holds (last writer wins). A
+    /// store that wraps another forwards it.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unavailable`], [`StoreError::Full`].
+    fn put_session(
+        &self,
+        id: &str,
+        generation: u32,
+        data: Vec<u8>,
+        ttl: Duration,
+    ) -> BoxFuture<Result<bool, StoreError>> {
+        let _ = generation;
+        let put = self.put(id, data, ttl);
+        Box::pin(async move { put.await.map(|()| true) })
+    }
+
     /// The session data stored under `id`, unless removed or expired.
     ///
     /// # Errors
@@ -164,8 +192,9 @@ pub trait SessionStore: Send + Sync + 'static {
     /// ended issuer session refuses) before it takes such a session, and
     /// refuses one it cannot refresh. The default, `None`: since ever (a
     /// store that outlives processes, as Redis does). A store that wraps
-    /// another forwards it (and [`shared`](Self::shared)), or says when it
-    /// began itself if it can forget.
+    /// another forwards it (and [`shared`](Self::shared) and
+    /// [`put_session`](Self::put_session)), or says when it began itself if
+    /// it can forget.
     fn endings_since(&self) -> Option<SystemTime> {
         None
     }

@@ -53,6 +53,15 @@
 //! stale and one `info` line when it is back; reconnection backs off from
 //! 50 ms to 1 s.
 //!
+//! # Session data
+//!
+//! A session too large for cookies is kept under `<prefix>session:<id>`,
+//! and its generation (how often it was refreshed) under
+//! `<prefix>session-generation:<id>`, written together by one script that
+//! writes nothing when the store holds a later generation
+//! ([`SessionStore::put_session`]): a replica that read the session before
+//! another refreshed it cannot put the older copy back.
+//!
 //! # The runtime thread
 //!
 //! The store runs its connections and commands on a thread of its own with
@@ -173,6 +182,8 @@ struct Keys {
     stream: String,
     used: String,
     session: String,
+    /// Beside a session's data, its generation (`put_session`).
+    generation: String,
 }
 
 impl fmt::Debug for RedisStore {
@@ -358,6 +369,7 @@ impl RedisStoreBuilder {
                 stream: format!("{prefix}revoked:stream"),
                 used: format!("{prefix}used:"),
                 session: format!("{prefix}session:"),
+                generation: format!("{prefix}session-generation:"),
             },
             command_timeout: self.command_timeout,
             max_staleness: self.max_staleness,
@@ -482,6 +494,35 @@ impl SessionStore for RedisStore {
         self.command(cmd)
     }
 
+    fn put_session(
+        &self,
+        id: &str,
+        generation: u32,
+        data: Vec<u8>,
+        ttl: Duration,
+    ) -> BoxFuture<Result<bool, StoreError>> {
+        // The generation beside the data, compared and both written in one
+        // script. A replica of an earlier release writes the data alone:
+        // the generation key then lags, which lets an older copy through
+        // as before, and never holds back a newer one.
+        const PUT_SESSION: &str = "local held = tonumber(redis.call('GET', KEYS[2])) \
+             if held and held > tonumber(ARGV[1]) then return 0 end \
+             redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) \
+             redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3]) \
+             return 1";
+        let keys = &self.handle.shared.keys;
+        let mut eval = redis::cmd("EVAL");
+        eval.arg(PUT_SESSION)
+            .arg(2)
+            .arg(format!("{}{id}", keys.session))
+            .arg(format!("{}{id}", keys.generation))
+            .arg(generation)
+            .arg(data)
+            .arg(ttl_ms(ttl));
+        let written = self.command::<i64>(eval);
+        Box::pin(async move { Ok(written.await? == 1) })
+    }
+
     fn get(&self, id: &str) -> BoxFuture<Result<Option<Vec<u8>>, StoreError>> {
         let mut cmd = redis::cmd("GET");
         cmd.arg(format!("{}{id}", self.handle.shared.keys.session));
@@ -489,8 +530,10 @@ impl SessionStore for RedisStore {
     }
 
     fn remove(&self, id: &str) -> BoxFuture<Result<(), StoreError>> {
+        let keys = &self.handle.shared.keys;
         let mut cmd = redis::cmd("DEL");
-        cmd.arg(format!("{}{id}", self.handle.shared.keys.session));
+        cmd.arg(format!("{}{id}", keys.session))
+            .arg(format!("{}{id}", keys.generation));
         self.command(cmd)
     }
 
