@@ -1089,6 +1089,27 @@ async fn the_least_recently_used_tenant_gives_way() {
             .any(|l| ports.iter().any(|p| l.contains(&format!(":{p}/")))),
         "a series per tenant: {fetches:?}"
     );
+    // An issuer written with credentials (it can match no real token): the
+    // series a scrape shows leave them out.
+    let _written_so = JwtAuthenticator::builder()
+        .provider(
+            Provider::builder("http://user:s3cret@127.0.0.1:9/realms/x")
+                .audience("details")
+                .jwks_uri(a.jwks_uri())
+                .introspection(palisade::jwt::Introspection::client_secret_basic("rs", "pw"))
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let shown = metrics.render();
+    assert!(!shown.contains("s3cret"), "{shown}");
+    assert!(
+        shown.contains(
+            r#"palisade_jwks_fetches_total{issuer="http://***@127.0.0.1:9/realms/x",result="failure"} 0"#
+        ),
+        "{shown}"
+    );
 }
 
 /// `n` issuers of realm `shop`, each a tenant of

@@ -24,6 +24,9 @@
 //! | [`SPNEGO_SHED`] | counter | — |
 //! | [`CONFIG_RELOADS`] | counter | `result` (`success`, `failure`) |
 //!
+//! An `issuer` label is the issuer as configured, without the credentials
+//! or query values a URL could carry (shown `***`).
+//!
 //! Every refusal of the guard, 401 or 403, counts as `decision="deny"`;
 //! `reply` is any other answer Palisade gives in the application's place
 //! (a redirect to sign in, a sign-in callback). A route policy

@@ -356,7 +356,7 @@ impl Introspector {
         offline: bool,
     ) -> std::io::Result<Self> {
         let runtime = if offline { None } else { Some(jwks_runtime()?) };
-        let issuer_label = issuer.to_owned();
+        let issuer_label = crate::jwks::metric_label(issuer);
         let counter = |result: &'static str| metrics::counter!(INTROSPECTIONS, "issuer" => issuer_label.clone(), "result" => result);
         Ok(Self {
             issuer: issuer.to_owned(),

@@ -409,7 +409,7 @@ impl KeyStore {
         let fetched = fixed.is_none();
         Self {
             issuer: issuer.to_owned(),
-            metric_issuer: issuer.to_owned(),
+            metric_issuer: metric_label(issuer),
             current: ArcSwap::from_pointee(fixed.unwrap_or_default()),
             version: watch::Sender::new(0),
             demand: Notify::new(),
@@ -581,9 +581,15 @@ pub(crate) struct Fetched {
 /// fetch has ended.
 pub(crate) fn count_no_fetches(metric_issuer: &str) {
     for result in ["success", "failure"] {
-        metrics::counter!(JWKS_FETCHES, "issuer" => metric_issuer.to_owned(), "result" => result)
+        metrics::counter!(JWKS_FETCHES, "issuer" => metric_label(metric_issuer), "result" => result)
             .increment(0);
     }
+}
+
+/// An issuer as a metric's label: without credentials a URL could carry
+/// (a scrape shows every label to whoever reads the metrics).
+pub(crate) fn metric_label(issuer: &str) -> String {
+    palisade_core::syntax::url_without_credentials(issuer)
 }
 
 type LiveStore = (String, JwksSource, FetchSettings, Weak<Fetched>);
@@ -624,7 +630,7 @@ pub(crate) fn fetched_store_if(
         return Ok(None);
     }
     let mut store = KeyStore::new(issuer, settings.clone(), None);
-    metric_issuer.clone_into(&mut store.metric_issuer);
+    store.metric_issuer = metric_label(metric_issuer);
     count_no_fetches(metric_issuer);
     let store = Arc::new(store);
     let task = FetchTask(
