@@ -35,9 +35,9 @@ use palisade_core::reload::Registry;
 const SUCCESSOR_TTL: Duration = Duration::from_secs(300);
 /// The longest a request waits for a refresh another replica makes.
 const MAX_SUCCESSOR_WAIT: Duration = Duration::from_secs(60);
-/// How long a replica's claim to refresh a session lasts: longer than the
-/// successor it leads to may be found, by the longest the refresh may take.
-const CLAIM_TTL: Duration = Duration::from_secs(SUCCESSOR_TTL.as_secs() + MAX_SUCCESSOR_WAIT.as_secs());
+/// Beyond three issuer timeouts, how long a replica's claim to refresh a
+/// session lasts ([`SignIn::claim_lease`]).
+const CLAIM_MARGIN: Duration = Duration::from_secs(10);
 /// The most successors one look follows (a cookie several refreshes old).
 const MAX_SUCCESSOR_STEPS: usize = 8;
 /// The longest pause between two looks for a successor another replica is
@@ -1703,12 +1703,10 @@ impl SignIn {
         if let Some(next) = self.stored_later(&live.session).await {
             return Ok(next);
         }
-        // One replica asks the issuer: the refresh token works once. The
-        // claim outlives the successor it leads to, so a replica that gets
-        // it knows that no successor of this session is in the store.
+        // One replica asks the issuer: the refresh token works once.
         let claim = refresh_claim(&live.session);
-        match self.0.store.use_once(&claim, CLAIM_TTL).await {
-            Ok(true) => self.ask_issuer(live, &metadata, Some(&claim)).await,
+        match self.0.store.use_once(&claim, self.claim_lease()).await {
+            Ok(true) => self.claimed(live, &metadata, &claim).await,
             Ok(false) => self.await_successor(live, &metadata, &claim).await,
             // The store cannot say whether another replica refreshes it:
             // the old tokens while they last, rather than risk sending a
@@ -1720,6 +1718,38 @@ impl SignIn {
                 self.ask_issuer(live, &metadata, None).await
             }
         }
+    }
+
+    /// How long a replica's claim to refresh a session lasts: a lease past
+    /// the longest its refresh can take (the token endpoint's answer, the
+    /// issuer's keys for a new ID token, the handoff to the store: each
+    /// bounded by the issuer or store timeout), and past the longest
+    /// another replica's request waits for it ([`successor_wait`](Self::successor_wait)):
+    /// 25 s by default. A replica stopped mid-refresh holds the session's
+    /// refresh no longer than that. The successor it leads to may outlive
+    /// it (five minutes): a replica that gets the claim looks for one
+    /// again ([`claimed`](Self::claimed)).
+    fn claim_lease(&self) -> Duration {
+        self.0
+            .config
+            .timeout
+            .saturating_mul(3)
+            .saturating_add(CLAIM_MARGIN)
+    }
+
+    /// The refresh of a session this replica claimed: the successor
+    /// another replica handed on before the last claim on it lapsed, if
+    /// there is one, else the issuer's answer.
+    async fn claimed(
+        &self,
+        live: Arc<Live>,
+        metadata: &Metadata,
+        claim: &str,
+    ) -> Result<Arc<Live>, Unusable> {
+        if let Some(next) = self.adopt(&live.session).await {
+            return Ok(next);
+        }
+        self.ask_issuer(live, metadata, Some(claim)).await
     }
 
     /// Asks the issuer for new tokens with the session's refresh token;
@@ -1785,21 +1815,24 @@ impl SignIn {
             // throttled (`429`) or misconfigured client (`invalid_client`
             // after a secret's rotation) is the issuer's trouble, not the
             // session's.
-            // Asked without a claim, though the store is shared (it could
-            // not give one): another replica may have spent this refresh
-            // token a moment before (a rotation), its successor on the way.
-            // Not ended on that say, but left without tokens for now; a
-            // later request, with the store back, claims and knows.
-            Err(TokenError::Refused(error))
-                if error == "invalid_grant" && claim.is_none() && self.0.store.shared() =>
-            {
-                if let Some(next) = self.adopt(s).await {
-                    return Ok(next);
-                }
-                tracing::debug!(target: LOG_TARGET, %error, subject = ?s.sub, "the issuer refused a refresh made without the store's claim: another replica may have made it; not ended");
-                Err(Unusable::NotNow)
-            }
+            // With a shared store, another replica may have spent this
+            // refresh token a moment before (a rotation): asked without
+            // the store's claim (it could not give one), or with a claim
+            // taken once that replica's had lapsed (it was slower than its
+            // lease). Its successor, if it is in the store; without a
+            // claim, not ended on the issuer's say either, but left without
+            // tokens for now: a later request, with the store back, claims
+            // and knows.
             Err(TokenError::Refused(error)) if error == "invalid_grant" => {
+                if self.0.store.shared() {
+                    if let Some(next) = self.adopt(s).await {
+                        return Ok(next);
+                    }
+                    if claim.is_none() {
+                        tracing::debug!(target: LOG_TARGET, %error, subject = ?s.sub, "the issuer refused a refresh made without the store's claim: another replica may have made it; not ended");
+                        return Err(Unusable::NotNow);
+                    }
+                }
                 tracing::info!(target: LOG_TARGET, %error, subject = ?s.sub, "the issuer refused to refresh a session: it ends");
                 if let Err(e) = self.end(s).await {
                     self.store_failed(&e, false, "an ended session cannot be recorded");
@@ -1912,8 +1945,8 @@ impl SignIn {
             if !self.usable(&live.session, now()) {
                 return Err(Unusable::Ended);
             }
-            if let Ok(true) = self.0.store.use_once(claim, CLAIM_TTL).await {
-                return self.ask_issuer(live, metadata, Some(claim)).await;
+            if let Ok(true) = self.0.store.use_once(claim, self.claim_lease()).await {
+                return self.claimed(live, metadata, claim).await;
             }
         }
         tracing::info!(target: LOG_TARGET, subject = ?live.session.sub, "another replica claimed a session's refresh and handed on no tokens in time: this request goes without the session");
@@ -2826,6 +2859,11 @@ mod tests {
         claims_fail: bool,
         /// How many revocations were asked for.
         revokes: std::sync::atomic::AtomicUsize,
+        /// How many of the first reads of session data find nothing (as if
+        /// another replica had not written it yet).
+        hidden_gets: std::sync::atomic::AtomicUsize,
+        /// The time-to-live of every `use_once` (a refresh's claim).
+        claim_ttls: std::sync::Mutex<Vec<Duration>>,
     }
 
     type StoreResult<T> = palisade_core::BoxFuture<Result<T, crate::store::StoreError>>;
@@ -2856,6 +2894,7 @@ mod tests {
             if self.claims_fail {
                 return Box::pin(std::future::ready(Err(crate::store::StoreError::Unavailable)));
             }
+            self.claim_ttls.lock().unwrap().push(ttl);
             self.store.use_once(key, ttl)
         }
         fn put(&self, id: &str, data: Vec<u8>, ttl: Duration) -> StoreResult<()> {
@@ -2867,6 +2906,14 @@ mod tests {
         fn get(&self, id: &str) -> StoreResult<Option<Vec<u8>>> {
             if self.reads_fail {
                 return Box::pin(std::future::ready(Err(crate::store::StoreError::Unavailable)));
+            }
+            let hidden = self.hidden_gets.fetch_update(
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+                |n| n.checked_sub(1),
+            );
+            if hidden.is_ok() {
+                return Box::pin(std::future::ready(Ok(None)));
             }
             self.store.get(id)
         }
@@ -3100,10 +3147,7 @@ mod tests {
         let session = Session {
             id: "stored-1".into(),
             at: format!("at-{generation}-{}", "x".repeat(40_000)),
-            at_exp: if expired { now() - 1 } else { now() + 3600 },
-            rt: Some(format!("refresh-{generation}")),
-            generation,
-            ..alice()
+            ..alice_at(generation, expired)
         };
         let inline = serde_json::to_vec(&Payload::Inline(session.clone())).unwrap();
         let sealed = seal_stored("stored-1", &inline, key).unwrap();
@@ -3176,6 +3220,87 @@ mod tests {
         };
         let token = a.attachments.get::<palisade_core::authn::BearerToken>().unwrap();
         assert!(token.as_str().starts_with("at-2-"), "the store's later copy");
+    }
+
+    /// Alice's session at `generation` (refresh token
+    /// `refresh-token-of-GENERATION`, access token `at-GENERATION`), that token
+    /// expired when `expired`.
+    fn alice_at(generation: u32, expired: bool) -> Session {
+        Session {
+            at: format!("at-{generation}"),
+            at_exp: if expired { now() - 1 } else { now() + 3600 },
+            rt: Some(format!("refresh-token-of-{generation}")),
+            generation,
+            ..alice()
+        }
+    }
+
+    /// Replicas sharing `store`: a request of this one with a cookie of
+    /// alice's first generation, expired, whose refresh another replica
+    /// made (generation 2, handed on through the store); the access token
+    /// the request goes with, or `None` when the session ended.
+    async fn refreshed_elsewhere(issuer: &palisade_testkit::TestIssuer, store: Arc<Flaky>) -> Option<String> {
+        let key = CookieKey::new("k1", &[1; 32]).unwrap();
+        let sign_in = SignIn::builder(issuer.issuer(), "shop")
+            .keys(vec![key.clone()])
+            .store(store as Arc<dyn SessionStore>)
+            .build()
+            .unwrap();
+        discovered(&sign_in).await;
+        let first = alice_at(1, true);
+        sign_in.hand_on(&first, &alice_at(2, false)).await;
+        let request = OwnedRequest::get("/page")
+            .header("host", "app.test")
+            .header("cookie", session_cookie(key, &Payload::Inline(first)));
+        let Check::Pending(refresh) = sign_in.authenticate(&request) else {
+            panic!("an expired token is refreshed")
+        };
+        match refresh.await {
+            AuthOutcome::Authenticated(a) => Some(
+                a.attachments
+                    .get::<palisade_core::authn::BearerToken>()
+                    .unwrap()
+                    .as_str()
+                    .to_owned(),
+            ),
+            _ => None,
+        }
+    }
+
+    /// A replica's claim on a refresh is a lease past the longest its
+    /// refresh and the others' waits take (25 s with the default issuer
+    /// timeout), not minutes: a replica stopped mid-refresh holds up the
+    /// session's requests elsewhere no longer. A replica that claims a
+    /// refresh once the last claim lapsed looks for the successor handed on
+    /// meanwhile before it asks the issuer; and one whose refresh the issuer
+    /// refuses (that successor's replica spent the token) takes it rather
+    /// than end the session.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_claim_lapses_soon_and_whoever_claims_next_takes_the_successor_handed_on() {
+        let issuer = palisade_testkit::TestIssuer::builder()
+            .public_client("shop")
+            .start()
+            .unwrap();
+        // The successor is not seen before the claim: asked for after it.
+        let store = Arc::new(Flaky {
+            hidden_gets: std::sync::atomic::AtomicUsize::new(1),
+            ..Flaky::default()
+        });
+        let asked = issuer.token_requests();
+        let token = refreshed_elsewhere(&issuer, Arc::clone(&store)).await;
+        assert_eq!(token.as_deref(), Some("at-2"));
+        assert_eq!(issuer.token_requests(), asked, "the issuer is not asked");
+        let ttls = store.claim_ttls.lock().unwrap().clone();
+        assert_eq!(ttls, [Duration::from_secs(25)], "one claim, a lease");
+
+        // Nor after the claim: the issuer refuses the spent token.
+        let store = Arc::new(Flaky {
+            hidden_gets: std::sync::atomic::AtomicUsize::new(2),
+            ..Flaky::default()
+        });
+        let token = refreshed_elsewhere(&issuer, store).await;
+        assert_eq!(issuer.token_requests(), asked + 1, "the issuer is asked");
+        assert_eq!(token.as_deref(), Some("at-2"), "the session goes on");
     }
 
     /// A relying party of `issuer` keeping its sessions in `store`,
