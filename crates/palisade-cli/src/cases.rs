@@ -665,7 +665,7 @@ spec: {selector: {matchLabels: {app: reviews}}}
         // A file that names no workload decides for any of `default`.
         let empty = Files::new(
             "none",
-            "",
+            "# no policy\n",
             "cases:\n- {name: open, request: GET /, expect: allow}\n",
         );
         let report = empty.run();

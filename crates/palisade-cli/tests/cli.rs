@@ -144,6 +144,17 @@ fn the_bookinfo_cases_reach_every_rule_of_the_mesh() {
 #[test]
 fn a_broken_file_fails_check_naming_the_field() {
     let dir = Scratch::new("broken");
+    // A file a failed generator left empty: refused, as a service refuses
+    // it (loaded, it would allow every request), where a file of comments
+    // says "no policy".
+    let empty = dir.file("empty.yaml", "\n");
+    let check = palisade(&["check", &empty]);
+    let err = text(&check.stderr);
+    assert_eq!(check.status.code(), Some(1), "{err}");
+    assert!(err.contains("empty.yaml") && err.contains("# no policy"), "{err}");
+    let comments = dir.file("none.yaml", "# no policy\n");
+    assert_eq!(palisade(&["check", &comments]).status.code(), Some(0));
+
     let sample = std::fs::read_to_string(root().join("examples/policies/deny-admin.yaml")).unwrap();
     let typo = dir.file("typo.yaml", &sample.replacen("action: DENY", "action: DENNY", 1));
     let check = palisade(&["check", &typo]);
@@ -746,7 +757,7 @@ spec:
 #[test]
 fn explain_notes_what_the_file_says_as_it_loads() {
     let dir = Scratch::new("explain-warnings");
-    let empty = dir.file("empty.yaml", "");
+    let empty = dir.file("empty.yaml", "# no policy\n");
     let v = explain(&[&empty, "--workload", "default/details", "--request", "GET /"]);
     assert_eq!(v["decision"], "allow");
     assert!(

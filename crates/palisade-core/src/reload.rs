@@ -9,7 +9,8 @@
 //! A file that does not load or compile changes nothing: the old policy
 //! stays in force and one error line names the file, document and field.
 //! A file emptied (white space only, as a writer that truncated it leaves
-//! it) is not loaded; one of comments only is a policy of no documents.
+//! it) is not loaded, as at start-up; one of comments only is a policy of
+//! no documents.
 //! The watch tries again, every 30 s, contents refused for what lies
 //! outside them (a refusal that carries an I/O error: a key file they name
 //! not there yet, a store that did not answer), until they are in force or
@@ -134,17 +135,31 @@ impl fmt::Debug for PolicyReloader {
 impl PolicyReloader {
     /// A reloader of `guard` from the file at `path`, with `build` making a
     /// guard from the loaded documents (the function the application built
-    /// `guard` with). The file as it is now counts as loaded; say what
+    /// `guard` with). The file as it is now counts as loaded, and the files
+    /// it names (secrets, keys, CA bundles) as they are now; say what
     /// `guard` was built from with [`loaded_from`](Self::loaded_from), and
-    /// a change made in between is loaded too.
+    /// a change of either made in between is loaded too.
     pub fn new(
         path: impl AsRef<Path>,
         guard: &Guard,
         build: impl Fn(&PolicySet) -> Result<Guard, PolicyError> + Send + Sync + 'static,
     ) -> Self {
         let path = path.as_ref().to_path_buf();
+        let contents = read_watched(&path).ok();
+        // The files it names are watched from now on, not only from the
+        // first reload: a Secret rotated in place before the policy file
+        // changes is loaded too. (Read quietly: start-up said what the
+        // file says.)
+        let named = contents
+            .as_deref()
+            .and_then(|c| std::str::from_utf8(c).ok())
+            .and_then(|text| PolicySet::quietly(text, &path.display().to_string()))
+            .map(|set| set.files_named())
+            .unwrap_or_default();
         let last = Last {
-            digest: read_watched(&path).ok().map(|c| digest(&c)),
+            digest: contents.map(|c| digest(&c)),
+            named_digest: files_digest(&named),
+            named,
             ..Last::default()
         };
         // Both results on /metrics from the start, at zero.
@@ -375,24 +390,18 @@ impl PolicyReloader {
                 // a file that did not load, not the end of reloading.
                 // What the contents say of themselves, said by an earlier
                 // try, is said at debug level by the retries.
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| crate::logging::saying_again(said, || {
-                    let text = String::from_utf8(c).map_err(|_| PolicyError::new(&name, "not UTF-8 text"))?;
-                    // No byte but white space: most likely a file truncated
-                    // by a writer that has not written yet (`> policy.yaml`),
-                    // not a wish to allow everything. (A file of comments
-                    // is a stream of no documents: no policy, as at start-up.)
-                    if text.trim().is_empty() {
-                        return Err(PolicyError::new(
-                            &name,
-                            "empty (a file being written?): not loaded; to remove every policy, write a file of comments (`# no policy`)",
-                        ));
-                    }
-                    let set = PolicySet::from_file_text(&text, &name)?;
-                    // What the files it names hold as they are read now.
-                    last_named.0 = set.files_named();
-                    last_named.1 = files_digest(&last_named.0);
-                    (self.0.build)(&set)
-                })))
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    crate::logging::saying_again(said, || {
+                        let text =
+                            String::from_utf8(c).map_err(|_| PolicyError::new(&name, "not UTF-8 text"))?;
+                        // A file of white space only is refused, as at start-up.
+                        let set = PolicySet::from_file_text(&text, &name)?;
+                        // What the files it names hold as they are read now.
+                        last_named.0 = set.files_named();
+                        last_named.1 = files_digest(&last_named.0);
+                        (self.0.build)(&set)
+                    })
+                }))
                 .unwrap_or_else(|_| {
                     Err(PolicyError::new(
                         &name,
@@ -715,7 +724,7 @@ spec:
         let guard = build_from_secret(&set).unwrap();
         // Rotated after the file was read, before the reloader was made.
         std::fs::write(&secret, "open\n").unwrap();
-        let reloader = PolicyReloader::new(&file, &guard, build_from_secret).loaded_from(&set);
+        let reloader = PolicyReloader::new(&file, &guard, build_from_secret.clone()).loaded_from(&set);
         assert!(!open(&guard));
         assert!(reloader.reload_if_changed().is_none(), "seen once");
         assert!(matches!(reloader.reload_if_changed(), Some(Ok(()))));
@@ -739,6 +748,18 @@ spec:
         reloader.reload_if_changed();
         assert!(matches!(reloader.reload_if_changed(), Some(Ok(()))));
         assert!(!open(&guard));
+
+        // A reloader made without `loaded_from` (as a first reading of the
+        // docs would): the files the file names are watched from the start
+        // too, not only from its first reload.
+        let guard = build_from_secret(&PolicySet::from_file(&file).unwrap()).unwrap();
+        let reloader = PolicyReloader::new(&file, &guard, build_from_secret);
+        assert!(!open(&guard));
+        assert!(reloader.reload_if_changed().is_none(), "as loaded");
+        std::fs::write(&secret, "open\n").unwrap();
+        reloader.reload_if_changed();
+        assert!(matches!(reloader.reload_if_changed(), Some(Ok(()))));
+        assert!(open(&guard), "the rotated secret is in force");
     }
 
     #[test]

@@ -635,6 +635,9 @@ impl PartialEq for PolicySet {
 
 /// What is said of a policy file that holds no document (empty, or
 /// comments only), at start-up and on reload.
+/// Why a policy file of nothing but white space is not loaded.
+pub(crate) const EMPTY_TEXT: &str = "empty (a file being written?): not loaded; to remove every policy, write a file of comments (`# no policy`)";
+
 pub(crate) const EMPTY_FILE: &str = "the policy file holds no document: no policy, so every request is allowed; if a writer has not finished it, replace the file by renaming a complete one over it";
 
 /// A digest of a policy file's bytes, to tell a change (not a secret: the
@@ -1013,10 +1016,12 @@ impl PolicySet {
         out
     }
 
-    /// Reads and validates a policy file. An empty (or blank) file is a
-    /// YAML stream of no documents, which allows every request: it loads,
-    /// with a warning, since it is as often a file a writer has truncated
-    /// and not yet written (`> policy.yaml`) as a choice.
+    /// Reads and validates a policy file. A file of nothing but white space
+    /// is refused ([`EMPTY_TEXT`]): it is most likely one a writer has
+    /// truncated and not yet written (`> policy.yaml`, a generator that
+    /// failed), and loading it would allow every request. A file of
+    /// comments only (`# no policy`) is a YAML stream of no documents,
+    /// which allows every request: it loads, with a warning.
     ///
     /// The files the documents name (secrets, keys, CA bundles) are read
     /// too, for their digest only, so that a reloader told of this set
@@ -1058,6 +1063,9 @@ impl PolicySet {
     /// reload trying again contents refused for what lies outside them,
     /// whose warnings were said the first time).
     pub(crate) fn from_file_text(text: &str, name: &str) -> Result<Self, PolicyError> {
+        if text.trim().is_empty() {
+            return Err(PolicyError::new(name, EMPTY_TEXT));
+        }
         let mut set = Self::parse(text, name)?;
         if set.documents.is_empty() {
             set.warnings
@@ -1065,6 +1073,12 @@ impl PolicySet {
         }
         set.say_warnings();
         Ok(set)
+    }
+
+    /// A policy file's text parsed without a word (its warnings not said):
+    /// `None` when it does not load.
+    pub(crate) fn quietly(text: &str, name: &str) -> Option<Self> {
+        Self::parse(text, name).ok()
     }
 
     /// Logs each warning ([`config_warning!`](crate::config_warning)).

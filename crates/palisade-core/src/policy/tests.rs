@@ -239,15 +239,15 @@ fn empty_documents_are_skipped_but_counted() {
 }
 
 #[test]
-fn an_empty_file_is_a_stream_of_no_documents() {
+fn a_file_of_comments_is_a_stream_of_no_documents() {
     let dir = std::env::temp_dir().join(format!("palisade-empty-policy-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("policy.yaml");
-    for empty in ["", "\n  \n", "# none\n"] {
-        std::fs::write(&file, empty).unwrap();
+    for none in ["# none\n", "\n# none\n---\n"] {
+        std::fs::write(&file, none).unwrap();
         assert!(
             PolicySet::from_file(&file).unwrap().documents().is_empty(),
-            "{empty:?}"
+            "{none:?}"
         );
     }
     std::fs::remove_dir_all(&dir).unwrap();
@@ -1575,25 +1575,37 @@ fn values_that_match_nothing_are_said_and_values_that_cannot_work_refused() {
     }
 }
 
-/// A policy file of no document (empty, or comments only) allows every
-/// request: a warning of the file says so, which `palisade check` prints
-/// too. A stream given in code is not a file, and is not warned of.
+/// A policy file of no document (comments only) allows every request: a
+/// warning of the file says so, which `palisade check` prints too. A file
+/// of white space only (a writer's truncation, a generator that failed) is
+/// refused, at start-up as on reload. A stream given in code is not a
+/// file: not warned of, and an empty one is no policy.
 #[test]
-fn a_file_of_no_document_is_warned_of() {
+fn a_file_of_no_document_is_warned_of_and_an_empty_one_refused() {
     let dir = std::env::temp_dir().join(format!("palisade-no-document-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    for (name, text) in [("comments.yaml", "# no policy\n"), ("empty.yaml", "")] {
-        let file = dir.join(name);
+    let file = dir.join("comments.yaml");
+    std::fs::write(&file, "# no policy\n").unwrap();
+    let set = PolicySet::from_file(&file).unwrap();
+    let said: Vec<String> = set.warnings().iter().map(ToString::to_string).collect();
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(
+        said[0].contains("comments.yaml") && said[0].contains(super::EMPTY_FILE),
+        "{said:?}"
+    );
+    for text in ["", " \n\t\n"] {
+        let file = dir.join("empty.yaml");
         std::fs::write(&file, text).unwrap();
-        let set = PolicySet::from_file(&file).unwrap();
-        let said: Vec<String> = set.warnings().iter().map(ToString::to_string).collect();
-        assert_eq!(said.len(), 1, "{said:?}");
-        assert!(
-            said[0].contains(name) && said[0].contains(super::EMPTY_FILE),
-            "{said:?}"
-        );
+        let err = PolicySet::from_file(&file).unwrap_err().to_string();
+        assert!(err.contains("empty.yaml") && err.contains("# no policy"), "{err}");
     }
     std::fs::remove_dir_all(&dir).unwrap();
+    assert!(
+        PolicySet::from_yaml_str("", "inline")
+            .unwrap()
+            .documents()
+            .is_empty()
+    );
     assert!(
         PolicySet::from_yaml_str("# none\n", "inline")
             .unwrap()
