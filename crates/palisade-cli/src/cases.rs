@@ -83,11 +83,45 @@ fn scalars_as_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<St
             Value::String(s) => Ok((k, s)),
             Value::Number(n) => Ok((k, n.to_string())),
             Value::Bool(b) => Ok((k, b.to_string())),
+            // The value itself is not shown: a pasted token would be.
             other => Err(D::Error::custom(format!(
-                "`{k}`: a string, number or boolean, not {other}"
+                "`{k}`: a string, number or boolean, not {}",
+                kind(&other)
             ))),
         })
         .collect()
+}
+
+/// What a JSON value is, for a message that must not show it.
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a map",
+    }
+}
+
+/// A deserializer's message without the text values it quotes (`invalid
+/// type: string "Bearer eyJ…", expected a map`): a case's headers and
+/// claims are where a pasted token goes.
+fn without_quoted_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(start) = rest.find(" \"") {
+        out.push_str(&rest[..start]);
+        match rest[start + 2..].find('"') {
+            Some(end) => rest = &rest[start + 2 + end + 1..],
+            None => {
+                rest = "";
+                break;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// What a case expects dry-run policies to decide.
@@ -379,7 +413,7 @@ fn cases(values: Vec<Value>, path: &Path, named: &[Workload]) -> Result<Vec<Case
             serde_path_to_error::deserialize(value).map_err(|e| match e.path().to_string() {
                 // The case itself: a missing or unknown field.
                 top if top == "." => format!("{name}: {title}: {}", e.inner()),
-                field => at(&field, e.inner().to_string()),
+                field => at(&field, without_quoted_values(&e.inner().to_string())),
             })?;
         let (method, target) = args::request_line(&spec.request).map_err(|e| at("request", e))?;
         let mut headers = Vec::new();

@@ -69,8 +69,9 @@
 //! Exit status: 1 also when the policy file does not load (or does not
 //! compile for the workload), for every subcommand, with a line naming
 //! the file, the document and the field (`check`: one for each document
-//! that does not load); 2 for a usage error (bad arguments), with one line
-//! on stderr.
+//! that does not load), and when the answer could not be written (a full
+//! disk; not a closed pipe); 2 for a usage error (bad arguments), with one
+//! line on stderr.
 
 mod args;
 mod cases;
@@ -145,15 +146,63 @@ impl Report {
         }
     }
 
+    /// Writes the answer; its status, or 1 when the answer could not be
+    /// written (a full disk behind `> out.json`: a script must not read a
+    /// truncated answer as a success). A closed pipe (`palisade … | head`)
+    /// is a reader that has read enough: no error of its own.
     fn write(self, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
-        // A closed pipe (`palisade … | head`) is not worth a second error.
-        for line in &self.out {
-            let _ = writeln!(out, "{line}");
-        }
+        let written = self
+            .out
+            .iter()
+            .try_for_each(|line| writeln!(out, "{line}"))
+            .and_then(|()| out.flush());
         for line in &self.err {
             let _ = writeln!(err, "{line}");
         }
-        let _ = out.flush();
-        self.status
+        match written {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                let _ = writeln!(err, "error: the answer could not be written: {e}");
+                self.status.max(1)
+            }
+            _ => self.status,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{self, Write};
+
+    /// A writer that fails as `kind` at every write.
+    struct Failing(io::ErrorKind);
+
+    impl Write for Failing {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::Error::from(self.0))
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// An answer that could not be written is a failure a script sees (a
+    /// full disk behind `> out.json`); a closed pipe (`| head`) is not.
+    #[test]
+    fn an_answer_that_cannot_be_written_fails() {
+        let help = || ["--help".to_owned()];
+        let mut err = Vec::new();
+        assert_eq!(super::run(help(), &mut Vec::new(), &mut err), 0);
+        let mut err = Vec::new();
+        assert_eq!(
+            super::run(help(), &mut Failing(io::ErrorKind::StorageFull), &mut err),
+            1
+        );
+        assert!(String::from_utf8(err).unwrap().contains("could not be written"));
+        let mut err = Vec::new();
+        assert_eq!(
+            super::run(help(), &mut Failing(io::ErrorKind::BrokenPipe), &mut err),
+            0
+        );
+        assert!(err.is_empty());
     }
 }

@@ -307,6 +307,20 @@ fn a_bad_case_file_names_the_file_and_the_case() {
     );
     assert_eq!(text(&test.stdout), "");
 
+    // A token pasted where a map goes (headers, claims) is not echoed.
+    for case in [
+        "{request: GET /, headers: 'Authorization: Bearer SECRET-TOKEN', expect: allow}",
+        "{request: GET /, claims: SECRET-TOKEN, expect: allow}",
+        "{request: GET /, headers: {authorization: [Bearer, SECRET-TOKEN]}, expect: allow}",
+    ] {
+        let cases = dir.file("pasted.cases.yaml", &format!("cases:\n- {case}\n"));
+        let test = palisade(&["test", "examples/policies/require-jwt.yaml", &cases]);
+        let (out, err) = (text(&test.stdout), text(&test.stderr));
+        assert_eq!(test.status.code(), Some(1), "{err}");
+        assert!(err.contains("pasted.cases.yaml: case 1: field `"), "{err}");
+        assert!(!out.contains("SECRET") && !err.contains("SECRET"), "{out}{err}");
+    }
+
     // Without `workload` (the contract asks only `request` and `expect`),
     // a case is every workload's the file names: bookinfo's four.
     let cases = dir.file(
