@@ -18,8 +18,14 @@ use crate::{CallerToken, ClientError, LOG_TARGET};
 /// RFC 8693's grant type and its token type of an access token.
 const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
-/// The most exchanged tokens kept, and the most failures.
+/// The most exchanged tokens kept.
 const CAPACITY: usize = 10_000;
+/// The most failures kept (each for a second).
+const FAILURES_KEPT: usize = 1_000;
+/// The longest caller token sent for exchange: twice a guard's default
+/// limit (8 KiB). A longer one (an unverified header's junk) is refused
+/// without asking the issuer, and never kept.
+const MAX_SUBJECT_TOKEN: usize = 16 * 1024;
 
 /// The cache key: the caller's token itself (shared with its
 /// [`CallerToken`]), compared in full, so a hash collision cannot hand one
@@ -56,7 +62,9 @@ struct Inner {
 /// its end while the issuer cannot be reached; a renewal the issuer
 /// refuses ends it. A failed exchange is the answer for that caller token
 /// during the next second (when no valid token is at hand), without
-/// asking the issuer again.
+/// asking the issuer again. A caller token over 16 KiB (twice a guard's
+/// default limit: junk from an unverified header) is refused without
+/// asking the issuer.
 ///
 /// A caller's token verified by a Palisade guard
 /// ([`CallerToken::from_request`]) is sent only when its issuer (`iss`) is
@@ -137,6 +145,12 @@ impl TokenExchange {
     pub(crate) async fn granted(&self, caller: &CallerToken) -> Result<Arc<Granted>, ClientError> {
         let inner = &*self.0;
         let key = caller.shared().ok_or(ClientError::NoCallerToken)?;
+        if key.len() > MAX_SUBJECT_TOKEN {
+            return Err(ClientError::Refused(format!(
+                "invalid_request (the caller's token is over {} KiB: not sent for exchange)",
+                MAX_SUBJECT_TOKEN / 1024
+            )));
+        }
         if let Some(iss) = caller.issuer()
             && !inner
                 .subject_issuers
@@ -207,7 +221,7 @@ impl TokenExchange {
                 // Failures last a second: when the map is full, it is
                 // emptied rather than searched for those that ended.
                 let mut failures = lock(&inner.failures);
-                if failures.len() >= CAPACITY {
+                if failures.len() >= FAILURES_KEPT {
                     failures.clear();
                 }
                 failures.insert(Arc::clone(caller), (Instant::now(), e.clone()));
@@ -331,6 +345,31 @@ mod tests {
             let err = exchange(named).authorization(&caller).await.unwrap_err();
             assert!(matches!(err, ClientError::Unavailable(_)), "{err}");
         }
+    }
+
+    /// A caller's token longer than a guard would take (an unverified
+    /// header's junk) is refused without asking the issuer, and is not
+    /// kept as a failure.
+    #[tokio::test]
+    async fn a_caller_token_too_long_is_refused_without_asking_the_issuer() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let exchange = TokenExchange::builder(format!("http://{closed}/realms/shop"), "app")
+            .client_secret("s")
+            .build()
+            .unwrap();
+        let long = CallerToken::new(&"a".repeat(MAX_SUBJECT_TOKEN + 1));
+        let err = exchange.authorization(&long).await.unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Refused(m) if m.contains("16 KiB")),
+            "{err}"
+        );
+        assert!(lock(&exchange.0.failures).is_empty());
+        let at_limit = CallerToken::new(&"a".repeat(MAX_SUBJECT_TOKEN));
+        let err = exchange.authorization(&at_limit).await.unwrap_err();
+        assert!(matches!(err, ClientError::Unavailable(_)), "asked: {err}");
     }
 
     #[test]

@@ -151,11 +151,12 @@ where
                 }
             };
             let path = req.uri().path();
-            // The `htu` of a DPoP proof: the URI without its query; the
-            // host a Kerberos ticket is for.
+            // The `htu` of a DPoP proof: the URI without its query, nor
+            // user-info (never sent on the wire: a password there would
+            // be, inside the proof); the host a Kerberos ticket is for.
             let (htu, host) = match (req.uri().scheme_str(), req.uri().authority(), origin) {
                 (Some(scheme), Some(authority), _) => (
-                    Some(format!("{scheme}://{authority}{path}")),
+                    Some(htu(scheme, authority.as_str(), path)),
                     req.uri().host().map(str::to_owned),
                 ),
                 (_, _, Some((origin, host))) => (Some(format!("{origin}{path}")), Some(host.to_string())),
@@ -173,5 +174,24 @@ where
             sent.answered(res.status(), res.headers())?;
             Ok(res)
         })
+    }
+}
+
+/// A DPoP proof's `htu` for a request to `scheme://authority/path`: without
+/// the authority's user-info, which is never sent on the wire.
+fn htu(scheme: &str, authority: &str, path: &str) -> String {
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    format!("{scheme}://{authority}{path}")
+}
+
+#[cfg(test)]
+mod htu_tests {
+    #[test]
+    fn a_proofs_uri_leaves_the_user_info_out() {
+        assert_eq!(
+            super::htu("https", "svc:s3cret@api.example:8443", "/x"),
+            "https://api.example:8443/x"
+        );
+        assert_eq!(super::htu("http", "api.example", "/"), "http://api.example/");
     }
 }

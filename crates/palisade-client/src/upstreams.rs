@@ -209,12 +209,15 @@ impl Credentials {
     }
 }
 
-/// A request's method and its URL without query or fragment (a DPoP
-/// proof's `htm` and `htu`).
+/// A request's method and its URL without query, fragment or user-info (a
+/// DPoP proof's `htm` and `htu`: a password in the URL, never sent on the
+/// wire, is not sent in the proof either).
 fn call_of(req: &reqwest::Request) -> (String, String) {
     let mut htu = req.url().clone();
     htu.set_query(None);
     htu.set_fragment(None);
+    let _ = htu.set_username("");
+    let _ = htu.set_password(None);
     (req.method().as_str().to_owned(), htu.into())
 }
 
@@ -448,6 +451,20 @@ impl Upstreams {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A DPoP proof's `htu` is the URL without query, fragment or user-info
+    /// (a password in the URL is never sent, in the proof either).
+    #[test]
+    fn a_proofs_uri_leaves_query_and_user_info_out() {
+        let req = reqwest::Request::new(
+            reqwest::Method::POST,
+            reqwest::Url::parse("https://svc:s3cret@api.example:8443/x?q=1#f").unwrap(),
+        );
+        assert_eq!(
+            call_of(&req),
+            ("POST".to_owned(), "https://api.example:8443/x".to_owned())
+        );
+    }
 
     /// A URL without a host gets no credential, not the `*` entry's.
     #[tokio::test]

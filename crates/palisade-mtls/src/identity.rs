@@ -279,10 +279,11 @@ fn verified_identity(leaf_der: &[u8]) -> Option<Identity> {
 /// the SNI and, for a client certificate rustls verified, the peer identity
 /// (parsed here, once per connection) and its chain. Both acceptors (axum,
 /// actix-web) call this.
-/// With the peer, the check of it at every request `tls` makes
-/// ([`ConnectionInfo::peer_recheck`]): a reload or the chain's expiry
-/// after the handshake refuses the connection's later requests; without
-/// one, the check of the mode in force (a switch to STRICT refuses them).
+/// With a client certificate, the check of its chain at every request
+/// `tls` makes ([`ConnectionInfo::peer_recheck`]): a reload or the chain's
+/// expiry after the handshake refuses the connection's later requests;
+/// without one, the check of the mode in force (a switch to STRICT
+/// refuses them).
 #[cfg(any(feature = "axum", feature = "actix"))]
 pub(crate) fn fill_from_session(
     info: &mut ConnectionInfo,
@@ -295,9 +296,10 @@ pub(crate) fn fill_from_session(
         Some(chain) if !chain.is_empty() => {
             info.peer = chain.first().and_then(|leaf| verified_identity(leaf));
             info.peer_certificates = chain.iter().map(|c| c.to_vec()).collect();
-            if info.peer.is_some() {
-                info.peer_recheck = Some(tls.peer_recheck(info.peer_certificates.clone()));
-            }
+            // Whether or not an identity was read from it: a chain the
+            // handshake verified is checked again at every request (a CRL
+            // reloaded since, its expiry).
+            info.peer_recheck = Some(tls.peer_recheck(info.peer_certificates.clone()));
         }
         // Without a certificate: still accepted while the mode in force
         // takes TLS without one.
