@@ -60,8 +60,9 @@ pub struct Args {
 ///
 /// With `--keytab`, the Kerberos library must find the keytab in
 /// `KRB5_KTNAME`, which it reads from the process environment: when that
-/// is not already set to the file, the program replaces itself (exec, same
-/// process id) with a copy that has it, before any thread starts.
+/// is not already set to the file (and `KRB5CCNAME` to a `MEMORY:` cache,
+/// for S4U's tickets), the program replaces itself (exec, same process id)
+/// with a copy that has it, before any thread starts.
 pub fn args(service: &str, port: u16) -> Args {
     let args = match parse(service, port, std::env::args().skip(1)) {
         Ok(a) => a,
@@ -72,7 +73,10 @@ pub fn args(service: &str, port: u16) -> Args {
             .unwrap_or_else(|e| fail(&format!("--keytab {}: {e}", keytab.display())));
         let want = format!("FILE:{}", path.display());
         let set = |var: &str| std::env::var(var).ok().as_deref() == Some(want.as_str());
-        if !set("KRB5_KTNAME") || !set("KRB5_CLIENT_KTNAME") {
+        // S4U's tickets in a cache of the process's own: not a shared
+        // one's principal, nor the service's ticket left for others.
+        let own_cache = std::env::var("KRB5CCNAME").is_ok_and(|c| c.starts_with("MEMORY:"));
+        if !set("KRB5_KTNAME") || !set("KRB5_CLIENT_KTNAME") || !own_cache {
             use std::os::unix::process::CommandExt;
             let exe = std::env::current_exe()
                 .unwrap_or_else(|e| fail(&format!("cannot re-execute for --keytab: {e}")));
@@ -81,6 +85,7 @@ pub fn args(service: &str, port: u16) -> Args {
                 .args(std::env::args_os().skip(1))
                 .env("KRB5_KTNAME", &want)
                 .env("KRB5_CLIENT_KTNAME", &want)
+                .env("KRB5CCNAME", "MEMORY:palisade")
                 .exec();
             fail(&format!("cannot re-execute for --keytab: {err}"));
         }

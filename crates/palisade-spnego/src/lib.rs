@@ -39,6 +39,7 @@
 //!   `WWW-Authenticate: Negotiate`; the GSSAPI error is logged at debug
 //!   level, never sent.
 
+mod rcache;
 mod session;
 mod token;
 
@@ -104,8 +105,11 @@ pub enum SpnegoError {
     /// or add an attribute to `Set-Cookie`.
     #[error("the session cookie's name {0:?} is refused: {rule}", rule = palisade_core::syntax::COOKIE_NAME_RULE)]
     SessionCookieName(String),
-    /// The environment turns MIT's replay cache off (`KRB5RCACHETYPE=none`
-    /// or `KRB5RCACHENAME=none:…`): a captured token could be replayed.
+    /// The environment (`KRB5RCACHETYPE=none`, `KRB5RCACHENAME=none:…`) or,
+    /// when it names no cache, the Kerberos profile (`[libdefaults]
+    /// default_rcache_name = none:` in `KRB5_CONFIG`'s files or
+    /// `/etc/krb5.conf`, or a file they include) turns MIT's replay cache
+    /// off: a captured token could be replayed.
     #[error("the Kerberos replay cache is off ({0}); Palisade does not accept Negotiate without it")]
     ReplayCacheOff(String),
     /// A token for an outbound call could not be made (no ticket for the
@@ -303,12 +307,9 @@ impl SpnegoAuthenticatorBuilder {
                 return Err(SpnegoError::SessionCookieName(s.name.clone()));
             }
         }
-        for var in ["KRB5RCACHETYPE", "KRB5RCACHENAME"] {
-            if let Ok(v) = std::env::var(var)
-                && v.trim().to_ascii_lowercase().starts_with("none")
-            {
-                return Err(SpnegoError::ReplayCacheOff(format!("{var}={v}")));
-            }
+        // Wherever MIT would read it: the environment, else the profile.
+        if let Some(off) = rcache::turned_off(&|var| std::env::var(var).ok()) {
+            return Err(SpnegoError::ReplayCacheOff(off));
         }
         let err = |e: libgssapi::error::Error| SpnegoError::Credentials {
             principal: self.service.clone(),
@@ -1035,7 +1036,12 @@ const NO_PROOF: &str =
 /// included), and sends it as `Authorization: Negotiate …`.
 ///
 /// The service's own credentials come from the client keytab
-/// (`KRB5_CLIENT_KTNAME`, or the default keytab). The KDC must allow it:
+/// (`KRB5_CLIENT_KTNAME`, or the profile's `default_client_keytab_name`),
+/// through the credentials cache (`KRB5CCNAME`): give the process a cache
+/// of its own, `KRB5CCNAME=MEMORY:palisade`, or whatever principal a
+/// shared cache holds is used instead, and the service's ticket-granting
+/// ticket is written there for other processes (`new` warns of any other
+/// cache). The KDC must allow it:
 /// the service principal needs `ok_to_auth_as_delegate` for S4U2Self, and
 /// to be allowed to delegate to the back-end for S4U2Proxy. MIT Kerberos
 /// with its default (DB2) database supports S4U2Self and S4U2Proxy to the
@@ -1051,6 +1057,17 @@ const NO_PROOF: &str =
 #[derive(Clone)]
 pub struct Impersonator {
     creds: Arc<Pool<Cred>>,
+}
+
+/// The credentials cache S4U calls would share with other processes (all
+/// but a `MEMORY:` one), described, from `KRB5CCNAME`.
+#[cfg(feature = "s4u")]
+fn shared_ccache(krb5ccname: Option<&str>) -> Option<String> {
+    match krb5ccname {
+        Some(name) if name.starts_with("MEMORY:") => None,
+        Some(name) => Some(format!("KRB5CCNAME={name}")),
+        None => Some("of the library's default (KRB5CCNAME unset: FILE:/tmp/krb5cc_UID, or a keyring or KCM collection)".to_owned()),
+    }
 }
 
 /// The most initiator credentials an [`Impersonator`] holds.
@@ -1075,6 +1092,12 @@ impl Impersonator {
             principal: None,
             message: e.to_string(),
         };
+        if let Some(cache) = shared_ccache(std::env::var("KRB5CCNAME").ok().as_deref()) {
+            palisade_core::config_warning!(
+                target: LOG_TARGET,
+                "S4U calls run as the principal of the Kerberos credentials cache {cache}, when it holds one (an operator's `kinit` under this user), not as the client keytab's, and the service's ticket-granting ticket is written there for every process of this user to use: set KRB5CCNAME=MEMORY:palisade (a cache of this process's own)"
+            );
+        }
         let cred = Self::acquire().map_err(err)?;
         Ok(Self {
             creds: Arc::new(Pool::new(cred.clone(), vec![cred])),
@@ -1360,6 +1383,18 @@ impl SpnegoAuthenticator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only a cache of the process's own keeps S4U to the keytab's
+    /// principal and its ticket to the process.
+    #[cfg(feature = "s4u")]
+    #[test]
+    fn s4u_warns_of_every_cache_but_the_processs_own() {
+        assert_eq!(shared_ccache(Some("MEMORY:palisade")), None);
+        for name in [Some("FILE:/tmp/krb5cc_1000"), Some("KCM:"), None] {
+            let said = shared_ccache(name).expect("a shared cache");
+            assert!(said.contains("KRB5CCNAME"), "{said}");
+        }
+    }
 
     /// Calls at once each take a credential no other holds (MIT locks a
     /// credential for a whole accept), share the spare past the pool's

@@ -1,0 +1,146 @@
+//! Whether the Kerberos library would run without a replay cache: the
+//! environment (`KRB5RCACHENAME`, `KRB5RCACHETYPE`) and, when it names
+//! none, the profile's `[libdefaults] default_rcache_name` (MIT 1.18+),
+//! in the order MIT reads them.
+
+use std::path::{Path, PathBuf};
+
+/// MIT's profile when `KRB5_CONFIG` names none.
+const DEFAULT_PROFILE: &str = "/etc/krb5.conf";
+/// How deep `include` and `includedir` are followed.
+const MAX_INCLUDE_DEPTH: usize = 8;
+
+/// Where the replay cache is turned off (`KRB5RCACHETYPE=none`,
+/// `default_rcache_name = none:` in FILE), or `None`. `env` reads the
+/// process environment.
+pub(crate) fn turned_off(env: &dyn Fn(&str) -> Option<String>) -> Option<String> {
+    // MIT: the cache's name from the environment, else its type from the
+    // environment, else the profile's name.
+    for var in ["KRB5RCACHENAME", "KRB5RCACHETYPE"] {
+        if let Some(v) = env(var) {
+            return is_none(&v).then(|| format!("{var}={v}"));
+        }
+    }
+    let files: Vec<PathBuf> = env("KRB5_CONFIG")
+        .unwrap_or_else(|| DEFAULT_PROFILE.to_owned())
+        .split(':')
+        .filter(|f| !f.is_empty())
+        .map(PathBuf::from)
+        .collect();
+    files.iter().find_map(|f| in_profile(f, 0))
+}
+
+fn is_none(name: &str) -> bool {
+    name.trim().to_ascii_lowercase().starts_with("none")
+}
+
+/// `default_rcache_name` of `[libdefaults]` in the profile file `file` (and
+/// the files it includes), when it turns the cache off. A file that cannot
+/// be read is one the library cannot read either.
+fn in_profile(file: &Path, depth: usize) -> Option<String> {
+    if depth > MAX_INCLUDE_DEPTH {
+        return None;
+    }
+    let text = std::fs::read_to_string(file).ok()?;
+    let mut libdefaults = false;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(path) = line.strip_prefix("includedir ") {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(path.trim())
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                // As MIT: names of letters, digits, `-` and `_`, or ending in `.conf`.
+                .filter(|p| {
+                    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                        n.ends_with(".conf")
+                            || n.bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                    })
+                })
+                .collect();
+            entries.sort();
+            if let Some(off) = entries.iter().find_map(|p| in_profile(p, depth + 1)) {
+                return Some(off);
+            }
+            continue;
+        }
+        if let Some(path) = line.strip_prefix("include ") {
+            if let Some(off) = in_profile(Path::new(path.trim()), depth + 1) {
+                return Some(off);
+            }
+            continue;
+        }
+        if let Some(section) = line.strip_prefix('[') {
+            libdefaults = section.trim_end_matches(']').trim() == "libdefaults";
+            continue;
+        }
+        if !libdefaults {
+            continue;
+        }
+        let Some((tag, value)) = line.split_once('=') else {
+            continue;
+        };
+        // `tag*` marks a relation final.
+        if tag.trim().trim_end_matches('*').trim() == "default_rcache_name" && is_none(value) {
+            return Some(format!(
+                "default_rcache_name = {} in {}",
+                value.trim(),
+                file.display()
+            ));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The replay cache turned off, as MIT reads it: the environment's
+    /// name, then its type, then the profile's name (through `include`).
+    #[test]
+    fn a_replay_cache_turned_off_anywhere_mit_looks_is_found() {
+        let dir = std::env::temp_dir().join(format!("palisade-rcache-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("conf.d")).unwrap();
+        let main = dir.join("krb5.conf");
+        let off = dir.join("conf.d").join("rcache.conf");
+        std::fs::write(&off, "[libdefaults]\n  default_rcache_name = none:\n").unwrap();
+        let profile = |text: &str| {
+            std::fs::write(&main, text).unwrap();
+            main.display().to_string()
+        };
+        let env = |vars: Vec<(&'static str, String)>| {
+            move |name: &str| vars.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone())
+        };
+        let on =
+            profile("[libdefaults]\n default_realm = EXAMPLE.TEST\n[realms]\n default_rcache_name = none:\n");
+        assert_eq!(turned_off(&env(vec![("KRB5_CONFIG", on.clone())])), None);
+        let off_here = profile("# a comment\n[libdefaults]\n\tdefault_rcache_name* = none:\n");
+        let found = turned_off(&env(vec![("KRB5_CONFIG", format!("/nonexistent:{off_here}"))])).unwrap();
+        assert!(found.contains("none:") && found.contains("krb5.conf"), "{found}");
+        // The environment's cache wins over the profile, as in MIT.
+        let named = env(vec![
+            ("KRB5_CONFIG", off_here.clone()),
+            ("KRB5RCACHENAME", "file2:/var/tmp/rc".into()),
+        ]);
+        assert_eq!(turned_off(&named), None);
+        let typed = env(vec![("KRB5RCACHETYPE", "none".into())]);
+        assert_eq!(turned_off(&typed).as_deref(), Some("KRB5RCACHETYPE=none"));
+        for include in [
+            format!("include {}\n", off.display()),
+            format!("includedir {}\n", dir.join("conf.d").display()),
+        ] {
+            let with = profile(&format!(
+                "{include}[libdefaults]\n default_realm = EXAMPLE.TEST\n"
+            ));
+            let found = turned_off(&env(vec![("KRB5_CONFIG", with)])).unwrap();
+            assert!(found.contains("rcache.conf"), "{found}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
