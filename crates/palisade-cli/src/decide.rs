@@ -187,6 +187,8 @@ pub(crate) struct Bench {
     sign_in: Option<SignInRoutes>,
     /// A document for the workload reads `destination.ip`.
     reads_destination_ip: bool,
+    /// A rule for the workload reads the host (`hosts`, `notHosts`).
+    reads_hosts: bool,
     /// The workload's mTLS mode when a `PeerAuthentication` sets it, and
     /// the ports its `portLevelMtls` set otherwise.
     mtls: Option<(MtlsMode, Vec<(u16, MtlsMode)>)>,
@@ -209,6 +211,7 @@ impl Bench {
         SignIn::check_policy(&policy)?;
         let sign_in = SignInRoutes::from_policy(&policy);
         let reads_destination_ip = reads_destination_ip(&policy);
+        let reads_hosts = reads_hosts(&policy);
         let mtls = match policy.peer_authentications().next() {
             None => None,
             Some(_) => {
@@ -234,6 +237,7 @@ impl Bench {
             jwt,
             sign_in,
             reads_destination_ip,
+            reads_hosts,
             mtls,
             unknown_audience,
         })
@@ -312,6 +316,14 @@ impl Bench {
                 )),
                 _ => {}
             }
+        }
+        // The host decides when a rule reads it, or where a request with
+        // an `Origin` started (another site's, without a host).
+        let from_origin = req.headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("origin"));
+        if head.read_host.get() && head.head.host().is_none() && (self.reads_hosts || from_origin) {
+            notes.push(format!(
+                "{w}: the request's host was read (a rule's hosts or notHosts, or where a request with an Origin started), and none was given: every HTTP/1.1 and HTTP/2 request carries one, so the service may answer otherwise; give it with --header host:NAME (`headers: {{host: NAME}}` in a case)"
+            ));
         }
         if head.read_remote.get() && req.source_ip.is_none() {
             notes.push(format!(
@@ -419,6 +431,7 @@ struct Observed {
     head: OwnedRequest,
     read_local: Cell<bool>,
     read_remote: Cell<bool>,
+    read_host: Cell<bool>,
 }
 
 impl Observed {
@@ -427,6 +440,7 @@ impl Observed {
             head,
             read_local: Cell::new(false),
             read_remote: Cell::new(false),
+            read_host: Cell::new(false),
         }
     }
 }
@@ -442,6 +456,7 @@ impl RequestHead for Observed {
         self.head.query()
     }
     fn host(&self) -> Option<&str> {
+        self.read_host.set(true);
         self.head.host()
     }
     fn header_value(&self, name: &str, index: usize) -> Option<&[u8]> {
@@ -464,6 +479,19 @@ impl RequestHead for Observed {
         self.read_local.set(true);
         self.head.local_addr()
     }
+}
+
+/// Whether a rule for the workload matches the request's host.
+fn reads_hosts(policy: &WorkloadPolicy<'_>) -> bool {
+    policy.documents().iter().any(|d| match &d.spec {
+        Spec::AuthorizationPolicy(p) => p
+            .rules
+            .iter()
+            .flatten()
+            .flat_map(|r| r.to.iter().flatten())
+            .any(|t| t.operation.hosts.is_some() || t.operation.not_hosts.is_some()),
+        _ => false,
+    })
 }
 
 /// Whether a document for the workload reads `destination.ip`.

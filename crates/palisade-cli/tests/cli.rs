@@ -661,6 +661,38 @@ fn a_policy_file_that_does_not_load_exits_1_with_one_line_for_every_subcommand()
 
 #[test]
 fn explain_says_what_it_takes_for_granted() {
+    // A rule on the host, and no host given: said (every request to a
+    // service carries one); with it, the answer the service gives.
+    let dir = Scratch::new("explain-host");
+    let hosts = dir.file(
+        "hosts.yaml",
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: by-host, namespace: default}
+spec:
+  rules: [{to: [{operation: {hosts: [details.shop.example]}}]}]
+",
+    );
+    let base = [
+        hosts.as_str(),
+        "--workload",
+        "default/details",
+        "--request",
+        "GET /x",
+    ];
+    let without = explain(&base);
+    assert_eq!(without["decision"], "deny", "{without}");
+    assert!(
+        notes(&without).iter().any(|n| n.contains("--header host:")),
+        "{without}"
+    );
+    let with = explain(&[&base[..], &["--header", "host:details.shop.example"]].concat());
+    assert_eq!(with["decision"], "allow", "{with}");
+    assert!(
+        notes(&with).iter().all(|n| !n.contains("--header host:")),
+        "{with}"
+    );
+
     // A fragment without an issuer: the service reads no token, the claims are ignored.
     let fragment = "examples/policies/allow-by-role.yaml";
     let bob = r#"{"iss": "https://keycloak.example/realms/bookinfo", "sub": "bob", "aud": "reviews"}"#;
