@@ -319,7 +319,10 @@ impl Bench {
         }
         // The host decides when a rule reads it, or where a request with
         // an `Origin` started (another site's, without a host).
-        let from_origin = req.headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("origin"));
+        let from_origin = req
+            .headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("origin"));
         if head.read_host.get() && head.head.host().is_none() && (self.reads_hosts || from_origin) {
             notes.push(format!(
                 "{w}: the request's host was read (a rule's hosts or notHosts, or where a request with an Origin started), and none was given: every HTTP/1.1 and HTTP/2 request carries one, so the service may answer otherwise; give it with --header host:NAME (`headers: {{host: NAME}}` in a case)"

@@ -211,7 +211,8 @@ pub struct Kerberos {
     calls: Arc<tokio::sync::Semaphore>,
     /// How many `calls` holds.
     concurrency: usize,
-    /// By service: until when calls fail at once, after one that timed out.
+    /// By service and caller's realm ([`resting_key`]): until when calls
+    /// fail at once, after one that timed out.
     resting: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
@@ -347,10 +348,8 @@ impl Kerberos {
             _ => return Err(ClientError::NoCallerToken),
         };
         let resting = || self.resting.lock().unwrap_or_else(PoisonError::into_inner);
-        if resting()
-            .get(&service)
-            .is_some_and(|until| Instant::now() < *until)
-        {
+        let key = resting_key(&service, caller.principal.as_deref());
+        if resting().get(&key).is_some_and(|until| Instant::now() < *until) {
             return Err(ClientError::Unavailable(
                 "the KDC did not answer a moment ago: no Kerberos ticket is asked for now".into(),
             ));
@@ -385,7 +384,7 @@ impl Kerberos {
         };
         match tokio::time::timeout_at(deadline, ticket).await {
             Ok(Some(Ok(h))) => {
-                resting().remove(&service);
+                resting().remove(&key);
                 Ok(h)
             }
             // No KDC reachable (refused at once, its name not resolved): an
@@ -410,8 +409,8 @@ impl Kerberos {
                     resting.retain(|_, until| *until > now);
                 }
                 // Set, not pushed further by the calls that were waiting.
-                if resting.len() < RESTING_MAX && resting.get(&service).is_none_or(|until| *until <= now) {
-                    resting.insert(service, now + self.kdc_timeout);
+                if resting.len() < RESTING_MAX && resting.get(&key).is_none_or(|until| *until <= now) {
+                    resting.insert(key, now + self.kdc_timeout);
                 }
                 Err(ClientError::Unavailable(format!(
                     "no Kerberos ticket for the upstream within {:?}: is the KDC reachable?",
@@ -422,12 +421,37 @@ impl Kerberos {
     }
 }
 
+/// What a call that timed out rests: calls to `service` for callers of the
+/// same realm (`alice@EXAMPLE.TEST`'s `EXAMPLE.TEST`; a delegated ticket's
+/// caller, of no known realm, its own). A caller of a trusted realm whose
+/// KDC does not answer (a ticket for them needs it) holds up that realm's
+/// callers, not every user's.
+fn resting_key(service: &str, caller: Option<&str>) -> String {
+    let realm = caller
+        .and_then(|p| p.rsplit_once('@'))
+        .map_or("", |(_, realm)| realm);
+    format!("{service}\0{realm}")
+}
+
 /// The most services remembered as not answered; past it, none more.
 const RESTING_MAX: usize = 256;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A KDC that does not answer for one realm's callers rests that
+    /// realm's calls to the service only.
+    #[test]
+    fn a_realm_that_does_not_answer_rests_its_own_callers_only() {
+        let key = |caller| resting_key("HTTP@backend.example.test", caller);
+        assert_eq!(key(Some("alice@EXAMPLE.TEST")), key(Some("bob@EXAMPLE.TEST")));
+        assert_ne!(key(Some("eve@EVIL.TEST")), key(Some("alice@EXAMPLE.TEST")));
+        assert_ne!(
+            resting_key("HTTP@other.example.test", Some("alice@EXAMPLE.TEST")),
+            key(Some("alice@EXAMPLE.TEST"))
+        );
+    }
     use crate::{CallerToken, Credentials};
 
     #[test]
