@@ -39,7 +39,7 @@
 //!   `WWW-Authenticate: Negotiate`; the GSSAPI error is logged at debug
 //!   level, never sent.
 
-mod rcache;
+mod profile;
 mod session;
 mod token;
 
@@ -308,7 +308,8 @@ impl SpnegoAuthenticatorBuilder {
             }
         }
         // Wherever MIT would read it: the environment, else the profile.
-        if let Some(off) = rcache::turned_off(&|var| std::env::var(var).ok()) {
+        let env = |var: &str| std::env::var(var).ok();
+        if let Some(off) = profile::replay_cache_off(&env) {
             return Err(SpnegoError::ReplayCacheOff(off));
         }
         let err = |e: libgssapi::error::Error| SpnegoError::Credentials {
@@ -356,6 +357,7 @@ impl SpnegoAuthenticatorBuilder {
                 .map(|s| s.bound_to(self.service.as_deref().unwrap_or("HTTP@"))),
             stats: Stats::default(),
             local_names: LocalNames::default(),
+            skew: profile::clock_skew(&env),
         })))
     }
 }
@@ -476,6 +478,8 @@ struct Inner {
     session: Option<SessionCookie>,
     stats: Stats,
     local_names: LocalNames,
+    /// The clock skew MIT's acceptor adds to a context's lifetime.
+    skew: Duration,
 }
 
 /// The HTTP Negotiate (SPNEGO/Kerberos) authenticator. Cloning is an `Arc`
@@ -501,16 +505,13 @@ fn refused(detail: &'static str) -> AuthOutcome {
     ))
 }
 
-/// MIT's clock skew (`clockskew`, five minutes unless `krb5.conf` says
-/// otherwise), which its acceptor adds to a context's lifetime.
-const ACCEPTOR_SKEW: Duration = Duration::from_secs(300);
-
 /// How long the ticket behind an accepted context has left: the context's
-/// lifetime less the clock skew MIT's acceptor adds to it
-/// (`krb5_gss_inquire_context`), so that a session cookie sealed with it
+/// lifetime less the clock skew MIT's acceptor adds to it (`clockskew`,
+/// five minutes unless the profile says otherwise;
+/// `krb5_gss_inquire_context`), so that a session cookie sealed with it
 /// never outlives the ticket.
-fn ticket_left(context_lifetime: Duration) -> Duration {
-    context_lifetime.saturating_sub(ACCEPTOR_SKEW)
+fn ticket_left(context_lifetime: Duration, skew: Duration) -> Duration {
+    context_lifetime.saturating_sub(skew)
 }
 
 /// The most acceptor credentials an authenticator holds (one per GSSAPI
@@ -639,6 +640,7 @@ fn accept(
     token: &[u8],
     http_only: bool,
     local_names: Option<&LocalNames>,
+    skew: Duration,
 ) -> Result<Accepted, String> {
     let mut ctx = ServerCtx::new(Some(cred));
     let out = ctx.step(token, None).map_err(|e| e.to_string())?;
@@ -676,7 +678,7 @@ fn accept(
         principal,
         local_name,
         mutual: out.map(|b| b.to_vec()),
-        lifetime: ticket_left(info.lifetime),
+        lifetime: ticket_left(info.lifetime, skew),
         delegated: ctx.take_delegated_cred(),
     })
 }
@@ -1273,7 +1275,7 @@ impl Authenticator for SpnegoAuthenticator {
             let local_names = (self.0.allowed_realms.len() != 1).then_some(&self.0.local_names);
             let in_flight = InFlight::start();
             let (cred, lent) = self.0.cred.take();
-            let result = accept(cred.clone(), &token, self.0.http_only, local_names);
+            let result = accept(cred.clone(), &token, self.0.http_only, local_names, self.0.skew);
             self.0.cred.give(cred, lent);
             drop((in_flight, permit, here));
             return Check::Ready(self.accepted(result, started));
@@ -1320,7 +1322,7 @@ impl Authenticator for SpnegoAuthenticator {
                 let _held = (in_flight, permit);
                 let local_names = (inner.allowed_realms.len() != 1).then_some(&inner.local_names);
                 let (cred, lent) = inner.cred.take();
-                let result = accept(cred.clone(), &token, inner.http_only, local_names);
+                let result = accept(cred.clone(), &token, inner.http_only, local_names, inner.skew);
                 inner.cred.give(cred, lent);
                 result
             })
@@ -1420,16 +1422,25 @@ mod tests {
     /// grace has nothing left to seal a cookie with.
     #[test]
     fn the_ticket_left_is_the_context_lifetime_without_the_acceptors_skew() {
+        let skew = Duration::from_secs(300);
         assert_eq!(
-            ticket_left(Duration::from_secs(36_000)),
+            ticket_left(Duration::from_secs(36_000), skew),
             Duration::from_secs(35_700)
         );
-        assert_eq!(ticket_left(Duration::from_secs(300)), Duration::ZERO);
-        assert_eq!(ticket_left(Duration::from_secs(120)), Duration::ZERO);
+        assert_eq!(ticket_left(Duration::from_secs(300), skew), Duration::ZERO);
+        assert_eq!(ticket_left(Duration::from_secs(120), skew), Duration::ZERO);
+        assert_eq!(
+            ticket_left(Duration::from_secs(1800), Duration::from_secs(900)),
+            Duration::from_secs(900)
+        );
         let cookie = SessionCookie::new("palisade_negotiate").key(1, &[7; 32]).unwrap();
         assert!(
             cookie
-                .seal("alice@EXAMPLE.TEST", None, ticket_left(Duration::from_secs(200)))
+                .seal(
+                    "alice@EXAMPLE.TEST",
+                    None,
+                    ticket_left(Duration::from_secs(200), skew)
+                )
                 .is_none(),
             "no cookie for a ticket within the skew's grace"
         );

@@ -1,19 +1,23 @@
-//! Whether the Kerberos library would run without a replay cache: the
-//! environment (`KRB5RCACHENAME`, `KRB5RCACHETYPE`) and, when it names
-//! none, the profile's `[libdefaults] default_rcache_name` (MIT 1.18+),
-//! in the order MIT reads them.
+//! What the Kerberos library's profile (`KRB5_CONFIG`'s files, else
+//! `/etc/krb5.conf`, and what they include) says that Palisade must know:
+//! whether the replay cache is off (with the environment, in the order MIT
+//! reads them), and the clock skew the acceptor allows.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// MIT's profile when `KRB5_CONFIG` names none.
 const DEFAULT_PROFILE: &str = "/etc/krb5.conf";
 /// How deep `include` and `includedir` are followed.
 const MAX_INCLUDE_DEPTH: usize = 8;
 
+/// MIT's clock skew when the profile sets none (`clockskew`).
+const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(300);
+
 /// Where the replay cache is turned off (`KRB5RCACHETYPE=none`,
-/// `default_rcache_name = none:` in FILE), or `None`. `env` reads the
+/// `default_rcache_name = none: in FILE`), or `None`. `env` reads the
 /// process environment.
-pub(crate) fn turned_off(env: &dyn Fn(&str) -> Option<String>) -> Option<String> {
+pub(crate) fn replay_cache_off(env: &dyn Fn(&str) -> Option<String>) -> Option<String> {
     // MIT: the cache's name from the environment, else its type from the
     // environment, else the profile's name.
     for var in ["KRB5RCACHENAME", "KRB5RCACHETYPE"] {
@@ -21,23 +25,37 @@ pub(crate) fn turned_off(env: &dyn Fn(&str) -> Option<String>) -> Option<String>
             return is_none(&v).then(|| format!("{var}={v}"));
         }
     }
-    let files: Vec<PathBuf> = env("KRB5_CONFIG")
+    let (value, file) = libdefault(env, "default_rcache_name")?;
+    is_none(&value).then(|| format!("default_rcache_name = {value} in {}", file.display()))
+}
+
+/// The clock skew MIT's acceptor allows (`[libdefaults] clockskew`, in
+/// seconds; 300 when unset or not a number, as MIT reads it), which it
+/// adds to an accepted context's lifetime.
+pub(crate) fn clock_skew(env: &dyn Fn(&str) -> Option<String>) -> Duration {
+    libdefault(env, "clockskew")
+        .and_then(|(value, _)| value.parse().ok())
+        .map_or(DEFAULT_CLOCK_SKEW, Duration::from_secs)
+}
+
+/// The first value of the `[libdefaults]` relation `tag` in the profile's
+/// files, with the file it is in.
+fn libdefault(env: &dyn Fn(&str) -> Option<String>, tag: &str) -> Option<(String, PathBuf)> {
+    env("KRB5_CONFIG")
         .unwrap_or_else(|| DEFAULT_PROFILE.to_owned())
         .split(':')
         .filter(|f| !f.is_empty())
-        .map(PathBuf::from)
-        .collect();
-    files.iter().find_map(|f| in_profile(f, 0))
+        .find_map(|f| in_profile(Path::new(f), tag, 0))
 }
 
 fn is_none(name: &str) -> bool {
     name.trim().to_ascii_lowercase().starts_with("none")
 }
 
-/// `default_rcache_name` of `[libdefaults]` in the profile file `file` (and
-/// the files it includes), when it turns the cache off. A file that cannot
-/// be read is one the library cannot read either.
-fn in_profile(file: &Path, depth: usize) -> Option<String> {
+/// The value of the `[libdefaults]` relation `tag` in the profile file
+/// `file` (and the files it includes), with the file it is in. A file that
+/// cannot be read is one the library cannot read either.
+fn in_profile(file: &Path, tag: &str, depth: usize) -> Option<(String, PathBuf)> {
     if depth > MAX_INCLUDE_DEPTH {
         return None;
     }
@@ -64,14 +82,14 @@ fn in_profile(file: &Path, depth: usize) -> Option<String> {
                 })
                 .collect();
             entries.sort();
-            if let Some(off) = entries.iter().find_map(|p| in_profile(p, depth + 1)) {
-                return Some(off);
+            if let Some(found) = entries.iter().find_map(|p| in_profile(p, tag, depth + 1)) {
+                return Some(found);
             }
             continue;
         }
         if let Some(path) = line.strip_prefix("include ") {
-            if let Some(off) = in_profile(Path::new(path.trim()), depth + 1) {
-                return Some(off);
+            if let Some(found) = in_profile(Path::new(path.trim()), tag, depth + 1) {
+                return Some(found);
             }
             continue;
         }
@@ -82,16 +100,12 @@ fn in_profile(file: &Path, depth: usize) -> Option<String> {
         if !libdefaults {
             continue;
         }
-        let Some((tag, value)) = line.split_once('=') else {
+        let Some((name, value)) = line.split_once('=') else {
             continue;
         };
-        // `tag*` marks a relation final.
-        if tag.trim().trim_end_matches('*').trim() == "default_rcache_name" && is_none(value) {
-            return Some(format!(
-                "default_rcache_name = {} in {}",
-                value.trim(),
-                file.display()
-            ));
+        // `name*` marks a relation final.
+        if name.trim().trim_end_matches('*').trim() == tag {
+            return Some((value.trim().to_owned(), file.to_owned()));
         }
     }
     None
@@ -119,18 +133,19 @@ mod tests {
         };
         let on =
             profile("[libdefaults]\n default_realm = EXAMPLE.TEST\n[realms]\n default_rcache_name = none:\n");
-        assert_eq!(turned_off(&env(vec![("KRB5_CONFIG", on.clone())])), None);
+        assert_eq!(replay_cache_off(&env(vec![("KRB5_CONFIG", on.clone())])), None);
         let off_here = profile("# a comment\n[libdefaults]\n\tdefault_rcache_name* = none:\n");
-        let found = turned_off(&env(vec![("KRB5_CONFIG", format!("/nonexistent:{off_here}"))])).unwrap();
+        let found =
+            replay_cache_off(&env(vec![("KRB5_CONFIG", format!("/nonexistent:{off_here}"))])).unwrap();
         assert!(found.contains("none:") && found.contains("krb5.conf"), "{found}");
         // The environment's cache wins over the profile, as in MIT.
         let named = env(vec![
             ("KRB5_CONFIG", off_here.clone()),
             ("KRB5RCACHENAME", "file2:/var/tmp/rc".into()),
         ]);
-        assert_eq!(turned_off(&named), None);
+        assert_eq!(replay_cache_off(&named), None);
         let typed = env(vec![("KRB5RCACHETYPE", "none".into())]);
-        assert_eq!(turned_off(&typed).as_deref(), Some("KRB5RCACHETYPE=none"));
+        assert_eq!(replay_cache_off(&typed).as_deref(), Some("KRB5RCACHETYPE=none"));
         for include in [
             format!("include {}\n", off.display()),
             format!("includedir {}\n", dir.join("conf.d").display()),
@@ -138,9 +153,33 @@ mod tests {
             let with = profile(&format!(
                 "{include}[libdefaults]\n default_realm = EXAMPLE.TEST\n"
             ));
-            let found = turned_off(&env(vec![("KRB5_CONFIG", with)])).unwrap();
+            let found = replay_cache_off(&env(vec![("KRB5_CONFIG", with)])).unwrap();
             assert!(found.contains("rcache.conf"), "{found}");
         }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The acceptor's clock skew is the profile's `clockskew`, 300 s
+    /// without one.
+    #[test]
+    fn the_clock_skew_is_the_profiles() {
+        let dir = std::env::temp_dir().join(format!("palisade-clockskew-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let skew = |text: &str| {
+            let file = dir.join("krb5.conf");
+            std::fs::write(&file, text).unwrap();
+            let path = file.display().to_string();
+            clock_skew(&move |name: &str| (name == "KRB5_CONFIG").then(|| path.clone()))
+        };
+        assert_eq!(
+            skew("[libdefaults]\n clockskew = 900\n"),
+            Duration::from_secs(900)
+        );
+        assert_eq!(
+            skew("[libdefaults]\n default_realm = EXAMPLE.TEST\n"),
+            DEFAULT_CLOCK_SKEW
+        );
+        assert_eq!(skew("[realms]\n clockskew = 900\n"), DEFAULT_CLOCK_SKEW);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
