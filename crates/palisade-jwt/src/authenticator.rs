@@ -689,6 +689,9 @@ impl JwtAuthenticatorBuilder {
                 }
                 sources.push((dpop_source, bearer));
                 let algs: Vec<String> = settings.algorithms.iter().map(|a| format!("{a:?}")).collect();
+                if !settings.replay_store.shared() {
+                    tracing::info!(target: LOG, "DPoP proofs are remembered by this process only: with several replicas, a captured proof can be used once at each; share a replay store (JwtSettings dpop.replayStore: redis://…)");
+                }
                 let verifier =
                     DpopVerifier::new(settings).map_err(|e| ConfigError::OutOfRange(format!("DPoP: {e}")))?;
                 let origin = match (self.dpop_origin, &self.resource_metadata) {
@@ -2729,6 +2732,50 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    /// DPoP with a replay store of this process only is said at start-up
+    /// (replicas do not share it); with a shared store, nothing is.
+    #[test]
+    fn a_replay_store_of_one_process_is_said_at_start_up() {
+        if !palisade_testkit::in_a_process_of_its_own(
+            "authenticator::tests::a_replay_store_of_one_process_is_said_at_start_up",
+        ) {
+            return;
+        }
+        struct Shared;
+        impl crate::dpop::ReplayStore for Shared {
+            fn first_use(&self, _: &[u8; 32], _: u64) -> Check<Result<bool, crate::dpop::ReplayStoreError>> {
+                Check::Ready(Ok(true))
+            }
+        }
+        let issuer = palisade_testkit::TestIssuer::start().unwrap();
+        let jwks = issuer.jwks().to_string();
+        let (lines, subscriber) = palisade_testkit::logs::Lines::subscriber("info");
+        let said = "remembered by this process only";
+        tracing::subscriber::with_default(subscriber, || {
+            let build = |settings: DpopSettings| {
+                JwtAuthenticator::builder()
+                    .provider(
+                        Provider::builder(issuer.issuer())
+                            .audience("api")
+                            .jwks_inline(jwks.clone())
+                            .build()
+                            .unwrap(),
+                    )
+                    .dpop(settings)
+                    .dpop_origin("https://api.example")
+                    .build()
+                    .unwrap()
+            };
+            build(DpopSettings::default());
+            assert_eq!(lines.containing(said).len(), 1);
+            build(DpopSettings {
+                replay_store: Arc::new(Shared),
+                ..DpopSettings::default()
+            });
+            assert_eq!(lines.containing(said).len(), 1, "not for a shared store");
+        });
+    }
 
     /// `unprovable`, asked before a DPoP proof is checked, refuses exactly
     /// the tokens `bound_to` refuses after it with a matching proof, for

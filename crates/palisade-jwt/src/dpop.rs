@@ -448,6 +448,13 @@ pub trait ReplayStore: Send + Sync {
     /// the `jti` (the thumbprint has a fixed length, so no two pairs share
     /// a key): a `jti` reused by another key is not a replay.
     fn first_use(&self, key: &[u8; 32], expires_at: u64) -> Check<Result<bool, ReplayStoreError>>;
+
+    /// Whether other processes share what this store records (the
+    /// default); a store of one process says `false`, and an authenticator
+    /// using it says at start-up that replicas do not share it.
+    fn shared(&self) -> bool {
+        true
+    }
 }
 
 /// Why a [`ReplayStore`] could not answer.
@@ -585,6 +592,11 @@ impl fmt::Debug for MemoryReplayStore {
 }
 
 impl ReplayStore for MemoryReplayStore {
+    /// One process's.
+    fn shared(&self) -> bool {
+        false
+    }
+
     fn first_use(&self, key: &[u8; 32], expires_at: u64) -> Check<Result<bool, ReplayStoreError>> {
         Check::Ready(Ok(self.first_use_at(key, expires_at, unix_now())))
     }

@@ -528,6 +528,7 @@ fn dpop(
                 )
             }
             None => {
+                tracing::info!(target: "palisade::jwt", "DPoP nonces are made with a key of this process's own: replicas behind one load balancer refuse each other's nonces (clients are asked for a new one); give them one file (JwtSettings dpop.nonceSecretFile)");
                 // One nonce key per process: a reload keeps the nonces handed out valid.
                 static NONCES: OnceLock<Option<NonceSource>> = OnceLock::new();
                 NONCES
