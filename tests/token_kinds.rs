@@ -1384,13 +1384,8 @@ spec:
     )
 }
 
-/// Two replicas (two guards from one policy file, as two processes would
-/// build them) that share a Redis replay store: a proof used at one is
-/// refused at the other, on both frameworks; a Redis that stops answering
-/// refuses proofs with a clear reason within the command timeout.
-#[actix_web::test]
-async fn replicas_sharing_a_redis_replay_store_refuse_each_others_used_proofs() {
-    let mut redis = palisade::testkit::redis::RedisServer::start().unwrap();
+/// An issuer for `details`, a DPoP key, and alice's token bound to it.
+fn alice_bound_for_details() -> (TestIssuer, DpopKey, String) {
     let idp = TestIssuer::builder().default_audience("details").start().unwrap();
     let key = DpopKey::generate().unwrap();
     let token = idp
@@ -1398,6 +1393,17 @@ async fn replicas_sharing_a_redis_replay_store_refuse_each_others_used_proofs() 
         .subject("alice")
         .claim("cnf", serde_json::json!({"jkt": key.thumbprint()}))
         .sign();
+    (idp, key, token)
+}
+
+/// Two replicas (two guards from one policy file, as two processes would
+/// build them) that share a Redis replay store: a proof used at one is
+/// refused at the other, on both frameworks; a Redis that stops answering
+/// refuses proofs with a clear reason within the command timeout.
+#[actix_web::test]
+async fn replicas_sharing_a_redis_replay_store_refuse_each_others_used_proofs() {
+    let mut redis = palisade::testkit::redis::RedisServer::start().unwrap();
+    let (idp, key, token) = alice_bound_for_details();
     let yaml = dpop_policy(&idp, "details", &format!("{{replayStore: '{}'}}", redis.url()));
     let replica = || {
         let set = PolicySet::from_yaml_str(&yaml, "replicas.yaml").unwrap();
@@ -1472,13 +1478,7 @@ async fn replicas_given_one_nonce_secret_file_accept_each_others_nonces() {
         file("b", &secret_b),
         file("short", &"c".repeat(31)),
     );
-    let idp = TestIssuer::builder().default_audience("details").start().unwrap();
-    let key = DpopKey::generate().unwrap();
-    let token = idp
-        .token()
-        .subject("alice")
-        .claim("cnf", serde_json::json!({"jkt": key.thumbprint()}))
-        .sign();
+    let (idp, key, token) = alice_bound_for_details();
     let yaml = |dpop: &str| dpop_policy(&idp, "details", dpop);
     let replica = |secret_file: &str| {
         let yaml = yaml(&format!(
