@@ -1294,8 +1294,11 @@ impl JwtAuthenticator {
                 TokenSource::Query(param) => {
                     if let Some(q) = req.query() {
                         for pair in q.split('&') {
+                            // The name as an application's query parser
+                            // reads it (`access%5Ftoken` is `access_token`):
+                            // a second token under an encoded name is one.
                             if let Some((k, v)) = pair.split_once('=')
-                                && k == param
+                                && (k == param || (k.contains(['%', '+']) && percent_decode(k) == *param))
                             {
                                 count += 1;
                                 first.get_or_insert((i, v.as_bytes(), true));
@@ -3170,6 +3173,45 @@ mod tests {
             .unwrap()
             .block_on(elsewhere.verify(&token));
         assert!(matches!(verified, Err(JwtError::WrongLocation)), "{verified:?}");
+    }
+
+    /// A second token in the query under a percent-encoded name
+    /// (`access%5Ftoken`, which an application's query parser reads as
+    /// `access_token`) is a second token (`400`), not left unverified.
+    #[test]
+    fn a_query_token_under_an_encoded_name_is_a_token() {
+        use palisade_core::authn::OwnedRequest;
+        let issuer = palisade_testkit::TestIssuer::builder()
+            .default_audience("api")
+            .start()
+            .unwrap();
+        let jwt = JwtAuthenticator::builder()
+            .provider(
+                Provider::builder(issuer.issuer())
+                    .audience("api")
+                    .jwks_inline(issuer.jwks().to_string())
+                    .source(TokenSource::Query("access_token".into()))
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        let token = issuer.token().subject("alice").sign();
+        let one = OwnedRequest::get(&format!("/x?access_token={token}"));
+        assert!(matches!(
+            jwt.authenticate(&one),
+            Check::Ready(AuthOutcome::Authenticated(_))
+        ));
+        let alone = OwnedRequest::get(&format!("/x?access%5Ftoken={token}"));
+        assert!(matches!(
+            jwt.authenticate(&alone),
+            Check::Ready(AuthOutcome::Authenticated(_))
+        ));
+        let two = OwnedRequest::get(&format!("/x?access_token={token}&access%5Ftoken=forged"));
+        let Check::Ready(AuthOutcome::Rejected(r)) = jwt.authenticate(&two) else {
+            panic!("a second token under an encoded name taken")
+        };
+        assert_eq!(r.status(), 400);
     }
 
     /// Two keys fit a token that names no `kid` (an issuer rotating keys

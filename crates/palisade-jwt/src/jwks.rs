@@ -74,7 +74,10 @@ pub(crate) fn family_allows(family: Family, alg: Algorithm) -> bool {
 #[derive(Default)]
 pub(crate) struct KeySet {
     pub(crate) keys: Vec<Arc<VerifyKey>>,
-    by_kid: HashMap<String, usize, foldhash::fast::RandomState>,
+    /// Each `kid`'s keys, in the set's order: one issuer may publish one
+    /// `kid` for several algorithms (Keycloak derives the `kid` from the
+    /// key, so one key in an RS256 and a PS256 provider is two entries).
+    by_kid: HashMap<String, Vec<usize>, foldhash::fast::RandomState>,
     /// The key that answers to any `kid`: an HMAC secret configured without one.
     any_kid: Option<usize>,
     /// Whether a fetch (or a static configuration) ever produced this set.
@@ -87,15 +90,18 @@ const MAX_SIGNERS_TRIED: usize = 4;
 
 impl KeySet {
     pub(crate) fn new(keys: Vec<VerifyKey>) -> Self {
-        let mut by_kid = HashMap::default();
-        let mut kept = Vec::new();
+        let mut by_kid: HashMap<String, Vec<usize>, _> = HashMap::default();
+        let mut kept: Vec<Arc<VerifyKey>> = Vec::new();
         for k in keys {
             if let Some(kid) = &k.kid {
-                if by_kid.contains_key(kid) {
+                let same = by_kid.entry(kid.clone()).or_default();
+                // Two keys of one `kid` that take the same algorithms: the
+                // first, as a token naming the `kid` could not tell them.
+                if same.iter().any(|&i: &usize| same_algorithms(&kept[i], &k)) {
                     tracing::debug!(target: LOG, kid = %kid, "duplicate kid in key set: first kept");
                     continue;
                 }
-                by_kid.insert(kid.clone(), kept.len());
+                same.push(kept.len());
             }
             kept.push(Arc::new(k));
         }
@@ -131,11 +137,16 @@ impl KeySet {
         };
         match kid {
             Some(_) if self.by_kid.is_empty() && self.any_kid.is_none() => only_fit(),
-            Some(kid) => self
-                .by_kid
-                .get(kid)
-                .or(self.any_kid.as_ref())
-                .map(|&i| &self.keys[i]),
+            Some(kid) => match self.by_kid.get(kid) {
+                // The key of the `kid` that takes `alg`; else its first, for
+                // the refusal to name the algorithm.
+                Some(same) => same
+                    .iter()
+                    .map(|&i| &self.keys[i])
+                    .find(|k| k.allows(alg))
+                    .or_else(|| same.first().map(|&i| &self.keys[i])),
+                None => self.any_kid.map(|i| &self.keys[i]),
+            },
             None => only_fit(),
         }
     }
@@ -171,11 +182,32 @@ impl KeySet {
             Some(kid) => self
                 .by_kid
                 .get(kid)
-                .is_some_and(|&i| self.keys[i].fingerprint == fingerprint),
+                .is_some_and(|same| same.iter().any(|&i| self.keys[i].fingerprint == fingerprint)),
             None => self.keys.iter().any(|k| k.fingerprint == fingerprint),
         }
     }
 }
+
+/// Whether two keys take the same algorithms.
+fn same_algorithms(a: &VerifyKey, b: &VerifyKey) -> bool {
+    ALL_ALGORITHMS.iter().all(|&alg| a.allows(alg) == b.allows(alg))
+}
+
+/// Every algorithm a key may take.
+const ALL_ALGORITHMS: [Algorithm; 12] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+    Algorithm::HS256,
+    Algorithm::HS384,
+    Algorithm::HS512,
+];
 
 fn fingerprint(parts: &[&str]) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -997,6 +1029,33 @@ mod tests {
     }
 
     const RSA_N: &str = "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw";
+
+    /// One `kid` for one key in two algorithms (Keycloak's RS256 and PS256
+    /// providers of one imported key): a token of either finds the key
+    /// that takes its algorithm. Two entries of one `kid` for the same
+    /// algorithms keep the first.
+    #[test]
+    fn a_kid_published_for_two_algorithms_finds_the_one_a_token_names() {
+        let key =
+            |alg: &str| serde_json::json!({"kty": "RSA", "kid": "k", "alg": alg, "n": RSA_N, "e": "AQAB"});
+        let set = parse_jwks(
+            "https://idp",
+            serde_json::json!({"keys": [key("RS256"), key("PS256"), key("RS256")]})
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(set.keys.len(), 2, "the second RS256 entry is a duplicate");
+        for alg in [Algorithm::RS256, Algorithm::PS256] {
+            let found = set.find(Some("k"), alg).expect("a key");
+            assert!(found.allows(alg), "{alg:?}");
+        }
+        let refused = set
+            .find(Some("k"), Algorithm::ES256)
+            .expect("the kid's first, for the refusal");
+        assert!(!refused.allows(Algorithm::ES256));
+        assert!(set.still_has(Some("k"), set.keys[1].fingerprint));
+    }
 
     /// A server on loopback answering every request with `answer`; the
     /// count of requests it got.
