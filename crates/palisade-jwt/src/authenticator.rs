@@ -1215,7 +1215,7 @@ impl JwtAuthenticator {
             .cloned();
         let key = match found {
             Some(k) => k,
-            None => match store.wait_for_key(parsed.kid.as_deref(), parsed.alg).await {
+            None => match store.wait_for_key(parsed.kid.as_deref(), parsed.alg, None).await {
                 Ok(k) => k,
                 // Several keys of the set fetched meanwhile fit: the signer.
                 Err(JwtError::UnknownKey) => store
@@ -1245,7 +1245,8 @@ impl JwtAuthenticator {
                 alg,
                 provider,
                 tenant,
-            } => self.finish(found, kid, alg, provider, tenant).await,
+                failed,
+            } => self.finish(found, kid, alg, provider, tenant, failed).await,
             Step::Introspect {
                 found,
                 providers,
@@ -1377,17 +1378,31 @@ impl JwtAuthenticator {
         match key {
             Some(key) => {
                 let key = key.clone();
-                Step::Done(self.verify_with(&found, parsed, &key, provider, tenant.as_ref()))
+                let only_fit = !keys.found_by_kid(kid);
+                let kid = parsed.jws.kid.clone();
+                match self.verify_with(&found, parsed, &key, provider, tenant.as_ref()) {
+                    // The only key that fits a token naming none: a key the
+                    // issuer published since may have signed it.
+                    Err(JwtError::BadSignature) if only_fit => Step::Wait {
+                        found,
+                        kid,
+                        alg,
+                        provider,
+                        tenant,
+                        failed: Some(key.fingerprint),
+                    },
+                    done => Step::Done(done),
+                }
             }
             None => {
                 let kid = parsed.jws.kid.clone();
-                let alg = parsed.jws.alg;
                 Step::Wait {
                     found,
                     kid,
                     alg,
                     provider,
                     tenant,
+                    failed: None,
                 }
             }
         }
@@ -1724,9 +1739,10 @@ impl JwtAuthenticator {
         alg: Algorithm,
         provider: usize,
         tenant: Option<Arc<Tenant>>,
+        failed: Option<u64>,
     ) -> Result<Authenticated, JwtError> {
         let store = self.store_of(provider, tenant.as_deref());
-        let waited = store.wait_for_key(kid.as_deref(), alg).await;
+        let waited = store.wait_for_key(kid.as_deref(), alg, failed).await;
         let parsed = parse(&found.token, self.0.max_token_size)?;
         // Several keys of the set fetched meanwhile fit a token that names
         // none: the one that signed it.
@@ -2059,6 +2075,11 @@ enum Step<'r> {
         alg: Algorithm,
         provider: usize,
         tenant: Option<Arc<Tenant>>,
+        /// The fingerprint of the key the token was taken for and whose
+        /// signature did not check: the only key of the set that fits a
+        /// token naming no `kid` (the issuer may have begun signing with a
+        /// key published since).
+        failed: Option<u64>,
     },
 }
 
@@ -2083,12 +2104,14 @@ impl Step<'_> {
                 alg,
                 provider,
                 tenant,
+                failed,
             } => Step::Wait {
                 found: found.into_owned(),
                 kid,
                 alg,
                 provider,
                 tenant,
+                failed,
             },
         }
     }
@@ -3246,6 +3269,30 @@ mod tests {
         // token after start-up, a new tenant's): after the fetch.
         let fetched = for_api(&issuer, |p| p.jwks_uri(issuer.jwks_uri()));
         assert!(accepts(&fetched, &unnamed), "verified once the keys are fetched");
+    }
+
+    /// An issuer whose one key (named by no token) is joined by a new one
+    /// it signs with: the first token of the new key is verified once the
+    /// set is fetched again, rather than refused by the old key's signature
+    /// until the next scheduled fetch (minutes, or a day's `max-age`).
+    #[test]
+    fn a_key_published_since_is_fetched_for_a_token_the_only_fitting_key_did_not_sign() {
+        let issuer = palisade_testkit::TestIssuer::builder()
+            .default_audience("api")
+            .start()
+            .unwrap();
+        let fetch = crate::FetchSettings {
+            min_refresh_interval: Duration::from_millis(1),
+            ..crate::FetchSettings::default()
+        };
+        let jwt = for_api(&issuer, |p| p.jwks_uri(issuer.jwks_uri()).fetch_settings(fetch));
+        let old = issuer.token().subject("alice").kid(None).sign();
+        assert!(accepts(&jwt, &old), "the first key's");
+        let fetches = issuer.jwks_fetches();
+        issuer.rotate_key();
+        let new = issuer.token().subject("alice").kid(None).sign();
+        assert!(accepts(&jwt, &new), "the new key's, once fetched");
+        assert_eq!(issuer.jwks_fetches(), fetches + 1);
     }
 
     /// An RSA key published with a zero octet before its modulus or

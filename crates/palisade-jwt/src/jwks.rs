@@ -176,6 +176,12 @@ impl KeySet {
             .find(|k| signed(k))
     }
 
+    /// Whether [`find`](Self::find) takes a token naming `kid` by its
+    /// `kid` (not as the only key that fits).
+    pub(crate) fn found_by_kid(&self, kid: Option<&str>) -> bool {
+        kid.is_some() && !(self.by_kid.is_empty() && self.any_kid.is_none())
+    }
+
     /// Whether this exact key (kid and material) is still in the set.
     pub(crate) fn still_has(&self, kid: Option<&str>, fingerprint: u64) -> bool {
         match kid {
@@ -505,8 +511,15 @@ impl KeyStore {
         &self,
         kid: Option<&str>,
         alg: Algorithm,
+        failed: Option<u64>,
     ) -> Result<Arc<VerifyKey>, crate::JwtError> {
         let wait = self.settings.unknown_kid_wait;
+        // A key whose signature did not check is no answer.
+        let find = |set: &KeySet| {
+            set.find(kid, alg)
+                .filter(|k| Some(k.fingerprint) != failed)
+                .cloned()
+        };
         let unknown = || {
             if self.current.load().loaded {
                 crate::JwtError::UnknownKey
@@ -526,8 +539,8 @@ impl KeyStore {
         let seen = *rx.borrow_and_update();
         // The request missed the key earlier; a fetch may have brought it
         // since (another request's), and the next may be far off.
-        if let Some(k) = self.current.load().find(kid, alg) {
-            return Ok(k.clone());
+        if let Some(k) = find(&self.current.load()) {
+            return Ok(k);
         }
         if !self.fetched {
             return Err(unknown());
@@ -542,7 +555,7 @@ impl KeyStore {
             // start within the wait: answer now rather than hold the
             // request, from the set of a fetch that ended since the look
             // above, if one did.
-            return self.current.load().find(kid, alg).cloned().ok_or_else(unknown);
+            return find(&self.current.load()).ok_or_else(unknown);
         }
         // A fetch already under way may have started before the key was
         // published: only the one after it is sure to see it.
@@ -554,8 +567,8 @@ impl KeyStore {
                 if rx.changed().await.is_err() {
                     return None;
                 }
-                if let Some(k) = self.current.load().find(kid, alg) {
-                    return Some(k.clone());
+                if let Some(k) = find(&self.current.load()) {
+                    return Some(k);
                 }
                 // The fetch that would have brought the key has ended
                 // without it (the key is not published, or the fetch
