@@ -901,8 +901,12 @@ impl Share<Compiled> {
                 Ok(p) => p,
                 Err(e) => return Check::Ready(malformed_path(req, &e)),
             }
-        } else {
+        } else if crate::authz::is_request_path(req.path()) {
             Cow::Borrowed(req.path())
+        } else {
+            // Whatever the policy reads: a router's fallback (a file
+            // server) may serve `admin/x` as `/admin/x`.
+            return Check::Ready(malformed_path(req, &"the request path does not begin with `/`"));
         };
         // The mTLS peer, verified at the handshake, comes with the
         // connection, and is checked again if the trust material changed
@@ -2458,6 +2462,50 @@ spec:
         assert_eq!(answer(&paths), 400, "not a denial to authenticate for");
         // A policy that reads no path decides whatever the path holds.
         assert_eq!(answer(&AccessPolicy::require_authenticated()), 200);
+        // Routed on a path whose normal form another route takes: the
+        // policy, which would decide for that form, refuses it (as the
+        // guard does after routing), where it allows the normal form.
+        let yaml = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: public}\nspec: {rules: [{to: [{operation: {paths: [/public/*]}}]}]}\n";
+        let set = crate::policy::PolicySet::from_yaml_str(yaml, "route.yaml").unwrap();
+        let public =
+            AccessPolicy::compile(&set.for_workload(&crate::policy::Workload::new("details", "default")))
+                .unwrap();
+        let route =
+            |path: &str| match crate::adapter::authorize_route(&public, Some(admitted.auth()), &req(path)) {
+                Check::Ready(Ok(())) => 200,
+                Check::Ready(Err(reply)) => reply.status(),
+                Check::Pending(_) => panic!("nothing to wait for"),
+            };
+        assert_eq!(route("/public/x"), 200);
+        assert_eq!(route("/admin/../public/x"), 400);
+        assert_eq!(route("/admin/%2e%2e/public/x"), 400);
+        assert_eq!(route("public/x"), 400, "no `/`");
+    }
+
+    /// A path that does not begin with `/` (an HTTP/2 `:path` of
+    /// `admin/x`, which h2 and hyper pass on) is refused `400` whatever
+    /// the policy reads: a `DENY` on `/admin/*` would not match it, and a
+    /// router's fallback (a file server) may serve it as `/admin/x`.
+    /// `OPTIONS *` and an empty path (`CONNECT`) are no such path.
+    #[test]
+    fn a_path_that_does_not_begin_with_a_slash_is_refused() {
+        let deny_admin = {
+            let yaml = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: admin}\nspec: {action: DENY, rules: [{to: [{operation: {paths: [/admin/*]}}]}]}\n";
+            let set = crate::policy::PolicySet::from_yaml_str(yaml, "deny.yaml").unwrap();
+            AccessPolicy::compile(&set.for_workload(&crate::policy::Workload::new("details", "default")))
+                .unwrap()
+        };
+        for policy in [deny_admin, AccessPolicy::allow_all()] {
+            let guard = Guard::builder().access_policy(policy).build().unwrap();
+            let status = |req: OwnedRequest| match guard.check(&req) {
+                Check::Ready(Decision::Allow(_)) => 200,
+                Check::Ready(Decision::Deny(r)) => r.status(),
+                _ => panic!("nothing to wait for"),
+            };
+            assert_eq!(status(OwnedRequest::get("admin/secret")), 400);
+            assert_eq!(status(OwnedRequest::get("/public")), 200);
+            assert_eq!(status(OwnedRequest::new("OPTIONS", "*")), 200);
+        }
     }
 
     /// A route policy's refusal that waits (a `CUSTOM` policy asking its

@@ -1367,3 +1367,11 @@ fn settings(w: &WorkloadPolicy<'_>) -> Result<AuthzSettings, PolicyError> {
 
 #[cfg(test)]
 mod tests;
+
+/// Whether `path` is a request path a server may hand on: `/…`, `*`
+/// (`OPTIONS *`) or empty (`CONNECT`'s authority form). An HTTP/2 `:path`
+/// such as `admin/x`, which h2 and hyper pass on, is none.
+#[inline]
+pub(crate) fn is_request_path(path: &str) -> bool {
+    path.starts_with('/') || path == "*" || path.is_empty()
+}

@@ -48,6 +48,10 @@ pub enum EscapedSlashes {
 pub(crate) enum PathError {
     BadEscape,
     EscapedSlash,
+    /// Neither `/…`, `*` (`OPTIONS *`) nor empty (`CONNECT`'s authority
+    /// form): an HTTP/2 `:path` such as `admin/x`, which h2 and hyper pass
+    /// on, and a router's fallback (a file server) may still serve.
+    NotAbsolute,
 }
 
 impl PathError {
@@ -55,6 +59,7 @@ impl PathError {
         match self {
             PathError::BadEscape => "the request path has a malformed percent-escape",
             PathError::EscapedSlash => "the request path has an encoded slash or a backslash",
+            PathError::NotAbsolute => "the request path does not begin with `/`",
         }
     }
 }
@@ -327,7 +332,15 @@ fn decode_escapes(path: &str, escaped: EscapedSlashes, raw: Raw) -> Result<Strin
 /// Normalises a request path (without its query).
 pub(crate) fn normalize(path: &str, escaped: EscapedSlashes) -> Result<Cow<'_, str>, PathError> {
     let bytes = path.as_bytes();
-    if !bytes.starts_with(b"/") || is_normal(bytes) {
+    if !bytes.starts_with(b"/") {
+        // RFC 9113 §8.3.1, RFC 9112 §3.2: an origin-form path begins
+        // with `/`; the others are `OPTIONS *` and `CONNECT`'s authority.
+        return match path {
+            "*" | "" => Ok(Cow::Borrowed(path)),
+            _ => Err(PathError::NotAbsolute),
+        };
+    }
+    if is_normal(bytes) {
         return Ok(Cow::Borrowed(path));
     }
     Ok(Cow::Owned(resolve(&decode_escapes(path, escaped, Raw::Escaped)?)))
