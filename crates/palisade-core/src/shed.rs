@@ -31,13 +31,40 @@ where
         map.clear();
         return;
     }
-    let (_, &mut last, _) = dues.select_nth_unstable(count - 1);
-    let mut left = count;
-    map.retain(|_, v| {
-        let keep = left == 0 || due(v) > last;
-        if !keep {
-            left -= 1;
+    let (before, &mut last, _) = dues.select_nth_unstable(count - 1);
+    // Every entry due before `last` goes; of those due at `last`, as many
+    // as make up `count` (not the first met, which could be all of them
+    // before an earlier one is reached).
+    let mut at_last = count - before.iter().filter(|&&d| d < last).count();
+    map.retain(|_, v| match due(v).cmp(&last) {
+        std::cmp::Ordering::Less => false,
+        std::cmp::Ordering::Greater => true,
+        std::cmp::Ordering::Equal if at_last > 0 => {
+            at_last -= 1;
+            false
         }
-        keep
+        std::cmp::Ordering::Equal => true,
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Entries due at the cut-off met before an earlier one do not take
+    /// its place: the earliest always go.
+    #[test]
+    fn the_earliest_go_whatever_order_the_map_holds_them_in() {
+        for seed in 0..64_u64 {
+            let state = std::hash::RandomState::new();
+            let mut map: HashMap<String, u64, _> = HashMap::with_hasher(state);
+            for (k, d) in [("a", 5), ("b", 5), ("c", 3), ("d", 9)] {
+                map.insert(format!("{k}{seed}"), d);
+            }
+            shed_soonest(&mut map, 2, |&d| d);
+            let mut left: Vec<u64> = map.into_values().collect();
+            left.sort_unstable();
+            assert_eq!(left, [5, 9], "the entry due at 3 went, and one at 5");
+        }
+    }
 }
