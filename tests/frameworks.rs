@@ -1184,7 +1184,7 @@ kind: AuthorizationPolicy
 metadata: {name: no-api-admin}
 spec:
   action: DENY
-  rules: [{to: [{operation: {paths: [\"/api/admin*\"]}}]}]
+  rules: [{to: [{operation: {paths: [\"/api/admin*\", /api/]}}]}]
 ";
     let set = PolicySet::from_yaml_str(yaml, "nested.yaml").unwrap();
     let guard = palisade::guard_from_policy(&set, &Workload::new("details", "default")).unwrap();
@@ -1195,11 +1195,30 @@ spec:
     let actix = actix_web::test::init_service(
         App::new().service(
             web::scope("/api")
-                .wrap(palisade::actix::Palisade::new(guard))
+                .wrap(palisade::actix::Palisade::new(guard.clone()))
                 .default_service(web::to(|| async { HttpResponse::Ok().body("ok") })),
         ),
     )
     .await;
+    // Under `nest_service`, `/api/` and `/api` (both handed on as `/`)
+    // are told apart, as an actix-web scope tells them.
+    let service = axum::Router::new().nest_service(
+        "/api",
+        tower::Layer::layer(
+            &palisade::axum::PalisadeLayer::new(guard.clone()),
+            tower::service_fn(|_req: http::Request<Body>| async {
+                Ok::<_, std::convert::Infallible>(axum::response::IntoResponse::into_response("ok"))
+            }),
+        ),
+    );
+    for (path, status) in [("/api/", 403), ("/api", 200), ("/api/admin", 403)] {
+        let req = http::Request::get(path).body(Body::empty()).unwrap();
+        let res = service.clone().oneshot(req).await.unwrap();
+        assert_eq!(res.status().as_u16(), status, "axum nest_service {path}");
+        let req = actix_web::test::TestRequest::get().uri(path).to_request();
+        let res = actix_web::test::call_service(&actix, req).await;
+        assert_eq!(res.status().as_u16(), status, "actix-web {path}");
+    }
     for (path, status) in [("/api/admin", 403), ("/api/admin/x", 403), ("/api/list", 200)] {
         let req = http::Request::get(path).body(Body::empty()).unwrap();
         let res = app.clone().oneshot(req).await.unwrap();

@@ -227,6 +227,15 @@ impl<'a, B> HttpHead<'a, B> {
             return Err(Rendering::of(&Self::as_sent(req)).render(reply));
         }
         let path = match req.uri().path() {
+            // axum hands `/api` and `/api/` alike to the nested service as
+            // `/`: the request's own tells them apart.
+            "/" if req
+                .extensions()
+                .get::<axum::extract::OriginalUri>()
+                .is_some_and(|o| o.path().ends_with('/')) =>
+            {
+                format!("{prefix}/")
+            }
             "/" => prefix.to_owned(),
             rest => format!("{prefix}{rest}"),
         };
