@@ -1205,17 +1205,24 @@ impl JwtAuthenticator {
         }
         let store = self.store_of(provider, tenant.as_deref());
         let keys = store.keys();
-        let found = keys
-            .find(parsed.kid.as_deref(), parsed.alg)
-            .or_else(|| {
-                keys.signer(parsed.kid.as_deref(), parsed.alg, |k| {
-                    check_signature(parsed.message, parsed.signature, parsed.alg, k).is_ok()
-                })
-            })
-            .cloned();
+        let signed = |k: &VerifyKey| check_signature(parsed.message, parsed.signature, parsed.alg, k).is_ok();
+        let mut failed = None;
+        let found = match keys.find(parsed.kid.as_deref(), parsed.alg) {
+            // The only key that fits a token naming none, which it did not
+            // sign: a key the issuer published since may have (as `step`).
+            Some(k) if !keys.found_by_kid(parsed.kid.as_deref()) && !signed(k) => {
+                failed = Some(k.fingerprint);
+                None
+            }
+            Some(k) => Some(k.clone()),
+            None => keys.signer(parsed.kid.as_deref(), parsed.alg, signed).cloned(),
+        };
         let key = match found {
             Some(k) => k,
-            None => match store.wait_for_key(parsed.kid.as_deref(), parsed.alg, None).await {
+            None => match store
+                .wait_for_key(parsed.kid.as_deref(), parsed.alg, failed)
+                .await
+            {
                 Ok(k) => k,
                 // Several keys of the set fetched meanwhile fit: the signer.
                 Err(JwtError::UnknownKey) => store
@@ -3285,14 +3292,31 @@ mod tests {
             min_refresh_interval: Duration::from_millis(1),
             ..crate::FetchSettings::default()
         };
-        let jwt = for_api(&issuer, |p| p.jwks_uri(issuer.jwks_uri()).fetch_settings(fetch));
+        let jwt = for_api(&issuer, |p| {
+            p.jwks_uri(issuer.jwks_uri()).fetch_settings(fetch.clone())
+        });
+        // `verify_jws` (an ID token's, a logout token's) alike, with a key
+        // store of its own (other settings).
+        let own = crate::FetchSettings {
+            timeout: Duration::from_secs(4),
+            ..fetch.clone()
+        };
+        let jws = for_api(&issuer, |p| p.jwks_uri(issuer.jwks_uri()).fetch_settings(own));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let old = issuer.token().subject("alice").kid(None).sign();
         assert!(accepts(&jwt, &old), "the first key's");
+        assert!(rt.block_on(jws.verify_jws(issuer.issuer(), &old)).is_ok());
         let fetches = issuer.jwks_fetches();
         issuer.rotate_key();
         let new = issuer.token().subject("alice").kid(None).sign();
         assert!(accepts(&jwt, &new), "the new key's, once fetched");
         assert_eq!(issuer.jwks_fetches(), fetches + 1);
+        let verified = rt.block_on(jws.verify_jws(issuer.issuer(), &new));
+        assert!(verified.is_ok(), "{verified:?}");
+        assert_eq!(issuer.jwks_fetches(), fetches + 2, "its own store fetched");
     }
 
     /// An RSA key published with a zero octet before its modulus or
