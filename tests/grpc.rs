@@ -223,7 +223,7 @@ async fn ratings_over_mutual_tls_knows_the_calling_workload() {
             .unwrap();
         let addr = svc.addr.clone();
         let connector = tower::service_fn(move |_: http::Uri| {
-            let (tls, addr) = (tls.connector(), addr.clone());
+            let (tls, addr) = (tls.h2_connector(), addr.clone());
             async move {
                 let tcp = tokio::net::TcpStream::connect(addr).await?;
                 let name = tokio_rustls::rustls::pki_types::ServerName::try_from("ratings").unwrap();

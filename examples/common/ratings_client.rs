@@ -66,7 +66,7 @@ impl Ratings {
             let route = tls.for_host(&host, port);
             let name = route.sni().unwrap_or(&host).to_owned();
             let connector_tls = match route.transport() {
-                UpstreamTransport::Tls(tls) => Some(tls.connector()),
+                UpstreamTransport::Tls(tls) => Some(tls.h2_connector()),
                 UpstreamTransport::Plaintext if parsed.scheme() == "http" => None,
                 _ => {
                     return Err(bad(

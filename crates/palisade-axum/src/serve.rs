@@ -95,8 +95,16 @@ use crate::BodyLimitLayer;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often an HTTP/2 peer is pinged, and how long it has to answer.
 const H2_KEEP_ALIVE: Duration = Duration::from_secs(20);
-/// Concurrent HTTP/2 streams per connection.
-const H2_MAX_STREAMS: u32 = 256;
+/// Concurrent HTTP/2 streams per connection: hyper's default (each may
+/// hold a body up to the body limit while it waits).
+const H2_MAX_STREAMS: u32 = 200;
+/// The largest HTTP/2 header list (HPACK-decoded) a request may bring:
+/// hyper's default, 16 KiB, is less than a session's cookies may be
+/// (browser sign-in seals a session in up to eight cookies of 3800 bytes
+/// before it keeps it in the store), and a request over it is refused
+/// before Palisade runs, so the user could not even log out. HTTP/1.1's
+/// head takes hyper's ~400 KiB.
+const H2_MAX_HEADER_LIST: u32 = 64 * 1024;
 
 /// What happens to an accepted connection before HTTP is spoken on it: a
 /// TLS handshake (`palisade-mtls` implements it), or nothing ([`Plain`]).
@@ -370,7 +378,8 @@ where
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(H2_KEEP_ALIVE))
         .keep_alive_timeout(H2_KEEP_ALIVE)
-        .max_concurrent_streams(H2_MAX_STREAMS);
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_header_list_size(H2_MAX_HEADER_LIST);
     Serving {
         conn: http
             .serve_connection_with_upgrades(TokioIo::new(io), svc)
@@ -1541,6 +1550,27 @@ mod tests {
         // Idle past the timeout: a GOAWAY, so the client knows to open
         // another connection rather than lose a request to a reset.
         ends_with_goaway(client, connection, "the idle connection").await;
+    }
+
+    /// A browser sign-in's session in eight cookies of 3800 bytes reaches
+    /// the application over HTTP/2 (hyper's 16 KiB header list would refuse
+    /// it before Palisade runs, and the user could not even log out).
+    #[tokio::test]
+    async fn an_http2_request_with_a_whole_sessions_cookies_is_served() {
+        let app = Router::new().route("/", get(|| async { "hi" }));
+        let addr = serve_app(app, ServerLimits::default()).await;
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+        let connection = tokio::spawn(connection);
+        let mut client = client.ready().await.unwrap();
+        let mut request = Request::get("http://x/");
+        for i in 0..8 {
+            request = request.header("cookie", format!("palisade_session_{i}={}", "a".repeat(3800)));
+        }
+        let (answer, _) = client.send_request(request.body(()).unwrap(), true).unwrap();
+        assert_eq!(answer.await.unwrap().status(), 200);
+        drop(client);
+        connection.abort();
     }
 
     /// An HTTP/2 connection to `addr` with `GET path` sent on it: the
