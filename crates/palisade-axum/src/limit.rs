@@ -121,7 +121,7 @@ where
         // request, a gRPC status to a gRPC call.
         let rendering = Rendering::of(&HttpHead::as_sent(&req));
         let limit = self.limits.max_body();
-        let late = Arc::new(AtomicBool::new(false));
+        let late = Arc::new(BodyFlags::default());
         let timer = BodyTimer::new(&self.limits);
         let mut req = if rendering == Rendering::Grpc {
             // Limited and timed too, unless routed to a service that
@@ -171,7 +171,16 @@ struct Liftable {
     /// The limit and clock, until the first read decides.
     limits: Option<(usize, BodyTimer)>,
     lifted: Arc<AtomicBool>,
-    late: Arc<AtomicBool>,
+    late: Arc<BodyFlags>,
+}
+
+/// What became of a request's body as it was read, for the answer: it
+/// came too slowly (`late`), or passed the limit (`over`: a gRPC service
+/// answers that `UNKNOWN`, in a 200, not 413).
+#[derive(Default)]
+struct BodyFlags {
+    late: AtomicBool,
+    over: AtomicBool,
 }
 
 impl http_body::Body for Liftable {
@@ -290,7 +299,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: B,
         timer: BodyTimer,
-        late: Arc<AtomicBool>,
+        late: Arc<BodyFlags>,
     }
 }
 
@@ -314,11 +323,19 @@ where
                 {
                     this.timer.received(data.len());
                 }
-                Poll::Ready(frame.map(|f| f.map_err(|e| unwrapped(e.into()))))
+                Poll::Ready(frame.map(|f| {
+                    f.map_err(|e| {
+                        let e = unwrapped(e.into());
+                        if e.is::<http_body_util::LengthLimitError>() {
+                            this.late.over.store(true, Ordering::Relaxed);
+                        }
+                        e
+                    })
+                }))
             }
             Poll::Pending => match this.timer.poll_late(cx) {
                 Some(late) => {
-                    this.late.store(true, Ordering::Relaxed);
+                    this.late.late.store(true, Ordering::Relaxed);
                     Poll::Ready(Some(Err(late.into())))
                 }
                 None => Poll::Pending,
@@ -349,7 +366,7 @@ pin_project_lite::pin_project! {
         Inner {
             #[pin]
             fut: F,
-            late: Option<Arc<AtomicBool>>,
+            late: Option<Arc<BodyFlags>>,
             limits: ServerLimits,
             rendering: Rendering,
         },
@@ -380,12 +397,16 @@ where
                     reply(rendering.render(keeping_cookies(limit, cookies)))
                 };
                 // Whatever the app answered a body it could not read in time.
-                if late.as_ref().is_some_and(|l| l.load(Ordering::Relaxed)) {
+                if late.as_ref().is_some_and(|l| l.late.load(Ordering::Relaxed)) {
                     return Poll::Ready(Ok(instead(limits.body_too_slow())));
                 }
                 // A gRPC call's body over the limit (its declared length is
-                // checked as it is read): a gRPC status, not axum's 413.
-                if *rendering == Rendering::Grpc && res.status() == http::StatusCode::PAYLOAD_TOO_LARGE {
+                // checked as it is read): a gRPC status, not axum's 413,
+                // nor the `UNKNOWN` tonic makes of the error.
+                let over = late.as_ref().is_some_and(|l| l.over.load(Ordering::Relaxed));
+                if *rendering == Rendering::Grpc
+                    && (over || res.status() == http::StatusCode::PAYLOAD_TOO_LARGE)
+                {
                     return Poll::Ready(Ok(instead(limits.body_too_large())));
                 }
                 Poll::Ready(Ok(res.map(ResponseBody::inner)))
@@ -409,6 +430,25 @@ mod tests {
 
     /// A body that never sends a byte.
     struct Stalled;
+
+    /// A body of this many 8-byte chunks, of no declared length.
+    struct Chunks(u8);
+
+    impl http_body::Body for Chunks {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            if self.0 == 0 {
+                return Poll::Ready(None);
+            }
+            self.0 -= 1;
+            Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from_static(b"xxxxxxxx")))))
+        }
+    }
 
     impl http_body::Body for Stalled {
         type Data = Bytes;
@@ -506,6 +546,36 @@ mod tests {
         assert_eq!(res.status(), 408);
         assert_eq!(res.headers()["set-cookie"], "s=new; Path=/; HttpOnly");
         assert_eq!(res.headers()["cache-control"], "private");
+    }
+
+    /// A gRPC service answers a body over the limit as tonic does (200,
+    /// `grpc-status: 2`, UNKNOWN, from the body's error): the answer is
+    /// `RESOURCE_EXHAUSTED` (8), as for a body refused before the service.
+    #[tokio::test]
+    async fn a_grpc_services_own_answer_to_a_body_over_the_limit_is_resource_exhausted() {
+        let limits = ServerLimits::default().body_limit(10);
+        let tonic_like = tower::service_fn(|req: Request<Body>| async move {
+            let status = match req.into_body().collect().await {
+                Ok(_) => "0",
+                Err(_) => "2",
+            };
+            let mut res = axum::response::Response::new(Body::empty());
+            res.headers_mut().insert("grpc-status", status.parse().unwrap());
+            Ok::<_, std::convert::Infallible>(res)
+        });
+        let app = BodyLimitLayer::new(limits).layer(tonic_like);
+        // Chunked: no declared length, the limit is met as it is read.
+        let req = request("POST", "application/grpc")
+            .body(Body::new(Chunks(4)))
+            .unwrap();
+        let res = app.clone().oneshot(req).await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.headers()["grpc-status"], "8");
+        let req = request("POST", "application/grpc")
+            .body(Body::from("small"))
+            .unwrap();
+        let res = app.oneshot(req).await.unwrap();
+        assert_eq!(res.headers()["grpc-status"], "0");
     }
 
     #[tokio::test]
