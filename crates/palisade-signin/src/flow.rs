@@ -1097,6 +1097,22 @@ impl SignIn {
         let previous_chunks = self.sealer(secure).raw(req).chunks();
         let this = self.clone();
         Check::pending(async move {
+            // The state once (RFC 9700 §2.1): its cookie, cleared in the
+            // browser only, would let a copy send any number of codes to
+            // the issuer with the client's credentials. A store that cannot
+            // say leaves the cookie's binding to stand alone.
+            let once = format!("login-state:{}", URL_SAFE_NO_PAD.encode(sha256_of(&state.state)));
+            if let Ok(false) = this
+                .0
+                .store
+                .use_once(&once, Duration::from_secs(LOGIN_STATE_TTL))
+                .await
+            {
+                return with_cookies(
+                    problem(400, "this sign-in was already completed: start again"),
+                    clear_state,
+                );
+            }
             match this
                 .finish_sign_in(&metadata, code, state, secure, previous_chunks)
                 .await
@@ -3905,6 +3921,61 @@ mod tests {
             };
             assert_eq!(reply.status(), 502, "{jwks:?}: {reply:?}");
         }
+    }
+
+    /// A sign-in's state is used once: a copy of its cookie and callback
+    /// sent again (with other codes) is refused before the issuer is
+    /// asked, whose token endpoint each would call with the client's
+    /// credentials.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sign_ins_state_is_used_once() {
+        let issuer = palisade_testkit::TestIssuer::builder()
+            .public_client("shop")
+            .start()
+            .unwrap();
+        let key = CookieKey::new("k1", &[1; 32]).unwrap();
+        let sign_in = SignIn::builder(issuer.issuer(), "shop")
+            .keys(vec![key])
+            .build()
+            .unwrap();
+        discovered(&sign_in).await;
+        let login = sign_in.login(&OwnedRequest::get("/login").header("host", "app.test"));
+        let location = login
+            .headers()
+            .find(|(n, _)| *n == "location")
+            .unwrap()
+            .1
+            .to_owned();
+        let state = location
+            .split("state=")
+            .nth(1)
+            .unwrap()
+            .split('&')
+            .next()
+            .unwrap()
+            .to_owned();
+        let cookie = login
+            .headers()
+            .filter(|(n, v)| *n == "set-cookie" && v.starts_with("palisade_session_login_"))
+            .map(|(_, v)| v.split(';').next().unwrap().to_owned())
+            .collect::<Vec<_>>()
+            .join("; ");
+        let asked = issuer.token_requests();
+        let iss = issuer.issuer().replace(':', "%3A").replace('/', "%2F");
+        let mut answers = Vec::new();
+        for code in ["c1", "c2", "c3"] {
+            let callback =
+                OwnedRequest::get(&format!("/oauth2/callback?code={code}&state={state}&iss={iss}"))
+                    .header("host", "app.test")
+                    .header("cookie", cookie.clone());
+            let reply = match sign_in.callback(&callback) {
+                Check::Ready(r) => r,
+                Check::Pending(f) => f.await,
+            };
+            answers.push(reply.status());
+        }
+        assert_eq!(answers, [400, 400, 400]);
+        assert_eq!(issuer.token_requests(), asked + 1, "the issuer is asked once");
     }
 
     /// An issuer that grants access tokens for less than `refresh_before`
