@@ -2315,7 +2315,17 @@ impl SignIn {
         let one_by_one = |sub: Option<&str>| {
             sub.is_none_or(|sub| !self.0.endings.one_more(sub, now(), c.absolute_timeout.as_secs()))
         };
+        // An issuer that does not say its ID tokens carry `sid` (Back-Channel
+        // Logout 2.1) may have signed sessions in without one: a token
+        // naming both ends the subject's sessions, which the `sid` alone
+        // would not find (2.7: by `iss` and `sub` and/or `sid`).
+        let sid_in_id_tokens = self
+            .0
+            .issuer
+            .metadata()
+            .is_some_and(|m| m.backchannel_logout_session_supported);
         let revocation = match (sid, sub) {
+            (Some(_), Some(sub)) if !sid_in_id_tokens => self.subject_ended(sub),
             (Some(sid), sub) if one_by_one(sub) => Revocation::Sid {
                 issuer: c.issuer.clone(),
                 sid: sid.to_owned(),
@@ -3409,6 +3419,51 @@ mod tests {
             store.is_revoked(&alices).unwrap(),
             "every session of alice's begun before it"
         );
+    }
+
+    /// A logout token naming both `sid` and `sub` from an issuer that does
+    /// not say its ID tokens carry `sid`: the subject's sessions end, a
+    /// session signed in without a `sid` too, which the `sid` alone would
+    /// not find; from one that does, the `sid`'s alone (another of the
+    /// user's browsers stays signed in).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_logout_naming_sid_and_sub_finds_sessions_without_a_sid_where_they_may_be() {
+        for sid_in_id_tokens in [false, true] {
+            let issuer = palisade_testkit::TestIssuer::builder()
+                .backchannel_logout_session(sid_in_id_tokens)
+                .start()
+                .unwrap();
+            let store = Arc::new(MemoryStore::new());
+            let sign_in = SignIn::builder(issuer.issuer(), "shop")
+                .keys(vec![CookieKey::new("k1", &[1; 32]).unwrap()])
+                .store(store.clone())
+                .build()
+                .unwrap();
+            discovered(&sign_in).await;
+            let body = format!(
+                "logout_token={}",
+                issuer
+                    .logout_token()
+                    .audience("shop")
+                    .subject("alice")
+                    .claim("sid", serde_json::json!("idp-7"))
+                    .sign()
+            );
+            assert_eq!(sign_in.backchannel_logout(body.as_bytes()).await, Ok(()));
+            let session = |sid| crate::store::SessionRef {
+                id: "s1",
+                issuer: issuer.issuer(),
+                subject: "alice",
+                sid,
+                created: UNIX_EPOCH + Duration::from_millis(now_ms() - 1000),
+            };
+            assert!(store.is_revoked(&session(Some("idp-7"))).unwrap());
+            assert_eq!(
+                store.is_revoked(&session(None)).unwrap(),
+                !sid_in_id_tokens,
+                "a session without a sid (sid in ID tokens: {sid_in_id_tokens})"
+            );
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

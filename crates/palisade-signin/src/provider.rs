@@ -31,6 +31,11 @@ pub(crate) struct Metadata {
     pub(crate) authorization_response_iss_parameter_supported: bool,
     #[serde(default)]
     pub(crate) code_challenge_methods_supported: Option<Vec<String>>,
+    /// Back-Channel Logout 2.1: the issuer's ID tokens carry `sid` (and its
+    /// logout tokens name it). Without it, a session may have no `sid` to
+    /// be found by.
+    #[serde(default)]
+    pub(crate) backchannel_logout_session_supported: bool,
 }
 
 /// The token endpoint's answer.

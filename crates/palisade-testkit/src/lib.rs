@@ -518,6 +518,8 @@ struct State {
     users: HashMap<String, User>,
     /// Whether authorization responses carry `iss` (RFC 9207).
     iss_parameter: bool,
+    /// Whether discovery says ID tokens carry `sid` (Back-Channel Logout).
+    sid_in_id_tokens: bool,
     /// The discovery document's `jwks_uri`, when not the issuer's own.
     advertised_jwks_uri: Option<String>,
     signin: Mutex<signin::SignIn>,
@@ -616,6 +618,7 @@ pub struct TestIssuerBuilder {
     backchannel_logout_uris: HashMap<String, String>,
     users: HashMap<String, User>,
     iss_parameter: bool,
+    sid_in_id_tokens: bool,
     tls: bool,
     advertised_jwks_uri: Option<String>,
 }
@@ -720,6 +723,14 @@ impl TestIssuerBuilder {
     /// default. Off, to test a relying party against a provider without it.
     pub fn iss_response_parameter(mut self, on: bool) -> Self {
         self.iss_parameter = on;
+        self
+    }
+
+    /// Whether discovery says `backchannel_logout_session_supported` (its
+    /// ID tokens carry `sid`); on by default. Off, to test a relying party
+    /// against a provider whose sessions may have none.
+    pub fn backchannel_logout_session(mut self, on: bool) -> Self {
+        self.sid_in_id_tokens = on;
         self
     }
 
@@ -828,6 +839,7 @@ impl TestIssuerBuilder {
             clients,
             users: self.users,
             iss_parameter: self.iss_parameter,
+            sid_in_id_tokens: self.sid_in_id_tokens,
             advertised_jwks_uri: self.advertised_jwks_uri,
             signin: Mutex::new(signin::SignIn::default()),
         });
@@ -904,6 +916,7 @@ impl TestIssuer {
             backchannel_logout_uris: HashMap::new(),
             users: HashMap::new(),
             iss_parameter: true,
+            sid_in_id_tokens: true,
             tls: false,
             advertised_jwks_uri: None,
         }
@@ -1451,7 +1464,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, state: Arc<Stat
                 "id_token_signing_alg_values_supported": [state.alg.name()],
                 "subject_types_supported": ["public"],
                 "backchannel_logout_supported": true,
-                "backchannel_logout_session_supported": true,
+                "backchannel_logout_session_supported": state.sid_in_id_tokens,
                 "authorization_response_iss_parameter_supported": state.iss_parameter,
             });
             faulty(&mut stream, &state, doc, None).await;
