@@ -3215,17 +3215,10 @@ mod tests {
             .default_audience("api")
             .start()
             .unwrap();
-        let jwt = JwtAuthenticator::builder()
-            .provider(
-                Provider::builder(issuer.issuer())
-                    .audience("api")
-                    .jwks_inline(issuer.jwks().to_string())
-                    .source(TokenSource::Query("access_token".into()))
-                    .build()
-                    .unwrap(),
-            )
-            .build()
-            .unwrap();
+        let jwt = for_api(&issuer, |p| {
+            p.jwks_inline(issuer.jwks().to_string())
+                .source(TokenSource::Query("access_token".into()))
+        });
         let token = issuer.token().subject("alice").sign();
         let one = OwnedRequest::get(&format!("/x?access_token={token}"));
         assert!(matches!(

@@ -27,7 +27,7 @@ pub(crate) const ASYMMETRIC: [Algorithm; 9] = [
 ];
 
 /// The HMAC algorithms, shortest hash first.
-const HMAC: [Algorithm; 3] = [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
+pub(crate) const HMAC: [Algorithm; 3] = [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
 
 /// Which tenants an issuer pattern (`https://login.example.com/{tenant}/v2.0`)
 /// accepts: set with [`ProviderBuilder::tenants`] or

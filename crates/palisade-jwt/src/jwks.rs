@@ -196,24 +196,11 @@ impl KeySet {
 
 /// Whether two keys take the same algorithms.
 fn same_algorithms(a: &VerifyKey, b: &VerifyKey) -> bool {
-    ALL_ALGORITHMS.iter().all(|&alg| a.allows(alg) == b.allows(alg))
+    crate::config::ASYMMETRIC
+        .iter()
+        .chain(&crate::config::HMAC)
+        .all(|&alg| a.allows(alg) == b.allows(alg))
 }
-
-/// Every algorithm a key may take.
-const ALL_ALGORITHMS: [Algorithm; 12] = [
-    Algorithm::RS256,
-    Algorithm::RS384,
-    Algorithm::RS512,
-    Algorithm::PS256,
-    Algorithm::PS384,
-    Algorithm::PS512,
-    Algorithm::ES256,
-    Algorithm::ES384,
-    Algorithm::EdDSA,
-    Algorithm::HS256,
-    Algorithm::HS384,
-    Algorithm::HS512,
-];
 
 fn fingerprint(parts: &[&str]) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();

@@ -3945,28 +3945,7 @@ mod tests {
             let key = CookieKey::new("k1", &[1; 32]).unwrap();
             let sign_in = SignIn::builder(&issuer, "shop").keys(vec![key]).build().unwrap();
             discovered(&sign_in).await;
-            let login = sign_in.login(&OwnedRequest::get("/login?return_to=%2Fp").header("host", "app.test"));
-            assert_eq!(login.status(), 302);
-            let location = login
-                .headers()
-                .find(|(n, _)| *n == "location")
-                .unwrap()
-                .1
-                .to_owned();
-            let state = location
-                .split("state=")
-                .nth(1)
-                .unwrap()
-                .split('&')
-                .next()
-                .unwrap()
-                .to_owned();
-            let cookie = login
-                .headers()
-                .filter(|(n, v)| *n == "set-cookie" && v.starts_with("palisade_session_login_"))
-                .map(|(_, v)| v.split(';').next().unwrap().to_owned())
-                .collect::<Vec<_>>()
-                .join("; ");
+            let (state, cookie) = login_started(&sign_in, "/login?return_to=%2Fp");
             let callback = OwnedRequest::get(&format!("/oauth2/callback?code=c&state={state}"))
                 .header("host", "app.test")
                 .header("cookie", cookie);
@@ -3978,23 +3957,11 @@ mod tests {
         }
     }
 
-    /// A sign-in's state is used once: a copy of its cookie and callback
-    /// sent again (with other codes) is refused before the issuer is
-    /// asked, whose token endpoint each would call with the client's
-    /// credentials.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_sign_ins_state_is_used_once() {
-        let issuer = palisade_testkit::TestIssuer::builder()
-            .public_client("shop")
-            .start()
-            .unwrap();
-        let key = CookieKey::new("k1", &[1; 32]).unwrap();
-        let sign_in = SignIn::builder(issuer.issuer(), "shop")
-            .keys(vec![key])
-            .build()
-            .unwrap();
-        discovered(&sign_in).await;
-        let login = sign_in.login(&OwnedRequest::get("/login").header("host", "app.test"));
+    /// A sign-in begun at `login` (a `/login` URL): its `state` and the
+    /// `Cookie` value of its login-state cookie.
+    fn login_started(sign_in: &SignIn, login: &str) -> (String, String) {
+        let login = sign_in.login(&OwnedRequest::get(login).header("host", "app.test"));
+        assert_eq!(login.status(), 302);
         let location = login
             .headers()
             .find(|(n, _)| *n == "location")
@@ -4015,6 +3982,26 @@ mod tests {
             .map(|(_, v)| v.split(';').next().unwrap().to_owned())
             .collect::<Vec<_>>()
             .join("; ");
+        (state, cookie)
+    }
+
+    /// A sign-in's state is used once: a copy of its cookie and callback
+    /// sent again (with other codes) is refused before the issuer is
+    /// asked, whose token endpoint each would call with the client's
+    /// credentials.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sign_ins_state_is_used_once() {
+        let issuer = palisade_testkit::TestIssuer::builder()
+            .public_client("shop")
+            .start()
+            .unwrap();
+        let key = CookieKey::new("k1", &[1; 32]).unwrap();
+        let sign_in = SignIn::builder(issuer.issuer(), "shop")
+            .keys(vec![key])
+            .build()
+            .unwrap();
+        discovered(&sign_in).await;
+        let (state, cookie) = login_started(&sign_in, "/login");
         let asked = issuer.token_requests();
         let iss = issuer.issuer().replace(':', "%3A").replace('/', "%2F");
         let mut answers = Vec::new();
