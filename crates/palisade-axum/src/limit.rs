@@ -568,7 +568,7 @@ mod tests {
         let req = request("POST", "application/grpc")
             .body(Body::new(Chunks(4)))
             .unwrap();
-        let res = app.clone().oneshot(req).await.unwrap();
+        let res = app.oneshot(req).await.unwrap();
         assert_eq!(res.status(), 200);
         assert_eq!(res.headers()["grpc-status"], "8");
         let req = request("POST", "application/grpc")
