@@ -1017,7 +1017,7 @@ impl PolicySet {
     }
 
     /// Reads and validates a policy file. A file of nothing but white space
-    /// is refused ([`EMPTY_TEXT`]): it is most likely one a writer has
+    /// is refused: it is most likely one a writer has
     /// truncated and not yet written (`> policy.yaml`, a generator that
     /// failed), and loading it would allow every request. A file of
     /// comments only (`# no policy`) is a YAML stream of no documents,
