@@ -2315,17 +2315,7 @@ impl SignIn {
         let one_by_one = |sub: Option<&str>| {
             sub.is_none_or(|sub| !self.0.endings.one_more(sub, now(), c.absolute_timeout.as_secs()))
         };
-        // An issuer that does not say its ID tokens carry `sid` (Back-Channel
-        // Logout 2.1) may have signed sessions in without one: a token
-        // naming both ends the subject's sessions, which the `sid` alone
-        // would not find (2.7: by `iss` and `sub` and/or `sid`).
-        let sid_in_id_tokens = self
-            .0
-            .issuer
-            .metadata()
-            .is_some_and(|m| m.backchannel_logout_session_supported);
         let revocation = match (sid, sub) {
-            (Some(_), Some(sub)) if !sid_in_id_tokens => self.subject_ended(sub),
             (Some(sid), sub) if one_by_one(sub) => Revocation::Sid {
                 issuer: c.issuer.clone(),
                 sid: sid.to_owned(),
@@ -2337,10 +2327,23 @@ impl SignIn {
             (_, Some(sub)) => self.subject_ended(sub),
             (_, None) => return Err(Token("the logout token names neither sid nor sub")),
         };
+        let by_sid = matches!(revocation, Revocation::Sid { .. });
         let mut recorded = self.0.store.revoke(revocation).await;
         // A store full of single sessions' endings keeps room for a
         // subject's: the user's sessions begun before now (see `end`).
         if let (Err(crate::store::StoreError::Full { .. }), Some(sub)) = (&recorded, sub) {
+            recorded = self.0.store.revoke(self.subject_ended(sub)).await;
+        }
+        // An issuer that does not say its ID tokens carry `sid` (Back-Channel
+        // Logout 2.1) may have signed sessions in without one, which the
+        // `sid` does not find: a token naming both ends the subject's
+        // sessions too (2.7: by `iss` and `sub` and/or `sid`).
+        let sid_in_id_tokens = self
+            .0
+            .issuer
+            .metadata()
+            .is_some_and(|m| m.backchannel_logout_session_supported);
+        if let (true, Ok(()), Some(sub), false) = (by_sid, &recorded, sub, sid_in_id_tokens) {
             recorded = self.0.store.revoke(self.subject_ended(sub)).await;
         }
         if recorded.is_err() {
@@ -3450,16 +3453,18 @@ mod tests {
                     .sign()
             );
             assert_eq!(sign_in.backchannel_logout(body.as_bytes()).await, Ok(()));
-            let session = |sid| crate::store::SessionRef {
+            let session = |sid, subject| crate::store::SessionRef {
                 id: "s1",
                 issuer: issuer.issuer(),
-                subject: "alice",
+                subject,
                 sid,
                 created: UNIX_EPOCH + Duration::from_millis(now_ms() - 1000),
             };
-            assert!(store.is_revoked(&session(Some("idp-7"))).unwrap());
+            // The `sid`'s sessions, whoever they name.
+            assert!(store.is_revoked(&session(Some("idp-7"), "alice")).unwrap());
+            assert!(store.is_revoked(&session(Some("idp-7"), "anyone")).unwrap());
             assert_eq!(
-                store.is_revoked(&session(None)).unwrap(),
+                store.is_revoked(&session(None, "alice")).unwrap(),
                 !sid_in_id_tokens,
                 "a session without a sid (sid in ID tokens: {sid_in_id_tokens})"
             );
