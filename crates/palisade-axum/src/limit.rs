@@ -111,7 +111,7 @@ where
             return BodyLimitFuture {
                 kind: Kind::Inner {
                     fut: self.inner.call(req.map(Body::new)),
-                    late: None,
+                    flags: None,
                     limits: self.limits,
                     rendering: Rendering::Http,
                 },
@@ -121,7 +121,7 @@ where
         // request, a gRPC status to a gRPC call.
         let rendering = Rendering::of(&HttpHead::as_sent(&req));
         let limit = self.limits.max_body();
-        let late = Arc::new(BodyFlags::default());
+        let flags = Arc::new(BodyFlags::default());
         let timer = BodyTimer::new(&self.limits);
         let mut req = if rendering == Rendering::Grpc {
             // Limited and timed too, unless routed to a service that
@@ -137,7 +137,7 @@ where
                     body: Body::new(body),
                     limits: Some((limit, timer)),
                     lifted: Arc::clone(&lifted),
-                    late: Arc::clone(&late),
+                    flags: Arc::clone(&flags),
                 })
             });
             req.extensions_mut().insert(Lift(lifted));
@@ -147,7 +147,7 @@ where
                 Body::new(Timed {
                     inner: http_body_util::Limited::new(body, limit),
                     timer,
-                    late: Arc::clone(&late),
+                    flags: Arc::clone(&flags),
                 })
             })
         };
@@ -155,7 +155,7 @@ where
         BodyLimitFuture {
             kind: Kind::Inner {
                 fut: self.inner.call(req),
-                late: Some(late),
+                flags: Some(flags),
                 limits: self.limits,
                 rendering,
             },
@@ -171,7 +171,7 @@ struct Liftable {
     /// The limit and clock, until the first read decides.
     limits: Option<(usize, BodyTimer)>,
     lifted: Arc<AtomicBool>,
-    late: Arc<BodyFlags>,
+    flags: Arc<BodyFlags>,
 }
 
 /// What became of a request's body as it was read, for the answer: it
@@ -199,7 +199,7 @@ impl http_body::Body for Liftable {
             this.body = Body::new(Timed {
                 inner: http_body_util::Limited::new(raw, limit),
                 timer,
-                late: Arc::clone(&this.late),
+                flags: Arc::clone(&this.flags),
             });
         }
         Pin::new(&mut this.body)
@@ -294,12 +294,12 @@ where
 
 pin_project_lite::pin_project! {
     /// A request body on the clock of [`BodyTimer`]: past its end, an error,
-    /// and the request marked late.
+    /// and the request marked late; past the limit, marked over it.
     struct Timed<B> {
         #[pin]
         inner: B,
         timer: BodyTimer,
-        late: Arc<BodyFlags>,
+        flags: Arc<BodyFlags>,
     }
 }
 
@@ -327,7 +327,7 @@ where
                     f.map_err(|e| {
                         let e = unwrapped(e.into());
                         if e.is::<http_body_util::LengthLimitError>() {
-                            this.late.over.store(true, Ordering::Relaxed);
+                            this.flags.over.store(true, Ordering::Relaxed);
                         }
                         e
                     })
@@ -335,7 +335,7 @@ where
             }
             Poll::Pending => match this.timer.poll_late(cx) {
                 Some(late) => {
-                    this.late.late.store(true, Ordering::Relaxed);
+                    this.flags.late.store(true, Ordering::Relaxed);
                     Poll::Ready(Some(Err(late.into())))
                 }
                 None => Poll::Pending,
@@ -366,7 +366,7 @@ pin_project_lite::pin_project! {
         Inner {
             #[pin]
             fut: F,
-            late: Option<Arc<BodyFlags>>,
+            flags: Option<Arc<BodyFlags>>,
             limits: ServerLimits,
             rendering: Rendering,
         },
@@ -384,7 +384,7 @@ where
         match self.project().kind.project() {
             KindProj::Inner {
                 fut,
-                late,
+                flags,
                 limits,
                 rendering,
             } => {
@@ -397,13 +397,13 @@ where
                     reply(rendering.render(keeping_cookies(limit, cookies)))
                 };
                 // Whatever the app answered a body it could not read in time.
-                if late.as_ref().is_some_and(|l| l.late.load(Ordering::Relaxed)) {
+                if flags.as_ref().is_some_and(|f| f.late.load(Ordering::Relaxed)) {
                     return Poll::Ready(Ok(instead(limits.body_too_slow())));
                 }
                 // A gRPC call's body over the limit (its declared length is
                 // checked as it is read): a gRPC status, not axum's 413,
                 // nor the `UNKNOWN` tonic makes of the error.
-                let over = late.as_ref().is_some_and(|l| l.over.load(Ordering::Relaxed));
+                let over = flags.as_ref().is_some_and(|f| f.over.load(Ordering::Relaxed));
                 if *rendering == Rendering::Grpc
                     && (over || res.status() == http::StatusCode::PAYLOAD_TOO_LARGE)
                 {

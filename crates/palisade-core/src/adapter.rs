@@ -1194,30 +1194,22 @@ pub fn authorize_route(
     // A path the policy cannot read is the request's fault (400), as the
     // guard answers it, not a denial to be authenticated for; a policy
     // that reads no path decides whatever the path holds, as the guard's.
-    let path = if policy.reads_path() {
-        match policy.normalize_path(req.path()) {
-            // Routed already, on the path as sent: one whose normal form
-            // another route would have taken (`/admin/../public/x`) is
-            // refused, as the guard refuses it after routing; the policy
-            // would decide for a route the request did not reach.
-            Ok(std::borrow::Cow::Owned(path)) if crate::authz::path::needs_rewrite(req.path(), &path) => {
-                tracing::debug!(target: LOG_TARGET, method = req.method(), "a path not in normal form refused by a route policy");
-                return early(Rejection::malformed_path(
-                    "the request path is not in normal form (`..`, `//`, an escape a router reads otherwise), and the route was chosen from it".to_owned(),
-                ));
-            }
-            Ok(path) => path,
-            Err(e) => {
-                tracing::debug!(target: LOG_TARGET, method = req.method(), reason = %e, "malformed path refused by a route policy");
-                return early(Rejection::malformed_path(e.to_string()));
-            }
+    let path = match policy.path_of(req.path()) {
+        // Routed already, on the path as sent: one whose normal form
+        // another route would have taken (`/admin/../public/x`) is
+        // refused, as the guard refuses it after routing; the policy
+        // would decide for a route the request did not reach.
+        Ok(std::borrow::Cow::Owned(path)) if crate::authz::path::needs_rewrite(req.path(), &path) => {
+            tracing::debug!(target: LOG_TARGET, method = req.method(), "a path not in normal form refused by a route policy");
+            return early(Rejection::malformed_path(
+                "the request path is not in normal form (`..`, `//`, an escape a router reads otherwise), and the route was chosen from it".to_owned(),
+            ));
         }
-    } else if crate::authz::is_request_path(req.path()) {
-        std::borrow::Cow::Borrowed(req.path())
-    } else {
-        return early(Rejection::malformed_path(
-            "the request path does not begin with `/`".to_owned(),
-        ));
+        Ok(path) => path,
+        Err(e) => {
+            tracing::debug!(target: LOG_TARGET, method = req.method(), reason = %e, "malformed path refused by a route policy");
+            return early(Rejection::malformed_path(e.to_string()));
+        }
     };
     fn verdict(
         auth: &RequestAuth,

@@ -896,17 +896,9 @@ impl Share<Compiled> {
         if access.refuses_host(req) {
             return Check::Ready(two_hosts(req));
         }
-        let path = if access.reads_path() {
-            match access.normalize_path(req.path()) {
-                Ok(p) => p,
-                Err(e) => return Check::Ready(malformed_path(req, &e)),
-            }
-        } else if crate::authz::is_request_path(req.path()) {
-            Cow::Borrowed(req.path())
-        } else {
-            // Whatever the policy reads: a router's fallback (a file
-            // server) may serve `admin/x` as `/admin/x`.
-            return Check::Ready(malformed_path(req, &"the request path does not begin with `/`"));
+        let path = match access.path_of(req.path()) {
+            Ok(p) => p,
+            Err(e) => return Check::Ready(malformed_path(req, &e)),
         };
         // The mTLS peer, verified at the handshake, comes with the
         // connection, and is checked again if the trust material changed

@@ -3401,16 +3401,10 @@ mod tests {
             };
             sign_in.end(&other).await.expect("recorded");
         }
-        let body = format!(
-            "logout_token={}",
-            issuer
-                .logout_token()
-                .audience("shop")
-                .subject("alice")
-                .claim("sid", serde_json::json!("idp-7"))
-                .sign()
+        assert_eq!(
+            sign_in.backchannel_logout(&alices_logout_of_idp_7(&issuer)).await,
+            Ok(())
         );
-        assert_eq!(sign_in.backchannel_logout(body.as_bytes()).await, Ok(()));
         let alices = crate::store::SessionRef {
             id: "s1",
             issuer: issuer.issuer(),
@@ -3424,11 +3418,23 @@ mod tests {
         );
     }
 
+    /// The body of a back-channel logout of alice's session `idp-7` at the
+    /// issuer (naming `sid` and `sub`), for client `shop`.
+    fn alices_logout_of_idp_7(issuer: &palisade_testkit::TestIssuer) -> Vec<u8> {
+        let token = issuer
+            .logout_token()
+            .audience("shop")
+            .subject("alice")
+            .claim("sid", serde_json::json!("idp-7"))
+            .sign();
+        format!("logout_token={token}").into_bytes()
+    }
+
     /// A logout token naming both `sid` and `sub` from an issuer that does
-    /// not say its ID tokens carry `sid`: the subject's sessions end, a
-    /// session signed in without a `sid` too, which the `sid` alone would
-    /// not find; from one that does, the `sid`'s alone (another of the
-    /// user's browsers stays signed in).
+    /// not say its ID tokens carry `sid`: the `sid`'s sessions end and the
+    /// subject's too, a session signed in without a `sid` among them, which
+    /// the `sid` alone would not find; from one that does, the `sid`'s
+    /// alone (another of the user's browsers stays signed in).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_logout_naming_sid_and_sub_finds_sessions_without_a_sid_where_they_may_be() {
         for sid_in_id_tokens in [false, true] {
@@ -3443,16 +3449,10 @@ mod tests {
                 .build()
                 .unwrap();
             discovered(&sign_in).await;
-            let body = format!(
-                "logout_token={}",
-                issuer
-                    .logout_token()
-                    .audience("shop")
-                    .subject("alice")
-                    .claim("sid", serde_json::json!("idp-7"))
-                    .sign()
+            assert_eq!(
+                sign_in.backchannel_logout(&alices_logout_of_idp_7(&issuer)).await,
+                Ok(())
             );
-            assert_eq!(sign_in.backchannel_logout(body.as_bytes()).await, Ok(()));
             let session = |sid, subject| crate::store::SessionRef {
                 id: "s1",
                 issuer: issuer.issuer(),

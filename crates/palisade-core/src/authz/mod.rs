@@ -1205,6 +1205,25 @@ impl AccessPolicy {
         path::normalize(path, self.0.settings.escaped_slashes).map_err(|e| MalformedPath(e.detail()))
     }
 
+    /// The path the rules see for a request's `path`: normalised when a
+    /// rule reads it ([`normalize_path`](Self::normalize_path)), else as
+    /// sent. A path no server hands on (`admin/x`: not `/…`, `*` or empty)
+    /// is refused whatever the rules read: a router's fallback (a file
+    /// server) may serve it as `/admin/x`.
+    ///
+    /// # Errors
+    /// [`MalformedPath`], as [`normalize_path`](Self::normalize_path)'s.
+    #[inline]
+    pub(crate) fn path_of<'p>(&self, path: &'p str) -> Result<std::borrow::Cow<'p, str>, MalformedPath> {
+        if self.reads_path() {
+            self.normalize_path(path)
+        } else if path::is_request_path(path) {
+            Ok(std::borrow::Cow::Borrowed(path))
+        } else {
+            Err(MalformedPath(path::PathError::NotAbsolute.detail()))
+        }
+    }
+
     /// The path a router is handed for `raw`, a request path that
     /// [`normalize_path`](Self::normalize_path) accepted and changed:
     /// normalised, with raw bytes kept raw (`path::router_form`).
@@ -1367,11 +1386,3 @@ fn settings(w: &WorkloadPolicy<'_>) -> Result<AuthzSettings, PolicyError> {
 
 #[cfg(test)]
 mod tests;
-
-/// Whether `path` is a request path a server may hand on: `/…`, `*`
-/// (`OPTIONS *`) or empty (`CONNECT`'s authority form). An HTTP/2 `:path`
-/// such as `admin/x`, which h2 and hyper pass on, is none.
-#[inline]
-pub(crate) fn is_request_path(path: &str) -> bool {
-    path.starts_with('/') || path == "*" || path.is_empty()
-}

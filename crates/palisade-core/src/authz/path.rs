@@ -329,15 +329,23 @@ fn decode_escapes(path: &str, escaped: EscapedSlashes, raw: Raw) -> Result<Strin
     Ok(decoded)
 }
 
+/// Whether `path` is a request path a server may hand on: `/…`, or the
+/// other forms RFC 9112 §3.2 and RFC 9113 §8.3.1 allow, `*` (`OPTIONS *`)
+/// and empty (`CONNECT`'s authority). An HTTP/2 `:path` such as `admin/x`,
+/// which h2 and hyper pass on, is none.
+#[inline]
+pub(crate) fn is_request_path(path: &str) -> bool {
+    path.starts_with('/') || path == "*" || path.is_empty()
+}
+
 /// Normalises a request path (without its query).
 pub(crate) fn normalize(path: &str, escaped: EscapedSlashes) -> Result<Cow<'_, str>, PathError> {
     let bytes = path.as_bytes();
     if !bytes.starts_with(b"/") {
-        // RFC 9113 §8.3.1, RFC 9112 §3.2: an origin-form path begins
-        // with `/`; the others are `OPTIONS *` and `CONNECT`'s authority.
-        return match path {
-            "*" | "" => Ok(Cow::Borrowed(path)),
-            _ => Err(PathError::NotAbsolute),
+        return if is_request_path(path) {
+            Ok(Cow::Borrowed(path))
+        } else {
+            Err(PathError::NotAbsolute)
         };
     }
     if is_normal(bytes) {
