@@ -303,12 +303,27 @@ async fn an_unreachable_endpoint_refuses_with_a_clear_reason_unless_stale_answer
     let op = start();
     let strict = guard(&op, OPAQUE, "    cacheTime: 1s");
     let lenient = guard(&op, OPAQUE, "    cacheTime: 1s\n    serveStaleFor: 5m");
+    // Refusals kept for no time: the endpoint's refusal still replaces
+    // the token's last (active) answer.
+    let forgetful = guard(
+        &op,
+        OPAQUE,
+        "    cacheTime: 1s\n    serveStaleFor: 5m\n    negativeCacheTime: 0s",
+    );
     let t = token(&op, OPAQUE).await;
+    let revoked = token(&op, OPAQUE).await;
     assert_eq!(call_axum(&strict, &t).await.status, 200);
     assert_eq!(call_axum(&lenient, &t).await.status, 200);
+    assert_eq!(call_axum(&forgetful, &revoked).await.status, 200);
+    revoke(&op, &revoked).await;
 
-    drop(op);
     tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        call_axum(&forgetful, &revoked).await.status,
+        401,
+        "refused by the endpoint"
+    );
+    drop(op);
     for answer in [call_axum(&strict, &t).await, call_actix(&strict, &t).await] {
         assert_eq!(answer.status, 401);
         assert!(
@@ -320,8 +335,15 @@ async fn an_unreachable_endpoint_refuses_with_a_clear_reason_unless_stale_answer
     // Served stale: known to be active a moment ago.
     assert_eq!(call_axum(&lenient, &t).await.status, 200);
     assert_eq!(call_actix(&lenient, &t).await.status, 200);
-    // But a token never seen is not.
+    // But a token never seen is not, nor one the endpoint has refused
+    // since it was last found active.
     assert_eq!(call_axum(&lenient, "never-seen-before").await.status, 401);
+    for answer in [
+        call_axum(&forgetful, &revoked).await,
+        call_actix(&forgetful, &revoked).await,
+    ] {
+        assert_eq!(answer.status, 401, "{}", answer.challenge);
+    }
 }
 
 /// With `jwts: true` the issuer's JWTs go to the endpoint instead of being

@@ -541,9 +541,104 @@ pub fn deserialize_expires_in<'de, D: serde::Deserializer<'de>>(d: D) -> Result<
     }
 }
 
+/// The length of the key a key file holds: an AES-256 key.
+pub const KEY_FILE_LEN: usize = 32;
+
+/// How a key file (a sign-in's `session.keys`, SPNEGO's
+/// `sessionCookie.keys`) holds its key, read by the one rule both follow:
+/// 32 raw bytes, or text of 64 hex digits or base64 (standard or URL-safe,
+/// padded or not) with white space around it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum KeyFile {
+    /// 32 raw bytes, the key itself. `printable` when every byte is a
+    /// printable character: random bytes almost never are, so it is more
+    /// likely a typed or generated string, as strong as the string is
+    /// (worth a warning).
+    Raw {
+        /// Every byte a printable ASCII character.
+        printable: bool,
+    },
+    /// Text: the bytes it decodes to ([`key_text`]), of whatever length,
+    /// or `None` when it is neither hex nor base64. A 32-byte file of
+    /// printable text with white space in it (a pass phrase, a line and
+    /// its end) is text, not a raw key.
+    Text(Option<Vec<u8>>),
+    /// Bytes that are not text, and not 32 of them: their length.
+    Binary(usize),
+}
+
+/// How `content`, a key file's, holds its key; see [`KeyFile`].
+#[must_use]
+pub fn key_file(content: &[u8]) -> KeyFile {
+    let printable = content.iter().all(u8::is_ascii_graphic);
+    let text_like = content
+        .iter()
+        .all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace());
+    if content.len() == KEY_FILE_LEN && (printable || !text_like) {
+        return KeyFile::Raw { printable };
+    }
+    match std::str::from_utf8(content) {
+        Ok(text) => KeyFile::Text(key_text(text)),
+        Err(_) => KeyFile::Binary(content.len()),
+    }
+}
+
+/// The bytes a key's text stands for: 64 hex digits, or base64 (standard
+/// or URL-safe alphabet, padded or not), white space around it ignored;
+/// `None` when it is neither. The length is the caller's to check.
+#[must_use]
+pub fn key_text(text: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    let text = text.trim();
+    if text.len() == 2 * KEY_FILE_LEN && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
+            .collect();
+    }
+    [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
+        .iter()
+        .find_map(|engine| engine.decode(text).ok())
+}
+
+/// What a key file of 32 printable characters is warned with
+/// ([`KeyFile::Raw`]), after the file's name.
+pub const PRINTABLE_KEY_WARNING: &str = "holds 32 printable characters, taken as the key's raw bytes: as strong as the string is (random bytes: `openssl rand 32`, or `openssl rand -hex 32` for text)";
+
 #[cfg(test)]
 mod tests {
     use super::url_without_credentials as shown;
+
+    /// One rule for every key file: 32 bytes raw (printable ones said),
+    /// hex or base64 text with white space around it, and 32 bytes of
+    /// text with white space read as text (a pass phrase, refused).
+    #[test]
+    fn key_files_hold_raw_bytes_hex_or_base64() {
+        use super::{KeyFile, key_file};
+        let key: Vec<u8> = (0u8..32).collect();
+        assert_eq!(key_file(&key), KeyFile::Raw { printable: false });
+        assert_eq!(
+            key_file(b"0123456789abcdef0123456789abcdef"),
+            KeyFile::Raw { printable: true }
+        );
+        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            key_file(format!("{hex}\n").as_bytes()),
+            KeyFile::Text(Some(key.clone()))
+        );
+        assert_eq!(
+            key_file(b"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\r\n"),
+            KeyFile::Text(Some(key.clone()))
+        );
+        assert_eq!(
+            key_file(b"correct horse battery staple 12\n"),
+            KeyFile::Text(None)
+        );
+        assert_eq!(key_file(&[0xff; 31]), KeyFile::Binary(31));
+        // Base64 of another length: text, its length the caller's to check.
+        assert_eq!(key_file(b"AAEC"), KeyFile::Text(Some(vec![0, 1, 2])));
+    }
 
     #[test]
     fn no_password_is_ever_shown() {

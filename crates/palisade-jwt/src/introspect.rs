@@ -522,6 +522,12 @@ impl Introspector {
                 |a| a.keep_until < now,
                 |a| a.outcome.is_err(),
             );
+        } else if outcome.is_err() {
+            // A refusal kept for no time (`negativeCacheTime: 0`) still
+            // replaces the token's last answer: an active one left behind
+            // would be served, stale, at the endpoint's next failure, to a
+            // token it has since refused (revoked).
+            self.cache.remove(key);
         }
         outcome
     }

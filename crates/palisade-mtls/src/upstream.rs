@@ -87,14 +87,26 @@ impl UpstreamRoute {
     }
 }
 
+/// Where a rule's namespace is on Istio's lookup path, the first
+/// highest: the calling workload's namespace, the called service's, the
+/// root namespace.
+#[derive(Debug)]
+enum Tier {
+    Root,
+    /// Another namespace's rule, for calls to the services of that
+    /// namespace (`NAME.NAMESPACE.svc…`) only.
+    Service(String),
+    Local,
+}
+
 /// One `DestinationRule`, its settings built.
 #[derive(Debug)]
 struct Rule {
     /// The host, fully qualified (a short name is in the rule's namespace),
     /// lower case; `*.suffix` or `*` for wildcards.
     host: String,
-    /// The document is in the workload's own namespace (not the root one).
-    local: bool,
+    /// Where the document is on Istio's lookup path.
+    tier: Tier,
     /// The document, of the workload's namespace, has a `workloadSelector`
     /// (which selects the workload: the others do not apply).
     selected: bool,
@@ -111,24 +123,50 @@ impl Rule {
 
     /// The rule's rank for a host it matches with `specificity`; the
     /// highest is taken, the first document among equals. As Istio looks
-    /// rules up: the workload's own namespace before the root namespace,
-    /// then within it the most specific host. Then a rule that sets TLS
+    /// rules up: the workload's own namespace, then the called service's,
+    /// then the root namespace, then within it the most specific host. Then a rule that sets TLS
     /// before one that does not, so that a rule of subsets only never
     /// hides its host's TLS (Istio merges a host's rules, and falls back
     /// to its automatic mutual TLS, where Palisade would call in
     /// plaintext); then a rule whose `workloadSelector` selects the
     /// workload before one for every workload.
-    fn rank(&self, specificity: usize) -> (bool, usize, bool, bool) {
-        (self.local, specificity, self.has_tls(), self.selected)
+    fn rank(&self, specificity: usize) -> (u8, usize, bool, bool) {
+        let tier = match self.tier {
+            Tier::Root => 0,
+            Tier::Service(_) => 1,
+            Tier::Local => 2,
+        };
+        (tier, specificity, self.has_tls(), self.selected)
     }
+
+    /// Whether the rule is on the lookup path of a call to `host`: another
+    /// namespace's rule is for its own services only, and only where it
+    /// sets TLS: one without (a canary's subsets) would make a call Istio
+    /// makes with its automatic mutual TLS a plaintext one here, for the
+    /// callers of every namespace, so the root namespace's TLS is taken.
+    fn on_path(&self, host: &str) -> bool {
+        match &self.tier {
+            Tier::Service(ns) => self.has_tls() && service_namespace(host) == Some(ns.as_str()),
+            Tier::Root | Tier::Local => true,
+        }
+    }
+}
+
+/// The namespace of a Kubernetes service's name (`NAME.NAMESPACE.svc…`).
+fn service_namespace(host: &str) -> Option<&str> {
+    let mut labels = host.split('.');
+    let (_, namespace) = (labels.next()?, labels.next()?);
+    (labels.next() == Some("svc")).then_some(namespace)
 }
 
 /// The TLS of every upstream the workload's `DestinationRule` documents
 /// name, built when the policy loads (a file that cannot be read fails
 /// then, naming the document and field). Cloning is an `Arc` clone.
 ///
-/// Rule lookup follows Istio: the workload's namespace before the root
-/// namespace; within it, an exact host before wildcards, the longest
+/// Rule lookup follows Istio: the workload's namespace, then the called
+/// service's (a rule of another namespace applies to calls to its own
+/// services, `NAME.NAMESPACE.svc…`), then the root namespace, each rule
+/// where its `exportTo` lets it; within it, an exact host before wildcards, the longest
 /// wildcard first (`*.default.svc.cluster.local` before `*`); then one
 /// that sets TLS before one that does not; then a rule whose
 /// `workloadSelector` selects the workload before one for every workload
@@ -229,14 +267,28 @@ impl UpstreamTls {
         let mut rules = Vec::new();
         for (doc, spec) in policy.destination_rules() {
             let host = spec.qualified_host(doc.metadata.namespace());
-            let local = doc.metadata.namespace() == policy.workload().namespace;
+            let namespace = doc.metadata.namespace();
+            let workload = policy.workload();
+            // A workload of the root namespace (a gateway) takes that
+            // namespace's rules kept to it (`exportTo: [.]`) first, and its
+            // exported ones after the called service's, as Istio does.
+            let kept_home =
+                !spec.export_to.is_empty() && spec.export_to.iter().all(|e| e == "." || e == namespace);
+            let tier =
+                if namespace == workload.root_namespace && (namespace != workload.namespace || !kept_home) {
+                    Tier::Root
+                } else if namespace == workload.namespace {
+                    Tier::Local
+                } else {
+                    Tier::Service(namespace.to_owned())
+                };
             // A rule with a selector is the workload's namespace's
             // (`destination_rules` leaves out the root namespace's).
             let selected = spec.workload_selector.is_some();
             let Some(traffic) = &spec.traffic_policy else {
                 rules.push(Rule {
                     host,
-                    local,
+                    tier,
                     selected,
                     default: None,
                     ports: Vec::new(),
@@ -257,7 +309,7 @@ impl UpstreamTls {
             }
             rules.push(Rule {
                 host,
-                local,
+                tier,
                 selected,
                 default,
                 ports,
@@ -274,6 +326,7 @@ impl UpstreamTls {
         let rule = self
             .0
             .iter()
+            .filter(|r| r.on_path(&host))
             .filter_map(|r| host_specificity(&r.host, &host).map(|s| (r.rank(s), r)))
             // The highest rank; the first document among equals.
             .fold(None, |best, (rank, r)| match best {
@@ -502,6 +555,91 @@ mod tests {
             });
             assert!(rotated, "{s}: the rule's client certificate did not rotate");
         }
+    }
+
+    /// Istio's lookup path: the caller's namespace, then the called
+    /// service's (its rules for its own services, where exported to the
+    /// caller), then the root namespace.
+    #[test]
+    fn the_called_services_namespace_rule_applies_to_callers_elsewhere_where_exported() {
+        let rule = |namespace: &str, host: &str, mode: &str, export: &str| {
+            format!(
+                "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: r, namespace: {namespace}}}\nspec:\n  host: {host}\n{export}  trafficPolicy:\n    tls: {{mode: {mode}}}\n---\n"
+            )
+        };
+        let transport = |yaml: &str, caller: &str, host: &str| {
+            let set = PolicySet::from_yaml_str(yaml, "dr.yaml").unwrap();
+            let tls =
+                UpstreamTls::from_policy(&set.for_workload(&Workload::new("reviews", caller)), None).unwrap();
+            match tls.for_host(host, 9080).transport() {
+                UpstreamTransport::Plaintext => "plaintext",
+                UpstreamTransport::SystemTls => "tls",
+                _ => "other",
+            }
+        };
+        let ratings = "ratings.prod.svc.cluster.local";
+        // The service's namespace's rule, by its short name: for a caller
+        // of any namespace.
+        let own = rule("prod", "ratings", "SIMPLE", "");
+        assert_eq!(transport(&own, "shop", ratings), "tls");
+        assert_eq!(transport(&own, "prod", ratings), "tls");
+        // Before the root namespace's, after the caller's own.
+        let root = rule("istio-system", "'*.local'", "DISABLE", "");
+        assert_eq!(transport(&format!("{root}{own}"), "shop", ratings), "tls");
+        let callers = rule("shop", ratings, "DISABLE", "");
+        assert_eq!(
+            transport(&format!("{own}{callers}"), "shop", ratings),
+            "plaintext"
+        );
+        // A namespace's rule is for its own services only: not for a host
+        // of another namespace, nor one outside the cluster.
+        let foreign = rule("prod", "details.other.svc.cluster.local", "SIMPLE", "");
+        assert_eq!(
+            transport(&foreign, "shop", "details.other.svc.cluster.local"),
+            "plaintext"
+        );
+        let external = rule("prod", "api.example.com", "SIMPLE", "");
+        assert_eq!(transport(&external, "shop", "api.example.com"), "plaintext");
+        // Where exported: `.` keeps it to its own namespace's callers, a
+        // list to those named, `~` to none.
+        let private = rule("prod", "ratings", "SIMPLE", "  exportTo: [.]\n");
+        assert_eq!(transport(&private, "shop", ratings), "plaintext");
+        assert_eq!(transport(&private, "prod", ratings), "tls");
+        let listed = rule("prod", "ratings", "SIMPLE", "  exportTo: [shop]\n");
+        assert_eq!(transport(&listed, "shop", ratings), "tls");
+        assert_eq!(transport(&listed, "web", ratings), "plaintext");
+        assert_eq!(
+            transport(&listed, "prod", ratings),
+            "plaintext",
+            "not exported to its own namespace"
+        );
+        let none = rule("prod", "ratings", "SIMPLE", "  exportTo: ['~']\n");
+        assert_eq!(transport(&none, "prod", ratings), "plaintext");
+        // One of the service's namespace that sets no TLS (a canary's
+        // subsets) does not hide the root namespace's TLS from callers
+        // elsewhere (Istio would use its automatic mutual TLS).
+        let subsets_only = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: canary, namespace: prod}\nspec:\n  host: ratings\n  subsets: [{name: v2, labels: {version: v2}}]\n---\n";
+        let root_tls = rule("istio-system", "'*.local'", "SIMPLE", "");
+        assert_eq!(
+            transport(&format!("{subsets_only}{root_tls}"), "shop", ratings),
+            "tls"
+        );
+        // A workload of the root namespace (a gateway): its namespace's
+        // rules kept to it first, then the called service's, then its
+        // exported ones.
+        assert_eq!(transport(&format!("{root}{own}"), "istio-system", ratings), "tls");
+        let root_kept = rule("istio-system", "'*.local'", "DISABLE", "  exportTo: [.]\n");
+        assert_eq!(
+            transport(&format!("{own}{root_kept}"), "istio-system", ratings),
+            "plaintext"
+        );
+        // The root namespace's, too.
+        let root_private = rule("istio-system", "'*.local'", "SIMPLE", "  exportTo: [.]\n");
+        assert_eq!(transport(&root_private, "shop", ratings), "plaintext");
+        assert_eq!(
+            transport(&root_private.replace("[.]", "[shop]"), "shop", ratings),
+            "tls"
+        );
     }
 
     #[test]

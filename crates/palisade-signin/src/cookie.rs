@@ -59,8 +59,9 @@ use std::time::Duration;
 use aws_lc_rs::aead::{AES_256_GCM, Aad, NONCE_LEN, Nonce, RandomizedNonceKey};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use base64::Engine as _;
-use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use palisade_core::authn::RequestHead;
+use palisade_core::syntax::{KeyFile, key_text};
 
 /// Bytes in an AES-256 key.
 const KEY_LEN: usize = 32;
@@ -252,14 +253,17 @@ impl CookieKey {
         if !valid_id(id) {
             return Err(KeyError::InvalidId(id.to_owned()));
         }
-        let bytes = decode_key_text(text.trim()).ok_or_else(|| KeyError::NotKeyText { id: id.to_owned() })?;
+        let bytes = key_text(text).ok_or_else(|| KeyError::NotKeyText { id: id.to_owned() })?;
         Self::new(id, &bytes)
     }
 
     /// A key from a file holding its 32 raw bytes, or its text as
-    /// [`from_text`](Self::from_text) reads it. A 32-byte file of printable
-    /// text is read as text (and then refused), not as a raw key: it is
-    /// most likely a password, not random bytes.
+    /// [`from_text`](Self::from_text) reads it. A 32-byte file of text with
+    /// white space in it (a pass phrase, a line and its end) is read as
+    /// text, and refused. One of 32 printable characters without white
+    /// space is taken as the raw key, with a warning: random bytes are
+    /// almost never all printable, so it is more likely a typed or
+    /// generated string, whose strength is the string's.
     ///
     /// # Errors
     ///
@@ -279,17 +283,23 @@ impl CookieKey {
             path: path.to_owned(),
             problem: Box::new(problem),
         };
-        let looks_like_text = bytes
-            .iter()
-            .all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace());
-        if bytes.len() == KEY_LEN && !looks_like_text {
-            return Self::new(id, &bytes).map_err(in_file);
-        }
-        match std::str::from_utf8(&bytes) {
-            Ok(text) => Self::from_text(id, text).map_err(in_file),
-            Err(_) => Err(in_file(KeyError::WrongLength {
+        match palisade_core::syntax::key_file(&bytes) {
+            KeyFile::Raw { printable } => {
+                if printable {
+                    palisade_core::config_warning!(
+                        target: crate::LOG_TARGET,
+                        "cookie key {id:?}: `{}` {}",
+                        path.display(),
+                        palisade_core::syntax::PRINTABLE_KEY_WARNING
+                    );
+                }
+                Self::new(id, &bytes).map_err(in_file)
+            }
+            KeyFile::Text(Some(key)) => Self::new(id, &key).map_err(in_file),
+            KeyFile::Text(None) => Err(in_file(KeyError::NotKeyText { id: id.to_owned() })),
+            KeyFile::Binary(len) => Err(in_file(KeyError::WrongLength {
                 id: id.to_owned(),
-                len: bytes.len(),
+                len,
             })),
         }
     }
@@ -331,20 +341,6 @@ fn valid_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
-
-/// The bytes that `text` (already trimmed) encodes: 64 hex digits or
-/// base64 in any of the four common forms.
-fn decode_key_text(text: &str) -> Option<Vec<u8>> {
-    if text.len() == 2 * KEY_LEN && text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return (0..text.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
-            .collect();
-    }
-    [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
-        .iter()
-        .find_map(|engine| engine.decode(text).ok())
 }
 
 /// The `SameSite` attribute.
@@ -1126,6 +1122,7 @@ pub(crate) fn sha256(secret: &[u8]) -> [u8; 32] {
 
 #[cfg(test)]
 mod tests {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE};
     use palisade_core::authn::OwnedRequest;
     use proptest::prelude::*;
 
@@ -1639,7 +1636,15 @@ mod tests {
             message.contains(&short.display().to_string()) && message.contains("31 bytes"),
             "{message}"
         );
-        // 32 bytes of text read as a password, not as a raw key.
+        // 32 printable characters without white space: the raw key (said
+        // in a warning).
+        let printable = temp_file("printable", b"0123456789abcdef0123456789abcdef");
+        assert!(same_key(
+            CookieKey::from_file("k", &printable).unwrap(),
+            CookieKey::new("k", b"0123456789abcdef0123456789abcdef").unwrap()
+        ));
+        // 32 bytes of text with white space read as a pass phrase, not as
+        // a raw key.
         let password = temp_file("password", b"correct horse battery staple 12\n");
         let err = CookieKey::from_file("k", &password).unwrap_err().to_string();
         assert!(

@@ -754,6 +754,38 @@ fn confirm_logout(path: &str) -> Reply {
         )
 }
 
+/// A sign-in state's single-use mark, let go unless the sign-in completes:
+/// when it fails, or when its request goes away before it ends (the
+/// future dropped), so that callbacks with codes the issuer refuses leave
+/// nothing in the store.
+struct StateMark {
+    store: Arc<dyn SessionStore>,
+    key: Option<String>,
+}
+
+impl StateMark {
+    /// The sign-in completed: the state stays used.
+    fn keep(mut self) {
+        self.key = None;
+    }
+}
+
+impl Drop for StateMark {
+    fn drop(&mut self) {
+        let Some(key) = self.key.take() else { return };
+        let release = self.store.release(&key);
+        // On the runtime, past the request's end; without one (never in a
+        // server), the mark lasts its time-to-live.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(e) = release.await {
+                    tracing::debug!(target: LOG_TARGET, error = %e, "a failed sign-in's state stays marked used until it expires");
+                }
+            });
+        }
+    }
+}
+
 /// The sealer of the login-state cookie `prefix` + `tag`.
 fn state_sealer(
     prefix: &str,
@@ -1097,27 +1129,48 @@ impl SignIn {
         let previous_chunks = self.sealer(secure).raw(req).chunks();
         let this = self.clone();
         Check::pending(async move {
-            // The state once (RFC 9700 §2.1): its cookie, cleared in the
-            // browser only, would let a copy send any number of codes to
-            // the issuer with the client's credentials. A store that cannot
-            // say leaves the cookie's binding to stand alone.
+            // A state signs in once (RFC 9700 §2.1): its cookie, cleared
+            // in the browser only, would let a copy of a completed
+            // sign-in's cookie and callback send codes to the issuer with
+            // the client's credentials, and a callback sent twice at once
+            // would make two sessions. The mark stands for a sign-in under
+            // way or completed: one that fails lets it go, so a flood of
+            // callbacks with codes the issuer refuses (any client can have
+            // login-state cookies) leaves nothing in the store, where the
+            // marks would fill a memory store's room, which back-channel
+            // logout tokens' marks share, or a Redis's memory. A store that
+            // cannot say leaves the cookie's binding to stand alone.
             let once = format!("login-state:{}", URL_SAFE_NO_PAD.encode(sha256_of(&state.state)));
-            if let Ok(false) = this
+            let mark = match this
                 .0
                 .store
                 .use_once(&once, Duration::from_secs(LOGIN_STATE_TTL))
                 .await
             {
-                return with_cookies(
-                    problem(400, "this sign-in was already completed: start again"),
-                    clear_state,
-                );
-            }
+                Ok(false) => {
+                    return with_cookies(
+                        problem(400, "this sign-in was already completed: start again"),
+                        clear_state,
+                    );
+                }
+                Ok(true) => Some(StateMark {
+                    store: Arc::clone(&this.0.store),
+                    key: Some(once),
+                }),
+                Err(_) => None,
+            };
             match this
                 .finish_sign_in(&metadata, code, state, secure, previous_chunks)
                 .await
             {
-                Ok(reply) => with_cookies(reply, clear_state),
+                Ok(reply) => {
+                    if let Some(mark) = mark {
+                        mark.keep();
+                    }
+                    with_cookies(reply, clear_state)
+                }
+                // The mark goes with `mark`, here or where the request
+                // went away (the future dropped mid-sign-in).
                 Err((status, detail)) => with_cookies(problem(status, detail), clear_state),
             }
         })
@@ -3965,7 +4018,14 @@ mod tests {
     /// A sign-in begun at `login` (a `/login` URL): its `state` and the
     /// `Cookie` value of its login-state cookie.
     fn login_started(sign_in: &SignIn, login: &str) -> (String, String) {
-        let login = sign_in.login(&OwnedRequest::get(login).header("host", "app.test"));
+        let (state, cookie, _) = login_at(sign_in, login, "app.test");
+        (state, cookie)
+    }
+
+    /// A sign-in begun at `login` on `host`: its `state`, the `Cookie`
+    /// value of its login-state cookie, and where it sends the browser.
+    fn login_at(sign_in: &SignIn, login: &str, host: &str) -> (String, String, String) {
+        let login = sign_in.login(&OwnedRequest::get(login).header("host", host));
         assert_eq!(login.status(), 302);
         let location = login
             .headers()
@@ -3987,42 +4047,122 @@ mod tests {
             .map(|(_, v)| v.split(';').next().unwrap().to_owned())
             .collect::<Vec<_>>()
             .join("; ");
-        (state, cookie)
+        (state, cookie, location)
     }
 
-    /// A sign-in's state is used once: a copy of its cookie and callback
-    /// sent again (with other codes) is refused before the issuer is
-    /// asked, whose token endpoint each would call with the client's
-    /// credentials.
+    /// The query the issuer sends the browser back with from `location`
+    /// (its authorization endpoint, which signs the chosen user in at
+    /// once), asked over real HTTP.
+    async fn callback_query(location: &str) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let rest = location.strip_prefix("http://").unwrap();
+        let (authority, path) = rest.split_at(rest.find('/').unwrap());
+        let mut tcp = tokio::net::TcpStream::connect(authority).await.unwrap();
+        let ask = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+        tcp.write_all(ask.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        tcp.read_to_string(&mut answer).await.unwrap();
+        let back = answer
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .starts_with("location:")
+                    .then(|| l[9..].trim().to_owned())
+            })
+            .unwrap_or_else(|| panic!("the issuer sent the browser nowhere: {answer}"));
+        back.split_once('?').unwrap().1.to_owned()
+    }
+
+    /// The status of the callback `/oauth2/callback?{query}` on host
+    /// `127.0.0.1:8080` with `cookie`.
+    async fn called_back(sign_in: &SignIn, query: &str, cookie: &str) -> u16 {
+        let callback = OwnedRequest::get(&format!("/oauth2/callback?{query}"))
+            .header("host", "127.0.0.1:8080")
+            .header("cookie", cookie);
+        match sign_in.callback(&callback) {
+            Check::Ready(r) => r,
+            Check::Pending(f) => f.await,
+        }
+        .status()
+    }
+
+    /// A state signs in once: a completed sign-in's cookie and callback
+    /// sent again are refused before the issuer is asked (whose token
+    /// endpoint each would call with the client's credentials). A sign-in
+    /// that fails lets its state go: callbacks with codes the issuer
+    /// refuses, which any client can send with login-state cookies it asks
+    /// for, leave no mark in the store (whose room back-channel logout
+    /// tokens' marks share), and the state can still sign in.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_sign_ins_state_is_used_once() {
+    async fn a_state_signs_in_once_and_a_refused_code_leaves_no_mark() {
         let issuer = palisade_testkit::TestIssuer::builder()
             .public_client("shop")
             .start()
             .unwrap();
-        let key = CookieKey::new("k1", &[1; 32]).unwrap();
+        issuer.sign_in_as(Some("alice"));
+        let store = MemoryStore::with_max_entries(2);
         let sign_in = SignIn::builder(issuer.issuer(), "shop")
-            .keys(vec![key])
+            .keys(vec![CookieKey::new("k1", &[1; 32]).unwrap()])
+            .store(Arc::new(store.clone()))
             .build()
             .unwrap();
         discovered(&sign_in).await;
-        let (state, cookie) = login_started(&sign_in, "/login");
-        let asked = issuer.token_requests();
         let iss = issuer.issuer().replace(':', "%3A").replace('/', "%2F");
-        let mut answers = Vec::new();
-        for code in ["c1", "c2", "c3"] {
-            let callback =
-                OwnedRequest::get(&format!("/oauth2/callback?code={code}&state={state}&iss={iss}"))
-                    .header("host", "app.test")
-                    .header("cookie", cookie.clone());
-            let reply = match sign_in.callback(&callback) {
-                Check::Ready(r) => r,
-                Check::Pending(f) => f.await,
-            };
-            answers.push(reply.status());
+        let started: Vec<_> = (0..3)
+            .map(|_| login_at(&sign_in, "/login", "127.0.0.1:8080"))
+            .collect();
+        let asked = issuer.token_requests();
+        for (state, cookie, _) in &started {
+            let refused = called_back(&sign_in, &format!("code=junk&state={state}&iss={iss}"), cookie).await;
+            assert_eq!(refused, 400, "the issuer refuses the code");
         }
-        assert_eq!(answers, [400, 400, 400]);
-        assert_eq!(issuer.token_requests(), asked + 1, "the issuer is asked once");
+        assert_eq!(issuer.token_requests(), asked + 3);
+        assert!(
+            matches!(store.use_once("probe", Duration::from_secs(60)).await, Ok(true)),
+            "the refused sign-ins left their states unmarked"
+        );
+        // The first state, with the code the issuer gives alice.
+        let (_, cookie, location) = &started[0];
+        let query = callback_query(location).await;
+        assert_eq!(called_back(&sign_in, &query, cookie).await, 302, "signed in");
+        let asked = issuer.token_requests();
+        assert_eq!(
+            called_back(&sign_in, &query, cookie).await,
+            400,
+            "the completed sign-in's callback again"
+        );
+        let other = query.replacen("code=", "code=other", 1);
+        assert_eq!(
+            called_back(&sign_in, &other, cookie).await,
+            400,
+            "and with another code"
+        );
+        assert_eq!(issuer.token_requests(), asked, "the issuer is not asked again");
+    }
+
+    /// A state's mark is let go when its sign-in does not complete, also
+    /// when the request goes away mid-sign-in (its future dropped), and
+    /// kept when it completes.
+    #[tokio::test]
+    async fn a_state_mark_is_let_go_unless_kept() {
+        let store = MemoryStore::new();
+        let shared: Arc<dyn SessionStore> = Arc::new(store.clone());
+        let mark = |key: &str| StateMark {
+            store: Arc::clone(&shared),
+            key: Some(key.to_owned()),
+        };
+        let ttl = Duration::from_secs(60);
+        assert!(matches!(store.use_once("dropped", ttl).await, Ok(true)));
+        drop(mark("dropped"));
+        tokio::task::yield_now().await;
+        assert!(matches!(store.use_once("dropped", ttl).await, Ok(true)), "let go");
+        assert!(matches!(store.use_once("kept", ttl).await, Ok(true)));
+        mark("kept").keep();
+        tokio::task::yield_now().await;
+        assert!(
+            matches!(store.use_once("kept", ttl).await, Ok(false)),
+            "still used"
+        );
     }
 
     /// An issuer that grants access tokens for less than `refresh_before`

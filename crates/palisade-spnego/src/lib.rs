@@ -402,7 +402,7 @@ impl SpnegoAuthenticatorBuilder {
                         w.error_at(doc, &field, format!("cannot read {}: {e}", k.key_file))
                             .with_source(e)
                     })?;
-                    let key = session::parse_key(&bytes).ok_or_else(|| {
+                    let key = session::parse_key(&bytes, &k.key_file).ok_or_else(|| {
                         w.error_at(doc, &field, "must hold 32 bytes: raw, 64 hex digits or base64")
                     })?;
                     cookie = cookie.key(k.id, &key).map_err(|e| {

@@ -52,21 +52,21 @@ pub(crate) struct Session {
     pub(crate) expires: u64,
 }
 
-/// A key file's 32 bytes: raw, 64 hex digits, or base64 (surrounding
-/// white space ignored).
-pub(crate) fn parse_key(bytes: &[u8]) -> Option<Vec<u8>> {
-    if bytes.len() == 32 {
-        return Some(bytes.to_vec());
+/// The 32-byte key a key file holds, by the rule every key file follows
+/// ([`palisade_core::syntax::key_file`]); 32 printable characters are
+/// taken as the raw key with a warning naming `file`.
+pub(crate) fn parse_key(bytes: &[u8], file: &str) -> Option<Vec<u8>> {
+    use palisade_core::syntax::{KeyFile, PRINTABLE_KEY_WARNING, key_file};
+    match key_file(bytes) {
+        KeyFile::Raw { printable } => {
+            if printable {
+                palisade_core::config_warning!(target: crate::LOG_TARGET, "`{file}` {PRINTABLE_KEY_WARNING}");
+            }
+            Some(bytes.to_vec())
+        }
+        KeyFile::Text(key) => key.filter(|k| k.len() == 32),
+        KeyFile::Binary(_) => None,
     }
-    let text = std::str::from_utf8(bytes).ok()?.trim();
-    if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return (0..64)
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
-            .collect();
-    }
-    let decoded = base64::engine::general_purpose::STANDARD.decode(text).ok()?;
-    (decoded.len() == 32).then_some(decoded)
 }
 
 fn now() -> u64 {

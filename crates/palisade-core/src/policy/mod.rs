@@ -63,7 +63,7 @@
 //! read and validated for outbound calls) and Keycloak's adapter file
 //! ([`KeycloakAdapterConfig`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use serde::de::{DeserializeOwned, IgnoredAny};
@@ -477,15 +477,29 @@ impl Document {
     /// A document with `targetRef` or `targetRefs` applies to the workload
     /// that serves a `Service` it names, in the document's own namespace
     /// (see [`TargetRefSpec`]); any other document by its namespace (the
-    /// workload's or the root namespace) and its selector.
+    /// workload's or the root namespace) and its selector. A
+    /// `DestinationRule` applies to the calling workloads it is exported
+    /// to, on Istio's lookup path: of the caller's namespace, of any other
+    /// (for calls to the services of its own namespace, without a
+    /// `workloadSelector`), of the root namespace.
     #[must_use]
     pub fn applies_to(&self, workload: &Workload) -> bool {
         let ns = self.metadata.namespace();
-        match self.spec {
+        match &self.spec {
             // Mesh-wide switches: one per mesh, wherever they are written.
             Spec::RbacConfig(_) => return true,
             // Namespaced, without the root-namespace rule; `services` selects.
             Spec::ServiceRole(_) | Spec::ServiceRoleBinding(_) => return ns == workload.namespace,
+            Spec::DestinationRule(rule) => {
+                if !rule.exported_to(ns, &workload.namespace) {
+                    return false;
+                }
+                // The called service's namespace's rule (its hosts' own
+                // namespace: `UpstreamTls` reads it so).
+                if ns != workload.namespace && ns != workload.root_namespace {
+                    return rule.workload_selector.is_none();
+                }
+            }
             _ => {}
         }
         let selector = match self.spec.scope() {
@@ -650,6 +664,29 @@ pub(crate) fn digest(bytes: &[u8]) -> u64 {
     bytes.hash(&mut h);
     h.finish()
 }
+
+/// The first entry of `items` equal to an earlier one: its index, and the
+/// earlier one's. One pass with a hash set, so that a list as long as the
+/// YAML parser lets a document hold (hundreds of thousands of entries)
+/// is checked in linear time.
+pub(crate) fn first_repeat<T: std::hash::Hash + Eq>(
+    items: impl IntoIterator<Item = T>,
+) -> Option<(usize, usize)> {
+    let mut seen = HashMap::new();
+    for (i, item) in items.into_iter().enumerate() {
+        if let Some(&first) = seen.get(&item) {
+            return Some((i, first));
+        }
+        seen.insert(item, i);
+    }
+    None
+}
+
+/// The most documents a policy file holds (a mesh's policies for the
+/// services of one process are tens): more is refused, naming the first
+/// over, so that the checks of each document against the others stay
+/// quick at every load and reload.
+pub const MAX_DOCUMENTS: usize = 4096;
 
 /// Checks `document` as loading a file checks it, alone and against the
 /// documents before it, and adds it (and its warnings).
@@ -1137,6 +1174,17 @@ impl PolicySet {
                 continue;
             }
             count = index;
+            if index > MAX_DOCUMENTS {
+                problems.push(
+                    PolicyError::new(
+                        source,
+                        format!("more than {MAX_DOCUMENTS} documents in one file: split the file"),
+                    )
+                    .at(index, None, "")
+                    .at_line(Some(chunk.first_line), None),
+                );
+                break;
+            }
             // An empty document (a stray `---`) is allowed, as kubectl allows it.
             let Some(header) = header else { continue };
             let admitted = Self::document(&chunk, header, index, source, located)
@@ -1601,11 +1649,15 @@ impl<'a> WorkloadPolicy<'a> {
         })
     }
 
-    /// Applicable `DestinationRule` documents: those whose `workloadSelector`
-    /// selects this workload as the caller. A rule with a selector applies
-    /// only in its own namespace, as Istio reads it: a root-namespace one
-    /// applies to no workload of another namespace (warned of when the file
-    /// loads).
+    /// Applicable `DestinationRule` documents: those exported to this
+    /// workload's namespace on Istio's lookup path (its own namespace's,
+    /// those of the services it calls, the root namespace's), whose
+    /// `workloadSelector` selects it as the caller. A rule with a selector
+    /// applies only in its own namespace, as Istio reads it: a
+    /// root-namespace one applies to no workload of another namespace
+    /// (warned of when the file loads). Another namespace's applies to
+    /// calls to the services of that namespace only, which
+    /// `palisade_mtls::UpstreamTls` sees to.
     pub fn destination_rules(&self) -> impl Iterator<Item = (&'a Document, &'a DestinationRuleSpec)> + '_ {
         self.documents.iter().filter_map(|d| match &d.spec {
             Spec::DestinationRule(s)

@@ -57,15 +57,15 @@ pub struct DestinationRuleSpec {
     pub host: String,
     /// The calling workloads the rule applies to, by label (Istio's
     /// `workloadSelector`, read as `selector` is in the other kinds);
-    /// absent: every workload of the document's namespace (of every
-    /// namespace, for a document in the root namespace).
+    /// absent: every workload of the document's namespace, and those of
+    /// every namespace for a document in the root namespace and for calls
+    /// to the services of the document's own namespace (Istio's lookup
+    /// path; [`exported_to`](Self::exported_to) the caller's namespace).
     #[serde(default)]
     pub workload_selector: Option<SelectorSpec>,
-    /// The namespaces the rule is exported to (`.`, `*`, or names), as in
-    /// Istio. Read and checked; selection uses the namespace and
-    /// `workloadSelector` only, so a value whose Istio meaning differs
-    /// (`~`, another namespace, a list in the root namespace) is a warning
-    /// when the file loads.
+    /// The namespaces whose calling workloads the rule is exported to, as
+    /// in Istio ([`exported_to`](Self::exported_to)): absent or `*` every
+    /// namespace, `.` its own, `~` none (a warning), or names.
     #[serde(default)]
     pub export_to: Vec<String>,
     /// The policy for every call to the host.
@@ -115,6 +115,21 @@ impl DestinationRuleSpec {
         }
     }
 
+    /// Whether the rule, of `namespace`, is exported to the calling
+    /// workloads of `caller` (a namespace), as Istio reads `exportTo`:
+    /// absent or `*` to every namespace, `.` to its own, `~` to none,
+    /// names to those.
+    #[must_use]
+    pub fn exported_to(&self, namespace: &str, caller: &str) -> bool {
+        self.export_to.is_empty()
+            || self.export_to.iter().any(|ns| match ns.as_str() {
+                "*" => true,
+                "." => namespace == caller,
+                "~" => false,
+                other => other == caller,
+            })
+    }
+
     /// Whether the rule sets TLS for calls to the host (its traffic
     /// policy's `tls`, or a port's).
     #[must_use]
@@ -124,32 +139,19 @@ impl DestinationRuleSpec {
             .is_some_and(|p| p.tls.is_some() || p.port_level_settings.iter().any(|port| port.tls.is_some()))
     }
 
-    /// What is read and checked but not applied, said aloud when the file
-    /// loads; `namespace` is the document's.
+    /// What is read and checked but not applied, or does nothing, said
+    /// aloud when the file loads; `namespace` is the document's.
     ///
-    /// `exportTo` is warned about where Palisade's selection differs from
-    /// it: `~` (Istio applies the rule to no caller), a list in the root
-    /// namespace (Palisade applies a root-namespace rule without a selector
-    /// to every namespace), and another namespace named elsewhere (Palisade applies
-    /// the rule to its own namespace's callers only). The root namespace is
-    /// the default one, `istio-system`: a file loads before any workload,
-    /// whose root namespace may be another, is known. `.`, `*` and the
-    /// document's own namespace outside the root namespace are what
-    /// Palisade does, or its documented reading of them.
+    /// `exportTo: [~]` is warned about: applied, it leaves the rule to no
+    /// caller, as in Istio. The root namespace is the default one, `istio-system`: a
+    /// file loads before any workload, whose root namespace may be
+    /// another, is known.
     pub(super) fn warnings(&self, namespace: &str) -> Vec<FieldError> {
         let root = namespace == super::DEFAULT_ROOT_NAMESPACE;
-        let differs = self.export_to.iter().position(|ns| match ns.as_str() {
-            "~" => true,
-            "*" => false,
-            "." => root,
-            other => root || other != namespace,
-        });
-        let export = differs.map(|i| {
+        let export = self.export_to.iter().position(|ns| ns == "~").map(|i| {
             (
                 format!("spec.exportTo[{i}]"),
-                "not applied: the rule applies to the calling workloads its namespace and \
-                 workloadSelector choose (a root-namespace rule without a selector to every namespace)"
-                    .to_owned(),
+                "exported to no namespace: the rule applies to no calling workload, as in Istio".to_owned(),
             )
         });
         let selector = (root && self.workload_selector.is_some()).then(|| {
@@ -181,12 +183,13 @@ impl DestinationRuleSpec {
         if let Some(p) = &self.traffic_policy {
             p.check("spec.trafficPolicy")?;
         }
+        let repeat = super::first_repeat(self.subsets.iter().map(|s| &s.name));
         for (i, subset) in self.subsets.iter().enumerate() {
             let field = format!("spec.subsets[{i}]");
             if subset.name.trim().is_empty() {
                 return Err((format!("{field}.name"), "must not be empty".into()));
             }
-            if self.subsets[..i].iter().any(|s| s.name == subset.name) {
+            if repeat.is_some_and(|(r, _)| r == i) {
                 return Err((
                     format!("{field}.name"),
                     format!("subset `{}` is given twice", subset.name),
@@ -264,13 +267,11 @@ impl TrafficPolicySpec {
         if let Some(tls) = &self.tls {
             tls.check(&format!("{field}.tls"))?;
         }
+        let repeat = super::first_repeat(self.port_level_settings.iter().map(|p| p.port.number));
         for (i, p) in self.port_level_settings.iter().enumerate() {
             let field = format!("{field}.portLevelSettings[{i}]");
             let number = p.port.number;
-            if self.port_level_settings[..i]
-                .iter()
-                .any(|o| o.port.number == number)
-            {
+            if repeat.is_some_and(|(r, _)| r == i) {
                 return Err((
                     format!("{field}.port.number"),
                     format!("port {number} is given twice"),
@@ -536,12 +537,13 @@ fn check_host(host: &str) -> Result<(), FieldError> {
 
 /// `spec.exportTo`: `.`, `*`, `~` or namespace names; `*` and `~` alone.
 fn check_export_to(export_to: &[String]) -> Result<(), FieldError> {
+    let repeat = super::first_repeat(export_to);
     for (i, ns) in export_to.iter().enumerate() {
         let field = format!("spec.exportTo[{i}]");
         if ns.trim().is_empty() {
             return Err((field, "must not be empty".into()));
         }
-        if export_to[..i].contains(ns) {
+        if repeat.is_some_and(|(r, _)| r == i) {
             return Err((field, format!("`{ns}` is given twice")));
         }
         if (ns == "*" || ns == "~") && export_to.len() > 1 {

@@ -797,8 +797,9 @@ impl SpnegoSettingsSpec {
                     "must be longer than 0s".into(),
                 ));
             }
+            let repeat = super::first_repeat(c.keys.iter().map(|k| k.id));
             for (i, k) in c.keys.iter().enumerate() {
-                if c.keys[..i].iter().any(|o| o.id == k.id) {
+                if repeat.is_some_and(|(r, _)| r == i) {
                     return Err((
                         format!("spec.sessionCookie.keys[{i}].id"),
                         format!("key id {} is given twice", k.id),
@@ -1301,6 +1302,7 @@ impl OidcLoginSpec {
             ));
         }
         let s = &self.session;
+        let keys_repeat = super::first_repeat(s.keys.iter().map(|k| &k.id));
         for (i, k) in s.keys.iter().enumerate() {
             if k.id.is_empty()
                 || k.id.len() > 32
@@ -1314,7 +1316,7 @@ impl OidcLoginSpec {
                     "letters, digits, `-` and `_`, at most 32".into(),
                 ));
             }
-            if s.keys[..i].iter().any(|o| o.id == k.id) {
+            if keys_repeat.is_some_and(|(r, _)| r == i) {
                 return Err((
                     format!("spec.session.keys[{i}].id"),
                     format!("key id {} is given twice", k.id),

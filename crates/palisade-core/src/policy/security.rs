@@ -48,12 +48,13 @@ impl RequestAuthenticationSpec {
             self.target_ref.as_ref(),
             &self.target_refs,
         )?;
+        let repeat = super::first_repeat(self.jwt_rules.iter().map(|r| &r.issuer));
         for (i, rule) in self.jwt_rules.iter().enumerate() {
             let at = |field: &str| format!("spec.jwtRules[{i}].{field}");
             if rule.issuer.trim().is_empty() {
                 return Err((at("issuer"), "must not be empty".into()));
             }
-            if let Some(j) = self.jwt_rules[..i].iter().position(|r| r.issuer == rule.issuer) {
+            if let Some((_, j)) = repeat.filter(|(r, _)| *r == i) {
                 return Err((
                     at("issuer"),
                     format!(

@@ -1145,25 +1145,25 @@ fn relaxations_and_fields_read_but_not_applied_are_warnings() {
         .unwrap();
 
     let dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r, namespace: default}\nspec:\n  host: ratings\n  exportTo: [.]\n  subsets:\n  - {name: v1, labels: {version: v1}}\n  - name: v2\n    labels: {version: v2}\n    trafficPolicy: {tls: {mode: SIMPLE}}\n";
-    // `.`, `*` and its own namespace are what Palisade does with a rule
-    // outside the root namespace; `~`, another namespace, or a list in the
-    // root namespace are not.
-    for same in ["[.]", "['*']", "[default]"] {
+    // `exportTo` is applied as Istio applies it; `~`, which leaves the
+    // rule to no caller, is said.
+    for applied in ["[.]", "['*']", "[default]", "[default, prod]"] {
         assert_eq!(
-            warned(&dr.replace("[.]", same)),
+            warned(&dr.replace("[.]", applied)),
             [(1, "spec.subsets[1].trafficPolicy".into())],
-            "{same}"
+            "{applied}"
         );
-    }
-    for (differs, at) in [("['~']", 0), ("[default, prod]", 1)] {
         assert_eq!(
-            warned(&dr.replace("[.]", differs))[0],
-            (1, format!("spec.exportTo[{at}]")),
-            "{differs}"
+            warned(
+                &dr.replace("[.]", applied)
+                    .replace("namespace: default", "namespace: istio-system")
+            ),
+            [(1, "spec.subsets[1].trafficPolicy".into())],
+            "{applied}"
         );
     }
     assert_eq!(
-        warned(&dr.replace("namespace: default", "namespace: istio-system"))[0],
+        warned(&dr.replace("[.]", "['~']"))[0],
         (1, "spec.exportTo[0]".into())
     );
 
@@ -2167,4 +2167,42 @@ spec:
         .map(|f| f.display().to_string())
         .collect();
     assert_eq!(named, ["/etc/palisade/ca.pem", "/etc/palisade/nonce.secret"]);
+}
+
+/// A file of more documents than a process's policies need is refused,
+/// naming the first over: each document is checked against the others
+/// at every load, which must stay quick. Long lists in one document are
+/// checked for repeats in one pass.
+#[test]
+fn a_file_of_too_many_documents_is_refused_and_long_lists_load() {
+    let role = |i: usize| {
+        format!(
+            "---\napiVersion: rbac.istio.io/v1alpha1\nkind: ServiceRole\nmetadata: {{name: r{i}}}\nspec:\n  rules: [{{services: ['*']}}]\n"
+        )
+    };
+    let most: String = (0..super::MAX_DOCUMENTS).map(role).collect();
+    assert_eq!(
+        PolicySet::from_yaml_str(&most, "policy.yaml")
+            .unwrap()
+            .documents()
+            .len(),
+        super::MAX_DOCUMENTS
+    );
+    let err = load_err(&format!("{most}{}", role(super::MAX_DOCUMENTS)));
+    assert_eq!(
+        err.document,
+        u32::try_from(super::MAX_DOCUMENTS + 1).ok(),
+        "{err}"
+    );
+    assert!(err.to_string().contains("more than 4096 documents"), "{err}");
+    // 100,000 namespaces exported to, the last given twice.
+    let mut names: Vec<String> = (0..100_000).map(|i| format!("n{i}")).collect();
+    names.push("n7".into());
+    let dr = format!(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: r}}\nspec:\n  host: ratings\n  exportTo: [{}]\n",
+        names.join(", ")
+    );
+    let err = load_err(&dr);
+    assert_eq!(err.field.as_deref(), Some("spec.exportTo[100000]"), "{err}");
+    assert!(err.to_string().contains("`n7` is given twice"), "{err}");
 }

@@ -82,7 +82,20 @@ impl PolicySet {
                     .selector()
                     .map(|s| s.match_labels.clone())
                     .unwrap_or_default();
-                workloads.push(workload(doc.metadata.namespace(), &labels));
+                // A `DestinationRule` exported to other namespaces only
+                // applies to a caller of the first it names.
+                let ns = match &doc.spec {
+                    Spec::DestinationRule(rule)
+                        if !rule.exported_to(doc.metadata.namespace(), doc.metadata.namespace()) =>
+                    {
+                        rule.export_to
+                            .iter()
+                            .find(|e| !matches!(e.as_str(), "." | "*" | "~"))
+                            .map_or(doc.metadata.namespace(), String::as_str)
+                    }
+                    _ => doc.metadata.namespace(),
+                };
+                workloads.push(workload(ns, &labels));
             }
         }
         workloads[named..].sort_by(|a, b| (&a.namespace, &a.labels).cmp(&(&b.namespace, &b.labels)));
