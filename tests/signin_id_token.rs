@@ -263,7 +263,11 @@ async fn a_refresh_that_returns_a_bad_id_token_ends_the_session_on_both_framewor
     let cases = [
         ("another user", t().claim("sub", json!("mallory"))),
         ("another nonce", t().claim("nonce", json!("not-the-first"))),
-        ("another auth_time", t().claim("auth_time", json!(1))),
+        ("an earlier auth_time", t().claim("auth_time", json!(1))),
+        (
+            "an auth_time to come",
+            t().claim("auth_time", json!(4_102_444_800_u64)),
+        ),
         ("another audience", t().claim("aud", json!("reviews"))),
         ("another client's azp", t().claim("azp", json!("reviews"))),
         ("HS256 with the client secret", t().hmac_with_client_secret()),
@@ -283,6 +287,21 @@ async fn a_refresh_that_returns_a_bad_id_token_ends_the_session_on_both_framewor
         );
         jar.take(&who);
         assert_eq!(get(&format!("{base}/whoami"), &jar, false).await.status, 200);
+        // A later auth_time keeps the session: Keycloak reports the user's latest
+        // authentication at the issuer (signed in again elsewhere with
+        // `prompt=login`).
+        // (Half a minute ahead, within the clock skew allowed: surely later
+        // than the sign-in's, even within its second.)
+        let later = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 30;
+        f.issuer
+            .tamper_id_tokens(Some(IdTokenTamper::new().claim("auth_time", json!(later))));
+        let who = get(&format!("{base}/whoami"), &jar, false).await;
+        assert_eq!(who.status, 200, "{base} a later auth_time: {who:?}");
+        jar.take(&who);
         // An ID token without auth_time is fine: OpenID Connect Core 12.2
         // compares it only when there is one.
         f.issuer
