@@ -14,7 +14,11 @@ use super::PolicyError;
 /// `public-client` and `credentials` turn browser sign-in on for `resource`
 /// (unless `bearer-only`); the secret in `credentials` is never printed.
 /// Accepted so that a `keycloak.json` loads, and not applied:
-/// `ssl-required` (TLS is the server's), `use-resource-role-mappings`
+/// `ssl-required` (one of `all`, `external`, `none`, any case; TLS is the
+/// server's: Keycloak's adapter refuses a token or a sign-in over plain
+/// http from an address that is not private under `external`, its
+/// default, and from any under `all`, where Palisade does not look at the
+/// connection), `use-resource-role-mappings`
 /// (role checks name realm or client roles explicitly), `confidential-port`,
 /// `enable-cors`, `allow-any-hostname` and `disable-trust-manager` (the
 /// issuer's certificate and name are always verified). Given with a value
@@ -148,6 +152,17 @@ impl KeycloakAdapterConfig {
         }
         if self.auth_server_url.trim().is_empty() {
             return Err(("spec.auth-server-url".into(), "must not be empty".into()));
+        }
+        // Keycloak's adapter refuses to deploy with another value.
+        if let Some(ssl) = &self.ssl_required
+            && !["all", "external", "none"]
+                .iter()
+                .any(|v| ssl.eq_ignore_ascii_case(v))
+        {
+            return Err((
+                "spec.ssl-required".into(),
+                format!("`{ssl}` is not one of `all`, `external`, `none` (Keycloak's adapter refuses it)"),
+            ));
         }
         // The issuer is made of it (`<auth-server-url>/realms/<realm>`).
         if !crate::syntax::is_http_url(&self.auth_server_url) {

@@ -1106,14 +1106,24 @@ fn relaxations_and_fields_read_but_not_applied_are_warnings() {
             (1, "spec.verify-token-audience".into())
         ]
     );
-    // Keycloak's own export: `external` (its default) and port 0 change
-    // nothing; its default audience check (none) is said.
+    // Keycloak's own export, `external` (its default) and port 0, is not
+    // said (docs/configuration.md says what `external` does there and not
+    // here); its default audience check (none) is.
     assert_eq!(
         warned(&kc.replace("all", "external").replace("true", "false")),
         [(1, "spec.verify-token-audience".into())]
     );
     let json = r#"{"realm":"r","auth-server-url":"https://kc","allow-any-hostname":true}"#;
     assert!(KeycloakAdapterConfig::from_json_str(json, "keycloak.json").is_ok());
+    // A value Keycloak's adapter refuses is refused; its case is free.
+    for (ssl, loads) in [("NONE", true), ("External", true), ("al", false), ("all ", false)] {
+        let json = format!(r#"{{"realm":"r","auth-server-url":"https://kc","ssl-required":"{ssl}"}}"#);
+        let loaded = KeycloakAdapterConfig::from_json_str(&json, "keycloak.json");
+        assert_eq!(loaded.is_ok(), loads, "{ssl}");
+        if let Err(e) = loaded {
+            assert_eq!(e.field.as_deref(), Some("ssl-required"), "{e}");
+        }
+    }
     // One application's adapter (`resource`, an audience check or sign-in)
     // without a selector applies namespace-wide: said; with one, it
     // applies to the workloads it selects only.
