@@ -2201,6 +2201,22 @@ fn in_window(exp: Option<f64>, nbf: Option<f64>, leeway: Duration, now: f64) -> 
     Ok(())
 }
 
+/// Whether a token's audience `given` is the `configured` one, as Envoy's
+/// `jwt_authn` compares them (its `CheckAudience`, which Istio's
+/// `audiences` go through): each without an `http://` or `https://` scheme
+/// and a final `/`, so an Auth0-style `https://api.example.com/` in a token
+/// is the `https://api.example.com` a rule names. Nothing else is folded.
+fn same_audience(configured: &str, given: &str) -> bool {
+    fn key(aud: &str) -> &str {
+        let aud = aud
+            .strip_prefix("https://")
+            .or_else(|| aud.strip_prefix("http://"))
+            .unwrap_or(aud);
+        aud.strip_suffix('/').unwrap_or(aud)
+    }
+    configured == given || key(configured) == key(given)
+}
+
 /// The claim checks that need neither the clock nor the token's header:
 /// `sub` (a string; required unless the provider says otherwise, a
 /// `client_id` standing in for it) and `aud` (one of the provider's
@@ -2219,14 +2235,14 @@ fn check_subject_and_audience(cfg: &Provider, claims: &Map<String, Value>) -> Re
     if !cfg.any_audience {
         let ok = match claims.get("aud") {
             None => return Err(JwtError::MissingClaim("aud")),
-            Some(Value::String(a)) => cfg.audiences.iter().any(|x| x == a),
+            Some(Value::String(a)) => cfg.audiences.iter().any(|x| same_audience(x, a)),
             Some(Value::Array(items)) => {
                 let mut any = false;
                 for item in items {
                     let Value::String(a) = item else {
                         return Err(JwtError::InvalidClaim("aud"));
                     };
-                    any |= cfg.audiences.iter().any(|x| x == a);
+                    any |= cfg.audiences.iter().any(|x| same_audience(x, a));
                 }
                 any
             }
@@ -2762,6 +2778,52 @@ impl JwtAuthenticator {
 
 #[cfg(test)]
 mod tests {
+    /// Audiences compare as Envoy's `jwt_authn` compares them: scheme and
+    /// final `/` aside, nothing else.
+    #[test]
+    fn audiences_compare_as_envoy_compares_them() {
+        for (configured, given, same) in [
+            ("https://api.example.com", "https://api.example.com/", true),
+            ("https://api.example.com/", "api.example.com", true),
+            ("api.example.com", "http://api.example.com", true),
+            ("details", "details", true),
+            ("https://api.example.com", "https://api.example.com/v1", false),
+            ("https://api.example.com", "https://api.example.com.evil", false),
+            ("https://api.example.com", "HTTPS://API.EXAMPLE.COM", false),
+            ("details", "details//", false),
+            ("details", "reviews", false),
+        ] {
+            assert_eq!(
+                super::same_audience(configured, given),
+                same,
+                "{configured} / {given}"
+            );
+        }
+        // As a token's claims are checked.
+        let jwt = JwtAuthenticator::builder()
+            .provider(
+                Provider::builder("https://idp.example")
+                    .audience("https://api.example.com")
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        let check = |aud: serde_json::Value| {
+            let claims = serde_json::json!({"iss": "https://idp.example", "sub": "alice", "aud": aud});
+            jwt.authenticated_for_verified_claims(
+                claims.as_object().unwrap().clone(),
+                Verification::assertion(),
+            )
+        };
+        assert!(check(serde_json::json!("https://api.example.com/")).is_ok());
+        assert!(check(serde_json::json!(["other", "api.example.com/"])).is_ok());
+        assert!(matches!(
+            check(serde_json::json!("https://api.example.com/v1")),
+            Err(JwtError::InvalidAudience)
+        ));
+    }
+
     use serde_json::json;
 
     use super::*;
