@@ -1,6 +1,7 @@
 //! Building the authenticator from a policy file: Istio `RequestAuthentication`,
 //! Palisade `JwtSettings` and Keycloak adapter documents.
 
+use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -110,7 +111,7 @@ fn from_policy(policy: &WorkloadPolicy<'_>, offline: bool) -> Result<Option<JwtA
                 doc,
                 &field,
                 format!(
-                    "issuer `{issuer}` is configured twice for this workload (also {} {first_field})",
+                    "issuer `{issuer}` is configured twice for this workload, with other settings than its audiences (also {} {first_field}): Istio lets a token in by either rule; give the rules the same settings but for their audiences, or keep one",
                     first.resource()
                 ),
             ));
@@ -118,8 +119,9 @@ fn from_policy(policy: &WorkloadPolicy<'_>, offline: bool) -> Result<Option<JwtA
         written.push((issuer.to_owned(), doc, field, keys));
         Ok(())
     };
-    for (doc, spec) in policy.request_authentications() {
-        for (i, rule) in spec.jwt_rules.iter().enumerate() {
+    for (doc, i, rule) in &merged_rules(policy) {
+        let (doc, rule) = (*doc, &**rule);
+        {
             let field = format!("spec.jwtRules[{i}]");
             once(
                 &rule.issuer,
@@ -237,6 +239,49 @@ impl JwtAuthenticator {
             .build()
             .map_err(|e| err(e.to_string()).with_source(e))
     }
+}
+
+/// The workload's `jwtRules`, in file order, with those of one issuer in
+/// several documents (a mesh-wide rule in the root namespace and a
+/// namespace's, say) that differ in their `audiences` alone made one, with
+/// every audience (an empty list standing for the service's names, as the
+/// rule alone reads it): Istio lets a token in by any rule of its issuer,
+/// so by any of their audiences. Rules that differ otherwise stay apart,
+/// and the second is refused.
+fn merged_rules<'p>(policy: &WorkloadPolicy<'p>) -> Vec<(&'p Document, usize, Cow<'p, JwtRuleSpec>)> {
+    let w = policy.workload();
+    let audiences = |r: &JwtRuleSpec| {
+        if r.audiences.is_empty() {
+            vec![w.host(), w.service.clone()]
+        } else {
+            r.audiences.clone()
+        }
+    };
+    let mut rules: Vec<(&'p Document, usize, Cow<'p, JwtRuleSpec>)> = Vec::new();
+    for (doc, spec) in policy.request_authentications() {
+        for (i, rule) in spec.jwt_rules.iter().enumerate() {
+            let but_audiences = |r: &JwtRuleSpec| {
+                let mut r = r.clone();
+                r.audiences.clear();
+                r
+            };
+            let same = rules.iter_mut().find(|(d, _, r)| {
+                !std::ptr::eq(*d, doc) && r.issuer == rule.issuer && but_audiences(r) == but_audiences(rule)
+            });
+            if let Some((_, _, first)) = same {
+                let mut all = audiences(first);
+                for a in audiences(rule) {
+                    if !all.contains(&a) {
+                        all.push(a);
+                    }
+                }
+                first.to_mut().audiences = all;
+                continue;
+            }
+            rules.push((doc, i, Cow::Borrowed(rule)));
+        }
+    }
+    rules
 }
 
 fn istio_provider(policy: &WorkloadPolicy<'_>, rule: &JwtRuleSpec) -> ProviderBuilder {
@@ -717,6 +762,51 @@ spec:
         let policy = set.for_workload(&Workload::new("details", "default"));
         let _jwt = JwtAuthenticator::from_policy(&policy).unwrap().unwrap();
         assert!(connected_within(&listener, Duration::from_secs(5)));
+    }
+
+    /// One issuer's rules in two documents (the mesh's and a namespace's)
+    /// that differ in their audiences alone: a token of any of their
+    /// audiences gets in, as Istio lets it in by either rule (the empty
+    /// list standing for the service's names). Rules that differ otherwise
+    /// are refused, naming the second.
+    #[test]
+    fn one_issuers_rules_in_two_documents_take_every_audience() {
+        let rule = |ns: &str, audiences: &str| {
+            format!(
+                "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt, namespace: {ns}}}\nspec:\n  jwtRules:\n  - issuer: https://idp.example\n    jwksUri: https://idp.example/jwks\n{audiences}---\n"
+            )
+        };
+        let yaml = format!(
+            "{}{}",
+            rule("istio-system", "    audiences: [mesh]\n"),
+            rule("default", "")
+        );
+        let set = PolicySet::from_yaml_str(&yaml, "p.yaml").unwrap();
+        let jwt =
+            JwtAuthenticator::from_policy_offline(&set.for_workload(&Workload::new("details", "default")))
+                .unwrap()
+                .unwrap();
+        let check = |aud: &str| {
+            let claims = serde_json::json!({"iss": "https://idp.example", "sub": "alice", "aud": aud});
+            jwt.identity_for_verified_claims(claims.as_object().unwrap().clone(), Verification::assertion())
+        };
+        for aud in ["mesh", "details", "details.default.svc.cluster.local"] {
+            assert!(check(aud).is_ok(), "{aud}");
+        }
+        assert_eq!(check("reviews").unwrap_err(), JwtError::InvalidAudience);
+        // Other settings too: refused, naming the second document's rule.
+        let other = format!(
+            "{}{}",
+            rule("istio-system", "    audiences: [mesh]\n"),
+            rule("default", "    forwardOriginalToken: true\n")
+        );
+        let set = PolicySet::from_yaml_str(&other, "p.yaml").unwrap();
+        let err =
+            JwtAuthenticator::from_policy_offline(&set.for_workload(&Workload::new("details", "default")))
+                .unwrap_err();
+        assert_eq!(err.document, Some(2), "{err}");
+        assert_eq!(err.field.as_deref(), Some("spec.jwtRules[0].issuer"), "{err}");
+        assert!(err.to_string().contains("configured twice"), "{err}");
     }
 
     #[test]
