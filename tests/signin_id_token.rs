@@ -252,8 +252,8 @@ async fn a_confidential_client_refuses_bad_id_tokens_on_both_frameworks() {
 
 /// The ID token a refresh returns is checked as OpenID Connect Core 12.2
 /// says: as at sign-in, for the same user, with the first token's `nonce`
-/// and `auth_time`. A bad one ends the session; one whose key cannot be
-/// had does not.
+/// and an `auth_time` no earlier than the last one's (nor in the future).
+/// A bad one ends the session; one whose key cannot be had does not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresh_that_returns_a_bad_id_token_ends_the_session_on_both_frameworks() {
     // Tokens live 30 s, the refresh margin: every request refreshes.

@@ -2201,20 +2201,24 @@ fn in_window(exp: Option<f64>, nbf: Option<f64>, leeway: Duration, now: f64) -> 
     Ok(())
 }
 
-/// Whether a token's audience `given` is the `configured` one, as Envoy's
-/// `jwt_authn` compares them (its `CheckAudience`, which Istio's
-/// `audiences` go through): each without an `http://` or `https://` scheme
-/// and a final `/`, so an Auth0-style `https://api.example.com/` in a token
-/// is the `https://api.example.com` a rule names. Nothing else is folded.
-fn same_audience(configured: &str, given: &str) -> bool {
-    fn key(aud: &str) -> &str {
-        let aud = aud
-            .strip_prefix("https://")
-            .or_else(|| aud.strip_prefix("http://"))
-            .unwrap_or(aud);
-        aud.strip_suffix('/').unwrap_or(aud)
-    }
-    configured == given || key(configured) == key(given)
+/// Whether a token's audience `given` is the `configured` one: exactly, or
+/// for an Istio rule's provider as Envoy's `jwt_authn` compares them (its
+/// `CheckAudience`, which Istio's `audiences` go through): each without an
+/// `http://` or `https://` scheme and a final `/`, so an Auth0-style
+/// `https://api.example.com/` in a token is the `https://api.example.com`
+/// a rule names. Nothing else is folded, and nothing for a sign-in's ID
+/// and logout tokens (their audience is the client id, exactly).
+fn same_audience(cfg: &Provider, configured: &str, given: &str) -> bool {
+    configured == given || (cfg.envoy_audiences && envoy_audience(configured) == envoy_audience(given))
+}
+
+/// An audience as Envoy's `CheckAudience` compares it.
+fn envoy_audience(aud: &str) -> &str {
+    let aud = aud
+        .strip_prefix("https://")
+        .or_else(|| aud.strip_prefix("http://"))
+        .unwrap_or(aud);
+    aud.strip_suffix('/').unwrap_or(aud)
 }
 
 /// The claim checks that need neither the clock nor the token's header:
@@ -2235,14 +2239,14 @@ fn check_subject_and_audience(cfg: &Provider, claims: &Map<String, Value>) -> Re
     if !cfg.any_audience {
         let ok = match claims.get("aud") {
             None => return Err(JwtError::MissingClaim("aud")),
-            Some(Value::String(a)) => cfg.audiences.iter().any(|x| same_audience(x, a)),
+            Some(Value::String(a)) => cfg.audiences.iter().any(|x| same_audience(cfg, x, a)),
             Some(Value::Array(items)) => {
                 let mut any = false;
                 for item in items {
                     let Value::String(a) = item else {
                         return Err(JwtError::InvalidClaim("aud"));
                     };
-                    any |= cfg.audiences.iter().any(|x| same_audience(x, a));
+                    any |= cfg.audiences.iter().any(|x| same_audience(cfg, x, a));
                 }
                 any
             }
@@ -2778,10 +2782,12 @@ impl JwtAuthenticator {
 
 #[cfg(test)]
 mod tests {
-    /// Audiences compare as Envoy's `jwt_authn` compares them: scheme and
-    /// final `/` aside, nothing else.
+    /// An Istio rule's audiences compare as Envoy's `jwt_authn` compares
+    /// them: scheme and final `/` aside, nothing else. Every other
+    /// provider's (a sign-in's client id, whose ID and logout tokens must
+    /// name it exactly) are exact.
     #[test]
-    fn audiences_compare_as_envoy_compares_them() {
+    fn istio_audiences_compare_as_envoy_compares_them_others_exactly() {
         for (configured, given, same) in [
             ("https://api.example.com", "https://api.example.com/", true),
             ("https://api.example.com/", "api.example.com", true),
@@ -2794,32 +2800,38 @@ mod tests {
             ("details", "reviews", false),
         ] {
             assert_eq!(
-                super::same_audience(configured, given),
+                super::envoy_audience(configured) == super::envoy_audience(given),
                 same,
                 "{configured} / {given}"
             );
         }
-        // As a token's claims are checked.
-        let jwt = JwtAuthenticator::builder()
-            .provider(
-                Provider::builder("https://idp.example")
-                    .audience("https://api.example.com")
-                    .build()
-                    .unwrap(),
-            )
-            .build()
-            .unwrap();
-        let check = |aud: serde_json::Value| {
+        // As a token's claims are checked: an Istio rule's provider folds,
+        // another does not.
+        let jwt = |envoy: bool| {
+            let b = Provider::builder("https://idp.example").audience("https://api.example.com");
+            let b = if envoy { b.envoy_audience_match() } else { b };
+            JwtAuthenticator::builder()
+                .provider(b.build().unwrap())
+                .build()
+                .unwrap()
+        };
+        let check = |jwt: &JwtAuthenticator, aud: serde_json::Value| {
             let claims = serde_json::json!({"iss": "https://idp.example", "sub": "alice", "aud": aud});
             jwt.authenticated_for_verified_claims(
                 claims.as_object().unwrap().clone(),
                 Verification::assertion(),
             )
         };
-        assert!(check(serde_json::json!("https://api.example.com/")).is_ok());
-        assert!(check(serde_json::json!(["other", "api.example.com/"])).is_ok());
+        let (istio, exact) = (jwt(true), jwt(false));
+        assert!(check(&istio, serde_json::json!("https://api.example.com/")).is_ok());
+        assert!(check(&istio, serde_json::json!(["other", "api.example.com/"])).is_ok());
         assert!(matches!(
-            check(serde_json::json!("https://api.example.com/v1")),
+            check(&istio, serde_json::json!("https://api.example.com/v1")),
+            Err(JwtError::InvalidAudience)
+        ));
+        assert!(check(&exact, serde_json::json!("https://api.example.com")).is_ok());
+        assert!(matches!(
+            check(&exact, serde_json::json!("https://api.example.com/")),
             Err(JwtError::InvalidAudience)
         ));
     }

@@ -298,6 +298,9 @@ pub struct Provider {
     pub(crate) issuer: String,
     pub(crate) audiences: Vec<String>,
     pub(crate) any_audience: bool,
+    /// Audiences compared as Envoy's `jwt_authn` compares them (an Istio
+    /// rule's): scheme and final `/` aside.
+    pub(crate) envoy_audiences: bool,
     pub(crate) jwks: JwksSource,
     pub(crate) algorithms: Vec<Algorithm>,
     pub(crate) hmac_secret: Option<Vec<u8>>,
@@ -324,6 +327,7 @@ impl fmt::Debug for Provider {
             .field("issuer", &self.issuer)
             .field("audiences", &self.audiences)
             .field("any_audience", &self.any_audience)
+            .field("envoy_audiences", &self.envoy_audiences)
             .field("jwks", &self.jwks)
             .field("algorithms", &self.algorithms)
             .field("hmac_secret", &self.hmac_secret.as_ref().map(|_| "<redacted>"))
@@ -342,6 +346,7 @@ impl Provider {
             issuer: issuer.into(),
             audiences: Vec::new(),
             any_audience: false,
+            envoy_audiences: false,
             jwks: JwksSource::Discovery,
             algorithms: None,
             hmac_secret: None,
@@ -393,6 +398,7 @@ pub struct ProviderBuilder {
     issuer: String,
     audiences: Vec<String>,
     any_audience: bool,
+    envoy_audiences: bool,
     jwks: JwksSource,
     algorithms: Option<Vec<Algorithm>>,
     hmac_secret: Option<Vec<u8>>,
@@ -504,6 +510,16 @@ impl DangerousProviderBuilder {
 }
 
 impl ProviderBuilder {
+    /// Compares audiences as Envoy's `jwt_authn` compares an Istio rule's:
+    /// an `http://` or `https://` scheme and a final `/` aside, so a
+    /// token's `https://api.example.com/` is `https://api.example.com`.
+    /// For `RequestAuthentication` rules only; every other audience (a
+    /// sign-in's client id, a Keycloak adapter's `resource`) is exact.
+    pub(crate) fn envoy_audience_match(mut self) -> Self {
+        self.envoy_audiences = true;
+        self
+    }
+
     /// Accepts tokens whose `aud` holds this value (call again for more).
     pub fn audience(mut self, aud: impl Into<String>) -> Self {
         self.audiences.push(aud.into());
@@ -764,6 +780,7 @@ impl ProviderBuilder {
             issuer: self.issuer,
             audiences: self.audiences,
             any_audience: self.any_audience,
+            envoy_audiences: self.envoy_audiences,
             jwks: self.jwks,
             algorithms,
             hmac_secret: self.hmac_secret,

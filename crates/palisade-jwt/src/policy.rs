@@ -59,7 +59,10 @@ impl JwtAuthenticator {
     }
 }
 
-fn from_policy(policy: &WorkloadPolicy<'_>, offline: bool) -> Result<Option<JwtAuthenticator>, PolicyError> {
+fn from_policy<'p>(
+    policy: &WorkloadPolicy<'p>,
+    offline: bool,
+) -> Result<Option<JwtAuthenticator>, PolicyError> {
     // In the order they take effect, each setting the last one's: the root
     // namespace's, then the workload's own namespace's (as a namespace's
     // Istio documents override the mesh's); see also `for_issuer`. Within
@@ -105,13 +108,26 @@ fn from_policy(policy: &WorkloadPolicy<'_>, offline: bool) -> Result<Option<JwtA
     // Each provider's issuer and where it is written: (issuer, document,
     // the issuer's field, the inline keys' field).
     let mut written: Vec<Written<'_>> = Vec::new();
-    let mut once = |issuer: &str, doc, field: String, keys: String| {
+    let mut once = |issuer: &str, doc: &'p Document, field: String, keys: String| {
         if let Some((_, first, first_field, _)) = written.iter().find(|(i, ..)| i == issuer) {
+            // Two `jwtRules` could have been one (`merged_rules`); a
+            // Keycloak adapter's issuer never merges.
+            let rules = [doc, *first].iter().all(|d| d.kind == "RequestAuthentication");
+            let why = if rules {
+                ", with other settings than its audiences"
+            } else {
+                ""
+            };
+            let fix = if rules {
+                ": Istio lets a token in by either rule; give the rules the same settings but for their audiences, or keep one"
+            } else {
+                ": keep one"
+            };
             return Err(policy.error_at(
                 doc,
                 &field,
                 format!(
-                    "issuer `{issuer}` is configured twice for this workload, with other settings than its audiences (also {} {first_field}): Istio lets a token in by either rule; give the rules the same settings but for their audiences, or keep one",
+                    "issuer `{issuer}` is configured twice for this workload{why} (also {} {first_field}){fix}",
                     first.resource()
                 ),
             ));
@@ -285,7 +301,7 @@ fn merged_rules<'p>(policy: &WorkloadPolicy<'p>) -> Vec<(&'p Document, usize, Co
 }
 
 fn istio_provider(policy: &WorkloadPolicy<'_>, rule: &JwtRuleSpec) -> ProviderBuilder {
-    let mut b = Provider::builder(rule.issuer.clone());
+    let mut b = Provider::builder(rule.issuer.clone()).envoy_audience_match();
     if rule.audiences.is_empty() {
         let w = policy.workload();
         b = b.audience(w.host()).audience(w.service.clone());
@@ -790,7 +806,13 @@ spec:
             let claims = serde_json::json!({"iss": "https://idp.example", "sub": "alice", "aud": aud});
             jwt.identity_for_verified_claims(claims.as_object().unwrap().clone(), Verification::assertion())
         };
-        for aud in ["mesh", "details", "details.default.svc.cluster.local"] {
+        // (An Istio rule's audiences compare as Envoy compares them.)
+        for aud in [
+            "mesh",
+            "details",
+            "details.default.svc.cluster.local",
+            "https://mesh/",
+        ] {
             assert!(check(aud).is_ok(), "{aud}");
         }
         assert_eq!(check("reviews").unwrap_err(), JwtError::InvalidAudience);

@@ -1348,19 +1348,22 @@ impl SignIn {
         if claims.get("sub").and_then(Value::as_str) != Some(s.sub.as_str()) {
             return Err(Some("it names another user"));
         }
-        // The first ID token was verified at sign-in and has been sealed
-        // in the session since: its claims are read as they are. It always
-        // has a nonce (sign-in requires one); `auth_time` is compared when
-        // both tokens have one (an issuer may add it only on refresh).
-        let first = s.it.as_deref().and_then(unverified_claims).unwrap_or_default();
-        if claims.get("nonce").is_some_and(|n| first.get("nonce") != Some(n)) {
+        // The last ID token (the sign-in's, or a refresh's since) was
+        // verified when it came and has been sealed in the session since:
+        // its claims are read as they are. `auth_time`, when the new one
+        // carries it: a time, not in the future, and no earlier than the
+        // last one's when that is a time (an issuer may add it only on
+        // refresh).
+        let last = s.it.as_deref().and_then(unverified_claims).unwrap_or_default();
+        if claims.get("nonce").is_some_and(|n| last.get("nonce") != Some(n)) {
             return Err(Some("its nonce differs from the first ID token's"));
         }
-        if let (Some(latest), Some(then)) = (claims.get("auth_time"), first.get("auth_time")) {
-            let (latest, then) = (numeric_date(latest), numeric_date(then));
-            if latest.is_none_or(|l| then.is_none_or(|t| l < t) || l > now() + 60) {
+        if let Some(latest) = claims.get("auth_time") {
+            let then = last.get("auth_time").and_then(numeric_date);
+            let bad = numeric_date(latest).is_none_or(|l| then.is_some_and(|t| l < t) || l > now() + 60);
+            if bad {
                 return Err(Some(
-                    "its auth_time is earlier than the last ID token's, or not a time",
+                    "its auth_time is earlier than the last ID token's, in the future, or not a time",
                 ));
             }
         }
