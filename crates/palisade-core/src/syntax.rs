@@ -2,7 +2,8 @@
 //! shown: the rules a policy file and the builders share for the URLs
 //! Palisade calls or sends a browser to, the paths it serves, HTTP tokens
 //! (header and cookie names), URLs shown in errors and logs without
-//! their credentials, and text shown in a page. Each rule is written once
+//! their credentials, text shown in a page, and the key files of session
+//! cookies ([`key_file`]). Each rule is written once
 //! here, so a file and code that builds the same setting meet the same
 //! rule.
 

@@ -19,7 +19,9 @@ use crate::resource::ResourceMetadata;
 
 impl FromPolicy for JwtAuthenticator {
     /// Builds the authenticator for a workload from its policy documents:
-    /// one provider per `jwtRules` entry and per `KeycloakAdapter`, tuned by
+    /// one provider per issuer of the `jwtRules` entries (one issuer's
+    /// rules in two documents that differ in their `audiences` alone are
+    /// one, with every audience) and per `KeycloakAdapter`, tuned by
     /// `JwtSettings`. `None` when no document configures a JWT issuer.
     ///
     /// Istio semantics: an empty `audiences` accepts the workload's service

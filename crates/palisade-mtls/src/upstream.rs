@@ -165,8 +165,8 @@ fn service_namespace(host: &str) -> Option<&str> {
 ///
 /// Rule lookup follows Istio: the workload's namespace, then the called
 /// service's (a rule of another namespace applies to calls to its own
-/// services, `NAME.NAMESPACE.svc…`), then the root namespace, each rule
-/// where its `exportTo` lets it; within it, an exact host before wildcards, the longest
+/// services, `NAME.NAMESPACE.svc…`, only where it sets TLS), then the
+/// root namespace, each rule where its `exportTo` lets it; within it, an exact host before wildcards, the longest
 /// wildcard first (`*.default.svc.cluster.local` before `*`); then one
 /// that sets TLS before one that does not; then a rule whose
 /// `workloadSelector` selects the workload before one for every workload
@@ -283,7 +283,8 @@ impl UpstreamTls {
                     Tier::Service(namespace.to_owned())
                 };
             // A rule with a selector is the workload's namespace's
-            // (`destination_rules` leaves out the root namespace's).
+            // (`destination_rules` leaves out those with a selector of any other
+            // namespace, the root one included).
             let selected = spec.workload_selector.is_some();
             let Some(traffic) = &spec.traffic_policy else {
                 rules.push(Rule {

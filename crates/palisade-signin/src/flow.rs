@@ -1149,7 +1149,7 @@ impl SignIn {
             {
                 Ok(false) => {
                     return with_cookies(
-                        problem(400, "this sign-in was already completed: start again"),
+                        problem(400, "this sign-in was already used: start again"),
                         clear_state,
                     );
                 }
@@ -1320,8 +1320,9 @@ impl SignIn {
     /// Checks the ID token a refresh returned, as OpenID Connect Core 12.2
     /// says: valid as at sign-in (signature, `iss`, `aud`, `exp`, `azp`,
     /// `iat`), of the same user, and with the first ID token's `nonce` when
-    /// it carries one. Its `auth_time`, when both carry one, is the last
-    /// ID token's or later, not in the future: Keycloak reports its
+    /// it carries one. Its `auth_time`, when it carries one, is a time, not
+    /// in the future, and no earlier than the last ID token's when that has
+    /// one: Keycloak reports its
     /// session's latest authentication (the user signed in again at the
     /// issuer, to another application asking for `prompt=login` or a
     /// stronger level), where the specification keeps the first.

@@ -22,8 +22,10 @@ use super::PolicyError;
 /// (role checks name realm or client roles explicitly), `confidential-port`,
 /// `enable-cors`, `allow-any-hostname` and `disable-trust-manager` (the
 /// issuer's certificate and name are always verified). Given with a value
-/// that would change what a Keycloak adapter does (`ssl-required: all`, a
-/// `true`, a port other than 0), each is a warning when the file loads
+/// other than Keycloak's own export writes (`ssl-required: all`, a `true`,
+/// a port other than 0; the export's `external` and 0 are not said, though
+/// `external` does something in Keycloak), each is a warning when the file
+/// loads
 /// ([`PolicySet::warnings`](super::PolicySet::warnings), and a warn-level
 /// log line for [`Self::from_json_file`]).
 #[derive(Clone, Default, Deserialize, PartialEq, Eq)]
@@ -265,7 +267,7 @@ impl KeycloakAdapterConfig {
     }
 
     /// The keys given that Palisade reads and does not apply, said aloud
-    /// when the file loads: each would change what a Keycloak adapter does.
+    /// when the file loads: each a value other than Keycloak's own export writes.
     pub(super) fn warnings(&self) -> Vec<super::FieldError> {
         let not_applied = [
             (

@@ -49,7 +49,9 @@
 //! ```
 //!
 //! A document applies to a workload by its namespace (the workload's, or the
-//! root namespace for every workload) and `selector`, or, for an
+//! root namespace for every workload; a `DestinationRule` also from the
+//! called service's namespace, where its `exportTo` lets it: see
+//! [`Document::applies_to`]) and `selector`, or, for an
 //! `AuthorizationPolicy` or `RequestAuthentication` with `targetRefs`, when
 //! it targets the `Service` the workload serves ([`TargetRefSpec`] says what
 //! each kind of target means in process). What loads but applies to no

@@ -2,7 +2,7 @@
 //!
 //! A `DestinationRule` says how a workload calls a host: with which TLS
 //! settings, per port and per subset. Palisade reads and validates it when
-//! the file loads; the outbound client that applies it comes later.
+//! the file loads; `palisade_mtls::UpstreamTls` applies it to calls.
 //!
 //! Only what can apply inside the calling process is accepted. The fields of
 //! Istio's traffic policy that configure its proxy (`connectionPool`,
@@ -60,7 +60,8 @@ pub struct DestinationRuleSpec {
     /// absent: every workload of the document's namespace, and those of
     /// every namespace for a document in the root namespace and for calls
     /// to the services of the document's own namespace (Istio's lookup
-    /// path; [`exported_to`](Self::exported_to) the caller's namespace).
+    /// path), where the rule is [`exported_to`](Self::exported_to) the
+    /// caller's namespace; another namespace's only where it sets TLS.
     #[serde(default)]
     pub workload_selector: Option<SelectorSpec>,
     /// The namespaces whose calling workloads the rule is exported to, as
@@ -143,9 +144,10 @@ impl DestinationRuleSpec {
     /// aloud when the file loads; `namespace` is the document's.
     ///
     /// `exportTo: [~]` is warned about: applied, it leaves the rule to no
-    /// caller, as in Istio. The root namespace is the default one, `istio-system`: a
-    /// file loads before any workload, whose root namespace may be
-    /// another, is known.
+    /// caller, as in Istio. So is a `workloadSelector` in the root
+    /// namespace (it applies in that namespace only), the root namespace
+    /// taken as the default one, `istio-system`: a file loads before any
+    /// workload, whose root namespace may be another, is known.
     pub(super) fn warnings(&self, namespace: &str) -> Vec<FieldError> {
         let root = namespace == super::DEFAULT_ROOT_NAMESPACE;
         let export = self.export_to.iter().position(|ns| ns == "~").map(|i| {

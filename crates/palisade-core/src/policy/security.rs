@@ -164,8 +164,10 @@ impl RequestAuthenticationSpec {
 pub struct JwtRuleSpec {
     /// `iss` of accepted tokens.
     pub issuer: String,
-    /// Accepted `aud` values; empty means the service's own host names, as
-    /// Istio does (here: the service name and its cluster host name).
+    /// Accepted `aud` values, compared as Envoy compares them (an
+    /// `http(s)://` scheme and a final `/` aside); empty means the
+    /// service's own host names, as Istio does (here: the service name and
+    /// its cluster host name).
     #[serde(default)]
     pub audiences: Vec<String>,
     /// Where to fetch the JWKS; absent means OpenID discovery from the issuer.

@@ -1,8 +1,9 @@
 //! Session stores: what the replicas of a service that signs users in must
 //! share. Revoked sessions (a logout on one replica ends the session on
-//! all), used one-time values (a back-channel logout token's `jti`; an
-//! authorization code is left to the issuer, which takes it once, and to
-//! the login-state cookie, cleared at the callback) and, optionally, server-side session data for
+//! all), used one-time values (a back-channel logout token's `jti`, a
+//! sign-in state's mark, let go when its sign-in fails, a refresh's claim;
+//! an authorization code is left to the issuer, which takes it once) and,
+//! optionally, server-side session data for
 //! sessions too large for cookies.
 //!
 //! ```
@@ -160,8 +161,10 @@ pub trait SessionStore: Send + Sync + 'static {
     /// that it can be used once more: for a use whose effect could not be
     /// recorded (a back-channel logout whose revocation the store could
     /// not take), so that the sender's retry is not refused as a replay,
-    /// and for a refresh the issuer could not answer, so that another
-    /// replica may try it (without, it waits for the claim to expire).
+    /// for a refresh the issuer could not answer, so that another replica
+    /// may try it (without, it waits for the claim to expire), and for a
+    /// sign-in that failed or whose request went away, so that its state's
+    /// mark leaves the store.
     ///
     /// # Errors
     ///
