@@ -64,7 +64,15 @@ async fn acl_user(server: &RedisServer, user: &str, rule: &str) -> String {
 /// release or replica would.
 async fn admin(server: &RedisServer) -> redis::aio::MultiplexedConnection {
     let client = redis::Client::open(server.url()).unwrap();
-    client.get_multiplexed_async_connection().await.unwrap()
+    // The tests' own writes include transactions of 20,000 commands, which
+    // a loaded machine takes longer than redis's default response timeout
+    // to answer: a minute, so that a slow answer is not taken for a fault
+    // of the store under test.
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(60)));
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .unwrap()
 }
 
 /// An announcement's `until` an hour from now: Unix milliseconds, as text.
