@@ -397,14 +397,11 @@ async fn a_browser_signs_in_at_oidc_provider() {
         "jwks": {"keys": [key.public_jwk]},
     })
     .to_string();
-    let op = oidc_provider::start(
-        free_port(),
-        &[
-            ("BROWSER_REDIRECT_URIS", &format!("{base}/oauth2/callback")),
-            ("BROWSER_CLIENT", &client),
-            ("BROWSER_OPAQUE_ACCESS_TOKENS", "1"),
-        ],
-    );
+    let op = oidc_provider::start_anywhere(&[
+        ("BROWSER_REDIRECT_URIS", &format!("{base}/oauth2/callback")),
+        ("BROWSER_CLIENT", &client),
+        ("BROWSER_OPAQUE_ACCESS_TOKENS", "1"),
+    ]);
     let dir = TempDir::new("oidc-provider");
     let key_file = dir.write("client-key.pem", &key.private_key_pem);
     let config = write_policy(
@@ -506,14 +503,11 @@ async fn a_session_is_refreshed_at_oidc_provider_until_the_provider_ends_it() {
     let base = format!("http://127.0.0.1:{port}");
     // Access tokens for 8 s: sign-in refreshes a token granted for less
     // than its lead (30 s) once half its lifetime has passed.
-    let op = oidc_provider::start(
-        free_port(),
-        &[
-            ("BROWSER_REDIRECT_URIS", &format!("{base}/oauth2/callback")),
-            ("BROWSER_SESSION_REFRESH_TOKENS", "1"),
-            ("ACCESS_TOKEN_TTL", "8"),
-        ],
-    );
+    let op = oidc_provider::start_anywhere(&[
+        ("BROWSER_REDIRECT_URIS", &format!("{base}/oauth2/callback")),
+        ("BROWSER_SESSION_REFRESH_TOKENS", "1"),
+        ("ACCESS_TOKEN_TTL", "8"),
+    ]);
     let dir = TempDir::new("oidc-provider-refresh");
     let secret = dir.write("client-secret", CLIENT_SECRET);
     let config = write_policy(
@@ -692,7 +686,7 @@ fn param<'q>(query: &'q [(String, String)], name: &str) -> Option<&'q str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signs_in_through_oidc_provider_login_and_consent_pages() {
     let (redirect_uri, requests) = serve_callback();
-    let op = oidc_provider::start(free_port(), &[("BROWSER_REDIRECT_URIS", &redirect_uri)]);
+    let op = oidc_provider::start_anywhere(&[("BROWSER_REDIRECT_URIS", &redirect_uri)]);
     let state = format!("st{}", std::process::id());
     let mut authorize = Url::parse(&format!("{}/auth", op.issuer)).unwrap();
     authorize

@@ -87,6 +87,26 @@ fn which(cmd: &str) -> Option<PathBuf> {
 /// When node or oidc-provider is not installed (with the line that installs
 /// them), or the provider exits before listening.
 pub(crate) fn start(port: u16, env: &[(&str, &str)]) -> OidcProvider {
+    try_start(port, env).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`start`] on a free port: another, up to five times, when the provider
+/// exits before it is ready (a port [`free_port`] found free was taken
+/// before the provider bound it: another test's server, or a connection's
+/// local port).
+pub(crate) fn start_anywhere(env: &[(&str, &str)]) -> OidcProvider {
+    let mut tries = 0;
+    loop {
+        match try_start(free_port(), env) {
+            Ok(op) => return op,
+            Err(e) if tries < 4 && e.contains("exited before it was ready") => tries += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+/// [`start`], its failure to become ready an error.
+fn try_start(port: u16, env: &[(&str, &str)]) -> Result<OidcProvider, String> {
     let node = node().unwrap_or_else(|| {
         panic!("node is missing: run ./scripts/test (it installs nodejs with apt) or `apt-get install nodejs npm`")
     });
@@ -112,7 +132,6 @@ pub(crate) fn start(port: u16, env: &[(&str, &str)]) -> OidcProvider {
     // The provider logs to stdout later too (a first login's warning,
     // back-channel deliveries): `Output` keeps reading and passes it on.
     super::Output::read(stdout, "oidc-provider: ")
-        .until("oidc-provider", |l| l.starts_with("listening on"))
-        .unwrap_or_else(|e| panic!("{e}"));
-    op
+        .until("oidc-provider", |l| l.starts_with("listening on"))?;
+    Ok(op)
 }
