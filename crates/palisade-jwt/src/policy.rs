@@ -114,16 +114,13 @@ fn from_policy<'p>(
         if let Some((_, first, first_field, _)) = written.iter().find(|(i, ..)| i == issuer) {
             // Two `jwtRules` could have been one (`merged_rules`); a
             // Keycloak adapter's issuer never merges.
-            let rules = [doc, *first].iter().all(|d| d.kind == "RequestAuthentication");
-            let why = if rules {
-                ", with other settings than its audiences"
+            let (why, fix) = if [doc, *first].iter().all(|d| d.kind == "RequestAuthentication") {
+                (
+                    ", with other settings than its audiences",
+                    ": Istio lets a token in by either rule; give the rules the same settings but for their audiences, or keep one",
+                )
             } else {
-                ""
-            };
-            let fix = if rules {
-                ": Istio lets a token in by either rule; give the rules the same settings but for their audiences, or keep one"
-            } else {
-                ": keep one"
+                ("", ": keep one")
             };
             return Err(policy.error_at(
                 doc,
@@ -275,14 +272,14 @@ fn merged_rules<'p>(policy: &WorkloadPolicy<'p>) -> Vec<(&'p Document, usize, Co
             r.audiences.clone()
         }
     };
+    let but_audiences = |r: &JwtRuleSpec| {
+        let mut r = r.clone();
+        r.audiences.clear();
+        r
+    };
     let mut rules: Vec<(&'p Document, usize, Cow<'p, JwtRuleSpec>)> = Vec::new();
     for (doc, spec) in policy.request_authentications() {
         for (i, rule) in spec.jwt_rules.iter().enumerate() {
-            let but_audiences = |r: &JwtRuleSpec| {
-                let mut r = r.clone();
-                r.audiences.clear();
-                r
-            };
             let same = rules.iter_mut().find(|(d, _, r)| {
                 !std::ptr::eq(*d, doc) && r.issuer == rule.issuer && but_audiences(r) == but_audiences(rule)
             });
@@ -663,6 +660,11 @@ mod tests {
     use super::*;
     use crate::JwtError;
 
+    /// The offline authenticator of `set` for the workload `default/details`.
+    fn details_offline(set: &PolicySet) -> Result<Option<JwtAuthenticator>, PolicyError> {
+        JwtAuthenticator::from_policy_offline(&set.for_workload(&Workload::new("details", "default")))
+    }
+
     /// A policy whose issuer's keys are fetched from `port` on loopback.
     fn policy_fetching_from(port: u16) -> PolicySet {
         let yaml = format!(
@@ -702,8 +704,7 @@ spec:
         };
         let compile = |yaml: &str| {
             let set = PolicySet::from_yaml_str(yaml, "jwt.yaml").unwrap();
-            JwtAuthenticator::from_policy_offline(&set.for_workload(&Workload::new("details", "default")))
-                .unwrap_err()
+            details_offline(&set).unwrap_err()
         };
         let twice = format!("{}---\n{}", ra("a", "    jwks: '{\"keys\": []}'\n"), ra("b", ""));
         let err = compile(&twice);
@@ -794,16 +795,17 @@ spec:
                 "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt, namespace: {ns}}}\nspec:\n  jwtRules:\n  - issuer: https://idp.example\n    jwksUri: https://idp.example/jwks\n{audiences}---\n"
             )
         };
-        let yaml = format!(
-            "{}{}",
-            rule("istio-system", "    audiences: [mesh]\n"),
-            rule("default", "")
-        );
-        let set = PolicySet::from_yaml_str(&yaml, "p.yaml").unwrap();
-        let jwt =
-            JwtAuthenticator::from_policy_offline(&set.for_workload(&Workload::new("details", "default")))
-                .unwrap()
-                .unwrap();
+        // The mesh's rule, and the namespace's with `extra`.
+        let with_mesh = |extra: &str| {
+            let yaml = format!(
+                "{}{}",
+                rule("istio-system", "    audiences: [mesh]\n"),
+                rule("default", extra)
+            );
+            PolicySet::from_yaml_str(&yaml, "p.yaml").unwrap()
+        };
+        let set = with_mesh("");
+        let jwt = details_offline(&set).unwrap().unwrap();
         let check = |aud: &str| {
             let claims = serde_json::json!({"iss": "https://idp.example", "sub": "alice", "aud": aud});
             jwt.identity_for_verified_claims(claims.as_object().unwrap().clone(), Verification::assertion())
@@ -819,15 +821,8 @@ spec:
         }
         assert_eq!(check("reviews").unwrap_err(), JwtError::InvalidAudience);
         // Other settings too: refused, naming the second document's rule.
-        let other = format!(
-            "{}{}",
-            rule("istio-system", "    audiences: [mesh]\n"),
-            rule("default", "    forwardOriginalToken: true\n")
-        );
-        let set = PolicySet::from_yaml_str(&other, "p.yaml").unwrap();
-        let err =
-            JwtAuthenticator::from_policy_offline(&set.for_workload(&Workload::new("details", "default")))
-                .unwrap_err();
+        let set = with_mesh("    forwardOriginalToken: true\n");
+        let err = details_offline(&set).unwrap_err();
         assert_eq!(err.document, Some(2), "{err}");
         assert_eq!(err.field.as_deref(), Some("spec.jwtRules[0].issuer"), "{err}");
         assert!(err.to_string().contains("configured twice"), "{err}");
@@ -846,10 +841,7 @@ spec:
   principal-attribute: email
 ";
         let set = PolicySet::from_yaml_str(yaml, "kc.yaml").unwrap();
-        let jwt =
-            JwtAuthenticator::from_policy_offline(&set.for_workload(&Workload::new("details", "default")))
-                .unwrap()
-                .unwrap();
+        let jwt = details_offline(&set).unwrap().unwrap();
         let claims = serde_json::json!({
             "iss": "https://kc.example/realms/shop",
             "sub": "u1",
@@ -1024,8 +1016,7 @@ spec: {{caFile: '{}'}}
                 file.display()
             );
             let set = PolicySet::from_yaml_str(&yaml, "jwt.yaml").unwrap();
-            JwtAuthenticator::from_policy_offline(&set.for_workload(&Workload::new("details", "default")))
-                .map(|jwt| jwt.is_some())
+            details_offline(&set).map(|jwt| jwt.is_some())
         };
         let err = load(&bad).unwrap_err();
         assert_eq!(err.field.as_deref(), Some("spec.caFile"), "{err}");
@@ -1047,10 +1038,7 @@ metadata: {name: tuning}
 spec: {maxTokenLifetime: 5m, requiredType: at+jwt}
 ";
         let set = PolicySet::from_yaml_str(yaml, "jwt.yaml").unwrap();
-        let jwt =
-            JwtAuthenticator::from_policy_offline(&set.for_workload(&Workload::new("details", "default")))
-                .unwrap()
-                .unwrap();
+        let jwt = details_offline(&set).unwrap().unwrap();
         let check = |claims: serde_json::Value| {
             jwt.identity_for_verified_claims(claims.as_object().unwrap().clone(), Verification::assertion())
                 .map(|id| id.request_principal_str().map(str::to_owned))

@@ -272,16 +272,15 @@ impl UpstreamTls {
             // A workload of the root namespace (a gateway) takes that
             // namespace's rules kept to it (`exportTo: [.]`) first, and its
             // exported ones after the called service's, as Istio does.
-            let kept_home =
-                !spec.export_to.is_empty() && spec.export_to.iter().all(|e| e == "." || e == namespace);
-            let tier =
-                if namespace == workload.root_namespace && (namespace != workload.namespace || !kept_home) {
-                    Tier::Root
-                } else if namespace == workload.namespace {
-                    Tier::Local
-                } else {
-                    Tier::Service(namespace.to_owned())
-                };
+            let tier = if namespace == workload.root_namespace
+                && (namespace != workload.namespace || !spec.private_to(namespace))
+            {
+                Tier::Root
+            } else if namespace == workload.namespace {
+                Tier::Local
+            } else {
+                Tier::Service(namespace.to_owned())
+            };
             // A rule with a selector is the workload's namespace's
             // (`destination_rules` leaves out those with a selector of any other
             // namespace, the root one included).

@@ -131,6 +131,15 @@ impl DestinationRuleSpec {
             })
     }
 
+    /// Whether the rule, of `namespace`, is exported to that namespace's
+    /// calling workloads only (`exportTo` of `.` or its name): Istio's
+    /// private rule, which a workload of the root namespace (a gateway)
+    /// looks up before the called service's namespace.
+    #[must_use]
+    pub fn private_to(&self, namespace: &str) -> bool {
+        !self.export_to.is_empty() && self.export_to.iter().all(|e| e == "." || e == namespace)
+    }
+
     /// Whether the rule sets TLS for calls to the host (its traffic
     /// policy's `tls`, or a port's).
     #[must_use]
