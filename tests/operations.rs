@@ -545,9 +545,36 @@ async fn a_file_that_does_not_load_is_one_error_line_naming_document_and_field()
                 "palisade_config_reloads_total{result=\"failure\"}",
             )
         };
+        // The file it started with is in force, and the gauges say so.
+        let text = metrics(&admin).await;
+        assert_eq!(
+            sample(&text, "palisade_config_last_reload_successful"),
+            1.0,
+            "{text}"
+        );
+        let started = sample(&text, "palisade_config_last_reload_success_timestamp_seconds");
+        let epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!((epoch - 600.0..=epoch).contains(&started), "{started}: {text}");
         dir.write("policy.yaml", BROKEN);
         sighup(&svc);
         wait_until("the refused reload", async || failures().await >= 1.0).await;
+        // Until a file loads, the gauge stays at 0 (an alert lasts as long
+        // as the file a restart would refuse), the time of the last success
+        // where it was.
+        let text = metrics(&admin).await;
+        assert_eq!(
+            sample(&text, "palisade_config_last_reload_successful"),
+            0.0,
+            "{text}"
+        );
+        assert_eq!(
+            sample(&text, "palisade_config_last_reload_success_timestamp_seconds"),
+            started,
+            "{text}"
+        );
         let text = std::fs::read_to_string(&log).unwrap();
         let errors: Vec<_> = text.lines().filter(|l| l.contains("ERROR")).collect();
         assert_eq!(errors.len(), 1, "{example}: {text}");
@@ -562,5 +589,15 @@ async fn a_file_that_does_not_load_is_one_error_line_naming_document_and_field()
         // The policy in force stays: /list without a token is still 401.
         let res = reqwest::get(format!("http://{}/list", svc.addr)).await.unwrap();
         assert_eq!(res.status(), 401, "{example}");
+        // A file that loads puts the gauge back.
+        dir.write(
+            "policy.yaml",
+            &format!("{}# again\n", policy(&issuer, example, false)),
+        );
+        sighup(&svc);
+        wait_until("the reload", async || {
+            sample(&metrics(&admin).await, "palisade_config_last_reload_successful") == 1.0
+        })
+        .await;
     }
 }

@@ -230,7 +230,7 @@ spec:
 kind: RequestAuthentication
 metadata: {name: jwt, namespace: istio-system}
 spec:
-  jwtRules: [{issuer: https://kc.example/realms/x, jwksUri: http://127.0.0.1:9/certs}]
+  jwtRules: [{issuer: https://kc.example/realms/x, jwksUri: http://127.0.0.1:9/certs, audiences: [details]}]
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy

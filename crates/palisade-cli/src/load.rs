@@ -137,7 +137,7 @@ mod tests {
 kind: RequestAuthentication
 metadata: {name: realm}
 spec:
-  jwtRules: [{issuer: https://kc.example/realms/shop}]
+  jwtRules: [{issuer: https://kc.example/realms/shop, audiences: [shop]}]
 ";
 
     #[test]

@@ -422,6 +422,8 @@ pub struct GrantBuilder<K> {
     dpop: Option<Arc<DpopKey>>,
     /// A token exchange's other issuers of callers' tokens.
     pub(crate) subject_issuers: Vec<String>,
+    /// A token exchange's most calls to the issuer at once.
+    pub(crate) max_concurrent_calls: usize,
     kind: PhantomData<fn() -> K>,
 }
 
@@ -451,6 +453,7 @@ impl<K> GrantBuilder<K> {
             ca_pem: None,
             dpop: None,
             subject_issuers: Vec::new(),
+            max_concurrent_calls: 32,
             kind: PhantomData,
         }
     }

@@ -6,7 +6,8 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use palisade_core::authn::SingleFlight;
+use palisade_core::authn::{Busy, SingleFlight};
+use tokio::sync::Semaphore;
 
 // A failed exchange is every answer for its caller token for
 // `RETRY_AFTER`: a token the issuer refuses (expired, foreign, not to be
@@ -26,6 +27,8 @@ const FAILURES_KEPT: usize = 1_000;
 /// limit (8 KiB). A longer one (an unverified header's junk) is refused
 /// without asking the issuer, and never kept.
 const MAX_SUBJECT_TOKEN: usize = 16 * 1024;
+/// How many exchanges may wait for a turn, per call allowed at once.
+const WAITING_PER_CALL: usize = 8;
 
 /// The cache key: the caller's token itself (shared with its
 /// [`CallerToken`]), compared in full, so a hash collision cannot hand one
@@ -48,6 +51,10 @@ struct Inner {
     /// The exchanges under way, one per caller token, each awaited by
     /// every request of that caller and never cut short by them.
     flights: SingleFlight<Key, Result<Arc<Granted>, ClientError>>,
+    /// The calls to the issuer at once.
+    permits: Semaphore,
+    /// The most exchanges under way (calling or waiting for a permit).
+    most_under_way: usize,
 }
 
 /// A token for the upstream's audience on behalf of the caller (RFC 8693,
@@ -65,6 +72,14 @@ struct Inner {
 /// asking the issuer again. A caller token over 16 KiB (twice a guard's
 /// default limit: junk from an unverified header) is refused without
 /// asking the issuer.
+///
+/// At most [`max_concurrent_calls`](GrantBuilder::max_concurrent_calls)
+/// exchanges (32 by default) are asked of the issuer at once; the
+/// exchanges of other caller tokens wait for a turn, up to eight times as
+/// many, beyond which an exchange is refused at once as
+/// [`ClientError::Unavailable`] (not kept as the caller token's failure):
+/// a burst of distinct callers (a front-end's users after an outage, a
+/// flood of tokens) neither floods the issuer nor queues without bound.
 ///
 /// A caller's token verified by a Palisade guard
 /// ([`CallerToken::from_request`]) is sent only when its issuer (`iss`) is
@@ -100,11 +115,25 @@ impl GrantBuilder<TokenExchange> {
         self
     }
 
+    /// At most `calls` exchanges asked of the issuer at once (default 32,
+    /// as introspection's calls); the exchanges of other caller tokens
+    /// wait for a turn, up to eight times as many, and beyond that are
+    /// refused at once as unavailable.
+    pub fn max_concurrent_calls(mut self, calls: usize) -> Self {
+        self.max_concurrent_calls = calls;
+        self
+    }
+
     /// Builds it; nothing is fetched before the first call.
     ///
     /// # Errors
     /// [`ClientError::Config`] naming the setting that cannot work.
     pub fn build(self) -> Result<TokenExchange, ClientError> {
+        if self.max_concurrent_calls == 0 {
+            return Err(ClientError::Config(
+                "a token exchange needs at least one concurrent call (`max_concurrent_calls`)".into(),
+            ));
+        }
         let client = self.client("token exchange")?;
         let subject_issuers = std::iter::once(&self.issuer)
             .chain(&self.subject_issuers)
@@ -119,6 +148,8 @@ impl GrantBuilder<TokenExchange> {
             cache: Mutex::new(Map::default()),
             failures: Mutex::new(Map::default()),
             flights: SingleFlight::new(),
+            permits: Semaphore::new(self.max_concurrent_calls.min(Semaphore::MAX_PERMITS)),
+            most_under_way: self.max_concurrent_calls.saturating_mul(WAITING_PER_CALL),
         })))
     }
 }
@@ -171,12 +202,16 @@ impl TokenExchange {
         // workload's own token is; no request waits on the issuer.
         let cached = lock(&inner.cache).get(&**key).cloned();
         if let Some(g) = cached.filter(|g| Instant::now() < g.expires) {
+            // Not while too many exchanges are under way: the token in
+            // hand is still valid, and a later request renews it.
             if !self.failed_recently(key) {
                 let (this, caller) = (self.clone(), Arc::clone(key));
-                inner.flights.start(
-                    Arc::clone(key),
-                    move || async move { this.exchange(&caller).await },
-                );
+                let _ =
+                    inner
+                        .flights
+                        .start_at_most(Arc::clone(key), inner.most_under_way, move || async move {
+                            this.exchange(&caller).await
+                        });
             }
             return Ok(g);
         }
@@ -185,15 +220,24 @@ impl TokenExchange {
         // makes the next request start a second one.
         let (this, caller) = (self.clone(), Arc::clone(key));
         let exchange = move || async move { this.exchange(&caller).await };
-        inner
+        match inner
             .flights
-            .run(Arc::clone(key), exchange)
+            .run_at_most(Arc::clone(key), inner.most_under_way, exchange)
             .await
-            .unwrap_or_else(|| {
+        {
+            Ok(Some(answer)) => answer,
+            Ok(None) => Err(ClientError::Unavailable(
+                "the token exchange ended without an answer".into(),
+            )),
+            Err(Busy) => {
+                // A line per refused exchange would let a flood fill the
+                // logs too.
+                tracing::debug!(target: LOG_TARGET, issuer = %inner.client.shown, "a token exchange refused: too many under way");
                 Err(ClientError::Unavailable(
-                    "the token exchange ended without an answer".into(),
+                    "too many token exchanges are waiting for the issuer".into(),
                 ))
-            })
+            }
+        }
     }
 
     async fn exchange(&self, caller: &Arc<str>) -> Result<Arc<Granted>, ClientError> {
@@ -214,6 +258,10 @@ impl TokenExchange {
         if let Some(scope) = &inner.scope {
             form.push(("scope", scope));
         }
+        // The semaphore is never closed.
+        let Ok(_turn) = inner.permits.acquire().await else {
+            return Err(ClientError::Unavailable("the token exchange was stopped".into()));
+        };
         let granted = match inner.client.request(form, inner.renew_before).await {
             Ok(g) => Arc::new(g),
             Err(e) => {
@@ -370,6 +418,104 @@ mod tests {
         let at_limit = CallerToken::new(&"a".repeat(MAX_SUBJECT_TOKEN));
         let err = exchange.authorization(&at_limit).await.unwrap_err();
         assert!(matches!(err, ClientError::Unavailable(_)), "asked: {err}");
+    }
+
+    /// A burst of distinct callers: at most `max_concurrent_calls`
+    /// exchanges reach the issuer at once, eight times as many wait, and
+    /// the rest are refused at once without a call (and without being
+    /// kept as their tokens' failures).
+    #[tokio::test]
+    async fn a_burst_of_callers_is_bounded_at_the_issuer_and_in_waiting() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        // An issuer that answers discovery and never answers a token
+        // request, each on a connection of its own.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let issuer = format!("http://{}/realms/shop", listener.local_addr().unwrap());
+        let document = format!(r#"{{"issuer":"{issuer}","token_endpoint":"{issuer}/token"}}"#);
+        let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let (document, seen_tx) = (document.clone(), seen_tx.clone());
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    if head.starts_with(b"GET ") {
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{document}",
+                            document.len()
+                        );
+                        let _ = conn.write_all(answer.as_bytes()).await;
+                    } else {
+                        let _ = seen_tx.send(());
+                        std::future::pending::<()>().await;
+                    }
+                });
+            }
+        });
+        let exchange = TokenExchange::builder(issuer, "app")
+            .client_secret("s")
+            .max_concurrent_calls(2)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        let mut waiting = Vec::new();
+        for i in 0..2 * WAITING_PER_CALL {
+            let (exchange, caller) = (exchange.clone(), CallerToken::new(&format!("t{i}")));
+            waiting.push(tokio::spawn(async move { exchange.authorization(&caller).await }));
+        }
+        // Two calls reach the issuer; the others wait for a turn.
+        for _ in 0..2 {
+            tokio::time::timeout(Duration::from_secs(10), seen.recv())
+                .await
+                .unwrap();
+        }
+        while exchange.0.flights.under_way() < 2 * WAITING_PER_CALL {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(seen.try_recv().is_err(), "a third call reached the issuer");
+        // One more caller is refused at once; a caller already waiting is joined.
+        let late = CallerToken::new("t-late");
+        let late = exchange.authorization(&late);
+        let err = tokio::time::timeout(Duration::from_secs(5), late)
+            .await
+            .expect("refused at once")
+            .unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Unavailable(m) if m.contains("too many")),
+            "{err}"
+        );
+        assert!(lock(&exchange.0.failures).is_empty());
+        let joined = tokio::time::timeout(
+            Duration::from_millis(200),
+            exchange.authorization(&CallerToken::new("t0")),
+        )
+        .await;
+        assert!(
+            joined.is_err(),
+            "the waiting caller's exchange was joined, not refused"
+        );
+        assert!(waiting.iter().all(|w| !w.is_finished()));
+        assert!(seen.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_max_concurrent_calls_of_zero_is_refused() {
+        let err = TokenExchange::builder("https://kc.example/realms/shop", "app")
+            .client_secret("s")
+            .max_concurrent_calls(0)
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Config(m) if m.contains("max_concurrent_calls")),
+            "{err}"
+        );
     }
 
     #[test]

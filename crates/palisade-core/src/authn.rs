@@ -36,7 +36,7 @@ use crate::error::Rejection;
 use crate::identity::{AuthMethod, Identity};
 
 pub use crate::error::{bearer_challenge, cookie_challenge, sign_in_challenge};
-pub use crate::flight::SingleFlight;
+pub use crate::flight::{Busy, SingleFlight};
 pub use crate::request::{ConnectionInfo, OwnedRequest, PeerRecheck, RequestHead, started_elsewhere};
 pub use crate::shed::shed_soonest;
 

@@ -80,9 +80,56 @@ where
     where
         F: Future<Output = V> + Send + 'static,
     {
-        let mut answer = self.begin(key, call)?;
+        self.run_at_most(key, usize::MAX, call).await.unwrap_or(None)
+    }
+
+    /// As [`run`](Self::run), but no new call starts while `most` calls
+    /// are under way: then [`Busy`], at once, and `call` is not made. A
+    /// key whose call is under way is joined however many there are. For
+    /// calls whose keys a flood can make distinct (one per caller token),
+    /// so that what waits behind a bounded number of calls at a time is
+    /// bounded too.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use palisade_core::authn::{Busy, SingleFlight};
+    /// let calls: SingleFlight<&str, u32> = SingleFlight::new();
+    /// let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    /// let alice = tokio::spawn({
+    ///     let calls = calls.clone();
+    ///     async move { calls.run_at_most("alice", 1, || async move { rx.await.map_or(0, |()| 1) }).await }
+    /// });
+    /// tokio::task::yield_now().await;
+    /// // Alice's call is under way: Bob's does not start, Alice's is joined.
+    /// assert_eq!(calls.run_at_most("bob", 1, || async { 2 }).await, Err(Busy));
+    /// let again = calls.run_at_most("alice", 1, || async { 3 });
+    /// tx.send(()).unwrap();
+    /// assert_eq!(again.await, Ok(Some(1)));
+    /// assert_eq!(alice.await.unwrap(), Ok(Some(1)));
+    /// assert_eq!(calls.run_at_most("bob", 1, || async { 2 }).await, Ok(Some(2)));
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Busy`] when `most` calls of other keys are under way.
+    pub async fn run_at_most<F>(
+        &self,
+        key: K,
+        most: usize,
+        call: impl FnOnce() -> F,
+    ) -> Result<Option<V>, Busy>
+    where
+        F: Future<Output = V> + Send + 'static,
+    {
+        let Some(mut answer) = self.begin(key, most, call)? else {
+            return Ok(None);
+        };
         // An error: the task ended without an answer.
-        answer.wait_for(Option::is_some).await.ok()?.clone()
+        Ok(answer
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|a| a.clone()))
     }
 
     /// Starts `key`'s call unless one is under way, and returns at once: a
@@ -92,21 +139,38 @@ where
     where
         F: Future<Output = V> + Send + 'static,
     {
-        self.begin(key, call).is_some()
+        self.start_at_most(key, usize::MAX, call).unwrap_or(false)
+    }
+
+    /// As [`start`](Self::start), but no new call starts while `most` are
+    /// under way (as [`run_at_most`](Self::run_at_most)).
+    ///
+    /// # Errors
+    /// [`Busy`] when `most` calls of other keys are under way.
+    pub fn start_at_most<F>(&self, key: K, most: usize, call: impl FnOnce() -> F) -> Result<bool, Busy>
+    where
+        F: Future<Output = V> + Send + 'static,
+    {
+        Ok(self.begin(key, most, call)?.is_some())
     }
 
     /// The answer channel of `key`'s call, the one under way or one
-    /// `call` starts; `None` outside a Tokio runtime.
-    fn begin<F>(&self, key: K, call: impl FnOnce() -> F) -> Option<Answer<V>>
+    /// `call` starts unless `most` are under way; `None` outside a Tokio
+    /// runtime.
+    fn begin<F>(&self, key: K, most: usize, call: impl FnOnce() -> F) -> Result<Option<Answer<V>>, Busy>
     where
         F: Future<Output = V> + Send + 'static,
     {
         // Outside a runtime there is nowhere to run the call.
-        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return Ok(None);
+        };
         let (answer, started) = {
             let mut calls = self.0.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(under_way) = calls.get(&key) {
                 (under_way.clone(), None)
+            } else if calls.len() >= most {
+                return Err(Busy);
             } else {
                 let (tx, rx) = watch::channel(None);
                 calls.insert(key.clone(), rx.clone());
@@ -129,7 +193,7 @@ where
                 tx.send_replace(Some(out));
             });
         }
-        Some(answer)
+        Ok(Some(answer))
     }
 
     /// How many calls are under way.
@@ -138,6 +202,12 @@ where
         self.0.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
 }
+
+/// [`SingleFlight::run_at_most`]'s answer when the most calls it allows
+/// are under way: no call was made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("too many calls under way")]
+pub struct Busy;
 
 /// Takes a call off the map when its task ends, however it ends (a panic,
 /// a runtime dropping the task before it ran), if the entry is still its own.

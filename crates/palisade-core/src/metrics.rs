@@ -22,7 +22,9 @@
 //! | [`SPNEGO_BLOCKING`] | gauge | — |
 //! | [`SPNEGO_BLOCKING_CALLS`] | counter | — |
 //! | [`SPNEGO_SHED`] | counter | — |
-//! | [`CONFIG_RELOADS`] | counter | `result` (`success`, `failure`) |
+//! | [`CONFIG_RELOADS`] | counter | `result` (`success`, `failure`; a file the watch cannot read, for 5 s, counts one failure) |
+//! | [`CONFIG_LAST_RELOAD_OK`] | gauge (0 or 1) | — (with a `PolicyReloader`) |
+//! | [`CONFIG_LAST_RELOAD_SUCCESS`] | gauge (seconds since the epoch) | — (with a `PolicyReloader`) |
 //!
 //! An `issuer` label is the issuer as configured, without the credentials
 //! or query values a URL could carry (shown `***`).
@@ -78,6 +80,15 @@ pub const SPNEGO_BLOCKING_CALLS: &str = "palisade_spnego_blocking_calls_total";
 pub const SPNEGO_SHED: &str = "palisade_spnego_shed_total";
 /// Policy reloads, by result: counter.
 pub const CONFIG_RELOADS: &str = "palisade_config_reloads_total";
+/// Whether the last reload of the policy file put it in force (1) or was
+/// refused, or the file cannot be read (0): gauge, as Prometheus's own
+/// `prometheus_config_last_reload_successful`. A counter's increase fires
+/// an alert once and clears; this stays 0 while the file on disk is one a
+/// restart would refuse to start with.
+pub const CONFIG_LAST_RELOAD_OK: &str = "palisade_config_last_reload_successful";
+/// When a policy file was last put in force (at start-up, then each
+/// successful reload): gauge, seconds since the Unix epoch.
+pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "palisade_config_last_reload_success_timestamp_seconds";
 
 /// Bucket bounds (seconds) for [`CHECK_DURATION`] with an exporter that
 /// needs them (Prometheus): from 1 µs, where a cached token is decided, to
@@ -121,6 +132,15 @@ pub fn describe() {
         "Kerberos tickets answered 503: no GSSAPI permit within the queue timeout"
     );
     metrics::describe_counter!(CONFIG_RELOADS, "Policy reloads, by result");
+    metrics::describe_gauge!(
+        CONFIG_LAST_RELOAD_OK,
+        "Whether the last reload of the policy file put it in force"
+    );
+    metrics::describe_gauge!(
+        CONFIG_LAST_RELOAD_SUCCESS,
+        Unit::Seconds,
+        "When a policy file was last put in force, in seconds since the Unix epoch"
+    );
     // On /metrics from the start, at zero, whether the file is reloaded
     // or not (the example services' contract lists it).
     for result in ["success", "failure"] {

@@ -20,7 +20,11 @@
 //! contents, or those of a file it names (a secret, a key, a CA bundle),
 //! change ([`PolicyReloader::watch`]) and on `SIGHUP`
 //! ([`PolicyReloader::reload_on_sighup`]). Every attempt is counted in
-//! [`CONFIG_RELOADS`].
+//! [`CONFIG_RELOADS`]; whether the last one put the file in force, and
+//! when one last did, are the gauges [`CONFIG_LAST_RELOAD_OK`] and
+//! [`CONFIG_LAST_RELOAD_SUCCESS`] (the file the reloader starts with
+//! counts as put in force), so an alert on a refused file lasts as long as
+//! the file does.
 //!
 //! ```
 //! use palisade_core::policy::{PolicySet, Workload};
@@ -57,7 +61,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use crate::guard::{Guard, LOG_TARGET};
-use crate::metrics::CONFIG_RELOADS;
+use crate::metrics::{CONFIG_LAST_RELOAD_OK, CONFIG_LAST_RELOAD_SUCCESS, CONFIG_RELOADS};
 use crate::policy::{PolicyError, PolicySet, digest};
 
 type Build = dyn Fn(&PolicySet) -> Result<Guard, PolicyError> + Send + Sync;
@@ -83,6 +87,9 @@ struct Inner {
     /// minute while it lasts.
     unreadable: Mutex<Option<Instant>>,
     unreadable_said: crate::logging::Sparse,
+    /// Whether the watch counted the file unreadable as a failed reload
+    /// (once per stretch it lasts).
+    unreadable_counted: std::sync::atomic::AtomicBool,
     unreadable_after: Duration,
     /// Whether a watch thread runs: a second one would share `settling`
     /// and defeat it.
@@ -118,6 +125,8 @@ struct Last {
     /// `WARN` ([`crate::logging::saying_again`]): a retry says it at
     /// `DEBUG`, and what no earlier try reached at `WARN`.
     said: HashSet<String>,
+    /// Whether the contents of `digest` were put in force (not refused).
+    in_force: bool,
 }
 
 /// Keeps a [`Guard`] in step with its policy file. Cloning shares it.
@@ -160,12 +169,15 @@ impl PolicyReloader {
             digest: contents.map(|c| digest(&c)),
             named_digest: files_digest(&named),
             named,
+            in_force: true,
             ..Last::default()
         };
-        // Both results on /metrics from the start, at zero.
+        // Both results on /metrics from the start, at zero; the file as it
+        // is counts as put in force.
         for result in ["success", "failure"] {
             metrics::counter!(CONFIG_RELOADS, "result" => result).increment(0);
         }
+        put_in_force();
         Self(Arc::new(Inner {
             path,
             guard: guard.clone(),
@@ -175,6 +187,7 @@ impl PolicyReloader {
             settling: Mutex::new(None),
             unreadable: Mutex::new(None),
             unreadable_said: crate::logging::Sparse::per_minute(),
+            unreadable_counted: std::sync::atomic::AtomicBool::new(false),
             unreadable_after: UNREADABLE_AFTER,
             watching: std::sync::atomic::AtomicBool::new(false),
         }))
@@ -293,6 +306,7 @@ impl PolicyReloader {
     pub fn reload_if_changed(&self) -> Option<Result<(), PolicyError>> {
         // A file being replaced may be missing for a moment: not a change;
         // one that stays unreadable is said.
+        use std::sync::atomic::Ordering;
         let now = match read_watched(&self.0.path) {
             Ok(now) => {
                 *self.0.unreadable.lock().unwrap_or_else(PoisonError::into_inner) = None;
@@ -305,13 +319,24 @@ impl PolicyReloader {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .get_or_insert_with(Instant::now);
-                if since.elapsed() >= self.0.unreadable_after && self.0.unreadable_said.due() {
-                    tracing::error!(target: LOG_TARGET, file = %self.0.path.display(), error = %e, "the policy file cannot be read: the policy in force stays (said once a minute while it lasts)");
+                if since.elapsed() >= self.0.unreadable_after {
+                    // A reload that cannot happen: what a restart would
+                    // meet too.
+                    if !self.0.unreadable_counted.swap(true, Ordering::AcqRel) {
+                        metrics::counter!(CONFIG_RELOADS, "result" => "failure").increment(1);
+                        metrics::gauge!(CONFIG_LAST_RELOAD_OK).set(0.0);
+                    }
+                    if self.0.unreadable_said.due() {
+                        tracing::error!(target: LOG_TARGET, file = %self.0.path.display(), error = %e, "the policy file cannot be read: the policy in force stays (said once a minute while it lasts)");
+                    }
                 }
                 return None;
             }
         };
         let seen = digest(&now);
+        // Readable again: as it was before, its last load's answer stands
+        // again; changed, its load answers.
+        let was_unreadable = self.0.unreadable_counted.swap(false, Ordering::AcqRel);
         // The files it names, read outside the locks (a reload or a signal
         // does not wait on them).
         let named_files = self
@@ -323,6 +348,9 @@ impl PolicyReloader {
             .clone();
         let named = files_digest(&named_files);
         let mut last = self.0.last.lock().unwrap_or_else(PoisonError::into_inner);
+        if was_unreadable && last.digest == Some(seen) && last.in_force {
+            metrics::gauge!(CONFIG_LAST_RELOAD_OK).set(1.0);
+        }
         let mut settling = self.0.settling.lock().unwrap_or_else(PoisonError::into_inner);
         if last.digest == Some(seen) {
             // A file it names changed (a secret rotated, a key file that
@@ -410,10 +438,12 @@ impl PolicyReloader {
                 })
             });
         (last.named, last.named_digest) = last_named;
+        last.in_force = loaded.is_ok();
         let result = match loaded {
             Ok(guard) => {
                 self.0.guard.replace(guard);
                 metrics::counter!(CONFIG_RELOADS, "result" => "success").increment(1);
+                put_in_force();
                 tracing::info!(target: LOG_TARGET, file = %name, "policy reloaded");
                 Ok(())
             }
@@ -500,11 +530,21 @@ impl PolicyReloader {
     }
 }
 
+/// A policy file put in force now: the gauges say so.
+fn put_in_force() {
+    metrics::gauge!(CONFIG_LAST_RELOAD_OK).set(1.0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    metrics::gauge!(CONFIG_LAST_RELOAD_SUCCESS).set(now);
+}
+
 /// A reload refused: counted, said in one error line (`again`, the same
 /// refusal as the last attempt's: at debug level), the policy in force
 /// kept.
 fn refused(e: PolicyError, again: bool) -> Result<(), PolicyError> {
     metrics::counter!(CONFIG_RELOADS, "result" => "failure").increment(1);
+    metrics::gauge!(CONFIG_LAST_RELOAD_OK).set(0.0);
     if again {
         tracing::debug!(target: LOG_TARGET, error = %e, "policy still not reloaded; the previous one stays in force");
     } else {
@@ -1125,6 +1165,66 @@ spec:
             assert!(reloader.reload_if_changed().is_none());
             assert_eq!(said(), 1, "once a minute");
             assert!(open(&guard), "the policy in force stays");
+        });
+    }
+
+    /// The gauge of the last reload: 0 once the file cannot be read (one
+    /// failure counted for the stretch), 1 again when it is back as it
+    /// was; 0 after a refused file, 1 after one that loads. (A debugging
+    /// recorder's snapshot reads each value and sets it to zero: each
+    /// snapshot shows what was set since the last; `tests/operations.rs`
+    /// reads the gauge as Prometheus keeps it.)
+    #[test]
+    fn the_last_reload_gauge_follows_refusals_and_an_unreadable_file() {
+        use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        // (gauge set since the last look, time set, failures counted)
+        let look = || {
+            let mut seen = (None, None, 0);
+            for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+                let key = key.key();
+                match (key.name(), value) {
+                    (CONFIG_LAST_RELOAD_OK, DebugValue::Gauge(v)) => seen.0 = Some(v.into_inner()),
+                    (CONFIG_LAST_RELOAD_SUCCESS, DebugValue::Gauge(v)) => seen.1 = Some(v.into_inner()),
+                    (CONFIG_RELOADS, DebugValue::Counter(n))
+                        if key.labels().any(|l| l.value() == "failure") =>
+                    {
+                        seen.2 = n;
+                    }
+                    _ => {}
+                }
+            }
+            seen
+        };
+        metrics::with_local_recorder(&recorder, || {
+            let (_dir, file, _guard, reloader) = started("gauge", OPEN);
+            let reloader = reloader.unreadable_after(Duration::from_millis(50));
+            let (ok, at, failures) = look();
+            assert_eq!(
+                (ok, failures),
+                (Some(1.0), 0),
+                "the file it starts with is in force"
+            );
+            assert!(at.is_some_and(|t| t > 1.7e9), "{at:?}");
+            std::fs::remove_file(&file).unwrap();
+            assert!(reloader.reload_if_changed().is_none());
+            assert_eq!(look().2, 0, "a moment is no change");
+            std::thread::sleep(Duration::from_millis(80));
+            assert!(reloader.reload_if_changed().is_none());
+            assert!(reloader.reload_if_changed().is_none());
+            assert_eq!(look().2, 1, "one failure for the stretch");
+            std::fs::write(&file, OPEN).unwrap();
+            assert!(reloader.reload_if_changed().is_none(), "no change");
+            assert_eq!(look(), (Some(1.0), Some(0.0), 0), "back as it was, in force");
+            std::fs::write(&file, OPEN.replace("rules:", "action: ALOW\n  rules:")).unwrap();
+            reloader.reload().unwrap_err();
+            assert_eq!(look().2, 1);
+            std::fs::write(&file, CLOSED).unwrap();
+            reloader.reload().unwrap();
+            let (ok, at, failures) = look();
+            assert_eq!((ok, failures), (Some(1.0), 0));
+            assert!(at.is_some_and(|t| t > 1.7e9), "{at:?}");
         });
     }
 

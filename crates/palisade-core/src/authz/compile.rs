@@ -399,13 +399,18 @@ pub(crate) fn condition_clauses(
     Ok(out)
 }
 
-/// The `istio.io/dry-run` annotation.
+/// The dry-run annotation's name.
+pub(crate) const DRY_RUN: &str = "istio.io/dry-run";
+
+/// The `istio.io/dry-run` annotation, read as Istio reads it (Go's
+/// `strconv.ParseBool`: `true`, `True`, `TRUE`, `t`, `T`, `1`, and the
+/// same of false).
 pub(crate) fn dry_run(metadata: &Metadata) -> Result<bool, FieldError> {
-    match metadata.annotations.get("istio.io/dry-run").map(String::as_str) {
-        None | Some("false") => Ok(false),
-        Some("true") => Ok(true),
+    match metadata.annotations.get(DRY_RUN).map(String::as_str) {
+        None | Some("false" | "False" | "FALSE" | "f" | "F" | "0") => Ok(false),
+        Some("true" | "True" | "TRUE" | "t" | "T" | "1") => Ok(true),
         Some(other) => Err((
-            "metadata.annotations.istio.io/dry-run".into(),
+            format!("metadata.annotations.{DRY_RUN}"),
             format!("`{other}` is not \"true\" or \"false\""),
         )),
     }
@@ -416,16 +421,24 @@ pub(crate) fn dry_run(metadata: &Metadata) -> Result<bool, FieldError> {
 /// the action and its provider, the dry-run annotation and every rule.
 pub(crate) fn check_policy(metadata: &Metadata, spec: &AuthorizationPolicySpec) -> Result<(), FieldError> {
     spec.check_scope()?;
-    let dry_run = dry_run(metadata)?;
+    dry_run(metadata)?;
+    // As Istio's validation, whatever the value.
+    if matches!(spec.action, Action::Custom | Action::Audit) && metadata.annotations.contains_key(DRY_RUN) {
+        return Err((
+            format!("metadata.annotations.{DRY_RUN}"),
+            format!(
+                "a dry run is for ALLOW and DENY policies only, not {} (as in Istio)",
+                if spec.action == Action::Custom {
+                    "CUSTOM"
+                } else {
+                    "AUDIT"
+                }
+            ),
+        ));
+    }
     match (spec.action, &spec.provider) {
         (Action::Custom, None) => {
             return Err(("spec.provider".into(), "a CUSTOM policy needs a provider".into()));
-        }
-        (Action::Custom, Some(_)) if dry_run => {
-            return Err((
-                "metadata.annotations.istio.io/dry-run".into(),
-                "dry-run is not supported for CUSTOM policies (as in Istio)".into(),
-            ));
         }
         (Action::Custom, Some(p)) if p.name.is_empty() => {
             return Err(("spec.provider.name".into(), "must not be empty".into()));
@@ -512,6 +525,10 @@ fn compile_rules(
 pub(crate) fn hosts_without_port(action: Action, ri: usize, rule: &RuleSpec) -> Vec<FieldError> {
     let (field, what): (&str, fn(&str) -> String) = match action {
         Action::Deny => ("hosts", |h| format!("a DENY of `{h}` does not match `{h}:PORT`")),
+        // The authorizer is not asked about `h:PORT`: a check skipped.
+        Action::Custom => ("hosts", |h| {
+            format!("a CUSTOM check of `{h}` is not asked for `{h}:PORT`")
+        }),
         Action::Allow => ("notHosts", |h| {
             format!("an ALLOW of every host but `{h}` admits `{h}:PORT`")
         }),
@@ -519,7 +536,7 @@ pub(crate) fn hosts_without_port(action: Action, ri: usize, rule: &RuleSpec) -> 
     };
     let mut out = Vec::new();
     for (ti, t) in rule.to.iter().flatten().enumerate() {
-        let hosts = if action == Action::Deny {
+        let hosts = if action != Action::Allow {
             &t.operation.hosts
         } else {
             &t.operation.not_hosts

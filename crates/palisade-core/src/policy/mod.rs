@@ -217,6 +217,18 @@ pub struct Metadata {
     _generation: Option<Ignored>,
     #[serde(default, rename = "creationTimestamp")]
     _creation_timestamp: Option<Ignored>,
+    #[serde(default, rename = "managedFields")]
+    _managed_fields: Option<Ignored>,
+    #[serde(default, rename = "ownerReferences")]
+    _owner_references: Option<Ignored>,
+    #[serde(default, rename = "finalizers")]
+    _finalizers: Option<Ignored>,
+    #[serde(default, rename = "selfLink")]
+    _self_link: Option<Ignored>,
+    #[serde(default, rename = "deletionTimestamp")]
+    _deletion_timestamp: Option<Ignored>,
+    #[serde(default, rename = "deletionGracePeriodSeconds")]
+    _deletion_grace_period_seconds: Option<Ignored>,
 }
 
 impl Metadata {
@@ -420,6 +432,19 @@ impl Document {
 
     fn check_fields(&self) -> Result<(), FieldError> {
         self.check_selector()?;
+        // As Istio's validation: only an AuthorizationPolicy has a dry run
+        // (elsewhere the annotation would be read as one and do nothing).
+        if !matches!(self.spec, Spec::AuthorizationPolicy(_))
+            && self
+                .metadata
+                .annotations
+                .contains_key(crate::authz::compile::DRY_RUN)
+        {
+            return Err((
+                format!("metadata.annotations.{}", crate::authz::compile::DRY_RUN),
+                "only an AuthorizationPolicy has a dry run (as in Istio): this document is in force as it is; remove the annotation".into(),
+            ));
+        }
         match &self.spec {
             Spec::RequestAuthentication(s) => s.check(),
             Spec::AuthorizationPolicy(s) => crate::authz::compile::check_policy(&self.metadata, s),
@@ -587,6 +612,21 @@ impl Document {
                 }
             }
             Spec::PeerAuthentication(s) => out.extend(s.warnings()),
+            // Istio's documentation says the service's names are then the
+            // audiences, and so does Palisade; Envoy, as Istio configures
+            // it, checks none: a mesh's tokens without `aud` get in there.
+            Spec::RequestAuthentication(r) => out.extend(
+                r.jwt_rules
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, rule)| rule.audiences.is_empty())
+                    .map(|(i, _)| {
+                        (
+                            format!("spec.jwtRules[{i}].audiences"),
+                            "none given: a token's `aud` must name the service (`<service>.<namespace>.svc.cluster.local` or `<service>`), as Istio's documentation says, where Envoy, as Istio configures it, checks none: list the audiences the issuer's tokens carry".to_owned(),
+                        )
+                    }),
+            ),
             Spec::ServiceRoleBinding(s) if s.mode == EnforcementMode::Permissive => out.push((
                 "spec.mode".into(),
                 "a dry run: this binding's decisions are logged, not enforced".into(),
@@ -625,6 +665,34 @@ impl Document {
         }
         out
     }
+}
+
+/// Why a kind a mesh's files hold beside its policies is not read here,
+/// and what to do instead; `None` for a kind that is simply unknown.
+fn not_read(api_version: &str, kind: &str) -> Option<&'static str> {
+    // Kubernetes' core group is the bare `v1`.
+    let group = match api_version.split_once('/') {
+        Some((group, _)) => group,
+        None if api_version == "v1" => "",
+        None => return None,
+    };
+    Some(match (group, kind) {
+        ("authentication.istio.io", _) => {
+            "Istio's authentication policy before 1.5; write it as a PeerAuthentication (mTLS) and a RequestAuthentication (JWT)"
+        }
+        (
+            "networking.istio.io",
+            "VirtualService" | "Gateway" | "ServiceEntry" | "Sidecar" | "EnvoyFilter" | "WorkloadEntry"
+            | "WorkloadGroup" | "ProxyConfig",
+        )
+        | ("telemetry.istio.io" | "extensions.istio.io" | "gateway.networking.k8s.io", _) => {
+            "it configures Istio's proxies, not the authentication or authorization of an in-process workload; keep it out of the policy file"
+        }
+        ("" | "apps" | "batch" | "rbac.authorization.k8s.io" | "networking.k8s.io", _) => {
+            "a Kubernetes object, not a policy; keep it out of the policy file"
+        }
+        _ => return None,
+    })
 }
 
 /// Every document of a policy file, validated.
@@ -718,11 +786,18 @@ fn admit(
             && d.metadata.name == document.metadata.name
             && d.metadata.namespace() == document.metadata.namespace()
     }) {
+        // Documents pasted from `kubectl apply -n NS` examples name no
+        // namespace, and land in one.
+        let unnamed = if document.metadata.namespace.is_none() || first.metadata.namespace.is_none() {
+            " (a document without `metadata.namespace` is in `default`: kubectl's `-n` is not known here)"
+        } else {
+            ""
+        };
         return Err(document.error(
             source,
             "metadata.name",
             format!(
-                "document {} is already {} {}/{}: give each its own name (Kubernetes would keep only one)",
+                "document {} is already {} {}/{}: give each its own name (Kubernetes would keep only one){unnamed}",
                 first.index,
                 first.kind,
                 first.metadata.namespace(),
@@ -749,6 +824,28 @@ fn finish(
     settings_for_no_issuer(documents, source)?;
     for (document, field, message) in destination_rule_warnings(documents) {
         warnings.push(PolicyWarning::new(document.error(source, field, message)));
+    }
+    // A file that names namespaces (other than the root namespace, whose
+    // mesh-wide documents sit beside `default`'s), with documents that
+    // name none: likely
+    // pasted from examples applied with `kubectl apply -n NS`, which land
+    // in `default` here, and apply to none of NS's workloads.
+    let named: std::collections::BTreeSet<&str> = documents
+        .iter()
+        .filter_map(|d| d.metadata.namespace.as_deref())
+        .filter(|ns| !["", "default", DEFAULT_ROOT_NAMESPACE].contains(ns))
+        .collect();
+    if !named.is_empty() {
+        let named = named.into_iter().collect::<Vec<_>>().join(", ");
+        for document in documents.iter().filter(|d| d.metadata.namespace.is_none()) {
+            warnings.push(PolicyWarning::new(document.error(
+                source,
+                "metadata.namespace",
+                format!(
+                    "missing: read as `default` (as kubectl reads it without `-n`), while the file's other documents name {named}; give it the namespace of the workloads it is for"
+                ),
+            )));
+        }
     }
     Ok(())
 }
@@ -1238,7 +1335,12 @@ impl PolicySet {
                 let known = SECURITY_API_VERSIONS.contains(&api_version.as_str())
                     || NETWORKING_API_VERSIONS.contains(&api_version.as_str())
                     || [RBAC_API_VERSION, PALISADE_API_VERSION].contains(&api_version.as_str());
-                let (field, message) = if known {
+                let (field, message) = if let Some(why) = not_read(&api_version, &kind) {
+                    (
+                        "kind",
+                        format!("`{kind}` ({api_version}) is not read by Palisade: {why}"),
+                    )
+                } else if known {
                     ("kind", format!("unknown kind `{kind}` for {api_version}"))
                 } else {
                     ("apiVersion", format!("unknown apiVersion `{api_version}`"))

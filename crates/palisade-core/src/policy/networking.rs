@@ -4,11 +4,13 @@
 //! settings, per port and per subset. Palisade reads and validates it when
 //! the file loads; `palisade_mtls::UpstreamTls` applies it to calls.
 //!
-//! Only what can apply inside the calling process is accepted. The fields of
-//! Istio's traffic policy that configure its proxy (`connectionPool`,
-//! `loadBalancer`, `outlierDetection`, `tunnel`, `proxyProtocol`) and
-//! `credentialName` (a Kubernetes secret) are refused with a message naming
-//! the field, rather than silently ignored.
+//! The fields of Istio's traffic policy that tune its proxy's calls
+//! (`connectionPool`, `loadBalancer`, `outlierDetection`) are read and not
+//! applied, each a warning when the file loads, so that a mesh's rules load
+//! as they are. Those that would change where or how the bytes go
+//! (`tunnel`, `proxyProtocol`) and `credentialName` (a Kubernetes secret)
+//! are refused with a message naming the field, rather than silently
+//! ignored.
 
 use std::collections::BTreeMap;
 
@@ -185,7 +187,24 @@ impl DestinationRuleSpec {
                     "not applied: Palisade does not route calls to subsets (no VirtualService)".to_owned(),
                 )
             });
-        export.into_iter().chain(selector).chain(subsets).collect()
+        let tuning = self.traffic_policy.iter().flat_map(|p| {
+            let ports = p.port_level_settings.iter().enumerate().flat_map(|(i, port)| {
+                tuning_warnings(
+                    port.tuning(),
+                    &format!("spec.trafficPolicy.portLevelSettings[{i}]"),
+                )
+            });
+            tuning_warnings(p.tuning(), "spec.trafficPolicy")
+                .into_iter()
+                .chain(ports)
+                .collect::<Vec<_>>()
+        });
+        export
+            .into_iter()
+            .chain(selector)
+            .chain(tuning)
+            .chain(subsets)
+            .collect()
     }
 
     pub(super) fn check(&self) -> Result<(), FieldError> {
@@ -234,9 +253,10 @@ pub struct SubsetSpec {
 
 /// `DestinationRule.spec.trafficPolicy` (and a subset's).
 ///
-/// Istio's `connectionPool`, `loadBalancer`, `outlierDetection`, `tunnel`
-/// and `proxyProtocol` configure its proxy and cannot apply in process:
-/// present, they are refused when the file loads.
+/// Istio's `connectionPool`, `loadBalancer` and `outlierDetection` tune
+/// its proxy's calls: read and not applied (a warning when the file loads).
+/// `tunnel` and `proxyProtocol` would change how the calls go: refused when
+/// the file loads.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[non_exhaustive]
@@ -247,20 +267,12 @@ pub struct TrafficPolicySpec {
     /// Settings for single ports: they override [`Self::tls`] on those ports.
     #[serde(default)]
     pub port_level_settings: Vec<PortTrafficPolicySpec>,
-    #[serde(
-        default,
-        rename = "connectionPool",
-        deserialize_with = "refuse_connection_pool"
-    )]
-    _connection_pool: Option<Refused>,
-    #[serde(default, rename = "loadBalancer", deserialize_with = "refuse_load_balancer")]
-    _load_balancer: Option<Refused>,
-    #[serde(
-        default,
-        rename = "outlierDetection",
-        deserialize_with = "refuse_outlier_detection"
-    )]
-    _outlier_detection: Option<Refused>,
+    #[serde(default)]
+    connection_pool: Option<super::Ignored>,
+    #[serde(default)]
+    load_balancer: Option<super::Ignored>,
+    #[serde(default)]
+    outlier_detection: Option<super::Ignored>,
     #[serde(default, rename = "tunnel", deserialize_with = "refuse_tunnel")]
     _tunnel: Option<Refused>,
     #[serde(default, rename = "proxyProtocol", deserialize_with = "refuse_proxy_protocol")]
@@ -269,7 +281,7 @@ pub struct TrafficPolicySpec {
 
 impl TrafficPolicySpec {
     fn check(&self, field: &str) -> Result<(), FieldError> {
-        if self.tls.is_none() && self.port_level_settings.is_empty() {
+        if self.tls.is_none() && self.port_level_settings.is_empty() && !self.tuning().iter().any(|t| t.0) {
             return Err((
                 field.to_owned(),
                 "sets nothing: give `tls` or `portLevelSettings`".into(),
@@ -290,6 +302,7 @@ impl TrafficPolicySpec {
             }
             match &p.tls {
                 Some(tls) => tls.check(&format!("{field}.tls"))?,
+                None if p.tuning().iter().any(|t| t.0) => {}
                 None => return Err((field, "sets nothing: give `tls`".into())),
             }
         }
@@ -300,7 +313,7 @@ impl TrafficPolicySpec {
 /// `trafficPolicy.portLevelSettings[]`: the settings of one port.
 ///
 /// Istio's `connectionPool`, `loadBalancer` and `outlierDetection` are
-/// refused here too.
+/// read and not applied here too.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[non_exhaustive]
@@ -310,20 +323,70 @@ pub struct PortTrafficPolicySpec {
     /// TLS settings of calls to that port.
     #[serde(default)]
     pub tls: Option<ClientTlsSettingsSpec>,
-    #[serde(
-        default,
-        rename = "connectionPool",
-        deserialize_with = "refuse_connection_pool"
-    )]
-    _connection_pool: Option<Refused>,
-    #[serde(default, rename = "loadBalancer", deserialize_with = "refuse_load_balancer")]
-    _load_balancer: Option<Refused>,
-    #[serde(
-        default,
-        rename = "outlierDetection",
-        deserialize_with = "refuse_outlier_detection"
-    )]
-    _outlier_detection: Option<Refused>,
+    #[serde(default)]
+    connection_pool: Option<super::Ignored>,
+    #[serde(default)]
+    load_balancer: Option<super::Ignored>,
+    #[serde(default)]
+    outlier_detection: Option<super::Ignored>,
+}
+
+/// The parts of a traffic policy (or of a port's) that tune Istio's
+/// proxy's calls, `(given, field, what it tunes)`: read, so that a mesh's
+/// rules load as they are, and not applied (Palisade's calls go out without
+/// a proxy; its client's pool and its resolver's choice of address stand).
+type Tuning = [(bool, &'static str, &'static str); 3];
+
+fn tuning(
+    pool: Option<&super::Ignored>,
+    balancer: Option<&super::Ignored>,
+    outliers: Option<&super::Ignored>,
+) -> Tuning {
+    [
+        (pool.is_some(), "connectionPool", "connection pool limits"),
+        (balancer.is_some(), "loadBalancer", "the choice of endpoint"),
+        (
+            outliers.is_some(),
+            "outlierDetection",
+            "ejection of failing endpoints",
+        ),
+    ]
+}
+
+/// A warning for each part of `tuning` given, under `field`.
+fn tuning_warnings(tuning: Tuning, field: &str) -> Vec<FieldError> {
+    tuning
+        .into_iter()
+        .filter(|(given, ..)| *given)
+        .map(|(_, name, what)| {
+            (
+                format!("{field}.{name}"),
+                format!(
+                    "not applied: it tunes Istio's proxy ({what}), and Palisade's calls go out without one"
+                ),
+            )
+        })
+        .collect()
+}
+
+impl TrafficPolicySpec {
+    fn tuning(&self) -> Tuning {
+        tuning(
+            self.connection_pool.as_ref(),
+            self.load_balancer.as_ref(),
+            self.outlier_detection.as_ref(),
+        )
+    }
+}
+
+impl PortTrafficPolicySpec {
+    fn tuning(&self) -> Tuning {
+        tuning(
+            self.connection_pool.as_ref(),
+            self.load_balancer.as_ref(),
+            self.outlier_detection.as_ref(),
+        )
+    }
 }
 
 /// `portLevelSettings[].port`.
@@ -575,18 +638,6 @@ fn proxy_only<E: serde::de::Error>(field: &str, what: &str) -> E {
         "`{field}` cannot apply in process: it configures Istio's proxy ({what}), \
          and Palisade's calls go out without one; remove the field"
     ))
-}
-
-fn refuse_connection_pool<'de, D: Deserializer<'de>>(_: D) -> Result<Option<Refused>, D::Error> {
-    Err(proxy_only("connectionPool", "connection pool limits"))
-}
-
-fn refuse_load_balancer<'de, D: Deserializer<'de>>(_: D) -> Result<Option<Refused>, D::Error> {
-    Err(proxy_only("loadBalancer", "load balancing between endpoints"))
-}
-
-fn refuse_outlier_detection<'de, D: Deserializer<'de>>(_: D) -> Result<Option<Refused>, D::Error> {
-    Err(proxy_only("outlierDetection", "ejection of failing endpoints"))
 }
 
 fn refuse_tunnel<'de, D: Deserializer<'de>>(_: D) -> Result<Option<Refused>, D::Error> {

@@ -322,7 +322,7 @@ fn a_grants_fields_beside_a_relayed_token_are_unused_not_refused() {
 fn an_inline_introspection_secret_is_warned_of() {
     let yaml = |secret: &str| {
         format!(
-            "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt}}\nspec:\n  jwtRules:\n  - issuer: https://kc.example/realms/istio\n    jwksUri: https://kc.example/jwks.json\n---\napiVersion: palisade.dev/v1alpha1\nkind: JwtSettings\nmetadata: {{name: opaque}}\nspec:\n  issuer: https://kc.example/realms/istio\n  introspection:\n    clientId: details\n    {secret}\n"
+            "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt}}\nspec:\n  jwtRules:\n  - issuer: https://kc.example/realms/istio\n    jwksUri: https://kc.example/jwks.json\n    audiences: [details]\n---\napiVersion: palisade.dev/v1alpha1\nkind: JwtSettings\nmetadata: {{name: opaque}}\nspec:\n  issuer: https://kc.example/realms/istio\n  introspection:\n    clientId: details\n    {secret}\n"
         )
     };
     let set = PolicySet::from_yaml_str(&yaml("clientSecret: s3cret-inline"), "f").unwrap();
@@ -554,26 +554,57 @@ fn credential_name_for_another_workload_is_refused_naming_the_field() {
     assert_eq!(at(&err).0, Some(16), "{err}");
 }
 
+/// Istio's proxy tuning (bookinfo's `destination-rule-reviews.yaml` sets
+/// `loadBalancer`) loads, each part a warning naming its field; what would
+/// change how the calls go (`tunnel`) is still refused.
 #[test]
-fn connection_pool_for_another_workload_is_refused_naming_the_field() {
-    let yaml = reviews_rule("    connectionPool:\n      tcp: {maxConnections: 100}\n");
-    let err = load_err(&yaml);
-    assert_eq!(err.document, Some(2));
-    assert_eq!(err.field.as_deref(), Some("spec.trafficPolicy.connectionPool"));
+fn proxy_tuning_loads_with_a_warning_naming_the_field_and_a_tunnel_is_refused() {
+    let warned = |yaml: &str| -> Vec<String> {
+        PolicySet::from_yaml_str(yaml, "f")
+            .unwrap()
+            .warnings()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    };
+    let pool =
+        reviews_rule("    connectionPool:\n      tcp: {maxConnections: 100}\n    tls: {mode: SIMPLE}\n");
+    let [w] = &warned(&pool)[..] else {
+        panic!("{:?}", warned(&pool))
+    };
     assert!(
-        err.message
-            .starts_with("`connectionPool` cannot apply in process"),
-        "{err}"
+        w.contains("spec.trafficPolicy.connectionPool") && w.contains("not applied"),
+        "{w}"
     );
-    // The value's position: the mapping starts on the next line.
-    assert_eq!(at(&err), (Some(15), Some(7)), "{err}");
-
-    let port = reviews_rule(
-        "    portLevelSettings:\n    - port: {number: 80}\n      loadBalancer: {simple: ROUND_ROBIN}\n",
+    // Alone, in the policy, a port's and a subset's: it sets something.
+    let balancer = reviews_rule(
+        "    loadBalancer: {simple: RANDOM}\n    outlierDetection: {consecutive5xxErrors: 7}\n    portLevelSettings:\n    - port: {number: 80}\n      loadBalancer: {simple: ROUND_ROBIN}\n  subsets:\n  - name: v1\n    labels: {version: v1}\n    trafficPolicy: {loadBalancer: {simple: LEAST_REQUEST}}\n",
     );
+    let w = warned(&balancer);
+    for field in [
+        "spec.trafficPolicy.loadBalancer",
+        "spec.trafficPolicy.outlierDetection",
+        "spec.trafficPolicy.portLevelSettings[0].loadBalancer",
+        "spec.subsets[0].trafficPolicy",
+    ] {
+        assert!(
+            w.iter().any(|w| w.contains(&format!("`{field}`:"))),
+            "{field}: {w:?}"
+        );
+    }
+    assert_eq!(w.len(), 4, "{w:?}");
+    // A port that sets nothing at all is still refused.
+    let empty = reviews_rule("    portLevelSettings:\n    - port: {number: 80}\n");
     assert_eq!(
-        load_err(&port).field.as_deref(),
-        Some("spec.trafficPolicy.portLevelSettings[0].loadBalancer")
+        load_err(&empty).field.as_deref(),
+        Some("spec.trafficPolicy.portLevelSettings[0]")
+    );
+    let tunnel = reviews_rule("    tunnel: {protocol: CONNECT, targetHost: h, targetPort: 80}\n");
+    let err = load_err(&tunnel);
+    assert_eq!(err.field.as_deref(), Some("spec.trafficPolicy.tunnel"));
+    assert!(
+        err.message.starts_with("`tunnel` cannot apply in process"),
+        "{err}"
     );
 }
 
@@ -610,15 +641,33 @@ fn destination_rule_checks_run_for_every_document() {
     let subset = reviews(
         "DestinationRule",
         "networking.istio.io/v1",
-        "  host: ratings\n  subsets:\n  - name: v1\n    trafficPolicy: {outlierDetection: {}}\n",
+        "  host: ratings\n  subsets:\n  - name: v1\n    trafficPolicy: {proxyProtocol: {version: V1}}\n",
     );
     assert_eq!(
         load_err(&subset).field.as_deref(),
-        Some("spec.subsets[0].trafficPolicy.outlierDetection")
+        Some("spec.subsets[0].trafficPolicy.proxyProtocol")
     );
 
     let kind = reviews("VirtualService", "networking.istio.io/v1", "  hosts: [ratings]\n");
-    assert_eq!(load_err(&kind).field.as_deref(), Some("kind"));
+    let err = load_err(&kind);
+    assert_eq!(err.field.as_deref(), Some("kind"));
+    assert!(
+        err.message
+            .contains("not read by Palisade: it configures Istio's proxies"),
+        "{err}"
+    );
+    // What else a mesh's files hold says what it is, and an unknown kind
+    // of a known group or version says no more than that.
+    for (kind, api, says) in [
+        ("Policy", "authentication.istio.io/v1alpha1", "PeerAuthentication"),
+        ("Service", "v1", "a Kubernetes object"),
+        ("Deployment", "apps/v1", "a Kubernetes object"),
+        ("HTTPRoute", "gateway.networking.k8s.io/v1", "Istio's proxies"),
+        ("DestinationRules", "networking.istio.io/v1", "unknown kind"),
+    ] {
+        let err = load_err(&reviews(kind, api, "  x: 1\n"));
+        assert!(err.message.contains(says), "{kind}: {err}");
+    }
 }
 
 #[test]
@@ -695,7 +744,7 @@ fn a_service_target_selects_the_workload_serving_it_in_the_document_namespace() 
     let yaml = format!(
         "{AUTHZ}metadata: {{name: refs, namespace: default}}\nspec:\n  targetRefs:\n  - {{kind: Service, group: \"\", name: details}}\n  - {{kind: Service, group: core, name: ratings}}\n  rules: [{{}}]\n\
          ---\n{AUTHZ}metadata: {{name: ref, namespace: default}}\nspec:\n  targetRef: {{kind: Service, name: details}}\n\
-         ---\napiVersion: security.istio.io/v1beta1\nkind: RequestAuthentication\nmetadata: {{name: jwt, namespace: default}}\nspec:\n  targetRefs: [{{kind: Service, name: details}}]\n  jwtRules: [{{issuer: https://idp}}]\n\
+         ---\napiVersion: security.istio.io/v1beta1\nkind: RequestAuthentication\nmetadata: {{name: jwt, namespace: default}}\nspec:\n  targetRefs: [{{kind: Service, name: details}}]\n  jwtRules: [{{issuer: https://idp, audiences: [details]}}]\n\
          ---\n{AUTHZ}metadata: {{name: root, namespace: istio-system}}\nspec:\n  targetRefs: [{{kind: Service, name: details}}]\n\
          ---\n{AUTHZ}metadata: {{name: namespace-wide, namespace: default}}\nspec: {{}}\n"
     );
@@ -1199,7 +1248,7 @@ fn relaxations_and_fields_read_but_not_applied_are_warnings() {
     // A trailing `/` is another issuer: a typo as much as any.
     let ruled = |issuer: &str| {
         format!(
-            "{settings}---\napiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: j}}\nspec:\n  jwtRules: [{{issuer: '{issuer}'}}]\n"
+            "{settings}---\napiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: j}}\nspec:\n  jwtRules: [{{issuer: '{issuer}', audiences: [a]}}]\n"
         )
     };
     assert_eq!(
@@ -1860,6 +1909,111 @@ fn a_deny_of_a_host_without_its_port_is_a_warning() {
         warned(&but),
         [(1, "spec.rules[0].to[0].operation.notHosts[0]".into())]
     );
+    // A CUSTOM check of a host is skipped for it with a port.
+    let custom = policy("CUSTOM").replace("  rules:", "  provider: {name: ext}\n  rules:");
+    assert_eq!(
+        warned(&custom),
+        [(1, "spec.rules[0].to[0].operation.hosts[0]".into())]
+    );
+}
+
+/// A rule without `audiences` is checked against the service's names, where
+/// Envoy under Istio checks none: said when the file loads, naming the rule.
+#[test]
+fn a_jwt_rule_without_audiences_is_a_warning() {
+    let yaml = "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt}\nspec:\n  jwtRules:\n  - {issuer: https://a.example, audiences: [api]}\n  - {issuer: https://b.example}\n";
+    assert_eq!(warned(yaml), [(1, "spec.jwtRules[1].audiences".into())]);
+}
+
+/// The dry-run annotation as Istio reads and validates it: Go's
+/// `ParseBool` spellings; ALLOW and DENY only; AuthorizationPolicy only.
+#[test]
+fn the_dry_run_annotation_is_read_and_refused_as_istio_does() {
+    let policy = |action: &str, value: &str| {
+        format!(
+            "{AUTHZ}metadata: {{name: p, annotations: {{istio.io/dry-run: \"{value}\"}}}}\nspec: {{action: {action}, rules: [{{}}]}}\n"
+        )
+    };
+    for value in ["true", "True", "TRUE", "t", "T", "1"] {
+        assert_eq!(
+            warned(&policy("DENY", value)),
+            [(1, "metadata.annotations.istio.io/dry-run".into())],
+            "{value}"
+        );
+    }
+    for value in ["false", "False", "FALSE", "f", "F", "0"] {
+        assert!(warned(&policy("ALLOW", value)).is_empty(), "{value}");
+    }
+    let err = load_err(&policy("DENY", "yes"));
+    assert_eq!(
+        err.field.as_deref(),
+        Some("metadata.annotations.istio.io/dry-run")
+    );
+    for action in ["AUDIT", "CUSTOM"] {
+        let yaml = policy(action, "false").replace("rules:", "provider: {name: ext}, rules:");
+        let yaml = if action == "AUDIT" {
+            policy(action, "false")
+        } else {
+            yaml
+        };
+        let err = load_err(&yaml);
+        assert_eq!(
+            err.field.as_deref(),
+            Some("metadata.annotations.istio.io/dry-run"),
+            "{action}"
+        );
+        assert!(err.message.contains(action), "{err}");
+    }
+    let peer = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p, annotations: {istio.io/dry-run: \"true\"}}\nspec: {mtls: {mode: STRICT}}\n";
+    let err = load_err(peer);
+    assert_eq!(
+        err.field.as_deref(),
+        Some("metadata.annotations.istio.io/dry-run")
+    );
+    assert!(err.message.contains("only an AuthorizationPolicy"), "{err}");
+}
+
+/// Documents pasted from examples applied with `kubectl apply -n NS` name
+/// no namespace: beside documents that name one, each is a warning; two
+/// of one name are refused saying why they are one.
+#[test]
+fn a_document_without_a_namespace_beside_named_ones_is_a_warning() {
+    let doc = |name: &str, ns: &str| format!("{AUTHZ}metadata: {{name: {name}{ns}}}\nspec: {{}}\n");
+    let file = [
+        doc("a", ", namespace: foo"),
+        doc("b", ""),
+        doc("c", ", namespace: default"),
+    ]
+    .join("---\n");
+    assert_eq!(warned(&file), [(2, "metadata.namespace".into())]);
+    // Alone, or beside `default` and the root namespace only, it says nothing.
+    let quiet = [
+        doc("b", ""),
+        doc("c", ", namespace: default"),
+        doc("d", ", namespace: istio-system"),
+    ];
+    assert!(warned(&quiet.join("---\n")).is_empty());
+    let twice = [doc("default", ""), doc("default", "")].join("---\n");
+    assert!(
+        load_err(&twice)
+            .message
+            .contains("kubectl's `-n` is not known here")
+    );
+    let named = [
+        doc("default", ", namespace: foo"),
+        doc("default", ", namespace: foo"),
+    ]
+    .join("---\n");
+    assert!(!load_err(&named).message.contains("kubectl"));
+}
+
+/// What `kubectl get -o yaml` prints in `metadata` loads.
+#[test]
+fn kubectl_metadata_loads() {
+    let yaml = format!(
+        "{AUTHZ}metadata:\n  name: p\n  namespace: prod\n  uid: 1\n  resourceVersion: '2'\n  generation: 3\n  creationTimestamp: '2026-01-01T00:00:00Z'\n  managedFields: [{{manager: kubectl}}]\n  ownerReferences: [{{kind: X, name: y}}]\n  finalizers: [z]\nspec: {{}}\n"
+    );
+    PolicySet::from_yaml_str(&yaml, "f").unwrap();
 }
 
 /// A `DestinationRule`'s host as lookups compare it, and how well it
