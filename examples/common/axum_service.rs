@@ -65,7 +65,7 @@ async fn backend_whoami(backend: Arc<Backend>, auth: RequestAuth) -> axum::respo
         Ok(sent) => sent,
         Err(ClientError::NoCallerToken) => return auth.missing_credential().into_response(),
         Err(e) => {
-            tracing::warn!(error = %e, via, "cannot get a ticket for the back-end");
+            palisade::core::sparse_warning!(error = %e, via, "cannot get a ticket for the back-end (at warn level once a minute while it lasts)");
             return (
                 StatusCode::BAD_GATEWAY,
                 Json(serde_json::json!({"via": via, "error": "no ticket for the back-end"})),
@@ -76,7 +76,7 @@ async fn backend_whoami(backend: Arc<Backend>, auth: RequestAuth) -> axum::respo
     match backend.client.execute(req).await {
         Ok(res) => {
             if let Err(e) = sent.answered_by(&res) {
-                tracing::warn!(error = %e, via, "the back-end's answer is not used");
+                palisade::core::sparse_warning!(error = %e, via, "the back-end's answer is not used (at warn level once a minute while it lasts)");
                 return (
                     StatusCode::BAD_GATEWAY,
                     Json(serde_json::json!({"via": via, "error": "the back-end did not prove its identity"})),
@@ -88,7 +88,7 @@ async fn backend_whoami(backend: Arc<Backend>, auth: RequestAuth) -> axum::respo
             Json(serde_json::json!({"via": via, "status": status, "backend": body})).into_response()
         }
         Err(e) => {
-            tracing::warn!(error = %e.without_url(), "back-end call failed");
+            palisade::core::sparse_warning!(error = %e.without_url(), "back-end call failed (at warn level once a minute while it lasts)");
             (
                 StatusCode::BAD_GATEWAY,
                 Json(serde_json::json!({"via": via, "error": "back-end unreachable"})),

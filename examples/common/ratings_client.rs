@@ -163,14 +163,10 @@ impl Ratings {
                 // A refusal the caller's credential or request earned (any
                 // user can earn one per request) at debug level; ratings'
                 // failure at warn level, once a minute while it lasts.
-                static FAILING: palisade::core::logging::Sparse =
-                    palisade::core::logging::Sparse::per_minute();
                 if matches!(http, 400 | 401 | 403 | 404) {
                     tracing::debug!(code = ?status.code(), message = status.message(), "ratings refused the call");
-                } else if FAILING.due() {
-                    tracing::warn!(code = ?status.code(), message = status.message(), "the ratings call failed (said once a minute while it lasts)");
                 } else {
-                    tracing::debug!(code = ?status.code(), message = status.message(), "the ratings call failed");
+                    palisade::core::sparse_warning!(code = ?status.code(), message = status.message(), "the ratings call failed (at warn level once a minute while it lasts)");
                 }
                 json!({"status": http, "body": {"grpc_status": status.code() as i32}})
             }

@@ -81,6 +81,20 @@ fn spread(age: Duration, random: u64) -> Duration {
     age - tenth + Duration::from_nanos(random.checked_rem(range).unwrap_or(0))
 }
 
+/// `d` give or take a tenth, drawn at random at each call: timers that
+/// many processes set alike (a fleet of replicas started together, each
+/// retrying an issuer that is down) do not fire together.
+///
+/// ```
+/// use std::time::Duration;
+/// let d = palisade_core::limits::give_or_take_a_tenth(Duration::from_secs(10));
+/// assert!(Duration::from_secs(9) <= d && d <= Duration::from_secs(11));
+/// ```
+#[must_use]
+pub fn give_or_take_a_tenth(d: Duration) -> Duration {
+    spread(d, random())
+}
+
 /// A random number: the standard library's hasher with a fresh random key.
 fn random() -> u64 {
     use std::hash::{BuildHasher, Hasher};
@@ -275,7 +289,7 @@ impl ServerLimits {
     /// together. `None` without a maximum age.
     #[must_use]
     pub fn connection_lifetime(&self) -> Option<Duration> {
-        self.max_connection_age.map(|age| spread(age, random()))
+        self.max_connection_age.map(give_or_take_a_tenth)
     }
 
     /// See [`ServerLimits::body_read_timeout`](Self::body_read_timeout).

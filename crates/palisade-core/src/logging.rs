@@ -87,6 +87,28 @@ macro_rules! config_warning {
     }};
 }
 
+/// Logs a condition every caller's request may meet while it lasts (an
+/// upstream down, an issuer unreachable): at `WARN` at most once a minute
+/// from each place it is written ([`Sparse::per_minute`]), else at
+/// `DEBUG`, so a flood of requests cannot fill the logs with it. Takes
+/// what `tracing::warn!` takes (fields and a message).
+///
+/// ```
+/// let upstream = "details";
+/// palisade_core::sparse_warning!(upstream, "upstream unreachable");
+/// ```
+#[macro_export]
+macro_rules! sparse_warning {
+    ($($arg:tt)+) => {{
+        static SAID: $crate::logging::Sparse = $crate::logging::Sparse::per_minute();
+        if SAID.due() {
+            $crate::logging::__tracing::warn!($($arg)+)
+        } else {
+            $crate::logging::__tracing::debug!($($arg)+)
+        }
+    }};
+}
+
 /// At most one log line per interval: the first occurrence is said, the
 /// next ones within the interval are not (their metrics count them). The
 /// interval is measured on the monotonic clock, so a step of the wall
@@ -158,6 +180,27 @@ impl Default for Sparse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A condition met by request after request: one `WARN` line, the
+    /// others at `DEBUG`, each with its fields.
+    #[test]
+    fn a_sparse_warning_warns_once_and_says_the_rest_at_debug() {
+        if !palisade_testkit::in_a_process_of_its_own(
+            "logging::tests::a_sparse_warning_warns_once_and_says_the_rest_at_debug",
+        ) {
+            return;
+        }
+        let (lines, subscriber) = palisade_testkit::logs::Lines::subscriber("debug");
+        tracing::subscriber::with_default(subscriber, || {
+            for upstream in ["a", "b", "c"] {
+                crate::sparse_warning!(upstream, "upstream unreachable");
+            }
+        });
+        let said = lines.containing("upstream unreachable");
+        assert_eq!(said.len(), 3, "{said:?}");
+        assert!(said[0].contains("WARN") && said[0].contains("upstream=\"a\""), "{said:?}");
+        assert!(said[1..].iter().all(|l| l.contains("DEBUG")), "{said:?}");
+    }
 
     #[test]
     fn one_line_per_interval_among_threads() {

@@ -849,8 +849,11 @@ async fn run_store(store: Arc<KeyStore>, source: JwksSource) {
                 let count = set.keys.len();
                 store.replace(set);
                 let ttl = max_age.unwrap_or(s.default_ttl).clamp(s.min_ttl, s.max_ttl);
-                // Refresh at three quarters of the lifetime, so no request waits.
-                next_refresh = tokio::time::Instant::now() + ttl.mul_f64(0.75);
+                // Refresh at three quarters of the lifetime, so no request
+                // waits, give or take a tenth: replicas started together do
+                // not keep asking the issuer together.
+                next_refresh = tokio::time::Instant::now()
+                    + palisade_core::limits::give_or_take_a_tenth(ttl.mul_f64(0.75));
                 backoff = Duration::from_secs(1);
                 if healthy != Some(true) {
                     tracing::info!(target: LOG, issuer = %palisade_core::syntax::url_without_credentials(&store.issuer), keys = count, "JWKS loaded");
@@ -868,7 +871,10 @@ async fn run_store(store: Arc<KeyStore>, source: JwksSource) {
                     tracing::error!(target: LOG, issuer = %palisade_core::syntax::url_without_credentials(&store.issuer), "cached JWKS older than max_stale dropped: tokens of this issuer now fail");
                     store.replace(KeySet::default());
                 }
-                next_refresh = tokio::time::Instant::now() + backoff;
+                // Give or take a tenth, as above: a fleet retrying an
+                // issuer that is back does not come back at it at once.
+                next_refresh =
+                    tokio::time::Instant::now() + palisade_core::limits::give_or_take_a_tenth(backoff);
                 backoff = (backoff * 2)
                     .min(Duration::from_secs(300))
                     .min(s.default_ttl.max(Duration::from_secs(1)));
