@@ -198,7 +198,10 @@ mod tests {
         });
         let said = lines.containing("upstream unreachable");
         assert_eq!(said.len(), 3, "{said:?}");
-        assert!(said[0].contains("WARN") && said[0].contains("upstream=\"a\""), "{said:?}");
+        assert!(
+            said[0].contains("WARN") && said[0].contains("upstream=\"a\""),
+            "{said:?}"
+        );
         assert!(said[1..].iter().all(|l| l.contains("DEBUG")), "{said:?}");
     }
 

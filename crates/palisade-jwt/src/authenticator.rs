@@ -2147,7 +2147,11 @@ fn check_claims(cfg: &Provider, issuer: &str, parsed: &Parsed<'_>) -> Result<Tim
     if peek_issuer(claims)? != issuer {
         return Err(JwtError::UnknownIssuer);
     }
-    let times = check_times(cfg, claims)?;
+    let times = check_times(cfg, claims).inspect_err(|e| {
+        if matches!(e, JwtError::IssuedInFuture | JwtError::NotYetValid) {
+            clock_behind(issuer, claims);
+        }
+    })?;
     check_subject_and_audience(cfg, claims)?;
     check_type(cfg, parsed)?;
     Ok(times)
@@ -2167,6 +2171,24 @@ fn check_type(cfg: &Provider, parsed: &Parsed<'_>) -> Result<(), JwtError> {
         return Err(JwtError::WrongType);
     }
     Ok(())
+}
+
+/// A token its issuer signed (the signature is checked first), dated
+/// ahead of this machine's clock beyond the leeway: this clock, or the
+/// issuer's, is most likely wrong, and every fresh token of the issuer is
+/// refused until it is put right. Said at `WARN` once a minute, with how
+/// far ahead; a refusal of the token alone would be said at `DEBUG`.
+fn clock_behind(issuer: &str, claims: &Map<String, Value>) {
+    let dated = ["iat", "nbf"]
+        .iter()
+        .filter_map(|c| claims.get(*c)?.as_f64())
+        .fold(f64::MIN, f64::max);
+    palisade_core::sparse_warning!(
+        target: LOG,
+        issuer = %palisade_core::syntax::url_without_credentials(issuer),
+        ahead = %format_args!("{:.0} s", dated - now_secs()),
+        "a token signed by its issuer is dated ahead of this machine's clock: this clock or the issuer's is wrong (check NTP), and the issuer's fresh tokens are refused until it is put right"
+    );
 }
 
 /// `exp`, `nbf`, `iat` against the clock, and the maximum lifetime.
@@ -3121,6 +3143,41 @@ mod tests {
             let by_header = OwnedRequest::get("/").header("authorization", format!("Bearer {token}"));
             assert!(!ambient(by_header), "{round}");
         }
+    }
+
+    /// A token its issuer signed, dated ahead of this clock (this clock or
+    /// the issuer's is wrong: every fresh token is refused), is said at
+    /// `WARN` once a minute with how far ahead; a forged one is not (its
+    /// signature is checked first), nor an expired one.
+    #[test]
+    fn a_signed_token_dated_ahead_of_this_clock_is_said_once_a_minute() {
+        if !palisade_testkit::in_a_process_of_its_own(
+            "authenticator::tests::a_signed_token_dated_ahead_of_this_clock_is_said_once_a_minute",
+        ) {
+            return;
+        }
+        let issuer = palisade_testkit::TestIssuer::builder()
+            .default_audience("api")
+            .start()
+            .unwrap();
+        let jwt = for_api(&issuer, |b| b.jwks_inline(issuer.jwks().to_string()));
+        let (lines, subscriber) = palisade_testkit::logs::Lines::subscriber("warn");
+        let said = "dated ahead of this machine's clock";
+        tracing::subscriber::with_default(subscriber, || {
+            let forged = issuer.token().issued_at(3600).sign();
+            let (head, _) = forged.rsplit_once('.').unwrap();
+            assert!(!accepts(&jwt, &format!("{head}.AAAA")));
+            assert!(!accepts(&jwt, &issuer.token().expires_in(-3600).sign()));
+            assert!(lines.containing(said).is_empty(), "{}", lines.text());
+            assert!(!accepts(&jwt, &issuer.token().issued_at(3600).sign()));
+            let warned = lines.containing(said);
+            assert!(
+                matches!(&warned[..], [one] if one.contains("ahead=3600 s") || one.contains("ahead=3599 s")),
+                "{warned:?}"
+            );
+            assert!(!accepts(&jwt, &issuer.token().not_before(3600).sign()));
+            assert_eq!(lines.containing(said).len(), 1, "once a minute");
+        });
     }
 
     /// An authenticator of `issuer`'s tokens for the audience `api`, its
