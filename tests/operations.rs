@@ -296,6 +296,8 @@ async fn admin_listener(example: &str) {
     assert_eq!(status(&url("/list"), &token).await, 200);
     assert_eq!(status(&url("/whoami"), &token).await, 403);
     assert_eq!(status(&url("/list"), "not-a-token").await, 401);
+    let expired = issuer.token().audience(example).expires_in(-3600).sign();
+    assert_eq!(status(&url("/list"), &expired).await, 401);
     let anonymous = reqwest::get(url("/list")).await.unwrap();
     assert_eq!(anonymous.status(), 401);
 
@@ -311,10 +313,10 @@ async fn admin_listener(example: &str) {
         2.0,
         "{text}"
     );
-    // /whoami (no ALLOW rule matched), the bad token and the missing one.
+    // /whoami (no ALLOW rule matched), the bad tokens and the missing one.
     assert_eq!(
         get("palisade_decisions_total{decision=\"deny\",policy=\"\",action=\"\"}"),
-        3.0,
+        4.0,
         "{text}"
     );
     assert_eq!(
@@ -324,9 +326,19 @@ async fn admin_listener(example: &str) {
     );
     assert_eq!(
         get("palisade_authentications_total{method=\"jwt\",result=\"failure\"}"),
-        1.0,
+        2.0,
         "{text}"
     );
+    // And why, each once.
+    for reason in ["malformed", "expired"] {
+        assert_eq!(
+            get(&format!(
+                "palisade_authentication_failures_total{{method=\"jwt\",reason=\"{reason}\"}}"
+            )),
+            1.0,
+            "{reason}: {text}"
+        );
+    }
     let issuer_label = issuer.issuer();
     assert_eq!(
         get(&format!(
@@ -344,7 +356,7 @@ async fn admin_listener(example: &str) {
         "{text}"
     );
     assert_eq!(get("palisade_token_cache_total{result=\"hit\"}"), 2.0, "{text}");
-    assert_eq!(get("palisade_check_duration_seconds_count"), 5.0, "{text}");
+    assert_eq!(get("palisade_check_duration_seconds_count"), 6.0, "{text}");
     assert!(
         text.contains("palisade_check_duration_seconds_bucket{le=\"0.001\"}"),
         "{text}"

@@ -44,6 +44,18 @@ impl ErrorKind {
         }
     }
 
+    /// The kind's name as a metric label (`invalid_token`): a rejection's
+    /// [`reason`](Rejection::reason) unless its authenticator names one.
+    fn reason(self) -> &'static str {
+        match self {
+            ErrorKind::MissingCredential => "missing_credential",
+            ErrorKind::InvalidToken => "invalid_token",
+            ErrorKind::InvalidRequest => "invalid_request",
+            ErrorKind::InvalidNegotiate => "invalid_negotiate",
+            ErrorKind::Forbidden => "forbidden",
+        }
+    }
+
     fn title(self) -> &'static str {
         match self {
             ErrorKind::MissingCredential => "Authentication required",
@@ -81,6 +93,9 @@ pub struct Rejection {
     /// asks (a gRPC call, a HEAD request), which the guard's own refusals
     /// are rendered as by [`Decision`](crate::adapter::Decision).
     rendering: crate::adapter::Rendering,
+    /// Why, as a metric label: the authenticator's name for it, or the
+    /// kind's.
+    reason: &'static str,
 }
 
 /// The media type of [`Rejection::problem_json`].
@@ -97,7 +112,31 @@ impl Rejection {
             access: None,
             explain: false,
             rendering: crate::adapter::Rendering::Http,
+            reason: kind.reason(),
         }
+    }
+
+    /// The same rejection, with `reason` as its short machine name (the
+    /// `reason` label of `palisade_authentication_failures_total`: one of a
+    /// few fixed names, never a value from the request), in place of the
+    /// kind's.
+    ///
+    /// ```
+    /// use palisade_core::Rejection;
+    /// let r = Rejection::invalid_token("api", "the token has expired");
+    /// assert_eq!(r.reason(), "invalid_token");
+    /// assert_eq!(r.with_reason("expired").reason(), "expired");
+    /// ```
+    #[must_use]
+    pub fn with_reason(mut self, reason: &'static str) -> Self {
+        self.reason = reason;
+        self
+    }
+
+    /// Why, as a metric label: see [`with_reason`](Self::with_reason).
+    #[must_use]
+    pub fn reason(&self) -> &'static str {
+        self.reason
     }
 
     /// The rejection rendered as `rendering` when a handler's extractor

@@ -885,7 +885,7 @@ impl Share<Compiled> {
             return None;
         }
         if connection.peer.is_some() {
-            self.metrics.mtls.failure.increment(1);
+            self.metrics.mtls.refused("certificate_no_longer_trusted");
         }
         Some(peer_no_longer_trusted(req, connection.peer.is_some()))
     }

@@ -14,6 +14,7 @@
 //! |---|---|---|
 //! | [`DECISIONS`] | counter | `decision` (`allow`, `deny`, `reply`), `policy`, `action` |
 //! | [`AUTHENTICATIONS`] | counter | `method` (`jwt`, `mtls`, `spnego`, `session`, `custom`), `result` (`success`, `failure`; `mtls` failures are client certificates `palisade-mtls` refused in the handshake and requests refused because their connection's certificate is refused now, its successes requests with a verified peer) |
+//! | [`AUTHENTICATION_FAILURES`] | counter | `method`, `reason` (the authenticator's name for why, or the refusal's kind: a fixed set) |
 //! | [`CHECK_DURATION`] | histogram (seconds) | — (a cancelled check's time too, up to its cancelling) |
 //! | [`CHECKS_CANCELLED`] | counter | — |
 //! | [`JWKS_FETCHES`] | counter | `issuer`, `result` (`success`, `failure`; both at zero from the start, for each issuer; with an empty `issuer` when a workload's policy file configures none) |
@@ -78,6 +79,15 @@ pub const SPNEGO_BLOCKING_CALLS: &str = "palisade_spnego_blocking_calls_total";
 /// Kerberos tickets answered 503 because no GSSAPI permit came free within
 /// the queue timeout: counter.
 pub const SPNEGO_SHED: &str = "palisade_spnego_shed_total";
+/// Credentials refused, by method and reason: counter. The reason is the
+/// authenticator's short name for it (JWT: `expired`, `unknown_key`,
+/// `keys_unavailable`, `bad_signature`, … as `JwtError::reason`), or the
+/// refusal's kind (`invalid_token`, `invalid_negotiate`, …): a few fixed
+/// names, never a value from the request. Alerts tell the issuer's outage
+/// (`keys_unavailable`, `introspection_unavailable`) or this clock
+/// (`issued_in_future`, `not_yet_valid`) from clients' expired or forged
+/// tokens.
+pub const AUTHENTICATION_FAILURES: &str = "palisade_authentication_failures_total";
 /// Policy reloads, by result: counter.
 pub const CONFIG_RELOADS: &str = "palisade_config_reloads_total";
 /// Whether the last reload of the policy file put it in force (1) or was
@@ -104,6 +114,10 @@ pub const CHECK_DURATION_BUCKETS: &[f64] = &[
 pub fn describe() {
     metrics::describe_counter!(DECISIONS, "Requests decided by the Palisade guard");
     metrics::describe_counter!(AUTHENTICATIONS, "Credentials checked, by method and result");
+    metrics::describe_counter!(
+        AUTHENTICATION_FAILURES,
+        "Credentials refused, by method and reason"
+    );
     metrics::describe_histogram!(
         CHECK_DURATION,
         Unit::Seconds,
@@ -162,22 +176,33 @@ struct PolicyCounters {
 pub(crate) struct AuthnCounters {
     pub(crate) success: Counter,
     pub(crate) failure: Counter,
+    method: &'static str,
 }
 
 impl AuthnCounters {
-    /// Counts an authenticator's outcome: a credential accepted or refused.
+    /// Counts an authenticator's outcome: a credential accepted or refused
+    /// (and why).
     pub(crate) fn count(&self, outcome: &AuthOutcome) {
         match outcome {
             AuthOutcome::Authenticated(_) => self.success.increment(1),
-            AuthOutcome::Rejected(_) => self.failure.increment(1),
+            AuthOutcome::Rejected(r) => self.refused(r.reason()),
             AuthOutcome::NoCredential | AuthOutcome::Respond(_) => {}
         }
+    }
+
+    /// Counts a credential refused for `reason` (a fixed name).
+    pub(crate) fn refused(&self, reason: &'static str) {
+        self.failure.increment(1);
+        // Looked up at each refusal (few, and off the path of a request
+        // let in); a recorder keeps one series per fixed reason.
+        metrics::counter!(AUTHENTICATION_FAILURES, "method" => self.method, "reason" => reason).increment(1);
     }
 
     fn new(method: &'static str) -> Self {
         Self {
             success: metrics::counter!(AUTHENTICATIONS, "method" => method, "result" => "success"),
             failure: metrics::counter!(AUTHENTICATIONS, "method" => method, "result" => "failure"),
+            method,
         }
     }
 }

@@ -2780,7 +2780,9 @@ impl JwtAuthenticator {
                     bearer.push(challenge);
                     bearer
                 };
-                AuthOutcome::Rejected(palisade_core::Rejection::new(base.kind(), detail, challenges))
+                AuthOutcome::Rejected(
+                    palisade_core::Rejection::new(base.kind(), detail, challenges).with_reason(base.reason()),
+                )
             }
             (_, r) => self.outcome(r),
         }

@@ -108,5 +108,49 @@ impl JwtError {
             JwtError::MultipleTokens => Rejection::invalid_request(realm, self.to_string()),
             _ => Rejection::invalid_token(realm, self.to_string()),
         }
+        .with_reason(self.reason())
+    }
+
+    /// A short fixed name for the error: the `reason` label of
+    /// `palisade_authentication_failures_total` (`expired`, `unknown_key`,
+    /// `keys_unavailable`, …).
+    ///
+    /// ```
+    /// use palisade_jwt::JwtError;
+    /// assert_eq!(JwtError::KeysUnavailable.reason(), "keys_unavailable");
+    /// assert_eq!(JwtError::MissingClaim("aud").reason(), "missing_claim");
+    /// ```
+    #[must_use]
+    pub fn reason(&self) -> &'static str {
+        match self {
+            JwtError::TooLarge => "too_large",
+            JwtError::Malformed => "malformed",
+            JwtError::Encrypted => "encrypted",
+            JwtError::Unsigned => "unsigned",
+            JwtError::CriticalHeader => "critical_header",
+            JwtError::Nested => "nested",
+            JwtError::AlgorithmNotAllowed => "algorithm_not_allowed",
+            JwtError::DuplicateClaim => "duplicate_claim",
+            JwtError::MissingClaim(_) => "missing_claim",
+            JwtError::InvalidClaim(_) => "invalid_claim",
+            JwtError::UnknownIssuer => "unknown_issuer",
+            JwtError::WrongLocation => "wrong_location",
+            JwtError::InvalidAudience => "invalid_audience",
+            JwtError::Expired => "expired",
+            JwtError::NotYetValid => "not_yet_valid",
+            JwtError::IssuedInFuture => "issued_in_future",
+            JwtError::LifetimeTooLong => "lifetime_too_long",
+            JwtError::WrongType => "wrong_type",
+            JwtError::UnknownKey => "unknown_key",
+            JwtError::KeysUnavailable => "keys_unavailable",
+            JwtError::BadSignature => "bad_signature",
+            JwtError::MultipleTokens => "multiple_tokens",
+            JwtError::Inactive => "inactive",
+            JwtError::IntrospectionUnavailable => "introspection_unavailable",
+            JwtError::DpopBound => "dpop_bound",
+            JwtError::DpopProof(_) => "dpop_proof",
+            JwtError::DpopKeyMismatch => "dpop_key_mismatch",
+            JwtError::CertificateBinding => "certificate_binding",
+        }
     }
 }

@@ -343,6 +343,9 @@ impl ServerTlsBuilder {
                 "method" => "mtls",
                 "result" => "failure"
             ),
+            refused_because: REFUSAL_REASONS.map(|reason| {
+                metrics::counter!(palisade_core::metrics::AUTHENTICATION_FAILURES, "method" => "mtls", "reason" => reason)
+            }),
         });
         let mut config = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
@@ -921,6 +924,15 @@ impl ResolvesServerCert for DynResolver {
     }
 }
 
+/// Why a client certificate was refused in the handshake, as the `reason`
+/// of `palisade_authentication_failures_total{method="mtls"}`.
+const REFUSAL_REASONS: [&str; 4] = [
+    "certificate_expired",
+    "certificate_revoked",
+    "certificate_unknown_issuer",
+    "certificate_refused",
+];
+
 struct DynVerifier {
     material: Arc<ArcSwap<Material>>,
     mode: Arc<LiveMode>,
@@ -930,6 +942,8 @@ struct DynVerifier {
     /// Client certificates refused (`palisade_authentications_total`'s
     /// mTLS failures; its successes are the guard's, per request).
     refused: metrics::Counter,
+    /// The refusals by reason, in [`REFUSAL_REASONS`]' order.
+    refused_because: [metrics::Counter; 4],
 }
 
 impl fmt::Debug for DynVerifier {
@@ -1015,8 +1029,16 @@ impl ClientCertVerifier for DynVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         let verified = self.verify(end_entity, intermediates, now);
-        if verified.is_err() {
+        if let Err(e) = &verified {
             self.refused.increment(1);
+            use rustls::CertificateError as C;
+            let reason = match e {
+                rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => 0,
+                rustls::Error::InvalidCertificate(C::Revoked) => 1,
+                rustls::Error::InvalidCertificate(C::UnknownIssuer) => 2,
+                _ => 3,
+            };
+            self.refused_because[reason].increment(1);
         }
         verified
     }
@@ -1477,23 +1499,6 @@ mod tests {
                 .build()
                 .unwrap()
         });
-        let refusals = || {
-            snapshotter
-                .snapshot()
-                .into_vec()
-                .into_iter()
-                .find_map(|(key, _, _, value)| {
-                    let labels: Vec<_> = key
-                        .key()
-                        .labels()
-                        .map(|l| (l.key().to_owned(), l.value().to_owned()))
-                        .collect();
-                    (key.key().name() == palisade_core::metrics::AUTHENTICATIONS
-                        && labels.contains(&("method".into(), "mtls".into()))
-                        && labels.contains(&("result".into(), "failure".into())))
-                    .then_some(value)
-                })
-        };
         for _ in 0..2 {
             assert_eq!(resumed(&config, &mutual), Ok(false), "a session resumed");
         }
@@ -1505,8 +1510,30 @@ mod tests {
             "a revoked client connected after the CRL's reload"
         );
         // The refused certificate is counted (the handshakes before were
-        // not refusals).
-        assert_eq!(refusals(), Some(metrics_util::debugging::DebugValue::Counter(1)));
+        // not refusals), and why.
+        let snapshot = snapshotter.snapshot().into_vec();
+        let counted = |name: &str, label: (&str, &str)| {
+            snapshot.iter().find_map(|(key, _, _, value)| {
+                (key.key().name() == name
+                    && key
+                        .key()
+                        .labels()
+                        .any(|l| l.key() == label.0 && l.value() == label.1))
+                .then_some(value)
+            })
+        };
+        let one = Some(&metrics_util::debugging::DebugValue::Counter(1));
+        assert_eq!(
+            counted(palisade_core::metrics::AUTHENTICATIONS, ("result", "failure")),
+            one
+        );
+        assert_eq!(
+            counted(
+                palisade_core::metrics::AUTHENTICATION_FAILURES,
+                ("reason", "certificate_revoked")
+            ),
+            one
+        );
     }
 
     /// An open connection's peer ([`ServerTls::peer_recheck`]) is refused
