@@ -417,7 +417,7 @@ pub struct GrantBuilder<K> {
     pub(crate) audience: Option<String>,
     scopes: Vec<String>,
     pub(crate) renew_before: Duration,
-    timeout: Duration,
+    pub(crate) timeout: Duration,
     ca_pem: Option<Vec<u8>>,
     dpop: Option<Arc<DpopKey>>,
     /// A token exchange's other issuers of callers' tokens.

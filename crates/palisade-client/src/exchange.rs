@@ -53,6 +53,8 @@ struct Inner {
     flights: SingleFlight<Key, Result<Arc<Granted>, ClientError>>,
     /// The calls to the issuer at once.
     permits: Semaphore,
+    /// The longest an exchange waits for a turn: one call's timeout.
+    turn_within: Duration,
     /// The most exchanges under way (calling or waiting for a permit).
     most_under_way: usize,
 }
@@ -75,9 +77,10 @@ struct Inner {
 ///
 /// At most [`max_concurrent_calls`](GrantBuilder::max_concurrent_calls)
 /// exchanges (32 by default) are asked of the issuer at once; the
-/// exchanges of other caller tokens wait for a turn, up to eight times as
-/// many, beyond which an exchange is refused at once as
-/// [`ClientError::Unavailable`] (not kept as the caller token's failure):
+/// exchanges of other caller tokens wait for a turn (at most one call's
+/// [`timeout`](GrantBuilder::timeout)), up to eight times as many, beyond
+/// which an exchange is refused at once as [`ClientError::Unavailable`]
+/// (not kept as the caller token's failure):
 /// a burst of distinct callers (a front-end's users after an outage, a
 /// flood of tokens) neither floods the issuer nor queues without bound.
 ///
@@ -149,7 +152,9 @@ impl GrantBuilder<TokenExchange> {
             failures: Mutex::new(Map::default()),
             flights: SingleFlight::new(),
             permits: Semaphore::new(self.max_concurrent_calls.min(Semaphore::MAX_PERMITS)),
-            most_under_way: self.max_concurrent_calls.saturating_mul(WAITING_PER_CALL),
+            // Those calling, and eight times as many waiting.
+            most_under_way: self.max_concurrent_calls.saturating_mul(1 + WAITING_PER_CALL),
+            turn_within: self.timeout,
         })))
     }
 }
@@ -258,9 +263,13 @@ impl TokenExchange {
         if let Some(scope) = &inner.scope {
             form.push(("scope", scope));
         }
-        // The semaphore is never closed.
-        let Ok(_turn) = inner.permits.acquire().await else {
-            return Err(ClientError::Unavailable("the token exchange was stopped".into()));
+        // A turn within one call's timeout: the requests waiting for this
+        // exchange have given up by then, and the issuer is slow to answer
+        // those before (the semaphore is never closed).
+        let Ok(Ok(_turn)) = tokio::time::timeout(inner.turn_within, inner.permits.acquire()).await else {
+            return Err(ClientError::Unavailable(
+                "the token exchange waited too long for a turn: the issuer is slow to answer the exchanges before it".into(),
+            ));
         };
         let granted = match inner.client.request(form, inner.renew_before).await {
             Ok(g) => Arc::new(g),
@@ -465,7 +474,9 @@ mod tests {
             .build()
             .unwrap();
         let mut waiting = Vec::new();
-        for i in 0..2 * WAITING_PER_CALL {
+        // Two calling, eight times as many waiting.
+        let most = 2 * (1 + WAITING_PER_CALL);
+        for i in 0..most {
             let (exchange, caller) = (exchange.clone(), CallerToken::new(&format!("t{i}")));
             waiting.push(tokio::spawn(async move { exchange.authorization(&caller).await }));
         }
@@ -475,7 +486,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        while exchange.0.flights.under_way() < 2 * WAITING_PER_CALL {
+        while exchange.0.flights.under_way() < most {
             tokio::task::yield_now().await;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

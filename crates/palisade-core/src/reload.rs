@@ -334,9 +334,8 @@ impl PolicyReloader {
             }
         };
         let seen = digest(&now);
-        // Readable again: as it was before, its last load's answer stands
-        // again; changed, its load answers.
-        let was_unreadable = self.0.unreadable_counted.swap(false, Ordering::AcqRel);
+        // Readable (again): a later stretch unreadable counts anew.
+        self.0.unreadable_counted.store(false, Ordering::Release);
         // The files it names, read outside the locks (a reload or a signal
         // does not wait on them).
         let named_files = self
@@ -348,11 +347,12 @@ impl PolicyReloader {
             .clone();
         let named = files_digest(&named_files);
         let mut last = self.0.last.lock().unwrap_or_else(PoisonError::into_inner);
-        if was_unreadable && last.digest == Some(seen) && last.in_force {
-            metrics::gauge!(CONFIG_LAST_RELOAD_OK).set(1.0);
-        }
         let mut settling = self.0.settling.lock().unwrap_or_else(PoisonError::into_inner);
         if last.digest == Some(seen) {
+            // The file as last loaded or refused: its answer stands, again
+            // after the file could not be read for a while, or after a
+            // reload refused for it (unreadable, still changing).
+            metrics::gauge!(CONFIG_LAST_RELOAD_OK).set(if last.in_force { 1.0 } else { 0.0 });
             // A file it names changed (a secret rotated, a key file that
             // was missing written): loaded once two looks agree, as the
             // file itself.
@@ -394,7 +394,9 @@ impl PolicyReloader {
         contents: std::io::Result<Vec<u8>>,
         retrying: bool,
     ) -> Result<(), PolicyError> {
-        // A file that cannot be read leaves a pending retry pending.
+        // A file that cannot be read leaves a pending retry pending, and
+        // whether the contents last read are in force.
+        let read = contents.is_ok();
         let refused_before = match &contents {
             Ok(c) => {
                 last.digest = Some(digest(c));
@@ -438,7 +440,9 @@ impl PolicyReloader {
                 })
             });
         (last.named, last.named_digest) = last_named;
-        last.in_force = loaded.is_ok();
+        if read {
+            last.in_force = loaded.is_ok();
+        }
         let result = match loaded {
             Ok(guard) => {
                 self.0.guard.replace(guard);
@@ -1211,15 +1215,28 @@ spec:
             assert!(reloader.reload_if_changed().is_none());
             assert_eq!(look().2, 0, "a moment is no change");
             std::thread::sleep(Duration::from_millis(80));
+            // A sentinel: a look reads a gauge not set since as 0 too.
+            metrics::gauge!(CONFIG_LAST_RELOAD_OK).set(42.0);
             assert!(reloader.reload_if_changed().is_none());
             assert!(reloader.reload_if_changed().is_none());
-            assert_eq!(look().2, 1, "one failure for the stretch");
+            assert_eq!(look(), (Some(0.0), Some(0.0), 1), "one failure for the stretch");
             std::fs::write(&file, OPEN).unwrap();
             assert!(reloader.reload_if_changed().is_none(), "no change");
             assert_eq!(look(), (Some(1.0), Some(0.0), 0), "back as it was, in force");
-            std::fs::write(&file, OPEN.replace("rules:", "action: ALOW\n  rules:")).unwrap();
+            // Refused while the file cannot be read (a reload asked for),
+            // then back as it was: the contents in force, 1 again.
+            std::fs::remove_file(&file).unwrap();
+            metrics::gauge!(CONFIG_LAST_RELOAD_OK).set(42.0);
             reloader.reload().unwrap_err();
-            assert_eq!(look().2, 1);
+            assert_eq!(look().0, Some(0.0));
+            std::fs::write(&file, OPEN).unwrap();
+            assert!(reloader.reload_if_changed().is_none(), "no change");
+            assert_eq!(look().0, Some(1.0));
+            std::fs::write(&file, OPEN.replace("rules:", "action: ALOW\n  rules:")).unwrap();
+            metrics::gauge!(CONFIG_LAST_RELOAD_OK).set(42.0);
+            reloader.reload().unwrap_err();
+            let (ok, _, failures) = look();
+            assert_eq!((ok, failures), (Some(0.0), 1));
             std::fs::write(&file, CLOSED).unwrap();
             reloader.reload().unwrap();
             let (ok, at, failures) = look();

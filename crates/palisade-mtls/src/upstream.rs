@@ -121,32 +121,37 @@ impl Rule {
         self.default.is_some() || !self.ports.is_empty()
     }
 
-    /// The rule's rank for a host it matches with `specificity`; the
-    /// highest is taken, the first document among equals. As Istio looks
-    /// rules up: the workload's own namespace, then the called service's,
-    /// then the root namespace, then within it the most specific host. Then a rule that sets TLS
-    /// before one that does not, so that a rule of subsets only never
-    /// hides its host's TLS (Istio merges a host's rules, and falls back
-    /// to its automatic mutual TLS, where Palisade would call in
-    /// plaintext); then a rule whose `workloadSelector` selects the
-    /// workload before one for every workload.
-    fn rank(&self, specificity: usize) -> (u8, usize, bool, bool) {
+    /// The TLS it sets for `port`: the port's, else the rule's; `None`
+    /// when it sets none there.
+    fn route_for(&self, port: u16) -> Option<&UpstreamRoute> {
+        self.ports
+            .iter()
+            .find(|(p, _)| *p == port)
+            .map(|(_, r)| r)
+            .or(self.default.as_ref())
+    }
+
+    /// The rule's rank for a host it matches with `specificity`, among
+    /// the rules that set TLS for the call's port; the highest is taken,
+    /// the first document among equals. As Istio looks rules up: the
+    /// workload's own namespace, then the called service's, then the root
+    /// namespace, then within it the most specific host; then a rule whose
+    /// `workloadSelector` selects the workload before one for every
+    /// workload.
+    fn rank(&self, specificity: usize) -> (u8, usize, bool) {
         let tier = match self.tier {
             Tier::Root => 0,
             Tier::Service(_) => 1,
             Tier::Local => 2,
         };
-        (tier, specificity, self.has_tls(), self.selected)
+        (tier, specificity, self.selected)
     }
 
     /// Whether the rule is on the lookup path of a call to `host`: another
-    /// namespace's rule is for its own services only, and only where it
-    /// sets TLS: one without (a canary's subsets) would make a call Istio
-    /// makes with its automatic mutual TLS a plaintext one here, for the
-    /// callers of every namespace, so the root namespace's TLS is taken.
+    /// namespace's rule is for its own services only.
     fn on_path(&self, host: &str) -> bool {
         match &self.tier {
-            Tier::Service(ns) => self.has_tls() && service_namespace(host) == Some(ns.as_str()),
+            Tier::Service(ns) => service_namespace(host) == Some(ns.as_str()),
             Tier::Root | Tier::Local => true,
         }
     }
@@ -167,15 +172,16 @@ fn service_namespace(host: &str) -> Option<&str> {
 /// service's (a rule of another namespace applies to calls to its own
 /// services, `NAME.NAMESPACE.svc…`, only where it sets TLS), then the
 /// root namespace, each rule where its `exportTo` lets it; within it, an exact host before wildcards, the longest
-/// wildcard first (`*.default.svc.cluster.local` before `*`); then one
-/// that sets TLS before one that does not; then a rule whose
-/// `workloadSelector` selects the workload before one for every workload
-/// (a rule with a selector applies in its own namespace only); then the
-/// first document. Two of one namespace and selector that set TLS for one
-/// host are warned of when the file loads, and so is a rule without TLS
-/// that hides the root namespace's TLS for its host when no rule of its
-/// namespace sets it (Istio would then use its automatic mutual
-/// TLS; Palisade calls in plaintext). A short host (`reviews`) is in the
+/// wildcard first (`*.default.svc.cluster.local` before `*`); then a rule
+/// whose `workloadSelector` selects the workload before one for every
+/// workload (a rule with a selector applies in its own namespace only);
+/// then the first document. Only rules that set TLS for the call's port
+/// take part: a rule that sets none there (subsets only, the proxy's
+/// tuning only, another port's TLS) decides nothing of it, and the next
+/// rule on the path does, where Istio would use its automatic mutual TLS
+/// (so a namespace's canary rule does not turn the mesh-wide
+/// `ISTIO_MUTUAL` into plaintext). Two of one namespace and selector that
+/// set TLS for one host are warned of when the file loads. A short host (`reviews`) is in the
 /// rule's namespace (`reviews.NS.svc.cluster.local`). A port's
 /// `portLevelSettings` override the rule's `tls`. Subsets' policies apply
 /// to traffic a `VirtualService` routes to a subset, which Palisade does
@@ -323,25 +329,21 @@ impl UpstreamTls {
     #[must_use]
     pub fn for_host(&self, host: &str, port: u16) -> &UpstreamRoute {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
-        let rule = self
-            .0
+        // Among the rules that set TLS for this port: a rule that sets
+        // none there (a canary's subsets, a load balancer's tuning, another
+        // port's TLS) decides nothing of it, where Istio would use its
+        // automatic mutual TLS: the next rule on the path does.
+        self.0
             .iter()
             .filter(|r| r.on_path(&host))
-            .filter_map(|r| host_specificity(&r.host, &host).map(|s| (r.rank(s), r)))
+            .filter_map(|r| Some((r.route_for(port)?, r)))
+            .filter_map(|(route, r)| host_specificity(&r.host, &host).map(|s| (r.rank(s), route)))
             // The highest rank; the first document among equals.
-            .fold(None, |best, (rank, r)| match best {
+            .fold(None, |best, (rank, route)| match best {
                 Some((b, _)) if b >= rank => best,
-                _ => Some((rank, r)),
-            });
-        let Some((_, rule)) = rule else {
-            return &PLAINTEXT;
-        };
-        rule.ports
-            .iter()
-            .find(|(p, _)| *p == port)
-            .map(|(_, r)| r)
-            .or(rule.default.as_ref())
-            .unwrap_or(&PLAINTEXT)
+                _ => Some((rank, route)),
+            })
+            .map_or(&PLAINTEXT, |(_, route)| route)
     }
 }
 
@@ -771,57 +773,45 @@ mod tests {
             ),
         ];
         assert_eq!(transport(namespace_first.concat()), "tls");
-        // A rule of the workload's namespace without TLS hides the root
-        // namespace's: plaintext, as warned when the file loads.
-        let hidden = [
-            rule(
-                "mesh",
-                "istio-system",
-                "reviews.default.svc.cluster.local",
-                Some("SIMPLE"),
-            ),
-            rule("subsets", "default", "reviews", None),
-        ];
-        assert_eq!(transport(hidden.concat()), "plaintext");
-        let warned = warnings(hidden.concat());
-        assert!(
-            warned
-                .iter()
-                .any(|w| w.contains("document 2") && w.contains("hides the TLS document 1")),
-            "{warned:?}"
+        // A rule of the workload's namespace that sets no TLS for the
+        // call (subsets only, the proxy's tuning only, another port's TLS)
+        // decides nothing of it: the root namespace's rule does, as
+        // Istio's automatic mutual TLS would, with nothing to warn of.
+        let mesh = rule(
+            "mesh",
+            "istio-system",
+            "reviews.default.svc.cluster.local",
+            Some("SIMPLE"),
         );
-        // And by a mesh-wide wildcard of the root namespace.
+        let tuned = rule("tuned", "default", "reviews", None).replace(
+            "spec:\n",
+            "spec:\n  trafficPolicy: {loadBalancer: {simple: RANDOM}}\n",
+        );
+        assert!(tuned.contains("loadBalancer"), "{tuned}");
+        let other_port = rule("port", "default", "reviews", None).replace(
+            "spec:\n",
+            "spec:\n  trafficPolicy: {portLevelSettings: [{port: {number: 9999}, tls: {mode: DISABLE}}]}\n",
+        );
+        for local in [rule("subsets", "default", "reviews", None), tuned, other_port] {
+            let file = format!("{mesh}{local}");
+            assert_eq!(transport(file.clone()), "tls", "{local}");
+            let warned = warnings(file);
+            assert!(!warned.iter().any(|w| w.contains("spec.host")), "{warned:?}");
+        }
+        // And a mesh-wide wildcard of the root namespace.
         let mesh_wide = [
             rule("mesh", "istio-system", "'*.local'", Some("SIMPLE")),
             rule("subsets", "default", "reviews", None),
         ];
-        assert_eq!(transport(mesh_wide.concat()), "plaintext");
-        let warned = warnings(mesh_wide.concat());
-        assert!(
-            warned
-                .iter()
-                .any(|w| w.contains("document 2") && w.contains("for `*.local`")),
-            "{warned:?}"
+        assert_eq!(transport(mesh_wide.concat()), "tls");
+        // Without a rule that sets TLS on the path: plaintext.
+        assert_eq!(
+            transport(rule("subsets", "default", "reviews", None)),
+            "plaintext"
         );
-        assert_eq!(transport(mesh_wide[0].clone()), "tls");
-        // Said when the namespace's rule that sets it selects other workloads.
-        let canary_only = [
-            hidden[0].clone(),
-            hidden[1].clone(),
-            selecting("canary", "SIMPLE").replace("app: productpage", "app: canary"),
-        ];
-        assert_eq!(transport(canary_only.concat()), "plaintext");
-        let warned = warnings(canary_only.concat());
-        assert!(warned.iter().any(|w| w.contains("hides")), "{warned:?}");
-        // Not when a rule of the namespace sets the host's TLS (it is taken).
-        let covered = [
-            hidden[0].clone(),
-            hidden[1].clone(),
-            rule("tls", "default", "reviews", Some("SIMPLE")),
-        ];
-        assert_eq!(transport(covered.concat()), "tls");
-        let warned = warnings(covered.concat());
-        assert!(!warned.iter().any(|w| w.contains("hides")), "{warned:?}");
+        // A namespace's DISABLE is TLS set (to none): taken.
+        let disabled = format!("{mesh}{}", rule("off", "default", "reviews", Some("DISABLE")));
+        assert_eq!(transport(disabled), "plaintext");
         // Rules of other selectors or namespaces are not warned of.
         let apart = [
             rule("a", "default", "reviews", Some("SIMPLE")),

@@ -411,7 +411,9 @@ pub(crate) fn dry_run(metadata: &Metadata) -> Result<bool, FieldError> {
         Some("true" | "True" | "TRUE" | "t" | "T" | "1") => Ok(true),
         Some(other) => Err((
             format!("metadata.annotations.{DRY_RUN}"),
-            format!("`{other}` is not \"true\" or \"false\""),
+            format!(
+                "`{other}` is not a boolean (`true` or `false`, read as Go's ParseBool reads them, as Istio does)"
+            ),
         )),
     }
 }

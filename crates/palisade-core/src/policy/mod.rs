@@ -688,6 +688,9 @@ fn not_read(api_version: &str, kind: &str) -> Option<&'static str> {
         | ("telemetry.istio.io" | "extensions.istio.io" | "gateway.networking.k8s.io", _) => {
             "it configures Istio's proxies, not the authentication or authorization of an in-process workload; keep it out of the policy file"
         }
+        ("", "List") => {
+            "a list of objects, as `kubectl get -o yaml` prints several; write each of its `items` as a document of its own (separated by `---`)"
+        }
         ("" | "apps" | "batch" | "rbac.authorization.k8s.io" | "networking.k8s.io", _) => {
             "a Kubernetes object, not a policy; keep it out of the policy file"
         }
@@ -837,7 +840,11 @@ fn finish(
         .collect();
     if !named.is_empty() {
         let named = named.into_iter().collect::<Vec<_>>().join(", ");
-        for document in documents.iter().filter(|d| d.metadata.namespace.is_none()) {
+        // (An `RbacConfig` is the mesh's, whatever its namespace.)
+        let unnamed = documents
+            .iter()
+            .filter(|d| d.metadata.namespace.is_none() && !matches!(d.spec, Spec::RbacConfig(_)));
+        for document in unnamed {
             warnings.push(PolicyWarning::new(document.error(
                 source,
                 "metadata.namespace",
@@ -908,16 +915,13 @@ fn settings_for_no_issuer(documents: &[Document], source: &str) -> Result<(), Po
     }
 }
 
-/// What a file's `DestinationRule`s make of one another, said aloud:
-/// - one that sets TLS for a host an earlier one of the same namespace and
-///   `workloadSelector` sets it for (`reviews` and
-///   `reviews.NS.svc.cluster.local` are one host): only the first applies,
-///   as Istio merges a host's rules keeping the first traffic policy, which
-///   a reader of the file cannot tell from the file;
-/// - one of another namespace than the root one that sets no TLS for a host
-///   a root-namespace rule sets it for: that namespace's workloads take
-///   their own namespace's rule, as Istio's do, and call in plaintext
-///   (Istio's would use its automatic mutual TLS).
+/// What a file's `DestinationRule`s make of one another, said aloud: one
+/// that sets TLS for a host an earlier one of the same namespace and
+/// `workloadSelector` sets it for (`reviews` and
+/// `reviews.NS.svc.cluster.local` are one host): only the first applies,
+/// as Istio merges a host's rules keeping the first traffic policy, which
+/// a reader of the file cannot tell from the file. (A rule that sets no
+/// TLS decides nothing of it: the next rule on the lookup path does.)
 fn destination_rule_warnings(documents: &[Document]) -> Vec<(&Document, &'static str, String)> {
     let rules: Vec<(&Document, &networking::DestinationRuleSpec, String)> = documents
         .iter()
@@ -944,34 +948,6 @@ fn destination_rule_warnings(documents: &[Document]) -> Vec<(&Document, &'static
                     format!(
                         "{} sets TLS for `{host}` too: only the first document's applies (as Istio keeps the first traffic policy of a host's rules); give the host one rule",
                         named(first)
-                    ),
-                ));
-            }
-        } else if namespace != DEFAULT_ROOT_NAMESPACE
-            // A rule of its namespace that sets TLS for the host is taken
-            // before it.
-            && !rules.iter().any(|(e, es, eh)| {
-                es.sets_tls()
-                    && e.metadata.namespace() == namespace
-                    && (es.workload_selector.is_none() || es.workload_selector == s.workload_selector)
-                    && eh == host
-            })
-        {
-            // The root namespace's rule for the host, or a wildcard over
-            // it (`*.local`, the usual mesh-wide rule).
-            let root = rules.iter().find(|(e, es, eh)| {
-                es.sets_tls()
-                    && e.metadata.namespace() == DEFAULT_ROOT_NAMESPACE
-                    && es.workload_selector.is_none()
-                    && networking::host_specificity(eh, host).is_some()
-            });
-            if let Some((root, _, root_host)) = root {
-                out.push((
-                    *d,
-                    "spec.host",
-                    format!(
-                        "sets no TLS for `{host}`, and hides the TLS {} sets for `{root_host}` from the workloads of `{namespace}`, which take their own namespace's rule and call in plaintext (Istio's would use its automatic mutual TLS): set the TLS here too",
-                        named(root)
                     ),
                 ));
             }

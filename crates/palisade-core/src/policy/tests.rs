@@ -662,6 +662,7 @@ fn destination_rule_checks_run_for_every_document() {
         ("Policy", "authentication.istio.io/v1alpha1", "PeerAuthentication"),
         ("Service", "v1", "a Kubernetes object"),
         ("Deployment", "apps/v1", "a Kubernetes object"),
+        ("List", "v1", "each of its `items` as a document"),
         ("HTTPRoute", "gateway.networking.k8s.io/v1", "Istio's proxies"),
         ("DestinationRules", "networking.istio.io/v1", "unknown kind"),
     ] {
@@ -1993,6 +1994,9 @@ fn a_document_without_a_namespace_beside_named_ones_is_a_warning() {
         doc("d", ", namespace: istio-system"),
     ];
     assert!(warned(&quiet.join("---\n")).is_empty());
+    // An RbacConfig is the mesh's, whatever its namespace.
+    let rbac = "apiVersion: rbac.istio.io/v1alpha1\nkind: ClusterRbacConfig\nmetadata: {name: default}\nspec: {mode: 'OFF'}\n";
+    assert!(warned(&[doc("a", ", namespace: foo"), rbac.to_owned()].join("---\n")).is_empty());
     let twice = [doc("default", ""), doc("default", "")].join("---\n");
     assert!(
         load_err(&twice)
