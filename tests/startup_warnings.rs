@@ -264,7 +264,17 @@ spec:
     let denied =
         PolicySet::from_yaml_str(&format!("{}{deny_anonymous}", authn("deny-kc")), "deny.yaml").unwrap();
     palisade::guard_from_policy(&denied, &workload).unwrap();
-    let said = logs::lines("requests without credentials are allowed: the policy file");
+    let said = logs::lines("requests without credentials are allowed: no AuthorizationPolicy");
     assert_eq!(said.len(), 1, "{said:?}");
     assert!(said[0].contains(" WARN "), "{said:?}");
+    assert!(!said[0].contains("other workloads"), "{said:?}");
+    // The file's ALLOW policies select another workload (a name spelt
+    // otherwise than the file's): said, naming them.
+    let elsewhere = require_user.replace("spec:\n", "spec:\n  selector: {matchLabels: {app: detials}}\n");
+    let misspelt =
+        PolicySet::from_yaml_str(&format!("{}{elsewhere}", authn("misspelt-kc")), "misspelt.yaml").unwrap();
+    palisade::guard_from_policy(&misspelt, &workload).unwrap();
+    let said =
+        logs::lines("the file's ALLOW policies apply to other workloads (AuthorizationPolicy default/users)");
+    assert_eq!(said.len(), 1, "{said:?}");
 }

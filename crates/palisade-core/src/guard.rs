@@ -268,6 +268,8 @@ pub struct GuardBuilder {
     access: Option<AccessPolicy>,
     /// The access policy is a policy file's ([`access_policy_from`](Self::access_policy_from)).
     access_from_file: bool,
+    /// The file's `ALLOW` policies for other workloads than this one.
+    allow_elsewhere: Vec<String>,
     explain: bool,
     trusted_origins: Vec<String>,
 }
@@ -343,6 +345,7 @@ impl GuardBuilder {
     ) -> Result<Self, PolicyError> {
         let mut builder = self.access_policy(AccessPolicy::compile_with(policy, authorizers)?);
         builder.access_from_file = true;
+        builder.allow_elsewhere = policy.allow_policies_elsewhere();
         Ok(builder)
     }
 
@@ -356,6 +359,7 @@ impl GuardBuilder {
     pub fn access_policy(mut self, policy: AccessPolicy) -> Self {
         self.access = Some(policy);
         self.access_from_file = false;
+        self.allow_elsewhere = Vec::new();
         self
     }
 
@@ -420,7 +424,16 @@ impl GuardBuilder {
         // Said as `allow_unauthenticated` says it in code: a Keycloak
         // adapter's or a sign-in's user would expect a 401 or a redirect.
         if self.access_from_file && !self.authenticators.is_empty() && access.requires_nothing() {
-            crate::config_warning!(target: LOG_TARGET, "requests without credentials are allowed: the policy file configures authentication for this workload, but no AuthorizationPolicy ALLOW (or RBAC) applies to it, so nothing requires a credential (as with Istio's RequestAuthentication alone); to require a user, add an AuthorizationPolicy with `from: [{{source: {{requestPrincipals: [\"*\"]}}}}]`");
+            // A workload name or selector spelt otherwise than the file's
+            // leaves the service open as surely as a missing policy.
+            let elsewhere = match &self.allow_elsewhere[..] {
+                [] => String::new(),
+                names => format!(
+                    "; the file's ALLOW policies apply to other workloads ({}): is this workload's name, namespace or a selector spelt otherwise than the file's?",
+                    names.join(", ")
+                ),
+            };
+            crate::config_warning!(target: LOG_TARGET, "requests without credentials are allowed: no AuthorizationPolicy ALLOW (or RBAC) of the policy file applies to this workload, so nothing requires a credential (as with Istio's RequestAuthentication alone); to require a user, add an AuthorizationPolicy with `from: [{{source: {{requestPrincipals: [\"*\"]}}}}]`{elsewhere}");
         }
         let mut challenges: Vec<String> = self.authenticators.iter().filter_map(|a| a.challenge()).collect();
         if challenges.is_empty() {

@@ -115,12 +115,6 @@ struct Rule {
 }
 
 impl Rule {
-    /// Whether the rule says anything of TLS (a `trafficPolicy` with `tls`
-    /// or a port's).
-    fn has_tls(&self) -> bool {
-        self.default.is_some() || !self.ports.is_empty()
-    }
-
     /// The TLS it sets for `port`: the port's, else the rule's; `None`
     /// when it sets none there.
     fn route_for(&self, port: u16) -> Option<&UpstreamRoute> {

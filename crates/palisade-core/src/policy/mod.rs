@@ -1444,6 +1444,7 @@ impl PolicySet {
             source: &self.source,
             workload: workload.clone(),
             documents: self.documents.iter().filter(|d| d.applies_to(workload)).collect(),
+            all: &self.documents,
         }
     }
 
@@ -1508,9 +1509,24 @@ pub struct WorkloadPolicy<'a> {
     source: &'a str,
     workload: Workload,
     documents: Vec<&'a Document>,
+    /// Every document of the set, those for other workloads too.
+    all: &'a [Document],
 }
 
 impl<'a> WorkloadPolicy<'a> {
+    /// The set's `AuthorizationPolicy` `ALLOW` documents that apply to other
+    /// workloads than this one (`KIND NS/NAME`): when none applies to it, a
+    /// workload name or selector spelt otherwise than the file's is the
+    /// likely cause of a service left open.
+    pub(crate) fn allow_policies_elsewhere(&self) -> Vec<String> {
+        self.all
+            .iter()
+            .filter(|d| matches!(&d.spec, Spec::AuthorizationPolicy(p) if p.action == crate::authz::Action::Allow))
+            .filter(|d| !self.documents.iter().any(|mine| std::ptr::eq(*mine, *d)))
+            .map(Document::resource)
+            .collect()
+    }
+
     /// The name of the file or source the documents were read from.
     #[must_use]
     pub fn source(&self) -> &str {
