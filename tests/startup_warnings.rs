@@ -274,7 +274,13 @@ spec:
     let misspelt =
         PolicySet::from_yaml_str(&format!("{}{elsewhere}", authn("misspelt-kc")), "misspelt.yaml").unwrap();
     palisade::guard_from_policy(&misspelt, &workload).unwrap();
-    let said =
-        logs::lines("the file's ALLOW policies apply to other workloads (AuthorizationPolicy default/users)");
-    assert_eq!(said.len(), 1, "{said:?}");
+    let elsewhere_said = || {
+        logs::lines("the file's ALLOW policies apply to other workloads (AuthorizationPolicy default/users)")
+    };
+    assert_eq!(elsewhere_said().len(), 1, "{:?}", elsewhere_said());
+    // A workload none of whose documents applies, not even the file's
+    // authentication: said too, though no credential is checked at all.
+    let nobody = palisade::core::policy::Workload::new("ratings", "default");
+    palisade::guard_from_policy(&misspelt, &nobody).unwrap();
+    assert_eq!(elsewhere_said().len(), 2, "{:?}", elsewhere_said());
 }

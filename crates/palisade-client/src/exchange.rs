@@ -120,8 +120,9 @@ impl GrantBuilder<TokenExchange> {
 
     /// At most `calls` exchanges asked of the issuer at once (default 32,
     /// as introspection's calls); the exchanges of other caller tokens
-    /// wait for a turn, up to eight times as many, and beyond that are
-    /// refused at once as unavailable.
+    /// wait for a turn (at most one call's [`timeout`](Self::timeout)), up
+    /// to eight times as many, and beyond that are refused at once as
+    /// unavailable.
     pub fn max_concurrent_calls(mut self, calls: usize) -> Self {
         self.max_concurrent_calls = calls;
         self

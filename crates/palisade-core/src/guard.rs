@@ -423,14 +423,26 @@ impl GuardBuilder {
         let access = self.access.unwrap_or_else(AccessPolicy::require_authenticated);
         // Said as `allow_unauthenticated` says it in code: a Keycloak
         // adapter's or a sign-in's user would expect a 401 or a redirect.
-        if self.access_from_file && !self.authenticators.is_empty() && access.requires_nothing() {
+        // Without authenticators, said only when the file's ALLOW policies
+        // are for other workloads (a misspelt name leaves the workload's
+        // authentication behind too); with them, always.
+        if self.access_from_file
+            && access.requires_nothing()
+            && (!self.authenticators.is_empty() || !self.allow_elsewhere.is_empty())
+        {
             // A workload name or selector spelt otherwise than the file's
             // leaves the service open as surely as a missing policy.
+            const NAMED: usize = 5;
             let elsewhere = match &self.allow_elsewhere[..] {
                 [] => String::new(),
                 names => format!(
-                    "; the file's ALLOW policies apply to other workloads ({}): is this workload's name, namespace or a selector spelt otherwise than the file's?",
-                    names.join(", ")
+                    "; the file's ALLOW policies apply to other workloads ({}{}): is this workload's name, namespace or a selector spelt otherwise than the file's? (If it is meant to be open, an ALLOW policy for it with `rules: [{{}}]` says so.)",
+                    names[..names.len().min(NAMED)].join(", "),
+                    if names.len() > NAMED {
+                        format!(" and {} more", names.len() - NAMED)
+                    } else {
+                        String::new()
+                    }
                 ),
             };
             crate::config_warning!(target: LOG_TARGET, "requests without credentials are allowed: no AuthorizationPolicy ALLOW (or RBAC) of the policy file applies to this workload, so nothing requires a credential (as with Istio's RequestAuthentication alone); to require a user, add an AuthorizationPolicy with `from: [{{source: {{requestPrincipals: [\"*\"]}}}}]`{elsewhere}");

@@ -90,6 +90,10 @@ struct Inner {
     /// Whether the watch counted the file unreadable as a failed reload
     /// (once per stretch it lasts).
     unreadable_counted: std::sync::atomic::AtomicBool,
+    /// What this reloader last set [`CONFIG_LAST_RELOAD_OK`] to: a look
+    /// sets it again only when that changes (a process with two reloaders
+    /// would have them overwrite each other at every look).
+    published_ok: std::sync::atomic::AtomicBool,
     unreadable_after: Duration,
     /// Whether a watch thread runs: a second one would share `settling`
     /// and defeat it.
@@ -177,7 +181,8 @@ impl PolicyReloader {
         for result in ["success", "failure"] {
             metrics::counter!(CONFIG_RELOADS, "result" => result).increment(0);
         }
-        put_in_force();
+        stamp_success();
+        metrics::gauge!(CONFIG_LAST_RELOAD_OK).set(1.0);
         Self(Arc::new(Inner {
             path,
             guard: guard.clone(),
@@ -188,6 +193,7 @@ impl PolicyReloader {
             unreadable: Mutex::new(None),
             unreadable_said: crate::logging::Sparse::per_minute(),
             unreadable_counted: std::sync::atomic::AtomicBool::new(false),
+            published_ok: std::sync::atomic::AtomicBool::new(true),
             unreadable_after: UNREADABLE_AFTER,
             watching: std::sync::atomic::AtomicBool::new(false),
         }))
@@ -282,6 +288,7 @@ impl PolicyReloader {
                 before = held;
             }
         }
+        self.publish(false);
         refused(
             PolicyError::new(
                 &self.0.path.display().to_string(),
@@ -324,7 +331,7 @@ impl PolicyReloader {
                     // meet too.
                     if !self.0.unreadable_counted.swap(true, Ordering::AcqRel) {
                         metrics::counter!(CONFIG_RELOADS, "result" => "failure").increment(1);
-                        metrics::gauge!(CONFIG_LAST_RELOAD_OK).set(0.0);
+                        self.publish(false);
                     }
                     if self.0.unreadable_said.due() {
                         tracing::error!(target: LOG_TARGET, file = %self.0.path.display(), error = %e, "the policy file cannot be read: the policy in force stays (said once a minute while it lasts)");
@@ -352,7 +359,9 @@ impl PolicyReloader {
             // The file as last loaded or refused: its answer stands, again
             // after the file could not be read for a while, or after a
             // reload refused for it (unreadable, still changing).
-            metrics::gauge!(CONFIG_LAST_RELOAD_OK).set(if last.in_force { 1.0 } else { 0.0 });
+            if self.0.published_ok.load(Ordering::Acquire) != last.in_force {
+                self.publish(last.in_force);
+            }
             // A file it names changed (a secret rotated, a key file that
             // was missing written): loaded once two looks agree, as the
             // file itself.
@@ -382,6 +391,15 @@ impl PolicyReloader {
         *settling = None;
         drop(settling);
         Some(self.load(&mut last, Ok(now), false))
+    }
+
+    /// Sets [`CONFIG_LAST_RELOAD_OK`]: whether the file last read is in
+    /// force.
+    fn publish(&self, ok: bool) {
+        self.0
+            .published_ok
+            .store(ok, std::sync::atomic::Ordering::Release);
+        metrics::gauge!(CONFIG_LAST_RELOAD_OK).set(if ok { 1.0 } else { 0.0 });
     }
 
     /// Loads `contents` and puts it in force; `last` (held: one reload at
@@ -447,7 +465,8 @@ impl PolicyReloader {
             Ok(guard) => {
                 self.0.guard.replace(guard);
                 metrics::counter!(CONFIG_RELOADS, "result" => "success").increment(1);
-                put_in_force();
+                self.publish(true);
+                stamp_success();
                 tracing::info!(target: LOG_TARGET, file = %name, "policy reloaded");
                 Ok(())
             }
@@ -461,6 +480,7 @@ impl PolicyReloader {
                 if e.io_error().is_some() {
                     last.retry = Some((Instant::now() + self.0.retry_after, message));
                 }
+                self.publish(false);
                 refused(e, again)
             }
         };
@@ -534,9 +554,8 @@ impl PolicyReloader {
     }
 }
 
-/// A policy file put in force now: the gauges say so.
-fn put_in_force() {
-    metrics::gauge!(CONFIG_LAST_RELOAD_OK).set(1.0);
+/// A policy file put in force now: [`CONFIG_LAST_RELOAD_SUCCESS`] says when.
+fn stamp_success() {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
@@ -548,7 +567,6 @@ fn put_in_force() {
 /// kept.
 fn refused(e: PolicyError, again: bool) -> Result<(), PolicyError> {
     metrics::counter!(CONFIG_RELOADS, "result" => "failure").increment(1);
-    metrics::gauge!(CONFIG_LAST_RELOAD_OK).set(0.0);
     if again {
         tracing::debug!(target: LOG_TARGET, error = %e, "policy still not reloaded; the previous one stays in force");
     } else {

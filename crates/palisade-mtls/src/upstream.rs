@@ -55,7 +55,8 @@ pub struct MeshIdentity {
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum UpstreamTransport {
-    /// Plaintext (`DISABLE`, or no rule for the host).
+    /// Plaintext (`DISABLE`, or no rule that sets TLS for the host and
+    /// port, and no `ISTIO_MUTUAL` behind one that sets none).
     Plaintext,
     /// TLS with this configuration (`SIMPLE` with `caCertificates`,
     /// `MUTUAL`, `ISTIO_MUTUAL`).
@@ -71,6 +72,8 @@ pub enum UpstreamTransport {
 pub struct UpstreamRoute {
     transport: UpstreamTransport,
     sni: Option<String>,
+    /// `ISTIO_MUTUAL`: what Istio's automatic mutual TLS would use.
+    mesh: bool,
 }
 
 impl UpstreamRoute {
@@ -115,6 +118,12 @@ struct Rule {
 }
 
 impl Rule {
+    /// Whether the rule says anything of TLS (a `trafficPolicy` with `tls`
+    /// or a port's).
+    fn has_tls(&self) -> bool {
+        self.default.is_some() || !self.ports.is_empty()
+    }
+
     /// The TLS it sets for `port`: the port's, else the rule's; `None`
     /// when it sets none there.
     fn route_for(&self, port: u16) -> Option<&UpstreamRoute> {
@@ -125,27 +134,32 @@ impl Rule {
             .or(self.default.as_ref())
     }
 
-    /// The rule's rank for a host it matches with `specificity`, among
-    /// the rules that set TLS for the call's port; the highest is taken,
-    /// the first document among equals. As Istio looks rules up: the
-    /// workload's own namespace, then the called service's, then the root
-    /// namespace, then within it the most specific host; then a rule whose
-    /// `workloadSelector` selects the workload before one for every
-    /// workload.
-    fn rank(&self, specificity: usize) -> (u8, usize, bool) {
+    /// The rule's rank for a host it matches with `specificity`; the
+    /// highest is taken, the first document among equals. As Istio looks
+    /// rules up: the workload's own namespace, then the called service's,
+    /// then the root namespace, then within it the most specific host. Then a rule that sets TLS
+    /// before one that does not, so that a rule of subsets only never
+    /// hides its host's TLS (Istio merges a host's rules, and falls back
+    /// to its automatic mutual TLS, where Palisade would call in
+    /// plaintext); then a rule whose `workloadSelector` selects the
+    /// workload before one for every workload.
+    fn rank(&self, specificity: usize) -> (u8, usize, bool, bool) {
         let tier = match self.tier {
             Tier::Root => 0,
             Tier::Service(_) => 1,
             Tier::Local => 2,
         };
-        (tier, specificity, self.selected)
+        (tier, specificity, self.has_tls(), self.selected)
     }
 
     /// Whether the rule is on the lookup path of a call to `host`: another
-    /// namespace's rule is for its own services only.
+    /// namespace's rule is for its own services only, and only where it
+    /// sets TLS: one without (a canary's subsets) would make a call Istio
+    /// makes with its automatic mutual TLS a plaintext one here, for the
+    /// callers of every namespace, so the root namespace's TLS is taken.
     fn on_path(&self, host: &str) -> bool {
         match &self.tier {
-            Tier::Service(ns) => service_namespace(host) == Some(ns.as_str()),
+            Tier::Service(ns) => self.has_tls() && service_namespace(host) == Some(ns.as_str()),
             Tier::Root | Tier::Local => true,
         }
     }
@@ -166,16 +180,18 @@ fn service_namespace(host: &str) -> Option<&str> {
 /// service's (a rule of another namespace applies to calls to its own
 /// services, `NAME.NAMESPACE.svc…`, only where it sets TLS), then the
 /// root namespace, each rule where its `exportTo` lets it; within it, an exact host before wildcards, the longest
-/// wildcard first (`*.default.svc.cluster.local` before `*`); then a rule
-/// whose `workloadSelector` selects the workload before one for every
-/// workload (a rule with a selector applies in its own namespace only);
-/// then the first document. Only rules that set TLS for the call's port
-/// take part: a rule that sets none there (subsets only, the proxy's
-/// tuning only, another port's TLS) decides nothing of it, and the next
-/// rule on the path does, where Istio would use its automatic mutual TLS
-/// (so a namespace's canary rule does not turn the mesh-wide
-/// `ISTIO_MUTUAL` into plaintext). Two of one namespace and selector that
-/// set TLS for one host are warned of when the file loads. A short host (`reviews`) is in the
+/// wildcard first (`*.default.svc.cluster.local` before `*`); then one
+/// that sets TLS before one that does not; then a rule whose
+/// `workloadSelector` selects the workload before one for every workload
+/// (a rule with a selector applies in its own namespace only); then the
+/// first document. A call whose rule sets no TLS for its port (subsets
+/// only, the proxy's tuning only, another port's TLS) takes the
+/// best-ranked `ISTIO_MUTUAL` further on its path (the mesh-wide `*.local`
+/// rule), as Istio's automatic mutual TLS would, and is otherwise
+/// plaintext. Two of one namespace and selector that set TLS for one
+/// host are warned of when the file loads, and so is a rule without TLS
+/// that hides a root-namespace rule's TLS other than `ISTIO_MUTUAL` for
+/// its host when no rule of its namespace sets it. A short host (`reviews`) is in the
 /// rule's namespace (`reviews.NS.svc.cluster.local`). A port's
 /// `portLevelSettings` override the rule's `tls`. Subsets' policies apply
 /// to traffic a `VirtualService` routes to a subset, which Palisade does
@@ -186,6 +202,7 @@ pub struct UpstreamTls(Arc<Vec<Rule>>);
 const PLAINTEXT: UpstreamRoute = UpstreamRoute {
     transport: UpstreamTransport::Plaintext,
     sni: None,
+    mesh: false,
 };
 
 impl UpstreamTls {
@@ -323,21 +340,35 @@ impl UpstreamTls {
     #[must_use]
     pub fn for_host(&self, host: &str, port: u16) -> &UpstreamRoute {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
-        // Among the rules that set TLS for this port: a rule that sets
-        // none there (a canary's subsets, a load balancer's tuning, another
-        // port's TLS) decides nothing of it, where Istio would use its
-        // automatic mutual TLS: the next rule on the path does.
-        self.0
-            .iter()
-            .filter(|r| r.on_path(&host))
-            .filter_map(|r| Some((r.route_for(port)?, r)))
-            .filter_map(|(route, r)| host_specificity(&r.host, &host).map(|s| (r.rank(s), route)))
-            // The highest rank; the first document among equals.
-            .fold(None, |best, (rank, route)| match best {
-                Some((b, _)) if b >= rank => best,
-                _ => Some((rank, route)),
-            })
-            .map_or(&PLAINTEXT, |(_, route)| route)
+        // The highest-ranked rule on the path that `take` takes, with what
+        // it took; the first document among equals.
+        let best = |take: &dyn Fn(&Rule) -> Option<Option<&UpstreamRoute>>| {
+            self.0
+                .iter()
+                .filter(|r| r.on_path(&host))
+                .filter_map(|r| Some((take(r)?, r)))
+                .filter_map(|(taken, r)| host_specificity(&r.host, &host).map(|s| (r.rank(s), taken)))
+                .fold(None, |best, (rank, taken)| match best {
+                    Some((b, _)) if b >= rank => best,
+                    _ => Some((rank, taken)),
+                })
+                .map(|(_, taken)| taken)
+        };
+        match best(&|r: &Rule| Some(r.route_for(port))) {
+            // No rule for the host.
+            None => &PLAINTEXT,
+            Some(Some(route)) => route,
+            // The rule taken sets no TLS for the port (subsets only, the
+            // proxy's tuning only, another port's): Istio then uses its
+            // automatic mutual TLS, which is `ISTIO_MUTUAL` where the
+            // mesh's rules further on say so (the mesh-wide `*.local`
+            // rule), and plaintext otherwise, as a `SIMPLE` or `MUTUAL`
+            // rule further on is hidden by it in Istio too (warned of when
+            // the file loads).
+            Some(None) => best(&|r: &Rule| r.route_for(port).filter(|found| found.mesh).map(Some))
+                .flatten()
+                .unwrap_or(&PLAINTEXT),
+        }
     }
 }
 
@@ -415,6 +446,7 @@ fn route(
     Ok(UpstreamRoute {
         transport,
         sni: tls.sni.clone(),
+        mesh: tls.mode == ClientTlsMode::IstioMutual,
     })
 }
 
@@ -767,45 +799,57 @@ mod tests {
             ),
         ];
         assert_eq!(transport(namespace_first.concat()), "tls");
-        // A rule of the workload's namespace that sets no TLS for the
-        // call (subsets only, the proxy's tuning only, another port's TLS)
-        // decides nothing of it: the root namespace's rule does, as
-        // Istio's automatic mutual TLS would, with nothing to warn of.
-        let mesh = rule(
-            "mesh",
-            "istio-system",
-            "reviews.default.svc.cluster.local",
-            Some("SIMPLE"),
+        // A rule of the workload's namespace without TLS hides the root
+        // namespace's: plaintext, as warned when the file loads.
+        let hidden = [
+            rule(
+                "mesh",
+                "istio-system",
+                "reviews.default.svc.cluster.local",
+                Some("SIMPLE"),
+            ),
+            rule("subsets", "default", "reviews", None),
+        ];
+        assert_eq!(transport(hidden.concat()), "plaintext");
+        let warned = warnings(hidden.concat());
+        assert!(
+            warned
+                .iter()
+                .any(|w| w.contains("document 2") && w.contains("hides the TLS document 1")),
+            "{warned:?}"
         );
-        let tuned = rule("tuned", "default", "reviews", None).replace(
-            "spec:\n",
-            "spec:\n  trafficPolicy: {loadBalancer: {simple: RANDOM}}\n",
-        );
-        assert!(tuned.contains("loadBalancer"), "{tuned}");
-        let other_port = rule("port", "default", "reviews", None).replace(
-            "spec:\n",
-            "spec:\n  trafficPolicy: {portLevelSettings: [{port: {number: 9999}, tls: {mode: DISABLE}}]}\n",
-        );
-        for local in [rule("subsets", "default", "reviews", None), tuned, other_port] {
-            let file = format!("{mesh}{local}");
-            assert_eq!(transport(file.clone()), "tls", "{local}");
-            let warned = warnings(file);
-            assert!(!warned.iter().any(|w| w.contains("spec.host")), "{warned:?}");
-        }
-        // And a mesh-wide wildcard of the root namespace.
+        // And by a mesh-wide wildcard of the root namespace.
         let mesh_wide = [
             rule("mesh", "istio-system", "'*.local'", Some("SIMPLE")),
             rule("subsets", "default", "reviews", None),
         ];
-        assert_eq!(transport(mesh_wide.concat()), "tls");
-        // Without a rule that sets TLS on the path: plaintext.
-        assert_eq!(
-            transport(rule("subsets", "default", "reviews", None)),
-            "plaintext"
+        assert_eq!(transport(mesh_wide.concat()), "plaintext");
+        let warned = warnings(mesh_wide.concat());
+        assert!(
+            warned
+                .iter()
+                .any(|w| w.contains("document 2") && w.contains("for `*.local`")),
+            "{warned:?}"
         );
-        // A namespace's DISABLE is TLS set (to none): taken.
-        let disabled = format!("{mesh}{}", rule("off", "default", "reviews", Some("DISABLE")));
-        assert_eq!(transport(disabled), "plaintext");
+        assert_eq!(transport(mesh_wide[0].clone()), "tls");
+        // Said when the namespace's rule that sets it selects other workloads.
+        let canary_only = [
+            hidden[0].clone(),
+            hidden[1].clone(),
+            selecting("canary", "SIMPLE").replace("app: productpage", "app: canary"),
+        ];
+        assert_eq!(transport(canary_only.concat()), "plaintext");
+        let warned = warnings(canary_only.concat());
+        assert!(warned.iter().any(|w| w.contains("hides")), "{warned:?}");
+        // Not when a rule of the namespace sets the host's TLS (it is taken).
+        let covered = [
+            hidden[0].clone(),
+            hidden[1].clone(),
+            rule("tls", "default", "reviews", Some("SIMPLE")),
+        ];
+        assert_eq!(transport(covered.concat()), "tls");
+        let warned = warnings(covered.concat());
+        assert!(!warned.iter().any(|w| w.contains("hides")), "{warned:?}");
         // Rules of other selectors or namespaces are not warned of.
         let apart = [
             rule("a", "default", "reviews", Some("SIMPLE")),
@@ -821,5 +865,111 @@ mod tests {
         ];
         let warned = warnings(apart.concat());
         assert!(warned.is_empty(), "{warned:?}");
+    }
+
+    /// Behind a rule that sets no TLS for the call (subsets only, the
+    /// proxy's tuning only, another port's TLS), the call takes the mesh's
+    /// `ISTIO_MUTUAL` further on the path, as Istio's automatic mutual TLS
+    /// would, and nothing else: a `SIMPLE` rule further on stays hidden
+    /// (plaintext, warned of), as in Istio; an explicit `DISABLE` is taken.
+    #[test]
+    fn behind_a_rule_without_tls_a_call_takes_the_meshs_istio_mutual() {
+        let dir = palisade_testkit::TempDir::new("palisade-upstream-automatic");
+        let pki = palisade_testkit::TestPki::new();
+        let (cert, key) = pki
+            .workload("default", "productpage")
+            .write_to(dir.path(), "productpage")
+            .unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, pki.ca_pem()).unwrap();
+        let mesh = MeshIdentity { cert, key, ca };
+        let rule = |name: &str, namespace: &str, host: &str, policy: &str| {
+            format!(
+                "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  host: {host}\n{policy}---\n"
+            )
+        };
+        let transport = |yaml: &str, port: u16| {
+            let set = PolicySet::from_yaml_str(yaml, "dr.yaml").unwrap();
+            let policy = set.for_workload(&Workload::new("productpage", "default"));
+            let tls = UpstreamTls::from_policy(&policy, Some(&mesh)).unwrap();
+            let route = tls.for_host("reviews.default.svc.cluster.local", port);
+            match (route.transport(), route.mesh) {
+                (UpstreamTransport::Plaintext, _) => "plaintext",
+                (UpstreamTransport::Tls(_), true) => "mesh",
+                _ => "other",
+            }
+        };
+        let mesh_wide = rule(
+            "mesh",
+            "istio-system",
+            "'*.local'",
+            "  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}\n",
+        );
+        let simple_wide = rule(
+            "egress",
+            "istio-system",
+            "'*.local'",
+            "  trafficPolicy: {tls: {mode: SIMPLE}}\n",
+        );
+        for local in [
+            rule(
+                "subsets",
+                "default",
+                "reviews",
+                "  subsets: [{name: v1, labels: {version: v1}}]\n",
+            ),
+            rule(
+                "tuned",
+                "default",
+                "reviews",
+                "  trafficPolicy: {loadBalancer: {simple: RANDOM}}\n",
+            ),
+            rule(
+                "port",
+                "default",
+                "reviews",
+                "  trafficPolicy: {portLevelSettings: [{port: {number: 9999}, tls: {mode: DISABLE}}]}\n",
+            ),
+        ] {
+            assert_eq!(transport(&format!("{mesh_wide}{local}"), 9080), "mesh", "{local}");
+            assert_eq!(transport(&format!("{local}{mesh_wide}"), 9080), "mesh", "{local}");
+            let hidden = format!("{simple_wide}{local}");
+            assert_eq!(transport(&hidden, 9080), "plaintext", "{local}");
+            // Warned of for a rule that sets no TLS at all (one that sets
+            // another port's is not read so closely when the file loads).
+            let set = PolicySet::from_yaml_str(&hidden, "dr.yaml").unwrap();
+            assert_eq!(
+                set.warnings()
+                    .iter()
+                    .any(|w| w.to_string().contains("hides the TLS")),
+                !local.contains("portLevelSettings"),
+                "{:?}",
+                set.warnings()
+            );
+            let set = PolicySet::from_yaml_str(&format!("{mesh_wide}{local}"), "dr.yaml").unwrap();
+            assert!(
+                !set.warnings().iter().any(|w| w.to_string().contains("hides")),
+                "{:?}",
+                set.warnings()
+            );
+        }
+        // The port the namespace's rule sets is its own.
+        let port = rule(
+            "port",
+            "default",
+            "reviews",
+            "  trafficPolicy: {portLevelSettings: [{port: {number: 9999}, tls: {mode: DISABLE}}]}\n",
+        );
+        assert_eq!(transport(&format!("{mesh_wide}{port}"), 9999), "plaintext");
+        // An explicit DISABLE is TLS set: taken.
+        let off = rule(
+            "off",
+            "default",
+            "reviews",
+            "  trafficPolicy: {tls: {mode: DISABLE}}\n",
+        );
+        assert_eq!(transport(&format!("{mesh_wide}{off}"), 9080), "plaintext");
+        // No rule at all: plaintext, as before.
+        assert_eq!(transport("", 9080), "plaintext");
     }
 }

@@ -915,13 +915,17 @@ fn settings_for_no_issuer(documents: &[Document], source: &str) -> Result<(), Po
     }
 }
 
-/// What a file's `DestinationRule`s make of one another, said aloud: one
-/// that sets TLS for a host an earlier one of the same namespace and
-/// `workloadSelector` sets it for (`reviews` and
-/// `reviews.NS.svc.cluster.local` are one host): only the first applies,
-/// as Istio merges a host's rules keeping the first traffic policy, which
-/// a reader of the file cannot tell from the file. (A rule that sets no
-/// TLS decides nothing of it: the next rule on the lookup path does.)
+/// What a file's `DestinationRule`s make of one another, said aloud:
+/// - one that sets TLS for a host an earlier one of the same namespace and
+///   `workloadSelector` sets it for (`reviews` and
+///   `reviews.NS.svc.cluster.local` are one host): only the first applies,
+///   as Istio merges a host's rules keeping the first traffic policy, which
+///   a reader of the file cannot tell from the file;
+/// - one of another namespace than the root one that sets no TLS for a host
+///   a root-namespace rule sets it for, other than `ISTIO_MUTUAL` (which
+///   the call takes, as Istio's automatic mutual TLS): that namespace's
+///   workloads take their own namespace's rule, as Istio's do, and call in
+///   plaintext.
 fn destination_rule_warnings(documents: &[Document]) -> Vec<(&Document, &'static str, String)> {
     let rules: Vec<(&Document, &networking::DestinationRuleSpec, String)> = documents
         .iter()
@@ -948,6 +952,40 @@ fn destination_rule_warnings(documents: &[Document]) -> Vec<(&Document, &'static
                     format!(
                         "{} sets TLS for `{host}` too: only the first document's applies (as Istio keeps the first traffic policy of a host's rules); give the host one rule",
                         named(first)
+                    ),
+                ));
+            }
+        } else if namespace != DEFAULT_ROOT_NAMESPACE
+            // A rule of its namespace that sets TLS for the host is taken
+            // before it.
+            && !rules.iter().any(|(e, es, eh)| {
+                es.sets_tls()
+                    && e.metadata.namespace() == namespace
+                    && (es.workload_selector.is_none() || es.workload_selector == s.workload_selector)
+                    && eh == host
+            })
+        {
+            // The root namespace's rule for the host, or a wildcard over
+            // it, that is not `ISTIO_MUTUAL` (which a call behind a rule
+            // without TLS takes, as Istio's automatic mutual TLS).
+            let root = rules.iter().find(|(e, es, eh)| {
+                es.sets_tls()
+                    && e.metadata.namespace() == DEFAULT_ROOT_NAMESPACE
+                    && es.workload_selector.is_none()
+                    && networking::host_specificity(eh, host).is_some()
+                    && es
+                        .traffic_policy
+                        .as_ref()
+                        .and_then(|p| p.tls.as_ref())
+                        .is_none_or(|t| t.mode != networking::ClientTlsMode::IstioMutual)
+            });
+            if let Some((root, _, root_host)) = root {
+                out.push((
+                    *d,
+                    "spec.host",
+                    format!(
+                        "sets no TLS for `{host}`, and hides the TLS {} sets for `{root_host}` from the workloads of `{namespace}`, which take their own namespace's rule and call in plaintext, as Istio's do but for the mesh's workloads (only an `ISTIO_MUTUAL` rule further on stands for Istio's automatic mutual TLS): set the TLS here too",
+                        named(root)
                     ),
                 ));
             }

@@ -42,10 +42,14 @@ use super::{FieldError, SelectorSpec};
 /// let tls = rule.traffic_policy.as_ref().and_then(|p| p.tls.as_ref());
 /// assert_eq!(tls.map(|t| t.mode), Some(ClientTlsMode::Mutual));
 ///
-/// // What only Istio's proxy can do is refused, naming the field.
+/// // The proxy's tuning loads, and is said not to be applied.
 /// let pooled = yaml.replace("    tls:", "    connectionPool: {tcp: {maxConnections: 10}}\n    tls:");
-/// let err = PolicySet::from_yaml_str(&pooled, "mesh.yaml").unwrap_err();
-/// assert_eq!(err.field.as_deref(), Some("spec.trafficPolicy.connectionPool"));
+/// let set = PolicySet::from_yaml_str(&pooled, "mesh.yaml")?;
+/// assert_eq!(set.warnings()[0].field(), Some("spec.trafficPolicy.connectionPool"));
+/// // What would change how the calls go is refused, naming the field.
+/// let tunnelled = yaml.replace("    tls:", "    tunnel: {protocol: CONNECT, targetHost: proxy, targetPort: 3128}\n    tls:");
+/// let err = PolicySet::from_yaml_str(&tunnelled, "mesh.yaml").unwrap_err();
+/// assert_eq!(err.field.as_deref(), Some("spec.trafficPolicy.tunnel"));
 /// # Ok::<(), palisade_core::policy::PolicyError>(())
 /// ```
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
