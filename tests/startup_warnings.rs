@@ -225,8 +225,10 @@ async fn an_introspection_outage_is_said_once_not_per_token() {
 /// A policy file that authenticates a workload but requires nothing of it
 /// (no ALLOW policy, no RBAC) lets requests without a credential through,
 /// as Istio's RequestAuthentication alone does: said at start-up, where a
-/// Keycloak adapter's user would expect a 401. With an ALLOW policy,
-/// nothing is said.
+/// Keycloak adapter's user would expect a 401. With an ALLOW policy for
+/// the workload, nothing is said; with `ALLOW` policies for other
+/// workloads only (a misspelt name or selector), the warning names them,
+/// even for a workload the file does not authenticate.
 #[test]
 fn authentication_that_nothing_requires_is_a_warning() {
     capture();

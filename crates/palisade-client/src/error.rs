@@ -21,7 +21,9 @@ pub enum ClientError {
     #[error("the issuer refused the token request: {0}")]
     Refused(String),
     /// The issuer cannot be reached or answered nonsense, and no valid
-    /// token is at hand.
+    /// token is at hand; or, for a token exchange, too many exchanges are
+    /// under way (`max_concurrent_calls` and eight times as many waiting),
+    /// or no turn came within one call's timeout.
     #[error("the issuer is unavailable: {0}")]
     Unavailable(String),
     /// A setting that cannot work; the message names it.

@@ -172,7 +172,9 @@ impl TokenExchange {
     /// # Errors
     /// [`ClientError::Refused`] when the issuer refuses the exchange (an
     /// expired or foreign caller token, a client not allowed to exchange),
-    /// [`ClientError::Unavailable`] when it cannot be reached,
+    /// [`ClientError::Unavailable`] when it cannot be reached, or too many
+    /// exchanges are under way, or no turn came within one call's timeout
+    /// ([`max_concurrent_calls`](GrantBuilder::max_concurrent_calls)),
     /// [`ClientError::NoCallerToken`] when the caller has no bearer token.
     pub async fn authorization(&self, caller: &CallerToken) -> Result<Arc<str>, ClientError> {
         self.granted(caller).await.map(|g| Arc::clone(&g.header))

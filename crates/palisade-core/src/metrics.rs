@@ -6,7 +6,9 @@
 //! The guard registers its handles when it is built (and on every
 //! [`Guard::replace`](crate::Guard::replace)), so install the recorder
 //! first; a request then costs a few relaxed atomic additions and two reads
-//! of the clock (quanta's, from the TSC where it is stable). Without a
+//! of the clock (quanta's, from the TSC where it is stable), and a refused
+//! credential a lookup of its reason's [`AUTHENTICATION_FAILURES`] series
+//! in the recorder. Without a
 //! recorder the first check finds that nobody listens, and later ones read
 //! no clock.
 //!

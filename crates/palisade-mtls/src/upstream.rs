@@ -140,9 +140,10 @@ impl Rule {
     /// then the root namespace, then within it the most specific host. Then a rule that sets TLS
     /// before one that does not, so that a rule of subsets only never
     /// hides its host's TLS (Istio merges a host's rules, and falls back
-    /// to its automatic mutual TLS, where Palisade would call in
-    /// plaintext); then a rule whose `workloadSelector` selects the
-    /// workload before one for every workload.
+    /// to its automatic mutual TLS, where Palisade would take only an
+    /// `ISTIO_MUTUAL` rule further on, and else call in plaintext); then
+    /// a rule whose `workloadSelector` selects the workload before one for
+    /// every workload.
     fn rank(&self, specificity: usize) -> (u8, usize, bool, bool) {
         let tier = match self.tier {
             Tier::Root => 0,
@@ -154,9 +155,10 @@ impl Rule {
 
     /// Whether the rule is on the lookup path of a call to `host`: another
     /// namespace's rule is for its own services only, and only where it
-    /// sets TLS: one without (a canary's subsets) would make a call Istio
-    /// makes with its automatic mutual TLS a plaintext one here, for the
-    /// callers of every namespace, so the root namespace's TLS is taken.
+    /// sets TLS: one without (a canary's subsets) would hide, from the
+    /// callers of every namespace, a root-namespace rule other than
+    /// `ISTIO_MUTUAL` (a `SIMPLE` one is taken here, unlike behind a rule
+    /// of the caller's own namespace).
     fn on_path(&self, host: &str) -> bool {
         match &self.tier {
             Tier::Service(ns) => self.has_tls() && service_namespace(host) == Some(ns.as_str()),
@@ -645,7 +647,7 @@ mod tests {
         assert_eq!(transport(&none, "prod", ratings), "plaintext");
         // One of the service's namespace that sets no TLS (a canary's
         // subsets) does not hide the root namespace's TLS from callers
-        // elsewhere (Istio would use its automatic mutual TLS).
+        // elsewhere, whatever its mode (not on their path at all).
         let subsets_only = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: canary, namespace: prod}\nspec:\n  host: ratings\n  subsets: [{name: v2, labels: {version: v2}}]\n---\n";
         let root_tls = rule("istio-system", "'*.local'", "SIMPLE", "");
         assert_eq!(

@@ -521,9 +521,10 @@ fn compile_rules(
 }
 
 /// Istio's exact host match includes the port: a DENY on `admin.example`
-/// misses `Host: admin.example:443`, and an ALLOW of every host but it
-/// (`notHosts`) admits that. Legal, as in Istio, but said when the file
-/// loads ((field, message) of each such host of the rule).
+/// misses `Host: admin.example:443`, a CUSTOM check of it is not asked for
+/// `admin.example:443`, and an ALLOW of every host but it (`notHosts`)
+/// admits that. Legal, as in Istio, but said when the file loads ((field,
+/// message) of each such host of the rule).
 pub(crate) fn hosts_without_port(action: Action, ri: usize, rule: &RuleSpec) -> Vec<FieldError> {
     let (field, what): (&str, fn(&str) -> String) = match action {
         Action::Deny => ("hosts", |h| format!("a DENY of `{h}` does not match `{h}:PORT`")),

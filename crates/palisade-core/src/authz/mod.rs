@@ -30,9 +30,12 @@
 //! policies are logged. A rule matches when every field present matches;
 //! `from` and `to` entries are alternatives, `when` conditions all hold.
 //! `spec: {}` denies everything, `rules: [{}]` allows everything. A policy
-//! with the annotation `istio.io/dry-run: "true"` is evaluated and reported
-//! ([`AccessDecision::dry_run`], an info log line, [`AccessPolicy::metrics`])
-//! but never enforced.
+//! with the annotation `istio.io/dry-run: "true"` (any of Go's `ParseBool`
+//! spellings of true, as Istio reads it: `True`, `t`, `1`, …) is evaluated
+//! and reported ([`AccessDecision::dry_run`], an info log line,
+//! [`AccessPolicy::metrics`]) but never enforced; the annotation is for
+//! `ALLOW` and `DENY` policies only, refused on `AUDIT` and `CUSTOM` ones
+//! and on every other kind, as Istio's validation refuses it.
 //!
 //! Rules are compiled into matchers and indexed by what every request they
 //! match must have: the literal prefix of their paths, else an exact host,

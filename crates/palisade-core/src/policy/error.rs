@@ -174,7 +174,13 @@ impl std::error::Error for PolicyError {
 ///   `inclusion` or `exclusion` its mode ignores;
 /// - what relaxes a secure default: a dry-run `AuthorizationPolicy`,
 ///   `ServiceRoleBinding` or `RbacConfig`, a `PeerAuthentication` mode
-///   `PERMISSIVE` or `DISABLE`.
+///   `PERMISSIVE` or `DISABLE`;
+/// - what Palisade reads otherwise than a mesh, or is likely a mistake: a
+///   `jwtRules` entry without `audiences`, a document without
+///   `metadata.namespace` beside documents that name one, a `DestinationRule`
+///   tuning Istio's proxy (`connectionPool`, `loadBalancer`,
+///   `outlierDetection`), a host without a port in a `DENY` or `CUSTOM`
+///   rule.
 ///
 /// Located and displayed as a [`PolicyError`] is, so a checker can print it
 /// the same way.
