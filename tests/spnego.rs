@@ -571,18 +571,16 @@ async fn a_kdc_that_does_not_answer_costs_a_bounded_wait_and_a_clear_error() {
         "{:?}",
         started.elapsed()
     );
-    // One clear line says why.
+    // One clear line says why; the second call's failure, the same outage
+    // (`the KDC did not answer a moment ago`), is said at debug level: a
+    // caller cannot add a warning per request.
     let logged = std::fs::read_to_string(log).unwrap();
+    let warned: Vec<_> = logged
+        .lines()
+        .filter(|l| l.contains("cannot get a ticket for the back-end") && l.contains(" WARN "))
+        .collect();
     assert!(
-        logged.lines().any(
-            |l| l.contains("cannot get a ticket for the back-end") && l.contains("is the KDC reachable?")
-        ),
-        "{logged}"
-    );
-    assert!(
-        logged
-            .lines()
-            .any(|l| l.contains("the KDC did not answer a moment ago")),
+        matches!(&warned[..], [one] if one.contains("is the KDC reachable?")),
         "{logged}"
     );
     // The service is still well.
