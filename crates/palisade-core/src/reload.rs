@@ -176,14 +176,11 @@ impl PolicyReloader {
             in_force: true,
             ..Last::default()
         };
-        // Both results on /metrics from the start, at zero; the file as it
-        // is counts as put in force.
+        // Both results on /metrics from the start, at zero.
         for result in ["success", "failure"] {
             metrics::counter!(CONFIG_RELOADS, "result" => result).increment(0);
         }
-        stamp_success();
-        metrics::gauge!(CONFIG_LAST_RELOAD_OK).set(1.0);
-        Self(Arc::new(Inner {
+        let reloader = Self(Arc::new(Inner {
             path,
             guard: guard.clone(),
             build: Box::new(build),
@@ -196,7 +193,10 @@ impl PolicyReloader {
             published_ok: std::sync::atomic::AtomicBool::new(true),
             unreadable_after: UNREADABLE_AFTER,
             watching: std::sync::atomic::AtomicBool::new(false),
-        }))
+        }));
+        // The file as it is counts as put in force.
+        reloader.put_in_force();
+        reloader
     }
 
     #[cfg(test)]
@@ -288,8 +288,7 @@ impl PolicyReloader {
                 before = held;
             }
         }
-        self.publish(false);
-        refused(
+        self.refused(
             PolicyError::new(
                 &self.0.path.display().to_string(),
                 format!(
@@ -330,8 +329,7 @@ impl PolicyReloader {
                     // A reload that cannot happen: what a restart would
                     // meet too.
                     if !self.0.unreadable_counted.swap(true, Ordering::AcqRel) {
-                        metrics::counter!(CONFIG_RELOADS, "result" => "failure").increment(1);
-                        self.publish(false);
+                        self.failed();
                     }
                     if self.0.unreadable_said.due() {
                         tracing::error!(target: LOG_TARGET, file = %self.0.path.display(), error = %e, "the policy file cannot be read: the policy in force stays (said once a minute while it lasts)");
@@ -402,6 +400,35 @@ impl PolicyReloader {
         metrics::gauge!(CONFIG_LAST_RELOAD_OK).set(if ok { 1.0 } else { 0.0 });
     }
 
+    /// A policy file put in force now: the gauges say so, and when.
+    fn put_in_force(&self) {
+        self.publish(true);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        metrics::gauge!(CONFIG_LAST_RELOAD_SUCCESS).set(now);
+    }
+
+    /// A reload that did not put the file in force: counted, and the gauge
+    /// says so.
+    fn failed(&self) {
+        metrics::counter!(CONFIG_RELOADS, "result" => "failure").increment(1);
+        self.publish(false);
+    }
+
+    /// A reload refused: [`failed`](Self::failed), said in one error line
+    /// (`again`, the same refusal as the last attempt's: at debug level),
+    /// the policy in force kept.
+    fn refused(&self, e: PolicyError, again: bool) -> Result<(), PolicyError> {
+        self.failed();
+        if again {
+            tracing::debug!(target: LOG_TARGET, error = %e, "policy still not reloaded; the previous one stays in force");
+        } else {
+            tracing::error!(target: LOG_TARGET, error = %e, "policy not reloaded; the previous one stays in force");
+        }
+        Err(e)
+    }
+
     /// Loads `contents` and puts it in force; `last` (held: one reload at
     /// a time) becomes what was done. `retrying`: the watch loading again
     /// contents refused for what lies outside them, whose refusal, the same
@@ -465,8 +492,7 @@ impl PolicyReloader {
             Ok(guard) => {
                 self.0.guard.replace(guard);
                 metrics::counter!(CONFIG_RELOADS, "result" => "success").increment(1);
-                self.publish(true);
-                stamp_success();
+                self.put_in_force();
                 tracing::info!(target: LOG_TARGET, file = %name, "policy reloaded");
                 Ok(())
             }
@@ -480,8 +506,7 @@ impl PolicyReloader {
                 if e.io_error().is_some() {
                     last.retry = Some((Instant::now() + self.0.retry_after, message));
                 }
-                self.publish(false);
-                refused(e, again)
+                self.refused(e, again)
             }
         };
         // What the tries said matters while a retry is pending: kept while
@@ -552,27 +577,6 @@ impl PolicyReloader {
         });
         Ok(())
     }
-}
-
-/// A policy file put in force now: [`CONFIG_LAST_RELOAD_SUCCESS`] says when.
-fn stamp_success() {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
-    metrics::gauge!(CONFIG_LAST_RELOAD_SUCCESS).set(now);
-}
-
-/// A reload refused: counted, said in one error line (`again`, the same
-/// refusal as the last attempt's: at debug level), the policy in force
-/// kept.
-fn refused(e: PolicyError, again: bool) -> Result<(), PolicyError> {
-    metrics::counter!(CONFIG_RELOADS, "result" => "failure").increment(1);
-    if again {
-        tracing::debug!(target: LOG_TARGET, error = %e, "policy still not reloaded; the previous one stays in force");
-    } else {
-        tracing::error!(target: LOG_TARGET, error = %e, "policy not reloaded; the previous one stays in force");
-    }
-    Err(e)
 }
 
 /// The digest of what `files` hold now (a file that cannot be read counts

@@ -342,35 +342,33 @@ impl UpstreamTls {
     #[must_use]
     pub fn for_host(&self, host: &str, port: u16) -> &UpstreamRoute {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
-        // The highest-ranked rule on the path that `take` takes, with what
-        // it took; the first document among equals.
-        let best = |take: &dyn Fn(&Rule) -> Option<Option<&UpstreamRoute>>| {
-            self.0
-                .iter()
-                .filter(|r| r.on_path(&host))
-                .filter_map(|r| Some((take(r)?, r)))
-                .filter_map(|(taken, r)| host_specificity(&r.host, &host).map(|s| (r.rank(s), taken)))
-                .fold(None, |best, (rank, taken)| match best {
-                    Some((b, _)) if b >= rank => best,
-                    _ => Some((rank, taken)),
-                })
-                .map(|(_, taken)| taken)
+        let Some(rule) = self.best(&host, Some) else {
+            return &PLAINTEXT;
         };
-        match best(&|r: &Rule| Some(r.route_for(port))) {
-            // No rule for the host.
-            None => &PLAINTEXT,
-            Some(Some(route)) => route,
-            // The rule taken sets no TLS for the port (subsets only, the
-            // proxy's tuning only, another port's): Istio then uses its
-            // automatic mutual TLS, which is `ISTIO_MUTUAL` where the
-            // mesh's rules further on say so (the mesh-wide `*.local`
-            // rule), and plaintext otherwise, as a `SIMPLE` or `MUTUAL`
-            // rule further on is hidden by it in Istio too (warned of when
-            // the file loads).
-            Some(None) => best(&|r: &Rule| r.route_for(port).filter(|found| found.mesh).map(Some))
-                .flatten()
-                .unwrap_or(&PLAINTEXT),
-        }
+        // The rule taken sets no TLS for the port (subsets only, the
+        // proxy's tuning only, another port's): Istio then uses its
+        // automatic mutual TLS, which is `ISTIO_MUTUAL` where the mesh's
+        // rules further on say so (the mesh-wide `*.local` rule), and
+        // plaintext otherwise, as a `SIMPLE` or `MUTUAL` rule further on is
+        // hidden by it in Istio too (warned of when the file loads).
+        rule.route_for(port)
+            .or_else(|| self.best(&host, |r| r.route_for(port).filter(|found| found.mesh)))
+            .unwrap_or(&PLAINTEXT)
+    }
+
+    /// What `take` takes of the highest-ranked rule on the path of a call
+    /// to `host` it takes anything of; the first document among equals.
+    fn best<'a, T>(&'a self, host: &str, take: impl Fn(&'a Rule) -> Option<T>) -> Option<T> {
+        self.0
+            .iter()
+            .filter(|r| r.on_path(host))
+            .filter_map(|r| Some((take(r)?, r)))
+            .filter_map(|(taken, r)| host_specificity(&r.host, host).map(|s| (r.rank(s), taken)))
+            .fold(None, |best, (rank, taken)| match best {
+                Some((b, _)) if b >= rank => best,
+                _ => Some((rank, taken)),
+            })
+            .map(|(_, taken)| taken)
     }
 }
 
@@ -913,6 +911,12 @@ mod tests {
             "'*.local'",
             "  trafficPolicy: {tls: {mode: SIMPLE}}\n",
         );
+        let other_port = rule(
+            "port",
+            "default",
+            "reviews",
+            "  trafficPolicy: {portLevelSettings: [{port: {number: 9999}, tls: {mode: DISABLE}}]}\n",
+        );
         for local in [
             rule(
                 "subsets",
@@ -926,12 +930,7 @@ mod tests {
                 "reviews",
                 "  trafficPolicy: {loadBalancer: {simple: RANDOM}}\n",
             ),
-            rule(
-                "port",
-                "default",
-                "reviews",
-                "  trafficPolicy: {portLevelSettings: [{port: {number: 9999}, tls: {mode: DISABLE}}]}\n",
-            ),
+            other_port.clone(),
         ] {
             assert_eq!(transport(&format!("{mesh_wide}{local}"), 9080), "mesh", "{local}");
             assert_eq!(transport(&format!("{local}{mesh_wide}"), 9080), "mesh", "{local}");
@@ -956,13 +955,7 @@ mod tests {
             );
         }
         // The port the namespace's rule sets is its own.
-        let port = rule(
-            "port",
-            "default",
-            "reviews",
-            "  trafficPolicy: {portLevelSettings: [{port: {number: 9999}, tls: {mode: DISABLE}}]}\n",
-        );
-        assert_eq!(transport(&format!("{mesh_wide}{port}"), 9999), "plaintext");
+        assert_eq!(transport(&format!("{mesh_wide}{other_port}"), 9999), "plaintext");
         // An explicit DISABLE is TLS set: taken.
         let off = rule(
             "off",

@@ -11,7 +11,7 @@ use super::matcher::{IpBlock, PathMatch, ServiceAccount, StrMatch, parse_port};
 use super::{Action, CompiledPolicy, CompiledRule};
 use crate::policy::{
     AuthorizationPolicySpec, ConditionSpec, Document, Metadata, OperationSpec, PolicyError, RuleSpec,
-    SourceSpec, WorkloadPolicy,
+    SourceSpec, Spec, WorkloadPolicy,
 };
 
 /// A field-relative error: (field path below the current node, message).
@@ -418,26 +418,32 @@ pub(crate) fn dry_run(metadata: &Metadata) -> Result<bool, FieldError> {
     }
 }
 
+/// Where the dry-run annotation may be, whatever its value, as Istio's
+/// validation has it: on an `ALLOW` or `DENY` `AuthorizationPolicy` only
+/// (elsewhere it would be read as a dry run and do nothing).
+pub(crate) fn check_dry_run_place(metadata: &Metadata, spec: &Spec) -> Result<(), FieldError> {
+    if !metadata.annotations.contains_key(DRY_RUN) {
+        return Ok(());
+    }
+    let why = match spec {
+        Spec::AuthorizationPolicy(p) => match p.action {
+            Action::Allow | Action::Deny => return Ok(()),
+            Action::Custom => "a dry run is for ALLOW and DENY policies only, not CUSTOM (as in Istio)",
+            Action::Audit => "a dry run is for ALLOW and DENY policies only, not AUDIT (as in Istio)",
+        },
+        _ => {
+            "only an AuthorizationPolicy has a dry run (as in Istio): this document is in force as it is; remove the annotation"
+        }
+    };
+    Err((format!("metadata.annotations.{DRY_RUN}"), why.into()))
+}
+
 /// The checks of an `AuthorizationPolicy` that need no workload, run for
 /// every document when the file loads: its selector or target references,
 /// the action and its provider, the dry-run annotation and every rule.
 pub(crate) fn check_policy(metadata: &Metadata, spec: &AuthorizationPolicySpec) -> Result<(), FieldError> {
     spec.check_scope()?;
     dry_run(metadata)?;
-    // As Istio's validation, whatever the value.
-    if matches!(spec.action, Action::Custom | Action::Audit) && metadata.annotations.contains_key(DRY_RUN) {
-        return Err((
-            format!("metadata.annotations.{DRY_RUN}"),
-            format!(
-                "a dry run is for ALLOW and DENY policies only, not {} (as in Istio)",
-                if spec.action == Action::Custom {
-                    "CUSTOM"
-                } else {
-                    "AUDIT"
-                }
-            ),
-        ));
-    }
     match (spec.action, &spec.provider) {
         (Action::Custom, None) => {
             return Err(("spec.provider".into(), "a CUSTOM policy needs a provider".into()));

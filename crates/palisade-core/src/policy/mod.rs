@@ -432,19 +432,7 @@ impl Document {
 
     fn check_fields(&self) -> Result<(), FieldError> {
         self.check_selector()?;
-        // As Istio's validation: only an AuthorizationPolicy has a dry run
-        // (elsewhere the annotation would be read as one and do nothing).
-        if !matches!(self.spec, Spec::AuthorizationPolicy(_))
-            && self
-                .metadata
-                .annotations
-                .contains_key(crate::authz::compile::DRY_RUN)
-        {
-            return Err((
-                format!("metadata.annotations.{}", crate::authz::compile::DRY_RUN),
-                "only an AuthorizationPolicy has a dry run (as in Istio): this document is in force as it is; remove the annotation".into(),
-            ));
-        }
+        crate::authz::compile::check_dry_run_place(&self.metadata, &self.spec)?;
         match &self.spec {
             Spec::RequestAuthentication(s) => s.check(),
             Spec::AuthorizationPolicy(s) => crate::authz::compile::check_policy(&self.metadata, s),
@@ -1560,7 +1548,7 @@ impl<'a> WorkloadPolicy<'a> {
         self.all
             .iter()
             .filter(|d| matches!(&d.spec, Spec::AuthorizationPolicy(p) if p.action == crate::authz::Action::Allow))
-            .filter(|d| !self.documents.iter().any(|mine| std::ptr::eq(*mine, *d)))
+            .filter(|d| !d.applies_to(&self.workload))
             .map(Document::resource)
             .collect()
     }

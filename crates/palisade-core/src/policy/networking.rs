@@ -284,6 +284,14 @@ pub struct TrafficPolicySpec {
 }
 
 impl TrafficPolicySpec {
+    fn tuning(&self) -> Tuning {
+        tuning(
+            self.connection_pool.as_ref(),
+            self.load_balancer.as_ref(),
+            self.outlier_detection.as_ref(),
+        )
+    }
+
     fn check(&self, field: &str) -> Result<(), FieldError> {
         if self.tls.is_none() && self.port_level_settings.is_empty() && !self.tuning().iter().any(|t| t.0) {
             return Err((
@@ -371,16 +379,6 @@ fn tuning_warnings(tuning: Tuning, field: &str) -> Vec<FieldError> {
             )
         })
         .collect()
-}
-
-impl TrafficPolicySpec {
-    fn tuning(&self) -> Tuning {
-        tuning(
-            self.connection_pool.as_ref(),
-            self.load_balancer.as_ref(),
-            self.outlier_detection.as_ref(),
-        )
-    }
 }
 
 impl PortTrafficPolicySpec {
