@@ -156,7 +156,7 @@ impl Backends {
                 return Answer::failed(401, "the caller has no token to send on its behalf");
             }
             Err(e) => {
-                palisade::core::sparse_warning!(upstream = name, error = %e, "no credential for the upstream (at warn level once a minute while it lasts)");
+                palisade::core::sparse_warning!(per: name; upstream = name, error = %e, "no credential for the upstream (at warn level once a minute for each upstream while it lasts)");
                 return Answer::failed(502, "no credential for the upstream (see productpage's log)");
             }
         };
@@ -165,7 +165,7 @@ impl Backends {
                 // A cached token the upstream refuses is renewed; a
                 // Kerberos call's answer must prove the upstream.
                 if let Err(e) = sent.answered_by(&res) {
-                    palisade::core::sparse_warning!(upstream = name, error = %e, "the upstream's answer is not used (at warn level once a minute while it lasts)");
+                    palisade::core::sparse_warning!(per: name; upstream = name, error = %e, "the upstream's answer is not used (at warn level once a minute for each upstream while it lasts)");
                     return Answer::failed(
                         502,
                         "the upstream did not prove its identity (see productpage's log)",
@@ -184,7 +184,7 @@ impl Backends {
             }
             Err(e) if e.is_timeout() => Answer::failed(504, "the upstream did not answer in time"),
             Err(e) => {
-                palisade::core::sparse_warning!(upstream = name, error = %e.without_url(), "upstream unreachable (at warn level once a minute while it lasts)");
+                palisade::core::sparse_warning!(per: name; upstream = name, error = %e.without_url(), "upstream unreachable (at warn level once a minute for each upstream while it lasts)");
                 Answer::failed(502, "the upstream cannot be reached or failed the TLS checks")
             }
         }

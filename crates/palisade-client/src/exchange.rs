@@ -438,38 +438,7 @@ mod tests {
     /// kept as their tokens' failures).
     #[tokio::test]
     async fn a_burst_of_callers_is_bounded_at_the_issuer_and_in_waiting() {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        // An issuer that answers discovery and never answers a token
-        // request, each on a connection of its own.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let issuer = format!("http://{}/realms/shop", listener.local_addr().unwrap());
-        let document = format!(r#"{{"issuer":"{issuer}","token_endpoint":"{issuer}/token"}}"#);
-        let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Ok((mut conn, _)) = listener.accept().await {
-                let (document, seen_tx) = (document.clone(), seen_tx.clone());
-                tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match conn.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    if head.starts_with(b"GET ") {
-                        let answer = format!(
-                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{document}",
-                            document.len()
-                        );
-                        let _ = conn.write_all(answer.as_bytes()).await;
-                    } else {
-                        let _ = seen_tx.send(());
-                        std::future::pending::<()>().await;
-                    }
-                });
-            }
-        });
+        let (issuer, mut seen) = an_issuer_that_never_answers_a_token_request().await;
         let exchange = TokenExchange::builder(issuer, "app")
             .client_secret("s")
             .max_concurrent_calls(2)
@@ -517,6 +486,107 @@ mod tests {
         );
         assert!(waiting.iter().all(|w| !w.is_finished()));
         assert!(seen.try_recv().is_err());
+    }
+
+    /// A caller waits for a turn at most one call's timeout: with one
+    /// turn, the second caller takes it when the first call times out, and
+    /// the third, whose wait began before the second's call, gives up
+    /// while that call is under way, saying why, without a call of its own.
+    #[tokio::test]
+    async fn a_turn_is_waited_for_at_most_one_calls_timeout() {
+        let (issuer, mut seen) = an_issuer_that_never_answers_a_token_request().await;
+        let timeout = Duration::from_secs(1);
+        let exchange = TokenExchange::builder(issuer, "app")
+            .client_secret("s")
+            .max_concurrent_calls(1)
+            .timeout(timeout)
+            .build()
+            .unwrap();
+        let started = tokio::time::Instant::now();
+        let mut callers = Vec::new();
+        for i in 0..3 {
+            let (each, caller) = (exchange.clone(), CallerToken::new(&format!("t{i}")));
+            callers.push(tokio::spawn(async move {
+                let answer = each.authorization(&caller).await;
+                (answer, started.elapsed())
+            }));
+            // In this order at the semaphore, which is fair.
+            while exchange.0.flights.under_way() <= i {
+                tokio::task::yield_now().await;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::timeout(Duration::from_secs(10), seen.recv())
+            .await
+            .unwrap();
+        let mut answers = Vec::new();
+        for c in callers {
+            answers.push(
+                tokio::time::timeout(Duration::from_secs(10), c)
+                    .await
+                    .unwrap()
+                    .unwrap(),
+            );
+        }
+        let [(first, _), (second, second_at), (third, third_at)] = &answers[..] else {
+            unreachable!()
+        };
+        assert!(
+            matches!(first, Err(ClientError::Unavailable(m)) if !m.contains("turn")),
+            "{first:?}"
+        );
+        assert!(
+            matches!(third, Err(ClientError::Unavailable(m)) if m.contains("waited too long for a turn")),
+            "{third:?}"
+        );
+        assert!(
+            *third_at < *second_at && *third_at >= timeout,
+            "gave up at {third_at:?}, one timeout after it began waiting, while the second call ({second_at:?}) was under way"
+        );
+        assert!(second.is_err(), "{second:?}");
+        // The first and the second called; the third never did.
+        tokio::time::timeout(Duration::from_secs(5), seen.recv())
+            .await
+            .unwrap();
+        assert!(seen.try_recv().is_err());
+    }
+
+    /// The URL of an issuer that answers discovery and never answers a
+    /// token request, each on a connection of its own, and a message for
+    /// each token request that reaches it.
+    async fn an_issuer_that_never_answers_a_token_request()
+    -> (String, tokio::sync::mpsc::UnboundedReceiver<()>) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let issuer = format!("http://{}/realms/shop", listener.local_addr().unwrap());
+        let document = format!(r#"{{"issuer":"{issuer}","token_endpoint":"{issuer}/token"}}"#);
+        let (seen_tx, seen) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let (document, seen_tx) = (document.clone(), seen_tx.clone());
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    if head.starts_with(b"GET ") {
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{document}",
+                            document.len()
+                        );
+                        let _ = conn.write_all(answer.as_bytes()).await;
+                    } else {
+                        let _ = seen_tx.send(());
+                        std::future::pending::<()>().await;
+                    }
+                });
+            }
+        });
+        (issuer, seen)
     }
 
     #[test]

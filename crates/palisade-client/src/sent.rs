@@ -251,15 +251,15 @@ fn mutual_checked(
     result
 }
 
-/// Says, once a minute (for all upstreams: the first of a minute is a
+/// Says, once a minute for each upstream (the first of a minute is a
 /// warning, the others debug lines), that an answer was used without the
 /// upstream's proof of identity, as [`MutualAuthentication::Optional`]
 /// allows.
 #[cfg(feature = "spnego")]
 #[cold]
 fn unproven_accepted(service: &str, why: &str) {
-    static SAID: palisade_core::logging::Sparse = palisade_core::logging::Sparse::per_minute();
-    if SAID.due() {
+    static SAID: palisade_core::logging::SparsePerKey = palisade_core::logging::SparsePerKey::per_minute();
+    if SAID.due(service) {
         tracing::warn!(
             target: crate::LOG_TARGET,
             service,

@@ -93,12 +93,25 @@ macro_rules! config_warning {
 /// `DEBUG`, so a flood of requests cannot fill the logs with it. Takes
 /// what `tracing::warn!` takes (fields and a message).
 ///
+/// With `per: KEY;` first, once a minute for each value of `KEY` (an
+/// upstream's or an issuer's name, from configuration:
+/// [`SparsePerKey`]), so one upstream's outage does not hide another's.
+///
 /// ```
 /// let upstream = "details";
 /// palisade_core::sparse_warning!(upstream, "upstream unreachable");
+/// palisade_core::sparse_warning!(per: upstream; upstream, "upstream unreachable");
 /// ```
 #[macro_export]
 macro_rules! sparse_warning {
+    (per: $key:expr; $($arg:tt)+) => {{
+        static SAID: $crate::logging::SparsePerKey = $crate::logging::SparsePerKey::per_minute();
+        if SAID.due(&$key) {
+            $crate::logging::__tracing::warn!($($arg)+)
+        } else {
+            $crate::logging::__tracing::debug!($($arg)+)
+        }
+    }};
     ($($arg:tt)+) => {{
         static SAID: $crate::logging::Sparse = $crate::logging::Sparse::per_minute();
         if SAID.due() {
@@ -177,6 +190,69 @@ impl Default for Sparse {
     }
 }
 
+/// A [`Sparse`] for each key (an upstream's or an issuer's name): at most
+/// one line per interval for each. Keys are meant to come from
+/// configuration; beyond [`SparsePerKey::KEYS`] of them, the others share
+/// one interval, so keys a client chooses cannot grow it.
+///
+/// ```
+/// use palisade_core::logging::SparsePerKey;
+///
+/// static DOWN: SparsePerKey = SparsePerKey::per_minute();
+/// assert!(DOWN.due("details") && DOWN.due("ratings"));
+/// assert!(!DOWN.due("details"), "once a minute for each");
+/// ```
+#[derive(Debug)]
+pub struct SparsePerKey {
+    every: Duration,
+    /// Each key's hash and its own interval, in the order first seen.
+    keys: std::sync::Mutex<Vec<(u64, Sparse)>>,
+    /// The interval of keys beyond [`KEYS`](Self::KEYS).
+    others: Sparse,
+}
+
+impl SparsePerKey {
+    /// The most keys with an interval of their own.
+    pub const KEYS: usize = 64;
+
+    /// At most once a minute for each key; nothing said yet.
+    #[must_use]
+    pub const fn per_minute() -> Self {
+        Self::every(Duration::from_secs(60))
+    }
+
+    /// At most once per `interval` for each key; nothing said yet.
+    #[must_use]
+    pub const fn every(interval: Duration) -> Self {
+        Self {
+            every: interval,
+            keys: std::sync::Mutex::new(Vec::new()),
+            others: Sparse::every(interval),
+        }
+    }
+
+    /// Whether to say the line for `key` now: `true` at most once per
+    /// interval for each key, whichever thread asks.
+    pub fn due<K: std::hash::Hash + ?Sized>(&self, key: &K) -> bool {
+        use std::hash::{BuildHasher as _, BuildHasherDefault, DefaultHasher};
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(key);
+        let mut keys = self
+            .keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, sparse)) = keys.iter().find(|(h, _)| *h == hash) {
+            return sparse.due();
+        }
+        if keys.len() >= Self::KEYS {
+            return self.others.due();
+        }
+        let sparse = Sparse::every(self.every);
+        let due = sparse.due();
+        keys.push((hash, sparse));
+        due
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,6 +279,30 @@ mod tests {
             "{said:?}"
         );
         assert!(said[1..].iter().all(|l| l.contains("DEBUG")), "{said:?}");
+    }
+
+    /// Once a minute for each key: a second upstream's outage is said
+    /// while the first's is; keys beyond the table share one interval.
+    #[test]
+    fn a_sparse_warning_per_key_warns_once_for_each() {
+        let (lines, subscriber) = palisade_testkit::logs::Lines::subscriber("debug");
+        tracing::subscriber::with_default(subscriber, || {
+            for upstream in ["a", "b", "a", "b"] {
+                crate::sparse_warning!(per: upstream; upstream, "upstream down");
+            }
+        });
+        let said = lines.containing("upstream down");
+        assert_eq!(said.len(), 4, "{said:?}");
+        assert!(said[0].contains("WARN") && said[1].contains("WARN"), "{said:?}");
+        assert!(said[2].contains("DEBUG") && said[3].contains("DEBUG"), "{said:?}");
+        let table = SparsePerKey::per_minute();
+        let first_seen = (0..SparsePerKey::KEYS + 10).filter(|k| table.due(k)).count();
+        assert_eq!(
+            first_seen,
+            SparsePerKey::KEYS + 1,
+            "the others share one interval"
+        );
+        assert!(!table.due(&0) && !table.due(&(SparsePerKey::KEYS + 5)));
     }
 
     #[test]

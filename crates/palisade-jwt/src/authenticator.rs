@@ -2176,14 +2176,15 @@ fn check_type(cfg: &Provider, parsed: &Parsed<'_>) -> Result<(), JwtError> {
 /// A token its issuer signed (the signature is checked first), dated
 /// ahead of this machine's clock beyond the leeway: this clock, or the
 /// issuer's, is most likely wrong, and every fresh token of the issuer is
-/// refused until it is put right. Said at `WARN` once a minute, with how
-/// far ahead; a refusal of the token alone would be said at `DEBUG`.
+/// refused until it is put right. Said at `WARN` once a minute for each
+/// issuer, with how far ahead; a refusal of the token alone would be said at `DEBUG`.
 fn clock_behind(issuer: &str, claims: &Map<String, Value>) {
     let dated = ["iat", "nbf"]
         .iter()
         .filter_map(|c| claims.get(*c)?.as_f64())
         .fold(f64::MIN, f64::max);
     palisade_core::sparse_warning!(
+        per: issuer;
         target: LOG,
         issuer = %palisade_core::syntax::url_without_credentials(issuer),
         ahead = %format_args!("{:.0} s", dated - now_secs()),
@@ -2493,10 +2494,84 @@ impl Authenticator for JwtAuthenticator {
         {
             return Check::Ready(if cookie { ambient(outcome) } else { outcome });
         }
-        match self.authenticate_fully(req, located) {
+        // At `DEBUG`, what the token says of itself goes with its refusal
+        // (a refusal alone cannot tell an unknown issuer's from another's).
+        let check = if tracing::enabled!(target: LOG, tracing::Level::DEBUG) {
+            said_with_its_token(located.bytes, || self.authenticate_fully(req, located))
+        } else {
+            self.authenticate_fully(req, located)
+        };
+        match check {
             check if !cookie => check,
             Check::Ready(outcome) => Check::Ready(ambient(outcome)),
             Check::Pending(fut) => Check::pending(async move { ambient(fut.await) }),
+        }
+    }
+}
+
+/// `check` run in a `DEBUG` span of what the token says of itself, unverified
+/// ([`Unverified`]), so its refusal line names the issuer, key and
+/// algorithm the token claims.
+#[cold]
+#[inline(never)]
+fn said_with_its_token(token: &[u8], check: impl FnOnce() -> Check<AuthOutcome>) -> Check<AuthOutcome> {
+    use tracing::Instrument as _;
+    let claims = Unverified::of(token);
+    let span = tracing::debug_span!(
+        target: LOG,
+        "token",
+        iss = claims.iss.as_deref().map(tracing::field::debug),
+        aud = claims.aud.as_deref().map(tracing::field::debug),
+        kid = claims.kid.as_deref().map(tracing::field::debug),
+        alg = claims.alg.as_deref().map(tracing::field::debug),
+        unverified = true,
+    );
+    match span.in_scope(check) {
+        Check::Pending(pending) => Check::pending(pending.instrument(span)),
+        ready => ready,
+    }
+}
+
+/// What a token says of itself before any check, for a log line at
+/// `DEBUG`: its header's `alg` and `kid`, its payload's `iss` and `aud`
+/// (at most four), each as given, cut at 100 characters. Never the
+/// signature, the subject or any other claim; nothing of a token that is
+/// not a JWT or is over 16 KiB.
+#[derive(Debug, Default, PartialEq)]
+struct Unverified {
+    iss: Option<String>,
+    aud: Option<String>,
+    kid: Option<String>,
+    alg: Option<String>,
+}
+
+impl Unverified {
+    fn of(token: &[u8]) -> Self {
+        const LONGEST: usize = 100;
+        let cut = |v: &Value| v.as_str().map(|s| s.chars().take(LONGEST).collect::<String>());
+        let decode = |part: &[u8]| {
+            URL_SAFE_NO_PAD
+                .decode(part)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<Map<String, Value>>(&bytes).ok())
+        };
+        if token.len() > 16 * 1024 {
+            return Self::default();
+        }
+        let mut parts = token.trim_ascii().split(|&b| b == b'.');
+        let (header, payload) = (parts.next().and_then(decode), parts.next().and_then(decode));
+        let header = header.unwrap_or_default();
+        let payload = payload.unwrap_or_default();
+        let aud = match payload.get("aud") {
+            Some(Value::Array(all)) => Some(all.iter().take(4).filter_map(cut).collect::<Vec<_>>().join(" ")),
+            Some(one) => cut(one),
+            None => None,
+        };
+        Self {
+            iss: payload.get("iss").and_then(cut),
+            aud,
+            kid: header.get("kid").and_then(cut),
+            alg: header.get("alg").and_then(cut),
         }
     }
 }
@@ -3180,6 +3255,52 @@ mod tests {
             assert!(!accepts(&jwt, &issuer.token().not_before(3600).sign()));
             assert_eq!(lines.containing(said).len(), 1, "once a minute");
         });
+    }
+
+    /// A refusal's `DEBUG` line names the issuer, audience, key and
+    /// algorithm the token claims (what tells an unknown issuer's token
+    /// from a stale key's), never the token or its signature; an
+    /// accepted token is not said.
+    #[test]
+    fn a_refusal_at_debug_says_what_the_token_claims_and_not_the_token() {
+        let issuer = palisade_testkit::TestIssuer::builder()
+            .default_audience("api")
+            .start()
+            .unwrap();
+        let jwt = for_api(&issuer, |b| b.jwks_inline(issuer.jwks().to_string()));
+        let (lines, subscriber) = palisade_testkit::logs::Lines::subscriber("palisade=debug");
+        let other = issuer
+            .token()
+            .issuer("https://elsewhere.example/realms/x\n")
+            .sign();
+        let good = issuer.token().sign();
+        tracing::subscriber::with_default(subscriber, || {
+            assert!(!accepts(&jwt, &other));
+            assert!(accepts(&jwt, &good));
+        });
+        let refused = lines.containing("refused");
+        assert_eq!(refused.len(), 1, "{}", lines.text());
+        let line = &refused[0];
+        for said in [
+            r#"iss="https://elsewhere.example/realms/x\n""#,
+            r#"aud="api""#,
+            "alg=\"RS256\"",
+            "unverified=true",
+            "not accepted",
+        ] {
+            assert!(line.contains(said), "{said} in {line}");
+        }
+        assert!(line.contains("kid="), "{line}");
+        let (_, signature) = other.rsplit_once('.').unwrap();
+        assert!(!lines.text().contains(signature), "{}", lines.text());
+        assert!(
+            !lines.text().contains(good.split('.').nth(1).unwrap()),
+            "{}",
+            lines.text()
+        );
+        // Not a JWT, or too long: nothing read.
+        assert_eq!(Unverified::of(b"opaque-token"), Unverified::default());
+        assert_eq!(Unverified::of(&vec![b'a'; 17 * 1024]), Unverified::default());
     }
 
     /// An authenticator of `issuer`'s tokens for the audience `api`, its

@@ -194,6 +194,36 @@ impl KeySet {
     }
 }
 
+/// The `kid`s of `set`'s keys that `other` does not hold (the same `kid`
+/// with other material counts as not held), for a log line: at most eight,
+/// each quoted (they come from the issuer), then how many more.
+fn kids_not_in(set: &KeySet, other: &KeySet) -> String {
+    const SHOWN: usize = 8;
+    let mut names: Vec<String> = Vec::new();
+    for k in &set.keys {
+        if other.still_has(k.kid.as_deref(), k.fingerprint) {
+            continue;
+        }
+        let name = k
+            .kid
+            .as_deref()
+            .map_or_else(|| "(no kid)".to_owned(), |kid| format!("{kid:?}"));
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    if names.is_empty() {
+        return "none".to_owned();
+    }
+    let more = names.len().saturating_sub(SHOWN);
+    names.truncate(SHOWN);
+    let mut list = names.join(", ");
+    if more > 0 {
+        list.push_str(&format!(" and {more} more"));
+    }
+    list
+}
+
 /// Whether two keys take the same algorithms.
 fn same_algorithms(a: &VerifyKey, b: &VerifyKey) -> bool {
     crate::config::ASYMMETRIC
@@ -473,12 +503,27 @@ impl KeyStore {
         let _one_writer = self.replacing.lock().unwrap_or_else(PoisonError::into_inner);
         let changed = {
             let old = self.current.load();
-            old.keys.len() != set.keys.len()
+            let changed = old.keys.len() != set.keys.len()
                 || old
                     .keys
                     .iter()
                     .zip(&set.keys)
-                    .any(|(a, b)| a.fingerprint != b.fingerprint || a.kid != b.kid)
+                    .any(|(a, b)| a.fingerprint != b.fingerprint || a.kid != b.kid);
+            // A rotation is said (which kids came and went), so a token
+            // refused as signed by an unknown key can be told from a key
+            // the issuer withdrew; the first load and a set dropped as too
+            // old have lines of their own.
+            if changed && old.loaded && set.loaded {
+                tracing::info!(
+                    target: LOG,
+                    issuer = %palisade_core::syntax::url_without_credentials(&self.issuer),
+                    added = %kids_not_in(&set, &old),
+                    removed = %kids_not_in(&old, &set),
+                    keys = set.keys.len(),
+                    "JWKS changed"
+                );
+            }
+            changed
         };
         self.current.store(Arc::new(set));
         // After the store: a reader that sees the new generation sees the
@@ -1231,6 +1276,49 @@ mod tests {
         assert_eq!(store.generation(), g + 2);
         store.replace(KeySet::default());
         assert_eq!(store.generation(), g + 3);
+    }
+
+    #[test]
+    fn a_rotation_is_said_with_the_kids_that_came_and_went() {
+        let set = |kids: &[&str]| {
+            let keys: Vec<_> = kids
+                .iter()
+                .map(|kid| serde_json::json!({"kty": "RSA", "alg": "RS256", "kid": kid, "n": RSA_N, "e": "AQAB"}))
+                .collect();
+            parse_jwks(
+                "https://i",
+                serde_json::json!({ "keys": keys }).to_string().as_bytes(),
+            )
+            .unwrap()
+        };
+        let (lines, subscriber) = palisade_testkit::logs::Lines::subscriber("info");
+        tracing::subscriber::with_default(subscriber, || {
+            let store = KeyStore::new("https://i", FetchSettings::default(), Some(set(&["old", "kept"])));
+            store.replace(set(&["old", "kept"]));
+            assert!(
+                lines.containing("JWKS changed").is_empty(),
+                "the same keys again are no change"
+            );
+            store.replace(set(&["kept", "new"]));
+            let said = lines.containing("JWKS changed");
+            assert_eq!(said.len(), 1, "{said:?}");
+            assert!(
+                said[0].contains(r#"added="new""#) && said[0].contains(r#"removed="old""#),
+                "{}",
+                said[0]
+            );
+            assert!(said[0].contains("INFO"), "{}", said[0]);
+            // Dropped as too old: said by its own error line, not as a rotation.
+            store.replace(KeySet::default());
+            assert_eq!(lines.containing("JWKS changed").len(), 1);
+        });
+        let many: Vec<String> = (0..11).map(|i| format!("k{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert_eq!(
+            kids_not_in(&set(&many), &set(&["k0"])),
+            r#""k1", "k2", "k3", "k4", "k5", "k6", "k7", "k8" and 2 more"#
+        );
+        assert_eq!(kids_not_in(&set(&["a"]), &set(&["a"])), "none");
     }
 
     #[test]
