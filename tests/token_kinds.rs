@@ -1561,7 +1561,15 @@ async fn replicas_given_one_nonce_secret_file_accept_each_others_nonces() {
     let missing = dir.join("missing").display().to_string();
     let err = replica(&missing).unwrap_err().to_string();
     assert!(
-        err.contains("spec.dpop.nonceSecretFile") && err.contains("cannot read"),
+        err.contains("spec.dpop.nonceSecretFile") && err.contains("cannot read") && err.contains(&missing),
+        "{err}"
+    );
+    // The secret itself where its file's path goes: not echoed.
+    let err = replica("Zq8vS3cretPastedHere0").unwrap_err().to_string();
+    assert!(
+        err.contains("spec.dpop.nonceSecretFile")
+            && err.contains("not shown")
+            && !err.contains("S3cretPasted"),
         "{err}"
     );
     let err = PolicySet::from_yaml_str(&yaml(&format!("{{nonceSecretFile: '{a}'}}")), "alone.yaml")

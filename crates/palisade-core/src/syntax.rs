@@ -336,13 +336,17 @@ pub fn resource_identifier_problem(resource: &str) -> Option<&'static str> {
 ///
 /// It does not parse the URL, so it also hides what a URL parser would
 /// refuse: everything between `://` and the last `@` counts as user
-/// information, even a password with an unescaped `/`, `?`, `#` or `@` in
-/// it. A `@` in the path or query hides more than it needs to, never less.
+/// information, even a password with an unescaped `/` or `@` in it. When a
+/// `?` or `#` comes before that `@`, the `@` may be a query value's or a
+/// fragment's (a password `Tr0ub@dor` in `?pass=`), so what follows it is
+/// hidden too: the URL is shown as its scheme and `***`. A `@` in the path
+/// hides more than it needs to, never less.
 ///
 /// ```
 /// use palisade_core::syntax::url_without_credentials as shown;
 /// assert_eq!(shown("redis://app:s3cret@redis.internal:6380/2"), "redis://***@redis.internal:6380/2");
-/// assert_eq!(shown("rediss://:pa/ss#w@h/0"), "rediss://***@h/0");
+/// assert_eq!(shown("rediss://:pa/ss@h/0"), "rediss://***@h/0");
+/// assert_eq!(shown("redis+unix:///run/redis.sock?pass=Tr0ub@dor"), "redis+unix://***");
 /// assert_eq!(shown("redis+unix:///run/redis.sock?db=1&pass=s3cret"), "redis+unix:///run/redis.sock?db=1&pass=***");
 /// assert_eq!(shown("redis://127.0.0.1:6379/0"), "redis://127.0.0.1:6379/0");
 /// assert_eq!(shown("https://keys.example/jwks.json?sv=1&sig=abc#k"), "https://keys.example/jwks.json?sv=***&sig=***#***");
@@ -358,6 +362,12 @@ pub fn url_without_credentials(url: &str) -> String {
         shown.push_str("://");
     }
     let rest = match rest.rfind('@') {
+        // The `@` may be within the query or the fragment: what follows
+        // it may be the end of a secret.
+        Some(at) if rest[..at].contains(['?', '#']) => {
+            shown.push_str("***");
+            return shown;
+        }
         Some(at) => {
             shown.push_str("***@");
             &rest[at + 1..]
@@ -542,14 +552,92 @@ pub fn deserialize_expires_in<'de, D: serde::Deserializer<'de>>(d: D) -> Result<
     }
 }
 
+/// Whether `name` is a DNS label as Kubernetes names namespaces (RFC 1123):
+/// 1 to 63 lower-case letters, digits and `-`, starting and ending with a
+/// letter or digit.
+///
+/// ```
+/// use palisade_core::syntax::is_dns_label;
+/// assert!(is_dns_label("istio-system") && is_dns_label("ns1"));
+/// assert!(!is_dns_label("Default") && !is_dns_label("-a") && !is_dns_label("a_b") && !is_dns_label(""));
+/// ```
+#[must_use]
+pub fn is_dns_label(name: &str) -> bool {
+    let ok = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    (1..=63).contains(&name.len())
+        && name.bytes().all(|b| ok(&b) || b == b'-')
+        && name.as_bytes().first().is_some_and(ok)
+        && name.as_bytes().last().is_some_and(ok)
+}
+
+/// A secret's or a key's file name as an error may show it: the name as
+/// given when it looks like a file's path (a `/` in it and its directory
+/// there, or written from the root or `./` through two directories in
+/// the characters file names use; or no `/` and a short extension, as
+/// `client.secret`), else its length only. A secret pasted where its
+/// file's path goes (a template's `clientSecretFile: {{ secret }}`) is
+/// not echoed into the log, the `palisade check` output or a CI log.
+///
+/// ```
+/// use palisade_core::syntax::file_as_shown as shown;
+/// assert_eq!(shown("/tmp/client.secret"), "`/tmp/client.secret`");
+/// assert_eq!(shown("client.secret"), "`client.secret`");
+/// assert_eq!(
+///     shown("Sup3rS3cretValue-x9"),
+///     "the file the field names (not shown, in case it is the secret itself: 19 characters, no `/` and no file extension)"
+/// );
+/// assert_eq!(shown("/run/secrets/client"), "`/run/secrets/client`");
+/// assert!(!shown("/no/such/dir/q3Zk+sec=").contains("q3Z"));
+/// assert!(!shown("q3Zk/sec+Ab").contains("q3Z"));
+/// ```
+#[must_use]
+pub fn file_as_shown(file: &str) -> String {
+    let path = std::path::Path::new(file);
+    let looks_like_a_path = if file.contains('/') {
+        // Base64 has `/` too: its directory there, or written as paths
+        // are (from the root or here, in two directories at least, of the
+        // characters file names use), as on a host where the file is not.
+        let written_as_one = ["/", "./", "../", "~/"].iter().any(|p| file.starts_with(p))
+            && file.matches('/').count() >= 2
+            && file
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b));
+        written_as_one
+            || path
+                .parent()
+                .is_some_and(|d| !d.as_os_str().is_empty() && d.is_dir())
+    } else {
+        path.extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| (1..=8).contains(&e.len()) && e.chars().all(|c| c.is_ascii_alphanumeric()))
+    };
+    let count = file.chars().count();
+    if file.contains(['\n', '\r']) {
+        format!(
+            "the file the field names (not shown, in case it is the secret itself: {count} characters over several lines)"
+        )
+    } else if looks_like_a_path {
+        format!("`{file}`")
+    } else if file.contains('/') {
+        format!(
+            "the file the field names (not shown, in case it is the secret itself: {count} characters, in a directory that does not exist)"
+        )
+    } else {
+        format!(
+            "the file the field names (not shown, in case it is the secret itself: {count} characters, no `/` and no file extension)"
+        )
+    }
+}
+
 /// The length of the key a key file holds: an AES-256 key.
 pub const KEY_FILE_LEN: usize = 32;
 
 /// How a key file (a sign-in's `session.keys`, SPNEGO's
 /// `sessionCookie.keys`) holds its key, read by the one rule both follow:
 /// 32 raw bytes, or text of 64 hex digits or base64 (standard or URL-safe,
-/// padded or not) with white space around it.
-#[derive(Debug, PartialEq, Eq)]
+/// padded or not) with white space around it. Its `Debug` shows the
+/// decoded key's length, never the key.
+#[derive(PartialEq, Eq)]
 pub enum KeyFile {
     /// 32 raw bytes, the key itself. `printable` when every byte is a
     /// printable character: random bytes almost never are, so it is more
@@ -566,6 +654,20 @@ pub enum KeyFile {
     Text(Option<Vec<u8>>),
     /// Bytes that are not text, and not 32 of them: their length.
     Binary(usize),
+}
+
+/// The key's length, not the key.
+impl std::fmt::Debug for KeyFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyFile::Raw { printable } => f.debug_struct("Raw").field("printable", printable).finish(),
+            KeyFile::Text(key) => f
+                .debug_tuple("Text")
+                .field(&key.as_ref().map(|k| format!("{} bytes", k.len())))
+                .finish(),
+            KeyFile::Binary(len) => f.debug_tuple("Binary").field(len).finish(),
+        }
+    }
 }
 
 /// How `content`, a key file's, holds its key; see [`KeyFile`].
@@ -639,6 +741,9 @@ mod tests {
         assert_eq!(key_file(&[0xff; 31]), KeyFile::Binary(31));
         // Base64 of another length: text, its length the caller's to check.
         assert_eq!(key_file(b"AAEC"), KeyFile::Text(Some(vec![0, 1, 2])));
+        // Its Debug shows the key's length, not the key.
+        let shown = format!("{:?}", key_file(b"c2VjcmV0LWtleS1ieXRlcy0xMjM0NTY3ODkwMTI="));
+        assert_eq!(shown, r#"Text(Some("29 bytes"))"#);
     }
 
     #[test]
@@ -650,11 +755,18 @@ mod tests {
             ("redis://s3cret@h", "redis://***@h"),
             // What a URL parser refuses: the password's `/`, `?`, `#`, `@`.
             ("redis://:pa/s3cret@h:1/0", "redis://***@h:1/0"),
-            ("redis://:p?s3cret@h", "redis://***@h"),
-            ("redis://:p#s3cret@h/0", "redis://***@h/0"),
+            ("redis://:p?s3cret@h", "redis://***"),
+            ("redis://:p#s3cret@h/0", "redis://***"),
             ("redis://:p@s3cret@h/0", "redis://***@h/0"),
-            // A `@` later on hides more than it needs to.
-            ("redis://h/0?x=a@b", "redis://***@b"),
+            // A `@` in a query value or a fragment: nothing after it shown.
+            ("redis://h/0?x=a@s3cret", "redis://***"),
+            (
+                "redis+unix:///run/redis.sock?pass=Tr0ub@s3cret",
+                "redis+unix://***",
+            ),
+            ("https://k.example/j?k=1#a@s3cret", "https://***"),
+            // A `@` in the path hides more than it needs to.
+            ("https://h/a@b/c", "https://***@b/c"),
             ("redis+unix:///sock?pass=s3cret", "redis+unix:///sock?pass=***"),
             (
                 "redis+unix:///sock?db=2&PASSWORD=s3cret&x",

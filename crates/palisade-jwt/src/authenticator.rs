@@ -653,8 +653,8 @@ impl JwtAuthenticatorBuilder {
                 {
                     tracing::warn!(
                         target: "palisade::jwt",
-                        issuer = %fixed.cfg.issuer,
-                        pattern = %pattern.cfg.issuer,
+                        issuer = %palisade_core::syntax::url_without_credentials(&fixed.cfg.issuer),
+                        pattern = %palisade_core::syntax::url_without_credentials(&pattern.cfg.issuer),
                         tenant,
                         "an issuer is also a tenant of an issuer pattern: its tokens are verified under its own settings, never the pattern's"
                     );
@@ -770,8 +770,8 @@ impl JwtAuthenticatorBuilder {
         if let Some(both) = opaque_by_source.iter().find(|p| p.len() > 1) {
             tracing::warn!(
                 target: LOG,
-                first = %providers[both[0]].cfg.issuer,
-                second = %providers[both[1]].cfg.issuer,
+                first = %palisade_core::syntax::url_without_credentials(&providers[both[0]].cfg.issuer),
+                second = %palisade_core::syntax::url_without_credentials(&providers[both[1]].cfg.issuer),
                 "two issuers introspect tokens read from the same header or parameter: an opaque token found there names no issuer and is refused, not sent to both; read each issuer's tokens from its own place (fromHeaders, fromParams) to accept opaque tokens"
             );
         }

@@ -83,9 +83,12 @@ impl ClientTlsBuilder {
     /// Accept any workload certificate the trust bundle vouches for (one
     /// with a SPIFFE ID), whatever the dialled name, when no name is
     /// expected: `ISTIO_MUTUAL` without `subjectAltNames`, where the bundle
-    /// is the mesh's own CA. Weaker than Istio in Kubernetes, which fills in
-    /// the destination's service accounts: any workload of the mesh passes
-    /// for the upstream. Not for a public CA's bundle.
+    /// is the mesh's own CA. A Kubernetes service name dialled
+    /// (`NAME.NS.svc…`) takes a workload of namespace `NS` only (its pods'
+    /// service accounts are of that namespace); any other name, any
+    /// workload of the mesh. Weaker than Istio in Kubernetes, which fills
+    /// in the destination's own service accounts. Not for a public CA's
+    /// bundle.
     /// [`expect_subject_alt_name`](Self::expect_subject_alt_name) takes
     /// precedence.
     pub fn accept_any_name_in_bundle(mut self) -> Self {
@@ -339,6 +342,31 @@ fn has_spiffe_id(der: &[u8]) -> bool {
     crate::identity::spiffe_id_of(der).is_some()
 }
 
+/// Whether a workload certificate may serve the dialled name when no name
+/// is expected ([`ClientTlsBuilder::accept_any_name_in_bundle`]): for a
+/// Kubernetes service name (`NAME.NS.svc`, `NAME.NS.svc.cluster.local`),
+/// only a workload of namespace `NS` (SPIFFE ID `…/ns/NS/…`), since a
+/// service's pods run under service accounts of its own namespace; for
+/// any other name (an address, a short name), any workload of the mesh.
+/// Istio pins the service's own service accounts, which only its registry
+/// knows; this is the part of that a name tells.
+fn serves_dialled_namespace(der: &[u8], server_name: &ServerName<'_>) -> bool {
+    let ServerName::DnsName(name) = server_name else {
+        return true;
+    };
+    let mut labels = name.as_ref().split('.');
+    let (Some(_), Some(namespace), Some(svc)) = (labels.next(), labels.next(), labels.next()) else {
+        return true;
+    };
+    if !svc.eq_ignore_ascii_case("svc") {
+        return true;
+    }
+    crate::identity::spiffe_id_of(der).is_some_and(|id| {
+        let mut path = id.path().split('/').skip(1);
+        path.next() == Some("ns") && path.next().is_some_and(|ns| ns.eq_ignore_ascii_case(namespace))
+    })
+}
+
 /// Whether the certificate names one of `expected`, each only among SANs
 /// of its own type (Istio's typed matchers): a SPIFFE ID (`spiffe://…`)
 /// as the certificate's SPIFFE ID, exactly (an X509-SVID has one URI SAN:
@@ -385,7 +413,11 @@ impl SanVerifier {
             // the mesh's own bundle will do: a certificate with a SPIFFE ID.
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) if self.any_name && self.expected.is_empty() && has_spiffe_id(end_entity) => {
+            )) if self.any_name
+                && self.expected.is_empty()
+                && has_spiffe_id(end_entity)
+                && serves_dialled_namespace(end_entity, server_name) =>
+            {
                 Ok(ServerCertVerified::assertion())
             }
             // The chain is good; only the dialled name is missing (SPIFFE
@@ -513,6 +545,47 @@ mod tests {
         assert!(!has_spiffe_id(
             &pki.signing_workload("default", "reviews").cert_der()
         ));
+    }
+
+    /// `ISTIO_MUTUAL` without names: a Kubernetes service name dialled
+    /// (`NAME.NS.svc…`) takes a workload of namespace `NS` only; any other
+    /// name, any workload of the mesh; a certificate without a SPIFFE ID,
+    /// none.
+    #[test]
+    fn any_name_in_the_bundle_is_of_the_dialled_services_namespace() {
+        use crate::test_support::handshake_to;
+        let dir = palisade_testkit::TempDir::new("palisade-mtls-client-namespace");
+        let pki = TestPki::new();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, pki.ca_pem()).unwrap();
+        let (cert, key) = pki
+            .workload("default", "productpage")
+            .write_to(dir.path(), "client")
+            .unwrap();
+        let client = ClientTls::builder(&cert, &key, &ca)
+            .accept_any_name_in_bundle()
+            .build()
+            .unwrap()
+            .client_config();
+        let server = |cert: palisade_testkit::TestCert, name: &str| {
+            let (c, k) = cert.write_to(dir.path(), name).unwrap();
+            crate::ServerTls::builder(&c, &k).build().unwrap().server_config()
+        };
+        let reviews = server(pki.workload("prod", "reviews"), "reviews");
+        for (dialled, accepted) in [
+            ("reviews.prod.svc.cluster.local", true),
+            ("reviews.PROD.svc", true),
+            ("reviews.default.svc.cluster.local", false),
+            ("reviews.other.svc", false),
+            ("reviews", true),
+            ("reviews.example.com", true),
+            ("127.0.0.1", true),
+        ] {
+            let shook = handshake_to(client.clone(), reviews.clone(), dialled);
+            assert_eq!(shook.is_ok(), accepted, "{dialled}: {shook:?}");
+        }
+        let no_id = server(pki.server(&["reviews.prod.svc.cluster.local.invalid"]), "plain");
+        assert!(handshake_to(client, no_id, "reviews.prod.svc.cluster.local").is_err());
     }
 
     /// The HTTP/2 connector offers `h2`, which a server that speaks only

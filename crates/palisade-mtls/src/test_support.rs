@@ -31,7 +31,16 @@ pub(crate) fn handshake(
     client: Arc<ClientConfig>,
     server: Arc<ServerConfig>,
 ) -> Result<(ClientConnection, ServerConnection), rustls::Error> {
-    let mut c = ClientConnection::new(client, ServerName::try_from("localhost").unwrap())?;
+    handshake_to(client, server, "localhost")
+}
+
+/// As [`handshake`], the client dialling `name`.
+pub(crate) fn handshake_to(
+    client: Arc<ClientConfig>,
+    server: Arc<ServerConfig>,
+    name: &str,
+) -> Result<(ClientConnection, ServerConnection), rustls::Error> {
+    let mut c = ClientConnection::new(client, ServerName::try_from(name.to_owned()).unwrap())?;
     let mut s = ServerConnection::new(server)?;
     let mut buf = Vec::new();
     loop {

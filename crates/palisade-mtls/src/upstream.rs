@@ -427,13 +427,14 @@ fn route(
                 ));
             };
             // Without names, any workload of the mesh (a SPIFFE certificate
-            // of its own CA) will do: said at start-up, as it is weaker than
-            // Istio's service-account names.
+            // of its own CA; of the service's namespace when a service is
+            // dialled by name) will do: said at start-up, as it is weaker
+            // than Istio's service-account names.
             let b = ClientTls::builder(&mesh.cert, &mesh.key, &mesh.ca);
             let b = if tls.subject_alt_names.is_empty() {
                 palisade_core::config_warning!(
                     target: crate::LOG_TARGET,
-                    "{}: {field}: ISTIO_MUTUAL without subjectAltNames: any workload certificate of the mesh CA is accepted for this host; name the upstream's SPIFFE ID to pin it",
+                    "{}: {field}: ISTIO_MUTUAL without subjectAltNames: any workload certificate of the mesh CA is accepted for this host (of the service's namespace when a Kubernetes service name, NAME.NS.svc, is dialled); name the upstream's SPIFFE ID to pin it",
                     doc.resource()
                 );
                 b.accept_any_name_in_bundle()

@@ -106,7 +106,7 @@ pub enum KeyError {
         id: String,
     },
     /// The key file could not be read.
-    #[error("cannot read cookie key file {}: {source}", path.display())]
+    #[error("cannot read cookie key file {}: {source}", palisade_core::syntax::file_as_shown(&path.to_string_lossy()))]
     ReadFile {
         /// The file.
         path: PathBuf,

@@ -84,7 +84,10 @@ fn from_login(
         let pem = std::fs::read(&k.key_file).map_err(|e| {
             err(
                 "spec.clientKey.keyFile",
-                format!("cannot read `{}`: {e}", k.key_file),
+                format!(
+                    "cannot read {}: {e}",
+                    palisade_core::syntax::file_as_shown(&k.key_file)
+                ),
             )
             .with_source(e)
         })?;

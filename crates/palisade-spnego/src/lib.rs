@@ -399,8 +399,15 @@ impl SpnegoAuthenticatorBuilder {
                 for (i, k) in c.keys.iter().enumerate() {
                     let field = format!("spec.sessionCookie.keys[{i}].keyFile");
                     let bytes = std::fs::read(&k.key_file).map_err(|e| {
-                        w.error_at(doc, &field, format!("cannot read {}: {e}", k.key_file))
-                            .with_source(e)
+                        w.error_at(
+                            doc,
+                            &field,
+                            format!(
+                                "cannot read {}: {e}",
+                                palisade_core::syntax::file_as_shown(&k.key_file)
+                            ),
+                        )
+                        .with_source(e)
                     })?;
                     let key = session::parse_key(&bytes, &k.key_file).ok_or_else(|| {
                         w.error_at(doc, &field, "must hold 32 bytes: raw, 64 hex digits or base64")

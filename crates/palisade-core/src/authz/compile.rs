@@ -336,9 +336,71 @@ pub(crate) fn parse_key(key: &str) -> Result<Key, String> {
                     format!("`{key}`: write request.auth.claims[name] or request.auth.claims[a][b]")
                 });
         }
-        _ => return Err(format!("unknown condition key `{key}`")),
+        _ => return Err(unknown_key(key)),
     };
     Ok(Key::Str(attr))
+}
+
+/// The condition keys Palisade reads, as a message lists them (the
+/// bracketed ones with their form).
+const KEYS: [&str; 14] = [
+    "request.auth.principal",
+    "request.auth.audiences",
+    "request.auth.presenter",
+    "request.auth.claims[name]",
+    "request.auth.tenant",
+    "request.headers[name]",
+    "source.principal",
+    "source.namespace",
+    "source.serviceAccount",
+    "source.ip",
+    "remote.ip",
+    "destination.ip",
+    "destination.port",
+    "connection.sni",
+];
+
+/// An unknown condition key's message: the nearest key Palisade reads
+/// (a letter or two off, a plural, `claim` for `claims`), else the list.
+fn unknown_key(key: &str) -> String {
+    // The part before a bracket is compared, so `request.auth.claim[groups]`
+    // is near `request.auth.claims[name]`.
+    let (stem, bracket) = key.split_once('[').map_or((key, None), |(s, b)| (s, Some(b)));
+    let near = KEYS
+        .iter()
+        .map(|k| (k, k.split_once('[').map_or(*k, |(s, _)| s)))
+        .map(|(k, s)| (edits(&stem.to_ascii_lowercase(), &s.to_ascii_lowercase()), k, s))
+        .filter(|(d, _, _)| *d <= 2)
+        .min_by_key(|(d, _, _)| *d);
+    match near {
+        Some((_, k, s)) => {
+            let meant = match (bracket, k.contains('[')) {
+                (Some(b), true) => format!("{s}[{b}"),
+                _ => (*k).to_owned(),
+            };
+            format!("unknown condition key `{key}`: did you mean `{meant}`?")
+        }
+        None => format!(
+            "unknown condition key `{key}`; Palisade reads {}",
+            KEYS.join(", ")
+        ),
+    }
+}
+
+/// The edit distance of two short strings (Levenshtein).
+fn edits(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1).min(row[j] + 1).min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 /// A test of `key` against `values`; `namespace` is the policy's (for a
@@ -351,10 +413,27 @@ pub(crate) fn key_test(
     domains: &[String],
 ) -> Result<Test, FieldError> {
     Ok(match key {
-        Key::Str(StrAttr::PeerPrincipal) => Test::Str(
-            StrAttr::PeerPrincipal,
-            strs(&principals_in_mesh(values, domains), field)?,
-        ),
+        // A peer's principal is its SPIFFE ID without the scheme, as
+        // Istio's: `spiffe://…` would match no peer (in a DENY, or a
+        // `notPrincipals` of an ALLOW, a rule that leaves its peer open).
+        Key::Str(StrAttr::PeerPrincipal) => {
+            if let Some(i) = values
+                .iter()
+                .position(|v| v.get(..9).is_some_and(|s| s.eq_ignore_ascii_case("spiffe://")))
+            {
+                return Err((
+                    format!("{field}[{i}]"),
+                    format!(
+                        "a principal is written without `spiffe://`, as Istio's are (`{}`): with it, it matches no peer",
+                        &values[i][9..]
+                    ),
+                ));
+            }
+            Test::Str(
+                StrAttr::PeerPrincipal,
+                strs(&principals_in_mesh(values, domains), field)?,
+            )
+        }
         // A host is compared without case, as `hosts` compares it.
         Key::Str(StrAttr::Host) => {
             let lower: Vec<String> = values.iter().map(|v| v.to_ascii_lowercase()).collect();

@@ -244,6 +244,33 @@ impl KeycloakAdapterConfig {
                     "sign-in needs the client id (`resource`)".into(),
                 ));
             }
+            // What is wrong with it, said without its value.
+            match &self.credentials {
+                Some(serde_json::Value::Object(c)) => {
+                    if let Some(other) = c
+                        .keys()
+                        .find(|k| !["secret", "jwt", "secret-jwt", "provider"].contains(&k.as_str()))
+                    {
+                        return Err((
+                            format!("spec.credentials.{other}"),
+                            "unknown key: Keycloak's credentials take `secret` (Palisade reads it), `jwt`, `secret-jwt` or `provider`".into(),
+                        ));
+                    }
+                    if c.get("secret").is_some_and(|v| !v.is_string()) {
+                        return Err((
+                            "spec.credentials.secret".into(),
+                            "must be a string (quote it if it is written as a number)".into(),
+                        ));
+                    }
+                }
+                Some(_) => {
+                    return Err((
+                        "spec.credentials".into(),
+                        "must be a map: `credentials: {secret: …}`".into(),
+                    ));
+                }
+                None => {}
+            }
             let secret = self
                 .credentials
                 .as_ref()
@@ -311,6 +338,19 @@ impl KeycloakAdapterConfig {
             .filter(|(_, given, _)| *given)
             .map(|(key, _, why)| (format!("spec.{key}"), why.to_owned()))
             .collect();
+        // The realm's URL where the server's goes: the issuer would be
+        // `…/realms/R/realms/R`, and every token refused as another
+        // issuer's.
+        if let Some((_, realm)) = self.auth_server_url.trim_end_matches('/').rsplit_once("/realms/")
+            && !realm.contains('/')
+        {
+            said.push((
+                "spec.auth-server-url".into(),
+                format!(
+                    "ends with a realm's path (`/realms/{realm}`): it is the server's URL (Keycloak 17+: `https://HOST`; older: `https://HOST/auth`), the issuer being `<auth-server-url>/realms/<realm>`, so as written every token is refused as another issuer's"
+                ),
+            ));
+        }
         // Keycloak's default, and a relaxation: said as the others are.
         if self.verify_token_audience != Some(true) {
             said.push((
@@ -336,6 +376,41 @@ impl KeycloakAdapterConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A sign-in's credentials of the wrong shape are said as such (not
+    /// as a missing secret), naming the key, never the value.
+    #[test]
+    fn credentials_of_the_wrong_shape_are_said_without_their_value() {
+        for (credentials, field, said) in [
+            (
+                r#"{"secrett":"hunter2x"}"#,
+                "spec.credentials.secrett",
+                "unknown key",
+            ),
+            (
+                r#"{"secret":8812736450192}"#,
+                "spec.credentials.secret",
+                "must be a string",
+            ),
+            (r#""hunter2x""#, "spec.credentials", "must be a map"),
+            (
+                r#"{"jwt":{}}"#,
+                "spec.credentials.secret",
+                "a confidential client needs its secret",
+            ),
+        ] {
+            let yaml = format!(
+                "apiVersion: palisade.dev/v1alpha1\nkind: KeycloakAdapter\nmetadata: {{name: kc}}\nspec: {{\"selector\": {{\"matchLabels\": {{\"app\": \"web\"}}}}, \"realm\":\"demo\",\"auth-server-url\":\"https://kc.example\",\"resource\":\"web\",\"credentials\":{credentials}}}\n"
+            );
+            let err = crate::policy::PolicySet::from_yaml_str(&yaml, "kc.yaml").unwrap_err();
+            assert_eq!(err.field.as_deref(), Some(field), "{err}");
+            assert!(err.to_string().contains(said), "{err}");
+            assert!(
+                !err.to_string().contains("hunter2x") && !err.to_string().contains("8812736450192"),
+                "{err}"
+            );
+        }
+    }
 
     #[test]
     fn keycloak_json_loads_and_names_bad_fields() {

@@ -431,18 +431,58 @@ impl Document {
     }
 
     fn check_fields(&self) -> Result<(), FieldError> {
+        if let Some(ns) = &self.metadata.namespace
+            && !ns.is_empty()
+            && !crate::syntax::is_dns_label(ns)
+        {
+            // Kubernetes refuses it: no workload is in it, and a document
+            // for `Default` would apply to none of `default`'s.
+            return Err((
+                "metadata.namespace".into(),
+                format!(
+                    "`{ns}` is not a namespace name Kubernetes takes: lower-case letters, digits and `-`, at most 63, starting and ending with a letter or digit"
+                ),
+            ));
+        }
         self.check_selector()?;
         crate::authz::compile::check_dry_run_place(&self.metadata, &self.spec)?;
         match &self.spec {
             Spec::RequestAuthentication(s) => s.check(),
-            Spec::AuthorizationPolicy(s) => crate::authz::compile::check_policy(&self.metadata, s),
+            Spec::AuthorizationPolicy(s) => {
+                crate::authz::compile::check_policy(&self.metadata, s)?;
+                never_matching_leaves_open(
+                    s.action,
+                    s.rules.iter().flatten().enumerate().flat_map(|(ri, rule)| {
+                        rule.to.iter().flatten().enumerate().map(move |(ti, to)| {
+                            let o = &to.operation;
+                            (
+                                format!("spec.rules[{ri}].to[{ti}].operation"),
+                                [&o.methods, &o.not_methods],
+                                [&o.paths, &o.not_paths],
+                            )
+                        })
+                    }),
+                )
+            }
             Spec::PeerAuthentication(s) => s.check(),
             Spec::JwtSettings(s) => s.check(),
             Spec::KeycloakAdapter(s) => s.check().and_then(|()| s.check_sign_in()),
             Spec::SpnegoSettings(s) => s.check(),
             Spec::OidcLogin(s) => s.check(),
             Spec::UpstreamCredentials(s) => s.check(),
-            Spec::ServiceRole(s) => crate::authz::rbac::check_role(s),
+            Spec::ServiceRole(s) => {
+                crate::authz::rbac::check_role(s)?;
+                never_matching_leaves_open(
+                    crate::authz::Action::Allow,
+                    s.rules.iter().enumerate().map(|(ri, rule)| {
+                        (
+                            format!("spec.rules[{ri}]"),
+                            [&rule.methods, &rule.not_methods],
+                            [&rule.paths, &rule.not_paths],
+                        )
+                    }),
+                )
+            }
             Spec::ServiceRoleBinding(s) => crate::authz::rbac::check_binding(s, self.metadata.namespace()),
             Spec::DestinationRule(s) => s.check(),
             // One per mesh, as Istio's validation has it: a team's
@@ -708,11 +748,12 @@ impl PartialEq for PolicySet {
     }
 }
 
-/// What is said of a policy file that holds no document (empty, or
-/// comments only), at start-up and on reload.
-/// Why a policy file of nothing but white space is not loaded.
+/// Why a policy file of nothing but white space (and document markers,
+/// `---`, which a generator that printed nothing leaves) is not loaded.
 pub(crate) const EMPTY_TEXT: &str = "empty (a file being written?): not loaded; to remove every policy, write a file of comments (`# no policy`)";
 
+/// What is said of a policy file that holds no document (comments only),
+/// at start-up and on reload.
 pub(crate) const EMPTY_FILE: &str = "the policy file holds no document: no policy, so every request is allowed; if a writer has not finished it, replace the file by renaming a complete one over it";
 
 /// A digest of a policy file's bytes, to tell a change (not a secret: the
@@ -816,6 +857,9 @@ fn finish(
     for (document, field, message) in destination_rule_warnings(documents) {
         warnings.push(PolicyWarning::new(document.error(source, field, message)));
     }
+    for (document, field, message) in issuers_as_request_principals(documents) {
+        warnings.push(PolicyWarning::new(document.error(source, &field, message)));
+    }
     // A file that names namespaces (other than the root namespace, whose
     // mesh-wide documents sit beside `default`'s), with documents that
     // name none: likely
@@ -843,6 +887,68 @@ fn finish(
         }
     }
     Ok(())
+}
+
+/// A request principal (`requestPrincipals`, `notRequestPrincipals`, a
+/// `request.auth.principal` condition) that is one of the file's issuers
+/// alone: a request principal is `ISSUER/SUBJECT`, so it matches no token
+/// of that issuer (read as the issuer's parent and a subject), and a `DENY`
+/// on it never fires. Likely meant: `ISSUER/*`.
+fn issuers_as_request_principals(documents: &[Document]) -> Vec<(&Document, String, String)> {
+    let issuers: Vec<&str> = documents
+        .iter()
+        .flat_map(|d| match &d.spec {
+            Spec::RequestAuthentication(s) => s.jwt_rules.iter().map(|r| r.issuer.as_str()).collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    let mut out = Vec::new();
+    if issuers.is_empty() {
+        return out;
+    }
+    let an_issuer = |v: &str| {
+        issuers
+            .iter()
+            .any(|i| i.trim_end_matches('/') == v.trim_end_matches('/'))
+    };
+    for d in documents {
+        let Spec::AuthorizationPolicy(p) = &d.spec else {
+            continue;
+        };
+        for (ri, rule) in p.rules.iter().flatten().enumerate() {
+            let sources = rule.from.iter().flatten().enumerate().flat_map(|(fi, f)| {
+                [
+                    ("requestPrincipals", &f.source.request_principals),
+                    ("notRequestPrincipals", &f.source.not_request_principals),
+                ]
+                .map(|(name, values)| (format!("spec.rules[{ri}].from[{fi}].source.{name}"), values))
+            });
+            let conditions = rule
+                .when
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.key == "request.auth.principal")
+                .flat_map(|(wi, c)| {
+                    [("values", &c.values), ("notValues", &c.not_values)]
+                        .map(|(name, values)| (format!("spec.rules[{ri}].when[{wi}].{name}"), values))
+                });
+            for (field, values) in sources.chain(conditions) {
+                for (i, v) in values.iter().flatten().enumerate() {
+                    if an_issuer(v) {
+                        out.push((
+                            d,
+                            format!("{field}[{i}]"),
+                            format!(
+                                "`{v}` is an issuer of this file alone: a request principal is ISSUER/SUBJECT, so it matches none of its tokens; write `{}/*` for any subject of that issuer",
+                                v.trim_end_matches('/')
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 /// A setting `document` (a `JwtSettings`) gives that an earlier one of
@@ -1088,13 +1194,50 @@ fn parse<T: DeserializeOwned>(chunk: &Chunk<'_>) -> Result<T, Located> {
             }
             None => (message, None, None),
         };
+        let field = if path == "." { String::new() } else { path };
+        let (field, message) = in_plain_words(field, message);
         Located {
-            field: if path == "." { String::new() } else { path },
+            field,
             message,
             line,
             column,
         }
     })
+}
+
+/// The YAML reader's messages for a user's commonest slips, said as what
+/// to write: a key given twice (the field named, not `?`), a scalar where
+/// a list or a map goes, a value read as an alias, a tab.
+fn in_plain_words(field: String, message: String) -> (String, String) {
+    if let Some(rest) = message.strip_prefix("duplicate mapping key: ") {
+        let key = rest
+            .split_once(", set DuplicateKeyPolicy")
+            .map_or(rest, |(k, _)| k);
+        let parent = field.trim_end_matches('?').trim_end_matches('.');
+        let field = if parent.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{parent}.{key}")
+        };
+        let hint = if parent.is_empty() {
+            " (at the top of a document: is a `---` line missing between two documents?)"
+        } else {
+            ""
+        };
+        return (field, format!("given twice in one map: keep one{hint}"));
+    }
+    let message = match message.as_str() {
+        "expected sequence start" => {
+            "expected a list: `[a, b]`, or one `- item` line each (a single value is written `[value]`)".to_owned()
+        }
+        "expected mapping start" => "expected a map: `key: value` lines indented under the field, or `{key: value}` (a field with nothing under it, or the next lines not indented more than it, is no map)".to_owned(),
+        "alias references unknown anchor" => {
+            "a value starting with `*` is read as a YAML alias: quote it (`'*…'`)".to_owned()
+        }
+        m if m.starts_with("tabs disallowed") => format!("{m}: indent with spaces"),
+        _ => message,
+    };
+    (field, message)
 }
 
 /// The largest policy file read (16 MiB; a mesh's policies are kilobytes).
@@ -1201,7 +1344,10 @@ impl PolicySet {
     /// reload trying again contents refused for what lies outside them,
     /// whose warnings were said the first time).
     pub(crate) fn from_file_text(text: &str, name: &str) -> Result<Self, PolicyError> {
-        if text.trim().is_empty() {
+        if text
+            .lines()
+            .all(|l| matches!(l.trim().trim_start_matches('\u{feff}'), "" | "---" | "..."))
+        {
             return Err(PolicyError::new(name, EMPTY_TEXT));
         }
         let mut set = Self::parse(text, name)?;
@@ -1326,7 +1472,22 @@ impl PolicySet {
                 .at(index, None, field)
                 .at_line(Some(chunk.first_line), None)
         };
-        let api_version = header.api_version.ok_or_else(|| missing("apiVersion"))?;
+        let Some(api_version) = header.api_version else {
+            // A keycloak.json given where a policy file goes.
+            let keycloak = ["realm", "auth-server-url"]
+                .iter()
+                .all(|k| chunk.text.contains(&format!("\"{k}\"")));
+            return Err(if keycloak && header.kind.is_none() {
+                PolicyError::new(
+                    source,
+                    "missing: this is a keycloak.json, not a policy document; give it as a document `apiVersion: palisade.dev/v1alpha1`, `kind: KeycloakAdapter`, `spec:` its contents, or load it as it is (`JwtAuthenticator::from_keycloak_json`, `KeycloakAdapterConfig::from_json_file`)",
+                )
+                .at(index, None, "apiVersion")
+                .at_line(Some(chunk.first_line), None)
+            } else {
+                missing("apiVersion")
+            });
+        };
         let kind = header.kind.ok_or_else(|| missing("kind"))?;
         let metadata = header.metadata.unwrap_or_default();
         let resource = format!("{kind} {}/{}", metadata.namespace(), metadata.name);
@@ -1844,6 +2005,39 @@ fn never_matching(
     out
 }
 
+/// A rule's operation: its field path, its methods and its paths (each
+/// with its `not` list).
+type Operation<'a> = (String, [&'a Option<Vec<String>>; 2], [&'a Option<Vec<String>>; 2]);
+
+/// What [`never_matching`] finds where it leaves requests open, refused:
+/// a `DENY` or `CUSTOM` rule's `methods` or `paths` (the rule never fires
+/// for what it names), an `ALLOW` rule's (or a `ServiceRole`'s)
+/// `notMethods` or `notPaths` (it excludes nothing). Elsewhere a value no
+/// request carries only narrows a rule (a warning).
+fn never_matching_leaves_open<'a>(
+    action: crate::authz::Action,
+    operations: impl Iterator<Item = Operation<'a>>,
+) -> Result<(), FieldError> {
+    use crate::authz::Action;
+    let (kind, what) = match action {
+        Action::Deny => ("DENY", "never refuses what it names"),
+        Action::Custom => ("CUSTOM", "never asks its authorizer about what it names"),
+        Action::Allow => ("ALLOW", "excludes nothing: it allows what it means to leave out"),
+        _ => return Ok(()),
+    };
+    for (at, [methods, not_methods], [paths, not_paths]) in operations {
+        let (methods, paths) = if action == Action::Allow {
+            ([&None, not_methods], [&None, not_paths])
+        } else {
+            ([methods, &None], [paths, &None])
+        };
+        if let Some((field, message)) = never_matching(&at, methods, paths).into_iter().next() {
+            return Err((field, format!("{message}; in an {kind} rule such a value {what}")));
+        }
+    }
+    Ok(())
+}
+
 /// A rule that treats `GET` and not `HEAD`: methods are compared exactly,
 /// as in Istio, and axum and actix-web answer `HEAD` with the `GET`
 /// handler (without its body). A `DENY` (or a `CUSTOM` check) of `GET`
@@ -1900,7 +2094,7 @@ pub fn read_secret_file(file: &str) -> Result<String, SecretFileError> {
 #[non_exhaustive]
 pub enum SecretFileError {
     /// The file cannot be read (missing, or not readable by this process).
-    #[error("cannot read `{file}`: {source}")]
+    #[error("cannot read {}: {source}", crate::syntax::file_as_shown(file))]
     Unreadable {
         /// The file, as the document names it.
         file: String,

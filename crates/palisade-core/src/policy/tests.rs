@@ -1461,15 +1461,17 @@ spec:
 #[test]
 fn values_that_match_nothing_are_said_and_values_that_cannot_work_refused() {
     let never = format!(
-        "{AUTHZ}metadata: {{name: d}}\nspec:\n  action: DENY\n  rules:\n  - to: [{{operation: {{methods: [delete, GET, HEAD], notPaths: [\"admin/*\", \"/ok\", \"*.png\"]}}}}]\n---\n\
-         apiVersion: rbac.istio.io/v1alpha1\nkind: ServiceRole\nmetadata: {{name: r}}\nspec:\n  rules: [{{services: [\"*\"], notMethods: [Post]}}]\n"
+        "{AUTHZ}metadata: {{name: d}}\nspec:\n  action: ALLOW\n  rules:\n  - to: [{{operation: {{methods: [delete, GET, HEAD], paths: [\"admin/*\", \"/ok\", \"*.png\"]}}}}]\n---\n\
+         apiVersion: rbac.istio.io/v1alpha1\nkind: ServiceRole\nmetadata: {{name: r}}\nspec:\n  rules: [{{services: [\"*\"], methods: [Post]}}]\n"
     );
+    // Where they only narrow a rule; where they would leave requests open,
+    // refused (`a_value_no_request_carries_is_refused_where_it_leaves_requests_open`).
     assert_eq!(
         warned(&never),
         [
             (1, "spec.rules[0].to[0].operation.methods[0]".into()),
-            (1, "spec.rules[0].to[0].operation.notPaths[0]".into()),
-            (2, "spec.rules[0].notMethods[0]".into()),
+            (1, "spec.rules[0].to[0].operation.paths[0]".into()),
+            (2, "spec.rules[0].methods[0]".into()),
         ]
     );
     let header = format!(
@@ -1637,8 +1639,9 @@ fn values_that_match_nothing_are_said_and_values_that_cannot_work_refused() {
 
 /// A policy file of no document (comments only) allows every request: a
 /// warning of the file says so, which `palisade check` prints too. A file
-/// of white space only (a writer's truncation, a generator that failed) is
-/// refused, at start-up as on reload. A stream given in code is not a
+/// of white space only, or document markers only (a writer's truncation, a
+/// generator that failed or printed nothing), is refused, at start-up as on
+/// reload. A stream given in code is not a
 /// file: not warned of, and an empty one is no policy.
 #[test]
 fn a_file_of_no_document_is_warned_of_and_an_empty_one_refused() {
@@ -1653,7 +1656,7 @@ fn a_file_of_no_document_is_warned_of_and_an_empty_one_refused() {
         said[0].contains("comments.yaml") && said[0].contains(super::EMPTY_FILE),
         "{said:?}"
     );
-    for text in ["", " \n\t\n"] {
+    for text in ["", " \n\t\n", "---\n", "\u{feff}---\n...\n---\r\n"] {
         let file = dir.join("empty.yaml");
         std::fs::write(&file, text).unwrap();
         let err = PolicySet::from_file(&file).unwrap_err().to_string();
@@ -1756,12 +1759,13 @@ fn a_jwt_setting_is_given_once_per_namespace_and_issuer() {
 }
 
 /// A path pattern with `//` or a dot segment matches no request (requests
-/// are matched normalised): said when the file loads.
+/// are matched normalised): said when the file loads; refused where it
+/// would leave requests open (below).
 #[test]
 fn path_patterns_that_normalisation_removes_are_warnings() {
     let policy = |paths: &str| {
         format!(
-            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p}}\nspec:\n  action: DENY\n  rules: [{{to: [{{operation: {{paths: {paths}}}}}]}}]\n"
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p}}\nspec:\n  action: ALLOW\n  rules: [{{to: [{{operation: {{paths: {paths}}}}}]}}]\n"
         )
     };
     assert_eq!(
@@ -1777,6 +1781,221 @@ fn path_patterns_that_normalisation_removes_are_warnings() {
         ]
     );
     assert!(warned(&policy("[\"/a/b/\", \"/a/*\", \"*.bak\"]")).is_empty());
+}
+
+/// A method or path no request carries, where it leaves requests open, is
+/// refused naming the field: a `DENY` (or `CUSTOM`) rule's `methods` or
+/// `paths` (the rule never fires: `delete` for `DELETE`), an `ALLOW` rule's
+/// or a `ServiceRole`'s `notMethods` or `notPaths` (they exclude nothing).
+/// Where it only narrows a rule, a warning.
+#[test]
+fn a_value_no_request_carries_is_refused_where_it_leaves_requests_open() {
+    let ap = |action: &str, operation: &str| {
+        format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p}}\nspec:\n  action: {action}\n  rules: [{{to: [{{operation: {operation}}}]}}]\n"
+        )
+    };
+    let custom =
+        |operation: &str| ap("CUSTOM", operation).replace("  rules:", "  provider: {name: ext}\n  rules:");
+    for (doc, field) in [
+        (ap("DENY", "{methods: [GET, delete]}"), "spec.rules[0].to[0].operation.methods[1]"),
+        (ap("DENY", "{paths: ['/admin//x']}"), "spec.rules[0].to[0].operation.paths[0]"),
+        (ap("DENY", "{paths: ['admin/*']}"), "spec.rules[0].to[0].operation.paths[0]"),
+        (custom("{methods: [post]}"), "spec.rules[0].to[0].operation.methods[0]"),
+        (ap("ALLOW", "{notMethods: [delete]}"), "spec.rules[0].to[0].operation.notMethods[0]"),
+        (ap("ALLOW", "{notPaths: ['/a/../admin']}"), "spec.rules[0].to[0].operation.notPaths[0]"),
+        (
+            "apiVersion: rbac.istio.io/v1alpha1\nkind: ServiceRole\nmetadata: {name: r}\nspec:\n  rules: [{services: ['*'], notMethods: [delete]}]\n".into(),
+            "spec.rules[0].notMethods[0]",
+        ),
+    ] {
+        let err = load_err(&doc);
+        assert_eq!(err.field.as_deref(), Some(field), "{err}");
+        assert!(err.to_string().contains("matches no request"), "{err}");
+    }
+    // Where it narrows a rule only: loaded, with a warning.
+    for doc in [
+        ap("ALLOW", "{methods: [delete]}"),
+        ap("DENY", "{notMethods: [get]}"),
+        ap("DENY", "{notPaths: ['/a//b']}"),
+        ap("AUDIT", "{methods: [delete]}"),
+    ] {
+        assert_eq!(warned(&doc).len(), 1, "{doc}");
+    }
+}
+
+/// The YAML reader's messages for the commonest slips are said as what to
+/// write, at the right field: a key given twice (and a `---` missing
+/// between two documents), a scalar where a list or a map goes, a value
+/// read as an alias.
+#[test]
+fn the_commonest_yaml_slips_are_said_as_what_to_write() {
+    let ap = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\n";
+    for (doc, field, said) in [
+        (
+            format!("{ap}spec:\n  action: DENY\n  action: ALLOW\n  rules: [{{}}]\n"),
+            "spec.action",
+            "given twice in one map: keep one",
+        ),
+        (
+            format!("{ap}spec: {{}}\n{ap}spec: {{}}\n"),
+            "apiVersion",
+            "is a `---` line missing",
+        ),
+        (
+            format!(
+                "{ap}spec:\n  rules: [{{when: [{{key: 'request.auth.claims[groups]', values: admins}}]}}]\n"
+            ),
+            "spec.rules[0].when[0].values",
+            "expected a list: `[a, b]`",
+        ),
+        (
+            format!("{ap}spec:\n  rules: [{{from: [{{source: }}]}}]\n"),
+            "spec.rules[0].from[0].source",
+            "expected a map",
+        ),
+        (
+            "apiVersion: palisade.dev/v1alpha1\nkind: JwtSettings\nmetadata: {name: s}\nspec: {leeway: *x}\n"
+                .to_owned(),
+            "spec",
+            "quote it",
+        ),
+    ] {
+        let err = load_err(&doc);
+        assert_eq!(err.field.as_deref(), Some(field), "{err}");
+        assert!(err.to_string().contains(said), "{err}");
+        assert!(!err.to_string().contains("DuplicateKeyPolicy"), "{err}");
+    }
+}
+
+/// A keycloak.json where a policy file goes is said to be one, with how
+/// to give it.
+#[test]
+fn a_keycloak_json_given_as_a_policy_file_is_said_to_be_one() {
+    let err = load_err(
+        "{\n  \"realm\": \"shop\",\n  \"auth-server-url\": \"https://kc.example/\",\n  \"resource\": \"api\"\n}\n",
+    );
+    assert_eq!(err.field.as_deref(), Some("apiVersion"), "{err}");
+    assert!(
+        err.to_string().contains("this is a keycloak.json")
+            && err.to_string().contains("kind: KeycloakAdapter"),
+        "{err}"
+    );
+    let err = load_err("kind: AuthorizationPolicy\nmetadata: {name: p}\n");
+    assert_eq!(err.message, "missing", "{err}");
+}
+
+/// A keycloak adapter whose `auth-server-url` is the realm's URL (the
+/// issuer would be `…/realms/R/realms/R`): a warning naming the field.
+#[test]
+fn a_realms_url_as_the_auth_server_url_is_a_warning() {
+    let kc = |url: &str| {
+        format!(
+            "apiVersion: palisade.dev/v1alpha1\nkind: KeycloakAdapter\nmetadata: {{name: kc}}\nspec: {{selector: {{matchLabels: {{app: api}}}}, realm: shop, auth-server-url: '{url}', resource: api, verify-token-audience: true}}\n"
+        )
+    };
+    assert_eq!(
+        warned(&kc("https://kc.example/realms/shop/")),
+        [(1, "spec.auth-server-url".to_owned())]
+    );
+    assert!(warned(&kc("https://kc.example/auth")).is_empty());
+}
+
+/// An unknown condition key is refused with the nearest key Palisade
+/// reads, its bracket kept, or the list of them.
+#[test]
+fn an_unknown_condition_key_names_the_nearest_one() {
+    for (key, said) in [
+        (
+            "request.auth.claim[groups]",
+            "did you mean `request.auth.claims[groups]`?",
+        ),
+        ("source.principals", "did you mean `source.principal`?"),
+        (
+            "request.auth.principals",
+            "did you mean `request.auth.principal`?",
+        ),
+        (
+            "request.header[x-tenant]",
+            "did you mean `request.headers[x-tenant]`?",
+        ),
+        ("source.serviceaccount", "did you mean `source.serviceAccount`?"),
+        ("request.time", "Palisade reads request.auth.principal, "),
+    ] {
+        let err = load_err(&format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p}}\nspec:\n  rules: [{{when: [{{key: '{key}', values: [x]}}]}}]\n"
+        ));
+        assert_eq!(err.field.as_deref(), Some("spec.rules[0].when[0].key"), "{err}");
+        assert!(err.to_string().contains(said), "{key}: {err}");
+    }
+}
+
+/// A namespace Kubernetes would refuse (`Default`) holds no workload:
+/// refused naming the field.
+#[test]
+fn a_namespace_kubernetes_refuses_is_refused() {
+    for ns in ["Default", "prod_eu", "-x"] {
+        let err = load_err(&format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p, namespace: {ns}}}\nspec: {{action: DENY, rules: [{{}}]}}\n"
+        ));
+        assert_eq!(err.field.as_deref(), Some("metadata.namespace"), "{err}");
+        assert!(
+            err.to_string()
+                .contains(&format!("`{ns}` is not a namespace name")),
+            "{err}"
+        );
+    }
+}
+
+/// A request principal that is one of the file's issuers alone matches
+/// none of its tokens (a principal is `ISSUER/SUBJECT`): a warning naming
+/// the field and `ISSUER/*`.
+#[test]
+fn an_issuer_alone_as_a_request_principal_is_a_warning() {
+    let file = "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt}\nspec:\n  jwtRules: [{issuer: 'https://kc.example/realms/shop', audiences: [api]}]\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec:\n  action: DENY\n  rules:\n  - from: [{source: {requestPrincipals: ['https://kc.example/realms/shop/alice', 'https://kc.example/realms/shop']}}]\n  - when: [{key: request.auth.principal, notValues: ['https://kc.example/realms/shop/']}]\n";
+    let set = PolicySet::from_yaml_str(file, "mesh.yaml").unwrap();
+    let warned: Vec<_> = set
+        .warnings()
+        .iter()
+        .filter(|w| w.to_string().contains("request principal is ISSUER/SUBJECT"))
+        .map(|w| (w.document(), w.field().map(str::to_owned)))
+        .collect();
+    assert_eq!(
+        warned,
+        [
+            (
+                Some(2),
+                Some("spec.rules[0].from[0].source.requestPrincipals[1]".to_owned())
+            ),
+            (Some(2), Some("spec.rules[1].when[0].notValues[0]".to_owned())),
+        ]
+    );
+    assert!(
+        set.warnings()
+            .iter()
+            .any(|w| w.to_string().contains("`https://kc.example/realms/shop/*`"))
+    );
+}
+
+/// A peer principal written as a SPIFFE ID (`spiffe://…`) matches no
+/// peer, in Istio as here: refused naming the field, in a source, a
+/// condition and an RBAC binding alike.
+#[test]
+fn a_principal_written_with_its_spiffe_scheme_is_refused() {
+    for (doc, field) in [
+        (
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec:\n  action: DENY\n  rules: [{from: [{source: {principals: [cluster.local/ns/a/sa/b, 'spiffe://cluster.local/ns/default/sa/productpage']}}]}]\n",
+            "spec.rules[0].from[0].source.principals[1]",
+        ),
+        (
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec:\n  rules: [{when: [{key: source.principal, notValues: ['SPIFFE://cluster.local/ns/x/sa/y']}]}]\n",
+            "spec.rules[0].when[0].notValues[0]",
+        ),
+    ] {
+        let err = load_err(doc);
+        assert_eq!(err.field.as_deref(), Some(field), "{err}");
+        assert!(err.to_string().contains("without `spiffe://`"), "{err}");
+    }
 }
 
 /// An `RbacConfig` service named short (`details`) is that service of every
