@@ -434,6 +434,61 @@ async fn reviews_serves_metrics_and_readiness_on_the_admin_listener() {
     admin_listener("reviews").await;
 }
 
+/// `GET /ready` of `admin`: the status and the body.
+async fn ready(admin: &str) -> (u16, String) {
+    let res = reqwest::get(format!("http://{admin}/ready")).await.unwrap();
+    (res.status().as_u16(), res.text().await.unwrap())
+}
+
+/// With `--ready-waits-for-keys`, `/ready` answers 503 naming the issuer
+/// while its keys cannot be had (here: nothing answers its discovery), and
+/// 200 once they have loaded; without the flag, 200 once the service
+/// listens, whatever the keys.
+async fn ready_waits_for_keys(example: &str) {
+    let issuer = TestIssuer::start().unwrap();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nowhere = format!("http://{}/realms/down", silent.local_addr().unwrap());
+    let dir = ScratchDir::new(&format!("ready-{example}"));
+    let file = |iss: &str| {
+        format!(
+            "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt, namespace: default}}\nspec:\n  jwtRules: [{{issuer: '{iss}', audiences: [{example}]}}]\n"
+        )
+    };
+    let down = dir.write("down.yaml", &file(&nowhere));
+    let up = dir.write("up.yaml", &file(issuer.issuer()));
+    let with = |f: &str, wait: bool| {
+        let mut args = vec!["--config", f, "--service", example, "--admin", "127.0.0.1:0"];
+        if wait {
+            args.push("--ready-waits-for-keys");
+        }
+        let svc = start(example, &args);
+        let admin = admin_of(&svc);
+        (svc, admin)
+    };
+    let (_svc, admin) = with(&down, true);
+    let (status, body) = ready(&admin).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body, format!("waiting for the keys of {nowhere}"));
+    let (_svc, admin) = with(&down, false);
+    assert_eq!(ready(&admin).await, (200, "ready".to_owned()));
+    let (_svc, admin) = with(&up, true);
+    wait_until("ready once the keys are in", async || {
+        ready(&admin).await.0 == 200
+    })
+    .await;
+    drop(silent);
+}
+
+#[tokio::test]
+async fn details_readiness_can_wait_for_the_issuers_keys() {
+    ready_waits_for_keys("details").await;
+}
+
+#[tokio::test]
+async fn reviews_readiness_can_wait_for_the_issuers_keys() {
+    ready_waits_for_keys("reviews").await;
+}
+
 #[test]
 fn the_admin_listener_is_never_the_service_port() {
     let out = std::process::Command::new(common::example("details"))

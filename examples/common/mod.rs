@@ -50,6 +50,9 @@ pub struct Args {
     pub upstream_timeout: std::time::Duration,
     /// `--admin ADDR`: `/metrics` and `/ready`, without authentication.
     pub admin: Option<SocketAddr>,
+    /// `--ready-waits-for-keys`: `/ready` answers 503 until every issuer's
+    /// keys have loaded ([`Guard::waiting_for`]).
+    pub ready_waits_for_keys: bool,
     /// `--handshake-timeout`, `--header-read-timeout`, `--idle-timeout`, `--write-timeout`,
     /// `--max-connection-age`, `--body-read-timeout` (seconds), `--body-min-rate` (bytes a second)
     /// and `--body-limit` (bytes): what a client is granted.
@@ -151,6 +154,7 @@ fn parse(service: &str, port: u16, mut it: impl Iterator<Item = String>) -> Resu
         upstreams: Vec::new(),
         upstream_timeout: std::time::Duration::from_secs(5),
         admin: None,
+        ready_waits_for_keys: false,
         limits: palisade::core::limits::ServerLimits::default(),
     };
     while let Some(flag) = it.next() {
@@ -181,6 +185,7 @@ fn parse(service: &str, port: u16, mut it: impl Iterator<Item = String>) -> Resu
             "--s4u-realm" => args.s4u_realm = Some(value()?),
             "--s4u-claim" => args.s4u_claim = Some(value()?),
             "--s4u-issuer" => args.s4u_issuer = Some(value()?),
+            "--ready-waits-for-keys" => args.ready_waits_for_keys = true,
             "--no-guard" => args.no_guard = true,
             "--floor" => {
                 args.no_guard = true;
@@ -237,12 +242,13 @@ fn parse(service: &str, port: u16, mut it: impl Iterator<Item = String>) -> Resu
                      \x20      [--tls-cert FILE --tls-key FILE [--client-ca FILE [--client-crl FILE]...]]\n\
                      \x20      [--keytab FILE [--backend URL [--s4u-realm REALM --s4u-claim CLAIM [--s4u-issuer ISSUER]]]]\n\
                      \x20      [--upstream NAME=URL]... [--upstream-timeout SECONDS] (productpage, reviews)\n\
-                     \x20      [--admin ADDR]\n\
+                     \x20      [--admin ADDR [--ready-waits-for-keys]]\n\
                      \x20      [--handshake-timeout S] [--header-read-timeout S] [--idle-timeout S] [--write-timeout S]\n\
                      \x20      [--body-limit BYTES] [--body-read-timeout S] [--body-min-rate BYTES] [--max-connection-age S]\n\
                      Without --config, a demo issuer is started and a ready-to-paste command is printed.\n\
                      The --config file is reloaded when it changes or on SIGHUP; a file that does not load\n\
-                     keeps the policy in force. --admin serves GET /metrics (Prometheus) and GET /ready.\n\
+                     keeps the policy in force. --admin serves GET /metrics (Prometheus) and GET /ready;\n\
+                     with --ready-waits-for-keys, /ready answers 503 until every issuer's keys have loaded.\n\
                      A client has --handshake-timeout (default 10) seconds for its TLS handshake, --header-read-timeout\n\
                      (10) for a request head, --idle-timeout (75) to begin its next request, --write-timeout (60; not\n\
                      reviews, on actix-web) to take more of an answer or open an HTTP/2 window; a body over --body-limit\n\
@@ -669,6 +675,9 @@ pub fn start_operations(args: &Args, setup: &Setup) {
             fail(&format!("cannot listen for SIGHUP: {e}"));
         }
     }
+    if args.ready_waits_for_keys && args.admin.is_none() {
+        fail("--ready-waits-for-keys needs --admin (it is what GET /ready answers)");
+    }
     if let (Some(addr), Some(handle)) = (args.admin, setup.metrics.clone()) {
         let listener = std::net::TcpListener::bind(addr)
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
@@ -680,15 +689,23 @@ pub fn start_operations(args: &Args, setup: &Setup) {
         println!("admin address {}", listener.local_addr().unwrap_or(addr));
         std::thread::Builder::new()
             .name("admin".into())
-            .spawn(move || admin(listener, handle))
+            .spawn({
+                let keys = args.ready_waits_for_keys.then(|| setup.guard.clone());
+                move || admin(listener, handle, keys)
+            })
             .unwrap_or_else(|e| fail(&format!("--admin {addr}: {e}")));
     }
 }
 
 /// The `--admin` listener, on a thread and runtime of its own so a busy
 /// service never starves it: `GET /metrics` (Prometheus text) and
-/// `GET /ready`.
-fn admin(listener: std::net::TcpListener, handle: metrics_exporter_prometheus::PrometheusHandle) {
+/// `GET /ready`, which with `keys` (`--ready-waits-for-keys`) answers 503
+/// while the guard waits for an issuer's keys.
+fn admin(
+    listener: std::net::TcpListener,
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+    keys: Option<Guard>,
+) {
     use axum::routing::get;
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -718,7 +735,22 @@ fn admin(listener: std::net::TcpListener, handle: metrics_exporter_prometheus::P
                     }
                 }),
             )
-            .route("/ready", get(|| async { "ready" }));
+            .route(
+                "/ready",
+                get(move || {
+                    let waiting = keys.as_ref().map(Guard::waiting_for).unwrap_or_default();
+                    async move {
+                        if waiting.is_empty() {
+                            (axum::http::StatusCode::OK, "ready".to_owned())
+                        } else {
+                            (
+                                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                                format!("waiting for {}", waiting.join("; ")),
+                            )
+                        }
+                    }
+                }),
+            );
         // With the default limits on slow and silent clients.
         if let Err(e) = palisade::axum::serve(listener, app, std::future::pending()).await {
             tracing::error!(error = %e, "the admin listener stopped");

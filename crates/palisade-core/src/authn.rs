@@ -476,6 +476,14 @@ pub trait Authenticator: Any + Send + Sync {
     /// Authenticates a request.
     fn authenticate(&self, request: &dyn RequestHead) -> Check<AuthOutcome>;
 
+    /// What this authenticator still waits for before it can verify the
+    /// credentials it expects (an issuer's keys never fetched yet), said
+    /// for a readiness probe ([`Guard::waiting_for`](crate::Guard::waiting_for)).
+    /// `None` (the default): nothing.
+    fn waiting_for(&self) -> Option<String> {
+        None
+    }
+
     /// The origin this authenticator knows the service by, when it is
     /// configured (a browser sign-in's external origin,
     /// `https://shop.example`): requests it starts are the service's own

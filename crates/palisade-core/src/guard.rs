@@ -665,6 +665,33 @@ impl Guard {
             .or_outright(NO_AUTHENTICATOR)
     }
 
+    /// What the authenticators in force still wait for before they can
+    /// verify the credentials they expect (each issuer's keys not fetched
+    /// once yet, or dropped as older than its `max_stale`), for a
+    /// readiness probe that keeps traffic away until then, as Envoy's
+    /// `jwt_authn` keeps its listener with `async_fetch.fast_listener:
+    /// false`. Empty when nothing is awaited. Keys fetched once and failing
+    /// since are not waited for: they are kept, and tokens they signed are
+    /// verified.
+    ///
+    /// ```
+    /// use palisade_core::Guard;
+    /// use palisade_core::authz::AccessPolicy;
+    /// let guard = Guard::builder().access_policy(AccessPolicy::allow_all()).build()?;
+    /// assert!(guard.waiting_for().is_empty());
+    /// # Ok::<(), palisade_core::GuardError>(())
+    /// ```
+    #[must_use]
+    pub fn waiting_for(&self) -> Vec<String> {
+        self.0
+            .load()
+            .value()
+            .authenticators
+            .iter()
+            .filter_map(|a| a.waiting_for())
+            .collect()
+    }
+
     /// The access policy in force.
     #[must_use]
     pub fn access_policy(&self) -> AccessPolicy {

@@ -42,7 +42,7 @@ struct ProviderState {
     store: Arc<KeyStore>,
     /// What keeps a fetched store fresh, shared with every authenticator
     /// that trusts the issuer the same way.
-    _fetched: Option<Arc<Fetched>>,
+    fetched: Option<Arc<Fetched>>,
     /// Its token introspection, if configured.
     introspector: Option<Arc<Introspector>>,
     /// For an issuer pattern: the tenants met so far, and whether each has
@@ -637,7 +637,7 @@ impl JwtAuthenticatorBuilder {
             providers.push(ProviderState {
                 cfg,
                 store,
-                _fetched: fetched,
+                fetched,
                 introspector,
                 tenants,
             });
@@ -2459,6 +2459,21 @@ impl Authenticator for JwtAuthenticator {
             .then(|| Arc::new(previous.clone()) as Arc<dyn Authenticator>)
     }
 
+    /// The issuers whose keys are fetched and have not loaded yet (or were
+    /// dropped as older than `max_stale`): `the keys of ISSUER, …`. Keys
+    /// given in the configuration, an issuer pattern's tenants (fetched as
+    /// tokens name them) and an offline authenticator wait for nothing.
+    fn waiting_for(&self) -> Option<String> {
+        let waiting: Vec<String> = self
+            .0
+            .providers
+            .iter()
+            .filter(|p| p.fetched.is_some() && !p.store.keys().loaded)
+            .map(|p| palisade_core::syntax::url_without_credentials(&p.cfg.issuer))
+            .collect();
+        (!waiting.is_empty()).then(|| format!("the keys of {}", waiting.join(", ")))
+    }
+
     /// Every provider's `outputPayloadToHeader` and `outputClaimToHeaders`
     /// header: removed from every request, set again only from a token
     /// this authenticator verified (as Envoy's `jwt_authn` does).
@@ -3301,6 +3316,37 @@ mod tests {
         // Not a JWT, or too long: nothing read.
         assert_eq!(Unverified::of(b"opaque-token"), Unverified::default());
         assert_eq!(Unverified::of(&vec![b'a'; 17 * 1024]), Unverified::default());
+    }
+
+    /// A readiness probe's question: an issuer whose keys are fetched is
+    /// waited for until they have loaded once; keys given inline, never.
+    #[test]
+    fn an_issuers_keys_are_waited_for_until_they_have_loaded() {
+        let issuer = palisade_testkit::TestIssuer::builder()
+            .default_audience("api")
+            .start()
+            .unwrap();
+        let inline = for_api(&issuer, |b| b.jwks_inline(issuer.jwks().to_string()));
+        assert_eq!(inline.waiting_for(), None);
+        // Nothing answers there: waited for.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let nowhere = format!("http://{}/jwks", silent.local_addr().unwrap());
+        let waiting = for_api(&issuer, |b| b.jwks_uri(nowhere));
+        let said = waiting.waiting_for().expect("keys not loaded");
+        assert_eq!(said, format!("the keys of {}", issuer.issuer()));
+        let fetched = for_api(&issuer, |b| b.jwks_uri(issuer.jwks_uri()));
+        let started = std::time::Instant::now();
+        while fetched.waiting_for().is_some() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the keys never loaded"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            waiting.waiting_for().is_some(),
+            "still nothing from the silent one"
+        );
     }
 
     /// An authenticator of `issuer`'s tokens for the audience `api`, its
