@@ -1565,13 +1565,17 @@ async fn replicas_given_one_nonce_secret_file_accept_each_others_nonces() {
         "{err}"
     );
     // The secret itself where its file's path goes: not echoed.
-    let err = replica("Zq8vS3cretPastedHere0").unwrap_err().to_string();
+    let refused = replica("Zq8vS3cretPastedHere0").unwrap_err();
+    let err = refused.to_string();
     assert!(
         err.contains("spec.dpop.nonceSecretFile")
             && err.contains("not shown")
             && !err.contains("S3cretPasted"),
         "{err}"
     );
+    // Nor in its Debug, which `fn main() -> Result<…>` prints.
+    let debug = format!("{refused:?}");
+    assert!(!debug.contains("S3cretPasted"), "{debug}");
     let err = PolicySet::from_yaml_str(&yaml(&format!("{{nonceSecretFile: '{a}'}}")), "alone.yaml")
         .unwrap_err()
         .to_string();

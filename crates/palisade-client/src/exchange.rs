@@ -510,15 +510,18 @@ mod tests {
                 let answer = each.authorization(&caller).await;
                 (answer, started.elapsed())
             }));
-            // In this order at the semaphore, which is fair.
+            // In this order at the semaphore, which is fair; the first's
+            // call under way (its timeout running) before the second waits.
+            if i == 0 {
+                tokio::time::timeout(Duration::from_secs(10), seen.recv())
+                    .await
+                    .unwrap();
+            }
             while exchange.0.flights.under_way() <= i {
                 tokio::task::yield_now().await;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tokio::time::timeout(Duration::from_secs(10), seen.recv())
-            .await
-            .unwrap();
         let mut answers = Vec::new();
         for c in callers {
             answers.push(

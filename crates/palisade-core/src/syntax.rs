@@ -573,18 +573,18 @@ pub fn is_dns_label(name: &str) -> bool {
 /// A secret's or a key's file name as an error may show it: the name as
 /// given when it looks like a file's path (a `/` in it and its directory
 /// there, or written from the root or `./` through two directories in
-/// the characters file names use; or no `/` and a short extension, as
-/// `client.secret`), else its length only. A secret pasted where its
+/// the characters file names use; or no `/` and a file of that name
+/// here), else its length only. A secret pasted where its
 /// file's path goes (a template's `clientSecretFile: {{ secret }}`) is
 /// not echoed into the log, the `palisade check` output or a CI log.
 ///
 /// ```
 /// use palisade_core::syntax::file_as_shown as shown;
 /// assert_eq!(shown("/tmp/client.secret"), "`/tmp/client.secret`");
-/// assert_eq!(shown("client.secret"), "`client.secret`");
+/// assert_eq!(shown("Cargo.toml"), "`Cargo.toml`");
 /// assert_eq!(
-///     shown("Sup3rS3cretValue-x9"),
-///     "the file the field names (not shown, in case it is the secret itself: 19 characters, no `/` and no file extension)"
+///     shown("Sup3rS3cret.2024"),
+///     "the file the field names (not shown, in case it is the secret itself: 16 characters, no `/` and no such file here)"
 /// );
 /// assert_eq!(shown("/run/secrets/client"), "`/run/secrets/client`");
 /// assert!(!shown("/no/such/dir/q3Zk+sec=").contains("q3Z"));
@@ -607,9 +607,9 @@ pub fn file_as_shown(file: &str) -> String {
                 .parent()
                 .is_some_and(|d| !d.as_os_str().is_empty() && d.is_dir())
     } else {
-        path.extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| (1..=8).contains(&e.len()) && e.chars().all(|c| c.is_ascii_alphanumeric()))
+        // A name alone: a file here (unreadable, or empty), else not
+        // shown (`Summer.2024` may be a password).
+        path.exists()
     };
     let count = file.chars().count();
     if file.contains(['\n', '\r']) {
@@ -624,7 +624,7 @@ pub fn file_as_shown(file: &str) -> String {
         )
     } else {
         format!(
-            "the file the field names (not shown, in case it is the secret itself: {count} characters, no `/` and no file extension)"
+            "the file the field names (not shown, in case it is the secret itself: {count} characters, no `/` and no such file here)"
         )
     }
 }

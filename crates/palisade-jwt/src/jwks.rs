@@ -503,25 +503,34 @@ impl KeyStore {
         let _one_writer = self.replacing.lock().unwrap_or_else(PoisonError::into_inner);
         let changed = {
             let old = self.current.load();
+            // Whatever their order: an issuer may list the same keys
+            // another way at each fetch.
             let changed = old.keys.len() != set.keys.len()
+                || set
+                    .keys
+                    .iter()
+                    .any(|k| !old.still_has(k.kid.as_deref(), k.fingerprint))
                 || old
                     .keys
                     .iter()
-                    .zip(&set.keys)
-                    .any(|(a, b)| a.fingerprint != b.fingerprint || a.kid != b.kid);
+                    .any(|k| !set.still_has(k.kid.as_deref(), k.fingerprint));
             // A rotation is said (which kids came and went), so a token
             // refused as signed by an unknown key can be told from a key
             // the issuer withdrew; the first load and a set dropped as too
             // old have lines of their own.
             if changed && old.loaded && set.loaded {
-                tracing::info!(
-                    target: LOG,
-                    issuer = %palisade_core::syntax::url_without_credentials(&self.issuer),
-                    added = %kids_not_in(&set, &old),
-                    removed = %kids_not_in(&old, &set),
-                    keys = set.keys.len(),
-                    "JWKS changed"
-                );
+                let (added, removed) = (kids_not_in(&set, &old), kids_not_in(&old, &set));
+                // The same keys in another order are no rotation.
+                if (added.as_str(), removed.as_str()) != ("none", "none") {
+                    tracing::info!(
+                        target: LOG,
+                        issuer = %palisade_core::syntax::url_without_credentials(&self.issuer),
+                        added = %added,
+                        removed = %removed,
+                        keys = set.keys.len(),
+                        "JWKS changed"
+                    );
+                }
             }
             changed
         };
@@ -1267,11 +1276,15 @@ mod tests {
         };
         let store = KeyStore::new("https://i", FetchSettings::default(), Some(set(&["a"])));
         let g = store.generation();
-        // A refresh that brings the same keys keeps every cached token fast.
+        // A refresh that brings the same keys keeps every cached token fast,
+        // in another order too.
         store.replace(set(&["a"]));
         assert_eq!(store.generation(), g);
         store.replace(set(&["a", "b"]));
         assert_eq!(store.generation(), g + 1);
+        store.replace(set(&["b", "a"]));
+        assert_eq!(store.generation(), g + 1);
+        store.replace(set(&["a", "b"]));
         store.replace(set(&["b"]));
         assert_eq!(store.generation(), g + 2);
         store.replace(KeySet::default());
@@ -1295,6 +1308,7 @@ mod tests {
         tracing::subscriber::with_default(subscriber, || {
             let store = KeyStore::new("https://i", FetchSettings::default(), Some(set(&["old", "kept"])));
             store.replace(set(&["old", "kept"]));
+            store.replace(set(&["kept", "old"]));
             assert!(
                 lines.containing("JWKS changed").is_empty(),
                 "the same keys again are no change"

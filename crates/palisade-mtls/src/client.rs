@@ -344,23 +344,22 @@ fn has_spiffe_id(der: &[u8]) -> bool {
 
 /// Whether a workload certificate may serve the dialled name when no name
 /// is expected ([`ClientTlsBuilder::accept_any_name_in_bundle`]): for a
-/// Kubernetes service name (`NAME.NS.svc`, `NAME.NS.svc.cluster.local`),
-/// only a workload of namespace `NS` (SPIFFE ID `…/ns/NS/…`), since a
-/// service's pods run under service accounts of its own namespace; for
-/// any other name (an address, a short name), any workload of the mesh.
+/// Kubernetes service name (`NAME.NS.svc`, `NAME.NS.svc.DOMAIN` as
+/// `NAME.NS.svc.cluster.local`), only a workload of namespace `NS` (SPIFFE
+/// ID `…/ns/NS/…`), since a service's pods run under service accounts of
+/// its own namespace; for any other name (an address, a short name, a
+/// StatefulSet pod's `POD.NAME.NS.svc…`), any workload of the mesh. The
+/// name is the one dialled: the `sni` when a rule sets one.
 /// Istio pins the service's own service accounts, which only its registry
 /// knows; this is the part of that a name tells.
 fn serves_dialled_namespace(der: &[u8], server_name: &ServerName<'_>) -> bool {
     let ServerName::DnsName(name) = server_name else {
         return true;
     };
-    let mut labels = name.as_ref().split('.');
-    let (Some(_), Some(namespace), Some(svc)) = (labels.next(), labels.next(), labels.next()) else {
+    let name = name.as_ref().to_ascii_lowercase();
+    let Some(namespace) = crate::upstream::service_namespace(&name) else {
         return true;
     };
-    if !svc.eq_ignore_ascii_case("svc") {
-        return true;
-    }
     crate::identity::spiffe_id_of(der).is_some_and(|id| {
         let mut path = id.path().split('/').skip(1);
         path.next() == Some("ns") && path.next().is_some_and(|ns| ns.eq_ignore_ascii_case(namespace))

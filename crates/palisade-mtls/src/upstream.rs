@@ -168,7 +168,7 @@ impl Rule {
 }
 
 /// The namespace of a Kubernetes service's name (`NAME.NAMESPACE.svc…`).
-fn service_namespace(host: &str) -> Option<&str> {
+pub(crate) fn service_namespace(host: &str) -> Option<&str> {
     let mut labels = host.split('.');
     let (_, namespace) = (labels.next()?, labels.next()?);
     (labels.next() == Some("svc")).then_some(namespace)

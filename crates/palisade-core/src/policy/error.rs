@@ -12,7 +12,11 @@ use std::sync::Arc;
 /// When a value was refused by another part (a key file that does not
 /// parse, a builder that rejects a setting), that error is the
 /// [`source`](std::error::Error::source), for reporters that print chains.
-#[derive(Debug, Clone)]
+/// Its `Debug` shows the source as its message says it, not as its own
+/// `Debug` would (which may hold what a field gave, such as a secret
+/// pasted where its file's path goes): `fn main() -> Result<_, Box<dyn
+/// Error>>` prints an error's `Debug`.
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct PolicyError {
     /// The file (or the name given for an in-memory source).
@@ -33,6 +37,21 @@ pub struct PolicyError {
     /// The error behind the message, when another part refused the value.
     // A thin pointer: the error stays under clippy's `result_large_err` size.
     source: Option<Arc<Box<dyn std::error::Error + Send + Sync + 'static>>>,
+}
+
+impl std::fmt::Debug for PolicyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyError")
+            .field("file", &self.file)
+            .field("document", &self.document)
+            .field("resource", &self.resource)
+            .field("field", &self.field)
+            .field("line", &self.line)
+            .field("column", &self.column)
+            .field("message", &self.message)
+            .field("source", &self.source.as_ref().map(|e| e.to_string()))
+            .finish()
+    }
 }
 
 /// Equal when they say the same thing at the same place (the sources are

@@ -431,19 +431,6 @@ impl Document {
     }
 
     fn check_fields(&self) -> Result<(), FieldError> {
-        if let Some(ns) = &self.metadata.namespace
-            && !ns.is_empty()
-            && !crate::syntax::is_dns_label(ns)
-        {
-            // Kubernetes refuses it: no workload is in it, and a document
-            // for `Default` would apply to none of `default`'s.
-            return Err((
-                "metadata.namespace".into(),
-                format!(
-                    "`{ns}` is not a namespace name Kubernetes takes: lower-case letters, digits and `-`, at most 63, starting and ending with a letter or digit"
-                ),
-            ));
-        }
         self.check_selector()?;
         crate::authz::compile::check_dry_run_place(&self.metadata, &self.spec)?;
         match &self.spec {
@@ -585,6 +572,20 @@ impl Document {
             .targets()
             .filter_map(|(field, t)| target::not_a_workload(t).map(|m| (field, m)))
             .collect();
+        // Kubernetes refuses such a name: under it no workload is in it (a
+        // document for `Default` applies to none of `default`'s), though a
+        // workload named so in code, outside Kubernetes, may be.
+        if let Some(ns) = &self.metadata.namespace
+            && !ns.is_empty()
+            && !crate::syntax::is_dns_label(ns)
+        {
+            out.push((
+                "metadata.namespace".into(),
+                format!(
+                    "{ns:?} is not a namespace name Kubernetes takes (lower-case letters, digits and `-`, at most 63, starting and ending with a letter or digit): this document applies only to a workload whose namespace is written exactly so"
+                ),
+            ));
+        }
         match &self.spec {
             Spec::AuthorizationPolicy(p) => {
                 if crate::authz::compile::dry_run(&self.metadata) == Ok(true) {
@@ -2005,6 +2006,28 @@ fn never_matching(
     out
 }
 
+/// The methods of HTTP (RFC 9110), PATCH and WebDAV's: what a client sends
+/// in capitals, so a rule's `delete` is a slip for `DELETE`.
+const STANDARD_METHODS: [&str; 17] = [
+    "GET",
+    "HEAD",
+    "POST",
+    "PUT",
+    "DELETE",
+    "CONNECT",
+    "OPTIONS",
+    "TRACE",
+    "PATCH",
+    "PROPFIND",
+    "PROPPATCH",
+    "MKCOL",
+    "COPY",
+    "MOVE",
+    "LOCK",
+    "UNLOCK",
+    "SEARCH",
+];
+
 /// A rule's operation: its field path, its methods and its paths (each
 /// with its `not` list).
 type Operation<'a> = (String, [&'a Option<Vec<String>>; 2], [&'a Option<Vec<String>>; 2]);
@@ -2031,7 +2054,28 @@ fn never_matching_leaves_open<'a>(
         } else {
             ([methods, &None], [paths, &None])
         };
-        if let Some((field, message)) = never_matching(&at, methods, paths).into_iter().next() {
+        // A method only when it is a standard one in other letters
+        // (`delete`): an extension method may be written as its clients
+        // send it.
+        let standard = |list: &Option<Vec<String>>| {
+            list.as_ref().map(|l| {
+                l.iter()
+                    .map(|m| {
+                        let upper = m.to_ascii_uppercase();
+                        if STANDARD_METHODS.contains(&upper.as_str()) {
+                            m.clone()
+                        } else {
+                            upper
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            })
+        };
+        let methods = [standard(methods[0]), standard(methods[1])];
+        if let Some((field, message)) = never_matching(&at, [&methods[0], &methods[1]], paths)
+            .into_iter()
+            .next()
+        {
             return Err((field, format!("{message}; in an {kind} rule such a value {what}")));
         }
     }
