@@ -270,6 +270,9 @@ pub struct GuardBuilder {
     access_from_file: bool,
     /// The file's `ALLOW` policies for other workloads than this one.
     allow_elsewhere: Vec<String>,
+    /// The policy is [`allow_unauthenticated`](Self::allow_unauthenticated)'s,
+    /// which said so.
+    open_on_purpose: bool,
     explain: bool,
     trusted_origins: Vec<String>,
 }
@@ -360,6 +363,7 @@ impl GuardBuilder {
         self.access = Some(policy);
         self.access_from_file = false;
         self.allow_elsewhere = Vec::new();
+        self.open_on_purpose = false;
         self
     }
 
@@ -370,7 +374,9 @@ impl GuardBuilder {
     /// after it replaces it.
     pub fn allow_unauthenticated(self) -> Self {
         crate::config_warning!(target: LOG_TARGET, "requests without credentials are allowed (allow_unauthenticated)");
-        self.access_policy(AccessPolicy::allow_all())
+        let mut open = self.access_policy(AccessPolicy::allow_all());
+        open.open_on_purpose = true;
+        open
     }
 
     /// Debug switch: every response says which policy and rule decided in
@@ -446,6 +452,16 @@ impl GuardBuilder {
                 ),
             };
             crate::config_warning!(target: LOG_TARGET, "requests without credentials are allowed: no AuthorizationPolicy ALLOW (or RBAC) of the policy file applies to this workload, so nothing requires a credential (as with Istio's RequestAuthentication alone); to require a user, add an AuthorizationPolicy with `from: [{{source: {{requestPrincipals: [\"*\"]}}}}]`{elsewhere}");
+        } else if !self.access_from_file
+            && !self.open_on_purpose
+            && !self.authenticators.is_empty()
+            && access.requires_nothing()
+        {
+            // A policy built in code of DENY (or AUDIT) rules only: every
+            // other request is allowed, as in Istio, which a Spring
+            // Security user (whose `authorizeHttpRequests` ends in
+            // `authenticated()`) would not expect.
+            crate::config_warning!(target: LOG_TARGET, "requests without credentials are allowed: the access policy given in code has no ALLOW rule, so whatever no DENY refuses is allowed with or without a credential (as in Istio); to require a user, add `.allow(\"users\", [Rule::new().request_principals([\"*\"])])`, or call `allow_unauthenticated()` to say the service is open");
         }
         let mut challenges: Vec<String> = self.authenticators.iter().filter_map(|a| a.challenge()).collect();
         if challenges.is_empty() {
@@ -2073,6 +2089,45 @@ mod tests {
             Check::Ready(d) => d,
             Check::Pending(_) => panic!("expected a ready decision"),
         }
+    }
+
+    /// An access policy built in code with no ALLOW rule (DENY rules only,
+    /// or none) leaves every other request open, as in Istio, which a
+    /// Spring Security user would not expect: said at start-up, unless
+    /// `allow_unauthenticated` said so, and not for a policy that allows.
+    #[test]
+    fn a_policy_in_code_without_an_allow_rule_is_said_to_leave_the_service_open() {
+        let said = "the access policy given in code has no ALLOW rule";
+        let with = |build: fn(GuardBuilder) -> GuardBuilder| {
+            let (lines, subscriber) = palisade_testkit::logs::Lines::subscriber("warn");
+            tracing::subscriber::with_default(subscriber, || {
+                build(Guard::builder().authenticator(Alive(Arc::new(()))))
+                    .build()
+                    .unwrap();
+            });
+            lines.containing(said).len()
+        };
+        assert_eq!(
+            with(|b| b.access_policy(
+                AccessPolicy::builder()
+                    .deny("no-delete", [crate::authz::Rule::new().methods(["DELETE"])])
+                    .build()
+                    .unwrap()
+            )),
+            1
+        );
+        assert_eq!(with(|b| b.access_policy(AccessPolicy::allow_all())), 1);
+        assert_eq!(with(GuardBuilder::allow_unauthenticated), 0);
+        assert_eq!(with(|b| b), 0, "the default requires a user");
+        assert_eq!(
+            with(|b| b.access_policy(
+                AccessPolicy::builder()
+                    .allow("users", [crate::authz::Rule::new().request_principals(["*"])])
+                    .build()
+                    .unwrap()
+            )),
+            0
+        );
     }
 
     /// An authenticator that says when it is dropped: its `Arc<()>` goes

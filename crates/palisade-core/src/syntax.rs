@@ -35,6 +35,52 @@ pub fn issuer_pattern(issuer: &str) -> Result<bool, &'static str> {
     }
 }
 
+/// Why [`TENANT`] cannot stand where `url` has it, for a URL a tenant's
+/// keys are fetched from (an issuer pattern's discovery, a `jwksUri`):
+/// in the host it must begin it, before a fixed domain of two labels at
+/// least (`https://{tenant}.idp.example/`), so that a token naming a
+/// tenant cannot choose the server asked (`https://{tenant}/`,
+/// `https://login.{tenant}/`); a path segment or the port is fine (the
+/// host is fixed). `None` when the place is fine or there is none.
+///
+/// ```
+/// use palisade_core::syntax::tenant_misplaced;
+/// assert_eq!(tenant_misplaced("https://login.example/{tenant}/v2.0"), None);
+/// assert_eq!(tenant_misplaced("https://{tenant}.us.auth0.example/"), None);
+/// assert_eq!(tenant_misplaced("http://127.0.0.1:{tenant}/realms/shop"), None);
+/// assert!(tenant_misplaced("https://{tenant}/").is_some());
+/// assert!(tenant_misplaced("https://login.{tenant}/").is_some());
+/// assert!(tenant_misplaced("https://{tenant}.com/").is_some());
+/// ```
+#[must_use]
+pub fn tenant_misplaced(url: &str) -> Option<&'static str> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if !authority.contains(TENANT) {
+        return None;
+    }
+    let host_and_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match host_and_port.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(']') || port.contains(TENANT) => host,
+        _ => host_and_port,
+    };
+    if authority
+        .split_once('@')
+        .is_some_and(|(user, _)| user.contains(TENANT))
+    {
+        return Some("`{tenant}` in the URL's user information");
+    }
+    if !host.contains(TENANT) {
+        return None;
+    }
+    match host.strip_prefix(TENANT) {
+        Some(domain) if domain.matches('.').count() >= 2 => None,
+        _ => Some(
+            "`{tenant}` may begin the host, before a fixed domain of two labels at least (`https://{tenant}.idp.example/`), or fill a path segment: elsewhere in the host a token naming a tenant would choose the server its keys are fetched from",
+        ),
+    }
+}
+
 /// Whether `tenant` may stand for [`TENANT`] in an issuer pattern: 1 to
 /// 128 letters, digits, `.`, `-` and `_` (a GUID, a domain name), not
 /// starting with `.`, so that it stays one path segment or host label.

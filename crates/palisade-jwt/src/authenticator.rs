@@ -830,6 +830,58 @@ impl JwtAuthenticatorBuilder {
 }
 
 impl JwtAuthenticator {
+    /// On a reload that changes something else (a tenant added to the
+    /// list, another issuer), each issuer pattern of `self` whose keys come
+    /// from where `previous`'s came from takes the tenants `previous` met
+    /// that its own list still allows, with their keys, and the names
+    /// proven: else every tenant's keys would be fetched again after the
+    /// swap, the start rate refusing the tokens of those beyond it. Only
+    /// into a pattern that has met no tenant yet (a new authenticator).
+    fn adopt_tenants(&self, previous: &JwtAuthenticator) {
+        for p in &self.0.providers {
+            let (Some(stores), Some(tenants)) = (&p.tenants, &p.cfg.tenants) else {
+                continue;
+            };
+            let Some(q) = previous.0.providers.iter().find(|q| {
+                q.tenants.is_some()
+                    && q.cfg.issuer == p.cfg.issuer
+                    && q.cfg.jwks == p.cfg.jwks
+                    && q.cfg.fetch == p.cfg.fetch
+            }) else {
+                continue;
+            };
+            let Some(old) = &q.tenants else {
+                continue;
+            };
+            let old = old.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut new = stores.lock().unwrap_or_else(PoisonError::into_inner);
+            if !new.live.is_empty() {
+                continue;
+            }
+            // The most recently used last, as kept; the newest first when
+            // fewer fit.
+            let kept: Vec<&String> = old
+                .order
+                .iter()
+                .rev()
+                .filter(|n| tenants.may_allow(n))
+                .take(p.cfg.max_tenants)
+                .collect();
+            for name in kept.into_iter().rev() {
+                if let Some(t) = old.live.get(name) {
+                    new.order.push_back(name.clone());
+                    new.live.insert(name.clone(), Arc::clone(t));
+                }
+            }
+            new.proven = old
+                .proven
+                .iter()
+                .filter(|n| tenants.may_allow(n))
+                .cloned()
+                .collect();
+        }
+    }
+
     /// Whether `self` and `other` accept the same tokens as the same
     /// identities: then `other`'s verified tokens are valid for `self`.
     fn same_config(&self, other: &JwtAuthenticator) -> bool {
@@ -1541,9 +1593,15 @@ impl JwtAuthenticator {
             // names they give and however fast (each newcomer then takes
             // the place of the last unproven one), and a new tenant has the
             // time its first token needs unless such tokens keep coming.
-            let live = &stores.live;
+            let (live, verified_before) = (&stores.live, &stores.proven);
             let grace = cfg.fetch.timeout.saturating_mul(2);
-            let proven = |n: &String| live.get(n).is_some_and(|t| t.verified.load(Ordering::Relaxed));
+            // A tenant whose tokens verified before counts as proven, its
+            // store made again or not: else forged tokens naming new
+            // tenants would push out, again and again, a busy tenant just
+            // made again (unproven, and older than they are).
+            let proven = |n: &String| {
+                verified_before.contains(n) || live.get(n).is_some_and(|t| t.verified.load(Ordering::Relaxed))
+            };
             let unproven = stores
                 .order
                 .iter()
@@ -2455,8 +2513,11 @@ impl Authenticator for JwtAuthenticator {
     /// the process that trusts an issuer the same way shares its keys.)
     fn take_over(&self, previous: &dyn Authenticator) -> Option<Arc<dyn Authenticator>> {
         let previous = (previous as &dyn std::any::Any).downcast_ref::<JwtAuthenticator>()?;
-        self.same_config(previous)
-            .then(|| Arc::new(previous.clone()) as Arc<dyn Authenticator>)
+        if self.same_config(previous) {
+            return Some(Arc::new(previous.clone()));
+        }
+        self.adopt_tenants(previous);
+        None
     }
 
     /// The issuers whose keys are fetched and have not loaded yet (or were
@@ -3106,6 +3167,83 @@ mod tests {
         assert!(known.is_ok_and(|(_, t)| t.store.is_some()));
         let live = jwt.tenant("http://127.0.0.1:9/realms/live");
         assert!(live.is_ok_and(|(_, t)| t.store.is_some()));
+    }
+
+    /// A reload that adds a tenant to the list keeps the tenants met
+    /// before that the list still allows, with their key stores, and the
+    /// names proven; one the list no longer names is left behind.
+    #[test]
+    fn a_reload_keeps_the_tenants_met_before_that_are_still_allowed() {
+        let listing = |names: &[&str]| {
+            JwtAuthenticator::builder()
+                .provider(
+                    Provider::builder("http://127.0.0.1:9/realms/{tenant}")
+                        .audience("api")
+                        .jwks_uri("http://127.0.0.1:9/realms/{tenant}/certs")
+                        .tenants(names.iter().copied())
+                        .build()
+                        .unwrap(),
+                )
+                .build()
+                .unwrap()
+        };
+        let old = listing(&["a", "b"]);
+        let (_, a) = old.tenant("http://127.0.0.1:9/realms/a").unwrap();
+        old.tenant("http://127.0.0.1:9/realms/b").unwrap();
+        old.0.providers[0]
+            .tenants
+            .as_ref()
+            .unwrap()
+            .lock()
+            .unwrap()
+            .proven
+            .extend(["a".to_owned(), "b".to_owned()]);
+        let new = listing(&["a", "c"]);
+        assert!(new.take_over(&old).is_none(), "another list: a new authenticator");
+        let stores = new.0.providers[0].tenants.as_ref().unwrap().lock().unwrap();
+        assert_eq!(stores.live.keys().collect::<Vec<_>>(), ["a"]);
+        assert!(Arc::ptr_eq(&stores.live["a"], &a), "with its key store");
+        assert_eq!(stores.proven, ["a".to_owned()].into());
+        drop(stores);
+        let (_, again) = new.tenant("http://127.0.0.1:9/realms/a").unwrap();
+        assert!(Arc::ptr_eq(&again, &a));
+    }
+
+    /// A tenant whose tokens verified before is not the one pushed out by
+    /// a newcomer, even when its store was made again since (unproven as a
+    /// store, and older than the newcomers).
+    #[test]
+    fn a_tenant_proven_before_is_not_pushed_out_by_newcomers() {
+        let jwt = JwtAuthenticator::builder()
+            .provider(
+                Provider::builder("http://127.0.0.1:9/realms/{tenant}")
+                    .audience("api")
+                    .jwks_uri("http://127.0.0.1:9/realms/{tenant}/certs")
+                    .tenant_resolver(|_| true)
+                    .max_tenants(2)
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        let tenant = |name: &str| jwt.tenant(&format!("http://127.0.0.1:9/realms/{name}")).unwrap();
+        let stores = jwt.0.providers[0].tenants.as_ref().unwrap();
+        stores.lock().unwrap().proven.insert("busy".into());
+        tenant("busy");
+        tenant("forged1");
+        tenant("forged2");
+        let live = stores
+            .lock()
+            .unwrap()
+            .live
+            .keys()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>();
+        assert_eq!(
+            live,
+            ["busy".to_owned(), "forged2".to_owned()].into(),
+            "the newcomer took an unproven tenant's place"
+        );
     }
 
     /// Tokens naming a new tenant each, allowed by the rule but refused

@@ -740,6 +740,36 @@ impl ProviderBuilder {
         }
         crate::jwks::check_ca_bundle(f)
             .map_err(|e| ConfigError::InvalidCa(url_without_credentials(&self.issuer), e))?;
+        // Entra's documents write its tenant `{tenantid}`: a fixed issuer
+        // so spelt would never match a token.
+        if !self.issuer.contains(palisade_core::syntax::TENANT)
+            && let Some(open) = self.issuer.find('{')
+        {
+            let placeholder = self.issuer[open..].split('}').next().unwrap_or_default();
+            return Err(ConfigError::OutOfRange(format!(
+                "issuer `{}`: `{placeholder}}}` is no placeholder here: an issuer pattern writes the tenant `{{tenant}}`",
+                url_without_credentials(&self.issuer)
+            )));
+        }
+        // Where a tenant's keys are fetched from, its name cannot choose
+        // the server.
+        let fetched_from = [
+            discovered.then_some(self.issuer.as_str()),
+            match &self.jwks {
+                JwksSource::Uri(u) => Some(u.as_str()),
+                _ => None,
+            },
+        ];
+        if let Some((url, why)) = fetched_from
+            .into_iter()
+            .flatten()
+            .find_map(|u| palisade_core::syntax::tenant_misplaced(u).map(|why| (u, why)))
+        {
+            return Err(ConfigError::OutOfRange(format!(
+                "`{}`: {why}",
+                url_without_credentials(url)
+            )));
+        }
         // A pattern exactly when there are tenants, and no broken pattern.
         let pattern = self.tenants.is_some();
         if palisade_core::syntax::issuer_pattern(&self.issuer) != Ok(pattern) {
@@ -867,6 +897,50 @@ mod tests {
         );
     }
 
+    /// A tenant's name cannot choose the server its keys are fetched from
+    /// (`{tenant}` as the host, or inside it after a fixed label), and a
+    /// placeholder of another spelling (Entra's `{tenantid}`) is refused
+    /// rather than compared as text.
+    #[test]
+    fn a_tenants_place_is_where_it_cannot_choose_the_server() {
+        let build = |issuer: &str, jwks: Option<&str>| {
+            let b = Provider::builder(issuer)
+                .audience("api")
+                .tenant_resolver(|_| true);
+            match jwks {
+                Some(u) => b.jwks_uri(u),
+                None => b,
+            }
+            .build()
+        };
+        for (issuer, jwks) in [
+            ("https://{tenant}/", None),
+            ("https://login.{tenant}/v2.0", None),
+            ("https://{tenant}.com/", None),
+            ("https://idp.example/{tenant}", Some("https://{tenant}/keys")),
+        ] {
+            let err = build(issuer, jwks).unwrap_err().to_string();
+            assert!(err.contains("may begin the host"), "{issuer} {jwks:?}: {err}");
+        }
+        for (issuer, jwks) in [
+            ("https://login.example/{tenant}/v2.0", None),
+            ("https://{tenant}.us.auth0.example/", None),
+            // Compared, never fetched: any place.
+            ("https://{tenant}/", Some("https://idp.example/keys")),
+        ] {
+            build(issuer, jwks).unwrap_or_else(|e| panic!("{issuer}: {e}"));
+        }
+        let err = Provider::builder("https://login.microsoftonline.com/{tenantid}/v2.0")
+            .audience("api")
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`{tenantid}` is no placeholder") && err.contains("`{tenant}`"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn an_issuer_pattern_has_one_tenant_and_tenants_exactly_when_a_pattern() {
         let build = |issuer: &str, tenants: Option<&[&str]>| {
@@ -881,7 +955,7 @@ mod tests {
         assert!(build(one, Some(&["t1"])).is_ok());
         assert!(build("https://login.example/t1/v2.0", None).is_ok());
         for (issuer, tenants) in [
-            ("https://{tenant}.example/{tenant}/v2.0", Some(&["t1"][..])),
+            ("https://{tenant}.idp.example/{tenant}/v2.0", Some(&["t1"][..])),
             (one, None),
             ("https://login.example/t1/v2.0", Some(&["t1"][..])),
         ] {

@@ -21,6 +21,9 @@ use crate::policy::{
     OperationSpec, PolicyError, PolicySet, RuleSpec, SourceSpec, Spec, ToSpec, Workload,
 };
 
+/// The condition key of Keycloak's realm roles.
+const REALM_ROLES: &str = "request.auth.claims[realm_access][roles]";
+
 fn strings<I, S>(values: I) -> Option<Vec<String>>
 where
     I: IntoIterator<Item = S>,
@@ -135,6 +138,67 @@ impl Rule {
             ..ConditionSpec::default()
         });
         self
+    }
+
+    /// A condition: the caller has one of `roles` among its Keycloak realm
+    /// roles (`realm_access.roles`; Spring's `hasAnyRole`, without its
+    /// `ROLE_` prefix). The same as
+    /// `when("request.auth.claims[realm_access][roles]", roles)`.
+    ///
+    /// ```
+    /// use palisade_core::authz::{AccessPolicy, Rule};
+    /// // Admins only under /admin; any user elsewhere. Rules are not
+    /// // ordered: a DENY keeps the others out (an ALLOW for users would
+    /// // let them in, whatever comes before it).
+    /// let policy = AccessPolicy::builder()
+    ///     .deny("admins-only", [Rule::new().paths(["/admin", "/admin/*"]).not_realm_roles(["admin"])])
+    ///     .allow("users", [Rule::new().request_principals(["*"])])
+    ///     .build()?;
+    /// # Ok::<(), palisade_core::policy::PolicyError>(())
+    /// ```
+    pub fn realm_roles<I, S>(self, roles: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.when(REALM_ROLES, roles)
+    }
+
+    /// A condition: the caller has none of `roles` among its realm roles
+    /// (a caller without a token has none).
+    pub fn not_realm_roles<I, S>(self, roles: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.when_not(REALM_ROLES, roles)
+    }
+
+    /// A condition: the caller has one of `roles` among the client roles
+    /// of `client` (`resource_access.CLIENT.roles`). The same as
+    /// `when("request.auth.claims[resource_access][CLIENT][roles]", roles)`.
+    pub fn client_roles<I, S>(self, client: &str, roles: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.when(
+            &format!("request.auth.claims[resource_access][{client}][roles]"),
+            roles,
+        )
+    }
+
+    /// A condition: the caller has none of `roles` among the client roles
+    /// of `client`.
+    pub fn not_client_roles<I, S>(self, client: &str, roles: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.when_not(
+            &format!("request.auth.claims[resource_access][{client}][roles]"),
+            roles,
+        )
     }
 
     fn into_rule(self) -> RuleSpec {

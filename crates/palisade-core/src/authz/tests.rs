@@ -1975,3 +1975,41 @@ fn policies_built_in_code_are_checked_as_a_files() {
         .build()
         .unwrap();
 }
+
+/// The builder's role conditions read Keycloak's realm and client roles:
+/// admins only under `/admin`, any user elsewhere, a client role for
+/// `/reports`; a caller without a token has no role.
+#[test]
+fn the_builders_role_conditions_read_realm_and_client_roles() {
+    let policy = AccessPolicy::builder()
+        .deny(
+            "admins-only",
+            [Rule::new()
+                .paths(["/admin", "/admin/*"])
+                .not_realm_roles(["admin"])],
+        )
+        .deny(
+            "reporters-only",
+            [Rule::new()
+                .paths(["/reports"])
+                .not_client_roles("shop", ["reporter"])],
+        )
+        .allow("users", [Rule::new().request_principals(["*"])])
+        .allow("admins-anywhere", [Rule::new().realm_roles(["admin"])])
+        .allow("reporters", [Rule::new().client_roles("shop", ["reporter"])])
+        .build()
+        .unwrap();
+    let admin = user("a", serde_json::json!({"realm_access": {"roles": ["admin"]}}));
+    let reporter = user(
+        "r",
+        serde_json::json!({"resource_access": {"shop": {"roles": ["reporter"]}}}),
+    );
+    let plain = user("u", serde_json::json!({"realm_access": {"roles": ["user"]}}));
+    let allowed =
+        |path: &str, who: Option<&Identity>| policy.evaluate(&OwnedRequest::get(path), who).is_allowed();
+    assert!(allowed("/admin", Some(&admin)) && allowed("/admin/x", Some(&admin)));
+    assert!(!allowed("/admin", Some(&plain)) && !allowed("/admin/x", Some(&reporter)));
+    assert!(!allowed("/admin", None));
+    assert!(allowed("/reports", Some(&reporter)) && !allowed("/reports", Some(&admin)));
+    assert!(allowed("/list", Some(&plain)) && !allowed("/list", None));
+}

@@ -309,7 +309,7 @@ impl KeycloakAdapterConfig {
             (
                 "use-resource-role-mappings",
                 self.use_resource_role_mappings == Some(true),
-                "not applied: role checks name realm or client roles explicitly (`client:RESOURCE:ROLE`)",
+                "not applied: role checks name realm or client roles explicitly (in code `realm_role(ROLE)` or `client_role(RESOURCE, ROLE)`; in a policy `request.auth.claims[resource_access][RESOURCE][roles]`)",
             ),
             (
                 "confidential-port",
