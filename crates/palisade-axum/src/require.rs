@@ -10,6 +10,12 @@
 //!     .route_layer(require(realm_role("admin").or(client_role("reviews", "editor"))));
 //! ```
 //!
+//! axum's `route_layer` wraps the routes added before it only: a route
+//! added after it is not required to meet anything more than the
+//! [`PalisadeLayer`](crate::PalisadeLayer)'s policy. Add it after the
+//! routes it is for (or give a route its own `.layer(require(..))` in a
+//! `Router` of its own, merged in).
+//!
 //! The decision is `palisade_core::adapter::authorize_route`, the same function the
 //! actix-web adapter calls: 401 with the challenges when the request has no
 //! identity, 403 when it has one that falls short.
