@@ -69,6 +69,12 @@ struct TenantStores {
     asking: std::collections::HashSet<String>,
     /// What is left of the rate at which tenants' key stores start.
     starts: StartBudget,
+    /// What is left of the rate at which a resolver is asked about names
+    /// it never answered ([`RESOLVER_ASKS_PER_SECOND`]); none asked yet is
+    /// the whole burst.
+    asks: Option<StartBudget>,
+    /// Names refused for that rate: said once a minute.
+    asks_throttled: palisade_core::logging::Sparse,
     /// Tenants a token has verified for lately (at most
     /// [`PROVEN_TENANTS`]): their stores start whatever the rate says, so
     /// that forged tokens naming new tenants, which use it up, keep no
@@ -88,6 +94,17 @@ struct TenantStores {
 /// have the service send the issuer two requests per token (and log a
 /// warning per tenant when it does not answer).
 const TENANT_STARTS_PER_SECOND: f64 = 10.0;
+/// How many names a tenant resolver that never answered about them is
+/// asked about per second, on average, per issuer pattern, and how many
+/// at once: it is asked on the request's thread, before the token's
+/// signature can be checked, so tokens naming a new name each would
+/// otherwise call it once per request. Names it answered are asked again
+/// once a minute whatever the rate; a name beyond it is refused (401, its
+/// keys cannot be had) and not remembered, so it is asked when the rate
+/// allows.
+const RESOLVER_ASKS_PER_SECOND: f64 = 50.0;
+const RESOLVER_ASKS_AT_ONCE: f64 = 100.0;
+
 /// The most tenant names kept as proven ([`TenantStores::proven`]):
 /// forgotten all at once when full.
 const PROVEN_TENANTS: usize = 4096;
@@ -111,8 +128,14 @@ impl Default for StartBudget {
 impl StartBudget {
     /// Takes one start, if there is one left at `now`.
     fn take(&mut self, now: std::time::Instant) -> bool {
-        let refill = now.saturating_duration_since(self.at).as_secs_f64() * TENANT_STARTS_PER_SECOND;
-        self.left = (self.left + refill).min(TENANT_STARTS_AT_ONCE);
+        self.take_at_rate(now, TENANT_STARTS_PER_SECOND, TENANT_STARTS_AT_ONCE)
+    }
+
+    /// Takes one, if there is one left at `now`, of a budget of
+    /// `per_second` on average and `at_once` at most.
+    fn take_at_rate(&mut self, now: std::time::Instant, per_second: f64, at_once: f64) -> bool {
+        let refill = now.saturating_duration_since(self.at).as_secs_f64() * per_second;
+        self.left = (self.left + refill).min(at_once);
         self.at = now;
         if self.left >= 1.0 {
             self.left -= 1.0;
@@ -237,6 +260,21 @@ fn rule_answer(stores: &Mutex<TenantStores>, tenants: &Tenants, name: &str) -> O
         let mut s = stores.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(kept) = s.kept(name) {
             return kept;
+        }
+        // A name the resolver never answered about: asked at a bounded
+        // rate (a list costs nothing to ask).
+        if matches!(tenants, Tenants::Resolver(_)) && s.last(name).is_none() {
+            let now = std::time::Instant::now();
+            let asks = s.asks.get_or_insert(StartBudget {
+                left: RESOLVER_ASKS_AT_ONCE,
+                at: now,
+            });
+            if !asks.take_at_rate(now, RESOLVER_ASKS_PER_SECOND, RESOLVER_ASKS_AT_ONCE) {
+                if s.asks_throttled.due() {
+                    tracing::warn!(target: LOG, per_second = RESOLVER_ASKS_PER_SECOND, "tokens name tenants the resolver has not answered about faster than it may be asked: theirs are refused until the rate allows (said once a minute)");
+                }
+                return None;
+            }
         }
         if s.asking.contains(name) {
             // Another request asks: its last answer stands meanwhile, a
@@ -3169,6 +3207,48 @@ mod tests {
         assert!(live.is_ok_and(|(_, t)| t.store.is_some()));
     }
 
+    /// Tokens naming a new name each, under a resolver, ask it at a bounded
+    /// rate: a burst of a hundred, then fifty a second; a name it answered
+    /// before is asked again (after a minute) whatever the rate, and a
+    /// listed tenant's rule (a list) is not bounded.
+    #[test]
+    fn a_resolver_is_asked_about_new_names_at_a_bounded_rate() {
+        use std::sync::atomic::AtomicUsize;
+        let asked = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&asked);
+        let jwt = JwtAuthenticator::builder()
+            .provider(
+                Provider::builder("http://127.0.0.1:9/realms/{tenant}")
+                    .audience("api")
+                    .jwks_uri("http://127.0.0.1:9/realms/{tenant}/certs")
+                    .tenant_resolver(move |n| {
+                        counted.fetch_add(1, Ordering::Relaxed);
+                        n.starts_with("ok")
+                    })
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        let state = &jwt.0.providers[0];
+        let (tenants, stores) = (
+            state.cfg.tenants.as_ref().unwrap(),
+            state.tenants.as_ref().unwrap(),
+        );
+        assert!(rule_answer(stores, tenants, "ok-known").is_some());
+        let flood = (0..1000)
+            .filter(|i| rule_answer(stores, tenants, &format!("forged{i}")).is_none())
+            .count();
+        assert_eq!(flood, 1000);
+        let calls = asked.load(Ordering::Relaxed);
+        assert!((100..=110).contains(&calls), "asked {calls} times");
+        // Known: answered from what was kept, not refused for the rate.
+        assert!(rule_answer(stores, tenants, "ok-known").is_some());
+        // A new name beyond the rate is refused and not remembered.
+        assert!(rule_answer(stores, tenants, "ok-new").is_none());
+        assert!(stores.lock().unwrap().last("ok-new").is_none());
+    }
+
     /// A reload that adds a tenant to the list keeps the tenants met
     /// before that the list still allows, with their key stores, and the
     /// names proven; one the list no longer names is left behind.
@@ -3259,6 +3339,8 @@ mod tests {
             at: std::time::Instant::now(),
         };
         for i in 0..3 * REFUSED_TENANTS {
+            // The resolver's own rate aside (a_resolver_is_asked_about_new_names_at_a_bounded_rate).
+            stores.lock().unwrap().asks = None;
             assert!(matches!(
                 jwt.tenant(&format!("http://127.0.0.1:9/realms/forged{i}")),
                 Err(JwtError::KeysUnavailable)

@@ -41,7 +41,11 @@ pub enum Tenants {
     /// checked, and the answer kept for a minute (a refused name among the
     /// last 1,024 refused): a tenant it stops allowing is refused, its
     /// tokens already verified included, and its keys dropped, within a
-    /// minute; one it starts allowing is accepted within a minute.
+    /// minute; one it starts allowing is accepted within a minute. Names
+    /// it never answered about are asked about at most fifty a second per
+    /// pattern (a hundred at once): beyond that, their tokens are refused
+    /// without asking, so tokens naming a new name each cannot call it
+    /// once per request.
     Resolver(Arc<dyn Fn(&str) -> bool + Send + Sync>),
 }
 
