@@ -471,11 +471,18 @@ async fn ready_waits_for_keys(example: &str) {
     assert_eq!(body, format!("waiting for the keys of {nowhere}"));
     let (_svc, admin) = with(&down, false);
     assert_eq!(ready(&admin).await, (200, "ready".to_owned()));
-    let (_svc, admin) = with(&up, true);
+    let (svc, admin) = with(&up, true);
     wait_until("ready once the keys are in", async || {
         ready(&admin).await.0 == 200
     })
     .await;
+    // Ready from then on: a reload to an issuer that does not answer
+    // keeps it ready (every replica reads the same file).
+    let before = reloads(&metrics(&admin).await);
+    std::fs::write(&up, file(&nowhere)).unwrap();
+    sighup(&svc);
+    wait_until("the reload", async || reloads(&metrics(&admin).await) > before).await;
+    assert_eq!(ready(&admin).await, (200, "ready".to_owned()));
     drop(silent);
 }
 

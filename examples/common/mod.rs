@@ -697,6 +697,10 @@ pub fn start_operations(args: &Args, setup: &Setup) {
     }
 }
 
+/// `GET /ready` has answered 200 (`--ready-waits-for-keys`): it does from
+/// then on.
+static READY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// The `--admin` listener, on a thread and runtime of its own so a busy
 /// service never starves it: `GET /metrics` (Prometheus text) and
 /// `GET /ready`, which with `keys` (`--ready-waits-for-keys`) answers 503
@@ -738,7 +742,18 @@ fn admin(
             .route(
                 "/ready",
                 get(move || {
-                    let waiting = keys.as_ref().map(Guard::waiting_for).unwrap_or_default();
+                    // Once ready, ready until the process ends: a reload
+                    // that adds an issuer (every replica reads the same
+                    // file) does not take them all out of service at once.
+                    let waiting = match &keys {
+                        Some(guard) if !READY.load(std::sync::atomic::Ordering::Relaxed) => {
+                            guard.waiting_for()
+                        }
+                        _ => Vec::new(),
+                    };
+                    if waiting.is_empty() {
+                        READY.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
                     async move {
                         if waiting.is_empty() {
                             (axum::http::StatusCode::OK, "ready".to_owned())

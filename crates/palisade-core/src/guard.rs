@@ -453,6 +453,7 @@ impl GuardBuilder {
             };
             crate::config_warning!(target: LOG_TARGET, "requests without credentials are allowed: no AuthorizationPolicy ALLOW (or RBAC) of the policy file applies to this workload, so nothing requires a credential (as with Istio's RequestAuthentication alone); to require a user, add an AuthorizationPolicy with `from: [{{source: {{requestPrincipals: [\"*\"]}}}}]`{elsewhere}");
         } else if !self.access_from_file
+            && access.in_code()
             && !self.open_on_purpose
             && !self.authenticators.is_empty()
             && access.requires_nothing()
@@ -2125,6 +2126,24 @@ mod tests {
         );
         assert_eq!(with(|b| b.access_policy(AccessPolicy::allow_all())), 1);
         assert_eq!(with(GuardBuilder::allow_unauthenticated), 0);
+        // Compiled from a file (as `palisade check` and the facade's
+        // checks hand it over): said in the file's terms, if at all.
+        assert_eq!(
+            with(|b| {
+                let set = crate::policy::PolicySet::from_yaml_str(
+                    "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-delete}\nspec: {action: DENY, rules: [{to: [{operation: {methods: [DELETE]}}]}]}\n",
+                    "deny.yaml",
+                )
+                .unwrap();
+                b.access_policy(
+                    AccessPolicy::compile(
+                        &set.for_workload(&crate::policy::Workload::new("details", "default")),
+                    )
+                    .unwrap(),
+                )
+            }),
+            0
+        );
         assert_eq!(with(|b| b), 0, "the default requires a user");
         assert_eq!(
             with(|b| b.access_policy(

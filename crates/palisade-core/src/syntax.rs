@@ -51,6 +51,10 @@ pub fn issuer_pattern(issuer: &str) -> Result<bool, &'static str> {
 /// assert!(tenant_misplaced("https://{tenant}/").is_some());
 /// assert!(tenant_misplaced("https://login.{tenant}/").is_some());
 /// assert!(tenant_misplaced("https://{tenant}.com/").is_some());
+/// assert!(tenant_misplaced("https://{tenant}.com./").is_some());
+/// assert!(tenant_misplaced("http://[::ffff:{tenant}]/").is_some());
+/// assert_eq!(tenant_misplaced("http://[::1]:{tenant}/realms/shop"), None);
+/// assert_eq!(tenant_misplaced("https://{tenant}-idp.example.com:8443/"), None);
 /// ```
 #[must_use]
 pub fn tenant_misplaced(url: &str) -> Option<&'static str> {
@@ -60,9 +64,12 @@ pub fn tenant_misplaced(url: &str) -> Option<&'static str> {
         return None;
     }
     let host_and_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let host = match host_and_port.rsplit_once(':') {
-        Some((host, port)) if !host.ends_with(']') || port.contains(TENANT) => host,
-        _ => host_and_port,
+    let host = match host_and_port.find(']') {
+        // An IPv6 literal: the host is the brackets and what they hold.
+        Some(end) if host_and_port.starts_with('[') => &host_and_port[..=end],
+        _ => host_and_port
+            .rsplit_once(':')
+            .map_or(host_and_port, |(host, _)| host),
     };
     if authority
         .split_once('@')
@@ -73,8 +80,15 @@ pub fn tenant_misplaced(url: &str) -> Option<&'static str> {
     if !host.contains(TENANT) {
         return None;
     }
+    // The fixed domain after the tenant's own label: two labels at least
+    // (`{tenant}.com.` is any `.com` host).
+    let fixed_labels = |domain: &str| {
+        domain
+            .split_once('.')
+            .map_or(0, |(_, fixed)| fixed.split('.').filter(|l| !l.is_empty()).count())
+    };
     match host.strip_prefix(TENANT) {
-        Some(domain) if domain.matches('.').count() >= 2 => None,
+        Some(domain) if fixed_labels(domain) >= 2 => None,
         _ => Some(
             "`{tenant}` may begin the host, before a fixed domain of two labels at least (`https://{tenant}.idp.example/`), or fill a path segment: elsewhere in the host a token naming a tenant would choose the server its keys are fetched from",
         ),

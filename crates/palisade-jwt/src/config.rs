@@ -746,13 +746,13 @@ impl ProviderBuilder {
             .map_err(|e| ConfigError::InvalidCa(url_without_credentials(&self.issuer), e))?;
         // Entra's documents write its tenant `{tenantid}`: a fixed issuer
         // so spelt would never match a token.
+        let shown = url_without_credentials(&self.issuer);
         if !self.issuer.contains(palisade_core::syntax::TENANT)
-            && let Some(open) = self.issuer.find('{')
+            && let Some(open) = shown.find('{')
         {
-            let placeholder = self.issuer[open..].split('}').next().unwrap_or_default();
+            let placeholder = shown[open..].split('}').next().unwrap_or_default();
             return Err(ConfigError::OutOfRange(format!(
-                "issuer `{}`: `{placeholder}}}` is no placeholder here: an issuer pattern writes the tenant `{{tenant}}`",
-                url_without_credentials(&self.issuer)
+                "issuer `{shown}`: `{placeholder}}}` is no placeholder here: an issuer pattern writes the tenant `{{tenant}}`"
             )));
         }
         // Where a tenant's keys are fetched from, its name cannot choose

@@ -2461,6 +2461,17 @@ impl Authenticator for SignIn {
         ))
     }
 
+    /// The issuer's discovery document not loaded yet (a browser would
+    /// get the 401 in place of the redirect to sign in), and the keys of
+    /// its ID tokens ([`JwtAuthenticator`]'s).
+    fn waiting_for(&self) -> Option<String> {
+        let issuer = palisade_core::syntax::url_without_credentials(&self.0.config.issuer);
+        if self.0.issuer.metadata().is_none() {
+            return Some(format!("the discovery document of {issuer}"));
+        }
+        self.0.verifier.waiting_for()
+    }
+
     /// Hot reload. Configured alike (every setting, secret, session key
     /// and store the same), the previous relying party itself, with its
     /// sessions seen and the refreshes it made. (Sessions and sign-ins in
@@ -2864,6 +2875,37 @@ mod tests {
         let another_client = build("kiosk", "profile");
         assert_ne!(renewed(&another_client).await.as_deref(), Some("at-1"));
         drop(old);
+    }
+
+    /// A readiness probe waits for the issuer's discovery document and its
+    /// keys; an issuer that does not answer is waited for.
+    #[tokio::test]
+    async fn a_readiness_probe_waits_for_the_issuers_discovery_and_keys() {
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let nowhere = format!("http://{}/realms/down", silent.local_addr().unwrap());
+        let down = SignIn::builder(&nowhere, "web")
+            .keys(vec![CookieKey::new("k1", &[1; 32]).unwrap()])
+            .build()
+            .unwrap();
+        assert_eq!(
+            down.waiting_for(),
+            Some(format!("the discovery document of {nowhere}"))
+        );
+        let issuer = palisade_testkit::TestIssuer::start().unwrap();
+        let up = SignIn::builder(issuer.issuer(), "web")
+            .keys(vec![CookieKey::new("k1", &[1; 32]).unwrap()])
+            .build()
+            .unwrap();
+        let start = std::time::Instant::now();
+        while up.waiting_for().is_some() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{:?}",
+                up.waiting_for()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(down.waiting_for().is_some());
     }
 
     /// Waits for `sign_in`'s discovery, which runs on a thread of its own

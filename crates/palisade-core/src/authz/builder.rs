@@ -141,9 +141,11 @@ impl Rule {
     }
 
     /// A condition: the caller has one of `roles` among its Keycloak realm
-    /// roles (`realm_access.roles`; Spring's `hasAnyRole`, without its
-    /// `ROLE_` prefix). The same as
-    /// `when("request.auth.claims[realm_access][roles]", roles)`.
+    /// roles (its token's `realm_access.roles`; Spring's `hasAnyRole`,
+    /// without its `ROLE_` prefix). The same as
+    /// `when("request.auth.claims[realm_access][roles]", roles)`; unlike
+    /// [`realm_role`](super::realm_role), roles a Kerberos user is mapped
+    /// to are not claims, and do not count.
     ///
     /// ```
     /// use palisade_core::authz::{AccessPolicy, Rule};
@@ -358,7 +360,11 @@ impl AccessPolicyBuilder {
     pub fn build(self) -> Result<AccessPolicy, PolicyError> {
         let set = PolicySet::from_documents("code", self.documents)?;
         let workload = Workload::new("code", "default");
-        AccessPolicy::compile_with(&set.for_workload(&workload), &self.authorizers)
+        let mut policy = AccessPolicy::compile_with(&set.for_workload(&workload), &self.authorizers)?;
+        if let Some(engine) = std::sync::Arc::get_mut(&mut policy.0) {
+            engine.in_code = true;
+        }
+        Ok(policy)
     }
 }
 

@@ -582,6 +582,10 @@ pub struct AuthzSettings {
 
 #[derive(Debug, Default)]
 struct Engine {
+    /// Built in code ([`AccessPolicy::builder`], [`AccessPolicy::allow_all`]),
+    /// not compiled from a policy file: what the guard says at start-up of
+    /// a policy that requires nothing is said in code's terms.
+    in_code: bool,
     policies: Vec<CompiledPolicy>,
     custom: Index,
     deny: Index,
@@ -682,6 +686,7 @@ impl Engine {
                 .iter()
                 .all(|i| i.is_empty());
         Self {
+            in_code: false,
             custom,
             deny,
             allow,
@@ -1034,7 +1039,15 @@ impl AccessPolicy {
     /// `AuthorizationPolicy`). Invalid credentials are still refused.
     #[must_use]
     pub fn allow_all() -> Self {
-        Self::default()
+        Self(Arc::new(Engine {
+            in_code: true,
+            ..Engine::default()
+        }))
+    }
+
+    /// Whether it was built in code (not compiled from a policy file).
+    pub(crate) fn in_code(&self) -> bool {
+        self.0.in_code
     }
 
     /// Only requests with an authenticated end user (`requestPrincipals: ["*"]`)
