@@ -1642,18 +1642,20 @@ impl JwtAuthenticator {
             // time its first token needs unless such tokens keep coming.
             let (live, verified_before) = (&stores.live, &stores.proven);
             let grace = cfg.fetch.timeout.saturating_mul(2);
-            // A tenant whose tokens verified before counts as proven, its
-            // store made again or not: else forged tokens naming new
-            // tenants would push out, again and again, a busy tenant just
-            // made again (unproven, and older than they are).
-            let proven = |n: &String| {
-                verified_before.contains(n) || live.get(n).is_some_and(|t| t.verified.load(Ordering::Relaxed))
-            };
+            let verified = |n: &String| live.get(n).is_some_and(|t| t.verified.load(Ordering::Relaxed));
+            // Among the unproven, a name no token ever verified for goes
+            // before one whose tokens verified before (a busy tenant made
+            // again, which forged tokens naming new tenants would else push
+            // out again and again); a store made again is still unproven,
+            // so tokens naming a known tenant without its signature push out
+            // no tenant in use.
+            let never = |n: &String| !verified(n) && !verified_before.contains(n);
             let unproven = stores
                 .order
                 .iter()
-                .position(|n| !proven(n) && live.get(n).is_none_or(|t| t.created.elapsed() >= grace))
-                .or_else(|| stores.order.iter().position(|n| !proven(n)));
+                .position(|n| never(n) && live.get(n).is_none_or(|t| t.created.elapsed() >= grace))
+                .or_else(|| stores.order.iter().position(never))
+                .or_else(|| stores.order.iter().position(|n| !verified(n)));
             if let Some(oldest) = stores.order.remove(unproven.unwrap_or(0)) {
                 stores.live.remove(&oldest);
                 stores.allowed.remove(&oldest);
