@@ -51,7 +51,8 @@ pub struct Args {
     /// `--admin ADDR`: `/metrics` and `/ready`, without authentication.
     pub admin: Option<SocketAddr>,
     /// `--ready-waits-for-keys`: `/ready` answers 503 until every issuer's
-    /// keys have loaded ([`Guard::waiting_for`]).
+    /// keys (and a sign-in's discovery document) have loaded
+    /// ([`Guard::waiting_for`]).
     pub ready_waits_for_keys: bool,
     /// `--handshake-timeout`, `--header-read-timeout`, `--idle-timeout`, `--write-timeout`,
     /// `--max-connection-age`, `--body-read-timeout` (seconds), `--body-min-rate` (bytes a second)
@@ -248,7 +249,7 @@ fn parse(service: &str, port: u16, mut it: impl Iterator<Item = String>) -> Resu
                      Without --config, a demo issuer is started and a ready-to-paste command is printed.\n\
                      The --config file is reloaded when it changes or on SIGHUP; a file that does not load\n\
                      keeps the policy in force. --admin serves GET /metrics (Prometheus) and GET /ready;\n\
-                     with --ready-waits-for-keys, /ready answers 503 until every issuer's keys have loaded.\n\
+                     with --ready-waits-for-keys, /ready answers 503 until every issuer's keys (and discovery) have loaded.\n\
                      A client has --handshake-timeout (default 10) seconds for its TLS handshake, --header-read-timeout\n\
                      (10) for a request head, --idle-timeout (75) to begin its next request, --write-timeout (60; not\n\
                      reviews, on actix-web) to take more of an answer or open an HTTP/2 window; a body over --body-limit\n\

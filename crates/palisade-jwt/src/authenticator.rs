@@ -99,8 +99,9 @@ const TENANT_STARTS_PER_SECOND: f64 = 10.0;
 /// at once: it is asked on the request's thread, before the token's
 /// signature can be checked, so tokens naming a new name each would
 /// otherwise call it once per request. Names it answered are asked again
-/// once a minute whatever the rate; a name beyond it is refused (401, its
-/// keys cannot be had) and not remembered, so it is asked when the rate
+/// once a minute whatever the rate, and so is a tenant met or proven
+/// before; a name beyond it is refused as an unknown issuer's (401,
+/// `unknown_issuer`) and not remembered, so it is asked when the rate
 /// allows.
 const RESOLVER_ASKS_PER_SECOND: f64 = 50.0;
 const RESOLVER_ASKS_AT_ONCE: f64 = 100.0;
@@ -240,7 +241,9 @@ const REFUSED_TENANTS: usize = 1024;
 const TENANT_ANSWER_TTL_MS: u64 = 60_000;
 
 /// The tenants' rule's answer about `name`: `Some(when it allowed it)`
-/// ([`mono_ms`]), or `None` when it refuses it. An answer is kept for
+/// ([`mono_ms`]), or `None` when it refuses it (or, for a resolver, when a
+/// name it never answered about finds its ask rate used up:
+/// [`RESOLVER_ASKS_PER_SECOND`]). An answer is kept for
 /// [`TENANT_ANSWER_TTL_MS`] (a refused name among the last
 /// [`REFUSED_TENANTS`]); then one request asks the rule again, outside the
 /// lock (a resolver may take its time), while the others take the last
@@ -1632,9 +1635,10 @@ impl JwtAuthenticator {
             created: std::time::Instant::now(),
         });
         if stores.order.len() >= cfg.max_tenants {
-            // The oldest tenant no token has verified for since its keys
-            // could have been fetched; else the oldest no token has
-            // verified for yet; else (every tenant proven) the least
+            // The oldest tenant no token ever verified for, since its keys
+            // could have been fetched; else the oldest no token ever
+            // verified for; else the oldest whose store has not verified
+            // since it was made again; else (every tenant proven) the least
             // recently used. So tokens that name tenants without a valid
             // signature push out at most one tenant in use, however many
             // names they give and however fast (each newcomer then takes

@@ -643,8 +643,9 @@ impl ProviderBuilder {
     }
 
     /// As [`tenants`](Self::tenants), the tenants decided by `resolver`
-    /// (a directory lookup, say), asked about a name at most once a minute
-    /// ([`Tenants::Resolver`]): keep it cheap, it runs on the request path,
+    /// (a directory lookup, say), asked about a name at most once a minute,
+    /// and about names it never answered about at most fifty a second per
+    /// pattern, a hundred at once ([`Tenants::Resolver`]): keep it cheap, it runs on the request path,
     /// for names taken from tokens not yet verified. Tenants' keys start to
     /// be fetched at the rate [`tenants`](Self::tenants) says.
     pub fn tenant_resolver(mut self, resolver: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {

@@ -141,11 +141,10 @@ impl Rule {
     }
 
     /// A condition: the caller has one of `roles` among its Keycloak realm
-    /// roles (its token's `realm_access.roles`; Spring's `hasAnyRole`,
-    /// without its `ROLE_` prefix). The same as
-    /// `when("request.auth.claims[realm_access][roles]", roles)`; unlike
-    /// [`realm_role`](super::realm_role), roles a Kerberos user is mapped
-    /// to are not claims, and do not count.
+    /// roles (`realm_access.roles`: a token's, or the roles a Kerberos user
+    /// is mapped to, as [`realm_role`](super::realm_role) reads them;
+    /// Spring's `hasAnyRole`, without its `ROLE_` prefix). The same as
+    /// `when("request.auth.claims[realm_access][roles]", roles)`.
     ///
     /// ```
     /// use palisade_core::authz::{AccessPolicy, Rule};
@@ -167,7 +166,7 @@ impl Rule {
     }
 
     /// A condition: the caller has none of `roles` among its realm roles
-    /// (a caller without a token has none).
+    /// (a caller with neither a token nor Kerberos roles has none).
     pub fn not_realm_roles<I, S>(self, roles: I) -> Self
     where
         I: IntoIterator<Item = S>,

@@ -2076,7 +2076,13 @@ fn never_matching_leaves_open<'a>(
             .into_iter()
             .next()
         {
-            return Err((field, format!("{message}; in an {kind} rule such a value {what}")));
+            return Err((
+                field,
+                format!(
+                    "{message}; in {} {kind} rule such a value {what}",
+                    if kind.starts_with('A') { "an" } else { "a" }
+                ),
+            ));
         }
     }
     Ok(())
