@@ -426,7 +426,39 @@ pub(crate) fn pem_key(pem: &str) -> Result<VerifyKey, String> {
             fingerprint: fingerprint(&["PEM", &text]),
         });
     }
-    Err("not an RSA public key in PEM".into())
+    Err(pem_refusal(pem, &text))
+}
+
+/// Why `given` (a fixed key: Keycloak's `realm-public-key`, whole or its
+/// bare base64; `text`, as PEM) is no RSA public key, told apart as a user
+/// who pasted the wrong thing needs it told. Never the key's content.
+fn pem_refusal(given: &str, text: &str) -> String {
+    const FETCH: &str = "or leave it out to fetch the realm's keys";
+    if given.contains("PRIVATE KEY") {
+        return format!(
+            "a private key, not a public key: give the realm's public key (and keep the private key secret), {FETCH}"
+        );
+    }
+    if given.contains("BEGIN CERTIFICATE") {
+        return format!(
+            "a certificate, not a public key: give the realm's public key (Keycloak: Realm settings, Keys, the RS256 key's Public key), {FETCH}"
+        );
+    }
+    if DecodingKey::from_ec_pem(text.as_bytes()).is_ok() || DecodingKey::from_ed_pem(text.as_bytes()).is_ok()
+    {
+        return format!(
+            "an EC or EdDSA public key: a fixed key must be RSA (Keycloak's RS256 key), {FETCH}, whatever their kind"
+        );
+    }
+    let body: String = text
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .flat_map(|l| l.trim().chars())
+        .collect();
+    if base64::engine::general_purpose::STANDARD.decode(&body).is_err() {
+        return "not base64 (cut short, or damaged?): give the realm's public key whole, as PEM or Keycloak's bare base64".into();
+    }
+    "not an RSA public key in PEM (or Keycloak's bare base64 of one)".into()
 }
 
 /// The current keys of one issuer and the machinery to refresh them.
@@ -1391,6 +1423,39 @@ mod tests {
             parse_jwk(&doc["keys"][1]).err(),
             Some(Skip::Weak(RsaWeakness::TooShort))
         );
+    }
+
+    /// A fixed key that is not an RSA public key is refused saying what it
+    /// is: a private key, a certificate, an EC key, base64 cut short.
+    #[test]
+    fn a_fixed_key_of_the_wrong_kind_is_said_to_be_so() {
+        const EC: &str = "-----BEGIN PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEGiqw02MWWjF0H8Rbtvg6PAKF4GOC
+uhsMRtQYVNfXCb4rC0q5NaIhyGHflfrgxSLNZQ7t3W5XYQu6SGqPxOBbdw==
+-----END PUBLIC KEY-----
+";
+        let bare_ec: String = EC.lines().filter(|l| !l.starts_with("-----")).collect();
+        for (given, said) in [
+            (
+                "-----BEGIN PRIVATE KEY-----\nMIIEvwIBADANBg\n-----END PRIVATE KEY-----\n",
+                "a private key",
+            ),
+            (
+                "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+                "a certificate",
+            ),
+            (EC, "an EC or EdDSA public key"),
+            (&bare_ec, "an EC or EdDSA public key"),
+            (&bare_ec[..30], "not base64"),
+            (
+                "MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA",
+                "not an RSA public key",
+            ),
+        ] {
+            let err = pem_key(given).err().unwrap();
+            assert!(err.contains(said), "{given}: {err}");
+            assert!(!err.contains("MII"), "{err}");
+        }
     }
 
     #[test]
