@@ -892,15 +892,11 @@ impl JwtAuthenticator {
             let (Some(stores), Some(tenants)) = (&p.tenants, &p.cfg.tenants) else {
                 continue;
             };
-            let Some(q) = previous.0.providers.iter().find(|q| {
-                q.tenants.is_some()
-                    && q.cfg.issuer == p.cfg.issuer
-                    && q.cfg.jwks == p.cfg.jwks
-                    && q.cfg.fetch == p.cfg.fetch
+            let Some(old) = previous.0.providers.iter().find_map(|q| {
+                (q.cfg.issuer == p.cfg.issuer && q.cfg.jwks == p.cfg.jwks && q.cfg.fetch == p.cfg.fetch)
+                    .then_some(q.tenants.as_ref())
+                    .flatten()
             }) else {
-                continue;
-            };
-            let Some(old) = &q.tenants else {
                 continue;
             };
             let old = old.lock().unwrap_or_else(PoisonError::into_inner);

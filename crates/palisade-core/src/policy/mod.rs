@@ -621,6 +621,7 @@ impl Document {
                             &at,
                             [&o.methods, &o.not_methods],
                             [&o.paths, &o.not_paths],
+                            false,
                         ));
                     }
                     out.extend(head_left_out(
@@ -637,6 +638,7 @@ impl Document {
                         &format!("spec.rules[{ri}]"),
                         [&rule.methods, &rule.not_methods],
                         [&rule.paths, &rule.not_paths],
+                        false,
                     ));
                 }
             }
@@ -1963,16 +1965,22 @@ impl<'a> WorkloadPolicy<'a> {
 /// Methods and paths, under `at` (`methods`/`notMethods`, then
 /// `paths`/`notPaths`), that no request can carry, said aloud: Istio takes
 /// them, and a rule with one then matches less than it reads (a `DENY`
-/// that never fires, a `notMethods` that excludes nothing).
+/// that never fires, a `notMethods` that excludes nothing). With
+/// `standard_methods_only`, a method in other letters than capitals only
+/// when it is a standard one ([`STANDARD_METHODS`]): an extension method
+/// may be written as its clients send it.
 fn never_matching(
     at: &str,
     methods: [&Option<Vec<String>>; 2],
     paths: [&Option<Vec<String>>; 2],
+    standard_methods_only: bool,
 ) -> Vec<FieldError> {
     let mut out = Vec::new();
     for (field, values) in ["methods", "notMethods"].into_iter().zip(methods) {
         for (i, m) in values.iter().flatten().enumerate() {
-            if m.bytes().any(|b| b.is_ascii_lowercase()) {
+            if m.bytes().any(|b| b.is_ascii_lowercase())
+                && (!standard_methods_only || STANDARD_METHODS.contains(&m.to_ascii_uppercase().as_str()))
+            {
                 out.push((
                     format!("{at}.{field}[{i}]"),
                     format!(
@@ -2054,28 +2062,7 @@ fn never_matching_leaves_open<'a>(
         } else {
             ([methods, &None], [paths, &None])
         };
-        // A method only when it is a standard one in other letters
-        // (`delete`): an extension method may be written as its clients
-        // send it.
-        let standard = |list: &Option<Vec<String>>| {
-            list.as_ref().map(|l| {
-                l.iter()
-                    .map(|m| {
-                        let upper = m.to_ascii_uppercase();
-                        if STANDARD_METHODS.contains(&upper.as_str()) {
-                            m.clone()
-                        } else {
-                            upper
-                        }
-                    })
-                    .collect::<Vec<_>>()
-            })
-        };
-        let methods = [standard(methods[0]), standard(methods[1])];
-        if let Some((field, message)) = never_matching(&at, [&methods[0], &methods[1]], paths)
-            .into_iter()
-            .next()
-        {
+        if let Some((field, message)) = never_matching(&at, methods, paths, true).into_iter().next() {
             return Err((
                 field,
                 format!(
