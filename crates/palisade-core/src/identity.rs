@@ -158,6 +158,72 @@ impl TokenClaims {
         t.claims = claims;
         t
     }
+
+    /// Adds the roles the top-level claim `claim` holds to the realm roles,
+    /// for an issuer that carries its roles elsewhere than Keycloak's
+    /// `realm_access.roles`: `groups` (Okta, Keycloak's group mapper),
+    /// `roles` (Microsoft Entra ID), `cognito:groups`, a namespaced claim
+    /// (Auth0), as Spring Security's `authorities-claim-name` does. The
+    /// claim may be an array of strings, a string of roles separated by
+    /// spaces, or an object whose keys are the roles (ZITADEL's project
+    /// roles); any other value adds none.
+    ///
+    /// The roles are added where every check reads them:
+    /// [`realm_roles`](Self::realm_roles) (`Identity::has_realm_role`, a
+    /// `realm_role` requirement) and the claim
+    /// `realm_access.roles` of [`claims`](Self::claims), which policies
+    /// read as `request.auth.claims[realm_access][roles]` (as a Kerberos
+    /// caller's mapped roles are). Every other claim stays as the issuer
+    /// signed it, the role claim itself included.
+    ///
+    /// ```
+    /// use palisade_core::TokenClaims;
+    /// let claims = serde_json::json!({
+    ///     "iss": "https://login.example", "sub": "u1",
+    ///     "realm_access": {"roles": ["user"]}, "groups": ["admin", "user"],
+    /// });
+    /// let mut t = TokenClaims::from_claims(claims.as_object().unwrap().clone());
+    /// t.add_realm_roles_from("groups");
+    /// assert_eq!(t.realm_roles, ["user", "admin"]);
+    /// assert_eq!(t.claims["realm_access"]["roles"], serde_json::json!(["user", "admin"]));
+    /// ```
+    pub fn add_realm_roles_from(&mut self, claim: &str) {
+        let found: Vec<String> = match self.claims.get(claim) {
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect(),
+            Some(Value::String(s)) => s
+                .split(' ')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            Some(Value::Object(roles)) => roles.keys().cloned().collect(),
+            _ => return,
+        };
+        let before = self.realm_roles.len();
+        for role in found {
+            if !self.realm_roles.contains(&role) {
+                self.realm_roles.push(role);
+            }
+        }
+        if self.realm_roles.len() == before {
+            return;
+        }
+        let roles = Value::from(self.realm_roles.clone());
+        match self.claims.get_mut("realm_access") {
+            Some(Value::Object(access)) => {
+                access.insert("roles".into(), roles);
+            }
+            // Absent, or not an object (whose roles `from_claims` did not
+            // read either): the roles alone.
+            _ => {
+                self.claims
+                    .insert("realm_access".into(), serde_json::json!({ "roles": roles }));
+            }
+        }
+    }
 }
 
 impl fmt::Debug for TokenClaims {
@@ -419,6 +485,36 @@ impl Identity {
         self.0.kerberos.as_ref().map(|k| k.principal.as_str())
     }
 
+    /// The caller's name, as Spring Security's `Authentication.getName()`
+    /// gives it: for a token or a sign-in session the claim configured as
+    /// the provider's principal (`preferred_username` unless set otherwise,
+    /// Keycloak's `principal-attribute`), else its subject; for a Kerberos
+    /// user the principal (`alice@EXAMPLE.TEST`); for a workload known by
+    /// its certificate alone its principal (`cluster.local/ns/NS/sa/SA`).
+    /// An end user's name comes before the workload's it called through.
+    /// For display and logs: authorization decides on
+    /// [`request_principal`](Self::request_principal), which a user cannot
+    /// choose (a user name may be reused, or set by its user).
+    ///
+    /// ```
+    /// use palisade_core::{Identity, TokenClaims, Verification};
+    /// let mut claims = TokenClaims::default();
+    /// claims.subject = "5f1c".into();
+    /// claims.preferred_username = Some("alice".into());
+    /// let id = Identity::from_token(claims, Verification::assertion());
+    /// assert_eq!(id.name(), Some("alice"));
+    /// ```
+    #[must_use]
+    pub fn name(&self) -> Option<&str> {
+        if let Some(t) = &self.0.token {
+            return Some(t.preferred_username.as_deref().unwrap_or(&t.subject));
+        }
+        if let Some(k) = &self.0.kerberos {
+            return Some(&k.principal);
+        }
+        self.0.peer.as_ref().and_then(|p| p.principal.as_deref())
+    }
+
     /// The token issuer.
     #[must_use]
     pub fn issuer(&self) -> Option<&str> {
@@ -518,6 +614,7 @@ pub fn whoami(identity: Option<&Identity>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn token(sub: &str) -> TokenClaims {
         TokenClaims {
@@ -570,6 +667,83 @@ mod tests {
             assert!(doc.get(field).is_some(), "missing {field}");
         }
         assert_eq!(doc["authenticated"], false);
+    }
+
+    #[test]
+    fn roles_are_added_from_the_claim_in_each_shape_it_takes() {
+        let roles = |claims: Value| {
+            let mut t = TokenClaims::from_claims(claims.as_object().unwrap().clone());
+            t.add_realm_roles_from("groups");
+            (t.realm_roles.clone(), t.claims.get("realm_access").cloned())
+        };
+        assert_eq!(
+            roles(json!({"groups": ["a", 7, "b", "a"]})),
+            (vec!["a".into(), "b".into()], Some(json!({"roles": ["a", "b"]})))
+        );
+        assert_eq!(roles(json!({"groups": " a  b "})).0, ["a", "b"]);
+        assert_eq!(roles(json!({"groups": {"a": {"org": 1}, "b": {}}})).0, ["a", "b"]);
+        // Kept beside what realm_access holds, its other members too.
+        assert_eq!(
+            roles(json!({"realm_access": {"roles": ["u"], "x": 1}, "groups": ["a", "u"]})),
+            (
+                vec!["u".into(), "a".into()],
+                Some(json!({"roles": ["u", "a"], "x": 1}))
+            )
+        );
+        // A realm_access that is not an object held no roles.
+        assert_eq!(
+            roles(json!({"realm_access": "admin", "groups": ["a"]})).1,
+            Some(json!({"roles": ["a"]}))
+        );
+        // Nothing to add: the claims as signed.
+        for claims in [
+            json!({"realm_access": "admin"}),
+            json!({"groups": 7}),
+            json!({"groups": []}),
+            json!({"realm_access": {"roles": ["a"], "x": 1}, "groups": ["a"]}),
+        ] {
+            assert_eq!(
+                roles(claims.clone()).1,
+                claims.get("realm_access").cloned(),
+                "{claims}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_name_is_the_principal_claim_else_the_subject_else_the_principal() {
+        let mut t = token("u1");
+        assert_eq!(
+            Identity::from_token(t.clone(), Verification::assertion()).name(),
+            Some("u1")
+        );
+        t.preferred_username = Some("alice".into());
+        assert_eq!(
+            Identity::from_token(t, Verification::assertion()).name(),
+            Some("alice")
+        );
+        let kerberos = Identity::from_kerberos(
+            KerberosIdentity {
+                principal: "bob@EXAMPLE.TEST".into(),
+                ..KerberosIdentity::default()
+            },
+            Verification::assertion(),
+        );
+        assert_eq!(kerberos.name(), Some("bob@EXAMPLE.TEST"));
+        let peer = Identity::from_peer(
+            PeerIdentity {
+                principal: Some("cluster.local/ns/default/sa/web".into()),
+                ..PeerIdentity::default()
+            },
+            Verification::assertion(),
+        );
+        assert_eq!(peer.name(), Some("cluster.local/ns/default/sa/web"));
+        assert_eq!(
+            Identity::from_peer(PeerIdentity::default(), Verification::assertion()).name(),
+            None
+        );
+        // An end user's name before the workload's it came through.
+        assert_eq!(peer.merge(&kerberos).name(), Some("bob@EXAMPLE.TEST"));
     }
 
     #[test]

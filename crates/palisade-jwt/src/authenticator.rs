@@ -1220,6 +1220,7 @@ impl JwtAuthenticator {
             claims.issuer = issuer;
             claims.tenant = Some(name);
         }
+        cfg.claims_checks.run(&claims).map_err(JwtError::ClaimsRefused)?;
         let edits = output_edits(cfg, &claims.claims, payload.as_deref());
         Ok(Authenticated::new(Identity::from_token(claims, proof)).with_edits(HeaderEdits::from(edits)))
     }
@@ -1790,6 +1791,7 @@ impl JwtAuthenticator {
         if token.preferred_username.is_none() && cfg.principal_claim.is_none() {
             token.preferred_username = username;
         }
+        cfg.claims_checks.run(&token).map_err(JwtError::ClaimsRefused)?;
         let out_edits = output_edits(cfg, &token.claims, payload.as_deref());
         let edits = (0..self.0.sources.len())
             .map(|source| {
@@ -2105,6 +2107,7 @@ impl JwtAuthenticator {
             claims.issuer.clone_from(&t.issuer);
             claims.tenant = Some(t.name.clone());
         }
+        cfg.claims_checks.run(&claims).map_err(JwtError::ClaimsRefused)?;
         let out_edits = output_edits(cfg, &claims.claims, Some(parsed.jws.payload_b64));
         let identity = Identity::from_token(claims, Verification::assertion());
         let mut edits = self.removal(found, provider);
@@ -2395,6 +2398,9 @@ fn token_claims(cfg: &Provider, claims: Map<String, Value>) -> TokenClaims {
     let mut t = TokenClaims::from_claims(claims);
     t.issuer = cfg.issuer.clone();
     t.preferred_username = preferred_username;
+    if let Some(roles) = &cfg.roles_claim {
+        t.add_realm_roles_from(roles);
+    }
     t
 }
 
@@ -4089,5 +4095,71 @@ mod tests {
         let alive = Arc::downgrade(&jwt.0.alive);
         drop(jwt);
         assert_eq!(alive.strong_count(), 0);
+    }
+
+    /// A provider's roles claim and its own check apply to a signed token
+    /// as to claims: the roles are realm roles wherever read, and a refusal
+    /// is a 401 in the check's words, counted under its own reason, each
+    /// time the token comes (a refused token is never kept as accepted).
+    #[test]
+    fn a_signed_tokens_roles_come_from_the_roles_claim_and_its_claims_meet_the_check() {
+        use palisade_core::authn::OwnedRequest;
+        let issuer = palisade_testkit::TestIssuer::builder()
+            .default_audience("api")
+            .start()
+            .unwrap();
+        let jwt = JwtAuthenticator::builder()
+            .provider(
+                Provider::builder(issuer.issuer())
+                    .audience("api")
+                    .jwks_inline(issuer.jwks().to_string())
+                    .roles_claim("groups")
+                    .check_claims(|t| match t.claims.get("email_verified") {
+                        Some(Value::Bool(true)) => Ok(()),
+                        _ => Err("the e-mail address is not verified"),
+                    })
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        let outcome = |token: &str| {
+            let req = OwnedRequest::get("/").header("authorization", format!("Bearer {token}"));
+            match jwt.authenticate(&req) {
+                Check::Ready(outcome) => outcome,
+                Check::Pending(_) => panic!("inline keys wait for nothing"),
+            }
+        };
+        let verified = issuer
+            .token()
+            .claim("groups", serde_json::json!(["admin"]))
+            .claim("email_verified", Value::Bool(true))
+            .sign();
+        for _ in 0..2 {
+            let AuthOutcome::Authenticated(a) = outcome(&verified) else {
+                panic!("a token that meets the check is accepted");
+            };
+            assert!(a.identity.has_realm_role("admin"));
+            assert_eq!(
+                a.identity.claims().unwrap()["realm_access"]["roles"],
+                serde_json::json!(["admin"])
+            );
+        }
+        let unverified = issuer
+            .token()
+            .claim("groups", serde_json::json!(["admin"]))
+            .sign();
+        for _ in 0..2 {
+            let AuthOutcome::Rejected(r) = outcome(&unverified) else {
+                panic!("a token the check refuses is refused");
+            };
+            assert_eq!(r.status(), 401);
+            assert_eq!(r.reason(), "claims_check");
+            assert!(
+                r.challenges()[0].contains(r#"error_description="the e-mail address is not verified""#),
+                "{:?}",
+                r.challenges()
+            );
+        }
     }
 }

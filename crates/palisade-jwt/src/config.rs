@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
+use palisade_core::TokenClaims;
 use palisade_core::syntax::{
     TENANT, is_http_url, is_http_url_pattern, plain_http_elsewhere, url_without_credentials,
 };
@@ -84,6 +85,29 @@ impl fmt::Debug for Tenants {
             Tenants::List(list) => f.debug_tuple("List").field(list).finish(),
             Tenants::Resolver(_) => f.write_str("Resolver(<fn>)"),
         }
+    }
+}
+
+/// A check of a verified token's claims, the application's own
+/// ([`ProviderBuilder::check_claims`]): `Err` with a fixed description
+/// refuses the token.
+pub type ClaimsCheck = dyn Fn(&TokenClaims) -> Result<(), &'static str> + Send + Sync;
+
+/// The application's checks of a provider, compared by identity (a reload
+/// that keeps them keeps its verified tokens).
+#[derive(Clone, Default)]
+pub(crate) struct ClaimsChecks(pub(crate) Vec<Arc<ClaimsCheck>>);
+
+impl PartialEq for ClaimsChecks {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.len() == other.0.len() && self.0.iter().zip(&other.0).all(|(a, b)| Arc::ptr_eq(a, b))
+    }
+}
+
+impl ClaimsChecks {
+    /// The first refusal, if any.
+    pub(crate) fn run(&self, claims: &TokenClaims) -> Result<(), &'static str> {
+        self.0.iter().try_for_each(|check| check(claims))
     }
 }
 
@@ -318,6 +342,8 @@ pub struct Provider {
     pub(crate) output_payload_to_header: Option<String>,
     pub(crate) output_claims: Vec<(String, String)>,
     pub(crate) principal_claim: Option<String>,
+    pub(crate) roles_claim: Option<String>,
+    pub(crate) claims_checks: ClaimsChecks,
     pub(crate) require_subject: bool,
     pub(crate) fetch: FetchSettings,
     pub(crate) introspection: Option<Introspection>,
@@ -339,6 +365,8 @@ impl fmt::Debug for Provider {
             .field("sources", &self.sources)
             .field("introspection", &self.introspection)
             .field("tenants", &self.tenants)
+            .field("roles_claim", &self.roles_claim)
+            .field("claims_checks", &self.claims_checks.0.len())
             .finish_non_exhaustive()
     }
 }
@@ -364,6 +392,8 @@ impl Provider {
             output_payload_to_header: None,
             output_claims: Vec::new(),
             principal_claim: None,
+            roles_claim: None,
+            claims_checks: ClaimsChecks::default(),
             require_subject: true,
             fetch: FetchSettings::default(),
             introspection: None,
@@ -416,6 +446,8 @@ pub struct ProviderBuilder {
     output_payload_to_header: Option<String>,
     output_claims: Vec<(String, String)>,
     principal_claim: Option<String>,
+    roles_claim: Option<String>,
+    claims_checks: ClaimsChecks,
     require_subject: bool,
     fetch: FetchSettings,
     introspection: Option<Introspection>,
@@ -607,6 +639,83 @@ impl ProviderBuilder {
     /// Keycloak's `principal-attribute`.
     pub fn principal_claim(mut self, claim: impl Into<String>) -> Self {
         self.principal_claim = Some(claim.into());
+        self
+    }
+
+    /// A claim whose values are roles too, for an issuer that carries
+    /// them elsewhere than Keycloak's `realm_access.roles` (Spring
+    /// Security's `authorities-claim-name`): `groups` (Okta, Keycloak's
+    /// group mapper), `roles` (Microsoft Entra ID), `cognito:groups`, an
+    /// Auth0 namespaced claim. A top-level claim, named exactly (dots and
+    /// colons are part of the name); an array of strings, a string of
+    /// roles separated by spaces, or an object whose keys are roles
+    /// (ZITADEL). Its roles are added to the realm roles every check
+    /// reads (`Identity::has_realm_role`, a `realm_role` requirement, and
+    /// policies' `request.auth.claims[realm_access][roles]`):
+    /// [`TokenClaims::add_realm_roles_from`].
+    ///
+    /// ```
+    /// use palisade_core::Verification;
+    /// use palisade_jwt::{JwtAuthenticator, Provider};
+    /// let jwt = JwtAuthenticator::builder()
+    ///     .provider(
+    ///         Provider::builder("https://login.example/tenant/v2.0")
+    ///             .audience("api://orders")
+    ///             .roles_claim("roles")
+    ///             .build()?,
+    ///     )
+    ///     .build()?;
+    /// let claims = serde_json::json!({
+    ///     "iss": "https://login.example/tenant/v2.0", "sub": "u1", "aud": "api://orders",
+    ///     "roles": ["Orders.Admin"],
+    /// });
+    /// let id = jwt.identity_for_verified_claims(claims.as_object().unwrap().clone(), Verification::assertion())?;
+    /// assert!(id.has_realm_role("Orders.Admin"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn roles_claim(mut self, claim: impl Into<String>) -> Self {
+        self.roles_claim = Some(claim.into());
+        self
+    }
+
+    /// A check of the application's own on every token of this issuer, as
+    /// Spring Security's `OAuth2TokenValidator`: after the signature, the
+    /// time claims, the audience and the subject, on the claims as mapped
+    /// (the tenant filled in, the roles of [`roles_claim`](Self::roles_claim)
+    /// added). An `Err` refuses the token as the standard checks do (401
+    /// `invalid_token`, the description in its challenge, counted with the
+    /// reason `claims_check`); the description is a fixed text, so that a
+    /// claim's value cannot end up in a response. Checks added more than
+    /// once run in turn, the first refusal answering.
+    ///
+    /// A token is checked once, when it is first verified: a verified token
+    /// is answered from a cache until it expires, so the check must depend
+    /// on the claims alone (the clock is the standard checks').
+    ///
+    /// ```
+    /// use palisade_core::Verification;
+    /// use palisade_jwt::{JwtAuthenticator, JwtError, Provider};
+    /// let jwt = JwtAuthenticator::builder()
+    ///     .provider(
+    ///         Provider::builder("https://kc.example/realms/shop")
+    ///             .audience("details")
+    ///             .check_claims(|t| match t.claims.get("email_verified") {
+    ///                 Some(serde_json::Value::Bool(true)) => Ok(()),
+    ///                 _ => Err("the e-mail address is not verified"),
+    ///             })
+    ///             .build()?,
+    ///     )
+    ///     .build()?;
+    /// let claims = serde_json::json!({"iss": "https://kc.example/realms/shop", "sub": "u1", "aud": "details"});
+    /// let refused = jwt.identity_for_verified_claims(claims.as_object().unwrap().clone(), Verification::assertion());
+    /// assert_eq!(refused.unwrap_err(), JwtError::ClaimsRefused("the e-mail address is not verified"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn check_claims(
+        mut self,
+        check: impl Fn(&TokenClaims) -> Result<(), &'static str> + Send + Sync + 'static,
+    ) -> Self {
+        self.claims_checks.0.push(Arc::new(check));
         self
     }
 
@@ -829,6 +938,8 @@ impl ProviderBuilder {
             output_payload_to_header: self.output_payload_to_header,
             output_claims: self.output_claims,
             principal_claim: self.principal_claim,
+            roles_claim: self.roles_claim,
+            claims_checks: self.claims_checks,
             require_subject: self.require_subject,
             fetch: self.fetch,
             introspection: self.introspection,

@@ -97,6 +97,11 @@ pub enum JwtError {
     /// without that client certificate.
     #[error("the token is bound to another client certificate")]
     CertificateBinding,
+    /// A check of the application's own
+    /// ([`ProviderBuilder::check_claims`](crate::ProviderBuilder::check_claims))
+    /// refused the token's claims, saying why.
+    #[error("{0}")]
+    ClaimsRefused(&'static str),
 }
 
 impl JwtError {
@@ -151,6 +156,7 @@ impl JwtError {
             JwtError::DpopProof(_) => "dpop_proof",
             JwtError::DpopKeyMismatch => "dpop_key_mismatch",
             JwtError::CertificateBinding => "certificate_binding",
+            JwtError::ClaimsRefused(_) => "claims_check",
         }
     }
 }

@@ -468,6 +468,9 @@ fn tune(
         if let Some(c) = &s.principal_claim {
             b = b.principal_claim(c.clone());
         }
+        if let Some(c) = &s.roles_claim {
+            b = b.roles_claim(c.clone());
+        }
         if let Some(algs) = &s.algorithms {
             let mut parsed = Vec::new();
             for (i, a) in algs.iter().enumerate() {
@@ -914,6 +917,48 @@ spec: {{{issuer}principalClaim: nickname}}
             settings("issuer: 'https://kc.example/realms/shop', ")
         );
         assert_eq!(principal(&own).as_deref(), Some("al"));
+    }
+
+    /// `rolesClaim` makes a claim's values realm roles, for the identity
+    /// and for the policies that read `realm_access.roles`; a value naming
+    /// Keycloak's own roles is refused, naming the field.
+    #[test]
+    fn roles_claim_adds_realm_roles_and_refuses_keycloaks_own() {
+        let yaml = |claim: &str| {
+            format!(
+                "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: default}}
+spec:
+  jwtRules: [{{issuer: https://login.example/t/v2.0, audiences: [details]}}]
+---
+apiVersion: palisade.dev/v1alpha1
+kind: JwtSettings
+metadata: {{name: entra, namespace: default}}
+spec: {{issuer: https://login.example/t/v2.0, rolesClaim: '{claim}'}}
+"
+            )
+        };
+        let set = PolicySet::from_yaml_str(&yaml("roles"), "jwt.yaml").unwrap();
+        let jwt = details_offline(&set).unwrap().unwrap();
+        let claims = serde_json::json!({
+            "iss": "https://login.example/t/v2.0", "sub": "u1", "aud": "details",
+            "roles": ["Orders.Admin"], "groups": ["g1"],
+        });
+        let id = jwt
+            .identity_for_verified_claims(claims.as_object().unwrap().clone(), Verification::assertion())
+            .unwrap();
+        assert!(id.has_realm_role("Orders.Admin"));
+        assert!(!id.has_realm_role("g1"));
+        assert_eq!(
+            id.claims().unwrap()["realm_access"]["roles"],
+            serde_json::json!(["Orders.Admin"])
+        );
+        for claim in ["", "realm_access.roles", "resource_access.details.roles"] {
+            let err = PolicySet::from_yaml_str(&yaml(claim), "jwt.yaml").unwrap_err();
+            assert_eq!(err.document, Some(2), "{err}");
+            assert_eq!(err.field.as_deref(), Some("spec.rolesClaim"), "{err}");
+        }
     }
 
     /// A Redis replay store is shared by the authenticators that name it

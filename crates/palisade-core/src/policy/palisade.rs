@@ -68,6 +68,12 @@ pub struct JwtSettingsSpec {
     pub verified_token_cache: Option<u64>,
     /// The claim used as the user name (Keycloak's `principal-attribute`).
     pub principal_claim: Option<String>,
+    /// A top-level claim whose values are realm roles too, for an issuer
+    /// that carries roles elsewhere than `realm_access.roles`: `groups`,
+    /// `roles` (Entra ID), `cognito:groups` (Spring Security's
+    /// `authorities-claim-name`). An array of strings, a string of roles
+    /// separated by spaces, or an object whose keys are roles.
+    pub roles_claim: Option<String>,
     /// A PEM file of extra trust anchors for the issuer's TLS certificate.
     pub ca_file: Option<String>,
     /// Token introspection (RFC 7662) for this issuer's opaque tokens
@@ -278,6 +284,7 @@ impl JwtSettingsSpec {
             max_jwks_size,
             verified_token_cache,
             principal_claim,
+            roles_claim,
             ca_file,
             introspection,
             resource_metadata,
@@ -300,6 +307,7 @@ impl JwtSettingsSpec {
             ("maxJwksSize", max_jwks_size.is_some()),
             ("verifiedTokenCache", verified_token_cache.is_some()),
             ("principalClaim", principal_claim.is_some()),
+            ("rolesClaim", roles_claim.is_some()),
             ("caFile", ca_file.is_some()),
             ("introspection", introspection.is_some()),
             ("resourceMetadata", resource_metadata.is_some()),
@@ -368,6 +376,24 @@ impl JwtSettingsSpec {
             if secs(d).is_some_and(|d| d.is_zero()) {
                 return Err((field.into(), "must be longer than 0s".into()));
             }
+        }
+        match self.roles_claim.as_deref() {
+            Some("") => {
+                return Err((
+                    "spec.rolesClaim".into(),
+                    "must not be empty (leave the field out instead)".into(),
+                ));
+            }
+            Some(c) if c.starts_with("realm_access") || c.starts_with("resource_access") => {
+                return Err((
+                    "spec.rolesClaim".into(),
+                    format!(
+                        "`{c}` names Keycloak's roles, which are read without it (`realm_access.roles` as realm \
+                         roles, `resource_access.CLIENT.roles` as client roles): leave the field out"
+                    ),
+                ));
+            }
+            _ => {}
         }
         for (i, t) in self.tenants.iter().flatten().enumerate() {
             if !crate::syntax::is_tenant(t) {
