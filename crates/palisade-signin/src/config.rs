@@ -167,6 +167,8 @@ pub(crate) struct Config {
     /// `scheme://host[:port]` browsers reach this service at, when a
     /// proxy in front of it ends TLS or rewrites `Host`.
     pub(crate) external_origin: Option<String>,
+    /// The issuer's names for the user's name and roles.
+    pub(crate) claim_names: crate::session::ClaimNames,
 }
 
 /// Why a [`SignIn`](crate::SignIn) cannot be built.
@@ -238,6 +240,7 @@ impl SignInBuilder {
                 timeout: Duration::from_secs(5),
                 ca_pem: None,
                 external_origin: None,
+                claim_names: crate::session::ClaimNames::default(),
             },
             secret: None,
             client_key: None,
@@ -333,6 +336,24 @@ impl SignInBuilder {
     /// fails [`SignInBuilder::build`].
     pub fn external_origin(mut self, origin: impl Into<String>) -> Self {
         self.config.external_origin = Some(origin.into());
+        self
+    }
+
+    /// The claim used as the signed-in user's name (default
+    /// `preferred_username`), as Keycloak's `principal-attribute` and
+    /// [`ProviderBuilder::principal_claim`](palisade_jwt::ProviderBuilder::principal_claim)
+    /// for bearer tokens: `Identity::name()` and `TokenClaims::preferred_username`.
+    pub fn principal_claim(mut self, claim: impl Into<String>) -> Self {
+        self.config.claim_names.principal = Some(claim.into());
+        self
+    }
+
+    /// A claim whose values are the signed-in user's realm roles too
+    /// (`groups`, Entra ID's `roles`), as
+    /// [`ProviderBuilder::roles_claim`](palisade_jwt::ProviderBuilder::roles_claim)
+    /// for bearer tokens: [`TokenClaims::add_realm_roles_from`](palisade_core::TokenClaims::add_realm_roles_from).
+    pub fn roles_claim(mut self, claim: impl Into<String>) -> Self {
+        self.config.claim_names.roles = Some(claim.into());
         self
     }
 

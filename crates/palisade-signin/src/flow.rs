@@ -1424,7 +1424,7 @@ impl SignIn {
                 if !self.made_here(&session) {
                     return Check::Ready(None);
                 }
-                let live = Arc::new(Live::new(session, issuer, None));
+                let live = Arc::new(Live::new(session, issuer, &self.0.config.claim_names, None));
                 self.0.cache.insert(raw, Arc::clone(&live), absolute);
                 Check::Ready(Some(live))
             }
@@ -1443,7 +1443,12 @@ impl SignIn {
                         }
                     };
                     let session = this.stored_session(&id, key.as_deref(), data)?;
-                    let live = Arc::new(Live::new(session, &this.0.config.issuer, None));
+                    let live = Arc::new(Live::new(
+                        session,
+                        &this.0.config.issuer,
+                        &this.0.config.claim_names,
+                        None,
+                    ));
                     this.0
                         .cache
                         .insert(&raw, Arc::clone(&live), this.0.config.absolute_timeout);
@@ -1495,7 +1500,12 @@ impl SignIn {
         if !stored.newer_than(previous) {
             return None;
         }
-        let next = Arc::new(Live::new(stored, &self.0.config.issuer, None));
+        let next = Arc::new(Live::new(
+            stored,
+            &self.0.config.issuer,
+            &self.0.config.claim_names,
+            None,
+        ));
         self.0.refreshes.successors.insert(Arc::clone(&next));
         Some(next)
     }
@@ -1887,7 +1897,7 @@ impl SignIn {
                 if claim.is_some() {
                     self.hand_on(s, &next).await;
                 }
-                let next = Arc::new(Live::new(next, &c.issuer, None));
+                let next = Arc::new(Live::new(next, &c.issuer, &c.claim_names, None));
                 self.0.refreshes.successors.insert(Arc::clone(&next));
                 Ok(next)
             }
@@ -1989,7 +1999,12 @@ impl SignIn {
                 tracing::debug!(target: LOG_TARGET, "a refreshed session in the store does not open with the session it replaces");
                 break;
             };
-            latest = Some(Arc::new(Live::new(next, &self.0.config.issuer, None)));
+            latest = Some(Arc::new(Live::new(
+                next,
+                &self.0.config.issuer,
+                &self.0.config.claim_names,
+                None,
+            )));
         }
         if let Some(next) = &latest {
             self.0.refreshes.successors.insert(Arc::clone(next));
@@ -2845,10 +2860,12 @@ mod tests {
             generation: 1,
             ..alice()
         };
-        old.0
-            .refreshes
-            .successors
-            .insert(Arc::new(Live::new(refreshed, ISSUER, None)));
+        old.0.refreshes.successors.insert(Arc::new(Live::new(
+            refreshed,
+            ISSUER,
+            &crate::session::ClaimNames::default(),
+            None,
+        )));
         let replaced = Session {
             rt: Some("refresh-0".into()),
             ..due()
@@ -3342,7 +3359,12 @@ mod tests {
             },
         );
         let raw = cookie.strip_prefix("palisade_session=").unwrap();
-        let live = Arc::new(Live::new(first, issuer.issuer(), None));
+        let live = Arc::new(Live::new(
+            first,
+            issuer.issuer(),
+            &crate::session::ClaimNames::default(),
+            None,
+        ));
         sign_in.0.cache.insert(raw, live, Duration::from_secs(600));
         let request = OwnedRequest::get("/page")
             .header("host", "app.test")
@@ -4676,6 +4698,7 @@ mod tests {
         sign_in.0.refreshes.successors.insert(Arc::new(Live::new(
             session("at-1", 1),
             "http://127.0.0.1:9",
+            &crate::session::ClaimNames::default(),
             None,
         )));
         assert_eq!(

@@ -123,6 +123,12 @@ fn from_login(
     if let Some(o) = &spec.external_origin {
         b = b.external_origin(o.clone());
     }
+    if let Some(c) = &spec.principal_claim {
+        b = b.principal_claim(c.clone());
+    }
+    if let Some(c) = &spec.roles_claim {
+        b = b.roles_claim(c.clone());
+    }
     if let Some(file) = &spec.ca_file {
         let pem = std::fs::read(file)
             .map_err(|e| err("spec.caFile", format!("cannot read `{file}`: {e}")).with_source(e))?;
@@ -402,5 +408,45 @@ spec: {{realm: {realm}, auth-server-url: 'https://kc.example', resource: product
             Some("spec.session.keys[0].keyFile"),
             "{err}"
         );
+    }
+
+    /// `principalClaim` and `rolesClaim` reach the sign-in's sessions; a
+    /// roles claim naming Keycloak's own is refused at its field.
+    #[test]
+    fn the_claims_named_for_name_and_roles_reach_the_sign_in() {
+        let yaml = |extra: &str| {
+            format!(
+                "apiVersion: palisade.dev/v1alpha1
+kind: OidcLogin
+metadata: {{name: login}}
+spec:
+  selector: {{matchLabels: {{app: productpage}}}}
+  issuer: https://login.example/t/v2.0
+  clientId: productpage
+{extra}"
+            )
+        };
+        let set = PolicySet::from_yaml_str(
+            &yaml("  principalClaim: upn\n  rolesClaim: roles\n"),
+            "login.yaml",
+        )
+        .unwrap();
+        let (b, _) = builder(&set.for_workload(&Workload::new("productpage", "default")), true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            b.config.claim_names,
+            crate::session::ClaimNames {
+                principal: Some("upn".into()),
+                roles: Some("roles".into()),
+            }
+        );
+        for (extra, field) in [
+            ("  rolesClaim: realm_access.roles\n", "spec.rolesClaim"),
+            ("  principalClaim: ''\n", "spec.principalClaim"),
+        ] {
+            let err = PolicySet::from_yaml_str(&yaml(extra), "login.yaml").unwrap_err();
+            assert_eq!(err.field.as_deref(), Some(field), "{err}");
+        }
     }
 }

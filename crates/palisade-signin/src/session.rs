@@ -284,6 +284,16 @@ pub(crate) fn unverified_claims(token: &str) -> Option<Map<String, Value>> {
     }
 }
 
+/// The issuer's names for what a session's identity reads besides
+/// Keycloak's: the user's name and roles.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ClaimNames {
+    /// The claim read as the user's name (default `preferred_username`).
+    pub(crate) principal: Option<String>,
+    /// A claim whose values are realm roles too.
+    pub(crate) roles: Option<String>,
+}
+
 /// A session as requests use it: the session and the identity it gives.
 pub(crate) struct Live {
     pub(crate) session: Session,
@@ -297,7 +307,12 @@ pub(crate) struct Live {
 impl Live {
     /// The identity of a session: the access token's claims when it is a
     /// JWT of this issuer and user, else the ID token's (`id_claims`).
-    pub(crate) fn new(session: Session, issuer: &str, id_claims: Option<Map<String, Value>>) -> Self {
+    pub(crate) fn new(
+        session: Session,
+        issuer: &str,
+        names: &ClaimNames,
+        id_claims: Option<Map<String, Value>>,
+    ) -> Self {
         let from_access = unverified_claims(&session.at).filter(|c| {
             c.get("iss").and_then(Value::as_str) == Some(issuer)
                 && c.get("sub")
@@ -308,9 +323,19 @@ impl Live {
             .or(id_claims)
             .or_else(|| session.it.as_deref().and_then(unverified_claims))
             .unwrap_or_default();
+        let principal = names
+            .principal
+            .as_ref()
+            .map(|c| claims.get(c).and_then(Value::as_str).map(str::to_owned));
         let mut t = TokenClaims::from_claims(claims);
         issuer.clone_into(&mut t.issuer);
         session.sub.clone_into(&mut t.subject);
+        if let Some(name) = principal {
+            t.preferred_username = name;
+        }
+        if let Some(roles) = &names.roles {
+            t.add_realm_roles_from(roles);
+        }
         // The session was sealed by this service after the tokens came from
         // the issuer's token endpoint (ID token verified): its content is
         // what was verified then.
@@ -531,7 +556,7 @@ mod tests {
                 generation: 0,
                 store_key: None,
             };
-            Arc::new(Live::new(session, "https://idp", None))
+            Arc::new(Live::new(session, "https://idp", &ClaimNames::default(), None))
         };
         for n in 0..MAX_SUCCESSORS + 10 {
             successors.insert(live(n));
@@ -618,7 +643,7 @@ mod tests {
         let live = |generation: u32| {
             let mut s = session("t");
             s.generation = generation;
-            Arc::new(Live::new(s, "https://i", None))
+            Arc::new(Live::new(s, "https://i", &ClaimNames::default(), None))
         };
         successors.insert(live(2));
         successors.insert(live(1));
@@ -663,7 +688,12 @@ mod tests {
         let value = "v1.2.k1.".to_owned() + &"A".repeat(200) + "tail";
         cache.insert(
             &value,
-            Arc::new(Live::new(session("opaque"), "https://i", None)),
+            Arc::new(Live::new(
+                session("opaque"),
+                "https://i",
+                &ClaimNames::default(),
+                None,
+            )),
             Duration::from_secs(60),
         );
         let b = value.as_bytes();
@@ -695,10 +725,43 @@ mod tests {
         let at = jwt(
             &serde_json::json!({"iss": "https://i", "sub": "alice", "realm_access": {"roles": ["reader"]}}),
         );
-        let live = Live::new(session(&at), "https://i", None);
+        let live = Live::new(session(&at), "https://i", &ClaimNames::default(), None);
         assert!(live.identity.has_realm_role("reader"));
         assert_eq!(live.identity.request_principal_str(), Some("https://i/alice"));
         assert_eq!(live.identity.methods(), [palisade_core::AuthMethod::Session]);
+    }
+
+    /// The issuer's names for the user's name and roles, as a bearer
+    /// token's provider has them.
+    #[test]
+    fn a_sessions_name_and_roles_come_from_the_claims_named() {
+        let at = jwt(&serde_json::json!({
+            "iss": "https://i", "sub": "alice", "preferred_username": "al", "email": "a@example.com",
+            "roles": ["Orders.Admin"],
+        }));
+        let live = Live::new(session(&at), "https://i", &ClaimNames::default(), None);
+        assert_eq!(live.identity.name(), Some("al"));
+        assert!(!live.identity.has_realm_role("Orders.Admin"));
+        let names = ClaimNames {
+            principal: Some("email".into()),
+            roles: Some("roles".into()),
+        };
+        let live = Live::new(session(&at), "https://i", &names, None);
+        assert_eq!(live.identity.name(), Some("a@example.com"));
+        assert!(live.identity.has_realm_role("Orders.Admin"));
+        assert_eq!(
+            live.identity.claims().unwrap()["realm_access"]["roles"],
+            serde_json::json!(["Orders.Admin"])
+        );
+        // A principal claim the token lacks: no name but the subject.
+        let names = ClaimNames {
+            principal: Some("upn".into()),
+            roles: None,
+        };
+        assert_eq!(
+            Live::new(session(&at), "https://i", &names, None).identity.name(),
+            Some("alice")
+        );
     }
 
     #[test]
@@ -708,7 +771,12 @@ mod tests {
             &serde_json::json!({"iss": "https://i", "sub": "mallory", "realm_access": {"roles": ["admin"]}}),
         );
         for at in [other.as_str(), "opaque-token"] {
-            let live = Live::new(session(at), "https://i", id_claims.as_object().cloned());
+            let live = Live::new(
+                session(at),
+                "https://i",
+                &ClaimNames::default(),
+                id_claims.as_object().cloned(),
+            );
             assert!(!live.identity.has_realm_role("admin"));
             assert_eq!(live.identity.subject(), Some("alice"));
             assert_eq!(live.identity.claim("name"), Some(&Value::from("Alice")));
@@ -718,7 +786,10 @@ mod tests {
     #[test]
     fn debug_prints_no_token() {
         let s = session("access-secret");
-        let text = format!("{s:?} {:?}", Live::new(s.clone(), "https://i", None).signed_in);
+        let text = format!(
+            "{s:?} {:?}",
+            Live::new(s.clone(), "https://i", &ClaimNames::default(), None).signed_in
+        );
         assert!(!text.contains("secret"), "{text}");
     }
 

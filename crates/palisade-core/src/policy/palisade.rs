@@ -377,24 +377,7 @@ impl JwtSettingsSpec {
                 return Err((field.into(), "must be longer than 0s".into()));
             }
         }
-        match self.roles_claim.as_deref() {
-            Some("") => {
-                return Err((
-                    "spec.rolesClaim".into(),
-                    "must not be empty (leave the field out instead)".into(),
-                ));
-            }
-            Some(c) if c.starts_with("realm_access") || c.starts_with("resource_access") => {
-                return Err((
-                    "spec.rolesClaim".into(),
-                    format!(
-                        "`{c}` names Keycloak's roles, which are read without it (`realm_access.roles` as realm \
-                         roles, `resource_access.CLIENT.roles` as client roles): leave the field out"
-                    ),
-                ));
-            }
-            _ => {}
-        }
+        check_claim_names(self.principal_claim.as_deref(), self.roles_claim.as_deref())?;
         for (i, t) in self.tenants.iter().flatten().enumerate() {
             if !crate::syntax::is_tenant(t) {
                 return Err((
@@ -928,6 +911,12 @@ pub struct OidcLoginSpec {
     /// [`is_origin`](crate::syntax::is_origin)); absent: each request's
     /// `Host` and connection.
     pub external_origin: Option<String>,
+    /// The claim read as the signed-in user's name (default
+    /// `preferred_username`), as `JwtSettings`' `principalClaim`.
+    pub principal_claim: Option<String>,
+    /// A top-level claim whose values are the user's realm roles too
+    /// (`groups`, Entra ID's `roles`), as `JwtSettings`' `rolesClaim`.
+    pub roles_claim: Option<String>,
     /// The session's settings.
     #[serde(default)]
     pub session: OidcSessionSpec,
@@ -1228,11 +1217,36 @@ impl UpstreamCredentialsSpec {
     }
 }
 
+/// `spec.principalClaim` and `spec.rolesClaim`, of a `JwtSettings` or an
+/// `OidcLogin` document: not empty, and no roles claim naming Keycloak's
+/// own, which are read without it.
+fn check_claim_names(principal: Option<&str>, roles: Option<&str>) -> Result<(), FieldError> {
+    for (field, claim) in [("spec.principalClaim", principal), ("spec.rolesClaim", roles)] {
+        if claim == Some("") {
+            return Err((
+                field.into(),
+                "must not be empty (leave the field out instead)".into(),
+            ));
+        }
+    }
+    match roles {
+        Some(c) if c.starts_with("realm_access") || c.starts_with("resource_access") => Err((
+            "spec.rolesClaim".into(),
+            format!(
+                "`{c}` names Keycloak's roles, which are read without it (`realm_access.roles` as realm roles, \
+                 `resource_access.CLIENT.roles` as client roles): leave the field out"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 impl OidcLoginSpec {
     pub(super) fn check(&self) -> Result<(), FieldError> {
         if !is_http_url(&self.issuer) {
             return Err(("spec.issuer".into(), "must be an http(s) URL".into()));
         }
+        check_claim_names(self.principal_claim.as_deref(), self.roles_claim.as_deref())?;
         if self.client_id.trim().is_empty() {
             return Err(("spec.clientId".into(), "must not be empty".into()));
         }
