@@ -22,6 +22,8 @@
 //! | [`JWKS_FETCHES`] | counter | `issuer`, `result` (`success`, `failure`; both at zero from the start, for each issuer; with an empty `issuer` when a workload's policy file configures none) |
 //! | [`TOKEN_CACHE`] | counter | `result` (`hit`, `miss`) |
 //! | [`INTROSPECTIONS`] | counter | `issuer`, `result` (`active`, `inactive`, `failure`) |
+//! | [`TENANTS`] | gauge | `issuer` (an issuer pattern, `…/{tenant}`) |
+//! | [`TENANT_EVENTS`] | counter | `issuer` (an issuer pattern), `event` (`started`, `evicted`, `throttled`; each at zero from the start) |
 //! | [`SPNEGO_BLOCKING`] | gauge | — |
 //! | [`SPNEGO_BLOCKING_CALLS`] | counter | — |
 //! | [`SPNEGO_SHED`] | counter | — |
@@ -72,6 +74,18 @@ pub const JWKS_FETCHES: &str = "palisade_jwks_fetches_total";
 pub const TOKEN_CACHE: &str = "palisade_token_cache_total";
 /// Calls to an issuer's token introspection endpoint (RFC 7662): counter.
 pub const INTROSPECTIONS: &str = "palisade_introspections_total";
+/// Tenants of an issuer pattern whose keys are held now (at most its
+/// `max_tenants`): gauge.
+pub const TENANTS: &str = "palisade_jwt_tenants";
+/// What happened to an issuer pattern's tenants: counter. `started`: a
+/// tenant met (again) and set up, its keys fetched when they are its own;
+/// `evicted`: one dropped for a newcomer when `max_tenants` were held;
+/// `throttled`: a token refused because tokens named new tenants faster
+/// than their keys may be fetched, or than a tenant resolver may be asked
+/// (the refusal's own reason is `keys_unavailable` or `unknown_issuer`).
+/// Many `throttled` or `evicted` with few `started` tenants in use: tokens
+/// naming tenants at random (a probe or a flood), or `max_tenants` too low.
+pub const TENANT_EVENTS: &str = "palisade_jwt_tenant_events_total";
 /// Kerberos ticket checks (GSSAPI accepts) running now, on a request's
 /// worker or the blocking pool: gauge. (The name is kept from when all ran
 /// on the pool.)

@@ -16,7 +16,7 @@ use palisade_core::authn::{
     AuthOutcome, Authenticated, Authenticator, BearerToken, HeaderEdit, HeaderEdits, RequestHead,
     bearer_challenge,
 };
-use palisade_core::metrics::TOKEN_CACHE;
+use palisade_core::metrics::{TENANT_EVENTS, TENANTS, TOKEN_CACHE};
 use palisade_core::{AuthMethod, Check, Identity, TokenClaims, Verification};
 use serde_json::{Map, Value};
 
@@ -83,6 +83,45 @@ struct TenantStores {
     proven: std::collections::HashSet<String>,
     /// Tenants refused for that rate: said once a minute.
     throttled: palisade_core::logging::Sparse,
+    /// What the pattern's tenants report ([`TENANTS`], [`TENANT_EVENTS`]).
+    metrics: TenantMetrics,
+}
+
+/// The metrics of one issuer pattern's tenants.
+struct TenantMetrics {
+    live: metrics::Gauge,
+    started: metrics::Counter,
+    evicted: metrics::Counter,
+    throttled: metrics::Counter,
+}
+
+impl Default for TenantMetrics {
+    fn default() -> Self {
+        Self {
+            live: metrics::Gauge::noop(),
+            started: metrics::Counter::noop(),
+            evicted: metrics::Counter::noop(),
+            throttled: metrics::Counter::noop(),
+        }
+    }
+}
+
+impl TenantMetrics {
+    /// The handles of the pattern `issuer`, the counters at zero.
+    fn of(issuer: &str) -> Self {
+        let label = crate::jwks::metric_label(issuer);
+        let event = |event: &'static str| {
+            let c = metrics::counter!(TENANT_EVENTS, "issuer" => label.clone(), "event" => event);
+            c.increment(0);
+            c
+        };
+        Self {
+            live: metrics::gauge!(TENANTS, "issuer" => label.clone()),
+            started: event("started"),
+            evicted: event("evicted"),
+            throttled: event("throttled"),
+        }
+    }
 }
 
 /// How many tenants' key stores may start fetching keys per second, on
@@ -193,7 +232,9 @@ impl TenantStores {
                 live.allowed_at.store(at, Ordering::Relaxed);
             }
         } else {
-            self.live.remove(name);
+            if self.live.remove(name).is_some() {
+                self.metrics.live.set(self.live.len() as f64);
+            }
             self.allowed.remove(name);
             self.order.retain(|n| n != name);
             if self.refused.len() >= REFUSED_TENANTS {
@@ -282,6 +323,7 @@ fn rule_answer(stores: &Mutex<TenantStores>, tenants: &Tenants, name: &str) -> O
                 at: now,
             });
             if !asks.take_at_rate(now, RESOLVER_ASKS_PER_SECOND, RESOLVER_ASKS_AT_ONCE) {
+                s.metrics.throttled.increment(1);
                 if s.asks_throttled.due() {
                     tracing::warn!(target: LOG, per_second = RESOLVER_ASKS_PER_SECOND, "tokens name tenants the resolver has not answered about faster than it may be asked: theirs are refused until the rate allows (said once a minute)");
                 }
@@ -683,7 +725,12 @@ impl JwtAuthenticatorBuilder {
                 )),
                 None => None,
             };
-            let tenants = cfg.tenants.is_some().then(|| Mutex::new(TenantStores::default()));
+            let tenants = cfg.tenants.is_some().then(|| {
+                Mutex::new(TenantStores {
+                    metrics: TenantMetrics::of(&cfg.issuer),
+                    ..TenantStores::default()
+                })
+            });
             providers.push(ProviderState {
                 cfg,
                 store,
@@ -919,6 +966,7 @@ impl JwtAuthenticator {
                     new.live.insert(name.clone(), Arc::clone(t));
                 }
             }
+            new.metrics.live.set(new.live.len() as f64);
             new.proven = old
                 .proven
                 .iter()
@@ -1610,6 +1658,7 @@ impl JwtAuthenticator {
                 match fetched_store_if(iss, &cfg.issuer, &source, &cfg.fetch, may_start) {
                     Ok(Some(f)) => (Some(Arc::clone(&f.store)), Some(f)),
                     Ok(None) => {
+                        stores.metrics.throttled.increment(1);
                         if stores.throttled.due() {
                             tracing::warn!(target: LOG, issuer = %palisade_core::syntax::url_without_credentials(&cfg.issuer), per_second = TENANT_STARTS_PER_SECOND, "tokens name new tenants faster than their keys may be fetched: theirs are refused until the rate allows (said once a minute)");
                         }
@@ -1660,10 +1709,13 @@ impl JwtAuthenticator {
             if let Some(oldest) = stores.order.remove(unproven.unwrap_or(0)) {
                 stores.live.remove(&oldest);
                 stores.allowed.remove(&oldest);
+                stores.metrics.evicted.increment(1);
             }
         }
         stores.order.push_back(name.to_owned());
         stores.live.insert(name.to_owned(), Arc::clone(&tenant));
+        stores.metrics.started.increment(1);
+        stores.metrics.live.set(stores.live.len() as f64);
         Ok(tenant)
     }
 
@@ -3197,6 +3249,66 @@ mod tests {
             )
             .build()
             .unwrap()
+    }
+
+    /// An issuer pattern reports its tenants: how many are held, and each
+    /// one started, evicted for a newcomer, or refused for the start rate.
+    #[test]
+    fn tenants_are_counted_as_they_start_are_evicted_and_are_throttled() {
+        use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            let jwt = JwtAuthenticator::builder()
+                .provider(
+                    Provider::builder("http://127.0.0.1:9/realms/{tenant}")
+                        .audience("api")
+                        .jwks_uri("http://127.0.0.1:9/realms/{tenant}/certs")
+                        .tenant_resolver(|_| true)
+                        .max_tenants(2)
+                        .build()
+                        .unwrap(),
+                )
+                .build()
+                .unwrap();
+            for name in ["a", "b", "c"] {
+                assert!(jwt.tenant(&format!("http://127.0.0.1:9/realms/{name}")).is_ok());
+            }
+            jwt.0.providers[0]
+                .tenants
+                .as_ref()
+                .unwrap()
+                .lock()
+                .unwrap()
+                .starts = StartBudget {
+                left: 0.0,
+                at: std::time::Instant::now(),
+            };
+            assert!(jwt.tenant("http://127.0.0.1:9/realms/d").is_err());
+        });
+        let values: std::collections::BTreeMap<String, DebugValue> = snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .map(|(key, _, _, value)| {
+                let labels: Vec<String> = key
+                    .key()
+                    .labels()
+                    .map(|l| format!("{}={}", l.key(), l.value()))
+                    .collect();
+                (format!("{} {}", key.key().name(), labels.join(",")), value)
+            })
+            .collect();
+        let pattern = "issuer=http://127.0.0.1:9/realms/{tenant}";
+        let counter = |event: &str| values.get(&format!("{TENANT_EVENTS} {pattern},event={event}"));
+        assert_eq!(counter("started"), Some(&DebugValue::Counter(3)), "{values:?}");
+        assert_eq!(counter("evicted"), Some(&DebugValue::Counter(1)), "{values:?}");
+        assert_eq!(counter("throttled"), Some(&DebugValue::Counter(1)), "{values:?}");
+        assert_eq!(
+            values.get(&format!("{TENANTS} {pattern}")),
+            Some(&DebugValue::Gauge(2.0.into())),
+            "{values:?}"
+        );
     }
 
     /// With no start left, a tenant a token has verified for still gets its
