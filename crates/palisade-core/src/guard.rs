@@ -95,6 +95,41 @@ impl RequestAuth {
         self.compiled.missing_credential().or_outright(NO_AUTHENTICATOR)
     }
 
+    /// Checks a requirement in the handler, where it depends on what the
+    /// handler reads first (Spring Security's `@PreAuthorize` on a service
+    /// method with its arguments, or an `AccessDeniedException` thrown by
+    /// hand): the identity when it meets `requirement`; else the refusal to
+    /// answer with, as the `Authorized<R>` extractor answers: 401 with the
+    /// guard's challenges for an anonymous caller
+    /// ([`missing_credential`](Self::missing_credential)), 403 for one
+    /// short of the requirement. The refusal renders in both frameworks
+    /// (`?` in a handler returning `Result<_, Rejection>`).
+    ///
+    /// ```
+    /// use palisade_core::adapter::Decision;
+    /// use palisade_core::authn::OwnedRequest;
+    /// use palisade_core::authz::{AccessPolicy, realm_role};
+    /// use palisade_core::{Check, Guard};
+    /// let guard = Guard::builder().access_policy(AccessPolicy::allow_all()).build()?;
+    /// let Check::Ready(Decision::Allow(admission)) = guard.check(&OwnedRequest::get("/")) else { panic!() };
+    /// let refused = admission.auth().require(&realm_role("admin")).unwrap_err();
+    /// assert_eq!(refused.status(), 403, "no authenticator here offers a challenge");
+    /// # Ok::<(), palisade_core::GuardError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// The [`Rejection`] for a caller without an identity or short of
+    /// `requirement`.
+    pub fn require(&self, requirement: &crate::authz::Requirement) -> Result<&Identity, Rejection> {
+        let identity = self.identity().ok_or_else(|| self.missing_credential())?;
+        if requirement.is_met_by(identity) {
+            Ok(identity)
+        } else {
+            tracing::debug!(target: LOG_TARGET, %requirement, "identity does not meet the handler's requirement");
+            Err(Rejection::forbidden(SHORT_OF_REQUIREMENT))
+        }
+    }
+
     /// The configuration that checked this request.
     pub(crate) fn compiled(&self) -> &Compiled {
         &self.compiled
@@ -106,6 +141,10 @@ impl RequestAuth {
         Waiting::new(Arc::clone(&self.compiled), None)
     }
 }
+
+/// The description of a refusal for a caller short of a handler's
+/// requirement.
+pub(crate) const SHORT_OF_REQUIREMENT: &str = "the caller lacks a role or scope this resource needs";
 
 /// Configuration that cannot work.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -1811,6 +1850,30 @@ mod tests {
     }
 
     struct Fixed(Option<&'static str>, bool);
+
+    /// A handler's own check answers as the `Authorized<R>` extractor:
+    /// the identity when it meets the requirement, 403 short of it, and
+    /// 401 with the guard's challenge for an anonymous caller.
+    #[test]
+    fn a_handlers_requirement_answers_401_403_or_the_identity() {
+        use crate::authz::{authenticated, realm_role};
+        let guard = Guard::builder()
+            .authenticator(Fixed(Some("alice"), false))
+            .access_policy(AccessPolicy::allow_all())
+            .build()
+            .unwrap();
+        let auth = |req: OwnedRequest| match guard.check(&req) {
+            Check::Ready(Decision::Allow(a)) => a.auth().clone(),
+            _ => panic!("allowed"),
+        };
+        let alice = auth(OwnedRequest::get("/").header("authorization", "Bearer good"));
+        assert_eq!(alice.require(&authenticated()).unwrap().subject(), Some("alice"));
+        assert_eq!(alice.require(&realm_role("admin")).unwrap_err().status(), 403);
+        let anonymous = auth(OwnedRequest::get("/"));
+        let refused = anonymous.require(&authenticated()).unwrap_err();
+        assert_eq!(refused.status(), 401);
+        assert_eq!(refused.challenges(), ["Bearer realm=\"t\""]);
+    }
 
     impl Authenticator for Fixed {
         fn challenge(&self) -> Option<String> {

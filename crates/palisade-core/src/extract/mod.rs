@@ -102,16 +102,13 @@ mod common {
     pub(super) fn authorized_from<R: crate::authz::Requires>(
         auth: Option<&RequestAuth>,
     ) -> Result<super::Authorized<R>, Rejection> {
-        let identity = identity_from(auth)?;
-        let requirement = R::requirement();
-        if requirement.is_met_by(&identity) {
-            Ok(super::Authorized(identity, std::marker::PhantomData))
-        } else {
-            tracing::debug!(target: crate::LOG_TARGET, %requirement, "identity does not meet the handler's requirement");
-            Err(Rejection::forbidden(
-                "the caller lacks a role or scope this resource needs",
-            ))
-        }
+        // Unguarded: the error line `identity_from` says.
+        let auth = match auth {
+            Some(auth) => auth,
+            None => return Err(identity_from(None).unwrap_err()),
+        };
+        let identity = auth.require(&R::requirement())?;
+        Ok(super::Authorized(identity.clone(), std::marker::PhantomData))
     }
 
     pub(super) fn claims_from<T: DeserializeOwned>(
