@@ -369,16 +369,7 @@ pub fn sign_in_challenge(realm: &str, form_action: &str, cookie_name: &str) -> S
     )
 }
 
-/// Keeps a value inside a quoted-string: printable ASCII without `"` and `\`
-/// (RFC 6750 §3 limits `error_description` to that set anyway).
-fn quote_safe(s: &str) -> String {
-    let allowed = |c: char| (' '..='~').contains(&c) && c != '"' && c != '\\';
-    // Most values need no filtering: copied whole, not char by char.
-    if s.chars().all(allowed) {
-        return s.to_owned();
-    }
-    s.chars().filter(|&c| allowed(c)).collect()
-}
+use crate::syntax::quote_safe;
 
 #[cfg(test)]
 mod tests {

@@ -73,11 +73,13 @@ pub struct TokenClaims {
     pub audiences: Vec<String>,
     /// `azp`: the authorized party (Istio's `request.auth.presenter`).
     pub authorized_party: Option<String>,
-    /// Keycloak realm roles (`realm_access.roles`).
+    /// Keycloak realm roles (`realm_access.roles`), with those of the
+    /// issuer's roles claim where one is configured
+    /// ([`add_realm_roles_from`](Self::add_realm_roles_from)).
     pub realm_roles: Vec<String>,
     /// Keycloak client roles (`resource_access.<client>.roles`).
     pub client_roles: BTreeMap<String, Vec<String>>,
-    /// `scope` split on spaces (or `scp` as an array).
+    /// `scope`, or else `scp`: a string split on spaces, or an array.
     pub scopes: Vec<String>,
     /// `preferred_username`, or the claim configured as principal attribute.
     pub preferred_username: Option<String>,
@@ -85,7 +87,8 @@ pub struct TokenClaims {
     pub email: Option<String>,
     /// `exp` as a time.
     pub expires_at: Option<SystemTime>,
-    /// Every claim of the payload.
+    /// Every claim of the payload, as signed but for the roles of a roles
+    /// claim, added to `realm_access.roles`.
     pub claims: Map<String, Value>,
     /// The tenant, for an issuer configured as a pattern
     /// (`https://login.microsoftonline.com/{tenant}/v2.0`): what `{tenant}`
@@ -142,14 +145,24 @@ impl TokenClaims {
                 .map(|(client, access)| (client.clone(), strings(access.get("roles"))))
                 .collect();
         }
-        t.scopes = match claims.get("scope") {
-            Some(Value::String(s)) => s
-                .split(' ')
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect(),
-            _ => strings(claims.get("scp")),
+        // `scope` (RFC 8693, RFC 9068) or `scp` (Okta's array, Microsoft
+        // Entra ID's string), each a string of scopes separated by spaces
+        // or an array of them.
+        let scopes = |v: &Value| match v {
+            Value::String(s) => Some(
+                s.split(' ')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            ),
+            Value::Array(_) => Some(strings(Some(v))),
+            _ => None,
         };
+        t.scopes = claims
+            .get("scope")
+            .and_then(scopes)
+            .or_else(|| claims.get("scp").and_then(scopes))
+            .unwrap_or_default();
         t.expires_at = claims
             .get("exp")
             .and_then(Value::as_f64)
@@ -164,9 +177,12 @@ impl TokenClaims {
     /// `realm_access.roles`: `groups` (Okta, Keycloak's group mapper),
     /// `roles` (Microsoft Entra ID), `cognito:groups`, a namespaced claim
     /// (Auth0), as Spring Security's `authorities-claim-name` does. The
-    /// claim may be an array of strings, a string of roles separated by
-    /// spaces, or an object whose keys are the roles (ZITADEL's project
-    /// roles); any other value adds none.
+    /// claim may be an array of strings, one string (one role, spaces and
+    /// all: `Domain Admins`), or an object whose keys are the roles where
+    /// their values are objects or `true` (ZITADEL's project roles, a map
+    /// of flags); any other value, and an empty name, adds none. Keycloak's
+    /// own claims (`realm_access`, `resource_access`) are not role claims:
+    /// builders refuse them ([`crate::syntax::roles_claim_refusal`]).
     ///
     /// The roles are added where every check reads them:
     /// [`realm_roles`](Self::realm_roles) (`Identity::has_realm_role`, a
@@ -188,20 +204,44 @@ impl TokenClaims {
     /// assert_eq!(t.claims["realm_access"]["roles"], serde_json::json!(["user", "admin"]));
     /// ```
     pub fn add_realm_roles_from(&mut self, claim: &str) {
-        let found: Vec<String> = match self.claims.get(claim) {
-            Some(Value::Array(items)) => items
+        if let Some(value) = self.claims.get(claim).cloned() {
+            self.add_realm_roles(&value);
+        }
+    }
+
+    /// Adds the roles `value` holds, read as
+    /// [`add_realm_roles_from`](Self::add_realm_roles_from) reads its
+    /// claim, for roles that come from another token than these claims'
+    /// (a signed-in user's ID token, when the session's access token is
+    /// meant for another API, whose roles are not this service's).
+    ///
+    /// ```
+    /// use palisade_core::TokenClaims;
+    /// let mut t = TokenClaims::default();
+    /// t.add_realm_roles(&serde_json::json!(["admin"]));
+    /// assert_eq!(t.realm_roles, ["admin"]);
+    /// ```
+    pub fn add_realm_roles(&mut self, value: &Value) {
+        let found: Vec<&str> = match Some(value) {
+            Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).collect(),
+            // One role, spaces and all (`Domain Admins`): split, its words
+            // would be roles of their own.
+            Some(Value::String(s)) => vec![s.as_str()],
+            // ZITADEL's `{"ROLE": {"ORG_ID": "ORG_DOMAIN"}}`, or a map of
+            // flags: a key whose value is `false` (or anything but an
+            // object or `true`) is not a role.
+            Some(Value::Object(roles)) => roles
                 .iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
+                .filter(|(_, v)| matches!(v, Value::Object(_) | Value::Bool(true)))
+                .map(|(k, _)| k.as_str())
                 .collect(),
-            Some(Value::String(s)) => s
-                .split(' ')
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect(),
-            Some(Value::Object(roles)) => roles.keys().cloned().collect(),
             _ => return,
         };
+        let found: Vec<String> = found
+            .into_iter()
+            .filter(|r| !r.is_empty())
+            .map(str::to_owned)
+            .collect();
         let before = self.realm_roles.len();
         for role in found {
             if !self.realm_roles.contains(&role) {
@@ -465,7 +505,8 @@ impl Identity {
     }
 
     /// The claims authorization conditions (`request.auth.claims[…]`) read:
-    /// the verified token's payload, or for a Kerberos caller `sub`, `roles`,
+    /// the verified token's payload (with the roles of the issuer's roles
+    /// claim added to `realm_access.roles`), or for a Kerberos caller `sub`, `roles`,
     /// `groups` and `realm_access.roles` from the mapping hook.
     #[must_use]
     pub fn claims(&self) -> Option<&Map<String, Value>> {
@@ -485,16 +526,18 @@ impl Identity {
         self.0.kerberos.as_ref().map(|k| k.principal.as_str())
     }
 
-    /// The caller's name, as Spring Security's `Authentication.getName()`
-    /// gives it: for a token or a sign-in session the claim configured as
-    /// the provider's principal (`preferred_username` unless set otherwise,
-    /// Keycloak's `principal-attribute`), else its subject; for a Kerberos
-    /// user the principal (`alice@EXAMPLE.TEST`); for a workload known by
-    /// its certificate alone its principal (`cluster.local/ns/NS/sa/SA`).
-    /// An end user's name comes before the workload's it called through.
-    /// For display and logs: authorization decides on
-    /// [`request_principal`](Self::request_principal), which a user cannot
-    /// choose (a user name may be reused, or set by its user).
+    /// The caller's name: for a token or a sign-in session the claim
+    /// configured as the provider's principal (`preferred_username` unless
+    /// set otherwise, Keycloak's `principal-attribute`), else its subject;
+    /// for a Kerberos user the principal (`alice@EXAMPLE.TEST`); for a
+    /// workload known by its certificate alone its principal
+    /// (`cluster.local/ns/NS/sa/SA`). An end user's name comes before the
+    /// workload's it called through. Unlike Spring Security's
+    /// `Authentication.getName()`, whose default is `sub`, the default is
+    /// the user name: for display and logs. Key data on
+    /// [`request_principal`](Self::request_principal) (`ISSUER/sub`), which
+    /// authorization decides on and a user cannot choose: a user name may
+    /// be reused, or changed by its user where the issuer lets them.
     ///
     /// ```
     /// use palisade_core::{Identity, TokenClaims, Verification};
@@ -507,7 +550,8 @@ impl Identity {
     #[must_use]
     pub fn name(&self) -> Option<&str> {
         if let Some(t) = &self.0.token {
-            return Some(t.preferred_username.as_deref().unwrap_or(&t.subject));
+            let name = t.preferred_username.as_deref().filter(|n| !n.is_empty());
+            return Some(name.unwrap_or(&t.subject));
         }
         if let Some(k) = &self.0.kerberos {
             return Some(&k.principal);
@@ -680,8 +724,12 @@ mod tests {
             roles(json!({"groups": ["a", 7, "b", "a"]})),
             (vec!["a".into(), "b".into()], Some(json!({"roles": ["a", "b"]})))
         );
-        assert_eq!(roles(json!({"groups": " a  b "})).0, ["a", "b"]);
-        assert_eq!(roles(json!({"groups": {"a": {"org": 1}, "b": {}}})).0, ["a", "b"]);
+        assert_eq!(roles(json!({"groups": "Domain Admins"})).0, ["Domain Admins"]);
+        assert_eq!(
+            roles(json!({"groups": {"a": {"org": 1}, "b": {}, "c": true, "d": false, "e": "x"}})).0,
+            ["a", "b", "c"]
+        );
+        assert_eq!(roles(json!({"groups": ["", "a"]})).0, ["a"]);
         // Kept beside what realm_access holds, its other members too.
         assert_eq!(
             roles(json!({"realm_access": {"roles": ["u"], "x": 1}, "groups": ["a", "u"]})),
@@ -700,6 +748,8 @@ mod tests {
             json!({"realm_access": "admin"}),
             json!({"groups": 7}),
             json!({"groups": []}),
+            json!({"groups": ""}),
+            json!({"groups": {"admin": false}}),
             json!({"realm_access": {"roles": ["a"], "x": 1}, "groups": ["a"]}),
         ] {
             assert_eq!(
@@ -708,6 +758,23 @@ mod tests {
                 "{claims}"
             );
         }
+    }
+
+    /// Scopes as each issuer writes them: `scope` a string (Keycloak,
+    /// Auth0) or an array, `scp` an array (Okta) or a string (Microsoft
+    /// Entra ID's `"Orders.Read Orders.Write"`).
+    #[test]
+    fn scopes_are_read_from_scope_or_scp_as_a_string_or_an_array() {
+        let scopes = |claims: Value| TokenClaims::from_claims(claims.as_object().unwrap().clone()).scopes;
+        assert_eq!(scopes(json!({"scope": "a  b"})), ["a", "b"]);
+        assert_eq!(scopes(json!({"scope": ["a", "b"]})), ["a", "b"]);
+        assert_eq!(
+            scopes(json!({"scp": "Orders.Read Orders.Write"})),
+            ["Orders.Read", "Orders.Write"]
+        );
+        assert_eq!(scopes(json!({"scp": ["a", "b"]})), ["a", "b"]);
+        assert_eq!(scopes(json!({"scope": "a", "scp": "b"})), ["a"]);
+        assert!(scopes(json!({"scope": 7})).is_empty());
     }
 
     #[test]

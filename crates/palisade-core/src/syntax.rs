@@ -346,6 +346,58 @@ pub fn redis_command_timeout_problem(timeout: std::time::Duration) -> Option<&'s
         .then_some("must be between 10 ms and 60 s")
 }
 
+/// Keeps a value inside an HTTP quoted-string (a challenge's
+/// `error_description`, `realm`): printable ASCII without `"` and `\`
+/// (RFC 6750 §3 limits `error_description` to that set anyway), the rest
+/// dropped.
+///
+/// ```
+/// use palisade_core::syntax::quote_safe;
+/// assert_eq!(quote_safe("token expired"), "token expired");
+/// assert_eq!(quote_safe("a\"b\\c\nd é~"), "abcd ~");
+/// ```
+#[must_use]
+pub fn quote_safe(s: &str) -> String {
+    let allowed = |c: char| (' '..='~').contains(&c) && c != '"' && c != '\\';
+    // Most values need no filtering: copied whole, not char by char.
+    if s.chars().all(allowed) {
+        return s.to_owned();
+    }
+    s.chars().filter(|&c| allowed(c)).collect()
+}
+
+/// What is wrong with `claim` as the claim an issuer's roles are read
+/// from (`rolesClaim`, `roles_claim`), if anything: empty, or one of
+/// Keycloak's own (`realm_access`, `resource_access`, or a path into them),
+/// which are read as realm and client roles without it, and whose keys
+/// would become roles (`roles`, every client's id).
+///
+/// ```
+/// use palisade_core::syntax::roles_claim_refusal as refusal;
+/// assert_eq!(refusal("groups"), None);
+/// assert_eq!(refusal("realm_access_roles"), None);
+/// assert!(refusal("realm_access").is_some());
+/// assert!(refusal("resource_access.app.roles").is_some());
+/// assert!(refusal("").is_some());
+/// ```
+#[must_use]
+pub fn roles_claim_refusal(claim: &str) -> Option<String> {
+    if claim.is_empty() {
+        return Some("must not be empty (leave it out instead)".into());
+    }
+    let keycloaks = ["realm_access", "resource_access"].iter().any(|own| {
+        claim
+            .strip_prefix(own)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+    });
+    keycloaks.then(|| {
+        format!(
+            "`{claim}` names Keycloak's roles, which are read without it (`realm_access.roles` as realm roles, \
+             `resource_access.CLIENT.roles` as client roles): leave it out"
+        )
+    })
+}
+
 /// Why `resource` cannot be a protected resource's identifier (RFC 9728
 /// §1.2), if it cannot: an http(s) URL with a host, printable and without
 /// quotes (it is quoted in every `WWW-Authenticate`), without a query or

@@ -495,12 +495,13 @@ struct Dpop {
 
 impl Dpop {
     /// The `DPoP` challenge of a refusal: RFC 9449's `error` code and a
-    /// fixed description.
+    /// fixed description (an application's own, [`JwtError::ClaimsRefused`],
+    /// kept to what a quoted-string holds).
     fn error_challenge(&self, code: &str, detail: &str) -> String {
         format!(
             "{}, error=\"{code}\", error_description=\"{}\"",
             self.challenge,
-            detail.replace(['"', '\\'], "")
+            palisade_core::syntax::quote_safe(detail)
         )
     }
 }
@@ -1199,7 +1200,8 @@ impl JwtAuthenticator {
     /// [`JwtError::InvalidAudience`] when `aud` names none of the provider's
     /// audiences, [`JwtError::WrongType`] for the claims of another kind of
     /// token (`typ` `ID`, `Refresh` or `Logout`, a logout token's `events`)
-    /// unless the provider takes any kind.
+    /// unless the provider takes any kind, [`JwtError::ClaimsRefused`] when
+    /// a check of the provider's own refuses them.
     pub fn identity_for_verified_claims(
         &self,
         claims: Map<String, Value>,
@@ -1263,12 +1265,10 @@ impl JwtAuthenticator {
             .output_payload_to_header
             .is_some()
             .then(|| URL_SAFE_NO_PAD.encode(Value::Object(claims.clone()).to_string()));
-        let mut claims = token_claims(cfg, claims);
-        if let Some((name, issuer)) = tenant {
-            claims.issuer = issuer;
-            claims.tenant = Some(name);
-        }
-        cfg.claims_checks.run(&claims).map_err(JwtError::ClaimsRefused)?;
+        let tenant = tenant
+            .as_ref()
+            .map(|(name, issuer)| (name.as_str(), issuer.as_str()));
+        let claims = token_claims(cfg, claims, tenant, None)?;
         let edits = output_edits(cfg, &claims.claims, payload.as_deref());
         Ok(Authenticated::new(Identity::from_token(claims, proof)).with_edits(HeaderEdits::from(edits)))
     }
@@ -1817,14 +1817,9 @@ impl JwtAuthenticator {
         {
             return Err(JwtError::InvalidClaim("cnf"));
         }
-        // Ory Hydra (fosite) names no `token_type` for a refresh token and
-        // says what it is in `token_use`, which Ory tells resource servers
-        // to check; Cognito's claims say `access` or `id` there.
-        if claims.get("token_use").and_then(Value::as_str).is_some_and(|t| {
-            ["refresh_token", "refresh", "id_token", "id"]
-                .iter()
-                .any(|kind| t.eq_ignore_ascii_case(kind))
-        }) {
+        // Another kind of token by its claims, as for a JWT: Ory's and
+        // Cognito's `token_use`, a logout event.
+        if !cfg.any_token_kind && is_other_kind(None, &claims) {
             return Err(JwtError::WrongType);
         }
         let exp = number(&claims, "exp")?;
@@ -1838,12 +1833,10 @@ impl JwtAuthenticator {
                 Value::Object(claims.clone()).to_string(),
             )
         });
+        // RFC 7662's `username`, the user's name where the answer has no
+        // `preferred_username` and no other claim is configured.
         let username = claims.get("username").and_then(Value::as_str).map(str::to_owned);
-        let mut token = token_claims(cfg, claims);
-        if token.preferred_username.is_none() && cfg.principal_claim.is_none() {
-            token.preferred_username = username;
-        }
-        cfg.claims_checks.run(&token).map_err(JwtError::ClaimsRefused)?;
+        let token = token_claims(cfg, claims, None, username)?;
         let out_edits = output_edits(cfg, &token.claims, payload.as_deref());
         let edits = (0..self.0.sources.len())
             .map(|source| {
@@ -2154,12 +2147,12 @@ impl JwtAuthenticator {
                 stores.proven.insert(t.name.clone());
             }
         }
-        let mut claims = token_claims(cfg, parsed.claims);
-        if let Some(t) = tenant {
-            claims.issuer.clone_from(&t.issuer);
-            claims.tenant = Some(t.name.clone());
-        }
-        cfg.claims_checks.run(&claims).map_err(JwtError::ClaimsRefused)?;
+        let claims = token_claims(
+            cfg,
+            parsed.claims,
+            tenant.map(|t| (t.name.as_str(), t.issuer.as_str())),
+            None,
+        )?;
         let out_edits = output_edits(cfg, &claims.claims, Some(parsed.jws.payload_b64));
         let identity = Identity::from_token(claims, Verification::assertion());
         let mut edits = self.removal(found, provider);
@@ -2444,16 +2437,37 @@ fn check_subject_and_audience(cfg: &Provider, claims: &Map<String, Value>) -> Re
     Ok(())
 }
 
-fn token_claims(cfg: &Provider, claims: Map<String, Value>) -> TokenClaims {
+/// The claims of a token of `cfg`'s issuer as the identity holds them,
+/// mapped as the provider says (its issuer, or for a pattern the tenant's
+/// as `tenant` names it; the user's name from its principal claim, else
+/// `username`; the roles of its roles claim) and checked by the
+/// application's checks ([`Provider`]'s `check_claims`): every path that
+/// makes an identity of a token's claims goes through here.
+fn token_claims(
+    cfg: &Provider,
+    claims: Map<String, Value>,
+    tenant: Option<(&str, &str)>,
+    username: Option<String>,
+) -> Result<TokenClaims, JwtError> {
     let principal = cfg.principal_claim.as_deref().unwrap_or("preferred_username");
     let preferred_username = claims.get(principal).and_then(Value::as_str).map(str::to_owned);
     let mut t = TokenClaims::from_claims(claims);
-    t.issuer = cfg.issuer.clone();
-    t.preferred_username = preferred_username;
+    t.preferred_username = match preferred_username {
+        None if cfg.principal_claim.is_none() => username,
+        name => name,
+    };
+    match tenant {
+        Some((name, issuer)) => {
+            issuer.clone_into(&mut t.issuer);
+            t.tenant = Some(name.to_owned());
+        }
+        None => t.issuer.clone_from(&cfg.issuer),
+    }
     if let Some(roles) = &cfg.roles_claim {
         t.add_realm_roles_from(roles);
     }
-    t
+    cfg.claims_checks.run(&t).map_err(JwtError::ClaimsRefused)?;
+    Ok(t)
 }
 
 /// A claim as a header value: strings as is, numbers and booleans printed,
@@ -4273,5 +4287,40 @@ mod tests {
                 r.challenges()
             );
         }
+    }
+
+    /// A Cognito ID token, whose `aud` is the client's id as an API's
+    /// audience would be written, is not taken for an access token: its
+    /// `token_use` says what it is, on the signed path as on the
+    /// introspected one.
+    #[test]
+    fn a_cognito_id_token_is_not_an_access_token() {
+        use palisade_core::authn::OwnedRequest;
+        let issuer = palisade_testkit::TestIssuer::builder()
+            .default_audience("client-1")
+            .start()
+            .unwrap();
+        let jwt = JwtAuthenticator::builder()
+            .provider(
+                Provider::builder(issuer.issuer())
+                    .audience("client-1")
+                    .jwks_inline(issuer.jwks().to_string())
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        let outcome = |token_use: &str| {
+            let token = issuer.token().claim("token_use", Value::from(token_use)).sign();
+            let req = OwnedRequest::get("/").header("authorization", format!("Bearer {token}"));
+            match jwt.authenticate(&req) {
+                Check::Ready(AuthOutcome::Rejected(r)) => Err(r.reason()),
+                Check::Ready(AuthOutcome::Authenticated(_)) => Ok(()),
+                _ => panic!("decided at once"),
+            }
+        };
+        assert_eq!(outcome("access"), Ok(()));
+        assert_eq!(outcome("id"), Err("wrong_type"));
+        assert_eq!(outcome("ID"), Err("wrong_type"));
     }
 }

@@ -91,7 +91,7 @@ impl fmt::Debug for Tenants {
 /// A check of a verified token's claims, the application's own
 /// ([`ProviderBuilder::check_claims`]): `Err` with a fixed description
 /// refuses the token.
-pub type ClaimsCheck = dyn Fn(&TokenClaims) -> Result<(), &'static str> + Send + Sync;
+pub(crate) type ClaimsCheck = dyn Fn(&TokenClaims) -> Result<(), &'static str> + Send + Sync;
 
 /// The application's checks of a provider, compared by identity (a reload
 /// that keeps them keeps its verified tokens).
@@ -169,6 +169,11 @@ pub enum ConfigError {
     /// A setting out of its range.
     #[error("{0}")]
     OutOfRange(String),
+    /// The claim named as the roles' or the user name's cannot be one
+    /// ([`palisade_core::syntax::roles_claim_refusal`]): the issuer, the
+    /// setting and why.
+    #[error("issuer `{0}`: {1} {2}")]
+    InvalidClaimName(String, &'static str, String),
 }
 
 /// Where a provider's keys come from.
@@ -647,9 +652,10 @@ impl ProviderBuilder {
     /// Security's `authorities-claim-name`): `groups` (Okta, Keycloak's
     /// group mapper), `roles` (Microsoft Entra ID), `cognito:groups`, an
     /// Auth0 namespaced claim. A top-level claim, named exactly (dots and
-    /// colons are part of the name); an array of strings, a string of
-    /// roles separated by spaces, or an object whose keys are roles
-    /// (ZITADEL). Its roles are added to the realm roles every check
+    /// colons are part of the name); an array of strings, one string (one
+    /// role), or an object whose keys are roles where their values are
+    /// objects or `true` (ZITADEL). Keycloak's own (`realm_access`,
+    /// `resource_access`) fail [`build`](Self::build). Its roles are added to the realm roles every check
     /// reads (`Identity::has_realm_role`, a `realm_role` requirement, and
     /// policies' `request.auth.claims[realm_access][roles]`):
     /// [`TokenClaims::add_realm_roles_from`].
@@ -688,9 +694,13 @@ impl ProviderBuilder {
     /// claim's value cannot end up in a response. Checks added more than
     /// once run in turn, the first refusal answering.
     ///
-    /// A token is checked once, when it is first verified: a verified token
-    /// is answered from a cache until it expires, so the check must depend
-    /// on the claims alone (the clock is the standard checks').
+    /// A token is checked when it is verified: a verified token is answered
+    /// from a cache until it expires (an opaque token's introspection
+    /// answer for its `cacheTime`), so the check must depend on the claims
+    /// alone (the clock is the standard checks'). It runs on the request's
+    /// thread, or for an introspected token on the thread that fetches keys
+    /// and asks every issuer: keep it quick, and never block. Browser
+    /// sign-in's sessions are not checked by it.
     ///
     /// ```
     /// use palisade_core::Verification;
@@ -797,6 +807,22 @@ impl ProviderBuilder {
         }
         if self.audiences.is_empty() && !self.any_audience {
             return Err(ConfigError::NoAudience(self.issuer));
+        }
+        if let Some(refusal) = self
+            .roles_claim
+            .as_deref()
+            .and_then(palisade_core::syntax::roles_claim_refusal)
+        {
+            let issuer = url_without_credentials(&self.issuer);
+            return Err(ConfigError::InvalidClaimName(issuer, "the roles claim", refusal));
+        }
+        if self.principal_claim.as_deref() == Some("") {
+            let issuer = url_without_credentials(&self.issuer);
+            return Err(ConfigError::InvalidClaimName(
+                issuer,
+                "the principal claim",
+                "must not be empty".into(),
+            ));
         }
         let algorithms = self.algorithms.unwrap_or_else(|| ASYMMETRIC.to_vec());
         if algorithms.is_empty() {
@@ -1081,6 +1107,32 @@ mod tests {
                 "{issuer} {tenants:?}: {err}"
             );
         }
+    }
+
+    /// A roles claim naming Keycloak's own, whose keys would become roles
+    /// (every client's id), or an empty name, is refused as a policy file
+    /// refuses it.
+    #[test]
+    fn a_roles_claim_naming_keycloaks_own_is_refused() {
+        let build = |roles: &str, principal: &str| {
+            Provider::builder("https://i")
+                .audience("a")
+                .roles_claim(roles)
+                .principal_claim(principal)
+                .build()
+        };
+        for (roles, principal) in [
+            ("realm_access", "email"),
+            ("resource_access", "email"),
+            ("", "email"),
+            ("groups", ""),
+        ] {
+            assert!(
+                matches!(build(roles, principal), Err(ConfigError::InvalidClaimName(..))),
+                "{roles:?} {principal:?}"
+            );
+        }
+        assert!(build("realm_access_roles", "email").is_ok());
     }
 
     #[test]

@@ -798,6 +798,53 @@ mod tests {
         );
     }
 
+    /// An introspection answer's claims are mapped and checked as a
+    /// signed token's: the provider's roles claim, its own check, and
+    /// `username` as the name only where no principal claim is set.
+    #[test]
+    fn an_answer_gets_the_providers_roles_claim_and_check() {
+        let jwt = |principal: Option<&str>| {
+            let b = crate::Provider::builder("https://i.example")
+                .audience("api")
+                .introspection(
+                    Introspection::client_secret_basic("rs", "s").endpoint("http://127.0.0.1:9/introspect"),
+                )
+                .roles_claim("groups")
+                .check_claims(|t| {
+                    if t.claims.contains_key("tid") {
+                        Ok(())
+                    } else {
+                        Err("no tenant")
+                    }
+                });
+            let b = match principal {
+                Some(p) => b.principal_claim(p),
+                None => b,
+            };
+            crate::JwtAuthenticator::builder()
+                .provider(b.build().unwrap())
+                .build()
+                .unwrap()
+        };
+        let body = r#"{"active":true,"sub":"a","aud":"api","exp":4102444800,"username":"al","email":"a@x","tid":"t","groups":["admin"]}"#;
+        let id = jwt(None)
+            .introspection_answer("https://i.example", body.as_bytes())
+            .unwrap();
+        assert!(id.has_realm_role("admin"));
+        assert_eq!(id.name(), Some("al"));
+        let id = jwt(Some("email"))
+            .introspection_answer("https://i.example", body.as_bytes())
+            .unwrap();
+        assert_eq!(id.name(), Some("a@x"));
+        let unchecked = r#"{"active":true,"sub":"a","aud":"api","exp":4102444800}"#;
+        assert_eq!(
+            jwt(None)
+                .introspection_answer("https://i.example", unchecked.as_bytes())
+                .unwrap_err(),
+            JwtError::ClaimsRefused("no tenant")
+        );
+    }
+
     #[test]
     fn the_cache_key_is_a_hash_not_the_token() {
         let key = TokenKey::of("secret-token");

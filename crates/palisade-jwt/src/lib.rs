@@ -54,8 +54,8 @@ pub use authenticator::{JwtAuthenticator, JwtAuthenticatorBuilder};
 pub use body::body_up_to;
 // For the same crates: an issuer's discovery document, read and checked once.
 pub use config::{
-    ClaimsCheck, ConfigError, DangerousProviderBuilder, FetchSettings, JwksSource, Provider, ProviderBuilder,
-    Tenants, TokenSource,
+    ConfigError, DangerousProviderBuilder, FetchSettings, JwksSource, Provider, ProviderBuilder, Tenants,
+    TokenSource,
 };
 #[doc(hidden)]
 pub use discovery::{Discovery, DiscoveryError};

@@ -121,18 +121,30 @@ const OTHER_HEADER_TYPES: [&str; 3] = ["logout+jwt", "secevent+jwt", "dpop+jwt"]
 /// access token's is `Bearer`, or `DPoP`): ID, refresh and logout tokens.
 const OTHER_PAYLOAD_TYPES: [&str; 5] = ["ID", "Refresh", "Offline", "Logout", "Serialized-ID"];
 
+/// `token_use` values of tokens that are not access tokens: Amazon
+/// Cognito's ID tokens (`id`; its access tokens say `access`), which carry
+/// the client's id in `aud` as an API's audience would be written, and
+/// Ory Hydra's (fosite's) refresh and ID tokens, which Ory tells resource
+/// servers to check there.
+const OTHER_TOKEN_USES: [&str; 4] = ["refresh_token", "refresh", "id_token", "id"];
+
 /// Whether the token says it is another kind of JWT than an access token:
 /// its header `typ` names one (a logout token, a DPoP proof), or its
 /// payload `typ` is one of Keycloak's for ID, refresh and logout tokens,
-/// which it signs with the same key and header as access tokens; or it
+/// which it signs with the same key and header as access tokens, or its
+/// `token_use` one of Cognito's or Ory's for ID and refresh tokens; or it
 /// carries a back-channel logout event (a logout token whose issuer sets
 /// no `typ`, as OpenID Connect Back-Channel Logout 1.0 allows).
 pub(crate) fn is_other_kind(header_typ: Option<&str>, claims: &Map<String, Value>) -> bool {
-    header_typ.is_some_and(|t| OTHER_HEADER_TYPES.iter().any(|o| typ_is(t, o)))
-        || claims
-            .get("typ")
+    let says = |claim: &str, kinds: &[&str]| {
+        claims
+            .get(claim)
             .and_then(Value::as_str)
-            .is_some_and(|t| OTHER_PAYLOAD_TYPES.iter().any(|o| t.eq_ignore_ascii_case(o)))
+            .is_some_and(|t| kinds.iter().any(|o| t.eq_ignore_ascii_case(o)))
+    };
+    header_typ.is_some_and(|t| OTHER_HEADER_TYPES.iter().any(|o| typ_is(t, o)))
+        || says("typ", &OTHER_PAYLOAD_TYPES)
+        || says("token_use", &OTHER_TOKEN_USES)
         || claims
             .get("events")
             .and_then(Value::as_object)

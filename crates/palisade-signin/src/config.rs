@@ -221,6 +221,10 @@ impl fmt::Debug for SignInBuilder {
 
 impl SignInBuilder {
     pub(crate) fn new(issuer: String, client_id: String) -> Self {
+        let claim_names = crate::session::ClaimNames {
+            client_id: client_id.clone(),
+            ..crate::session::ClaimNames::default()
+        };
         Self {
             config: Config {
                 issuer,
@@ -240,7 +244,7 @@ impl SignInBuilder {
                 timeout: Duration::from_secs(5),
                 ca_pem: None,
                 external_origin: None,
-                claim_names: crate::session::ClaimNames::default(),
+                claim_names,
             },
             secret: None,
             client_key: None,

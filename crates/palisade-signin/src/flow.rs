@@ -581,6 +581,17 @@ impl SignInBuilder {
         if config.client_id.is_empty() {
             return Err(SignInError::Config("the client id is empty".into()));
         }
+        if let Some(refusal) = config
+            .claim_names
+            .roles
+            .as_deref()
+            .and_then(palisade_core::syntax::roles_claim_refusal)
+        {
+            return Err(SignInError::Config(format!("rolesClaim {refusal}")));
+        }
+        if config.claim_names.principal.as_deref() == Some("") {
+            return Err(SignInError::Config("principalClaim must not be empty".into()));
+        }
         let paths = [
             ("callbackPath", &config.callback_path),
             ("loginPath", &config.login_path),
@@ -2611,6 +2622,24 @@ mod tests {
             .keys(vec![key.clone()])
             .build()
             .unwrap()
+    }
+
+    /// The claim names a policy file refuses are refused in code too.
+    #[test]
+    fn a_roles_claim_naming_keycloaks_own_is_refused() {
+        let key = CookieKey::new("k1", &[7; 32]).unwrap();
+        let build = |f: &dyn Fn(SignInBuilder) -> SignInBuilder| {
+            f(SignIn::builder("http://127.0.0.1:9", "shop").keys(vec![key.clone()])).build()
+        };
+        for f in [
+            &(|b: SignInBuilder| b.roles_claim("realm_access")) as &dyn Fn(SignInBuilder) -> SignInBuilder,
+            &|b| b.roles_claim("resource_access"),
+            &|b| b.roles_claim(""),
+            &|b| b.principal_claim(""),
+        ] {
+            assert!(matches!(build(f), Err(SignInError::Config(_))));
+        }
+        assert!(build(&|b| b.roles_claim("groups").principal_claim("email")).is_ok());
     }
 
     #[test]

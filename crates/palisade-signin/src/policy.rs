@@ -185,6 +185,10 @@ fn builder<'a>(
                     })?;
                 b = b.client_secret(secret, SecretMethod::Basic);
             }
+            // The user's name as the adapter's bearer tokens have it.
+            if let Some(attr) = &k.principal_attribute {
+                b = b.principal_claim(attr.clone());
+            }
             Some((b, doc))
         }
         None => None,
@@ -410,6 +414,27 @@ spec: {{realm: {realm}, auth-server-url: 'https://kc.example', resource: product
         );
     }
 
+    /// A Keycloak adapter that signs in names its users by its
+    /// `principal-attribute` in sessions too, as its bearer tokens do.
+    #[test]
+    fn a_keycloak_adapters_principal_attribute_names_its_signed_in_users() {
+        let yaml = "apiVersion: palisade.dev/v1alpha1
+kind: KeycloakAdapter
+metadata: {name: kc}
+spec:
+  realm: shop
+  auth-server-url: https://kc.example/
+  resource: productpage
+  public-client: true
+  principal-attribute: email
+";
+        let set = PolicySet::from_yaml_str(yaml, "kc.yaml").unwrap();
+        let (b, _) = builder(&set.for_workload(&Workload::new("productpage", "default")), true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(b.config.claim_names.principal.as_deref(), Some("email"));
+    }
+
     /// `principalClaim` and `rolesClaim` reach the sign-in's sessions; a
     /// roles claim naming Keycloak's own is refused at its field.
     #[test]
@@ -439,6 +464,7 @@ spec:
             crate::session::ClaimNames {
                 principal: Some("upn".into()),
                 roles: Some("roles".into()),
+                client_id: "productpage".into(),
             }
         );
         for (extra, field) in [

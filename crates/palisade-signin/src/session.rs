@@ -292,6 +292,11 @@ pub(crate) struct ClaimNames {
     pub(crate) principal: Option<String>,
     /// A claim whose values are realm roles too.
     pub(crate) roles: Option<String>,
+    /// This relying party's client id: the roles claim of an access token
+    /// is read only when the token is meant for it (its `aud` names it);
+    /// one meant for another API carries that API's roles (Entra ID's
+    /// `roles`), so the ID token's are read instead.
+    pub(crate) client_id: String,
 }
 
 /// A session as requests use it: the session and the identity it gives.
@@ -302,6 +307,16 @@ pub(crate) struct Live {
     /// The access token as every authenticator hands it on
     /// (`RequestAuth::attachment::<BearerToken>()`), for relaying.
     pub(crate) bearer: Arc<palisade_core::authn::BearerToken>,
+}
+
+/// Whether `aud` of `claims` names `client_id` (a string, or an array
+/// holding it).
+fn names_audience(claims: &Map<String, Value>, client_id: &str) -> bool {
+    match claims.get("aud") {
+        Some(Value::String(a)) => a == client_id,
+        Some(Value::Array(items)) => items.iter().any(|a| a.as_str() == Some(client_id)),
+        _ => false,
+    }
 }
 
 impl Live {
@@ -319,10 +334,16 @@ impl Live {
                     .and_then(Value::as_str)
                     .is_none_or(|s| s == session.sub)
         });
-        let claims = from_access
-            .or(id_claims)
-            .or_else(|| session.it.as_deref().and_then(unverified_claims))
-            .unwrap_or_default();
+        let foreign_access = from_access
+            .as_ref()
+            .is_some_and(|c| !names_audience(c, &names.client_id));
+        let id_claims = id_claims.or_else(|| session.it.as_deref().and_then(unverified_claims));
+        // An access token meant for another API: its roles are that API's.
+        let id_roles = match (&names.roles, foreign_access) {
+            (Some(claim), true) => Some(id_claims.as_ref().and_then(|c| c.get(claim).cloned())),
+            _ => None,
+        };
+        let claims = from_access.or(id_claims).unwrap_or_default();
         let principal = names
             .principal
             .as_ref()
@@ -333,8 +354,14 @@ impl Live {
         if let Some(name) = principal {
             t.preferred_username = name;
         }
-        if let Some(roles) = &names.roles {
-            t.add_realm_roles_from(roles);
+        match (id_roles, &names.roles) {
+            (Some(roles), _) => {
+                if let Some(roles) = roles {
+                    t.add_realm_roles(&roles);
+                }
+            }
+            (None, Some(claim)) => t.add_realm_roles_from(claim),
+            (None, None) => {}
         }
         // The session was sealed by this service after the tokens came from
         // the issuer's token endpoint (ID token verified): its content is
@@ -736,8 +763,8 @@ mod tests {
     #[test]
     fn a_sessions_name_and_roles_come_from_the_claims_named() {
         let at = jwt(&serde_json::json!({
-            "iss": "https://i", "sub": "alice", "preferred_username": "al", "email": "a@example.com",
-            "roles": ["Orders.Admin"],
+            "iss": "https://i", "sub": "alice", "aud": ["shop", "other"], "preferred_username": "al",
+            "email": "a@example.com", "roles": ["Orders.Admin"],
         }));
         let live = Live::new(session(&at), "https://i", &ClaimNames::default(), None);
         assert_eq!(live.identity.name(), Some("al"));
@@ -745,6 +772,7 @@ mod tests {
         let names = ClaimNames {
             principal: Some("email".into()),
             roles: Some("roles".into()),
+            client_id: "shop".into(),
         };
         let live = Live::new(session(&at), "https://i", &names, None);
         assert_eq!(live.identity.name(), Some("a@example.com"));
@@ -757,11 +785,40 @@ mod tests {
         let names = ClaimNames {
             principal: Some("upn".into()),
             roles: None,
+            client_id: "shop".into(),
         };
         assert_eq!(
             Live::new(session(&at), "https://i", &names, None).identity.name(),
             Some("alice")
         );
+    }
+
+    /// An access token meant for another API (asked for with that API's
+    /// scope) carries that API's roles: the roles claim is read from the
+    /// ID token, meant for this client, instead.
+    #[test]
+    fn an_access_token_for_another_api_gives_no_roles_of_its_own() {
+        let names = ClaimNames {
+            principal: None,
+            roles: Some("roles".into()),
+            client_id: "shop".into(),
+        };
+        let orders = jwt(&serde_json::json!({
+            "iss": "https://i", "sub": "alice", "aud": "api://orders", "roles": ["Orders.Admin"],
+        }));
+        let id_token = jwt(&serde_json::json!({
+            "iss": "https://i", "sub": "alice", "aud": "shop", "roles": ["Shop.Reader"],
+        }));
+        let mut s = session(&orders);
+        s.it = Some(id_token);
+        let live = Live::new(s.clone(), "https://i", &names, None);
+        assert!(!live.identity.has_realm_role("Orders.Admin"));
+        assert!(live.identity.has_realm_role("Shop.Reader"));
+        // Without an ID token to read: no roles from that claim.
+        s.it = None;
+        let live = Live::new(s, "https://i", &names, None);
+        assert!(!live.identity.has_realm_role("Orders.Admin"));
+        assert!(live.identity.token().unwrap().realm_roles.is_empty());
     }
 
     #[test]

@@ -71,8 +71,9 @@ pub struct JwtSettingsSpec {
     /// A top-level claim whose values are realm roles too, for an issuer
     /// that carries roles elsewhere than `realm_access.roles`: `groups`,
     /// `roles` (Entra ID), `cognito:groups` (Spring Security's
-    /// `authorities-claim-name`). An array of strings, a string of roles
-    /// separated by spaces, or an object whose keys are roles.
+    /// `authorities-claim-name`). An array of strings, one string (one
+    /// role), or an object whose keys are roles where their values are
+    /// objects or `true`.
     pub roles_claim: Option<String>,
     /// A PEM file of extra trust anchors for the issuer's TLS certificate.
     pub ca_file: Option<String>,
@@ -1218,26 +1219,17 @@ impl UpstreamCredentialsSpec {
 }
 
 /// `spec.principalClaim` and `spec.rolesClaim`, of a `JwtSettings` or an
-/// `OidcLogin` document: not empty, and no roles claim naming Keycloak's
-/// own, which are read without it.
+/// `OidcLogin` document ([`crate::syntax::roles_claim_refusal`]).
 fn check_claim_names(principal: Option<&str>, roles: Option<&str>) -> Result<(), FieldError> {
-    for (field, claim) in [("spec.principalClaim", principal), ("spec.rolesClaim", roles)] {
-        if claim == Some("") {
-            return Err((
-                field.into(),
-                "must not be empty (leave the field out instead)".into(),
-            ));
-        }
+    if principal == Some("") {
+        return Err((
+            "spec.principalClaim".into(),
+            "must not be empty (leave the field out instead)".into(),
+        ));
     }
-    match roles {
-        Some(c) if c.starts_with("realm_access") || c.starts_with("resource_access") => Err((
-            "spec.rolesClaim".into(),
-            format!(
-                "`{c}` names Keycloak's roles, which are read without it (`realm_access.roles` as realm roles, \
-                 `resource_access.CLIENT.roles` as client roles): leave the field out"
-            ),
-        )),
-        _ => Ok(()),
+    match roles.and_then(crate::syntax::roles_claim_refusal) {
+        Some(refusal) => Err(("spec.rolesClaim".into(), refusal)),
+        None => Ok(()),
     }
 }
 
