@@ -2416,6 +2416,12 @@ fn check_subject_and_audience(cfg: &Provider, claims: &Map<String, Value>) -> Re
     }
     if !cfg.any_audience {
         let ok = match claims.get("aud") {
+            // A client's token without an audience (Cognito's), when the
+            // provider names its clients.
+            None if !cfg.client_ids.is_empty() => {
+                let client = claims.get("client_id").and_then(Value::as_str);
+                client.is_some_and(|c| cfg.client_ids.iter().any(|id| id == c))
+            }
             None => return Err(JwtError::MissingClaim("aud")),
             Some(Value::String(a)) => cfg.audiences.iter().any(|x| same_audience(cfg, x, a)),
             Some(Value::Array(items)) => {

@@ -349,6 +349,7 @@ pub struct Provider {
     pub(crate) principal_claim: Option<String>,
     pub(crate) roles_claim: Option<String>,
     pub(crate) claims_checks: ClaimsChecks,
+    pub(crate) client_ids: Vec<String>,
     pub(crate) require_subject: bool,
     pub(crate) fetch: FetchSettings,
     pub(crate) introspection: Option<Introspection>,
@@ -371,6 +372,7 @@ impl fmt::Debug for Provider {
             .field("introspection", &self.introspection)
             .field("tenants", &self.tenants)
             .field("roles_claim", &self.roles_claim)
+            .field("client_ids", &self.client_ids)
             .field("claims_checks", &self.claims_checks.0.len())
             .finish_non_exhaustive()
     }
@@ -399,6 +401,7 @@ impl Provider {
             principal_claim: None,
             roles_claim: None,
             claims_checks: ClaimsChecks::default(),
+            client_ids: Vec::new(),
             require_subject: true,
             fetch: FetchSettings::default(),
             introspection: None,
@@ -453,6 +456,7 @@ pub struct ProviderBuilder {
     principal_claim: Option<String>,
     roles_claim: Option<String>,
     claims_checks: ClaimsChecks,
+    client_ids: Vec<String>,
     require_subject: bool,
     fetch: FetchSettings,
     introspection: Option<Introspection>,
@@ -684,6 +688,37 @@ impl ProviderBuilder {
         self
     }
 
+    /// Clients whose access tokens are accepted without an audience: a
+    /// token with no `aud` whose `client_id` (RFC 9068 §2.2) is one of
+    /// these, as Amazon Cognito issues them (its access tokens carry the
+    /// app client's id in `client_id` and name no audience; its ID tokens,
+    /// which carry it in `aud`, are refused by their `token_use`). A token
+    /// with an `aud` is held to the [`audience`](Self::audience)s as
+    /// ever; with client ids and no audience, every token must name no
+    /// audience. Spring Security checks no audience unless told to; here
+    /// the client is named, as AWS's own verifier requires.
+    ///
+    /// ```
+    /// use palisade_core::Verification;
+    /// use palisade_jwt::{JwtAuthenticator, JwtError, Provider};
+    /// let pool = "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_Ab12";
+    /// let jwt = JwtAuthenticator::builder()
+    ///     .provider(Provider::builder(pool).client_ids(["6v9i4k0"]).roles_claim("cognito:groups").build()?)
+    ///     .build()?;
+    /// let claims = |client: &str| {
+    ///     let c = serde_json::json!({"iss": pool, "sub": "u1", "client_id": client, "token_use": "access",
+    ///                                "cognito:groups": ["admin"]});
+    ///     jwt.identity_for_verified_claims(c.as_object().unwrap().clone(), Verification::assertion())
+    /// };
+    /// assert!(claims("6v9i4k0")?.has_realm_role("admin"));
+    /// assert_eq!(claims("another").unwrap_err(), JwtError::InvalidAudience);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn client_ids<S: Into<String>>(mut self, ids: impl IntoIterator<Item = S>) -> Self {
+        self.client_ids.extend(ids.into_iter().map(Into::into));
+        self
+    }
+
     /// A check of the application's own on every token of this issuer, as
     /// Spring Security's `OAuth2TokenValidator`: after the signature, the
     /// time claims, the audience and the subject, on the claims as mapped
@@ -805,8 +840,16 @@ impl ProviderBuilder {
         {
             return Err(ConfigError::InvalidJwksUri(url_without_credentials(u)));
         }
-        if self.audiences.is_empty() && !self.any_audience {
+        if self.audiences.is_empty() && !self.any_audience && self.client_ids.is_empty() {
             return Err(ConfigError::NoAudience(self.issuer));
+        }
+        if self.client_ids.iter().any(String::is_empty) {
+            let issuer = url_without_credentials(&self.issuer);
+            return Err(ConfigError::InvalidClaimName(
+                issuer,
+                "a client id",
+                "must not be empty".into(),
+            ));
         }
         if let Some(refusal) = self
             .roles_claim
@@ -966,6 +1009,7 @@ impl ProviderBuilder {
             principal_claim: self.principal_claim,
             roles_claim: self.roles_claim,
             claims_checks: self.claims_checks,
+            client_ids: self.client_ids,
             require_subject: self.require_subject,
             fetch: self.fetch,
             introspection: self.introspection,

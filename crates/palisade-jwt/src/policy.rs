@@ -471,6 +471,9 @@ fn tune(
         if let Some(c) = &s.roles_claim {
             b = b.roles_claim(c.clone());
         }
+        if let Some(ids) = &s.client_ids {
+            b = b.client_ids(ids.iter().cloned());
+        }
         if let Some(algs) = &s.algorithms {
             let mut parsed = Vec::new();
             for (i, a) in algs.iter().enumerate() {
@@ -959,6 +962,47 @@ spec: {{issuer: https://login.example/t/v2.0, rolesClaim: '{claim}'}}
             assert_eq!(err.document, Some(2), "{err}");
             assert_eq!(err.field.as_deref(), Some("spec.rolesClaim"), "{err}");
         }
+    }
+
+    /// Cognito from a policy file: an access token without `aud` is
+    /// accepted for a client `clientIds` names, its groups as roles; one of
+    /// another client, or an ID token, is refused.
+    #[test]
+    fn client_ids_accept_a_cognito_access_token_without_an_audience() {
+        let pool = "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_Ab12";
+        let yaml = format!(
+            "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: default}}
+spec:
+  jwtRules: [{{issuer: '{pool}'}}]
+---
+apiVersion: palisade.dev/v1alpha1
+kind: JwtSettings
+metadata: {{name: cognito, namespace: default}}
+spec: {{issuer: '{pool}', clientIds: [6v9i4k0], rolesClaim: 'cognito:groups', principalClaim: username}}
+"
+        );
+        let set = PolicySet::from_yaml_str(&yaml, "jwt.yaml").unwrap();
+        let jwt = details_offline(&set).unwrap().unwrap();
+        let check = |claims: serde_json::Value| {
+            jwt.identity_for_verified_claims(claims.as_object().unwrap().clone(), Verification::assertion())
+        };
+        let id = check(serde_json::json!({
+            "iss": pool, "sub": "u1", "client_id": "6v9i4k0", "token_use": "access",
+            "username": "alice", "cognito:groups": ["admin"],
+        }))
+        .unwrap();
+        assert!(id.has_realm_role("admin"));
+        assert_eq!(id.name(), Some("alice"));
+        let other =
+            serde_json::json!({"iss": pool, "sub": "u1", "client_id": "other", "token_use": "access"});
+        assert_eq!(check(other).unwrap_err(), JwtError::InvalidAudience);
+        let id_token = serde_json::json!({"iss": pool, "sub": "u1", "aud": "6v9i4k0", "token_use": "id"});
+        assert_eq!(check(id_token).unwrap_err(), JwtError::WrongType);
+        let empty = yaml.replace("clientIds: [6v9i4k0]", "clientIds: []");
+        let err = PolicySet::from_yaml_str(&empty, "jwt.yaml").unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("spec.clientIds"), "{err}");
     }
 
     /// A Redis replay store is shared by the authenticators that name it

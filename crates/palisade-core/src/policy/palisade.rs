@@ -75,6 +75,10 @@ pub struct JwtSettingsSpec {
     /// role), or an object whose keys are roles where their values are
     /// objects or `true`.
     pub roles_claim: Option<String>,
+    /// Clients whose access tokens are accepted without an audience: a
+    /// token with no `aud` whose `client_id` is one of these (Amazon
+    /// Cognito's access tokens).
+    pub client_ids: Option<Vec<String>>,
     /// A PEM file of extra trust anchors for the issuer's TLS certificate.
     pub ca_file: Option<String>,
     /// Token introspection (RFC 7662) for this issuer's opaque tokens
@@ -286,6 +290,7 @@ impl JwtSettingsSpec {
             verified_token_cache,
             principal_claim,
             roles_claim,
+            client_ids,
             ca_file,
             introspection,
             resource_metadata,
@@ -309,6 +314,7 @@ impl JwtSettingsSpec {
             ("verifiedTokenCache", verified_token_cache.is_some()),
             ("principalClaim", principal_claim.is_some()),
             ("rolesClaim", roles_claim.is_some()),
+            ("clientIds", client_ids.is_some()),
             ("caFile", ca_file.is_some()),
             ("introspection", introspection.is_some()),
             ("resourceMetadata", resource_metadata.is_some()),
@@ -379,6 +385,17 @@ impl JwtSettingsSpec {
             }
         }
         check_claim_names(self.principal_claim.as_deref(), self.roles_claim.as_deref())?;
+        for (i, id) in self.client_ids.iter().flatten().enumerate() {
+            if id.trim().is_empty() {
+                return Err((format!("spec.clientIds[{i}]"), "must not be empty".into()));
+            }
+        }
+        if self.client_ids.as_ref().is_some_and(Vec::is_empty) {
+            return Err((
+                "spec.clientIds".into(),
+                "must not be empty (leave the field out instead)".into(),
+            ));
+        }
         for (i, t) in self.tenants.iter().flatten().enumerate() {
             if !crate::syntax::is_tenant(t) {
                 return Err((
