@@ -366,6 +366,49 @@ pub fn quote_safe(s: &str) -> String {
     s.chars().filter(|&c| allowed(c)).collect()
 }
 
+/// What is wrong with `name` as an extra parameter of a sign-in's
+/// authorization request (`authorizationParams`, Auth0's `audience`,
+/// Google's `access_type`), if anything: empty or not a plain name, or one
+/// the relying party sets itself and whose value its security rests on
+/// (`state`, `nonce`, PKCE's, `redirect_uri`, `response_type`, …), or one
+/// that changes how the answer comes back (`response_mode`, `request`).
+///
+/// ```
+/// use palisade_core::syntax::authorization_param_refusal as refusal;
+/// assert_eq!(refusal("audience"), None);
+/// assert_eq!(refusal("access_type"), None);
+/// assert!(refusal("nonce").is_some());
+/// assert!(refusal("redirect_uri").is_some());
+/// assert!(refusal("a b").is_some());
+/// ```
+#[must_use]
+pub fn authorization_param_refusal(name: &str) -> Option<&'static str> {
+    const SET_BY_THE_RELYING_PARTY: [&str; 12] = [
+        "response_type",
+        "client_id",
+        "redirect_uri",
+        "scope",
+        "state",
+        "nonce",
+        "code_challenge",
+        "code_challenge_method",
+        "response_mode",
+        "request",
+        "request_uri",
+        "client_secret",
+    ];
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    {
+        return Some("is not a parameter name (letters, digits, `_`, `-`, `.`)");
+    }
+    SET_BY_THE_RELYING_PARTY
+        .contains(&name)
+        .then_some("is set by the sign-in itself (scopes have a field of their own)")
+}
+
 /// What is wrong with `claim` as the claim an issuer's roles are read
 /// from (`rolesClaim`, `roles_claim`), if anything: empty, or one of
 /// Keycloak's own (`realm_access`, `resource_access`, or a path into them),

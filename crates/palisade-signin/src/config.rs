@@ -169,6 +169,8 @@ pub(crate) struct Config {
     pub(crate) external_origin: Option<String>,
     /// The issuer's names for the user's name and roles.
     pub(crate) claim_names: crate::session::ClaimNames,
+    /// Extra parameters of the authorization request, in order.
+    pub(crate) authorization_params: Vec<(String, String)>,
 }
 
 /// Why a [`SignIn`](crate::SignIn) cannot be built.
@@ -245,6 +247,7 @@ impl SignInBuilder {
                 ca_pem: None,
                 external_origin: None,
                 claim_names,
+                authorization_params: Vec::new(),
             },
             secret: None,
             client_key: None,
@@ -274,6 +277,20 @@ impl SignInBuilder {
     /// added when missing.
     pub fn scopes<I: IntoIterator<Item = S>, S: Into<String>>(mut self, scopes: I) -> Self {
         self.scopes = scopes.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// An extra parameter of the authorization request the browser is sent
+    /// to, as Spring Security's `OAuth2AuthorizationRequestResolver`
+    /// customizer adds one: Auth0's `audience` (without it Auth0 issues an
+    /// opaque access token, and the session's identity comes from the ID
+    /// token), Google's `access_type=offline` (else no refresh token, and
+    /// the session ends with its first access token), Entra ID's
+    /// `domain_hint`, `prompt`. Those the sign-in sets itself (`state`,
+    /// `nonce`, PKCE's, `redirect_uri`, `scope`, …) fail
+    /// [`build`](Self::build): [`palisade_core::syntax::authorization_param_refusal`].
+    pub fn authorization_param(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.config.authorization_params.push((name.into(), value.into()));
         self
     }
 

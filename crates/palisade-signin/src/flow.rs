@@ -589,6 +589,13 @@ impl SignInBuilder {
         {
             return Err(SignInError::Config(format!("rolesClaim {refusal}")));
         }
+        for (name, _) in &config.authorization_params {
+            if let Some(refusal) = palisade_core::syntax::authorization_param_refusal(name) {
+                return Err(SignInError::Config(format!(
+                    "the authorization parameter `{name}` {refusal}"
+                )));
+            }
+        }
         if config.claim_names.principal.as_deref() == Some("") {
             return Err(SignInError::Config("principalClaim must not be empty".into()));
         }
@@ -981,7 +988,7 @@ impl SignIn {
         } else {
             '?'
         };
-        let location = format!(
+        let mut location = format!(
             "{}{sep}response_type=code&client_id={}&redirect_uri={}&scope={}&state={}&nonce={}&code_challenge={challenge}&code_challenge_method=S256",
             metadata.authorization_endpoint,
             form_encode(&c.client_id),
@@ -990,6 +997,12 @@ impl SignIn {
             state.state,
             state.nonce,
         );
+        for (name, value) in &c.authorization_params {
+            location.push('&');
+            location.push_str(&form_encode(name));
+            location.push('=');
+            location.push_str(&form_encode(value));
+        }
         // Each sign-in has its own cookie, so sign-ins started in two tabs
         // both finish.
         let sealer = self.state_sealer(secure, &state.state)?;
@@ -3243,6 +3256,39 @@ mod tests {
             "{:?}",
             reply.headers().collect::<Vec<_>>()
         );
+    }
+
+    /// Extra authorization parameters follow the sign-in's own, encoded;
+    /// one the sign-in sets itself is refused when it is built.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn extra_authorization_parameters_go_with_the_redirect() {
+        let (sign_in, _) = refreshing_at_with("200 OK", "{}", |b| {
+            b.authorization_param("audience", "https://orders.example/api")
+                .authorization_param("access_type", "offline")
+        })
+        .await;
+        let page = OwnedRequest::get("/page")
+            .header("host", "app.test")
+            .header("sec-fetch-mode", "navigate");
+        let reply = sign_in.sign_in(&page).expect("a redirect");
+        let location = reply
+            .headers()
+            .find(|(name, _)| name.eq_ignore_ascii_case("location"))
+            .map(|(_, value)| value.to_owned())
+            .unwrap();
+        assert!(
+            location.ends_with(
+                "&code_challenge_method=S256&audience=https%3A%2F%2Forders.example%2Fapi&access_type=offline"
+            ),
+            "{location}"
+        );
+        for name in ["nonce", "state", "redirect_uri", "scope", "response_mode", ""] {
+            let built = SignIn::builder("http://127.0.0.1:9", "shop")
+                .keys(vec![CookieKey::new("k1", &[1; 32]).unwrap()])
+                .authorization_param(name, "x")
+                .build();
+            assert!(matches!(built, Err(SignInError::Config(_))), "{name:?}");
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

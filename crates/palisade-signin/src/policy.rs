@@ -129,6 +129,9 @@ fn from_login(
     if let Some(c) = &spec.roles_claim {
         b = b.roles_claim(c.clone());
     }
+    for (name, value) in spec.authorization_params.iter().flatten() {
+        b = b.authorization_param(name.clone(), value.clone());
+    }
     if let Some(file) = &spec.ca_file {
         let pem = std::fs::read(file)
             .map_err(|e| err("spec.caFile", format!("cannot read `{file}`: {e}")).with_source(e))?;
@@ -435,10 +438,11 @@ spec:
         assert_eq!(b.config.claim_names.principal.as_deref(), Some("email"));
     }
 
-    /// `principalClaim` and `rolesClaim` reach the sign-in's sessions; a
-    /// roles claim naming Keycloak's own is refused at its field.
+    /// `principalClaim`, `rolesClaim` and `authorizationParams` reach the
+    /// sign-in; a roles claim naming Keycloak's own, or a parameter the
+    /// sign-in sets itself, is refused at its field.
     #[test]
-    fn the_claims_named_for_name_and_roles_reach_the_sign_in() {
+    fn the_claims_named_and_the_authorization_params_reach_the_sign_in() {
         let yaml = |extra: &str| {
             format!(
                 "apiVersion: palisade.dev/v1alpha1
@@ -467,9 +471,28 @@ spec:
                 client_id: "productpage".into(),
             }
         );
+        let set = PolicySet::from_yaml_str(
+            &yaml("  authorizationParams: {audience: api, prompt: login}\n"),
+            "login.yaml",
+        )
+        .unwrap();
+        let (b, _) = builder(&set.for_workload(&Workload::new("productpage", "default")), true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            b.config.authorization_params,
+            [
+                ("audience".into(), "api".into()),
+                ("prompt".into(), "login".into())
+            ]
+        );
         for (extra, field) in [
             ("  rolesClaim: realm_access.roles\n", "spec.rolesClaim"),
             ("  principalClaim: ''\n", "spec.principalClaim"),
+            (
+                "  authorizationParams: {nonce: x}\n",
+                "spec.authorizationParams.nonce",
+            ),
         ] {
             let err = PolicySet::from_yaml_str(&yaml(extra), "login.yaml").unwrap_err();
             assert_eq!(err.field.as_deref(), Some(field), "{err}");

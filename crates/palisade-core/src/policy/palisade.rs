@@ -935,6 +935,12 @@ pub struct OidcLoginSpec {
     /// A top-level claim whose values are the user's realm roles too
     /// (`groups`, Entra ID's `roles`), as `JwtSettings`' `rolesClaim`.
     pub roles_claim: Option<String>,
+    /// Extra parameters of the authorization request the browser is sent
+    /// to: Auth0's `audience` (a JWT access token for that API), Google's
+    /// `access_type: offline` (a refresh token), Entra ID's `domain_hint`,
+    /// `prompt`. Not those the sign-in sets itself
+    /// ([`authorization_param_refusal`](crate::syntax::authorization_param_refusal)).
+    pub authorization_params: Option<std::collections::BTreeMap<String, String>>,
     /// The session's settings.
     #[serde(default)]
     pub session: OidcSessionSpec,
@@ -1256,6 +1262,14 @@ impl OidcLoginSpec {
             return Err(("spec.issuer".into(), "must be an http(s) URL".into()));
         }
         check_claim_names(self.principal_claim.as_deref(), self.roles_claim.as_deref())?;
+        for name in self.authorization_params.iter().flat_map(|p| p.keys()) {
+            if let Some(refusal) = crate::syntax::authorization_param_refusal(name) {
+                return Err((
+                    format!("spec.authorizationParams.{name}"),
+                    format!("`{name}` {refusal}"),
+                ));
+            }
+        }
         if self.client_id.trim().is_empty() {
             return Err(("spec.clientId".into(), "must not be empty".into()));
         }
