@@ -909,10 +909,19 @@ fn issuers_as_request_principals(documents: &[Document]) -> Vec<(&Document, Stri
     if issuers.is_empty() {
         return out;
     }
-    let an_issuer = |v: &str| {
+    let the_issuer = |v: &str| {
         issuers
             .iter()
-            .any(|i| i.trim_end_matches('/') == v.trim_end_matches('/'))
+            .find(|i| i.trim_end_matches('/') == v.trim_end_matches('/'))
+    };
+    // `https://idp.example/*` for the issuer `https://idp.example/` (Auth0's,
+    // Entra ID's v1): the pattern's issuer part, before its last `/`, lacks
+    // the issuer's own final `/`.
+    let short_of_its_slash = |v: &str| {
+        let (iss, sub) = v.rsplit_once('/')?;
+        let issuer = format!("{iss}/");
+        (!v.starts_with('*') && !issuers.contains(&iss) && issuers.contains(&issuer.as_str()))
+            .then(|| (format!("{issuer}/{sub}"), issuer))
     };
     for d in documents {
         let Spec::AuthorizationPolicy(p) = &d.spec else {
@@ -937,13 +946,20 @@ fn issuers_as_request_principals(documents: &[Document]) -> Vec<(&Document, Stri
                 });
             for (field, values) in sources.chain(conditions) {
                 for (i, v) in values.iter().flatten().enumerate() {
-                    if an_issuer(v) {
+                    if let Some(issuer) = the_issuer(v) {
                         out.push((
                             d,
                             format!("{field}[{i}]"),
                             format!(
-                                "`{v}` is an issuer of this file alone: a request principal is ISSUER/SUBJECT, so it matches none of its tokens; write `{}/*` for any subject of that issuer",
-                                v.trim_end_matches('/')
+                                "`{v}` is an issuer of this file alone: a request principal is ISSUER/SUBJECT, so it matches none of its tokens; write `{issuer}/*` for any subject of that issuer"
+                            ),
+                        ));
+                    } else if let Some((written, issuer)) = short_of_its_slash(v) {
+                        out.push((
+                            d,
+                            format!("{field}[{i}]"),
+                            format!(
+                                "`{v}` names the issuer without the `/` it ends in: a request principal is ISSUER/SUBJECT and this file's issuer is `{issuer}`, so it matches none of its tokens; write `{written}`"
                             ),
                         ));
                     }

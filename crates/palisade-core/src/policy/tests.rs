@@ -1977,6 +1977,41 @@ fn an_issuer_alone_as_a_request_principal_is_a_warning() {
     );
 }
 
+/// An issuer that ends in `/` (Auth0's, Entra ID's v1) gives principals
+/// `https://x.auth0.com//SUB`: a pattern without the issuer's own `/`
+/// matches none of its tokens, and the issuer alone is told the same
+/// pattern; a pattern written right is not warned of.
+#[test]
+fn a_request_principal_short_of_its_issuers_final_slash_is_a_warning() {
+    let file = |principals: &str| {
+        format!(
+            "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt}}\nspec:\n  jwtRules: [{{issuer: 'https://x.auth0.com/', audiences: [api]}}]\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p}}\nspec:\n  rules:\n  - from: [{{source: {{requestPrincipals: [{principals}]}}}}]\n"
+        )
+    };
+    let warned = |principals: &str| -> Vec<String> {
+        PolicySet::from_yaml_str(&file(principals), "auth0.yaml")
+            .unwrap()
+            .warnings()
+            .iter()
+            .filter(|w| w.to_string().contains("request principal is ISSUER/SUBJECT"))
+            .map(ToString::to_string)
+            .collect()
+    };
+    for (written, right) in [
+        ("'https://x.auth0.com/*'", "`https://x.auth0.com//*`"),
+        (
+            "'https://x.auth0.com/auth0|42'",
+            "`https://x.auth0.com//auth0|42`",
+        ),
+        ("'https://x.auth0.com/'", "`https://x.auth0.com//*`"),
+    ] {
+        let w = warned(written);
+        assert!(w.len() == 1 && w[0].contains(right), "{written}: {w:?}");
+    }
+    assert!(warned("'https://x.auth0.com//*'").is_empty());
+    assert!(warned("'*/auth0|42'").is_empty());
+}
+
 /// A peer principal written as a SPIFFE ID (`spiffe://…`) matches no
 /// peer, in Istio as here: refused naming the field, in a source and a
 /// condition alike (and an RBAC binding's `source.principal` property).
