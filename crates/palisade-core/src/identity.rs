@@ -222,15 +222,15 @@ impl TokenClaims {
     /// assert_eq!(t.realm_roles, ["admin"]);
     /// ```
     pub fn add_realm_roles(&mut self, value: &Value) {
-        let found: Vec<&str> = match Some(value) {
-            Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).collect(),
+        let found: Vec<&str> = match value {
+            Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),
             // One role, spaces and all (`Domain Admins`): split, its words
             // would be roles of their own.
-            Some(Value::String(s)) => vec![s.as_str()],
+            Value::String(s) => vec![s.as_str()],
             // ZITADEL's `{"ROLE": {"ORG_ID": "ORG_DOMAIN"}}`, or a map of
             // flags: a key whose value is `false` (or anything but an
             // object or `true`) is not a role.
-            Some(Value::Object(roles)) => roles
+            Value::Object(roles) => roles
                 .iter()
                 .filter(|(_, v)| matches!(v, Value::Object(_) | Value::Bool(true)))
                 .map(|(k, _)| k.as_str())

@@ -366,23 +366,31 @@ pub fn quote_safe(s: &str) -> String {
     s.chars().filter(|&c| allowed(c)).collect()
 }
 
-/// What is wrong with `name` as an extra parameter of a sign-in's
+/// What is wrong with `name=value` as an extra parameter of a sign-in's
 /// authorization request (`authorizationParams`, Auth0's `audience`,
-/// Google's `access_type`), if anything: empty or not a plain name, or one
-/// the relying party sets itself and whose value its security rests on
-/// (`state`, `nonce`, PKCE's, `redirect_uri`, `response_type`, …), or one
-/// that changes how the answer comes back (`response_mode`, `request`).
+/// Google's `access_type`), if anything: a name that is empty or not a
+/// plain name; one the relying party sets itself and whose value its
+/// security rests on (`state`, `nonce`, PKCE's, `redirect_uri`,
+/// `response_type`, …), or that changes how the answer comes back
+/// (`response_mode`, `request`), in any letter case (some servers read
+/// names so); one that asks the issuer for something only a check of the
+/// ID token afterwards would make sure of, which the sign-in does not make
+/// (`max_age`, `acr_values`, `claims`, Auth0's `organization`: the browser
+/// carries the request and may drop them); or `prompt=none`, which refuses
+/// every user without a session at the issuer.
 ///
 /// ```
 /// use palisade_core::syntax::authorization_param_refusal as refusal;
-/// assert_eq!(refusal("audience"), None);
-/// assert_eq!(refusal("access_type"), None);
-/// assert!(refusal("nonce").is_some());
-/// assert!(refusal("redirect_uri").is_some());
-/// assert!(refusal("a b").is_some());
+/// assert_eq!(refusal("audience", "https://api.example"), None);
+/// assert_eq!(refusal("prompt", "login"), None);
+/// assert!(refusal("nonce", "n").is_some());
+/// assert!(refusal("Redirect_URI", "https://evil.example").is_some());
+/// assert!(refusal("acr_values", "mfa").is_some());
+/// assert!(refusal("prompt", "none").is_some());
+/// assert!(refusal("a b", "x").is_some());
 /// ```
 #[must_use]
-pub fn authorization_param_refusal(name: &str) -> Option<&'static str> {
+pub fn authorization_param_refusal(name: &str, value: &str) -> Option<&'static str> {
     const SET_BY_THE_RELYING_PARTY: [&str; 12] = [
         "response_type",
         "client_id",
@@ -397,6 +405,7 @@ pub fn authorization_param_refusal(name: &str) -> Option<&'static str> {
         "request_uri",
         "client_secret",
     ];
+    const UNCHECKED_AFTERWARDS: [&str; 4] = ["max_age", "acr_values", "claims", "organization"];
     if name.is_empty()
         || !name
             .bytes()
@@ -404,9 +413,33 @@ pub fn authorization_param_refusal(name: &str) -> Option<&'static str> {
     {
         return Some("is not a parameter name (letters, digits, `_`, `-`, `.`)");
     }
-    SET_BY_THE_RELYING_PARTY
-        .contains(&name)
-        .then_some("is set by the sign-in itself (scopes have a field of their own)")
+    let among = |names: &[&str]| names.iter().any(|n| n.eq_ignore_ascii_case(name));
+    if among(&SET_BY_THE_RELYING_PARTY) {
+        return Some("is set by the sign-in itself (scopes have a field of their own)");
+    }
+    if among(&UNCHECKED_AFTERWARDS) {
+        return Some(
+            "asks for what only a check of the ID token would make sure of (the browser may drop it), which the sign-in does not make",
+        );
+    }
+    (name.eq_ignore_ascii_case("prompt") && value.split(' ').any(|v| v == "none"))
+        .then_some("`none` refuses every user without a session at the issuer")
+}
+
+/// What is wrong with `claim` as the claim read as a user's name
+/// (`principalClaim`, `principal_claim`), if anything.
+///
+/// ```
+/// use palisade_core::syntax::principal_claim_refusal as refusal;
+/// assert_eq!(refusal("email"), None);
+/// assert!(refusal("").is_some());
+/// ```
+#[must_use]
+pub fn principal_claim_refusal(claim: &str) -> Option<&'static str> {
+    claim
+        .trim()
+        .is_empty()
+        .then_some("must not be empty (leave it out instead)")
 }
 
 /// What is wrong with `claim` as the claim an issuer's roles are read

@@ -936,10 +936,31 @@ impl JwtAuthenticator {
     /// swap, the start rate refusing the tokens of those beyond it. Only
     /// into a pattern that has met no tenant yet (a new authenticator).
     fn adopt_tenants(&self, previous: &JwtAuthenticator) {
+        // The gauge of a pattern the reload drops says none are held; the
+        // others', what this authenticator holds (below, once adopted).
+        for q in &previous.0.providers {
+            if let Some(old) = &q.tenants
+                && !self
+                    .0
+                    .providers
+                    .iter()
+                    .any(|p| p.tenants.is_some() && p.cfg.issuer == q.cfg.issuer)
+            {
+                old.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .metrics
+                    .live
+                    .set(0.0);
+            }
+        }
         for p in &self.0.providers {
             let (Some(stores), Some(tenants)) = (&p.tenants, &p.cfg.tenants) else {
                 continue;
             };
+            {
+                let new = stores.lock().unwrap_or_else(PoisonError::into_inner);
+                new.metrics.live.set(new.live.len() as f64);
+            }
             let Some(old) = previous.0.providers.iter().find_map(|q| {
                 (q.cfg.issuer == p.cfg.issuer && q.cfg.jwks == p.cfg.jwks && q.cfg.fetch == p.cfg.fetch)
                     .then_some(q.tenants.as_ref())
@@ -1198,9 +1219,11 @@ impl JwtAuthenticator {
     /// has that issuer, [`JwtError::MissingClaim`] or
     /// [`JwtError::InvalidClaim`] for `sub` or `aud`,
     /// [`JwtError::InvalidAudience`] when `aud` names none of the provider's
-    /// audiences, [`JwtError::WrongType`] for the claims of another kind of
-    /// token (`typ` `ID`, `Refresh` or `Logout`, a logout token's `events`)
-    /// unless the provider takes any kind, [`JwtError::ClaimsRefused`] when
+    /// audiences (or, without `aud`, `client_id` none of its client ids),
+    /// [`JwtError::WrongType`] for the claims of another kind of token
+    /// (`typ` `ID`, `Refresh` or `Logout`, a `token_use` of `id` or
+    /// `refresh_token`, a logout token's `events`) unless the provider
+    /// takes any kind, [`JwtError::ClaimsRefused`] when
     /// a check of the provider's own refuses them.
     pub fn identity_for_verified_claims(
         &self,
@@ -1818,8 +1841,9 @@ impl JwtAuthenticator {
             return Err(JwtError::InvalidClaim("cnf"));
         }
         // Another kind of token by its claims, as for a JWT: Ory's and
-        // Cognito's `token_use`, a logout event.
-        if !cfg.any_token_kind && is_other_kind(None, &claims) {
+        // Cognito's `token_use`, a logout event (whatever the provider
+        // takes of JWTs: the server says what it answers about).
+        if is_other_kind(None, &claims) {
             return Err(JwtError::WrongType);
         }
         let exp = number(&claims, "exp")?;

@@ -125,7 +125,9 @@ pub enum ConfigError {
     #[error("JWKS URL `{0}` is not an http(s) URL")]
     InvalidJwksUri(String),
     /// No audience configured and any-audience not explicitly allowed.
-    #[error("issuer `{0}`: configure at least one audience, or call dangerous().accept_any_audience()")]
+    #[error(
+        "issuer `{0}`: configure at least one audience (or client ids, for tokens without one), or call dangerous().accept_any_audience()"
+    )]
     NoAudience(String),
     /// An HMAC algorithm allowed without a secret, or a secret without an HMAC algorithm.
     #[error("issuer `{0}`: HMAC algorithms need a secret configured for that issuer, and only then")]
@@ -169,9 +171,9 @@ pub enum ConfigError {
     /// A setting out of its range.
     #[error("{0}")]
     OutOfRange(String),
-    /// The claim named as the roles' or the user name's cannot be one
-    /// ([`palisade_core::syntax::roles_claim_refusal`]): the issuer, the
-    /// setting and why.
+    /// A claim name (the roles' or the user name's) or a client id that
+    /// cannot be one ([`palisade_core::syntax::roles_claim_refusal`], an
+    /// empty name or id): the issuer, the setting and why.
     #[error("issuer `{0}`: {1} {2}")]
     InvalidClaimName(String, &'static str, String),
 }
@@ -500,9 +502,13 @@ impl DangerousProviderBuilder {
 
     /// Accepts JWTs that say they are another kind of token than an
     /// access token: a header `typ` of `logout+jwt`, `secevent+jwt` or
-    /// `dpop+jwt`, or a payload `typ` of Keycloak's ID, refresh and logout
+    /// `dpop+jwt`, a payload `typ` of Keycloak's ID, refresh and logout
     /// tokens (`ID`, `Refresh`, `Offline`, `Logout`, `Serialized-ID`),
-    /// which it signs with the same key as its access tokens. Refused by
+    /// which it signs with the same key as its access tokens, a
+    /// `token_use` of Cognito's or Ory's ID and refresh tokens (`id`,
+    /// `id_token`, `refresh`, `refresh_token`), or a back-channel logout
+    /// event. (An introspection answer's kind is checked whatever this
+    /// says: the server's `token_type` or `token_use` says it.) Refused by
     /// default (RFC 8725 §3.11: an ID token is no access token). Only for
     /// verifiers of those tokens, which check their own claims.
     pub fn any_token_kind(mut self) -> ProviderBuilder {
@@ -696,7 +702,13 @@ impl ProviderBuilder {
     /// with an `aud` is held to the [`audience`](Self::audience)s as
     /// ever; with client ids and no audience, every token must name no
     /// audience. Spring Security checks no audience unless told to; here
-    /// the client is named, as AWS's own verifier requires.
+    /// the client is named, as AWS's own verifier requires. A later call
+    /// replaces the list.
+    ///
+    /// Such a token names no API: a token the same client got for another
+    /// of your services is accepted here too. Require this service's scopes
+    /// (`scope("orders/read")`, Cognito's resource-server scopes), as AWS
+    /// advises.
     ///
     /// ```
     /// use palisade_core::Verification;
@@ -715,7 +727,7 @@ impl ProviderBuilder {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn client_ids<S: Into<String>>(mut self, ids: impl IntoIterator<Item = S>) -> Self {
-        self.client_ids.extend(ids.into_iter().map(Into::into));
+        self.client_ids = ids.into_iter().map(Into::into).collect();
         self
     }
 
@@ -843,7 +855,7 @@ impl ProviderBuilder {
         if self.audiences.is_empty() && !self.any_audience && self.client_ids.is_empty() {
             return Err(ConfigError::NoAudience(self.issuer));
         }
-        if self.client_ids.iter().any(String::is_empty) {
+        if self.client_ids.iter().any(|id| id.trim().is_empty()) {
             let issuer = url_without_credentials(&self.issuer);
             return Err(ConfigError::InvalidClaimName(
                 issuer,
@@ -859,12 +871,16 @@ impl ProviderBuilder {
             let issuer = url_without_credentials(&self.issuer);
             return Err(ConfigError::InvalidClaimName(issuer, "the roles claim", refusal));
         }
-        if self.principal_claim.as_deref() == Some("") {
+        if let Some(refusal) = self
+            .principal_claim
+            .as_deref()
+            .and_then(palisade_core::syntax::principal_claim_refusal)
+        {
             let issuer = url_without_credentials(&self.issuer);
             return Err(ConfigError::InvalidClaimName(
                 issuer,
                 "the principal claim",
-                "must not be empty".into(),
+                refusal.into(),
             ));
         }
         let algorithms = self.algorithms.unwrap_or_else(|| ASYMMETRIC.to_vec());

@@ -1003,6 +1003,12 @@ spec: {{issuer: '{pool}', clientIds: [6v9i4k0], rolesClaim: 'cognito:groups', pr
         let empty = yaml.replace("clientIds: [6v9i4k0]", "clientIds: []");
         let err = PolicySet::from_yaml_str(&empty, "jwt.yaml").unwrap_err();
         assert_eq!(err.field.as_deref(), Some("spec.clientIds"), "{err}");
+        // Mesh-wide, client ids would open every issuer to tokens without
+        // an audience: refused.
+        let everyone = yaml.replace(&format!("spec: {{issuer: '{pool}', "), "spec: {");
+        assert_ne!(everyone, yaml);
+        let err = PolicySet::from_yaml_str(&everyone, "jwt.yaml").unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("spec.clientIds"), "{err}");
     }
 
     /// A Redis replay store is shared by the authenticators that name it

@@ -589,15 +589,30 @@ impl SignInBuilder {
         {
             return Err(SignInError::Config(format!("rolesClaim {refusal}")));
         }
-        for (name, _) in &config.authorization_params {
-            if let Some(refusal) = palisade_core::syntax::authorization_param_refusal(name) {
+        for (i, (name, value)) in config.authorization_params.iter().enumerate() {
+            if let Some(refusal) = palisade_core::syntax::authorization_param_refusal(name, value) {
                 return Err(SignInError::Config(format!(
                     "the authorization parameter `{name}` {refusal}"
                 )));
             }
+            // A parameter twice is an error the issuer answers every
+            // sign-in with (RFC 6749 §3.1).
+            if config.authorization_params[..i]
+                .iter()
+                .any(|(other, _)| other.eq_ignore_ascii_case(name))
+            {
+                return Err(SignInError::Config(format!(
+                    "the authorization parameter `{name}` is given twice"
+                )));
+            }
         }
-        if config.claim_names.principal.as_deref() == Some("") {
-            return Err(SignInError::Config("principalClaim must not be empty".into()));
+        if let Some(refusal) = config
+            .claim_names
+            .principal
+            .as_deref()
+            .and_then(palisade_core::syntax::principal_claim_refusal)
+        {
+            return Err(SignInError::Config(format!("principalClaim {refusal}")));
         }
         let paths = [
             ("callbackPath", &config.callback_path),
@@ -3282,13 +3297,32 @@ mod tests {
             ),
             "{location}"
         );
-        for name in ["nonce", "state", "redirect_uri", "scope", "response_mode", ""] {
-            let built = SignIn::builder("http://127.0.0.1:9", "shop")
-                .keys(vec![CookieKey::new("k1", &[1; 32]).unwrap()])
-                .authorization_param(name, "x")
-                .build();
-            assert!(matches!(built, Err(SignInError::Config(_))), "{name:?}");
+        let built = |params: &[(&str, &str)]| {
+            params
+                .iter()
+                .fold(
+                    SignIn::builder("http://127.0.0.1:9", "shop")
+                        .keys(vec![CookieKey::new("k1", &[1; 32]).unwrap()]),
+                    |b, (name, value)| b.authorization_param(*name, *value),
+                )
+                .build()
+        };
+        for params in [
+            &[("nonce", "x")][..],
+            &[("Nonce", "x")],
+            &[("state", "x")],
+            &[("redirect_uri", "x")],
+            &[("scope", "x")],
+            &[("response_mode", "form_post")],
+            &[("", "x")],
+            &[("acr_values", "mfa")],
+            &[("max_age", "0")],
+            &[("prompt", "none")],
+            &[("audience", "a"), ("Audience", "b")],
+        ] {
+            assert!(matches!(built(params), Err(SignInError::Config(_))), "{params:?}");
         }
+        assert!(built(&[("prompt", "login consent"), ("login_hint", "alice")]).is_ok());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -354,14 +354,21 @@ impl Live {
         if let Some(name) = principal {
             t.preferred_username = name;
         }
+        // The roles claim of an access token meant for another API is that
+        // API's: policies reading the claim itself
+        // (`request.auth.claims[roles]`) see the ID token's too.
         match (id_roles, &names.roles) {
-            (Some(roles), _) => {
-                if let Some(roles) = roles {
+            (Some(roles), Some(claim)) => match roles {
+                Some(roles) => {
+                    t.claims.insert(claim.clone(), roles.clone());
                     t.add_realm_roles(&roles);
                 }
-            }
-            (None, Some(claim)) => t.add_realm_roles_from(claim),
-            (None, None) => {}
+                None => {
+                    t.claims.remove(claim);
+                }
+            },
+            (_, Some(claim)) => t.add_realm_roles_from(claim),
+            (_, None) => {}
         }
         // The session was sealed by this service after the tokens came from
         // the issuer's token endpoint (ID token verified): its content is
@@ -814,11 +821,17 @@ mod tests {
         let live = Live::new(s.clone(), "https://i", &names, None);
         assert!(!live.identity.has_realm_role("Orders.Admin"));
         assert!(live.identity.has_realm_role("Shop.Reader"));
+        // The claim itself, as a policy reads it, is the ID token's too.
+        assert_eq!(
+            live.identity.claim("roles"),
+            Some(&serde_json::json!(["Shop.Reader"]))
+        );
         // Without an ID token to read: no roles from that claim.
         s.it = None;
         let live = Live::new(s, "https://i", &names, None);
         assert!(!live.identity.has_realm_role("Orders.Admin"));
         assert!(live.identity.token().unwrap().realm_roles.is_empty());
+        assert_eq!(live.identity.claim("roles"), None);
     }
 
     #[test]

@@ -67,14 +67,18 @@ mod common {
     pub(super) fn identity_from(auth: Option<&RequestAuth>) -> Result<Identity, Rejection> {
         match auth {
             Some(a) => a.identity().cloned().ok_or_else(|| a.missing_credential()),
-            None => {
-                // Every request to that route: said once a minute.
-                if UNGUARDED.due() {
-                    tracing::error!(target: crate::LOG_TARGET, "Identity extracted on a route that no Palisade middleware guards");
-                }
-                Err(Rejection::missing_credential(Vec::new()))
-            }
+            None => Err(unguarded()),
         }
+    }
+
+    /// The 401 for an identity asked for on a route no Palisade middleware
+    /// guards, with an error line (every request to that route: said once
+    /// a minute).
+    fn unguarded() -> Rejection {
+        if UNGUARDED.due() {
+            tracing::error!(target: crate::LOG_TARGET, "Identity extracted on a route that no Palisade middleware guards");
+        }
+        Rejection::missing_credential(Vec::new())
     }
 
     /// The guard's record of the request, for the `RequestAuth`
@@ -102,12 +106,7 @@ mod common {
     pub(super) fn authorized_from<R: crate::authz::Requires>(
         auth: Option<&RequestAuth>,
     ) -> Result<super::Authorized<R>, Rejection> {
-        // Unguarded: the error line `identity_from` says.
-        let auth = match auth {
-            Some(auth) => auth,
-            None => return Err(identity_from(None).unwrap_err()),
-        };
-        let identity = auth.require(&R::requirement())?;
+        let identity = auth.ok_or_else(unguarded)?.require(&R::requirement())?;
         Ok(super::Authorized(identity.clone(), std::marker::PhantomData))
     }
 

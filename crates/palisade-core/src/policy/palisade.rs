@@ -390,6 +390,12 @@ impl JwtSettingsSpec {
                 return Err((format!("spec.clientIds[{i}]"), "must not be empty".into()));
             }
         }
+        if self.client_ids.is_some() && self.issuer.is_none() {
+            return Err((
+                "spec.clientIds".into(),
+                "needs `issuer`: every trusted issuer would accept tokens without an audience for these clients".into(),
+            ));
+        }
         if self.client_ids.as_ref().is_some_and(Vec::is_empty) {
             return Err((
                 "spec.clientIds".into(),
@@ -1244,11 +1250,8 @@ impl UpstreamCredentialsSpec {
 /// `spec.principalClaim` and `spec.rolesClaim`, of a `JwtSettings` or an
 /// `OidcLogin` document ([`crate::syntax::roles_claim_refusal`]).
 fn check_claim_names(principal: Option<&str>, roles: Option<&str>) -> Result<(), FieldError> {
-    if principal == Some("") {
-        return Err((
-            "spec.principalClaim".into(),
-            "must not be empty (leave the field out instead)".into(),
-        ));
+    if let Some(refusal) = principal.and_then(crate::syntax::principal_claim_refusal) {
+        return Err(("spec.principalClaim".into(), refusal.into()));
     }
     match roles.and_then(crate::syntax::roles_claim_refusal) {
         Some(refusal) => Err(("spec.rolesClaim".into(), refusal)),
@@ -1262,8 +1265,18 @@ impl OidcLoginSpec {
             return Err(("spec.issuer".into(), "must be an http(s) URL".into()));
         }
         check_claim_names(self.principal_claim.as_deref(), self.roles_claim.as_deref())?;
-        for name in self.authorization_params.iter().flat_map(|p| p.keys()) {
-            if let Some(refusal) = crate::syntax::authorization_param_refusal(name) {
+        let params: Vec<(&String, &String)> = self.authorization_params.iter().flatten().collect();
+        for (i, (name, value)) in params.iter().enumerate() {
+            if params[..i]
+                .iter()
+                .any(|(other, _)| other.eq_ignore_ascii_case(name))
+            {
+                return Err((
+                    format!("spec.authorizationParams.{name}"),
+                    "is given twice, in other letters: the issuer would refuse every sign-in".into(),
+                ));
+            }
+            if let Some(refusal) = crate::syntax::authorization_param_refusal(name, value) {
                 return Err((
                     format!("spec.authorizationParams.{name}"),
                     format!("`{name}` {refusal}"),
