@@ -366,6 +366,27 @@ fn tenant_name<'i, 's>(state: &'s ProviderState, iss: &'i str) -> Option<(&'s Te
     Some((tenants, fits_pattern(&state.cfg.issuer, iss)?))
 }
 
+/// Whether `jwks_uri` is a Microsoft identity platform key set of no one
+/// tenant (`/common/`, `/organizations/`, `/consumers/`).
+fn microsofts_common_keys(jwks_uri: &str) -> bool {
+    let Some(rest) = jwks_uri.strip_prefix("https://") else {
+        return false;
+    };
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let host = host.to_ascii_lowercase();
+    [
+        "login.microsoftonline.com",
+        "login.windows.net",
+        "sts.windows.net",
+    ]
+    .contains(&host.as_str())
+        && ["common", "organizations", "consumers"].iter().any(|t| {
+            path.split('/')
+                .next()
+                .is_some_and(|first| first.eq_ignore_ascii_case(t))
+        })
+}
+
 /// The tenant `iss` names under the issuer `pattern`, if it fits it and
 /// the name is well formed.
 fn fits_pattern<'i>(pattern: &str, iss: &'i str) -> Option<&'i str> {
@@ -757,6 +778,23 @@ impl JwtAuthenticatorBuilder {
                         "an issuer is also a tenant of an issuer pattern: its tokens are verified under its own settings, never the pattern's"
                     );
                 }
+            }
+        }
+        // Microsoft's key set for every tenant holds keys that only the
+        // consumer tenant may sign with (its libraries keep each key to
+        // the tenant its `issuer` member names, which is not read here):
+        // shared by a pattern's tenants, such a key would sign for any.
+        for pattern in providers.iter().filter(|p| p.cfg.tenants.is_some()) {
+            if let JwksSource::Uri(u) = &pattern.cfg.jwks
+                && !u.contains(TENANT)
+                && microsofts_common_keys(u)
+            {
+                tracing::warn!(
+                    target: "palisade::jwt",
+                    pattern = %palisade_core::syntax::url_without_credentials(&pattern.cfg.issuer),
+                    jwks_uri = %palisade_core::syntax::url_without_credentials(u),
+                    "an issuer pattern's tenants share Microsoft's common key set, which holds keys only the consumer tenant may sign with: leave jwksUri out, so that each tenant's keys come from its own discovery document"
+                );
             }
         }
         let mut sources: Vec<(TokenSource, Vec<usize>)> = Vec::new();
@@ -4352,5 +4390,53 @@ mod tests {
         assert_eq!(outcome("access"), Ok(()));
         assert_eq!(outcome("id"), Err("wrong_type"));
         assert_eq!(outcome("ID"), Err("wrong_type"));
+    }
+
+    /// An issuer pattern whose tenants share Microsoft's common key set is
+    /// warned of when built; one with each tenant's own keys is not.
+    #[test]
+    fn microsofts_common_keys_shared_by_tenants_are_warned_of() {
+        if !palisade_testkit::in_a_process_of_its_own(
+            "authenticator::tests::microsofts_common_keys_shared_by_tenants_are_warned_of",
+        ) {
+            return;
+        }
+        assert!(microsofts_common_keys(
+            "https://login.microsoftonline.com/common/discovery/v2.0/keys"
+        ));
+        assert!(microsofts_common_keys(
+            "https://LOGIN.microsoftonline.com/Organizations/discovery/keys"
+        ));
+        assert!(!microsofts_common_keys(
+            "https://login.microsoftonline.com/72f988bf/discovery/v2.0/keys"
+        ));
+        assert!(!microsofts_common_keys("https://idp.example/common/keys"));
+        let (lines, subscriber) = palisade_testkit::logs::Lines::subscriber("warn");
+        let said = "share Microsoft's common key set";
+        tracing::subscriber::with_default(subscriber, || {
+            for (jwks, warned) in [
+                (
+                    Some("https://login.microsoftonline.com/common/discovery/v2.0/keys"),
+                    1,
+                ),
+                (
+                    Some("https://login.microsoftonline.com/{tenant}/discovery/v2.0/keys"),
+                    1,
+                ),
+                (None, 1),
+            ] {
+                let b = Provider::builder("https://login.microsoftonline.com/{tenant}/v2.0")
+                    .audience("api")
+                    .tenants(["72f988bf-86f1-41af-91ab-2d7cd011db47"]);
+                let b = match jwks {
+                    Some(u) => b.jwks_uri(u),
+                    None => b,
+                };
+                let mut builder = JwtAuthenticator::builder().provider(b.build().unwrap());
+                builder.offline = true;
+                drop(builder.build().unwrap());
+                assert_eq!(lines.containing(said).len(), warned, "{jwks:?}: {}", lines.text());
+            }
+        });
     }
 }
