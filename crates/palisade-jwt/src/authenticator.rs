@@ -3320,12 +3320,18 @@ mod tests {
     /// `http://127.0.0.1:9/realms/{tenant}`, every tenant allowed, each
     /// with its own key store (at an address that never answers).
     fn every_tenant_with_own_keys() -> JwtAuthenticator {
+        every_tenant_with_own_keys_at_most(100)
+    }
+
+    /// [`every_tenant_with_own_keys`], `max` tenants kept at once.
+    fn every_tenant_with_own_keys_at_most(max: usize) -> JwtAuthenticator {
         JwtAuthenticator::builder()
             .provider(
                 Provider::builder("http://127.0.0.1:9/realms/{tenant}")
                     .audience("api")
                     .jwks_uri("http://127.0.0.1:9/realms/{tenant}/certs")
                     .tenant_resolver(|_| true)
+                    .max_tenants(max)
                     .build()
                     .unwrap(),
             )
@@ -3341,18 +3347,7 @@ mod tests {
         let recorder = DebuggingRecorder::new();
         let snapshotter = recorder.snapshotter();
         metrics::with_local_recorder(&recorder, || {
-            let jwt = JwtAuthenticator::builder()
-                .provider(
-                    Provider::builder("http://127.0.0.1:9/realms/{tenant}")
-                        .audience("api")
-                        .jwks_uri("http://127.0.0.1:9/realms/{tenant}/certs")
-                        .tenant_resolver(|_| true)
-                        .max_tenants(2)
-                        .build()
-                        .unwrap(),
-                )
-                .build()
-                .unwrap();
+            let jwt = every_tenant_with_own_keys_at_most(2);
             for name in ["a", "b", "c"] {
                 assert!(jwt.tenant(&format!("http://127.0.0.1:9/realms/{name}")).is_ok());
             }
@@ -3514,18 +3509,7 @@ mod tests {
     /// store, and older than the newcomers).
     #[test]
     fn a_tenant_proven_before_is_not_pushed_out_by_newcomers() {
-        let jwt = JwtAuthenticator::builder()
-            .provider(
-                Provider::builder("http://127.0.0.1:9/realms/{tenant}")
-                    .audience("api")
-                    .jwks_uri("http://127.0.0.1:9/realms/{tenant}/certs")
-                    .tenant_resolver(|_| true)
-                    .max_tenants(2)
-                    .build()
-                    .unwrap(),
-            )
-            .build()
-            .unwrap();
+        let jwt = every_tenant_with_own_keys_at_most(2);
         let tenant = |name: &str| jwt.tenant(&format!("http://127.0.0.1:9/realms/{name}")).unwrap();
         let stores = jwt.0.providers[0].tenants.as_ref().unwrap();
         stores.lock().unwrap().proven.insert("busy".into());

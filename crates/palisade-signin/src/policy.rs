@@ -455,32 +455,25 @@ spec:
 {extra}"
             )
         };
-        let set = PolicySet::from_yaml_str(
-            &yaml("  principalClaim: upn\n  rolesClaim: roles\n"),
-            "login.yaml",
-        )
-        .unwrap();
-        let (b, _) = builder(&set.for_workload(&Workload::new("productpage", "default")), true)
-            .unwrap()
-            .unwrap();
+        let built = |extra: &str| {
+            let set = PolicySet::from_yaml_str(&yaml(extra), "login.yaml").unwrap();
+            let workload = Workload::new("productpage", "default");
+            builder(&set.for_workload(&workload), true).unwrap().unwrap().0
+        };
         assert_eq!(
-            b.config.claim_names,
+            built("  principalClaim: upn\n  rolesClaim: roles\n")
+                .config
+                .claim_names,
             crate::session::ClaimNames {
                 principal: Some("upn".into()),
                 roles: Some("roles".into()),
                 client_id: "productpage".into(),
             }
         );
-        let set = PolicySet::from_yaml_str(
-            &yaml("  authorizationParams: {audience: api, prompt: login}\n"),
-            "login.yaml",
-        )
-        .unwrap();
-        let (b, _) = builder(&set.for_workload(&Workload::new("productpage", "default")), true)
-            .unwrap()
-            .unwrap();
         assert_eq!(
-            b.config.authorization_params,
+            built("  authorizationParams: {audience: api, prompt: login}\n")
+                .config
+                .authorization_params,
             [
                 ("audience".into(), "api".into()),
                 ("prompt".into(), "login".into())
