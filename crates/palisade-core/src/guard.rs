@@ -252,6 +252,34 @@ impl RequestHead for Edited<'_> {
 }
 
 /// The removal of the reserved headers of `authenticators`, each once.
+/// Envoy's header of the client certificate's details.
+const CLIENT_CERT_HEADER: &str = "x-forwarded-client-cert";
+
+/// The `x-forwarded-client-cert` edit for a request on the TLS connection
+/// `c`: Envoy's details of the verified peer (`Hash`, the certificate's
+/// SHA-256; `Subject`; `URI`, its SPIFFE ID; `DNS`, each name), as Istio's
+/// sidecar hands them on, or the header removed without a peer. The
+/// server's own identity (Envoy's `By`) is not known here and not given.
+fn client_cert_details(c: &ConnectionInfo) -> HeaderEdit {
+    let Some(peer) = c.peer.as_ref().and_then(Identity::peer) else {
+        return HeaderEdit::Remove(CLIENT_CERT_HEADER.into());
+    };
+    let mut details = format!(
+        "Hash={};Subject=\"{}\"",
+        peer.fingerprint_sha256,
+        crate::syntax::quote_safe(&peer.subject)
+    );
+    if let Some(uri) = &peer.spiffe_id {
+        details.push_str(";URI=");
+        details.push_str(&crate::syntax::quote_safe(uri).replace([';', ',', ' '], ""));
+    }
+    for dns in &peer.dns_names {
+        details.push_str(";DNS=");
+        details.push_str(&crate::syntax::quote_safe(dns).replace([';', ',', ' '], ""));
+    }
+    HeaderEdit::Set(CLIENT_CERT_HEADER.into(), details)
+}
+
 fn reserved_removals(authenticators: &[Arc<dyn Authenticator>]) -> HeaderEdits {
     let mut names: Vec<&String> = authenticators.iter().flat_map(|a| a.reserved_headers()).collect();
     names.sort_unstable();
@@ -1022,15 +1050,31 @@ impl Share<Compiled> {
         if peer.is_some() {
             self.metrics.mtls.success.increment(1);
         }
+        // Envoy's `x-forwarded-client-cert`, which an application ported
+        // from a sidecar reads as the caller's certificate: on a TLS
+        // connection set from the verified peer (or removed without one),
+        // and removed wherever a client sent it itself.
+        let client_cert = match connection {
+            Some(c) if c.tls => Some(client_cert_details(c)),
+            _ if req.header_str(CLIENT_CERT_HEADER).is_some() => {
+                Some(HeaderEdit::Remove(CLIENT_CERT_HEADER.into()))
+            }
+            _ => None,
+        };
         if let [only] = &self.authenticators[..]
             && peer.is_none()
             && self.reserved.is_empty()
+            && client_cert.is_none()
         {
             return self.check_one(only, req, path);
         }
+        let edits = match client_cert {
+            Some(e) => HeaderEdits::from(vec![e]).then(self.reserved.clone()),
+            None => self.reserved.clone(),
+        };
         let mut acc = Acc {
             identity: peer,
-            edits: self.reserved.clone(),
+            edits,
             refuse_unasked: self.unasked_refused(req),
             ..Acc::default()
         };
@@ -1850,6 +1894,65 @@ mod tests {
     }
 
     struct Fixed(Option<&'static str>, bool);
+
+    /// `x-forwarded-client-cert`, which an application ported from a
+    /// sidecar reads as its caller's certificate: set from the verified
+    /// peer on a TLS connection, removed on one without a peer, and removed
+    /// wherever a client sent it; left alone (not even looked for twice) on
+    /// a plain request without it.
+    #[test]
+    fn the_client_certificate_header_comes_from_the_handshake_only() {
+        use crate::identity::PeerIdentity;
+        let guard = Guard::builder()
+            .authenticator(Fixed(None, false))
+            .access_policy(AccessPolicy::allow_all())
+            .build()
+            .unwrap();
+        let edits = |req: OwnedRequest| match guard.check(&req) {
+            Check::Ready(Decision::Allow(a)) => a.header_edits().to_vec(),
+            _ => panic!("allowed"),
+        };
+        let forged = "Hash=00;URI=spiffe://cluster.local/ns/istio-system/sa/admin";
+        let xfcc = || "x-forwarded-client-cert".to_owned();
+        assert_eq!(edits(OwnedRequest::get("/")), []);
+        assert_eq!(
+            edits(OwnedRequest::get("/").header("x-forwarded-client-cert", forged)),
+            [HeaderEdit::Remove(xfcc())]
+        );
+        let mut tls = ConnectionInfo::default();
+        tls.tls = true;
+        assert_eq!(
+            edits(
+                OwnedRequest::get("/")
+                    .header("x-forwarded-client-cert", forged)
+                    .connection(tls.clone())
+            ),
+            [HeaderEdit::Remove(xfcc())]
+        );
+        tls.peer = Some(Identity::from_peer(
+            PeerIdentity {
+                principal: Some("cluster.local/ns/shop/sa/web".into()),
+                spiffe_id: Some("spiffe://cluster.local/ns/shop/sa/web".into()),
+                dns_names: vec!["web.shop".into()],
+                subject: "O=\"shop\", CN=web".into(),
+                fingerprint_sha256: "ab12".into(),
+                ..PeerIdentity::default()
+            },
+            Verification::assertion(),
+        ));
+        assert_eq!(
+            edits(
+                OwnedRequest::get("/")
+                    .header("x-forwarded-client-cert", forged)
+                    .connection(tls)
+            ),
+            [HeaderEdit::Set(
+                xfcc(),
+                "Hash=ab12;Subject=\"O=shop, CN=web\";URI=spiffe://cluster.local/ns/shop/sa/web;DNS=web.shop"
+                    .into()
+            )]
+        );
+    }
 
     /// A handler's own check answers as the `Authorized<R>` extractor:
     /// the identity when it meets the requirement, 403 short of it, and
