@@ -1919,8 +1919,10 @@ mod tests {
             edits(OwnedRequest::get("/").header("x-forwarded-client-cert", forged)),
             [HeaderEdit::Remove(xfcc())]
         );
-        let mut tls = ConnectionInfo::default();
-        tls.tls = true;
+        let mut tls = ConnectionInfo {
+            tls: true,
+            ..ConnectionInfo::default()
+        };
         assert_eq!(
             edits(
                 OwnedRequest::get("/")
