@@ -149,7 +149,14 @@ impl Ratings {
         match answer {
             Ok(res) => json!({"status": 200, "body": res.into_inner().ratings}),
             Err(status) => {
+                // This service's own credential for the call failed (the
+                // issuer refused or is out of reach; with the `tonic`
+                // feature such a failure is a status whose source says so):
+                // the upstream could not be asked, as an unreachable one.
+                let ours = std::error::Error::source(&status)
+                    .is_some_and(|s| s.is::<palisade::client::ClientError>());
                 let http = match status.code() {
+                    _ if ours => 502,
                     tonic::Code::Unauthenticated => 401,
                     tonic::Code::PermissionDenied => 403,
                     tonic::Code::InvalidArgument => 400,

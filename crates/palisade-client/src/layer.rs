@@ -23,7 +23,8 @@ use crate::{CallerToken, ClientError, Credentials, Upstreams};
 /// allows an answer without proof). For a
 /// client bound to one upstream whose
 /// requests carry only a path (a tonic `Channel`), use
-/// [`CredentialsLayer::fixed`].
+/// [`CredentialsLayer::fixed_at`] (or [`CredentialsLayer::fixed`] where
+/// no credential needs the origin: not DPoP, not Kerberos).
 ///
 /// Put no service that follows redirects inside it (tower-http's
 /// `FollowRedirect`): the credential chosen for the first host would go on
@@ -143,11 +144,15 @@ where
             let (credentials, origin) = match &target {
                 Target::Fixed(c, origin) => (c, origin.as_ref()),
                 Target::ByHost(upstreams) => {
-                    let host = req
-                        .uri()
-                        .host()
-                        .ok_or_else(|| ClientError::Config("the request's URI names no host".into()))?;
-                    (upstreams.for_call(req.uri().scheme_str(), host)?, None)
+                    let host = req.uri().host().ok_or_else(|| {
+                        credential_error(ClientError::Config("the request's URI names no host".into()))
+                    })?;
+                    (
+                        upstreams
+                            .for_call(req.uri().scheme_str(), host)
+                            .map_err(credential_error)?,
+                        None,
+                    )
                 }
             };
             let path = req.uri().path();
@@ -166,14 +171,43 @@ where
             let call = htu.as_deref().map(|htu| (method.as_str(), htu));
             let sent = credentials
                 .apply_call(req.headers_mut(), host.as_deref(), caller.as_ref(), call)
-                .await?;
+                .await
+                .map_err(credential_error)?;
             std::future::poll_fn(|cx| inner.poll_ready(cx))
                 .await
                 .map_err(Into::into)?;
             let res = inner.call(req).await.map_err(Into::into)?;
-            sent.answered(res.status(), res.headers())?;
+            sent.answered(res.status(), res.headers())
+                .map_err(credential_error)?;
             Ok(res)
         })
+    }
+}
+
+/// A [`ClientError`] as the service's error: with the `tonic` feature, a
+/// [`tonic::Status`] whose source it is, which a tonic client returns as
+/// it is (`UNAUTHENTICATED` for a credential the issuer refused or the
+/// caller lacks, as gRPC's status codes say of call credentials;
+/// `UNAVAILABLE` for an issuer out of reach or an upstream that did not
+/// prove itself; `INTERNAL` for a setting that cannot work), where the
+/// error alone would be `UNKNOWN`.
+fn credential_error(e: ClientError) -> BoxError {
+    #[cfg(feature = "tonic")]
+    {
+        let code = match &e {
+            ClientError::NoCallerToken | ClientError::CallerTokenBound | ClientError::Refused(_) => {
+                tonic::Code::Unauthenticated
+            }
+            ClientError::Unavailable(_) | ClientError::Unproven(_) => tonic::Code::Unavailable,
+            _ => tonic::Code::Internal,
+        };
+        let mut status = tonic::Status::new(code, e.to_string());
+        status.set_source(std::sync::Arc::new(e));
+        Box::new(status)
+    }
+    #[cfg(not(feature = "tonic"))]
+    {
+        Box::new(e)
     }
 }
 
@@ -193,5 +227,35 @@ mod htu_tests {
             "https://api.example:8443/x"
         );
         assert_eq!(super::htu("http", "api.example", "/"), "http://api.example/");
+    }
+}
+
+#[cfg(all(test, feature = "tonic"))]
+mod tonic_tests {
+    use std::error::Error as _;
+
+    use tower::ServiceExt as _;
+    use tower_layer::Layer as _;
+
+    use super::*;
+    use crate::Credentials;
+
+    /// A call that gets no credential fails as a `tonic::Status` of the
+    /// code gRPC gives call credentials that fail, the `ClientError` its
+    /// source; a tonic client would otherwise report `UNKNOWN`.
+    #[tokio::test]
+    async fn a_call_without_the_callers_token_is_unauthenticated_for_tonic() {
+        let inner = tower::service_fn(|_: http::Request<()>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(()))
+        });
+        let svc = CredentialsLayer::fixed(Credentials::Caller).layer(inner);
+        let req = http::Request::get("http://ratings:9080/x").body(()).unwrap();
+        let err = svc.oneshot(req).await.unwrap_err();
+        let status = err.downcast::<tonic::Status>().unwrap();
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        assert!(matches!(
+            status.source().and_then(|s| s.downcast_ref::<ClientError>()),
+            Some(ClientError::NoCallerToken)
+        ));
     }
 }

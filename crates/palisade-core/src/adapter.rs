@@ -799,15 +799,7 @@ impl Reply {
             wanted.rendering = Rendering::Grpc;
             return Self(Box::new(r));
         }
-        let code = match r.status {
-            300..=399 | 401 => 16,
-            403 => 7,
-            400 => 3,
-            404 | 405 => 12,
-            413 | 429 => 8,
-            502..=504 => 14,
-            _ => 2,
-        };
+        let code = grpc_code(r.status);
         let message = match &r.rejection {
             Some(rejection) => rejection.detail().to_owned(),
             None if (300..400).contains(&r.status) => "sign-in required".to_owned(),
@@ -918,6 +910,24 @@ fn grpc_percent_encode(message: &str) -> String {
 #[must_use]
 pub fn is_grpc(req: &dyn RequestHead) -> bool {
     is_grpc_call(req.method(), req.header_value("content-type", 0))
+}
+
+/// The gRPC status code of a refusal with the HTTP status `status`, as
+/// [`Reply::grpc`] answers it: `UNAUTHENTICATED` (16) for 401 and a
+/// redirect to sign in, `PERMISSION_DENIED` (7) for 403,
+/// `INVALID_ARGUMENT` (3) for 400, `UNIMPLEMENTED` (12) for 404 and 405,
+/// `RESOURCE_EXHAUSTED` (8) for 413 and 429, `UNAVAILABLE` (14) for 502
+/// to 504, `UNKNOWN` (2) otherwise.
+pub(crate) fn grpc_code(status: u16) -> i32 {
+    match status {
+        300..=399 | 401 => 16,
+        403 => 7,
+        400 => 3,
+        404 | 405 => 12,
+        413 | 429 => 8,
+        502..=504 => 14,
+        _ => 2,
+    }
 }
 
 /// [`is_grpc`] from a request's method and first `content-type` value.

@@ -15,6 +15,8 @@
 mod actix;
 #[cfg(feature = "axum")]
 mod axum;
+#[cfg(feature = "tonic")]
+mod tonic;
 
 /// The verified token's claims, deserialized into `T`.
 ///
