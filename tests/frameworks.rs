@@ -553,14 +553,25 @@ async fn extractors_agree_on_identity_and_claims() {
         ),
         ("HEAD", "/any", "", None, 401, None, ""),
         ("POST", "/any", "application/json", None, 401, None, "{"),
+        // grpc-web: the same status, in grpc-web's content type (as
+        // Envoy's grpc_web filter answers), the text form too.
         (
             "POST",
             "/any-claims",
             "application/grpc-web",
             Some(&without),
-            403,
+            200,
+            Some("7"),
+            "",
+        ),
+        (
+            "POST",
+            "/any",
+            "application/grpc-web-text+proto",
             None,
-            "{",
+            200,
+            Some("16"),
+            "",
         ),
     ];
     for (method, path, content_type, token, status, grpc_status, body) in cases {
@@ -584,8 +595,15 @@ async fn extractors_agree_on_identity_and_claims() {
                 "{who} {what}"
             );
             if grpc_status.is_some() {
-                let content_type = header_of(headers, "content-type");
-                assert_eq!(content_type.as_deref(), Some("application/grpc"), "{who} {what}");
+                let expected = if content_type.starts_with("application/grpc-web-text") {
+                    "application/grpc-web-text+proto"
+                } else if content_type.starts_with("application/grpc-web") {
+                    "application/grpc-web+proto"
+                } else {
+                    "application/grpc"
+                };
+                let answered = header_of(headers, "content-type");
+                assert_eq!(answered.as_deref(), Some(expected), "{who} {what}");
             }
         }
         let b = axum::body::to_bytes(res.into_body(), 4096).await.unwrap();

@@ -175,20 +175,29 @@ pub enum Rendering {
     /// As a gRPC client reads it ([`Reply::grpc`]): a `grpc-status`
     /// trailer-only answer with HTTP status 200.
     Grpc,
+    /// As a grpc-web client reads it ([`Reply::grpc_web`]): the same, with
+    /// grpc-web's content type (`application/grpc-web+proto`), as Envoy's
+    /// `grpc_web` filter answers for its `jwt_authn` and `rbac`.
+    GrpcWeb,
+    /// [`GrpcWeb`](Rendering::GrpcWeb) for a call in grpc-web's text form
+    /// (`application/grpc-web-text`).
+    GrpcWebText,
 }
 
 impl Rendering {
     /// The rendering `req` gets: [`Head`](Rendering::Head) for a HEAD
     /// request, [`Grpc`](Rendering::Grpc) for a gRPC call (a POST whose
-    /// content-type is `application/grpc`, `+proto` or any other suffix).
+    /// content-type is `application/grpc`, `+proto` or any other suffix),
+    /// [`GrpcWeb`](Rendering::GrpcWeb) or
+    /// [`GrpcWebText`](Rendering::GrpcWebText) for a grpc-web call
+    /// (`application/grpc-web`, `application/grpc-web-text`, with a suffix
+    /// or not).
     #[must_use]
     pub fn of(req: &dyn RequestHead) -> Self {
         if req.method() == "HEAD" {
             Rendering::Head
-        } else if is_grpc(req) {
-            Rendering::Grpc
         } else {
-            Rendering::Http
+            grpc_rendering(req.method(), req.header_value("content-type", 0))
         }
     }
 
@@ -198,10 +207,8 @@ impl Rendering {
     pub(crate) fn of_parts(method: &str, content_type: Option<&[u8]>) -> Self {
         if method == "HEAD" {
             Rendering::Head
-        } else if is_grpc_call(method, content_type) {
-            Rendering::Grpc
         } else {
-            Rendering::Http
+            grpc_rendering(method, content_type)
         }
     }
 
@@ -212,6 +219,8 @@ impl Rendering {
             Rendering::Http => reply,
             Rendering::Head => reply.without_body(),
             Rendering::Grpc => reply.grpc(),
+            Rendering::GrpcWeb => reply.grpc_web(false),
+            Rendering::GrpcWebText => reply.grpc_web(true),
         }
     }
 }
@@ -793,10 +802,40 @@ impl Reply {
     /// ```
     #[must_use]
     pub fn grpc(self) -> Self {
+        self.grpc_as(Rendering::Grpc, "application/grpc")
+    }
+
+    /// [`grpc`](Self::grpc) for a grpc-web call: the same status headers
+    /// (a headers-only answer is one grpc-web allows), with grpc-web's
+    /// content type, `application/grpc-web-text+proto` for the text form.
+    /// A browser's client reads `grpc-status`, `grpc-message` and
+    /// `www-authenticate` only if CORS exposes them
+    /// (`Access-Control-Expose-Headers`).
+    ///
+    /// ```
+    /// use palisade_core::Rejection;
+    /// use palisade_core::adapter::Reply;
+    /// let reply = Reply::from(Rejection::forbidden("access denied by policy")).grpc_web(false);
+    /// assert_eq!(reply.status(), 200);
+    /// let header = |name| reply.headers().find(|(n, _)| *n == name).map(|(_, v)| v.to_owned());
+    /// assert_eq!(header("content-type").as_deref(), Some("application/grpc-web+proto"));
+    /// assert_eq!(header("grpc-status").as_deref(), Some("7"));
+    /// ```
+    #[must_use]
+    pub fn grpc_web(self, text: bool) -> Self {
+        if text {
+            self.grpc_as(Rendering::GrpcWebText, "application/grpc-web-text+proto")
+        } else {
+            self.grpc_as(Rendering::GrpcWeb, "application/grpc-web+proto")
+        }
+    }
+
+    /// [`grpc`](Self::grpc) as `rendering`, with `content_type`.
+    fn grpc_as(self, rendering: Rendering, content_type: &'static str) -> Self {
         let mut r = *self.0;
         if let Some(wanted) = r.body_wanted.as_mut() {
             // The reply made from the body is rendered so.
-            wanted.rendering = Rendering::Grpc;
+            wanted.rendering = rendering;
             return Self(Box::new(r));
         }
         let code = grpc_code(r.status);
@@ -813,7 +852,7 @@ impl Reply {
             .and_then(|(_, v)| v.trim().parse::<u64>().ok())
             .map(|secs| secs.saturating_mul(1000).to_string());
         let mut headers = Vec::with_capacity(r.headers.len() + 5);
-        headers.push(("content-type", "application/grpc".to_owned()));
+        headers.push(("content-type", content_type.to_owned()));
         // A refusal carried by a 200: no cache may keep it.
         headers.push(("cache-control", "no-store".to_owned()));
         headers.push(("grpc-status", code.to_string()));
@@ -927,6 +966,28 @@ pub(crate) fn grpc_code(status: u16) -> i32 {
         413 | 429 => 8,
         502..=504 => 14,
         _ => 2,
+    }
+}
+
+/// The rendering of a request that is not a HEAD request, from its method
+/// and first `content-type` value: a gRPC or grpc-web call's, else HTTP's.
+fn grpc_rendering(method: &str, content_type: Option<&[u8]>) -> Rendering {
+    if is_grpc_call(method, content_type) {
+        return Rendering::Grpc;
+    }
+    const WEB: &[u8] = b"application/grpc-web";
+    match content_type {
+        Some(v) if method == "POST" && v.len() >= WEB.len() && v[..WEB.len()].eq_ignore_ascii_case(WEB) => {
+            let rest = &v[WEB.len()..];
+            let text = rest.len() >= 5 && rest[..5].eq_ignore_ascii_case(b"-text");
+            let rest = if text { &rest[5..] } else { rest };
+            match rest.first() {
+                None | Some(b'+' | b';') if text => Rendering::GrpcWebText,
+                None | Some(b'+' | b';') => Rendering::GrpcWeb,
+                _ => Rendering::Http,
+            }
+        }
+        _ => Rendering::Http,
     }
 }
 
@@ -1441,6 +1502,20 @@ mod tests {
         ] {
             assert!(!is_grpc(&with(no)), "{no}");
         }
+        // grpc-web calls are rendered as grpc-web's, in either form.
+        for (ct, rendering) in [
+            ("application/grpc-web", Rendering::GrpcWeb),
+            ("application/grpc-web+proto", Rendering::GrpcWeb),
+            ("Application/GRPC-Web-Text", Rendering::GrpcWebText),
+            ("application/grpc-web-text+proto", Rendering::GrpcWebText),
+            ("application/grpc-webx", Rendering::Http),
+            ("application/grpc-web-textual", Rendering::Http),
+            ("application/grpc+proto", Rendering::Grpc),
+        ] {
+            assert_eq!(Rendering::of(&with(ct)), rendering, "{ct}");
+        }
+        let get = OwnedRequest::new("GET", "/p.S/M").header("content-type", "application/grpc-web");
+        assert_eq!(Rendering::of(&get), Rendering::Http, "grpc-web calls are POSTs");
         assert!(!is_grpc(&OwnedRequest::new("POST", "/p.S/M")));
         let get = OwnedRequest::new("GET", "/p.S/M").header("content-type", "application/grpc");
         assert!(!is_grpc(&get), "gRPC calls are POSTs");
