@@ -154,9 +154,11 @@ impl Ratings {
                 // feature such a failure is a status whose source says so):
                 // the upstream could not be asked, as an unreachable one.
                 let ours = std::error::Error::source(&status)
-                    .is_some_and(|s| s.is::<palisade::client::ClientError>());
+                    .and_then(|s| s.downcast_ref::<palisade::client::ClientError>());
                 let http = match status.code() {
-                    _ if ours => 502,
+                    // Its deadline passed while the credential was got.
+                    _ if matches!(ours, Some(palisade::client::ClientError::DeadlineExceeded)) => 504,
+                    _ if ours.is_some() => 502,
                     tonic::Code::Unauthenticated => 401,
                     tonic::Code::PermissionDenied => 403,
                     tonic::Code::InvalidArgument => 400,

@@ -37,4 +37,8 @@ pub enum ClientError {
     /// error still.)
     #[error("the upstream's answer is not authenticated: {0}")]
     Unproven(String),
+    /// A gRPC call's deadline (`grpc-timeout`) passed while its credential
+    /// was being got: nothing was sent.
+    #[error("the call's deadline passed while its credential was being got")]
+    DeadlineExceeded,
 }

@@ -554,6 +554,56 @@ mod tests {
         assert!(seen.try_recv().is_err());
     }
 
+    /// A gRPC call's deadline (`grpc-timeout`) bounds the time its
+    /// credential takes: an exchange the issuer never answers fails the
+    /// call at the deadline, not at the exchange's own timeout, and
+    /// nothing is sent.
+    #[tokio::test]
+    async fn a_grpc_calls_deadline_bounds_the_wait_for_its_credential() {
+        use tower::ServiceExt as _;
+        use tower_layer::Layer as _;
+        let (issuer, _seen) = an_issuer_that_never_answers_a_token_request().await;
+        let exchange = TokenExchange::builder(issuer, "app")
+            .client_secret("s")
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        let sent = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let inner = {
+            let sent = Arc::clone(&sent);
+            tower::service_fn(move |_: http::Request<()>| {
+                sent.store(true, std::sync::atomic::Ordering::SeqCst);
+                async { Ok::<_, std::convert::Infallible>(http::Response::new(())) }
+            })
+        };
+        let svc = crate::CredentialsLayer::fixed(crate::Credentials::TokenExchange(exchange)).layer(inner);
+        let mut req = http::Request::post("http://ratings:9083/r.Ratings/Get")
+            .header("grpc-timeout", "300m")
+            .body(())
+            .unwrap();
+        req.extensions_mut().insert(CallerToken::new("t0"));
+        let started = Instant::now();
+        let err = tokio::time::timeout(Duration::from_secs(10), svc.oneshot(req))
+            .await
+            .expect("the deadline ends the call")
+            .unwrap_err();
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_secs(5),
+            "{took:?}"
+        );
+        let deadline = err
+            .downcast_ref::<ClientError>()
+            .map(|e| matches!(e, ClientError::DeadlineExceeded))
+            .or_else(|| {
+                std::error::Error::source(&*err)
+                    .and_then(|s| s.downcast_ref::<ClientError>())
+                    .map(|e| matches!(e, ClientError::DeadlineExceeded))
+            });
+        assert_eq!(deadline, Some(true), "{err}");
+        assert!(!sent.load(std::sync::atomic::Ordering::SeqCst), "nothing sent");
+    }
+
     /// The URL of an issuer that answers discovery and never answers a
     /// token request, each on a connection of its own, and a message for
     /// each token request that reaches it.

@@ -169,10 +169,30 @@ where
             };
             let method = req.method().as_str().to_owned();
             let call = htu.as_deref().map(|htu| (method.as_str(), htu));
-            let sent = credentials
-                .apply_call(req.headers_mut(), host.as_deref(), caller.as_ref(), call)
-                .await
-                .map_err(credential_error)?;
+            // A gRPC call's deadline counts the time its credential takes
+            // (a grant, an exchange), as gRPC's call credentials do: tonic
+            // times the call only once the channel has it, after this.
+            let deadline = req
+                .headers()
+                .get(GRPC_TIMEOUT)
+                .and_then(|v| grpc_timeout(v.as_bytes()));
+            let started = std::time::Instant::now();
+            let applied = credentials.apply_call(req.headers_mut(), host.as_deref(), caller.as_ref(), call);
+            let sent = match deadline {
+                Some(d) => tokio::time::timeout(d, applied)
+                    .await
+                    .unwrap_or(Err(ClientError::DeadlineExceeded)),
+                None => applied.await,
+            }
+            .map_err(credential_error)?;
+            // The upstream gets what is left of it.
+            if let Some(d) = deadline {
+                let left = d.saturating_sub(started.elapsed());
+                if left.is_zero() {
+                    return Err(credential_error(ClientError::DeadlineExceeded));
+                }
+                req.headers_mut().insert(GRPC_TIMEOUT, grpc_timeout_value(left));
+            }
             std::future::poll_fn(|cx| inner.poll_ready(cx))
                 .await
                 .map_err(Into::into)?;
@@ -184,12 +204,50 @@ where
     }
 }
 
+/// gRPC's deadline header.
+const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+
+/// A `grpc-timeout` value (at most eight digits and a unit: `H`, `M`, `S`,
+/// `m`, `u`, `n`), if it is one.
+fn grpc_timeout(value: &[u8]) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let (unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// `left` as a `grpc-timeout` value: milliseconds (rounded up, so that a
+/// call with time left is not sent with none), or seconds past eight
+/// digits of them.
+fn grpc_timeout_value(left: std::time::Duration) -> http::HeaderValue {
+    let ms = left.as_nanos().div_ceil(1_000_000);
+    let text = if ms < 100_000_000 {
+        format!("{ms}m")
+    } else {
+        format!("{}S", left.as_secs().min(99_999_999))
+    };
+    http::HeaderValue::from_str(&text).unwrap_or(http::HeaderValue::from_static("99999999S"))
+}
+
 /// A [`ClientError`] as the service's error: with the `tonic` feature, a
 /// [`tonic::Status`] whose source it is, which a tonic client returns as
 /// it is (`UNAUTHENTICATED` for a credential the issuer refused or the
 /// caller lacks, as gRPC's status codes say of call credentials;
 /// `UNAVAILABLE` for an issuer out of reach or an upstream that did not
-/// prove itself; `INTERNAL` for a setting that cannot work), where the
+/// prove itself; `DEADLINE_EXCEEDED` for a call whose `grpc-timeout`
+/// passed while its credential was being got; `INTERNAL` for a setting
+/// that cannot work), where the
 /// error alone would be `UNKNOWN`.
 fn credential_error(e: ClientError) -> BoxError {
     #[cfg(feature = "tonic")]
@@ -199,6 +257,7 @@ fn credential_error(e: ClientError) -> BoxError {
                 tonic::Code::Unauthenticated
             }
             ClientError::Unavailable(_) | ClientError::Unproven(_) => tonic::Code::Unavailable,
+            ClientError::DeadlineExceeded => tonic::Code::DeadlineExceeded,
             _ => tonic::Code::Internal,
         };
         let mut status = tonic::Status::new(code, e.to_string());
@@ -257,5 +316,25 @@ mod tonic_tests {
             status.source().and_then(|s| s.downcast_ref::<ClientError>()),
             Some(ClientError::NoCallerToken)
         ));
+    }
+}
+
+#[cfg(test)]
+mod grpc_timeout_tests {
+    use std::time::Duration;
+
+    use super::{grpc_timeout, grpc_timeout_value};
+
+    #[test]
+    fn a_grpc_timeout_is_read_and_written_as_grpc_writes_it() {
+        assert_eq!(grpc_timeout(b"300m"), Some(Duration::from_millis(300)));
+        assert_eq!(grpc_timeout(b"2S"), Some(Duration::from_secs(2)));
+        assert_eq!(grpc_timeout(b"1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(grpc_timeout(b"5u"), Some(Duration::from_micros(5)));
+        for bad in [&b""[..], b"m", b"123456789m", b"12x", b"-1S", b"1.5S"] {
+            assert_eq!(grpc_timeout(bad), None, "{bad:?}");
+        }
+        assert_eq!(grpc_timeout_value(Duration::from_micros(1500)), "2m");
+        assert_eq!(grpc_timeout_value(Duration::from_secs(200_000)), "200000S");
     }
 }
