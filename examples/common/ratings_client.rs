@@ -153,8 +153,7 @@ impl Ratings {
                 // issuer refused or is out of reach; with the `tonic`
                 // feature such a failure is a status whose source says so):
                 // the upstream could not be asked, as an unreachable one.
-                let ours = std::error::Error::source(&status)
-                    .and_then(|s| s.downcast_ref::<palisade::client::ClientError>());
+                let ours = palisade::client::ClientError::of(&status);
                 let http = match status.code() {
                     // Its deadline passed while the credential was got.
                     _ if matches!(ours, Some(palisade::client::ClientError::DeadlineExceeded)) => 504,

@@ -404,7 +404,7 @@ where
                 // checked as it is read): a gRPC status, not axum's 413,
                 // nor the `UNKNOWN` tonic makes of the error.
                 let over = flags.as_ref().is_some_and(|f| f.over.load(Ordering::Relaxed));
-                if *rendering == Rendering::Grpc
+                if !matches!(rendering, Rendering::Http | Rendering::Head)
                     && (over || res.status() == http::StatusCode::PAYLOAD_TOO_LARGE)
                 {
                     return Poll::Ready(Ok(instead(limits.body_too_large())));

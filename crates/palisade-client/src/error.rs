@@ -42,3 +42,28 @@ pub enum ClientError {
     #[error("the call's deadline passed while its credential was being got")]
     DeadlineExceeded,
 }
+
+impl ClientError {
+    /// The `ClientError` an outbound call failed with, wherever it is in
+    /// `error`'s chain: `error` itself (a [`CredentialsLayer`](crate::CredentialsLayer)'s
+    /// boxed error), or its source (with the `tonic` feature the layer's
+    /// error is a `tonic::Status` whose source it is; a client that wraps
+    /// errors keeps it as a source too).
+    ///
+    /// ```
+    /// use palisade_client::ClientError;
+    /// let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(ClientError::NoCallerToken);
+    /// assert!(matches!(ClientError::of(&*boxed), Some(ClientError::NoCallerToken)));
+    /// ```
+    #[must_use]
+    pub fn of<'e>(error: &'e (dyn std::error::Error + 'static)) -> Option<&'e ClientError> {
+        let mut next = Some(error);
+        while let Some(e) = next {
+            if let Some(found) = e.downcast_ref::<ClientError>() {
+                return Some(found);
+            }
+            next = e.source();
+        }
+        None
+    }
+}

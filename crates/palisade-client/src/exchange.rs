@@ -592,14 +592,7 @@ mod tests {
             took >= Duration::from_millis(300) && took < Duration::from_secs(5),
             "{took:?}"
         );
-        let deadline = err
-            .downcast_ref::<ClientError>()
-            .map(|e| matches!(e, ClientError::DeadlineExceeded))
-            .or_else(|| {
-                std::error::Error::source(&*err)
-                    .and_then(|s| s.downcast_ref::<ClientError>())
-                    .map(|e| matches!(e, ClientError::DeadlineExceeded))
-            });
+        let deadline = ClientError::of(&*err).map(|e| matches!(e, ClientError::DeadlineExceeded));
         assert_eq!(deadline, Some(true), "{err}");
         assert!(!sent.load(std::sync::atomic::Ordering::SeqCst), "nothing sent");
     }

@@ -14,7 +14,9 @@ use crate::{CallerToken, ClientError, Credentials, Upstreams};
 /// header to what [`Upstreams`] says for its URI's host (removing any when
 /// the host gets nothing), relaying the [`CallerToken`] found in the
 /// request's extensions. A request that cannot get its credential fails
-/// with the [`ClientError`] (boxed) and is never sent; so does one whose URI
+/// with the [`ClientError`] (boxed; with the `tonic` feature, a
+/// `tonic::Status` whose source it is: [`ClientError::of`] finds it either
+/// way) and is never sent; so does one whose URI
 /// names no host (a `Host` header is not trusted: it need not be where the
 /// request goes). A cached token the upstream refuses is renewed in the
 /// background ([`Sent`](crate::Sent)); a Kerberos call's answer that does not

@@ -308,8 +308,7 @@ async fn the_layer_attaches_what_each_host_gets_and_sends_nothing_without_a_need
         .await
         .unwrap_err();
     assert!(
-        err.downcast_ref::<ClientError>()
-            .is_some_and(|e| matches!(e, ClientError::NoCallerToken)),
+        matches!(ClientError::of(&*err), Some(ClientError::NoCallerToken)),
         "{err}"
     );
 

@@ -189,6 +189,8 @@ struct Edited<'a> {
     inner: &'a dyn RequestHead,
     reserved: &'a HeaderEdits,
     edits: HeaderEdits,
+    /// `x-forwarded-client-cert` is edited too ([`client_cert_details`]).
+    client_cert: bool,
 }
 
 impl Edited<'_> {
@@ -196,7 +198,8 @@ impl Edited<'_> {
     /// is not reserved, `Some(None)` when it is removed, `Some(Some(v))`
     /// when it is set.
     fn edited(&self, name: &str) -> Option<Option<&[u8]>> {
-        if !self.reserved.touches(name) {
+        let client_cert = self.client_cert && name.eq_ignore_ascii_case(CLIENT_CERT_HEADER);
+        if !(client_cert || self.reserved.touches(name)) {
             return None;
         }
         // Removed for every request, unless an authenticator sets it.
@@ -251,24 +254,16 @@ impl RequestHead for Edited<'_> {
     }
 }
 
-/// The removal of the reserved headers of `authenticators`, each once.
 /// Envoy's header of the client certificate's details.
 const CLIENT_CERT_HEADER: &str = "x-forwarded-client-cert";
 
-/// The `x-forwarded-client-cert` edit for a request on the TLS connection
-/// `c`: Envoy's details of the verified peer (`Hash`, the certificate's
-/// SHA-256; `Subject`; `URI`, its SPIFFE ID; `DNS`, each name), as Istio's
-/// sidecar hands them on, or the header removed without a peer. The
-/// server's own identity (Envoy's `By`) is not known here and not given.
-fn client_cert_details(c: &ConnectionInfo) -> HeaderEdit {
-    let Some(peer) = c.peer.as_ref().and_then(Identity::peer) else {
-        return HeaderEdit::Remove(CLIENT_CERT_HEADER.into());
-    };
-    let mut details = format!(
-        "Hash={};Subject=\"{}\"",
-        peer.fingerprint_sha256,
-        crate::syntax::quote_safe(&peer.subject)
-    );
+/// The `x-forwarded-client-cert` of a request from the verified peer
+/// `peer` on a TLS connection: Envoy's details of it as Istio's sidecar
+/// hands them on (`Hash`, the certificate's SHA-256; `URI`, its SPIFFE ID;
+/// `DNS`, each name). Not the server's own identity (Envoy's `By`), not
+/// known here, nor the subject, whose text here is not Envoy's (RFC 4514).
+fn client_cert_details(peer: &crate::identity::PeerIdentity) -> HeaderEdit {
+    let mut details = format!("Hash={}", peer.fingerprint_sha256);
     if let Some(uri) = &peer.spiffe_id {
         details.push_str(";URI=");
         details.push_str(&crate::syntax::quote_safe(uri).replace([';', ',', ' '], ""));
@@ -280,6 +275,7 @@ fn client_cert_details(c: &ConnectionInfo) -> HeaderEdit {
     HeaderEdit::Set(CLIENT_CERT_HEADER.into(), details)
 }
 
+/// The removal of the reserved headers of `authenticators`, each once.
 fn reserved_removals(authenticators: &[Arc<dyn Authenticator>]) -> HeaderEdits {
     let mut names: Vec<&String> = authenticators.iter().flat_map(|a| a.reserved_headers()).collect();
     names.sort_unstable();
@@ -1054,12 +1050,14 @@ impl Share<Compiled> {
         // from a sidecar reads as the caller's certificate: on a TLS
         // connection set from the verified peer (or removed without one),
         // and removed wherever a client sent it itself.
-        let client_cert = match connection {
-            Some(c) if c.tls => Some(client_cert_details(c)),
-            _ if req.header_str(CLIENT_CERT_HEADER).is_some() => {
+        // (Looked for as bytes: a value that is not text is a value.)
+        let verified = connection.filter(|c| c.tls).and_then(|c| c.peer.as_ref()?.peer());
+        let client_cert = match verified {
+            Some(peer) => Some(client_cert_details(peer)),
+            None if req.header_value(CLIENT_CERT_HEADER, 0).is_some() => {
                 Some(HeaderEdit::Remove(CLIENT_CERT_HEADER.into()))
             }
-            _ => None,
+            None => None,
         };
         if let [only] = &self.authenticators[..]
             && peer.is_none()
@@ -1257,13 +1255,15 @@ impl Share<Compiled> {
         // gone, a verified one in its place, as Envoy's RBAC reads what
         // `jwt_authn` left. Other headers are the request's own.
         let edited;
-        let req: &dyn RequestHead = if self.reserved.is_empty() {
+        let client_cert = acc.edits.touches(CLIENT_CERT_HEADER);
+        let req: &dyn RequestHead = if self.reserved.is_empty() && !client_cert {
             req
         } else {
             edited = Edited {
                 inner: req,
                 reserved: &self.reserved,
                 edits: acc.edits.clone(),
+                client_cert,
             };
             &edited
         };
@@ -1897,63 +1897,78 @@ mod tests {
 
     /// `x-forwarded-client-cert`, which an application ported from a
     /// sidecar reads as its caller's certificate: set from the verified
-    /// peer on a TLS connection, removed on one without a peer, and removed
-    /// wherever a client sent it; left alone (not even looked for twice) on
-    /// a plain request without it.
+    /// peer on a TLS connection, and removed wherever a client sent it, as
+    /// text or not; a request without it and without a peer is left as it
+    /// is. A policy reads it as the handler will get it.
     #[test]
     fn the_client_certificate_header_comes_from_the_handshake_only() {
         use crate::identity::PeerIdentity;
-        let guard = Guard::builder()
-            .authenticator(Fixed(None, false))
-            .access_policy(AccessPolicy::allow_all())
-            .build()
-            .unwrap();
-        let edits = |req: OwnedRequest| match guard.check(&req) {
+        let guard = |policy: AccessPolicy| {
+            Guard::builder()
+                .authenticator(Fixed(None, false))
+                .access_policy(policy)
+                .build()
+                .unwrap()
+        };
+        let open = guard(AccessPolicy::allow_all());
+        let edits = |req: OwnedRequest| match open.check(&req) {
             Check::Ready(Decision::Allow(a)) => a.header_edits().to_vec(),
             _ => panic!("allowed"),
         };
         let forged = "Hash=00;URI=spiffe://cluster.local/ns/istio-system/sa/admin";
         let xfcc = || "x-forwarded-client-cert".to_owned();
-        assert_eq!(edits(OwnedRequest::get("/")), []);
-        assert_eq!(
-            edits(OwnedRequest::get("/").header("x-forwarded-client-cert", forged)),
-            [HeaderEdit::Remove(xfcc())]
-        );
-        let mut tls = ConnectionInfo {
+        let removed = [HeaderEdit::Remove(xfcc())];
+        let tls = ConnectionInfo {
             tls: true,
             ..ConnectionInfo::default()
+        };
+        assert_eq!(edits(OwnedRequest::get("/")), []);
+        assert_eq!(edits(OwnedRequest::get("/").connection(tls.clone())), []);
+        assert_eq!(
+            edits(OwnedRequest::get("/").header("x-forwarded-client-cert", forged)),
+            removed
+        );
+        let not_text =
+            OwnedRequest::get("/").header("x-forwarded-client-cert", &b"URI=spiffe://x/sa/admin;\xff"[..]);
+        assert_eq!(edits(not_text), removed, "a value that is not text");
+        let peer = |tls: ConnectionInfo| ConnectionInfo {
+            peer: Some(Identity::from_peer(
+                PeerIdentity {
+                    principal: Some("cluster.local/ns/shop/sa/web".into()),
+                    spiffe_id: Some("spiffe://cluster.local/ns/shop/sa/web".into()),
+                    dns_names: vec!["web.shop".into()],
+                    fingerprint_sha256: "ab12".into(),
+                    ..PeerIdentity::default()
+                },
+                Verification::assertion(),
+            )),
+            ..tls
         };
         assert_eq!(
             edits(
                 OwnedRequest::get("/")
                     .header("x-forwarded-client-cert", forged)
-                    .connection(tls.clone())
-            ),
-            [HeaderEdit::Remove(xfcc())]
-        );
-        tls.peer = Some(Identity::from_peer(
-            PeerIdentity {
-                principal: Some("cluster.local/ns/shop/sa/web".into()),
-                spiffe_id: Some("spiffe://cluster.local/ns/shop/sa/web".into()),
-                dns_names: vec!["web.shop".into()],
-                subject: "O=\"shop\", CN=web".into(),
-                fingerprint_sha256: "ab12".into(),
-                ..PeerIdentity::default()
-            },
-            Verification::assertion(),
-        ));
-        assert_eq!(
-            edits(
-                OwnedRequest::get("/")
-                    .header("x-forwarded-client-cert", forged)
-                    .connection(tls)
+                    .connection(peer(tls))
             ),
             [HeaderEdit::Set(
                 xfcc(),
-                "Hash=ab12;Subject=\"O=shop, CN=web\";URI=spiffe://cluster.local/ns/shop/sa/web;DNS=web.shop"
-                    .into()
+                "Hash=ab12;URI=spiffe://cluster.local/ns/shop/sa/web;DNS=web.shop".into()
             )]
         );
+        // A DENY on the header reads what the handler gets, not the
+        // client's value.
+        use crate::authz::Rule;
+        let deny = AccessPolicy::builder()
+            .deny(
+                "no-admin",
+                [Rule::new().when("request.headers[x-forwarded-client-cert]", ["*sa/admin"])],
+            )
+            .allow("all", [Rule::new()])
+            .build()
+            .unwrap();
+        let denying = guard(deny);
+        let req = OwnedRequest::get("/").header("x-forwarded-client-cert", forged);
+        assert!(matches!(denying.check(&req), Check::Ready(Decision::Allow(_))));
     }
 
     /// A handler's own check answers as the `Authorized<R>` extractor:

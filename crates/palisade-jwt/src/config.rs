@@ -925,11 +925,20 @@ impl ProviderBuilder {
                 check_header_name(name)?;
             }
         }
-        if let Some(h) = &self.output_payload_to_header {
+        // Output headers: not the one the guard sets from the connection's
+        // client certificate, which a token's claim must not replace.
+        for h in self
+            .output_payload_to_header
+            .iter()
+            .chain(self.output_claims.iter().map(|(h, _)| h))
+        {
             check_header_name(h)?;
-        }
-        for (h, _) in &self.output_claims {
-            check_header_name(h)?;
+            if h == "x-forwarded-client-cert" {
+                return Err(ConfigError::OutOfRange(
+                    "`x-forwarded-client-cert` is set from the connection's client certificate: a token cannot be output to it"
+                        .into(),
+                ));
+            }
         }
         let f = &self.fetch;
         if f.min_ttl > f.max_ttl || f.timeout.is_zero() || f.max_body == 0 {
