@@ -784,7 +784,9 @@ impl Reply {
     /// `www-authenticate` (gRPC metadata), and [`Reply::rejection`] is
     /// kept. The code follows the status: 401 (and a redirect to sign in)
     /// `UNAUTHENTICATED` (16), 403 `PERMISSION_DENIED` (7), 400
-    /// `INVALID_ARGUMENT` (3), 404 and 405 `UNIMPLEMENTED` (12), 413 and
+    /// `INVALID_ARGUMENT` (3) but `UNAUTHENTICATED` where it challenges the
+    /// caller (a bearer `invalid_request`: two tokens, as gRPC says of bad
+    /// auth metadata), 404 and 405 `UNIMPLEMENTED` (12), 413 and
     /// 429 `RESOURCE_EXHAUSTED` (8), 502 to 504 `UNAVAILABLE` (14), any
     /// other `UNKNOWN` (2). A `Retry-After` of whole seconds becomes gRPC's
     /// retry pushback, `grpc-retry-pushback-ms`.
@@ -838,7 +840,7 @@ impl Reply {
             wanted.rendering = rendering;
             return Self(Box::new(r));
         }
-        let code = grpc_code(r.status);
+        let code = grpc_code(r.status, r.rejection.as_ref());
         let message = match &r.rejection {
             Some(rejection) => rejection.detail().to_owned(),
             None if (300..400).contains(&r.status) => "sign-in required".to_owned(),
@@ -956,9 +958,12 @@ pub fn is_grpc(req: &dyn RequestHead) -> bool {
 /// redirect to sign in, `PERMISSION_DENIED` (7) for 403,
 /// `INVALID_ARGUMENT` (3) for 400, `UNIMPLEMENTED` (12) for 404 and 405,
 /// `RESOURCE_EXHAUSTED` (8) for 413 and 429, `UNAVAILABLE` (14) for 502
-/// to 504, `UNKNOWN` (2) otherwise.
-pub(crate) fn grpc_code(status: u16) -> i32 {
+/// to 504, `UNKNOWN` (2) otherwise; a 400 that challenges the caller to
+/// authenticate (a bearer `invalid_request`: two tokens) `UNAUTHENTICATED`,
+/// as gRPC says of bad auth metadata.
+pub(crate) fn grpc_code(status: u16, rejection: Option<&Rejection>) -> i32 {
     match status {
+        400 if rejection.is_some_and(|r| !r.challenges().is_empty()) => 16,
         300..=399 | 401 => 16,
         403 => 7,
         400 => 3,
@@ -1542,6 +1547,8 @@ mod tests {
         ] {
             assert_eq!(code(status).as_deref(), Some(want), "{status}");
         }
+        let two_tokens = Reply::from(Rejection::invalid_request("api", "two tokens")).grpc();
+        assert!(two_tokens.headers().any(|h| h == ("grpc-status", "16")));
         assert_eq!(grpc_percent_encode("50% née\n"), "50%25 n%C3%A9e%0A");
         let denied = Reply::from(Rejection::forbidden("access denied")).grpc();
         assert_eq!(denied.status(), 200);

@@ -20,7 +20,7 @@ use crate::Rejection;
 /// ```
 impl From<Rejection> for tonic::Status {
     fn from(rejection: Rejection) -> Self {
-        let code = tonic::Code::from_i32(crate::adapter::grpc_code(rejection.status()));
+        let code = tonic::Code::from_i32(crate::adapter::grpc_code(rejection.status(), Some(&rejection)));
         let mut status = tonic::Status::new(code, rejection.detail().to_owned());
         for challenge in rejection.challenges() {
             if let Ok(value) = challenge.parse() {
