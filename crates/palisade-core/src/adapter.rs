@@ -977,33 +977,30 @@ pub(crate) fn grpc_code(status: u16, rejection: Option<&Rejection>) -> i32 {
 /// The rendering of a request that is not a HEAD request, from its method
 /// and first `content-type` value: a gRPC or grpc-web call's, else HTTP's.
 fn grpc_rendering(method: &str, content_type: Option<&[u8]>) -> Rendering {
+    let is =
+        |media_type: &[u8]| method == "POST" && content_type.is_some_and(|v| media_type_is(v, media_type));
     if is_grpc_call(method, content_type) {
-        return Rendering::Grpc;
+        Rendering::Grpc
+    } else if is(b"application/grpc-web") {
+        Rendering::GrpcWeb
+    } else if is(b"application/grpc-web-text") {
+        Rendering::GrpcWebText
+    } else {
+        Rendering::Http
     }
-    const WEB: &[u8] = b"application/grpc-web";
-    match content_type {
-        Some(v) if method == "POST" && v.len() >= WEB.len() && v[..WEB.len()].eq_ignore_ascii_case(WEB) => {
-            let rest = &v[WEB.len()..];
-            let text = rest.len() >= 5 && rest[..5].eq_ignore_ascii_case(b"-text");
-            let rest = if text { &rest[5..] } else { rest };
-            match rest.first() {
-                None | Some(b'+' | b';') if text => Rendering::GrpcWebText,
-                None | Some(b'+' | b';') => Rendering::GrpcWeb,
-                _ => Rendering::Http,
-            }
-        }
-        _ => Rendering::Http,
-    }
+}
+
+/// Whether the content type `v` is `media_type` (in any letter case), with
+/// a suffix (`+proto`) or parameters (`;charset=…`) or neither.
+fn media_type_is(v: &[u8], media_type: &[u8]) -> bool {
+    v.len() >= media_type.len()
+        && v[..media_type.len()].eq_ignore_ascii_case(media_type)
+        && matches!(v.get(media_type.len()), None | Some(b'+' | b';'))
 }
 
 /// [`is_grpc`] from a request's method and first `content-type` value.
 fn is_grpc_call(method: &str, content_type: Option<&[u8]>) -> bool {
-    method == "POST"
-        && content_type.is_some_and(|v| {
-            v.len() >= 16
-                && v[..16].eq_ignore_ascii_case(b"application/grpc")
-                && matches!(v.get(16), None | Some(b'+' | b';'))
-        })
+    method == "POST" && content_type.is_some_and(|v| media_type_is(v, b"application/grpc"))
 }
 
 /// The host of a request, for [`RequestHead::host`]: its `Host` header

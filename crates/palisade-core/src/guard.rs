@@ -264,13 +264,11 @@ const CLIENT_CERT_HEADER: &str = "x-forwarded-client-cert";
 /// known here, nor the subject, whose text here is not Envoy's (RFC 4514).
 fn client_cert_details(peer: &crate::identity::PeerIdentity) -> HeaderEdit {
     let mut details = format!("Hash={}", peer.fingerprint_sha256);
-    if let Some(uri) = &peer.spiffe_id {
-        details.push_str(";URI=");
-        details.push_str(&crate::syntax::quote_safe(uri).replace([';', ',', ' '], ""));
-    }
-    for dns in &peer.dns_names {
-        details.push_str(";DNS=");
-        details.push_str(&crate::syntax::quote_safe(dns).replace([';', ',', ' '], ""));
+    let uri = peer.spiffe_id.iter().map(|uri| ("URI", uri));
+    for (key, value) in uri.chain(peer.dns_names.iter().map(|dns| ("DNS", dns))) {
+        // A value cannot end its pair or the element: no `;`, `,` or space.
+        let value = crate::syntax::quote_safe(value).replace([';', ',', ' '], "");
+        details.push_str(&format!(";{key}={value}"));
     }
     HeaderEdit::Set(CLIENT_CERT_HEADER.into(), details)
 }

@@ -237,15 +237,10 @@ impl TokenClaims {
                 .collect(),
             _ => return,
         };
-        let found: Vec<String> = found
-            .into_iter()
-            .filter(|r| !r.is_empty())
-            .map(str::to_owned)
-            .collect();
         let before = self.realm_roles.len();
         for role in found {
-            if !self.realm_roles.contains(&role) {
-                self.realm_roles.push(role);
+            if !role.is_empty() && !self.realm_roles.iter().any(|r| r == role) {
+                self.realm_roles.push(role.to_owned());
             }
         }
         if self.realm_roles.len() == before {

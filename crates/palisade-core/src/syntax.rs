@@ -426,6 +426,37 @@ pub fn authorization_param_refusal(name: &str, value: &str) -> Option<&'static s
         .then_some("`none` refuses every user without a session at the issuer")
 }
 
+/// The first of a sign-in's extra authorization parameters that cannot be
+/// sent, and why: [`authorization_param_refusal`], or a name given twice
+/// (in any letter case), which the issuer would refuse every sign-in for
+/// (RFC 6749 §3.1).
+///
+/// ```
+/// use palisade_core::syntax::authorization_params_refusal as refusal;
+/// assert_eq!(refusal([("audience", "a"), ("prompt", "login")]), None);
+/// assert_eq!(refusal([("audience", "a"), ("Audience", "b")]).map(|(name, _)| name), Some("Audience"));
+/// assert_eq!(refusal([("nonce", "n")]).map(|(name, _)| name), Some("nonce"));
+/// ```
+#[must_use]
+pub fn authorization_params_refusal<'a>(
+    params: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Option<(&'a str, String)> {
+    let mut seen: Vec<&str> = Vec::new();
+    for (name, value) in params {
+        if let Some(refusal) = authorization_param_refusal(name, value) {
+            return Some((name, format!("`{name}` {refusal}")));
+        }
+        if seen.iter().any(|other| other.eq_ignore_ascii_case(name)) {
+            return Some((
+                name,
+                format!("`{name}` is given twice, in other letters: the issuer would refuse every sign-in"),
+            ));
+        }
+        seen.push(name);
+    }
+    None
+}
+
 /// What is wrong with `claim` as the claim read as a user's name
 /// (`principalClaim`, `principal_claim`), if anything.
 ///

@@ -189,6 +189,11 @@ impl StartBudget {
 }
 
 impl TenantStores {
+    /// Reports how many tenants are held ([`TENANTS`]), after a change.
+    fn count_held(&self) {
+        self.metrics.live.set(self.live.len() as f64);
+    }
+
     /// The rule's kept answer about `name` ([`TENANT_ANSWER_TTL_MS`]): allowed
     /// (since when), refused, or `None` when it is to be asked.
     fn kept(&self, name: &str) -> Option<Option<u64>> {
@@ -233,7 +238,7 @@ impl TenantStores {
             }
         } else {
             if self.live.remove(name).is_some() {
-                self.metrics.live.set(self.live.len() as f64);
+                self.count_held();
             }
             self.allowed.remove(name);
             self.order.retain(|n| n != name);
@@ -995,10 +1000,7 @@ impl JwtAuthenticator {
             let (Some(stores), Some(tenants)) = (&p.tenants, &p.cfg.tenants) else {
                 continue;
             };
-            {
-                let new = stores.lock().unwrap_or_else(PoisonError::into_inner);
-                new.metrics.live.set(new.live.len() as f64);
-            }
+            stores.lock().unwrap_or_else(PoisonError::into_inner).count_held();
             let Some(old) = previous.0.providers.iter().find_map(|q| {
                 (q.cfg.issuer == p.cfg.issuer && q.cfg.jwks == p.cfg.jwks && q.cfg.fetch == p.cfg.fetch)
                     .then_some(q.tenants.as_ref())
@@ -1026,7 +1028,7 @@ impl JwtAuthenticator {
                     new.live.insert(name.clone(), Arc::clone(t));
                 }
             }
-            new.metrics.live.set(new.live.len() as f64);
+            new.count_held();
             new.proven = old
                 .proven
                 .iter()
@@ -1776,7 +1778,7 @@ impl JwtAuthenticator {
         stores.order.push_back(name.to_owned());
         stores.live.insert(name.to_owned(), Arc::clone(&tenant));
         stores.metrics.started.increment(1);
-        stores.metrics.live.set(stores.live.len() as f64);
+        stores.count_held();
         Ok(tenant)
     }
 

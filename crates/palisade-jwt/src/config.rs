@@ -855,33 +855,34 @@ impl ProviderBuilder {
         if self.audiences.is_empty() && !self.any_audience && self.client_ids.is_empty() {
             return Err(ConfigError::NoAudience(self.issuer));
         }
-        if self.client_ids.iter().any(|id| id.trim().is_empty()) {
-            let issuer = url_without_credentials(&self.issuer);
-            return Err(ConfigError::InvalidClaimName(
-                issuer,
+        let shown = url_without_credentials(&self.issuer);
+        let names = [
+            (
                 "a client id",
-                "must not be empty".into(),
-            ));
-        }
-        if let Some(refusal) = self
-            .roles_claim
-            .as_deref()
-            .and_then(palisade_core::syntax::roles_claim_refusal)
-        {
-            let issuer = url_without_credentials(&self.issuer);
-            return Err(ConfigError::InvalidClaimName(issuer, "the roles claim", refusal));
-        }
-        if let Some(refusal) = self
-            .principal_claim
-            .as_deref()
-            .and_then(palisade_core::syntax::principal_claim_refusal)
-        {
-            let issuer = url_without_credentials(&self.issuer);
-            return Err(ConfigError::InvalidClaimName(
-                issuer,
+                self.client_ids
+                    .iter()
+                    .any(|id| id.trim().is_empty())
+                    .then(|| "must not be empty".to_owned()),
+            ),
+            (
+                "the roles claim",
+                self.roles_claim
+                    .as_deref()
+                    .and_then(palisade_core::syntax::roles_claim_refusal),
+            ),
+            (
                 "the principal claim",
-                refusal.into(),
-            ));
+                self.principal_claim
+                    .as_deref()
+                    .and_then(palisade_core::syntax::principal_claim_refusal)
+                    .map(str::to_owned),
+            ),
+        ];
+        if let Some((what, refusal)) = names
+            .into_iter()
+            .find_map(|(what, refusal)| Some((what, refusal?)))
+        {
+            return Err(ConfigError::InvalidClaimName(shown, what, refusal));
         }
         let algorithms = self.algorithms.unwrap_or_else(|| ASYMMETRIC.to_vec());
         if algorithms.is_empty() {
@@ -946,11 +947,9 @@ impl ProviderBuilder {
                 "fetch settings: need min_ttl <= max_ttl, a non-zero timeout and max_body".into(),
             ));
         }
-        crate::jwks::check_ca_bundle(f)
-            .map_err(|e| ConfigError::InvalidCa(url_without_credentials(&self.issuer), e))?;
+        crate::jwks::check_ca_bundle(f).map_err(|e| ConfigError::InvalidCa(shown.clone(), e))?;
         // Entra's documents write its tenant `{tenantid}`: a fixed issuer
         // so spelt would never match a token.
-        let shown = url_without_credentials(&self.issuer);
         if !self.issuer.contains(palisade_core::syntax::TENANT)
             && let Some(open) = shown.find('{')
         {

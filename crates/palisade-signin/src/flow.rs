@@ -589,22 +589,13 @@ impl SignInBuilder {
         {
             return Err(SignInError::Config(format!("rolesClaim {refusal}")));
         }
-        for (i, (name, value)) in config.authorization_params.iter().enumerate() {
-            if let Some(refusal) = palisade_core::syntax::authorization_param_refusal(name, value) {
-                return Err(SignInError::Config(format!(
-                    "the authorization parameter `{name}` {refusal}"
-                )));
-            }
-            // A parameter twice is an error the issuer answers every
-            // sign-in with (RFC 6749 §3.1).
-            if config.authorization_params[..i]
-                .iter()
-                .any(|(other, _)| other.eq_ignore_ascii_case(name))
-            {
-                return Err(SignInError::Config(format!(
-                    "the authorization parameter `{name}` is given twice"
-                )));
-            }
+        let params = config.authorization_params.iter();
+        if let Some((_, refusal)) =
+            palisade_core::syntax::authorization_params_refusal(params.map(|(n, v)| (n.as_str(), v.as_str())))
+        {
+            return Err(SignInError::Config(format!(
+                "the authorization parameter {refusal}"
+            )));
         }
         if let Some(refusal) = config
             .claim_names
