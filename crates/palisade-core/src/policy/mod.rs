@@ -946,22 +946,16 @@ fn issuers_as_request_principals(documents: &[Document]) -> Vec<(&Document, Stri
                 });
             for (field, values) in sources.chain(conditions) {
                 for (i, v) in values.iter().flatten().enumerate() {
-                    if let Some(issuer) = the_issuer(v) {
-                        out.push((
-                            d,
-                            format!("{field}[{i}]"),
-                            format!(
-                                "`{v}` is an issuer of this file alone: a request principal is ISSUER/SUBJECT, so it matches none of its tokens; write `{issuer}/*` for any subject of that issuer"
-                            ),
-                        ));
-                    } else if let Some((written, issuer)) = short_of_its_slash(v) {
-                        out.push((
-                            d,
-                            format!("{field}[{i}]"),
-                            format!(
-                                "`{v}` names the issuer without the `/` it ends in: a request principal is ISSUER/SUBJECT and this file's issuer is `{issuer}`, so it matches none of its tokens; write `{written}`"
-                            ),
-                        ));
+                    let message = match the_issuer(v) {
+                        Some(issuer) => Some(format!(
+                            "`{v}` is an issuer of this file alone: a request principal is ISSUER/SUBJECT, so it matches none of its tokens; write `{issuer}/*` for any subject of that issuer"
+                        )),
+                        None => short_of_its_slash(v).map(|(written, issuer)| format!(
+                            "`{v}` names the issuer without the `/` it ends in: a request principal is ISSUER/SUBJECT and this file's issuer is `{issuer}`, so it matches none of its tokens; write `{written}`"
+                        )),
+                    };
+                    if let Some(message) = message {
+                        out.push((d, format!("{field}[{i}]"), message));
                     }
                 }
             }
