@@ -70,6 +70,16 @@
 //! plain `axum::serve`, ask axum for them with [`ConnectAddrs`]:
 //! `axum::serve(listener, app.into_make_service_with_connect_info::<ConnectAddrs>())`.
 //!
+//! # Under tonic's server
+//! With the `tonic` feature the layer also runs under tonic's own server,
+//! `tonic::transport::Server::builder().layer(PalisadeLayer::new(guard))`:
+//! policies read the connection's addresses tonic records, a call made with
+//! another method than `POST` is refused with 405 before tonic runs it, and
+//! [`Require<S>`] (like the other services here) is a tonic `NamedService`,
+//! so `add_service(require(..).layer(svc))` puts a requirement on one gRPC
+//! service. mTLS peers are known under Palisade's servers only
+//! (`docs/grpc.md`).
+//!
 //! # Names in the two adapters
 //! | axum / tower | actix-web | what |
 //! |---|---|---|
@@ -96,6 +106,8 @@ use tower_service::Service;
 mod limit;
 mod require;
 pub mod serve;
+#[cfg(feature = "tonic")]
+mod tonic_server;
 
 pub use limit::{BodyLimit, BodyLimitFuture, BodyLimitLayer, GrpcStreams, GrpcStreamsLayer};
 pub use require::{Require, RequireLayer, require};
@@ -293,12 +305,19 @@ impl<B> RequestHead for HttpHead<'_, B> {
     fn connection(&self) -> Option<&ConnectionInfo> {
         // `palisade_mtls::axum::serve` shares one `Arc` per connection.
         let ext = self.0.extensions();
-        ext.get::<std::sync::Arc<ConnectionInfo>>()
+        let connection = ext
+            .get::<std::sync::Arc<ConnectionInfo>>()
             .map(|c| &**c)
-            .or_else(|| ext.get::<ConnectionInfo>())
+            .or_else(|| ext.get::<ConnectionInfo>());
+        #[cfg(feature = "tonic")]
+        if connection.is_none() {
+            tonic_server::warn_of_unread_peer(ext);
+        }
+        connection
     }
     fn remote_addr(&self) -> Option<SocketAddr> {
-        self.connection()
+        let addr = self
+            .connection()
             .and_then(|c| c.remote_addr)
             .or_else(|| self.connect_addrs().map(|c| c.remote))
             .or_else(|| {
@@ -306,12 +325,19 @@ impl<B> RequestHead for HttpHead<'_, B> {
                     .extensions()
                     .get::<axum::extract::ConnectInfo<SocketAddr>>()
                     .map(|c| c.0)
-            })
+            });
+        #[cfg(feature = "tonic")]
+        let addr = addr.or_else(|| tonic_server::addrs(self.0.extensions())?.remote_addr());
+        addr
     }
     fn local_addr(&self) -> Option<SocketAddr> {
-        self.connection()
+        let addr = self
+            .connection()
             .and_then(|c| c.local_addr)
-            .or_else(|| self.connect_addrs().and_then(|c| c.local))
+            .or_else(|| self.connect_addrs().and_then(|c| c.local));
+        #[cfg(feature = "tonic")]
+        let addr = addr.or_else(|| tonic_server::addrs(self.0.extensions())?.local_addr());
+        addr
     }
 }
 
@@ -398,6 +424,11 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        #[cfg(feature = "tonic")]
+        if req.method() != http::Method::POST && tonic_server::served_by_tonic(req.extensions()) {
+            let reply = tonic_server::method_refusal();
+            return ResponseFuture::refused(Rendering::of(&HttpHead::as_sent(&req)).render(reply), req);
+        }
         let check = match HttpHead::new(&req, true) {
             Ok(head) => self.guard.check(&head),
             Err(reply) => return ResponseFuture::refused(reply, req),

@@ -1,0 +1,248 @@
+//! The guard under tonic's own server (`Server::builder().layer(..)`, the
+//! `tonic` feature): policies read the connection's addresses tonic
+//! records (`ports`, `ipBlocks`), a call made with another method than
+//! `POST` is refused before tonic runs it, and a route-level requirement
+//! wraps one service as tonic's `add_service` takes it.
+
+use std::net::SocketAddr;
+
+use palisade::axum::{PalisadeLayer, require};
+use palisade::core::authz::realm_role;
+use palisade::core::policy::{PolicySet, Workload};
+use palisade::testkit::{TestIssuer, TestPki};
+use tonic::Code;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Server, ServerTlsConfig};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tower::{Layer, Service, ServiceExt};
+
+const CHECK: &str = "/grpc.health.v1.Health/Check";
+
+/// A policy whose one rule opens health checks to a caller with a token,
+/// from loopback, on `port` only (and, with `peer`, from that mTLS
+/// principal only).
+fn policy(issuer: &TestIssuer, port: u16, peer: Option<&str>) -> String {
+    let principals = peer.map(|p| format!(", principals: [{p}]")).unwrap_or_default();
+    format!(
+        "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: default}}
+spec:
+  jwtRules: [{{issuer: {iss}, jwksUri: {jwks}, audiences: [ratings]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: ratings, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: ratings}}}}
+  rules:
+  - from: [{{source: {{requestPrincipals: [\"*\"], ipBlocks: [127.0.0.1/32]{principals}}}}}]
+    to: [{{operation: {{methods: [POST], ports: [\"{port}\"], paths: [{CHECK}]}}}}]
+",
+        iss = issuer.issuer(),
+        jwks = issuer.jwks_uri(),
+    )
+}
+
+/// How [`serve`] serves: the policy for the address it listens on, a
+/// requirement on the service, tonic's TLS.
+#[derive(Default)]
+struct Serving {
+    ops_only: bool,
+    tls: Option<(ServerTlsConfig, ClientTlsConfig)>,
+}
+
+/// tonic's server on loopback with the guard of `policy` (given the
+/// address it listens on) around the health service (behind
+/// `require(realm_role("ops"))` when `ops_only`), and a channel to it. The
+/// server stops when the returned sender is dropped.
+async fn serve(
+    policy: impl FnOnce(SocketAddr) -> String,
+    serving: Serving,
+) -> (Channel, tokio::sync::oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let set = PolicySet::from_yaml_str(&policy(addr), "policy.yaml").unwrap();
+    let guard = palisade::guard_from_policy(&set, &Workload::new("ratings", "default")).unwrap();
+    let (_, health) = tonic_health::server::health_reporter();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    let (server, endpoint) = match serving.tls {
+        Some((server, client)) => (
+            Server::builder().tls_config(server).unwrap(),
+            Endpoint::from_shared(format!("https://localhost:{}", addr.port()))
+                .unwrap()
+                .tls_config(client)
+                .unwrap(),
+        ),
+        None => (
+            Server::builder(),
+            Endpoint::from_shared(format!("http://{addr}")).unwrap(),
+        ),
+    };
+    let mut server = server.layer(PalisadeLayer::new(guard));
+    tokio::spawn(async move {
+        let signal = async {
+            let _ = stopped.await;
+        };
+        let served = if serving.ops_only {
+            server
+                .add_service(require(realm_role("ops")).layer(health))
+                .serve_with_incoming_shutdown(incoming, signal)
+                .await
+        } else {
+            server
+                .add_service(health)
+                .serve_with_incoming_shutdown(incoming, signal)
+                .await
+        };
+        served.unwrap();
+    });
+    (endpoint.connect().await.unwrap(), stop)
+}
+
+fn check(token: Option<&str>) -> tonic::Request<HealthCheckRequest> {
+    let mut req = tonic::Request::new(HealthCheckRequest::default());
+    if let Some(t) = token {
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    req
+}
+
+fn token(issuer: &TestIssuer, roles: &[&str]) -> String {
+    issuer
+        .token()
+        .subject("alice")
+        .audience("ratings")
+        .realm_roles(roles)
+        .sign()
+}
+
+#[tokio::test]
+async fn policies_read_the_connection_tonic_records() {
+    let issuer = TestIssuer::start().unwrap();
+    let token = token(&issuer, &[]);
+
+    let (channel, _stop) = serve(|addr| policy(&issuer, addr.port(), None), Serving::default()).await;
+    let mut health = HealthClient::new(channel);
+    let none = health.check(check(None)).await.unwrap_err();
+    assert_eq!(none.code(), Code::Unauthenticated, "{none:?}");
+    let served = health.check(check(Some(&token))).await.unwrap();
+    assert_eq!(
+        served.get_ref().status(),
+        ServingStatus::Serving,
+        "the rule's port and address are the connection's"
+    );
+
+    // The same rule naming another port than the one the call came to.
+    let (channel, _stop) = serve(|addr| policy(&issuer, addr.port() ^ 1, None), Serving::default()).await;
+    let refused = HealthClient::new(channel)
+        .check(check(Some(&token)))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+}
+
+#[tokio::test]
+async fn a_call_with_another_method_than_post_is_refused_before_tonic_runs_it() {
+    let issuer = TestIssuer::start().unwrap();
+    let token = token(&issuer, &[]);
+    let (mut channel, _stop) = serve(|addr| policy(&issuer, addr.port(), None), Serving::default()).await;
+    // The health service answers any method with the call its path names;
+    // the policy's rule, written for gRPC's POST, would not see a PUT.
+    for method in ["PUT", "GET", "DELETE"] {
+        let req = http::Request::builder()
+            .method(method)
+            .uri(format!("http://localhost{CHECK}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("authorization", format!("Bearer {token}"))
+            .body(tonic::body::Body::empty())
+            .unwrap();
+        let res = channel.ready().await.unwrap().call(req).await.unwrap();
+        assert_eq!(res.status(), http::StatusCode::METHOD_NOT_ALLOWED, "{method}");
+        assert_eq!(res.headers()["allow"], "POST", "{method}");
+        assert!(res.headers().get("grpc-status").is_none(), "{method}: {res:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_requirement_wraps_one_service_as_add_service_takes_it() {
+    let issuer = TestIssuer::start().unwrap();
+    let serving = Serving {
+        ops_only: true,
+        ..Serving::default()
+    };
+    let (channel, _stop) = serve(|addr| policy(&issuer, addr.port(), None), serving).await;
+    let mut health = HealthClient::new(channel);
+    let refused = health
+        .check(check(Some(&token(&issuer, &["user"]))))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    let served = health
+        .check(check(Some(&token(&issuer, &["ops"]))))
+        .await
+        .unwrap();
+    assert_eq!(served.get_ref().status(), ServingStatus::Serving);
+}
+
+#[tokio::test]
+async fn under_tonics_tls_the_addresses_are_read_and_its_client_certificate_is_not() {
+    let issuer = TestIssuer::start().unwrap();
+    let token = token(&issuer, &[]);
+    let pki = TestPki::new();
+    let server_cert = pki.server(&["localhost"]);
+    let reviews = pki.workload("default", "reviews");
+    let tls = || {
+        let server = ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(
+                server_cert.cert_pem(),
+                server_cert.key_pem(),
+            ))
+            .client_ca_root(Certificate::from_pem(pki.ca_pem()));
+        let client = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(pki.ca_pem()))
+            .identity(tonic::transport::Identity::from_pem(
+                reviews.cert_pem(),
+                reviews.key_pem(),
+            ))
+            .domain_name("localhost");
+        Some((server, client))
+    };
+
+    let serving = Serving {
+        tls: tls(),
+        ..Serving::default()
+    };
+    let (channel, _stop) = serve(|addr| policy(&issuer, addr.port(), None), serving).await;
+    let served = HealthClient::new(channel)
+        .check(check(Some(&token)))
+        .await
+        .unwrap();
+    assert_eq!(
+        served.get_ref().status(),
+        ServingStatus::Serving,
+        "the rule's port and address are the TLS connection's"
+    );
+
+    // The client's certificate, verified by tonic, names reviews; the
+    // guard does not take tonic's word for a workload's identity.
+    let reviews = reviews
+        .spiffe_id()
+        .unwrap()
+        .trim_start_matches("spiffe://")
+        .to_owned();
+    let serving = Serving {
+        tls: tls(),
+        ..Serving::default()
+    };
+    let (channel, _stop) = serve(|addr| policy(&issuer, addr.port(), Some(&reviews)), serving).await;
+    let refused = HealthClient::new(channel)
+        .check(check(Some(&token)))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+}
