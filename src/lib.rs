@@ -17,7 +17,7 @@
 //! | `signin` | [`signin`] | browser sign-in as an OpenID Connect relying party (turns on `jwt`) |
 //! | `redis` | (features of `signin` and `jwt`) | session and revocation stores, DPoP replay cache in Redis (turns on `signin`) |
 //! | `client` | [`client`] | outbound credentials: token relay, client credentials, token exchange (upstream TLS is `mtls`'s `UpstreamTls`) |
-//! | `tonic` | (features of `core`, `client` and `axum`) | `From<Rejection> for tonic::Status` for checks in a tonic handler; `CredentialsLayer`'s failures as `tonic::Status` (`UNAUTHENTICATED`, `UNAVAILABLE`); the layer under tonic's own `Server` (the connection's addresses read, methods other than `POST` refused, `NamedService`) |
+//! | `tonic` | (features of `core`, `client` and `axum`) | `From<Rejection> for tonic::Status` for checks in a tonic handler; `CredentialsLayer`'s failures as `tonic::Status` (`UNAUTHENTICATED`, `UNAVAILABLE`); the layer under tonic's own `Server` (the connection's addresses read, `NamedService`) |
 //! | `full` | all of the above | |
 //!
 //! An application imports what it needs from [`prelude`]:

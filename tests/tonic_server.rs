@@ -1,8 +1,8 @@
 //! The guard under tonic's own server (`Server::builder().layer(..)`, the
 //! `tonic` feature): policies read the connection's addresses tonic
-//! records (`ports`, `ipBlocks`), a call made with another method than
-//! `POST` is refused before tonic runs it, and a route-level requirement
-//! wraps one service as tonic's `add_service` takes it.
+//! records (`ports`, `ipBlocks`), `post_only` refuses a call made with
+//! another method than `POST` before tonic runs it, and a route-level
+//! requirement wraps one service as tonic's `add_service` takes it.
 
 use std::net::SocketAddr;
 
@@ -45,11 +45,27 @@ spec:
     )
 }
 
-/// How [`serve`] serves: the policy for the address it listens on, a
-/// requirement on the service, tonic's TLS.
+/// A policy that refuses health checks made with `POST` to everyone.
+fn deny_post() -> String {
+    format!(
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: no-checks, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: ratings}}}}
+  action: DENY
+  rules:
+  - to: [{{operation: {{methods: [POST], paths: [{CHECK}]}}}}]
+"
+    )
+}
+
+/// How [`serve`] serves: a requirement on the service, the layer's
+/// `post_only`, tonic's TLS.
 #[derive(Default)]
 struct Serving {
     ops_only: bool,
+    post_only: bool,
     tls: Option<(ServerTlsConfig, ClientTlsConfig)>,
 }
 
@@ -81,7 +97,12 @@ async fn serve(
             Endpoint::from_shared(format!("http://{addr}")).unwrap(),
         ),
     };
-    let mut server = server.layer(PalisadeLayer::new(guard));
+    let layer = PalisadeLayer::new(guard);
+    let mut server = server.layer(if serving.post_only {
+        layer.post_only()
+    } else {
+        layer
+    });
     tokio::spawn(async move {
         let signal = async {
             let _ = stopped.await;
@@ -145,27 +166,73 @@ async fn policies_read_the_connection_tonic_records() {
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
 }
 
+/// A health check made with `method`, with `token`, through `channel`:
+/// the HTTP status, the `allow` header and the `grpc-status` of the answer.
+async fn call_with(
+    method: &str,
+    token: &str,
+    channel: &mut Channel,
+) -> (http::StatusCode, Option<String>, Option<String>) {
+    let req = http::Request::builder()
+        .method(method)
+        .uri(format!("http://localhost{CHECK}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("authorization", format!("Bearer {token}"))
+        // An empty `HealthCheckRequest`: no compression, no bytes.
+        .body(tonic::body::Body::new(http_body_util::Full::new(
+            bytes::Bytes::from_static(&[0, 0, 0, 0, 0]),
+        )))
+        .unwrap();
+    let res = channel.ready().await.unwrap().call(req).await.unwrap();
+    let header = |name: &str| res.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
+    let (status, allow, grpc_status) = (res.status(), header("allow"), header("grpc-status"));
+    // A call tonic answered has its status in the trailers.
+    let trailers = http_body_util::BodyExt::collect(res.into_body())
+        .await
+        .unwrap()
+        .trailers()
+        .cloned();
+    let grpc_status = grpc_status.or_else(|| Some(trailers?.get("grpc-status")?.to_str().ok()?.to_owned()));
+    (status, allow, grpc_status)
+}
+
 #[tokio::test]
-async fn a_call_with_another_method_than_post_is_refused_before_tonic_runs_it() {
+async fn post_only_refuses_other_methods_that_tonic_would_run_past_a_deny_for_post() {
     let issuer = TestIssuer::start().unwrap();
     let token = token(&issuer, &[]);
-    let (mut channel, _stop) = serve(|addr| policy(&issuer, addr.port(), None), Serving::default()).await;
-    // The health service answers any method with the call its path names;
-    // the policy's rule, written for gRPC's POST, would not see a PUT.
-    for method in ["PUT", "GET", "DELETE"] {
-        let req = http::Request::builder()
-            .method(method)
-            .uri(format!("http://localhost{CHECK}"))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .header("authorization", format!("Bearer {token}"))
-            .body(tonic::body::Body::empty())
-            .unwrap();
-        let res = channel.ready().await.unwrap().call(req).await.unwrap();
-        assert_eq!(res.status(), http::StatusCode::METHOD_NOT_ALLOWED, "{method}");
-        assert_eq!(res.headers()["allow"], "POST", "{method}");
-        assert!(res.headers().get("grpc-status").is_none(), "{method}: {res:?}");
+
+    // As tonic's server runs it by itself: a PUT is the same call, and the
+    // DENY written for gRPC's POST does not see it.
+    let (mut channel, _stop) = serve(|_| deny_post(), Serving::default()).await;
+    let denied = HealthClient::new(channel.clone())
+        .check(check(Some(&token)))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    let put = call_with("PUT", &token, &mut channel).await;
+    assert_eq!(
+        put,
+        (http::StatusCode::OK, None, Some("0".into())),
+        "tonic ran the call"
+    );
+
+    let serving = Serving {
+        post_only: true,
+        ..Serving::default()
+    };
+    let (mut channel, _stop) = serve(|_| deny_post(), serving).await;
+    for method in ["PUT", "GET", "DELETE", "HEAD"] {
+        let (status, allow, grpc_status) = call_with(method, &token, &mut channel).await;
+        assert_eq!(status, http::StatusCode::METHOD_NOT_ALLOWED, "{method}");
+        assert_eq!(allow.as_deref(), Some("POST"), "{method}");
+        assert_eq!(grpc_status, None, "{method}");
     }
+    let denied = HealthClient::new(channel)
+        .check(check(Some(&token)))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
 }
 
 #[tokio::test]

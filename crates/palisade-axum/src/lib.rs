@@ -72,11 +72,12 @@
 //!
 //! # Under tonic's server
 //! With the `tonic` feature the layer also runs under tonic's own server,
-//! `tonic::transport::Server::builder().layer(PalisadeLayer::new(guard))`:
-//! policies read the connection's addresses tonic records, a call made with
-//! another method than `POST` is refused with 405 before tonic runs it, and
-//! [`Require<S>`] (like the other services here) is a tonic `NamedService`,
-//! so `add_service(require(..).layer(svc))` puts a requirement on one gRPC
+//! `tonic::transport::Server::builder().layer(PalisadeLayer::new(guard).post_only())`:
+//! policies read the connection's addresses tonic records,
+//! [`post_only`](PalisadeLayer::post_only) refuses a call made with another
+//! method than `POST` before tonic runs it, and [`Require<S>`] (like the
+//! other services here) is a tonic `NamedService`, so
+//! `add_service(require(..).layer(svc))` puts a requirement on one gRPC
 //! service. mTLS peers are known under Palisade's servers only
 //! (`docs/grpc.md`).
 //!
@@ -118,12 +119,38 @@ pub use serve::{Handshake, Plain, serve, serve_with};
 #[must_use]
 pub struct PalisadeLayer {
     guard: Guard,
+    post_only: bool,
 }
 
 impl PalisadeLayer {
     /// A layer that runs `guard` on every request.
     pub fn new(guard: Guard) -> Self {
-        Self { guard }
+        Self {
+            guard,
+            post_only: false,
+        }
+    }
+
+    /// Refuses every request whose method is not `POST` with 405 (`allow:
+    /// POST`), before the guard: for a server of gRPC services only, such
+    /// as tonic's own `Server`. gRPC's method is `POST`, the one policies
+    /// name for it (`methods: [POST]`), but tonic runs the call a path
+    /// names whatever the method, so without this a `DENY` written for
+    /// `POST` would not stop a `PUT` of the same call. (Served as
+    /// `docs/grpc.md` shows, under an axum router with `post_service`,
+    /// the router refuses other methods itself.) A CORS layer that answers
+    /// grpc-web's preflights goes in front of this one.
+    ///
+    /// ```
+    /// # fn f(guard: palisade_core::Guard) {
+    /// let layer = palisade_axum::PalisadeLayer::new(guard).post_only();
+    /// // tonic::transport::Server::builder().layer(layer).add_service(…)
+    /// # let _ = layer;
+    /// # }
+    /// ```
+    pub fn post_only(mut self) -> Self {
+        self.post_only = true;
+        self
     }
 
     /// Wraps a whole axum [`Router`](axum::Router): Palisade runs before
@@ -155,6 +182,7 @@ impl<S> Layer<S> for PalisadeLayer {
         Palisade {
             inner,
             guard: self.guard.clone(),
+            post_only: self.post_only,
         }
     }
 }
@@ -172,6 +200,7 @@ impl<S> Layer<S> for PalisadeLayer {
 pub struct Palisade<S> {
     inner: S,
     guard: Guard,
+    post_only: bool,
 }
 
 /// The local and remote address of a plain TCP connection, for
@@ -305,15 +334,9 @@ impl<B> RequestHead for HttpHead<'_, B> {
     fn connection(&self) -> Option<&ConnectionInfo> {
         // `palisade_mtls::axum::serve` shares one `Arc` per connection.
         let ext = self.0.extensions();
-        let connection = ext
-            .get::<std::sync::Arc<ConnectionInfo>>()
+        ext.get::<std::sync::Arc<ConnectionInfo>>()
             .map(|c| &**c)
-            .or_else(|| ext.get::<ConnectionInfo>());
-        #[cfg(feature = "tonic")]
-        if connection.is_none() {
-            tonic_server::warn_of_unread_peer(ext);
-        }
-        connection
+            .or_else(|| ext.get::<ConnectionInfo>())
     }
     fn remote_addr(&self) -> Option<SocketAddr> {
         let addr = self
@@ -424,10 +447,12 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        if self.post_only && req.method() != http::Method::POST {
+            return ResponseFuture::refused(not_post(&req), req);
+        }
         #[cfg(feature = "tonic")]
-        if req.method() != http::Method::POST && tonic_server::served_by_tonic(req.extensions()) {
-            let reply = tonic_server::method_refusal();
-            return ResponseFuture::refused(Rendering::of(&HttpHead::as_sent(&req)).render(reply), req);
+        if self.post_only {
+            tonic_server::warn_of_unread_peer(req.extensions());
         }
         let check = match HttpHead::new(&req, true) {
             Ok(head) => self.guard.check(&head),
@@ -448,6 +473,14 @@ where
             check => ResponseFuture::start(&mut self.inner, req, check, admit),
         }
     }
+}
+
+/// The answer to a request [`PalisadeLayer::post_only`] refuses.
+#[cold]
+fn not_post<B>(req: &Request<B>) -> Reply {
+    let reply = Reply::problem(405, "method", "Method not allowed", "only POST is served here")
+        .header("allow", "POST");
+    Rendering::of(&HttpHead::as_sent(req)).render(reply)
 }
 
 /// Applies the guard's decision to the request.

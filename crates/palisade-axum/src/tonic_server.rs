@@ -1,12 +1,13 @@
 //! The layer under tonic's own server (`tonic::transport::Server`), with
 //! the `tonic` feature: the connection facts tonic records in a request's
 //! extensions, read where Palisade's servers put a
-//! [`ConnectionInfo`](palisade_core::authn::ConnectionInfo), and the
+//! [`ConnectionInfo`](palisade_core::authn::ConnectionInfo), the
 //! `NamedService` that tonic's `add_service` asks of the services the
-//! layers make.
+//! layers make, and a word on the client certificates tonic verifies.
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::Extensions;
-use palisade_core::adapter::Reply;
 use tonic::server::NamedService;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
@@ -23,42 +24,17 @@ pub(crate) fn addrs(ext: &Extensions) -> Option<&TcpConnectInfo> {
     })
 }
 
-/// Whether tonic's server, which serves nothing but gRPC, took the request.
-pub(crate) fn served_by_tonic(ext: &Extensions) -> bool {
-    #[cfg(unix)]
-    let uds = || {
-        use tonic::transport::server::UdsConnectInfo;
-        ext.get::<UdsConnectInfo>().is_some() || ext.get::<TlsConnectInfo<UdsConnectInfo>>().is_some()
-    };
-    #[cfg(not(unix))]
-    let uds = || false;
-    addrs(ext).is_some() || uds()
-}
-
-/// The answer to a request tonic's server took with another method than
-/// `POST`: gRPC's only method, and the one policies name for it
-/// (`methods: [POST]`), but tonic runs the call a path names whatever the
-/// method, so a `DENY` written for `POST` would not stop a `PUT`.
-pub(crate) fn method_refusal() -> Reply {
-    Reply::problem(
-        405,
-        "method",
-        "Method not allowed",
-        "gRPC calls are made with POST",
-    )
-    .header("allow", "POST")
-}
-
-/// Says, once a minute at most, that a client certificate tonic's TLS
-/// verified is not read: the guard knows mTLS peers from Palisade's own
+/// Says, once in the process's life, that a client certificate tonic's
+/// TLS verified is not read: the guard knows mTLS peers from Palisade's own
 /// servers, which verify them as a `PeerAuthentication` says, so rules on
 /// `principals` and `namespaces` see no peer here and refuse.
 pub(crate) fn warn_of_unread_peer(ext: &Extensions) {
-    static UNREAD: palisade_core::logging::Sparse = palisade_core::logging::Sparse::per_minute();
-    if ext
-        .get::<TlsConnectInfo<TcpConnectInfo>>()
-        .is_some_and(|tls| tls.peer_certs().is_some())
-        && UNREAD.due()
+    static SAID: AtomicBool = AtomicBool::new(false);
+    if !SAID.load(Ordering::Relaxed)
+        && ext
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .is_some_and(|tls| tls.peer_certs().is_some())
+        && !SAID.swap(true, Ordering::Relaxed)
     {
         tracing::warn!(
             target: palisade_core::LOG_TARGET,
