@@ -371,27 +371,6 @@ fn tenant_name<'i, 's>(state: &'s ProviderState, iss: &'i str) -> Option<(&'s Te
     Some((tenants, fits_pattern(&state.cfg.issuer, iss)?))
 }
 
-/// Whether `jwks_uri` is a Microsoft identity platform key set of no one
-/// tenant (`/common/`, `/organizations/`, `/consumers/`).
-fn microsofts_common_keys(jwks_uri: &str) -> bool {
-    let Some(rest) = jwks_uri.strip_prefix("https://") else {
-        return false;
-    };
-    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let host = host.to_ascii_lowercase();
-    [
-        "login.microsoftonline.com",
-        "login.windows.net",
-        "sts.windows.net",
-    ]
-    .contains(&host.as_str())
-        && ["common", "organizations", "consumers"].iter().any(|t| {
-            path.split('/')
-                .next()
-                .is_some_and(|first| first.eq_ignore_ascii_case(t))
-        })
-}
-
 /// The tenant `iss` names under the issuer `pattern`, if it fits it and
 /// the name is well formed.
 fn fits_pattern<'i>(pattern: &str, iss: &'i str) -> Option<&'i str> {
@@ -783,23 +762,6 @@ impl JwtAuthenticatorBuilder {
                         "an issuer is also a tenant of an issuer pattern: its tokens are verified under its own settings, never the pattern's"
                     );
                 }
-            }
-        }
-        // Microsoft's key set for every tenant holds keys that only the
-        // consumer tenant may sign with (its libraries keep each key to
-        // the tenant its `issuer` member names, which is not read here):
-        // shared by a pattern's tenants, such a key would sign for any.
-        for pattern in providers.iter().filter(|p| p.cfg.tenants.is_some()) {
-            if let JwksSource::Uri(u) = &pattern.cfg.jwks
-                && !u.contains(TENANT)
-                && microsofts_common_keys(u)
-            {
-                tracing::warn!(
-                    target: "palisade::jwt",
-                    pattern = %palisade_core::syntax::url_without_credentials(&pattern.cfg.issuer),
-                    jwks_uri = %palisade_core::syntax::url_without_credentials(u),
-                    "an issuer pattern's tenants share Microsoft's common key set, which holds keys only the consumer tenant may sign with: leave jwksUri out, so that each tenant's keys come from its own discovery document"
-                );
             }
         }
         let mut sources: Vec<(TokenSource, Vec<usize>)> = Vec::new();
@@ -1400,7 +1362,9 @@ impl JwtAuthenticator {
     /// `issuer` is not trusted, [`JwtError::Encrypted`] for a JWE,
     /// [`JwtError::Malformed`] when it is not a compact JWS,
     /// [`JwtError::UnknownKey`] when no key of the issuer fits its `kid`
-    /// and algorithm, [`JwtError::BadSignature`], and the header refusals.
+    /// and algorithm, [`JwtError::BadSignature`],
+    /// [`JwtError::KeyNotForIssuer`] when the key's JWK keeps it to another
+    /// issuer, and the header refusals.
     pub async fn verify_jws(&self, issuer: &str, jws: &str) -> Result<Vec<u8>, JwtError> {
         let parsed = parse_jws(jws, self.0.max_token_size)?;
         let (provider, tenant) = match self.0.by_issuer.get(issuer) {
@@ -1446,9 +1410,14 @@ impl JwtAuthenticator {
             },
         };
         check_signature(parsed.message, parsed.signature, parsed.alg, &key)?;
-        URL_SAFE_NO_PAD
+        let payload = URL_SAFE_NO_PAD
             .decode(parsed.payload_b64)
-            .map_err(|_| JwtError::Malformed)
+            .map_err(|_| JwtError::Malformed)?;
+        if key.issuer.is_some() {
+            let claims = serde_json::from_slice(&payload).map_err(|_| JwtError::Malformed)?;
+            check_key_issuer(&key, &claims)?;
+        }
+        Ok(payload)
     }
 
     /// The answer of a step, waiting for keys or an introspection answer
@@ -2198,6 +2167,7 @@ impl JwtAuthenticator {
     ) -> Result<Authenticated, JwtError> {
         let cfg = &self.0.providers[provider].cfg;
         check_signature(parsed.jws.message, parsed.jws.signature, parsed.jws.alg, key)?;
+        check_key_issuer(key, &parsed.claims)?;
         let times = check_claims(cfg, tenant.map_or(&cfg.issuer, |t| &t.issuer), &parsed)?;
         if let Some(t) = tenant
             && !t.verified.load(Ordering::Relaxed)
@@ -2253,6 +2223,39 @@ impl JwtAuthenticator {
         Ok(Authenticated::new(identity)
             .with_edits(edits)
             .with_shared_attachment(bearer))
+    }
+}
+
+/// Whether `key` signs for the token with these `claims`. A JWK naming an
+/// `issuer` keeps its key to that issuer's tokens, as Microsoft's libraries
+/// read it (`EnableAadSigningKeyIssuerValidation`): Entra's key sets, one
+/// for every tenant, name `https://login.microsoftonline.com/{tenantid}/v2.0`
+/// for keys every tenant signs with, and one tenant's issuer for keys only
+/// it may sign with (the consumer accounts' tenant). So a key is taken for
+/// a token of the issuer it names, `{tenantid}` read as the token's `tid`;
+/// or for a token of the tenant it names, its `tid` one of its issuer's
+/// path segments (Entra's v1 tokens, `https://sts.windows.net/{tid}/`,
+/// verified with the v2 key set).
+fn check_key_issuer(key: &VerifyKey, claims: &Map<String, Value>) -> Result<(), JwtError> {
+    const TENANT_ID: &str = "{tenantid}";
+    let Some(kept_to) = key.issuer.as_deref() else {
+        return Ok(());
+    };
+    let iss = claims.get("iss").and_then(Value::as_str).unwrap_or_default();
+    if kept_to == iss {
+        return Ok(());
+    }
+    let names = |issuer: &str, tenant: &str| issuer.split('/').any(|segment| segment == tenant);
+    match claims.get("tid").and_then(Value::as_str) {
+        Some(tid)
+            if !tid.is_empty()
+                && !tid.contains(['/', '{', '}'])
+                && names(iss, tid)
+                && (kept_to.contains(TENANT_ID) || names(kept_to, tid)) =>
+        {
+            Ok(())
+        }
+        _ => Err(JwtError::KeyNotForIssuer),
     }
 }
 
@@ -4378,51 +4381,137 @@ mod tests {
         assert_eq!(outcome("ID"), Err("wrong_type"));
     }
 
-    /// An issuer pattern whose tenants share Microsoft's common key set is
-    /// warned of when built; one with each tenant's own keys is not.
+    /// A JWK naming an `issuer` keeps its key to that issuer's tokens, as
+    /// Microsoft's libraries read Entra's key sets: `{tenantid}` for every
+    /// tenant's, a tenant's issuer for its own; a v1 token (its issuer
+    /// another host) to a key of its tenant.
     #[test]
-    fn microsofts_common_keys_shared_by_tenants_are_warned_of() {
-        if !palisade_testkit::in_a_process_of_its_own(
-            "authenticator::tests::microsofts_common_keys_shared_by_tenants_are_warned_of",
-        ) {
-            return;
+    fn a_jwks_issuer_keeps_its_key_to_that_issuers_tokens() {
+        use serde_json::json;
+        let mut key = crate::jwks::hmac_key(b"unused", None);
+        let claims = |v: Value| v.as_object().cloned().unwrap();
+        let v2 = |tid: &str| format!("https://login.microsoftonline.com/{tid}/v2.0");
+        let v1 = |tid: &str| format!("https://sts.windows.net/{tid}/");
+        let consumers = "9188040d-6c67-4c5b-b112-36a304b66dad";
+        let acme = "c1a2b3c4-0000-4000-8000-00000000acme";
+        let token = |iss: &str, tid: Option<&str>| match tid {
+            Some(t) => claims(json!({"iss": iss, "tid": t})),
+            None => claims(json!({"iss": iss})),
+        };
+        // A key for every tenant.
+        key.issuer = Some(v2("{tenantid}"));
+        assert_eq!(check_key_issuer(&key, &token(&v2(acme), Some(acme))), Ok(()));
+        assert_eq!(check_key_issuer(&key, &token(&v1(acme), Some(acme))), Ok(()));
+        for (what, claims) in [
+            ("no tid", token(&v2(acme), None)),
+            ("another tenant's tid", token(&v2(acme), Some(consumers))),
+            ("an empty tid", token(&v2(acme), Some(""))),
+            ("a tid that is a path", token(&v2(acme), Some("a/b"))),
+        ] {
+            assert_eq!(
+                check_key_issuer(&key, &claims),
+                Err(JwtError::KeyNotForIssuer),
+                "{what}"
+            );
         }
-        assert!(microsofts_common_keys(
-            "https://login.microsoftonline.com/common/discovery/v2.0/keys"
-        ));
-        assert!(microsofts_common_keys(
-            "https://LOGIN.microsoftonline.com/Organizations/discovery/keys"
-        ));
-        assert!(!microsofts_common_keys(
-            "https://login.microsoftonline.com/72f988bf/discovery/v2.0/keys"
-        ));
-        assert!(!microsofts_common_keys("https://idp.example/common/keys"));
-        let (lines, subscriber) = palisade_testkit::logs::Lines::subscriber("warn");
-        let said = "share Microsoft's common key set";
-        tracing::subscriber::with_default(subscriber, || {
-            for (jwks, warned) in [
-                (
-                    Some("https://login.microsoftonline.com/common/discovery/v2.0/keys"),
-                    1,
-                ),
-                (
-                    Some("https://login.microsoftonline.com/{tenant}/discovery/v2.0/keys"),
-                    1,
-                ),
-                (None, 1),
-            ] {
-                let b = Provider::builder("https://login.microsoftonline.com/{tenant}/v2.0")
-                    .audience("api")
-                    .tenants(["72f988bf-86f1-41af-91ab-2d7cd011db47"]);
-                let b = match jwks {
-                    Some(u) => b.jwks_uri(u),
-                    None => b,
-                };
-                let mut builder = JwtAuthenticator::builder().provider(b.build().unwrap());
-                builder.offline = true;
-                drop(builder.build().unwrap());
-                assert_eq!(lines.containing(said).len(), warned, "{jwks:?}: {}", lines.text());
+        // A key only the consumer accounts' tenant signs with.
+        key.issuer = Some(v2(consumers));
+        assert_eq!(
+            check_key_issuer(&key, &token(&v2(consumers), Some(consumers))),
+            Ok(())
+        );
+        assert_eq!(
+            check_key_issuer(&key, &token(&v1(consumers), Some(consumers))),
+            Ok(())
+        );
+        assert_eq!(
+            check_key_issuer(&key, &token(&v2(acme), Some(acme))),
+            Err(JwtError::KeyNotForIssuer),
+            "another tenant's token"
+        );
+        assert_eq!(
+            check_key_issuer(&key, &token(&v2(acme), Some(consumers))),
+            Err(JwtError::KeyNotForIssuer),
+            "another tenant's issuer claiming the consumer tenant"
+        );
+        // Another issuer's key (no tenants).
+        key.issuer = Some("https://idp.example/".into());
+        assert_eq!(
+            check_key_issuer(&key, &token("https://idp.example/", None)),
+            Ok(())
+        );
+        assert_eq!(
+            check_key_issuer(&key, &token("https://other.example/", None)),
+            Err(JwtError::KeyNotForIssuer)
+        );
+        // A key that names none signs for its set's issuers, as before.
+        key.issuer = None;
+        assert_eq!(
+            check_key_issuer(&key, &token("https://other.example/", None)),
+            Ok(())
+        );
+    }
+
+    /// The check runs where tokens are verified: an access token, and a
+    /// JWS the application verifies (a sign-in's ID token), refused with
+    /// the key of another issuer, taken with their own; a key set whose
+    /// `issuer` member is not text loses that key.
+    #[test]
+    fn a_key_kept_to_another_issuer_verifies_none_of_this_ones_tokens() {
+        let issuer = palisade_testkit::TestIssuer::builder()
+            .default_audience("api")
+            .start()
+            .unwrap();
+        let keys_for = |kept_to: Value| {
+            let mut keys = issuer.jwks();
+            for key in keys["keys"].as_array_mut().unwrap() {
+                key.as_object_mut()
+                    .unwrap()
+                    .insert("issuer".into(), kept_to.clone());
             }
-        });
+            keys.to_string()
+        };
+        let token = issuer
+            .token()
+            .subject("alice")
+            .claim("tid", serde_json::json!("demo"))
+            .sign();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        for (kept_to, accepted) in [
+            (Value::from(issuer.issuer()), true),
+            // `…/realms/demo`: the tenant's, as Entra's v1 tokens' keys are.
+            (Value::from("https://login.microsoftonline.com/demo/v2.0"), true),
+            (
+                Value::from("https://login.microsoftonline.com/{tenantid}/v2.0"),
+                true,
+            ),
+            (Value::from("https://login.microsoftonline.com/other/v2.0"), false),
+            (Value::from("https://other.example/realms/demo2"), false),
+        ] {
+            let jwt = for_api(&issuer, |p| p.jwks_inline(keys_for(kept_to.clone())));
+            assert_eq!(accepts(&jwt, &token), accepted, "{kept_to}");
+            let verified = rt.block_on(jwt.verify_jws(issuer.issuer(), &token));
+            assert_eq!(verified.is_ok(), accepted, "{kept_to}: {verified:?}");
+            if !accepted {
+                assert_eq!(verified, Err(JwtError::KeyNotForIssuer), "{kept_to}");
+            }
+        }
+        let unreadable = JwtAuthenticator::builder()
+            .provider(
+                Provider::builder(issuer.issuer())
+                    .audience("api")
+                    .jwks_inline(keys_for(serde_json::json!(["not", "text"])))
+                    .build()
+                    .unwrap(),
+            )
+            .build();
+        assert!(
+            matches!(&unreadable, Err(e) if e.to_string().contains("no usable signature key")),
+            "{:?}",
+            unreadable.err()
+        );
     }
 }

@@ -72,6 +72,12 @@ pub enum JwtError {
     /// The signature does not verify.
     #[error("the token's signature is not valid")]
     BadSignature,
+    /// The key that signed the token is kept to another issuer or tenant
+    /// than the token's: its JWK names an `issuer`, as Microsoft's key
+    /// sets, one for every tenant, do for keys only one tenant may sign
+    /// with.
+    #[error("the token's signing key is not one its issuer signs with")]
+    KeyNotForIssuer,
     /// More than one token in one request.
     #[error("the request carries more than one token")]
     MultipleTokens,
@@ -149,6 +155,7 @@ impl JwtError {
             JwtError::UnknownKey => "unknown_key",
             JwtError::KeysUnavailable => "keys_unavailable",
             JwtError::BadSignature => "bad_signature",
+            JwtError::KeyNotForIssuer => "key_not_for_issuer",
             JwtError::MultipleTokens => "multiple_tokens",
             JwtError::Inactive => "inactive",
             JwtError::IntrospectionUnavailable => "introspection_unavailable",

@@ -40,6 +40,11 @@ pub(crate) struct VerifyKey {
     /// Identifies the key material (not a security hash: it detects a key
     /// replaced under the same kid).
     pub(crate) fingerprint: u64,
+    /// The issuer the JWK keeps the key to (its `issuer` member, which
+    /// Microsoft's key sets write, `{tenantid}` standing for the token's
+    /// tenant): [`crate::authenticator`] takes it only for that issuer's
+    /// tokens.
+    pub(crate) issuer: Option<String>,
 }
 
 impl VerifyKey {
@@ -326,6 +331,14 @@ fn parse_jwk(jwk: &Value) -> Result<VerifyKey, Skip> {
         Some(Value::String(k)) if k.len() <= crate::token::MAX_KID_LEN => Some(k.clone()),
         Some(_) => return Err(Skip::Unusable("kid is not a short string")),
     };
+    // A key kept to one issuer that could not be read as one would sign
+    // for every issuer sharing the set: not used.
+    let issuer = match jwk.get("issuer") {
+        None => None,
+        Some(Value::String(i)) if i.is_empty() => None,
+        Some(Value::String(i)) => Some(i.clone()),
+        Some(_) => return Err(Skip::Unusable("issuer is not a string")),
+    };
     let (family, key, fp) = match s("kty") {
         Some("RSA") => {
             let (Some(n), Some(e)) = (s("n"), s("e")) else {
@@ -385,7 +398,12 @@ fn parse_jwk(jwk: &Value) -> Result<VerifyKey, Skip> {
         alg,
         family,
         key,
-        fingerprint: fp,
+        // The same material kept to another issuer is another key.
+        fingerprint: match &issuer {
+            Some(i) => fingerprint(&[&fp.to_string(), i]),
+            None => fp,
+        },
+        issuer,
     })
 }
 
@@ -397,6 +415,7 @@ pub(crate) fn hmac_key(secret: &[u8], kid: Option<&str>) -> VerifyKey {
         family: Family::Hmac,
         key: DecodingKey::from_secret(secret),
         fingerprint: 0,
+        issuer: None,
     }
 }
 
@@ -424,6 +443,7 @@ pub(crate) fn pem_key(pem: &str) -> Result<VerifyKey, String> {
             family: Family::Rsa,
             key,
             fingerprint: fingerprint(&["PEM", &text]),
+            issuer: None,
         });
     }
     Err(pem_refusal(pem, &text))
