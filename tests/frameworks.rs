@@ -1591,7 +1591,8 @@ async fn whoami_both(
 /// browser says this origin started it (`Sec-Fetch-Site`, else `Origin`
 /// against `Host`), or a trusted origin did; otherwise the request is
 /// decided as though it carried no cookie. A credential the request
-/// carries itself (a header) is not affected, nor are `GET` and `HEAD`.
+/// carries itself (a header) is not affected, nor are `GET` and `HEAD`,
+/// but for the `GET` that opens a WebSocket.
 #[actix_web::test]
 async fn a_cookie_does_not_authenticate_a_state_changing_request_another_origin_started() {
     let issuer = TestIssuer::builder().default_audience("details").start().unwrap();
@@ -1637,6 +1638,35 @@ async fn a_cookie_does_not_authenticate_a_state_changing_request_another_origin_
         ("POST", with(&[("sec-fetch-site", "")]), 200),
         ("POST", with(&[("sec-fetch-site", "some-future-value")]), 401),
         ("GET", with(&[("sec-fetch-site", "cross-site")]), 200),
+        // A WebSocket's opening GET: its socket carries what the page
+        // that opened it sends (cross-site WebSocket hijacking).
+        (
+            "GET",
+            with(&[
+                ("connection", "Upgrade"),
+                ("upgrade", "WebSocket"),
+                ("origin", "https://evil.example"),
+            ]),
+            401,
+        ),
+        (
+            "GET",
+            with(&[
+                ("connection", "upgrade"),
+                ("upgrade", "websocket"),
+                ("sec-fetch-site", "same-site"),
+            ]),
+            401,
+        ),
+        (
+            "GET",
+            with(&[
+                ("connection", "upgrade"),
+                ("upgrade", "websocket"),
+                ("origin", "https://details.shop.example"),
+            ]),
+            200,
+        ),
         (
             "POST",
             vec![("x-jwt", token.clone()), ("sec-fetch-site", "cross-site".into())],

@@ -839,11 +839,13 @@ impl Guard {
 impl Compiled {
     /// Whether the credentials a browser sends unasked (cookies, Negotiate
     /// tickets) may not authenticate a request: a method that may change
-    /// state, started by another origin than this one or the trusted ones
+    /// state, or a WebSocket's opening `GET` (whose socket then carries
+    /// what the page sends: cross-site WebSocket hijacking), started by
+    /// another origin than this one or the trusted ones
     /// ([`GuardBuilder::trusted_origin`]).
     #[inline]
     fn unasked_refused(&self, req: &dyn RequestHead) -> bool {
-        !matches!(req.method(), "GET" | "HEAD" | "OPTIONS")
+        (!matches!(req.method(), "GET" | "HEAD" | "OPTIONS") || opens_websocket(req))
             && crate::request::started_elsewhere(req, None)
             && !req.header_str("origin").is_some_and(|o| {
                 !self.trusted_origins.is_empty() && self.trusted_origins.contains(&origin_key(o))
@@ -1477,6 +1479,19 @@ pub(crate) fn trusted_origin_warning(origin: &str) -> String {
         "requests that {} starts may use this service's cookies whatever their method",
         crate::syntax::url_without_credentials(origin)
     )
+}
+
+/// Whether `req` asks to open a WebSocket (`Upgrade: websocket`, on
+/// HTTP/1.1; over HTTP/2 a WebSocket opens with `CONNECT`, a method that
+/// is not exempt anyway).
+fn opens_websocket(req: &dyn RequestHead) -> bool {
+    let mut websocket = false;
+    req.for_each_header("upgrade", &mut |v| {
+        websocket |= v
+            .split(|&b| b == b',')
+            .any(|p| p.trim_ascii().eq_ignore_ascii_case(b"websocket"));
+    });
+    websocket
 }
 
 /// The refusal of a path that cannot be normalised.
