@@ -145,17 +145,23 @@ where
         // to its end, as long as it lasts, to keep the connection (the
         // bodies it drains are those its own `chunked` tells).
         let chunked = http1 && req.chunked().unwrap_or(false);
-        let payload = Limited {
-            inner: Some(req.take_payload()),
-            left: self.limits.max_body(),
-            timer: BodyTimer::new(&self.limits),
-            cut: Rc::clone(&cut),
-            keep_unread: chunked,
-            ended: false,
-        };
-        req.set_payload(Payload::Stream {
-            payload: Box::pin(payload),
-        });
+        // A WebSocket's frames arrive as its opening request's payload
+        // (actix-http streams the rest of the connection so): the socket
+        // is the application's, as an upgraded connection is under axum,
+        // neither cut off at the body limit nor for its silence.
+        if !opens_websocket(&req) {
+            let payload = Limited {
+                inner: Some(req.take_payload()),
+                left: self.limits.max_body(),
+                timer: BodyTimer::new(&self.limits),
+                cut: Rc::clone(&cut),
+                keep_unread: chunked,
+                ended: false,
+            };
+            req.set_payload(Payload::Stream {
+                payload: Box::pin(payload),
+            });
+        }
         let service = Rc::clone(&self.service);
         let limits = self.limits;
         Box::pin(async move {
@@ -248,6 +254,21 @@ struct Limited {
     keep_unread: bool,
     /// Whether the payload has ended.
     ended: bool,
+}
+
+/// Whether actix-http streams `req`'s connection to it as its payload: a
+/// `GET` with `Upgrade: websocket` on HTTP/1.1 (its decoder's test, for
+/// any method; kept here to the `GET` a WebSocket opens with, so that no
+/// other request escapes the limit by naming the header), not chunked.
+fn opens_websocket(req: &ServiceRequest) -> bool {
+    req.method() == actix_web::http::Method::GET
+        && req.version() == Version::HTTP_11
+        && !req.chunked().unwrap_or(false)
+        && req
+            .headers()
+            .get(actix_web::http::header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
 }
 
 /// Why a payload was cut off.
@@ -1009,6 +1030,92 @@ mod tests {
         let lived = opened.elapsed();
         assert!(closed.is_ok(), "the old connection is still open after {lived:?}");
         assert!(lived < Duration::from_secs(6), "closed after {lived:?}");
+        handle.stop(false).await;
+    }
+
+    /// A WebSocket's frames come as its opening request's payload: the
+    /// socket is not cut off at the body limit, nor for its silence (an
+    /// upgraded connection is the application's, as under axum); a `POST`
+    /// naming the header is still held to the limit.
+    #[actix_web::test]
+    async fn a_websockets_frames_are_not_held_to_the_body_limit_or_timeout() {
+        let limits = short()
+            .body_limit(100)
+            .body_read_timeout(Duration::from_millis(300));
+        let app = move || {
+            App::new()
+                .route(
+                    "/ws",
+                    // The socket's bytes echoed, as a WebSocket handler reads
+                    // and writes them.
+                    web::get().to(|payload: web::Payload| async move {
+                        HttpResponse::SwitchingProtocols()
+                            .insert_header((actix_web::http::header::UPGRADE, "websocket"))
+                            .streaming(payload)
+                    }),
+                )
+                .route("/echo", web::post().to(echo))
+                .wrap(BodyLimit::new(limits))
+        };
+        let server = with_limits(HttpServer::new(app), &limits)
+            .workers(1)
+            .disable_signals()
+            .bind("127.0.0.1:0")
+            .unwrap();
+        let port = server.addrs()[0].port();
+        let server = server.run();
+        let handle = server.handle();
+        actix_web::rt::spawn(server);
+        let mut tcp = actix_web::rt::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        tcp.write_all(
+            b"GET /ws HTTP/1.1\r\nhost: localhost\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = tcp.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&seen));
+            seen.extend_from_slice(&buf[..n]);
+        }
+        assert!(
+            seen.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&seen)
+        );
+        let head_end = seen.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let mut echoed = seen.len() - head_end;
+        // Five times the limit, with pauses longer than the read timeout.
+        for _ in 0..5 {
+            actix_web::rt::time::sleep(Duration::from_millis(500)).await;
+            tcp.write_all(&[b'x'; 100]).await.unwrap();
+            let before = echoed;
+            while echoed < before + 100 {
+                let n = actix_web::rt::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+                    .await
+                    .expect("the echo")
+                    .unwrap();
+                assert!(n > 0, "the socket was cut off after {echoed} bytes");
+                echoed += n;
+            }
+        }
+        assert_eq!(echoed, 500);
+        // A POST naming the header streams no connection: the limit holds.
+        let mut tcp = actix_web::rt::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        tcp.write_all(b"POST /echo HTTP/1.1\r\nhost: localhost\r\nconnection: Upgrade\r\nupgrade: websocket\r\ncontent-length: 101\r\n\r\n")
+            .await
+            .unwrap();
+        let n = tcp.read(&mut buf).await.unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 413"),
+            "{}",
+            String::from_utf8_lossy(&buf[..n])
+        );
         handle.stop(false).await;
     }
 
