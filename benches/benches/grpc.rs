@@ -91,7 +91,7 @@ async fn serve(router: axum::Router) -> SocketAddr {
 
 fn guarded(router: axum::Router, guard: Option<palisade::prelude::Guard>) -> axum::Router {
     match guard {
-        Some(g) => palisade::axum::PalisadeLayer::new(g).wrap(router),
+        Some(g) => palisade::axum::PalisadeLayer::new(g).wrap(router).into_router(),
         None => router,
     }
 }

@@ -166,13 +166,7 @@ fn main() {
             },
             n,
         ),
-        "axum-wrap-cached" => axum_requests(
-            layer().wrap(router()).with_state(()),
-            Edits::Palisade,
-            &token,
-            Sent::Cached,
-            n,
-        ),
+        "axum-wrap-cached" => axum_requests(layer().wrap(router()), Edits::Palisade, &token, Sent::Cached, n),
         "axum-floor" => axum_requests(
             Floor::new().around(router().with_state(())),
             Edits::Floor,

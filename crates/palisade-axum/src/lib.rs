@@ -20,8 +20,9 @@
 //! let guard = Guard::builder().authenticator(jwt).build()?;
 //! let router: Router = Router::new().route("/whoami", get(whoami));
 //! // Wrap the whole router, so the router sees the normalised path the
-//! // policy matched; `axum::serve(listener, app)` takes the result.
-//! let app: Router = PalisadeLayer::new(guard).wrap(router);
+//! // policy matched; `axum::serve(listener, app)` takes the result (a
+//! // `GuardedRouter`: add every route before wrapping).
+//! let app = PalisadeLayer::new(guard).wrap(router);
 //! # let _ = app;
 //! # Ok(()) }
 //! ```
@@ -33,7 +34,10 @@
 //! ([`PalisadeLayer::wrap`], or `layer.layer(router)` in a tower stack). `Router::layer(PalisadeLayer…)` runs after routing; it still
 //! works for every normal path, and refuses a path that is not in normal
 //! form with 400 rather than let the router route something else than what
-//! was checked.
+//! was checked. As every axum layer, `Router::layer` wraps only the routes
+//! added before it: a route, merge or nest added after it is served
+//! unguarded. [`PalisadeLayer::wrap`] returns a [`GuardedRouter`], which
+//! takes no more routes.
 //!
 //! The three cost differently (`benches/README.md`, "Instructions per
 //! request"). Cheapest is the layer around the router, served as it is by
@@ -163,15 +167,121 @@ impl PalisadeLayer {
     /// ```
     /// # fn f(guard: palisade_core::Guard) {
     /// use axum::{Router, routing::get};
-    /// let app: Router = palisade_axum::PalisadeLayer::new(guard)
+    /// let app = palisade_axum::PalisadeLayer::new(guard)
     ///     .wrap(Router::new().route("/list", get(|| async { "[]" })));
     /// # }
     /// ```
-    pub fn wrap(&self, router: axum::Router) -> axum::Router {
+    ///
+    /// The result is a [`GuardedRouter`], not a `Router`: routes added to
+    /// a router after it is wrapped (`.route`, `.merge`, `.nest`,
+    /// `.fallback`) would be matched before the guarded one and served
+    /// unchecked. Add every route before wrapping.
+    pub fn wrap(&self, router: axum::Router) -> GuardedRouter {
         // Bound to its state now, as `axum::serve` binds the outer router:
         // a router called as a service unbound prepares each route on
         // every request.
-        axum::Router::new().fallback_service(self.layer(router.with_state(())))
+        GuardedRouter(axum::Router::new().fallback_service(self.layer(router.with_state(()))))
+    }
+}
+
+/// A router with the guard around every route ([`PalisadeLayer::wrap`]):
+/// what `axum::serve` serves, as a `Router`, and what tower layers wrap
+/// ([`layer`](Self::layer), outside the guard), but closed to new routes,
+/// which would be matched before the guarded ones and served unchecked.
+///
+/// ```
+/// # async fn f(guard: palisade_core::Guard) -> std::io::Result<()> {
+/// use axum::{Router, extract::Request, middleware::Next, response::Response, routing::get};
+/// async fn trace(req: Request, next: Next) -> Response {
+///     next.run(req).await
+/// }
+/// let app = palisade_axum::PalisadeLayer::new(guard)
+///     .wrap(Router::new().route("/list", get(|| async { "[]" })))
+///     // Outside the guard: runs first.
+///     .layer(axum::middleware::from_fn(trace));
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// axum::serve(listener, app.into_make_service_with_connect_info::<palisade_axum::ConnectAddrs>()).await
+/// # }
+/// ```
+///
+/// A route added after wrapping does not compile:
+///
+/// ```compile_fail
+/// # fn f(guard: palisade_core::Guard) {
+/// use axum::{Router, routing::get};
+/// let app = palisade_axum::PalisadeLayer::new(guard)
+///     .wrap(Router::new().route("/list", get(|| async { "[]" })))
+///     .route("/admin", get(|| async { "unguarded" }));
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct GuardedRouter(axum::Router);
+
+impl GuardedRouter {
+    /// Adds `layer` around the guard (its requests reach the guard after
+    /// it), as [`Router::layer`](axum::Router::layer) does: CORS, tracing,
+    /// request ids.
+    pub fn layer<L>(self, layer: L) -> Self
+    where
+        L: Layer<axum::routing::Route> + Clone + Send + Sync + 'static,
+        L::Service: Service<axum::extract::Request> + Clone + Send + Sync + 'static,
+        <L::Service as Service<axum::extract::Request>>::Response: axum::response::IntoResponse + 'static,
+        <L::Service as Service<axum::extract::Request>>::Error: Into<std::convert::Infallible> + 'static,
+        <L::Service as Service<axum::extract::Request>>::Future: Send + 'static,
+    {
+        Self(self.0.layer(layer))
+    }
+
+    /// The service `axum::serve` takes with the connection's addresses
+    /// ([`ConnectAddrs`], which rules on ports and addresses read).
+    pub fn into_make_service_with_connect_info<C>(
+        self,
+    ) -> axum::extract::connect_info::IntoMakeServiceWithConnectInfo<axum::Router, C> {
+        self.0.into_make_service_with_connect_info()
+    }
+
+    /// The router itself, open to new routes again: a route, a merged or
+    /// nested router, or a fallback added to it is matched before the
+    /// guarded routes and served without the guard (a health check left
+    /// open on purpose, say). Prefer a policy that opens the route.
+    pub fn into_router(self) -> axum::Router {
+        self.0
+    }
+}
+
+/// What `axum::serve(listener, app)` calls for each connection.
+impl<L: axum::serve::Listener> Service<axum::serve::IncomingStream<'_, L>> for GuardedRouter {
+    type Response = axum::Router;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<axum::Router, std::convert::Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: axum::serve::IncomingStream<'_, L>) -> Self::Future {
+        std::future::ready(Ok(self.0.clone()))
+    }
+}
+
+impl<B> Service<Request<B>> for GuardedRouter
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = axum::routing::future::RouteFuture<std::convert::Infallible>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Service::<Request<B>>::poll_ready(&mut self.0, cx)
+    }
+
+    #[inline]
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        self.0.call(req)
     }
 }
 

@@ -15,7 +15,7 @@
 //! use palisade_mtls::{MtlsMode, ServerTls};
 //! # async fn run(guard: palisade_core::Guard) -> Result<(), Box<dyn std::error::Error>> {
 //! let tls = ServerTls::builder("server.crt", "server.key").client_ca("mesh-ca.pem").mode(MtlsMode::Strict).build()?;
-//! let app: Router = palisade_axum::PalisadeLayer::new(guard).wrap(Router::new().route("/", get(|| async { "hi" })));
+//! let app = palisade_axum::PalisadeLayer::new(guard).wrap(Router::new().route("/", get(|| async { "hi" })));
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8443").await?;
 //! palisade_mtls::axum::serve(listener, tls, app, std::future::pending()).await?;
 //! # Ok(()) }
