@@ -1966,3 +1966,69 @@ async fn a_refused_body_is_not_read_on_actix() {
     assert_eq!(status, 401);
     assert_ne!(connection, close, "no body: the connection is kept");
 }
+
+/// A route no Palisade middleware guards (a wiring mistake) answers 500
+/// where a handler or a route policy asks what the guard decided, on both
+/// frameworks alike: refused rather than served unchecked, and not a 401
+/// without a challenge, which would send a client looking for a
+/// credential. `Option<Identity>` is `None`.
+#[actix_web::test]
+async fn a_route_no_middleware_guards_answers_500_where_it_asks_for_the_caller() {
+    use palisade::core::RequestAuth;
+    use palisade::core::authz::realm_role;
+    let router = axum::Router::new()
+        .route("/identity", get(|_: Identity| async { "served" }))
+        .route("/auth", get(|_: RequestAuth| async { "served" }))
+        .route("/optional", get(whoami_axum))
+        .route(
+            "/required",
+            get(|| async { "served" }).route_layer(palisade::axum::require(realm_role("admin"))),
+        );
+    let app = actix_web::test::init_service(
+        App::new()
+            .route("/identity", web::get().to(|_: Identity| async { "served" }))
+            .route("/auth", web::get().to(|_: RequestAuth| async { "served" }))
+            .route(
+                "/optional",
+                web::get().to(|id: Option<Identity>| async move {
+                    HttpResponse::Ok().json(palisade::core::whoami(id.as_ref()))
+                }),
+            )
+            .service(
+                web::resource("/required")
+                    .wrap(palisade::actix::Require::new(realm_role("admin")))
+                    .route(web::get().to(|| async { "served" })),
+            ),
+    )
+    .await;
+    for (path, status) in [
+        ("/identity", 500),
+        ("/auth", 500),
+        ("/required", 500),
+        ("/optional", 200),
+    ] {
+        let res = router
+            .clone()
+            .oneshot(http::Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let axum_status = res.status().as_u16();
+        let axum_challenge = res.headers().get("www-authenticate").is_some();
+        let axum_body = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
+        let res =
+            actix_web::test::call_service(&app, actix_web::test::TestRequest::get().uri(path).to_request())
+                .await;
+        let actix_status = res.status().as_u16();
+        let actix_challenge = res.headers().get("www-authenticate").is_some();
+        let actix_body = actix_web::test::read_body(res).await;
+        assert_eq!((axum_status, actix_status), (status, status), "{path}");
+        assert!(!axum_challenge && !actix_challenge, "{path}");
+        assert_eq!(axum_body, actix_body, "{path}: the frameworks differ");
+        let body = String::from_utf8_lossy(&axum_body);
+        if status == 500 {
+            assert!(body.contains("urn:palisade:problem:unguarded"), "{path}: {body}");
+        } else {
+            assert!(body.contains("\"authenticated\":false"), "{path}: {body}");
+        }
+    }
+}

@@ -1238,7 +1238,7 @@ pub fn actix_response(reply: Reply) -> actix_web::HttpResponse {
 /// denials: 401 with the guard's challenges when the caller has no
 /// end-user credential and one could change the decision, 403 otherwise.
 /// Without the middleware in front (a wiring mistake), every request is
-/// refused with 401 and an error is logged. A route policy that reads
+/// refused with 500 ([`Rejection::unguarded`]) and an error is logged. A route policy that reads
 /// hosts refuses a request whose host is [ambiguous](ambiguous_host) with
 /// 400, and one that reads paths a malformed path (a bad escape, an
 /// escaped slash it rejects) with 400, as the guard does.
@@ -1252,7 +1252,7 @@ pub fn authorize_route(
         if UNCHECKED.due() {
             tracing::error!(target: LOG_TARGET, "a route policy runs on a request that no Palisade middleware checked: refused");
         }
-        let reply = Reply::from(Rejection::missing_credential(Vec::new()));
+        let reply = Reply::from(Rejection::unguarded());
         return Check::Ready(Err(Rendering::of(req).render(reply)));
     };
     // A refusal before the policy decides, counted and answered as its

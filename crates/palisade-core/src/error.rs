@@ -19,6 +19,11 @@ pub enum ErrorKind {
     InvalidNegotiate,
     /// Authenticated (or not needed), but denied by policy (403).
     Forbidden,
+    /// No Palisade middleware checked the request, and a handler or a
+    /// route policy asked what it decided (500): a wiring mistake, refused
+    /// rather than served unchecked, and not a 401 that would send the
+    /// client looking for a credential.
+    Unguarded,
 }
 
 impl ErrorKind {
@@ -29,6 +34,7 @@ impl ErrorKind {
             ErrorKind::MissingCredential | ErrorKind::InvalidToken | ErrorKind::InvalidNegotiate => 401,
             ErrorKind::InvalidRequest => 400,
             ErrorKind::Forbidden => 403,
+            ErrorKind::Unguarded => 500,
         }
     }
 
@@ -41,6 +47,7 @@ impl ErrorKind {
             ErrorKind::InvalidRequest => "invalid-request",
             ErrorKind::InvalidNegotiate => "invalid-negotiate",
             ErrorKind::Forbidden => "forbidden",
+            ErrorKind::Unguarded => "unguarded",
         }
     }
 
@@ -53,6 +60,7 @@ impl ErrorKind {
             ErrorKind::InvalidRequest => "invalid_request",
             ErrorKind::InvalidNegotiate => "invalid_negotiate",
             ErrorKind::Forbidden => "forbidden",
+            ErrorKind::Unguarded => "unguarded",
         }
     }
 
@@ -63,6 +71,7 @@ impl ErrorKind {
             ErrorKind::InvalidRequest => "Invalid request",
             ErrorKind::InvalidNegotiate => "Invalid Negotiate token",
             ErrorKind::Forbidden => "Forbidden",
+            ErrorKind::Unguarded => "Not checked by Palisade",
         }
     }
 }
@@ -189,6 +198,17 @@ impl Rejection {
             ErrorKind::MissingCredential,
             "this resource needs an authenticated caller",
             challenges,
+        )
+    }
+
+    /// 500: no Palisade middleware checked the request, and a handler or
+    /// a route policy asked what it decided ([`ErrorKind::Unguarded`]).
+    #[must_use]
+    pub fn unguarded() -> Self {
+        Self::new(
+            ErrorKind::Unguarded,
+            "no Palisade middleware checked this request: the service is wired wrongly",
+            Vec::new(),
         )
     }
 

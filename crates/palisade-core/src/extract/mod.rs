@@ -9,7 +9,10 @@
 //! authenticator offers a challenge, as mTLS alone: no credential could
 //! give one). A refusal is rendered
 //! as the guard's own are for the request: a gRPC call's as a trailers-only
-//! answer (`grpc-status` 16 or 7), a HEAD request's without a body.
+//! answer (`grpc-status` 16 or 7), a HEAD request's without a body. On a
+//! route no Palisade middleware guards (a wiring mistake) they answer 500
+//! ([`Rejection::unguarded`](crate::Rejection::unguarded)) with an error
+//! line, and `Option<Identity>` is `None`.
 
 #[cfg(feature = "actix")]
 mod actix;
@@ -73,26 +76,22 @@ mod common {
         }
     }
 
-    /// The 401 for an identity asked for on a route no Palisade middleware
-    /// guards, with an error line (every request to that route: said once
-    /// a minute).
+    /// The 500 for an identity asked for on a route no Palisade middleware
+    /// guards ([`Rejection::unguarded`]: a wiring mistake, not a missing
+    /// credential), with an error line (every request to that route: said
+    /// once a minute).
     fn unguarded() -> Rejection {
         if UNGUARDED.due() {
-            tracing::error!(target: crate::LOG_TARGET, "Identity extracted on a route that no Palisade middleware guards");
+            tracing::error!(target: crate::LOG_TARGET, "an identity was asked for on a route that no Palisade middleware guards: answered 500. Add the middleware in front of the route");
         }
-        Rejection::missing_credential(Vec::new())
+        Rejection::unguarded()
     }
 
     /// The guard's record of the request, for the `RequestAuth`
-    /// extractor: on a route no Palisade middleware guards, 401 with the
-    /// error line [`identity_from`] says.
+    /// extractor: on a route no Palisade middleware guards, the 500 with
+    /// the error line [`identity_from`] says.
     pub(super) fn request_auth_from(auth: Option<&RequestAuth>) -> Result<RequestAuth, Rejection> {
-        auth.cloned().ok_or_else(|| {
-            if UNGUARDED.due() {
-                tracing::error!(target: crate::LOG_TARGET, "RequestAuth extracted on a route that no Palisade middleware guards");
-            }
-            Rejection::missing_credential(Vec::new())
-        })
+        auth.cloned().ok_or_else(unguarded)
     }
 
     /// The identity for `Option<Identity>`: `None` for an anonymous
