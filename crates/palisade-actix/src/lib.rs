@@ -431,12 +431,34 @@ where
     forward_ready!(service);
 
     fn call(&self, req: ServiceRequest) -> Self::Future {
+        if req.app_config().secure() {
+            warn_of_tls_without_facts(&req);
+        }
         let check = self.guard.check(&ActixHead(&req));
         respond(&self.service, req, check, |decision, req| {
             decision
                 .apply(&mut ActixRequest(req))
                 .map(|e| (!e.is_empty()).then_some(e))
         })
+    }
+}
+
+/// Says, once in the process's life, that requests arrive over TLS
+/// without the connection facts `palisade_mtls`'s `on_connect` records:
+/// `HttpServer::on_connect` keeps one callback, and [`with_limits`] (or an
+/// application's own) set after `ServerTls::actix_on_connect` replaces it,
+/// so that the mTLS peer of every connection is unknown and rules on
+/// principals refuse.
+fn warn_of_tls_without_facts(req: &ServiceRequest) {
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !SAID.load(std::sync::atomic::Ordering::Relaxed)
+        && !req.conn_data::<ConnectionInfo>().is_some_and(|c| c.tls)
+        && !SAID.swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        tracing::warn!(
+            target: palisade_core::LOG_TARGET,
+            "requests arrive over TLS without the connection facts of palisade_mtls: the mTLS peer and the connection's addresses are unknown to policies. Where clients send certificates, set .on_connect(tls.actix_on_connect()) after with_limits (HttpServer keeps one on_connect), or serve with palisade_mtls::actix::server"
+        );
     }
 }
 

@@ -341,7 +341,11 @@ impl Limited {
 /// listener's handshake timeout is
 /// `HttpServer::tls_handshake_timeout(limits.handshake())`, and its
 /// `on_connect` is `palisade_mtls::ServerTls::actix_on_connect`, which records the
-/// connection the same way.)
+/// connection the same way. `HttpServer` keeps one `on_connect`: set that
+/// one after this function, which would replace it, or serve TLS with
+/// `palisade_mtls::actix::server` and `HttpSettings::from_limits`, which
+/// set both; the guard warns once when requests arrive over TLS without
+/// it.)
 ///
 /// actix-http times the head of a connection's first request only: on a
 /// kept-alive connection its idle timeout runs until the next request's
