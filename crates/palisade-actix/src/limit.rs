@@ -146,26 +146,30 @@ where
         // bodies it drains are those its own `chunked` tells).
         let chunked = http1 && req.chunked().unwrap_or(false);
         // A WebSocket's frames arrive as its opening request's payload
-        // (actix-http streams the rest of the connection so): the socket
-        // is the application's, as an upgraded connection is under axum,
-        // neither cut off at the body limit nor for its silence.
-        if !opens_websocket(&req) {
-            let payload = Limited {
-                inner: Some(req.take_payload()),
-                left: self.limits.max_body(),
-                timer: BodyTimer::new(&self.limits),
-                cut: Rc::clone(&cut),
-                keep_unread: chunked,
-                ended: false,
-            };
-            req.set_payload(Payload::Stream {
-                payload: Box::pin(payload),
-            });
-        }
+        // (actix-http streams the rest of the connection so), once the
+        // application has answered 101: from then on the socket is the
+        // application's, as an upgraded connection is under axum, neither
+        // cut off at the body limit nor for its silence.
+        let upgraded = Rc::new(Cell::new(false));
+        let payload = Limited {
+            inner: Some(req.take_payload()),
+            left: self.limits.max_body(),
+            timer: BodyTimer::new(&self.limits),
+            cut: Rc::clone(&cut),
+            keep_unread: chunked,
+            ended: false,
+            upgraded: Rc::clone(&upgraded),
+        };
+        req.set_payload(Payload::Stream {
+            payload: Box::pin(payload),
+        });
         let service = Rc::clone(&self.service);
         let limits = self.limits;
         Box::pin(async move {
             let res = service.call(req).await?;
+            if res.status() == actix_web::http::StatusCode::SWITCHING_PROTOCOLS {
+                upgraded.set(true);
+            }
             let Some((unread, why)) = cut.borrow_mut().take() else {
                 return Ok(res
                     .map_body(|head, body| {
@@ -254,21 +258,9 @@ struct Limited {
     keep_unread: bool,
     /// Whether the payload has ended.
     ended: bool,
-}
-
-/// Whether actix-http streams `req`'s connection to it as its payload: a
-/// `GET` with `Upgrade: websocket` on HTTP/1.1 (its decoder's test, for
-/// any method; kept here to the `GET` a WebSocket opens with, so that no
-/// other request escapes the limit by naming the header), not chunked.
-fn opens_websocket(req: &ServiceRequest) -> bool {
-    req.method() == actix_web::http::Method::GET
-        && req.version() == Version::HTTP_11
-        && !req.chunked().unwrap_or(false)
-        && req
-            .headers()
-            .get(actix_web::http::header::UPGRADE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
+    /// Whether the application answered 101: the payload is then an
+    /// upgraded connection's (a WebSocket's frames), passed on as it comes.
+    upgraded: Rc<Cell<bool>>,
 }
 
 /// Why a payload was cut off.
@@ -282,7 +274,7 @@ enum Cut {
 
 impl Drop for Limited {
     fn drop(&mut self) {
-        if self.keep_unread && !self.ended {
+        if self.keep_unread && !self.ended && !self.upgraded.get() {
             self.cut_off(Cut::Unread);
         }
     }
@@ -293,9 +285,13 @@ impl futures_core::Stream for Limited {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         // Cut off: the error was given.
+        let upgraded = self.upgraded.get();
         let Some(inner) = self.inner.as_mut() else {
             return Poll::Ready(None);
         };
+        if upgraded {
+            return Pin::new(inner).poll_next(cx);
+        }
         match Pin::new(inner).poll_next(cx) {
             Poll::Ready(Some(Ok(chunk))) => match self.left.checked_sub(chunk.len()) {
                 Some(left) => {
@@ -1037,10 +1033,11 @@ mod tests {
         handle.stop(false).await;
     }
 
-    /// A WebSocket's frames come as its opening request's payload: the
-    /// socket is not cut off at the body limit, nor for its silence (an
-    /// upgraded connection is the application's, as under axum); a `POST`
-    /// naming the header is still held to the limit.
+    /// A WebSocket's frames come as its opening request's payload: once
+    /// answered 101, the socket is not cut off at the body limit, nor for
+    /// its silence (an upgraded connection is the application's, as under
+    /// axum); a request naming the header that is answered otherwise is
+    /// still held to the limit.
     #[actix_web::test]
     async fn a_websockets_frames_are_not_held_to_the_body_limit_or_timeout() {
         let limits = short()
@@ -1058,7 +1055,7 @@ mod tests {
                             .streaming(payload)
                     }),
                 )
-                .route("/echo", web::post().to(echo))
+                .route("/echo", web::route().to(echo))
                 .wrap(BodyLimit::new(limits))
         };
         let server = with_limits(HttpServer::new(app), &limits)
@@ -1107,19 +1104,28 @@ mod tests {
             }
         }
         assert_eq!(echoed, 500);
-        // A POST naming the header streams no connection: the limit holds.
-        let mut tcp = actix_web::rt::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
-        tcp.write_all(b"POST /echo HTTP/1.1\r\nhost: localhost\r\nconnection: Upgrade\r\nupgrade: websocket\r\ncontent-length: 101\r\n\r\n")
-            .await
-            .unwrap();
-        let n = tcp.read(&mut buf).await.unwrap();
-        assert!(
-            buf[..n].starts_with(b"HTTP/1.1 413"),
-            "{}",
-            String::from_utf8_lossy(&buf[..n])
-        );
+        // Requests naming the header that are answered otherwise: their
+        // payload (the rest of the connection, as actix-http streams it) is
+        // held to the limit.
+        for method in ["GET", "POST"] {
+            let mut tcp = actix_web::rt::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+            let head = format!(
+                "{method} /echo HTTP/1.1\r\nhost: localhost\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n"
+            );
+            tcp.write_all(head.as_bytes()).await.unwrap();
+            tcp.write_all(&[b'x'; 150]).await.unwrap();
+            let n = actix_web::rt::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("{method}: no answer: the payload was not limited"))
+                .unwrap();
+            assert!(
+                buf[..n].starts_with(b"HTTP/1.1 413"),
+                "{method}: {}",
+                String::from_utf8_lossy(&buf[..n])
+            );
+        }
         handle.stop(false).await;
     }
 

@@ -233,6 +233,12 @@ impl GuardedRouter {
         Self(self.0.layer(layer))
     }
 
+    /// The service `axum::serve` (or a server that makes a service per
+    /// connection) takes.
+    pub fn into_make_service(self) -> axum::routing::IntoMakeService<axum::Router> {
+        self.0.into_make_service()
+    }
+
     /// The service `axum::serve` takes with the connection's addresses
     /// ([`ConnectAddrs`], which rules on ports and addresses read).
     pub fn into_make_service_with_connect_info<C>(

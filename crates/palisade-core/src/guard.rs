@@ -1073,14 +1073,19 @@ impl Share<Compiled> {
         let mut acc = Acc {
             identity: peer,
             edits,
-            refuse_unasked: self.unasked_refused(req),
             ..Acc::default()
         };
+        // Whether credentials sent unasked are refused: asked (it reads
+        // headers) only once one is met, or before waiting.
+        let mut unasked = None;
         let mut pending = Vec::new();
         for (i, a) in self.authenticators.iter().enumerate() {
             match a.authenticate(req) {
                 Check::Ready(outcome) => {
                     self.metrics.authenticators[i].count(&outcome);
+                    if sent_unasked(&outcome) {
+                        acc.refuse_unasked = *unasked.get_or_insert_with(|| self.unasked_refused(req));
+                    }
                     acc.add(i, outcome);
                 }
                 Check::Pending(fut) => pending.push((i, fut)),
@@ -1090,6 +1095,7 @@ impl Share<Compiled> {
         if pending.is_empty() {
             return self.decide(&mut acc, req, &path, rewrite);
         }
+        acc.refuse_unasked = unasked.unwrap_or_else(|| self.unasked_refused(req));
         self.authenticated_later(acc, pending, req, &path, rewrite)
     }
 
@@ -1127,7 +1133,7 @@ impl Share<Compiled> {
             }
             outcome => {
                 let mut acc = Acc {
-                    refuse_unasked: self.unasked_refused(req),
+                    refuse_unasked: sent_unasked(&outcome) && self.unasked_refused(req),
                     ..Acc::default()
                 };
                 acc.add(0, outcome);
@@ -1479,6 +1485,12 @@ pub(crate) fn trusted_origin_warning(origin: &str) -> String {
         "requests that {} starts may use this service's cookies whatever their method",
         crate::syntax::url_without_credentials(origin)
     )
+}
+
+/// Whether `outcome` is an authentication by a credential a browser sends
+/// unasked ([`Authenticated::sent_unasked`]).
+fn sent_unasked(outcome: &AuthOutcome) -> bool {
+    matches!(outcome, AuthOutcome::Authenticated(a) if a.sent_unasked())
 }
 
 /// Whether `req` asks to open a WebSocket (`Upgrade: websocket`, on

@@ -1414,7 +1414,11 @@ impl JwtAuthenticator {
             .decode(parsed.payload_b64)
             .map_err(|_| JwtError::Malformed)?;
         if key.issuer.is_some() {
-            let claims = serde_json::from_slice(&payload).map_err(|_| JwtError::Malformed)?;
+            // For the issuer the token names and the one it is verified for.
+            let mut claims: Map<String, Value> =
+                serde_json::from_slice(&payload).map_err(|_| JwtError::Malformed)?;
+            check_key_issuer(&key, &claims)?;
+            claims.insert("iss".into(), Value::from(issuer));
             check_key_issuer(&key, &claims)?;
         }
         Ok(payload)
@@ -2232,31 +2236,43 @@ impl JwtAuthenticator {
 /// for every tenant, name `https://login.microsoftonline.com/{tenantid}/v2.0`
 /// for keys every tenant signs with, and one tenant's issuer for keys only
 /// it may sign with (the consumer accounts' tenant). So a key is taken for
-/// a token of the issuer it names, `{tenantid}` read as the token's `tid`;
-/// or for a token of the tenant it names, its `tid` one of its issuer's
-/// path segments (Entra's v1 tokens, `https://sts.windows.net/{tid}/`,
-/// verified with the v2 key set).
+/// a token whose `iss` is the issuer it names, `{tenantid}` read as the
+/// token's `tid` (a GUID, as Entra's tenant ids are); or, for an Entra v1
+/// token (`https://sts.windows.net/{tid}/`), whose tenant's v2 issuer it
+/// names, as Microsoft's libraries compare a v1 token's issuer with the v2
+/// form.
 fn check_key_issuer(key: &VerifyKey, claims: &Map<String, Value>) -> Result<(), JwtError> {
     const TENANT_ID: &str = "{tenantid}";
     let Some(kept_to) = key.issuer.as_deref() else {
         return Ok(());
     };
     let iss = claims.get("iss").and_then(Value::as_str).unwrap_or_default();
-    if kept_to == iss {
-        return Ok(());
+    let tid = claims.get("tid").and_then(Value::as_str).filter(|t| is_guid(t));
+    let named = match (kept_to.contains(TENANT_ID), tid) {
+        (false, _) => std::borrow::Cow::Borrowed(kept_to),
+        (true, Some(tid)) => std::borrow::Cow::Owned(kept_to.replace(TENANT_ID, tid)),
+        (true, None) => return Err(JwtError::KeyNotForIssuer),
+    };
+    let v1_of_its_tenant = || {
+        tid.is_some_and(|tid| {
+            iss == format!("https://sts.windows.net/{tid}/")
+                && *named == format!("https://login.microsoftonline.com/{tid}/v2.0")
+        })
+    };
+    if *named == *iss || v1_of_its_tenant() {
+        Ok(())
+    } else {
+        Err(JwtError::KeyNotForIssuer)
     }
-    let names = |issuer: &str, tenant: &str| issuer.split('/').any(|segment| segment == tenant);
-    match claims.get("tid").and_then(Value::as_str) {
-        Some(tid)
-            if !tid.is_empty()
-                && !tid.contains(['/', '{', '}'])
-                && names(iss, tid)
-                && (kept_to.contains(TENANT_ID) || names(kept_to, tid)) =>
-        {
-            Ok(())
-        }
-        _ => Err(JwtError::KeyNotForIssuer),
-    }
+}
+
+/// Whether `s` is a GUID in its 36-character form, as Entra's tenant ids.
+fn is_guid(s: &str) -> bool {
+    s.len() == 36
+        && s.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
 }
 
 /// The signature of `message` by `key`, which must allow `alg`.
@@ -4383,8 +4399,8 @@ mod tests {
 
     /// A JWK naming an `issuer` keeps its key to that issuer's tokens, as
     /// Microsoft's libraries read Entra's key sets: `{tenantid}` for every
-    /// tenant's, a tenant's issuer for its own; a v1 token (its issuer
-    /// another host) to a key of its tenant.
+    /// tenant's, a tenant's issuer for its own; a v1 token to a key of its
+    /// tenant's v2 issuer. A `tid` that is no GUID names no tenant.
     #[test]
     fn a_jwks_issuer_keeps_its_key_to_that_issuers_tokens() {
         use serde_json::json;
@@ -4393,11 +4409,12 @@ mod tests {
         let v2 = |tid: &str| format!("https://login.microsoftonline.com/{tid}/v2.0");
         let v1 = |tid: &str| format!("https://sts.windows.net/{tid}/");
         let consumers = "9188040d-6c67-4c5b-b112-36a304b66dad";
-        let acme = "c1a2b3c4-0000-4000-8000-00000000acme";
+        let acme = "c1a2b3c4-0000-4000-8000-00000000ac4e";
         let token = |iss: &str, tid: Option<&str>| match tid {
             Some(t) => claims(json!({"iss": iss, "tid": t})),
             None => claims(json!({"iss": iss})),
         };
+        let refused = Err(JwtError::KeyNotForIssuer);
         // A key for every tenant.
         key.issuer = Some(v2("{tenantid}"));
         assert_eq!(check_key_issuer(&key, &token(&v2(acme), Some(acme))), Ok(()));
@@ -4406,13 +4423,13 @@ mod tests {
             ("no tid", token(&v2(acme), None)),
             ("another tenant's tid", token(&v2(acme), Some(consumers))),
             ("an empty tid", token(&v2(acme), Some(""))),
-            ("a tid that is a path", token(&v2(acme), Some("a/b"))),
+            ("a tid that is no GUID", token(&v2("x"), Some("x"))),
+            (
+                "another host",
+                token(&format!("https://evil.example/{acme}/v2.0"), Some(acme)),
+            ),
         ] {
-            assert_eq!(
-                check_key_issuer(&key, &claims),
-                Err(JwtError::KeyNotForIssuer),
-                "{what}"
-            );
+            assert_eq!(check_key_issuer(&key, &claims), refused, "{what}");
         }
         // A key only the consumer accounts' tenant signs with.
         key.issuer = Some(v2(consumers));
@@ -4424,16 +4441,23 @@ mod tests {
             check_key_issuer(&key, &token(&v1(consumers), Some(consumers))),
             Ok(())
         );
-        assert_eq!(
-            check_key_issuer(&key, &token(&v2(acme), Some(acme))),
-            Err(JwtError::KeyNotForIssuer),
-            "another tenant's token"
-        );
-        assert_eq!(
-            check_key_issuer(&key, &token(&v2(acme), Some(consumers))),
-            Err(JwtError::KeyNotForIssuer),
-            "another tenant's issuer claiming the consumer tenant"
-        );
+        for (what, claims) in [
+            ("another tenant's token", token(&v2(acme), Some(acme))),
+            (
+                "another tenant's claiming the consumer tenant",
+                token(&v2(acme), Some(consumers)),
+            ),
+            // Segments of every Entra issuer.
+            ("tid v2.0", token(&v2(acme), Some("v2.0"))),
+            ("tid https:", token(&v2(acme), Some("https:"))),
+            (
+                "tid the host",
+                token(&v2(acme), Some("login.microsoftonline.com")),
+            ),
+            ("a v1 token of another tenant", token(&v1(acme), Some(consumers))),
+        ] {
+            assert_eq!(check_key_issuer(&key, &claims), refused, "{what}");
+        }
         // Another issuer's key (no tenants).
         key.issuer = Some("https://idp.example/".into());
         assert_eq!(
@@ -4442,7 +4466,7 @@ mod tests {
         );
         assert_eq!(
             check_key_issuer(&key, &token("https://other.example/", None)),
-            Err(JwtError::KeyNotForIssuer)
+            refused
         );
         // A key that names none signs for its set's issuers, as before.
         key.issuer = None;
@@ -4450,6 +4474,7 @@ mod tests {
             check_key_issuer(&key, &token("https://other.example/", None)),
             Ok(())
         );
+        assert!(is_guid(acme) && is_guid(consumers) && !is_guid("v2.0"));
     }
 
     /// The check runs where tokens are verified: an access token, and a
@@ -4458,7 +4483,10 @@ mod tests {
     /// `issuer` member is not text loses that key.
     #[test]
     fn a_key_kept_to_another_issuer_verifies_none_of_this_ones_tokens() {
+        // A realm named as an Entra tenant is, its issuer `…/realms/TENANT`.
+        const TENANT: &str = "c1a2b3c4-0000-4000-8000-00000000ac4e";
         let issuer = palisade_testkit::TestIssuer::builder()
+            .realm(TENANT)
             .default_audience("api")
             .start()
             .unwrap();
@@ -4474,22 +4502,28 @@ mod tests {
         let token = issuer
             .token()
             .subject("alice")
-            .claim("tid", serde_json::json!("demo"))
+            .claim("tid", serde_json::json!(TENANT))
             .sign();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
+        let realms = format!("{}/realms", issuer.base_url());
         for (kept_to, accepted) in [
             (Value::from(issuer.issuer()), true),
-            // `…/realms/demo`: the tenant's, as Entra's v1 tokens' keys are.
-            (Value::from("https://login.microsoftonline.com/demo/v2.0"), true),
+            (Value::from(format!("{realms}/{{tenantid}}")), true),
+            (
+                Value::from(format!("{realms}/9188040d-6c67-4c5b-b112-36a304b66dad")),
+                false,
+            ),
             (
                 Value::from("https://login.microsoftonline.com/{tenantid}/v2.0"),
-                true,
+                false,
             ),
-            (Value::from("https://login.microsoftonline.com/other/v2.0"), false),
-            (Value::from("https://other.example/realms/demo2"), false),
+            (
+                Value::from(format!("https://other.example/realms/{TENANT}")),
+                false,
+            ),
         ] {
             let jwt = for_api(&issuer, |p| p.jwks_inline(keys_for(kept_to.clone())));
             assert_eq!(accepts(&jwt, &token), accepted, "{kept_to}");
