@@ -566,10 +566,6 @@ where
         if self.post_only && req.method() != http::Method::POST {
             return ResponseFuture::refused(not_post(&req), req);
         }
-        #[cfg(feature = "tonic")]
-        if self.post_only {
-            tonic_server::warn_of_unread_peer(req.extensions());
-        }
         let check = match HttpHead::new(&req, true) {
             Ok(head) => self.guard.check(&head),
             Err(reply) => return ResponseFuture::refused(reply, req),
