@@ -781,7 +781,24 @@ mod tests {
                 )
                 .wrap(BodyLimit::new(limits))
         };
-        let server = with_limits(HttpServer::new(app), &limits)
+        started(&limits, app)
+    }
+
+    /// An `HttpServer` of `app` (one worker, plaintext) with `limits` set
+    /// by [`with_limits`], started: its port and handle.
+    fn started<F, I, S, B>(limits: &ServerLimits, app: F) -> (u16, actix_web::dev::ServerHandle)
+    where
+        F: Fn() -> I + Send + Clone + 'static,
+        I: actix_service::IntoServiceFactory<S, actix_http::Request>,
+        S: actix_web::dev::ServiceFactory<actix_http::Request, Config = actix_web::dev::AppConfig> + 'static,
+        S::Error: Into<Error> + 'static,
+        S::InitError: std::fmt::Debug,
+        S::Response: Into<actix_http::Response<B>> + 'static,
+        <S::Service as Service<actix_http::Request>>::Future: 'static,
+        S::Service: 'static,
+        B: MessageBody + 'static,
+    {
+        let server = with_limits(HttpServer::new(app), limits)
             .workers(1)
             .disable_signals()
             .bind("127.0.0.1:0")
@@ -1058,15 +1075,7 @@ mod tests {
                 .route("/echo", web::route().to(echo))
                 .wrap(BodyLimit::new(limits))
         };
-        let server = with_limits(HttpServer::new(app), &limits)
-            .workers(1)
-            .disable_signals()
-            .bind("127.0.0.1:0")
-            .unwrap();
-        let port = server.addrs()[0].port();
-        let server = server.run();
-        let handle = server.handle();
-        actix_web::rt::spawn(server);
+        let (port, handle) = started(&limits, app);
         let mut tcp = actix_web::rt::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .unwrap();
