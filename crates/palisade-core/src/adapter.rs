@@ -1122,7 +1122,15 @@ pub fn keeping_cookies<'h>(reply: Reply, replaced_cookies: impl IntoIterator<Ite
 
 /// Whether a `Connection` header's value has the option `close`.
 fn has_close(value: &str) -> bool {
-    value.split(',').any(|o| o.trim().eq_ignore_ascii_case("close"))
+    list_has(value.as_bytes(), b"close")
+}
+
+/// Whether a header value that is a comma-separated list (`Connection`,
+/// `Upgrade`) has `token` among its elements, in any letter case.
+pub(crate) fn list_has(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|element| element.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// A response extension: the connection is to be closed once this

@@ -1499,9 +1499,7 @@ fn sent_unasked(outcome: &AuthOutcome) -> bool {
 fn opens_websocket(req: &dyn RequestHead) -> bool {
     let mut websocket = false;
     req.for_each_header("upgrade", &mut |v| {
-        websocket |= v
-            .split(|&b| b == b',')
-            .any(|p| p.trim_ascii().eq_ignore_ascii_case(b"websocket"));
+        websocket |= crate::adapter::list_has(v, b"websocket");
     });
     websocket
 }
