@@ -2280,10 +2280,30 @@ fn check_signature(message: &str, signature: &str, alg: Algorithm, key: &VerifyK
     if !key.allows(alg) {
         return Err(JwtError::AlgorithmNotAllowed);
     }
-    match jsonwebtoken::crypto::verify(signature, message.as_bytes(), &key.key, alg) {
-        Ok(true) => Ok(()),
-        _ => Err(JwtError::BadSignature),
+    if signature_valid(signature, message.as_bytes(), &key.key, alg) {
+        Ok(())
+    } else {
+        Err(JwtError::BadSignature)
     }
+}
+
+/// Whether `signature` (base64url, a JWS's third part) signs `message`
+/// under `key` with `alg`, by aws-lc-rs whatever jsonwebtoken's
+/// process-wide default is. An application that turns on jsonwebtoken's
+/// `rust_crypto` feature beside the `aws_lc_rs` one Palisade needs (Cargo
+/// merges them) leaves jsonwebtoken no default, and its
+/// `crypto::verify` then panics at each token.
+pub(crate) fn signature_valid(
+    signature: &str,
+    message: &[u8],
+    key: &jsonwebtoken::DecodingKey,
+    alg: Algorithm,
+) -> bool {
+    let Ok(signature) = URL_SAFE_NO_PAD.decode(signature) else {
+        return false;
+    };
+    (jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.verifier_factory)(&alg, key)
+        .is_ok_and(|verifier| verifier.verify(message, &signature).is_ok())
 }
 
 /// The headers `output_payload_to_header` and `output_claim_to_header` set

@@ -1099,7 +1099,7 @@ impl DpopVerifier {
         let claims: Claims<'_> = members::parse(&claims_json).ok_or(DpopError::Malformed)?;
         let checked = self.check_claims(&claims, req, now_unix)?;
         let message = &proof[..h.len() + 1 + p.len()];
-        if !jsonwebtoken::crypto::verify(signature, message.as_bytes(), &key.key, alg).unwrap_or(false) {
+        if !crate::authenticator::signature_valid(signature, message.as_bytes(), &key.key, alg) {
             return Err(DpopError::BadSignature);
         }
         // Kept, and recorded last, only for a signed proof of the key the

@@ -128,7 +128,23 @@ impl ClientKey {
             "iat": now,
             "exp": now + 60,
         });
-        jsonwebtoken::encode(&header, &claims, &self.key).map_err(|_| ())
+        // Signed by aws-lc-rs, not by jsonwebtoken's process-wide default
+        // (`jsonwebtoken::encode`), which panics where an application has
+        // turned on its `rust_crypto` feature beside `aws_lc_rs`.
+        use base64::Engine as _;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let signer =
+            (jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.signer_factory)(&self.algorithm, &self.key)
+                .map_err(|_| ())?;
+        let header = serde_json::to_vec(&header).map_err(|_| ())?;
+        let claims = serde_json::to_vec(&claims).map_err(|_| ())?;
+        let message = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header),
+            URL_SAFE_NO_PAD.encode(claims)
+        );
+        let signature = signer.try_sign(message.as_bytes()).map_err(|_| ())?;
+        Ok(format!("{message}.{}", URL_SAFE_NO_PAD.encode(signature)))
     }
 }
 
