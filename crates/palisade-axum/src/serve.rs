@@ -98,13 +98,18 @@ const H2_KEEP_ALIVE: Duration = Duration::from_secs(20);
 /// Concurrent HTTP/2 streams per connection: hyper's default (each may
 /// hold a body up to the body limit while it waits).
 const H2_MAX_STREAMS: u32 = 200;
-/// The largest HTTP/2 header list (HPACK-decoded) a request may bring:
-/// hyper's default, 16 KiB, is less than a session's cookies may be
-/// (browser sign-in seals a session in up to eight cookies of 3800 bytes
-/// before it keeps it in the store), and a request over it is refused
-/// before Palisade runs, so the user could not even log out. HTTP/1.1's
-/// head takes hyper's ~400 KiB.
-const H2_MAX_HEADER_LIST: u32 = 64 * 1024;
+/// The largest HTTP/2 header list (HPACK-decoded, each header counted as
+/// its name and value and 32 bytes) a request may bring. A request over it
+/// is answered 431 by h2 before Palisade runs, unlogged and uncounted, so
+/// it must hold what Palisade's own limits let through: a browser
+/// sign-in's session in up to eight cookies of 3800 bytes (before it is
+/// kept in the store; hyper's default, 16 KiB, refused it, so the user
+/// could not even log out), and a Kerberos ticket of Windows' default
+/// `MaxTokenSize` (48,000 bytes, 64,010 in its `Authorization: Negotiate`
+/// header, which SPNEGO's own `maxHeaderSize`, 64 KiB, lets through: a
+/// user of many groups), with a browser's other headers. HTTP/1.1's head
+/// takes hyper's ~400 KiB.
+const H2_MAX_HEADER_LIST: u32 = 128 * 1024;
 
 /// What happens to an accepted connection before HTTP is spoken on it: a
 /// TLS handshake (`palisade-mtls` implements it), or nothing ([`Plain`]).
@@ -1554,23 +1559,33 @@ mod tests {
 
     /// A browser sign-in's session in eight cookies of 3800 bytes reaches
     /// the application over HTTP/2 (hyper's 16 KiB header list would refuse
-    /// it before Palisade runs, and the user could not even log out).
+    /// it before Palisade runs, and the user could not even log out), and so
+    /// does a Kerberos ticket of Windows' default `MaxTokenSize` (48,000
+    /// bytes: `Negotiate` and 64,000 of base64) with a browser's other
+    /// headers (a 64 KiB list refused it with 431 before Palisade ran).
     #[tokio::test]
-    async fn an_http2_request_with_a_whole_sessions_cookies_is_served() {
+    async fn an_http2_request_with_a_whole_sessions_cookies_or_a_large_ticket_is_served() {
         let app = Router::new().route("/", get(|| async { "hi" }));
         let addr = serve_app(app, ServerLimits::default()).await;
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
-        let connection = tokio::spawn(connection);
-        let mut client = client.ready().await.unwrap();
-        let mut request = Request::get("http://x/");
+        let mut cookies = Request::get("http://x/");
         for i in 0..8 {
-            request = request.header("cookie", format!("palisade_session_{i}={}", "a".repeat(3800)));
+            cookies = cookies.header("cookie", format!("palisade_session_{i}={}", "a".repeat(3800)));
         }
-        let (answer, _) = client.send_request(request.body(()).unwrap(), true).unwrap();
-        assert_eq!(answer.await.unwrap().status(), 200);
-        drop(client);
-        connection.abort();
+        let ticket = Request::get("http://x/")
+            .header("authorization", format!("Negotiate {}", "Y".repeat(64_000)))
+            .header("user-agent", "a".repeat(200))
+            .header("accept", "a".repeat(200))
+            .header("cookie", format!("theme={}", "a".repeat(1000)));
+        for request in [cookies, ticket] {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+            let connection = tokio::spawn(connection);
+            let mut client = client.ready().await.unwrap();
+            let (answer, _) = client.send_request(request.body(()).unwrap(), true).unwrap();
+            assert_eq!(answer.await.unwrap().status(), 200);
+            drop(client);
+            connection.abort();
+        }
     }
 
     /// An HTTP/2 connection to `addr` with `GET path` sent on it: the
