@@ -1589,8 +1589,9 @@ async fn whoami_both(
 
 /// A cookie authenticates a request that may change state only when the
 /// browser says this origin started it (`Sec-Fetch-Site`, else `Origin`
-/// against `Host`), or a trusted origin did; otherwise the request is
-/// decided as though it carried no cookie. A credential the request
+/// against `Host`, else `Referer`), or a trusted origin did; otherwise
+/// the request is decided as though it carried no cookie, and refused with
+/// 403 (not a 401 that reads "signed out") where the policy needs a user. A credential the request
 /// carries itself (a header) is not affected, nor are `GET` and `HEAD`,
 /// but for the `GET` that opens a WebSocket.
 #[actix_web::test]
@@ -1622,10 +1623,17 @@ async fn a_cookie_does_not_authenticate_a_state_changing_request_another_origin_
         ("POST", with(&[]), 200),
         ("POST", with(&[("sec-fetch-site", "same-origin")]), 200),
         ("POST", with(&[("sec-fetch-site", "none")]), 200),
-        ("POST", with(&[("sec-fetch-site", "same-site")]), 401),
-        ("DELETE", with(&[("sec-fetch-site", "cross-site")]), 401),
-        ("POST", with(&[("origin", "https://evil.example")]), 401),
-        ("POST", with(&[("origin", "null")]), 401),
+        ("POST", with(&[("sec-fetch-site", "same-site")]), 403),
+        ("DELETE", with(&[("sec-fetch-site", "cross-site")]), 403),
+        ("POST", with(&[("origin", "https://evil.example")]), 403),
+        ("POST", with(&[("origin", "null")]), 403),
+        // Without `Sec-Fetch-Site` and `Origin`, the `Referer` says.
+        ("POST", with(&[("referer", "https://evil.example/page")]), 403),
+        (
+            "POST",
+            with(&[("referer", "https://details.shop.example/cart")]),
+            200,
+        ),
         ("POST", with(&[("origin", "https://details.shop.example")]), 200),
         // As Go reads them: an empty `Sec-Fetch-Site` is none (`Origin`
         // decides), a value other than `same-origin` and `none` another
@@ -1633,10 +1641,10 @@ async fn a_cookie_does_not_authenticate_a_state_changing_request_another_origin_
         (
             "POST",
             with(&[("sec-fetch-site", ""), ("origin", "https://evil.example")]),
-            401,
+            403,
         ),
         ("POST", with(&[("sec-fetch-site", "")]), 200),
-        ("POST", with(&[("sec-fetch-site", "some-future-value")]), 401),
+        ("POST", with(&[("sec-fetch-site", "some-future-value")]), 403),
         ("GET", with(&[("sec-fetch-site", "cross-site")]), 200),
         // A WebSocket's opening GET: its socket carries what the page
         // that opened it sends (cross-site WebSocket hijacking).
@@ -1647,7 +1655,7 @@ async fn a_cookie_does_not_authenticate_a_state_changing_request_another_origin_
                 ("upgrade", "WebSocket"),
                 ("origin", "https://evil.example"),
             ]),
-            401,
+            403,
         ),
         (
             "GET",
@@ -1656,7 +1664,7 @@ async fn a_cookie_does_not_authenticate_a_state_changing_request_another_origin_
                 ("upgrade", "websocket"),
                 ("sec-fetch-site", "same-site"),
             ]),
-            401,
+            403,
         ),
         (
             "GET",
@@ -1693,7 +1701,7 @@ async fn a_cookie_does_not_authenticate_a_state_changing_request_another_origin_
         ("sec-fetch-site", "same-site"),
         ("origin", "https://blog.shop.example"),
     ]);
-    assert_eq!(whoami_both(&trusting, "POST", &other).await[0].0, 401);
+    assert_eq!(whoami_both(&trusting, "POST", &other).await[0].0, 403);
     // Set in code, with the default port written out (which browsers
     // leave out of `Origin`); and the file's, on a guard whose access
     // policy was compiled apart from the builder.
@@ -1708,7 +1716,7 @@ async fn a_cookie_does_not_authenticate_a_state_changing_request_another_origin_
         whoami_both(&in_code, "POST", &trusted).await[0],
         (200, erin.clone())
     );
-    assert_eq!(whoami_both(&in_code, "POST", &other).await[0].0, 401);
+    assert_eq!(whoami_both(&in_code, "POST", &other).await[0].0, 403);
     let set = PolicySet::from_yaml_str(&yaml("'https://app.shop.example'"), "t.yaml").unwrap();
     let compiled_apart = palisade::guard_builder_from_policy(&set, &workload, &Default::default())
         .unwrap()

@@ -590,7 +590,7 @@ async fn a_kdc_that_does_not_answer_costs_a_bounded_wait_and_a_clear_error() {
 
 /// A browser answers `401 Negotiate` with a ticket by itself, whatever page
 /// started the request: a ticket authenticates a `POST` that another origin
-/// started no more than a cookie does (the answer stays 401), while the
+/// started no more than a cookie does (the answer is 403, saying so), while the
 /// same `POST` of this origin's, or of a client that is no browser, is
 /// served.
 #[test]
@@ -613,8 +613,8 @@ fn a_ticket_does_not_authenticate_a_post_another_origin_started() {
         for (site, status) in [
             (None, 201),
             (Some("same-origin"), 201),
-            (Some("same-site"), 401),
-            (Some("cross-site"), 401),
+            (Some("same-site"), 403),
+            (Some("cross-site"), 403),
         ] {
             let (got, headers, _, log) = post(site);
             assert_eq!(got, status, "{name}, {site:?}: {headers}\n{log}");

@@ -244,6 +244,26 @@ impl Rejection {
         self
     }
 
+    /// A refusal for want of a credential, of a request that carried one
+    /// the guard set aside because another origin started it (a cookie or
+    /// a Kerberos ticket on a cross-origin `POST`): a 403 saying so, as Go's
+    /// `CrossOriginProtection` and Spring Security's CSRF check answer, not
+    /// a 401 that a browser's script reads as "signed out" and answers by
+    /// signing in again, to be refused the same way. Any other refusal as
+    /// it is.
+    #[must_use]
+    pub(crate) fn cross_origin(mut self) -> Self {
+        if self.kind == ErrorKind::MissingCredential {
+            self.kind = ErrorKind::Forbidden;
+            self.detail = Cow::Borrowed(
+                "another origin started this request, and a credential the browser sends by itself (a session cookie, a Kerberos ticket) does not authenticate such a request; origins of the service's own are named in trustedOrigins",
+            );
+            self.challenges = Vec::new();
+            self.reason = "cross_origin";
+        }
+        self
+    }
+
     /// The same rejection, with the access decision that caused it.
     #[must_use]
     pub fn with_access(mut self, access: AccessDecision) -> Self {

@@ -33,11 +33,13 @@ pub(crate) const SIGN_IN_HEADERS: &[&str] = &[
     "accept",
     "sec-fetch-mode",
     "sec-fetch-dest",
+    "sec-purpose",
     "x-requested-with",
     "cookie",
     // Whether another origin started the request (a cookie's authority).
     "sec-fetch-site",
     "origin",
+    "referer",
 ];
 
 /// What Palisade established for an allowed request. The adapters put it in
@@ -592,6 +594,9 @@ pub(crate) struct Acc {
     /// credentials a browser sends unasked ([`Authenticated::sent_unasked`])
     /// do not authenticate it ([`Compiled::unasked_refused`]).
     refuse_unasked: bool,
+    /// Such a credential was set aside ([`left_aside`](Self::left_aside)):
+    /// a refusal for want of a credential says why ([`Rejection::cross_origin`]).
+    set_aside: bool,
 }
 
 impl Acc {
@@ -677,6 +682,7 @@ impl Acc {
             target: LOG_TARGET,
             "another origin started this request: a credential the browser sent by itself does not authenticate it"
         );
+        self.set_aside = true;
         self.keep_renewals(a.response_headers);
     }
 
@@ -1388,6 +1394,11 @@ impl Share<Compiled> {
         if !access.is_allowed() {
             tracing::debug!(target: LOG_TARGET, authenticated = acc.identity.is_some(), %access, "denied");
             let rejection = self.refusal(acc.identity.as_ref(), access);
+            let rejection = if acc.set_aside {
+                rejection.cross_origin()
+            } else {
+                rejection
+            };
             // The sign-in answer is found outside the span, as it was when
             // the caller found it.
             drop(_entered);
@@ -1757,30 +1768,50 @@ mod tests {
         }
     }
 
-    /// A request another origin started is decided without the cookie, so
-    /// a policy that wants a user sends it to sign in: the redirect carries
-    /// the cookie's renewal too; its `no-store` is enough, without the
-    /// renewal's `private`.
+    /// A request another origin started is decided without the cookie; a
+    /// policy that wants a user refuses it with 403 saying why (not a 401,
+    /// which a page's script reads as "signed out", nor a redirect to sign
+    /// in), and the refusal carries the cookie's renewal too, with its
+    /// `cache-control` once. The same request from this origin is the
+    /// user's.
     #[test]
-    fn a_redirect_to_sign_in_keeps_a_left_aside_renewal() {
+    fn a_cross_origin_write_whose_cookie_was_set_aside_is_refused_with_403_and_keeps_the_renewal() {
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         for waits in [false, true] {
             let guard = Guard::builder()
                 .authenticator(Session(waits))
                 .authenticator(Login)
+                .access_policy(AccessPolicy::require_authenticated())
                 .build()
                 .unwrap();
-            let req = OwnedRequest::new("POST", "/orders")
-                .header("host", "backend:8080")
-                .header("cookie", "session=alice")
-                .header("origin", "https://evil.example");
-            let Decision::Reply(reply) = rt.block_on(async { guard.check(&req).await }) else {
-                panic!("sent to sign in")
+            let req = |origin: &str| {
+                OwnedRequest::new("POST", "/orders")
+                    .header("host", "backend:8080")
+                    .header("cookie", "session=alice")
+                    .header("origin", origin)
             };
-            assert_eq!(reply.status(), 302, "waits: {waits}");
+            let Decision::Reply(reply) =
+                rt.block_on(async { guard.check(&req("https://evil.example")).await })
+            else {
+                panic!("refused, with the renewal")
+            };
+            assert_eq!(reply.status(), 403, "waits: {waits}");
+            let rejection = reply.rejection().expect("a refusal");
+            assert_eq!(rejection.reason(), "cross_origin");
+            assert!(
+                rejection.detail().contains("another origin"),
+                "{}",
+                rejection.detail()
+            );
             let headers: Vec<_> = reply.headers().collect();
             assert!(
                 headers.contains(&("set-cookie", "session=alice; renewed")),
+                "waits: {waits}: {headers:?}"
+            );
+            assert!(
+                !headers
+                    .iter()
+                    .any(|(n, _)| *n == "www-authenticate" || *n == "location"),
                 "waits: {waits}: {headers:?}"
             );
             assert_eq!(
@@ -1788,10 +1819,27 @@ mod tests {
                     .iter()
                     .filter(|(n, _)| *n == "cache-control")
                     .collect::<Vec<_>>(),
-                [&("cache-control", "no-store")],
-                "waits: {waits}"
+                [&("cache-control", "private")],
+                "waits: {waits}: the renewal's, once"
             );
+            let own = rt.block_on(async { guard.check(&req("http://backend:8080")).await });
+            assert!(matches!(own, Decision::Allow(_)), "waits: {waits}: {own:?}");
         }
+    }
+
+    /// Without a credential set aside, a policy that wants a user sends
+    /// the request to sign in.
+    #[test]
+    fn a_request_without_a_credential_is_sent_to_sign_in() {
+        let guard = Guard::builder()
+            .authenticator(Login)
+            .access_policy(AccessPolicy::require_authenticated())
+            .build()
+            .unwrap();
+        let Check::Ready(Decision::Reply(reply)) = guard.check(&OwnedRequest::get("/orders")) else {
+            panic!("sent to sign in")
+        };
+        assert_eq!(reply.status(), 302);
     }
 
     /// A framework that cannot take the normalised path (the layer runs

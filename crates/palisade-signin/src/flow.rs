@@ -859,6 +859,12 @@ fn origin(req: &dyn RequestHead) -> Option<String> {
 /// that header accepting HTML and not saying it comes from a script
 /// (`X-Requested-With`). Only a navigation is sent to sign in; an API
 /// call, and a form's `POST`, get the 401 (a redirect would lose the form).
+/// Neither is the load of a frame or an embedded object (`Sec-Fetch-Dest`
+/// other than `document`, as mod_auth_openidc reads it: an issuer's
+/// sign-in page refuses to be framed, so the frame would stay blank) nor a
+/// speculative prefetch or prerender (`Sec-Purpose`: a page the user has
+/// not opened would start a sign-in, taking one of the browser's four
+/// login-state slots; a browser does not use a prefetch answered 401).
 ///
 /// ```
 /// use palisade_core::authn::OwnedRequest;
@@ -867,10 +873,21 @@ fn origin(req: &dyn RequestHead) -> Option<String> {
 /// assert!(!palisade_signin::is_navigation(&OwnedRequest::get("/api")));
 /// let ajax = page.clone().header("x-requested-with", "XMLHttpRequest");
 /// assert!(!palisade_signin::is_navigation(&ajax));
+/// let frame = OwnedRequest::get("/p").header("sec-fetch-mode", "navigate").header("sec-fetch-dest", "iframe");
+/// assert!(!palisade_signin::is_navigation(&frame));
+/// let prefetch = OwnedRequest::get("/p").header("sec-fetch-mode", "navigate").header("sec-purpose", "prefetch");
+/// assert!(!palisade_signin::is_navigation(&prefetch));
 /// ```
 #[must_use]
 pub fn is_navigation(req: &dyn RequestHead) -> bool {
     if !matches!(req.method(), "GET" | "HEAD") {
+        return false;
+    }
+    if req.header_value("sec-purpose", 0).is_some()
+        || req
+            .header_str("sec-fetch-dest")
+            .is_some_and(|dest| !dest.eq_ignore_ascii_case("document"))
+    {
         return false;
     }
     match req.header_str("sec-fetch-mode") {
@@ -920,7 +937,7 @@ enum Unusable {
     /// Not now: its access token has expired and no fresh one can be had
     /// (the issuer does not answer, or the replica refreshing it handed on
     /// nothing in time). The session itself is whole: a page the policy
-    /// would send to sign in is answered 503 instead (`SignIn::sign_in`).
+    /// would refuse for want of a user is answered 503 instead (`SignIn::sign_in`).
     NotNow,
 }
 
@@ -2577,9 +2594,11 @@ impl Authenticator for SignIn {
     }
 
     fn sign_in(&self, req: &dyn RequestHead) -> Option<Reply> {
-        if !is_navigation(req) {
-            return None;
-        }
+        // The three 503s below answer every request carrying a session that
+        // cannot be used *now*, an API call as well as a page: a script
+        // reads a 401 as "signed out" and sends the user to sign in, into
+        // the outage.
+        //
         // A session the store cannot vouch for now (its revocations cannot
         // be read): the browser keeps its cookie and is asked to come back.
         // Sent to sign in, it would lose the cookie and, signed in again
@@ -2617,6 +2636,9 @@ impl Authenticator for SignIn {
                 )
                 .header("retry-after", "5"),
             );
+        }
+        if !is_navigation(req) {
+            return None;
         }
         let target = match req.query() {
             Some(q) => format!("{}?{q}", req.path()),
@@ -4429,10 +4451,10 @@ mod tests {
     /// refresh it (down, throttling, a rotated client secret) is whole: a
     /// page the policy would send to sign in is answered 503 and keeps its
     /// cookie (sent to sign in, the browser would lose it and its refresh
-    /// token for the outage); a page anyone may see is served, as to a
-    /// caller without a session; an API call gets the 401. A dead grant
-    /// still ends the session: its page goes to sign in. Before, every
-    /// page lost the session.
+    /// token for the outage); so is an API call (a 401 would send a
+    /// script's user to sign in, into the outage); a page anyone may see is
+    /// served, as to a caller without a session. A dead grant still ends
+    /// the session: its page goes to sign in, its API call gets the 401.
     #[tokio::test]
     async fn an_issuer_outage_after_the_token_expired_keeps_the_session_whole() {
         use palisade_core::adapter::Decision;
@@ -4476,10 +4498,14 @@ mod tests {
             let Decision::Allow(_) = decided(&public, &page).await else {
                 panic!("{status}: a page anyone may see is refused")
             };
-            let Decision::Deny(r) = decided(&required, &api).await else {
-                panic!("{status}: an API call with an expired session")
-            };
-            assert_eq!(r.status(), 401, "{status}");
+            match decided(&required, &api).await {
+                Decision::Reply(reply) if !ends => {
+                    assert_eq!(reply.status(), 503, "{status}: an API call, as the page");
+                    assert!(reply.headers().any(|(n, v)| n == "retry-after" && v == "5"));
+                }
+                Decision::Deny(r) if ends => assert_eq!(r.status(), 401, "{status}"),
+                other => panic!("{status}: an API call with an expired session: {other:?}"),
+            }
         }
     }
 
@@ -4920,6 +4946,20 @@ mod tests {
         assert!(!is_navigation(
             &OwnedRequest::new("POST", "/p").header("accept", "text/html")
         ));
+        let navigate = || OwnedRequest::get("/p").header("sec-fetch-mode", "navigate");
+        assert!(is_navigation(&navigate().header("sec-fetch-dest", "document")));
+        for dest in ["iframe", "frame", "embed", "object"] {
+            assert!(
+                !is_navigation(&navigate().header("sec-fetch-dest", dest)),
+                "{dest}"
+            );
+        }
+        for purpose in ["prefetch", "prefetch;prerender", "prefetch;anonymous-client-ip"] {
+            assert!(
+                !is_navigation(&navigate().header("sec-purpose", purpose)),
+                "{purpose}"
+            );
+        }
     }
 
     #[test]
