@@ -195,6 +195,93 @@ fn ntlm_replayed_foreign_and_garbage_tokens_get_401_negotiate() {
     }
 }
 
+/// Refusals of this server's making, which refuse every user alike while
+/// they last, are said at `WARN` once a minute for each cause with what to
+/// do, and counted under their own reasons: a ticket for a service
+/// principal the keytab lacks (a load balancer's alias), a keytab left
+/// with an old key version after the service's key changed, and a client
+/// that answered with NTLM. Nothing else in the log: no ticket.
+#[test]
+fn tickets_refused_for_causes_of_this_servers_are_said_and_counted_by_cause() {
+    let r = realm();
+    let client = r.realm.client_env(&r.ccache);
+    let log = r.realm.dir().join("details-causes.log");
+    let log = log.to_str().unwrap();
+    let svc = common::start_logged(
+        "details",
+        &["--keytab", &keytab(&r), "--admin", "127.0.0.1:0"],
+        &server_env(&r, true),
+        log,
+    );
+    let whoami = |host: &str, client: &[(String, String)]| {
+        curl(
+            &[
+                "--negotiate",
+                "-u",
+                ":",
+                "--resolve",
+                &format!("{host}:{}:127.0.0.1", svc.port),
+                &format!("http://{host}:{}/whoami", svc.port),
+            ],
+            client,
+        )
+    };
+    assert_eq!(whoami("localhost", &client).0, 200, "the keytab works at first");
+    for _ in 0..2 {
+        let (status, headers, _, _) = whoami("elsewhere", &client);
+        assert_eq!(status, 401, "{headers}");
+    }
+    // The service's key changes in the realm; the keytab keeps the old
+    // version. alice signs in again, so that her cache holds no ticket of
+    // the old key.
+    r.realm.rekey_service("HTTP/localhost").unwrap();
+    let ccache = r.realm.kinit("alice", "alice-password").unwrap();
+    let client = r.realm.client_env(&ccache);
+    let mut tokens = Vec::new();
+    for _ in 0..2 {
+        let (status, headers, _, verbose) = whoami("localhost", &client);
+        assert_eq!(status, 401, "a ticket of the new key version: {headers}");
+        tokens.extend(sent_token(&verbose));
+    }
+    let ntlm = "Authorization: Negotiate TlRMTVNTUAABAAAAB4IIogAAAAAAAAAAAAAAAAAAAAAGAbEdAAAADw==";
+    let url = format!("http://localhost:{}/whoami", svc.port);
+    assert_eq!(curl(&["-H", ntlm, &url], &[]).0, 401);
+
+    let admin = svc
+        .banner
+        .iter()
+        .find_map(|l| l.strip_prefix("admin address "))
+        .expect("the admin address");
+    let (_, _, metrics, _) = curl(&[&format!("http://{admin}/metrics")], &[]);
+    for (reason, n) in [("not_in_keytab", 2), ("keytab_key_version", 2), ("ntlm", 1)] {
+        let line =
+            format!("palisade_authentication_failures_total{{method=\"spnego\",reason=\"{reason}\"}} {n}");
+        assert!(metrics.lines().any(|l| l == line), "no `{line}` in\n{metrics}");
+    }
+    let text = std::fs::read_to_string(log).unwrap();
+    let warned = |needle: &str| {
+        text.lines()
+            .filter(|l| l.contains("WARN") && l.contains(needle))
+            .collect::<Vec<_>>()
+    };
+    let missing = warned("cause=\"not_in_keytab\"");
+    assert!(
+        matches!(&missing[..], [one] if one.contains("HTTP/elsewhere") && one.contains("add its key to the keytab")),
+        "{text}"
+    );
+    let stale = warned("cause=\"keytab_key_version\"");
+    assert!(
+        matches!(&stale[..], [one] if one.contains("replace the keytab")),
+        "{text}"
+    );
+    let ntlm = warned("NTLM");
+    assert!(matches!(&ntlm[..], [one] if one.contains("localhost")), "{text}");
+    assert!(!tokens.is_empty());
+    for token in &tokens {
+        assert!(!text.contains(&token[..40]), "a ticket in the log:\n{text}");
+    }
+}
+
 #[test]
 fn a_missing_keytab_fails_at_start_up_with_one_line() {
     let out = Command::new(example("details"))

@@ -512,6 +512,30 @@ fn refused(detail: &'static str) -> AuthOutcome {
     ))
 }
 
+/// The 401 for an NTLM answer to the Negotiate challenge (reason `ntlm`),
+/// said at `WARN` once a minute with the host the client asked for: a
+/// browser answers with NTLM when it found no Kerberos ticket for this
+/// service, which, for users of the domain, is most often the service's
+/// name (no `HTTP/host` principal registered, or one registered twice) or
+/// a browser that does not trust the site for Negotiate.
+#[cold]
+#[inline(never)]
+fn ntlm_offered(req: &dyn RequestHead, kind: Kind) -> AuthOutcome {
+    palisade_core::sparse_warning!(
+        target: LOG_TARGET,
+        host = ?req.host().map(|h| h.chars().take(255).collect::<String>()),
+        "a client answered the Negotiate challenge with NTLM, which is refused: it found no Kerberos ticket for this service. For users of the domain, check that HTTP/<the host they asked for> is registered once, on the account whose key the keytab holds (setspn -Q), and that their browsers trust the site for Negotiate (the Local intranet zone, AuthServerAllowlist); palisade_authentication_failures_total{{reason=\"ntlm\"}} counts them; said once a minute"
+    );
+    AuthOutcome::Rejected(
+        Rejection::new(
+            ErrorKind::InvalidNegotiate,
+            kind.detail(),
+            vec!["Negotiate".into()],
+        )
+        .with_reason("ntlm"),
+    )
+}
+
 /// How long the ticket behind an accepted context has left: the context's
 /// lifetime less the clock skew MIT's acceptor adds to it (`clockskew`,
 /// five minutes unless the profile says otherwise;
@@ -639,6 +663,169 @@ impl LocalNames {
     }
 }
 
+/// Why GSSAPI refused a ticket, as far as an operator can act on it
+/// ([`Cause`]), with its message (MIT's, which names the service principal,
+/// the key version and the encryption type: none of them secret).
+#[derive(Debug)]
+struct Refusal {
+    cause: Cause,
+    message: String,
+}
+
+impl Refusal {
+    fn by_gssapi(e: &libgssapi::error::Error) -> Self {
+        let message = e.to_string();
+        Self {
+            cause: Cause::of(&message),
+            message,
+        }
+    }
+
+    /// The refusal's outcome: a 401 whose metric reason is the cause's. A
+    /// cause of this server's own (its keytab, its clock, its files) is
+    /// said at `WARN`, once a minute for each cause, with what to do: it
+    /// refuses every user alike while it lasts, which a refusal said at
+    /// `DEBUG` would hide. The rest (a client's expired or replayed ticket)
+    /// at `DEBUG`.
+    fn outcome(self) -> AuthOutcome {
+        let reason = self.cause.reason();
+        match self.cause.remedy() {
+            Some(remedy) => palisade_core::sparse_warning!(
+                per: reason;
+                target: LOG_TARGET,
+                cause = reason,
+                error = %self.message,
+                "Negotiate tickets are refused for a cause of this server's: {remedy} (palisade_authentication_failures_total counts them; said once a minute)"
+            ),
+            None => {
+                tracing::debug!(target: LOG_TARGET, cause = reason, error = %self.message, "Negotiate token refused by GSSAPI")
+            }
+        }
+        AuthOutcome::Rejected(
+            Rejection::new(
+                ErrorKind::InvalidNegotiate,
+                TokenKind::Kerberos.detail(),
+                vec!["Negotiate".into()],
+            )
+            .with_reason(reason),
+        )
+    }
+}
+
+/// A refusal found by Palisade's own checks of an accepted context.
+impl From<String> for Refusal {
+    fn from(message: String) -> Self {
+        Self {
+            cause: Cause::Other,
+            message,
+        }
+    }
+}
+
+impl From<&str> for Refusal {
+    fn from(message: &str) -> Self {
+        Self::from(message.to_owned())
+    }
+}
+
+/// The cause of a GSSAPI refusal, read from its message: MIT's acceptor
+/// says what went wrong in words that name the principal and the key
+/// version (`rd_req_dec.c`), where its minor status is no use (GSSAPI's
+/// mechanism glue maps it to a number of its own, and SPNEGO maps again).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cause {
+    /// The ticket's key version is not in the keytab: the service's key
+    /// changed (a password reset) and the keytab was not replaced.
+    KeyVersion,
+    /// No key for the ticket's service principal, or for its encryption
+    /// type, in the keytab: a name the realm knows (a load balancer's
+    /// alias) that the keytab lacks.
+    NotInKeytab,
+    /// The keytab's key for that version does not decrypt the ticket: the
+    /// key was set twice under one version, or the keytab is another's.
+    WrongKey,
+    /// This server's clock and the client's (or the KDC's) are further
+    /// apart than the allowed skew.
+    ClockSkew,
+    /// A file the acceptor needs (the replay cache, the keytab) cannot be
+    /// read or written: permissions, a read-only file system, a full disk.
+    Files,
+    /// The ticket has expired: the client's to renew.
+    Expired,
+    /// The ticket was seen before.
+    Replay,
+    /// Anything else (a malformed ticket, another realm's, Palisade's own
+    /// checks of the context).
+    Other,
+}
+
+impl Cause {
+    fn of(message: &str) -> Self {
+        let says = |words: &str| message.contains(words);
+        if says("keytab is likely out of date") || says("Specified version of key is not available") {
+            Self::KeyVersion
+        } else if says("not found in keytab")
+            || says("Cannot find key of appropriate type")
+            || says("No key table entry found")
+            || says("Key table entry not found")
+        {
+            Self::NotInKeytab
+        } else if says("cannot decrypt ticket") || says("Decrypt integrity check failed") {
+            Self::WrongKey
+        } else if says("Clock skew too great") || says("Ticket not yet valid") {
+            Self::ClockSkew
+        } else if says("Permission denied")
+            || says("Read-only file system")
+            || says("No space left on device")
+            || says("No such file or directory")
+        {
+            Self::Files
+        } else if says("Ticket expired") {
+            Self::Expired
+        } else if says("Request is a replay") {
+            Self::Replay
+        } else {
+            Self::Other
+        }
+    }
+
+    /// The `reason` label of `palisade_authentication_failures_total`.
+    fn reason(self) -> &'static str {
+        match self {
+            Self::KeyVersion => "keytab_key_version",
+            Self::NotInKeytab => "not_in_keytab",
+            Self::WrongKey => "keytab_wrong_key",
+            Self::ClockSkew => "clock_skew",
+            Self::Files => "acceptor_files",
+            Self::Expired => "ticket_expired",
+            Self::Replay => "replay",
+            Self::Other => "invalid_negotiate",
+        }
+    }
+
+    /// What to do, for a cause of this server's own.
+    fn remedy(self) -> Option<&'static str> {
+        Some(match self {
+            Self::KeyVersion => {
+                "the tickets name a key version the keytab does not hold (the service's key or password changed): replace the keytab, keeping the old version until the tickets of it expire"
+            }
+            Self::NotInKeytab => {
+                "the tickets are for a service principal the keytab has no key for (a host name or load balancer alias the realm knows): add its key to the keytab, or register the name on the account whose key the keytab holds"
+            }
+            Self::WrongKey => {
+                "the keytab's key does not decrypt the tickets (the service's password was set again under the same key version, or the keytab is another account's): export the keytab again"
+            }
+            Self::ClockSkew => {
+                "this machine's clock and the clients' or the KDC's are too far apart: check NTP"
+            }
+            Self::Files => {
+                "a file the Kerberos acceptor needs cannot be read or written (the replay cache in KRB5RCACHEDIR or /var/tmp, the keytab): check its permissions and that its file system is writable"
+            }
+            Self::Expired | Self::Replay | Self::Other => return None,
+        })
+    }
+}
+
 /// One GSSAPI accept of `token`: the client, the mutual-authentication
 /// token, the context's lifetime and a delegated credential. The local name
 /// is looked up (through `local_names`) only when given.
@@ -648,19 +835,19 @@ fn accept(
     http_only: bool,
     local_names: Option<&LocalNames>,
     skew: Duration,
-) -> Result<Accepted, String> {
+) -> Result<Accepted, Refusal> {
     let mut ctx = ServerCtx::new(Some(cred));
-    let out = ctx.step(token, None).map_err(|e| e.to_string())?;
+    let out = ctx.step(token, None).map_err(|e| Refusal::by_gssapi(&e))?;
     if !ctx.is_complete() {
         return Err("the context needs another round trip".into());
     }
     // The mechanism, the client's name and the lifetime in one inquiry.
-    let info = ctx.info().map_err(|e| e.to_string())?;
+    let info = ctx.info().map_err(|e| Refusal::by_gssapi(&e))?;
     if info.mechanism != GSS_MECH_KRB5 {
-        return Err(format!(
+        return Err(Refusal::from(format!(
             "the established mechanism is {:?}, not Kerberos",
             info.mechanism
-        ));
+        )));
     }
     // libgssapi's `Display` shows a name it cannot read as a fixed text,
     // which every such user would share: refused instead.
@@ -1255,6 +1442,9 @@ impl Authenticator for SpnegoAuthenticator {
             }
         };
         let kind = classify(&token);
+        if matches!(kind, Kind::Ntlm | Kind::SpnegoOther) {
+            return Check::Ready(ntlm_offered(req, kind));
+        }
         if !matches!(kind, Kind::SpnegoKerberos | Kind::Kerberos) {
             tracing::debug!(target: LOG_TARGET, ?kind, "Negotiate token refused before GSSAPI");
             return Check::Ready(refused(kind.detail()));
@@ -1334,7 +1524,7 @@ impl Authenticator for SpnegoAuthenticator {
                 result
             })
             .await
-            .unwrap_or_else(|_| Err("the GSSAPI call panicked".into()));
+            .unwrap_or_else(|_| Err(Refusal::from("the GSSAPI call panicked")));
             this.accepted(result, started)
         })
     }
@@ -1342,7 +1532,7 @@ impl Authenticator for SpnegoAuthenticator {
 
 impl SpnegoAuthenticator {
     /// The outcome of a GSSAPI accept that began at `started`, counted.
-    fn accepted(&self, result: Result<Accepted, String>, started: Instant) -> AuthOutcome {
+    fn accepted(&self, result: Result<Accepted, Refusal>, started: Instant) -> AuthOutcome {
         let s = &self.0.stats;
         let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         s.calls.fetch_add(1, Ordering::Relaxed);
@@ -1350,10 +1540,9 @@ impl SpnegoAuthenticator {
         s.max_nanos.fetch_max(nanos, Ordering::Relaxed);
         let accepted = match result {
             Ok(a) => a,
-            Err(e) => {
+            Err(refusal) => {
                 s.failures.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(target: LOG_TARGET, error = %e, "Negotiate token refused by GSSAPI");
-                return refused(Kind::Kerberos.detail());
+                return refusal.outcome();
             }
         };
         let identity = match self.identity(&accepted.principal, accepted.local_name.as_deref()) {
@@ -1392,6 +1581,42 @@ impl SpnegoAuthenticator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// MIT's acceptor's messages (`rd_req_dec.c`, the com_err tables) read
+    /// as causes: the ones this server can act on apart from the clients'.
+    #[test]
+    fn gssapi_refusals_are_read_as_their_causes() {
+        let gss = |minor: &str| {
+            format!("Unspecified GSS failure.  Minor code may provide more information ({minor})")
+        };
+        for (message, cause) in [
+            (
+                "Request ticket server HTTP/web@CORP.EXAMPLE kvno 3 not found in keytab; keytab is likely out of date",
+                Cause::KeyVersion,
+            ),
+            (
+                "Request ticket server HTTP/lb@CORP.EXAMPLE not found in keytab (ticket kvno 2)",
+                Cause::NotInKeytab,
+            ),
+            (
+                "Request ticket server HTTP/web@CORP.EXAMPLE kvno 2 enctype aes256-cts found in keytab but cannot decrypt ticket",
+                Cause::WrongKey,
+            ),
+            ("Clock skew too great", Cause::ClockSkew),
+            ("Ticket not yet valid", Cause::ClockSkew),
+            ("Permission denied", Cause::Files),
+            ("Read-only file system", Cause::Files),
+            ("Ticket expired", Cause::Expired),
+            ("Request is a replay", Cause::Replay),
+            ("ASN.1 encoding ended unexpectedly", Cause::Other),
+        ] {
+            assert_eq!(Cause::of(&gss(message)), cause, "{message}");
+            assert_eq!(
+                cause.remedy().is_some(),
+                !matches!(cause, Cause::Expired | Cause::Replay | Cause::Other)
+            );
+        }
+    }
 
     /// Only a cache of the process's own keeps S4U to the keytab's
     /// principal and its ticket to the process.

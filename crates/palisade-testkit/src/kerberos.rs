@@ -263,6 +263,17 @@ impl KerberosRealm {
         Ok(keytab)
     }
 
+    /// Gives `principal` a new random key (its key version goes up), as a
+    /// password reset of a service's account does: a keytab written before
+    /// holds only the old version, and tickets issued from now on name the
+    /// new one.
+    ///
+    /// # Errors
+    /// When `kadmin.local` fails.
+    pub fn rekey_service(&self, principal: &str) -> io::Result<()> {
+        self.kadmin(&format!("cpw -randkey {principal}"))
+    }
+
     /// Lets `principal` obtain tickets to itself on behalf of any user
     /// (S4U2Self, protocol transition): the `ok_to_auth_as_delegate` flag.
     ///
