@@ -282,6 +282,36 @@ fn tickets_refused_for_causes_of_this_servers_are_said_and_counted_by_cause() {
     }
 }
 
+/// A replay cache MIT could not write (here its directory does not exist;
+/// a read-only file system, a directory of another user's alike) fails at
+/// start-up naming the directory and `KRB5RCACHEDIR`, where it refused
+/// every ticket once the service was up.
+#[test]
+fn an_unwritable_replay_cache_fails_at_start_up() {
+    let r = realm();
+    let env: Vec<(String, String)> = server_env(&r, true)
+        .into_iter()
+        .map(|(k, v)| {
+            if k == "KRB5RCACHEDIR" {
+                (k, "/nonexistent-palisade-rcache".to_owned())
+            } else {
+                (k, v)
+            }
+        })
+        .collect();
+    let out = Command::new(example("details"))
+        .args(["--listen", "127.0.0.1:0", "--keytab", &keytab(&r)])
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("/nonexistent-palisade-rcache") && err.contains("KRB5RCACHEDIR"),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_missing_keytab_fails_at_start_up_with_one_line() {
     let out = Command::new(example("details"))

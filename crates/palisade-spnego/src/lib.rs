@@ -112,6 +112,18 @@ pub enum SpnegoError {
     /// off: a captured token could be replayed.
     #[error("the Kerberos replay cache is off ({0}); Palisade does not accept Negotiate without it")]
     ReplayCacheOff(String),
+    /// The directory MIT's replay cache is written in cannot be written:
+    /// every ticket would be refused (a read-only file system, a directory
+    /// that does not exist or is another user's).
+    #[error("the Kerberos replay cache cannot be written in {} ({from}): {message}; every ticket would be refused: set KRB5RCACHEDIR to a writable directory on local storage", dir.display())]
+    ReplayCacheUnwritable {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// Where its place comes from (`KRB5RCACHEDIR`, MIT's default).
+        from: String,
+        /// Why it cannot be written.
+        message: String,
+    },
     /// A token for an outbound call could not be made (no ticket for the
     /// service, the KDC refused the impersonation or the delegation).
     #[error("cannot make a Kerberos token for {service}: {source}")]
@@ -311,6 +323,16 @@ impl SpnegoAuthenticatorBuilder {
         let env = |var: &str| std::env::var(var).ok();
         if let Some(off) = profile::replay_cache_off(&env) {
             return Err(SpnegoError::ReplayCacheOff(off));
+        }
+        // MIT opens its replay cache at the first accept: a directory it
+        // cannot write in would refuse every ticket then, logged once a
+        // minute; said here, at start-up, instead.
+        if let Some((dir, from)) = profile::replay_cache_dir(&env) {
+            profile::writable(&dir).map_err(|e| SpnegoError::ReplayCacheUnwritable {
+                dir,
+                from,
+                message: e.to_string(),
+            })?;
         }
         let err = |e: libgssapi::error::Error| SpnegoError::Credentials {
             principal: self.service.clone(),

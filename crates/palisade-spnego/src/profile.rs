@@ -29,6 +29,54 @@ pub(crate) fn replay_cache_off(env: &dyn Fn(&str) -> Option<String>) -> Option<S
     is_none(&value).then(|| format!("default_rcache_name = {value} in {}", file.display()))
 }
 
+/// MIT's `DEFRCTMPDIR`, where the default replay cache is written when
+/// `KRB5RCACHEDIR` names no directory.
+const DEFAULT_RCACHE_DIR: &str = "/var/tmp";
+
+/// The directory MIT's replay cache will be written in, with where its
+/// place comes from: for the default cache (`dfl:`, MIT's `file2` cache
+/// `krb5_EUID.rcache2`), `KRB5RCACHEDIR` or `/var/tmp`; for a `file2:PATH`
+/// cache named in the environment or the profile, `PATH`'s directory.
+/// `None` for a cache of another type, or one that is off
+/// ([`replay_cache_off`]).
+pub(crate) fn replay_cache_dir(env: &dyn Fn(&str) -> Option<String>) -> Option<(PathBuf, String)> {
+    let (name, named_by) = match (env("KRB5RCACHENAME"), env("KRB5RCACHETYPE")) {
+        (Some(name), _) => (name, "KRB5RCACHENAME".to_owned()),
+        (None, Some(kind)) => (format!("{kind}:"), "KRB5RCACHETYPE".to_owned()),
+        (None, None) => match libdefault(env, "default_rcache_name") {
+            Some((name, file)) => (name, format!("default_rcache_name in {}", file.display())),
+            None => ("dfl:".to_owned(), "MIT's default".to_owned()),
+        },
+    };
+    let (kind, residual) = name.trim().split_once(':').unwrap_or((name.trim(), ""));
+    match kind.to_ascii_lowercase().as_str() {
+        "dfl" => Some(match env("KRB5RCACHEDIR") {
+            Some(dir) => (PathBuf::from(dir), "KRB5RCACHEDIR".to_owned()),
+            None => (
+                PathBuf::from(DEFAULT_RCACHE_DIR),
+                "MIT's default, as KRB5RCACHEDIR is unset".to_owned(),
+            ),
+        }),
+        "file2" if !residual.is_empty() => {
+            let dir = Path::new(residual)
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())?;
+            Some((dir.to_owned(), named_by))
+        }
+        _ => None,
+    }
+}
+
+/// Whether a file can be made in `dir`: one is made and removed.
+pub(crate) fn writable(dir: &Path) -> std::io::Result<()> {
+    let probe = dir.join(format!(".palisade-rcache-probe-{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)?;
+    std::fs::remove_file(&probe)
+}
+
 /// The clock skew MIT's acceptor allows (`[libdefaults] clockskew`, in
 /// seconds; 300 when unset or not a number, as MIT reads it), which it
 /// adds to an accepted context's lifetime.
@@ -156,6 +204,57 @@ mod tests {
             let found = replay_cache_off(&env(vec![("KRB5_CONFIG", with)])).unwrap();
             assert!(found.contains("rcache.conf"), "{found}");
         }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Where MIT writes its replay cache, as it resolves the cache's name:
+    /// the default cache in `KRB5RCACHEDIR` (else `/var/tmp`), a `file2:`
+    /// cache in its file's directory, from the environment or the
+    /// profile; no directory for another type. A directory that does not
+    /// exist cannot be written in; one that does, can.
+    #[test]
+    fn the_replay_caches_directory_is_found_as_mit_resolves_it() {
+        let env = |vars: Vec<(&'static str, String)>| {
+            move |name: &str| vars.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone())
+        };
+        let none = "/nonexistent-palisade-profile".to_owned();
+        let at = |vars: Vec<(&'static str, String)>| {
+            let mut vars = vars;
+            vars.push(("KRB5_CONFIG", none.clone()));
+            replay_cache_dir(&env(vars)).map(|(d, from)| (d.display().to_string(), from))
+        };
+        assert_eq!(at(vec![]).map(|(d, _)| d).as_deref(), Some("/var/tmp"));
+        assert_eq!(
+            at(vec![("KRB5RCACHEDIR", "/srv/rc".into())]),
+            Some(("/srv/rc".to_owned(), "KRB5RCACHEDIR".to_owned()))
+        );
+        assert_eq!(
+            at(vec![("KRB5RCACHENAME", "file2:/srv/rc/web.rcache2".into())]),
+            Some(("/srv/rc".to_owned(), "KRB5RCACHENAME".to_owned()))
+        );
+        assert_eq!(
+            at(vec![
+                ("KRB5RCACHETYPE", "dfl".into()),
+                ("KRB5RCACHEDIR", "/srv/x".into())
+            ])
+            .map(|(d, _)| d),
+            Some("/srv/x".to_owned())
+        );
+        assert_eq!(at(vec![("KRB5RCACHETYPE", "memory".into())]), None);
+        let dir = std::env::temp_dir().join(format!("palisade-rcdir-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let conf = dir.join("krb5.conf");
+        std::fs::write(&conf, "[libdefaults]\n default_rcache_name = file2:/srv/p/rc\n").unwrap();
+        let from_profile = replay_cache_dir(&env(vec![("KRB5_CONFIG", conf.display().to_string())])).unwrap();
+        assert_eq!(from_profile.0, Path::new("/srv/p"));
+        assert!(from_profile.1.contains("krb5.conf"), "{}", from_profile.1);
+        assert!(writable(&dir).is_ok());
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            1,
+            "the probe is removed"
+        );
+        assert!(writable(&dir.join("missing")).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
