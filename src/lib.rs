@@ -15,7 +15,7 @@
 //! | `spnego` | [`spnego`] | Kerberos (HTTP Negotiate); needs the system's MIT Kerberos, never a default |
 //! | `testkit` | [`testkit`] | an in-process OpenID issuer for tests and demos |
 //! | `signin` | [`signin`] | browser sign-in as an OpenID Connect relying party (turns on `jwt`) |
-//! | `redis` | (features of `signin` and `jwt`) | session and revocation stores, DPoP replay cache in Redis (turns on `signin`) |
+//! | `redis` | (features of `signin` and `jwt`) | in Redis, for what is on: sign-in's session and revocation stores (with `signin`), DPoP's replay cache (with `jwt`) |
 //! | `client` | [`client`] | outbound credentials: token relay, client credentials, token exchange (upstream TLS is `mtls`'s `UpstreamTls`) |
 //! | `tonic` | (features of `core`, `client` and `axum`) | `From<Rejection> for tonic::Status` for checks in a tonic handler; `CredentialsLayer`'s failures as `tonic::Status` (`UNAUTHENTICATED`, `UNAVAILABLE`); the layer under tonic's own `Server` (the connection's addresses read, `NamedService`) |
 //! | `full` | all of the above | |

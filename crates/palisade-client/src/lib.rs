@@ -81,6 +81,10 @@ pub use grant::{ClientCredentials, ClientCredentialsBuilder};
 #[cfg(feature = "spnego")]
 pub use kerberos::{Kerberos, KerberosCaller, MutualAuthentication, S4uUsers};
 pub use layer::{CredentialsLayer, CredentialsService};
+/// The reqwest whose requests [`Upstreams::apply`] completes and whose
+/// responses [`Sent::answered_by`] reads: name its types through here, so
+/// that they are the same version (reqwest 0.13).
+pub use reqwest;
 pub use sent::Sent;
 pub use upstreams::{Credentials, Upstreams, UpstreamsBuilder};
 

@@ -47,5 +47,11 @@ pub mod axum;
 pub use client::{ClientTls, ClientTlsBuilder};
 pub use identity::{SpiffeId, SpiffeIdError, fingerprint_sha256, peer_identity};
 pub use peer_auth::mode_for_port;
+/// The rustls this crate's configurations are of
+/// ([`ServerTls::server_config`], [`ClientTls::client_config`]): name its
+/// types through here, so that they are the same version.
+pub use rustls;
 pub use server::{LOG_TARGET, MtlsMode, ServerTls, ServerTlsBuilder, TlsError};
+/// The tokio-rustls of [`ClientTls::connector`].
+pub use tokio_rustls;
 pub use upstream::{MeshIdentity, UpstreamRoute, UpstreamTls, UpstreamTransport};
