@@ -183,6 +183,9 @@ pub(crate) struct Config {
     /// `scheme://host[:port]` browsers reach this service at, when a
     /// proxy in front of it ends TLS or rewrites `Host`.
     pub(crate) external_origin: Option<String>,
+    /// Other origins of the service's own ([`SignInBuilder::trusted_origin`]),
+    /// as [`origin_key`](palisade_core::syntax::origin_key) writes them.
+    pub(crate) trusted_origins: Vec<String>,
     /// The issuer's names for the user's name and roles.
     pub(crate) claim_names: crate::session::ClaimNames,
     /// Extra parameters of the authorization request, in order.
@@ -262,6 +265,7 @@ impl SignInBuilder {
                 timeout: Duration::from_secs(5),
                 ca_pem: None,
                 external_origin: None,
+                trusted_origins: Vec::new(),
                 claim_names,
                 authorization_params: Vec::new(),
             },
@@ -373,6 +377,22 @@ impl SignInBuilder {
     /// fails [`SignInBuilder::build`].
     pub fn external_origin(mut self, origin: impl Into<String>) -> Self {
         self.config.external_origin = Some(origin.into());
+        self
+    }
+
+    /// An origin of the service's own other than its own (a single-page
+    /// application at `https://app.shop.example` calling this service at
+    /// `https://api.shop.example`): a sign-in may return to a page of it
+    /// (`loginPath?return_to=https://app.shop.example/orders`), and a
+    /// logout its page posts ends the session without asking to confirm.
+    /// Give the guard the same origins
+    /// ([`GuardBuilder::trusted_origin`](palisade_core::GuardBuilder::trusted_origin)),
+    /// for the session to count on its writes; from a policy file, an
+    /// `AuthorizationSettings` document's `trustedOrigins` does both. An
+    /// origin with a path, user information or another scheme fails
+    /// [`SignInBuilder::build`].
+    pub fn trusted_origin(mut self, origin: impl Into<String>) -> Self {
+        self.config.trusted_origins.push(origin.into());
         self
     }
 

@@ -652,6 +652,15 @@ impl SignInBuilder {
             // As a browser writes it in `Origin`.
             *o = palisade_core::syntax::origin_key(o);
         }
+        for o in &mut config.trusted_origins {
+            if !palisade_core::syntax::is_origin(o) {
+                return Err(SignInError::Config(format!(
+                    "trusted origin `{}` is not an http(s) origin (scheme, host and port only)",
+                    palisade_core::syntax::url_without_credentials(o)
+                )));
+            }
+            *o = palisade_core::syntax::origin_key(o);
+        }
         if config.idle_timeout > config.absolute_timeout {
             return Err(SignInError::Config(
                 "the idle timeout is longer than the absolute timeout".into(),
@@ -1059,6 +1068,24 @@ impl SignIn {
         Some(reply)
     }
 
+    /// Where a sign-in may return to: a path of this origin
+    /// ([`local_target`]), or an absolute http(s) URL, without user
+    /// information, on one of the trusted origins
+    /// ([`SignInBuilder::trusted_origin`]), taken whole.
+    pub(crate) fn return_target<'t>(&self, target: &'t str) -> Option<Cow<'t, str>> {
+        if let Some(local) = local_target(target) {
+            return Some(local);
+        }
+        let trusted = &self.0.config.trusted_origins;
+        let on_trusted = !trusted.is_empty()
+            && target.is_ascii()
+            && palisade_core::syntax::is_landing_uri(target)
+            && !target.starts_with('/')
+            && palisade_core::syntax::url_origin(target)
+                .is_some_and(|o| !o.contains('@') && trusted.contains(&palisade_core::syntax::origin_key(o)));
+        on_trusted.then_some(Cow::Borrowed(target))
+    }
+
     /// `GET loginPath?return_to=/path`.
     fn login(&self, req: &dyn RequestHead) -> Reply {
         if !matches!(req.method(), "GET" | "HEAD") {
@@ -1072,8 +1099,11 @@ impl SignIn {
             Some(rest) if rest.starts_with('/') => rest.to_owned(),
             _ => requested,
         };
-        let Some(target) = local_target(&target) else {
-            return problem(400, "return_to must be a path of this service");
+        let Some(target) = self.return_target(&target) else {
+            return problem(
+                400,
+                "return_to must be a path of this service, or a page of one of its trusted origins",
+            );
         };
         self.start_sign_in(req, &target, false)
             .unwrap_or_else(|| self.not_started(req))
@@ -1298,7 +1328,9 @@ impl SignIn {
         tracing::info!(target: LOG_TARGET, subject = ?session.sub, "signed in");
         // Checked again: a login-state cookie of an earlier release may
         // hold its target decoded.
-        let target = local_target(&state.return_to).map_or_else(|| "/".to_owned(), Cow::into_owned);
+        let target = self
+            .return_target(&state.return_to)
+            .map_or_else(|| "/".to_owned(), Cow::into_owned);
         Ok(with_cookies(Reply::redirect(target), cookies))
     }
 
@@ -2185,6 +2217,16 @@ impl SignIn {
         }
     }
 
+    /// Whether the request's `Origin` is one of the trusted origins
+    /// ([`SignInBuilder::trusted_origin`]).
+    fn from_trusted_origin(&self, req: &dyn RequestHead) -> bool {
+        let trusted = &self.0.config.trusted_origins;
+        !trusted.is_empty()
+            && req
+                .header_str("origin")
+                .is_some_and(|o| trusted.contains(&palisade_core::syntax::origin_key(o)))
+    }
+
     /// `logoutPath`: ends the session here, then at the issuer.
     fn logout(&self, req: &dyn RequestHead) -> Check<Reply> {
         if !matches!(req.method(), "GET" | "POST") {
@@ -2193,7 +2235,9 @@ impl SignIn {
         // Started by another site (a link, an image, a form: logout CSRF),
         // as the browser says: asked to confirm, as Spring Security and
         // Keycloak do. The page's form posts from this origin.
-        if palisade_core::authn::started_elsewhere(req, self.0.config.external_origin.as_deref()) {
+        if palisade_core::authn::started_elsewhere(req, self.0.config.external_origin.as_deref())
+            && !self.from_trusted_origin(req)
+        {
             return Check::Ready(confirm_logout(&self.0.config.logout_path));
         }
         let secure = self.secure(req);
@@ -2993,6 +3037,77 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(down.waiting_for().is_some());
+    }
+
+    /// A trusted origin's page may be returned to after sign-in, whole;
+    /// no other origin's, however its URL is dressed (user information, a
+    /// longer host, another scheme, `//`). A logout a trusted origin's
+    /// page posts is taken; another origin's is asked to confirm, and
+    /// without trusted origins so is every one but this origin's.
+    #[tokio::test]
+    async fn a_trusted_origin_is_returned_to_and_its_logout_taken() {
+        let key = CookieKey::new("k1", &[1; 32]).unwrap();
+        let build = |trusted: Option<&str>| {
+            let mut b = SignIn::builder("http://127.0.0.1:9", "shop")
+                .keys(vec![key.clone()])
+                .store(Arc::new(MemoryStore::new()));
+            if let Some(t) = trusted {
+                b = b.trusted_origin(t);
+            }
+            b.build().unwrap()
+        };
+        let trusting = build(Some("https://APP.shop.example:443"));
+        let plain = build(None);
+        let page = "https://app.shop.example/orders?x=1#top";
+        assert_eq!(trusting.return_target(page).as_deref(), Some(page));
+        assert_eq!(trusting.return_target("/p").as_deref(), Some("/p"));
+        for other in [
+            "https://evil.example/",
+            "https://app.shop.example@evil.example/",
+            "https://app.shop.example.evil.example/",
+            "http://app.shop.example/",
+            "//app.shop.example/",
+            "https://app.shop.example/a b",
+        ] {
+            assert_eq!(trusting.return_target(other), None, "{other}");
+        }
+        assert_eq!(plain.return_target(page), None);
+        // `loginPath` refuses an untrusted page at once (400); a trusted
+        // one goes on (here to the 503 of an issuer not discovered yet).
+        let login = |sign_in: &SignIn, to: &str| {
+            let req = OwnedRequest::get(&format!("/login?return_to={}", form_encode(to)))
+                .header("host", "api.shop.example");
+            sign_in.login(&req).status()
+        };
+        assert_eq!(login(&plain, page), 400);
+        assert_eq!(login(&trusting, "https://evil.example/"), 400);
+        assert_ne!(login(&trusting, page), 400);
+        let logout = |sign_in: &SignIn, origin: &str| {
+            let req = OwnedRequest::new("POST", "/oauth2/logout")
+                .header("host", "api.shop.example")
+                .header("sec-fetch-site", "same-site")
+                .header("origin", origin);
+            sign_in.logout(&req)
+        };
+        let status = |check: Check<Reply>| async move {
+            match check {
+                Check::Ready(r) => r.status(),
+                Check::Pending(f) => f.await.status(),
+            }
+        };
+        let taken = status(logout(&trusting, "https://app.shop.example")).await;
+        assert_eq!(taken, 302, "taken");
+        let other = status(logout(&trusting, "https://blog.shop.example")).await;
+        assert_eq!(other, 200, "asked to confirm");
+        let untrusted = status(logout(&plain, "https://app.shop.example")).await;
+        assert_eq!(untrusted, 200, "asked to confirm");
+        assert!(
+            SignIn::builder("http://127.0.0.1:9", "shop")
+                .keys(vec![key.clone()])
+                .trusted_origin("https://app.shop.example/path")
+                .build()
+                .is_err()
+        );
     }
 
     /// Waits for `sign_in`'s discovery, which runs on a thread of its own

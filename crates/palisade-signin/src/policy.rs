@@ -169,6 +169,24 @@ fn builder<'a>(
     policy: &WorkloadPolicy<'a>,
     connect: bool,
 ) -> Result<Option<(SignInBuilder, &'a Document)>, PolicyError> {
+    let found = found_builder(policy, connect)?;
+    // The workload's trusted origins (`AuthorizationSettings`), which the
+    // guard trusts with the session's writes: returned to after sign-in,
+    // and their logouts taken.
+    Ok(found.map(|(mut b, doc)| {
+        for (_, settings) in policy.authorization_settings() {
+            for origin in &settings.trusted_origins {
+                b = b.trusted_origin(origin.clone());
+            }
+        }
+        (b, doc)
+    }))
+}
+
+fn found_builder<'a>(
+    policy: &WorkloadPolicy<'a>,
+    connect: bool,
+) -> Result<Option<(SignInBuilder, &'a Document)>, PolicyError> {
     Ok(match policy.sign_in()? {
         Some(SignInDocument::OidcLogin(doc, spec)) => Some((from_login(policy, doc, spec, connect)?, doc)),
         Some(SignInDocument::KeycloakAdapter(doc, k, client)) => {
@@ -270,6 +288,38 @@ spec:
 "
         );
         PolicySet::from_yaml_str(&yaml, "login.yaml").unwrap()
+    }
+
+    /// The workload's `trustedOrigins` are sign-in's too.
+    #[test]
+    fn the_workloads_trusted_origins_are_sign_ins() {
+        let key = palisade_testkit::TempDir::new("palisade-signin-trusted");
+        let file = key.path().join("k1.key");
+        std::fs::write(&file, [7u8; 32]).unwrap();
+        let yaml = format!(
+            "apiVersion: palisade.dev/v1alpha1
+kind: OidcLogin
+metadata: {{name: login}}
+spec:
+  selector: {{matchLabels: {{app: productpage}}}}
+  issuer: http://127.0.0.1:9/realms/istio
+  clientId: productpage
+  session: {{keys: [{{id: k1, keyFile: {}}}]}}
+---
+apiVersion: palisade.dev/v1alpha1
+kind: AuthorizationSettings
+metadata: {{name: settings}}
+spec:
+  trustedOrigins: ['https://App.shop.example']
+",
+            file.display()
+        );
+        let set = PolicySet::from_yaml_str(&yaml, "t.yaml").unwrap();
+        let sign_in = SignIn::from_policy(&set.for_workload(&Workload::new("productpage", "default")))
+            .unwrap()
+            .unwrap();
+        let page = "https://app.shop.example/orders";
+        assert_eq!(sign_in.return_target(page).as_deref(), Some(page));
     }
 
     #[test]
