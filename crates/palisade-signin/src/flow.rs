@@ -2219,7 +2219,7 @@ impl SignIn {
 
     /// Whether the request's `Origin` is one of the trusted origins
     /// ([`SignInBuilder::trusted_origin`]).
-    fn from_trusted_origin(&self, req: &dyn RequestHead) -> bool {
+    fn sent_from_trusted_origin(&self, req: &dyn RequestHead) -> bool {
         let trusted = &self.0.config.trusted_origins;
         !trusted.is_empty()
             && req
@@ -2236,7 +2236,7 @@ impl SignIn {
         // as the browser says: asked to confirm, as Spring Security and
         // Keycloak do. The page's form posts from this origin.
         if palisade_core::authn::started_elsewhere(req, self.0.config.external_origin.as_deref())
-            && !self.from_trusted_origin(req)
+            && !self.sent_from_trusted_origin(req)
         {
             return Check::Ready(confirm_logout(&self.0.config.logout_path));
         }
