@@ -587,7 +587,8 @@ struct Pool<T: Clone> {
     idle: std::sync::Mutex<Vec<T>>,
     spare: T,
     /// How many there are, lent or idle, the spare not counted unless
-    /// among them.
+    /// among them ([`take_or_make`](Self::take_or_make)'s bound).
+    #[cfg_attr(not(feature = "s4u"), allow(dead_code))]
     made: AtomicUsize,
 }
 
