@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use actix_web::{App, HttpResponse, web};
 use axum::body::Body;
-use axum::routing::get;
+use axum::routing::{get, post};
 use palisade::core::policy::{PolicySet, Workload};
 use palisade::prelude::Identity;
 use palisade::testkit::TestIssuer;
@@ -1973,6 +1973,89 @@ async fn a_refused_body_is_not_read_on_actix() {
     let (status, connection) = answer(actix_web::test::TestRequest::get()).await;
     assert_eq!(status, 401);
     assert_ne!(connection, close, "no body: the connection is kept");
+}
+
+/// Where the guard lets anyone in and a route policy or a handler asks for
+/// a user, a cross-origin write whose cookie the guard set aside is
+/// refused as the guard would refuse it: 403, problem type `cross-origin`,
+/// not the 401 a page's script reads as "signed out"; the same write from
+/// this origin is the user's. Both frameworks alike.
+#[actix_web::test]
+async fn a_route_policy_or_handler_refuses_a_cross_origin_write_whose_cookie_was_set_aside_with_403() {
+    use palisade::core::authz::authenticated;
+    let issuer = TestIssuer::builder().default_audience("details").start().unwrap();
+    let yaml = format!(
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt}}\nspec:\n  jwtRules:\n  - issuer: {}\n    jwksUri: {}\n    audiences: [details]\n    fromCookies: [session]\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: open}}\nspec:\n  rules: [{{}}]\n",
+        issuer.issuer(),
+        issuer.jwks_uri()
+    );
+    let set = PolicySet::from_yaml_str(&yaml, "t.yaml").unwrap();
+    let guard = palisade::guard_from_policy(&set, &Workload::new("details", "default")).unwrap();
+    let router = axum::Router::new()
+        .route(
+            "/required",
+            post(|| async { "served" }).route_layer(palisade::axum::require(authenticated())),
+        )
+        .route("/identity", post(|_: Identity| async { "served" }))
+        .layer(palisade::axum::PalisadeLayer::new(guard.clone()));
+    let app = actix_web::test::init_service(
+        App::new()
+            .wrap(palisade::actix::Palisade::new(guard.clone()))
+            .service(
+                web::resource("/required")
+                    .wrap(palisade::actix::Require::new(authenticated()))
+                    .route(web::post().to(|| async { "served" })),
+            )
+            .route("/identity", web::post().to(|_: Identity| async { "served" })),
+    )
+    .await;
+    let token = issuer.token().subject("erin").sign();
+    for path in ["/required", "/identity"] {
+        for (origin, status) in [
+            ("https://evil.example", 403),
+            ("https://details.shop.example", 200),
+        ] {
+            let headers = [
+                ("cookie", format!("session={token}")),
+                ("host", "details.shop.example".to_owned()),
+                ("origin", origin.to_owned()),
+            ];
+            let mut req = http::Request::post(path);
+            for (k, v) in &headers {
+                req = req.header(*k, v.as_str());
+            }
+            let res = router
+                .clone()
+                .oneshot(req.body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            let axum_status = res.status().as_u16();
+            let axum_body = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
+            let mut req = actix_web::test::TestRequest::post().uri(path);
+            for (k, v) in &headers {
+                req = req.append_header((*k, v.as_str()));
+            }
+            let res = actix_web::test::call_service(&app, req.to_request()).await;
+            let actix_status = res.status().as_u16();
+            let actix_body = actix_web::test::read_body(res).await;
+            assert_eq!(
+                (axum_status, actix_status),
+                (status, status),
+                "{path} from {origin}"
+            );
+            assert_eq!(
+                axum_body, actix_body,
+                "{path} from {origin}: the frameworks differ"
+            );
+            if status == 403 {
+                let body = String::from_utf8_lossy(&axum_body);
+                assert!(
+                    body.contains("urn:palisade:problem:cross-origin"),
+                    "{path}: {body}"
+                );
+            }
+        }
+    }
 }
 
 /// A route no Palisade middleware guards (a wiring mistake) answers 500

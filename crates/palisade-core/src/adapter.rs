@@ -1305,7 +1305,7 @@ pub fn authorize_route(
         let guard = auth.compiled();
         refused(
             auth,
-            guard.sign_in_or(req, guard.refusal(auth.identity(), access)),
+            guard.sign_in_or(req, auth.refused(guard.refusal(auth.identity(), access))),
             rendering,
         )
     }

@@ -107,6 +107,10 @@ pub struct Rejection {
     reason: &'static str,
 }
 
+/// The reason of [`Rejection::cross_origin`]'s refusal, whose problem type
+/// is `urn:palisade:problem:cross-origin`.
+const CROSS_ORIGIN: &str = "cross_origin";
+
 /// The media type of [`Rejection::problem_json`].
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -246,7 +250,8 @@ impl Rejection {
 
     /// A refusal for want of a credential, of a request that carried one
     /// the guard set aside because another origin started it (a cookie or
-    /// a Kerberos ticket on a cross-origin `POST`): a 403 saying so, as Go's
+    /// a Kerberos ticket on a cross-origin `POST`): a 403 saying so (problem
+    /// type `urn:palisade:problem:cross-origin`), as Go's
     /// `CrossOriginProtection` and Spring Security's CSRF check answer, not
     /// a 401 that a browser's script reads as "signed out" and answers by
     /// signing in again, to be refused the same way. Any other refusal as
@@ -259,7 +264,7 @@ impl Rejection {
                 "another origin started this request, and a credential the browser sends by itself (a session cookie, a Kerberos ticket) does not authenticate such a request; origins of the service's own are named in trustedOrigins",
             );
             self.challenges = Vec::new();
-            self.reason = "cross_origin";
+            self.reason = CROSS_ORIGIN;
         }
         self
     }
@@ -322,7 +327,14 @@ impl Rejection {
     /// The RFC 9457 problem document.
     #[must_use]
     pub fn problem_json(&self) -> String {
-        problem_document(self.kind.as_str(), self.kind.title(), self.status(), &self.detail)
+        // A cross-origin refusal has a type of its own, for a page's script
+        // to tell from the policy's 403 ([`cross_origin`](Self::cross_origin)).
+        let (kind, title) = if self.reason == CROSS_ORIGIN {
+            ("cross-origin", "Cross-origin request refused")
+        } else {
+            (self.kind.as_str(), self.kind.title())
+        };
+        problem_document(kind, title, self.status(), &self.detail)
     }
 }
 

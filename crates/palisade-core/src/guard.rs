@@ -27,6 +27,11 @@ pub const LOG_TARGET: &str = "palisade";
 const NO_AUTHENTICATOR: &str =
     "this resource needs an authenticated caller, and none of the authenticators here could give one";
 
+/// The mark, in a request's record, of a credential the browser sent by
+/// itself that the guard set aside, another origin having started the
+/// request ([`RequestAuth::refused`]).
+struct SetAside;
+
 /// The headers an interactive authenticator reads to tell a browser's
 /// navigation from an API call.
 pub(crate) const SIGN_IN_HEADERS: &[&str] = &[
@@ -94,7 +99,19 @@ impl RequestAuth {
     /// offers one (a 401 names how to authenticate, RFC 9110 §11.6.1).
     #[must_use]
     pub fn missing_credential(&self) -> Rejection {
-        self.compiled.missing_credential().or_outright(NO_AUTHENTICATOR)
+        self.refused(self.compiled.missing_credential())
+            .or_outright(NO_AUTHENTICATOR)
+    }
+
+    /// `rejection`, for this request: a refusal for want of a credential
+    /// says that another origin started the request, where the guard set
+    /// aside a credential the browser sent by itself ([`Rejection::cross_origin`]).
+    pub(crate) fn refused(&self, rejection: Rejection) -> Rejection {
+        if self.attachments.get::<SetAside>().is_some() {
+            rejection.cross_origin()
+        } else {
+            rejection
+        }
     }
 
     /// Checks a requirement in the handler, where it depends on what the
@@ -1337,7 +1354,8 @@ impl Share<Compiled> {
     }
 
     /// The admission of a request: its record, kept with this share, and
-    /// its edits.
+    /// its edits. A credential set aside is marked in the record
+    /// ([`SetAside`]), for a route policy's or a handler's refusal.
     #[inline]
     fn admission(
         self: &Arc<Self>,
@@ -1345,6 +1363,9 @@ impl Share<Compiled> {
         access: AccessDecision,
         rare: Option<Box<Rare>>,
     ) -> Decision {
+        if acc.set_aside {
+            acc.attachments.push(SetAside);
+        }
         Decision::Allow(Admission {
             auth: RequestAuth {
                 identity: acc.identity.take(),
@@ -1798,6 +1819,13 @@ mod tests {
             assert_eq!(reply.status(), 403, "waits: {waits}");
             let rejection = reply.rejection().expect("a refusal");
             assert_eq!(rejection.reason(), "cross_origin");
+            assert!(
+                rejection
+                    .problem_json()
+                    .contains("urn:palisade:problem:cross-origin"),
+                "{}",
+                rejection.problem_json()
+            );
             assert!(
                 rejection.detail().contains("another origin"),
                 "{}",

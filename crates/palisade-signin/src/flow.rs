@@ -1693,11 +1693,18 @@ impl SignIn {
         s.rt.is_some() && s.at_exp <= t && self.usable(s, t)
     }
 
-    /// Whether `req` carries a session cookie and the store cannot say now
-    /// whether any session was ended (a shared store out of reach, its
+    /// Whether `req` carries a session cookie this service sealed and the
+    /// store cannot say now whether any session was ended (a shared store out of reach, its
     /// copy of the revocations too old to trust).
     fn revocations_unknown(&self, req: &dyn RequestHead) -> bool {
-        let carries = matches!(self.sealer(self.secure(req)).raw(req), RawCookie::Present { .. });
+        // A cookie this service sealed: one that does not open (a forged
+        // or foreign value) gets the 401 of a request without a session,
+        // not the outage's 503 (bad input gets a 4xx).
+        let sealer = self.sealer(self.secure(req));
+        let carries = match sealer.raw(req) {
+            RawCookie::Present { value, .. } => sealer.open_raw(&value).is_ok(),
+            _ => false,
+        };
         let probe = SessionRef {
             id: "",
             issuer: &self.0.config.issuer,
@@ -3488,6 +3495,21 @@ mod tests {
             !reply.headers().any(|(n, _)| n == "set-cookie"),
             "the browser keeps its cookie"
         );
+        // An API call too (a 401 would send a script's user to sign in).
+        let api = OwnedRequest::get("/api")
+            .header("host", "app.test")
+            .header("sec-fetch-mode", "cors")
+            .header("cookie", session_cookie(key.clone(), &Payload::Inline(alice())));
+        assert_eq!(down.sign_in(&api).expect("an answer").status(), 503);
+        // A cookie of the session's name that this service did not seal (of
+        // another key under the same id) is no session: bad input, not the
+        // outage's 503.
+        let other_key = CookieKey::new("k1", &[2; 32]).unwrap();
+        let forged = OwnedRequest::get("/api")
+            .header("host", "app.test")
+            .header("sec-fetch-mode", "cors")
+            .header("cookie", session_cookie(other_key, &Payload::Inline(alice())));
+        assert!(down.sign_in(&forged).is_none(), "the 401");
         // Without a cookie, and with a store that answers, sign-in as ever.
         assert_eq!(down.sign_in(&page).expect("a redirect").status(), 302);
         let Check::Ready(AuthOutcome::Authenticated(_)) = up.authenticate(&with_cookie) else {
