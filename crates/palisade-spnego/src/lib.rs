@@ -534,8 +534,10 @@ fn refused(detail: &'static str) -> AuthOutcome {
     ))
 }
 
-/// The 401 for an NTLM answer to the Negotiate challenge (reason `ntlm`),
-/// said at `WARN` once a minute with the host the client asked for: a
+/// The 401 for an answer to the Negotiate challenge that is not Kerberos:
+/// NTLM (reason `ntlm`), or SPNEGO offering another mechanism first
+/// (`not_kerberos`: NTLM wrapped in SPNEGO, NegoEx, or a token cut short).
+/// Said at `WARN` once a minute with the host the client asked for: a
 /// browser answers with NTLM when it found no Kerberos ticket for this
 /// service, which, for users of the domain, is most often the service's
 /// name (no `HTTP/host` principal registered, or one registered twice) or
@@ -543,10 +545,16 @@ fn refused(detail: &'static str) -> AuthOutcome {
 #[cold]
 #[inline(never)]
 fn ntlm_offered(req: &dyn RequestHead, kind: Kind) -> AuthOutcome {
+    let reason = if kind == Kind::Ntlm {
+        "ntlm"
+    } else {
+        "not_kerberos"
+    };
     palisade_core::sparse_warning!(
         target: LOG_TARGET,
         host = ?req.host().map(|h| h.chars().take(255).collect::<String>()),
-        "a client answered the Negotiate challenge with NTLM, which is refused: it found no Kerberos ticket for this service. For users of the domain, check that HTTP/<the host they asked for> is registered once, on the account whose key the keytab holds (setspn -Q), and that their browsers trust the site for Negotiate (the Local intranet zone, AuthServerAllowlist); palisade_authentication_failures_total{{reason=\"ntlm\"}} counts them; said once a minute"
+        reason,
+        "a client answered the Negotiate challenge with NTLM or another mechanism than Kerberos, which is refused: it found no Kerberos ticket for this service. For users of the domain, check that HTTP/<the host they asked for> is registered once, on the account whose key the keytab holds (setspn -Q), and that their browsers trust the site for Negotiate (the Local intranet zone, AuthServerAllowlist); palisade_authentication_failures_total counts them (reasons ntlm and not_kerberos); said once a minute"
     );
     AuthOutcome::Rejected(
         Rejection::new(
@@ -554,7 +562,7 @@ fn ntlm_offered(req: &dyn RequestHead, kind: Kind) -> AuthOutcome {
             kind.detail(),
             vec!["Negotiate".into()],
         )
-        .with_reason("ntlm"),
+        .with_reason(reason),
     )
 }
 
@@ -686,6 +694,9 @@ impl LocalNames {
     }
 }
 
+/// The most of a GSSAPI message logged, in characters.
+const MAX_LOGGED_MESSAGE: usize = 512;
+
 /// Why GSSAPI refused a ticket, as far as an operator can act on it
 /// ([`Cause`]), with its message (MIT's, which names the service principal,
 /// the key version and the encryption type: none of them secret).
@@ -712,16 +723,20 @@ impl Refusal {
     /// at `DEBUG`.
     fn outcome(self) -> AuthOutcome {
         let reason = self.cause.reason();
+        // MIT's message names the ticket's service principal and key
+        // version, which a client chooses (they travel in the clear): cut,
+        // and written escaped.
+        let message: String = self.message.chars().take(MAX_LOGGED_MESSAGE).collect();
         match self.cause.remedy() {
             Some(remedy) => palisade_core::sparse_warning!(
                 per: reason;
                 target: LOG_TARGET,
                 cause = reason,
-                error = %self.message,
+                error = ?message,
                 "Negotiate tickets are refused for a cause of this server's: {remedy} (palisade_authentication_failures_total counts them; said once a minute)"
             ),
             None => {
-                tracing::debug!(target: LOG_TARGET, cause = reason, error = %self.message, "Negotiate token refused by GSSAPI")
+                tracing::debug!(target: LOG_TARGET, cause = reason, error = ?message, "Negotiate token refused by GSSAPI")
             }
         }
         AuthOutcome::Rejected(
@@ -767,6 +782,9 @@ enum Cause {
     /// The keytab's key for that version does not decrypt the ticket: the
     /// key was set twice under one version, or the keytab is another's.
     WrongKey,
+    /// The keytab has the principal's key, but not of the ticket's
+    /// encryption type (an RC4 ticket against AES keys).
+    Enctype,
     /// This server's clock and the client's (or the KDC's) are further
     /// apart than the allowed skew.
     ClockSkew,
@@ -784,28 +802,39 @@ enum Cause {
 
 impl Cause {
     fn of(message: &str) -> Self {
+        let message = message.to_ascii_lowercase();
         let says = |words: &str| message.contains(words);
-        if says("keytab is likely out of date") || says("Specified version of key is not available") {
+        // Most specific first: MIT's keytab messages share words.
+        if says("keytab is likely out of date")
+            || says("ticket is likely out of date")
+            || says("specified version of key is not available")
+            || (says("cannot find key for") && says("kvno"))
+        {
             Self::KeyVersion
+        } else if says("but not with enctype") || says("cannot find key of appropriate type") {
+            Self::Enctype
+        } else if says("cannot decrypt ticket") || says("decrypt integrity check failed") {
+            Self::WrongKey
         } else if says("not found in keytab")
-            || says("Cannot find key of appropriate type")
-            || says("No key table entry found")
-            || says("Key table entry not found")
+            || says("does not match server principal")
+            || says("does not match any keys")
+            || says("no key table entry found")
+            || says("key table entry not found")
+            || says("cannot find key for")
         {
             Self::NotInKeytab
-        } else if says("cannot decrypt ticket") || says("Decrypt integrity check failed") {
-            Self::WrongKey
-        } else if says("Clock skew too great") || says("Ticket not yet valid") {
+        } else if says("clock skew too great") || says("ticket not yet valid") {
             Self::ClockSkew
-        } else if says("Permission denied")
-            || says("Read-only file system")
-            || says("No space left on device")
-            || says("No such file or directory")
+        } else if says("replay cache file")
+            || says("permission denied")
+            || says("read-only file system")
+            || says("no space left on device")
+            || says("no such file or directory")
         {
             Self::Files
-        } else if says("Ticket expired") {
+        } else if says("ticket expired") {
             Self::Expired
-        } else if says("Request is a replay") {
+        } else if says("request is a replay") {
             Self::Replay
         } else {
             Self::Other
@@ -818,6 +847,7 @@ impl Cause {
             Self::KeyVersion => "keytab_key_version",
             Self::NotInKeytab => "not_in_keytab",
             Self::WrongKey => "keytab_wrong_key",
+            Self::Enctype => "keytab_enctype",
             Self::ClockSkew => "clock_skew",
             Self::Files => "acceptor_files",
             Self::Expired => "ticket_expired",
@@ -837,6 +867,9 @@ impl Cause {
             }
             Self::WrongKey => {
                 "the keytab's key does not decrypt the tickets (the service's password was set again under the same key version, or the keytab is another account's): export the keytab again"
+            }
+            Self::Enctype => {
+                "the keytab holds the service's key but not of the tickets' encryption type (an RC4 ticket against AES keys): make the account's encryption types (msDS-SupportedEncryptionTypes) and the keytab's agree, then export the keytab again"
             }
             Self::ClockSkew => {
                 "this machine's clock and the clients' or the KDC's are too far apart: check NTP"
@@ -1629,6 +1662,30 @@ mod tests {
             ("Ticket not yet valid", Cause::ClockSkew),
             ("Permission denied", Cause::Files),
             ("Read-only file system", Cause::Files),
+            (
+                "Request ticket server HTTP/web@CORP.EXAMPLE kvno 2 not found in keytab; ticket is likely out of date",
+                Cause::KeyVersion,
+            ),
+            (
+                "Cannot find key for HTTP/web@CORP.EXAMPLE kvno 4 in keytab (request ticket server HTTP/web@CORP.EXAMPLE)",
+                Cause::KeyVersion,
+            ),
+            (
+                "Request ticket server HTTP/web@CORP.EXAMPLE kvno 3 found in keytab but not with enctype rc4-hmac",
+                Cause::Enctype,
+            ),
+            (
+                "Cannot decrypt ticket for HTTP/web@CORP.EXAMPLE using keytab key for HTTP/web@CORP.EXAMPLE",
+                Cause::WrongKey,
+            ),
+            (
+                "Request ticket server HTTP/lb@CORP.EXAMPLE found in keytab but does not match server principal HTTP/web@CORP.EXAMPLE",
+                Cause::NotInKeytab,
+            ),
+            (
+                "Replay cache file /var/tmp/krb5_0.rcache2 is not owned by uid 0",
+                Cause::Files,
+            ),
             ("Ticket expired", Cause::Expired),
             ("Request is a replay", Cause::Replay),
             ("ASN.1 encoding ended unexpectedly", Cause::Other),
