@@ -18,9 +18,16 @@ static PANICS: CryptoProvider = CryptoProvider {
     key_utils: KeyUtils::new_unimplemented(),
 };
 
-/// The panicking default, once for the process (each test asks).
+/// The panicking default, once for the process (each test asks); a
+/// default installed before would make the tests prove nothing.
 fn install_panicking_default() {
-    let _ = PANICS.install_default();
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        assert!(
+            PANICS.install_default().is_ok(),
+            "another jsonwebtoken default was installed first"
+        );
+    });
 }
 
 fn outcome(jwt: &JwtAuthenticator, token: &str) -> AuthOutcome {

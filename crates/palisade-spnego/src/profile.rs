@@ -29,32 +29,36 @@ pub(crate) fn replay_cache_off(env: &dyn Fn(&str) -> Option<String>) -> Option<S
     is_none(&value).then(|| format!("default_rcache_name = {value} in {}", file.display()))
 }
 
-/// MIT's `DEFRCTMPDIR`, where the default replay cache is written when
-/// `KRB5RCACHEDIR` names no directory.
+/// MIT's `RCTMPDIR`, where the default replay cache is written when
+/// neither `KRB5RCACHEDIR` nor `TMPDIR` names a directory.
 const DEFAULT_RCACHE_DIR: &str = "/var/tmp";
 
 /// The directory MIT's replay cache will be written in, with where its
 /// place comes from: for the default cache (`dfl:`, MIT's `file2` cache
-/// `krb5_EUID.rcache2`), `KRB5RCACHEDIR` or `/var/tmp`; for a `file2:PATH`
-/// cache named in the environment or the profile, `PATH`'s directory.
-/// `None` for a cache of another type, or one that is off
-/// ([`replay_cache_off`]).
+/// `krb5_EUID.rcache2`), `KRB5RCACHEDIR`, else `TMPDIR`, else `/var/tmp`
+/// (MIT's `rc_dfl.c`); for a `file2:PATH` cache named in the environment
+/// or the profile, `PATH`'s directory. `None` for a cache of another type
+/// (MIT's type names are lower case: it refuses others at the first
+/// ticket), one that is off ([`replay_cache_off`]), and a profile's name
+/// with MIT's `%{…}` tokens, which it expands.
 pub(crate) fn replay_cache_dir(env: &dyn Fn(&str) -> Option<String>) -> Option<(PathBuf, String)> {
     let (name, named_by) = match (env("KRB5RCACHENAME"), env("KRB5RCACHETYPE")) {
         (Some(name), _) => (name, "KRB5RCACHENAME".to_owned()),
         (None, Some(kind)) => (format!("{kind}:"), "KRB5RCACHETYPE".to_owned()),
         (None, None) => match libdefault(env, "default_rcache_name") {
+            Some((name, _)) if name.contains("%{") => return None,
             Some((name, file)) => (name, format!("default_rcache_name in {}", file.display())),
             None => ("dfl:".to_owned(), "MIT's default".to_owned()),
         },
     };
     let (kind, residual) = name.trim().split_once(':').unwrap_or((name.trim(), ""));
-    match kind.to_ascii_lowercase().as_str() {
-        "dfl" => Some(match env("KRB5RCACHEDIR") {
-            Some(dir) => (PathBuf::from(dir), "KRB5RCACHEDIR".to_owned()),
-            None => (
+    match kind {
+        "dfl" => Some(match (env("KRB5RCACHEDIR"), env("TMPDIR")) {
+            (Some(dir), _) => (PathBuf::from(dir), "KRB5RCACHEDIR".to_owned()),
+            (None, Some(dir)) => (PathBuf::from(dir), "TMPDIR, as KRB5RCACHEDIR is unset".to_owned()),
+            (None, None) => (
                 PathBuf::from(DEFAULT_RCACHE_DIR),
-                "MIT's default, as KRB5RCACHEDIR is unset".to_owned(),
+                "MIT's default, as KRB5RCACHEDIR and TMPDIR are unset".to_owned(),
             ),
         }),
         "file2" if !residual.is_empty() => {
@@ -67,14 +71,33 @@ pub(crate) fn replay_cache_dir(env: &dyn Fn(&str) -> Option<String>) -> Option<(
     }
 }
 
-/// Whether a file can be made in `dir`: one is made and removed.
+/// Whether a file can be made in `dir`: one of a name no other process
+/// uses is made and removed.
 pub(crate) fn writable(dir: &Path) -> std::io::Result<()> {
-    let probe = dir.join(format!(".palisade-rcache-probe-{}", std::process::id()));
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&probe)?;
-    std::fs::remove_file(&probe)
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static TRIES: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let mut last = None;
+    for _ in 0..3 {
+        let probe = dir.join(format!(
+            ".palisade-rcache-probe-{}-{nanos}-{}",
+            std::process::id(),
+            TRIES.fetch_add(1, Ordering::Relaxed)
+        ));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&probe)
+        {
+            Ok(_) => return std::fs::remove_file(&probe),
+            // Another's, left behind: another name.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no probe file could be made")))
 }
 
 /// The clock skew MIT's acceptor allows (`[libdefaults] clockskew`, in
@@ -225,6 +248,25 @@ mod tests {
         };
         assert_eq!(at(vec![]).map(|(d, _)| d).as_deref(), Some("/var/tmp"));
         assert_eq!(
+            at(vec![("TMPDIR", "/srv/tmp".into())]).map(|(d, _)| d).as_deref(),
+            Some("/srv/tmp"),
+            "MIT's order: KRB5RCACHEDIR, TMPDIR, /var/tmp"
+        );
+        assert_eq!(
+            at(vec![
+                ("TMPDIR", "/srv/tmp".into()),
+                ("KRB5RCACHEDIR", "/srv/rc".into())
+            ])
+            .map(|(d, _)| d)
+            .as_deref(),
+            Some("/srv/rc")
+        );
+        assert_eq!(
+            at(vec![("KRB5RCACHETYPE", "DFL".into())]),
+            None,
+            "not a type MIT knows"
+        );
+        assert_eq!(
             at(vec![("KRB5RCACHEDIR", "/srv/rc".into())]),
             Some(("/srv/rc".to_owned(), "KRB5RCACHEDIR".to_owned()))
         );
@@ -245,6 +287,18 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let conf = dir.join("krb5.conf");
         std::fs::write(&conf, "[libdefaults]\n default_rcache_name = file2:/srv/p/rc\n").unwrap();
+        let tokens = dir.join("tokens.conf");
+        std::fs::write(
+            &tokens,
+            "[libdefaults]\n default_rcache_name = file2:%{TEMP}/rc\n",
+        )
+        .unwrap();
+        assert_eq!(
+            replay_cache_dir(&env(vec![("KRB5_CONFIG", tokens.display().to_string())])),
+            None,
+            "MIT expands %{{TEMP}}"
+        );
+        std::fs::remove_file(&tokens).unwrap();
         let from_profile = replay_cache_dir(&env(vec![("KRB5_CONFIG", conf.display().to_string())])).unwrap();
         assert_eq!(from_profile.0, Path::new("/srv/p"));
         assert!(from_profile.1.contains("krb5.conf"), "{}", from_profile.1);
