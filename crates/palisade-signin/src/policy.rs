@@ -275,7 +275,9 @@ mod tests {
 
     use super::*;
 
-    fn login(issuer: &str, session: &str) -> PolicySet {
+    /// productpage's `OidcLogin` document, then `more` (documents of their
+    /// own, each after `---`).
+    fn login_with(issuer: &str, session: &str, more: &str) -> PolicySet {
         let yaml = format!(
             "apiVersion: palisade.dev/v1alpha1
 kind: OidcLogin
@@ -285,9 +287,13 @@ spec:
   issuer: {issuer}
   clientId: productpage
   session: {session}
-"
+{more}"
         );
         PolicySet::from_yaml_str(&yaml, "login.yaml").unwrap()
+    }
+
+    fn login(issuer: &str, session: &str) -> PolicySet {
+        login_with(issuer, session, "")
     }
 
     /// The workload's `trustedOrigins` are sign-in's too.
@@ -296,25 +302,17 @@ spec:
         let key = palisade_testkit::TempDir::new("palisade-signin-trusted");
         let file = key.path().join("k1.key");
         std::fs::write(&file, [7u8; 32]).unwrap();
-        let yaml = format!(
-            "apiVersion: palisade.dev/v1alpha1
-kind: OidcLogin
-metadata: {{name: login}}
-spec:
-  selector: {{matchLabels: {{app: productpage}}}}
-  issuer: http://127.0.0.1:9/realms/istio
-  clientId: productpage
-  session: {{keys: [{{id: k1, keyFile: {}}}]}}
----
+        let set = login_with(
+            "http://127.0.0.1:9/realms/istio",
+            &format!("{{keys: [{{id: k1, keyFile: {}}}]}}", file.display()),
+            "---
 apiVersion: palisade.dev/v1alpha1
 kind: AuthorizationSettings
-metadata: {{name: settings}}
+metadata: {name: settings}
 spec:
   trustedOrigins: ['https://App.shop.example']
 ",
-            file.display()
         );
-        let set = PolicySet::from_yaml_str(&yaml, "t.yaml").unwrap();
         let sign_in = SignIn::from_policy(&set.for_workload(&Workload::new("productpage", "default")))
             .unwrap()
             .unwrap();
