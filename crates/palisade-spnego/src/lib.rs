@@ -39,6 +39,7 @@
 //!   `WWW-Authenticate: Negotiate`; the GSSAPI error is logged at debug
 //!   level, never sent.
 
+mod keytab;
 mod profile;
 mod session;
 mod token;
@@ -361,6 +362,7 @@ impl SpnegoAuthenticatorBuilder {
         // calls sharing one would run one at a time.
         let acquire = || Cred::acquire(Some(&name), None, CredUsage::Accept, Some(&mechs)).map_err(err);
         let first = acquire()?;
+        said_what_the_keytab_holds(&env);
         let mut creds = vec![first.clone()];
         for _ in 1..self.concurrency.min(MAX_ACCEPTOR_CREDS) {
             creds.push(acquire()?);
@@ -532,6 +534,38 @@ fn refused(detail: &'static str) -> AuthOutcome {
         detail,
         vec!["Negotiate".into()],
     ))
+}
+
+/// Says at `INFO` what the acceptor's keytab holds (as `klist -kte` shows
+/// it: each principal, its newest key version and that version's
+/// encryption types; never a key), and at `WARN` a principal whose keys
+/// are all of types current KDCs issue tickets of only when told to (DES,
+/// RC4). Nothing for a keytab that is not a file or cannot be read (GSSAPI
+/// has said so already).
+fn said_what_the_keytab_holds(env: &dyn Fn(&str) -> Option<String>) {
+    let Some(path) = keytab::acceptor_keytab(env) else {
+        return;
+    };
+    let Some(all) = keytab::principals(&path) else {
+        return;
+    };
+    let listed: Vec<String> = all
+        .iter()
+        .map(|(principal, keys)| {
+            let types: Vec<String> = keys.enctypes.iter().map(|e| keytab::enctype_name(*e)).collect();
+            format!("{principal} (kvno {}: {})", keys.kvno, types.join(", "))
+        })
+        .collect();
+    tracing::info!(target: LOG_TARGET, keytab = %path.display(), "Negotiate tickets are accepted with the keytab's keys: {}", listed.join("; "));
+    for (principal, keys) in &all {
+        if keytab::weak_only(&keys.enctypes) {
+            palisade_core::config_warning!(
+                target: LOG_TARGET,
+                "the keytab {} holds only DES or RC4 keys for {principal}: tickets of AES, which current KDCs issue, cannot be decrypted with them; export its AES keys (and turn AES on for the account: msDS-SupportedEncryptionTypes)",
+                path.display()
+            );
+        }
+    }
 }
 
 /// The 401 for an answer to the Negotiate challenge that is not Kerberos:
@@ -1637,6 +1671,55 @@ impl SpnegoAuthenticator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the keytab holds is said at start-up, at `INFO`: the
+    /// principal, its key version and encryption types, never a key; a
+    /// keytab of DES or RC4 keys only is warned of.
+    #[test]
+    fn what_the_keytab_holds_is_said_and_weak_keys_warned_of() {
+        if !palisade_testkit::in_a_process_of_its_own(
+            "tests::what_the_keytab_holds_is_said_and_weak_keys_warned_of",
+        ) {
+            return;
+        }
+        let realm = palisade_testkit::KerberosRealm::start().unwrap_or_else(|e| panic!("{e}"));
+        let keytab = realm.add_service("HTTP/web.example.test").unwrap();
+        let weak = realm.dir().join("weak.keytab");
+        let script = format!(
+            "addent -password -p HTTP/old.example.test@EXAMPLE.TEST -k 3 -e arcfour-hmac\nsecret\nwkt {}\nquit\n",
+            weak.display()
+        );
+        let mut ktutil = std::process::Command::new("ktutil")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("ktutil runs (Debian's krb5-user, which ./scripts/test installs)");
+        std::io::Write::write_all(ktutil.stdin.as_mut().unwrap(), script.as_bytes()).unwrap();
+        assert!(ktutil.wait().unwrap().success());
+        let (lines, subscriber) = palisade_testkit::logs::Lines::subscriber("info");
+        tracing::subscriber::with_default(subscriber, || {
+            for file in [&keytab, &weak] {
+                let name = format!("FILE:{}", file.display());
+                said_what_the_keytab_holds(&|var: &str| (var == "KRB5_KTNAME").then(|| name.clone()));
+            }
+        });
+        let said = lines.containing("are accepted with the keytab's keys");
+        assert!(
+            matches!(&said[..], [web, old] if web.contains("HTTP/web.example.test@EXAMPLE.TEST (kvno ")
+                && web.contains("aes256-cts-hmac-sha1-96")
+                && old.contains("HTTP/old.example.test@EXAMPLE.TEST (kvno 3: arcfour-hmac)")),
+            "{}",
+            lines.text()
+        );
+        let warned = lines.containing("holds only DES or RC4 keys for HTTP/old.example.test@EXAMPLE.TEST");
+        assert_eq!(warned.len(), 1, "{}", lines.text());
+        assert_eq!(
+            lines.containing("holds only DES or RC4 keys").len(),
+            1,
+            "{}",
+            lines.text()
+        );
+    }
 
     /// MIT's acceptor's messages (`rd_req_dec.c`, the com_err tables) read
     /// as causes: the ones this server can act on apart from the clients'.

@@ -110,6 +110,12 @@ pub(crate) fn clock_skew(env: &dyn Fn(&str) -> Option<String>) -> Duration {
 }
 
 /// The first value of the `[libdefaults]` relation `tag` in the profile's
+/// files.
+pub(crate) fn libdefault_value(env: &dyn Fn(&str) -> Option<String>, tag: &str) -> Option<String> {
+    libdefault(env, tag).map(|(value, _)| value)
+}
+
+/// The first value of the `[libdefaults]` relation `tag` in the profile's
 /// files, with the file it is in.
 fn libdefault(env: &dyn Fn(&str) -> Option<String>, tag: &str) -> Option<(String, PathBuf)> {
     env("KRB5_CONFIG")

@@ -274,6 +274,16 @@ impl KerberosRealm {
         self.kadmin(&format!("cpw -randkey {principal}"))
     }
 
+    /// Appends `principal`'s current keys to `keytab`, as they are (no new
+    /// key: `ktadd -norandkey`), as an administrator exports a service's
+    /// keys after a change of its password.
+    ///
+    /// # Errors
+    /// When `kadmin.local` fails.
+    pub fn export_keys(&self, principal: &str, keytab: &Path) -> io::Result<()> {
+        self.kadmin(&format!("ktadd -norandkey -k {} {principal}", keytab.display()))
+    }
+
     /// Lets `principal` obtain tickets to itself on behalf of any user
     /// (S4U2Self, protocol transition): the `ok_to_auth_as_delegate` flag.
     ///
