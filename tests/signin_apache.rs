@@ -189,7 +189,7 @@ const STEPS: &[Step] = &[
         id: "j1",
         case: "j",
         request: "a return URL on another host, `http://evil.example/`: Apache `GET /oauth2/callback?iss&target_link_uri=…` (a third-party-initiated login), Palisade `GET /login?return_to=…`",
-        why: "Both refuse. mod_auth_openidc sends its error pages with status 200 (the status it means is only in the access log); Palisade answers 400. Its return URL is `/login?return_to=`, a path of this origin only.",
+        why: "Both refuse. mod_auth_openidc sends its error pages with status 200 (the status it means is only in the access log); Palisade answers 400. Its return URL is `/login?return_to=`, a path of this origin, or a page of a `trustedOrigins` origin (none here).",
     },
     Step {
         id: "j2",

@@ -506,8 +506,9 @@ pub trait Authenticator: Any + Send + Sync {
 
     /// For an interactive authenticator (browser sign-in): the answer to a
     /// request the policy refuses for want of a credential, in place of the
-    /// 401: a redirect to sign in for a browser's navigation. `None` (the
-    /// default) keeps the 401 and its challenges.
+    /// 401: a redirect to sign in for a browser's navigation, or (browser
+    /// sign-in's) a 503 for any request whose session cannot be used now.
+    /// `None` (the default) keeps the 401 and its challenges.
     fn sign_in(&self, request: &dyn RequestHead) -> Option<Reply> {
         let _ = request;
         None

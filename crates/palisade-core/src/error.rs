@@ -17,7 +17,9 @@ pub enum ErrorKind {
     InvalidRequest,
     /// A Negotiate (Kerberos) token was not acceptable (401).
     InvalidNegotiate,
-    /// Authenticated (or not needed), but denied by policy (403).
+    /// Authenticated (or not needed), but denied by policy (403); or a
+    /// credential the browser sent by itself set aside on a write another
+    /// origin started (403, problem type `cross-origin`).
     Forbidden,
     /// No Palisade middleware checked the request, and a handler or a
     /// route policy asked what it decided (500): a wiring mistake, refused

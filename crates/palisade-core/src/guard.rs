@@ -96,7 +96,8 @@ impl RequestAuth {
 
     /// The refusal for a handler that needs an identity the request lacks:
     /// 401 with the guard's challenges, or 403 where no authenticator
-    /// offers one (a 401 names how to authenticate, RFC 9110 §11.6.1).
+    /// offers one (a 401 names how to authenticate, RFC 9110 §11.6.1), or
+    /// a 403 `cross-origin` where the guard set aside a cookie or Kerberos ticket of a write another origin started.
     #[must_use]
     pub fn missing_credential(&self) -> Rejection {
         self.refused(self.compiled.missing_credential())
@@ -120,7 +121,8 @@ impl RequestAuth {
     /// hand): the identity when it meets `requirement`; else the refusal to
     /// answer with, as the `Authorized<R>` extractor answers: 401 with the
     /// guard's challenges for an anonymous caller
-    /// ([`missing_credential`](Self::missing_credential)), 403 for one
+    /// ([`missing_credential`](Self::missing_credential), which also says
+    /// when it is a 403), 403 for one
     /// short of the requirement. The refusal renders in both frameworks
     /// (`?` in a handler returning `Result<_, Rejection>`).
     ///
@@ -481,7 +483,9 @@ impl GuardBuilder {
     /// `CrossOriginProtection` reads `Sec-Fetch-Site` and `Origin`).
     /// `SameSite=Lax` keeps other sites' forms from sending the cookie, but
     /// a sibling subdomain counts as the same site; a request another origin
-    /// started is served as though it carried no cookie. Also set by
+    /// started is decided as though it carried no cookie, and refused with
+    /// 403 (problem type `urn:palisade:problem:cross-origin`) where a user
+    /// is needed. Also set by
     /// `trustedOrigins` in a policy file's `AuthorizationSettings`.
     pub fn trusted_origin(mut self, origin: impl Into<String>) -> Self {
         let origin = origin.into();
@@ -881,7 +885,8 @@ impl Compiled {
     }
 
     /// The sign-in answer for a request refused for want of a credential:
-    /// the first interactive authenticator's (a redirect to sign in), else
+    /// the first interactive authenticator's (a redirect to sign in, a 503),
+    /// else
     /// the refusal itself (a 403 where no authenticator offers a challenge).
     pub(crate) fn sign_in_or(&self, req: &dyn RequestHead, rejection: Rejection) -> Decision {
         if rejection.kind() == crate::error::ErrorKind::MissingCredential

@@ -140,13 +140,13 @@ struct Inner {
     /// call the issuer).
     revoked_tokens: Noted,
     /// The stored sessions' cookies whose data the store could not give
-    /// back lately: a navigation carrying one is asked to come back
+    /// back lately: a request carrying one is asked to come back
     /// ([`UNREADABLE_FOR`]) rather than be sent to sign in.
     unreadable: Noted,
 }
 
 /// How long a stored session that could not be read counts as unreadable
-/// for the navigations that carry it.
+/// for the requests that carry it.
 const UNREADABLE_FOR: Duration = Duration::from_secs(5);
 
 /// Secrets (refresh tokens, cookie values) this process noted, by their
@@ -867,7 +867,8 @@ fn origin(req: &dyn RequestHead) -> Option<String> {
 /// call): a `GET` or `HEAD` with `Sec-Fetch-Mode: navigate`, or without
 /// that header accepting HTML and not saying it comes from a script
 /// (`X-Requested-With`). Only a navigation is sent to sign in; an API
-/// call, and a form's `POST`, get the 401 (a redirect would lose the form).
+/// call, and a form's `POST`, get the 401 (a redirect would lose the form),
+/// or the 503 of a session that cannot be used now.
 /// Neither is the load of a frame or an embedded object (`Sec-Fetch-Dest`
 /// other than `document`, as mod_auth_openidc reads it: an issuer's
 /// sign-in page refuses to be framed, so the frame would stay blank) nor a
@@ -945,7 +946,7 @@ enum Unusable {
     Ended,
     /// Not now: its access token has expired and no fresh one can be had
     /// (the issuer does not answer, or the replica refreshing it handed on
-    /// nothing in time). The session itself is whole: a page the policy
+    /// nothing in time). The session itself is whole: a request the policy
     /// would refuse for want of a user is answered 503 instead (`SignIn::sign_in`).
     NotNow,
 }

@@ -31,7 +31,9 @@
 //!
 //! A browser's navigation without a credential to a route that needs one is
 //! sent to sign in (302); any other request gets the guard's 401 with its
-//! challenges. The callback, login, logout and back-channel routes are
+//! challenges, but one whose session cannot be used now (the session store
+//! or the issuer out of reach) gets 503 with `Retry-After`, and a write
+//! another origin started, whose cookie is set aside, gets 403. The callback, login, logout and back-channel routes are
 //! answered by [`SignIn`] itself, whatever the access policy says.
 //!
 //! ```no_run

@@ -33,11 +33,15 @@
 //!   that they wait, on the pool); counted and timed
 //!   ([`SpnegoAuthenticator::stats`]).
 //! - Replay protection is MIT's replay cache, on; its directory is
-//!   `KRB5RCACHEDIR` (or krb5.conf). A replayed token is refused.
+//!   `KRB5RCACHEDIR`, else `TMPDIR`, else `/var/tmp` (or a `file2:` cache's,
+//!   from krb5.conf); one that cannot be written in fails `build()`. A
+//!   replayed token is refused.
 //! - Bad input (an oversized header, bad base64, malformed ASN.1, a token
 //!   for another service, a clock-skewed ticket) is a 401 with
-//!   `WWW-Authenticate: Negotiate`; the GSSAPI error is logged at debug
-//!   level, never sent.
+//!   `WWW-Authenticate: Negotiate`; the GSSAPI error is logged, never sent:
+//!   at debug level, but for causes of this server's (its keytab, its
+//!   clock, its replay cache) and NTLM answers, said at `WARN` once a
+//!   minute for each.
 
 mod keytab;
 mod profile;
@@ -300,6 +304,9 @@ impl SpnegoAuthenticatorBuilder {
     ///
     /// # Errors
     /// [`SpnegoError::Credentials`] when there is no usable keytab;
+    /// [`SpnegoError::ReplayCacheOff`] when the replay cache is turned off,
+    /// [`SpnegoError::ReplayCacheUnwritable`] when its directory cannot be
+    /// written in;
     /// [`SpnegoError::SessionKeys`] for a session cookie without a key,
     /// [`SpnegoError::SessionCookieName`] for one whose name is not a
     /// cookie name.
@@ -909,7 +916,7 @@ impl Cause {
                 "this machine's clock and the clients' or the KDC's are too far apart: check NTP"
             }
             Self::Files => {
-                "a file the Kerberos acceptor needs cannot be read or written (the replay cache in KRB5RCACHEDIR or /var/tmp, the keytab): check its permissions and that its file system is writable"
+                "a file the Kerberos acceptor needs cannot be read or written (the replay cache in KRB5RCACHEDIR, TMPDIR or /var/tmp, the keytab): check its permissions and that its file system is writable"
             }
             Self::Expired | Self::Replay | Self::Other => return None,
         })

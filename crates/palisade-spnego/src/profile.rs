@@ -237,7 +237,7 @@ mod tests {
     }
 
     /// Where MIT writes its replay cache, as it resolves the cache's name:
-    /// the default cache in `KRB5RCACHEDIR` (else `/var/tmp`), a `file2:`
+    /// the default cache in `KRB5RCACHEDIR` (else `TMPDIR`, else `/var/tmp`), a `file2:`
     /// cache in its file's directory, from the environment or the
     /// profile; no directory for another type. A directory that does not
     /// exist cannot be written in; one that does, can.
