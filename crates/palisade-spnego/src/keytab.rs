@@ -18,6 +18,9 @@ use std::path::{Path, PathBuf};
 /// The most entries read: a keytab of a host holds tens.
 const MAX_ENTRIES: usize = 4096;
 
+/// The most of the file read.
+const MAX_BYTES: u64 = 1 << 20;
+
 /// A principal's newest key version in the keytab, and the encryption
 /// types of that version's keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,7 +49,16 @@ pub(crate) fn acceptor_keytab(env: &dyn Fn(&str) -> Option<String>) -> Option<Pa
 /// newest key version's encryption types; `None` for a file that cannot
 /// be read or is not a version 2 keytab.
 pub(crate) fn principals(path: &Path) -> Option<BTreeMap<String, Keys>> {
-    parse(&std::fs::read(path).ok()?)
+    use std::io::Read as _;
+    // A regular file, and no more of it than a keytab could be: not a FIFO
+    // or a device that never ends.
+    let file = std::fs::File::open(path).ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_BYTES).read_to_end(&mut bytes).ok()?;
+    parse(&bytes)
 }
 
 fn parse(bytes: &[u8]) -> Option<BTreeMap<String, Keys>> {
@@ -192,6 +204,7 @@ mod tests {
         let second = principals(&keytab).unwrap();
         assert_eq!(second[web].kvno, keys.kvno + 1, "{second:?}");
         assert!(parse(b"\x05\x01").is_none() && parse(b"junk").is_none());
+        assert!(principals(Path::new("/dev/zero")).is_none(), "not a regular file");
         assert!(parse(b"\x05\x02\x00\x00\x00\x10short").unwrap().is_empty());
 
         let env = |vars: Vec<(&'static str, String)>| {
