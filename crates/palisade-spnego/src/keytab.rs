@@ -73,7 +73,11 @@ fn parse(bytes: &[u8]) -> Option<BTreeMap<String, Keys>> {
             break;
         };
         let Some(entry) = r.take(len) else { break };
-        if size <= 0 {
+        // Zero: the end, as MIT reads it; below: a hole.
+        if size == 0 {
+            break;
+        }
+        if size < 0 {
             continue;
         }
         if let Some((principal, kvno, enctype)) = entry_of(entry) {

@@ -368,8 +368,9 @@ impl SpnegoAuthenticatorBuilder {
         // a credential's lock for a whole accept (`kg_cred_resolve`), so
         // calls sharing one would run one at a time.
         let acquire = || Cred::acquire(Some(&name), None, CredUsage::Accept, Some(&mechs)).map_err(err);
+        // Said first: most useful when the acquisition fails.
+        said_what_the_keytab_holds(&env, self.service.as_deref());
         let first = acquire()?;
-        said_what_the_keytab_holds(&env);
         let mut creds = vec![first.clone()];
         for _ in 1..self.concurrency.min(MAX_ACCEPTOR_CREDS) {
             creds.push(acquire()?);
@@ -549,7 +550,7 @@ fn refused(detail: &'static str) -> AuthOutcome {
 /// are all of types current KDCs issue tickets of only when told to (DES,
 /// RC4). Nothing for a keytab that is not a file or cannot be read (GSSAPI
 /// has said so already).
-fn said_what_the_keytab_holds(env: &dyn Fn(&str) -> Option<String>) {
+fn said_what_the_keytab_holds(env: &dyn Fn(&str) -> Option<String>, service: Option<&str>) {
     let Some(path) = keytab::acceptor_keytab(env) else {
         return;
     };
@@ -564,8 +565,18 @@ fn said_what_the_keytab_holds(env: &dyn Fn(&str) -> Option<String>) {
         })
         .collect();
     tracing::info!(target: LOG_TARGET, keytab = %path.display(), "Negotiate tickets are accepted with the keytab's keys: {}", listed.join("; "));
+    // The principals this acceptor may use: the service's (`HTTP@web` is
+    // `HTTP/web@…`), else every `HTTP/…` one, not a host keytab's others.
+    let prefix = match service.and_then(|s| s.split_once('@')) {
+        Some((svc, host)) => format!("{svc}/{host}@"),
+        None => service.map_or_else(|| "HTTP/".to_owned(), |s| format!("{s}/")),
+    };
     for (principal, keys) in &all {
-        if keytab::weak_only(&keys.enctypes) {
+        if principal
+            .to_ascii_lowercase()
+            .starts_with(&prefix.to_ascii_lowercase())
+            && keytab::weak_only(&keys.enctypes)
+        {
             palisade_core::config_warning!(
                 target: LOG_TARGET,
                 "the keytab {} holds only DES or RC4 keys for {principal}: tickets of AES, which current KDCs issue, cannot be decrypted with them; export its AES keys (and turn AES on for the account: msDS-SupportedEncryptionTypes)",
@@ -844,38 +855,56 @@ enum Cause {
 impl Cause {
     fn of(message: &str) -> Self {
         let message = message.to_ascii_lowercase();
-        let says = |words: &str| message.contains(words);
-        // Most specific first: MIT's keytab messages share words.
-        if says("keytab is likely out of date")
-            || says("ticket is likely out of date")
-            || says("specified version of key is not available")
-            || (says("cannot find key for") && says("kvno"))
+        // MIT's own words, after libgssapi's major status: the ticket's
+        // service principal inside them is the client's to choose (and is
+        // not escaped), so each template is matched where MIT puts its
+        // words, at the start or the end, never anywhere.
+        let mit = message
+            .split_once("more information (")
+            .map_or(message.as_str(), |(_, m)| m.strip_suffix(')').unwrap_or(m));
+        let ends = |words: &str| mit.ends_with(words);
+        let starts = |words: &str| mit.starts_with(words);
+        let request = starts("request ticket server ");
+        // "… found in keytab but not with enctype NAME": one word after.
+        let enctype_missing = request
+            && mit
+                .rsplit_once(" found in keytab but not with enctype ")
+                .is_some_and(|(_, name)| !name.is_empty() && !name.contains(' '));
+        // "… not found in keytab (ticket kvno N)".
+        let not_in_keytab = request
+            && mit
+                .rsplit_once(" not found in keytab (ticket kvno ")
+                .and_then(|(_, n)| n.strip_suffix(')'))
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        if (request && (ends("; keytab is likely out of date") || ends("; ticket is likely out of date")))
+            || starts("cannot find key for ")
+            || starts("specified version of key is not available")
         {
             Self::KeyVersion
-        } else if says("but not with enctype") || says("cannot find key of appropriate type") {
+        } else if enctype_missing || starts("cannot find key of appropriate type") {
             Self::Enctype
-        } else if says("cannot decrypt ticket") || says("decrypt integrity check failed") {
+        } else if starts("cannot decrypt ticket for ")
+            || (request && ends(" found in keytab but cannot decrypt ticket"))
+        {
             Self::WrongKey
-        } else if says("not found in keytab")
-            || says("does not match server principal")
-            || says("does not match any keys")
-            || says("no key table entry found")
-            || says("key table entry not found")
-            || says("cannot find key for")
+        } else if not_in_keytab
+            || (request && mit.contains(" found in keytab but does not match server principal "))
+            || starts("no key table entry found")
+            || starts("key table entry not found")
         {
             Self::NotInKeytab
-        } else if says("clock skew too great") || says("ticket not yet valid") {
+        } else if starts("clock skew too great") || starts("ticket not yet valid") {
             Self::ClockSkew
-        } else if says("replay cache file")
-            || says("permission denied")
-            || says("read-only file system")
-            || says("no space left on device")
-            || says("no such file or directory")
+        } else if starts("replay cache file")
+            || starts("permission denied")
+            || starts("read-only file system")
+            || starts("no space left on device")
+            || starts("no such file or directory")
         {
             Self::Files
-        } else if says("ticket expired") {
+        } else if starts("ticket expired") {
             Self::Expired
-        } else if says("request is a replay") {
+        } else if starts("request is a replay") {
             Self::Replay
         } else {
             Self::Other
@@ -1707,17 +1736,23 @@ mod tests {
         tracing::subscriber::with_default(subscriber, || {
             for file in [&keytab, &weak] {
                 let name = format!("FILE:{}", file.display());
-                said_what_the_keytab_holds(&|var: &str| (var == "KRB5_KTNAME").then(|| name.clone()));
+                said_what_the_keytab_holds(&|var: &str| (var == "KRB5_KTNAME").then(|| name.clone()), None);
+                said_what_the_keytab_holds(
+                    &|var: &str| (var == "KRB5_KTNAME").then(|| name.clone()),
+                    Some("HTTP@web.example.test"),
+                );
             }
         });
         let said = lines.containing("are accepted with the keytab's keys");
         assert!(
-            matches!(&said[..], [web, old] if web.contains("HTTP/web.example.test@EXAMPLE.TEST (kvno ")
+            matches!(&said[..], [web, _, old, _] if web.contains("HTTP/web.example.test@EXAMPLE.TEST (kvno ")
                 && web.contains("aes256-cts-hmac-sha1-96")
                 && old.contains("HTTP/old.example.test@EXAMPLE.TEST (kvno 3: arcfour-hmac)")),
             "{}",
             lines.text()
         );
+        // Warned of for the acceptor's own principals only: not when the
+        // service is another's (the second listing of the weak keytab).
         let warned = lines.containing("holds only DES or RC4 keys for HTTP/old.example.test@EXAMPLE.TEST");
         assert_eq!(warned.len(), 1, "{}", lines.text());
         assert_eq!(
@@ -1779,6 +1814,17 @@ mod tests {
             ("Ticket expired", Cause::Expired),
             ("Request is a replay", Cause::Replay),
             ("ASN.1 encoding ended unexpectedly", Cause::Other),
+            // An authenticator that does not decrypt: the client's.
+            ("Decrypt integrity check failed", Cause::Other),
+            // A service principal a client named to steer the reading.
+            (
+                "Request ticket server HTTP/x; keytab is likely out of date found in keytab but cannot decrypt ticket not found in keytab (ticket kvno 2)",
+                Cause::NotInKeytab,
+            ),
+            (
+                "Request ticket server HTTP/cannot decrypt ticket for x not found in keytab (ticket kvno 2)",
+                Cause::NotInKeytab,
+            ),
         ] {
             assert_eq!(Cause::of(&gss(message)), cause, "{message}");
             assert_eq!(
