@@ -379,6 +379,7 @@ impl Live {
         let signed_in = SignedIn {
             access_token,
             expires_at: at(session.at_exp),
+            signed_in_at: UNIX_EPOCH + Duration::from_millis(session.created_ms.min(MAX_SECS * 1000)),
         };
         Self {
             session,
@@ -397,6 +398,7 @@ impl Live {
 pub struct SignedIn {
     access_token: Arc<str>,
     expires_at: SystemTime,
+    signed_in_at: SystemTime,
 }
 
 impl SignedIn {
@@ -406,10 +408,19 @@ impl SignedIn {
         &self.access_token
     }
 
-    /// When the access token expires.
+    /// When the access token expires (it is refreshed before then while
+    /// the session lasts).
     #[must_use]
     pub fn expires_at(&self) -> SystemTime {
         self.expires_at
+    }
+
+    /// When the user signed in: the session ends at the latest this plus
+    /// the absolute timeout (`absoluteTimeout`, 8 hours by default), for a
+    /// page that warns its user before then. Refreshes keep it.
+    #[must_use]
+    pub fn signed_in_at(&self) -> SystemTime {
+        self.signed_in_at
     }
 }
 
@@ -418,6 +429,7 @@ impl fmt::Debug for SignedIn {
         f.debug_struct("SignedIn")
             .field("access_token", &"<redacted>")
             .field("expires_at", &self.expires_at)
+            .field("signed_in_at", &self.signed_in_at)
             .finish()
     }
 }
@@ -851,6 +863,20 @@ mod tests {
             assert_eq!(live.identity.subject(), Some("alice"));
             assert_eq!(live.identity.claim("name"), Some(&Value::from("Alice")));
         }
+    }
+
+    /// A handler reads when the user signed in and when the access token
+    /// expires, from the session.
+    #[test]
+    fn the_handler_reads_when_the_user_signed_in() {
+        let mut s = session("at");
+        s.created_ms = 1_700_000_000_123;
+        let signed_in = Live::new(s.clone(), "https://i", &ClaimNames::default(), None).signed_in;
+        assert_eq!(
+            signed_in.signed_in_at(),
+            UNIX_EPOCH + Duration::from_millis(1_700_000_000_123)
+        );
+        assert_eq!(signed_in.expires_at(), at(s.at_exp));
     }
 
     #[test]
