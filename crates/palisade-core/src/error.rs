@@ -17,10 +17,13 @@ pub enum ErrorKind {
     InvalidRequest,
     /// A Negotiate (Kerberos) token was not acceptable (401).
     InvalidNegotiate,
-    /// Authenticated (or not needed), but denied by policy (403); or a
-    /// credential the browser sent by itself set aside on a write another
-    /// origin started (403, problem type `cross-origin`).
+    /// Authenticated (or not needed), but denied by policy (403).
     Forbidden,
+    /// A credential the browser sent by itself (a session cookie, a
+    /// Kerberos ticket) was set aside on a write another origin started,
+    /// and the request needs a user (403): not a 401, which a page's script
+    /// would read as "signed out".
+    CrossOrigin,
     /// No Palisade middleware checked the request, and a handler or a
     /// route policy asked what it decided (500): a wiring mistake, refused
     /// rather than served unchecked, and not a 401 that would send the
@@ -35,7 +38,7 @@ impl ErrorKind {
         match self {
             ErrorKind::MissingCredential | ErrorKind::InvalidToken | ErrorKind::InvalidNegotiate => 401,
             ErrorKind::InvalidRequest => 400,
-            ErrorKind::Forbidden => 403,
+            ErrorKind::Forbidden | ErrorKind::CrossOrigin => 403,
             ErrorKind::Unguarded => 500,
         }
     }
@@ -49,6 +52,7 @@ impl ErrorKind {
             ErrorKind::InvalidRequest => "invalid-request",
             ErrorKind::InvalidNegotiate => "invalid-negotiate",
             ErrorKind::Forbidden => "forbidden",
+            ErrorKind::CrossOrigin => "cross-origin",
             ErrorKind::Unguarded => "unguarded",
         }
     }
@@ -62,6 +66,7 @@ impl ErrorKind {
             ErrorKind::InvalidRequest => "invalid_request",
             ErrorKind::InvalidNegotiate => "invalid_negotiate",
             ErrorKind::Forbidden => "forbidden",
+            ErrorKind::CrossOrigin => "cross_origin",
             ErrorKind::Unguarded => "unguarded",
         }
     }
@@ -73,6 +78,7 @@ impl ErrorKind {
             ErrorKind::InvalidRequest => "Invalid request",
             ErrorKind::InvalidNegotiate => "Invalid Negotiate token",
             ErrorKind::Forbidden => "Forbidden",
+            ErrorKind::CrossOrigin => "Cross-origin request refused",
             ErrorKind::Unguarded => "Not checked by Palisade",
         }
     }
@@ -108,10 +114,6 @@ pub struct Rejection {
     /// kind's.
     reason: &'static str,
 }
-
-/// The reason of [`Rejection::cross_origin`]'s refusal, whose problem type
-/// is `urn:palisade:problem:cross-origin`.
-const CROSS_ORIGIN: &str = "cross_origin";
 
 /// The media type of [`Rejection::problem_json`].
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -252,8 +254,9 @@ impl Rejection {
 
     /// A refusal for want of a credential, of a request that carried one
     /// the guard set aside because another origin started it (a cookie or
-    /// a Kerberos ticket on a cross-origin `POST`): a 403 saying so (problem
-    /// type `urn:palisade:problem:cross-origin`), as Go's
+    /// a Kerberos ticket on a cross-origin `POST`): a 403 saying so
+    /// ([`ErrorKind::CrossOrigin`], problem type
+    /// `urn:palisade:problem:cross-origin`), as Go's
     /// `CrossOriginProtection` and Spring Security's CSRF check answer, not
     /// a 401 that a browser's script reads as "signed out" and answers by
     /// signing in again, to be refused the same way. Any other refusal as
@@ -261,12 +264,12 @@ impl Rejection {
     #[must_use]
     pub(crate) fn cross_origin(mut self) -> Self {
         if self.kind == ErrorKind::MissingCredential {
-            self.kind = ErrorKind::Forbidden;
+            self.kind = ErrorKind::CrossOrigin;
             self.detail = Cow::Borrowed(
                 "another origin started this request, and a credential the browser sends by itself (a session cookie, a Kerberos ticket) does not authenticate such a request; origins of the service's own are named in trustedOrigins",
             );
             self.challenges = Vec::new();
-            self.reason = CROSS_ORIGIN;
+            self.reason = ErrorKind::CrossOrigin.reason();
         }
         self
     }
@@ -329,14 +332,7 @@ impl Rejection {
     /// The RFC 9457 problem document.
     #[must_use]
     pub fn problem_json(&self) -> String {
-        // A cross-origin refusal has a type of its own, for a page's script
-        // to tell from the policy's 403 ([`cross_origin`](Self::cross_origin)).
-        let (kind, title) = if self.reason == CROSS_ORIGIN {
-            ("cross-origin", "Cross-origin request refused")
-        } else {
-            (self.kind.as_str(), self.kind.title())
-        };
-        problem_document(kind, title, self.status(), &self.detail)
+        problem_document(self.kind.as_str(), self.kind.title(), self.status(), &self.detail)
     }
 }
 
@@ -435,6 +431,17 @@ mod tests {
         assert_eq!(Rejection::invalid_token("r", "x").status(), 401);
         assert_eq!(Rejection::invalid_request("r", "x").status(), 400);
         assert_eq!(Rejection::forbidden("x").status(), 403);
+        let cross = Rejection::missing_credential(vec!["Bearer".into()]).cross_origin();
+        assert_eq!(
+            (cross.status(), cross.kind(), cross.reason()),
+            (403, ErrorKind::CrossOrigin, "cross_origin")
+        );
+        assert!(cross.challenges().is_empty());
+        assert_eq!(
+            Rejection::forbidden("x").cross_origin().kind(),
+            ErrorKind::Forbidden,
+            "only a missing credential"
+        );
     }
 
     #[test]
