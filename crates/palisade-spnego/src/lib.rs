@@ -537,11 +537,13 @@ impl fmt::Debug for SpnegoAuthenticator {
 
 /// The 401 for a Negotiate token that is not acceptable.
 fn refused(detail: &'static str) -> AuthOutcome {
-    AuthOutcome::Rejected(Rejection::new(
-        ErrorKind::InvalidNegotiate,
-        detail,
-        vec!["Negotiate".into()],
-    ))
+    AuthOutcome::Rejected(negotiate_refusal(detail))
+}
+
+/// [`refused`]'s rejection, with `WWW-Authenticate: Negotiate`, for a
+/// reason to be added.
+fn negotiate_refusal(detail: &'static str) -> Rejection {
+    Rejection::new(ErrorKind::InvalidNegotiate, detail, vec!["Negotiate".into()])
 }
 
 /// Says at `INFO` what the acceptor's keytab holds (as `klist -kte` shows
@@ -564,7 +566,18 @@ fn said_what_the_keytab_holds(env: &dyn Fn(&str) -> Option<String>, service: Opt
             format!("{principal} (kvno {}: {})", keys.kvno, types.join(", "))
         })
         .collect();
-    tracing::info!(target: LOG_TARGET, keytab = %path.display(), "Negotiate tickets are accepted with the keytab's keys: {}", listed.join("; "));
+    // Once for each contents: a reload that builds the same again says it
+    // at `DEBUG` (`saying_again`).
+    let message = format!(
+        "Negotiate tickets are accepted with the keytab's keys: {} (keytab {})",
+        listed.join("; "),
+        path.display()
+    );
+    if palisade_core::logging::first_said(&message) {
+        tracing::info!(target: LOG_TARGET, "{message}");
+    } else {
+        tracing::debug!(target: LOG_TARGET, "{message}");
+    }
     // The principals this acceptor may use: the service's (`HTTP@web` is
     // `HTTP/web@…`), else every `HTTP/…` one, not a host keytab's others.
     let prefix = match service.and_then(|s| s.split_once('@')) {
@@ -608,14 +621,7 @@ fn ntlm_offered(req: &dyn RequestHead, kind: Kind) -> AuthOutcome {
         reason,
         "a client answered the Negotiate challenge with NTLM or another mechanism than Kerberos, which is refused: it found no Kerberos ticket for this service. For users of the domain, check that HTTP/<the host they asked for> is registered once, on the account whose key the keytab holds (setspn -Q), and that their browsers trust the site for Negotiate (the Local intranet zone, AuthServerAllowlist); palisade_authentication_failures_total counts them (reasons ntlm and not_kerberos); said once a minute"
     );
-    AuthOutcome::Rejected(
-        Rejection::new(
-            ErrorKind::InvalidNegotiate,
-            kind.detail(),
-            vec!["Negotiate".into()],
-        )
-        .with_reason(reason),
-    )
+    AuthOutcome::Rejected(negotiate_refusal(kind.detail()).with_reason(reason))
 }
 
 /// How long the ticket behind an accepted context has left: the context's
@@ -791,14 +797,7 @@ impl Refusal {
                 tracing::debug!(target: LOG_TARGET, cause = reason, error = ?message, "Negotiate token refused by GSSAPI")
             }
         }
-        AuthOutcome::Rejected(
-            Rejection::new(
-                ErrorKind::InvalidNegotiate,
-                TokenKind::Kerberos.detail(),
-                vec!["Negotiate".into()],
-            )
-            .with_reason(reason),
-        )
+        AuthOutcome::Rejected(negotiate_refusal(TokenKind::Kerberos.detail()).with_reason(reason))
     }
 }
 

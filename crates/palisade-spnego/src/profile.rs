@@ -104,8 +104,8 @@ pub(crate) fn writable(dir: &Path) -> std::io::Result<()> {
 /// seconds; 300 when unset or not a number, as MIT reads it), which it
 /// adds to an accepted context's lifetime.
 pub(crate) fn clock_skew(env: &dyn Fn(&str) -> Option<String>) -> Duration {
-    libdefault(env, "clockskew")
-        .and_then(|(value, _)| value.parse().ok())
+    libdefault_value(env, "clockskew")
+        .and_then(|value| value.parse().ok())
         .map_or(DEFAULT_CLOCK_SKEW, Duration::from_secs)
 }
 
