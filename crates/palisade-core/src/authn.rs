@@ -37,7 +37,9 @@ use crate::identity::{AuthMethod, Identity};
 
 pub use crate::error::{bearer_challenge, cookie_challenge, sign_in_challenge};
 pub use crate::flight::{Busy, SingleFlight};
-pub use crate::request::{ConnectionInfo, OwnedRequest, PeerRecheck, RequestHead, started_elsewhere};
+pub use crate::request::{
+    ConnectionInfo, OwnedRequest, PeerRecheck, RequestHead, origin_among, started_elsewhere,
+};
 pub use crate::shed::shed_soonest;
 
 /// A change to the request's headers that an authenticator asks for before the

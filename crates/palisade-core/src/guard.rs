@@ -874,9 +874,7 @@ impl Compiled {
     fn unasked_refused(&self, req: &dyn RequestHead) -> bool {
         (!matches!(req.method(), "GET" | "HEAD" | "OPTIONS") || opens_websocket(req))
             && crate::request::started_elsewhere(req, None)
-            && !req.header_str("origin").is_some_and(|o| {
-                !self.trusted_origins.is_empty() && self.trusted_origins.contains(&origin_key(o))
-            })
+            && !crate::request::origin_among(req, &self.trusted_origins)
     }
 
     /// The rejection for a request that needs a credential and has none.

@@ -335,6 +335,27 @@ pub fn started_elsewhere(req: &dyn RequestHead, own_origin: Option<&str>) -> boo
     }
 }
 
+/// Whether the request's `Origin` is one of `origins`, written as
+/// [`origin_key`](crate::syntax::origin_key) writes them (a default port
+/// left out, as browsers leave it): a page of a site the service trusts
+/// with its users' cookies.
+///
+/// ```
+/// use palisade_core::authn::{OwnedRequest, origin_among};
+/// let trusted = ["https://app.shop.example".to_owned()];
+/// let post = |o: &str| OwnedRequest::new("POST", "/orders").header("origin", o);
+/// assert!(origin_among(&post("https://APP.shop.example:443"), &trusted));
+/// assert!(!origin_among(&post("https://blog.shop.example"), &trusted));
+/// assert!(!origin_among(&OwnedRequest::new("POST", "/orders"), &trusted));
+/// ```
+#[must_use]
+pub fn origin_among(req: &dyn RequestHead, origins: &[String]) -> bool {
+    !origins.is_empty()
+        && req
+            .header_str("origin")
+            .is_some_and(|o| origins.contains(&crate::syntax::origin_key(o)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::OwnedRequest;

@@ -642,24 +642,12 @@ impl SignInBuilder {
                 palisade_core::syntax::url_without_credentials(&config.post_logout_redirect)
             )));
         }
+        // As a browser writes them in `Origin`.
         if let Some(o) = &mut config.external_origin {
-            if !palisade_core::syntax::is_origin(o) {
-                return Err(SignInError::Config(format!(
-                    "externalOrigin `{}` is not an http(s) origin (scheme, host and port only)",
-                    palisade_core::syntax::url_without_credentials(o)
-                )));
-            }
-            // As a browser writes it in `Origin`.
-            *o = palisade_core::syntax::origin_key(o);
+            *o = browser_origin("externalOrigin", o)?;
         }
         for o in &mut config.trusted_origins {
-            if !palisade_core::syntax::is_origin(o) {
-                return Err(SignInError::Config(format!(
-                    "trusted origin `{}` is not an http(s) origin (scheme, host and port only)",
-                    palisade_core::syntax::url_without_credentials(o)
-                )));
-            }
-            *o = palisade_core::syntax::origin_key(o);
+            *o = browser_origin("trusted origin", o)?;
         }
         if config.idle_timeout > config.absolute_timeout {
             return Err(SignInError::Config(
@@ -861,6 +849,18 @@ fn origin(req: &dyn RequestHead) -> Option<String> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
     plain.then(|| format!("{}://{host}", if is_tls(req) { "https" } else { "http" }))
+}
+
+/// `origin` as a browser writes it in `Origin`; an error naming the setting
+/// `what` for a value that is not an http(s) origin.
+fn browser_origin(what: &str, origin: &str) -> Result<String, SignInError> {
+    if !palisade_core::syntax::is_origin(origin) {
+        return Err(SignInError::Config(format!(
+            "{what} `{}` is not an http(s) origin (scheme, host and port only)",
+            palisade_core::syntax::url_without_credentials(origin)
+        )));
+    }
+    Ok(palisade_core::syntax::origin_key(origin))
 }
 
 /// Whether a request is a browser's navigation (a page load, not an API
@@ -2225,16 +2225,6 @@ impl SignIn {
         }
     }
 
-    /// Whether the request's `Origin` is one of the trusted origins
-    /// ([`SignInBuilder::trusted_origin`]).
-    fn sent_from_trusted_origin(&self, req: &dyn RequestHead) -> bool {
-        let trusted = &self.0.config.trusted_origins;
-        !trusted.is_empty()
-            && req
-                .header_str("origin")
-                .is_some_and(|o| trusted.contains(&palisade_core::syntax::origin_key(o)))
-    }
-
     /// `logoutPath`: ends the session here, then at the issuer.
     fn logout(&self, req: &dyn RequestHead) -> Check<Reply> {
         if !matches!(req.method(), "GET" | "POST") {
@@ -2244,7 +2234,7 @@ impl SignIn {
         // as the browser says: asked to confirm, as Spring Security and
         // Keycloak do. The page's form posts from this origin.
         if palisade_core::authn::started_elsewhere(req, self.0.config.external_origin.as_deref())
-            && !self.sent_from_trusted_origin(req)
+            && !palisade_core::authn::origin_among(req, &self.0.config.trusted_origins)
         {
             return Check::Ready(confirm_logout(&self.0.config.logout_path));
         }
