@@ -15,8 +15,10 @@
 //!
 //! The decision is `palisade_core::adapter::authorize_route`, the same function the
 //! axum adapter's `require` calls: 401 with the challenges when the request
-//! has no identity (a 403 `cross-origin` where the guard set aside a cookie or Kerberos ticket of a write another origin started), 403 when it has one that falls short. Refusals are
-//! responses, so outer middleware still runs.
+//! has no identity (a 403 `cross-origin` where the guard set aside a cookie
+//! or Kerberos ticket of a write another origin started), 403 when it has
+//! one that falls short. Refusals are responses, so outer middleware still
+//! runs.
 
 use std::future::{Ready, ready};
 use std::rc::Rc;

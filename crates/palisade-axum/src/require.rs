@@ -18,7 +18,9 @@
 //!
 //! The decision is `palisade_core::adapter::authorize_route`, the same function the
 //! actix-web adapter calls: 401 with the challenges when the request has no
-//! identity (a 403 `cross-origin` where the guard set aside a cookie or Kerberos ticket of a write another origin started), 403 when it has one that falls short.
+//! identity (a 403 `cross-origin` where the guard set aside a cookie or
+//! Kerberos ticket of a write another origin started), 403 when it has one
+//! that falls short.
 
 use std::task::{Context, Poll};
 

@@ -1244,8 +1244,9 @@ pub fn actix_response(reply: Reply) -> actix_web::HttpResponse {
 /// identity the Palisade middleware established: the one decision both
 /// frameworks' route layers make, answered as the guard answers its own
 /// denials: 401 with the guard's challenges when the caller has no
-/// end-user credential and one could change the decision (a 403 `cross-origin` where the guard set aside a cookie or Kerberos ticket of a write another origin started), 403
-/// otherwise.
+/// end-user credential and one could change the decision (a 403
+/// `cross-origin` where the guard set aside a cookie or Kerberos ticket of a
+/// write another origin started), 403 otherwise.
 /// Without the middleware in front (a wiring mistake), every request is
 /// refused with 500 ([`Rejection::unguarded`]) and an error is logged. A route policy that reads
 /// hosts refuses a request whose host is [ambiguous](ambiguous_host) with

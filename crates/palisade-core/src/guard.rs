@@ -97,7 +97,8 @@ impl RequestAuth {
     /// The refusal for a handler that needs an identity the request lacks:
     /// 401 with the guard's challenges, or 403 where no authenticator
     /// offers one (a 401 names how to authenticate, RFC 9110 §11.6.1), or
-    /// a 403 `cross-origin` where the guard set aside a cookie or Kerberos ticket of a write another origin started.
+    /// a 403 `cross-origin` where the guard set aside a cookie or Kerberos ticket
+    /// of a write another origin started.
     #[must_use]
     pub fn missing_credential(&self) -> Rejection {
         self.refused(self.compiled.missing_credential())

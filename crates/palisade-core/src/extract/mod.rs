@@ -7,7 +7,8 @@
 //! the same in both: the identity the Palisade middleware established, a 401
 //! with the configured challenges when there is none (a 403 where no
 //! authenticator offers a challenge, as mTLS alone: no credential could
-//! give one; a 403 `cross-origin` where the guard set aside a cookie or Kerberos ticket of a write another origin started). A refusal is rendered
+//! give one; a 403 `cross-origin` where the guard set aside a cookie or Kerberos
+//! ticket of a write another origin started). A refusal is rendered
 //! as the guard's own are for the request: a gRPC call's as a trailers-only
 //! answer (`grpc-status` 16 or 7), a HEAD request's without a body. On a
 //! route no Palisade middleware guards (a wiring mistake) they answer 500
