@@ -22,3 +22,35 @@ fn the_integration_tests_are_built_with_every_feature() {
         "built without the features {off:?}: the integration tests that need them were left out without a word; run `cargo test --all-features` (./scripts/test does)"
     );
 }
+
+/// `SignIn::session_cookie_for` seals a session for any user from a token
+/// it does not verify: a service that turns sign-in on (and not the
+/// testkit) must not get it, whichever of the facade's features it adds.
+#[test]
+fn a_service_build_has_no_unverified_session_maker() {
+    let tree = |features: &str| {
+        let out = std::process::Command::new(env!("CARGO"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args([
+                "tree",
+                "--offline",
+                "-p",
+                "palisade",
+                "--no-default-features",
+                "--features",
+            ])
+            .arg(features)
+            .args(["-e", "features", "-i", "palisade-signin"])
+            .output()
+            .expect("cargo tree runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let service = tree("signin,redis,axum,actix,mtls,client,tonic,jwt");
+    assert!(
+        service.contains("palisade-signin feature \"default\""),
+        "{service}"
+    );
+    assert!(!service.contains("test-util"), "{service}");
+    assert!(tree("signin,testkit").contains("palisade-signin feature \"test-util\""));
+}

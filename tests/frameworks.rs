@@ -1732,6 +1732,91 @@ async fn a_cookie_does_not_authenticate_a_state_changing_request_another_origin_
     assert!(e.to_string().contains("spec.trustedOrigins[0]"), "{e}");
 }
 
+/// An HTTP/2 WebSocket's extended `CONNECT` (RFC 8441) is decided as the
+/// HTTP/1.1 upgrade it stands for, as Envoy hands it to Istio's filters:
+/// `GET`, `Upgrade: websocket`, `Connection: upgrade`. A rule on `GET`
+/// holds over HTTP/2 (a DENY is not passed by), and so does the
+/// cross-origin check of a cookie on a WebSocket's opening request.
+#[tokio::test]
+async fn an_http2_websocket_is_decided_as_the_get_that_opens_one_over_http1() {
+    let issuer = TestIssuer::builder().default_audience("details").start().unwrap();
+    let yaml = format!(
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt}}\nspec:\n  jwtRules:\n  - issuer: {}\n    jwksUri: {}\n    audiences: [details]\n    fromCookies: [session]\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: no-socket}}\nspec:\n  action: DENY\n  rules:\n  - to: [{{operation: {{methods: [GET], paths: [/ws]}}}}]\n  - to: [{{operation: {{paths: [/chat]}}}}]\n    when: [{{key: 'request.headers[upgrade]', values: [websocket]}}]\n  - to: [{{operation: {{paths: [/plain]}}}}]\n    when: [{{key: 'request.headers[connection]', values: [upgrade]}}]\n",
+        issuer.issuer(),
+        issuer.jwks_uri()
+    );
+    let set = PolicySet::from_yaml_str(&yaml, "t.yaml").unwrap();
+    let guard = palisade::guard_from_policy(&set, &Workload::new("details", "default")).unwrap();
+    let app = axum::Router::new()
+        // A header, not a body: a 2xx answer to `CONNECT` has none.
+        .route(
+            "/whoami",
+            axum::routing::any(|id: Option<Identity>| async move {
+                let subject = id.as_ref().and_then(Identity::subject).unwrap_or("nobody");
+                [("x-subject", subject.to_owned())]
+            }),
+        )
+        .fallback(|| async { "reached" })
+        .layer(palisade::axum::PalisadeLayer::new(guard));
+    let cookie = format!("session={}", issuer.token().subject("erin").sign());
+    let call =
+        |method: http::Method, path: &str, protocol: Option<&'static str>, headers: &[(&str, &str)]| {
+            let mut req = http::Request::builder()
+                .method(method)
+                .version(http::Version::HTTP_2)
+                .uri(format!("https://details.shop.example{path}"));
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            let mut req = req.body(Body::empty()).unwrap();
+            if let Some(p) = protocol {
+                req.extensions_mut().insert(hyper::ext::Protocol::from_static(p));
+            }
+            let app = app.clone();
+            async move {
+                let res = app.oneshot(req).await.unwrap();
+                let subject = res
+                    .headers()
+                    .get("x-subject")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                (res.status().as_u16(), subject)
+            }
+        };
+    let connect = http::Method::CONNECT;
+    // The method and the upgrade's headers, as Envoy rewrites them.
+    assert_eq!(call(connect.clone(), "/ws", Some("websocket"), &[]).await.0, 403);
+    assert_eq!(call(http::Method::GET, "/ws", None, &[]).await.0, 403);
+    assert_eq!(
+        call(connect.clone(), "/chat", Some("websocket"), &[]).await.0,
+        403
+    );
+    assert_eq!(
+        call(connect.clone(), "/plain", Some("websocket"), &[]).await.0,
+        403
+    );
+    // Not an upgrade: a `CONNECT` without a protocol, or with Envoy's
+    // `bytestream`, is a `CONNECT`; another protocol is its own upgrade.
+    assert_eq!(call(connect.clone(), "/ws", None, &[]).await.0, 200);
+    assert_eq!(call(connect.clone(), "/ws", Some("bytestream"), &[]).await.0, 200);
+    assert_eq!(
+        call(connect.clone(), "/chat", Some("connect-udp"), &[]).await.0,
+        200
+    );
+    assert_eq!(call(http::Method::GET, "/chat", None, &[]).await.0, 200);
+    // A cookie opens another origin's socket no more over HTTP/2 than
+    // over HTTP/1.1 (cross-site WebSocket hijacking)...
+    let evil = [("cookie", cookie.as_str()), ("origin", "https://evil.example")];
+    let answer = call(connect.clone(), "/whoami", Some("websocket"), &evil).await;
+    assert_eq!(answer, (200, Some("nobody".to_owned())));
+    // ...and opens this origin's.
+    let same = [
+        ("cookie", cookie.as_str()),
+        ("origin", "https://details.shop.example"),
+    ];
+    let answer = call(connect, "/whoami", Some("websocket"), &same).await;
+    assert_eq!(answer, (200, Some("erin".to_owned())));
+}
+
 /// A session whose every use renews its cookie, as a sign-in's refresh
 /// does: `session=alice` is alice.
 struct Renewing;

@@ -628,11 +628,11 @@ fn scaling_benches(c: &mut Criterion) {
                                 if clone {
                                     for _ in 0..iters {
                                         let guard = black_box(guard).clone();
-                                        black_box(guard.check(black_box(req)));
+                                        let _ = black_box(guard.check(black_box(req)));
                                     }
                                 } else {
                                     for _ in 0..iters {
-                                        black_box(guard.check(black_box(req)));
+                                        let _ = black_box(guard.check(black_box(req)));
                                     }
                                 }
                                 began.elapsed()
@@ -844,7 +844,7 @@ fn dpop_benches(c: &mut Criterion) {
         &mut |(_, (message, signature, x, y))| {
             let key = jsonwebtoken::DecodingKey::from_ec_components(x, y).unwrap();
             assert!(verify(message, signature, &key));
-            black_box(bearer.authenticate(black_box(&bearer_req)));
+            let _ = black_box(bearer.authenticate(black_box(&bearer_req)));
         },
     );
     g.bench_function("dpop_request_cached_token", |b| {

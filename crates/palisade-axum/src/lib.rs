@@ -417,8 +417,37 @@ fn lookup<'h>(headers: &'h http::HeaderMap, name: &str) -> http::header::GetAll<
     }
 }
 
+impl<B> HttpHead<'_, B> {
+    /// The protocol an HTTP/2 extended `CONNECT` (RFC 8441) opens, such as
+    /// `websocket`. Envoy hands such a request to its filters as the
+    /// HTTP/1.1 upgrade it stands for (`GET`, `Upgrade: websocket`,
+    /// `Connection: upgrade`), and this adapter shows it to the core so:
+    /// a rule on `GET` or on the `upgrade` header, and the cross-origin
+    /// check of a WebSocket's opening request, hold over HTTP/2 too.
+    fn h2_upgrade(&self) -> Option<&str> {
+        if self.0.method() != http::Method::CONNECT {
+            return None;
+        }
+        let protocol = self.0.extensions().get::<hyper::ext::Protocol>()?.as_str();
+        (!protocol.is_empty() && protocol != "bytestream").then_some(protocol)
+    }
+
+    /// The headers of the HTTP/1.1 upgrade an HTTP/2 extended `CONNECT`
+    /// stands for (HTTP/2 carries neither).
+    fn upgrade_header(&self, name: &str) -> Option<&[u8]> {
+        match name {
+            "upgrade" => self.h2_upgrade().map(str::as_bytes),
+            "connection" => self.h2_upgrade().map(|_| b"upgrade".as_slice()),
+            _ => None,
+        }
+    }
+}
+
 impl<B> RequestHead for HttpHead<'_, B> {
     fn method(&self) -> &str {
+        if self.h2_upgrade().is_some() {
+            return "GET";
+        }
         self.0.method().as_str()
     }
     fn path(&self) -> &str {
@@ -437,12 +466,20 @@ impl<B> RequestHead for HttpHead<'_, B> {
         self.0.uri().authority().map(http::uri::Authority::as_str)
     }
     fn header_value(&self, name: &str, index: usize) -> Option<&[u8]> {
+        if index == 0
+            && let Some(v) = self.upgrade_header(name)
+        {
+            return Some(v);
+        }
         lookup(self.0.headers(), name)
             .into_iter()
             .nth(index)
             .map(HeaderValue::as_bytes)
     }
     fn for_each_header<'s>(&'s self, name: &str, f: &mut dyn FnMut(&'s [u8])) {
+        if let Some(v) = self.upgrade_header(name) {
+            return f(v);
+        }
         lookup(self.0.headers(), name)
             .into_iter()
             .for_each(|v| f(v.as_bytes()));

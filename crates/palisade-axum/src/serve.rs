@@ -384,7 +384,9 @@ where
         .keep_alive_interval(Some(H2_KEEP_ALIVE))
         .keep_alive_timeout(H2_KEEP_ALIVE)
         .max_concurrent_streams(H2_MAX_STREAMS)
-        .max_header_list_size(H2_MAX_HEADER_LIST);
+        .max_header_list_size(H2_MAX_HEADER_LIST)
+        // WebSockets over HTTP/2 (RFC 8441), as `axum::serve` allows them.
+        .enable_connect_protocol();
     Serving {
         conn: http
             .serve_connection_with_upgrades(TokioIo::new(io), svc)

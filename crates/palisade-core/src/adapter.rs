@@ -134,6 +134,7 @@ pub trait ResponseTarget {
 /// inside ([`Reply::rejection`]).
 #[derive(Clone, Debug)]
 #[non_exhaustive]
+#[must_use = "a decision enforces nothing until it is applied (`Decision::apply`)"]
 pub enum Decision {
     /// Let the request through, after these edits.
     Allow(Admission),

@@ -31,6 +31,7 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 /// assert_eq!(later.await, 2);
 /// # }
 /// ```
+#[must_use = "a check decides nothing until its answer is read (awaited, or applied)"]
 pub enum Check<T> {
     /// Known without waiting.
     Ready(T),
@@ -98,6 +99,7 @@ impl<T> IntoFuture for Check<T> {
 ///
 /// # Panics
 /// When polled again after it completed, as futures may.
+#[must_use = "futures do nothing unless awaited"]
 pub struct CheckFuture<T>(State<T>);
 
 enum State<T> {

@@ -477,6 +477,7 @@ impl fmt::Debug for ProviderBuilder {
 /// Relaxations that weaken verification; reached through
 /// [`ProviderBuilder::dangerous`] so they stand out in review.
 #[derive(Debug)]
+#[must_use = "a builder does nothing until `build` is called"]
 pub struct DangerousProviderBuilder(ProviderBuilder);
 
 impl DangerousProviderBuilder {

@@ -201,15 +201,35 @@ pub enum SignInError {
     Config(String),
     /// A session key that cannot be used.
     #[error("sign-in: {0}")]
-    Key(#[from] crate::cookie::KeyError),
+    Key(crate::cookie::KeyError),
     /// The session store cannot be reached.
     #[error("sign-in: {0}")]
-    Store(#[from] crate::store::StoreError),
+    Store(crate::store::StoreError),
     /// The issuer's settings cannot be used to check its ID tokens (its
     /// URL, or its CA certificates, [`SignInBuilder::ca_pem`], holding none
     /// that is usable: [`palisade_jwt::ConfigError::InvalidCa`]).
     #[error("sign-in: {0}")]
-    Issuer(#[from] palisade_jwt::ConfigError),
+    Issuer(palisade_jwt::ConfigError),
+}
+
+// The causes are in the messages, so none is a `source` (a chain printer,
+// anyhow's `{:#}`, would say each twice).
+impl From<crate::cookie::KeyError> for SignInError {
+    fn from(e: crate::cookie::KeyError) -> Self {
+        Self::Key(e)
+    }
+}
+
+impl From<crate::store::StoreError> for SignInError {
+    fn from(e: crate::store::StoreError) -> Self {
+        Self::Store(e)
+    }
+}
+
+impl From<palisade_jwt::ConfigError> for SignInError {
+    fn from(e: palisade_jwt::ConfigError) -> Self {
+        Self::Issuer(e)
+    }
 }
 
 /// Builds a [`SignIn`](crate::SignIn): [`SignIn::builder`](crate::SignIn::builder).

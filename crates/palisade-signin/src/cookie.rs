@@ -106,12 +106,12 @@ pub enum KeyError {
         id: String,
     },
     /// The key file could not be read.
-    #[error("cannot read cookie key file {}: {source}", palisade_core::syntax::file_as_shown(&path.to_string_lossy()))]
+    #[error("cannot read cookie key file {}: {error}", palisade_core::syntax::file_as_shown(&path.to_string_lossy()))]
     ReadFile {
         /// The file.
         path: PathBuf,
-        /// Why.
-        source: std::io::Error,
+        /// Why (in the message too, so not its `source`).
+        error: std::io::Error,
     },
     /// The key file's content is not a key.
     #[error("cookie key file {}: {problem}", path.display())]
@@ -275,9 +275,9 @@ impl CookieKey {
         if !valid_id(id) {
             return Err(KeyError::InvalidId(id.to_owned()));
         }
-        let bytes = std::fs::read(path).map_err(|source| KeyError::ReadFile {
+        let bytes = std::fs::read(path).map_err(|error| KeyError::ReadFile {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         let in_file = |problem: KeyError| KeyError::KeyFile {
             path: path.to_owned(),
@@ -1654,6 +1654,17 @@ mod tests {
         let missing = CookieKey::from_file("k", "/nonexistent/cookie.key").unwrap_err();
         assert!(matches!(missing, KeyError::ReadFile { .. }));
         assert!(missing.to_string().contains("/nonexistent/cookie.key"));
+        // The cause is said once: in the message, not again as a source
+        // (anyhow's `{:#}` prints both), nor by the error that wraps it.
+        assert!(missing.to_string().contains("No such file"), "{missing}");
+        assert!(std::error::Error::source(&missing).is_none());
+        let wrapped = crate::SignInError::from(missing);
+        assert!(std::error::Error::source(&wrapped).is_none());
+        assert_eq!(
+            wrapped.to_string().matches("No such file").count(),
+            1,
+            "{wrapped}"
+        );
         let wrong = CookieKey::new("k", &[0u8; 16]).unwrap_err();
         assert!(matches!(wrong, KeyError::WrongLength { len: 16, .. }));
         std::fs::remove_dir_all(short.parent().unwrap()).unwrap();

@@ -291,13 +291,17 @@ impl SignIn {
     /// A `Cookie` request header value holding a session for a user signed
     /// in with these tokens: for tests of an application's signed-in pages
     /// without a browser. The access token's claims (a JWT of this issuer)
-    /// give the identity. The session has no refresh token, so with the
+    /// give the identity, **unverified**: whoever calls this makes any
+    /// user, so it exists only with the feature `test-util` (which the
+    /// facade's `testkit` turns on), never in a build of a service that
+    /// does not ask for it. The session has no refresh token, so with the
     /// in-memory store it is for this relying party (or one sharing its
     /// store) made before it: another's store, made later, does not know
     /// whether it ended ([`SessionStore::endings_since`]).
     ///
     /// # Errors
     /// [`SignInError::Config`] when the session does not fit in cookies.
+    #[cfg(feature = "test-util")]
     pub fn session_cookie_for(
         &self,
         subject: &str,

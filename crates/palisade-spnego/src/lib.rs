@@ -131,13 +131,15 @@ pub enum SpnegoError {
     },
     /// A token for an outbound call could not be made (no ticket for the
     /// service, the KDC refused the impersonation or the delegation).
-    #[error("cannot make a Kerberos token for {service}: {source}")]
+    #[error("cannot make a Kerberos token for {service}: {message}")]
     Initiate {
         /// The host-based service asked for (`HTTP@backend.example.test`).
         service: String,
-        /// GSSAPI's error.
-        #[source]
-        source: libgssapi::error::Error,
+        /// GSSAPI's message (its major status's and the mechanism's).
+        message: String,
+        /// GSSAPI's minor status: the mechanism's own code (MIT Kerberos's
+        /// `krb5_error_code`, as an `OM_uint32`).
+        minor: u32,
     },
     /// An upstream called with a Kerberos ticket did not prove that it is
     /// the service the ticket is for (RFC 4559 §5: its answer carries no
@@ -152,6 +154,15 @@ pub enum SpnegoError {
 }
 
 impl SpnegoError {
+    /// An outbound token for `service` GSSAPI could not make.
+    fn initiate(service: &str, e: &libgssapi::error::Error) -> Self {
+        Self::Initiate {
+            service: service.to_owned(),
+            message: e.to_string(),
+            minor: e.minor,
+        }
+    }
+
     /// Whether no KDC of the realm could be reached for an outbound token
     /// ([`Initiate`](Self::Initiate) with MIT's `KRB5_KDC_UNREACH`, "Cannot
     /// contact any KDC for requested realm", or `KRB5_REALM_CANT_RESOLVE`,
@@ -163,9 +174,9 @@ impl SpnegoError {
         const KRB5_KDC_UNREACH: i32 = -1_765_328_228;
         const KRB5_REALM_CANT_RESOLVE: i32 = -1_765_328_164;
         match self {
-            Self::Initiate { source, .. } => {
+            Self::Initiate { minor, .. } => {
                 // The minor status is an `OM_uint32` holding the `krb5_error_code`'s bits.
-                let code = i32::from_ne_bytes(source.minor.to_ne_bytes());
+                let code = i32::from_ne_bytes(minor.to_ne_bytes());
                 code == KRB5_KDC_UNREACH || code == KRB5_REALM_CANT_RESOLVE
             }
             _ => false,
@@ -1221,10 +1232,7 @@ impl Negotiation {
     /// The first leg for `service` with credential `cred`: a Kerberos
     /// initial token asking for mutual authentication.
     pub(crate) fn start(cred: Cred, service: &str) -> Result<Self, SpnegoError> {
-        let err = |source| SpnegoError::Initiate {
-            service: service.to_owned(),
-            source,
-        };
+        let err = |e| SpnegoError::initiate(service, &e);
         let target = Name::new(service.as_bytes(), Some(GSS_NT_HOSTBASED_SERVICE))
             .and_then(|n| n.canonicalize(Some(GSS_MECH_KRB5)))
             .map_err(err)?;
@@ -1442,10 +1450,7 @@ impl Impersonator {
     /// [`SpnegoError::Initiate`] with GSSAPI's error (the KDC refused the
     /// impersonation or the delegation).
     pub fn negotiate(&self, user: &str, service: &str) -> Result<Negotiation, SpnegoError> {
-        let err = |source| SpnegoError::Initiate {
-            service: service.to_owned(),
-            source,
-        };
+        let err = |e| SpnegoError::initiate(service, &e);
         let name = Name::new(user.as_bytes(), Some(libgssapi::oid::GSS_NT_KRB5_PRINCIPAL)).map_err(err)?;
         let mut mechs = OidSet::new();
         mechs.add(GSS_MECH_KRB5).map_err(err)?;

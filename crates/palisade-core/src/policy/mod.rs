@@ -2122,9 +2122,9 @@ const ROOT_SELECTOR_IGNORED: &str = "a workload selector in the root namespace i
 /// # Errors
 /// [`SecretFileError`]: the file cannot be read, or is empty.
 pub fn read_secret_file(file: &str) -> Result<String, SecretFileError> {
-    let text = std::fs::read_to_string(file).map_err(|source| SecretFileError::Unreadable {
+    let text = std::fs::read_to_string(file).map_err(|error| SecretFileError::Unreadable {
         file: file.to_owned(),
-        source,
+        error,
     })?;
     let secret = text.trim_end_matches(['\r', '\n']).to_owned();
     if secret.is_empty() {
@@ -2141,12 +2141,12 @@ pub fn read_secret_file(file: &str) -> Result<String, SecretFileError> {
 #[non_exhaustive]
 pub enum SecretFileError {
     /// The file cannot be read (missing, or not readable by this process).
-    #[error("cannot read {}: {source}", crate::syntax::file_as_shown(file))]
+    #[error("cannot read {}: {error}", crate::syntax::file_as_shown(file))]
     Unreadable {
         /// The file, as the document names it.
         file: String,
-        /// Why.
-        source: std::io::Error,
+        /// Why (in the message too, so not its `source`).
+        error: std::io::Error,
     },
     /// The file holds nothing but line ends.
     #[error("`{file}` is empty")]
