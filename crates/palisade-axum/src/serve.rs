@@ -1559,6 +1559,44 @@ mod tests {
         ends_with_goaway(client, connection, "the idle connection").await;
     }
 
+    /// A WebSocket over HTTP/2 (RFC 8441) is accepted as under
+    /// `axum::serve`: the server advertises the extended `CONNECT`, and the
+    /// application gets the request with its `:protocol`.
+    #[tokio::test]
+    async fn an_http2_websocket_reaches_the_application() {
+        let app = Router::new().route(
+            "/ws",
+            axum::routing::any(|req: axum::extract::Request| async move {
+                let protocol = req.extensions().get::<hyper::ext::Protocol>();
+                // A header: a 2xx answer to `CONNECT` has no body.
+                let seen = format!(
+                    "{} {:?}",
+                    req.method(),
+                    protocol.map(hyper::ext::Protocol::as_str)
+                );
+                [("x-seen", seen)]
+            }),
+        );
+        let addr = serve_app(app, ServerLimits::default()).await;
+        // A first answer: the server's settings have been read by then.
+        let (client, _connection, answer) = h2_get(addr, "/ws").await;
+        assert_eq!(answer.await.unwrap().status(), 200);
+        assert!(client.is_extended_connect_protocol_enabled());
+        let mut connect = Request::connect("http://x/ws").body(()).unwrap();
+        connect
+            .extensions_mut()
+            .insert(h2::ext::Protocol::from("websocket"));
+        let (answer, _) = client
+            .ready()
+            .await
+            .unwrap()
+            .send_request(connect, false)
+            .unwrap();
+        let answer = answer.await.unwrap();
+        assert_eq!(answer.status(), 200);
+        assert_eq!(answer.headers()["x-seen"], "CONNECT Some(\"websocket\")");
+    }
+
     /// A browser sign-in's session in eight cookies of 3800 bytes reaches
     /// the application over HTTP/2 (hyper's 16 KiB header list would refuse
     /// it before Palisade runs, and the user could not even log out), and so
