@@ -3840,6 +3840,21 @@ mod tests {
     /// Whether `jwt` authenticates a request with `token` in
     /// `Authorization: Bearer`, an answer that is not ready awaited on a
     /// runtime of its own.
+    /// The testkit's expired and not-yet-valid tokens are refused under the
+    /// default leeway, which a token expired a moment ago is within.
+    #[test]
+    fn the_testkits_expired_tokens_are_past_the_default_leeway() {
+        let issuer = palisade_testkit::TestIssuer::builder()
+            .default_audience("api")
+            .start()
+            .unwrap();
+        let jwt = for_api(&issuer, |b| b.jwks_inline(issuer.jwks().to_string()));
+        assert!(accepts(&jwt, &issuer.token().sign()));
+        assert!(accepts(&jwt, &issuer.token().expires_in(-30).sign()));
+        assert!(!accepts(&jwt, &issuer.token().expired().sign()));
+        assert!(!accepts(&jwt, &issuer.token().not_yet_valid().sign()));
+    }
+
     fn accepts(jwt: &JwtAuthenticator, token: &str) -> bool {
         use palisade_core::authn::OwnedRequest;
         let req = OwnedRequest::get("/").header("authorization", format!("Bearer {token}"));

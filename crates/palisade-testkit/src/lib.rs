@@ -1255,10 +1255,25 @@ impl TokenBuilder<'_> {
         self
     }
 
-    /// `exp` = now + `secs` (negative for an expired token).
+    /// `exp` = now + `secs`. Verifiers allow some clock skew (Palisade 60
+    /// seconds by default, `ProviderBuilder::leeway`): a token that expired
+    /// less than that ago is still accepted, so a test of an expired
+    /// token should go past it, or use [`expired`](Self::expired).
     pub fn expires_in(mut self, secs: i64) -> Self {
         self.claims.insert("exp".into(), json!(now() + secs));
         self
+    }
+
+    /// An expired token, past any verifier's leeway: `exp` an hour ago,
+    /// `iat` two hours ago.
+    pub fn expired(self) -> Self {
+        self.issued_at(-7200).expires_in(-3600)
+    }
+
+    /// A token not valid yet, past any verifier's leeway: `nbf` in an
+    /// hour.
+    pub fn not_yet_valid(self) -> Self {
+        self.not_before(3600)
     }
 
     /// `nbf` = now + `secs_from_now`.
