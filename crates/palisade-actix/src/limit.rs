@@ -186,18 +186,24 @@ where
                     })
                     .map_into_left_body());
             };
-            // Whatever the app answered a body it could not read in time.
+            // In place of the app's answer, with the cookies it set (a
+            // session's renewal).
+            let instead = |res: ServiceResponse<_>, limit| {
+                let cookies = res.headers().get_all(actix_web::http::header::SET_COOKIE);
+                let kept = keeping_cookies(limit, cookies.filter_map(|v| v.to_str().ok()));
+                let instead = actix_response(rendering.render(kept));
+                res.into_response(instead)
+            };
             let res = match why {
                 // Answered without reading it all: sent as it is.
                 Cut::Unread => res.map_into_boxed_body(),
-                Cut::Late => {
-                    // In place of the app's answer, with the cookies it set
-                    // (a session's renewal).
-                    let cookies = res.headers().get_all(actix_web::http::header::SET_COOKIE);
-                    let kept =
-                        keeping_cookies(limits.body_too_slow(), cookies.filter_map(|v| v.to_str().ok()));
-                    let instead = actix_response(rendering.render(kept));
-                    res.into_response(instead)
+                // Whatever the app answered a body it could not read in time.
+                Cut::Late => instead(res, limits.body_too_slow()),
+                // A body over the limit, whatever the app made of the
+                // error (a handler reading the stream itself may answer
+                // 500): the 413 actix-web's extractors give.
+                Cut::Overflow if res.status() != actix_web::http::StatusCode::PAYLOAD_TOO_LARGE => {
+                    instead(res, limits.body_too_large())
                 }
                 Cut::Overflow => res.map_into_boxed_body(),
             };
@@ -1189,6 +1195,52 @@ mod tests {
             assert_eq!(res.status(), status, "{size} bytes");
             let close = res.response().head().connection_type() == actix_web::http::ConnectionType::Close;
             assert_eq!(close, status == 413, "{size} bytes");
+        }
+    }
+
+    /// A handler that reads the stream itself and answers 500 on its error
+    /// (as one streaming an upload to storage would): a body over the limit
+    /// is still answered 413, with the cookies the app set.
+    #[actix_web::test]
+    async fn a_streaming_handlers_own_answer_to_a_body_over_the_limit_is_413() {
+        use futures_core::Stream as _;
+        let app = test::init_service(
+            App::new()
+                .route(
+                    "/upload",
+                    web::post().to(|mut body: web::Payload| async move {
+                        let mut got = 0;
+                        while let Some(chunk) =
+                            std::future::poll_fn(|cx| Pin::new(&mut body).poll_next(cx)).await
+                        {
+                            match chunk {
+                                Ok(c) => got += c.len(),
+                                Err(_) => {
+                                    return HttpResponse::InternalServerError()
+                                        .insert_header(("set-cookie", "session=renewed"))
+                                        .body("storage failed");
+                                }
+                            }
+                        }
+                        HttpResponse::Ok().body(got.to_string())
+                    }),
+                )
+                .wrap(BodyLimit::new(ServerLimits::default().body_limit(100))),
+        )
+        .await;
+        for (size, status) in [(101, 413), (100, 200)] {
+            let mut req = test::TestRequest::post()
+                .uri("/upload")
+                .set_payload(vec![b'a'; size])
+                .to_request();
+            req.headers_mut().remove(CONTENT_LENGTH);
+            let res = test::call_service(&app, req).await;
+            assert_eq!(res.status(), status, "{size} bytes");
+            if status == 413 {
+                assert_eq!(res.headers().get("set-cookie").unwrap(), "session=renewed");
+                let problem = test::read_body(res).await;
+                assert!(String::from_utf8_lossy(&problem).contains("larger than 100 bytes"));
+            }
         }
     }
 }

@@ -400,13 +400,20 @@ where
                 if flags.as_ref().is_some_and(|f| f.late.load(Ordering::Relaxed)) {
                     return Poll::Ready(Ok(instead(limits.body_too_slow())));
                 }
-                // A gRPC call's body over the limit (its declared length is
-                // checked as it is read): a gRPC status, not axum's 413,
-                // nor the `UNKNOWN` tonic makes of the error.
+                // A body over the limit (its declared length is checked as
+                // it is read). An HTTP request's: the 413 axum's extractors
+                // give, whatever the app made of the error (a handler
+                // reading the stream itself may answer 500). A gRPC call's:
+                // a gRPC status, not axum's 413, nor the `UNKNOWN` tonic
+                // makes of the error.
                 let over = flags.as_ref().is_some_and(|f| f.over.load(Ordering::Relaxed));
-                if !matches!(rendering, Rendering::Http | Rendering::Head)
-                    && (over || res.status() == http::StatusCode::PAYLOAD_TOO_LARGE)
-                {
+                let too_large = res.status() == http::StatusCode::PAYLOAD_TOO_LARGE;
+                let replaced = if matches!(rendering, Rendering::Http | Rendering::Head) {
+                    over && !too_large
+                } else {
+                    over || too_large
+                };
+                if replaced {
                     return Poll::Ready(Ok(instead(limits.body_too_large())));
                 }
                 Poll::Ready(Ok(res.map(ResponseBody::inner)))
@@ -487,6 +494,46 @@ mod tests {
             .method(method)
             .uri("/")
             .header("content-type", content_type)
+    }
+
+    /// A handler that reads the stream itself and answers 500 on its error
+    /// (as one streaming an upload to storage would): a body over the limit
+    /// is still answered 413, with the cookies the app set.
+    #[tokio::test]
+    async fn a_streaming_handlers_own_answer_to_a_body_over_the_limit_is_413() {
+        let app = Router::new().route(
+            "/",
+            any(|body: axum::body::Body| async move {
+                match body.collect().await {
+                    Ok(b) => (
+                        http::StatusCode::OK,
+                        [("set-cookie", "session=renewed")],
+                        b.to_bytes().len().to_string(),
+                    ),
+                    Err(_) => (
+                        http::StatusCode::INTERNAL_SERVER_ERROR,
+                        [("set-cookie", "session=renewed")],
+                        "storage failed".to_owned(),
+                    ),
+                }
+            }),
+        );
+        let layered = BodyLimitLayer::new(ServerLimits::default().body_limit(10)).layer(app);
+        for (chunks, status) in [(2, 413), (1, 200)] {
+            let req = request("POST", "application/octet-stream")
+                .body(Chunks(chunks))
+                .unwrap();
+            let res = layered.clone().oneshot(req).await.unwrap();
+            assert_eq!(res.status(), status, "{chunks} chunks");
+            assert_eq!(res.headers()["set-cookie"], "session=renewed");
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            if status == 413 {
+                assert!(
+                    String::from_utf8_lossy(&body).contains("larger than 10 bytes"),
+                    "{body:?}"
+                );
+            }
+        }
     }
 
     #[tokio::test]
