@@ -24,10 +24,11 @@ fn the_integration_tests_are_built_with_every_feature() {
 }
 
 /// `SignIn::session_cookie_for` seals a session for any user from a token
-/// it does not verify: a service that turns sign-in on (and not the
-/// testkit) must not get it, whichever of the facade's features it adds.
+/// it does not verify, and `TestUsers` believes a header naming the user:
+/// a service that turns on every feature but the testkit must not get
+/// them.
 #[test]
-fn a_service_build_has_no_unverified_session_maker() {
+fn a_service_build_has_no_test_only_authentication() {
     let tree = |features: &str| {
         let out = std::process::Command::new(env!("CARGO"))
             .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -40,17 +41,33 @@ fn a_service_build_has_no_unverified_session_maker() {
                 "--features",
             ])
             .arg(features)
-            .args(["-e", "features", "-i", "palisade-signin"])
+            .args([
+                "-e",
+                "features,normal",
+                "-i",
+                "palisade-core",
+                "-i",
+                "palisade-signin",
+            ])
             .output()
             .expect("cargo tree runs");
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     };
+    let test_only = [
+        "palisade-signin feature \"test-util\"",
+        "palisade-core feature \"test-util\"",
+    ];
     let service = tree("signin,redis,axum,actix,mtls,client,tonic,jwt");
     assert!(
         service.contains("palisade-signin feature \"default\""),
         "{service}"
     );
-    assert!(!service.contains("test-util"), "{service}");
-    assert!(tree("signin,testkit").contains("palisade-signin feature \"test-util\""));
+    for feature in test_only {
+        assert!(!service.contains(feature), "{feature}: {service}");
+    }
+    let tests = tree("signin,testkit");
+    for feature in test_only {
+        assert!(tests.contains(feature), "{feature}: {tests}");
+    }
 }

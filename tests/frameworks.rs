@@ -1817,6 +1817,45 @@ async fn an_http2_websocket_is_decided_as_the_get_that_opens_one_over_http1() {
     assert_eq!(answer, (200, Some("erin".to_owned())));
 }
 
+/// The testkit's users stand in for an issuer: the request names its user,
+/// the guard's policy and the handlers' extractors answer that user as in
+/// production, on both frameworks.
+#[tokio::test]
+async fn test_users_stand_in_for_an_issuer_on_both_frameworks() {
+    use palisade::core::authn::TestUsers;
+    use palisade::core::authz::{AccessPolicy, Rule};
+    let users = TestUsers::new()
+        .with_realm_roles("alice", &["admin"])
+        .with_claims(
+            "bob",
+            json!({"iss": "https://issuer.test", "sub": "b-1", "scope": "read"}),
+        );
+    let policy = AccessPolicy::builder()
+        .allow(
+            "readers",
+            [Rule::new().request_principals(["https://issuer.test/*"])],
+        )
+        .build()
+        .unwrap();
+    let guard = palisade::prelude::Guard::builder()
+        .authenticator(users)
+        .access_policy(policy)
+        .build()
+        .unwrap();
+    let named = |user: &str| vec![("authorization", format!("Test {user}"))];
+    let cases: [(Headers<'_>, (u16, Value)); 4] = [
+        (named("alice"), (200, json!("alice"))),
+        (named("bob"), (200, json!("b-1"))),
+        (named("mallory"), (401, Value::Null)),
+        (vec![], (401, Value::Null)),
+    ];
+    for (headers, expected) in cases {
+        let [a, b] = whoami_both(&guard, "GET", &headers).await;
+        assert_eq!(a, expected, "{headers:?}");
+        assert_eq!(a, b, "{headers:?}: the frameworks differ");
+    }
+}
+
 /// A session whose every use renews its cookie, as a sign-in's refresh
 /// does: `session=alice` is alice.
 struct Renewing;

@@ -41,6 +41,8 @@ pub use crate::request::{
     ConnectionInfo, OwnedRequest, PeerRecheck, RequestHead, origin_among, started_elsewhere,
 };
 pub use crate::shed::shed_soonest;
+#[cfg(feature = "test-util")]
+pub use crate::testing::TestUsers;
 
 /// A change to the request's headers that an authenticator asks for before the
 /// handler sees the request (Istio's `forwardOriginalToken: false`,

@@ -52,6 +52,8 @@ mod identity;
 mod request;
 mod shed;
 mod striped;
+#[cfg(feature = "test-util")]
+mod testing;
 
 pub use check::{BoxFuture, Check, CheckFuture};
 pub use error::{ErrorKind, Rejection};
