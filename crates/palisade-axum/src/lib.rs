@@ -810,11 +810,32 @@ fn answered<B>() -> Response<ResponseBody<B>> {
     res
 }
 
+impl<S, ReqBody> std::fmt::Debug for ResponseFuture<S, ReqBody>
+where
+    S: Service<Request<ReqBody>>,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
 pin_project_lite::pin_project! {
     /// The response body: the inner service's, or a problem document.
     pub struct ResponseBody<B> {
         #[pin]
         inner: BodyKind<B>,
+    }
+}
+
+impl<B> std::fmt::Debug for ResponseBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.inner {
+            BodyKind::Inner { .. } => "Inner",
+            BodyKind::Problem { .. } => "Problem",
+        };
+        f.debug_tuple("ResponseBody")
+            .field(&format_args!("{kind}"))
+            .finish()
     }
 }
 
@@ -903,6 +924,11 @@ mod tests {
         let problem = ResponseBody::<axum::body::Body>::problem(Bytes::from_static(b"{}"));
         assert!(!problem.is_end_stream());
         assert_eq!(problem.size_hint().exact(), Some(2));
+        // Public types are `Debug` (C-DEBUG), a body saying which it is.
+        assert_eq!(format!("{problem:?}"), "ResponseBody(Problem)");
+        fn debug<T: std::fmt::Debug>() {}
+        debug::<ResponseFuture<axum::Router, axum::body::Body>>();
+        debug::<crate::limit::BodyLimitFuture<std::future::Ready<()>>>();
     }
 
     #[test]

@@ -360,6 +360,12 @@ pin_project_lite::pin_project! {
     }
 }
 
+impl<F> std::fmt::Debug for BodyLimitFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BodyLimitFuture").finish_non_exhaustive()
+    }
+}
+
 pin_project_lite::pin_project! {
     #[project = KindProj]
     enum Kind<F> {

@@ -31,6 +31,18 @@ pub enum ErrorKind {
     Unguarded,
 }
 
+/// The kind's stable machine name ([`ErrorKind::as_str`]).
+///
+/// ```
+/// use palisade_core::ErrorKind;
+/// assert_eq!(ErrorKind::CrossOrigin.to_string(), "cross-origin");
+/// ```
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl ErrorKind {
     /// The HTTP status for this kind.
     #[must_use]

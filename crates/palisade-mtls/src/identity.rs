@@ -27,8 +27,12 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 /// assert_eq!(id.principal(), "cluster.local/ns/default/sa/productpage");
 /// assert!(SpiffeId::parse("spiffe://Cluster.local/x").is_err());
 /// assert!(SpiffeId::parse("spiffe://td/a/../b").is_err());
+/// // As a string would be: parsed, shown, compared, sorted.
+/// let parsed: SpiffeId = "spiffe://cluster.local/ns/default/sa/reviews".parse().unwrap();
+/// assert!(id < parsed);
+/// assert_eq!(String::from(parsed), "spiffe://cluster.local/ns/default/sa/reviews");
 /// ```
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SpiffeId {
     id: String,
     td_end: usize,
@@ -165,6 +169,34 @@ impl fmt::Debug for SpiffeId {
 impl fmt::Display for SpiffeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.id)
+    }
+}
+
+impl std::str::FromStr for SpiffeId {
+    type Err = SpiffeIdError;
+
+    fn from_str(text: &str) -> Result<Self, SpiffeIdError> {
+        Self::parse(text)
+    }
+}
+
+impl TryFrom<&str> for SpiffeId {
+    type Error = SpiffeIdError;
+
+    fn try_from(text: &str) -> Result<Self, SpiffeIdError> {
+        Self::parse(text)
+    }
+}
+
+impl AsRef<str> for SpiffeId {
+    fn as_ref(&self) -> &str {
+        &self.id
+    }
+}
+
+impl From<SpiffeId> for String {
+    fn from(id: SpiffeId) -> Self {
+        id.id
     }
 }
 
