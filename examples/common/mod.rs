@@ -865,11 +865,7 @@ pub fn outbound_for(
     use palisade::core::policy::FromPolicy as _;
     let credentials = palisade::client::Upstreams::from_policy(policy)?.unwrap_or_default();
     let mesh = match (&args.tls_cert, &args.tls_key, &args.client_ca) {
-        (Some(cert), Some(key), Some(ca)) => Some(palisade::mtls::MeshIdentity {
-            cert: cert.clone(),
-            key: key.clone(),
-            ca: ca.clone(),
-        }),
+        (Some(cert), Some(key), Some(ca)) => Some(palisade::mtls::MeshIdentity::new(cert, key, ca)),
         _ => None,
     };
     let tls = palisade::mtls::UpstreamTls::from_policy(policy, mesh.as_ref())?;

@@ -34,6 +34,7 @@ pub(crate) const HMAC: [Algorithm; 3] = [Algorithm::HS256, Algorithm::HS384, Alg
 /// accepts: set with [`ProviderBuilder::tenants`] or
 /// [`ProviderBuilder::tenant_resolver`].
 #[derive(Clone)]
+#[non_exhaustive]
 pub enum Tenants {
     /// These tenants only.
     List(Vec<String>),

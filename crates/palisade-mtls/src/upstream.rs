@@ -41,7 +41,9 @@ use crate::ClientTls;
 /// The workload's own mesh identity, for `ISTIO_MUTUAL`: its certificate
 /// chain and key (a SPIFFE workload certificate) and the mesh's trust
 /// bundle (the examples' `--tls-cert`, `--tls-key` and `--client-ca`).
+/// Made with [`MeshIdentity::new`]: it may gain fields.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct MeshIdentity {
     /// The PEM certificate chain.
     pub cert: PathBuf,
@@ -49,6 +51,19 @@ pub struct MeshIdentity {
     pub key: PathBuf,
     /// The PEM trust bundle of the mesh.
     pub ca: PathBuf,
+}
+
+impl MeshIdentity {
+    /// The workload's certificate chain `cert` and key `key`, and the
+    /// mesh's trust bundle `ca` (PEM files).
+    #[must_use]
+    pub fn new(cert: impl Into<PathBuf>, key: impl Into<PathBuf>, ca: impl Into<PathBuf>) -> Self {
+        Self {
+            cert: cert.into(),
+            key: key.into(),
+            ca: ca.into(),
+        }
+    }
 }
 
 /// How a call to one upstream travels.

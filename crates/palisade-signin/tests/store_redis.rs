@@ -85,12 +85,10 @@ fn an_hour_hence_ms() -> String {
 }
 
 fn session<'a>(id: &'a str, subject: &'a str, sid: Option<&'a str>, created: SystemTime) -> SessionRef<'a> {
-    SessionRef {
-        id,
-        issuer: ISSUER,
-        subject,
-        sid,
-        created,
+    let session = SessionRef::new(id, ISSUER, subject, created);
+    match sid {
+        Some(sid) => session.with_sid(sid),
+        None => session,
     }
 }
 
@@ -202,10 +200,8 @@ async fn sid_and_subject_revocations_match_the_right_sessions_only() {
                     .unwrap()
             );
             assert!(!store.is_revoked(&session("x3", "alice", None, now)).unwrap());
-            let other_issuer = SessionRef {
-                issuer: "https://other.example",
-                ..session("x4", "alice", Some("idp-1"), now)
-            };
+            let mut other_issuer = session("x4", "alice", Some("idp-1"), now);
+            other_issuer.issuer = "https://other.example";
             assert!(!store.is_revoked(&other_issuer).unwrap());
             // A session the identity provider's session began after it.
             assert!(

@@ -83,6 +83,7 @@ pub use signin::{BackchannelDelivery, EndSessionRequest, IdTokenTamper};
 
 /// The algorithm the issuer signs with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SigningAlgorithm {
     /// RSASSA-PKCS1-v1_5 with SHA-256, 2048-bit keys (Keycloak's default).
     Rs256,
@@ -104,6 +105,7 @@ impl SigningAlgorithm {
 
 /// What the discovery and JWKS endpoints do.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Fault {
     /// Answer normally.
     None,

@@ -130,8 +130,10 @@ const NETWORKING_API_VERSIONS: [&str; 3] = [
 /// A problem found by a check of a deserialized value: (field path, message).
 pub(crate) type FieldError = (String, String);
 
-/// The workload a service runs as: what selects the documents that apply to it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The workload a service runs as: what selects the documents that apply
+/// to it. Made with [`Workload::new`]: it may gain fields.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct Workload {
     /// The service name (`app` label): also the Kubernetes `Service` this
     /// workload serves, which a `targetRefs` entry of kind `Service` names.
@@ -162,6 +164,20 @@ impl Workload {
     #[must_use]
     pub fn label(mut self, key: &str, value: &str) -> Self {
         self.labels.insert(key.to_owned(), value.to_owned());
+        self
+    }
+
+    /// Sets the root namespace, whose documents apply to every workload
+    /// (Istio's `rootNamespace`, `istio-system` by default).
+    ///
+    /// ```
+    /// use palisade_core::policy::Workload;
+    /// let w = Workload::new("details", "shop").root_namespace("mesh-root");
+    /// assert_eq!((w.namespace.as_str(), w.root_namespace.as_str()), ("shop", "mesh-root"));
+    /// ```
+    #[must_use]
+    pub fn root_namespace(mut self, namespace: &str) -> Self {
+        namespace.clone_into(&mut self.root_namespace);
         self
     }
 

@@ -13,13 +13,7 @@
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
 //! let store = MemoryStore::new();
 //! let now = SystemTime::now();
-//! let session = SessionRef {
-//!     id: "s-1",
-//!     issuer: "https://idp.example",
-//!     subject: "alice",
-//!     sid: Some("idp-session-7"),
-//!     created: now,
-//! };
+//! let session = SessionRef::new("s-1", "https://idp.example", "alice", now).with_sid("idp-session-7");
 //! assert!(!store.is_revoked(&session)?);
 //! // A back-channel logout for the identity provider's session: its
 //! // sessions begun until now end.
@@ -29,7 +23,8 @@
 //!     .revoke(Revocation::Sid { issuer: "https://idp.example".into(), sid: "idp-session-7".into(), before, until })
 //!     .await?;
 //! assert!(store.is_revoked(&session)?);
-//! let later = SessionRef { id: "s-2", created: before, ..session };
+//! let mut later = session;
+//! (later.id, later.created) = ("s-2", before);
 //! assert!(!store.is_revoked(&later)?);
 //! // A logout token is used once.
 //! assert!(store.use_once("jti-42", Duration::from_secs(300)).await?);
@@ -204,8 +199,10 @@ pub trait SessionStore: Send + Sync + 'static {
 }
 
 /// The facts about a session that revocations match against. Its `Debug`
-/// output leaves out the two session ids.
+/// output leaves out the two session ids. Made with
+/// [`SessionRef::new`]: it may gain fields.
 #[derive(Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SessionRef<'a> {
     /// The session's own id (the relying party's).
     pub id: &'a str,
@@ -218,6 +215,28 @@ pub struct SessionRef<'a> {
     pub sid: Option<&'a str>,
     /// When the session was created (signed in).
     pub created: SystemTime,
+}
+
+impl<'a> SessionRef<'a> {
+    /// The session `id` of `subject` at `issuer`, signed in at `created`,
+    /// of no identity provider's session id.
+    #[must_use]
+    pub fn new(id: &'a str, issuer: &'a str, subject: &'a str, created: SystemTime) -> Self {
+        Self {
+            id,
+            issuer,
+            subject,
+            sid: None,
+            created,
+        }
+    }
+
+    /// With the identity provider's session id (the ID token's `sid`).
+    #[must_use]
+    pub fn with_sid(mut self, sid: &'a str) -> Self {
+        self.sid = Some(sid);
+        self
+    }
 }
 
 /// What a logout revokes. `until` is when the entry may be forgotten: the
