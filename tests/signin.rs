@@ -132,6 +132,43 @@ async fn finish_sign_in(base: &str, mut jar: Jar, to_issuer: &str) -> Jar {
     jar
 }
 
+/// The way docs/signin.md gives to test an application's signed-in pages
+/// without a browser: a `SignIn` made from the same policy file as the
+/// guard (the same keys, issuer and client) makes a session cookie that
+/// the guard opens, on both frameworks; the user is the access token's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_cookie_made_for_a_test_opens_in_the_guard_of_the_same_file() {
+    use palisade::core::policy::{FromPolicy as _, PolicySet, Workload};
+    let f = fixture(Duration::from_secs(300));
+    let yaml = policy(&f.issuer, &f.key_file, "");
+    let (a, b) = serve_both(|| guard_from(&yaml));
+    ready(&a).await;
+    ready(&b).await;
+    let set = PolicySet::from_yaml_str(&yaml, "signin test policy").unwrap();
+    let workload = Workload::new("productpage", "default");
+    let sign_in = SignIn::from_policy(&set.for_workload(&workload))
+        .unwrap()
+        .unwrap();
+    let token = f.issuer.token().subject("erin").audience("productpage").sign();
+    let cookie = sign_in
+        .session_cookie_for("erin", &token, Duration::from_secs(60))
+        .unwrap();
+    let mut jar = Jar::default();
+    for pair in cookie.split("; ") {
+        let (k, v) = pair.split_once('=').unwrap();
+        jar.0.insert(k.into(), v.into());
+    }
+    for base in [&a, &b] {
+        let me = get(&format!("{base}/whoami"), &jar, false).await;
+        assert_eq!(me.status, 200, "{base}: {me:?}");
+        assert_eq!(me.json()["subject"], "erin", "{base}");
+        assert_eq!(me.json()["methods"], serde_json::json!(["session"]), "{base}");
+        // Without it, the page is the sign-in's.
+        let page = get(&format!("{base}/page"), &Jar::default(), true).await;
+        assert_eq!(page.status, 302, "{base}: {page:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_keeps_sessions_and_sign_ins_in_progress() {
     let f = fixture(Duration::from_secs(300));
