@@ -169,6 +169,58 @@ async fn a_session_cookie_made_for_a_test_opens_in_the_guard_of_the_same_file() 
     }
 }
 
+/// A page that warns its user before the session ends polls
+/// `sessionPath` (docs/signin.md, single-page applications): after a real
+/// sign-in it gets the session's deadlines, on both frameworks, whatever
+/// the policy (`/oauth2/session` is not public); the poll renews nothing,
+/// and after a logout it is a 401 saying where to sign in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_route_tells_a_page_when_its_session_ends() {
+    let f = fixture(Duration::from_secs(300));
+    let yaml = policy(&f.issuer, &f.key_file, "    idleTimeout: 20m\n").replace(
+        "  clientId: productpage\n",
+        "  clientId: productpage\n  sessionPath: /oauth2/session\n",
+    );
+    let (a, b) = serve_both(|| guard_from(&yaml));
+    for base in [&a, &b] {
+        ready(base).await;
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let jar = sign_in(base).await;
+        let s = get(&format!("{base}/oauth2/session"), &jar, false).await;
+        assert_eq!(s.status, 200, "{base}: {s:?}");
+        assert!(s.set_cookies.is_empty(), "{base}: renewed: {s:?}");
+        assert_eq!(s.cache_control, ["no-store"], "{base}");
+        let body = s.json();
+        assert_eq!(body["subject"], "alice", "{base}: {body}");
+        let at = |k: &str| {
+            body[k]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{base}: {k} in {body}"))
+        };
+        let signed_in = at("signed_in_at");
+        assert!((before..before + 60).contains(&signed_in), "{base}: {body}");
+        assert_eq!(at("ends_at"), signed_in + 8 * 3600, "{base}: {body}");
+        assert!(
+            (signed_in + 20 * 60..signed_in + 21 * 60).contains(&at("idle_ends_at")),
+            "{base}: {body}"
+        );
+        assert!(!s.body.contains('.'), "{base}: a token in {}", s.body);
+        let ended = post_logout(base, &jar, ("sec-fetch-site", "same-origin")).await;
+        assert_eq!(ended.status, 302, "{base}: {ended:?}");
+        let s = get(&format!("{base}/oauth2/session"), &jar, true).await;
+        assert_eq!(s.status, 401, "{base}: not redirected: {s:?}");
+        assert!(
+            s.www_authenticate
+                .iter()
+                .any(|c| c.contains("form-action=\"/login\"")),
+            "{base}: {s:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_keeps_sessions_and_sign_ins_in_progress() {
     let f = fixture(Duration::from_secs(300));

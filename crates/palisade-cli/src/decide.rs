@@ -541,6 +541,7 @@ enum Route {
     Login,
     Logout,
     Backchannel,
+    Session,
 }
 
 impl Route {
@@ -557,6 +558,8 @@ impl Route {
             Route::Logout => (&["GET", "POST"], 302),
             // A logout token cannot be verified offline.
             Route::Backchannel => (&["POST"], 400),
+            // No session is read offline.
+            Route::Session => (&["GET", "HEAD"], 401),
         };
         if methods.contains(&method) { status } else { 405 }
     }
@@ -574,6 +577,9 @@ impl Route {
             }
             Route::Backchannel => {
                 "sign-in's back-channel logout route (backchannelLogoutPath), answered whatever the policy says: 200 for a valid logout token, which cannot be verified offline, else 400 (405 but to POST)"
+            }
+            Route::Session => {
+                "sign-in's session route (sessionPath), answered whatever the policy says: 200 with the deadlines of the session the cookie holds, which cannot be read offline, else 401 (405 but to GET and HEAD)"
             }
         }
     }
@@ -607,7 +613,10 @@ impl SignInRoutes {
                 (paths.login.to_owned(), Route::Login),
                 (paths.logout.to_owned(), Route::Logout),
                 (paths.backchannel_logout.to_owned(), Route::Backchannel),
-            ],
+            ]
+            .into_iter()
+            .chain(paths.session.map(|p| (p.to_owned(), Route::Session)))
+            .collect(),
             challenge: palisade_core::authn::sign_in_challenge(
                 sign_in.client_id(),
                 paths.login,
@@ -1242,6 +1251,7 @@ spec:
   issuer: https://kc.example/realms/shop
   clientId: details
   logoutPath: /bye
+  sessionPath: /oauth2/session
 ---
 apiVersion: security.istio.io/v1
 kind: RequestAuthentication
@@ -1347,6 +1357,8 @@ spec:
             ("POST /bye", 302),
             ("POST /oauth2/backchannel-logout", 400),
             ("GET /oauth2/backchannel-logout", 405),
+            ("GET /oauth2/session", 401),
+            ("POST /oauth2/session", 405),
         ] {
             let o = decide(line);
             assert_eq!(
@@ -1389,6 +1401,7 @@ spec:
     #[test]
     fn the_sign_in_stand_in_answers_as_sign_in_does() {
         let real = SignIn::builder("http://127.0.0.1:1/realms/none", "details")
+            .session_path("/oauth2/session")
             .build()
             .unwrap();
         let set = PolicySet::from_yaml_str(SIGN_IN, "p.yaml").unwrap();
@@ -1414,6 +1427,9 @@ spec:
             ("POST", "/logout"),
             ("HEAD", "/logout"),
             ("GET", "/oauth2/backchannel-logout"),
+            ("GET", "/oauth2/session"),
+            ("HEAD", "/oauth2/session"),
+            ("POST", "/oauth2/session"),
             ("GET", "/list"),
         ] {
             let stand_in_path = if path == "/logout" { "/bye" } else { path };

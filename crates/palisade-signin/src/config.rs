@@ -172,6 +172,7 @@ pub(crate) struct Config {
     pub(crate) login_path: String,
     pub(crate) logout_path: String,
     pub(crate) backchannel_path: String,
+    pub(crate) session_path: Option<String>,
     pub(crate) post_logout_redirect: String,
     pub(crate) revoke_on_logout: bool,
     pub(crate) cookie_name: String,
@@ -276,6 +277,7 @@ impl SignInBuilder {
                 login_path: SignInPaths::DEFAULT.login.into(),
                 logout_path: SignInPaths::DEFAULT.logout.into(),
                 backchannel_path: SignInPaths::DEFAULT.backchannel_logout.into(),
+                session_path: None,
                 post_logout_redirect: "/".into(),
                 revoke_on_logout: false,
                 cookie_name: palisade_core::policy::SIGN_IN_COOKIE.into(),
@@ -355,6 +357,20 @@ impl SignInBuilder {
     /// Receives back-channel logout tokens (default `/oauth2/backchannel-logout`).
     pub fn backchannel_logout_path(mut self, path: impl Into<String>) -> Self {
         self.config.backchannel_path = path.into();
+        self
+    }
+
+    /// Answers a `GET` with the session's deadlines as JSON, without
+    /// renewing its idle timeout (none by default; `/oauth2/session`, say):
+    /// for a single-page application that warns its user before the
+    /// session ends, which a poll of any other endpoint would keep alive
+    /// (mod_auth_openidc's `info` hook). 200 `{"subject", "signed_in_at",
+    /// "ends_at", "idle_ends_at"}` (seconds since the epoch: when the user
+    /// signed in, when the session ends at the latest, when it ends unless
+    /// used before), `401` without a usable session, `503` when the store
+    /// cannot say; never a token. See docs/signin.md.
+    pub fn session_path(mut self, path: impl Into<String>) -> Self {
+        self.config.session_path = Some(path.into());
         self
     }
 

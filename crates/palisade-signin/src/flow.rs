@@ -623,6 +623,14 @@ impl SignInBuilder {
                 )));
             }
         }
+        if let Some(path) = &config.session_path {
+            check_path("sessionPath", path)?;
+            if paths.iter().any(|(_, p)| *p == path) {
+                return Err(SignInError::Config(format!(
+                    "sessionPath `{path}` is used for two endpoints"
+                )));
+            }
+        }
         if config.timeout.is_zero() {
             return Err(SignInError::Config(
                 "the timeout of calls to the issuer is zero: every call would fail".into(),
@@ -1809,6 +1817,91 @@ impl SignIn {
         Check::pending(async move { this.authenticated(live, true, chunks, secure).await })
     }
 
+    /// The answer of `sessionPath`: the deadlines of the session `req`
+    /// carries, read as a request's authentication reads them, but
+    /// neither renewed nor refreshed.
+    fn session_info(&self, req: &dyn RequestHead) -> Check<Reply> {
+        if !matches!(req.method(), "GET" | "HEAD") {
+            return Check::Ready(
+                problem(405, "the session's deadlines are read with GET").header("allow", "GET, HEAD"),
+            );
+        }
+        if self.revocations_unknown(req) {
+            return Check::Ready(
+                problem(
+                    503,
+                    "sessions cannot be checked now (the session store does not answer); try again",
+                )
+                .header("retry-after", "5"),
+            );
+        }
+        let secure = self.secure(req);
+        let Ok(parts) = self.sealer(secure).parts(req) else {
+            return Check::Ready(self.no_session());
+        };
+        if let Some(live) = self.0.cache.get_parts(parts.len(), parts.iter()) {
+            return Check::Ready(self.deadlines(live));
+        }
+        let Ok(value) = parts.join() else {
+            return Check::Ready(self.no_session());
+        };
+        match self.open_session(&value, secure) {
+            Check::Ready(Some(live)) => Check::Ready(self.deadlines(live)),
+            Check::Ready(None) => Check::Ready(self.no_session()),
+            Check::Pending(fut) => {
+                let this = self.clone();
+                Check::pending(async move {
+                    match fut.await {
+                        Some(live) => this.deadlines(live),
+                        None => this.no_session(),
+                    }
+                })
+            }
+        }
+    }
+
+    /// `sessionPath`'s answer to a request without a usable session: a
+    /// 401 whose challenge says where to sign in, never a redirect.
+    fn no_session(&self) -> Reply {
+        let mut reply = Reply::problem(401, "no-session", "Not signed in", "no session: sign in")
+            .header("cache-control", "no-store");
+        if let Some(challenge) = self.fallback_challenge() {
+            reply = reply.header("www-authenticate", challenge);
+        }
+        reply
+    }
+
+    /// The deadlines of `live` (or of its refreshed successor), or the 401
+    /// of a request without a usable session, as [`admit`](Self::admit)
+    /// would take it.
+    fn deadlines(&self, live: Arc<Live>) -> Reply {
+        let live = match self.0.refreshes.successors.get(&live.session.id) {
+            Some(next) if next.session.newer_than(&live.session) => next,
+            _ => live,
+        };
+        let (t, c, s) = (now(), &self.0.config, &live.session);
+        let unknown = self
+            .0
+            .store
+            .endings_since()
+            .is_some_and(|since| s.tokens_before(since));
+        // Without a refresh token, a session whose access token expired
+        // (or may have ended unknown to this store) is over; with one, the
+        // next request refreshes it.
+        if !self.usable(s, t) || (s.rt.is_none() && (unknown || s.at_exp <= t)) {
+            return self.no_session();
+        }
+        let body = serde_json::json!({
+            "subject": s.sub,
+            "signed_in_at": s.created_secs(),
+            "ends_at": s.created_secs().saturating_add(c.absolute_timeout.as_secs()),
+            "idle_ends_at": s.seen.saturating_add(c.idle_timeout.as_secs()),
+        });
+        Reply::new(200)
+            .header("cache-control", "no-store")
+            .with_body("application/json", body.to_string())
+    }
+
     /// Whether the cookie of `session` is to be sealed again at `t` to renew
     /// its idle timeout: the cookie says when the session was last seen,
     /// renewed once a quarter of the timeout has passed.
@@ -2611,6 +2704,9 @@ impl Authenticator for SignIn {
         }
         if path == c.backchannel_path {
             return Check::Ready(AuthOutcome::Respond(self.backchannel(req)));
+        }
+        if c.session_path.as_deref() == Some(path) {
+            return self.session_info(req).map(AuthOutcome::Respond);
         }
         let secure = self.secure(req);
         let Ok(parts) = self.sealer(secure).parts(req) else {
@@ -4003,6 +4099,145 @@ mod tests {
             panic!("the session is refused or answered later")
         };
         assert_eq!(a.identity.subject(), Some("alice"));
+    }
+
+    /// A relying party answering `/oauth2/session`, sealing with `key`.
+    fn offline_with_session_path(key: &CookieKey) -> SignIn {
+        SignIn::builder("http://127.0.0.1:9", "shop")
+            .keys(vec![key.clone()])
+            .session_path("/oauth2/session")
+            .build()
+            .unwrap()
+    }
+
+    /// The reply `sign_in` gives `req` itself, which must not wait.
+    fn answered(sign_in: &SignIn, req: &OwnedRequest) -> Reply {
+        match sign_in.authenticate(req) {
+            Check::Ready(AuthOutcome::Respond(reply)) => reply,
+            Check::Ready(_) => panic!("the session route was not answered"),
+            Check::Pending(_) => panic!("the session route waited"),
+        }
+    }
+
+    fn header<'r>(reply: &'r Reply, name: &str) -> Option<&'r str> {
+        reply.headers().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    /// A page that polls the session route learns when the session ends,
+    /// and polling does not keep it alive: no cookie is sealed again, even
+    /// for a session due a renewal, and the idle deadline stays where the
+    /// last real request put it.
+    #[tokio::test]
+    async fn the_session_route_says_the_deadlines_without_renewing_the_session() {
+        let key = CookieKey::new("k1", &[1; 32]).unwrap();
+        let sign_in = offline_with_session_path(&key);
+        let idle = palisade_core::policy::OidcSessionSpec::DEFAULT_IDLE_TIMEOUT.as_secs();
+        let absolute = palisade_core::policy::OidcSessionSpec::DEFAULT_ABSOLUTE_TIMEOUT.as_secs();
+        // Last seen half an idle timeout ago: a page request would renew it.
+        let seen = now() - idle / 2;
+        let session = Session { seen, ..alice() };
+        let cookie = session_cookie(key, &Payload::Inline(session.clone()));
+        let page = OwnedRequest::get("/page").header("cookie", cookie.clone());
+        let outcome = match sign_in.authenticate(&page) {
+            Check::Ready(outcome) => outcome,
+            Check::Pending(f) => f.await,
+        };
+        let AuthOutcome::Authenticated(a) = outcome else {
+            panic!("the session does not open");
+        };
+        assert!(
+            a.response_headers.iter().any(|(n, _)| n == "set-cookie"),
+            "a page request does not renew the session"
+        );
+        let req = OwnedRequest::get("/oauth2/session").header("cookie", cookie);
+        let reply = answered(&sign_in, &req);
+        assert_eq!(reply.status(), 200, "{}", reply.body());
+        assert_eq!(header(&reply, "set-cookie"), None, "the session was renewed");
+        assert_eq!(header(&reply, "cache-control"), Some("no-store"));
+        let body: serde_json::Value = serde_json::from_str(reply.body()).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({
+                "subject": "alice",
+                "signed_in_at": session.created_secs(),
+                "ends_at": session.created_secs() + absolute,
+                "idle_ends_at": seen + idle,
+            })
+        );
+        assert!(!reply.body().contains("at-0"), "a token in {}", reply.body());
+    }
+
+    #[test]
+    fn the_session_route_refuses_a_request_without_a_usable_session() {
+        let key = CookieKey::new("k1", &[1; 32]).unwrap();
+        let sign_in = offline_with_session_path(&key);
+        let other = CookieKey::new("k2", &[2; 32]).unwrap();
+        let idle = palisade_core::policy::OidcSessionSpec::DEFAULT_IDLE_TIMEOUT.as_secs();
+        let t = now();
+        let idled = Session {
+            seen: t - idle - 1,
+            ..alice()
+        };
+        // No refresh token and an expired access token: nothing to refresh.
+        let expired = Session {
+            at_exp: t - 1,
+            ..alice()
+        };
+        for (what, req) in [
+            ("no cookie", OwnedRequest::get("/oauth2/session")),
+            (
+                "a cookie sealed with another key",
+                OwnedRequest::get("/oauth2/session")
+                    .header("cookie", session_cookie(other, &Payload::Inline(alice()))),
+            ),
+            (
+                "an idle session",
+                OwnedRequest::get("/oauth2/session")
+                    .header("cookie", session_cookie(key.clone(), &Payload::Inline(idled))),
+            ),
+            (
+                "an expired session without a refresh token",
+                OwnedRequest::get("/oauth2/session")
+                    .header("cookie", session_cookie(key.clone(), &Payload::Inline(expired))),
+            ),
+        ] {
+            let reply = answered(&sign_in, &req);
+            assert_eq!(reply.status(), 401, "{what}: {}", reply.body());
+            assert_eq!(header(&reply, "cache-control"), Some("no-store"), "{what}");
+            assert_eq!(header(&reply, "location"), None, "{what}");
+            let challenge = header(&reply, "www-authenticate").unwrap_or_default();
+            assert!(
+                challenge.contains(r#"form-action="/login""#),
+                "{what}: {challenge}"
+            );
+        }
+        let post = OwnedRequest::new("POST", "/oauth2/session")
+            .header("cookie", session_cookie(key.clone(), &Payload::Inline(alice())));
+        let reply = answered(&sign_in, &post);
+        assert_eq!(reply.status(), 405);
+        assert_eq!(header(&reply, "allow"), Some("GET, HEAD"));
+        // Without a sessionPath, the path is one of the application's.
+        let req = OwnedRequest::get("/oauth2/session")
+            .header("cookie", session_cookie(key.clone(), &Payload::Inline(alice())));
+        assert!(matches!(
+            offline(&key).authenticate(&req),
+            Check::Ready(AuthOutcome::Authenticated(_))
+        ));
+    }
+
+    #[test]
+    fn a_session_path_must_be_a_path_of_its_own() {
+        let key = CookieKey::new("k1", &[1; 32]).unwrap();
+        for path in ["/login", "/oauth2/callback", "oauth2/session", "/a?b"] {
+            let built = SignIn::builder("http://127.0.0.1:9", "shop")
+                .keys(vec![key.clone()])
+                .session_path(path)
+                .build();
+            let Err(SignInError::Config(why)) = built else {
+                panic!("{path} was accepted");
+            };
+            assert!(why.contains("sessionPath"), "{path}: {why}");
+        }
     }
 
     /// An issuer on loopback whose discovery document points at its own

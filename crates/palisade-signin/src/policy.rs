@@ -12,7 +12,7 @@ use palisade_core::policy::{
 };
 
 use crate::config::{ClientKey, SecretMethod, SignInBuilder, SignInError};
-use crate::cookie::CookieKey;
+use crate::cookie::{CookieKey, KeyError};
 use crate::flow::SignIn;
 use crate::store::SessionStore;
 
@@ -111,6 +111,9 @@ fn from_login(
     if let Some(p) = &spec.logout_path {
         b = b.logout_path(p.clone());
     }
+    if let Some(p) = &spec.session_path {
+        b = b.session_path(p.clone());
+    }
     if let Some(p) = &spec.backchannel_logout_path {
         b = b.backchannel_logout_path(p.clone());
     }
@@ -149,8 +152,15 @@ fn from_login(
     }
     let mut keys = Vec::with_capacity(s.keys.len());
     for (i, k) in s.keys.iter().enumerate() {
-        let key = CookieKey::from_file(&k.id, Path::new(&k.key_file))
-            .map_err(|e| err(&format!("spec.session.keys[{i}].keyFile"), e.to_string()).with_source(e))?;
+        let key = CookieKey::from_file(&k.id, Path::new(&k.key_file)).map_err(|e| {
+            let refused = err(&format!("spec.session.keys[{i}].keyFile"), e.to_string());
+            // The file's read error, for `PolicyError::io_error` (a reload
+            // tries a file missing here again); it says its cause itself.
+            match e {
+                KeyError::ReadFile { error, .. } => refused.with_source(error),
+                e => refused.with_source(e),
+            }
+        })?;
         keys.push(key);
     }
     b = b.keys(keys);
@@ -461,6 +471,28 @@ spec: {{realm: {realm}, auth-server-url: 'https://kc.example', resource: product
         assert_eq!(
             err.field.as_deref(),
             Some("spec.session.keys[0].keyFile"),
+            "{err}"
+        );
+        // A file missing on this host, which a reload tries again (and
+        // `palisade test` leaves to the host that has it), said once.
+        assert_eq!(
+            err.io_error().map(std::io::Error::kind),
+            Some(std::io::ErrorKind::NotFound),
+            "{err}"
+        );
+        assert_eq!(err.to_string().matches("No such file").count(), 1, "{err}");
+        // So is a client secret's.
+        let set = login_with(
+            "https://kc.example/realms/istio",
+            "{}",
+            "  clientSecretFile: /nonexistent/palisade-secret\n",
+        );
+        let err =
+            SignIn::check_policy(&set.for_workload(&Workload::new("productpage", "default"))).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("spec.clientSecretFile"), "{err}");
+        assert_eq!(
+            err.io_error().map(std::io::Error::kind),
+            Some(std::io::ErrorKind::NotFound),
             "{err}"
         );
     }

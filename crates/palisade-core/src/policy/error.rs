@@ -130,6 +130,10 @@ impl PolicyError {
             if let Some(io) = e.downcast_ref::<std::io::Error>() {
                 return Some(io);
             }
+            // Says its cause in its message, so not as its source.
+            if let Some(super::SecretFileError::Unreadable { error, .. }) = e.downcast_ref() {
+                return Some(error);
+            }
             next = e.source();
         }
         None

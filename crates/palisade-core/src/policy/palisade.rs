@@ -671,6 +671,9 @@ pub struct SignInPaths<'a> {
     /// Receives back-channel logout tokens
     /// (`OidcLogin.spec.backchannelLogoutPath`).
     pub backchannel_logout: &'a str,
+    /// Answers with the session's deadlines, when one is set
+    /// (`OidcLogin.spec.sessionPath`).
+    pub session: Option<&'a str>,
 }
 
 impl OidcSessionSpec {
@@ -682,13 +685,14 @@ impl OidcSessionSpec {
 
 impl SignInPaths<'static> {
     /// The defaults: `/oauth2/callback`, `/login`, `/logout` and
-    /// `/oauth2/backchannel-logout` (a `KeycloakAdapter` that signs in
-    /// always uses them).
+    /// `/oauth2/backchannel-logout`, and no session route (a
+    /// `KeycloakAdapter` that signs in always uses them).
     pub const DEFAULT: Self = Self {
         callback: "/oauth2/callback",
         login: "/login",
         logout: "/logout",
         backchannel_logout: "/oauth2/backchannel-logout",
+        session: None,
     };
 }
 
@@ -705,6 +709,7 @@ impl OidcLoginSpec {
                 .backchannel_logout_path
                 .as_deref()
                 .unwrap_or(d.backchannel_logout),
+            session: self.session_path.as_deref(),
         }
     }
 
@@ -917,6 +922,10 @@ pub struct OidcLoginSpec {
     /// Receives OpenID Connect back-channel logout tokens (default
     /// `/oauth2/backchannel-logout`).
     pub backchannel_logout_path: Option<String>,
+    /// Answers a `GET` with the session's deadlines as JSON, without
+    /// renewing its idle timeout, for a page that warns its user (none by
+    /// default; `/oauth2/session`, say).
+    pub session_path: Option<String>,
     /// Where the issuer sends the browser after logout: a path of this
     /// service or an absolute http(s) URL (default `/`; see
     /// [`is_landing_uri`]).
@@ -1274,23 +1283,40 @@ impl OidcLoginSpec {
         if self.client_id.trim().is_empty() {
             return Err(("spec.clientId".into(), "must not be empty".into()));
         }
+        // Each path as it will be used, its default where it is not set: a
+        // path set to another's default is two endpoints too. The error
+        // names the field that was set.
+        let used = self.paths();
         let paths = [
-            ("spec.callbackPath", &self.callback_path),
-            ("spec.loginPath", &self.login_path),
-            ("spec.logoutPath", &self.logout_path),
-            ("spec.backchannelLogoutPath", &self.backchannel_logout_path),
+            (
+                "spec.callbackPath",
+                Some(used.callback),
+                self.callback_path.is_some(),
+            ),
+            ("spec.loginPath", Some(used.login), self.login_path.is_some()),
+            ("spec.logoutPath", Some(used.logout), self.logout_path.is_some()),
+            (
+                "spec.backchannelLogoutPath",
+                Some(used.backchannel_logout),
+                self.backchannel_logout_path.is_some(),
+            ),
+            ("spec.sessionPath", used.session, true),
         ];
-        for (i, (field, path)) in paths.iter().enumerate() {
-            if let Some(p) = path {
-                if !is_service_path(p) {
-                    return Err(((*field).into(), format!("`{p}` is not a path of this service")));
-                }
-                if paths[..i]
-                    .iter()
-                    .any(|(_, other)| other.as_deref() == Some(p.as_str()))
-                {
-                    return Err(((*field).into(), format!("`{p}` is used for two endpoints")));
-                }
+        for (i, &(field, path, set)) in paths.iter().enumerate() {
+            let Some(p) = path else { continue };
+            if set && !is_service_path(p) {
+                return Err((field.into(), format!("`{p}` is not a path of this service")));
+            }
+            if let Some(&(other, _, other_set)) = paths[..i].iter().find(|(_, o, _)| *o == path) {
+                let (field, other) = if set || !other_set {
+                    (field, other)
+                } else {
+                    (other, field)
+                };
+                return Err((
+                    field.into(),
+                    format!("`{p}` is used for two endpoints (it is {other} too)"),
+                ));
             }
         }
         if let Some(origin) = &self.external_origin

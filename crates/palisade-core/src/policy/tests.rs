@@ -714,6 +714,26 @@ fn an_oidc_login_names_one_way_for_the_client_to_authenticate() {
             "spec.clientKey.algorithm",
             "not a client key's algorithm",
         ),
+        (
+            "  sessionPath: /login\n",
+            "spec.sessionPath",
+            "used for two endpoints",
+        ),
+        (
+            "  loginPath: /oauth2/callback\n",
+            "spec.loginPath",
+            "it is spec.callbackPath too",
+        ),
+        (
+            "  callbackPath: /login\n",
+            "spec.callbackPath",
+            "it is spec.loginPath too",
+        ),
+        (
+            "  sessionPath: session\n",
+            "spec.sessionPath",
+            "not a path of this service",
+        ),
     ] {
         let err = load_err(&login(extra));
         assert_eq!(err.field.as_deref(), Some(field), "{extra}: {err}");
@@ -724,6 +744,7 @@ fn an_oidc_login_names_one_way_for_the_client_to_authenticate() {
         "  clientSecretFile: /s\n  clientAuthMethod: client_secret_post\n",
         "  clientKey: {keyFile: /k, algorithm: ES256, keyId: k1}\n  clientAuthMethod: private_key_jwt\n",
         "  clientKey: {keyFile: /k}\n",
+        "  sessionPath: /oauth2/session\n",
     ] {
         PolicySet::from_yaml_str(&login(fine), "policy.yaml").unwrap_or_else(|e| panic!("{fine}: {e}"));
     }
