@@ -14,11 +14,12 @@
 //! | `mtls` | [`mtls`] | mutual TLS: SPIFFE peer identity, `PeerAuthentication`, rotation |
 //! | `spnego` | [`spnego`] | Kerberos (HTTP Negotiate); needs the system's MIT Kerberos, never a default |
 //! | `testkit` | [`testkit`] | an in-process OpenID issuer for tests and demos |
+//! | `test-util` | (features of `core` and `signin`; turns on `testkit`) | what only a test may hold: [`TestUsers`](core::authn::TestUsers), users without credentials, and `SignIn::session_cookie_for`, sessions from unverified tokens; never in a service's build, nor in `full` |
 //! | `signin` | [`signin`] | browser sign-in as an OpenID Connect relying party (turns on `jwt`) |
 //! | `redis` | (features of `signin` and `jwt`) | in Redis, for what is on: sign-in's session and revocation stores (with `signin`), DPoP's replay cache (with `jwt`) |
 //! | `client` | [`client`] | outbound credentials: token relay, client credentials, token exchange (upstream TLS is `mtls`'s `UpstreamTls`) |
 //! | `tonic` | (features of `core`, `client` and `axum`) | `From<Rejection> for tonic::Status` for checks in a tonic handler; `CredentialsLayer`'s failures as `tonic::Status` (`UNAUTHENTICATED`, `UNAVAILABLE`); the layer under tonic's own `Server` (the connection's addresses read, `NamedService`) |
-//! | `full` | all of the above | |
+//! | `full` | all of the above but `test-util` | |
 //!
 //! An application imports what it needs from [`prelude`]:
 //! `use palisade::prelude::*;`.

@@ -12,6 +12,7 @@ fn the_integration_tests_are_built_with_every_feature() {
         ("mtls", cfg!(feature = "mtls")),
         ("spnego", cfg!(feature = "spnego")),
         ("testkit", cfg!(feature = "testkit")),
+        ("test-util", cfg!(feature = "test-util")),
         ("signin", cfg!(feature = "signin")),
         ("redis", cfg!(feature = "redis")),
         ("client", cfg!(feature = "client")),
@@ -25,8 +26,8 @@ fn the_integration_tests_are_built_with_every_feature() {
 
 /// `SignIn::session_cookie_for` seals a session for any user from a token
 /// it does not verify, and `TestUsers` believes a header naming the user:
-/// a service that turns on every feature but the testkit must not get
-/// them.
+/// a service's build must not get them, whatever else it turns on
+/// (`full`, the testkit for a demo mode).
 #[test]
 fn a_service_build_has_no_test_only_authentication() {
     let tree = |features: &str| {
@@ -58,15 +59,23 @@ fn a_service_build_has_no_test_only_authentication() {
         "palisade-signin feature \"test-util\"",
         "palisade-core feature \"test-util\"",
     ];
-    let service = tree("signin,redis,axum,actix,mtls,client,tonic,jwt");
-    assert!(
-        service.contains("palisade-signin feature \"default\""),
-        "{service}"
-    );
-    for feature in test_only {
-        assert!(!service.contains(feature), "{feature}: {service}");
+    // A service's features, and `full` (the example services' build, whose
+    // demo mode needs the testkit's issuer).
+    for features in [
+        "signin,redis,axum,actix,mtls,client,tonic,jwt",
+        "full",
+        "signin,testkit",
+    ] {
+        let service = tree(features);
+        assert!(
+            service.contains("palisade-signin feature \"default\""),
+            "{features}: {service}"
+        );
+        for feature in test_only {
+            assert!(!service.contains(feature), "{features}: {feature}: {service}");
+        }
     }
-    let tests = tree("signin,testkit");
+    let tests = tree("signin,test-util");
     for feature in test_only {
         assert!(tests.contains(feature), "{feature}: {tests}");
     }

@@ -1808,6 +1808,16 @@ async fn an_http2_websocket_is_decided_as_the_get_that_opens_one_over_http1() {
     let evil = [("cookie", cookie.as_str()), ("origin", "https://evil.example")];
     let answer = call(connect.clone(), "/whoami", Some("websocket"), &evil).await;
     assert_eq!(answer, (200, Some("nobody".to_owned())));
+    // (whatever the protocol: it becomes a connection the page drives)
+    let answer = call(connect.clone(), "/whoami", Some("connect-udp"), &evil).await;
+    assert_eq!(answer, (200, Some("nobody".to_owned())));
+    let h2c = [
+        ("cookie", cookie.as_str()),
+        ("origin", "https://evil.example"),
+        ("upgrade", "h2c"),
+    ];
+    let answer = call(http::Method::GET, "/whoami", None, &h2c).await;
+    assert_eq!(answer, (200, Some("nobody".to_owned())));
     // ...and opens this origin's.
     let same = [
         ("cookie", cookie.as_str()),

@@ -40,11 +40,7 @@ impl OidcProvider {
 
 /// A loopback port that was free a moment ago.
 pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    palisade::testkit::free_port().expect("a free port on 127.0.0.1")
 }
 
 /// tests/oidc-provider, where server.mjs and its `node_modules` live.

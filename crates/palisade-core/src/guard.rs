@@ -867,13 +867,14 @@ impl Guard {
 impl Compiled {
     /// Whether the credentials a browser sends unasked (cookies, Negotiate
     /// tickets) may not authenticate a request: a method that may change
-    /// state, or a WebSocket's opening `GET` (whose socket then carries
-    /// what the page sends: cross-site WebSocket hijacking), started by
+    /// state, or a `GET` that opens a connection of another protocol (a
+    /// WebSocket, whose socket then carries what the page sends:
+    /// cross-site WebSocket hijacking), started by
     /// another origin than this one or the trusted ones
     /// ([`GuardBuilder::trusted_origin`]).
     #[inline]
     fn unasked_refused(&self, req: &dyn RequestHead) -> bool {
-        (!matches!(req.method(), "GET" | "HEAD" | "OPTIONS") || opens_websocket(req))
+        (!matches!(req.method(), "GET" | "HEAD" | "OPTIONS") || asks_upgrade(req))
             && crate::request::started_elsewhere(req, None)
             && !crate::request::origin_among(req, &self.trusted_origins)
     }
@@ -1529,15 +1530,18 @@ fn sent_unasked(outcome: &AuthOutcome) -> bool {
     matches!(outcome, AuthOutcome::Authenticated(a) if a.sent_unasked())
 }
 
-/// Whether `req` asks to open a WebSocket (`Upgrade: websocket`, on
-/// HTTP/1.1; over HTTP/2 a WebSocket opens with `CONNECT`, a method that
-/// is not exempt anyway).
-fn opens_websocket(req: &dyn RequestHead) -> bool {
-    let mut websocket = false;
+/// Whether `req` asks to become a connection of another protocol: an
+/// `Upgrade` header (a WebSocket's `Upgrade: websocket` on HTTP/1.1; an
+/// adapter shows HTTP/2's extended `CONNECT`, RFC 8441, as that `GET` with
+/// its `:protocol` as the header), whatever the protocol. A browser's page
+/// cannot set the header (a forbidden header name), so only the browser's
+/// own WebSocket sends it.
+fn asks_upgrade(req: &dyn RequestHead) -> bool {
+    let mut upgrade = false;
     req.for_each_header("upgrade", &mut |v| {
-        websocket |= crate::adapter::list_has(v, b"websocket");
+        upgrade |= !v.iter().all(u8::is_ascii_whitespace);
     });
-    websocket
+    upgrade
 }
 
 /// The refusal of a path that cannot be normalised.

@@ -53,7 +53,7 @@ const SCHEME: &str = "Test";
 /// ```
 ///
 /// It believes a header, so it exists only with the feature `test-util`
-/// (which the facade's `testkit` turns on), and says so at warn level when
+/// (which the facade's `test-util` turns on), and says so at warn level when
 /// it is made: a service's own build must not have it.
 pub struct TestUsers {
     users: HashMap<String, Identity>,

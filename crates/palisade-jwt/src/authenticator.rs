@@ -3837,9 +3837,6 @@ mod tests {
             .unwrap()
     }
 
-    /// Whether `jwt` authenticates a request with `token` in
-    /// `Authorization: Bearer`, an answer that is not ready awaited on a
-    /// runtime of its own.
     /// The testkit's expired and not-yet-valid tokens are refused under the
     /// default leeway, which a token expired a moment ago is within.
     #[test]
@@ -3855,6 +3852,9 @@ mod tests {
         assert!(!accepts(&jwt, &issuer.token().not_yet_valid().sign()));
     }
 
+    /// Whether `jwt` authenticates a request with `token` in
+    /// `Authorization: Bearer`, an answer that is not ready awaited on a
+    /// runtime of its own.
     fn accepts(jwt: &JwtAuthenticator, token: &str) -> bool {
         use palisade_core::authn::OwnedRequest;
         let req = OwnedRequest::get("/").header("authorization", format!("Bearer {token}"));

@@ -293,7 +293,7 @@ impl SignIn {
     /// without a browser. The access token's claims (a JWT of this issuer)
     /// give the identity, **unverified**: whoever calls this makes any
     /// user, so it exists only with the feature `test-util` (which the
-    /// facade's `testkit` turns on), never in a build of a service that
+    /// facade's `test-util` turns on), never in a build of a service that
     /// does not ask for it. The session has no refresh token, so with the
     /// in-memory store it is for this relying party (or one sharing its
     /// store) made before it: another's store, made later, does not know
@@ -991,6 +991,24 @@ fn problem(status: u16, detail: &'static str) -> Reply {
         _ => "Sign-in unavailable",
     };
     Reply::problem(status, "sign-in", title, detail)
+}
+
+/// The 503 of a session whose revocations the store cannot read now.
+fn revocations_unknown_reply() -> Reply {
+    problem(
+        503,
+        "sessions cannot be checked now (the session store does not answer); try again",
+    )
+    .header("retry-after", "5")
+}
+
+/// The 503 of a stored session the store could not give back now.
+fn unreadable_now_reply() -> Reply {
+    problem(
+        503,
+        "the session cannot be read now (the session store does not answer); try again",
+    )
+    .header("retry-after", "5")
 }
 
 fn with_cookies(mut reply: Reply, cookies: Vec<String>) -> Reply {
@@ -1826,14 +1844,8 @@ impl SignIn {
                 problem(405, "the session's deadlines are read with GET").header("allow", "GET, HEAD"),
             );
         }
-        if self.revocations_unknown(req) {
-            return Check::Ready(
-                problem(
-                    503,
-                    "sessions cannot be checked now (the session store does not answer); try again",
-                )
-                .header("retry-after", "5"),
-            );
+        if let Some(reply) = self.store_not_answering(req) {
+            return Check::Ready(reply);
         }
         let secure = self.secure(req);
         let Ok(parts) = self.sealer(secure).parts(req) else {
@@ -1850,9 +1862,14 @@ impl SignIn {
             Check::Ready(None) => Check::Ready(self.no_session()),
             Check::Pending(fut) => {
                 let this = self.clone();
+                let value = value.to_string();
                 Check::pending(async move {
                     match fut.await {
                         Some(live) => this.deadlines(live),
+                        // A stored session the store did not give back.
+                        None if this.0.unreadable.noted_within(&value, UNREADABLE_FOR) => {
+                            unreadable_now_reply()
+                        }
                         None => this.no_session(),
                     }
                 })
@@ -1873,13 +1890,25 @@ impl SignIn {
 
     /// The deadlines of `live` (or of its refreshed successor), or the 401
     /// of a request without a usable session, as [`admit`](Self::admit)
-    /// would take it.
+    /// would take it. Without a refresh token, the session ends with its
+    /// access token, and says so.
     fn deadlines(&self, live: Arc<Live>) -> Reply {
         let live = match self.0.refreshes.successors.get(&live.session.id) {
             Some(next) if next.session.newer_than(&live.session) => next,
             _ => live,
         };
         let (t, c, s) = (now(), &self.0.config, &live.session);
+        if self.timed_out(s, t) {
+            return self.no_session();
+        }
+        match self.0.store.is_revoked(&self.session_ref(s)) {
+            Ok(false) => {}
+            Ok(true) => return self.no_session(),
+            Err(e) => {
+                tracing::debug!(target: LOG_TARGET, error = %e, "session revocations cannot be checked");
+                return revocations_unknown_reply();
+            }
+        }
         let unknown = self
             .0
             .store
@@ -1887,19 +1916,41 @@ impl SignIn {
             .is_some_and(|since| s.tokens_before(since));
         // Without a refresh token, a session whose access token expired
         // (or may have ended unknown to this store) is over; with one, the
-        // next request refreshes it.
-        if !self.usable(s, t) || (s.rt.is_none() && (unknown || s.at_exp <= t)) {
+        // next request refreshes it (or, unknown, asks the issuer whether
+        // it ended).
+        if s.rt.is_none() && (unknown || s.at_exp <= t) {
             return self.no_session();
+        }
+        let mut ends = s.created_secs().saturating_add(c.absolute_timeout.as_secs());
+        if s.rt.is_none() {
+            ends = ends.min(s.at_exp);
         }
         let body = serde_json::json!({
             "subject": s.sub,
             "signed_in_at": s.created_secs(),
-            "ends_at": s.created_secs().saturating_add(c.absolute_timeout.as_secs()),
-            "idle_ends_at": s.seen.saturating_add(c.idle_timeout.as_secs()),
+            "ends_at": ends,
+            "idle_ends_at": s.seen.saturating_add(c.idle_timeout.as_secs()).min(ends),
         });
         Reply::new(200)
             .header("cache-control", "no-store")
             .with_body("application/json", body.to_string())
+    }
+
+    /// The 503 of a request whose session the store cannot vouch for or
+    /// give back now, when it is one: every route that reads sessions
+    /// answers it, not the 401 a script would read as "signed out".
+    fn store_not_answering(&self, req: &dyn RequestHead) -> Option<Reply> {
+        // A session the store cannot vouch for now (its revocations cannot
+        // be read): the browser keeps its cookie and is asked to come back.
+        // Sent to sign in, it would lose the cookie and, signed in again
+        // at once by the issuer's own session, come back with a session
+        // refused the same way, round and round.
+        if self.revocations_unknown(req) {
+            return Some(revocations_unknown_reply());
+        }
+        // A stored session whose data the store could not give back now:
+        // sent to sign in, the browser would lose its cookie for a blip.
+        self.unreadable_now(req).then(unreadable_now_reply)
     }
 
     /// Whether the cookie of `session` is to be sealed again at `t` to renew
@@ -2741,30 +2792,8 @@ impl Authenticator for SignIn {
         // reads a 401 as "signed out" and sends the user to sign in, into
         // the outage.
         //
-        // A session the store cannot vouch for now (its revocations cannot
-        // be read): the browser keeps its cookie and is asked to come back.
-        // Sent to sign in, it would lose the cookie and, signed in again
-        // at once by the issuer's own session, come back with a session
-        // refused the same way, round and round.
-        if self.revocations_unknown(req) {
-            return Some(
-                problem(
-                    503,
-                    "sessions cannot be checked now (the session store does not answer); try again",
-                )
-                .header("retry-after", "5"),
-            );
-        }
-        // A stored session whose data the store could not give back now:
-        // sent to sign in, the browser would lose its cookie for a blip.
-        if self.unreadable_now(req) {
-            return Some(
-                problem(
-                    503,
-                    "the session cannot be read now (the session store does not answer); try again",
-                )
-                .header("retry-after", "5"),
-            );
+        if let Some(reply) = self.store_not_answering(req) {
+            return Some(reply);
         }
         // A whole session whose access token has expired and could not be
         // refreshed now (the issuer down or throttling, the replica that
@@ -4135,8 +4164,12 @@ mod tests {
         let absolute = palisade_core::policy::OidcSessionSpec::DEFAULT_ABSOLUTE_TIMEOUT.as_secs();
         // Last seen half an idle timeout ago: a page request would renew it.
         let seen = now() - idle / 2;
-        let session = Session { seen, ..alice() };
-        let cookie = session_cookie(key, &Payload::Inline(session.clone()));
+        let session = Session {
+            seen,
+            rt: Some("rt-0".into()),
+            ..alice()
+        };
+        let cookie = session_cookie(key.clone(), &Payload::Inline(session.clone()));
         let page = OwnedRequest::get("/page").header("cookie", cookie.clone());
         let outcome = match sign_in.authenticate(&page) {
             Check::Ready(outcome) => outcome,
@@ -4164,7 +4197,84 @@ mod tests {
                 "idle_ends_at": seen + idle,
             })
         );
-        assert!(!reply.body().contains("at-0"), "a token in {}", reply.body());
+        assert!(
+            !reply.body().contains("at-0") && !reply.body().contains("rt-0"),
+            "a token in {}",
+            reply.body()
+        );
+        // Without a refresh token, the session ends with its access token.
+        let at_exp = now() + 600;
+        let short = Session {
+            at_exp,
+            rt: None,
+            ..session
+        };
+        let req = OwnedRequest::get("/oauth2/session")
+            .header("cookie", session_cookie(key, &Payload::Inline(short)));
+        let reply = answered(&sign_in, &req);
+        let body: serde_json::Value = serde_json::from_str(reply.body()).unwrap();
+        assert_eq!(body["ends_at"], at_exp, "{body}");
+        assert_eq!(body["idle_ends_at"], at_exp, "{body}");
+    }
+
+    /// A stored session (too large for cookies) is read from the store for
+    /// its deadlines; one the store cannot give back now is the outage's
+    /// 503, not the 401 a page would take for "signed out", and so is a
+    /// session whose endings the store cannot read.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_session_route_reads_stored_sessions_and_says_503_when_the_store_does_not_answer() {
+        let issuer = palisade_testkit::TestIssuer::start().unwrap();
+        let key = CookieKey::new("k1", &[1; 32]).unwrap();
+        let store_key = new_store_key().unwrap();
+        let (session, sealed) = stored_generation(0, false, &store_key);
+        for (reads_fail, revocations_unknown, status) in
+            [(false, false, 200), (true, false, 503), (false, true, 503)]
+        {
+            let store = Arc::new(Flaky {
+                reads_fail,
+                revocations_unknown,
+                ..Flaky::default()
+            });
+            store
+                .store
+                .put("stored-1", sealed.clone(), Duration::from_secs(600))
+                .await
+                .unwrap();
+            let sign_in = SignIn::builder(issuer.issuer(), "shop")
+                .keys(vec![key.clone()])
+                .store(Arc::clone(&store) as Arc<dyn SessionStore>)
+                .session_path("/oauth2/session")
+                .build()
+                .unwrap();
+            let cookie = session_cookie(
+                key.clone(),
+                &Payload::Stored {
+                    id: "stored-1".into(),
+                    key: Some(store_key.to_string()),
+                },
+            );
+            let req = OwnedRequest::get("/oauth2/session").header("cookie", cookie);
+            let reply = match sign_in.authenticate(&req) {
+                Check::Ready(AuthOutcome::Respond(r)) => r,
+                Check::Pending(f) => match f.await {
+                    AuthOutcome::Respond(r) => r,
+                    _ => panic!("not answered"),
+                },
+                Check::Ready(_) => panic!("not answered"),
+            };
+            let what = format!("reads fail {reads_fail}, revocations unknown {revocations_unknown}");
+            assert_eq!(reply.status(), status, "{what}: {}", reply.body());
+            if status == 200 {
+                let body: serde_json::Value = serde_json::from_str(reply.body()).unwrap();
+                assert_eq!(body["subject"], "alice", "{what}");
+                assert_eq!(body["signed_in_at"], session.created_secs(), "{what}");
+            } else {
+                assert_eq!(header(&reply, "retry-after"), Some("5"), "{what}");
+            }
+            // Asked again, the same (the first read's outcome is kept).
+            let again = answered(&sign_in, &req);
+            assert_eq!(again.status(), status, "{what}, again: {}", again.body());
+        }
     }
 
     #[test]
@@ -4176,6 +4286,12 @@ mod tests {
         let t = now();
         let idled = Session {
             seen: t - idle - 1,
+            ..alice()
+        };
+        let absolute = palisade_core::policy::OidcSessionSpec::DEFAULT_ABSOLUTE_TIMEOUT;
+        let too_old = Session {
+            created_ms: now_ms() - u64::try_from(absolute.as_millis()).unwrap() - 1_000,
+            rt: Some("rt-0".into()),
             ..alice()
         };
         // No refresh token and an expired access token: nothing to refresh.
@@ -4194,6 +4310,11 @@ mod tests {
                 "an idle session",
                 OwnedRequest::get("/oauth2/session")
                     .header("cookie", session_cookie(key.clone(), &Payload::Inline(idled))),
+            ),
+            (
+                "a session past its absolute timeout",
+                OwnedRequest::get("/oauth2/session")
+                    .header("cookie", session_cookie(key.clone(), &Payload::Inline(too_old))),
             ),
             (
                 "an expired session without a refresh token",

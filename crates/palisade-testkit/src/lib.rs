@@ -416,8 +416,57 @@ pub async fn past_the_connection_limit_a_connection_waits(
     );
 }
 
-/// A free port on 127.0.0.1, for a server started as a process.
-fn free_port() -> std::io::Result<u16> {
+/// A port of 127.0.0.1 that nothing listens on now, for a server a test
+/// starts as a process of its own (which binds it itself).
+///
+/// Between this check and the server's bind, the port must stay free. One
+/// the kernel hands out for port 0 is in its ephemeral range, where any
+/// outgoing connection (another test's client, a browser's) may take it
+/// as its local port; so the port is taken below that range (Linux's
+/// `ip_local_port_range`, 32768 upward by default), never twice in one
+/// process, from an offset set by the process id so that test binaries
+/// run side by side seldom meet. A server that still finds its port taken
+/// (another program's listener) fails to start: start it again on another.
+///
+/// # Errors
+///
+/// No free port below the ephemeral range (then one the kernel picks, as
+/// a last resort), or loopback cannot be bound at all.
+///
+/// ```
+/// let port = palisade_testkit::free_port()?;
+/// let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
+/// assert_eq!(listener.local_addr()?.port(), port);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub fn free_port() -> std::io::Result<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    const LOWEST: u32 = 20_000;
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    if ephemeral > LOWEST + 1_000 {
+        let span = ephemeral - LOWEST;
+        // The first call starts at this process's offset; later ones go on
+        // from the last port given.
+        let _ = NEXT.compare_exchange(
+            u32::MAX,
+            (std::process::id().wrapping_mul(2_654_435_761)) % span,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        for _ in 0..span.min(2_000) {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed) % span;
+            let Ok(port) = u16::try_from(LOWEST + n) else {
+                continue;
+            };
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -1808,6 +1857,29 @@ mod tests {
     use std::io::{Read, Write};
 
     use super::*;
+
+    /// Ports for servers are outside the kernel's ephemeral range (where
+    /// a client's connection could take one first), each free, and a
+    /// process is not given one twice.
+    #[test]
+    fn free_ports_are_below_the_ephemeral_range_and_given_once() {
+        let ephemeral: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let ports: Vec<u16> = (0..50).map(|_| free_port().unwrap()).collect();
+        let mut distinct = ports.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), ports.len(), "{ports:?}");
+        assert!(ports.iter().all(|p| *p < ephemeral), "{ports:?}");
+        for p in ports {
+            std::net::TcpListener::bind(("127.0.0.1", p)).unwrap();
+        }
+    }
 
     fn http(issuer: &TestIssuer, method: &str, path: &str, body: &str) -> (u16, String) {
         let addr = issuer.base_url().trim_start_matches("http://");
