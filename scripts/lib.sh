@@ -2,7 +2,9 @@
 #   . scripts/lib.sh     (from the repository root, as scripts/test does)
 # Nothing here runs on its own.
 
-say() { printf '\n==> %s\n' "$*"; }
+# A step's title, with the time since the script started (which step costs
+# what, in CI's log).
+say() { printf '\n==> %s  [%dm%02ds]\n' "$*" $((SECONDS / 60)) $((SECONDS % 60)); }
 need_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 apt_updated=""
