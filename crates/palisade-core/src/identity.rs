@@ -292,6 +292,11 @@ pub struct PeerIdentity {
     pub subject: String,
     /// SHA-256 of the leaf certificate, lower-case hex.
     pub fingerprint_sha256: String,
+    /// When the leaf certificate expires (its `notAfter`), when known: the
+    /// latest a stream the peer opened should stay open, since the guard
+    /// decides requests, not connections (docs/middleware.md, long-lived
+    /// connections). Not in [`whoami`](crate::whoami)'s answer.
+    pub not_after: Option<std::time::SystemTime>,
 }
 
 /// A Kerberos client principal.

@@ -227,6 +227,10 @@ pub fn peer_identity(leaf_der: &[u8]) -> Option<PeerIdentity> {
     peer.dns_names = dns_names;
     peer.subject = cert.subject().to_string();
     peer.fingerprint_sha256 = fingerprint_sha256(leaf_der);
+    // Before the epoch (no such certificate verifies): unknown.
+    peer.not_after = u64::try_from(cert.validity().not_after.timestamp())
+        .ok()
+        .map(|secs| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs));
     Some(peer)
 }
 
@@ -396,6 +400,16 @@ mod tests {
         assert_eq!(peer.namespace.as_deref(), Some("default"));
         assert_eq!(peer.fingerprint_sha256, cert.sha256_fingerprint());
         assert!(peer.subject.contains("CN=productpage"), "{}", peer.subject);
+        // The testkit's workload certificates run for a day from now.
+        let left = peer
+            .not_after
+            .expect("the certificate's expiry")
+            .duration_since(std::time::SystemTime::now())
+            .expect("not expired");
+        assert!(
+            (std::time::Duration::from_secs(86_000)..=std::time::Duration::from_secs(86_400)).contains(&left),
+            "{left:?}"
+        );
     }
 
     #[test]
