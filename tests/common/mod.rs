@@ -7,6 +7,7 @@ use serde_json::Value;
 #[cfg(all(feature = "spnego", feature = "testkit"))]
 pub(crate) mod kerberos;
 pub(crate) mod logs;
+#[cfg(feature = "testkit")]
 pub(crate) mod oidc_provider;
 
 /// POSTs a form to a token endpoint and returns the `access_token`.

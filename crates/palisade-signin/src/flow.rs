@@ -1844,8 +1844,8 @@ impl SignIn {
                 problem(405, "the session's deadlines are read with GET").header("allow", "GET, HEAD"),
             );
         }
-        if let Some(reply) = self.store_not_answering(req) {
-            return Check::Ready(reply);
+        if self.revocations_unknown(req) {
+            return Check::Ready(revocations_unknown_reply());
         }
         let secure = self.secure(req);
         let Ok(parts) = self.sealer(secure).parts(req) else {
@@ -1853,6 +1853,11 @@ impl SignIn {
         };
         if let Some(live) = self.0.cache.get_parts(parts.len(), parts.iter()) {
             return Check::Ready(self.deadlines(live));
+        }
+        // Not read yet: a stored session the store just failed to give
+        // back is the outage's 503 for a while, as a request's is.
+        if self.unreadable_now(req) {
+            return Check::Ready(unreadable_now_reply());
         }
         let Ok(value) = parts.join() else {
             return Check::Ready(self.no_session());
@@ -2791,7 +2796,6 @@ impl Authenticator for SignIn {
         // cannot be used *now*, an API call as well as a page: a script
         // reads a 401 as "signed out" and sends the user to sign in, into
         // the outage.
-        //
         if let Some(reply) = self.store_not_answering(req) {
             return Some(reply);
         }

@@ -1861,6 +1861,7 @@ mod tests {
     /// Ports for servers are outside the kernel's ephemeral range (where
     /// a client's connection could take one first), each free, and a
     /// process is not given one twice.
+    #[cfg(target_os = "linux")]
     #[test]
     fn free_ports_are_below_the_ephemeral_range_and_given_once() {
         let ephemeral: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
@@ -1875,7 +1876,10 @@ mod tests {
         distinct.sort_unstable();
         distinct.dedup();
         assert_eq!(distinct.len(), ports.len(), "{ports:?}");
-        assert!(ports.iter().all(|p| *p < ephemeral), "{ports:?}");
+        // (A range reaching down to the lowest ports leaves none below it.)
+        if ephemeral > 21_000 {
+            assert!(ports.iter().all(|p| *p < ephemeral), "{ports:?}");
+        }
         for p in ports {
             std::net::TcpListener::bind(("127.0.0.1", p)).unwrap();
         }
