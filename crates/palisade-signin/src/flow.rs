@@ -1645,26 +1645,56 @@ impl SignIn {
         here
     }
 
+    /// Whether a session stands at `t`: `Ok(false)` when it timed out or
+    /// is recorded as ended, `Err` when the store cannot say whether it
+    /// ended.
+    fn standing(&self, s: &Session, t: u64) -> Result<bool, crate::store::StoreError> {
+        if self.timed_out(s, t) {
+            return Ok(false);
+        }
+        self.0
+            .store
+            .is_revoked(&self.session_ref(s))
+            .map(|revoked| !revoked)
+    }
+
     /// Whether a session may still be used: not ended, not timed out.
     fn usable(&self, s: &Session, t: u64) -> bool {
-        if self.timed_out(s, t) {
-            return false;
-        }
-        match self.0.store.is_revoked(&self.session_ref(s)) {
-            Ok(revoked) => !revoked,
-            Err(e) => {
-                // The store says when it stops answering.
-                tracing::debug!(target: LOG_TARGET, error = %e, "session revocations cannot be checked: the session is not accepted");
-                false
-            }
-        }
+        self.standing(s, t).unwrap_or_else(|e| {
+            // The store says when it stops answering.
+            tracing::debug!(target: LOG_TARGET, error = %e, "session revocations cannot be checked: the session is not accepted");
+            false
+        })
     }
 
     /// Whether a session has ended already: timed out, or recorded as
     /// ended. (A store that cannot say is taken for one that has not: a
     /// logout of it is recorded again.)
     fn ended_already(&self, s: &Session, t: u64) -> bool {
-        self.timed_out(s, t) || matches!(self.0.store.is_revoked(&self.session_ref(s)), Ok(true))
+        matches!(self.standing(s, t), Ok(false))
+    }
+
+    /// Whether the session's tokens are older than the store's knowledge
+    /// of ended sessions (a memory store after a restart): it may have
+    /// ended meanwhile, unknown to this store, which only the issuer can
+    /// tell.
+    fn may_have_ended_unseen(&self, s: &Session) -> bool {
+        self.0
+            .store
+            .endings_since()
+            .is_some_and(|since| s.tokens_before(since))
+    }
+
+    /// `live`, or the newer successor an earlier request's refresh made of
+    /// it, and whether it is that successor. Only a newer one: another
+    /// replica may have refreshed the session since, and this one's
+    /// successor would send the browser (and the issuer, at the next
+    /// refresh) tokens it already replaced.
+    fn newest(&self, live: Arc<Live>) -> (Arc<Live>, bool) {
+        match self.0.refreshes.successors.get(&live.session.id) {
+            Some(next) if next.session.newer_than(&live.session) => (next, true),
+            _ => (live, false),
+        }
     }
 
     /// Whether `req` carries a stored session's cookie whose data the store
@@ -1751,24 +1781,13 @@ impl SignIn {
         let t = now();
         let c = &self.0.config;
         // A session refreshed by an earlier request: use its new tokens.
-        // Only a newer one: another replica may have refreshed the session
-        // since, and this one's successor would send the browser (and the
-        // issuer, at the next refresh) tokens it already replaced.
-        let (live, mut renew) = match self.0.refreshes.successors.get(&live.session.id) {
-            Some(next) if next.session.newer_than(&live.session) => (next, true),
-            _ => (live, false),
-        };
+        let (live, mut renew) = self.newest(live);
         if !self.usable(&live.session, t) {
             return Check::Ready(AuthOutcome::NoCredential);
         }
-        // Tokens older than the store's knowledge of ended sessions (a
-        // memory store after a restart): the session may have ended
-        // meanwhile, so the issuer is asked before it is taken.
-        let unknown = self
-            .0
-            .store
-            .endings_since()
-            .is_some_and(|since| live.session.tokens_before(since));
+        // A session that may have ended unknown to this store: the issuer
+        // is asked before it is taken.
+        let unknown = self.may_have_ended_unseen(&live.session);
         if unknown || live.session.at_exp <= t + live.session.refresh_lead(c.refresh_before.as_secs()) {
             if live.session.rt.is_some() {
                 let this = self.clone();
@@ -1898,27 +1917,17 @@ impl SignIn {
     /// would take it. Without a refresh token, the session ends with its
     /// access token, and says so.
     fn deadlines(&self, live: Arc<Live>) -> Reply {
-        let live = match self.0.refreshes.successors.get(&live.session.id) {
-            Some(next) if next.session.newer_than(&live.session) => next,
-            _ => live,
-        };
+        let (live, _) = self.newest(live);
         let (t, c, s) = (now(), &self.0.config, &live.session);
-        if self.timed_out(s, t) {
-            return self.no_session();
-        }
-        match self.0.store.is_revoked(&self.session_ref(s)) {
-            Ok(false) => {}
-            Ok(true) => return self.no_session(),
+        match self.standing(s, t) {
+            Ok(true) => {}
+            Ok(false) => return self.no_session(),
             Err(e) => {
                 tracing::debug!(target: LOG_TARGET, error = %e, "session revocations cannot be checked");
                 return revocations_unknown_reply();
             }
         }
-        let unknown = self
-            .0
-            .store
-            .endings_since()
-            .is_some_and(|since| s.tokens_before(since));
+        let unknown = self.may_have_ended_unseen(s);
         // Without a refresh token, a session whose access token expired
         // (or may have ended unknown to this store) is over; with one, the
         // next request refreshes it (or, unknown, asks the issuer whether
@@ -2012,9 +2021,7 @@ impl SignIn {
 
     async fn refresh_once(&self, live: Arc<Live>) -> Result<Arc<Live>, Unusable> {
         // Another request refreshed it meanwhile.
-        if let Some(next) = self.0.refreshes.successors.get(&live.session.id)
-            && next.session.newer_than(&live.session)
-        {
+        if let (next, true) = self.newest(Arc::clone(&live)) {
             return Ok(next);
         }
         // No discovery document yet (the issuer down since start-up, a
@@ -2423,12 +2430,9 @@ impl SignIn {
             // The refresh token to revoke: the newest copy's this process
             // knows (a refresh a request made since the cookie was
             // sealed), before the ending forgets it.
-            let refresh_token =
-                live.as_ref()
-                    .and_then(|l| match this.0.refreshes.successors.get(&l.session.id) {
-                        Some(next) if next.session.newer_than(&l.session) => next.session.rt.clone(),
-                        _ => l.session.rt.clone(),
-                    });
+            let refresh_token = live
+                .as_ref()
+                .and_then(|l| this.newest(Arc::clone(l)).0.session.rt.clone());
             let ended = match &live {
                 // Ended before (a saved copy of its cookie logged out
                 // again): nothing more to record, and no more of its
