@@ -2257,3 +2257,143 @@ async fn a_route_no_middleware_guards_answers_500_where_it_asks_for_the_caller()
         }
     }
 }
+
+/// A body limit's answer as both frameworks give it: status, gRPC status
+/// and the cookies the application set.
+#[derive(Debug, PartialEq)]
+struct LimitAnswer {
+    status: u16,
+    grpc_status: Option<String>,
+    cookie: Option<String>,
+}
+
+/// What a body limit of 100 bytes answers in place of the application's,
+/// decided once in the core: the same on both frameworks, for HTTP and
+/// gRPC calls, whether the application read the stream itself (and
+/// answered 500 on its error), used its framework's extractor (413), or
+/// refused the body by a lower limit of its own (413).
+#[actix_web::test]
+async fn a_body_limits_answer_is_the_same_on_both_frameworks() {
+    use axum::routing::any;
+    use http_body_util::BodyExt as _;
+    use palisade::core::limits::ServerLimits;
+
+    let limits = ServerLimits::default().body_limit(100);
+    const COOKIE: &str = "session=renewed";
+    let axum_app = tower::Layer::layer(
+        &palisade::axum::BodyLimitLayer::new(limits),
+        axum::Router::new()
+            .route(
+                "/reads",
+                any(|body: Body| async move {
+                    let status = match body.collect().await {
+                        Ok(_) => http::StatusCode::OK,
+                        Err(_) => http::StatusCode::INTERNAL_SERVER_ERROR,
+                    };
+                    (status, [("set-cookie", COOKIE)])
+                }),
+            )
+            .route(
+                "/extracts",
+                any(|body: axum::body::Bytes| async move { body.len().to_string() }),
+            )
+            .route(
+                "/refuses",
+                any(|| async { (http::StatusCode::PAYLOAD_TOO_LARGE, [("set-cookie", COOKIE)]) }),
+            ),
+    );
+    let actix_app = actix_web::test::init_service(
+        App::new()
+            .route(
+                "/reads",
+                web::post().to(|body: web::Payload| async move {
+                    match body.to_bytes().await {
+                        Ok(_) => HttpResponse::Ok(),
+                        Err(_) => HttpResponse::InternalServerError(),
+                    }
+                    .insert_header(("set-cookie", COOKIE))
+                    .finish()
+                }),
+            )
+            .route(
+                "/extracts",
+                web::post().to(|body: web::Bytes| async move { body.len().to_string() }),
+            )
+            .route(
+                "/refuses",
+                web::post().to(|| async {
+                    HttpResponse::PayloadTooLarge()
+                        .insert_header(("set-cookie", COOKIE))
+                        .finish()
+                }),
+            )
+            .wrap(palisade::actix::BodyLimit::new(limits)),
+    )
+    .await;
+    let grpc = |code: &str| LimitAnswer {
+        status: 200,
+        grpc_status: Some(code.to_owned()),
+        cookie: Some(COOKIE.to_owned()),
+    };
+    let http = |status, cookie: bool| LimitAnswer {
+        status,
+        grpc_status: None,
+        cookie: cookie.then(|| COOKIE.to_owned()),
+    };
+    // (path, content type, bytes sent without a declared length, answer)
+    let cases = [
+        // Over the limit, the stream's error answered 500: 413 instead,
+        // with the renewal's cookie.
+        ("/reads", "text/plain", 101, http(413, true)),
+        ("/reads", "text/plain", 100, http(200, true)),
+        // Over the limit, the extractor's own 413: sent as it is.
+        ("/extracts", "text/plain", 101, http(413, false)),
+        ("/extracts", "text/plain", 100, http(200, false)),
+        // The application's own lower limit: its 413.
+        ("/refuses", "text/plain", 50, http(413, true)),
+        // A gRPC call: RESOURCE_EXHAUSTED, whatever became of the error,
+        // and for the application's 413 too (a 413 reaches a gRPC client
+        // as UNKNOWN).
+        ("/reads", "application/grpc", 101, grpc("8")),
+        (
+            "/extracts",
+            "application/grpc",
+            101,
+            LimitAnswer {
+                cookie: None,
+                ..grpc("8")
+            },
+        ),
+        ("/refuses", "application/grpc", 50, grpc("8")),
+        ("/reads", "application/grpc-web", 101, grpc("8")),
+    ];
+    for (path, content_type, size, expected) in cases {
+        let req = http::Request::post(path)
+            .header("content-type", content_type)
+            // No declared length: the limit is met as the body is read.
+            .body(Body::from(vec![b'a'; size]))
+            .unwrap();
+        let res = axum_app.clone().oneshot(req).await.unwrap();
+        let header = |name| res.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
+        let on_axum = LimitAnswer {
+            status: res.status().as_u16(),
+            grpc_status: header("grpc-status"),
+            cookie: header("set-cookie"),
+        };
+        let mut req = actix_web::test::TestRequest::post()
+            .uri(path)
+            .insert_header(("content-type", content_type))
+            .set_payload(vec![b'a'; size])
+            .to_request();
+        req.headers_mut().remove("content-length");
+        let res = actix_web::test::call_service(&actix_app, req).await;
+        let header = |name| res.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
+        let on_actix = LimitAnswer {
+            status: res.status().as_u16(),
+            grpc_status: header("grpc-status"),
+            cookie: header("set-cookie"),
+        };
+        assert_eq!(on_axum, expected, "axum: {path} {content_type} {size}");
+        assert_eq!(on_actix, expected, "actix-web: {path} {content_type} {size}");
+    }
+}

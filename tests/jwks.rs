@@ -782,3 +782,64 @@ fn verify_waits_for_keys_outside_a_tokio_runtime() {
     ));
     assert!(issuer.jwks_fetches() > fetches, "the wait asked for a fetch");
 }
+
+/// A production policy file run against a stand-in issuer: the keys of the
+/// file's issuer come from the `TestIssuer` (`PolicySet::jwks_uri_override`),
+/// every other setting is the file's, and the relaxation is said aloud.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_production_policy_file_runs_against_a_test_issuer_whose_keys_stand_in() {
+    use palisade::core::policy::{PolicySet, Workload};
+    common::logs::capture("palisade::jwt=warn");
+    const PRODUCTION: &str = "https://keycloak.example.com/realms/shop";
+    let stand_in = TestIssuer::start().unwrap();
+    let yaml = format!(
+        "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: shop}}
+spec:
+  jwtRules:
+  - issuer: {PRODUCTION}
+    jwksUri: {PRODUCTION}/protocol/openid-connect/certs
+    audiences: [details]
+"
+    );
+    let set = PolicySet::from_yaml_str(&yaml, "policy.yaml")
+        .unwrap()
+        .jwks_uri_override(PRODUCTION, stand_in.jwks_uri());
+    let jwt = JwtAuthenticator::from_policy(&set.for_workload(&Workload::new("details", "shop")))
+        .unwrap()
+        .unwrap();
+    let token = |aud: &str| stand_in.token().issuer(PRODUCTION).audience(aud).sign();
+    let id = jwt.verify(&token("details")).await.unwrap();
+    assert_eq!(id.issuer(), Some(PRODUCTION));
+    assert_eq!(stand_in.jwks_fetches(), 1);
+    // The file's audiences still hold, and the stand-in's own name is no
+    // issuer of the file.
+    assert_eq!(
+        jwt.verify(&token("reviews")).await.unwrap_err(),
+        JwtError::InvalidAudience
+    );
+    assert!(
+        jwt.verify(&stand_in.token().audience("details").sign())
+            .await
+            .is_err()
+    );
+    // Another issuer's key cannot sign for it.
+    let other = TestIssuer::start().unwrap();
+    assert!(
+        jwt.verify(&other.token().issuer(PRODUCTION).audience("details").sign())
+            .await
+            .is_err()
+    );
+    let warned = common::logs::lines("jwks_uri_override");
+    assert!(
+        warned
+            .iter()
+            .any(|l| l.contains(PRODUCTION) && l.contains(&stand_in.jwks_uri()) && l.contains("policy.yaml")),
+        "{warned:?}"
+    );
+    // Without it, the file's own location: nothing asks the stand-in.
+    let as_written = PolicySet::from_yaml_str(&yaml, "policy.yaml").unwrap();
+    let policy = as_written.for_workload(&Workload::new("details", "shop"));
+    assert_eq!(policy.jwks_uri_override(PRODUCTION), None);
+}

@@ -22,8 +22,8 @@ use actix_web::rt::task::JoinHandle;
 use actix_web::rt::time::{Instant, sleep_until};
 use actix_web::web::Bytes;
 use actix_web::{Error, HttpMessage as _};
-use palisade_core::adapter::{Rendering, actix_response, keeping_cookies};
-use palisade_core::limits::{BodyTimer, ServerLimits};
+use palisade_core::adapter::{Rendering, actix_response};
+use palisade_core::limits::{BodyOutcome, BodyTimer, ServerLimits};
 
 use crate::LocalFuture;
 
@@ -170,7 +170,23 @@ where
             if res.status() == actix_web::http::StatusCode::SWITCHING_PROTOCOLS {
                 upgraded.set(true);
             }
-            let Some((unread, why)) = cut.borrow_mut().take() else {
+            let cut = cut.borrow_mut().take();
+            let outcome = match cut {
+                Some((_, Cut::Late)) => BodyOutcome::Late,
+                Some((_, Cut::Overflow)) => BodyOutcome::Over,
+                // Answered without reading it all: its answer is sent.
+                Some((_, Cut::Unread)) | None => BodyOutcome::Within,
+            };
+            // In place of the app's answer, with the cookies it set (a
+            // session's renewal), as the core decides for both frameworks.
+            let cookies = res.headers().get_all(actix_web::http::header::SET_COOKIE);
+            let instead = limits.answer_instead(
+                outcome,
+                rendering,
+                res.status().as_u16(),
+                cookies.filter_map(|v| v.to_str().ok()),
+            );
+            if cut.is_none() && instead.is_none() {
                 return Ok(res
                     .map_body(|head, body| {
                         // Past its maximum age: closed once this is sent
@@ -185,29 +201,17 @@ where
                         Answer { body, begun }
                     })
                     .map_into_left_body());
+            }
+            let res = match instead {
+                Some(reply) => res.into_response(actix_response(reply)),
+                None => res.map_into_boxed_body(),
             };
-            // In place of the app's answer, with the cookies it set (a
-            // session's renewal).
-            let instead = |res: ServiceResponse<_>, limit| {
-                let cookies = res.headers().get_all(actix_web::http::header::SET_COOKIE);
-                let kept = keeping_cookies(limit, cookies.filter_map(|v| v.to_str().ok()));
-                let instead = actix_response(rendering.render(kept));
-                res.into_response(instead)
+            let res = match cut {
+                // The rest of the body is not read: the connection closes.
+                Some((unread, _)) => closing_unread(res, unread),
+                None => res,
             };
-            let res = match why {
-                // Answered without reading it all: sent as it is.
-                Cut::Unread => res.map_into_boxed_body(),
-                // Whatever the app answered a body it could not read in time.
-                Cut::Late => instead(res, limits.body_too_slow()),
-                // A body over the limit, whatever the app made of the
-                // error (a handler reading the stream itself may answer
-                // 500): the 413 actix-web's extractors give.
-                Cut::Overflow if res.status() != actix_web::http::StatusCode::PAYLOAD_TOO_LARGE => {
-                    instead(res, limits.body_too_large())
-                }
-                Cut::Overflow => res.map_into_boxed_body(),
-            };
-            Ok(closing_unread(res, unread).map_into_right_body())
+            Ok(res.map_into_right_body())
         })
     }
 }

@@ -10,8 +10,8 @@ use axum::body::Body;
 use axum::extract::DefaultBodyLimit;
 use http::header::CONTENT_LENGTH;
 use http::{Request, Response};
-use palisade_core::adapter::{Rendering, Reply, keeping_cookies};
-use palisade_core::limits::{BodyTimer, ServerLimits};
+use palisade_core::adapter::{Rendering, Reply};
+use palisade_core::limits::{BodyOutcome, BodyTimer, ServerLimits};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -395,32 +395,21 @@ where
                 rendering,
             } => {
                 let res = ready!(fut.poll(cx))?;
-                // In place of the app's answer, with the cookies it set (a
-                // session's renewal).
-                let instead = |limit: Reply| {
-                    let cookies = res.headers().get_all(http::header::SET_COOKIE);
-                    let cookies = cookies.iter().filter_map(|v| v.to_str().ok());
-                    reply(rendering.render(keeping_cookies(limit, cookies)))
+                // A body over the limit is met as it is read (a declared
+                // length too, for a gRPC call), and the answer may be the
+                // application's or its framework's (axum's extractors
+                // answer 413, tonic `UNKNOWN`): the core decides.
+                let outcome = match flags.as_deref() {
+                    Some(f) if f.late.load(Ordering::Relaxed) => BodyOutcome::Late,
+                    Some(f) if f.over.load(Ordering::Relaxed) => BodyOutcome::Over,
+                    _ => BodyOutcome::Within,
                 };
-                // Whatever the app answered a body it could not read in time.
-                if flags.as_ref().is_some_and(|f| f.late.load(Ordering::Relaxed)) {
-                    return Poll::Ready(Ok(instead(limits.body_too_slow())));
-                }
-                // A body over the limit (its declared length is checked as
-                // it is read). An HTTP request's: the 413 axum's extractors
-                // give, whatever the app made of the error (a handler
-                // reading the stream itself may answer 500). A gRPC call's:
-                // a gRPC status, not axum's 413, nor the `UNKNOWN` tonic
-                // makes of the error.
-                let over = flags.as_ref().is_some_and(|f| f.over.load(Ordering::Relaxed));
-                let too_large = res.status() == http::StatusCode::PAYLOAD_TOO_LARGE;
-                let replaced = if matches!(rendering, Rendering::Http | Rendering::Head) {
-                    over && !too_large
-                } else {
-                    over || too_large
-                };
-                if replaced {
-                    return Poll::Ready(Ok(instead(limits.body_too_large())));
+                let cookies = res.headers().get_all(http::header::SET_COOKIE);
+                let cookies = cookies.iter().filter_map(|v| v.to_str().ok());
+                if let Some(instead) =
+                    limits.answer_instead(outcome, *rendering, res.status().as_u16(), cookies)
+                {
+                    return Poll::Ready(Ok(reply(instead)));
                 }
                 Poll::Ready(Ok(res.map(ResponseBody::inner)))
             }

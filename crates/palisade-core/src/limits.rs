@@ -28,7 +28,7 @@ use std::pin::Pin;
 use std::task::Context;
 use std::time::Duration;
 
-use crate::adapter::Reply;
+use crate::adapter::{Rendering, Reply, keeping_cookies};
 
 /// Log target of the serving helpers (closed connections, refused bodies).
 pub const LOG_TARGET: &str = "palisade::serve";
@@ -386,6 +386,76 @@ impl ServerLimits {
     /// problem body, and `connection: close`, as the rest is not read.
     pub fn body_too_slow(&self) -> Reply {
         body_too_slow()
+    }
+}
+
+/// What became of a request's body under a body limit, by the time the
+/// application answered: what [`ServerLimits::answer_instead`] decides on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BodyOutcome {
+    /// Read within the limit and the clock, or not read (whole).
+    Within,
+    /// Cut off at the limit: the application saw an error in its place.
+    Over,
+    /// Cut off for coming too slowly ([`BodyTimer`]).
+    Late,
+}
+
+impl ServerLimits {
+    /// The answer a body limit gives in place of the application's (its
+    /// `status`, and the cookies it set, `app_cookies`), rendered for the
+    /// request as the guard's answers are; `None` to send the
+    /// application's. Both frameworks' body limits ask this, so they answer
+    /// alike:
+    ///
+    /// - a body that came too slowly: 408, whatever the application made of
+    ///   the error;
+    /// - a body over the limit: 413, whatever the application made of the
+    ///   error (a handler reading the stream itself may answer 500), except
+    ///   that an HTTP answer that is already 413 (the framework's
+    ///   extractors', or the application's own) is sent as it is;
+    /// - a gRPC or grpc-web call answered 413 (over the limit, or over a
+    ///   lower limit of the application's): a gRPC status,
+    ///   `RESOURCE_EXHAUSTED`, which its client reads, where a 413 would
+    ///   reach it as `UNKNOWN` (as would tonic's own answer to the body's
+    ///   error).
+    ///
+    /// The answer keeps the cookies the application set (a session's
+    /// renewal: the issuer has spent the refresh token the old cookie
+    /// holds), made private to caches.
+    ///
+    /// ```
+    /// use palisade_core::adapter::Rendering;
+    /// use palisade_core::limits::{BodyOutcome, ServerLimits};
+    ///
+    /// let limits = ServerLimits::default().body_limit(100);
+    /// let cookies = ["s=renewed; Path=/; HttpOnly"];
+    /// let reply = limits.answer_instead(BodyOutcome::Over, Rendering::Http, 500, cookies).unwrap();
+    /// assert_eq!(reply.status(), 413);
+    /// assert!(reply.headers().any(|h| h == ("set-cookie", cookies[0])));
+    /// assert!(limits.answer_instead(BodyOutcome::Over, Rendering::Http, 413, cookies).is_none());
+    /// assert!(limits.answer_instead(BodyOutcome::Within, Rendering::Http, 500, cookies).is_none());
+    /// let grpc = limits.answer_instead(BodyOutcome::Within, Rendering::Grpc, 413, cookies).unwrap();
+    /// assert!(grpc.headers().any(|h| h == ("grpc-status", "8")));
+    /// ```
+    pub fn answer_instead<'h>(
+        &self,
+        body: BodyOutcome,
+        rendering: Rendering,
+        status: u16,
+        app_cookies: impl IntoIterator<Item = &'h str>,
+    ) -> Option<Reply> {
+        let grpc = !matches!(rendering, Rendering::Http | Rendering::Head);
+        let reply = match body {
+            BodyOutcome::Late => self.body_too_slow(),
+            BodyOutcome::Over if grpc || status != 413 => self.body_too_large(),
+            // Over a lower limit than this one: the application's, whose
+            // number this one does not know.
+            BodyOutcome::Within if grpc && status == 413 => Reply::new(413),
+            BodyOutcome::Over | BodyOutcome::Within => return None,
+        };
+        Some(rendering.render(keeping_cookies(reply, app_cookies)))
     }
 }
 

@@ -511,6 +511,18 @@ fn tune(
     if let Some(attr) = principal {
         b = b.principal_claim(attr.clone());
     }
+    if let Some(uri) = policy.jwks_uri_override(issuer) {
+        // A relaxation of what the file trusts, made in code (a test's
+        // stand-in issuer): said aloud each time.
+        tracing::warn!(
+            target: "palisade::jwt",
+            issuer,
+            jwks_uri = %palisade_core::syntax::url_without_credentials(uri),
+            "the keys of this issuer are fetched from the URI the code set (PolicySet::jwks_uri_override), not from where {} says",
+            policy.source(),
+        );
+        b = b.jwks_uri(uri);
+    }
     Ok(b)
 }
 

@@ -10,12 +10,26 @@ use std::sync::Arc;
 /// message (at line L, column C)`, each part present when known.
 ///
 /// When a value was refused by another part (a key file that does not
-/// parse, a builder that rejects a setting), that error is the
-/// [`source`](std::error::Error::source), for reporters that print chains.
-/// Its `Debug` shows the source as its message says it, not as its own
-/// `Debug` would (which may hold what a field gave, such as a secret
-/// pasted where its file's path goes): `fn main() -> Result<_, Box<dyn
-/// Error>>` prints an error's `Debug`.
+/// parse, a builder that rejects a setting), the message says why, and that
+/// error is kept for inspection as its [`cause`](Self::cause) (and
+/// [`io_error`](Self::io_error) finds an I/O error in it), not as its
+/// [`source`](std::error::Error::source): a reporter that prints an
+/// error's chain (anyhow's `{:#}`, `Caused by:`) would say the cause
+/// twice, and the one-line report, which names the file, document and
+/// field, says it once. Its `Debug` shows the cause as its message says
+/// it, not as its own `Debug` would (which may hold what a field gave,
+/// such as a secret pasted where its file's path goes): `fn main() ->
+/// Result<_, Box<dyn Error>>` prints an error's `Debug`.
+///
+/// ```
+/// use palisade_core::policy::PolicyError;
+///
+/// let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+/// let e = PolicyError::new("policy.yaml", format!("cannot read key.pem: {io}")).with_source(io);
+/// assert!(std::error::Error::source(&e).is_none());
+/// assert_eq!(e.io_error().map(std::io::Error::kind), Some(std::io::ErrorKind::NotFound));
+/// assert!(e.cause().is_some_and(|c| c.to_string() == "no such file"));
+/// ```
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct PolicyError {
@@ -96,7 +110,8 @@ impl PolicyError {
         }
     }
 
-    /// The same error, caused by `source` (kept for [`std::error::Error::source`]).
+    /// The same error, caused by `source`, which the message says (kept as
+    /// its [`cause`](Self::cause)).
     #[must_use]
     pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
         self.source = Some(Arc::new(Box::new(source)));
@@ -113,7 +128,15 @@ impl PolicyError {
         self.with_source(std::io::Error::new(std::io::ErrorKind::NotConnected, source))
     }
 
-    /// The first I/O error in this error's
+    /// The error that caused this one, when another part refused the
+    /// value ([`with_source`](Self::with_source)): for inspection (a
+    /// downcast to that part's error type), as the message already says it.
+    #[must_use]
+    pub fn cause(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        self.source.as_deref().map(|e| &**e)
+    }
+
+    /// The first I/O error in this error's [`cause`](Self::cause) and its
     /// [`source`](std::error::Error::source) chain. In the errors Palisade
     /// makes, that is what lies outside the file and may change by itself:
     /// a file a document names (a secret, key or CA file) that could not
@@ -125,7 +148,7 @@ impl PolicyError {
     /// `IsADirectory`).
     #[must_use]
     pub fn io_error(&self) -> Option<&std::io::Error> {
-        let mut next = std::error::Error::source(self);
+        let mut next = self.cause().map(|e| e as &(dyn std::error::Error + 'static));
         while let Some(e) = next {
             if let Some(io) = e.downcast_ref::<std::io::Error>() {
                 return Some(io);
@@ -181,13 +204,9 @@ impl fmt::Display for PolicyError {
     }
 }
 
-impl std::error::Error for PolicyError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_deref()
-            .map(|e| &**e as &(dyn std::error::Error + 'static))
-    }
-}
+/// No [`source`](std::error::Error::source): the message says the cause
+/// (see [`PolicyError::cause`]).
+impl std::error::Error for PolicyError {}
 
 /// Something in a policy file that loads but should be said aloud:
 /// - what takes effect for no in-process workload: a `targetRefs` entry

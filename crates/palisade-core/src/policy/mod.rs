@@ -757,13 +757,19 @@ pub struct PolicySet {
     /// read (`reload::files_digest`), so a reloader also loads a change
     /// of them made before it was made.
     named_digest: Option<u64>,
+    /// `(issuer, JWKS URI)`: where keys are fetched from in place of where
+    /// the documents say ([`PolicySet::jwks_uri_override`]).
+    jwks_overrides: Vec<(String, String)>,
 }
 
 /// Two sets are equal when their documents are, whatever text (comments,
 /// spacing) they were read from.
 impl PartialEq for PolicySet {
     fn eq(&self, other: &Self) -> bool {
-        self.source == other.source && self.documents == other.documents && self.warnings == other.warnings
+        self.source == other.source
+            && self.documents == other.documents
+            && self.warnings == other.warnings
+            && self.jwks_overrides == other.jwks_overrides
     }
 }
 
@@ -1486,6 +1492,7 @@ impl PolicySet {
             warnings,
             digest: digest(text.as_bytes()),
             named_digest: None,
+            jwks_overrides: Vec::new(),
         })
     }
 
@@ -1618,6 +1625,7 @@ impl PolicySet {
             // No text: the digest of none.
             digest: digest(b""),
             named_digest: None,
+            jwks_overrides: Vec::new(),
         })
     }
 
@@ -1661,7 +1669,52 @@ impl PolicySet {
             workload: workload.clone(),
             documents: self.documents.iter().filter(|d| d.applies_to(workload)).collect(),
             all: &self.documents,
+            jwks_overrides: &self.jwks_overrides,
         }
+    }
+
+    /// The set, with the keys of `issuer`'s tokens fetched from `jwks_uri`
+    /// rather than where its documents say (a `jwtRules` entry's `jwksUri`
+    /// or `jwks`, a `KeycloakAdapter`'s realm keys, the issuer's discovery
+    /// document): for a test that runs the production policy file against
+    /// a stand-in issuer, as a test of a Spring resource server sets
+    /// `jwk-set-uri`. Every other setting of the issuer stays as the file
+    /// says (audiences, claims, token locations), and its tokens still
+    /// carry its `iss` (`palisade_testkit::TestIssuer`'s `token().issuer(…)`).
+    ///
+    /// Set in code only, never by a file: a relaxation of what the file
+    /// trusts, so a guard built with it says so in a warning (target
+    /// `palisade::jwt`), naming the issuer and the URI. An issuer no
+    /// document of the workload names is left alone. The override is the
+    /// set's, not the file's: a reloader that reads the file again builds
+    /// without it unless its build function sets it again.
+    ///
+    /// ```
+    /// use palisade_core::policy::{PolicySet, Workload};
+    ///
+    /// let yaml = r#"
+    /// apiVersion: security.istio.io/v1
+    /// kind: RequestAuthentication
+    /// metadata: {name: jwt, namespace: shop}
+    /// spec:
+    ///   jwtRules:
+    ///   - issuer: https://keycloak.example.com/realms/shop
+    /// "#;
+    /// let set = PolicySet::from_yaml_str(yaml, "policy.yaml")?
+    ///     .jwks_uri_override("https://keycloak.example.com/realms/shop", "http://127.0.0.1:8081/certs");
+    /// let policy = set.for_workload(&Workload::new("details", "shop"));
+    /// assert_eq!(
+    ///     policy.jwks_uri_override("https://keycloak.example.com/realms/shop"),
+    ///     Some("http://127.0.0.1:8081/certs")
+    /// );
+    /// # Ok::<(), palisade_core::policy::PolicyError>(())
+    /// ```
+    #[must_use]
+    pub fn jwks_uri_override(mut self, issuer: impl Into<String>, jwks_uri: impl Into<String>) -> Self {
+        let issuer = issuer.into();
+        self.jwks_overrides.retain(|(i, _)| *i != issuer);
+        self.jwks_overrides.push((issuer, jwks_uri.into()));
+        self
     }
 
     /// An error located at a document of this set (for compilers of its documents).
@@ -1727,6 +1780,8 @@ pub struct WorkloadPolicy<'a> {
     documents: Vec<&'a Document>,
     /// Every document of the set, those for other workloads too.
     all: &'a [Document],
+    /// See [`PolicySet::jwks_uri_override`].
+    jwks_overrides: &'a [(String, String)],
 }
 
 impl<'a> WorkloadPolicy<'a> {
@@ -1753,6 +1808,17 @@ impl<'a> WorkloadPolicy<'a> {
     #[must_use]
     pub fn workload(&self) -> &Workload {
         &self.workload
+    }
+
+    /// Where the keys of `issuer` are fetched from in place of where the
+    /// documents say, when the set was given one
+    /// ([`PolicySet::jwks_uri_override`]).
+    #[must_use]
+    pub fn jwks_uri_override(&self, issuer: &str) -> Option<&'a str> {
+        self.jwks_overrides
+            .iter()
+            .find(|(i, _)| i == issuer)
+            .map(|(_, uri)| uri.as_str())
     }
 
     /// The applicable documents, in file order.
