@@ -838,6 +838,22 @@ spec:
             .any(|l| l.contains(PRODUCTION) && l.contains(&stand_in.jwks_uri()) && l.contains("policy.yaml")),
         "{warned:?}"
     );
+    // The guard built from the set holds that authenticator, for what a
+    // handler asks of it (a token in a WebSocket message); a reload to a
+    // guard without one leaves none.
+    let guard = palisade::guard_from_policy(&set, &Workload::new("details", "shop")).unwrap();
+    let held = guard.authenticator::<JwtAuthenticator>().unwrap();
+    assert_eq!(
+        held.verify(&token("details")).await.unwrap().issuer(),
+        Some(PRODUCTION)
+    );
+    guard.replace(
+        palisade::prelude::Guard::builder()
+            .allow_unauthenticated()
+            .build()
+            .unwrap(),
+    );
+    assert!(guard.authenticator::<JwtAuthenticator>().is_none());
     // Without it, the file's own location: nothing asks the stand-in.
     let as_written = PolicySet::from_yaml_str(&yaml, "policy.yaml").unwrap();
     let policy = as_written.for_workload(&Workload::new("details", "shop"));

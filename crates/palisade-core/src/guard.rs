@@ -798,6 +798,44 @@ impl Guard {
             .collect()
     }
 
+    /// The guard's authenticator of type `A` as it is now (the first, if
+    /// it has several), `None` without one: for what an application asks
+    /// of a part besides deciding requests, when the guard was built from
+    /// a policy file and the application holds no handle of its own, such
+    /// as the JWT authenticator's `verify` for a token that arrives in a
+    /// WebSocket message, or in a test sign-in's `session_cookie_for`. A
+    /// [`replace`](Self::replace) (a hot reload) may put another in its
+    /// place; ask again rather than keep it.
+    ///
+    /// ```
+    /// use palisade_core::authn::{AuthOutcome, Authenticator, RequestHead};
+    /// use palisade_core::{Check, Guard};
+    /// struct Nobody;
+    /// impl Authenticator for Nobody {
+    ///     fn challenge(&self) -> Option<String> { None }
+    ///     fn authenticate(&self, _: &dyn RequestHead) -> Check<AuthOutcome> {
+    ///         Check::Ready(AuthOutcome::NoCredential)
+    ///     }
+    /// }
+    /// struct Other;
+    /// # impl Authenticator for Other {
+    /// #     fn challenge(&self) -> Option<String> { None }
+    /// #     fn authenticate(&self, _: &dyn RequestHead) -> Check<AuthOutcome> { Check::Ready(AuthOutcome::NoCredential) }
+    /// # }
+    /// let guard = Guard::builder().authenticator(Nobody).build()?;
+    /// assert!(guard.authenticator::<Nobody>().is_some());
+    /// assert!(guard.authenticator::<Other>().is_none());
+    /// # Ok::<(), palisade_core::GuardError>(())
+    /// ```
+    #[must_use]
+    pub fn authenticator<A: Authenticator>(&self) -> Option<Arc<A>> {
+        self.0.load().value().authenticators.iter().find_map(|a| {
+            (Arc::clone(a) as Arc<dyn std::any::Any + Send + Sync>)
+                .downcast::<A>()
+                .ok()
+        })
+    }
+
     /// The access policy in force.
     #[must_use]
     pub fn access_policy(&self) -> AccessPolicy {
