@@ -601,7 +601,7 @@ fn build_guard(
             e
         };
         let policy = set.for_workload(workload);
-        let mut spnego = SpnegoAuthenticator::builder().from_policy(&policy)?;
+        let mut spnego = SpnegoAuthenticator::builder().settings_from(&policy)?;
         if delegation {
             spnego = spnego.accept_delegation();
         }

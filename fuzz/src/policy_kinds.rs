@@ -93,7 +93,7 @@ fn compile(policy: &WorkloadPolicy<'_>, authorizers: &ExternalAuthorizers) -> Ve
         jwt.err(),
         guard,
         SignIn::check_policy(policy).err(),
-        SpnegoAuthenticator::builder().from_policy(policy).err(),
+        SpnegoAuthenticator::builder().settings_from(policy).err(),
         palisade_mtls::mode_for_port(policy, 0).err(),
         palisade_mtls::mode_for_port(policy, 8443).err(),
         Upstreams::from_policy(policy).err(),

@@ -295,8 +295,8 @@ impl SpnegoAuthenticatorBuilder {
 
     /// [`build`](Self::build)s it, a failure named as the policy file's
     /// errors are: the workload's `SpnegoSettings` document (or the file),
-    /// with the [`SpnegoError`] as its source. For a builder configured
-    /// [`from_policy`](Self::from_policy) and then in code (a role-mapping
+    /// with the [`SpnegoError`] as its [`cause`](PolicyError::cause). For a builder configured
+    /// [`settings_from`](Self::settings_from) the file and then in code (a role-mapping
     /// hook, [`accept_delegation`](Self::accept_delegation)).
     ///
     /// # Errors
@@ -414,12 +414,15 @@ struct Stats {
 }
 
 impl SpnegoAuthenticatorBuilder {
-    /// Applies the workload's `SpnegoSettings` document (at most one).
+    /// Applies the workload's `SpnegoSettings` document (at most one): the
+    /// builder step that takes the file's settings, before those made in
+    /// code (a role-mapping hook), then [`build_for`](Self::build_for).
+    /// (Named `from_policy` before; a `from_` name is a constructor's.)
     ///
     /// # Errors
     /// A [`PolicyError`] naming the document and field of a bad value or an
     /// unreadable key file.
-    pub fn from_policy(mut self, w: &WorkloadPolicy<'_>) -> Result<Self, PolicyError> {
+    pub fn settings_from(mut self, w: &WorkloadPolicy<'_>) -> Result<Self, PolicyError> {
         if let Some((doc, s)) = w.spnego_settings_checked()? {
             if let Some(svc) = &s.service {
                 self = self.service(svc.clone());
@@ -1467,16 +1470,16 @@ impl FromPolicy for SpnegoAuthenticator {
     /// The authenticator the workload's `SpnegoSettings` describe (defaults
     /// without one), with the keytab of `KRB5_KTNAME`: SPNEGO is turned on
     /// by giving a keytab, so this always builds one. For a role-mapping
-    /// hook, use [`SpnegoAuthenticatorBuilder::from_policy`] and
+    /// hook, use [`SpnegoAuthenticatorBuilder::settings_from`] and
     /// [`build_for`](SpnegoAuthenticatorBuilder::build_for).
     ///
     /// # Errors
     /// A [`PolicyError`] naming the `SpnegoSettings` document (or the file)
     /// when a value cannot be used or the credentials cannot be acquired,
-    /// with the [`SpnegoError`] as its source.
+    /// with the [`SpnegoError`] as its [`cause`](PolicyError::cause).
     fn from_policy(policy: &WorkloadPolicy<'_>) -> Result<Option<Self>, PolicyError> {
         SpnegoAuthenticator::builder()
-            .from_policy(policy)?
+            .settings_from(policy)?
             .build_for(policy)
             .map(Some)
     }
@@ -2009,7 +2012,7 @@ mod tests {
             let set = PolicySet::from_yaml_str(&yaml(cookie, login), "p.yaml").unwrap();
             let w = set.for_workload(&Workload::new("productpage", "default"));
             SpnegoAuthenticator::builder()
-                .from_policy(&w)
+                .settings_from(&w)
                 .map(|_| ())
                 .unwrap_err()
         };

@@ -153,7 +153,7 @@ fn decide() {
     let file = "apiVersion: palisade.dev/v1alpha1\nkind: SpnegoSettings\nmetadata: {name: k}\nspec: {acceptDelegation: true}\n";
     let set = PolicySet::from_yaml_str(file, "spnego.yaml").unwrap();
     let from_file = SpnegoAuthenticator::builder()
-        .from_policy(&set.for_workload(&Workload::new("details", "default")))
+        .settings_from(&set.for_workload(&Workload::new("details", "default")))
         .unwrap()
         .build()
         .unwrap();
