@@ -2264,6 +2264,7 @@ async fn a_route_no_middleware_guards_answers_500_where_it_asks_for_the_caller()
 struct LimitAnswer {
     status: u16,
     grpc_status: Option<String>,
+    grpc_message: Option<String>,
     cookie: Option<String>,
 }
 
@@ -2333,11 +2334,13 @@ async fn a_body_limits_answer_is_the_same_on_both_frameworks() {
     let grpc = |code: &str| LimitAnswer {
         status: 200,
         grpc_status: Some(code.to_owned()),
+        grpc_message: Some("refused with HTTP status 413".to_owned()),
         cookie: Some(COOKIE.to_owned()),
     };
     let http = |status, cookie: bool| LimitAnswer {
         status,
         grpc_status: None,
+        grpc_message: None,
         cookie: cookie.then(|| COOKIE.to_owned()),
     };
     // (path, content type, bytes sent without a declared length, answer)
@@ -2378,6 +2381,7 @@ async fn a_body_limits_answer_is_the_same_on_both_frameworks() {
         let on_axum = LimitAnswer {
             status: res.status().as_u16(),
             grpc_status: header("grpc-status"),
+            grpc_message: header("grpc-message"),
             cookie: header("set-cookie"),
         };
         let mut req = actix_web::test::TestRequest::post()
@@ -2391,6 +2395,7 @@ async fn a_body_limits_answer_is_the_same_on_both_frameworks() {
         let on_actix = LimitAnswer {
             status: res.status().as_u16(),
             grpc_status: header("grpc-status"),
+            grpc_message: header("grpc-message"),
             cookie: header("set-cookie"),
         };
         assert_eq!(on_axum, expected, "axum: {path} {content_type} {size}");

@@ -859,3 +859,73 @@ spec:
     let policy = as_written.for_workload(&Workload::new("details", "shop"));
     assert_eq!(policy.jwks_uri_override(PRODUCTION), None);
 }
+
+/// The override stands in for inline keys and a Keycloak adapter's realm
+/// key as for a `jwksUri`; one whose issuer the workload does not
+/// configure is said to override nothing, and one that is no URL is
+/// refused as the override's, not as the file's field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwks_override_stands_in_for_inline_and_realm_keys_and_says_what_it_cannot_do() {
+    use palisade::core::policy::{PolicySet, Workload};
+    common::logs::capture("palisade::jwt=warn");
+    let stand_in = TestIssuer::start().unwrap();
+    // The keys the file holds inline, and the tokens they sign.
+    let written = TestIssuer::start().unwrap();
+    const INLINE: &str = "https://inline.example.com/realms/shop";
+    const KEYCLOAK: &str = "https://kc.example.com/realms/shop";
+    let yaml = format!(
+        "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: shop}}
+spec:
+  jwtRules:
+  - issuer: {INLINE}
+    jwks: '{jwks}'
+    audiences: [details]
+---
+apiVersion: palisade.dev/v1alpha1
+kind: KeycloakAdapter
+metadata: {{name: kc, namespace: shop}}
+spec: {{realm: shop, auth-server-url: 'https://kc.example.com/', resource: details, bearer-only: true, verify-token-audience: true, realm-public-key: \"{pem}\"}}
+",
+        jwks = written.jwks(),
+        pem = written.public_key_pem().replace('\n', "\\n"),
+    );
+    let details = Workload::new("details", "shop");
+    let set = PolicySet::from_yaml_str(&yaml, "policy.yaml").unwrap();
+    let token = |by: &TestIssuer, iss: &str| by.token().issuer(iss).audience("details").sign();
+    // As written: the file's keys.
+    let as_written = JwtAuthenticator::from_policy(&set.for_workload(&details))
+        .unwrap()
+        .unwrap();
+    for iss in [INLINE, KEYCLOAK] {
+        assert!(as_written.verify(&token(&written, iss)).await.is_ok(), "{iss}");
+        assert!(as_written.verify(&token(&stand_in, iss)).await.is_err(), "{iss}");
+    }
+    // Overridden: the stand-in's keys, and no longer the file's.
+    let overridden = set
+        .clone()
+        .jwks_uri_override(INLINE, stand_in.jwks_uri())
+        .jwks_uri_override(KEYCLOAK, stand_in.jwks_uri())
+        .jwks_uri_override("https://nobody.example.com/realms/shop", stand_in.jwks_uri());
+    let jwt = JwtAuthenticator::from_policy(&overridden.for_workload(&details))
+        .unwrap()
+        .unwrap();
+    for iss in [INLINE, KEYCLOAK] {
+        assert!(jwt.verify(&token(&stand_in, iss)).await.is_ok(), "{iss}");
+        assert!(jwt.verify(&token(&written, iss)).await.is_err(), "{iss}");
+    }
+    let nothing = common::logs::lines("nobody.example.com");
+    assert!(
+        nothing.iter().any(|l| l.contains("overrides nothing")),
+        "{nothing:?}"
+    );
+    // An override that is no URL: refused, naming the override.
+    let err =
+        JwtAuthenticator::from_policy(&set.jwks_uri_override(INLINE, "keys.json").for_workload(&details))
+            .unwrap_err();
+    assert!(
+        err.to_string().contains("PolicySet::jwks_uri_override") && err.field.is_none(),
+        "{err}"
+    );
+}

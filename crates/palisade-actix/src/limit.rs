@@ -179,41 +179,45 @@ where
             };
             // In place of the app's answer, with the cookies it set (a
             // session's renewal), as the core decides for both frameworks.
-            let cookies = res.headers().get_all(actix_web::http::header::SET_COOKIE);
-            let instead = limits.answer_instead(
-                outcome,
-                rendering,
-                res.status().as_u16(),
-                cookies.filter_map(|v| v.to_str().ok()),
-            );
-            if cut.is_none() && instead.is_none() {
-                return Ok(res
-                    .map_body(|head, body| {
-                        // Past its maximum age: closed once this is sent
-                        // (an upgrade's connection is the application's).
-                        if http1
-                            && head.status != actix_web::http::StatusCode::SWITCHING_PROTOCOLS
-                            && let Some(b) = begun.as_ref().filter(|b| b.0.past_age())
-                        {
-                            head.set_connection_type(actix_web::http::ConnectionType::Close);
-                            b.0.closing.set(true);
-                        }
-                        Answer { body, begun }
-                    })
-                    .map_into_left_body());
-            }
-            let res = match instead {
-                Some(reply) => res.into_response(actix_response(reply)),
-                None => res.map_into_boxed_body(),
-            };
-            let res = match cut {
+            let instead = limits.answer_instead(outcome, rendering, res.status().as_u16(), || {
+                let cookies = res.headers().get_all(actix_web::http::header::SET_COOKIE);
+                cookies.filter_map(|v| v.to_str().ok())
+            });
+            Ok(match (cut, instead) {
+                (None, None) => aged(res, http1, begun).map_into_left_body(),
+                // The application's own lower limit, to a gRPC call: the
+                // connection is in the watch until it is sent, as for any
+                // answer.
+                (None, Some(reply)) => aged(res.into_response(actix_response(reply)), http1, begun)
+                    .map_into_boxed_body()
+                    .map_into_right_body(),
                 // The rest of the body is not read: the connection closes.
-                Some((unread, _)) => closing_unread(res, unread),
-                None => res,
-            };
-            Ok(res.map_into_right_body())
+                (Some((unread, _)), instead) => {
+                    let res = match instead {
+                        Some(reply) => res.into_response(actix_response(reply)),
+                        None => res.map_into_boxed_body(),
+                    };
+                    closing_unread(res, unread).map_into_right_body()
+                }
+            })
         })
     }
+}
+
+/// `res` with its request's part in the connection's watch (`begun`) kept
+/// until it is sent; on HTTP/1, past the connection's maximum age, it
+/// closes the connection (an upgrade's connection is the application's).
+fn aged<B>(res: ServiceResponse<B>, http1: bool, begun: Option<Begun>) -> ServiceResponse<Answer<B>> {
+    res.map_body(|head, body| {
+        if http1
+            && head.status != actix_web::http::StatusCode::SWITCHING_PROTOCOLS
+            && let Some(b) = begun.as_ref().filter(|b| b.0.past_age())
+        {
+            head.set_connection_type(actix_web::http::ConnectionType::Close);
+            b.0.closing.set(true);
+        }
+        Answer { body, begun }
+    })
 }
 
 /// `res` with the request's `unread` payload held until it is sent, and

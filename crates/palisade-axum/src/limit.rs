@@ -399,13 +399,22 @@ where
                 // length too, for a gRPC call), and the answer may be the
                 // application's or its framework's (axum's extractors
                 // answer 413, tonic `UNKNOWN`): the core decides.
-                let outcome = match flags.as_deref() {
-                    Some(f) if f.late.load(Ordering::Relaxed) => BodyOutcome::Late,
-                    Some(f) if f.over.load(Ordering::Relaxed) => BodyOutcome::Over,
-                    _ => BodyOutcome::Within,
+                // A request without a body (most) is answered as the app
+                // answered it. (A gRPC call always has one: its messages.)
+                let Some(f) = flags.as_deref() else {
+                    return Poll::Ready(Ok(res.map(ResponseBody::inner)));
                 };
-                let cookies = res.headers().get_all(http::header::SET_COOKIE);
-                let cookies = cookies.iter().filter_map(|v| v.to_str().ok());
+                let outcome = if f.late.load(Ordering::Relaxed) {
+                    BodyOutcome::Late
+                } else if f.over.load(Ordering::Relaxed) {
+                    BodyOutcome::Over
+                } else {
+                    BodyOutcome::Within
+                };
+                let cookies = || {
+                    let cookies = res.headers().get_all(http::header::SET_COOKIE);
+                    cookies.into_iter().filter_map(|v| v.to_str().ok())
+                };
                 if let Some(instead) =
                     limits.answer_instead(outcome, *rendering, res.status().as_u16(), cookies)
                 {

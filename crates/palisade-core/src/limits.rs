@@ -423,39 +423,44 @@ impl ServerLimits {
     ///
     /// The answer keeps the cookies the application set (a session's
     /// renewal: the issuer has spent the refresh token the old cookie
-    /// holds), made private to caches.
+    /// holds), made private to caches; `app_cookies` is asked for them only
+    /// when the answer is replaced.
     ///
     /// ```
     /// use palisade_core::adapter::Rendering;
     /// use palisade_core::limits::{BodyOutcome, ServerLimits};
     ///
     /// let limits = ServerLimits::default().body_limit(100);
-    /// let cookies = ["s=renewed; Path=/; HttpOnly"];
+    /// let cookies = || ["s=renewed; Path=/; HttpOnly"];
     /// let reply = limits.answer_instead(BodyOutcome::Over, Rendering::Http, 500, cookies).unwrap();
     /// assert_eq!(reply.status(), 413);
-    /// assert!(reply.headers().any(|h| h == ("set-cookie", cookies[0])));
+    /// assert!(reply.headers().any(|h| h == ("set-cookie", cookies()[0])));
     /// assert!(limits.answer_instead(BodyOutcome::Over, Rendering::Http, 413, cookies).is_none());
     /// assert!(limits.answer_instead(BodyOutcome::Within, Rendering::Http, 500, cookies).is_none());
     /// let grpc = limits.answer_instead(BodyOutcome::Within, Rendering::Grpc, 413, cookies).unwrap();
     /// assert!(grpc.headers().any(|h| h == ("grpc-status", "8")));
     /// ```
-    pub fn answer_instead<'h>(
+    pub fn answer_instead<'h, C>(
         &self,
         body: BodyOutcome,
         rendering: Rendering,
         status: u16,
-        app_cookies: impl IntoIterator<Item = &'h str>,
-    ) -> Option<Reply> {
+        app_cookies: impl FnOnce() -> C,
+    ) -> Option<Reply>
+    where
+        C: IntoIterator<Item = &'h str>,
+    {
         let grpc = !matches!(rendering, Rendering::Http | Rendering::Head);
         let reply = match body {
             BodyOutcome::Late => self.body_too_slow(),
             BodyOutcome::Over if grpc || status != 413 => self.body_too_large(),
             // Over a lower limit than this one: the application's, whose
-            // number this one does not know.
-            BodyOutcome::Within if grpc && status == 413 => Reply::new(413),
+            // number this one does not know. The rest of the body may be
+            // unread, as past this limit: the connection is not kept.
+            BodyOutcome::Within if grpc && status == 413 => Reply::new(413).header("connection", "close"),
             BodyOutcome::Over | BodyOutcome::Within => return None,
         };
-        Some(rendering.render(keeping_cookies(reply, app_cookies)))
+        Some(rendering.render(keeping_cookies(reply, app_cookies())))
     }
 }
 

@@ -180,6 +180,18 @@ fn from_policy<'p>(
             .map_err(|e| policy.error_at(doc, "spec", e.to_string()).with_source(e))?;
         builder = builder.provider(provider);
     }
+    for (issuer, uri) in policy.jwks_uri_overrides() {
+        if !written.iter().any(|(i, ..)| i == issuer) {
+            tracing::warn!(
+                target: "palisade::jwt",
+                issuer,
+                jwks_uri = %palisade_core::syntax::url_without_credentials(uri),
+                "PolicySet::jwks_uri_override names an issuer that no document of {} configures for workload {}: it overrides nothing (the issuer is matched as the file writes it)",
+                policy.source(),
+                policy.workload().service,
+            );
+        }
+    }
     let Some((_, last, ..)) = written.last() else {
         // Settings for the workload's JWT authenticator, and none to apply them to.
         let lonely = settings
@@ -512,6 +524,15 @@ fn tune(
         b = b.principal_claim(attr.clone());
     }
     if let Some(uri) = policy.jwks_uri_override(issuer) {
+        if !palisade_core::syntax::is_http_url_pattern(uri) {
+            return Err(PolicyError::new(
+                policy.source(),
+                format!(
+                    "the JWKS URI PolicySet::jwks_uri_override gave issuer `{issuer}`, `{}`, is not an http(s) URL",
+                    palisade_core::syntax::url_without_credentials(uri)
+                ),
+            ));
+        }
         // A relaxation of what the file trusts, made in code (a test's
         // stand-in issuer): said aloud each time.
         tracing::warn!(

@@ -762,7 +762,8 @@ pub struct PolicySet {
     jwks_overrides: Vec<(String, String)>,
 }
 
-/// Two sets are equal when their documents are, whatever text (comments,
+/// Two sets are equal when their documents (and the overrides code gave
+/// them, [`PolicySet::jwks_uri_override`]) are, whatever text (comments,
 /// spacing) they were read from.
 impl PartialEq for PolicySet {
     fn eq(&self, other: &Self) -> bool {
@@ -1673,21 +1674,28 @@ impl PolicySet {
         }
     }
 
-    /// The set, with the keys of `issuer`'s tokens fetched from `jwks_uri`
-    /// rather than where its documents say (a `jwtRules` entry's `jwksUri`
-    /// or `jwks`, a `KeycloakAdapter`'s realm keys, the issuer's discovery
+    /// The set, with the keys that verify `issuer`'s bearer tokens fetched
+    /// from `jwks_uri` rather than where its documents say (a `jwtRules`
+    /// entry's `jwksUri` or `jwks`, a `KeycloakAdapter`'s
+    /// `realm-public-key` or certificates endpoint, the issuer's discovery
     /// document): for a test that runs the production policy file against
     /// a stand-in issuer, as a test of a Spring resource server sets
     /// `jwk-set-uri`. Every other setting of the issuer stays as the file
-    /// says (audiences, claims, token locations), and its tokens still
-    /// carry its `iss` (`palisade_testkit::TestIssuer`'s `token().issuer(…)`).
+    /// says (audiences, claims, token locations, introspection of opaque
+    /// tokens), and its tokens still carry its `iss`
+    /// (`palisade_testkit::TestIssuer`'s `token().issuer(…)`). `issuer` is
+    /// matched as the file writes it (a Keycloak adapter's is its
+    /// `auth-server-url` and `/realms/` and its realm). Browser sign-in
+    /// (`OidcLogin`) is not affected: it still reads the issuer's
+    /// discovery document and its ID tokens' keys.
     ///
     /// Set in code only, never by a file: a relaxation of what the file
     /// trusts, so a guard built with it says so in a warning (target
-    /// `palisade::jwt`), naming the issuer and the URI. An issuer no
-    /// document of the workload names is left alone. The override is the
-    /// set's, not the file's: a reloader that reads the file again builds
-    /// without it unless its build function sets it again.
+    /// `palisade::jwt`), naming the issuer and the URI, and an override
+    /// whose issuer the workload's documents do not configure is a warning
+    /// too. The override is the set's, not the file's: a reloader that
+    /// reads the file again builds without it unless its build function
+    /// sets it again.
     ///
     /// ```
     /// use palisade_core::policy::{PolicySet, Workload};
@@ -1819,6 +1827,13 @@ impl<'a> WorkloadPolicy<'a> {
             .iter()
             .find(|(i, _)| i == issuer)
             .map(|(_, uri)| uri.as_str())
+    }
+
+    /// Every `(issuer, JWKS URI)` the set was given
+    /// ([`PolicySet::jwks_uri_override`]), for a part that says which name
+    /// no issuer it configures.
+    pub fn jwks_uri_overrides(&self) -> impl Iterator<Item = (&'a str, &'a str)> {
+        self.jwks_overrides.iter().map(|(i, u)| (i.as_str(), u.as_str()))
     }
 
     /// The applicable documents, in file order.
