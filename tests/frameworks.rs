@@ -2402,3 +2402,45 @@ async fn a_body_limits_answer_is_the_same_on_both_frameworks() {
         assert_eq!(on_actix, expected, "actix-web: {path} {content_type} {size}");
     }
 }
+
+/// A test that calls an axum router in process stands for a connection
+/// with `ConnectInfo(ConnectAddrs::new(..))`: rules on the caller's
+/// address and the local port see it, as under `axum::serve`.
+#[tokio::test]
+async fn an_in_process_axum_call_stands_for_a_connection_with_connect_addrs() {
+    use palisade::axum::ConnectAddrs;
+    use palisade::core::authz::AccessPolicy;
+    let set = PolicySet::from_yaml_str(
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: inside, namespace: default}
+spec:
+  rules:
+  - from: [{source: {ipBlocks: [10.0.0.0/8]}}]
+    to: [{operation: {ports: ['8080']}}]
+",
+        "policy.yaml",
+    )
+    .unwrap();
+    let access = AccessPolicy::compile(&set.for_workload(&Workload::new("details", "default"))).unwrap();
+    let guard = palisade::prelude::Guard::builder()
+        .access_policy(access)
+        .build()
+        .unwrap();
+    let app = axum::Router::new()
+        .route("/", get(|| async { "in" }))
+        .layer(palisade::prelude::PalisadeLayer::new(guard));
+    let status = |remote: &str, local: &str| {
+        let mut req = http::Request::get("/").body(Body::empty()).unwrap();
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(ConnectAddrs::new(
+                remote.parse().unwrap(),
+                Some(local.parse().unwrap()),
+            )));
+        let app = app.clone();
+        async move { app.oneshot(req).await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status("10.1.2.3:40000", "10.9.9.9:8080").await, 200);
+    assert_eq!(status("192.168.1.1:40000", "10.9.9.9:8080").await, 403);
+    assert_eq!(status("10.1.2.3:40000", "10.9.9.9:9090").await, 403);
+}

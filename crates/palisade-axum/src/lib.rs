@@ -323,12 +323,25 @@ pub struct Palisade<S> {
 /// `axum::serve(listener, app.into_make_service_with_connect_info::<ConnectAddrs>())`:
 /// with it, Istio's `ports`, `destination.ip` and `source.ip` rules see the
 /// connection. (`palisade_mtls::axum::serve` provides them itself.)
+///
+/// A test that calls the router in process (`oneshot`) stands for a
+/// connection with `axum::extract::ConnectInfo(ConnectAddrs::new(remote,
+/// Some(local)))` in the request's extensions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ConnectAddrs {
     /// The caller's address.
     pub remote: SocketAddr,
     /// The address the connection arrived on.
     pub local: Option<SocketAddr>,
+}
+
+impl ConnectAddrs {
+    /// The addresses of a connection from `remote`, arrived on `local`.
+    #[must_use]
+    pub fn new(remote: SocketAddr, local: Option<SocketAddr>) -> Self {
+        Self { remote, local }
+    }
 }
 
 impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>

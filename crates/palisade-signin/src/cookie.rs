@@ -641,6 +641,7 @@ impl fmt::Debug for RawCookie<'_> {
 }
 
 /// A value [`CookieSealer::open_raw`] opened.
+#[non_exhaustive]
 pub struct Unsealed {
     /// What was sealed.
     pub plaintext: Vec<u8>,
