@@ -789,7 +789,7 @@ fn verify_waits_for_keys_outside_a_tokio_runtime() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_production_policy_file_runs_against_a_test_issuer_whose_keys_stand_in() {
     use palisade::core::policy::{PolicySet, Workload};
-    common::logs::capture("palisade::jwt=warn");
+    common::logs::capture("palisade=warn");
     const PRODUCTION: &str = "https://keycloak.example.com/realms/shop";
     let stand_in = TestIssuer::start().unwrap();
     let yaml = format!(
@@ -867,7 +867,7 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_jwks_override_stands_in_for_inline_and_realm_keys_and_says_what_it_cannot_do() {
     use palisade::core::policy::{PolicySet, Workload};
-    common::logs::capture("palisade::jwt=warn");
+    common::logs::capture("palisade=warn");
     let stand_in = TestIssuer::start().unwrap();
     // The keys the file holds inline, and the tokens they sign.
     let written = TestIssuer::start().unwrap();
@@ -915,9 +915,16 @@ spec: {{realm: shop, auth-server-url: 'https://kc.example.com/', resource: detai
         assert!(jwt.verify(&token(&stand_in, iss)).await.is_ok(), "{iss}");
         assert!(jwt.verify(&token(&written, iss)).await.is_err(), "{iss}");
     }
-    let nothing = common::logs::lines("nobody.example.com");
+    // Said at once of the one no document configures, of no other.
+    let nothing = common::logs::lines("overrides nothing");
     assert!(
-        nothing.iter().any(|l| l.contains("overrides nothing")),
+        nothing.iter().any(|l| l.contains("nobody.example.com")),
+        "{nothing:?}"
+    );
+    assert!(
+        nothing
+            .iter()
+            .all(|l| !l.contains(INLINE) && !l.contains(KEYCLOAK)),
         "{nothing:?}"
     );
     // An override that is no URL: refused, naming the override.

@@ -180,18 +180,6 @@ fn from_policy<'p>(
             .map_err(|e| policy.error_at(doc, "spec", e.to_string()).with_source(e))?;
         builder = builder.provider(provider);
     }
-    for (issuer, uri) in policy.jwks_uri_overrides() {
-        if !written.iter().any(|(i, ..)| i == issuer) {
-            tracing::warn!(
-                target: "palisade::jwt",
-                issuer,
-                jwks_uri = %palisade_core::syntax::url_without_credentials(uri),
-                "PolicySet::jwks_uri_override names an issuer that no document of {} configures for workload {}: it overrides nothing (the issuer is matched as the file writes it)",
-                policy.source(),
-                policy.workload().service,
-            );
-        }
-    }
     let Some((_, last, ..)) = written.last() else {
         // Settings for the workload's JWT authenticator, and none to apply them to.
         let lonely = settings

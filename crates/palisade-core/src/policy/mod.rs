@@ -1691,9 +1691,9 @@ impl PolicySet {
     ///
     /// Set in code only, never by a file: a relaxation of what the file
     /// trusts, so a guard built with it says so in a warning (target
-    /// `palisade::jwt`), naming the issuer and the URI, and an override
-    /// whose issuer the workload's documents do not configure is a warning
-    /// too. The override is the set's, not the file's: a reloader that
+    /// `palisade::jwt`), naming the issuer and the URI; an override whose
+    /// issuer no document of the set configures is a warning at once
+    /// (target [`LOG_TARGET`]). The override is the set's, not the file's: a reloader that
     /// reads the file again builds without it unless its build function
     /// sets it again.
     ///
@@ -1720,6 +1720,19 @@ impl PolicySet {
     #[must_use]
     pub fn jwks_uri_override(mut self, issuer: impl Into<String>, jwks_uri: impl Into<String>) -> Self {
         let issuer = issuer.into();
+        let configured = self.documents.iter().any(|d| match &d.spec {
+            Spec::RequestAuthentication(s) => s.jwt_rules.iter().any(|r| r.issuer == issuer),
+            Spec::KeycloakAdapter(kc) => kc.issuer() == issuer,
+            _ => false,
+        });
+        if !configured {
+            tracing::warn!(
+                target: LOG_TARGET,
+                issuer,
+                "PolicySet::jwks_uri_override names an issuer that no document of {} configures: it overrides nothing (an issuer is matched as the file writes it; a Keycloak adapter's is its auth-server-url, /realms/ and its realm)",
+                self.source,
+            );
+        }
         self.jwks_overrides.retain(|(i, _)| *i != issuer);
         self.jwks_overrides.push((issuer, jwks_uri.into()));
         self
@@ -1827,13 +1840,6 @@ impl<'a> WorkloadPolicy<'a> {
             .iter()
             .find(|(i, _)| i == issuer)
             .map(|(_, uri)| uri.as_str())
-    }
-
-    /// Every `(issuer, JWKS URI)` the set was given
-    /// ([`PolicySet::jwks_uri_override`]), for a part that says which name
-    /// no issuer it configures.
-    pub fn jwks_uri_overrides(&self) -> impl Iterator<Item = (&'a str, &'a str)> {
-        self.jwks_overrides.iter().map(|(i, u)| (i.as_str(), u.as_str()))
     }
 
     /// The applicable documents, in file order.
