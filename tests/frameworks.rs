@@ -2275,6 +2275,21 @@ struct LimitAnswer {
     closes: Option<bool>,
 }
 
+impl LimitAnswer {
+    /// An answer as a framework gave it: its status, its headers by name,
+    /// and whether it closes the connection (compared where `expected`
+    /// compares it).
+    fn read(status: u16, header: impl Fn(&str) -> Option<String>, closes: bool, expected: &Self) -> Self {
+        LimitAnswer {
+            status,
+            grpc_status: header("grpc-status"),
+            grpc_message: header("grpc-message"),
+            cookie: header("set-cookie"),
+            closes: expected.closes.and(Some(closes)),
+        }
+    }
+}
+
 /// What a body limit of 100 bytes answers in place of the application's,
 /// decided once in the core: the same on both frameworks, for HTTP and
 /// gRPC calls, whether the application read the stream itself (and
@@ -2386,16 +2401,9 @@ async fn a_body_limits_answer_is_the_same_on_both_frameworks() {
             .body(Body::from(vec![b'a'; size]))
             .unwrap();
         let res = axum_app.clone().oneshot(req).await.unwrap();
-        let header = |name| res.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
-        let on_axum = LimitAnswer {
-            status: res.status().as_u16(),
-            grpc_status: header("grpc-status"),
-            grpc_message: header("grpc-message"),
-            cookie: header("set-cookie"),
-            closes: expected
-                .closes
-                .and(Some(header("connection").is_some_and(|v| v.contains("close")))),
-        };
+        let header = |name: &str| res.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
+        let closes = header("connection").is_some_and(|v| v.contains("close"));
+        let on_axum = LimitAnswer::read(res.status().as_u16(), header, closes, &expected);
         let mut req = actix_web::test::TestRequest::post()
             .uri(path)
             .insert_header(("content-type", content_type))
@@ -2403,16 +2411,9 @@ async fn a_body_limits_answer_is_the_same_on_both_frameworks() {
             .to_request();
         req.headers_mut().remove("content-length");
         let res = actix_web::test::call_service(&actix_app, req).await;
-        let header = |name| res.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
-        let on_actix = LimitAnswer {
-            status: res.status().as_u16(),
-            grpc_status: header("grpc-status"),
-            grpc_message: header("grpc-message"),
-            cookie: header("set-cookie"),
-            closes: expected.closes.and(Some(
-                res.response().head().connection_type() == actix_web::http::ConnectionType::Close,
-            )),
-        };
+        let header = |name: &str| res.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
+        let closes = res.response().head().connection_type() == actix_web::http::ConnectionType::Close;
+        let on_actix = LimitAnswer::read(res.status().as_u16(), header, closes, &expected);
         assert_eq!(on_axum, expected, "axum: {path} {content_type} {size}");
         assert_eq!(on_actix, expected, "actix-web: {path} {content_type} {size}");
     }

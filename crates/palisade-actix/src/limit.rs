@@ -171,12 +171,7 @@ where
                 upgraded.set(true);
             }
             let cut = cut.borrow_mut().take();
-            let outcome = match cut {
-                Some((_, Cut::Late)) => BodyOutcome::Late,
-                Some((_, Cut::Overflow)) => BodyOutcome::Over,
-                // Answered without reading it all: its answer is sent.
-                Some((_, Cut::Unread)) | None => BodyOutcome::Within,
-            };
+            let outcome = cut.as_ref().map_or(BodyOutcome::Within, |(_, why)| *why);
             // In place of the app's answer, with the cookies it set (a
             // session's renewal), as the core decides for both frameworks.
             let instead = limits.answer_instead(outcome, rendering, res.status().as_u16(), || {
@@ -264,9 +259,10 @@ struct Limited {
     inner: Option<Payload>,
     left: usize,
     timer: BodyTimer,
-    /// Where the unread payload goes when it passed the limit or was late,
-    /// or was dropped unfinished, and why.
-    cut: Rc<RefCell<Option<(Payload, Cut)>>>,
+    /// Where the unread payload goes when it passed the limit (`Over`) or
+    /// was late (`Late`), or was dropped unfinished (`Within`: answered
+    /// without reading it all), and why.
+    cut: Rc<RefCell<Option<(Payload, BodyOutcome)>>>,
     /// Whether a payload dropped before its end goes to `cut`, for the
     /// connection to be closed rather than the rest read.
     keep_unread: bool,
@@ -277,19 +273,10 @@ struct Limited {
     upgraded: Rc<Cell<bool>>,
 }
 
-/// Why a payload was cut off.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Cut {
-    Overflow,
-    Late,
-    /// Dropped before its end.
-    Unread,
-}
-
 impl Drop for Limited {
     fn drop(&mut self) {
         if self.keep_unread && !self.ended && !self.upgraded.get() {
-            self.cut_off(Cut::Unread);
+            self.cut_off(BodyOutcome::Within);
         }
     }
 }
@@ -314,14 +301,14 @@ impl futures_core::Stream for Limited {
                     Poll::Ready(Some(Ok(chunk)))
                 }
                 None => {
-                    self.cut_off(Cut::Overflow);
+                    self.cut_off(BodyOutcome::Over);
                     tracing::debug!(target: palisade_core::limits::LOG_TARGET, "request body cut off at the limit");
                     Poll::Ready(Some(Err(PayloadError::Overflow)))
                 }
             },
             Poll::Pending => match self.timer.poll_late(cx) {
                 Some(late) => {
-                    self.cut_off(Cut::Late);
+                    self.cut_off(BodyOutcome::Late);
                     Poll::Ready(Some(Err(PayloadError::Io(late))))
                 }
                 None => Poll::Pending,
@@ -336,7 +323,7 @@ impl futures_core::Stream for Limited {
 }
 
 impl Limited {
-    fn cut_off(&mut self, why: Cut) {
+    fn cut_off(&mut self, why: BodyOutcome) {
         if let Some(unread) = self.inner.take() {
             *self.cut.borrow_mut() = Some((unread, why));
         }

@@ -395,15 +395,15 @@ where
                 rendering,
             } => {
                 let res = ready!(fut.poll(cx))?;
-                // A body over the limit is met as it is read (a declared
-                // length too, for a gRPC call), and the answer may be the
-                // application's or its framework's (axum's extractors
-                // answer 413, tonic `UNKNOWN`): the core decides.
                 // A request without a body (most) is answered as the app
                 // answered it. (A gRPC call always has one: its messages.)
                 let Some(f) = flags.as_deref() else {
                     return Poll::Ready(Ok(res.map(ResponseBody::inner)));
                 };
+                // A body over the limit is met as it is read (a declared
+                // length too, for a gRPC call), and the answer may be the
+                // application's or its framework's (axum's extractors
+                // answer 413, tonic `UNKNOWN`): the core decides.
                 let outcome = if f.late.load(Ordering::Relaxed) {
                     BodyOutcome::Late
                 } else if f.over.load(Ordering::Relaxed) {
